@@ -1,0 +1,100 @@
+/*
+ * log.c: formats and writes log lines (see log.h). The environment is read
+ * once, the first time anything is logged or the level is set.
+ */
+#include "common/log.h"
+
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+atomic_int ferry__log_level = FERRY_LOG_INFO;
+
+static const char *const level_names[] = {"error", "warn", "info", "debug", "trace"};
+static atomic_bool log_json;
+
+__attribute__((constructor)) static void log_init_from_env(void)
+{
+    ferry_log_level_t level;
+    const char *env = getenv("FERRY_LOG_LEVEL");
+    if (env != NULL && ferry_log_level_parse(env, &level) == 0) {
+        atomic_store(&ferry__log_level, level);
+    }
+    env = getenv("FERRY_LOG_FORMAT");
+    atomic_store(&log_json, env != NULL && strcmp(env, "json") == 0);
+}
+
+int ferry_log_level_parse(const char *name, ferry_log_level_t *level_p)
+{
+    for (int i = 0; i < (int)(sizeof(level_names) / sizeof(level_names[0])); i++) {
+        if (strcmp(name, level_names[i]) == 0) {
+            *level_p = (ferry_log_level_t)i;
+            return 0;
+        }
+    }
+    return -1;
+}
+
+ferry_log_level_t ferry_log_set_level(ferry_log_level_t level)
+{
+    return (ferry_log_level_t)atomic_exchange(&ferry__log_level, (int)level);
+}
+
+/* Escapes quotes, backslashes and control bytes for a JSON string. */
+static size_t json_escape(char *out, size_t cap, const char *in)
+{
+    size_t n = 0;
+    for (; *in != '\0' && n + 7 < cap; in++) {
+        unsigned char c = (unsigned char)*in;
+        if (c == '"' || c == '\\') {
+            out[n++] = '\\';
+            out[n++] = (char)c;
+        } else if (c < 0x20) {
+            n += (size_t)snprintf(out + n, cap - n, "\\u%04x", c);
+        } else {
+            out[n++] = (char)c;
+        }
+    }
+    out[n] = '\0';
+    return n;
+}
+
+void ferry__log_write(ferry_log_level_t level, const char *fmt, ...)
+{
+    char msg[1024];
+    char line[2304];
+    char ts[32];
+    struct timespec now;
+    struct tm tm;
+    va_list ap;
+    int n;
+
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+
+    clock_gettime(CLOCK_REALTIME, &now);
+    gmtime_r(&now.tv_sec, &tm);
+    n = (int)strftime(ts, sizeof(ts), "%Y-%m-%dT%H:%M:%S", &tm);
+    snprintf(ts + n, sizeof(ts) - (size_t)n, ".%03ldZ", now.tv_nsec / 1000000);
+
+    if (atomic_load(&log_json)) {
+        char esc[2048];
+        json_escape(esc, sizeof(esc), msg);
+        n = snprintf(line, sizeof(line), "{\"ts\":\"%s\",\"level\":\"%s\",\"msg\":\"%s\"}\n", ts,
+                     level_names[level], esc);
+    } else {
+        n = snprintf(line, sizeof(line), "%s %-5s %s\n", ts, level_names[level], msg);
+    }
+    if (n > (int)sizeof(line) - 1) {
+        n = (int)sizeof(line) - 1;
+        line[n - 1] = '\n';
+    }
+    /* One write per line keeps lines from concurrent threads whole. */
+    ssize_t rc = write(STDERR_FILENO, line, (size_t)n);
+    (void)rc;
+}

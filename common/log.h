@@ -1,0 +1,56 @@
+/*
+ * log.h: Ferry's one logging macro.
+ *
+ * ferry_log(LEVEL, "op %s: claim expired", id) checks the level before it
+ * evaluates or formats anything, so a disabled debug line costs one compare.
+ * Lines go to stderr, one per call, written with a single write(2) so lines
+ * from several threads never interleave:
+ *
+ *   2026-11-25T17:50:41.123Z info  coord: listening on 127.0.0.1:7400
+ *
+ * With FERRY_LOG_FORMAT=json each line is one JSON object instead
+ * ({"ts":...,"level":...,"msg":...}) for a log collector.
+ * The level comes from ferry_log_set_level() or FERRY_LOG_LEVEL
+ * (error, warn, info, debug, trace); the default is info.
+ *
+ * Thread safety: any thread may log; the level is an atomic int.
+ */
+#ifndef FERRY_COMMON_LOG_H
+#define FERRY_COMMON_LOG_H
+
+#include <stdatomic.h>
+
+typedef enum {
+    FERRY_LOG_ERROR = 0,
+    FERRY_LOG_WARN = 1,
+    FERRY_LOG_INFO = 2,
+    FERRY_LOG_DEBUG = 3,
+    FERRY_LOG_TRACE = 4,
+} ferry_log_level_t;
+
+extern atomic_int ferry__log_level;
+
+#define ferry_log(level, ...)                                                \
+    do {                                                                     \
+        if ((int)(FERRY_LOG_##level) <=                                      \
+            atomic_load_explicit(&ferry__log_level, memory_order_relaxed)) { \
+            ferry__log_write(FERRY_LOG_##level, __VA_ARGS__);                \
+        }                                                                    \
+    } while (0)
+
+#define ferry_error(...) ferry_log(ERROR, __VA_ARGS__)
+#define ferry_warn(...)  ferry_log(WARN, __VA_ARGS__)
+#define ferry_info(...)  ferry_log(INFO, __VA_ARGS__)
+#define ferry_debug(...) ferry_log(DEBUG, __VA_ARGS__)
+#define ferry_trace(...) ferry_log(TRACE, __VA_ARGS__)
+
+void ferry__log_write(ferry_log_level_t level, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+/* Sets the level; returns the previous one. */
+ferry_log_level_t ferry_log_set_level(ferry_log_level_t level);
+
+/* Parses "error".."trace"; returns 0 on success, -1 for an unknown name. */
+int ferry_log_level_parse(const char *name, ferry_log_level_t *level_p);
+
+#endif /* FERRY_COMMON_LOG_H */
