@@ -1,0 +1,208 @@
+/*
+ * etcd.h: a client for etcd 3.4's JSON gateway (/v3/...), over libcurl and
+ * cJSON. The coordinator's only way to etcd.
+ *
+ * Keys and values are byte strings (pointer + length); this module does the
+ * base64 and the JSON. 64-bit numbers (revisions, lease IDs) are parsed as
+ * strings with strtoll, never through a double.
+ *
+ * Endpoints: a comma-separated list of URLs. A request that cannot reach an
+ * endpoint (connect refused, timeout) is retried on the next one; when none
+ * answers the result is FERRY_ERR_UNAVAILABLE with the cause in the log and
+ * in etcd_client_last_error(). Requests reuse connections (no new TCP
+ * connection per request). Every request has a timeout (params.timeout_ms).
+ * With username/password the client authenticates and re-authenticates when
+ * the token expires.
+ *
+ * Status mapping (etcd -> ferry): unreachable -> FERRY_ERR_UNAVAILABLE;
+ * HTTP 400 / gRPC code 3 -> FERRY_ERR_INVALID_ARGUMENT; unknown lease ->
+ * FERRY_ERR_NOT_FOUND; compacted revision -> FERRY_ERR_EXPIRED;
+ * malformed reply -> FERRY_ERR_PROTOCOL.
+ *
+ * Threads: an etcd_client_t may be used from any number of threads at once.
+ * Results belong to the caller and are freed with their _free functions.
+ */
+#ifndef FERRY_COORD_ETCD_H
+#define FERRY_COORD_ETCD_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <ferry/status.h>
+
+typedef struct etcd_client etcd_client_t;
+
+typedef struct {
+    const char *endpoints;  /* "http://127.0.0.1:2379[,https://...]"; required */
+    int timeout_ms;         /* per request; 0: 5000 */
+    const char *ca_file;    /* TLS: CA bundle to verify etcd; NULL: system default */
+    const char *cert_file;  /* TLS client certificate; NULL: none */
+    const char *key_file;   /* TLS client key, with cert_file */
+    const char *username;   /* etcd auth; NULL: none */
+    const char *password;
+} etcd_params_t;
+
+ferry_status_t etcd_client_create(const etcd_params_t *params, etcd_client_t **client_p);
+void etcd_client_destroy(etcd_client_t *client);
+
+/* The last transport or server error seen by this thread, for messages
+ * ("connect to http://127.0.0.1:2379 refused"); "" if none. */
+const char *etcd_client_last_error(void);
+
+/* Asks an endpoint for its status (/v3/maintenance/status). FERRY_OK when
+ * some endpoint answers; *revision_p (may be NULL) gets the store revision. */
+ferry_status_t etcd_ping(etcd_client_t *client, int64_t *revision_p);
+
+/* --- key-values --------------------------------------------------------- */
+
+typedef struct {
+    uint8_t *key;
+    size_t key_len;
+    uint8_t *value;
+    size_t value_len;
+    int64_t create_revision;
+    int64_t mod_revision;
+    int64_t version;
+    int64_t lease;
+} etcd_kv_t;
+
+typedef struct {
+    int64_t revision; /* store revision of the answer */
+    etcd_kv_t *kvs;
+    size_t n_kvs;
+    bool more;        /* more keys matched than limit allowed */
+    int64_t count;    /* keys in the range (all of them, not just returned) */
+} etcd_range_t;
+
+void etcd_range_free(etcd_range_t *range); /* frees the contents, not the struct */
+
+/* The end of the range of every key that starts with `prefix` (prefix with
+ * its last byte incremented). *end_p is malloc'ed. */
+ferry_status_t etcd_prefix_end(const void *prefix, size_t prefix_len, uint8_t **end_p,
+                               size_t *end_len_p);
+
+ferry_status_t etcd_put(etcd_client_t *client, const void *key, size_t key_len, const void *value,
+                        size_t value_len, int64_t lease, int64_t *revision_p);
+
+/* range_end NULL: the one key. limit 0: no limit. revision 0: latest. */
+ferry_status_t etcd_get(etcd_client_t *client, const void *key, size_t key_len,
+                        const void *range_end, size_t range_end_len, int64_t limit,
+                        int64_t revision, etcd_range_t *range_p);
+
+ferry_status_t etcd_delete(etcd_client_t *client, const void *key, size_t key_len,
+                           const void *range_end, size_t range_end_len, int64_t *deleted_p,
+                           int64_t *revision_p);
+
+/* --- transactions ----------------------------------------------------- */
+
+typedef enum {
+    ETCD_CMP_VERSION,
+    ETCD_CMP_CREATE, /* create_revision */
+    ETCD_CMP_MOD,    /* mod_revision */
+    ETCD_CMP_VALUE,
+    ETCD_CMP_LEASE,
+} etcd_cmp_target_t;
+
+typedef enum {
+    ETCD_CMP_EQUAL,
+    ETCD_CMP_GREATER,
+    ETCD_CMP_LESS,
+    ETCD_CMP_NOT_EQUAL,
+} etcd_cmp_result_t;
+
+typedef struct {
+    etcd_cmp_target_t target;
+    etcd_cmp_result_t result;
+    const void *key;
+    size_t key_len;
+    int64_t number;    /* for VERSION, CREATE, MOD, LEASE */
+    const void *value; /* for VALUE */
+    size_t value_len;
+} etcd_compare_t;
+
+typedef enum {
+    ETCD_OP_PUT,
+    ETCD_OP_GET,
+    ETCD_OP_DELETE,
+} etcd_op_type_t;
+
+typedef struct {
+    etcd_op_type_t type;
+    const void *key;
+    size_t key_len;
+    const void *value; /* PUT */
+    size_t value_len;
+    int64_t lease;     /* PUT; 0: none */
+    const void *range_end; /* GET, DELETE; NULL: one key */
+    size_t range_end_len;
+} etcd_op_t;
+
+typedef struct {
+    bool succeeded;
+    int64_t revision;
+    /* One per op of the branch that ran, in order; for GET ops the range,
+     * for others an empty range. */
+    etcd_range_t *results;
+    size_t n_results;
+} etcd_txn_result_t;
+
+void etcd_txn_result_free(etcd_txn_result_t *result); /* contents only */
+
+ferry_status_t etcd_txn(etcd_client_t *client, const etcd_compare_t *compares, size_t n_compares,
+                        const etcd_op_t *success, size_t n_success, const etcd_op_t *failure,
+                        size_t n_failure, etcd_txn_result_t *result_p);
+
+/* --- leases ------------------------------------------------------------ */
+
+ferry_status_t etcd_lease_grant(etcd_client_t *client, int64_t ttl_s, int64_t *lease_p,
+                                int64_t *granted_ttl_p);
+/* FERRY_ERR_NOT_FOUND when the lease is gone (expired or revoked). */
+ferry_status_t etcd_lease_keepalive(etcd_client_t *client, int64_t lease, int64_t *ttl_p);
+ferry_status_t etcd_lease_revoke(etcd_client_t *client, int64_t lease);
+
+/* --- watches ----------------------------------------------------------- */
+
+typedef enum {
+    ETCD_EVENT_PUT,
+    ETCD_EVENT_DELETE,
+} etcd_event_type_t;
+
+typedef struct {
+    etcd_event_type_t type;
+    etcd_kv_t kv;      /* for DELETE: key and mod_revision only */
+    etcd_kv_t prev_kv; /* the value before the event, when prev_kv was asked; key_len 0 otherwise */
+} etcd_event_t;
+
+typedef struct etcd_watch etcd_watch_t;
+
+typedef struct {
+    const void *key;
+    size_t key_len;
+    const void *range_end; /* NULL: the one key */
+    size_t range_end_len;
+    int64_t start_revision; /* first revision to deliver; 0: from now */
+    bool prev_kv;
+    /* Events, in revision order; one call per etcd watch message (a
+     * transaction touching two keys arrives as one call). `revision` is the
+     * message's header revision. Runs on the watch's own thread; the
+     * arrays are valid only during the call. */
+    void (*on_events)(void *arg, const etcd_event_t *events, size_t n_events, int64_t revision);
+    /* The watch lost or regained its stream (connected false/true). After a
+     * drop it reconnects by itself from the last delivered revision + 1.
+     * `status` is FERRY_ERR_EXPIRED when that revision has been compacted:
+     * the caller must reread and restart. May be NULL. */
+    void (*on_state)(void *arg, bool connected, ferry_status_t status);
+    void *arg;
+} etcd_watch_params_t;
+
+/* Starts a watch on its own thread. Returns once the first stream is
+ * created (FERRY_OK) or could not be (the status); on error nothing runs. */
+ferry_status_t etcd_watch_create(etcd_client_t *client, const etcd_watch_params_t *params,
+                                 etcd_watch_t **watch_p);
+
+/* Stops the watch and joins its thread; no callback runs after it returns.
+ * Must not be called from a callback. NULL is a no-op. */
+void etcd_watch_destroy(etcd_watch_t *watch);
+
+#endif /* FERRY_COORD_ETCD_H */

@@ -1,0 +1,206 @@
+/*
+ * rpc.h: Ferry's one layer over gRPC C core 1.51.
+ *
+ * gRPC's C core API is documented as unstable across releases, so nothing
+ * else in Ferry includes a <grpc/...> header: the coordinator, libferry and
+ * the tests speak protobuf-c messages and ferry_status_t through this file,
+ * and a future gRPC release touches only rpc/.
+ *
+ * Server: services are added from protoc-c service descriptors with a table
+ * that names, per method, its handler and whether it streams (the descriptor
+ * does not say). Completion-queue threads (params.n_threads) drive one state
+ * machine per call. A handler receives the decoded request and must end the
+ * call exactly once, with rpc_call_reply (unary), rpc_call_fail, or
+ * rpc_call_finish (streaming), either before it returns or later from any
+ * thread: that is how Lookup-with-wait and Watch hold calls without holding
+ * a thread. Malformed requests (INVALID_ARGUMENT), unknown methods
+ * (UNIMPLEMENTED) and oversized messages (RESOURCE_EXHAUSTED) are answered
+ * by this layer and never reach a handler.
+ *
+ * Client: channels are created once and reused; unary calls and
+ * server-streaming reads take a timeout and return ferry_status_t plus the
+ * exact gRPC code and message in an rpc_error_t.
+ *
+ * Status mapping: rpc_status_to_grpc / rpc_status_from_grpc are the only
+ * place ferry_status_t and gRPC status codes meet.
+ *
+ * Threads: every function here may be called from any thread, except where
+ * a comment restricts it. A call object stays valid until the call has ended
+ * and the handler (or its cancel callback) can no longer run; see
+ * rpc_call_ref / rpc_call_unref for handlers that keep a call past their
+ * return.
+ */
+#ifndef FERRY_RPC_H
+#define FERRY_RPC_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <protobuf-c/protobuf-c.h>
+
+#include <ferry/status.h>
+
+/* --- status mapping ---------------------------------------------------- */
+
+/* gRPC status codes are ints here, with their documented values
+ * (0 OK, 1 CANCELLED, ..., 16 UNAUTHENTICATED). */
+int rpc_status_to_grpc(ferry_status_t status);
+ferry_status_t rpc_status_from_grpc(int grpc_code);
+/* "NOT_FOUND" for 5, ...; static. */
+const char *rpc_grpc_code_name(int grpc_code);
+
+/* --- TLS --------------------------------------------------------------- */
+
+/* PEM file paths. A NULL params pointer means plaintext. */
+typedef struct {
+    const char *ca_file;      /* server: CA that signs client certs; client: CA of the server */
+    const char *cert_file;    /* own certificate chain (server: required; client: optional) */
+    const char *key_file;     /* own private key, with cert_file */
+    bool require_client_cert; /* server only: refuse clients without a valid certificate */
+    const char *server_name;  /* client only: name to verify instead of the target host; NULL: the target's */
+} rpc_tls_params_t;
+
+/* --- server ------------------------------------------------------------ */
+
+typedef struct rpc_server rpc_server_t;
+typedef struct rpc_call rpc_call_t;
+
+typedef enum {
+    RPC_UNARY,
+    RPC_SERVER_STREAMING,
+} rpc_method_kind_t;
+
+/* The request is owned by the call and stays valid until the call is freed. */
+typedef void (*rpc_handler_fn)(rpc_call_t *call, const ProtobufCMessage *request, void *arg);
+
+/* One row of a service's method table. `name` is the method's name in the
+ * service descriptor ("Register"). */
+typedef struct {
+    const char *name;
+    rpc_method_kind_t kind;
+    rpc_handler_fn handler;
+} rpc_method_t;
+
+typedef struct {
+    const char *listen_addr;   /* "127.0.0.1:0" picks a free port */
+    int n_threads;             /* completion-queue threads; 0: 2 */
+    int calls_armed;           /* calls kept requested per method; 0: 8 */
+    int max_message_bytes;     /* largest request accepted; 0: 4 MiB */
+    const rpc_tls_params_t *tls; /* NULL: plaintext */
+} rpc_server_params_t;
+
+ferry_status_t rpc_server_create(const rpc_server_params_t *params, rpc_server_t **server_p);
+
+/* Adds every method of `service` listed in `methods` (each name must exist
+ * in the descriptor: FERRY_ERR_INVALID_ARGUMENT otherwise). `arg` is passed to
+ * each handler. Before rpc_server_start only. */
+ferry_status_t rpc_server_add_service(rpc_server_t *server,
+                                      const ProtobufCServiceDescriptor *service,
+                                      const rpc_method_t *methods, size_t n_methods, void *arg);
+
+/* Binds and starts serving. grpc.health.v1.Health is always served: the
+ * overall status ("") and each added service start SERVING. *port_p gets
+ * the bound port. */
+ferry_status_t rpc_server_start(rpc_server_t *server, int *port_p);
+
+/* Sets what Health.Check answers for `service` ("" is the server as a
+ * whole) and tells Health.Watch streams. */
+void rpc_server_set_serving(rpc_server_t *server, const char *service, bool serving);
+
+/* Stops accepting calls, lets in-flight calls finish for up to grace_ms,
+ * then cancels what is left (cancel callbacks run, streams end with
+ * UNAVAILABLE) and joins the threads. Idempotent. */
+void rpc_server_shutdown(rpc_server_t *server, int grace_ms);
+
+/* Shuts down (grace 0) if needed and frees. NULL is a no-op. */
+void rpc_server_destroy(rpc_server_t *server);
+
+/* --- a call, as its handler sees it ------------------------------------- */
+
+/* Unary: sends `response` with status OK and ends the call. */
+void rpc_call_reply(rpc_call_t *call, const ProtobufCMessage *response);
+
+/* Ends the call (unary or streaming) with the gRPC code that `status` maps
+ * to and a message (printf format; name the offending field). */
+void rpc_call_fail(rpc_call_t *call, ferry_status_t status, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* Streaming: packs `msg` now and queues it; messages go out in order, one
+ * outstanding send at a time. FERRY_ERR_CANCELLED once the client has gone
+ * away or the call has ended; the message is dropped then. */
+ferry_status_t rpc_call_send(rpc_call_t *call, const ProtobufCMessage *msg);
+
+/* Streaming: ends the stream with OK after the queued messages are sent. */
+void rpc_call_finish(rpc_call_t *call);
+
+/* Milliseconds left until the client's deadline; INT64_MAX without one. */
+int64_t rpc_call_deadline_left_ms(const rpc_call_t *call);
+
+/* True once the client went away, the deadline passed or the server is
+ * shutting down. */
+bool rpc_call_is_cancelled(const rpc_call_t *call);
+
+/* Registers `cb`, run once (on a server thread) when the call is cancelled
+ * (client gone, deadline, shutdown) before the handler ended it. If the call
+ * is already cancelled, runs it at once. The callback should end the call. */
+void rpc_call_on_cancel(rpc_call_t *call, void (*cb)(rpc_call_t *call, void *arg), void *arg);
+
+/* Handlers that keep a call past their return hold a reference; the call's
+ * memory lives until the last reference is dropped and the call has ended. */
+void rpc_call_ref(rpc_call_t *call);
+void rpc_call_unref(rpc_call_t *call);
+
+/* The client's address ("ipv4:127.0.0.1:53124"), for logs; static per call. */
+const char *rpc_call_peer(const rpc_call_t *call);
+
+/* --- client ------------------------------------------------------------ */
+
+typedef struct rpc_channel rpc_channel_t;
+typedef struct rpc_stream rpc_stream_t;
+
+/* What the server said, for callers that need the exact code. */
+typedef struct {
+    int grpc_code;      /* 0 on success */
+    char message[512];  /* the status message; "" on success */
+} rpc_error_t;
+
+typedef struct {
+    const char *target;          /* "127.0.0.1:7400", "dns:///ferry:7400" */
+    const rpc_tls_params_t *tls; /* NULL: plaintext */
+    int max_message_bytes;       /* largest response accepted; 0: 4 MiB */
+} rpc_channel_params_t;
+
+ferry_status_t rpc_channel_create(const rpc_channel_params_t *params, rpc_channel_t **channel_p);
+void rpc_channel_destroy(rpc_channel_t *channel);
+
+/* Calls `path` ("/ferry.v1.Coordinator/Lookup") with `request` and waits up
+ * to timeout_ms (<= 0: no deadline). On OK, *response_p is the decoded
+ * response (free with protobuf_c_message_free_unpacked(m, NULL)). Otherwise
+ * returns the status mapped from the gRPC code; `err` (may be NULL) gets the
+ * exact code and message. */
+ferry_status_t rpc_unary(rpc_channel_t *channel, const char *path, const ProtobufCMessage *request,
+                         const ProtobufCMessageDescriptor *response_desc, int64_t timeout_ms,
+                         ProtobufCMessage **response_p, rpc_error_t *err);
+
+/* Starts a server-streaming call; timeout_ms bounds the whole stream
+ * (<= 0: none). */
+ferry_status_t rpc_stream_open(rpc_channel_t *channel, const char *path,
+                               const ProtobufCMessage *request,
+                               const ProtobufCMessageDescriptor *response_desc,
+                               int64_t timeout_ms, rpc_stream_t **stream_p);
+
+/* Waits up to timeout_ms (<= 0: until the stream's deadline) for the next
+ * message. FERRY_OK with *msg_p set: a message (free it as above).
+ * FERRY_OK with *msg_p NULL: the stream ended with OK. FERRY_ERR_TIMED_OUT
+ * with err->grpc_code 0: nothing arrived within timeout_ms; the stream goes
+ * on. Any other status: the stream ended with that status (err says the
+ * exact code and message). */
+ferry_status_t rpc_stream_read(rpc_stream_t *stream, int64_t timeout_ms, ProtobufCMessage **msg_p,
+                               rpc_error_t *err);
+
+/* Cancels the stream (the server sees the client go away) and frees it.
+ * NULL is a no-op. */
+void rpc_stream_destroy(rpc_stream_t *stream);
+
+#endif /* FERRY_RPC_H */
