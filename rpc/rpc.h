@@ -58,7 +58,8 @@ typedef struct {
     const char *cert_file;    /* own certificate chain (server: required; client: optional) */
     const char *key_file;     /* own private key, with cert_file */
     bool require_client_cert; /* server only: refuse clients without a valid certificate */
-    const char *server_name;  /* client only: name to verify instead of the target host; NULL: the target's */
+    /* client only: the name to verify instead of the target host; NULL: the target's */
+    const char *server_name;
 } rpc_tls_params_t;
 
 /* --- server ------------------------------------------------------------ */
@@ -83,10 +84,10 @@ typedef struct {
 } rpc_method_t;
 
 typedef struct {
-    const char *listen_addr;   /* "127.0.0.1:0" picks a free port */
-    int n_threads;             /* completion-queue threads; 0: 2 */
-    int calls_armed;           /* calls kept requested per method; 0: 8 */
-    int max_message_bytes;     /* largest request accepted; 0: 4 MiB */
+    const char *listen_addr;     /* "127.0.0.1:0" picks a free port */
+    int n_threads;               /* completion-queue threads; 0: 2 */
+    int calls_armed;             /* calls kept requested per method; 0: 8 */
+    int max_message_bytes;       /* largest request accepted; 0: 4 MiB */
     const rpc_tls_params_t *tls; /* NULL: plaintext */
 } rpc_server_params_t;
 
@@ -110,7 +111,10 @@ void rpc_server_set_serving(rpc_server_t *server, const char *service, bool serv
 
 /* Stops accepting calls, lets in-flight calls finish for up to grace_ms,
  * then cancels what is left (cancel callbacks run, streams end with
- * UNAVAILABLE) and joins the threads. Idempotent. */
+ * UNAVAILABLE) and joins the threads. Health.Watch streams are told
+ * NOT_SERVING and ended with UNAVAILABLE at once. Idempotent. Not from a
+ * handler or cancel callback: it joins the threads they run on. Calls that
+ * handlers still hold references to stay valid (ended) until unref'd. */
 void rpc_server_shutdown(rpc_server_t *server, int grace_ms);
 
 /* Shuts down (grace 0) if needed and frees. NULL is a no-op. */
@@ -143,7 +147,10 @@ bool rpc_call_is_cancelled(const rpc_call_t *call);
 
 /* Registers `cb`, run once (on a server thread) when the call is cancelled
  * (client gone, deadline, shutdown) before the handler ended it. If the call
- * is already cancelled, runs it at once. The callback should end the call. */
+ * is already cancelled, runs it at once. The callback should end the call;
+ * if neither it nor the handler does, this layer ends it (CANCELLED, or
+ * UNAVAILABLE at shutdown) once the handler has returned, so a handler that
+ * keeps the call past its return must hold a reference (rpc_call_ref). */
 void rpc_call_on_cancel(rpc_call_t *call, void (*cb)(rpc_call_t *call, void *arg), void *arg);
 
 /* Handlers that keep a call past their return hold a reference; the call's
@@ -154,6 +161,9 @@ void rpc_call_unref(rpc_call_t *call);
 /* The client's address ("ipv4:127.0.0.1:53124"), for logs; static per call. */
 const char *rpc_call_peer(const rpc_call_t *call);
 
+/* The call's path ("/ferry.v1.Coordinator/Get"), for logs; static per call. */
+const char *rpc_call_path(const rpc_call_t *call);
+
 /* --- client ------------------------------------------------------------ */
 
 typedef struct rpc_channel rpc_channel_t;
@@ -161,8 +171,8 @@ typedef struct rpc_stream rpc_stream_t;
 
 /* What the server said, for callers that need the exact code. */
 typedef struct {
-    int grpc_code;      /* 0 on success */
-    char message[512];  /* the status message; "" on success */
+    int grpc_code;     /* 0 on success */
+    char message[512]; /* the status message; "" on success */
 } rpc_error_t;
 
 typedef struct {
@@ -183,12 +193,20 @@ ferry_status_t rpc_unary(rpc_channel_t *channel, const char *path, const Protobu
                          const ProtobufCMessageDescriptor *response_desc, int64_t timeout_ms,
                          ProtobufCMessage **response_p, rpc_error_t *err);
 
+/* As rpc_unary, with the request and response as raw bytes (for tools and
+ * tests that must send what protobuf-c would not, such as malformed
+ * requests). On OK, *response_p is a malloc'd copy of the response bytes
+ * (NULL when empty; free with free()) and *response_len_p its length. */
+ferry_status_t rpc_unary_raw(rpc_channel_t *channel, const char *path, const void *request,
+                             size_t request_len, int64_t timeout_ms, void **response_p,
+                             size_t *response_len_p, rpc_error_t *err);
+
 /* Starts a server-streaming call; timeout_ms bounds the whole stream
  * (<= 0: none). */
 ferry_status_t rpc_stream_open(rpc_channel_t *channel, const char *path,
                                const ProtobufCMessage *request,
-                               const ProtobufCMessageDescriptor *response_desc,
-                               int64_t timeout_ms, rpc_stream_t **stream_p);
+                               const ProtobufCMessageDescriptor *response_desc, int64_t timeout_ms,
+                               rpc_stream_t **stream_p);
 
 /* Waits up to timeout_ms (<= 0: until the stream's deadline) for the next
  * message. FERRY_OK with *msg_p set: a message (free it as above).

@@ -34,12 +34,12 @@
 typedef struct etcd_client etcd_client_t;
 
 typedef struct {
-    const char *endpoints;  /* "http://127.0.0.1:2379[,https://...]"; required */
-    int timeout_ms;         /* per request; 0: 5000 */
-    const char *ca_file;    /* TLS: CA bundle to verify etcd; NULL: system default */
-    const char *cert_file;  /* TLS client certificate; NULL: none */
-    const char *key_file;   /* TLS client key, with cert_file */
-    const char *username;   /* etcd auth; NULL: none */
+    const char *endpoints; /* "http://127.0.0.1:2379[,https://...]"; required */
+    int timeout_ms;        /* per request; 0: 5000 */
+    const char *ca_file;   /* TLS: CA bundle to verify etcd; NULL: system default */
+    const char *cert_file; /* TLS client certificate; NULL: none */
+    const char *key_file;  /* TLS client key, with cert_file */
+    const char *username;  /* etcd auth; NULL: none */
     const char *password;
 } etcd_params_t;
 
@@ -71,8 +71,8 @@ typedef struct {
     int64_t revision; /* store revision of the answer */
     etcd_kv_t *kvs;
     size_t n_kvs;
-    bool more;        /* more keys matched than limit allowed */
-    int64_t count;    /* keys in the range (all of them, not just returned) */
+    bool more;     /* more keys matched than limit allowed */
+    int64_t count; /* keys in the range (all of them, not just returned) */
 } etcd_range_t;
 
 void etcd_range_free(etcd_range_t *range); /* frees the contents, not the struct */
@@ -133,7 +133,7 @@ typedef struct {
     size_t key_len;
     const void *value; /* PUT */
     size_t value_len;
-    int64_t lease;     /* PUT; 0: none */
+    int64_t lease;         /* PUT; 0: none */
     const void *range_end; /* GET, DELETE; NULL: one key */
     size_t range_end_len;
 } etcd_op_t;

@@ -1,0 +1,262 @@
+/*
+ * config.c: flags and environment of ferry-coordinator (config.h).
+ */
+#include "config.h"
+
+#include <getopt.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static const char usage[] =
+    "usage: ferry-coordinator [options]\n"
+    "\n"
+    "Serves ferry.v1.Coordinator and grpc.health.v1.Health over gRPC, with all\n"
+    "state in etcd. Every flag also reads from the FERRY_* variable named.\n"
+    "\n"
+    "  --listen ADDR       address to serve on (FERRY_LISTEN; 127.0.0.1:7400; port 0 picks one)\n"
+    "  --etcd URL[,URL]    etcd endpoints (FERRY_ETCD); none: start a private etcd\n"
+    "  --state-dir DIR     private etcd's data (FERRY_STATE_DIR; ~/.local/state/ferry)\n"
+    "  --prefix P          key prefix in etcd (FERRY_PREFIX; /ferry/)\n"
+    "  --ttl S             default lease TTL in seconds (FERRY_TTL; 10)\n"
+    "  --threads N         completion-queue threads (FERRY_THREADS; 4)\n"
+    "  --name NAME         this replica's name in responses (FERRY_NAME; host name)\n"
+    "  --grace-ms MS       drain time for in-flight calls on SIGTERM (FERRY_GRACE_MS; 5000)\n"
+    "  --port-file PATH    write the bound port to PATH once serving\n"
+    "  --log-level L       error|warn|info|debug|trace (FERRY_LOG_LEVEL; info)\n"
+    "  --tls-cert PEM      serve TLS with this certificate chain (FERRY_TLS_CERT)\n"
+    "  --tls-key PEM       and this key (FERRY_TLS_KEY)\n"
+    "  --tls-ca PEM        require client certificates signed by this CA (FERRY_TLS_CA)\n"
+    "  --etcd-ca PEM       verify etcd with this CA (FERRY_ETCD_CA)\n"
+    "  --etcd-cert PEM     client certificate for etcd (FERRY_ETCD_CERT)\n"
+    "  --etcd-key PEM      its key (FERRY_ETCD_KEY)\n"
+    "  --etcd-user USER    etcd user; the password comes from FERRY_ETCD_PASSWORD\n"
+    "  --help              this text\n";
+
+enum {
+    OPT_LISTEN = 256,
+    OPT_ETCD,
+    OPT_STATE_DIR,
+    OPT_PREFIX,
+    OPT_TTL,
+    OPT_THREADS,
+    OPT_NAME,
+    OPT_GRACE,
+    OPT_PORT_FILE,
+    OPT_LOG_LEVEL,
+    OPT_TLS_CERT,
+    OPT_TLS_KEY,
+    OPT_TLS_CA,
+    OPT_ETCD_CA,
+    OPT_ETCD_CERT,
+    OPT_ETCD_KEY,
+    OPT_ETCD_USER,
+    OPT_HELP,
+};
+
+static const struct option options[] = {
+    {"listen", required_argument, NULL, OPT_LISTEN},
+    {"etcd", required_argument, NULL, OPT_ETCD},
+    {"state-dir", required_argument, NULL, OPT_STATE_DIR},
+    {"prefix", required_argument, NULL, OPT_PREFIX},
+    {"ttl", required_argument, NULL, OPT_TTL},
+    {"threads", required_argument, NULL, OPT_THREADS},
+    {"name", required_argument, NULL, OPT_NAME},
+    {"grace-ms", required_argument, NULL, OPT_GRACE},
+    {"port-file", required_argument, NULL, OPT_PORT_FILE},
+    {"log-level", required_argument, NULL, OPT_LOG_LEVEL},
+    {"tls-cert", required_argument, NULL, OPT_TLS_CERT},
+    {"tls-key", required_argument, NULL, OPT_TLS_KEY},
+    {"tls-ca", required_argument, NULL, OPT_TLS_CA},
+    {"etcd-ca", required_argument, NULL, OPT_ETCD_CA},
+    {"etcd-cert", required_argument, NULL, OPT_ETCD_CERT},
+    {"etcd-key", required_argument, NULL, OPT_ETCD_KEY},
+    {"etcd-user", required_argument, NULL, OPT_ETCD_USER},
+    {"help", no_argument, NULL, OPT_HELP},
+    {NULL, 0, NULL, 0},
+};
+
+static const char *env_or(const char *name, const char *fallback)
+{
+    const char *v = getenv(name);
+    return v != NULL && v[0] != '\0' ? v : fallback;
+}
+
+/* Parses a positive int in [lo, hi]; -1 when it is not one. */
+static int parse_int(const char *flag, const char *text, int lo, int hi)
+{
+    char *end;
+    long v = strtol(text, &end, 10);
+    if (*text == '\0' || *end != '\0' || v < lo || v > hi) {
+        fprintf(stderr, "ferry-coordinator: %s must be an integer from %d to %d, not '%s'\n", flag,
+                lo, hi, text);
+        return -1;
+    }
+    return (int)v;
+}
+
+static const char *default_state_dir(void)
+{
+    static char buf[PATH_MAX];
+    const char *xdg = getenv("XDG_STATE_HOME");
+    const char *home = getenv("HOME");
+
+    if (xdg != NULL && xdg[0] != '\0') {
+        snprintf(buf, sizeof(buf), "%s/ferry", xdg);
+    } else if (home != NULL && home[0] != '\0') {
+        snprintf(buf, sizeof(buf), "%s/.local/state/ferry", home);
+    } else {
+        snprintf(buf, sizeof(buf), "/tmp/ferry-%d", (int)getuid());
+    }
+    return buf;
+}
+
+static const char *default_name(void)
+{
+    static char host[256];
+    if (gethostname(host, sizeof(host) - 1) != 0) {
+        snprintf(host, sizeof(host), "coordinator");
+    }
+    return host;
+}
+
+static void config_defaults(coord_config_t *c)
+{
+    memset(c, 0, sizeof(*c));
+    c->listen = env_or("FERRY_LISTEN", "127.0.0.1:7400");
+    c->etcd = env_or("FERRY_ETCD", NULL);
+    c->state_dir = env_or("FERRY_STATE_DIR", default_state_dir());
+    c->prefix = env_or("FERRY_PREFIX", "/ferry/");
+    c->name = env_or("FERRY_NAME", default_name());
+    c->log_level = env_or("FERRY_LOG_LEVEL", NULL);
+    c->tls_cert = env_or("FERRY_TLS_CERT", NULL);
+    c->tls_key = env_or("FERRY_TLS_KEY", NULL);
+    c->tls_ca = env_or("FERRY_TLS_CA", NULL);
+    c->etcd_ca = env_or("FERRY_ETCD_CA", NULL);
+    c->etcd_cert = env_or("FERRY_ETCD_CERT", NULL);
+    c->etcd_key = env_or("FERRY_ETCD_KEY", NULL);
+    c->etcd_user = env_or("FERRY_ETCD_USER", NULL);
+    c->etcd_password = env_or("FERRY_ETCD_PASSWORD", NULL);
+}
+
+static int set_option(coord_config_t *c, int opt, const char *arg)
+{
+    switch (opt) {
+    case OPT_LISTEN:
+        c->listen = arg;
+        break;
+    case OPT_ETCD:
+        c->etcd = arg;
+        break;
+    case OPT_STATE_DIR:
+        c->state_dir = arg;
+        break;
+    case OPT_PREFIX:
+        c->prefix = arg;
+        break;
+    case OPT_TTL:
+        return (c->ttl_s = parse_int("--ttl", arg, 1, 3600)) < 0 ? -1 : 0;
+    case OPT_THREADS:
+        return (c->threads = parse_int("--threads", arg, 1, 256)) < 0 ? -1 : 0;
+    case OPT_GRACE:
+        return (c->grace_ms = parse_int("--grace-ms", arg, 0, 600000)) < 0 ? -1 : 0;
+    case OPT_NAME:
+        c->name = arg;
+        break;
+    case OPT_PORT_FILE:
+        c->port_file = arg;
+        break;
+    case OPT_LOG_LEVEL:
+        c->log_level = arg;
+        break;
+    case OPT_TLS_CERT:
+        c->tls_cert = arg;
+        break;
+    case OPT_TLS_KEY:
+        c->tls_key = arg;
+        break;
+    case OPT_TLS_CA:
+        c->tls_ca = arg;
+        break;
+    case OPT_ETCD_CA:
+        c->etcd_ca = arg;
+        break;
+    case OPT_ETCD_CERT:
+        c->etcd_cert = arg;
+        break;
+    case OPT_ETCD_KEY:
+        c->etcd_key = arg;
+        break;
+    case OPT_ETCD_USER:
+        c->etcd_user = arg;
+        break;
+    default:
+        return -1;
+    }
+    return 0;
+}
+
+/* Numbers from the environment, read after the flags so a flag wins. */
+static int env_numbers(coord_config_t *c)
+{
+    const char *v;
+    if (c->ttl_s == 0) {
+        v = env_or("FERRY_TTL", "10");
+        c->ttl_s = parse_int("FERRY_TTL", v, 1, 3600);
+    }
+    if (c->threads == 0) {
+        v = env_or("FERRY_THREADS", "4");
+        c->threads = parse_int("FERRY_THREADS", v, 1, 256);
+    }
+    if (c->grace_ms == 0) {
+        v = env_or("FERRY_GRACE_MS", "5000");
+        c->grace_ms = parse_int("FERRY_GRACE_MS", v, 0, 600000);
+    }
+    return c->ttl_s < 0 || c->threads < 0 || c->grace_ms < 0 ? -1 : 0;
+}
+
+static int check(const coord_config_t *c)
+{
+    size_t plen = strlen(c->prefix);
+    if (plen == 0 || c->prefix[plen - 1] != '/') {
+        fprintf(stderr, "ferry-coordinator: --prefix must end with '/', not '%s'\n", c->prefix);
+        return -1;
+    }
+    if ((c->tls_cert == NULL) != (c->tls_key == NULL)) {
+        fprintf(stderr, "ferry-coordinator: --tls-cert and --tls-key go together\n");
+        return -1;
+    }
+    if (c->tls_ca != NULL && c->tls_cert == NULL) {
+        fprintf(stderr, "ferry-coordinator: --tls-ca needs --tls-cert and --tls-key\n");
+        return -1;
+    }
+    return 0;
+}
+
+int coord_config_parse(int argc, char **argv, coord_config_t *c)
+{
+    int opt;
+
+    config_defaults(c);
+    optind = 1;
+    while ((opt = getopt_long(argc, argv, "", options, NULL)) != -1) {
+        if (opt == OPT_HELP) {
+            fputs(usage, stdout);
+            return 1;
+        }
+        if (opt == '?' || set_option(c, opt, optarg) != 0) {
+            fputs(usage, stderr);
+            return -1;
+        }
+    }
+    if (optind < argc) {
+        fprintf(stderr, "ferry-coordinator: unexpected argument '%s'\n", argv[optind]);
+        return -1;
+    }
+    if (env_numbers(c) != 0 || check(c) != 0) {
+        return -1;
+    }
+    return 0;
+}

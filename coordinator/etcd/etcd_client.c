@@ -1,0 +1,454 @@
+/*
+ * etcd_client.c: the client object and the one way a request goes out.
+ *
+ * A request takes an idle CURL easy handle from the pool (or makes one),
+ * POSTs to the endpoint that answered last, and on a connection failure
+ * tries the others in turn. The handle goes back to the pool with its
+ * connections open, so the next request reuses them: no TCP connect per
+ * request. A dead pooled connection (etcd restarted) is noticed by libcurl
+ * and replaced, so nothing stays broken after etcd comes back.
+ *
+ * Only failures that prove the request never reached etcd (connect refused
+ * or timed out, name not resolved, TLS handshake failed) move on to the next
+ * endpoint; a timeout after sending could mean the write happened, so it
+ * ends the request with FERRY_ERR_UNAVAILABLE.
+ *
+ * Threads: any. The pool has its own mutex; endpoints and settings are
+ * read-only after create; `preferred` and `n_connects` are atomics. The
+ * last error is thread-local.
+ */
+#include "coordinator/etcd/etcd_int.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/log.h"
+
+enum {
+    ETCD_DEFAULT_TIMEOUT_MS = 5000,
+    ETCD_MAX_CONNECT_MS = 2000, /* loopback and LAN connect far faster */
+    ETCD_POOL_MAX = 32,         /* idle handles kept; extra ones are closed */
+};
+
+static _Thread_local char etcd_last_error[512];
+static pthread_once_t etcd_curl_once = PTHREAD_ONCE_INIT;
+static CURLcode etcd_curl_init_code;
+
+static void etcd_curl_global_init(void)
+{
+    etcd_curl_init_code = curl_global_init(CURL_GLOBAL_DEFAULT);
+}
+
+const char *etcd_client_last_error(void)
+{
+    return etcd_last_error;
+}
+
+void etcd__set_error(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(etcd_last_error, sizeof(etcd_last_error), fmt, ap);
+    va_end(ap);
+}
+
+void etcd__clear_error(void)
+{
+    etcd_last_error[0] = '\0';
+}
+
+long etcd__client_connects(etcd_client_t *client)
+{
+    return atomic_load(&client->n_connects);
+}
+
+/* --- create / destroy ---------------------------------------------------- */
+
+static char *etcd_strdup_or_null(const char *text)
+{
+    return text != NULL ? strdup(text) : NULL;
+}
+
+/* One endpoint of the comma-separated list, trimmed of spaces and a
+ * trailing '/'. */
+static char *etcd_endpoint_dup(const char *start, size_t len)
+{
+    while (len > 0 && (*start == ' ' || *start == '\t')) {
+        start++;
+        len--;
+    }
+    while (len > 0 && (start[len - 1] == ' ' || start[len - 1] == '/')) {
+        len--;
+    }
+    if (len == 0 || (strncmp(start, "http://", 7) != 0 && strncmp(start, "https://", 8) != 0)) {
+        return NULL;
+    }
+    return strndup(start, len);
+}
+
+static ferry_status_t etcd_split_endpoints(etcd_client_t *client, const char *list)
+{
+    size_t n = 1;
+    for (const char *p = list; *p != '\0'; p++) {
+        n += *p == ',';
+    }
+    client->endpoints = calloc(n, sizeof(char *));
+    if (client->endpoints == NULL) {
+        return FERRY_ERR_NO_MEMORY;
+    }
+    const char *start = list;
+    for (size_t i = 0; i < n; i++) {
+        const char *comma = strchr(start, ',');
+        size_t len = comma != NULL ? (size_t)(comma - start) : strlen(start);
+        client->endpoints[i] = etcd_endpoint_dup(start, len);
+        if (client->endpoints[i] == NULL) {
+            ferry_error("etcd: bad endpoint '%.*s' in '%s'", (int)len, start, list);
+            return FERRY_ERR_INVALID_ARGUMENT;
+        }
+        client->n_endpoints++;
+        start = comma != NULL ? comma + 1 : start;
+    }
+    return FERRY_OK;
+}
+
+static ferry_status_t etcd_copy_params(etcd_client_t *client, const etcd_params_t *params)
+{
+    client->timeout_ms = params->timeout_ms > 0 ? params->timeout_ms : ETCD_DEFAULT_TIMEOUT_MS;
+    client->ca_file = etcd_strdup_or_null(params->ca_file);
+    client->cert_file = etcd_strdup_or_null(params->cert_file);
+    client->key_file = etcd_strdup_or_null(params->key_file);
+    client->username = etcd_strdup_or_null(params->username);
+    client->password = etcd_strdup_or_null(params->password != NULL ? params->password : "");
+    if ((params->ca_file != NULL && client->ca_file == NULL) ||
+        (params->cert_file != NULL && client->cert_file == NULL) ||
+        (params->key_file != NULL && client->key_file == NULL) ||
+        (params->username != NULL && client->username == NULL) || client->password == NULL) {
+        return FERRY_ERR_NO_MEMORY;
+    }
+    return etcd_split_endpoints(client, params->endpoints);
+}
+
+ferry_status_t etcd_client_create(const etcd_params_t *params, etcd_client_t **client_p)
+{
+    if (params == NULL || params->endpoints == NULL || client_p == NULL) {
+        return FERRY_ERR_MISUSE;
+    }
+    pthread_once(&etcd_curl_once, etcd_curl_global_init);
+    if (etcd_curl_init_code != CURLE_OK) {
+        ferry_error("etcd: curl_global_init failed: %s", curl_easy_strerror(etcd_curl_init_code));
+        return FERRY_ERR_INTERNAL;
+    }
+    etcd_client_t *client = calloc(1, sizeof(*client));
+    if (client == NULL) {
+        return FERRY_ERR_NO_MEMORY;
+    }
+    pthread_mutex_init(&client->pool_lock, NULL);
+    pthread_mutex_init(&client->auth_lock, NULL);
+    ferry_status_t status = etcd_copy_params(client, params);
+    if (status != FERRY_OK) {
+        goto err_client;
+    }
+    client->pool = calloc(ETCD_POOL_MAX, sizeof(CURL *));
+    if (client->pool == NULL) {
+        status = FERRY_ERR_NO_MEMORY;
+        goto err_client;
+    }
+    ferry_debug("etcd: client for %s (%zu endpoints, timeout %d ms)", params->endpoints,
+                client->n_endpoints, client->timeout_ms);
+    *client_p = client;
+    return FERRY_OK;
+
+err_client:
+    etcd_client_destroy(client);
+    return status;
+}
+
+void etcd_client_destroy(etcd_client_t *client)
+{
+    if (client == NULL) {
+        return;
+    }
+    for (size_t i = 0; i < client->n_pool; i++) {
+        curl_easy_cleanup(client->pool[i]);
+    }
+    free(client->pool);
+    for (size_t i = 0; i < client->n_endpoints; i++) {
+        free(client->endpoints[i]);
+    }
+    free(client->endpoints);
+    free(client->ca_file);
+    free(client->cert_file);
+    free(client->key_file);
+    free(client->username);
+    free(client->password);
+    free(client->token);
+    pthread_mutex_destroy(&client->pool_lock);
+    pthread_mutex_destroy(&client->auth_lock);
+    free(client);
+}
+
+/* --- the handle pool --------------------------------------------------- */
+
+static CURL *etcd_pool_get(etcd_client_t *client)
+{
+    CURL *handle = NULL;
+    pthread_mutex_lock(&client->pool_lock);
+    if (client->n_pool > 0) {
+        handle = client->pool[--client->n_pool];
+    }
+    pthread_mutex_unlock(&client->pool_lock);
+    return handle != NULL ? handle : curl_easy_init();
+}
+
+static void etcd_pool_put(etcd_client_t *client, CURL *handle)
+{
+    pthread_mutex_lock(&client->pool_lock);
+    if (client->n_pool < ETCD_POOL_MAX) {
+        client->pool[client->n_pool++] = handle;
+        handle = NULL;
+    }
+    pthread_mutex_unlock(&client->pool_lock);
+    if (handle != NULL) {
+        curl_easy_cleanup(handle);
+    }
+}
+
+/* --- one POST ------------------------------------------------------------- */
+
+void etcd__curl_common(etcd_client_t *client, CURL *handle)
+{
+    long connect_ms =
+        client->timeout_ms < ETCD_MAX_CONNECT_MS ? client->timeout_ms : ETCD_MAX_CONNECT_MS;
+    curl_easy_setopt(handle, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(handle, CURLOPT_CONNECTTIMEOUT_MS, connect_ms);
+    curl_easy_setopt(handle, CURLOPT_TCP_KEEPALIVE, 1L);
+    curl_easy_setopt(handle, CURLOPT_TCP_KEEPIDLE, 5L);
+    curl_easy_setopt(handle, CURLOPT_TCP_KEEPINTVL, 2L);
+    curl_easy_setopt(handle, CURLOPT_PROTOCOLS_STR, "http,https");
+    if (client->ca_file != NULL) {
+        curl_easy_setopt(handle, CURLOPT_CAINFO, client->ca_file);
+    }
+    if (client->cert_file != NULL) {
+        curl_easy_setopt(handle, CURLOPT_SSLCERT, client->cert_file);
+    }
+    if (client->key_file != NULL) {
+        curl_easy_setopt(handle, CURLOPT_SSLKEY, client->key_file);
+    }
+}
+
+struct curl_slist *etcd__headers(const char *token)
+{
+    struct curl_slist *headers = curl_slist_append(NULL, "Content-Type: application/json");
+    struct curl_slist *more = headers != NULL ? curl_slist_append(headers, "Expect:") : NULL;
+    if (more != NULL && token != NULL && token[0] != '\0') {
+        char line[1024];
+        snprintf(line, sizeof(line), "Authorization: %s", token);
+        more = curl_slist_append(more, line);
+    }
+    if (more == NULL) {
+        curl_slist_free_all(headers);
+    }
+    return more;
+}
+
+static size_t etcd_buf_write(char *data, size_t size, size_t nmemb, void *arg)
+{
+    etcd_buf_t *buf = arg;
+    size_t n = size * nmemb;
+    if (buf->len + n + 1 > buf->cap) {
+        size_t cap = buf->cap > 0 ? buf->cap : 1024;
+        while (cap < buf->len + n + 1) {
+            cap *= 2;
+        }
+        char *grown = realloc(buf->data, cap);
+        if (grown == NULL) {
+            return 0; /* ends the transfer with CURLE_WRITE_ERROR */
+        }
+        buf->data = grown;
+        buf->cap = cap;
+    }
+    memcpy(buf->data + buf->len, data, n);
+    buf->len += n;
+    buf->data[buf->len] = '\0';
+    return n;
+}
+
+/* POSTs body to one URL. The handle keeps its connections across reset. */
+static CURLcode etcd_post(etcd_client_t *client, CURL *handle, const char *url, const char *body,
+                          const char *token, etcd_buf_t *out, long *http_p, char *detail)
+{
+    struct curl_slist *headers = etcd__headers(token);
+    if (headers == NULL) {
+        return CURLE_OUT_OF_MEMORY;
+    }
+    curl_easy_reset(handle);
+    etcd__curl_common(client, handle);
+    curl_easy_setopt(handle, CURLOPT_URL, url);
+    curl_easy_setopt(handle, CURLOPT_TIMEOUT_MS, (long)client->timeout_ms);
+    curl_easy_setopt(handle, CURLOPT_HTTPHEADER, headers);
+    curl_easy_setopt(handle, CURLOPT_POSTFIELDS, body);
+    curl_easy_setopt(handle, CURLOPT_WRITEFUNCTION, etcd_buf_write);
+    curl_easy_setopt(handle, CURLOPT_WRITEDATA, out);
+    curl_easy_setopt(handle, CURLOPT_ERRORBUFFER, detail);
+    detail[0] = '\0';
+    out->len = 0;
+    CURLcode code = curl_easy_perform(handle);
+    long connects = 0;
+    curl_easy_getinfo(handle, CURLINFO_NUM_CONNECTS, &connects);
+    atomic_fetch_add(&client->n_connects, connects);
+    curl_easy_getinfo(handle, CURLINFO_RESPONSE_CODE, http_p);
+    curl_easy_setopt(handle, CURLOPT_ERRORBUFFER, NULL);
+    curl_slist_free_all(headers);
+    return code;
+}
+
+/* True when the failure proves the request never reached the endpoint,
+ * so trying the next one cannot apply a write twice. */
+static bool etcd_never_sent(CURL *handle, CURLcode code)
+{
+    long sent = 0;
+    switch (code) {
+    case CURLE_COULDNT_CONNECT:
+    case CURLE_COULDNT_RESOLVE_HOST:
+    case CURLE_SSL_CONNECT_ERROR:
+        return true;
+    case CURLE_OPERATION_TIMEDOUT:
+        /* Bytes of request written: 0 when the connect itself timed out. */
+        curl_easy_getinfo(handle, CURLINFO_REQUEST_SIZE, &sent);
+        return sent == 0;
+    default:
+        return false;
+    }
+}
+
+ferry_status_t etcd__transport_error(const char *what, const char *url, CURLcode code,
+                                     const char *detail)
+{
+    etcd__set_error("%s %s: %s", what, url,
+                    detail != NULL && detail[0] != '\0' ? detail : curl_easy_strerror(code));
+    ferry_debug("etcd: %s", etcd_last_error);
+    return FERRY_ERR_UNAVAILABLE;
+}
+
+/* Turns a reply body into JSON or into the status of etcd's error. */
+static ferry_status_t etcd_reply_status(const char *url, long http, const etcd_buf_t *buf,
+                                        cJSON **reply_p)
+{
+    cJSON *reply = buf->data != NULL ? cJSON_ParseWithLength(buf->data, buf->len) : NULL;
+    /* Unary errors are {"error": text, "message", "code"}; errors of the
+     * stream endpoints (keepalive) nest {"grpc_code", "message"} in "error". */
+    const cJSON *error = cJSON_GetObjectItemCaseSensitive(reply, "error");
+    const cJSON *source = cJSON_IsObject(error) ? error : reply;
+    const cJSON *message = cJSON_GetObjectItemCaseSensitive(source, "message");
+    const char *text = cJSON_IsString(message) ? message->valuestring : NULL;
+    int64_t code = 0;
+    if (http == 200 && cJSON_IsObject(reply) && error == NULL) {
+        *reply_p = reply;
+        return FERRY_OK;
+    }
+    etcd__json_int64(source, cJSON_IsObject(error) ? "grpc_code" : "code", &code);
+    ferry_status_t status = etcd__error_status(http, (int)code, text);
+    etcd__set_error("%s: http %ld, code %d: %s", url, http, (int)code,
+                    text != NULL ? text : "malformed reply");
+    ferry_debug("etcd: %s", etcd_last_error);
+    cJSON_Delete(reply);
+    return status;
+}
+
+ferry_status_t etcd__call_raw(etcd_client_t *client, CURL *handle, const char *path,
+                              const char *body, const char *token, cJSON **reply_p)
+{
+    etcd_buf_t buf = {0};
+    char detail[CURL_ERROR_SIZE];
+    char url[512];
+    size_t first = atomic_load(&client->preferred);
+    ferry_status_t status = FERRY_ERR_UNAVAILABLE;
+    bool reached = false;
+    for (size_t i = 0; i < client->n_endpoints && !reached; i++) {
+        size_t index = (first + i) % client->n_endpoints;
+        long http = 0;
+        snprintf(url, sizeof(url), "%s%s", client->endpoints[index], path);
+        CURLcode code = etcd_post(client, handle, url, body, token, &buf, &http, detail);
+        if (code == CURLE_OK) {
+            atomic_store(&client->preferred, index);
+            status = etcd_reply_status(url, http, &buf, reply_p);
+            reached = true;
+            break;
+        }
+        status = etcd__transport_error("post", url, code, detail);
+        reached = !etcd_never_sent(handle, code);
+    }
+    if (status == FERRY_ERR_UNAVAILABLE) {
+        ferry_warn("etcd: unavailable: %s", etcd_last_error);
+    }
+    free(buf.data);
+    return status;
+}
+
+/* One attempt with the current token. *gen_p gets the token's generation;
+ * *sent_p says whether the request itself went out (false when getting a
+ * token failed, which a retry would only repeat). */
+static ferry_status_t etcd_call_once(etcd_client_t *client, CURL *handle, const char *path,
+                                     const char *body, unsigned long *gen_p, bool *sent_p,
+                                     cJSON **reply_p)
+{
+    char *token = NULL;
+    *sent_p = false;
+    ferry_status_t status = etcd__auth_token(client, handle, &token, gen_p);
+    if (status != FERRY_OK) {
+        return status;
+    }
+    *sent_p = true;
+    status = etcd__call_raw(client, handle, path, body, token, reply_p);
+    free(token);
+    return status;
+}
+
+ferry_status_t etcd__call(etcd_client_t *client, const char *path, const cJSON *body,
+                          cJSON **reply_p)
+{
+    etcd__clear_error();
+    char *text = cJSON_PrintUnformatted(body);
+    CURL *handle = text != NULL ? etcd_pool_get(client) : NULL;
+    if (handle == NULL) {
+        free(text);
+        return FERRY_ERR_NO_MEMORY;
+    }
+    unsigned long gen = 0;
+    bool sent = false;
+    ferry_status_t status = etcd_call_once(client, handle, path, text, &gen, &sent, reply_p);
+    if (status == FERRY_ERR_UNAUTHENTICATED && client->username != NULL && sent) {
+        /* The token expired (etcd's default TTL is 300 s) or etcd restarted
+         * and forgot it: get a new one and try once more. */
+        ferry_debug("etcd: token rejected on %s, authenticating again", path);
+        etcd__auth_invalidate(client, gen);
+        status = etcd_call_once(client, handle, path, text, &gen, &sent, reply_p);
+    }
+    etcd_pool_put(client, handle);
+    free(text);
+    return status;
+}
+
+ferry_status_t etcd_ping(etcd_client_t *client, int64_t *revision_p)
+{
+    if (client == NULL) {
+        return FERRY_ERR_MISUSE;
+    }
+    cJSON *body = cJSON_CreateObject();
+    cJSON *reply = NULL;
+    ferry_status_t status = body != NULL
+                                ? etcd__call(client, "/v3/maintenance/status", body, &reply)
+                                : FERRY_ERR_NO_MEMORY;
+    int64_t revision = 0;
+    if (status == FERRY_OK) {
+        status = etcd__json_revision(reply, &revision);
+    }
+    if (status == FERRY_OK && revision_p != NULL) {
+        *revision_p = revision;
+    }
+    cJSON_Delete(reply);
+    cJSON_Delete(body);
+    return status;
+}

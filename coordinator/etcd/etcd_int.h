@@ -1,0 +1,144 @@
+/*
+ * etcd_int.h: what the files of the etcd client share, and nothing else
+ * includes. etcd.h is the public side.
+ *
+ * Files:
+ *   etcd_json.c    base64, 64-bit numbers as JSON strings, reply parsing
+ *                  (pure functions: the unit tests call them directly)
+ *   etcd_client.c  the client: endpoints, the handle pool, one POST with
+ *                  failover, status mapping, the thread-local last error
+ *   etcd_auth.c    the etcd auth token: authenticate, refresh on code 16
+ *   etcd_kv.c      put, range, delete-range, txn
+ *   etcd_lease.c   grant, keep-alive, revoke
+ *   etcd_watch.c   a watch stream on its own thread
+ *
+ * Names: etcd__ for what crosses files here, static for the rest.
+ * Buffers decoded from base64 are always malloc'ed with one extra NUL byte
+ * after the data, so a text key can be printed as a C string.
+ */
+#ifndef FERRY_COORD_ETCD_INT_H
+#define FERRY_COORD_ETCD_INT_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+
+#include <cjson/cJSON.h>
+#include <curl/curl.h>
+
+#include "coordinator/etcd/etcd.h"
+
+/* Stand-in for the gRPC status codes etcd puts in "code". */
+enum {
+    ETCD_GRPC_INVALID_ARGUMENT = 3,
+    ETCD_GRPC_NOT_FOUND = 5,
+    ETCD_GRPC_PERMISSION_DENIED = 7,
+    ETCD_GRPC_FAILED_PRECONDITION = 9,
+    ETCD_GRPC_OUT_OF_RANGE = 11,
+    ETCD_GRPC_UNAVAILABLE = 14,
+    ETCD_GRPC_UNAUTHENTICATED = 16,
+};
+
+struct etcd_client {
+    char **endpoints; /* owned; "http://host:port" without a trailing '/' */
+    size_t n_endpoints;
+    atomic_size_t preferred; /* index of the endpoint that last answered */
+    int timeout_ms;
+    char *ca_file; /* owned copies of the params; NULL when absent */
+    char *cert_file;
+    char *key_file;
+    char *username;
+    char *password;
+
+    pthread_mutex_t pool_lock; /* guards pool and n_pool */
+    CURL **pool;               /* idle easy handles, each with live connections */
+    size_t n_pool;
+
+    pthread_mutex_t auth_lock; /* guards token and token_gen */
+    char *token;               /* NULL: not authenticated (yet) */
+    unsigned long token_gen;   /* bumped on every new token */
+
+    atomic_long n_connects; /* new TCP connections made, for tests */
+};
+
+/* A growing byte buffer for reply bodies. */
+typedef struct {
+    char *data;
+    size_t len;
+    size_t cap;
+} etcd_buf_t;
+
+/* --- etcd_json.c ------------------------------------------------------ */
+
+/* NUL-terminated base64 of the bytes (malloc'ed), NULL when out of memory. */
+char *etcd__b64_encode(const void *data, size_t len);
+/* Decodes standard base64 with padding; *out_p is malloc'ed (len + 1). */
+ferry_status_t etcd__b64_decode(const char *text, uint8_t **out_p, size_t *len_p);
+
+/* Adds "name": "<base64>" / "name": "<decimal>" to obj. */
+ferry_status_t etcd__json_add_bytes(cJSON *obj, const char *name, const void *data, size_t len);
+ferry_status_t etcd__json_add_int64(cJSON *obj, const char *name, int64_t value);
+
+/* A 64-bit number that etcd sent as a string (or a small JSON number).
+ * A missing field is 0 (etcd leaves defaults out); a malformed one is
+ * FERRY_ERR_PROTOCOL. */
+ferry_status_t etcd__json_int64(const cJSON *obj, const char *name, int64_t *value_p);
+/* Missing field: an empty buffer (still malloc'ed). */
+ferry_status_t etcd__json_bytes(const cJSON *obj, const char *name, uint8_t **data_p,
+                                size_t *len_p);
+/* header.revision of a reply, 0 when missing. */
+ferry_status_t etcd__json_revision(const cJSON *reply, int64_t *revision_p);
+
+ferry_status_t etcd__parse_kv(const cJSON *json, etcd_kv_t *kv);
+void etcd__kv_clear(etcd_kv_t *kv);
+/* A RangeResponse (also a txn's response_range). */
+ferry_status_t etcd__parse_range(const cJSON *json, etcd_range_t *range);
+ferry_status_t etcd__parse_txn(const cJSON *json, etcd_txn_result_t *result);
+/* The body of a keep-alive answer: FERRY_ERR_NOT_FOUND without TTL. */
+ferry_status_t etcd__parse_keepalive(const cJSON *json, int64_t *ttl_p);
+ferry_status_t etcd__parse_event(const cJSON *json, etcd_event_t *event);
+void etcd__event_clear(etcd_event_t *event);
+/* etcd's error object {"error","message","code"} and the HTTP status to a
+ * ferry status. */
+ferry_status_t etcd__error_status(long http_status, int grpc_code, const char *message);
+
+/* --- etcd_client.c ---------------------------------------------------- */
+
+/* Records the cause of a failure for etcd_client_last_error(). */
+void etcd__set_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+void etcd__clear_error(void);
+
+/* POSTs body to path (e.g. "/v3/kv/put") on the first endpoint that
+ * answers, with authentication (re-authenticating once on an expired
+ * token). On FERRY_OK *reply_p is the parsed reply, which the caller
+ * deletes; on error the cause is logged and recorded. */
+ferry_status_t etcd__call(etcd_client_t *client, const char *path, const cJSON *body,
+                          cJSON **reply_p);
+
+/* The same with a given token (NULL: none) and handle, no auth retry. */
+ferry_status_t etcd__call_raw(etcd_client_t *client, CURL *handle, const char *path,
+                              const char *body, const char *token, cJSON **reply_p);
+
+/* Sets the options every request and watch shares: timeouts, TLS, no
+ * signals, TCP keep-alive. */
+void etcd__curl_common(etcd_client_t *client, CURL *handle);
+
+/* Builds the request headers (JSON body, no Expect, the token if any). */
+struct curl_slist *etcd__headers(const char *token);
+
+/* Maps a failed transfer: records and logs "what: url: cause". */
+ferry_status_t etcd__transport_error(const char *what, const char *url, CURLcode code,
+                                     const char *detail);
+
+/* New TCP connections the client has made so far (tests check reuse). */
+long etcd__client_connects(etcd_client_t *client);
+
+/* --- etcd_auth.c ------------------------------------------------------ */
+
+/* A copy of the current token and its generation; authenticates first
+ * when there is none. *token_p is NULL without auth, else malloc'ed. */
+ferry_status_t etcd__auth_token(etcd_client_t *client, CURL *handle, char **token_p,
+                                unsigned long *gen_p);
+/* Drops the token of generation gen (a newer one is kept). */
+void etcd__auth_invalidate(etcd_client_t *client, unsigned long gen);
+
+#endif /* FERRY_COORD_ETCD_INT_H */

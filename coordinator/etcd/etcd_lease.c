@@ -1,0 +1,93 @@
+/*
+ * etcd_lease.c: lease grant, keep-alive and revoke.
+ *
+ * The gateway's /v3/lease/keepalive is a stream endpoint that answers one
+ * request per POST inside {"result": ...}. For a lease etcd no longer has
+ * it still answers HTTP 200, only without TTL: that is FERRY_ERR_NOT_FOUND.
+ * Revoke of an unknown lease is HTTP 404 / code 5: FERRY_ERR_NOT_FOUND too.
+ *
+ * Threads: any; no state of its own.
+ */
+#include "coordinator/etcd/etcd_int.h"
+
+#include <inttypes.h>
+
+#include "common/log.h"
+
+/* Sends {"<field>": "<number>"} to path; returns the reply. */
+static ferry_status_t etcd_lease_call(etcd_client_t *client, const char *path, const char *field,
+                                      int64_t number, cJSON **reply_p)
+{
+    cJSON *body = cJSON_CreateObject();
+    ferry_status_t status =
+        body != NULL ? etcd__json_add_int64(body, field, number) : FERRY_ERR_NO_MEMORY;
+    if (status == FERRY_OK) {
+        status = etcd__call(client, path, body, reply_p);
+    }
+    cJSON_Delete(body);
+    return status;
+}
+
+ferry_status_t etcd_lease_grant(etcd_client_t *client, int64_t ttl_s, int64_t *lease_p,
+                                int64_t *granted_ttl_p)
+{
+    if (client == NULL || ttl_s <= 0 || lease_p == NULL) {
+        return FERRY_ERR_MISUSE;
+    }
+    cJSON *reply = NULL;
+    ferry_status_t status = etcd_lease_call(client, "/v3/lease/grant", "TTL", ttl_s, &reply);
+    int64_t lease = 0;
+    int64_t ttl = 0;
+    if (status == FERRY_OK) {
+        status = etcd__json_int64(reply, "ID", &lease);
+    }
+    if (status == FERRY_OK) {
+        status = etcd__json_int64(reply, "TTL", &ttl);
+    }
+    if (status == FERRY_OK && lease == 0) {
+        etcd__set_error("lease grant: reply without ID");
+        status = FERRY_ERR_PROTOCOL;
+    }
+    if (status == FERRY_OK) {
+        *lease_p = lease;
+        if (granted_ttl_p != NULL) {
+            *granted_ttl_p = ttl;
+        }
+    }
+    cJSON_Delete(reply);
+    return status;
+}
+
+ferry_status_t etcd_lease_keepalive(etcd_client_t *client, int64_t lease, int64_t *ttl_p)
+{
+    if (client == NULL || lease == 0) {
+        return FERRY_ERR_MISUSE;
+    }
+    cJSON *reply = NULL;
+    ferry_status_t status = etcd_lease_call(client, "/v3/lease/keepalive", "ID", lease, &reply);
+    int64_t ttl = 0;
+    if (status == FERRY_OK) {
+        status = etcd__parse_keepalive(reply, &ttl);
+    }
+    if (status == FERRY_ERR_NOT_FOUND) {
+        etcd__set_error("lease %" PRIx64 " is gone", (uint64_t)lease);
+        ferry_debug("etcd: lease %" PRIx64 " is gone", (uint64_t)lease);
+    }
+    if (status == FERRY_OK && ttl_p != NULL) {
+        *ttl_p = ttl;
+    }
+    cJSON_Delete(reply);
+    return status;
+}
+
+ferry_status_t etcd_lease_revoke(etcd_client_t *client, int64_t lease)
+{
+    if (client == NULL || lease == 0) {
+        return FERRY_ERR_MISUSE;
+    }
+    cJSON *reply = NULL;
+    /* etcd 3.4 serves both /v3/lease/revoke and the older /v3/kv/lease/revoke. */
+    ferry_status_t status = etcd_lease_call(client, "/v3/lease/revoke", "ID", lease, &reply);
+    cJSON_Delete(reply);
+    return status;
+}

@@ -1,0 +1,587 @@
+/*
+ * etcd_watch.c: one etcd watch, streamed from /v3/watch on its own thread.
+ *
+ * The gateway answers a watch with one JSON object per line, each under
+ * "result": first {"created": true}, then {"events": [...]} messages, and
+ * {"canceled": true, "compact_revision": N} when the start revision has
+ * been compacted. The thread runs the transfer in a curl multi handle, so
+ * etcd_watch_destroy can interrupt a wait at once with curl_multi_wakeup.
+ *
+ * Life of the thread:
+ *   connect -> created -> events ... -> drop -> wait (100 ms .. 1 s) -> connect
+ * A drop (stream ended, connection lost, no "created" within the client
+ * timeout) reconnects from the last delivered revision + 1 (or from the
+ * created revision + 1 when the watch started "from now" and nothing came
+ * yet), so no event is lost or repeated. A compacted revision ends the
+ * thread's work with on_state(false, FERRY_ERR_EXPIRED).
+ *
+ * Threads: the creating thread waits for the first "created"; afterwards
+ * only the watch thread touches the stream fields. `stop` is atomic; `lock`
+ * guards the create handshake and backs the condition variable that the
+ * backoff waits on. Callbacks run on the watch thread only, and destroy
+ * joins it, so none runs after destroy returns.
+ */
+#include "coordinator/etcd/etcd_int.h"
+
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "common/log.h"
+
+enum {
+    ETCD_WATCH_BACKOFF_MIN_MS = 100,
+    ETCD_WATCH_BACKOFF_MAX_MS = 1000,
+    ETCD_WATCH_POLL_MS = 1000,
+};
+
+struct etcd_watch {
+    etcd_client_t *client;
+    etcd_watch_params_t params; /* key and range_end point into owned copies */
+    uint8_t *key;
+    uint8_t *range_end;
+    pthread_t thread;
+    CURLM *multi; /* created before the thread; destroy wakes it */
+    atomic_bool stop;
+
+    pthread_mutex_t lock; /* guards create_done, create_status, create_error */
+    pthread_cond_t cond;  /* signals create_done and stop */
+    bool create_done;
+    ferry_status_t create_status;
+    char create_error[512];
+
+    /* Watch thread only. */
+    CURL *easy;
+    etcd_buf_t line;              /* bytes of the line not yet complete */
+    int64_t next_rev;             /* where a reconnect starts; 0: from now */
+    bool created;                 /* the current stream said "created" */
+    bool connected;               /* as last told to on_state */
+    bool ever_created;            /* some stream was created (create returned) */
+    ferry_status_t stream_status; /* why the stream was ended from the inside */
+    size_t endpoint;              /* index of the endpoint in use */
+};
+
+/* --- helpers ------------------------------------------------------------ */
+
+static struct timespec etcd_deadline(int ms)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    ts.tv_sec += ms / 1000;
+    ts.tv_nsec += (long)(ms % 1000) * 1000000L;
+    if (ts.tv_nsec >= 1000000000L) {
+        ts.tv_sec++;
+        ts.tv_nsec -= 1000000000L;
+    }
+    return ts;
+}
+
+static int64_t etcd_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Every change of `connected` goes through here: it logs and tells the
+ * owner. */
+static void etcd_watch_set_connected(etcd_watch_t *watch, bool connected, ferry_status_t status)
+{
+    if (watch->connected == connected && status != FERRY_ERR_EXPIRED) {
+        return;
+    }
+    watch->connected = connected;
+    ferry_info("etcd: watch %p %s (%s), next revision %" PRId64, (void *)watch,
+               connected ? "connected" : "disconnected", ferry_status_name(status),
+               watch->next_rev);
+    if (watch->params.on_state != NULL) {
+        watch->params.on_state(watch->params.arg, connected, status);
+    }
+}
+
+/* Ends the create handshake (the first stream only). */
+static void etcd_watch_created(etcd_watch_t *watch, ferry_status_t status)
+{
+    if (watch->ever_created) {
+        return;
+    }
+    pthread_mutex_lock(&watch->lock);
+    watch->create_done = true;
+    watch->create_status = status;
+    snprintf(watch->create_error, sizeof(watch->create_error), "%s", etcd_client_last_error());
+    pthread_cond_broadcast(&watch->cond);
+    pthread_mutex_unlock(&watch->lock);
+    watch->ever_created = status == FERRY_OK;
+}
+
+/* --- one message --------------------------------------------------------- */
+
+static ferry_status_t etcd_watch_events(etcd_watch_t *watch, const cJSON *array, int64_t revision)
+{
+    size_t n = (size_t)cJSON_GetArraySize(array);
+    etcd_event_t *events = calloc(n > 0 ? n : 1, sizeof(*events));
+    if (events == NULL) {
+        return FERRY_ERR_NO_MEMORY;
+    }
+    ferry_status_t status = FERRY_OK;
+    size_t parsed = 0;
+    const cJSON *item;
+    cJSON_ArrayForEach(item, array)
+    {
+        if (status == FERRY_OK) {
+            status = etcd__parse_event(item, &events[parsed]);
+            parsed += status == FERRY_OK;
+        }
+    }
+    if (status == FERRY_OK && n > 0) {
+        watch->params.on_events(watch->params.arg, events, n, revision);
+        watch->next_rev = events[n - 1].kv.mod_revision + 1;
+    }
+    for (size_t i = 0; i < parsed; i++) {
+        etcd__event_clear(&events[i]);
+    }
+    free(events);
+    return status;
+}
+
+/* A canceled watch: compaction, auth, or something else. */
+static ferry_status_t etcd_watch_canceled(const cJSON *result)
+{
+    int64_t compact = 0;
+    etcd__json_int64(result, "compact_revision", &compact);
+    const cJSON *reason = cJSON_GetObjectItemCaseSensitive(result, "cancel_reason");
+    const char *text = cJSON_IsString(reason) ? reason->valuestring : "";
+    etcd__set_error("watch canceled by etcd: %s%s", text,
+                    compact > 0 ? "required revision has been compacted" : "");
+    if (compact > 0) {
+        return FERRY_ERR_EXPIRED;
+    }
+    if (strstr(text, "Unauthenticated") != NULL || strstr(text, "auth token") != NULL) {
+        return FERRY_ERR_UNAUTHENTICATED;
+    }
+    if (strstr(text, "PermissionDenied") != NULL) {
+        return FERRY_ERR_PERMISSION_DENIED;
+    }
+    return FERRY_ERR_UNAVAILABLE;
+}
+
+/* Handles one line of the stream. Anything but FERRY_OK ends the stream. */
+static ferry_status_t etcd_watch_message(etcd_watch_t *watch, const cJSON *msg)
+{
+    const cJSON *result = cJSON_GetObjectItemCaseSensitive(msg, "result");
+    if (!cJSON_IsObject(result)) {
+        const cJSON *error = cJSON_GetObjectItemCaseSensitive(msg, "error");
+        const cJSON *text = cJSON_GetObjectItemCaseSensitive(error, "message");
+        int64_t code = 0;
+        etcd__json_int64(error, "grpc_code", &code);
+        etcd__set_error("watch: etcd error: %s", cJSON_IsString(text) ? text->valuestring : "?");
+        return etcd__error_status(0, (int)code, cJSON_IsString(text) ? text->valuestring : NULL);
+    }
+    if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(result, "canceled"))) {
+        return etcd_watch_canceled(result);
+    }
+    int64_t revision = 0;
+    ferry_status_t status = etcd__json_revision(result, &revision);
+    if (status == FERRY_OK && cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(result, "created"))) {
+        watch->created = true;
+        if (watch->next_rev == 0) {
+            watch->next_rev = revision + 1;
+        }
+        if (watch->ever_created) {
+            etcd_watch_set_connected(watch, true, FERRY_OK);
+        } else {
+            /* The first stream is create's result, not a state change. */
+            watch->connected = true;
+            etcd_watch_created(watch, FERRY_OK);
+        }
+    }
+    const cJSON *events = cJSON_GetObjectItemCaseSensitive(result, "events");
+    if (status == FERRY_OK && events != NULL) {
+        status =
+            cJSON_IsArray(events) ? etcd_watch_events(watch, events, revision) : FERRY_ERR_PROTOCOL;
+    }
+    return status;
+}
+
+static ferry_status_t etcd_watch_line(etcd_watch_t *watch, const char *line, size_t len)
+{
+    cJSON *msg = cJSON_ParseWithLength(line, len);
+    if (msg == NULL) {
+        etcd__set_error("watch: malformed line from etcd");
+        return FERRY_ERR_PROTOCOL;
+    }
+    ferry_status_t status = etcd_watch_message(watch, msg);
+    cJSON_Delete(msg);
+    return status;
+}
+
+/* Handles each complete line that has arrived and keeps the rest. */
+static ferry_status_t etcd_watch_lines(etcd_watch_t *watch)
+{
+    etcd_buf_t *buf = &watch->line;
+    size_t done = 0;
+    ferry_status_t status = FERRY_OK;
+    while (status == FERRY_OK) {
+        char *line = buf->data + done;
+        char *newline = memchr(line, '\n', buf->len - done);
+        if (newline == NULL) {
+            break;
+        }
+        status = etcd_watch_line(watch, line, (size_t)(newline - line));
+        done = (size_t)(newline + 1 - buf->data);
+    }
+    memmove(buf->data, buf->data + done, buf->len - done);
+    buf->len -= done;
+    return status;
+}
+
+static size_t etcd_watch_write(char *data, size_t size, size_t nmemb, void *arg)
+{
+    etcd_watch_t *watch = arg;
+    size_t n = size * nmemb;
+    if (atomic_load(&watch->stop) || watch->stream_status != FERRY_OK) {
+        return 0;
+    }
+    etcd_buf_t *line = &watch->line;
+    if (line->len + n + 1 > line->cap) {
+        size_t cap = line->cap > 0 ? line->cap : 4096;
+        while (cap < line->len + n + 1) {
+            cap *= 2;
+        }
+        char *grown = realloc(line->data, cap);
+        if (grown == NULL) {
+            watch->stream_status = FERRY_ERR_NO_MEMORY;
+            return 0;
+        }
+        line->data = grown;
+        line->cap = cap;
+    }
+    memcpy(line->data + line->len, data, n);
+    line->len += n;
+    watch->stream_status = etcd_watch_lines(watch);
+    /* A short count ends the transfer. */
+    return watch->stream_status == FERRY_OK && !atomic_load(&watch->stop) ? n : 0;
+}
+
+/* --- one stream ----------------------------------------------------------- */
+
+static char *etcd_watch_body(const etcd_watch_t *watch)
+{
+    cJSON *body = cJSON_CreateObject();
+    cJSON *req = cJSON_AddObjectToObject(body, "create_request");
+    ferry_status_t status = req != NULL ? FERRY_OK : FERRY_ERR_NO_MEMORY;
+    if (status == FERRY_OK) {
+        status = etcd__json_add_bytes(req, "key", watch->key, watch->params.key_len);
+    }
+    if (status == FERRY_OK && watch->range_end != NULL) {
+        status =
+            etcd__json_add_bytes(req, "range_end", watch->range_end, watch->params.range_end_len);
+    }
+    if (status == FERRY_OK && watch->next_rev > 0) {
+        status = etcd__json_add_int64(req, "start_revision", watch->next_rev);
+    }
+    if (status == FERRY_OK && watch->params.prev_kv) {
+        status = cJSON_AddTrueToObject(req, "prev_kv") != NULL ? FERRY_OK : FERRY_ERR_NO_MEMORY;
+    }
+    char *text = status == FERRY_OK ? cJSON_PrintUnformatted(body) : NULL;
+    cJSON_Delete(body);
+    return text;
+}
+
+/* Drives the transfer until it ends, stop is asked, or "created" does not
+ * come in time. Returns the CURLcode of the end (CURLE_OK: etcd closed). */
+static CURLcode etcd_watch_drive(etcd_watch_t *watch)
+{
+    int64_t created_by = etcd_now_ms() + watch->client->timeout_ms;
+    CURLcode result = CURLE_OK;
+    for (;;) {
+        int running = 0;
+        curl_multi_perform(watch->multi, &running);
+        int left = 0;
+        CURLMsg *msg = curl_multi_info_read(watch->multi, &left);
+        if (msg != NULL && msg->msg == CURLMSG_DONE) {
+            return msg->data.result;
+        }
+        if (atomic_load(&watch->stop)) {
+            return CURLE_ABORTED_BY_CALLBACK;
+        }
+        if (!watch->created && etcd_now_ms() > created_by) {
+            etcd__set_error("watch: no answer from etcd within %d ms", watch->client->timeout_ms);
+            return CURLE_OPERATION_TIMEDOUT;
+        }
+        curl_multi_poll(watch->multi, NULL, 0, ETCD_WATCH_POLL_MS, NULL);
+    }
+    return result;
+}
+
+static void etcd_watch_setup(etcd_watch_t *watch, const char *url, const char *body,
+                             struct curl_slist *headers, char *detail)
+{
+    curl_easy_reset(watch->easy);
+    etcd__curl_common(watch->client, watch->easy);
+    curl_easy_setopt(watch->easy, CURLOPT_URL, url);
+    curl_easy_setopt(watch->easy, CURLOPT_HTTPHEADER, headers);
+    curl_easy_setopt(watch->easy, CURLOPT_COPYPOSTFIELDS, body);
+    curl_easy_setopt(watch->easy, CURLOPT_WRITEFUNCTION, etcd_watch_write);
+    curl_easy_setopt(watch->easy, CURLOPT_WRITEDATA, watch);
+    curl_easy_setopt(watch->easy, CURLOPT_ERRORBUFFER, detail);
+    detail[0] = '\0';
+}
+
+/* Runs one stream on the current endpoint. Returns why it ended. */
+static ferry_status_t etcd_watch_stream(etcd_watch_t *watch, const char *token)
+{
+    char url[512];
+    char detail[CURL_ERROR_SIZE];
+    char *body = etcd_watch_body(watch);
+    struct curl_slist *headers = etcd__headers(token);
+    if (body == NULL || headers == NULL) {
+        free(body);
+        curl_slist_free_all(headers);
+        return FERRY_ERR_NO_MEMORY;
+    }
+    snprintf(url, sizeof(url), "%s/v3/watch", watch->client->endpoints[watch->endpoint]);
+    etcd_watch_setup(watch, url, body, headers, detail);
+    free(body);
+    watch->created = false;
+    watch->stream_status = FERRY_OK;
+    watch->line.len = 0;
+    curl_multi_add_handle(watch->multi, watch->easy);
+    CURLcode code = etcd_watch_drive(watch);
+    curl_multi_remove_handle(watch->multi, watch->easy);
+    curl_easy_setopt(watch->easy, CURLOPT_ERRORBUFFER, NULL);
+    curl_slist_free_all(headers);
+    if (watch->stream_status != FERRY_OK) {
+        ferry_debug("etcd: watch %p stream ended: %s", (void *)watch, etcd_client_last_error());
+        return watch->stream_status;
+    }
+    if (code != CURLE_OK && code != CURLE_OPERATION_TIMEDOUT) {
+        return etcd__transport_error("watch", url, code, detail);
+    }
+    if (code == CURLE_OK) {
+        etcd__set_error("watch %s: etcd closed the stream", url);
+    }
+    return FERRY_ERR_UNAVAILABLE;
+}
+
+/* One connection attempt, with a token when auth is on. */
+static ferry_status_t etcd_watch_attempt(etcd_watch_t *watch)
+{
+    char *token = NULL;
+    unsigned long gen = 0;
+    ferry_status_t status = etcd__auth_token(watch->client, watch->easy, &token, &gen);
+    if (status == FERRY_OK) {
+        status = etcd_watch_stream(watch, token);
+    }
+    free(token);
+    if (status == FERRY_ERR_UNAUTHENTICATED) {
+        etcd__auth_invalidate(watch->client, gen);
+    }
+    return status;
+}
+
+/* --- the thread ----------------------------------------------------------- */
+
+/* Waits ms or until stop; returns false when stopping. */
+static bool etcd_watch_backoff(etcd_watch_t *watch, int ms)
+{
+    struct timespec deadline = etcd_deadline(ms);
+    pthread_mutex_lock(&watch->lock);
+    int rc = 0;
+    while (!atomic_load(&watch->stop) && rc == 0) {
+        rc = pthread_cond_timedwait(&watch->cond, &watch->lock, &deadline);
+    }
+    pthread_mutex_unlock(&watch->lock);
+    return !atomic_load(&watch->stop);
+}
+
+/* Before the first "created": try each endpoint once (and re-authenticate
+ * once); the creator gets the status of the last try. */
+static ferry_status_t etcd_watch_first(etcd_watch_t *watch)
+{
+    ferry_status_t status = FERRY_ERR_UNAVAILABLE;
+    size_t tries = watch->client->n_endpoints + (watch->client->username != NULL);
+    for (size_t i = 0; i < tries && !atomic_load(&watch->stop); i++) {
+        status = etcd_watch_attempt(watch);
+        if (watch->ever_created ||
+            (status != FERRY_ERR_UNAVAILABLE && status != FERRY_ERR_UNAUTHENTICATED)) {
+            break;
+        }
+        watch->endpoint = (watch->endpoint + 1) % watch->client->n_endpoints;
+    }
+    return status;
+}
+
+static void *etcd_watch_main(void *arg)
+{
+    etcd_watch_t *watch = arg;
+    ferry_status_t status = etcd_watch_first(watch);
+    if (!watch->ever_created) {
+        etcd_watch_created(watch, status != FERRY_OK ? status : FERRY_ERR_UNAVAILABLE);
+        return NULL;
+    }
+    int backoff = ETCD_WATCH_BACKOFF_MIN_MS;
+    while (!atomic_load(&watch->stop)) {
+        if (status == FERRY_ERR_EXPIRED) {
+            etcd_watch_set_connected(watch, false, FERRY_ERR_EXPIRED);
+            break;
+        }
+        etcd_watch_set_connected(watch, false, FERRY_ERR_UNAVAILABLE);
+        if (!etcd_watch_backoff(watch, backoff)) {
+            break;
+        }
+        watch->endpoint = (watch->endpoint + 1) % watch->client->n_endpoints;
+        status = etcd_watch_attempt(watch);
+        backoff = watch->created
+                      ? ETCD_WATCH_BACKOFF_MIN_MS
+                      : (backoff * 2 > ETCD_WATCH_BACKOFF_MAX_MS ? ETCD_WATCH_BACKOFF_MAX_MS
+                                                                 : backoff * 2);
+    }
+    return NULL;
+}
+
+/* --- create / destroy ------------------------------------------------------ */
+
+static void etcd_watch_free(etcd_watch_t *watch)
+{
+    curl_easy_cleanup(watch->easy);
+    curl_multi_cleanup(watch->multi);
+    pthread_cond_destroy(&watch->cond);
+    pthread_mutex_destroy(&watch->lock);
+    free(watch->line.data);
+    free(watch->key);
+    free(watch->range_end);
+    free(watch);
+}
+
+static uint8_t *etcd_memdup(const void *data, size_t len)
+{
+    uint8_t *copy = malloc(len > 0 ? len : 1);
+    if (copy != NULL && len > 0) {
+        memcpy(copy, data, len);
+    }
+    return copy;
+}
+
+static ferry_status_t etcd_watch_alloc(etcd_client_t *client, const etcd_watch_params_t *params,
+                                       etcd_watch_t **watch_p)
+{
+    etcd_watch_t *watch = calloc(1, sizeof(*watch));
+    if (watch == NULL) {
+        return FERRY_ERR_NO_MEMORY;
+    }
+    pthread_condattr_t attr;
+    pthread_condattr_init(&attr);
+    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+    pthread_cond_init(&watch->cond, &attr);
+    pthread_condattr_destroy(&attr);
+    pthread_mutex_init(&watch->lock, NULL);
+    watch->client = client;
+    watch->params = *params;
+    watch->next_rev = params->start_revision;
+    watch->endpoint = atomic_load(&client->preferred);
+    watch->key = etcd_memdup(params->key, params->key_len);
+    watch->range_end =
+        params->range_end != NULL ? etcd_memdup(params->range_end, params->range_end_len) : NULL;
+    watch->multi = curl_multi_init();
+    watch->easy = curl_easy_init();
+    if (watch->key == NULL || (params->range_end != NULL && watch->range_end == NULL) ||
+        watch->multi == NULL || watch->easy == NULL) {
+        etcd_watch_free(watch);
+        return FERRY_ERR_NO_MEMORY;
+    }
+    *watch_p = watch;
+    return FERRY_OK;
+}
+
+/* Waits for the first stream's "created" (or its failure) with the client
+ * timeout plus a margin for the connect attempts. */
+static ferry_status_t etcd_watch_wait_created(etcd_watch_t *watch)
+{
+    int ms = watch->client->timeout_ms * (int)(watch->client->n_endpoints + 1);
+    struct timespec deadline = etcd_deadline(ms);
+    pthread_mutex_lock(&watch->lock);
+    int rc = 0;
+    while (!watch->create_done && rc == 0) {
+        rc = pthread_cond_timedwait(&watch->cond, &watch->lock, &deadline);
+    }
+    ferry_status_t status = watch->create_done ? watch->create_status : FERRY_ERR_UNAVAILABLE;
+    if (watch->create_done) {
+        etcd__set_error("%s", watch->create_error);
+    } else {
+        etcd__set_error("watch: not created within %d ms", ms);
+    }
+    pthread_mutex_unlock(&watch->lock);
+    return status;
+}
+
+/* etcd 3.4 answers a watch from a compacted revision with "created" first
+ * and "canceled" right after, so "created" alone does not prove the start
+ * revision is still there. A one-key read at that revision does: it fails
+ * with "compacted" (FERRY_ERR_EXPIRED) exactly when the watch would. A
+ * start revision in the future is fine for a watch (it waits), so that
+ * error of the read is not one. */
+static ferry_status_t etcd_watch_check_start(etcd_client_t *client,
+                                             const etcd_watch_params_t *params)
+{
+    if (params->start_revision == 0) {
+        return FERRY_OK;
+    }
+    etcd_range_t range;
+    ferry_status_t status = etcd_get(client, params->key, params->key_len, params->range_end,
+                                     params->range_end_len, 1, params->start_revision, &range);
+    if (status == FERRY_OK) {
+        etcd_range_free(&range);
+    }
+    if (status == FERRY_ERR_INVALID_ARGUMENT) {
+        etcd__clear_error();
+        return FERRY_OK;
+    }
+    return status;
+}
+
+ferry_status_t etcd_watch_create(etcd_client_t *client, const etcd_watch_params_t *params,
+                                 etcd_watch_t **watch_p)
+{
+    if (client == NULL || params == NULL || watch_p == NULL || params->key == NULL ||
+        params->key_len == 0 || params->on_events == NULL || params->start_revision < 0) {
+        return FERRY_ERR_MISUSE;
+    }
+    etcd__clear_error();
+    ferry_status_t status = etcd_watch_check_start(client, params);
+    if (status != FERRY_OK) {
+        return status;
+    }
+    etcd_watch_t *watch;
+    status = etcd_watch_alloc(client, params, &watch);
+    if (status != FERRY_OK) {
+        return status;
+    }
+    if (pthread_create(&watch->thread, NULL, etcd_watch_main, watch) != 0) {
+        etcd_watch_free(watch);
+        return FERRY_ERR_RESOURCE_EXHAUSTED;
+    }
+    status = etcd_watch_wait_created(watch);
+    if (status != FERRY_OK) {
+        ferry_warn("etcd: watch not created: %s", etcd_client_last_error());
+        etcd_watch_destroy(watch);
+        return status;
+    }
+    *watch_p = watch;
+    return FERRY_OK;
+}
+
+void etcd_watch_destroy(etcd_watch_t *watch)
+{
+    if (watch == NULL) {
+        return;
+    }
+    pthread_mutex_lock(&watch->lock);
+    atomic_store(&watch->stop, true);
+    pthread_cond_broadcast(&watch->cond);
+    pthread_mutex_unlock(&watch->lock);
+    curl_multi_wakeup(watch->multi);
+    pthread_join(watch->thread, NULL);
+    etcd_watch_free(watch);
+}

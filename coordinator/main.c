@@ -1,0 +1,192 @@
+/*
+ * main.c: ferry-coordinator. Parses the configuration, starts a private etcd
+ * when none is given, serves until SIGTERM or SIGINT, then stops taking
+ * calls, ends waits and streams with UNAVAILABLE, drains in-flight calls for
+ * the grace period and exits 0.
+ *
+ * Signals are blocked in every thread and taken with sigwait on the main
+ * thread, so no handler runs inside gRPC or libcurl.
+ */
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/log.h"
+#include "config.h"
+#include "etcd/etcd.h"
+#include "etcd_child.h"
+#include "registry.h"
+#include "rpc/rpc.h"
+#include "service.h"
+
+typedef struct {
+    coord_config_t config;
+    coord_etcd_child_t child;
+    etcd_client_t *etcd;
+    rpc_server_t *server;
+    coord_service_t *service;
+    coord_registry_t *registry;
+    int port;
+} coordinator_t;
+
+static ferry_status_t open_etcd(coordinator_t *c)
+{
+    etcd_params_t params = {
+        .endpoints = c->config.etcd,
+        .ca_file = c->config.etcd_ca,
+        .cert_file = c->config.etcd_cert,
+        .key_file = c->config.etcd_key,
+        .username = c->config.etcd_user,
+        .password = c->config.etcd_password,
+        .timeout_ms = 5000,
+    };
+    ferry_status_t status;
+
+    if (params.endpoints == NULL) {
+        ferry_info("no --etcd given: starting a private etcd under %s", c->config.state_dir);
+        status = coord_etcd_child_start(c->config.state_dir, &c->child);
+        if (status != FERRY_OK) {
+            ferry_error("could not start a private etcd: %s", ferry_status_string(status));
+            return status;
+        }
+        params.endpoints = c->child.endpoint;
+    }
+    status = etcd_client_create(&params, &c->etcd);
+    if (status != FERRY_OK) {
+        ferry_error("etcd client for %s: %s", params.endpoints, ferry_status_string(status));
+    }
+    return status;
+}
+
+static ferry_status_t open_server(coordinator_t *c)
+{
+    rpc_tls_params_t tls = {
+        .cert_file = c->config.tls_cert,
+        .key_file = c->config.tls_key,
+        .ca_file = c->config.tls_ca,
+        .require_client_cert = c->config.tls_ca != NULL,
+    };
+    rpc_server_params_t params = {
+        .listen_addr = c->config.listen,
+        .n_threads = c->config.threads,
+        .tls = c->config.tls_cert != NULL ? &tls : NULL,
+    };
+    coord_service_params_t sparams = {.name = c->config.name};
+    coord_registry_params_t rparams = {
+        .prefix = c->config.prefix,
+        .default_ttl_s = c->config.ttl_s,
+        .on_event = coord_service_on_event,
+        .on_health = coord_service_on_health,
+    };
+    ferry_status_t status = rpc_server_create(&params, &c->server);
+
+    if (status != FERRY_OK) {
+        return status;
+    }
+    status = coord_service_create(&sparams, c->server, &c->service);
+    if (status != FERRY_OK) {
+        return status;
+    }
+    rparams.etcd = c->etcd;
+    rparams.arg = c->service;
+    status = coord_registry_create(&rparams, &c->registry);
+    if (status != FERRY_OK) {
+        return status;
+    }
+    coord_service_attach(c->service, c->registry);
+    status = rpc_server_start(c->server, &c->port);
+    if (status != FERRY_OK) {
+        ferry_error("cannot serve on %s: %s", c->config.listen, ferry_status_string(status));
+        return status;
+    }
+    coord_service_on_health(c->service, coord_registry_healthy(c->registry));
+    return FERRY_OK;
+}
+
+static void write_port_file(const char *path, int port)
+{
+    char tmp[4096];
+    FILE *f;
+
+    /* Write then rename, so a reader never sees a half-written file. */
+    snprintf(tmp, sizeof(tmp), "%s.tmp", path);
+    f = fopen(tmp, "w");
+    if (f == NULL) {
+        ferry_warn("cannot write port file %s", tmp);
+        return;
+    }
+    fprintf(f, "%d\n", port);
+    fclose(f);
+    rename(tmp, path);
+}
+
+static void close_all(coordinator_t *c)
+{
+    if (c->service != NULL) {
+        coord_service_stop(c->service);
+    }
+    if (c->server != NULL) {
+        rpc_server_set_serving(c->server, "", false);
+        rpc_server_shutdown(c->server, c->config.grace_ms);
+    }
+    coord_registry_destroy(c->registry);
+    coord_service_destroy(c->service);
+    rpc_server_destroy(c->server);
+    etcd_client_destroy(c->etcd);
+    coord_etcd_child_stop(&c->child);
+}
+
+static int wait_for_signal(void)
+{
+    sigset_t set;
+    int sig = 0;
+
+    sigemptyset(&set);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGINT);
+    sigwait(&set, &sig);
+    return sig;
+}
+
+int main(int argc, char **argv)
+{
+    coordinator_t c;
+    ferry_log_level_t level;
+    sigset_t set;
+    int rc;
+
+    memset(&c, 0, sizeof(c));
+    rc = coord_config_parse(argc, argv, &c.config);
+    if (rc != 0) {
+        return rc > 0 ? 0 : 2;
+    }
+    if (c.config.log_level != NULL) {
+        if (ferry_log_level_parse(c.config.log_level, &level) != 0) {
+            fprintf(stderr, "ferry-coordinator: unknown log level '%s'\n", c.config.log_level);
+            return 2;
+        }
+        ferry_log_set_level(level);
+    }
+    sigemptyset(&set);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGPIPE);
+    pthread_sigmask(SIG_BLOCK, &set, NULL);
+
+    if (open_etcd(&c) != FERRY_OK || open_server(&c) != FERRY_OK) {
+        close_all(&c);
+        return 1;
+    }
+    ferry_info("ferry-coordinator '%s' serving on %s (port %d), prefix %s, ttl %ds, %d threads",
+               c.config.name, c.config.listen, c.port, c.config.prefix, c.config.ttl_s,
+               c.config.threads);
+    if (c.config.port_file != NULL) {
+        write_port_file(c.config.port_file, c.port);
+    }
+    rc = wait_for_signal();
+    ferry_info("signal %d: draining in-flight calls (up to %d ms)", rc, c.config.grace_ms);
+    close_all(&c);
+    ferry_info("stopped");
+    return 0;
+}

@@ -1,0 +1,371 @@
+/*
+ * registry.c: the registry's view of etcd: loading it, the one watch that
+ * keeps it current, the events it reports, and the maintenance thread that
+ * tracks etcd's health and reloads the view when the watch cannot resume.
+ * See registry.h for the layout and the threads.
+ */
+#include "registry_int.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "common/log.h"
+#include "common/op_state.h"
+
+#define MAINT_INTERVAL_MS 500
+
+int64_t registry_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+size_t registry_key(const coord_registry_t *r, const char *sub_prefix, const char *id, char *buf,
+                    size_t cap)
+{
+    int n = snprintf(buf, cap, "%s%s", sub_prefix, id);
+    (void)r;
+    return n < 0 ? 0 : (size_t)n;
+}
+
+void registry_view_put(coord_registry_t *r, const char *id, const uint8_t *bytes, size_t len,
+                       int64_t mod_revision)
+{
+    pthread_mutex_lock(&r->lock);
+    if (r->synced) {
+        view_upsert(&r->view, id, bytes, len, mod_revision);
+    }
+    pthread_mutex_unlock(&r->lock);
+}
+
+/* The request ID of a key under sub_prefix, or NULL if the key is not
+ * there. Copies into buf. */
+static const char *id_of_key(const char *sub_prefix, const etcd_kv_t *kv, char *buf, size_t cap)
+{
+    size_t plen = strlen(sub_prefix);
+    if (kv->key_len <= plen || kv->key_len - plen >= cap ||
+        memcmp(kv->key, sub_prefix, plen) != 0) {
+        return NULL;
+    }
+    memcpy(buf, kv->key + plen, kv->key_len - plen);
+    buf[kv->key_len - plen] = '\0';
+    return buf;
+}
+
+static void report(coord_registry_t *r, coord_event_type_t type, Ferry__V1__Operation *op,
+                   int64_t revision)
+{
+    if (r->params.on_event != NULL) {
+        coord_strip(op, false);
+        r->params.on_event(r->params.arg, type, op, revision);
+    }
+}
+
+static void apply_op_put(coord_registry_t *r, const char *id, const etcd_kv_t *kv, int64_t revision)
+{
+    Ferry__V1__Operation *op = ferry__v1__operation__unpack(NULL, kv->value_len, kv->value);
+    if (op == NULL) {
+        ferry_warn("op %s: stored record is malformed; ignored", id);
+        return;
+    }
+    pthread_mutex_lock(&r->lock);
+    view_upsert(&r->view, id, kv->value, kv->value_len, kv->mod_revision);
+    pthread_mutex_unlock(&r->lock);
+    report(r, COORD_EVENT_PUT, op, revision);
+    ferry__v1__operation__free_unpacked(op, NULL);
+}
+
+static void apply_op_delete(coord_registry_t *r, const char *id, const etcd_event_t *ev,
+                            int64_t revision)
+{
+    Ferry__V1__Operation *op = NULL;
+
+    pthread_mutex_lock(&r->lock);
+    view_remove(&r->view, id, ev->kv.mod_revision);
+    pthread_mutex_unlock(&r->lock);
+
+    if (ev->prev_kv.key_len > 0) {
+        op = ferry__v1__operation__unpack(NULL, ev->prev_kv.value_len, ev->prev_kv.value);
+    }
+    if (op == NULL) {
+        ferry_warn("op %s: deleted without a readable previous record", id);
+        return;
+    }
+    if (!ferry__op_state_is_final(op->state)) {
+        ferry_info("op %s: %s -> EXPIRED (owner lease %lld ended)", id,
+                   ferry__op_state_name(op->state), (long long)op->lease_id);
+        op->state = FERRY_OP_EXPIRED;
+        op->updated_unix_ms = registry_now_ms();
+    }
+    report(r, COORD_EVENT_DELETE, op, revision);
+    ferry__v1__operation__free_unpacked(op, NULL);
+}
+
+static void apply_claim_delete(coord_registry_t *r, const char *id, const etcd_event_t *ev)
+{
+    char lease_buf[32];
+    size_t n;
+
+    if (ev->prev_kv.key_len == 0) {
+        return;
+    }
+    n = ev->prev_kv.value_len < sizeof(lease_buf) - 1 ? ev->prev_kv.value_len
+                                                      : sizeof(lease_buf) - 1;
+    memcpy(lease_buf, ev->prev_kv.value, n);
+    lease_buf[n] = '\0';
+    registry_expire_claim(r, id, strtoll(lease_buf, NULL, 10));
+}
+
+static void on_watch_events(void *arg, const etcd_event_t *events, size_t n_events,
+                            int64_t revision)
+{
+    coord_registry_t *r = arg;
+    char id[256];
+
+    for (size_t i = 0; i < n_events; i++) {
+        const etcd_event_t *ev = &events[i];
+        if (id_of_key(r->ops_prefix, &ev->kv, id, sizeof(id)) != NULL) {
+            if (ev->type == ETCD_EVENT_PUT) {
+                apply_op_put(r, id, &ev->kv, revision);
+            } else {
+                apply_op_delete(r, id, ev, revision);
+            }
+        } else if (ev->type == ETCD_EVENT_DELETE &&
+                   id_of_key(r->claims_prefix, &ev->kv, id, sizeof(id)) != NULL) {
+            apply_claim_delete(r, id, ev);
+        }
+    }
+    pthread_mutex_lock(&r->lock);
+    if (revision > r->revision) {
+        r->revision = revision;
+    }
+    pthread_mutex_unlock(&r->lock);
+}
+
+static void on_watch_state(void *arg, bool connected, ferry_status_t status)
+{
+    coord_registry_t *r = arg;
+
+    pthread_mutex_lock(&r->lock);
+    r->synced = connected;
+    if (status == FERRY_ERR_EXPIRED) {
+        ferry_warn("registry: watch revision compacted; reloading the view");
+        r->reload = true;
+        pthread_cond_signal(&r->maint_cond);
+    }
+    pthread_mutex_unlock(&r->lock);
+    ferry_info("registry: watch %s", connected ? "resumed" : "lost; reads go to etcd");
+}
+
+/* Reads all of ops/ and starts the watch after that read's revision. */
+static ferry_status_t load_view(coord_registry_t *r)
+{
+    etcd_range_t range = {0};
+    uint8_t *end = NULL;
+    size_t end_len = 0;
+    ferry_status_t status;
+    char id[256];
+
+    status = etcd_prefix_end(r->ops_prefix, strlen(r->ops_prefix), &end, &end_len);
+    if (status != FERRY_OK) {
+        return status;
+    }
+    status = etcd_get(r->etcd, r->ops_prefix, strlen(r->ops_prefix), end, end_len, 0, 0, &range);
+    free(end);
+    if (status != FERRY_OK) {
+        return status;
+    }
+    pthread_mutex_lock(&r->lock);
+    view_clear(&r->view);
+    for (size_t i = 0; i < range.n_kvs; i++) {
+        if (id_of_key(r->ops_prefix, &range.kvs[i], id, sizeof(id)) != NULL) {
+            view_upsert(&r->view, id, range.kvs[i].value, range.kvs[i].value_len,
+                        range.kvs[i].mod_revision);
+        }
+    }
+    r->revision = range.revision;
+    pthread_mutex_unlock(&r->lock);
+    ferry_info("registry: loaded %zu operations at revision %lld", range.n_kvs,
+               (long long)range.revision);
+
+    status = etcd_prefix_end(r->prefix, strlen(r->prefix), &end, &end_len);
+    if (status == FERRY_OK) {
+        etcd_watch_params_t wp = {
+            .key = r->prefix,
+            .key_len = strlen(r->prefix),
+            .range_end = end,
+            .range_end_len = end_len,
+            .start_revision = range.revision + 1,
+            .prev_kv = true,
+            .on_events = on_watch_events,
+            .on_state = on_watch_state,
+            .arg = r,
+        };
+        status = etcd_watch_create(r->etcd, &wp, &r->watch);
+        free(end);
+    }
+    etcd_range_free(&range);
+    if (status == FERRY_OK) {
+        pthread_mutex_lock(&r->lock);
+        r->synced = true;
+        r->reload = false;
+        pthread_mutex_unlock(&r->lock);
+    }
+    return status;
+}
+
+static void check_health(coord_registry_t *r)
+{
+    bool ok = etcd_ping(r->etcd, NULL) == FERRY_OK;
+    bool was_ok = atomic_exchange(&r->healthy, ok);
+
+    if (ok != was_ok) {
+        if (ok) {
+            ferry_info("registry: etcd is reachable");
+        } else {
+            ferry_warn("registry: etcd is unreachable: %s", etcd_client_last_error());
+        }
+        if (r->params.on_health != NULL) {
+            r->params.on_health(r->params.arg, ok);
+        }
+    }
+}
+
+static void maint_wait(coord_registry_t *r, int ms)
+{
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_nsec += (long)ms * 1000000L;
+    until.tv_sec += until.tv_nsec / 1000000000L;
+    until.tv_nsec %= 1000000000L;
+    pthread_mutex_lock(&r->lock);
+    if (!r->stopping && !r->reload) {
+        pthread_cond_timedwait(&r->maint_cond, &r->lock, &until);
+    }
+    pthread_mutex_unlock(&r->lock);
+}
+
+static void *maint_main(void *arg)
+{
+    coord_registry_t *r = arg;
+
+    for (;;) {
+        bool stopping, reload;
+        pthread_mutex_lock(&r->lock);
+        stopping = r->stopping;
+        reload = r->reload;
+        pthread_mutex_unlock(&r->lock);
+        if (stopping) {
+            break;
+        }
+        check_health(r);
+        if (reload && atomic_load(&r->healthy)) {
+            etcd_watch_destroy(r->watch);
+            r->watch = NULL;
+            if (load_view(r) != FERRY_OK) {
+                ferry_warn("registry: reload failed: %s", etcd_client_last_error());
+            }
+        }
+        maint_wait(r, MAINT_INTERVAL_MS);
+    }
+    return NULL;
+}
+
+static char *concat(const char *a, const char *b)
+{
+    size_t la = strlen(a), lb = strlen(b);
+    char *s = malloc(la + lb + 1);
+    if (s != NULL) {
+        memcpy(s, a, la);
+        memcpy(s + la, b, lb + 1);
+    }
+    return s;
+}
+
+ferry_status_t coord_registry_create(const coord_registry_params_t *params,
+                                     coord_registry_t **registry_p)
+{
+    coord_registry_t *r = calloc(1, sizeof(*r));
+    ferry_status_t status = FERRY_ERR_NO_MEMORY;
+
+    if (r == NULL) {
+        return FERRY_ERR_NO_MEMORY;
+    }
+    r->params = *params;
+    r->etcd = params->etcd;
+    r->default_ttl_s = params->default_ttl_s;
+    r->prefix = strdup(params->prefix);
+    r->ops_prefix = concat(params->prefix, "ops/");
+    r->claims_prefix = concat(params->prefix, "claims/");
+    if (r->prefix == NULL || r->ops_prefix == NULL || r->claims_prefix == NULL) {
+        goto err_free;
+    }
+    status = view_init(&r->view);
+    if (status != FERRY_OK) {
+        goto err_free;
+    }
+    pthread_mutex_init(&r->lock, NULL);
+    pthread_cond_init(&r->maint_cond, NULL);
+
+    atomic_store(&r->healthy, etcd_ping(r->etcd, NULL) == FERRY_OK);
+    if (!atomic_load(&r->healthy) || load_view(r) != FERRY_OK) {
+        ferry_warn("registry: etcd not ready (%s); serving from etcd reads until it is",
+                   etcd_client_last_error());
+        r->reload = true;
+    }
+    if (pthread_create(&r->maint_thread, NULL, maint_main, r) != 0) {
+        status = FERRY_ERR_IO;
+        goto err_watch;
+    }
+    *registry_p = r;
+    return FERRY_OK;
+
+err_watch:
+    etcd_watch_destroy(r->watch);
+    pthread_cond_destroy(&r->maint_cond);
+    pthread_mutex_destroy(&r->lock);
+    view_cleanup(&r->view);
+err_free:
+    free(r->claims_prefix);
+    free(r->ops_prefix);
+    free(r->prefix);
+    free(r);
+    return status;
+}
+
+void coord_registry_destroy(coord_registry_t *r)
+{
+    if (r == NULL) {
+        return;
+    }
+    pthread_mutex_lock(&r->lock);
+    r->stopping = true;
+    pthread_cond_signal(&r->maint_cond);
+    pthread_mutex_unlock(&r->lock);
+    pthread_join(r->maint_thread, NULL);
+    etcd_watch_destroy(r->watch);
+    pthread_cond_destroy(&r->maint_cond);
+    pthread_mutex_destroy(&r->lock);
+    view_cleanup(&r->view);
+    free(r->claims_prefix);
+    free(r->ops_prefix);
+    free(r->prefix);
+    free(r);
+}
+
+bool coord_registry_healthy(coord_registry_t *r)
+{
+    return atomic_load(&r->healthy);
+}
+
+int64_t coord_registry_revision(coord_registry_t *r)
+{
+    int64_t rev;
+    pthread_mutex_lock(&r->lock);
+    rev = r->revision;
+    pthread_mutex_unlock(&r->lock);
+    return rev;
+}

@@ -1,0 +1,122 @@
+/*
+ * registry.h: the operation registry, the coordinator's whole state, kept in
+ * etcd (DESIGN.md, "etcd layout"):
+ *
+ *   <prefix>ops/<request_id>     ferry.v1.Operation, on the owner's lease
+ *   <prefix>claims/<request_id>  the claim lease ID, on the claim's lease
+ *
+ * Registration is a create-if-absent transaction. Every state change goes
+ * through one function (registry_transition in registry.c): read, check the
+ * state machine (common/op_state.h), write back in a transaction on the
+ * record's mod_revision, retry on conflict, so two replicas never overwrite
+ * each other.
+ *
+ * Reads are served from a view of ops/ (view.h) fed by one etcd watch on the
+ * whole prefix. The coordinator's own writes go into the view as soon as
+ * etcd acknowledges them, so the view is never older than what this replica
+ * has acknowledged; a miss, or any read while the watch is down, goes to
+ * etcd.
+ *
+ * Events: the watch thread reports each change to the params' callbacks, in
+ * revision order, after the view has applied it:
+ *   - a deleted record that was not final is reported as EXPIRED (its owner's
+ *     lease ran out);
+ *   - a deleted claim whose operation is still CLAIMED by that claim turns the
+ *     operation ERRORED (claim expired).
+ *
+ * Threads: all functions may be called from any thread. `lock` guards the
+ * view, `revision` and `synced`. Callbacks run on the watch thread without
+ * `lock` held. A maintenance thread pings etcd (health) and reloads the view
+ * when the watch cannot resume (compaction, or etcd down at start).
+ */
+#ifndef FERRY_COORD_REGISTRY_H
+#define FERRY_COORD_REGISTRY_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <ferry/status.h>
+
+#include "ferry/v1/coordinator.pb-c.h"
+#include "etcd/etcd.h"
+
+typedef struct coord_registry coord_registry_t;
+
+typedef enum {
+    COORD_EVENT_PUT,
+    COORD_EVENT_DELETE,
+} coord_event_type_t;
+
+typedef struct {
+    etcd_client_t *etcd;
+    const char *prefix;    /* "/ferry/"; must end with '/' */
+    int64_t default_ttl_s; /* leases of Register and Claim when the caller says 0 */
+    /* A record changed (PUT) or left (DELETE). `op` is stripped of metadata
+     * and token hash; valid during the call. */
+    void (*on_event)(void *arg, coord_event_type_t type, const Ferry__V1__Operation *op,
+                     int64_t revision);
+    /* etcd became reachable (true) or unreachable (false). */
+    void (*on_health)(void *arg, bool healthy);
+    void *arg;
+} coord_registry_params_t;
+
+ferry_status_t coord_registry_create(const coord_registry_params_t *params,
+                                     coord_registry_t **registry_p);
+void coord_registry_destroy(coord_registry_t *registry);
+
+bool coord_registry_healthy(coord_registry_t *registry);
+
+/* The revision of the last change the view applied; 0 before the first
+ * load. */
+int64_t coord_registry_revision(coord_registry_t *registry);
+
+/* Every call below writes a message naming the cause into msg (cap bytes)
+ * when it fails. */
+
+typedef struct {
+    int64_t revision;
+    int64_t lease_id;
+    int64_t ttl_s;
+    char access_token[257]; /* the caller's, or a new random one */
+} coord_register_out_t;
+
+ferry_status_t coord_register(coord_registry_t *registry, const Ferry__V1__RegisterRequest *req,
+                              coord_register_out_t *out, char *msg, size_t cap);
+
+/* Reads a record. token != NULL: it must match (PERMISSION_DENIED otherwise)
+ * and the metadata is kept; token == NULL: metadata and token hash are
+ * stripped. *op_p is freed with ferry__v1__operation__free_unpacked. */
+ferry_status_t coord_lookup(coord_registry_t *registry, const char *request_id, const char *token,
+                            Ferry__V1__Operation **op_p, int64_t *revision_p, char *msg,
+                            size_t cap);
+
+typedef struct {
+    Ferry__V1__Operation *op; /* after the change, metadata included */
+    int64_t revision;
+    int64_t claim_lease_id;
+    int64_t ttl_s;
+} coord_change_out_t;
+
+ferry_status_t coord_claim(coord_registry_t *registry, const Ferry__V1__ClaimRequest *req,
+                           coord_change_out_t *out, char *msg, size_t cap);
+ferry_status_t coord_complete(coord_registry_t *registry, const Ferry__V1__CompleteRequest *req,
+                              coord_change_out_t *out, char *msg, size_t cap);
+ferry_status_t coord_cancel(coord_registry_t *registry, const Ferry__V1__CancelRequest *req,
+                            coord_change_out_t *out, char *msg, size_t cap);
+
+ferry_status_t coord_keepalive(coord_registry_t *registry, int64_t lease_id, int64_t *ttl_p,
+                               char *msg, size_t cap);
+
+/* One page of records (stripped), filtered; out->next_page_token is set
+ * when more may follow. Free with ferry__v1__list_response__free_unpacked is
+ * NOT right: use coord_list_free. */
+ferry_status_t coord_list(coord_registry_t *registry, const Ferry__V1__ListRequest *req,
+                          Ferry__V1__ListResponse *out, char *msg, size_t cap);
+void coord_list_free(Ferry__V1__ListResponse *out);
+
+/* Removes what the response must never carry: the token hash always, the
+ * metadata unless keep_metadata. */
+void coord_strip(Ferry__V1__Operation *op, bool keep_metadata);
+
+#endif /* FERRY_COORD_REGISTRY_H */

@@ -1,0 +1,684 @@
+/*
+ * registry_ops.c: what the RPCs do to the registry: register, read, the one
+ * transition function every state change goes through, keep-alive and list.
+ * See registry.h.
+ */
+#include "registry_int.h"
+
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <openssl/crypto.h>
+#include <openssl/rand.h>
+#include <openssl/sha.h>
+
+#include "common/log.h"
+#include "common/op_state.h"
+
+#define KEY_MAX             512
+#define TRANSITION_ATTEMPTS 8
+
+__attribute__((format(printf, 4, 5))) static ferry_status_t fail(ferry_status_t status, char *msg,
+                                                                 size_t cap, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, cap, fmt, ap);
+    va_end(ap);
+    return status;
+}
+
+/* The message for a failed etcd call: says that etcd was the cause. */
+static ferry_status_t etcd_fail(ferry_status_t status, char *msg, size_t cap, const char *what)
+{
+    return fail(status, msg, cap, "etcd %s failed: %s (%s)", what, ferry_status_string(status),
+                etcd_client_last_error());
+}
+
+static int64_t ttl_or_default(const coord_registry_t *r, int64_t ttl_s)
+{
+    return ttl_s > 0 ? ttl_s : r->default_ttl_s;
+}
+
+static void token_hash(const char *token, uint8_t out[SHA256_DIGEST_LENGTH])
+{
+    SHA256((const unsigned char *)token, strlen(token), out);
+}
+
+static bool token_matches(const Ferry__V1__Operation *op, const char *token)
+{
+    uint8_t h[SHA256_DIGEST_LENGTH];
+
+    if (op->token_sha256.len != SHA256_DIGEST_LENGTH) {
+        return false;
+    }
+    token_hash(token, h);
+    return CRYPTO_memcmp(h, op->token_sha256.data, sizeof(h)) == 0;
+}
+
+static ferry_status_t new_token(char *out, size_t cap)
+{
+    uint8_t raw[24];
+    static const char hex[] = "0123456789abcdef";
+
+    if (cap < 2 * sizeof(raw) + 1 || RAND_bytes(raw, sizeof(raw)) != 1) {
+        return FERRY_ERR_INTERNAL;
+    }
+    for (size_t i = 0; i < sizeof(raw); i++) {
+        out[2 * i] = hex[raw[i] >> 4];
+        out[2 * i + 1] = hex[raw[i] & 0xf];
+    }
+    out[2 * sizeof(raw)] = '\0';
+    return FERRY_OK;
+}
+
+void coord_strip(Ferry__V1__Operation *op, bool keep_metadata)
+{
+    if (op->token_sha256.data != NULL) {
+        free(op->token_sha256.data);
+        op->token_sha256.data = NULL;
+        op->token_sha256.len = 0;
+    }
+    if (!keep_metadata && op->metadata != NULL) {
+        ferry__v1__rdma_metadata__free_unpacked(op->metadata, NULL);
+        op->metadata = NULL;
+    }
+}
+
+/* --- register ------------------------------------------------------------ */
+
+static ferry_status_t pack_op(const Ferry__V1__Operation *op, uint8_t **bytes_p, size_t *len_p)
+{
+    size_t len = ferry__v1__operation__get_packed_size(op);
+    uint8_t *bytes = malloc(len > 0 ? len : 1);
+
+    if (bytes == NULL) {
+        return FERRY_ERR_NO_MEMORY;
+    }
+    ferry__v1__operation__pack(op, bytes);
+    *bytes_p = bytes;
+    *len_p = len;
+    return FERRY_OK;
+}
+
+static ferry_status_t register_txn(coord_registry_t *r, const char *id, const uint8_t *bytes,
+                                   size_t len, int64_t lease, int64_t *revision_p, char *msg,
+                                   size_t cap)
+{
+    char key[KEY_MAX];
+    size_t key_len = registry_key(r, r->ops_prefix, id, key, sizeof(key));
+    etcd_compare_t cmp = {.target = ETCD_CMP_CREATE,
+                          .result = ETCD_CMP_EQUAL,
+                          .key = key,
+                          .key_len = key_len,
+                          .number = 0};
+    etcd_op_t put = {.type = ETCD_OP_PUT,
+                     .key = key,
+                     .key_len = key_len,
+                     .value = bytes,
+                     .value_len = len,
+                     .lease = lease};
+    etcd_txn_result_t res = {0};
+    ferry_status_t status = etcd_txn(r->etcd, &cmp, 1, &put, 1, NULL, 0, &res);
+
+    if (status != FERRY_OK) {
+        return etcd_fail(status, msg, cap, "registration transaction");
+    }
+    if (!res.succeeded) {
+        status =
+            fail(FERRY_ERR_ALREADY_EXISTS, msg, cap, "request_id '%s' is already registered", id);
+    }
+    *revision_p = res.revision;
+    etcd_txn_result_free(&res);
+    return status;
+}
+
+ferry_status_t coord_register(coord_registry_t *r, const Ferry__V1__RegisterRequest *req,
+                              coord_register_out_t *out, char *msg, size_t cap)
+{
+    Ferry__V1__Operation op = FERRY__V1__OPERATION__INIT;
+    uint8_t hash[SHA256_DIGEST_LENGTH];
+    uint8_t *bytes = NULL;
+    size_t len = 0;
+    int64_t ttl;
+    ferry_status_t status;
+
+    if (req->access_token[0] != '\0') {
+        snprintf(out->access_token, sizeof(out->access_token), "%s", req->access_token);
+    } else if (new_token(out->access_token, sizeof(out->access_token)) != FERRY_OK) {
+        return fail(FERRY_ERR_INTERNAL, msg, cap, "no randomness for an access token");
+    }
+    status = etcd_lease_grant(r->etcd, ttl_or_default(r, req->ttl_seconds), &out->lease_id, &ttl);
+    if (status != FERRY_OK) {
+        return etcd_fail(status, msg, cap, "lease grant");
+    }
+    out->ttl_s = ttl;
+
+    token_hash(out->access_token, hash);
+    op.request_id = req->request_id;
+    op.kind = req->metadata->kind;
+    op.state = FERRY_OP_REGISTERED;
+    op.metadata = req->metadata;
+    op.owner = req->owner;
+    op.lease_id = out->lease_id;
+    op.token_sha256.data = hash;
+    op.token_sha256.len = sizeof(hash);
+    op.created_unix_ms = registry_now_ms();
+    op.updated_unix_ms = op.created_unix_ms;
+    status = pack_op(&op, &bytes, &len);
+    if (status != FERRY_OK) {
+        goto err_revoke;
+    }
+    status = register_txn(r, req->request_id, bytes, len, out->lease_id, &out->revision, msg, cap);
+    if (status != FERRY_OK) {
+        goto err_free;
+    }
+    registry_view_put(r, req->request_id, bytes, len, out->revision);
+    free(bytes);
+    ferry_info("op %s: REGISTERED (%s, %zu descriptors, owner '%s', lease %lld, ttl %llds)",
+               req->request_id,
+               op.kind == FERRY__V1__OPERATION_KIND__OPERATION_KIND_READ ? "read" : "write",
+               req->metadata->n_descriptors, req->owner, (long long)out->lease_id, (long long)ttl);
+    return FERRY_OK;
+
+err_free:
+    free(bytes);
+err_revoke:
+    etcd_lease_revoke(r->etcd, out->lease_id);
+    return status;
+}
+
+/* --- reads ---------------------------------------------------------------- */
+
+typedef struct {
+    Ferry__V1__Operation *op;
+    int64_t mod_revision;
+    int64_t revision; /* the revision the answer reflects */
+} record_t;
+
+/* Reads a record: from the view when it is synced and holds it, else from
+ * etcd. FERRY_ERR_NOT_FOUND when absent. */
+static ferry_status_t read_record(coord_registry_t *r, const char *id, bool from_etcd,
+                                  record_t *rec, char *msg, size_t cap)
+{
+    char key[KEY_MAX];
+    size_t key_len;
+    etcd_range_t range = {0};
+    ferry_status_t status;
+
+    if (!from_etcd) {
+        pthread_mutex_lock(&r->lock);
+        /* The view answers only while its watch is live and etcd answers:
+         * otherwise a read goes to etcd and says UNAVAILABLE if it must. */
+        const view_entry_t *e =
+            r->synced && atomic_load(&r->healthy) ? view_find(&r->view, id) : NULL;
+        if (e != NULL) {
+            rec->op = ferry__v1__operation__unpack(NULL, e->len, e->bytes);
+            rec->mod_revision = e->mod_revision;
+            rec->revision = r->revision > e->mod_revision ? r->revision : e->mod_revision;
+        }
+        pthread_mutex_unlock(&r->lock);
+        if (e != NULL) {
+            return rec->op != NULL
+                       ? FERRY_OK
+                       : fail(FERRY_ERR_INTERNAL, msg, cap, "stored record is malformed");
+        }
+    }
+    key_len = registry_key(r, r->ops_prefix, id, key, sizeof(key));
+    status = etcd_get(r->etcd, key, key_len, NULL, 0, 0, 0, &range);
+    if (status != FERRY_OK) {
+        return etcd_fail(status, msg, cap, "read");
+    }
+    if (range.n_kvs == 0) {
+        etcd_range_free(&range);
+        return fail(FERRY_ERR_NOT_FOUND, msg, cap, "request_id '%s' is not registered", id);
+    }
+    rec->op = ferry__v1__operation__unpack(NULL, range.kvs[0].value_len, range.kvs[0].value);
+    rec->mod_revision = range.kvs[0].mod_revision;
+    rec->revision = range.revision;
+    etcd_range_free(&range);
+    return rec->op != NULL ? FERRY_OK
+                           : fail(FERRY_ERR_INTERNAL, msg, cap, "stored record is malformed");
+}
+
+ferry_status_t coord_lookup(coord_registry_t *r, const char *id, const char *token,
+                            Ferry__V1__Operation **op_p, int64_t *revision_p, char *msg, size_t cap)
+{
+    record_t rec;
+    ferry_status_t status = read_record(r, id, false, &rec, msg, cap);
+
+    if (status != FERRY_OK) {
+        return status;
+    }
+    if (token != NULL && !token_matches(rec.op, token)) {
+        ferry__v1__operation__free_unpacked(rec.op, NULL);
+        return fail(FERRY_ERR_PERMISSION_DENIED, msg, cap,
+                    "access_token does not grant access to request_id '%s'", id);
+    }
+    coord_strip(rec.op, token != NULL);
+    *op_p = rec.op;
+    *revision_p = rec.revision;
+    return FERRY_OK;
+}
+
+/* --- transitions ---------------------------------------------------------- */
+
+/* A change to one record: `apply` checks the record and edits it in place.
+ * It returns FERRY_OK to write the edit, COORD_UNCHANGED when the record
+ * already says what the caller asked (idempotent repeat), or an error. */
+#define COORD_UNCHANGED 1
+
+typedef struct transition transition_t;
+struct transition {
+    const char *what;  /* for logs: "claim", "complete", ... */
+    const char *token; /* NULL: internal change, no token check */
+    int (*apply)(transition_t *t, Ferry__V1__Operation *op, char *msg, size_t cap);
+    /* Extra operation in the same transaction (claims/ key); type 0 with
+     * key NULL: none. */
+    etcd_op_t extra;
+    void *arg;
+};
+
+static ferry_status_t write_transition(coord_registry_t *r, const record_t *rec,
+                                       const transition_t *t, int64_t *revision_p, bool *won_p,
+                                       char *msg, size_t cap)
+{
+    char key[KEY_MAX];
+    size_t key_len = registry_key(r, r->ops_prefix, rec->op->request_id, key, sizeof(key));
+    uint8_t *bytes = NULL;
+    size_t len = 0;
+    etcd_compare_t cmp = {.target = ETCD_CMP_MOD,
+                          .result = ETCD_CMP_EQUAL,
+                          .key = key,
+                          .key_len = key_len,
+                          .number = rec->mod_revision};
+    etcd_op_t ops[2];
+    etcd_txn_result_t res = {0};
+    ferry_status_t status = pack_op(rec->op, &bytes, &len);
+
+    if (status != FERRY_OK) {
+        return status;
+    }
+    /* The put names the owner's lease again: a put without it would detach
+     * the record from the lease and outlive a dead owner. */
+    ops[0] = (etcd_op_t){.type = ETCD_OP_PUT,
+                         .key = key,
+                         .key_len = key_len,
+                         .value = bytes,
+                         .value_len = len,
+                         .lease = rec->op->lease_id};
+    ops[1] = t->extra;
+    status = etcd_txn(r->etcd, &cmp, 1, ops, t->extra.key != NULL ? 2 : 1, NULL, 0, &res);
+    if (status != FERRY_OK) {
+        free(bytes);
+        return etcd_fail(status, msg, cap, "state change transaction");
+    }
+    *won_p = res.succeeded;
+    *revision_p = res.revision;
+    if (res.succeeded) {
+        registry_view_put(r, rec->op->request_id, bytes, len, res.revision);
+    }
+    etcd_txn_result_free(&res);
+    free(bytes);
+    return FERRY_OK;
+}
+
+/* The one function every state change goes through: read, check, write on
+ * mod_revision, retry on conflict with a fresh read from etcd. */
+static ferry_status_t registry_transition(coord_registry_t *r, const char *id, transition_t *t,
+                                          coord_change_out_t *out, char *msg, size_t cap)
+{
+    for (int attempt = 0; attempt < TRANSITION_ATTEMPTS; attempt++) {
+        record_t rec;
+        ferry_op_state_t from;
+        bool won = false;
+        int rc;
+        ferry_status_t status = read_record(r, id, attempt > 0, &rec, msg, cap);
+
+        if (status != FERRY_OK) {
+            return status;
+        }
+        if (t->token != NULL && !token_matches(rec.op, t->token)) {
+            ferry__v1__operation__free_unpacked(rec.op, NULL);
+            return fail(FERRY_ERR_PERMISSION_DENIED, msg, cap,
+                        "access_token does not grant access to request_id '%s'", id);
+        }
+        from = rec.op->state;
+        rc = t->apply(t, rec.op, msg, cap);
+        if (rc == COORD_UNCHANGED) {
+            out->op = rec.op;
+            out->revision = rec.revision;
+            return FERRY_OK;
+        }
+        if (rc != FERRY_OK) {
+            ferry__v1__operation__free_unpacked(rec.op, NULL);
+            return (ferry_status_t)rc;
+        }
+        if (!ferry__op_state_can_move(from, rec.op->state)) {
+            ferry__v1__operation__free_unpacked(rec.op, NULL);
+            return fail(FERRY_ERR_FAILED_PRECONDITION, msg, cap,
+                        "request_id '%s' cannot go from %s to %s", id, ferry__op_state_name(from),
+                        ferry__op_state_name(rec.op->state));
+        }
+        rec.op->updated_unix_ms = registry_now_ms();
+        status = write_transition(r, &rec, t, &out->revision, &won, msg, cap);
+        if (status == FERRY_OK && won) {
+            ferry_info("op %s: %s -> %s (%s)", id, ferry__op_state_name(from),
+                       ferry__op_state_name(rec.op->state), t->what);
+            out->op = rec.op;
+            return FERRY_OK;
+        }
+        ferry__v1__operation__free_unpacked(rec.op, NULL);
+        if (status != FERRY_OK) {
+            return status;
+        }
+        ferry_debug("op %s: %s lost a race (attempt %d); rereading", id, t->what, attempt + 1);
+    }
+    return fail(FERRY_ERR_ABORTED, msg, cap, "request_id '%s' changed %d times during %s", id,
+                TRANSITION_ATTEMPTS, t->what);
+}
+
+static void set_string(char **field, const char *value)
+{
+    char *copy = strdup(value);
+    if (copy == NULL) {
+        return; /* keep the old value rather than lose the record */
+    }
+    if (*field != NULL && *field != protobuf_c_empty_string) {
+        free(*field);
+    }
+    *field = copy;
+}
+
+static const char *kind_name(Ferry__V1__OperationKind kind)
+{
+    switch (kind) {
+    case FERRY__V1__OPERATION_KIND__OPERATION_KIND_READ:
+        return "READ";
+    case FERRY__V1__OPERATION_KIND__OPERATION_KIND_WRITE:
+        return "WRITE";
+    default:
+        return "UNSPECIFIED";
+    }
+}
+
+static int apply_claim(transition_t *t, Ferry__V1__Operation *op, char *msg, size_t cap)
+{
+    const Ferry__V1__ClaimRequest *req = t->arg;
+
+    if (req->kind != FERRY__V1__OPERATION_KIND__OPERATION_KIND_UNSPECIFIED &&
+        req->kind != op->kind) {
+        return fail(FERRY_ERR_INVALID_ARGUMENT, msg, cap,
+                    "kind %s does not match request_id '%s', a %s operation (a write pairs only "
+                    "with a writable, a read with a readable)",
+                    kind_name(req->kind), op->request_id, kind_name(op->kind));
+    }
+    if (op->state == FERRY_OP_CLAIMED) {
+        return fail(FERRY_ERR_FAILED_PRECONDITION, msg, cap,
+                    "request_id '%s' is already claimed by '%s'", op->request_id, op->claimant);
+    }
+    if (op->state != FERRY_OP_REGISTERED) {
+        return fail(FERRY_ERR_FAILED_PRECONDITION, msg, cap, "request_id '%s' is %s",
+                    op->request_id, ferry__op_state_name(op->state));
+    }
+    op->state = FERRY_OP_CLAIMED;
+    op->claim_lease_id = t->extra.lease;
+    set_string(&op->claimant, req->claimant);
+    return FERRY_OK;
+}
+
+ferry_status_t coord_claim(coord_registry_t *r, const Ferry__V1__ClaimRequest *req,
+                           coord_change_out_t *out, char *msg, size_t cap)
+{
+    char key[KEY_MAX], lease_str[32];
+    int64_t lease, ttl;
+    transition_t t = {.what = "claim", .token = req->access_token, .apply = apply_claim};
+    ferry_status_t status;
+
+    status = etcd_lease_grant(r->etcd, ttl_or_default(r, req->ttl_seconds), &lease, &ttl);
+    if (status != FERRY_OK) {
+        return etcd_fail(status, msg, cap, "lease grant");
+    }
+    snprintf(lease_str, sizeof(lease_str), "%" PRId64, lease);
+    t.extra =
+        (etcd_op_t){.type = ETCD_OP_PUT,
+                    .key = key,
+                    .key_len = registry_key(r, r->claims_prefix, req->request_id, key, sizeof(key)),
+                    .value = lease_str,
+                    .value_len = strlen(lease_str),
+                    .lease = lease};
+    t.arg = (void *)req;
+    status = registry_transition(r, req->request_id, &t, out, msg, cap);
+    if (status != FERRY_OK) {
+        etcd_lease_revoke(r->etcd, lease);
+        return status;
+    }
+    out->claim_lease_id = lease;
+    out->ttl_s = ttl;
+    return FERRY_OK;
+}
+
+static int apply_complete(transition_t *t, Ferry__V1__Operation *op, char *msg, size_t cap)
+{
+    const Ferry__V1__CompleteRequest *req = t->arg;
+    ferry_op_state_t want = req->error_code == 0 ? FERRY_OP_COMPLETE : FERRY_OP_ERRORED;
+
+    if (op->state != FERRY_OP_REGISTERED && op->claim_lease_id != req->claim_lease_id) {
+        return fail(FERRY_ERR_PERMISSION_DENIED, msg, cap,
+                    "claim_lease_id %lld does not hold the claim on request_id '%s'",
+                    (long long)req->claim_lease_id, op->request_id);
+    }
+    if (op->state == want) {
+        return COORD_UNCHANGED;
+    }
+    if (op->state != FERRY_OP_CLAIMED) {
+        return fail(FERRY_ERR_FAILED_PRECONDITION, msg, cap, "request_id '%s' is %s, not CLAIMED",
+                    op->request_id, ferry__op_state_name(op->state));
+    }
+    op->state = want;
+    op->error_code = req->error_code;
+    set_string(&op->error_message, req->error_message);
+    return FERRY_OK;
+}
+
+ferry_status_t coord_complete(coord_registry_t *r, const Ferry__V1__CompleteRequest *req,
+                              coord_change_out_t *out, char *msg, size_t cap)
+{
+    char key[KEY_MAX];
+    transition_t t = {.what = req->error_code == 0 ? "complete" : "complete with error",
+                      .token = req->access_token,
+                      .apply = apply_complete,
+                      .arg = (void *)req};
+    ferry_status_t status;
+
+    t.extra = (etcd_op_t){.type = ETCD_OP_DELETE,
+                          .key = key,
+                          .key_len =
+                              registry_key(r, r->claims_prefix, req->request_id, key, sizeof(key))};
+    status = registry_transition(r, req->request_id, &t, out, msg, cap);
+    if (status == FERRY_OK) {
+        /* The claim key left with the transaction; its lease is no longer
+         * needed. Best effort: an unrevoked lease expires by itself. */
+        etcd_lease_revoke(r->etcd, req->claim_lease_id);
+    }
+    return status;
+}
+
+static int apply_cancel(transition_t *t, Ferry__V1__Operation *op, char *msg, size_t cap)
+{
+    const Ferry__V1__CancelRequest *req = t->arg;
+
+    if (op->state == FERRY_OP_CANCELLED) {
+        return COORD_UNCHANGED;
+    }
+    if (ferry__op_state_is_final(op->state)) {
+        return fail(FERRY_ERR_FAILED_PRECONDITION, msg, cap, "request_id '%s' is already %s",
+                    op->request_id, ferry__op_state_name(op->state));
+    }
+    op->state = FERRY_OP_CANCELLED;
+    set_string(&op->error_message, req->reason[0] != '\0' ? req->reason : "cancelled");
+    return FERRY_OK;
+}
+
+ferry_status_t coord_cancel(coord_registry_t *r, const Ferry__V1__CancelRequest *req,
+                            coord_change_out_t *out, char *msg, size_t cap)
+{
+    char key[KEY_MAX];
+    transition_t t = {
+        .what = "cancel", .token = req->access_token, .apply = apply_cancel, .arg = (void *)req};
+    ferry_status_t status;
+
+    t.extra = (etcd_op_t){.type = ETCD_OP_DELETE,
+                          .key = key,
+                          .key_len =
+                              registry_key(r, r->claims_prefix, req->request_id, key, sizeof(key))};
+    status = registry_transition(r, req->request_id, &t, out, msg, cap);
+    if (status == FERRY_OK && out->op->claim_lease_id != 0) {
+        etcd_lease_revoke(r->etcd, out->op->claim_lease_id);
+    }
+    return status;
+}
+
+static int apply_claim_expiry(transition_t *t, Ferry__V1__Operation *op, char *msg, size_t cap)
+{
+    int64_t lease = *(const int64_t *)t->arg;
+    char text[160];
+
+    (void)msg;
+    (void)cap;
+    if (op->state != FERRY_OP_CLAIMED || op->claim_lease_id != lease) {
+        return COORD_UNCHANGED;
+    }
+    op->state = FERRY_OP_ERRORED;
+    op->error_code = FERRY_ERR_EXPIRED;
+    snprintf(text, sizeof(text), "claim expired: claimant '%s' stopped keeping lease %lld alive",
+             op->claimant, (long long)lease);
+    set_string(&op->error_message, text);
+    return FERRY_OK;
+}
+
+void registry_expire_claim(coord_registry_t *r, const char *id, int64_t claim_lease)
+{
+    transition_t t = {.what = "claim expired", .apply = apply_claim_expiry, .arg = &claim_lease};
+    coord_change_out_t out = {0};
+    char msg[256];
+    ferry_status_t status = registry_transition(r, id, &t, &out, msg, sizeof(msg));
+
+    if (status == FERRY_OK) {
+        ferry__v1__operation__free_unpacked(out.op, NULL);
+    } else if (status != FERRY_ERR_NOT_FOUND) {
+        ferry_warn("op %s: could not mark the expired claim: %s", id, msg);
+    }
+}
+
+/* --- leases and lists ----------------------------------------------------- */
+
+ferry_status_t coord_keepalive(coord_registry_t *r, int64_t lease_id, int64_t *ttl_p, char *msg,
+                               size_t cap)
+{
+    ferry_status_t status = etcd_lease_keepalive(r->etcd, lease_id, ttl_p);
+
+    if (status == FERRY_ERR_NOT_FOUND) {
+        return fail(status, msg, cap, "lease_id %lld has expired or never existed",
+                    (long long)lease_id);
+    }
+    if (status != FERRY_OK) {
+        return etcd_fail(status, msg, cap, "lease keep-alive");
+    }
+    return FERRY_OK;
+}
+
+static bool list_wants(const Ferry__V1__ListRequest *req, const Ferry__V1__Operation *op)
+{
+    return (req->state == 0 || (int)req->state == (int)op->state) &&
+           (req->kind == 0 || (int)req->kind == (int)op->kind);
+}
+
+static ferry_status_t list_append(Ferry__V1__ListResponse *out, Ferry__V1__Operation *op)
+{
+    Ferry__V1__Operation **ops =
+        realloc(out->operations, (out->n_operations + 1) * sizeof(*out->operations));
+    if (ops == NULL) {
+        return FERRY_ERR_NO_MEMORY;
+    }
+    coord_strip(op, false);
+    ops[out->n_operations++] = op;
+    out->operations = ops;
+    return FERRY_OK;
+}
+
+ferry_status_t coord_list(coord_registry_t *r, const Ferry__V1__ListRequest *req,
+                          Ferry__V1__ListResponse *out, char *msg, size_t cap)
+{
+    uint32_t page = req->page_size == 0 ? 100 : req->page_size;
+    char start[KEY_MAX], scope[KEY_MAX];
+    size_t start_len, scope_len;
+    uint8_t *end = NULL;
+    size_t end_len;
+    bool more = true;
+    ferry_status_t status;
+
+    scope_len = registry_key(r, r->ops_prefix, req->request_id_prefix, scope, sizeof(scope));
+    status = etcd_prefix_end(scope, scope_len, &end, &end_len);
+    if (status != FERRY_OK) {
+        return fail(status, msg, cap, "request_id_prefix cannot be ranged");
+    }
+    start_len = registry_key(r, r->ops_prefix, req->page_token, start, sizeof(start));
+    if (start_len < scope_len || memcmp(start, scope, scope_len) != 0) {
+        memcpy(start, scope, scope_len + 1);
+        start_len = scope_len;
+    } else if (req->page_token[0] != '\0') {
+        start[start_len++] = '\0'; /* the first key after the token */
+    }
+    while (more && out->n_operations < page) {
+        etcd_range_t range = {0};
+        status = etcd_get(r->etcd, start, start_len, end, end_len, page + 1, 0, &range);
+        if (status != FERRY_OK) {
+            free(end);
+            return etcd_fail(status, msg, cap, "list range");
+        }
+        out->header->revision = range.revision;
+        more = range.more;
+        for (size_t i = 0; i < range.n_kvs; i++) {
+            Ferry__V1__Operation *op;
+            if (out->n_operations == page) {
+                more = true;
+                break;
+            }
+            op = ferry__v1__operation__unpack(NULL, range.kvs[i].value_len, range.kvs[i].value);
+            if (op == NULL || !list_wants(req, op) || list_append(out, op) != FERRY_OK) {
+                if (op != NULL) {
+                    ferry__v1__operation__free_unpacked(op, NULL);
+                }
+            }
+            if (range.kvs[i].key_len + 1 < sizeof(start)) {
+                memcpy(start, range.kvs[i].key, range.kvs[i].key_len);
+                start[range.kvs[i].key_len] = '\0';
+                start_len = range.kvs[i].key_len + 1;
+            }
+        }
+        etcd_range_free(&range);
+    }
+    free(end);
+    if (more && out->n_operations > 0) {
+        out->next_page_token = strdup(out->operations[out->n_operations - 1]->request_id);
+    }
+    return FERRY_OK;
+}
+
+void coord_list_free(Ferry__V1__ListResponse *out)
+{
+    for (size_t i = 0; i < out->n_operations; i++) {
+        ferry__v1__operation__free_unpacked(out->operations[i], NULL);
+    }
+    free(out->operations);
+    out->operations = NULL;
+    out->n_operations = 0;
+    if (out->next_page_token != protobuf_c_empty_string) {
+        free(out->next_page_token);
+        out->next_page_token = (char *)protobuf_c_empty_string;
+    }
+}

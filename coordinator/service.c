@@ -1,0 +1,421 @@
+/*
+ * service.c: the unary handlers of ferry.v1.Coordinator. Each validates its
+ * request (INVALID_ARGUMENT naming the field), calls the registry, and
+ * answers; the status code comes from the registry's ferry_status_t through
+ * the RPC layer's one mapping.
+ */
+#include "service_int.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/log.h"
+#include "validate.h"
+
+#define MSG_CAP 512
+
+void service_header(coord_service_t *svc, Ferry__V1__ResponseHeader *header, int64_t revision)
+{
+    header->revision = revision;
+    header->coordinator = svc->name;
+}
+
+/* Fails the call with `status` unless it is FERRY_OK; true if it failed. */
+static bool failed(rpc_call_t *call, ferry_status_t status, const char *msg)
+{
+    if (status == FERRY_OK) {
+        return false;
+    }
+    rpc_call_fail(call, status, "%s", msg);
+    return true;
+}
+
+static int64_t wait_deadline(rpc_call_t *call, int64_t wait_ms)
+{
+    int64_t left = rpc_call_deadline_left_ms(call);
+    if (wait_ms <= 0) {
+        return 0;
+    }
+    return service_now_ms() + (wait_ms < left ? wait_ms : left);
+}
+
+static void handle_register(rpc_call_t *call, const ProtobufCMessage *request, void *arg)
+{
+    coord_service_t *svc = arg;
+    const Ferry__V1__RegisterRequest *req = (const Ferry__V1__RegisterRequest *)request;
+    Ferry__V1__RegisterResponse resp = FERRY__V1__REGISTER_RESPONSE__INIT;
+    Ferry__V1__ResponseHeader header = FERRY__V1__RESPONSE_HEADER__INIT;
+    coord_register_out_t out;
+    char msg[MSG_CAP];
+    ferry_status_t status;
+
+    status = coord_validate_request_id("request_id", req->request_id, msg, sizeof(msg));
+    if (status == FERRY_OK) {
+        status = coord_validate_metadata("metadata", req->metadata, msg, sizeof(msg));
+    }
+    if (status == FERRY_OK) {
+        status = coord_validate_token("access_token", req->access_token, 0, msg, sizeof(msg));
+    }
+    if (status == FERRY_OK) {
+        status = coord_validate_ttl("ttl_seconds", req->ttl_seconds, msg, sizeof(msg));
+    }
+    if (status == FERRY_OK) {
+        status = coord_validate_name("owner", req->owner, msg, sizeof(msg));
+    }
+    if (status == FERRY_OK) {
+        status = coord_register(svc->registry, req, &out, msg, sizeof(msg));
+    }
+    if (failed(call, status, msg)) {
+        return;
+    }
+    service_header(svc, &header, out.revision);
+    resp.header = &header;
+    resp.access_token = out.access_token;
+    resp.lease_id = out.lease_id;
+    resp.ttl_seconds = out.ttl_s;
+    rpc_call_reply(call, &resp.base);
+}
+
+void service_lookup_once(coord_service_t *svc, rpc_call_t *call,
+                         const Ferry__V1__LookupRequest *req, int64_t deadline_ms)
+{
+    Ferry__V1__LookupResponse resp = FERRY__V1__LOOKUP_RESPONSE__INIT;
+    Ferry__V1__ResponseHeader header = FERRY__V1__RESPONSE_HEADER__INIT;
+    uint64_t seq = service_waits_seq(svc);
+    Ferry__V1__Operation *op = NULL;
+    int64_t revision = 0;
+    char msg[MSG_CAP];
+    ferry_status_t status;
+
+    status = coord_lookup(svc->registry, req->request_id, req->access_token, &op, &revision, msg,
+                          sizeof(msg));
+    if (status == FERRY_ERR_NOT_FOUND && deadline_ms > service_now_ms()) {
+        service_wait_add(svc, call, WAIT_LOOKUP, &req->base, req->request_id, deadline_ms, seq);
+        return;
+    }
+    if (failed(call, status, msg)) {
+        return;
+    }
+    service_header(svc, &header, revision);
+    resp.header = &header;
+    resp.operation = op;
+    rpc_call_reply(call, &resp.base);
+    ferry__v1__operation__free_unpacked(op, NULL);
+}
+
+static void handle_lookup(rpc_call_t *call, const ProtobufCMessage *request, void *arg)
+{
+    const Ferry__V1__LookupRequest *req = (const Ferry__V1__LookupRequest *)request;
+    char msg[MSG_CAP];
+    ferry_status_t status;
+
+    status = coord_validate_request_id("request_id", req->request_id, msg, sizeof(msg));
+    if (status == FERRY_OK) {
+        status = coord_validate_token("access_token", req->access_token, 1, msg, sizeof(msg));
+    }
+    if (status == FERRY_OK && req->wait_ms < 0) {
+        status = FERRY_ERR_INVALID_ARGUMENT;
+        snprintf(msg, sizeof(msg), "wait_ms is negative");
+    }
+    if (failed(call, status, msg)) {
+        return;
+    }
+    service_lookup_once(arg, call, req, wait_deadline(call, req->wait_ms));
+}
+
+void service_claim_once(coord_service_t *svc, rpc_call_t *call, const Ferry__V1__ClaimRequest *req,
+                        int64_t deadline_ms)
+{
+    Ferry__V1__ClaimResponse resp = FERRY__V1__CLAIM_RESPONSE__INIT;
+    Ferry__V1__ResponseHeader header = FERRY__V1__RESPONSE_HEADER__INIT;
+    uint64_t seq = service_waits_seq(svc);
+    coord_change_out_t out = {0};
+    char msg[MSG_CAP];
+    ferry_status_t status;
+
+    status = coord_claim(svc->registry, req, &out, msg, sizeof(msg));
+    if (status == FERRY_ERR_NOT_FOUND && deadline_ms > service_now_ms()) {
+        service_wait_add(svc, call, WAIT_CLAIM, &req->base, req->request_id, deadline_ms, seq);
+        return;
+    }
+    if (failed(call, status, msg)) {
+        return;
+    }
+    coord_strip(out.op, true);
+    service_header(svc, &header, out.revision);
+    resp.header = &header;
+    resp.operation = out.op;
+    resp.claim_lease_id = out.claim_lease_id;
+    resp.ttl_seconds = out.ttl_s;
+    rpc_call_reply(call, &resp.base);
+    ferry__v1__operation__free_unpacked(out.op, NULL);
+}
+
+static void handle_claim(rpc_call_t *call, const ProtobufCMessage *request, void *arg)
+{
+    const Ferry__V1__ClaimRequest *req = (const Ferry__V1__ClaimRequest *)request;
+    char msg[MSG_CAP];
+    ferry_status_t status;
+
+    status = coord_validate_request_id("request_id", req->request_id, msg, sizeof(msg));
+    if (status == FERRY_OK) {
+        status = coord_validate_token("access_token", req->access_token, 1, msg, sizeof(msg));
+    }
+    if (status == FERRY_OK) {
+        status = coord_validate_ttl("ttl_seconds", req->ttl_seconds, msg, sizeof(msg));
+    }
+    if (status == FERRY_OK) {
+        status = coord_validate_name("claimant", req->claimant, msg, sizeof(msg));
+    }
+    if (status == FERRY_OK && req->wait_ms < 0) {
+        status = FERRY_ERR_INVALID_ARGUMENT;
+        snprintf(msg, sizeof(msg), "wait_ms is negative");
+    }
+    if (failed(call, status, msg)) {
+        return;
+    }
+    service_claim_once(arg, call, req, wait_deadline(call, req->wait_ms));
+}
+
+/* Complete and Cancel answer alike: the record after the change, without
+ * metadata. `header` and `operation` are the response's own fields. */
+static void reply_change(coord_service_t *svc, rpc_call_t *call, coord_change_out_t *out,
+                         ProtobufCMessage *resp, Ferry__V1__ResponseHeader **header_field,
+                         Ferry__V1__Operation **operation_field)
+{
+    Ferry__V1__ResponseHeader header = FERRY__V1__RESPONSE_HEADER__INIT;
+
+    coord_strip(out->op, false);
+    service_header(svc, &header, out->revision);
+    *header_field = &header;
+    *operation_field = out->op;
+    rpc_call_reply(call, resp);
+    ferry__v1__operation__free_unpacked(out->op, NULL);
+}
+
+static void handle_complete(rpc_call_t *call, const ProtobufCMessage *request, void *arg)
+{
+    const Ferry__V1__CompleteRequest *req = (const Ferry__V1__CompleteRequest *)request;
+    coord_change_out_t out = {0};
+    char msg[MSG_CAP];
+    ferry_status_t status;
+
+    status = coord_validate_request_id("request_id", req->request_id, msg, sizeof(msg));
+    if (status == FERRY_OK) {
+        status = coord_validate_token("access_token", req->access_token, 1, msg, sizeof(msg));
+    }
+    if (status == FERRY_OK && req->claim_lease_id == 0) {
+        status = FERRY_ERR_INVALID_ARGUMENT;
+        snprintf(msg, sizeof(msg), "claim_lease_id is required");
+    }
+    if (status == FERRY_OK) {
+        status = coord_validate_name("error_message", req->error_message, msg, sizeof(msg));
+    }
+    if (status == FERRY_OK) {
+        status = coord_complete(((coord_service_t *)arg)->registry, req, &out, msg, sizeof(msg));
+    }
+    if (failed(call, status, msg)) {
+        return;
+    }
+    Ferry__V1__CompleteResponse resp = FERRY__V1__COMPLETE_RESPONSE__INIT;
+    reply_change(arg, call, &out, &resp.base, &resp.header, &resp.operation);
+}
+
+static void handle_cancel(rpc_call_t *call, const ProtobufCMessage *request, void *arg)
+{
+    const Ferry__V1__CancelRequest *req = (const Ferry__V1__CancelRequest *)request;
+    coord_change_out_t out = {0};
+    char msg[MSG_CAP];
+    ferry_status_t status;
+
+    status = coord_validate_request_id("request_id", req->request_id, msg, sizeof(msg));
+    if (status == FERRY_OK) {
+        status = coord_validate_token("access_token", req->access_token, 1, msg, sizeof(msg));
+    }
+    if (status == FERRY_OK) {
+        status = coord_validate_name("reason", req->reason, msg, sizeof(msg));
+    }
+    if (status == FERRY_OK) {
+        status = coord_cancel(((coord_service_t *)arg)->registry, req, &out, msg, sizeof(msg));
+    }
+    if (failed(call, status, msg)) {
+        return;
+    }
+    Ferry__V1__CancelResponse resp = FERRY__V1__CANCEL_RESPONSE__INIT;
+    reply_change(arg, call, &out, &resp.base, &resp.header, &resp.operation);
+}
+
+static void handle_keepalive(rpc_call_t *call, const ProtobufCMessage *request, void *arg)
+{
+    coord_service_t *svc = arg;
+    const Ferry__V1__KeepAliveRequest *req = (const Ferry__V1__KeepAliveRequest *)request;
+    Ferry__V1__KeepAliveResponse resp = FERRY__V1__KEEP_ALIVE_RESPONSE__INIT;
+    Ferry__V1__ResponseHeader header = FERRY__V1__RESPONSE_HEADER__INIT;
+    char msg[MSG_CAP];
+    ferry_status_t status;
+
+    if (req->lease_id <= 0) {
+        rpc_call_fail(call, FERRY_ERR_INVALID_ARGUMENT, "lease_id is required");
+        return;
+    }
+    status = coord_keepalive(svc->registry, req->lease_id, &resp.ttl_seconds, msg, sizeof(msg));
+    if (failed(call, status, msg)) {
+        return;
+    }
+    service_header(svc, &header, 0);
+    resp.header = &header;
+    rpc_call_reply(call, &resp.base);
+}
+
+static void handle_get(rpc_call_t *call, const ProtobufCMessage *request, void *arg)
+{
+    coord_service_t *svc = arg;
+    const Ferry__V1__GetRequest *req = (const Ferry__V1__GetRequest *)request;
+    Ferry__V1__GetResponse resp = FERRY__V1__GET_RESPONSE__INIT;
+    Ferry__V1__ResponseHeader header = FERRY__V1__RESPONSE_HEADER__INIT;
+    Ferry__V1__Operation *op = NULL;
+    int64_t revision = 0;
+    char msg[MSG_CAP];
+    ferry_status_t status;
+
+    status = coord_validate_request_id("request_id", req->request_id, msg, sizeof(msg));
+    if (status == FERRY_OK) {
+        status =
+            coord_lookup(svc->registry, req->request_id, NULL, &op, &revision, msg, sizeof(msg));
+    }
+    if (failed(call, status, msg)) {
+        return;
+    }
+    service_header(svc, &header, revision);
+    resp.header = &header;
+    resp.operation = op;
+    rpc_call_reply(call, &resp.base);
+    ferry__v1__operation__free_unpacked(op, NULL);
+}
+
+static void handle_list(rpc_call_t *call, const ProtobufCMessage *request, void *arg)
+{
+    coord_service_t *svc = arg;
+    const Ferry__V1__ListRequest *req = (const Ferry__V1__ListRequest *)request;
+    Ferry__V1__ListResponse resp = FERRY__V1__LIST_RESPONSE__INIT;
+    Ferry__V1__ResponseHeader header = FERRY__V1__RESPONSE_HEADER__INIT;
+    char msg[MSG_CAP];
+    ferry_status_t status = FERRY_OK;
+
+    if (req->page_size > 1000) {
+        rpc_call_fail(call, FERRY_ERR_INVALID_ARGUMENT, "page_size is %u; at most 1000 allowed",
+                      req->page_size);
+        return;
+    }
+    if (req->request_id_prefix[0] != '\0' || req->page_token[0] != '\0') {
+        /* A prefix of a valid ID is itself valid, and so is a page token. */
+        status = coord_validate_request_id(
+            req->request_id_prefix[0] != '\0' ? "request_id_prefix" : "page_token",
+            req->request_id_prefix[0] != '\0' ? req->request_id_prefix : req->page_token, msg,
+            sizeof(msg));
+    }
+    if (status == FERRY_OK && req->request_id_prefix[0] != '\0' && req->page_token[0] != '\0') {
+        status = coord_validate_request_id("page_token", req->page_token, msg, sizeof(msg));
+    }
+    service_header(svc, &header, 0);
+    resp.header = &header;
+    if (status == FERRY_OK) {
+        status = coord_list(svc->registry, req, &resp, msg, sizeof(msg));
+    }
+    if (!failed(call, status, msg)) {
+        rpc_call_reply(call, &resp.base);
+    }
+    coord_list_free(&resp);
+}
+
+static const rpc_method_t coordinator_methods[] = {
+    {"Register", RPC_UNARY, handle_register},
+    {"Lookup", RPC_UNARY, handle_lookup},
+    {"Claim", RPC_UNARY, handle_claim},
+    {"Complete", RPC_UNARY, handle_complete},
+    {"Cancel", RPC_UNARY, handle_cancel},
+    {"KeepAlive", RPC_UNARY, handle_keepalive},
+    {"Get", RPC_UNARY, handle_get},
+    {"List", RPC_UNARY, handle_list},
+    {"Watch", RPC_SERVER_STREAMING, service_watch},
+};
+
+ferry_status_t coord_service_create(const coord_service_params_t *params, rpc_server_t *server,
+                                    coord_service_t **service_p)
+{
+    coord_service_t *svc = calloc(1, sizeof(*svc));
+    ferry_status_t status;
+
+    if (svc == NULL || (svc->name = strdup(params->name)) == NULL) {
+        free(svc);
+        return FERRY_ERR_NO_MEMORY;
+    }
+    svc->server = server;
+    pthread_mutex_init(&svc->subs_lock, NULL);
+    status = service_waits_start(svc);
+    if (status != FERRY_OK) {
+        goto err_free;
+    }
+    status =
+        rpc_server_add_service(server, &ferry__v1__coordinator__descriptor, coordinator_methods,
+                               sizeof(coordinator_methods) / sizeof(coordinator_methods[0]), svc);
+    if (status != FERRY_OK) {
+        goto err_waits;
+    }
+    *service_p = svc;
+    return FERRY_OK;
+
+err_waits:
+    service_waits_stop(svc);
+    pthread_cond_destroy(&svc->waits_cond);
+    pthread_mutex_destroy(&svc->waits_lock);
+err_free:
+    pthread_mutex_destroy(&svc->subs_lock);
+    free(svc->name);
+    free(svc);
+    return status;
+}
+
+void coord_service_attach(coord_service_t *svc, coord_registry_t *registry)
+{
+    svc->registry = registry;
+}
+
+void coord_service_on_event(void *arg, coord_event_type_t type, const Ferry__V1__Operation *op,
+                            int64_t revision)
+{
+    coord_service_t *svc = arg;
+
+    if (type == COORD_EVENT_PUT) {
+        service_waits_wake(svc, op->request_id);
+    }
+    service_watch_publish(svc, type, op, revision);
+}
+
+void coord_service_on_health(void *arg, bool healthy)
+{
+    coord_service_t *svc = arg;
+
+    rpc_server_set_serving(svc->server, "", healthy);
+    rpc_server_set_serving(svc->server, "ferry.v1.Coordinator", healthy);
+}
+
+void coord_service_stop(coord_service_t *svc)
+{
+    service_waits_stop(svc);
+    service_watch_stop(svc);
+}
+
+void coord_service_destroy(coord_service_t *svc)
+{
+    if (svc == NULL) {
+        return;
+    }
+    coord_service_stop(svc);
+    pthread_cond_destroy(&svc->waits_cond);
+    pthread_mutex_destroy(&svc->waits_lock);
+    pthread_mutex_destroy(&svc->subs_lock);
+    free(svc->name);
+    free(svc);
+}

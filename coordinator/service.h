@@ -1,0 +1,47 @@
+/*
+ * service.h: ferry.v1.Coordinator's handlers over the registry, plus the two
+ * things that hold calls open: waits (Lookup/Claim with wait_ms) and Watch
+ * streams fed by the registry's one etcd watch.
+ *
+ * Threads: handlers run on the RPC layer's completion-queue threads. Events
+ * arrive on the registry's watch thread, which only marks waits ready and
+ * queues stream messages. A wait thread of the service's own re-runs ready
+ * waits and fails expired ones, so no completion-queue thread ever blocks on
+ * a wait. `waits_lock` guards the wait list; `subs_lock` the subscribers.
+ */
+#ifndef FERRY_COORD_SERVICE_H
+#define FERRY_COORD_SERVICE_H
+
+#include <stdbool.h>
+
+#include <ferry/status.h>
+
+#include "registry.h"
+#include "rpc/rpc.h"
+
+typedef struct coord_service coord_service_t;
+
+typedef struct {
+    const char *name; /* this replica's name, for response headers */
+} coord_service_params_t;
+
+/* Adds ferry.v1.Coordinator to `server` (before rpc_server_start). The
+ * registry is attached later, with coord_service_attach. */
+ferry_status_t coord_service_create(const coord_service_params_t *params, rpc_server_t *server,
+                                    coord_service_t **service_p);
+
+void coord_service_attach(coord_service_t *service, coord_registry_t *registry);
+
+/* The registry's callbacks (coord_registry_params_t.on_event/on_health),
+ * with the service as arg. */
+void coord_service_on_event(void *arg, coord_event_type_t type, const Ferry__V1__Operation *op,
+                            int64_t revision);
+void coord_service_on_health(void *arg, bool healthy);
+
+/* Ends every wait and stream with UNAVAILABLE ("shutting down") and stops
+ * taking new ones. Call before rpc_server_shutdown. */
+void coord_service_stop(coord_service_t *service);
+
+void coord_service_destroy(coord_service_t *service);
+
+#endif /* FERRY_COORD_SERVICE_H */

@@ -1,0 +1,80 @@
+/*
+ * service_int.h: the service's insides, shared by service.c (handlers),
+ * service_wait.c (waits) and service_watch.c (Watch streams).
+ */
+#ifndef FERRY_COORD_SERVICE_INT_H
+#define FERRY_COORD_SERVICE_INT_H
+
+#include <pthread.h>
+
+#include "service.h"
+
+typedef enum {
+    WAIT_LOOKUP,
+    WAIT_CLAIM,
+} wait_kind_t;
+
+typedef struct wait_entry {
+    rpc_call_t *call; /* holds a reference */
+    wait_kind_t kind;
+    const ProtobufCMessage *request; /* owned by the call */
+    const char *request_id;          /* inside request */
+    int64_t deadline_ms;             /* monotonic */
+    bool ready;                      /* the operation changed: try again */
+    struct wait_entry *next;
+} wait_entry_t;
+
+typedef struct sub_entry {
+    rpc_call_t *call;       /* holds a reference */
+    const char *request_id; /* exact match; NULL when prefix is used */
+    const char *prefix;     /* "" matches all */
+    struct sub_entry *next;
+} sub_entry_t;
+
+struct coord_service {
+    char *name;
+    rpc_server_t *server;
+    coord_registry_t *registry;
+
+    pthread_mutex_t waits_lock; /* guards waits, stopping */
+    pthread_cond_t waits_cond;
+    wait_entry_t *waits;
+    bool stopping;
+    uint64_t wake_seq; /* bumped by every wake; see service_wait_add */
+    pthread_t wait_thread;
+
+    pthread_mutex_t subs_lock; /* guards subs, subs_stopping */
+    sub_entry_t *subs;
+    bool subs_stopping;
+};
+
+int64_t service_now_ms(void);
+
+/* Fills a response header. */
+void service_header(coord_service_t *svc, Ferry__V1__ResponseHeader *header, int64_t revision);
+
+/* Runs Lookup or Claim once; on NOT_FOUND with time left, parks the call as a
+ * wait (the call keeps its reference) instead of answering. */
+void service_lookup_once(coord_service_t *svc, rpc_call_t *call,
+                         const Ferry__V1__LookupRequest *req, int64_t deadline_ms);
+void service_claim_once(coord_service_t *svc, rpc_call_t *call, const Ferry__V1__ClaimRequest *req,
+                        int64_t deadline_ms);
+
+/* Parks `call` until its operation changes or deadline_ms passes.
+ * seen_seq is service_waits_seq() taken before the look that missed: a wake
+ * after it makes the wait look again at once, so no event is lost between
+ * the miss and the parking. */
+void service_wait_add(coord_service_t *svc, rpc_call_t *call, wait_kind_t kind,
+                      const ProtobufCMessage *request, const char *request_id, int64_t deadline_ms,
+                      uint64_t seen_seq);
+uint64_t service_waits_seq(coord_service_t *svc);
+void service_waits_wake(coord_service_t *svc, const char *request_id);
+ferry_status_t service_waits_start(coord_service_t *svc);
+void service_waits_stop(coord_service_t *svc);
+
+void service_watch(rpc_call_t *call, const ProtobufCMessage *request, void *arg);
+void service_watch_publish(coord_service_t *svc, coord_event_type_t type,
+                           const Ferry__V1__Operation *op, int64_t revision);
+void service_watch_stop(coord_service_t *svc);
+
+#endif /* FERRY_COORD_SERVICE_INT_H */

@@ -1,0 +1,235 @@
+/*
+ * service_wait.c: calls parked until their operation appears (Lookup and
+ * Claim with wait_ms). The watch thread marks a wait ready; the wait thread
+ * takes ready and expired waits off the list and re-runs or fails them. A
+ * wait is on the list or owned by exactly one thread, never both, so each
+ * call is answered once.
+ */
+#include "service_int.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "common/log.h"
+
+#define WAIT_IDLE_MS 1000
+
+int64_t service_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static wait_entry_t *unlink_call(coord_service_t *svc, rpc_call_t *call)
+{
+    for (wait_entry_t **p = &svc->waits; *p != NULL; p = &(*p)->next) {
+        if ((*p)->call == call) {
+            wait_entry_t *w = *p;
+            *p = w->next;
+            return w;
+        }
+    }
+    return NULL;
+}
+
+static void on_wait_cancel(rpc_call_t *call, void *arg)
+{
+    coord_service_t *svc = arg;
+    wait_entry_t *w;
+
+    pthread_mutex_lock(&svc->waits_lock);
+    w = unlink_call(svc, call);
+    pthread_mutex_unlock(&svc->waits_lock);
+    if (w != NULL) {
+        rpc_call_fail(call, FERRY_ERR_CANCELLED, "the call was cancelled while waiting for '%s'",
+                      w->request_id);
+        rpc_call_unref(call);
+        free(w);
+    }
+}
+
+void service_wait_add(coord_service_t *svc, rpc_call_t *call, wait_kind_t kind,
+                      const ProtobufCMessage *request, const char *request_id, int64_t deadline_ms,
+                      uint64_t seen_seq)
+{
+    wait_entry_t *w = calloc(1, sizeof(*w));
+
+    if (w == NULL) {
+        rpc_call_fail(call, FERRY_ERR_NO_MEMORY, "no memory to wait for '%s'", request_id);
+        return;
+    }
+    w->call = call;
+    w->kind = kind;
+    w->request = request;
+    w->request_id = request_id;
+    w->deadline_ms = deadline_ms;
+    rpc_call_ref(call);
+
+    pthread_mutex_lock(&svc->waits_lock);
+    if (svc->stopping) {
+        pthread_mutex_unlock(&svc->waits_lock);
+        rpc_call_fail(call, FERRY_ERR_UNAVAILABLE, "coordinator is shutting down");
+        rpc_call_unref(call);
+        free(w);
+        return;
+    }
+    /* An event since the caller's look (seen_seq) may have been the one it
+     * waits for: look once more rather than miss it. */
+    w->ready = svc->wake_seq != seen_seq;
+    w->next = svc->waits;
+    svc->waits = w;
+    pthread_mutex_unlock(&svc->waits_lock);
+    ferry_debug("op %s: %s from %s waits up to %lld ms", request_id,
+                kind == WAIT_LOOKUP ? "lookup" : "claim", rpc_call_peer(call),
+                (long long)(deadline_ms - service_now_ms()));
+    rpc_call_on_cancel(call, on_wait_cancel, svc);
+}
+
+void service_waits_wake(coord_service_t *svc, const char *request_id)
+{
+    bool any = false;
+
+    pthread_mutex_lock(&svc->waits_lock);
+    svc->wake_seq++;
+    for (wait_entry_t *w = svc->waits; w != NULL; w = w->next) {
+        if (strcmp(w->request_id, request_id) == 0) {
+            w->ready = true;
+            any = true;
+        }
+    }
+    if (any) {
+        pthread_cond_signal(&svc->waits_cond);
+    }
+    pthread_mutex_unlock(&svc->waits_lock);
+}
+
+uint64_t service_waits_seq(coord_service_t *svc)
+{
+    uint64_t seq;
+    pthread_mutex_lock(&svc->waits_lock);
+    seq = svc->wake_seq;
+    pthread_mutex_unlock(&svc->waits_lock);
+    return seq;
+}
+
+static void run_wait(coord_service_t *svc, wait_entry_t *w)
+{
+    if (service_now_ms() >= w->deadline_ms) {
+        rpc_call_fail(w->call, FERRY_ERR_TIMED_OUT, "request_id '%s' was not registered in time",
+                      w->request_id);
+    } else if (w->kind == WAIT_LOOKUP) {
+        service_lookup_once(svc, w->call, (const Ferry__V1__LookupRequest *)w->request,
+                            w->deadline_ms);
+    } else {
+        service_claim_once(svc, w->call, (const Ferry__V1__ClaimRequest *)w->request,
+                           w->deadline_ms);
+    }
+    rpc_call_unref(w->call);
+    free(w);
+}
+
+/* Takes the ready and expired waits off the list; returns the nearest
+ * deadline of those left. Called with waits_lock held. */
+static wait_entry_t *take_due(coord_service_t *svc, int64_t now, int64_t *next_deadline_p)
+{
+    wait_entry_t *due = NULL;
+    int64_t next = now + WAIT_IDLE_MS;
+
+    for (wait_entry_t **p = &svc->waits; *p != NULL;) {
+        wait_entry_t *w = *p;
+        if (w->ready || w->deadline_ms <= now) {
+            *p = w->next;
+            w->next = due;
+            due = w;
+        } else {
+            if (w->deadline_ms < next) {
+                next = w->deadline_ms;
+            }
+            p = &w->next;
+        }
+    }
+    *next_deadline_p = next;
+    return due;
+}
+
+static void *wait_main(void *arg)
+{
+    coord_service_t *svc = arg;
+
+    pthread_mutex_lock(&svc->waits_lock);
+    while (!svc->stopping) {
+        int64_t next;
+        wait_entry_t *due = take_due(svc, service_now_ms(), &next);
+        if (due == NULL) {
+            int64_t ms = next - service_now_ms();
+            struct timespec until;
+            clock_gettime(CLOCK_MONOTONIC, &until);
+            ms = ms < 1 ? 1 : ms;
+            until.tv_sec += ms / 1000;
+            until.tv_nsec += (ms % 1000) * 1000000L;
+            if (until.tv_nsec >= 1000000000L) {
+                until.tv_sec++;
+                until.tv_nsec -= 1000000000L;
+            }
+            pthread_cond_timedwait(&svc->waits_cond, &svc->waits_lock, &until);
+            continue;
+        }
+        pthread_mutex_unlock(&svc->waits_lock);
+        while (due != NULL) {
+            wait_entry_t *next_w = due->next;
+            run_wait(svc, due);
+            due = next_w;
+        }
+        pthread_mutex_lock(&svc->waits_lock);
+    }
+    pthread_mutex_unlock(&svc->waits_lock);
+    return NULL;
+}
+
+ferry_status_t service_waits_start(coord_service_t *svc)
+{
+    pthread_condattr_t attr;
+
+    pthread_condattr_init(&attr);
+    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+    pthread_cond_init(&svc->waits_cond, &attr);
+    pthread_condattr_destroy(&attr);
+    pthread_mutex_init(&svc->waits_lock, NULL);
+    if (pthread_create(&svc->wait_thread, NULL, wait_main, svc) != 0) {
+        pthread_cond_destroy(&svc->waits_cond);
+        pthread_mutex_destroy(&svc->waits_lock);
+        return FERRY_ERR_IO;
+    }
+    return FERRY_OK;
+}
+
+/* Fails every parked wait with UNAVAILABLE and joins the wait thread. */
+void service_waits_stop(coord_service_t *svc)
+{
+    wait_entry_t *all;
+
+    pthread_mutex_lock(&svc->waits_lock);
+    if (svc->stopping) {
+        pthread_mutex_unlock(&svc->waits_lock);
+        return;
+    }
+    svc->stopping = true;
+    all = svc->waits;
+    svc->waits = NULL;
+    pthread_cond_signal(&svc->waits_cond);
+    pthread_mutex_unlock(&svc->waits_lock);
+    pthread_join(svc->wait_thread, NULL);
+
+    /* The lock and condition live until coord_service_destroy: a cancel
+     * callback may still look for its call. */
+    while (all != NULL) {
+        wait_entry_t *next = all->next;
+        rpc_call_fail(all->call, FERRY_ERR_UNAVAILABLE,
+                      "coordinator is shutting down; retry on another replica");
+        rpc_call_unref(all->call);
+        free(all);
+        all = next;
+    }
+}

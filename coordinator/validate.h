@@ -1,0 +1,53 @@
+/*
+ * validate.h: checks on what callers send the coordinator, before anything
+ * touches etcd. Each check returns FERRY_OK or FERRY_ERR_INVALID_ARGUMENT
+ * and writes a message that names the offending field into msg (cap bytes),
+ * so the caller can hand it to the client as is.
+ *
+ * Limits (also in coordinator.proto's comments):
+ *   request_id     1..128 bytes of [A-Za-z0-9._:-]
+ *   access_token   16..256 printable ASCII bytes (empty: coordinator picks)
+ *   descriptors    1..1024, all of one device kind, address != 0, size != 0,
+ *                  rkey present and at most 4 KiB
+ *   worker_address 1..64 KiB
+ *   notification_key exactly 16 bytes
+ *   ttl_seconds    0..3600
+ *
+ * Pure functions: any thread.
+ */
+#ifndef FERRY_COORD_VALIDATE_H
+#define FERRY_COORD_VALIDATE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <ferry/status.h>
+
+#include "ferry/v1/types.pb-c.h"
+
+#define COORD_REQUEST_ID_MAX     128
+#define COORD_TOKEN_MIN          16
+#define COORD_TOKEN_MAX          256
+#define COORD_DESCRIPTORS_MAX    1024
+#define COORD_RKEY_MAX           4096
+#define COORD_WORKER_ADDRESS_MAX 65536
+#define COORD_NOTIFY_KEY_LEN     16
+#define COORD_TTL_MAX            3600
+#define COORD_NAME_MAX           256
+
+ferry_status_t coord_validate_request_id(const char *field, const char *id, char *msg, size_t cap);
+
+/* required: an empty token is refused (Lookup, Claim, ...); otherwise empty
+ * is allowed (Register: the coordinator picks one). */
+ferry_status_t coord_validate_token(const char *field, const char *token, int required, char *msg,
+                                    size_t cap);
+
+ferry_status_t coord_validate_metadata(const char *field, const Ferry__V1__RdmaMetadata *md,
+                                       char *msg, size_t cap);
+
+ferry_status_t coord_validate_ttl(const char *field, int64_t ttl_s, char *msg, size_t cap);
+
+/* Free-form names (owner, claimant): at most COORD_NAME_MAX bytes. */
+ferry_status_t coord_validate_name(const char *field, const char *name, char *msg, size_t cap);
+
+#endif /* FERRY_COORD_VALIDATE_H */

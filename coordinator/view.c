@@ -1,0 +1,146 @@
+/*
+ * view.c: the chained hash map of view.h (FNV-1a, doubling at load 1).
+ */
+#include "view.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#define VIEW_INITIAL_BUCKETS 256
+
+static uint64_t hash_id(const char *id)
+{
+    uint64_t h = 1469598103934665603ULL;
+    for (; *id != '\0'; id++) {
+        h ^= (unsigned char)*id;
+        h *= 1099511628211ULL;
+    }
+    return h;
+}
+
+ferry_status_t view_init(view_t *view)
+{
+    view->buckets = calloc(VIEW_INITIAL_BUCKETS, sizeof(*view->buckets));
+    if (view->buckets == NULL) {
+        return FERRY_ERR_NO_MEMORY;
+    }
+    view->n_buckets = VIEW_INITIAL_BUCKETS;
+    view->n_entries = 0;
+    return FERRY_OK;
+}
+
+static void entry_free(view_entry_t *e)
+{
+    free(e->request_id);
+    free(e->bytes);
+    free(e);
+}
+
+void view_clear(view_t *view)
+{
+    for (size_t i = 0; i < view->n_buckets; i++) {
+        view_entry_t *e = view->buckets[i];
+        while (e != NULL) {
+            view_entry_t *next = e->next;
+            entry_free(e);
+            e = next;
+        }
+        view->buckets[i] = NULL;
+    }
+    view->n_entries = 0;
+}
+
+void view_cleanup(view_t *view)
+{
+    if (view->buckets == NULL) {
+        return;
+    }
+    view_clear(view);
+    free(view->buckets);
+    view->buckets = NULL;
+}
+
+static view_entry_t **slot_of(const view_t *view, const char *id)
+{
+    view_entry_t **slot = &view->buckets[hash_id(id) & (view->n_buckets - 1)];
+    while (*slot != NULL && strcmp((*slot)->request_id, id) != 0) {
+        slot = &(*slot)->next;
+    }
+    return slot;
+}
+
+static void grow(view_t *view)
+{
+    size_t n = view->n_buckets * 2;
+    view_entry_t **buckets = calloc(n, sizeof(*buckets));
+    if (buckets == NULL) {
+        return; /* keep the longer chains; still correct */
+    }
+    for (size_t i = 0; i < view->n_buckets; i++) {
+        view_entry_t *e = view->buckets[i];
+        while (e != NULL) {
+            view_entry_t *next = e->next;
+            size_t b = hash_id(e->request_id) & (n - 1);
+            e->next = buckets[b];
+            buckets[b] = e;
+            e = next;
+        }
+    }
+    free(view->buckets);
+    view->buckets = buckets;
+    view->n_buckets = n;
+}
+
+ferry_status_t view_upsert(view_t *view, const char *request_id, const uint8_t *bytes, size_t len,
+                           int64_t mod_revision)
+{
+    view_entry_t **slot = slot_of(view, request_id);
+    view_entry_t *e = *slot;
+    uint8_t *copy;
+
+    if (e != NULL && e->mod_revision >= mod_revision) {
+        return FERRY_OK;
+    }
+    copy = malloc(len > 0 ? len : 1);
+    if (copy == NULL) {
+        return FERRY_ERR_NO_MEMORY;
+    }
+    memcpy(copy, bytes, len);
+    if (e == NULL) {
+        e = calloc(1, sizeof(*e));
+        if (e == NULL || (e->request_id = strdup(request_id)) == NULL) {
+            free(e);
+            free(copy);
+            return FERRY_ERR_NO_MEMORY;
+        }
+        *slot = e;
+        view->n_entries++;
+    } else {
+        free(e->bytes);
+    }
+    e->bytes = copy;
+    e->len = len;
+    e->mod_revision = mod_revision;
+    if (view->n_entries > view->n_buckets) {
+        grow(view);
+    }
+    return FERRY_OK;
+}
+
+void view_remove(view_t *view, const char *request_id, int64_t mod_revision)
+{
+    view_entry_t **slot = slot_of(view, request_id);
+    view_entry_t *e = *slot;
+
+    if (e == NULL || e->mod_revision > mod_revision) {
+        return;
+    }
+    *slot = e->next;
+    entry_free(e);
+    view->n_entries--;
+}
+
+const view_entry_t *view_find(const view_t *view, const char *request_id)
+{
+    return *slot_of(view, request_id);
+}

@@ -1,0 +1,579 @@
+/*
+ * rpc_call.c: one server-side call, as a state machine.
+ *
+ *   REQUESTED --delivered--> ACTIVE --ended--> ENDING --status sent and
+ *                                                       close received--> DONE
+ *   REQUESTED --server shut down before delivery--> freed
+ *
+ * Every change of state goes through call_set_state(). A call is ended once,
+ * by its handler (rpc_call_reply, rpc_call_fail, rpc_call_finish) or by this
+ * layer (unknown method, malformed request, or a cancellation the handler
+ * did not answer); later attempts are harmless no-ops.
+ *
+ * gRPC operations: RECV_CLOSE_ON_SERVER is started as soon as the call
+ * arrives, so a client that goes away (or a deadline, or the server's
+ * cancel-all at shutdown) is seen at once and runs the cancel callback.
+ * Sends go through a queue with at most one batch in flight: the first
+ * batch carries SEND_INITIAL_METADATA, the last SEND_STATUS_FROM_SERVER
+ * (with the last message when one is queued, so a unary reply is one
+ * batch).
+ *
+ * References: the layer holds one from arming until DONE; each batch in
+ * flight, each running handler and each running cancel callback hold one;
+ * handlers may take more (rpc_call_ref). The memory goes with the last.
+ * The grpc_call itself is released at DONE, so a handler that keeps a ref
+ * never delays the server's shutdown.
+ *
+ * Threads: completion handlers run on server threads; the rpc_call_* API
+ * may be called from any thread. call->lock guards the mutable fields and
+ * every grpc_call_start_batch; it is never held while user code runs.
+ */
+#include "rpc/rpc_int.h"
+
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/log.h"
+
+static const char *call_state_name(rpc_call_state_t state)
+{
+    switch (state) {
+    case RPC_CALL_REQUESTED:
+        return "requested";
+    case RPC_CALL_ACTIVE:
+        return "active";
+    case RPC_CALL_ENDING:
+        return "ending";
+    case RPC_CALL_DONE:
+        return "done";
+    }
+    return "?";
+}
+
+/* The one place a call changes state. Caller holds call->lock. */
+static void call_set_state(rpc_call_t *call, rpc_call_state_t next)
+{
+    ferry_trace("call %" PRIu64 " %s: %s -> %s", call->id, call->path, call_state_name(call->state),
+                call_state_name(next));
+    call->state = next;
+}
+
+static void call_drop_queue(rpc_call_t *call)
+{
+    while (call->queue_head != NULL) {
+        rpc_outmsg_t *m = call->queue_head;
+        call->queue_head = m->next;
+        grpc_byte_buffer_destroy(m->buf);
+        free(m);
+    }
+    call->queue_tail = NULL;
+}
+
+static void call_free(rpc_call_t *call)
+{
+    call_drop_queue(call);
+    if (call->inflight_buf != NULL) {
+        grpc_byte_buffer_destroy(call->inflight_buf);
+    }
+    if (call->gcall != NULL) {
+        grpc_call_unref(call->gcall);
+    }
+    if (call->request != NULL) {
+        protobuf_c_message_free_unpacked(call->request, NULL);
+    }
+    if (call->payload != NULL) {
+        grpc_byte_buffer_destroy(call->payload);
+    }
+    grpc_metadata_array_destroy(&call->request_md);
+    grpc_call_details_destroy(&call->details);
+    pthread_mutex_destroy(&call->lock);
+    free(call);
+}
+
+void rpc_call_ref(rpc_call_t *call)
+{
+    atomic_fetch_add(&call->refs, 1);
+}
+
+void rpc_call_unref(rpc_call_t *call)
+{
+    if (call != NULL && atomic_fetch_sub(&call->refs, 1) == 1) {
+        call_free(call);
+    }
+}
+
+/* --- arming and arrival ------------------------------------------------- */
+
+static rpc_call_t *call_new(rpc_server_t *server, rpc_method_entry_t *method)
+{
+    rpc_call_t *call = calloc(1, sizeof(*call));
+
+    if (call == NULL) {
+        return NULL;
+    }
+    pthread_mutex_init(&call->lock, NULL);
+    atomic_init(&call->refs, 1);
+    call->state = RPC_CALL_REQUESTED;
+    call->server = server;
+    call->method = method;
+    call->tag_request = (rpc_tag_t){RPC_TAG_REQUEST, call};
+    call->tag_close = (rpc_tag_t){RPC_TAG_CLOSE, call};
+    call->tag_send = (rpc_tag_t){RPC_TAG_SEND, call};
+    call->deadline = gpr_inf_future(GPR_CLOCK_MONOTONIC);
+    grpc_metadata_array_init(&call->request_md);
+    grpc_call_details_init(&call->details);
+    snprintf(call->path, sizeof(call->path), "%s", method != NULL ? method->path : "?");
+    return call;
+}
+
+ferry_status_t rpc__call_arm(rpc_server_t *server, rpc_method_entry_t *method)
+{
+    rpc_call_t *call = call_new(server, method);
+    grpc_call_error rc;
+
+    if (call == NULL) {
+        ferry_error("rpc: out of memory arming a call");
+        return FERRY_ERR_NO_MEMORY;
+    }
+    if (method != NULL) {
+        rc = grpc_server_request_registered_call(server->server, method->registered, &call->gcall,
+                                                 &call->deadline, &call->request_md, &call->payload,
+                                                 server->cq, server->cq, &call->tag_request);
+    } else {
+        rc =
+            grpc_server_request_call(server->server, &call->gcall, &call->details,
+                                     &call->request_md, server->cq, server->cq, &call->tag_request);
+    }
+    if (rc != GRPC_CALL_OK) {
+        ferry_error("rpc: cannot arm a call for %s: grpc_call_error %d", call->path, (int)rc);
+        call_free(call);
+        return FERRY_ERR_INTERNAL;
+    }
+    return FERRY_OK;
+}
+
+/* Records who and what the call is, and makes it ACTIVE. */
+static void call_accept(rpc_call_t *call)
+{
+    rpc_server_t *server = call->server;
+    char *peer = grpc_call_get_peer(call->gcall);
+
+    snprintf(call->peer, sizeof(call->peer), "%s", peer != NULL ? peer : "unknown");
+    gpr_free(peer);
+    if (call->method == NULL) {
+        rpc__slice_to_str(call->details.method, call->path, sizeof(call->path));
+        call->deadline = call->details.deadline;
+    }
+    call->id = atomic_fetch_add(&server->next_call_id, 1);
+    atomic_fetch_add(&server->live_calls, 1);
+    pthread_mutex_lock(&call->lock);
+    call_set_state(call, RPC_CALL_ACTIVE);
+    pthread_mutex_unlock(&call->lock);
+    ferry_debug("call %" PRIu64 " %s: from %s", call->id, call->path, call->peer);
+}
+
+/* Starts RECV_CLOSE_ON_SERVER, the early warning of a client gone away. */
+static void call_start_close(rpc_call_t *call)
+{
+    grpc_op op;
+    grpc_call_error rc;
+
+    memset(&op, 0, sizeof(op));
+    op.op = GRPC_OP_RECV_CLOSE_ON_SERVER;
+    op.data.recv_close_on_server.cancelled = &call->close_cancelled;
+    rpc_call_ref(call);
+    pthread_mutex_lock(&call->lock);
+    rc = grpc_call_start_batch(call->gcall, &op, 1, &call->tag_close, NULL);
+    if (rc != GRPC_CALL_OK) {
+        ferry_error("call %" PRIu64 " %s: cannot wait for close: grpc_call_error %d", call->id,
+                    call->path, (int)rc);
+        call->close_done = true;
+        call->cancelled = true;
+        atomic_fetch_sub(&call->refs, 1); /* the layer's ref remains */
+    }
+    pthread_mutex_unlock(&call->lock);
+}
+
+static void call_end(rpc_call_t *call, grpc_byte_buffer *buf, grpc_status_code code,
+                     const char *msg);
+static void call_process_cancel(rpc_call_t *call);
+
+/* Runs the handler, or answers for it when it cannot run. */
+static void call_dispatch(rpc_call_t *call)
+{
+    rpc_method_entry_t *method = call->method;
+    char msg[256];
+
+    if (method == NULL) {
+        ferry_info("call %" PRIu64 " %s: unknown method", call->id, call->path);
+        snprintf(msg, sizeof(msg), "unknown method %s", call->path);
+        call_end(call, NULL, GRPC_STATUS_UNIMPLEMENTED, msg);
+        return;
+    }
+    call->request = rpc__unpack(method->desc->input, call->payload);
+    if (call->payload != NULL) {
+        grpc_byte_buffer_destroy(call->payload);
+        call->payload = NULL;
+    }
+    if (call->request == NULL) {
+        ferry_info("call %" PRIu64 " %s: malformed request from %s", call->id, call->path,
+                   call->peer);
+        snprintf(msg, sizeof(msg), "malformed request for %s", call->path);
+        call_end(call, NULL, GRPC_STATUS_INVALID_ARGUMENT, msg);
+        return;
+    }
+    rpc_call_ref(call);
+    pthread_mutex_lock(&call->lock);
+    call->in_handler = true;
+    pthread_mutex_unlock(&call->lock);
+    method->handler(call, call->request, method->arg);
+    pthread_mutex_lock(&call->lock);
+    call->in_handler = false;
+    pthread_mutex_unlock(&call->lock);
+    call_process_cancel(call);
+    rpc_call_unref(call);
+}
+
+void rpc__call_on_request(rpc_call_t *call, bool ok)
+{
+    if (!ok) {
+        /* The server is shutting down; this armed call was never used. */
+        rpc_call_unref(call);
+        return;
+    }
+    call_accept(call);
+    call_start_close(call);
+    call_dispatch(call);
+}
+
+/* --- sending -------------------------------------------------------------- */
+
+static void call_sent_locked(rpc_call_t *call, bool ok);
+
+/* Starts the next send batch if none is in flight. Caller holds the lock
+ * and a reference (the layer's, while the call is not DONE). */
+static void call_pump(rpc_call_t *call)
+{
+    grpc_op ops[3];
+    grpc_slice details;
+    grpc_call_error rc;
+    bool has_msg, has_status;
+    size_t n = 0;
+
+    if (call->send_in_flight || call->status_started || call->gcall == NULL) {
+        return;
+    }
+    has_msg = call->queue_head != NULL;
+    has_status = call->state == RPC_CALL_ENDING &&
+                 (call->queue_head == NULL || call->queue_head->next == NULL);
+    if (!has_msg && !has_status) {
+        return;
+    }
+    memset(ops, 0, sizeof(ops));
+    if (!call->md_sent) {
+        ops[n++].op = GRPC_OP_SEND_INITIAL_METADATA;
+        call->md_sent = true;
+    }
+    if (has_msg) {
+        rpc_outmsg_t *m = call->queue_head;
+        call->queue_head = m->next;
+        if (call->queue_head == NULL) {
+            call->queue_tail = NULL;
+        }
+        call->inflight_buf = m->buf;
+        free(m);
+        ops[n].op = GRPC_OP_SEND_MESSAGE;
+        ops[n++].data.send_message.send_message = call->inflight_buf;
+    }
+    details = grpc_slice_from_copied_string(call->final_msg);
+    if (has_status) {
+        ops[n].op = GRPC_OP_SEND_STATUS_FROM_SERVER;
+        ops[n].data.send_status_from_server.status = call->final_code;
+        ops[n++].data.send_status_from_server.status_details = &details;
+        call->status_started = true;
+    }
+    call->send_in_flight = true;
+    rpc_call_ref(call);
+    rc = grpc_call_start_batch(call->gcall, ops, n, &call->tag_send, NULL);
+    grpc_slice_unref(details);
+    if (rc != GRPC_CALL_OK) {
+        ferry_error("call %" PRIu64 " %s: cannot send: grpc_call_error %d", call->id, call->path,
+                    (int)rc);
+        atomic_fetch_sub(&call->refs, 1);
+        call_sent_locked(call, false);
+    }
+}
+
+/* Bookkeeping for a finished (or failed to start) send batch. */
+static void call_sent_locked(rpc_call_t *call, bool ok)
+{
+    call->send_in_flight = false;
+    if (call->inflight_buf != NULL) {
+        grpc_byte_buffer_destroy(call->inflight_buf);
+        call->inflight_buf = NULL;
+    }
+    if (call->status_started) {
+        call->status_done = true;
+    }
+    if (!ok) {
+        /* The client is gone: nothing queued can reach it. */
+        call_drop_queue(call);
+        if (call->state == RPC_CALL_ACTIVE) {
+            call->cancelled = true;
+        }
+    }
+    call_pump(call);
+}
+
+/* ACTIVE -> ENDING with `buf` (may be NULL) as the last message. Caller
+ * holds the lock; the call is ACTIVE. */
+static void call_end_locked(rpc_call_t *call, grpc_byte_buffer *buf, grpc_status_code code,
+                            const char *msg)
+{
+    if (buf != NULL) {
+        rpc_outmsg_t *m = malloc(sizeof(*m));
+        if (m == NULL) {
+            grpc_byte_buffer_destroy(buf);
+            code = GRPC_STATUS_RESOURCE_EXHAUSTED;
+            msg = "out of memory";
+        } else {
+            m->buf = buf;
+            m->next = NULL;
+            if (call->queue_tail != NULL) {
+                call->queue_tail->next = m;
+            } else {
+                call->queue_head = m;
+            }
+            call->queue_tail = m;
+        }
+    }
+    call->final_code = code;
+    snprintf(call->final_msg, sizeof(call->final_msg), "%s", msg);
+    ferry_debug("call %" PRIu64 " %s: ends with %s%s%s", call->id, call->path,
+                rpc_grpc_code_name((int)code), msg[0] != '\0' ? ": " : "", msg);
+    call_set_state(call, RPC_CALL_ENDING);
+    call_pump(call);
+}
+
+static void call_end(rpc_call_t *call, grpc_byte_buffer *buf, grpc_status_code code,
+                     const char *msg)
+{
+    pthread_mutex_lock(&call->lock);
+    if (call->state != RPC_CALL_ACTIVE) {
+        pthread_mutex_unlock(&call->lock);
+        ferry_debug("call %" PRIu64 " %s: already ended; %s dropped", call->id, call->path,
+                    rpc_grpc_code_name((int)code));
+        if (buf != NULL) {
+            grpc_byte_buffer_destroy(buf);
+        }
+        return;
+    }
+    call_end_locked(call, buf, code, msg);
+    pthread_mutex_unlock(&call->lock);
+}
+
+/* --- completions ---------------------------------------------------------- */
+
+/* ENDING -> DONE once both the status and the close are in. Caller holds
+ * the lock and a reference besides the layer's. */
+static void call_maybe_done_locked(rpc_call_t *call)
+{
+    if (call->state != RPC_CALL_ENDING || !call->status_done || !call->close_done) {
+        return;
+    }
+    call_set_state(call, RPC_CALL_DONE);
+    grpc_call_unref(call->gcall);
+    call->gcall = NULL;
+    atomic_fetch_sub(&call->server->live_calls, 1);
+    atomic_fetch_sub(&call->refs, 1); /* the layer's */
+}
+
+/* Runs the cancel callback once, then ends the call if nobody did. */
+static void call_process_cancel(rpc_call_t *call)
+{
+    void (*cb)(rpc_call_t *, void *) = NULL;
+    void *arg = NULL;
+
+    pthread_mutex_lock(&call->lock);
+    if (call->cancelled && call->state == RPC_CALL_ACTIVE && call->cancel_cb != NULL &&
+        !call->cancel_cb_ran) {
+        cb = call->cancel_cb;
+        arg = call->cancel_arg;
+        call->cancel_cb_ran = true;
+        rpc_call_ref(call);
+    }
+    pthread_mutex_unlock(&call->lock);
+    if (cb != NULL) {
+        ferry_debug("call %" PRIu64 " %s: cancelled; running its cancel callback", call->id,
+                    call->path);
+        cb(call, arg);
+    }
+    pthread_mutex_lock(&call->lock);
+    if (call->cancelled && call->state == RPC_CALL_ACTIVE && !call->in_handler) {
+        bool stopping = atomic_load(&call->server->stopping);
+        call_end_locked(call, NULL, stopping ? GRPC_STATUS_UNAVAILABLE : GRPC_STATUS_CANCELLED,
+                        stopping ? "server shutting down" : "call cancelled");
+    }
+    pthread_mutex_unlock(&call->lock);
+    if (cb != NULL) {
+        rpc_call_unref(call);
+    }
+}
+
+void rpc__call_on_close(rpc_call_t *call, bool ok)
+{
+    pthread_mutex_lock(&call->lock);
+    call->close_done = true;
+    if (!ok || call->close_cancelled || call->state == RPC_CALL_ACTIVE) {
+        if (call->state == RPC_CALL_ACTIVE) {
+            ferry_debug("call %" PRIu64 " %s: cancelled (client gone, deadline or shutdown)",
+                        call->id, call->path);
+        }
+        call->cancelled = true;
+    }
+    pthread_mutex_unlock(&call->lock);
+    call_process_cancel(call);
+    pthread_mutex_lock(&call->lock);
+    call_maybe_done_locked(call);
+    pthread_mutex_unlock(&call->lock);
+    rpc_call_unref(call); /* the close batch's */
+}
+
+void rpc__call_on_send(rpc_call_t *call, bool ok)
+{
+    pthread_mutex_lock(&call->lock);
+    call_sent_locked(call, ok);
+    pthread_mutex_unlock(&call->lock);
+    if (!ok) {
+        call_process_cancel(call);
+    }
+    pthread_mutex_lock(&call->lock);
+    call_maybe_done_locked(call);
+    pthread_mutex_unlock(&call->lock);
+    rpc_call_unref(call); /* the send batch's */
+}
+
+/* --- the handler's API ------------------------------------------------------ */
+
+void rpc_call_reply(rpc_call_t *call, const ProtobufCMessage *response)
+{
+    grpc_byte_buffer *buf = rpc__pack(response);
+
+    if (buf == NULL) {
+        call_end(call, NULL, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+        return;
+    }
+    call_end(call, buf, GRPC_STATUS_OK, "");
+}
+
+void rpc_call_fail(rpc_call_t *call, ferry_status_t status, const char *fmt, ...)
+{
+    char msg[512];
+    va_list ap;
+
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    if (status == FERRY_OK) {
+        ferry_error("call %" PRIu64 " %s: rpc_call_fail with FERRY_OK", call->id, call->path);
+        status = FERRY_ERR_INTERNAL;
+    }
+    call_end(call, NULL, (grpc_status_code)rpc_status_to_grpc(status), msg);
+}
+
+static bool call_is_streaming(const rpc_call_t *call)
+{
+    return call->method != NULL && call->method->kind == RPC_SERVER_STREAMING;
+}
+
+ferry_status_t rpc_call_send(rpc_call_t *call, const ProtobufCMessage *msg)
+{
+    grpc_byte_buffer *buf;
+    rpc_outmsg_t *m;
+
+    if (!call_is_streaming(call)) {
+        ferry_error("call %" PRIu64 " %s: rpc_call_send on a unary method", call->id, call->path);
+        return FERRY_ERR_MISUSE;
+    }
+    buf = rpc__pack(msg);
+    m = malloc(sizeof(*m));
+    if (buf == NULL || m == NULL) {
+        goto err_alloc;
+    }
+    m->buf = buf;
+    m->next = NULL;
+    pthread_mutex_lock(&call->lock);
+    if (call->state != RPC_CALL_ACTIVE || call->cancelled) {
+        pthread_mutex_unlock(&call->lock);
+        grpc_byte_buffer_destroy(buf);
+        free(m);
+        return FERRY_ERR_CANCELLED;
+    }
+    if (call->queue_tail != NULL) {
+        call->queue_tail->next = m;
+    } else {
+        call->queue_head = m;
+    }
+    call->queue_tail = m;
+    call_pump(call);
+    pthread_mutex_unlock(&call->lock);
+    return FERRY_OK;
+
+err_alloc:
+    if (buf != NULL) {
+        grpc_byte_buffer_destroy(buf);
+    }
+    free(m);
+    return FERRY_ERR_NO_MEMORY;
+}
+
+void rpc_call_finish(rpc_call_t *call)
+{
+    if (!call_is_streaming(call)) {
+        ferry_error("call %" PRIu64 " %s: rpc_call_finish on a unary method", call->id, call->path);
+        call_end(call, NULL, GRPC_STATUS_INTERNAL, "the server sent no response");
+        return;
+    }
+    call_end(call, NULL, GRPC_STATUS_OK, "");
+}
+
+int64_t rpc_call_deadline_left_ms(const rpc_call_t *call)
+{
+    return rpc__ms_until(call->deadline);
+}
+
+bool rpc_call_is_cancelled(const rpc_call_t *call)
+{
+    rpc_call_t *c = (rpc_call_t *)call;
+    bool cancelled;
+
+    pthread_mutex_lock(&c->lock);
+    cancelled = c->cancelled || c->state == RPC_CALL_DONE ||
+                (c->state != RPC_CALL_REQUESTED && atomic_load(&c->server->stopping));
+    pthread_mutex_unlock(&c->lock);
+    return cancelled || rpc__ms_until(call->deadline) == 0;
+}
+
+void rpc_call_on_cancel(rpc_call_t *call, void (*cb)(rpc_call_t *call, void *arg), void *arg)
+{
+    pthread_mutex_lock(&call->lock);
+    if (!call->cancel_cb_ran) {
+        call->cancel_cb = cb;
+        call->cancel_arg = arg;
+    }
+    pthread_mutex_unlock(&call->lock);
+    call_process_cancel(call);
+}
+
+const char *rpc_call_peer(const rpc_call_t *call)
+{
+    return call->peer;
+}
+
+const char *rpc_call_path(const rpc_call_t *call)
+{
+    return call->path;
+}

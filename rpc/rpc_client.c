@@ -1,0 +1,234 @@
+/*
+ * rpc_client.c: channels and unary calls.
+ *
+ * A channel wraps one grpc_channel, created once and shared by every call
+ * (gRPC reconnects it as needed). A unary call is one batch of six
+ * operations on a call bound to its own pluck completion queue, waited for
+ * with no timeout of ours: the call's deadline bounds it.
+ *
+ * Threads: any number of threads may call through one channel at once;
+ * rpc_channel_destroy only once none does.
+ */
+#include "rpc/rpc_int.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/log.h"
+
+#define RPC_DEFAULT_MAX_MESSAGE (4 * 1024 * 1024)
+
+struct rpc_channel {
+    grpc_channel *channel;
+    char *target;
+};
+
+ferry_status_t rpc_channel_create(const rpc_channel_params_t *params, rpc_channel_t **channel_p)
+{
+    grpc_channel_credentials *creds;
+    grpc_arg args[2];
+    grpc_channel_args channel_args = {1, args};
+    rpc_channel_t *channel;
+    ferry_status_t status;
+
+    if (params == NULL || params->target == NULL || params->max_message_bytes < 0) {
+        ferry_error("rpc: channel params need a target");
+        return FERRY_ERR_INVALID_ARGUMENT;
+    }
+    channel = calloc(1, sizeof(*channel));
+    if (channel == NULL || (channel->target = strdup(params->target)) == NULL) {
+        free(channel);
+        return FERRY_ERR_NO_MEMORY;
+    }
+    status = rpc__channel_credentials(params->tls, &creds);
+    if (status != FERRY_OK) {
+        goto err_free;
+    }
+    args[0].type = GRPC_ARG_INTEGER;
+    args[0].key = GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH;
+    args[0].value.integer =
+        params->max_message_bytes > 0 ? params->max_message_bytes : RPC_DEFAULT_MAX_MESSAGE;
+    if (params->tls != NULL && params->tls->server_name != NULL) {
+        args[1].type = GRPC_ARG_STRING;
+        args[1].key = GRPC_SSL_TARGET_NAME_OVERRIDE_ARG;
+        args[1].value.string = (char *)params->tls->server_name;
+        channel_args.num_args = 2;
+    }
+    grpc_init();
+    channel->channel = grpc_channel_create(params->target, creds, &channel_args);
+    grpc_channel_credentials_release(creds);
+    *channel_p = channel;
+    return FERRY_OK;
+
+err_free:
+    free(channel->target);
+    free(channel);
+    return status;
+}
+
+void rpc_channel_destroy(rpc_channel_t *channel)
+{
+    if (channel == NULL) {
+        return;
+    }
+    grpc_channel_destroy(channel->channel);
+    free(channel->target);
+    free(channel);
+    grpc_shutdown();
+}
+
+/* --- shared with rpc_stream.c -------------------------------------------------- */
+
+grpc_call *rpc__channel_call(rpc_channel_t *channel, const char *path, grpc_completion_queue *cq,
+                             gpr_timespec deadline)
+{
+    grpc_slice method = grpc_slice_from_copied_string(path);
+    grpc_call *call = grpc_channel_create_call(channel->channel, NULL, GRPC_PROPAGATE_DEFAULTS, cq,
+                                               method, NULL, deadline, NULL);
+    grpc_slice_unref(method);
+    return call;
+}
+
+void rpc__error_set(rpc_error_t *err, int code, const char *msg)
+{
+    if (err != NULL) {
+        err->grpc_code = code;
+        snprintf(err->message, sizeof(err->message), "%s", msg);
+    }
+}
+
+/* Fills `err` from a call's final status; returns the mapped status. */
+ferry_status_t rpc__client_status(grpc_status_code code, grpc_slice details, const char *path,
+                                  rpc_error_t *err)
+{
+    char msg[sizeof(err->message)];
+
+    rpc__slice_to_str(details, msg, sizeof(msg));
+    rpc__error_set(err, (int)code, msg);
+    if (code != GRPC_STATUS_OK) {
+        ferry_debug("rpc: %s: %s: %s", path, rpc_grpc_code_name((int)code), msg);
+    }
+    return rpc_status_from_grpc((int)code);
+}
+
+/* --- unary ---------------------------------------------------------------------- */
+
+typedef struct {
+    grpc_metadata_array initial_md;
+    grpc_metadata_array trailing_md;
+    grpc_status_code code;
+    grpc_slice details;
+} unary_recv_t;
+
+static grpc_call_error unary_start(grpc_call *call, grpc_byte_buffer *request,
+                                   grpc_byte_buffer **response_p, unary_recv_t *recv, void *tag)
+{
+    grpc_op ops[6];
+
+    memset(ops, 0, sizeof(ops));
+    ops[0].op = GRPC_OP_SEND_INITIAL_METADATA;
+    ops[1].op = GRPC_OP_SEND_MESSAGE;
+    ops[1].data.send_message.send_message = request;
+    ops[2].op = GRPC_OP_SEND_CLOSE_FROM_CLIENT;
+    ops[3].op = GRPC_OP_RECV_INITIAL_METADATA;
+    ops[3].data.recv_initial_metadata.recv_initial_metadata = &recv->initial_md;
+    ops[4].op = GRPC_OP_RECV_MESSAGE;
+    ops[4].data.recv_message.recv_message = response_p;
+    ops[5].op = GRPC_OP_RECV_STATUS_ON_CLIENT;
+    ops[5].data.recv_status_on_client.trailing_metadata = &recv->trailing_md;
+    ops[5].data.recv_status_on_client.status = &recv->code;
+    ops[5].data.recv_status_on_client.status_details = &recv->details;
+    return grpc_call_start_batch(call, ops, 6, tag, NULL);
+}
+
+/* Sends `request` (borrowed) and waits; on OK *response_p is the reply
+ * (may be NULL if the server sent none). */
+static ferry_status_t unary_bytes(rpc_channel_t *channel, const char *path,
+                                  grpc_byte_buffer *request, int64_t timeout_ms,
+                                  grpc_byte_buffer **response_p, rpc_error_t *err)
+{
+    grpc_completion_queue *cq = grpc_completion_queue_create_for_pluck(NULL);
+    grpc_call *call = rpc__channel_call(channel, path, cq, rpc__deadline_after_ms(timeout_ms));
+    unary_recv_t recv = {.details = grpc_empty_slice()};
+    ferry_status_t status = FERRY_ERR_INTERNAL;
+    grpc_call_error rc;
+    int tag;
+
+    *response_p = NULL;
+    grpc_metadata_array_init(&recv.initial_md);
+    grpc_metadata_array_init(&recv.trailing_md);
+    rc = unary_start(call, request, response_p, &recv, &tag);
+    if (rc != GRPC_CALL_OK) {
+        ferry_error("rpc: %s: cannot start the call: grpc_call_error %d", path, (int)rc);
+        rpc__error_set(err, GRPC_STATUS_INTERNAL, "cannot start the call");
+    } else {
+        grpc_completion_queue_pluck(cq, &tag, gpr_inf_future(GPR_CLOCK_REALTIME), NULL);
+        status = rpc__client_status(recv.code, recv.details, path, err);
+    }
+    if (status != FERRY_OK && *response_p != NULL) {
+        grpc_byte_buffer_destroy(*response_p);
+        *response_p = NULL;
+    }
+    grpc_call_unref(call);
+    grpc_completion_queue_shutdown(cq);
+    grpc_completion_queue_destroy(cq);
+    grpc_slice_unref(recv.details);
+    grpc_metadata_array_destroy(&recv.initial_md);
+    grpc_metadata_array_destroy(&recv.trailing_md);
+    return status;
+}
+
+ferry_status_t rpc_unary(rpc_channel_t *channel, const char *path, const ProtobufCMessage *request,
+                         const ProtobufCMessageDescriptor *response_desc, int64_t timeout_ms,
+                         ProtobufCMessage **response_p, rpc_error_t *err)
+{
+    grpc_byte_buffer *req = rpc__pack(request), *resp = NULL;
+    ferry_status_t status;
+
+    if (req == NULL) {
+        rpc__error_set(err, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+        return FERRY_ERR_NO_MEMORY;
+    }
+    status = unary_bytes(channel, path, req, timeout_ms, &resp, err);
+    grpc_byte_buffer_destroy(req);
+    if (status != FERRY_OK) {
+        return status;
+    }
+    *response_p = rpc__unpack(response_desc, resp);
+    if (resp != NULL) {
+        grpc_byte_buffer_destroy(resp);
+    }
+    if (*response_p == NULL) {
+        ferry_warn("rpc: %s: malformed or missing response", path);
+        rpc__error_set(err, rpc_status_to_grpc(FERRY_ERR_PROTOCOL), "malformed response");
+        return FERRY_ERR_PROTOCOL;
+    }
+    return FERRY_OK;
+}
+
+ferry_status_t rpc_unary_raw(rpc_channel_t *channel, const char *path, const void *request,
+                             size_t request_len, int64_t timeout_ms, void **response_p,
+                             size_t *response_len_p, rpc_error_t *err)
+{
+    grpc_byte_buffer *req = rpc__pack_raw(request, request_len), *resp = NULL;
+    ferry_status_t status;
+
+    if (req == NULL) {
+        rpc__error_set(err, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+        return FERRY_ERR_NO_MEMORY;
+    }
+    status = unary_bytes(channel, path, req, timeout_ms, &resp, err);
+    grpc_byte_buffer_destroy(req);
+    if (status != FERRY_OK) {
+        return status;
+    }
+    status = rpc__unpack_raw(resp, response_p, response_len_p);
+    if (resp != NULL) {
+        grpc_byte_buffer_destroy(resp);
+    }
+    if (status != FERRY_OK) {
+        rpc__error_set(err, rpc_status_to_grpc(FERRY_ERR_PROTOCOL), "missing response");
+    }
+    return status;
+}

@@ -1,0 +1,227 @@
+/*
+ * rpc_int.h: what the files of rpc/ share and nothing outside rpc/ sees
+ * (tests of this component excepted).
+ *
+ * Pieces:
+ *   - the method table (rpc_method.c): path -> handler rows built from
+ *     protoc-c service descriptors;
+ *   - the server (rpc_server.c) and its calls (rpc_call.c): every in-flight
+ *     gRPC call is one heap rpc_call_t whose embedded rpc_tag_t members are
+ *     the completion-queue tags of its operations;
+ *   - health (rpc_health.c): grpc.health.v1.Health on top of the same server;
+ *   - helpers for byte buffers, deadlines, PEM files and credentials
+ *     (rpc_buf.c, rpc_tls.c).
+ *
+ * Locking order, outer first: server->lock, health->lock, call->lock. No
+ * lock is held while a handler or a cancel callback runs.
+ */
+#ifndef FERRY_RPC_INT_H
+#define FERRY_RPC_INT_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include <grpc/byte_buffer.h>
+#include <grpc/byte_buffer_reader.h>
+#include <grpc/grpc.h>
+#include <grpc/grpc_security.h>
+#include <grpc/support/alloc.h>
+#include <grpc/support/time.h>
+
+#include "rpc/rpc.h"
+
+/* --- method table (rpc_method.c) --------------------------------------- */
+
+typedef struct {
+    char *path;                            /* "/ferry.v1.Coordinator/Get"; owned */
+    const ProtobufCMethodDescriptor *desc; /* input and output descriptors */
+    rpc_method_kind_t kind;
+    rpc_handler_fn handler;
+    void *arg;
+    void *registered; /* grpc_server_register_method's handle, once started */
+} rpc_method_entry_t;
+
+/* Rows are allocated one by one so a row's address never changes. */
+typedef struct {
+    rpc_method_entry_t **rows;
+    size_t n_rows;
+} rpc_method_table_t;
+
+/* Adds all of `methods` or nothing: FERRY_ERR_INVALID_ARGUMENT for a name
+ * missing from `service`, a NULL handler or a path already present. */
+ferry_status_t rpc__method_table_add(rpc_method_table_t *table,
+                                     const ProtobufCServiceDescriptor *service,
+                                     const rpc_method_t *methods, size_t n_methods, void *arg);
+/* NULL when no row has this path. */
+rpc_method_entry_t *rpc__method_table_find(const rpc_method_table_t *table, const char *path);
+void rpc__method_table_clear(rpc_method_table_t *table);
+
+/* --- byte buffers, deadlines, files (rpc_buf.c) -------------------------- */
+
+/* NULL on allocation failure. */
+grpc_byte_buffer *rpc__pack(const ProtobufCMessage *msg);
+grpc_byte_buffer *rpc__pack_raw(const void *data, size_t len);
+/* NULL for a NULL buffer or bytes that do not decode as `desc`. */
+ProtobufCMessage *rpc__unpack(const ProtobufCMessageDescriptor *desc, grpc_byte_buffer *buf);
+/* Copies the buffer's bytes into a malloc'd block (*data_p NULL for 0 bytes). */
+ferry_status_t rpc__unpack_raw(grpc_byte_buffer *buf, void **data_p, size_t *len_p);
+/* timeout_ms <= 0: infinitely far. Monotonic clock. */
+gpr_timespec rpc__deadline_after_ms(int64_t timeout_ms);
+/* Milliseconds from now until `deadline` (0 when passed, INT64_MAX if infinite). */
+int64_t rpc__ms_until(gpr_timespec deadline);
+/* Copies a slice into a NUL-terminated string of at most cap bytes. */
+void rpc__slice_to_str(grpc_slice slice, char *out, size_t cap);
+
+/* --- credentials (rpc_tls.c) --------------------------------------------- */
+
+ferry_status_t rpc__server_credentials(const rpc_tls_params_t *tls,
+                                       grpc_server_credentials **creds_p);
+ferry_status_t rpc__channel_credentials(const rpc_tls_params_t *tls,
+                                        grpc_channel_credentials **creds_p);
+
+/* --- health (rpc_health.c) ----------------------------------------------- */
+
+typedef struct rpc_health_watcher rpc_health_watcher_t;
+
+typedef struct {
+    char *service; /* owned; "" is the server as a whole */
+    bool serving;
+} rpc_health_entry_t;
+
+typedef struct {
+    pthread_mutex_t lock;
+    rpc_health_entry_t *entries; /* guarded by lock */
+    size_t n_entries;
+    rpc_health_watcher_t *watchers; /* Watch calls, each holding a call ref */
+    bool closed;                    /* shutting down: no new watchers */
+} rpc_health_t;
+
+ferry_status_t rpc__health_init(rpc_health_t *health);
+void rpc__health_destroy(rpc_health_t *health);
+/* Adds `service` as SERVING unless present. */
+ferry_status_t rpc__health_add(rpc_health_t *health, const char *service);
+void rpc__health_set(rpc_health_t *health, const char *service, bool serving);
+/* Marks everything NOT_SERVING, tells watchers, then ends their streams. */
+void rpc__health_close(rpc_health_t *health);
+/* Adds grpc.health.v1.Health to the server's method table. */
+ferry_status_t rpc__health_add_service(rpc_server_t *server);
+
+/* --- client (rpc_client.c, used by rpc_stream.c) ------------------------- */
+
+/* A call on `channel` bound to `cq`. */
+grpc_call *rpc__channel_call(rpc_channel_t *channel, const char *path, grpc_completion_queue *cq,
+                             gpr_timespec deadline);
+/* Fills `err` (may be NULL) from a call's final status; returns the mapped
+ * status. */
+ferry_status_t rpc__client_status(grpc_status_code code, grpc_slice details, const char *path,
+                                  rpc_error_t *err);
+void rpc__error_set(rpc_error_t *err, int code, const char *msg);
+
+/* --- server and calls (rpc_server.c, rpc_call.c) ------------------------- */
+
+typedef enum {
+    RPC_TAG_REQUEST,  /* a requested call arrived, or failed at shutdown */
+    RPC_TAG_CLOSE,    /* RECV_CLOSE_ON_SERVER completed: the call is over */
+    RPC_TAG_SEND,     /* a send batch (message and/or status) completed */
+    RPC_TAG_SHUTDOWN, /* grpc_server_shutdown_and_notify completed */
+} rpc_tag_kind_t;
+
+/* What the completion queue hands back; embedded in its owner. */
+typedef struct {
+    rpc_tag_kind_t kind;
+    void *owner; /* rpc_call_t for call tags, rpc_server_t for SHUTDOWN */
+} rpc_tag_t;
+
+typedef enum {
+    RPC_SERVER_CREATED,  /* methods may be added */
+    RPC_SERVER_RUNNING,  /* started; calls armed and re-armed */
+    RPC_SERVER_STOPPING, /* shutdown began: nothing re-armed */
+    RPC_SERVER_STOPPED,  /* threads joined, grpc objects destroyed */
+} rpc_server_state_t;
+
+struct rpc_server {
+    pthread_mutex_t lock;          /* guards state, notified; re-arming holds it */
+    pthread_cond_t cond;           /* signalled when notified becomes true */
+    pthread_mutex_t shutdown_lock; /* serializes rpc_server_shutdown */
+    rpc_server_state_t state;
+    atomic_bool stopping; /* state >= STOPPING, readable without the lock */
+    bool notified;        /* the shutdown tag came back */
+
+    grpc_server *server;
+    grpc_completion_queue *cq;
+    grpc_server_credentials *creds; /* until bound */
+    pthread_t *threads;
+    int n_threads;
+    int n_threads_started;
+
+    char *listen_addr;
+    int calls_armed;
+    int max_message_bytes;
+
+    rpc_method_table_t methods; /* frozen once running */
+    rpc_health_t health;
+    rpc_tag_t shutdown_tag;
+    atomic_uint_fast64_t next_call_id;
+    atomic_int live_calls; /* delivered and not yet done */
+};
+
+typedef enum {
+    RPC_CALL_REQUESTED, /* armed: waiting for gRPC to deliver a call */
+    RPC_CALL_ACTIVE,    /* delivered: the handler owes one ending */
+    RPC_CALL_ENDING,    /* ended: final status queued or in flight */
+    RPC_CALL_DONE,      /* status sent and close received; grpc_call released */
+} rpc_call_state_t;
+
+typedef struct rpc_outmsg {
+    grpc_byte_buffer *buf;
+    struct rpc_outmsg *next;
+} rpc_outmsg_t;
+
+struct rpc_call {
+    pthread_mutex_t lock; /* guards everything below but the constants */
+    atomic_int refs;
+    rpc_call_state_t state;
+
+    /* Constant once delivered. */
+    rpc_server_t *server;
+    rpc_method_entry_t *method; /* NULL: armed for unregistered methods */
+    uint64_t id;
+    grpc_call *gcall;
+    gpr_timespec deadline;
+    grpc_metadata_array request_md;
+    grpc_call_details details; /* unregistered methods only */
+    grpc_byte_buffer *payload; /* the request as it arrived */
+    ProtobufCMessage *request;
+    char peer[128];
+    char path[160];
+
+    rpc_tag_t tag_request, tag_close, tag_send;
+    int close_cancelled; /* RECV_CLOSE_ON_SERVER's out argument */
+
+    bool in_handler;     /* the handler is running */
+    bool cancelled;      /* client gone, deadline passed, or server cancelled */
+    bool md_sent;        /* initial metadata is in a started batch */
+    bool send_in_flight; /* one send batch outstanding at most */
+    bool status_started; /* the final status is in a started batch */
+    bool status_done;    /* ... and that batch completed */
+    bool close_done;
+    grpc_byte_buffer *inflight_buf;
+    rpc_outmsg_t *queue_head, *queue_tail;
+    grpc_status_code final_code;
+    char final_msg[512];
+    void (*cancel_cb)(rpc_call_t *call, void *arg);
+    void *cancel_arg;
+    bool cancel_cb_ran;
+};
+
+/* Allocates an armed call and requests it from gRPC (the server's lock is
+ * held by the caller). */
+ferry_status_t rpc__call_arm(rpc_server_t *server, rpc_method_entry_t *method);
+/* Completion handlers, on a server thread. */
+void rpc__call_on_request(rpc_call_t *call, bool ok);
+void rpc__call_on_close(rpc_call_t *call, bool ok);
+void rpc__call_on_send(rpc_call_t *call, bool ok);
+
+#endif /* FERRY_RPC_INT_H */

@@ -1,0 +1,415 @@
+/*
+ * rpc_server.c: the gRPC server's life: create, add services, start, run
+ * completion-queue threads, shut down.
+ *
+ *   CREATED --start--> RUNNING --shutdown--> STOPPING --drained--> STOPPED
+ *
+ * RUNNING: each registered method keeps `calls_armed` calls requested from
+ * gRPC (GRPC_SRM_PAYLOAD_READ_INITIAL_BYTE_BUFFER, so the request arrives
+ * with the call), plus as many for unregistered methods, which are answered
+ * UNIMPLEMENTED. Each delivered call re-arms one, under server->lock, so
+ * nothing is re-armed once shutdown has begun.
+ *
+ * Shutdown: grpc_server_shutdown_and_notify, wait up to the grace period
+ * for the in-flight calls, then grpc_server_cancel_all_calls (held calls see
+ * their cancel callbacks run and are ended), wait for the notification,
+ * shut the queue down, let the threads drain it to GRPC_QUEUE_SHUTDOWN,
+ * join them, destroy server and queue.
+ *
+ * Threads: the public functions may be called from any thread but a server
+ * thread (shutdown joins them). server->lock guards state and notified.
+ */
+#include "rpc/rpc_int.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "common/log.h"
+
+#define RPC_DEFAULT_THREADS     2
+#define RPC_DEFAULT_ARMED       8
+#define RPC_DEFAULT_MAX_MESSAGE (4 * 1024 * 1024)
+
+/* --- completion-queue threads ---------------------------------------------- */
+
+static void server_rearm(rpc_server_t *server, rpc_method_entry_t *method)
+{
+    pthread_mutex_lock(&server->lock);
+    if (server->state == RPC_SERVER_RUNNING) {
+        rpc__call_arm(server, method);
+    }
+    pthread_mutex_unlock(&server->lock);
+}
+
+static void server_dispatch(rpc_server_t *server, rpc_tag_t *tag, bool ok)
+{
+    rpc_call_t *call = tag->owner;
+
+    switch (tag->kind) {
+    case RPC_TAG_SHUTDOWN:
+        pthread_mutex_lock(&server->lock);
+        server->notified = true;
+        pthread_cond_broadcast(&server->cond);
+        pthread_mutex_unlock(&server->lock);
+        break;
+    case RPC_TAG_REQUEST:
+        if (ok) {
+            server_rearm(server, call->method);
+        }
+        rpc__call_on_request(call, ok);
+        break;
+    case RPC_TAG_CLOSE:
+        rpc__call_on_close(call, ok);
+        break;
+    case RPC_TAG_SEND:
+        rpc__call_on_send(call, ok);
+        break;
+    }
+}
+
+static void *server_thread(void *arg)
+{
+    rpc_server_t *server = arg;
+
+    for (;;) {
+        grpc_event ev =
+            grpc_completion_queue_next(server->cq, gpr_inf_future(GPR_CLOCK_REALTIME), NULL);
+        if (ev.type == GRPC_QUEUE_SHUTDOWN) {
+            break;
+        }
+        if (ev.type == GRPC_OP_COMPLETE) {
+            server_dispatch(server, ev.tag, ev.success != 0);
+        }
+    }
+    return NULL;
+}
+
+/* --- create and destroy ------------------------------------------------------ */
+
+static ferry_status_t server_init_sync(rpc_server_t *server)
+{
+    pthread_condattr_t attr;
+
+    if (pthread_condattr_init(&attr) != 0) {
+        return FERRY_ERR_NO_MEMORY;
+    }
+    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+    pthread_cond_init(&server->cond, &attr);
+    pthread_condattr_destroy(&attr);
+    pthread_mutex_init(&server->lock, NULL);
+    pthread_mutex_init(&server->shutdown_lock, NULL);
+    return FERRY_OK;
+}
+
+/* The grpc_server and its queue, with the message size limit. */
+static void server_create_grpc(rpc_server_t *server)
+{
+    grpc_arg args[2];
+    grpc_channel_args channel_args = {2, args};
+
+    args[0].type = GRPC_ARG_INTEGER;
+    args[0].key = GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH;
+    args[0].value.integer = server->max_message_bytes;
+    args[1].type = GRPC_ARG_INTEGER;
+    args[1].key = GRPC_ARG_MAX_SEND_MESSAGE_LENGTH;
+    args[1].value.integer = -1;
+    grpc_init();
+    server->server = grpc_server_create(&channel_args, NULL);
+    server->cq = grpc_completion_queue_create_for_next(NULL);
+    grpc_server_register_completion_queue(server->server, server->cq, NULL);
+}
+
+ferry_status_t rpc_server_create(const rpc_server_params_t *params, rpc_server_t **server_p)
+{
+    rpc_server_t *server;
+    ferry_status_t status = FERRY_ERR_NO_MEMORY;
+
+    if (params == NULL || params->listen_addr == NULL || params->n_threads < 0 ||
+        params->calls_armed < 0 || params->max_message_bytes < 0) {
+        ferry_error("rpc: server params need listen_addr and non-negative counts");
+        return FERRY_ERR_INVALID_ARGUMENT;
+    }
+    server = calloc(1, sizeof(*server));
+    if (server == NULL) {
+        return FERRY_ERR_NO_MEMORY;
+    }
+    server->listen_addr = strdup(params->listen_addr);
+    server->n_threads = params->n_threads > 0 ? params->n_threads : RPC_DEFAULT_THREADS;
+    server->threads = calloc((size_t)server->n_threads, sizeof(*server->threads));
+    if (server->listen_addr == NULL || server->threads == NULL) {
+        goto err_free;
+    }
+    server->calls_armed = params->calls_armed > 0 ? params->calls_armed : RPC_DEFAULT_ARMED;
+    server->max_message_bytes =
+        params->max_message_bytes > 0 ? params->max_message_bytes : RPC_DEFAULT_MAX_MESSAGE;
+    status = rpc__server_credentials(params->tls, &server->creds);
+    if (status != FERRY_OK) {
+        goto err_free;
+    }
+    status = rpc__health_init(&server->health);
+    if (status != FERRY_OK) {
+        goto err_creds;
+    }
+    status = server_init_sync(server);
+    if (status != FERRY_OK) {
+        goto err_health;
+    }
+    server->state = RPC_SERVER_CREATED;
+    server->shutdown_tag = (rpc_tag_t){RPC_TAG_SHUTDOWN, server};
+    server_create_grpc(server);
+    *server_p = server;
+    return FERRY_OK;
+
+err_health:
+    rpc__health_destroy(&server->health);
+err_creds:
+    grpc_server_credentials_release(server->creds);
+err_free:
+    free(server->threads);
+    free(server->listen_addr);
+    free(server);
+    return status;
+}
+
+/* Shuts the queue down and joins the threads; they drain it first. */
+static void server_stop_threads(rpc_server_t *server)
+{
+    grpc_completion_queue_shutdown(server->cq);
+    for (int i = 0; i < server->n_threads_started; i++) {
+        pthread_join(server->threads[i], NULL);
+    }
+    server->n_threads_started = 0;
+}
+
+/* For a server that never started (or failed to): nothing to shut down. */
+static void server_destroy_unstarted(rpc_server_t *server)
+{
+    grpc_server_destroy(server->server);
+    server_stop_threads(server);
+    grpc_completion_queue_destroy(server->cq);
+}
+
+void rpc_server_destroy(rpc_server_t *server)
+{
+    if (server == NULL) {
+        return;
+    }
+    rpc_server_shutdown(server, 0);
+    if (server->state == RPC_SERVER_CREATED) {
+        server_destroy_unstarted(server);
+    }
+    if (server->creds != NULL) {
+        grpc_server_credentials_release(server->creds);
+    }
+    rpc__health_destroy(&server->health);
+    rpc__method_table_clear(&server->methods);
+    pthread_cond_destroy(&server->cond);
+    pthread_mutex_destroy(&server->lock);
+    pthread_mutex_destroy(&server->shutdown_lock);
+    free(server->threads);
+    free(server->listen_addr);
+    free(server);
+    grpc_shutdown();
+}
+
+/* --- services and start --------------------------------------------------------- */
+
+ferry_status_t rpc_server_add_service(rpc_server_t *server,
+                                      const ProtobufCServiceDescriptor *service,
+                                      const rpc_method_t *methods, size_t n_methods, void *arg)
+{
+    ferry_status_t status;
+
+    pthread_mutex_lock(&server->lock);
+    if (server->state != RPC_SERVER_CREATED) {
+        pthread_mutex_unlock(&server->lock);
+        ferry_error("rpc: service %s added after start", service->name);
+        return FERRY_ERR_MISUSE;
+    }
+    status = rpc__method_table_add(&server->methods, service, methods, n_methods, arg);
+    pthread_mutex_unlock(&server->lock);
+    if (status == FERRY_OK) {
+        status = rpc__health_add(&server->health, service->name);
+    }
+    return status;
+}
+
+static ferry_status_t server_register_methods(rpc_server_t *server)
+{
+    for (size_t i = 0; i < server->methods.n_rows; i++) {
+        rpc_method_entry_t *row = server->methods.rows[i];
+        row->registered = grpc_server_register_method(server->server, row->path, NULL,
+                                                      GRPC_SRM_PAYLOAD_READ_INITIAL_BYTE_BUFFER, 0);
+        if (row->registered == NULL) {
+            ferry_error("rpc: gRPC refused to register %s", row->path);
+            return FERRY_ERR_INTERNAL;
+        }
+    }
+    return FERRY_OK;
+}
+
+static ferry_status_t server_start_threads(rpc_server_t *server)
+{
+    for (int i = 0; i < server->n_threads; i++) {
+        int rc = pthread_create(&server->threads[i], NULL, server_thread, server);
+        if (rc != 0) {
+            ferry_error("rpc: cannot start server thread %d: %s", i, strerror(rc));
+            return FERRY_ERR_IO;
+        }
+        server->n_threads_started++;
+    }
+    return FERRY_OK;
+}
+
+/* Arms calls_armed calls per method and as many for unknown methods. */
+static ferry_status_t server_arm_all(rpc_server_t *server)
+{
+    ferry_status_t status = FERRY_OK;
+
+    for (int k = 0; k < server->calls_armed && status == FERRY_OK; k++) {
+        for (size_t i = 0; i < server->methods.n_rows && status == FERRY_OK; i++) {
+            status = rpc__call_arm(server, server->methods.rows[i]);
+        }
+        if (status == FERRY_OK) {
+            status = rpc__call_arm(server, NULL);
+        }
+    }
+    return status;
+}
+
+/* Registers, starts the threads and binds (last, so that nothing can fail
+ * once a listener exists); the server is not started yet. */
+static ferry_status_t server_prepare(rpc_server_t *server, int *port_p)
+{
+    ferry_status_t status = rpc__health_add_service(server);
+
+    if (status == FERRY_OK) {
+        status = server_register_methods(server);
+    }
+    if (status == FERRY_OK) {
+        status = server_start_threads(server);
+    }
+    if (status != FERRY_OK) {
+        return status;
+    }
+    *port_p = grpc_server_add_http2_port(server->server, server->listen_addr, server->creds);
+    grpc_server_credentials_release(server->creds);
+    server->creds = NULL;
+    if (*port_p == 0) {
+        ferry_error("rpc: cannot listen on %s", server->listen_addr);
+        return FERRY_ERR_IO;
+    }
+    return FERRY_OK;
+}
+
+ferry_status_t rpc_server_start(rpc_server_t *server, int *port_p)
+{
+    ferry_status_t status;
+    int port = 0;
+
+    pthread_mutex_lock(&server->lock);
+    if (server->state != RPC_SERVER_CREATED) {
+        pthread_mutex_unlock(&server->lock);
+        ferry_error("rpc: server started twice");
+        return FERRY_ERR_MISUSE;
+    }
+    status = server_prepare(server, &port);
+    if (status != FERRY_OK) {
+        pthread_mutex_unlock(&server->lock);
+        return status;
+    }
+    grpc_server_start(server->server);
+    server->state = RPC_SERVER_RUNNING;
+    status = server_arm_all(server);
+    pthread_mutex_unlock(&server->lock);
+    if (status != FERRY_OK) {
+        return status;
+    }
+    ferry_info("rpc: serving %zu methods on %s (port %d, %d threads)", server->methods.n_rows,
+               server->listen_addr, port, server->n_threads);
+    if (port_p != NULL) {
+        *port_p = port;
+    }
+    return FERRY_OK;
+}
+
+void rpc_server_set_serving(rpc_server_t *server, const char *service, bool serving)
+{
+    rpc__health_set(&server->health, service != NULL ? service : "", serving);
+}
+
+/* --- shutdown ------------------------------------------------------------------------ */
+
+/* Waits up to timeout_ms for the shutdown notification; true once it came. */
+static bool server_wait_notified(rpc_server_t *server, int timeout_ms)
+{
+    struct timespec deadline;
+    bool notified;
+
+    clock_gettime(CLOCK_MONOTONIC, &deadline);
+    deadline.tv_sec += timeout_ms / 1000;
+    deadline.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
+    if (deadline.tv_nsec >= 1000000000L) {
+        deadline.tv_sec++;
+        deadline.tv_nsec -= 1000000000L;
+    }
+    pthread_mutex_lock(&server->lock);
+    while (!server->notified) {
+        if (pthread_cond_timedwait(&server->cond, &server->lock, &deadline) == ETIMEDOUT) {
+            break;
+        }
+    }
+    notified = server->notified;
+    pthread_mutex_unlock(&server->lock);
+    return notified;
+}
+
+/* RUNNING -> STOPPING; false when the server is not running. */
+static bool server_begin_stop(rpc_server_t *server)
+{
+    bool running;
+
+    pthread_mutex_lock(&server->lock);
+    running = server->state == RPC_SERVER_RUNNING;
+    if (running) {
+        server->state = RPC_SERVER_STOPPING;
+        atomic_store(&server->stopping, true);
+    }
+    pthread_mutex_unlock(&server->lock);
+    return running;
+}
+
+void rpc_server_shutdown(rpc_server_t *server, int grace_ms)
+{
+    pthread_mutex_lock(&server->shutdown_lock);
+    if (!server_begin_stop(server)) {
+        pthread_mutex_unlock(&server->shutdown_lock);
+        return;
+    }
+    ferry_info("rpc: shutting down %s: %d calls in flight, grace %d ms", server->listen_addr,
+               atomic_load(&server->live_calls), grace_ms);
+    rpc__health_close(&server->health);
+    grpc_server_shutdown_and_notify(server->server, server->cq, &server->shutdown_tag);
+    if (!server_wait_notified(server, grace_ms > 0 ? grace_ms : 0)) {
+        int live = atomic_load(&server->live_calls);
+        if (live > 0) {
+            ferry_info("rpc: grace period over; cancelling %d calls", live);
+        }
+        grpc_server_cancel_all_calls(server->server);
+        while (!server_wait_notified(server, 5000)) {
+            ferry_warn("rpc: still waiting for %d calls to end", atomic_load(&server->live_calls));
+        }
+    }
+    server_stop_threads(server);
+    grpc_server_destroy(server->server);
+    server->server = NULL;
+    grpc_completion_queue_destroy(server->cq);
+    server->cq = NULL;
+    pthread_mutex_lock(&server->lock);
+    server->state = RPC_SERVER_STOPPED;
+    pthread_mutex_unlock(&server->lock);
+    pthread_mutex_unlock(&server->shutdown_lock);
+    ferry_info("rpc: server %s stopped", server->listen_addr);
+}

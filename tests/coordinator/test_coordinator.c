@@ -1,0 +1,687 @@
+/*
+ * test_coordinator.c: every RPC of ferry.v1.Coordinator over the wire,
+ * success and error paths, against a real etcd and a real ferry-coordinator
+ * process on free loopback ports.
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <setjmp.h>
+#include <cmocka.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "coord_harness.h"
+
+#define TOKEN "token-0123456789abcdef"
+#define TTL   2
+
+static test_etcd_t etcd;
+static test_coord_t coord;
+static rpc_channel_t *chan;
+
+#define KIND_WRITE FERRY__V1__OPERATION_KIND__OPERATION_KIND_WRITE
+#define KIND_READ  FERRY__V1__OPERATION_KIND__OPERATION_KIND_READ
+
+static int setup(void **state)
+{
+    (void)state;
+    if (test_etcd_start(&etcd, NULL) != 0 ||
+        test_coord_start(&coord, etcd.endpoint, "c1", TTL) != 0) {
+        return -1;
+    }
+    chan = test_coord_channel(&coord);
+    return chan != NULL ? 0 : -1;
+}
+
+static int teardown(void **state)
+{
+    (void)state;
+    rpc_channel_destroy(chan);
+    assert_int_equal(test_coord_stop(&coord), 0); /* exit status 0 after SIGTERM */
+    test_coord_cleanup(&coord);
+    test_etcd_stop(&etcd);
+    return 0;
+}
+
+static Ferry__V1__RegisterResponse *do_register(const char *id, const char *token,
+                                                Ferry__V1__OperationKind kind,
+                                                ferry_status_t expect, rpc_error_t *err)
+{
+    Ferry__V1__RegisterRequest req = FERRY__V1__REGISTER_REQUEST__INIT;
+    Ferry__V1__RegisterResponse *resp = NULL;
+    rpc_error_t local;
+
+    req.request_id = (char *)id;
+    req.access_token = (char *)token;
+    req.metadata = test_coord_metadata(kind);
+    req.owner = "test";
+    assert_int_equal(test_coord_call(chan, "Register", &req.base,
+                                     &ferry__v1__register_response__descriptor,
+                                     (ProtobufCMessage **)&resp, err ? err : &local),
+                     expect);
+    return resp;
+}
+
+static ferry_status_t do_lookup(const char *id, const char *token, int64_t wait_ms,
+                                Ferry__V1__LookupResponse **resp_p, rpc_error_t *err)
+{
+    Ferry__V1__LookupRequest req = FERRY__V1__LOOKUP_REQUEST__INIT;
+    req.request_id = (char *)id;
+    req.access_token = (char *)token;
+    req.wait_ms = wait_ms;
+    return test_coord_call(chan, "Lookup", &req.base, &ferry__v1__lookup_response__descriptor,
+                           (ProtobufCMessage **)resp_p, err);
+}
+
+static ferry_status_t do_claim(const char *id, const char *token, Ferry__V1__OperationKind kind,
+                               Ferry__V1__ClaimResponse **resp_p, rpc_error_t *err)
+{
+    Ferry__V1__ClaimRequest req = FERRY__V1__CLAIM_REQUEST__INIT;
+    req.request_id = (char *)id;
+    req.access_token = (char *)token;
+    req.claimant = "writer";
+    req.kind = kind;
+    return test_coord_call(chan, "Claim", &req.base, &ferry__v1__claim_response__descriptor,
+                           (ProtobufCMessage **)resp_p, err);
+}
+
+static ferry_status_t do_complete(const char *id, const char *token, int64_t claim, int32_t code,
+                                  Ferry__V1__CompleteResponse **resp_p, rpc_error_t *err)
+{
+    Ferry__V1__CompleteRequest req = FERRY__V1__COMPLETE_REQUEST__INIT;
+    req.request_id = (char *)id;
+    req.access_token = (char *)token;
+    req.claim_lease_id = claim;
+    req.error_code = code;
+    req.error_message = code != 0 ? "disk on fire" : "";
+    return test_coord_call(chan, "Complete", &req.base, &ferry__v1__complete_response__descriptor,
+                           (ProtobufCMessage **)resp_p, err);
+}
+
+static ferry_status_t do_cancel(const char *id, const char *token, rpc_error_t *err)
+{
+    Ferry__V1__CancelRequest req = FERRY__V1__CANCEL_REQUEST__INIT;
+    Ferry__V1__CancelResponse *resp = NULL;
+    ferry_status_t status;
+
+    req.request_id = (char *)id;
+    req.access_token = (char *)token;
+    req.reason = "receiver gave up";
+    status = test_coord_call(chan, "Cancel", &req.base, &ferry__v1__cancel_response__descriptor,
+                             (ProtobufCMessage **)&resp, err);
+    if (resp != NULL) {
+        assert_int_equal(resp->operation->state,
+                         FERRY__V1__OPERATION_STATE__OPERATION_STATE_CANCELLED);
+        ferry__v1__cancel_response__free_unpacked(resp, NULL);
+    }
+    return status;
+}
+
+static int get_state(const char *id, rpc_error_t *err)
+{
+    Ferry__V1__GetRequest req = FERRY__V1__GET_REQUEST__INIT;
+    Ferry__V1__GetResponse *resp = NULL;
+    int state;
+
+    req.request_id = (char *)id;
+    if (test_coord_call(chan, "Get", &req.base, &ferry__v1__get_response__descriptor,
+                        (ProtobufCMessage **)&resp, err) != FERRY_OK) {
+        return -1;
+    }
+    assert_null(resp->operation->metadata);
+    assert_int_equal(resp->operation->token_sha256.len, 0);
+    state = (int)resp->operation->state;
+    ferry__v1__get_response__free_unpacked(resp, NULL);
+    return state;
+}
+
+/* --- the happy path ------------------------------------------------------ */
+
+static void test_register_lookup_claim_complete(void **state)
+{
+    Ferry__V1__RegisterResponse *reg = do_register("flow-1", TOKEN, KIND_WRITE, FERRY_OK, NULL);
+    Ferry__V1__LookupResponse *look = NULL;
+    Ferry__V1__ClaimResponse *claim = NULL;
+    Ferry__V1__CompleteResponse *done = NULL;
+    rpc_error_t err;
+    (void)state;
+
+    assert_string_equal(reg->access_token, TOKEN);
+    assert_true(reg->lease_id > 0);
+    assert_int_equal(reg->ttl_seconds, TTL);
+    assert_true(reg->header->revision > 0);
+    assert_string_equal(reg->header->coordinator, "c1");
+
+    assert_int_equal(do_lookup("flow-1", TOKEN, 0, &look, &err), FERRY_OK);
+    assert_int_equal(look->operation->state,
+                     FERRY__V1__OPERATION_STATE__OPERATION_STATE_REGISTERED);
+    assert_non_null(look->operation->metadata);
+    assert_int_equal(look->operation->metadata->n_descriptors, 1);
+    assert_int_equal(look->operation->metadata->descriptors[0]->size, 4096);
+    assert_int_equal(look->operation->metadata->worker_address.len, 64);
+    assert_int_equal(look->operation->token_sha256.len, 0);
+    assert_int_equal(look->operation->lease_id, reg->lease_id);
+
+    assert_int_equal(do_claim("flow-1", TOKEN, KIND_WRITE, &claim, &err), FERRY_OK);
+    assert_int_equal(claim->operation->state, FERRY__V1__OPERATION_STATE__OPERATION_STATE_CLAIMED);
+    assert_string_equal(claim->operation->claimant, "writer");
+    assert_non_null(claim->operation->metadata);
+    assert_true(claim->claim_lease_id > 0);
+
+    assert_int_equal(do_complete("flow-1", TOKEN, claim->claim_lease_id, 0, &done, &err), FERRY_OK);
+    assert_int_equal(done->operation->state, FERRY__V1__OPERATION_STATE__OPERATION_STATE_COMPLETE);
+    ferry__v1__complete_response__free_unpacked(done, NULL);
+    /* Complete again with the same outcome is idempotent. */
+    assert_int_equal(do_complete("flow-1", TOKEN, claim->claim_lease_id, 0, &done, &err), FERRY_OK);
+    ferry__v1__complete_response__free_unpacked(done, NULL);
+    /* A different outcome after the fact is refused. */
+    assert_int_equal(do_complete("flow-1", TOKEN, claim->claim_lease_id, 5, &done, &err),
+                     FERRY_ERR_FAILED_PRECONDITION);
+    assert_int_equal(get_state("flow-1", &err),
+                     FERRY__V1__OPERATION_STATE__OPERATION_STATE_COMPLETE);
+
+    ferry__v1__claim_response__free_unpacked(claim, NULL);
+    ferry__v1__lookup_response__free_unpacked(look, NULL);
+    ferry__v1__register_response__free_unpacked(reg, NULL);
+}
+
+static void test_complete_with_error(void **state)
+{
+    Ferry__V1__RegisterResponse *reg = do_register("err-1", TOKEN, KIND_READ, FERRY_OK, NULL);
+    Ferry__V1__ClaimResponse *claim = NULL;
+    Ferry__V1__CompleteResponse *done = NULL;
+    rpc_error_t err;
+    (void)state;
+
+    assert_int_equal(do_claim("err-1", TOKEN, KIND_READ, &claim, &err), FERRY_OK);
+    assert_int_equal(do_complete("err-1", TOKEN, claim->claim_lease_id, 42, &done, &err), FERRY_OK);
+    assert_int_equal(done->operation->state, FERRY__V1__OPERATION_STATE__OPERATION_STATE_ERRORED);
+    assert_int_equal(done->operation->error_code, 42);
+    assert_string_equal(done->operation->error_message, "disk on fire");
+    ferry__v1__complete_response__free_unpacked(done, NULL);
+    ferry__v1__claim_response__free_unpacked(claim, NULL);
+    ferry__v1__register_response__free_unpacked(reg, NULL);
+}
+
+static void test_generated_token(void **state)
+{
+    Ferry__V1__RegisterResponse *reg = do_register("gen-token", "", KIND_WRITE, FERRY_OK, NULL);
+    Ferry__V1__LookupResponse *look = NULL;
+    rpc_error_t err;
+    (void)state;
+
+    assert_true(strlen(reg->access_token) >= 16);
+    assert_int_equal(do_lookup("gen-token", reg->access_token, 0, &look, &err), FERRY_OK);
+    ferry__v1__lookup_response__free_unpacked(look, NULL);
+    ferry__v1__register_response__free_unpacked(reg, NULL);
+}
+
+/* --- errors --------------------------------------------------------------- */
+
+static void test_duplicate_registration(void **state)
+{
+    rpc_error_t err;
+    (void)state;
+
+    ferry__v1__register_response__free_unpacked(
+        do_register("dup-1", TOKEN, KIND_WRITE, FERRY_OK, NULL), NULL);
+    assert_null(do_register("dup-1", TOKEN, KIND_WRITE, FERRY_ERR_ALREADY_EXISTS, &err));
+    assert_int_equal(err.grpc_code, 6); /* ALREADY_EXISTS */
+    assert_non_null(strstr(err.message, "dup-1"));
+}
+
+static void test_wrong_token(void **state)
+{
+    Ferry__V1__LookupResponse *look = NULL;
+    Ferry__V1__ClaimResponse *claim = NULL;
+    rpc_error_t err;
+    (void)state;
+
+    ferry__v1__register_response__free_unpacked(
+        do_register("tok-1", TOKEN, KIND_WRITE, FERRY_OK, NULL), NULL);
+    assert_int_equal(do_lookup("tok-1", "not-the-token-0123456", 0, &look, &err),
+                     FERRY_ERR_PERMISSION_DENIED);
+    assert_int_equal(err.grpc_code, 7);
+    assert_null(strstr(err.message, TOKEN));
+    assert_int_equal(do_claim("tok-1", "not-the-token-0123456", 0, &claim, &err),
+                     FERRY_ERR_PERMISSION_DENIED);
+    assert_int_equal(do_cancel("tok-1", "not-the-token-0123456", &err),
+                     FERRY_ERR_PERMISSION_DENIED);
+    /* Nothing changed. */
+    assert_int_equal(get_state("tok-1", &err),
+                     FERRY__V1__OPERATION_STATE__OPERATION_STATE_REGISTERED);
+}
+
+static void test_unknown_id(void **state)
+{
+    Ferry__V1__LookupResponse *look = NULL;
+    rpc_error_t err;
+    (void)state;
+
+    assert_int_equal(do_lookup("nobody", TOKEN, 0, &look, &err), FERRY_ERR_NOT_FOUND);
+    assert_int_equal(err.grpc_code, 5);
+    assert_int_equal(get_state("nobody", &err), -1);
+    assert_int_equal(err.grpc_code, 5);
+    assert_int_equal(do_cancel("nobody", TOKEN, &err), FERRY_ERR_NOT_FOUND);
+}
+
+static void test_validation_names_the_field(void **state)
+{
+    Ferry__V1__RegisterRequest req = FERRY__V1__REGISTER_REQUEST__INIT;
+    Ferry__V1__RegisterResponse *resp = NULL;
+    Ferry__V1__LookupResponse *look = NULL;
+    rpc_error_t err;
+    (void)state;
+
+    assert_null(do_register("has space", TOKEN, KIND_WRITE, FERRY_ERR_INVALID_ARGUMENT, &err));
+    assert_int_equal(err.grpc_code, 3);
+    assert_non_null(strstr(err.message, "request_id"));
+
+    assert_null(do_register("short-token", "short", KIND_WRITE, FERRY_ERR_INVALID_ARGUMENT, &err));
+    assert_non_null(strstr(err.message, "access_token"));
+
+    req.request_id = "no-metadata";
+    assert_int_equal(test_coord_call(chan, "Register", &req.base,
+                                     &ferry__v1__register_response__descriptor,
+                                     (ProtobufCMessage **)&resp, &err),
+                     FERRY_ERR_INVALID_ARGUMENT);
+    assert_non_null(strstr(err.message, "metadata"));
+
+    req.metadata = test_coord_metadata(KIND_WRITE);
+    req.metadata->descriptors[0]->size = 0;
+    assert_int_equal(test_coord_call(chan, "Register", &req.base,
+                                     &ferry__v1__register_response__descriptor,
+                                     (ProtobufCMessage **)&resp, &err),
+                     FERRY_ERR_INVALID_ARGUMENT);
+    assert_non_null(strstr(err.message, "metadata.descriptors[0].size"));
+
+    req.metadata = test_coord_metadata(KIND_WRITE);
+    req.metadata->notification_key.len = 3;
+    assert_int_equal(test_coord_call(chan, "Register", &req.base,
+                                     &ferry__v1__register_response__descriptor,
+                                     (ProtobufCMessage **)&resp, &err),
+                     FERRY_ERR_INVALID_ARGUMENT);
+    assert_non_null(strstr(err.message, "notification_key"));
+
+    assert_int_equal(do_lookup("x", "", 0, &look, &err), FERRY_ERR_INVALID_ARGUMENT);
+    assert_non_null(strstr(err.message, "access_token"));
+    /* None of these registered anything. */
+    assert_int_equal(get_state("no-metadata", &err), -1);
+    assert_int_equal(err.grpc_code, 5);
+}
+
+static void test_claim_wrong_kind(void **state)
+{
+    Ferry__V1__ClaimResponse *claim = NULL;
+    rpc_error_t err;
+    (void)state;
+
+    ferry__v1__register_response__free_unpacked(
+        do_register("kind-1", TOKEN, KIND_READ, FERRY_OK, NULL), NULL);
+    assert_int_equal(do_claim("kind-1", TOKEN, KIND_WRITE, &claim, &err),
+                     FERRY_ERR_INVALID_ARGUMENT);
+    assert_non_null(strstr(err.message, "readable"));
+}
+
+/* --- waits ---------------------------------------------------------------- */
+
+typedef struct {
+    const char *id;
+    int64_t wait_ms;
+    ferry_status_t status;
+    rpc_error_t err;
+    Ferry__V1__LookupResponse *resp;
+} lookup_job_t;
+
+static void *lookup_thread(void *arg)
+{
+    lookup_job_t *job = arg;
+    job->status = do_lookup(job->id, TOKEN, job->wait_ms, &job->resp, &job->err);
+    return NULL;
+}
+
+typedef struct {
+    const char *needle;
+} log_wait_t;
+
+static bool log_has(void *arg)
+{
+    return test_coord_log_contains(&coord, ((log_wait_t *)arg)->needle);
+}
+
+static void test_lookup_wait_satisfied(void **state)
+{
+    lookup_job_t job = {.id = "late-1", .wait_ms = 20000};
+    log_wait_t parked = {.needle = "op late-1: lookup from"};
+    pthread_t t;
+    (void)state;
+
+    assert_int_equal(pthread_create(&t, NULL, lookup_thread, &job), 0);
+    /* Register only once the lookup is parked on the coordinator. */
+    assert_true(test_wait_for(log_has, &parked, 10000));
+    ferry__v1__register_response__free_unpacked(
+        do_register("late-1", TOKEN, KIND_WRITE, FERRY_OK, NULL), NULL);
+    pthread_join(t, NULL);
+    assert_int_equal(job.status, FERRY_OK);
+    assert_string_equal(job.resp->operation->request_id, "late-1");
+    assert_non_null(job.resp->operation->metadata);
+    ferry__v1__lookup_response__free_unpacked(job.resp, NULL);
+}
+
+static void test_lookup_wait_times_out(void **state)
+{
+    lookup_job_t job = {.id = "never-1", .wait_ms = 300};
+    (void)state;
+
+    lookup_thread(&job);
+    assert_int_equal(job.status, FERRY_ERR_TIMED_OUT);
+    assert_int_equal(job.err.grpc_code, 4); /* DEADLINE_EXCEEDED */
+    assert_non_null(strstr(job.err.message, "never-1"));
+}
+
+/* --- races and lifetimes ---------------------------------------------------- */
+
+typedef struct {
+    const char *id;
+    ferry_status_t status;
+    Ferry__V1__ClaimResponse *resp;
+    rpc_error_t err;
+} claim_job_t;
+
+static void *claim_thread(void *arg)
+{
+    claim_job_t *job = arg;
+    job->status = do_claim(job->id, TOKEN, KIND_WRITE, &job->resp, &job->err);
+    return NULL;
+}
+
+static void test_claim_race_one_winner(void **state)
+{
+    enum { N = 4 };
+    claim_job_t jobs[N];
+    pthread_t threads[N];
+    int winners = 0, refused = 0;
+    (void)state;
+
+    ferry__v1__register_response__free_unpacked(
+        do_register("race-1", TOKEN, KIND_WRITE, FERRY_OK, NULL), NULL);
+    for (int i = 0; i < N; i++) {
+        jobs[i] = (claim_job_t){.id = "race-1"};
+        assert_int_equal(pthread_create(&threads[i], NULL, claim_thread, &jobs[i]), 0);
+    }
+    for (int i = 0; i < N; i++) {
+        pthread_join(threads[i], NULL);
+        if (jobs[i].status == FERRY_OK) {
+            winners++;
+            ferry__v1__claim_response__free_unpacked(jobs[i].resp, NULL);
+        } else {
+            assert_int_equal(jobs[i].status, FERRY_ERR_FAILED_PRECONDITION);
+            assert_int_equal(jobs[i].err.grpc_code, 9);
+            refused++;
+        }
+    }
+    assert_int_equal(winners, 1);
+    assert_int_equal(refused, N - 1);
+}
+
+/* Reads watch messages until one carries an event in `state`; true if it did
+ * within timeout_ms. */
+static bool watch_until(rpc_stream_t *stream, int state, int type, int timeout_ms)
+{
+    long long deadline = test_now_ms() + timeout_ms;
+
+    while (test_now_ms() < deadline) {
+        Ferry__V1__WatchResponse *msg = NULL;
+        rpc_error_t err;
+        ferry_status_t status =
+            rpc_stream_read(stream, deadline - test_now_ms(), (ProtobufCMessage **)&msg, &err);
+        bool hit = false;
+        if (status == FERRY_ERR_TIMED_OUT && err.grpc_code == 0) {
+            continue;
+        }
+        if (status != FERRY_OK || msg == NULL) {
+            return false;
+        }
+        for (size_t i = 0; i < msg->n_events; i++) {
+            assert_null(msg->events[i]->operation->metadata);
+            if ((int)msg->events[i]->operation->state == state &&
+                (int)msg->events[i]->type == type) {
+                hit = true;
+            }
+        }
+        ferry__v1__watch_response__free_unpacked(msg, NULL);
+        if (hit) {
+            return true;
+        }
+    }
+    return false;
+}
+
+static rpc_stream_t *open_watch(const char *id, const char *prefix)
+{
+    Ferry__V1__WatchRequest req = FERRY__V1__WATCH_REQUEST__INIT;
+    Ferry__V1__WatchResponse *msg = NULL;
+    rpc_stream_t *stream = NULL;
+    rpc_error_t err;
+
+    req.request_id = (char *)(id ? id : "");
+    req.request_id_prefix = (char *)(prefix ? prefix : "");
+    assert_int_equal(rpc_stream_open(chan, "/ferry.v1.Coordinator/Watch", &req.base,
+                                     &ferry__v1__watch_response__descriptor, 60000, &stream),
+                     FERRY_OK);
+    assert_int_equal(rpc_stream_read(stream, 10000, (ProtobufCMessage **)&msg, &err), FERRY_OK);
+    assert_non_null(msg);
+    assert_true(msg->created);
+    ferry__v1__watch_response__free_unpacked(msg, NULL);
+    return stream;
+}
+
+static void test_owner_lease_expiry_seen_as_expired(void **state)
+{
+    rpc_stream_t *stream = open_watch("lease-1", NULL);
+    rpc_error_t err;
+    (void)state;
+
+    /* Nobody keeps the lease alive: within TTL (+ etcd's lease granularity)
+     * the record leaves etcd and the watcher learns EXPIRED. */
+    ferry__v1__register_response__free_unpacked(
+        do_register("lease-1", TOKEN, KIND_WRITE, FERRY_OK, NULL), NULL);
+    assert_true(watch_until(stream, FERRY__V1__OPERATION_STATE__OPERATION_STATE_EXPIRED,
+                            FERRY__V1__WATCH_EVENT_TYPE__WATCH_EVENT_TYPE_DELETE,
+                            (TTL + 5) * 1000));
+    assert_int_equal(get_state("lease-1", &err), -1);
+    assert_int_equal(err.grpc_code, 5);
+    rpc_stream_destroy(stream);
+}
+
+static void test_keepalive_keeps_it(void **state)
+{
+    rpc_stream_t *stream = open_watch("alive-1", NULL);
+    Ferry__V1__RegisterResponse *reg = do_register("alive-1", TOKEN, KIND_WRITE, FERRY_OK, NULL);
+    Ferry__V1__KeepAliveRequest req = FERRY__V1__KEEP_ALIVE_REQUEST__INIT;
+    Ferry__V1__KeepAliveResponse *resp = NULL;
+    rpc_error_t err;
+    long long until = test_now_ms() + (TTL + 2) * 1000;
+    (void)state;
+
+    /* Renew every half second for longer than the TTL; between renewals,
+     * watch for an expiry that must not come. */
+    req.lease_id = reg->lease_id;
+    while (test_now_ms() < until) {
+        assert_int_equal(test_coord_call(chan, "KeepAlive", &req.base,
+                                         &ferry__v1__keep_alive_response__descriptor,
+                                         (ProtobufCMessage **)&resp, &err),
+                         FERRY_OK);
+        assert_true(resp->ttl_seconds > 0);
+        ferry__v1__keep_alive_response__free_unpacked(resp, NULL);
+        assert_false(watch_until(stream, FERRY__V1__OPERATION_STATE__OPERATION_STATE_EXPIRED,
+                                 FERRY__V1__WATCH_EVENT_TYPE__WATCH_EVENT_TYPE_DELETE, 500));
+    }
+    assert_int_equal(get_state("alive-1", &err),
+                     FERRY__V1__OPERATION_STATE__OPERATION_STATE_REGISTERED);
+    req.lease_id = 12345;
+    assert_int_equal(test_coord_call(chan, "KeepAlive", &req.base,
+                                     &ferry__v1__keep_alive_response__descriptor,
+                                     (ProtobufCMessage **)&resp, &err),
+                     FERRY_ERR_NOT_FOUND);
+    assert_int_equal(err.grpc_code, 5);
+    rpc_stream_destroy(stream);
+    ferry__v1__register_response__free_unpacked(reg, NULL);
+}
+
+static void test_claim_expiry_errors_the_operation(void **state)
+{
+    Ferry__V1__RegisterResponse *reg = do_register("claimx-1", TOKEN, KIND_WRITE, FERRY_OK, NULL);
+    rpc_stream_t *stream = open_watch("claimx-1", NULL);
+    Ferry__V1__ClaimResponse *claim = NULL;
+    Ferry__V1__KeepAliveRequest req = FERRY__V1__KEEP_ALIVE_REQUEST__INIT;
+    Ferry__V1__KeepAliveResponse *ka = NULL;
+    rpc_error_t err;
+    (void)state;
+
+    assert_int_equal(do_claim("claimx-1", TOKEN, KIND_WRITE, &claim, &err), FERRY_OK);
+    /* The owner stays alive; the claimant goes silent. */
+    req.lease_id = reg->lease_id;
+    long long until = test_now_ms() + (TTL + 6) * 1000;
+    bool errored = false;
+    while (!errored && test_now_ms() < until) {
+        assert_int_equal(test_coord_call(chan, "KeepAlive", &req.base,
+                                         &ferry__v1__keep_alive_response__descriptor,
+                                         (ProtobufCMessage **)&ka, &err),
+                         FERRY_OK);
+        ferry__v1__keep_alive_response__free_unpacked(ka, NULL);
+        errored = watch_until(stream, FERRY__V1__OPERATION_STATE__OPERATION_STATE_ERRORED,
+                              FERRY__V1__WATCH_EVENT_TYPE__WATCH_EVENT_TYPE_PUT, 500);
+    }
+    assert_true(errored);
+    assert_int_equal(get_state("claimx-1", &err),
+                     FERRY__V1__OPERATION_STATE__OPERATION_STATE_ERRORED);
+    rpc_stream_destroy(stream);
+    ferry__v1__claim_response__free_unpacked(claim, NULL);
+    ferry__v1__register_response__free_unpacked(reg, NULL);
+}
+
+static void test_cancel_seen_by_the_other_side(void **state)
+{
+    rpc_stream_t *stream;
+    Ferry__V1__ClaimResponse *claim = NULL;
+    rpc_error_t err;
+    (void)state;
+
+    ferry__v1__register_response__free_unpacked(
+        do_register("cancel-1", TOKEN, KIND_WRITE, FERRY_OK, NULL), NULL);
+    stream = open_watch(NULL, "cancel-");
+    assert_int_equal(do_cancel("cancel-1", TOKEN, &err), FERRY_OK);
+    assert_true(watch_until(stream, FERRY__V1__OPERATION_STATE__OPERATION_STATE_CANCELLED,
+                            FERRY__V1__WATCH_EVENT_TYPE__WATCH_EVENT_TYPE_PUT, 5000));
+    /* A writer arriving now is refused, and says why. */
+    assert_int_equal(do_claim("cancel-1", TOKEN, KIND_WRITE, &claim, &err),
+                     FERRY_ERR_FAILED_PRECONDITION);
+    assert_non_null(strstr(err.message, "CANCELLED"));
+    /* Cancel twice is fine. */
+    assert_int_equal(do_cancel("cancel-1", TOKEN, &err), FERRY_OK);
+    rpc_stream_destroy(stream);
+}
+
+static void test_list_filters_and_pages(void **state)
+{
+    Ferry__V1__ListRequest req = FERRY__V1__LIST_REQUEST__INIT;
+    Ferry__V1__ListResponse *resp = NULL;
+    Ferry__V1__ClaimResponse *claim = NULL;
+    rpc_error_t err;
+    char id[32];
+    int seen = 0;
+    (void)state;
+
+    for (int i = 0; i < 5; i++) {
+        snprintf(id, sizeof(id), "list-%d", i);
+        ferry__v1__register_response__free_unpacked(
+            do_register(id, TOKEN, KIND_WRITE, FERRY_OK, NULL), NULL);
+    }
+    assert_int_equal(do_claim("list-3", TOKEN, KIND_WRITE, &claim, &err), FERRY_OK);
+    ferry__v1__claim_response__free_unpacked(claim, NULL);
+
+    req.request_id_prefix = "list-";
+    req.page_size = 2;
+    do {
+        assert_int_equal(test_coord_call(chan, "List", &req.base,
+                                         &ferry__v1__list_response__descriptor,
+                                         (ProtobufCMessage **)&resp, &err),
+                         FERRY_OK);
+        assert_true(resp->n_operations <= 2);
+        for (size_t i = 0; i < resp->n_operations; i++) {
+            snprintf(id, sizeof(id), "list-%d", seen++);
+            assert_string_equal(resp->operations[i]->request_id, id);
+            assert_null(resp->operations[i]->metadata);
+        }
+        static char token[64];
+        snprintf(token, sizeof(token), "%s", resp->next_page_token);
+        req.page_token = token;
+        ferry__v1__list_response__free_unpacked(resp, NULL);
+    } while (req.page_token[0] != '\0');
+    assert_int_equal(seen, 5);
+
+    req.page_token = "";
+    req.page_size = 0;
+    req.state = FERRY__V1__OPERATION_STATE__OPERATION_STATE_CLAIMED;
+    assert_int_equal(test_coord_call(chan, "List", &req.base, &ferry__v1__list_response__descriptor,
+                                     (ProtobufCMessage **)&resp, &err),
+                     FERRY_OK);
+    assert_int_equal(resp->n_operations, 1);
+    assert_string_equal(resp->operations[0]->request_id, "list-3");
+    assert_string_equal(resp->next_page_token, "");
+    ferry__v1__list_response__free_unpacked(resp, NULL);
+}
+
+static void test_watch_needs_exactly_one_target(void **state)
+{
+    Ferry__V1__WatchRequest req = FERRY__V1__WATCH_REQUEST__INIT;
+    Ferry__V1__WatchResponse *msg = NULL;
+    rpc_stream_t *stream = NULL;
+    rpc_error_t err;
+    (void)state;
+
+    assert_int_equal(rpc_stream_open(chan, "/ferry.v1.Coordinator/Watch", &req.base,
+                                     &ferry__v1__watch_response__descriptor, 10000, &stream),
+                     FERRY_OK);
+    assert_int_equal(rpc_stream_read(stream, 10000, (ProtobufCMessage **)&msg, &err),
+                     FERRY_ERR_INVALID_ARGUMENT);
+    assert_non_null(strstr(err.message, "request_id"));
+    rpc_stream_destroy(stream);
+}
+
+static void test_health_serving(void **state)
+{
+    rpc_error_t err;
+    (void)state;
+    assert_int_equal(test_coord_health(chan, "", &err), 1);
+    assert_int_equal(test_coord_health(chan, "ferry.v1.Coordinator", &err), 1);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_health_serving),
+        cmocka_unit_test(test_register_lookup_claim_complete),
+        cmocka_unit_test(test_complete_with_error),
+        cmocka_unit_test(test_generated_token),
+        cmocka_unit_test(test_duplicate_registration),
+        cmocka_unit_test(test_wrong_token),
+        cmocka_unit_test(test_unknown_id),
+        cmocka_unit_test(test_validation_names_the_field),
+        cmocka_unit_test(test_claim_wrong_kind),
+        cmocka_unit_test(test_lookup_wait_satisfied),
+        cmocka_unit_test(test_lookup_wait_times_out),
+        cmocka_unit_test(test_claim_race_one_winner),
+        cmocka_unit_test(test_owner_lease_expiry_seen_as_expired),
+        cmocka_unit_test(test_keepalive_keeps_it),
+        cmocka_unit_test(test_claim_expiry_errors_the_operation),
+        cmocka_unit_test(test_cancel_seen_by_the_other_side),
+        cmocka_unit_test(test_list_filters_and_pages),
+        cmocka_unit_test(test_watch_needs_exactly_one_target),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}

@@ -1,0 +1,151 @@
+/*
+ * test_validate.c: request validation refuses bad input with a message that
+ * names the field, and accepts the limits themselves.
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <setjmp.h>
+#include <cmocka.h>
+#include <string.h>
+
+#include "validate.h"
+
+static char msg[256];
+
+static void test_request_id(void **state)
+{
+    char longest[COORD_REQUEST_ID_MAX + 2];
+    (void)state;
+
+    assert_int_equal(coord_validate_request_id("request_id", "abc-1.2_3:4", msg, sizeof(msg)),
+                     FERRY_OK);
+    assert_int_equal(coord_validate_request_id("request_id", "", msg, sizeof(msg)),
+                     FERRY_ERR_INVALID_ARGUMENT);
+    assert_non_null(strstr(msg, "request_id is required"));
+    assert_int_equal(coord_validate_request_id("request_id", "a/b", msg, sizeof(msg)),
+                     FERRY_ERR_INVALID_ARGUMENT);
+    assert_non_null(strstr(msg, "byte 1"));
+    memset(longest, 'x', COORD_REQUEST_ID_MAX);
+    longest[COORD_REQUEST_ID_MAX] = '\0';
+    assert_int_equal(coord_validate_request_id("request_id", longest, msg, sizeof(msg)), FERRY_OK);
+    longest[COORD_REQUEST_ID_MAX] = 'x';
+    longest[COORD_REQUEST_ID_MAX + 1] = '\0';
+    assert_int_equal(coord_validate_request_id("request_id", longest, msg, sizeof(msg)),
+                     FERRY_ERR_INVALID_ARGUMENT);
+    assert_non_null(strstr(msg, "at most 128"));
+}
+
+static void test_token(void **state)
+{
+    (void)state;
+    assert_int_equal(coord_validate_token("access_token", "", 0, msg, sizeof(msg)), FERRY_OK);
+    assert_int_equal(coord_validate_token("access_token", "", 1, msg, sizeof(msg)),
+                     FERRY_ERR_INVALID_ARGUMENT);
+    assert_int_equal(coord_validate_token("access_token", "0123456789abcdef", 1, msg, sizeof(msg)),
+                     FERRY_OK);
+    assert_int_equal(coord_validate_token("access_token", "short", 0, msg, sizeof(msg)),
+                     FERRY_ERR_INVALID_ARGUMENT);
+    assert_non_null(strstr(msg, "access_token is 5 bytes"));
+    assert_int_equal(coord_validate_token("access_token", "0123456789 abcdef", 0, msg, sizeof(msg)),
+                     FERRY_ERR_INVALID_ARGUMENT);
+}
+
+static Ferry__V1__Device host = {PROTOBUF_C_MESSAGE_INIT(&ferry__v1__device__descriptor),
+                                 FERRY__V1__DEVICE_KIND__DEVICE_KIND_HOST, 0};
+static Ferry__V1__Device cuda = {PROTOBUF_C_MESSAGE_INIT(&ferry__v1__device__descriptor),
+                                 FERRY__V1__DEVICE_KIND__DEVICE_KIND_CUDA, 0};
+static uint8_t bytes[64];
+
+static void fill(Ferry__V1__RdmaMetadata *md, Ferry__V1__Descriptor *d, Ferry__V1__Descriptor **dp,
+                 size_t n)
+{
+    ferry__v1__rdma_metadata__init(md);
+    md->kind = FERRY__V1__OPERATION_KIND__OPERATION_KIND_WRITE;
+    md->worker_address.data = bytes;
+    md->worker_address.len = 64;
+    md->notification_key.data = bytes;
+    md->notification_key.len = 16;
+    for (size_t i = 0; i < n; i++) {
+        ferry__v1__descriptor__init(&d[i]);
+        d[i].address = 0x1000;
+        d[i].size = 10;
+        d[i].device = &host;
+        d[i].rkey.data = bytes;
+        d[i].rkey.len = 8;
+        dp[i] = &d[i];
+    }
+    md->n_descriptors = n;
+    md->descriptors = dp;
+}
+
+static void test_metadata(void **state)
+{
+    Ferry__V1__RdmaMetadata md;
+    Ferry__V1__Descriptor d[2];
+    Ferry__V1__Descriptor *dp[2];
+    (void)state;
+
+    fill(&md, d, dp, 2);
+    assert_int_equal(coord_validate_metadata("metadata", &md, msg, sizeof(msg)), FERRY_OK);
+    assert_int_equal(coord_validate_metadata("metadata", NULL, msg, sizeof(msg)),
+                     FERRY_ERR_INVALID_ARGUMENT);
+
+    fill(&md, d, dp, 2);
+    d[1].address = 0;
+    assert_int_equal(coord_validate_metadata("metadata", &md, msg, sizeof(msg)),
+                     FERRY_ERR_INVALID_ARGUMENT);
+    assert_string_equal(msg, "metadata.descriptors[1].address is 0 (null pointer)");
+
+    fill(&md, d, dp, 2);
+    d[1].device = &cuda;
+    assert_int_equal(coord_validate_metadata("metadata", &md, msg, sizeof(msg)),
+                     FERRY_ERR_INVALID_ARGUMENT);
+    assert_non_null(strstr(msg, "descriptors[1].device differs"));
+
+    fill(&md, d, dp, 2);
+    md.kind = 0;
+    assert_int_equal(coord_validate_metadata("metadata", &md, msg, sizeof(msg)),
+                     FERRY_ERR_INVALID_ARGUMENT);
+    assert_non_null(strstr(msg, "metadata.kind"));
+
+    fill(&md, d, dp, 0);
+    assert_int_equal(coord_validate_metadata("metadata", &md, msg, sizeof(msg)),
+                     FERRY_ERR_INVALID_ARGUMENT);
+    assert_non_null(strstr(msg, "metadata.descriptors has 0 entries"));
+
+    fill(&md, d, dp, 1);
+    md.n_descriptors = COORD_DESCRIPTORS_MAX + 1;
+    assert_int_equal(coord_validate_metadata("metadata", &md, msg, sizeof(msg)),
+                     FERRY_ERR_INVALID_ARGUMENT);
+    assert_non_null(strstr(msg, "1025 entries"));
+
+    fill(&md, d, dp, 1);
+    d[0].rkey.len = 0;
+    assert_int_equal(coord_validate_metadata("metadata", &md, msg, sizeof(msg)),
+                     FERRY_ERR_INVALID_ARGUMENT);
+    assert_non_null(strstr(msg, "rkey"));
+}
+
+static void test_ttl(void **state)
+{
+    (void)state;
+    assert_int_equal(coord_validate_ttl("ttl_seconds", 0, msg, sizeof(msg)), FERRY_OK);
+    assert_int_equal(coord_validate_ttl("ttl_seconds", 3600, msg, sizeof(msg)), FERRY_OK);
+    assert_int_equal(coord_validate_ttl("ttl_seconds", -1, msg, sizeof(msg)),
+                     FERRY_ERR_INVALID_ARGUMENT);
+    assert_int_equal(coord_validate_ttl("ttl_seconds", 3601, msg, sizeof(msg)),
+                     FERRY_ERR_INVALID_ARGUMENT);
+    assert_non_null(strstr(msg, "ttl_seconds is 3601"));
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_request_id),
+        cmocka_unit_test(test_token),
+        cmocka_unit_test(test_metadata),
+        cmocka_unit_test(test_ttl),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

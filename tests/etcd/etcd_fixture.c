@@ -1,0 +1,163 @@
+/*
+ * etcd_fixture.c: see etcd_fixture.h. The recorder's callbacks run on the
+ * watch thread and signal the condvar the test thread waits on.
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <setjmp.h>
+#include <cmocka.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "etcd_fixture.h"
+
+int fixture_setup(void **state)
+{
+    fixture_t *fx = calloc(1, sizeof(*fx));
+    if (fx == NULL || test_etcd_start(&fx->etcd, NULL) != 0) {
+        free(fx);
+        return -1;
+    }
+    fx->client = fixture_client(fx->etcd.endpoint, 2000);
+    *state = fx;
+    return 0;
+}
+
+int fixture_teardown(void **state)
+{
+    fixture_t *fx = *state;
+    etcd_client_destroy(fx->client);
+    test_etcd_stop(&fx->etcd);
+    free(fx);
+    return 0;
+}
+
+etcd_client_t *fixture_client(const char *endpoints, int timeout_ms)
+{
+    etcd_params_t params = {.endpoints = endpoints, .timeout_ms = timeout_ms};
+    etcd_client_t *client = NULL;
+    assert_int_equal(etcd_client_create(&params, &client), FERRY_OK);
+    assert_non_null(client);
+    return client;
+}
+
+int64_t fixture_put(etcd_client_t *client, const char *key, const char *value, int64_t lease)
+{
+    int64_t revision = 0;
+    assert_int_equal(etcd_put(client, key, strlen(key), value, strlen(value), lease, &revision),
+                     FERRY_OK);
+    assert_true(revision > 0);
+    return revision;
+}
+
+/* --- recorder ------------------------------------------------------------- */
+
+static void recorder_copy(char *out, size_t cap, const uint8_t *data, size_t len)
+{
+    size_t n = len < cap - 1 ? len : cap - 1;
+    if (n > 0) {
+        memcpy(out, data, n);
+    }
+    out[n] = '\0';
+}
+
+static void recorder_on_events(void *arg, const etcd_event_t *events, size_t n_events,
+                               int64_t revision)
+{
+    recorder_t *rec = arg;
+    (void)revision;
+    pthread_mutex_lock(&rec->lock);
+    for (size_t i = 0; i < n_events && rec->n_events < RECORDER_MAX; i++) {
+        recorded_event_t *out = &rec->events[rec->n_events++];
+        out->type = events[i].type;
+        out->mod_revision = events[i].kv.mod_revision;
+        recorder_copy(out->key, sizeof(out->key), events[i].kv.key, events[i].kv.key_len);
+        recorder_copy(out->value, sizeof(out->value), events[i].kv.value, events[i].kv.value_len);
+        out->has_prev = events[i].prev_kv.key_len > 0;
+        recorder_copy(out->prev_value, sizeof(out->prev_value), events[i].prev_kv.value,
+                      events[i].prev_kv.value_len);
+    }
+    if (rec->n_calls < RECORDER_MAX) {
+        rec->call_sizes[rec->n_calls++] = n_events;
+    }
+    pthread_cond_broadcast(&rec->cond);
+    pthread_mutex_unlock(&rec->lock);
+}
+
+static void recorder_on_state(void *arg, bool connected, ferry_status_t status)
+{
+    recorder_t *rec = arg;
+    pthread_mutex_lock(&rec->lock);
+    if (connected) {
+        rec->n_up++;
+    } else {
+        rec->n_down++;
+    }
+    rec->last_status = status;
+    pthread_cond_broadcast(&rec->cond);
+    pthread_mutex_unlock(&rec->lock);
+}
+
+void recorder_init(recorder_t *rec)
+{
+    memset(rec, 0, sizeof(*rec));
+    pthread_condattr_t attr;
+    pthread_condattr_init(&attr);
+    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+    pthread_cond_init(&rec->cond, &attr);
+    pthread_condattr_destroy(&attr);
+    pthread_mutex_init(&rec->lock, NULL);
+}
+
+void recorder_fini(recorder_t *rec)
+{
+    pthread_cond_destroy(&rec->cond);
+    pthread_mutex_destroy(&rec->lock);
+}
+
+void recorder_params(recorder_t *rec, etcd_watch_params_t *params)
+{
+    params->on_events = recorder_on_events;
+    params->on_state = recorder_on_state;
+    params->arg = rec;
+}
+
+/* Waits until *counter >= want; counter is read under the lock. */
+static bool recorder_wait(recorder_t *rec, const void *counter, bool is_size, long want,
+                          int timeout_ms)
+{
+    struct timespec deadline;
+    clock_gettime(CLOCK_MONOTONIC, &deadline);
+    deadline.tv_sec += timeout_ms / 1000;
+    deadline.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
+    if (deadline.tv_nsec >= 1000000000L) {
+        deadline.tv_sec++;
+        deadline.tv_nsec -= 1000000000L;
+    }
+    pthread_mutex_lock(&rec->lock);
+    int rc = 0;
+    long have;
+    while ((have = is_size ? (long)*(const size_t *)counter : (long)*(const int *)counter) < want &&
+           rc == 0) {
+        rc = pthread_cond_timedwait(&rec->cond, &rec->lock, &deadline);
+    }
+    pthread_mutex_unlock(&rec->lock);
+    return have >= want;
+}
+
+bool recorder_wait_events(recorder_t *rec, size_t want, int timeout_ms)
+{
+    return recorder_wait(rec, &rec->n_events, true, (long)want, timeout_ms);
+}
+
+bool recorder_wait_up(recorder_t *rec, int want, int timeout_ms)
+{
+    return recorder_wait(rec, &rec->n_up, false, want, timeout_ms);
+}
+
+bool recorder_wait_down(recorder_t *rec, int want, int timeout_ms)
+{
+    return recorder_wait(rec, &rec->n_down, false, want, timeout_ms);
+}

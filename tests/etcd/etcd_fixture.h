@@ -1,0 +1,66 @@
+/*
+ * etcd_fixture.h: what the etcd integration tests share: a real etcd with
+ * a client on it (cmocka group state), and a recorder of watch callbacks
+ * that tests wait on with a deadline.
+ */
+#ifndef FERRY_TESTS_ETCD_FIXTURE_H
+#define FERRY_TESTS_ETCD_FIXTURE_H
+
+#include <pthread.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "coordinator/etcd/etcd.h"
+#include "testproc.h"
+
+typedef struct {
+    test_etcd_t etcd;
+    etcd_client_t *client;
+} fixture_t;
+
+/* cmocka group setup/teardown: starts etcd and a client (timeout 2 s). */
+int fixture_setup(void **state);
+int fixture_teardown(void **state);
+
+/* A client on the given endpoints (asserts on failure). */
+etcd_client_t *fixture_client(const char *endpoints, int timeout_ms);
+
+/* Puts a text key/value and returns the revision (asserts success). */
+int64_t fixture_put(etcd_client_t *client, const char *key, const char *value, int64_t lease);
+
+/* --- watch recorder ------------------------------------------------------ */
+
+enum { RECORDER_MAX = 256 };
+
+typedef struct {
+    etcd_event_type_t type;
+    char key[64];
+    char value[64];
+    char prev_value[64];
+    bool has_prev;
+    int64_t mod_revision;
+} recorded_event_t;
+
+typedef struct {
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    recorded_event_t events[RECORDER_MAX];
+    size_t n_events;
+    size_t call_sizes[RECORDER_MAX]; /* events per on_events call */
+    size_t n_calls;
+    int n_up;   /* on_state(true) */
+    int n_down; /* on_state(false) */
+    ferry_status_t last_status;
+} recorder_t;
+
+void recorder_init(recorder_t *rec);
+void recorder_fini(recorder_t *rec);
+/* Fills the callbacks of params with the recorder's. */
+void recorder_params(recorder_t *rec, etcd_watch_params_t *params);
+/* Waits on the recorder's condvar until the counter reaches want. */
+bool recorder_wait_events(recorder_t *rec, size_t want, int timeout_ms);
+bool recorder_wait_up(recorder_t *rec, int want, int timeout_ms);
+bool recorder_wait_down(recorder_t *rec, int want, int timeout_ms);
+
+#endif /* FERRY_TESTS_ETCD_FIXTURE_H */

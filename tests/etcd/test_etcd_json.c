@@ -1,0 +1,285 @@
+/*
+ * test_etcd_json.c: the JSON and base64 side of the etcd client, without an
+ * etcd: replies with omitted defaults, 64-bit numbers beyond 2^53 sent as
+ * strings, base64 with every padding length, prefix_end edges.
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <setjmp.h>
+#include <cmocka.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "coordinator/etcd/etcd_int.h"
+
+static cJSON *parse(const char *text)
+{
+    cJSON *json = cJSON_Parse(text);
+    assert_non_null(json);
+    return json;
+}
+
+static void test_base64_round_trip(void **state)
+{
+    (void)state;
+    uint8_t bytes[260];
+    for (size_t i = 0; i < sizeof(bytes); i++) {
+        bytes[i] = (uint8_t)(255 - i); /* 0xff first, 0x00 inside */
+    }
+    /* Lengths 0..7 cover no padding, "=" and "==" twice over. */
+    for (size_t len = 0; len < sizeof(bytes); len += len < 8 ? 1 : 37) {
+        char *text = etcd__b64_encode(bytes, len);
+        assert_non_null(text);
+        assert_int_equal(strlen(text), 4 * ((len + 2) / 3));
+        uint8_t *out = NULL;
+        size_t out_len = 99;
+        assert_int_equal(etcd__b64_decode(text, &out, &out_len), FERRY_OK);
+        assert_int_equal(out_len, len);
+        assert_memory_equal(out, bytes, len);
+        assert_int_equal(out[len], 0);
+        free(out);
+        free(text);
+    }
+}
+
+static void test_base64_known_values(void **state)
+{
+    (void)state;
+    char *text = etcd__b64_encode("\x00\xff", 2);
+    assert_string_equal(text, "AP8=");
+    free(text);
+    uint8_t *out;
+    size_t len;
+    assert_int_equal(etcd__b64_decode("eA==", &out, &len), FERRY_OK);
+    assert_int_equal(len, 1);
+    assert_int_equal(out[0], 'x');
+    free(out);
+    assert_int_equal(etcd__b64_decode("eA=", &out, &len), FERRY_ERR_PROTOCOL);
+    assert_int_equal(etcd__b64_decode("!!!!", &out, &len), FERRY_ERR_PROTOCOL);
+}
+
+static void test_int64_strings(void **state)
+{
+    (void)state;
+    cJSON *json = parse("{\"ID\":\"7587869323525491715\",\"max\":\"9223372036854775807\","
+                        "\"neg\":\"-5\",\"num\":42,\"bad\":\"12x\",\"big\":\"9223372036854775808\","
+                        "\"obj\":{}}");
+    int64_t value;
+    assert_int_equal(etcd__json_int64(json, "ID", &value), FERRY_OK);
+    assert_true(value == INT64_C(7587869323525491715));
+    assert_int_equal(etcd__json_int64(json, "max", &value), FERRY_OK);
+    assert_true(value == INT64_MAX);
+    assert_int_equal(etcd__json_int64(json, "neg", &value), FERRY_OK);
+    assert_true(value == -5);
+    assert_int_equal(etcd__json_int64(json, "num", &value), FERRY_OK);
+    assert_true(value == 42);
+    assert_int_equal(etcd__json_int64(json, "missing", &value), FERRY_OK);
+    assert_true(value == 0);
+    assert_int_equal(etcd__json_int64(json, "bad", &value), FERRY_ERR_PROTOCOL);
+    assert_int_equal(etcd__json_int64(json, "big", &value), FERRY_ERR_PROTOCOL);
+    assert_int_equal(etcd__json_int64(json, "obj", &value), FERRY_ERR_PROTOCOL);
+    cJSON_Delete(json);
+
+    cJSON *out = cJSON_CreateObject();
+    assert_int_equal(etcd__json_add_int64(out, "lease", INT64_C(7587869323525491715)), FERRY_OK);
+    assert_string_equal(cJSON_GetObjectItem(out, "lease")->valuestring, "7587869323525491715");
+    cJSON_Delete(out);
+}
+
+static void test_range_with_kvs(void **state)
+{
+    (void)state;
+    cJSON *json = parse("{\"header\":{\"revision\":\"9007199254740993\"},\"kvs\":["
+                        "{\"key\":\"AP8=\",\"create_revision\":\"2\",\"mod_revision\":\"3\","
+                        "\"version\":\"2\",\"value\":\"eQ==\",\"lease\":\"7587869323525491715\"},"
+                        "{\"key\":\"eTE=\",\"create_revision\":\"6\",\"mod_revision\":\"6\","
+                        "\"version\":\"1\"}],\"more\":true,\"count\":\"5\"}");
+    etcd_range_t range;
+    assert_int_equal(etcd__parse_range(json, &range), FERRY_OK);
+    assert_true(range.revision == INT64_C(9007199254740993)); /* 2^53 + 1 */
+    assert_int_equal(range.n_kvs, 2);
+    assert_true(range.more);
+    assert_true(range.count == 5);
+    assert_int_equal(range.kvs[0].key_len, 2);
+    assert_memory_equal(range.kvs[0].key, "\x00\xff", 2);
+    assert_int_equal(range.kvs[0].value_len, 1);
+    assert_true(range.kvs[0].lease == INT64_C(7587869323525491715));
+    assert_true(range.kvs[0].create_revision == 2 && range.kvs[0].mod_revision == 3);
+    assert_true(range.kvs[0].version == 2);
+    /* An empty value is left out of the reply: empty, not NULL. */
+    assert_int_equal(range.kvs[1].value_len, 0);
+    assert_non_null(range.kvs[1].value);
+    assert_true(range.kvs[1].lease == 0);
+    etcd_range_free(&range);
+    assert_int_equal(range.n_kvs, 0);
+    cJSON_Delete(json);
+}
+
+static void test_range_empty_omits_everything(void **state)
+{
+    (void)state;
+    cJSON *json = parse("{\"header\":{\"cluster_id\":\"1\",\"revision\":\"12\"}}");
+    etcd_range_t range;
+    assert_int_equal(etcd__parse_range(json, &range), FERRY_OK);
+    assert_true(range.revision == 12);
+    assert_int_equal(range.n_kvs, 0);
+    assert_null(range.kvs);
+    assert_false(range.more);
+    assert_true(range.count == 0);
+    etcd_range_free(&range);
+    cJSON_Delete(json);
+
+    json = parse("{\"kvs\":[{\"key\":\"not base64!\"}]}");
+    assert_int_equal(etcd__parse_range(json, &range), FERRY_ERR_PROTOCOL);
+    cJSON_Delete(json);
+}
+
+static void test_txn_failed_has_no_succeeded(void **state)
+{
+    (void)state;
+    cJSON *json =
+        parse("{\"header\":{\"revision\":\"3\"},\"responses\":[{\"response_range\":{\"header\":"
+              "{\"revision\":\"3\"},\"kvs\":[{\"key\":\"eA==\",\"create_revision\":\"2\","
+              "\"mod_revision\":\"3\",\"version\":\"2\",\"value\":\"eQ==\"}],\"count\":\"1\"}}]}");
+    etcd_txn_result_t result;
+    assert_int_equal(etcd__parse_txn(json, &result), FERRY_OK);
+    assert_false(result.succeeded);
+    assert_true(result.revision == 3);
+    assert_int_equal(result.n_results, 1);
+    assert_int_equal(result.results[0].n_kvs, 1);
+    assert_memory_equal(result.results[0].kvs[0].value, "y", 1);
+    etcd_txn_result_free(&result);
+    cJSON_Delete(json);
+}
+
+static void test_txn_succeeded_mixed_ops(void **state)
+{
+    (void)state;
+    cJSON *json = parse("{\"header\":{\"revision\":\"5\"},\"succeeded\":true,\"responses\":["
+                        "{\"response_put\":{\"header\":{\"revision\":\"5\"}}},"
+                        "{\"response_delete_range\":{\"header\":{\"revision\":\"5\"}}},"
+                        "{\"response_range\":{\"header\":{\"revision\":\"5\"}}}]}");
+    etcd_txn_result_t result;
+    assert_int_equal(etcd__parse_txn(json, &result), FERRY_OK);
+    assert_true(result.succeeded);
+    assert_int_equal(result.n_results, 3);
+    for (size_t i = 0; i < 3; i++) {
+        assert_int_equal(result.results[i].n_kvs, 0);
+        assert_true(result.results[i].revision == 5);
+    }
+    etcd_txn_result_free(&result);
+    cJSON_Delete(json);
+
+    json = parse("{\"header\":{\"revision\":\"4\"}}"); /* failed, empty failure branch */
+    assert_int_equal(etcd__parse_txn(json, &result), FERRY_OK);
+    assert_false(result.succeeded);
+    assert_int_equal(result.n_results, 0);
+    etcd_txn_result_free(&result);
+    cJSON_Delete(json);
+}
+
+static void test_keepalive_without_ttl_is_not_found(void **state)
+{
+    (void)state;
+    int64_t ttl = -1;
+    cJSON *json = parse("{\"result\":{\"header\":{\"revision\":\"1\"},"
+                        "\"ID\":\"7587869323525491715\",\"TTL\":\"10\"}}");
+    assert_int_equal(etcd__parse_keepalive(json, &ttl), FERRY_OK);
+    assert_true(ttl == 10);
+    cJSON_Delete(json);
+    json = parse("{\"result\":{\"header\":{\"revision\":\"1\"},\"ID\":\"7587869323525491715\"}}");
+    assert_int_equal(etcd__parse_keepalive(json, &ttl), FERRY_ERR_NOT_FOUND);
+    cJSON_Delete(json);
+    json = parse("{\"header\":{}}");
+    assert_int_equal(etcd__parse_keepalive(json, &ttl), FERRY_ERR_PROTOCOL);
+    cJSON_Delete(json);
+}
+
+static void test_events(void **state)
+{
+    (void)state;
+    cJSON *json = parse(
+        "{\"events\":[{\"kv\":{\"key\":\"eA==\",\"create_revision\":\"2\",\"mod_revision\":\"2\","
+        "\"version\":\"1\",\"value\":\"eQ==\"}},{\"type\":\"DELETE\",\"kv\":{\"key\":\"eA==\","
+        "\"mod_revision\":\"4\"},\"prev_kv\":{\"key\":\"eA==\",\"create_revision\":\"2\","
+        "\"mod_revision\":\"3\",\"version\":\"2\",\"value\":\"eQ==\"}}]}");
+    const cJSON *events = cJSON_GetObjectItem(json, "events");
+    etcd_event_t event;
+    assert_int_equal(etcd__parse_event(cJSON_GetArrayItem(events, 0), &event), FERRY_OK);
+    assert_int_equal(event.type, ETCD_EVENT_PUT); /* PUT has no "type" */
+    assert_int_equal(event.prev_kv.key_len, 0);
+    assert_true(event.kv.mod_revision == 2);
+    etcd__event_clear(&event);
+    assert_int_equal(etcd__parse_event(cJSON_GetArrayItem(events, 1), &event), FERRY_OK);
+    assert_int_equal(event.type, ETCD_EVENT_DELETE);
+    assert_true(event.kv.mod_revision == 4);
+    assert_int_equal(event.kv.value_len, 0);
+    assert_int_equal(event.prev_kv.key_len, 1);
+    assert_memory_equal(event.prev_kv.value, "y", 1);
+    etcd__event_clear(&event);
+    cJSON_Delete(json);
+}
+
+static void test_error_mapping(void **state)
+{
+    (void)state;
+    assert_int_equal(etcd__error_status(400, 11,
+                                        "etcdserver: mvcc: required revision has been "
+                                        "compacted"),
+                     FERRY_ERR_EXPIRED);
+    assert_int_equal(etcd__error_status(400, 11,
+                                        "etcdserver: mvcc: required revision is a "
+                                        "future revision"),
+                     FERRY_ERR_INVALID_ARGUMENT);
+    assert_int_equal(etcd__error_status(404, 5, "etcdserver: requested lease not found"),
+                     FERRY_ERR_NOT_FOUND);
+    assert_int_equal(etcd__error_status(401, 16, "etcdserver: invalid auth token"),
+                     FERRY_ERR_UNAUTHENTICATED);
+    assert_int_equal(etcd__error_status(400, 3, "etcdserver: user name is empty"),
+                     FERRY_ERR_UNAUTHENTICATED);
+    assert_int_equal(etcd__error_status(400, 3, "illegal base64 data"), FERRY_ERR_INVALID_ARGUMENT);
+    assert_int_equal(etcd__error_status(403, 7, "permission denied"), FERRY_ERR_PERMISSION_DENIED);
+    assert_int_equal(etcd__error_status(503, 14, "etcdserver: request timed out"),
+                     FERRY_ERR_UNAVAILABLE);
+    assert_int_equal(etcd__error_status(200, 0, NULL), FERRY_ERR_PROTOCOL);
+}
+
+static void check_prefix_end(const char *prefix, size_t len, const char *want, size_t want_len)
+{
+    uint8_t *end = NULL;
+    size_t end_len = 0;
+    assert_int_equal(etcd_prefix_end(prefix, len, &end, &end_len), FERRY_OK);
+    assert_int_equal(end_len, want_len);
+    assert_memory_equal(end, want, want_len);
+    free(end);
+}
+
+static void test_prefix_end(void **state)
+{
+    (void)state;
+    check_prefix_end("/ferry/ops/", 11, "/ferry/ops0", 11);
+    check_prefix_end("abc", 3, "abd", 3);
+    check_prefix_end("a\xff", 2, "b", 1);
+    check_prefix_end("a\xfe\xff\xff", 4, "a\xff", 2);
+    check_prefix_end("\xff\xff", 2, "\x00", 1); /* no end: "\0" means all keys after */
+    check_prefix_end("", 0, "\x00", 1);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_base64_round_trip),
+        cmocka_unit_test(test_base64_known_values),
+        cmocka_unit_test(test_int64_strings),
+        cmocka_unit_test(test_range_with_kvs),
+        cmocka_unit_test(test_range_empty_omits_everything),
+        cmocka_unit_test(test_txn_failed_has_no_succeeded),
+        cmocka_unit_test(test_txn_succeeded_mixed_ops),
+        cmocka_unit_test(test_keepalive_without_ttl_is_not_found),
+        cmocka_unit_test(test_events),
+        cmocka_unit_test(test_error_mapping),
+        cmocka_unit_test(test_prefix_end),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

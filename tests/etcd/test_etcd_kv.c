@@ -1,0 +1,345 @@
+/*
+ * test_etcd_kv.c: the client's key-value calls against a real etcd: binary
+ * keys and values, prefix ranges with limit, transactions, and the
+ * transport side (unreachable etcd, failover, connection reuse, etcd going
+ * down and coming back on the same port).
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <setjmp.h>
+#include <cmocka.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "coordinator/etcd/etcd_int.h"
+#include "etcd_fixture.h"
+
+static void test_binary_put_get_delete(void **state)
+{
+    fixture_t *fx = *state;
+    const uint8_t key[] = {0x00, 'k', 0xff, 0x01, '='};
+    uint8_t value[256];
+    for (size_t i = 0; i < sizeof(value); i++) {
+        value[i] = (uint8_t)i;
+    }
+    int64_t rev = 0;
+    assert_int_equal(etcd_put(fx->client, key, sizeof(key), value, sizeof(value), 0, &rev),
+                     FERRY_OK);
+    assert_true(rev > 0);
+
+    etcd_range_t range;
+    assert_int_equal(etcd_get(fx->client, key, sizeof(key), NULL, 0, 0, 0, &range), FERRY_OK);
+    assert_int_equal(range.n_kvs, 1);
+    assert_true(range.count == 1);
+    assert_int_equal(range.kvs[0].key_len, sizeof(key));
+    assert_memory_equal(range.kvs[0].key, key, sizeof(key));
+    assert_int_equal(range.kvs[0].value_len, sizeof(value));
+    assert_memory_equal(range.kvs[0].value, value, sizeof(value));
+    assert_true(range.kvs[0].create_revision == rev && range.kvs[0].mod_revision == rev);
+    assert_true(range.kvs[0].version == 1 && range.kvs[0].lease == 0);
+    assert_true(range.revision >= rev);
+    etcd_range_free(&range);
+
+    int64_t deleted = 0;
+    int64_t del_rev = 0;
+    assert_int_equal(etcd_delete(fx->client, key, sizeof(key), NULL, 0, &deleted, &del_rev),
+                     FERRY_OK);
+    assert_true(deleted == 1 && del_rev > rev);
+    assert_int_equal(etcd_get(fx->client, key, sizeof(key), NULL, 0, 0, 0, &range), FERRY_OK);
+    assert_int_equal(range.n_kvs, 0);
+    assert_true(range.count == 0);
+    etcd_range_free(&range);
+    /* Deleting what is not there is not an error. */
+    assert_int_equal(etcd_delete(fx->client, key, sizeof(key), NULL, 0, &deleted, NULL), FERRY_OK);
+    assert_true(deleted == 0);
+}
+
+static void test_prefix_range_limit_more(void **state)
+{
+    fixture_t *fx = *state;
+    char key[32];
+    for (int i = 1; i <= 5; i++) {
+        snprintf(key, sizeof(key), "range/k%d", i);
+        fixture_put(fx->client, key, "v", 0);
+    }
+    fixture_put(fx->client, "rangf", "outside", 0);
+    uint8_t *end;
+    size_t end_len;
+    assert_int_equal(etcd_prefix_end("range/", 6, &end, &end_len), FERRY_OK);
+
+    etcd_range_t range;
+    assert_int_equal(etcd_get(fx->client, "range/", 6, end, end_len, 2, 0, &range), FERRY_OK);
+    assert_int_equal(range.n_kvs, 2);
+    assert_true(range.more);
+    assert_true(range.count == 5);
+    assert_memory_equal(range.kvs[0].key, "range/k1", 8);
+    assert_memory_equal(range.kvs[1].key, "range/k2", 8);
+    etcd_range_free(&range);
+
+    assert_int_equal(etcd_get(fx->client, "range/", 6, end, end_len, 0, 0, &range), FERRY_OK);
+    assert_int_equal(range.n_kvs, 5);
+    assert_false(range.more);
+    etcd_range_free(&range);
+
+    int64_t deleted = 0;
+    assert_int_equal(etcd_delete(fx->client, "range/", 6, end, end_len, &deleted, NULL), FERRY_OK);
+    assert_true(deleted == 5);
+    free(end);
+}
+
+static void test_get_at_revision(void **state)
+{
+    fixture_t *fx = *state;
+    int64_t rev1 = fixture_put(fx->client, "hist", "one", 0);
+    fixture_put(fx->client, "hist", "two", 0);
+    etcd_range_t range;
+    assert_int_equal(etcd_get(fx->client, "hist", 4, NULL, 0, 0, rev1, &range), FERRY_OK);
+    assert_int_equal(range.n_kvs, 1);
+    assert_memory_equal(range.kvs[0].value, "one", 3);
+    etcd_range_free(&range);
+    /* A future revision is a bad argument, not a transport problem. */
+    assert_int_equal(etcd_get(fx->client, "hist", 4, NULL, 0, 0, rev1 + 1000, &range),
+                     FERRY_ERR_INVALID_ARGUMENT);
+    assert_true(strlen(etcd_client_last_error()) > 0);
+}
+
+/* Register-style: create only if absent, else read the holder. */
+static ferry_status_t create_if_absent(etcd_client_t *client, const char *key, const char *value,
+                                       etcd_txn_result_t *result)
+{
+    etcd_compare_t cmp = {.target = ETCD_CMP_CREATE,
+                          .result = ETCD_CMP_EQUAL,
+                          .key = key,
+                          .key_len = strlen(key),
+                          .number = 0};
+    etcd_op_t put = {.type = ETCD_OP_PUT,
+                     .key = key,
+                     .key_len = strlen(key),
+                     .value = value,
+                     .value_len = strlen(value)};
+    etcd_op_t get = {.type = ETCD_OP_GET, .key = key, .key_len = strlen(key)};
+    return etcd_txn(client, &cmp, 1, &put, 1, &get, 1, result);
+}
+
+static void test_txn_create_if_absent(void **state)
+{
+    fixture_t *fx = *state;
+    etcd_txn_result_t result;
+    assert_int_equal(create_if_absent(fx->client, "ops/req-1", "first", &result), FERRY_OK);
+    assert_true(result.succeeded);
+    assert_int_equal(result.n_results, 1);
+    assert_int_equal(result.results[0].n_kvs, 0);
+    int64_t created = result.revision;
+    etcd_txn_result_free(&result);
+
+    assert_int_equal(create_if_absent(fx->client, "ops/req-1", "second", &result), FERRY_OK);
+    assert_false(result.succeeded);
+    assert_int_equal(result.n_results, 1);
+    assert_int_equal(result.results[0].n_kvs, 1);
+    assert_int_equal(result.results[0].kvs[0].value_len, 5);
+    assert_memory_equal(result.results[0].kvs[0].value, "first", 5);
+    assert_true(result.results[0].kvs[0].create_revision == created);
+    etcd_txn_result_free(&result);
+}
+
+static void test_txn_compare_mod_revision(void **state)
+{
+    fixture_t *fx = *state;
+    int64_t rev = fixture_put(fx->client, "state", "REGISTERED", 0);
+    etcd_compare_t cmp = {.target = ETCD_CMP_MOD,
+                          .result = ETCD_CMP_EQUAL,
+                          .key = "state",
+                          .key_len = 5,
+                          .number = rev};
+    etcd_op_t ops[2] = {
+        {.type = ETCD_OP_PUT, .key = "state", .key_len = 5, .value = "CLAIMED", .value_len = 7},
+        {.type = ETCD_OP_PUT, .key = "state2", .key_len = 6, .value = "x", .value_len = 1},
+    };
+    etcd_txn_result_t result;
+    assert_int_equal(etcd_txn(fx->client, &cmp, 1, ops, 2, NULL, 0, &result), FERRY_OK);
+    assert_true(result.succeeded);
+    assert_int_equal(result.n_results, 2);
+    assert_true(result.revision > rev);
+    etcd_txn_result_free(&result);
+
+    /* The same compare again: mod_revision moved on, so it fails. */
+    assert_int_equal(etcd_txn(fx->client, &cmp, 1, ops, 1, NULL, 0, &result), FERRY_OK);
+    assert_false(result.succeeded);
+    assert_int_equal(result.n_results, 0);
+    etcd_txn_result_free(&result);
+
+    etcd_compare_t by_value = {.target = ETCD_CMP_VALUE,
+                               .result = ETCD_CMP_EQUAL,
+                               .key = "state",
+                               .key_len = 5,
+                               .value = "CLAIMED",
+                               .value_len = 7};
+    etcd_op_t del = {.type = ETCD_OP_DELETE, .key = "state", .key_len = 5};
+    assert_int_equal(etcd_txn(fx->client, &by_value, 1, &del, 1, NULL, 0, &result), FERRY_OK);
+    assert_true(result.succeeded);
+    etcd_txn_result_free(&result);
+}
+
+static void test_misuse(void **state)
+{
+    fixture_t *fx = *state;
+    etcd_range_t range;
+    assert_int_equal(etcd_put(fx->client, NULL, 0, "v", 1, 0, NULL), FERRY_ERR_MISUSE);
+    assert_int_equal(etcd_get(fx->client, "k", 1, NULL, 3, 0, 0, &range), FERRY_ERR_MISUSE);
+    etcd_params_t bad = {.endpoints = "127.0.0.1:2379"};
+    etcd_client_t *client = NULL;
+    assert_int_equal(etcd_client_create(&bad, &client), FERRY_ERR_INVALID_ARGUMENT);
+    assert_null(client);
+    etcd_client_destroy(NULL);
+}
+
+static void test_unreachable_is_unavailable(void **state)
+{
+    (void)state;
+    char endpoint[64];
+    snprintf(endpoint, sizeof(endpoint), "http://127.0.0.1:%d", test_free_port());
+    etcd_client_t *client = fixture_client(endpoint, 1000);
+    assert_int_equal(etcd_put(client, "k", 1, "v", 1, 0, NULL), FERRY_ERR_UNAVAILABLE);
+    assert_non_null(strstr(etcd_client_last_error(), "127.0.0.1"));
+    assert_int_equal(etcd_ping(client, NULL), FERRY_ERR_UNAVAILABLE);
+    etcd_client_destroy(client);
+}
+
+static void test_failover_to_second_endpoint(void **state)
+{
+    fixture_t *fx = *state;
+    char endpoints[160];
+    snprintf(endpoints, sizeof(endpoints), "http://127.0.0.1:%d, %s/", test_free_port(),
+             fx->etcd.endpoint);
+    etcd_client_t *client = fixture_client(endpoints, 1000);
+    for (int i = 0; i < 3; i++) {
+        fixture_put(client, "failover", "v", 0);
+    }
+    etcd_range_t range;
+    assert_int_equal(etcd_get(client, "failover", 8, NULL, 0, 0, 0, &range), FERRY_OK);
+    assert_int_equal(range.n_kvs, 1);
+    etcd_range_free(&range);
+    int64_t revision = 0;
+    assert_int_equal(etcd_ping(client, &revision), FERRY_OK);
+    assert_true(revision > 0);
+    etcd_client_destroy(client);
+}
+
+static void test_connections_are_reused(void **state)
+{
+    fixture_t *fx = *state;
+    etcd_client_t *client = fixture_client(fx->etcd.endpoint, 2000);
+    for (int i = 0; i < 50; i++) {
+        fixture_put(client, "reuse", "v", 0);
+    }
+    /* One thread, one pooled handle: one connection for all 50. */
+    assert_true(etcd__client_connects(client) == 1);
+    etcd_client_destroy(client);
+}
+
+enum { N_THREADS = 4, N_PUTS = 50 };
+
+typedef struct {
+    etcd_client_t *client;
+    int index;
+    int failures;
+} putter_t;
+
+static void *putter_main(void *arg)
+{
+    putter_t *putter = arg;
+    char key[32];
+    snprintf(key, sizeof(key), "threads/%d", putter->index);
+    for (int i = 0; i < N_PUTS; i++) {
+        if (etcd_put(putter->client, key, strlen(key), "v", 1, 0, NULL) != FERRY_OK) {
+            putter->failures++;
+        }
+    }
+    return NULL;
+}
+
+static void test_threads_share_a_client(void **state)
+{
+    fixture_t *fx = *state;
+    etcd_client_t *client = fixture_client(fx->etcd.endpoint, 2000);
+    pthread_t threads[N_THREADS];
+    putter_t putters[N_THREADS];
+    for (int i = 0; i < N_THREADS; i++) {
+        putters[i] = (putter_t){.client = client, .index = i};
+        assert_int_equal(pthread_create(&threads[i], NULL, putter_main, &putters[i]), 0);
+    }
+    for (int i = 0; i < N_THREADS; i++) {
+        pthread_join(threads[i], NULL);
+        assert_int_equal(putters[i].failures, 0);
+    }
+    /* At most one pooled connection per thread that ran at once. */
+    assert_true(etcd__client_connects(client) <= N_THREADS);
+    uint8_t *end;
+    size_t end_len;
+    assert_int_equal(etcd_prefix_end("threads/", 8, &end, &end_len), FERRY_OK);
+    etcd_range_t range;
+    assert_int_equal(etcd_get(client, "threads/", 8, end, end_len, 0, 0, &range), FERRY_OK);
+    assert_int_equal(range.n_kvs, N_THREADS);
+    assert_true(range.kvs[0].version == N_PUTS);
+    etcd_range_free(&range);
+    free(end);
+    etcd_client_destroy(client);
+}
+
+static void test_hung_etcd_times_out(void **state)
+{
+    fixture_t *fx = *state;
+    etcd_client_t *client = fixture_client(fx->etcd.endpoint, 300);
+    fixture_put(client, "hung", "before", 0);
+    assert_int_equal(test_proc_pause(&fx->etcd.proc), 0);
+    long long start = test_now_ms();
+    assert_int_equal(etcd_put(client, "hung", 4, "during", 6, 0, NULL), FERRY_ERR_UNAVAILABLE);
+    long long took = test_now_ms() - start;
+    assert_int_equal(test_proc_resume(&fx->etcd.proc), 0);
+    assert_true(took < 5000); /* bounded by the request timeout, not forever */
+    assert_non_null(strstr(etcd_client_last_error(), "timed out"));
+    etcd_client_destroy(client);
+    /* The write may or may not have landed; either way etcd serves again. */
+    fixture_put(fx->client, "hung", "after", 0);
+}
+
+static void test_recovers_after_etcd_restart(void **state)
+{
+    fixture_t *fx = *state;
+    fixture_put(fx->client, "restart", "before", 0);
+    test_etcd_down(&fx->etcd);
+    assert_int_equal(etcd_put(fx->client, "restart", 7, "down", 4, 0, NULL), FERRY_ERR_UNAVAILABLE);
+    assert_true(strlen(etcd_client_last_error()) > 0);
+    assert_int_equal(test_etcd_up(&fx->etcd), 0);
+    /* The same client, with its pooled (now dead) connection. */
+    fixture_put(fx->client, "restart", "after", 0);
+    assert_string_equal(etcd_client_last_error(), "");
+    etcd_range_t range;
+    assert_int_equal(etcd_get(fx->client, "restart", 7, NULL, 0, 0, 0, &range), FERRY_OK);
+    assert_int_equal(range.n_kvs, 1);
+    assert_memory_equal(range.kvs[0].value, "after", 5);
+    assert_true(range.kvs[0].version == 2); /* data survived the restart */
+    etcd_range_free(&range);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_binary_put_get_delete),
+        cmocka_unit_test(test_prefix_range_limit_more),
+        cmocka_unit_test(test_get_at_revision),
+        cmocka_unit_test(test_txn_create_if_absent),
+        cmocka_unit_test(test_txn_compare_mod_revision),
+        cmocka_unit_test(test_misuse),
+        cmocka_unit_test(test_unreachable_is_unavailable),
+        cmocka_unit_test(test_failover_to_second_endpoint),
+        cmocka_unit_test(test_connections_are_reused),
+        cmocka_unit_test(test_threads_share_a_client),
+        cmocka_unit_test(test_hung_etcd_times_out),
+        cmocka_unit_test(test_recovers_after_etcd_restart),
+    };
+    return cmocka_run_group_tests(tests, fixture_setup, fixture_teardown);
+}

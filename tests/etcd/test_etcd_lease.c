@@ -1,0 +1,106 @@
+/*
+ * test_etcd_lease.c: leases against a real etcd: grant, keep-alive, keys
+ * that go with a revoked or expired lease (seen by a read and by a watch),
+ * and FERRY_ERR_NOT_FOUND for a lease that is gone.
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <setjmp.h>
+#include <cmocka.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "etcd_fixture.h"
+
+enum { WAIT_MS = 10000 };
+
+typedef struct {
+    etcd_client_t *client;
+    const char *key;
+} key_probe_t;
+
+static bool key_is_gone(void *arg)
+{
+    key_probe_t *probe = arg;
+    etcd_range_t range;
+    if (etcd_get(probe->client, probe->key, strlen(probe->key), NULL, 0, 0, 0, &range) !=
+        FERRY_OK) {
+        return false;
+    }
+    bool gone = range.n_kvs == 0;
+    etcd_range_free(&range);
+    return gone;
+}
+
+static void test_grant_keepalive_revoke(void **state)
+{
+    fixture_t *fx = *state;
+    int64_t lease = 0;
+    int64_t ttl = 0;
+    assert_int_equal(etcd_lease_grant(fx->client, 30, &lease, &ttl), FERRY_OK);
+    assert_true(lease != 0);
+    assert_true(ttl == 30);
+    int64_t left = 0;
+    assert_int_equal(etcd_lease_keepalive(fx->client, lease, &left), FERRY_OK);
+    assert_true(left > 0 && left <= 30);
+
+    fixture_put(fx->client, "lease/a", "held", lease);
+    etcd_range_t range;
+    assert_int_equal(etcd_get(fx->client, "lease/a", 7, NULL, 0, 0, 0, &range), FERRY_OK);
+    assert_int_equal(range.n_kvs, 1);
+    assert_true(range.kvs[0].lease == lease); /* exact, though above 2^53 */
+    etcd_range_free(&range);
+
+    assert_int_equal(etcd_lease_revoke(fx->client, lease), FERRY_OK);
+    key_probe_t probe = {fx->client, "lease/a"};
+    assert_true(key_is_gone(&probe));
+    assert_int_equal(etcd_lease_keepalive(fx->client, lease, &left), FERRY_ERR_NOT_FOUND);
+    assert_true(strlen(etcd_client_last_error()) > 0);
+    assert_int_equal(etcd_lease_revoke(fx->client, lease), FERRY_ERR_NOT_FOUND);
+}
+
+static void test_put_with_unknown_lease(void **state)
+{
+    fixture_t *fx = *state;
+    assert_int_equal(etcd_put(fx->client, "lease/b", 7, "v", 1, 12345, NULL), FERRY_ERR_NOT_FOUND);
+    assert_int_equal(etcd_lease_keepalive(fx->client, INT64_C(7587869323525491715), NULL),
+                     FERRY_ERR_NOT_FOUND);
+}
+
+static void test_expiry_by_ttl(void **state)
+{
+    fixture_t *fx = *state;
+    int64_t lease = 0;
+    assert_int_equal(etcd_lease_grant(fx->client, 2, &lease, NULL), FERRY_OK);
+    int64_t rev = fixture_put(fx->client, "lease/ttl", "short", lease);
+
+    recorder_t rec;
+    recorder_init(&rec);
+    etcd_watch_params_t params = {
+        .key = "lease/ttl", .key_len = 9, .start_revision = rev + 1, .prev_kv = true};
+    recorder_params(&rec, &params);
+    etcd_watch_t *watch = NULL;
+    assert_int_equal(etcd_watch_create(fx->client, &params, &watch), FERRY_OK);
+
+    /* No keep-alive: etcd deletes the key when the TTL runs out. */
+    key_probe_t probe = {fx->client, "lease/ttl"};
+    assert_true(test_wait_for(key_is_gone, &probe, WAIT_MS));
+    assert_true(recorder_wait_events(&rec, 1, WAIT_MS));
+    etcd_watch_destroy(watch);
+    assert_int_equal(rec.events[0].type, ETCD_EVENT_DELETE);
+    assert_string_equal(rec.events[0].key, "lease/ttl");
+    assert_string_equal(rec.events[0].prev_value, "short");
+    assert_int_equal(etcd_lease_keepalive(fx->client, lease, NULL), FERRY_ERR_NOT_FOUND);
+    recorder_fini(&rec);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_grant_keepalive_revoke),
+        cmocka_unit_test(test_put_with_unknown_lease),
+        cmocka_unit_test(test_expiry_by_ttl),
+    };
+    return cmocka_run_group_tests(tests, fixture_setup, fixture_teardown);
+}

@@ -1,0 +1,231 @@
+/*
+ * test_etcd_watch.c: watches against a real etcd: events from a revision in
+ * order with prev_kv, one call per transaction, compaction, reconnection
+ * after etcd restarts on the same port, and a prompt destroy. Every wait
+ * is on the recorder's condition variable with a deadline.
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <setjmp.h>
+#include <cmocka.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <curl/curl.h>
+
+#include "etcd_fixture.h"
+
+enum { WAIT_MS = 10000 };
+
+static etcd_watch_t *watch_prefix(etcd_client_t *client, const char *prefix, int64_t start,
+                                  recorder_t *rec, uint8_t **end_p)
+{
+    size_t end_len;
+    assert_int_equal(etcd_prefix_end(prefix, strlen(prefix), end_p, &end_len), FERRY_OK);
+    etcd_watch_params_t params = {.key = prefix,
+                                  .key_len = strlen(prefix),
+                                  .range_end = *end_p,
+                                  .range_end_len = end_len,
+                                  .start_revision = start,
+                                  .prev_kv = true};
+    recorder_params(rec, &params);
+    etcd_watch_t *watch = NULL;
+    assert_int_equal(etcd_watch_create(client, &params, &watch), FERRY_OK);
+    assert_non_null(watch);
+    return watch;
+}
+
+static void test_events_from_revision_in_order(void **state)
+{
+    fixture_t *fx = *state;
+    int64_t r1 = fixture_put(fx->client, "w1/a", "one", 0);
+    int64_t r2 = fixture_put(fx->client, "w1/a", "two", 0);
+    int64_t r3 = 0;
+    assert_int_equal(etcd_delete(fx->client, "w1/a", 4, NULL, 0, NULL, &r3), FERRY_OK);
+
+    recorder_t rec;
+    recorder_init(&rec);
+    uint8_t *end;
+    etcd_watch_t *watch = watch_prefix(fx->client, "w1/", r1, &rec, &end);
+    int64_t r4 = fixture_put(fx->client, "w1/b", "three", 0);
+    assert_true(recorder_wait_events(&rec, 4, WAIT_MS));
+    etcd_watch_destroy(watch);
+
+    assert_int_equal(rec.n_events, 4);
+    assert_int_equal(rec.events[0].type, ETCD_EVENT_PUT);
+    assert_true(rec.events[0].mod_revision == r1);
+    assert_string_equal(rec.events[0].value, "one");
+    assert_false(rec.events[0].has_prev);
+    assert_int_equal(rec.events[1].type, ETCD_EVENT_PUT);
+    assert_true(rec.events[1].mod_revision == r2);
+    assert_string_equal(rec.events[1].prev_value, "one");
+    assert_int_equal(rec.events[2].type, ETCD_EVENT_DELETE);
+    assert_true(rec.events[2].mod_revision == r3);
+    assert_string_equal(rec.events[2].key, "w1/a");
+    assert_true(rec.events[2].has_prev);
+    assert_string_equal(rec.events[2].prev_value, "two");
+    assert_true(rec.events[3].mod_revision == r4);
+    assert_string_equal(rec.events[3].key, "w1/b");
+    assert_int_equal(rec.n_up, 0); /* the first stream is not a state change */
+    assert_int_equal(rec.n_down, 0);
+    recorder_fini(&rec);
+    free(end);
+}
+
+static void test_txn_is_one_call(void **state)
+{
+    fixture_t *fx = *state;
+    recorder_t rec;
+    recorder_init(&rec);
+    uint8_t *end;
+    etcd_watch_t *watch = watch_prefix(fx->client, "w2/", 0, &rec, &end);
+    etcd_op_t ops[2] = {
+        {.type = ETCD_OP_PUT, .key = "w2/x", .key_len = 4, .value = "1", .value_len = 1},
+        {.type = ETCD_OP_PUT, .key = "w2/y", .key_len = 4, .value = "2", .value_len = 1},
+    };
+    etcd_txn_result_t result;
+    assert_int_equal(etcd_txn(fx->client, NULL, 0, ops, 2, NULL, 0, &result), FERRY_OK);
+    assert_true(result.succeeded);
+    etcd_txn_result_free(&result);
+    assert_true(recorder_wait_events(&rec, 2, WAIT_MS));
+    etcd_watch_destroy(watch);
+    assert_int_equal(rec.n_calls, 1);
+    assert_int_equal(rec.call_sizes[0], 2);
+    assert_string_equal(rec.events[0].key, "w2/x");
+    assert_string_equal(rec.events[1].key, "w2/y");
+    assert_true(rec.events[0].mod_revision == rec.events[1].mod_revision);
+    recorder_fini(&rec);
+    free(end);
+}
+
+static void compact(const char *endpoint, int64_t revision)
+{
+    char url[128];
+    char body[64];
+    snprintf(url, sizeof(url), "%s/v3/kv/compaction", endpoint);
+    snprintf(body, sizeof(body), "{\"revision\":\"%lld\",\"physical\":true}", (long long)revision);
+    CURL *curl = curl_easy_init();
+    FILE *sink = fopen("/dev/null", "w");
+    curl_easy_setopt(curl, CURLOPT_URL, url);
+    curl_easy_setopt(curl, CURLOPT_POSTFIELDS, body);
+    curl_easy_setopt(curl, CURLOPT_WRITEDATA, sink);
+    curl_easy_setopt(curl, CURLOPT_TIMEOUT_MS, 5000L);
+    long http = 0;
+    assert_int_equal(curl_easy_perform(curl), CURLE_OK);
+    curl_easy_getinfo(curl, CURLINFO_RESPONSE_CODE, &http);
+    assert_int_equal(http, 200);
+    curl_easy_cleanup(curl);
+    fclose(sink);
+}
+
+static void test_compacted_start_is_expired(void **state)
+{
+    fixture_t *fx = *state;
+    int64_t r1 = fixture_put(fx->client, "w3/a", "1", 0);
+    int64_t r2 = fixture_put(fx->client, "w3/a", "2", 0);
+    compact(fx->etcd.endpoint, r2);
+    recorder_t rec;
+    recorder_init(&rec);
+    etcd_watch_params_t params = {.key = "w3/a", .key_len = 4, .start_revision = r1};
+    recorder_params(&rec, &params);
+    etcd_watch_t *watch = NULL;
+    assert_int_equal(etcd_watch_create(fx->client, &params, &watch), FERRY_ERR_EXPIRED);
+    assert_null(watch);
+    assert_non_null(strstr(etcd_client_last_error(), "compacted"));
+    /* A range at that revision says the same. */
+    etcd_range_t range;
+    assert_int_equal(etcd_get(fx->client, "w3/a", 4, NULL, 0, 0, r1, &range), FERRY_ERR_EXPIRED);
+    assert_int_equal(rec.n_calls, 0);
+    recorder_fini(&rec);
+}
+
+static void test_unreachable_watch_fails(void **state)
+{
+    (void)state;
+    char endpoint[64];
+    snprintf(endpoint, sizeof(endpoint), "http://127.0.0.1:%d", test_free_port());
+    etcd_client_t *client = fixture_client(endpoint, 1000);
+    recorder_t rec;
+    recorder_init(&rec);
+    etcd_watch_params_t params = {.key = "k", .key_len = 1};
+    recorder_params(&rec, &params);
+    etcd_watch_t *watch = NULL;
+    assert_int_equal(etcd_watch_create(client, &params, &watch), FERRY_ERR_UNAVAILABLE);
+    assert_null(watch);
+    assert_non_null(strstr(etcd_client_last_error(), "127.0.0.1"));
+    etcd_client_destroy(client);
+    recorder_fini(&rec);
+}
+
+static void test_reconnects_after_restart(void **state)
+{
+    fixture_t *fx = *state;
+    recorder_t rec;
+    recorder_init(&rec);
+    uint8_t *end;
+    etcd_watch_t *watch = watch_prefix(fx->client, "w4/", 0, &rec, &end);
+    fixture_put(fx->client, "w4/before", "1", 0);
+    assert_true(recorder_wait_events(&rec, 1, WAIT_MS));
+
+    test_etcd_down(&fx->etcd);
+    assert_true(recorder_wait_down(&rec, 1, WAIT_MS));
+    assert_int_equal(rec.last_status, FERRY_ERR_UNAVAILABLE);
+    assert_int_equal(test_etcd_up(&fx->etcd), 0);
+    /* Put at once, before the watch is back: resuming from the last
+     * revision + 1 must still deliver it. */
+    fixture_put(fx->client, "w4/after", "2", 0);
+    assert_true(recorder_wait_up(&rec, 1, WAIT_MS));
+    assert_int_equal(rec.last_status, FERRY_OK);
+    assert_true(recorder_wait_events(&rec, 2, WAIT_MS));
+    fixture_put(fx->client, "w4/later", "3", 0);
+    assert_true(recorder_wait_events(&rec, 3, WAIT_MS));
+    etcd_watch_destroy(watch);
+
+    assert_int_equal(rec.n_events, 3);
+    assert_string_equal(rec.events[0].key, "w4/before");
+    assert_string_equal(rec.events[1].key, "w4/after");
+    assert_string_equal(rec.events[2].key, "w4/later");
+    assert_int_equal(rec.n_down, 1);
+    assert_int_equal(rec.n_up, 1);
+    recorder_fini(&rec);
+    free(end);
+}
+
+static void test_destroy_is_prompt(void **state)
+{
+    fixture_t *fx = *state;
+    recorder_t rec;
+    recorder_init(&rec);
+    uint8_t *end;
+    etcd_watch_t *watch = watch_prefix(fx->client, "w5/", 0, &rec, &end);
+    long long start = test_now_ms();
+    etcd_watch_destroy(watch); /* idle stream: the thread waits in poll */
+    assert_true(test_now_ms() - start < 1000);
+    free(end);
+
+    /* While reconnecting with backoff after etcd went away. */
+    watch = watch_prefix(fx->client, "w5/", 0, &rec, &end);
+    test_etcd_kill(&fx->etcd);
+    assert_true(recorder_wait_down(&rec, 1, WAIT_MS));
+    start = test_now_ms();
+    etcd_watch_destroy(watch);
+    assert_true(test_now_ms() - start < 1000);
+    assert_int_equal(test_etcd_up(&fx->etcd), 0);
+    recorder_fini(&rec);
+    free(end);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_events_from_revision_in_order),
+        cmocka_unit_test(test_txn_is_one_call),
+        cmocka_unit_test(test_compacted_start_is_expired),
+        cmocka_unit_test(test_unreachable_watch_fails),
+        cmocka_unit_test(test_reconnects_after_restart),
+        cmocka_unit_test(test_destroy_is_prompt),
+    };
+    return cmocka_run_group_tests(tests, fixture_setup, fixture_teardown);
+}

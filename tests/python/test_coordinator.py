@@ -1,0 +1,168 @@
+"""Drives ferry-coordinator from Python with Debian's grpcio: the contract
+is not C-specific. Run with /usr/bin/python3 (the Debian interpreter that
+has grpcio), from CTest.
+"""
+import os
+import sys
+import threading
+import unittest
+
+sys.path.insert(0, os.path.dirname(__file__))
+import ferry_harness  # noqa: E402
+
+import grpc  # noqa: E402
+
+CLUSTER = None
+
+
+def setUpModule():
+    global CLUSTER
+    CLUSTER = ferry_harness.Cluster(ttl=3)
+
+
+def tearDownModule():
+    rc = CLUSTER.close()
+    if rc != 0:
+        raise AssertionError(f"coordinator exited with {rc} after SIGTERM")
+
+
+def metadata(pb, kind=None):
+    kind = kind or pb.OPERATION_KIND_WRITE
+    return pb.RdmaMetadata(
+        version=1, kind=kind, worker_address=b"\x01" * 64,
+        descriptors=[pb.Descriptor(address=0x10000, size=4096,
+                                   device=pb.Device(kind=pb.DEVICE_KIND_HOST), rkey=b"k" * 32)],
+        notification_key=os.urandom(16), worker_name="py-receiver", hostname="localhost")
+
+
+class CoordinatorFromPython(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        from ferry.v1 import coordinator_pb2, coordinator_pb2_grpc, types_pb2
+        cls.pb, cls.cpb = types_pb2, coordinator_pb2
+        cls.channel = grpc.insecure_channel(CLUSTER.coordinator.target)
+        cls.stub = coordinator_pb2_grpc.CoordinatorStub(cls.channel)
+        cls.hpb, cls.health_check = ferry_harness.health_client(cls.channel, CLUSTER.gen_dir)
+
+    def register(self, rid, token="", kind=None):
+        return self.stub.Register(self.cpb.RegisterRequest(
+            request_id=rid, metadata=metadata(self.pb, kind), access_token=token,
+            owner="py"), timeout=10)
+
+    def test_health_serving(self):
+        r = self.health_check(self.hpb.HealthCheckRequest(service=""), timeout=10)
+        self.assertEqual(r.status, self.hpb.HealthCheckResponse.SERVING)
+        r = self.health_check(self.hpb.HealthCheckRequest(service="ferry.v1.Coordinator"),
+                              timeout=10)
+        self.assertEqual(r.status, self.hpb.HealthCheckResponse.SERVING)
+
+    def test_register_lookup_claim_complete_watch(self):
+        rid = "py-flow-1"
+        watch = self.stub.Watch(self.cpb.WatchRequest(request_id=rid), timeout=30)
+        first = next(watch)
+        self.assertTrue(first.created)
+
+        reg = self.register(rid)
+        self.assertGreaterEqual(len(reg.access_token), 16)
+        self.assertGreater(reg.lease_id, 0)
+
+        look = self.stub.Lookup(self.cpb.LookupRequest(
+            request_id=rid, access_token=reg.access_token), timeout=10)
+        self.assertEqual(look.operation.state, self.pb.OPERATION_STATE_REGISTERED)
+        self.assertEqual(look.operation.metadata.worker_address, b"\x01" * 64)
+        self.assertEqual(look.operation.metadata.descriptors[0].size, 4096)
+        self.assertEqual(look.operation.token_sha256, b"")
+
+        claim = self.stub.Claim(self.cpb.ClaimRequest(
+            request_id=rid, access_token=reg.access_token, claimant="py-writer",
+            kind=self.pb.OPERATION_KIND_WRITE), timeout=10)
+        self.assertEqual(claim.operation.state, self.pb.OPERATION_STATE_CLAIMED)
+        self.assertGreater(claim.claim_lease_id, 0)
+
+        done = self.stub.Complete(self.cpb.CompleteRequest(
+            request_id=rid, access_token=reg.access_token,
+            claim_lease_id=claim.claim_lease_id), timeout=10)
+        self.assertEqual(done.operation.state, self.pb.OPERATION_STATE_COMPLETE)
+
+        states = []
+        for msg in watch:
+            for ev in msg.events:
+                states.append(ev.operation.state)
+                self.assertFalse(ev.operation.HasField("metadata"))
+            if self.pb.OPERATION_STATE_COMPLETE in states:
+                break
+        watch.cancel()
+        self.assertEqual(states, [self.pb.OPERATION_STATE_REGISTERED,
+                                  self.pb.OPERATION_STATE_CLAIMED,
+                                  self.pb.OPERATION_STATE_COMPLETE])
+
+        got = self.stub.Get(self.cpb.GetRequest(request_id=rid), timeout=10)
+        self.assertEqual(got.operation.state, self.pb.OPERATION_STATE_COMPLETE)
+        self.assertFalse(got.operation.HasField("metadata"))
+
+    def test_health_unknown_service_is_not_found(self):
+        with self.assertRaises(grpc.RpcError) as cm:
+            self.health_check(self.hpb.HealthCheckRequest(service="no.such.Service"), timeout=10)
+        self.assertEqual(cm.exception.code(), grpc.StatusCode.NOT_FOUND)
+
+    def test_duplicate_is_already_exists(self):
+        self.register("py-dup")
+        with self.assertRaises(grpc.RpcError) as cm:
+            self.register("py-dup")
+        self.assertEqual(cm.exception.code(), grpc.StatusCode.ALREADY_EXISTS)
+        self.assertIn("py-dup", cm.exception.details())
+
+    def test_wrong_token_is_permission_denied(self):
+        self.register("py-token", token="right-token-0123456789")
+        with self.assertRaises(grpc.RpcError) as cm:
+            self.stub.Lookup(self.cpb.LookupRequest(
+                request_id="py-token", access_token="wrong-token-0123456789"), timeout=10)
+        self.assertEqual(cm.exception.code(), grpc.StatusCode.PERMISSION_DENIED)
+        self.assertNotIn("right-token", cm.exception.details())
+
+    def test_unknown_id_is_not_found(self):
+        with self.assertRaises(grpc.RpcError) as cm:
+            self.stub.Get(self.cpb.GetRequest(request_id="py-nobody"), timeout=10)
+        self.assertEqual(cm.exception.code(), grpc.StatusCode.NOT_FOUND)
+        with self.assertRaises(grpc.RpcError) as cm:
+            self.stub.Lookup(self.cpb.LookupRequest(
+                request_id="py-nobody", access_token="some-token-0123456789"), timeout=10)
+        self.assertEqual(cm.exception.code(), grpc.StatusCode.NOT_FOUND)
+
+    def test_bad_request_id_names_the_field(self):
+        with self.assertRaises(grpc.RpcError) as cm:
+            self.register("bad id with spaces")
+        self.assertEqual(cm.exception.code(), grpc.StatusCode.INVALID_ARGUMENT)
+        self.assertIn("request_id", cm.exception.details())
+
+    def test_lookup_wait_times_out(self):
+        with self.assertRaises(grpc.RpcError) as cm:
+            self.stub.Lookup(self.cpb.LookupRequest(
+                request_id="py-never", access_token="wait-token-0123456789", wait_ms=300),
+                timeout=10)
+        self.assertEqual(cm.exception.code(), grpc.StatusCode.DEADLINE_EXCEEDED)
+
+    def test_lookup_wait_is_satisfied_by_a_later_register(self):
+        token = "wait-token-0123456789"
+        result = {}
+
+        def lookup():
+            try:
+                result["r"] = self.stub.Lookup(self.cpb.LookupRequest(
+                    request_id="py-wait", access_token=token, wait_ms=10000), timeout=15)
+            except grpc.RpcError as e:
+                result["e"] = e
+        t = threading.Thread(target=lookup)
+        t.start()
+        # Register once the coordinator says the lookup is parked.
+        ferry_harness.wait_until(
+            lambda: CLUSTER.coordinator.log_contains("op py-wait: lookup from"),
+            10, "the lookup to wait")
+        self.register("py-wait", token=token)
+        t.join(20)
+        self.assertNotIn("e", result)
+        self.assertEqual(result["r"].operation.request_id, "py-wait")
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)

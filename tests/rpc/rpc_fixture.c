@@ -1,0 +1,200 @@
+/*
+ * rpc_fixture.c: the test server and channel of rpc_fixture.h.
+ */
+#include "rpc_fixture.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "ferry/v1/coordinator.pb-c.h"
+
+long long fixture_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void reply_echo(rpc_call_t *call, const char *request_id)
+{
+    Ferry__V1__GetResponse resp = FERRY__V1__GET_RESPONSE__INIT;
+    Ferry__V1__ResponseHeader header = FERRY__V1__RESPONSE_HEADER__INIT;
+    Ferry__V1__Operation op = FERRY__V1__OPERATION__INIT;
+
+    header.revision = 7;
+    header.coordinator = "test";
+    op.request_id = (char *)request_id;
+    op.owner = "echo";
+    resp.header = &header;
+    resp.operation = &op;
+    rpc_call_reply(call, &resp.base);
+}
+
+static fixture_t *fixture_of(void *arg)
+{
+    return arg;
+}
+
+static void *later_main(void *arg)
+{
+    rpc_call_t *call = arg;
+    reply_echo(call, "later");
+    rpc_call_unref(call);
+    return NULL;
+}
+
+static void held_unary_cancelled(rpc_call_t *call, void *arg)
+{
+    fixture_t *f = fixture_of(arg);
+
+    rpc_call_fail(call, FERRY_ERR_UNAVAILABLE, "held call cancelled");
+    /* Ended already: a second ending is a harmless no-op. */
+    reply_echo(call, "too late");
+    pthread_mutex_lock(&f->lock);
+    f->cancels++;
+    f->held_unary = NULL;
+    pthread_cond_broadcast(&f->cond);
+    pthread_mutex_unlock(&f->lock);
+    rpc_call_unref(call);
+}
+
+static void handle_get(rpc_call_t *call, const ProtobufCMessage *request, void *arg)
+{
+    const Ferry__V1__GetRequest *req = (const void *)request;
+    fixture_t *f = fixture_of(arg);
+
+    if (strcmp(req->request_id, "missing") == 0) {
+        rpc_call_fail(call, FERRY_ERR_NOT_FOUND, "operation %s not found", req->request_id);
+    } else if (strcmp(req->request_id, "later") == 0) {
+        rpc_call_ref(call);
+        pthread_mutex_lock(&f->lock);
+        f->later_started = pthread_create(&f->later_thread, NULL, later_main, call) == 0;
+        pthread_mutex_unlock(&f->lock);
+    } else if (strcmp(req->request_id, "hold") == 0) {
+        rpc_call_ref(call);
+        pthread_mutex_lock(&f->lock);
+        f->held_unary = call;
+        pthread_cond_broadcast(&f->cond);
+        pthread_mutex_unlock(&f->lock);
+        rpc_call_on_cancel(call, held_unary_cancelled, f);
+    } else {
+        reply_echo(call, req->request_id);
+    }
+}
+
+static void send_watch(rpc_call_t *call, int revision, ferry_status_t *status_p)
+{
+    Ferry__V1__WatchResponse resp = FERRY__V1__WATCH_RESPONSE__INIT;
+    Ferry__V1__ResponseHeader header = FERRY__V1__RESPONSE_HEADER__INIT;
+
+    header.revision = revision;
+    resp.header = &header;
+    resp.created = revision == 1;
+    *status_p = rpc_call_send(call, &resp.base);
+}
+
+static void held_stream_cancelled(rpc_call_t *call, void *arg)
+{
+    fixture_t *f = fixture_of(arg);
+    ferry_status_t status;
+
+    send_watch(call, 99, &status);
+    rpc_call_finish(call);
+    pthread_mutex_lock(&f->lock);
+    f->send_after_cancel = status;
+    f->cancels++;
+    f->held_stream = NULL;
+    pthread_cond_broadcast(&f->cond);
+    pthread_mutex_unlock(&f->lock);
+    rpc_call_unref(call);
+}
+
+static void handle_watch(rpc_call_t *call, const ProtobufCMessage *request, void *arg)
+{
+    const Ferry__V1__WatchRequest *req = (const void *)request;
+    fixture_t *f = fixture_of(arg);
+    ferry_status_t status = FERRY_OK;
+    int n;
+
+    if (strcmp(req->request_id, "hold") == 0) {
+        rpc_call_ref(call);
+        pthread_mutex_lock(&f->lock);
+        f->held_stream = call;
+        pthread_cond_broadcast(&f->cond);
+        pthread_mutex_unlock(&f->lock);
+        rpc_call_on_cancel(call, held_stream_cancelled, f);
+        return;
+    }
+    if (sscanf(req->request_id_prefix, "count:%d", &n) != 1) {
+        rpc_call_fail(call, FERRY_ERR_INVALID_ARGUMENT, "request_id_prefix: want count:N");
+        return;
+    }
+    for (int i = 1; i <= n && status == FERRY_OK; i++) {
+        send_watch(call, i, &status);
+    }
+    rpc_call_finish(call);
+}
+
+const rpc_method_t fixture_methods[] = {
+    {"Get", RPC_UNARY, handle_get},
+    {"Watch", RPC_SERVER_STREAMING, handle_watch},
+};
+const size_t fixture_n_methods = sizeof(fixture_methods) / sizeof(fixture_methods[0]);
+
+int fixture_start(fixture_t *f, int calls_armed)
+{
+    rpc_server_params_t sp = {.listen_addr = "127.0.0.1:0",
+                              .calls_armed = calls_armed,
+                              .max_message_bytes = FIXTURE_MAX_MESSAGE};
+    rpc_channel_params_t cp = {0};
+    char target[64];
+
+    memset(f, 0, sizeof(*f));
+    pthread_mutex_init(&f->lock, NULL);
+    pthread_cond_init(&f->cond, NULL);
+    if (rpc_server_create(&sp, &f->server) != FERRY_OK ||
+        rpc_server_add_service(f->server, &ferry__v1__coordinator__descriptor, fixture_methods,
+                               fixture_n_methods, f) != FERRY_OK ||
+        rpc_server_start(f->server, &f->port) != FERRY_OK) {
+        return -1;
+    }
+    snprintf(target, sizeof(target), "127.0.0.1:%d", f->port);
+    cp.target = target;
+    return rpc_channel_create(&cp, &f->channel) == FERRY_OK ? 0 : -1;
+}
+
+void fixture_stop(fixture_t *f)
+{
+    if (f->later_started) {
+        pthread_join(f->later_thread, NULL);
+    }
+    rpc_channel_destroy(f->channel);
+    rpc_server_destroy(f->server);
+    pthread_cond_destroy(&f->cond);
+    pthread_mutex_destroy(&f->lock);
+}
+
+bool fixture_wait(fixture_t *f, bool (*pred)(const fixture_t *f), int timeout_ms)
+{
+    long long deadline = fixture_now_ms() + timeout_ms;
+    bool ok;
+
+    pthread_mutex_lock(&f->lock);
+    while (!(ok = pred(f)) && fixture_now_ms() < deadline) {
+        struct timespec ts;
+        /* The condvar uses the realtime clock; wake at least every 50 ms to
+         * re-check the monotonic deadline. */
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_nsec += 50 * 1000000L;
+        if (ts.tv_nsec >= 1000000000L) {
+            ts.tv_sec++;
+            ts.tv_nsec -= 1000000000L;
+        }
+        pthread_cond_timedwait(&f->cond, &f->lock, &ts);
+    }
+    pthread_mutex_unlock(&f->lock);
+    return ok;
+}

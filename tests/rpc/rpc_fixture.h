@@ -1,0 +1,61 @@
+/*
+ * rpc_fixture.h: a real rpc server on 127.0.0.1:0 serving a test table of
+ * ferry.v1.Coordinator handlers, and a real channel to it.
+ *
+ * Get (unary), by request_id:
+ *   "missing"  fails NOT_FOUND ("operation missing not found");
+ *   "later"    is answered from another thread after the handler returned;
+ *   "hold"     is kept (fixture.held_unary, with a reference) until it is
+ *              cancelled: the cancel callback fails it and counts;
+ *   otherwise  replies with operation.request_id = request_id,
+ *              owner "echo", header.revision 7.
+ * Watch (stream):
+ *   request_id_prefix "count:N" sends N messages (header.revision 1..N,
+ *   created on the first) and finishes;
+ *   request_id "hold" is kept (fixture.held_stream) until cancelled; its
+ *   cancel callback records what rpc_call_send answers then.
+ *
+ * Threads: handlers run on server threads; the fields below are guarded by
+ * fixture.lock and changes are signalled on fixture.cond.
+ */
+#ifndef FERRY_TESTS_RPC_FIXTURE_H
+#define FERRY_TESTS_RPC_FIXTURE_H
+
+#include <pthread.h>
+#include <stdbool.h>
+
+#include "rpc/rpc.h"
+
+#define FIXTURE_MAX_MESSAGE (64 * 1024)
+
+typedef struct {
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    rpc_server_t *server;
+    rpc_channel_t *channel;
+    int port;
+
+    int cancels;             /* cancel callbacks run */
+    rpc_call_t *held_unary;  /* a reference, until cancelled */
+    rpc_call_t *held_stream; /* a reference, until cancelled */
+    ferry_status_t send_after_cancel;
+    pthread_t later_thread;
+    bool later_started;
+} fixture_t;
+
+/* Starts a server (calls_armed as given; 0: default) and a channel. */
+int fixture_start(fixture_t *f, int calls_armed);
+/* Destroys the channel and the server (if not already shut down). */
+void fixture_stop(fixture_t *f);
+
+/* Waits until pred(f) holds (checked under f->lock) or timeout_ms passes. */
+bool fixture_wait(fixture_t *f, bool (*pred)(const fixture_t *f), int timeout_ms);
+
+/* Milliseconds on a monotonic clock. */
+long long fixture_now_ms(void);
+
+/* The service's handlers, for servers built by hand. */
+extern const rpc_method_t fixture_methods[];
+extern const size_t fixture_n_methods;
+
+#endif /* FERRY_TESTS_RPC_FIXTURE_H */

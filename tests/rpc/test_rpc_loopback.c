@@ -1,0 +1,393 @@
+/*
+ * test_rpc_loopback.c: the rpc server and client against each other on
+ * loopback: unary and streaming calls, errors answered by the layer
+ * (malformed, unknown method, oversized), deadlines, cancellation and
+ * shutdown with calls in flight. Each test starts its own server.
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <setjmp.h>
+#include <cmocka.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ferry/v1/coordinator.pb-c.h"
+#include "rpc_fixture.h"
+
+#define GET_PATH   "/ferry.v1.Coordinator/Get"
+#define WATCH_PATH "/ferry.v1.Coordinator/Watch"
+#define WAIT_MS    10000
+
+static int setup(void **state)
+{
+    fixture_t *f = calloc(1, sizeof(*f));
+    if (f == NULL || fixture_start(f, 0) != 0) {
+        return -1;
+    }
+    *state = f;
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    fixture_stop(*state);
+    free(*state);
+    return 0;
+}
+
+static ferry_status_t get(fixture_t *f, const char *id, int64_t timeout_ms,
+                          Ferry__V1__GetResponse **resp_p, rpc_error_t *err)
+{
+    Ferry__V1__GetRequest req = FERRY__V1__GET_REQUEST__INIT;
+    req.request_id = (char *)id;
+    return rpc_unary(f->channel, GET_PATH, &req.base, &ferry__v1__get_response__descriptor,
+                     timeout_ms, (ProtobufCMessage **)resp_p, err);
+}
+
+static rpc_stream_t *watch(fixture_t *f, const char *id, const char *prefix)
+{
+    Ferry__V1__WatchRequest req = FERRY__V1__WATCH_REQUEST__INIT;
+    rpc_stream_t *stream = NULL;
+
+    req.request_id = (char *)id;
+    req.request_id_prefix = (char *)prefix;
+    assert_int_equal(rpc_stream_open(f->channel, WATCH_PATH, &req.base,
+                                     &ferry__v1__watch_response__descriptor, 20000, &stream),
+                     FERRY_OK);
+    return stream;
+}
+
+static bool one_cancel(const fixture_t *f)
+{
+    return f->cancels >= 1;
+}
+
+static bool stream_held(const fixture_t *f)
+{
+    return f->held_stream != NULL;
+}
+
+static bool both_held(const fixture_t *f)
+{
+    return f->held_stream != NULL && f->held_unary != NULL;
+}
+
+static void test_unary_echo(void **state)
+{
+    Ferry__V1__GetResponse *resp = NULL;
+    rpc_error_t err;
+
+    assert_int_equal(get(*state, "op-1", 5000, &resp, &err), FERRY_OK);
+    assert_int_equal(err.grpc_code, 0);
+    assert_string_equal(err.message, "");
+    assert_non_null(resp->operation);
+    assert_string_equal(resp->operation->request_id, "op-1");
+    assert_string_equal(resp->operation->owner, "echo");
+    assert_int_equal(resp->header->revision, 7);
+    protobuf_c_message_free_unpacked(&resp->base, NULL);
+}
+
+static void test_unary_not_found(void **state)
+{
+    Ferry__V1__GetResponse *resp = NULL;
+    rpc_error_t err;
+
+    assert_int_equal(get(*state, "missing", 5000, &resp, &err), FERRY_ERR_NOT_FOUND);
+    assert_int_equal(err.grpc_code, 5);
+    assert_string_equal(err.message, "operation missing not found");
+    assert_null(resp);
+}
+
+static void test_unary_reply_from_other_thread(void **state)
+{
+    Ferry__V1__GetResponse *resp = NULL;
+
+    assert_int_equal(get(*state, "later", 5000, &resp, NULL), FERRY_OK);
+    assert_string_equal(resp->operation->request_id, "later");
+    protobuf_c_message_free_unpacked(&resp->base, NULL);
+}
+
+/* Many calls from several threads at once, with few calls armed. */
+static void *hammer_main(void *arg)
+{
+    fixture_t *f = arg;
+    for (int i = 0; i < 40; i++) {
+        Ferry__V1__GetResponse *resp = NULL;
+        char id[32];
+        snprintf(id, sizeof(id), "op-%d", i);
+        if (get(f, id, 10000, &resp, NULL) != FERRY_OK ||
+            strcmp(resp->operation->request_id, id) != 0) {
+            return (void *)1;
+        }
+        protobuf_c_message_free_unpacked(&resp->base, NULL);
+    }
+    return NULL;
+}
+
+static void test_unary_concurrent(void **state)
+{
+    pthread_t threads[4];
+    void *result;
+
+    for (int i = 0; i < 4; i++) {
+        assert_int_equal(pthread_create(&threads[i], NULL, hammer_main, *state), 0);
+    }
+    for (int i = 0; i < 4; i++) {
+        pthread_join(threads[i], &result);
+        assert_null(result);
+    }
+}
+
+static void test_stream_in_order(void **state)
+{
+    rpc_stream_t *stream = watch(*state, "", "count:5");
+    ProtobufCMessage *msg;
+    rpc_error_t err;
+
+    for (int i = 1; i <= 5; i++) {
+        Ferry__V1__WatchResponse *resp;
+        assert_int_equal(rpc_stream_read(stream, 5000, &msg, &err), FERRY_OK);
+        assert_non_null(msg);
+        resp = (Ferry__V1__WatchResponse *)msg;
+        assert_int_equal(resp->header->revision, i);
+        assert_int_equal(resp->created, i == 1);
+        protobuf_c_message_free_unpacked(msg, NULL);
+    }
+    assert_int_equal(rpc_stream_read(stream, 5000, &msg, &err), FERRY_OK);
+    assert_null(msg);
+    assert_int_equal(err.grpc_code, 0);
+    /* The end is sticky. */
+    assert_int_equal(rpc_stream_read(stream, 5000, &msg, &err), FERRY_OK);
+    assert_null(msg);
+    rpc_stream_destroy(stream);
+}
+
+static void test_stream_many(void **state)
+{
+    rpc_stream_t *stream = watch(*state, "", "count:500");
+    ProtobufCMessage *msg;
+    int n = 0;
+
+    while (rpc_stream_read(stream, 5000, &msg, NULL) == FERRY_OK && msg != NULL) {
+        assert_int_equal(((Ferry__V1__WatchResponse *)msg)->header->revision, ++n);
+        protobuf_c_message_free_unpacked(msg, NULL);
+    }
+    assert_null(msg);
+    assert_int_equal(n, 500);
+    rpc_stream_destroy(stream);
+}
+
+/* A read that times out leaves the stream going; the message that comes
+ * later is the next one read. Then the client cancels the stream. */
+static void test_stream_timeout_then_cancel(void **state)
+{
+    fixture_t *f = *state;
+    Ferry__V1__WatchResponse later = FERRY__V1__WATCH_RESPONSE__INIT;
+    rpc_stream_t *stream = watch(f, "hold", "");
+    ProtobufCMessage *msg;
+    rpc_call_t *held;
+    rpc_error_t err;
+
+    assert_true(fixture_wait(f, stream_held, WAIT_MS));
+    assert_int_equal(rpc_stream_read(stream, 100, &msg, &err), FERRY_ERR_TIMED_OUT);
+    assert_int_equal(err.grpc_code, 0);
+    assert_null(msg);
+
+    pthread_mutex_lock(&f->lock);
+    held = f->held_stream;
+    rpc_call_ref(held);
+    pthread_mutex_unlock(&f->lock);
+    later.created = true;
+    assert_int_equal(rpc_call_send(held, &later.base), FERRY_OK);
+    assert_int_equal(rpc_stream_read(stream, WAIT_MS, &msg, &err), FERRY_OK);
+    assert_non_null(msg);
+    assert_true(((Ferry__V1__WatchResponse *)msg)->created);
+    protobuf_c_message_free_unpacked(msg, NULL);
+
+    rpc_stream_destroy(stream);
+    assert_true(fixture_wait(f, one_cancel, WAIT_MS));
+    assert_int_equal(f->send_after_cancel, FERRY_ERR_CANCELLED);
+    assert_true(rpc_call_is_cancelled(held));
+    assert_int_equal(rpc_call_send(held, &later.base), FERRY_ERR_CANCELLED);
+    rpc_call_unref(held);
+}
+
+static void test_deadline_exceeded(void **state)
+{
+    fixture_t *f = *state;
+    Ferry__V1__GetResponse *resp = NULL;
+    rpc_error_t err;
+
+    assert_int_equal(get(f, "hold", 200, &resp, &err), FERRY_ERR_TIMED_OUT);
+    assert_int_equal(err.grpc_code, 4);
+    assert_null(resp);
+    assert_true(fixture_wait(f, one_cancel, WAIT_MS));
+}
+
+static void test_malformed_request(void **state)
+{
+    static const unsigned char garbage[] = {0xff, 0xff, 0xff, 0xff, 0x0f, 0x12};
+    fixture_t *f = *state;
+    void *resp = NULL;
+    size_t len = 0;
+    rpc_error_t err;
+
+    assert_int_equal(
+        rpc_unary_raw(f->channel, GET_PATH, garbage, sizeof(garbage), 5000, &resp, &len, &err),
+        FERRY_ERR_INVALID_ARGUMENT);
+    assert_int_equal(err.grpc_code, 3);
+    assert_string_equal(err.message, "malformed request for " GET_PATH);
+    assert_null(resp);
+}
+
+static void test_raw_roundtrip(void **state)
+{
+    Ferry__V1__GetRequest req = FERRY__V1__GET_REQUEST__INIT;
+    Ferry__V1__GetResponse *resp;
+    fixture_t *f = *state;
+    uint8_t buf[64];
+    void *data = NULL;
+    size_t len = 0;
+
+    req.request_id = "raw";
+    len = protobuf_c_message_pack(&req.base, buf);
+    assert_int_equal(rpc_unary_raw(f->channel, GET_PATH, buf, len, 5000, &data, &len, NULL),
+                     FERRY_OK);
+    resp = ferry__v1__get_response__unpack(NULL, len, data);
+    assert_non_null(resp);
+    assert_string_equal(resp->operation->request_id, "raw");
+    ferry__v1__get_response__free_unpacked(resp, NULL);
+    free(data);
+}
+
+static void test_unknown_method(void **state)
+{
+    fixture_t *f = *state;
+    void *resp = NULL;
+    size_t len = 0;
+    rpc_error_t err;
+
+    assert_int_equal(
+        rpc_unary_raw(f->channel, "/ferry.v1.Coordinator/Nope", "", 0, 5000, &resp, &len, &err),
+        FERRY_ERR_UNIMPLEMENTED);
+    assert_int_equal(err.grpc_code, 12);
+    /* A method of the service that the table did not list. */
+    assert_int_equal(
+        rpc_unary_raw(f->channel, "/ferry.v1.Coordinator/Register", "", 0, 5000, &resp, &len, &err),
+        FERRY_ERR_UNIMPLEMENTED);
+    assert_int_equal(err.grpc_code, 12);
+}
+
+static void test_oversized_request(void **state)
+{
+    Ferry__V1__GetResponse *resp = NULL;
+    size_t n = 2 * FIXTURE_MAX_MESSAGE;
+    char *id = malloc(n + 1);
+    rpc_error_t err;
+
+    memset(id, 'x', n);
+    id[n] = '\0';
+    assert_int_equal(get(*state, id, 5000, &resp, &err), FERRY_ERR_RESOURCE_EXHAUSTED);
+    assert_int_equal(err.grpc_code, 8);
+    assert_null(resp);
+    free(id);
+    /* The server is fine afterwards. */
+    assert_int_equal(get(*state, "after", 5000, &resp, NULL), FERRY_OK);
+    protobuf_c_message_free_unpacked(&resp->base, NULL);
+}
+
+typedef struct {
+    fixture_t *f;
+    ferry_status_t status;
+    rpc_error_t err;
+} client_result_t;
+
+static void *held_get_main(void *arg)
+{
+    client_result_t *r = arg;
+    Ferry__V1__GetResponse *resp = NULL;
+
+    r->status = get(r->f, "hold", 30000, &resp, &r->err);
+    if (resp != NULL) {
+        protobuf_c_message_free_unpacked(&resp->base, NULL);
+    }
+    return NULL;
+}
+
+static void *held_watch_main(void *arg)
+{
+    client_result_t *r = arg;
+    rpc_stream_t *stream = watch(r->f, "hold", "");
+    ProtobufCMessage *msg;
+
+    do {
+        r->status = rpc_stream_read(stream, 0, &msg, &r->err);
+        if (msg != NULL) {
+            protobuf_c_message_free_unpacked(msg, NULL);
+        }
+    } while (r->status == FERRY_OK && msg != NULL);
+    rpc_stream_destroy(stream);
+    return NULL;
+}
+
+static void test_shutdown_with_calls_in_flight(void **state)
+{
+    fixture_t *f = *state;
+    client_result_t unary = {f, FERRY_OK, {0}}, stream = {f, FERRY_OK, {0}};
+    pthread_t t_unary, t_stream;
+    long long start, elapsed;
+
+    assert_int_equal(pthread_create(&t_unary, NULL, held_get_main, &unary), 0);
+    assert_int_equal(pthread_create(&t_stream, NULL, held_watch_main, &stream), 0);
+    assert_true(fixture_wait(f, both_held, WAIT_MS));
+
+    start = fixture_now_ms();
+    rpc_server_shutdown(f->server, 300);
+    elapsed = fixture_now_ms() - start;
+    assert_true(elapsed < 300 + WAIT_MS);
+    assert_int_equal(f->cancels, 2);
+
+    pthread_join(t_unary, NULL);
+    pthread_join(t_stream, NULL);
+    assert_int_not_equal(unary.status, FERRY_OK);
+    assert_int_not_equal(unary.err.grpc_code, 0);
+    assert_int_not_equal(stream.status, FERRY_OK);
+    assert_int_not_equal(stream.err.grpc_code, 0);
+    /* Idempotent. */
+    rpc_server_shutdown(f->server, 300);
+}
+
+static void test_call_after_shutdown(void **state)
+{
+    fixture_t *f = *state;
+    Ferry__V1__GetResponse *resp = NULL;
+    rpc_error_t err;
+
+    rpc_server_shutdown(f->server, 1000);
+    assert_int_equal(get(f, "op", 2000, &resp, &err), FERRY_ERR_UNAVAILABLE);
+    assert_int_equal(err.grpc_code, 14);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_unary_echo, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_unary_not_found, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_unary_reply_from_other_thread, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_unary_concurrent, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_stream_in_order, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_stream_many, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_stream_timeout_then_cancel, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_deadline_exceeded, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_malformed_request, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_raw_roundtrip, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_unknown_method, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_oversized_request, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_shutdown_with_calls_in_flight, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_call_after_shutdown, setup, teardown),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

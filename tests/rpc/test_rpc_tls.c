@@ -1,0 +1,148 @@
+/*
+ * test_rpc_tls.c: TLS on both ends: a server that requires client
+ * certificates, one that does not, the name override, and refusals (no
+ * client certificate, plaintext, wrong name, missing files). Certificates
+ * are made at test time by make_certs.sh in a temporary directory.
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <setjmp.h>
+#include <cmocka.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "grpc/health/v1/health.pb-c.h"
+#include "rpc/rpc.h"
+
+#define CHECK_PATH "/grpc.health.v1.Health/Check"
+
+static char dir[64];
+static char ca[128], server_cert[128], server_key[128], client_cert[128], client_key[128];
+
+static int make_certs(void **state)
+{
+    const char *src = getenv("FERRY_SOURCE_DIR");
+    char cmd[512];
+
+    (void)state;
+    snprintf(dir, sizeof(dir), "/tmp/ferry-rpc-tls-XXXXXX");
+    if (src == NULL || mkdtemp(dir) == NULL) {
+        return -1;
+    }
+    snprintf(cmd, sizeof(cmd), "'%s/tests/rpc/make_certs.sh' '%s'", src, dir);
+    snprintf(ca, sizeof(ca), "%s/ca.pem", dir);
+    snprintf(server_cert, sizeof(server_cert), "%s/server.pem", dir);
+    snprintf(server_key, sizeof(server_key), "%s/server.key", dir);
+    snprintf(client_cert, sizeof(client_cert), "%s/client.pem", dir);
+    snprintf(client_key, sizeof(client_key), "%s/client.key", dir);
+    return system(cmd) == 0 ? 0 : -1;
+}
+
+static int remove_certs(void **state)
+{
+    char cmd[128];
+
+    (void)state;
+    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
+    return system(cmd) == 0 ? 0 : -1;
+}
+
+static rpc_server_t *start_server(bool require_client_cert, int *port_p)
+{
+    rpc_tls_params_t tls = {.ca_file = ca,
+                            .cert_file = server_cert,
+                            .key_file = server_key,
+                            .require_client_cert = require_client_cert};
+    rpc_server_params_t params = {.listen_addr = "127.0.0.1:0", .tls = &tls};
+    rpc_server_t *server = NULL;
+
+    assert_int_equal(rpc_server_create(&params, &server), FERRY_OK);
+    assert_int_equal(rpc_server_start(server, port_p), FERRY_OK);
+    return server;
+}
+
+/* Health.Check("") through a new channel; returns the gRPC code. */
+static int check(int port, const rpc_tls_params_t *tls)
+{
+    Grpc__Health__V1__HealthCheckRequest req = GRPC__HEALTH__V1__HEALTH_CHECK_REQUEST__INIT;
+    rpc_channel_params_t params = {.tls = tls};
+    rpc_channel_t *channel = NULL;
+    ProtobufCMessage *resp = NULL;
+    rpc_error_t err;
+    char target[64];
+
+    snprintf(target, sizeof(target), "127.0.0.1:%d", port);
+    params.target = target;
+    assert_int_equal(rpc_channel_create(&params, &channel), FERRY_OK);
+    if (rpc_unary(channel, CHECK_PATH, &req.base,
+                  &grpc__health__v1__health_check_response__descriptor, 5000, &resp,
+                  &err) == FERRY_OK) {
+        assert_int_equal(((Grpc__Health__V1__HealthCheckResponse *)resp)->status, 1);
+        protobuf_c_message_free_unpacked(resp, NULL);
+    }
+    rpc_channel_destroy(channel);
+    return err.grpc_code;
+}
+
+static void test_mutual_tls(void **state)
+{
+    rpc_tls_params_t full = {.ca_file = ca,
+                             .cert_file = client_cert,
+                             .key_file = client_key,
+                             .server_name = "ferry.test"};
+    rpc_tls_params_t no_cert = {.ca_file = ca, .server_name = "ferry.test"};
+    rpc_tls_params_t wrong_name = full;
+    int port;
+    rpc_server_t *server = start_server(true, &port);
+
+    (void)state;
+    wrong_name.server_name = "not.ferry.test";
+    assert_int_equal(check(port, &full), 0);
+    assert_int_not_equal(check(port, &no_cert), 0);
+    assert_int_not_equal(check(port, NULL), 0);
+    assert_int_not_equal(check(port, &wrong_name), 0);
+    rpc_server_destroy(server);
+}
+
+static void test_server_only_tls(void **state)
+{
+    rpc_tls_params_t client = {.ca_file = ca, .server_name = "ferry.test"};
+    int port;
+    rpc_server_t *server = start_server(false, &port);
+
+    (void)state;
+    assert_int_equal(check(port, &client), 0);
+    assert_int_not_equal(check(port, NULL), 0);
+    rpc_server_destroy(server);
+}
+
+static void test_bad_settings(void **state)
+{
+    rpc_tls_params_t missing = {.cert_file = "/nonexistent.pem", .key_file = server_key};
+    rpc_tls_params_t no_cert = {.ca_file = ca};
+    rpc_tls_params_t half = {.ca_file = ca, .cert_file = client_cert};
+    rpc_server_params_t sp = {.listen_addr = "127.0.0.1:0", .tls = &missing};
+    rpc_channel_params_t cp = {.target = "127.0.0.1:1", .tls = &half};
+    rpc_server_t *server = NULL;
+    rpc_channel_t *channel = NULL;
+
+    (void)state;
+    assert_int_equal(rpc_server_create(&sp, &server), FERRY_ERR_INVALID_ARGUMENT);
+    sp.tls = &no_cert;
+    assert_int_equal(rpc_server_create(&sp, &server), FERRY_ERR_INVALID_ARGUMENT);
+    assert_int_equal(rpc_channel_create(&cp, &channel), FERRY_ERR_INVALID_ARGUMENT);
+    assert_null(server);
+    assert_null(channel);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_mutual_tls),
+        cmocka_unit_test(test_server_only_tls),
+        cmocka_unit_test(test_bad_settings),
+    };
+    return cmocka_run_group_tests(tests, make_certs, remove_certs);
+}
