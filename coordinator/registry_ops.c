@@ -227,6 +227,9 @@ static ferry_status_t read_record(coord_registry_t *r, const char *id, bool from
                        : fail(FERRY_ERR_INTERNAL, msg, cap, "stored record is malformed");
         }
     }
+    if (!from_etcd) {
+        ferry_debug("op %s: not in the view; reading etcd", id);
+    }
     key_len = registry_key(r, r->ops_prefix, id, key, sizeof(key));
     status = etcd_get(r->etcd, key, key_len, NULL, 0, 0, 0, &range);
     if (status != FERRY_OK) {

@@ -188,6 +188,28 @@ static void test_register_lookup_claim_complete(void **state)
     ferry__v1__register_response__free_unpacked(reg, NULL);
 }
 
+static bool log_has(void *arg);
+
+/* A lookup of an operation the coordinator knows is served from its view:
+ * no etcd read (the coordinator logs each read that misses the view). */
+static void test_lookup_served_from_view(void **state)
+{
+    Ferry__V1__LookupResponse *look = NULL;
+    rpc_error_t err;
+    (void)state;
+
+    ferry__v1__register_response__free_unpacked(
+        do_register("view-1", TOKEN, KIND_WRITE, FERRY_OK, NULL), NULL);
+    for (int i = 0; i < 3; i++) {
+        assert_int_equal(do_lookup("view-1", TOKEN, 0, &look, &err), FERRY_OK);
+        ferry__v1__lookup_response__free_unpacked(look, NULL);
+    }
+    assert_false(test_coord_log_contains(&coord, "op view-1: not in the view"));
+    /* An unknown ID does go to etcd before it says NOT_FOUND. */
+    assert_int_equal(do_lookup("view-2", TOKEN, 0, &look, &err), FERRY_ERR_NOT_FOUND);
+    assert_true(test_coord_log_contains(&coord, "op view-2: not in the view"));
+}
+
 static void test_complete_with_error(void **state)
 {
     Ferry__V1__RegisterResponse *reg = do_register("err-1", TOKEN, KIND_READ, FERRY_OK, NULL);
@@ -666,6 +688,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_health_serving),
         cmocka_unit_test(test_register_lookup_claim_complete),
+        cmocka_unit_test(test_lookup_served_from_view),
         cmocka_unit_test(test_complete_with_error),
         cmocka_unit_test(test_generated_token),
         cmocka_unit_test(test_duplicate_registration),
