@@ -1,0 +1,363 @@
+/*
+ * ferry/ferry.h: libferry, the data plane of Ferry (the one public header).
+ *
+ * The concepts are those of dynamo.connect, under C names:
+ *
+ *   connector   one per process: one UCX context and one UCX worker, an
+ *               endpoint cache (one endpoint per peer worker) and a remote-key
+ *               cache, and the thread that drives them.
+ *   descriptor  one contiguous region {ptr, size, device}.
+ *   operation   passive: a writable (a peer writes into my memory) or a
+ *               readable (a peer reads my memory); active: a write or a read
+ *               started from the passive side's metadata.
+ *
+ * The flow of one write:
+ *
+ *   receiver: ferry_writable_create(c, descs, n, &op); ferry_op_metadata(op, ...)
+ *             hands the metadata to the sender by any channel, then
+ *             ferry_op_wait(op, timeout_ms).
+ *   sender:   ferry_write_begin(c, local, n, md, md_len, &op); ferry_op_wait(op, ...).
+ *
+ * On the wire the active side first asks the passive side to admit it (a
+ * claim, answered at once); only an admitted writer touches the memory, so a
+ * cancelled or destroyed operation, or a second writer, is refused before any
+ * byte moves. Then UCX puts (or gets) for every pair, an endpoint flush, and
+ * only then the completion notice, which carries the operation's notification
+ * key. Without the flush the notice could overtake the data.
+ *
+ * Ownership: every handle is created by a *_create / *_begin function and
+ * released by its *_destroy, which accepts NULL. Operations must be destroyed
+ * before their connector. Output arguments (ending _p) are written only on
+ * success. Returned pointers say how long they stay valid.
+ *
+ * Errors: every fallible function returns a ferry_status_t (ferry/status.h).
+ * When a call fails, ferry_last_error_message() gives this thread's detailed
+ * message ("descriptor 2: local size 4096 != remote size 8192"). An operation
+ * that ends ERRORED keeps its own code and message (ferry_op_error()).
+ *
+ * Threads: any thread may create, wait on, cancel and destroy operations,
+ * concurrently with other threads doing the same on other operations. One
+ * operation must not be destroyed while another thread still uses it.
+ */
+#ifndef FERRY_FERRY_H
+#define FERRY_FERRY_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "ferry/status.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define FERRY_API __attribute__((visibility("default")))
+
+/* ---- errors ---------------------------------------------------------- */
+
+/* The detailed message of the last call on this thread that failed; "" when
+ * none failed yet. Valid until the next libferry call on this thread. */
+FERRY_API const char *ferry_last_error_message(void);
+
+/* ---- sizes ------------------------------------------------------------ */
+
+/* Parses "4096", "4KiB", "64MiB", "1GiB", "2TiB" (binary), "1K", "1M", "1G"
+ * (binary too), "1kB", "1MB", "1GB" (decimal), with an optional "B" for
+ * bytes. Refuses empty input, junk, negative numbers and overflow. */
+FERRY_API ferry_status_t ferry_parse_size(const char *text, uint64_t *size_p);
+
+/* ---- devices ---------------------------------------------------------- */
+
+typedef enum {
+    FERRY_DEVICE_HOST = 1, /* "cpu" or "host" */
+    FERRY_DEVICE_CUDA = 2, /* "cuda" (= "cuda:0") or "cuda:N" */
+} ferry_device_kind_t;
+
+typedef struct {
+    ferry_device_kind_t kind;
+    uint32_t id; /* CUDA ordinal; always 0 for HOST */
+} ferry_device_t;
+
+#define FERRY_DEVICE_HOST_INIT \
+    {                          \
+        FERRY_DEVICE_HOST, 0   \
+    }
+
+/* Parses "cpu", "host", "cuda", "cuda:N" (N a decimal ordinal, no sign, no
+ * spaces). Anything else is FERRY_ERR_INVALID_ARGUMENT. */
+FERRY_API ferry_status_t ferry_device_parse(const char *text, ferry_device_t *device_p);
+
+/* Writes "cpu" or "cuda:N" into buf (always NUL-terminated when len > 0).
+ * Returns FERRY_ERR_INVALID_ARGUMENT for an unknown kind or a too small
+ * buffer (16 bytes always suffice). */
+FERRY_API ferry_status_t ferry_device_to_string(ferry_device_t device, char *buf, size_t len);
+
+/* ---- descriptors ------------------------------------------------------ */
+
+/* One contiguous region. The memory is the caller's: it must stay allocated
+ * for as long as an operation built on it exists. */
+typedef struct {
+    void *ptr;
+    size_t size;
+    ferry_device_t device;
+} ferry_descriptor_t;
+
+/* Checks a list: n >= 1, no NULL pointer, no zero size, a valid device, all
+ * of one device kind. The operation constructors call it too. */
+FERRY_API ferry_status_t ferry_descriptors_validate(const ferry_descriptor_t *descs, size_t n);
+
+/* ---- connector -------------------------------------------------------- */
+
+typedef struct ferry_connector ferry_connector_t;
+
+typedef enum {
+    /* libferry starts a thread that drives UCX (the default). */
+    FERRY_PROGRESS_THREAD = 0,
+    /* The caller drives UCX: it polls ferry_connector_get_fd() for input and
+     * then calls ferry_connector_progress(); ferry_op_wait() drives UCX
+     * itself while it waits. For programs with their own event loop. */
+    FERRY_PROGRESS_CALLER = 1,
+} ferry_progress_mode_t;
+
+typedef enum {
+    FERRY_CONNECTOR_PARAM_FIELD_NAME = 1u << 0,
+    FERRY_CONNECTOR_PARAM_FIELD_PROGRESS_MODE = 1u << 1,
+    FERRY_CONNECTOR_PARAM_FIELD_PEER_ERROR_HANDLING = 1u << 2,
+} ferry_connector_param_field_t;
+
+typedef struct {
+    /* Which fields below are set (ferry_connector_param_field_t bits). */
+    uint64_t field_mask;
+    /* The worker's name in metadata and logs (copied; at most 63 bytes).
+     * Unset: "<hostname>:<pid>". */
+    const char *name;
+    /* Unset: FERRY_PROGRESS_THREAD. */
+    ferry_progress_mode_t progress_mode;
+    /* true: endpoints ask UCX for peer failure detection
+     * (UCP_ERR_HANDLING_MODE_PEER), so a peer that dies turns the operations
+     * using it ERRORED instead of waiting for their timeout. UCX 1.13 then
+     * uses no shared-memory transport for those endpoints (TCP instead).
+     * Both sides of a transfer must agree: UCX 1.13 refuses an endpoint
+     * whose two ends differ here ("error handling level mismatch"), and the
+     * transfer then ends with its wait's timeout. Make it a deployment-wide
+     * setting. Unset: false (fastest transports; every wait still has its
+     * timeout). */
+    bool peer_error_handling;
+} ferry_connector_params_t;
+
+/* Creates the process's connector (a NULL params means all defaults). */
+FERRY_API ferry_status_t ferry_connector_create(const ferry_connector_params_t *params,
+                                                ferry_connector_t **connector_p);
+
+/* Stops the progress thread, closes the endpoints and releases UCX. Every
+ * operation must have been destroyed first. NULL is a no-op. */
+FERRY_API void ferry_connector_destroy(ferry_connector_t *connector);
+
+/* The name and host name; valid as long as the connector. */
+FERRY_API const char *ferry_connector_name(const ferry_connector_t *connector);
+FERRY_API const char *ferry_connector_hostname(const ferry_connector_t *connector);
+
+/* Whether this UCX build can register CUDA memory (from the memory types UCX
+ * reports, never from a trial registration). */
+FERRY_API bool ferry_connector_is_cuda_available(const ferry_connector_t *connector);
+
+/* FERRY_PROGRESS_CALLER only: a file descriptor that becomes readable when
+ * ferry_connector_progress() has work. FERRY_ERR_MISUSE in thread mode. */
+FERRY_API ferry_status_t ferry_connector_get_fd(ferry_connector_t *connector, int *fd_p);
+
+/* FERRY_PROGRESS_CALLER only: does all pending UCX and operation work, and
+ * returns once the fd is armed (waiting on it is then safe). Completion
+ * callbacks run from here. FERRY_ERR_MISUSE in thread mode. */
+FERRY_API ferry_status_t ferry_connector_progress(ferry_connector_t *connector);
+
+typedef struct {
+    uint64_t endpoints_created;   /* ucp_ep_create calls that succeeded */
+    uint64_t endpoint_cache_hits; /* transfers that reused a cached endpoint */
+    uint64_t rkeys_unpacked;      /* ucp_ep_rkey_unpack calls that succeeded */
+    uint64_t rkey_cache_hits;     /* remote keys found in the cache */
+    uint64_t notices_received;    /* completion notices that matched an operation */
+} ferry_connector_stats_t;
+
+/* A snapshot of the connector's counters (for tests and metrics). */
+FERRY_API void ferry_connector_get_stats(ferry_connector_t *connector,
+                                         ferry_connector_stats_t *stats_p);
+
+/* ---- operations ------------------------------------------------------- */
+
+typedef struct ferry_op ferry_op_t;
+
+/* dynamo.connect's OperationStatus, same values. Final: COMPLETE, CANCELLED,
+ * ERRORED. */
+typedef enum {
+    FERRY_OP_STATUS_UNINITIALIZED = 0,
+    FERRY_OP_STATUS_INITIALIZED = 1, /* created; no peer has touched it yet */
+    FERRY_OP_STATUS_IN_PROGRESS = 2, /* a transfer is under way */
+    FERRY_OP_STATUS_COMPLETE = 3,    /* the data moved and the notice arrived */
+    FERRY_OP_STATUS_CANCELLED = 4,   /* cancelled on this side */
+    FERRY_OP_STATUS_ERRORED = 5,     /* failed: see ferry_op_error() */
+} ferry_op_status_t;
+
+/* "UNINITIALIZED" ... "ERRORED"; static. */
+FERRY_API const char *ferry_op_status_name(ferry_op_status_t status);
+
+/* Passive: registers the regions (ucp_mem_map of exactly that memory) so that
+ * the holder of this operation's metadata may write into them (writable) or
+ * read them (readable). The regions must stay allocated until destroy. */
+FERRY_API ferry_status_t ferry_writable_create(ferry_connector_t *connector,
+                                               const ferry_descriptor_t *descs, size_t n,
+                                               ferry_op_t **op_p);
+FERRY_API ferry_status_t ferry_readable_create(ferry_connector_t *connector,
+                                               const ferry_descriptor_t *descs, size_t n,
+                                               ferry_op_t **op_p);
+
+/* Passive: the serialized metadata (a ferry.v1.RdmaMetadata message) to hand
+ * to the active side. It is a capability: whoever holds it can reach this
+ * memory. The bytes belong to the operation and stay valid until destroy.
+ * FERRY_ERR_MISUSE on an active operation. */
+FERRY_API ferry_status_t ferry_op_metadata(const ferry_op_t *op, const uint8_t **bytes_p,
+                                           size_t *len_p);
+
+#define FERRY_NOTIFICATION_KEY_LEN 16
+
+/* Passive: the 16 random bytes that name this operation in the completion
+ * notice. Valid until destroy. FERRY_ERR_MISUSE on an active operation. */
+FERRY_API ferry_status_t ferry_op_notification_key(const ferry_op_t *op, const uint8_t **key_p);
+
+/* Active: writes local regions into a writable's memory, or reads a
+ * readable's memory into local regions. The metadata is decoded and checked
+ * at once (a write needs a writable's metadata, a read a readable's; the
+ * lists must match one to one with equal sizes); failures return here with
+ * no operation. The transfer then runs in the background: ferry_op_wait(). */
+FERRY_API ferry_status_t ferry_write_begin(ferry_connector_t *connector,
+                                           const ferry_descriptor_t *local, size_t n,
+                                           const uint8_t *metadata, size_t metadata_len,
+                                           ferry_op_t **op_p);
+FERRY_API ferry_status_t ferry_read_begin(ferry_connector_t *connector,
+                                          const ferry_descriptor_t *local, size_t n,
+                                          const uint8_t *metadata, size_t metadata_len,
+                                          ferry_op_t **op_p);
+
+/* The current status. */
+FERRY_API ferry_op_status_t ferry_op_status(const ferry_op_t *op);
+
+/* On ERRORED (or CANCELLED): the code and a message; the message is valid
+ * until destroy. FERRY_OK and "" while the operation has not failed. */
+FERRY_API ferry_status_t ferry_op_error(const ferry_op_t *op, const char **message_p);
+
+/* Waits until the operation is final or timeout_ms passes (-1: no limit; 0:
+ * just look). Returns FERRY_OK for COMPLETE, FERRY_ERR_CANCELLED for
+ * CANCELLED, the operation's error code for ERRORED, and FERRY_ERR_TIMED_OUT
+ * when the time ran out (the operation goes on; wait again or cancel). */
+FERRY_API ferry_status_t ferry_op_wait(ferry_op_t *op, int timeout_ms);
+
+/* Cancels. Passive: the memory is released at once and any later writer is
+ * refused. Active: no new transfer starts and the passive side is told; a
+ * notice already sent cannot be taken back. FERRY_OK also when the operation
+ * was already final (nothing changes then). */
+FERRY_API ferry_status_t ferry_op_cancel(ferry_op_t *op);
+
+/* Ends the operation ERRORED with this code and message (copied), unless it
+ * is final already (then FERRY_ERR_FAILED_PRECONDITION). For coordinator glue
+ * that learns of a failure elsewhere: a lease that expired
+ * (FERRY_ERR_EXPIRED), a peer the coordinator saw die. A passive operation
+ * releases its memory as on cancel. code must be an error (< 0). */
+FERRY_API ferry_status_t ferry_op_fail(ferry_op_t *op, ferry_status_t code, const char *message);
+
+/* Called once when the operation becomes final, from the connector's
+ * progress thread (or inside ferry_connector_progress / ferry_op_wait in
+ * caller mode), never with a libferry lock held. It may call ferry_op_status
+ * and ferry_op_error, not destroy. Setting it on an operation that is already
+ * final still delivers one call. Not called once the op is destroyed. */
+typedef void (*ferry_op_done_cb_t)(ferry_op_t *op, ferry_op_status_t status, void *arg);
+
+FERRY_API ferry_status_t ferry_op_set_done_callback(ferry_op_t *op, ferry_op_done_cb_t cb,
+                                                    void *arg);
+
+/* Passive: unregisters the memory and forgets the notification key (after
+ * this any claim is refused with FERRY_ERR_NOT_FOUND; note that on host
+ * memory UCX's shm and TCP transports do not enforce remote keys, so the
+ * claim step, not the unmap, is what keeps writers out), cancelling the
+ * operation if it is not final.
+ * Active: cancels if not final. NULL is a no-op. */
+FERRY_API void ferry_op_destroy(ferry_op_t *op);
+
+/* ---- coordinator ------------------------------------------------------ */
+
+/* A client of ferry-coordinator (ferry.v1.Coordinator over gRPC). One per
+ * process is plenty: it holds one channel and one session thread that keeps
+ * the leases of bound operations alive and reports their outcomes. */
+typedef struct ferry_coordinator ferry_coordinator_t;
+
+typedef enum {
+    FERRY_COORDINATOR_PARAM_FIELD_TIMEOUT = 1u << 0,
+    FERRY_COORDINATOR_PARAM_FIELD_TLS = 1u << 1,
+} ferry_coordinator_param_field_t;
+
+typedef struct {
+    uint64_t field_mask;       /* ferry_coordinator_param_field_t bits */
+    const char *target;        /* "127.0.0.1:7400", "dns:///ferry:7400"; required */
+    int timeout_ms;            /* per call; unset: 10000 */
+    const char *tls_ca_file;   /* TLS: PEM of the CA that signed the coordinator */
+    const char *tls_cert_file; /* TLS: client certificate (optional) */
+    const char *tls_key_file;  /* TLS: its key */
+} ferry_coordinator_params_t;
+
+FERRY_API ferry_status_t ferry_coordinator_connect(const ferry_coordinator_params_t *params,
+                                                   ferry_coordinator_t **coordinator_p);
+
+/* Every operation bound to it must have been destroyed. NULL is a no-op. */
+FERRY_API void ferry_coordinator_disconnect(ferry_coordinator_t *coordinator);
+
+typedef struct {
+    const char *request_id;   /* 1..128 bytes of [A-Za-z0-9._:-]; required */
+    const char *access_token; /* 16..256 printable bytes; NULL: the coordinator picks one */
+    int ttl_s;                /* lease TTL; 0: the coordinator's default */
+} ferry_publish_params_t;
+
+/* Passive: registers the operation's metadata at the coordinator under
+ * params->request_id, and keeps the registration alive while the operation
+ * lives. The operation then also learns from the coordinator when its writer
+ * failed (ERRORED, FERRY_ERR_PEER_FAILED), cancelled (CANCELLED), or its own
+ * registration expired (ERRORED, FERRY_ERR_EXPIRED), within the TTL.
+ * Destroying it unfinished cancels it at the coordinator.
+ * FERRY_ERR_ALREADY_EXISTS when the request ID is taken. */
+FERRY_API ferry_status_t ferry_op_publish(ferry_op_t *op, ferry_coordinator_t *coordinator,
+                                          const ferry_publish_params_t *params);
+
+/* The access token of a published operation (the caller's or the one the
+ * coordinator picked); NULL when not published. Valid until destroy. */
+FERRY_API const char *ferry_op_access_token(const ferry_op_t *op);
+
+typedef struct {
+    const char *request_id;   /* required */
+    const char *access_token; /* required */
+    int wait_ms;              /* wait this long for the passive side to register; 0: not */
+    int ttl_s;                /* claim lease TTL; 0: the coordinator's default */
+} ferry_claim_params_t;
+
+/* Active, by request ID: looks the operation up at the coordinator (waiting
+ * up to wait_ms for it to appear), checks the pairing (kind, count, sizes)
+ * before taking it, claims it (only one active worker ever does), then
+ * starts the transfer as ferry_write_begin / ferry_read_begin do. The
+ * outcome is reported to the coordinator when the operation ends (or is
+ * destroyed). Errors: those of the coordinator (FERRY_ERR_NOT_FOUND,
+ * FERRY_ERR_PERMISSION_DENIED, FERRY_ERR_FAILED_PRECONDITION when another
+ * worker holds it, FERRY_ERR_TIMED_OUT), and those of the begin calls.
+ * The operation's done callback is used for the report: do not replace it. */
+FERRY_API ferry_status_t ferry_write_begin_by_id(ferry_connector_t *connector,
+                                                 ferry_coordinator_t *coordinator,
+                                                 const ferry_claim_params_t *params,
+                                                 const ferry_descriptor_t *local, size_t n,
+                                                 ferry_op_t **op_p);
+FERRY_API ferry_status_t ferry_read_begin_by_id(ferry_connector_t *connector,
+                                                ferry_coordinator_t *coordinator,
+                                                const ferry_claim_params_t *params,
+                                                const ferry_descriptor_t *local, size_t n,
+                                                ferry_op_t **op_p);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* FERRY_FERRY_H */

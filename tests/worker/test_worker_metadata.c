@@ -1,0 +1,306 @@
+/*
+ * test_worker_metadata.c: RdmaMetadata encode/decode/validate and the
+ * local-to-remote match (worker/metadata.c), and the wire messages
+ * (worker/wire.c). Pure functions: no UCX.
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "worker/ferry_int.h"
+
+typedef struct {
+    char bufs[3][64];
+    ferry_descriptor_t descs[3];
+    uint8_t rkey_bytes[3][8];
+    const void *rkeys[3];
+    size_t rkey_lens[3];
+    uint8_t key[FERRY__KEY_LEN];
+    uint8_t address[32];
+    uint8_t *bytes;
+    size_t len;
+} fixture_t;
+
+static int setup(void **state)
+{
+    fixture_t *f = calloc(1, sizeof(*f));
+
+    for (int i = 0; i < 3; i++) {
+        f->descs[i] =
+            (ferry_descriptor_t){f->bufs[i], 16u * (unsigned)(i + 1), FERRY_DEVICE_HOST_INIT};
+        memset(f->rkey_bytes[i], 0xa0 + i, sizeof(f->rkey_bytes[i]));
+        f->rkeys[i] = f->rkey_bytes[i];
+        f->rkey_lens[i] = sizeof(f->rkey_bytes[i]);
+    }
+    for (int i = 0; i < FERRY__KEY_LEN; i++) {
+        f->key[i] = (uint8_t)(i * 17 + 1);
+    }
+    memset(f->address, 0x5a, sizeof(f->address));
+    ferry__metadata_build_t b = {
+        .kind = FERRY__KIND_WRITABLE,
+        .worker_address = f->address,
+        .worker_address_len = sizeof(f->address),
+        .descs = f->descs,
+        .n = 3,
+        .rkeys = f->rkeys,
+        .rkey_lens = f->rkey_lens,
+        .key = f->key,
+        .worker_name = "recv-1",
+        .hostname = "node-a",
+    };
+    assert_int_equal(ferry__metadata_encode(&b, &f->bytes, &f->len), FERRY_OK);
+    *state = f;
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    fixture_t *f = *state;
+    free(f->bytes);
+    free(f);
+    return 0;
+}
+
+static void test_round_trip(void **state)
+{
+    fixture_t *f = *state;
+    Ferry__V1__RdmaMetadata *md = NULL;
+
+    assert_int_equal(ferry__metadata_decode(f->bytes, f->len, &md), FERRY_OK);
+    assert_int_equal(md->version, 1);
+    assert_int_equal(md->kind, FERRY__V1__OPERATION_KIND__OPERATION_KIND_WRITE);
+    assert_int_equal(md->worker_address.len, sizeof(f->address));
+    assert_memory_equal(md->worker_address.data, f->address, sizeof(f->address));
+    assert_int_equal(md->notification_key.len, FERRY__KEY_LEN);
+    assert_memory_equal(md->notification_key.data, f->key, FERRY__KEY_LEN);
+    assert_string_equal(md->worker_name, "recv-1");
+    assert_string_equal(md->hostname, "node-a");
+    assert_int_equal(md->n_descriptors, 3);
+    for (int i = 0; i < 3; i++) {
+        assert_int_equal(md->descriptors[i]->address, (uint64_t)(uintptr_t)f->bufs[i]);
+        assert_int_equal(md->descriptors[i]->size, 16u * (unsigned)(i + 1));
+        assert_int_equal(md->descriptors[i]->device->kind,
+                         FERRY__V1__DEVICE_KIND__DEVICE_KIND_HOST);
+        assert_memory_equal(md->descriptors[i]->rkey.data, f->rkey_bytes[i], 8);
+    }
+    assert_int_equal(ferry__metadata_match(md, FERRY__KIND_WRITE, f->descs, 3), FERRY_OK);
+    ferry__metadata_free(md);
+}
+
+static void test_kind_mismatch(void **state)
+{
+    fixture_t *f = *state;
+    Ferry__V1__RdmaMetadata *md = NULL;
+
+    assert_int_equal(ferry__metadata_decode(f->bytes, f->len, &md), FERRY_OK);
+    assert_int_equal(ferry__metadata_match(md, FERRY__KIND_READ, f->descs, 3),
+                     FERRY_ERR_INVALID_ARGUMENT);
+    assert_non_null(strstr(ferry_last_error_message(), "metadata is for a writable operation"));
+    md->kind = FERRY__V1__OPERATION_KIND__OPERATION_KIND_READ;
+    assert_int_equal(ferry__metadata_match(md, FERRY__KIND_WRITE, f->descs, 3),
+                     FERRY_ERR_INVALID_ARGUMENT);
+    assert_non_null(strstr(ferry_last_error_message(), "metadata is for a readable operation"));
+    ferry__metadata_free(md);
+}
+
+static void test_size_mismatch_names_both(void **state)
+{
+    fixture_t *f = *state;
+    Ferry__V1__RdmaMetadata *md = NULL;
+    ferry_descriptor_t local[3];
+
+    memcpy(local, f->descs, sizeof(local));
+    local[2].size = 47;
+    assert_int_equal(ferry__metadata_decode(f->bytes, f->len, &md), FERRY_OK);
+    assert_int_equal(ferry__metadata_match(md, FERRY__KIND_WRITE, local, 3),
+                     FERRY_ERR_INVALID_ARGUMENT);
+    assert_string_equal(ferry_last_error_message(),
+                        "descriptor 2: local size 47 != remote size 48");
+    assert_int_equal(ferry__metadata_match(md, FERRY__KIND_WRITE, local, 2),
+                     FERRY_ERR_INVALID_ARGUMENT);
+    assert_string_equal(ferry_last_error_message(), "descriptor count mismatch: 2 local, 3 remote");
+    ferry__metadata_free(md);
+}
+
+static void test_truncated(void **state)
+{
+    fixture_t *f = *state;
+    Ferry__V1__RdmaMetadata *md = NULL;
+
+    /* The optional worker_name and hostname come last (8 bytes each here):
+     * every shorter prefix fails to decode or misses a required field. */
+    size_t required_end = f->len - 2 * (2 + strlen("recv-1"));
+    for (size_t len = 0; len < required_end; len++) {
+        assert_int_equal(ferry__metadata_decode(f->bytes, len, &md), FERRY_ERR_INVALID_ARGUMENT);
+        assert_null(md);
+        assert_non_null(strstr(ferry_last_error_message(), "metadata"));
+    }
+}
+
+static void test_random_bytes(void **state)
+{
+    uint8_t junk[256];
+    Ferry__V1__RdmaMetadata *md = NULL;
+    unsigned seed = 12345;
+    (void)state;
+
+    for (int round = 0; round < 500; round++) {
+        size_t len = 1 + (size_t)(rand_r(&seed) % (int)sizeof(junk));
+        for (size_t i = 0; i < len; i++) {
+            junk[i] = (uint8_t)rand_r(&seed);
+        }
+        assert_int_equal(ferry__metadata_decode(junk, len, &md), FERRY_ERR_INVALID_ARGUMENT);
+        assert_null(md);
+    }
+}
+
+/* Decodes the fixture, lets mutate() break one field, re-packs, expects the
+ * decode to fail naming `field`. */
+static void expect_field_error(fixture_t *f, void (*mutate)(Ferry__V1__RdmaMetadata *),
+                               const char *field)
+{
+    Ferry__V1__RdmaMetadata *md = NULL;
+    Ferry__V1__RdmaMetadata *again = NULL;
+    uint8_t *bytes;
+    size_t len;
+
+    Ferry__V1__RdmaMetadata saved;
+    Ferry__V1__Descriptor saved_descs[3];
+    Ferry__V1__Device saved_devices[3];
+
+    assert_int_equal(ferry__metadata_decode(f->bytes, f->len, &md), FERRY_OK);
+    /* Shallow copies, so the unpacked message can be freed intact. */
+    saved = *md;
+    for (int i = 0; i < 3; i++) {
+        saved_descs[i] = *md->descriptors[i];
+        saved_devices[i] = *md->descriptors[i]->device;
+    }
+    mutate(md);
+    len = ferry__v1__rdma_metadata__get_packed_size(md);
+    bytes = malloc(len + 1);
+    ferry__v1__rdma_metadata__pack(md, bytes);
+    *md = saved;
+    for (int i = 0; i < 3; i++) {
+        *md->descriptors[i] = saved_descs[i];
+        *md->descriptors[i]->device = saved_devices[i];
+    }
+    assert_int_equal(ferry__metadata_decode(bytes, len, &again), FERRY_ERR_INVALID_ARGUMENT);
+    assert_null(again);
+    if (strstr(ferry_last_error_message(), field) == NULL) {
+        fail_msg("error \"%s\" does not name %s", ferry_last_error_message(), field);
+    }
+    free(bytes);
+    ferry__metadata_free(md);
+}
+
+static void drop_kind(Ferry__V1__RdmaMetadata *md)
+{
+    md->kind = FERRY__V1__OPERATION_KIND__OPERATION_KIND_UNSPECIFIED;
+}
+static void drop_address(Ferry__V1__RdmaMetadata *md)
+{
+    md->worker_address.len = 0;
+}
+static void short_key(Ferry__V1__RdmaMetadata *md)
+{
+    md->notification_key.len = 15;
+}
+static void drop_descriptors(Ferry__V1__RdmaMetadata *md)
+{
+    md->n_descriptors = 0;
+}
+static void zero_size(Ferry__V1__RdmaMetadata *md)
+{
+    md->descriptors[1]->size = 0;
+}
+static void zero_address(Ferry__V1__RdmaMetadata *md)
+{
+    md->descriptors[2]->address = 0;
+}
+static void drop_device(Ferry__V1__RdmaMetadata *md)
+{
+    md->descriptors[0]->device = NULL;
+}
+static void drop_rkey(Ferry__V1__RdmaMetadata *md)
+{
+    md->descriptors[1]->rkey.len = 0;
+}
+static void mixed_devices(Ferry__V1__RdmaMetadata *md)
+{
+    md->descriptors[2]->device->kind = FERRY__V1__DEVICE_KIND__DEVICE_KIND_CUDA;
+}
+static void future_version(Ferry__V1__RdmaMetadata *md)
+{
+    md->version = 9;
+}
+
+static void test_missing_fields(void **state)
+{
+    fixture_t *f = *state;
+
+    expect_field_error(f, drop_kind, "kind");
+    expect_field_error(f, drop_address, "worker_address");
+    expect_field_error(f, short_key, "notification_key");
+    expect_field_error(f, drop_descriptors, "descriptors");
+    expect_field_error(f, zero_size, "descriptors[1].size");
+    expect_field_error(f, zero_address, "descriptors[2].address");
+    expect_field_error(f, drop_device, "descriptors[0].device");
+    expect_field_error(f, drop_rkey, "descriptors[1].rkey");
+    expect_field_error(f, mixed_devices, "descriptors[2].device.kind");
+    expect_field_error(f, future_version, "version");
+}
+
+static void test_wire_round_trip(void **state)
+{
+    uint8_t address[100];
+    ferry__msg_t in = {0}, out;
+    uint8_t *buf;
+    size_t len;
+    (void)state;
+
+    memset(address, 0x33, sizeof(address));
+    in.type = FERRY__MSG_CLAIM;
+    memset(in.key, 0x44, sizeof(in.key));
+    in.op_id = 0x0102030405060708ull;
+    in.op_kind = FERRY__KIND_WRITE;
+    in.status = FERRY_ERR_CANCELLED;
+    in.address = address;
+    in.address_len = sizeof(address);
+    assert_int_equal(ferry__msg_encode(&in, &buf, &len), FERRY_OK);
+    assert_int_equal(ferry__msg_decode(buf, len, &out), FERRY_OK);
+    assert_int_equal(out.type, FERRY__MSG_CLAIM);
+    assert_memory_equal(out.key, in.key, sizeof(in.key));
+    assert_int_equal(out.op_id, in.op_id);
+    assert_int_equal(out.op_kind, FERRY__KIND_WRITE);
+    assert_int_equal(out.status, FERRY_ERR_CANCELLED);
+    assert_int_equal(out.address_len, sizeof(address));
+    assert_memory_equal(out.address, address, sizeof(address));
+    /* Truncation, a bad magic, an unknown type: all PROTOCOL. */
+    assert_int_equal(ferry__msg_decode(buf, len - 1, &out), FERRY_ERR_PROTOCOL);
+    assert_int_equal(ferry__msg_decode(buf, 10, &out), FERRY_ERR_PROTOCOL);
+    buf[4] = 9;
+    assert_int_equal(ferry__msg_decode(buf, len, &out), FERRY_ERR_PROTOCOL);
+    buf[4] = FERRY__MSG_CLAIM;
+    buf[0] ^= 1;
+    assert_int_equal(ferry__msg_decode(buf, len, &out), FERRY_ERR_PROTOCOL);
+    free(buf);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_round_trip, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_kind_mismatch, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_size_mismatch_names_both, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_truncated, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_random_bytes, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_missing_fields, setup, teardown),
+        cmocka_unit_test(test_wire_round_trip),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

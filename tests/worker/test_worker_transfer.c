@@ -1,0 +1,887 @@
+/*
+ * test_worker_transfer.c: real UCX transfers between two processes.
+ *
+ * The parent is the active side. Its partner is this same executable
+ * re-executed (fork + exec, so neither process inherits the other's UCX
+ * state) in one of two roles:
+ *
+ *   --passive CMD_FD RES_FD   a passive server: for each command it creates a
+ *                             writable or readable, sends the metadata back,
+ *                             waits, checks every received byte against the
+ *                             pattern, and reports.
+ *   --writer CMD_FD RES_FD    reads metadata, writes with the notice held
+ *                             back (fault hook), says "ready", then waits to
+ *                             be killed. --writer-peer-errors: the same with
+ *                             peer error handling (UCX 1.13 refuses endpoints
+ *                             whose two sides differ in that setting).
+ *
+ * Every read from the partner has a deadline; no sleep synchronizes anything.
+ * With --tcp-subset only a few cases run (the test runs again under
+ * UCX_TLS=tcp that way).
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "worker/ferry_int.h"
+
+#define IO_TIMEOUT_MS   20000
+#define WAIT_TIMEOUT_MS 20000
+
+enum { MODE_WAIT = 0, MODE_CANCEL = 1, MODE_DESTROY = 2 };
+
+typedef struct {
+    char kind; /* 'W' writable, 'R' readable, 'Q' quit */
+    int32_t mode;
+    uint32_t n;
+    uint64_t size;
+    uint32_t seed;
+} cmd_t;
+
+typedef struct {
+    int32_t status;    /* ferry_op_wait's result (or the create error) */
+    int32_t op_status; /* ferry_op_status after */
+    int32_t bytes_ok;  /* every byte matched (writable) */
+} report_t;
+
+static uint8_t pattern(uint32_t seed, size_t desc, size_t offset)
+{
+    return (uint8_t)(seed * 131u + desc * 7u + offset * 13u + (offset >> 8) + (offset >> 16));
+}
+
+static void fill(uint8_t *buf, size_t size, uint32_t seed, size_t desc)
+{
+    for (size_t i = 0; i < size; i++) {
+        buf[i] = pattern(seed, desc, i);
+    }
+}
+
+/* Returns the first mismatching offset, or size when all match. */
+static size_t check(const uint8_t *buf, size_t size, uint32_t seed, size_t desc)
+{
+    for (size_t i = 0; i < size; i++) {
+        if (buf[i] != pattern(seed, desc, i)) {
+            return i;
+        }
+    }
+    return size;
+}
+
+static int64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Reads exactly len bytes within timeout_ms; -1 on EOF, error or timeout. */
+static int read_full(int fd, void *buf, size_t len, int timeout_ms)
+{
+    int64_t deadline = now_ms() + timeout_ms;
+    size_t got = 0;
+
+    while (got < len) {
+        struct pollfd pfd = {.fd = fd, .events = POLLIN};
+        int64_t left = deadline - now_ms();
+        if (left <= 0 || poll(&pfd, 1, (int)left) <= 0) {
+            return -1;
+        }
+        ssize_t n = read(fd, (char *)buf + got, len - got);
+        if (n <= 0) {
+            if (n < 0 && errno == EINTR) {
+                continue;
+            }
+            return -1;
+        }
+        got += (size_t)n;
+    }
+    return 0;
+}
+
+static int write_full(int fd, const void *buf, size_t len)
+{
+    size_t done = 0;
+    while (done < len) {
+        ssize_t n = write(fd, (const char *)buf + done, len - done);
+        if (n <= 0) {
+            if (n < 0 && errno == EINTR) {
+                continue;
+            }
+            return -1;
+        }
+        done += (size_t)n;
+    }
+    return 0;
+}
+
+static int send_blob(int fd, const uint8_t *bytes, uint32_t len)
+{
+    return write_full(fd, &len, sizeof(len)) || write_full(fd, bytes, len) ? -1 : 0;
+}
+
+static int recv_blob(int fd, uint8_t **bytes_p, uint32_t *len_p)
+{
+    uint32_t len;
+    uint8_t *bytes;
+
+    if (read_full(fd, &len, sizeof(len), IO_TIMEOUT_MS) != 0 || len > (1u << 20)) {
+        return -1;
+    }
+    bytes = malloc(len + 1);
+    if (len > 0 && read_full(fd, bytes, len, IO_TIMEOUT_MS) != 0) {
+        free(bytes);
+        return -1;
+    }
+    *bytes_p = bytes;
+    *len_p = len;
+    return 0;
+}
+
+static uint8_t **alloc_bufs(uint32_t n, uint64_t size)
+{
+    uint8_t **bufs = calloc(n, sizeof(*bufs));
+    for (uint32_t i = 0; i < n; i++) {
+        bufs[i] = calloc(1, size);
+        if (bufs[i] == NULL) {
+            abort();
+        }
+    }
+    return bufs;
+}
+
+static void free_bufs(uint8_t **bufs, uint32_t n)
+{
+    for (uint32_t i = 0; i < n; i++) {
+        free(bufs[i]);
+    }
+    free(bufs);
+}
+
+static ferry_descriptor_t *make_descs(uint8_t **bufs, uint32_t n, uint64_t size)
+{
+    ferry_descriptor_t *d = calloc(n, sizeof(*d));
+    for (uint32_t i = 0; i < n; i++) {
+        d[i] = (ferry_descriptor_t){bufs[i], size, FERRY_DEVICE_HOST_INIT};
+    }
+    return d;
+}
+
+/* ---- partner roles ---------------------------------------------------- */
+
+/* What a served command leaves alive until the next command arrives, so the
+ * parent can still reach a cancelled operation. */
+typedef struct {
+    ferry_op_t *op;
+    uint8_t **bufs;
+    ferry_descriptor_t *descs;
+    uint32_t n;
+} served_t;
+
+static void served_release(served_t *s)
+{
+    ferry_op_destroy(s->op);
+    free(s->descs);
+    if (s->bufs != NULL) {
+        free_bufs(s->bufs, s->n);
+    }
+    memset(s, 0, sizeof(*s));
+}
+
+static void passive_one(ferry_connector_t *c, const cmd_t *cmd, int res_fd, served_t *s)
+{
+    report_t rep = {0};
+    const uint8_t *md;
+    size_t md_len;
+
+    s->n = cmd->n;
+    s->bufs = alloc_bufs(cmd->n, cmd->size);
+    s->descs = make_descs(s->bufs, cmd->n, cmd->size);
+    if (cmd->kind == 'R') {
+        for (uint32_t i = 0; i < cmd->n; i++) {
+            fill(s->bufs[i], cmd->size, cmd->seed, i);
+        }
+    }
+    rep.status = cmd->kind == 'W' ? ferry_writable_create(c, s->descs, cmd->n, &s->op)
+                                  : ferry_readable_create(c, s->descs, cmd->n, &s->op);
+    if (rep.status != FERRY_OK) {
+        send_blob(res_fd, NULL, 0);
+        write_full(res_fd, &rep, sizeof(rep));
+        return;
+    }
+    ferry_op_metadata(s->op, &md, &md_len);
+    send_blob(res_fd, md, (uint32_t)md_len);
+    if (cmd->mode == MODE_CANCEL) {
+        ferry_op_cancel(s->op);
+        rep.status = ferry_op_wait(s->op, 0);
+    } else if (cmd->mode == MODE_DESTROY) {
+        ferry_op_destroy(s->op);
+        s->op = NULL;
+        rep.status = FERRY_OK;
+    } else {
+        rep.status = ferry_op_wait(s->op, WAIT_TIMEOUT_MS);
+    }
+    rep.op_status = s->op != NULL ? (int32_t)ferry_op_status(s->op) : -1;
+    rep.bytes_ok = 1;
+    if (cmd->kind == 'W' && cmd->mode == MODE_WAIT) {
+        for (uint32_t i = 0; i < cmd->n; i++) {
+            size_t bad = check(s->bufs[i], cmd->size, cmd->seed, i);
+            if (bad != cmd->size) {
+                fprintf(stderr, "passive: descriptor %u byte %zu differs\n", i, bad);
+                rep.bytes_ok = 0;
+                break;
+            }
+        }
+    }
+    write_full(res_fd, &rep, sizeof(rep));
+}
+
+static int passive_main(int cmd_fd, int res_fd)
+{
+    ferry_connector_params_t params = {.field_mask = FERRY_CONNECTOR_PARAM_FIELD_NAME,
+                                       .name = "passive"};
+    ferry_connector_t *c;
+    served_t served = {0};
+    cmd_t cmd;
+
+    if (ferry_connector_create(&params, &c) != FERRY_OK) {
+        return 2;
+    }
+    while (read(cmd_fd, &cmd, sizeof(cmd)) == (ssize_t)sizeof(cmd) && cmd.kind != 'Q') {
+        served_release(&served);
+        passive_one(c, &cmd, res_fd, &served);
+    }
+    served_release(&served);
+    ferry_connector_destroy(c);
+    return 0;
+}
+
+static int writer_main(int cmd_fd, int res_fd, bool peer_errors)
+{
+    ferry_connector_params_t params = {.field_mask =
+                                           FERRY_CONNECTOR_PARAM_FIELD_PEER_ERROR_HANDLING,
+                                       .peer_error_handling = peer_errors};
+    ferry_connector_t *c;
+    ferry_descriptor_t desc;
+    ferry_op_t *op;
+    uint8_t *md, *buf;
+    uint32_t md_len;
+    int64_t deadline;
+
+    if (recv_blob(cmd_fd, &md, &md_len) != 0 || ferry_connector_create(&params, &c) != FERRY_OK) {
+        return 2;
+    }
+    buf = malloc(4096);
+    fill(buf, 4096, 9, 0);
+    desc = (ferry_descriptor_t){buf, 4096, FERRY_DEVICE_HOST_INIT};
+    atomic_store(&ferry__test_hold_notice, true);
+    if (ferry_write_begin(c, &desc, 1, md, md_len, &op) != FERRY_OK) {
+        return 3;
+    }
+    /* Wait (with a deadline) until the data moved and the notice is held. */
+    deadline = now_ms() + IO_TIMEOUT_MS;
+    while (!atomic_load(&ferry__test_notice_held) && now_ms() < deadline) {
+        ferry_op_wait(op, 10);
+    }
+    write_full(res_fd, "R", 1);
+    for (;;) {
+        pause(); /* until SIGKILL */
+    }
+}
+
+/* ---- the parent side -------------------------------------------------- */
+
+typedef struct {
+    pid_t pid;
+    int cmd_fd; /* parent writes */
+    int res_fd; /* parent reads */
+} partner_t;
+
+static const char *self_exe;
+
+static partner_t spawn(const char *role)
+{
+    int to_child[2], from_child[2];
+    partner_t p;
+    char a[16], b[16];
+
+    assert_int_equal(pipe(to_child), 0);
+    assert_int_equal(pipe(from_child), 0);
+    p.pid = fork();
+    assert_true(p.pid >= 0);
+    if (p.pid == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL); /* never outlive a crashed test */
+        close(to_child[1]);
+        close(from_child[0]);
+        snprintf(a, sizeof(a), "%d", to_child[0]);
+        snprintf(b, sizeof(b), "%d", from_child[1]);
+        execl(self_exe, self_exe, role, a, b, (char *)NULL);
+        _exit(127);
+    }
+    close(to_child[0]);
+    close(from_child[1]);
+    fcntl(to_child[1], F_SETFD, FD_CLOEXEC);
+    fcntl(from_child[0], F_SETFD, FD_CLOEXEC);
+    p.cmd_fd = to_child[1];
+    p.res_fd = from_child[0];
+    return p;
+}
+
+static int reap(pid_t pid)
+{
+    int wstatus = 0;
+    int64_t deadline = now_ms() + IO_TIMEOUT_MS;
+
+    for (;;) {
+        pid_t r = waitpid(pid, &wstatus, WNOHANG);
+        if (r == pid) {
+            return wstatus;
+        }
+        if (now_ms() > deadline) {
+            kill(pid, SIGKILL);
+            waitpid(pid, &wstatus, 0);
+            return -1;
+        }
+        poll(NULL, 0, 5); /* reaping a child has no fd to wait on */
+    }
+}
+
+typedef struct {
+    partner_t passive;
+    ferry_connector_t *c;
+} world_t;
+
+static world_t world;
+
+static int group_setup(void **state)
+{
+    (void)state;
+    /* Spawn first, then start UCX here: exec gives the partner a clean slate. */
+    world.passive = spawn("--passive");
+    if (ferry_connector_create(NULL, &world.c) != FERRY_OK) {
+        return -1;
+    }
+    return 0;
+}
+
+static int group_teardown(void **state)
+{
+    cmd_t quit = {.kind = 'Q'};
+    (void)state;
+
+    write_full(world.passive.cmd_fd, &quit, sizeof(quit));
+    close(world.passive.cmd_fd);
+    close(world.passive.res_fd);
+    ferry_connector_destroy(world.c);
+    return reap(world.passive.pid) == 0 ? 0 : -1;
+}
+
+/* Asks the passive partner for an operation; returns its metadata. */
+static void request(char kind, int mode, uint32_t n, uint64_t size, uint32_t seed, uint8_t **md_p,
+                    uint32_t *md_len_p)
+{
+    cmd_t cmd = {.kind = kind, .mode = mode, .n = n, .size = size, .seed = seed};
+
+    assert_int_equal(write_full(world.passive.cmd_fd, &cmd, sizeof(cmd)), 0);
+    assert_int_equal(recv_blob(world.passive.res_fd, md_p, md_len_p), 0);
+    assert_true(*md_len_p > 0);
+}
+
+static report_t get_report(void)
+{
+    report_t rep;
+    assert_int_equal(read_full(world.passive.res_fd, &rep, sizeof(rep), IO_TIMEOUT_MS), 0);
+    return rep;
+}
+
+static void transfer(char kind, uint32_t n, uint64_t size, uint32_t seed)
+{
+    uint8_t **bufs = alloc_bufs(n, size);
+    ferry_descriptor_t *descs = make_descs(bufs, n, size);
+    ferry_op_t *op;
+    uint8_t *md;
+    uint32_t md_len;
+    ferry_status_t st;
+    report_t rep;
+
+    if (kind == 'W') {
+        for (uint32_t i = 0; i < n; i++) {
+            fill(bufs[i], size, seed, i);
+        }
+    }
+    request(kind, MODE_WAIT, n, size, seed, &md, &md_len);
+    st = kind == 'W' ? ferry_write_begin(world.c, descs, n, md, md_len, &op)
+                     : ferry_read_begin(world.c, descs, n, md, md_len, &op);
+    if (st != FERRY_OK) {
+        fail_msg("begin: %s: %s", ferry_status_name(st), ferry_last_error_message());
+    }
+    st = ferry_op_wait(op, WAIT_TIMEOUT_MS);
+    if (st != FERRY_OK) {
+        fail_msg("wait: %s: %s", ferry_status_name(st), ferry_last_error_message());
+    }
+    assert_int_equal(ferry_op_status(op), FERRY_OP_STATUS_COMPLETE);
+    rep = get_report();
+    assert_int_equal(rep.status, FERRY_OK);
+    assert_int_equal(rep.op_status, FERRY_OP_STATUS_COMPLETE);
+    assert_int_equal(rep.bytes_ok, 1);
+    if (kind == 'R') {
+        for (uint32_t i = 0; i < n; i++) {
+            assert_int_equal(check(bufs[i], size, seed, i), size);
+        }
+    }
+    ferry_op_destroy(op);
+    free(md);
+    free(descs);
+    free_bufs(bufs, n);
+}
+
+static void test_write_1b(void **state)
+{
+    (void)state;
+    transfer('W', 1, 1, 1);
+}
+
+static void test_write_4k(void **state)
+{
+    (void)state;
+    transfer('W', 1, 4096, 2);
+}
+
+static void test_write_1m(void **state)
+{
+    (void)state;
+    transfer('W', 1, 1u << 20, 3);
+}
+
+static void test_write_64m(void **state)
+{
+    (void)state;
+    transfer('W', 1, 64u << 20, 4);
+}
+
+static void test_write_8x4k(void **state)
+{
+    (void)state;
+    transfer('W', 8, 4096, 5);
+}
+
+static void test_write_8x1m(void **state)
+{
+    (void)state;
+    transfer('W', 8, 1u << 20, 6);
+}
+
+static void test_read_1b(void **state)
+{
+    (void)state;
+    transfer('R', 1, 1, 7);
+}
+
+static void test_read_8x4k(void **state)
+{
+    (void)state;
+    transfer('R', 8, 4096, 8);
+}
+
+static void test_read_1m(void **state)
+{
+    (void)state;
+    transfer('R', 1, 1u << 20, 9);
+}
+
+static void test_read_64m(void **state)
+{
+    (void)state;
+    transfer('R', 1, 64u << 20, 10);
+}
+
+static void test_endpoint_reused(void **state)
+{
+    ferry_connector_stats_t before, after;
+    (void)state;
+
+    transfer('W', 1, 4096, 11); /* makes sure an endpoint to the partner exists */
+    ferry_connector_get_stats(world.c, &before);
+    transfer('W', 1, 4096, 12);
+    transfer('R', 2, 4096, 13);
+    ferry_connector_get_stats(world.c, &after);
+    assert_int_equal(after.endpoints_created, before.endpoints_created);
+    assert_int_equal(after.endpoint_cache_hits, before.endpoint_cache_hits + 2);
+    assert_int_equal(after.endpoints_created, 1);
+}
+
+/* Begins an active op that must be refused before any UCX work. */
+static void expect_begin_refused(char md_kind, char op_kind, uint64_t local_size,
+                                 const char *needle1, const char *needle2)
+{
+    uint8_t buf[64] = {0};
+    ferry_descriptor_t d = {buf, local_size, FERRY_DEVICE_HOST_INIT};
+    ferry_op_t *op = NULL;
+    uint8_t *md;
+    uint32_t md_len;
+    ferry_status_t st;
+
+    request(md_kind, MODE_CANCEL, 1, 32, 1, &md, &md_len);
+    (void)get_report();
+    st = op_kind == 'W' ? ferry_write_begin(world.c, &d, 1, md, md_len, &op)
+                        : ferry_read_begin(world.c, &d, 1, md, md_len, &op);
+    assert_int_equal(st, FERRY_ERR_INVALID_ARGUMENT);
+    assert_null(op);
+    if (strstr(ferry_last_error_message(), needle1) == NULL ||
+        (needle2 != NULL && strstr(ferry_last_error_message(), needle2) == NULL)) {
+        fail_msg("message \"%s\" lacks \"%s\"/\"%s\"", ferry_last_error_message(), needle1,
+                 needle2 != NULL ? needle2 : "");
+    }
+    free(md);
+}
+
+static void test_write_into_readable_refused(void **state)
+{
+    (void)state;
+    expect_begin_refused('R', 'W', 32, "metadata is for a readable operation", NULL);
+    expect_begin_refused('W', 'R', 32, "metadata is for a writable operation", NULL);
+}
+
+static void test_size_mismatch_refused(void **state)
+{
+    (void)state;
+    expect_begin_refused('W', 'W', 33, "local size 33", "remote size 32");
+}
+
+/* The passive side gives up (mode) before the write starts. */
+static void write_after_passive_gave_up(int mode, ferry_status_t expected_code)
+{
+    uint8_t buf[32];
+    ferry_descriptor_t d = {buf, sizeof(buf), FERRY_DEVICE_HOST_INIT};
+    ferry_op_t *op;
+    uint8_t *md;
+    uint32_t md_len;
+    report_t rep;
+    ferry_status_t st;
+    const char *msg;
+
+    fill(buf, sizeof(buf), 1, 0);
+    request('W', mode, 1, sizeof(buf), 1, &md, &md_len);
+    rep = get_report(); /* the passive op is cancelled or destroyed now */
+    if (mode == MODE_CANCEL) {
+        assert_int_equal(rep.status, FERRY_ERR_CANCELLED);
+        assert_int_equal(rep.op_status, FERRY_OP_STATUS_CANCELLED);
+    }
+    assert_int_equal(ferry_write_begin(world.c, &d, 1, md, md_len, &op), FERRY_OK);
+    st = ferry_op_wait(op, WAIT_TIMEOUT_MS);
+    assert_int_equal(st, expected_code);
+    assert_int_equal(ferry_op_status(op), FERRY_OP_STATUS_ERRORED);
+    assert_int_equal(ferry_op_error(op, &msg), expected_code);
+    assert_non_null(strstr(msg, "refused"));
+    ferry_op_destroy(op);
+    free(md);
+}
+
+static void test_write_after_cancel(void **state)
+{
+    (void)state;
+    write_after_passive_gave_up(MODE_CANCEL, FERRY_ERR_CANCELLED);
+}
+
+static void test_write_after_destroy(void **state)
+{
+    (void)state;
+    write_after_passive_gave_up(MODE_DESTROY, FERRY_ERR_NOT_FOUND);
+}
+
+static void test_passive_wait_times_out(void **state)
+{
+    uint8_t buf[64];
+    ferry_descriptor_t d = {buf, sizeof(buf), FERRY_DEVICE_HOST_INIT};
+    ferry_op_t *op;
+    int64_t t0;
+    (void)state;
+
+    assert_int_equal(ferry_writable_create(world.c, &d, 1, &op), FERRY_OK);
+    assert_int_equal(ferry_op_status(op), FERRY_OP_STATUS_INITIALIZED);
+    t0 = now_ms();
+    assert_int_equal(ferry_op_wait(op, 100), FERRY_ERR_TIMED_OUT);
+    assert_true(now_ms() - t0 >= 100);
+    assert_int_equal(ferry_op_status(op), FERRY_OP_STATUS_INITIALIZED); /* still alive */
+    assert_int_equal(ferry_op_cancel(op), FERRY_OK);
+    assert_int_equal(ferry_op_wait(op, 0), FERRY_ERR_CANCELLED);
+    assert_int_equal(ferry_op_status(op), FERRY_OP_STATUS_CANCELLED);
+    ferry_op_destroy(op);
+}
+
+static void test_cuda_refused_without_support(void **state)
+{
+    uint8_t buf[64];
+    ferry_descriptor_t d = {buf, sizeof(buf), {FERRY_DEVICE_CUDA, 0}};
+    ferry_op_t *op = NULL;
+    (void)state;
+
+    if (ferry_connector_is_cuda_available(world.c)) {
+        skip();
+    }
+    assert_int_equal(ferry_writable_create(world.c, &d, 1, &op), FERRY_ERR_UNIMPLEMENTED);
+    assert_null(op);
+    assert_non_null(strstr(ferry_last_error_message(), "CUDA"));
+}
+
+static void test_bad_descriptors_refused(void **state)
+{
+    uint8_t buf[64];
+    ferry_descriptor_t d = {NULL, sizeof(buf), FERRY_DEVICE_HOST_INIT};
+    ferry_op_t *op = NULL;
+    (void)state;
+
+    assert_int_equal(ferry_writable_create(world.c, &d, 1, &op), FERRY_ERR_INVALID_ARGUMENT);
+    d.ptr = buf;
+    d.size = 0;
+    assert_int_equal(ferry_readable_create(world.c, &d, 1, &op), FERRY_ERR_INVALID_ARGUMENT);
+    assert_null(op);
+}
+
+static void test_writer_killed_before_notice(void **state)
+{
+    uint8_t buf[4096] = {0};
+    ferry_descriptor_t d = {buf, sizeof(buf), FERRY_DEVICE_HOST_INIT};
+    partner_t writer;
+    ferry_op_t *op;
+    const uint8_t *md;
+    size_t md_len;
+    char ready;
+    ferry_status_t st;
+    (void)state;
+
+    assert_int_equal(ferry_writable_create(world.c, &d, 1, &op), FERRY_OK);
+    assert_int_equal(ferry_op_metadata(op, &md, &md_len), FERRY_OK);
+    writer = spawn("--writer");
+    assert_int_equal(send_blob(writer.cmd_fd, md, (uint32_t)md_len), 0);
+    assert_int_equal(read_full(writer.res_fd, &ready, 1, IO_TIMEOUT_MS), 0);
+    /* The data moved (the writer flushed) but the notice is held back. */
+    assert_int_equal(check(buf, sizeof(buf), 9, 0), sizeof(buf));
+    kill(writer.pid, SIGKILL);
+    assert_true(WIFSIGNALED(reap(writer.pid)));
+    close(writer.cmd_fd);
+    close(writer.res_fd);
+    st = ferry_op_wait(op, 300);
+    assert_int_equal(st, FERRY_ERR_TIMED_OUT);
+    assert_int_equal(ferry_op_status(op), FERRY_OP_STATUS_IN_PROGRESS); /* claimed */
+    ferry_op_destroy(op);
+}
+
+/* The same, but the passive connector asks UCX for peer failure detection:
+ * the dead writer's endpoint fails and the op ends ERRORED, not TIMED_OUT. */
+static void test_writer_killed_peer_detection(void **state)
+{
+    ferry_connector_params_t params = {
+        .field_mask = FERRY_CONNECTOR_PARAM_FIELD_PEER_ERROR_HANDLING, .peer_error_handling = true};
+    ferry_connector_t *c;
+    uint8_t buf[4096] = {0};
+    ferry_descriptor_t d = {buf, sizeof(buf), FERRY_DEVICE_HOST_INIT};
+    partner_t writer;
+    ferry_op_t *op;
+    const uint8_t *md;
+    size_t md_len;
+    const char *msg;
+    char ready;
+    (void)state;
+
+    assert_int_equal(ferry_connector_create(&params, &c), FERRY_OK);
+    assert_int_equal(ferry_writable_create(c, &d, 1, &op), FERRY_OK);
+    assert_int_equal(ferry_op_metadata(op, &md, &md_len), FERRY_OK);
+    writer = spawn("--writer-peer-errors"); /* UCX 1.13 needs both sides alike */
+    assert_int_equal(send_blob(writer.cmd_fd, md, (uint32_t)md_len), 0);
+    assert_int_equal(read_full(writer.res_fd, &ready, 1, IO_TIMEOUT_MS), 0);
+    assert_int_equal(check(buf, sizeof(buf), 9, 0), sizeof(buf));
+    kill(writer.pid, SIGKILL);
+    assert_true(WIFSIGNALED(reap(writer.pid)));
+    close(writer.cmd_fd);
+    close(writer.res_fd);
+    assert_int_equal(ferry_op_wait(op, WAIT_TIMEOUT_MS), FERRY_ERR_PEER_FAILED);
+    assert_int_equal(ferry_op_error(op, &msg), FERRY_ERR_PEER_FAILED);
+    assert_non_null(strstr(msg, "failed"));
+    ferry_op_destroy(op);
+    ferry_connector_destroy(c);
+}
+
+#define THREADS    4
+#define ITERATIONS 25
+
+static void *loopback_worker(void *arg)
+{
+    uintptr_t t = (uintptr_t)arg;
+    size_t size = 65536;
+    uint8_t *src = malloc(size), *dst = malloc(size);
+    ferry_descriptor_t ds = {src, size, FERRY_DEVICE_HOST_INIT};
+    ferry_descriptor_t dd = {dst, size, FERRY_DEVICE_HOST_INIT};
+    uintptr_t failures = 0;
+
+    for (int i = 0; i < ITERATIONS; i++) {
+        ferry_op_t *passive, *active;
+        const uint8_t *md;
+        size_t md_len;
+        uint32_t seed = (uint32_t)(t * 1000 + (uintptr_t)i);
+
+        fill(src, size, seed, 0);
+        memset(dst, 0, size);
+        if (ferry_writable_create(world.c, &dd, 1, &passive) != FERRY_OK) {
+            failures++;
+            continue;
+        }
+        ferry_op_metadata(passive, &md, &md_len);
+        if (ferry_write_begin(world.c, &ds, 1, md, md_len, &active) != FERRY_OK) {
+            failures++;
+            ferry_op_destroy(passive);
+            continue;
+        }
+        if (ferry_op_wait(active, WAIT_TIMEOUT_MS) != FERRY_OK ||
+            ferry_op_wait(passive, WAIT_TIMEOUT_MS) != FERRY_OK ||
+            check(dst, size, seed, 0) != size) {
+            failures++;
+        }
+        ferry_op_destroy(active);
+        ferry_op_destroy(passive);
+    }
+    free(src);
+    free(dst);
+    return (void *)failures;
+}
+
+/* Several threads share the thread-mode connector (each writes to itself). */
+static void test_concurrent_threads(void **state)
+{
+    pthread_t threads[THREADS];
+    void *failures;
+    (void)state;
+
+    for (uintptr_t t = 0; t < THREADS; t++) {
+        assert_int_equal(pthread_create(&threads[t], NULL, loopback_worker, (void *)t), 0);
+    }
+    for (int t = 0; t < THREADS; t++) {
+        assert_int_equal(pthread_join(threads[t], &failures), 0);
+        assert_int_equal((uintptr_t)failures, 0);
+    }
+}
+
+static void done_cb(ferry_op_t *op, ferry_op_status_t status, void *arg)
+{
+    (void)op;
+    *(ferry_op_status_t *)arg = status;
+}
+
+/* Both ends in one connector driven by the caller (no progress thread). */
+static void test_loopback_caller_progress(void **state)
+{
+    ferry_connector_params_t params = {.field_mask = FERRY_CONNECTOR_PARAM_FIELD_PROGRESS_MODE,
+                                       .progress_mode = FERRY_PROGRESS_CALLER};
+    ferry_connector_t *c;
+    uint8_t src[8192], dst[8192] = {0};
+    ferry_descriptor_t ds = {src, sizeof(src), FERRY_DEVICE_HOST_INIT};
+    ferry_descriptor_t dd = {dst, sizeof(dst), FERRY_DEVICE_HOST_INIT};
+    ferry_op_t *passive, *active;
+    ferry_op_status_t seen = FERRY_OP_STATUS_UNINITIALIZED;
+    const uint8_t *md;
+    size_t md_len;
+    int fd;
+    (void)state;
+
+    fill(src, sizeof(src), 21, 0);
+    assert_int_equal(ferry_connector_create(&params, &c), FERRY_OK);
+    assert_int_equal(ferry_connector_get_fd(c, &fd), FERRY_OK);
+    assert_true(fd >= 0);
+    assert_int_equal(ferry_writable_create(c, &dd, 1, &passive), FERRY_OK);
+    assert_int_equal(ferry_op_set_done_callback(passive, done_cb, &seen), FERRY_OK);
+    assert_int_equal(ferry_op_metadata(passive, &md, &md_len), FERRY_OK);
+    assert_int_equal(ferry_write_begin(c, &ds, 1, md, md_len, &active), FERRY_OK);
+    assert_int_equal(ferry_op_wait(active, WAIT_TIMEOUT_MS), FERRY_OK);
+    assert_int_equal(ferry_op_wait(passive, WAIT_TIMEOUT_MS), FERRY_OK);
+    assert_int_equal(ferry_connector_progress(c), FERRY_OK);
+    assert_int_equal(seen, FERRY_OP_STATUS_COMPLETE);
+    assert_int_equal(check(dst, sizeof(dst), 21, 0), sizeof(dst));
+    ferry_op_destroy(active);
+    ferry_op_destroy(passive);
+    ferry_connector_destroy(c);
+    /* Thread mode refuses the caller-mode calls. */
+    assert_int_equal(ferry_connector_get_fd(world.c, &fd), FERRY_ERR_MISUSE);
+}
+
+static void test_fail_from_outside(void **state)
+{
+    uint8_t buf[64];
+    ferry_descriptor_t d = {buf, sizeof(buf), FERRY_DEVICE_HOST_INIT};
+    ferry_op_t *op;
+    const char *msg;
+    (void)state;
+
+    assert_int_equal(ferry_writable_create(world.c, &d, 1, &op), FERRY_OK);
+    assert_int_equal(ferry_op_fail(op, FERRY_ERR_EXPIRED, "lease expired"), FERRY_OK);
+    assert_int_equal(ferry_op_wait(op, 1000), FERRY_ERR_EXPIRED);
+    assert_int_equal(ferry_op_error(op, &msg), FERRY_ERR_EXPIRED);
+    assert_string_equal(msg, "lease expired");
+    assert_int_equal(ferry_op_fail(op, FERRY_ERR_EXPIRED, "again"), FERRY_ERR_FAILED_PRECONDITION);
+    ferry_op_destroy(op);
+}
+
+int main(int argc, char **argv)
+{
+    const struct CMUnitTest all[] = {
+        cmocka_unit_test(test_write_1b),
+        cmocka_unit_test(test_write_4k),
+        cmocka_unit_test(test_write_1m),
+        cmocka_unit_test(test_write_64m),
+        cmocka_unit_test(test_write_8x4k),
+        cmocka_unit_test(test_write_8x1m),
+        cmocka_unit_test(test_read_1b),
+        cmocka_unit_test(test_read_8x4k),
+        cmocka_unit_test(test_read_1m),
+        cmocka_unit_test(test_read_64m),
+        cmocka_unit_test(test_endpoint_reused),
+        cmocka_unit_test(test_write_into_readable_refused),
+        cmocka_unit_test(test_size_mismatch_refused),
+        cmocka_unit_test(test_write_after_cancel),
+        cmocka_unit_test(test_write_after_destroy),
+        cmocka_unit_test(test_passive_wait_times_out),
+        cmocka_unit_test(test_cuda_refused_without_support),
+        cmocka_unit_test(test_bad_descriptors_refused),
+        cmocka_unit_test(test_writer_killed_before_notice),
+        cmocka_unit_test(test_writer_killed_peer_detection),
+        cmocka_unit_test(test_loopback_caller_progress),
+        cmocka_unit_test(test_concurrent_threads),
+        cmocka_unit_test(test_fail_from_outside),
+    };
+    const struct CMUnitTest tcp_subset[] = {
+        cmocka_unit_test(test_write_1m),
+        cmocka_unit_test(test_read_8x4k),
+        cmocka_unit_test(test_endpoint_reused),
+        cmocka_unit_test(test_write_after_cancel),
+    };
+
+    self_exe = "/proc/self/exe";
+    if (argc == 4 && strcmp(argv[1], "--passive") == 0) {
+        return passive_main(atoi(argv[2]), atoi(argv[3]));
+    }
+    if (argc == 4 && strcmp(argv[1], "--writer") == 0) {
+        return writer_main(atoi(argv[2]), atoi(argv[3]), false);
+    }
+    if (argc == 4 && strcmp(argv[1], "--writer-peer-errors") == 0) {
+        return writer_main(atoi(argv[2]), atoi(argv[3]), true);
+    }
+    signal(SIGPIPE, SIG_IGN);
+    if (argc == 2 && strcmp(argv[1], "--tcp-subset") == 0) {
+        return cmocka_run_group_tests(tcp_subset, group_setup, group_teardown);
+    }
+    return cmocka_run_group_tests(all, group_setup, group_teardown);
+}

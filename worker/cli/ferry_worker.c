@@ -1,0 +1,394 @@
+/*
+ * ferry_worker.c: ferry-worker, the command-line worker built on libferry.
+ *
+ *   recv   allocate --size bytes, register a writable under --request-id,
+ *          wait for a sender, check every byte against the pattern
+ *   send   look --request-id up, write the pattern into it
+ *   serve  allocate, fill with the pattern, register a readable, wait
+ *   read   look --request-id up, read it, check every byte
+ *
+ * Exit codes, for scripts: 0 done and verified; 1 the transfer failed;
+ * 2 bad usage; 3 the bytes did not match; 4 timed out; 5 the coordinator
+ * refused (not found, taken, wrong token).
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <ferry/ferry.h>
+
+#include "pattern.h"
+
+enum {
+    EXIT_OK = 0,
+    EXIT_FAILED = 1,
+    EXIT_USAGE = 2,
+    EXIT_MISMATCH = 3,
+    EXIT_TIMEOUT = 4,
+    EXIT_REFUSED = 5
+};
+
+typedef struct {
+    const char *command;
+    const char *coordinator;
+    const char *request_id;
+    const char *token;
+    uint64_t size;
+    size_t descriptors;
+    ferry_device_t device;
+    int timeout_ms;
+    int ttl_s;
+    bool quiet;
+} options_t;
+
+static const char usage[] =
+    "usage: ferry-worker recv|send|serve|read [options]\n"
+    "\n"
+    "  --coordinator ADDR   ferry-coordinator address (FERRY_COORDINATOR; 127.0.0.1:7400)\n"
+    "  --request-id ID      the operation's request ID (required)\n"
+    "  --token T            access token shared by both sides (FERRY_TOKEN); recv/serve\n"
+    "                       without one print the token the coordinator picked\n"
+    "  --size N             bytes to move: 4096, 64MiB, 1GiB (default 1MiB)\n"
+    "  --descriptors N      split the buffer into N regions (default 1)\n"
+    "  --device D           cpu (default) or cuda:N\n"
+    "  --timeout SECONDS    give up after this long (default 60)\n"
+    "  --ttl SECONDS        lease TTL at the coordinator (default: the coordinator's)\n"
+    "  --quiet              no progress line\n";
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static int parse_options(int argc, char **argv, options_t *o)
+{
+    static const struct option longopts[] = {
+        {"coordinator", required_argument, NULL, 'c'},
+        {"request-id", required_argument, NULL, 'r'},
+        {"token", required_argument, NULL, 't'},
+        {"size", required_argument, NULL, 's'},
+        {"descriptors", required_argument, NULL, 'n'},
+        {"device", required_argument, NULL, 'd'},
+        {"timeout", required_argument, NULL, 'T'},
+        {"ttl", required_argument, NULL, 'L'},
+        {"quiet", no_argument, NULL, 'q'},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    int opt;
+    char *end;
+
+    memset(o, 0, sizeof(*o));
+    o->coordinator = getenv("FERRY_COORDINATOR") ? getenv("FERRY_COORDINATOR") : "127.0.0.1:7400";
+    o->token = getenv("FERRY_TOKEN");
+    o->size = 1 << 20;
+    o->descriptors = 1;
+    o->device = (ferry_device_t)FERRY_DEVICE_HOST_INIT;
+    o->timeout_ms = 60000;
+    if (argc < 2 || argv[1][0] == '-') {
+        fputs(usage, argc >= 2 && strcmp(argv[1], "--help") == 0 ? stdout : stderr);
+        return argc >= 2 && strcmp(argv[1], "--help") == 0 ? 1 : -1;
+    }
+    o->command = argv[1];
+    optind = 2;
+    while ((opt = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
+        switch (opt) {
+        case 'c':
+            o->coordinator = optarg;
+            break;
+        case 'r':
+            o->request_id = optarg;
+            break;
+        case 't':
+            o->token = optarg;
+            break;
+        case 's':
+            if (ferry_parse_size(optarg, &o->size) != FERRY_OK || o->size == 0) {
+                fprintf(stderr, "ferry-worker: --size: %s\n", ferry_last_error_message());
+                return -1;
+            }
+            break;
+        case 'n':
+            o->descriptors = strtoul(optarg, &end, 10);
+            if (*end != '\0' || o->descriptors == 0 || o->descriptors > 1024) {
+                fprintf(stderr, "ferry-worker: --descriptors must be 1 to 1024\n");
+                return -1;
+            }
+            break;
+        case 'd':
+            if (ferry_device_parse(optarg, &o->device) != FERRY_OK) {
+                fprintf(stderr, "ferry-worker: --device: %s\n", ferry_last_error_message());
+                return -1;
+            }
+            break;
+        case 'T':
+            o->timeout_ms = (int)(strtod(optarg, &end) * 1000);
+            if (*end != '\0' || o->timeout_ms <= 0) {
+                fprintf(stderr, "ferry-worker: --timeout must be a positive number of seconds\n");
+                return -1;
+            }
+            break;
+        case 'L':
+            o->ttl_s = (int)strtol(optarg, &end, 10);
+            if (*end != '\0' || o->ttl_s <= 0) {
+                fprintf(stderr, "ferry-worker: --ttl must be a positive number of seconds\n");
+                return -1;
+            }
+            break;
+        case 'q':
+            o->quiet = true;
+            break;
+        case 'h':
+            fputs(usage, stdout);
+            return 1;
+        default:
+            fputs(usage, stderr);
+            return -1;
+        }
+    }
+    if (o->request_id == NULL) {
+        fprintf(stderr, "ferry-worker: --request-id is required\n");
+        return -1;
+    }
+    if (o->descriptors > o->size) {
+        fprintf(stderr, "ferry-worker: --descriptors %zu is more than --size %" PRIu64 " bytes\n",
+                o->descriptors, o->size);
+        return -1;
+    }
+    return 0;
+}
+
+/* Splits buf into n regions as even as possible. */
+static ferry_descriptor_t *split(uint8_t *buf, uint64_t size, size_t n, ferry_device_t device)
+{
+    ferry_descriptor_t *d = calloc(n, sizeof(*d));
+    uint64_t off = 0;
+    for (size_t i = 0; d != NULL && i < n; i++) {
+        uint64_t len = size / n + (i < size % n ? 1 : 0);
+        d[i] = (ferry_descriptor_t){.ptr = buf + off, .size = len, .device = device};
+        off += len;
+    }
+    return d;
+}
+
+static int exit_code_for(ferry_status_t status)
+{
+    switch (status) {
+    case FERRY_OK:
+        return EXIT_OK;
+    case FERRY_ERR_TIMED_OUT:
+        return EXIT_TIMEOUT;
+    case FERRY_ERR_NOT_FOUND:
+    case FERRY_ERR_ALREADY_EXISTS:
+    case FERRY_ERR_PERMISSION_DENIED:
+    case FERRY_ERR_FAILED_PRECONDITION:
+        return EXIT_REFUSED;
+    case FERRY_ERR_INVALID_ARGUMENT:
+        return EXIT_USAGE;
+    default:
+        return EXIT_FAILED;
+    }
+}
+
+/* Waits for the operation, drawing a progress line on a terminal once the
+ * wait passes a second. */
+static ferry_status_t wait_op(ferry_op_t *op, const options_t *o, double start)
+{
+    bool tty = !o->quiet && isatty(STDERR_FILENO);
+    bool drew = false;
+    double deadline = start + o->timeout_ms / 1000.0;
+    ferry_status_t status;
+
+    for (;;) {
+        double left = deadline - now_s();
+        int slice = left < 0.25 ? (int)(left * 1000) : 250;
+        status = ferry_op_wait(op, slice > 0 ? slice : 0);
+        if (status != FERRY_ERR_TIMED_OUT || now_s() >= deadline) {
+            break;
+        }
+        if (tty && now_s() - start > 1.0) {
+            fprintf(stderr, "\r%s %s: %s, %.1f s", o->command, o->request_id,
+                    ferry_op_status_name(ferry_op_status(op)), now_s() - start);
+            drew = true;
+        }
+    }
+    if (drew) {
+        fputc('\n', stderr);
+    }
+    return status;
+}
+
+static void report(const options_t *o, const char *verb, double seconds)
+{
+    printf("%s %s: %" PRIu64 " bytes in %zu descriptor(s), %.3f s, %.2f GB/s\n", o->command,
+           o->request_id, o->size, o->descriptors, seconds,
+           seconds > 0 ? (double)o->size / seconds / 1e9 : 0.0);
+    (void)verb;
+    fflush(stdout);
+}
+
+static int fail(const char *what, ferry_status_t status)
+{
+    fprintf(stderr, "ferry-worker: %s: %s (%s)\n", what, ferry_last_error_message(),
+            ferry_status_name(status));
+    return exit_code_for(status);
+}
+
+static int op_failed(ferry_op_t *op, ferry_status_t status)
+{
+    const char *msg = "";
+    ferry_op_error(op, &msg);
+    fprintf(stderr, "ferry-worker: operation ended %s: %s (%s)\n",
+            ferry_op_status_name(ferry_op_status(op)), msg && msg[0] ? msg : "no detail",
+            ferry_status_name(status));
+    return exit_code_for(status);
+}
+
+/* recv and serve: the passive side. */
+static int run_passive(ferry_connector_t *conn, ferry_coordinator_t *coord, const options_t *o,
+                       uint8_t *buf, ferry_descriptor_t *descs)
+{
+    bool writable = strcmp(o->command, "recv") == 0;
+    ferry_publish_params_t pub = {
+        .request_id = o->request_id, .access_token = o->token, .ttl_s = o->ttl_s};
+    ferry_op_t *op = NULL;
+    ferry_status_t status;
+    double start;
+    int rc = EXIT_OK;
+
+    if (writable) {
+        memset(buf, 0, o->size);
+        status = ferry_writable_create(conn, descs, o->descriptors, &op);
+    } else {
+        ferry_pattern_fill(buf, o->size);
+        status = ferry_readable_create(conn, descs, o->descriptors, &op);
+    }
+    if (status != FERRY_OK) {
+        return fail("create", status);
+    }
+    status = ferry_op_publish(op, coord, &pub);
+    if (status != FERRY_OK) {
+        ferry_op_destroy(op);
+        return fail("publish", status);
+    }
+    if (o->token == NULL) {
+        printf("token %s\n", ferry_op_access_token(op));
+    }
+    printf("%s %s: registered %" PRIu64 " bytes; waiting\n", o->command, o->request_id, o->size);
+    fflush(stdout);
+    start = now_s();
+    status = wait_op(op, o, start);
+    if (status != FERRY_OK) {
+        rc = op_failed(op, status);
+    } else if (writable && !ferry_pattern_check(buf, o->size)) {
+        fprintf(stderr,
+                "ferry-worker: received bytes do not match the pattern at offset %" PRIu64 "\n",
+                ferry_pattern_first_mismatch(buf, o->size));
+        rc = EXIT_MISMATCH;
+    } else {
+        report(o, writable ? "received" : "served", now_s() - start);
+    }
+    ferry_op_destroy(op);
+    return rc;
+}
+
+/* send and read: the active side. */
+static int run_active(ferry_connector_t *conn, ferry_coordinator_t *coord, const options_t *o,
+                      uint8_t *buf, ferry_descriptor_t *descs)
+{
+    bool write = strcmp(o->command, "send") == 0;
+    ferry_claim_params_t claim = {.request_id = o->request_id,
+                                  .access_token = o->token,
+                                  .wait_ms = o->timeout_ms,
+                                  .ttl_s = o->ttl_s};
+    ferry_op_t *op = NULL;
+    ferry_status_t status;
+    double start;
+    int rc = EXIT_OK;
+
+    if (o->token == NULL) {
+        fprintf(stderr, "ferry-worker: %s needs --token (or FERRY_TOKEN)\n", o->command);
+        return EXIT_USAGE;
+    }
+    if (write) {
+        ferry_pattern_fill(buf, o->size);
+    } else {
+        memset(buf, 0, o->size);
+    }
+    start = now_s();
+    status = write ? ferry_write_begin_by_id(conn, coord, &claim, descs, o->descriptors, &op)
+                   : ferry_read_begin_by_id(conn, coord, &claim, descs, o->descriptors, &op);
+    if (status != FERRY_OK) {
+        return fail(write ? "write" : "read", status);
+    }
+    status = wait_op(op, o, start);
+    if (status != FERRY_OK) {
+        rc = op_failed(op, status);
+    } else if (!write && !ferry_pattern_check(buf, o->size)) {
+        fprintf(stderr, "ferry-worker: read bytes do not match the pattern at offset %" PRIu64 "\n",
+                ferry_pattern_first_mismatch(buf, o->size));
+        rc = EXIT_MISMATCH;
+    } else {
+        report(o, write ? "sent" : "read", now_s() - start);
+    }
+    ferry_op_destroy(op);
+    return rc;
+}
+
+int main(int argc, char **argv)
+{
+    options_t o;
+    ferry_connector_t *conn = NULL;
+    ferry_coordinator_t *coord = NULL;
+    ferry_coordinator_params_t cp = {.target = NULL};
+    uint8_t *buf = NULL;
+    ferry_descriptor_t *descs = NULL;
+    ferry_status_t status;
+    int rc = parse_options(argc, argv, &o);
+
+    if (rc != 0) {
+        return rc > 0 ? EXIT_OK : EXIT_USAGE;
+    }
+    if (strcmp(o.command, "recv") != 0 && strcmp(o.command, "send") != 0 &&
+        strcmp(o.command, "serve") != 0 && strcmp(o.command, "read") != 0) {
+        fprintf(stderr, "ferry-worker: unknown command '%s'\n%s", o.command, usage);
+        return EXIT_USAGE;
+    }
+    if (o.device.kind != FERRY_DEVICE_HOST) {
+        fprintf(stderr, "ferry-worker: only --device cpu is supported by this build\n");
+        return EXIT_USAGE;
+    }
+    status = ferry_connector_create(NULL, &conn);
+    if (status != FERRY_OK) {
+        return fail("connector", status);
+    }
+    cp.target = o.coordinator;
+    status = ferry_coordinator_connect(&cp, &coord);
+    if (status != FERRY_OK) {
+        ferry_connector_destroy(conn);
+        return fail("coordinator", status);
+    }
+    buf = aligned_alloc(4096, (o.size + 4095) / 4096 * 4096);
+    descs = buf != NULL ? split(buf, o.size, o.descriptors, o.device) : NULL;
+    if (descs == NULL) {
+        fprintf(stderr, "ferry-worker: cannot allocate %" PRIu64 " bytes\n", o.size);
+        rc = EXIT_FAILED;
+    } else if (strcmp(o.command, "recv") == 0 || strcmp(o.command, "serve") == 0) {
+        rc = run_passive(conn, coord, &o, buf, descs);
+    } else {
+        rc = run_active(conn, coord, &o, buf, descs);
+    }
+    free(descs);
+    free(buf);
+    ferry_coordinator_disconnect(coord);
+    ferry_connector_destroy(conn);
+    return rc;
+}

@@ -1,0 +1,475 @@
+/*
+ * connector.c: the connector, one per process: one UCX context, one UCX
+ * worker, the progress loop, and the queues UCX callbacks feed.
+ *
+ * Threads: the public functions here run on the caller's thread and take
+ * connector->lock around everything they touch. The progress loop runs on
+ * the connector's own thread (FERRY_PROGRESS_THREAD) or on whichever thread
+ * calls ferry_connector_progress / ferry_op_wait (FERRY_PROGRESS_CALLER); it
+ * holds the lock while UCX progresses, so UCX callbacks (am_recv_cb, the
+ * request and endpoint-error callbacks in peer.c) run with the lock held and
+ * only copy, record and enqueue. ferry__connector_drain does the work; user
+ * completion callbacks are delivered without the lock.
+ *
+ * Waiting: the loop arms the worker (ucp_worker_arm) and polls its event fd.
+ * Any thread that posts UCX work calls ferry__wake (ucp_worker_signal) so a
+ * sleeping loop notices. The poll also has a short timeout, a safety net
+ * against a lost wake-up, never the mechanism that makes progress.
+ */
+#include <errno.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "common/log.h"
+#include "worker/ferry_int.h"
+
+#define POLL_SAFETY_MS 100
+
+void ferry__lock(ferry_connector_t *c)
+{
+    if (pthread_mutex_lock(&c->lock) != 0) {
+        abort();
+    }
+}
+
+void ferry__unlock(ferry_connector_t *c)
+{
+    if (pthread_mutex_unlock(&c->lock) != 0) {
+        abort();
+    }
+}
+
+void ferry__wake(ferry_connector_t *c)
+{
+    ucp_worker_signal(c->worker);
+}
+
+/* UCX callback (lock held): copy the message and queue it. */
+static ucs_status_t am_recv_cb(void *arg, const void *header, size_t header_length, void *data,
+                               size_t length, const ucp_am_recv_param_t *param)
+{
+    ferry_connector_t *c = arg;
+    ferry__inmsg_t *msg;
+
+    (void)header;
+    (void)header_length;
+    if (param->recv_attr & UCP_AM_RECV_ATTR_FLAG_RNDV) {
+        ferry_warn("connector %s: dropping a %zu-byte rendezvous message", c->name, length);
+        return UCS_OK;
+    }
+    msg = malloc(sizeof(*msg) + length);
+    if (msg == NULL) {
+        ferry_error("connector %s: out of memory for a %zu-byte message", c->name, length);
+        return UCS_OK;
+    }
+    msg->next = NULL;
+    msg->len = length;
+    memcpy(msg->data, data, length);
+    *c->inbox_tail = msg;
+    c->inbox_tail = &msg->next;
+    return UCS_OK;
+}
+
+static void handle_inmsg(ferry_connector_t *c, const ferry__inmsg_t *in)
+{
+    ferry__msg_t msg;
+
+    if (ferry__msg_decode(in->data, in->len, &msg) != FERRY_OK) {
+        ferry_warn("connector %s: dropping a message: %s", c->name, ferry_last_error_message());
+        return;
+    }
+    switch (msg.type) {
+    case FERRY__MSG_CLAIM:
+        ferry__passive_on_claim(c, &msg);
+        break;
+    case FERRY__MSG_ADMIT:
+        ferry__active_on_admit(c, &msg);
+        break;
+    case FERRY__MSG_NOTICE:
+        ferry__passive_on_notice(c, &msg);
+        break;
+    }
+}
+
+static void handle_failed_peer(ferry_connector_t *c, ferry__peer_t *peer)
+{
+    ferry_warn("connector %s: peer %llu failed: %s", c->name, (unsigned long long)peer->id,
+               ucs_status_string(peer->failure));
+    for (size_t b = 0; b < FERRY__OP_BUCKETS; b++) {
+        ferry_op_t *next;
+        for (ferry_op_t *op = c->ops[b]; op != NULL; op = next) {
+            next = op->table_next; /* the call may free op */
+            if (op->peer == peer || op->claimant == peer) {
+                ferry__op_peer_failed(op, peer);
+            }
+        }
+    }
+    if (peer->in_cache) {
+        ferry__peer_t **pp = &c->peers;
+        while (*pp != peer) {
+            pp = &(*pp)->next;
+        }
+        *pp = peer->next;
+        peer->in_cache = false;
+        ferry__peer_put(peer);
+    }
+    ferry__peer_put(peer); /* the failed queue's reference */
+}
+
+void ferry__connector_drain(ferry_connector_t *c)
+{
+    for (;;) {
+        while (ucp_worker_progress(c->worker) != 0) {
+        }
+        if (c->failed != NULL) {
+            ferry__peer_t *peer = c->failed;
+            c->failed = peer->failed_next;
+            handle_failed_peer(c, peer);
+        } else if (c->inbox != NULL) {
+            ferry__inmsg_t *in = c->inbox;
+            c->inbox = in->next;
+            if (c->inbox == NULL) {
+                c->inbox_tail = &c->inbox;
+            }
+            handle_inmsg(c, in);
+            free(in);
+        } else if (c->reqs != NULL) {
+            ferry__req_t *req = c->reqs;
+            c->reqs = req->next;
+            if (c->reqs == NULL) {
+                c->reqs_tail = &c->reqs;
+            }
+            if (req->op != NULL) {
+                ferry__active_on_req(req);
+                ferry__op_unref(req->op);
+            } else if (req->status != UCS_OK) {
+                ferry_debug("connector %s: admit answer not sent: %s", c->name,
+                            ucs_status_string(req->status));
+            }
+            free(req->buf);
+            free(req);
+        } else {
+            return;
+        }
+    }
+}
+
+void ferry__connector_deliver(ferry_connector_t *c)
+{
+    for (;;) {
+        ferry_op_t *op;
+        ferry_op_done_cb_t cb = NULL;
+        void *arg = NULL;
+        ferry_op_status_t status;
+
+        ferry__lock(c);
+        op = c->done;
+        if (op == NULL) {
+            ferry__unlock(c);
+            return;
+        }
+        c->done = op->done_next;
+        if (c->done == NULL) {
+            c->done_tail = &c->done;
+        }
+        op->done_queued = false;
+        if (op->done_cb != NULL && !op->user_released && !op->done_delivered) {
+            cb = op->done_cb;
+            arg = op->done_arg;
+            op->done_delivered = true;
+        }
+        ferry__unlock(c);
+        if (cb != NULL) {
+            status = ferry_op_status(op);
+            cb(op, status, arg);
+        }
+        ferry__lock(c);
+        ferry__op_unref(op);
+        ferry__unlock(c);
+    }
+}
+
+static void *progress_main(void *arg)
+{
+    ferry_connector_t *c = arg;
+    struct pollfd pfd = {.fd = c->efd, .events = POLLIN};
+    ucs_status_t status;
+
+    ferry__lock(c);
+    while (!atomic_load(&c->stopping)) {
+        ferry__connector_drain(c);
+        status = ucp_worker_arm(c->worker);
+        if (status == UCS_ERR_BUSY) {
+            continue;
+        }
+        ferry__unlock(c);
+        ferry__connector_deliver(c);
+        if (poll(&pfd, 1, POLL_SAFETY_MS) < 0 && errno != EINTR) {
+            ferry_error("connector %s: poll: %s", c->name, strerror(errno));
+        }
+        ferry__lock(c);
+    }
+    ferry__unlock(c);
+    return NULL;
+}
+
+static ferry_status_t apply_params(ferry_connector_t *c, const ferry_connector_params_t *params)
+{
+    uint64_t mask = params != NULL ? params->field_mask : 0;
+
+    if (gethostname(c->hostname, sizeof(c->hostname) - 1) != 0) {
+        snprintf(c->hostname, sizeof(c->hostname), "unknown");
+    }
+    snprintf(c->name, sizeof(c->name), "%.40s:%d", c->hostname, (int)getpid());
+    c->mode = FERRY_PROGRESS_THREAD;
+    if (mask & FERRY_CONNECTOR_PARAM_FIELD_NAME) {
+        if (params->name == NULL || params->name[0] == '\0' ||
+            strlen(params->name) >= sizeof(c->name)) {
+            return ferry__fail(FERRY_ERR_INVALID_ARGUMENT, "connector: name must be 1 to %zu bytes",
+                               sizeof(c->name) - 1);
+        }
+        snprintf(c->name, sizeof(c->name), "%s", params->name);
+    }
+    if (mask & FERRY_CONNECTOR_PARAM_FIELD_PROGRESS_MODE) {
+        if (params->progress_mode != FERRY_PROGRESS_THREAD &&
+            params->progress_mode != FERRY_PROGRESS_CALLER) {
+            return ferry__fail(FERRY_ERR_INVALID_ARGUMENT, "connector: unknown progress mode %d",
+                               (int)params->progress_mode);
+        }
+        c->mode = params->progress_mode;
+    }
+    if (mask & FERRY_CONNECTOR_PARAM_FIELD_PEER_ERROR_HANDLING) {
+        c->peer_error_handling = params->peer_error_handling;
+    }
+    return FERRY_OK;
+}
+
+static ferry_status_t ucx_fail(ferry_connector_t *c, const char *what, ucs_status_t status)
+{
+    ferry_error("connector %s: %s: %s", c->name, what, ucs_status_string(status));
+    return ferry__fail(FERRY_ERR_TRANSPORT, "connector %s: %s: %s", c->name, what,
+                       ucs_status_string(status));
+}
+
+static ferry_status_t open_context(ferry_connector_t *c)
+{
+    ucp_params_t params = {0};
+    ucp_context_attr_t attr = {0};
+    ucs_status_t status;
+
+    params.field_mask = UCP_PARAM_FIELD_FEATURES;
+    params.features = UCP_FEATURE_RMA | UCP_FEATURE_AM | UCP_FEATURE_WAKEUP;
+    status = ucp_init(&params, NULL, &c->context);
+    if (status != UCS_OK) {
+        return ucx_fail(c, "ucp_init", status);
+    }
+    attr.field_mask = UCP_ATTR_FIELD_MEMORY_TYPES;
+    status = ucp_context_query(c->context, &attr);
+    if (status != UCS_OK) {
+        ucp_cleanup(c->context);
+        return ucx_fail(c, "ucp_context_query", status);
+    }
+    c->cuda_available = (attr.memory_types & UCS_BIT(UCS_MEMORY_TYPE_CUDA)) != 0;
+    return FERRY_OK;
+}
+
+static ferry_status_t open_worker(ferry_connector_t *c)
+{
+    ucp_worker_params_t params = {0};
+    ucp_am_handler_param_t am = {0};
+    ucs_status_t status;
+
+    params.field_mask = UCP_WORKER_PARAM_FIELD_THREAD_MODE;
+    params.thread_mode = UCS_THREAD_MODE_SERIALIZED;
+    status = ucp_worker_create(c->context, &params, &c->worker);
+    if (status != UCS_OK) {
+        return ucx_fail(c, "ucp_worker_create", status);
+    }
+    status = ucp_worker_get_address(c->worker, &c->address, &c->address_len);
+    if (status != UCS_OK) {
+        ucx_fail(c, "ucp_worker_get_address", status);
+        goto err_destroy_worker;
+    }
+    status = ucp_worker_get_efd(c->worker, &c->efd);
+    if (status != UCS_OK) {
+        ucx_fail(c, "ucp_worker_get_efd", status);
+        goto err_release_address;
+    }
+    am.field_mask = UCP_AM_HANDLER_PARAM_FIELD_ID | UCP_AM_HANDLER_PARAM_FIELD_FLAGS |
+                    UCP_AM_HANDLER_PARAM_FIELD_CB | UCP_AM_HANDLER_PARAM_FIELD_ARG;
+    am.id = FERRY__AM_ID;
+    am.flags = UCP_AM_FLAG_WHOLE_MSG;
+    am.cb = am_recv_cb;
+    am.arg = c;
+    status = ucp_worker_set_am_recv_handler(c->worker, &am);
+    if (status != UCS_OK) {
+        ucx_fail(c, "ucp_worker_set_am_recv_handler", status);
+        goto err_release_address;
+    }
+    return FERRY_OK;
+
+err_release_address:
+    ucp_worker_release_address(c->worker, c->address);
+err_destroy_worker:
+    ucp_worker_destroy(c->worker);
+    return FERRY_ERR_TRANSPORT;
+}
+
+ferry_status_t ferry_connector_create(const ferry_connector_params_t *params,
+                                      ferry_connector_t **connector_p)
+{
+    ferry_connector_t *c;
+    ferry_status_t status;
+
+    ferry__clear_error();
+    c = calloc(1, sizeof(*c));
+    if (c == NULL) {
+        return ferry__fail(FERRY_ERR_NO_MEMORY, "connector: out of memory");
+    }
+    c->reqs_tail = &c->reqs;
+    c->inbox_tail = &c->inbox;
+    c->done_tail = &c->done;
+    c->next_op_id = 1;
+    c->next_peer_id = 1;
+    status = apply_params(c, params);
+    if (status != FERRY_OK) {
+        goto err_free;
+    }
+    status = open_context(c);
+    if (status != FERRY_OK) {
+        goto err_free;
+    }
+    status = open_worker(c);
+    if (status != FERRY_OK) {
+        goto err_cleanup_context;
+    }
+    if (pthread_mutex_init(&c->lock, NULL) != 0) {
+        status = ferry__fail(FERRY_ERR_INTERNAL, "connector %s: pthread_mutex_init", c->name);
+        goto err_close_worker;
+    }
+    if (c->mode == FERRY_PROGRESS_THREAD) {
+        if (pthread_create(&c->thread, NULL, progress_main, c) != 0) {
+            status = ferry__fail(FERRY_ERR_INTERNAL, "connector %s: pthread_create", c->name);
+            ferry_error("%s", ferry_last_error_message());
+            goto err_destroy_mutex;
+        }
+        c->thread_started = true;
+    }
+    ferry_info("connector %s: up on %s (%zu-byte worker address, cuda %s, %s progress)", c->name,
+               c->hostname, c->address_len, c->cuda_available ? "yes" : "no",
+               c->mode == FERRY_PROGRESS_THREAD ? "thread" : "caller");
+    *connector_p = c;
+    return FERRY_OK;
+
+err_destroy_mutex:
+    pthread_mutex_destroy(&c->lock);
+err_close_worker:
+    ucp_worker_release_address(c->worker, c->address);
+    ucp_worker_destroy(c->worker);
+err_cleanup_context:
+    ucp_cleanup(c->context);
+err_free:
+    free(c);
+    return status;
+}
+
+/* Lets requests of released operations finish, for at most about a second. */
+static void drain_for_destroy(ferry_connector_t *c)
+{
+    for (int i = 0; i < 1000 && (c->reqs != NULL || c->live_ops > 0); i++) {
+        ferry__connector_drain(c);
+        if (c->live_ops == 0) {
+            break;
+        }
+        ferry__unlock(c);
+        poll(NULL, 0, 1);
+        ferry__lock(c);
+    }
+}
+
+void ferry_connector_destroy(ferry_connector_t *c)
+{
+    if (c == NULL) {
+        return;
+    }
+    if (c->thread_started) {
+        atomic_store(&c->stopping, true);
+        ferry__wake(c);
+        pthread_join(c->thread, NULL);
+    }
+    ferry__connector_deliver(c);
+    ferry__lock(c);
+    drain_for_destroy(c);
+    if (c->live_ops > 0) {
+        ferry_error("connector %s: destroyed with %u operations still alive", c->name, c->live_ops);
+    }
+    ferry__peer_cache_clear(c);
+    ferry__unlock(c);
+    ferry__connector_deliver(c);
+    pthread_mutex_destroy(&c->lock);
+    ucp_worker_release_address(c->worker, c->address);
+    ucp_worker_destroy(c->worker);
+    ucp_cleanup(c->context);
+    ferry_info("connector %s: down", c->name);
+    free(c);
+}
+
+const char *ferry_connector_name(const ferry_connector_t *c)
+{
+    return c->name;
+}
+
+const char *ferry_connector_hostname(const ferry_connector_t *c)
+{
+    return c->hostname;
+}
+
+bool ferry_connector_is_cuda_available(const ferry_connector_t *c)
+{
+    return c->cuda_available;
+}
+
+ferry_status_t ferry_connector_get_fd(ferry_connector_t *c, int *fd_p)
+{
+    ferry__clear_error();
+    if (c->mode != FERRY_PROGRESS_CALLER) {
+        return ferry__fail(FERRY_ERR_MISUSE, "connector %s: get_fd needs caller progress mode",
+                           c->name);
+    }
+    *fd_p = c->efd;
+    return FERRY_OK;
+}
+
+ferry_status_t ferry_connector_progress(ferry_connector_t *c)
+{
+    ucs_status_t status;
+
+    ferry__clear_error();
+    if (c->mode != FERRY_PROGRESS_CALLER) {
+        return ferry__fail(FERRY_ERR_MISUSE, "connector %s: progress needs caller progress mode",
+                           c->name);
+    }
+    ferry__lock(c);
+    do {
+        ferry__connector_drain(c);
+        status = ucp_worker_arm(c->worker);
+    } while (status == UCS_ERR_BUSY);
+    ferry__unlock(c);
+    ferry__connector_deliver(c);
+    if (status != UCS_OK) {
+        ferry_error("connector %s: ucp_worker_arm: %s", c->name, ucs_status_string(status));
+        return ferry__fail(FERRY_ERR_TRANSPORT, "connector %s: ucp_worker_arm: %s", c->name,
+                           ucs_status_string(status));
+    }
+    return FERRY_OK;
+}
+
+void ferry_connector_get_stats(ferry_connector_t *c, ferry_connector_stats_t *stats_p)
+{
+    ferry__lock(c);
+    *stats_p = c->stats;
+    ferry__unlock(c);
+}

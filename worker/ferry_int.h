@@ -1,0 +1,367 @@
+/*
+ * ferry_int.h: libferry's private structures, shared by the worker/ files.
+ *
+ * Locking: one mutex per connector, connector->lock, guards everything here
+ * that can change: every ucp_* call on the connector's context and worker
+ * (the worker is created UCS_THREAD_MODE_SERIALIZED: the lock is the
+ * serialization), the peer (endpoint) cache and its remote keys, the
+ * operation table, the four queues, and every field of every operation except
+ * those set once before the operation is published. Operations' condition
+ * variables wait on that mutex.
+ *
+ * Who runs what: the progress loop (the connector's thread, or the caller's
+ * thread inside ferry_connector_progress / ferry_op_wait) calls
+ * ucp_worker_progress with the lock held. UCX callbacks therefore run with
+ * the lock held; they only record a status and push an item on a queue. The
+ * loop then drains the queues (ferry__connector_drain): that is where
+ * operations advance. Completion callbacks for users are delivered by the
+ * loop after it drops the lock.
+ *
+ * Lifetime: an operation is reference counted (under the lock): the user's
+ * handle, each UCX request in flight that names it, and a pending completion
+ * callback each hold one. It is freed when the last goes, so a callback that
+ * fires after the user destroyed the operation still finds valid memory.
+ */
+#ifndef FERRY_WORKER_FERRY_INT_H
+#define FERRY_WORKER_FERRY_INT_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include <ucp/api/ucp.h>
+
+#include "ferry/ferry.h"
+#include "ferry/v1/types.pb-c.h"
+
+#define FERRY__AM_ID          0x4652u /* "FR": the one active-message id */
+#define FERRY__KEY_LEN        FERRY_NOTIFICATION_KEY_LEN
+#define FERRY__MSG_LEN        256
+#define FERRY__NAME_LEN       64
+#define FERRY__HOST_LEN       256
+#define FERRY__OP_BUCKETS     256
+#define FERRY__RKEY_CACHE_MAX 256 /* unused remote keys kept per peer */
+
+/* ---- errors (errors.c) ------------------------------------------------ */
+
+/* Records the message for ferry_last_error_message() and returns status, so
+ * that `return ferry__fail(FERRY_ERR_X, "...")` reads as one step. Does not
+ * log: the caller decides whether this is where the error is first seen. */
+ferry_status_t ferry__fail(ferry_status_t status, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+/* Clears this thread's message (public entry points call it first). */
+void ferry__clear_error(void);
+
+/* ---- metadata (metadata.c): pure, no UCX ------------------------------ */
+
+typedef enum {
+    FERRY__KIND_WRITABLE = 0, /* passive, peer writes */
+    FERRY__KIND_READABLE = 1, /* passive, peer reads */
+    FERRY__KIND_WRITE = 2,    /* active put */
+    FERRY__KIND_READ = 3,     /* active get */
+} ferry__op_kind_t;
+
+/* Decodes and checks RdmaMetadata bytes: every required field present and
+ * valid, descriptors non-empty, of one device kind, each with an address,
+ * size and rkey. On failure the message names the offending field. The
+ * result is freed with ferry__metadata_free. */
+ferry_status_t ferry__metadata_decode(const uint8_t *bytes, size_t len,
+                                      Ferry__V1__RdmaMetadata **md_p);
+
+/* The same checks on an already unpacked message. */
+ferry_status_t ferry__metadata_validate(const Ferry__V1__RdmaMetadata *md);
+
+void ferry__metadata_free(Ferry__V1__RdmaMetadata *md);
+
+/* Checks an active operation's local list against decoded metadata: the
+ * kind (a write pairs with a writable), the count, and each pair's size. */
+ferry_status_t ferry__metadata_match(const Ferry__V1__RdmaMetadata *md, ferry__op_kind_t kind,
+                                     const ferry_descriptor_t *local, size_t n);
+
+/* Builds and packs metadata; *bytes_p is malloc'd. */
+typedef struct {
+    ferry__op_kind_t kind; /* WRITABLE or READABLE */
+    const uint8_t *worker_address;
+    size_t worker_address_len;
+    const ferry_descriptor_t *descs;
+    size_t n;
+    const void *const *rkeys; /* n packed remote keys */
+    const size_t *rkey_lens;
+    const uint8_t *key; /* FERRY__KEY_LEN bytes */
+    const char *worker_name;
+    const char *hostname;
+} ferry__metadata_build_t;
+
+ferry_status_t ferry__metadata_encode(const ferry__metadata_build_t *build, uint8_t **bytes_p,
+                                      size_t *len_p);
+
+/* ---- wire messages (wire.c): the active messages between connectors -- */
+
+typedef enum {
+    FERRY__MSG_CLAIM = 1,  /* active -> passive: admit me (carries my address) */
+    FERRY__MSG_ADMIT = 2,  /* passive -> active: the answer to a claim */
+    FERRY__MSG_NOTICE = 3, /* active -> passive: transfer done, with a status */
+} ferry__msg_type_t;
+
+typedef struct {
+    ferry__msg_type_t type;
+    uint8_t key[FERRY__KEY_LEN]; /* the passive operation */
+    uint64_t op_id;              /* the active operation (CLAIM, ADMIT) */
+    uint8_t op_kind;             /* CLAIM: FERRY__KIND_WRITE or _READ */
+    int32_t status;              /* ADMIT, NOTICE: ferry_status_t */
+    const uint8_t *address;      /* CLAIM: the claimant's worker address */
+    size_t address_len;
+} ferry__msg_t;
+
+/* Encodes into a malloc'd buffer. */
+ferry_status_t ferry__msg_encode(const ferry__msg_t *msg, uint8_t **buf_p, size_t *len_p);
+
+/* Decodes; msg->address points into buf. FERRY_ERR_PROTOCOL when malformed. */
+ferry_status_t ferry__msg_decode(const uint8_t *buf, size_t len, ferry__msg_t *msg);
+
+/* ---- connector internals (connector.c, peer.c) ------------------------ */
+
+typedef struct ferry__rkey {
+    struct ferry__rkey *next;
+    uint8_t *packed;
+    size_t packed_len;
+    ucp_rkey_h rkey;
+    unsigned refs; /* operations using it */
+} ferry__rkey_t;
+
+/* One remote worker: a cached endpoint and the remote keys unpacked on it. */
+typedef struct ferry__peer {
+    struct ferry__peer *next;        /* cache chain */
+    struct ferry__peer *failed_next; /* failed-peer queue */
+    ferry_connector_t *connector;
+    uint8_t *address;
+    size_t address_len;
+    ucp_ep_h ep;
+    uint64_t id;          /* for logs */
+    ucs_status_t failure; /* UCS_OK while usable */
+    bool in_cache;
+    bool closing;
+    unsigned refs; /* the cache's and each operation's */
+    ferry__rkey_t *rkeys;
+    unsigned n_rkeys;
+} ferry__peer_t;
+
+typedef enum {
+    FERRY__REQ_FLUSH = 1,  /* the puts/gets of an active op are done */
+    FERRY__REQ_CLAIM = 2,  /* a claim was sent */
+    FERRY__REQ_NOTICE = 3, /* a notice was sent */
+    FERRY__REQ_ADMIT = 4,  /* an admit answer was sent */
+} ferry__req_type_t;
+
+/* One UCX request in flight, owned by the request's callback until it is
+ * queued, then by the loop. */
+typedef struct ferry__req {
+    struct ferry__req *next;
+    ferry__req_type_t type;
+    ferry_connector_t *connector;
+    struct ferry_op *op; /* holds a reference; NULL for ADMIT */
+    ucs_status_t status;
+    uint8_t *buf; /* message bytes, freed with the request */
+} ferry__req_t;
+
+/* A received active message, copied out of the UCX callback. */
+typedef struct ferry__inmsg {
+    struct ferry__inmsg *next;
+    size_t len;
+    uint8_t data[];
+} ferry__inmsg_t;
+
+struct ferry_connector {
+    char name[FERRY__NAME_LEN];
+    char hostname[FERRY__HOST_LEN];
+    ferry_progress_mode_t mode;
+    bool peer_error_handling;
+    bool cuda_available;
+
+    ucp_context_h context;
+    ucp_worker_h worker;
+    ucp_address_t *address;
+    size_t address_len;
+    int efd;
+
+    pthread_mutex_t lock;
+    pthread_t thread;
+    bool thread_started;
+    atomic_bool stopping;
+
+    /* Everything below: under lock. */
+    ferry__peer_t *peers;
+    uint64_t next_peer_id;
+    struct ferry_op *ops[FERRY__OP_BUCKETS];
+    uint64_t next_op_id;
+    unsigned live_ops;
+    /* Queues, FIFO: head and tail pointer-to-next. */
+    ferry__req_t *reqs, **reqs_tail;
+    ferry__inmsg_t *inbox, **inbox_tail;
+    ferry__peer_t *failed;
+    struct ferry_op *done, **done_tail;
+    ferry_connector_stats_t stats;
+};
+
+/* Lock helpers (abort on a broken mutex: that is a programmer error). */
+void ferry__lock(ferry_connector_t *c);
+void ferry__unlock(ferry_connector_t *c);
+
+/* Wakes the progress loop (after posting work from another thread). */
+void ferry__wake(ferry_connector_t *c);
+
+/* One pass of the loop, lock held: progress UCX until idle, drain queues. */
+void ferry__connector_drain(ferry_connector_t *c);
+
+/* Delivers queued completion callbacks; lock NOT held. */
+void ferry__connector_deliver(ferry_connector_t *c);
+
+/* Peer cache, lock held. _get returns a peer with a reference taken. */
+ferry_status_t ferry__peer_get(ferry_connector_t *c, const uint8_t *address, size_t len,
+                               ferry__peer_t **peer_p);
+void ferry__peer_put(ferry__peer_t *peer);
+void ferry__peer_ref_for_failure(ferry__peer_t *peer);
+ferry_status_t ferry__peer_rkey_get(ferry__peer_t *peer, const uint8_t *packed, size_t len,
+                                    ferry__rkey_t **rkey_p);
+void ferry__peer_rkey_put(ferry__peer_t *peer, ferry__rkey_t *rkey);
+/* Drops every cached peer (connector destroy), closing endpoints. */
+void ferry__peer_cache_clear(ferry_connector_t *c);
+
+/* Sends a wire message on a peer; req_type and op (ref taken) as for
+ * ferry__req_t. Lock held. Failure to post is reported through the queue
+ * like a failed completion, so callers handle one path. */
+void ferry__send_msg(ferry__peer_t *peer, const ferry__msg_t *msg, ferry__req_type_t req_type,
+                     struct ferry_op *op);
+
+/* UCX request callback plumbing: queue a finished request. Lock held. */
+void ferry__req_finish(ferry__req_t *req, ucs_status_t status);
+/* Handles a ucs_status_ptr_t from an *_nbx call made with ferry__req_param. */
+void ferry__req_posted(ferry__req_t *req, ucs_status_ptr_t sp);
+void ferry__req_param(ferry__req_t *req, ucp_request_param_t *param);
+
+/* ---- operations (op.c, op_passive.c, op_active.c) --------------------- */
+
+/* The life of one operation. Every change goes through ferry__op_move,
+ * which logs it. The public status is a function of the state.
+ *
+ *   NEW -> READY                 created (passive: memory registered;
+ *                                active: metadata checked)
+ *   READY -> CLAIMING            active: claim sent
+ *   READY -> CLAIMED             passive: one writer/reader admitted
+ *   CLAIMING -> TRANSFERRING     active: admitted; puts/gets and flush posted
+ *   TRANSFERRING -> NOTIFYING    active: flush done; notice posted
+ *   NOTIFYING -> COMPLETE        active: notice sent
+ *   READY|CLAIMED -> COMPLETE    passive: the notice arrived
+ *   any non-final -> CANCELLED | ERRORED
+ */
+typedef enum {
+    FERRY__OP_NEW = 0,
+    FERRY__OP_READY,
+    FERRY__OP_CLAIMING,
+    FERRY__OP_CLAIMED,
+    FERRY__OP_TRANSFERRING,
+    FERRY__OP_NOTIFYING,
+    FERRY__OP_COMPLETE,
+    FERRY__OP_CANCELLED,
+    FERRY__OP_ERRORED,
+} ferry__op_state_t;
+
+struct ferry_op {
+    struct ferry_op *table_next; /* chain in connector->ops */
+    struct ferry_op *done_next;  /* done queue */
+    ferry_connector_t *connector;
+    ferry__op_kind_t kind;
+    uint64_t id;
+    char label[48]; /* "writable 7 key 3f2a1b4c" for logs */
+
+    /* Under connector->lock. */
+    ferry__op_state_t state;
+    unsigned refs;
+    bool user_released;
+    bool in_table;
+    pthread_cond_t cond;
+    ferry_status_t error_code;
+    char error_message[FERRY__MSG_LEN];
+    ferry_op_done_cb_t done_cb;
+    void *done_arg;
+    bool done_queued;
+    bool done_delivered;
+
+    ferry_descriptor_t *descs;
+    size_t n;
+
+    /* Passive. */
+    uint8_t key[FERRY__KEY_LEN];
+    ucp_mem_h *memh;
+    bool mapped;
+    uint8_t *metadata;
+    size_t metadata_len;
+    ferry__peer_t *claimant; /* the admitted peer, while CLAIMED */
+
+    /* Active. */
+    Ferry__V1__RdmaMetadata *md;
+    ferry__peer_t *peer;
+    ferry__rkey_t **rkeys;
+    bool awaiting_admit; /* a claim is out; holds a reference until answered */
+
+    /* Set once by coord_client.c when the operation is bound to a
+     * coordinator (published, or begun by request ID); see coord_link.h. */
+    struct ferry__coord_link *coord_link;
+};
+
+/* Allocates an operation in state NEW with one (the user's) reference. */
+ferry_status_t ferry__op_alloc(ferry_connector_t *c, ferry__op_kind_t kind,
+                               const ferry_descriptor_t *descs, size_t n, ferry_op_t **op_p);
+
+/* Frees an operation that was never published (constructor failure). */
+void ferry__op_free(ferry_op_t *op);
+
+/* The one state-change function; lock held. code/fmt only for ERRORED and
+ * CANCELLED (code FERRY_OK and fmt NULL otherwise). Logs every change; on a
+ * final state wakes waiters and queues the completion callback. Returns
+ * false (and changes nothing) when the op is final already. */
+bool ferry__op_move(ferry_op_t *op, ferry__op_state_t to, ferry_status_t code, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+bool ferry__op_is_final(const ferry_op_t *op);
+const char *ferry__op_state_name(ferry__op_state_t state);
+
+/* References, lock held. _unref frees at zero. */
+void ferry__op_ref(ferry_op_t *op);
+void ferry__op_unref(ferry_op_t *op);
+
+/* Operation table, lock held. */
+void ferry__op_table_add(ferry_op_t *op);
+void ferry__op_table_remove(ferry_op_t *op);
+ferry_op_t *ferry__op_find_passive(ferry_connector_t *c, const uint8_t *key);
+ferry_op_t *ferry__op_find_active(ferry_connector_t *c, uint64_t id);
+
+/* Kind-specific steps, lock held. */
+void ferry__passive_release(ferry_op_t *op); /* unmap memory, drop claimant */
+void ferry__passive_on_claim(ferry_connector_t *c, const ferry__msg_t *msg);
+void ferry__passive_on_notice(ferry_connector_t *c, const ferry__msg_t *msg);
+void ferry__active_on_admit(ferry_connector_t *c, const ferry__msg_t *msg);
+void ferry__active_on_req(ferry__req_t *req);
+void ferry__active_release(ferry_op_t *op); /* drop peer and rkeys */
+void ferry__active_cancel(ferry_op_t *op);
+void ferry__op_peer_failed(ferry_op_t *op, ferry__peer_t *peer);
+
+/* ---- fault simulation (tests only) ------------------------------------ */
+
+/* When set, an active operation whose flush completed holds its notice
+ * (stays TRANSFERRING) and sets ferry__test_notice_held: lets a test kill a
+ * writer after the data moved and before the notice. */
+extern atomic_bool ferry__test_hold_notice;
+extern atomic_bool ferry__test_notice_held;
+
+/* ---- coordinator glue seam --------------------------------------------- */
+
+/* Starts an active operation from an already decoded RdmaMetadata (as a
+ * coordinator Lookup/Claim returns it). md is copied. kind: WRITE or READ. */
+ferry_status_t ferry__active_begin_md(ferry_connector_t *c, ferry__op_kind_t kind,
+                                      const ferry_descriptor_t *local, size_t n,
+                                      const Ferry__V1__RdmaMetadata *md, ferry_op_t **op_p);
+
+#endif /* FERRY_WORKER_FERRY_INT_H */

@@ -1,0 +1,227 @@
+/*
+ * metadata.c: RdmaMetadata (proto/ferry/v1/types.proto), the capability a
+ * passive operation hands out: built and packed here, and on the active side
+ * unpacked and checked field by field before anything touches UCX.
+ *
+ * Invariant after ferry__metadata_validate: kind is READ or WRITE, the worker
+ * address and each rkey are non-empty, the notification key has exactly
+ * FERRY__KEY_LEN bytes, there is at least one descriptor, each has a non-zero
+ * address and size and a device, and all share one device kind.
+ *
+ * Errors: bytes that do not decode and decoded fields that break the rules
+ * are both FERRY_ERR_INVALID_ARGUMENT (the caller passed them in), with a
+ * message naming the field. Pure functions: any thread.
+ */
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "worker/ferry_int.h"
+
+#define MD_VERSION 1
+
+static const char *kind_name(ferry__op_kind_t kind)
+{
+    switch (kind) {
+    case FERRY__KIND_WRITABLE:
+        return "writable";
+    case FERRY__KIND_READABLE:
+        return "readable";
+    case FERRY__KIND_WRITE:
+        return "write";
+    case FERRY__KIND_READ:
+        return "read";
+    }
+    return "unknown";
+}
+
+static ferry_status_t validate_descriptor(const Ferry__V1__Descriptor *d, size_t i,
+                                          Ferry__V1__DeviceKind first_kind)
+{
+    if (d->address == 0) {
+        return ferry__fail(FERRY_ERR_INVALID_ARGUMENT, "metadata: descriptors[%zu].address is 0",
+                           i);
+    }
+    if (d->size == 0) {
+        return ferry__fail(FERRY_ERR_INVALID_ARGUMENT, "metadata: descriptors[%zu].size is 0", i);
+    }
+    if (d->device == NULL) {
+        return ferry__fail(FERRY_ERR_INVALID_ARGUMENT, "metadata: descriptors[%zu].device missing",
+                           i);
+    }
+    if (d->device->kind != FERRY__V1__DEVICE_KIND__DEVICE_KIND_HOST &&
+        d->device->kind != FERRY__V1__DEVICE_KIND__DEVICE_KIND_CUDA) {
+        return ferry__fail(FERRY_ERR_INVALID_ARGUMENT,
+                           "metadata: descriptors[%zu].device.kind %d is not HOST or CUDA", i,
+                           (int)d->device->kind);
+    }
+    if (d->device->kind != first_kind) {
+        return ferry__fail(FERRY_ERR_INVALID_ARGUMENT,
+                           "metadata: descriptors[%zu].device.kind differs from descriptors[0]", i);
+    }
+    if (d->rkey.len == 0) {
+        return ferry__fail(FERRY_ERR_INVALID_ARGUMENT, "metadata: descriptors[%zu].rkey is empty",
+                           i);
+    }
+    return FERRY_OK;
+}
+
+ferry_status_t ferry__metadata_validate(const Ferry__V1__RdmaMetadata *md)
+{
+    Ferry__V1__DeviceKind first_kind;
+    ferry_status_t status;
+
+    if (md->version > MD_VERSION) {
+        return ferry__fail(FERRY_ERR_INVALID_ARGUMENT,
+                           "metadata: version %" PRIu32 " is newer than this library (%d)",
+                           md->version, MD_VERSION);
+    }
+    if (md->kind != FERRY__V1__OPERATION_KIND__OPERATION_KIND_READ &&
+        md->kind != FERRY__V1__OPERATION_KIND__OPERATION_KIND_WRITE) {
+        return ferry__fail(FERRY_ERR_INVALID_ARGUMENT, "metadata: kind %d is not READ or WRITE",
+                           (int)md->kind);
+    }
+    if (md->worker_address.len == 0) {
+        return ferry__fail(FERRY_ERR_INVALID_ARGUMENT, "metadata: worker_address is empty");
+    }
+    if (md->notification_key.len != FERRY__KEY_LEN) {
+        return ferry__fail(FERRY_ERR_INVALID_ARGUMENT,
+                           "metadata: notification_key has %zu bytes, expected %d",
+                           md->notification_key.len, FERRY__KEY_LEN);
+    }
+    if (md->n_descriptors == 0) {
+        return ferry__fail(FERRY_ERR_INVALID_ARGUMENT, "metadata: descriptors is empty");
+    }
+    first_kind = md->descriptors[0]->device != NULL ? md->descriptors[0]->device->kind
+                                                    : FERRY__V1__DEVICE_KIND__DEVICE_KIND_HOST;
+    for (size_t i = 0; i < md->n_descriptors; i++) {
+        status = validate_descriptor(md->descriptors[i], i, first_kind);
+        if (status != FERRY_OK) {
+            return status;
+        }
+    }
+    return FERRY_OK;
+}
+
+ferry_status_t ferry__metadata_decode(const uint8_t *bytes, size_t len,
+                                      Ferry__V1__RdmaMetadata **md_p)
+{
+    Ferry__V1__RdmaMetadata *md;
+    ferry_status_t status;
+
+    if (bytes == NULL || len == 0) {
+        return ferry__fail(FERRY_ERR_INVALID_ARGUMENT, "metadata: empty");
+    }
+    md = ferry__v1__rdma_metadata__unpack(NULL, len, bytes);
+    if (md == NULL) {
+        return ferry__fail(FERRY_ERR_INVALID_ARGUMENT,
+                           "metadata: %zu bytes are not a valid RdmaMetadata message", len);
+    }
+    status = ferry__metadata_validate(md);
+    if (status != FERRY_OK) {
+        ferry__v1__rdma_metadata__free_unpacked(md, NULL);
+        return status;
+    }
+    *md_p = md;
+    return FERRY_OK;
+}
+
+void ferry__metadata_free(Ferry__V1__RdmaMetadata *md)
+{
+    if (md != NULL) {
+        ferry__v1__rdma_metadata__free_unpacked(md, NULL);
+    }
+}
+
+ferry_status_t ferry__metadata_match(const Ferry__V1__RdmaMetadata *md, ferry__op_kind_t kind,
+                                     const ferry_descriptor_t *local, size_t n)
+{
+    bool is_write = kind == FERRY__KIND_WRITE;
+    bool md_write = md->kind == FERRY__V1__OPERATION_KIND__OPERATION_KIND_WRITE;
+
+    if (is_write != md_write) {
+        return ferry__fail(FERRY_ERR_INVALID_ARGUMENT,
+                           "metadata is for a %s operation; a %s pairs only with a %s",
+                           md_write ? "writable" : "readable", kind_name(kind),
+                           is_write ? "writable" : "readable");
+    }
+    if (n != md->n_descriptors) {
+        return ferry__fail(FERRY_ERR_INVALID_ARGUMENT,
+                           "descriptor count mismatch: %zu local, %zu remote", n,
+                           md->n_descriptors);
+    }
+    for (size_t i = 0; i < n; i++) {
+        if ((uint64_t)local[i].size != md->descriptors[i]->size) {
+            return ferry__fail(FERRY_ERR_INVALID_ARGUMENT,
+                               "descriptor %zu: local size %zu != remote size %" PRIu64, i,
+                               local[i].size, md->descriptors[i]->size);
+        }
+    }
+    /* The device kinds may differ (host to CUDA and back): UCX moves both. */
+    return FERRY_OK;
+}
+
+ferry_status_t ferry__metadata_encode(const ferry__metadata_build_t *b, uint8_t **bytes_p,
+                                      size_t *len_p)
+{
+    Ferry__V1__RdmaMetadata md = FERRY__V1__RDMA_METADATA__INIT;
+    Ferry__V1__Descriptor *descs;
+    Ferry__V1__Descriptor **desc_ptrs;
+    Ferry__V1__Device *devices;
+    uint8_t *bytes;
+    size_t len;
+
+    descs = calloc(b->n, sizeof(*descs));
+    desc_ptrs = calloc(b->n, sizeof(*desc_ptrs));
+    devices = calloc(b->n, sizeof(*devices));
+    if (descs == NULL || desc_ptrs == NULL || devices == NULL) {
+        goto err_free_arrays;
+    }
+    for (size_t i = 0; i < b->n; i++) {
+        Ferry__V1__Device dev = FERRY__V1__DEVICE__INIT;
+        Ferry__V1__Descriptor d = FERRY__V1__DESCRIPTOR__INIT;
+        dev.kind = b->descs[i].device.kind == FERRY_DEVICE_CUDA
+                       ? FERRY__V1__DEVICE_KIND__DEVICE_KIND_CUDA
+                       : FERRY__V1__DEVICE_KIND__DEVICE_KIND_HOST;
+        dev.id = b->descs[i].device.id;
+        devices[i] = dev;
+        d.address = (uint64_t)(uintptr_t)b->descs[i].ptr;
+        d.size = b->descs[i].size;
+        d.device = &devices[i];
+        d.rkey.data = (uint8_t *)b->rkeys[i];
+        d.rkey.len = b->rkey_lens[i];
+        descs[i] = d;
+        desc_ptrs[i] = &descs[i];
+    }
+    md.version = MD_VERSION;
+    md.kind = b->kind == FERRY__KIND_WRITABLE ? FERRY__V1__OPERATION_KIND__OPERATION_KIND_WRITE
+                                              : FERRY__V1__OPERATION_KIND__OPERATION_KIND_READ;
+    md.worker_address.data = (uint8_t *)b->worker_address;
+    md.worker_address.len = b->worker_address_len;
+    md.n_descriptors = b->n;
+    md.descriptors = desc_ptrs;
+    md.notification_key.data = (uint8_t *)b->key;
+    md.notification_key.len = FERRY__KEY_LEN;
+    md.worker_name = (char *)b->worker_name;
+    md.hostname = (char *)b->hostname;
+
+    len = ferry__v1__rdma_metadata__get_packed_size(&md);
+    bytes = malloc(len);
+    if (bytes == NULL) {
+        goto err_free_arrays;
+    }
+    ferry__v1__rdma_metadata__pack(&md, bytes);
+    free(devices);
+    free(desc_ptrs);
+    free(descs);
+    *bytes_p = bytes;
+    *len_p = len;
+    return FERRY_OK;
+
+err_free_arrays:
+    free(devices);
+    free(desc_ptrs);
+    free(descs);
+    return ferry__fail(FERRY_ERR_NO_MEMORY, "metadata: out of memory packing %zu descriptors",
+                       b->n);
+}

@@ -1,0 +1,528 @@
+/*
+ * op.c: the operation object shared by the four kinds: its state, the one
+ * function that changes it (ferry__op_move, which logs every change, in the
+ * manner of curl's multistate()), references, the connector's operation
+ * table, and the public calls that do not depend on the kind (status, error,
+ * wait, cancel, fail, done callback, destroy).
+ *
+ * Threads: public calls run on the caller's thread and take connector->lock;
+ * ferry__* functions expect the lock held. Waiters sleep on op->cond (with
+ * connector->lock), or in caller progress mode drive the loop themselves.
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <poll.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "common/log.h"
+#include "worker/coord_link.h"
+#include "worker/ferry_int.h"
+
+#define CALLER_POLL_MAX_MS 100
+
+const char *ferry__op_state_name(ferry__op_state_t state)
+{
+    switch (state) {
+    case FERRY__OP_NEW:
+        return "NEW";
+    case FERRY__OP_READY:
+        return "READY";
+    case FERRY__OP_CLAIMING:
+        return "CLAIMING";
+    case FERRY__OP_CLAIMED:
+        return "CLAIMED";
+    case FERRY__OP_TRANSFERRING:
+        return "TRANSFERRING";
+    case FERRY__OP_NOTIFYING:
+        return "NOTIFYING";
+    case FERRY__OP_COMPLETE:
+        return "COMPLETE";
+    case FERRY__OP_CANCELLED:
+        return "CANCELLED";
+    case FERRY__OP_ERRORED:
+        return "ERRORED";
+    }
+    return "UNKNOWN";
+}
+
+const char *ferry_op_status_name(ferry_op_status_t status)
+{
+    switch (status) {
+    case FERRY_OP_STATUS_UNINITIALIZED:
+        return "UNINITIALIZED";
+    case FERRY_OP_STATUS_INITIALIZED:
+        return "INITIALIZED";
+    case FERRY_OP_STATUS_IN_PROGRESS:
+        return "IN_PROGRESS";
+    case FERRY_OP_STATUS_COMPLETE:
+        return "COMPLETE";
+    case FERRY_OP_STATUS_CANCELLED:
+        return "CANCELLED";
+    case FERRY_OP_STATUS_ERRORED:
+        return "ERRORED";
+    }
+    return "UNKNOWN";
+}
+
+static bool state_is_final(ferry__op_state_t s)
+{
+    return s == FERRY__OP_COMPLETE || s == FERRY__OP_CANCELLED || s == FERRY__OP_ERRORED;
+}
+
+bool ferry__op_is_final(const ferry_op_t *op)
+{
+    return state_is_final(op->state);
+}
+
+static bool is_passive(const ferry_op_t *op)
+{
+    return op->kind == FERRY__KIND_WRITABLE || op->kind == FERRY__KIND_READABLE;
+}
+
+/* The table in ferry_int.h, as code. */
+static bool can_move(ferry__op_state_t from, ferry__op_state_t to, bool passive)
+{
+    if (state_is_final(from)) {
+        return false;
+    }
+    switch (to) {
+    case FERRY__OP_READY:
+        return from == FERRY__OP_NEW;
+    case FERRY__OP_CLAIMING:
+        return !passive && from == FERRY__OP_READY;
+    case FERRY__OP_CLAIMED:
+        return passive && from == FERRY__OP_READY;
+    case FERRY__OP_TRANSFERRING:
+        return !passive && from == FERRY__OP_CLAIMING;
+    case FERRY__OP_NOTIFYING:
+        return !passive && from == FERRY__OP_TRANSFERRING;
+    case FERRY__OP_COMPLETE:
+        return passive ? (from == FERRY__OP_READY || from == FERRY__OP_CLAIMED)
+                       : from == FERRY__OP_NOTIFYING;
+    case FERRY__OP_CANCELLED:
+    case FERRY__OP_ERRORED:
+        return true;
+    default:
+        return false;
+    }
+}
+
+static void queue_done(ferry_op_t *op)
+{
+    ferry_connector_t *c = op->connector;
+
+    if (op->done_queued || op->done_delivered) {
+        return;
+    }
+    op->done_queued = true;
+    op->done_next = NULL;
+    ferry__op_ref(op);
+    *c->done_tail = op;
+    c->done_tail = &op->done_next;
+    ferry__wake(c);
+}
+
+bool ferry__op_move(ferry_op_t *op, ferry__op_state_t to, ferry_status_t code, const char *fmt, ...)
+{
+    ferry__op_state_t from = op->state;
+    va_list ap;
+
+    if (!can_move(from, to, is_passive(op))) {
+        if (!state_is_final(from)) {
+            ferry_error("%s: refused move %s -> %s", op->label, ferry__op_state_name(from),
+                        ferry__op_state_name(to));
+        }
+        return false;
+    }
+    op->state = to;
+    if (fmt != NULL) {
+        op->error_code = code;
+        va_start(ap, fmt);
+        vsnprintf(op->error_message, sizeof(op->error_message), fmt, ap);
+        va_end(ap);
+    }
+    if (to == FERRY__OP_ERRORED) {
+        ferry_warn("%s: %s -> ERRORED: %s (%s)", op->label, ferry__op_state_name(from),
+                   op->error_message, ferry_status_name(op->error_code));
+    } else {
+        ferry_debug("%s: %s -> %s%s%s", op->label, ferry__op_state_name(from),
+                    ferry__op_state_name(to), fmt != NULL ? ": " : "",
+                    fmt != NULL ? op->error_message : "");
+    }
+    if (state_is_final(to)) {
+        if (is_passive(op)) {
+            ferry__passive_release(op);
+        }
+        pthread_cond_broadcast(&op->cond);
+        queue_done(op);
+    }
+    return true;
+}
+
+ferry_status_t ferry__op_alloc(ferry_connector_t *c, ferry__op_kind_t kind,
+                               const ferry_descriptor_t *descs, size_t n, ferry_op_t **op_p)
+{
+    pthread_condattr_t attr;
+    ferry_op_t *op;
+
+    op = calloc(1, sizeof(*op));
+    if (op == NULL || (op->descs = calloc(n, sizeof(*descs))) == NULL) {
+        free(op);
+        return ferry__fail(FERRY_ERR_NO_MEMORY, "operation: out of memory");
+    }
+    memcpy(op->descs, descs, n * sizeof(*descs));
+    op->n = n;
+    op->connector = c;
+    op->kind = kind;
+    op->refs = 1;
+    op->state = FERRY__OP_NEW;
+    pthread_condattr_init(&attr);
+    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+    pthread_cond_init(&op->cond, &attr);
+    pthread_condattr_destroy(&attr);
+    ferry__lock(c);
+    op->id = c->next_op_id++;
+    c->live_ops++;
+    ferry__unlock(c);
+    *op_p = op;
+    return FERRY_OK;
+}
+
+void ferry__op_ref(ferry_op_t *op)
+{
+    op->refs++;
+}
+
+static void op_free_locked(ferry_op_t *op)
+{
+    ferry_connector_t *c = op->connector;
+
+    if (op->in_table) {
+        ferry__op_table_remove(op);
+    }
+    if (is_passive(op)) {
+        ferry__passive_release(op);
+    } else {
+        ferry__active_release(op);
+    }
+    ferry_debug("%s: freed", op->label);
+    ferry__metadata_free(op->md);
+    free(op->metadata);
+    free(op->memh);
+    free(op->rkeys);
+    free(op->descs);
+    pthread_cond_destroy(&op->cond);
+    c->live_ops--;
+    free(op);
+}
+
+void ferry__op_free(ferry_op_t *op)
+{
+    ferry_connector_t *c = op->connector;
+
+    ferry__lock(c);
+    op_free_locked(op);
+    ferry__unlock(c);
+}
+
+void ferry__op_unref(ferry_op_t *op)
+{
+    if (--op->refs == 0) {
+        op_free_locked(op);
+    }
+}
+
+static size_t bucket_of(const ferry_op_t *op)
+{
+    return is_passive(op) ? op->key[0] % FERRY__OP_BUCKETS : op->id % FERRY__OP_BUCKETS;
+}
+
+void ferry__op_table_add(ferry_op_t *op)
+{
+    ferry_connector_t *c = op->connector;
+    size_t b = bucket_of(op);
+
+    op->table_next = c->ops[b];
+    c->ops[b] = op;
+    op->in_table = true;
+}
+
+void ferry__op_table_remove(ferry_op_t *op)
+{
+    ferry_op_t **pp = &op->connector->ops[bucket_of(op)];
+
+    while (*pp != NULL && *pp != op) {
+        pp = &(*pp)->table_next;
+    }
+    if (*pp == op) {
+        *pp = op->table_next;
+    }
+    op->in_table = false;
+}
+
+ferry_op_t *ferry__op_find_passive(ferry_connector_t *c, const uint8_t *key)
+{
+    for (ferry_op_t *op = c->ops[key[0] % FERRY__OP_BUCKETS]; op != NULL; op = op->table_next) {
+        if (is_passive(op) && memcmp(op->key, key, FERRY__KEY_LEN) == 0) {
+            return op;
+        }
+    }
+    return NULL;
+}
+
+ferry_op_t *ferry__op_find_active(ferry_connector_t *c, uint64_t id)
+{
+    for (ferry_op_t *op = c->ops[id % FERRY__OP_BUCKETS]; op != NULL; op = op->table_next) {
+        if (!is_passive(op) && op->id == id) {
+            return op;
+        }
+    }
+    return NULL;
+}
+
+/* ---- public ----------------------------------------------------------- */
+
+static ferry_op_status_t public_status(ferry__op_state_t s)
+{
+    switch (s) {
+    case FERRY__OP_NEW:
+        return FERRY_OP_STATUS_UNINITIALIZED;
+    case FERRY__OP_READY:
+        return FERRY_OP_STATUS_INITIALIZED;
+    case FERRY__OP_CLAIMING:
+    case FERRY__OP_CLAIMED:
+    case FERRY__OP_TRANSFERRING:
+    case FERRY__OP_NOTIFYING:
+        return FERRY_OP_STATUS_IN_PROGRESS;
+    case FERRY__OP_COMPLETE:
+        return FERRY_OP_STATUS_COMPLETE;
+    case FERRY__OP_CANCELLED:
+        return FERRY_OP_STATUS_CANCELLED;
+    case FERRY__OP_ERRORED:
+        return FERRY_OP_STATUS_ERRORED;
+    }
+    return FERRY_OP_STATUS_UNINITIALIZED;
+}
+
+ferry_op_status_t ferry_op_status(const ferry_op_t *op)
+{
+    ferry_connector_t *c = op->connector;
+    ferry_op_status_t status;
+
+    ferry__lock(c);
+    status = public_status(op->state);
+    ferry__unlock(c);
+    return status;
+}
+
+ferry_status_t ferry_op_error(const ferry_op_t *op, const char **message_p)
+{
+    ferry_connector_t *c = op->connector;
+    ferry_status_t code = FERRY_OK;
+
+    ferry__lock(c);
+    if (op->state == FERRY__OP_ERRORED || op->state == FERRY__OP_CANCELLED) {
+        code = op->error_code;
+    }
+    ferry__unlock(c);
+    if (message_p != NULL) {
+        *message_p = code == FERRY_OK ? "" : op->error_message;
+    }
+    return code;
+}
+
+/* The result of a final operation, lock held. */
+static ferry_status_t final_result(const ferry_op_t *op)
+{
+    switch (op->state) {
+    case FERRY__OP_COMPLETE:
+        return FERRY_OK;
+    case FERRY__OP_CANCELLED:
+        return ferry__fail(FERRY_ERR_CANCELLED, "%s: cancelled: %s", op->label, op->error_message);
+    default:
+        return ferry__fail(op->error_code, "%s: %s", op->label, op->error_message);
+    }
+}
+
+static int64_t now_ms(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static ferry_status_t timed_out(const ferry_op_t *op, int timeout_ms)
+{
+    return ferry__fail(FERRY_ERR_TIMED_OUT, "%s: not final after %d ms (status %s)", op->label,
+                       timeout_ms, ferry_op_status_name(public_status(op->state)));
+}
+
+/* Caller progress mode: this thread drives the loop while it waits. */
+static ferry_status_t wait_driving(ferry_op_t *op, int timeout_ms)
+{
+    ferry_connector_t *c = op->connector;
+    int64_t deadline = now_ms() + timeout_ms;
+    struct pollfd pfd = {.fd = c->efd, .events = POLLIN};
+    ferry_status_t status;
+
+    for (;;) {
+        status = ferry_connector_progress(c);
+        if (status != FERRY_OK) {
+            return status;
+        }
+        ferry__lock(c);
+        if (ferry__op_is_final(op)) {
+            status = final_result(op);
+            ferry__unlock(c);
+            return status;
+        }
+        ferry__unlock(c);
+        int64_t left = timeout_ms < 0 ? CALLER_POLL_MAX_MS : deadline - now_ms();
+        if (left <= 0) {
+            ferry__lock(c);
+            status = timed_out(op, timeout_ms);
+            ferry__unlock(c);
+            return status;
+        }
+        poll(&pfd, 1, (int)(left < CALLER_POLL_MAX_MS ? left : CALLER_POLL_MAX_MS));
+    }
+}
+
+ferry_status_t ferry_op_wait(ferry_op_t *op, int timeout_ms)
+{
+    ferry_connector_t *c = op->connector;
+    struct timespec deadline;
+    ferry_status_t status;
+    int rc = 0;
+
+    ferry__clear_error();
+    if (c->mode == FERRY_PROGRESS_CALLER) {
+        return wait_driving(op, timeout_ms);
+    }
+    clock_gettime(CLOCK_MONOTONIC, &deadline);
+    deadline.tv_sec += timeout_ms / 1000;
+    deadline.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
+    if (deadline.tv_nsec >= 1000000000L) {
+        deadline.tv_sec++;
+        deadline.tv_nsec -= 1000000000L;
+    }
+    ferry__lock(c);
+    while (!ferry__op_is_final(op) && rc != ETIMEDOUT) {
+        if (timeout_ms < 0) {
+            pthread_cond_wait(&op->cond, &c->lock);
+        } else {
+            rc = pthread_cond_timedwait(&op->cond, &c->lock, &deadline);
+        }
+    }
+    status = ferry__op_is_final(op) ? final_result(op) : timed_out(op, timeout_ms);
+    ferry__unlock(c);
+    return status;
+}
+
+ferry_status_t ferry_op_cancel(ferry_op_t *op)
+{
+    ferry_connector_t *c = op->connector;
+
+    ferry__clear_error();
+    ferry__lock(c);
+    if (!ferry__op_is_final(op)) {
+        if (is_passive(op)) {
+            ferry__op_move(op, FERRY__OP_CANCELLED, FERRY_ERR_CANCELLED, "cancelled by its owner");
+        } else {
+            ferry__active_cancel(op);
+        }
+    }
+    ferry__unlock(c);
+    return FERRY_OK;
+}
+
+ferry_status_t ferry_op_fail(ferry_op_t *op, ferry_status_t code, const char *message)
+{
+    ferry_connector_t *c = op->connector;
+    ferry_status_t status = FERRY_OK;
+
+    ferry__clear_error();
+    if (code >= 0) {
+        return ferry__fail(FERRY_ERR_INVALID_ARGUMENT, "%s: fail needs an error code, got %d",
+                           op->label, (int)code);
+    }
+    ferry__lock(c);
+    if (ferry__op_is_final(op)) {
+        status = ferry__fail(FERRY_ERR_FAILED_PRECONDITION, "%s: already %s", op->label,
+                             ferry__op_state_name(op->state));
+    } else {
+        ferry__op_move(op, FERRY__OP_ERRORED, code, "%s",
+                       message != NULL ? message : ferry_status_string(code));
+    }
+    ferry__unlock(c);
+    return status;
+}
+
+ferry_status_t ferry_op_set_done_callback(ferry_op_t *op, ferry_op_done_cb_t cb, void *arg)
+{
+    ferry_connector_t *c = op->connector;
+
+    ferry__clear_error();
+    ferry__lock(c);
+    op->done_cb = cb;
+    op->done_arg = arg;
+    if (ferry__op_is_final(op)) {
+        queue_done(op);
+    }
+    ferry__unlock(c);
+    return FERRY_OK;
+}
+
+void ferry_op_destroy(ferry_op_t *op)
+{
+    ferry_connector_t *c;
+
+    if (op == NULL) {
+        return;
+    }
+    /* First, with no lock held: tell the coordinator how it ended and stop
+     * renewing its lease. */
+    if (op->coord_link != NULL) {
+        ferry__coord_unlink(op->coord_link);
+        op->coord_link = NULL;
+    }
+    c = op->connector;
+    ferry__lock(c);
+    if (!ferry__op_is_final(op)) {
+        if (is_passive(op)) {
+            ferry__op_move(op, FERRY__OP_CANCELLED, FERRY_ERR_CANCELLED, "destroyed by its owner");
+        } else {
+            ferry__active_cancel(op);
+        }
+    }
+    if (is_passive(op)) {
+        /* Later claims for this key find nothing and are refused. */
+        ferry__passive_release(op);
+        if (op->in_table) {
+            ferry__op_table_remove(op);
+        }
+    }
+    op->user_released = true;
+    ferry__op_unref(op);
+    ferry__unlock(c);
+}
+
+ferry__coord_link_t *ferry__op_coord_link(const ferry_op_t *op)
+{
+    return op->coord_link;
+}
+
+void ferry__op_set_coord_link(ferry_op_t *op, ferry__coord_link_t *link)
+{
+    op->coord_link = link;
+}
+
+const char *ferry__op_connector_name(const ferry_op_t *op)
+{
+    return op->connector->name;
+}

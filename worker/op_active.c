@@ -1,0 +1,307 @@
+/*
+ * op_active.c: write and read operations, the side that moves the bytes.
+ *
+ * Begin decodes and checks the metadata against the local list (kind, count,
+ * sizes) before anything touches UCX, then takes a cached endpoint to the
+ * passive worker, unpacks (or finds cached) the remote keys, and sends a
+ * CLAIM. The passive side's ADMIT starts the transfer: one ucp_put_nbx (or
+ * ucp_get_nbx) per pair, one ucp_ep_flush_nbx, and only when the flush
+ * completes the NOTICE, so the notice never overtakes the data.
+ *
+ *   READY -> CLAIMING -> TRANSFERRING -> NOTIFYING -> COMPLETE
+ *
+ * An operation cancelled or failed midway still owes the passive side a
+ * notice once the wire is quiet (after the ADMIT, or after the flush), so the
+ * owner of the memory learns that no writer holds it any more.
+ *
+ * Threads: begin runs on the caller's thread under connector->lock; the
+ * other steps run in the progress loop.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/log.h"
+#include "worker/ferry_int.h"
+
+atomic_bool ferry__test_hold_notice;
+atomic_bool ferry__test_notice_held;
+
+/* The status an op that is final without having completed owes the peer. */
+static ferry_status_t owed_status(const ferry_op_t *op)
+{
+    return op->state == FERRY__OP_CANCELLED ? FERRY_ERR_CANCELLED : op->error_code;
+}
+
+static void send_notice(ferry_op_t *op, ferry_status_t status)
+{
+    ferry__msg_t msg = {0};
+
+    msg.type = FERRY__MSG_NOTICE;
+    memcpy(msg.key, op->md->notification_key.data, FERRY__KEY_LEN);
+    msg.status = status;
+    ferry__send_msg(op->peer, &msg, FERRY__REQ_NOTICE, op);
+}
+
+/* Posts every put (or get) and the flush that reports them; lock held. */
+static void start_transfer(ferry_op_t *op)
+{
+    ucp_ep_h ep = op->peer->ep;
+    ucp_request_param_t param = {0};
+    ucs_status_ptr_t sp;
+    ferry__req_t *req;
+
+    for (size_t i = 0; i < op->n; i++) {
+        const ferry_descriptor_t *d = &op->descs[i];
+        uint64_t remote = op->md->descriptors[i]->address;
+        param.op_attr_mask = UCP_OP_ATTR_FIELD_MEMORY_TYPE;
+        param.memory_type =
+            d->device.kind == FERRY_DEVICE_CUDA ? UCS_MEMORY_TYPE_CUDA : UCS_MEMORY_TYPE_HOST;
+        if (op->kind == FERRY__KIND_WRITE) {
+            sp = ucp_put_nbx(ep, d->ptr, d->size, remote, op->rkeys[i]->rkey, &param);
+        } else {
+            sp = ucp_get_nbx(ep, d->ptr, d->size, remote, op->rkeys[i]->rkey, &param);
+        }
+        if (UCS_PTR_IS_ERR(sp)) {
+            ferry__op_move(op, FERRY__OP_ERRORED, FERRY_ERR_TRANSPORT, "%s of pair %zu failed: %s",
+                           op->kind == FERRY__KIND_WRITE ? "put" : "get", i,
+                           ucs_status_string(UCS_PTR_STATUS(sp)));
+            break;
+        }
+        if (sp != NULL) {
+            ucp_request_free(sp); /* the flush below reports its completion */
+        }
+    }
+    req = calloc(1, sizeof(*req));
+    if (req == NULL) {
+        ferry__op_move(op, FERRY__OP_ERRORED, FERRY_ERR_NO_MEMORY, "out of memory for a flush");
+        return;
+    }
+    req->type = FERRY__REQ_FLUSH;
+    req->connector = op->connector;
+    req->op = op;
+    ferry__op_ref(op);
+    ferry__op_move(op, FERRY__OP_TRANSFERRING, FERRY_OK, NULL);
+    ferry__req_param(req, &param);
+    ferry__req_posted(req, ucp_ep_flush_nbx(ep, &param));
+}
+
+void ferry__active_on_admit(ferry_connector_t *c, const ferry__msg_t *msg)
+{
+    ferry_op_t *op = ferry__op_find_active(c, msg->op_id);
+
+    if (op == NULL || !op->awaiting_admit ||
+        memcmp(msg->key, op->md->notification_key.data, FERRY__KEY_LEN) != 0) {
+        ferry_debug("connector %s: admit for no waiting operation", c->name);
+        return;
+    }
+    op->awaiting_admit = false;
+    if (ferry__op_is_final(op)) {
+        if (msg->status == FERRY_OK) {
+            send_notice(op, owed_status(op)); /* release the passive side */
+        }
+    } else if (msg->status == FERRY_OK) {
+        start_transfer(op);
+    } else {
+        ferry_status_t code = (ferry_status_t)msg->status;
+        ferry__op_move(op, FERRY__OP_ERRORED, code, "the passive side refused the %s: %s",
+                       op->kind == FERRY__KIND_WRITE ? "write" : "read",
+                       code == FERRY_ERR_NOT_FOUND ? "no such operation (destroyed?)"
+                                                   : ferry_status_string(code));
+    }
+    ferry__op_unref(op); /* the claim's reference */
+}
+
+void ferry__active_on_req(ferry__req_t *req)
+{
+    ferry_op_t *op = req->op;
+    const char *why = ucs_status_string(req->status);
+
+    switch (req->type) {
+    case FERRY__REQ_CLAIM:
+        if (req->status != UCS_OK && op->awaiting_admit) {
+            op->awaiting_admit = false;
+            ferry__op_move(op, FERRY__OP_ERRORED, FERRY_ERR_TRANSPORT, "claim not sent: %s", why);
+            ferry__op_unref(op);
+        }
+        break;
+    case FERRY__REQ_FLUSH:
+        if (req->status != UCS_OK) {
+            ferry__op_move(op, FERRY__OP_ERRORED, FERRY_ERR_TRANSPORT, "transfer failed: %s", why);
+        } else if (op->state == FERRY__OP_TRANSFERRING && atomic_load(&ferry__test_hold_notice)) {
+            atomic_store(&ferry__test_notice_held, true);
+        } else if (op->state == FERRY__OP_TRANSFERRING) {
+            ferry__op_move(op, FERRY__OP_NOTIFYING, FERRY_OK, NULL);
+            send_notice(op, FERRY_OK);
+        } else {
+            send_notice(op, owed_status(op));
+        }
+        break;
+    case FERRY__REQ_NOTICE:
+        if (op->state != FERRY__OP_NOTIFYING) {
+            break;
+        }
+        if (req->status == UCS_OK) {
+            ferry__op_move(op, FERRY__OP_COMPLETE, FERRY_OK, NULL);
+        } else {
+            ferry__op_move(op, FERRY__OP_ERRORED, FERRY_ERR_TRANSPORT, "notice not sent: %s", why);
+        }
+        break;
+    case FERRY__REQ_ADMIT:
+        break;
+    }
+}
+
+void ferry__active_cancel(ferry_op_t *op)
+{
+    ferry__op_move(op, FERRY__OP_CANCELLED, FERRY_ERR_CANCELLED, "cancelled by its owner");
+}
+
+void ferry__active_release(ferry_op_t *op)
+{
+    if (op->peer == NULL) {
+        return;
+    }
+    for (size_t i = 0; op->rkeys != NULL && i < op->n; i++) {
+        if (op->rkeys[i] != NULL) {
+            ferry__peer_rkey_put(op->peer, op->rkeys[i]);
+            op->rkeys[i] = NULL;
+        }
+    }
+    ferry__peer_put(op->peer);
+    op->peer = NULL;
+}
+
+/* Endpoint and remote keys; lock held. */
+static ferry_status_t connect_op(ferry_op_t *op)
+{
+    ferry_connector_t *c = op->connector;
+    ferry_status_t status;
+
+    status = ferry__peer_get(c, op->md->worker_address.data, op->md->worker_address.len, &op->peer);
+    if (status != FERRY_OK) {
+        return status;
+    }
+    op->rkeys = calloc(op->n, sizeof(*op->rkeys));
+    if (op->rkeys == NULL) {
+        return ferry__fail(FERRY_ERR_NO_MEMORY, "%s: out of memory", op->label);
+    }
+    for (size_t i = 0; i < op->n; i++) {
+        ProtobufCBinaryData *rk = &op->md->descriptors[i]->rkey;
+        status = ferry__peer_rkey_get(op->peer, rk->data, rk->len, &op->rkeys[i]);
+        if (status != FERRY_OK) {
+            return ferry__fail(status, "metadata: descriptors[%zu].rkey: %s", i,
+                               ferry_last_error_message());
+        }
+    }
+    return FERRY_OK;
+}
+
+static void send_claim(ferry_op_t *op)
+{
+    ferry_connector_t *c = op->connector;
+    ferry__msg_t msg = {0};
+
+    msg.type = FERRY__MSG_CLAIM;
+    memcpy(msg.key, op->md->notification_key.data, FERRY__KEY_LEN);
+    msg.op_id = op->id;
+    msg.op_kind = (uint8_t)op->kind;
+    msg.address = (const uint8_t *)c->address;
+    msg.address_len = c->address_len;
+    op->awaiting_admit = true;
+    ferry__op_ref(op); /* dropped when the admit arrives or cannot */
+    ferry__op_move(op, FERRY__OP_CLAIMING, FERRY_OK, NULL);
+    ferry__send_msg(op->peer, &msg, FERRY__REQ_CLAIM, op);
+}
+
+/* Takes ownership of md in every case. */
+static ferry_status_t active_begin(ferry_connector_t *c, ferry__op_kind_t kind,
+                                   const ferry_descriptor_t *local, size_t n,
+                                   Ferry__V1__RdmaMetadata *md, ferry_op_t **op_p)
+{
+    ferry_op_t *op;
+    ferry_status_t status;
+
+    status = ferry_descriptors_validate(local, n);
+    if (status == FERRY_OK && local[0].device.kind == FERRY_DEVICE_CUDA && !c->cuda_available) {
+        status = ferry__fail(FERRY_ERR_UNIMPLEMENTED,
+                             "connector %s: this UCX build cannot move CUDA memory (no CUDA "
+                             "transports); CUDA descriptors are refused",
+                             c->name);
+    }
+    if (status == FERRY_OK) {
+        status = ferry__metadata_match(md, kind, local, n);
+    }
+    if (status == FERRY_OK) {
+        status = ferry__op_alloc(c, kind, local, n, &op);
+    }
+    if (status != FERRY_OK) {
+        ferry__metadata_free(md);
+        return status;
+    }
+    op->md = md;
+    memcpy(op->key, md->notification_key.data, FERRY__KEY_LEN);
+    snprintf(op->label, sizeof(op->label), "%s %llu key %02x%02x%02x%02x",
+             kind == FERRY__KIND_WRITE ? "write" : "read", (unsigned long long)op->id, op->key[0],
+             op->key[1], op->key[2], op->key[3]);
+    ferry__lock(c);
+    status = connect_op(op);
+    if (status == FERRY_OK) {
+        ferry__op_table_add(op);
+        ferry__op_move(op, FERRY__OP_READY, FERRY_OK, NULL);
+        send_claim(op);
+        ferry__wake(c);
+    }
+    ferry__unlock(c);
+    if (status != FERRY_OK) {
+        ferry__op_free(op);
+        return status;
+    }
+    *op_p = op;
+    return FERRY_OK;
+}
+
+static ferry_status_t begin_bytes(ferry_connector_t *c, ferry__op_kind_t kind,
+                                  const ferry_descriptor_t *local, size_t n,
+                                  const uint8_t *metadata, size_t metadata_len, ferry_op_t **op_p)
+{
+    Ferry__V1__RdmaMetadata *md;
+    ferry_status_t status;
+
+    ferry__clear_error();
+    status = ferry__metadata_decode(metadata, metadata_len, &md);
+    if (status != FERRY_OK) {
+        return status;
+    }
+    return active_begin(c, kind, local, n, md, op_p);
+}
+
+ferry_status_t ferry_write_begin(ferry_connector_t *c, const ferry_descriptor_t *local, size_t n,
+                                 const uint8_t *metadata, size_t metadata_len, ferry_op_t **op_p)
+{
+    return begin_bytes(c, FERRY__KIND_WRITE, local, n, metadata, metadata_len, op_p);
+}
+
+ferry_status_t ferry_read_begin(ferry_connector_t *c, const ferry_descriptor_t *local, size_t n,
+                                const uint8_t *metadata, size_t metadata_len, ferry_op_t **op_p)
+{
+    return begin_bytes(c, FERRY__KIND_READ, local, n, metadata, metadata_len, op_p);
+}
+
+ferry_status_t ferry__active_begin_md(ferry_connector_t *c, ferry__op_kind_t kind,
+                                      const ferry_descriptor_t *local, size_t n,
+                                      const Ferry__V1__RdmaMetadata *md, ferry_op_t **op_p)
+{
+    size_t len = ferry__v1__rdma_metadata__get_packed_size(md);
+    uint8_t *bytes = malloc(len > 0 ? len : 1);
+    ferry_status_t status;
+
+    ferry__clear_error();
+    if (bytes == NULL) {
+        return ferry__fail(FERRY_ERR_NO_MEMORY, "metadata: out of memory");
+    }
+    ferry__v1__rdma_metadata__pack(md, bytes);
+    status = begin_bytes(c, kind, local, n, bytes, len, op_p);
+    free(bytes);
+    return status;
+}

@@ -1,0 +1,295 @@
+/*
+ * op_passive.c: writable and readable operations, the side that owns the
+ * memory. Create registers each region with UCX (ucp_mem_map of exactly that
+ * memory), packs its remote key, and builds the RdmaMetadata; then the
+ * operation waits in READY for one active side.
+ *
+ * Admission: an active side first sends a CLAIM carrying the notification
+ * key. Exactly one claim is admitted, and only while the operation is READY;
+ * a cancelled, finished, destroyed or already claimed operation answers with
+ * a refusal, so no byte is written into memory its owner gave up. This
+ * matters because on host memory UCX 1.13's shared-memory (cma) and TCP
+ * transports do not enforce remote keys: after ucp_mem_unmap a peer holding
+ * an old key could still write. The one gap left: an owner that cancels
+ * after admitting a writer cannot stop bytes already in flight; they land in
+ * the (still allocated, user-owned) buffer, and the op is CANCELLED anyway.
+ *
+ * Release: the memory is unmapped when the operation becomes final and at
+ * destroy, whichever comes first (ferry__passive_release is idempotent).
+ *
+ * Threads: create runs on the caller's thread; claim and notice handling run
+ * in the progress loop. Both with connector->lock held around UCX calls.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+
+#include "common/log.h"
+#include "worker/ferry_int.h"
+
+static ferry_status_t map_one(ferry_op_t *op, size_t i, void **rkey_p, size_t *rkey_len_p)
+{
+    ferry_connector_t *c = op->connector;
+    ucp_mem_map_params_t params = {0};
+    ucs_status_t status;
+
+    params.field_mask = UCP_MEM_MAP_PARAM_FIELD_ADDRESS | UCP_MEM_MAP_PARAM_FIELD_LENGTH |
+                        UCP_MEM_MAP_PARAM_FIELD_MEMORY_TYPE;
+    params.address = op->descs[i].ptr;
+    params.length = op->descs[i].size;
+    params.memory_type =
+        op->descs[i].device.kind == FERRY_DEVICE_CUDA ? UCS_MEMORY_TYPE_CUDA : UCS_MEMORY_TYPE_HOST;
+    status = ucp_mem_map(c->context, &params, &op->memh[i]);
+    if (status != UCS_OK) {
+        ferry_error("%s: ucp_mem_map of descriptor %zu (%zu bytes): %s", op->label, i,
+                    op->descs[i].size, ucs_status_string(status));
+        return ferry__fail(FERRY_ERR_TRANSPORT, "%s: cannot register descriptor %zu: %s", op->label,
+                           i, ucs_status_string(status));
+    }
+    status = ucp_rkey_pack(c->context, op->memh[i], rkey_p, rkey_len_p);
+    if (status != UCS_OK) {
+        ferry_error("%s: ucp_rkey_pack of descriptor %zu: %s", op->label, i,
+                    ucs_status_string(status));
+        ucp_mem_unmap(c->context, op->memh[i]);
+        return ferry__fail(FERRY_ERR_TRANSPORT, "%s: cannot pack the key of descriptor %zu: %s",
+                           op->label, i, ucs_status_string(status));
+    }
+    return FERRY_OK;
+}
+
+/* Registers every region and builds the metadata; lock held. */
+static ferry_status_t register_all(ferry_op_t *op)
+{
+    ferry_connector_t *c = op->connector;
+    ferry__metadata_build_t build = {0};
+    void **rkeys;
+    size_t *rkey_lens;
+    ferry_status_t status = FERRY_OK;
+    size_t mapped = 0;
+
+    rkeys = calloc(op->n, sizeof(*rkeys));
+    rkey_lens = calloc(op->n, sizeof(*rkey_lens));
+    op->memh = calloc(op->n, sizeof(*op->memh));
+    if (rkeys == NULL || rkey_lens == NULL || op->memh == NULL) {
+        status = ferry__fail(FERRY_ERR_NO_MEMORY, "%s: out of memory", op->label);
+        goto out_free_keys;
+    }
+    for (; mapped < op->n; mapped++) {
+        status = map_one(op, mapped, &rkeys[mapped], &rkey_lens[mapped]);
+        if (status != FERRY_OK) {
+            goto err_unmap;
+        }
+    }
+    build.kind = op->kind;
+    build.worker_address = (const uint8_t *)c->address;
+    build.worker_address_len = c->address_len;
+    build.descs = op->descs;
+    build.n = op->n;
+    build.rkeys = (const void *const *)rkeys;
+    build.rkey_lens = rkey_lens;
+    build.key = op->key;
+    build.worker_name = c->name;
+    build.hostname = c->hostname;
+    status = ferry__metadata_encode(&build, &op->metadata, &op->metadata_len);
+    if (status != FERRY_OK) {
+        goto err_unmap;
+    }
+    op->mapped = true;
+    goto out_free_keys;
+
+err_unmap:
+    for (size_t i = 0; i < mapped; i++) {
+        ucp_mem_unmap(c->context, op->memh[i]);
+    }
+out_free_keys:
+    for (size_t i = 0; rkeys != NULL && i < op->n; i++) {
+        if (rkeys[i] != NULL) {
+            ucp_rkey_buffer_release(rkeys[i]);
+        }
+    }
+    free(rkey_lens);
+    free(rkeys);
+    return status;
+}
+
+static ferry_status_t passive_create(ferry_connector_t *c, ferry__op_kind_t kind,
+                                     const ferry_descriptor_t *descs, size_t n, ferry_op_t **op_p)
+{
+    ferry_op_t *op;
+    ferry_status_t status;
+
+    ferry__clear_error();
+    status = ferry_descriptors_validate(descs, n);
+    if (status != FERRY_OK) {
+        return status;
+    }
+    if (descs[0].device.kind == FERRY_DEVICE_CUDA && !c->cuda_available) {
+        return ferry__fail(FERRY_ERR_UNIMPLEMENTED,
+                           "connector %s: this UCX build cannot register CUDA memory (no CUDA "
+                           "transports); CUDA descriptors are refused",
+                           c->name);
+    }
+    status = ferry__op_alloc(c, kind, descs, n, &op);
+    if (status != FERRY_OK) {
+        return status;
+    }
+    if (getrandom(op->key, sizeof(op->key), 0) != (ssize_t)sizeof(op->key)) {
+        ferry__op_free(op);
+        return ferry__fail(FERRY_ERR_IO, "connector %s: getrandom failed", c->name);
+    }
+    snprintf(op->label, sizeof(op->label), "%s %llu key %02x%02x%02x%02x",
+             kind == FERRY__KIND_WRITABLE ? "writable" : "readable", (unsigned long long)op->id,
+             op->key[0], op->key[1], op->key[2], op->key[3]);
+    ferry__lock(c);
+    status = register_all(op);
+    if (status == FERRY_OK) {
+        ferry__op_move(op, FERRY__OP_READY, FERRY_OK, NULL);
+        ferry__op_table_add(op);
+    }
+    ferry__unlock(c);
+    if (status != FERRY_OK) {
+        ferry__op_free(op);
+        return status;
+    }
+    ferry_debug("%s: %zu regions registered, %zu-byte metadata", op->label, n, op->metadata_len);
+    *op_p = op;
+    return FERRY_OK;
+}
+
+ferry_status_t ferry_writable_create(ferry_connector_t *c, const ferry_descriptor_t *descs,
+                                     size_t n, ferry_op_t **op_p)
+{
+    return passive_create(c, FERRY__KIND_WRITABLE, descs, n, op_p);
+}
+
+ferry_status_t ferry_readable_create(ferry_connector_t *c, const ferry_descriptor_t *descs,
+                                     size_t n, ferry_op_t **op_p)
+{
+    return passive_create(c, FERRY__KIND_READABLE, descs, n, op_p);
+}
+
+static bool is_passive(const ferry_op_t *op)
+{
+    return op->kind == FERRY__KIND_WRITABLE || op->kind == FERRY__KIND_READABLE;
+}
+
+ferry_status_t ferry_op_metadata(const ferry_op_t *op, const uint8_t **bytes_p, size_t *len_p)
+{
+    ferry__clear_error();
+    if (!is_passive(op)) {
+        return ferry__fail(FERRY_ERR_MISUSE, "%s: only passive operations have metadata",
+                           op->label);
+    }
+    *bytes_p = op->metadata;
+    *len_p = op->metadata_len;
+    return FERRY_OK;
+}
+
+ferry_status_t ferry_op_notification_key(const ferry_op_t *op, const uint8_t **key_p)
+{
+    ferry__clear_error();
+    if (!is_passive(op)) {
+        return ferry__fail(FERRY_ERR_MISUSE, "%s: only passive operations have a key", op->label);
+    }
+    *key_p = op->key;
+    return FERRY_OK;
+}
+
+void ferry__passive_release(ferry_op_t *op)
+{
+    ferry_connector_t *c = op->connector;
+
+    if (op->mapped) {
+        for (size_t i = 0; i < op->n; i++) {
+            ucp_mem_unmap(c->context, op->memh[i]);
+        }
+        op->mapped = false;
+        ferry_debug("%s: memory unregistered", op->label);
+    }
+    if (op->claimant != NULL) {
+        ferry__peer_put(op->claimant);
+        op->claimant = NULL;
+    }
+}
+
+/* Why a claim is refused, or FERRY_OK to admit it. */
+static ferry_status_t admission(const ferry_op_t *op, const ferry__msg_t *msg)
+{
+    bool wants_write = msg->op_kind == FERRY__KIND_WRITE;
+
+    if (op == NULL) {
+        return FERRY_ERR_NOT_FOUND;
+    }
+    if (wants_write != (op->kind == FERRY__KIND_WRITABLE)) {
+        return FERRY_ERR_INVALID_ARGUMENT;
+    }
+    switch (op->state) {
+    case FERRY__OP_READY:
+        return FERRY_OK;
+    case FERRY__OP_CANCELLED:
+        return FERRY_ERR_CANCELLED;
+    default:
+        return FERRY_ERR_FAILED_PRECONDITION;
+    }
+}
+
+void ferry__passive_on_claim(ferry_connector_t *c, const ferry__msg_t *msg)
+{
+    ferry_op_t *op = ferry__op_find_passive(c, msg->key);
+    ferry__msg_t answer = {0};
+    ferry__peer_t *peer;
+
+    if (ferry__peer_get(c, msg->address, msg->address_len, &peer) != FERRY_OK) {
+        ferry_warn("connector %s: cannot answer a claim: %s", c->name, ferry_last_error_message());
+        return;
+    }
+    answer.type = FERRY__MSG_ADMIT;
+    memcpy(answer.key, msg->key, FERRY__KEY_LEN);
+    answer.op_id = msg->op_id;
+    answer.status = admission(op, msg);
+    if (answer.status == FERRY_OK) {
+        op->claimant = peer;
+        ferry__op_move(op, FERRY__OP_CLAIMED, FERRY_OK, NULL);
+    } else {
+        ferry_debug("connector %s: claim refused: %s", c->name,
+                    ferry_status_name((ferry_status_t)answer.status));
+    }
+    ferry__send_msg(peer, &answer, FERRY__REQ_ADMIT, NULL);
+    if (answer.status != FERRY_OK) {
+        ferry__peer_put(peer);
+    }
+}
+
+void ferry__passive_on_notice(ferry_connector_t *c, const ferry__msg_t *msg)
+{
+    ferry_op_t *op = ferry__op_find_passive(c, msg->key);
+
+    if (op == NULL || ferry__op_is_final(op)) {
+        ferry_debug("connector %s: notice for no live operation", c->name);
+        return;
+    }
+    c->stats.notices_received++;
+    if (msg->status == FERRY_OK) {
+        ferry__op_move(op, FERRY__OP_COMPLETE, FERRY_OK, NULL);
+    } else {
+        ferry_status_t code = msg->status < 0 ? (ferry_status_t)msg->status : FERRY_ERR_PROTOCOL;
+        ferry__op_move(op, FERRY__OP_ERRORED, code, "the active side gave up: %s",
+                       ferry_status_string(code));
+    }
+}
+
+void ferry__op_peer_failed(ferry_op_t *op, ferry__peer_t *peer)
+{
+    if (is_passive(op)) {
+        ferry__op_move(op, FERRY__OP_ERRORED, FERRY_ERR_PEER_FAILED,
+                       "the admitted peer's endpoint failed: %s", ucs_status_string(peer->failure));
+        return;
+    }
+    ferry__op_move(op, FERRY__OP_ERRORED, FERRY_ERR_TRANSPORT,
+                   "the passive peer's endpoint failed: %s", ucs_status_string(peer->failure));
+    if (op->awaiting_admit) {
+        op->awaiting_admit = false;
+        ferry__op_unref(op);
+    }
+}

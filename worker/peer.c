@@ -1,0 +1,292 @@
+/*
+ * peer.c: the endpoint cache (one ucp_ep per remote worker address, so a
+ * second transfer to the same peer costs no connection set-up), the remote
+ * keys unpacked on each endpoint, and the plumbing that turns UCX request
+ * completions into queue items.
+ *
+ * Invariants: a peer is in connector->peers while usable; the cache holds one
+ * reference and each operation using it one more. A failed peer leaves the
+ * cache at once (the next transfer builds a fresh endpoint) and is closed
+ * when its last reference goes. Remote keys are reference counted by the
+ * operations using them; unused ones stay cached, at most
+ * FERRY__RKEY_CACHE_MAX per peer (the oldest unused go first).
+ *
+ * Threads: everything here runs with connector->lock held, either in the
+ * progress loop or in a caller's thread. The callbacks (ep_err_cb,
+ * req_done_cb) run inside ucp_worker_progress and only record and enqueue.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/log.h"
+#include "worker/ferry_int.h"
+
+/* UCX callback (lock held): remember the failure; the loop handles it. */
+static void ep_err_cb(void *arg, ucp_ep_h ep, ucs_status_t status)
+{
+    ferry__peer_t *peer = arg;
+
+    (void)ep;
+    if (peer->failure == UCS_OK && !peer->closing) {
+        peer->failure = status;
+        ferry__peer_ref_for_failure(peer);
+        peer->failed_next = peer->connector->failed;
+        peer->connector->failed = peer;
+    }
+}
+
+static ferry_status_t peer_open(ferry_connector_t *c, const uint8_t *address, size_t len,
+                                ferry__peer_t **peer_p)
+{
+    ucp_ep_params_t params = {0};
+    ferry__peer_t *peer;
+    ucs_status_t status;
+
+    peer = calloc(1, sizeof(*peer));
+    if (peer == NULL || (peer->address = malloc(len)) == NULL) {
+        free(peer);
+        return ferry__fail(FERRY_ERR_NO_MEMORY, "connector %s: out of memory for a peer", c->name);
+    }
+    memcpy(peer->address, address, len);
+    peer->address_len = len;
+    peer->connector = c;
+    peer->id = c->next_peer_id++;
+    params.field_mask = UCP_EP_PARAM_FIELD_REMOTE_ADDRESS | UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE;
+    params.address = (const ucp_address_t *)peer->address;
+    params.err_mode = UCP_ERR_HANDLING_MODE_NONE;
+    if (c->peer_error_handling) {
+        params.field_mask |= UCP_EP_PARAM_FIELD_ERR_HANDLER;
+        params.err_mode = UCP_ERR_HANDLING_MODE_PEER;
+        params.err_handler.cb = ep_err_cb;
+        params.err_handler.arg = peer;
+    }
+    status = ucp_ep_create(c->worker, &params, &peer->ep);
+    if (status != UCS_OK) {
+        ferry_error("connector %s: ucp_ep_create: %s", c->name, ucs_status_string(status));
+        free(peer->address);
+        free(peer);
+        return ferry__fail(FERRY_ERR_UNAVAILABLE, "connector %s: cannot reach the peer: %s",
+                           c->name, ucs_status_string(status));
+    }
+    c->stats.endpoints_created++;
+    ferry_debug("connector %s: peer %llu: endpoint created", c->name, (unsigned long long)peer->id);
+    *peer_p = peer;
+    return FERRY_OK;
+}
+
+ferry_status_t ferry__peer_get(ferry_connector_t *c, const uint8_t *address, size_t len,
+                               ferry__peer_t **peer_p)
+{
+    ferry__peer_t *peer;
+    ferry_status_t status;
+
+    for (peer = c->peers; peer != NULL; peer = peer->next) {
+        if (peer->address_len == len && memcmp(peer->address, address, len) == 0) {
+            c->stats.endpoint_cache_hits++;
+            peer->refs++;
+            *peer_p = peer;
+            return FERRY_OK;
+        }
+    }
+    status = peer_open(c, address, len, &peer);
+    if (status != FERRY_OK) {
+        return status;
+    }
+    peer->in_cache = true;
+    peer->refs = 2; /* the cache's and the caller's */
+    peer->next = c->peers;
+    c->peers = peer;
+    *peer_p = peer;
+    return FERRY_OK;
+}
+
+void ferry__peer_ref_for_failure(ferry__peer_t *peer)
+{
+    peer->refs++; /* the failed queue's; dropped by the loop */
+}
+
+static void rkey_destroy(ferry__rkey_t *rk)
+{
+    ucp_rkey_destroy(rk->rkey);
+    free(rk->packed);
+    free(rk);
+}
+
+static void peer_close(ferry__peer_t *peer)
+{
+    ferry_connector_t *c = peer->connector;
+    ucp_request_param_t param = {0};
+    ucs_status_ptr_t req;
+
+    peer->closing = true;
+    while (peer->rkeys != NULL) {
+        ferry__rkey_t *rk = peer->rkeys;
+        peer->rkeys = rk->next;
+        rkey_destroy(rk);
+    }
+    param.op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS;
+    param.flags = peer->failure != UCS_OK ? UCP_EP_CLOSE_FLAG_FORCE : 0;
+    req = ucp_ep_close_nbx(peer->ep, &param);
+    if (UCS_PTR_IS_PTR(req)) {
+        /* Bounded: a peer that does not answer the close is forced. */
+        for (int i = 0; i < 100000 && ucp_request_check_status(req) == UCS_INPROGRESS; i++) {
+            ucp_worker_progress(c->worker);
+        }
+        if (ucp_request_check_status(req) == UCS_INPROGRESS) {
+            ucp_request_cancel(c->worker, req);
+        }
+        ucp_request_free(req);
+    }
+    ferry_debug("connector %s: peer %llu: endpoint closed", c->name, (unsigned long long)peer->id);
+    free(peer->address);
+    free(peer);
+}
+
+void ferry__peer_put(ferry__peer_t *peer)
+{
+    if (--peer->refs == 0) {
+        peer_close(peer);
+    }
+}
+
+void ferry__peer_cache_clear(ferry_connector_t *c)
+{
+    while (c->peers != NULL) {
+        ferry__peer_t *peer = c->peers;
+        c->peers = peer->next;
+        peer->in_cache = false;
+        ferry__peer_put(peer);
+    }
+}
+
+/* Evicts the oldest unused keys beyond the cap (the list is newest first). */
+static void rkey_trim(ferry__peer_t *peer)
+{
+    ferry__rkey_t **pp = &peer->rkeys;
+    unsigned seen = 0;
+
+    while (*pp != NULL) {
+        ferry__rkey_t *rk = *pp;
+        if (++seen > FERRY__RKEY_CACHE_MAX && rk->refs == 0) {
+            *pp = rk->next;
+            peer->n_rkeys--;
+            rkey_destroy(rk);
+        } else {
+            pp = &rk->next;
+        }
+    }
+}
+
+ferry_status_t ferry__peer_rkey_get(ferry__peer_t *peer, const uint8_t *packed, size_t len,
+                                    ferry__rkey_t **rkey_p)
+{
+    ferry_connector_t *c = peer->connector;
+    ferry__rkey_t *rk;
+    ucs_status_t status;
+
+    for (rk = peer->rkeys; rk != NULL; rk = rk->next) {
+        if (rk->packed_len == len && memcmp(rk->packed, packed, len) == 0) {
+            c->stats.rkey_cache_hits++;
+            rk->refs++;
+            *rkey_p = rk;
+            return FERRY_OK;
+        }
+    }
+    rk = calloc(1, sizeof(*rk));
+    if (rk == NULL || (rk->packed = malloc(len)) == NULL) {
+        free(rk);
+        return ferry__fail(FERRY_ERR_NO_MEMORY, "connector %s: out of memory for a remote key",
+                           c->name);
+    }
+    memcpy(rk->packed, packed, len);
+    rk->packed_len = len;
+    status = ucp_ep_rkey_unpack(peer->ep, rk->packed, &rk->rkey);
+    if (status != UCS_OK) {
+        free(rk->packed);
+        free(rk);
+        return ferry__fail(FERRY_ERR_INVALID_ARGUMENT, "remote key rejected by UCX: %s",
+                           ucs_status_string(status));
+    }
+    c->stats.rkeys_unpacked++;
+    rk->refs = 1;
+    rk->next = peer->rkeys;
+    peer->rkeys = rk;
+    peer->n_rkeys++;
+    rkey_trim(peer);
+    *rkey_p = rk;
+    return FERRY_OK;
+}
+
+void ferry__peer_rkey_put(ferry__peer_t *peer, ferry__rkey_t *rkey)
+{
+    (void)peer;
+    rkey->refs--;
+}
+
+/* UCX callback (lock held): queue the finished request. */
+static void req_done_cb(void *request, ucs_status_t status, void *user_data)
+{
+    ferry__req_finish(user_data, status);
+    ucp_request_free(request);
+}
+
+void ferry__req_finish(ferry__req_t *req, ucs_status_t status)
+{
+    ferry_connector_t *c;
+
+    req->status = status;
+    req->next = NULL;
+    c = req->connector;
+    *c->reqs_tail = req;
+    c->reqs_tail = &req->next;
+}
+
+void ferry__req_param(ferry__req_t *req, ucp_request_param_t *param)
+{
+    memset(param, 0, sizeof(*param));
+    param->op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
+    param->cb.send = req_done_cb;
+    param->user_data = req;
+}
+
+void ferry__req_posted(ferry__req_t *req, ucs_status_ptr_t sp)
+{
+    if (sp == NULL) {
+        ferry__req_finish(req, UCS_OK);
+    } else if (UCS_PTR_IS_ERR(sp)) {
+        ferry__req_finish(req, UCS_PTR_STATUS(sp));
+    }
+    /* Otherwise req_done_cb queues it later. */
+}
+
+void ferry__send_msg(ferry__peer_t *peer, const ferry__msg_t *msg, ferry__req_type_t req_type,
+                     ferry_op_t *op)
+{
+    ferry_connector_t *c = peer->connector;
+    ucp_request_param_t param;
+    ferry__req_t *req;
+    size_t len = 0;
+
+    req = calloc(1, sizeof(*req));
+    if (req == NULL) {
+        ferry_error("connector %s: out of memory for a request", c->name);
+        if (op != NULL) {
+            ferry__op_move(op, FERRY__OP_ERRORED, FERRY_ERR_NO_MEMORY, "out of memory");
+        }
+        return;
+    }
+    req->type = req_type;
+    req->op = op;
+    req->connector = c;
+    if (op != NULL) {
+        ferry__op_ref(op);
+    }
+    if (ferry__msg_encode(msg, &req->buf, &len) != FERRY_OK) {
+        ferry__req_finish(req, UCS_ERR_NO_MEMORY);
+        return;
+    }
+    ferry__req_param(req, &param);
+    param.op_attr_mask |= UCP_OP_ATTR_FIELD_FLAGS;
+    param.flags = UCP_AM_SEND_FLAG_EAGER;
+    ferry__req_posted(req, ucp_am_send_nbx(peer->ep, FERRY__AM_ID, NULL, 0, req->buf, len, &param));
+}

@@ -1,0 +1,111 @@
+/*
+ * wire.c: the active messages two connectors exchange (UCX AM id
+ * FERRY__AM_ID). One fixed little-endian layout for every type:
+ *
+ *   offset  size  field
+ *   0       4     magic "FRY1" (0x31595246 read as little-endian u32)
+ *   4       1     type: 1 CLAIM, 2 ADMIT, 3 NOTICE
+ *   5       1     op_kind (CLAIM: 2 write, 3 read; else 0)
+ *   6       2     reserved, 0
+ *   8       16    notification key of the passive operation
+ *   24      8     active operation id (CLAIM, ADMIT; else 0)
+ *   32      4     status, a ferry_status_t (ADMIT, NOTICE; else 0)
+ *   36      4     address length (CLAIM; else 0)
+ *   40      ...   the claimant's UCX worker address (CLAIM)
+ *
+ * Pure functions: any thread.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "worker/ferry_int.h"
+
+#define WIRE_MAGIC  0x31595246u
+#define WIRE_FIXED  40u
+#define WIRE_MAXADR (64u * 1024u)
+
+static void put_u32(uint8_t *p, uint32_t v)
+{
+    for (int i = 0; i < 4; i++) {
+        p[i] = (uint8_t)(v >> (8 * i));
+    }
+}
+
+static void put_u64(uint8_t *p, uint64_t v)
+{
+    for (int i = 0; i < 8; i++) {
+        p[i] = (uint8_t)(v >> (8 * i));
+    }
+}
+
+static uint32_t get_u32(const uint8_t *p)
+{
+    uint32_t v = 0;
+    for (int i = 0; i < 4; i++) {
+        v |= (uint32_t)p[i] << (8 * i);
+    }
+    return v;
+}
+
+static uint64_t get_u64(const uint8_t *p)
+{
+    uint64_t v = 0;
+    for (int i = 0; i < 8; i++) {
+        v |= (uint64_t)p[i] << (8 * i);
+    }
+    return v;
+}
+
+ferry_status_t ferry__msg_encode(const ferry__msg_t *msg, uint8_t **buf_p, size_t *len_p)
+{
+    size_t len = WIRE_FIXED + msg->address_len;
+    uint8_t *buf = calloc(1, len);
+
+    if (buf == NULL) {
+        return ferry__fail(FERRY_ERR_NO_MEMORY, "wire: out of memory for a %zu-byte message", len);
+    }
+    put_u32(buf, WIRE_MAGIC);
+    buf[4] = (uint8_t)msg->type;
+    buf[5] = msg->op_kind;
+    memcpy(buf + 8, msg->key, FERRY__KEY_LEN);
+    put_u64(buf + 24, msg->op_id);
+    put_u32(buf + 32, (uint32_t)msg->status);
+    put_u32(buf + 36, (uint32_t)msg->address_len);
+    if (msg->address_len > 0) {
+        memcpy(buf + WIRE_FIXED, msg->address, msg->address_len);
+    }
+    *buf_p = buf;
+    *len_p = len;
+    return FERRY_OK;
+}
+
+ferry_status_t ferry__msg_decode(const uint8_t *buf, size_t len, ferry__msg_t *msg)
+{
+    uint32_t address_len;
+
+    if (len < WIRE_FIXED || get_u32(buf) != WIRE_MAGIC) {
+        return ferry__fail(FERRY_ERR_PROTOCOL, "wire: %zu-byte message without a valid header",
+                           len);
+    }
+    address_len = get_u32(buf + 36);
+    if (address_len > WIRE_MAXADR || len != WIRE_FIXED + address_len) {
+        return ferry__fail(FERRY_ERR_PROTOCOL, "wire: length %zu does not match address length %u",
+                           len, address_len);
+    }
+    memset(msg, 0, sizeof(*msg));
+    msg->type = (ferry__msg_type_t)buf[4];
+    if (msg->type != FERRY__MSG_CLAIM && msg->type != FERRY__MSG_ADMIT &&
+        msg->type != FERRY__MSG_NOTICE) {
+        return ferry__fail(FERRY_ERR_PROTOCOL, "wire: unknown message type %u", buf[4]);
+    }
+    if (msg->type == FERRY__MSG_CLAIM && address_len == 0) {
+        return ferry__fail(FERRY_ERR_PROTOCOL, "wire: claim without a worker address");
+    }
+    msg->op_kind = buf[5];
+    memcpy(msg->key, buf + 8, FERRY__KEY_LEN);
+    msg->op_id = get_u64(buf + 24);
+    msg->status = (int32_t)get_u32(buf + 32);
+    msg->address = address_len > 0 ? buf + WIRE_FIXED : NULL;
+    msg->address_len = address_len;
+    return FERRY_OK;
+}
