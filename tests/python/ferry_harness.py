@@ -77,15 +77,18 @@ class Etcd:
         self.proc = None
 
     def start(self):
-        log = open(os.path.join(self.tmp, "etcd.log"), "ab")
-        self.proc = subprocess.Popen(
+        with open(os.path.join(self.tmp, "etcd.log"), "ab") as log:
+            self.proc = self._spawn(log)
+        wait_until(self.healthy, 20, "etcd to answer")
+
+    def _spawn(self, log):
+        return subprocess.Popen(
             ["etcd", "--name", "t", "--data-dir", os.path.join(self.tmp, "etcd"),
              "--listen-client-urls", self.endpoint, "--advertise-client-urls", self.endpoint,
              "--listen-peer-urls", f"http://127.0.0.1:{self.peer}",
              "--initial-advertise-peer-urls", f"http://127.0.0.1:{self.peer}",
              "--initial-cluster", f"t=http://127.0.0.1:{self.peer}"],
             stdout=log, stderr=log)
-        wait_until(self.healthy, 20, "etcd to answer")
 
     def healthy(self):
         try:
@@ -114,13 +117,15 @@ class Coordinator:
     def start(self):
         if os.path.exists(self.port_file):
             os.unlink(self.port_file)
-        log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(self.args, stdout=log, stderr=log)
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(self.args, stdout=log, stderr=log)
         wait_until(lambda: os.path.exists(self.port_file) or self.proc.poll() is not None, 20,
                    "the coordinator to listen")
         if self.proc.poll() is not None:
-            raise RuntimeError(f"coordinator exited: {open(self.log_path).read()}")
-        self.port = int(open(self.port_file).read())
+            with open(self.log_path) as f:
+                raise RuntimeError(f"coordinator exited: {f.read()}")
+        with open(self.port_file) as f:
+            self.port = int(f.read())
         self.target = f"127.0.0.1:{self.port}"
 
     def log_contains(self, needle):

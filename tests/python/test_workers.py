@@ -1,0 +1,134 @@
+"""ferry-worker processes moving real bytes over UCX through a real
+coordinator and etcd: both directions, sizes from 1 byte to 256 MiB, one and
+many descriptors, concurrent pairs, and the refusals (wrong token, unknown
+ID, size mismatch, a write into a readable). The receiving side checks every
+byte against the pattern; its exit code says whether they matched.
+"""
+import os
+import subprocess
+import sys
+import unittest
+
+sys.path.insert(0, os.path.dirname(__file__))
+import ferry_harness  # noqa: E402
+
+WORKER = os.path.join(ferry_harness.BUILD_DIR, "worker", "ferry-worker")
+TOKEN = "worker-token-0123456789"
+CLUSTER = None
+
+EXIT_OK, EXIT_USAGE, EXIT_TIMEOUT, EXIT_REFUSED = 0, 2, 4, 5
+
+
+def setUpModule():
+    global CLUSTER
+    CLUSTER = ferry_harness.Cluster(ttl=3)
+
+
+def tearDownModule():
+    rc = CLUSTER.close()
+    if rc != 0:
+        raise AssertionError(f"coordinator exited with {rc} after SIGTERM")
+
+
+def worker(cmd, rid, size, descriptors=1, token=TOKEN, timeout=60):
+    args = [WORKER, cmd, "--coordinator", CLUSTER.coordinator.target, "--request-id", rid,
+            "--size", str(size), "--descriptors", str(descriptors), "--timeout", str(timeout),
+            "--quiet"]
+    if token is not None:
+        args += ["--token", token]
+    return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def start_passive(cmd, rid, size, descriptors=1, timeout=60):
+    """Starts recv/serve and returns once it says it registered."""
+    p = worker(cmd, rid, size, descriptors, timeout=timeout)
+    line = p.stdout.readline()  # blocks until registered (or the process died)
+    if "registered" not in line:
+        out, err = p.communicate(timeout=30)
+        raise AssertionError(f"{cmd} did not register: {line}{out}{err}")
+    return p
+
+
+def finish(p, timeout=120):
+    out, err = p.communicate(timeout=timeout)
+    return p.returncode, out, err
+
+
+class Transfers(unittest.TestCase):
+    def pair(self, passive, active, rid, size, descriptors=1):
+        p = start_passive(passive, rid, size, descriptors)
+        rc_a, out_a, err_a = finish(worker(active, rid, size, descriptors))
+        rc_p, out_p, err_p = finish(p)
+        self.assertEqual(rc_a, EXIT_OK, f"{active}: {err_a}")
+        self.assertEqual(rc_p, EXIT_OK, f"{passive}: {err_p}")
+        self.assertIn(f"{size} bytes", out_a)
+        self.assertIn(f"{size} bytes", out_p)
+
+    def test_write_sizes(self):
+        for size, descs in [(1, 1), (4096, 1), (4096, 16), ((1 << 20) + 7, 3),
+                            (64 << 20, 1), (256 << 20, 16)]:
+            with self.subTest(size=size, descriptors=descs):
+                self.pair("recv", "send", f"w-{size}-{descs}", size, descs)
+
+    def test_read_sizes(self):
+        for size, descs in [(1, 1), (1 << 20, 1), (1 << 20, 16), (256 << 20, 4)]:
+            with self.subTest(size=size, descriptors=descs):
+                self.pair("serve", "read", f"r-{size}-{descs}", size, descs)
+
+    def test_concurrent_pairs(self):
+        size = 16 << 20
+        receivers = [start_passive("recv", f"c-{i}", size, 4) for i in range(4)]
+        senders = [worker("send", f"c-{i}", size, 4) for i in range(4)]
+        for i, p in enumerate(senders + receivers):
+            rc, out, err = finish(p)
+            self.assertEqual(rc, EXIT_OK, f"process {i}: {err}")
+
+
+class Refusals(unittest.TestCase):
+    def test_wrong_token_then_right_one(self):
+        size = 1 << 20
+        p = start_passive("recv", "tok-1", size)
+        rc, out, err = finish(worker("send", "tok-1", size, token="wrong-token-0123456789"))
+        self.assertEqual(rc, EXIT_REFUSED, err)
+        self.assertIn("PERMISSION_DENIED", err)
+        # Nothing was harmed: the right sender still gets through.
+        rc, out, err = finish(worker("send", "tok-1", size))
+        self.assertEqual(rc, EXIT_OK, err)
+        self.assertEqual(finish(p)[0], EXIT_OK)
+
+    def test_unknown_id_times_out(self):
+        rc, out, err = finish(worker("send", "nobody-here", 4096, timeout=1))
+        self.assertEqual(rc, EXIT_TIMEOUT, err)
+        self.assertIn("nobody-here", err)
+
+    def test_size_mismatch_names_both_sizes(self):
+        p = start_passive("recv", "size-1", 1 << 20)
+        rc, out, err = finish(worker("send", "size-1", 2 << 20))
+        self.assertEqual(rc, EXIT_USAGE, err)
+        self.assertIn(str(1 << 20), err)
+        self.assertIn(str(2 << 20), err)
+        rc, out, err = finish(worker("send", "size-1", 1 << 20))
+        self.assertEqual(rc, EXIT_OK, err)
+        self.assertEqual(finish(p)[0], EXIT_OK)
+
+    def test_write_into_a_readable_is_refused(self):
+        p = start_passive("serve", "kind-1", 4096)
+        rc, out, err = finish(worker("send", "kind-1", 4096))
+        self.assertEqual(rc, EXIT_USAGE, err)
+        self.assertIn("readable", err)
+        rc, out, err = finish(worker("read", "kind-1", 4096))
+        self.assertEqual(rc, EXIT_OK, err)
+        self.assertEqual(finish(p)[0], EXIT_OK)
+
+    def test_second_writer_is_refused(self):
+        size = 4096
+        p = start_passive("recv", "two-1", size)
+        self.assertEqual(finish(worker("send", "two-1", size))[0], EXIT_OK)
+        self.assertEqual(finish(p)[0], EXIT_OK)
+        # The operation is COMPLETE: a second writer gets nothing.
+        rc, out, err = finish(worker("send", "two-1", size, timeout=2))
+        self.assertIn(rc, (EXIT_REFUSED, EXIT_TIMEOUT), err)
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
