@@ -104,6 +104,30 @@ static void renew_passive(ferry__coord_link_t *link)
     ferry__v1__get_response__free_unpacked(record, NULL);
 }
 
+/* An active operation's claim lease is gone: the passive side cancelled
+ * (the coordinator revoked the claim), or the claim expired. Say which. */
+static void claim_lost(ferry__coord_link_t *link)
+{
+    Ferry__V1__GetRequest get = FERRY__V1__GET_REQUEST__INIT;
+    Ferry__V1__GetResponse *record = NULL;
+    rpc_error_t err;
+    char msg[320];
+
+    get.request_id = link->request_id;
+    if (call(link->coord, COORD_PATH("Get"), &get.base, &ferry__v1__get_response__descriptor, 0,
+             &record, &err) == FERRY_OK &&
+        record->operation->state == FERRY__V1__OPERATION_STATE__OPERATION_STATE_CANCELLED) {
+        snprintf(msg, sizeof(msg), "cancelled by the passive side: %s",
+                 record->operation->error_message);
+        ferry_op_fail(link->op, FERRY_ERR_CANCELLED, msg);
+    } else {
+        ferry_op_fail(link->op, FERRY_ERR_EXPIRED, "the claim's lease expired at the coordinator");
+    }
+    if (record != NULL) {
+        ferry__v1__get_response__free_unpacked(record, NULL);
+    }
+}
+
 static void renew(ferry__coord_link_t *link)
 {
     Ferry__V1__KeepAliveRequest req = FERRY__V1__KEEP_ALIVE_REQUEST__INIT;
@@ -116,10 +140,11 @@ static void renew(ferry__coord_link_t *link)
                   &ferry__v1__keep_alive_response__descriptor, 0, &resp, &err);
     if (status == FERRY_OK) {
         ferry__v1__keep_alive_response__free_unpacked(resp, NULL);
+    } else if (status == FERRY_ERR_NOT_FOUND && !link->passive) {
+        claim_lost(link);
     } else if (status == FERRY_ERR_NOT_FOUND) {
         ferry_op_fail(link->op, FERRY_ERR_EXPIRED,
-                      link->passive ? "the registration's lease expired at the coordinator"
-                                    : "the claim's lease expired at the coordinator");
+                      "the registration's lease expired at the coordinator");
     } else {
         ferry_warn("op %s: keep-alive failed: %s", link->request_id, err.message);
     }
@@ -128,8 +153,24 @@ static void renew(ferry__coord_link_t *link)
     }
 }
 
-/* Complete (or Cancel) at the coordinator, for an active operation. */
+static void cancel_passive(ferry__coord_link_t *link, const char *reason);
+static void report_active(ferry__coord_link_t *link, ferry_op_status_t status);
+
+/* Tells the coordinator how the operation ended: an active one reports its
+ * outcome (Complete); a passive one that was cancelled here cancels there. */
 static void report(ferry__coord_link_t *link, ferry_op_status_t status)
+{
+    if (link->passive) {
+        if (status == FERRY_OP_STATUS_CANCELLED) {
+            cancel_passive(link, "the receiver cancelled the operation");
+        }
+        return;
+    }
+    report_active(link, status);
+}
+
+/* Complete at the coordinator, for an active operation. */
+static void report_active(ferry__coord_link_t *link, ferry_op_status_t status)
 {
     Ferry__V1__CompleteRequest req = FERRY__V1__COMPLETE_REQUEST__INIT;
     Ferry__V1__CompleteResponse *resp = NULL;
@@ -251,7 +292,7 @@ static ferry_status_t link_add(ferry_coordinator_t *coord, ferry_op_t *op, bool 
     return FERRY_OK;
 }
 
-static void on_active_done(ferry_op_t *op, ferry_op_status_t status, void *arg)
+static void on_done(ferry_op_t *op, ferry_op_status_t status, void *arg)
 {
     ferry__coord_link_t *link = arg;
     (void)op;
@@ -265,7 +306,7 @@ static void on_active_done(ferry_op_t *op, ferry_op_status_t status, void *arg)
     pthread_mutex_unlock(&link->coord->lock);
 }
 
-static void cancel_passive(ferry__coord_link_t *link)
+static void cancel_passive(ferry__coord_link_t *link, const char *reason)
 {
     Ferry__V1__CancelRequest req = FERRY__V1__CANCEL_REQUEST__INIT;
     Ferry__V1__CancelResponse *resp = NULL;
@@ -273,7 +314,7 @@ static void cancel_passive(ferry__coord_link_t *link)
 
     req.request_id = link->request_id;
     req.access_token = link->token;
-    req.reason = "the receiver destroyed the operation before it completed";
+    req.reason = (char *)reason;
     if (call(link->coord, COORD_PATH("Cancel"), &req.base, &ferry__v1__cancel_response__descriptor,
              0, &resp, &err) == FERRY_OK) {
         ferry__v1__cancel_response__free_unpacked(resp, NULL);
@@ -298,19 +339,21 @@ void ferry__coord_unlink(ferry__coord_link_t *link)
             break;
         }
     }
-    report_now = !link->passive && !link->reported;
+    report_now = !link->reported;
     pthread_mutex_unlock(&coord->lock);
 
-    /* The outcome is reported exactly once, even when the operation is
-     * destroyed before its done callback ran. */
+    /* The end is reported exactly once, even when the operation is destroyed
+     * before its done callback ran; destroying it unfinished cancels it. */
     status = ferry_op_status(link->op);
-    if (report_now) {
-        report(link, status == FERRY_OP_STATUS_COMPLETE || status == FERRY_OP_STATUS_ERRORED
-                         ? status
-                         : FERRY_OP_STATUS_CANCELLED);
-    } else if (link->passive && status != FERRY_OP_STATUS_COMPLETE &&
-               status != FERRY_OP_STATUS_ERRORED) {
-        cancel_passive(link);
+    if (report_now && link->passive && status != FERRY_OP_STATUS_COMPLETE &&
+        status != FERRY_OP_STATUS_ERRORED) {
+        cancel_passive(link, status == FERRY_OP_STATUS_CANCELLED
+                                 ? "the receiver cancelled the operation"
+                                 : "the receiver destroyed the operation before it completed");
+    } else if (report_now && !link->passive) {
+        report_active(link, status == FERRY_OP_STATUS_COMPLETE || status == FERRY_OP_STATUS_ERRORED
+                                ? status
+                                : FERRY_OP_STATUS_CANCELLED);
     }
     free(link);
 }
@@ -431,7 +474,10 @@ ferry_status_t ferry_op_publish(ferry_op_t *op, ferry_coordinator_t *coord,
     status = link_add(coord, op, true, params->request_id, resp->access_token, resp->lease_id,
                       resp->ttl_seconds);
     ferry__v1__register_response__free_unpacked(resp, NULL);
-    return status == FERRY_OK ? FERRY_OK : ferry__fail(status, "no memory to track the lease");
+    if (status != FERRY_OK) {
+        return ferry__fail(status, "no memory to track the lease");
+    }
+    return ferry_op_set_done_callback(op, on_done, ferry__op_coord_link(op));
 }
 
 const char *ferry_op_access_token(const ferry_op_t *op)
@@ -508,7 +554,7 @@ static ferry_status_t begin_by_id(ferry_connector_t *connector, ferry_coordinato
                           resp->ttl_seconds);
     }
     if (status == FERRY_OK) {
-        status = ferry_op_set_done_callback(op, on_active_done, ferry__op_coord_link(op));
+        status = ferry_op_set_done_callback(op, on_done, ferry__op_coord_link(op));
     }
     if (status != FERRY_OK) {
         /* Tell the coordinator, so the passive side learns it too. */

@@ -320,8 +320,9 @@ typedef struct {
  * lives. The operation then also learns from the coordinator when its writer
  * failed (ERRORED, FERRY_ERR_PEER_FAILED), cancelled (CANCELLED), or its own
  * registration expired (ERRORED, FERRY_ERR_EXPIRED), within the TTL.
- * Destroying it unfinished cancels it at the coordinator.
- * FERRY_ERR_ALREADY_EXISTS when the request ID is taken. */
+ * Cancelling it, or destroying it unfinished, cancels it at the coordinator,
+ * and the writer learns it. FERRY_ERR_ALREADY_EXISTS when the request ID is
+ * taken. The operation's done callback is used for this: do not replace it. */
 FERRY_API ferry_status_t ferry_op_publish(ferry_op_t *op, ferry_coordinator_t *coordinator,
                                           const ferry_publish_params_t *params);
 

@@ -1,0 +1,468 @@
+/*
+ * test_worker_coord.c: libferry bound to a real coordinator (real etcd, real
+ * ferry-coordinator process), with the other side in a real child process:
+ *   - a writer SIGKILLed mid-transfer: the receiver ends ERRORED, told by
+ *     the coordinator once the writer's claim expires; it never hangs;
+ *   - the receiver cancels while a writer is mid-transfer: the writer ends
+ *     CANCELLED or ERRORED, not hung;
+ *   - eight operations at once between the same two workers;
+ *   - destroying a published operation unfinished cancels it at the
+ *     coordinator.
+ * Children are this executable again (--role ...), talking over pipes.
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <setjmp.h>
+#include <cmocka.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <ferry/ferry.h>
+
+#include "coord_harness.h"
+#include "worker/cli/pattern.h"
+#include "worker/ferry_int.h"
+
+#define TTL   2
+#define TOKEN "coord-token-0123456789"
+#define SIZE  (1 << 20)
+#define N_OPS 8
+
+static test_etcd_t etcd;
+static test_coord_t coord;
+static ferry_connector_t *conn;
+static ferry_coordinator_t *client;
+static rpc_channel_t *chan;
+static const char *self_exe;
+
+/* ---- children ------------------------------------------------------------ */
+
+typedef struct {
+    pid_t pid;
+    int to;   /* parent writes commands */
+    int from; /* parent reads lines */
+} child_t;
+
+static void say(int fd, const char *line)
+{
+    size_t n = strlen(line);
+    if (write(fd, line, n) != (ssize_t)n) {
+        _exit(90);
+    }
+}
+
+/* Reads one line (up to '\n') within timeout_ms; false on timeout or EOF. */
+static bool hear(int fd, char *buf, size_t cap, int timeout_ms)
+{
+    size_t n = 0;
+    long long deadline = test_now_ms() + timeout_ms;
+
+    while (n + 1 < cap) {
+        struct pollfd p = {.fd = fd, .events = POLLIN};
+        long long left = deadline - test_now_ms();
+        if (left <= 0 || poll(&p, 1, (int)left) <= 0 || read(fd, buf + n, 1) != 1) {
+            return false;
+        }
+        if (buf[n] == '\n') {
+            break;
+        }
+        n++;
+    }
+    buf[n] = '\0';
+    return true;
+}
+
+static child_t spawn(const char *role)
+{
+    int to[2], from[2];
+    char a[16], b[16];
+    child_t c;
+
+    assert_int_equal(pipe(to), 0);
+    assert_int_equal(pipe(from), 0);
+    c.pid = fork();
+    assert_true(c.pid >= 0);
+    if (c.pid == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        close(to[1]);
+        close(from[0]);
+        snprintf(a, sizeof(a), "%d", to[0]);
+        snprintf(b, sizeof(b), "%d", from[1]);
+        execl(self_exe, self_exe, "--role", role, coord.target, a, b, (char *)NULL);
+        _exit(127);
+    }
+    close(to[0]);
+    close(from[1]);
+    fcntl(to[1], F_SETFD, FD_CLOEXEC);
+    fcntl(from[0], F_SETFD, FD_CLOEXEC);
+    c.to = to[1];
+    c.from = from[0];
+    return c;
+}
+
+static int child_exit(child_t *c, int timeout_ms)
+{
+    long long deadline = test_now_ms() + timeout_ms;
+    int status = 0;
+
+    while (waitpid(c->pid, &status, WNOHANG) == 0) {
+        if (test_now_ms() > deadline) {
+            kill(c->pid, SIGKILL);
+            waitpid(c->pid, &status, 0);
+            return -1;
+        }
+        poll(NULL, 0, 20);
+    }
+    close(c->to);
+    close(c->from);
+    return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
+static void child_setup(const char *target, ferry_connector_t **conn_p,
+                        ferry_coordinator_t **client_p)
+{
+    ferry_coordinator_params_t cp = {.target = target};
+    if (ferry_connector_create(NULL, conn_p) != FERRY_OK ||
+        ferry_coordinator_connect(&cp, client_p) != FERRY_OK) {
+        _exit(91);
+    }
+}
+
+/* A writer that stops after the data moved and before the notice, says
+ * "held", and waits to be killed. */
+static int role_stalled_writer(const char *target, int in, int out)
+{
+    ferry_connector_t *c;
+    ferry_coordinator_t *cl;
+    uint8_t *buf = malloc(SIZE);
+    ferry_descriptor_t d = {.ptr = buf, .size = SIZE, .device = FERRY_DEVICE_HOST_INIT};
+    ferry_claim_params_t p = {.request_id = "kill-1", .access_token = TOKEN, .wait_ms = 10000};
+    ferry_op_t *op;
+
+    (void)in;
+    child_setup(target, &c, &cl);
+    ferry_pattern_fill(buf, SIZE);
+    atomic_store(&ferry__test_hold_notice, true);
+    if (ferry_write_begin_by_id(c, cl, &p, &d, 1, &op) != FERRY_OK) {
+        return 92;
+    }
+    for (int i = 0; i < 1000 && !atomic_load(&ferry__test_notice_held); i++) {
+        poll(NULL, 0, 10);
+    }
+    say(out, atomic_load(&ferry__test_notice_held) ? "held\n" : "not held\n");
+    for (;;) {
+        pause();
+    }
+}
+
+/* A receiver that publishes, says "published", cancels on "cancel", and
+ * exits 0 once its operation is CANCELLED. */
+static int role_cancelling_receiver(const char *target, int in, int out)
+{
+    ferry_connector_t *c;
+    ferry_coordinator_t *cl;
+    uint8_t *buf = calloc(1, SIZE);
+    ferry_descriptor_t d = {.ptr = buf, .size = SIZE, .device = FERRY_DEVICE_HOST_INIT};
+    ferry_publish_params_t p = {.request_id = "cancel-1", .access_token = TOKEN};
+    ferry_op_t *op;
+    char line[32];
+
+    child_setup(target, &c, &cl);
+    if (ferry_writable_create(c, &d, 1, &op) != FERRY_OK || ferry_op_publish(op, cl, &p) != 0) {
+        return 93;
+    }
+    say(out, "published\n");
+    if (!hear(in, line, sizeof(line), 30000) || strcmp(line, "cancel") != 0) {
+        return 94;
+    }
+    ferry_op_cancel(op);
+    say(out, "cancelled\n");
+    if (!hear(in, line, sizeof(line), 30000)) {
+        return 95;
+    }
+    ferry_op_destroy(op);
+    ferry_coordinator_disconnect(cl);
+    ferry_connector_destroy(c);
+    return 0;
+}
+
+/* Publishes N_OPS writables, says "published", waits for all, checks every
+ * byte: exit 0 only if all arrived intact. */
+static int role_many_receiver(const char *target, int in, int out)
+{
+    ferry_connector_t *c;
+    ferry_coordinator_t *cl;
+    ferry_op_t *ops[N_OPS];
+    uint8_t *bufs[N_OPS];
+    char id[32];
+    int rc = 0;
+
+    (void)in;
+    child_setup(target, &c, &cl);
+    for (int i = 0; i < N_OPS; i++) {
+        ferry_descriptor_t d;
+        ferry_publish_params_t p = {.request_id = id, .access_token = TOKEN};
+        bufs[i] = calloc(1, SIZE);
+        d = (ferry_descriptor_t){.ptr = bufs[i], .size = SIZE, .device = FERRY_DEVICE_HOST_INIT};
+        snprintf(id, sizeof(id), "many-%d", i);
+        if (ferry_writable_create(c, &d, 1, &ops[i]) != FERRY_OK ||
+            ferry_op_publish(ops[i], cl, &p) != FERRY_OK) {
+            return 96;
+        }
+    }
+    say(out, "published\n");
+    for (int i = 0; i < N_OPS; i++) {
+        if (ferry_op_wait(ops[i], 30000) != FERRY_OK || !ferry_pattern_check(bufs[i], SIZE)) {
+            rc = 97;
+        }
+        ferry_op_destroy(ops[i]);
+        free(bufs[i]);
+    }
+    ferry_coordinator_disconnect(cl);
+    ferry_connector_destroy(c);
+    return rc;
+}
+
+/* ---- the parent's side ------------------------------------------------------ */
+
+static int setup(void **state)
+{
+    ferry_coordinator_params_t cp = {.target = NULL};
+    (void)state;
+
+    if (test_etcd_start(&etcd, NULL) != 0 ||
+        test_coord_start(&coord, etcd.endpoint, "w1", TTL) != 0) {
+        return -1;
+    }
+    cp.target = coord.target;
+    chan = test_coord_channel(&coord);
+    if (ferry_connector_create(NULL, &conn) != FERRY_OK ||
+        ferry_coordinator_connect(&cp, &client) != FERRY_OK) {
+        return -1;
+    }
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    (void)state;
+    ferry_coordinator_disconnect(client);
+    ferry_connector_destroy(conn);
+    rpc_channel_destroy(chan);
+    test_coord_stop(&coord);
+    test_coord_cleanup(&coord);
+    test_etcd_stop(&etcd);
+    return 0;
+}
+
+static int coord_state(const char *id)
+{
+    Ferry__V1__GetRequest req = FERRY__V1__GET_REQUEST__INIT;
+    Ferry__V1__GetResponse *resp = NULL;
+    rpc_error_t err;
+    int state;
+
+    req.request_id = (char *)id;
+    if (test_coord_call(chan, "Get", &req.base, &ferry__v1__get_response__descriptor,
+                        (ProtobufCMessage **)&resp, &err) != FERRY_OK) {
+        return -1;
+    }
+    state = (int)resp->operation->state;
+    ferry__v1__get_response__free_unpacked(resp, NULL);
+    return state;
+}
+
+static void test_writer_killed_mid_transfer(void **state)
+{
+    uint8_t *buf = calloc(1, SIZE);
+    ferry_descriptor_t d = {.ptr = buf, .size = SIZE, .device = FERRY_DEVICE_HOST_INIT};
+    ferry_publish_params_t p = {.request_id = "kill-1", .access_token = TOKEN};
+    ferry_op_t *op;
+    child_t writer;
+    char line[32];
+    ferry_status_t status;
+    const char *msg;
+    (void)state;
+
+    assert_int_equal(ferry_writable_create(conn, &d, 1, &op), FERRY_OK);
+    assert_int_equal(ferry_op_publish(op, client, &p), FERRY_OK);
+    writer = spawn("stalled-writer");
+    assert_true(hear(writer.from, line, sizeof(line), 20000));
+    assert_string_equal(line, "held");
+    kill(writer.pid, SIGKILL);
+    assert_int_equal(child_exit(&writer, 5000), 128 + SIGKILL);
+
+    /* The writer's claim lease runs out within TTL; the coordinator marks
+     * the operation ERRORED; the receiver learns it on its next renewal. */
+    status = ferry_op_wait(op, (TTL * 3 + 5) * 1000);
+    assert_true(status == FERRY_ERR_PEER_FAILED || status == FERRY_ERR_EXPIRED);
+    assert_int_equal(ferry_op_status(op), FERRY_OP_STATUS_ERRORED);
+    ferry_op_error(op, &msg);
+    assert_non_null(strstr(msg, "claim expired"));
+    assert_int_equal(coord_state("kill-1"), FERRY__V1__OPERATION_STATE__OPERATION_STATE_ERRORED);
+    ferry_op_destroy(op);
+    free(buf);
+}
+
+static void test_receiver_cancels_mid_transfer(void **state)
+{
+    uint8_t *buf = malloc(SIZE);
+    ferry_descriptor_t d = {.ptr = buf, .size = SIZE, .device = FERRY_DEVICE_HOST_INIT};
+    ferry_claim_params_t p = {.request_id = "cancel-1", .access_token = TOKEN, .wait_ms = 10000};
+    ferry_op_t *op;
+    child_t receiver = spawn("cancelling-receiver");
+    char line[32];
+    ferry_status_t status;
+    const char *msg;
+    (void)state;
+
+    assert_true(hear(receiver.from, line, sizeof(line), 20000));
+    assert_string_equal(line, "published");
+    ferry_pattern_fill(buf, SIZE);
+    atomic_store(&ferry__test_notice_held, false);
+    atomic_store(&ferry__test_hold_notice, true);
+    assert_int_equal(ferry_write_begin_by_id(conn, client, &p, &d, 1, &op), FERRY_OK);
+    for (long long until = test_now_ms() + 10000;
+         !atomic_load(&ferry__test_notice_held) && test_now_ms() < until;) {
+        poll(NULL, 0, 10);
+    }
+    assert_true(atomic_load(&ferry__test_notice_held));
+
+    say(receiver.to, "cancel\n");
+    assert_true(hear(receiver.from, line, sizeof(line), 20000));
+    assert_string_equal(line, "cancelled");
+    status = ferry_op_wait(op, (TTL * 3 + 5) * 1000);
+    atomic_store(&ferry__test_hold_notice, false);
+    assert_true(status == FERRY_ERR_CANCELLED || status == FERRY_ERR_EXPIRED);
+    assert_true(ferry_op_status(op) == FERRY_OP_STATUS_CANCELLED ||
+                ferry_op_status(op) == FERRY_OP_STATUS_ERRORED);
+    ferry_op_error(op, &msg);
+    assert_non_null(strstr(msg, "cancel"));
+    ferry_op_destroy(op);
+    say(receiver.to, "done\n");
+    assert_int_equal(child_exit(&receiver, 10000), 0);
+    assert_int_equal(coord_state("cancel-1"),
+                     FERRY__V1__OPERATION_STATE__OPERATION_STATE_CANCELLED);
+    free(buf);
+}
+
+typedef struct {
+    int index;
+    ferry_status_t status;
+} job_t;
+
+static void *write_one(void *arg)
+{
+    job_t *job = arg;
+    uint8_t *buf = malloc(SIZE);
+    char id[32];
+    ferry_descriptor_t d = {.ptr = buf, .size = SIZE, .device = FERRY_DEVICE_HOST_INIT};
+    ferry_claim_params_t p = {.request_id = id, .access_token = TOKEN, .wait_ms = 10000};
+    ferry_op_t *op;
+
+    snprintf(id, sizeof(id), "many-%d", job->index);
+    ferry_pattern_fill(buf, SIZE);
+    job->status = ferry_write_begin_by_id(conn, client, &p, &d, 1, &op);
+    if (job->status == FERRY_OK) {
+        job->status = ferry_op_wait(op, 30000);
+        ferry_op_destroy(op);
+    }
+    free(buf);
+    return NULL;
+}
+
+static void test_many_operations_between_two_workers(void **state)
+{
+    child_t receiver = spawn("many-receiver");
+    pthread_t threads[N_OPS];
+    job_t jobs[N_OPS];
+    char line[32];
+    (void)state;
+
+    assert_true(hear(receiver.from, line, sizeof(line), 20000));
+    assert_string_equal(line, "published");
+    for (int i = 0; i < N_OPS; i++) {
+        jobs[i] = (job_t){.index = i};
+        assert_int_equal(pthread_create(&threads[i], NULL, write_one, &jobs[i]), 0);
+    }
+    for (int i = 0; i < N_OPS; i++) {
+        pthread_join(threads[i], NULL);
+        assert_int_equal(jobs[i].status, FERRY_OK);
+    }
+    /* The receiver checked every byte of all eight. */
+    assert_int_equal(child_exit(&receiver, 30000), 0);
+    for (int i = 0; i < N_OPS; i++) {
+        char id[32];
+        snprintf(id, sizeof(id), "many-%d", i);
+        assert_int_equal(coord_state(id), FERRY__V1__OPERATION_STATE__OPERATION_STATE_COMPLETE);
+    }
+}
+
+static void test_destroy_unfinished_cancels_at_coordinator(void **state)
+{
+    uint8_t buf[64];
+    ferry_descriptor_t d = {.ptr = buf, .size = sizeof(buf), .device = FERRY_DEVICE_HOST_INIT};
+    ferry_publish_params_t p = {.request_id = "gone-1", .access_token = NULL};
+    ferry_op_t *op;
+    (void)state;
+
+    assert_int_equal(ferry_writable_create(conn, &d, 1, &op), FERRY_OK);
+    assert_int_equal(ferry_op_publish(op, client, &p), FERRY_OK);
+    assert_true(strlen(ferry_op_access_token(op)) >= 16); /* the coordinator picked one */
+    assert_int_equal(coord_state("gone-1"), FERRY__V1__OPERATION_STATE__OPERATION_STATE_REGISTERED);
+    ferry_op_destroy(op);
+    assert_int_equal(coord_state("gone-1"), FERRY__V1__OPERATION_STATE__OPERATION_STATE_CANCELLED);
+}
+
+static void test_publish_duplicate_is_refused(void **state)
+{
+    uint8_t buf[64];
+    ferry_descriptor_t d = {.ptr = buf, .size = sizeof(buf), .device = FERRY_DEVICE_HOST_INIT};
+    ferry_publish_params_t p = {.request_id = "dup-1", .access_token = TOKEN};
+    ferry_op_t *a, *b;
+    (void)state;
+
+    assert_int_equal(ferry_writable_create(conn, &d, 1, &a), FERRY_OK);
+    assert_int_equal(ferry_writable_create(conn, &d, 1, &b), FERRY_OK);
+    assert_int_equal(ferry_op_publish(a, client, &p), FERRY_OK);
+    assert_int_equal(ferry_op_publish(b, client, &p), FERRY_ERR_ALREADY_EXISTS);
+    assert_non_null(strstr(ferry_last_error_message(), "dup-1"));
+    ferry_op_destroy(b);
+    ferry_op_destroy(a);
+}
+
+int main(int argc, char **argv)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_destroy_unfinished_cancels_at_coordinator),
+        cmocka_unit_test(test_publish_duplicate_is_refused),
+        cmocka_unit_test(test_many_operations_between_two_workers),
+        cmocka_unit_test(test_writer_killed_mid_transfer),
+        cmocka_unit_test(test_receiver_cancels_mid_transfer),
+    };
+
+    self_exe = argv[0];
+    if (argc == 6 && strcmp(argv[1], "--role") == 0) {
+        int in = atoi(argv[4]), out = atoi(argv[5]);
+        if (strcmp(argv[2], "stalled-writer") == 0) {
+            return role_stalled_writer(argv[3], in, out);
+        }
+        if (strcmp(argv[2], "cancelling-receiver") == 0) {
+            return role_cancelling_receiver(argv[3], in, out);
+        }
+        if (strcmp(argv[2], "many-receiver") == 0) {
+            return role_many_receiver(argv[3], in, out);
+        }
+        return 2;
+    }
+    return cmocka_run_group_tests(tests, setup, teardown);
+}
