@@ -12,7 +12,7 @@ PACKAGES=(
     etcd-server etcd-client
     libcurl4-openssl-dev libcjson-dev libssl-dev openssl
     libcmocka-dev
-    python3-grpcio python3-grpc-tools
+    python3-grpcio python3-grpc-tools python3-yaml
 )
 
 missing=()

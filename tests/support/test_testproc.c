@@ -100,9 +100,9 @@ static void test_proc_stop_pause_kill(void **state)
     test_proc_cleanup(&proc);
 
     /* A child that ignores SIGTERM is killed after the deadline. */
-    char *stubborn[] = {"sh", "-c", "trap '' TERM; echo hello; exec sleep 30", NULL};
-    snprintf(log, sizeof(log), "%s/stubborn.log", dir);
-    assert_int_equal(test_proc_start(&proc, stubborn, log), 0);
+    char *term_deaf[] = {"sh", "-c", "trap '' TERM; echo hello; exec sleep 30", NULL};
+    snprintf(log, sizeof(log), "%s/term_deaf.log", dir);
+    assert_int_equal(test_proc_start(&proc, term_deaf, log), 0);
     assert_true(test_wait_for(log_has_hello, &proc, 5000)); /* the trap is set */
     status = test_proc_stop(&proc, 200);
     assert_true(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL);
