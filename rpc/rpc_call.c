@@ -186,7 +186,7 @@ static void call_start_close(rpc_call_t *call)
     op.data.recv_close_on_server.cancelled = &call->close_cancelled;
     rpc_call_ref(call);
     pthread_mutex_lock(&call->lock);
-    rc = grpc_call_start_batch(call->gcall, &op, 1, &call->tag_close, NULL);
+    rc = rpc__server_start_batch(call->server, call->gcall, &op, 1, &call->tag_close);
     if (rc != GRPC_CALL_OK) {
         ferry_error("call %" PRIu64 " %s: cannot wait for close: grpc_call_error %d", call->id,
                     call->path, (int)rc);
@@ -297,7 +297,7 @@ static void call_pump(rpc_call_t *call)
     }
     call->send_in_flight = true;
     rpc_call_ref(call);
-    rc = grpc_call_start_batch(call->gcall, ops, n, &call->tag_send, NULL);
+    rc = rpc__server_start_batch(call->server, call->gcall, ops, n, &call->tag_send);
     grpc_slice_unref(details);
     if (rc != GRPC_CALL_OK) {
         ferry_error("call %" PRIu64 " %s: cannot send: grpc_call_error %d", call->id, call->path,

@@ -165,7 +165,19 @@ struct rpc_server {
     rpc_tag_t shutdown_tag;
     atomic_uint_fast64_t next_call_id;
     atomic_int live_calls; /* delivered and not yet done */
+
+    /* Batches start only while the queue is open: a call ended late (a
+     * handler that answers after the grace period) must not start a batch
+     * on a queue already shut down, which gRPC treats as a fatal bug.
+     * Readers: every grpc_call_start_batch; the writer: server_stop_threads. */
+    pthread_rwlock_t cq_lock;
+    bool cq_open; /* guarded by cq_lock */
 };
+
+/* grpc_call_start_batch on a server call, or
+ * GRPC_CALL_ERROR_COMPLETION_QUEUE_SHUTDOWN once the queue is shut down. */
+grpc_call_error rpc__server_start_batch(rpc_server_t *server, grpc_call *call, const grpc_op *ops,
+                                        size_t n, void *tag);
 
 typedef enum {
     RPC_CALL_REQUESTED, /* armed: waiting for gRPC to deliver a call */

@@ -100,6 +100,8 @@ static ferry_status_t server_init_sync(rpc_server_t *server)
     pthread_condattr_destroy(&attr);
     pthread_mutex_init(&server->lock, NULL);
     pthread_mutex_init(&server->shutdown_lock, NULL);
+    pthread_rwlock_init(&server->cq_lock, NULL);
+    server->cq_open = true;
     return FERRY_OK;
 }
 
@@ -173,9 +175,25 @@ err_free:
     return status;
 }
 
+grpc_call_error rpc__server_start_batch(rpc_server_t *server, grpc_call *call, const grpc_op *ops,
+                                        size_t n, void *tag)
+{
+    grpc_call_error rc = GRPC_CALL_ERROR_COMPLETION_QUEUE_SHUTDOWN;
+
+    pthread_rwlock_rdlock(&server->cq_lock);
+    if (server->cq_open) {
+        rc = grpc_call_start_batch(call, ops, n, tag, NULL);
+    }
+    pthread_rwlock_unlock(&server->cq_lock);
+    return rc;
+}
+
 /* Shuts the queue down and joins the threads; they drain it first. */
 static void server_stop_threads(rpc_server_t *server)
 {
+    pthread_rwlock_wrlock(&server->cq_lock);
+    server->cq_open = false;
+    pthread_rwlock_unlock(&server->cq_lock);
     grpc_completion_queue_shutdown(server->cq);
     for (int i = 0; i < server->n_threads_started; i++) {
         pthread_join(server->threads[i], NULL);
@@ -208,6 +226,7 @@ void rpc_server_destroy(rpc_server_t *server)
     pthread_cond_destroy(&server->cond);
     pthread_mutex_destroy(&server->lock);
     pthread_mutex_destroy(&server->shutdown_lock);
+    pthread_rwlock_destroy(&server->cq_lock);
     free(server->threads);
     free(server->listen_addr);
     free(server);

@@ -192,6 +192,7 @@ static int role_cancelling_receiver(const char *target, int in, int out)
     ferry_op_destroy(op);
     ferry_coordinator_disconnect(cl);
     ferry_connector_destroy(c);
+    free(buf);
     return 0;
 }
 
