@@ -180,6 +180,7 @@ void ferry__connector_deliver(ferry_connector_t *c)
             cb = op->done_cb;
             arg = op->done_arg;
             op->done_delivered = true;
+            op->in_done_cb = true;
         }
         ferry__unlock(c);
         if (cb != NULL) {
@@ -187,6 +188,10 @@ void ferry__connector_deliver(ferry_connector_t *c)
             cb(op, status, arg);
         }
         ferry__lock(c);
+        if (cb != NULL) {
+            op->in_done_cb = false;
+            pthread_cond_broadcast(&op->cond);
+        }
         ferry__op_unref(op);
         ferry__unlock(c);
     }

@@ -288,6 +288,7 @@ struct ferry_op {
     void *done_arg;
     bool done_queued;
     bool done_delivered;
+    bool in_done_cb; /* the done callback runs now; destroy waits for it */
 
     ferry_descriptor_t *descs;
     size_t n;

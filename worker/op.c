@@ -485,13 +485,22 @@ void ferry_op_destroy(ferry_op_t *op)
     if (op == NULL) {
         return;
     }
-    /* First, with no lock held: tell the coordinator how it ended and stop
+    /* No done callback starts from here on, and one that is running ends
+     * before destroy goes on: what it was given (the coordinator link, the
+     * user's arg) may be freed once destroy returns. */
+    c = op->connector;
+    ferry__lock(c);
+    op->done_cb = NULL;
+    while (op->in_done_cb) {
+        pthread_cond_wait(&op->cond, &c->lock);
+    }
+    ferry__unlock(c);
+    /* Then, with no lock held: tell the coordinator how it ended and stop
      * renewing its lease. */
     if (op->coord_link != NULL) {
         ferry__coord_unlink(op->coord_link);
         op->coord_link = NULL;
     }
-    c = op->connector;
     ferry__lock(c);
     if (!ferry__op_is_final(op)) {
         if (is_passive(op)) {
