@@ -386,6 +386,7 @@ ferry_status_t ferry_coordinator_connect(const ferry_coordinator_params_t *param
         tls.ca_file = params->tls_ca_file;
         tls.cert_file = params->tls_cert_file;
         tls.key_file = params->tls_key_file;
+        tls.server_name = params->tls_server_name;
         cparams.tls = &tls;
     }
     status = rpc_channel_create(&cparams, &coord->channel);

@@ -295,12 +295,13 @@ typedef enum {
 } ferry_coordinator_param_field_t;
 
 typedef struct {
-    uint64_t field_mask;       /* ferry_coordinator_param_field_t bits */
-    const char *target;        /* "127.0.0.1:7400", "dns:///ferry:7400"; required */
-    int timeout_ms;            /* per call; unset: 10000 */
-    const char *tls_ca_file;   /* TLS: PEM of the CA that signed the coordinator */
-    const char *tls_cert_file; /* TLS: client certificate (optional) */
-    const char *tls_key_file;  /* TLS: its key */
+    uint64_t field_mask;         /* ferry_coordinator_param_field_t bits */
+    const char *target;          /* "127.0.0.1:7400", "dns:///ferry:7400"; required */
+    int timeout_ms;              /* per call; unset: 10000 */
+    const char *tls_ca_file;     /* TLS: PEM of the CA that signed the coordinator */
+    const char *tls_cert_file;   /* TLS: client certificate (optional) */
+    const char *tls_key_file;    /* TLS: its key */
+    const char *tls_server_name; /* TLS: name to verify instead of the target's host */
 } ferry_coordinator_params_t;
 
 FERRY_API ferry_status_t ferry_coordinator_connect(const ferry_coordinator_params_t *params,

@@ -68,6 +68,16 @@ def health_client(channel, out_dir):
     return health_pb2, check
 
 
+def make_certs(tmp):
+    """A throwaway CA, a server certificate for ferry.test and a client
+    certificate (tests/rpc/make_certs.sh)."""
+    certs = os.path.join(tmp, "certs")
+    os.makedirs(certs)
+    subprocess.run(["sh", os.path.join(SOURCE_DIR, "tests", "rpc", "make_certs.sh"), certs],
+                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return certs
+
+
 class Etcd:
     def __init__(self, tmp):
         self.tmp = tmp
@@ -142,13 +152,19 @@ class Coordinator:
 class Cluster:
     """One etcd and one coordinator in a temporary directory."""
 
-    def __init__(self, ttl=3):
+    def __init__(self, ttl=3, tls=False):
         self.tmp = tempfile.mkdtemp(prefix="ferry-py-")
         self.gen_dir = os.path.join(self.tmp, "gen")
         generate_stubs(self.gen_dir)
+        extra = ()
+        if tls:
+            self.certs = make_certs(self.tmp)
+            extra = ("--tls-cert", os.path.join(self.certs, "server.pem"),
+                     "--tls-key", os.path.join(self.certs, "server.key"),
+                     "--tls-ca", os.path.join(self.certs, "ca.pem"))
         self.etcd = Etcd(self.tmp)
         self.etcd.start()
-        self.coordinator = Coordinator(self.tmp, self.etcd.endpoint, ttl=ttl)
+        self.coordinator = Coordinator(self.tmp, self.etcd.endpoint, ttl=ttl, extra=extra)
         self.coordinator.start()
 
     def close(self):

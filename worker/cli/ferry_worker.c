@@ -45,6 +45,10 @@ typedef struct {
     int timeout_ms;
     int ttl_s;
     bool quiet;
+    const char *tls_ca;
+    const char *tls_cert;
+    const char *tls_key;
+    const char *tls_server_name;
 } options_t;
 
 static const char usage[] =
@@ -59,7 +63,11 @@ static const char usage[] =
     "  --device D           cpu (default) or cuda:N\n"
     "  --timeout SECONDS    give up after this long (default 60)\n"
     "  --ttl SECONDS        lease TTL at the coordinator (default: the coordinator's)\n"
-    "  --quiet              no progress line\n";
+    "  --quiet              no progress line\n"
+    "  --tls-ca PEM         reach the coordinator over TLS, trusting this CA (FERRY_TLS_CA)\n"
+    "  --tls-cert PEM       client certificate for it (FERRY_TLS_CERT)\n"
+    "  --tls-key PEM        and its key (FERRY_TLS_KEY)\n"
+    "  --tls-server-name N  name to verify instead of the address's host\n";
 
 static double now_s(void)
 {
@@ -80,6 +88,10 @@ static int parse_options(int argc, char **argv, options_t *o)
         {"timeout", required_argument, NULL, 'T'},
         {"ttl", required_argument, NULL, 'L'},
         {"quiet", no_argument, NULL, 'q'},
+        {"tls-ca", required_argument, NULL, 'A'},
+        {"tls-cert", required_argument, NULL, 'C'},
+        {"tls-key", required_argument, NULL, 'K'},
+        {"tls-server-name", required_argument, NULL, 'N'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -89,6 +101,9 @@ static int parse_options(int argc, char **argv, options_t *o)
     memset(o, 0, sizeof(*o));
     o->coordinator = getenv("FERRY_COORDINATOR") ? getenv("FERRY_COORDINATOR") : "127.0.0.1:7400";
     o->token = getenv("FERRY_TOKEN");
+    o->tls_ca = getenv("FERRY_TLS_CA");
+    o->tls_cert = getenv("FERRY_TLS_CERT");
+    o->tls_key = getenv("FERRY_TLS_KEY");
     o->size = 1 << 20;
     o->descriptors = 1;
     o->device = (ferry_device_t)FERRY_DEVICE_HOST_INIT;
@@ -145,6 +160,18 @@ static int parse_options(int argc, char **argv, options_t *o)
             break;
         case 'q':
             o->quiet = true;
+            break;
+        case 'A':
+            o->tls_ca = optarg;
+            break;
+        case 'C':
+            o->tls_cert = optarg;
+            break;
+        case 'K':
+            o->tls_key = optarg;
+            break;
+        case 'N':
+            o->tls_server_name = optarg;
             break;
         case 'h':
             fputs(usage, stdout);
@@ -371,6 +398,13 @@ int main(int argc, char **argv)
         return fail("connector", status);
     }
     cp.target = o.coordinator;
+    if (o.tls_ca != NULL) {
+        cp.field_mask |= FERRY_COORDINATOR_PARAM_FIELD_TLS;
+        cp.tls_ca_file = o.tls_ca;
+        cp.tls_cert_file = o.tls_cert;
+        cp.tls_key_file = o.tls_key;
+        cp.tls_server_name = o.tls_server_name;
+    }
     status = ferry_coordinator_connect(&cp, &coord);
     if (status != FERRY_OK) {
         ferry_connector_destroy(conn);
