@@ -6,6 +6,7 @@
  */
 #include "registry_int.h"
 
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,6 +16,22 @@
 #include "common/op_state.h"
 
 #define MAINT_INTERVAL_MS 500
+
+ferry_status_t registry_fail(ferry_status_t status, char *msg, size_t cap, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, cap, fmt, ap);
+    va_end(ap);
+    return status;
+}
+
+/* The message for a failed etcd call: says that etcd was the cause. */
+ferry_status_t registry_etcd_fail(ferry_status_t status, char *msg, size_t cap, const char *what)
+{
+    return registry_fail(status, msg, cap, "etcd %s failed: %s (%s)", what,
+                         ferry_status_string(status), etcd_client_last_error());
+}
 
 int64_t registry_now_ms(void)
 {

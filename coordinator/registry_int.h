@@ -46,4 +46,12 @@ void registry_expire_claim(coord_registry_t *r, const char *id, int64_t claim_le
 
 int64_t registry_now_ms(void);
 
+/* Writes the message into msg (cap bytes) and returns status, so a failure
+ * reads as one step: return registry_fail(FERRY_ERR_X, msg, cap, "..."). */
+ferry_status_t registry_fail(ferry_status_t status, char *msg, size_t cap, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+/* The same for a failed etcd call: names etcd and the client's last error. */
+ferry_status_t registry_etcd_fail(ferry_status_t status, char *msg, size_t cap, const char *what);
+
 #endif /* FERRY_COORD_REGISTRY_INT_H */

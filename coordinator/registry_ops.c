@@ -6,7 +6,6 @@
 #include "registry_int.h"
 
 #include <inttypes.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,23 +19,6 @@
 
 #define KEY_MAX             512
 #define TRANSITION_ATTEMPTS 8
-
-__attribute__((format(printf, 4, 5))) static ferry_status_t fail(ferry_status_t status, char *msg,
-                                                                 size_t cap, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(msg, cap, fmt, ap);
-    va_end(ap);
-    return status;
-}
-
-/* The message for a failed etcd call: says that etcd was the cause. */
-static ferry_status_t etcd_fail(ferry_status_t status, char *msg, size_t cap, const char *what)
-{
-    return fail(status, msg, cap, "etcd %s failed: %s (%s)", what, ferry_status_string(status),
-                etcd_client_last_error());
-}
 
 static int64_t ttl_or_default(const coord_registry_t *r, int64_t ttl_s)
 {
@@ -125,11 +107,11 @@ static ferry_status_t register_txn(coord_registry_t *r, const char *id, const ui
     ferry_status_t status = etcd_txn(r->etcd, &cmp, 1, &put, 1, NULL, 0, &res);
 
     if (status != FERRY_OK) {
-        return etcd_fail(status, msg, cap, "registration transaction");
+        return registry_etcd_fail(status, msg, cap, "registration transaction");
     }
     if (!res.succeeded) {
-        status =
-            fail(FERRY_ERR_ALREADY_EXISTS, msg, cap, "request_id '%s' is already registered", id);
+        status = registry_fail(FERRY_ERR_ALREADY_EXISTS, msg, cap,
+                               "request_id '%s' is already registered", id);
     }
     *revision_p = res.revision;
     etcd_txn_result_free(&res);
@@ -149,11 +131,11 @@ ferry_status_t coord_register(coord_registry_t *r, const Ferry__V1__RegisterRequ
     if (req->access_token[0] != '\0') {
         snprintf(out->access_token, sizeof(out->access_token), "%s", req->access_token);
     } else if (new_token(out->access_token, sizeof(out->access_token)) != FERRY_OK) {
-        return fail(FERRY_ERR_INTERNAL, msg, cap, "no randomness for an access token");
+        return registry_fail(FERRY_ERR_INTERNAL, msg, cap, "no randomness for an access token");
     }
     status = etcd_lease_grant(r->etcd, ttl_or_default(r, req->ttl_seconds), &out->lease_id, &ttl);
     if (status != FERRY_OK) {
-        return etcd_fail(status, msg, cap, "lease grant");
+        return registry_etcd_fail(status, msg, cap, "lease grant");
     }
     out->ttl_s = ttl;
 
@@ -224,7 +206,7 @@ static ferry_status_t read_record(coord_registry_t *r, const char *id, bool from
         if (e != NULL) {
             return rec->op != NULL
                        ? FERRY_OK
-                       : fail(FERRY_ERR_INTERNAL, msg, cap, "stored record is malformed");
+                       : registry_fail(FERRY_ERR_INTERNAL, msg, cap, "stored record is malformed");
         }
     }
     if (!from_etcd) {
@@ -233,18 +215,20 @@ static ferry_status_t read_record(coord_registry_t *r, const char *id, bool from
     key_len = registry_key(r, r->ops_prefix, id, key, sizeof(key));
     status = etcd_get(r->etcd, key, key_len, NULL, 0, 0, 0, &range);
     if (status != FERRY_OK) {
-        return etcd_fail(status, msg, cap, "read");
+        return registry_etcd_fail(status, msg, cap, "read");
     }
     if (range.n_kvs == 0) {
         etcd_range_free(&range);
-        return fail(FERRY_ERR_NOT_FOUND, msg, cap, "request_id '%s' is not registered", id);
+        return registry_fail(FERRY_ERR_NOT_FOUND, msg, cap, "request_id '%s' is not registered",
+                             id);
     }
     rec->op = ferry__v1__operation__unpack(NULL, range.kvs[0].value_len, range.kvs[0].value);
     rec->mod_revision = range.kvs[0].mod_revision;
     rec->revision = range.revision;
     etcd_range_free(&range);
-    return rec->op != NULL ? FERRY_OK
-                           : fail(FERRY_ERR_INTERNAL, msg, cap, "stored record is malformed");
+    return rec->op != NULL
+               ? FERRY_OK
+               : registry_fail(FERRY_ERR_INTERNAL, msg, cap, "stored record is malformed");
 }
 
 ferry_status_t coord_lookup(coord_registry_t *r, const char *id, const char *token,
@@ -258,8 +242,8 @@ ferry_status_t coord_lookup(coord_registry_t *r, const char *id, const char *tok
     }
     if (token != NULL && !token_matches(rec.op, token)) {
         ferry__v1__operation__free_unpacked(rec.op, NULL);
-        return fail(FERRY_ERR_PERMISSION_DENIED, msg, cap,
-                    "access_token does not grant access to request_id '%s'", id);
+        return registry_fail(FERRY_ERR_PERMISSION_DENIED, msg, cap,
+                             "access_token does not grant access to request_id '%s'", id);
     }
     coord_strip(rec.op, token != NULL);
     *op_p = rec.op;
@@ -317,7 +301,7 @@ static ferry_status_t write_transition(coord_registry_t *r, const record_t *rec,
     status = etcd_txn(r->etcd, &cmp, 1, ops, t->extra.key != NULL ? 2 : 1, NULL, 0, &res);
     if (status != FERRY_OK) {
         free(bytes);
-        return etcd_fail(status, msg, cap, "state change transaction");
+        return registry_etcd_fail(status, msg, cap, "state change transaction");
     }
     *won_p = res.succeeded;
     *revision_p = res.revision;
@@ -346,8 +330,8 @@ static ferry_status_t registry_transition(coord_registry_t *r, const char *id, t
         }
         if (t->token != NULL && !token_matches(rec.op, t->token)) {
             ferry__v1__operation__free_unpacked(rec.op, NULL);
-            return fail(FERRY_ERR_PERMISSION_DENIED, msg, cap,
-                        "access_token does not grant access to request_id '%s'", id);
+            return registry_fail(FERRY_ERR_PERMISSION_DENIED, msg, cap,
+                                 "access_token does not grant access to request_id '%s'", id);
         }
         from = rec.op->state;
         rc = t->apply(t, rec.op, msg, cap);
@@ -362,9 +346,9 @@ static ferry_status_t registry_transition(coord_registry_t *r, const char *id, t
         }
         if (!ferry__op_state_can_move(from, rec.op->state)) {
             ferry__v1__operation__free_unpacked(rec.op, NULL);
-            return fail(FERRY_ERR_FAILED_PRECONDITION, msg, cap,
-                        "request_id '%s' cannot go from %s to %s", id, ferry__op_state_name(from),
-                        ferry__op_state_name(rec.op->state));
+            return registry_fail(FERRY_ERR_FAILED_PRECONDITION, msg, cap,
+                                 "request_id '%s' cannot go from %s to %s", id,
+                                 ferry__op_state_name(from), ferry__op_state_name(rec.op->state));
         }
         rec.op->updated_unix_ms = registry_now_ms();
         status = write_transition(r, &rec, t, &out->revision, &won, msg, cap);
@@ -380,8 +364,8 @@ static ferry_status_t registry_transition(coord_registry_t *r, const char *id, t
         }
         ferry_debug("op %s: %s lost a race (attempt %d); rereading", id, t->what, attempt + 1);
     }
-    return fail(FERRY_ERR_ABORTED, msg, cap, "request_id '%s' changed %d times during %s", id,
-                TRANSITION_ATTEMPTS, t->what);
+    return registry_fail(FERRY_ERR_ABORTED, msg, cap, "request_id '%s' changed %d times during %s",
+                         id, TRANSITION_ATTEMPTS, t->what);
 }
 
 static void set_string(char **field, const char *value)
@@ -414,18 +398,20 @@ static int apply_claim(transition_t *t, Ferry__V1__Operation *op, char *msg, siz
 
     if (req->kind != FERRY__V1__OPERATION_KIND__OPERATION_KIND_UNSPECIFIED &&
         req->kind != op->kind) {
-        return fail(FERRY_ERR_INVALID_ARGUMENT, msg, cap,
-                    "kind %s does not match request_id '%s', a %s operation (a write pairs only "
-                    "with a writable, a read with a readable)",
-                    kind_name(req->kind), op->request_id, kind_name(op->kind));
+        return registry_fail(
+            FERRY_ERR_INVALID_ARGUMENT, msg, cap,
+            "kind %s does not match request_id '%s', a %s operation (a write pairs only "
+            "with a writable, a read with a readable)",
+            kind_name(req->kind), op->request_id, kind_name(op->kind));
     }
     if (op->state == FERRY_OP_CLAIMED) {
-        return fail(FERRY_ERR_FAILED_PRECONDITION, msg, cap,
-                    "request_id '%s' is already claimed by '%s'", op->request_id, op->claimant);
+        return registry_fail(FERRY_ERR_FAILED_PRECONDITION, msg, cap,
+                             "request_id '%s' is already claimed by '%s'", op->request_id,
+                             op->claimant);
     }
     if (op->state != FERRY_OP_REGISTERED) {
-        return fail(FERRY_ERR_FAILED_PRECONDITION, msg, cap, "request_id '%s' is %s",
-                    op->request_id, ferry__op_state_name(op->state));
+        return registry_fail(FERRY_ERR_FAILED_PRECONDITION, msg, cap, "request_id '%s' is %s",
+                             op->request_id, ferry__op_state_name(op->state));
     }
     op->state = FERRY_OP_CLAIMED;
     op->claim_lease_id = t->extra.lease;
@@ -443,7 +429,7 @@ ferry_status_t coord_claim(coord_registry_t *r, const Ferry__V1__ClaimRequest *r
 
     status = etcd_lease_grant(r->etcd, ttl_or_default(r, req->ttl_seconds), &lease, &ttl);
     if (status != FERRY_OK) {
-        return etcd_fail(status, msg, cap, "lease grant");
+        return registry_etcd_fail(status, msg, cap, "lease grant");
     }
     snprintf(lease_str, sizeof(lease_str), "%" PRId64, lease);
     t.extra =
@@ -470,16 +456,17 @@ static int apply_complete(transition_t *t, Ferry__V1__Operation *op, char *msg, 
     ferry_op_state_t want = req->error_code == 0 ? FERRY_OP_COMPLETE : FERRY_OP_ERRORED;
 
     if (op->state != FERRY_OP_REGISTERED && op->claim_lease_id != req->claim_lease_id) {
-        return fail(FERRY_ERR_PERMISSION_DENIED, msg, cap,
-                    "claim_lease_id %lld does not hold the claim on request_id '%s'",
-                    (long long)req->claim_lease_id, op->request_id);
+        return registry_fail(FERRY_ERR_PERMISSION_DENIED, msg, cap,
+                             "claim_lease_id %lld does not hold the claim on request_id '%s'",
+                             (long long)req->claim_lease_id, op->request_id);
     }
     if (op->state == want) {
         return COORD_UNCHANGED;
     }
     if (op->state != FERRY_OP_CLAIMED) {
-        return fail(FERRY_ERR_FAILED_PRECONDITION, msg, cap, "request_id '%s' is %s, not CLAIMED",
-                    op->request_id, ferry__op_state_name(op->state));
+        return registry_fail(FERRY_ERR_FAILED_PRECONDITION, msg, cap,
+                             "request_id '%s' is %s, not CLAIMED", op->request_id,
+                             ferry__op_state_name(op->state));
     }
     op->state = want;
     op->error_code = req->error_code;
@@ -518,8 +505,9 @@ static int apply_cancel(transition_t *t, Ferry__V1__Operation *op, char *msg, si
         return COORD_UNCHANGED;
     }
     if (ferry__op_state_is_final(op->state)) {
-        return fail(FERRY_ERR_FAILED_PRECONDITION, msg, cap, "request_id '%s' is already %s",
-                    op->request_id, ferry__op_state_name(op->state));
+        return registry_fail(FERRY_ERR_FAILED_PRECONDITION, msg, cap,
+                             "request_id '%s' is already %s", op->request_id,
+                             ferry__op_state_name(op->state));
     }
     op->state = FERRY_OP_CANCELLED;
     set_string(&op->error_message, req->reason[0] != '\0' ? req->reason : "cancelled");
@@ -574,114 +562,5 @@ void registry_expire_claim(coord_registry_t *r, const char *id, int64_t claim_le
         ferry__v1__operation__free_unpacked(out.op, NULL);
     } else if (status != FERRY_ERR_NOT_FOUND) {
         ferry_warn("op %s: could not mark the expired claim: %s", id, msg);
-    }
-}
-
-/* --- leases and lists ----------------------------------------------------- */
-
-ferry_status_t coord_keepalive(coord_registry_t *r, int64_t lease_id, int64_t *ttl_p, char *msg,
-                               size_t cap)
-{
-    ferry_status_t status = etcd_lease_keepalive(r->etcd, lease_id, ttl_p);
-
-    if (status == FERRY_ERR_NOT_FOUND) {
-        return fail(status, msg, cap, "lease_id %lld has expired or never existed",
-                    (long long)lease_id);
-    }
-    if (status != FERRY_OK) {
-        return etcd_fail(status, msg, cap, "lease keep-alive");
-    }
-    return FERRY_OK;
-}
-
-static bool list_wants(const Ferry__V1__ListRequest *req, const Ferry__V1__Operation *op)
-{
-    return (req->state == 0 || (int)req->state == (int)op->state) &&
-           (req->kind == 0 || (int)req->kind == (int)op->kind);
-}
-
-static ferry_status_t list_append(Ferry__V1__ListResponse *out, Ferry__V1__Operation *op)
-{
-    Ferry__V1__Operation **ops =
-        realloc(out->operations, (out->n_operations + 1) * sizeof(*out->operations));
-    if (ops == NULL) {
-        return FERRY_ERR_NO_MEMORY;
-    }
-    coord_strip(op, false);
-    ops[out->n_operations++] = op;
-    out->operations = ops;
-    return FERRY_OK;
-}
-
-ferry_status_t coord_list(coord_registry_t *r, const Ferry__V1__ListRequest *req,
-                          Ferry__V1__ListResponse *out, char *msg, size_t cap)
-{
-    uint32_t page = req->page_size == 0 ? 100 : req->page_size;
-    char start[KEY_MAX], scope[KEY_MAX];
-    size_t start_len, scope_len;
-    uint8_t *end = NULL;
-    size_t end_len;
-    bool more = true;
-    ferry_status_t status;
-
-    scope_len = registry_key(r, r->ops_prefix, req->request_id_prefix, scope, sizeof(scope));
-    status = etcd_prefix_end(scope, scope_len, &end, &end_len);
-    if (status != FERRY_OK) {
-        return fail(status, msg, cap, "request_id_prefix cannot be ranged");
-    }
-    start_len = registry_key(r, r->ops_prefix, req->page_token, start, sizeof(start));
-    if (start_len < scope_len || memcmp(start, scope, scope_len) != 0) {
-        memcpy(start, scope, scope_len + 1);
-        start_len = scope_len;
-    } else if (req->page_token[0] != '\0') {
-        start[start_len++] = '\0'; /* the first key after the token */
-    }
-    while (more && out->n_operations < page) {
-        etcd_range_t range = {0};
-        status = etcd_get(r->etcd, start, start_len, end, end_len, page + 1, 0, &range);
-        if (status != FERRY_OK) {
-            free(end);
-            return etcd_fail(status, msg, cap, "list range");
-        }
-        out->header->revision = range.revision;
-        more = range.more;
-        for (size_t i = 0; i < range.n_kvs; i++) {
-            Ferry__V1__Operation *op;
-            if (out->n_operations == page) {
-                more = true;
-                break;
-            }
-            op = ferry__v1__operation__unpack(NULL, range.kvs[i].value_len, range.kvs[i].value);
-            if (op == NULL || !list_wants(req, op) || list_append(out, op) != FERRY_OK) {
-                if (op != NULL) {
-                    ferry__v1__operation__free_unpacked(op, NULL);
-                }
-            }
-            if (range.kvs[i].key_len + 1 < sizeof(start)) {
-                memcpy(start, range.kvs[i].key, range.kvs[i].key_len);
-                start[range.kvs[i].key_len] = '\0';
-                start_len = range.kvs[i].key_len + 1;
-            }
-        }
-        etcd_range_free(&range);
-    }
-    free(end);
-    if (more && out->n_operations > 0) {
-        out->next_page_token = strdup(out->operations[out->n_operations - 1]->request_id);
-    }
-    return FERRY_OK;
-}
-
-void coord_list_free(Ferry__V1__ListResponse *out)
-{
-    for (size_t i = 0; i < out->n_operations; i++) {
-        ferry__v1__operation__free_unpacked(out->operations[i], NULL);
-    }
-    free(out->operations);
-    out->operations = NULL;
-    out->n_operations = 0;
-    if (out->next_page_token != protobuf_c_empty_string) {
-        free(out->next_page_token);
-        out->next_page_token = (char *)protobuf_c_empty_string;
     }
 }
