@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# bench/control.sh [BUILD_DIR] [--quick]: the control-path benchmark.
+#
+# Starts a private etcd and one ferry-coordinator on free loopback ports,
+# registers 1000 records, then from a separate load process
+# (ferry_bench_control) measures, at 1, 8 and 64 concurrent clients:
+#   Lookup through the coordinator   vs  the same records read from etcd
+#   Register through the coordinator vs  etcd create-if-absent txn (and
+#                                        lease grant + txn, what Register does)
+# then starts a second replica on the same etcd and repeats Lookup and
+# Register with the clients split over both. Each run is bounded by time
+# (5 s; 1 s with --quick) and by count (200000 calls per client).
+# Appends one JSON object per run to $BENCH_OUT (default
+# bench/results/control-<time>.jsonl) and prints the table.
+set -euo pipefail
+HERE=$(cd "$(dirname "$0")" && pwd)
+BUILD_DIR=build
+SECONDS_PER_RUN=5
+for arg in "$@"; do
+    case $arg in
+    --quick) SECONDS_PER_RUN=1 ;;
+    -*) echo "usage: $0 [BUILD_DIR] [--quick]" >&2; exit 2 ;;
+    *) BUILD_DIR=$arg ;;
+    esac
+done
+BUILD_DIR=$(cd "$BUILD_DIR" && pwd)
+# shellcheck source=lib.sh
+. "$HERE/lib.sh"
+mkdir -p "$HERE/results"
+BENCH_OUT=${BENCH_OUT:-$HERE/results/control-$(date -u +%Y%m%dT%H%M%SZ).jsonl}
+LOAD="$BUILD_DIR/bench/ferry_bench_control"
+[ -x "$LOAD" ] || bench_die "$LOAD not built (make bench, or cmake --build $BUILD_DIR)"
+CLIENTS=${BENCH_CLIENTS:-1 8 64}
+RUN=$(date +%s)
+
+bench_machine_json | sed 's/^{/{"bench":"machine",/' >>"$BENCH_OUT"
+echo >>"$BENCH_OUT"
+
+load() {
+    "$LOAD" --seconds "$SECONDS_PER_RUN" --max-ops 200000 --warmup-ops 20 --records 1000 \
+        --ids "bench-rec-$RUN" "$@" | tee -a "$BENCH_OUT"
+}
+
+bench_start_etcd
+COORD_TARGETS=""
+bench_start_coord bench-a
+ONE=$COORD_TARGETS
+echo "etcd $ETCD_ENDPOINT, coordinator $ONE; $SECONDS_PER_RUN s per run" >&2
+"$LOAD" --mode populate --coord "$ONE" --clients 8 --records 1000 --ids "bench-rec-$RUN"
+
+for n in $CLIENTS; do
+    load --mode lookup --coord "$ONE" --clients "$n" --channels thread
+    load --mode etcd-get --etcd "$ETCD_ENDPOINT" --clients "$n"
+    load --mode lookup --coord "$ONE" --clients "$n" --channels shared
+done
+for n in $CLIENTS; do
+    load --mode register --coord "$ONE" --clients "$n" --run-id "reg1-$RUN-$n"
+    load --mode etcd-txn --etcd "$ETCD_ENDPOINT" --clients "$n" --run-id "txn-$RUN-$n"
+    load --mode etcd-lease-txn --etcd "$ETCD_ENDPOINT" --clients "$n" --run-id "ltxn-$RUN-$n"
+done
+
+# Scaling: a second replica over the same etcd; clients alternate replicas.
+bench_start_coord bench-b
+echo "second replica; targets $COORD_TARGETS" >&2
+for n in $CLIENTS; do
+    load --mode lookup --coord "$COORD_TARGETS" --clients "$n" --channels thread
+    load --mode register --coord "$COORD_TARGETS" --clients "$n" --run-id "reg2-$RUN-$n"
+done
+
+echo "results: $BENCH_OUT" >&2
+/usr/bin/python3 "$HERE/report.py" --plain "$BENCH_OUT"

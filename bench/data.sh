@@ -1,0 +1,112 @@
+#!/usr/bin/env bash
+# bench/data.sh [BUILD_DIR] [--quick]: the data-path benchmark.
+#
+# For each size (4 KiB .. 1 GiB), op (write/read) and descriptor count (1,
+# 16), runs Ferry (ferry_bench_data: two processes, metadata over a pipe)
+# and the reference, ucx_perftest -t ucp_put_bw / ucp_get_bw (server and
+# client on loopback, the same size, the same UCX_TLS; ucp_get in UCX 1.13), alternating, for
+# ROUNDS rounds (3; 1 with --quick); the table shows the median. Then 1, 2
+# and 4 concurrent pairs of each at 1 MiB and 64 MiB, and memcpy of one core.
+# UCX_TLS is whatever the caller's environment says (unset: UCX's default,
+# for both sides alike). Appends JSON lines to $BENCH_OUT.
+set -euo pipefail
+HERE=$(cd "$(dirname "$0")" && pwd)
+BUILD_DIR=build
+QUICK=0
+for arg in "$@"; do
+    case $arg in
+    --quick) QUICK=1 ;;
+    -*) echo "usage: $0 [BUILD_DIR] [--quick]" >&2; exit 2 ;;
+    *) BUILD_DIR=$arg ;;
+    esac
+done
+BUILD_DIR=$(cd "$BUILD_DIR" && pwd)
+# shellcheck source=lib.sh
+. "$HERE/lib.sh"
+mkdir -p "$HERE/results"
+BENCH_OUT=${BENCH_OUT:-$HERE/results/data-$(date -u +%Y%m%dT%H%M%SZ).jsonl}
+DATA="$BUILD_DIR/bench/ferry_bench_data"
+[ -x "$DATA" ] || bench_die "$DATA not built"
+command -v ucx_perftest >/dev/null || bench_die "ucx_perftest missing (apt-get install ucx-utils)"
+export FERRY_LOG_LEVEL=${FERRY_LOG_LEVEL:-warn}
+ROUNDS=${BENCH_ROUNDS:-3}
+SIZES=${BENCH_SIZES:-4KiB 64KiB 1MiB 16MiB 256MiB 1GiB}
+[ "$QUICK" = 1 ] && ROUNDS=1
+
+bench_machine_json | sed "s/^{/{\"bench\":\"machine\",\"ucx_tls\":\"${UCX_TLS:-default}\",/" >>"$BENCH_OUT"
+echo >>"$BENCH_OUT"
+
+bytes() { case $1 in *GiB) echo $((${1%GiB} << 30)) ;; *MiB) echo $((${1%MiB} << 20)) ;;
+    *KiB) echo $((${1%KiB} << 10)) ;; *) echo "$1" ;; esac; }
+
+# Iterations per size: about a quarter of a second of transfer each.
+iters() {
+    local b; b=$(bytes "$1")
+    local n=$(( (1 << 30) / b ))
+    [ "$n" -gt 2000 ] && n=2000
+    [ "$n" -lt 3 ] && n=3
+    [ "$QUICK" = 1 ] && n=$(( n / 5 > 2 ? n / 5 : 2 ))
+    echo "$n"
+}
+
+# perftest OP SIZE ITERS PAIRS: prints one JSON line.
+perftest() {
+    local op=$1 size=$2 n=$3 pairs=$4 b test ports=() pids=() outs=() i total=0
+    b=$(bytes "$size")
+    # UCX 1.13 names the get bandwidth test "ucp_get" (later releases: ucp_get_bw).
+    test=ucp_put_bw; [ "$op" = read ] && test=ucp_get
+    for i in $(seq "$pairs"); do
+        ports+=("$(bench_free_port)")
+        timeout 300 ucx_perftest -p "${ports[-1]}" >/dev/null 2>&1 &
+        pids+=($!)
+    done
+    sleep 0.3 # servers have no readiness signal; the client retries nothing
+    for i in $(seq 0 $((pairs - 1))); do
+        outs+=("$(mktemp)")
+        timeout 300 ucx_perftest 127.0.0.1 -p "${ports[$i]}" -t "$test" -s "$b" -n "$n" -w 2 \
+            >"${outs[$i]}" 2>&1 &
+        pids+=($!)
+    done
+    for i in "${pids[@]}"; do wait "$i" || true; done
+    for i in "${outs[@]}"; do
+        # Final: iters p50 avg overall bw_avg bw_overall ... (MB/s = MiB/s)
+        local mbs; mbs=$(awk '/^Final:/ {print $7}' "$i")
+        [ -n "$mbs" ] || { cat "$i" >&2; mbs=0; }
+        total=$(awk -v t="$total" -v m="$mbs" 'BEGIN {print t + m}')
+        rm -f "$i"
+    done
+    printf '{"bench":"data","impl":"ucx_perftest","op":"%s","size":%s,"descs":1,"pairs":%s,"iters":%s,"gbps":%.3f}\n' \
+        "$op" "$b" "$pairs" "$n" "$(awk -v m="$total" 'BEGIN {print m * 1048576 / 1e9}')"
+}
+
+ferry() {
+    local op=$1 size=$2 descs=$3 n=$4 pairs=$5
+    "$DATA" --op "$op" --size "$size" --descs "$descs" --iters "$n" --warmup 2 --pairs "$pairs" \
+        ${BENCH_FERRY_ARGS:-}
+}
+
+echo "UCX_TLS=${UCX_TLS:-default}; $ROUNDS rounds; results $BENCH_OUT" >&2
+for size in $SIZES; do
+    n=$(iters "$size")
+    for op in write read; do
+        for r in $(seq "$ROUNDS"); do
+            ferry "$op" "$size" 1 "$n" 1 | tee -a "$BENCH_OUT"
+            perftest "$op" "$size" "$n" 1 | tee -a "$BENCH_OUT"
+            ferry "$op" "$size" 16 "$n" 1 | tee -a "$BENCH_OUT"
+        done
+    done
+done
+for pairs in ${BENCH_PAIRS:-1 2 4}; do
+    for size in 1MiB 64MiB; do
+        n=$(iters "$size")
+        for r in $(seq "$ROUNDS"); do
+            ferry write "$size" 1 "$n" "$pairs" | tee -a "$BENCH_OUT"
+            perftest write "$size" "$n" "$pairs" | tee -a "$BENCH_OUT"
+        done
+    done
+done
+for size in 1MiB 256MiB 1GiB; do
+    "$DATA" --memcpy --size "$size" --iters "$(( $(iters "$size") * 4 ))" | tee -a "$BENCH_OUT"
+done
+echo "results: $BENCH_OUT" >&2
+/usr/bin/python3 "$HERE/report.py" --plain "$BENCH_OUT"

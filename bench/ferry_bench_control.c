@@ -1,0 +1,600 @@
+/*
+ * ferry_bench_control.c: the control-path load generator (issue #5).
+ *
+ * A separate process on loopback that runs N client threads against one or
+ * more ferry-coordinator replicas, or straight against etcd's JSON gateway
+ * (the reference), for a bounded time and a bounded count, and prints one
+ * JSON object per run on stdout (bench/run.sh collects them).
+ *
+ * Modes:
+ *   populate        Register --records records "<ids>-<i>" (setup, not timed)
+ *   lookup          Lookup of those records through the coordinator(s)
+ *   etcd-get        the same records read from etcd (<prefix>ops/<id>) and
+ *                   decoded, as a client without a coordinator would
+ *   register        Register of new IDs through the coordinator(s)
+ *   etcd-txn        the create-if-absent transaction alone, straight to etcd
+ *   etcd-lease-txn  lease grant + that transaction: what Register asks of etcd
+ *
+ * Fairness: each thread is one client that waits for each answer before the
+ * next call (closed loop). gRPC: --channels thread gives each thread its own
+ * rpc channel, --channels shared one channel per coordinator. (gRPC C core
+ * shares one subchannel, so one TCP connection, between channels to the same
+ * target with the same arguments; both settings multiplex over HTTP/2.) etcd:
+ * one etcd_client_t, whose pool gives every concurrent request its own
+ * keep-alive HTTP/1.1 connection: the same as one client per thread.
+ *
+ * Threads: main sets up, starts the clients behind a barrier, joins them and
+ * merges their samples; each client thread owns its samples.
+ */
+#include <getopt.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "bench_stats.h"
+#include "etcd/etcd.h"
+#include "ferry/v1/coordinator.pb-c.h"
+#include "rpc/rpc.h"
+
+#define BENCH_TOKEN           "bench-access-token-0123456789abcdef"
+#define BENCH_MAX_COORDS      8
+#define BENCH_CALL_TIMEOUT_MS 10000
+
+typedef enum {
+    MODE_POPULATE,
+    MODE_LOOKUP,
+    MODE_ETCD_GET,
+    MODE_REGISTER,
+    MODE_ETCD_TXN,
+    MODE_ETCD_LEASE_TXN,
+} bench_mode_t;
+
+static const char *const mode_names[] = {"populate", "lookup",   "etcd-get",
+                                         "register", "etcd-txn", "etcd-lease-txn"};
+
+typedef struct {
+    bench_mode_t mode;
+    char *coord_targets[BENCH_MAX_COORDS];
+    int n_coords;
+    const char *etcd_endpoint;
+    const char *prefix;
+    const char *ids;    /* record ID stem for populate/lookup/etcd-get */
+    const char *run_id; /* ID stem for register/etcd-txn */
+    int clients;
+    double seconds;
+    long max_ops; /* per client */
+    long warmup_ops;
+    long records;
+    bool shared_channels;
+    const char *label;
+} bench_config_t;
+
+typedef struct bench_shared bench_shared_t;
+
+typedef struct {
+    bench_shared_t *shared;
+    int index;
+    rpc_channel_t *channel;
+    bench_samples_t samples;
+    long errors;
+    char first_error[768];
+} bench_client_t;
+
+struct bench_shared {
+    const bench_config_t *config;
+    etcd_client_t *etcd;
+    rpc_channel_t *channels[BENCH_MAX_COORDS]; /* shared mode */
+    pthread_barrier_t start;
+    uint64_t deadline_ns;
+    uint8_t *record; /* a packed Operation, for direct etcd writes */
+    size_t record_len;
+    Ferry__V1__RdmaMetadata *metadata;
+};
+
+/* --- the record a registration carries --------------------------------- */
+
+static uint8_t md_address[64], md_rkey[32], md_key[16];
+static Ferry__V1__Device md_device = FERRY__V1__DEVICE__INIT;
+static Ferry__V1__Descriptor md_desc = FERRY__V1__DESCRIPTOR__INIT;
+static Ferry__V1__Descriptor *md_descs[1] = {&md_desc};
+static Ferry__V1__RdmaMetadata md = FERRY__V1__RDMA_METADATA__INIT;
+
+/* A metadata of the size a real 4 KiB writable publishes (worker address and
+ * rkey sizes as UCX 1.13 packs them for shared memory and TCP). */
+static Ferry__V1__RdmaMetadata *bench_metadata(void)
+{
+    memset(md_address, 0xa5, sizeof(md_address));
+    memset(md_rkey, 0x5a, sizeof(md_rkey));
+    memset(md_key, 0x3c, sizeof(md_key));
+    md_device.kind = FERRY__V1__DEVICE_KIND__DEVICE_KIND_HOST;
+    md_desc.address = 0x100000;
+    md_desc.size = 4096;
+    md_desc.device = &md_device;
+    md_desc.rkey.data = md_rkey;
+    md_desc.rkey.len = sizeof(md_rkey);
+    md.version = 1;
+    md.kind = FERRY__V1__OPERATION_KIND__OPERATION_KIND_WRITE;
+    md.worker_address.data = md_address;
+    md.worker_address.len = sizeof(md_address);
+    md.n_descriptors = 1;
+    md.descriptors = md_descs;
+    md.notification_key.data = md_key;
+    md.notification_key.len = sizeof(md_key);
+    md.worker_name = "bench-worker";
+    return &md;
+}
+
+/* The Operation record as the coordinator stores it, for direct writes. */
+static int bench_pack_record(bench_shared_t *sh)
+{
+    Ferry__V1__Operation op = FERRY__V1__OPERATION__INIT;
+    uint8_t hash[32];
+
+    memset(hash, 0x11, sizeof(hash));
+    op.request_id = "bench-direct-000000000";
+    op.kind = FERRY__V1__OPERATION_KIND__OPERATION_KIND_WRITE;
+    op.state = FERRY__V1__OPERATION_STATE__OPERATION_STATE_REGISTERED;
+    op.metadata = sh->metadata;
+    op.owner = "bench";
+    op.lease_id = 0x1234567812345678ll;
+    op.token_sha256.data = hash;
+    op.token_sha256.len = sizeof(hash);
+    op.created_unix_ms = 1700000000000ll;
+    op.updated_unix_ms = op.created_unix_ms;
+    sh->record_len = ferry__v1__operation__get_packed_size(&op);
+    sh->record = malloc(sh->record_len);
+    if (sh->record == NULL) {
+        return -1;
+    }
+    ferry__v1__operation__pack(&op, sh->record);
+    return 0;
+}
+
+/* --- one call of each mode ---------------------------------------------- */
+
+static void note_error(bench_client_t *cl, const char *what, ferry_status_t status,
+                       const rpc_error_t *err)
+{
+    cl->errors++;
+    if (cl->first_error[0] == '\0') {
+        snprintf(cl->first_error, sizeof(cl->first_error), "%s: %s (%.500s)", what,
+                 ferry_status_name(status), err != NULL ? err->message : etcd_client_last_error());
+    }
+}
+
+static rpc_channel_t *client_channel(bench_client_t *cl)
+{
+    const bench_config_t *cfg = cl->shared->config;
+    return cfg->shared_channels ? cl->shared->channels[cl->index % cfg->n_coords] : cl->channel;
+}
+
+static int call_register(bench_client_t *cl, const char *id)
+{
+    Ferry__V1__RegisterRequest req = FERRY__V1__REGISTER_REQUEST__INIT;
+    ProtobufCMessage *resp = NULL;
+    rpc_error_t err;
+    ferry_status_t status;
+
+    req.request_id = (char *)id;
+    req.metadata = cl->shared->metadata;
+    req.access_token = BENCH_TOKEN;
+    req.ttl_seconds = 3600;
+    req.owner = "bench";
+    status =
+        rpc_unary(client_channel(cl), "/ferry.v1.Coordinator/Register", &req.base,
+                  &ferry__v1__register_response__descriptor, BENCH_CALL_TIMEOUT_MS, &resp, &err);
+    if (status != FERRY_OK) {
+        note_error(cl, "Register", status, &err);
+        return -1;
+    }
+    protobuf_c_message_free_unpacked(resp, NULL);
+    return 0;
+}
+
+static int call_lookup(bench_client_t *cl, const char *id)
+{
+    Ferry__V1__LookupRequest req = FERRY__V1__LOOKUP_REQUEST__INIT;
+    Ferry__V1__LookupResponse *resp = NULL;
+    rpc_error_t err;
+    ferry_status_t status;
+
+    req.request_id = (char *)id;
+    req.access_token = BENCH_TOKEN;
+    status = rpc_unary(client_channel(cl), "/ferry.v1.Coordinator/Lookup", &req.base,
+                       &ferry__v1__lookup_response__descriptor, BENCH_CALL_TIMEOUT_MS,
+                       (ProtobufCMessage **)&resp, &err);
+    if (status != FERRY_OK) {
+        note_error(cl, "Lookup", status, &err);
+        return -1;
+    }
+    if (resp->operation == NULL || resp->operation->metadata == NULL) {
+        note_error(cl, "Lookup without metadata", FERRY_ERR_PROTOCOL, NULL);
+        status = FERRY_ERR_PROTOCOL;
+    }
+    ferry__v1__lookup_response__free_unpacked(resp, NULL);
+    return status == FERRY_OK ? 0 : -1;
+}
+
+static int call_etcd_get(bench_client_t *cl, const char *id)
+{
+    char key[256];
+    int len = snprintf(key, sizeof(key), "%sops/%s", cl->shared->config->prefix, id);
+    etcd_range_t range = {0};
+    Ferry__V1__Operation *op;
+    ferry_status_t status = etcd_get(cl->shared->etcd, key, (size_t)len, NULL, 0, 0, 0, &range);
+
+    if (status != FERRY_OK) {
+        note_error(cl, "etcd get", status, NULL);
+        return -1;
+    }
+    if (range.n_kvs != 1) {
+        etcd_range_free(&range);
+        note_error(cl, "etcd get: no record", FERRY_ERR_NOT_FOUND, NULL);
+        return -1;
+    }
+    /* A client without a coordinator still has to decode the record. */
+    op = ferry__v1__operation__unpack(NULL, range.kvs[0].value_len, range.kvs[0].value);
+    etcd_range_free(&range);
+    if (op == NULL || op->metadata == NULL) {
+        note_error(cl, "etcd get: bad record", FERRY_ERR_PROTOCOL, NULL);
+        if (op != NULL) {
+            ferry__v1__operation__free_unpacked(op, NULL);
+        }
+        return -1;
+    }
+    ferry__v1__operation__free_unpacked(op, NULL);
+    return 0;
+}
+
+static int call_etcd_txn(bench_client_t *cl, const char *id, bool with_lease)
+{
+    char key[256];
+    int len = snprintf(key, sizeof(key), "%sdirect/%s", cl->shared->config->prefix, id);
+    int64_t lease = 0, ttl = 0;
+    etcd_compare_t cmp = {.target = ETCD_CMP_CREATE,
+                          .result = ETCD_CMP_EQUAL,
+                          .key = key,
+                          .key_len = (size_t)len,
+                          .number = 0};
+    etcd_op_t put = {.type = ETCD_OP_PUT,
+                     .key = key,
+                     .key_len = (size_t)len,
+                     .value = cl->shared->record,
+                     .value_len = cl->shared->record_len};
+    etcd_txn_result_t res = {0};
+    ferry_status_t status;
+
+    if (with_lease) {
+        status = etcd_lease_grant(cl->shared->etcd, 3600, &lease, &ttl);
+        if (status != FERRY_OK) {
+            note_error(cl, "etcd lease grant", status, NULL);
+            return -1;
+        }
+        put.lease = lease;
+    }
+    status = etcd_txn(cl->shared->etcd, &cmp, 1, &put, 1, NULL, 0, &res);
+    if (status != FERRY_OK || !res.succeeded) {
+        note_error(cl, "etcd txn", status != FERRY_OK ? status : FERRY_ERR_ALREADY_EXISTS, NULL);
+        etcd_txn_result_free(&res);
+        return -1;
+    }
+    etcd_txn_result_free(&res);
+    return 0;
+}
+
+/* One call of the configured mode; `seq` numbers the client's calls. */
+static int client_call(bench_client_t *cl, long seq)
+{
+    const bench_config_t *cfg = cl->shared->config;
+    char id[160];
+
+    switch (cfg->mode) {
+    case MODE_POPULATE:
+        snprintf(id, sizeof(id), "%s-%ld", cfg->ids, seq * cfg->clients + cl->index);
+        return call_register(cl, id);
+    case MODE_LOOKUP:
+    case MODE_ETCD_GET:
+        /* Spread the clients over the records, each walking its own way. */
+        snprintf(id, sizeof(id), "%s-%ld", cfg->ids,
+                 ((long)cl->index * 7919 + seq * 13) % cfg->records);
+        return cfg->mode == MODE_LOOKUP ? call_lookup(cl, id) : call_etcd_get(cl, id);
+    case MODE_REGISTER:
+    case MODE_ETCD_TXN:
+    case MODE_ETCD_LEASE_TXN:
+        snprintf(id, sizeof(id), "%s-%d-%ld", cfg->run_id, cl->index, seq);
+        return cfg->mode == MODE_REGISTER ? call_register(cl, id)
+                                          : call_etcd_txn(cl, id, cfg->mode == MODE_ETCD_LEASE_TXN);
+    }
+    return -1;
+}
+
+static void *client_main(void *arg)
+{
+    bench_client_t *cl = arg;
+    const bench_config_t *cfg = cl->shared->config;
+    long seq = 0;
+
+    if (cfg->mode == MODE_POPULATE) {
+        pthread_barrier_wait(&cl->shared->start);
+        pthread_barrier_wait(&cl->shared->start);
+        for (seq = 0; seq * cfg->clients + cl->index < cfg->records; seq++) {
+            client_call(cl, seq);
+        }
+        return NULL;
+    }
+    for (; seq < cfg->warmup_ops; seq++) {
+        client_call(cl, seq);
+    }
+    /* Twice: everyone is warm; then main has set the deadline. */
+    pthread_barrier_wait(&cl->shared->start);
+    pthread_barrier_wait(&cl->shared->start);
+    for (long n = 0; n < cfg->max_ops && bench_now_ns() < cl->shared->deadline_ns; n++, seq++) {
+        uint64_t t0 = bench_now_ns();
+        if (client_call(cl, seq) == 0 && bench_samples_add(&cl->samples, bench_now_ns() - t0)) {
+            cl->errors++;
+        }
+    }
+    return NULL;
+}
+
+/* --- setup, run, report -------------------------------------------------- */
+
+static void usage(void)
+{
+    fprintf(stderr, "usage: ferry_bench_control --mode M [--coord HOST:PORT[,HOST:PORT]] "
+                    "[--etcd URL]\n"
+                    "  [--clients N] [--seconds S] [--max-ops N] [--warmup-ops N] [--records N]\n"
+                    "  [--ids STEM] [--run-id STEM] [--prefix /ferry/] [--channels thread|shared]\n"
+                    "  [--label TEXT]\n"
+                    "modes: populate lookup etcd-get register etcd-txn etcd-lease-txn\n");
+}
+
+static int parse_mode(const char *text, bench_mode_t *mode_p)
+{
+    for (size_t i = 0; i < sizeof(mode_names) / sizeof(mode_names[0]); i++) {
+        if (strcmp(text, mode_names[i]) == 0) {
+            *mode_p = (bench_mode_t)i;
+            return 0;
+        }
+    }
+    return -1;
+}
+
+static int parse_coords(bench_config_t *cfg, char *list)
+{
+    char *save = NULL;
+    for (char *t = strtok_r(list, ",", &save); t != NULL; t = strtok_r(NULL, ",", &save)) {
+        if (cfg->n_coords == BENCH_MAX_COORDS) {
+            return -1;
+        }
+        cfg->coord_targets[cfg->n_coords++] = t;
+    }
+    return cfg->n_coords > 0 ? 0 : -1;
+}
+
+static int parse_args(int argc, char **argv, bench_config_t *cfg)
+{
+    static const struct option opts[] = {
+        {"mode", required_argument, NULL, 'm'},       {"coord", required_argument, NULL, 'c'},
+        {"etcd", required_argument, NULL, 'e'},       {"clients", required_argument, NULL, 'n'},
+        {"seconds", required_argument, NULL, 's'},    {"max-ops", required_argument, NULL, 'o'},
+        {"warmup-ops", required_argument, NULL, 'w'}, {"records", required_argument, NULL, 'r'},
+        {"ids", required_argument, NULL, 'i'},        {"run-id", required_argument, NULL, 'u'},
+        {"prefix", required_argument, NULL, 'p'},     {"channels", required_argument, NULL, 'h'},
+        {"label", required_argument, NULL, 'l'},      {NULL, 0, NULL, 0}};
+    bool have_mode = false;
+    int c;
+
+    *cfg = (bench_config_t){.prefix = "/ferry/",
+                            .ids = "bench-rec",
+                            .run_id = "bench-reg",
+                            .clients = 1,
+                            .seconds = 5.0,
+                            .max_ops = 200000,
+                            .warmup_ops = 20,
+                            .records = 1000,
+                            .label = ""};
+    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+        switch (c) {
+        case 'm':
+            if (parse_mode(optarg, &cfg->mode) != 0) {
+                return -1;
+            }
+            have_mode = true;
+            break;
+        case 'c':
+            if (parse_coords(cfg, optarg) != 0) {
+                return -1;
+            }
+            break;
+        case 'e':
+            cfg->etcd_endpoint = optarg;
+            break;
+        case 'n':
+            cfg->clients = atoi(optarg);
+            break;
+        case 's':
+            cfg->seconds = atof(optarg);
+            break;
+        case 'o':
+            cfg->max_ops = atol(optarg);
+            break;
+        case 'w':
+            cfg->warmup_ops = atol(optarg);
+            break;
+        case 'r':
+            cfg->records = atol(optarg);
+            break;
+        case 'i':
+            cfg->ids = optarg;
+            break;
+        case 'u':
+            cfg->run_id = optarg;
+            break;
+        case 'p':
+            cfg->prefix = optarg;
+            break;
+        case 'h':
+            cfg->shared_channels = strcmp(optarg, "shared") == 0;
+            break;
+        case 'l':
+            cfg->label = optarg;
+            break;
+        default:
+            return -1;
+        }
+    }
+    if (!have_mode || cfg->clients < 1 || cfg->records < 1 || cfg->seconds <= 0) {
+        return -1;
+    }
+    return 0;
+}
+
+static bool mode_uses_coord(bench_mode_t mode)
+{
+    return mode == MODE_POPULATE || mode == MODE_LOOKUP || mode == MODE_REGISTER;
+}
+
+static int open_channel(const char *target, rpc_channel_t **channel_p)
+{
+    rpc_channel_params_t params = {.target = target};
+    if (rpc_channel_create(&params, channel_p) != FERRY_OK) {
+        fprintf(stderr, "cannot open a channel to %s\n", target);
+        return -1;
+    }
+    return 0;
+}
+
+static int setup(bench_shared_t *sh, bench_client_t *clients)
+{
+    const bench_config_t *cfg = sh->config;
+
+    sh->metadata = bench_metadata();
+    if (bench_pack_record(sh) != 0) {
+        return -1;
+    }
+    if (!mode_uses_coord(cfg->mode)) {
+        etcd_params_t ep = {.endpoints = cfg->etcd_endpoint, .timeout_ms = BENCH_CALL_TIMEOUT_MS};
+        if (cfg->etcd_endpoint == NULL || etcd_client_create(&ep, &sh->etcd) != FERRY_OK) {
+            fprintf(stderr, "this mode needs --etcd URL\n");
+            return -1;
+        }
+        return 0;
+    }
+    if (cfg->n_coords == 0) {
+        fprintf(stderr, "this mode needs --coord HOST:PORT\n");
+        return -1;
+    }
+    for (int i = 0; i < cfg->n_coords && cfg->shared_channels; i++) {
+        if (open_channel(cfg->coord_targets[i], &sh->channels[i]) != 0) {
+            return -1;
+        }
+    }
+    for (int i = 0; i < cfg->clients && !cfg->shared_channels; i++) {
+        if (open_channel(cfg->coord_targets[i % cfg->n_coords], &clients[i].channel) != 0) {
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static void teardown(bench_shared_t *sh, bench_client_t *clients)
+{
+    for (int i = 0; i < sh->config->clients; i++) {
+        rpc_channel_destroy(clients[i].channel);
+        bench_samples_free(&clients[i].samples);
+    }
+    for (int i = 0; i < BENCH_MAX_COORDS; i++) {
+        rpc_channel_destroy(sh->channels[i]);
+    }
+    etcd_client_destroy(sh->etcd);
+    free(sh->record);
+}
+
+static void report(const bench_config_t *cfg, bench_client_t *clients, double wall_s)
+{
+    bench_samples_t all = {0};
+    long errors = 0;
+    const char *first_error = "";
+
+    for (int i = 0; i < cfg->clients; i++) {
+        bench_samples_merge(&all, &clients[i].samples);
+        errors += clients[i].errors;
+        if (first_error[0] == '\0') {
+            first_error = clients[i].first_error;
+        }
+    }
+    bench_samples_sort(&all);
+    printf("{\"bench\":\"control\",\"mode\":\"%s\",\"label\":\"%s\",\"clients\":%d,"
+           "\"coordinators\":%d,\"channels\":\"%s\",\"ops\":%zu,\"errors\":%ld,"
+           "\"seconds\":%.3f,\"ops_per_s\":%.1f,\"mean_us\":%.1f,\"p50_us\":%.1f,"
+           "\"p90_us\":%.1f,\"p99_us\":%.1f,\"max_us\":%.1f}\n",
+           mode_names[cfg->mode], cfg->label, cfg->clients,
+           mode_uses_coord(cfg->mode) ? cfg->n_coords : 0,
+           cfg->shared_channels ? "shared" : "thread", all.n, errors, wall_s,
+           (double)all.n / wall_s, bench_samples_mean_us(&all), bench_samples_pct_us(&all, 50),
+           bench_samples_pct_us(&all, 90), bench_samples_pct_us(&all, 99),
+           bench_samples_pct_us(&all, 100));
+    if (errors > 0) {
+        fprintf(stderr, "ferry_bench_control %s: %ld errors; first: %s\n", mode_names[cfg->mode],
+                errors, first_error);
+    }
+    bench_samples_free(&all);
+}
+
+int main(int argc, char **argv)
+{
+    bench_config_t cfg;
+    bench_shared_t sh = {0};
+    bench_client_t *clients;
+    pthread_t *threads;
+    uint64_t t0;
+    long errors = 0;
+    int rc = 1;
+
+    if (parse_args(argc, argv, &cfg) != 0) {
+        usage();
+        return 2;
+    }
+    sh.config = &cfg;
+    clients = calloc((size_t)cfg.clients, sizeof(*clients));
+    threads = calloc((size_t)cfg.clients, sizeof(*threads));
+    if (clients == NULL || threads == NULL || setup(&sh, clients) != 0) {
+        goto out;
+    }
+    pthread_barrier_init(&sh.start, NULL, (unsigned)cfg.clients + 1);
+    for (int i = 0; i < cfg.clients; i++) {
+        clients[i].shared = &sh;
+        clients[i].index = i;
+        pthread_create(&threads[i], NULL, client_main, &clients[i]);
+    }
+    /* The clients read the deadline only after the second barrier. */
+    pthread_barrier_wait(&sh.start);
+    t0 = bench_now_ns();
+    sh.deadline_ns = t0 + (uint64_t)(cfg.seconds * 1e9);
+    pthread_barrier_wait(&sh.start);
+    for (int i = 0; i < cfg.clients; i++) {
+        pthread_join(threads[i], NULL);
+        errors += clients[i].errors;
+    }
+    if (cfg.mode == MODE_POPULATE) {
+        rc = errors == 0 ? 0 : 1;
+        if (errors > 0) {
+            fprintf(stderr, "populate: %ld errors; first: %s\n", errors, clients[0].first_error);
+        }
+    } else {
+        report(&cfg, clients, (double)(bench_now_ns() - t0) / 1e9);
+        rc = 0;
+    }
+    pthread_barrier_destroy(&sh.start);
+out:
+    if (clients != NULL) {
+        teardown(&sh, clients);
+    }
+    free(clients);
+    free(threads);
+    return rc;
+}

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# bench/latency.sh [BUILD_DIR] [--quick]: the small-operation benchmark.
+#
+# Starts a private etcd and one coordinator on loopback, then times 2000
+# (200 with --quick) 4 KiB writes through them, phase by phase (prep,
+# Register, hand-off, Lookup, transfer, completion seen by the receiver, the
+# whole cycle, and the cycle without the Register RPC), with libferry's
+# progress thread and again with caller-driven progress. Appends JSON lines
+# to $BENCH_OUT.
+set -euo pipefail
+HERE=$(cd "$(dirname "$0")" && pwd)
+BUILD_DIR=build
+ITERS=2000
+for arg in "$@"; do
+    case $arg in
+    --quick) ITERS=200 ;;
+    -*) echo "usage: $0 [BUILD_DIR] [--quick]" >&2; exit 2 ;;
+    *) BUILD_DIR=$arg ;;
+    esac
+done
+BUILD_DIR=$(cd "$BUILD_DIR" && pwd)
+# shellcheck source=lib.sh
+. "$HERE/lib.sh"
+mkdir -p "$HERE/results"
+BENCH_OUT=${BENCH_OUT:-$HERE/results/latency-$(date -u +%Y%m%dT%H%M%SZ).jsonl}
+export FERRY_LOG_LEVEL=${FERRY_LOG_LEVEL:-warn}
+
+bench_machine_json | sed 's/^{/{"bench":"machine",/' >>"$BENCH_OUT"
+echo >>"$BENCH_OUT"
+bench_start_etcd
+COORD_TARGETS=""
+bench_start_coord bench-a
+for progress in thread caller; do
+    "$BUILD_DIR/bench/ferry_bench_data" --latency --coord "$COORD_TARGETS" --size 4KiB \
+        --iters "$ITERS" --warmup 20 --progress "$progress" | tee -a "$BENCH_OUT"
+done
+echo "results: $BENCH_OUT" >&2
+/usr/bin/python3 "$HERE/report.py" --plain "$BENCH_OUT"
