@@ -105,6 +105,10 @@ ferry_status_t coord_complete(coord_registry_t *registry, const Ferry__V1__Compl
 ferry_status_t coord_cancel(coord_registry_t *registry, const Ferry__V1__CancelRequest *req,
                             coord_change_out_t *out, char *msg, size_t cap);
 
+/* Deletes a final record (the owner is done with it). */
+ferry_status_t coord_release(coord_registry_t *registry, const Ferry__V1__ReleaseRequest *req,
+                             int64_t *revision_p, char *msg, size_t cap);
+
 ferry_status_t coord_keepalive(coord_registry_t *registry, int64_t lease_id, int64_t *ttl_p,
                                char *msg, size_t cap);
 

@@ -57,6 +57,30 @@ static ferry_status_t new_token(char *out, size_t cap)
     return FERRY_OK;
 }
 
+/* The lease a new record or claim goes on: the caller's own (lease_id != 0;
+ * no etcd write, *ttl_p 0) or a new one of ttl_s (0: the default). */
+static ferry_status_t lease_for(coord_registry_t *r, int64_t lease_id, int64_t ttl_s,
+                                int64_t *lease_p, int64_t *ttl_p, char *msg, size_t cap)
+{
+    ferry_status_t status;
+
+    if (lease_id != 0) {
+        *lease_p = lease_id;
+        *ttl_p = 0;
+        return FERRY_OK;
+    }
+    status = etcd_lease_grant(r->etcd, ttl_or_default(r, ttl_s), lease_p, ttl_p);
+    return status == FERRY_OK ? FERRY_OK : registry_etcd_fail(status, msg, cap, "lease grant");
+}
+
+/* A write that named the caller's lease failed because etcd does not know
+ * the lease any more. */
+static ferry_status_t lease_gone(int64_t lease_id, char *msg, size_t cap)
+{
+    return registry_fail(FERRY_ERR_NOT_FOUND, msg, cap,
+                         "lease_id %lld has expired or never existed", (long long)lease_id);
+}
+
 void coord_strip(Ferry__V1__Operation *op, bool keep_metadata)
 {
     if (op->token_sha256.data != NULL) {
@@ -106,6 +130,9 @@ static ferry_status_t register_txn(coord_registry_t *r, const char *id, const ui
     etcd_txn_result_t res = {0};
     ferry_status_t status = etcd_txn(r->etcd, &cmp, 1, &put, 1, NULL, 0, &res);
 
+    if (status == FERRY_ERR_NOT_FOUND) {
+        return lease_gone(lease, msg, cap);
+    }
     if (status != FERRY_OK) {
         return registry_etcd_fail(status, msg, cap, "registration transaction");
     }
@@ -133,9 +160,9 @@ ferry_status_t coord_register(coord_registry_t *r, const Ferry__V1__RegisterRequ
     } else if (new_token(out->access_token, sizeof(out->access_token)) != FERRY_OK) {
         return registry_fail(FERRY_ERR_INTERNAL, msg, cap, "no randomness for an access token");
     }
-    status = etcd_lease_grant(r->etcd, ttl_or_default(r, req->ttl_seconds), &out->lease_id, &ttl);
+    status = lease_for(r, req->lease_id, req->ttl_seconds, &out->lease_id, &ttl, msg, cap);
     if (status != FERRY_OK) {
-        return registry_etcd_fail(status, msg, cap, "lease grant");
+        return status;
     }
     out->ttl_s = ttl;
 
@@ -169,7 +196,9 @@ ferry_status_t coord_register(coord_registry_t *r, const Ferry__V1__RegisterRequ
 err_free:
     free(bytes);
 err_revoke:
-    etcd_lease_revoke(r->etcd, out->lease_id);
+    if (req->lease_id == 0) {
+        etcd_lease_revoke(r->etcd, out->lease_id); /* ours, and now useless */
+    }
     return status;
 }
 
@@ -301,7 +330,9 @@ static ferry_status_t write_transition(coord_registry_t *r, const record_t *rec,
     status = etcd_txn(r->etcd, &cmp, 1, ops, t->extra.key != NULL ? 2 : 1, NULL, 0, &res);
     if (status != FERRY_OK) {
         free(bytes);
-        return registry_etcd_fail(status, msg, cap, "state change transaction");
+        return status == FERRY_ERR_NOT_FOUND
+                   ? lease_gone(t->extra.lease != 0 ? t->extra.lease : rec->op->lease_id, msg, cap)
+                   : registry_etcd_fail(status, msg, cap, "state change transaction");
     }
     *won_p = res.succeeded;
     *revision_p = res.revision;
@@ -427,9 +458,9 @@ ferry_status_t coord_claim(coord_registry_t *r, const Ferry__V1__ClaimRequest *r
     transition_t t = {.what = "claim", .token = req->access_token, .apply = apply_claim};
     ferry_status_t status;
 
-    status = etcd_lease_grant(r->etcd, ttl_or_default(r, req->ttl_seconds), &lease, &ttl);
+    status = lease_for(r, req->lease_id, req->ttl_seconds, &lease, &ttl, msg, cap);
     if (status != FERRY_OK) {
-        return registry_etcd_fail(status, msg, cap, "lease grant");
+        return status;
     }
     snprintf(lease_str, sizeof(lease_str), "%" PRId64, lease);
     t.extra =
@@ -442,7 +473,9 @@ ferry_status_t coord_claim(coord_registry_t *r, const Ferry__V1__ClaimRequest *r
     t.arg = (void *)req;
     status = registry_transition(r, req->request_id, &t, out, msg, cap);
     if (status != FERRY_OK) {
-        etcd_lease_revoke(r->etcd, lease);
+        if (req->lease_id == 0) {
+            etcd_lease_revoke(r->etcd, lease); /* ours, and now useless */
+        }
         return status;
     }
     out->claim_lease_id = lease;
@@ -482,19 +515,15 @@ ferry_status_t coord_complete(coord_registry_t *r, const Ferry__V1__CompleteRequ
                       .token = req->access_token,
                       .apply = apply_complete,
                       .arg = (void *)req};
-    ferry_status_t status;
 
     t.extra = (etcd_op_t){.type = ETCD_OP_DELETE,
                           .key = key,
                           .key_len =
                               registry_key(r, r->claims_prefix, req->request_id, key, sizeof(key))};
-    status = registry_transition(r, req->request_id, &t, out, msg, cap);
-    if (status == FERRY_OK) {
-        /* The claim key left with the transaction; its lease is no longer
-         * needed. Best effort: an unrevoked lease expires by itself. */
-        etcd_lease_revoke(r->etcd, req->claim_lease_id);
-    }
-    return status;
+    /* The claim key leaves with the transaction. Its lease is not revoked:
+     * it may be the claimant's own, shared with its other work; a lease of
+     * this claim alone expires once nobody keeps it alive. */
+    return registry_transition(r, req->request_id, &t, out, msg, cap);
 }
 
 static int apply_cancel(transition_t *t, Ferry__V1__Operation *op, char *msg, size_t cap)
@@ -520,17 +549,62 @@ ferry_status_t coord_cancel(coord_registry_t *r, const Ferry__V1__CancelRequest 
     char key[KEY_MAX];
     transition_t t = {
         .what = "cancel", .token = req->access_token, .apply = apply_cancel, .arg = (void *)req};
-    ferry_status_t status;
 
     t.extra = (etcd_op_t){.type = ETCD_OP_DELETE,
                           .key = key,
                           .key_len =
                               registry_key(r, r->claims_prefix, req->request_id, key, sizeof(key))};
-    status = registry_transition(r, req->request_id, &t, out, msg, cap);
-    if (status == FERRY_OK && out->op->claim_lease_id != 0) {
-        etcd_lease_revoke(r->etcd, out->op->claim_lease_id);
+    /* The claim key leaves with the transaction; the claimant learns of the
+     * cancel from the record (its lease may be shared: never revoked). */
+    return registry_transition(r, req->request_id, &t, out, msg, cap);
+}
+
+/* Deletes a final record, on its mod_revision so that a concurrent change
+ * is not lost; the watch reports the DELETE with the final state. */
+ferry_status_t coord_release(coord_registry_t *r, const Ferry__V1__ReleaseRequest *req,
+                             int64_t *revision_p, char *msg, size_t cap)
+{
+    for (int attempt = 0; attempt < TRANSITION_ATTEMPTS; attempt++) {
+        char key[KEY_MAX];
+        size_t key_len = registry_key(r, r->ops_prefix, req->request_id, key, sizeof(key));
+        etcd_compare_t cmp = {
+            .target = ETCD_CMP_MOD, .result = ETCD_CMP_EQUAL, .key = key, .key_len = key_len};
+        etcd_op_t del = {.type = ETCD_OP_DELETE, .key = key, .key_len = key_len};
+        etcd_txn_result_t res = {0};
+        record_t rec;
+        ferry_status_t status = read_record(r, req->request_id, attempt > 0, &rec, msg, cap);
+
+        if (status != FERRY_OK) {
+            return status;
+        }
+        if (!token_matches(rec.op, req->access_token)) {
+            status = registry_fail(FERRY_ERR_PERMISSION_DENIED, msg, cap,
+                                   "access_token does not grant access to request_id '%s'",
+                                   req->request_id);
+        } else if (!ferry__op_state_is_final(rec.op->state)) {
+            status = registry_fail(FERRY_ERR_FAILED_PRECONDITION, msg, cap,
+                                   "request_id '%s' is %s; cancel it before releasing it",
+                                   req->request_id, ferry__op_state_name(rec.op->state));
+        }
+        ferry__v1__operation__free_unpacked(rec.op, NULL);
+        if (status != FERRY_OK) {
+            return status;
+        }
+        cmp.number = rec.mod_revision;
+        status = etcd_txn(r->etcd, &cmp, 1, &del, 1, NULL, 0, &res);
+        if (status != FERRY_OK) {
+            return registry_etcd_fail(status, msg, cap, "release transaction");
+        }
+        bool released = res.succeeded;
+        *revision_p = res.revision;
+        etcd_txn_result_free(&res);
+        if (released) {
+            ferry_info("op %s: released", req->request_id);
+            return FERRY_OK;
+        }
     }
-    return status;
+    return registry_fail(FERRY_ERR_ABORTED, msg, cap,
+                         "request_id '%s' kept changing during release", req->request_id);
 }
 
 static int apply_claim_expiry(transition_t *t, Ferry__V1__Operation *op, char *msg, size_t cap)

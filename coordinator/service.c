@@ -63,6 +63,10 @@ static void handle_register(rpc_call_t *call, const ProtobufCMessage *request, v
     if (status == FERRY_OK) {
         status = coord_validate_name("owner", req->owner, msg, sizeof(msg));
     }
+    if (status == FERRY_OK && req->lease_id < 0) {
+        status = FERRY_ERR_INVALID_ARGUMENT;
+        snprintf(msg, sizeof(msg), "lease_id is negative");
+    }
     if (status == FERRY_OK) {
         status = coord_register(svc->registry, req, &out, msg, sizeof(msg));
     }
@@ -168,6 +172,10 @@ static void handle_claim(rpc_call_t *call, const ProtobufCMessage *request, void
     if (status == FERRY_OK) {
         status = coord_validate_name("claimant", req->claimant, msg, sizeof(msg));
     }
+    if (status == FERRY_OK && req->lease_id < 0) {
+        status = FERRY_ERR_INVALID_ARGUMENT;
+        snprintf(msg, sizeof(msg), "lease_id is negative");
+    }
     if (status == FERRY_OK && req->wait_ms < 0) {
         status = FERRY_ERR_INVALID_ARGUMENT;
         snprintf(msg, sizeof(msg), "wait_ms is negative");
@@ -244,6 +252,31 @@ static void handle_cancel(rpc_call_t *call, const ProtobufCMessage *request, voi
     }
     Ferry__V1__CancelResponse resp = FERRY__V1__CANCEL_RESPONSE__INIT;
     reply_change(arg, call, &out, &resp.base, &resp.header, &resp.operation);
+}
+
+static void handle_release(rpc_call_t *call, const ProtobufCMessage *request, void *arg)
+{
+    coord_service_t *svc = arg;
+    const Ferry__V1__ReleaseRequest *req = (const Ferry__V1__ReleaseRequest *)request;
+    Ferry__V1__ReleaseResponse resp = FERRY__V1__RELEASE_RESPONSE__INIT;
+    Ferry__V1__ResponseHeader header = FERRY__V1__RESPONSE_HEADER__INIT;
+    int64_t revision = 0;
+    char msg[MSG_CAP];
+    ferry_status_t status;
+
+    status = coord_validate_request_id("request_id", req->request_id, msg, sizeof(msg));
+    if (status == FERRY_OK) {
+        status = coord_validate_token("access_token", req->access_token, 1, msg, sizeof(msg));
+    }
+    if (status == FERRY_OK) {
+        status = coord_release(svc->registry, req, &revision, msg, sizeof(msg));
+    }
+    if (failed(call, status, msg)) {
+        return;
+    }
+    service_header(svc, &header, revision);
+    resp.header = &header;
+    rpc_call_reply(call, &resp.base);
 }
 
 static void handle_keepalive(rpc_call_t *call, const ProtobufCMessage *request, void *arg)
@@ -330,15 +363,11 @@ static void handle_list(rpc_call_t *call, const ProtobufCMessage *request, void 
 }
 
 static const rpc_method_t coordinator_methods[] = {
-    {"Register", RPC_UNARY, handle_register},
-    {"Lookup", RPC_UNARY, handle_lookup},
-    {"Claim", RPC_UNARY, handle_claim},
-    {"Complete", RPC_UNARY, handle_complete},
-    {"Cancel", RPC_UNARY, handle_cancel},
-    {"KeepAlive", RPC_UNARY, handle_keepalive},
-    {"Get", RPC_UNARY, handle_get},
-    {"List", RPC_UNARY, handle_list},
-    {"Watch", RPC_SERVER_STREAMING, service_watch},
+    {"Register", RPC_UNARY, handle_register},   {"Lookup", RPC_UNARY, handle_lookup},
+    {"Claim", RPC_UNARY, handle_claim},         {"Complete", RPC_UNARY, handle_complete},
+    {"Cancel", RPC_UNARY, handle_cancel},       {"Release", RPC_UNARY, handle_release},
+    {"KeepAlive", RPC_UNARY, handle_keepalive}, {"Get", RPC_UNARY, handle_get},
+    {"List", RPC_UNARY, handle_list},           {"Watch", RPC_SERVER_STREAMING, service_watch},
 };
 
 ferry_status_t coord_service_create(const coord_service_params_t *params, rpc_server_t *server,

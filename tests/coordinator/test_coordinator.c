@@ -658,6 +658,111 @@ static void test_list_filters_and_pages(void **state)
     ferry__v1__list_response__free_unpacked(resp, NULL);
 }
 
+static ferry_status_t do_release(const char *id, const char *token, rpc_error_t *err)
+{
+    Ferry__V1__ReleaseRequest req = FERRY__V1__RELEASE_REQUEST__INIT;
+    Ferry__V1__ReleaseResponse *resp = NULL;
+    ferry_status_t status;
+
+    req.request_id = (char *)id;
+    req.access_token = (char *)token;
+    status = test_coord_call(chan, "Release", &req.base, &ferry__v1__release_response__descriptor,
+                             (ProtobufCMessage **)&resp, err);
+    if (resp != NULL) {
+        ferry__v1__release_response__free_unpacked(resp, NULL);
+    }
+    return status;
+}
+
+/* Several records on one lease the caller holds (etcd's session idiom): no
+ * lease of their own, and they all go when it does. */
+static void test_shared_lease(void **state)
+{
+    Ferry__V1__RegisterResponse *first = do_register("share-1", TOKEN, KIND_WRITE, FERRY_OK, NULL);
+    Ferry__V1__RegisterRequest req = FERRY__V1__REGISTER_REQUEST__INIT;
+    Ferry__V1__RegisterResponse *second = NULL;
+    Ferry__V1__ClaimRequest creq = FERRY__V1__CLAIM_REQUEST__INIT;
+    Ferry__V1__ClaimResponse *claim = NULL;
+    rpc_stream_t *stream = open_watch(NULL, "share-");
+    rpc_error_t err;
+    int expired = 0;
+    (void)state;
+
+    req.request_id = "share-2";
+    req.access_token = TOKEN;
+    req.metadata = test_coord_metadata(KIND_WRITE);
+    req.lease_id = first->lease_id;
+    assert_int_equal(test_coord_call(chan, "Register", &req.base,
+                                     &ferry__v1__register_response__descriptor,
+                                     (ProtobufCMessage **)&second, &err),
+                     FERRY_OK);
+    assert_int_equal(second->lease_id, first->lease_id);
+    assert_int_equal(second->ttl_seconds, 0);
+
+    /* A claim may go on a lease the claimant holds, too. */
+    creq.request_id = "share-2";
+    creq.access_token = TOKEN;
+    creq.lease_id = first->lease_id;
+    assert_int_equal(test_coord_call(chan, "Claim", &creq.base,
+                                     &ferry__v1__claim_response__descriptor,
+                                     (ProtobufCMessage **)&claim, &err),
+                     FERRY_OK);
+    assert_int_equal(claim->claim_lease_id, first->lease_id);
+
+    /* Nobody renews the lease: both records expire, each reported once. */
+    for (int i = 0; i < 2; i++) {
+        if (watch_until(stream, FERRY__V1__OPERATION_STATE__OPERATION_STATE_EXPIRED,
+                        FERRY__V1__WATCH_EVENT_TYPE__WATCH_EVENT_TYPE_DELETE, (TTL + 5) * 1000)) {
+            expired++;
+        }
+    }
+    assert_int_equal(expired, 2);
+    assert_int_equal(get_state("share-1", &err), -1);
+    assert_int_equal(get_state("share-2", &err), -1);
+
+    /* A lease that is gone is NOT_FOUND, and names the lease. */
+    req.request_id = "share-3";
+    assert_int_equal(test_coord_call(chan, "Register", &req.base,
+                                     &ferry__v1__register_response__descriptor,
+                                     (ProtobufCMessage **)&second, &err),
+                     FERRY_ERR_NOT_FOUND);
+    assert_non_null(strstr(err.message, "lease_id"));
+    assert_int_equal(get_state("share-3", &err), -1);
+
+    rpc_stream_destroy(stream);
+    ferry__v1__claim_response__free_unpacked(claim, NULL);
+    ferry__v1__register_response__free_unpacked(first, NULL);
+}
+
+static void test_release(void **state)
+{
+    Ferry__V1__ClaimResponse *claim = NULL;
+    Ferry__V1__CompleteResponse *done = NULL;
+    rpc_stream_t *stream;
+    rpc_error_t err;
+    (void)state;
+
+    ferry__v1__register_response__free_unpacked(
+        do_register("rel-1", TOKEN, KIND_WRITE, FERRY_OK, NULL), NULL);
+    stream = open_watch("rel-1", NULL);
+    assert_int_equal(do_release("rel-1", TOKEN, &err), FERRY_ERR_FAILED_PRECONDITION);
+    assert_non_null(strstr(err.message, "REGISTERED"));
+    assert_int_equal(do_claim("rel-1", TOKEN, KIND_WRITE, &claim, &err), FERRY_OK);
+    assert_int_equal(do_complete("rel-1", TOKEN, claim->claim_lease_id, 0, &done, &err), FERRY_OK);
+    assert_int_equal(do_release("rel-1", "not-the-token-0123456", &err),
+                     FERRY_ERR_PERMISSION_DENIED);
+    assert_int_equal(do_release("rel-1", TOKEN, &err), FERRY_OK);
+    assert_int_equal(get_state("rel-1", &err), -1);
+    assert_int_equal(err.grpc_code, 5);
+    /* Watchers see it leave in its final state, not as an expiry. */
+    assert_true(watch_until(stream, FERRY__V1__OPERATION_STATE__OPERATION_STATE_COMPLETE,
+                            FERRY__V1__WATCH_EVENT_TYPE__WATCH_EVENT_TYPE_DELETE, 5000));
+    assert_int_equal(do_release("rel-1", TOKEN, &err), FERRY_ERR_NOT_FOUND);
+    rpc_stream_destroy(stream);
+    ferry__v1__complete_response__free_unpacked(done, NULL);
+    ferry__v1__claim_response__free_unpacked(claim, NULL);
+}
+
 static void test_watch_needs_exactly_one_target(void **state)
 {
     Ferry__V1__WatchRequest req = FERRY__V1__WATCH_REQUEST__INIT;
@@ -704,6 +809,8 @@ int main(void)
         cmocka_unit_test(test_claim_expiry_errors_the_operation),
         cmocka_unit_test(test_cancel_seen_by_the_other_side),
         cmocka_unit_test(test_list_filters_and_pages),
+        cmocka_unit_test(test_shared_lease),
+        cmocka_unit_test(test_release),
         cmocka_unit_test(test_watch_needs_exactly_one_target),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
