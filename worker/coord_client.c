@@ -1,23 +1,33 @@
 /*
  * coord_client.c: libferry's side of the coordinator. A passive operation is
- * published under a request ID (Register) and its lease kept alive; an
- * active operation is started from a request ID (Lookup, check, Claim) and
- * its outcome reported (Complete, or Cancel).
+ * published under a request ID (Register); an active operation is started
+ * from a request ID (Lookup, check, Claim) and its outcome reported
+ * (Complete). When the owner is done with a passive operation its record is
+ * released (Release), after a Cancel if it never finished.
+ *
+ * The session lease: each client holds one etcd lease, made by its first
+ * Register or Claim and kept alive by the session thread; every later record
+ * and claim of the client goes on it (lease_id in the request), as etcd's own
+ * sessions do. A registration then costs one etcd write, and one KeepAlive
+ * per TTL/3 renews all of the client's operations. If the process dies the
+ * lease expires, and with it every record and claim of the process: the
+ * coordinator reports them EXPIRED, or ERRORED for a claim.
  *
  * One session thread per ferry_coordinator_t does everything periodic or
  * slow, so no UCX progress thread ever waits on gRPC:
- *   - every link (an operation bound to the coordinator) is renewed at a
- *     third of its TTL: KeepAlive on its lease; a passive operation also
- *     reads its record (Get), so it learns within the TTL that its writer
- *     failed (ERRORED), cancelled (CANCELLED) or that its own registration
- *     expired (the KeepAlive answers NOT_FOUND);
- *   - an active operation's outcome, queued by its done callback, is
- *     reported with Complete (or Cancel).
+ *   - the session lease is renewed at a third of its TTL; if etcd lost it, the
+ *     next operation makes a new one;
+ *   - every link (an operation bound to the coordinator) reads its record at
+ *     the same pace (Get, served from the coordinator's memory), so it learns
+ *     within the TTL that its peer failed (ERRORED), cancelled (CANCELLED) or
+ *     that its record is gone (its owner's lease expired);
+ *   - an operation's end, queued by its done callback, is reported: Complete
+ *     for an active one, Cancel for a passive one cancelled here.
  *
- * Locking: coord->lock guards the link list and every link's fields. A link
- * the session thread works on outside the lock is marked busy; unlinking
- * (on ferry_op_destroy) waits until it is not. libferry calls into this file
- * without holding the connector lock.
+ * Locking: coord->lock guards the link list, every link's fields and the
+ * session lease. A link the session thread works on outside the lock is
+ * marked busy; unlinking (on ferry_op_destroy) waits until it is not.
+ * libferry calls into this file without holding the connector lock.
  */
 #include <inttypes.h>
 #include <stdio.h>
@@ -31,7 +41,9 @@
 #include "rpc/rpc.h"
 
 #define COORD_DEFAULT_TIMEOUT_MS 10000
+#define COORD_DEFAULT_TTL_S      10
 #define COORD_PATH(m)            "/ferry.v1.Coordinator/" m
+#define COORD_NOT_FOUND          5 /* gRPC NOT_FOUND */
 
 struct ferry__coord_link {
     struct ferry__coord_link *next;
@@ -40,10 +52,9 @@ struct ferry__coord_link {
     bool passive;
     char request_id[129];
     char token[257];
-    int64_t lease_id; /* the owner's lease (passive) or the claim's (active) */
-    int64_t ttl_s;
-    int64_t due_ms; /* next renewal, monotonic */
-    bool busy;      /* the session thread is using it outside the lock */
+    int64_t lease_id; /* the lease the record (passive) or claim (active) is on */
+    int64_t due_ms;   /* next look at the record, monotonic */
+    bool busy;        /* the session thread is using it outside the lock */
     bool report_due;
     bool reported;
     ferry_op_status_t final_status;
@@ -53,10 +64,16 @@ struct ferry_coordinator {
     rpc_channel_t *channel;
     int timeout_ms;
     pthread_mutex_t lock;
-    pthread_cond_t cond; /* wakes the session thread; signals busy -> idle */
+    pthread_cond_t cond; /* wakes the session thread; busy -> idle; session made */
     ferry__coord_link_t *links;
     bool stopping;
     pthread_t thread;
+
+    /* The session lease, under lock. 0: none yet (or lost). */
+    int64_t session_lease;
+    int64_t session_ttl_s;
+    int64_t session_due_ms;
+    bool session_making; /* an RPC that will make it is in flight */
 };
 
 static int64_t now_ms(void)
@@ -64,6 +81,12 @@ static int64_t now_ms(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static int64_t period_ms(const ferry_coordinator_t *coord)
+{
+    int64_t ttl = coord->session_ttl_s > 0 ? coord->session_ttl_s : COORD_DEFAULT_TTL_S;
+    return ttl * 1000 / 3;
 }
 
 static ferry_status_t call(ferry_coordinator_t *coord, const char *path,
@@ -74,39 +97,95 @@ static ferry_status_t call(ferry_coordinator_t *coord, const char *path,
                      (ProtobufCMessage **)resp_p, err);
 }
 
-/* ---- the session thread --------------------------------------------------- */
+/* ---- the session lease ------------------------------------------------------ */
 
-static void renew_passive(ferry__coord_link_t *link)
+/* The lease for a new record or claim: the session's, or 0 when this caller
+ * is to make it (its RPC asks for a new lease; session_made adopts it). Only
+ * one caller makes it at a time; the others wait for it. */
+static int64_t session_take(ferry_coordinator_t *coord, bool *making_p)
 {
-    Ferry__V1__GetRequest get = FERRY__V1__GET_REQUEST__INIT;
-    Ferry__V1__GetResponse *record = NULL;
-    rpc_error_t err;
+    int64_t lease;
 
-    get.request_id = link->request_id;
-    if (call(link->coord, COORD_PATH("Get"), &get.base, &ferry__v1__get_response__descriptor, 0,
-             &record, &err) != FERRY_OK) {
-        if (err.grpc_code == 5) { /* NOT_FOUND: the record left with its lease */
-            ferry_op_fail(link->op, FERRY_ERR_EXPIRED,
-                          "the registration expired at the coordinator");
-        }
-        return;
+    pthread_mutex_lock(&coord->lock);
+    while (coord->session_lease == 0 && coord->session_making) {
+        pthread_cond_wait(&coord->cond, &coord->lock);
     }
-    switch (record->operation->state) {
-    case FERRY__V1__OPERATION_STATE__OPERATION_STATE_ERRORED:
-        ferry_op_fail(link->op, FERRY_ERR_PEER_FAILED, record->operation->error_message);
-        break;
-    case FERRY__V1__OPERATION_STATE__OPERATION_STATE_CANCELLED:
-        ferry_op_cancel(link->op);
-        break;
-    default:
-        break;
+    lease = coord->session_lease;
+    *making_p = lease == 0;
+    if (*making_p) {
+        coord->session_making = true;
     }
-    ferry__v1__get_response__free_unpacked(record, NULL);
+    pthread_mutex_unlock(&coord->lock);
+    return lease;
 }
 
-/* An active operation's claim lease is gone: the passive side cancelled
- * (the coordinator revoked the claim), or the claim expired. Say which. */
-static void claim_lost(ferry__coord_link_t *link)
+/* After the RPC of session_take: adopt the lease it made (0: it failed). */
+static void session_made(ferry_coordinator_t *coord, bool making, int64_t lease, int64_t ttl_s)
+{
+    if (!making) {
+        return;
+    }
+    pthread_mutex_lock(&coord->lock);
+    coord->session_making = false;
+    if (lease != 0) {
+        coord->session_lease = lease;
+        coord->session_ttl_s = ttl_s;
+        coord->session_due_ms = now_ms() + period_ms(coord);
+        ferry_debug("coordinator session: lease %lld, ttl %llds", (long long)lease,
+                    (long long)ttl_s);
+    }
+    pthread_cond_broadcast(&coord->cond);
+    pthread_mutex_unlock(&coord->lock);
+}
+
+/* etcd no longer knows the lease: the next operation makes a new one. */
+static void session_lost(ferry_coordinator_t *coord, int64_t lease)
+{
+    pthread_mutex_lock(&coord->lock);
+    if (coord->session_lease == lease) {
+        coord->session_lease = 0;
+        ferry_warn("coordinator session: lease %lld expired; its operations are gone",
+                   (long long)lease);
+    }
+    pthread_mutex_unlock(&coord->lock);
+}
+
+static void session_renew(ferry_coordinator_t *coord, int64_t lease)
+{
+    Ferry__V1__KeepAliveRequest req = FERRY__V1__KEEP_ALIVE_REQUEST__INIT;
+    Ferry__V1__KeepAliveResponse *resp = NULL;
+    rpc_error_t err;
+    ferry_status_t status;
+
+    req.lease_id = lease;
+    status = call(coord, COORD_PATH("KeepAlive"), &req.base,
+                  &ferry__v1__keep_alive_response__descriptor, 0, &resp, &err);
+    if (status == FERRY_OK) {
+        ferry__v1__keep_alive_response__free_unpacked(resp, NULL);
+    } else if (status == FERRY_ERR_NOT_FOUND) {
+        session_lost(coord, lease);
+    } else {
+        ferry_warn("coordinator session: keep-alive of lease %lld failed: %s", (long long)lease,
+                   err.message);
+    }
+}
+
+/* True when a call that named the session lease failed because etcd no
+ * longer knows it: the lease is dropped and the caller tries once more. */
+static bool session_was_lost(ferry_coordinator_t *coord, int64_t lease, ferry_status_t status,
+                             const rpc_error_t *err)
+{
+    if (lease == 0 || status != FERRY_ERR_NOT_FOUND || strstr(err->message, "lease_id") == NULL) {
+        return false;
+    }
+    session_lost(coord, lease);
+    return true;
+}
+
+/* ---- links: looking at the record, reporting the end ------------------------ */
+
+/* What the record says about the other side, applied to the operation. */
+static void look(ferry__coord_link_t *link)
 {
     Ferry__V1__GetRequest get = FERRY__V1__GET_REQUEST__INIT;
     Ferry__V1__GetResponse *record = NULL;
@@ -115,58 +194,68 @@ static void claim_lost(ferry__coord_link_t *link)
 
     get.request_id = link->request_id;
     if (call(link->coord, COORD_PATH("Get"), &get.base, &ferry__v1__get_response__descriptor, 0,
-             &record, &err) == FERRY_OK &&
-        record->operation->state == FERRY__V1__OPERATION_STATE__OPERATION_STATE_CANCELLED) {
-        snprintf(msg, sizeof(msg), "cancelled by the passive side: %s",
-                 record->operation->error_message);
-        ferry_op_fail(link->op, FERRY_ERR_CANCELLED, msg);
-    } else {
-        ferry_op_fail(link->op, FERRY_ERR_EXPIRED, "the claim's lease expired at the coordinator");
-    }
-    if (record != NULL) {
-        ferry__v1__get_response__free_unpacked(record, NULL);
-    }
-}
-
-static void renew(ferry__coord_link_t *link)
-{
-    Ferry__V1__KeepAliveRequest req = FERRY__V1__KEEP_ALIVE_REQUEST__INIT;
-    Ferry__V1__KeepAliveResponse *resp = NULL;
-    rpc_error_t err;
-    ferry_status_t status;
-
-    req.lease_id = link->lease_id;
-    status = call(link->coord, COORD_PATH("KeepAlive"), &req.base,
-                  &ferry__v1__keep_alive_response__descriptor, 0, &resp, &err);
-    if (status == FERRY_OK) {
-        ferry__v1__keep_alive_response__free_unpacked(resp, NULL);
-    } else if (status == FERRY_ERR_NOT_FOUND && !link->passive) {
-        claim_lost(link);
-    } else if (status == FERRY_ERR_NOT_FOUND) {
-        ferry_op_fail(link->op, FERRY_ERR_EXPIRED,
-                      "the registration's lease expired at the coordinator");
-    } else {
-        ferry_warn("op %s: keep-alive failed: %s", link->request_id, err.message);
-    }
-    if (link->passive) {
-        renew_passive(link);
-    }
-}
-
-static void cancel_passive(ferry__coord_link_t *link, const char *reason);
-static void report_active(ferry__coord_link_t *link, ferry_op_status_t status);
-
-/* Tells the coordinator how the operation ended: an active one reports its
- * outcome (Complete); a passive one that was cancelled here cancels there. */
-static void report(ferry__coord_link_t *link, ferry_op_status_t status)
-{
-    if (link->passive) {
-        if (status == FERRY_OP_STATUS_CANCELLED) {
-            cancel_passive(link, "the receiver cancelled the operation");
+             &record, &err) != FERRY_OK) {
+        if (err.grpc_code == COORD_NOT_FOUND) {
+            ferry_op_fail(link->op, FERRY_ERR_EXPIRED,
+                          link->passive ? "the registration expired at the coordinator"
+                                        : "the operation left the coordinator: its owner's lease "
+                                          "expired");
         }
         return;
     }
-    report_active(link, status);
+    switch (record->operation->state) {
+    case FERRY__V1__OPERATION_STATE__OPERATION_STATE_ERRORED:
+        if (link->passive) {
+            ferry_op_fail(link->op, FERRY_ERR_PEER_FAILED, record->operation->error_message);
+        }
+        break;
+    case FERRY__V1__OPERATION_STATE__OPERATION_STATE_CANCELLED:
+        if (link->passive) {
+            ferry_op_cancel(link->op);
+        } else {
+            snprintf(msg, sizeof(msg), "cancelled by the passive side: %s",
+                     record->operation->error_message);
+            ferry_op_fail(link->op, FERRY_ERR_CANCELLED, msg);
+        }
+        break;
+    default:
+        break;
+    }
+    ferry__v1__get_response__free_unpacked(record, NULL);
+}
+
+static void cancel_passive(ferry__coord_link_t *link, const char *reason)
+{
+    Ferry__V1__CancelRequest req = FERRY__V1__CANCEL_REQUEST__INIT;
+    Ferry__V1__CancelResponse *resp = NULL;
+    rpc_error_t err;
+
+    req.request_id = link->request_id;
+    req.access_token = link->token;
+    req.reason = (char *)reason;
+    if (call(link->coord, COORD_PATH("Cancel"), &req.base, &ferry__v1__cancel_response__descriptor,
+             0, &resp, &err) == FERRY_OK) {
+        ferry__v1__cancel_response__free_unpacked(resp, NULL);
+    } else if (err.grpc_code != 9 && err.grpc_code != COORD_NOT_FOUND) {
+        ferry_warn("op %s: cancel at the coordinator failed: %s", link->request_id, err.message);
+    }
+}
+
+/* The owner is done with a passive operation: its record goes. */
+static void release_passive(ferry__coord_link_t *link)
+{
+    Ferry__V1__ReleaseRequest req = FERRY__V1__RELEASE_REQUEST__INIT;
+    Ferry__V1__ReleaseResponse *resp = NULL;
+    rpc_error_t err;
+
+    req.request_id = link->request_id;
+    req.access_token = link->token;
+    if (call(link->coord, COORD_PATH("Release"), &req.base,
+             &ferry__v1__release_response__descriptor, 0, &resp, &err) == FERRY_OK) {
+        ferry__v1__release_response__free_unpacked(resp, NULL);
+    } else if (err.grpc_code != COORD_NOT_FOUND) {
+        ferry_warn("op %s: release at the coordinator failed: %s", link->request_id, err.message);
+    }
 }
 
 /* Complete at the coordinator, for an active operation. */
@@ -178,23 +267,33 @@ static void report_active(ferry__coord_link_t *link, ferry_op_status_t status)
     ferry_status_t code = ferry_op_error(link->op, &message);
     rpc_error_t err;
 
-    if (status == FERRY_OP_STATUS_CANCELLED || status == FERRY_OP_STATUS_ERRORED ||
-        status == FERRY_OP_STATUS_COMPLETE) {
-        req.request_id = link->request_id;
-        req.access_token = link->token;
-        req.claim_lease_id = link->lease_id;
-        req.error_code = status == FERRY_OP_STATUS_COMPLETE ? 0
-                         : code != FERRY_OK                 ? code
-                                                            : FERRY_ERR_CANCELLED;
-        req.error_message = (char *)(message != NULL ? message : "");
-        if (call(link->coord, COORD_PATH("Complete"), &req.base,
-                 &ferry__v1__complete_response__descriptor, 0, &resp, &err) == FERRY_OK) {
-            ferry__v1__complete_response__free_unpacked(resp, NULL);
-        } else {
-            ferry_warn("op %s: reporting the outcome failed: %s", link->request_id, err.message);
-        }
+    req.request_id = link->request_id;
+    req.access_token = link->token;
+    req.claim_lease_id = link->lease_id;
+    req.error_code = status == FERRY_OP_STATUS_COMPLETE ? 0
+                     : code != FERRY_OK                 ? code
+                                                        : FERRY_ERR_CANCELLED;
+    req.error_message = (char *)(message != NULL ? message : "");
+    if (call(link->coord, COORD_PATH("Complete"), &req.base,
+             &ferry__v1__complete_response__descriptor, 0, &resp, &err) == FERRY_OK) {
+        ferry__v1__complete_response__free_unpacked(resp, NULL);
+    } else if (err.grpc_code != 9 && err.grpc_code != COORD_NOT_FOUND) {
+        ferry_warn("op %s: reporting the outcome failed: %s", link->request_id, err.message);
     }
 }
+
+/* Tells the coordinator how the operation ended: an active one reports its
+ * outcome; a passive one that was cancelled here cancels there. */
+static void report(ferry__coord_link_t *link, ferry_op_status_t status)
+{
+    if (!link->passive) {
+        report_active(link, status);
+    } else if (status == FERRY_OP_STATUS_CANCELLED) {
+        cancel_passive(link, "the receiver cancelled the operation");
+    }
+}
+
+/* ---- the session thread ------------------------------------------------------ */
 
 /* The due link, marked busy, or NULL; *wait_ms_p: until the next is due. */
 static ferry__coord_link_t *next_due(ferry_coordinator_t *coord, int64_t *wait_ms_p)
@@ -231,6 +330,28 @@ static void timed_wait(pthread_cond_t *cond, pthread_mutex_t *lock, int64_t ms)
     pthread_cond_timedwait(cond, lock, &until);
 }
 
+/* Renews the session lease if it is due; called and returns with the lock
+ * held. */
+static void session_tick(ferry_coordinator_t *coord, int64_t *wait_ms_p)
+{
+    int64_t lease = coord->session_lease;
+    int64_t left = coord->session_due_ms - now_ms();
+
+    if (lease == 0) {
+        return;
+    }
+    if (left > 0) {
+        if (left < *wait_ms_p) {
+            *wait_ms_p = left;
+        }
+        return;
+    }
+    coord->session_due_ms = now_ms() + period_ms(coord);
+    pthread_mutex_unlock(&coord->lock);
+    session_renew(coord, lease);
+    pthread_mutex_lock(&coord->lock);
+}
+
 static void *session_main(void *arg)
 {
     ferry_coordinator_t *coord = arg;
@@ -240,6 +361,7 @@ static void *session_main(void *arg)
         int64_t wait_ms = 0;
         ferry__coord_link_t *link = next_due(coord, &wait_ms);
         if (link == NULL) {
+            session_tick(coord, &wait_ms);
             timed_wait(&coord->cond, &coord->lock, wait_ms > 0 ? wait_ms : 1);
             continue;
         }
@@ -250,25 +372,25 @@ static void *session_main(void *arg)
         if (reporting) {
             report(link, outcome);
         } else {
-            renew(link);
+            look(link);
         }
         pthread_mutex_lock(&coord->lock);
         if (reporting) {
             link->reported = true;
         }
-        link->due_ms = now_ms() + (link->ttl_s * 1000) / 3;
+        link->due_ms = now_ms() + period_ms(coord);
         link->busy = false;
         pthread_cond_broadcast(&coord->cond);
+        session_tick(coord, &wait_ms);
     }
     pthread_mutex_unlock(&coord->lock);
     return NULL;
 }
 
-/* ---- links ---------------------------------------------------------------- */
+/* ---- binding operations ------------------------------------------------------ */
 
 static ferry_status_t link_add(ferry_coordinator_t *coord, ferry_op_t *op, bool passive,
-                               const char *request_id, const char *token, int64_t lease_id,
-                               int64_t ttl_s)
+                               const char *request_id, const char *token, int64_t lease_id)
 {
     ferry__coord_link_t *link = calloc(1, sizeof(*link));
 
@@ -279,11 +401,10 @@ static ferry_status_t link_add(ferry_coordinator_t *coord, ferry_op_t *op, bool 
     link->op = op;
     link->passive = passive;
     link->lease_id = lease_id;
-    link->ttl_s = ttl_s > 0 ? ttl_s : 10;
     snprintf(link->request_id, sizeof(link->request_id), "%s", request_id);
     snprintf(link->token, sizeof(link->token), "%s", token);
     pthread_mutex_lock(&coord->lock);
-    link->due_ms = now_ms() + (link->ttl_s * 1000) / 3;
+    link->due_ms = now_ms() + period_ms(coord);
     link->next = coord->links;
     coord->links = link;
     pthread_cond_signal(&coord->cond);
@@ -306,23 +427,6 @@ static void on_done(ferry_op_t *op, ferry_op_status_t status, void *arg)
     pthread_mutex_unlock(&link->coord->lock);
 }
 
-static void cancel_passive(ferry__coord_link_t *link, const char *reason)
-{
-    Ferry__V1__CancelRequest req = FERRY__V1__CANCEL_REQUEST__INIT;
-    Ferry__V1__CancelResponse *resp = NULL;
-    rpc_error_t err;
-
-    req.request_id = link->request_id;
-    req.access_token = link->token;
-    req.reason = (char *)reason;
-    if (call(link->coord, COORD_PATH("Cancel"), &req.base, &ferry__v1__cancel_response__descriptor,
-             0, &resp, &err) == FERRY_OK) {
-        ferry__v1__cancel_response__free_unpacked(resp, NULL);
-    } else if (err.grpc_code != 9 && err.grpc_code != 5) {
-        ferry_warn("op %s: cancel at the coordinator failed: %s", link->request_id, err.message);
-    }
-}
-
 void ferry__coord_unlink(ferry__coord_link_t *link)
 {
     ferry_coordinator_t *coord = link->coord;
@@ -343,14 +447,16 @@ void ferry__coord_unlink(ferry__coord_link_t *link)
     pthread_mutex_unlock(&coord->lock);
 
     /* The end is reported exactly once, even when the operation is destroyed
-     * before its done callback ran; destroying it unfinished cancels it. */
+     * before its done callback ran; a passive record is then released. */
     status = ferry_op_status(link->op);
-    if (report_now && link->passive && status != FERRY_OP_STATUS_COMPLETE &&
-        status != FERRY_OP_STATUS_ERRORED) {
-        cancel_passive(link, status == FERRY_OP_STATUS_CANCELLED
-                                 ? "the receiver cancelled the operation"
-                                 : "the receiver destroyed the operation before it completed");
-    } else if (report_now && !link->passive) {
+    if (link->passive) {
+        if (report_now && status != FERRY_OP_STATUS_COMPLETE && status != FERRY_OP_STATUS_ERRORED) {
+            cancel_passive(link, status == FERRY_OP_STATUS_CANCELLED
+                                     ? "the receiver cancelled the operation"
+                                     : "the receiver destroyed the operation before it completed");
+        }
+        release_passive(link);
+    } else if (report_now) {
         report_active(link, status == FERRY_OP_STATUS_COMPLETE || status == FERRY_OP_STATUS_ERRORED
                                 ? status
                                 : FERRY_OP_STATUS_CANCELLED);
@@ -466,14 +572,22 @@ ferry_status_t ferry_op_publish(ferry_op_t *op, ferry_coordinator_t *coord,
     req.access_token = (char *)(params->access_token != NULL ? params->access_token : "");
     req.ttl_seconds = params->ttl_s;
     req.owner = (char *)ferry__op_connector_name(op);
-    status = call(coord, COORD_PATH("Register"), &req.base,
-                  &ferry__v1__register_response__descriptor, 0, &resp, &err);
+    for (int attempt = 0; attempt < 2; attempt++) {
+        bool making;
+        req.lease_id = session_take(coord, &making);
+        status = call(coord, COORD_PATH("Register"), &req.base,
+                      &ferry__v1__register_response__descriptor, 0, &resp, &err);
+        session_made(coord, making, status == FERRY_OK ? resp->lease_id : 0,
+                     status == FERRY_OK ? resp->ttl_seconds : 0);
+        if (!session_was_lost(coord, req.lease_id, status, &err)) {
+            break;
+        }
+    }
     ferry__v1__rdma_metadata__free_unpacked(req.metadata, NULL);
     if (status != FERRY_OK) {
         return rpc_fail(status, "register", &err);
     }
-    status = link_add(coord, op, true, params->request_id, resp->access_token, resp->lease_id,
-                      resp->ttl_seconds);
+    status = link_add(coord, op, true, params->request_id, resp->access_token, resp->lease_id);
     ferry__v1__register_response__free_unpacked(resp, NULL);
     if (status != FERRY_OK) {
         return ferry__fail(status, "no memory to track the lease");
@@ -544,15 +658,23 @@ static ferry_status_t begin_by_id(ferry_connector_t *connector, ferry_coordinato
     req.kind = kind == FERRY__KIND_WRITE ? FERRY__V1__OPERATION_KIND__OPERATION_KIND_WRITE
                                          : FERRY__V1__OPERATION_KIND__OPERATION_KIND_READ;
     req.ttl_seconds = p->ttl_s;
-    status = call(coord, COORD_PATH("Claim"), &req.base, &ferry__v1__claim_response__descriptor, 0,
-                  &resp, &err);
+    for (int attempt = 0; attempt < 2; attempt++) {
+        bool making;
+        req.lease_id = session_take(coord, &making);
+        status = call(coord, COORD_PATH("Claim"), &req.base, &ferry__v1__claim_response__descriptor,
+                      0, &resp, &err);
+        session_made(coord, making, status == FERRY_OK ? resp->claim_lease_id : 0,
+                     status == FERRY_OK ? resp->ttl_seconds : 0);
+        if (!session_was_lost(coord, req.lease_id, status, &err)) {
+            break;
+        }
+    }
     if (status != FERRY_OK) {
         return rpc_fail(status, "claim", &err);
     }
     status = ferry__active_begin_md(connector, kind, local, n, resp->operation->metadata, &op);
     if (status == FERRY_OK) {
-        status = link_add(coord, op, false, p->request_id, p->access_token, resp->claim_lease_id,
-                          resp->ttl_seconds);
+        status = link_add(coord, op, false, p->request_id, p->access_token, resp->claim_lease_id);
     }
     if (status == FERRY_OK) {
         status = ferry_op_set_done_callback(op, on_done, ferry__op_coord_link(op));

@@ -285,8 +285,12 @@ FERRY_API void ferry_op_destroy(ferry_op_t *op);
 /* ---- coordinator ------------------------------------------------------ */
 
 /* A client of ferry-coordinator (ferry.v1.Coordinator over gRPC). One per
- * process is plenty: it holds one channel and one session thread that keeps
- * the leases of bound operations alive and reports their outcomes. */
+ * process is plenty: it holds one channel, one session lease (made by its
+ * first Register or Claim; every record and claim of the client goes on it,
+ * so a registration is one etcd write) and one session thread that keeps the
+ * lease alive, watches the records of bound operations and reports their
+ * ends. When the process dies, the lease expires, and with it all of its
+ * records and claims: their peers learn EXPIRED or ERRORED within the TTL. */
 typedef struct ferry_coordinator ferry_coordinator_t;
 
 typedef enum {
@@ -313,7 +317,7 @@ FERRY_API void ferry_coordinator_disconnect(ferry_coordinator_t *coordinator);
 typedef struct {
     const char *request_id;   /* 1..128 bytes of [A-Za-z0-9._:-]; required */
     const char *access_token; /* 16..256 printable bytes; NULL: the coordinator picks one */
-    int ttl_s;                /* lease TTL; 0: the coordinator's default */
+    int ttl_s; /* TTL of the session lease when this call makes it; 0: the coordinator's */
 } ferry_publish_params_t;
 
 /* Passive: registers the operation's metadata at the coordinator under
@@ -322,8 +326,8 @@ typedef struct {
  * failed (ERRORED, FERRY_ERR_PEER_FAILED), cancelled (CANCELLED), or its own
  * registration expired (ERRORED, FERRY_ERR_EXPIRED), within the TTL.
  * Cancelling it, or destroying it unfinished, cancels it at the coordinator,
- * and the writer learns it. FERRY_ERR_ALREADY_EXISTS when the request ID is
- * taken. The operation's done callback is used for this: do not replace it. */
+ * and the writer learns it; destroying it releases its record. FERRY_ERR_ALREADY_EXISTS when the
+ * request ID is taken. The operation's done callback is used for this: do not replace it. */
 FERRY_API ferry_status_t ferry_op_publish(ferry_op_t *op, ferry_coordinator_t *coordinator,
                                           const ferry_publish_params_t *params);
 
@@ -335,7 +339,7 @@ typedef struct {
     const char *request_id;   /* required */
     const char *access_token; /* required */
     int wait_ms;              /* wait this long for the passive side to register; 0: not */
-    int ttl_s;                /* claim lease TTL; 0: the coordinator's default */
+    int ttl_s; /* TTL of the session lease when this call makes it; 0: the coordinator's */
 } ferry_claim_params_t;
 
 /* Active, by request ID: looks the operation up at the coordinator (waiting

@@ -282,6 +282,61 @@ static int coord_state(const char *id)
     return state;
 }
 
+static rpc_stream_t *watch(const char *id, const char *prefix)
+{
+    Ferry__V1__WatchRequest req = FERRY__V1__WATCH_REQUEST__INIT;
+    Ferry__V1__WatchResponse *msg = NULL;
+    rpc_stream_t *stream = NULL;
+    rpc_error_t err;
+
+    req.request_id = (char *)(id != NULL ? id : "");
+    req.request_id_prefix = (char *)(prefix != NULL ? prefix : "");
+    assert_int_equal(rpc_stream_open(chan, "/ferry.v1.Coordinator/Watch", &req.base,
+                                     &ferry__v1__watch_response__descriptor, 120000, &stream),
+                     FERRY_OK);
+    assert_int_equal(rpc_stream_read(stream, 10000, (ProtobufCMessage **)&msg, &err), FERRY_OK);
+    assert_true(msg->created);
+    ferry__v1__watch_response__free_unpacked(msg, NULL);
+    return stream;
+}
+
+/* Reads events until `count` distinct request IDs were seen in `state` with
+ * event `type`, or timeout_ms passes; returns how many were seen. */
+static int saw(rpc_stream_t *stream, int state, int type, int count, int timeout_ms)
+{
+    char seen[N_OPS * 2][32];
+    int n = 0;
+    long long deadline = test_now_ms() + timeout_ms;
+
+    while (n < count && test_now_ms() < deadline) {
+        Ferry__V1__WatchResponse *msg = NULL;
+        rpc_error_t err;
+        ferry_status_t status =
+            rpc_stream_read(stream, deadline - test_now_ms(), (ProtobufCMessage **)&msg, &err);
+        if (status != FERRY_OK || msg == NULL) {
+            continue;
+        }
+        for (size_t i = 0; i < msg->n_events; i++) {
+            const Ferry__V1__Operation *op = msg->events[i]->operation;
+            bool dup = false;
+            if ((int)op->state != state || (int)msg->events[i]->type != type) {
+                continue;
+            }
+            for (int j = 0; j < n; j++) {
+                dup = dup || strcmp(seen[j], op->request_id) == 0;
+            }
+            if (!dup && n < (int)(sizeof(seen) / sizeof(seen[0]))) {
+                snprintf(seen[n++], sizeof(seen[0]), "%s", op->request_id);
+            }
+        }
+        ferry__v1__watch_response__free_unpacked(msg, NULL);
+    }
+    return n;
+}
+
+#define ST(x) FERRY__V1__OPERATION_STATE__OPERATION_STATE_##x
+#define EV(x) FERRY__V1__WATCH_EVENT_TYPE__WATCH_EVENT_TYPE_##x
+
 static void test_writer_killed_mid_transfer(void **state)
 {
     uint8_t *buf = calloc(1, SIZE);
@@ -349,10 +404,11 @@ static void test_receiver_cancels_mid_transfer(void **state)
     ferry_op_error(op, &msg);
     assert_non_null(strstr(msg, "cancel"));
     ferry_op_destroy(op);
+    assert_int_equal(coord_state("cancel-1"), ST(CANCELLED));
     say(receiver.to, "done\n");
     assert_int_equal(child_exit(&receiver, 10000), 0);
-    assert_int_equal(coord_state("cancel-1"),
-                     FERRY__V1__OPERATION_STATE__OPERATION_STATE_CANCELLED);
+    /* The receiver destroyed its operation: the record was released. */
+    assert_int_equal(coord_state("cancel-1"), -1);
     free(buf);
 }
 
@@ -383,6 +439,7 @@ static void *write_one(void *arg)
 
 static void test_many_operations_between_two_workers(void **state)
 {
+    rpc_stream_t *stream = watch(NULL, "many-");
     child_t receiver = spawn("many-receiver");
     pthread_t threads[N_OPS];
     job_t jobs[N_OPS];
@@ -401,11 +458,14 @@ static void test_many_operations_between_two_workers(void **state)
     }
     /* The receiver checked every byte of all eight. */
     assert_int_equal(child_exit(&receiver, 30000), 0);
+    /* Each was COMPLETE at the coordinator, then released by its owner. */
+    assert_int_equal(saw(stream, ST(COMPLETE), EV(PUT), N_OPS, 10000), N_OPS);
     for (int i = 0; i < N_OPS; i++) {
         char id[32];
         snprintf(id, sizeof(id), "many-%d", i);
-        assert_int_equal(coord_state(id), FERRY__V1__OPERATION_STATE__OPERATION_STATE_COMPLETE);
+        assert_int_equal(coord_state(id), -1);
     }
+    rpc_stream_destroy(stream);
 }
 
 static void test_destroy_unfinished_cancels_at_coordinator(void **state)
@@ -414,14 +474,20 @@ static void test_destroy_unfinished_cancels_at_coordinator(void **state)
     ferry_descriptor_t d = {.ptr = buf, .size = sizeof(buf), .device = FERRY_DEVICE_HOST_INIT};
     ferry_publish_params_t p = {.request_id = "gone-1", .access_token = NULL};
     ferry_op_t *op;
+    rpc_stream_t *stream = watch("gone-1", NULL);
     (void)state;
 
     assert_int_equal(ferry_writable_create(conn, &d, 1, &op), FERRY_OK);
     assert_int_equal(ferry_op_publish(op, client, &p), FERRY_OK);
     assert_true(strlen(ferry_op_access_token(op)) >= 16); /* the coordinator picked one */
-    assert_int_equal(coord_state("gone-1"), FERRY__V1__OPERATION_STATE__OPERATION_STATE_REGISTERED);
+    assert_int_equal(coord_state("gone-1"), ST(REGISTERED));
     ferry_op_destroy(op);
-    assert_int_equal(coord_state("gone-1"), FERRY__V1__OPERATION_STATE__OPERATION_STATE_CANCELLED);
+    /* Cancelled at the coordinator, then released: it left as CANCELLED, not
+     * as an expiry. */
+    assert_int_equal(saw(stream, ST(CANCELLED), EV(PUT), 1, 5000), 1);
+    assert_int_equal(saw(stream, ST(CANCELLED), EV(DELETE), 1, 5000), 1);
+    assert_int_equal(coord_state("gone-1"), -1);
+    rpc_stream_destroy(stream);
 }
 
 static void test_publish_duplicate_is_refused(void **state)
