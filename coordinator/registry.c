@@ -58,6 +58,13 @@ void registry_view_put(coord_registry_t *r, const char *id, const uint8_t *bytes
     pthread_mutex_unlock(&r->lock);
 }
 
+void registry_view_remove(coord_registry_t *r, const char *id, int64_t mod_revision)
+{
+    pthread_mutex_lock(&r->lock);
+    view_remove(&r->view, id, mod_revision);
+    pthread_mutex_unlock(&r->lock);
+}
+
 /* The request ID of a key under sub_prefix, or NULL if the key is not
  * there. Copies into buf. */
 static const char *id_of_key(const char *sub_prefix, const etcd_kv_t *kv, char *buf, size_t cap)

@@ -41,6 +41,9 @@ size_t registry_key(const coord_registry_t *r, const char *sub_prefix, const cha
 void registry_view_put(coord_registry_t *r, const char *id, const uint8_t *bytes, size_t len,
                        int64_t mod_revision);
 
+/* Removes a record the coordinator itself just deleted (write-through). */
+void registry_view_remove(coord_registry_t *r, const char *id, int64_t mod_revision);
+
 /* Turns an operation ERRORED when its claim (lease `claim_lease`) expired. */
 void registry_expire_claim(coord_registry_t *r, const char *id, int64_t claim_lease);
 

@@ -599,6 +599,7 @@ ferry_status_t coord_release(coord_registry_t *r, const Ferry__V1__ReleaseReques
         *revision_p = res.revision;
         etcd_txn_result_free(&res);
         if (released) {
+            registry_view_remove(r, req->request_id, *revision_p);
             ferry_info("op %s: released", req->request_id);
             return FERRY_OK;
         }

@@ -58,6 +58,10 @@ struct ferry__coord_link {
     bool report_due;
     bool reported;
     ferry_op_status_t final_status;
+    /* The owner destroyed the passive operation (op is NULL): the session
+     * thread releases the record once it is final, then frees the link. */
+    bool releasing;
+    int release_tries;
 };
 
 struct ferry_coordinator {
@@ -241,21 +245,38 @@ static void cancel_passive(ferry__coord_link_t *link, const char *reason)
     }
 }
 
-/* The owner is done with a passive operation: its record goes. */
-static void release_passive(ferry__coord_link_t *link)
+#define RELEASE_TRIES 12
+
+/* The owner is done with a passive operation: its record goes. The writer
+ * may not have reported its Complete yet when the notice arrived here (the
+ * record is then still CLAIMED), so a refusal is retried at the next look,
+ * up to RELEASE_TRIES times (a dead writer's claim expires within the TTL,
+ * which makes the record final); past that, or on any other answer, the
+ * link is done: the record leaves with the session lease at the latest.
+ * Returns true when the link is done. */
+static bool release_passive(ferry__coord_link_t *link)
 {
     Ferry__V1__ReleaseRequest req = FERRY__V1__RELEASE_REQUEST__INIT;
     Ferry__V1__ReleaseResponse *resp = NULL;
     rpc_error_t err;
+    ferry_status_t status;
 
     req.request_id = link->request_id;
     req.access_token = link->token;
-    if (call(link->coord, COORD_PATH("Release"), &req.base,
-             &ferry__v1__release_response__descriptor, 0, &resp, &err) == FERRY_OK) {
+    status = call(link->coord, COORD_PATH("Release"), &req.base,
+                  &ferry__v1__release_response__descriptor, 0, &resp, &err);
+    if (status == FERRY_OK) {
         ferry__v1__release_response__free_unpacked(resp, NULL);
-    } else if (err.grpc_code != COORD_NOT_FOUND) {
+        return true;
+    }
+    if ((status == FERRY_ERR_FAILED_PRECONDITION || status == FERRY_ERR_UNAVAILABLE) &&
+        ++link->release_tries < RELEASE_TRIES) {
+        return false;
+    }
+    if (status != FERRY_ERR_NOT_FOUND) {
         ferry_warn("op %s: release at the coordinator failed: %s", link->request_id, err.message);
     }
+    return true;
 }
 
 /* Complete at the coordinator, for an active operation. */
@@ -293,6 +314,17 @@ static void report(ferry__coord_link_t *link, ferry_op_status_t status)
     }
 }
 
+/* Takes a link off the list; lock held. */
+static void link_remove(ferry_coordinator_t *coord, ferry__coord_link_t *link)
+{
+    for (ferry__coord_link_t **p = &coord->links; *p != NULL; p = &(*p)->next) {
+        if (*p == link) {
+            *p = link->next;
+            return;
+        }
+    }
+}
+
 /* ---- the session thread ------------------------------------------------------ */
 
 /* The due link, marked busy, or NULL; *wait_ms_p: until the next is due. */
@@ -305,11 +337,12 @@ static ferry__coord_link_t *next_due(ferry_coordinator_t *coord, int64_t *wait_m
         if (l->busy) {
             continue;
         }
-        if (l->report_due || (!l->reported && l->due_ms <= now)) {
+        bool watched = !l->reported || l->releasing;
+        if (l->report_due || (watched && l->due_ms <= now)) {
             l->busy = true;
             return l;
         }
-        if (!l->reported && l->due_ms - now < wait) {
+        if (watched && l->due_ms - now < wait) {
             wait = l->due_ms - now;
         }
     }
@@ -366,10 +399,14 @@ static void *session_main(void *arg)
             continue;
         }
         bool reporting = link->report_due;
+        bool releasing = link->releasing;
+        bool done = false;
         ferry_op_status_t outcome = link->final_status;
         link->report_due = false;
         pthread_mutex_unlock(&coord->lock);
-        if (reporting) {
+        if (releasing) {
+            done = release_passive(link);
+        } else if (reporting) {
             report(link, outcome);
         } else {
             look(link);
@@ -378,8 +415,12 @@ static void *session_main(void *arg)
         if (reporting) {
             link->reported = true;
         }
-        link->due_ms = now_ms() + period_ms(coord);
+        link->due_ms = now_ms() + (releasing ? period_ms(coord) / 4 : period_ms(coord));
         link->busy = false;
+        if (done) {
+            link_remove(coord, link);
+            free(link);
+        }
         pthread_cond_broadcast(&coord->cond);
         session_tick(coord, &wait_ms);
     }
@@ -437,17 +478,13 @@ void ferry__coord_unlink(ferry__coord_link_t *link)
     while (link->busy) {
         pthread_cond_wait(&coord->cond, &coord->lock);
     }
-    for (ferry__coord_link_t **p = &coord->links; *p != NULL; p = &(*p)->next) {
-        if (*p == link) {
-            *p = link->next;
-            break;
-        }
-    }
+    link->busy = true; /* ours now: the session thread leaves it alone */
     report_now = !link->reported;
     pthread_mutex_unlock(&coord->lock);
 
     /* The end is reported exactly once, even when the operation is destroyed
-     * before its done callback ran; a passive record is then released. */
+     * before its done callback ran. A passive record is then released by the
+     * session thread, which keeps the link (without its operation) till then. */
     status = ferry_op_status(link->op);
     if (link->passive) {
         if (report_now && status != FERRY_OP_STATUS_COMPLETE && status != FERRY_OP_STATUS_ERRORED) {
@@ -455,8 +492,20 @@ void ferry__coord_unlink(ferry__coord_link_t *link)
                                      ? "the receiver cancelled the operation"
                                      : "the receiver destroyed the operation before it completed");
         }
-        release_passive(link);
-    } else if (report_now) {
+        pthread_mutex_lock(&coord->lock);
+        link->op = NULL;
+        link->releasing = true;
+        link->report_due = false;
+        link->due_ms = now_ms();
+        link->busy = false;
+        pthread_cond_broadcast(&coord->cond);
+        pthread_mutex_unlock(&coord->lock);
+        return;
+    }
+    pthread_mutex_lock(&coord->lock);
+    link_remove(coord, link);
+    pthread_mutex_unlock(&coord->lock);
+    if (report_now) {
         report_active(link, status == FERRY_OP_STATUS_COMPLETE || status == FERRY_OP_STATUS_ERRORED
                                 ? status
                                 : FERRY_OP_STATUS_CANCELLED);
@@ -526,8 +575,21 @@ void ferry_coordinator_disconnect(ferry_coordinator_t *coord)
     pthread_cond_broadcast(&coord->cond);
     pthread_mutex_unlock(&coord->lock);
     pthread_join(coord->thread, NULL);
-    if (coord->links != NULL) {
-        ferry_warn("coordinator client closed with operations still bound to it");
+    /* Records still to release get one last try; what remains leaves with
+     * the session lease, which nobody renews from now on. */
+    while (coord->links != NULL) {
+        ferry__coord_link_t *link = coord->links;
+        coord->links = link->next;
+        if (!link->releasing) {
+            /* Misuse: the operation still points at its link, so the link
+             * is left to it (leaked) rather than freed under it. */
+            ferry_warn("op %s: coordinator client closed with the operation still bound to it",
+                       link->request_id);
+            continue;
+        }
+        link->release_tries = RELEASE_TRIES;
+        release_passive(link);
+        free(link);
     }
     pthread_cond_destroy(&coord->cond);
     pthread_mutex_destroy(&coord->lock);
