@@ -11,16 +11,26 @@
  * only copy, record and enqueue. ferry__connector_drain does the work; user
  * completion callbacks are delivered without the lock.
  *
- * Waiting: the loop arms the worker (ucp_worker_arm) and polls its event fd.
- * Any thread that posts UCX work calls ferry__wake (ucp_worker_signal) so a
- * sleeping loop notices. The poll also has a short timeout, a safety net
- * against a lost wake-up, never the mechanism that makes progress.
+ * Waiting: when UCX has gone quiet the loop first spins (keeps progressing
+ * UCX, dropping the lock between rounds and yielding the CPU often) for
+ * spin_ns after the last sign of activity, then arms the worker
+ * (ucp_worker_arm) and polls its event fd. The spin matters because every
+ * transfer is a chain of messages (CLAIM, ADMIT, data, flush, NOTICE) and on
+ * host memory UCX 1.13 emulates put/get with active messages that the target
+ * must progress: a loop that sleeps between them pays a wake-up per message.
+ * Any thread that posts UCX work calls ferry__wake, which signals the worker
+ * (ucp_worker_signal) only while the loop is armed (c->armed, under the
+ * lock): a running or spinning loop finds the work itself. The poll also has
+ * a short timeout, a safety net against a lost wake-up, never the mechanism
+ * that makes progress.
  */
 #include <errno.h>
 #include <poll.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "common/log.h"
@@ -44,7 +54,31 @@ void ferry__unlock(ferry_connector_t *c)
 
 void ferry__wake(ferry_connector_t *c)
 {
-    ucp_worker_signal(c->worker);
+    /* In caller mode the caller may sleep on efd at any time. */
+    if (c->armed || c->mode == FERRY_PROGRESS_CALLER) {
+        ucp_worker_signal(c->worker);
+    }
+}
+
+uint64_t ferry__now_ns(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+void ferry__spin_pause(unsigned iteration)
+{
+    if (iteration % 16 == 15) {
+        sched_yield();
+    } else {
+#if defined(__x86_64__) || defined(__i386__)
+        __builtin_ia32_pause();
+#elif defined(__aarch64__)
+        __asm__ __volatile__("yield");
+#endif
+    }
 }
 
 /* UCX callback (lock held): copy the message and queue it. */
@@ -119,10 +153,14 @@ static void handle_failed_peer(ferry_connector_t *c, ferry__peer_t *peer)
     ferry__peer_put(peer); /* the failed queue's reference */
 }
 
-void ferry__connector_drain(ferry_connector_t *c)
+unsigned ferry__connector_drain(ferry_connector_t *c)
 {
-    for (;;) {
-        while (ucp_worker_progress(c->worker) != 0) {
+    unsigned work = 0;
+
+    for (;; work++) {
+        unsigned n;
+        while ((n = ucp_worker_progress(c->worker)) != 0) {
+            work += n;
         }
         if (c->failed != NULL) {
             ferry__peer_t *peer = c->failed;
@@ -152,7 +190,7 @@ void ferry__connector_drain(ferry_connector_t *c)
             free(req->buf);
             free(req);
         } else {
-            return;
+            return work;
         }
     }
 }
@@ -197,6 +235,40 @@ void ferry__connector_deliver(ferry_connector_t *c)
     }
 }
 
+static bool queues_busy(const ferry_connector_t *c)
+{
+    return c->inbox != NULL || c->reqs != NULL || c->failed != NULL;
+}
+
+/* Lock held on entry and exit. Keeps progressing UCX for spin_ns; true as
+ * soon as there is work (the caller drains and spins afresh), false when
+ * the time ran out quietly. Completion callbacks queued meanwhile are
+ * delivered. The lock is dropped between rounds so that callers' threads
+ * (begin, wait, destroy) get it. */
+static bool spin_for_work(ferry_connector_t *c)
+{
+    uint64_t end = ferry__now_ns() + c->spin_ns;
+    unsigned i = 0;
+
+    while (!atomic_load(&c->stopping)) {
+        bool deliver;
+        if (ucp_worker_progress(c->worker) != 0 || queues_busy(c)) {
+            return true;
+        }
+        deliver = c->done != NULL;
+        ferry__unlock(c);
+        if (deliver) {
+            ferry__connector_deliver(c);
+        }
+        ferry__spin_pause(i++);
+        ferry__lock(c);
+        if (ferry__now_ns() >= end) {
+            break;
+        }
+    }
+    return false;
+}
+
 static void *progress_main(void *arg)
 {
     ferry_connector_t *c = arg;
@@ -206,19 +278,54 @@ static void *progress_main(void *arg)
     ferry__lock(c);
     while (!atomic_load(&c->stopping)) {
         ferry__connector_drain(c);
+        if (c->done != NULL) {
+            ferry__unlock(c);
+            ferry__connector_deliver(c);
+            ferry__lock(c);
+            continue;
+        }
+        if (c->spin_ns > 0 && spin_for_work(c)) {
+            continue;
+        }
         status = ucp_worker_arm(c->worker);
         if (status == UCS_ERR_BUSY) {
             continue;
         }
+        c->armed = true;
         ferry__unlock(c);
-        ferry__connector_deliver(c);
         if (poll(&pfd, 1, POLL_SAFETY_MS) < 0 && errno != EINTR) {
             ferry_error("connector %s: poll: %s", c->name, strerror(errno));
         }
         ferry__lock(c);
+        c->armed = false;
     }
     ferry__unlock(c);
     return NULL;
+}
+
+static ferry_status_t apply_spin(ferry_connector_t *c, const ferry_connector_params_t *params,
+                                 uint64_t mask)
+{
+    unsigned long long us = FERRY_CONNECTOR_DEFAULT_SPIN_US;
+    const char *env = getenv("FERRY_SPIN_US");
+
+    if (mask & FERRY_CONNECTOR_PARAM_FIELD_SPIN_US) {
+        us = params->spin_us;
+    } else if (env != NULL && env[0] != '\0') {
+        char *end;
+        errno = 0;
+        us = strtoull(env, &end, 10);
+        if (errno != 0 || *end != '\0' || env[0] == '-') {
+            return ferry__fail(FERRY_ERR_INVALID_ARGUMENT,
+                               "connector: FERRY_SPIN_US=%s is not a number of microseconds", env);
+        }
+    }
+    if (us > FERRY_CONNECTOR_MAX_SPIN_US) {
+        return ferry__fail(FERRY_ERR_INVALID_ARGUMENT, "connector: spin_us %llu is above %u", us,
+                           FERRY_CONNECTOR_MAX_SPIN_US);
+    }
+    c->spin_ns = (uint64_t)us * 1000u;
+    return FERRY_OK;
 }
 
 static ferry_status_t apply_params(ferry_connector_t *c, const ferry_connector_params_t *params)
@@ -249,7 +356,7 @@ static ferry_status_t apply_params(ferry_connector_t *c, const ferry_connector_p
     if (mask & FERRY_CONNECTOR_PARAM_FIELD_PEER_ERROR_HANDLING) {
         c->peer_error_handling = params->peer_error_handling;
     }
-    return FERRY_OK;
+    return apply_spin(c, params, mask);
 }
 
 static ferry_status_t ucx_fail(ferry_connector_t *c, const char *what, ucs_status_t status)
@@ -363,9 +470,11 @@ ferry_status_t ferry_connector_create(const ferry_connector_params_t *params,
         }
         c->thread_started = true;
     }
-    ferry_info("connector %s: up on %s (%zu-byte worker address, cuda %s, %s progress)", c->name,
-               c->hostname, c->address_len, c->cuda_available ? "yes" : "no",
-               c->mode == FERRY_PROGRESS_THREAD ? "thread" : "caller");
+    ferry_info(
+        "connector %s: up on %s (%zu-byte worker address, cuda %s, %s progress, spin %llu us)",
+        c->name, c->hostname, c->address_len, c->cuda_available ? "yes" : "no",
+        c->mode == FERRY_PROGRESS_THREAD ? "thread" : "caller",
+        (unsigned long long)(c->spin_ns / 1000u));
     *connector_p = c;
     return FERRY_OK;
 
@@ -402,7 +511,7 @@ void ferry_connector_destroy(ferry_connector_t *c)
     }
     if (c->thread_started) {
         atomic_store(&c->stopping, true);
-        ferry__wake(c);
+        ucp_worker_signal(c->worker); /* armed or not */
         pthread_join(c->thread, NULL);
     }
     ferry__connector_deliver(c);

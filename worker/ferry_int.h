@@ -15,7 +15,10 @@
  * the lock held; they only record a status and push an item on a queue. The
  * loop then drains the queues (ferry__connector_drain): that is where
  * operations advance. Completion callbacks for users are delivered by the
- * loop after it drops the lock.
+ * loop after it drops the lock. Before it sleeps, the loop (and a caller-mode
+ * ferry_op_wait) spins for spin_ns, dropping the lock between rounds; a
+ * thread-mode ferry_op_wait spins on op->final (an atomic, no lock) before
+ * it sleeps on op->cond. See connector.c for why.
  *
  * Lifetime: an operation is reference counted (under the lock): the user's
  * handle, each UCX request in flight that names it, and a pending completion
@@ -186,12 +189,15 @@ struct ferry_connector {
     size_t address_len;
     int efd;
 
+    uint64_t spin_ns; /* see ferry_connector_params_t.spin_us */
+
     pthread_mutex_t lock;
     pthread_t thread;
     bool thread_started;
     atomic_bool stopping;
 
     /* Everything below: under lock. */
+    bool armed; /* the loop sleeps (or is about to) on efd: wakes must signal */
     ferry__peer_t *peers;
     uint64_t next_peer_id;
     struct ferry_op *ops[FERRY__OP_BUCKETS];
@@ -209,11 +215,21 @@ struct ferry_connector {
 void ferry__lock(ferry_connector_t *c);
 void ferry__unlock(ferry_connector_t *c);
 
-/* Wakes the progress loop (after posting work from another thread). */
+/* Wakes the progress loop (after posting work from another thread); lock
+ * held. Signals the worker only when the loop sleeps or is about to (armed):
+ * a loop that runs or spins finds the work without it. */
 void ferry__wake(ferry_connector_t *c);
 
-/* One pass of the loop, lock held: progress UCX until idle, drain queues. */
-void ferry__connector_drain(ferry_connector_t *c);
+/* Monotonic clock, nanoseconds. */
+uint64_t ferry__now_ns(void);
+
+/* The CPU hint for a spin loop; every 16th call yields the CPU instead, so a
+ * spinning thread gives way to runnable threads on an oversubscribed host. */
+void ferry__spin_pause(unsigned iteration);
+
+/* One pass of the loop, lock held: progress UCX until idle, drain queues.
+ * Returns how much it did (0: nothing happened). */
+unsigned ferry__connector_drain(ferry_connector_t *c);
 
 /* Delivers queued completion callbacks; lock NOT held. */
 void ferry__connector_deliver(ferry_connector_t *c);
@@ -275,6 +291,10 @@ struct ferry_op {
     ferry__op_kind_t kind;
     uint64_t id;
     char label[48]; /* "writable 7 key 3f2a1b4c" for logs */
+
+    /* Set (under connector->lock) when state becomes final; read without
+     * the lock by a waiter that spins before it sleeps on cond. */
+    atomic_bool final;
 
     /* Under connector->lock. */
     ferry__op_state_t state;

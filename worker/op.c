@@ -154,6 +154,7 @@ bool ferry__op_move(ferry_op_t *op, ferry__op_state_t to, ferry_status_t code, c
                     fmt != NULL ? op->error_message : "");
     }
     if (state_is_final(to)) {
+        atomic_store(&op->final, true);
         if (is_passive(op)) {
             ferry__passive_release(op);
         }
@@ -362,34 +363,94 @@ static ferry_status_t timed_out(const ferry_op_t *op, int timeout_ms)
                        timeout_ms, ferry_op_status_name(public_status(op->state)));
 }
 
-/* Caller progress mode: this thread drives the loop while it waits. */
+/* Caller progress mode: this thread drives the loop while it waits. Like
+ * the progress thread it spins (progresses without sleeping) for spin_ns
+ * after the last sign of activity, then arms the worker and polls. Lock
+ * held on entry and exit; *result_p is set when the wait is over. */
+static bool drive_once(ferry_op_t *op, int timeout_ms, int64_t deadline, uint64_t *spin_end_p,
+                       ferry_status_t *result_p)
+{
+    ferry_connector_t *c = op->connector;
+    ucs_status_t armed;
+
+    if (ferry__connector_drain(c) > 0) {
+        *spin_end_p = ferry__now_ns() + c->spin_ns;
+    }
+    if (ferry__op_is_final(op)) {
+        *result_p = final_result(op);
+        return true;
+    }
+    if (timeout_ms >= 0 && now_ms() >= deadline) {
+        *result_p = timed_out(op, timeout_ms);
+        return true;
+    }
+    if (ferry__now_ns() < *spin_end_p) {
+        return false;
+    }
+    armed = ucp_worker_arm(c->worker);
+    if (armed == UCS_ERR_BUSY) {
+        return false;
+    }
+    if (armed != UCS_OK) {
+        ferry_error("connector %s: ucp_worker_arm: %s", c->name, ucs_status_string(armed));
+        *result_p = ferry__fail(FERRY_ERR_TRANSPORT, "connector %s: ucp_worker_arm: %s", c->name,
+                                ucs_status_string(armed));
+        return true;
+    }
+    *spin_end_p = 0; /* armed: sleep */
+    return false;
+}
+
 static ferry_status_t wait_driving(ferry_op_t *op, int timeout_ms)
 {
     ferry_connector_t *c = op->connector;
     int64_t deadline = now_ms() + timeout_ms;
     struct pollfd pfd = {.fd = c->efd, .events = POLLIN};
+    uint64_t spin_end = ferry__now_ns() + c->spin_ns;
     ferry_status_t status;
+    unsigned i = 0;
+    bool done, deliver;
 
     for (;;) {
-        status = ferry_connector_progress(c);
-        if (status != FERRY_OK) {
-            return status;
-        }
         ferry__lock(c);
-        if (ferry__op_is_final(op)) {
-            status = final_result(op);
-            ferry__unlock(c);
-            return status;
-        }
+        done = drive_once(op, timeout_ms, deadline, &spin_end, &status);
+        deliver = c->done != NULL;
         ferry__unlock(c);
-        int64_t left = timeout_ms < 0 ? CALLER_POLL_MAX_MS : deadline - now_ms();
-        if (left <= 0) {
-            ferry__lock(c);
-            status = timed_out(op, timeout_ms);
-            ferry__unlock(c);
+        if (deliver) {
+            ferry__connector_deliver(c);
+        }
+        if (done) {
             return status;
         }
-        poll(&pfd, 1, (int)(left < CALLER_POLL_MAX_MS ? left : CALLER_POLL_MAX_MS));
+        if (spin_end != 0) {
+            ferry__spin_pause(i++);
+            continue;
+        }
+        int64_t left = timeout_ms < 0 ? CALLER_POLL_MAX_MS : deadline - now_ms();
+        if (left > 0) {
+            poll(&pfd, 1, (int)(left < CALLER_POLL_MAX_MS ? left : CALLER_POLL_MAX_MS));
+        }
+        spin_end = ferry__now_ns() + c->spin_ns;
+    }
+}
+
+/* Thread mode: poll the operation's final flag (no lock, no UCX: the
+ * progress thread moves it) for up to spin_ns before sleeping on its
+ * condition variable; an operation that ends meanwhile costs no wake-up. */
+static void wait_spin(const ferry_op_t *op, int timeout_ms)
+{
+    uint64_t budget = op->connector->spin_ns;
+    uint64_t end;
+
+    if (timeout_ms >= 0 && (uint64_t)timeout_ms * 1000000u < budget) {
+        budget = (uint64_t)timeout_ms * 1000000u;
+    }
+    end = ferry__now_ns() + budget;
+    for (unsigned i = 0; budget > 0 && !atomic_load(&op->final); i++) {
+        if (ferry__now_ns() >= end) {
+            break;
+        }
+        ferry__spin_pause(i);
     }
 }
 
@@ -404,6 +465,7 @@ ferry_status_t ferry_op_wait(ferry_op_t *op, int timeout_ms)
     if (c->mode == FERRY_PROGRESS_CALLER) {
         return wait_driving(op, timeout_ms);
     }
+    wait_spin(op, timeout_ms);
     clock_gettime(CLOCK_MONOTONIC, &deadline);
     deadline.tv_sec += timeout_ms / 1000;
     deadline.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;

@@ -124,7 +124,13 @@ typedef enum {
     FERRY_CONNECTOR_PARAM_FIELD_NAME = 1u << 0,
     FERRY_CONNECTOR_PARAM_FIELD_PROGRESS_MODE = 1u << 1,
     FERRY_CONNECTOR_PARAM_FIELD_PEER_ERROR_HANDLING = 1u << 2,
+    FERRY_CONNECTOR_PARAM_FIELD_SPIN_US = 1u << 3,
 } ferry_connector_param_field_t;
+
+/* The default of ferry_connector_params_t.spin_us. */
+#define FERRY_CONNECTOR_DEFAULT_SPIN_US 50u
+/* The largest spin_us accepted. */
+#define FERRY_CONNECTOR_MAX_SPIN_US 100000u
 
 typedef struct {
     /* Which fields below are set (ferry_connector_param_field_t bits). */
@@ -144,6 +150,17 @@ typedef struct {
      * setting. Unset: false (fastest transports; every wait still has its
      * timeout). */
     bool peer_error_handling;
+    /* How long (microseconds) the progress loop keeps polling UCX after the
+     * last sign of activity before it sleeps on the worker's event fd, and
+     * how long ferry_op_wait polls for its operation to end before it sleeps.
+     * Each message of a transfer then finds its receiver awake instead of
+     * costing a wake-up (a thread switch) on each side. The spin yields the
+     * CPU (sched_yield) often, so it gives way to other runnable threads;
+     * the price is CPU time while operations are in flight. 0: never spin
+     * (every wait sleeps at once). Unset: the environment variable
+     * FERRY_SPIN_US when set (for tuning a deployed program), else
+     * FERRY_CONNECTOR_DEFAULT_SPIN_US; at most FERRY_CONNECTOR_MAX_SPIN_US. */
+    uint32_t spin_us;
 } ferry_connector_params_t;
 
 /* Creates the process's connector (a NULL params means all defaults). */

@@ -818,6 +818,66 @@ static void test_loopback_caller_progress(void **state)
     assert_int_equal(ferry_connector_get_fd(world.c, &fd), FERRY_ERR_MISUSE);
 }
 
+/* One loopback write (both ends in connector c) of 64 KiB, checked. */
+static void loopback_write(ferry_connector_t *c)
+{
+    enum { LEN = 65536 };
+    uint8_t *src = malloc(LEN), *dst = calloc(1, LEN);
+    ferry_descriptor_t ds = {src, LEN, FERRY_DEVICE_HOST_INIT};
+    ferry_descriptor_t dd = {dst, LEN, FERRY_DEVICE_HOST_INIT};
+    ferry_op_t *passive, *active;
+    const uint8_t *md;
+    size_t md_len;
+
+    assert_non_null(src);
+    assert_non_null(dst);
+    fill(src, LEN, 33, 0);
+    assert_int_equal(ferry_writable_create(c, &dd, 1, &passive), FERRY_OK);
+    assert_int_equal(ferry_op_metadata(passive, &md, &md_len), FERRY_OK);
+    assert_int_equal(ferry_write_begin(c, &ds, 1, md, md_len, &active), FERRY_OK);
+    assert_int_equal(ferry_op_wait(active, WAIT_TIMEOUT_MS), FERRY_OK);
+    assert_int_equal(ferry_op_wait(passive, WAIT_TIMEOUT_MS), FERRY_OK);
+    assert_int_equal(check(dst, LEN, 33, 0), LEN);
+    ferry_op_destroy(active);
+    ferry_op_destroy(passive);
+    free(src);
+    free(dst);
+}
+
+/* spin_us: 0 (sleep at once) and a long spin both move the bytes, in both
+ * progress modes; out-of-range values and a malformed FERRY_SPIN_US are
+ * refused; a set field wins over the environment. */
+static void test_spin_param(void **state)
+{
+    static const uint32_t spins[] = {0, 2000};
+    ferry_connector_params_t params = {.field_mask = FERRY_CONNECTOR_PARAM_FIELD_SPIN_US |
+                                                     FERRY_CONNECTOR_PARAM_FIELD_PROGRESS_MODE};
+    ferry_connector_t *c = NULL;
+    (void)state;
+
+    for (int mode = 0; mode < 2; mode++) {
+        for (size_t i = 0; i < sizeof(spins) / sizeof(spins[0]); i++) {
+            params.progress_mode = mode == 0 ? FERRY_PROGRESS_THREAD : FERRY_PROGRESS_CALLER;
+            params.spin_us = spins[i];
+            assert_int_equal(ferry_connector_create(&params, &c), FERRY_OK);
+            loopback_write(c);
+            ferry_connector_destroy(c);
+        }
+    }
+    params.spin_us = FERRY_CONNECTOR_MAX_SPIN_US + 1;
+    assert_int_equal(ferry_connector_create(&params, &c), FERRY_ERR_INVALID_ARGUMENT);
+    setenv("FERRY_SPIN_US", "12x", 1);
+    assert_int_equal(ferry_connector_create(NULL, &c), FERRY_ERR_INVALID_ARGUMENT);
+    params.spin_us = 10;
+    assert_int_equal(ferry_connector_create(&params, &c), FERRY_OK);
+    ferry_connector_destroy(c);
+    setenv("FERRY_SPIN_US", "0", 1);
+    assert_int_equal(ferry_connector_create(NULL, &c), FERRY_OK);
+    loopback_write(c);
+    ferry_connector_destroy(c);
+    unsetenv("FERRY_SPIN_US");
+}
+
 static void test_fail_from_outside(void **state)
 {
     uint8_t buf[64];
@@ -861,6 +921,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_loopback_caller_progress),
         cmocka_unit_test(test_concurrent_threads),
         cmocka_unit_test(test_fail_from_outside),
+        cmocka_unit_test(test_spin_param),
     };
     const struct CMUnitTest tcp_subset[] = {
         cmocka_unit_test(test_write_1m),
