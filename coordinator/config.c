@@ -21,7 +21,7 @@ static const char usage[] =
     "  --state-dir DIR     private etcd's data (FERRY_STATE_DIR; ~/.local/state/ferry)\n"
     "  --prefix P          key prefix in etcd (FERRY_PREFIX; /ferry/)\n"
     "  --ttl S             default lease TTL in seconds (FERRY_TTL; 10)\n"
-    "  --threads N         completion-queue threads (FERRY_THREADS; 4)\n"
+    "  --threads N         completion-queue threads (FERRY_THREADS; 16)\n"
     "  --name NAME         this replica's name in responses (FERRY_NAME; host name)\n"
     "  --grace-ms MS       drain time for in-flight calls on SIGTERM (FERRY_GRACE_MS; 5000)\n"
     "  --port-file PATH    write the bound port to PATH once serving\n"
@@ -207,7 +207,7 @@ static int env_numbers(coord_config_t *c)
         c->ttl_s = parse_int("FERRY_TTL", v, 1, 3600);
     }
     if (c->threads == 0) {
-        v = env_or("FERRY_THREADS", "4");
+        v = env_or("FERRY_THREADS", "16");
         c->threads = parse_int("FERRY_THREADS", v, 1, 256);
     }
     if (c->grace_ms == 0) {

@@ -12,7 +12,7 @@ typedef struct {
     const char *etcd;          /* --etcd, FERRY_ETCD; NULL: private etcd */
     const char *prefix;        /* --prefix, FERRY_PREFIX; default /ferry/ */
     int ttl_s;                 /* --ttl, FERRY_TTL; default 10 */
-    int threads;               /* --threads, FERRY_THREADS; default 4 */
+    int threads;               /* --threads, FERRY_THREADS; default 16 */
     const char *name;          /* --name, FERRY_NAME; default host name */
     const char *state_dir;     /* --state-dir, FERRY_STATE_DIR */
     const char *port_file;     /* --port-file: write the bound port there */
