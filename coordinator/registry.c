@@ -12,6 +12,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "common/clock.h"
 #include "common/log.h"
 #include "common/op_state.h"
 
@@ -35,9 +36,7 @@ ferry_status_t registry_etcd_fail(ferry_status_t status, char *msg, size_t cap, 
 
 int64_t registry_now_ms(void)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+    return ferry__clock_ms(CLOCK_REALTIME);
 }
 
 size_t registry_key(const coord_registry_t *r, const char *sub_prefix, const char *id, char *buf,
@@ -260,11 +259,8 @@ static void check_health(coord_registry_t *r)
 
 static void maint_wait(coord_registry_t *r, int ms)
 {
-    struct timespec until;
-    clock_gettime(CLOCK_REALTIME, &until);
-    until.tv_nsec += (long)ms * 1000000L;
-    until.tv_sec += until.tv_nsec / 1000000000L;
-    until.tv_nsec %= 1000000000L;
+    struct timespec until = ferry__clock_in_ms(CLOCK_REALTIME, ms);
+
     pthread_mutex_lock(&r->lock);
     if (!r->stopping && !r->reload) {
         pthread_cond_timedwait(&r->maint_cond, &r->lock, &until);

@@ -11,15 +11,14 @@
 #include <string.h>
 #include <time.h>
 
+#include "common/clock.h"
 #include "common/log.h"
 
 #define WAIT_IDLE_MS 1000
 
 int64_t service_now_ms(void)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+    return ferry__clock_ms(CLOCK_MONOTONIC);
 }
 
 static wait_entry_t *unlink_call(coord_service_t *svc, rpc_call_t *call)
@@ -164,15 +163,7 @@ static void *wait_main(void *arg)
         wait_entry_t *due = take_due(svc, service_now_ms(), &next);
         if (due == NULL) {
             int64_t ms = next - service_now_ms();
-            struct timespec until;
-            clock_gettime(CLOCK_MONOTONIC, &until);
-            ms = ms < 1 ? 1 : ms;
-            until.tv_sec += ms / 1000;
-            until.tv_nsec += (ms % 1000) * 1000000L;
-            if (until.tv_nsec >= 1000000000L) {
-                until.tv_sec++;
-                until.tv_nsec -= 1000000000L;
-            }
+            struct timespec until = ferry__clock_in_ms(CLOCK_MONOTONIC, ms < 1 ? 1 : ms);
             pthread_cond_timedwait(&svc->waits_cond, &svc->waits_lock, &until);
             continue;
         }

@@ -26,6 +26,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "common/clock.h"
 #include "common/log.h"
 
 #define RPC_DEFAULT_THREADS     2
@@ -364,16 +365,9 @@ void rpc_server_set_serving(rpc_server_t *server, const char *service, bool serv
 /* Waits up to timeout_ms for the shutdown notification; true once it came. */
 static bool server_wait_notified(rpc_server_t *server, int timeout_ms)
 {
-    struct timespec deadline;
+    struct timespec deadline = ferry__clock_in_ms(CLOCK_MONOTONIC, timeout_ms);
     bool notified;
 
-    clock_gettime(CLOCK_MONOTONIC, &deadline);
-    deadline.tv_sec += timeout_ms / 1000;
-    deadline.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
-    if (deadline.tv_nsec >= 1000000000L) {
-        deadline.tv_sec++;
-        deadline.tv_nsec -= 1000000000L;
-    }
     pthread_mutex_lock(&server->lock);
     while (!server->notified) {
         if (pthread_cond_timedwait(&server->cond, &server->lock, &deadline) == ETIMEDOUT) {

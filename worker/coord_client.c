@@ -36,6 +36,7 @@
 #include <time.h>
 
 #include "worker/coord_link.h"
+#include "common/clock.h"
 #include "common/log.h"
 #include "ferry/v1/coordinator.pb-c.h"
 #include "rpc/rpc.h"
@@ -82,9 +83,7 @@ struct ferry_coordinator {
 
 static int64_t now_ms(void)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+    return ferry__clock_ms(CLOCK_MONOTONIC);
 }
 
 static int64_t period_ms(const ferry_coordinator_t *coord)
@@ -352,14 +351,7 @@ static ferry__coord_link_t *next_due(ferry_coordinator_t *coord, int64_t *wait_m
 
 static void timed_wait(pthread_cond_t *cond, pthread_mutex_t *lock, int64_t ms)
 {
-    struct timespec until;
-    clock_gettime(CLOCK_MONOTONIC, &until);
-    until.tv_sec += ms / 1000;
-    until.tv_nsec += (long)(ms % 1000) * 1000000L;
-    if (until.tv_nsec >= 1000000000L) {
-        until.tv_sec++;
-        until.tv_nsec -= 1000000000L;
-    }
+    struct timespec until = ferry__clock_in_ms(CLOCK_MONOTONIC, ms);
     pthread_cond_timedwait(cond, lock, &until);
 }
 

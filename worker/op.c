@@ -18,6 +18,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "common/clock.h"
 #include "common/log.h"
 #include "worker/coord_link.h"
 #include "worker/ferry_int.h"
@@ -351,10 +352,7 @@ static ferry_status_t final_result(const ferry_op_t *op)
 
 static int64_t now_ms(void)
 {
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+    return ferry__clock_ms(CLOCK_MONOTONIC);
 }
 
 static ferry_status_t timed_out(const ferry_op_t *op, int timeout_ms)
@@ -466,13 +464,7 @@ ferry_status_t ferry_op_wait(ferry_op_t *op, int timeout_ms)
         return wait_driving(op, timeout_ms);
     }
     wait_spin(op, timeout_ms);
-    clock_gettime(CLOCK_MONOTONIC, &deadline);
-    deadline.tv_sec += timeout_ms / 1000;
-    deadline.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
-    if (deadline.tv_nsec >= 1000000000L) {
-        deadline.tv_sec++;
-        deadline.tv_nsec -= 1000000000L;
-    }
+    deadline = ferry__clock_in_ms(CLOCK_MONOTONIC, timeout_ms > 0 ? timeout_ms : 0);
     ferry__lock(c);
     while (!ferry__op_is_final(op) && rc != ETIMEDOUT) {
         if (timeout_ms < 0) {

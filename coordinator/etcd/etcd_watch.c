@@ -28,6 +28,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "common/clock.h"
 #include "common/log.h"
 
 enum {
@@ -66,22 +67,12 @@ struct etcd_watch {
 
 static struct timespec etcd_deadline(int ms)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    ts.tv_sec += ms / 1000;
-    ts.tv_nsec += (long)(ms % 1000) * 1000000L;
-    if (ts.tv_nsec >= 1000000000L) {
-        ts.tv_sec++;
-        ts.tv_nsec -= 1000000000L;
-    }
-    return ts;
+    return ferry__clock_in_ms(CLOCK_MONOTONIC, ms);
 }
 
 static int64_t etcd_now_ms(void)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+    return ferry__clock_ms(CLOCK_MONOTONIC);
 }
 
 /* Every change of `connected` goes through here: it logs and tells the

@@ -20,7 +20,7 @@ int fixture_setup(void **state)
         free(fx);
         return -1;
     }
-    fx->client = fixture_client(fx->etcd.endpoint, 2000);
+    fx->client = fixture_client(fx->etcd.endpoint, 10000);
     *state = fx;
     return 0;
 }

@@ -214,7 +214,7 @@ static void test_failover_to_second_endpoint(void **state)
     char endpoints[160];
     snprintf(endpoints, sizeof(endpoints), "http://127.0.0.1:%d, %s/", test_free_port(),
              fx->etcd.endpoint);
-    etcd_client_t *client = fixture_client(endpoints, 1000);
+    etcd_client_t *client = fixture_client(endpoints, 10000);
     for (int i = 0; i < 3; i++) {
         fixture_put(client, "failover", "v", 0);
     }
@@ -231,7 +231,7 @@ static void test_failover_to_second_endpoint(void **state)
 static void test_connections_are_reused(void **state)
 {
     fixture_t *fx = *state;
-    etcd_client_t *client = fixture_client(fx->etcd.endpoint, 2000);
+    etcd_client_t *client = fixture_client(fx->etcd.endpoint, 10000);
     for (int i = 0; i < 50; i++) {
         fixture_put(client, "reuse", "v", 0);
     }
@@ -264,7 +264,7 @@ static void *putter_main(void *arg)
 static void test_threads_share_a_client(void **state)
 {
     fixture_t *fx = *state;
-    etcd_client_t *client = fixture_client(fx->etcd.endpoint, 2000);
+    etcd_client_t *client = fixture_client(fx->etcd.endpoint, 10000);
     pthread_t threads[N_THREADS];
     putter_t putters[N_THREADS];
     for (int i = 0; i < N_THREADS; i++) {

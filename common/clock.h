@@ -1,0 +1,18 @@
+/*
+ * clock.h: milliseconds and deadlines, written once. Every timed wait in
+ * Ferry computes "now + ms" for pthread_cond_timedwait (on the clock its
+ * condition variable was made with) and reads "now" in milliseconds.
+ */
+#ifndef FERRY_COMMON_CLOCK_H
+#define FERRY_COMMON_CLOCK_H
+
+#include <stdint.h>
+#include <time.h>
+
+/* Now on `clock`, in milliseconds. */
+int64_t ferry__clock_ms(clockid_t clock);
+
+/* The absolute time ms milliseconds from now on `clock` (ms >= 0). */
+struct timespec ferry__clock_in_ms(clockid_t clock, int64_t ms);
+
+#endif /* FERRY_COMMON_CLOCK_H */
