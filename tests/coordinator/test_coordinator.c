@@ -698,6 +698,8 @@ static void test_shared_lease(void **state)
                      FERRY_OK);
     assert_int_equal(second->lease_id, first->lease_id);
     assert_int_equal(second->ttl_seconds, 0);
+    ferry__v1__register_response__free_unpacked(second, NULL);
+    second = NULL;
 
     /* A claim may go on a lease the claimant holds, too. */
     creq.request_id = "share-2";
