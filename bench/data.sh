@@ -3,10 +3,19 @@
 #
 # For each size (4 KiB .. 1 GiB), op (write/read) and descriptor count (1,
 # 16), runs Ferry (ferry_bench_data: two processes, metadata over a pipe)
-# and the reference, ucx_perftest -t ucp_put_bw / ucp_get_bw (server and
-# client on loopback, the same size, the same UCX_TLS; ucp_get in UCX 1.13), alternating, for
-# ROUNDS rounds (3; 1 with --quick); the table shows the median. Then 1, 2
-# and 4 concurrent pairs of each at 1 MiB and 64 MiB, and memcpy of one core.
+# and two references, alternating, for ROUNDS rounds (5; 1 with --quick);
+# the table shows the median:
+#   - ferry_bench_ucxput --mem user: raw ucp_put_nbx/ucp_get_nbx + flush,
+#     one at a time, between two processes, into memory the program
+#     allocated and ucp_mem_map'ed, as Ferry does (like-for-like), and
+#     --mem ucx, the same into UCX-allocated memory (what ucx_perftest uses);
+#   - ucx_perftest -t ucp_put_bw / ucp_get (UCX 1.13's name) on loopback.
+#     It has no option to put into user memory (-m takes memory types, host
+#     only here; -z only passes the memory handle), so it measures UCX's
+#     direct shared-memory path, which UCX 1.13 does not offer for user
+#     memory (emulated over active messages there): not like-for-like.
+# Then 1, 2 and 4 concurrent pairs of Ferry and ucx_perftest at 1 MiB and
+# 64 MiB, and memcpy of one core.
 # UCX_TLS is whatever the caller's environment says (unset: UCX's default,
 # for both sides alike). Appends JSON lines to $BENCH_OUT.
 set -euo pipefail
@@ -26,10 +35,12 @@ BUILD_DIR=$(cd "$BUILD_DIR" && pwd)
 mkdir -p "$HERE/results"
 BENCH_OUT=${BENCH_OUT:-$HERE/results/data-$(date -u +%Y%m%dT%H%M%SZ).jsonl}
 DATA="$BUILD_DIR/bench/ferry_bench_data"
+RAW="$BUILD_DIR/bench/ferry_bench_ucxput"
 [ -x "$DATA" ] || bench_die "$DATA not built"
+[ -x "$RAW" ] || bench_die "$RAW not built"
 command -v ucx_perftest >/dev/null || bench_die "ucx_perftest missing (apt-get install ucx-utils)"
 export FERRY_LOG_LEVEL=${FERRY_LOG_LEVEL:-warn}
-ROUNDS=${BENCH_ROUNDS:-3}
+ROUNDS=${BENCH_ROUNDS:-5}
 SIZES=${BENCH_SIZES:-4KiB 64KiB 1MiB 16MiB 256MiB 1GiB}
 [ "$QUICK" = 1 ] && ROUNDS=1
 
@@ -79,6 +90,12 @@ perftest() {
         "$op" "$b" "$pairs" "$n" "$(awk -v m="$total" 'BEGIN {print m * 1048576 / 1e9}')"
 }
 
+rawput() {
+    local op=$1 size=$2 n=$3 mem=$4
+    timeout 300 "$RAW" --op "$op" --size "$size" --iters "$n" --warmup 2 --mem "$mem" ||
+        echo "bench: ferry_bench_ucxput $op $size --mem $mem failed" >&2
+}
+
 ferry() {
     local op=$1 size=$2 descs=$3 n=$4 pairs=$5
     "$DATA" --op "$op" --size "$size" --descs "$descs" --iters "$n" --warmup 2 --pairs "$pairs" \
@@ -91,7 +108,9 @@ for size in $SIZES; do
     for op in write read; do
         for r in $(seq "$ROUNDS"); do
             ferry "$op" "$size" 1 "$n" 1 | tee -a "$BENCH_OUT"
+            rawput "$op" "$size" "$n" user | tee -a "$BENCH_OUT"
             perftest "$op" "$size" "$n" 1 | tee -a "$BENCH_OUT"
+            rawput "$op" "$size" "$n" ucx | tee -a "$BENCH_OUT"
             ferry "$op" "$size" 16 "$n" 1 | tee -a "$BENCH_OUT"
         done
     done

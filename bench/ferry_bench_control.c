@@ -11,9 +11,13 @@
  *   lookup          Lookup of those records through the coordinator(s)
  *   etcd-get        the same records read from etcd (<prefix>ops/<id>) and
  *                   decoded, as a client without a coordinator would
- *   register        Register of new IDs through the coordinator(s)
- *   etcd-txn        the create-if-absent transaction alone, straight to etcd
- *   etcd-lease-txn  lease grant + that transaction: what Register asks of etcd
+ *   register        Register of new IDs through the coordinator(s), each
+ *                   client thread on its own session lease (made by its
+ *                   first, warm-up call), as a libferry client: one etcd write
+ *   etcd-txn        the create-if-absent transaction alone, straight to etcd:
+ *                   what Register asks of etcd
+ *   etcd-lease-txn  lease grant + that transaction: what a Register without
+ *                   a session lease (lease_id 0) asks of etcd
  *
  * Fairness: each thread is one client that waits for each answer before the
  * next call (closed loop). gRPC: --channels thread gives each thread its own
@@ -79,6 +83,7 @@ typedef struct {
     int index;
     rpc_channel_t *channel;
     bench_samples_t samples;
+    int64_t lease; /* the session lease, as a libferry client holds one */
     long errors;
     char first_error[768];
 } bench_client_t;
@@ -174,7 +179,7 @@ static rpc_channel_t *client_channel(bench_client_t *cl)
 static int call_register(bench_client_t *cl, const char *id)
 {
     Ferry__V1__RegisterRequest req = FERRY__V1__REGISTER_REQUEST__INIT;
-    ProtobufCMessage *resp = NULL;
+    Ferry__V1__RegisterResponse *resp = NULL;
     rpc_error_t err;
     ferry_status_t status;
 
@@ -183,14 +188,20 @@ static int call_register(bench_client_t *cl, const char *id)
     req.access_token = BENCH_TOKEN;
     req.ttl_seconds = 3600;
     req.owner = "bench";
-    status =
-        rpc_unary(client_channel(cl), "/ferry.v1.Coordinator/Register", &req.base,
-                  &ferry__v1__register_response__descriptor, BENCH_CALL_TIMEOUT_MS, &resp, &err);
+    /* Each client thread is one libferry session: its first Register makes
+     * the session lease, every later one names it (one etcd write). */
+    req.lease_id = cl->lease;
+    status = rpc_unary(client_channel(cl), "/ferry.v1.Coordinator/Register", &req.base,
+                       &ferry__v1__register_response__descriptor, BENCH_CALL_TIMEOUT_MS,
+                       (ProtobufCMessage **)&resp, &err);
     if (status != FERRY_OK) {
         note_error(cl, "Register", status, &err);
         return -1;
     }
-    protobuf_c_message_free_unpacked(resp, NULL);
+    if (cl->lease == 0) {
+        cl->lease = resp->lease_id;
+    }
+    ferry__v1__register_response__free_unpacked(resp, NULL);
     return 0;
 }
 

@@ -12,10 +12,19 @@
  *   --memcpy --size S [--iters N]
  *       memcpy bandwidth of one core (the ceiling for shared memory).
  *   --latency --coord HOST:PORT [--iters N]
- *       a 4 KiB write through the coordinator, phase by phase: prep
- *       (ferry_writable_create), register (Register RPC), lookup (Lookup
- *       RPC), transfer (ferry_write_begin .. ferry_op_wait on the sender),
- *       completion seen by the receiver, and the whole cycle.
+ *       a 4 KiB write through the coordinator by the product path, phase
+ *       by phase: prep (ferry_writable_create), register (ferry_op_publish:
+ *       one Register RPC, one etcd write on the session lease), hand-off of
+ *       the request ID (a pipe), lookup+claim (ferry_write_begin_by_id:
+ *       Lookup RPC, local checks, Claim RPC = one etcd write), transfer (its
+ *       return .. ferry_op_wait on the sender), completion seen by the
+ *       receiver (from the sender's ferry_write_begin_by_id call to the
+ *       receiver's ferry_op_wait return: the transfer starts inside that
+ *       call and can end before it returns), the whole cycle, and teardown
+ *       (ferry_op_destroy on each side; Complete and Release are sent by the
+ *       coordinator clients' session threads, or by destroy).
+ *   --spin-us N (any mode) sets the connector's spin_us; unset: FERRY_SPIN_US
+ *       or the default (50). The value that ran is in the output.
  *
  * Processes: the program forks the passive side(s) before any UCX state
  * exists (UCX does not survive fork), so every process builds its own
@@ -35,8 +44,6 @@
 #include <ferry/ferry.h>
 
 #include "bench_stats.h"
-#include "ferry/v1/coordinator.pb-c.h"
-#include "rpc/rpc.h"
 
 #define BENCH_TOKEN   "bench-access-token-0123456789abcdef"
 #define BENCH_WAIT_MS 60000
@@ -51,6 +58,7 @@ typedef struct {
     long warmup;
     int pairs;
     bool caller_progress;
+    unsigned spin_us; /* resolved: --spin-us, else FERRY_SPIN_US, else the default */
     const char *coord;
 } bench_args_t;
 
@@ -137,9 +145,11 @@ static ferry_connector_t *bench_connector(const bench_args_t *a, const char *nam
     ferry_connector_params_t params = {0};
     ferry_connector_t *c = NULL;
 
-    params.field_mask =
-        FERRY_CONNECTOR_PARAM_FIELD_NAME | FERRY_CONNECTOR_PARAM_FIELD_PROGRESS_MODE;
+    params.field_mask = FERRY_CONNECTOR_PARAM_FIELD_NAME |
+                        FERRY_CONNECTOR_PARAM_FIELD_PROGRESS_MODE |
+                        FERRY_CONNECTOR_PARAM_FIELD_SPIN_US;
     params.name = name;
+    params.spin_us = a->spin_us;
     params.progress_mode = a->caller_progress ? FERRY_PROGRESS_CALLER : FERRY_PROGRESS_THREAD;
     if (ferry_connector_create(&params, &c) != FERRY_OK) {
         fprintf(stderr, "%s: connector: %s\n", name, ferry_last_error_message());
@@ -294,10 +304,11 @@ static int run_bandwidth(const bench_args_t *a)
     free(pids);
     if (rc == 0) {
         printf("{\"bench\":\"data\",\"impl\":\"ferry\",\"op\":\"%s\",\"size\":%llu,\"descs\":%d,"
-               "\"pairs\":%d,\"iters\":%ld,\"progress\":\"%s\",\"gbps\":%.3f,"
-               "\"us_per_op\":%.1f}\n",
+               "\"pairs\":%d,\"iters\":%ld,\"progress\":\"%s\",\"spin_us\":%u,"
+               "\"gbps\":%.3f,\"us_per_op\":%.1f}\n",
                a->op, (unsigned long long)a->size, a->descs, a->pairs, a->iters,
-               a->caller_progress ? "caller" : "thread", gbps, worst * 1e6 / (double)a->iters);
+               a->caller_progress ? "caller" : "thread", a->spin_us, gbps,
+               worst * 1e6 / (double)a->iters);
     }
     return rc;
 }
@@ -332,158 +343,147 @@ static int run_memcpy(const bench_args_t *a)
 
 /* Per iteration, CLOCK_MONOTONIC ns, in memory shared by both processes. */
 typedef struct {
-    uint64_t start;      /* passive: before ferry_writable_create */
-    uint64_t prepared;   /* passive: created, metadata in hand */
-    uint64_t registered; /* passive: Register answered */
-    uint64_t lookup0;    /* active: got the ID, Lookup sent */
-    uint64_t looked_up;  /* active: Lookup answered */
-    uint64_t written;    /* active: ferry_op_wait returned COMPLETE */
-    uint64_t seen;       /* passive: ferry_op_wait returned COMPLETE */
+    uint64_t start;        /* receiver: before ferry_writable_create */
+    uint64_t prepared;     /* receiver: created, metadata in hand */
+    uint64_t registered;   /* receiver: ferry_op_publish returned */
+    uint64_t got_id;       /* sender: the request ID arrived */
+    uint64_t begun;        /* sender: ferry_write_begin_by_id returned */
+    uint64_t written;      /* sender: ferry_op_wait returned COMPLETE */
+    uint64_t seen;         /* receiver: ferry_op_wait returned COMPLETE */
+    uint64_t rx_destroyed; /* receiver: ferry_op_destroy returned */
+    uint64_t tx_destroyed; /* sender: ferry_op_destroy returned */
 } bench_times_t;
 
-static int coord_register(rpc_channel_t *ch, const char *id, const uint8_t *md, size_t md_len)
+static ferry_coordinator_t *bench_coordinator(const bench_args_t *a)
 {
-    Ferry__V1__RegisterRequest req = FERRY__V1__REGISTER_REQUEST__INIT;
-    ProtobufCMessage *resp = NULL;
-    rpc_error_t err;
-    ferry_status_t s;
+    ferry_coordinator_params_t params = {.target = a->coord};
+    ferry_coordinator_t *coord = NULL;
 
-    req.metadata = ferry__v1__rdma_metadata__unpack(NULL, md_len, md);
-    if (req.metadata == NULL) {
-        return -1;
+    if (ferry_coordinator_connect(&params, &coord) != FERRY_OK) {
+        fprintf(stderr, "coordinator %s: %s\n", a->coord, ferry_last_error_message());
+        return NULL;
     }
-    req.request_id = (char *)id;
-    req.access_token = BENCH_TOKEN;
-    req.ttl_seconds = 60;
-    s = rpc_unary(ch, "/ferry.v1.Coordinator/Register", &req.base,
-                  &ferry__v1__register_response__descriptor, 10000, &resp, &err);
-    ferry__v1__rdma_metadata__free_unpacked(req.metadata, NULL);
-    if (s != FERRY_OK) {
-        fprintf(stderr, "Register %s: %s\n", id, err.message);
-        return -1;
-    }
-    protobuf_c_message_free_unpacked(resp, NULL);
-    return 0;
+    return coord;
 }
 
-/* The metadata of `id`, packed again (as ferry_write_begin takes bytes). */
-static int coord_lookup(rpc_channel_t *ch, const char *id, uint8_t **md_p, size_t *len_p)
-{
-    Ferry__V1__LookupRequest req = FERRY__V1__LOOKUP_REQUEST__INIT;
-    Ferry__V1__LookupResponse *resp = NULL;
-    rpc_error_t err;
-
-    req.request_id = (char *)id;
-    req.access_token = BENCH_TOKEN;
-    if (rpc_unary(ch, "/ferry.v1.Coordinator/Lookup", &req.base,
-                  &ferry__v1__lookup_response__descriptor, 10000, (ProtobufCMessage **)&resp,
-                  &err) != FERRY_OK) {
-        fprintf(stderr, "Lookup %s: %s\n", id, err.message);
-        return -1;
-    }
-    *len_p = ferry__v1__rdma_metadata__get_packed_size(resp->operation->metadata);
-    *md_p = malloc(*len_p);
-    if (*md_p != NULL) {
-        ferry__v1__rdma_metadata__pack(resp->operation->metadata, *md_p);
-    }
-    ferry__v1__lookup_response__free_unpacked(resp, NULL);
-    return *md_p != NULL ? 0 : -1;
-}
-
-static rpc_channel_t *bench_channel(const char *target)
-{
-    rpc_channel_params_t params = {.target = target};
-    rpc_channel_t *ch = NULL;
-    return rpc_channel_create(&params, &ch) == FERRY_OK ? ch : NULL;
-}
-
+/* The receiver: create, publish (Register), hand the ID and token to the
+ * sender, wait for the data, destroy (its record is Released in the
+ * background by the coordinator client's session thread). */
 static int latency_passive(const bench_args_t *a, bench_times_t *t, int id_fd, int run)
 {
     ferry_connector_t *c = bench_connector(a, "bench-passive");
-    rpc_channel_t *ch = bench_channel(a->coord);
+    ferry_coordinator_t *coord = bench_coordinator(a);
     uint8_t *buf = bench_alloc(a->size, 0);
     ferry_descriptor_t d;
     int rc = 0;
 
-    if (c == NULL || ch == NULL || buf == NULL) {
+    if (c == NULL || coord == NULL || buf == NULL) {
         return -1;
     }
     bench_split(buf, a->size, 1, &d);
     for (long i = 0; i < a->iters + a->warmup && rc == 0; i++) {
         bench_times_t *ti = &t[i];
+        ferry_publish_params_t pub = {.access_token = BENCH_TOKEN};
         ferry_op_t *op = NULL;
-        const uint8_t *md;
-        size_t md_len;
-        char id[64];
+        char id[64], msg[64 + sizeof(BENCH_TOKEN) + 1];
         ferry_status_t s;
 
         snprintf(id, sizeof(id), "lat-%d-%ld", run, i);
+        pub.request_id = id;
         ti->start = bench_now_ns();
         s = ferry_writable_create(c, &d, 1, &op);
-        if (s != FERRY_OK || (s = ferry_op_metadata(op, &md, &md_len)) != FERRY_OK) {
+        if (s != FERRY_OK) {
             rc = bench_fail("writable", s);
             break;
         }
         ti->prepared = bench_now_ns();
-        rc = coord_register(ch, id, md, md_len);
+        s = ferry_op_publish(op, coord, &pub);
         ti->registered = bench_now_ns();
-        /* The request ID goes to the sender by the application's own
-         * channel (here a pipe). */
-        if (rc == 0 && send_msg(id_fd, id, (uint32_t)strlen(id)) != 0) {
-            rc = -1;
-        }
-        if (rc == 0 && (s = ferry_op_wait(op, BENCH_WAIT_MS)) != FERRY_OK) {
-            rc = bench_fail("passive wait", s);
+        if (s != FERRY_OK) {
+            rc = bench_fail("publish", s);
+        } else {
+            /* The request ID and token go to the sender by the
+             * application's own channel (here a pipe). */
+            int len = snprintf(msg, sizeof(msg), "%s %s", id, ferry_op_access_token(op));
+            if (send_msg(id_fd, msg, (uint32_t)len) != 0) {
+                rc = -1;
+            } else if ((s = ferry_op_wait(op, BENCH_WAIT_MS)) != FERRY_OK) {
+                rc = bench_fail("receiver wait", s);
+            }
         }
         ti->seen = bench_now_ns();
         ferry_op_destroy(op);
+        ti->rx_destroyed = bench_now_ns();
     }
-    rpc_channel_destroy(ch);
+    ferry_coordinator_disconnect(coord);
     ferry_connector_destroy(c);
     return rc;
 }
 
+/* The sender: by request ID (Lookup, local checks, Claim, then the
+ * transfer), wait, destroy (Complete is reported by the session thread, or
+ * here if it has not been yet). */
 static int latency_active(const bench_args_t *a, bench_times_t *t, int id_fd)
 {
     ferry_connector_t *c = bench_connector(a, "bench-active");
-    rpc_channel_t *ch = bench_channel(a->coord);
+    ferry_coordinator_t *coord = bench_coordinator(a);
     uint8_t *buf = bench_alloc(a->size, 0x55);
     ferry_descriptor_t d;
     int rc = 0;
 
-    if (c == NULL || ch == NULL || buf == NULL) {
+    if (c == NULL || coord == NULL || buf == NULL) {
         return -1;
     }
     bench_split(buf, a->size, 1, &d);
     for (long i = 0; i < a->iters + a->warmup && rc == 0; i++) {
         bench_times_t *ti = &t[i];
+        ferry_claim_params_t claim = {0};
         ferry_op_t *op = NULL;
-        uint8_t *id, *md = NULL;
-        uint32_t id_len;
-        size_t md_len;
+        uint8_t *msg;
+        uint32_t msg_len;
+        char *space;
         ferry_status_t s;
 
-        if (recv_msg(id_fd, &id, &id_len) != 0) {
+        if (recv_msg(id_fd, &msg, &msg_len) != 0) {
             rc = -1;
             break;
         }
-        ti->lookup0 = bench_now_ns();
-        rc = coord_lookup(ch, (const char *)id, &md, &md_len);
-        ti->looked_up = bench_now_ns();
-        if (rc == 0) {
-            s = ferry_write_begin(c, &d, 1, md, md_len, &op);
-            if (s != FERRY_OK || (s = ferry_op_wait(op, BENCH_WAIT_MS)) != FERRY_OK) {
-                rc = bench_fail("write", s);
-            }
-            ti->written = bench_now_ns();
+        ti->got_id = bench_now_ns();
+        space = strchr((char *)msg, ' ');
+        if (space == NULL) {
+            free(msg);
+            rc = -1;
+            break;
         }
+        *space = '\0';
+        claim.request_id = (const char *)msg;
+        claim.access_token = space + 1;
+        s = ferry_write_begin_by_id(c, coord, &claim, &d, 1, &op);
+        ti->begun = bench_now_ns();
+        if (s != FERRY_OK) {
+            rc = bench_fail("write_begin_by_id", s);
+        } else if ((s = ferry_op_wait(op, BENCH_WAIT_MS)) != FERRY_OK) {
+            rc = bench_fail("sender wait", s);
+        }
+        ti->written = bench_now_ns();
         ferry_op_destroy(op);
-        free(md);
-        free(id);
+        ti->tx_destroyed = bench_now_ns();
+        free(msg);
     }
-    rpc_channel_destroy(ch);
+    ferry_coordinator_disconnect(coord);
     ferry_connector_destroy(c);
     return rc;
+}
+
+static void latency_print(const char *phase, bench_samples_t *s, const bench_args_t *a)
+{
+    bench_samples_sort(s);
+    printf("{\"bench\":\"latency\",\"phase\":\"%s\",\"size\":%llu,\"n\":%zu,\"progress\":\"%s\","
+           "\"spin_us\":%u,\"mean_us\":%.1f,\"p50_us\":%.1f,\"p99_us\":%.1f}\n",
+           phase, (unsigned long long)a->size, s->n, a->caller_progress ? "caller" : "thread",
+           a->spin_us, bench_samples_mean_us(s), bench_samples_pct_us(s, 50),
+           bench_samples_pct_us(s, 99));
+    bench_samples_free(s);
 }
 
 static void latency_phase(const char *phase, const bench_times_t *t, const bench_args_t *a,
@@ -496,15 +496,11 @@ static void latency_phase(const char *phase, const bench_times_t *t, const bench
         uint64_t from = *(const uint64_t *)(ti + from_off), to = *(const uint64_t *)(ti + to_off);
         bench_samples_add(&s, to - from);
     }
-    bench_samples_sort(&s);
-    printf("{\"bench\":\"latency\",\"phase\":\"%s\",\"size\":%llu,\"n\":%zu,\"progress\":\"%s\","
-           "\"mean_us\":%.1f,\"p50_us\":%.1f,\"p99_us\":%.1f}\n",
-           phase, (unsigned long long)a->size, s.n, a->caller_progress ? "caller" : "thread",
-           bench_samples_mean_us(&s), bench_samples_pct_us(&s, 50), bench_samples_pct_us(&s, 99));
-    bench_samples_free(&s);
+    latency_print(phase, &s, a);
 }
 
-/* The cycle without the registration RPC: everything but the etcd write. */
+/* The cycle without the Register (ferry_op_publish): everything but the
+ * registration's etcd write (the Claim's etcd write is still in it). */
 static void latency_rest(const bench_times_t *t, const bench_args_t *a)
 {
     bench_samples_t s = {0};
@@ -512,12 +508,22 @@ static void latency_rest(const bench_times_t *t, const bench_args_t *a)
     for (long i = a->warmup; i < a->iters + a->warmup; i++) {
         bench_samples_add(&s, (t[i].seen - t[i].start) - (t[i].registered - t[i].prepared));
     }
-    bench_samples_sort(&s);
-    printf("{\"bench\":\"latency\",\"phase\":\"cycle minus register\",\"size\":%llu,\"n\":%zu,"
-           "\"progress\":\"%s\",\"mean_us\":%.1f,\"p50_us\":%.1f,\"p99_us\":%.1f}\n",
-           (unsigned long long)a->size, s.n, a->caller_progress ? "caller" : "thread",
-           bench_samples_mean_us(&s), bench_samples_pct_us(&s, 50), bench_samples_pct_us(&s, 99));
-    bench_samples_free(&s);
+    latency_print("cycle minus register", &s, a);
+}
+
+/* The cycle without either coordinator call (ferry_op_publish and
+ * ferry_write_begin_by_id): prep, hand-off, and the transfer's tail after
+ * ferry_write_begin_by_id returned (0 when it had already ended). */
+static void latency_local(const bench_times_t *t, const bench_args_t *a)
+{
+    bench_samples_t s = {0};
+
+    for (long i = a->warmup; i < a->iters + a->warmup; i++) {
+        uint64_t tail = t[i].seen > t[i].begun ? t[i].seen - t[i].begun : 0;
+        bench_samples_add(&s,
+                          (t[i].prepared - t[i].start) + (t[i].got_id - t[i].registered) + tail);
+    }
+    latency_print("cycle minus register and lookup+claim", &s, a);
 }
 
 #define T_OFF(f) offsetof(bench_times_t, f)
@@ -545,13 +551,20 @@ static int run_latency(const bench_args_t *a)
         return 1;
     }
     latency_phase("prep (writable_create)", t, a, T_OFF(start), T_OFF(prepared));
-    latency_phase("register (Register RPC)", t, a, T_OFF(prepared), T_OFF(registered));
-    latency_phase("hand-off (pipe)", t, a, T_OFF(registered), T_OFF(lookup0));
-    latency_phase("lookup (Lookup RPC)", t, a, T_OFF(lookup0), T_OFF(looked_up));
-    latency_phase("transfer (write_begin..wait)", t, a, T_OFF(looked_up), T_OFF(written));
-    latency_phase("completion seen by receiver", t, a, T_OFF(looked_up), T_OFF(seen));
-    latency_phase("cycle", t, a, T_OFF(start), T_OFF(seen));
+    latency_phase("register (op_publish)", t, a, T_OFF(prepared), T_OFF(registered));
+    latency_phase("hand-off (pipe)", t, a, T_OFF(registered), T_OFF(got_id));
+    latency_phase("lookup+claim (write_begin_by_id)", t, a, T_OFF(got_id), T_OFF(begun));
+    latency_phase("transfer (begin_by_id return..wait)", t, a, T_OFF(begun), T_OFF(written));
+    /* The transfer starts inside ferry_write_begin_by_id (after the Claim)
+     * and may end before it returns, so the receiver's end is measured
+     * from the sender's call, not from its return. */
+    latency_phase("completion seen by receiver (from begin_by_id call)", t, a, T_OFF(got_id),
+                  T_OFF(seen));
+    latency_phase("cycle (create..receiver wait)", t, a, T_OFF(start), T_OFF(seen));
     latency_rest(t, a);
+    latency_local(t, a);
+    latency_phase("teardown: receiver destroy", t, a, T_OFF(seen), T_OFF(rx_destroyed));
+    latency_phase("teardown: sender destroy", t, a, T_OFF(written), T_OFF(tx_destroyed));
     munmap(t, bytes);
     return 0;
 }
@@ -562,23 +575,23 @@ static void usage(void)
 {
     fprintf(stderr, "usage: ferry_bench_data --op write|read --size S [--descs D] [--iters N]\n"
                     "                        [--warmup N] [--pairs P] [--progress thread|caller]\n"
+                    "                        [--spin-us N]\n"
                     "       ferry_bench_data --memcpy --size S [--iters N]\n"
-                    "       ferry_bench_data --latency --coord HOST:PORT [--iters N]\n");
+                    "       ferry_bench_data --latency --coord HOST:PORT [--iters N] [--warmup N]\n"
+                    "                        [--progress thread|caller] [--spin-us N]\n");
 }
 
 static int parse_args(int argc, char **argv, bench_args_t *a)
 {
-    static const struct option opts[] = {{"op", required_argument, NULL, 'o'},
-                                         {"memcpy", no_argument, NULL, 'm'},
-                                         {"latency", no_argument, NULL, 'l'},
-                                         {"size", required_argument, NULL, 's'},
-                                         {"descs", required_argument, NULL, 'd'},
-                                         {"iters", required_argument, NULL, 'n'},
-                                         {"warmup", required_argument, NULL, 'w'},
-                                         {"pairs", required_argument, NULL, 'p'},
-                                         {"progress", required_argument, NULL, 'g'},
-                                         {"coord", required_argument, NULL, 'c'},
-                                         {NULL, 0, NULL, 0}};
+    static const struct option opts[] = {
+        {"op", required_argument, NULL, 'o'},       {"memcpy", no_argument, NULL, 'm'},
+        {"latency", no_argument, NULL, 'l'},        {"size", required_argument, NULL, 's'},
+        {"descs", required_argument, NULL, 'd'},    {"iters", required_argument, NULL, 'n'},
+        {"warmup", required_argument, NULL, 'w'},   {"pairs", required_argument, NULL, 'p'},
+        {"progress", required_argument, NULL, 'g'}, {"coord", required_argument, NULL, 'c'},
+        {"spin-us", required_argument, NULL, 'u'},  {NULL, 0, NULL, 0}};
+    const char *spin_env = getenv("FERRY_SPIN_US");
+    long spin = spin_env != NULL ? atol(spin_env) : (long)FERRY_CONNECTOR_DEFAULT_SPIN_US;
     int c;
 
     *a = (bench_args_t){.size = 4096, .descs = 1, .iters = 100, .warmup = 3, .pairs = 1};
@@ -616,10 +629,17 @@ static int parse_args(int argc, char **argv, bench_args_t *a)
         case 'c':
             a->coord = optarg;
             break;
+        case 'u':
+            spin = atol(optarg);
+            break;
         default:
             return -1;
         }
     }
+    if (spin < 0 || spin > (long)FERRY_CONNECTOR_MAX_SPIN_US) {
+        return -1;
+    }
+    a->spin_us = (unsigned)spin;
     if (a->iters < 1 || a->warmup < 0 || a->descs < 1 || a->pairs < 1 || a->size == 0 ||
         (uint64_t)a->descs > a->size) {
         return -1;

@@ -2,11 +2,14 @@
 # bench/latency.sh [BUILD_DIR] [--quick]: the small-operation benchmark.
 #
 # Starts a private etcd and one coordinator on loopback, then times 2000
-# (200 with --quick) 4 KiB writes through them, phase by phase (prep,
-# Register, hand-off, Lookup, transfer, completion seen by the receiver, the
-# whole cycle, and the cycle without the Register RPC), with libferry's
-# progress thread and again with caller-driven progress. Appends JSON lines
-# to $BENCH_OUT.
+# (200 with --quick) 4 KiB writes through them by libferry's coordinator API
+# (receiver: ferry_writable_create + ferry_op_publish; sender:
+# ferry_write_begin_by_id + ferry_op_wait), phase by phase (prep, register,
+# hand-off, lookup+claim, transfer, completion seen by the receiver, the
+# whole cycle, the cycle without the register, teardown), with libferry's
+# progress thread and the default spin (50 us), with caller-driven progress,
+# and with the progress thread and no spin (BENCH_LATENCY_CONFIGS overrides:
+# "PROGRESS:SPIN_US ..."). Appends JSON lines to $BENCH_OUT.
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 BUILD_DIR=build
@@ -30,9 +33,10 @@ echo >>"$BENCH_OUT"
 bench_start_etcd
 COORD_TARGETS=""
 bench_start_coord bench-a
-for progress in thread caller; do
+for config in ${BENCH_LATENCY_CONFIGS:-thread:50 caller:50 thread:0}; do
     "$BUILD_DIR/bench/ferry_bench_data" --latency --coord "$COORD_TARGETS" --size 4KiB \
-        --iters "$ITERS" --warmup 20 --progress "$progress" | tee -a "$BENCH_OUT"
+        --iters "$ITERS" --warmup 20 --progress "${config%%:*}" --spin-us "${config##*:}" |
+        tee -a "$BENCH_OUT"
 done
 echo "results: $BENCH_OUT" >&2
 /usr/bin/python3 "$HERE/report.py" --plain "$BENCH_OUT"

@@ -4,6 +4,7 @@ bench/control.sh, bench/data.sh and bench/latency.sh) into tables.
 
     python3 bench/report.py bench/results/*.jsonl            # Markdown (README)
     python3 bench/report.py --plain bench/results/x.jsonl    # plain text
+    python3 bench/report.py --trim bench/results/x.jsonl     # the README's rows
 
 Each input line is one JSON object with a "bench" field: "machine",
 "control", "data", "memcpy" or "latency". Later lines win over earlier ones
@@ -117,32 +118,44 @@ def control_tables(rows):
     return [look, reg]
 
 
-def data_tables(rows):
+def median(vals):
+    vals = sorted(vals)
+    return vals[len(vals) // 2] if vals else None
+
+
+DATA_SIZES_TRIM = {1 << 20, 16 << 20, 256 << 20, 1 << 30}
+
+
+def data_tables(rows, trim=False):
     data = {}
     for r in rows:
         if r.get("bench") == "data":
             key = (r["op"], r["size"], r["descs"], r.get("pairs", 1), r["impl"])
-            data.setdefault(key, []).append(r)
-    t = Table("Data path: Ferry vs ucx_perftest (same transports, same run, alternating)",
-              ["op", "size", "descriptors", "pairs", "Ferry GB/s", "ucx_perftest GB/s",
-               "Ferry/ucx", "rounds", "Ferry best", "ucx best", "best/best"])
-    keys = sorted({k[:4] for k in data}, key=lambda k: (k[3], k[0] != "write", k[1], k[2]))
+            data.setdefault(key, []).append(r["gbps"])
+    t = Table("Data path, GB/s (median of the alternating rounds). raw UCX = ucp_put_nbx/"
+              "ucp_get_nbx + flush between two processes into the program's own memory "
+              "(ucp_mem_map of it), as Ferry: like-for-like. ucx_perftest and raw UCX "
+              "(UCX mem) put into UCX-allocated memory, which UCX 1.13's shared-memory "
+              "transports write directly, while a put into user memory is emulated over "
+              "active messages (two copies): NOT like-for-like",
+              ["op", "size", "descriptors", "pairs", "Ferry", "raw UCX", "Ferry/raw",
+               "ucx_perftest", "Ferry/perftest", "raw UCX (UCX mem)", "rounds",
+               "Ferry best", "raw best", "best/best"])
+    keys = sorted({k[:4] for k in data if k[4] == "ferry"},
+                  key=lambda k: (k[3], k[0] != "write", k[1], k[2]))
     for op, size, descs, pairs in keys:
-        def best(impl):  # the median over the alternating rounds
-            runs = data.get((op, size, descs, pairs, impl))
-            if not runs:
-                return None
-            vals = sorted(x["gbps"] for x in runs)
-            return vals[len(vals) // 2]
-        f = best("ferry")
-        # The reference moves the same total size as one message.
-        runs = data.get((op, size, 1, pairs, "ucx_perftest")) or []
-        u = sorted(x["gbps"] for x in runs)[len(runs) // 2] if runs else None
-        u_max = max((x["gbps"] for x in runs), default=None)
-        f_runs = data.get((op, size, descs, pairs, "ferry")) or []
-        f_max = max((x["gbps"] for x in f_runs), default=None)
-        t.add(op, size_name(size), str(descs), str(pairs), f, u, ratio(f, u),
-              str(len(f_runs)), f_max, u_max, ratio(f_max, u_max))
+        if trim and pairs == 1 and (size not in DATA_SIZES_TRIM or descs != 1):
+            continue
+        f_runs = data.get((op, size, descs, pairs, "ferry"), [])
+
+        def ref(impl):  # the references move the same total size as one message
+            return data.get((op, size, 1, pairs, impl), [])
+        raw, perf, ucxmem = ref("ucx-raw-user"), ref("ucx_perftest"), ref("ucx-raw-ucxmem")
+        f = median(f_runs)
+        t.add(op, size_name(size), str(descs), str(pairs), f, median(raw),
+              ratio(f, median(raw)), median(perf), ratio(f, median(perf)), median(ucxmem),
+              str(len(f_runs)), max(f_runs, default=None), max(raw, default=None),
+              ratio(max(f_runs, default=None), max(raw, default=None)))
     mc = Table("memcpy, one core (the ceiling for shared memory)", ["size", "GB/s"])
     for r in rows:
         if r.get("bench") == "memcpy":
@@ -151,18 +164,62 @@ def data_tables(rows):
 
 
 def latency_tables(rows):
-    t = Table("Small operation (4 KiB write), per phase, microseconds",
-              ["progress", "phase", "n", "p50 us", "p99 us", "mean us"])
+    """One row per phase, one p50/p99 pair per configuration (progress, spin),
+    and a reference for the phases that have one, from the same results:
+    etcd's create-if-absent txn alone (1 client), the coordinator's Lookup
+    (1 client), the raw UCX 4 KiB put + flush (median)."""
+    lat, configs, phases = {}, [], []
     for r in rows:
-        if r.get("bench") == "latency":
-            t.add(r.get("progress", "thread"), r["phase"], str(r["n"]), r["p50_us"],
-                  r["p99_us"], r["mean_us"])
+        if r.get("bench") != "latency":
+            continue
+        cfg = (r.get("progress", "thread"), r.get("spin_us", "-"))
+        if cfg not in configs:
+            configs.append(cfg)
+        if r["phase"] not in phases:
+            phases.append(r["phase"])
+        lat[(cfg, r["phase"])] = r
+    ctl = {(r["mode"], r["clients"], r["coordinators"], r.get("channels", "thread")): r
+           for r in rows if r.get("bench") == "control"}
+    txn = (ctl.get(("etcd-txn", 1, 0, "thread")) or {}).get("p50_us")
+    lookup = (ctl.get(("lookup", 1, 1, "thread")) or {}).get("p50_us")
+    raw = median([r["us_per_op"] for r in rows if r.get("bench") == "data"
+                  and r.get("impl") == "ucx-raw-user" and r["op"] == "write"
+                  and r["size"] == 4096 and "us_per_op" in r])
+    plus = lambda *v: None if any(x is None for x in v) else sum(v)  # noqa: E731
+    refs = {
+        "register (op_publish)": ("etcd txn", txn),
+        "lookup+claim (write_begin_by_id)": ("Lookup + etcd txn", plus(lookup, txn)),
+        "transfer (begin_by_id return..wait)": ("raw UCX put+flush", raw),
+        "cycle (create..receiver wait)": ("2 etcd txn + Lookup + raw put",
+                                          plus(txn, txn, lookup, raw)),
+        "cycle minus register": ("Lookup + etcd txn + raw put", plus(lookup, txn, raw)),
+        "cycle minus register and lookup+claim": ("raw put", raw),
+    }
+    header = ["phase"]
+    for prog, spin in configs:
+        header += [f"{prog}, spin {spin}: p50 us", "p99 us"]
+    header += ["reference", "ref us", "p50/ref"]
+    n = {r["n"] for r in lat.values()}
+    t = Table("Small operation (4 KiB write through the coordinator: ferry_op_publish, "
+              f"ferry_write_begin_by_id), microseconds over {'/'.join(map(str, sorted(n)))} "
+              "operations; p50/ref for the first configuration", header)
+    for phase in phases:
+        cells = [phase]
+        for cfg in configs:
+            r = lat.get((cfg, phase))
+            cells += [None if r is None else r["p50_us"], None if r is None else r["p99_us"]]
+        name, ref = refs.get(phase, ("-", None))
+        first = lat.get((configs[0], phase))
+        cells += [name, ref, ratio(None if first is None else first["p50_us"], ref)]
+        t.add(*cells)
     return [t]
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--plain", action="store_true", help="plain text instead of Markdown")
+    ap.add_argument("--trim", action="store_true",
+                    help="the README's rows: data path at 1 MiB-1 GiB, 1 descriptor, and pairs")
     ap.add_argument("files", nargs="+")
     args = ap.parse_args()
     rows = load(args.files)
@@ -170,9 +227,11 @@ def main():
     out = []
     if machines:
         m = machines[-1]
+        dates = sorted(x.get("date", "") for x in machines)
+        when = dates[0] if dates[0] == dates[-1] else f"{dates[0]} to {dates[-1]}"
         out.append(f"Machine: {m.get('cpu')}, {m.get('cores')} cores, Linux {m.get('kernel')}, "
-                   f"UCX {m.get('ucx')}, etcd {m.get('etcd')}; measured {m.get('date')}\n")
-    for table in control_tables(rows) + data_tables(rows) + latency_tables(rows):
+                   f"UCX {m.get('ucx')}, etcd {m.get('etcd')}; measured {when}\n")
+    for table in control_tables(rows) + data_tables(rows, args.trim) + latency_tables(rows):
         text = table.render(args.plain)
         if text:
             out.append(text)
