@@ -63,6 +63,16 @@ struct ferry__coord_link {
      * thread releases the record once it is final, then frees the link. */
     bool releasing;
     int release_tries;
+    /* Active: the Claim goes out from the session thread while the transfer
+     * runs (claim_due), before the outcome is reported; claimed once it is
+     * granted. The outcome is kept here, so that the report can be sent after
+     * the operation is destroyed (op is NULL then). */
+    bool claim_due;
+    bool claimed;
+    Ferry__V1__OperationKind kind;
+    const char *claimant; /* the connector's name; lives as long as it */
+    ferry_status_t final_code;
+    char final_message[256];
 };
 
 struct ferry_coordinator {
@@ -272,28 +282,87 @@ static bool release_passive(ferry__coord_link_t *link)
         ++link->release_tries < RELEASE_TRIES) {
         return false;
     }
-    if (status != FERRY_ERR_NOT_FOUND) {
+    if (status == FERRY_ERR_FAILED_PRECONDITION) {
+        ferry_info("op %s: not released (%s); the record leaves with the session lease",
+                   link->request_id, err.message);
+    } else if (status != FERRY_ERR_NOT_FOUND) {
         ferry_warn("op %s: release at the coordinator failed: %s", link->request_id, err.message);
     }
     return true;
 }
 
-/* Complete at the coordinator, for an active operation. */
-static void report_active(ferry__coord_link_t *link, ferry_op_status_t status)
+/* The Claim of an active operation, sent while its transfer runs: the
+ * passive side's admit already made this writer the only one at the data
+ * plane; the Claim makes it known (CLAIMED) and puts the claim on the
+ * session lease, so that the passive side learns if this process dies. A
+ * refusal ends the operation unless it already ended. */
+static void claim_active(ferry__coord_link_t *link)
 {
-    Ferry__V1__CompleteRequest req = FERRY__V1__COMPLETE_REQUEST__INIT;
-    Ferry__V1__CompleteResponse *resp = NULL;
-    const char *message = "";
-    ferry_status_t code = ferry_op_error(link->op, &message);
+    Ferry__V1__ClaimRequest req = FERRY__V1__CLAIM_REQUEST__INIT;
+    Ferry__V1__ClaimResponse *resp = NULL;
+    ferry_coordinator_t *coord = link->coord;
     rpc_error_t err;
+    ferry_status_t status = FERRY_OK;
+    char msg[600];
 
     req.request_id = link->request_id;
     req.access_token = link->token;
+    req.claimant = (char *)link->claimant;
+    req.kind = link->kind;
+    for (int attempt = 0; attempt < 2; attempt++) {
+        bool making;
+        req.lease_id = session_take(coord, &making);
+        status = call(coord, COORD_PATH("Claim"), &req.base, &ferry__v1__claim_response__descriptor,
+                      0, &resp, &err);
+        session_made(coord, making, status == FERRY_OK ? resp->claim_lease_id : 0,
+                     status == FERRY_OK ? resp->ttl_seconds : 0);
+        if (!session_was_lost(coord, req.lease_id, status, &err)) {
+            break;
+        }
+    }
+    if (status == FERRY_OK) {
+        link->lease_id = resp->claim_lease_id;
+        link->claimed = true;
+        ferry__v1__claim_response__free_unpacked(resp, NULL);
+        return;
+    }
+    ferry_warn("op %s: the coordinator refused the claim: %s", link->request_id, err.message);
+    if (link->op != NULL) {
+        snprintf(msg, sizeof(msg), "the coordinator refused the claim: %s", err.message);
+        ferry_op_fail(link->op, status, msg);
+    }
+}
+
+/* Keeps the outcome of an active operation for its report. */
+static void keep_outcome(ferry__coord_link_t *link, ferry_op_status_t status)
+{
+    const char *message = "";
+    ferry_status_t code = ferry_op_error(link->op, &message);
+
+    link->final_status = status;
+    link->final_code = status == FERRY_OP_STATUS_COMPLETE ? FERRY_OK
+                       : code != FERRY_OK                 ? code
+                                                          : FERRY_ERR_CANCELLED;
+    snprintf(link->final_message, sizeof(link->final_message), "%s",
+             message != NULL ? message : "");
+}
+
+/* Complete at the coordinator, for an active operation whose claim was
+ * granted (a refused claim has nothing to complete). */
+static void report_active(ferry__coord_link_t *link)
+{
+    Ferry__V1__CompleteRequest req = FERRY__V1__COMPLETE_REQUEST__INIT;
+    Ferry__V1__CompleteResponse *resp = NULL;
+    rpc_error_t err;
+
+    if (!link->claimed) {
+        return;
+    }
+    req.request_id = link->request_id;
+    req.access_token = link->token;
     req.claim_lease_id = link->lease_id;
-    req.error_code = status == FERRY_OP_STATUS_COMPLETE ? 0
-                     : code != FERRY_OK                 ? code
-                                                        : FERRY_ERR_CANCELLED;
-    req.error_message = (char *)(message != NULL ? message : "");
+    req.error_code = link->final_code;
+    req.error_message = link->final_message;
     if (call(link->coord, COORD_PATH("Complete"), &req.base,
              &ferry__v1__complete_response__descriptor, 0, &resp, &err) == FERRY_OK) {
         ferry__v1__complete_response__free_unpacked(resp, NULL);
@@ -307,7 +376,7 @@ static void report_active(ferry__coord_link_t *link, ferry_op_status_t status)
 static void report(ferry__coord_link_t *link, ferry_op_status_t status)
 {
     if (!link->passive) {
-        report_active(link, status);
+        report_active(link);
     } else if (status == FERRY_OP_STATUS_CANCELLED) {
         cancel_passive(link, "the receiver cancelled the operation");
     }
@@ -337,7 +406,7 @@ static ferry__coord_link_t *next_due(ferry_coordinator_t *coord, int64_t *wait_m
             continue;
         }
         bool watched = !l->reported || l->releasing;
-        if (l->report_due || (watched && l->due_ms <= now)) {
+        if (l->claim_due || l->report_due || (watched && l->due_ms <= now)) {
             l->busy = true;
             return l;
         }
@@ -390,17 +459,23 @@ static void *session_main(void *arg)
             timed_wait(&coord->cond, &coord->lock, wait_ms > 0 ? wait_ms : 1);
             continue;
         }
+        bool claiming = link->claim_due;
         bool reporting = link->report_due;
         bool releasing = link->releasing;
         bool done = false;
         ferry_op_status_t outcome = link->final_status;
+        link->claim_due = false;
         link->report_due = false;
         pthread_mutex_unlock(&coord->lock);
+        if (claiming) {
+            claim_active(link); /* before any report: Complete needs the claim */
+        }
         if (releasing) {
             done = release_passive(link);
         } else if (reporting) {
             report(link, outcome);
-        } else {
+            done = link->op == NULL; /* a destroyed operation's last duty */
+        } else if (!claiming) {
             look(link);
         }
         pthread_mutex_lock(&coord->lock);
@@ -454,6 +529,9 @@ static void on_done(ferry_op_t *op, ferry_op_status_t status, void *arg)
     pthread_mutex_lock(&link->coord->lock);
     if (!link->reported) {
         link->final_status = status;
+        if (!link->passive) {
+            keep_outcome(link, status);
+        }
         link->report_due = true;
         pthread_cond_broadcast(&link->coord->cond);
     }
@@ -494,14 +572,22 @@ void ferry__coord_unlink(ferry__coord_link_t *link)
         pthread_mutex_unlock(&coord->lock);
         return;
     }
+    /* Active: the session thread sends the report (after the claim, if
+     * that is still to go), so destroy does not wait for an etcd write. */
     pthread_mutex_lock(&coord->lock);
+    if (report_now) {
+        keep_outcome(link, status == FERRY_OP_STATUS_COMPLETE || status == FERRY_OP_STATUS_ERRORED
+                               ? status
+                               : FERRY_OP_STATUS_CANCELLED);
+        link->op = NULL;
+        link->report_due = true;
+        link->busy = false;
+        pthread_cond_broadcast(&coord->cond);
+        pthread_mutex_unlock(&coord->lock);
+        return;
+    }
     link_remove(coord, link);
     pthread_mutex_unlock(&coord->lock);
-    if (report_now) {
-        report_active(link, status == FERRY_OP_STATUS_COMPLETE || status == FERRY_OP_STATUS_ERRORED
-                                ? status
-                                : FERRY_OP_STATUS_CANCELLED);
-    }
     free(link);
 }
 
@@ -567,20 +653,30 @@ void ferry_coordinator_disconnect(ferry_coordinator_t *coord)
     pthread_cond_broadcast(&coord->cond);
     pthread_mutex_unlock(&coord->lock);
     pthread_join(coord->thread, NULL);
-    /* Records still to release get one last try; what remains leaves with
-     * the session lease, which nobody renews from now on. */
+    /* Destroyed operations' last duties (a release, a claim and report) get
+     * one last try; what remains leaves with the session lease, which nobody
+     * renews from now on. */
     while (coord->links != NULL) {
         ferry__coord_link_t *link = coord->links;
         coord->links = link->next;
-        if (!link->releasing) {
+        if (link->op != NULL) {
             /* Misuse: the operation still points at its link, so the link
              * is left to it (leaked) rather than freed under it. */
             ferry_warn("op %s: coordinator client closed with the operation still bound to it",
                        link->request_id);
             continue;
         }
-        link->release_tries = RELEASE_TRIES;
-        release_passive(link);
+        if (link->releasing) {
+            link->release_tries = RELEASE_TRIES;
+            release_passive(link);
+        } else {
+            /* A destroyed active operation whose claim or report is still
+             * to go: send them now. */
+            if (link->claim_due) {
+                claim_active(link);
+            }
+            report_active(link);
+        }
         free(link);
     }
     pthread_cond_destroy(&coord->cond);
@@ -655,12 +751,12 @@ const char *ferry_op_access_token(const ferry_op_t *op)
     return link != NULL ? link->token : NULL;
 }
 
-/* Lookup (with wait), check the pairing locally, then Claim: a writer that
- * would be refused (wrong kind, sizes) is refused before it takes the
- * operation from a correct one. */
+/* Lookup (with wait), then the checks the coordinator's Claim would make and
+ * the pairing (kind, count, sizes), so that a writer that would be refused is
+ * refused before it touches the operation. *resp_p holds the metadata. */
 static ferry_status_t lookup_checked(ferry_coordinator_t *coord, const ferry_claim_params_t *p,
                                      ferry__op_kind_t kind, const ferry_descriptor_t *local,
-                                     size_t n)
+                                     size_t n, Ferry__V1__LookupResponse **resp_p)
 {
     Ferry__V1__LookupRequest req = FERRY__V1__LOOKUP_REQUEST__INIT;
     Ferry__V1__LookupResponse *resp = NULL;
@@ -675,22 +771,37 @@ static ferry_status_t lookup_checked(ferry_coordinator_t *coord, const ferry_cla
     if (status != FERRY_OK) {
         return rpc_fail(status, "lookup", &err);
     }
-    status = ferry__metadata_validate(resp->operation->metadata);
+    if (resp->operation->state != FERRY__V1__OPERATION_STATE__OPERATION_STATE_REGISTERED) {
+        status = ferry__fail(FERRY_ERR_FAILED_PRECONDITION, "request_id '%s' is %s", p->request_id,
+                             resp->operation->state ==
+                                     FERRY__V1__OPERATION_STATE__OPERATION_STATE_CLAIMED
+                                 ? "already claimed by another worker"
+                                 : "no longer open (complete, errored or cancelled)");
+    }
+    if (status == FERRY_OK) {
+        status = ferry__metadata_validate(resp->operation->metadata);
+    }
     if (status == FERRY_OK) {
         status = ferry__metadata_match(resp->operation->metadata, kind, local, n);
     }
-    ferry__v1__lookup_response__free_unpacked(resp, NULL);
-    return status;
+    if (status != FERRY_OK) {
+        ferry__v1__lookup_response__free_unpacked(resp, NULL);
+        return status;
+    }
+    *resp_p = resp;
+    return FERRY_OK;
 }
 
+/* Lookup and checks, then the transfer starts at once; the Claim and, at the
+ * end, the Complete go out from the session thread (see claim_active), so
+ * the only coordinator round trip on the writer's path is the Lookup. */
 static ferry_status_t begin_by_id(ferry_connector_t *connector, ferry_coordinator_t *coord,
                                   const ferry_claim_params_t *p, ferry__op_kind_t kind,
                                   const ferry_descriptor_t *local, size_t n, ferry_op_t **op_p)
 {
-    Ferry__V1__ClaimRequest req = FERRY__V1__CLAIM_REQUEST__INIT;
-    Ferry__V1__ClaimResponse *resp = NULL;
+    Ferry__V1__LookupResponse *found = NULL;
+    ferry__coord_link_t *link;
     ferry_op_t *op = NULL;
-    rpc_error_t err;
     ferry_status_t status;
 
     ferry__clear_error();
@@ -701,59 +812,32 @@ static ferry_status_t begin_by_id(ferry_connector_t *connector, ferry_coordinato
     }
     status = ferry_descriptors_validate(local, n);
     if (status == FERRY_OK) {
-        status = lookup_checked(coord, p, kind, local, n);
+        status = lookup_checked(coord, p, kind, local, n, &found);
     }
     if (status != FERRY_OK) {
         return status;
     }
-    req.request_id = (char *)p->request_id;
-    req.access_token = (char *)p->access_token;
-    req.claimant = (char *)ferry_connector_name(connector);
-    req.kind = kind == FERRY__KIND_WRITE ? FERRY__V1__OPERATION_KIND__OPERATION_KIND_WRITE
-                                         : FERRY__V1__OPERATION_KIND__OPERATION_KIND_READ;
-    req.ttl_seconds = p->ttl_s;
-    for (int attempt = 0; attempt < 2; attempt++) {
-        bool making;
-        req.lease_id = session_take(coord, &making);
-        status = call(coord, COORD_PATH("Claim"), &req.base, &ferry__v1__claim_response__descriptor,
-                      0, &resp, &err);
-        session_made(coord, making, status == FERRY_OK ? resp->claim_lease_id : 0,
-                     status == FERRY_OK ? resp->ttl_seconds : 0);
-        if (!session_was_lost(coord, req.lease_id, status, &err)) {
-            break;
-        }
-    }
+    status = ferry__active_begin_md(connector, kind, local, n, found->operation->metadata, &op);
+    ferry__v1__lookup_response__free_unpacked(found, NULL);
     if (status != FERRY_OK) {
-        return rpc_fail(status, "claim", &err);
+        return status;
     }
-    status = ferry__active_begin_md(connector, kind, local, n, resp->operation->metadata, &op);
-    if (status == FERRY_OK) {
-        status = link_add(coord, op, false, p->request_id, p->access_token, resp->claim_lease_id);
-    }
-    if (status == FERRY_OK) {
-        status = ferry_op_set_done_callback(op, on_done, ferry__op_coord_link(op));
-    }
+    status = link_add(coord, op, false, p->request_id, p->access_token, 0);
     if (status != FERRY_OK) {
-        /* Tell the coordinator, so the passive side learns it too. */
-        Ferry__V1__CompleteRequest done = FERRY__V1__COMPLETE_REQUEST__INIT;
-        Ferry__V1__CompleteResponse *dr = NULL;
-        done.request_id = (char *)p->request_id;
-        done.access_token = (char *)p->access_token;
-        done.claim_lease_id = resp->claim_lease_id;
-        done.error_code = status;
-        done.error_message = (char *)ferry_last_error_message();
-        if (op == NULL &&
-            call(coord, COORD_PATH("Complete"), &done.base,
-                 &ferry__v1__complete_response__descriptor, 0, &dr, &err) == FERRY_OK) {
-            ferry__v1__complete_response__free_unpacked(dr, NULL);
-        }
         ferry_op_destroy(op);
+        return ferry__fail(status, "no memory to bind the operation to the coordinator");
     }
-    ferry__v1__claim_response__free_unpacked(resp, NULL);
-    if (status == FERRY_OK) {
-        *op_p = op;
-    }
-    return status;
+    link = ferry__op_coord_link(op);
+    pthread_mutex_lock(&coord->lock);
+    link->kind = kind == FERRY__KIND_WRITE ? FERRY__V1__OPERATION_KIND__OPERATION_KIND_WRITE
+                                           : FERRY__V1__OPERATION_KIND__OPERATION_KIND_READ;
+    link->claimant = ferry_connector_name(connector);
+    link->claim_due = true;
+    pthread_cond_broadcast(&coord->cond);
+    pthread_mutex_unlock(&coord->lock);
+    ferry_op_set_done_callback(op, on_done, link);
+    *op_p = op;
+    return FERRY_OK;
 }
 
 ferry_status_t ferry_write_begin_by_id(ferry_connector_t *connector, ferry_coordinator_t *coord,

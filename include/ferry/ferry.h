@@ -360,14 +360,19 @@ typedef struct {
 } ferry_claim_params_t;
 
 /* Active, by request ID: looks the operation up at the coordinator (waiting
- * up to wait_ms for it to appear), checks the pairing (kind, count, sizes)
- * before taking it, claims it (only one active worker ever does), then
- * starts the transfer as ferry_write_begin / ferry_read_begin do. The
- * outcome is reported to the coordinator when the operation ends (or is
- * destroyed). Errors: those of the coordinator (FERRY_ERR_NOT_FOUND,
- * FERRY_ERR_PERMISSION_DENIED, FERRY_ERR_FAILED_PRECONDITION when another
- * worker holds it, FERRY_ERR_TIMED_OUT), and those of the begin calls.
- * The operation's done callback is used for the report: do not replace it. */
+ * up to wait_ms for it to appear), checks that it is still open and the
+ * pairing (kind, count, sizes), then starts the transfer at once, as
+ * ferry_write_begin / ferry_read_begin do: the passive side admits exactly
+ * one writer (or reader) before any byte moves. The coordinator's Claim
+ * (CLAIMED, on the client's session lease) goes out from the session thread
+ * while the transfer runs, and Complete when it ends (or is destroyed), so
+ * the Lookup is the only coordinator round trip on the caller's path and
+ * destroy does not wait for one. A refused Claim ends the operation with the
+ * coordinator's code. Errors: those of the coordinator (FERRY_ERR_NOT_FOUND,
+ * FERRY_ERR_PERMISSION_DENIED, FERRY_ERR_FAILED_PRECONDITION when the
+ * operation is taken or no longer open, FERRY_ERR_TIMED_OUT), and those of
+ * the begin calls. The operation's done callback is used for the report: do
+ * not replace it. */
 FERRY_API ferry_status_t ferry_write_begin_by_id(ferry_connector_t *connector,
                                                  ferry_coordinator_t *coordinator,
                                                  const ferry_claim_params_t *params,
