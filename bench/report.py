@@ -188,12 +188,12 @@ def latency_tables(rows):
     plus = lambda *v: None if any(x is None for x in v) else sum(v)  # noqa: E731
     refs = {
         "register (op_publish)": ("etcd txn", txn),
-        "lookup+claim (write_begin_by_id)": ("Lookup + etcd txn", plus(lookup, txn)),
+        "lookup (write_begin_by_id)": ("Lookup", lookup),
         "transfer (begin_by_id return..wait)": ("raw UCX put+flush", raw),
-        "cycle (create..receiver wait)": ("2 etcd txn + Lookup + raw put",
-                                          plus(txn, txn, lookup, raw)),
-        "cycle minus register": ("Lookup + etcd txn + raw put", plus(lookup, txn, raw)),
-        "cycle minus register and lookup+claim": ("raw put", raw),
+        "cycle (create..receiver wait)": ("etcd txn + Lookup + raw put",
+                                          plus(txn, lookup, raw)),
+        "cycle minus register": ("Lookup + raw put", plus(lookup, raw)),
+        "cycle minus register and lookup": ("raw put", raw),
     }
     header = ["phase"]
     for prog, spin in configs:
