@@ -228,6 +228,30 @@ static void test_complete_with_error(void **state)
     ferry__v1__register_response__free_unpacked(reg, NULL);
 }
 
+/* Complete is for the claimant of a claimed operation only. */
+static void test_complete_refusals(void **state)
+{
+    Ferry__V1__ClaimResponse *claim = NULL;
+    Ferry__V1__CompleteResponse *done = NULL;
+    rpc_error_t err;
+    (void)state;
+
+    ferry__v1__register_response__free_unpacked(
+        do_register("cmp-1", TOKEN, KIND_WRITE, FERRY_OK, NULL), NULL);
+    /* Not claimed: REGISTERED -> COMPLETE is not a transition. */
+    assert_int_equal(do_complete("cmp-1", TOKEN, 12345, 0, &done, &err),
+                     FERRY_ERR_FAILED_PRECONDITION);
+    assert_int_equal(err.grpc_code, 9);
+    assert_non_null(strstr(err.message, "REGISTERED"));
+    assert_int_equal(do_claim("cmp-1", TOKEN, KIND_WRITE, &claim, &err), FERRY_OK);
+    /* Another lease than the claim's: not the claimant. */
+    assert_int_equal(do_complete("cmp-1", TOKEN, claim->claim_lease_id + 1, 0, &done, &err),
+                     FERRY_ERR_PERMISSION_DENIED);
+    assert_non_null(strstr(err.message, "claim_lease_id"));
+    assert_int_equal(get_state("cmp-1", &err), FERRY__V1__OPERATION_STATE__OPERATION_STATE_CLAIMED);
+    ferry__v1__claim_response__free_unpacked(claim, NULL);
+}
+
 static void test_generated_token(void **state)
 {
     Ferry__V1__RegisterResponse *reg = do_register("gen-token", "", KIND_WRITE, FERRY_OK, NULL);
@@ -797,6 +821,7 @@ int main(void)
         cmocka_unit_test(test_register_lookup_claim_complete),
         cmocka_unit_test(test_lookup_served_from_view),
         cmocka_unit_test(test_complete_with_error),
+        cmocka_unit_test(test_complete_refusals),
         cmocka_unit_test(test_generated_token),
         cmocka_unit_test(test_duplicate_registration),
         cmocka_unit_test(test_wrong_token),
