@@ -14,20 +14,11 @@
 # bench/results/control-<time>.jsonl) and prints the table.
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
-BUILD_DIR=build
-SECONDS_PER_RUN=5
-for arg in "$@"; do
-    case $arg in
-    --quick) SECONDS_PER_RUN=1 ;;
-    -*) echo "usage: $0 [BUILD_DIR] [--quick]" >&2; exit 2 ;;
-    *) BUILD_DIR=$arg ;;
-    esac
-done
-BUILD_DIR=$(cd "$BUILD_DIR" && pwd)
 # shellcheck source=lib.sh
 . "$HERE/lib.sh"
-mkdir -p "$HERE/results"
-BENCH_OUT=${BENCH_OUT:-$HERE/results/control-$(date -u +%Y%m%dT%H%M%SZ).jsonl}
+bench_args control "$@"
+SECONDS_PER_RUN=5
+[ "$QUICK" = 1 ] && SECONDS_PER_RUN=1
 LOAD="$BUILD_DIR/bench/ferry_bench_control"
 [ -x "$LOAD" ] || bench_die "$LOAD not built (make bench, or cmake --build $BUILD_DIR)"
 CLIENTS=${BENCH_CLIENTS:-1 8 64}

@@ -20,20 +20,9 @@
 # for both sides alike). Appends JSON lines to $BENCH_OUT.
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
-BUILD_DIR=build
-QUICK=0
-for arg in "$@"; do
-    case $arg in
-    --quick) QUICK=1 ;;
-    -*) echo "usage: $0 [BUILD_DIR] [--quick]" >&2; exit 2 ;;
-    *) BUILD_DIR=$arg ;;
-    esac
-done
-BUILD_DIR=$(cd "$BUILD_DIR" && pwd)
 # shellcheck source=lib.sh
 . "$HERE/lib.sh"
-mkdir -p "$HERE/results"
-BENCH_OUT=${BENCH_OUT:-$HERE/results/data-$(date -u +%Y%m%dT%H%M%SZ).jsonl}
+bench_args data "$@"
 DATA="$BUILD_DIR/bench/ferry_bench_data"
 RAW="$BUILD_DIR/bench/ferry_bench_ucxput"
 [ -x "$DATA" ] || bench_die "$DATA not built"

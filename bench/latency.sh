@@ -12,20 +12,11 @@
 # "PROGRESS:SPIN_US ..."). Appends JSON lines to $BENCH_OUT.
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
-BUILD_DIR=build
-ITERS=2000
-for arg in "$@"; do
-    case $arg in
-    --quick) ITERS=200 ;;
-    -*) echo "usage: $0 [BUILD_DIR] [--quick]" >&2; exit 2 ;;
-    *) BUILD_DIR=$arg ;;
-    esac
-done
-BUILD_DIR=$(cd "$BUILD_DIR" && pwd)
 # shellcheck source=lib.sh
 . "$HERE/lib.sh"
-mkdir -p "$HERE/results"
-BENCH_OUT=${BENCH_OUT:-$HERE/results/latency-$(date -u +%Y%m%dT%H%M%SZ).jsonl}
+bench_args latency "$@"
+ITERS=2000
+[ "$QUICK" = 1 ] && ITERS=200
 export FERRY_LOG_LEVEL=${FERRY_LOG_LEVEL:-warn}
 
 bench_machine_json | sed 's/^{/{"bench":"machine",/' >>"$BENCH_OUT"

@@ -6,6 +6,27 @@
 
 BENCH_PIDS=()
 BENCH_TMP=""
+BENCH_HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+
+# bench_args NAME "$@": the arguments every script takes, [BUILD_DIR] [--quick].
+# Sets BUILD_DIR (absolute), QUICK (0/1) and BENCH_OUT (default
+# bench/results/NAME-<time>.jsonl), and makes the results folder.
+bench_args() {
+    local name=$1 arg
+    shift
+    BUILD_DIR=build
+    QUICK=0
+    for arg in "$@"; do
+        case $arg in
+        --quick) QUICK=1 ;;
+        -*) echo "usage: $0 [BUILD_DIR] [--quick]" >&2; exit 2 ;;
+        *) BUILD_DIR=$arg ;;
+        esac
+    done
+    BUILD_DIR=$(cd "$BUILD_DIR" && pwd)
+    mkdir -p "$BENCH_HERE/results"
+    BENCH_OUT=${BENCH_OUT:-$BENCH_HERE/results/$name-$(date -u +%Y%m%dT%H%M%SZ).jsonl}
+}
 
 bench_die() {
     echo "bench: $*" >&2
