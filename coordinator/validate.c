@@ -121,6 +121,10 @@ ferry_status_t coord_validate_metadata(const char *field, const Ferry__V1__RdmaM
             return status;
         }
     }
+    if (ferry__v1__rdma_metadata__get_packed_size(md) > COORD_METADATA_MAX) {
+        return invalid(msg, cap, "%s is %zu bytes packed; at most %d allowed", field,
+                       ferry__v1__rdma_metadata__get_packed_size(md), COORD_METADATA_MAX);
+    }
     return coord_validate_name("metadata.worker_name", md->worker_name, msg, cap);
 }
 

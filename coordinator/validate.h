@@ -12,6 +12,7 @@
  *   worker_address 1..64 KiB
  *   notification_key exactly 16 bytes
  *   ttl_seconds    0..3600
+ *   metadata       at most 1 MiB packed
  *
  * Pure functions: any thread.
  */
@@ -34,6 +35,9 @@
 #define COORD_NOTIFY_KEY_LEN     16
 #define COORD_TTL_MAX            3600
 #define COORD_NAME_MAX           256
+/* The whole metadata, packed: etcd refuses requests over 1.5 MiB by default
+ * (--max-request-bytes), and the record carries more than the metadata. */
+#define COORD_METADATA_MAX (1024 * 1024)
 
 ferry_status_t coord_validate_request_id(const char *field, const char *id, char *msg, size_t cap);
 

@@ -120,6 +120,26 @@ static void test_metadata(void **state)
                      FERRY_ERR_INVALID_ARGUMENT);
     assert_non_null(strstr(msg, "1025 entries"));
 
+    {
+        /* 1024 descriptors with 4 KiB keys: each one valid, the whole too big
+         * for an etcd request. */
+        static Ferry__V1__Descriptor big[COORD_DESCRIPTORS_MAX];
+        static Ferry__V1__Descriptor *bigp[COORD_DESCRIPTORS_MAX];
+        static uint8_t key[COORD_RKEY_MAX];
+        fill(&md, d, dp, 1);
+        for (size_t i = 0; i < COORD_DESCRIPTORS_MAX; i++) {
+            big[i] = d[0];
+            big[i].rkey.data = key;
+            big[i].rkey.len = sizeof(key);
+            bigp[i] = &big[i];
+        }
+        md.n_descriptors = COORD_DESCRIPTORS_MAX;
+        md.descriptors = bigp;
+        assert_int_equal(coord_validate_metadata("metadata", &md, msg, sizeof(msg)),
+                         FERRY_ERR_INVALID_ARGUMENT);
+        assert_non_null(strstr(msg, "bytes packed; at most 1048576"));
+    }
+
     fill(&md, d, dp, 1);
     d[0].rkey.len = 0;
     assert_int_equal(coord_validate_metadata("metadata", &md, msg, sizeof(msg)),
