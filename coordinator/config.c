@@ -10,6 +10,8 @@
 #include <string.h>
 #include <unistd.h>
 
+#define UNSET INT_MIN
+
 static const char usage[] =
     "usage: ferry-coordinator [options]\n"
     "\n"
@@ -125,6 +127,9 @@ static const char *default_name(void)
 static void config_defaults(coord_config_t *c)
 {
     memset(c, 0, sizeof(*c));
+    c->ttl_s = UNSET;
+    c->threads = UNSET;
+    c->grace_ms = UNSET;
     c->listen = env_or("FERRY_LISTEN", "127.0.0.1:7400");
     c->etcd = env_or("FERRY_ETCD", NULL);
     c->state_dir = env_or("FERRY_STATE_DIR", default_state_dir());
@@ -198,23 +203,24 @@ static int set_option(coord_config_t *c, int opt, const char *arg)
     return 0;
 }
 
-/* Numbers from the environment, read after the flags so a flag wins. */
+/* Numbers from the environment, read after the flags so a flag wins. A
+ * number no flag set is UNSET (a grace of 0 is a real value). */
+static int env_number(int *field, const char *name, const char *fallback, int lo, int hi)
+{
+    if (*field == UNSET) {
+        *field = parse_int(name, env_or(name, fallback), lo, hi);
+    }
+    return *field < 0 ? -1 : 0;
+}
+
 static int env_numbers(coord_config_t *c)
 {
-    const char *v;
-    if (c->ttl_s == 0) {
-        v = env_or("FERRY_TTL", "10");
-        c->ttl_s = parse_int("FERRY_TTL", v, 1, 3600);
+    if (env_number(&c->ttl_s, "FERRY_TTL", "10", 1, 3600) != 0 ||
+        env_number(&c->threads, "FERRY_THREADS", "16", 1, 256) != 0 ||
+        env_number(&c->grace_ms, "FERRY_GRACE_MS", "5000", 0, 600000) != 0) {
+        return -1;
     }
-    if (c->threads == 0) {
-        v = env_or("FERRY_THREADS", "16");
-        c->threads = parse_int("FERRY_THREADS", v, 1, 256);
-    }
-    if (c->grace_ms == 0) {
-        v = env_or("FERRY_GRACE_MS", "5000");
-        c->grace_ms = parse_int("FERRY_GRACE_MS", v, 0, 600000);
-    }
-    return c->ttl_s < 0 || c->threads < 0 || c->grace_ms < 0 ? -1 : 0;
+    return 0;
 }
 
 static int check(const coord_config_t *c)

@@ -1,0 +1,79 @@
+/*
+ * test_config.c: ferry-coordinator's flags and FERRY_* variables: defaults,
+ * a flag beats its variable, 0 is a value (not "unset"), bad numbers and
+ * bad combinations are refused.
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <setjmp.h>
+#include <cmocka.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "config.h"
+
+static int parse(coord_config_t *c, int argc, char **argv)
+{
+    return coord_config_parse(argc, argv, c);
+}
+
+static void test_defaults(void **state)
+{
+    coord_config_t c;
+    char *argv[] = {"ferry-coordinator", NULL};
+    (void)state;
+
+    assert_int_equal(parse(&c, 1, argv), 0);
+    assert_string_equal(c.listen, "127.0.0.1:7400");
+    assert_null(c.etcd);
+    assert_string_equal(c.prefix, "/ferry/");
+    assert_int_equal(c.ttl_s, 10);
+    assert_int_equal(c.threads, 16);
+    assert_int_equal(c.grace_ms, 5000);
+}
+
+static void test_flag_beats_variable_and_zero_is_a_value(void **state)
+{
+    coord_config_t c;
+    char *argv[] = {"ferry-coordinator", "--threads", "3", "--grace-ms", "0", NULL};
+    (void)state;
+
+    setenv("FERRY_THREADS", "7", 1);
+    setenv("FERRY_TTL", "42", 1);
+    assert_int_equal(parse(&c, 5, argv), 0);
+    assert_int_equal(c.threads, 3);
+    assert_int_equal(c.ttl_s, 42);
+    assert_int_equal(c.grace_ms, 0);
+    unsetenv("FERRY_THREADS");
+    unsetenv("FERRY_TTL");
+}
+
+static void test_refusals(void **state)
+{
+    coord_config_t c;
+    char *bad_ttl[] = {"ferry-coordinator", "--ttl", "0", NULL};
+    char *bad_prefix[] = {"ferry-coordinator", "--prefix", "/ferry", NULL};
+    char *half_tls[] = {"ferry-coordinator", "--tls-cert", "c.pem", NULL};
+    char *stray[] = {"ferry-coordinator", "extra", NULL};
+    (void)state;
+
+    assert_int_equal(parse(&c, 3, bad_ttl), -1);
+    assert_int_equal(parse(&c, 3, bad_prefix), -1);
+    assert_int_equal(parse(&c, 3, half_tls), -1);
+    assert_int_equal(parse(&c, 2, stray), -1);
+    setenv("FERRY_GRACE_MS", "soon", 1);
+    char *plain[] = {"ferry-coordinator", NULL};
+    assert_int_equal(parse(&c, 1, plain), -1);
+    unsetenv("FERRY_GRACE_MS");
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_defaults),
+        cmocka_unit_test(test_flag_beats_variable_and_zero_is_a_value),
+        cmocka_unit_test(test_refusals),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
