@@ -63,9 +63,8 @@ static void handle_register(rpc_call_t *call, const ProtobufCMessage *request, v
     if (status == FERRY_OK) {
         status = coord_validate_name("owner", req->owner, msg, sizeof(msg));
     }
-    if (status == FERRY_OK && req->lease_id < 0) {
-        status = FERRY_ERR_INVALID_ARGUMENT;
-        snprintf(msg, sizeof(msg), "lease_id is negative");
+    if (status == FERRY_OK) {
+        status = coord_validate_not_negative("lease_id", req->lease_id, msg, sizeof(msg));
     }
     if (status == FERRY_OK) {
         status = coord_register(svc->registry, req, &out, msg, sizeof(msg));
@@ -114,13 +113,9 @@ static void handle_lookup(rpc_call_t *call, const ProtobufCMessage *request, voi
     char msg[MSG_CAP];
     ferry_status_t status;
 
-    status = coord_validate_request_id("request_id", req->request_id, msg, sizeof(msg));
+    status = coord_validate_target(req->request_id, req->access_token, 1, msg, sizeof(msg));
     if (status == FERRY_OK) {
-        status = coord_validate_token("access_token", req->access_token, 1, msg, sizeof(msg));
-    }
-    if (status == FERRY_OK && req->wait_ms < 0) {
-        status = FERRY_ERR_INVALID_ARGUMENT;
-        snprintf(msg, sizeof(msg), "wait_ms is negative");
+        status = coord_validate_not_negative("wait_ms", req->wait_ms, msg, sizeof(msg));
     }
     if (failed(call, status, msg)) {
         return;
@@ -162,23 +157,18 @@ static void handle_claim(rpc_call_t *call, const ProtobufCMessage *request, void
     char msg[MSG_CAP];
     ferry_status_t status;
 
-    status = coord_validate_request_id("request_id", req->request_id, msg, sizeof(msg));
-    if (status == FERRY_OK) {
-        status = coord_validate_token("access_token", req->access_token, 1, msg, sizeof(msg));
-    }
+    status = coord_validate_target(req->request_id, req->access_token, 1, msg, sizeof(msg));
     if (status == FERRY_OK) {
         status = coord_validate_ttl("ttl_seconds", req->ttl_seconds, msg, sizeof(msg));
     }
     if (status == FERRY_OK) {
         status = coord_validate_name("claimant", req->claimant, msg, sizeof(msg));
     }
-    if (status == FERRY_OK && req->lease_id < 0) {
-        status = FERRY_ERR_INVALID_ARGUMENT;
-        snprintf(msg, sizeof(msg), "lease_id is negative");
+    if (status == FERRY_OK) {
+        status = coord_validate_not_negative("lease_id", req->lease_id, msg, sizeof(msg));
     }
-    if (status == FERRY_OK && req->wait_ms < 0) {
-        status = FERRY_ERR_INVALID_ARGUMENT;
-        snprintf(msg, sizeof(msg), "wait_ms is negative");
+    if (status == FERRY_OK) {
+        status = coord_validate_not_negative("wait_ms", req->wait_ms, msg, sizeof(msg));
     }
     if (failed(call, status, msg)) {
         return;
@@ -209,10 +199,7 @@ static void handle_complete(rpc_call_t *call, const ProtobufCMessage *request, v
     char msg[MSG_CAP];
     ferry_status_t status;
 
-    status = coord_validate_request_id("request_id", req->request_id, msg, sizeof(msg));
-    if (status == FERRY_OK) {
-        status = coord_validate_token("access_token", req->access_token, 1, msg, sizeof(msg));
-    }
+    status = coord_validate_target(req->request_id, req->access_token, 1, msg, sizeof(msg));
     if (status == FERRY_OK && req->claim_lease_id == 0) {
         status = FERRY_ERR_INVALID_ARGUMENT;
         snprintf(msg, sizeof(msg), "claim_lease_id is required");
@@ -237,10 +224,7 @@ static void handle_cancel(rpc_call_t *call, const ProtobufCMessage *request, voi
     char msg[MSG_CAP];
     ferry_status_t status;
 
-    status = coord_validate_request_id("request_id", req->request_id, msg, sizeof(msg));
-    if (status == FERRY_OK) {
-        status = coord_validate_token("access_token", req->access_token, 1, msg, sizeof(msg));
-    }
+    status = coord_validate_target(req->request_id, req->access_token, 1, msg, sizeof(msg));
     if (status == FERRY_OK) {
         status = coord_validate_name("reason", req->reason, msg, sizeof(msg));
     }
@@ -264,10 +248,7 @@ static void handle_release(rpc_call_t *call, const ProtobufCMessage *request, vo
     char msg[MSG_CAP];
     ferry_status_t status;
 
-    status = coord_validate_request_id("request_id", req->request_id, msg, sizeof(msg));
-    if (status == FERRY_OK) {
-        status = coord_validate_token("access_token", req->access_token, 1, msg, sizeof(msg));
-    }
+    status = coord_validate_target(req->request_id, req->access_token, 1, msg, sizeof(msg));
     if (status == FERRY_OK) {
         status = coord_release(svc->registry, req, &revision, msg, sizeof(msg));
     }

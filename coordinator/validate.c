@@ -146,3 +146,17 @@ ferry_status_t coord_validate_name(const char *field, const char *name, char *ms
     }
     return FERRY_OK;
 }
+
+ferry_status_t coord_validate_target(const char *request_id, const char *token, int token_required,
+                                     char *msg, size_t cap)
+{
+    ferry_status_t status = coord_validate_request_id("request_id", request_id, msg, cap);
+    return status != FERRY_OK
+               ? status
+               : coord_validate_token("access_token", token, token_required, msg, cap);
+}
+
+ferry_status_t coord_validate_not_negative(const char *field, int64_t value, char *msg, size_t cap)
+{
+    return value < 0 ? invalid(msg, cap, "%s is negative", field) : FERRY_OK;
+}

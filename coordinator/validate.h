@@ -51,6 +51,14 @@ ferry_status_t coord_validate_metadata(const char *field, const Ferry__V1__RdmaM
 
 ferry_status_t coord_validate_ttl(const char *field, int64_t ttl_s, char *msg, size_t cap);
 
+/* request_id, then access_token (required or not): the pair nearly every
+ * RPC checks first. */
+ferry_status_t coord_validate_target(const char *request_id, const char *token, int token_required,
+                                     char *msg, size_t cap);
+
+/* A count or id that may be 0 but not negative (wait_ms, lease_id). */
+ferry_status_t coord_validate_not_negative(const char *field, int64_t value, char *msg, size_t cap);
+
 /* Free-form names (owner, claimant): at most COORD_NAME_MAX bytes. */
 ferry_status_t coord_validate_name(const char *field, const char *name, char *msg, size_t cap);
 
