@@ -15,7 +15,12 @@
  * thread: that is how Lookup-with-wait and Watch hold calls without holding
  * a thread. Malformed requests (INVALID_ARGUMENT), unknown methods
  * (UNIMPLEMENTED) and oversized messages (RESOURCE_EXHAUSTED) are answered
- * by this layer and never reach a handler.
+ * by this layer and never reach a handler. So are requests with a string
+ * field that holds a NUL byte (protobuf-c would cut it there) or is not
+ * UTF-8, or an enum field set to a value its enum does not define: those
+ * end with INVALID_ARGUMENT and a message naming the field's path
+ * ("metadata.descriptors[0].device.kind"), in every message and every field
+ * of every service (rpc_wire.c).
  *
  * Client: channels are created once and reused; unary calls and
  * server-streaming reads take a timeout and return ferry_status_t plus the

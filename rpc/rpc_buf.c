@@ -7,6 +7,7 @@
  */
 #include "rpc/rpc_int.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -55,6 +56,38 @@ ProtobufCMessage *rpc__unpack(const ProtobufCMessageDescriptor *desc, grpc_byte_
                                     GRPC_SLICE_START_PTR(slice));
     grpc_slice_unref(slice);
     return msg;
+}
+
+ferry_status_t rpc__unpack_request(const ProtobufCMessageDescriptor *desc, grpc_byte_buffer *buf,
+                                   const char *path, ProtobufCMessage **msg_p, char *why,
+                                   size_t cap)
+{
+    ProtobufCMessage *msg = NULL;
+    ferry_status_t status;
+    grpc_slice slice;
+
+    if (!buf_flatten(buf, &slice)) {
+        snprintf(why, cap, "malformed request for %s", path);
+        return FERRY_ERR_INVALID_ARGUMENT;
+    }
+    msg = protobuf_c_message_unpack(desc, NULL, GRPC_SLICE_LENGTH(slice),
+                                    GRPC_SLICE_START_PTR(slice));
+    if (msg == NULL) {
+        snprintf(why, cap, "malformed request for %s", path);
+        status = FERRY_ERR_INVALID_ARGUMENT;
+    } else {
+        status =
+            rpc__wire_check(desc, GRPC_SLICE_START_PTR(slice), GRPC_SLICE_LENGTH(slice), why, cap);
+    }
+    grpc_slice_unref(slice);
+    if (status != FERRY_OK) {
+        if (msg != NULL) {
+            protobuf_c_message_free_unpacked(msg, NULL);
+        }
+        return status;
+    }
+    *msg_p = msg;
+    return FERRY_OK;
 }
 
 ferry_status_t rpc__unpack_raw(grpc_byte_buffer *buf, void **data_p, size_t *len_p)

@@ -205,7 +205,8 @@ static void call_process_cancel(rpc_call_t *call);
 static void call_dispatch(rpc_call_t *call)
 {
     rpc_method_entry_t *method = call->method;
-    char msg[256];
+    ferry_status_t status;
+    char msg[512];
 
     if (method == NULL) {
         ferry_info("call %" PRIu64 " %s: unknown method", call->id, call->path);
@@ -213,16 +214,16 @@ static void call_dispatch(rpc_call_t *call)
         call_end(call, NULL, GRPC_STATUS_UNIMPLEMENTED, msg);
         return;
     }
-    call->request = rpc__unpack(method->desc->input, call->payload);
+    status = rpc__unpack_request(method->desc->input, call->payload, call->path, &call->request,
+                                 msg, sizeof(msg));
     if (call->payload != NULL) {
         grpc_byte_buffer_destroy(call->payload);
         call->payload = NULL;
     }
-    if (call->request == NULL) {
-        ferry_info("call %" PRIu64 " %s: malformed request from %s", call->id, call->path,
-                   call->peer);
-        snprintf(msg, sizeof(msg), "malformed request for %s", call->path);
-        call_end(call, NULL, GRPC_STATUS_INVALID_ARGUMENT, msg);
+    if (status != FERRY_OK) {
+        ferry_info("call %" PRIu64 " %s: request from %s refused: %s", call->id, call->path,
+                   call->peer, msg);
+        call_end(call, NULL, (grpc_status_code)rpc_status_to_grpc(status), msg);
         return;
     }
     rpc_call_ref(call);

@@ -65,6 +65,13 @@ grpc_byte_buffer *rpc__pack(const ProtobufCMessage *msg);
 grpc_byte_buffer *rpc__pack_raw(const void *data, size_t len);
 /* NULL for a NULL buffer or bytes that do not decode as `desc`. */
 ProtobufCMessage *rpc__unpack(const ProtobufCMessageDescriptor *desc, grpc_byte_buffer *buf);
+/* A request as its handler may see it: decoded, and past rpc__wire_check.
+ * FERRY_ERR_INVALID_ARGUMENT (or NO_MEMORY) otherwise, with a message for
+ * the client in why (cap bytes): "malformed request for <path>" when the
+ * bytes do not decode, the check's message when they do. */
+ferry_status_t rpc__unpack_request(const ProtobufCMessageDescriptor *desc, grpc_byte_buffer *buf,
+                                   const char *path, ProtobufCMessage **msg_p, char *why,
+                                   size_t cap);
 /* Copies the buffer's bytes into a malloc'd block (*data_p NULL for 0 bytes). */
 ferry_status_t rpc__unpack_raw(grpc_byte_buffer *buf, void **data_p, size_t *len_p);
 /* timeout_ms <= 0: infinitely far. Monotonic clock. */
@@ -73,6 +80,21 @@ gpr_timespec rpc__deadline_after_ms(int64_t timeout_ms);
 int64_t rpc__ms_until(gpr_timespec deadline);
 /* Copies a slice into a NUL-terminated string of at most cap bytes. */
 void rpc__slice_to_str(grpc_slice slice, char *out, size_t cap);
+
+/* --- request checks (rpc_wire.c) ----------------------------------------- */
+
+/* Walks the encoded message `data` of type `desc`, nested messages
+ * included, and refuses (FERRY_ERR_INVALID_ARGUMENT, with a message naming
+ * the field's path, e.g. "metadata.hostname", written into msg) a string
+ * field that holds a NUL byte or is not UTF-8, and an enum field whose value
+ * its enum does not define. Fields the descriptor does not know are
+ * skipped. */
+ferry_status_t rpc__wire_check(const ProtobufCMessageDescriptor *desc, const uint8_t *data,
+                               size_t len, char *msg, size_t cap);
+/* The offset of the first byte of s that is not part of valid UTF-8
+ * (overlong forms, surrogates and code points past U+10FFFF are not);
+ * len when all of s is valid. */
+size_t rpc__utf8_invalid_at(const uint8_t *s, size_t len);
 
 /* --- credentials (rpc_tls.c) --------------------------------------------- */
 

@@ -1,0 +1,296 @@
+/*
+ * rpc_wire.c: the checks every request passes before its handler sees it,
+ * made on the encoded bytes with the request's protoc-c descriptor.
+ *
+ * protobuf-c hands string fields to C as NUL-terminated strings and does not
+ * check their UTF-8. On its own, then, a string with a NUL inside reaches the
+ * handler cut short ("a\0/../x" reads as "a"), and a string that is not UTF-8
+ * is stored as sent, after which every client that decodes it fails (proto3
+ * requires UTF-8 in `string` fields). Enum fields keep values the enum does
+ * not define (proto3 enums are open). This walker refuses all three, in every
+ * field of every request, nested messages and repeated fields included, and
+ * names the field by its path ("metadata.descriptors[0].device.kind"), so no
+ * handler has to remember to check, and a field added later is covered too.
+ *
+ * Only the fields the descriptor knows are checked: an unknown field (a newer
+ * client's) is skipped, as protobuf-c skips it. The walk runs after
+ * protobuf_c_message_unpack accepted the bytes, so a malformed encoding here
+ * is a defect of one of the two; it is refused all the same.
+ *
+ * Threads: pure functions.
+ */
+#include "rpc/rpc_int.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Nesting bound: Ferry's messages nest four deep; a request can never make
+ * the walk recurse further than its schema allows, but a bound costs
+ * nothing. */
+#define WIRE_DEPTH_MAX 32
+#define WIRE_PATH_MAX  256
+
+enum {
+    WIRE_VARINT = 0,
+    WIRE_FIXED64 = 1,
+    WIRE_LEN = 2,
+    WIRE_FIXED32 = 5,
+};
+
+typedef struct {
+    char path[WIRE_PATH_MAX]; /* "metadata.descriptors[0]" while inside it */
+    size_t path_len;
+    char *msg; /* the caller's message buffer */
+    size_t cap;
+} wire_walk_t;
+
+__attribute__((format(printf, 2, 3))) static ferry_status_t wire_fail(wire_walk_t *w,
+                                                                      const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(w->msg, w->cap, fmt, ap);
+    va_end(ap);
+    return FERRY_ERR_INVALID_ARGUMENT;
+}
+
+static ferry_status_t wire_malformed(wire_walk_t *w)
+{
+    return wire_fail(w, "malformed request (at %s)", w->path_len > 0 ? w->path : "top level");
+}
+
+static bool read_varint(const uint8_t **p, const uint8_t *end, uint64_t *value_p)
+{
+    uint64_t value = 0;
+
+    for (unsigned shift = 0; shift < 64 && *p < end; shift += 7) {
+        uint8_t b = *(*p)++;
+        value |= (uint64_t)(b & 0x7f) << shift;
+        if ((b & 0x80) == 0) {
+            *value_p = value;
+            return true;
+        }
+    }
+    return false;
+}
+
+size_t rpc__utf8_invalid_at(const uint8_t *s, size_t len)
+{
+    size_t i = 0;
+
+    while (i < len) {
+        uint8_t c = s[i];
+        uint32_t cp, min;
+        size_t n;
+
+        if (c < 0x80) {
+            i++;
+            continue;
+        }
+        if (c >= 0xc2 && c <= 0xdf) {
+            n = 1, cp = c & 0x1f, min = 0x80;
+        } else if ((c & 0xf0) == 0xe0) {
+            n = 2, cp = c & 0x0f, min = 0x800;
+        } else if (c >= 0xf0 && c <= 0xf4) {
+            n = 3, cp = c & 0x07, min = 0x10000;
+        } else {
+            return i; /* a continuation byte, C0/C1 (overlong) or F5..FF */
+        }
+        if (len - i <= n) {
+            return i; /* cut short */
+        }
+        for (size_t k = 1; k <= n; k++) {
+            if ((s[i + k] & 0xc0) != 0x80) {
+                return i;
+            }
+            cp = (cp << 6) | (s[i + k] & 0x3f);
+        }
+        /* Overlong forms, UTF-16 surrogates and code points past Unicode's
+         * end are not UTF-8. */
+        if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff)) {
+            return i;
+        }
+        i += n + 1;
+    }
+    return len;
+}
+
+/* Appends ".name" (or "name" at the top) and "[index]" for a repeated
+ * field; returns the length to restore with path_pop. */
+static size_t path_push(wire_walk_t *w, const ProtobufCFieldDescriptor *f, unsigned index)
+{
+    size_t old = w->path_len;
+    size_t room = sizeof(w->path) - old;
+    int n = f->label == PROTOBUF_C_LABEL_REPEATED
+                ? snprintf(w->path + old, room, "%s%s[%u]", old > 0 ? "." : "", f->name, index)
+                : snprintf(w->path + old, room, "%s%s", old > 0 ? "." : "", f->name);
+
+    w->path_len = n < 0 || (size_t)n >= room ? sizeof(w->path) - 1 : old + (size_t)n;
+    return old;
+}
+
+static void path_pop(wire_walk_t *w, size_t old)
+{
+    w->path_len = old;
+    w->path[old] = '\0';
+}
+
+static ferry_status_t check_string(wire_walk_t *w, const uint8_t *s, size_t len)
+{
+    const uint8_t *nul = memchr(s, '\0', len);
+    size_t bad;
+
+    if (nul != NULL) {
+        return wire_fail(w, "%s has a NUL byte at byte %zu", w->path, (size_t)(nul - s));
+    }
+    bad = rpc__utf8_invalid_at(s, len);
+    if (bad < len) {
+        return wire_fail(w, "%s is not valid UTF-8 (at byte %zu)", w->path, bad);
+    }
+    return FERRY_OK;
+}
+
+static ferry_status_t check_enum(wire_walk_t *w, const ProtobufCFieldDescriptor *f, uint64_t raw)
+{
+    /* An enum is an int32 on the wire; negative values come sign-extended
+     * to 64 bits, so the low 32 bits are the value. */
+    int32_t value = (int32_t)(uint32_t)raw;
+    const ProtobufCEnumDescriptor *e = f->descriptor;
+
+    if (protobuf_c_enum_descriptor_get_value(e, value) == NULL) {
+        return wire_fail(w, "%s has the value %d, which %s does not define", w->path, (int)value,
+                         e->name);
+    }
+    return FERRY_OK;
+}
+
+static ferry_status_t walk_message(wire_walk_t *w, const ProtobufCMessageDescriptor *desc,
+                                   const uint8_t *p, const uint8_t *end, int depth);
+
+/* Packed repeated enum: a run of varints. */
+static ferry_status_t walk_packed_enums(wire_walk_t *w, const ProtobufCFieldDescriptor *f,
+                                        unsigned *seen, const uint8_t *p, const uint8_t *end)
+{
+    while (p < end) {
+        uint64_t raw;
+        size_t old = path_push(w, f, (*seen)++);
+        ferry_status_t status =
+            read_varint(&p, end, &raw) ? check_enum(w, f, raw) : wire_malformed(w);
+        path_pop(w, old);
+        if (status != FERRY_OK) {
+            return status;
+        }
+    }
+    return FERRY_OK;
+}
+
+/* One length-delimited field the descriptor knows. */
+static ferry_status_t walk_len_field(wire_walk_t *w, const ProtobufCFieldDescriptor *f,
+                                     unsigned *seen, const uint8_t *p, size_t len, int depth)
+{
+    ferry_status_t status = FERRY_OK;
+    size_t old;
+
+    if (f->type == PROTOBUF_C_TYPE_ENUM && f->label == PROTOBUF_C_LABEL_REPEATED) {
+        return walk_packed_enums(w, f, seen, p, p + len);
+    }
+    if (f->type != PROTOBUF_C_TYPE_STRING && f->type != PROTOBUF_C_TYPE_MESSAGE) {
+        return FERRY_OK; /* bytes, or other packed scalars: any value is valid */
+    }
+    old = path_push(w, f, (*seen)++);
+    if (f->type == PROTOBUF_C_TYPE_STRING) {
+        status = check_string(w, p, len);
+    } else {
+        status = walk_message(w, f->descriptor, p, p + len, depth + 1);
+    }
+    path_pop(w, old);
+    return status;
+}
+
+/* One field: reads its tag and value, checks it when the descriptor knows it. */
+static ferry_status_t walk_field(wire_walk_t *w, const ProtobufCMessageDescriptor *desc,
+                                 unsigned *seen, const uint8_t **p, const uint8_t *end, int depth)
+{
+    uint64_t tag, value;
+    const ProtobufCFieldDescriptor *f = NULL;
+    unsigned *field_seen;
+    ferry_status_t status = FERRY_OK;
+    size_t old;
+
+    if (!read_varint(p, end, &tag)) {
+        return wire_malformed(w);
+    }
+    if ((tag >> 3) <= UINT32_MAX) {
+        f = protobuf_c_message_descriptor_get_field(desc, (unsigned)(tag >> 3));
+    }
+    field_seen = f != NULL ? &seen[f - desc->fields] : NULL;
+    switch (tag & 7) {
+    case WIRE_VARINT:
+        if (!read_varint(p, end, &value)) {
+            return wire_malformed(w);
+        }
+        if (f != NULL && f->type == PROTOBUF_C_TYPE_ENUM) {
+            old = path_push(w, f, (*field_seen)++);
+            status = check_enum(w, f, value);
+            path_pop(w, old);
+        }
+        return status;
+    case WIRE_FIXED64:
+    case WIRE_FIXED32: {
+        size_t n = (tag & 7) == WIRE_FIXED64 ? 8 : 4;
+        if ((size_t)(end - *p) < n) {
+            return wire_malformed(w);
+        }
+        *p += n;
+        return FERRY_OK;
+    }
+    case WIRE_LEN: {
+        const uint8_t *start;
+        if (!read_varint(p, end, &value) || value > (uint64_t)(end - *p)) {
+            return wire_malformed(w);
+        }
+        start = *p;
+        *p += value;
+        return f != NULL ? walk_len_field(w, f, field_seen, start, (size_t)value, depth) : FERRY_OK;
+    }
+    default:
+        return wire_malformed(w); /* groups: not proto3, refused by protobuf-c */
+    }
+}
+
+static ferry_status_t walk_message(wire_walk_t *w, const ProtobufCMessageDescriptor *desc,
+                                   const uint8_t *p, const uint8_t *end, int depth)
+{
+    /* How many elements of each repeated field came so far: the index in
+     * the path. */
+    unsigned *seen;
+    ferry_status_t status = FERRY_OK;
+
+    if (depth > WIRE_DEPTH_MAX) {
+        return wire_fail(w, "request nests more than %d messages deep (at %s)", WIRE_DEPTH_MAX,
+                         w->path);
+    }
+    seen = calloc(desc->n_fields > 0 ? desc->n_fields : 1, sizeof(*seen));
+    if (seen == NULL) {
+        snprintf(w->msg, w->cap, "out of memory checking the request");
+        return FERRY_ERR_NO_MEMORY;
+    }
+    while (p < end && status == FERRY_OK) {
+        status = walk_field(w, desc, seen, &p, end, depth);
+    }
+    free(seen);
+    return status;
+}
+
+ferry_status_t rpc__wire_check(const ProtobufCMessageDescriptor *desc, const uint8_t *data,
+                               size_t len, char *msg, size_t cap)
+{
+    wire_walk_t w = {.path = "", .path_len = 0, .msg = msg, .cap = cap};
+
+    if (len == 0) {
+        return FERRY_OK; /* every field at its default */
+    }
+    return walk_message(&w, desc, data, data + len, 0);
+}

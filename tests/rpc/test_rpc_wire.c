@@ -1,0 +1,216 @@
+/*
+ * test_rpc_wire.c: the request walker (rpc_wire.c) refuses strings with a
+ * NUL byte or invalid UTF-8 and enum values the enum does not define, in any
+ * field at any depth, naming the field's path; and accepts what is valid,
+ * unknown fields included.
+ *
+ * Requests are packed with protobuf-c and then patched in place (a marker
+ * overwritten by bytes of the same length), since protobuf-c itself cannot
+ * pack a string with a NUL inside.
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <setjmp.h>
+#include <cmocka.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ferry/v1/coordinator.pb-c.h"
+#include "rpc/rpc_int.h"
+
+static char msg[512];
+static uint8_t packed[4096];
+static size_t packed_len;
+
+static Ferry__V1__Device devices[2];
+static Ferry__V1__Descriptor descs[2];
+static Ferry__V1__Descriptor *desc_ptrs[2] = {&descs[0], &descs[1]};
+static Ferry__V1__RdmaMetadata md;
+static Ferry__V1__RegisterRequest req;
+
+/* A valid RegisterRequest with two descriptors; strings carry markers. */
+static void build(void)
+{
+    static uint8_t addr[8] = {1}, key[16] = {2}, rkey[4] = {3};
+
+    ferry__v1__register_request__init(&req);
+    ferry__v1__rdma_metadata__init(&md);
+    for (int i = 0; i < 2; i++) {
+        ferry__v1__device__init(&devices[i]);
+        devices[i].kind = FERRY__V1__DEVICE_KIND__DEVICE_KIND_HOST;
+        ferry__v1__descriptor__init(&descs[i]);
+        descs[i].address = 0x1000;
+        descs[i].size = 64;
+        descs[i].device = &devices[i];
+        descs[i].rkey = (ProtobufCBinaryData){sizeof(rkey), rkey};
+    }
+    md.kind = FERRY__V1__OPERATION_KIND__OPERATION_KIND_WRITE;
+    md.worker_address = (ProtobufCBinaryData){sizeof(addr), addr};
+    md.notification_key = (ProtobufCBinaryData){sizeof(key), key};
+    md.n_descriptors = 2;
+    md.descriptors = desc_ptrs;
+    md.worker_name = "worker-NAME";
+    md.hostname = "host-HOST";
+    req.request_id = "id-RQID";
+    req.access_token = "token-TOKN-0123456789";
+    req.owner = "owner-OWNR";
+    req.metadata = &md;
+}
+
+static void pack(void)
+{
+    packed_len = ferry__v1__register_request__pack(&req, packed);
+    assert_true(packed_len < sizeof(packed));
+}
+
+/* Overwrites the 4-byte marker with 4 other bytes. */
+static void patch(const char *marker, const char bytes[4])
+{
+    uint8_t *at = memmem(packed, packed_len, marker, 4);
+    assert_non_null(at);
+    memcpy(at, bytes, 4);
+}
+
+static ferry_status_t check(void)
+{
+    msg[0] = '\0';
+    return rpc__wire_check(&ferry__v1__register_request__descriptor, packed, packed_len, msg,
+                           sizeof(msg));
+}
+
+static void test_valid_request_passes(void **state)
+{
+    (void)state;
+    build();
+    req.owner = "Zo\xc3\xab \xe2\x9c\x93 \xf0\x9f\x9a\x80"; /* 2-, 3- and 4-byte forms */
+    pack();
+    assert_int_equal(check(), FERRY_OK);
+    assert_int_equal(
+        rpc__wire_check(&ferry__v1__register_request__descriptor, NULL, 0, msg, sizeof(msg)),
+        FERRY_OK);
+}
+
+static void test_nul_is_refused_with_the_field(void **state)
+{
+    (void)state;
+    build();
+    pack();
+    patch("RQID", "a\0/.");
+    assert_int_equal(check(), FERRY_ERR_INVALID_ARGUMENT);
+    assert_string_equal(msg, "request_id has a NUL byte at byte 4");
+
+    build();
+    pack();
+    patch("TOKN", "\0\0\0\0");
+    assert_int_equal(check(), FERRY_ERR_INVALID_ARGUMENT);
+    assert_non_null(strstr(msg, "access_token has a NUL byte"));
+}
+
+static void test_invalid_utf8_is_refused_with_the_path(void **state)
+{
+    static const struct {
+        const char *bytes; /* 4 bytes */
+        const char *why;
+    } bad[] = {
+        {"\xc3\x28xx", "a lead byte without its continuation"},
+        {"\x80xxx", "a lone continuation byte"},
+        {"\xc0\x80xx", "an overlong NUL"},
+        {"\xe0\x80\x80x", "an overlong 3-byte form"},
+        {"\xed\xa0\x80x", "a UTF-16 surrogate"},
+        {"\xf4\x90\x80\x80", "past U+10FFFF"},
+        {"\xf5\x80\x80\x80", "a byte never in UTF-8"},
+        {"xx\xe2\x82", "cut short at the end"},
+    };
+    (void)state;
+
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        build();
+        pack();
+        patch("HOST", bad[i].bytes);
+        print_message("case: %s\n", bad[i].why);
+        assert_int_equal(check(), FERRY_ERR_INVALID_ARGUMENT);
+        assert_non_null(strstr(msg, "metadata.hostname is not valid UTF-8"));
+    }
+    build();
+    pack();
+    patch("OWNR", "\xff\xfe\xfd\xfc");
+    assert_int_equal(check(), FERRY_ERR_INVALID_ARGUMENT);
+    assert_string_equal(msg, "owner is not valid UTF-8 (at byte 6)");
+    build();
+    pack();
+    patch("NAME", "\xe2\x9c\x93x"); /* valid */
+    assert_int_equal(check(), FERRY_OK);
+}
+
+static void test_unknown_enum_is_refused_with_the_path(void **state)
+{
+    (void)state;
+    build();
+    devices[1].kind = (Ferry__V1__DeviceKind)9;
+    pack();
+    assert_int_equal(check(), FERRY_ERR_INVALID_ARGUMENT);
+    assert_string_equal(msg, "metadata.descriptors[1].device.kind has the value 9, which "
+                             "ferry.v1.DeviceKind does not define");
+
+    build();
+    md.kind = (Ferry__V1__OperationKind)-1; /* ten bytes on the wire */
+    pack();
+    assert_int_equal(check(), FERRY_ERR_INVALID_ARGUMENT);
+    assert_non_null(strstr(msg, "metadata.kind has the value -1"));
+
+    /* UNSPECIFIED is defined: whether it is allowed is the handler's call. */
+    build();
+    devices[0].kind = FERRY__V1__DEVICE_KIND__DEVICE_KIND_UNSPECIFIED;
+    pack();
+    assert_int_equal(check(), FERRY_OK);
+}
+
+/* A field this descriptor does not know (a newer client's) is skipped, even
+ * when its bytes would not pass as a string. */
+static void test_unknown_field_is_skipped(void **state)
+{
+    (void)state;
+    build();
+    pack();
+    /* field 99, length-delimited: tag varint (99 << 3 | 2) = 0x9a 0x06 */
+    const uint8_t extra[] = {0x9a, 0x06, 0x03, 0xff, 0x00, 0xfe, 0xa8, 0x06, 0x09};
+    memcpy(packed + packed_len, extra, sizeof(extra));
+    packed_len += sizeof(extra);
+    assert_int_equal(check(), FERRY_OK);
+}
+
+static void test_truncated_bytes_are_malformed(void **state)
+{
+    (void)state;
+    build();
+    pack();
+    packed_len -= 3;
+    assert_int_equal(check(), FERRY_ERR_INVALID_ARGUMENT);
+    assert_non_null(strstr(msg, "malformed"));
+}
+
+static void test_utf8_offsets(void **state)
+{
+    (void)state;
+    assert_int_equal(rpc__utf8_invalid_at((const uint8_t *)"", 0), 0);
+    assert_int_equal(rpc__utf8_invalid_at((const uint8_t *)"abc", 3), 3);
+    assert_int_equal(rpc__utf8_invalid_at((const uint8_t *)"ab\xc3\xa9", 4), 4);
+    assert_int_equal(rpc__utf8_invalid_at((const uint8_t *)"ab\xc3", 3), 2);
+    assert_int_equal(rpc__utf8_invalid_at((const uint8_t *)"\xef\xbf\xbf", 3), 3); /* U+FFFF */
+    assert_int_equal(rpc__utf8_invalid_at((const uint8_t *)"\xf4\x8f\xbf\xbf", 4), 4);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_valid_request_passes),
+        cmocka_unit_test(test_nul_is_refused_with_the_field),
+        cmocka_unit_test(test_invalid_utf8_is_refused_with_the_path),
+        cmocka_unit_test(test_unknown_enum_is_refused_with_the_path),
+        cmocka_unit_test(test_unknown_field_is_skipped),
+        cmocka_unit_test(test_truncated_bytes_are_malformed),
+        cmocka_unit_test(test_utf8_offsets),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
