@@ -27,11 +27,20 @@ ferry_status_t registry_fail(ferry_status_t status, char *msg, size_t cap, const
     return status;
 }
 
-/* The message for a failed etcd call: says that etcd was the cause. */
+/* The message for a failed etcd call: says that etcd was the cause and what
+ * failed, never how etcd is reached. Any client reads the message, so the
+ * detail (etcd_client_last_error: endpoint URLs, etcd's own text) goes to
+ * the server's log only. The etcd client already logs an unreachable etcd at
+ * warn; everything else is first seen here. */
 ferry_status_t registry_etcd_fail(ferry_status_t status, char *msg, size_t cap, const char *what)
 {
-    return registry_fail(status, msg, cap, "etcd %s failed: %s (%s)", what,
-                         ferry_status_string(status), etcd_client_last_error());
+    if (status != FERRY_ERR_UNAVAILABLE) {
+        ferry_warn("registry: etcd %s failed: %s (%s)", what, ferry_status_string(status),
+                   etcd_client_last_error());
+    }
+    return registry_fail(status, msg, cap, "etcd %s failed: %s%s", what,
+                         ferry_status_string(status),
+                         status == FERRY_ERR_UNAVAILABLE ? "; retry" : "");
 }
 
 int64_t registry_now_ms(void)

@@ -86,10 +86,12 @@ ferry_status_t coord_register(coord_registry_t *registry, const Ferry__V1__Regis
 
 /* Reads a record. token != NULL: it must match (PERMISSION_DENIED otherwise)
  * and the metadata is kept; token == NULL: metadata and token hash are
- * stripped. *op_p is freed with ferry__v1__operation__free_unpacked. */
+ * stripped. linearizable: read etcd (a quorum read: reflects every change
+ * acknowledged anywhere before the call) instead of the view. *op_p is freed
+ * with ferry__v1__operation__free_unpacked. */
 ferry_status_t coord_lookup(coord_registry_t *registry, const char *request_id, const char *token,
-                            Ferry__V1__Operation **op_p, int64_t *revision_p, char *msg,
-                            size_t cap);
+                            bool linearizable, Ferry__V1__Operation **op_p, int64_t *revision_p,
+                            char *msg, size_t cap);
 
 typedef struct {
     Ferry__V1__Operation *op; /* after the change, metadata included */

@@ -54,7 +54,8 @@ int64_t registry_now_ms(void);
 ferry_status_t registry_fail(ferry_status_t status, char *msg, size_t cap, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 
-/* The same for a failed etcd call: names etcd and the client's last error. */
+/* The same for a failed etcd call: names etcd and what failed, without
+ * internal detail (endpoints), which goes to the log. */
 ferry_status_t registry_etcd_fail(ferry_status_t status, char *msg, size_t cap, const char *what);
 
 #endif /* FERRY_COORD_REGISTRY_INT_H */

@@ -18,8 +18,8 @@ ferry_status_t coord_keepalive(coord_registry_t *r, int64_t lease_id, int64_t *t
     ferry_status_t status = etcd_lease_keepalive(r->etcd, lease_id, ttl_p);
 
     if (status == FERRY_ERR_NOT_FOUND) {
-        return registry_fail(status, msg, cap, "lease_id %lld has expired or never existed",
-                             (long long)lease_id);
+        return registry_fail(FERRY_ERR_LEASE_NOT_FOUND, msg, cap,
+                             "lease_id %lld has expired or never existed", (long long)lease_id);
     }
     if (status != FERRY_OK) {
         return registry_etcd_fail(status, msg, cap, "lease keep-alive");

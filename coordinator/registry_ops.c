@@ -74,10 +74,11 @@ static ferry_status_t lease_for(coord_registry_t *r, int64_t lease_id, int64_t t
 }
 
 /* A write that named the caller's lease failed because etcd does not know
- * the lease any more. */
+ * the lease any more: LEASE_NOT_FOUND, never NOT_FOUND, which would make a
+ * Claim wait for a request ID that is there. */
 static ferry_status_t lease_gone(int64_t lease_id, char *msg, size_t cap)
 {
-    return registry_fail(FERRY_ERR_NOT_FOUND, msg, cap,
+    return registry_fail(FERRY_ERR_LEASE_NOT_FOUND, msg, cap,
                          "lease_id %lld has expired or never existed", (long long)lease_id);
 }
 
@@ -261,10 +262,11 @@ static ferry_status_t read_record(coord_registry_t *r, const char *id, bool from
 }
 
 ferry_status_t coord_lookup(coord_registry_t *r, const char *id, const char *token,
-                            Ferry__V1__Operation **op_p, int64_t *revision_p, char *msg, size_t cap)
+                            bool linearizable, Ferry__V1__Operation **op_p, int64_t *revision_p,
+                            char *msg, size_t cap)
 {
     record_t rec;
-    ferry_status_t status = read_record(r, id, false, &rec, msg, cap);
+    ferry_status_t status = read_record(r, id, linearizable, &rec, msg, cap);
 
     if (status != FERRY_OK) {
         return status;

@@ -31,13 +31,44 @@ static bool failed(rpc_call_t *call, ferry_status_t status, const char *msg)
     return true;
 }
 
-static int64_t wait_deadline(rpc_call_t *call, int64_t wait_ms)
+/* The monotonic time a wait of wait_ms ends: no later than the caller's
+ * deadline, INT64_MAX (never) when neither bounds it, and 0 for no wait.
+ * Saturates: wait_ms may be anything up to INT64_MAX. */
+int64_t service_wait_deadline(int64_t now_ms, int64_t wait_ms, int64_t left_ms)
 {
-    int64_t left = rpc_call_deadline_left_ms(call);
+    int64_t wait = wait_ms < left_ms ? wait_ms : left_ms;
+
     if (wait_ms <= 0) {
         return 0;
     }
-    return service_now_ms() + (wait_ms < left ? wait_ms : left);
+    if (wait < 0) {
+        wait = 0; /* the caller's deadline has passed */
+    }
+    return wait > INT64_MAX - now_ms ? INT64_MAX : now_ms + wait;
+}
+
+static int64_t wait_deadline(rpc_call_t *call, int64_t wait_ms)
+{
+    return service_wait_deadline(service_now_ms(), wait_ms, rpc_call_deadline_left_ms(call));
+}
+
+/* After a look that found no such request ID: answers NOT_FOUND when the
+ * caller did not ask to wait, DEADLINE_EXCEEDED when its wait has run out,
+ * and otherwise parks the call (true: the call is handled). */
+static bool not_found_yet(coord_service_t *svc, rpc_call_t *call, wait_kind_t kind,
+                          const ProtobufCMessage *req, const char *request_id, int64_t deadline_ms,
+                          uint64_t seq)
+{
+    if (deadline_ms == 0) {
+        return false;
+    }
+    if (deadline_ms <= service_now_ms()) {
+        rpc_call_fail(call, FERRY_ERR_TIMED_OUT, "request_id '%s' was not registered in time",
+                      request_id);
+        return true;
+    }
+    service_wait_add(svc, call, kind, req, request_id, deadline_ms, seq);
+    return true;
 }
 
 static void handle_register(rpc_call_t *call, const ProtobufCMessage *request, void *arg)
@@ -91,10 +122,10 @@ void service_lookup_once(coord_service_t *svc, rpc_call_t *call,
     char msg[MSG_CAP];
     ferry_status_t status;
 
-    status = coord_lookup(svc->registry, req->request_id, req->access_token, &op, &revision, msg,
-                          sizeof(msg));
-    if (status == FERRY_ERR_NOT_FOUND && deadline_ms > service_now_ms()) {
-        service_wait_add(svc, call, WAIT_LOOKUP, &req->base, req->request_id, deadline_ms, seq);
+    status = coord_lookup(svc->registry, req->request_id, req->access_token, req->linearizable, &op,
+                          &revision, msg, sizeof(msg));
+    if (status == FERRY_ERR_NOT_FOUND &&
+        not_found_yet(svc, call, WAIT_LOOKUP, &req->base, req->request_id, deadline_ms, seq)) {
         return;
     }
     if (failed(call, status, msg)) {
@@ -134,8 +165,10 @@ void service_claim_once(coord_service_t *svc, rpc_call_t *call, const Ferry__V1_
     ferry_status_t status;
 
     status = coord_claim(svc->registry, req, &out, msg, sizeof(msg));
-    if (status == FERRY_ERR_NOT_FOUND && deadline_ms > service_now_ms()) {
-        service_wait_add(svc, call, WAIT_CLAIM, &req->base, req->request_id, deadline_ms, seq);
+    /* Only an unregistered request ID is worth waiting for: a gone lease
+     * (FERRY_ERR_LEASE_NOT_FOUND) is final and answered at once. */
+    if (status == FERRY_ERR_NOT_FOUND &&
+        not_found_yet(svc, call, WAIT_CLAIM, &req->base, req->request_id, deadline_ms, seq)) {
         return;
     }
     if (failed(call, status, msg)) {
@@ -295,8 +328,8 @@ static void handle_get(rpc_call_t *call, const ProtobufCMessage *request, void *
 
     status = coord_validate_request_id("request_id", req->request_id, msg, sizeof(msg));
     if (status == FERRY_OK) {
-        status =
-            coord_lookup(svc->registry, req->request_id, NULL, &op, &revision, msg, sizeof(msg));
+        status = coord_lookup(svc->registry, req->request_id, NULL, req->linearizable, &op,
+                              &revision, msg, sizeof(msg));
     }
     if (failed(call, status, msg)) {
         return;
@@ -322,15 +355,10 @@ static void handle_list(rpc_call_t *call, const ProtobufCMessage *request, void 
                       req->page_size);
         return;
     }
-    if (req->request_id_prefix[0] != '\0' || req->page_token[0] != '\0') {
-        /* A prefix of a valid ID is itself valid, and so is a page token. */
-        status = coord_validate_request_id(
-            req->request_id_prefix[0] != '\0' ? "request_id_prefix" : "page_token",
-            req->request_id_prefix[0] != '\0' ? req->request_id_prefix : req->page_token, msg,
-            sizeof(msg));
-    }
-    if (status == FERRY_OK && req->request_id_prefix[0] != '\0' && req->page_token[0] != '\0') {
-        status = coord_validate_request_id("page_token", req->page_token, msg, sizeof(msg));
+    /* A page token is a request ID (the last one listed). */
+    status = coord_validate_prefix("request_id_prefix", req->request_id_prefix, msg, sizeof(msg));
+    if (status == FERRY_OK) {
+        status = coord_validate_prefix("page_token", req->page_token, msg, sizeof(msg));
     }
     service_header(svc, &header, 0);
     resp.header = &header;

@@ -53,6 +53,11 @@ int64_t service_now_ms(void);
 /* Fills a response header. */
 void service_header(coord_service_t *svc, Ferry__V1__ResponseHeader *header, int64_t revision);
 
+/* When a wait of wait_ms that starts at now_ms ends, for a caller with
+ * left_ms until its deadline (INT64_MAX: none): 0 for no wait (wait_ms <= 0),
+ * INT64_MAX when nothing bounds it; never overflows. */
+int64_t service_wait_deadline(int64_t now_ms, int64_t wait_ms, int64_t left_ms);
+
 /* Runs Lookup or Claim once; on NOT_FOUND with time left, parks the call as a
  * wait (the call keeps its reference) instead of answering. */
 void service_lookup_once(coord_service_t *svc, rpc_call_t *call,

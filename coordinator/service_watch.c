@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "common/log.h"
+#include "validate.h"
 
 static sub_entry_t *unlink_sub(coord_service_t *svc, rpc_call_t *call)
 {
@@ -55,12 +56,11 @@ void service_watch(rpc_call_t *call, const ProtobufCMessage *request, void *arg)
     Ferry__V1__WatchResponse resp = FERRY__V1__WATCH_RESPONSE__INIT;
     Ferry__V1__ResponseHeader header = FERRY__V1__RESPONSE_HEADER__INIT;
     bool by_id = req->request_id[0] != '\0';
-    bool by_prefix = req->request_id_prefix[0] != '\0';
+    char msg[256];
     sub_entry_t *s;
 
-    if (by_id == by_prefix) {
-        rpc_call_fail(call, FERRY_ERR_INVALID_ARGUMENT,
-                      "exactly one of request_id and request_id_prefix must be set");
+    if (coord_validate_watch(req, msg, sizeof(msg)) != FERRY_OK) {
+        rpc_call_fail(call, FERRY_ERR_INVALID_ARGUMENT, "%s", msg);
         return;
     }
     s = calloc(1, sizeof(*s));

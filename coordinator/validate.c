@@ -4,6 +4,7 @@
 #include "validate.h"
 
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -154,6 +155,27 @@ ferry_status_t coord_validate_target(const char *request_id, const char *token, 
     return status != FERRY_OK
                ? status
                : coord_validate_token("access_token", token, token_required, msg, cap);
+}
+
+ferry_status_t coord_validate_prefix(const char *field, const char *prefix, char *msg, size_t cap)
+{
+    return prefix[0] == '\0' ? FERRY_OK : coord_validate_request_id(field, prefix, msg, cap);
+}
+
+ferry_status_t coord_validate_watch(const Ferry__V1__WatchRequest *req, char *msg, size_t cap)
+{
+    bool by_id = req->request_id[0] != '\0';
+    bool by_prefix = req->request_id_prefix[0] != '\0';
+
+    if (by_id == by_prefix) {
+        return invalid(msg, cap, "exactly one of request_id and request_id_prefix must be set");
+    }
+    if (by_id) {
+        return coord_validate_request_id("request_id", req->request_id, msg, cap);
+    }
+    return strcmp(req->request_id_prefix, "*") == 0
+               ? FERRY_OK
+               : coord_validate_prefix("request_id_prefix", req->request_id_prefix, msg, cap);
 }
 
 ferry_status_t coord_validate_not_negative(const char *field, int64_t value, char *msg, size_t cap)

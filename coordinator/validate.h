@@ -13,6 +13,10 @@
  *   notification_key exactly 16 bytes
  *   ttl_seconds    0..3600
  *   metadata       at most 1 MiB packed
+ *   request_id_prefix  empty, "*" (Watch: all), or as request_id
+ *
+ * Strings are NUL-free UTF-8 and enums hold defined values before any of
+ * these run: the RPC layer refuses the rest for every field (rpc/rpc_wire.c).
  *
  * Pure functions: any thread.
  */
@@ -24,7 +28,7 @@
 
 #include <ferry/status.h>
 
-#include "ferry/v1/types.pb-c.h"
+#include "ferry/v1/coordinator.pb-c.h"
 
 #define COORD_REQUEST_ID_MAX     128
 #define COORD_TOKEN_MIN          16
@@ -58,6 +62,14 @@ ferry_status_t coord_validate_target(const char *request_id, const char *token, 
 
 /* A count or id that may be 0 but not negative (wait_ms, lease_id). */
 ferry_status_t coord_validate_not_negative(const char *field, int64_t value, char *msg, size_t cap);
+
+/* A prefix of request IDs (List, Watch): empty, or what a request ID may
+ * be (a prefix of a valid ID is itself valid). */
+ferry_status_t coord_validate_prefix(const char *field, const char *prefix, char *msg, size_t cap);
+
+/* Watch's target: exactly one of request_id (a valid ID) and
+ * request_id_prefix ("*" or a valid prefix), as for every other RPC. */
+ferry_status_t coord_validate_watch(const Ferry__V1__WatchRequest *req, char *msg, size_t cap);
 
 /* Free-form names (owner, claimant): at most COORD_NAME_MAX bytes. */
 ferry_status_t coord_validate_name(const char *field, const char *name, char *msg, size_t cap);

@@ -8,6 +8,7 @@
  * share a gRPC code with a closer match:
  *   FERRY_ERR_EXPIRED   -> NOT_FOUND (what KeepAlive answers for a lease
  *                          that expired, see coordinator.proto)
+ *   FERRY_ERR_LEASE_NOT_FOUND -> NOT_FOUND (the request's lease_id is gone)
  *   FERRY_ERR_NO_MEMORY -> RESOURCE_EXHAUSTED
  *   FERRY_ERR_TRANSPORT -> UNAVAILABLE (retry, maybe elsewhere)
  *   FERRY_ERR_IO, FERRY_ERR_MISUSE -> INTERNAL (a server-side fault)
@@ -29,6 +30,7 @@ int rpc_status_to_grpc(ferry_status_t status)
         return GRPC_STATUS_INVALID_ARGUMENT;
     case FERRY_ERR_NOT_FOUND:
     case FERRY_ERR_EXPIRED:
+    case FERRY_ERR_LEASE_NOT_FOUND:
         return GRPC_STATUS_NOT_FOUND;
     case FERRY_ERR_ALREADY_EXISTS:
         return GRPC_STATUS_ALREADY_EXISTS;

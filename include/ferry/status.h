@@ -12,6 +12,12 @@
  *   - misuse: the caller broke the API's rules (FERRY_ERR_MISUSE); fixing the
  *     caller is the only cure.
  *
+ * FERRY_ERR_LEASE_NOT_FOUND is kept apart from FERRY_ERR_NOT_FOUND inside a
+ * process so that code can tell "the lease named in the request is gone"
+ * (final: answer at once) from "the request ID is not registered" (maybe
+ * not yet: a Lookup or Claim may wait for it); both are NOT_FOUND on the
+ * wire.
+ *
  * The mapping to and from gRPC status codes lives in exactly one place, the
  * RPC layer (rpc/rpc_status.c).
  */
@@ -44,7 +50,8 @@ extern "C" {
     _(ERR_PEER_FAILED, -17, "the remote side reported an error")                   \
     _(ERR_IO, -18, "system call failed")                                           \
     _(ERR_MISUSE, -19, "API misuse by the caller")                                 \
-    _(ERR_INTERNAL, -20, "internal error")
+    _(ERR_INTERNAL, -20, "internal error")                                         \
+    _(ERR_LEASE_NOT_FOUND, -21, "lease not found: it expired or never existed")
 
 typedef enum {
 #define FERRY__STATUS_ENUM(name, value, msg) FERRY_##name = (value),

@@ -806,6 +806,378 @@ static void test_watch_needs_exactly_one_target(void **state)
     rpc_stream_destroy(stream);
 }
 
+/* --- what every field must be (issue 8, items 4 to 9) ---------------------- */
+
+/* Packs `msg`, replaces the bytes of `marker` (which must occur) with the
+ * same number of bytes from `bytes`, and calls `method` with the result:
+ * protobuf-c cannot itself pack a string with a NUL or bad UTF-8 in it. */
+static ferry_status_t call_patched(const char *method, const ProtobufCMessage *msg,
+                                   const char *marker, const char *bytes, rpc_error_t *err)
+{
+    size_t len = protobuf_c_message_get_packed_size(msg);
+    uint8_t *buf = malloc(len);
+    void *resp = NULL;
+    size_t resp_len = 0;
+    char path[96];
+    uint8_t *at;
+    ferry_status_t status;
+
+    assert_non_null(buf);
+    protobuf_c_message_pack(msg, buf);
+    at = memmem(buf, len, marker, strlen(marker));
+    assert_non_null(at);
+    memcpy(at, bytes, strlen(marker));
+    snprintf(path, sizeof(path), "/ferry.v1.Coordinator/%s", method);
+    status = rpc_unary_raw(chan, path, buf, len, 10000, &resp, &resp_len, err);
+    free(resp);
+    free(buf);
+    return status;
+}
+
+static ferry_status_t register_patched(const char *id, const char *owner, const char *hostname,
+                                       const char *marker, const char *bytes, rpc_error_t *err)
+{
+    Ferry__V1__RegisterRequest req = FERRY__V1__REGISTER_REQUEST__INIT;
+
+    req.request_id = (char *)id;
+    req.access_token = TOKEN;
+    req.owner = (char *)owner;
+    req.metadata = test_coord_metadata(KIND_WRITE);
+    req.metadata->hostname = (char *)hostname;
+    return call_patched("Register", &req.base, marker, bytes, err);
+}
+
+static ferry_status_t list_all(rpc_error_t *err)
+{
+    Ferry__V1__ListRequest req = FERRY__V1__LIST_REQUEST__INIT;
+    Ferry__V1__ListResponse *resp = NULL;
+    ferry_status_t status;
+
+    req.page_size = 1000;
+    status = test_coord_call(chan, "List", &req.base, &ferry__v1__list_response__descriptor,
+                             (ProtobufCMessage **)&resp, err);
+    if (resp != NULL) {
+        ferry__v1__list_response__free_unpacked(resp, NULL);
+    }
+    return status;
+}
+
+/* A NUL cuts a C string short: "a\0/../claims/x" must not register "a". */
+static void test_strings_with_nul_are_refused(void **state)
+{
+    Ferry__V1__RegisterRequest req = FERRY__V1__REGISTER_REQUEST__INIT;
+    rpc_error_t err;
+    (void)state;
+
+    assert_int_equal(
+        register_patched("a~/../claims/x", "o", "h", "a~/../claims/x", "a\0/../claims/x", &err),
+        FERRY_ERR_INVALID_ARGUMENT);
+    assert_int_equal(err.grpc_code, 3);
+    assert_non_null(strstr(err.message, "request_id"));
+    assert_non_null(strstr(err.message, "NUL"));
+    assert_int_equal(get_state("a", &err), -1);
+    assert_int_equal(err.grpc_code, 5);
+
+    req.request_id = "nul-token";
+    req.access_token = "token-~123456789abcdef";
+    req.metadata = test_coord_metadata(KIND_WRITE);
+    assert_int_equal(call_patched("Register", &req.base, "token-~123456789abcdef",
+                                  "token-\0"
+                                  "123456789abcdef",
+                                  &err),
+                     FERRY_ERR_INVALID_ARGUMENT);
+    assert_non_null(strstr(err.message, "access_token"));
+    assert_int_equal(get_state("nul-token", &err), -1);
+}
+
+/* Invalid UTF-8 is refused in every string field, top level or nested, so no
+ * record can break Get, List, Lookup or Watch for everyone else. */
+static void test_strings_must_be_utf8(void **state)
+{
+    Ferry__V1__ClaimRequest claim = FERRY__V1__CLAIM_REQUEST__INIT;
+    Ferry__V1__LookupResponse *look = NULL;
+    Ferry__V1__GetRequest get = FERRY__V1__GET_REQUEST__INIT;
+    Ferry__V1__GetResponse *got = NULL;
+    rpc_error_t err;
+    (void)state;
+
+    assert_int_equal(register_patched("utf-1", "owner-~~", "h", "owner-~~", "owner-\xc3\x28", &err),
+                     FERRY_ERR_INVALID_ARGUMENT);
+    assert_non_null(strstr(err.message, "owner is not valid UTF-8"));
+    assert_int_equal(
+        register_patched("utf-2", "o", "host-~~~", "host-~~~", "host-\xed\xa0\x80", &err),
+        FERRY_ERR_INVALID_ARGUMENT);
+    assert_non_null(strstr(err.message, "metadata.hostname is not valid UTF-8"));
+    assert_int_equal(get_state("utf-1", &err), -1);
+    assert_int_equal(get_state("utf-2", &err), -1);
+
+    /* The claimant, on an operation that exists: refused, nothing changes. */
+    ferry__v1__register_response__free_unpacked(
+        do_register("utf-3", TOKEN, KIND_WRITE, FERRY_OK, NULL), NULL);
+    claim.request_id = "utf-3";
+    claim.access_token = TOKEN;
+    claim.claimant = "writer-~";
+    assert_int_equal(call_patched("Claim", &claim.base, "writer-~", "writer-\xff", &err),
+                     FERRY_ERR_INVALID_ARGUMENT);
+    assert_non_null(strstr(err.message, "claimant is not valid UTF-8"));
+    assert_int_equal(get_state("utf-3", &err),
+                     FERRY__V1__OPERATION_STATE__OPERATION_STATE_REGISTERED);
+
+    /* Valid UTF-8 beyond ASCII is stored and read back as sent. */
+    assert_int_equal(register_patched("utf-4", "Zo\xc3\xab \xe2\x9c\x93", "h", "h", "h", &err),
+                     FERRY_OK);
+    get.request_id = "utf-4";
+    assert_int_equal(test_coord_call(chan, "Get", &get.base, &ferry__v1__get_response__descriptor,
+                                     (ProtobufCMessage **)&got, &err),
+                     FERRY_OK);
+    assert_string_equal(got->operation->owner, "Zo\xc3\xab \xe2\x9c\x93");
+    ferry__v1__get_response__free_unpacked(got, NULL);
+    assert_int_equal(do_lookup("utf-4", TOKEN, 0, &look, &err), FERRY_OK);
+    ferry__v1__lookup_response__free_unpacked(look, NULL);
+    /* And List over everything still answers. */
+    assert_int_equal(list_all(&err), FERRY_OK);
+}
+
+static void test_unknown_enum_values_are_refused(void **state)
+{
+    Ferry__V1__RegisterRequest req = FERRY__V1__REGISTER_REQUEST__INIT;
+    Ferry__V1__RegisterResponse *resp = NULL;
+    Ferry__V1__ListRequest list = FERRY__V1__LIST_REQUEST__INIT;
+    Ferry__V1__ListResponse *page = NULL;
+    Ferry__V1__ClaimResponse *claim = NULL;
+    rpc_error_t err;
+    (void)state;
+
+    req.request_id = "enum-1";
+    req.access_token = TOKEN;
+    req.metadata = test_coord_metadata(KIND_WRITE);
+    req.metadata->descriptors[0]->device->kind = (Ferry__V1__DeviceKind)9;
+    assert_int_equal(test_coord_call(chan, "Register", &req.base,
+                                     &ferry__v1__register_response__descriptor,
+                                     (ProtobufCMessage **)&resp, &err),
+                     FERRY_ERR_INVALID_ARGUMENT);
+    assert_non_null(strstr(err.message, "metadata.descriptors[0].device.kind"));
+    assert_int_equal(get_state("enum-1", &err), -1);
+
+    list.state = (Ferry__V1__OperationState)42;
+    assert_int_equal(test_coord_call(chan, "List", &list.base,
+                                     &ferry__v1__list_response__descriptor,
+                                     (ProtobufCMessage **)&page, &err),
+                     FERRY_ERR_INVALID_ARGUMENT);
+    assert_non_null(strstr(err.message, "state"));
+
+    ferry__v1__register_response__free_unpacked(
+        do_register("enum-2", TOKEN, KIND_WRITE, FERRY_OK, NULL), NULL);
+    assert_int_equal(do_claim("enum-2", TOKEN, (Ferry__V1__OperationKind)7, &claim, &err),
+                     FERRY_ERR_INVALID_ARGUMENT);
+    assert_non_null(strstr(err.message, "kind"));
+    assert_int_equal(get_state("enum-2", &err),
+                     FERRY__V1__OPERATION_STATE__OPERATION_STATE_REGISTERED);
+}
+
+/* A claim on a lease that is gone cannot succeed however long it waits:
+ * NOT_FOUND at once, not DEADLINE_EXCEEDED after the wait. */
+static void test_claim_with_unknown_lease_is_not_found_at_once(void **state)
+{
+    Ferry__V1__ClaimRequest req = FERRY__V1__CLAIM_REQUEST__INIT;
+    Ferry__V1__ClaimResponse *resp = NULL;
+    rpc_error_t err;
+    (void)state;
+
+    ferry__v1__register_response__free_unpacked(
+        do_register("nolease-1", TOKEN, KIND_WRITE, FERRY_OK, NULL), NULL);
+    req.request_id = "nolease-1";
+    req.access_token = TOKEN;
+    req.lease_id = 7777777;
+    req.wait_ms = 60000; /* beyond the call's 10 s deadline */
+    assert_int_equal(test_coord_call(chan, "Claim", &req.base,
+                                     &ferry__v1__claim_response__descriptor,
+                                     (ProtobufCMessage **)&resp, &err),
+                     FERRY_ERR_NOT_FOUND);
+    assert_int_equal(err.grpc_code, 5);
+    assert_non_null(strstr(err.message, "lease_id"));
+    assert_int_equal(get_state("nolease-1", &err),
+                     FERRY__V1__OPERATION_STATE__OPERATION_STATE_REGISTERED);
+}
+
+typedef struct {
+    const char *id;
+    const char *method; /* "Lookup" or "Claim" */
+    int64_t wait_ms;
+    ferry_status_t status;
+    rpc_error_t err;
+} nodeadline_job_t;
+
+/* Lookup or Claim with wait_ms and no gRPC deadline at all: the wait alone
+ * bounds the call. */
+static void *nodeadline_thread(void *arg)
+{
+    nodeadline_job_t *job = arg;
+    Ferry__V1__LookupRequest look = FERRY__V1__LOOKUP_REQUEST__INIT;
+    Ferry__V1__ClaimRequest claim = FERRY__V1__CLAIM_REQUEST__INIT;
+    bool is_lookup = strcmp(job->method, "Lookup") == 0;
+    ProtobufCMessage *resp = NULL;
+    char path[64];
+
+    look.request_id = claim.request_id = (char *)job->id;
+    look.access_token = claim.access_token = TOKEN;
+    look.wait_ms = claim.wait_ms = job->wait_ms;
+    snprintf(path, sizeof(path), "/ferry.v1.Coordinator/%s", job->method);
+    job->status = rpc_unary(chan, path, is_lookup ? &look.base : &claim.base,
+                            is_lookup ? &ferry__v1__lookup_response__descriptor
+                                      : &ferry__v1__claim_response__descriptor,
+                            0, &resp, &job->err);
+    if (resp != NULL) {
+        protobuf_c_message_free_unpacked(resp, NULL);
+    }
+    return NULL;
+}
+
+/* wait_ms up to 2^63-1 waits (it used to overflow into "no wait" and answer
+ * NOT_FOUND at once); 1 ms runs out and says so. */
+static void test_wait_ms_extremes(void **state)
+{
+    nodeadline_job_t jobs[] = {
+        {.id = "wmax-1", .method = "Lookup", .wait_ms = INT64_MAX},
+        {.id = "wmax-2", .method = "Claim", .wait_ms = INT64_MAX - 1000},
+    };
+    Ferry__V1__LookupResponse *look = NULL;
+    rpc_error_t err;
+    (void)state;
+
+    for (size_t i = 0; i < sizeof(jobs) / sizeof(jobs[0]); i++) {
+        char needle[64];
+        log_wait_t parked = {.needle = needle};
+        pthread_t t;
+
+        snprintf(needle, sizeof(needle), "op %s: %s from", jobs[i].id, i == 0 ? "lookup" : "claim");
+        assert_int_equal(pthread_create(&t, NULL, nodeadline_thread, &jobs[i]), 0);
+        bool waiting = test_wait_for(log_has, &parked, 10000);
+        if (waiting) {
+            ferry__v1__register_response__free_unpacked(
+                do_register(jobs[i].id, TOKEN, KIND_WRITE, FERRY_OK, NULL), NULL);
+        }
+        pthread_join(t, NULL);
+        print_message("%s wait_ms %lld: %s %s\n", jobs[i].method, (long long)jobs[i].wait_ms,
+                      ferry_status_name(jobs[i].status), jobs[i].err.message);
+        assert_true(waiting);
+        assert_int_equal(jobs[i].status, FERRY_OK);
+    }
+    assert_int_equal(get_state("wmax-2", &err),
+                     FERRY__V1__OPERATION_STATE__OPERATION_STATE_CLAIMED);
+
+    assert_int_equal(do_lookup("wmin-1", TOKEN, 1, &look, &err), FERRY_ERR_TIMED_OUT);
+    assert_int_equal(err.grpc_code, 4);
+    assert_non_null(strstr(err.message, "wmin-1"));
+}
+
+/* Watch refuses what every other RPC refuses, at once, instead of holding a
+ * stream for an ID that can never exist. */
+static void test_watch_validates_like_every_rpc(void **state)
+{
+    static const struct {
+        const char *id, *prefix, *field;
+    } bad[] = {
+        {"a/../b", "", "request_id"},
+        {"", "../", "request_id_prefix"},
+        {"has space", "", "request_id"},
+        {"x", "y", "exactly one"},
+    };
+    Ferry__V1__WatchRequest req = FERRY__V1__WATCH_REQUEST__INIT;
+    char *huge = malloc(1024 * 1024 + 1);
+    rpc_error_t err;
+    (void)state;
+
+    assert_non_null(huge);
+    memset(huge, 'a', 1024 * 1024);
+    huge[1024 * 1024] = '\0';
+    for (size_t i = 0; i <= sizeof(bad) / sizeof(bad[0]); i++) {
+        bool last = i == sizeof(bad) / sizeof(bad[0]);
+        Ferry__V1__WatchResponse *msg = NULL;
+        rpc_stream_t *stream = NULL;
+
+        req.request_id = last ? huge : (char *)bad[i].id;
+        req.request_id_prefix = last ? "" : (char *)bad[i].prefix;
+        assert_int_equal(rpc_stream_open(chan, "/ferry.v1.Coordinator/Watch", &req.base,
+                                         &ferry__v1__watch_response__descriptor, 10000, &stream),
+                         FERRY_OK);
+        assert_int_equal(rpc_stream_read(stream, 10000, (ProtobufCMessage **)&msg, &err),
+                         FERRY_ERR_INVALID_ARGUMENT);
+        assert_non_null(strstr(err.message, last ? "at most 128" : bad[i].field));
+        rpc_stream_destroy(stream);
+    }
+    free(huge);
+
+    /* The wire checks hold for Watch too. */
+    req.request_id = "w~";
+    req.request_id_prefix = "";
+    assert_int_equal(call_patched("Watch", &req.base, "w~", "w\0", &err),
+                     FERRY_ERR_INVALID_ARGUMENT);
+    assert_non_null(strstr(err.message, "request_id has a NUL"));
+}
+
+/* Decided (issue 8, item 9): Cancel is idempotent on CANCELLED and refuses
+ * COMPLETE and ERRORED; the reason is in error_message, error_code stays 0;
+ * ttl_seconds is range-checked even with lease_id. */
+static void test_cancel_and_ttl_as_documented(void **state)
+{
+    Ferry__V1__CancelRequest req = FERRY__V1__CANCEL_REQUEST__INIT;
+    Ferry__V1__CancelResponse *resp = NULL;
+    Ferry__V1__RegisterResponse *first;
+    Ferry__V1__RegisterRequest reg = FERRY__V1__REGISTER_REQUEST__INIT;
+    Ferry__V1__RegisterResponse *second = NULL;
+    Ferry__V1__ClaimResponse *claim = NULL;
+    Ferry__V1__CompleteResponse *done = NULL;
+    rpc_error_t err;
+    (void)state;
+
+    first = do_register("doc-1", TOKEN, KIND_WRITE, FERRY_OK, NULL);
+    req.request_id = "doc-1";
+    req.access_token = TOKEN;
+    req.reason = "first reason";
+    for (int i = 0; i < 2; i++) {
+        assert_int_equal(test_coord_call(chan, "Cancel", &req.base,
+                                         &ferry__v1__cancel_response__descriptor,
+                                         (ProtobufCMessage **)&resp, &err),
+                         FERRY_OK);
+        assert_int_equal(resp->operation->state,
+                         FERRY__V1__OPERATION_STATE__OPERATION_STATE_CANCELLED);
+        assert_string_equal(resp->operation->error_message, "first reason");
+        assert_int_equal(resp->operation->error_code, 0);
+        ferry__v1__cancel_response__free_unpacked(resp, NULL);
+        req.reason = "second reason";
+    }
+
+    ferry__v1__register_response__free_unpacked(
+        do_register("doc-2", TOKEN, KIND_WRITE, FERRY_OK, NULL), NULL);
+    assert_int_equal(do_claim("doc-2", TOKEN, KIND_WRITE, &claim, &err), FERRY_OK);
+    assert_int_equal(do_complete("doc-2", TOKEN, claim->claim_lease_id, 0, &done, &err), FERRY_OK);
+    assert_int_equal(do_cancel("doc-2", TOKEN, &err), FERRY_ERR_FAILED_PRECONDITION);
+    assert_non_null(strstr(err.message, "COMPLETE"));
+
+    reg.request_id = "doc-3";
+    reg.access_token = TOKEN;
+    reg.metadata = test_coord_metadata(KIND_WRITE);
+    reg.lease_id = first->lease_id;
+    reg.ttl_seconds = 3601;
+    assert_int_equal(test_coord_call(chan, "Register", &reg.base,
+                                     &ferry__v1__register_response__descriptor,
+                                     (ProtobufCMessage **)&second, &err),
+                     FERRY_ERR_INVALID_ARGUMENT);
+    assert_non_null(strstr(err.message, "ttl_seconds"));
+    reg.ttl_seconds = 3600; /* in range: checked, then not used */
+    assert_int_equal(test_coord_call(chan, "Register", &reg.base,
+                                     &ferry__v1__register_response__descriptor,
+                                     (ProtobufCMessage **)&second, &err),
+                     FERRY_OK);
+    assert_int_equal(second->lease_id, first->lease_id);
+    assert_int_equal(second->ttl_seconds, 0);
+    ferry__v1__register_response__free_unpacked(second, NULL);
+    ferry__v1__complete_response__free_unpacked(done, NULL);
+    ferry__v1__claim_response__free_unpacked(claim, NULL);
+    ferry__v1__register_response__free_unpacked(first, NULL);
+}
+
 static void test_health_serving(void **state)
 {
     rpc_error_t err;
@@ -839,6 +1211,13 @@ int main(void)
         cmocka_unit_test(test_shared_lease),
         cmocka_unit_test(test_release),
         cmocka_unit_test(test_watch_needs_exactly_one_target),
+        cmocka_unit_test(test_strings_with_nul_are_refused),
+        cmocka_unit_test(test_strings_must_be_utf8),
+        cmocka_unit_test(test_unknown_enum_values_are_refused),
+        cmocka_unit_test(test_claim_with_unknown_lease_is_not_found_at_once),
+        cmocka_unit_test(test_wait_ms_extremes),
+        cmocka_unit_test(test_watch_validates_like_every_rpc),
+        cmocka_unit_test(test_cancel_and_ttl_as_documented),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -22,8 +22,8 @@ static const ferry_status_t all_codes[] = {
 /* Ferry codes that share a gRPC code with a closer match. */
 static bool ferry_lossy(ferry_status_t s)
 {
-    return s == FERRY_ERR_EXPIRED || s == FERRY_ERR_NO_MEMORY || s == FERRY_ERR_TRANSPORT ||
-           s == FERRY_ERR_IO || s == FERRY_ERR_MISUSE;
+    return s == FERRY_ERR_EXPIRED || s == FERRY_ERR_LEASE_NOT_FOUND || s == FERRY_ERR_NO_MEMORY ||
+           s == FERRY_ERR_TRANSPORT || s == FERRY_ERR_IO || s == FERRY_ERR_MISUSE;
 }
 
 static void test_every_ferry_code_maps(void **state)
@@ -43,6 +43,7 @@ static void test_lossy_choices(void **state)
 {
     (void)state;
     assert_int_equal(rpc_status_to_grpc(FERRY_ERR_EXPIRED), 5);
+    assert_int_equal(rpc_status_to_grpc(FERRY_ERR_LEASE_NOT_FOUND), 5);
     assert_int_equal(rpc_status_to_grpc(FERRY_ERR_NO_MEMORY), 8);
     assert_int_equal(rpc_status_to_grpc(FERRY_ERR_TRANSPORT), 14);
     assert_int_equal(rpc_status_to_grpc(FERRY_ERR_IO), 13);
