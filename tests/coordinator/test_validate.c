@@ -159,13 +159,39 @@ static void test_ttl(void **state)
     assert_non_null(strstr(msg, "ttl_seconds is 3601"));
 }
 
+static ferry_status_t watch(const char *id, const char *prefix)
+{
+    Ferry__V1__WatchRequest req = FERRY__V1__WATCH_REQUEST__INIT;
+    req.request_id = (char *)id;
+    req.request_id_prefix = (char *)prefix;
+    msg[0] = '\0';
+    return coord_validate_watch(&req, msg, sizeof(msg));
+}
+
+/* Watch checks its target as every other RPC checks a request ID. */
+static void test_watch(void **state)
+{
+    (void)state;
+    assert_int_equal(watch("op-1", ""), FERRY_OK);
+    assert_int_equal(watch("", "op-"), FERRY_OK);
+    assert_int_equal(watch("", "*"), FERRY_OK);
+    assert_int_equal(watch("", ""), FERRY_ERR_INVALID_ARGUMENT);
+    assert_non_null(strstr(msg, "exactly one"));
+    assert_int_equal(watch("a", "b"), FERRY_ERR_INVALID_ARGUMENT);
+    assert_int_equal(watch("a/../b", ""), FERRY_ERR_INVALID_ARGUMENT);
+    assert_non_null(strstr(msg, "request_id has a character"));
+    assert_int_equal(watch("", "../"), FERRY_ERR_INVALID_ARGUMENT);
+    assert_non_null(strstr(msg, "request_id_prefix"));
+    assert_int_equal(watch("", "**"), FERRY_ERR_INVALID_ARGUMENT);
+    assert_int_equal(coord_validate_prefix("request_id_prefix", "", msg, sizeof(msg)), FERRY_OK);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_request_id),
-        cmocka_unit_test(test_token),
-        cmocka_unit_test(test_metadata),
-        cmocka_unit_test(test_ttl),
+        cmocka_unit_test(test_request_id), cmocka_unit_test(test_token),
+        cmocka_unit_test(test_metadata),   cmocka_unit_test(test_ttl),
+        cmocka_unit_test(test_watch),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
