@@ -163,6 +163,37 @@ class CoordinatorFromPython(unittest.TestCase):
         self.assertNotIn("e", result)
         self.assertEqual(result["r"].operation.request_id, "py-wait")
 
+    def test_nul_and_bad_utf8_are_refused(self):
+        # A Python str may hold a NUL: it must not reach the coordinator cut short.
+        with self.assertRaises(grpc.RpcError) as cm:
+            self.register("a\0/../claims/x")
+        self.assertEqual(cm.exception.code(), grpc.StatusCode.INVALID_ARGUMENT)
+        self.assertIn("request_id", cm.exception.details())
+        with self.assertRaises(grpc.RpcError) as cm:
+            self.stub.Get(self.cpb.GetRequest(request_id="a"), timeout=10)
+        self.assertEqual(cm.exception.code(), grpc.StatusCode.NOT_FOUND)
+        # Bad UTF-8 takes a raw call: grpcio's messages refuse to carry it.
+        req = self.cpb.RegisterRequest(request_id="py-utf8", metadata=metadata(self.pb),
+                                       owner="owner-~").SerializeToString()
+        raw = self.channel.unary_unary("/ferry.v1.Coordinator/Register",
+                                       request_serializer=None, response_deserializer=None)
+        with self.assertRaises(grpc.RpcError) as cm:
+            raw(req.replace(b"owner-~", b"owner-\xff"), timeout=10)
+        self.assertEqual(cm.exception.code(), grpc.StatusCode.INVALID_ARGUMENT)
+        self.assertIn("owner is not valid UTF-8", cm.exception.details())
+        # Nothing was stored, so List over everything still decodes.
+        self.stub.List(self.cpb.ListRequest(page_size=1000), timeout=10)
+
+    def test_linearizable_get_and_lookup(self):
+        token = "lin-token-0123456789"
+        self.register("py-lin", token=token)
+        got = self.stub.Get(self.cpb.GetRequest(request_id="py-lin", linearizable=True),
+                            timeout=10)
+        self.assertEqual(got.operation.state, self.pb.OPERATION_STATE_REGISTERED)
+        r = self.stub.Lookup(self.cpb.LookupRequest(request_id="py-lin", access_token=token,
+                                                    linearizable=True), timeout=10)
+        self.assertTrue(r.operation.HasField("metadata"))
+
 
 if __name__ == "__main__":
     unittest.main(verbosity=2)
