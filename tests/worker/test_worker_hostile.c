@@ -203,6 +203,10 @@ static int victim_main(int cmd_fd, int res_fd)
 
 /* ---- the parent: victim control --------------------------------------- */
 
+/* The honest writer's connector: one per victim, gone before the victim is
+ * (so no endpoint outlives the process it points at). */
+static ferry_connector_t *honest;
+
 typedef struct {
     pid_t pid;
     int cmd_fd;
@@ -239,6 +243,7 @@ static void victim_spawn(victim_t *v)
     fcntl(from_child[0], F_SETFD, FD_CLOEXEC);
     v->cmd_fd = to_child[1];
     v->res_fd = from_child[0];
+    assert_int_equal(ferry_connector_create(NULL, &honest), FERRY_OK);
 }
 
 /* Asks for a fresh writable and keeps its metadata, key and address. */
@@ -298,6 +303,8 @@ static void victim_quit(victim_t *v)
 {
     int wstatus = 0;
 
+    ferry_connector_destroy(honest);
+    honest = NULL;
     write_full(v->cmd_fd, "Q", 1);
     close(v->cmd_fd);
     close(v->res_fd);
@@ -459,8 +466,6 @@ static void send_claim(hostile_t *h, const uint8_t *key, const uint8_t *address,
 }
 
 /* ---- the parent: the honest writer ------------------------------------ */
-
-static ferry_connector_t *honest;
 
 static void honest_write(const victim_t *v)
 {
@@ -723,6 +728,7 @@ static void test_admit_positive_status_is_protocol_error(void **state)
     ferry__metadata_build_t build = {0};
     uint8_t key[FERRY__KEY_LEN] = {1, 2, 3};
     fake_passive_t f = {.admit_status = 7};
+    ferry_connector_t *c;
     ucp_context_h ctx;
     ucp_address_t *addr;
     size_t addr_len, rkey_len, md_len;
@@ -761,7 +767,9 @@ static void test_admit_positive_status_is_protocol_error(void **state)
     build.hostname = "fake";
     assert_int_equal(ferry__metadata_encode(&build, &md, &md_len), FERRY_OK);
 
-    assert_int_equal(ferry_write_begin(honest, &local, 1, md, md_len, &op), FERRY_OK);
+    /* A connector of its own, gone before the fake side is. */
+    assert_int_equal(ferry_connector_create(NULL, &c), FERRY_OK);
+    assert_int_equal(ferry_write_begin(c, &local, 1, md, md_len, &op), FERRY_OK);
     deadline = now_ms() + WAIT_TIMEOUT_MS;
     while (st == FERRY_ERR_TIMED_OUT && now_ms() < deadline) {
         ucp_worker_progress(f.worker); /* the fake passive side runs here */
@@ -771,6 +779,7 @@ static void test_admit_positive_status_is_protocol_error(void **state)
     assert_int_equal(st, FERRY_ERR_PROTOCOL);
     assert_int_equal(ferry_op_error(op, &msg), FERRY_ERR_PROTOCOL);
     ferry_op_destroy(op);
+    ferry_connector_destroy(c);
     if (UCS_PTR_IS_PTR(f.req)) {
         while (ucp_request_check_status(f.req) == UCS_INPROGRESS) {
             ucp_worker_progress(f.worker);
@@ -783,19 +792,6 @@ static void test_admit_positive_status_is_protocol_error(void **state)
     ucp_worker_release_address(f.worker, addr);
     ucp_worker_destroy(f.worker);
     ucp_cleanup(ctx);
-}
-
-static int group_setup(void **state)
-{
-    (void)state;
-    return ferry_connector_create(NULL, &honest) == FERRY_OK ? 0 : -1;
-}
-
-static int group_teardown(void **state)
-{
-    (void)state;
-    ferry_connector_destroy(honest);
-    return 0;
 }
 
 int main(int argc, char **argv)
@@ -813,5 +809,5 @@ int main(int argc, char **argv)
         return victim_main(atoi(argv[2]), atoi(argv[3]));
     }
     signal(SIGPIPE, SIG_IGN); /* a dead victim shows as a failed read */
-    return cmocka_run_group_tests(tests, group_setup, group_teardown);
+    return cmocka_run_group_tests(tests, NULL, NULL);
 }
