@@ -7,9 +7,15 @@
  * Admission: an active side first sends a CLAIM carrying the notification
  * key. Exactly one claim is admitted, and only while the operation is READY;
  * a cancelled, finished, destroyed or already claimed operation answers with
- * a refusal, so no byte is written into memory its owner gave up. The
- * decision is made before anything is built from the claim: the answer goes
- * back on the endpoint UCX names for the reply (the claimant's own
+ * a refusal, so no byte is written into memory its owner gave up. This
+ * matters because on host memory UCX 1.13's shared-memory (cma) and TCP
+ * transports do not enforce remote keys: after ucp_mem_unmap a peer holding
+ * an old key could still write. The one gap left: an owner that cancels
+ * after admitting a writer cannot stop bytes already in flight; they land in
+ * the (still allocated, user-owned) buffer, and the op is CANCELLED anyway.
+ *
+ * The decision is made before anything is built from the claim: the answer
+ * goes back on the endpoint UCX names for the reply (the claimant's own
  * connection), inside the AM callback, and a claim for an unknown key
  * creates nothing and caches nothing, however many arrive. Only for an
  * admitted claim, and only with peer error handling on, does the loop open
@@ -23,18 +29,14 @@
  * (compared in constant time). Anything else, a forged OK or a stranger's
  * error, is counted (stats.notices_ignored), logged at debug and dropped, so
  * neither can complete a buffer nobody wrote nor cancel the admitted
- * writer's transfer. This
- * matters because on host memory UCX 1.13's shared-memory (cma) and TCP
- * transports do not enforce remote keys: after ucp_mem_unmap a peer holding
- * an old key could still write. The one gap left: an owner that cancels
- * after admitting a writer cannot stop bytes already in flight; they land in
- * the (still allocated, user-owned) buffer, and the op is CANCELLED anyway.
+ * writer's transfer.
  *
  * Release: the memory is unmapped when the operation becomes final and at
  * destroy, whichever comes first (ferry__passive_release is idempotent).
  *
- * Threads: create runs on the caller's thread; claim and notice handling run
- * in the progress loop. Both with connector->lock held around UCX calls.
+ * Threads: create runs on the caller's thread; a claim is decided inside the
+ * AM callback (see connector.c), its claimant watched and notices handled in
+ * the progress loop. All with connector->lock held around UCX calls.
  */
 #include <stdio.h>
 #include <stdlib.h>
