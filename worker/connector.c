@@ -143,7 +143,17 @@ static void handle_inmsg(ferry_connector_t *c, const ferry__inmsg_t *in)
     ferry__msg_t msg;
 
     if (ferry__msg_decode(in->data, in->len, &msg) != FERRY_OK) {
-        ferry_warn("connector %s: dropping a message: %s", c->name, ferry_last_error_message());
+        /* Anyone who can reach the worker can send these: warn once, not
+         * once per message of a flood. */
+        if (!c->warned_malformed) {
+            c->warned_malformed = true;
+            ferry_warn(
+                "connector %s: dropping a malformed message (later ones logged at debug): %s",
+                c->name, ferry_last_error_message());
+        } else {
+            ferry_debug("connector %s: dropping a message: %s", c->name,
+                        ferry_last_error_message());
+        }
         return;
     }
     switch (msg.type) {

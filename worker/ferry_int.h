@@ -207,6 +207,7 @@ struct ferry_connector {
     ferry__peer_t *peers;
     unsigned n_peers;        /* peers in the cache */
     unsigned peer_cache_max; /* FERRY__PEER_CACHE_MAX; tests lower it */
+    bool warned_malformed;   /* a malformed message was logged at warn */
     uint64_t next_peer_id;
     struct ferry_op *ops[FERRY__OP_BUCKETS];
     uint64_t next_op_id;
