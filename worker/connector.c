@@ -9,7 +9,13 @@
  * holds the lock while UCX progresses, so UCX callbacks (am_recv_cb, the
  * request and endpoint-error callbacks in peer.c) run with the lock held and
  * only copy, record and enqueue. ferry__connector_drain does the work; user
- * completion callbacks are delivered without the lock.
+ * completion callbacks are delivered without the lock. One exception: a
+ * CLAIM is decided and answered inside am_recv_cb, because the endpoint UCX
+ * offers for the answer (reply_ep) is only guaranteed while the callback
+ * runs, and answering on it is what lets the passive side never build an
+ * endpoint from a stranger's bytes (ucp_ep_create on a malformed address
+ * aborts inside UCX 1.13; it takes no length to check against). The
+ * decision only reads the operation table and moves READY -> CLAIMED.
  *
  * Waiting: when UCX has gone quiet the loop first spins (keeps progressing
  * UCX, dropping the lock between rounds and yielding the CPU often) for
@@ -81,7 +87,29 @@ void ferry__spin_pause(unsigned iteration)
     }
 }
 
-/* UCX callback (lock held): copy the message and queue it. */
+/* A CLAIM, inside the callback: decide and answer on the reply endpoint.
+ * True when the message should still go to the loop (an admitted claim
+ * whose claimant the loop watches for failure). */
+static bool claim_in_callback(ferry_connector_t *c, const void *data, size_t length,
+                              const ucp_am_recv_param_t *param)
+{
+    ferry__msg_t msg;
+    ucp_ep_h reply_ep = NULL;
+
+    if (ferry__msg_decode(data, length, &msg) != FERRY_OK) {
+        return true; /* the loop drops it and logs why */
+    }
+    if (msg.type != FERRY__MSG_CLAIM) {
+        return true;
+    }
+    if (param->recv_attr & UCP_AM_RECV_ATTR_FIELD_REPLY_EP) {
+        reply_ep = param->reply_ep;
+    }
+    return ferry__passive_on_claim(c, &msg, reply_ep);
+}
+
+/* UCX callback (lock held): copy the message and queue it (a CLAIM is
+ * answered here first; see the file comment). */
 static ucs_status_t am_recv_cb(void *arg, const void *header, size_t header_length, void *data,
                                size_t length, const ucp_am_recv_param_t *param)
 {
@@ -92,6 +120,9 @@ static ucs_status_t am_recv_cb(void *arg, const void *header, size_t header_leng
     (void)header_length;
     if (param->recv_attr & UCP_AM_RECV_ATTR_FLAG_RNDV) {
         ferry_warn("connector %s: dropping a %zu-byte rendezvous message", c->name, length);
+        return UCS_OK;
+    }
+    if (!claim_in_callback(c, data, length, param)) {
         return UCS_OK;
     }
     msg = malloc(sizeof(*msg) + length);
@@ -112,12 +143,22 @@ static void handle_inmsg(ferry_connector_t *c, const ferry__inmsg_t *in)
     ferry__msg_t msg;
 
     if (ferry__msg_decode(in->data, in->len, &msg) != FERRY_OK) {
-        ferry_warn("connector %s: dropping a message: %s", c->name, ferry_last_error_message());
+        /* Anyone who can reach the worker can send these: warn once, not
+         * once per message of a flood. */
+        if (!c->warned_malformed) {
+            c->warned_malformed = true;
+            ferry_warn(
+                "connector %s: dropping a malformed message (later ones logged at debug): %s",
+                c->name, ferry_last_error_message());
+        } else {
+            ferry_debug("connector %s: dropping a message: %s", c->name,
+                        ferry_last_error_message());
+        }
         return;
     }
     switch (msg.type) {
-    case FERRY__MSG_CLAIM:
-        ferry__passive_on_claim(c, &msg);
+    case FERRY__MSG_CLAIM: /* admitted already, in am_recv_cb */
+        ferry__passive_watch_claimant(c, &msg);
         break;
     case FERRY__MSG_ADMIT:
         ferry__active_on_admit(c, &msg);
@@ -141,15 +182,7 @@ static void handle_failed_peer(ferry_connector_t *c, ferry__peer_t *peer)
             }
         }
     }
-    if (peer->in_cache) {
-        ferry__peer_t **pp = &c->peers;
-        while (*pp != peer) {
-            pp = &(*pp)->next;
-        }
-        *pp = peer->next;
-        peer->in_cache = false;
-        ferry__peer_put(peer);
-    }
+    ferry__peer_uncache(peer);
     ferry__peer_put(peer); /* the failed queue's reference */
 }
 
@@ -446,6 +479,7 @@ ferry_status_t ferry_connector_create(const ferry_connector_params_t *params,
     c->done_tail = &c->done;
     c->next_op_id = 1;
     c->next_peer_id = 1;
+    c->peer_cache_max = FERRY__PEER_CACHE_MAX;
     status = apply_params(c, params);
     if (status != FERRY_OK) {
         goto err_free;
@@ -585,5 +619,6 @@ void ferry_connector_get_stats(ferry_connector_t *c, ferry_connector_stats_t *st
 {
     ferry__lock(c);
     *stats_p = c->stats;
+    stats_p->peers_cached = c->n_peers;
     ferry__unlock(c);
 }

@@ -45,6 +45,8 @@
 #define FERRY__HOST_LEN       256
 #define FERRY__OP_BUCKETS     256
 #define FERRY__RKEY_CACHE_MAX 256 /* unused remote keys kept per peer */
+#define FERRY__PEER_CACHE_MAX 64  /* cached endpoints (least recently used go) */
+#define FERRY__NONCE_LEN      16  /* admission nonce, see wire.c */
 
 /* ---- errors (errors.c) ------------------------------------------------ */
 
@@ -110,11 +112,12 @@ typedef enum {
 
 typedef struct {
     ferry__msg_type_t type;
-    uint8_t key[FERRY__KEY_LEN]; /* the passive operation */
-    uint64_t op_id;              /* the active operation (CLAIM, ADMIT) */
-    uint8_t op_kind;             /* CLAIM: FERRY__KIND_WRITE or _READ */
-    int32_t status;              /* ADMIT, NOTICE: ferry_status_t */
-    const uint8_t *address;      /* CLAIM: the claimant's worker address */
+    uint8_t key[FERRY__KEY_LEN];     /* the passive operation */
+    uint64_t op_id;                  /* the active operation (CLAIM, ADMIT) */
+    uint8_t op_kind;                 /* CLAIM: FERRY__KIND_WRITE or _READ */
+    int32_t status;                  /* ADMIT, NOTICE: ferry_status_t */
+    uint8_t nonce[FERRY__NONCE_LEN]; /* ADMIT (admitted), NOTICE: the admission */
+    const uint8_t *address;          /* CLAIM: the claimant's worker address */
     size_t address_len;
 } ferry__msg_t;
 
@@ -134,9 +137,12 @@ typedef struct ferry__rkey {
     unsigned refs; /* operations using it */
 } ferry__rkey_t;
 
-/* One remote worker: a cached endpoint and the remote keys unpacked on it. */
+/* One remote worker: a cached endpoint and the remote keys unpacked on it.
+ * The cache is a list in least-recently-used order (most recent first),
+ * at most connector->peer_cache_max long counting only peers nobody else
+ * holds: eviction never closes an endpoint an operation uses. */
 typedef struct ferry__peer {
-    struct ferry__peer *next;        /* cache chain */
+    struct ferry__peer *next;        /* cache chain, most recently used first */
     struct ferry__peer *failed_next; /* failed-peer queue */
     ferry_connector_t *connector;
     uint8_t *address;
@@ -199,6 +205,9 @@ struct ferry_connector {
     /* Everything below: under lock. */
     bool armed; /* the loop sleeps (or is about to) on efd: wakes must signal */
     ferry__peer_t *peers;
+    unsigned n_peers;        /* peers in the cache */
+    unsigned peer_cache_max; /* FERRY__PEER_CACHE_MAX; tests lower it */
+    bool warned_malformed;   /* a malformed message was logged at warn */
     uint64_t next_peer_id;
     struct ferry_op *ops[FERRY__OP_BUCKETS];
     uint64_t next_op_id;
@@ -244,12 +253,19 @@ ferry_status_t ferry__peer_rkey_get(ferry__peer_t *peer, const uint8_t *packed, 
 void ferry__peer_rkey_put(ferry__peer_t *peer, ferry__rkey_t *rkey);
 /* Drops every cached peer (connector destroy), closing endpoints. */
 void ferry__peer_cache_clear(ferry_connector_t *c);
+/* Takes a peer out of the cache (it failed) and drops the cache's
+ * reference; no-op when it is not cached. */
+void ferry__peer_uncache(ferry__peer_t *peer);
 
 /* Sends a wire message on a peer; req_type and op (ref taken) as for
  * ferry__req_t. Lock held. Failure to post is reported through the queue
  * like a failed completion, so callers handle one path. */
 void ferry__send_msg(ferry__peer_t *peer, const ferry__msg_t *msg, ferry__req_type_t req_type,
                      struct ferry_op *op);
+/* Sends an ADMIT answer on the endpoint UCX gave with a received message
+ * (ucp_am_recv_param_t.reply_ep). Only from inside the AM callback, while
+ * UCX guarantees that endpoint; nothing is created or cached. Lock held. */
+void ferry__send_reply(ferry_connector_t *c, ucp_ep_h reply_ep, const ferry__msg_t *msg);
 
 /* UCX request callback plumbing: queue a finished request. Lock held. */
 void ferry__req_finish(ferry__req_t *req, ucs_status_t status);
@@ -269,7 +285,7 @@ void ferry__req_param(ferry__req_t *req, ucp_request_param_t *param);
  *   CLAIMING -> TRANSFERRING     active: admitted; puts/gets and flush posted
  *   TRANSFERRING -> NOTIFYING    active: flush done; notice posted
  *   NOTIFYING -> COMPLETE        active: notice sent
- *   READY|CLAIMED -> COMPLETE    passive: the notice arrived
+ *   CLAIMED -> COMPLETE          passive: the admitted peer's notice arrived
  *   any non-final -> CANCELLED | ERRORED
  */
 typedef enum {
@@ -319,7 +335,10 @@ struct ferry_op {
     bool mapped;
     uint8_t *metadata;
     size_t metadata_len;
-    ferry__peer_t *claimant; /* the admitted peer, while CLAIMED */
+    ferry__peer_t *claimant;         /* the admitted peer's endpoint (for its failure) */
+    bool admitted;                   /* a claim was admitted; nonce is set */
+    uint8_t nonce[FERRY__NONCE_LEN]; /* passive: drawn at admission;
+                                      * active: from the ADMIT, echoed */
 
     /* Active. */
     Ferry__V1__RdmaMetadata *md;
@@ -361,7 +380,14 @@ ferry_op_t *ferry__op_find_active(ferry_connector_t *c, uint64_t id);
 
 /* Kind-specific steps, lock held. */
 void ferry__passive_release(ferry_op_t *op); /* unmap memory, drop claimant */
-void ferry__passive_on_claim(ferry_connector_t *c, const ferry__msg_t *msg);
+/* Runs inside the AM callback (the reply endpoint lives only that long):
+ * decides admission from the key alone and answers on reply_ep. True when
+ * the claim was admitted and the loop should open an endpoint to the
+ * claimant for failure detection (peer error handling on). */
+bool ferry__passive_on_claim(ferry_connector_t *c, const ferry__msg_t *msg, ucp_ep_h reply_ep);
+/* In the loop, for an admitted claim: the endpoint that reports the
+ * claimant's failure. */
+void ferry__passive_watch_claimant(ferry_connector_t *c, const ferry__msg_t *msg);
 void ferry__passive_on_notice(ferry_connector_t *c, const ferry__msg_t *msg);
 void ferry__active_on_admit(ferry_connector_t *c, const ferry__msg_t *msg);
 void ferry__active_on_req(ferry__req_t *req);

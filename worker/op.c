@@ -102,8 +102,8 @@ static bool can_move(ferry__op_state_t from, ferry__op_state_t to, bool passive)
     case FERRY__OP_NOTIFYING:
         return !passive && from == FERRY__OP_TRANSFERRING;
     case FERRY__OP_COMPLETE:
-        return passive ? (from == FERRY__OP_READY || from == FERRY__OP_CLAIMED)
-                       : from == FERRY__OP_NOTIFYING;
+        /* Passive: only the admitted peer's notice completes. */
+        return passive ? from == FERRY__OP_CLAIMED : from == FERRY__OP_NOTIFYING;
     case FERRY__OP_CANCELLED:
     case FERRY__OP_ERRORED:
         return true;

@@ -40,6 +40,7 @@ static void send_notice(ferry_op_t *op, ferry_status_t status)
     msg.type = FERRY__MSG_NOTICE;
     memcpy(msg.key, op->md->notification_key.data, FERRY__KEY_LEN);
     msg.status = status;
+    memcpy(msg.nonce, op->nonce, FERRY__NONCE_LEN); /* proves we are the admitted one */
     ferry__send_msg(op->peer, &msg, FERRY__REQ_NOTICE, op);
 }
 
@@ -96,6 +97,9 @@ void ferry__active_on_admit(ferry_connector_t *c, const ferry__msg_t *msg)
         return;
     }
     op->awaiting_admit = false;
+    if (msg->status == FERRY_OK) {
+        memcpy(op->nonce, msg->nonce, FERRY__NONCE_LEN);
+    }
     if (ferry__op_is_final(op)) {
         if (msg->status == FERRY_OK) {
             send_notice(op, owed_status(op)); /* release the passive side */
@@ -103,7 +107,8 @@ void ferry__active_on_admit(ferry_connector_t *c, const ferry__msg_t *msg)
     } else if (msg->status == FERRY_OK) {
         start_transfer(op);
     } else {
-        ferry_status_t code = (ferry_status_t)msg->status;
+        /* A refusal is negative; anything else is a broken peer. */
+        ferry_status_t code = msg->status < 0 ? (ferry_status_t)msg->status : FERRY_ERR_PROTOCOL;
         ferry__op_move(op, FERRY__OP_ERRORED, code, "the passive side refused the %s: %s",
                        op->kind == FERRY__KIND_WRITE ? "write" : "read",
                        code == FERRY_ERR_NOT_FOUND ? "no such operation (destroyed?)"

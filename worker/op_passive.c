@@ -14,11 +14,29 @@
  * after admitting a writer cannot stop bytes already in flight; they land in
  * the (still allocated, user-owned) buffer, and the op is CANCELLED anyway.
  *
+ * The decision is made before anything is built from the claim: the answer
+ * goes back on the endpoint UCX names for the reply (the claimant's own
+ * connection), inside the AM callback, and a claim for an unknown key
+ * creates nothing and caches nothing, however many arrive. Only for an
+ * admitted claim, and only with peer error handling on, does the loop open
+ * an endpoint to the claimant's address: that endpoint is how the owner
+ * learns that its writer died. (The residual trust: UCX 1.13 cannot parse an
+ * address safely, so a claimant that holds the key and sends a malformed
+ * address can still abort this process when peer error handling is on.)
+ *
+ * Completion: the ADMIT carries a random admission nonce; a NOTICE moves the
+ * operation only while it is CLAIMED and only when it carries that nonce
+ * (compared in constant time). Anything else, a forged OK or a stranger's
+ * error, is counted (stats.notices_ignored), logged at debug and dropped, so
+ * neither can complete a buffer nobody wrote nor cancel the admitted
+ * writer's transfer.
+ *
  * Release: the memory is unmapped when the operation becomes final and at
  * destroy, whichever comes first (ferry__passive_release is idempotent).
  *
- * Threads: create runs on the caller's thread; claim and notice handling run
- * in the progress loop. Both with connector->lock held around UCX calls.
+ * Threads: create runs on the caller's thread; a claim is decided inside the
+ * AM callback (see connector.c), its claimant watched and notices handled in
+ * the progress loop. All with connector->lock held around UCX calls.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -213,6 +231,17 @@ void ferry__passive_release(ferry_op_t *op)
     }
 }
 
+/* Equal in time that does not depend on where the bytes differ. */
+static bool nonce_equal(const uint8_t *a, const uint8_t *b)
+{
+    uint8_t diff = 0;
+
+    for (size_t i = 0; i < FERRY__NONCE_LEN; i++) {
+        diff |= (uint8_t)(a[i] ^ b[i]);
+    }
+    return diff == 0;
+}
+
 /* Why a claim is refused, or FERRY_OK to admit it. */
 static ferry_status_t admission(const ferry_op_t *op, const ferry__msg_t *msg)
 {
@@ -234,30 +263,52 @@ static ferry_status_t admission(const ferry_op_t *op, const ferry__msg_t *msg)
     }
 }
 
-void ferry__passive_on_claim(ferry_connector_t *c, const ferry__msg_t *msg)
+bool ferry__passive_on_claim(ferry_connector_t *c, const ferry__msg_t *msg, ucp_ep_h reply_ep)
 {
     ferry_op_t *op = ferry__op_find_passive(c, msg->key);
     ferry__msg_t answer = {0};
-    ferry__peer_t *peer;
 
-    if (ferry__peer_get(c, msg->address, msg->address_len, &peer) != FERRY_OK) {
-        ferry_warn("connector %s: cannot answer a claim: %s", c->name, ferry_last_error_message());
-        return;
-    }
     answer.type = FERRY__MSG_ADMIT;
     memcpy(answer.key, msg->key, FERRY__KEY_LEN);
     answer.op_id = msg->op_id;
     answer.status = admission(op, msg);
-    if (answer.status == FERRY_OK) {
-        op->claimant = peer;
-        ferry__op_move(op, FERRY__OP_CLAIMED, FERRY_OK, NULL);
-    } else {
-        ferry_debug("connector %s: claim refused: %s", c->name,
-                    ferry_status_name((ferry_status_t)answer.status));
+    if (answer.status == FERRY_OK && reply_ep == NULL) {
+        answer.status = FERRY_ERR_PROTOCOL; /* nowhere to answer: not our sender */
     }
-    ferry__send_msg(peer, &answer, FERRY__REQ_ADMIT, NULL);
+    if (answer.status == FERRY_OK &&
+        getrandom(op->nonce, sizeof(op->nonce), 0) != (ssize_t)sizeof(op->nonce)) {
+        ferry_error("%s: getrandom failed; claim refused", op->label);
+        answer.status = FERRY_ERR_IO;
+    }
     if (answer.status != FERRY_OK) {
-        ferry__peer_put(peer);
+        c->stats.claims_refused++;
+        ferry_debug("connector %s: claim refused: %s%s", c->name,
+                    ferry_status_name((ferry_status_t)answer.status),
+                    reply_ep == NULL ? " (no reply endpoint; dropped)" : "");
+        if (reply_ep != NULL) {
+            ferry__send_reply(c, reply_ep, &answer);
+        }
+        return false;
+    }
+    op->admitted = true;
+    memcpy(answer.nonce, op->nonce, FERRY__NONCE_LEN);
+    ferry__op_move(op, FERRY__OP_CLAIMED, FERRY_OK, NULL);
+    ferry__send_reply(c, reply_ep, &answer);
+    return c->peer_error_handling;
+}
+
+void ferry__passive_watch_claimant(ferry_connector_t *c, const ferry__msg_t *msg)
+{
+    ferry_op_t *op = ferry__op_find_passive(c, msg->key);
+
+    /* Only the admitted claim reaches the loop; the op may have ended since. */
+    if (op == NULL || op->state != FERRY__OP_CLAIMED || op->claimant != NULL) {
+        return;
+    }
+    if (ferry__peer_get(c, msg->address, msg->address_len, &op->claimant) != FERRY_OK) {
+        ferry_warn("%s: no endpoint to the admitted peer (its failure goes unseen): %s", op->label,
+                   ferry_last_error_message());
+        op->claimant = NULL;
     }
 }
 
@@ -266,7 +317,13 @@ void ferry__passive_on_notice(ferry_connector_t *c, const ferry__msg_t *msg)
     ferry_op_t *op = ferry__op_find_passive(c, msg->key);
 
     if (op == NULL || ferry__op_is_final(op)) {
+        c->stats.notices_ignored++;
         ferry_debug("connector %s: notice for no live operation", c->name);
+        return;
+    }
+    if (op->state != FERRY__OP_CLAIMED || !op->admitted || !nonce_equal(msg->nonce, op->nonce)) {
+        c->stats.notices_ignored++;
+        ferry_debug("%s: notice ignored: not from the admitted peer", op->label);
         return;
     }
     c->stats.notices_received++;

@@ -7,9 +7,13 @@
  * Invariants: a peer is in connector->peers while usable; the cache holds one
  * reference and each operation using it one more. A failed peer leaves the
  * cache at once (the next transfer builds a fresh endpoint) and is closed
- * when its last reference goes. Remote keys are reference counted by the
- * operations using them; unused ones stay cached, at most
- * FERRY__RKEY_CACHE_MAX per peer (the oldest unused go first).
+ * when its last reference goes. The cache is bounded: it is kept in
+ * least-recently-used order, and a new entry beyond peer_cache_max evicts
+ * the least recently used peers that only the cache holds (their endpoints
+ * close); a peer an operation holds is never evicted, so the cache may run
+ * over the bound while that many peers are in use, never otherwise. Remote keys are reference
+ * counted by the operations using them; unused ones stay cached, at most FERRY__RKEY_CACHE_MAX per
+ * peer (the oldest unused go first).
  *
  * Threads: everything here runs with connector->lock held, either in the
  * progress loop or in a caller's thread. The callbacks (ep_err_cb,
@@ -74,15 +78,55 @@ static ferry_status_t peer_open(ferry_connector_t *c, const uint8_t *address, si
     return FERRY_OK;
 }
 
+/* Evicts least recently used peers nobody else holds while the cache is over
+ * its bound. The list is most recent first, so the last idle one goes. */
+static void peer_cache_trim(ferry_connector_t *c)
+{
+    while (c->n_peers > c->peer_cache_max) {
+        ferry__peer_t **victim = NULL;
+        for (ferry__peer_t **pp = &c->peers; *pp != NULL; pp = &(*pp)->next) {
+            if ((*pp)->refs == 1) {
+                victim = pp;
+            }
+        }
+        if (victim == NULL) {
+            return; /* every cached peer is in use: never close those */
+        }
+        ferry_debug("connector %s: peer %llu: evicted from the endpoint cache", c->name,
+                    (unsigned long long)(*victim)->id);
+        ferry__peer_uncache(*victim);
+    }
+}
+
+void ferry__peer_uncache(ferry__peer_t *peer)
+{
+    ferry_connector_t *c = peer->connector;
+    ferry__peer_t **pp = &c->peers;
+
+    if (!peer->in_cache) {
+        return;
+    }
+    while (*pp != peer) {
+        pp = &(*pp)->next;
+    }
+    *pp = peer->next;
+    peer->in_cache = false;
+    c->n_peers--;
+    ferry__peer_put(peer);
+}
+
 ferry_status_t ferry__peer_get(ferry_connector_t *c, const uint8_t *address, size_t len,
                                ferry__peer_t **peer_p)
 {
     ferry__peer_t *peer;
     ferry_status_t status;
 
-    for (peer = c->peers; peer != NULL; peer = peer->next) {
+    for (ferry__peer_t **pp = &c->peers; (peer = *pp) != NULL; pp = &peer->next) {
         if (peer->address_len == len && memcmp(peer->address, address, len) == 0) {
             c->stats.endpoint_cache_hits++;
+            *pp = peer->next; /* most recently used: to the front */
+            peer->next = c->peers;
+            c->peers = peer;
             peer->refs++;
             *peer_p = peer;
             return FERRY_OK;
@@ -96,6 +140,8 @@ ferry_status_t ferry__peer_get(ferry_connector_t *c, const uint8_t *address, siz
     peer->refs = 2; /* the cache's and the caller's */
     peer->next = c->peers;
     c->peers = peer;
+    c->n_peers++;
+    peer_cache_trim(c);
     *peer_p = peer;
     return FERRY_OK;
 }
@@ -152,10 +198,7 @@ void ferry__peer_put(ferry__peer_t *peer)
 void ferry__peer_cache_clear(ferry_connector_t *c)
 {
     while (c->peers != NULL) {
-        ferry__peer_t *peer = c->peers;
-        c->peers = peer->next;
-        peer->in_cache = false;
-        ferry__peer_put(peer);
+        ferry__peer_uncache(c->peers);
     }
 }
 
@@ -259,10 +302,9 @@ void ferry__req_posted(ferry__req_t *req, ucs_status_ptr_t sp)
     /* Otherwise req_done_cb queues it later. */
 }
 
-void ferry__send_msg(ferry__peer_t *peer, const ferry__msg_t *msg, ferry__req_type_t req_type,
-                     ferry_op_t *op)
+static void send_on_ep(ferry_connector_t *c, ucp_ep_h ep, const ferry__msg_t *msg,
+                       ferry__req_type_t req_type, ferry_op_t *op)
 {
-    ferry_connector_t *c = peer->connector;
     ucp_request_param_t param;
     ferry__req_t *req;
     size_t len = 0;
@@ -288,5 +330,21 @@ void ferry__send_msg(ferry__peer_t *peer, const ferry__msg_t *msg, ferry__req_ty
     ferry__req_param(req, &param);
     param.op_attr_mask |= UCP_OP_ATTR_FIELD_FLAGS;
     param.flags = UCP_AM_SEND_FLAG_EAGER;
-    ferry__req_posted(req, ucp_am_send_nbx(peer->ep, FERRY__AM_ID, NULL, 0, req->buf, len, &param));
+    if (msg->type == FERRY__MSG_CLAIM) {
+        /* The passive side answers on the endpoint this names (reply_ep)
+         * and never builds one from the address in the claim. */
+        param.flags |= UCP_AM_SEND_FLAG_REPLY;
+    }
+    ferry__req_posted(req, ucp_am_send_nbx(ep, FERRY__AM_ID, NULL, 0, req->buf, len, &param));
+}
+
+void ferry__send_msg(ferry__peer_t *peer, const ferry__msg_t *msg, ferry__req_type_t req_type,
+                     ferry_op_t *op)
+{
+    send_on_ep(peer->connector, peer->ep, msg, req_type, op);
+}
+
+void ferry__send_reply(ferry_connector_t *c, ucp_ep_h reply_ep, const ferry__msg_t *msg)
+{
+    send_on_ep(c, reply_ep, msg, FERRY__REQ_ADMIT, NULL);
 }

@@ -3,7 +3,7 @@
  * FERRY__AM_ID). One fixed little-endian layout for every type:
  *
  *   offset  size  field
- *   0       4     magic "FRY1" (0x31595246 read as little-endian u32)
+ *   0       4     magic "FRY2" (0x32595246 read as little-endian u32)
  *   4       1     type: 1 CLAIM, 2 ADMIT, 3 NOTICE
  *   5       1     op_kind (CLAIM: 2 write, 3 read; else 0)
  *   6       2     reserved, 0
@@ -11,7 +11,19 @@
  *   24      8     active operation id (CLAIM, ADMIT; else 0)
  *   32      4     status, a ferry_status_t (ADMIT, NOTICE; else 0)
  *   36      4     address length (CLAIM; else 0)
- *   40      ...   the claimant's UCX worker address (CLAIM)
+ *   40      16    admission nonce (ADMIT that admits, NOTICE; else 0)
+ *   56      ...   the claimant's UCX worker address (CLAIM)
+ *
+ * The nonce is what ties a NOTICE to the one writer (or reader) the passive
+ * side admitted: the passive side draws it at admission, sends it only in
+ * the ADMIT (on the claimant's own connection), and accepts a NOTICE only
+ * when it carries it back. Knowing the notification key (anyone holding the
+ * metadata does) is enough to claim, never to complete. "FRY1" was the same
+ * layout without the nonce; such messages are refused as malformed.
+ *
+ * The decoder trusts nothing: every length is checked against the buffer
+ * before it is read, and the address it returns is opaque bytes (the
+ * passive side never hands a claim's address to UCX before admission).
  *
  * Pure functions: any thread.
  */
@@ -20,8 +32,8 @@
 
 #include "worker/ferry_int.h"
 
-#define WIRE_MAGIC  0x31595246u
-#define WIRE_FIXED  40u
+#define WIRE_MAGIC  0x32595246u
+#define WIRE_FIXED  56u
 #define WIRE_MAXADR (64u * 1024u)
 
 static void put_u32(uint8_t *p, uint32_t v)
@@ -71,6 +83,7 @@ ferry_status_t ferry__msg_encode(const ferry__msg_t *msg, uint8_t **buf_p, size_
     put_u64(buf + 24, msg->op_id);
     put_u32(buf + 32, (uint32_t)msg->status);
     put_u32(buf + 36, (uint32_t)msg->address_len);
+    memcpy(buf + 40, msg->nonce, FERRY__NONCE_LEN);
     if (msg->address_len > 0) {
         memcpy(buf + WIRE_FIXED, msg->address, msg->address_len);
     }
@@ -105,6 +118,7 @@ ferry_status_t ferry__msg_decode(const uint8_t *buf, size_t len, ferry__msg_t *m
     memcpy(msg->key, buf + 8, FERRY__KEY_LEN);
     msg->op_id = get_u64(buf + 24);
     msg->status = (int32_t)get_u32(buf + 32);
+    memcpy(msg->nonce, buf + 40, FERRY__NONCE_LEN);
     msg->address = address_len > 0 ? buf + WIRE_FIXED : NULL;
     msg->address_len = address_len;
     return FERRY_OK;

@@ -193,7 +193,10 @@ typedef struct {
     uint64_t endpoint_cache_hits; /* transfers that reused a cached endpoint */
     uint64_t rkeys_unpacked;      /* ucp_ep_rkey_unpack calls that succeeded */
     uint64_t rkey_cache_hits;     /* remote keys found in the cache */
-    uint64_t notices_received;    /* completion notices that matched an operation */
+    uint64_t notices_received;    /* completion notices from the admitted peer */
+    uint64_t claims_refused;      /* claims answered with a refusal or dropped */
+    uint64_t notices_ignored;     /* notices not from an admitted peer, or late */
+    uint64_t peers_cached;        /* endpoints in the cache now (bounded) */
 } ferry_connector_stats_t;
 
 /* A snapshot of the connector's counters (for tests and metrics). */

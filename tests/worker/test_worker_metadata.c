@@ -269,6 +269,7 @@ static void test_wire_round_trip(void **state)
     in.op_id = 0x0102030405060708ull;
     in.op_kind = FERRY__KIND_WRITE;
     in.status = FERRY_ERR_CANCELLED;
+    memset(in.nonce, 0x5a, sizeof(in.nonce));
     in.address = address;
     in.address_len = sizeof(address);
     assert_int_equal(ferry__msg_encode(&in, &buf, &len), FERRY_OK);
@@ -280,6 +281,7 @@ static void test_wire_round_trip(void **state)
     assert_int_equal(out.status, FERRY_ERR_CANCELLED);
     assert_int_equal(out.address_len, sizeof(address));
     assert_memory_equal(out.address, address, sizeof(address));
+    assert_memory_equal(out.nonce, in.nonce, sizeof(in.nonce));
     /* Truncation, a bad magic, an unknown type: all PROTOCOL. */
     assert_int_equal(ferry__msg_decode(buf, len - 1, &out), FERRY_ERR_PROTOCOL);
     assert_int_equal(ferry__msg_decode(buf, 10, &out), FERRY_ERR_PROTOCOL);

@@ -1,0 +1,813 @@
+/*
+ * test_worker_hostile.c: the data plane's admission against a hostile peer.
+ *
+ * The victim is this executable re-executed (--victim CMD_FD RES_FD): a
+ * connector with one writable at a time, answering the parent's commands
+ * (new writable, status, wait, quit). The parent plays two parts: a hostile
+ * peer, a raw UCX worker of its own that sends hand-built active messages
+ * (the real AM id, payloads laid out byte by byte from the wire format in
+ * worker/wire.c, never libferry's encoder), and an honest writer (a libferry
+ * connector) that must still get its bytes through afterwards.
+ *
+ * What is checked: a forged NOTICE(OK) without admission and a stranger's
+ * error NOTICE leave the operation in progress, and the rightful writer then
+ * completes it with the right bytes; a CLAIM carrying a garbage worker
+ * address does not bring the victim down and creates no endpoint; 10,000
+ * bogus CLAIMs leave the victim's RSS and endpoint cache bounded; and the
+ * endpoint cache itself is a bounded LRU that never closes a peer in use;
+ * and an ADMIT whose status is positive ends a write as PROTOCOL.
+ *
+ * Every read from the victim has a deadline; no sleep synchronizes anything.
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/random.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "worker/ferry_int.h"
+
+#define IO_TIMEOUT_MS   20000
+#define WAIT_TIMEOUT_MS 20000
+#define BUF_SIZE        4096
+#define SEED            0x5eed
+#define BOGUS_CLAIMS    10000
+#define RSS_BOUND       (50u << 20)
+
+/* The wire format, written out here on purpose (see worker/wire.c). */
+#define W_MAGIC 0x32595246u /* "FRY2" */
+#define W_FIXED 56u
+enum { W_CLAIM = 1, W_ADMIT = 2, W_NOTICE = 3 };
+
+typedef struct {
+    int32_t op_status; /* ferry_op_status of the current writable */
+    int32_t wait_status;
+    int32_t bytes_ok;
+    int32_t pad;
+    uint64_t claims_refused;
+    uint64_t notices_ignored;
+    uint64_t notices_received;
+    uint64_t peers_cached;
+    uint64_t endpoints_created;
+    uint64_t rss_bytes;
+} report_t;
+
+static uint8_t pattern(size_t offset)
+{
+    return (uint8_t)(SEED * 131u + offset * 13u + (offset >> 8));
+}
+
+static int64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static int read_full(int fd, void *buf, size_t len, int timeout_ms)
+{
+    int64_t deadline = now_ms() + timeout_ms;
+    size_t got = 0;
+
+    while (got < len) {
+        struct pollfd pfd = {.fd = fd, .events = POLLIN};
+        int64_t left = deadline - now_ms();
+        if (left <= 0 || poll(&pfd, 1, (int)left) <= 0) {
+            return -1;
+        }
+        ssize_t n = read(fd, (char *)buf + got, len - got);
+        if (n <= 0) {
+            if (n < 0 && errno == EINTR) {
+                continue;
+            }
+            return -1;
+        }
+        got += (size_t)n;
+    }
+    return 0;
+}
+
+static int write_full(int fd, const void *buf, size_t len)
+{
+    size_t done = 0;
+    while (done < len) {
+        ssize_t n = write(fd, (const char *)buf + done, len - done);
+        if (n <= 0) {
+            if (n < 0 && errno == EINTR) {
+                continue;
+            }
+            return -1;
+        }
+        done += (size_t)n;
+    }
+    return 0;
+}
+
+/* ---- the victim ------------------------------------------------------- */
+
+static uint64_t rss_bytes(void)
+{
+    unsigned long size = 0, resident = 0;
+    FILE *f = fopen("/proc/self/statm", "r");
+
+    if (f != NULL) {
+        if (fscanf(f, "%lu %lu", &size, &resident) != 2) {
+            resident = 0;
+        }
+        fclose(f);
+    }
+    return (uint64_t)resident * (uint64_t)sysconf(_SC_PAGESIZE);
+}
+
+static void victim_report(ferry_connector_t *c, ferry_op_t *op, int32_t wait_status,
+                          const uint8_t *buf, int res_fd)
+{
+    ferry_connector_stats_t st;
+    report_t rep = {0};
+
+    ferry_connector_get_stats(c, &st);
+    rep.op_status = op != NULL ? (int32_t)ferry_op_status(op) : -1;
+    rep.wait_status = wait_status;
+    rep.bytes_ok = 1;
+    for (size_t i = 0; i < BUF_SIZE; i++) {
+        if (buf[i] != pattern(i)) {
+            rep.bytes_ok = 0;
+            break;
+        }
+    }
+    rep.claims_refused = st.claims_refused;
+    rep.notices_ignored = st.notices_ignored;
+    rep.notices_received = st.notices_received;
+    rep.peers_cached = st.peers_cached;
+    rep.endpoints_created = st.endpoints_created;
+    rep.rss_bytes = rss_bytes();
+    write_full(res_fd, &rep, sizeof(rep));
+}
+
+static int victim_main(int cmd_fd, int res_fd)
+{
+    ferry_connector_params_t params = {.field_mask = FERRY_CONNECTOR_PARAM_FIELD_NAME,
+                                       .name = "victim"};
+    static uint8_t buf[BUF_SIZE];
+    ferry_descriptor_t d = {buf, sizeof(buf), FERRY_DEVICE_HOST_INIT};
+    ferry_connector_t *c;
+    ferry_op_t *op = NULL;
+    const uint8_t *md;
+    size_t md_len;
+    uint32_t len;
+    char cmd;
+
+    if (ferry_connector_create(&params, &c) != FERRY_OK) {
+        return 2;
+    }
+    while (read(cmd_fd, &cmd, 1) == 1 && cmd != 'Q') {
+        switch (cmd) {
+        case 'N': /* a fresh writable; answers its metadata */
+            ferry_op_destroy(op);
+            memset(buf, 0, sizeof(buf));
+            if (ferry_writable_create(c, &d, 1, &op) != FERRY_OK) {
+                return 3;
+            }
+            ferry_op_metadata(op, &md, &md_len);
+            len = (uint32_t)md_len;
+            write_full(res_fd, &len, sizeof(len));
+            write_full(res_fd, md, md_len);
+            break;
+        case 'S': /* status now */
+            victim_report(c, op, 0, buf, res_fd);
+            break;
+        case 'W': /* wait for the writable to end */
+            victim_report(c, op, (int32_t)ferry_op_wait(op, WAIT_TIMEOUT_MS), buf, res_fd);
+            break;
+        default:
+            return 4;
+        }
+    }
+    ferry_op_destroy(op);
+    ferry_connector_destroy(c);
+    return 0;
+}
+
+/* ---- the parent: victim control --------------------------------------- */
+
+/* The honest writer's connector: one per victim, gone before the victim is
+ * (so no endpoint outlives the process it points at). */
+static ferry_connector_t *honest;
+
+typedef struct {
+    pid_t pid;
+    int cmd_fd;
+    int res_fd;
+    uint8_t *md;
+    uint32_t md_len;
+    uint8_t key[FERRY__KEY_LEN];
+    uint8_t *address; /* the victim's worker address, from the metadata */
+    size_t address_len;
+} victim_t;
+
+static void victim_spawn(victim_t *v)
+{
+    int to_child[2], from_child[2];
+    char a[16], b[16];
+
+    memset(v, 0, sizeof(*v));
+    assert_int_equal(pipe(to_child), 0);
+    assert_int_equal(pipe(from_child), 0);
+    v->pid = fork();
+    assert_true(v->pid >= 0);
+    if (v->pid == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL); /* never outlive a crashed test */
+        close(to_child[1]);
+        close(from_child[0]);
+        snprintf(a, sizeof(a), "%d", to_child[0]);
+        snprintf(b, sizeof(b), "%d", from_child[1]);
+        execl("/proc/self/exe", "/proc/self/exe", "--victim", a, b, (char *)NULL);
+        _exit(127);
+    }
+    close(to_child[0]);
+    close(from_child[1]);
+    fcntl(to_child[1], F_SETFD, FD_CLOEXEC);
+    fcntl(from_child[0], F_SETFD, FD_CLOEXEC);
+    v->cmd_fd = to_child[1];
+    v->res_fd = from_child[0];
+    assert_int_equal(ferry_connector_create(NULL, &honest), FERRY_OK);
+}
+
+/* Asks for a fresh writable and keeps its metadata, key and address. */
+static void victim_new(victim_t *v)
+{
+    Ferry__V1__RdmaMetadata *md;
+
+    free(v->md);
+    free(v->address);
+    assert_int_equal(write_full(v->cmd_fd, "N", 1), 0);
+    assert_int_equal(read_full(v->res_fd, &v->md_len, sizeof(v->md_len), IO_TIMEOUT_MS), 0);
+    v->md = malloc(v->md_len);
+    assert_int_equal(read_full(v->res_fd, v->md, v->md_len, IO_TIMEOUT_MS), 0);
+    assert_int_equal(ferry__metadata_decode(v->md, v->md_len, &md), FERRY_OK);
+    memcpy(v->key, md->notification_key.data, FERRY__KEY_LEN);
+    v->address_len = md->worker_address.len;
+    v->address = malloc(v->address_len);
+    memcpy(v->address, md->worker_address.data, v->address_len);
+    ferry__metadata_free(md);
+}
+
+static report_t victim_ask(victim_t *v, char what)
+{
+    report_t rep;
+
+    assert_int_equal(write_full(v->cmd_fd, &what, 1), 0);
+    /* A victim that died answers nothing: this is where a crash shows. */
+    assert_int_equal(read_full(v->res_fd, &rep, sizeof(rep), IO_TIMEOUT_MS), 0);
+    return rep;
+}
+
+/* Polls the victim's status until pred holds or the deadline passes. */
+static report_t victim_until(victim_t *v, bool (*pred)(const report_t *, uint64_t), uint64_t arg)
+{
+    int64_t deadline = now_ms() + IO_TIMEOUT_MS;
+    report_t rep = victim_ask(v, 'S');
+
+    while (!pred(&rep, arg) && now_ms() < deadline) {
+        poll(NULL, 0, 2); /* pacing the questions, not synchronizing */
+        rep = victim_ask(v, 'S');
+    }
+    return rep;
+}
+
+/* Every notice sent so far was handled one way or the other. */
+static bool notices_handled(const report_t *rep, uint64_t n)
+{
+    return rep->notices_ignored + rep->notices_received >= n;
+}
+
+static bool refused_at_least(const report_t *rep, uint64_t n)
+{
+    return rep->claims_refused >= n;
+}
+
+static void victim_quit(victim_t *v)
+{
+    int wstatus = 0;
+
+    ferry_connector_destroy(honest);
+    honest = NULL;
+    write_full(v->cmd_fd, "Q", 1);
+    close(v->cmd_fd);
+    close(v->res_fd);
+    assert_int_equal(waitpid(v->pid, &wstatus, 0), v->pid);
+    assert_true(WIFEXITED(wstatus));
+    assert_int_equal(WEXITSTATUS(wstatus), 0);
+    free(v->md);
+    free(v->address);
+}
+
+/* ---- the parent: the hostile peer ------------------------------------- */
+
+typedef struct {
+    ucp_context_h context;
+    ucp_worker_h worker;
+    ucp_ep_h ep;
+    ucp_address_t *own_address;
+    size_t own_address_len;
+    unsigned answers;             /* ADMIT messages received */
+    uint8_t last_answer[W_FIXED]; /* the latest one */
+} hostile_t;
+
+static ucs_status_t hostile_am_cb(void *arg, const void *header, size_t header_length, void *data,
+                                  size_t length, const ucp_am_recv_param_t *param)
+{
+    hostile_t *h = arg;
+
+    (void)header;
+    (void)header_length;
+    (void)param;
+    if (length == W_FIXED) {
+        memcpy(h->last_answer, data, W_FIXED);
+        h->answers++;
+    }
+    return UCS_OK;
+}
+
+static void hostile_open(hostile_t *h, const victim_t *v)
+{
+    ucp_params_t params = {.field_mask = UCP_PARAM_FIELD_FEATURES, .features = UCP_FEATURE_AM};
+    ucp_worker_params_t wparams = {.field_mask = UCP_WORKER_PARAM_FIELD_THREAD_MODE,
+                                   .thread_mode = UCS_THREAD_MODE_SINGLE};
+    ucp_am_handler_param_t am = {0};
+    ucp_ep_params_t ep = {0};
+
+    memset(h, 0, sizeof(*h));
+    assert_int_equal(ucp_init(&params, NULL, &h->context), UCS_OK);
+    assert_int_equal(ucp_worker_create(h->context, &wparams, &h->worker), UCS_OK);
+    assert_int_equal(ucp_worker_get_address(h->worker, &h->own_address, &h->own_address_len),
+                     UCS_OK);
+    am.field_mask = UCP_AM_HANDLER_PARAM_FIELD_ID | UCP_AM_HANDLER_PARAM_FIELD_CB |
+                    UCP_AM_HANDLER_PARAM_FIELD_ARG;
+    am.id = FERRY__AM_ID;
+    am.cb = hostile_am_cb;
+    am.arg = h;
+    assert_int_equal(ucp_worker_set_am_recv_handler(h->worker, &am), UCS_OK);
+    ep.field_mask = UCP_EP_PARAM_FIELD_REMOTE_ADDRESS;
+    ep.address = (const ucp_address_t *)v->address;
+    assert_int_equal(ucp_ep_create(h->worker, &ep, &h->ep), UCS_OK);
+}
+
+static void hostile_close(hostile_t *h)
+{
+    ucp_request_param_t param = {.op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS,
+                                 .flags = UCP_EP_CLOSE_FLAG_FORCE};
+    ucs_status_ptr_t req = ucp_ep_close_nbx(h->ep, &param);
+
+    if (UCS_PTR_IS_PTR(req)) {
+        while (ucp_request_check_status(req) == UCS_INPROGRESS) {
+            ucp_worker_progress(h->worker);
+        }
+        ucp_request_free(req);
+    }
+    ucp_worker_release_address(h->worker, h->own_address);
+    ucp_worker_destroy(h->worker);
+    ucp_cleanup(h->context);
+}
+
+/* Sends one message and progresses until UCX is done with it. */
+static void hostile_send(hostile_t *h, const uint8_t *msg, size_t len, bool ask_reply)
+{
+    ucp_request_param_t param = {.op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS,
+                                 .flags = UCP_AM_SEND_FLAG_EAGER};
+    ucs_status_ptr_t req;
+    int64_t deadline = now_ms() + IO_TIMEOUT_MS;
+
+    if (ask_reply) {
+        param.flags |= UCP_AM_SEND_FLAG_REPLY;
+    }
+    req = ucp_am_send_nbx(h->ep, FERRY__AM_ID, NULL, 0, msg, len, &param);
+    assert_false(UCS_PTR_IS_ERR(req));
+    if (req != NULL) {
+        while (ucp_request_check_status(req) == UCS_INPROGRESS && now_ms() < deadline) {
+            ucp_worker_progress(h->worker);
+        }
+        assert_int_equal(ucp_request_check_status(req), UCS_OK);
+        ucp_request_free(req);
+    }
+}
+
+/* Progresses until n answers have arrived (or the deadline). */
+static void hostile_await_answers(hostile_t *h, unsigned n)
+{
+    int64_t deadline = now_ms() + IO_TIMEOUT_MS;
+
+    while (h->answers < n && now_ms() < deadline) {
+        ucp_worker_progress(h->worker);
+    }
+    assert_true(h->answers >= n);
+}
+
+static void put32(uint8_t *p, uint32_t v)
+{
+    for (int i = 0; i < 4; i++) {
+        p[i] = (uint8_t)(v >> (8 * i));
+    }
+}
+
+/* Lays out one message as wire.c documents it; *len_p is its size. */
+static uint8_t *hand_built(uint8_t type, const uint8_t *key, int32_t status, const uint8_t *nonce,
+                           const uint8_t *address, size_t address_len, size_t *len_p)
+{
+    uint8_t *m = calloc(1, W_FIXED + address_len);
+
+    put32(m, W_MAGIC);
+    m[4] = type;
+    m[5] = type == W_CLAIM ? FERRY__KIND_WRITE : 0;
+    memcpy(m + 8, key, FERRY__KEY_LEN);
+    m[24] = type == W_CLAIM ? 0x77 : 0; /* an active op id */
+    put32(m + 32, (uint32_t)status);
+    put32(m + 36, (uint32_t)address_len);
+    if (nonce != NULL) {
+        memcpy(m + 40, nonce, FERRY__NONCE_LEN);
+    }
+    if (address_len > 0) {
+        memcpy(m + W_FIXED, address, address_len);
+    }
+    *len_p = W_FIXED + address_len;
+    return m;
+}
+
+static void send_notice(hostile_t *h, const uint8_t *key, int32_t status, const uint8_t *nonce)
+{
+    size_t len;
+    uint8_t *m = hand_built(W_NOTICE, key, status, nonce, NULL, 0, &len);
+
+    hostile_send(h, m, len, false);
+    free(m);
+}
+
+static void send_claim(hostile_t *h, const uint8_t *key, const uint8_t *address, size_t address_len,
+                       bool ask_reply)
+{
+    size_t len;
+    uint8_t *m = hand_built(W_CLAIM, key, 0, NULL, address, address_len, &len);
+
+    hostile_send(h, m, len, ask_reply);
+    free(m);
+}
+
+/* ---- the parent: the honest writer ------------------------------------ */
+
+static void honest_write(const victim_t *v)
+{
+    static uint8_t src[BUF_SIZE];
+    ferry_descriptor_t d = {src, sizeof(src), FERRY_DEVICE_HOST_INIT};
+    ferry_op_t *op;
+
+    for (size_t i = 0; i < sizeof(src); i++) {
+        src[i] = pattern(i);
+    }
+    assert_int_equal(ferry_write_begin(honest, &d, 1, v->md, v->md_len, &op), FERRY_OK);
+    assert_int_equal(ferry_op_wait(op, WAIT_TIMEOUT_MS), FERRY_OK);
+    ferry_op_destroy(op);
+}
+
+/* The victim's writable completes with every byte right. */
+static void assert_honest_completes(victim_t *v)
+{
+    report_t rep;
+
+    honest_write(v);
+    rep = victim_ask(v, 'W');
+    assert_int_equal(rep.wait_status, FERRY_OK);
+    assert_int_equal(rep.op_status, FERRY_OP_STATUS_COMPLETE);
+    assert_int_equal(rep.bytes_ok, 1);
+}
+
+/* ---- tests ------------------------------------------------------------ */
+
+/* A NOTICE(OK) that carries the key but no admission is ignored: the buffer
+ * nobody wrote is not COMPLETE, and the real writer then completes it. */
+static void test_forged_notice_ignored(void **state)
+{
+    uint8_t guess[FERRY__NONCE_LEN];
+    victim_t v;
+    hostile_t h;
+    report_t rep;
+    (void)state;
+
+    victim_spawn(&v);
+    victim_new(&v);
+    hostile_open(&h, &v);
+    assert_int_equal(getrandom(guess, sizeof(guess), 0), (ssize_t)sizeof(guess));
+    send_notice(&h, v.key, FERRY_OK, NULL);  /* a zero nonce */
+    send_notice(&h, v.key, FERRY_OK, guess); /* a guessed one */
+    rep = victim_until(&v, notices_handled, 2);
+    assert_int_equal(rep.op_status, FERRY_OP_STATUS_INITIALIZED);
+    assert_int_equal(rep.notices_received, 0);
+    assert_int_equal(rep.notices_ignored, 2);
+    assert_honest_completes(&v);
+    hostile_close(&h);
+    victim_quit(&v);
+}
+
+/* A stranger's error NOTICE does not cancel the operation, so the rightful
+ * writer is not refused afterwards. */
+static void test_stranger_error_notice_ignored(void **state)
+{
+    victim_t v;
+    hostile_t h;
+    report_t rep;
+    (void)state;
+
+    victim_spawn(&v);
+    victim_new(&v);
+    hostile_open(&h, &v);
+    send_notice(&h, v.key, FERRY_ERR_CANCELLED, NULL);
+    send_notice(&h, v.key, FERRY_ERR_PEER_FAILED, NULL);
+    send_notice(&h, v.key, 12345, NULL); /* not even a status */
+    rep = victim_until(&v, notices_handled, 3);
+    assert_int_equal(rep.op_status, FERRY_OP_STATUS_INITIALIZED);
+    assert_int_equal(rep.notices_ignored, 3);
+    assert_honest_completes(&v);
+    hostile_close(&h);
+    victim_quit(&v);
+}
+
+/* A CLAIM with a garbage worker address (UCX 1.13 aborts in ucp_ep_create on
+ * such bytes) neither crashes the victim nor creates an endpoint; with the
+ * right key it is admitted through the reply endpoint, and only the nonce in
+ * that ADMIT completes the operation. */
+static void test_garbage_address_claim(void **state)
+{
+    uint8_t garbage[300], stranger_key[FERRY__KEY_LEN];
+    victim_t v;
+    hostile_t h;
+    report_t rep;
+    (void)state;
+
+    victim_spawn(&v);
+    victim_new(&v);
+    hostile_open(&h, &v);
+    memset(garbage, 0xa5, sizeof(garbage)); /* trips an assertion in UCX's address parser */
+    assert_int_equal(getrandom(stranger_key, sizeof(stranger_key), 0),
+                     (ssize_t)sizeof(stranger_key));
+    send_claim(&h, stranger_key, garbage, sizeof(garbage), true);
+    send_claim(&h, stranger_key, garbage, sizeof(garbage), false);
+    send_claim(&h, v.key, garbage, 1, false); /* right key, no reply endpoint */
+    rep = victim_until(&v, refused_at_least, 3);
+    assert_int_equal(rep.claims_refused, 3);
+    assert_int_equal(rep.endpoints_created, 0);
+    assert_int_equal(rep.peers_cached, 0);
+    hostile_await_answers(&h, 1); /* the refusal, on the reply endpoint */
+    assert_int_equal(h.last_answer[4], W_ADMIT);
+    assert_int_equal((int32_t)(h.last_answer[32] | h.last_answer[33] << 8 |
+                               h.last_answer[34] << 16 | (uint32_t)h.last_answer[35] << 24),
+                     FERRY_ERR_NOT_FOUND);
+    assert_honest_completes(&v);
+
+    /* The right key with a garbage address: admitted, nothing built. */
+    victim_new(&v);
+    send_claim(&h, v.key, garbage, sizeof(garbage), true);
+    hostile_await_answers(&h, 2);
+    assert_int_equal(h.last_answer[4], W_ADMIT);
+    assert_int_equal(h.last_answer[32] | h.last_answer[33] | h.last_answer[34], 0);
+    rep = victim_ask(&v, 'S');
+    assert_int_equal(rep.op_status, FERRY_OP_STATUS_IN_PROGRESS);
+    assert_int_equal(rep.endpoints_created, 0); /* admitted on the reply endpoint */
+    send_notice(&h, v.key, FERRY_OK, NULL);     /* without the nonce: ignored */
+    rep = victim_until(&v, notices_handled, 2);
+    assert_int_equal(rep.op_status, FERRY_OP_STATUS_IN_PROGRESS);
+    send_notice(&h, v.key, FERRY_OK, h.last_answer + 40); /* the admitted one's */
+    rep = victim_ask(&v, 'W');
+    assert_int_equal(rep.wait_status, FERRY_OK);
+    assert_int_equal(rep.notices_received, 2);
+    hostile_close(&h);
+    victim_quit(&v);
+}
+
+/* 10,000 bogus CLAIMs, each with an address of its own (the peer's real
+ * address plus a counter, which UCX would accept), leave the victim's RSS
+ * and endpoint cache bounded, and a real transfer still works. */
+static void test_bogus_claims_bounded(void **state)
+{
+    uint8_t key[FERRY__KEY_LEN];
+    uint8_t *address;
+    victim_t v;
+    hostile_t h;
+    report_t before, after;
+    (void)state;
+
+    victim_spawn(&v);
+    victim_new(&v);
+    hostile_open(&h, &v);
+    before = victim_ask(&v, 'S');
+    address = malloc(h.own_address_len + sizeof(uint32_t));
+    memcpy(address, h.own_address, h.own_address_len);
+    for (uint32_t i = 0; i < BOGUS_CLAIMS; i++) {
+        assert_int_equal(getrandom(key, sizeof(key), 0), (ssize_t)sizeof(key));
+        memcpy(address + h.own_address_len, &i, sizeof(i));
+        send_claim(&h, key, address, h.own_address_len + sizeof(i), true);
+        ucp_worker_progress(h.worker); /* take the refusals as they come */
+    }
+    hostile_await_answers(&h, BOGUS_CLAIMS);
+    after = victim_until(&v, refused_at_least, BOGUS_CLAIMS);
+    assert_int_equal(after.claims_refused, BOGUS_CLAIMS);
+    assert_int_equal(after.endpoints_created, 0);
+    assert_true(after.peers_cached <= FERRY__PEER_CACHE_MAX);
+    assert_true(after.rss_bytes < before.rss_bytes + RSS_BOUND);
+    assert_honest_completes(&v);
+    free(address);
+    hostile_close(&h);
+    victim_quit(&v);
+}
+
+/* The endpoint cache in one process: a bound of 2, four peers; the least
+ * recently used idle peer goes, a peer an operation holds never does. */
+static void test_peer_cache_lru(void **state)
+{
+    ucp_params_t params = {.field_mask = UCP_PARAM_FIELD_FEATURES, .features = UCP_FEATURE_AM};
+    ucp_worker_params_t wparams = {0};
+    ucp_context_h ctx;
+    ucp_worker_h workers[4];
+    ucp_address_t *addrs[4];
+    size_t lens[4];
+    ferry_connector_t *c;
+    ferry__peer_t *held, *p;
+    ferry_connector_stats_t st;
+    (void)state;
+
+    assert_int_equal(ucp_init(&params, NULL, &ctx), UCS_OK);
+    for (int i = 0; i < 4; i++) {
+        assert_int_equal(ucp_worker_create(ctx, &wparams, &workers[i]), UCS_OK);
+        assert_int_equal(ucp_worker_get_address(workers[i], &addrs[i], &lens[i]), UCS_OK);
+    }
+    assert_int_equal(ferry_connector_create(NULL, &c), FERRY_OK);
+    ferry__lock(c);
+    c->peer_cache_max = 2;
+    assert_int_equal(ferry__peer_get(c, (uint8_t *)addrs[0], lens[0], &held), FERRY_OK);
+    for (int i = 1; i < 4; i++) {
+        assert_int_equal(ferry__peer_get(c, (uint8_t *)addrs[i], lens[i], &p), FERRY_OK);
+        ferry__peer_put(p);
+        assert_true(c->n_peers <= 2);
+        assert_true(held->in_cache); /* in use: never evicted */
+    }
+    /* The newest idle one stayed; getting it again is a hit. */
+    assert_int_equal(ferry__peer_get(c, (uint8_t *)addrs[3], lens[3], &p), FERRY_OK);
+    ferry__peer_put(p);
+    ferry__peer_put(held);
+    ferry__unlock(c);
+    ferry_connector_get_stats(c, &st);
+    assert_int_equal(st.endpoints_created, 4);
+    assert_int_equal(st.endpoint_cache_hits, 1);
+    assert_int_equal(st.peers_cached, 2);
+    ferry_connector_destroy(c);
+    for (int i = 0; i < 4; i++) {
+        ucp_worker_release_address(workers[i], addrs[i]);
+        ucp_worker_destroy(workers[i]);
+    }
+    ucp_cleanup(ctx);
+}
+
+/* A hostile passive side: answers every CLAIM, from inside the callback on
+ * the reply endpoint, with an ADMIT whose status is admit_status. */
+typedef struct {
+    ucp_worker_h worker;
+    int32_t admit_status;
+    uint8_t answer[W_FIXED];
+    ucs_status_ptr_t req;
+    unsigned claims;
+} fake_passive_t;
+
+static ucs_status_t fake_passive_am_cb(void *arg, const void *header, size_t header_length,
+                                       void *data, size_t length, const ucp_am_recv_param_t *param)
+{
+    fake_passive_t *f = arg;
+    ucp_request_param_t send = {.op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS,
+                                .flags = UCP_AM_SEND_FLAG_EAGER};
+    const uint8_t *claim = data;
+
+    (void)header;
+    (void)header_length;
+    if (length < W_FIXED || claim[4] != W_CLAIM ||
+        !(param->recv_attr & UCP_AM_RECV_ATTR_FIELD_REPLY_EP) || f->claims++ > 0) {
+        return UCS_OK;
+    }
+    memcpy(f->answer, claim, W_FIXED); /* magic, key, op id */
+    f->answer[4] = W_ADMIT;
+    f->answer[5] = 0;
+    put32(f->answer + 32, (uint32_t)f->admit_status);
+    put32(f->answer + 36, 0);
+    f->req = ucp_am_send_nbx(param->reply_ep, FERRY__AM_ID, NULL, 0, f->answer, W_FIXED, &send);
+    return UCS_OK;
+}
+
+/* active_on_admit takes a refusal only as a negative status: a positive one
+ * from a broken or hostile peer ends the write as PROTOCOL, never as a
+ * "status" that is not one. */
+static void test_admit_positive_status_is_protocol_error(void **state)
+{
+    ucp_params_t params = {.field_mask = UCP_PARAM_FIELD_FEATURES,
+                           .features = UCP_FEATURE_AM | UCP_FEATURE_RMA};
+    ucp_worker_params_t wparams = {.field_mask = UCP_WORKER_PARAM_FIELD_THREAD_MODE,
+                                   .thread_mode = UCS_THREAD_MODE_SINGLE};
+    ucp_mem_map_params_t mparams = {0};
+    ucp_am_handler_param_t am = {0};
+    static uint8_t target[BUF_SIZE], src[BUF_SIZE];
+    ferry_descriptor_t remote = {target, sizeof(target), FERRY_DEVICE_HOST_INIT};
+    ferry_descriptor_t local = {src, sizeof(src), FERRY_DEVICE_HOST_INIT};
+    ferry__metadata_build_t build = {0};
+    uint8_t key[FERRY__KEY_LEN] = {1, 2, 3};
+    fake_passive_t f = {.admit_status = 7};
+    ferry_connector_t *c;
+    ucp_context_h ctx;
+    ucp_address_t *addr;
+    size_t addr_len, rkey_len, md_len;
+    ucp_mem_h memh;
+    void *rkey;
+    uint8_t *md;
+    ferry_op_t *op;
+    ferry_status_t st = FERRY_ERR_TIMED_OUT;
+    const char *msg;
+    int64_t deadline;
+    (void)state;
+
+    assert_int_equal(ucp_init(&params, NULL, &ctx), UCS_OK);
+    assert_int_equal(ucp_worker_create(ctx, &wparams, &f.worker), UCS_OK);
+    assert_int_equal(ucp_worker_get_address(f.worker, &addr, &addr_len), UCS_OK);
+    am.field_mask = UCP_AM_HANDLER_PARAM_FIELD_ID | UCP_AM_HANDLER_PARAM_FIELD_CB |
+                    UCP_AM_HANDLER_PARAM_FIELD_ARG;
+    am.id = FERRY__AM_ID;
+    am.cb = fake_passive_am_cb;
+    am.arg = &f;
+    assert_int_equal(ucp_worker_set_am_recv_handler(f.worker, &am), UCS_OK);
+    mparams.field_mask = UCP_MEM_MAP_PARAM_FIELD_ADDRESS | UCP_MEM_MAP_PARAM_FIELD_LENGTH;
+    mparams.address = target;
+    mparams.length = sizeof(target);
+    assert_int_equal(ucp_mem_map(ctx, &mparams, &memh), UCS_OK);
+    assert_int_equal(ucp_rkey_pack(ctx, memh, &rkey, &rkey_len), UCS_OK);
+    build.kind = FERRY__KIND_WRITABLE;
+    build.worker_address = (const uint8_t *)addr;
+    build.worker_address_len = addr_len;
+    build.descs = &remote;
+    build.n = 1;
+    build.rkeys = (const void *const *)&rkey;
+    build.rkey_lens = &rkey_len;
+    build.key = key;
+    build.worker_name = "fake";
+    build.hostname = "fake";
+    assert_int_equal(ferry__metadata_encode(&build, &md, &md_len), FERRY_OK);
+
+    /* A connector of its own, gone before the fake side is. */
+    assert_int_equal(ferry_connector_create(NULL, &c), FERRY_OK);
+    assert_int_equal(ferry_write_begin(c, &local, 1, md, md_len, &op), FERRY_OK);
+    deadline = now_ms() + WAIT_TIMEOUT_MS;
+    while (st == FERRY_ERR_TIMED_OUT && now_ms() < deadline) {
+        ucp_worker_progress(f.worker); /* the fake passive side runs here */
+        st = ferry_op_wait(op, 1);
+    }
+    assert_int_equal(f.claims, 1);
+    assert_int_equal(st, FERRY_ERR_PROTOCOL);
+    assert_int_equal(ferry_op_error(op, &msg), FERRY_ERR_PROTOCOL);
+    ferry_op_destroy(op);
+    ferry_connector_destroy(c);
+    if (UCS_PTR_IS_PTR(f.req)) {
+        while (ucp_request_check_status(f.req) == UCS_INPROGRESS) {
+            ucp_worker_progress(f.worker);
+        }
+        ucp_request_free(f.req);
+    }
+    free(md);
+    ucp_rkey_buffer_release(rkey);
+    ucp_mem_unmap(ctx, memh);
+    ucp_worker_release_address(f.worker, addr);
+    ucp_worker_destroy(f.worker);
+    ucp_cleanup(ctx);
+}
+
+int main(int argc, char **argv)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_forged_notice_ignored),
+        cmocka_unit_test(test_stranger_error_notice_ignored),
+        cmocka_unit_test(test_garbage_address_claim),
+        cmocka_unit_test(test_bogus_claims_bounded),
+        cmocka_unit_test(test_peer_cache_lru),
+        cmocka_unit_test(test_admit_positive_status_is_protocol_error),
+    };
+
+    if (argc == 4 && strcmp(argv[1], "--victim") == 0) {
+        return victim_main(atoi(argv[2]), atoi(argv[3]));
+    }
+    signal(SIGPIPE, SIG_IGN); /* a dead victim shows as a failed read */
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
