@@ -12,7 +12,9 @@ Real etcd and ferry-coordinator processes; run with /usr/bin/python3.
 """
 import json
 import os
+import shutil
 import sys
+import tempfile
 import threading
 import time
 import unittest
@@ -297,6 +299,45 @@ class RefusedCallsWriteNothing(LeaseTestCase):
         self.assertEqual(etcd_status(self.cluster.etcd.endpoint), before,
                          "(store revision, raft index) moved: a refused call wrote to etcd")
         self.assertEqual(c.state("w-1"), c.pb.OPERATION_STATE_REGISTERED)
+
+
+class LeaseKeyWaitsForEtcd(LeaseTestCase):
+    """A replica that starts while etcd is down has no lease key yet: the
+    calls that need it answer UNAVAILABLE, and work once etcd is back."""
+
+    def test_unavailable_until_the_key_is_loaded(self):
+        tmp = tempfile.mkdtemp(prefix="ferry-py-")
+        etcd = ferry_harness.Etcd(tmp)
+        coord = None
+        try:
+            ferry_harness.generate_stubs(os.path.join(tmp, "gen"))
+            etcd.start()
+            etcd.stop()
+            coord = ferry_harness.Coordinator(tmp, etcd.endpoint, ttl=TTL)
+            coord.start()
+            c = Client(coord.target)
+            self.assertRefused(grpc.StatusCode.UNAVAILABLE, c.keepalive, 1, NOT_A_TOKEN)
+            self.assertRefused(grpc.StatusCode.UNAVAILABLE, c.register, "k-1")
+            etcd.start()
+            reg = {}
+
+            def registered():
+                try:
+                    reg["r"] = c.register("k-1", ttl=60)
+                    return True
+                except grpc.RpcError as e:
+                    self.assertEqual(e.code(), grpc.StatusCode.UNAVAILABLE, e.details())
+                    return False
+            ferry_harness.wait_until(registered, 20, "a registration once etcd is back")
+            r = reg["r"]
+            self.assertGreater(c.keepalive(r.lease_id, r.lease_token).ttl_seconds, 0)
+            self.assertDenied(c.keepalive, r.lease_id, NOT_A_TOKEN)
+            c.close()
+        finally:
+            if coord is not None:
+                coord.stop()
+            etcd.stop()
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":
