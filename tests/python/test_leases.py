@@ -206,6 +206,8 @@ class LeaseIsACapability(LeaseTestCase):
         self.assertGreater(len(refused), 0)
         self.assertEqual(set(refused), {DENIED})
         self.assertRefused(grpc.StatusCode.NOT_FOUND, c.get, "exp-1")
+        # The owner, with the right token, learns that the lease is gone.
+        self.assertRefused(grpc.StatusCode.NOT_FOUND, c.keepalive, reg.lease_id, reg.lease_token)
 
     def test_reads_never_show_lease_ids(self):
         c = self.c
