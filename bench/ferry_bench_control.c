@@ -83,7 +83,8 @@ typedef struct {
     int index;
     rpc_channel_t *channel;
     bench_samples_t samples;
-    int64_t lease; /* the session lease, as a libferry client holds one */
+    int64_t lease;         /* the session lease, as a libferry client holds one */
+    char lease_token[129]; /* its lease token, shown with it */
     long errors;
     char first_error[768];
 } bench_client_t;
@@ -191,6 +192,7 @@ static int call_register(bench_client_t *cl, const char *id)
     /* Each client thread is one libferry session: its first Register makes
      * the session lease, every later one names it (one etcd write). */
     req.lease_id = cl->lease;
+    req.lease_token = cl->lease_token;
     status = rpc_unary(client_channel(cl), "/ferry.v1.Coordinator/Register", &req.base,
                        &ferry__v1__register_response__descriptor, BENCH_CALL_TIMEOUT_MS,
                        (ProtobufCMessage **)&resp, &err);
@@ -200,6 +202,7 @@ static int call_register(bench_client_t *cl, const char *id)
     }
     if (cl->lease == 0) {
         cl->lease = resp->lease_id;
+        snprintf(cl->lease_token, sizeof(cl->lease_token), "%s", resp->lease_token);
     }
     ferry__v1__register_response__free_unpacked(resp, NULL);
     return 0;

@@ -338,12 +338,18 @@ ferry_status_t coord_registry_create(const coord_registry_params_t *params,
     }
     pthread_mutex_init(&r->lock, NULL);
     pthread_cond_init(&r->maint_cond, NULL);
+    pthread_mutex_init(&r->lease_key_lock, NULL);
 
     atomic_store(&r->healthy, etcd_ping(r->etcd, NULL) == FERRY_OK);
     if (!atomic_load(&r->healthy) || load_view(r) != FERRY_OK) {
         ferry_warn("registry: etcd not ready (%s); serving from etcd reads until it is",
                    etcd_client_last_error());
         r->reload = true;
+    }
+    /* Best effort: while it is missing, a call that needs the lease key
+     * loads it (registry_lease.c). */
+    if (atomic_load(&r->healthy) && registry_lease_key_load(r) != FERRY_OK) {
+        ferry_warn("registry: lease key not loaded yet (%s)", etcd_client_last_error());
     }
     if (pthread_create(&r->maint_thread, NULL, maint_main, r) != 0) {
         status = FERRY_ERR_IO;
@@ -354,6 +360,7 @@ ferry_status_t coord_registry_create(const coord_registry_params_t *params,
 
 err_watch:
     etcd_watch_destroy(r->watch);
+    pthread_mutex_destroy(&r->lease_key_lock);
     pthread_cond_destroy(&r->maint_cond);
     pthread_mutex_destroy(&r->lock);
     view_cleanup(&r->view);
@@ -376,6 +383,7 @@ void coord_registry_destroy(coord_registry_t *r)
     pthread_mutex_unlock(&r->lock);
     pthread_join(r->maint_thread, NULL);
     etcd_watch_destroy(r->watch);
+    pthread_mutex_destroy(&r->lease_key_lock);
     pthread_cond_destroy(&r->maint_cond);
     pthread_mutex_destroy(&r->lock);
     view_cleanup(&r->view);

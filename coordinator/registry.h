@@ -4,6 +4,8 @@
  *
  *   <prefix>ops/<request_id>     ferry.v1.Operation, on the owner's lease
  *   <prefix>claims/<request_id>  the claim lease ID, on the claim's lease
+ *   <prefix>keys/lease           the key lease tokens derive from (no lease;
+ *                                registry_lease.c)
  *
  * Registration is a create-if-absent transaction. Every state change goes
  * through one function (registry_transition in registry.c): read, check the
@@ -52,8 +54,8 @@ typedef struct {
     etcd_client_t *etcd;
     const char *prefix;    /* "/ferry/"; must end with '/' */
     int64_t default_ttl_s; /* leases of Register and Claim when the caller says 0 */
-    /* A record changed (PUT) or left (DELETE). `op` is stripped of metadata
-     * and token hash; valid during the call. */
+    /* A record changed (PUT) or left (DELETE). `op` is stripped of metadata,
+     * token hash and lease IDs; valid during the call. */
     void (*on_event)(void *arg, coord_event_type_t type, const Ferry__V1__Operation *op,
                      int64_t revision);
     /* etcd became reachable (true) or unreachable (false). */
@@ -74,21 +76,25 @@ int64_t coord_registry_revision(coord_registry_t *registry);
 /* Every call below writes a message naming the cause into msg (cap bytes)
  * when it fails. */
 
+/* A lease token: 64 lowercase hex characters (registry_lease.c). */
+#define COORD_LEASE_TOKEN_LEN 64
+
 typedef struct {
     int64_t revision;
     int64_t lease_id;
     int64_t ttl_s;
-    char access_token[257]; /* the caller's, or a new random one */
+    char access_token[257];                      /* the caller's, or a new random one */
+    char lease_token[COORD_LEASE_TOKEN_LEN + 1]; /* lease_id's */
 } coord_register_out_t;
 
 ferry_status_t coord_register(coord_registry_t *registry, const Ferry__V1__RegisterRequest *req,
                               coord_register_out_t *out, char *msg, size_t cap);
 
 /* Reads a record. token != NULL: it must match (PERMISSION_DENIED otherwise)
- * and the metadata is kept; token == NULL: metadata and token hash are
- * stripped. linearizable: read etcd (a quorum read: reflects every change
- * acknowledged anywhere before the call) instead of the view. *op_p is freed
- * with ferry__v1__operation__free_unpacked. */
+ * and the metadata is kept; token == NULL: metadata is stripped. Token hash
+ * and lease IDs are stripped always. linearizable: read etcd (a quorum read:
+ * reflects every change acknowledged anywhere before the call) instead of
+ * the view. *op_p is freed with ferry__v1__operation__free_unpacked. */
 ferry_status_t coord_lookup(coord_registry_t *registry, const char *request_id, const char *token,
                             bool linearizable, Ferry__V1__Operation **op_p, int64_t *revision_p,
                             char *msg, size_t cap);
@@ -98,6 +104,7 @@ typedef struct {
     int64_t revision;
     int64_t claim_lease_id;
     int64_t ttl_s;
+    char lease_token[COORD_LEASE_TOKEN_LEN + 1]; /* claim_lease_id's (Claim only) */
 } coord_change_out_t;
 
 ferry_status_t coord_claim(coord_registry_t *registry, const Ferry__V1__ClaimRequest *req,
@@ -111,8 +118,10 @@ ferry_status_t coord_cancel(coord_registry_t *registry, const Ferry__V1__CancelR
 ferry_status_t coord_release(coord_registry_t *registry, const Ferry__V1__ReleaseRequest *req,
                              int64_t *revision_p, char *msg, size_t cap);
 
-ferry_status_t coord_keepalive(coord_registry_t *registry, int64_t lease_id, int64_t *ttl_p,
-                               char *msg, size_t cap);
+/* Renews a lease whose token the caller presents (PERMISSION_DENIED, with
+ * no etcd call, otherwise). */
+ferry_status_t coord_keepalive(coord_registry_t *registry, int64_t lease_id,
+                               const char *lease_token, int64_t *ttl_p, char *msg, size_t cap);
 
 /* One page of records (stripped), filtered; out->next_page_token is set
  * when more may follow. Free with ferry__v1__list_response__free_unpacked is
@@ -121,8 +130,9 @@ ferry_status_t coord_list(coord_registry_t *registry, const Ferry__V1__ListReque
                           Ferry__V1__ListResponse *out, char *msg, size_t cap);
 void coord_list_free(Ferry__V1__ListResponse *out);
 
-/* Removes what the response must never carry: the token hash always, the
- * metadata unless keep_metadata. */
+/* Removes what the response must never carry: the token hash and the lease
+ * IDs (lease_id, claim_lease_id) always, the metadata unless
+ * keep_metadata. */
 void coord_strip(Ferry__V1__Operation *op, bool keep_metadata);
 
 #endif /* FERRY_COORD_REGISTRY_H */

@@ -11,6 +11,8 @@
 #include "registry.h"
 #include "view.h"
 
+#define COORD_LEASE_KEY_LEN 32 /* bytes of the key lease tokens derive from */
+
 struct coord_registry {
     etcd_client_t *etcd;
     char *prefix;        /* "/ferry/" */
@@ -31,6 +33,12 @@ struct coord_registry {
     pthread_t maint_thread;
     pthread_cond_t maint_cond; /* with lock; wakes the maintenance thread */
     bool stopping;             /* guarded by lock */
+
+    /* The lease secret (registry_lease.c). lease_key_lock serialises its
+     * loading; lease_key is written once, before lease_key_ready is set. */
+    pthread_mutex_t lease_key_lock;
+    atomic_bool lease_key_ready;
+    uint8_t lease_key[COORD_LEASE_KEY_LEN];
 };
 
 /* Builds "<prefix>ops/<id>" into buf; returns its length. */
@@ -48,6 +56,28 @@ void registry_view_remove(coord_registry_t *r, const char *id, int64_t mod_revis
 void registry_expire_claim(coord_registry_t *r, const char *id, int64_t claim_lease);
 
 int64_t registry_now_ms(void);
+
+/* --- the lease secret (registry_lease.c) --- */
+
+/* Loads (or, first of all replicas, makes) the key lease tokens derive from.
+ * FERRY_OK at once when it is loaded; FERRY_ERR_UNAVAILABLE while etcd is
+ * unreachable. */
+ferry_status_t registry_lease_key_load(coord_registry_t *r);
+
+/* registry_lease_key_load for a call that needs the key: UNAVAILABLE with a
+ * message when it cannot be loaded. */
+ferry_status_t registry_lease_ready(coord_registry_t *r, char *msg, size_t cap);
+
+/* The token of lease_id. Only after registry_lease_ready said FERRY_OK. */
+void registry_lease_token(coord_registry_t *r, int64_t lease_id,
+                          char token[COORD_LEASE_TOKEN_LEN + 1]);
+
+/* FERRY_ERR_PERMISSION_DENIED, with a message naming lease_token and
+ * `field` (the request field that carries lease_id), unless `token` is
+ * lease_id's; UNAVAILABLE when the key cannot be loaded. Touches etcd only
+ * to load the key. */
+ferry_status_t registry_lease_check(coord_registry_t *r, const char *field, int64_t lease_id,
+                                    const char *token, char *msg, size_t cap);
 
 /* Writes the message into msg (cap bytes) and returns status, so a failure
  * reads as one step: return registry_fail(FERRY_ERR_X, msg, cap, "..."). */

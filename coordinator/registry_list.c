@@ -1,7 +1,8 @@
 /*
  * registry_list.c: the registry's reads that are not about one operation:
- * keeping a lease alive, and listing records (paged, filtered) straight from
- * etcd, so a page is never older than the store. See registry.h.
+ * keeping a lease alive (its grantee only: registry_lease.c), and listing
+ * records (paged, filtered) straight from etcd, so a page is never older
+ * than the store. See registry.h.
  */
 #include "registry_int.h"
 
@@ -12,11 +13,15 @@
 
 #define KEY_MAX 512
 
-ferry_status_t coord_keepalive(coord_registry_t *r, int64_t lease_id, int64_t *ttl_p, char *msg,
-                               size_t cap)
+ferry_status_t coord_keepalive(coord_registry_t *r, int64_t lease_id, const char *lease_token,
+                               int64_t *ttl_p, char *msg, size_t cap)
 {
-    ferry_status_t status = etcd_lease_keepalive(r->etcd, lease_id, ttl_p);
+    ferry_status_t status = registry_lease_check(r, "lease_id", lease_id, lease_token, msg, cap);
 
+    if (status != FERRY_OK) {
+        return status; /* not the grantee: etcd never hears of it */
+    }
+    status = etcd_lease_keepalive(r->etcd, lease_id, ttl_p);
     if (status == FERRY_ERR_NOT_FOUND) {
         return registry_fail(FERRY_ERR_LEASE_NOT_FOUND, msg, cap,
                              "lease_id %lld has expired or never existed", (long long)lease_id);

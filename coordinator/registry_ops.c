@@ -57,20 +57,41 @@ static ferry_status_t new_token(char *out, size_t cap)
     return FERRY_OK;
 }
 
-/* The lease a new record or claim goes on: the caller's own (lease_id != 0;
- * no etcd write, *ttl_p 0) or a new one of ttl_s (0: the default). */
-static ferry_status_t lease_for(coord_registry_t *r, int64_t lease_id, int64_t ttl_s,
-                                int64_t *lease_p, int64_t *ttl_p, char *msg, size_t cap)
+/* The lease a record or claim goes on, and what its grantee is told. */
+typedef struct {
+    int64_t id;
+    int64_t ttl_s; /* the granted TTL; 0 when it is the caller's own lease */
+    char token[COORD_LEASE_TOKEN_LEN + 1];
+} lease_t;
+
+/* The lease a new record or claim goes on: the caller's own (lease_id != 0,
+ * shown with its token; no etcd write) or a new one of ttl_s (0: the
+ * default). The lease key is loaded before a grant, so that no lease is
+ * made whose token cannot be handed out. */
+static ferry_status_t lease_for(coord_registry_t *r, int64_t lease_id, const char *lease_token,
+                                int64_t ttl_s, lease_t *lease, char *msg, size_t cap)
 {
     ferry_status_t status;
 
     if (lease_id != 0) {
-        *lease_p = lease_id;
-        *ttl_p = 0;
-        return FERRY_OK;
+        status = registry_lease_check(r, "lease_id", lease_id, lease_token, msg, cap);
+        if (status != FERRY_OK) {
+            return status;
+        }
+        lease->id = lease_id;
+        lease->ttl_s = 0;
+    } else {
+        status = registry_lease_ready(r, msg, cap);
+        if (status != FERRY_OK) {
+            return status;
+        }
+        status = etcd_lease_grant(r->etcd, ttl_or_default(r, ttl_s), &lease->id, &lease->ttl_s);
+        if (status != FERRY_OK) {
+            return registry_etcd_fail(status, msg, cap, "lease grant");
+        }
     }
-    status = etcd_lease_grant(r->etcd, ttl_or_default(r, ttl_s), lease_p, ttl_p);
-    return status == FERRY_OK ? FERRY_OK : registry_etcd_fail(status, msg, cap, "lease grant");
+    registry_lease_token(r, lease->id, lease->token);
+    return FERRY_OK;
 }
 
 /* A write that named the caller's lease failed because etcd does not know
@@ -89,6 +110,10 @@ void coord_strip(Ferry__V1__Operation *op, bool keep_metadata)
         op->token_sha256.data = NULL;
         op->token_sha256.len = 0;
     }
+    /* Lease IDs are for expiry inside the store; their grantees learned
+     * them from their own Register or Claim response. */
+    op->lease_id = 0;
+    op->claim_lease_id = 0;
     if (!keep_metadata && op->metadata != NULL) {
         ferry__v1__rdma_metadata__free_unpacked(op->metadata, NULL);
         op->metadata = NULL;
@@ -153,7 +178,7 @@ ferry_status_t coord_register(coord_registry_t *r, const Ferry__V1__RegisterRequ
     uint8_t hash[SHA256_DIGEST_LENGTH];
     uint8_t *bytes = NULL;
     size_t len = 0;
-    int64_t ttl;
+    lease_t lease;
     ferry_status_t status;
 
     if (req->access_token[0] != '\0') {
@@ -161,11 +186,13 @@ ferry_status_t coord_register(coord_registry_t *r, const Ferry__V1__RegisterRequ
     } else if (new_token(out->access_token, sizeof(out->access_token)) != FERRY_OK) {
         return registry_fail(FERRY_ERR_INTERNAL, msg, cap, "no randomness for an access token");
     }
-    status = lease_for(r, req->lease_id, req->ttl_seconds, &out->lease_id, &ttl, msg, cap);
+    status = lease_for(r, req->lease_id, req->lease_token, req->ttl_seconds, &lease, msg, cap);
     if (status != FERRY_OK) {
         return status;
     }
-    out->ttl_s = ttl;
+    out->lease_id = lease.id;
+    out->ttl_s = lease.ttl_s;
+    memcpy(out->lease_token, lease.token, sizeof(out->lease_token));
 
     token_hash(out->access_token, hash);
     op.request_id = req->request_id;
@@ -191,7 +218,8 @@ ferry_status_t coord_register(coord_registry_t *r, const Ferry__V1__RegisterRequ
     ferry_info("op %s: REGISTERED (%s, %zu descriptors, owner '%s', lease %lld, ttl %llds)",
                req->request_id,
                op.kind == FERRY__V1__OPERATION_KIND__OPERATION_KIND_READ ? "read" : "write",
-               req->metadata->n_descriptors, req->owner, (long long)out->lease_id, (long long)ttl);
+               req->metadata->n_descriptors, req->owner, (long long)out->lease_id,
+               (long long)lease.ttl_s);
     return FERRY_OK;
 
 err_free:
@@ -452,36 +480,65 @@ static int apply_claim(transition_t *t, Ferry__V1__Operation *op, char *msg, siz
     return FERRY_OK;
 }
 
+/* What Claim checks before it grants a lease: the access token, then kind
+ * and state, on the record as read now (the transition checks them again on
+ * the record it writes). A refused Claim so costs no etcd write. */
+static ferry_status_t claim_precheck(coord_registry_t *r, const Ferry__V1__ClaimRequest *req,
+                                     char *msg, size_t cap)
+{
+    transition_t t = {.what = "claim", .apply = apply_claim, .arg = (void *)req};
+    record_t rec;
+    ferry_status_t status = read_record(r, req->request_id, false, &rec, msg, cap);
+
+    if (status != FERRY_OK) {
+        return status;
+    }
+    if (!token_matches(rec.op, req->access_token)) {
+        status =
+            registry_fail(FERRY_ERR_PERMISSION_DENIED, msg, cap,
+                          "access_token does not grant access to request_id '%s'", req->request_id);
+    } else {
+        status = (ferry_status_t)apply_claim(&t, rec.op, msg, cap); /* edits our copy only */
+    }
+    ferry__v1__operation__free_unpacked(rec.op, NULL);
+    return status;
+}
+
 ferry_status_t coord_claim(coord_registry_t *r, const Ferry__V1__ClaimRequest *req,
                            coord_change_out_t *out, char *msg, size_t cap)
 {
     char key[KEY_MAX], lease_str[32];
-    int64_t lease, ttl;
+    lease_t lease;
     transition_t t = {.what = "claim", .token = req->access_token, .apply = apply_claim};
     ferry_status_t status;
 
-    status = lease_for(r, req->lease_id, req->ttl_seconds, &lease, &ttl, msg, cap);
+    status = claim_precheck(r, req, msg, cap);
     if (status != FERRY_OK) {
         return status;
     }
-    snprintf(lease_str, sizeof(lease_str), "%" PRId64, lease);
+    status = lease_for(r, req->lease_id, req->lease_token, req->ttl_seconds, &lease, msg, cap);
+    if (status != FERRY_OK) {
+        return status;
+    }
+    snprintf(lease_str, sizeof(lease_str), "%" PRId64, lease.id);
     t.extra =
         (etcd_op_t){.type = ETCD_OP_PUT,
                     .key = key,
                     .key_len = registry_key(r, r->claims_prefix, req->request_id, key, sizeof(key)),
                     .value = lease_str,
                     .value_len = strlen(lease_str),
-                    .lease = lease};
+                    .lease = lease.id};
     t.arg = (void *)req;
     status = registry_transition(r, req->request_id, &t, out, msg, cap);
     if (status != FERRY_OK) {
         if (req->lease_id == 0) {
-            etcd_lease_revoke(r->etcd, lease); /* ours, and now useless */
+            etcd_lease_revoke(r->etcd, lease.id); /* ours, and now useless */
         }
         return status;
     }
-    out->claim_lease_id = lease;
-    out->ttl_s = ttl;
+    out->claim_lease_id = lease.id;
+    out->ttl_s = lease.ttl_s;
+    memcpy(out->lease_token, lease.token, sizeof(out->lease_token));
     return FERRY_OK;
 }
 
@@ -517,7 +574,14 @@ ferry_status_t coord_complete(coord_registry_t *r, const Ferry__V1__CompleteRequ
                       .token = req->access_token,
                       .apply = apply_complete,
                       .arg = (void *)req};
+    /* Only the claimant holds the claim lease's token; apply_complete then
+     * checks that this lease holds the claim. */
+    ferry_status_t status =
+        registry_lease_check(r, "claim_lease_id", req->claim_lease_id, req->lease_token, msg, cap);
 
+    if (status != FERRY_OK) {
+        return status;
+    }
     t.extra = (etcd_op_t){.type = ETCD_OP_DELETE,
                           .key = key,
                           .key_len =

@@ -108,6 +108,7 @@ static void handle_register(rpc_call_t *call, const ProtobufCMessage *request, v
     resp.access_token = out.access_token;
     resp.lease_id = out.lease_id;
     resp.ttl_seconds = out.ttl_s;
+    resp.lease_token = out.lease_token;
     rpc_call_reply(call, &resp.base);
 }
 
@@ -180,6 +181,7 @@ void service_claim_once(coord_service_t *svc, rpc_call_t *call, const Ferry__V1_
     resp.operation = out.op;
     resp.claim_lease_id = out.claim_lease_id;
     resp.ttl_seconds = out.ttl_s;
+    resp.lease_token = out.lease_token;
     rpc_call_reply(call, &resp.base);
     ferry__v1__operation__free_unpacked(out.op, NULL);
 }
@@ -306,7 +308,8 @@ static void handle_keepalive(rpc_call_t *call, const ProtobufCMessage *request, 
         rpc_call_fail(call, FERRY_ERR_INVALID_ARGUMENT, "lease_id is required");
         return;
     }
-    status = coord_keepalive(svc->registry, req->lease_id, &resp.ttl_seconds, msg, sizeof(msg));
+    status = coord_keepalive(svc->registry, req->lease_id, req->lease_token, &resp.ttl_seconds, msg,
+                             sizeof(msg));
     if (failed(call, status, msg)) {
         return;
     }

@@ -9,7 +9,9 @@
  * Register or Claim and kept alive by the session thread; every later record
  * and claim of the client goes on it (lease_id in the request), as etcd's own
  * sessions do. A registration then costs one etcd write, and one KeepAlive
- * per TTL/3 renews all of the client's operations. If the process dies the
+ * per TTL/3 renews all of the client's operations. The lease token that came
+ * with the lease (only this client has it) goes with the lease ID on every
+ * KeepAlive, Register and Claim, and with a claim's lease on Complete. If the process dies the
  * lease expires, and with it every record and claim of the process: the
  * coordinator reports them EXPIRED, or ERRORED for a claim.
  *
@@ -44,7 +46,8 @@
 #define COORD_DEFAULT_TIMEOUT_MS 10000
 #define COORD_DEFAULT_TTL_S      10
 #define COORD_PATH(m)            "/ferry.v1.Coordinator/" m
-#define COORD_NOT_FOUND          5 /* gRPC NOT_FOUND */
+#define COORD_NOT_FOUND          5   /* gRPC NOT_FOUND */
+#define LEASE_TOKEN_CAP          129 /* the coordinator's are 64 hex characters */
 
 struct ferry__coord_link {
     struct ferry__coord_link *next;
@@ -53,9 +56,10 @@ struct ferry__coord_link {
     bool passive;
     char request_id[129];
     char token[257];
-    int64_t lease_id; /* the lease the record (passive) or claim (active) is on */
-    int64_t due_ms;   /* next look at the record, monotonic */
-    bool busy;        /* the session thread is using it outside the lock */
+    int64_t lease_id;                  /* the lease the record (passive) or claim (active) is on */
+    char lease_token[LEASE_TOKEN_CAP]; /* lease_id's (active: Complete shows it) */
+    int64_t due_ms;                    /* next look at the record, monotonic */
+    bool busy;                         /* the session thread is using it outside the lock */
     bool report_due;
     bool reported;
     ferry_op_status_t final_status;
@@ -86,6 +90,7 @@ struct ferry_coordinator {
 
     /* The session lease, under lock. 0: none yet (or lost). */
     int64_t session_lease;
+    char session_token[LEASE_TOKEN_CAP]; /* its lease token */
     int64_t session_ttl_s;
     int64_t session_due_ms;
     bool session_making; /* an RPC that will make it is in flight */
@@ -112,10 +117,11 @@ static ferry_status_t call(ferry_coordinator_t *coord, const char *path,
 
 /* ---- the session lease ------------------------------------------------------ */
 
-/* The lease for a new record or claim: the session's, or 0 when this caller
- * is to make it (its RPC asks for a new lease; session_made adopts it). Only
- * one caller makes it at a time; the others wait for it. */
-static int64_t session_take(ferry_coordinator_t *coord, bool *making_p)
+/* The lease for a new record or claim: the session's, with its token copied
+ * into token (LEASE_TOKEN_CAP bytes), or 0 when this caller is to make it
+ * (its RPC asks for a new lease; session_made adopts it). Only one caller
+ * makes it at a time; the others wait for it. */
+static int64_t session_take(ferry_coordinator_t *coord, bool *making_p, char *token)
 {
     int64_t lease;
 
@@ -124,6 +130,7 @@ static int64_t session_take(ferry_coordinator_t *coord, bool *making_p)
         pthread_cond_wait(&coord->cond, &coord->lock);
     }
     lease = coord->session_lease;
+    memcpy(token, coord->session_token, LEASE_TOKEN_CAP);
     *making_p = lease == 0;
     if (*making_p) {
         coord->session_making = true;
@@ -132,8 +139,10 @@ static int64_t session_take(ferry_coordinator_t *coord, bool *making_p)
     return lease;
 }
 
-/* After the RPC of session_take: adopt the lease it made (0: it failed). */
-static void session_made(ferry_coordinator_t *coord, bool making, int64_t lease, int64_t ttl_s)
+/* After the RPC of session_take: adopt the lease it made and its token (0:
+ * it failed). */
+static void session_made(ferry_coordinator_t *coord, bool making, int64_t lease, int64_t ttl_s,
+                         const char *token)
 {
     if (!making) {
         return;
@@ -142,6 +151,7 @@ static void session_made(ferry_coordinator_t *coord, bool making, int64_t lease,
     coord->session_making = false;
     if (lease != 0) {
         coord->session_lease = lease;
+        snprintf(coord->session_token, sizeof(coord->session_token), "%s", token);
         coord->session_ttl_s = ttl_s;
         coord->session_due_ms = now_ms() + period_ms(coord);
         ferry_debug("coordinator session: lease %lld, ttl %llds", (long long)lease,
@@ -163,7 +173,7 @@ static void session_lost(ferry_coordinator_t *coord, int64_t lease)
     pthread_mutex_unlock(&coord->lock);
 }
 
-static void session_renew(ferry_coordinator_t *coord, int64_t lease)
+static void session_renew(ferry_coordinator_t *coord, int64_t lease, char *token)
 {
     Ferry__V1__KeepAliveRequest req = FERRY__V1__KEEP_ALIVE_REQUEST__INIT;
     Ferry__V1__KeepAliveResponse *resp = NULL;
@@ -171,11 +181,14 @@ static void session_renew(ferry_coordinator_t *coord, int64_t lease)
     ferry_status_t status;
 
     req.lease_id = lease;
+    req.lease_token = token;
     status = call(coord, COORD_PATH("KeepAlive"), &req.base,
                   &ferry__v1__keep_alive_response__descriptor, 0, &resp, &err);
     if (status == FERRY_OK) {
         ferry__v1__keep_alive_response__free_unpacked(resp, NULL);
-    } else if (status == FERRY_ERR_NOT_FOUND) {
+    } else if (status == FERRY_ERR_NOT_FOUND || status == FERRY_ERR_PERMISSION_DENIED) {
+        /* Gone, or no longer ours to renew (the coordinators' lease key
+         * changed): either way the next operation makes a new one. */
         session_lost(coord, lease);
     } else {
         ferry_warn("coordinator session: keep-alive of lease %lld failed: %s", (long long)lease,
@@ -303,25 +316,28 @@ static void claim_active(ferry__coord_link_t *link)
     ferry_coordinator_t *coord = link->coord;
     rpc_error_t err;
     ferry_status_t status = FERRY_OK;
-    char msg[600];
+    char msg[600], lease_token[LEASE_TOKEN_CAP];
 
     req.request_id = link->request_id;
     req.access_token = link->token;
     req.claimant = (char *)link->claimant;
     req.kind = link->kind;
+    req.lease_token = lease_token;
     for (int attempt = 0; attempt < 2; attempt++) {
         bool making;
-        req.lease_id = session_take(coord, &making);
+        req.lease_id = session_take(coord, &making, lease_token);
         status = call(coord, COORD_PATH("Claim"), &req.base, &ferry__v1__claim_response__descriptor,
                       0, &resp, &err);
         session_made(coord, making, status == FERRY_OK ? resp->claim_lease_id : 0,
-                     status == FERRY_OK ? resp->ttl_seconds : 0);
+                     status == FERRY_OK ? resp->ttl_seconds : 0,
+                     status == FERRY_OK ? resp->lease_token : "");
         if (!session_was_lost(coord, req.lease_id, status, &err)) {
             break;
         }
     }
     if (status == FERRY_OK) {
         link->lease_id = resp->claim_lease_id;
+        snprintf(link->lease_token, sizeof(link->lease_token), "%s", resp->lease_token);
         link->claimed = true;
         ferry__v1__claim_response__free_unpacked(resp, NULL);
         return;
@@ -361,6 +377,7 @@ static void report_active(ferry__coord_link_t *link)
     req.request_id = link->request_id;
     req.access_token = link->token;
     req.claim_lease_id = link->lease_id;
+    req.lease_token = link->lease_token;
     req.error_code = link->final_code;
     req.error_message = link->final_message;
     if (call(link->coord, COORD_PATH("Complete"), &req.base,
@@ -430,6 +447,7 @@ static void session_tick(ferry_coordinator_t *coord, int64_t *wait_ms_p)
 {
     int64_t lease = coord->session_lease;
     int64_t left = coord->session_due_ms - now_ms();
+    char token[LEASE_TOKEN_CAP];
 
     if (lease == 0) {
         return;
@@ -441,8 +459,9 @@ static void session_tick(ferry_coordinator_t *coord, int64_t *wait_ms_p)
         return;
     }
     coord->session_due_ms = now_ms() + period_ms(coord);
+    memcpy(token, coord->session_token, sizeof(token));
     pthread_mutex_unlock(&coord->lock);
-    session_renew(coord, lease);
+    session_renew(coord, lease, token);
     pthread_mutex_lock(&coord->lock);
 }
 
@@ -701,6 +720,7 @@ ferry_status_t ferry_op_publish(ferry_op_t *op, ferry_coordinator_t *coord,
     size_t len;
     rpc_error_t err;
     ferry_status_t status;
+    char lease_token[LEASE_TOKEN_CAP];
 
     ferry__clear_error();
     if (op == NULL || coord == NULL || params == NULL || params->request_id == NULL) {
@@ -722,13 +742,15 @@ ferry_status_t ferry_op_publish(ferry_op_t *op, ferry_coordinator_t *coord,
     req.access_token = (char *)(params->access_token != NULL ? params->access_token : "");
     req.ttl_seconds = params->ttl_s;
     req.owner = (char *)ferry__op_connector_name(op);
+    req.lease_token = lease_token;
     for (int attempt = 0; attempt < 2; attempt++) {
         bool making;
-        req.lease_id = session_take(coord, &making);
+        req.lease_id = session_take(coord, &making, lease_token);
         status = call(coord, COORD_PATH("Register"), &req.base,
                       &ferry__v1__register_response__descriptor, 0, &resp, &err);
         session_made(coord, making, status == FERRY_OK ? resp->lease_id : 0,
-                     status == FERRY_OK ? resp->ttl_seconds : 0);
+                     status == FERRY_OK ? resp->ttl_seconds : 0,
+                     status == FERRY_OK ? resp->lease_token : "");
         if (!session_was_lost(coord, req.lease_id, status, &err)) {
             break;
         }

@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "coord_harness.h"
 
@@ -88,13 +89,16 @@ static ferry_status_t do_claim(const char *id, const char *token, Ferry__V1__Ope
                            (ProtobufCMessage **)resp_p, err);
 }
 
-static ferry_status_t do_complete(const char *id, const char *token, int64_t claim, int32_t code,
+/* Complete on the lease `claim` with its `lease_token`. */
+static ferry_status_t do_complete(const char *id, const char *token, int64_t claim,
+                                  const char *lease_token, int32_t code,
                                   Ferry__V1__CompleteResponse **resp_p, rpc_error_t *err)
 {
     Ferry__V1__CompleteRequest req = FERRY__V1__COMPLETE_REQUEST__INIT;
     req.request_id = (char *)id;
     req.access_token = (char *)token;
     req.claim_lease_id = claim;
+    req.lease_token = (char *)lease_token;
     req.error_code = code;
     req.error_message = code != 0 ? "disk on fire" : "";
     return test_coord_call(chan, "Complete", &req.base, &ferry__v1__complete_response__descriptor,
@@ -133,6 +137,9 @@ static int get_state(const char *id, rpc_error_t *err)
     }
     assert_null(resp->operation->metadata);
     assert_int_equal(resp->operation->token_sha256.len, 0);
+    /* Get never shows what would let a reader hold someone's lease. */
+    assert_int_equal(resp->operation->lease_id, 0);
+    assert_int_equal(resp->operation->claim_lease_id, 0);
     state = (int)resp->operation->state;
     ferry__v1__get_response__free_unpacked(resp, NULL);
     return state;
@@ -151,6 +158,7 @@ static void test_register_lookup_claim_complete(void **state)
 
     assert_string_equal(reg->access_token, TOKEN);
     assert_true(reg->lease_id > 0);
+    assert_int_equal(strlen(reg->lease_token), 64);
     assert_int_equal(reg->ttl_seconds, TTL);
     assert_true(reg->header->revision > 0);
     assert_string_equal(reg->header->coordinator, "c1");
@@ -163,23 +171,32 @@ static void test_register_lookup_claim_complete(void **state)
     assert_int_equal(look->operation->metadata->descriptors[0]->size, 4096);
     assert_int_equal(look->operation->metadata->worker_address.len, 64);
     assert_int_equal(look->operation->token_sha256.len, 0);
-    assert_int_equal(look->operation->lease_id, reg->lease_id);
+    /* Lease IDs go to their grantees only. */
+    assert_int_equal(look->operation->lease_id, 0);
 
     assert_int_equal(do_claim("flow-1", TOKEN, KIND_WRITE, &claim, &err), FERRY_OK);
     assert_int_equal(claim->operation->state, FERRY__V1__OPERATION_STATE__OPERATION_STATE_CLAIMED);
     assert_string_equal(claim->operation->claimant, "writer");
     assert_non_null(claim->operation->metadata);
     assert_true(claim->claim_lease_id > 0);
+    assert_int_equal(strlen(claim->lease_token), 64);
+    assert_int_equal(claim->operation->lease_id, 0);
+    assert_int_equal(claim->operation->claim_lease_id, 0);
 
-    assert_int_equal(do_complete("flow-1", TOKEN, claim->claim_lease_id, 0, &done, &err), FERRY_OK);
+    assert_int_equal(
+        do_complete("flow-1", TOKEN, claim->claim_lease_id, claim->lease_token, 0, &done, &err),
+        FERRY_OK);
     assert_int_equal(done->operation->state, FERRY__V1__OPERATION_STATE__OPERATION_STATE_COMPLETE);
     ferry__v1__complete_response__free_unpacked(done, NULL);
     /* Complete again with the same outcome is idempotent. */
-    assert_int_equal(do_complete("flow-1", TOKEN, claim->claim_lease_id, 0, &done, &err), FERRY_OK);
+    assert_int_equal(
+        do_complete("flow-1", TOKEN, claim->claim_lease_id, claim->lease_token, 0, &done, &err),
+        FERRY_OK);
     ferry__v1__complete_response__free_unpacked(done, NULL);
     /* A different outcome after the fact is refused. */
-    assert_int_equal(do_complete("flow-1", TOKEN, claim->claim_lease_id, 5, &done, &err),
-                     FERRY_ERR_FAILED_PRECONDITION);
+    assert_int_equal(
+        do_complete("flow-1", TOKEN, claim->claim_lease_id, claim->lease_token, 5, &done, &err),
+        FERRY_ERR_FAILED_PRECONDITION);
     assert_int_equal(get_state("flow-1", &err),
                      FERRY__V1__OPERATION_STATE__OPERATION_STATE_COMPLETE);
 
@@ -219,7 +236,9 @@ static void test_complete_with_error(void **state)
     (void)state;
 
     assert_int_equal(do_claim("err-1", TOKEN, KIND_READ, &claim, &err), FERRY_OK);
-    assert_int_equal(do_complete("err-1", TOKEN, claim->claim_lease_id, 42, &done, &err), FERRY_OK);
+    assert_int_equal(
+        do_complete("err-1", TOKEN, claim->claim_lease_id, claim->lease_token, 42, &done, &err),
+        FERRY_OK);
     assert_int_equal(done->operation->state, FERRY__V1__OPERATION_STATE__OPERATION_STATE_ERRORED);
     assert_int_equal(done->operation->error_code, 42);
     assert_string_equal(done->operation->error_message, "disk on fire");
@@ -236,20 +255,25 @@ static void test_complete_refusals(void **state)
     rpc_error_t err;
     (void)state;
 
-    ferry__v1__register_response__free_unpacked(
-        do_register("cmp-1", TOKEN, KIND_WRITE, FERRY_OK, NULL), NULL);
+    Ferry__V1__RegisterResponse *reg = do_register("cmp-1", TOKEN, KIND_WRITE, FERRY_OK, NULL);
+
     /* Not claimed: REGISTERED -> COMPLETE is not a transition. */
-    assert_int_equal(do_complete("cmp-1", TOKEN, 12345, 0, &done, &err),
+    assert_int_equal(do_complete("cmp-1", TOKEN, reg->lease_id, reg->lease_token, 0, &done, &err),
                      FERRY_ERR_FAILED_PRECONDITION);
     assert_int_equal(err.grpc_code, 9);
     assert_non_null(strstr(err.message, "REGISTERED"));
     assert_int_equal(do_claim("cmp-1", TOKEN, KIND_WRITE, &claim, &err), FERRY_OK);
-    /* Another lease than the claim's: not the claimant. */
-    assert_int_equal(do_complete("cmp-1", TOKEN, claim->claim_lease_id + 1, 0, &done, &err),
+    /* A lease the caller holds, but not the claim's: not the claimant. */
+    assert_int_equal(do_complete("cmp-1", TOKEN, reg->lease_id, reg->lease_token, 0, &done, &err),
                      FERRY_ERR_PERMISSION_DENIED);
     assert_non_null(strstr(err.message, "claim_lease_id"));
+    /* The claim's lease without its token: not the claimant either. */
+    assert_int_equal(do_complete("cmp-1", TOKEN, claim->claim_lease_id, "", 0, &done, &err),
+                     FERRY_ERR_PERMISSION_DENIED);
+    assert_non_null(strstr(err.message, "lease_token"));
     assert_int_equal(get_state("cmp-1", &err), FERRY__V1__OPERATION_STATE__OPERATION_STATE_CLAIMED);
     ferry__v1__claim_response__free_unpacked(claim, NULL);
+    ferry__v1__register_response__free_unpacked(reg, NULL);
 }
 
 static void test_generated_token(void **state)
@@ -493,6 +517,8 @@ static bool watch_until(rpc_stream_t *stream, int state, int type, int timeout_m
         }
         for (size_t i = 0; i < msg->n_events; i++) {
             assert_null(msg->events[i]->operation->metadata);
+            assert_int_equal(msg->events[i]->operation->lease_id, 0);
+            assert_int_equal(msg->events[i]->operation->claim_lease_id, 0);
             if ((int)msg->events[i]->operation->state == state &&
                 (int)msg->events[i]->type == type) {
                 hit = true;
@@ -556,6 +582,7 @@ static void test_keepalive_keeps_it(void **state)
     /* Renew every half second for longer than the TTL; between renewals,
      * watch for an expiry that must not come. */
     req.lease_id = reg->lease_id;
+    req.lease_token = reg->lease_token;
     while (test_now_ms() < until) {
         assert_int_equal(test_coord_call(chan, "KeepAlive", &req.base,
                                          &ferry__v1__keep_alive_response__descriptor,
@@ -568,12 +595,14 @@ static void test_keepalive_keeps_it(void **state)
     }
     assert_int_equal(get_state("alive-1", &err),
                      FERRY__V1__OPERATION_STATE__OPERATION_STATE_REGISTERED);
+    /* A lease etcd does not know, with a token for some other lease: the
+     * token is checked first. */
     req.lease_id = 12345;
     assert_int_equal(test_coord_call(chan, "KeepAlive", &req.base,
                                      &ferry__v1__keep_alive_response__descriptor,
                                      (ProtobufCMessage **)&resp, &err),
-                     FERRY_ERR_NOT_FOUND);
-    assert_int_equal(err.grpc_code, 5);
+                     FERRY_ERR_PERMISSION_DENIED);
+    assert_int_equal(err.grpc_code, 7);
     rpc_stream_destroy(stream);
     ferry__v1__register_response__free_unpacked(reg, NULL);
 }
@@ -591,6 +620,7 @@ static void test_claim_expiry_errors_the_operation(void **state)
     assert_int_equal(do_claim("claimx-1", TOKEN, KIND_WRITE, &claim, &err), FERRY_OK);
     /* The owner stays alive; the claimant goes silent. */
     req.lease_id = reg->lease_id;
+    req.lease_token = reg->lease_token;
     long long until = test_now_ms() + (TTL + 6) * 1000;
     bool errored = false;
     while (!errored && test_now_ms() < until) {
@@ -662,6 +692,8 @@ static void test_list_filters_and_pages(void **state)
             snprintf(id, sizeof(id), "list-%d", seen++);
             assert_string_equal(resp->operations[i]->request_id, id);
             assert_null(resp->operations[i]->metadata);
+            assert_int_equal(resp->operations[i]->lease_id, 0);
+            assert_int_equal(resp->operations[i]->claim_lease_id, 0);
         }
         static char token[64];
         snprintf(token, sizeof(token), "%s", resp->next_page_token);
@@ -716,12 +748,14 @@ static void test_shared_lease(void **state)
     req.access_token = TOKEN;
     req.metadata = test_coord_metadata(KIND_WRITE);
     req.lease_id = first->lease_id;
+    req.lease_token = first->lease_token;
     assert_int_equal(test_coord_call(chan, "Register", &req.base,
                                      &ferry__v1__register_response__descriptor,
                                      (ProtobufCMessage **)&second, &err),
                      FERRY_OK);
     assert_int_equal(second->lease_id, first->lease_id);
     assert_int_equal(second->ttl_seconds, 0);
+    assert_string_equal(second->lease_token, first->lease_token);
     ferry__v1__register_response__free_unpacked(second, NULL);
     second = NULL;
 
@@ -729,11 +763,13 @@ static void test_shared_lease(void **state)
     creq.request_id = "share-2";
     creq.access_token = TOKEN;
     creq.lease_id = first->lease_id;
+    creq.lease_token = first->lease_token;
     assert_int_equal(test_coord_call(chan, "Claim", &creq.base,
                                      &ferry__v1__claim_response__descriptor,
                                      (ProtobufCMessage **)&claim, &err),
                      FERRY_OK);
     assert_int_equal(claim->claim_lease_id, first->lease_id);
+    assert_string_equal(claim->lease_token, first->lease_token);
 
     /* Nobody renews the lease: both records expire, each reported once. */
     for (int i = 0; i < 2; i++) {
@@ -774,7 +810,9 @@ static void test_release(void **state)
     assert_int_equal(do_release("rel-1", TOKEN, &err), FERRY_ERR_FAILED_PRECONDITION);
     assert_non_null(strstr(err.message, "REGISTERED"));
     assert_int_equal(do_claim("rel-1", TOKEN, KIND_WRITE, &claim, &err), FERRY_OK);
-    assert_int_equal(do_complete("rel-1", TOKEN, claim->claim_lease_id, 0, &done, &err), FERRY_OK);
+    assert_int_equal(
+        do_complete("rel-1", TOKEN, claim->claim_lease_id, claim->lease_token, 0, &done, &err),
+        FERRY_OK);
     assert_int_equal(do_release("rel-1", "not-the-token-0123456", &err),
                      FERRY_ERR_PERMISSION_DENIED);
     assert_int_equal(do_release("rel-1", TOKEN, &err), FERRY_OK);
@@ -984,11 +1022,23 @@ static void test_claim_with_unknown_lease_is_not_found_at_once(void **state)
     rpc_error_t err;
     (void)state;
 
+    /* A lease that really existed, with its token, left to expire: nobody
+     * keeps "nolease-owner" alive, so its record leaves with the lease. */
+    Ferry__V1__RegisterResponse *gone =
+        do_register("nolease-owner", TOKEN, KIND_WRITE, FERRY_OK, NULL);
+    long long until = test_now_ms() + (TTL + 10) * 1000;
+    while (get_state("nolease-owner", &err) != -1 && test_now_ms() < until) {
+        usleep(100 * 1000); /* poll the condition, with the deadline above */
+    }
+    assert_int_equal(get_state("nolease-owner", &err), -1);
+    assert_int_equal(err.grpc_code, 5); /* NOT_FOUND */
+
     ferry__v1__register_response__free_unpacked(
         do_register("nolease-1", TOKEN, KIND_WRITE, FERRY_OK, NULL), NULL);
     req.request_id = "nolease-1";
     req.access_token = TOKEN;
-    req.lease_id = 7777777;
+    req.lease_id = gone->lease_id;
+    req.lease_token = gone->lease_token;
     req.wait_ms = 60000; /* beyond the call's 10 s deadline */
     assert_int_equal(test_coord_call(chan, "Claim", &req.base,
                                      &ferry__v1__claim_response__descriptor,
@@ -998,6 +1048,7 @@ static void test_claim_with_unknown_lease_is_not_found_at_once(void **state)
     assert_non_null(strstr(err.message, "lease_id"));
     assert_int_equal(get_state("nolease-1", &err),
                      FERRY__V1__OPERATION_STATE__OPERATION_STATE_REGISTERED);
+    ferry__v1__register_response__free_unpacked(gone, NULL);
 }
 
 typedef struct {
@@ -1151,7 +1202,9 @@ static void test_cancel_and_ttl_as_documented(void **state)
     ferry__v1__register_response__free_unpacked(
         do_register("doc-2", TOKEN, KIND_WRITE, FERRY_OK, NULL), NULL);
     assert_int_equal(do_claim("doc-2", TOKEN, KIND_WRITE, &claim, &err), FERRY_OK);
-    assert_int_equal(do_complete("doc-2", TOKEN, claim->claim_lease_id, 0, &done, &err), FERRY_OK);
+    assert_int_equal(
+        do_complete("doc-2", TOKEN, claim->claim_lease_id, claim->lease_token, 0, &done, &err),
+        FERRY_OK);
     assert_int_equal(do_cancel("doc-2", TOKEN, &err), FERRY_ERR_FAILED_PRECONDITION);
     assert_non_null(strstr(err.message, "COMPLETE"));
 
@@ -1159,6 +1212,7 @@ static void test_cancel_and_ttl_as_documented(void **state)
     reg.access_token = TOKEN;
     reg.metadata = test_coord_metadata(KIND_WRITE);
     reg.lease_id = first->lease_id;
+    reg.lease_token = first->lease_token;
     reg.ttl_seconds = 3601;
     assert_int_equal(test_coord_call(chan, "Register", &reg.base,
                                      &ferry__v1__register_response__descriptor,

@@ -65,6 +65,7 @@ class CoordinatorFromPython(unittest.TestCase):
         reg = self.register(rid)
         self.assertGreaterEqual(len(reg.access_token), 16)
         self.assertGreater(reg.lease_id, 0)
+        self.assertEqual(len(reg.lease_token), 64)
 
         look = self.stub.Lookup(self.cpb.LookupRequest(
             request_id=rid, access_token=reg.access_token), timeout=10)
@@ -81,7 +82,7 @@ class CoordinatorFromPython(unittest.TestCase):
 
         done = self.stub.Complete(self.cpb.CompleteRequest(
             request_id=rid, access_token=reg.access_token,
-            claim_lease_id=claim.claim_lease_id), timeout=10)
+            claim_lease_id=claim.claim_lease_id, lease_token=claim.lease_token), timeout=10)
         self.assertEqual(done.operation.state, self.pb.OPERATION_STATE_COMPLETE)
 
         states = []

@@ -7,7 +7,9 @@
  *     CANCELLED or ERRORED, not hung;
  *   - eight operations at once between the same two workers;
  *   - destroying a published operation unfinished cancels it at the
- *     coordinator.
+ *     coordinator;
+ *   - the session lease is renewed (with its lease token) while the
+ *     process lives.
  * Children are this executable again (--role ...), talking over pipes.
  */
 #include <stdarg.h>
@@ -513,6 +515,27 @@ static void test_destroy_unfinished_cancels_at_coordinator(void **state)
     rpc_stream_destroy(events.stream);
 }
 
+/* The session lease is renewed with the lease token that came with it (the
+ * coordinator refuses a KeepAlive without it): a published operation
+ * outlives several TTLs while its process lives. */
+static void test_session_lease_is_renewed(void **state)
+{
+    uint8_t buf[64];
+    ferry_descriptor_t d = {.ptr = buf, .size = sizeof(buf), .device = FERRY_DEVICE_HOST_INIT};
+    ferry_publish_params_t p = {.request_id = "renew-1", .access_token = TOKEN};
+    ferry_op_t *op;
+    events_t events = {.stream = watch("renew-1", NULL)};
+    (void)state;
+
+    assert_int_equal(ferry_writable_create(conn, &d, 1, &op), FERRY_OK);
+    assert_int_equal(ferry_op_publish(op, client, &p), FERRY_OK);
+    assert_int_equal(saw(&events, ST(EXPIRED), EV(DELETE), 1, TTL * 3 * 1000), 0);
+    assert_int_equal(coord_state("renew-1"), ST(REGISTERED));
+    assert_int_equal(ferry_op_status(op), FERRY_OP_STATUS_INITIALIZED);
+    ferry_op_destroy(op);
+    rpc_stream_destroy(events.stream);
+}
+
 static void test_publish_duplicate_is_refused(void **state)
 {
     uint8_t buf[64];
@@ -535,6 +558,7 @@ int main(int argc, char **argv)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_destroy_unfinished_cancels_at_coordinator),
         cmocka_unit_test(test_publish_duplicate_is_refused),
+        cmocka_unit_test(test_session_lease_is_renewed),
         cmocka_unit_test(test_many_operations_between_two_workers),
         cmocka_unit_test(test_writer_killed_mid_transfer),
         cmocka_unit_test(test_receiver_cancels_mid_transfer),
