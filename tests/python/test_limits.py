@@ -6,6 +6,10 @@ List pages through them with the longest request_id_prefix and page tokens.
 Before issue 9 the key was built into 512-byte stack buffers with
 snprintf's untruncated length: a prefix that did not leave room made keys
 whose tail was stack bytes, and List copied past its buffer.
+
+Also: a port file that cannot be written (here: a directory in the way of
+its rename) stops the coordinator with exit 1 and a message, rather than
+leaving whoever waits on the file waiting while it serves.
 """
 import base64
 import json
@@ -13,6 +17,7 @@ import os
 import sys
 import tempfile
 import shutil
+import subprocess
 import unittest
 import urllib.request
 
@@ -117,6 +122,20 @@ class LongestKeys(unittest.TestCase):
         with self.assertRaises(grpc.RpcError) as e:
             self.stub.List(self.cpb.ListRequest(request_id_prefix="c" * 129), timeout=10)
         self.assertEqual(e.exception.code(), grpc.StatusCode.INVALID_ARGUMENT)
+
+
+class PortFile(unittest.TestCase):
+    def test_unwritable_port_file_is_fatal(self):
+        in_the_way = os.path.join(TMP, "port-dir")
+        os.makedirs(in_the_way)
+        with open(os.path.join(in_the_way, "keep"), "w"):
+            pass  # not empty: rename(2) over it fails
+        p = subprocess.run([ferry_harness.COORDINATOR, "--listen", "127.0.0.1:0",
+                            "--etcd", ETCD.endpoint, "--port-file", in_the_way],
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=60)
+        self.assertEqual(p.returncode, 1, p.stdout)
+        self.assertIn("port file", p.stdout)
+        self.assertFalse(os.path.exists(in_the_way + ".tmp"))
 
 
 if __name__ == "__main__":
