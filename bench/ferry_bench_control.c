@@ -579,11 +579,22 @@ int main(int argc, char **argv)
     if (clients == NULL || threads == NULL || setup(&sh, clients) != 0) {
         goto out;
     }
-    pthread_barrier_init(&sh.start, NULL, (unsigned)cfg.clients + 1);
+    if (pthread_barrier_init(&sh.start, NULL, (unsigned)cfg.clients + 1) != 0) {
+        fprintf(stderr, "ferry-bench-control: pthread_barrier_init failed\n");
+        goto out;
+    }
     for (int i = 0; i < cfg.clients; i++) {
+        int err;
         clients[i].shared = &sh;
         clients[i].index = i;
-        pthread_create(&threads[i], NULL, client_main, &clients[i]);
+        err = pthread_create(&threads[i], NULL, client_main, &clients[i]);
+        if (err != 0) {
+            /* The clients started wait on a barrier for all of them: no
+             * way to call it off, so stop here. */
+            fprintf(stderr, "ferry-bench-control: cannot start client %d of %d: %s\n", i,
+                    cfg.clients, strerror(err));
+            exit(1);
+        }
     }
     /* The clients read the deadline only after the second barrier. */
     pthread_barrier_wait(&sh.start);

@@ -22,3 +22,19 @@ struct timespec ferry__clock_in_ms(clockid_t clock, int64_t ms)
     }
     return ts;
 }
+
+int ferry__cond_init_clock(pthread_cond_t *cond, clockid_t clock)
+{
+    pthread_condattr_t attr;
+    int rc = pthread_condattr_init(&attr);
+
+    if (rc != 0) {
+        return rc;
+    }
+    rc = pthread_condattr_setclock(&attr, clock);
+    if (rc == 0) {
+        rc = pthread_cond_init(cond, &attr);
+    }
+    pthread_condattr_destroy(&attr);
+    return rc;
+}

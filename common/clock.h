@@ -6,6 +6,7 @@
 #ifndef FERRY_COMMON_CLOCK_H
 #define FERRY_COMMON_CLOCK_H
 
+#include <pthread.h>
 #include <stdint.h>
 #include <time.h>
 
@@ -14,5 +15,9 @@ int64_t ferry__clock_ms(clockid_t clock);
 
 /* The absolute time ms milliseconds from now on `clock` (ms >= 0). */
 struct timespec ferry__clock_in_ms(clockid_t clock, int64_t ms);
+
+/* Initialises a condition variable whose timed waits run on `clock`.
+ * 0, or the errno of the step that failed (nothing left to destroy). */
+int ferry__cond_init_clock(pthread_cond_t *cond, clockid_t clock);
 
 #endif /* FERRY_COMMON_CLOCK_H */

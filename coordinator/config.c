@@ -10,6 +10,8 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "registry.h"
+
 #define UNSET INT_MIN
 
 static const char usage[] =
@@ -18,14 +20,17 @@ static const char usage[] =
     "Serves ferry.v1.Coordinator and grpc.health.v1.Health over gRPC, with all\n"
     "state in etcd. Every flag also reads from the FERRY_* variable named.\n"
     "\n"
-    "  --listen ADDR       address to serve on (FERRY_LISTEN; 127.0.0.1:7400; port 0 picks one)\n"
+    "  --listen ADDR       address to serve on (FERRY_LISTEN; 127.0.0.1:7400; port 0..65535,\n"
+    "                      0 picks one)\n"
     "  --etcd URL[,URL]    etcd endpoints (FERRY_ETCD); none: start a private etcd\n"
     "  --state-dir DIR     private etcd's data (FERRY_STATE_DIR; ~/.local/state/ferry)\n"
-    "  --prefix P          key prefix in etcd (FERRY_PREFIX; /ferry/)\n"
-    "  --ttl S             default lease TTL in seconds (FERRY_TTL; 10)\n"
-    "  --threads N         completion-queue threads (FERRY_THREADS; 16)\n"
+    "  --prefix P          key prefix in etcd, ending in '/', at most 256 bytes\n"
+    "                      (FERRY_PREFIX; /ferry/)\n"
+    "  --ttl S             default lease TTL in seconds, 1..3600 (FERRY_TTL; 10)\n"
+    "  --threads N         completion-queue threads, 1..256 (FERRY_THREADS; 16)\n"
     "  --name NAME         this replica's name in responses (FERRY_NAME; host name)\n"
-    "  --grace-ms MS       drain time for in-flight calls on SIGTERM (FERRY_GRACE_MS; 5000)\n"
+    "  --grace-ms MS       drain time for in-flight calls on SIGTERM, 0..600000\n"
+    "                      (FERRY_GRACE_MS; 5000)\n"
     "  --port-file PATH    write the bound port to PATH once serving\n"
     "  --log-level L       error|warn|info|debug|trace (FERRY_LOG_LEVEL; info)\n"
     "  --tls-cert PEM      serve TLS with this certificate chain (FERRY_TLS_CERT)\n"
@@ -86,7 +91,7 @@ static const char *env_or(const char *name, const char *fallback)
     return v != NULL && v[0] != '\0' ? v : fallback;
 }
 
-/* Parses a positive int in [lo, hi]; -1 when it is not one. */
+/* Parses an int in [lo, hi] (lo >= 0); -1, said, when it is not one. */
 static int parse_int(const char *flag, const char *text, int lo, int hi)
 {
     char *end;
@@ -223,11 +228,37 @@ static int env_numbers(coord_config_t *c)
     return 0;
 }
 
+/* The port of a host:port address is 0..65535. Other forms (unix:PATH,
+ * "[v6]" or a host without a port) are left to gRPC. */
+static int check_listen(const char *listen)
+{
+    const char *colon = strrchr(listen, ':');
+
+    if (strncmp(listen, "unix", 4) == 0 || colon == NULL || strchr(colon, ']') != NULL) {
+        return 0;
+    }
+    return parse_int("--listen port", colon + 1, 0, 65535) < 0 ? -1 : 0;
+}
+
+static int check_prefix(const char *prefix)
+{
+    size_t plen = strlen(prefix);
+
+    if (plen == 0 || prefix[plen - 1] != '/') {
+        fprintf(stderr, "ferry-coordinator: --prefix must end with '/', not '%s'\n", prefix);
+        return -1;
+    }
+    if (plen > COORD_PREFIX_MAX) {
+        fprintf(stderr, "ferry-coordinator: --prefix must be 1 to %d bytes, not %zu\n",
+                COORD_PREFIX_MAX, plen);
+        return -1;
+    }
+    return 0;
+}
+
 static int check(const coord_config_t *c)
 {
-    size_t plen = strlen(c->prefix);
-    if (plen == 0 || c->prefix[plen - 1] != '/') {
-        fprintf(stderr, "ferry-coordinator: --prefix must end with '/', not '%s'\n", c->prefix);
+    if (check_prefix(c->prefix) != 0 || check_listen(c->listen) != 0) {
         return -1;
     }
     if ((c->tls_cert == NULL) != (c->tls_key == NULL)) {

@@ -2,15 +2,18 @@
  * main.c: ferry-coordinator. Parses the configuration, starts a private etcd
  * when none is given, serves until SIGTERM or SIGINT, then stops taking
  * calls, ends waits and streams with UNAVAILABLE, drains in-flight calls for
- * the grace period and exits 0.
+ * the grace period and exits 0. It exits 1 when it cannot start: etcd,
+ * the server, or the port file (whoever asked for one waits on it).
  *
  * Signals are blocked in every thread and taken with sigwait on the main
  * thread, so no handler runs inside gRPC or libcurl.
  */
+#include <errno.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "common/log.h"
 #include "config.h"
@@ -104,21 +107,38 @@ static ferry_status_t open_server(coordinator_t *c)
     return FERRY_OK;
 }
 
-static void write_port_file(const char *path, int port)
+/* Write then rename, so a reader never sees a half-written file. Every
+ * step is checked: a full disk shows at fclose, a directory in the way at
+ * rename. */
+static ferry_status_t write_port_file(const char *path, int port)
 {
     char tmp[4096];
     FILE *f;
+    int failed;
 
-    /* Write then rename, so a reader never sees a half-written file. */
-    snprintf(tmp, sizeof(tmp), "%s.tmp", path);
+    if ((size_t)snprintf(tmp, sizeof(tmp), "%s.tmp", path) >= sizeof(tmp)) {
+        ferry_error("port file %s: path too long", path);
+        return FERRY_ERR_INVALID_ARGUMENT;
+    }
     f = fopen(tmp, "w");
     if (f == NULL) {
-        ferry_warn("cannot write port file %s", tmp);
-        return;
+        ferry_error("cannot write port file %s: %s", tmp, strerror(errno));
+        return FERRY_ERR_IO;
     }
-    fprintf(f, "%d\n", port);
-    fclose(f);
-    rename(tmp, path);
+    failed = fprintf(f, "%d\n", port) < 0;
+    if (fclose(f) != 0 || failed) {
+        ferry_error("cannot write port file %s: %s", tmp, strerror(errno));
+        goto err_unlink;
+    }
+    if (rename(tmp, path) != 0) {
+        ferry_error("cannot rename port file %s to %s: %s", tmp, path, strerror(errno));
+        goto err_unlink;
+    }
+    return FERRY_OK;
+
+err_unlink:
+    unlink(tmp);
+    return FERRY_ERR_IO;
 }
 
 static void close_all(coordinator_t *c)
@@ -181,8 +201,9 @@ int main(int argc, char **argv)
     ferry_info("ferry-coordinator '%s' serving on %s (port %d), prefix %s, ttl %ds, %d threads",
                c.config.name, c.config.listen, c.port, c.config.prefix, c.config.ttl_s,
                c.config.threads);
-    if (c.config.port_file != NULL) {
-        write_port_file(c.config.port_file, c.port);
+    if (c.config.port_file != NULL && write_port_file(c.config.port_file, c.port) != FERRY_OK) {
+        close_all(&c);
+        return 1;
     }
     rc = wait_for_signal();
     ferry_info("signal %d: draining in-flight calls (up to %d ms)", rc, c.config.grace_ms);

@@ -48,12 +48,21 @@ int64_t registry_now_ms(void)
     return ferry__clock_ms(CLOCK_REALTIME);
 }
 
-size_t registry_key(const coord_registry_t *r, const char *sub_prefix, const char *id, char *buf,
-                    size_t cap)
+ferry_status_t registry_key(const char *sub_prefix, const char *id, registry_key_t *key, char *msg,
+                            size_t cap)
 {
-    int n = snprintf(buf, cap, "%s%s", sub_prefix, id);
-    (void)r;
-    return n < 0 ? 0 : (size_t)n;
+    size_t plen = strlen(sub_prefix), ilen = strlen(id);
+
+    if (plen + ilen > REGISTRY_KEY_MAX) {
+        return registry_fail(FERRY_ERR_INVALID_ARGUMENT, msg, cap,
+                             "request_id of %zu bytes does not fit a key under '%s' (at most "
+                             "%zu bytes in all)",
+                             ilen, sub_prefix, (size_t)REGISTRY_KEY_MAX);
+    }
+    memcpy(key->bytes, sub_prefix, plen);
+    memcpy(key->bytes + plen, id, ilen + 1);
+    key->len = plen + ilen;
+    return FERRY_OK;
 }
 
 void registry_view_put(coord_registry_t *r, const char *id, const uint8_t *bytes, size_t len,
@@ -317,9 +326,19 @@ static char *concat(const char *a, const char *b)
 ferry_status_t coord_registry_create(const coord_registry_params_t *params,
                                      coord_registry_t **registry_p)
 {
-    coord_registry_t *r = calloc(1, sizeof(*r));
+    size_t plen = strlen(params->prefix);
+    coord_registry_t *r;
     ferry_status_t status = FERRY_ERR_NO_MEMORY;
+    int rc;
 
+    /* Bounded so that every key fits registry_key_t (config.c says so to
+     * the user first). */
+    if (plen == 0 || plen > COORD_PREFIX_MAX || params->prefix[plen - 1] != '/') {
+        ferry_error("registry: prefix of %zu bytes must end with '/' and be at most %d bytes", plen,
+                    COORD_PREFIX_MAX);
+        return FERRY_ERR_INVALID_ARGUMENT;
+    }
+    r = calloc(1, sizeof(*r));
     if (r == NULL) {
         return FERRY_ERR_NO_MEMORY;
     }
@@ -336,9 +355,21 @@ ferry_status_t coord_registry_create(const coord_registry_params_t *params,
     if (status != FERRY_OK) {
         goto err_free;
     }
-    pthread_mutex_init(&r->lock, NULL);
-    pthread_cond_init(&r->maint_cond, NULL);
-    pthread_mutex_init(&r->lease_key_lock, NULL);
+    if (pthread_mutex_init(&r->lock, NULL) != 0) {
+        ferry_error("registry: pthread_mutex_init failed");
+        status = FERRY_ERR_NO_MEMORY;
+        goto err_view;
+    }
+    if (pthread_cond_init(&r->maint_cond, NULL) != 0) {
+        ferry_error("registry: pthread_cond_init failed");
+        status = FERRY_ERR_NO_MEMORY;
+        goto err_lock;
+    }
+    if (pthread_mutex_init(&r->lease_key_lock, NULL) != 0) {
+        ferry_error("registry: pthread_mutex_init failed");
+        status = FERRY_ERR_NO_MEMORY;
+        goto err_cond;
+    }
 
     atomic_store(&r->healthy, etcd_ping(r->etcd, NULL) == FERRY_OK);
     if (!atomic_load(&r->healthy) || load_view(r) != FERRY_OK) {
@@ -351,7 +382,9 @@ ferry_status_t coord_registry_create(const coord_registry_params_t *params,
     if (atomic_load(&r->healthy) && registry_lease_key_load(r) != FERRY_OK) {
         ferry_warn("registry: lease key not loaded yet (%s)", etcd_client_last_error());
     }
-    if (pthread_create(&r->maint_thread, NULL, maint_main, r) != 0) {
+    rc = pthread_create(&r->maint_thread, NULL, maint_main, r);
+    if (rc != 0) {
+        ferry_error("registry: cannot start the maintenance thread: %s", strerror(rc));
         status = FERRY_ERR_IO;
         goto err_watch;
     }
@@ -361,8 +394,11 @@ ferry_status_t coord_registry_create(const coord_registry_params_t *params,
 err_watch:
     etcd_watch_destroy(r->watch);
     pthread_mutex_destroy(&r->lease_key_lock);
+err_cond:
     pthread_cond_destroy(&r->maint_cond);
+err_lock:
     pthread_mutex_destroy(&r->lock);
+err_view:
     view_cleanup(&r->view);
 err_free:
     free(r->claims_prefix);

@@ -45,6 +45,11 @@
 
 typedef struct coord_registry coord_registry_t;
 
+/* The longest key prefix, in bytes with its trailing '/' (--prefix). With
+ * it and the longest request_id (validate.h) every key the registry builds
+ * fits a fixed buffer; coord_registry_create refuses a longer one. */
+#define COORD_PREFIX_MAX 256
+
 typedef enum {
     COORD_EVENT_PUT,
     COORD_EVENT_DELETE,
@@ -52,7 +57,7 @@ typedef enum {
 
 typedef struct {
     etcd_client_t *etcd;
-    const char *prefix;    /* "/ferry/"; must end with '/' */
+    const char *prefix;    /* "/ferry/"; ends with '/', at most COORD_PREFIX_MAX bytes */
     int64_t default_ttl_s; /* leases of Register and Claim when the caller says 0 */
     /* A record changed (PUT) or left (DELETE). `op` is stripped of metadata,
      * token hash and lease IDs; valid during the call. */

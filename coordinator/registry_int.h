@@ -9,9 +9,19 @@
 #include <stdatomic.h>
 
 #include "registry.h"
+#include "validate.h"
 #include "view.h"
 
 #define COORD_LEASE_KEY_LEN 32 /* bytes of the key lease tokens derive from */
+
+/* The longest key: "<prefix>claims/<request_id>" with both at their limit. */
+#define REGISTRY_KEY_MAX (COORD_PREFIX_MAX + sizeof("claims/") - 1 + COORD_REQUEST_ID_MAX)
+
+/* A key the registry built: bytes[len] is NUL. */
+typedef struct {
+    char bytes[REGISTRY_KEY_MAX + 1];
+    size_t len;
+} registry_key_t;
 
 struct coord_registry {
     etcd_client_t *etcd;
@@ -41,9 +51,11 @@ struct coord_registry {
     uint8_t lease_key[COORD_LEASE_KEY_LEN];
 };
 
-/* Builds "<prefix>ops/<id>" into buf; returns its length. */
-size_t registry_key(const coord_registry_t *r, const char *sub_prefix, const char *id, char *buf,
-                    size_t cap);
+/* Builds "<sub_prefix><id>" (sub_prefix: r->ops_prefix or r->claims_prefix)
+ * into *key. FERRY_ERR_INVALID_ARGUMENT, with a message naming request_id,
+ * when it does not fit: never a truncated key. */
+ferry_status_t registry_key(const char *sub_prefix, const char *id, registry_key_t *key, char *msg,
+                            size_t cap);
 
 /* Applies a record the coordinator itself just wrote (write-through). */
 void registry_view_put(coord_registry_t *r, const char *id, const uint8_t *bytes, size_t len,

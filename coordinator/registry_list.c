@@ -11,8 +11,6 @@
 
 #include "common/log.h"
 
-#define KEY_MAX 512
-
 ferry_status_t coord_keepalive(coord_registry_t *r, int64_t lease_id, const char *lease_token,
                                int64_t *ttl_p, char *msg, size_t cap)
 {
@@ -51,63 +49,126 @@ static ferry_status_t list_append(Ferry__V1__ListResponse *out, Ferry__V1__Opera
     return FERRY_OK;
 }
 
+/* Where the next range read starts: on the heap, grown to fit any key etcd
+ * returns, so that a key longer than any the registry builds (written by
+ * something else under the prefix) still moves the page on. */
+typedef struct {
+    uint8_t *bytes;
+    size_t len;
+    size_t cap;
+} list_start_t;
+
+/* Sets start to key, or with after to the first key after it (key + NUL). */
+static ferry_status_t list_start_set(list_start_t *start, const void *key, size_t len, bool after)
+{
+    size_t need = len + 1;
+
+    if (need > start->cap) {
+        uint8_t *bytes = realloc(start->bytes, need);
+        if (bytes == NULL) {
+            return FERRY_ERR_NO_MEMORY;
+        }
+        start->bytes = bytes;
+        start->cap = need;
+    }
+    memcpy(start->bytes, key, len);
+    start->len = len;
+    if (after) {
+        start->bytes[start->len++] = '\0';
+    }
+    return FERRY_OK;
+}
+
+/* The first key to read: just after page_token's when it lies in scope,
+ * else the start of scope. */
+static ferry_status_t list_first(coord_registry_t *r, const Ferry__V1__ListRequest *req,
+                                 const registry_key_t *scope, list_start_t *start, char *msg,
+                                 size_t cap)
+{
+    registry_key_t token;
+    ferry_status_t status;
+
+    if (req->page_token[0] == '\0') {
+        return list_start_set(start, scope->bytes, scope->len, false);
+    }
+    status = registry_key(r->ops_prefix, req->page_token, &token, msg, cap);
+    if (status != FERRY_OK) {
+        return status;
+    }
+    if (token.len < scope->len || memcmp(token.bytes, scope->bytes, scope->len) != 0) {
+        return list_start_set(start, scope->bytes, scope->len, false);
+    }
+    return list_start_set(start, token.bytes, token.len, true);
+}
+
+/* Appends the wanted records of one range to out and moves start past the
+ * last key read. */
+static ferry_status_t list_take(const Ferry__V1__ListRequest *req, const etcd_range_t *range,
+                                uint32_t page, Ferry__V1__ListResponse *out, list_start_t *start,
+                                bool *more_p)
+{
+    for (size_t i = 0; i < range->n_kvs; i++) {
+        Ferry__V1__Operation *op;
+        if (out->n_operations == page) {
+            *more_p = true;
+            break;
+        }
+        op = ferry__v1__operation__unpack(NULL, range->kvs[i].value_len, range->kvs[i].value);
+        if (op == NULL || !list_wants(req, op) || list_append(out, op) != FERRY_OK) {
+            if (op != NULL) {
+                ferry__v1__operation__free_unpacked(op, NULL);
+            }
+        }
+        if (list_start_set(start, range->kvs[i].key, range->kvs[i].key_len, true) != FERRY_OK) {
+            return FERRY_ERR_NO_MEMORY;
+        }
+    }
+    return FERRY_OK;
+}
+
 ferry_status_t coord_list(coord_registry_t *r, const Ferry__V1__ListRequest *req,
                           Ferry__V1__ListResponse *out, char *msg, size_t cap)
 {
     uint32_t page = req->page_size == 0 ? 100 : req->page_size;
-    char start[KEY_MAX], scope[KEY_MAX];
-    size_t start_len, scope_len;
+    registry_key_t scope;
+    list_start_t start = {0};
     uint8_t *end = NULL;
     size_t end_len;
     bool more = true;
-    ferry_status_t status;
+    ferry_status_t status = registry_key(r->ops_prefix, req->request_id_prefix, &scope, msg, cap);
 
-    scope_len = registry_key(r, r->ops_prefix, req->request_id_prefix, scope, sizeof(scope));
-    status = etcd_prefix_end(scope, scope_len, &end, &end_len);
+    if (status != FERRY_OK) {
+        return status;
+    }
+    status = etcd_prefix_end(scope.bytes, scope.len, &end, &end_len);
     if (status != FERRY_OK) {
         return registry_fail(status, msg, cap, "request_id_prefix cannot be ranged");
     }
-    start_len = registry_key(r, r->ops_prefix, req->page_token, start, sizeof(start));
-    if (start_len < scope_len || memcmp(start, scope, scope_len) != 0) {
-        memcpy(start, scope, scope_len + 1);
-        start_len = scope_len;
-    } else if (req->page_token[0] != '\0') {
-        start[start_len++] = '\0'; /* the first key after the token */
+    status = list_first(r, req, &scope, &start, msg, cap);
+    if (status == FERRY_ERR_NO_MEMORY) {
+        registry_fail(status, msg, cap, "no memory for a list");
     }
-    while (more && out->n_operations < page) {
+    while (status == FERRY_OK && more && out->n_operations < page) {
         etcd_range_t range = {0};
-        status = etcd_get(r->etcd, start, start_len, end, end_len, page + 1, 0, &range);
+        status = etcd_get(r->etcd, start.bytes, start.len, end, end_len, page + 1, 0, &range);
         if (status != FERRY_OK) {
-            free(end);
-            return registry_etcd_fail(status, msg, cap, "list range");
+            registry_etcd_fail(status, msg, cap, "list range");
+            break;
         }
         out->header->revision = range.revision;
         more = range.more;
-        for (size_t i = 0; i < range.n_kvs; i++) {
-            Ferry__V1__Operation *op;
-            if (out->n_operations == page) {
-                more = true;
-                break;
-            }
-            op = ferry__v1__operation__unpack(NULL, range.kvs[i].value_len, range.kvs[i].value);
-            if (op == NULL || !list_wants(req, op) || list_append(out, op) != FERRY_OK) {
-                if (op != NULL) {
-                    ferry__v1__operation__free_unpacked(op, NULL);
-                }
-            }
-            if (range.kvs[i].key_len + 1 < sizeof(start)) {
-                memcpy(start, range.kvs[i].key, range.kvs[i].key_len);
-                start[range.kvs[i].key_len] = '\0';
-                start_len = range.kvs[i].key_len + 1;
-            }
+        status = list_take(req, &range, page, out, &start, &more);
+        if (status != FERRY_OK) {
+            registry_fail(status, msg, cap, "no memory for a list");
         }
         etcd_range_free(&range);
     }
+    free(start.bytes);
     free(end);
-    if (more && out->n_operations > 0) {
+    if (status == FERRY_OK && more && out->n_operations > 0) {
         out->next_page_token = strdup(out->operations[out->n_operations - 1]->request_id);
     }
-    return FERRY_OK;
+    return status;
 }
 
 void coord_list_free(Ferry__V1__ListResponse *out)

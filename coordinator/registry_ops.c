@@ -17,7 +17,6 @@
 #include "common/log.h"
 #include "common/op_state.h"
 
-#define KEY_MAX             512
 #define TRANSITION_ATTEMPTS 8
 
 static int64_t ttl_or_default(const coord_registry_t *r, int64_t ttl_s)
@@ -140,22 +139,18 @@ static ferry_status_t register_txn(coord_registry_t *r, const char *id, const ui
                                    size_t len, int64_t lease, int64_t *revision_p, char *msg,
                                    size_t cap)
 {
-    char key[KEY_MAX];
-    size_t key_len = registry_key(r, r->ops_prefix, id, key, sizeof(key));
-    etcd_compare_t cmp = {.target = ETCD_CMP_CREATE,
-                          .result = ETCD_CMP_EQUAL,
-                          .key = key,
-                          .key_len = key_len,
-                          .number = 0};
-    etcd_op_t put = {.type = ETCD_OP_PUT,
-                     .key = key,
-                     .key_len = key_len,
-                     .value = bytes,
-                     .value_len = len,
-                     .lease = lease};
+    registry_key_t key;
+    etcd_compare_t cmp = {.target = ETCD_CMP_CREATE, .result = ETCD_CMP_EQUAL, .number = 0};
+    etcd_op_t put = {.type = ETCD_OP_PUT, .value = bytes, .value_len = len, .lease = lease};
     etcd_txn_result_t res = {0};
-    ferry_status_t status = etcd_txn(r->etcd, &cmp, 1, &put, 1, NULL, 0, &res);
+    ferry_status_t status = registry_key(r->ops_prefix, id, &key, msg, cap);
 
+    if (status != FERRY_OK) {
+        return status;
+    }
+    cmp.key = put.key = key.bytes;
+    cmp.key_len = put.key_len = key.len;
+    status = etcd_txn(r->etcd, &cmp, 1, &put, 1, NULL, 0, &res);
     if (status == FERRY_ERR_NOT_FOUND) {
         return lease_gone(lease, msg, cap);
     }
@@ -244,8 +239,7 @@ typedef struct {
 static ferry_status_t read_record(coord_registry_t *r, const char *id, bool from_etcd,
                                   record_t *rec, char *msg, size_t cap)
 {
-    char key[KEY_MAX];
-    size_t key_len;
+    registry_key_t key;
     etcd_range_t range = {0};
     ferry_status_t status;
 
@@ -270,8 +264,11 @@ static ferry_status_t read_record(coord_registry_t *r, const char *id, bool from
     if (!from_etcd) {
         ferry_debug("op %s: not in the view; reading etcd", id);
     }
-    key_len = registry_key(r, r->ops_prefix, id, key, sizeof(key));
-    status = etcd_get(r->etcd, key, key_len, NULL, 0, 0, 0, &range);
+    status = registry_key(r->ops_prefix, id, &key, msg, cap);
+    if (status != FERRY_OK) {
+        return status;
+    }
+    status = etcd_get(r->etcd, key.bytes, key.len, NULL, 0, 0, 0, &range);
     if (status != FERRY_OK) {
         return registry_etcd_fail(status, msg, cap, "read");
     }
@@ -332,27 +329,28 @@ static ferry_status_t write_transition(coord_registry_t *r, const record_t *rec,
                                        const transition_t *t, int64_t *revision_p, bool *won_p,
                                        char *msg, size_t cap)
 {
-    char key[KEY_MAX];
-    size_t key_len = registry_key(r, r->ops_prefix, rec->op->request_id, key, sizeof(key));
+    registry_key_t key;
     uint8_t *bytes = NULL;
     size_t len = 0;
-    etcd_compare_t cmp = {.target = ETCD_CMP_MOD,
-                          .result = ETCD_CMP_EQUAL,
-                          .key = key,
-                          .key_len = key_len,
-                          .number = rec->mod_revision};
+    etcd_compare_t cmp = {
+        .target = ETCD_CMP_MOD, .result = ETCD_CMP_EQUAL, .number = rec->mod_revision};
     etcd_op_t ops[2];
     etcd_txn_result_t res = {0};
-    ferry_status_t status = pack_op(rec->op, &bytes, &len);
+    ferry_status_t status = registry_key(r->ops_prefix, rec->op->request_id, &key, msg, cap);
 
+    if (status == FERRY_OK) {
+        status = pack_op(rec->op, &bytes, &len);
+    }
     if (status != FERRY_OK) {
         return status;
     }
+    cmp.key = key.bytes;
+    cmp.key_len = key.len;
     /* The put names the owner's lease again: a put without it would detach
      * the record from the lease and outlive a dead owner. */
     ops[0] = (etcd_op_t){.type = ETCD_OP_PUT,
-                         .key = key,
-                         .key_len = key_len,
+                         .key = key.bytes,
+                         .key_len = key.len,
                          .value = bytes,
                          .value_len = len,
                          .lease = rec->op->lease_id};
@@ -507,11 +505,15 @@ static ferry_status_t claim_precheck(coord_registry_t *r, const Ferry__V1__Claim
 ferry_status_t coord_claim(coord_registry_t *r, const Ferry__V1__ClaimRequest *req,
                            coord_change_out_t *out, char *msg, size_t cap)
 {
-    char key[KEY_MAX], lease_str[32];
+    registry_key_t key;
+    char lease_str[32];
     lease_t lease;
     transition_t t = {.what = "claim", .token = req->access_token, .apply = apply_claim};
-    ferry_status_t status;
+    ferry_status_t status = registry_key(r->claims_prefix, req->request_id, &key, msg, cap);
 
+    if (status != FERRY_OK) {
+        return status;
+    }
     status = claim_precheck(r, req, msg, cap);
     if (status != FERRY_OK) {
         return status;
@@ -521,13 +523,12 @@ ferry_status_t coord_claim(coord_registry_t *r, const Ferry__V1__ClaimRequest *r
         return status;
     }
     snprintf(lease_str, sizeof(lease_str), "%" PRId64, lease.id);
-    t.extra =
-        (etcd_op_t){.type = ETCD_OP_PUT,
-                    .key = key,
-                    .key_len = registry_key(r, r->claims_prefix, req->request_id, key, sizeof(key)),
-                    .value = lease_str,
-                    .value_len = strlen(lease_str),
-                    .lease = lease.id};
+    t.extra = (etcd_op_t){.type = ETCD_OP_PUT,
+                          .key = key.bytes,
+                          .key_len = key.len,
+                          .value = lease_str,
+                          .value_len = strlen(lease_str),
+                          .lease = lease.id};
     t.arg = (void *)req;
     status = registry_transition(r, req->request_id, &t, out, msg, cap);
     if (status != FERRY_OK) {
@@ -569,7 +570,7 @@ static int apply_complete(transition_t *t, Ferry__V1__Operation *op, char *msg, 
 ferry_status_t coord_complete(coord_registry_t *r, const Ferry__V1__CompleteRequest *req,
                               coord_change_out_t *out, char *msg, size_t cap)
 {
-    char key[KEY_MAX];
+    registry_key_t key;
     transition_t t = {.what = req->error_code == 0 ? "complete" : "complete with error",
                       .token = req->access_token,
                       .apply = apply_complete,
@@ -579,13 +580,13 @@ ferry_status_t coord_complete(coord_registry_t *r, const Ferry__V1__CompleteRequ
     ferry_status_t status =
         registry_lease_check(r, "claim_lease_id", req->claim_lease_id, req->lease_token, msg, cap);
 
+    if (status == FERRY_OK) {
+        status = registry_key(r->claims_prefix, req->request_id, &key, msg, cap);
+    }
     if (status != FERRY_OK) {
         return status;
     }
-    t.extra = (etcd_op_t){.type = ETCD_OP_DELETE,
-                          .key = key,
-                          .key_len =
-                              registry_key(r, r->claims_prefix, req->request_id, key, sizeof(key))};
+    t.extra = (etcd_op_t){.type = ETCD_OP_DELETE, .key = key.bytes, .key_len = key.len};
     /* The claim key leaves with the transaction. Its lease is not revoked:
      * it may be the claimant's own, shared with its other work; a lease of
      * this claim alone expires once nobody keeps it alive. */
@@ -612,14 +613,16 @@ static int apply_cancel(transition_t *t, Ferry__V1__Operation *op, char *msg, si
 ferry_status_t coord_cancel(coord_registry_t *r, const Ferry__V1__CancelRequest *req,
                             coord_change_out_t *out, char *msg, size_t cap)
 {
-    char key[KEY_MAX];
+    registry_key_t key;
     transition_t t = {
         .what = "cancel", .token = req->access_token, .apply = apply_cancel, .arg = (void *)req};
 
-    t.extra = (etcd_op_t){.type = ETCD_OP_DELETE,
-                          .key = key,
-                          .key_len =
-                              registry_key(r, r->claims_prefix, req->request_id, key, sizeof(key))};
+    ferry_status_t status = registry_key(r->claims_prefix, req->request_id, &key, msg, cap);
+
+    if (status != FERRY_OK) {
+        return status;
+    }
+    t.extra = (etcd_op_t){.type = ETCD_OP_DELETE, .key = key.bytes, .key_len = key.len};
     /* The claim key leaves with the transaction; the claimant learns of the
      * cancel from the record (its lease may be shared: never revoked). */
     return registry_transition(r, req->request_id, &t, out, msg, cap);
@@ -631,14 +634,16 @@ ferry_status_t coord_release(coord_registry_t *r, const Ferry__V1__ReleaseReques
                              int64_t *revision_p, char *msg, size_t cap)
 {
     for (int attempt = 0; attempt < TRANSITION_ATTEMPTS; attempt++) {
-        char key[KEY_MAX];
-        size_t key_len = registry_key(r, r->ops_prefix, req->request_id, key, sizeof(key));
-        etcd_compare_t cmp = {
-            .target = ETCD_CMP_MOD, .result = ETCD_CMP_EQUAL, .key = key, .key_len = key_len};
-        etcd_op_t del = {.type = ETCD_OP_DELETE, .key = key, .key_len = key_len};
+        registry_key_t key;
+        etcd_compare_t cmp = {.target = ETCD_CMP_MOD, .result = ETCD_CMP_EQUAL};
+        etcd_op_t del = {.type = ETCD_OP_DELETE};
         etcd_txn_result_t res = {0};
         record_t rec;
-        ferry_status_t status = read_record(r, req->request_id, attempt > 0, &rec, msg, cap);
+        ferry_status_t status = registry_key(r->ops_prefix, req->request_id, &key, msg, cap);
+
+        if (status == FERRY_OK) {
+            status = read_record(r, req->request_id, attempt > 0, &rec, msg, cap);
+        }
 
         if (status != FERRY_OK) {
             return status;
@@ -656,6 +661,8 @@ ferry_status_t coord_release(coord_registry_t *r, const Ferry__V1__ReleaseReques
         if (status != FERRY_OK) {
             return status;
         }
+        cmp.key = del.key = key.bytes;
+        cmp.key_len = del.key_len = key.len;
         cmp.number = rec.mod_revision;
         status = etcd_txn(r->etcd, &cmp, 1, &del, 1, NULL, 0, &res);
         if (status != FERRY_OK) {

@@ -393,7 +393,11 @@ ferry_status_t coord_service_create(const coord_service_params_t *params, rpc_se
         return FERRY_ERR_NO_MEMORY;
     }
     svc->server = server;
-    pthread_mutex_init(&svc->subs_lock, NULL);
+    if (pthread_mutex_init(&svc->subs_lock, NULL) != 0) {
+        free(svc->name);
+        free(svc);
+        return FERRY_ERR_NO_MEMORY;
+    }
     status = service_waits_start(svc);
     if (status != FERRY_OK) {
         goto err_free;

@@ -181,19 +181,29 @@ static void *wait_main(void *arg)
 
 ferry_status_t service_waits_start(coord_service_t *svc)
 {
-    pthread_condattr_t attr;
+    int rc = ferry__cond_init_clock(&svc->waits_cond, CLOCK_MONOTONIC);
 
-    pthread_condattr_init(&attr);
-    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
-    pthread_cond_init(&svc->waits_cond, &attr);
-    pthread_condattr_destroy(&attr);
-    pthread_mutex_init(&svc->waits_lock, NULL);
-    if (pthread_create(&svc->wait_thread, NULL, wait_main, svc) != 0) {
-        pthread_cond_destroy(&svc->waits_cond);
-        pthread_mutex_destroy(&svc->waits_lock);
+    if (rc != 0) {
+        ferry_error("service: cannot create the waits' condition variable: %s", strerror(rc));
         return FERRY_ERR_IO;
     }
+    rc = pthread_mutex_init(&svc->waits_lock, NULL);
+    if (rc != 0) {
+        ferry_error("service: cannot create the waits' lock: %s", strerror(rc));
+        goto err_cond;
+    }
+    rc = pthread_create(&svc->wait_thread, NULL, wait_main, svc);
+    if (rc != 0) {
+        ferry_error("service: cannot start the wait thread: %s", strerror(rc));
+        goto err_lock;
+    }
     return FERRY_OK;
+
+err_lock:
+    pthread_mutex_destroy(&svc->waits_lock);
+err_cond:
+    pthread_cond_destroy(&svc->waits_cond);
+    return FERRY_ERR_IO;
 }
 
 /* Fails every parked wait with UNAVAILABLE and joins the wait thread. */

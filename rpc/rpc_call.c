@@ -114,7 +114,10 @@ static rpc_call_t *call_new(rpc_server_t *server, rpc_method_entry_t *method)
     if (call == NULL) {
         return NULL;
     }
-    pthread_mutex_init(&call->lock, NULL);
+    if (pthread_mutex_init(&call->lock, NULL) != 0) {
+        free(call);
+        return NULL;
+    }
     atomic_init(&call->refs, 1);
     call->state = RPC_CALL_REQUESTED;
     call->server = server;
@@ -135,7 +138,7 @@ ferry_status_t rpc__call_arm(rpc_server_t *server, rpc_method_entry_t *method)
     grpc_call_error rc;
 
     if (call == NULL) {
-        ferry_error("rpc: out of memory arming a call");
+        ferry_error("rpc: no memory (or mutex) for a call to arm");
         return FERRY_ERR_NO_MEMORY;
     }
     if (method != NULL) {

@@ -85,7 +85,10 @@ static void health_notify(rpc_health_t *health, const char *service, int status)
 ferry_status_t rpc__health_init(rpc_health_t *health)
 {
     memset(health, 0, sizeof(*health));
-    pthread_mutex_init(&health->lock, NULL);
+    if (pthread_mutex_init(&health->lock, NULL) != 0) {
+        ferry_error("rpc: health: pthread_mutex_init failed");
+        return FERRY_ERR_NO_MEMORY;
+    }
     if (health_append(health, "", true) == NULL) {
         pthread_mutex_destroy(&health->lock);
         return FERRY_ERR_NO_MEMORY;

@@ -41,6 +41,7 @@ typedef struct {
     rpc_handler_fn handler;
     void *arg;
     void *registered; /* grpc_server_register_method's handle, once started */
+    int arms_owed;    /* re-arms that failed, retried later; server->lock */
 } rpc_method_entry_t;
 
 /* Rows are allocated one by one so a row's address never changes. */
@@ -187,6 +188,15 @@ struct rpc_server {
     rpc_tag_t shutdown_tag;
     atomic_uint_fast64_t next_call_id;
     atomic_int live_calls; /* delivered and not yet done */
+
+    /* A failed re-arm is owed, not lost: the method's pool would shrink
+     * for good. Owed arms are paid on the next delivery and, while any are
+     * owed, every RPC_REARM_RETRY_MS on an idle queue. unknown_arms_owed
+     * (server->lock) is for unregistered methods; arms_owed totals all of
+     * them, read without the lock; arm_failures counts failed arms. */
+    int unknown_arms_owed;
+    atomic_int arms_owed;
+    atomic_uint_fast64_t arm_failures;
 
     /* Batches start only while the queue is open: a call ended late (a
      * handler that answers after the grace period) must not start a batch

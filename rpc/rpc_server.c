@@ -8,7 +8,10 @@
  * gRPC (GRPC_SRM_PAYLOAD_READ_INITIAL_BYTE_BUFFER, so the request arrives
  * with the call), plus as many for unregistered methods, which are answered
  * UNIMPLEMENTED. Each delivered call re-arms one, under server->lock, so
- * nothing is re-armed once shutdown has begun.
+ * nothing is re-armed once shutdown has begun. A re-arm that fails is owed
+ * and retried (server_pay_arms): on the next delivery, and from the queue's
+ * threads every RPC_REARM_RETRY_MS while any is owed, so a pool never
+ * shrinks for good.
  *
  * Shutdown: grpc_server_shutdown_and_notify, wait up to the grace period
  * for the in-flight calls, then grpc_server_cancel_all_calls (held calls see
@@ -32,14 +35,56 @@
 #define RPC_DEFAULT_THREADS     2
 #define RPC_DEFAULT_ARMED       8
 #define RPC_DEFAULT_MAX_MESSAGE (4 * 1024 * 1024)
+#define RPC_REARM_RETRY_MS      100
 
 /* --- completion-queue threads ---------------------------------------------- */
 
+static int *server_owed(rpc_server_t *server, rpc_method_entry_t *method)
+{
+    return method != NULL ? &method->arms_owed : &server->unknown_arms_owed;
+}
+
+/* Arms every call owed, stopping at the first failure (tried again later).
+ * Under server->lock, while RUNNING. */
+static void server_pay_arms(rpc_server_t *server)
+{
+    for (size_t i = 0; i <= server->methods.n_rows; i++) {
+        rpc_method_entry_t *method = i < server->methods.n_rows ? server->methods.rows[i] : NULL;
+        int *owed = server_owed(server, method);
+        while (*owed > 0) {
+            if (rpc__call_arm(server, method) != FERRY_OK) {
+                uint64_t failures = atomic_fetch_add(&server->arm_failures, 1) + 1;
+                ferry_warn("rpc: %s is %d armed call(s) short (%llu failed arms); retrying in %d "
+                           "ms",
+                           method != NULL ? method->path : "unknown methods", *owed,
+                           (unsigned long long)failures, RPC_REARM_RETRY_MS);
+                return;
+            }
+            (*owed)--;
+            atomic_fetch_sub(&server->arms_owed, 1);
+        }
+    }
+}
+
+/* One call of `method` (NULL: unregistered) was delivered: arm its
+ * replacement, and any owed. */
 static void server_rearm(rpc_server_t *server, rpc_method_entry_t *method)
 {
     pthread_mutex_lock(&server->lock);
     if (server->state == RPC_SERVER_RUNNING) {
-        rpc__call_arm(server, method);
+        (*server_owed(server, method))++;
+        atomic_fetch_add(&server->arms_owed, 1);
+        server_pay_arms(server);
+    }
+    pthread_mutex_unlock(&server->lock);
+}
+
+/* The queue was idle for RPC_REARM_RETRY_MS while arms were owed. */
+static void server_retry_arms(rpc_server_t *server)
+{
+    pthread_mutex_lock(&server->lock);
+    if (server->state == RPC_SERVER_RUNNING) {
+        server_pay_arms(server);
     }
     pthread_mutex_unlock(&server->lock);
 }
@@ -75,13 +120,18 @@ static void *server_thread(void *arg)
     rpc_server_t *server = arg;
 
     for (;;) {
-        grpc_event ev =
-            grpc_completion_queue_next(server->cq, gpr_inf_future(GPR_CLOCK_REALTIME), NULL);
+        /* Wake up now and then only while re-arms are owed. */
+        gpr_timespec until = atomic_load(&server->arms_owed) > 0
+                                 ? rpc__deadline_after_ms(RPC_REARM_RETRY_MS)
+                                 : gpr_inf_future(GPR_CLOCK_REALTIME);
+        grpc_event ev = grpc_completion_queue_next(server->cq, until, NULL);
         if (ev.type == GRPC_QUEUE_SHUTDOWN) {
             break;
         }
         if (ev.type == GRPC_OP_COMPLETE) {
             server_dispatch(server, ev.tag, ev.success != 0);
+        } else if (ev.type == GRPC_QUEUE_TIMEOUT) {
+            server_retry_arms(server);
         }
     }
     return NULL;
@@ -91,19 +141,30 @@ static void *server_thread(void *arg)
 
 static ferry_status_t server_init_sync(rpc_server_t *server)
 {
-    pthread_condattr_t attr;
-
-    if (pthread_condattr_init(&attr) != 0) {
-        return FERRY_ERR_NO_MEMORY;
+    if (ferry__cond_init_clock(&server->cond, CLOCK_MONOTONIC) != 0) {
+        goto err_say;
     }
-    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
-    pthread_cond_init(&server->cond, &attr);
-    pthread_condattr_destroy(&attr);
-    pthread_mutex_init(&server->lock, NULL);
-    pthread_mutex_init(&server->shutdown_lock, NULL);
-    pthread_rwlock_init(&server->cq_lock, NULL);
+    if (pthread_mutex_init(&server->lock, NULL) != 0) {
+        goto err_cond;
+    }
+    if (pthread_mutex_init(&server->shutdown_lock, NULL) != 0) {
+        goto err_lock;
+    }
+    if (pthread_rwlock_init(&server->cq_lock, NULL) != 0) {
+        goto err_shutdown_lock;
+    }
     server->cq_open = true;
     return FERRY_OK;
+
+err_shutdown_lock:
+    pthread_mutex_destroy(&server->shutdown_lock);
+err_lock:
+    pthread_mutex_destroy(&server->lock);
+err_cond:
+    pthread_cond_destroy(&server->cond);
+err_say:
+    ferry_error("rpc: cannot create the server's locks");
+    return FERRY_ERR_NO_MEMORY;
 }
 
 /* The grpc_server and its queue, with the message size limit. */

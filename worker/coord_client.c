@@ -618,8 +618,8 @@ ferry_status_t ferry_coordinator_connect(const ferry_coordinator_params_t *param
     rpc_tls_params_t tls = {0};
     rpc_channel_params_t cparams = {0};
     ferry_coordinator_t *coord;
-    pthread_condattr_t attr;
     ferry_status_t status;
+    int rc;
 
     ferry__clear_error();
     if (params == NULL || params->target == NULL || params->target[0] == '\0') {
@@ -646,20 +646,35 @@ ferry_status_t ferry_coordinator_connect(const ferry_coordinator_params_t *param
         free(coord);
         return ferry__fail(status, "cannot open a channel to coordinator %s", params->target);
     }
-    pthread_mutex_init(&coord->lock, NULL);
-    pthread_condattr_init(&attr);
-    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
-    pthread_cond_init(&coord->cond, &attr);
-    pthread_condattr_destroy(&attr);
-    if (pthread_create(&coord->thread, NULL, session_main, coord) != 0) {
-        pthread_cond_destroy(&coord->cond);
-        pthread_mutex_destroy(&coord->lock);
-        rpc_channel_destroy(coord->channel);
-        free(coord);
-        return ferry__fail(FERRY_ERR_IO, "cannot start the coordinator session thread");
+    rc = pthread_mutex_init(&coord->lock, NULL);
+    if (rc != 0) {
+        status =
+            ferry__fail(FERRY_ERR_IO, "coordinator client: pthread_mutex_init: %s", strerror(rc));
+        goto err_channel;
+    }
+    rc = ferry__cond_init_clock(&coord->cond, CLOCK_MONOTONIC);
+    if (rc != 0) {
+        status =
+            ferry__fail(FERRY_ERR_IO, "coordinator client: pthread_cond_init: %s", strerror(rc));
+        goto err_lock;
+    }
+    rc = pthread_create(&coord->thread, NULL, session_main, coord);
+    if (rc != 0) {
+        status = ferry__fail(FERRY_ERR_IO, "cannot start the coordinator session thread: %s",
+                             strerror(rc));
+        goto err_cond;
     }
     *coord_p = coord;
     return FERRY_OK;
+
+err_cond:
+    pthread_cond_destroy(&coord->cond);
+err_lock:
+    pthread_mutex_destroy(&coord->lock);
+err_channel:
+    rpc_channel_destroy(coord->channel);
+    free(coord);
+    return status;
 }
 
 void ferry_coordinator_disconnect(ferry_coordinator_t *coord)

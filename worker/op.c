@@ -168,13 +168,19 @@ bool ferry__op_move(ferry_op_t *op, ferry__op_state_t to, ferry_status_t code, c
 ferry_status_t ferry__op_alloc(ferry_connector_t *c, ferry__op_kind_t kind,
                                const ferry_descriptor_t *descs, size_t n, ferry_op_t **op_p)
 {
-    pthread_condattr_t attr;
     ferry_op_t *op;
+    int rc;
 
     op = calloc(1, sizeof(*op));
     if (op == NULL || (op->descs = calloc(n, sizeof(*descs))) == NULL) {
         free(op);
         return ferry__fail(FERRY_ERR_NO_MEMORY, "operation: out of memory");
+    }
+    rc = ferry__cond_init_clock(&op->cond, CLOCK_MONOTONIC);
+    if (rc != 0) {
+        free(op->descs);
+        free(op);
+        return ferry__fail(FERRY_ERR_IO, "operation: pthread_cond_init: %s", strerror(rc));
     }
     memcpy(op->descs, descs, n * sizeof(*descs));
     op->n = n;
@@ -182,10 +188,6 @@ ferry_status_t ferry__op_alloc(ferry_connector_t *c, ferry__op_kind_t kind,
     op->kind = kind;
     op->refs = 1;
     op->state = FERRY__OP_NEW;
-    pthread_condattr_init(&attr);
-    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
-    pthread_cond_init(&op->cond, &attr);
-    pthread_condattr_destroy(&attr);
     ferry__lock(c);
     op->id = c->next_op_id++;
     c->live_ops++;

@@ -144,8 +144,15 @@ ferry_status_t etcd_client_create(const etcd_params_t *params, etcd_client_t **c
     if (client == NULL) {
         return FERRY_ERR_NO_MEMORY;
     }
-    pthread_mutex_init(&client->pool_lock, NULL);
-    pthread_mutex_init(&client->auth_lock, NULL);
+    if (pthread_mutex_init(&client->pool_lock, NULL) != 0) {
+        free(client);
+        return FERRY_ERR_NO_MEMORY;
+    }
+    if (pthread_mutex_init(&client->auth_lock, NULL) != 0) {
+        pthread_mutex_destroy(&client->pool_lock);
+        free(client);
+        return FERRY_ERR_NO_MEMORY;
+    }
     ferry_status_t status = etcd_copy_params(client, params);
     if (status != FERRY_OK) {
         goto err_client;
@@ -275,10 +282,12 @@ static size_t etcd_buf_write(char *data, size_t size, size_t nmemb, void *arg)
     return n;
 }
 
-/* POSTs body to one URL. The handle keeps its connections across reset. */
+/* POSTs body to one URL. The handle keeps its connections across reset.
+ * detail (CURL_ERROR_SIZE) is always set: "" when curl said nothing more. */
 static CURLcode etcd_post(etcd_client_t *client, CURL *handle, const char *url, const char *body,
                           const char *token, etcd_buf_t *out, long *http_p, char *detail)
 {
+    detail[0] = '\0';
     struct curl_slist *headers = etcd__headers(token);
     if (headers == NULL) {
         return CURLE_OUT_OF_MEMORY;

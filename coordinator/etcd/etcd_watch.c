@@ -338,7 +338,16 @@ static ferry_status_t etcd_watch_stream(etcd_watch_t *watch, const char *token)
     watch->created = false;
     watch->stream_status = FERRY_OK;
     watch->line.len = 0;
-    curl_multi_add_handle(watch->multi, watch->easy);
+    CURLMcode added = curl_multi_add_handle(watch->multi, watch->easy);
+    if (added != CURLM_OK) {
+        /* Not driven, the stream would only time out; say why instead
+         * (the watch thread retries after its backoff). */
+        curl_easy_setopt(watch->easy, CURLOPT_ERRORBUFFER, NULL);
+        curl_slist_free_all(headers);
+        etcd__set_error("watch %s: curl_multi_add_handle: %s", url, curl_multi_strerror(added));
+        ferry_warn("etcd: %s", etcd_client_last_error());
+        return FERRY_ERR_INTERNAL;
+    }
     CURLcode code = etcd_watch_drive(watch);
     curl_multi_remove_handle(watch->multi, watch->easy);
     curl_easy_setopt(watch->easy, CURLOPT_ERRORBUFFER, NULL);
@@ -462,12 +471,15 @@ static ferry_status_t etcd_watch_alloc(etcd_client_t *client, const etcd_watch_p
     if (watch == NULL) {
         return FERRY_ERR_NO_MEMORY;
     }
-    pthread_condattr_t attr;
-    pthread_condattr_init(&attr);
-    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
-    pthread_cond_init(&watch->cond, &attr);
-    pthread_condattr_destroy(&attr);
-    pthread_mutex_init(&watch->lock, NULL);
+    if (ferry__cond_init_clock(&watch->cond, CLOCK_MONOTONIC) != 0) {
+        free(watch);
+        return FERRY_ERR_NO_MEMORY;
+    }
+    if (pthread_mutex_init(&watch->lock, NULL) != 0) {
+        pthread_cond_destroy(&watch->cond);
+        free(watch);
+        return FERRY_ERR_NO_MEMORY;
+    }
     watch->client = client;
     watch->params = *params;
     watch->next_rev = params->start_revision;

@@ -1,7 +1,8 @@
 /*
  * test_config.c: ferry-coordinator's flags and FERRY_* variables: defaults,
  * a flag beats its variable, 0 is a value (not "unset"), bad numbers and
- * bad combinations are refused.
+ * bad combinations are refused, numbers and the prefix at their limits.
+ * (tests/python/test_cli_flags.py runs the binary: exit 2 and the message.)
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -12,6 +13,7 @@
 #include <string.h>
 
 #include "config.h"
+#include "registry.h"
 
 static int parse(coord_config_t *c, int argc, char **argv)
 {
@@ -68,12 +70,65 @@ static void test_refusals(void **state)
     unsetenv("FERRY_GRACE_MS");
 }
 
+/* A prefix of len bytes: "/" then 'p's then "/". */
+static char *prefix_of(size_t len)
+{
+    char *p = malloc(len + 1);
+    assert_non_null(p);
+    memset(p, 'p', len);
+    p[0] = '/';
+    p[len - 1] = '/';
+    p[len] = '\0';
+    return p;
+}
+
+static void test_limits(void **state)
+{
+    coord_config_t c;
+    char *longest = prefix_of(COORD_PREFIX_MAX);
+    char *too_long = prefix_of(COORD_PREFIX_MAX + 1);
+    char *at_limits[] = {"ferry-coordinator", "--prefix", longest,      "--ttl",  "3600",
+                         "--threads",         "256",      "--grace-ms", "600000", "--listen",
+                         "127.0.0.1:65535",   NULL};
+    char *low[] = {"ferry-coordinator", "--ttl",   "1", "--threads", "1",
+                   "--listen",          "[::1]:0", NULL};
+    char *long_prefix[] = {"ferry-coordinator", "--prefix", too_long, NULL};
+    char *bad[][3] = {
+        {"--ttl", "3601"},
+        {"--ttl", "-1"},
+        {"--threads", "0"},
+        {"--threads", "257"},
+        {"--grace-ms", "-1"},
+        {"--grace-ms", "600001"},
+        {"--ttl", "99999999999999999999"},
+        {"--listen", "127.0.0.1:65536"},
+        {"--listen", "127.0.0.1:-1"},
+        {"--listen", "127.0.0.1:x"},
+    };
+    (void)state;
+
+    assert_int_equal(parse(&c, 11, at_limits), 0);
+    assert_int_equal(strlen(c.prefix), COORD_PREFIX_MAX);
+    assert_int_equal(c.ttl_s, 3600);
+    assert_int_equal(c.threads, 256);
+    assert_int_equal(c.grace_ms, 600000);
+    assert_int_equal(parse(&c, 7, low), 0);
+    assert_int_equal(parse(&c, 3, long_prefix), -1);
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        char *argv[] = {"ferry-coordinator", bad[i][0], bad[i][1], NULL};
+        assert_int_equal(parse(&c, 3, argv), -1);
+    }
+    free(longest);
+    free(too_long);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_defaults),
         cmocka_unit_test(test_flag_beats_variable_and_zero_is_a_value),
         cmocka_unit_test(test_refusals),
+        cmocka_unit_test(test_limits),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

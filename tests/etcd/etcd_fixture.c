@@ -13,6 +13,8 @@
 
 #include "etcd_fixture.h"
 
+#include "common/clock.h"
+
 int fixture_setup(void **state)
 {
     fixture_t *fx = calloc(1, sizeof(*fx));
@@ -103,12 +105,8 @@ static void recorder_on_state(void *arg, bool connected, ferry_status_t status)
 void recorder_init(recorder_t *rec)
 {
     memset(rec, 0, sizeof(*rec));
-    pthread_condattr_t attr;
-    pthread_condattr_init(&attr);
-    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
-    pthread_cond_init(&rec->cond, &attr);
-    pthread_condattr_destroy(&attr);
-    pthread_mutex_init(&rec->lock, NULL);
+    assert_int_equal(ferry__cond_init_clock(&rec->cond, CLOCK_MONOTONIC), 0);
+    assert_int_equal(pthread_mutex_init(&rec->lock, NULL), 0);
 }
 
 void recorder_fini(recorder_t *rec)

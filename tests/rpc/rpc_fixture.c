@@ -153,8 +153,9 @@ int fixture_start(fixture_t *f, int calls_armed)
     char target[64];
 
     memset(f, 0, sizeof(*f));
-    pthread_mutex_init(&f->lock, NULL);
-    pthread_cond_init(&f->cond, NULL);
+    if (pthread_mutex_init(&f->lock, NULL) != 0 || pthread_cond_init(&f->cond, NULL) != 0) {
+        return -1;
+    }
     if (rpc_server_create(&sp, &f->server) != FERRY_OK ||
         rpc_server_add_service(f->server, &ferry__v1__coordinator__descriptor, fixture_methods,
                                fixture_n_methods, f) != FERRY_OK ||

@@ -10,6 +10,10 @@
  * Exit codes, for scripts: 0 done and verified; 1 the transfer failed;
  * 2 bad usage; 3 the bytes did not match; 4 timed out; 5 the coordinator
  * refused (not found, taken, wrong token).
+ *
+ * Every number a flag takes is range-checked before anything is allocated
+ * (FLAG_* below; README's table): a value out of range is refused with exit
+ * 2 and a message naming the flag and the range.
  */
 #include <errno.h>
 #include <getopt.h>
@@ -33,6 +37,15 @@ enum {
     EXIT_TIMEOUT = 4,
     EXIT_REFUSED = 5
 };
+
+/* The ranges of the numeric flags. Sizes stop at 1 TiB so that rounding the
+ * buffer up to a page can never wrap; descriptors and TTL are the
+ * coordinator's own limits (coordinator.proto). */
+#define FLAG_SIZE_MAX        (UINT64_C(1) << 40)
+#define FLAG_DESCRIPTORS_MAX 1024
+#define FLAG_TIMEOUT_MIN_S   0.001
+#define FLAG_TIMEOUT_MAX_S   86400.0
+#define FLAG_TTL_MAX         3600
 
 typedef struct {
     const char *command;
@@ -58,11 +71,12 @@ static const char usage[] =
     "  --request-id ID      the operation's request ID (required)\n"
     "  --token T            access token shared by both sides (FERRY_TOKEN); recv/serve\n"
     "                       without one print the token the coordinator picked\n"
-    "  --size N             bytes to move: 4096, 64MiB, 1GiB (default 1MiB)\n"
-    "  --descriptors N      split the buffer into N regions (default 1)\n"
+    "  --size N             bytes to move, 1 B..1 TiB: 4096, 64MiB, 1GiB (default 1MiB)\n"
+    "  --descriptors N      split the buffer into N regions, 1..1024 (default 1)\n"
     "  --device D           cpu (default) or cuda:N\n"
-    "  --timeout SECONDS    give up after this long (default 60)\n"
-    "  --ttl SECONDS        lease TTL at the coordinator (default: the coordinator's)\n"
+    "  --timeout SECONDS    give up after this long, 0.001..86400 (default 60)\n"
+    "  --ttl SECONDS        lease TTL at the coordinator, 1..3600 (default: the\n"
+    "                       coordinator's)\n"
     "  --quiet              no progress line\n"
     "  --tls-ca PEM         reach the coordinator over TLS, trusting this CA (FERRY_TLS_CA)\n"
     "  --tls-cert PEM       client certificate for it (FERRY_TLS_CERT)\n"
@@ -74,6 +88,54 @@ static double now_s(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* An integer flag in [lo, hi]; false, said, when text is not one. */
+static bool parse_int_flag(const char *flag, const char *text, long lo, long hi, long *value_p)
+{
+    char *end;
+    long v;
+
+    errno = 0;
+    v = strtol(text, &end, 10);
+    if (text[0] == '\0' || *end != '\0' || errno != 0 || v < lo || v > hi) {
+        fprintf(stderr, "ferry-worker: %s must be an integer from %ld to %ld, not '%s'\n", flag, lo,
+                hi, text);
+        return false;
+    }
+    *value_p = v;
+    return true;
+}
+
+static bool parse_size_flag(const char *text, uint64_t *size_p)
+{
+    if (ferry_parse_size(text, size_p) != FERRY_OK) {
+        fprintf(stderr, "ferry-worker: --size: %s\n", ferry_last_error_message());
+        return false;
+    }
+    if (*size_p == 0 || *size_p > FLAG_SIZE_MAX) {
+        fprintf(stderr,
+                "ferry-worker: --size must be from 1 byte to 1TiB (%" PRIu64 " bytes), not '%s'\n",
+                FLAG_SIZE_MAX, text);
+        return false;
+    }
+    return true;
+}
+
+/* Seconds, fractions allowed, in [FLAG_TIMEOUT_MIN_S, FLAG_TIMEOUT_MAX_S]:
+ * checked as a double before it becomes milliseconds in an int. */
+static bool parse_timeout_flag(const char *text, int *ms_p)
+{
+    char *end;
+    double s = strtod(text, &end);
+
+    if (text[0] == '\0' || *end != '\0' || !(s >= FLAG_TIMEOUT_MIN_S && s <= FLAG_TIMEOUT_MAX_S)) {
+        fprintf(stderr, "ferry-worker: --timeout must be from %g to %g seconds, not '%s'\n",
+                FLAG_TIMEOUT_MIN_S, FLAG_TIMEOUT_MAX_S, text);
+        return false;
+    }
+    *ms_p = (int)(s * 1000.0 + 0.5);
+    return true;
 }
 
 static int parse_options(int argc, char **argv, options_t *o)
@@ -96,7 +158,7 @@ static int parse_options(int argc, char **argv, options_t *o)
         {NULL, 0, NULL, 0},
     };
     int opt;
-    char *end;
+    long n;
 
     memset(o, 0, sizeof(*o));
     o->coordinator = getenv("FERRY_COORDINATOR") ? getenv("FERRY_COORDINATOR") : "127.0.0.1:7400";
@@ -126,17 +188,15 @@ static int parse_options(int argc, char **argv, options_t *o)
             o->token = optarg;
             break;
         case 's':
-            if (ferry_parse_size(optarg, &o->size) != FERRY_OK || o->size == 0) {
-                fprintf(stderr, "ferry-worker: --size: %s\n", ferry_last_error_message());
+            if (!parse_size_flag(optarg, &o->size)) {
                 return -1;
             }
             break;
         case 'n':
-            o->descriptors = strtoul(optarg, &end, 10);
-            if (*end != '\0' || o->descriptors == 0 || o->descriptors > 1024) {
-                fprintf(stderr, "ferry-worker: --descriptors must be 1 to 1024\n");
+            if (!parse_int_flag("--descriptors", optarg, 1, FLAG_DESCRIPTORS_MAX, &n)) {
                 return -1;
             }
+            o->descriptors = (size_t)n;
             break;
         case 'd':
             if (ferry_device_parse(optarg, &o->device) != FERRY_OK) {
@@ -145,18 +205,15 @@ static int parse_options(int argc, char **argv, options_t *o)
             }
             break;
         case 'T':
-            o->timeout_ms = (int)(strtod(optarg, &end) * 1000);
-            if (*end != '\0' || o->timeout_ms <= 0) {
-                fprintf(stderr, "ferry-worker: --timeout must be a positive number of seconds\n");
+            if (!parse_timeout_flag(optarg, &o->timeout_ms)) {
                 return -1;
             }
             break;
         case 'L':
-            o->ttl_s = (int)strtol(optarg, &end, 10);
-            if (*end != '\0' || o->ttl_s <= 0) {
-                fprintf(stderr, "ferry-worker: --ttl must be a positive number of seconds\n");
+            if (!parse_int_flag("--ttl", optarg, 1, FLAG_TTL_MAX, &n)) {
                 return -1;
             }
+            o->ttl_s = (int)n;
             break;
         case 'q':
             o->quiet = true;

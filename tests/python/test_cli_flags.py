@@ -1,0 +1,124 @@
+"""Every numeric flag of ferry-worker and ferry-coordinator, and the
+coordinator's --prefix, at and past its limits: a value out of range exits 2
+with a message that names the flag and the range, before anything is
+allocated or started; the values at the limits are accepted. No etcd or
+coordinator runs: a refused flag stops the program before it connects, and
+an accepted set is followed by a mistake the parser reports after the flags
+(an unknown command; --tls-ca without --tls-cert), so nothing starts either.
+"""
+import os
+import subprocess
+import sys
+import tempfile
+import unittest
+
+sys.path.insert(0, os.path.dirname(__file__))
+import ferry_harness  # noqa: E402
+
+WORKER = os.path.join(ferry_harness.BUILD_DIR, "worker", "ferry-worker")
+COORDINATOR = ferry_harness.COORDINATOR
+EXIT_USAGE = 2
+
+
+STATE = tempfile.TemporaryDirectory(prefix="ferry-flags-")
+
+
+def run(args, env=None):
+    # Should a program take its flags after all, it finds an etcd that is
+    # not there and a state directory of its own, and the timeout ends it.
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("FERRY_")}
+    full_env.update({"FERRY_ETCD": "http://127.0.0.1:9", "XDG_STATE_HOME": STATE.name,
+                     "FERRY_COORDINATOR": "127.0.0.1:9"})
+    full_env.update(env or {})
+    p = subprocess.run(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                       timeout=30, env=full_env)
+    return p.returncode, p.stderr
+
+
+def prefix_of(n):
+    return "/" + "p" * (n - 2) + "/"
+
+
+class WorkerFlags(unittest.TestCase):
+    BAD = {
+        "--size": ["0", "18446744073709551615", "1099511627777", "2TiB", "16EiB", "-1", "x", ""],
+        "--descriptors": ["0", "1025", "-1", "18446744073709551617", "x", ""],
+        "--timeout": ["0", "1e10", "-1", "nan", "inf", "0.0001", "86401", "x", ""],
+        "--ttl": ["0", "3601", "-5", "99999999999999999999", "1.5", "x", ""],
+    }
+
+    def test_out_of_range_is_usage_error_naming_flag(self):
+        for flag, values in self.BAD.items():
+            for value in values:
+                with self.subTest(flag=flag, value=value):
+                    rc, err = run([WORKER, "recv", "--request-id", "r1", flag, value])
+                    self.assertEqual(rc, EXIT_USAGE, err)
+                    self.assertIn(flag, err)
+                    self.assertNotIn("Segmentation", err)
+
+    def test_limits_are_accepted(self):
+        for args in (["--size", "1", "--descriptors", "1", "--timeout", "0.001", "--ttl", "1"],
+                     ["--size", "1TiB", "--descriptors", "1024", "--timeout", "86400",
+                      "--ttl", "3600"]):
+            with self.subTest(args=args):
+                rc, err = run([WORKER, "bogus", "--request-id", "r1", *args])
+                self.assertEqual(rc, EXIT_USAGE, err)
+                self.assertIn("unknown command", err)
+
+    def test_recv_with_huge_size_does_not_crash(self):
+        # The crash of issue 9: the page rounding wrapped to 0, then memset
+        # ran over the whole size.
+        rc, err = run([WORKER, "recv", "--request-id", "r1", "--coordinator", "127.0.0.1:1",
+                       "--size", "18446744073709551615", "--timeout", "1"])
+        self.assertEqual(rc, EXIT_USAGE, err)
+        self.assertIn("--size must be from 1 byte to 1TiB", err)
+
+
+class CoordinatorFlags(unittest.TestCase):
+    BAD = {
+        "--ttl": ["0", "3601", "-1", "99999999999999999999", "x", ""],
+        "--threads": ["0", "257", "-3", "x"],
+        "--grace-ms": ["-1", "600001", "1e3", "x"],
+        "--listen": ["127.0.0.1:65536", "127.0.0.1:-1", "127.0.0.1:x", "127.0.0.1:"],
+        "--prefix": [prefix_of(257), prefix_of(4096), "/ferry", ""],
+    }
+    ENV = {
+        "FERRY_TTL": ["0", "3601"],
+        "FERRY_THREADS": ["0", "1000"],
+        "FERRY_GRACE_MS": ["-1", "soon"],
+    }
+
+    def test_out_of_range_is_usage_error_naming_flag(self):
+        for flag, values in self.BAD.items():
+            for value in values:
+                with self.subTest(flag=flag, value=value[:40]):
+                    rc, err = run([COORDINATOR, flag, value])
+                    self.assertEqual(rc, EXIT_USAGE, err)
+                    self.assertIn(flag, err)
+
+    def test_out_of_range_variable_is_usage_error_naming_it(self):
+        for name, values in self.ENV.items():
+            for value in values:
+                with self.subTest(name=name, value=value):
+                    rc, err = run([COORDINATOR], env={name: value})
+                    self.assertEqual(rc, EXIT_USAGE, err)
+                    self.assertIn(name, err)
+
+    def test_prefix_message_says_the_limit(self):
+        rc, err = run([COORDINATOR, "--prefix", prefix_of(300)])
+        self.assertEqual(rc, EXIT_USAGE, err)
+        self.assertIn("--prefix must be 1 to 256 bytes, not 300", err)
+
+    def test_limits_are_accepted(self):
+        for args in (["--ttl", "1", "--threads", "1", "--grace-ms", "0",
+                      "--listen", "127.0.0.1:0", "--prefix", "/"],
+                     ["--ttl", "3600", "--threads", "256", "--grace-ms", "600000",
+                      "--listen", "127.0.0.1:65535", "--prefix", prefix_of(256)]):
+            with self.subTest(args=args[:8]):
+                rc, err = run([COORDINATOR, *args, "--tls-ca", "ca.pem"])
+                self.assertEqual(rc, EXIT_USAGE, err)
+                self.assertIn("--tls-ca needs --tls-cert", err)
+
+
+if __name__ == "__main__":
+    unittest.main()

@@ -1,0 +1,142 @@
+"""Keys at their longest: a coordinator over the longest --prefix (256
+bytes) with request IDs of the longest length (128 bytes). Each record is
+stored under exactly <prefix>ops/<id> (no cut key, no stray bytes), can be
+claimed, cancelled and released (which finds the record by that key), and
+List pages through them with the longest request_id_prefix and page tokens.
+Before issue 9 the key was built into 512-byte stack buffers with
+snprintf's untruncated length: a prefix that did not leave room made keys
+whose tail was stack bytes, and List copied past its buffer.
+
+Also: a port file that cannot be written (here: a directory in the way of
+its rename) stops the coordinator with exit 1 and a message, rather than
+leaving whoever waits on the file waiting while it serves.
+"""
+import base64
+import json
+import os
+import sys
+import tempfile
+import shutil
+import subprocess
+import unittest
+import urllib.request
+
+sys.path.insert(0, os.path.dirname(__file__))
+import ferry_harness  # noqa: E402
+
+import grpc  # noqa: E402
+
+PREFIX = "/" + "p" * 254 + "/"
+TOKEN = "limits-token-0123456789"
+TMP = ETCD = COORD = None
+
+
+def setUpModule():
+    global TMP, ETCD, COORD
+    TMP = tempfile.mkdtemp(prefix="ferry-limits-")
+    ferry_harness.generate_stubs(os.path.join(TMP, "gen"))
+    ETCD = ferry_harness.Etcd(TMP)
+    ETCD.start()
+    COORD = ferry_harness.Coordinator(TMP, ETCD.endpoint, extra=("--prefix", PREFIX))
+    COORD.start()
+
+
+def tearDownModule():
+    rc = COORD.stop()
+    ETCD.stop()
+    shutil.rmtree(TMP, ignore_errors=True)
+    if rc != 0:
+        raise AssertionError(f"coordinator exited with {rc} after SIGTERM")
+
+
+def etcd_keys(prefix):
+    """Every key under prefix, read from etcd's JSON gateway."""
+    end = prefix[:-1] + chr(ord(prefix[-1]) + 1)
+    body = json.dumps({"key": base64.b64encode(prefix.encode()).decode(),
+                       "range_end": base64.b64encode(end.encode()).decode(),
+                       "keys_only": True}).encode()
+    req = urllib.request.Request(ETCD.endpoint + "/v3/kv/range", data=body, method="POST")
+    with urllib.request.urlopen(req, timeout=10) as r:
+        kvs = json.load(r).get("kvs", [])
+    return sorted(base64.b64decode(kv["key"]) for kv in kvs)
+
+
+class LongestKeys(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        from ferry.v1 import coordinator_pb2, coordinator_pb2_grpc, types_pb2
+        cls.pb, cls.cpb = types_pb2, coordinator_pb2
+        cls.channel = grpc.insecure_channel(COORD.target)
+        cls.stub = coordinator_pb2_grpc.CoordinatorStub(cls.channel)
+
+    def register(self, rid):
+        md = self.pb.RdmaMetadata(
+            version=1, kind=self.pb.OPERATION_KIND_WRITE, worker_address=b"\x01" * 64,
+            descriptors=[self.pb.Descriptor(address=0x10000, size=4096,
+                                            device=self.pb.Device(kind=self.pb.DEVICE_KIND_HOST),
+                                            rkey=b"k" * 32)],
+            notification_key=os.urandom(16), worker_name="limits", hostname="localhost")
+        return self.stub.Register(self.cpb.RegisterRequest(
+            request_id=rid, metadata=md, access_token=TOKEN, owner="limits"), timeout=10)
+
+    def test_longest_id_registers_claims_cancels_releases(self):
+        rid = "a" * 127 + "z"
+        self.assertEqual(len(rid), 128)
+        self.register(rid)
+        self.assertIn((PREFIX + "ops/" + rid).encode(), etcd_keys(PREFIX + "ops/a"))
+        self.stub.Claim(self.cpb.ClaimRequest(request_id=rid, access_token=TOKEN,
+                                              claimant="limits"), timeout=10)
+        self.assertIn((PREFIX + "claims/" + rid).encode(), etcd_keys(PREFIX + "claims/"))
+        r = self.stub.Cancel(self.cpb.CancelRequest(request_id=rid, access_token=TOKEN,
+                                                    reason="limits"), timeout=10)
+        self.assertEqual(r.operation.state, self.pb.OPERATION_STATE_CANCELLED)
+        self.assertNotIn((PREFIX + "claims/" + rid).encode(), etcd_keys(PREFIX + "claims/"))
+        self.stub.Release(self.cpb.ReleaseRequest(request_id=rid, access_token=TOKEN), timeout=10)
+        self.assertEqual(etcd_keys(PREFIX + "ops/a"), [])
+        with self.assertRaises(grpc.RpcError) as e:
+            self.stub.Get(self.cpb.GetRequest(request_id=rid), timeout=10)
+        self.assertEqual(e.exception.code(), grpc.StatusCode.NOT_FOUND)
+
+    def test_list_pages_with_longest_prefix_and_tokens(self):
+        ids = ["b" * 127 + c for c in "123"]
+        for rid in ids:
+            self.register(rid)
+        self.assertEqual(etcd_keys(PREFIX + "ops/b"), [(PREFIX + "ops/" + i).encode() for i in ids])
+        for scope in ("b" * 127, ids[1]):
+            seen, token = [], ""
+            for _ in range(len(ids) + 1):
+                r = self.stub.List(self.cpb.ListRequest(request_id_prefix=scope, page_size=1,
+                                                        page_token=token), timeout=10)
+                seen += [op.request_id for op in r.operations]
+                token = r.next_page_token
+                if not token:
+                    break
+            with self.subTest(scope=len(scope)):
+                self.assertEqual(seen, [i for i in ids if i.startswith(scope)])
+
+    def test_too_long_id_is_invalid_argument(self):
+        with self.assertRaises(grpc.RpcError) as e:
+            self.register("c" * 129)
+        self.assertEqual(e.exception.code(), grpc.StatusCode.INVALID_ARGUMENT)
+        self.assertIn("request_id", e.exception.details())
+        with self.assertRaises(grpc.RpcError) as e:
+            self.stub.List(self.cpb.ListRequest(request_id_prefix="c" * 129), timeout=10)
+        self.assertEqual(e.exception.code(), grpc.StatusCode.INVALID_ARGUMENT)
+
+
+class PortFile(unittest.TestCase):
+    def test_unwritable_port_file_is_fatal(self):
+        in_the_way = os.path.join(TMP, "port-dir")
+        os.makedirs(in_the_way)
+        with open(os.path.join(in_the_way, "keep"), "w"):
+            pass  # not empty: rename(2) over it fails
+        p = subprocess.run([ferry_harness.COORDINATOR, "--listen", "127.0.0.1:0",
+                            "--etcd", ETCD.endpoint, "--port-file", in_the_way],
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=60)
+        self.assertEqual(p.returncode, 1, p.stdout)
+        self.assertIn("port file", p.stdout)
+        self.assertFalse(os.path.exists(in_the_way + ".tmp"))
+
+
+if __name__ == "__main__":
+    unittest.main()

@@ -1,0 +1,164 @@
+/*
+ * test_rpc_faults.c: failures the rpc layer must not hide, forced through
+ * -Wl,--wrap seams.
+ *
+ * A call the server fails to re-arm is owed, not lost: rpc__call_arm is
+ * wrapped, and while fail_arms is set the next arms fail as gRPC or malloc
+ * would. With one call armed per method, the re-arm after the first Get
+ * fails; the second Get must still be served (before the fix the method's
+ * pool stayed empty and it waited out its deadline).
+ *
+ * A lock or condition variable that cannot be made fails rpc_server_create
+ * (before the fix the return was ignored and the server ran on an
+ * uninitialised lock): pthread_mutex_init, pthread_cond_init and
+ * pthread_rwlock_init are wrapped to fail the k-th call, for every k.
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <setjmp.h>
+#include <cmocka.h>
+#include <errno.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ferry/v1/coordinator.pb-c.h"
+#include "rpc/rpc_int.h"
+#include "rpc_fixture.h"
+
+#define GET_PATH "/ferry.v1.Coordinator/Get"
+
+static atomic_int fail_arms;  /* arms still to fail */
+static atomic_int arms_tried; /* every arm, failed or not */
+static atomic_int fail_init;  /* the init call, counting down, to fail; 0 none */
+
+/* True when this init call is the one to fail. */
+static bool init_fails(void)
+{
+    return atomic_load(&fail_init) > 0 && atomic_fetch_sub(&fail_init, 1) == 1;
+}
+
+int __real_pthread_mutex_init(pthread_mutex_t *m, const pthread_mutexattr_t *a);
+int __wrap_pthread_mutex_init(pthread_mutex_t *m, const pthread_mutexattr_t *a);
+int __real_pthread_cond_init(pthread_cond_t *c, const pthread_condattr_t *a);
+int __wrap_pthread_cond_init(pthread_cond_t *c, const pthread_condattr_t *a);
+int __real_pthread_rwlock_init(pthread_rwlock_t *l, const pthread_rwlockattr_t *a);
+int __wrap_pthread_rwlock_init(pthread_rwlock_t *l, const pthread_rwlockattr_t *a);
+
+int __wrap_pthread_mutex_init(pthread_mutex_t *m, const pthread_mutexattr_t *a)
+{
+    return init_fails() ? ENOMEM : __real_pthread_mutex_init(m, a);
+}
+
+int __wrap_pthread_cond_init(pthread_cond_t *c, const pthread_condattr_t *a)
+{
+    return init_fails() ? ENOMEM : __real_pthread_cond_init(c, a);
+}
+
+int __wrap_pthread_rwlock_init(pthread_rwlock_t *l, const pthread_rwlockattr_t *a)
+{
+    return init_fails() ? ENOMEM : __real_pthread_rwlock_init(l, a);
+}
+
+ferry_status_t __real_rpc__call_arm(rpc_server_t *server, rpc_method_entry_t *method);
+ferry_status_t __wrap_rpc__call_arm(rpc_server_t *server, rpc_method_entry_t *method);
+
+ferry_status_t __wrap_rpc__call_arm(rpc_server_t *server, rpc_method_entry_t *method)
+{
+    atomic_fetch_add(&arms_tried, 1);
+    if (atomic_load(&fail_arms) > 0) {
+        atomic_fetch_sub(&fail_arms, 1);
+        return FERRY_ERR_INTERNAL;
+    }
+    return __real_rpc__call_arm(server, method);
+}
+
+static ferry_status_t get(fixture_t *f, const char *id, int64_t timeout_ms)
+{
+    Ferry__V1__GetRequest req = FERRY__V1__GET_REQUEST__INIT;
+    Ferry__V1__GetResponse *resp = NULL;
+    rpc_error_t err = {0};
+    ferry_status_t status;
+
+    req.request_id = (char *)id;
+    status = rpc_unary(f->channel, GET_PATH, &req.base, &ferry__v1__get_response__descriptor,
+                       timeout_ms, (ProtobufCMessage **)&resp, &err);
+    if (status == FERRY_OK) {
+        assert_string_equal(resp->operation->request_id, id);
+        ferry__v1__get_response__free_unpacked(resp, NULL);
+    }
+    return status;
+}
+
+static void test_failed_rearm_is_retried(void **state)
+{
+    fixture_t f;
+    (void)state;
+
+    assert_int_equal(fixture_start(&f, 1), 0);
+    atomic_store(&fail_arms, 1);
+    assert_int_equal(get(&f, "first", 10000), FERRY_OK);
+    /* The one Get armed was used; its re-arm failed. */
+    assert_int_equal(atomic_load(&fail_arms), 0);
+    assert_true(atomic_load(&f.server->arm_failures) >= 1);
+    assert_int_equal(get(&f, "second", 10000), FERRY_OK);
+    assert_int_equal(get(&f, "third", 10000), FERRY_OK);
+    assert_int_equal(atomic_load(&f.server->arms_owed), 0);
+    fixture_stop(&f);
+}
+
+static void test_repeated_failures_are_paid_later(void **state)
+{
+    fixture_t f;
+    int tried;
+    (void)state;
+
+    assert_int_equal(fixture_start(&f, 1), 0);
+    /* The re-arm and several retries fail; the call still comes through
+     * once arming works again. */
+    atomic_store(&fail_arms, 4);
+    assert_int_equal(get(&f, "first", 10000), FERRY_OK);
+    tried = atomic_load(&arms_tried);
+    assert_int_equal(get(&f, "second", 20000), FERRY_OK);
+    assert_true(atomic_load(&arms_tried) > tried);
+    assert_int_equal(atomic_load(&fail_arms), 0);
+    fixture_stop(&f);
+}
+
+static void test_server_create_fails_without_locks(void **state)
+{
+    rpc_server_params_t params = {.listen_addr = "127.0.0.1:0"};
+    int k;
+    (void)state;
+
+    for (k = 1; k < 100; k++) {
+        rpc_server_t *server = NULL;
+        ferry_status_t status;
+
+        atomic_store(&fail_init, k);
+        status = rpc_server_create(&params, &server);
+        if (atomic_load(&fail_init) > 0) {
+            /* Fewer than k init calls: every one has been failed once. */
+            assert_int_equal(status, FERRY_OK);
+            rpc_server_destroy(server);
+            break;
+        }
+        assert_int_not_equal(status, FERRY_OK);
+        assert_null(server);
+    }
+    atomic_store(&fail_init, 0);
+    assert_true(k >= 5); /* health's lock, the server's cond, 2 mutexes, rwlock */
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_server_create_fails_without_locks),
+        cmocka_unit_test(test_failed_rearm_is_retried),
+        cmocka_unit_test(test_repeated_failures_are_paid_later),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
