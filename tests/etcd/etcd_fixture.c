@@ -7,9 +7,14 @@
 #include <stdint.h>
 #include <setjmp.h>
 #include <cmocka.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "etcd_fixture.h"
 
@@ -53,6 +58,62 @@ int64_t fixture_put(etcd_client_t *client, const char *key, const char *value, i
 }
 
 /* --- recorder ------------------------------------------------------------- */
+
+/* --- a frozen member ------------------------------------------------------ */
+
+/* Answers the first connection's request with first_reply, then nothing. */
+static void *frozen_etcd_main(void *arg)
+{
+    frozen_etcd_t *f = arg;
+    char request[4096];
+    char head[256];
+    f->conn_fd = accept(f->listen_fd, NULL, NULL);
+    if (f->conn_fd < 0 || recv(f->conn_fd, request, sizeof(request), 0) <= 0) {
+        return NULL;
+    }
+    int n = snprintf(head, sizeof(head),
+                     "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                     "Transfer-Encoding: chunked\r\n\r\n%zx\r\n",
+                     strlen(f->first_reply));
+    if (send(f->conn_fd, head, (size_t)n, MSG_NOSIGNAL) != n ||
+        send(f->conn_fd, f->first_reply, strlen(f->first_reply), MSG_NOSIGNAL) < 0 ||
+        send(f->conn_fd, "\r\n", 2, MSG_NOSIGNAL) != 2) {
+        fprintf(stderr, "frozen etcd: send failed\n");
+    }
+    return NULL;
+}
+
+void frozen_etcd_start(frozen_etcd_t *f, const char *first_reply)
+{
+    struct sockaddr_in addr = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t len = sizeof(addr);
+    memset(f, 0, sizeof(*f));
+    f->conn_fd = -1;
+    f->first_reply = first_reply;
+    f->listen_fd = socket(AF_INET, SOCK_STREAM, 0);
+    assert_true(f->listen_fd >= 0);
+    assert_int_equal(bind(f->listen_fd, (struct sockaddr *)&addr, sizeof(addr)), 0);
+    assert_int_equal(listen(f->listen_fd, 64), 0);
+    assert_int_equal(getsockname(f->listen_fd, (struct sockaddr *)&addr, &len), 0);
+    snprintf(f->url, sizeof(f->url), "http://127.0.0.1:%d", ntohs(addr.sin_port));
+    if (first_reply != NULL) {
+        assert_int_equal(pthread_create(&f->thread, NULL, frozen_etcd_main, f), 0);
+        f->has_thread = true;
+    }
+}
+
+void frozen_etcd_stop(frozen_etcd_t *f)
+{
+    /* Shutting the listener down ends an accept() still waiting. */
+    shutdown(f->listen_fd, SHUT_RDWR);
+    if (f->has_thread) {
+        pthread_join(f->thread, NULL);
+    }
+    if (f->conn_fd >= 0) {
+        close(f->conn_fd);
+    }
+    close(f->listen_fd);
+}
 
 static void recorder_copy(char *out, size_t cap, const uint8_t *data, size_t len)
 {

@@ -39,6 +39,10 @@ PREFIX = "/ferry/"
 RPC_TIMEOUT = 20  # seconds; a call that takes longer counts as failed
 BOUND = 30  # seconds: what "within a bounded time" means here
 HEALTH_BOUND = 15  # seconds for health to follow etcd
+# Answers that say a call was refused, not applied.
+REFUSALS = (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND,
+            grpc.StatusCode.ALREADY_EXISTS, grpc.StatusCode.FAILED_PRECONDITION,
+            grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED)
 
 
 def post(endpoint, path, body, timeout=2):
@@ -217,8 +221,9 @@ class Load:
         self.replicas, self.pb, self.cpb = replicas, pb, cpb
         self.lock = threading.Lock()
         self.acked = {}  # request_id -> expected state (a set of allowed states)
-        self.calls = []  # (start, latency, replica index, rpc, ok)
+        self.calls = []  # (start, latency, replica index, rpc, ok, code)
         self.lookup_misses = 0
+        self.claim_failures = []  # (request_id, code)
         self.stop_ev = threading.Event()
         self.threads = [threading.Thread(target=self.run, args=(w,), daemon=True)
                         for w in range(workers)]
@@ -244,7 +249,7 @@ class Load:
         except ValueError:  # the channel was closed under us (replica killed)
             code = grpc.StatusCode.UNAVAILABLE
         with self.lock:
-            self.calls.append((t0, time.monotonic() - t0, r, rpc, ok))
+            self.calls.append((t0, time.monotonic() - t0, r, rpc, ok, code))
         return ok, result, code
 
     def run(self, w):
@@ -284,18 +289,21 @@ class Load:
                 with self.lock:
                     if ok:
                         self.acked[rid] = {self.pb.OPERATION_STATE_CLAIMED}
-                    elif code in (grpc.StatusCode.UNAVAILABLE,
-                                  grpc.StatusCode.DEADLINE_EXCEEDED):
-                        # May or may not have been applied.
+                    elif code not in REFUSALS:
+                        # UNAVAILABLE, DEADLINE_EXCEEDED, a replica killed
+                        # mid-call: it may or may not have been applied.
                         self.acked[rid] = {self.pb.OPERATION_STATE_REGISTERED,
                                            self.pb.OPERATION_STATE_CLAIMED}
+                    if not ok:
+                        self.claim_failures.append((rid, code))
             time.sleep(rnd.uniform(0.005, 0.02))
 
     # --- figures ---------------------------------------------------------
 
     def window(self, t0, t1):
+        """The calls that were in flight at some time in [t0, t1)."""
         with self.lock:
-            calls = [c for c in self.calls if t0 <= c[0] < t1]
+            calls = [c for c in self.calls if c[0] < t1 and c[0] + c[1] >= t0]
         return calls
 
     def acked_after(self, t0, replica):
@@ -346,9 +354,14 @@ class EtcdFaults(unittest.TestCase):
 
     def note(self, load, name, t0, t1, recovered=None):
         calls = load.window(t0, t1)
-        failed = sum(1 for c in calls if not c[4])
+        failed = {}
+        for c in calls:
+            if not c[4]:
+                what = f"{c[3]} {c[5].name if c[5] else '?'}"
+                failed[what] = failed.get(what, 0) + 1
         worst = max((c[1] for c in calls), default=0.0)
-        line = (f"{self._testMethodName}: {name}: {len(calls)} calls, {failed} failed, max latency {worst * 1000:.0f} ms")
+        line = (f"{self._testMethodName}: {name}: {len(calls)} calls, "
+                f"{sum(failed.values())} failed {failed or ''}, max latency {worst * 1000:.0f} ms")
         if recovered is not None:
             line += f", time to recover {recovered * 1000:.0f} ms"
         self.figures.append(line)
@@ -392,6 +405,14 @@ class EtcdFaults(unittest.TestCase):
         some failure moves them, both replicas send every request, and their
         watch, to the first endpoint."""
         load = self.start_load()
+        # A Watch stream on each replica is fed by that replica's etcd watch
+        # (Get would fall back to an etcd read on a view miss).
+        streams = []
+        for r in self.replicas:
+            stream = r.stub.Watch(self.cpb.WatchRequest(request_id_prefix="frozen-"),
+                                  timeout=BOUND * 3)
+            self.assertTrue(next(stream).created)
+            streams.append(stream)
         first = self.etcd.members[0]
         t0 = time.monotonic()
         first.freeze()
@@ -403,11 +424,14 @@ class EtcdFaults(unittest.TestCase):
                        BOUND, f"a register through {r.name} with {first.name} frozen")
             load.acked[rid] = {self.pb.OPERATION_STATE_REGISTERED}
         for i, r in enumerate(self.replicas):
-            # Get is served from the replica's view: it sees the other
-            # replica's write only once its watch is off the frozen member.
+            # A replica sees the other one's write only through its etcd
+            # watch, so only once that watch is off the frozen member. The
+            # stream's deadline bounds the wait.
             other = f"frozen-{1 - i}"
-            wait_until(lambda: self.get_state(r, other) == self.pb.OPERATION_STATE_REGISTERED,
-                       BOUND, f"{r.name}'s view to see {other} with {first.name} frozen")
+            self.assertTrue(any(e.operation.request_id == other
+                                for msg in streams[i] for e in msg.events),
+                            f"{r.name}'s Watch never delivered {other}")
+            streams[i].cancel()
             wait_until(r.serving, HEALTH_BOUND, f"{r.name} to serve with {first.name} frozen")
         time.sleep(1)  # the load runs on against the frozen member (not a synchronization)
         self.note(load, "first endpoint SIGSTOP", t0, time.monotonic(), rec)
@@ -476,13 +500,6 @@ class EtcdFaults(unittest.TestCase):
         self.note(load, "replica SIGKILL", t0, time.monotonic(), rec)
         self.finish(load)
 
-    def get_state(self, replica, rid):
-        try:
-            r = replica.stub.Get(self.cpb.GetRequest(request_id=rid), timeout=5)
-            return r.operation.state
-        except grpc.RpcError:
-            return None
-
     def list_all(self, replica):
         out, token = {}, ""
         while True:
@@ -517,12 +534,20 @@ class EtcdFaults(unittest.TestCase):
             ok_views = False
         n_calls = len(load.calls)
         worst = max((c[1] for c in load.calls), default=0) * 1000
-        summary = (f"{self._testMethodName}: acknowledged {len(acked)}, lost {len(lost)}, duplicated {len(dup)}, "
+        # Every ID is fresh: ALREADY_EXISTS means a write was sent twice.
+        replayed = [c for c in load.calls
+                    if c[3] == "register" and c[5] == grpc.StatusCode.ALREADY_EXISTS]
+        summary = (f"{self._testMethodName}: acknowledged {len(acked)}, lost {len(lost)}, "
+                   f"duplicated {len(dup)}, replayed {len(replayed)}, "
                    f"wrong state {len(wrong)}, calls {n_calls}, lookup misses "
                    f"{load.lookup_misses}, max latency overall {worst:.0f} ms")
         print("FIGURE " + summary, flush=True)
         self.assertEqual(lost, [], "acknowledged registrations missing from etcd")
+        self.assertEqual(replayed, [], "a fresh register answered ALREADY_EXISTS")
         self.assertEqual(dup, [])
+        for rid in wrong:
+            print(f"wrong state: {rid}: in etcd {in_etcd[rid][0].state}, expected {acked[rid]}, "
+                  f"claim failures {[c for c in load.claim_failures if c[0] == rid]}")
         self.assertEqual(wrong, [], "acknowledged records in the wrong state in etcd")
         self.assertTrue(ok_views, "a replica does not list every acknowledged record once")
 
