@@ -389,7 +389,12 @@ static CURLcode etcd_post(etcd_client_t *client, CURL *handle, const char *url, 
 }
 
 /* True when the failure proves the request never reached the endpoint,
- * so trying the next one cannot apply a write twice. */
+ * so trying the next one cannot apply a write twice. The code alone does
+ * not prove it: on a reused connection that dies without an answer (the
+ * member died with the request in hand, maybe after forwarding it to the
+ * leader) libcurl itself sends the request again on a new connection, and
+ * that one's "connect refused" is the code we see. CURLINFO_REQUEST_SIZE
+ * counts the request bytes written over both tries. */
 static bool etcd_never_sent(CURL *handle, CURLcode code)
 {
     long sent = 0;
@@ -397,9 +402,7 @@ static bool etcd_never_sent(CURL *handle, CURLcode code)
     case CURLE_COULDNT_CONNECT:
     case CURLE_COULDNT_RESOLVE_HOST:
     case CURLE_SSL_CONNECT_ERROR:
-        return true;
     case CURLE_OPERATION_TIMEDOUT:
-        /* Bytes of request written: 0 when the connect itself timed out. */
         curl_easy_getinfo(handle, CURLINFO_REQUEST_SIZE, &sent);
         return sent == 0;
     default:

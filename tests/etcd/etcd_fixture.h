@@ -48,6 +48,12 @@ typedef struct {
 void frozen_etcd_start(frozen_etcd_t *f, const char *first_reply);
 void frozen_etcd_stop(frozen_etcd_t *f);
 
+/* A member that dies with a request in flight: on one connection it answers
+ * the first request with HTTP 200 `reply`, reads the second and closes the
+ * connection and its listener without answering, so a new connection is
+ * refused. Stop joins its thread. */
+void dying_etcd_start(frozen_etcd_t *f, const char *reply);
+
 /* --- watch recorder ------------------------------------------------------ */
 
 enum { RECORDER_MAX = 256 };
