@@ -299,17 +299,19 @@ static char *etcd_watch_body(const etcd_watch_t *watch)
 
 /* False when the stream has been silent for ETCD_WATCH_QUIET_MS and its
  * member does not answer a status probe with a leader (the probe marks
- * it suspect, so the reconnect goes elsewhere). */
+ * it suspect, so the reconnect goes elsewhere). Other answers (an auth
+ * error) say the member is alive. */
 static bool etcd_watch_alive(etcd_watch_t *watch)
 {
     int64_t quiet = etcd_now_ms() - watch->heard_ms;
     if (quiet < ETCD_WATCH_QUIET_MS) {
         return true;
     }
-    if (etcd__endpoint_probe(watch->client, watch->endpoint) != FERRY_OK) {
+    if (etcd__endpoint_probe(watch->client, watch->endpoint) == FERRY_ERR_UNAVAILABLE) {
+        char cause[512];
+        snprintf(cause, sizeof(cause), "%s", etcd_client_last_error());
         etcd__set_error("watch %s: silent for %lld ms and the member does not answer: %s",
-                        watch->client->endpoints[watch->endpoint], (long long)quiet,
-                        etcd_client_last_error());
+                        watch->client->endpoints[watch->endpoint], (long long)quiet, cause);
         ferry_warn("etcd: %s", etcd_client_last_error());
         return false;
     }
