@@ -258,6 +258,9 @@ static ferry_status_t load_view(coord_registry_t *r)
     return status;
 }
 
+/* Healthy means etcd can commit: etcd_ping fails when no endpoint answers
+ * in time, when the members that answer know no leader, and when a
+ * linearizable read does not go through (quorum lost). */
 static void check_health(coord_registry_t *r)
 {
     bool ok = etcd_ping(r->etcd, NULL) == FERRY_OK;
@@ -265,9 +268,9 @@ static void check_health(coord_registry_t *r)
 
     if (ok != was_ok) {
         if (ok) {
-            ferry_info("registry: etcd is reachable");
+            ferry_info("registry: etcd is reachable and has a quorum");
         } else {
-            ferry_warn("registry: etcd is unreachable: %s", etcd_client_last_error());
+            ferry_warn("registry: etcd cannot commit: %s", etcd_client_last_error());
         }
         if (r->params.on_health != NULL) {
             r->params.on_health(r->params.arg, ok);

@@ -38,10 +38,36 @@ enum {
     ETCD_GRPC_UNAUTHENTICATED = 16,
 };
 
+/* How a request may be sent (etcd__call_flags). */
+enum {
+    /* Safe to send twice (reads, status, keep-alive, revoke, authenticate):
+     * an endpoint that gives no answer within ETCD_ATTEMPT_MS, or answers
+     * "unavailable", is left for the next one. Without it a request that
+     * may have reached etcd is never sent again. */
+    ETCD_CALL_RETRY = 1u << 0,
+    /* A health probe: the whole call within ETCD_PROBE_MS. */
+    ETCD_CALL_PROBE = 1u << 1,
+    /* /v3/maintenance/status: an answer from a member that knows no leader
+     * (it cannot commit) counts as no answer. */
+    ETCD_CALL_LEADER = 1u << 2,
+};
+
+/* Fault budgets. A member that is frozen (SIGSTOP, a hung disk) still
+ * accepts TCP connections, so only silence shows it. */
+enum {
+    ETCD_ATTEMPT_MS = 1000, /* one try of a RETRY request on one endpoint */
+    ETCD_PROBE_MS = 3000,   /* a whole PROBE request */
+    ETCD_SUSPECT_MS = 5000, /* a failed endpoint is tried after all others */
+};
+
 struct etcd_client {
     char **endpoints; /* owned; "http://host:port" without a trailing '/' */
     size_t n_endpoints;
     atomic_size_t preferred; /* index of the endpoint that last answered */
+    /* Per endpoint: CLOCK_MONOTONIC ms until which it is suspect (it gave
+     * no answer or a transport error): requests try it after the others,
+     * and it is never `preferred`. 0: not suspect. */
+    atomic_llong *suspect_until;
     int timeout_ms;
     char *ca_file; /* owned copies of the params; NULL when absent */
     char *cert_file;
@@ -110,13 +136,27 @@ void etcd__clear_error(void);
 /* POSTs body to path (e.g. "/v3/kv/put") on the first endpoint that
  * answers, with authentication (re-authenticating once on an expired
  * token). On FERRY_OK *reply_p is the parsed reply, which the caller
- * deletes; on error the cause is logged and recorded. */
+ * deletes; on error the cause is logged and recorded. Sent once: a write. */
 ferry_status_t etcd__call(etcd_client_t *client, const char *path, const cJSON *body,
                           cJSON **reply_p);
 
+/* The same with ETCD_CALL_* flags. */
+ferry_status_t etcd__call_flags(etcd_client_t *client, const char *path, const cJSON *body,
+                                unsigned flags, cJSON **reply_p);
+
 /* The same with a given token (NULL: none) and handle, no auth retry. */
 ferry_status_t etcd__call_raw(etcd_client_t *client, CURL *handle, const char *path,
-                              const char *body, const char *token, cJSON **reply_p);
+                              const char *body, const char *token, unsigned flags, cJSON **reply_p);
+
+/* Whether the member at endpoint `index` answers a status request within
+ * ETCD_ATTEMPT_MS and knows a leader; marks it suspect when not. For a
+ * watch that has heard nothing for a while. */
+ferry_status_t etcd__endpoint_probe(etcd_client_t *client, size_t index);
+
+/* The endpoint a stream should move to after `index`: the preferred one
+ * when that is another and not suspect, else the next one in list order
+ * that is not suspect (the next one when all are). */
+size_t etcd__endpoint_next(etcd_client_t *client, size_t index);
 
 /* Sets the options every request and watch shares: timeouts, TLS, no
  * signals, TCP keep-alive. */
