@@ -12,7 +12,8 @@
  *   worker_address 1..64 KiB
  *   notification_key exactly 16 bytes
  *   ttl_seconds    0..3600
- *   metadata       at most 1 MiB packed
+ *   metadata       at most 1 MiB packed, and packs into bytes that unpack
+ *                  again (it is stored packed)
  *
  * Pure functions: any thread.
  */
