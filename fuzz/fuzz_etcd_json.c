@@ -11,15 +11,23 @@
  * Invariants beyond "no crash, no leak": every buffer decoded from base64
  * ends with the NUL byte etcd_int.h promises; decoded bytes encode and
  * decode back to themselves; a parsed range never holds more kvs than the
- * reply listed.
+ * reply listed; every revision parsed is in [0, INT64_MAX), so the callers'
+ * "revision + 1" cannot overflow.
  */
 #include <string.h>
 
 #include "coordinator/etcd/etcd_int.h"
 #include "fuzz.h"
 
+static void check_revision(int64_t revision)
+{
+    fuzz_assert(revision >= 0 && revision < INT64_MAX);
+}
+
 static void check_kv(const etcd_kv_t *kv)
 {
+    check_revision(kv->create_revision);
+    check_revision(kv->mod_revision);
     fuzz_assert(kv->key != NULL && kv->key[kv->key_len] == '\0');
     fuzz_assert(kv->value != NULL && kv->value[kv->value_len] == '\0');
 }
@@ -33,6 +41,7 @@ static void check_range(const cJSON *reply)
     }
     fuzz_assert((int)range.n_kvs <=
                 cJSON_GetArraySize(cJSON_GetObjectItemCaseSensitive(reply, "kvs")));
+    check_revision(range.revision);
     for (size_t i = 0; i < range.n_kvs; i++) {
         check_kv(&range.kvs[i]);
     }
@@ -46,7 +55,9 @@ static void check_txn(const cJSON *reply)
     if (etcd__parse_txn(reply, &txn) != FERRY_OK) {
         return;
     }
+    check_revision(txn.revision);
     for (size_t i = 0; i < txn.n_results; i++) {
+        check_revision(txn.results[i].revision);
         for (size_t j = 0; j < txn.results[i].n_kvs; j++) {
             check_kv(&txn.results[i].kvs[j]);
         }
@@ -65,7 +76,9 @@ static void check_scalars(const cJSON *reply)
     (void)etcd__json_int64(reply, "ID", &value);
     (void)etcd__json_int64(reply, "TTL", &value);
     (void)etcd__json_int64(reply, "deleted", &value);
-    (void)etcd__json_revision(reply, &value);
+    if (etcd__json_revision(reply, &value) == FERRY_OK) {
+        check_revision(value);
+    }
     if (etcd__parse_keepalive(reply, &value) == FERRY_OK) {
         fuzz_assert(value > 0);
     }
@@ -90,13 +103,18 @@ static void check_watch_line(const char *line, size_t len)
         return;
     }
     (void)etcd__json_int64(result, "compact_revision", &value);
-    (void)etcd__json_revision(result, &value);
+    if (etcd__json_revision(result, &value) == FERRY_OK) {
+        check_revision(value);
+    }
     if (cJSON_IsArray(events)) {
         cJSON_ArrayForEach(item, events)
         {
             etcd_event_t event;
             if (etcd__parse_event(item, &event) == FERRY_OK) {
                 check_kv(&event.kv);
+                if (event.prev_kv.key != NULL) {
+                    check_kv(&event.prev_kv);
+                }
                 etcd__event_clear(&event);
             }
         }

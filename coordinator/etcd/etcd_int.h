@@ -85,7 +85,8 @@ ferry_status_t etcd__json_int64(const cJSON *obj, const char *name, int64_t *val
 /* Missing field: an empty buffer (still malloc'ed). */
 ferry_status_t etcd__json_bytes(const cJSON *obj, const char *name, uint8_t **data_p,
                                 size_t *len_p);
-/* header.revision of a reply, 0 when missing. */
+/* header.revision of a reply, 0 when missing; FERRY_ERR_PROTOCOL outside
+ * [0, INT64_MAX), as for the kvs' create_revision and mod_revision. */
 ferry_status_t etcd__json_revision(const cJSON *reply, int64_t *revision_p);
 
 ferry_status_t etcd__parse_kv(const cJSON *json, etcd_kv_t *kv);

@@ -8,6 +8,10 @@
  *     are parsed with strtoll, never through a double;
  *   - fields at their default value are left out: a missing number is 0, a
  *     missing bool false, a missing list empty, a missing value "".
+ *
+ * Revisions (header.revision, create_revision, mod_revision) are refused
+ * unless 0 <= r < INT64_MAX, so callers may add one (a watch resumes at the
+ * last revision + 1) without overflow.
  */
 #include "coordinator/etcd/etcd_int.h"
 
@@ -116,6 +120,22 @@ ferry_status_t etcd__json_bytes(const cJSON *obj, const char *name, uint8_t **da
     return etcd__b64_decode(item->valuestring, data_p, len_p);
 }
 
+/* etcd's revisions start at 1 and only grow; see the header comment. */
+static ferry_status_t etcd_json_revision_field(const cJSON *obj, const char *name,
+                                               int64_t *revision_p)
+{
+    int64_t revision;
+    ferry_status_t status = etcd__json_int64(obj, name, &revision);
+    if (status != FERRY_OK) {
+        return status;
+    }
+    if (revision < 0 || revision == INT64_MAX) {
+        return FERRY_ERR_PROTOCOL;
+    }
+    *revision_p = revision;
+    return FERRY_OK;
+}
+
 ferry_status_t etcd__json_revision(const cJSON *reply, int64_t *revision_p)
 {
     const cJSON *header = cJSON_GetObjectItemCaseSensitive(reply, "header");
@@ -123,7 +143,7 @@ ferry_status_t etcd__json_revision(const cJSON *reply, int64_t *revision_p)
         *revision_p = 0;
         return FERRY_OK;
     }
-    return etcd__json_int64(header, "revision", revision_p);
+    return etcd_json_revision_field(header, "revision", revision_p);
 }
 
 void etcd__kv_clear(etcd_kv_t *kv)
@@ -144,10 +164,10 @@ ferry_status_t etcd__parse_kv(const cJSON *json, etcd_kv_t *kv)
         status = etcd__json_bytes(json, "value", &kv->value, &kv->value_len);
     }
     if (status == FERRY_OK) {
-        status = etcd__json_int64(json, "create_revision", &kv->create_revision);
+        status = etcd_json_revision_field(json, "create_revision", &kv->create_revision);
     }
     if (status == FERRY_OK) {
-        status = etcd__json_int64(json, "mod_revision", &kv->mod_revision);
+        status = etcd_json_revision_field(json, "mod_revision", &kv->mod_revision);
     }
     if (status == FERRY_OK) {
         status = etcd__json_int64(json, "version", &kv->version);
