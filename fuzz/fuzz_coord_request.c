@@ -208,13 +208,12 @@ static check_fn check_for(const char *method)
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
+    static int table_checked;
     const ProtobufCServiceDescriptor *svc = &ferry__v1__coordinator__descriptor;
     const ProtobufCMethodDescriptor *method;
     ProtobufCMessage *req;
     char msg[MSG_CAP];
     ferry_status_t status;
-
-    static int table_checked;
 
     if (!table_checked) {
         for (size_t i = 0; i < svc->n_methods; i++) {
