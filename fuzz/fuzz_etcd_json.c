@@ -4,8 +4,8 @@
  *
  * Input: the text of one reply. It goes through every unary reply parser
  * (range, txn, lease grant, keep-alive, delete, the error body) and, split
- * on newlines as the watch stream is, each line through the watch message's
- * parsing (result, canceled, compact_revision, events). The same text is
+ * on newlines as the watch stream is, each line through
+ * etcd__parse_watch_msg (result, created, canceled, events, error lines). The same text is
  * also decoded as base64 and used as a prefix for etcd_prefix_end.
  *
  * Invariants beyond "no crash, no leak": every buffer decoded from base64
@@ -89,37 +89,32 @@ static void check_scalars(const cJSON *reply)
     }
 }
 
-/* One line of a watch stream, parsed as etcd_watch.c's message handler does. */
+/* One line of a watch stream (etcd__parse_watch_msg, which etcd_watch.c
+ * acts on). */
 static void check_watch_line(const char *line, size_t len)
 {
-    cJSON *msg = cJSON_ParseWithLength(line, len);
-    const cJSON *result = cJSON_GetObjectItemCaseSensitive(msg, "result");
-    const cJSON *events = cJSON_GetObjectItemCaseSensitive(result, "events");
-    const cJSON *item;
-    int64_t value;
+    cJSON *json = cJSON_ParseWithLength(line, len);
+    etcd_watch_msg_t msg;
+    const char *error;
 
-    if (!cJSON_IsObject(result)) {
-        cJSON_Delete(msg);
+    if (json == NULL) {
         return;
     }
-    (void)etcd__json_int64(result, "compact_revision", &value);
-    if (etcd__json_revision(result, &value) == FERRY_OK) {
-        check_revision(value);
-    }
-    if (cJSON_IsArray(events)) {
-        cJSON_ArrayForEach(item, events)
-        {
-            etcd_event_t event;
-            if (etcd__parse_event(item, &event) == FERRY_OK) {
-                check_kv(&event.kv);
-                if (event.prev_kv.key != NULL) {
-                    check_kv(&event.prev_kv);
-                }
-                etcd__event_clear(&event);
+    if (etcd__parse_watch_msg(json, &msg, &error) == FERRY_OK) {
+        fuzz_assert(error == NULL);
+        fuzz_assert(!msg.canceled || msg.cancel_reason != NULL);
+        check_revision(msg.revision);
+        for (size_t i = 0; i < msg.n_events; i++) {
+            check_kv(&msg.events[i].kv);
+            if (msg.events[i].prev_kv.key != NULL) {
+                check_kv(&msg.events[i].prev_kv);
             }
         }
+        etcd__watch_msg_clear(&msg);
+    } else {
+        fuzz_assert(msg.events == NULL && msg.n_events == 0);
     }
-    cJSON_Delete(msg);
+    cJSON_Delete(json);
 }
 
 static void check_base64(const char *text, size_t len)

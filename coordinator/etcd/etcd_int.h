@@ -98,6 +98,26 @@ ferry_status_t etcd__parse_txn(const cJSON *json, etcd_txn_result_t *result);
 ferry_status_t etcd__parse_keepalive(const cJSON *json, int64_t *ttl_p);
 ferry_status_t etcd__parse_event(const cJSON *json, etcd_event_t *event);
 void etcd__event_clear(etcd_event_t *event);
+
+/* One message (one line) of a watch stream, parsed; etcd_watch.c acts on it. */
+typedef struct {
+    int64_t revision; /* header.revision */
+    bool created;
+    bool canceled;
+    int64_t compact_revision;  /* canceled: > 0 when the start was compacted */
+    const char *cancel_reason; /* canceled: points into the JSON; "" if absent */
+    etcd_event_t *events;      /* malloc'ed, n_events of them, all parsed */
+    size_t n_events;
+} etcd_watch_msg_t;
+
+/* A line without "result" is etcd's error ({"error": {"grpc_code",
+ * "message"}}): returns the status its code maps to, with *error_p set to
+ * its message (static or pointing into json). Malformed fields and events
+ * are FERRY_ERR_PROTOCOL, *error_p NULL. On success, free with
+ * etcd__watch_msg_clear. */
+ferry_status_t etcd__parse_watch_msg(const cJSON *json, etcd_watch_msg_t *msg,
+                                     const char **error_p);
+void etcd__watch_msg_clear(etcd_watch_msg_t *msg);
 /* etcd's error object {"error","message","code"} and the HTTP status to a
  * ferry status. */
 ferry_status_t etcd__error_status(long http_status, int grpc_code, const char *message);

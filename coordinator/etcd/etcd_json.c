@@ -333,6 +333,70 @@ ferry_status_t etcd__parse_event(const cJSON *json, etcd_event_t *event)
     return status;
 }
 
+void etcd__watch_msg_clear(etcd_watch_msg_t *msg)
+{
+    for (size_t i = 0; i < msg->n_events; i++) {
+        etcd__event_clear(&msg->events[i]);
+    }
+    free(msg->events);
+    memset(msg, 0, sizeof(*msg));
+}
+
+static ferry_status_t etcd_parse_watch_events(const cJSON *array, etcd_watch_msg_t *msg)
+{
+    size_t n = (size_t)cJSON_GetArraySize(array);
+    if (n == 0) {
+        return FERRY_OK;
+    }
+    msg->events = calloc(n, sizeof(*msg->events));
+    if (msg->events == NULL) {
+        return FERRY_ERR_NO_MEMORY;
+    }
+    const cJSON *item;
+    cJSON_ArrayForEach(item, array)
+    {
+        ferry_status_t status = etcd__parse_event(item, &msg->events[msg->n_events]);
+        if (status != FERRY_OK) {
+            return status;
+        }
+        msg->n_events++;
+    }
+    return FERRY_OK;
+}
+
+ferry_status_t etcd__parse_watch_msg(const cJSON *json, etcd_watch_msg_t *msg, const char **error_p)
+{
+    memset(msg, 0, sizeof(*msg));
+    *error_p = NULL;
+    const cJSON *result = cJSON_GetObjectItemCaseSensitive(json, "result");
+    if (!cJSON_IsObject(result)) {
+        const cJSON *error = cJSON_GetObjectItemCaseSensitive(json, "error");
+        const cJSON *text = cJSON_GetObjectItemCaseSensitive(error, "message");
+        int64_t code = 0;
+        etcd__json_int64(error, "grpc_code", &code);
+        const char *message = cJSON_IsString(text) ? text->valuestring : NULL;
+        *error_p = message != NULL ? message : "an error without a message";
+        return etcd__error_status(0, (int)code, message);
+    }
+    if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(result, "canceled"))) {
+        const cJSON *reason = cJSON_GetObjectItemCaseSensitive(result, "cancel_reason");
+        msg->canceled = true;
+        msg->cancel_reason = cJSON_IsString(reason) ? reason->valuestring : "";
+        etcd__json_int64(result, "compact_revision", &msg->compact_revision);
+        return FERRY_OK;
+    }
+    ferry_status_t status = etcd__json_revision(result, &msg->revision);
+    msg->created = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(result, "created"));
+    const cJSON *events = cJSON_GetObjectItemCaseSensitive(result, "events");
+    if (status == FERRY_OK && events != NULL) {
+        status = cJSON_IsArray(events) ? etcd_parse_watch_events(events, msg) : FERRY_ERR_PROTOCOL;
+    }
+    if (status != FERRY_OK) {
+        etcd__watch_msg_clear(msg);
+    }
+    return status;
+}
+
 ferry_status_t etcd__error_status(long http_status, int grpc_code, const char *message)
 {
     if (message != NULL && strstr(message, "compacted") != NULL) {

@@ -258,6 +258,47 @@ static void test_revisions_out_of_range(void **state)
     cJSON_Delete(json);
 }
 
+/* One line of a watch stream each: created, events, canceled, an error. */
+static void test_watch_messages(void **state)
+{
+    etcd_watch_msg_t msg;
+    const char *error;
+    (void)state;
+
+    cJSON *json = parse("{\"result\":{\"header\":{\"revision\":\"7\"},\"created\":true}}");
+    assert_int_equal(etcd__parse_watch_msg(json, &msg, &error), FERRY_OK);
+    assert_true(msg.created && !msg.canceled && msg.revision == 7 && msg.n_events == 0);
+    etcd__watch_msg_clear(&msg);
+    cJSON_Delete(json);
+
+    json = parse("{\"result\":{\"header\":{\"revision\":\"9\"},\"events\":[{\"kv\":{"
+                 "\"key\":\"eA==\",\"mod_revision\":\"8\"}},{\"type\":\"DELETE\",\"kv\":{"
+                 "\"key\":\"eQ==\",\"mod_revision\":\"9\"}}]}}");
+    assert_int_equal(etcd__parse_watch_msg(json, &msg, &error), FERRY_OK);
+    assert_int_equal(msg.n_events, 2);
+    assert_int_equal(msg.events[1].type, ETCD_EVENT_DELETE);
+    assert_true(msg.events[1].kv.mod_revision == 9);
+    etcd__watch_msg_clear(&msg);
+    cJSON_Delete(json);
+
+    json = parse("{\"result\":{\"events\":[{\"kv\":{\"key\":\"eA==\"}},{\"type\":\"X\"}]}}");
+    assert_int_equal(etcd__parse_watch_msg(json, &msg, &error), FERRY_ERR_PROTOCOL);
+    assert_null(error);
+    cJSON_Delete(json);
+
+    json = parse("{\"result\":{\"canceled\":true,\"compact_revision\":\"3\"}}");
+    assert_int_equal(etcd__parse_watch_msg(json, &msg, &error), FERRY_OK);
+    assert_true(msg.canceled && msg.compact_revision == 3);
+    assert_string_equal(msg.cancel_reason, "");
+    etcd__watch_msg_clear(&msg);
+    cJSON_Delete(json);
+
+    json = parse("{\"error\":{\"grpc_code\":16,\"message\":\"invalid auth token\"}}");
+    assert_int_equal(etcd__parse_watch_msg(json, &msg, &error), FERRY_ERR_UNAUTHENTICATED);
+    assert_string_equal(error, "invalid auth token");
+    cJSON_Delete(json);
+}
+
 static void test_error_mapping(void **state)
 {
     (void)state;
@@ -316,6 +357,7 @@ int main(void)
         cmocka_unit_test(test_keepalive_without_ttl_is_not_found),
         cmocka_unit_test(test_events),
         cmocka_unit_test(test_revisions_out_of_range),
+        cmocka_unit_test(test_watch_messages),
         cmocka_unit_test(test_error_mapping),
         cmocka_unit_test(test_prefix_end),
     };
