@@ -81,22 +81,7 @@ static void handle_register(rpc_call_t *call, const ProtobufCMessage *request, v
     char msg[MSG_CAP];
     ferry_status_t status;
 
-    status = coord_validate_request_id("request_id", req->request_id, msg, sizeof(msg));
-    if (status == FERRY_OK) {
-        status = coord_validate_metadata("metadata", req->metadata, msg, sizeof(msg));
-    }
-    if (status == FERRY_OK) {
-        status = coord_validate_token("access_token", req->access_token, 0, msg, sizeof(msg));
-    }
-    if (status == FERRY_OK) {
-        status = coord_validate_ttl("ttl_seconds", req->ttl_seconds, msg, sizeof(msg));
-    }
-    if (status == FERRY_OK) {
-        status = coord_validate_name("owner", req->owner, msg, sizeof(msg));
-    }
-    if (status == FERRY_OK) {
-        status = coord_validate_not_negative("lease_id", req->lease_id, msg, sizeof(msg));
-    }
+    status = coord_validate_request(request, msg, sizeof(msg));
     if (status == FERRY_OK) {
         status = coord_register(svc->registry, req, &out, msg, sizeof(msg));
     }
@@ -145,10 +130,7 @@ static void handle_lookup(rpc_call_t *call, const ProtobufCMessage *request, voi
     char msg[MSG_CAP];
     ferry_status_t status;
 
-    status = coord_validate_target(req->request_id, req->access_token, 1, msg, sizeof(msg));
-    if (status == FERRY_OK) {
-        status = coord_validate_not_negative("wait_ms", req->wait_ms, msg, sizeof(msg));
-    }
+    status = coord_validate_request(request, msg, sizeof(msg));
     if (failed(call, status, msg)) {
         return;
     }
@@ -192,19 +174,7 @@ static void handle_claim(rpc_call_t *call, const ProtobufCMessage *request, void
     char msg[MSG_CAP];
     ferry_status_t status;
 
-    status = coord_validate_target(req->request_id, req->access_token, 1, msg, sizeof(msg));
-    if (status == FERRY_OK) {
-        status = coord_validate_ttl("ttl_seconds", req->ttl_seconds, msg, sizeof(msg));
-    }
-    if (status == FERRY_OK) {
-        status = coord_validate_name("claimant", req->claimant, msg, sizeof(msg));
-    }
-    if (status == FERRY_OK) {
-        status = coord_validate_not_negative("lease_id", req->lease_id, msg, sizeof(msg));
-    }
-    if (status == FERRY_OK) {
-        status = coord_validate_not_negative("wait_ms", req->wait_ms, msg, sizeof(msg));
-    }
+    status = coord_validate_request(request, msg, sizeof(msg));
     if (failed(call, status, msg)) {
         return;
     }
@@ -234,14 +204,7 @@ static void handle_complete(rpc_call_t *call, const ProtobufCMessage *request, v
     char msg[MSG_CAP];
     ferry_status_t status;
 
-    status = coord_validate_target(req->request_id, req->access_token, 1, msg, sizeof(msg));
-    if (status == FERRY_OK && req->claim_lease_id == 0) {
-        status = FERRY_ERR_INVALID_ARGUMENT;
-        snprintf(msg, sizeof(msg), "claim_lease_id is required");
-    }
-    if (status == FERRY_OK) {
-        status = coord_validate_name("error_message", req->error_message, msg, sizeof(msg));
-    }
+    status = coord_validate_request(request, msg, sizeof(msg));
     if (status == FERRY_OK) {
         status = coord_complete(((coord_service_t *)arg)->registry, req, &out, msg, sizeof(msg));
     }
@@ -259,10 +222,7 @@ static void handle_cancel(rpc_call_t *call, const ProtobufCMessage *request, voi
     char msg[MSG_CAP];
     ferry_status_t status;
 
-    status = coord_validate_target(req->request_id, req->access_token, 1, msg, sizeof(msg));
-    if (status == FERRY_OK) {
-        status = coord_validate_name("reason", req->reason, msg, sizeof(msg));
-    }
+    status = coord_validate_request(request, msg, sizeof(msg));
     if (status == FERRY_OK) {
         status = coord_cancel(((coord_service_t *)arg)->registry, req, &out, msg, sizeof(msg));
     }
@@ -283,7 +243,7 @@ static void handle_release(rpc_call_t *call, const ProtobufCMessage *request, vo
     char msg[MSG_CAP];
     ferry_status_t status;
 
-    status = coord_validate_target(req->request_id, req->access_token, 1, msg, sizeof(msg));
+    status = coord_validate_request(request, msg, sizeof(msg));
     if (status == FERRY_OK) {
         status = coord_release(svc->registry, req, &revision, msg, sizeof(msg));
     }
@@ -304,12 +264,11 @@ static void handle_keepalive(rpc_call_t *call, const ProtobufCMessage *request, 
     char msg[MSG_CAP];
     ferry_status_t status;
 
-    if (req->lease_id <= 0) {
-        rpc_call_fail(call, FERRY_ERR_INVALID_ARGUMENT, "lease_id is required");
-        return;
+    status = coord_validate_request(request, msg, sizeof(msg));
+    if (status == FERRY_OK) {
+        status = coord_keepalive(svc->registry, req->lease_id, req->lease_token, &resp.ttl_seconds,
+                                 msg, sizeof(msg));
     }
-    status = coord_keepalive(svc->registry, req->lease_id, req->lease_token, &resp.ttl_seconds, msg,
-                             sizeof(msg));
     if (failed(call, status, msg)) {
         return;
     }
@@ -329,7 +288,7 @@ static void handle_get(rpc_call_t *call, const ProtobufCMessage *request, void *
     char msg[MSG_CAP];
     ferry_status_t status;
 
-    status = coord_validate_request_id("request_id", req->request_id, msg, sizeof(msg));
+    status = coord_validate_request(request, msg, sizeof(msg));
     if (status == FERRY_OK) {
         status = coord_lookup(svc->registry, req->request_id, NULL, req->linearizable, &op,
                               &revision, msg, sizeof(msg));
@@ -351,18 +310,8 @@ static void handle_list(rpc_call_t *call, const ProtobufCMessage *request, void 
     Ferry__V1__ListResponse resp = FERRY__V1__LIST_RESPONSE__INIT;
     Ferry__V1__ResponseHeader header = FERRY__V1__RESPONSE_HEADER__INIT;
     char msg[MSG_CAP];
-    ferry_status_t status = FERRY_OK;
+    ferry_status_t status = coord_validate_request(request, msg, sizeof(msg));
 
-    if (req->page_size > 1000) {
-        rpc_call_fail(call, FERRY_ERR_INVALID_ARGUMENT, "page_size is %u; at most 1000 allowed",
-                      req->page_size);
-        return;
-    }
-    /* A page token is a request ID (the last one listed). */
-    status = coord_validate_prefix("request_id_prefix", req->request_id_prefix, msg, sizeof(msg));
-    if (status == FERRY_OK) {
-        status = coord_validate_prefix("page_token", req->page_token, msg, sizeof(msg));
-    }
     service_header(svc, &header, 0);
     resp.header = &header;
     if (status == FERRY_OK) {

@@ -59,7 +59,7 @@ void service_watch(rpc_call_t *call, const ProtobufCMessage *request, void *arg)
     char msg[256];
     sub_entry_t *s;
 
-    if (coord_validate_watch(req, msg, sizeof(msg)) != FERRY_OK) {
+    if (coord_validate_request(request, msg, sizeof(msg)) != FERRY_OK) {
         rpc_call_fail(call, FERRY_ERR_INVALID_ARGUMENT, "%s", msg);
         return;
     }

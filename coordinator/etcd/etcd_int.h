@@ -111,7 +111,8 @@ ferry_status_t etcd__json_int64(const cJSON *obj, const char *name, int64_t *val
 /* Missing field: an empty buffer (still malloc'ed). */
 ferry_status_t etcd__json_bytes(const cJSON *obj, const char *name, uint8_t **data_p,
                                 size_t *len_p);
-/* header.revision of a reply, 0 when missing. */
+/* header.revision of a reply, 0 when missing; FERRY_ERR_PROTOCOL outside
+ * [0, INT64_MAX), as for the kvs' create_revision and mod_revision. */
 ferry_status_t etcd__json_revision(const cJSON *reply, int64_t *revision_p);
 
 ferry_status_t etcd__parse_kv(const cJSON *json, etcd_kv_t *kv);
@@ -123,6 +124,26 @@ ferry_status_t etcd__parse_txn(const cJSON *json, etcd_txn_result_t *result);
 ferry_status_t etcd__parse_keepalive(const cJSON *json, int64_t *ttl_p);
 ferry_status_t etcd__parse_event(const cJSON *json, etcd_event_t *event);
 void etcd__event_clear(etcd_event_t *event);
+
+/* One message (one line) of a watch stream, parsed; etcd_watch.c acts on it. */
+typedef struct {
+    int64_t revision; /* header.revision */
+    bool created;
+    bool canceled;
+    int64_t compact_revision;  /* canceled: > 0 when the start was compacted */
+    const char *cancel_reason; /* canceled: points into the JSON; "" if absent */
+    etcd_event_t *events;      /* malloc'ed, n_events of them, all parsed */
+    size_t n_events;
+} etcd_watch_msg_t;
+
+/* A line without "result" is etcd's error ({"error": {"grpc_code",
+ * "message"}}): returns the status its code maps to, with *error_p set to
+ * its message (static or pointing into json). Malformed fields and events
+ * are FERRY_ERR_PROTOCOL, *error_p NULL. On success, free with
+ * etcd__watch_msg_clear. */
+ferry_status_t etcd__parse_watch_msg(const cJSON *json, etcd_watch_msg_t *msg,
+                                     const char **error_p);
+void etcd__watch_msg_clear(etcd_watch_msg_t *msg);
 /* etcd's error object {"error","message","code"} and the HTTP status to a
  * ferry status. */
 ferry_status_t etcd__error_status(long http_status, int grpc_code, const char *message);

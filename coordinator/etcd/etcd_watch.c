@@ -120,44 +120,22 @@ static void etcd_watch_created(etcd_watch_t *watch, ferry_status_t status)
 
 /* --- one message --------------------------------------------------------- */
 
-static ferry_status_t etcd_watch_events(etcd_watch_t *watch, const cJSON *array, int64_t revision)
+static void etcd_watch_events(etcd_watch_t *watch, const etcd_watch_msg_t *msg)
 {
-    size_t n = (size_t)cJSON_GetArraySize(array);
-    etcd_event_t *events = calloc(n > 0 ? n : 1, sizeof(*events));
-    if (events == NULL) {
-        return FERRY_ERR_NO_MEMORY;
+    if (msg->n_events > 0) {
+        watch->params.on_events(watch->params.arg, msg->events, msg->n_events, msg->revision);
+        /* Parsed revisions are below INT64_MAX (etcd_json.c). */
+        watch->next_rev = msg->events[msg->n_events - 1].kv.mod_revision + 1;
     }
-    ferry_status_t status = FERRY_OK;
-    size_t parsed = 0;
-    const cJSON *item;
-    cJSON_ArrayForEach(item, array)
-    {
-        if (status == FERRY_OK) {
-            status = etcd__parse_event(item, &events[parsed]);
-            parsed += status == FERRY_OK;
-        }
-    }
-    if (status == FERRY_OK && n > 0) {
-        watch->params.on_events(watch->params.arg, events, n, revision);
-        watch->next_rev = events[n - 1].kv.mod_revision + 1;
-    }
-    for (size_t i = 0; i < parsed; i++) {
-        etcd__event_clear(&events[i]);
-    }
-    free(events);
-    return status;
 }
 
 /* A canceled watch: compaction, auth, or something else. */
-static ferry_status_t etcd_watch_canceled(const cJSON *result)
+static ferry_status_t etcd_watch_canceled(const etcd_watch_msg_t *msg)
 {
-    int64_t compact = 0;
-    etcd__json_int64(result, "compact_revision", &compact);
-    const cJSON *reason = cJSON_GetObjectItemCaseSensitive(result, "cancel_reason");
-    const char *text = cJSON_IsString(reason) ? reason->valuestring : "";
+    const char *text = msg->cancel_reason;
     etcd__set_error("watch canceled by etcd: %s%s", text,
-                    compact > 0 ? "required revision has been compacted" : "");
-    if (compact > 0) {
+                    msg->compact_revision > 0 ? "required revision has been compacted" : "");
+    if (msg->compact_revision > 0) {
         return FERRY_ERR_EXPIRED;
     }
     if (strstr(text, "Unauthenticated") != NULL || strstr(text, "auth token") != NULL) {
@@ -169,41 +147,43 @@ static ferry_status_t etcd_watch_canceled(const cJSON *result)
     return FERRY_ERR_UNAVAILABLE;
 }
 
-/* Handles one line of the stream. Anything but FERRY_OK ends the stream. */
-static ferry_status_t etcd_watch_message(etcd_watch_t *watch, const cJSON *msg)
+static void etcd_watch_on_created(etcd_watch_t *watch, int64_t revision)
 {
-    const cJSON *result = cJSON_GetObjectItemCaseSensitive(msg, "result");
-    if (!cJSON_IsObject(result)) {
-        const cJSON *error = cJSON_GetObjectItemCaseSensitive(msg, "error");
-        const cJSON *text = cJSON_GetObjectItemCaseSensitive(error, "message");
-        int64_t code = 0;
-        etcd__json_int64(error, "grpc_code", &code);
-        etcd__set_error("watch: etcd error: %s", cJSON_IsString(text) ? text->valuestring : "?");
-        return etcd__error_status(0, (int)code, cJSON_IsString(text) ? text->valuestring : NULL);
+    watch->created = true;
+    if (watch->next_rev == 0) {
+        watch->next_rev = revision + 1;
     }
-    if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(result, "canceled"))) {
-        return etcd_watch_canceled(result);
+    if (watch->ever_created) {
+        etcd_watch_set_connected(watch, true, FERRY_OK);
+    } else {
+        /* The first stream is create's result, not a state change. */
+        watch->connected = true;
+        etcd_watch_created(watch, FERRY_OK);
     }
-    int64_t revision = 0;
-    ferry_status_t status = etcd__json_revision(result, &revision);
-    if (status == FERRY_OK && cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(result, "created"))) {
-        watch->created = true;
-        if (watch->next_rev == 0) {
-            watch->next_rev = revision + 1;
+}
+
+/* Handles one line of the stream (parsed by etcd__parse_watch_msg).
+ * Anything but FERRY_OK ends the stream. */
+static ferry_status_t etcd_watch_message(etcd_watch_t *watch, const cJSON *json)
+{
+    etcd_watch_msg_t msg;
+    const char *error;
+    ferry_status_t status = etcd__parse_watch_msg(json, &msg, &error);
+
+    if (status != FERRY_OK) {
+        etcd__set_error("watch: %s%s", error != NULL ? "etcd error: " : "",
+                        error != NULL ? error : "malformed message from etcd");
+        return status;
+    }
+    if (msg.canceled) {
+        status = etcd_watch_canceled(&msg);
+    } else {
+        if (msg.created) {
+            etcd_watch_on_created(watch, msg.revision);
         }
-        if (watch->ever_created) {
-            etcd_watch_set_connected(watch, true, FERRY_OK);
-        } else {
-            /* The first stream is create's result, not a state change. */
-            watch->connected = true;
-            etcd_watch_created(watch, FERRY_OK);
-        }
+        etcd_watch_events(watch, &msg);
     }
-    const cJSON *events = cJSON_GetObjectItemCaseSensitive(result, "events");
-    if (status == FERRY_OK && events != NULL) {
-        status =
-            cJSON_IsArray(events) ? etcd_watch_events(watch, events, revision) : FERRY_ERR_PROTOCOL;
-    }
+    etcd__watch_msg_clear(&msg);
     return status;
 }
 
