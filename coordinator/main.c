@@ -77,6 +77,7 @@ static ferry_status_t open_server(coordinator_t *c)
         .prefix = c->config.prefix,
         .default_ttl_s = c->config.ttl_s,
         .on_event = coord_service_on_event,
+        .on_reload = coord_service_on_reload,
         .on_health = coord_service_on_health,
     };
     ferry_status_t status = rpc_server_create(&params, &c->server);

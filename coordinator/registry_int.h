@@ -21,9 +21,12 @@ struct coord_registry {
 
     pthread_mutex_t lock; /* guards view, revision, synced */
     view_t view;
-    int64_t revision; /* last revision applied to the view */
-    bool synced;      /* the view is loaded and its watch is connected */
-    bool reload;      /* the watch cannot resume: reload the view */
+    /* The last revision the view applied (the load's, then each watch
+     * event's): every change up to it is in the view. Write-throughs at or
+     * below it are dropped (registry_view_put). */
+    int64_t revision;
+    bool synced; /* the view is loaded and its watch is connected */
+    bool reload; /* the watch cannot resume: reload the view */
 
     etcd_watch_t *watch; /* touched by the maintenance thread only */
     atomic_bool healthy;
@@ -31,6 +34,8 @@ struct coord_registry {
     pthread_t maint_thread;
     pthread_cond_t maint_cond; /* with lock; wakes the maintenance thread */
     bool stopping;             /* guarded by lock */
+
+    const char *test_gate; /* FERRY_TEST_WRITE_THROUGH_GATE; see registry_view_put */
 };
 
 /* Builds "<prefix>ops/<id>" into buf; returns its length. */

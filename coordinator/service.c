@@ -403,6 +403,11 @@ void coord_service_on_event(void *arg, coord_event_type_t type, const Ferry__V1_
     service_watch_publish(svc, type, op, revision);
 }
 
+void coord_service_on_reload(void *arg, int64_t revision)
+{
+    service_watch_reload(arg, revision);
+}
+
 void coord_service_on_health(void *arg, bool healthy)
 {
     coord_service_t *svc = arg;

@@ -489,19 +489,22 @@ static bool call_is_streaming(const rpc_call_t *call)
     return call->method != NULL && call->method->kind == RPC_SERVER_STREAMING;
 }
 
-ferry_status_t rpc_call_send(rpc_call_t *call, const ProtobufCMessage *msg)
+/* Queues `buf` (taken over) on a streaming call and starts sending. */
+static ferry_status_t call_enqueue(rpc_call_t *call, grpc_byte_buffer *buf)
 {
-    grpc_byte_buffer *buf;
     rpc_outmsg_t *m;
 
     if (!call_is_streaming(call)) {
         ferry_error("call %" PRIu64 " %s: rpc_call_send on a unary method", call->id, call->path);
-        return FERRY_ERR_MISUSE;
+        goto err_buf;
     }
-    buf = rpc__pack(msg);
     m = malloc(sizeof(*m));
     if (buf == NULL || m == NULL) {
-        goto err_alloc;
+        free(m);
+        if (buf != NULL) {
+            grpc_byte_buffer_destroy(buf);
+        }
+        return FERRY_ERR_NO_MEMORY;
     }
     m->buf = buf;
     m->next = NULL;
@@ -522,12 +525,59 @@ ferry_status_t rpc_call_send(rpc_call_t *call, const ProtobufCMessage *msg)
     pthread_mutex_unlock(&call->lock);
     return FERRY_OK;
 
-err_alloc:
+err_buf:
     if (buf != NULL) {
         grpc_byte_buffer_destroy(buf);
     }
-    free(m);
-    return FERRY_ERR_NO_MEMORY;
+    return FERRY_ERR_MISUSE;
+}
+
+ferry_status_t rpc_call_send(rpc_call_t *call, const ProtobufCMessage *msg)
+{
+    return call_enqueue(call, rpc__pack(msg));
+}
+
+struct rpc_msg {
+    atomic_int refs;
+    grpc_slice slice; /* the packed bytes; each send refs it */
+};
+
+rpc_msg_t *rpc_msg_pack(const ProtobufCMessage *msg)
+{
+    rpc_msg_t *m = malloc(sizeof(*m));
+
+    if (m == NULL) {
+        return NULL;
+    }
+    atomic_init(&m->refs, 1);
+    m->slice = grpc_slice_malloc(protobuf_c_message_get_packed_size(msg));
+    protobuf_c_message_pack(msg, GRPC_SLICE_START_PTR(m->slice));
+    return m;
+}
+
+rpc_msg_t *rpc_msg_ref(rpc_msg_t *m)
+{
+    atomic_fetch_add(&m->refs, 1);
+    return m;
+}
+
+void rpc_msg_unref(rpc_msg_t *m)
+{
+    if (m != NULL && atomic_fetch_sub(&m->refs, 1) == 1) {
+        grpc_slice_unref(m->slice);
+        free(m);
+    }
+}
+
+size_t rpc_msg_size(const rpc_msg_t *m)
+{
+    return GRPC_SLICE_LENGTH(m->slice);
+}
+
+ferry_status_t rpc_call_send_msg(rpc_call_t *call, rpc_msg_t *m)
+{
+    /* The byte buffer takes its own reference to the slice: no copy. */
+    return call_enqueue(call, grpc_raw_byte_buffer_create(&m->slice, 1));
 }
 
 void rpc_call_finish(rpc_call_t *call)

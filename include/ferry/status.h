@@ -44,7 +44,8 @@ extern "C" {
     _(ERR_PEER_FAILED, -17, "the remote side reported an error")                   \
     _(ERR_IO, -18, "system call failed")                                           \
     _(ERR_MISUSE, -19, "API misuse by the caller")                                 \
-    _(ERR_INTERNAL, -20, "internal error")
+    _(ERR_INTERNAL, -20, "internal error")                                         \
+    _(ERR_OUT_OF_RANGE, -21, "revision no longer available: read again, then resume")
 
 typedef enum {
 #define FERRY__STATUS_ENUM(name, value, msg) FERRY_##name = (value),
