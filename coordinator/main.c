@@ -72,7 +72,10 @@ static ferry_status_t open_server(coordinator_t *c)
         .n_threads = c->config.threads,
         .tls = c->config.tls_cert != NULL ? &tls : NULL,
     };
-    coord_service_params_t sparams = {.name = c->config.name};
+    coord_service_params_t sparams = {
+        .name = c->config.name,
+        .watch_queue_bytes = (size_t)c->config.watch_queue_kib * 1024,
+    };
     coord_registry_params_t rparams = {
         .prefix = c->config.prefix,
         .default_ttl_s = c->config.ttl_s,

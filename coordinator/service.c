@@ -362,6 +362,8 @@ ferry_status_t coord_service_create(const coord_service_params_t *params, rpc_se
         return FERRY_ERR_NO_MEMORY;
     }
     svc->server = server;
+    svc->watch_queue_bytes =
+        params->watch_queue_bytes != 0 ? params->watch_queue_bytes : SERVICE_WATCH_QUEUE_BYTES;
     pthread_mutex_init(&svc->subs_lock, NULL);
     status = service_waits_start(svc);
     if (status != FERRY_OK) {

@@ -23,6 +23,9 @@ typedef struct coord_service coord_service_t;
 
 typedef struct {
     const char *name; /* this replica's name, for response headers */
+    /* Bytes a Watch stream may have queued that its client has not taken;
+     * past it the stream ends with RESOURCE_EXHAUSTED. 0: 4 MiB. */
+    size_t watch_queue_bytes;
 } coord_service_params_t;
 
 /* Adds ferry.v1.Coordinator to `server` (before rpc_server_start). The

@@ -29,6 +29,7 @@ typedef struct sub_entry {
     const char *request_id; /* exact match; NULL when prefix is used */
     const char *prefix;     /* "" matches all */
     int64_t start_revision; /* events below it are skipped */
+    int64_t last_sent;      /* revision of the last event queued on it */
     struct sub_entry *next;
 } sub_entry_t;
 
@@ -44,6 +45,10 @@ typedef struct {
  * whose start_revision is older than the oldest one held ends with
  * OUT_OF_RANGE. */
 #define SERVICE_WATCH_HISTORY 8192
+
+/* The default bound of each Watch stream's unsent bytes (its client stopped
+ * reading, or reads slower than changes come). */
+#define SERVICE_WATCH_QUEUE_BYTES (4u << 20)
 
 struct coord_service {
     char *name;
@@ -70,7 +75,8 @@ struct coord_service {
     /* Every event after hist_floor is in hist or still to come: a Watch may
      * start at any revision above it. */
     int64_t hist_floor;
-    int64_t watch_rev; /* the last event published, or the last reload */
+    int64_t watch_rev;        /* the last event published, or the last reload */
+    size_t watch_queue_bytes; /* constant: each stream's bound */
 };
 
 int64_t service_now_ms(void);

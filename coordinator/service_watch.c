@@ -14,6 +14,14 @@
  * published), ends the stream with OUT_OF_RANGE: the client rereads (Get or
  * List) and watches again from the header revision + 1.
  *
+ * Bounded: each stream may have watch_queue_bytes (--watch-queue-kib) of
+ * messages its client has not taken (gRPC's transport takes them only as
+ * the client's flow-control window allows; a client that stops reading
+ * stops widening it). A live event past that ends the stream with
+ * RESOURCE_EXHAUSTED, naming the revision to resume from; the events
+ * already queued still go out first. A replay is not counted: it is
+ * bounded by the history.
+ *
  * Threads: handlers on server threads; publish and reload on the registry's
  * watch and maintenance threads; all under subs_lock.
  */
@@ -65,14 +73,43 @@ static const char resync_hint[] =
     "read the current state (Get or List), then Watch with start_revision = its header "
     "revision + 1";
 
-/* Sends the held events at or after `from` that match s. Caller holds
- * subs_lock. */
-static void replay_locked(coord_service_t *svc, const sub_entry_t *s, int64_t from)
+/* Queues one event on s; false when s is too far behind (its queue is
+ * full), and the stream must end. A stream whose client left answers
+ * CANCELLED; its cancel callback removes it. Caller holds subs_lock. */
+static bool sub_send_locked(sub_entry_t *s, rpc_msg_t *msg, int64_t revision)
+{
+    ferry_status_t status = rpc_call_send_msg(s->call, msg);
+
+    if (status == FERRY_OK) {
+        s->last_sent = revision;
+    }
+    return status != FERRY_ERR_RESOURCE_EXHAUSTED;
+}
+
+/* Ends a stream that fell behind, telling it where to resume; frees s. */
+static void end_behind(coord_service_t *svc, sub_entry_t *s)
+{
+    ferry_info("watch from %s: fell behind (%zu bytes unsent); ended", rpc_call_peer(s->call),
+               svc->watch_queue_bytes);
+    rpc_call_fail(s->call, FERRY_ERR_RESOURCE_EXHAUSTED,
+                  "this stream fell behind: more than %zu bytes of changes were waiting for the "
+                  "client to read them; Watch again with start_revision = %lld (the revision "
+                  "after the last event received)",
+                  svc->watch_queue_bytes, (long long)(s->last_sent + 1));
+    rpc_call_unref(s->call);
+    free(s);
+}
+
+/* Sends the held events at or after `from` that match s. The stream's
+ * bound is not set yet: a replay is bounded by the history itself, and a
+ * client resuming after it fell behind must be able to take it. Caller
+ * holds subs_lock. */
+static void replay_locked(coord_service_t *svc, sub_entry_t *s, int64_t from)
 {
     for (size_t i = 0; i < svc->hist_len; i++) {
         const hist_event_t *h = &svc->hist[(svc->hist_head + i) % SERVICE_WATCH_HISTORY];
         if (h->revision >= from && sub_matches(s, h->request_id)) {
-            rpc_call_send_msg(s->call, h->msg);
+            sub_send_locked(s, h->msg, h->revision);
         }
     }
 }
@@ -99,9 +136,13 @@ static ferry_status_t subscribe_locked(coord_service_t *svc, sub_entry_t *s, cha
     resp.header = &header;
     resp.created = true;
     rpc_call_send(s->call, &resp.base);
+    s->last_sent = (s->start_revision != 0 ? s->start_revision : svc->watch_rev + 1) - 1;
     if (s->start_revision != 0) {
         replay_locked(svc, s, s->start_revision);
     }
+    /* From here on, live events count against the bound (while a replay
+     * larger than it drains, they are refused and the stream ends). */
+    rpc_call_set_send_limit(s->call, svc->watch_queue_bytes);
     s->next = svc->subs;
     svc->subs = s;
     return FERRY_OK;
@@ -220,7 +261,7 @@ void service_watch_publish(coord_service_t *svc, coord_event_type_t type,
     Ferry__V1__ResponseHeader header = FERRY__V1__RESPONSE_HEADER__INIT;
     Ferry__V1__WatchEvent event = FERRY__V1__WATCH_EVENT__INIT;
     Ferry__V1__WatchEvent *events[1] = {&event};
-    sub_entry_t *lost = NULL;
+    sub_entry_t *lost = NULL, *behind = NULL;
     rpc_msg_t *msg;
     char *id;
 
@@ -248,12 +289,17 @@ void service_watch_publish(coord_service_t *svc, coord_event_type_t type,
     } else if (msg == NULL || id == NULL || svc->hist == NULL) {
         lost = hist_lost_locked(svc, revision);
     } else {
-        for (sub_entry_t *s = svc->subs; s != NULL; s = s->next) {
-            if (revision >= s->start_revision && sub_matches(s, op->request_id)) {
-                /* A stream whose client left answers CANCELLED; its cancel
-                 * callback removes it. */
-                rpc_call_send_msg(s->call, msg);
+        sub_entry_t **p = &svc->subs;
+        while (*p != NULL) {
+            sub_entry_t *s = *p;
+            if (revision >= s->start_revision && sub_matches(s, op->request_id) &&
+                !sub_send_locked(s, msg, revision)) {
+                *p = s->next;
+                s->next = behind;
+                behind = s;
+                continue;
             }
+            p = &s->next;
         }
         hist_push_locked(svc, revision, id, msg);
         msg = NULL;
@@ -262,6 +308,11 @@ void service_watch_publish(coord_service_t *svc, coord_event_type_t type,
     pthread_mutex_unlock(&svc->subs_lock);
     rpc_msg_unref(msg);
     free(id);
+    while (behind != NULL) {
+        sub_entry_t *next = behind->next;
+        end_behind(svc, behind);
+        behind = next;
+    }
     if (lost != NULL) {
         ferry_error("watch: no memory to record revision %lld; ending every stream",
                     (long long)revision);

@@ -149,6 +149,13 @@ size_t rpc_msg_size(const rpc_msg_t *m); /* packed bytes */
  * its own reference to the bytes (the caller keeps its own). */
 ferry_status_t rpc_call_send_msg(rpc_call_t *call, rpc_msg_t *m);
 
+/* Streaming: at most max_queued_bytes (0: no limit) of messages queued and
+ * not yet taken by the transport; a send past it is refused with
+ * FERRY_ERR_RESOURCE_EXHAUSTED and dropped (the caller ends the stream).
+ * gRPC's transport takes a message only as the peer's flow-control window
+ * allows, so a peer that stops reading fills this queue. */
+void rpc_call_set_send_limit(rpc_call_t *call, size_t max_queued_bytes);
+
 /* Streaming: ends the stream with OK after the queued messages are sent. */
 void rpc_call_finish(rpc_call_t *call);
 

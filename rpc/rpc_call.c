@@ -66,6 +66,7 @@ static void call_drop_queue(rpc_call_t *call)
     while (call->queue_head != NULL) {
         rpc_outmsg_t *m = call->queue_head;
         call->queue_head = m->next;
+        call->queued_bytes -= m->len;
         grpc_byte_buffer_destroy(m->buf);
         free(m);
     }
@@ -284,6 +285,7 @@ static void call_pump(rpc_call_t *call)
             call->queue_tail = NULL;
         }
         call->inflight_buf = m->buf;
+        call->inflight_len = m->len;
         free(m);
         ops[n].op = GRPC_OP_SEND_MESSAGE;
         ops[n++].data.send_message.send_message = call->inflight_buf;
@@ -314,6 +316,8 @@ static void call_sent_locked(rpc_call_t *call, bool ok)
     if (call->inflight_buf != NULL) {
         grpc_byte_buffer_destroy(call->inflight_buf);
         call->inflight_buf = NULL;
+        call->queued_bytes -= call->inflight_len;
+        call->inflight_len = 0;
     }
     if (call->status_started) {
         call->status_done = true;
@@ -341,6 +345,7 @@ static void call_end_locked(rpc_call_t *call, grpc_byte_buffer *buf, grpc_status
             msg = "out of memory";
         } else {
             m->buf = buf;
+            m->len = 0; /* the last word: outside any limit */
             m->next = NULL;
             if (call->queue_tail != NULL) {
                 call->queue_tail->next = m;
@@ -507,6 +512,7 @@ static ferry_status_t call_enqueue(rpc_call_t *call, grpc_byte_buffer *buf)
         return FERRY_ERR_NO_MEMORY;
     }
     m->buf = buf;
+    m->len = grpc_byte_buffer_length(buf);
     m->next = NULL;
     pthread_mutex_lock(&call->lock);
     if (call->state != RPC_CALL_ACTIVE || call->cancelled) {
@@ -515,6 +521,13 @@ static ferry_status_t call_enqueue(rpc_call_t *call, grpc_byte_buffer *buf)
         free(m);
         return FERRY_ERR_CANCELLED;
     }
+    if (call->max_queued != 0 && call->queued_bytes + m->len > call->max_queued) {
+        pthread_mutex_unlock(&call->lock);
+        grpc_byte_buffer_destroy(buf);
+        free(m);
+        return FERRY_ERR_RESOURCE_EXHAUSTED;
+    }
+    call->queued_bytes += m->len;
     if (call->queue_tail != NULL) {
         call->queue_tail->next = m;
     } else {
@@ -530,6 +543,13 @@ err_buf:
         grpc_byte_buffer_destroy(buf);
     }
     return FERRY_ERR_MISUSE;
+}
+
+void rpc_call_set_send_limit(rpc_call_t *call, size_t max_queued_bytes)
+{
+    pthread_mutex_lock(&call->lock);
+    call->max_queued = max_queued_bytes;
+    pthread_mutex_unlock(&call->lock);
 }
 
 ferry_status_t rpc_call_send(rpc_call_t *call, const ProtobufCMessage *msg)

@@ -18,6 +18,8 @@ import json
 import os
 import shutil
 import signal
+import socket
+import struct
 import sys
 import tempfile
 import threading
@@ -74,13 +76,13 @@ class Replica:
     """A coordinator on the module's etcd (or another), with its own prefix
     unless told, and a stub."""
 
-    def __init__(self, name, prefix, etcd=None, env=None):
-        from ferry.v1 import coordinator_pb2, coordinator_pb2_grpc, types_pb2
+    def __init__(self, name, prefix, etcd=None, env=None, extra=()):
+        from ferry.v1 import coordinator_pb2, types_pb2
         self.pb, self.cpb = types_pb2, coordinator_pb2
         self.etcd = etcd or ETCD
         self.prefix = prefix
         self.coord = ferry_harness.Coordinator(TMP, self.etcd.endpoint, name=name, ttl=30,
-                                               extra=("--prefix", prefix))
+                                               extra=("--prefix", prefix, *extra))
         self.env = env or {}
         self.start()
 
@@ -104,9 +106,9 @@ class Replica:
             self.coord.target, options=[("grpc.use_local_subchannel_pool", 1)])
         self.watch_stub = coordinator_pb2_grpc.CoordinatorStub(self.watch_channel)
 
-    def register(self, rid, ttl=60):
+    def register(self, rid, ttl=60, owner="py"):
         return self.stub.Register(self.cpb.RegisterRequest(
-            request_id=rid, metadata=metadata(self.pb), owner="py", ttl_seconds=ttl), timeout=10)
+            request_id=rid, metadata=metadata(self.pb), owner=owner, ttl_seconds=ttl), timeout=10)
 
     def watch(self, timeout=60, **kw):
         return self.watch_stub.Watch(self.cpb.WatchRequest(**kw), timeout=timeout)
@@ -293,6 +295,137 @@ class WatchCarriesEveryChange(unittest.TestCase):
             return True
         except grpc.RpcError:
             return False
+
+
+def rss_kib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def h2_frame(ftype, flags, stream, payload):
+    return (struct.pack(">I", len(payload))[1:] + bytes([ftype, flags]) +
+            struct.pack(">I", stream) + payload)
+
+
+def hpack_literal(name, value):
+    """A header field without indexing or Huffman (RFC 7541 6.2.2)."""
+    n, v = name.encode(), value.encode()
+    return b"\x00" + bytes([len(n)]) + n + bytes([len(v)]) + v
+
+
+def open_stuck_watch(port, request):
+    """A raw HTTP/2 client that opens a Watch and then never reads its
+    socket: it announces HTTP/2's default 64 KiB stream window and never
+    widens it, as a stuck process would."""
+    sock = socket.create_connection(("127.0.0.1", port))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+    out += h2_frame(4, 0, 0, b"")  # SETTINGS: all defaults
+    out += h2_frame(4, 1, 0, b"")  # ack the server's, unread
+    headers = b"".join(hpack_literal(k, v) for k, v in [
+        (":method", "POST"), (":scheme", "http"), (":path", "/ferry.v1.Coordinator/Watch"),
+        (":authority", f"127.0.0.1:{port}"), ("content-type", "application/grpc"),
+        ("te", "trailers")])
+    out += h2_frame(1, 4, 1, headers)  # HEADERS, END_HEADERS
+    body = request.SerializeToString()
+    out += h2_frame(0, 1, 1, b"\x00" + struct.pack(">I", len(body)) + body)  # DATA, END_STREAM
+    sock.sendall(out)
+    return sock
+
+
+def rss_kib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+class SlowWatchersAreBounded(unittest.TestCase):
+    """A Watch client that stops reading holds at most --watch-queue-kib of
+    the coordinator's memory (plus the transport's 64 KiB window), ends with
+    RESOURCE_EXHAUSTED naming the revision to resume from, and a reading
+    watcher beside it gets every event in order."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.r = Replica("slow", "/slow/", extra=("--watch-queue-kib", "64"))
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.r.stop()
+
+    def register_many(self, prefix, n_writers=8, per_writer=100):
+        revisions, lock = {}, threading.Lock()
+
+        def writer(w):
+            for i in range(per_writer):
+                rid = f"{prefix}{w}-{i}-" + "x" * 100
+                resp = self.r.register(rid, owner="o" * 200)  # about 500 bytes an event
+                with lock:
+                    revisions[resp.header.revision] = rid
+
+        threads = [threading.Thread(target=writer, args=(w,)) for w in range(n_writers)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        self.assertEqual(len(revisions), n_writers * per_writer)
+        return sorted(revisions)
+
+    def test_a_client_that_never_reads_its_socket(self):
+        r = self.r
+        sock = open_stuck_watch(r.coord.port, r.cpb.WatchRequest(request_id_prefix="raw-"))
+        try:
+            reader = r.watch(request_id_prefix="raw-", timeout=120)
+            self.assertTrue(next(reader).created)
+            rss_before = rss_kib(r.coord.proc.pid)
+            want = self.register_many("raw-")
+            read = []
+            collect(reader, want, read)
+            self.assertEqual([g[0] for g in read], want)
+            ferry_harness.wait_until(lambda: r.coord.log_contains("fell behind"), 10,
+                                     "the stuck stream to be ended")
+            grew = rss_kib(r.coord.proc.pid) - rss_before
+            print(f"raw stuck watcher: RSS grew {grew} KiB over {len(want)} events",
+                  file=sys.stderr)
+        finally:
+            sock.close()
+
+    def test_a_slow_reader_learns_where_to_resume(self):
+        r = self.r
+        # A gRPC client whose window stays small, reading only afterwards.
+        channel = grpc.insecure_channel(r.coord.target, options=[
+            ("grpc.use_local_subchannel_pool", 1), ("grpc.http2.bdp_probe", 0),
+            ("grpc.http2.lookahead_bytes", 16384)])
+        try:
+            from ferry.v1 import coordinator_pb2_grpc
+            stub = coordinator_pb2_grpc.CoordinatorStub(channel)
+            slow = stub.Watch(r.cpb.WatchRequest(request_id_prefix="slow-"), timeout=120)
+            self.assertTrue(next(slow).created)
+            want = self.register_many("slow-")
+            got, code, details = [], None, ""
+            try:
+                for msg in slow:
+                    got.extend(msg.header.revision for _ in msg.events)
+            except grpc.RpcError as e:
+                code, details = e.code(), e.details()
+            self.assertEqual(code, grpc.StatusCode.RESOURCE_EXHAUSTED, details)
+            self.assertGreater(len(got), 0)
+            self.assertLess(len(got), len(want))
+            self.assertEqual(got, want[:len(got)])  # in order, no gap, up to where it fell
+            self.assertIn(f"start_revision = {got[-1] + 1}", details)
+            # Resuming there gives the rest.
+            s = r.watch(request_id_prefix="slow-", start_revision=got[-1] + 1)
+            self.assertTrue(next(s).created)
+            rest = []
+            collect(s, want[len(got):], rest)
+            self.assertEqual(got + [g[0] for g in rest], want)
+        finally:
+            channel.close()
 
 
 class ClaimsOutliveNoReplica(unittest.TestCase):
