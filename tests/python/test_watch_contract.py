@@ -9,7 +9,10 @@
 - a claim whose lease ended while no replica ran turns ERRORED on load;
 - a deleted record does not come back when a handler's write-through lands
   after the watch applied the delete (FERRY_TEST_WRITE_THROUGH_GATE holds
-  the write-through until the test lets it go).
+  the write-through until the test lets it go);
+- a stream whose client stops reading is bounded (--watch-queue-kib) and
+  ends with RESOURCE_EXHAUSTED naming the revision to resume from, while a
+  reading watcher beside it gets every event.
 
 Run with /usr/bin/python3 (Debian's grpcio), from CTest.
 """
