@@ -31,6 +31,8 @@ static const char usage[] =
     "  --name NAME         this replica's name in responses (FERRY_NAME; host name)\n"
     "  --grace-ms MS       drain time for in-flight calls on SIGTERM, 0..600000\n"
     "                      (FERRY_GRACE_MS; 5000)\n"
+    "  --watch-queue-kib N unsent KiB a Watch stream may hold before it ends with\n"
+    "                      RESOURCE_EXHAUSTED (FERRY_WATCH_QUEUE_KIB; 4096)\n"
     "  --port-file PATH    write the bound port to PATH once serving\n"
     "  --log-level L       error|warn|info|debug|trace (FERRY_LOG_LEVEL; info)\n"
     "  --tls-cert PEM      serve TLS with this certificate chain (FERRY_TLS_CERT)\n"
@@ -51,6 +53,7 @@ enum {
     OPT_THREADS,
     OPT_NAME,
     OPT_GRACE,
+    OPT_WATCH_QUEUE,
     OPT_PORT_FILE,
     OPT_LOG_LEVEL,
     OPT_TLS_CERT,
@@ -72,6 +75,7 @@ static const struct option options[] = {
     {"threads", required_argument, NULL, OPT_THREADS},
     {"name", required_argument, NULL, OPT_NAME},
     {"grace-ms", required_argument, NULL, OPT_GRACE},
+    {"watch-queue-kib", required_argument, NULL, OPT_WATCH_QUEUE},
     {"port-file", required_argument, NULL, OPT_PORT_FILE},
     {"log-level", required_argument, NULL, OPT_LOG_LEVEL},
     {"tls-cert", required_argument, NULL, OPT_TLS_CERT},
@@ -135,6 +139,7 @@ static void config_defaults(coord_config_t *c)
     c->ttl_s = UNSET;
     c->threads = UNSET;
     c->grace_ms = UNSET;
+    c->watch_queue_kib = UNSET;
     c->listen = env_or("FERRY_LISTEN", "127.0.0.1:7400");
     c->etcd = env_or("FERRY_ETCD", NULL);
     c->state_dir = env_or("FERRY_STATE_DIR", default_state_dir());
@@ -172,6 +177,8 @@ static int set_option(coord_config_t *c, int opt, const char *arg)
         return (c->threads = parse_int("--threads", arg, 1, 256)) < 0 ? -1 : 0;
     case OPT_GRACE:
         return (c->grace_ms = parse_int("--grace-ms", arg, 0, 600000)) < 0 ? -1 : 0;
+    case OPT_WATCH_QUEUE:
+        return (c->watch_queue_kib = parse_int("--watch-queue-kib", arg, 16, 1 << 20)) < 0 ? -1 : 0;
     case OPT_NAME:
         c->name = arg;
         break;
@@ -222,7 +229,8 @@ static int env_numbers(coord_config_t *c)
 {
     if (env_number(&c->ttl_s, "FERRY_TTL", "10", 1, 3600) != 0 ||
         env_number(&c->threads, "FERRY_THREADS", "16", 1, 256) != 0 ||
-        env_number(&c->grace_ms, "FERRY_GRACE_MS", "5000", 0, 600000) != 0) {
+        env_number(&c->grace_ms, "FERRY_GRACE_MS", "5000", 0, 600000) != 0 ||
+        env_number(&c->watch_queue_kib, "FERRY_WATCH_QUEUE_KIB", "4096", 16, 1 << 20) != 0) {
         return -1;
     }
     return 0;

@@ -75,11 +75,15 @@ static ferry_status_t open_server(coordinator_t *c)
         .n_threads = c->config.threads,
         .tls = c->config.tls_cert != NULL ? &tls : NULL,
     };
-    coord_service_params_t sparams = {.name = c->config.name};
+    coord_service_params_t sparams = {
+        .name = c->config.name,
+        .watch_queue_bytes = (size_t)c->config.watch_queue_kib * 1024,
+    };
     coord_registry_params_t rparams = {
         .prefix = c->config.prefix,
         .default_ttl_s = c->config.ttl_s,
         .on_event = coord_service_on_event,
+        .on_reload = coord_service_on_reload,
         .on_health = coord_service_on_health,
     };
     ferry_status_t status = rpc_server_create(&params, &c->server);

@@ -20,11 +20,14 @@
  * etcd.
  *
  * Events: the watch thread reports each change to the params' callbacks, in
- * revision order, after the view has applied it:
+ * revision order, after the view has applied it, with the change's own
+ * revision:
  *   - a deleted record that was not final is reported as EXPIRED (its owner's
  *     lease ran out);
  *   - a deleted claim whose operation is still CLAIMED by that claim turns the
- *     operation ERRORED (claim expired).
+ *     operation ERRORED (claim expired); so does, at each (re)load, a
+ *     CLAIMED operation whose claim key is already gone (its lease ended
+ *     while no replica was watching).
  *
  * Threads: all functions may be called from any thread. `lock` guards the
  * view, `revision` and `synced`. Callbacks run on the watch thread without
@@ -63,6 +66,10 @@ typedef struct {
      * token hash and lease IDs; valid during the call. */
     void (*on_event)(void *arg, coord_event_type_t type, const Ferry__V1__Operation *op,
                      int64_t revision);
+    /* The view was (re)loaded at `revision`, before its watch starts: changes
+     * up to it are in the view but may never have been reported (the watch
+     * could not resume: compaction). May be NULL. */
+    void (*on_reload)(void *arg, int64_t revision);
     /* etcd became reachable (true) or unreachable (false). */
     void (*on_health)(void *arg, bool healthy);
     void *arg;
@@ -74,8 +81,8 @@ void coord_registry_destroy(coord_registry_t *registry);
 
 bool coord_registry_healthy(coord_registry_t *registry);
 
-/* The revision of the last change the view applied; 0 before the first
- * load. */
+/* The revision of the last change the view applied (or of its load); 0
+ * before the first load. */
 int64_t coord_registry_revision(coord_registry_t *registry);
 
 /* Every call below writes a message naming the cause into msg (cap bytes)

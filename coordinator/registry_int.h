@@ -33,9 +33,12 @@ struct coord_registry {
 
     pthread_mutex_t lock; /* guards view, revision, synced */
     view_t view;
-    int64_t revision; /* last revision applied to the view */
-    bool synced;      /* the view is loaded and its watch is connected */
-    bool reload;      /* the watch cannot resume: reload the view */
+    /* The last revision the view applied (the load's, then each watch
+     * event's): every change up to it is in the view. Write-throughs at or
+     * below it are dropped (registry_view_put). */
+    int64_t revision;
+    bool synced; /* the view is loaded and its watch is connected */
+    bool reload; /* the watch cannot resume: reload the view */
 
     etcd_watch_t *watch; /* touched by the maintenance thread only */
     atomic_bool healthy;
@@ -49,6 +52,8 @@ struct coord_registry {
     pthread_mutex_t lease_key_lock;
     atomic_bool lease_key_ready;
     uint8_t lease_key[COORD_LEASE_KEY_LEN];
+
+    const char *test_gate; /* FERRY_TEST_WRITE_THROUGH_GATE; see registry_view_put */
 };
 
 /* Builds "<sub_prefix><id>" (sub_prefix: r->ops_prefix or r->claims_prefix)

@@ -342,6 +342,8 @@ ferry_status_t coord_service_create(const coord_service_params_t *params, rpc_se
         return FERRY_ERR_NO_MEMORY;
     }
     svc->server = server;
+    svc->watch_queue_bytes =
+        params->watch_queue_bytes != 0 ? params->watch_queue_bytes : SERVICE_WATCH_QUEUE_BYTES;
     if (pthread_mutex_init(&svc->subs_lock, NULL) != 0) {
         free(svc->name);
         free(svc);
@@ -385,6 +387,11 @@ void coord_service_on_event(void *arg, coord_event_type_t type, const Ferry__V1_
         service_waits_wake(svc, op->request_id);
     }
     service_watch_publish(svc, type, op, revision);
+}
+
+void coord_service_on_reload(void *arg, int64_t revision)
+{
+    service_watch_reload(arg, revision);
 }
 
 void coord_service_on_health(void *arg, bool healthy)

@@ -23,6 +23,9 @@ typedef struct coord_service coord_service_t;
 
 typedef struct {
     const char *name; /* this replica's name, for response headers */
+    /* Bytes a Watch stream may have queued that its client has not taken;
+     * past it the stream ends with RESOURCE_EXHAUSTED. 0: 4 MiB. */
+    size_t watch_queue_bytes;
 } coord_service_params_t;
 
 /* Adds ferry.v1.Coordinator to `server` (before rpc_server_start). The
@@ -36,6 +39,7 @@ void coord_service_attach(coord_service_t *service, coord_registry_t *registry);
  * with the service as arg. */
 void coord_service_on_event(void *arg, coord_event_type_t type, const Ferry__V1__Operation *op,
                             int64_t revision);
+void coord_service_on_reload(void *arg, int64_t revision);
 void coord_service_on_health(void *arg, bool healthy);
 
 /* Ends every wait and stream with UNAVAILABLE ("shutting down") and stops

@@ -206,6 +206,9 @@ ferry_status_t coord_validate_watch(const Ferry__V1__WatchRequest *req, char *ms
     if (by_id == by_prefix) {
         return invalid(msg, cap, "exactly one of request_id and request_id_prefix must be set");
     }
+    if (req->start_revision < 0) {
+        return invalid(msg, cap, "start_revision is negative (0: from now)");
+    }
     if (by_id) {
         return coord_validate_request_id("request_id", req->request_id, msg, cap);
     }
