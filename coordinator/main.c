@@ -19,6 +19,7 @@
 #include "config.h"
 #include "etcd/etcd.h"
 #include "etcd_child.h"
+#include "exec.h"
 #include "registry.h"
 #include "rpc/rpc.h"
 #include "service.h"
@@ -27,6 +28,7 @@ typedef struct {
     coord_config_t config;
     coord_etcd_child_t child;
     etcd_client_t *etcd;
+    coord_exec_t *exec; /* the etcd work queue: stopped after the server, before the registry */
     rpc_server_t *server;
     coord_service_t *service;
     coord_registry_t *registry;
@@ -75,6 +77,10 @@ static ferry_status_t open_server(coordinator_t *c)
         .n_threads = c->config.threads,
         .tls = c->config.tls_cert != NULL ? &tls : NULL,
     };
+    coord_exec_params_t eparams = {
+        .n_workers = c->config.etcd_inflight,
+        .max_queued = c->config.etcd_queue,
+    };
     coord_service_params_t sparams = {.name = c->config.name};
     coord_registry_params_t rparams = {
         .prefix = c->config.prefix,
@@ -82,16 +88,22 @@ static ferry_status_t open_server(coordinator_t *c)
         .on_event = coord_service_on_event,
         .on_health = coord_service_on_health,
     };
-    ferry_status_t status = rpc_server_create(&params, &c->server);
+    ferry_status_t status = coord_exec_create(&eparams, &c->exec);
 
     if (status != FERRY_OK) {
         return status;
     }
+    status = rpc_server_create(&params, &c->server);
+    if (status != FERRY_OK) {
+        return status;
+    }
+    sparams.exec = c->exec;
     status = coord_service_create(&sparams, c->server, &c->service);
     if (status != FERRY_OK) {
         return status;
     }
     rparams.etcd = c->etcd;
+    rparams.exec = c->exec;
     rparams.arg = c->service;
     status = coord_registry_create(&rparams, &c->registry);
     if (status != FERRY_OK) {
@@ -150,9 +162,15 @@ static void close_all(coordinator_t *c)
         rpc_server_set_serving(c->server, "", false);
         rpc_server_shutdown(c->server, c->config.grace_ms);
     }
+    /* Calls still queued for etcd end UNAVAILABLE; running ones finish.
+     * Jobs use the registry, the service and their calls: stop them first. */
+    if (c->exec != NULL) {
+        coord_exec_stop(c->exec);
+    }
     coord_registry_destroy(c->registry);
     coord_service_destroy(c->service);
     rpc_server_destroy(c->server);
+    coord_exec_destroy(c->exec);
     etcd_client_destroy(c->etcd);
     coord_etcd_child_stop(&c->child);
 }

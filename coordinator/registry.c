@@ -145,6 +145,46 @@ static void apply_op_delete(coord_registry_t *r, const char *id, const etcd_even
     ferry__v1__operation__free_unpacked(op, NULL);
 }
 
+/* A claim expiry handed to params.exec, so that its transaction (up to
+ * the etcd timeout, times its retries) never holds the watch thread. */
+typedef struct {
+    coord_registry_t *r;
+    int64_t claim_lease;
+    char id[]; /* NUL-terminated */
+} expiry_job_t;
+
+static void expiry_job_run(void *arg, bool run)
+{
+    expiry_job_t *job = arg;
+
+    if (run) {
+        registry_expire_claim(job->r, job->id, job->claim_lease);
+    } else {
+        ferry_info("op %s: claim expiry dropped at shutdown; another replica, or the next "
+                   "start, marks it",
+                   job->id);
+    }
+    free(job);
+}
+
+static void expire_claim_later(coord_registry_t *r, const char *id, int64_t claim_lease)
+{
+    size_t len = strlen(id);
+    expiry_job_t *job = r->params.exec != NULL ? malloc(sizeof(*job) + len + 1) : NULL;
+
+    if (job != NULL) {
+        job->r = r;
+        job->claim_lease = claim_lease;
+        memcpy(job->id, id, len + 1);
+        if (coord_exec_submit(r->params.exec, expiry_job_run, job, COORD_EXEC_MUST) == FERRY_OK) {
+            return;
+        }
+        expiry_job_run(job, false);
+        return;
+    }
+    registry_expire_claim(r, id, claim_lease); /* no queue (tests), or no memory */
+}
+
 static void apply_claim_delete(coord_registry_t *r, const char *id, const etcd_event_t *ev)
 {
     char lease_buf[32];
@@ -157,7 +197,7 @@ static void apply_claim_delete(coord_registry_t *r, const char *id, const etcd_e
                                                       : sizeof(lease_buf) - 1;
     memcpy(lease_buf, ev->prev_kv.value, n);
     lease_buf[n] = '\0';
-    registry_expire_claim(r, id, strtoll(lease_buf, NULL, 10));
+    expire_claim_later(r, id, strtoll(lease_buf, NULL, 10));
 }
 
 static void on_watch_events(void *arg, const etcd_event_t *events, size_t n_events,

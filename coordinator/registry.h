@@ -24,7 +24,8 @@
  *   - a deleted record that was not final is reported as EXPIRED (its owner's
  *     lease ran out);
  *   - a deleted claim whose operation is still CLAIMED by that claim turns the
- *     operation ERRORED (claim expired).
+ *     operation ERRORED (claim expired): a transaction that params.exec runs,
+ *     so the watch thread never waits on an etcd write.
  *
  * Threads: all functions may be called from any thread. `lock` guards the
  * view, `revision` and `synced`. Callbacks run on the watch thread without
@@ -42,6 +43,7 @@
 
 #include "ferry/v1/coordinator.pb-c.h"
 #include "etcd/etcd.h"
+#include "exec.h"
 
 typedef struct coord_registry coord_registry_t;
 
@@ -59,6 +61,11 @@ typedef struct {
     etcd_client_t *etcd;
     const char *prefix;    /* "/ferry/"; ends with '/', at most COORD_PREFIX_MAX bytes */
     int64_t default_ttl_s; /* leases of Register and Claim when the caller says 0 */
+    /* Runs claim-expiry transactions (off the watch thread) and the revoke
+     * of a lease a failed call made (off the caller's path); NULL: they run
+     * inline. Must outlive the registry's watch (coord_exec_stop first is
+     * fine: jobs then are dropped). */
+    coord_exec_t *exec;
     /* A record changed (PUT) or left (DELETE). `op` is stripped of metadata,
      * token hash and lease IDs; valid during the call. */
     void (*on_event)(void *arg, coord_event_type_t type, const Ferry__V1__Operation *op,

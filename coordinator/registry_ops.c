@@ -102,6 +102,41 @@ static ferry_status_t lease_gone(int64_t lease_id, char *msg, size_t cap)
                          "lease_id %lld has expired or never existed", (long long)lease_id);
 }
 
+typedef struct {
+    coord_registry_t *r;
+    int64_t lease;
+} revoke_job_t;
+
+static void revoke_job_run(void *arg, bool run)
+{
+    revoke_job_t *job = arg;
+
+    if (run) {
+        etcd_lease_revoke(job->r->etcd, job->lease);
+    }
+    free(job);
+}
+
+/* Revokes a lease this call granted and no longer needs, off the caller's
+ * path: after a failed transaction etcd may be slow or gone, and the
+ * caller's answer must not wait for a second timeout. A revoke that never
+ * happens costs only the lease's TTL. */
+static void revoke_later(coord_registry_t *r, int64_t lease)
+{
+    revoke_job_t *job = r->params.exec != NULL ? malloc(sizeof(*job)) : NULL;
+
+    if (job == NULL) {
+        etcd_lease_revoke(r->etcd, lease);
+        return;
+    }
+    *job = (revoke_job_t){.r = r, .lease = lease};
+    if (coord_exec_submit(r->params.exec, revoke_job_run, job, COORD_EXEC_MUST) != FERRY_OK) {
+        ferry_debug("lease %lld: revoke dropped (shutting down); it expires with its ttl",
+                    (long long)lease);
+        free(job);
+    }
+}
+
 void coord_strip(Ferry__V1__Operation *op, bool keep_metadata)
 {
     if (op->token_sha256.data != NULL) {
@@ -221,7 +256,7 @@ err_free:
     free(bytes);
 err_revoke:
     if (req->lease_id == 0) {
-        etcd_lease_revoke(r->etcd, out->lease_id); /* ours, and now useless */
+        revoke_later(r, out->lease_id); /* ours, and now useless */
     }
     return status;
 }
@@ -245,10 +280,13 @@ static ferry_status_t read_record(coord_registry_t *r, const char *id, bool from
 
     if (!from_etcd) {
         pthread_mutex_lock(&r->lock);
-        /* The view answers only while its watch is live and etcd answers:
-         * otherwise a read goes to etcd and says UNAVAILABLE if it must. */
+        /* The view answers while its watch is live. While the watch is
+         * down and etcd answers, etcd is read instead (it is newer). While
+         * etcd cannot commit, nothing newer can be read anywhere this
+         * replica reaches: the view answers what it last saw, rather than
+         * hold the call for an etcd timeout and say UNAVAILABLE. */
         const view_entry_t *e =
-            r->synced && atomic_load(&r->healthy) ? view_find(&r->view, id) : NULL;
+            r->synced || !atomic_load(&r->healthy) ? view_find(&r->view, id) : NULL;
         if (e != NULL) {
             rec->op = ferry__v1__operation__unpack(NULL, e->len, e->bytes);
             rec->mod_revision = e->mod_revision;
@@ -533,7 +571,7 @@ ferry_status_t coord_claim(coord_registry_t *r, const Ferry__V1__ClaimRequest *r
     status = registry_transition(r, req->request_id, &t, out, msg, cap);
     if (status != FERRY_OK) {
         if (req->lease_id == 0) {
-            etcd_lease_revoke(r->etcd, lease.id); /* ours, and now useless */
+            revoke_later(r, lease.id); /* ours, and now useless */
         }
         return status;
     }

@@ -3,6 +3,10 @@
  * request (INVALID_ARGUMENT naming the field), calls the registry, and
  * answers; the status code comes from the registry's ferry_status_t through
  * the RPC layer's one mapping.
+ *
+ * The write RPCs validate on the completion-queue thread and do the rest
+ * (`do_*`) on an etcd worker (service_submit, exec.h), which answers the
+ * call; a completion-queue thread never waits on etcd for them.
  */
 #include "service_int.h"
 
@@ -29,6 +33,68 @@ static bool failed(rpc_call_t *call, ferry_status_t status, const char *msg)
     }
     rpc_call_fail(call, status, "%s", msg);
     return true;
+}
+
+typedef struct {
+    coord_service_t *svc;
+    rpc_call_t *call; /* holds a reference */
+    const ProtobufCMessage *request;
+    service_work_fn fn;
+    int64_t deadline_ms;
+} service_job_t;
+
+static void service_job_run(void *arg, bool run)
+{
+    service_job_t *job = arg;
+
+    if (!run) {
+        rpc_call_fail(job->call, FERRY_ERR_UNAVAILABLE,
+                      "coordinator is shutting down; retry on another replica");
+    } else if (rpc_call_is_cancelled(job->call)) {
+        /* The client left, or its deadline passed while the call waited
+         * for an etcd worker: write nothing it would not hear of. */
+        rpc_call_fail(job->call, FERRY_ERR_TIMED_OUT,
+                      "the deadline passed while waiting for etcd; nothing was written");
+    } else {
+        job->fn(job->svc, job->call, job->request, job->deadline_ms);
+    }
+    rpc_call_unref(job->call);
+    free(job);
+}
+
+void service_submit(coord_service_t *svc, rpc_call_t *call, const ProtobufCMessage *request,
+                    service_work_fn fn, int64_t deadline_ms)
+{
+    service_job_t *job = malloc(sizeof(*job));
+    ferry_status_t status;
+    int running = 0, queued = 0;
+
+    if (job == NULL) {
+        rpc_call_fail(call, FERRY_ERR_NO_MEMORY, "no memory to queue the call");
+        return;
+    }
+    *job = (service_job_t){
+        .svc = svc, .call = call, .request = request, .fn = fn, .deadline_ms = deadline_ms};
+    rpc_call_ref(call);
+    status = coord_exec_submit(svc->exec, service_job_run, job, 0);
+    if (status == FERRY_OK) {
+        return;
+    }
+    if (status == FERRY_ERR_RESOURCE_EXHAUSTED) {
+        coord_exec_load(svc->exec, &running, &queued);
+        ferry_debug("%s from %s: refused, %d etcd calls running and %d queued", rpc_call_path(call),
+                    rpc_call_peer(call), running, queued);
+        rpc_call_fail(call, status,
+                      "too many calls waiting on etcd (%d running, %d queued; --etcd-inflight, "
+                      "--etcd-queue); retry later",
+                      running, queued);
+    } else if (status == FERRY_ERR_UNAVAILABLE) {
+        rpc_call_fail(call, status, "coordinator is shutting down; retry on another replica");
+    } else {
+        rpc_call_fail(call, status, "cannot queue the call: %s", ferry_status_string(status));
+    }
+    rpc_call_unref(call);
+    free(job);
 }
 
 /* The monotonic time a wait of wait_ms ends: no later than the caller's
@@ -71,13 +137,32 @@ static bool not_found_yet(coord_service_t *svc, rpc_call_t *call, wait_kind_t ki
     return true;
 }
 
-static void handle_register(rpc_call_t *call, const ProtobufCMessage *request, void *arg)
+static void do_register(coord_service_t *svc, rpc_call_t *call, const ProtobufCMessage *request,
+                        int64_t deadline_ms)
 {
-    coord_service_t *svc = arg;
     const Ferry__V1__RegisterRequest *req = (const Ferry__V1__RegisterRequest *)request;
     Ferry__V1__RegisterResponse resp = FERRY__V1__REGISTER_RESPONSE__INIT;
     Ferry__V1__ResponseHeader header = FERRY__V1__RESPONSE_HEADER__INIT;
     coord_register_out_t out;
+    char msg[MSG_CAP];
+    ferry_status_t status = coord_register(svc->registry, req, &out, msg, sizeof(msg));
+
+    (void)deadline_ms;
+    if (failed(call, status, msg)) {
+        return;
+    }
+    service_header(svc, &header, out.revision);
+    resp.header = &header;
+    resp.access_token = out.access_token;
+    resp.lease_id = out.lease_id;
+    resp.ttl_seconds = out.ttl_s;
+    resp.lease_token = out.lease_token;
+    rpc_call_reply(call, &resp.base);
+}
+
+static void handle_register(rpc_call_t *call, const ProtobufCMessage *request, void *arg)
+{
+    const Ferry__V1__RegisterRequest *req = (const Ferry__V1__RegisterRequest *)request;
     char msg[MSG_CAP];
     ferry_status_t status;
 
@@ -97,19 +182,10 @@ static void handle_register(rpc_call_t *call, const ProtobufCMessage *request, v
     if (status == FERRY_OK) {
         status = coord_validate_not_negative("lease_id", req->lease_id, msg, sizeof(msg));
     }
-    if (status == FERRY_OK) {
-        status = coord_register(svc->registry, req, &out, msg, sizeof(msg));
-    }
     if (failed(call, status, msg)) {
         return;
     }
-    service_header(svc, &header, out.revision);
-    resp.header = &header;
-    resp.access_token = out.access_token;
-    resp.lease_id = out.lease_id;
-    resp.ttl_seconds = out.ttl_s;
-    resp.lease_token = out.lease_token;
-    rpc_call_reply(call, &resp.base);
+    service_submit(arg, call, request, do_register, 0);
 }
 
 void service_lookup_once(coord_service_t *svc, rpc_call_t *call,
@@ -186,6 +262,12 @@ void service_claim_once(coord_service_t *svc, rpc_call_t *call, const Ferry__V1_
     ferry__v1__operation__free_unpacked(out.op, NULL);
 }
 
+void service_claim_work(coord_service_t *svc, rpc_call_t *call, const ProtobufCMessage *request,
+                        int64_t deadline_ms)
+{
+    service_claim_once(svc, call, (const Ferry__V1__ClaimRequest *)request, deadline_ms);
+}
+
 static void handle_claim(rpc_call_t *call, const ProtobufCMessage *request, void *arg)
 {
     const Ferry__V1__ClaimRequest *req = (const Ferry__V1__ClaimRequest *)request;
@@ -208,7 +290,7 @@ static void handle_claim(rpc_call_t *call, const ProtobufCMessage *request, void
     if (failed(call, status, msg)) {
         return;
     }
-    service_claim_once(arg, call, req, wait_deadline(call, req->wait_ms));
+    service_submit(arg, call, request, service_claim_work, wait_deadline(call, req->wait_ms));
 }
 
 /* Complete and Cancel answer alike: the record after the change, without
@@ -227,10 +309,25 @@ static void reply_change(coord_service_t *svc, rpc_call_t *call, coord_change_ou
     ferry__v1__operation__free_unpacked(out->op, NULL);
 }
 
-static void handle_complete(rpc_call_t *call, const ProtobufCMessage *request, void *arg)
+static void do_complete(coord_service_t *svc, rpc_call_t *call, const ProtobufCMessage *request,
+                        int64_t deadline_ms)
 {
     const Ferry__V1__CompleteRequest *req = (const Ferry__V1__CompleteRequest *)request;
     coord_change_out_t out = {0};
+    char msg[MSG_CAP];
+    ferry_status_t status = coord_complete(svc->registry, req, &out, msg, sizeof(msg));
+
+    (void)deadline_ms;
+    if (failed(call, status, msg)) {
+        return;
+    }
+    Ferry__V1__CompleteResponse resp = FERRY__V1__COMPLETE_RESPONSE__INIT;
+    reply_change(svc, call, &out, &resp.base, &resp.header, &resp.operation);
+}
+
+static void handle_complete(rpc_call_t *call, const ProtobufCMessage *request, void *arg)
+{
+    const Ferry__V1__CompleteRequest *req = (const Ferry__V1__CompleteRequest *)request;
     char msg[MSG_CAP];
     ferry_status_t status;
 
@@ -242,20 +339,31 @@ static void handle_complete(rpc_call_t *call, const ProtobufCMessage *request, v
     if (status == FERRY_OK) {
         status = coord_validate_name("error_message", req->error_message, msg, sizeof(msg));
     }
-    if (status == FERRY_OK) {
-        status = coord_complete(((coord_service_t *)arg)->registry, req, &out, msg, sizeof(msg));
-    }
     if (failed(call, status, msg)) {
         return;
     }
-    Ferry__V1__CompleteResponse resp = FERRY__V1__COMPLETE_RESPONSE__INIT;
-    reply_change(arg, call, &out, &resp.base, &resp.header, &resp.operation);
+    service_submit(arg, call, request, do_complete, 0);
+}
+
+static void do_cancel(coord_service_t *svc, rpc_call_t *call, const ProtobufCMessage *request,
+                      int64_t deadline_ms)
+{
+    const Ferry__V1__CancelRequest *req = (const Ferry__V1__CancelRequest *)request;
+    coord_change_out_t out = {0};
+    char msg[MSG_CAP];
+    ferry_status_t status = coord_cancel(svc->registry, req, &out, msg, sizeof(msg));
+
+    (void)deadline_ms;
+    if (failed(call, status, msg)) {
+        return;
+    }
+    Ferry__V1__CancelResponse resp = FERRY__V1__CANCEL_RESPONSE__INIT;
+    reply_change(svc, call, &out, &resp.base, &resp.header, &resp.operation);
 }
 
 static void handle_cancel(rpc_call_t *call, const ProtobufCMessage *request, void *arg)
 {
     const Ferry__V1__CancelRequest *req = (const Ferry__V1__CancelRequest *)request;
-    coord_change_out_t out = {0};
     char msg[MSG_CAP];
     ferry_status_t status;
 
@@ -263,30 +371,23 @@ static void handle_cancel(rpc_call_t *call, const ProtobufCMessage *request, voi
     if (status == FERRY_OK) {
         status = coord_validate_name("reason", req->reason, msg, sizeof(msg));
     }
-    if (status == FERRY_OK) {
-        status = coord_cancel(((coord_service_t *)arg)->registry, req, &out, msg, sizeof(msg));
-    }
     if (failed(call, status, msg)) {
         return;
     }
-    Ferry__V1__CancelResponse resp = FERRY__V1__CANCEL_RESPONSE__INIT;
-    reply_change(arg, call, &out, &resp.base, &resp.header, &resp.operation);
+    service_submit(arg, call, request, do_cancel, 0);
 }
 
-static void handle_release(rpc_call_t *call, const ProtobufCMessage *request, void *arg)
+static void do_release(coord_service_t *svc, rpc_call_t *call, const ProtobufCMessage *request,
+                       int64_t deadline_ms)
 {
-    coord_service_t *svc = arg;
     const Ferry__V1__ReleaseRequest *req = (const Ferry__V1__ReleaseRequest *)request;
     Ferry__V1__ReleaseResponse resp = FERRY__V1__RELEASE_RESPONSE__INIT;
     Ferry__V1__ResponseHeader header = FERRY__V1__RESPONSE_HEADER__INIT;
     int64_t revision = 0;
     char msg[MSG_CAP];
-    ferry_status_t status;
+    ferry_status_t status = coord_release(svc->registry, req, &revision, msg, sizeof(msg));
 
-    status = coord_validate_target(req->request_id, req->access_token, 1, msg, sizeof(msg));
-    if (status == FERRY_OK) {
-        status = coord_release(svc->registry, req, &revision, msg, sizeof(msg));
-    }
+    (void)deadline_ms;
     if (failed(call, status, msg)) {
         return;
     }
@@ -295,27 +396,47 @@ static void handle_release(rpc_call_t *call, const ProtobufCMessage *request, vo
     rpc_call_reply(call, &resp.base);
 }
 
-static void handle_keepalive(rpc_call_t *call, const ProtobufCMessage *request, void *arg)
+static void handle_release(rpc_call_t *call, const ProtobufCMessage *request, void *arg)
 {
-    coord_service_t *svc = arg;
+    const Ferry__V1__ReleaseRequest *req = (const Ferry__V1__ReleaseRequest *)request;
+    char msg[MSG_CAP];
+    ferry_status_t status;
+
+    status = coord_validate_target(req->request_id, req->access_token, 1, msg, sizeof(msg));
+    if (failed(call, status, msg)) {
+        return;
+    }
+    service_submit(arg, call, request, do_release, 0);
+}
+
+static void do_keepalive(coord_service_t *svc, rpc_call_t *call, const ProtobufCMessage *request,
+                         int64_t deadline_ms)
+{
     const Ferry__V1__KeepAliveRequest *req = (const Ferry__V1__KeepAliveRequest *)request;
     Ferry__V1__KeepAliveResponse resp = FERRY__V1__KEEP_ALIVE_RESPONSE__INIT;
     Ferry__V1__ResponseHeader header = FERRY__V1__RESPONSE_HEADER__INIT;
     char msg[MSG_CAP];
-    ferry_status_t status;
+    ferry_status_t status = coord_keepalive(svc->registry, req->lease_id, req->lease_token,
+                                            &resp.ttl_seconds, msg, sizeof(msg));
 
-    if (req->lease_id <= 0) {
-        rpc_call_fail(call, FERRY_ERR_INVALID_ARGUMENT, "lease_id is required");
-        return;
-    }
-    status = coord_keepalive(svc->registry, req->lease_id, req->lease_token, &resp.ttl_seconds, msg,
-                             sizeof(msg));
+    (void)deadline_ms;
     if (failed(call, status, msg)) {
         return;
     }
     service_header(svc, &header, 0);
     resp.header = &header;
     rpc_call_reply(call, &resp.base);
+}
+
+static void handle_keepalive(rpc_call_t *call, const ProtobufCMessage *request, void *arg)
+{
+    const Ferry__V1__KeepAliveRequest *req = (const Ferry__V1__KeepAliveRequest *)request;
+
+    if (req->lease_id <= 0) {
+        rpc_call_fail(call, FERRY_ERR_INVALID_ARGUMENT, "lease_id is required");
+        return;
+    }
+    service_submit(arg, call, request, do_keepalive, 0);
 }
 
 static void handle_get(rpc_call_t *call, const ProtobufCMessage *request, void *arg)
@@ -393,6 +514,7 @@ ferry_status_t coord_service_create(const coord_service_params_t *params, rpc_se
         return FERRY_ERR_NO_MEMORY;
     }
     svc->server = server;
+    svc->exec = params->exec;
     if (pthread_mutex_init(&svc->subs_lock, NULL) != 0) {
         free(svc->name);
         free(svc);
