@@ -28,7 +28,8 @@ typedef struct {
     coord_config_t config;
     coord_etcd_child_t child;
     etcd_client_t *etcd;
-    coord_exec_t *exec; /* the etcd work queue: stopped after the server, before the registry */
+    coord_exec_t *exec;      /* etcd writes: stopped after the server, before the registry */
+    coord_exec_t *read_exec; /* reads that need etcd: likewise */
     rpc_server_t *server;
     coord_service_t *service;
     coord_registry_t *registry;
@@ -90,6 +91,9 @@ static ferry_status_t open_server(coordinator_t *c)
     };
     ferry_status_t status = coord_exec_create(&eparams, &c->exec);
 
+    if (status == FERRY_OK) {
+        status = coord_exec_create(&eparams, &c->read_exec);
+    }
     if (status != FERRY_OK) {
         return status;
     }
@@ -98,6 +102,7 @@ static ferry_status_t open_server(coordinator_t *c)
         return status;
     }
     sparams.exec = c->exec;
+    sparams.read_exec = c->read_exec;
     status = coord_service_create(&sparams, c->server, &c->service);
     if (status != FERRY_OK) {
         return status;
@@ -167,10 +172,14 @@ static void close_all(coordinator_t *c)
     if (c->exec != NULL) {
         coord_exec_stop(c->exec);
     }
+    if (c->read_exec != NULL) {
+        coord_exec_stop(c->read_exec);
+    }
     coord_registry_destroy(c->registry);
     coord_service_destroy(c->service);
     rpc_server_destroy(c->server);
     coord_exec_destroy(c->exec);
+    coord_exec_destroy(c->read_exec);
     etcd_client_destroy(c->etcd);
     coord_etcd_child_stop(&c->child);
 }

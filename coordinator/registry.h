@@ -16,8 +16,9 @@
  * Reads are served from a view of ops/ (view.h) fed by one etcd watch on the
  * whole prefix. The coordinator's own writes go into the view as soon as
  * etcd acknowledges them, so the view is never older than what this replica
- * has acknowledged; a miss, or any read while the watch is down, goes to
- * etcd.
+ * has acknowledged; a miss, or any read while the watch is down and etcd
+ * answers, goes to etcd. While etcd cannot commit the view answers what it
+ * holds, as last seen (nothing newer can be read).
  *
  * Events: the watch thread reports each change to the params' callbacks, in
  * revision order, after the view has applied it:
@@ -110,6 +111,14 @@ ferry_status_t coord_register(coord_registry_t *registry, const Ferry__V1__Regis
 ferry_status_t coord_lookup(coord_registry_t *registry, const char *request_id, const char *token,
                             bool linearizable, Ferry__V1__Operation **op_p, int64_t *revision_p,
                             char *msg, size_t cap);
+
+/* coord_lookup from the view alone, never waiting on etcd. *answered_p
+ * false (and FERRY_OK): the view cannot answer (it lacks the record, its
+ * watch is down while etcd answers, or linearizable), and only coord_lookup
+ * can, which may wait on etcd. */
+ferry_status_t coord_lookup_view(coord_registry_t *registry, const char *request_id,
+                                 const char *token, bool linearizable, Ferry__V1__Operation **op_p,
+                                 int64_t *revision_p, bool *answered_p, char *msg, size_t cap);
 
 typedef struct {
     Ferry__V1__Operation *op; /* after the change, metadata included */

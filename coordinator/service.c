@@ -6,7 +6,10 @@
  *
  * The write RPCs validate on the completion-queue thread and do the rest
  * (`do_*`) on an etcd worker (service_submit, exec.h), which answers the
- * call; a completion-queue thread never waits on etcd for them.
+ * call. Lookup and Get answer from the view on the completion-queue thread
+ * when it can; a read that needs etcd (a miss, linearizable, List) runs on
+ * a read worker of its own pool. So a completion-queue thread never waits
+ * on etcd, and a read never waits behind a write.
  */
 #include "service_int.h"
 
@@ -62,8 +65,8 @@ static void service_job_run(void *arg, bool run)
     free(job);
 }
 
-void service_submit(coord_service_t *svc, rpc_call_t *call, const ProtobufCMessage *request,
-                    service_work_fn fn, int64_t deadline_ms)
+static void submit_to(coord_service_t *svc, coord_exec_t *exec, rpc_call_t *call,
+                      const ProtobufCMessage *request, service_work_fn fn, int64_t deadline_ms)
 {
     service_job_t *job = malloc(sizeof(*job));
     ferry_status_t status;
@@ -76,12 +79,12 @@ void service_submit(coord_service_t *svc, rpc_call_t *call, const ProtobufCMessa
     *job = (service_job_t){
         .svc = svc, .call = call, .request = request, .fn = fn, .deadline_ms = deadline_ms};
     rpc_call_ref(call);
-    status = coord_exec_submit(svc->exec, service_job_run, job, 0);
+    status = coord_exec_submit(exec, service_job_run, job, 0);
     if (status == FERRY_OK) {
         return;
     }
     if (status == FERRY_ERR_RESOURCE_EXHAUSTED) {
-        coord_exec_load(svc->exec, &running, &queued);
+        coord_exec_load(exec, &running, &queued);
         ferry_debug("%s from %s: refused, %d etcd calls running and %d queued", rpc_call_path(call),
                     rpc_call_peer(call), running, queued);
         rpc_call_fail(call, status,
@@ -95,6 +98,20 @@ void service_submit(coord_service_t *svc, rpc_call_t *call, const ProtobufCMessa
     }
     rpc_call_unref(call);
     free(job);
+}
+
+void service_submit(coord_service_t *svc, rpc_call_t *call, const ProtobufCMessage *request,
+                    service_work_fn fn, int64_t deadline_ms)
+{
+    submit_to(svc, svc->exec, call, request, fn, deadline_ms);
+}
+
+/* A read that only etcd can answer goes to the read workers: it never
+ * waits behind a write, and never holds a completion-queue thread. */
+static void submit_read(coord_service_t *svc, rpc_call_t *call, const ProtobufCMessage *request,
+                        service_work_fn fn, int64_t deadline_ms)
+{
+    submit_to(svc, svc->read_exec, call, request, fn, deadline_ms);
 }
 
 /* The monotonic time a wait of wait_ms ends: no later than the caller's
@@ -188,19 +205,16 @@ static void handle_register(rpc_call_t *call, const ProtobufCMessage *request, v
     service_submit(arg, call, request, do_register, 0);
 }
 
-void service_lookup_once(coord_service_t *svc, rpc_call_t *call,
-                         const Ferry__V1__LookupRequest *req, int64_t deadline_ms)
+/* Answers a Lookup from what the registry said, or parks it (NOT_FOUND
+ * with time left). seq: service_waits_seq() taken before the look. */
+static void lookup_answer(coord_service_t *svc, rpc_call_t *call,
+                          const Ferry__V1__LookupRequest *req, int64_t deadline_ms, uint64_t seq,
+                          ferry_status_t status, Ferry__V1__Operation *op, int64_t revision,
+                          const char *msg)
 {
     Ferry__V1__LookupResponse resp = FERRY__V1__LOOKUP_RESPONSE__INIT;
     Ferry__V1__ResponseHeader header = FERRY__V1__RESPONSE_HEADER__INIT;
-    uint64_t seq = service_waits_seq(svc);
-    Ferry__V1__Operation *op = NULL;
-    int64_t revision = 0;
-    char msg[MSG_CAP];
-    ferry_status_t status;
 
-    status = coord_lookup(svc->registry, req->request_id, req->access_token, req->linearizable, &op,
-                          &revision, msg, sizeof(msg));
     if (status == FERRY_ERR_NOT_FOUND &&
         not_found_yet(svc, call, WAIT_LOOKUP, &req->base, req->request_id, deadline_ms, seq)) {
         return;
@@ -213,6 +227,40 @@ void service_lookup_once(coord_service_t *svc, rpc_call_t *call,
     resp.operation = op;
     rpc_call_reply(call, &resp.base);
     ferry__v1__operation__free_unpacked(op, NULL);
+}
+
+/* A Lookup the view could not answer, on a read worker. */
+static void lookup_etcd_work(coord_service_t *svc, rpc_call_t *call,
+                             const ProtobufCMessage *request, int64_t deadline_ms)
+{
+    const Ferry__V1__LookupRequest *req = (const Ferry__V1__LookupRequest *)request;
+    uint64_t seq = service_waits_seq(svc);
+    Ferry__V1__Operation *op = NULL;
+    int64_t revision = 0;
+    char msg[MSG_CAP];
+    ferry_status_t status = coord_lookup(svc->registry, req->request_id, req->access_token,
+                                         req->linearizable, &op, &revision, msg, sizeof(msg));
+
+    lookup_answer(svc, call, req, deadline_ms, seq, status, op, revision, msg);
+}
+
+void service_lookup_once(coord_service_t *svc, rpc_call_t *call,
+                         const Ferry__V1__LookupRequest *req, int64_t deadline_ms)
+{
+    uint64_t seq = service_waits_seq(svc);
+    Ferry__V1__Operation *op = NULL;
+    int64_t revision = 0;
+    bool answered = false;
+    char msg[MSG_CAP];
+    ferry_status_t status =
+        coord_lookup_view(svc->registry, req->request_id, req->access_token, req->linearizable, &op,
+                          &revision, &answered, msg, sizeof(msg));
+
+    if (!answered) {
+        submit_read(svc, call, &req->base, lookup_etcd_work, deadline_ms);
+        return;
+    }
+    lookup_answer(svc, call, req, deadline_ms, seq, status, op, revision, msg);
 }
 
 static void handle_lookup(rpc_call_t *call, const ProtobufCMessage *request, void *arg)
@@ -439,22 +487,12 @@ static void handle_keepalive(rpc_call_t *call, const ProtobufCMessage *request, 
     service_submit(arg, call, request, do_keepalive, 0);
 }
 
-static void handle_get(rpc_call_t *call, const ProtobufCMessage *request, void *arg)
+static void get_answer(coord_service_t *svc, rpc_call_t *call, ferry_status_t status,
+                       Ferry__V1__Operation *op, int64_t revision, const char *msg)
 {
-    coord_service_t *svc = arg;
-    const Ferry__V1__GetRequest *req = (const Ferry__V1__GetRequest *)request;
     Ferry__V1__GetResponse resp = FERRY__V1__GET_RESPONSE__INIT;
     Ferry__V1__ResponseHeader header = FERRY__V1__RESPONSE_HEADER__INIT;
-    Ferry__V1__Operation *op = NULL;
-    int64_t revision = 0;
-    char msg[MSG_CAP];
-    ferry_status_t status;
 
-    status = coord_validate_request_id("request_id", req->request_id, msg, sizeof(msg));
-    if (status == FERRY_OK) {
-        status = coord_lookup(svc->registry, req->request_id, NULL, req->linearizable, &op,
-                              &revision, msg, sizeof(msg));
-    }
     if (failed(call, status, msg)) {
         return;
     }
@@ -465,12 +503,67 @@ static void handle_get(rpc_call_t *call, const ProtobufCMessage *request, void *
     ferry__v1__operation__free_unpacked(op, NULL);
 }
 
-static void handle_list(rpc_call_t *call, const ProtobufCMessage *request, void *arg)
+/* A Get the view could not answer, on a read worker. */
+static void get_etcd_work(coord_service_t *svc, rpc_call_t *call, const ProtobufCMessage *request,
+                          int64_t deadline_ms)
+{
+    const Ferry__V1__GetRequest *req = (const Ferry__V1__GetRequest *)request;
+    Ferry__V1__Operation *op = NULL;
+    int64_t revision = 0;
+    char msg[MSG_CAP];
+    ferry_status_t status = coord_lookup(svc->registry, req->request_id, NULL, req->linearizable,
+                                         &op, &revision, msg, sizeof(msg));
+
+    (void)deadline_ms;
+    get_answer(svc, call, status, op, revision, msg);
+}
+
+static void handle_get(rpc_call_t *call, const ProtobufCMessage *request, void *arg)
 {
     coord_service_t *svc = arg;
+    const Ferry__V1__GetRequest *req = (const Ferry__V1__GetRequest *)request;
+    Ferry__V1__Operation *op = NULL;
+    int64_t revision = 0;
+    bool answered = false;
+    char msg[MSG_CAP];
+    ferry_status_t status;
+
+    status = coord_validate_request_id("request_id", req->request_id, msg, sizeof(msg));
+    if (failed(call, status, msg)) {
+        return;
+    }
+    status = coord_lookup_view(svc->registry, req->request_id, NULL, req->linearizable, &op,
+                               &revision, &answered, msg, sizeof(msg));
+    if (!answered) {
+        submit_read(svc, call, request, get_etcd_work, 0);
+        return;
+    }
+    get_answer(svc, call, status, op, revision, msg);
+}
+
+/* List always reads etcd: on a read worker. */
+static void do_list(coord_service_t *svc, rpc_call_t *call, const ProtobufCMessage *request,
+                    int64_t deadline_ms)
+{
     const Ferry__V1__ListRequest *req = (const Ferry__V1__ListRequest *)request;
     Ferry__V1__ListResponse resp = FERRY__V1__LIST_RESPONSE__INIT;
     Ferry__V1__ResponseHeader header = FERRY__V1__RESPONSE_HEADER__INIT;
+    char msg[MSG_CAP];
+    ferry_status_t status;
+
+    (void)deadline_ms;
+    service_header(svc, &header, 0);
+    resp.header = &header;
+    status = coord_list(svc->registry, req, &resp, msg, sizeof(msg));
+    if (!failed(call, status, msg)) {
+        rpc_call_reply(call, &resp.base);
+    }
+    coord_list_free(&resp);
+}
+
+static void handle_list(rpc_call_t *call, const ProtobufCMessage *request, void *arg)
+{
+    const Ferry__V1__ListRequest *req = (const Ferry__V1__ListRequest *)request;
     char msg[MSG_CAP];
     ferry_status_t status = FERRY_OK;
 
@@ -484,15 +577,10 @@ static void handle_list(rpc_call_t *call, const ProtobufCMessage *request, void 
     if (status == FERRY_OK) {
         status = coord_validate_prefix("page_token", req->page_token, msg, sizeof(msg));
     }
-    service_header(svc, &header, 0);
-    resp.header = &header;
-    if (status == FERRY_OK) {
-        status = coord_list(svc->registry, req, &resp, msg, sizeof(msg));
+    if (failed(call, status, msg)) {
+        return;
     }
-    if (!failed(call, status, msg)) {
-        rpc_call_reply(call, &resp.base);
-    }
-    coord_list_free(&resp);
+    submit_read(arg, call, request, do_list, 0);
 }
 
 static const rpc_method_t coordinator_methods[] = {
@@ -515,6 +603,7 @@ ferry_status_t coord_service_create(const coord_service_params_t *params, rpc_se
     }
     svc->server = server;
     svc->exec = params->exec;
+    svc->read_exec = params->read_exec;
     if (pthread_mutex_init(&svc->subs_lock, NULL) != 0) {
         free(svc->name);
         free(svc);

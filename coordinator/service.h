@@ -7,7 +7,8 @@
  * write RPCs (Register, Claim, Complete, Cancel, Release, KeepAlive) only
  * validate there and hand their etcd work to the etcd work queue (exec.h),
  * which answers them; reads (Lookup, Get, List) and Health never queue
- * behind a write. Events
+ * behind a write: a read the view cannot answer, and List, run on a pool
+ * of read workers of their own. Events
  * arrive on the registry's watch thread, which only marks waits ready and
  * queues stream messages. A wait thread of the service's own re-runs ready
  * waits and fails expired ones, so no completion-queue thread ever blocks on
@@ -27,8 +28,9 @@
 typedef struct coord_service coord_service_t;
 
 typedef struct {
-    const char *name;   /* this replica's name, for response headers */
-    coord_exec_t *exec; /* runs the write RPCs (exec.h); outlives the service's calls */
+    const char *name;        /* this replica's name, for response headers */
+    coord_exec_t *exec;      /* runs the write RPCs (exec.h); outlives the service's calls */
+    coord_exec_t *read_exec; /* runs the reads that need etcd; likewise */
 } coord_service_params_t;
 
 /* Adds ferry.v1.Coordinator to `server` (before rpc_server_start). The

@@ -36,7 +36,8 @@ struct coord_service {
     char *name;
     rpc_server_t *server;
     coord_registry_t *registry;
-    coord_exec_t *exec; /* runs every call that waits on an etcd write */
+    coord_exec_t *exec;      /* runs every call that waits on an etcd write */
+    coord_exec_t *read_exec; /* runs reads that need etcd (view misses, List) */
 
     pthread_mutex_t waits_lock; /* guards waits, stopping */
     pthread_cond_t waits_cond;

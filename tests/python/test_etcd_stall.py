@@ -1,9 +1,10 @@
-"""Never wait behind etcd: with etcd frozen (SIGSTOP) and many writes in
-flight, the coordinator still answers what it can answer without etcd.
+"""Never wait behind etcd: with etcd frozen (SIGSTOP) and many writes (and
+reads that need etcd: List, linearizable Get) in flight, the coordinator
+still answers what it can answer without etcd.
 
   - Health.Check answers (within its 2 s deadline) and turns NOT_SERVING;
   - Lookup and Get of an ID the replica knows answer OK from its view;
-  - after SIGCONT every write in flight has an answer within its deadline:
+  - after SIGCONT every call in flight has an answer within its deadline:
     OK, UNAVAILABLE, RESOURCE_EXHAUSTED or DEADLINE_EXCEEDED, never a hang;
   - with a small --etcd-inflight and --etcd-queue, writes beyond them are
     refused at once with RESOURCE_EXHAUSTED.
@@ -26,6 +27,7 @@ from ferry_harness import wait_until  # noqa: E402
 import grpc  # noqa: E402
 
 WRITES = 64
+READS = 16
 WRITE_TIMEOUT = 20  # seconds: each write's gRPC deadline
 CHECK_TIMEOUT = 2  # seconds: Health.Check and Lookup deadlines
 BOUND = 30  # seconds: what "within a bounded time" means here
@@ -103,6 +105,13 @@ class EtcdStall(unittest.TestCase):
         futures = [write_stubs[i % 4].Register.future(self.register_req(f"w{i}"),
                                                       timeout=WRITE_TIMEOUT)
                    for i in range(WRITES)]
+        # And reads that only etcd can answer (List, a linearizable Get):
+        # they wait on etcd too, but on workers of their own.
+        reads = [write_stubs[i % 4].List.future(self.cpb.ListRequest(), timeout=WRITE_TIMEOUT)
+                 for i in range(READS)]
+        reads += [write_stubs[i % 4].Get.future(
+            self.cpb.GetRequest(request_id="known", linearizable=True), timeout=WRITE_TIMEOUT)
+            for i in range(READS)]
 
         # Health answers every check within its deadline, and says
         # NOT_SERVING once the coordinator has seen etcd stop answering.
@@ -113,7 +122,7 @@ class EtcdStall(unittest.TestCase):
                 status = check(hpb.HealthCheckRequest(service=""), timeout=CHECK_TIMEOUT).status
             except grpc.RpcError as e:
                 self.fail(f"Health.Check did not answer within {CHECK_TIMEOUT} s while etcd "
-                          f"was frozen with {WRITES} writes in flight: {e.code()}")
+                          f"was frozen with {WRITES} writes and {2 * READS} etcd reads in flight: {e.code()}")
             if status == hpb.HealthCheckResponse.NOT_SERVING:
                 break
             time.sleep(0.05)
@@ -145,6 +154,13 @@ class EtcdStall(unittest.TestCase):
                 self.assertIn(code, CLEAR_CODES, f"w{i}: {code} {e.details()}")
             codes[code] = codes.get(code, 0) + 1
         print(f"FIGURE writes during the stall: {codes}", flush=True)
+        for i, f in enumerate(reads):
+            try:
+                f.result(timeout=WRITE_TIMEOUT + 10)
+            except grpc.FutureTimeoutError:
+                self.fail(f"read {i} had no answer {WRITE_TIMEOUT + 10} s after it was sent")
+            except grpc.RpcError as e:
+                self.assertIn(e.code(), CLEAR_CODES, f"read {i}: {e.code()} {e.details()}")
 
         wait_until(lambda: check(hpb.HealthCheckRequest(service=""), timeout=CHECK_TIMEOUT).status
                    == hpb.HealthCheckResponse.SERVING, BOUND, "SERVING after SIGCONT")
