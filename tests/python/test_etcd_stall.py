@@ -7,11 +7,14 @@ still answers what it can answer without etcd.
   - after SIGCONT every call in flight has an answer within its deadline:
     OK, UNAVAILABLE, RESOURCE_EXHAUSTED or DEADLINE_EXCEEDED, never a hang;
   - with a small --etcd-inflight and --etcd-queue, writes beyond them are
-    refused at once with RESOURCE_EXHAUSTED.
+    refused at once with RESOURCE_EXHAUSTED;
+  - a Register that fails after its lease was granted still revokes it
+    (now in the background, off the caller's path).
 
 Correctness only: "answers" means within the call's own gRPC deadline; no
 timing is asserted beyond that. Run with /usr/bin/python3 from CTest.
 """
+import json
 import os
 import shutil
 import signal
@@ -19,6 +22,7 @@ import sys
 import tempfile
 import time
 import unittest
+import urllib.request
 
 sys.path.insert(0, os.path.dirname(__file__))
 import ferry_harness  # noqa: E402
@@ -191,6 +195,27 @@ class EtcdStall(unittest.TestCase):
     def _refused(futures):
         return sum(1 for f in futures
                    if f.done() and f.code() == grpc.StatusCode.RESOURCE_EXHAUSTED)
+
+    def test_failed_register_revokes_its_lease(self):
+        """A Register that fails after its lease was granted revokes the
+        lease off the caller's path (an etcd work-queue job), but revokes
+        it: no lease is left behind."""
+        self.start_coordinator()
+        stub, _ = self.stub()
+        stub.Register(self.register_req("dup"), timeout=WRITE_TIMEOUT)
+        before = self._leases()
+        for _ in range(3):
+            with self.assertRaises(grpc.RpcError) as cm:
+                stub.Register(self.register_req("dup"), timeout=WRITE_TIMEOUT)
+            self.assertEqual(cm.exception.code(), grpc.StatusCode.ALREADY_EXISTS)
+        wait_until(lambda: self._leases() == before, BOUND,
+                   "the failed registrations' leases to be revoked")
+
+    def _leases(self):
+        req = urllib.request.Request(self.etcd.endpoint + "/v3/lease/leases", data=b"{}",
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=5) as r:
+            return {lease["ID"] for lease in json.loads(r.read()).get("leases", [])}
 
     def _register_ok(self, stub, rid):
         try:
