@@ -413,6 +413,12 @@ ferry_status_t coord_registry_create(const coord_registry_params_t *params,
         status = FERRY_ERR_NO_MEMORY;
         goto err_cond;
     }
+    if (pthread_cond_init(&r->lease_key_cond, NULL) != 0) {
+        ferry_error("registry: pthread_cond_init failed");
+        pthread_mutex_destroy(&r->lease_key_lock);
+        status = FERRY_ERR_NO_MEMORY;
+        goto err_cond;
+    }
 
     atomic_store(&r->healthy, etcd_ping(r->etcd, NULL) == FERRY_OK);
     if (!atomic_load(&r->healthy) || load_view(r) != FERRY_OK) {
@@ -436,6 +442,7 @@ ferry_status_t coord_registry_create(const coord_registry_params_t *params,
 
 err_watch:
     etcd_watch_destroy(r->watch);
+    pthread_cond_destroy(&r->lease_key_cond);
     pthread_mutex_destroy(&r->lease_key_lock);
 err_cond:
     pthread_cond_destroy(&r->maint_cond);
@@ -462,6 +469,7 @@ void coord_registry_destroy(coord_registry_t *r)
     pthread_mutex_unlock(&r->lock);
     pthread_join(r->maint_thread, NULL);
     etcd_watch_destroy(r->watch);
+    pthread_cond_destroy(&r->lease_key_cond);
     pthread_mutex_destroy(&r->lease_key_lock);
     pthread_cond_destroy(&r->maint_cond);
     pthread_mutex_destroy(&r->lock);
