@@ -8,6 +8,7 @@ still answers what it can answer without etcd.
     OK, UNAVAILABLE, RESOURCE_EXHAUSTED or DEADLINE_EXCEEDED, never a hang;
   - with a small --etcd-inflight and --etcd-queue, writes beyond them are
     refused at once with RESOURCE_EXHAUSTED;
+  - a write that waited in the queue past its deadline writes nothing;
   - a Register that fails after its lease was granted still revokes it
     (now in the background, off the caller's path).
 
@@ -195,6 +196,34 @@ class EtcdStall(unittest.TestCase):
     def _refused(futures):
         return sum(1 for f in futures
                    if f.done() and f.code() == grpc.StatusCode.RESOURCE_EXHAUSTED)
+
+    def test_queued_write_past_its_deadline_writes_nothing(self):
+        """With one etcd worker and etcd frozen, four Registers with a short
+        deadline: the first runs (and may be written once etcd is back),
+        the others wait in the queue past their deadline and write
+        nothing."""
+        self.start_coordinator(extra=("--etcd-inflight", "1"))
+        stub, _ = self.stub()
+        stub.Register(self.register_req("known"), timeout=WRITE_TIMEOUT)
+        self.freeze()
+        ids = [f"late{i}" for i in range(4)]
+        futures = [stub.Register.future(self.register_req(rid), timeout=1) for rid in ids]
+        for f in futures:
+            with self.assertRaises(grpc.RpcError) as cm:
+                f.result(timeout=WRITE_TIMEOUT)
+            self.assertEqual(cm.exception.code(), grpc.StatusCode.DEADLINE_EXCEEDED)
+        self.thaw()
+        # The queue is FIFO: once a later write is through, those are done.
+        wait_until(lambda: self._register_ok(stub, "after"), BOUND, "a write after SIGCONT")
+        written = []
+        for rid in ids:
+            try:
+                stub.Get(self.cpb.GetRequest(request_id=rid, linearizable=True),
+                         timeout=WRITE_TIMEOUT)
+                written.append(rid)
+            except grpc.RpcError as e:
+                self.assertEqual(e.code(), grpc.StatusCode.NOT_FOUND, e.details())
+        self.assertLessEqual(len(written), 1, f"written after their deadline: {written}")
 
     def test_failed_register_revokes_its_lease(self):
         """A Register that fails after its lease was granted revokes the
