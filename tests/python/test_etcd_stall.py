@@ -127,7 +127,8 @@ class EtcdStall(unittest.TestCase):
                 status = check(hpb.HealthCheckRequest(service=""), timeout=CHECK_TIMEOUT).status
             except grpc.RpcError as e:
                 self.fail(f"Health.Check did not answer within {CHECK_TIMEOUT} s while etcd "
-                          f"was frozen with {WRITES} writes and {2 * READS} etcd reads in flight: {e.code()}")
+                          f"was frozen with {WRITES} writes and {2 * READS} etcd reads in "
+                          f"flight: {e.code()}")
             if status == hpb.HealthCheckResponse.NOT_SERVING:
                 break
             time.sleep(0.05)
