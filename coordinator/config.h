@@ -13,6 +13,8 @@ typedef struct {
     const char *prefix;        /* --prefix, FERRY_PREFIX; default /ferry/ */
     int ttl_s;                 /* --ttl, FERRY_TTL; default 10 */
     int threads;               /* --threads, FERRY_THREADS; default 16 */
+    int etcd_inflight;         /* --etcd-inflight, FERRY_ETCD_INFLIGHT; default 16 */
+    int etcd_queue;            /* --etcd-queue, FERRY_ETCD_QUEUE; default 1024 */
     const char *name;          /* --name, FERRY_NAME; default host name */
     const char *state_dir;     /* --state-dir, FERRY_STATE_DIR */
     const char *port_file;     /* --port-file: write the bound port there */

@@ -182,6 +182,46 @@ static void apply_op_delete(coord_registry_t *r, const char *id, const etcd_even
     ferry__v1__operation__free_unpacked(op, NULL);
 }
 
+/* A claim expiry handed to params.exec, so that its transaction (up to
+ * the etcd timeout, times its retries) never holds the watch thread. */
+typedef struct {
+    coord_registry_t *r;
+    int64_t claim_lease;
+    char id[]; /* NUL-terminated */
+} expiry_job_t;
+
+static void expiry_job_run(void *arg, bool run)
+{
+    expiry_job_t *job = arg;
+
+    if (run) {
+        registry_expire_claim(job->r, job->id, job->claim_lease);
+    } else {
+        ferry_info("op %s: claim expiry dropped at shutdown; another replica, or the next "
+                   "start, marks it",
+                   job->id);
+    }
+    free(job);
+}
+
+static void expire_claim_later(coord_registry_t *r, const char *id, int64_t claim_lease)
+{
+    size_t len = strlen(id);
+    expiry_job_t *job = r->params.exec != NULL ? malloc(sizeof(*job) + len + 1) : NULL;
+
+    if (job != NULL) {
+        job->r = r;
+        job->claim_lease = claim_lease;
+        memcpy(job->id, id, len + 1);
+        if (coord_exec_submit(r->params.exec, expiry_job_run, job, COORD_EXEC_MUST) == FERRY_OK) {
+            return;
+        }
+        expiry_job_run(job, false);
+        return;
+    }
+    registry_expire_claim(r, id, claim_lease); /* no queue (tests), or no memory */
+}
+
 static void apply_claim_delete(coord_registry_t *r, const char *id, const etcd_event_t *ev)
 {
     char lease_buf[32];
@@ -194,7 +234,7 @@ static void apply_claim_delete(coord_registry_t *r, const char *id, const etcd_e
                                                       : sizeof(lease_buf) - 1;
     memcpy(lease_buf, ev->prev_kv.value, n);
     lease_buf[n] = '\0';
-    registry_expire_claim(r, id, strtoll(lease_buf, NULL, 10));
+    expire_claim_later(r, id, strtoll(lease_buf, NULL, 10));
 }
 
 /* The view's revision advances with the events it applies, never with a
@@ -504,6 +544,12 @@ ferry_status_t coord_registry_create(const coord_registry_params_t *params,
         status = FERRY_ERR_NO_MEMORY;
         goto err_cond;
     }
+    if (pthread_cond_init(&r->lease_key_cond, NULL) != 0) {
+        ferry_error("registry: pthread_cond_init failed");
+        pthread_mutex_destroy(&r->lease_key_lock);
+        status = FERRY_ERR_NO_MEMORY;
+        goto err_cond;
+    }
     r->test_gate = getenv("FERRY_TEST_WRITE_THROUGH_GATE");
 
     atomic_store(&r->healthy, etcd_ping(r->etcd, NULL) == FERRY_OK);
@@ -528,6 +574,7 @@ ferry_status_t coord_registry_create(const coord_registry_params_t *params,
 
 err_watch:
     etcd_watch_destroy(r->watch);
+    pthread_cond_destroy(&r->lease_key_cond);
     pthread_mutex_destroy(&r->lease_key_lock);
 err_cond:
     pthread_cond_destroy(&r->maint_cond);
@@ -554,6 +601,7 @@ void coord_registry_destroy(coord_registry_t *r)
     pthread_mutex_unlock(&r->lock);
     pthread_join(r->maint_thread, NULL);
     etcd_watch_destroy(r->watch);
+    pthread_cond_destroy(&r->lease_key_cond);
     pthread_mutex_destroy(&r->lease_key_lock);
     pthread_cond_destroy(&r->maint_cond);
     pthread_mutex_destroy(&r->lock);

@@ -47,9 +47,15 @@ struct coord_registry {
     pthread_cond_t maint_cond; /* with lock; wakes the maintenance thread */
     bool stopping;             /* guarded by lock */
 
-    /* The lease secret (registry_lease.c). lease_key_lock serialises its
-     * loading; lease_key is written once, before lease_key_ready is set. */
+    /* The lease secret (registry_lease.c). lease_key_lock guards the
+     * lease_key_loading/round/status below and is never held across the
+     * etcd transaction that loads the key; lease_key is written once, by
+     * the one loader, before lease_key_ready is set. */
     pthread_mutex_t lease_key_lock;
+    pthread_cond_t lease_key_cond;   /* with lease_key_lock: a load ended */
+    bool lease_key_loading;          /* a thread is loading the key */
+    unsigned long lease_key_round;   /* loads ended so far */
+    ferry_status_t lease_key_status; /* how the last one ended */
     atomic_bool lease_key_ready;
     uint8_t lease_key[COORD_LEASE_KEY_LEN];
 

@@ -3,7 +3,12 @@
  * things that hold calls open: waits (Lookup/Claim with wait_ms) and Watch
  * streams fed by the registry's one etcd watch.
  *
- * Threads: handlers run on the RPC layer's completion-queue threads. Events
+ * Threads: handlers run on the RPC layer's completion-queue threads. The
+ * write RPCs (Register, Claim, Complete, Cancel, Release, KeepAlive) only
+ * validate there and hand their etcd work to the etcd work queue (exec.h),
+ * which answers them; reads (Lookup, Get, List) and Health never queue
+ * behind a write: a read the view cannot answer, and List, run on a pool
+ * of read workers of their own. Events
  * arrive on the registry's watch thread, which only marks waits ready and
  * queues stream messages. A wait thread of the service's own re-runs ready
  * waits and fails expired ones, so no completion-queue thread ever blocks on
@@ -16,13 +21,16 @@
 
 #include <ferry/status.h>
 
+#include "exec.h"
 #include "registry.h"
 #include "rpc/rpc.h"
 
 typedef struct coord_service coord_service_t;
 
 typedef struct {
-    const char *name; /* this replica's name, for response headers */
+    const char *name;        /* this replica's name, for response headers */
+    coord_exec_t *exec;      /* runs the write RPCs (exec.h); outlives the service's calls */
+    coord_exec_t *read_exec; /* runs the reads that need etcd; likewise */
     /* Bytes a Watch stream may have queued that its client has not taken;
      * past it the stream ends with RESOURCE_EXHAUSTED. 0: 4 MiB. */
     size_t watch_queue_bytes;

@@ -7,6 +7,7 @@
 
 #include <pthread.h>
 
+#include "exec.h"
 #include "service.h"
 
 typedef enum {
@@ -54,6 +55,8 @@ struct coord_service {
     char *name;
     rpc_server_t *server;
     coord_registry_t *registry;
+    coord_exec_t *exec;      /* runs every call that waits on an etcd write */
+    coord_exec_t *read_exec; /* runs reads that need etcd (view misses, List) */
 
     pthread_mutex_t waits_lock; /* guards waits, stopping */
     pthread_cond_t waits_cond;
@@ -94,6 +97,24 @@ int64_t service_wait_deadline(int64_t now_ms, int64_t wait_ms, int64_t left_ms);
 void service_lookup_once(coord_service_t *svc, rpc_call_t *call,
                          const Ferry__V1__LookupRequest *req, int64_t deadline_ms);
 void service_claim_once(coord_service_t *svc, rpc_call_t *call, const Ferry__V1__ClaimRequest *req,
+                        int64_t deadline_ms);
+
+/* A write RPC's work, run on an etcd worker (exec.h): it calls the
+ * registry and ends the call. */
+typedef void (*service_work_fn)(coord_service_t *svc, rpc_call_t *call,
+                                const ProtobufCMessage *request, int64_t deadline_ms);
+
+/* Hands `fn` to an etcd worker and returns at once, so that no
+ * completion-queue thread (nor the wait thread) waits on etcd. The call
+ * keeps a reference until fn has run. When the queue is full the call ends
+ * with RESOURCE_EXHAUSTED, when it is stopping with UNAVAILABLE; a call
+ * whose deadline passed while it waited ends with DEADLINE_EXCEEDED and
+ * writes nothing. */
+void service_submit(coord_service_t *svc, rpc_call_t *call, const ProtobufCMessage *request,
+                    service_work_fn fn, int64_t deadline_ms);
+
+/* service_claim_once as a service_work_fn (request: a ClaimRequest). */
+void service_claim_work(coord_service_t *svc, rpc_call_t *call, const ProtobufCMessage *request,
                         int64_t deadline_ms);
 
 /* Parks `call` until its operation changes or deadline_ms passes.

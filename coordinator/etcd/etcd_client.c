@@ -169,6 +169,12 @@ ferry_status_t etcd_client_create(const etcd_params_t *params, etcd_client_t **c
         free(client);
         return FERRY_ERR_NO_MEMORY;
     }
+    if (pthread_cond_init(&client->auth_cond, NULL) != 0) {
+        pthread_mutex_destroy(&client->auth_lock);
+        pthread_mutex_destroy(&client->pool_lock);
+        free(client);
+        return FERRY_ERR_NO_MEMORY;
+    }
     ferry_status_t status = etcd_copy_params(client, params);
     if (status != FERRY_OK) {
         goto err_client;
@@ -210,6 +216,7 @@ void etcd_client_destroy(etcd_client_t *client)
     free(client->password);
     free(client->token);
     pthread_mutex_destroy(&client->pool_lock);
+    pthread_cond_destroy(&client->auth_cond);
     pthread_mutex_destroy(&client->auth_lock);
     free(client);
 }

@@ -79,9 +79,16 @@ struct etcd_client {
     CURL **pool;               /* idle easy handles, each with live connections */
     size_t n_pool;
 
-    pthread_mutex_t auth_lock; /* guards token and token_gen */
-    char *token;               /* NULL: not authenticated (yet) */
-    unsigned long token_gen;   /* bumped on every new token */
+    /* auth_lock guards token, token_gen and the auth_* fields below; it
+     * is never held across network I/O (etcd_auth.c). */
+    pthread_mutex_t auth_lock;
+    pthread_cond_t auth_cond;   /* with auth_lock: an authentication ended */
+    char *token;                /* NULL: not authenticated (yet) */
+    unsigned long token_gen;    /* bumped on every new token */
+    bool auth_busy;             /* a thread is authenticating */
+    unsigned long auth_round;   /* authentications ended so far */
+    ferry_status_t auth_status; /* how the last one ended */
+    char auth_error[512];       /* and its etcd_client_last_error() */
 
     atomic_long n_connects; /* new TCP connections made, for tests */
 };

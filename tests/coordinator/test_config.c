@@ -34,6 +34,21 @@ static void test_defaults(void **state)
     assert_int_equal(c.threads, 16);
     assert_int_equal(c.grace_ms, 5000);
     assert_int_equal(c.watch_queue_kib, 4096);
+    assert_int_equal(c.etcd_inflight, 16);
+    assert_int_equal(c.etcd_queue, 1024);
+}
+
+static void test_etcd_queue_flags(void **state)
+{
+    coord_config_t c;
+    char *argv[] = {"ferry-coordinator", "--etcd-inflight", "4", "--etcd-queue", "0", NULL};
+    (void)state;
+
+    setenv("FERRY_ETCD_INFLIGHT", "9", 1);
+    assert_int_equal(parse(&c, 5, argv), 0);
+    assert_int_equal(c.etcd_inflight, 4);
+    assert_int_equal(c.etcd_queue, 0);
+    unsetenv("FERRY_ETCD_INFLIGHT");
 }
 
 static void test_flag_beats_variable_and_zero_is_a_value(void **state)
@@ -130,6 +145,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_defaults),
         cmocka_unit_test(test_flag_beats_variable_and_zero_is_a_value),
+        cmocka_unit_test(test_etcd_queue_flags),
         cmocka_unit_test(test_refusals),
         cmocka_unit_test(test_limits),
     };
