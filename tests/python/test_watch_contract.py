@@ -466,7 +466,7 @@ class AStuckWatcherBeside100kEvents(unittest.TestCase):
       streams   2 x (4 MiB queue + 64 KiB window)      8.1 MiB
       view      KEYS records x (record + 256)          1.0 MiB
       slack     16 MiB (etcd watch and curl buffers, allocator arenas)
-    33.3 MiB in all, where an unbounded stuck stream alone would hold
+    33.3 MiB in all, where an unbounded stuck stream alone could hold up to
     100,000 x E, about 100 MiB. RSS is sampled throughout; its peak growth
     over the figure before the first event must stay under the bound
     (measured: about 17 MiB; before streams were bounded, 56 to 92 MiB
