@@ -12,7 +12,9 @@
   the write-through until the test lets it go);
 - a stream whose client stops reading is bounded (--watch-queue-kib) and
   ends with RESOURCE_EXHAUSTED naming the revision to resume from, while a
-  reading watcher beside it gets every event.
+  reading watcher beside it gets every event; with 100,000 events passing
+  such a client, the coordinator's RSS stays within the bound the design
+  states (AStuckWatcherBeside100kEvents gives the arithmetic).
 
 Run with /usr/bin/python3 (Debian's grpcio), from CTest.
 """
@@ -429,6 +431,163 @@ class SlowWatchersAreBounded(unittest.TestCase):
             self.assertEqual(got + [g[0] for g in rest], want)
         finally:
             channel.close()
+
+
+def coordinator_is_sanitized():
+    """Whether the coordinator under test was built with ASan (whose
+    quarantine holds freed memory, so RSS bounds do not apply)."""
+    with open(ferry_harness.COORDINATOR, "rb") as f:
+        return b"__asan_init" in f.read()
+
+
+class AStuckWatcherBeside100kEvents(unittest.TestCase):
+    """100,000 events pass a Watch whose raw HTTP/2 client never reads its
+    socket, beside a gRPC watcher that reads: the coordinator's RSS stays
+    within the bound its design states, the stuck stream is ended
+    (RESOURCE_EXHAUSTED, logged as "fell behind" with its peer), and the
+    reader gets every event, in revision order, with no gap.
+
+    The events are cheap to make: valid ferry.v1.Operation records written
+    straight into etcd under the replica's <prefix>ops/, 128 puts a
+    transaction (etcd's default --max-txn-ops) through the JSON gateway.
+    Each put is one watch event; the puts of one transaction share its
+    revision, in the transaction's order. KEYS distinct request IDs are
+    written in turn, so the view holds KEYS records however many events
+    pass; each record carries an error_message of PAD bytes so an event is
+    about 1 KiB. The writer stays at most WINDOW events ahead of the
+    reader (2 MiB, under the reader's own 4 MiB bound), as a reading client
+    that keeps up would.
+
+    The bound (the default --watch-queue-kib, 4096), with E the packed
+    size of one event's WatchResponse (793 bytes here) plus 256 bytes of
+    bookkeeping (the rpc_msg_t, the slice's header, the strdup'ed request
+    ID, malloc's headers), so E = 1049:
+      history   8192 events x E                       8.2 MiB
+      streams   2 x (4 MiB queue + 64 KiB window)      8.1 MiB
+      view      KEYS records x (record + 256)          1.0 MiB
+      slack     16 MiB (etcd watch and curl buffers, allocator arenas)
+    33.3 MiB in all, where an unbounded stuck stream alone could hold up to
+    100,000 x E, about 100 MiB. RSS is sampled throughout; its peak growth
+    over the figure before the first event must stay under the bound
+    (measured: about 17 MiB; before streams were bounded, 56 to 92 MiB
+    in three runs, 570 to 970 bytes an event). Under
+    ASan the allocator's quarantine keeps freed memory, so there the figure
+    is printed, not asserted."""
+
+    EVENTS = 100_000
+    KEYS = 1024
+    PAD = 600
+    WINDOW = 2048
+    TXN_OPS = 128
+    SLACK_KIB = 16 << 10
+
+    @classmethod
+    def setUpClass(cls):
+        cls.r = Replica("bulk", "/bulk/")
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.r.stop()
+
+    def rid(self, k):
+        return f"bulk-{k:04d}-" + "x" * 118  # 128 bytes, the most Register allows
+
+    def record(self, i):
+        pb = self.r.pb
+        return pb.Operation(
+            request_id=self.rid(i % self.KEYS), kind=pb.OPERATION_KIND_WRITE,
+            state=pb.OPERATION_STATE_ERRORED, owner="bulk-writer", created_unix_ms=1,
+            updated_unix_ms=1 + i, error_code=1,
+            error_message=f"event {i:06d} " + "e" * self.PAD).SerializeToString()
+
+    def bound_kib(self):
+        r = self.r
+        op = r.pb.Operation()
+        op.ParseFromString(self.record(0))
+        event = r.cpb.WatchResponse(
+            header=r.pb.ResponseHeader(revision=1 << 40, coordinator="bulk"),
+            events=[r.cpb.WatchEvent(type=r.cpb.WATCH_EVENT_TYPE_PUT, operation=op)])
+        e = event.ByteSize() + 256
+        history = 8192 * e
+        streams = 2 * (4096 + 64) * 1024
+        view = self.KEYS * (len(self.record(0)) + 256)
+        return (history + streams + view) // 1024 + self.SLACK_KIB, e
+
+    def test_rss_stays_bounded_and_the_reader_gets_every_event(self):
+        r, pid = self.r, self.r.coord.proc.pid
+        bound, event_bytes = self.bound_kib()
+        sock = open_stuck_watch(r.coord.port, r.cpb.WatchRequest(request_id_prefix="bulk-"))
+        stuck_peer = f"ipv4:127.0.0.1:{sock.getsockname()[1]}"
+        got, errors, cond, done = [], [], threading.Condition(), threading.Event()
+        peak = [0]
+        try:
+            reader = r.watch(request_id_prefix="bulk-", timeout=300)
+            self.assertTrue(next(reader).created)
+            rss_before = rss_kib(pid)
+
+            def read():
+                try:
+                    for msg in reader:
+                        with cond:
+                            got.extend((msg.header.revision, ev.operation.request_id)
+                                       for ev in msg.events)
+                            cond.notify_all()
+                            if len(got) >= self.EVENTS:
+                                break
+                except grpc.RpcError as e:
+                    errors.append(e)
+                finally:
+                    reader.cancel()
+                    with cond:
+                        cond.notify_all()
+
+            def sample():  # a measurement, not a synchronization
+                while not done.is_set():
+                    peak[0] = max(peak[0], rss_kib(pid))
+                    done.wait(0.02)
+
+            threads = [threading.Thread(target=read), threading.Thread(target=sample)]
+            for t in threads:
+                t.start()
+            want, n = [], 0
+            ops_prefix = r.prefix + "ops/"
+            while n < self.EVENTS:
+                batch = range(n, min(n + self.TXN_OPS, self.EVENTS))
+                with cond:
+                    self.assertTrue(
+                        cond.wait_for(lambda: len(got) >= n - self.WINDOW or errors, 60),
+                        f"the reader stalled at {len(got)} of {n} events")
+                self.assertEqual(errors, [])
+                resp = etcd_post(ETCD.endpoint, "/v3/kv/txn", {"success": [
+                    {"requestPut": {"key": b64(ops_prefix + self.rid(i % self.KEYS)),
+                                    "value": base64.b64encode(self.record(i)).decode()}}
+                    for i in batch]})
+                rev = int(resp["header"]["revision"])
+                want.extend((rev, self.rid(i % self.KEYS)) for i in batch)
+                n += len(batch)
+            threads[0].join(120)
+            self.assertFalse(threads[0].is_alive(), "the reader did not finish")
+            self.assertEqual(errors, [])
+            # Every event, in revision (and, within a transaction, put) order, once.
+            self.assertEqual(len(got), self.EVENTS)
+            if got != want:
+                first = next(i for i, (g, w) in enumerate(zip(got, want)) if g != w)
+                self.fail(f"the reader's events differ from those written, first at index "
+                          f"{first}: {got[first]} for {want[first]}")
+            done.set()
+            threads[1].join(10)
+            rss_after = rss_kib(pid)
+            print(f"stuck watcher beside {self.EVENTS} events of {event_bytes} bytes: RSS "
+                  f"{rss_before} KiB before, peak {peak[0]} KiB, {rss_after} KiB after; "
+                  f"peak growth {peak[0] - rss_before} KiB, bound {bound} KiB", file=sys.stderr)
+            ferry_harness.wait_until(
+                lambda: r.coord.log_contains(f"watch from {stuck_peer}: fell behind"), 10,
+                "the stuck stream to be ended with RESOURCE_EXHAUSTED")
+            if not coordinator_is_sanitized():
+                self.assertLess(max(peak[0], rss_after) - rss_before, bound)
+        finally:
+            done.set()
+            sock.close()
 
 
 class ClaimsOutliveNoReplica(unittest.TestCase):
