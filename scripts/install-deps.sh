@@ -3,6 +3,13 @@
 # This list is the only place the project names its system packages.
 # Idempotent: packages already installed are skipped; apt-get runs only when
 # something is missing. Uses sudo when not run as root.
+#
+# Then the npm packages the suite uses (package.json at the repository root:
+# the Node.js client test in tests/node and the Kubernetes schema validation
+# of deploy/), exactly as package-lock.json pins them, with `npm ci` into
+# node_modules/; skipped when node_modules/ was installed from this very lock
+# file (a stamp holds its SHA-256). No package needs an install script
+# (--ignore-scripts).
 set -euo pipefail
 
 PACKAGES=(
@@ -15,6 +22,14 @@ PACKAGES=(
     python3-grpcio python3-grpc-tools python3-yaml
 )
 
+# Commands that a non-Debian package may provide instead (NodeSource's
+# nodejs carries npm; a newer kubectl may come from Kubernetes' own
+# repository): the Debian package is installed only when the command is
+# missing. command:package.
+COMMANDS=(
+    node:nodejs npm:npm kubectl:kubernetes-client
+)
+
 missing=()
 for p in "${PACKAGES[@]}"; do
     if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
@@ -22,15 +37,32 @@ for p in "${PACKAGES[@]}"; do
     fi
 done
 
+for c in "${COMMANDS[@]}"; do
+    if ! command -v "${c%%:*}" > /dev/null 2>&1; then
+        missing+=("${c#*:}")
+    fi
+done
+
 if [ ${#missing[@]} -eq 0 ]; then
-    echo "install-deps: all ${#PACKAGES[@]} packages present"
-    exit 0
+    echo "install-deps: all ${#PACKAGES[@]} packages and ${#COMMANDS[@]} commands present"
+else
+    SUDO=""
+    if [ "$(id -u)" -ne 0 ]; then
+        SUDO="sudo"
+    fi
+    echo "install-deps: installing ${missing[*]}"
+    $SUDO apt-get update -q
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends \
+        "${missing[@]}"
 fi
 
-SUDO=""
-if [ "$(id -u)" -ne 0 ]; then
-    SUDO="sudo"
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+stamp="$repo/node_modules/.ferry-lock-sha256"
+want="$(sha256sum "$repo/package-lock.json" | cut -d' ' -f1)"
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+    echo "install-deps: node_modules matches package-lock.json"
+else
+    echo "install-deps: npm ci (package-lock.json)"
+    (cd "$repo" && npm ci --no-audit --no-fund --ignore-scripts)
+    echo "$want" > "$stamp"
 fi
-echo "install-deps: installing ${missing[*]}"
-$SUDO apt-get update -q
-DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
