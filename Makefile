@@ -31,7 +31,7 @@ bench: build
 	./bench/run.sh $(BUILD_DIR)
 
 format:
-	clang-format -i $$(find include common rpc coordinator worker tests bench -name '*.[ch]')
+	clang-format -i $$(find include common rpc coordinator worker tools tests bench -name '*.[ch]')
 
 clean:
 	rm -rf $(BUILD_DIR) build-asan
