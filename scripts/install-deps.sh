@@ -37,6 +37,15 @@ for p in "${PACKAGES[@]}"; do
     fi
 done
 
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# The commands and npm packages are for the test suite: a copy of this script
+# alone (deploy/Containerfile's build stage) installs only the Debian list.
+with_tests=0
+if [ -f "$repo/package-lock.json" ]; then
+    with_tests=1
+else
+    COMMANDS=()
+fi
 for c in "${COMMANDS[@]}"; do
     if ! command -v "${c%%:*}" > /dev/null 2>&1; then
         missing+=("${c#*:}")
@@ -56,7 +65,10 @@ else
         "${missing[@]}"
 fi
 
-repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+if [ "$with_tests" = 0 ]; then
+    echo "install-deps: no package-lock.json beside this script; npm packages skipped"
+    exit 0
+fi
 stamp="$repo/node_modules/.ferry-lock-sha256"
 want="$(sha256sum "$repo/package-lock.json" | cut -d' ' -f1)"
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then

@@ -61,7 +61,7 @@ typedef struct {
 } options_t;
 
 static const char usage[] =
-    "usage: ferryctl COMMAND [ARG] [options]\n"
+    "usage: ferryctl list|get|watch|cancel|release|health [ARG] [options]\n"
     "\n"
     "  list                 records: --prefix P, --state S, --kind K; --page-size N\n"
     "                       (1..1000, default 100), --pages N (default: all),\n"
