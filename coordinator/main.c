@@ -19,6 +19,7 @@
 #include "config.h"
 #include "etcd/etcd.h"
 #include "etcd_child.h"
+#include "metrics.h"
 #include "registry.h"
 #include "rpc/rpc.h"
 #include "service.h"
@@ -30,8 +31,42 @@ typedef struct {
     rpc_server_t *server;
     coord_service_t *service;
     coord_registry_t *registry;
+    coord_metrics_t *metrics; /* NULL without --metrics-listen */
+    rpc_observer_t rpc_observer;
+    etcd_observer_t etcd_observer;
     int port;
 } coordinator_t;
+
+static void sample_metrics(void *arg, coord_metrics_sample_t *out)
+{
+    coord_registry_t *registry = arg;
+
+    out->healthy = registry != NULL && coord_registry_healthy(registry);
+}
+
+/* Metrics first: the etcd client and the server take its hooks. */
+static ferry_status_t open_metrics(coordinator_t *c)
+{
+    coord_metrics_params_t params = {
+        .listen = c->config.metrics_listen,
+        .version = FERRY_VERSION,
+        .name = c->config.name,
+        .sample = sample_metrics,
+    };
+    ferry_status_t status;
+
+    if (c->config.metrics_listen == NULL) {
+        return FERRY_OK;
+    }
+    status = coord_metrics_create(&params, &c->metrics);
+    if (status != FERRY_OK) {
+        ferry_error("metrics: %s", ferry_status_string(status));
+        return status;
+    }
+    c->rpc_observer = coord_metrics_rpc_observer(c->metrics);
+    c->etcd_observer = coord_metrics_etcd_observer(c->metrics);
+    return FERRY_OK;
+}
 
 static ferry_status_t open_etcd(coordinator_t *c)
 {
@@ -43,6 +78,7 @@ static ferry_status_t open_etcd(coordinator_t *c)
         .username = c->config.etcd_user,
         .password = c->config.etcd_password,
         .timeout_ms = 5000,
+        .observer = c->metrics != NULL ? &c->etcd_observer : NULL,
     };
     ferry_status_t status;
 
@@ -74,6 +110,7 @@ static ferry_status_t open_server(coordinator_t *c)
         .listen_addr = c->config.listen,
         .n_threads = c->config.threads,
         .tls = c->config.tls_cert != NULL ? &tls : NULL,
+        .observer = c->metrics != NULL ? &c->rpc_observer : NULL,
     };
     coord_service_params_t sparams = {.name = c->config.name};
     coord_registry_params_t rparams = {
@@ -98,6 +135,13 @@ static ferry_status_t open_server(coordinator_t *c)
         return status;
     }
     coord_service_attach(c->service, c->registry);
+    if (c->metrics != NULL) {
+        coord_metrics_set_sample_arg(c->metrics, c->registry);
+        status = coord_metrics_start(c->metrics, NULL);
+        if (status != FERRY_OK) {
+            return status;
+        }
+    }
     status = rpc_server_start(c->server, &c->port);
     if (status != FERRY_OK) {
         ferry_error("cannot serve on %s: %s", c->config.listen, ferry_status_string(status));
@@ -150,6 +194,8 @@ static void close_all(coordinator_t *c)
         rpc_server_set_serving(c->server, "", false);
         rpc_server_shutdown(c->server, c->config.grace_ms);
     }
+    coord_metrics_destroy(c->metrics); /* its HTTP thread samples the registry */
+    c->metrics = NULL;
     coord_registry_destroy(c->registry);
     coord_service_destroy(c->service);
     rpc_server_destroy(c->server);
@@ -194,7 +240,7 @@ int main(int argc, char **argv)
     sigaddset(&set, SIGPIPE);
     pthread_sigmask(SIG_BLOCK, &set, NULL);
 
-    if (open_etcd(&c) != FERRY_OK || open_server(&c) != FERRY_OK) {
+    if (open_metrics(&c) != FERRY_OK || open_etcd(&c) != FERRY_OK || open_server(&c) != FERRY_OK) {
         close_all(&c);
         return 1;
     }

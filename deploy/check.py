@@ -747,6 +747,7 @@ def check_coordinator(ctx):
                 fail(where, "%s asks health for service %r; the coordinator serves %s"
                      % (pk, asked, sorted(served)))
         check_coordinator_tls(ctx, where, spec, c)
+        check_coordinator_metrics(ctx, where, o, c)
         # Liveness must not follow etcd's health: restarting every replica
         # during an etcd outage cures nothing. A TCP check on the port asks
         # only whether the process serves.
@@ -785,6 +786,27 @@ def check_coordinator(ctx):
                 selects(((p.get("spec") or {}).get("selector") or {}).get("matchLabels") or {},
                         labels) for p in ctx.of_kind("PodDisruptionBudget")):
             fail(where, "no PodDisruptionBudget selects it")
+
+
+def check_coordinator_metrics(ctx, where, o, c):
+    """FERRY_METRICS_LISTEN on all addresses, on a containerPort named
+    metrics, which the pod's prometheus.io/port annotation names."""
+    listen = str((env_map(c).get("FERRY_METRICS_LISTEN") or {}).get("value", ""))
+    m = re.match(r"^(0\.0\.0\.0|\[::\]):(\d+)$", listen)
+    if not m:
+        fail(where, "FERRY_METRICS_LISTEN must be 0.0.0.0:PORT or [::]:PORT (is %r)" % listen)
+        return
+    port = int(m.group(2))
+    ports = {p.get("name"): p.get("containerPort") for p in c.get("ports") or []}
+    if ports.get("metrics") != port:
+        fail(where, "FERRY_METRICS_LISTEN port %d is not the containerPort named metrics (%s)"
+             % (port, ports))
+    ann = (((o.get("spec") or {}).get("template") or {}).get("metadata") or {}) \
+        .get("annotations") or {}
+    if ann.get("prometheus.io/scrape") != "true" or ann.get("prometheus.io/port") != str(port) \
+            or ann.get("prometheus.io/path") != "/metrics":
+        fail(where, "the pod template needs prometheus.io/scrape \"true\", prometheus.io/port "
+             "\"%d\" and prometheus.io/path /metrics (has %s)" % (port, ann))
 
 
 def probe_health_service(probe):

@@ -20,14 +20,16 @@ PACKAGES=(
     libcurl4-openssl-dev libcjson-dev libssl-dev openssl
     libcmocka-dev
     python3-grpcio python3-grpc-tools python3-yaml
+    libmicrohttpd-dev python3-prometheus-client
 )
 
 # Commands that a non-Debian package may provide instead (NodeSource's
 # nodejs carries npm; a newer kubectl may come from Kubernetes' own
-# repository): the Debian package is installed only when the command is
+# repository; promtool, for the alert rules, is all the suite needs of
+# prometheus): the Debian package is installed only when the command is
 # missing. command:package.
 COMMANDS=(
-    node:nodejs npm:npm kubectl:kubernetes-client
+    node:nodejs npm:npm kubectl:kubernetes-client promtool:prometheus
 )
 
 missing=()

@@ -57,7 +57,8 @@ struct etcd_client {
     char *token;               /* NULL: not authenticated (yet) */
     unsigned long token_gen;   /* bumped on every new token */
 
-    atomic_long n_connects; /* new TCP connections made, for tests */
+    atomic_long n_connects;   /* new TCP connections made, for tests */
+    etcd_observer_t observer; /* constant; all NULL: none */
 };
 
 /* A growing byte buffer for reply bodies. */

@@ -80,6 +80,7 @@ class CoordinatorFlags(unittest.TestCase):
         "--threads": ["0", "257", "-3", "x"],
         "--grace-ms": ["-1", "600001", "1e3", "x"],
         "--listen": ["127.0.0.1:65536", "127.0.0.1:-1", "127.0.0.1:x", "127.0.0.1:"],
+        "--metrics-listen": ["127.0.0.1:65536", "127.0.0.1:-1", "127.0.0.1:x", "nohost"],
         "--prefix": [prefix_of(257), prefix_of(4096), "/ferry", ""],
     }
     ENV = {
