@@ -41,7 +41,10 @@ static void sample_metrics(void *arg, coord_metrics_sample_t *out)
 {
     coord_registry_t *registry = arg;
 
-    out->healthy = registry != NULL && coord_registry_healthy(registry);
+    if (registry != NULL) {
+        out->healthy = coord_registry_healthy(registry);
+        coord_registry_view_stats(registry, &out->view_size, &out->view_live);
+    }
 }
 
 /* Metrics first: the etcd client and the server take its hooks. */

@@ -7,7 +7,9 @@
  *   ferry_rpc_in_flight{method}                  gauge; Watch's is the open streams
  *   ferry_etcd_requests_total{kind,result}       counter, per etcd gateway request
  *   ferry_etcd_request_duration_seconds{kind}    histogram
- *   ferry_healthy                                gauge, 1 while the view of etcd is live
+ *   ferry_healthy                                gauge, 1 while etcd answers (Health)
+ *   ferry_view_watch_live                        gauge, 1 while the view's etcd watch is up
+ *   ferry_view_operations                        gauge, records in the view
  *   ferry_build_info{version,name}               gauge, always 1
  * method is the gRPC path ("/ferry.v1.Coordinator/Get", "unknown" for
  * methods not served); code the gRPC status name; kind the etcd gateway path
@@ -285,9 +287,17 @@ char *coord_metrics_render(coord_metrics_t *m)
     render_etcd(f, m);
     pthread_mutex_unlock(&m->lock);
     fprintf(f,
-            "# HELP ferry_healthy 1 while this replica's view of etcd is live (Health "
-            "SERVING).\n# TYPE ferry_healthy gauge\nferry_healthy %d\n",
+            "# HELP ferry_healthy 1 while this replica reaches etcd (Health SERVING).\n"
+            "# TYPE ferry_healthy gauge\nferry_healthy %d\n",
             sample.healthy ? 1 : 0);
+    fprintf(f,
+            "# HELP ferry_view_watch_live 1 while the view is loaded and its etcd watch "
+            "connected.\n# TYPE ferry_view_watch_live gauge\nferry_view_watch_live %d\n",
+            sample.view_live ? 1 : 0);
+    fprintf(f,
+            "# HELP ferry_view_operations Operation records in this replica's view.\n"
+            "# TYPE ferry_view_operations gauge\nferry_view_operations %zu\n",
+            sample.view_size);
     fprintf(f,
             "# HELP ferry_build_info The running ferry-coordinator.\n"
             "# TYPE ferry_build_info gauge\nferry_build_info{version=\"%s\",name=\"%s\"} 1\n",

@@ -14,6 +14,7 @@
 #define FERRY_COORD_METRICS_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #include <ferry/status.h>
@@ -25,7 +26,9 @@ typedef struct coord_metrics coord_metrics_t;
 
 /* Read at every scrape, on the HTTP thread. */
 typedef struct {
-    bool healthy; /* the registry's view of etcd is live (Health SERVING) */
+    bool healthy;     /* Health answers SERVING (etcd reachable) */
+    bool view_live;   /* the view is loaded and its etcd watch connected */
+    size_t view_size; /* records in the view */
 } coord_metrics_sample_t;
 
 typedef struct {

@@ -160,6 +160,19 @@ class Metrics(unittest.TestCase):
             value(scrape(), gauge, method=COORD + "Watch") == 0, 20,
             "the Lookup and the Watch to finish")
 
+    def test_view_size_and_watch(self):
+        self.register("m-view")
+        samples = {}
+
+        def settled():
+            samples.update(scrape())
+            listed = self.stub.List(self.cpb.ListRequest(page_size=1000), timeout=10)
+            return value(samples, "ferry_view_operations") == len(listed.operations)
+
+        ferry_harness.wait_until(settled, 20, "the view to hold every listed record")
+        self.assertGreaterEqual(value(samples, "ferry_view_operations"), 1)
+        self.assertEqual(value(samples, "ferry_view_watch_live"), 1)
+
     def test_other_paths_are_not_found(self):
         with self.assertRaises(urllib.error.HTTPError) as cm:
             urllib.request.urlopen(f"http://127.0.0.1:{METRICS_PORT}/", timeout=10)
