@@ -37,6 +37,27 @@ typedef struct {
     int port;
 } coordinator_t;
 
+/* The registry's callbacks: its events go to the service, counted first
+ * when metrics are on. */
+static void on_registry_event(void *arg, coord_event_type_t type, const Ferry__V1__Operation *op,
+                              int64_t revision)
+{
+    coordinator_t *c = arg;
+
+    if (c->metrics != NULL) {
+        coord_metrics_count_event(c->metrics, type == COORD_EVENT_DELETE, op->state,
+                                  op->error_code);
+    }
+    coord_service_on_event(c->service, type, op, revision);
+}
+
+static void on_registry_health(void *arg, bool healthy)
+{
+    coordinator_t *c = arg;
+
+    coord_service_on_health(c->service, healthy);
+}
+
 static void sample_metrics(void *arg, coord_metrics_sample_t *out)
 {
     coord_registry_t *registry = arg;
@@ -119,8 +140,8 @@ static ferry_status_t open_server(coordinator_t *c)
     coord_registry_params_t rparams = {
         .prefix = c->config.prefix,
         .default_ttl_s = c->config.ttl_s,
-        .on_event = coord_service_on_event,
-        .on_health = coord_service_on_health,
+        .on_event = on_registry_event,
+        .on_health = on_registry_health,
     };
     ferry_status_t status = rpc_server_create(&params, &c->server);
 
@@ -132,7 +153,7 @@ static ferry_status_t open_server(coordinator_t *c)
         return status;
     }
     rparams.etcd = c->etcd;
-    rparams.arg = c->service;
+    rparams.arg = c;
     status = coord_registry_create(&rparams, &c->registry);
     if (status != FERRY_OK) {
         return status;
@@ -197,12 +218,12 @@ static void close_all(coordinator_t *c)
         rpc_server_set_serving(c->server, "", false);
         rpc_server_shutdown(c->server, c->config.grace_ms);
     }
-    coord_metrics_destroy(c->metrics); /* its HTTP thread samples the registry */
-    c->metrics = NULL;
+    coord_metrics_stop(c->metrics); /* its HTTP thread samples the registry */
     coord_registry_destroy(c->registry);
     coord_service_destroy(c->service);
     rpc_server_destroy(c->server);
     etcd_client_destroy(c->etcd);
+    coord_metrics_destroy(c->metrics); /* after everything whose hooks count into it */
     coord_etcd_child_stop(&c->child);
 }
 

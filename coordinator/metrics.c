@@ -10,6 +10,9 @@
  *   ferry_healthy                                gauge, 1 while etcd answers (Health)
  *   ferry_view_watch_live                        gauge, 1 while the view's etcd watch is up
  *   ferry_view_operations                        gauge, records in the view
+ *   ferry_view_events_total{type,state}          counter, changes the view applied
+ *   ferry_lease_expiries_total                   counter, records whose lease ran out
+ *   ferry_claim_expiries_total                   counter, claims whose lease ran out
  *   ferry_build_info{version,name}               gauge, always 1
  * method is the gRPC path ("/ferry.v1.Coordinator/Get", "unknown" for
  * methods not served); code the gRPC status name; kind the etcd gateway path
@@ -38,11 +41,13 @@
 #include <microhttpd.h>
 
 #include "common/log.h"
+#include "ferry/v1/types.pb-c.h"
 
 #define METRICS_BUCKETS    14
 #define METRICS_MAX_SERIES 48
 #define METRICS_CODES      17 /* gRPC codes 0..16 */
 #define METRICS_STATUSES   32 /* ferry_status_t 0..-31 */
+#define METRICS_STATES     8  /* OperationState values 0..7 */
 
 static const double bucket_le[METRICS_BUCKETS] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
                                                   0.1,    0.25,  0.5,    1,     2.5,  5,     10};
@@ -72,6 +77,9 @@ struct coord_metrics {
     size_t n_rpc;
     etcd_series_t etcd[METRICS_MAX_SERIES];
     size_t n_etcd;
+    uint64_t events[2][METRICS_STATES]; /* [is_delete][state] */
+    uint64_t lease_expiries;
+    uint64_t claim_expiries;
 
     /* Constant after create (sample_arg: after set_sample_arg). */
     char *listen;
@@ -163,6 +171,20 @@ static void on_etcd_done(void *arg, const char *path, ferry_status_t status, int
     s = etcd_series(m, path);
     s->by_status[index >= 0 && index < METRICS_STATUSES ? index : (int)-FERRY_ERR_INTERNAL]++;
     histogram_observe(&s->latency, duration_ns);
+    pthread_mutex_unlock(&m->lock);
+}
+
+void coord_metrics_count_event(coord_metrics_t *m, bool is_delete, int state, int32_t error_code)
+{
+    pthread_mutex_lock(&m->lock);
+    m->events[is_delete][state >= 0 && state < METRICS_STATES ? state : 0]++;
+    if (is_delete && state == FERRY__V1__OPERATION_STATE__OPERATION_STATE_EXPIRED) {
+        m->lease_expiries++;
+    }
+    if (!is_delete && state == FERRY__V1__OPERATION_STATE__OPERATION_STATE_ERRORED &&
+        error_code == FERRY_ERR_EXPIRED) {
+        m->claim_expiries++;
+    }
     pthread_mutex_unlock(&m->lock);
 }
 
@@ -269,6 +291,32 @@ static void render_etcd(FILE *f, const coord_metrics_t *m)
     }
 }
 
+static void render_events(FILE *f, const coord_metrics_t *m)
+{
+    fputs("# HELP ferry_view_events_total Changes this replica's view applied, by type and the "
+          "operation's state after it.\n# TYPE ferry_view_events_total counter\n",
+          f);
+    for (int d = 0; d < 2; d++) {
+        for (int s = 0; s < METRICS_STATES; s++) {
+            const ProtobufCEnumValue *v =
+                protobuf_c_enum_descriptor_get_value(&ferry__v1__operation_state__descriptor, s);
+
+            if (m->events[d][s] != 0 && v != NULL) {
+                fprintf(f, "ferry_view_events_total{type=\"%s\",state=\"%s\"} %" PRIu64 "\n",
+                        d ? "delete" : "put", v->name + strlen("OPERATION_STATE_"),
+                        m->events[d][s]);
+            }
+        }
+    }
+    fprintf(f,
+            "# HELP ferry_lease_expiries_total Operations whose owner's lease ran out.\n"
+            "# TYPE ferry_lease_expiries_total counter\nferry_lease_expiries_total %" PRIu64
+            "\n# HELP ferry_claim_expiries_total Claims whose lease ran out (operation "
+            "ERRORED).\n# TYPE ferry_claim_expiries_total counter\n"
+            "ferry_claim_expiries_total %" PRIu64 "\n",
+            m->lease_expiries, m->claim_expiries);
+}
+
 char *coord_metrics_render(coord_metrics_t *m)
 {
     coord_metrics_sample_t sample = {0};
@@ -285,6 +333,7 @@ char *coord_metrics_render(coord_metrics_t *m)
     pthread_mutex_lock(&m->lock);
     render_rpc(f, m);
     render_etcd(f, m);
+    render_events(f, m);
     pthread_mutex_unlock(&m->lock);
     fprintf(f,
             "# HELP ferry_healthy 1 while this replica reaches etcd (Health SERVING).\n"
@@ -444,14 +493,20 @@ ferry_status_t coord_metrics_start(coord_metrics_t *m, int *port_p)
     return FERRY_OK;
 }
 
+void coord_metrics_stop(coord_metrics_t *m)
+{
+    if (m != NULL && m->daemon != NULL) {
+        MHD_stop_daemon(m->daemon);
+        m->daemon = NULL;
+    }
+}
+
 void coord_metrics_destroy(coord_metrics_t *m)
 {
     if (m == NULL) {
         return;
     }
-    if (m->daemon != NULL) {
-        MHD_stop_daemon(m->daemon);
-    }
+    coord_metrics_stop(m);
     pthread_mutex_destroy(&m->lock);
     free(m->listen);
     free(m->version);

@@ -52,12 +52,22 @@ ferry_status_t coord_metrics_start(coord_metrics_t *metrics, int *port_p);
  * server and the etcd client, which need the observers, are made). */
 void coord_metrics_set_sample_arg(coord_metrics_t *metrics, void *arg);
 
-/* Stops serving and frees. NULL is a no-op. */
+/* Stops serving (the hooks still count). NULL is a no-op. */
+void coord_metrics_stop(coord_metrics_t *metrics);
+
+/* Stops serving and frees; after the server, the etcd client and the
+ * registry are gone, since their hooks count into it. NULL is a no-op. */
 void coord_metrics_destroy(coord_metrics_t *metrics);
 
 /* The hooks, to put in rpc_server_params_t and etcd_params_t. */
 rpc_observer_t coord_metrics_rpc_observer(coord_metrics_t *metrics);
 etcd_observer_t coord_metrics_etcd_observer(coord_metrics_t *metrics);
+
+/* Counts a change this replica's view applied (registry.h, "Events"): by
+ * type and state, and as a lease expiry (a DELETE reported EXPIRED) or a
+ * claim expiry (a PUT to ERRORED with FERRY_ERR_EXPIRED). */
+void coord_metrics_count_event(coord_metrics_t *metrics, bool is_delete, int state,
+                               int32_t error_code);
 
 /* The exposition text (malloc'd; free it), as GET /metrics answers. For
  * tests and for the HTTP handler. */

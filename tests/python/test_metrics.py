@@ -28,7 +28,7 @@ def setUpModule():
     global CLUSTER, METRICS_PORT
     METRICS_PORT = ferry_harness.free_port()
     CLUSTER = ferry_harness.Cluster(
-        ttl=30, extra=("--metrics-listen", f"127.0.0.1:{METRICS_PORT}"))
+        ttl=120, extra=("--metrics-listen", f"127.0.0.1:{METRICS_PORT}"))
 
 
 def tearDownModule():
@@ -172,6 +172,40 @@ class Metrics(unittest.TestCase):
         ferry_harness.wait_until(settled, 20, "the view to hold every listed record")
         self.assertGreaterEqual(value(samples, "ferry_view_operations"), 1)
         self.assertEqual(value(samples, "ferry_view_watch_live"), 1)
+
+    def test_lease_and_claim_expiries(self):
+        before = scrape()
+        # An owner that never renews: its 1 s lease runs out.
+        self.stub.Register(self.cpb.RegisterRequest(
+            request_id="m-gone", metadata=metadata(self.pb), access_token=TOKEN,
+            ttl_seconds=1), timeout=10)
+        # A claimant that never renews: its 1 s claim lease runs out.
+        self.register("m-claimed")
+        self.stub.Claim(self.cpb.ClaimRequest(request_id="m-claimed", access_token=TOKEN,
+                                              ttl_seconds=1), timeout=10)
+        after = {}
+
+        def expired():
+            after.update(scrape())
+            return (value(after, "ferry_lease_expiries_total") >
+                    value(before, "ferry_lease_expiries_total") and
+                    value(after, "ferry_claim_expiries_total") >
+                    value(before, "ferry_claim_expiries_total"))
+
+        ferry_harness.wait_until(expired, 30, "both leases to expire")
+
+        def moved(name, **labels):
+            return value(after, name, **labels) - value(before, name, **labels)
+
+        self.assertEqual(moved("ferry_lease_expiries_total"), 1)
+        self.assertEqual(moved("ferry_claim_expiries_total"), 1)
+        events = "ferry_view_events_total"
+        self.assertEqual(moved(events, type="put", state="REGISTERED"), 2)
+        self.assertEqual(moved(events, type="put", state="CLAIMED"), 1)
+        self.assertEqual(moved(events, type="put", state="ERRORED"), 1)
+        self.assertEqual(moved(events, type="delete", state="EXPIRED"), 1)
+        got = self.stub.Get(self.cpb.GetRequest(request_id="m-claimed"), timeout=10)
+        self.assertEqual(got.operation.state, self.pb.OPERATION_STATE_ERRORED)
 
     def test_other_paths_are_not_found(self):
         with self.assertRaises(urllib.error.HTTPError) as cm:
