@@ -102,6 +102,11 @@ void ctl_print_list_json(Ferry__V1__Operation *const *ops, size_t n, const char 
                          const Ferry__V1__ResponseHeader *header);
 /* {"revision":R,"coordinator":C,"operation":{...}} on one line. */
 void ctl_print_get_json(const Ferry__V1__Operation *op, const Ferry__V1__ResponseHeader *header);
+/* {"coordinator":T,"status":S} on one line: S is the serving status
+ * ("SERVING") or the gRPC code of a failed check ("UNAVAILABLE"). */
+void ctl_print_health_json(const char *target, const char *status);
+/* {"released":ID,"revision":R} on one line. */
+void ctl_print_released_json(const char *request_id, int64_t revision);
 /* A watch event: one table row (the header row before the first), or one
  * JSON object per line: {"revision":R,"coordinator":C,"type":"PUT",
  * "operation":{...}}. */

@@ -218,6 +218,24 @@ void ctl_print_get_json(const Ferry__V1__Operation *op, const Ferry__V1__Respons
     emit(o);
 }
 
+void ctl_print_health_json(const char *target, const char *status)
+{
+    cJSON *o = cJSON_CreateObject();
+
+    cJSON_AddStringToObject(o, "coordinator", target);
+    cJSON_AddStringToObject(o, "status", status);
+    emit(o);
+}
+
+void ctl_print_released_json(const char *request_id, int64_t revision)
+{
+    cJSON *o = cJSON_CreateObject();
+
+    cJSON_AddStringToObject(o, "released", request_id);
+    cJSON_AddNumberToObject(o, "revision", (double)revision);
+    emit(o);
+}
+
 static const char *event_type_name(Ferry__V1__WatchEventType type)
 {
     return enum_short(&ferry__v1__watch_event_type__descriptor, type, "WATCH_EVENT_TYPE_");

@@ -388,8 +388,7 @@ static int cmd_release(const options_t *o, ctl_conn_t *conn)
         return report(o->id, status, &err, conn);
     }
     if (o->json) {
-        printf("{\"released\":\"%s\",\"revision\":%" PRId64 "}\n", o->id,
-               resp->header != NULL ? resp->header->revision : 0);
+        ctl_print_released_json(o->id, resp->header != NULL ? resp->header->revision : 0);
     } else {
         printf("released %s\n", o->id);
     }
@@ -414,8 +413,7 @@ static int health_one(const options_t *o, ctl_conn_t *conn, size_t i)
                                (ProtobufCMessage **)&resp, &err);
     if (status != FERRY_OK) {
         if (o->json) {
-            printf("{\"coordinator\":\"%s\",\"status\":\"%s\"}\n", target,
-                   rpc_grpc_code_name(err.grpc_code));
+            ctl_print_health_json(target, rpc_grpc_code_name(err.grpc_code));
         } else {
             printf("%-24s %s (%s)\n", target, rpc_grpc_code_name(err.grpc_code), err.message);
         }
@@ -424,7 +422,7 @@ static int health_one(const options_t *o, ctl_conn_t *conn, size_t i)
     v = protobuf_c_enum_descriptor_get_value(
         &grpc__health__v1__health_check_response__serving_status__descriptor, resp->status);
     if (o->json) {
-        printf("{\"coordinator\":\"%s\",\"status\":\"%s\"}\n", target, v != NULL ? v->name : "?");
+        ctl_print_health_json(target, v != NULL ? v->name : "?");
     } else {
         printf("%-24s %s\n", target, v != NULL ? v->name : "?");
     }
