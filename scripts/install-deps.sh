@@ -27,7 +27,10 @@ PACKAGES=(
 # nodejs carries npm; a newer kubectl may come from Kubernetes' own
 # repository; promtool, for the alert rules, is all the suite needs of
 # prometheus): the Debian package is installed only when the command is
-# missing. command:package.
+# missing. command:package. Debian 12's kubernetes-client is kubectl 1.20,
+# whose kustomize (v2) cannot render deploy/'s kustomizations (`labels:`
+# needs kubectl >= 1.22): deploy_check then fails naming kustomize; install
+# kubectl from Kubernetes' own repository (pkgs.k8s.io) instead.
 COMMANDS=(
     node:nodejs npm:npm kubectl:kubernetes-client promtool:prometheus
 )
