@@ -28,9 +28,15 @@ static const char usage[] =
     "                      (FERRY_PREFIX; /ferry/)\n"
     "  --ttl S             default lease TTL in seconds, 1..3600 (FERRY_TTL; 10)\n"
     "  --threads N         completion-queue threads, 1..256 (FERRY_THREADS; 16)\n"
+    "  --etcd-inflight N   calls that wait on etcd writes at once, 1..1024\n"
+    "                      (FERRY_ETCD_INFLIGHT; 16)\n"
+    "  --etcd-queue N      calls queued beyond those; more are refused with\n"
+    "                      RESOURCE_EXHAUSTED, 0..1000000 (FERRY_ETCD_QUEUE; 1024)\n"
     "  --name NAME         this replica's name in responses (FERRY_NAME; host name)\n"
     "  --grace-ms MS       drain time for in-flight calls on SIGTERM, 0..600000\n"
     "                      (FERRY_GRACE_MS; 5000)\n"
+    "  --watch-queue-kib N unsent KiB a Watch stream may hold before it ends with\n"
+    "                      RESOURCE_EXHAUSTED (FERRY_WATCH_QUEUE_KIB; 4096)\n"
     "  --port-file PATH    write the bound port to PATH once serving\n"
     "  --metrics-listen A  serve Prometheus metrics on http://A/metrics\n"
     "                      (FERRY_METRICS_LISTEN; none: off; port 0..65535)\n"
@@ -51,8 +57,11 @@ enum {
     OPT_PREFIX,
     OPT_TTL,
     OPT_THREADS,
+    OPT_ETCD_INFLIGHT,
+    OPT_ETCD_QUEUE,
     OPT_NAME,
     OPT_GRACE,
+    OPT_WATCH_QUEUE,
     OPT_PORT_FILE,
     OPT_LOG_LEVEL,
     OPT_TLS_CERT,
@@ -73,8 +82,11 @@ static const struct option options[] = {
     {"prefix", required_argument, NULL, OPT_PREFIX},
     {"ttl", required_argument, NULL, OPT_TTL},
     {"threads", required_argument, NULL, OPT_THREADS},
+    {"etcd-inflight", required_argument, NULL, OPT_ETCD_INFLIGHT},
+    {"etcd-queue", required_argument, NULL, OPT_ETCD_QUEUE},
     {"name", required_argument, NULL, OPT_NAME},
     {"grace-ms", required_argument, NULL, OPT_GRACE},
+    {"watch-queue-kib", required_argument, NULL, OPT_WATCH_QUEUE},
     {"port-file", required_argument, NULL, OPT_PORT_FILE},
     {"metrics-listen", required_argument, NULL, OPT_METRICS_LISTEN},
     {"log-level", required_argument, NULL, OPT_LOG_LEVEL},
@@ -138,7 +150,10 @@ static void config_defaults(coord_config_t *c)
     memset(c, 0, sizeof(*c));
     c->ttl_s = UNSET;
     c->threads = UNSET;
+    c->etcd_inflight = UNSET;
+    c->etcd_queue = UNSET;
     c->grace_ms = UNSET;
+    c->watch_queue_kib = UNSET;
     c->listen = env_or("FERRY_LISTEN", "127.0.0.1:7400");
     c->etcd = env_or("FERRY_ETCD", NULL);
     c->state_dir = env_or("FERRY_STATE_DIR", default_state_dir());
@@ -175,8 +190,14 @@ static int set_option(coord_config_t *c, int opt, const char *arg)
         return (c->ttl_s = parse_int("--ttl", arg, 1, 3600)) < 0 ? -1 : 0;
     case OPT_THREADS:
         return (c->threads = parse_int("--threads", arg, 1, 256)) < 0 ? -1 : 0;
+    case OPT_ETCD_INFLIGHT:
+        return (c->etcd_inflight = parse_int("--etcd-inflight", arg, 1, 1024)) < 0 ? -1 : 0;
+    case OPT_ETCD_QUEUE:
+        return (c->etcd_queue = parse_int("--etcd-queue", arg, 0, 1000000)) < 0 ? -1 : 0;
     case OPT_GRACE:
         return (c->grace_ms = parse_int("--grace-ms", arg, 0, 600000)) < 0 ? -1 : 0;
+    case OPT_WATCH_QUEUE:
+        return (c->watch_queue_kib = parse_int("--watch-queue-kib", arg, 16, 1 << 20)) < 0 ? -1 : 0;
     case OPT_NAME:
         c->name = arg;
         break;
@@ -230,7 +251,10 @@ static int env_numbers(coord_config_t *c)
 {
     if (env_number(&c->ttl_s, "FERRY_TTL", "10", 1, 3600) != 0 ||
         env_number(&c->threads, "FERRY_THREADS", "16", 1, 256) != 0 ||
-        env_number(&c->grace_ms, "FERRY_GRACE_MS", "5000", 0, 600000) != 0) {
+        env_number(&c->etcd_inflight, "FERRY_ETCD_INFLIGHT", "16", 1, 1024) != 0 ||
+        env_number(&c->etcd_queue, "FERRY_ETCD_QUEUE", "1024", 0, 1000000) != 0 ||
+        env_number(&c->grace_ms, "FERRY_GRACE_MS", "5000", 0, 600000) != 0 ||
+        env_number(&c->watch_queue_kib, "FERRY_WATCH_QUEUE_KIB", "4096", 16, 1 << 20) != 0) {
         return -1;
     }
     return 0;

@@ -19,6 +19,7 @@
 #include "config.h"
 #include "etcd/etcd.h"
 #include "etcd_child.h"
+#include "exec.h"
 #include "metrics.h"
 #include "registry.h"
 #include "rpc/rpc.h"
@@ -28,6 +29,8 @@ typedef struct {
     coord_config_t config;
     coord_etcd_child_t child;
     etcd_client_t *etcd;
+    coord_exec_t *exec;      /* etcd writes: stopped after the server, before the registry */
+    coord_exec_t *read_exec; /* reads that need etcd: likewise */
     rpc_server_t *server;
     coord_service_t *service;
     coord_registry_t *registry;
@@ -49,6 +52,13 @@ static void on_registry_event(void *arg, coord_event_type_t type, const Ferry__V
                                   op->error_code);
     }
     coord_service_on_event(c->service, type, op, revision);
+}
+
+static void on_registry_reload(void *arg, int64_t revision)
+{
+    coordinator_t *c = arg;
+
+    coord_service_on_reload(c->service, revision);
 }
 
 static void on_registry_health(void *arg, bool healthy)
@@ -136,23 +146,41 @@ static ferry_status_t open_server(coordinator_t *c)
         .tls = c->config.tls_cert != NULL ? &tls : NULL,
         .observer = c->metrics != NULL ? &c->rpc_observer : NULL,
     };
-    coord_service_params_t sparams = {.name = c->config.name};
+    coord_exec_params_t eparams = {
+        .n_workers = c->config.etcd_inflight,
+        .max_queued = c->config.etcd_queue,
+    };
+    coord_service_params_t sparams = {
+        .name = c->config.name,
+        .watch_queue_bytes = (size_t)c->config.watch_queue_kib * 1024,
+    };
     coord_registry_params_t rparams = {
         .prefix = c->config.prefix,
         .default_ttl_s = c->config.ttl_s,
         .on_event = on_registry_event,
+        .on_reload = on_registry_reload,
         .on_health = on_registry_health,
     };
-    ferry_status_t status = rpc_server_create(&params, &c->server);
+    ferry_status_t status = coord_exec_create(&eparams, &c->exec);
 
+    if (status == FERRY_OK) {
+        status = coord_exec_create(&eparams, &c->read_exec);
+    }
     if (status != FERRY_OK) {
         return status;
     }
+    status = rpc_server_create(&params, &c->server);
+    if (status != FERRY_OK) {
+        return status;
+    }
+    sparams.exec = c->exec;
+    sparams.read_exec = c->read_exec;
     status = coord_service_create(&sparams, c->server, &c->service);
     if (status != FERRY_OK) {
         return status;
     }
     rparams.etcd = c->etcd;
+    rparams.exec = c->exec;
     rparams.arg = c;
     status = coord_registry_create(&rparams, &c->registry);
     if (status != FERRY_OK) {
@@ -219,9 +247,19 @@ static void close_all(coordinator_t *c)
         rpc_server_shutdown(c->server, c->config.grace_ms);
     }
     coord_metrics_stop(c->metrics); /* its HTTP thread samples the registry */
+    /* Calls still queued for etcd end UNAVAILABLE; running ones finish.
+     * Jobs use the registry, the service and their calls: stop them first. */
+    if (c->exec != NULL) {
+        coord_exec_stop(c->exec);
+    }
+    if (c->read_exec != NULL) {
+        coord_exec_stop(c->read_exec);
+    }
     coord_registry_destroy(c->registry);
     coord_service_destroy(c->service);
     rpc_server_destroy(c->server);
+    coord_exec_destroy(c->exec);
+    coord_exec_destroy(c->read_exec);
     etcd_client_destroy(c->etcd);
     coord_metrics_destroy(c->metrics); /* after everything whose hooks count into it */
     coord_etcd_child_stop(&c->child);

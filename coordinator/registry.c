@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "common/clock.h"
 #include "common/log.h"
@@ -65,20 +66,42 @@ ferry_status_t registry_key(const char *sub_prefix, const char *id, registry_key
     return FERRY_OK;
 }
 
+/* Test seam: with FERRY_TEST_WRITE_THROUGH_GATE set to a path, every
+ * write-through waits (at most 30 s) until that file exists, so a test can
+ * let the watch apply later changes first. Read once, at create. */
+static void test_gate_wait(const coord_registry_t *r)
+{
+    int64_t until = ferry__clock_ms(CLOCK_MONOTONIC) + 30000;
+
+    while (r->test_gate != NULL && access(r->test_gate, F_OK) != 0 &&
+           ferry__clock_ms(CLOCK_MONOTONIC) < until) {
+        struct timespec ts = {0, 10 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+    }
+}
+
+/* A write-through at or below the revision the watch has applied is
+ * dropped: the view already holds that change or a later one (the watch may
+ * have applied a later DELETE of the key, which must not be undone). */
 void registry_view_put(coord_registry_t *r, const char *id, const uint8_t *bytes, size_t len,
                        int64_t mod_revision)
 {
+    test_gate_wait(r);
     pthread_mutex_lock(&r->lock);
-    if (r->synced) {
+    if (r->synced && mod_revision > r->revision) {
         view_upsert(&r->view, id, bytes, len, mod_revision);
     }
     pthread_mutex_unlock(&r->lock);
 }
 
+/* Leaves a tombstone until the watch applies the delete, so that the watch's
+ * older PUTs of the key, still on their way, cannot bring it back. */
 void registry_view_remove(coord_registry_t *r, const char *id, int64_t mod_revision)
 {
     pthread_mutex_lock(&r->lock);
-    view_remove(&r->view, id, mod_revision);
+    if (mod_revision > r->revision) {
+        view_bury(&r->view, id, mod_revision);
+    }
     pthread_mutex_unlock(&r->lock);
 }
 
@@ -105,27 +128,41 @@ static void report(coord_registry_t *r, coord_event_type_t type, Ferry__V1__Oper
     }
 }
 
-static void apply_op_put(coord_registry_t *r, const char *id, const etcd_kv_t *kv, int64_t revision)
+/* Marks `revision` applied. Caller holds the lock; the watch applies events
+ * in revision order, so everything up to it is in the view. */
+static void applied_locked(coord_registry_t *r, int64_t revision)
+{
+    if (revision > r->revision) {
+        r->revision = revision;
+    }
+}
+
+static void apply_op_put(coord_registry_t *r, const char *id, const etcd_kv_t *kv)
 {
     Ferry__V1__Operation *op = ferry__v1__operation__unpack(NULL, kv->value_len, kv->value);
+
+    pthread_mutex_lock(&r->lock);
+    if (op != NULL) {
+        view_upsert(&r->view, id, kv->value, kv->value_len, kv->mod_revision);
+    }
+    applied_locked(r, kv->mod_revision);
+    pthread_mutex_unlock(&r->lock);
     if (op == NULL) {
         ferry_warn("op %s: stored record is malformed; ignored", id);
         return;
     }
-    pthread_mutex_lock(&r->lock);
-    view_upsert(&r->view, id, kv->value, kv->value_len, kv->mod_revision);
-    pthread_mutex_unlock(&r->lock);
-    report(r, COORD_EVENT_PUT, op, revision);
+    report(r, COORD_EVENT_PUT, op, kv->mod_revision);
     ferry__v1__operation__free_unpacked(op, NULL);
 }
 
-static void apply_op_delete(coord_registry_t *r, const char *id, const etcd_event_t *ev,
-                            int64_t revision)
+static void apply_op_delete(coord_registry_t *r, const char *id, const etcd_event_t *ev)
 {
     Ferry__V1__Operation *op = NULL;
+    int64_t revision = ev->kv.mod_revision; /* a DELETE's kv carries its revision */
 
     pthread_mutex_lock(&r->lock);
-    view_remove(&r->view, id, ev->kv.mod_revision);
+    view_remove(&r->view, id, revision);
+    applied_locked(r, revision);
     pthread_mutex_unlock(&r->lock);
 
     if (ev->prev_kv.key_len > 0) {
@@ -145,6 +182,46 @@ static void apply_op_delete(coord_registry_t *r, const char *id, const etcd_even
     ferry__v1__operation__free_unpacked(op, NULL);
 }
 
+/* A claim expiry handed to params.exec, so that its transaction (up to
+ * the etcd timeout, times its retries) never holds the watch thread. */
+typedef struct {
+    coord_registry_t *r;
+    int64_t claim_lease;
+    char id[]; /* NUL-terminated */
+} expiry_job_t;
+
+static void expiry_job_run(void *arg, bool run)
+{
+    expiry_job_t *job = arg;
+
+    if (run) {
+        registry_expire_claim(job->r, job->id, job->claim_lease);
+    } else {
+        ferry_info("op %s: claim expiry dropped at shutdown; another replica, or the next "
+                   "start, marks it",
+                   job->id);
+    }
+    free(job);
+}
+
+static void expire_claim_later(coord_registry_t *r, const char *id, int64_t claim_lease)
+{
+    size_t len = strlen(id);
+    expiry_job_t *job = r->params.exec != NULL ? malloc(sizeof(*job) + len + 1) : NULL;
+
+    if (job != NULL) {
+        job->r = r;
+        job->claim_lease = claim_lease;
+        memcpy(job->id, id, len + 1);
+        if (coord_exec_submit(r->params.exec, expiry_job_run, job, COORD_EXEC_MUST) == FERRY_OK) {
+            return;
+        }
+        expiry_job_run(job, false);
+        return;
+    }
+    registry_expire_claim(r, id, claim_lease); /* no queue (tests), or no memory */
+}
+
 static void apply_claim_delete(coord_registry_t *r, const char *id, const etcd_event_t *ev)
 {
     char lease_buf[32];
@@ -157,32 +234,39 @@ static void apply_claim_delete(coord_registry_t *r, const char *id, const etcd_e
                                                       : sizeof(lease_buf) - 1;
     memcpy(lease_buf, ev->prev_kv.value, n);
     lease_buf[n] = '\0';
-    registry_expire_claim(r, id, strtoll(lease_buf, NULL, 10));
+    expire_claim_later(r, id, strtoll(lease_buf, NULL, 10));
 }
 
+/* The view's revision advances with the events it applies, never with a
+ * message's header revision: etcd may send a header revision ahead of the
+ * events still to come (a catching-up watch gets them in batches). */
 static void on_watch_events(void *arg, const etcd_event_t *events, size_t n_events,
                             int64_t revision)
 {
     coord_registry_t *r = arg;
     char id[256];
 
+    (void)revision;
     for (size_t i = 0; i < n_events; i++) {
         const etcd_event_t *ev = &events[i];
         if (id_of_key(r->ops_prefix, &ev->kv, id, sizeof(id)) != NULL) {
             if (ev->type == ETCD_EVENT_PUT) {
-                apply_op_put(r, id, &ev->kv, revision);
+                apply_op_put(r, id, &ev->kv);
             } else {
-                apply_op_delete(r, id, ev, revision);
+                apply_op_delete(r, id, ev);
             }
-        } else if (ev->type == ETCD_EVENT_DELETE &&
-                   id_of_key(r->claims_prefix, &ev->kv, id, sizeof(id)) != NULL) {
+            continue;
+        }
+        if (ev->type == ETCD_EVENT_DELETE &&
+            id_of_key(r->claims_prefix, &ev->kv, id, sizeof(id)) != NULL) {
             apply_claim_delete(r, id, ev);
         }
+        pthread_mutex_lock(&r->lock);
+        applied_locked(r, ev->kv.mod_revision);
+        pthread_mutex_unlock(&r->lock);
     }
     pthread_mutex_lock(&r->lock);
-    if (revision > r->revision) {
-        r->revision = revision;
-    }
+    view_prune(&r->view, r->revision);
     pthread_mutex_unlock(&r->lock);
 }
 
@@ -201,63 +285,153 @@ static void on_watch_state(void *arg, bool connected, ferry_status_t status)
     ferry_info("registry: watch %s", connected ? "resumed" : "lost; reads go to etcd");
 }
 
-/* Reads all of ops/ and starts the watch after that read's revision. */
+/* A record CLAIMED by a claim whose key is gone. */
+typedef struct orphan {
+    char *id;
+    int64_t claim_lease;
+    struct orphan *next;
+} orphan_t;
+
+/* Fills the view from one read of the whole prefix and lists the CLAIMED
+ * records whose <prefix>claims/<id> key is absent in that same read: their
+ * claim's lease ended while no replica watched (the claims key and the
+ * record's CLAIMED state are written in one transaction). Caller holds the
+ * lock. */
+static ferry_status_t fill_view_locked(coord_registry_t *r, const etcd_range_t *range,
+                                       orphan_t **orphans_p)
+{
+    view_t claims;
+    char id[256];
+    ferry_status_t status = view_init(&claims);
+
+    if (status != FERRY_OK) {
+        return status;
+    }
+    view_clear(&r->view);
+    for (size_t i = 0; i < range->n_kvs; i++) {
+        if (id_of_key(r->claims_prefix, &range->kvs[i], id, sizeof(id)) != NULL) {
+            view_upsert(&claims, id, (const uint8_t *)"", 0, 1);
+        }
+    }
+    for (size_t i = 0; i < range->n_kvs && status == FERRY_OK; i++) {
+        const etcd_kv_t *kv = &range->kvs[i];
+        if (id_of_key(r->ops_prefix, kv, id, sizeof(id)) == NULL) {
+            continue;
+        }
+        status = view_upsert(&r->view, id, kv->value, kv->value_len, kv->mod_revision);
+        Ferry__V1__Operation *op = ferry__v1__operation__unpack(NULL, kv->value_len, kv->value);
+        if (op != NULL && op->state == FERRY_OP_CLAIMED && view_find(&claims, id) == NULL) {
+            orphan_t *o = calloc(1, sizeof(*o));
+            if (o == NULL || (o->id = strdup(id)) == NULL) {
+                free(o);
+                status = FERRY_ERR_NO_MEMORY;
+            } else {
+                o->claim_lease = op->claim_lease_id;
+                o->next = *orphans_p;
+                *orphans_p = o;
+            }
+        }
+        if (op != NULL) {
+            ferry__v1__operation__free_unpacked(op, NULL);
+        }
+    }
+    view_cleanup(&claims);
+    return status;
+}
+
+static void orphans_free(orphan_t *orphans)
+{
+    while (orphans != NULL) {
+        orphan_t *next = orphans->next;
+        free(orphans->id);
+        free(orphans);
+        orphans = next;
+    }
+}
+
+/* Turns the orphaned claims ERRORED, through the one transition (a
+ * transaction on mod_revision: whichever replica comes first does it, the
+ * others find it ERRORED and leave it). */
+static void expire_orphans(coord_registry_t *r, const orphan_t *orphans)
+{
+    for (const orphan_t *o = orphans; o != NULL; o = o->next) {
+        ferry_info("op %s: CLAIMED, but claim lease %lld ended while no replica watched", o->id,
+                   (long long)o->claim_lease);
+        registry_expire_claim(r, o->id, o->claim_lease);
+    }
+}
+
+/* Reads the whole prefix (ops/ and claims/, one revision) and starts the
+ * watch after that read's revision. */
 static ferry_status_t load_view(coord_registry_t *r)
 {
     etcd_range_t range = {0};
     uint8_t *end = NULL;
     size_t end_len = 0;
+    orphan_t *orphans = NULL;
+    size_t n_ops;
     ferry_status_t status;
-    char id[256];
 
-    status = etcd_prefix_end(r->ops_prefix, strlen(r->ops_prefix), &end, &end_len);
+    status = etcd_prefix_end(r->prefix, strlen(r->prefix), &end, &end_len);
     if (status != FERRY_OK) {
         return status;
     }
-    status = etcd_get(r->etcd, r->ops_prefix, strlen(r->ops_prefix), end, end_len, 0, 0, &range);
-    free(end);
+    status = etcd_get(r->etcd, r->prefix, strlen(r->prefix), end, end_len, 0, 0, &range);
     if (status != FERRY_OK) {
+        free(end);
         return status;
     }
     pthread_mutex_lock(&r->lock);
-    view_clear(&r->view);
-    for (size_t i = 0; i < range.n_kvs; i++) {
-        if (id_of_key(r->ops_prefix, &range.kvs[i], id, sizeof(id)) != NULL) {
-            view_upsert(&r->view, id, range.kvs[i].value, range.kvs[i].value_len,
-                        range.kvs[i].mod_revision);
-        }
-    }
+    status = fill_view_locked(r, &range, &orphans);
     r->revision = range.revision;
+    n_ops = r->view.n_entries;
     pthread_mutex_unlock(&r->lock);
-    ferry_info("registry: loaded %zu operations at revision %lld", range.n_kvs,
+    if (status != FERRY_OK) {
+        goto err_range;
+    }
+    ferry_info("registry: loaded %zu operations at revision %lld", n_ops,
                (long long)range.revision);
+    /* Before the watch starts: nothing after this revision is reported
+     * yet, and what came before it may never have been. */
+    if (r->params.on_reload != NULL) {
+        r->params.on_reload(r->params.arg, range.revision);
+    }
 
-    status = etcd_prefix_end(r->prefix, strlen(r->prefix), &end, &end_len);
-    if (status == FERRY_OK) {
-        etcd_watch_params_t wp = {
-            .key = r->prefix,
-            .key_len = strlen(r->prefix),
-            .range_end = end,
-            .range_end_len = end_len,
-            .start_revision = range.revision + 1,
-            .prev_kv = true,
-            .on_events = on_watch_events,
-            .on_state = on_watch_state,
-            .arg = r,
-        };
-        status = etcd_watch_create(r->etcd, &wp, &r->watch);
-        free(end);
+    etcd_watch_params_t wp = {
+        .key = r->prefix,
+        .key_len = strlen(r->prefix),
+        .range_end = end,
+        .range_end_len = end_len,
+        .start_revision = range.revision + 1,
+        .prev_kv = true,
+        .on_events = on_watch_events,
+        .on_state = on_watch_state,
+        .arg = r,
+    };
+    status = etcd_watch_create(r->etcd, &wp, &r->watch);
+    if (status != FERRY_OK) {
+        goto err_range;
     }
+    free(end);
     etcd_range_free(&range);
-    if (status == FERRY_OK) {
-        pthread_mutex_lock(&r->lock);
-        r->synced = true;
-        r->reload = false;
-        pthread_mutex_unlock(&r->lock);
-    }
+    pthread_mutex_lock(&r->lock);
+    r->synced = true;
+    r->reload = false;
+    pthread_mutex_unlock(&r->lock);
+    expire_orphans(r, orphans);
+    orphans_free(orphans);
+    return FERRY_OK;
+
+err_range:
+    orphans_free(orphans);
+    free(end);
+    etcd_range_free(&range);
     return status;
 }
 
+/* Healthy means etcd can commit: etcd_ping fails when no endpoint answers
+ * in time, when the members that answer know no leader, and when a
+ * linearizable read does not go through (quorum lost). */
 static void check_health(coord_registry_t *r)
 {
     bool ok = etcd_ping(r->etcd, NULL) == FERRY_OK;
@@ -265,9 +439,9 @@ static void check_health(coord_registry_t *r)
 
     if (ok != was_ok) {
         if (ok) {
-            ferry_info("registry: etcd is reachable");
+            ferry_info("registry: etcd is reachable and has a quorum");
         } else {
-            ferry_warn("registry: etcd is unreachable: %s", etcd_client_last_error());
+            ferry_warn("registry: etcd cannot commit: %s", etcd_client_last_error());
         }
         if (r->params.on_health != NULL) {
             r->params.on_health(r->params.arg, ok);
@@ -370,6 +544,13 @@ ferry_status_t coord_registry_create(const coord_registry_params_t *params,
         status = FERRY_ERR_NO_MEMORY;
         goto err_cond;
     }
+    if (pthread_cond_init(&r->lease_key_cond, NULL) != 0) {
+        ferry_error("registry: pthread_cond_init failed");
+        pthread_mutex_destroy(&r->lease_key_lock);
+        status = FERRY_ERR_NO_MEMORY;
+        goto err_cond;
+    }
+    r->test_gate = getenv("FERRY_TEST_WRITE_THROUGH_GATE");
 
     atomic_store(&r->healthy, etcd_ping(r->etcd, NULL) == FERRY_OK);
     if (!atomic_load(&r->healthy) || load_view(r) != FERRY_OK) {
@@ -393,6 +574,7 @@ ferry_status_t coord_registry_create(const coord_registry_params_t *params,
 
 err_watch:
     etcd_watch_destroy(r->watch);
+    pthread_cond_destroy(&r->lease_key_cond);
     pthread_mutex_destroy(&r->lease_key_lock);
 err_cond:
     pthread_cond_destroy(&r->maint_cond);
@@ -419,6 +601,7 @@ void coord_registry_destroy(coord_registry_t *r)
     pthread_mutex_unlock(&r->lock);
     pthread_join(r->maint_thread, NULL);
     etcd_watch_destroy(r->watch);
+    pthread_cond_destroy(&r->lease_key_cond);
     pthread_mutex_destroy(&r->lease_key_lock);
     pthread_cond_destroy(&r->maint_cond);
     pthread_mutex_destroy(&r->lock);

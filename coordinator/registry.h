@@ -16,15 +16,20 @@
  * Reads are served from a view of ops/ (view.h) fed by one etcd watch on the
  * whole prefix. The coordinator's own writes go into the view as soon as
  * etcd acknowledges them, so the view is never older than what this replica
- * has acknowledged; a miss, or any read while the watch is down, goes to
- * etcd.
+ * has acknowledged; a miss, or any read while the watch is down and etcd
+ * answers, goes to etcd. While etcd cannot commit the view answers what it
+ * holds, as last seen (nothing newer can be read).
  *
  * Events: the watch thread reports each change to the params' callbacks, in
- * revision order, after the view has applied it:
+ * revision order, after the view has applied it, with the change's own
+ * revision:
  *   - a deleted record that was not final is reported as EXPIRED (its owner's
  *     lease ran out);
  *   - a deleted claim whose operation is still CLAIMED by that claim turns the
- *     operation ERRORED (claim expired).
+ *     operation ERRORED (claim expired), a transaction that params.exec runs so the
+ *     watch thread never waits on an etcd write; so does, at each (re)load, a
+ *     CLAIMED operation whose claim key is already gone (its lease ended
+ *     while no replica was watching).
  *
  * Threads: all functions may be called from any thread. `lock` guards the
  * view, `revision` and `synced`. Callbacks run on the watch thread without
@@ -42,6 +47,7 @@
 
 #include "ferry/v1/coordinator.pb-c.h"
 #include "etcd/etcd.h"
+#include "exec.h"
 
 typedef struct coord_registry coord_registry_t;
 
@@ -59,10 +65,19 @@ typedef struct {
     etcd_client_t *etcd;
     const char *prefix;    /* "/ferry/"; ends with '/', at most COORD_PREFIX_MAX bytes */
     int64_t default_ttl_s; /* leases of Register and Claim when the caller says 0 */
+    /* Runs claim-expiry transactions (off the watch thread) and the revoke
+     * of a lease a failed call made (off the caller's path); NULL: they run
+     * inline. Must outlive the registry's watch (coord_exec_stop first is
+     * fine: jobs then are dropped). */
+    coord_exec_t *exec;
     /* A record changed (PUT) or left (DELETE). `op` is stripped of metadata,
      * token hash and lease IDs; valid during the call. */
     void (*on_event)(void *arg, coord_event_type_t type, const Ferry__V1__Operation *op,
                      int64_t revision);
+    /* The view was (re)loaded at `revision`, before its watch starts: changes
+     * up to it are in the view but may never have been reported (the watch
+     * could not resume: compaction). May be NULL. */
+    void (*on_reload)(void *arg, int64_t revision);
     /* etcd became reachable (true) or unreachable (false). */
     void (*on_health)(void *arg, bool healthy);
     void *arg;
@@ -74,8 +89,8 @@ void coord_registry_destroy(coord_registry_t *registry);
 
 bool coord_registry_healthy(coord_registry_t *registry);
 
-/* The revision of the last change the view applied; 0 before the first
- * load. */
+/* The revision of the last change the view applied (or of its load); 0
+ * before the first load. */
 int64_t coord_registry_revision(coord_registry_t *registry);
 
 /* For metrics: the records the view holds and whether it is loaded with its
@@ -107,6 +122,14 @@ ferry_status_t coord_register(coord_registry_t *registry, const Ferry__V1__Regis
 ferry_status_t coord_lookup(coord_registry_t *registry, const char *request_id, const char *token,
                             bool linearizable, Ferry__V1__Operation **op_p, int64_t *revision_p,
                             char *msg, size_t cap);
+
+/* coord_lookup from the view alone, never waiting on etcd. *answered_p
+ * false (and FERRY_OK): the view cannot answer (it lacks the record, its
+ * watch is down while etcd answers, or linearizable), and only coord_lookup
+ * can, which may wait on etcd. */
+ferry_status_t coord_lookup_view(coord_registry_t *registry, const char *request_id,
+                                 const char *token, bool linearizable, Ferry__V1__Operation **op_p,
+                                 int64_t *revision_p, bool *answered_p, char *msg, size_t cap);
 
 typedef struct {
     Ferry__V1__Operation *op; /* after the change, metadata included */

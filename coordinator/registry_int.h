@@ -33,9 +33,12 @@ struct coord_registry {
 
     pthread_mutex_t lock; /* guards view, revision, synced */
     view_t view;
-    int64_t revision; /* last revision applied to the view */
-    bool synced;      /* the view is loaded and its watch is connected */
-    bool reload;      /* the watch cannot resume: reload the view */
+    /* The last revision the view applied (the load's, then each watch
+     * event's): every change up to it is in the view. Write-throughs at or
+     * below it are dropped (registry_view_put). */
+    int64_t revision;
+    bool synced; /* the view is loaded and its watch is connected */
+    bool reload; /* the watch cannot resume: reload the view */
 
     etcd_watch_t *watch; /* touched by the maintenance thread only */
     atomic_bool healthy;
@@ -44,11 +47,19 @@ struct coord_registry {
     pthread_cond_t maint_cond; /* with lock; wakes the maintenance thread */
     bool stopping;             /* guarded by lock */
 
-    /* The lease secret (registry_lease.c). lease_key_lock serialises its
-     * loading; lease_key is written once, before lease_key_ready is set. */
+    /* The lease secret (registry_lease.c). lease_key_lock guards the
+     * lease_key_loading/round/status below and is never held across the
+     * etcd transaction that loads the key; lease_key is written once, by
+     * the one loader, before lease_key_ready is set. */
     pthread_mutex_t lease_key_lock;
+    pthread_cond_t lease_key_cond;   /* with lease_key_lock: a load ended */
+    bool lease_key_loading;          /* a thread is loading the key */
+    unsigned long lease_key_round;   /* loads ended so far */
+    ferry_status_t lease_key_status; /* how the last one ended */
     atomic_bool lease_key_ready;
     uint8_t lease_key[COORD_LEASE_KEY_LEN];
+
+    const char *test_gate; /* FERRY_TEST_WRITE_THROUGH_GATE; see registry_view_put */
 };
 
 /* Builds "<sub_prefix><id>" (sub_prefix: r->ops_prefix or r->claims_prefix)

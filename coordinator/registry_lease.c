@@ -25,8 +25,11 @@
  * while it is still missing (etcd was down at start); such calls answer
  * UNAVAILABLE until K is loaded.
  *
- * Threads: any. `lease_key_lock` serialises loading; `lease_key_ready`
- * (release/acquire) publishes `lease_key`, which is never written after.
+ * Threads: any. One thread loads at a time, without `lease_key_lock` held
+ * across the etcd transaction; others that need the key meanwhile wait on
+ * `lease_key_cond` for that load's outcome (so a frozen etcd costs them one
+ * timeout, not one each in turn). `lease_key_ready` (release/acquire)
+ * publishes `lease_key`, which is never written after.
  */
 #include "registry_int.h"
 
@@ -106,12 +109,28 @@ ferry_status_t registry_lease_key_load(coord_registry_t *r)
     }
     snprintf(path, path_len, "%s%s", r->prefix, LEASE_KEY_SUFFIX);
     pthread_mutex_lock(&r->lease_key_lock);
-    if (!atomic_load_explicit(&r->lease_key_ready, memory_order_relaxed)) {
+    if (r->lease_key_loading) {
+        /* Another thread is asking etcd: take its outcome. */
+        unsigned long round = r->lease_key_round;
+        while (r->lease_key_loading && r->lease_key_round == round) {
+            pthread_cond_wait(&r->lease_key_cond, &r->lease_key_lock);
+        }
+        if (!atomic_load_explicit(&r->lease_key_ready, memory_order_acquire)) {
+            status = r->lease_key_status != FERRY_OK ? r->lease_key_status : FERRY_ERR_UNAVAILABLE;
+        }
+    } else if (!atomic_load_explicit(&r->lease_key_ready, memory_order_acquire)) {
+        r->lease_key_loading = true;
+        pthread_mutex_unlock(&r->lease_key_lock);
         status = lease_key_txn(r, path, fresh, key);
         if (status == FERRY_OK) {
             memcpy(r->lease_key, key, sizeof(key));
             atomic_store_explicit(&r->lease_key_ready, true, memory_order_release);
         }
+        pthread_mutex_lock(&r->lease_key_lock);
+        r->lease_key_loading = false;
+        r->lease_key_round++;
+        r->lease_key_status = status;
+        pthread_cond_broadcast(&r->lease_key_cond);
     }
     pthread_mutex_unlock(&r->lease_key_lock);
     OPENSSL_cleanse(fresh, sizeof(fresh));

@@ -102,6 +102,41 @@ static ferry_status_t lease_gone(int64_t lease_id, char *msg, size_t cap)
                          "lease_id %lld has expired or never existed", (long long)lease_id);
 }
 
+typedef struct {
+    coord_registry_t *r;
+    int64_t lease;
+} revoke_job_t;
+
+static void revoke_job_run(void *arg, bool run)
+{
+    revoke_job_t *job = arg;
+
+    if (run) {
+        etcd_lease_revoke(job->r->etcd, job->lease);
+    }
+    free(job);
+}
+
+/* Revokes a lease this call granted and no longer needs, off the caller's
+ * path: after a failed transaction etcd may be slow or gone, and the
+ * caller's answer must not wait for a second timeout. A revoke that never
+ * happens costs only the lease's TTL. */
+static void revoke_later(coord_registry_t *r, int64_t lease)
+{
+    revoke_job_t *job = r->params.exec != NULL ? malloc(sizeof(*job)) : NULL;
+
+    if (job == NULL) {
+        etcd_lease_revoke(r->etcd, lease);
+        return;
+    }
+    *job = (revoke_job_t){.r = r, .lease = lease};
+    if (coord_exec_submit(r->params.exec, revoke_job_run, job, COORD_EXEC_MUST) != FERRY_OK) {
+        ferry_debug("lease %lld: revoke dropped (shutting down); it expires with its ttl",
+                    (long long)lease);
+        free(job);
+    }
+}
+
 void coord_strip(Ferry__V1__Operation *op, bool keep_metadata)
 {
     if (op->token_sha256.data != NULL) {
@@ -221,7 +256,7 @@ err_free:
     free(bytes);
 err_revoke:
     if (req->lease_id == 0) {
-        etcd_lease_revoke(r->etcd, out->lease_id); /* ours, and now useless */
+        revoke_later(r, out->lease_id); /* ours, and now useless */
     }
     return status;
 }
@@ -234,8 +269,34 @@ typedef struct {
     int64_t revision; /* the revision the answer reflects */
 } record_t;
 
-/* Reads a record: from the view when it is synced and holds it, else from
- * etcd. FERRY_ERR_NOT_FOUND when absent. */
+/* Reads a record from the view. *hit_p false: the view cannot answer (it
+ * lacks the record, or its watch is down while etcd answers, which is
+ * newer), and only etcd can. */
+static ferry_status_t read_view(coord_registry_t *r, const char *id, record_t *rec, bool *hit_p,
+                                char *msg, size_t cap)
+{
+    pthread_mutex_lock(&r->lock);
+    /* The view answers while its watch is live. While the watch is down and
+     * etcd answers, etcd is read instead (it is newer). While etcd cannot
+     * commit, nothing newer can be read anywhere this replica reaches: the
+     * view answers what it last saw, rather than hold the call for an etcd
+     * timeout and say UNAVAILABLE. */
+    const view_entry_t *e = r->synced || !atomic_load(&r->healthy) ? view_find(&r->view, id) : NULL;
+    if (e != NULL) {
+        rec->op = ferry__v1__operation__unpack(NULL, e->len, e->bytes);
+        rec->mod_revision = e->mod_revision;
+        rec->revision = r->revision > e->mod_revision ? r->revision : e->mod_revision;
+    }
+    pthread_mutex_unlock(&r->lock);
+    *hit_p = e != NULL;
+    if (e != NULL && rec->op == NULL) {
+        return registry_fail(FERRY_ERR_INTERNAL, msg, cap, "stored record is malformed");
+    }
+    return FERRY_OK;
+}
+
+/* Reads a record: from the view when it can answer, else from etcd.
+ * FERRY_ERR_NOT_FOUND when absent. */
 static ferry_status_t read_record(coord_registry_t *r, const char *id, bool from_etcd,
                                   record_t *rec, char *msg, size_t cap)
 {
@@ -244,24 +305,11 @@ static ferry_status_t read_record(coord_registry_t *r, const char *id, bool from
     ferry_status_t status;
 
     if (!from_etcd) {
-        pthread_mutex_lock(&r->lock);
-        /* The view answers only while its watch is live and etcd answers:
-         * otherwise a read goes to etcd and says UNAVAILABLE if it must. */
-        const view_entry_t *e =
-            r->synced && atomic_load(&r->healthy) ? view_find(&r->view, id) : NULL;
-        if (e != NULL) {
-            rec->op = ferry__v1__operation__unpack(NULL, e->len, e->bytes);
-            rec->mod_revision = e->mod_revision;
-            rec->revision = r->revision > e->mod_revision ? r->revision : e->mod_revision;
+        bool hit = false;
+        status = read_view(r, id, rec, &hit, msg, cap);
+        if (status != FERRY_OK || hit) {
+            return status;
         }
-        pthread_mutex_unlock(&r->lock);
-        if (e != NULL) {
-            return rec->op != NULL
-                       ? FERRY_OK
-                       : registry_fail(FERRY_ERR_INTERNAL, msg, cap, "stored record is malformed");
-        }
-    }
-    if (!from_etcd) {
         ferry_debug("op %s: not in the view; reading etcd", id);
     }
     status = registry_key(r->ops_prefix, id, &key, msg, cap);
@@ -286,6 +334,22 @@ static ferry_status_t read_record(coord_registry_t *r, const char *id, bool from
                : registry_fail(FERRY_ERR_INTERNAL, msg, cap, "stored record is malformed");
 }
 
+/* What Lookup and Get answer about a record read. */
+static ferry_status_t lookup_answer(record_t *rec, const char *id, const char *token,
+                                    Ferry__V1__Operation **op_p, int64_t *revision_p, char *msg,
+                                    size_t cap)
+{
+    if (token != NULL && !token_matches(rec->op, token)) {
+        ferry__v1__operation__free_unpacked(rec->op, NULL);
+        return registry_fail(FERRY_ERR_PERMISSION_DENIED, msg, cap,
+                             "access_token does not grant access to request_id '%s'", id);
+    }
+    coord_strip(rec->op, token != NULL);
+    *op_p = rec->op;
+    *revision_p = rec->revision;
+    return FERRY_OK;
+}
+
 ferry_status_t coord_lookup(coord_registry_t *r, const char *id, const char *token,
                             bool linearizable, Ferry__V1__Operation **op_p, int64_t *revision_p,
                             char *msg, size_t cap)
@@ -296,15 +360,28 @@ ferry_status_t coord_lookup(coord_registry_t *r, const char *id, const char *tok
     if (status != FERRY_OK) {
         return status;
     }
-    if (token != NULL && !token_matches(rec.op, token)) {
-        ferry__v1__operation__free_unpacked(rec.op, NULL);
-        return registry_fail(FERRY_ERR_PERMISSION_DENIED, msg, cap,
-                             "access_token does not grant access to request_id '%s'", id);
+    return lookup_answer(&rec, id, token, op_p, revision_p, msg, cap);
+}
+
+ferry_status_t coord_lookup_view(coord_registry_t *r, const char *id, const char *token,
+                                 bool linearizable, Ferry__V1__Operation **op_p,
+                                 int64_t *revision_p, bool *answered_p, char *msg, size_t cap)
+{
+    record_t rec;
+    ferry_status_t status = FERRY_OK;
+
+    *answered_p = false;
+    if (!linearizable) {
+        status = read_view(r, id, &rec, answered_p, msg, cap);
     }
-    coord_strip(rec.op, token != NULL);
-    *op_p = rec.op;
-    *revision_p = rec.revision;
-    return FERRY_OK;
+    if (status != FERRY_OK) {
+        *answered_p = true;
+        return status;
+    }
+    if (!*answered_p) {
+        return FERRY_OK;
+    }
+    return lookup_answer(&rec, id, token, op_p, revision_p, msg, cap);
 }
 
 /* --- transitions ---------------------------------------------------------- */
@@ -533,7 +610,7 @@ ferry_status_t coord_claim(coord_registry_t *r, const Ferry__V1__ClaimRequest *r
     status = registry_transition(r, req->request_id, &t, out, msg, cap);
     if (status != FERRY_OK) {
         if (req->lease_id == 0) {
-            etcd_lease_revoke(r->etcd, lease.id); /* ours, and now useless */
+            revoke_later(r, lease.id); /* ours, and now useless */
         }
         return status;
     }

@@ -3,6 +3,13 @@
  * request (INVALID_ARGUMENT naming the field), calls the registry, and
  * answers; the status code comes from the registry's ferry_status_t through
  * the RPC layer's one mapping.
+ *
+ * The write RPCs validate on the completion-queue thread and do the rest
+ * (`do_*`) on an etcd worker (service_submit, exec.h), which answers the
+ * call. Lookup and Get answer from the view on the completion-queue thread
+ * when it can; a read that needs etcd (a miss, linearizable, List) runs on
+ * a read worker of its own pool. So a completion-queue thread never waits
+ * on etcd, and a read never waits behind a write.
  */
 #include "service_int.h"
 
@@ -29,6 +36,91 @@ static bool failed(rpc_call_t *call, ferry_status_t status, const char *msg)
     }
     rpc_call_fail(call, status, "%s", msg);
     return true;
+}
+
+/* The request's one validator (validate_request.c); on refusal the call
+ * fails with INVALID_ARGUMENT naming the field. True if it was refused. */
+static bool refused(rpc_call_t *call, const ProtobufCMessage *request)
+{
+    char msg[MSG_CAP];
+
+    return failed(call, coord_validate_request(request, msg, sizeof(msg)), msg);
+}
+
+typedef struct {
+    coord_service_t *svc;
+    rpc_call_t *call; /* holds a reference */
+    const ProtobufCMessage *request;
+    service_work_fn fn;
+    int64_t deadline_ms;
+} service_job_t;
+
+static void service_job_run(void *arg, bool run)
+{
+    service_job_t *job = arg;
+
+    if (!run) {
+        rpc_call_fail(job->call, FERRY_ERR_UNAVAILABLE,
+                      "coordinator is shutting down; retry on another replica");
+    } else if (rpc_call_is_cancelled(job->call)) {
+        /* The client left, or its deadline passed while the call waited
+         * for an etcd worker: write nothing it would not hear of. */
+        rpc_call_fail(job->call, FERRY_ERR_TIMED_OUT,
+                      "the deadline passed while waiting for etcd; nothing was written");
+    } else {
+        job->fn(job->svc, job->call, job->request, job->deadline_ms);
+    }
+    rpc_call_unref(job->call);
+    free(job);
+}
+
+static void submit_to(coord_service_t *svc, coord_exec_t *exec, rpc_call_t *call,
+                      const ProtobufCMessage *request, service_work_fn fn, int64_t deadline_ms)
+{
+    service_job_t *job = malloc(sizeof(*job));
+    ferry_status_t status;
+    int running = 0, queued = 0;
+
+    if (job == NULL) {
+        rpc_call_fail(call, FERRY_ERR_NO_MEMORY, "no memory to queue the call");
+        return;
+    }
+    *job = (service_job_t){
+        .svc = svc, .call = call, .request = request, .fn = fn, .deadline_ms = deadline_ms};
+    rpc_call_ref(call);
+    status = coord_exec_submit(exec, service_job_run, job, 0);
+    if (status == FERRY_OK) {
+        return;
+    }
+    if (status == FERRY_ERR_RESOURCE_EXHAUSTED) {
+        coord_exec_load(exec, &running, &queued);
+        ferry_debug("%s from %s: refused, %d etcd calls running and %d queued", rpc_call_path(call),
+                    rpc_call_peer(call), running, queued);
+        rpc_call_fail(call, status,
+                      "too many calls waiting on etcd (%d running, %d queued; --etcd-inflight, "
+                      "--etcd-queue); retry later",
+                      running, queued);
+    } else if (status == FERRY_ERR_UNAVAILABLE) {
+        rpc_call_fail(call, status, "coordinator is shutting down; retry on another replica");
+    } else {
+        rpc_call_fail(call, status, "cannot queue the call: %s", ferry_status_string(status));
+    }
+    rpc_call_unref(call);
+    free(job);
+}
+
+void service_submit(coord_service_t *svc, rpc_call_t *call, const ProtobufCMessage *request,
+                    service_work_fn fn, int64_t deadline_ms)
+{
+    submit_to(svc, svc->exec, call, request, fn, deadline_ms);
+}
+
+/* A read that only etcd can answer goes to the read workers: it never
+ * waits behind a write, and never holds a completion-queue thread. */
+static void submit_read(coord_service_t *svc, rpc_call_t *call, const ProtobufCMessage *request,
+                        service_work_fn fn, int64_t deadline_ms)
+{
+    submit_to(svc, svc->read_exec, call, request, fn, deadline_ms);
 }
 
 /* The monotonic time a wait of wait_ms ends: no later than the caller's
@@ -71,35 +163,17 @@ static bool not_found_yet(coord_service_t *svc, rpc_call_t *call, wait_kind_t ki
     return true;
 }
 
-static void handle_register(rpc_call_t *call, const ProtobufCMessage *request, void *arg)
+static void do_register(coord_service_t *svc, rpc_call_t *call, const ProtobufCMessage *request,
+                        int64_t deadline_ms)
 {
-    coord_service_t *svc = arg;
     const Ferry__V1__RegisterRequest *req = (const Ferry__V1__RegisterRequest *)request;
     Ferry__V1__RegisterResponse resp = FERRY__V1__REGISTER_RESPONSE__INIT;
     Ferry__V1__ResponseHeader header = FERRY__V1__RESPONSE_HEADER__INIT;
     coord_register_out_t out;
     char msg[MSG_CAP];
-    ferry_status_t status;
+    ferry_status_t status = coord_register(svc->registry, req, &out, msg, sizeof(msg));
 
-    status = coord_validate_request_id("request_id", req->request_id, msg, sizeof(msg));
-    if (status == FERRY_OK) {
-        status = coord_validate_metadata("metadata", req->metadata, msg, sizeof(msg));
-    }
-    if (status == FERRY_OK) {
-        status = coord_validate_token("access_token", req->access_token, 0, msg, sizeof(msg));
-    }
-    if (status == FERRY_OK) {
-        status = coord_validate_ttl("ttl_seconds", req->ttl_seconds, msg, sizeof(msg));
-    }
-    if (status == FERRY_OK) {
-        status = coord_validate_name("owner", req->owner, msg, sizeof(msg));
-    }
-    if (status == FERRY_OK) {
-        status = coord_validate_not_negative("lease_id", req->lease_id, msg, sizeof(msg));
-    }
-    if (status == FERRY_OK) {
-        status = coord_register(svc->registry, req, &out, msg, sizeof(msg));
-    }
+    (void)deadline_ms;
     if (failed(call, status, msg)) {
         return;
     }
@@ -112,19 +186,25 @@ static void handle_register(rpc_call_t *call, const ProtobufCMessage *request, v
     rpc_call_reply(call, &resp.base);
 }
 
-void service_lookup_once(coord_service_t *svc, rpc_call_t *call,
-                         const Ferry__V1__LookupRequest *req, int64_t deadline_ms)
+static void handle_register(rpc_call_t *call, const ProtobufCMessage *request, void *arg)
+{
+
+    if (refused(call, request)) {
+        return;
+    }
+    service_submit(arg, call, request, do_register, 0);
+}
+
+/* Answers a Lookup from what the registry said, or parks it (NOT_FOUND
+ * with time left). seq: service_waits_seq() taken before the look. */
+static void lookup_answer(coord_service_t *svc, rpc_call_t *call,
+                          const Ferry__V1__LookupRequest *req, int64_t deadline_ms, uint64_t seq,
+                          ferry_status_t status, Ferry__V1__Operation *op, int64_t revision,
+                          const char *msg)
 {
     Ferry__V1__LookupResponse resp = FERRY__V1__LOOKUP_RESPONSE__INIT;
     Ferry__V1__ResponseHeader header = FERRY__V1__RESPONSE_HEADER__INIT;
-    uint64_t seq = service_waits_seq(svc);
-    Ferry__V1__Operation *op = NULL;
-    int64_t revision = 0;
-    char msg[MSG_CAP];
-    ferry_status_t status;
 
-    status = coord_lookup(svc->registry, req->request_id, req->access_token, req->linearizable, &op,
-                          &revision, msg, sizeof(msg));
     if (status == FERRY_ERR_NOT_FOUND &&
         not_found_yet(svc, call, WAIT_LOOKUP, &req->base, req->request_id, deadline_ms, seq)) {
         return;
@@ -139,17 +219,45 @@ void service_lookup_once(coord_service_t *svc, rpc_call_t *call,
     ferry__v1__operation__free_unpacked(op, NULL);
 }
 
+/* A Lookup the view could not answer, on a read worker. */
+static void lookup_etcd_work(coord_service_t *svc, rpc_call_t *call,
+                             const ProtobufCMessage *request, int64_t deadline_ms)
+{
+    const Ferry__V1__LookupRequest *req = (const Ferry__V1__LookupRequest *)request;
+    uint64_t seq = service_waits_seq(svc);
+    Ferry__V1__Operation *op = NULL;
+    int64_t revision = 0;
+    char msg[MSG_CAP];
+    ferry_status_t status = coord_lookup(svc->registry, req->request_id, req->access_token,
+                                         req->linearizable, &op, &revision, msg, sizeof(msg));
+
+    lookup_answer(svc, call, req, deadline_ms, seq, status, op, revision, msg);
+}
+
+void service_lookup_once(coord_service_t *svc, rpc_call_t *call,
+                         const Ferry__V1__LookupRequest *req, int64_t deadline_ms)
+{
+    uint64_t seq = service_waits_seq(svc);
+    Ferry__V1__Operation *op = NULL;
+    int64_t revision = 0;
+    bool answered = false;
+    char msg[MSG_CAP];
+    ferry_status_t status =
+        coord_lookup_view(svc->registry, req->request_id, req->access_token, req->linearizable, &op,
+                          &revision, &answered, msg, sizeof(msg));
+
+    if (!answered) {
+        submit_read(svc, call, &req->base, lookup_etcd_work, deadline_ms);
+        return;
+    }
+    lookup_answer(svc, call, req, deadline_ms, seq, status, op, revision, msg);
+}
+
 static void handle_lookup(rpc_call_t *call, const ProtobufCMessage *request, void *arg)
 {
     const Ferry__V1__LookupRequest *req = (const Ferry__V1__LookupRequest *)request;
-    char msg[MSG_CAP];
-    ferry_status_t status;
 
-    status = coord_validate_target(req->request_id, req->access_token, 1, msg, sizeof(msg));
-    if (status == FERRY_OK) {
-        status = coord_validate_not_negative("wait_ms", req->wait_ms, msg, sizeof(msg));
-    }
-    if (failed(call, status, msg)) {
+    if (refused(call, request)) {
         return;
     }
     service_lookup_once(arg, call, req, wait_deadline(call, req->wait_ms));
@@ -186,29 +294,20 @@ void service_claim_once(coord_service_t *svc, rpc_call_t *call, const Ferry__V1_
     ferry__v1__operation__free_unpacked(out.op, NULL);
 }
 
+void service_claim_work(coord_service_t *svc, rpc_call_t *call, const ProtobufCMessage *request,
+                        int64_t deadline_ms)
+{
+    service_claim_once(svc, call, (const Ferry__V1__ClaimRequest *)request, deadline_ms);
+}
+
 static void handle_claim(rpc_call_t *call, const ProtobufCMessage *request, void *arg)
 {
     const Ferry__V1__ClaimRequest *req = (const Ferry__V1__ClaimRequest *)request;
-    char msg[MSG_CAP];
-    ferry_status_t status;
 
-    status = coord_validate_target(req->request_id, req->access_token, 1, msg, sizeof(msg));
-    if (status == FERRY_OK) {
-        status = coord_validate_ttl("ttl_seconds", req->ttl_seconds, msg, sizeof(msg));
-    }
-    if (status == FERRY_OK) {
-        status = coord_validate_name("claimant", req->claimant, msg, sizeof(msg));
-    }
-    if (status == FERRY_OK) {
-        status = coord_validate_not_negative("lease_id", req->lease_id, msg, sizeof(msg));
-    }
-    if (status == FERRY_OK) {
-        status = coord_validate_not_negative("wait_ms", req->wait_ms, msg, sizeof(msg));
-    }
-    if (failed(call, status, msg)) {
+    if (refused(call, request)) {
         return;
     }
-    service_claim_once(arg, call, req, wait_deadline(call, req->wait_ms));
+    service_submit(arg, call, request, service_claim_work, wait_deadline(call, req->wait_ms));
 }
 
 /* Complete and Cancel answer alike: the record after the change, without
@@ -227,66 +326,67 @@ static void reply_change(coord_service_t *svc, rpc_call_t *call, coord_change_ou
     ferry__v1__operation__free_unpacked(out->op, NULL);
 }
 
-static void handle_complete(rpc_call_t *call, const ProtobufCMessage *request, void *arg)
+static void do_complete(coord_service_t *svc, rpc_call_t *call, const ProtobufCMessage *request,
+                        int64_t deadline_ms)
 {
     const Ferry__V1__CompleteRequest *req = (const Ferry__V1__CompleteRequest *)request;
     coord_change_out_t out = {0};
     char msg[MSG_CAP];
-    ferry_status_t status;
+    ferry_status_t status = coord_complete(svc->registry, req, &out, msg, sizeof(msg));
 
-    status = coord_validate_target(req->request_id, req->access_token, 1, msg, sizeof(msg));
-    if (status == FERRY_OK && req->claim_lease_id == 0) {
-        status = FERRY_ERR_INVALID_ARGUMENT;
-        snprintf(msg, sizeof(msg), "claim_lease_id is required");
-    }
-    if (status == FERRY_OK) {
-        status = coord_validate_name("error_message", req->error_message, msg, sizeof(msg));
-    }
-    if (status == FERRY_OK) {
-        status = coord_complete(((coord_service_t *)arg)->registry, req, &out, msg, sizeof(msg));
-    }
+    (void)deadline_ms;
     if (failed(call, status, msg)) {
         return;
     }
     Ferry__V1__CompleteResponse resp = FERRY__V1__COMPLETE_RESPONSE__INIT;
-    reply_change(arg, call, &out, &resp.base, &resp.header, &resp.operation);
+    reply_change(svc, call, &out, &resp.base, &resp.header, &resp.operation);
 }
 
-static void handle_cancel(rpc_call_t *call, const ProtobufCMessage *request, void *arg)
+static void handle_complete(rpc_call_t *call, const ProtobufCMessage *request, void *arg)
+{
+
+    if (refused(call, request)) {
+        return;
+    }
+    service_submit(arg, call, request, do_complete, 0);
+}
+
+static void do_cancel(coord_service_t *svc, rpc_call_t *call, const ProtobufCMessage *request,
+                      int64_t deadline_ms)
 {
     const Ferry__V1__CancelRequest *req = (const Ferry__V1__CancelRequest *)request;
     coord_change_out_t out = {0};
     char msg[MSG_CAP];
-    ferry_status_t status;
+    ferry_status_t status = coord_cancel(svc->registry, req, &out, msg, sizeof(msg));
 
-    status = coord_validate_target(req->request_id, req->access_token, 1, msg, sizeof(msg));
-    if (status == FERRY_OK) {
-        status = coord_validate_name("reason", req->reason, msg, sizeof(msg));
-    }
-    if (status == FERRY_OK) {
-        status = coord_cancel(((coord_service_t *)arg)->registry, req, &out, msg, sizeof(msg));
-    }
+    (void)deadline_ms;
     if (failed(call, status, msg)) {
         return;
     }
     Ferry__V1__CancelResponse resp = FERRY__V1__CANCEL_RESPONSE__INIT;
-    reply_change(arg, call, &out, &resp.base, &resp.header, &resp.operation);
+    reply_change(svc, call, &out, &resp.base, &resp.header, &resp.operation);
 }
 
-static void handle_release(rpc_call_t *call, const ProtobufCMessage *request, void *arg)
+static void handle_cancel(rpc_call_t *call, const ProtobufCMessage *request, void *arg)
 {
-    coord_service_t *svc = arg;
+
+    if (refused(call, request)) {
+        return;
+    }
+    service_submit(arg, call, request, do_cancel, 0);
+}
+
+static void do_release(coord_service_t *svc, rpc_call_t *call, const ProtobufCMessage *request,
+                       int64_t deadline_ms)
+{
     const Ferry__V1__ReleaseRequest *req = (const Ferry__V1__ReleaseRequest *)request;
     Ferry__V1__ReleaseResponse resp = FERRY__V1__RELEASE_RESPONSE__INIT;
     Ferry__V1__ResponseHeader header = FERRY__V1__RESPONSE_HEADER__INIT;
     int64_t revision = 0;
     char msg[MSG_CAP];
-    ferry_status_t status;
+    ferry_status_t status = coord_release(svc->registry, req, &revision, msg, sizeof(msg));
 
-    status = coord_validate_target(req->request_id, req->access_token, 1, msg, sizeof(msg));
-    if (status == FERRY_OK) {
-        status = coord_release(svc->registry, req, &revision, msg, sizeof(msg));
-    }
+    (void)deadline_ms;
     if (failed(call, status, msg)) {
         return;
     }
@@ -295,21 +395,26 @@ static void handle_release(rpc_call_t *call, const ProtobufCMessage *request, vo
     rpc_call_reply(call, &resp.base);
 }
 
-static void handle_keepalive(rpc_call_t *call, const ProtobufCMessage *request, void *arg)
+static void handle_release(rpc_call_t *call, const ProtobufCMessage *request, void *arg)
 {
-    coord_service_t *svc = arg;
+
+    if (refused(call, request)) {
+        return;
+    }
+    service_submit(arg, call, request, do_release, 0);
+}
+
+static void do_keepalive(coord_service_t *svc, rpc_call_t *call, const ProtobufCMessage *request,
+                         int64_t deadline_ms)
+{
     const Ferry__V1__KeepAliveRequest *req = (const Ferry__V1__KeepAliveRequest *)request;
     Ferry__V1__KeepAliveResponse resp = FERRY__V1__KEEP_ALIVE_RESPONSE__INIT;
     Ferry__V1__ResponseHeader header = FERRY__V1__RESPONSE_HEADER__INIT;
     char msg[MSG_CAP];
-    ferry_status_t status;
+    ferry_status_t status = coord_keepalive(svc->registry, req->lease_id, req->lease_token,
+                                            &resp.ttl_seconds, msg, sizeof(msg));
 
-    if (req->lease_id <= 0) {
-        rpc_call_fail(call, FERRY_ERR_INVALID_ARGUMENT, "lease_id is required");
-        return;
-    }
-    status = coord_keepalive(svc->registry, req->lease_id, req->lease_token, &resp.ttl_seconds, msg,
-                             sizeof(msg));
+    (void)deadline_ms;
     if (failed(call, status, msg)) {
         return;
     }
@@ -318,22 +423,21 @@ static void handle_keepalive(rpc_call_t *call, const ProtobufCMessage *request, 
     rpc_call_reply(call, &resp.base);
 }
 
-static void handle_get(rpc_call_t *call, const ProtobufCMessage *request, void *arg)
+static void handle_keepalive(rpc_call_t *call, const ProtobufCMessage *request, void *arg)
 {
-    coord_service_t *svc = arg;
-    const Ferry__V1__GetRequest *req = (const Ferry__V1__GetRequest *)request;
+
+    if (refused(call, request)) {
+        return;
+    }
+    service_submit(arg, call, request, do_keepalive, 0);
+}
+
+static void get_answer(coord_service_t *svc, rpc_call_t *call, ferry_status_t status,
+                       Ferry__V1__Operation *op, int64_t revision, const char *msg)
+{
     Ferry__V1__GetResponse resp = FERRY__V1__GET_RESPONSE__INIT;
     Ferry__V1__ResponseHeader header = FERRY__V1__RESPONSE_HEADER__INIT;
-    Ferry__V1__Operation *op = NULL;
-    int64_t revision = 0;
-    char msg[MSG_CAP];
-    ferry_status_t status;
 
-    status = coord_validate_request_id("request_id", req->request_id, msg, sizeof(msg));
-    if (status == FERRY_OK) {
-        status = coord_lookup(svc->registry, req->request_id, NULL, req->linearizable, &op,
-                              &revision, msg, sizeof(msg));
-    }
     if (failed(call, status, msg)) {
         return;
     }
@@ -344,34 +448,70 @@ static void handle_get(rpc_call_t *call, const ProtobufCMessage *request, void *
     ferry__v1__operation__free_unpacked(op, NULL);
 }
 
-static void handle_list(rpc_call_t *call, const ProtobufCMessage *request, void *arg)
+/* A Get the view could not answer, on a read worker. */
+static void get_etcd_work(coord_service_t *svc, rpc_call_t *call, const ProtobufCMessage *request,
+                          int64_t deadline_ms)
+{
+    const Ferry__V1__GetRequest *req = (const Ferry__V1__GetRequest *)request;
+    Ferry__V1__Operation *op = NULL;
+    int64_t revision = 0;
+    char msg[MSG_CAP];
+    ferry_status_t status = coord_lookup(svc->registry, req->request_id, NULL, req->linearizable,
+                                         &op, &revision, msg, sizeof(msg));
+
+    (void)deadline_ms;
+    get_answer(svc, call, status, op, revision, msg);
+}
+
+static void handle_get(rpc_call_t *call, const ProtobufCMessage *request, void *arg)
 {
     coord_service_t *svc = arg;
+    const Ferry__V1__GetRequest *req = (const Ferry__V1__GetRequest *)request;
+    Ferry__V1__Operation *op = NULL;
+    int64_t revision = 0;
+    bool answered = false;
+    char msg[MSG_CAP];
+    ferry_status_t status;
+
+    if (refused(call, request)) {
+        return;
+    }
+    status = coord_lookup_view(svc->registry, req->request_id, NULL, req->linearizable, &op,
+                               &revision, &answered, msg, sizeof(msg));
+    if (!answered) {
+        submit_read(svc, call, request, get_etcd_work, 0);
+        return;
+    }
+    get_answer(svc, call, status, op, revision, msg);
+}
+
+/* List always reads etcd: on a read worker. */
+static void do_list(coord_service_t *svc, rpc_call_t *call, const ProtobufCMessage *request,
+                    int64_t deadline_ms)
+{
     const Ferry__V1__ListRequest *req = (const Ferry__V1__ListRequest *)request;
     Ferry__V1__ListResponse resp = FERRY__V1__LIST_RESPONSE__INIT;
     Ferry__V1__ResponseHeader header = FERRY__V1__RESPONSE_HEADER__INIT;
     char msg[MSG_CAP];
-    ferry_status_t status = FERRY_OK;
+    ferry_status_t status;
 
-    if (req->page_size > 1000) {
-        rpc_call_fail(call, FERRY_ERR_INVALID_ARGUMENT, "page_size is %u; at most 1000 allowed",
-                      req->page_size);
-        return;
-    }
-    /* A page token is a request ID (the last one listed). */
-    status = coord_validate_prefix("request_id_prefix", req->request_id_prefix, msg, sizeof(msg));
-    if (status == FERRY_OK) {
-        status = coord_validate_prefix("page_token", req->page_token, msg, sizeof(msg));
-    }
+    (void)deadline_ms;
     service_header(svc, &header, 0);
     resp.header = &header;
-    if (status == FERRY_OK) {
-        status = coord_list(svc->registry, req, &resp, msg, sizeof(msg));
-    }
+    status = coord_list(svc->registry, req, &resp, msg, sizeof(msg));
     if (!failed(call, status, msg)) {
         rpc_call_reply(call, &resp.base);
     }
     coord_list_free(&resp);
+}
+
+static void handle_list(rpc_call_t *call, const ProtobufCMessage *request, void *arg)
+{
+
+    if (refused(call, request)) {
+        return;
+    }
+    submit_read(arg, call, request, do_list, 0);
 }
 
 static const rpc_method_t coordinator_methods[] = {
@@ -393,6 +533,10 @@ ferry_status_t coord_service_create(const coord_service_params_t *params, rpc_se
         return FERRY_ERR_NO_MEMORY;
     }
     svc->server = server;
+    svc->watch_queue_bytes =
+        params->watch_queue_bytes != 0 ? params->watch_queue_bytes : SERVICE_WATCH_QUEUE_BYTES;
+    svc->exec = params->exec;
+    svc->read_exec = params->read_exec;
     if (pthread_mutex_init(&svc->subs_lock, NULL) != 0) {
         free(svc->name);
         free(svc);
@@ -436,6 +580,11 @@ void coord_service_on_event(void *arg, coord_event_type_t type, const Ferry__V1_
         service_waits_wake(svc, op->request_id);
     }
     service_watch_publish(svc, type, op, revision);
+}
+
+void coord_service_on_reload(void *arg, int64_t revision)
+{
+    service_watch_reload(arg, revision);
 }
 
 void coord_service_on_health(void *arg, bool healthy)

@@ -3,7 +3,12 @@
  * things that hold calls open: waits (Lookup/Claim with wait_ms) and Watch
  * streams fed by the registry's one etcd watch.
  *
- * Threads: handlers run on the RPC layer's completion-queue threads. Events
+ * Threads: handlers run on the RPC layer's completion-queue threads. The
+ * write RPCs (Register, Claim, Complete, Cancel, Release, KeepAlive) only
+ * validate there and hand their etcd work to the etcd work queue (exec.h),
+ * which answers them; reads (Lookup, Get, List) and Health never queue
+ * behind a write: a read the view cannot answer, and List, run on a pool
+ * of read workers of their own. Events
  * arrive on the registry's watch thread, which only marks waits ready and
  * queues stream messages. A wait thread of the service's own re-runs ready
  * waits and fails expired ones, so no completion-queue thread ever blocks on
@@ -16,13 +21,19 @@
 
 #include <ferry/status.h>
 
+#include "exec.h"
 #include "registry.h"
 #include "rpc/rpc.h"
 
 typedef struct coord_service coord_service_t;
 
 typedef struct {
-    const char *name; /* this replica's name, for response headers */
+    const char *name;        /* this replica's name, for response headers */
+    coord_exec_t *exec;      /* runs the write RPCs (exec.h); outlives the service's calls */
+    coord_exec_t *read_exec; /* runs the reads that need etcd; likewise */
+    /* Bytes a Watch stream may have queued that its client has not taken;
+     * past it the stream ends with RESOURCE_EXHAUSTED. 0: 4 MiB. */
+    size_t watch_queue_bytes;
 } coord_service_params_t;
 
 /* Adds ferry.v1.Coordinator to `server` (before rpc_server_start). The
@@ -36,6 +47,7 @@ void coord_service_attach(coord_service_t *service, coord_registry_t *registry);
  * with the service as arg. */
 void coord_service_on_event(void *arg, coord_event_type_t type, const Ferry__V1__Operation *op,
                             int64_t revision);
+void coord_service_on_reload(void *arg, int64_t revision);
 void coord_service_on_health(void *arg, bool healthy);
 
 /* Ends every wait and stream with UNAVAILABLE ("shutting down") and stops

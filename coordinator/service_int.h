@@ -7,6 +7,7 @@
 
 #include <pthread.h>
 
+#include "exec.h"
 #include "service.h"
 
 typedef enum {
@@ -28,13 +29,34 @@ typedef struct sub_entry {
     rpc_call_t *call;       /* holds a reference */
     const char *request_id; /* exact match; NULL when prefix is used */
     const char *prefix;     /* "" matches all */
+    int64_t start_revision; /* events below it are skipped */
+    int64_t last_sent;      /* revision of the last event queued on it */
     struct sub_entry *next;
 } sub_entry_t;
+
+/* One published event, packed once (a WatchResponse with this one event),
+ * kept in the history so a Watch can resume from a revision. */
+typedef struct {
+    int64_t revision;
+    char *request_id;
+    rpc_msg_t *msg; /* holds a reference */
+} hist_event_t;
+
+/* Events the history keeps (at about 600 bytes each, a few MiB). A Watch
+ * whose start_revision is older than the oldest one held ends with
+ * OUT_OF_RANGE. */
+#define SERVICE_WATCH_HISTORY 8192
+
+/* The default bound of each Watch stream's unsent bytes (its client stopped
+ * reading, or reads slower than changes come). */
+#define SERVICE_WATCH_QUEUE_BYTES (4u << 20)
 
 struct coord_service {
     char *name;
     rpc_server_t *server;
     coord_registry_t *registry;
+    coord_exec_t *exec;      /* runs every call that waits on an etcd write */
+    coord_exec_t *read_exec; /* runs reads that need etcd (view misses, List) */
 
     pthread_mutex_t waits_lock; /* guards waits, stopping */
     pthread_cond_t waits_cond;
@@ -43,9 +65,21 @@ struct coord_service {
     uint64_t wake_seq; /* bumped by every wake; see service_wait_add */
     pthread_t wait_thread;
 
-    pthread_mutex_t subs_lock; /* guards subs, subs_stopping */
+    /* Guards subs, subs_stopping and the history. Publishing an event,
+     * recording it and sending it to every subscriber happen under it, and
+     * so do a new stream's `created` message, its replay and its joining
+     * the subscribers: no stream misses an event or sees one twice. */
+    pthread_mutex_t subs_lock;
     sub_entry_t *subs;
     bool subs_stopping;
+    hist_event_t *hist; /* ring of SERVICE_WATCH_HISTORY; allocated on first use */
+    size_t hist_head;   /* index of the oldest */
+    size_t hist_len;
+    /* Every event after hist_floor is in hist or still to come: a Watch may
+     * start at any revision above it. */
+    int64_t hist_floor;
+    int64_t watch_rev;        /* the last event published, or the last reload */
+    size_t watch_queue_bytes; /* constant: each stream's bound */
 };
 
 int64_t service_now_ms(void);
@@ -65,6 +99,24 @@ void service_lookup_once(coord_service_t *svc, rpc_call_t *call,
 void service_claim_once(coord_service_t *svc, rpc_call_t *call, const Ferry__V1__ClaimRequest *req,
                         int64_t deadline_ms);
 
+/* A write RPC's work, run on an etcd worker (exec.h): it calls the
+ * registry and ends the call. */
+typedef void (*service_work_fn)(coord_service_t *svc, rpc_call_t *call,
+                                const ProtobufCMessage *request, int64_t deadline_ms);
+
+/* Hands `fn` to an etcd worker and returns at once, so that no
+ * completion-queue thread (nor the wait thread) waits on etcd. The call
+ * keeps a reference until fn has run. When the queue is full the call ends
+ * with RESOURCE_EXHAUSTED, when it is stopping with UNAVAILABLE; a call
+ * whose deadline passed while it waited ends with DEADLINE_EXCEEDED and
+ * writes nothing. */
+void service_submit(coord_service_t *svc, rpc_call_t *call, const ProtobufCMessage *request,
+                    service_work_fn fn, int64_t deadline_ms);
+
+/* service_claim_once as a service_work_fn (request: a ClaimRequest). */
+void service_claim_work(coord_service_t *svc, rpc_call_t *call, const ProtobufCMessage *request,
+                        int64_t deadline_ms);
+
 /* Parks `call` until its operation changes or deadline_ms passes.
  * seen_seq is service_waits_seq() taken before the look that missed: a wake
  * after it makes the wait look again at once, so no event is lost between
@@ -80,6 +132,7 @@ void service_waits_stop(coord_service_t *svc);
 void service_watch(rpc_call_t *call, const ProtobufCMessage *request, void *arg);
 void service_watch_publish(coord_service_t *svc, coord_event_type_t type,
                            const Ferry__V1__Operation *op, int64_t revision);
+void service_watch_reload(coord_service_t *svc, int64_t revision);
 void service_watch_stop(coord_service_t *svc);
 
 #endif /* FERRY_COORD_SERVICE_INT_H */

@@ -1,7 +1,8 @@
 /*
  * service_wait.c: calls parked until their operation appears (Lookup and
  * Claim with wait_ms). The watch thread marks a wait ready; the wait thread
- * takes ready and expired waits off the list and re-runs or fails them. A
+ * takes ready and expired waits off the list and re-runs or fails them
+ * (a Lookup here, from the view; a Claim on an etcd worker, service_submit). A
  * wait is on the list or owned by exactly one thread, never both, so each
  * call is answered once.
  */
@@ -122,8 +123,9 @@ static void run_wait(coord_service_t *svc, wait_entry_t *w)
         service_lookup_once(svc, w->call, (const Ferry__V1__LookupRequest *)w->request,
                             w->deadline_ms);
     } else {
-        service_claim_once(svc, w->call, (const Ferry__V1__ClaimRequest *)w->request,
-                           w->deadline_ms);
+        /* The claim writes to etcd: an etcd worker runs it, not this
+         * thread, which serves every other wait. */
+        service_submit(svc, w->call, w->request, service_claim_work, w->deadline_ms);
     }
     rpc_call_unref(w->call);
     free(w);

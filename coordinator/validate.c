@@ -6,6 +6,7 @@
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 __attribute__((format(printf, 3, 4))) static ferry_status_t invalid(char *msg, size_t cap,
@@ -88,13 +89,46 @@ static ferry_status_t validate_descriptor(const char *field, size_t i,
     return FERRY_OK;
 }
 
+/* protobuf-c keeps the unknown fields of what it unpacks and packs them
+ * again, but it reads some it cannot write back (an over-long tag of field
+ * number 0 unpacks, and packs as a plain 0 tag that it then refuses). The
+ * registry stores the metadata packed, so metadata must survive a round
+ * trip or it becomes a record nobody can read. len: the packed size. */
+static ferry_status_t validate_round_trip(const char *field, const Ferry__V1__RdmaMetadata *md,
+                                          size_t len, char *msg, size_t cap)
+{
+    uint8_t *buf = malloc(len > 0 ? len : 1);
+    Ferry__V1__RdmaMetadata *again;
+
+    if (buf == NULL) {
+        snprintf(msg, cap, "no memory to check %s", field);
+        return FERRY_ERR_NO_MEMORY;
+    }
+    ferry__v1__rdma_metadata__pack(md, buf);
+    again = ferry__v1__rdma_metadata__unpack(NULL, len, buf);
+    free(buf);
+    if (again == NULL) {
+        return invalid(msg, cap, "%s has an unknown field that cannot be stored (field number 0)",
+                       field);
+    }
+    ferry__v1__rdma_metadata__free_unpacked(again, NULL);
+    return FERRY_OK;
+}
+
 ferry_status_t coord_validate_metadata(const char *field, const Ferry__V1__RdmaMetadata *md,
                                        char *msg, size_t cap)
 {
     ferry_status_t status;
+    size_t packed;
 
     if (md == NULL) {
         return invalid(msg, cap, "%s is required", field);
+    }
+    /* A version no worker of this release can read would be stored and
+     * handed to writers that then refuse it: refuse it here. */
+    if (md->version > COORD_METADATA_VERSION) {
+        return invalid(msg, cap, "%s.version is %u; at most %d is known", field, md->version,
+                       COORD_METADATA_VERSION);
     }
     if (md->kind != FERRY__V1__OPERATION_KIND__OPERATION_KIND_READ &&
         md->kind != FERRY__V1__OPERATION_KIND__OPERATION_KIND_WRITE) {
@@ -122,11 +156,13 @@ ferry_status_t coord_validate_metadata(const char *field, const Ferry__V1__RdmaM
             return status;
         }
     }
-    if (ferry__v1__rdma_metadata__get_packed_size(md) > COORD_METADATA_MAX) {
-        return invalid(msg, cap, "%s is %zu bytes packed; at most %d allowed", field,
-                       ferry__v1__rdma_metadata__get_packed_size(md), COORD_METADATA_MAX);
+    packed = ferry__v1__rdma_metadata__get_packed_size(md);
+    if (packed > COORD_METADATA_MAX) {
+        return invalid(msg, cap, "%s is %zu bytes packed; at most %d allowed", field, packed,
+                       COORD_METADATA_MAX);
     }
-    return coord_validate_name("metadata.worker_name", md->worker_name, msg, cap);
+    status = coord_validate_name("metadata.worker_name", md->worker_name, msg, cap);
+    return status != FERRY_OK ? status : validate_round_trip(field, md, packed, msg, cap);
 }
 
 ferry_status_t coord_validate_ttl(const char *field, int64_t ttl_s, char *msg, size_t cap)
@@ -169,6 +205,9 @@ ferry_status_t coord_validate_watch(const Ferry__V1__WatchRequest *req, char *ms
 
     if (by_id == by_prefix) {
         return invalid(msg, cap, "exactly one of request_id and request_id_prefix must be set");
+    }
+    if (req->start_revision < 0) {
+        return invalid(msg, cap, "start_revision is negative (0: from now)");
     }
     if (by_id) {
         return coord_validate_request_id("request_id", req->request_id, msg, cap);

@@ -12,7 +12,8 @@
  *   worker_address 1..64 KiB
  *   notification_key exactly 16 bytes
  *   ttl_seconds    0..3600
- *   metadata       at most 1 MiB packed
+ *   metadata       at most 1 MiB packed, and packs into bytes that unpack
+ *                  again (it is stored packed)
  *   request_id_prefix  empty, "*" (Watch: all), or as request_id
  *
  * Strings are NUL-free UTF-8 and enums hold defined values before any of
@@ -39,6 +40,8 @@
 #define COORD_NOTIFY_KEY_LEN     16
 #define COORD_TTL_MAX            3600
 #define COORD_NAME_MAX           256
+#define COORD_PAGE_SIZE_MAX      1000
+#define COORD_METADATA_VERSION   1 /* RdmaMetadata.version; 0 reads as 1 */
 /* The whole metadata, packed: etcd refuses requests over 1.5 MiB by default
  * (--max-request-bytes), and the record carries more than the metadata. */
 #define COORD_METADATA_MAX (1024 * 1024)
@@ -73,5 +76,11 @@ ferry_status_t coord_validate_watch(const Ferry__V1__WatchRequest *req, char *ms
 
 /* Free-form names (owner, claimant): at most COORD_NAME_MAX bytes. */
 ferry_status_t coord_validate_name(const char *field, const char *name, char *msg, size_t cap);
+
+/* Every check a ferry.v1.Coordinator request gets before its handler acts
+ * on it, field by field (validate_request.c): the one validator of each
+ * request. FERRY_ERR_INTERNAL for a message type without checks (a new RPC
+ * must add its own). */
+ferry_status_t coord_validate_request(const ProtobufCMessage *request, char *msg, size_t cap);
 
 #endif /* FERRY_COORD_VALIDATE_H */

@@ -1,5 +1,6 @@
 /*
- * view.c: the chained hash map of view.h (FNV-1a, doubling at load 1).
+ * view.c: the chained hash map of view.h (FNV-1a, doubling at load 1). A
+ * tombstone is an entry with bytes == NULL, also linked on view->tombs.
  */
 #include "view.h"
 
@@ -26,6 +27,8 @@ ferry_status_t view_init(view_t *view)
     }
     view->n_buckets = VIEW_INITIAL_BUCKETS;
     view->n_entries = 0;
+    view->tombs = NULL;
+    view->n_tombs = 0;
     return FERRY_OK;
 }
 
@@ -48,6 +51,8 @@ void view_clear(view_t *view)
         view->buckets[i] = NULL;
     }
     view->n_entries = 0;
+    view->tombs = NULL;
+    view->n_tombs = 0;
 }
 
 void view_cleanup(view_t *view)
@@ -91,6 +96,61 @@ static void grow(view_t *view)
     view->n_buckets = n;
 }
 
+static void tomb_unlink(view_t *view, view_entry_t *e)
+{
+    for (view_entry_t **p = &view->tombs; *p != NULL; p = &(*p)->tomb_next) {
+        if (*p == e) {
+            *p = e->tomb_next;
+            e->tomb_next = NULL;
+            view->n_tombs--;
+            return;
+        }
+    }
+}
+
+static void tomb_append(view_t *view, view_entry_t *e)
+{
+    view_entry_t **p = &view->tombs;
+    while (*p != NULL) {
+        p = &(*p)->tomb_next;
+    }
+    e->tomb_next = NULL;
+    *p = e;
+    view->n_tombs++;
+}
+
+/* Unlinks e (at *slot) from the map and frees it. */
+static void entry_drop(view_t *view, view_entry_t **slot)
+{
+    view_entry_t *e = *slot;
+
+    *slot = e->next;
+    if (e->bytes == NULL) {
+        tomb_unlink(view, e);
+    } else {
+        view->n_entries--;
+    }
+    entry_free(e);
+}
+
+/* The entry for request_id, created empty (a tombstone-to-be, not yet
+ * counted or listed) if absent. */
+static view_entry_t *entry_get(const char *request_id, view_entry_t **slot)
+{
+    view_entry_t *e = *slot;
+
+    if (e != NULL) {
+        return e;
+    }
+    e = calloc(1, sizeof(*e));
+    if (e == NULL || (e->request_id = strdup(request_id)) == NULL) {
+        free(e);
+        return NULL;
+    }
+    *slot = e;
+    return e;
+}
+
 ferry_status_t view_upsert(view_t *view, const char *request_id, const uint8_t *bytes, size_t len,
                            int64_t mod_revision)
 {
@@ -99,29 +159,29 @@ ferry_status_t view_upsert(view_t *view, const char *request_id, const uint8_t *
     uint8_t *copy;
 
     if (e != NULL && e->mod_revision >= mod_revision) {
-        return FERRY_OK;
+        return FERRY_OK; /* older than the record or tombstone held */
     }
     copy = malloc(len > 0 ? len : 1);
     if (copy == NULL) {
         return FERRY_ERR_NO_MEMORY;
     }
     memcpy(copy, bytes, len);
+    e = entry_get(request_id, slot);
     if (e == NULL) {
-        e = calloc(1, sizeof(*e));
-        if (e == NULL || (e->request_id = strdup(request_id)) == NULL) {
-            free(e);
-            free(copy);
-            return FERRY_ERR_NO_MEMORY;
-        }
-        *slot = e;
-        view->n_entries++;
-    } else {
-        free(e->bytes);
+        free(copy);
+        return FERRY_ERR_NO_MEMORY;
     }
+    if (e->bytes == NULL) {
+        if (e->mod_revision != 0) {
+            tomb_unlink(view, e); /* a tombstone comes back to life */
+        }
+        view->n_entries++;
+    }
+    free(e->bytes);
     e->bytes = copy;
     e->len = len;
     e->mod_revision = mod_revision;
-    if (view->n_entries > view->n_buckets) {
+    if (view->n_entries + view->n_tombs > view->n_buckets) {
         grow(view);
     }
     return FERRY_OK;
@@ -130,17 +190,59 @@ ferry_status_t view_upsert(view_t *view, const char *request_id, const uint8_t *
 void view_remove(view_t *view, const char *request_id, int64_t mod_revision)
 {
     view_entry_t **slot = slot_of(view, request_id);
-    view_entry_t *e = *slot;
 
-    if (e == NULL || e->mod_revision > mod_revision) {
+    if (*slot == NULL || (*slot)->mod_revision > mod_revision) {
         return;
     }
-    *slot = e->next;
-    entry_free(e);
-    view->n_entries--;
+    entry_drop(view, slot);
+}
+
+ferry_status_t view_bury(view_t *view, const char *request_id, int64_t mod_revision)
+{
+    view_entry_t **slot = slot_of(view, request_id);
+    view_entry_t *e = *slot;
+
+    if (e != NULL && e->mod_revision >= mod_revision) {
+        return FERRY_OK;
+    }
+    e = entry_get(request_id, slot);
+    if (e == NULL) {
+        return FERRY_ERR_NO_MEMORY;
+    }
+    if (e->bytes != NULL) {
+        view->n_entries--;
+        free(e->bytes);
+        e->bytes = NULL;
+        e->len = 0;
+    } else if (e->mod_revision != 0) {
+        tomb_unlink(view, e);
+    }
+    e->mod_revision = mod_revision;
+    tomb_append(view, e);
+    if (view->n_tombs > VIEW_MAX_TOMBSTONES) {
+        view_remove(view, view->tombs->request_id, view->tombs->mod_revision);
+    }
+    if (view->n_entries + view->n_tombs > view->n_buckets) {
+        grow(view);
+    }
+    return FERRY_OK;
+}
+
+void view_prune(view_t *view, int64_t mod_revision)
+{
+    view_entry_t *t = view->tombs;
+
+    while (t != NULL) {
+        view_entry_t *next = t->tomb_next;
+        if (t->mod_revision <= mod_revision) {
+            view_remove(view, t->request_id, t->mod_revision);
+        }
+        t = next;
+    }
 }
 
 const view_entry_t *view_find(const view_t *view, const char *request_id)
 {
-    return *slot_of(view, request_id);
+    const view_entry_t *e = *slot_of(view, request_id);
+    return e != NULL && e->bytes != NULL ? e : NULL;
 }

@@ -3,10 +3,17 @@
  * watch. A hash map from request ID to the record as stored (protobuf bytes)
  * plus the few fields the registry decides on without decoding.
  *
- * Invariant: an entry's mod_revision only grows. view_upsert ignores a
- * record older than the one it holds, so the write-through of the
+ * Invariant: an entry's mod_revision only grows, deletes included. view_upsert
+ * ignores a record older than the one it holds, so the write-through of the
  * coordinator's own writes and the watch event for the same write can
- * arrive in either order.
+ * arrive in either order. A delete the coordinator itself made leaves a
+ * tombstone (view_bury: an entry without bytes, at the delete's revision)
+ * so that an older PUT arriving later from the watch cannot bring the
+ * record back; the registry drops tombstones (view_prune) once its watch has
+ * applied their revision, and at most VIEW_MAX_TOMBSTONES are kept (the
+ * oldest goes first), so they cost little memory. Deletes seen by the watch
+ * itself need no tombstone: the registry drops a write-through at a revision
+ * the watch has already applied (registry_view_put).
  *
  * Not thread-safe: the registry guards a view with its own lock.
  */
@@ -23,13 +30,19 @@ typedef struct view_entry {
     uint8_t *bytes; /* the stored Operation, packed */
     size_t len;
     int64_t mod_revision;
-    struct view_entry *next;
+    struct view_entry *next;      /* in its bucket */
+    struct view_entry *tomb_next; /* in view->tombs, when a tombstone */
 } view_entry_t;
+
+/* Tombstones kept at most; beyond it the oldest is dropped. */
+#define VIEW_MAX_TOMBSTONES 4096
 
 typedef struct {
     view_entry_t **buckets;
-    size_t n_buckets; /* a power of two */
-    size_t n_entries;
+    size_t n_buckets;    /* a power of two */
+    size_t n_entries;    /* records, tombstones not counted */
+    view_entry_t *tombs; /* tombstones, oldest first */
+    size_t n_tombs;
 } view_t;
 
 ferry_status_t view_init(view_t *view);
@@ -40,10 +53,19 @@ void view_clear(view_t *view);
 ferry_status_t view_upsert(view_t *view, const char *request_id, const uint8_t *bytes, size_t len,
                            int64_t mod_revision);
 
-/* Removes the entry if its mod_revision is <= mod_revision. */
+/* Removes the entry (record or tombstone) if its mod_revision is <=
+ * mod_revision. */
 void view_remove(view_t *view, const char *request_id, int64_t mod_revision);
 
-/* NULL when absent. Valid until the next change to the view. */
+/* A delete at mod_revision: leaves a tombstone there, unless the view holds
+ * something newer. */
+ferry_status_t view_bury(view_t *view, const char *request_id, int64_t mod_revision);
+
+/* Drops the tombstones at or below mod_revision. */
+void view_prune(view_t *view, int64_t mod_revision);
+
+/* The record, or NULL when absent or deleted. Valid until the next change to
+ * the view. */
 const view_entry_t *view_find(const view_t *view, const char *request_id);
 
 #endif /* FERRY_COORD_VIEW_H */

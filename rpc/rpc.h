@@ -154,6 +154,27 @@ void rpc_call_fail(rpc_call_t *call, ferry_status_t status, const char *fmt, ...
  * away or the call has ended; the message is dropped then. */
 ferry_status_t rpc_call_send(rpc_call_t *call, const ProtobufCMessage *msg);
 
+/* A message packed once, to be sent on many streams (a Watch event goes to
+ * every matching subscriber): each send shares the one buffer. Reference
+ * counted, safe to share between threads; rpc_msg_pack returns it with one
+ * reference (NULL: no memory). rpc_msg_unref(NULL) is a no-op. */
+typedef struct rpc_msg rpc_msg_t;
+rpc_msg_t *rpc_msg_pack(const ProtobufCMessage *msg);
+rpc_msg_t *rpc_msg_ref(rpc_msg_t *m);
+void rpc_msg_unref(rpc_msg_t *m);
+size_t rpc_msg_size(const rpc_msg_t *m); /* packed bytes */
+
+/* Streaming: as rpc_call_send, with a message packed once; the call takes
+ * its own reference to the bytes (the caller keeps its own). */
+ferry_status_t rpc_call_send_msg(rpc_call_t *call, rpc_msg_t *m);
+
+/* Streaming: at most max_queued_bytes (0: no limit) of messages queued and
+ * not yet taken by the transport; a send past it is refused with
+ * FERRY_ERR_RESOURCE_EXHAUSTED and dropped (the caller ends the stream).
+ * gRPC's transport takes a message only as the peer's flow-control window
+ * allows, so a peer that stops reading fills this queue. */
+void rpc_call_set_send_limit(rpc_call_t *call, size_t max_queued_bytes);
+
 /* Streaming: ends the stream with OK after the queued messages are sent. */
 void rpc_call_finish(rpc_call_t *call);
 

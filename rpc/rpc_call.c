@@ -67,6 +67,7 @@ static void call_drop_queue(rpc_call_t *call)
     while (call->queue_head != NULL) {
         rpc_outmsg_t *m = call->queue_head;
         call->queue_head = m->next;
+        call->queued_bytes -= m->len;
         grpc_byte_buffer_destroy(m->buf);
         free(m);
     }
@@ -301,6 +302,7 @@ static void call_pump(rpc_call_t *call)
             call->queue_tail = NULL;
         }
         call->inflight_buf = m->buf;
+        call->inflight_len = m->len;
         free(m);
         ops[n].op = GRPC_OP_SEND_MESSAGE;
         ops[n++].data.send_message.send_message = call->inflight_buf;
@@ -331,6 +333,8 @@ static void call_sent_locked(rpc_call_t *call, bool ok)
     if (call->inflight_buf != NULL) {
         grpc_byte_buffer_destroy(call->inflight_buf);
         call->inflight_buf = NULL;
+        call->queued_bytes -= call->inflight_len;
+        call->inflight_len = 0;
     }
     if (call->status_started) {
         call->status_done = true;
@@ -358,6 +362,7 @@ static void call_end_locked(rpc_call_t *call, grpc_byte_buffer *buf, grpc_status
             msg = "out of memory";
         } else {
             m->buf = buf;
+            m->len = 0; /* the last word: outside any limit */
             m->next = NULL;
             if (call->queue_tail != NULL) {
                 call->queue_tail->next = m;
@@ -511,21 +516,25 @@ static bool call_is_streaming(const rpc_call_t *call)
     return call->method != NULL && call->method->kind == RPC_SERVER_STREAMING;
 }
 
-ferry_status_t rpc_call_send(rpc_call_t *call, const ProtobufCMessage *msg)
+/* Queues `buf` (taken over) on a streaming call and starts sending. */
+static ferry_status_t call_enqueue(rpc_call_t *call, grpc_byte_buffer *buf)
 {
-    grpc_byte_buffer *buf;
     rpc_outmsg_t *m;
 
     if (!call_is_streaming(call)) {
         ferry_error("call %" PRIu64 " %s: rpc_call_send on a unary method", call->id, call->path);
-        return FERRY_ERR_MISUSE;
+        goto err_buf;
     }
-    buf = rpc__pack(msg);
     m = malloc(sizeof(*m));
     if (buf == NULL || m == NULL) {
-        goto err_alloc;
+        free(m);
+        if (buf != NULL) {
+            grpc_byte_buffer_destroy(buf);
+        }
+        return FERRY_ERR_NO_MEMORY;
     }
     m->buf = buf;
+    m->len = grpc_byte_buffer_length(buf);
     m->next = NULL;
     pthread_mutex_lock(&call->lock);
     if (call->state != RPC_CALL_ACTIVE || call->cancelled) {
@@ -534,6 +543,13 @@ ferry_status_t rpc_call_send(rpc_call_t *call, const ProtobufCMessage *msg)
         free(m);
         return FERRY_ERR_CANCELLED;
     }
+    if (call->max_queued != 0 && call->queued_bytes + m->len > call->max_queued) {
+        pthread_mutex_unlock(&call->lock);
+        grpc_byte_buffer_destroy(buf);
+        free(m);
+        return FERRY_ERR_RESOURCE_EXHAUSTED;
+    }
+    call->queued_bytes += m->len;
     if (call->queue_tail != NULL) {
         call->queue_tail->next = m;
     } else {
@@ -544,12 +560,66 @@ ferry_status_t rpc_call_send(rpc_call_t *call, const ProtobufCMessage *msg)
     pthread_mutex_unlock(&call->lock);
     return FERRY_OK;
 
-err_alloc:
+err_buf:
     if (buf != NULL) {
         grpc_byte_buffer_destroy(buf);
     }
-    free(m);
-    return FERRY_ERR_NO_MEMORY;
+    return FERRY_ERR_MISUSE;
+}
+
+void rpc_call_set_send_limit(rpc_call_t *call, size_t max_queued_bytes)
+{
+    pthread_mutex_lock(&call->lock);
+    call->max_queued = max_queued_bytes;
+    pthread_mutex_unlock(&call->lock);
+}
+
+ferry_status_t rpc_call_send(rpc_call_t *call, const ProtobufCMessage *msg)
+{
+    return call_enqueue(call, rpc__pack(msg));
+}
+
+struct rpc_msg {
+    atomic_int refs;
+    grpc_slice slice; /* the packed bytes; each send refs it */
+};
+
+rpc_msg_t *rpc_msg_pack(const ProtobufCMessage *msg)
+{
+    rpc_msg_t *m = malloc(sizeof(*m));
+
+    if (m == NULL) {
+        return NULL;
+    }
+    atomic_init(&m->refs, 1);
+    m->slice = grpc_slice_malloc(protobuf_c_message_get_packed_size(msg));
+    protobuf_c_message_pack(msg, GRPC_SLICE_START_PTR(m->slice));
+    return m;
+}
+
+rpc_msg_t *rpc_msg_ref(rpc_msg_t *m)
+{
+    atomic_fetch_add(&m->refs, 1);
+    return m;
+}
+
+void rpc_msg_unref(rpc_msg_t *m)
+{
+    if (m != NULL && atomic_fetch_sub(&m->refs, 1) == 1) {
+        grpc_slice_unref(m->slice);
+        free(m);
+    }
+}
+
+size_t rpc_msg_size(const rpc_msg_t *m)
+{
+    return GRPC_SLICE_LENGTH(m->slice);
+}
+
+ferry_status_t rpc_call_send_msg(rpc_call_t *call, rpc_msg_t *m)
+{
+    /* The byte buffer takes its own reference to the slice: no copy. */
+    return call_enqueue(call, grpc_raw_byte_buffer_create(&m->slice, 1));
 }
 
 void rpc_call_finish(rpc_call_t *call)

@@ -221,6 +221,7 @@ typedef enum {
 
 typedef struct rpc_outmsg {
     grpc_byte_buffer *buf;
+    size_t len; /* bytes in buf */
     struct rpc_outmsg *next;
 } rpc_outmsg_t;
 
@@ -254,7 +255,11 @@ struct rpc_call {
     bool status_done;    /* ... and that batch completed */
     bool close_done;
     grpc_byte_buffer *inflight_buf;
+    size_t inflight_len;
     rpc_outmsg_t *queue_head, *queue_tail;
+    /* Bytes queued and in flight; a send that would take them past
+     * max_queued (0: no limit) is refused (rpc_call_set_send_limit). */
+    size_t queued_bytes, max_queued;
     grpc_status_code final_code;
     char final_msg[512];
     void (*cancel_cb)(rpc_call_t *call, void *arg);

@@ -3,7 +3,7 @@
  * meet. One switch each way, so -Wswitch flags a code that the status table
  * gained but this file did not.
  *
- * Round trips: every gRPC code but OUT_OF_RANGE survives grpc -> ferry ->
+ * Round trips: every gRPC code survives grpc -> ferry ->
  * grpc. Every ferry code survives ferry -> grpc -> ferry except those that
  * share a gRPC code with a closer match:
  *   FERRY_ERR_EXPIRED   -> NOT_FOUND (what KeepAlive answers for a lease
@@ -12,7 +12,7 @@
  *   FERRY_ERR_NO_MEMORY -> RESOURCE_EXHAUSTED
  *   FERRY_ERR_TRANSPORT -> UNAVAILABLE (retry, maybe elsewhere)
  *   FERRY_ERR_IO, FERRY_ERR_MISUSE -> INTERNAL (a server-side fault)
- * and OUT_OF_RANGE reads as FERRY_ERR_INVALID_ARGUMENT. A code outside
+ * A code outside
  * 0..16 from a peer reads as UNKNOWN does: FERRY_ERR_PEER_FAILED.
  *
  * Threads: pure functions.
@@ -62,6 +62,8 @@ int rpc_status_to_grpc(ferry_status_t status)
     case FERRY_ERR_MISUSE:
     case FERRY_ERR_INTERNAL:
         return GRPC_STATUS_INTERNAL;
+    case FERRY_ERR_OUT_OF_RANGE:
+        return GRPC_STATUS_OUT_OF_RANGE;
     }
     return GRPC_STATUS_INTERNAL;
 }
@@ -76,8 +78,9 @@ ferry_status_t rpc_status_from_grpc(int grpc_code)
     case GRPC_STATUS_UNKNOWN:
         return FERRY_ERR_PEER_FAILED;
     case GRPC_STATUS_INVALID_ARGUMENT:
-    case GRPC_STATUS_OUT_OF_RANGE:
         return FERRY_ERR_INVALID_ARGUMENT;
+    case GRPC_STATUS_OUT_OF_RANGE:
+        return FERRY_ERR_OUT_OF_RANGE;
     case GRPC_STATUS_DEADLINE_EXCEEDED:
         return FERRY_ERR_TIMED_OUT;
     case GRPC_STATUS_NOT_FOUND:

@@ -13,7 +13,7 @@
 set -euo pipefail
 
 PACKAGES=(
-    build-essential cmake pkg-config clang-format
+    build-essential cmake pkg-config clang-format clang
     libgrpc-dev libprotobuf-c-dev protobuf-c-compiler
     libucx-dev ucx-utils
     etcd-server etcd-client

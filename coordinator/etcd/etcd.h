@@ -9,10 +9,12 @@
  * Endpoints: a comma-separated list of URLs. A request that cannot reach an
  * endpoint (connect refused, timeout) is retried on the next one; when none
  * answers the result is FERRY_ERR_UNAVAILABLE with the cause in the log and
- * in etcd_client_last_error(). Requests reuse connections (no new TCP
- * connection per request). Every request has a timeout (params.timeout_ms).
- * With username/password the client authenticates and re-authenticates when
- * the token expires.
+ * in etcd_client_last_error(). A write that may have reached etcd is never
+ * sent again (it fails FERRY_ERR_UNAVAILABLE); reads, keep-alives, revokes
+ * and the ping give each endpoint a short time and move on. An endpoint that
+ * failed is tried after the others for a while (etcd_client.c says how). Requests reuse connections
+ * (no new TCP connection per request). Every request has a timeout (params.timeout_ms). With
+ * username/password the client authenticates and re-authenticates when the token expires.
  *
  * Status mapping (etcd -> ferry): unreachable -> FERRY_ERR_UNAVAILABLE;
  * HTTP 400 / gRPC code 3 -> FERRY_ERR_INVALID_ARGUMENT; unknown lease ->
@@ -59,8 +61,11 @@ void etcd_client_destroy(etcd_client_t *client);
  * ("connect to http://127.0.0.1:2379 refused"); "" if none. */
 const char *etcd_client_last_error(void);
 
-/* Asks an endpoint for its status (/v3/maintenance/status). FERRY_OK when
- * some endpoint answers; *revision_p (may be NULL) gets the store revision. */
+/* Whether etcd can commit: FERRY_OK when some member answers its status
+ * (/v3/maintenance/status) with a leader and a linearizable read goes
+ * through; FERRY_ERR_UNAVAILABLE when no member answers, none knows a
+ * leader, or the quorum is lost. Takes at most a few seconds whatever etcd
+ * does. *revision_p (may be NULL) gets the store revision. */
 ferry_status_t etcd_ping(etcd_client_t *client, int64_t *revision_p);
 
 /* --- key-values --------------------------------------------------------- */

@@ -12,19 +12,27 @@
  * token_gen counts new tokens, so that a thread whose old token was
  * rejected does not throw away a newer one another thread just fetched.
  *
- * Threads: any. Authentication itself runs under auth_lock, so a burst of
- * requests with an expired token authenticates once.
+ * Threads: any. auth_lock is never held across network I/O: one thread
+ * authenticates (auth_busy) without it, and the others that need a token
+ * meanwhile wait on auth_cond for that one's result (a token, or its
+ * failure, which they return too), so a burst of requests with an expired
+ * token authenticates once, and a frozen etcd holds only the threads that
+ * need a token, never one that only reads the client's state.
  */
 #include "coordinator/etcd/etcd_int.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "common/log.h"
 
-/* Called with auth_lock held. */
-static ferry_status_t etcd_authenticate(etcd_client_t *client, CURL *handle)
+/* POSTs the credentials; *token_p is the new token (malloc'ed; "" when
+ * etcd has auth disabled). Touches no shared state: called without
+ * auth_lock. */
+static ferry_status_t etcd_authenticate(etcd_client_t *client, CURL *handle, char **token_p)
 {
+    *token_p = NULL;
     cJSON *body = cJSON_CreateObject();
     if (body == NULL || cJSON_AddStringToObject(body, "name", client->username) == NULL ||
         cJSON_AddStringToObject(body, "password", client->password) == NULL) {
@@ -37,8 +45,8 @@ static ferry_status_t etcd_authenticate(etcd_client_t *client, CURL *handle)
         return FERRY_ERR_NO_MEMORY;
     }
     cJSON *reply = NULL;
-    ferry_status_t status =
-        etcd__call_raw(client, handle, "/v3/auth/authenticate", text, NULL, &reply);
+    ferry_status_t status = etcd__call_raw(client, handle, "/v3/auth/authenticate", text, NULL,
+                                           ETCD_CALL_RETRY, &reply);
     free(text);
     const cJSON *token = cJSON_GetObjectItemCaseSensitive(reply, "token");
     if (status == FERRY_ERR_FAILED_PRECONDITION) {
@@ -52,12 +60,34 @@ static ferry_status_t etcd_authenticate(etcd_client_t *client, CURL *handle)
         status = FERRY_ERR_PROTOCOL;
     }
     if (status == FERRY_OK) {
-        free(client->token);
-        client->token = strdup(token != NULL ? token->valuestring : "");
-        client->token_gen++;
-        status = client->token != NULL ? FERRY_OK : FERRY_ERR_NO_MEMORY;
+        *token_p = strdup(token != NULL ? token->valuestring : "");
+        status = *token_p != NULL ? FERRY_OK : FERRY_ERR_NO_MEMORY;
     }
     cJSON_Delete(reply);
+    return status;
+}
+
+/* Authenticates as the one thread doing so: auth_lock is dropped for the
+ * request and taken again to publish the outcome. Called with auth_lock
+ * held and auth_busy clear; returns with auth_lock held. */
+static ferry_status_t etcd_auth_round(etcd_client_t *client, CURL *handle)
+{
+    char *token = NULL;
+
+    client->auth_busy = true;
+    pthread_mutex_unlock(&client->auth_lock);
+    ferry_status_t status = etcd_authenticate(client, handle, &token);
+    pthread_mutex_lock(&client->auth_lock);
+    client->auth_busy = false;
+    client->auth_round++;
+    client->auth_status = status;
+    snprintf(client->auth_error, sizeof(client->auth_error), "%s", etcd_client_last_error());
+    if (status == FERRY_OK) {
+        free(client->token);
+        client->token = token;
+        client->token_gen++;
+    }
+    pthread_cond_broadcast(&client->auth_cond);
     return status;
 }
 
@@ -71,8 +101,18 @@ ferry_status_t etcd__auth_token(etcd_client_t *client, CURL *handle, char **toke
     }
     pthread_mutex_lock(&client->auth_lock);
     ferry_status_t status = FERRY_OK;
-    if (client->token == NULL) {
-        status = etcd_authenticate(client, handle);
+    if (client->token == NULL && client->auth_busy) {
+        /* Another thread is asking etcd: take its outcome. */
+        unsigned long round = client->auth_round;
+        while (client->auth_busy && client->auth_round == round) {
+            pthread_cond_wait(&client->auth_cond, &client->auth_lock);
+        }
+        if (client->token == NULL) {
+            status = client->auth_status != FERRY_OK ? client->auth_status : FERRY_ERR_UNAVAILABLE;
+            etcd__set_error("%s", client->auth_error);
+        }
+    } else if (client->token == NULL) {
+        status = etcd_auth_round(client, handle);
     }
     if (status == FERRY_OK) {
         *token_p = strdup(client->token);
@@ -82,7 +122,6 @@ ferry_status_t etcd__auth_token(etcd_client_t *client, CURL *handle, char **toke
     pthread_mutex_unlock(&client->auth_lock);
     return status;
 }
-
 void etcd__auth_invalidate(etcd_client_t *client, unsigned long gen)
 {
     pthread_mutex_lock(&client->auth_lock);

@@ -13,6 +13,21 @@
  * endpoint; a timeout after sending could mean the write happened, so it
  * ends the request with FERRY_ERR_UNAVAILABLE.
  *
+ * Faults. A frozen member (SIGSTOP, a hung disk) still accepts connections
+ * and requests, so a request to it only ever times out. Two things keep one
+ * such member from stalling every request:
+ *   - An endpoint that failed (transport error, no answer in time, or "no
+ *     leader" from a status) is suspect for ETCD_SUSPECT_MS: requests try
+ *     it after every other endpoint, and `preferred` moves off it at once.
+ *     So after a write times out (it fails: it may have been applied), the
+ *     next request, a lease revoke included, goes to another member.
+ *   - A request that is safe to send twice (ETCD_CALL_RETRY: reads, status,
+ *     keep-alive, revoke) gives each endpoint ETCD_ATTEMPT_MS to answer and
+ *     then tries the next, within the whole timeout.
+ * The health ping (etcd_ping) asks for status with a leader and then does a
+ * linearizable read, which only a member in a quorum can serve: a cluster
+ * that lost quorum fails the ping although its members still answer.
+ *
  * Threads: any. The pool has its own mutex; endpoints and settings are
  * read-only after create; `preferred` and `n_connects` are atomics. The
  * last error is thread-local.
@@ -25,6 +40,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "common/clock.h"
 #include "common/log.h"
 
 enum {
@@ -157,12 +173,19 @@ ferry_status_t etcd_client_create(const etcd_params_t *params, etcd_client_t **c
         free(client);
         return FERRY_ERR_NO_MEMORY;
     }
+    if (pthread_cond_init(&client->auth_cond, NULL) != 0) {
+        pthread_mutex_destroy(&client->auth_lock);
+        pthread_mutex_destroy(&client->pool_lock);
+        free(client);
+        return FERRY_ERR_NO_MEMORY;
+    }
     ferry_status_t status = etcd_copy_params(client, params);
     if (status != FERRY_OK) {
         goto err_client;
     }
     client->pool = calloc(ETCD_POOL_MAX, sizeof(CURL *));
-    if (client->pool == NULL) {
+    client->suspect_until = calloc(client->n_endpoints, sizeof(*client->suspect_until));
+    if (client->pool == NULL || client->suspect_until == NULL) {
         status = FERRY_ERR_NO_MEMORY;
         goto err_client;
     }
@@ -185,6 +208,7 @@ void etcd_client_destroy(etcd_client_t *client)
         curl_easy_cleanup(client->pool[i]);
     }
     free(client->pool);
+    free(client->suspect_until);
     for (size_t i = 0; i < client->n_endpoints; i++) {
         free(client->endpoints[i]);
     }
@@ -196,6 +220,7 @@ void etcd_client_destroy(etcd_client_t *client)
     free(client->password);
     free(client->token);
     pthread_mutex_destroy(&client->pool_lock);
+    pthread_cond_destroy(&client->auth_cond);
     pthread_mutex_destroy(&client->auth_lock);
     free(client);
 }
@@ -223,6 +248,71 @@ static void etcd_pool_put(etcd_client_t *client, CURL *handle)
     pthread_mutex_unlock(&client->pool_lock);
     if (handle != NULL) {
         curl_easy_cleanup(handle);
+    }
+}
+
+/* --- endpoint health ------------------------------------------------------ */
+
+static int64_t etcd_now_ms(void)
+{
+    return ferry__clock_ms(CLOCK_MONOTONIC);
+}
+
+static bool etcd_is_suspect(etcd_client_t *client, size_t index, int64_t now)
+{
+    return atomic_load(&client->suspect_until[index]) > now;
+}
+
+size_t etcd__endpoint_next(etcd_client_t *client, size_t index)
+{
+    int64_t now = etcd_now_ms();
+    size_t preferred = atomic_load(&client->preferred);
+    if (preferred != index && !etcd_is_suspect(client, preferred, now)) {
+        return preferred;
+    }
+    for (size_t i = 1; i < client->n_endpoints; i++) {
+        size_t next = (index + i) % client->n_endpoints;
+        if (!etcd_is_suspect(client, next, now)) {
+            return next;
+        }
+    }
+    return (index + 1) % client->n_endpoints;
+}
+
+/* The endpoint failed: try it last for a while, and prefer another. */
+static void etcd_endpoint_suspect(etcd_client_t *client, size_t index)
+{
+    int64_t now = etcd_now_ms();
+    int64_t before = atomic_exchange(&client->suspect_until[index], now + ETCD_SUSPECT_MS);
+    if (before <= now && client->n_endpoints > 1) {
+        ferry_warn("etcd: %s is suspect, trying other endpoints first: %s",
+                   client->endpoints[index], etcd_last_error);
+    }
+    size_t expected = index;
+    atomic_compare_exchange_strong(&client->preferred, &expected,
+                                   etcd__endpoint_next(client, index));
+}
+
+static void etcd_endpoint_answered(etcd_client_t *client, size_t index)
+{
+    atomic_store(&client->suspect_until[index], 0);
+    atomic_store(&client->preferred, index);
+}
+
+/* The order in which a request tries the endpoints: the preferred one,
+ * then the others in list order, suspect ones after all the rest. */
+static void etcd_endpoint_order(etcd_client_t *client, size_t *order)
+{
+    int64_t now = etcd_now_ms();
+    size_t first = atomic_load(&client->preferred);
+    size_t n = 0;
+    for (int suspect = 0; suspect <= 1; suspect++) {
+        for (size_t i = 0; i < client->n_endpoints; i++) {
+            size_t index = (first + i) % client->n_endpoints;
+            if (etcd_is_suspect(client, index, now) == (suspect != 0)) {
+                order[n++] = index;
+            }
+        }
     }
 }
 
@@ -289,7 +379,8 @@ static size_t etcd_buf_write(char *data, size_t size, size_t nmemb, void *arg)
 /* POSTs body to one URL. The handle keeps its connections across reset.
  * detail (CURL_ERROR_SIZE) is always set: "" when curl said nothing more. */
 static CURLcode etcd_post(etcd_client_t *client, CURL *handle, const char *url, const char *body,
-                          const char *token, etcd_buf_t *out, long *http_p, char *detail)
+                          const char *token, long timeout_ms, etcd_buf_t *out, long *http_p,
+                          char *detail)
 {
     detail[0] = '\0';
     struct curl_slist *headers = etcd__headers(token);
@@ -299,7 +390,7 @@ static CURLcode etcd_post(etcd_client_t *client, CURL *handle, const char *url, 
     curl_easy_reset(handle);
     etcd__curl_common(client, handle);
     curl_easy_setopt(handle, CURLOPT_URL, url);
-    curl_easy_setopt(handle, CURLOPT_TIMEOUT_MS, (long)client->timeout_ms);
+    curl_easy_setopt(handle, CURLOPT_TIMEOUT_MS, timeout_ms);
     curl_easy_setopt(handle, CURLOPT_HTTPHEADER, headers);
     curl_easy_setopt(handle, CURLOPT_POSTFIELDS, body);
     curl_easy_setopt(handle, CURLOPT_WRITEFUNCTION, etcd_buf_write);
@@ -318,7 +409,12 @@ static CURLcode etcd_post(etcd_client_t *client, CURL *handle, const char *url, 
 }
 
 /* True when the failure proves the request never reached the endpoint,
- * so trying the next one cannot apply a write twice. */
+ * so trying the next one cannot apply a write twice. The code alone does
+ * not prove it: on a reused connection that dies without an answer (the
+ * member died with the request in hand, maybe after forwarding it to the
+ * leader) libcurl itself sends the request again on a new connection, and
+ * that one's "connect refused" is the code we see. CURLINFO_REQUEST_SIZE
+ * counts the request bytes written over both tries. */
 static bool etcd_never_sent(CURL *handle, CURLcode code)
 {
     long sent = 0;
@@ -326,9 +422,7 @@ static bool etcd_never_sent(CURL *handle, CURLcode code)
     case CURLE_COULDNT_CONNECT:
     case CURLE_COULDNT_RESOLVE_HOST:
     case CURLE_SSL_CONNECT_ERROR:
-        return true;
     case CURLE_OPERATION_TIMEDOUT:
-        /* Bytes of request written: 0 when the connect itself timed out. */
         curl_easy_getinfo(handle, CURLINFO_REQUEST_SIZE, &sent);
         return sent == 0;
     default:
@@ -370,33 +464,114 @@ static ferry_status_t etcd_reply_status(const char *url, long http, const etcd_b
     return status;
 }
 
-ferry_status_t etcd__call_raw(etcd_client_t *client, CURL *handle, const char *path,
-                              const char *body, const char *token, cJSON **reply_p)
+/* True when a status reply says the member knows a leader: etcd 3.4
+ * answers status without one, with no leader (or "0") and "etcdserver: no
+ * leader" in errors. */
+static bool etcd_has_leader(const cJSON *reply)
+{
+    /* A member ID is a uint64 (often above INT64_MAX): compare the text. */
+    const cJSON *leader = cJSON_GetObjectItemCaseSensitive(reply, "leader");
+    const cJSON *errors = cJSON_GetObjectItemCaseSensitive(reply, "errors");
+    return cJSON_IsString(leader) && leader->valuestring[0] != '\0' &&
+           strcmp(leader->valuestring, "0") != 0 &&
+           (errors == NULL || cJSON_GetArraySize(errors) == 0);
+}
+
+/* One POST to the endpoint at `index` within timeout_ms. *next_p says
+ * whether the request may go on to the next endpoint. */
+static ferry_status_t etcd_attempt(etcd_client_t *client, CURL *handle, size_t index,
+                                   const char *path, const char *body, const char *token,
+                                   unsigned flags, long timeout_ms, bool *next_p, cJSON **reply_p)
 {
     etcd_buf_t buf = {0};
-    char detail[CURL_ERROR_SIZE];
+    char detail[CURL_ERROR_SIZE] = "";
     char url[512];
-    size_t first = atomic_load(&client->preferred);
+    long http = 0;
+    snprintf(url, sizeof(url), "%s%s", client->endpoints[index], path);
+    CURLcode code = etcd_post(client, handle, url, body, token, timeout_ms, &buf, &http, detail);
+    ferry_status_t status;
+    *next_p = false;
+    if (code != CURLE_OK) {
+        status = etcd__transport_error("post", url, code, detail);
+        *next_p = (flags & ETCD_CALL_RETRY) != 0 || etcd_never_sent(handle, code);
+        if (code != CURLE_OUT_OF_MEMORY && code != CURLE_WRITE_ERROR) {
+            etcd_endpoint_suspect(client, index);
+        }
+        free(buf.data);
+        return status;
+    }
+    status = etcd_reply_status(url, http, &buf, reply_p);
+    free(buf.data);
+    if (status == FERRY_OK && (flags & ETCD_CALL_LEADER) != 0 && !etcd_has_leader(*reply_p)) {
+        cJSON_Delete(*reply_p);
+        *reply_p = NULL;
+        etcd__set_error("%s: etcd member has no leader", url);
+        status = FERRY_ERR_UNAVAILABLE;
+    }
+    if (status == FERRY_ERR_UNAVAILABLE && (flags & ETCD_CALL_RETRY) != 0) {
+        /* "no leader", "request timed out": another member may do better. */
+        etcd_endpoint_suspect(client, index);
+        *next_p = true;
+    } else if (status != FERRY_ERR_UNAVAILABLE) {
+        etcd_endpoint_answered(client, index);
+    }
+    return status;
+}
+
+ferry_status_t etcd__call_raw(etcd_client_t *client, CURL *handle, const char *path,
+                              const char *body, const char *token, unsigned flags, cJSON **reply_p)
+{
+    size_t *order = malloc(client->n_endpoints * sizeof(*order));
+    if (order == NULL) {
+        return FERRY_ERR_NO_MEMORY;
+    }
+    etcd_endpoint_order(client, order);
+    int budget = client->timeout_ms;
+    if ((flags & ETCD_CALL_PROBE) != 0 && budget > ETCD_PROBE_MS) {
+        budget = ETCD_PROBE_MS;
+    }
+    int64_t deadline = etcd_now_ms() + budget;
     ferry_status_t status = FERRY_ERR_UNAVAILABLE;
-    bool reached = false;
-    for (size_t i = 0; i < client->n_endpoints && !reached; i++) {
-        size_t index = (first + i) % client->n_endpoints;
-        long http = 0;
-        snprintf(url, sizeof(url), "%s%s", client->endpoints[index], path);
-        CURLcode code = etcd_post(client, handle, url, body, token, &buf, &http, detail);
-        if (code == CURLE_OK) {
-            atomic_store(&client->preferred, index);
-            status = etcd_reply_status(url, http, &buf, reply_p);
-            reached = true;
+    bool next = true;
+    for (size_t i = 0; i < client->n_endpoints && next; i++) {
+        int64_t left = deadline - etcd_now_ms();
+        if (left <= 0) {
+            etcd__set_error("no etcd endpoint answered %s within %d ms", path, budget);
             break;
         }
-        status = etcd__transport_error("post", url, code, detail);
-        reached = !etcd_never_sent(handle, code);
+        /* The last endpoint gets all the time that is left. */
+        bool last = i + 1 == client->n_endpoints;
+        long attempt_ms = (flags & ETCD_CALL_RETRY) != 0 && !last && left > ETCD_ATTEMPT_MS
+                              ? ETCD_ATTEMPT_MS
+                              : (long)left;
+        status = etcd_attempt(client, handle, order[i], path, body, token, flags, attempt_ms, &next,
+                              reply_p);
     }
     if (status == FERRY_ERR_UNAVAILABLE) {
         ferry_warn("etcd: unavailable: %s", etcd_last_error);
     }
-    free(buf.data);
+    free(order);
+    return status;
+}
+
+ferry_status_t etcd__endpoint_probe(etcd_client_t *client, size_t index)
+{
+    CURL *handle = etcd_pool_get(client);
+    if (handle == NULL) {
+        return FERRY_ERR_NO_MEMORY;
+    }
+    char *token = NULL;
+    unsigned long gen = 0;
+    ferry_status_t status = etcd__auth_token(client, handle, &token, &gen);
+    cJSON *reply = NULL;
+    bool next = false;
+    if (status == FERRY_OK) {
+        status = etcd_attempt(client, handle, index, "/v3/maintenance/status", "{}", token,
+                              ETCD_CALL_RETRY | ETCD_CALL_LEADER, ETCD_ATTEMPT_MS, &next, &reply);
+    }
+    cJSON_Delete(reply);
+    free(token);
+    etcd_pool_put(client, handle);
     return status;
 }
 
@@ -404,8 +579,8 @@ ferry_status_t etcd__call_raw(etcd_client_t *client, CURL *handle, const char *p
  * *sent_p says whether the request itself went out (false when getting a
  * token failed, which a retry would only repeat). */
 static ferry_status_t etcd_call_once(etcd_client_t *client, CURL *handle, const char *path,
-                                     const char *body, unsigned long *gen_p, bool *sent_p,
-                                     cJSON **reply_p)
+                                     const char *body, unsigned flags, unsigned long *gen_p,
+                                     bool *sent_p, cJSON **reply_p)
 {
     char *token = NULL;
     *sent_p = false;
@@ -414,7 +589,7 @@ static ferry_status_t etcd_call_once(etcd_client_t *client, CURL *handle, const 
         return status;
     }
     *sent_p = true;
-    status = etcd__call_raw(client, handle, path, body, token, reply_p);
+    status = etcd__call_raw(client, handle, path, body, token, flags, reply_p);
     free(token);
     return status;
 }
@@ -427,14 +602,21 @@ static int64_t etcd_now_ns(void)
     return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
-static ferry_status_t etcd_call_observed(etcd_client_t *client, const char *path, const cJSON *body,
-                                         cJSON **reply_p);
+static ferry_status_t etcd_call_unobserved(etcd_client_t *client, const char *path,
+                                           const cJSON *body, unsigned flags, cJSON **reply_p);
 
 ferry_status_t etcd__call(etcd_client_t *client, const char *path, const cJSON *body,
                           cJSON **reply_p)
 {
+    return etcd__call_flags(client, path, body, 0, reply_p);
+}
+
+/* Every request goes through here, so the observer (metrics) sees each. */
+ferry_status_t etcd__call_flags(etcd_client_t *client, const char *path, const cJSON *body,
+                                unsigned flags, cJSON **reply_p)
+{
     int64_t start = etcd_now_ns();
-    ferry_status_t status = etcd_call_observed(client, path, body, reply_p);
+    ferry_status_t status = etcd_call_unobserved(client, path, body, flags, reply_p);
 
     if (client->observer.request_done != NULL) {
         client->observer.request_done(client->observer.arg, path, status, etcd_now_ns() - start);
@@ -442,8 +624,8 @@ ferry_status_t etcd__call(etcd_client_t *client, const char *path, const cJSON *
     return status;
 }
 
-static ferry_status_t etcd_call_observed(etcd_client_t *client, const char *path, const cJSON *body,
-                                         cJSON **reply_p)
+static ferry_status_t etcd_call_unobserved(etcd_client_t *client, const char *path,
+                                           const cJSON *body, unsigned flags, cJSON **reply_p)
 {
     etcd__clear_error();
     char *text = cJSON_PrintUnformatted(body);
@@ -454,16 +636,46 @@ static ferry_status_t etcd_call_observed(etcd_client_t *client, const char *path
     }
     unsigned long gen = 0;
     bool sent = false;
-    ferry_status_t status = etcd_call_once(client, handle, path, text, &gen, &sent, reply_p);
+    ferry_status_t status = etcd_call_once(client, handle, path, text, flags, &gen, &sent, reply_p);
     if (status == FERRY_ERR_UNAUTHENTICATED && client->username != NULL && sent) {
         /* The token expired (etcd's default TTL is 300 s) or etcd restarted
          * and forgot it: get a new one and try once more. */
         ferry_debug("etcd: token rejected on %s, authenticating again", path);
         etcd__auth_invalidate(client, gen);
-        status = etcd_call_once(client, handle, path, text, &gen, &sent, reply_p);
+        status = etcd_call_once(client, handle, path, text, flags, &gen, &sent, reply_p);
     }
     etcd_pool_put(client, handle);
     free(text);
+    return status;
+}
+
+/* A linearizable read of one key that does not exist: etcd serves it only
+ * after the leader has confirmed it still leads a quorum (ReadIndex), so
+ * it proves that the cluster can commit. etcd checks that before the
+ * permission, so PERMISSION_DENIED (a user limited to its prefix) proves it
+ * as well. */
+static ferry_status_t etcd_ping_quorum(etcd_client_t *client, int64_t *revision_p)
+{
+    static const uint8_t probe_key[] = "\0ferry-health-probe";
+    cJSON *body = cJSON_CreateObject();
+    ferry_status_t status =
+        body != NULL ? etcd__json_add_bytes(body, "key", probe_key, sizeof(probe_key) - 1)
+                     : FERRY_ERR_NO_MEMORY;
+    if (status == FERRY_OK && cJSON_AddTrueToObject(body, "count_only") == NULL) {
+        status = FERRY_ERR_NO_MEMORY;
+    }
+    cJSON *reply = NULL;
+    if (status == FERRY_OK) {
+        status = etcd__call_flags(client, "/v3/kv/range", body, ETCD_CALL_RETRY | ETCD_CALL_PROBE,
+                                  &reply);
+    }
+    if (status == FERRY_OK) {
+        status = etcd__json_revision(reply, revision_p);
+    } else if (status == FERRY_ERR_PERMISSION_DENIED) {
+        status = FERRY_OK;
+    }
+    cJSON_Delete(reply);
+    cJSON_Delete(body);
     return status;
 }
 
@@ -474,12 +686,17 @@ ferry_status_t etcd_ping(etcd_client_t *client, int64_t *revision_p)
     }
     cJSON *body = cJSON_CreateObject();
     cJSON *reply = NULL;
-    ferry_status_t status = body != NULL
-                                ? etcd__call(client, "/v3/maintenance/status", body, &reply)
-                                : FERRY_ERR_NO_MEMORY;
+    ferry_status_t status =
+        body != NULL
+            ? etcd__call_flags(client, "/v3/maintenance/status", body,
+                               ETCD_CALL_RETRY | ETCD_CALL_PROBE | ETCD_CALL_LEADER, &reply)
+            : FERRY_ERR_NO_MEMORY;
     int64_t revision = 0;
     if (status == FERRY_OK) {
         status = etcd__json_revision(reply, &revision);
+    }
+    if (status == FERRY_OK) {
+        status = etcd_ping_quorum(client, &revision);
     }
     if (status == FERRY_OK && revision_p != NULL) {
         *revision_p = revision;

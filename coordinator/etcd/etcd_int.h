@@ -38,10 +38,36 @@ enum {
     ETCD_GRPC_UNAUTHENTICATED = 16,
 };
 
+/* How a request may be sent (etcd__call_flags). */
+enum {
+    /* Safe to send twice (reads, status, keep-alive, revoke, authenticate):
+     * an endpoint that gives no answer within ETCD_ATTEMPT_MS, or answers
+     * "unavailable", is left for the next one. Without it a request that
+     * may have reached etcd is never sent again. */
+    ETCD_CALL_RETRY = 1u << 0,
+    /* A health probe: the whole call within ETCD_PROBE_MS. */
+    ETCD_CALL_PROBE = 1u << 1,
+    /* /v3/maintenance/status: an answer from a member that knows no leader
+     * (it cannot commit) counts as no answer. */
+    ETCD_CALL_LEADER = 1u << 2,
+};
+
+/* Fault budgets. A member that is frozen (SIGSTOP, a hung disk) still
+ * accepts TCP connections, so only silence shows it. */
+enum {
+    ETCD_ATTEMPT_MS = 1000, /* one try of a RETRY request on one endpoint */
+    ETCD_PROBE_MS = 3000,   /* a whole PROBE request */
+    ETCD_SUSPECT_MS = 5000, /* a failed endpoint is tried after all others */
+};
+
 struct etcd_client {
     char **endpoints; /* owned; "http://host:port" without a trailing '/' */
     size_t n_endpoints;
     atomic_size_t preferred; /* index of the endpoint that last answered */
+    /* Per endpoint: CLOCK_MONOTONIC ms until which it is suspect (it gave
+     * no answer or a transport error): requests try it after the others,
+     * and it is never `preferred`. 0: not suspect. */
+    atomic_llong *suspect_until;
     int timeout_ms;
     char *ca_file; /* owned copies of the params; NULL when absent */
     char *cert_file;
@@ -53,9 +79,16 @@ struct etcd_client {
     CURL **pool;               /* idle easy handles, each with live connections */
     size_t n_pool;
 
-    pthread_mutex_t auth_lock; /* guards token and token_gen */
-    char *token;               /* NULL: not authenticated (yet) */
-    unsigned long token_gen;   /* bumped on every new token */
+    /* auth_lock guards token, token_gen and the auth_* fields below; it
+     * is never held across network I/O (etcd_auth.c). */
+    pthread_mutex_t auth_lock;
+    pthread_cond_t auth_cond;   /* with auth_lock: an authentication ended */
+    char *token;                /* NULL: not authenticated (yet) */
+    unsigned long token_gen;    /* bumped on every new token */
+    bool auth_busy;             /* a thread is authenticating */
+    unsigned long auth_round;   /* authentications ended so far */
+    ferry_status_t auth_status; /* how the last one ended */
+    char auth_error[512];       /* and its etcd_client_last_error() */
 
     atomic_long n_connects;   /* new TCP connections made, for tests */
     etcd_observer_t observer; /* constant; all NULL: none */
@@ -86,7 +119,8 @@ ferry_status_t etcd__json_int64(const cJSON *obj, const char *name, int64_t *val
 /* Missing field: an empty buffer (still malloc'ed). */
 ferry_status_t etcd__json_bytes(const cJSON *obj, const char *name, uint8_t **data_p,
                                 size_t *len_p);
-/* header.revision of a reply, 0 when missing. */
+/* header.revision of a reply, 0 when missing; FERRY_ERR_PROTOCOL outside
+ * [0, INT64_MAX), as for the kvs' create_revision and mod_revision. */
 ferry_status_t etcd__json_revision(const cJSON *reply, int64_t *revision_p);
 
 ferry_status_t etcd__parse_kv(const cJSON *json, etcd_kv_t *kv);
@@ -98,6 +132,26 @@ ferry_status_t etcd__parse_txn(const cJSON *json, etcd_txn_result_t *result);
 ferry_status_t etcd__parse_keepalive(const cJSON *json, int64_t *ttl_p);
 ferry_status_t etcd__parse_event(const cJSON *json, etcd_event_t *event);
 void etcd__event_clear(etcd_event_t *event);
+
+/* One message (one line) of a watch stream, parsed; etcd_watch.c acts on it. */
+typedef struct {
+    int64_t revision; /* header.revision */
+    bool created;
+    bool canceled;
+    int64_t compact_revision;  /* canceled: > 0 when the start was compacted */
+    const char *cancel_reason; /* canceled: points into the JSON; "" if absent */
+    etcd_event_t *events;      /* malloc'ed, n_events of them, all parsed */
+    size_t n_events;
+} etcd_watch_msg_t;
+
+/* A line without "result" is etcd's error ({"error": {"grpc_code",
+ * "message"}}): returns the status its code maps to, with *error_p set to
+ * its message (static or pointing into json). Malformed fields and events
+ * are FERRY_ERR_PROTOCOL, *error_p NULL. On success, free with
+ * etcd__watch_msg_clear. */
+ferry_status_t etcd__parse_watch_msg(const cJSON *json, etcd_watch_msg_t *msg,
+                                     const char **error_p);
+void etcd__watch_msg_clear(etcd_watch_msg_t *msg);
 /* etcd's error object {"error","message","code"} and the HTTP status to a
  * ferry status. */
 ferry_status_t etcd__error_status(long http_status, int grpc_code, const char *message);
@@ -111,13 +165,27 @@ void etcd__clear_error(void);
 /* POSTs body to path (e.g. "/v3/kv/put") on the first endpoint that
  * answers, with authentication (re-authenticating once on an expired
  * token). On FERRY_OK *reply_p is the parsed reply, which the caller
- * deletes; on error the cause is logged and recorded. */
+ * deletes; on error the cause is logged and recorded. Sent once: a write. */
 ferry_status_t etcd__call(etcd_client_t *client, const char *path, const cJSON *body,
                           cJSON **reply_p);
 
+/* The same with ETCD_CALL_* flags. */
+ferry_status_t etcd__call_flags(etcd_client_t *client, const char *path, const cJSON *body,
+                                unsigned flags, cJSON **reply_p);
+
 /* The same with a given token (NULL: none) and handle, no auth retry. */
 ferry_status_t etcd__call_raw(etcd_client_t *client, CURL *handle, const char *path,
-                              const char *body, const char *token, cJSON **reply_p);
+                              const char *body, const char *token, unsigned flags, cJSON **reply_p);
+
+/* Whether the member at endpoint `index` answers a status request within
+ * ETCD_ATTEMPT_MS and knows a leader; marks it suspect when not. For a
+ * watch that has heard nothing for a while. */
+ferry_status_t etcd__endpoint_probe(etcd_client_t *client, size_t index);
+
+/* The endpoint a stream should move to after `index`: the preferred one
+ * when that is another and not suspect, else the next one in list order
+ * that is not suspect (the next one when all are). */
+size_t etcd__endpoint_next(etcd_client_t *client, size_t index);
 
 /* Sets the options every request and watch shares: timeouts, TLS, no
  * signals, TCP keep-alive. */

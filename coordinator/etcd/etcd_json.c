@@ -8,6 +8,10 @@
  *     are parsed with strtoll, never through a double;
  *   - fields at their default value are left out: a missing number is 0, a
  *     missing bool false, a missing list empty, a missing value "".
+ *
+ * Revisions (header.revision, create_revision, mod_revision) are refused
+ * unless 0 <= r < INT64_MAX, so callers may add one (a watch resumes at the
+ * last revision + 1) without overflow.
  */
 #include "coordinator/etcd/etcd_int.h"
 
@@ -116,6 +120,22 @@ ferry_status_t etcd__json_bytes(const cJSON *obj, const char *name, uint8_t **da
     return etcd__b64_decode(item->valuestring, data_p, len_p);
 }
 
+/* etcd's revisions start at 1 and only grow; see the header comment. */
+static ferry_status_t etcd_json_revision_field(const cJSON *obj, const char *name,
+                                               int64_t *revision_p)
+{
+    int64_t revision;
+    ferry_status_t status = etcd__json_int64(obj, name, &revision);
+    if (status != FERRY_OK) {
+        return status;
+    }
+    if (revision < 0 || revision == INT64_MAX) {
+        return FERRY_ERR_PROTOCOL;
+    }
+    *revision_p = revision;
+    return FERRY_OK;
+}
+
 ferry_status_t etcd__json_revision(const cJSON *reply, int64_t *revision_p)
 {
     const cJSON *header = cJSON_GetObjectItemCaseSensitive(reply, "header");
@@ -123,7 +143,7 @@ ferry_status_t etcd__json_revision(const cJSON *reply, int64_t *revision_p)
         *revision_p = 0;
         return FERRY_OK;
     }
-    return etcd__json_int64(header, "revision", revision_p);
+    return etcd_json_revision_field(header, "revision", revision_p);
 }
 
 void etcd__kv_clear(etcd_kv_t *kv)
@@ -144,10 +164,10 @@ ferry_status_t etcd__parse_kv(const cJSON *json, etcd_kv_t *kv)
         status = etcd__json_bytes(json, "value", &kv->value, &kv->value_len);
     }
     if (status == FERRY_OK) {
-        status = etcd__json_int64(json, "create_revision", &kv->create_revision);
+        status = etcd_json_revision_field(json, "create_revision", &kv->create_revision);
     }
     if (status == FERRY_OK) {
-        status = etcd__json_int64(json, "mod_revision", &kv->mod_revision);
+        status = etcd_json_revision_field(json, "mod_revision", &kv->mod_revision);
     }
     if (status == FERRY_OK) {
         status = etcd__json_int64(json, "version", &kv->version);
@@ -309,6 +329,70 @@ ferry_status_t etcd__parse_event(const cJSON *json, etcd_event_t *event)
     }
     if (status != FERRY_OK) {
         etcd__event_clear(event);
+    }
+    return status;
+}
+
+void etcd__watch_msg_clear(etcd_watch_msg_t *msg)
+{
+    for (size_t i = 0; i < msg->n_events; i++) {
+        etcd__event_clear(&msg->events[i]);
+    }
+    free(msg->events);
+    memset(msg, 0, sizeof(*msg));
+}
+
+static ferry_status_t etcd_parse_watch_events(const cJSON *array, etcd_watch_msg_t *msg)
+{
+    size_t n = (size_t)cJSON_GetArraySize(array);
+    if (n == 0) {
+        return FERRY_OK;
+    }
+    msg->events = calloc(n, sizeof(*msg->events));
+    if (msg->events == NULL) {
+        return FERRY_ERR_NO_MEMORY;
+    }
+    const cJSON *item;
+    cJSON_ArrayForEach(item, array)
+    {
+        ferry_status_t status = etcd__parse_event(item, &msg->events[msg->n_events]);
+        if (status != FERRY_OK) {
+            return status;
+        }
+        msg->n_events++;
+    }
+    return FERRY_OK;
+}
+
+ferry_status_t etcd__parse_watch_msg(const cJSON *json, etcd_watch_msg_t *msg, const char **error_p)
+{
+    memset(msg, 0, sizeof(*msg));
+    *error_p = NULL;
+    const cJSON *result = cJSON_GetObjectItemCaseSensitive(json, "result");
+    if (!cJSON_IsObject(result)) {
+        const cJSON *error = cJSON_GetObjectItemCaseSensitive(json, "error");
+        const cJSON *text = cJSON_GetObjectItemCaseSensitive(error, "message");
+        int64_t code = 0;
+        etcd__json_int64(error, "grpc_code", &code);
+        const char *message = cJSON_IsString(text) ? text->valuestring : NULL;
+        *error_p = message != NULL ? message : "an error without a message";
+        return etcd__error_status(0, (int)code, message);
+    }
+    if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(result, "canceled"))) {
+        const cJSON *reason = cJSON_GetObjectItemCaseSensitive(result, "cancel_reason");
+        msg->canceled = true;
+        msg->cancel_reason = cJSON_IsString(reason) ? reason->valuestring : "";
+        etcd__json_int64(result, "compact_revision", &msg->compact_revision);
+        return FERRY_OK;
+    }
+    ferry_status_t status = etcd__json_revision(result, &msg->revision);
+    msg->created = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(result, "created"));
+    const cJSON *events = cJSON_GetObjectItemCaseSensitive(result, "events");
+    if (status == FERRY_OK && events != NULL) {
+        status = cJSON_IsArray(events) ? etcd_parse_watch_events(events, msg) : FERRY_ERR_PROTOCOL;
+    }
+    if (status != FERRY_OK) {
+        etcd__watch_msg_clear(msg);
     }
     return status;
 }

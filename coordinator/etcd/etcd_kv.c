@@ -12,16 +12,17 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* Sends body (always deleted) and returns the reply. */
+/* Sends body (always deleted) and returns the reply. Only a range may be
+ * sent twice (ETCD_CALL_RETRY); writes go out once. */
 static ferry_status_t etcd_send(etcd_client_t *client, const char *path, cJSON *body,
-                                ferry_status_t built, cJSON **reply_p)
+                                ferry_status_t built, unsigned flags, cJSON **reply_p)
 {
     ferry_status_t status = built;
     if (body == NULL) {
         status = FERRY_ERR_NO_MEMORY;
     }
     if (status == FERRY_OK) {
-        status = etcd__call(client, path, body, reply_p);
+        status = etcd__call_flags(client, path, body, flags, reply_p);
     }
     cJSON_Delete(body);
     return status;
@@ -66,7 +67,7 @@ ferry_status_t etcd_put(etcd_client_t *client, const void *key, size_t key_len, 
     cJSON *reply = NULL;
     ferry_status_t status =
         body != NULL ? etcd_build_put(body, key, key_len, value, value_len, lease) : FERRY_OK;
-    status = etcd_send(client, "/v3/kv/put", body, status, &reply);
+    status = etcd_send(client, "/v3/kv/put", body, status, 0, &reply);
     int64_t revision = 0;
     if (status == FERRY_OK) {
         status = etcd__json_revision(reply, &revision);
@@ -105,7 +106,7 @@ ferry_status_t etcd_get(etcd_client_t *client, const void *key, size_t key_len,
     ferry_status_t status =
         body != NULL ? etcd_build_get(body, key, key_len, range_end, range_end_len, limit, revision)
                      : FERRY_OK;
-    status = etcd_send(client, "/v3/kv/range", body, status, &reply);
+    status = etcd_send(client, "/v3/kv/range", body, status, ETCD_CALL_RETRY, &reply);
     if (status == FERRY_OK) {
         status = etcd__parse_range(reply, range_p);
     }
@@ -124,7 +125,7 @@ ferry_status_t etcd_delete(etcd_client_t *client, const void *key, size_t key_le
     cJSON *reply = NULL;
     ferry_status_t status =
         body != NULL ? etcd_add_range(body, key, key_len, range_end, range_end_len) : FERRY_OK;
-    status = etcd_send(client, "/v3/kv/deleterange", body, status, &reply);
+    status = etcd_send(client, "/v3/kv/deleterange", body, status, 0, &reply);
     int64_t deleted = 0;
     int64_t revision = 0;
     if (status == FERRY_OK) {
@@ -257,7 +258,7 @@ ferry_status_t etcd_txn(etcd_client_t *client, const etcd_compare_t *compares, s
     ferry_status_t status = body != NULL ? etcd_build_txn(body, compares, n_compares, success,
                                                           n_success, failure, n_failure)
                                          : FERRY_OK;
-    status = etcd_send(client, "/v3/kv/txn", body, status, &reply);
+    status = etcd_send(client, "/v3/kv/txn", body, status, 0, &reply);
     if (status == FERRY_OK) {
         status = etcd__parse_txn(reply, result_p);
     }

@@ -14,15 +14,17 @@
 
 #include "common/log.h"
 
-/* Sends {"<field>": "<number>"} to path; returns the reply. */
+/* Sends {"<field>": "<number>"} to path; returns the reply. Keep-alive and
+ * revoke may be sent twice (flags ETCD_CALL_RETRY): a second keep-alive
+ * only renews again, and a second revoke finds the lease gone. */
 static ferry_status_t etcd_lease_call(etcd_client_t *client, const char *path, const char *field,
-                                      int64_t number, cJSON **reply_p)
+                                      int64_t number, unsigned flags, cJSON **reply_p)
 {
     cJSON *body = cJSON_CreateObject();
     ferry_status_t status =
         body != NULL ? etcd__json_add_int64(body, field, number) : FERRY_ERR_NO_MEMORY;
     if (status == FERRY_OK) {
-        status = etcd__call(client, path, body, reply_p);
+        status = etcd__call_flags(client, path, body, flags, reply_p);
     }
     cJSON_Delete(body);
     return status;
@@ -35,7 +37,7 @@ ferry_status_t etcd_lease_grant(etcd_client_t *client, int64_t ttl_s, int64_t *l
         return FERRY_ERR_MISUSE;
     }
     cJSON *reply = NULL;
-    ferry_status_t status = etcd_lease_call(client, "/v3/lease/grant", "TTL", ttl_s, &reply);
+    ferry_status_t status = etcd_lease_call(client, "/v3/lease/grant", "TTL", ttl_s, 0, &reply);
     int64_t lease = 0;
     int64_t ttl = 0;
     if (status == FERRY_OK) {
@@ -64,7 +66,8 @@ ferry_status_t etcd_lease_keepalive(etcd_client_t *client, int64_t lease, int64_
         return FERRY_ERR_MISUSE;
     }
     cJSON *reply = NULL;
-    ferry_status_t status = etcd_lease_call(client, "/v3/lease/keepalive", "ID", lease, &reply);
+    ferry_status_t status =
+        etcd_lease_call(client, "/v3/lease/keepalive", "ID", lease, ETCD_CALL_RETRY, &reply);
     int64_t ttl = 0;
     if (status == FERRY_OK) {
         status = etcd__parse_keepalive(reply, &ttl);
@@ -87,7 +90,8 @@ ferry_status_t etcd_lease_revoke(etcd_client_t *client, int64_t lease)
     }
     cJSON *reply = NULL;
     /* etcd 3.4 serves both /v3/lease/revoke and the older /v3/kv/lease/revoke. */
-    ferry_status_t status = etcd_lease_call(client, "/v3/lease/revoke", "ID", lease, &reply);
+    ferry_status_t status =
+        etcd_lease_call(client, "/v3/lease/revoke", "ID", lease, ETCD_CALL_RETRY, &reply);
     cJSON_Delete(reply);
     return status;
 }

@@ -15,6 +15,16 @@
  * yet), so no event is lost or repeated. A compacted revision ends the
  * thread's work with on_state(false, FERRY_ERR_EXPIRED).
  *
+ * A hung member (SIGSTOP, a hung disk) keeps the connection open and just
+ * says nothing, like an idle store. So the stream asks for progress
+ * notifications (progress_notify), and after ETCD_WATCH_QUIET_MS without a
+ * byte the thread asks that member for its status (etcd__endpoint_probe):
+ * no answer within ETCD_ATTEMPT_MS, or an answer without a leader (a member
+ * cut off from its quorum sees no new revisions either), is a dead stream,
+ * which reconnects on the next endpoint that is not suspect. etcd sends
+ * progress every 10 minutes by default (--experimental-watch-progress-
+ * notify-interval), so on an idle store the probe is what runs.
+ *
  * Threads: the creating thread waits for the first "created"; afterwards
  * only the watch thread touches the stream fields. `stop` is atomic; `lock`
  * guards the create handshake and backs the condition variable that the
@@ -35,6 +45,7 @@ enum {
     ETCD_WATCH_BACKOFF_MIN_MS = 100,
     ETCD_WATCH_BACKOFF_MAX_MS = 1000,
     ETCD_WATCH_POLL_MS = 1000,
+    ETCD_WATCH_QUIET_MS = 3000, /* silence after which the member is probed */
 };
 
 struct etcd_watch {
@@ -57,6 +68,7 @@ struct etcd_watch {
     etcd_buf_t line;              /* bytes of the line not yet complete */
     int64_t next_rev;             /* where a reconnect starts; 0: from now */
     bool created;                 /* the current stream said "created" */
+    int64_t heard_ms;             /* CLOCK_MONOTONIC ms of the last byte or probe */
     bool connected;               /* as last told to on_state */
     bool ever_created;            /* some stream was created (create returned) */
     ferry_status_t stream_status; /* why the stream was ended from the inside */
@@ -108,44 +120,22 @@ static void etcd_watch_created(etcd_watch_t *watch, ferry_status_t status)
 
 /* --- one message --------------------------------------------------------- */
 
-static ferry_status_t etcd_watch_events(etcd_watch_t *watch, const cJSON *array, int64_t revision)
+static void etcd_watch_events(etcd_watch_t *watch, const etcd_watch_msg_t *msg)
 {
-    size_t n = (size_t)cJSON_GetArraySize(array);
-    etcd_event_t *events = calloc(n > 0 ? n : 1, sizeof(*events));
-    if (events == NULL) {
-        return FERRY_ERR_NO_MEMORY;
+    if (msg->n_events > 0) {
+        watch->params.on_events(watch->params.arg, msg->events, msg->n_events, msg->revision);
+        /* Parsed revisions are below INT64_MAX (etcd_json.c). */
+        watch->next_rev = msg->events[msg->n_events - 1].kv.mod_revision + 1;
     }
-    ferry_status_t status = FERRY_OK;
-    size_t parsed = 0;
-    const cJSON *item;
-    cJSON_ArrayForEach(item, array)
-    {
-        if (status == FERRY_OK) {
-            status = etcd__parse_event(item, &events[parsed]);
-            parsed += status == FERRY_OK;
-        }
-    }
-    if (status == FERRY_OK && n > 0) {
-        watch->params.on_events(watch->params.arg, events, n, revision);
-        watch->next_rev = events[n - 1].kv.mod_revision + 1;
-    }
-    for (size_t i = 0; i < parsed; i++) {
-        etcd__event_clear(&events[i]);
-    }
-    free(events);
-    return status;
 }
 
 /* A canceled watch: compaction, auth, or something else. */
-static ferry_status_t etcd_watch_canceled(const cJSON *result)
+static ferry_status_t etcd_watch_canceled(const etcd_watch_msg_t *msg)
 {
-    int64_t compact = 0;
-    etcd__json_int64(result, "compact_revision", &compact);
-    const cJSON *reason = cJSON_GetObjectItemCaseSensitive(result, "cancel_reason");
-    const char *text = cJSON_IsString(reason) ? reason->valuestring : "";
+    const char *text = msg->cancel_reason;
     etcd__set_error("watch canceled by etcd: %s%s", text,
-                    compact > 0 ? "required revision has been compacted" : "");
-    if (compact > 0) {
+                    msg->compact_revision > 0 ? "required revision has been compacted" : "");
+    if (msg->compact_revision > 0) {
         return FERRY_ERR_EXPIRED;
     }
     if (strstr(text, "Unauthenticated") != NULL || strstr(text, "auth token") != NULL) {
@@ -157,41 +147,43 @@ static ferry_status_t etcd_watch_canceled(const cJSON *result)
     return FERRY_ERR_UNAVAILABLE;
 }
 
-/* Handles one line of the stream. Anything but FERRY_OK ends the stream. */
-static ferry_status_t etcd_watch_message(etcd_watch_t *watch, const cJSON *msg)
+static void etcd_watch_on_created(etcd_watch_t *watch, int64_t revision)
 {
-    const cJSON *result = cJSON_GetObjectItemCaseSensitive(msg, "result");
-    if (!cJSON_IsObject(result)) {
-        const cJSON *error = cJSON_GetObjectItemCaseSensitive(msg, "error");
-        const cJSON *text = cJSON_GetObjectItemCaseSensitive(error, "message");
-        int64_t code = 0;
-        etcd__json_int64(error, "grpc_code", &code);
-        etcd__set_error("watch: etcd error: %s", cJSON_IsString(text) ? text->valuestring : "?");
-        return etcd__error_status(0, (int)code, cJSON_IsString(text) ? text->valuestring : NULL);
+    watch->created = true;
+    if (watch->next_rev == 0) {
+        watch->next_rev = revision + 1;
     }
-    if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(result, "canceled"))) {
-        return etcd_watch_canceled(result);
+    if (watch->ever_created) {
+        etcd_watch_set_connected(watch, true, FERRY_OK);
+    } else {
+        /* The first stream is create's result, not a state change. */
+        watch->connected = true;
+        etcd_watch_created(watch, FERRY_OK);
     }
-    int64_t revision = 0;
-    ferry_status_t status = etcd__json_revision(result, &revision);
-    if (status == FERRY_OK && cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(result, "created"))) {
-        watch->created = true;
-        if (watch->next_rev == 0) {
-            watch->next_rev = revision + 1;
+}
+
+/* Handles one line of the stream (parsed by etcd__parse_watch_msg).
+ * Anything but FERRY_OK ends the stream. */
+static ferry_status_t etcd_watch_message(etcd_watch_t *watch, const cJSON *json)
+{
+    etcd_watch_msg_t msg;
+    const char *error;
+    ferry_status_t status = etcd__parse_watch_msg(json, &msg, &error);
+
+    if (status != FERRY_OK) {
+        etcd__set_error("watch: %s%s", error != NULL ? "etcd error: " : "",
+                        error != NULL ? error : "malformed message from etcd");
+        return status;
+    }
+    if (msg.canceled) {
+        status = etcd_watch_canceled(&msg);
+    } else {
+        if (msg.created) {
+            etcd_watch_on_created(watch, msg.revision);
         }
-        if (watch->ever_created) {
-            etcd_watch_set_connected(watch, true, FERRY_OK);
-        } else {
-            /* The first stream is create's result, not a state change. */
-            watch->connected = true;
-            etcd_watch_created(watch, FERRY_OK);
-        }
+        etcd_watch_events(watch, &msg);
     }
-    const cJSON *events = cJSON_GetObjectItemCaseSensitive(result, "events");
-    if (status == FERRY_OK && events != NULL) {
-        status =
-            cJSON_IsArray(events) ? etcd_watch_events(watch, events, revision) : FERRY_ERR_PROTOCOL;
-    }
+    etcd__watch_msg_clear(&msg);
     return status;
 }
 
@@ -235,6 +227,7 @@ static size_t etcd_watch_write(char *data, size_t size, size_t nmemb, void *arg)
         return 0;
     }
     etcd_buf_t *line = &watch->line;
+    watch->heard_ms = etcd_now_ms();
     if (line->len + n + 1 > line->cap) {
         size_t cap = line->cap > 0 ? line->cap : 4096;
         while (cap < line->len + n + 1) {
@@ -275,9 +268,35 @@ static char *etcd_watch_body(const etcd_watch_t *watch)
     if (status == FERRY_OK && watch->params.prev_kv) {
         status = cJSON_AddTrueToObject(req, "prev_kv") != NULL ? FERRY_OK : FERRY_ERR_NO_MEMORY;
     }
+    if (status == FERRY_OK) {
+        status =
+            cJSON_AddTrueToObject(req, "progress_notify") != NULL ? FERRY_OK : FERRY_ERR_NO_MEMORY;
+    }
     char *text = status == FERRY_OK ? cJSON_PrintUnformatted(body) : NULL;
     cJSON_Delete(body);
     return text;
+}
+
+/* False when the stream has been silent for ETCD_WATCH_QUIET_MS and its
+ * member does not answer a status probe with a leader (the probe marks
+ * it suspect, so the reconnect goes elsewhere). Other answers (an auth
+ * error) say the member is alive. */
+static bool etcd_watch_alive(etcd_watch_t *watch)
+{
+    int64_t quiet = etcd_now_ms() - watch->heard_ms;
+    if (quiet < ETCD_WATCH_QUIET_MS) {
+        return true;
+    }
+    if (etcd__endpoint_probe(watch->client, watch->endpoint) == FERRY_ERR_UNAVAILABLE) {
+        char cause[512];
+        snprintf(cause, sizeof(cause), "%s", etcd_client_last_error());
+        etcd__set_error("watch %s: silent for %lld ms and the member does not answer: %s",
+                        watch->client->endpoints[watch->endpoint], (long long)quiet, cause);
+        ferry_warn("etcd: %s", etcd_client_last_error());
+        return false;
+    }
+    watch->heard_ms = etcd_now_ms();
+    return true;
 }
 
 /* Drives the transfer until it ends, stop is asked, or "created" does not
@@ -299,6 +318,9 @@ static CURLcode etcd_watch_drive(etcd_watch_t *watch)
         }
         if (!watch->created && etcd_now_ms() > created_by) {
             etcd__set_error("watch: no answer from etcd within %d ms", watch->client->timeout_ms);
+            return CURLE_OPERATION_TIMEDOUT;
+        }
+        if (watch->created && !etcd_watch_alive(watch)) {
             return CURLE_OPERATION_TIMEDOUT;
         }
         curl_multi_poll(watch->multi, NULL, 0, ETCD_WATCH_POLL_MS, NULL);
@@ -336,6 +358,7 @@ static ferry_status_t etcd_watch_stream(etcd_watch_t *watch, const char *token)
     etcd_watch_setup(watch, url, body, headers, detail);
     free(body);
     watch->created = false;
+    watch->heard_ms = etcd_now_ms();
     watch->stream_status = FERRY_OK;
     watch->line.len = 0;
     CURLMcode added = curl_multi_add_handle(watch->multi, watch->easy);
@@ -408,7 +431,7 @@ static ferry_status_t etcd_watch_first(etcd_watch_t *watch)
             (status != FERRY_ERR_UNAVAILABLE && status != FERRY_ERR_UNAUTHENTICATED)) {
             break;
         }
-        watch->endpoint = (watch->endpoint + 1) % watch->client->n_endpoints;
+        watch->endpoint = etcd__endpoint_next(watch->client, watch->endpoint);
     }
     return status;
 }
@@ -431,7 +454,7 @@ static void *etcd_watch_main(void *arg)
         if (!etcd_watch_backoff(watch, backoff)) {
             break;
         }
-        watch->endpoint = (watch->endpoint + 1) % watch->client->n_endpoints;
+        watch->endpoint = etcd__endpoint_next(watch->client, watch->endpoint);
         status = etcd_watch_attempt(watch);
         backoff = watch->created
                       ? ETCD_WATCH_BACKOFF_MIN_MS

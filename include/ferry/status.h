@@ -51,7 +51,8 @@ extern "C" {
     _(ERR_IO, -18, "system call failed")                                           \
     _(ERR_MISUSE, -19, "API misuse by the caller")                                 \
     _(ERR_INTERNAL, -20, "internal error")                                         \
-    _(ERR_LEASE_NOT_FOUND, -21, "lease not found: it expired or never existed")
+    _(ERR_LEASE_NOT_FOUND, -21, "lease not found: it expired or never existed")    \
+    _(ERR_OUT_OF_RANGE, -22, "revision no longer available: read again, then resume")
 
 typedef enum {
 #define FERRY__STATUS_ENUM(name, value, msg) FERRY_##name = (value),

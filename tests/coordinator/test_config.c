@@ -33,6 +33,22 @@ static void test_defaults(void **state)
     assert_int_equal(c.ttl_s, 10);
     assert_int_equal(c.threads, 16);
     assert_int_equal(c.grace_ms, 5000);
+    assert_int_equal(c.watch_queue_kib, 4096);
+    assert_int_equal(c.etcd_inflight, 16);
+    assert_int_equal(c.etcd_queue, 1024);
+}
+
+static void test_etcd_queue_flags(void **state)
+{
+    coord_config_t c;
+    char *argv[] = {"ferry-coordinator", "--etcd-inflight", "4", "--etcd-queue", "0", NULL};
+    (void)state;
+
+    setenv("FERRY_ETCD_INFLIGHT", "9", 1);
+    assert_int_equal(parse(&c, 5, argv), 0);
+    assert_int_equal(c.etcd_inflight, 4);
+    assert_int_equal(c.etcd_queue, 0);
+    unsetenv("FERRY_ETCD_INFLIGHT");
 }
 
 static void test_flag_beats_variable_and_zero_is_a_value(void **state)
@@ -58,12 +74,14 @@ static void test_refusals(void **state)
     char *bad_prefix[] = {"ferry-coordinator", "--prefix", "/ferry", NULL};
     char *half_tls[] = {"ferry-coordinator", "--tls-cert", "c.pem", NULL};
     char *stray[] = {"ferry-coordinator", "extra", NULL};
+    char *tiny_queue[] = {"ferry-coordinator", "--watch-queue-kib", "1", NULL};
     (void)state;
 
     assert_int_equal(parse(&c, 3, bad_ttl), -1);
     assert_int_equal(parse(&c, 3, bad_prefix), -1);
     assert_int_equal(parse(&c, 3, half_tls), -1);
     assert_int_equal(parse(&c, 2, stray), -1);
+    assert_int_equal(parse(&c, 3, tiny_queue), -1);
     setenv("FERRY_GRACE_MS", "soon", 1);
     char *plain[] = {"ferry-coordinator", NULL};
     assert_int_equal(parse(&c, 1, plain), -1);
@@ -127,6 +145,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_defaults),
         cmocka_unit_test(test_flag_beats_variable_and_zero_is_a_value),
+        cmocka_unit_test(test_etcd_queue_flags),
         cmocka_unit_test(test_refusals),
         cmocka_unit_test(test_limits),
     };

@@ -104,6 +104,14 @@ static void test_metadata(void **state)
     assert_non_null(strstr(msg, "descriptors[1].device differs"));
 
     fill(&md, d, dp, 2);
+    md.version = 2; /* no worker of this release reads it */
+    assert_int_equal(coord_validate_metadata("metadata", &md, msg, sizeof(msg)),
+                     FERRY_ERR_INVALID_ARGUMENT);
+    assert_string_equal(msg, "metadata.version is 2; at most 1 is known");
+    md.version = 1;
+    assert_int_equal(coord_validate_metadata("metadata", &md, msg, sizeof(msg)), FERRY_OK);
+
+    fill(&md, d, dp, 2);
     md.kind = 0;
     assert_int_equal(coord_validate_metadata("metadata", &md, msg, sizeof(msg)),
                      FERRY_ERR_INVALID_ARGUMENT);
@@ -145,6 +153,49 @@ static void test_metadata(void **state)
     assert_int_equal(coord_validate_metadata("metadata", &md, msg, sizeof(msg)),
                      FERRY_ERR_INVALID_ARGUMENT);
     assert_non_null(strstr(msg, "rkey"));
+}
+
+/* Unpacks valid metadata with `extra` appended: an unknown field. */
+static Ferry__V1__RdmaMetadata *with_unknown_field(const uint8_t *extra, size_t extra_len)
+{
+    Ferry__V1__RdmaMetadata md;
+    Ferry__V1__Descriptor d[1];
+    Ferry__V1__Descriptor *dp[1];
+    uint8_t packed[512];
+    size_t len;
+
+    fill(&md, d, dp, 1);
+    len = ferry__v1__rdma_metadata__get_packed_size(&md);
+    assert_true(len + extra_len <= sizeof(packed));
+    ferry__v1__rdma_metadata__pack(&md, packed);
+    memcpy(packed + len, extra, extra_len);
+    return ferry__v1__rdma_metadata__unpack(NULL, len + extra_len, packed);
+}
+
+/* Found by fuzz_coord_request (fuzz/corpus/fuzz_coord_request/
+ * crash-register-unknown-field-0): protobuf-c reads an over-long tag of
+ * field number 0 as an unknown field but packs it back as a plain 0 tag,
+ * which it then refuses to read. The registry stores the metadata packed,
+ * so such a Register stored a record no later call could read. */
+static void test_metadata_round_trip(void **state)
+{
+    static const uint8_t field_zero[] = {0x80, 0x00, 0x01}; /* tag 0 in two bytes, varint 1 */
+    static const uint8_t field_99[] = {0x98, 0x06, 0x01};   /* a newer client's field 99 */
+    Ferry__V1__RdmaMetadata *md;
+    (void)state;
+
+    md = with_unknown_field(field_zero, sizeof(field_zero));
+    assert_non_null(md);
+    assert_int_equal(coord_validate_metadata("metadata", md, msg, sizeof(msg)),
+                     FERRY_ERR_INVALID_ARGUMENT);
+    assert_non_null(strstr(msg, "metadata has an unknown field that cannot be stored"));
+    ferry__v1__rdma_metadata__free_unpacked(md, NULL);
+
+    /* Unknown fields with valid numbers are kept, for newer clients. */
+    md = with_unknown_field(field_99, sizeof(field_99));
+    assert_non_null(md);
+    assert_int_equal(coord_validate_metadata("metadata", md, msg, sizeof(msg)), FERRY_OK);
+    ferry__v1__rdma_metadata__free_unpacked(md, NULL);
 }
 
 static void test_ttl(void **state)
@@ -190,8 +241,8 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_request_id), cmocka_unit_test(test_token),
-        cmocka_unit_test(test_metadata),   cmocka_unit_test(test_ttl),
-        cmocka_unit_test(test_watch),
+        cmocka_unit_test(test_metadata),   cmocka_unit_test(test_metadata_round_trip),
+        cmocka_unit_test(test_ttl),        cmocka_unit_test(test_watch),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

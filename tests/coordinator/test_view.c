@@ -1,6 +1,7 @@
 /*
  * test_view.c: the view's map keeps the newest record per request ID, in
- * whatever order write-through and watch events arrive, across growth.
+ * whatever order write-through and watch events arrive, across growth; a
+ * delete leaves a tombstone that no older record can undo.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -59,11 +60,78 @@ static void test_many_entries(void **state)
     view_cleanup(&v);
 }
 
+static void test_tombstone_keeps_a_deleted_record_out(void **state)
+{
+    view_t v;
+    (void)state;
+
+    assert_int_equal(view_init(&v), FERRY_OK);
+    assert_int_equal(view_upsert(&v, "a", (const uint8_t *)"r5", 2, 5), FERRY_OK);
+    assert_int_equal(view_bury(&v, "a", 7), FERRY_OK);
+    assert_null(view_find(&v, "a"));
+    assert_int_equal(v.n_entries, 0);
+    assert_int_equal(v.n_tombs, 1);
+    /* The watch's PUT at 6, older than the delete, arrives late. */
+    assert_int_equal(view_upsert(&v, "a", (const uint8_t *)"r6", 2, 6), FERRY_OK);
+    assert_null(view_find(&v, "a"));
+    /* A delete older than the tombstone changes nothing. */
+    assert_int_equal(view_bury(&v, "a", 6), FERRY_OK);
+    assert_int_equal(v.n_tombs, 1);
+    /* A newer record comes back. */
+    assert_int_equal(view_upsert(&v, "a", (const uint8_t *)"r8", 2, 8), FERRY_OK);
+    assert_non_null(view_find(&v, "a"));
+    assert_memory_equal(view_find(&v, "a")->bytes, "r8", 2);
+    assert_int_equal(v.n_entries, 1);
+    assert_int_equal(v.n_tombs, 0);
+    /* A delete of an ID never seen leaves a tombstone too. */
+    assert_int_equal(view_bury(&v, "b", 9), FERRY_OK);
+    assert_int_equal(view_upsert(&v, "b", (const uint8_t *)"r3", 2, 3), FERRY_OK);
+    assert_null(view_find(&v, "b"));
+    view_cleanup(&v);
+}
+
+static void test_tombstones_are_pruned_and_bounded(void **state)
+{
+    view_t v;
+    char id[32];
+    (void)state;
+
+    assert_int_equal(view_init(&v), FERRY_OK);
+    assert_int_equal(view_bury(&v, "x", 10), FERRY_OK);
+    assert_int_equal(view_bury(&v, "y", 12), FERRY_OK);
+    view_prune(&v, 10);
+    assert_int_equal(v.n_tombs, 1);
+    assert_int_equal(view_upsert(&v, "x", (const uint8_t *)"r9", 2, 9), FERRY_OK);
+    assert_non_null(view_find(&v, "x")); /* the registry's watermark stops this */
+    assert_int_equal(view_upsert(&v, "y", (const uint8_t *)"r11", 3, 11), FERRY_OK);
+    assert_null(view_find(&v, "y"));
+    view_clear(&v);
+    assert_int_equal(v.n_tombs, 0);
+
+    for (int i = 0; i < VIEW_MAX_TOMBSTONES + 10; i++) {
+        snprintf(id, sizeof(id), "t-%d", i);
+        assert_int_equal(view_bury(&v, id, 100 + i), FERRY_OK);
+    }
+    assert_int_equal(v.n_tombs, VIEW_MAX_TOMBSTONES);
+    assert_int_equal(v.n_entries, 0);
+    /* The oldest went first. */
+    assert_int_equal(view_upsert(&v, "t-0", (const uint8_t *)"old", 3, 1), FERRY_OK);
+    assert_non_null(view_find(&v, "t-0"));
+    snprintf(id, sizeof(id), "t-%d", VIEW_MAX_TOMBSTONES + 9);
+    assert_int_equal(view_upsert(&v, id, (const uint8_t *)"old", 3, 1), FERRY_OK);
+    assert_null(view_find(&v, id));
+    view_prune(&v, INT64_MAX);
+    assert_int_equal(v.n_tombs, 0);
+    view_cleanup(&v);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_newer_wins),
         cmocka_unit_test(test_many_entries),
+        cmocka_unit_test(test_tombstone_keeps_a_deleted_record_out),
+        cmocka_unit_test(test_tombstones_are_pruned_and_bounded),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -7,9 +7,14 @@
 #include <stdint.h>
 #include <setjmp.h>
 #include <cmocka.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "etcd_fixture.h"
 
@@ -55,6 +60,128 @@ int64_t fixture_put(etcd_client_t *client, const char *key, const char *value, i
 }
 
 /* --- recorder ------------------------------------------------------------- */
+
+/* --- a frozen member ------------------------------------------------------ */
+
+/* Answers the first connection's request with first_reply, then nothing. */
+static void *frozen_etcd_main(void *arg)
+{
+    frozen_etcd_t *f = arg;
+    char request[4096];
+    char head[256];
+    f->conn_fd = accept(f->listen_fd, NULL, NULL);
+    if (f->conn_fd < 0 || recv(f->conn_fd, request, sizeof(request), 0) <= 0) {
+        return NULL;
+    }
+    int n = snprintf(head, sizeof(head),
+                     "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                     "Transfer-Encoding: chunked\r\n\r\n%zx\r\n",
+                     strlen(f->first_reply));
+    if (send(f->conn_fd, head, (size_t)n, MSG_NOSIGNAL) != n ||
+        send(f->conn_fd, f->first_reply, strlen(f->first_reply), MSG_NOSIGNAL) < 0 ||
+        send(f->conn_fd, "\r\n", 2, MSG_NOSIGNAL) != 2) {
+        fprintf(stderr, "frozen etcd: send failed\n");
+    }
+    return NULL;
+}
+
+void frozen_etcd_start(frozen_etcd_t *f, const char *first_reply)
+{
+    struct sockaddr_in addr = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t len = sizeof(addr);
+    memset(f, 0, sizeof(*f));
+    f->conn_fd = -1;
+    f->first_reply = first_reply;
+    f->listen_fd = socket(AF_INET, SOCK_STREAM, 0);
+    assert_true(f->listen_fd >= 0);
+    assert_int_equal(bind(f->listen_fd, (struct sockaddr *)&addr, sizeof(addr)), 0);
+    assert_int_equal(listen(f->listen_fd, 64), 0);
+    assert_int_equal(getsockname(f->listen_fd, (struct sockaddr *)&addr, &len), 0);
+    snprintf(f->url, sizeof(f->url), "http://127.0.0.1:%d", ntohs(addr.sin_port));
+    if (first_reply != NULL) {
+        assert_int_equal(pthread_create(&f->thread, NULL, frozen_etcd_main, f), 0);
+        f->has_thread = true;
+    }
+}
+
+void frozen_etcd_stop(frozen_etcd_t *f)
+{
+    /* Shutting the listener down ends an accept() still waiting. */
+    if (f->listen_fd >= 0 && !f->has_thread) {
+        shutdown(f->listen_fd, SHUT_RDWR);
+    }
+    if (f->has_thread) {
+        pthread_join(f->thread, NULL);
+    }
+    if (f->conn_fd >= 0) {
+        close(f->conn_fd);
+    }
+    if (f->listen_fd >= 0) {
+        close(f->listen_fd);
+    }
+}
+
+/* Reads one HTTP request (headers and a Content-Length body); false when
+ * the connection ends first. */
+static bool dying_etcd_read(int fd)
+{
+    char buf[8192];
+    size_t len = 0;
+    char *end = NULL;
+    while (end == NULL) {
+        ssize_t n = recv(fd, buf + len, sizeof(buf) - 1 - len, 0);
+        if (n <= 0) {
+            return false;
+        }
+        len += (size_t)n;
+        buf[len] = '\0';
+        end = strstr(buf, "\r\n\r\n");
+    }
+    const char *cl = strcasestr(buf, "content-length:");
+    size_t body = cl != NULL ? strtoul(cl + 15, NULL, 10) : 0;
+    size_t have = len - (size_t)(end + 4 - buf);
+    while (have < body) {
+        ssize_t n = recv(fd, buf, sizeof(buf), 0);
+        if (n <= 0) {
+            return false;
+        }
+        have += (size_t)n;
+    }
+    return true;
+}
+
+static void *dying_etcd_main(void *arg)
+{
+    frozen_etcd_t *f = arg;
+    char head[256];
+    f->conn_fd = accept(f->listen_fd, NULL, NULL);
+    if (f->conn_fd < 0 || !dying_etcd_read(f->conn_fd)) {
+        return NULL;
+    }
+    int n = snprintf(head, sizeof(head),
+                     "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                     "Content-Length: %zu\r\n\r\n%s",
+                     strlen(f->first_reply), f->first_reply);
+    if (send(f->conn_fd, head, (size_t)n, MSG_NOSIGNAL) != n) {
+        fprintf(stderr, "dying etcd: send failed\n");
+    }
+    dying_etcd_read(f->conn_fd);
+    /* Gone, with the second request unanswered. */
+    shutdown(f->listen_fd, SHUT_RDWR);
+    close(f->listen_fd);
+    close(f->conn_fd);
+    f->listen_fd = -1;
+    f->conn_fd = -1;
+    return NULL;
+}
+
+void dying_etcd_start(frozen_etcd_t *f, const char *reply)
+{
+    frozen_etcd_start(f, NULL);
+    f->first_reply = reply;
+    assert_int_equal(pthread_create(&f->thread, NULL, dying_etcd_main, f), 0);
+    f->has_thread = true;
+}
 
 static void recorder_copy(char *out, size_t cap, const uint8_t *data, size_t len)
 {

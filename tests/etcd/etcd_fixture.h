@@ -29,6 +29,31 @@ etcd_client_t *fixture_client(const char *endpoints, int timeout_ms);
 /* Puts a text key/value and returns the revision (asserts success). */
 int64_t fixture_put(etcd_client_t *client, const char *key, const char *value, int64_t lease);
 
+/* --- a frozen member ---------------------------------------------------- */
+
+/* A listener on a free loopback port that behaves like a SIGSTOPped etcd:
+ * the kernel accepts connections and takes requests, nobody answers. With
+ * first_reply, the first connection gets that as an HTTP 200 streamed body
+ * (e.g. a watch's "created" line) and then silence. url is
+ * "http://127.0.0.1:<port>". */
+typedef struct {
+    int listen_fd;
+    int conn_fd; /* the first connection, when first_reply; -1 otherwise */
+    const char *first_reply;
+    pthread_t thread;
+    bool has_thread;
+    char url[64];
+} frozen_etcd_t;
+
+void frozen_etcd_start(frozen_etcd_t *f, const char *first_reply);
+void frozen_etcd_stop(frozen_etcd_t *f);
+
+/* A member that dies with a request in flight: on one connection it answers
+ * the first request with HTTP 200 `reply`, reads the second and closes the
+ * connection and its listener without answering, so a new connection is
+ * refused. Stop joins its thread. */
+void dying_etcd_start(frozen_etcd_t *f, const char *reply);
+
 /* --- watch recorder ------------------------------------------------------ */
 
 enum { RECORDER_MAX = 256 };

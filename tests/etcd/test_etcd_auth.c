@@ -2,18 +2,23 @@
  * test_etcd_auth.c: etcd user/password auth against a real etcd with auth
  * enabled (through etcdctl): requests and watches with a token, refusals
  * without one or with a bad password, and a new token fetched by itself
- * when etcd forgot the old one (simple tokens do not survive a restart).
+ * when etcd forgot the old one (simple tokens do not survive a restart);
+ * against a frozen member, concurrent requests share one authentication
+ * attempt (none is made while another is in flight, and the lock is not
+ * held across it) instead of each trying in turn.
  */
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <setjmp.h>
 #include <cmocka.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
 
+#include "coordinator/etcd/etcd_int.h"
 #include "etcd_fixture.h"
 
 enum { WAIT_MS = 10000 };
@@ -108,6 +113,57 @@ static void test_token_renewed_after_restart(void **state)
     etcd_client_destroy(client);
 }
 
+enum { N_AUTH_THREADS = 4 };
+
+typedef struct {
+    etcd_client_t *client;
+    pthread_barrier_t *start;
+    ferry_status_t status;
+} auth_thread_t;
+
+static void *auth_get(void *arg)
+{
+    auth_thread_t *t = arg;
+    etcd_range_t range;
+    pthread_barrier_wait(t->start);
+    t->status = etcd_get(t->client, "auth/x", 6, NULL, 0, 0, 0, &range);
+    if (t->status == FERRY_OK) {
+        etcd_range_free(&range);
+    }
+    return NULL;
+}
+
+static void test_frozen_member_authenticates_once(void **state)
+{
+    frozen_etcd_t frozen;
+    pthread_barrier_t start;
+    pthread_t threads[N_AUTH_THREADS];
+    auth_thread_t args[N_AUTH_THREADS];
+    (void)state;
+
+    frozen_etcd_start(&frozen, NULL);
+    etcd_params_t params = {
+        .endpoints = frozen.url, .timeout_ms = 2000, .username = "root", .password = "secret"};
+    etcd_client_t *client = NULL;
+    assert_int_equal(etcd_client_create(&params, &client), FERRY_OK);
+    pthread_barrier_init(&start, NULL, N_AUTH_THREADS);
+    for (int i = 0; i < N_AUTH_THREADS; i++) {
+        args[i] = (auth_thread_t){.client = client, .start = &start};
+        assert_int_equal(pthread_create(&threads[i], NULL, auth_get, &args[i]), 0);
+    }
+    for (int i = 0; i < N_AUTH_THREADS; i++) {
+        pthread_join(threads[i], NULL);
+        assert_int_equal(args[i].status, FERRY_ERR_UNAVAILABLE);
+    }
+    /* One authentication went out and the others took its outcome. Each
+     * thread taking the lock in turn and trying itself made one connection
+     * per thread. */
+    assert_true(etcd__client_connects(client) < N_AUTH_THREADS);
+    pthread_barrier_destroy(&start);
+    etcd_client_destroy(client);
+    frozen_etcd_stop(&frozen);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -115,6 +171,7 @@ int main(void)
         cmocka_unit_test(test_refused_without_credentials),
         cmocka_unit_test(test_watch_with_token),
         cmocka_unit_test(test_token_renewed_after_restart),
+        cmocka_unit_test(test_frozen_member_authenticates_once),
     };
     return cmocka_run_group_tests(tests, auth_setup, fixture_teardown);
 }

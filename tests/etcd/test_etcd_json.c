@@ -8,6 +8,7 @@
 #include <stdint.h>
 #include <setjmp.h>
 #include <cmocka.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -221,6 +222,83 @@ static void test_events(void **state)
     cJSON_Delete(json);
 }
 
+/* etcd's revisions count up from 1: a negative one, or INT64_MAX (after
+ * which "revision + 1", where a watch resumes, would overflow), can only
+ * come from a broken or hostile endpoint and is refused. */
+static void test_revisions_out_of_range(void **state)
+{
+    static const char *bad[] = {"\"-1\"", "\"9223372036854775807\""};
+    char text[256];
+    int64_t revision;
+    etcd_range_t range;
+    etcd_event_t event;
+    (void)state;
+
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        snprintf(text, sizeof(text), "{\"header\":{\"revision\":%s}}", bad[i]);
+        cJSON *json = parse(text);
+        assert_int_equal(etcd__json_revision(json, &revision), FERRY_ERR_PROTOCOL);
+        assert_int_equal(etcd__parse_range(json, &range), FERRY_ERR_PROTOCOL);
+        cJSON_Delete(json);
+
+        snprintf(text, sizeof(text), "{\"kv\":{\"key\":\"eA==\",\"mod_revision\":%s}}", bad[i]);
+        json = parse(text);
+        assert_int_equal(etcd__parse_event(json, &event), FERRY_ERR_PROTOCOL);
+        cJSON_Delete(json);
+
+        snprintf(text, sizeof(text), "{\"kv\":{\"key\":\"eA==\",\"create_revision\":%s}}", bad[i]);
+        json = parse(text);
+        assert_int_equal(etcd__parse_event(json, &event), FERRY_ERR_PROTOCOL);
+        cJSON_Delete(json);
+    }
+
+    cJSON *json = parse("{\"header\":{\"revision\":\"9223372036854775806\"}}");
+    assert_int_equal(etcd__json_revision(json, &revision), FERRY_OK);
+    assert_true(revision == INT64_MAX - 1);
+    cJSON_Delete(json);
+}
+
+/* One line of a watch stream each: created, events, canceled, an error. */
+static void test_watch_messages(void **state)
+{
+    etcd_watch_msg_t msg;
+    const char *error;
+    (void)state;
+
+    cJSON *json = parse("{\"result\":{\"header\":{\"revision\":\"7\"},\"created\":true}}");
+    assert_int_equal(etcd__parse_watch_msg(json, &msg, &error), FERRY_OK);
+    assert_true(msg.created && !msg.canceled && msg.revision == 7 && msg.n_events == 0);
+    etcd__watch_msg_clear(&msg);
+    cJSON_Delete(json);
+
+    json = parse("{\"result\":{\"header\":{\"revision\":\"9\"},\"events\":[{\"kv\":{"
+                 "\"key\":\"eA==\",\"mod_revision\":\"8\"}},{\"type\":\"DELETE\",\"kv\":{"
+                 "\"key\":\"eQ==\",\"mod_revision\":\"9\"}}]}}");
+    assert_int_equal(etcd__parse_watch_msg(json, &msg, &error), FERRY_OK);
+    assert_int_equal(msg.n_events, 2);
+    assert_int_equal(msg.events[1].type, ETCD_EVENT_DELETE);
+    assert_true(msg.events[1].kv.mod_revision == 9);
+    etcd__watch_msg_clear(&msg);
+    cJSON_Delete(json);
+
+    json = parse("{\"result\":{\"events\":[{\"kv\":{\"key\":\"eA==\"}},{\"type\":\"X\"}]}}");
+    assert_int_equal(etcd__parse_watch_msg(json, &msg, &error), FERRY_ERR_PROTOCOL);
+    assert_null(error);
+    cJSON_Delete(json);
+
+    json = parse("{\"result\":{\"canceled\":true,\"compact_revision\":\"3\"}}");
+    assert_int_equal(etcd__parse_watch_msg(json, &msg, &error), FERRY_OK);
+    assert_true(msg.canceled && msg.compact_revision == 3);
+    assert_string_equal(msg.cancel_reason, "");
+    etcd__watch_msg_clear(&msg);
+    cJSON_Delete(json);
+
+    json = parse("{\"error\":{\"grpc_code\":16,\"message\":\"invalid auth token\"}}");
+    assert_int_equal(etcd__parse_watch_msg(json, &msg, &error), FERRY_ERR_UNAUTHENTICATED);
+    assert_string_equal(error, "invalid auth token");
+    cJSON_Delete(json);
+}
+
 static void test_error_mapping(void **state)
 {
     (void)state;
@@ -278,6 +356,8 @@ int main(void)
         cmocka_unit_test(test_txn_succeeded_mixed_ops),
         cmocka_unit_test(test_keepalive_without_ttl_is_not_found),
         cmocka_unit_test(test_events),
+        cmocka_unit_test(test_revisions_out_of_range),
+        cmocka_unit_test(test_watch_messages),
         cmocka_unit_test(test_error_mapping),
         cmocka_unit_test(test_prefix_end),
     };

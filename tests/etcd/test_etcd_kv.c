@@ -306,6 +306,68 @@ static void test_hung_etcd_times_out(void **state)
     fixture_put(fx->client, "hung", "after", 0);
 }
 
+/* The first endpoint accepts connections and never answers (a frozen
+ * member). Reads and the ping move on to the next endpoint within the
+ * timeout; a write that went to it fails (it is never sent twice), and the
+ * next one goes to the live member, lease revoke included. */
+static void test_frozen_first_endpoint(void **state)
+{
+    fixture_t *fx = *state;
+    frozen_etcd_t frozen;
+    char endpoints[160];
+    frozen_etcd_start(&frozen, NULL);
+    snprintf(endpoints, sizeof(endpoints), "%s,%s", frozen.url, fx->etcd.endpoint);
+    fixture_put(fx->client, "frozen/k", "v", 0);
+
+    etcd_client_t *reader = fixture_client(endpoints, 3000);
+    etcd_range_t range;
+    assert_int_equal(etcd_get(reader, "frozen/k", 8, NULL, 0, 0, 0, &range), FERRY_OK);
+    assert_int_equal(range.n_kvs, 1);
+    etcd_range_free(&range);
+    assert_int_equal(etcd_ping(reader, NULL), FERRY_OK);
+    etcd_client_destroy(reader);
+
+    etcd_client_t *pinger = fixture_client(endpoints, 3000);
+    assert_int_equal(etcd_ping(pinger, NULL), FERRY_OK);
+    etcd_client_destroy(pinger);
+
+    etcd_client_t *writer = fixture_client(endpoints, 3000);
+    assert_int_equal(etcd_put(writer, "frozen/w", 8, "1", 1, 0, NULL), FERRY_ERR_UNAVAILABLE);
+    int64_t lease = 0;
+    assert_int_equal(etcd_lease_grant(writer, 60, &lease, NULL), FERRY_OK);
+    assert_int_equal(etcd_put(writer, "frozen/w", 8, "2", 1, lease, NULL), FERRY_OK);
+    assert_int_equal(etcd_lease_revoke(writer, lease), FERRY_OK);
+    assert_int_equal(etcd_get(fx->client, "frozen/w", 8, NULL, 0, 0, 0, &range), FERRY_OK);
+    assert_int_equal(range.n_kvs, 0); /* gone with its lease */
+    etcd_range_free(&range);
+    etcd_client_destroy(writer);
+    frozen_etcd_stop(&frozen);
+}
+
+/* A member that dies with a write in flight on a reused connection: libcurl
+ * itself retries such a request on a fresh connection, which is refused.
+ * The write may have been applied (a follower forwards it before it dies),
+ * so it must fail, not go to the next endpoint a second time. */
+static void test_write_in_flight_is_not_replayed(void **state)
+{
+    fixture_t *fx = *state;
+    frozen_etcd_t dying;
+    char endpoints[160];
+    dying_etcd_start(&dying, "{\"header\":{\"revision\":\"1\"}}");
+    snprintf(endpoints, sizeof(endpoints), "%s,%s", dying.url, fx->etcd.endpoint);
+    etcd_client_t *client = fixture_client(endpoints, 3000);
+    assert_int_equal(etcd_put(client, "replay/k", 8, "1", 1, 0, NULL), FERRY_OK);
+    assert_int_equal(etcd_put(client, "replay/k", 8, "2", 1, 0, NULL), FERRY_ERR_UNAVAILABLE);
+    etcd_range_t range;
+    assert_int_equal(etcd_get(fx->client, "replay/k", 8, NULL, 0, 0, 0, &range), FERRY_OK);
+    assert_int_equal(range.n_kvs, 0); /* never sent to the live member */
+    etcd_range_free(&range);
+    /* The next request goes to the live member. */
+    assert_int_equal(etcd_put(client, "replay/k", 8, "3", 1, 0, NULL), FERRY_OK);
+    etcd_client_destroy(client);
+    frozen_etcd_stop(&dying);
+}
+
 static void test_recovers_after_etcd_restart(void **state)
 {
     fixture_t *fx = *state;
@@ -339,6 +401,8 @@ int main(void)
         cmocka_unit_test(test_connections_are_reused),
         cmocka_unit_test(test_threads_share_a_client),
         cmocka_unit_test(test_hung_etcd_times_out),
+        cmocka_unit_test(test_frozen_first_endpoint),
+        cmocka_unit_test(test_write_in_flight_is_not_replayed),
         cmocka_unit_test(test_recovers_after_etcd_restart),
     };
     return cmocka_run_group_tests(tests, fixture_setup, fixture_teardown);

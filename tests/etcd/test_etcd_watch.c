@@ -193,6 +193,39 @@ static void test_reconnects_after_restart(void **state)
     free(end);
 }
 
+/* The first endpoint says "created" and then nothing, like a member that
+ * froze under an open watch: the watch finds it silent, probes it, and
+ * moves to the live endpoint, where it gets the events. */
+static void test_silent_member_is_left(void **state)
+{
+    fixture_t *fx = *state;
+    frozen_etcd_t frozen;
+    char endpoints[160];
+    char created[128];
+    /* "created" at the live store's revision (older ones may be compacted). */
+    int64_t now = fixture_put(fx->client, "silent-now", "x", 0);
+    snprintf(created, sizeof(created),
+             "{\"result\":{\"header\":{\"revision\":\"%lld\"},\"created\":true}}\n",
+             (long long)now);
+    frozen_etcd_start(&frozen, created);
+    snprintf(endpoints, sizeof(endpoints), "%s,%s", frozen.url, fx->etcd.endpoint);
+    etcd_client_t *client = fixture_client(endpoints, 2000);
+
+    recorder_t rec;
+    recorder_init(&rec);
+    uint8_t *end;
+    etcd_watch_t *watch = watch_prefix(client, "silent/", 0, &rec, &end);
+    fixture_put(fx->client, "silent/a", "one", 0);
+    assert_true(recorder_wait_events(&rec, 1, 20000));
+    assert_string_equal(rec.events[0].key, "silent/a");
+    assert_true(rec.n_down >= 1 && rec.n_up >= 1);
+    etcd_watch_destroy(watch);
+    recorder_fini(&rec);
+    free(end);
+    etcd_client_destroy(client);
+    frozen_etcd_stop(&frozen);
+}
+
 static void test_destroy_is_prompt(void **state)
 {
     fixture_t *fx = *state;
@@ -225,6 +258,7 @@ int main(void)
         cmocka_unit_test(test_compacted_start_is_expired),
         cmocka_unit_test(test_unreachable_watch_fails),
         cmocka_unit_test(test_reconnects_after_restart),
+        cmocka_unit_test(test_silent_member_is_left),
         cmocka_unit_test(test_destroy_is_prompt),
     };
     return cmocka_run_group_tests(tests, fixture_setup, fixture_teardown);

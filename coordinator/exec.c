@@ -1,0 +1,210 @@
+/*
+ * exec.c: the etcd work queue (exec.h): a FIFO of jobs and a fixed set of
+ * worker threads that take them in turn.
+ *
+ * Invariants: n_queued counts the jobs on the list that were not submitted
+ * with COORD_EXEC_MUST (only those count against max_queued); n_running the
+ * jobs a worker has taken and not finished. Once `stopping` is set nothing
+ * is added, and the workers leave when the list is empty.
+ *
+ * Threads: `lock` guards everything below it in struct coord_exec; `cond`
+ * wakes workers when a job arrives or the queue stops.
+ */
+#include "exec.h"
+
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/log.h"
+
+typedef struct exec_job {
+    coord_job_fn fn;
+    void *arg;
+    bool must; /* does not count against max_queued */
+    struct exec_job *next;
+} exec_job_t;
+
+struct coord_exec {
+    int n_workers;
+    int max_queued;
+    pthread_t *workers;
+    int n_started;
+
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    exec_job_t *head, *tail;
+    int n_queued;  /* jobs on the list without COORD_EXEC_MUST */
+    int n_waiting; /* all jobs on the list */
+    int n_running;
+    bool stopping;
+    bool stopped; /* workers joined */
+};
+
+static exec_job_t *exec_take(coord_exec_t *exec)
+{
+    exec_job_t *job = exec->head;
+
+    exec->head = job->next;
+    if (exec->head == NULL) {
+        exec->tail = NULL;
+    }
+    exec->n_waiting--;
+    if (!job->must) {
+        exec->n_queued--;
+    }
+    return job;
+}
+
+static void *exec_worker(void *arg)
+{
+    coord_exec_t *exec = arg;
+
+    pthread_mutex_lock(&exec->lock);
+    for (;;) {
+        while (exec->head == NULL && !exec->stopping) {
+            pthread_cond_wait(&exec->cond, &exec->lock);
+        }
+        if (exec->head == NULL || exec->stopping) {
+            break; /* stop drops what waits: coord_exec_stop calls it */
+        }
+        exec_job_t *job = exec_take(exec);
+        exec->n_running++;
+        pthread_mutex_unlock(&exec->lock);
+        job->fn(job->arg, true);
+        free(job);
+        pthread_mutex_lock(&exec->lock);
+        exec->n_running--;
+    }
+    pthread_mutex_unlock(&exec->lock);
+    return NULL;
+}
+
+ferry_status_t coord_exec_create(const coord_exec_params_t *params, coord_exec_t **exec_p)
+{
+    coord_exec_t *exec;
+    int rc;
+
+    if (params == NULL || params->n_workers < 1 || params->max_queued < 0) {
+        ferry_error("exec: needs at least one worker and a queue bound >= 0");
+        return FERRY_ERR_INVALID_ARGUMENT;
+    }
+    exec = calloc(1, sizeof(*exec));
+    if (exec == NULL) {
+        return FERRY_ERR_NO_MEMORY;
+    }
+    exec->n_workers = params->n_workers;
+    exec->max_queued = params->max_queued;
+    exec->workers = calloc((size_t)params->n_workers, sizeof(pthread_t));
+    if (exec->workers == NULL) {
+        goto err_free;
+    }
+    if (pthread_mutex_init(&exec->lock, NULL) != 0) {
+        goto err_free;
+    }
+    if (pthread_cond_init(&exec->cond, NULL) != 0) {
+        goto err_lock;
+    }
+    for (; exec->n_started < exec->n_workers; exec->n_started++) {
+        rc = pthread_create(&exec->workers[exec->n_started], NULL, exec_worker, exec);
+        if (rc != 0) {
+            ferry_error("exec: cannot start etcd worker %d of %d: %s", exec->n_started + 1,
+                        exec->n_workers, strerror(rc));
+            coord_exec_destroy(exec); /* joins the ones started */
+            return FERRY_ERR_IO;
+        }
+    }
+    *exec_p = exec;
+    return FERRY_OK;
+
+err_lock:
+    pthread_mutex_destroy(&exec->lock);
+err_free:
+    free(exec->workers);
+    free(exec);
+    return FERRY_ERR_NO_MEMORY;
+}
+
+ferry_status_t coord_exec_submit(coord_exec_t *exec, coord_job_fn fn, void *arg, unsigned flags)
+{
+    exec_job_t *job = malloc(sizeof(*job));
+    ferry_status_t status = FERRY_OK;
+
+    if (job == NULL) {
+        return FERRY_ERR_NO_MEMORY;
+    }
+    *job = (exec_job_t){.fn = fn, .arg = arg, .must = (flags & COORD_EXEC_MUST) != 0};
+    pthread_mutex_lock(&exec->lock);
+    if (exec->stopping) {
+        status = FERRY_ERR_UNAVAILABLE;
+    } else if (!job->must &&
+               exec->n_queued >= exec->max_queued + (exec->n_workers - exec->n_running)) {
+        /* Idle workers will take as many jobs at once; beyond them, the
+         * queue is full. */
+        status = FERRY_ERR_RESOURCE_EXHAUSTED;
+    } else {
+        if (exec->tail != NULL) {
+            exec->tail->next = job;
+        } else {
+            exec->head = job;
+        }
+        exec->tail = job;
+        exec->n_waiting++;
+        exec->n_queued += !job->must;
+        pthread_cond_signal(&exec->cond);
+        job = NULL;
+    }
+    pthread_mutex_unlock(&exec->lock);
+    free(job);
+    return status;
+}
+
+void coord_exec_load(coord_exec_t *exec, int *running_p, int *queued_p)
+{
+    pthread_mutex_lock(&exec->lock);
+    *running_p = exec->n_running;
+    *queued_p = exec->n_waiting;
+    pthread_mutex_unlock(&exec->lock);
+}
+
+void coord_exec_stop(coord_exec_t *exec)
+{
+    exec_job_t *dropped;
+
+    pthread_mutex_lock(&exec->lock);
+    if (exec->stopped) {
+        pthread_mutex_unlock(&exec->lock);
+        return;
+    }
+    exec->stopping = true;
+    dropped = exec->head;
+    exec->head = exec->tail = NULL;
+    exec->n_waiting = exec->n_queued = 0;
+    pthread_cond_broadcast(&exec->cond);
+    pthread_mutex_unlock(&exec->lock);
+
+    while (dropped != NULL) {
+        exec_job_t *next = dropped->next;
+        dropped->fn(dropped->arg, false);
+        free(dropped);
+        dropped = next;
+    }
+    for (int i = 0; i < exec->n_started; i++) {
+        pthread_join(exec->workers[i], NULL);
+    }
+    pthread_mutex_lock(&exec->lock);
+    exec->stopped = true;
+    pthread_mutex_unlock(&exec->lock);
+}
+
+void coord_exec_destroy(coord_exec_t *exec)
+{
+    if (exec == NULL) {
+        return;
+    }
+    coord_exec_stop(exec);
+    pthread_cond_destroy(&exec->cond);
+    pthread_mutex_destroy(&exec->lock);
+    free(exec->workers);
+    free(exec);
+}

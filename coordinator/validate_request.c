@@ -1,0 +1,151 @@
+/*
+ * validate_request.c: the one check of each ferry.v1.Coordinator request,
+ * field by field, before a handler touches the registry. The handlers in
+ * service.c and service_watch.c call coord_validate_request and nothing
+ * else; the fuzz target (fuzz/fuzz_coord_request.c) calls the same, so what
+ * is fuzzed is what is served.
+ *
+ * By the time a request gets here the RPC layer has already refused strings
+ * with NUL bytes or invalid UTF-8 and enums with undefined values
+ * (rpc/rpc_wire.c).
+ *
+ * Pure functions: any thread.
+ */
+#include "validate.h"
+
+#include <stdio.h>
+
+typedef ferry_status_t (*request_check_fn)(const ProtobufCMessage *m, char *msg, size_t cap);
+
+/* Runs checks in order until one refuses. */
+#define CHECK(expr)                      \
+    do {                                 \
+        ferry_status_t status_ = (expr); \
+        if (status_ != FERRY_OK) {       \
+            return status_;              \
+        }                                \
+    } while (0)
+
+static ferry_status_t required(const char *field, int64_t value, char *msg, size_t cap)
+{
+    if (value > 0) {
+        return FERRY_OK;
+    }
+    snprintf(msg, cap, "%s is required", field);
+    return FERRY_ERR_INVALID_ARGUMENT;
+}
+
+static ferry_status_t check_register(const ProtobufCMessage *m, char *msg, size_t cap)
+{
+    const Ferry__V1__RegisterRequest *req = (const Ferry__V1__RegisterRequest *)m;
+
+    CHECK(coord_validate_request_id("request_id", req->request_id, msg, cap));
+    CHECK(coord_validate_metadata("metadata", req->metadata, msg, cap));
+    CHECK(coord_validate_token("access_token", req->access_token, 0, msg, cap));
+    CHECK(coord_validate_ttl("ttl_seconds", req->ttl_seconds, msg, cap));
+    CHECK(coord_validate_name("owner", req->owner, msg, cap));
+    return coord_validate_not_negative("lease_id", req->lease_id, msg, cap);
+}
+
+static ferry_status_t check_lookup(const ProtobufCMessage *m, char *msg, size_t cap)
+{
+    const Ferry__V1__LookupRequest *req = (const Ferry__V1__LookupRequest *)m;
+
+    CHECK(coord_validate_target(req->request_id, req->access_token, 1, msg, cap));
+    return coord_validate_not_negative("wait_ms", req->wait_ms, msg, cap);
+}
+
+static ferry_status_t check_claim(const ProtobufCMessage *m, char *msg, size_t cap)
+{
+    const Ferry__V1__ClaimRequest *req = (const Ferry__V1__ClaimRequest *)m;
+
+    CHECK(coord_validate_target(req->request_id, req->access_token, 1, msg, cap));
+    CHECK(coord_validate_ttl("ttl_seconds", req->ttl_seconds, msg, cap));
+    CHECK(coord_validate_name("claimant", req->claimant, msg, cap));
+    CHECK(coord_validate_not_negative("lease_id", req->lease_id, msg, cap));
+    return coord_validate_not_negative("wait_ms", req->wait_ms, msg, cap);
+}
+
+static ferry_status_t check_complete(const ProtobufCMessage *m, char *msg, size_t cap)
+{
+    const Ferry__V1__CompleteRequest *req = (const Ferry__V1__CompleteRequest *)m;
+
+    CHECK(coord_validate_target(req->request_id, req->access_token, 1, msg, cap));
+    CHECK(required("claim_lease_id", req->claim_lease_id, msg, cap));
+    return coord_validate_name("error_message", req->error_message, msg, cap);
+}
+
+static ferry_status_t check_cancel(const ProtobufCMessage *m, char *msg, size_t cap)
+{
+    const Ferry__V1__CancelRequest *req = (const Ferry__V1__CancelRequest *)m;
+
+    CHECK(coord_validate_target(req->request_id, req->access_token, 1, msg, cap));
+    return coord_validate_name("reason", req->reason, msg, cap);
+}
+
+static ferry_status_t check_release(const ProtobufCMessage *m, char *msg, size_t cap)
+{
+    const Ferry__V1__ReleaseRequest *req = (const Ferry__V1__ReleaseRequest *)m;
+
+    return coord_validate_target(req->request_id, req->access_token, 1, msg, cap);
+}
+
+static ferry_status_t check_keepalive(const ProtobufCMessage *m, char *msg, size_t cap)
+{
+    const Ferry__V1__KeepAliveRequest *req = (const Ferry__V1__KeepAliveRequest *)m;
+
+    return required("lease_id", req->lease_id, msg, cap);
+}
+
+static ferry_status_t check_get(const ProtobufCMessage *m, char *msg, size_t cap)
+{
+    const Ferry__V1__GetRequest *req = (const Ferry__V1__GetRequest *)m;
+
+    return coord_validate_request_id("request_id", req->request_id, msg, cap);
+}
+
+static ferry_status_t check_list(const ProtobufCMessage *m, char *msg, size_t cap)
+{
+    const Ferry__V1__ListRequest *req = (const Ferry__V1__ListRequest *)m;
+
+    if (req->page_size > COORD_PAGE_SIZE_MAX) {
+        snprintf(msg, cap, "page_size is %u; at most %d allowed", req->page_size,
+                 COORD_PAGE_SIZE_MAX);
+        return FERRY_ERR_INVALID_ARGUMENT;
+    }
+    /* A page token is a request ID (the last one listed). */
+    CHECK(coord_validate_prefix("request_id_prefix", req->request_id_prefix, msg, cap));
+    return coord_validate_prefix("page_token", req->page_token, msg, cap);
+}
+
+static ferry_status_t check_watch(const ProtobufCMessage *m, char *msg, size_t cap)
+{
+    return coord_validate_watch((const Ferry__V1__WatchRequest *)m, msg, cap);
+}
+
+static const struct {
+    const ProtobufCMessageDescriptor *descriptor;
+    request_check_fn check;
+} request_checks[] = {
+    {&ferry__v1__register_request__descriptor, check_register},
+    {&ferry__v1__lookup_request__descriptor, check_lookup},
+    {&ferry__v1__claim_request__descriptor, check_claim},
+    {&ferry__v1__complete_request__descriptor, check_complete},
+    {&ferry__v1__cancel_request__descriptor, check_cancel},
+    {&ferry__v1__release_request__descriptor, check_release},
+    {&ferry__v1__keep_alive_request__descriptor, check_keepalive},
+    {&ferry__v1__get_request__descriptor, check_get},
+    {&ferry__v1__list_request__descriptor, check_list},
+    {&ferry__v1__watch_request__descriptor, check_watch},
+};
+
+ferry_status_t coord_validate_request(const ProtobufCMessage *request, char *msg, size_t cap)
+{
+    for (size_t i = 0; i < sizeof(request_checks) / sizeof(request_checks[0]); i++) {
+        if (request_checks[i].descriptor == request->descriptor) {
+            return request_checks[i].check(request, msg, cap);
+        }
+    }
+    snprintf(msg, cap, "%s has no request check", request->descriptor->name);
+    return FERRY_ERR_INTERNAL;
+}

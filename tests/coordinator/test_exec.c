@@ -1,0 +1,203 @@
+/*
+ * test_exec.c: the etcd work queue (coordinator/exec.h). Jobs that block
+ * (as a call to a frozen etcd does) hold the workers, never the submitter;
+ * at most n_workers run at once; beyond max_queued waiting jobs a submit is
+ * refused with RESOURCE_EXHAUSTED unless it is COORD_EXEC_MUST; jobs run in
+ * order; stopping calls every waiting job once with run = false.
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <setjmp.h>
+#include <cmocka.h>
+#include <pthread.h>
+#include <stdbool.h>
+
+#include "exec.h"
+#include "testproc.h"
+
+/* A gate that blocking jobs wait on, and what the jobs saw. */
+typedef struct {
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    bool open;
+    int running, max_running, ran, dropped;
+    int order[64];
+    int n_order;
+} gate_t;
+
+typedef struct {
+    gate_t *gate;
+    int index;
+} job_arg_t;
+
+static void gate_init(gate_t *g)
+{
+    *g = (gate_t){.open = false};
+    pthread_mutex_init(&g->lock, NULL);
+    pthread_cond_init(&g->cond, NULL);
+}
+
+static void gate_open(gate_t *g)
+{
+    pthread_mutex_lock(&g->lock);
+    g->open = true;
+    pthread_cond_broadcast(&g->cond);
+    pthread_mutex_unlock(&g->lock);
+}
+
+static void blocking_job(void *arg, bool run)
+{
+    job_arg_t *a = arg;
+    gate_t *g = a->gate;
+
+    pthread_mutex_lock(&g->lock);
+    if (!run) {
+        g->dropped++;
+        pthread_mutex_unlock(&g->lock);
+        return;
+    }
+    g->running++;
+    if (g->running > g->max_running) {
+        g->max_running = g->running;
+    }
+    while (!g->open) {
+        pthread_cond_wait(&g->cond, &g->lock);
+    }
+    g->running--;
+    g->ran++;
+    if (g->n_order < 64) {
+        g->order[g->n_order++] = a->index;
+    }
+    pthread_mutex_unlock(&g->lock);
+}
+
+typedef struct {
+    gate_t *gate;
+    int want_running;
+    int want_ran;
+} gate_wait_t;
+
+static bool gate_reached(void *arg)
+{
+    gate_wait_t *w = arg;
+    pthread_mutex_lock(&w->gate->lock);
+    bool ok = w->gate->running >= w->want_running && w->gate->ran >= w->want_ran;
+    pthread_mutex_unlock(&w->gate->lock);
+    return ok;
+}
+
+static void test_bounded_and_refused(void **state)
+{
+    coord_exec_params_t params = {.n_workers = 2, .max_queued = 3};
+    coord_exec_t *exec = NULL;
+    gate_t g;
+    job_arg_t args[10];
+    (void)state;
+
+    gate_init(&g);
+    assert_int_equal(coord_exec_create(&params, &exec), FERRY_OK);
+    for (int i = 0; i < 10; i++) {
+        args[i] = (job_arg_t){.gate = &g, .index = i};
+    }
+    /* 2 run, 3 wait: 5 accepted however fast the workers take them. */
+    for (int i = 0; i < 5; i++) {
+        assert_int_equal(coord_exec_submit(exec, blocking_job, &args[i], 0), FERRY_OK);
+    }
+    gate_wait_t w = {.gate = &g, .want_running = 2};
+    assert_true(test_wait_for(gate_reached, &w, 10000));
+    assert_int_equal(coord_exec_submit(exec, blocking_job, &args[5], 0),
+                     FERRY_ERR_RESOURCE_EXHAUSTED);
+    /* Internal work that must not be lost is queued beyond the bound. */
+    assert_int_equal(coord_exec_submit(exec, blocking_job, &args[6], COORD_EXEC_MUST), FERRY_OK);
+    int running = -1, queued = -1;
+    coord_exec_load(exec, &running, &queued);
+    assert_int_equal(running, 2);
+    assert_int_equal(queued, 4);
+
+    gate_open(&g);
+    w = (gate_wait_t){.gate = &g, .want_ran = 6};
+    assert_true(test_wait_for(gate_reached, &w, 10000));
+    assert_int_equal(g.max_running, 2);
+    /* Room again. */
+    assert_int_equal(coord_exec_submit(exec, blocking_job, &args[7], 0), FERRY_OK);
+    w.want_ran = 7;
+    assert_true(test_wait_for(gate_reached, &w, 10000));
+    coord_exec_destroy(exec);
+    assert_int_equal(g.dropped, 0);
+}
+
+static void test_stop_drops_waiting_jobs_once(void **state)
+{
+    coord_exec_params_t params = {.n_workers = 1, .max_queued = 8};
+    coord_exec_t *exec = NULL;
+    gate_t g;
+    job_arg_t args[4];
+    (void)state;
+
+    gate_init(&g);
+    assert_int_equal(coord_exec_create(&params, &exec), FERRY_OK);
+    for (int i = 0; i < 4; i++) {
+        args[i] = (job_arg_t){.gate = &g, .index = i};
+        assert_int_equal(coord_exec_submit(exec, blocking_job, &args[i], 0), FERRY_OK);
+    }
+    gate_wait_t w = {.gate = &g, .want_running = 1};
+    assert_true(test_wait_for(gate_reached, &w, 10000));
+    /* The running job ends once the gate opens; stop joins it. */
+    gate_open(&g);
+    coord_exec_stop(exec);
+    assert_int_equal(g.ran + g.dropped, 4);
+    assert_true(g.ran >= 1);
+    assert_int_equal(coord_exec_submit(exec, blocking_job, &args[0], 0), FERRY_ERR_UNAVAILABLE);
+    coord_exec_stop(exec); /* idempotent */
+    coord_exec_destroy(exec);
+    coord_exec_destroy(NULL);
+}
+
+static void test_jobs_run_in_order(void **state)
+{
+    coord_exec_params_t params = {.n_workers = 1, .max_queued = 8};
+    coord_exec_t *exec = NULL;
+    gate_t g;
+    job_arg_t args[6];
+    (void)state;
+
+    gate_init(&g);
+    assert_int_equal(coord_exec_create(&params, &exec), FERRY_OK);
+    for (int i = 0; i < 6; i++) {
+        args[i] = (job_arg_t){.gate = &g, .index = i};
+        assert_int_equal(
+            coord_exec_submit(exec, blocking_job, &args[i], i == 3 ? COORD_EXEC_MUST : 0),
+            FERRY_OK);
+    }
+    gate_open(&g);
+    gate_wait_t w = {.gate = &g, .want_ran = 6};
+    assert_true(test_wait_for(gate_reached, &w, 10000));
+    for (int i = 0; i < 6; i++) {
+        assert_int_equal(g.order[i], i);
+    }
+    coord_exec_destroy(exec);
+}
+
+static void test_params_checked(void **state)
+{
+    coord_exec_t *exec = NULL;
+    coord_exec_params_t none = {.n_workers = 0, .max_queued = 1};
+    coord_exec_params_t negative = {.n_workers = 1, .max_queued = -1};
+    (void)state;
+
+    assert_int_equal(coord_exec_create(&none, &exec), FERRY_ERR_INVALID_ARGUMENT);
+    assert_int_equal(coord_exec_create(&negative, &exec), FERRY_ERR_INVALID_ARGUMENT);
+    assert_null(exec);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_bounded_and_refused),
+        cmocka_unit_test(test_stop_drops_waiting_jobs_once),
+        cmocka_unit_test(test_jobs_run_in_order),
+        cmocka_unit_test(test_params_checked),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

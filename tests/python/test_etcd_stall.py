@@ -1,0 +1,259 @@
+"""Never wait behind etcd: with etcd frozen (SIGSTOP) and many writes (and
+reads that need etcd: List, linearizable Get) in flight, the coordinator
+still answers what it can answer without etcd.
+
+  - Health.Check answers (within its 2 s deadline) and turns NOT_SERVING;
+  - Lookup and Get of an ID the replica knows answer OK from its view;
+  - after SIGCONT every call in flight has an answer within its deadline:
+    OK, UNAVAILABLE, RESOURCE_EXHAUSTED or DEADLINE_EXCEEDED, never a hang;
+  - with a small --etcd-inflight and --etcd-queue, writes beyond them are
+    refused at once with RESOURCE_EXHAUSTED;
+  - a write that waited in the queue past its deadline writes nothing;
+  - a Register that fails after its lease was granted still revokes it
+    (now in the background, off the caller's path).
+
+Correctness only: "answers" means within the call's own gRPC deadline; no
+timing is asserted beyond that. Run with /usr/bin/python3 from CTest.
+"""
+import json
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import time
+import unittest
+import urllib.request
+
+sys.path.insert(0, os.path.dirname(__file__))
+import ferry_harness  # noqa: E402
+from ferry_harness import wait_until  # noqa: E402
+
+import grpc  # noqa: E402
+
+WRITES = 64
+READS = 16
+WRITE_TIMEOUT = 20  # seconds: each write's gRPC deadline
+CHECK_TIMEOUT = 2  # seconds: Health.Check and Lookup deadlines
+BOUND = 30  # seconds: what "within a bounded time" means here
+TOKEN = "stall-token-0123456789"
+CLEAR_CODES = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED,
+               grpc.StatusCode.DEADLINE_EXCEEDED)
+
+
+def metadata(pb):
+    return pb.RdmaMetadata(
+        version=1, kind=pb.OPERATION_KIND_WRITE, worker_address=b"\x01" * 64,
+        descriptors=[pb.Descriptor(address=0x10000, size=4096,
+                                   device=pb.Device(kind=pb.DEVICE_KIND_HOST), rkey=b"k" * 32)],
+        notification_key=os.urandom(16), worker_name="stall", hostname="localhost")
+
+
+class EtcdStall(unittest.TestCase):
+    def setUp(self):
+        self.tmp = tempfile.mkdtemp(prefix="ferry-stall-")
+        self.gen_dir = os.path.join(self.tmp, "gen")
+        ferry_harness.generate_stubs(self.gen_dir)
+        from ferry.v1 import coordinator_pb2, coordinator_pb2_grpc, types_pb2
+        self.pb, self.cpb, self.grpc_mod = types_pb2, coordinator_pb2, coordinator_pb2_grpc
+        self.etcd = ferry_harness.Etcd(self.tmp)
+        self.etcd.start()
+        self.coord = None
+        self.channels = []
+        self.frozen = False
+
+    def tearDown(self):
+        if self.frozen:
+            self.etcd.proc.send_signal(signal.SIGCONT)
+        for ch in self.channels:
+            ch.close()
+        if self.coord is not None:
+            self.coord.stop()
+        self.etcd.stop()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def start_coordinator(self, extra=()):
+        self.coord = ferry_harness.Coordinator(self.tmp, self.etcd.endpoint, ttl=60, extra=extra)
+        self.coord.start()
+
+    def stub(self):
+        ch = grpc.insecure_channel(self.coord.target)
+        self.channels.append(ch)
+        return self.grpc_mod.CoordinatorStub(ch), ch
+
+    def register_req(self, rid):
+        return self.cpb.RegisterRequest(request_id=rid, metadata=metadata(self.pb),
+                                        access_token=TOKEN, ttl_seconds=60, owner="stall")
+
+    def freeze(self):
+        self.etcd.proc.send_signal(signal.SIGSTOP)
+        self.frozen = True
+
+    def thaw(self):
+        self.etcd.proc.send_signal(signal.SIGCONT)
+        self.frozen = False
+
+    def test_reads_and_health_answer_while_writes_wait_on_frozen_etcd(self):
+        self.start_coordinator()
+        stub, _ = self.stub()
+        health_ch = grpc.insecure_channel(self.coord.target)
+        self.channels.append(health_ch)
+        hpb, check = ferry_harness.health_client(health_ch, self.gen_dir)
+        read_stub, _ = self.stub()
+        wait_until(lambda: check(hpb.HealthCheckRequest(service=""), timeout=CHECK_TIMEOUT).status
+                   == hpb.HealthCheckResponse.SERVING, BOUND, "SERVING")
+        stub.Register(self.register_req("known"), timeout=WRITE_TIMEOUT)
+
+        self.freeze()
+        # Writes from several channels, so that they are in flight at once.
+        write_stubs = [self.stub()[0] for _ in range(4)]
+        futures = [write_stubs[i % 4].Register.future(self.register_req(f"w{i}"),
+                                                      timeout=WRITE_TIMEOUT)
+                   for i in range(WRITES)]
+        # And reads that only etcd can answer (List, a linearizable Get):
+        # they wait on etcd too, but on workers of their own.
+        reads = [write_stubs[i % 4].List.future(self.cpb.ListRequest(), timeout=WRITE_TIMEOUT)
+                 for i in range(READS)]
+        reads += [write_stubs[i % 4].Get.future(
+            self.cpb.GetRequest(request_id="known", linearizable=True), timeout=WRITE_TIMEOUT)
+            for i in range(READS)]
+
+        # Health answers every check within its deadline, and says
+        # NOT_SERVING once the coordinator has seen etcd stop answering.
+        deadline = time.monotonic() + BOUND
+        status = None
+        while time.monotonic() < deadline:
+            try:
+                status = check(hpb.HealthCheckRequest(service=""), timeout=CHECK_TIMEOUT).status
+            except grpc.RpcError as e:
+                self.fail(f"Health.Check did not answer within {CHECK_TIMEOUT} s while etcd "
+                          f"was frozen with {WRITES} writes and {2 * READS} etcd reads in "
+                          f"flight: {e.code()}")
+            if status == hpb.HealthCheckResponse.NOT_SERVING:
+                break
+            time.sleep(0.05)
+        self.assertEqual(status, hpb.HealthCheckResponse.NOT_SERVING)
+
+        # Reads of a known ID are served from memory, not behind the writes.
+        try:
+            got = read_stub.Lookup(self.cpb.LookupRequest(request_id="known", access_token=TOKEN),
+                                   timeout=CHECK_TIMEOUT)
+            self.assertEqual(got.operation.request_id, "known")
+            got = read_stub.Get(self.cpb.GetRequest(request_id="known"), timeout=CHECK_TIMEOUT)
+            self.assertEqual(got.operation.request_id, "known")
+        except grpc.RpcError as e:
+            self.fail(f"a read of a known ID failed while etcd was frozen: {e.code()} "
+                      f"{e.details()}")
+
+        self.thaw()
+        codes = {}
+        for i, f in enumerate(futures):
+            # The client's own deadline ends each call; result() waits past
+            # it only by a margin, so a hang fails here.
+            try:
+                f.result(timeout=WRITE_TIMEOUT + 10)
+                code = grpc.StatusCode.OK
+            except grpc.FutureTimeoutError:
+                self.fail(f"write w{i} had no answer {WRITE_TIMEOUT + 10} s after it was sent")
+            except grpc.RpcError as e:
+                code = e.code()
+                self.assertIn(code, CLEAR_CODES, f"w{i}: {code} {e.details()}")
+            codes[code] = codes.get(code, 0) + 1
+        print(f"FIGURE writes during the stall: {codes}", flush=True)
+        for i, f in enumerate(reads):
+            try:
+                f.result(timeout=WRITE_TIMEOUT + 10)
+            except grpc.FutureTimeoutError:
+                self.fail(f"read {i} had no answer {WRITE_TIMEOUT + 10} s after it was sent")
+            except grpc.RpcError as e:
+                self.assertIn(e.code(), CLEAR_CODES, f"read {i}: {e.code()} {e.details()}")
+
+        wait_until(lambda: check(hpb.HealthCheckRequest(service=""), timeout=CHECK_TIMEOUT).status
+                   == hpb.HealthCheckResponse.SERVING, BOUND, "SERVING after SIGCONT")
+        stub.Register(self.register_req("after"), timeout=WRITE_TIMEOUT)
+
+    def test_writes_beyond_the_limit_are_refused(self):
+        self.start_coordinator(extra=("--etcd-inflight", "2", "--etcd-queue", "2"))
+        stub, _ = self.stub()
+        stub.Register(self.register_req("known"), timeout=WRITE_TIMEOUT)
+        self.freeze()
+        futures = [stub.Register.future(self.register_req(f"x{i}"), timeout=WRITE_TIMEOUT)
+                   for i in range(16)]
+        # At most 2 running and 2 queued: the other 12 are refused, at once,
+        # while etcd is still frozen.
+        wait_until(lambda: self._refused(futures) >= 12, BOUND,
+                   "12 writes refused with RESOURCE_EXHAUSTED")
+        self.thaw()
+        for f in futures:
+            try:
+                f.result(timeout=WRITE_TIMEOUT + 10)
+            except grpc.RpcError as e:
+                self.assertIn(e.code(), CLEAR_CODES, e.details())
+                if e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                    self.assertIn("etcd", e.details())
+        wait_until(lambda: self._register_ok(stub, "after"), BOUND, "a write after SIGCONT")
+
+    @staticmethod
+    def _refused(futures):
+        return sum(1 for f in futures
+                   if f.done() and f.code() == grpc.StatusCode.RESOURCE_EXHAUSTED)
+
+    def test_queued_write_past_its_deadline_writes_nothing(self):
+        """With one etcd worker and etcd frozen, four Registers with a short
+        deadline: the first runs (and may be written once etcd is back),
+        the others wait in the queue past their deadline and write
+        nothing."""
+        self.start_coordinator(extra=("--etcd-inflight", "1"))
+        stub, _ = self.stub()
+        stub.Register(self.register_req("known"), timeout=WRITE_TIMEOUT)
+        self.freeze()
+        ids = [f"late{i}" for i in range(4)]
+        futures = [stub.Register.future(self.register_req(rid), timeout=1) for rid in ids]
+        for f in futures:
+            with self.assertRaises(grpc.RpcError) as cm:
+                f.result(timeout=WRITE_TIMEOUT)
+            self.assertEqual(cm.exception.code(), grpc.StatusCode.DEADLINE_EXCEEDED)
+        self.thaw()
+        # The queue is FIFO: once a later write is through, those are done.
+        wait_until(lambda: self._register_ok(stub, "after"), BOUND, "a write after SIGCONT")
+        written = []
+        for rid in ids:
+            try:
+                stub.Get(self.cpb.GetRequest(request_id=rid, linearizable=True),
+                         timeout=WRITE_TIMEOUT)
+                written.append(rid)
+            except grpc.RpcError as e:
+                self.assertEqual(e.code(), grpc.StatusCode.NOT_FOUND, e.details())
+        self.assertLessEqual(len(written), 1, f"written after their deadline: {written}")
+
+    def test_failed_register_revokes_its_lease(self):
+        """A Register that fails after its lease was granted revokes the
+        lease off the caller's path (an etcd work-queue job), but revokes
+        it: no lease is left behind."""
+        self.start_coordinator()
+        stub, _ = self.stub()
+        stub.Register(self.register_req("dup"), timeout=WRITE_TIMEOUT)
+        before = self._leases()
+        for _ in range(3):
+            with self.assertRaises(grpc.RpcError) as cm:
+                stub.Register(self.register_req("dup"), timeout=WRITE_TIMEOUT)
+            self.assertEqual(cm.exception.code(), grpc.StatusCode.ALREADY_EXISTS)
+        wait_until(lambda: self._leases() == before, BOUND,
+                   "the failed registrations' leases to be revoked")
+
+    def _leases(self):
+        req = urllib.request.Request(self.etcd.endpoint + "/v3/lease/leases", data=b"{}",
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=5) as r:
+            return {lease["ID"] for lease in json.loads(r.read()).get("leases", [])}
+
+    def _register_ok(self, stub, rid):
+        try:
+            stub.Register(self.register_req(rid), timeout=WRITE_TIMEOUT)
+            return True
+        except grpc.RpcError as e:
+            return e.code() == grpc.StatusCode.ALREADY_EXISTS
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)

@@ -1,0 +1,498 @@
+"""The coordinator's promises around Watch and its view, over the wire
+(issue 8, contract breaks 1-3), with real etcd and coordinator processes:
+
+- a Watch carries every change after its `created` revision, in order,
+  once, even when opened while registrations stream in;
+- start_revision replays from the replica's history; an older revision, or
+  a view reload (etcd compacted what a replica had not seen), ends the
+  stream with OUT_OF_RANGE instead of silently missing changes;
+- a claim whose lease ended while no replica ran turns ERRORED on load;
+- a deleted record does not come back when a handler's write-through lands
+  after the watch applied the delete (FERRY_TEST_WRITE_THROUGH_GATE holds
+  the write-through until the test lets it go);
+- a stream whose client stops reading is bounded (--watch-queue-kib) and
+  ends with RESOURCE_EXHAUSTED naming the revision to resume from, while a
+  reading watcher beside it gets every event.
+
+Run with /usr/bin/python3 (Debian's grpcio), from CTest.
+"""
+import base64
+import json
+import os
+import shutil
+import signal
+import socket
+import struct
+import sys
+import tempfile
+import threading
+import time
+import unittest
+import urllib.request
+
+sys.path.insert(0, os.path.dirname(__file__))
+import ferry_harness  # noqa: E402
+
+import grpc  # noqa: E402
+
+TMP = None
+ETCD = None
+
+
+def setUpModule():
+    global TMP, ETCD
+    TMP = tempfile.mkdtemp(prefix="ferry-py-watch-")
+    ferry_harness.generate_stubs(os.path.join(TMP, "gen"))
+    ETCD = ferry_harness.Etcd(TMP)
+    ETCD.start()
+
+
+def tearDownModule():
+    ETCD.stop()
+    shutil.rmtree(TMP, ignore_errors=True)
+
+
+def b64(s):
+    return base64.b64encode(s.encode()).decode()
+
+
+def etcd_post(endpoint, path, body):
+    req = urllib.request.Request(endpoint + path, data=json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=5) as r:
+        return json.loads(r.read())
+
+
+def etcd_has_key(endpoint, key):
+    return int(etcd_post(endpoint, "/v3/kv/range", {"key": b64(key)}).get("count", "0")) > 0
+
+
+def metadata(pb):
+    return pb.RdmaMetadata(
+        version=1, kind=pb.OPERATION_KIND_WRITE, worker_address=b"\x01" * 64,
+        descriptors=[pb.Descriptor(address=0x10000, size=4096,
+                                   device=pb.Device(kind=pb.DEVICE_KIND_HOST), rkey=b"k" * 32)],
+        notification_key=b"n" * 16, worker_name="py-receiver", hostname="localhost")
+
+
+class Replica:
+    """A coordinator on the module's etcd (or another), with its own prefix
+    unless told, and a stub."""
+
+    def __init__(self, name, prefix, etcd=None, env=None, extra=()):
+        from ferry.v1 import coordinator_pb2, types_pb2
+        self.pb, self.cpb = types_pb2, coordinator_pb2
+        self.etcd = etcd or ETCD
+        self.prefix = prefix
+        self.coord = ferry_harness.Coordinator(TMP, self.etcd.endpoint, name=name, ttl=30,
+                                               extra=("--prefix", prefix, *extra))
+        self.env = env or {}
+        self.start()
+
+    def start(self):
+        saved = {k: os.environ.get(k) for k in self.env}
+        os.environ.update(self.env)
+        try:
+            self.coord.start()
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+        from ferry.v1 import coordinator_pb2_grpc
+        self.channel = grpc.insecure_channel(self.coord.target)
+        self.stub = coordinator_pb2_grpc.CoordinatorStub(self.channel)
+        # Streams on a connection of their own, so that streams the test
+        # reads late never hold up its unary calls.
+        self.watch_channel = grpc.insecure_channel(
+            self.coord.target, options=[("grpc.use_local_subchannel_pool", 1)])
+        self.watch_stub = coordinator_pb2_grpc.CoordinatorStub(self.watch_channel)
+
+    def register(self, rid, ttl=60, owner="py"):
+        return self.stub.Register(self.cpb.RegisterRequest(
+            request_id=rid, metadata=metadata(self.pb), owner=owner, ttl_seconds=ttl), timeout=10)
+
+    def watch(self, timeout=60, **kw):
+        return self.watch_stub.Watch(self.cpb.WatchRequest(**kw), timeout=timeout)
+
+    def close_channels(self):
+        self.channel.close()
+        self.watch_channel.close()
+
+    def stop(self):
+        self.close_channels()
+        self.coord.stop()
+
+
+def collect(stream, want, out):
+    """Reads `stream` into out (revision, request_id, state) until every
+    revision in `want` has been seen or passed."""
+    if not want:
+        stream.cancel()
+        return
+    last = max(want)
+    try:
+        for msg in stream:
+            for ev in msg.events:
+                out.append((msg.header.revision, ev.operation.request_id, ev.operation.state))
+            if out and out[-1][0] >= last:
+                break
+    finally:
+        stream.cancel()
+
+
+class WatchCarriesEveryChange(unittest.TestCase):
+    def test_prefix_watches_opened_while_registrations_stream_in(self):
+        r = Replica("every", "/every/")
+        try:
+            n_writers, per_writer, n_streams = 8, 100, 300
+            revisions, lock = {}, threading.Lock()
+            started = threading.Event()
+
+            def writer(w):
+                started.wait()
+                for i in range(per_writer):
+                    rid = f"load-{w}-{i}"
+                    resp = r.register(rid)
+                    with lock:
+                        revisions[resp.header.revision] = rid
+
+            threads = [threading.Thread(target=writer, args=(w,)) for w in range(n_writers)]
+            for t in threads:
+                t.start()
+            streams = []
+            started.set()
+            for _ in range(n_streams):
+                s = r.watch(request_id_prefix="load-")
+                first = next(s)
+                self.assertTrue(first.created)
+                self.assertEqual(len(first.events), 0)
+                streams.append((first.header.revision, s))
+            for t in threads:
+                t.join(60)
+            self.assertEqual(len(revisions), n_writers * per_writer)
+
+            every = sorted(revisions)
+            bad = []
+            for created, s in streams:
+                want = [rev for rev in every if rev > created]
+                got = []
+                collect(s, want, got)
+                if [g[0] for g in got] != want or [g[1] for g in got] != [
+                        revisions[rev] for rev in want]:
+                    missing = sorted(set(want) - {g[0] for g in got})
+                    bad.append(f"created {created}: missing {missing[:5]}, "
+                               f"{len(got)} events for {len(want)}")
+            self.assertEqual(bad, [], f"{len(bad)} of {n_streams} streams lost events")
+        finally:
+            r.stop()
+
+    def test_start_revision_replays_then_continues(self):
+        r = Replica("resume", "/resume/")
+        try:
+            revs = [r.register(f"sr-{i}").header.revision for i in range(3)]
+            s = r.watch(request_id_prefix="sr-", start_revision=revs[1])
+            first = next(s)
+            self.assertTrue(first.created)
+            live = r.register("sr-3").header.revision
+            got = []
+            collect(s, [live], got)
+            self.assertEqual([g[0] for g in got], [revs[1], revs[2], live])
+            self.assertEqual([g[1] for g in got], ["sr-1", "sr-2", "sr-3"])
+
+            # One stream by ID, from the middle of its history.
+            s = r.watch(request_id="sr-2", start_revision=revs[0])
+            self.assertTrue(next(s).created)
+            got = []
+            collect(s, [revs[2]], got)
+            self.assertEqual([g[0] for g in got], [revs[2]])
+
+            # Before the replica's history (it loaded after revision 1): the
+            # stream ends at once, saying how to resync.
+            s = r.watch(request_id_prefix="sr-", start_revision=1)
+            with self.assertRaises(grpc.RpcError) as cm:
+                list(s)
+            self.assertEqual(cm.exception.code(), grpc.StatusCode.OUT_OF_RANGE)
+            self.assertIn("start_revision", cm.exception.details())
+            self.assertIn("Get or List", cm.exception.details())
+
+            s = r.watch(request_id_prefix="sr-", start_revision=-1)
+            with self.assertRaises(grpc.RpcError) as cm:
+                list(s)
+            self.assertEqual(cm.exception.code(), grpc.StatusCode.INVALID_ARGUMENT)
+            self.assertIn("start_revision", cm.exception.details())
+        finally:
+            r.stop()
+
+    def test_view_reload_ends_open_streams(self):
+        """etcd restarts and compacts while replica A is stopped: A's watch
+        cannot resume, A reloads its view, and its open stream must say so
+        rather than silently miss the changes made in between."""
+        tmp = tempfile.mkdtemp(prefix="ferry-py-reload-", dir=TMP)
+        etcd = ferry_harness.Etcd(tmp)
+        etcd.start()
+        a = Replica("reload-a", "/reload/", etcd=etcd)
+        b = Replica("reload-b", "/reload/", etcd=etcd)
+        try:
+            stream = a.watch(request_id_prefix="rl-", timeout=30)
+            self.assertTrue(next(stream).created)
+            first = a.register("rl-1").header.revision
+            msg = next(stream)
+            self.assertEqual(msg.header.revision, first)
+
+            a.coord.proc.send_signal(signal.SIGSTOP)
+            try:
+                etcd.stop()
+                etcd.start()
+                ferry_harness.wait_until(lambda: self._registers(b, "rl-2"), 30,
+                                         "replica B to register after etcd restarted")
+                last = b.register("rl-3").header.revision
+                etcd_post(etcd.endpoint, "/v3/kv/compaction",
+                          {"revision": str(last), "physical": True})
+            finally:
+                a.coord.proc.send_signal(signal.SIGCONT)
+
+            # Every change must arrive, or the stream must end with
+            # OUT_OF_RANGE; never silence.
+            got, code = [], None
+            try:
+                for msg in stream:
+                    got.extend(ev.operation.request_id for ev in msg.events)
+                    if "rl-3" in got:
+                        break
+            except grpc.RpcError as e:
+                code, details = e.code(), e.details()
+            stream.cancel()
+            if code is None:
+                self.assertEqual(got, ["rl-2", "rl-3"])
+            else:
+                self.assertEqual(code, grpc.StatusCode.OUT_OF_RANGE, details)
+                self.assertIn("start_revision", details)
+            # The resync the message asks for works.
+            ferry_harness.wait_until(lambda: self._gets(a, "rl-3"), 30, "A to serve rl-3")
+            head = a.stub.Get(a.cpb.GetRequest(request_id="rl-3"), timeout=10).header.revision
+            s = a.watch(request_id_prefix="rl-", start_revision=head + 1)
+            self.assertTrue(next(s).created)
+            later = a.register("rl-4").header.revision
+            got = []
+            collect(s, [later], got)
+            self.assertEqual([g[1] for g in got], ["rl-4"])
+        finally:
+            a.stop()
+            b.stop()
+            etcd.stop()
+
+    @staticmethod
+    def _registers(replica, rid):
+        try:
+            replica.register(rid)
+            return True
+        except grpc.RpcError:
+            return False
+
+    @staticmethod
+    def _gets(replica, rid):
+        try:
+            replica.stub.Get(replica.cpb.GetRequest(request_id=rid), timeout=5)
+            return True
+        except grpc.RpcError:
+            return False
+
+
+def rss_kib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def h2_frame(ftype, flags, stream, payload):
+    return (struct.pack(">I", len(payload))[1:] + bytes([ftype, flags]) +
+            struct.pack(">I", stream) + payload)
+
+
+def hpack_literal(name, value):
+    """A header field without indexing or Huffman (RFC 7541 6.2.2)."""
+    n, v = name.encode(), value.encode()
+    return b"\x00" + bytes([len(n)]) + n + bytes([len(v)]) + v
+
+
+def open_stuck_watch(port, request):
+    """A raw HTTP/2 client that opens a Watch and then never reads its
+    socket: it announces HTTP/2's default 64 KiB stream window and never
+    widens it, as a stuck process would."""
+    sock = socket.create_connection(("127.0.0.1", port))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+    out += h2_frame(4, 0, 0, b"")  # SETTINGS: all defaults
+    out += h2_frame(4, 1, 0, b"")  # ack the server's, unread
+    headers = b"".join(hpack_literal(k, v) for k, v in [
+        (":method", "POST"), (":scheme", "http"), (":path", "/ferry.v1.Coordinator/Watch"),
+        (":authority", f"127.0.0.1:{port}"), ("content-type", "application/grpc"),
+        ("te", "trailers")])
+    out += h2_frame(1, 4, 1, headers)  # HEADERS, END_HEADERS
+    body = request.SerializeToString()
+    out += h2_frame(0, 1, 1, b"\x00" + struct.pack(">I", len(body)) + body)  # DATA, END_STREAM
+    sock.sendall(out)
+    return sock
+
+
+def rss_kib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+class SlowWatchersAreBounded(unittest.TestCase):
+    """A Watch client that stops reading holds at most --watch-queue-kib of
+    the coordinator's memory (plus the transport's 64 KiB window), ends with
+    RESOURCE_EXHAUSTED naming the revision to resume from, and a reading
+    watcher beside it gets every event in order."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.r = Replica("slow", "/slow/", extra=("--watch-queue-kib", "64"))
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.r.stop()
+
+    def register_many(self, prefix, n_writers=8, per_writer=100):
+        revisions, lock = {}, threading.Lock()
+
+        def writer(w):
+            for i in range(per_writer):
+                rid = f"{prefix}{w}-{i}-" + "x" * 100
+                resp = self.r.register(rid, owner="o" * 200)  # about 500 bytes an event
+                with lock:
+                    revisions[resp.header.revision] = rid
+
+        threads = [threading.Thread(target=writer, args=(w,)) for w in range(n_writers)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        self.assertEqual(len(revisions), n_writers * per_writer)
+        return sorted(revisions)
+
+    def test_a_client_that_never_reads_its_socket(self):
+        r = self.r
+        sock = open_stuck_watch(r.coord.port, r.cpb.WatchRequest(request_id_prefix="raw-"))
+        try:
+            reader = r.watch(request_id_prefix="raw-", timeout=120)
+            self.assertTrue(next(reader).created)
+            rss_before = rss_kib(r.coord.proc.pid)
+            want = self.register_many("raw-")
+            read = []
+            collect(reader, want, read)
+            self.assertEqual([g[0] for g in read], want)
+            ferry_harness.wait_until(lambda: r.coord.log_contains("fell behind"), 10,
+                                     "the stuck stream to be ended")
+            grew = rss_kib(r.coord.proc.pid) - rss_before
+            print(f"raw stuck watcher: RSS grew {grew} KiB over {len(want)} events",
+                  file=sys.stderr)
+        finally:
+            sock.close()
+
+    def test_a_slow_reader_learns_where_to_resume(self):
+        r = self.r
+        # A gRPC client whose window stays small, reading only afterwards.
+        channel = grpc.insecure_channel(r.coord.target, options=[
+            ("grpc.use_local_subchannel_pool", 1), ("grpc.http2.bdp_probe", 0),
+            ("grpc.http2.lookahead_bytes", 16384)])
+        try:
+            from ferry.v1 import coordinator_pb2_grpc
+            stub = coordinator_pb2_grpc.CoordinatorStub(channel)
+            slow = stub.Watch(r.cpb.WatchRequest(request_id_prefix="slow-"), timeout=120)
+            self.assertTrue(next(slow).created)
+            want = self.register_many("slow-")
+            got, code, details = [], None, ""
+            try:
+                for msg in slow:
+                    got.extend(msg.header.revision for _ in msg.events)
+            except grpc.RpcError as e:
+                code, details = e.code(), e.details()
+            self.assertEqual(code, grpc.StatusCode.RESOURCE_EXHAUSTED, details)
+            self.assertGreater(len(got), 0)
+            self.assertLess(len(got), len(want))
+            self.assertEqual(got, want[:len(got)])  # in order, no gap, up to where it fell
+            self.assertIn(f"start_revision = {got[-1] + 1}", details)
+            # Resuming there gives the rest.
+            s = r.watch(request_id_prefix="slow-", start_revision=got[-1] + 1)
+            self.assertTrue(next(s).created)
+            rest = []
+            collect(s, want[len(got):], rest)
+            self.assertEqual(got + [g[0] for g in rest], want)
+        finally:
+            channel.close()
+
+
+class ClaimsOutliveNoReplica(unittest.TestCase):
+    def test_claim_expired_while_no_replica_ran_turns_errored(self):
+        r = Replica("orphan", "/orphan/")
+        try:
+            reg = r.register("oc-1", ttl=120)
+            claim = r.stub.Claim(r.cpb.ClaimRequest(
+                request_id="oc-1", access_token=reg.access_token, claimant="py-writer",
+                kind=r.pb.OPERATION_KIND_WRITE, ttl_seconds=2), timeout=10)
+            self.assertEqual(claim.operation.state, r.pb.OPERATION_STATE_CLAIMED)
+            r.coord.proc.send_signal(signal.SIGKILL)
+            r.coord.proc.wait(10)
+            r.close_channels()
+            ferry_harness.wait_until(
+                lambda: not etcd_has_key(ETCD.endpoint, "/orphan/claims/oc-1"), 20,
+                "the claim's lease to expire in etcd")
+            r.start()
+
+            def errored():
+                op = r.stub.Get(r.cpb.GetRequest(request_id="oc-1"), timeout=5).operation
+                return op.state == r.pb.OPERATION_STATE_ERRORED
+
+            ferry_harness.wait_until(errored, 20, "the orphaned claim to turn ERRORED")
+            op = r.stub.Get(r.cpb.GetRequest(request_id="oc-1"), timeout=5).operation
+            self.assertIn("claim expired", op.error_message)
+        finally:
+            r.stop()
+
+
+class DeletedRecordsStayDeleted(unittest.TestCase):
+    def test_late_write_through_does_not_undo_a_delete(self):
+        gate = os.path.join(TMP, "write-through-gate")
+        r = Replica("gate", "/gate/", env={"FERRY_TEST_WRITE_THROUGH_GATE": gate})
+        try:
+            stream = r.watch(request_id="gt-1")
+            self.assertTrue(next(stream).created)
+            result = {}
+
+            def register():
+                try:
+                    result["resp"] = r.register("gt-1")
+                except grpc.RpcError as e:
+                    result["err"] = e
+
+            t = threading.Thread(target=register)
+            t.start()
+            # The watch applies the PUT while the handler's write-through waits.
+            msg = next(stream)
+            self.assertEqual(msg.events[0].type, r.cpb.WATCH_EVENT_TYPE_PUT)
+            etcd_post(ETCD.endpoint, "/v3/kv/deleterange", {"key": b64("/gate/ops/gt-1")})
+            msg = next(stream)
+            self.assertEqual(msg.events[0].type, r.cpb.WATCH_EVENT_TYPE_DELETE)
+            stream.cancel()
+            # Now the write-through lands, after the watch applied the delete.
+            open(gate, "w").close()
+            t.join(30)
+            self.assertIn("resp", result, result.get("err"))
+            with self.assertRaises(grpc.RpcError) as cm:
+                r.stub.Get(r.cpb.GetRequest(request_id="gt-1"), timeout=10)
+            self.assertEqual(cm.exception.code(), grpc.StatusCode.NOT_FOUND)
+        finally:
+            r.stop()
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
