@@ -161,6 +161,27 @@ class Ferryctl(unittest.TestCase):
         r = ferryctl("get", "order-1", coordinator=f"{dead},{dead}")
         self.assertEqual(r.returncode, 6, r.stderr)
 
+    def test_watch_replays_from_start_revision(self):
+        reg = self.register("sr-1")
+        self.assertGreater(reg.header.revision, 0)
+        proc = subprocess.Popen(
+            [FERRYCTL, "watch", "sr-1", "--json", "--start-revision", str(reg.header.revision),
+             "--coordinator", CLUSTER.coordinator.target],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            line = proc.stdout.readline()  # the replayed registration, nothing new needed
+        finally:
+            proc.send_signal(signal.SIGINT)
+            rc = proc.wait(15)
+            err = proc.stderr.read()
+            proc.stdout.close()
+            proc.stderr.close()
+        self.assertEqual(rc, 0, err)
+        ev = json.loads(line)
+        self.assertEqual((ev["type"], ev["operation"]["request_id"], ev["operation"]["state"]),
+                         ("PUT", "sr-1", "REGISTERED"))
+        self.assertEqual(ev["revision"], reg.header.revision)
+
     def test_usage(self):
         for args in (["nosuch"], ["get"], ["list", "--state", "nosuch"],
                      ["list", "--page-size", "1001"], ["watch"],
@@ -225,12 +246,18 @@ class Watch(unittest.TestCase):
         t = threading.Thread(target=reader, daemon=True)
         t.start()
 
+        registered = []
+
         def register_until(what, cond):
             # ferryctl says nothing on stdout until an event: until its stream
             # is open a registration may come before it; keep registering
             # until one shows.
-            ferry_harness.wait_until(
-                lambda: (register(f"w-{os.urandom(4).hex()}") or True) and cond(), 30, what)
+            def once():
+                rid = f"w-{os.urandom(4).hex()}"
+                register(rid)
+                registered.append(rid)
+                return cond()
+            ferry_harness.wait_until(once, 30, what)
 
         try:
             register_until("an event through c1", lambda: len(events) > 0)
@@ -241,6 +268,17 @@ class Watch(unittest.TestCase):
             self.assertEqual(CLUSTER.coordinator.stop(), 0)
             register_until("an event through c2",
                            lambda: any(e["coordinator"] == "c2" for e in events))
+            # Everything registered since the first event arrived, once each,
+            # also what was registered while ferryctl moved from c1 to c2 (it
+            # resumes with start_revision).
+            first = events[0]["operation"]["request_id"]
+            want = registered[registered.index(first):]
+            with seen:
+                ok = seen.wait_for(lambda: {e["operation"]["request_id"] for e in events}
+                                   >= set(want), timeout=30)
+                got = [e["operation"]["request_id"] for e in events]
+            self.assertTrue(ok, f"missing {set(want) - set(got)}")
+            self.assertEqual(len(got), len(set(got)), f"an event twice: {got}")
         finally:
             proc.send_signal(signal.SIGINT)
             rc = proc.wait(15)
@@ -249,7 +287,7 @@ class Watch(unittest.TestCase):
             proc.stderr.close()
         self.assertEqual(rc, 0, err)
         self.assertIn("watching again", err)
-        self.assertIn("resumed on " + C2.target, err)
+        self.assertIn("resumed on " + C2.target + " from revision", err)
 
 
 if __name__ == "__main__":

@@ -4,8 +4,10 @@
  *   list     records, filtered by --prefix, --state, --kind; every page, or
  *            --pages N of --page-size records from --page-token
  *   get      one record
- *   watch    state changes of one ID or a --prefix until interrupted;
+ *   watch    state changes of one ID or a --prefix until interrupted (from
+ *            --start-revision on);
  *            when the stream ends (the replica went away) it watches again,
+ *            from just past the last change it printed,
  *            on the next coordinator in the list
  *   cancel   cancel an operation (--token, --reason)
  *   release  remove a final operation's record (--token)
@@ -20,6 +22,7 @@
 #include <errno.h>
 #include <getopt.h>
 #include <inttypes.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -28,13 +31,15 @@
 #include "ctl.h"
 #include "grpc/health/v1/health.pb-c.h"
 
-#define FLAG_TIMEOUT_MIN_S   0.001
-#define FLAG_TIMEOUT_MAX_S   86400.0
-#define FLAG_PAGE_SIZE_MAX   1000 /* ListRequest.page_size's own limit */
-#define FLAG_PAGES_MAX       1000000
-#define WATCH_POLL_MS        200 /* how often watch looks at ctl_stop */
-#define WATCH_BACKOFF_MIN_MS 200
-#define WATCH_BACKOFF_MAX_MS 5000
+#define FLAG_TIMEOUT_MIN_S      0.001
+#define FLAG_TIMEOUT_MAX_S      86400.0
+#define FLAG_PAGE_SIZE_MAX      1000 /* ListRequest.page_size's own limit */
+#define FLAG_PAGES_MAX          1000000
+#define WATCH_POLL_MS           200 /* how often watch looks at ctl_stop */
+#define WATCH_BACKOFF_MIN_MS    200
+#define WATCH_BACKOFF_MAX_MS    5000
+#define GRPC_RESOURCE_EXHAUSTED 8 /* a Watch stream the client read too slowly */
+#define GRPC_OUT_OF_RANGE       11
 
 volatile sig_atomic_t ctl_stop;
 
@@ -50,7 +55,8 @@ typedef struct {
     Ferry__V1__OperationState state;
     Ferry__V1__OperationKind kind;
     long page_size;
-    long pages; /* 0: all */
+    long pages;          /* 0: all */
+    long start_revision; /* watch: 0: from now */
     int64_t timeout_ms;
     bool json;
     bool linearizable;
@@ -67,7 +73,8 @@ static const char usage[] =
     "                       (1..1000, default 100), --pages N (default: all),\n"
     "                       --page-token T (from an earlier list)\n"
     "  get ID               one record (--linearizable: read etcd, not the view)\n"
-    "  watch ID|--prefix P  state changes until interrupted (--prefix '*': all)\n"
+    "  watch ID|--prefix P  state changes until interrupted (--prefix '*': all),\n"
+    "                       from --start-revision N on (default: from now)\n"
     "  cancel ID            cancel it: --token T, --reason R\n"
     "  release ID           remove a final record: --token T\n"
     "  health               ask every coordinator (--service S, default\n"
@@ -163,6 +170,8 @@ static bool parse_one(int opt, options_t *o)
         return parse_long_flag("--page-size", optarg, 1, FLAG_PAGE_SIZE_MAX, &o->page_size);
     case 'n':
         return parse_long_flag("--pages", optarg, 1, FLAG_PAGES_MAX, &o->pages);
+    case 'R':
+        return parse_long_flag("--start-revision", optarg, 0, LONG_MAX, &o->start_revision);
     case 's':
         if (!ctl_state_parse(optarg, &o->state)) {
             fprintf(stderr,
@@ -200,6 +209,7 @@ static int parse_options(int argc, char **argv, options_t *o)
         {"page-token", required_argument, NULL, 'P'},
         {"service", required_argument, NULL, 'S'},
         {"linearizable", no_argument, NULL, 'l'},
+        {"start-revision", required_argument, NULL, 'R'},
         {"tls-ca", required_argument, NULL, 'A'},
         {"tls-cert", required_argument, NULL, 'C'},
         {"tls-key", required_argument, NULL, 'K'},
@@ -488,65 +498,82 @@ static ferry_status_t watch_stream(const options_t *o, rpc_stream_t *stream, int
     return FERRY_OK;
 }
 
-/* Watches until interrupted. A stream that ends for any reason other than a
- * refusal (INVALID_ARGUMENT, PERMISSION_DENIED, ...) is opened again, on the
- * next coordinator, after a backoff. The contract's WatchRequest has no
- * start revision yet, so a new stream starts at the replica's current
- * revision: when that is past the last one seen, changes in between are not
- * replayed, and ferryctl says so on stderr with both revisions (a `list`
- * shows the state they led to). */
+/* Watches until interrupted. `revision` is the last change this command has
+ * printed (or the revision its first stream started after). A stream that
+ * ends for any reason but a refusal (INVALID_ARGUMENT, PERMISSION_DENIED,
+ * ...) is opened again on the next coordinator with start_revision set past
+ * that revision, so nothing is missed or printed twice. When the replica no
+ * longer has those changes (OUT_OF_RANGE: its history is shorter, or it
+ * reloaded its view) ferryctl watches from the current revision instead and
+ * says on stderr which revisions it skipped (`list` shows the state they led
+ * to). */
 static int cmd_watch(const options_t *o, ctl_conn_t *conn)
 {
     Ferry__V1__WatchRequest req = FERRY__V1__WATCH_REQUEST__INIT;
-    int64_t revision = 0, backoff_ms = WATCH_BACKOFF_MIN_MS;
-    bool resumed = false;
+    int64_t revision = o->start_revision > 0 ? o->start_revision - 1 : 0;
+    int64_t backoff_ms = WATCH_BACKOFF_MIN_MS;
+    bool started = false, gap = false;
 
     req.request_id = (char *)(o->id != NULL ? o->id : "");
     req.request_id_prefix = (char *)(o->prefix != NULL ? o->prefix : "");
+    req.start_revision = o->start_revision;
     while (!ctl_stop) {
         Ferry__V1__WatchResponse *first = NULL;
         rpc_stream_t *stream = NULL;
         rpc_error_t err = {0};
         ferry_status_t status = ctl_conn_watch(conn, &req, &stream, &first, &err);
+        int64_t created;
 
         if (status != FERRY_OK) {
-            if (!ctl_code_is_unreachable(err.grpc_code)) {
-                return report("watch", status, &err, conn);
+            if (err.grpc_code == GRPC_OUT_OF_RANGE && req.start_revision > 0) {
+                fprintf(stderr,
+                        "ferryctl: watch: %s no longer has the changes from revision %" PRId64
+                        "; watching from now\n",
+                        ctl_conn_target(conn), req.start_revision);
+                req.start_revision = 0;
+                gap = true;
+                continue;
             }
-            if (!resumed && revision == 0) {
-                return report("watch", status, &err, conn); /* never started */
+            if (!ctl_code_is_unreachable(err.grpc_code) || !started) {
+                return report("watch", status, &err, conn);
             }
             sleep_ms(backoff_ms);
             backoff_ms =
                 backoff_ms * 2 > WATCH_BACKOFF_MAX_MS ? WATCH_BACKOFF_MAX_MS : backoff_ms * 2;
             continue;
         }
-        if (resumed) {
-            int64_t start = first->header != NULL ? first->header->revision : 0;
-
-            fprintf(stderr,
-                    "ferryctl: watch: resumed on %s at revision %" PRId64 " (last seen %" PRId64
-                    ")%s\n",
-                    ctl_conn_target(conn), start, revision,
-                    start > revision ? "; changes in between were not replayed" : "");
-        }
-        if (first->header != NULL && first->header->revision > revision) {
-            revision = first->header->revision;
-        }
+        created = first->header != NULL ? first->header->revision : 0;
         protobuf_c_message_free_unpacked(&first->base, NULL);
+        if (req.start_revision == 0) {
+            if (gap) {
+                fprintf(stderr,
+                        "ferryctl: watch: on %s after revision %" PRId64
+                        "; the changes after revision %" PRId64 " up to it were not replayed\n",
+                        ctl_conn_target(conn), created, revision);
+            }
+            revision = created; /* the stream carries what follows it */
+        } else if (started) {
+            fprintf(stderr, "ferryctl: watch: resumed on %s from revision %" PRId64 "\n",
+                    ctl_conn_target(conn), req.start_revision);
+        }
+        started = true;
+        gap = false;
         backoff_ms = WATCH_BACKOFF_MIN_MS;
         status = watch_stream(o, stream, &revision, &err);
         rpc_stream_destroy(stream);
         if (ctl_stop) {
             break;
         }
-        if (status != FERRY_OK && !ctl_code_is_unreachable(err.grpc_code)) {
+        if (status != FERRY_OK && !ctl_code_is_unreachable(err.grpc_code) &&
+            err.grpc_code != GRPC_OUT_OF_RANGE && err.grpc_code != GRPC_RESOURCE_EXHAUSTED) {
             return report("watch", status, &err, conn);
         }
-        fprintf(stderr, "ferryctl: watch: the stream from %s ended (%s); watching again\n",
+        fprintf(stderr,
+                "ferryctl: watch: the stream from %s ended (%s); watching again from revision "
+                "%" PRId64 "\n",
                 ctl_conn_target(conn),
-                status == FERRY_OK ? "OK" : rpc_grpc_code_name(err.grpc_code));
-        resumed = true;
+                status == FERRY_OK ? "OK" : rpc_grpc_code_name(err.grpc_code), revision + 1);
+        req.start_revision = revision + 1;
         ctl_conn_next(conn);
     }
     return CTL_EXIT_OK;
