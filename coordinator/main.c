@@ -70,11 +70,14 @@ static void on_registry_health(void *arg, bool healthy)
 
 static void sample_metrics(void *arg, coord_metrics_sample_t *out)
 {
-    coord_registry_t *registry = arg;
+    coordinator_t *c = arg;
 
-    if (registry != NULL) {
-        out->healthy = coord_registry_healthy(registry);
-        coord_registry_view_stats(registry, &out->view_size, &out->view_live);
+    if (c->registry != NULL) {
+        out->healthy = coord_registry_healthy(c->registry);
+        coord_registry_view_stats(c->registry, &out->view_size, &out->view_live);
+    }
+    if (c->service != NULL) {
+        out->watch_events_sent = coord_service_watch_events_sent(c->service);
     }
 }
 
@@ -188,7 +191,7 @@ static ferry_status_t open_server(coordinator_t *c)
     }
     coord_service_attach(c->service, c->registry);
     if (c->metrics != NULL) {
-        coord_metrics_set_sample_arg(c->metrics, c->registry);
+        coord_metrics_set_sample_arg(c->metrics, c);
         status = coord_metrics_start(c->metrics, NULL);
         if (status != FERRY_OK) {
             return status;

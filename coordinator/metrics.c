@@ -10,6 +10,7 @@
  *   ferry_healthy                                gauge, 1 while etcd answers (Health)
  *   ferry_view_watch_live                        gauge, 1 while the view's etcd watch is up
  *   ferry_view_operations                        gauge, records in the view
+ *   ferry_watch_events_sent_total                counter, events queued on Watch streams
  *   ferry_view_events_total{type,state}          counter, changes the view applied
  *   ferry_lease_expiries_total                   counter, records whose lease ran out
  *   ferry_claim_expiries_total                   counter, claims whose lease ran out
@@ -347,6 +348,11 @@ char *coord_metrics_render(coord_metrics_t *m)
             "# HELP ferry_view_operations Operation records in this replica's view.\n"
             "# TYPE ferry_view_operations gauge\nferry_view_operations %zu\n",
             sample.view_size);
+    fprintf(f,
+            "# HELP ferry_watch_events_sent_total Events queued on Watch streams (one per stream "
+            "per event, replays included).\n# TYPE ferry_watch_events_sent_total counter\n"
+            "ferry_watch_events_sent_total %" PRIu64 "\n",
+            sample.watch_events_sent);
     fprintf(f,
             "# HELP ferry_build_info The running ferry-coordinator.\n"
             "# TYPE ferry_build_info gauge\nferry_build_info{version=\"%s\",name=\"%s\"} 1\n",

@@ -26,9 +26,10 @@ typedef struct coord_metrics coord_metrics_t;
 
 /* Read at every scrape, on the HTTP thread. */
 typedef struct {
-    bool healthy;     /* Health answers SERVING (etcd reachable) */
-    bool view_live;   /* the view is loaded and its etcd watch connected */
-    size_t view_size; /* records in the view */
+    bool healthy;               /* Health answers SERVING (etcd reachable) */
+    bool view_live;             /* the view is loaded and its etcd watch connected */
+    size_t view_size;           /* records in the view */
+    uint64_t watch_events_sent; /* events queued on Watch streams */
 } coord_metrics_sample_t;
 
 typedef struct {

@@ -207,6 +207,19 @@ class Metrics(unittest.TestCase):
         got = self.stub.Get(self.cpb.GetRequest(request_id="m-claimed"), timeout=10)
         self.assertEqual(got.operation.state, self.pb.OPERATION_STATE_ERRORED)
 
+    def test_watch_events_sent(self):
+        watch = self.stub.Watch(self.cpb.WatchRequest(request_id_prefix="m-ev-"), timeout=30)
+        self.assertTrue(next(watch).created)
+        before = scrape()
+        self.register("m-ev-1")
+        self.register("m-ev-2")
+        got = [ev.operation.request_id for msg in (next(watch), next(watch)) for ev in msg.events]
+        self.assertEqual(got, ["m-ev-1", "m-ev-2"])
+        after = scrape()
+        watch.cancel()
+        name = "ferry_watch_events_sent_total"
+        self.assertEqual(value(after, name) - value(before, name), 2)
+
     def test_other_paths_are_not_found(self):
         with self.assertRaises(urllib.error.HTTPError) as cm:
             urllib.request.urlopen(f"http://127.0.0.1:{METRICS_PORT}/", timeout=10)
