@@ -38,7 +38,7 @@ bench: build
 	./bench/run.sh $(BUILD_DIR)
 
 format:
-	clang-format -i $$(find include common rpc coordinator worker tests bench fuzz -name '*.[ch]')
+	clang-format -i $$(find include common rpc coordinator worker tools tests bench fuzz -name '*.[ch]')
 
 clean:
 	rm -rf $(BUILD_DIR) build-asan build-fuzz

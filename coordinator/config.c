@@ -38,6 +38,8 @@ static const char usage[] =
     "  --watch-queue-kib N unsent KiB a Watch stream may hold before it ends with\n"
     "                      RESOURCE_EXHAUSTED (FERRY_WATCH_QUEUE_KIB; 4096)\n"
     "  --port-file PATH    write the bound port to PATH once serving\n"
+    "  --metrics-listen A  serve Prometheus metrics on http://A/metrics\n"
+    "                      (FERRY_METRICS_LISTEN; none: off; port 0..65535)\n"
     "  --log-level L       error|warn|info|debug|trace (FERRY_LOG_LEVEL; info)\n"
     "  --tls-cert PEM      serve TLS with this certificate chain (FERRY_TLS_CERT)\n"
     "  --tls-key PEM       and this key (FERRY_TLS_KEY)\n"
@@ -69,6 +71,7 @@ enum {
     OPT_ETCD_CERT,
     OPT_ETCD_KEY,
     OPT_ETCD_USER,
+    OPT_METRICS_LISTEN,
     OPT_HELP,
 };
 
@@ -85,6 +88,7 @@ static const struct option options[] = {
     {"grace-ms", required_argument, NULL, OPT_GRACE},
     {"watch-queue-kib", required_argument, NULL, OPT_WATCH_QUEUE},
     {"port-file", required_argument, NULL, OPT_PORT_FILE},
+    {"metrics-listen", required_argument, NULL, OPT_METRICS_LISTEN},
     {"log-level", required_argument, NULL, OPT_LOG_LEVEL},
     {"tls-cert", required_argument, NULL, OPT_TLS_CERT},
     {"tls-key", required_argument, NULL, OPT_TLS_KEY},
@@ -164,6 +168,7 @@ static void config_defaults(coord_config_t *c)
     c->etcd_key = env_or("FERRY_ETCD_KEY", NULL);
     c->etcd_user = env_or("FERRY_ETCD_USER", NULL);
     c->etcd_password = env_or("FERRY_ETCD_PASSWORD", NULL);
+    c->metrics_listen = env_or("FERRY_METRICS_LISTEN", NULL);
 }
 
 static int set_option(coord_config_t *c, int opt, const char *arg)
@@ -222,6 +227,9 @@ static int set_option(coord_config_t *c, int opt, const char *arg)
         break;
     case OPT_ETCD_USER:
         c->etcd_user = arg;
+        break;
+    case OPT_METRICS_LISTEN:
+        c->metrics_listen = arg;
         break;
     default:
         return -1;
@@ -283,6 +291,15 @@ static int check_prefix(const char *prefix)
 static int check(const coord_config_t *c)
 {
     if (check_prefix(c->prefix) != 0 || check_listen(c->listen) != 0) {
+        return -1;
+    }
+    if (c->metrics_listen != NULL &&
+        (strrchr(c->metrics_listen, ':') == NULL ||
+         parse_int("--metrics-listen port", strrchr(c->metrics_listen, ':') + 1, 0, 65535) < 0)) {
+        if (strrchr(c->metrics_listen, ':') == NULL) {
+            fprintf(stderr, "ferry-coordinator: --metrics-listen must be host:port, not '%s'\n",
+                    c->metrics_listen);
+        }
         return -1;
     }
     if ((c->tls_cert == NULL) != (c->tls_key == NULL)) {

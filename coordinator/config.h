@@ -8,27 +8,28 @@
 #include <stdbool.h>
 
 typedef struct {
-    const char *listen;        /* --listen, FERRY_LISTEN; default 127.0.0.1:7400 */
-    const char *etcd;          /* --etcd, FERRY_ETCD; NULL: private etcd */
-    const char *prefix;        /* --prefix, FERRY_PREFIX; default /ferry/ */
-    int ttl_s;                 /* --ttl, FERRY_TTL; default 10 */
-    int threads;               /* --threads, FERRY_THREADS; default 16 */
-    int etcd_inflight;         /* --etcd-inflight, FERRY_ETCD_INFLIGHT; default 16 */
-    int etcd_queue;            /* --etcd-queue, FERRY_ETCD_QUEUE; default 1024 */
-    const char *name;          /* --name, FERRY_NAME; default host name */
-    const char *state_dir;     /* --state-dir, FERRY_STATE_DIR */
-    const char *port_file;     /* --port-file: write the bound port there */
-    int grace_ms;              /* --grace-ms, FERRY_GRACE_MS; default 5000 */
-    int watch_queue_kib;       /* --watch-queue-kib, FERRY_WATCH_QUEUE_KIB; default 4096 */
-    const char *log_level;     /* --log-level, FERRY_LOG_LEVEL */
-    const char *tls_cert;      /* --tls-cert, FERRY_TLS_CERT */
-    const char *tls_key;       /* --tls-key, FERRY_TLS_KEY */
-    const char *tls_ca;        /* --tls-ca, FERRY_TLS_CA: require client certs signed by it */
-    const char *etcd_ca;       /* --etcd-ca, FERRY_ETCD_CA */
-    const char *etcd_cert;     /* --etcd-cert, FERRY_ETCD_CERT */
-    const char *etcd_key;      /* --etcd-key, FERRY_ETCD_KEY */
-    const char *etcd_user;     /* --etcd-user, FERRY_ETCD_USER */
-    const char *etcd_password; /* FERRY_ETCD_PASSWORD only: never on a command line */
+    const char *listen;         /* --listen, FERRY_LISTEN; default 127.0.0.1:7400 */
+    const char *etcd;           /* --etcd, FERRY_ETCD; NULL: private etcd */
+    const char *prefix;         /* --prefix, FERRY_PREFIX; default /ferry/ */
+    int ttl_s;                  /* --ttl, FERRY_TTL; default 10 */
+    int threads;                /* --threads, FERRY_THREADS; default 16 */
+    int etcd_inflight;          /* --etcd-inflight, FERRY_ETCD_INFLIGHT; default 16 */
+    int etcd_queue;             /* --etcd-queue, FERRY_ETCD_QUEUE; default 1024 */
+    const char *name;           /* --name, FERRY_NAME; default host name */
+    const char *state_dir;      /* --state-dir, FERRY_STATE_DIR */
+    const char *port_file;      /* --port-file: write the bound port there */
+    int grace_ms;               /* --grace-ms, FERRY_GRACE_MS; default 5000 */
+    int watch_queue_kib;        /* --watch-queue-kib, FERRY_WATCH_QUEUE_KIB; default 4096 */
+    const char *log_level;      /* --log-level, FERRY_LOG_LEVEL */
+    const char *tls_cert;       /* --tls-cert, FERRY_TLS_CERT */
+    const char *tls_key;        /* --tls-key, FERRY_TLS_KEY */
+    const char *tls_ca;         /* --tls-ca, FERRY_TLS_CA: require client certs signed by it */
+    const char *etcd_ca;        /* --etcd-ca, FERRY_ETCD_CA */
+    const char *etcd_cert;      /* --etcd-cert, FERRY_ETCD_CERT */
+    const char *etcd_key;       /* --etcd-key, FERRY_ETCD_KEY */
+    const char *etcd_user;      /* --etcd-user, FERRY_ETCD_USER */
+    const char *metrics_listen; /* --metrics-listen, FERRY_METRICS_LISTEN; NULL: no metrics */
+    const char *etcd_password;  /* FERRY_ETCD_PASSWORD only: never on a command line */
 } coord_config_t;
 
 /* 0: run; 1: exit 0 (--help was printed); -1: exit 2 (bad usage, said). */

@@ -20,6 +20,7 @@
 #include "etcd/etcd.h"
 #include "etcd_child.h"
 #include "exec.h"
+#include "metrics.h"
 #include "registry.h"
 #include "rpc/rpc.h"
 #include "service.h"
@@ -33,8 +34,76 @@ typedef struct {
     rpc_server_t *server;
     coord_service_t *service;
     coord_registry_t *registry;
+    coord_metrics_t *metrics; /* NULL without --metrics-listen */
+    rpc_observer_t rpc_observer;
+    etcd_observer_t etcd_observer;
     int port;
 } coordinator_t;
+
+/* The registry's callbacks: its events go to the service, counted first
+ * when metrics are on. */
+static void on_registry_event(void *arg, coord_event_type_t type, const Ferry__V1__Operation *op,
+                              int64_t revision)
+{
+    coordinator_t *c = arg;
+
+    if (c->metrics != NULL) {
+        coord_metrics_count_event(c->metrics, type == COORD_EVENT_DELETE, op->state,
+                                  op->error_code);
+    }
+    coord_service_on_event(c->service, type, op, revision);
+}
+
+static void on_registry_reload(void *arg, int64_t revision)
+{
+    coordinator_t *c = arg;
+
+    coord_service_on_reload(c->service, revision);
+}
+
+static void on_registry_health(void *arg, bool healthy)
+{
+    coordinator_t *c = arg;
+
+    coord_service_on_health(c->service, healthy);
+}
+
+static void sample_metrics(void *arg, coord_metrics_sample_t *out)
+{
+    coordinator_t *c = arg;
+
+    if (c->registry != NULL) {
+        out->healthy = coord_registry_healthy(c->registry);
+        coord_registry_view_stats(c->registry, &out->view_size, &out->view_live);
+    }
+    if (c->service != NULL) {
+        out->watch_events_sent = coord_service_watch_events_sent(c->service);
+    }
+}
+
+/* Metrics first: the etcd client and the server take its hooks. */
+static ferry_status_t open_metrics(coordinator_t *c)
+{
+    coord_metrics_params_t params = {
+        .listen = c->config.metrics_listen,
+        .version = FERRY_VERSION,
+        .name = c->config.name,
+        .sample = sample_metrics,
+    };
+    ferry_status_t status;
+
+    if (c->config.metrics_listen == NULL) {
+        return FERRY_OK;
+    }
+    status = coord_metrics_create(&params, &c->metrics);
+    if (status != FERRY_OK) {
+        ferry_error("metrics: %s", ferry_status_string(status));
+        return status;
+    }
+    c->rpc_observer = coord_metrics_rpc_observer(c->metrics);
+    c->etcd_observer = coord_metrics_etcd_observer(c->metrics);
+    return FERRY_OK;
+}
 
 static ferry_status_t open_etcd(coordinator_t *c)
 {
@@ -46,6 +115,7 @@ static ferry_status_t open_etcd(coordinator_t *c)
         .username = c->config.etcd_user,
         .password = c->config.etcd_password,
         .timeout_ms = 5000,
+        .observer = c->metrics != NULL ? &c->etcd_observer : NULL,
     };
     ferry_status_t status;
 
@@ -77,6 +147,7 @@ static ferry_status_t open_server(coordinator_t *c)
         .listen_addr = c->config.listen,
         .n_threads = c->config.threads,
         .tls = c->config.tls_cert != NULL ? &tls : NULL,
+        .observer = c->metrics != NULL ? &c->rpc_observer : NULL,
     };
     coord_exec_params_t eparams = {
         .n_workers = c->config.etcd_inflight,
@@ -89,9 +160,9 @@ static ferry_status_t open_server(coordinator_t *c)
     coord_registry_params_t rparams = {
         .prefix = c->config.prefix,
         .default_ttl_s = c->config.ttl_s,
-        .on_event = coord_service_on_event,
-        .on_reload = coord_service_on_reload,
-        .on_health = coord_service_on_health,
+        .on_event = on_registry_event,
+        .on_reload = on_registry_reload,
+        .on_health = on_registry_health,
     };
     ferry_status_t status = coord_exec_create(&eparams, &c->exec);
 
@@ -113,12 +184,19 @@ static ferry_status_t open_server(coordinator_t *c)
     }
     rparams.etcd = c->etcd;
     rparams.exec = c->exec;
-    rparams.arg = c->service;
+    rparams.arg = c;
     status = coord_registry_create(&rparams, &c->registry);
     if (status != FERRY_OK) {
         return status;
     }
     coord_service_attach(c->service, c->registry);
+    if (c->metrics != NULL) {
+        coord_metrics_set_sample_arg(c->metrics, c);
+        status = coord_metrics_start(c->metrics, NULL);
+        if (status != FERRY_OK) {
+            return status;
+        }
+    }
     status = rpc_server_start(c->server, &c->port);
     if (status != FERRY_OK) {
         ferry_error("cannot serve on %s: %s", c->config.listen, ferry_status_string(status));
@@ -171,6 +249,7 @@ static void close_all(coordinator_t *c)
         rpc_server_set_serving(c->server, "", false);
         rpc_server_shutdown(c->server, c->config.grace_ms);
     }
+    coord_metrics_stop(c->metrics); /* its HTTP thread samples the registry */
     /* Calls still queued for etcd end UNAVAILABLE; running ones finish.
      * Jobs use the registry, the service and their calls: stop them first. */
     if (c->exec != NULL) {
@@ -185,6 +264,7 @@ static void close_all(coordinator_t *c)
     coord_exec_destroy(c->exec);
     coord_exec_destroy(c->read_exec);
     etcd_client_destroy(c->etcd);
+    coord_metrics_destroy(c->metrics); /* after everything whose hooks count into it */
     coord_etcd_child_stop(&c->child);
 }
 
@@ -225,7 +305,7 @@ int main(int argc, char **argv)
     sigaddset(&set, SIGPIPE);
     pthread_sigmask(SIG_BLOCK, &set, NULL);
 
-    if (open_etcd(&c) != FERRY_OK || open_server(&c) != FERRY_OK) {
+    if (open_metrics(&c) != FERRY_OK || open_etcd(&c) != FERRY_OK || open_server(&c) != FERRY_OK) {
         close_all(&c);
         return 1;
     }

@@ -617,6 +617,14 @@ bool coord_registry_healthy(coord_registry_t *r)
     return atomic_load(&r->healthy);
 }
 
+void coord_registry_view_stats(coord_registry_t *r, size_t *n_records_p, bool *live_p)
+{
+    pthread_mutex_lock(&r->lock);
+    *n_records_p = r->view.n_entries;
+    *live_p = r->synced;
+    pthread_mutex_unlock(&r->lock);
+}
+
 int64_t coord_registry_revision(coord_registry_t *r)
 {
     int64_t rev;

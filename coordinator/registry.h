@@ -93,6 +93,10 @@ bool coord_registry_healthy(coord_registry_t *registry);
  * before the first load. */
 int64_t coord_registry_revision(coord_registry_t *registry);
 
+/* For metrics: the records the view holds and whether it is loaded with its
+ * etcd watch connected. */
+void coord_registry_view_stats(coord_registry_t *registry, size_t *n_records_p, bool *live_p);
+
 /* Every call below writes a message naming the cause into msg (cap bytes)
  * when it fails. */
 

@@ -38,6 +38,10 @@ typedef struct {
 
 /* Adds ferry.v1.Coordinator to `server` (before rpc_server_start). The
  * registry is attached later, with coord_service_attach. */
+/* Events queued on Watch streams since start (each stream's copy counts;
+ * replays included), for metrics. Any thread. */
+uint64_t coord_service_watch_events_sent(coord_service_t *svc);
+
 ferry_status_t coord_service_create(const coord_service_params_t *params, rpc_server_t *server,
                                     coord_service_t **service_p);
 

@@ -6,6 +6,7 @@
 #define FERRY_COORD_SERVICE_INT_H
 
 #include <pthread.h>
+#include <stdatomic.h>
 
 #include "exec.h"
 #include "service.h"
@@ -55,8 +56,9 @@ struct coord_service {
     char *name;
     rpc_server_t *server;
     coord_registry_t *registry;
-    coord_exec_t *exec;      /* runs every call that waits on an etcd write */
-    coord_exec_t *read_exec; /* runs reads that need etcd (view misses, List) */
+    coord_exec_t *exec;                     /* runs every call that waits on an etcd write */
+    coord_exec_t *read_exec;                /* runs reads that need etcd (view misses, List) */
+    atomic_uint_fast64_t watch_events_sent; /* events queued on Watch streams, for metrics */
 
     pthread_mutex_t waits_lock; /* guards waits, stopping */
     pthread_cond_t waits_cond;

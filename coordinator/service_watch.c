@@ -77,12 +77,13 @@ static const char resync_hint[] =
 /* Queues one event on s; false when s is too far behind (its queue is
  * full), and the stream must end. A stream whose client left answers
  * CANCELLED; its cancel callback removes it. Caller holds subs_lock. */
-static bool sub_send_locked(sub_entry_t *s, rpc_msg_t *msg, int64_t revision)
+static bool sub_send_locked(coord_service_t *svc, sub_entry_t *s, rpc_msg_t *msg, int64_t revision)
 {
     ferry_status_t status = rpc_call_send_msg(s->call, msg);
 
     if (status == FERRY_OK) {
         s->last_sent = revision;
+        atomic_fetch_add(&svc->watch_events_sent, 1); /* for metrics */
     }
     return status != FERRY_ERR_RESOURCE_EXHAUSTED;
 }
@@ -110,7 +111,7 @@ static void replay_locked(coord_service_t *svc, sub_entry_t *s, int64_t from)
     for (size_t i = 0; i < svc->hist_len; i++) {
         const hist_event_t *h = &svc->hist[(svc->hist_head + i) % SERVICE_WATCH_HISTORY];
         if (h->revision >= from && sub_matches(s, h->request_id)) {
-            sub_send_locked(s, h->msg, h->revision);
+            sub_send_locked(svc, s, h->msg, h->revision);
         }
     }
 }
@@ -248,6 +249,11 @@ static sub_entry_t *hist_lost_locked(coord_service_t *svc, int64_t revision)
     return detach_all_locked(svc);
 }
 
+uint64_t coord_service_watch_events_sent(coord_service_t *svc)
+{
+    return atomic_load(&svc->watch_events_sent);
+}
+
 void service_watch_publish(coord_service_t *svc, coord_event_type_t type,
                            const Ferry__V1__Operation *op, int64_t revision)
 {
@@ -287,7 +293,7 @@ void service_watch_publish(coord_service_t *svc, coord_event_type_t type,
         while (*p != NULL) {
             sub_entry_t *s = *p;
             if (revision >= s->start_revision && sub_matches(s, op->request_id) &&
-                !sub_send_locked(s, msg, revision)) {
+                !sub_send_locked(svc, s, msg, revision)) {
                 *p = s->next;
                 s->next = behind;
                 behind = s;

@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # deploy/check.sh: checks deploy/ without a cluster (CTest: deploy_check,
-# label lint). Parses every manifest under deploy/k8s and checks what Ferry
-# needs of them, and checks deploy/Containerfile against the repository; the
-# checks themselves are in deploy/check.py (run by Debian's /usr/bin/python3
-# with python3-yaml, both from scripts/install-deps.sh).
+# label lint). Renders every overlay under deploy/k8s/overlays with
+# `kubectl kustomize`, validates each rendered object against the Kubernetes
+# API schemas (deploy/validate.mjs, npm kubernetes-models), checks what Ferry
+# needs of them, and checks deploy/Containerfile against the repository. The
+# checks are in deploy/check.py (Debian's /usr/bin/python3 with python3-yaml;
+# kubectl, node and the npm packages come from scripts/install-deps.sh).
 #
-# Where `kubectl` is on PATH (or $KUBECTL) it also renders deploy/k8s with `kubectl kustomize`
-# and checks the rendered objects too. Exit 0: all good; 1: a check failed.
+# KUBECTL names the kubectl to render with. Exit 0: all good; 1: a check
+# failed.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -25,19 +27,4 @@ if [ -z "$build" ] && [ -f "$PWD/../CMakeCache.txt" ]; then
     build="$(cd "$PWD/.." && pwd)"
 fi
 
-# KUBECTL names the kubectl to render with; KUBECTL= (empty) skips rendering.
-kubectl="${KUBECTL-kubectl}"
-rendered=""
-if [ -n "$kubectl" ] && command -v "$kubectl" > /dev/null 2>&1; then
-    rendered="$(mktemp)"
-    trap 'rm -f "$rendered"' EXIT
-    if ! "$kubectl" kustomize "$here/k8s" > "$rendered" 2> "$rendered.err"; then
-        echo "deploy/check.sh: kubectl kustomize deploy/k8s failed:" >&2
-        cat "$rendered.err" >&2
-        rm -f "$rendered.err"
-        exit 1
-    fi
-    rm -f "$rendered.err"
-fi
-
-"$py" "$here/check.py" --repo "$repo" ${build:+--build "$build"} ${rendered:+--rendered "$rendered"}
+"$py" "$here/check.py" --repo "$repo" ${build:+--build "$build"}

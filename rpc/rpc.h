@@ -88,12 +88,26 @@ typedef struct {
     rpc_handler_fn handler;
 } rpc_method_t;
 
+/* Told of every call the server accepts, for metrics. `method` is the
+ * call's path ("/ferry.v1.Coordinator/Get"), or NULL for a method the
+ * server does not serve. call_started runs once the call is accepted,
+ * before its handler; call_ended once its final status has been sent (or
+ * failed to), with that status's gRPC code and the time since it was
+ * accepted. Both run on server threads, call_ended with the call's lock held:
+ * they must be quick and must not call into rpc/. */
 typedef struct {
-    const char *listen_addr;     /* "127.0.0.1:0" picks a free port */
-    int n_threads;               /* completion-queue threads; 0: 2 */
-    int calls_armed;             /* calls kept requested per method; 0: 8 */
-    int max_message_bytes;       /* largest request accepted; 0: 4 MiB */
-    const rpc_tls_params_t *tls; /* NULL: plaintext */
+    void (*call_started)(void *arg, const char *method);
+    void (*call_ended)(void *arg, const char *method, int grpc_code, int64_t duration_ns);
+    void *arg;
+} rpc_observer_t;
+
+typedef struct {
+    const char *listen_addr;        /* "127.0.0.1:0" picks a free port */
+    int n_threads;                  /* completion-queue threads; 0: 2 */
+    int calls_armed;                /* calls kept requested per method; 0: 8 */
+    int max_message_bytes;          /* largest request accepted; 0: 4 MiB */
+    const rpc_tls_params_t *tls;    /* NULL: plaintext */
+    const rpc_observer_t *observer; /* NULL: none; copied */
 } rpc_server_params_t;
 
 ferry_status_t rpc_server_create(const rpc_server_params_t *params, rpc_server_t **server_p);

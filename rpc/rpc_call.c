@@ -32,6 +32,7 @@
 
 #include <inttypes.h>
 #include <stdarg.h>
+#include <time.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -159,6 +160,14 @@ ferry_status_t rpc__call_arm(rpc_server_t *server, rpc_method_entry_t *method)
     return FERRY_OK;
 }
 
+static int64_t call_now_ns(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
 /* Records who and what the call is, and makes it ACTIVE. */
 static void call_accept(rpc_call_t *call)
 {
@@ -173,6 +182,10 @@ static void call_accept(rpc_call_t *call)
     }
     call->id = atomic_fetch_add(&server->next_call_id, 1);
     atomic_fetch_add(&server->live_calls, 1);
+    call->accepted_ns = call_now_ns();
+    if (server->observer.call_started != NULL) {
+        server->observer.call_started(server->observer.arg, call->method ? call->path : NULL);
+    }
     pthread_mutex_lock(&call->lock);
     call_set_state(call, RPC_CALL_ACTIVE);
     pthread_mutex_unlock(&call->lock);
@@ -394,6 +407,11 @@ static void call_maybe_done_locked(rpc_call_t *call)
         return;
     }
     call_set_state(call, RPC_CALL_DONE);
+    if (call->server->observer.call_ended != NULL) {
+        call->server->observer.call_ended(call->server->observer.arg,
+                                          call->method ? call->path : NULL, (int)call->final_code,
+                                          call_now_ns() - call->accepted_ns);
+    }
     grpc_call_unref(call->gcall);
     call->gcall = NULL;
     atomic_fetch_sub(&call->server->live_calls, 1);

@@ -180,6 +180,7 @@ struct rpc_server {
     int n_threads_started;
 
     char *listen_addr;
+    rpc_observer_t observer; /* constant; all NULL: none */
     int calls_armed;
     int max_message_bytes;
 
@@ -241,6 +242,7 @@ struct rpc_call {
     ProtobufCMessage *request;
     char peer[128];
     char path[160];
+    int64_t accepted_ns; /* CLOCK_MONOTONIC, for the observer */
 
     rpc_tag_t tag_request, tag_close, tag_send;
     int close_cancelled; /* RECV_CLOSE_ON_SERVER's out argument */

@@ -200,6 +200,9 @@ ferry_status_t rpc_server_create(const rpc_server_params_t *params, rpc_server_t
         return FERRY_ERR_NO_MEMORY;
     }
     server->listen_addr = strdup(params->listen_addr);
+    if (params->observer != NULL) {
+        server->observer = *params->observer;
+    }
     server->n_threads = params->n_threads > 0 ? params->n_threads : RPC_DEFAULT_THREADS;
     server->threads = calloc((size_t)server->n_threads, sizeof(*server->threads));
     if (server->listen_addr == NULL || server->threads == NULL) {

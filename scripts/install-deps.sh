@@ -3,6 +3,13 @@
 # This list is the only place the project names its system packages.
 # Idempotent: packages already installed are skipped; apt-get runs only when
 # something is missing. Uses sudo when not run as root.
+#
+# Then the npm packages the suite uses (package.json at the repository root:
+# the Node.js client test in tests/node and the Kubernetes schema validation
+# of deploy/), exactly as package-lock.json pins them, with `npm ci` into
+# node_modules/; skipped when node_modules/ was installed from this very lock
+# file (a stamp holds its SHA-256). No package needs an install script
+# (--ignore-scripts).
 set -euo pipefail
 
 PACKAGES=(
@@ -13,6 +20,19 @@ PACKAGES=(
     libcurl4-openssl-dev libcjson-dev libssl-dev openssl
     libcmocka-dev
     python3-grpcio python3-grpc-tools python3-yaml
+    libmicrohttpd-dev python3-prometheus-client
+)
+
+# Commands that a non-Debian package may provide instead (NodeSource's
+# nodejs carries npm; a newer kubectl may come from Kubernetes' own
+# repository; promtool, for the alert rules, is all the suite needs of
+# prometheus): the Debian package is installed only when the command is
+# missing. command:package. Debian 12's kubernetes-client is kubectl 1.20,
+# whose kustomize (v2) cannot render deploy/'s kustomizations (`labels:`
+# needs kubectl >= 1.22): deploy_check then fails naming kustomize; install
+# kubectl from Kubernetes' own repository (pkgs.k8s.io) instead.
+COMMANDS=(
+    node:nodejs npm:npm kubectl:kubernetes-client promtool:prometheus
 )
 
 missing=()
@@ -22,15 +42,44 @@ for p in "${PACKAGES[@]}"; do
     fi
 done
 
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# The commands and npm packages are for the test suite: a copy of this script
+# alone (deploy/Containerfile's build stage) installs only the Debian list.
+with_tests=0
+if [ -f "$repo/package-lock.json" ]; then
+    with_tests=1
+else
+    COMMANDS=()
+fi
+for c in "${COMMANDS[@]}"; do
+    if ! command -v "${c%%:*}" > /dev/null 2>&1; then
+        missing+=("${c#*:}")
+    fi
+done
+
 if [ ${#missing[@]} -eq 0 ]; then
-    echo "install-deps: all ${#PACKAGES[@]} packages present"
-    exit 0
+    echo "install-deps: all ${#PACKAGES[@]} packages and ${#COMMANDS[@]} commands present"
+else
+    SUDO=""
+    if [ "$(id -u)" -ne 0 ]; then
+        SUDO="sudo"
+    fi
+    echo "install-deps: installing ${missing[*]}"
+    $SUDO apt-get update -q
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends \
+        "${missing[@]}"
 fi
 
-SUDO=""
-if [ "$(id -u)" -ne 0 ]; then
-    SUDO="sudo"
+if [ "$with_tests" = 0 ]; then
+    echo "install-deps: no package-lock.json beside this script; npm packages skipped"
+    exit 0
 fi
-echo "install-deps: installing ${missing[*]}"
-$SUDO apt-get update -q
-DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
+stamp="$repo/node_modules/.ferry-lock-sha256"
+want="$(sha256sum "$repo/package-lock.json" | cut -d' ' -f1)"
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+    echo "install-deps: node_modules matches package-lock.json"
+else
+    echo "install-deps: npm ci (package-lock.json)"
+    (cd "$repo" && npm ci --no-audit --no-fund --ignore-scripts)
+    echo "$want" > "$stamp"
+fi

@@ -35,6 +35,14 @@
 
 typedef struct etcd_client etcd_client_t;
 
+/* Told of every request the client makes (not the watch streams), for
+ * metrics: the gateway path ("/v3/kv/txn"), its outcome and how long it took.
+ * Runs on the calling thread after the request; must be quick. */
+typedef struct {
+    void (*request_done)(void *arg, const char *path, ferry_status_t status, int64_t duration_ns);
+    void *arg;
+} etcd_observer_t;
+
 typedef struct {
     const char *endpoints; /* "http://127.0.0.1:2379[,https://...]"; required */
     int timeout_ms;        /* per request; 0: 5000 */
@@ -43,6 +51,7 @@ typedef struct {
     const char *key_file;  /* TLS client key, with cert_file */
     const char *username;  /* etcd auth; NULL: none */
     const char *password;
+    const etcd_observer_t *observer; /* NULL: none; copied */
 } etcd_params_t;
 
 ferry_status_t etcd_client_create(const etcd_params_t *params, etcd_client_t **client_p);

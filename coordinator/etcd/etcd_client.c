@@ -38,6 +38,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "common/clock.h"
 #include "common/log.h"
@@ -132,6 +133,9 @@ static ferry_status_t etcd_split_endpoints(etcd_client_t *client, const char *li
 static ferry_status_t etcd_copy_params(etcd_client_t *client, const etcd_params_t *params)
 {
     client->timeout_ms = params->timeout_ms > 0 ? params->timeout_ms : ETCD_DEFAULT_TIMEOUT_MS;
+    if (params->observer != NULL) {
+        client->observer = *params->observer;
+    }
     client->ca_file = etcd_strdup_or_null(params->ca_file);
     client->cert_file = etcd_strdup_or_null(params->cert_file);
     client->key_file = etcd_strdup_or_null(params->key_file);
@@ -590,14 +594,38 @@ static ferry_status_t etcd_call_once(etcd_client_t *client, CURL *handle, const 
     return status;
 }
 
+static int64_t etcd_now_ns(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+static ferry_status_t etcd_call_unobserved(etcd_client_t *client, const char *path,
+                                           const cJSON *body, unsigned flags, cJSON **reply_p);
+
 ferry_status_t etcd__call(etcd_client_t *client, const char *path, const cJSON *body,
                           cJSON **reply_p)
 {
     return etcd__call_flags(client, path, body, 0, reply_p);
 }
 
+/* Every request goes through here, so the observer (metrics) sees each. */
 ferry_status_t etcd__call_flags(etcd_client_t *client, const char *path, const cJSON *body,
                                 unsigned flags, cJSON **reply_p)
+{
+    int64_t start = etcd_now_ns();
+    ferry_status_t status = etcd_call_unobserved(client, path, body, flags, reply_p);
+
+    if (client->observer.request_done != NULL) {
+        client->observer.request_done(client->observer.arg, path, status, etcd_now_ns() - start);
+    }
+    return status;
+}
+
+static ferry_status_t etcd_call_unobserved(etcd_client_t *client, const char *path,
+                                           const cJSON *body, unsigned flags, cJSON **reply_p)
 {
     etcd__clear_error();
     char *text = cJSON_PrintUnformatted(body);

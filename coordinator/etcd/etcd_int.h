@@ -90,7 +90,8 @@ struct etcd_client {
     ferry_status_t auth_status; /* how the last one ended */
     char auth_error[512];       /* and its etcd_client_last_error() */
 
-    atomic_long n_connects; /* new TCP connections made, for tests */
+    atomic_long n_connects;   /* new TCP connections made, for tests */
+    etcd_observer_t observer; /* constant; all NULL: none */
 };
 
 /* A growing byte buffer for reply bodies. */

@@ -150,16 +150,17 @@ class Coordinator:
 
 
 class Cluster:
-    """One etcd and one coordinator in a temporary directory."""
+    """One etcd and one coordinator in a temporary directory; extra: more
+    coordinator flags."""
 
-    def __init__(self, ttl=3, tls=False):
+    def __init__(self, ttl=3, tls=False, extra=()):
         self.tmp = tempfile.mkdtemp(prefix="ferry-py-")
         self.gen_dir = os.path.join(self.tmp, "gen")
         generate_stubs(self.gen_dir)
-        extra = ()
+        extra = tuple(extra)
         if tls:
             self.certs = make_certs(self.tmp)
-            extra = ("--tls-cert", os.path.join(self.certs, "server.pem"),
+            extra += ("--tls-cert", os.path.join(self.certs, "server.pem"),
                      "--tls-key", os.path.join(self.certs, "server.key"),
                      "--tls-ca", os.path.join(self.certs, "ca.pem"))
         self.etcd = Etcd(self.tmp)

@@ -82,6 +82,7 @@ class CoordinatorFlags(unittest.TestCase):
         "--etcd-inflight": ["0", "1025", "-1", "x"],
         "--etcd-queue": ["-1", "1000001", "x"],
         "--listen": ["127.0.0.1:65536", "127.0.0.1:-1", "127.0.0.1:x", "127.0.0.1:"],
+        "--metrics-listen": ["127.0.0.1:65536", "127.0.0.1:-1", "127.0.0.1:x", "nohost"],
         "--prefix": [prefix_of(257), prefix_of(4096), "/ferry", ""],
     }
     ENV = {

@@ -341,14 +341,6 @@ def open_stuck_watch(port, request):
     return sock
 
 
-def rss_kib(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
-
-
 class SlowWatchersAreBounded(unittest.TestCase):
     """A Watch client that stops reading holds at most --watch-queue-kib of
     the coordinator's memory (plus the transport's 64 KiB window), ends with

@@ -1,0 +1,521 @@
+/*
+ * metrics.c: the coordinator's Prometheus metrics (metrics.h).
+ *
+ * Series:
+ *   ferry_rpc_requests_total{method,code}        counter, per finished call
+ *   ferry_rpc_request_duration_seconds{method}   histogram, accepted to status sent
+ *   ferry_rpc_in_flight{method}                  gauge; Watch's is the open streams
+ *   ferry_etcd_requests_total{kind,result}       counter, per etcd gateway request
+ *   ferry_etcd_request_duration_seconds{kind}    histogram
+ *   ferry_healthy                                gauge, 1 while etcd answers (Health)
+ *   ferry_view_watch_live                        gauge, 1 while the view's etcd watch is up
+ *   ferry_view_operations                        gauge, records in the view
+ *   ferry_watch_events_sent_total                counter, events queued on Watch streams
+ *   ferry_view_events_total{type,state}          counter, changes the view applied
+ *   ferry_lease_expiries_total                   counter, records whose lease ran out
+ *   ferry_claim_expiries_total                   counter, claims whose lease ran out
+ *   ferry_build_info{version,name}               gauge, always 1
+ * method is the gRPC path ("/ferry.v1.Coordinator/Get", "unknown" for
+ * methods not served); code the gRPC status name; kind the etcd gateway path
+ * without /v3/ ("kv/txn"); result "ok" or the ferry status name.
+ *
+ * Series live in two fixed tables, found by name; names come only from the
+ * server's method table and the etcd client's fixed paths, so they stay
+ * few; past METRICS_MAX_SERIES, further names count under "other".
+ *
+ * Locking: metrics->lock guards both tables; the hooks hold it for a few
+ * increments (the rpc hook runs under a call's lock: call lock before
+ * metrics->lock, and metrics->lock never calls out). The HTTP thread renders
+ * under it.
+ */
+#include "metrics.h"
+
+#include <arpa/inet.h>
+#include <inttypes.h>
+#include <netdb.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+
+#include <microhttpd.h>
+
+#include "common/log.h"
+#include "ferry/v1/types.pb-c.h"
+
+#define METRICS_BUCKETS    14
+#define METRICS_MAX_SERIES 48
+#define METRICS_CODES      17 /* gRPC codes 0..16 */
+#define METRICS_STATUSES   32 /* ferry_status_t 0..-31 */
+#define METRICS_STATES     8  /* OperationState values 0..7 */
+
+static const double bucket_le[METRICS_BUCKETS] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+                                                  0.1,    0.25,  0.5,    1,     2.5,  5,     10};
+
+typedef struct {
+    uint64_t buckets[METRICS_BUCKETS]; /* not cumulative; summed when rendered */
+    uint64_t count;
+    double sum_s;
+} histogram_t;
+
+typedef struct {
+    char name[160];
+    uint64_t by_code[METRICS_CODES];
+    int64_t in_flight;
+    histogram_t latency;
+} rpc_series_t;
+
+typedef struct {
+    char name[64];
+    uint64_t by_status[METRICS_STATUSES];
+    histogram_t latency;
+} etcd_series_t;
+
+struct coord_metrics {
+    pthread_mutex_t lock; /* guards rpc, n_rpc, etcd, n_etcd */
+    rpc_series_t rpc[METRICS_MAX_SERIES];
+    size_t n_rpc;
+    etcd_series_t etcd[METRICS_MAX_SERIES];
+    size_t n_etcd;
+    uint64_t events[2][METRICS_STATES]; /* [is_delete][state] */
+    uint64_t lease_expiries;
+    uint64_t claim_expiries;
+
+    /* Constant after create (sample_arg: after set_sample_arg). */
+    char *listen;
+    char *version;
+    char *name;
+    void (*sample)(void *arg, coord_metrics_sample_t *out);
+    void *sample_arg;
+    struct MHD_Daemon *daemon;
+};
+
+static void histogram_observe(histogram_t *h, int64_t duration_ns)
+{
+    double s = (double)duration_ns / 1e9;
+
+    for (int i = 0; i < METRICS_BUCKETS; i++) {
+        if (s <= bucket_le[i]) {
+            h->buckets[i]++;
+            break;
+        }
+    }
+    h->count++;
+    h->sum_s += s;
+}
+
+/* The index of the series named `key` in a table of n names (each at
+ * `stride` bytes from the last, name_size long), made if new; the last slot
+ * ("other") once the table is full. Caller holds the lock. */
+static size_t series_index(char *names, size_t stride, size_t name_size, size_t *n, const char *key)
+{
+    size_t i;
+
+    for (i = 0; i < *n; i++) {
+        if (strcmp(names + i * stride, key) == 0) {
+            return i;
+        }
+    }
+    if (*n == METRICS_MAX_SERIES) {
+        return METRICS_MAX_SERIES - 1;
+    }
+    snprintf(names + i * stride, name_size, "%s", i == METRICS_MAX_SERIES - 1 ? "other" : key);
+    (*n)++;
+    return i;
+}
+
+static rpc_series_t *rpc_series(coord_metrics_t *m, const char *method)
+{
+    return &m->rpc[series_index(m->rpc[0].name, sizeof(m->rpc[0]), sizeof(m->rpc[0].name),
+                                &m->n_rpc, method != NULL ? method : "unknown")];
+}
+
+static etcd_series_t *etcd_series(coord_metrics_t *m, const char *path)
+{
+    if (strncmp(path, "/v3/", 4) == 0) {
+        path += 4;
+    }
+    return &m->etcd[series_index(m->etcd[0].name, sizeof(m->etcd[0]), sizeof(m->etcd[0].name),
+                                 &m->n_etcd, path)];
+}
+
+static void on_call_started(void *arg, const char *method)
+{
+    coord_metrics_t *m = arg;
+
+    pthread_mutex_lock(&m->lock);
+    rpc_series(m, method)->in_flight++;
+    pthread_mutex_unlock(&m->lock);
+}
+
+static void on_call_ended(void *arg, const char *method, int grpc_code, int64_t duration_ns)
+{
+    coord_metrics_t *m = arg;
+    rpc_series_t *s;
+
+    pthread_mutex_lock(&m->lock);
+    s = rpc_series(m, method);
+    s->in_flight--;
+    s->by_code[grpc_code >= 0 && grpc_code < METRICS_CODES ? grpc_code : 2 /* UNKNOWN */]++;
+    histogram_observe(&s->latency, duration_ns);
+    pthread_mutex_unlock(&m->lock);
+}
+
+static void on_etcd_done(void *arg, const char *path, ferry_status_t status, int64_t duration_ns)
+{
+    coord_metrics_t *m = arg;
+    etcd_series_t *s;
+    int index = -(int)status;
+
+    pthread_mutex_lock(&m->lock);
+    s = etcd_series(m, path);
+    s->by_status[index >= 0 && index < METRICS_STATUSES ? index : (int)-FERRY_ERR_INTERNAL]++;
+    histogram_observe(&s->latency, duration_ns);
+    pthread_mutex_unlock(&m->lock);
+}
+
+void coord_metrics_count_event(coord_metrics_t *m, bool is_delete, int state, int32_t error_code)
+{
+    pthread_mutex_lock(&m->lock);
+    m->events[is_delete][state >= 0 && state < METRICS_STATES ? state : 0]++;
+    if (is_delete && state == FERRY__V1__OPERATION_STATE__OPERATION_STATE_EXPIRED) {
+        m->lease_expiries++;
+    }
+    if (!is_delete && state == FERRY__V1__OPERATION_STATE__OPERATION_STATE_ERRORED &&
+        error_code == FERRY_ERR_EXPIRED) {
+        m->claim_expiries++;
+    }
+    pthread_mutex_unlock(&m->lock);
+}
+
+rpc_observer_t coord_metrics_rpc_observer(coord_metrics_t *metrics)
+{
+    rpc_observer_t o = {
+        .call_started = on_call_started, .call_ended = on_call_ended, .arg = metrics};
+    return o;
+}
+
+etcd_observer_t coord_metrics_etcd_observer(coord_metrics_t *metrics)
+{
+    etcd_observer_t o = {.request_done = on_etcd_done, .arg = metrics};
+    return o;
+}
+
+/* --- exposition ------------------------------------------------------------ */
+
+static void histogram_render(FILE *f, const char *metric, const char *label, const char *value,
+                             const histogram_t *h)
+{
+    uint64_t cumulative = 0;
+
+    for (int i = 0; i < METRICS_BUCKETS; i++) {
+        cumulative += h->buckets[i];
+        fprintf(f, "%s_bucket{%s=\"%s\",le=\"%g\"} %" PRIu64 "\n", metric, label, value,
+                bucket_le[i], cumulative);
+    }
+    fprintf(f, "%s_bucket{%s=\"%s\",le=\"+Inf\"} %" PRIu64 "\n", metric, label, value, h->count);
+    fprintf(f, "%s_sum{%s=\"%s\"} %.9f\n", metric, label, value, h->sum_s);
+    fprintf(f, "%s_count{%s=\"%s\"} %" PRIu64 "\n", metric, label, value, h->count);
+}
+
+/* "ok", or the status's name in lower case without its prefix
+ * ("unavailable" for FERRY_ERR_UNAVAILABLE). */
+static void status_label(ferry_status_t status, char *buf, size_t size)
+{
+    const char *name = ferry_status_name(status);
+    size_t i;
+
+    if (strncmp(name, "FERRY_", 6) == 0) {
+        name += 6;
+    }
+    if (strncmp(name, "ERR_", 4) == 0) {
+        name += 4;
+    }
+    for (i = 0; name[i] != '\0' && i + 1 < size; i++) {
+        buf[i] = (char)(name[i] >= 'A' && name[i] <= 'Z' ? name[i] - 'A' + 'a' : name[i]);
+    }
+    buf[i] = '\0';
+}
+
+static void render_rpc(FILE *f, const coord_metrics_t *m)
+{
+    fputs("# HELP ferry_rpc_requests_total gRPC calls finished, by method and status code.\n"
+          "# TYPE ferry_rpc_requests_total counter\n",
+          f);
+    for (size_t i = 0; i < m->n_rpc; i++) {
+        for (int c = 0; c < METRICS_CODES; c++) {
+            if (m->rpc[i].by_code[c] != 0) {
+                fprintf(f, "ferry_rpc_requests_total{method=\"%s\",code=\"%s\"} %" PRIu64 "\n",
+                        m->rpc[i].name, rpc_grpc_code_name(c), m->rpc[i].by_code[c]);
+            }
+        }
+    }
+    fputs("# HELP ferry_rpc_in_flight gRPC calls accepted and not yet finished (Watch: open "
+          "streams).\n# TYPE ferry_rpc_in_flight gauge\n",
+          f);
+    for (size_t i = 0; i < m->n_rpc; i++) {
+        fprintf(f, "ferry_rpc_in_flight{method=\"%s\"} %" PRId64 "\n", m->rpc[i].name,
+                m->rpc[i].in_flight);
+    }
+    fputs("# HELP ferry_rpc_request_duration_seconds gRPC call latency, accepted to status "
+          "sent.\n# TYPE ferry_rpc_request_duration_seconds histogram\n",
+          f);
+    for (size_t i = 0; i < m->n_rpc; i++) {
+        histogram_render(f, "ferry_rpc_request_duration_seconds", "method", m->rpc[i].name,
+                         &m->rpc[i].latency);
+    }
+}
+
+static void render_etcd(FILE *f, const coord_metrics_t *m)
+{
+    char result[48];
+
+    fputs("# HELP ferry_etcd_requests_total etcd gateway requests, by kind and result.\n"
+          "# TYPE ferry_etcd_requests_total counter\n",
+          f);
+    for (size_t i = 0; i < m->n_etcd; i++) {
+        for (int s = 0; s < METRICS_STATUSES; s++) {
+            if (m->etcd[i].by_status[s] != 0) {
+                status_label((ferry_status_t)-s, result, sizeof(result));
+                fprintf(f, "ferry_etcd_requests_total{kind=\"%s\",result=\"%s\"} %" PRIu64 "\n",
+                        m->etcd[i].name, result, m->etcd[i].by_status[s]);
+            }
+        }
+    }
+    fputs("# HELP ferry_etcd_request_duration_seconds etcd gateway request latency.\n"
+          "# TYPE ferry_etcd_request_duration_seconds histogram\n",
+          f);
+    for (size_t i = 0; i < m->n_etcd; i++) {
+        histogram_render(f, "ferry_etcd_request_duration_seconds", "kind", m->etcd[i].name,
+                         &m->etcd[i].latency);
+    }
+}
+
+static void render_events(FILE *f, const coord_metrics_t *m)
+{
+    fputs("# HELP ferry_view_events_total Changes this replica's view applied, by type and the "
+          "operation's state after it.\n# TYPE ferry_view_events_total counter\n",
+          f);
+    for (int d = 0; d < 2; d++) {
+        for (int s = 0; s < METRICS_STATES; s++) {
+            const ProtobufCEnumValue *v =
+                protobuf_c_enum_descriptor_get_value(&ferry__v1__operation_state__descriptor, s);
+
+            if (m->events[d][s] != 0 && v != NULL) {
+                fprintf(f, "ferry_view_events_total{type=\"%s\",state=\"%s\"} %" PRIu64 "\n",
+                        d ? "delete" : "put", v->name + strlen("OPERATION_STATE_"),
+                        m->events[d][s]);
+            }
+        }
+    }
+    fprintf(f,
+            "# HELP ferry_lease_expiries_total Operations whose owner's lease ran out.\n"
+            "# TYPE ferry_lease_expiries_total counter\nferry_lease_expiries_total %" PRIu64
+            "\n# HELP ferry_claim_expiries_total Claims whose lease ran out (operation "
+            "ERRORED).\n# TYPE ferry_claim_expiries_total counter\n"
+            "ferry_claim_expiries_total %" PRIu64 "\n",
+            m->lease_expiries, m->claim_expiries);
+}
+
+char *coord_metrics_render(coord_metrics_t *m)
+{
+    coord_metrics_sample_t sample = {0};
+    char *text = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&text, &len);
+
+    if (f == NULL) {
+        return NULL;
+    }
+    if (m->sample != NULL) {
+        m->sample(m->sample_arg, &sample);
+    }
+    pthread_mutex_lock(&m->lock);
+    render_rpc(f, m);
+    render_etcd(f, m);
+    render_events(f, m);
+    pthread_mutex_unlock(&m->lock);
+    fprintf(f,
+            "# HELP ferry_healthy 1 while this replica reaches etcd (Health SERVING).\n"
+            "# TYPE ferry_healthy gauge\nferry_healthy %d\n",
+            sample.healthy ? 1 : 0);
+    fprintf(f,
+            "# HELP ferry_view_watch_live 1 while the view is loaded and its etcd watch "
+            "connected.\n# TYPE ferry_view_watch_live gauge\nferry_view_watch_live %d\n",
+            sample.view_live ? 1 : 0);
+    fprintf(f,
+            "# HELP ferry_view_operations Operation records in this replica's view.\n"
+            "# TYPE ferry_view_operations gauge\nferry_view_operations %zu\n",
+            sample.view_size);
+    fprintf(f,
+            "# HELP ferry_watch_events_sent_total Events queued on Watch streams (one per stream "
+            "per event, replays included).\n# TYPE ferry_watch_events_sent_total counter\n"
+            "ferry_watch_events_sent_total %" PRIu64 "\n",
+            sample.watch_events_sent);
+    fprintf(f,
+            "# HELP ferry_build_info The running ferry-coordinator.\n"
+            "# TYPE ferry_build_info gauge\nferry_build_info{version=\"%s\",name=\"%s\"} 1\n",
+            m->version, m->name);
+    if (fclose(f) != 0) {
+        free(text);
+        return NULL;
+    }
+    return text;
+}
+
+/* --- HTTP ------------------------------------------------------------------ */
+
+static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
+                                  const char *method, const char *version, const char *upload_data,
+                                  size_t *upload_data_size, void **con_cls)
+{
+    static const char not_found[] = "not found: try GET /metrics\n";
+    coord_metrics_t *m = cls;
+    struct MHD_Response *resp;
+    enum MHD_Result rc;
+    char *text = NULL;
+
+    (void)version;
+    (void)upload_data;
+    (void)upload_data_size;
+    (void)con_cls;
+    if (strcmp(method, "GET") == 0 && strcmp(url, "/metrics") == 0) {
+        text = coord_metrics_render(m);
+    }
+    if (text != NULL) {
+        resp = MHD_create_response_from_buffer(strlen(text), text, MHD_RESPMEM_MUST_FREE);
+    } else {
+        resp = MHD_create_response_from_buffer(sizeof(not_found) - 1, (void *)not_found,
+                                               MHD_RESPMEM_PERSISTENT);
+    }
+    if (resp == NULL) {
+        free(text);
+        return MHD_NO;
+    }
+    MHD_add_response_header(resp, "Content-Type",
+                            text != NULL ? "text/plain; version=0.0.4; charset=utf-8"
+                                         : "text/plain; charset=utf-8");
+    rc = MHD_queue_response(conn, text != NULL ? MHD_HTTP_OK : MHD_HTTP_NOT_FOUND, resp);
+    MHD_destroy_response(resp);
+    return rc;
+}
+
+ferry_status_t coord_metrics_create(const coord_metrics_params_t *params,
+                                    coord_metrics_t **metrics_p)
+{
+    coord_metrics_t *m;
+    int rc;
+
+    if (params == NULL || params->listen == NULL || metrics_p == NULL) {
+        return FERRY_ERR_MISUSE;
+    }
+    m = calloc(1, sizeof(*m));
+    if (m == NULL) {
+        return FERRY_ERR_NO_MEMORY;
+    }
+    rc = pthread_mutex_init(&m->lock, NULL);
+    if (rc != 0) {
+        ferry_error("metrics: pthread_mutex_init: %s", strerror(rc));
+        free(m);
+        return FERRY_ERR_IO;
+    }
+    m->listen = strdup(params->listen);
+    m->version = strdup(params->version != NULL ? params->version : "");
+    m->name = strdup(params->name != NULL ? params->name : "");
+    m->sample = params->sample;
+    m->sample_arg = params->sample_arg;
+    if (m->listen == NULL || m->version == NULL || m->name == NULL) {
+        coord_metrics_destroy(m);
+        return FERRY_ERR_NO_MEMORY;
+    }
+    *metrics_p = m;
+    return FERRY_OK;
+}
+
+void coord_metrics_set_sample_arg(coord_metrics_t *metrics, void *arg)
+{
+    metrics->sample_arg = arg;
+}
+
+/* host:port (host may be [v6]) to a socket address. */
+static ferry_status_t resolve_listen(const char *listen, struct addrinfo **ai_p)
+{
+    struct addrinfo hints = {.ai_flags = AI_PASSIVE | AI_NUMERICSERV | AI_NUMERICHOST,
+                             .ai_socktype = SOCK_STREAM};
+    const char *colon = strrchr(listen, ':');
+    char host[128];
+    size_t hlen;
+    int rc;
+
+    if (colon == NULL || colon == listen || colon[1] == '\0') {
+        ferry_error("metrics: --metrics-listen '%s' is not host:port", listen);
+        return FERRY_ERR_INVALID_ARGUMENT;
+    }
+    hlen = (size_t)(colon - listen);
+    if (listen[0] == '[' && hlen >= 2 && listen[hlen - 1] == ']') {
+        listen++;
+        hlen -= 2;
+    }
+    if (hlen >= sizeof(host)) {
+        ferry_error("metrics: --metrics-listen host is too long");
+        return FERRY_ERR_INVALID_ARGUMENT;
+    }
+    memcpy(host, listen, hlen);
+    host[hlen] = '\0';
+    rc = getaddrinfo(host, colon + 1, &hints, ai_p);
+    if (rc != 0) {
+        ferry_error("metrics: --metrics-listen '%s': %s", listen, gai_strerror(rc));
+        return FERRY_ERR_INVALID_ARGUMENT;
+    }
+    return FERRY_OK;
+}
+
+ferry_status_t coord_metrics_start(coord_metrics_t *m, int *port_p)
+{
+    struct addrinfo *ai = NULL;
+    const union MHD_DaemonInfo *info;
+    unsigned int flags = MHD_USE_INTERNAL_POLLING_THREAD;
+    ferry_status_t status = resolve_listen(m->listen, &ai);
+
+    if (status != FERRY_OK) {
+        return status;
+    }
+    if (ai->ai_family == AF_INET6) {
+        flags |= MHD_USE_IPv6;
+    }
+    m->daemon = MHD_start_daemon(flags, 0, NULL, NULL, on_request, m, MHD_OPTION_SOCK_ADDR,
+                                 ai->ai_addr, MHD_OPTION_END);
+    freeaddrinfo(ai);
+    if (m->daemon == NULL) {
+        ferry_error("metrics: cannot serve on %s", m->listen);
+        return FERRY_ERR_IO;
+    }
+    info = MHD_get_daemon_info(m->daemon, MHD_DAEMON_INFO_BIND_PORT);
+    ferry_info("metrics on http://%s/metrics (port %d)", m->listen, info != NULL ? info->port : 0);
+    if (port_p != NULL) {
+        *port_p = info != NULL ? info->port : 0;
+    }
+    return FERRY_OK;
+}
+
+void coord_metrics_stop(coord_metrics_t *m)
+{
+    if (m != NULL && m->daemon != NULL) {
+        MHD_stop_daemon(m->daemon);
+        m->daemon = NULL;
+    }
+}
+
+void coord_metrics_destroy(coord_metrics_t *m)
+{
+    if (m == NULL) {
+        return;
+    }
+    coord_metrics_stop(m);
+    pthread_mutex_destroy(&m->lock);
+    free(m->listen);
+    free(m->version);
+    free(m->name);
+    free(m);
+}

@@ -1,0 +1,77 @@
+/*
+ * metrics.h: the coordinator's Prometheus metrics, served over HTTP by
+ * libmicrohttpd on --metrics-listen (GET /metrics, text exposition format
+ * 0.0.4).
+ *
+ * What is counted comes in through hooks the lower layers offer, so neither
+ * rpc/ nor etcd/ knows about metrics: coord_metrics_rpc_observer is the
+ * rpc server's rpc_observer_t (calls by method and status code, latency,
+ * calls in flight) and coord_metrics_etcd_observer the etcd client's
+ * etcd_observer_t (requests by kind and result, latency). Gauges that
+ * belong to other parts are read at scrape time through `sample`.
+ */
+#ifndef FERRY_COORD_METRICS_H
+#define FERRY_COORD_METRICS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <ferry/status.h>
+
+#include "etcd/etcd.h"
+#include "rpc/rpc.h"
+
+typedef struct coord_metrics coord_metrics_t;
+
+/* Read at every scrape, on the HTTP thread. */
+typedef struct {
+    bool healthy;               /* Health answers SERVING (etcd reachable) */
+    bool view_live;             /* the view is loaded and its etcd watch connected */
+    size_t view_size;           /* records in the view */
+    uint64_t watch_events_sent; /* events queued on Watch streams */
+} coord_metrics_sample_t;
+
+typedef struct {
+    const char *listen;  /* "127.0.0.1:9400", "0.0.0.0:9400"; port 0 picks one */
+    const char *version; /* for ferry_build_info */
+    const char *name;    /* this replica's name, for ferry_build_info */
+    void (*sample)(void *arg, coord_metrics_sample_t *out); /* NULL: none */
+    void *sample_arg;
+} coord_metrics_params_t;
+
+/* Allocates the counters; does not serve yet. */
+ferry_status_t coord_metrics_create(const coord_metrics_params_t *params,
+                                    coord_metrics_t **metrics_p);
+
+/* Starts the HTTP server; *port_p (may be NULL) gets the bound port.
+ * FERRY_ERR_INVALID_ARGUMENT for an address that is not host:port,
+ * FERRY_ERR_IO when it cannot bind (both logged). */
+ferry_status_t coord_metrics_start(coord_metrics_t *metrics, int *port_p);
+
+/* Sets what `sample` is called with (the registry exists only after the
+ * server and the etcd client, which need the observers, are made). */
+void coord_metrics_set_sample_arg(coord_metrics_t *metrics, void *arg);
+
+/* Stops serving (the hooks still count). NULL is a no-op. */
+void coord_metrics_stop(coord_metrics_t *metrics);
+
+/* Stops serving and frees; after the server, the etcd client and the
+ * registry are gone, since their hooks count into it. NULL is a no-op. */
+void coord_metrics_destroy(coord_metrics_t *metrics);
+
+/* The hooks, to put in rpc_server_params_t and etcd_params_t. */
+rpc_observer_t coord_metrics_rpc_observer(coord_metrics_t *metrics);
+etcd_observer_t coord_metrics_etcd_observer(coord_metrics_t *metrics);
+
+/* Counts a change this replica's view applied (registry.h, "Events"): by
+ * type and state, and as a lease expiry (a DELETE reported EXPIRED) or a
+ * claim expiry (a PUT to ERRORED with FERRY_ERR_EXPIRED). */
+void coord_metrics_count_event(coord_metrics_t *metrics, bool is_delete, int state,
+                               int32_t error_code);
+
+/* The exposition text (malloc'd; free it), as GET /metrics answers. For
+ * tests and for the HTTP handler. */
+char *coord_metrics_render(coord_metrics_t *metrics);
+
+#endif /* FERRY_COORD_METRICS_H */

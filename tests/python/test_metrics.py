@@ -1,0 +1,230 @@
+"""ferry-coordinator's Prometheus metrics (--metrics-listen): scraped from a
+real coordinator over a real etcd before and after a known sequence of
+calls, parsed with python3-prometheus-client's parser, and each counter
+checked to have moved by exactly that much.
+
+Run with /usr/bin/python3, from CTest (python_metrics).
+"""
+import os
+import sys
+import threading
+import unittest
+import urllib.error
+import urllib.request
+
+sys.path.insert(0, os.path.dirname(__file__))
+import ferry_harness  # noqa: E402
+
+import grpc  # noqa: E402
+from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
+
+CLUSTER = None
+METRICS_PORT = None
+TOKEN = "metrics-token-0123456789"
+COORD = "/ferry.v1.Coordinator/"
+
+
+def setUpModule():
+    global CLUSTER, METRICS_PORT
+    METRICS_PORT = ferry_harness.free_port()
+    CLUSTER = ferry_harness.Cluster(
+        ttl=120, extra=("--metrics-listen", f"127.0.0.1:{METRICS_PORT}"))
+
+
+def tearDownModule():
+    rc = CLUSTER.close()
+    if rc != 0:
+        raise AssertionError(f"coordinator exited with {rc} after SIGTERM")
+
+
+def scrape():
+    """{(sample name, frozenset(labels)): value} of one GET /metrics."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{METRICS_PORT}/metrics", timeout=10) as r:
+        assert r.status == 200
+        assert r.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+        text = r.read().decode()
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            out[(s.name, frozenset(s.labels.items()))] = s.value
+    return out
+
+
+def value(samples, name, **labels):
+    return samples.get((name, frozenset(labels.items())), 0.0)
+
+
+def metadata(pb):
+    return pb.RdmaMetadata(
+        version=1, kind=pb.OPERATION_KIND_WRITE, worker_address=b"\x01" * 64,
+        descriptors=[pb.Descriptor(address=0x10000, size=4096,
+                                   device=pb.Device(kind=pb.DEVICE_KIND_HOST), rkey=b"k" * 32)],
+        notification_key=os.urandom(16), worker_name="py", hostname="localhost")
+
+
+class Metrics(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        from ferry.v1 import coordinator_pb2, coordinator_pb2_grpc, types_pb2
+        cls.pb, cls.cpb = types_pb2, coordinator_pb2
+        cls.stub = coordinator_pb2_grpc.CoordinatorStub(
+            grpc.insecure_channel(CLUSTER.coordinator.target))
+
+    def register(self, rid, timeout=10):
+        return self.stub.Register(self.cpb.RegisterRequest(
+            request_id=rid, metadata=metadata(self.pb), access_token=TOKEN), timeout=timeout)
+
+    def expect_code(self, code, fn, *args):
+        with self.assertRaises(grpc.RpcError) as cm:
+            fn(*args, timeout=10)
+        self.assertEqual(cm.exception.code(), code)
+
+    def test_requests_by_method_and_code(self):
+        before = scrape()
+        self.register("m-a")
+        self.register("m-b")
+        self.expect_code(grpc.StatusCode.ALREADY_EXISTS, self.register, "m-a")
+        for _ in range(3):
+            self.stub.Get(self.cpb.GetRequest(request_id="m-a"), timeout=10)
+        self.expect_code(grpc.StatusCode.NOT_FOUND, self.stub.Get,
+                         self.cpb.GetRequest(request_id="m-nobody"))
+        self.expect_code(grpc.StatusCode.PERMISSION_DENIED, self.stub.Lookup,
+                         self.cpb.LookupRequest(request_id="m-a",
+                                                access_token="wrong-token-0123456789"))
+        after = scrape()
+
+        def moved(name, **labels):
+            return value(after, name, **labels) - value(before, name, **labels)
+
+        req = "ferry_rpc_requests_total"
+        self.assertEqual(moved(req, method=COORD + "Register", code="OK"), 2)
+        self.assertEqual(moved(req, method=COORD + "Register", code="ALREADY_EXISTS"), 1)
+        self.assertEqual(moved(req, method=COORD + "Get", code="OK"), 3)
+        self.assertEqual(moved(req, method=COORD + "Get", code="NOT_FOUND"), 1)
+        self.assertEqual(moved(req, method=COORD + "Lookup", code="PERMISSION_DENIED"), 1)
+        self.assertEqual(moved(req, method=COORD + "Claim", code="OK"), 0)
+
+        hist = "ferry_rpc_request_duration_seconds"
+        for method, n in (("Register", 3), ("Get", 4), ("Lookup", 1)):
+            self.assertEqual(moved(hist + "_count", method=COORD + method), n, method)
+            self.assertEqual(moved(hist + "_bucket", method=COORD + method, le="+Inf"), n)
+            self.assertGreater(moved(hist + "_sum", method=COORD + method), 0)
+        # Buckets are cumulative.
+        les = sorted({dict(k[1])["le"] for k in after if k[0] == hist + "_bucket"},
+                     key=float)
+        counts = [value(after, hist + "_bucket", method=COORD + "Get", le=le) for le in les]
+        self.assertEqual(counts, sorted(counts))
+
+        self.assertEqual(value(after, "ferry_healthy"), 1)
+        builds = [k for k in after if k[0] == "ferry_build_info"]
+        self.assertEqual(len(builds), 1)
+        self.assertEqual(dict(builds[0][1])["name"], "c1")
+
+    def test_etcd_requests_by_kind(self):
+        self.register("m-lin")
+        before = scrape()
+        for _ in range(2):
+            self.stub.Get(self.cpb.GetRequest(request_id="m-lin", linearizable=True), timeout=10)
+        after = scrape()
+        name = "ferry_etcd_requests_total"
+        moved = value(after, name, kind="kv/range", result="ok") - \
+            value(before, name, kind="kv/range", result="ok")
+        self.assertEqual(moved, 2)
+        hist = "ferry_etcd_request_duration_seconds_count"
+        self.assertEqual(value(after, hist, kind="kv/range") - value(before, hist, kind="kv/range"),
+                         2)
+
+    def test_in_flight_calls_and_watch_streams(self):
+        gauge = "ferry_rpc_in_flight"
+        watch = self.stub.Watch(self.cpb.WatchRequest(request_id_prefix="m-"), timeout=30)
+        self.assertTrue(next(watch).created)
+        done = threading.Event()
+
+        def lookup():
+            self.stub.Lookup(self.cpb.LookupRequest(request_id="m-wait", access_token=TOKEN,
+                                                    wait_ms=20000), timeout=30)
+            done.set()
+
+        t = threading.Thread(target=lookup)
+        t.start()
+        ferry_harness.wait_until(
+            lambda: value(scrape(), gauge, method=COORD + "Lookup") == 1, 20,
+            "the waiting Lookup to show in flight")
+        self.assertEqual(value(scrape(), gauge, method=COORD + "Watch"), 1)
+        self.register("m-wait")
+        t.join(20)
+        self.assertTrue(done.is_set())
+        watch.cancel()
+        ferry_harness.wait_until(
+            lambda: value(scrape(), gauge, method=COORD + "Lookup") == 0 and
+            value(scrape(), gauge, method=COORD + "Watch") == 0, 20,
+            "the Lookup and the Watch to finish")
+
+    def test_view_size_and_watch(self):
+        self.register("m-view")
+        samples = {}
+
+        def settled():
+            samples.update(scrape())
+            listed = self.stub.List(self.cpb.ListRequest(page_size=1000), timeout=10)
+            return value(samples, "ferry_view_operations") == len(listed.operations)
+
+        ferry_harness.wait_until(settled, 20, "the view to hold every listed record")
+        self.assertGreaterEqual(value(samples, "ferry_view_operations"), 1)
+        self.assertEqual(value(samples, "ferry_view_watch_live"), 1)
+
+    def test_lease_and_claim_expiries(self):
+        before = scrape()
+        # An owner that never renews: its 1 s lease runs out.
+        self.stub.Register(self.cpb.RegisterRequest(
+            request_id="m-gone", metadata=metadata(self.pb), access_token=TOKEN,
+            ttl_seconds=1), timeout=10)
+        # A claimant that never renews: its 1 s claim lease runs out.
+        self.register("m-claimed")
+        self.stub.Claim(self.cpb.ClaimRequest(request_id="m-claimed", access_token=TOKEN,
+                                              ttl_seconds=1), timeout=10)
+        after = {}
+
+        def expired():
+            after.update(scrape())
+            return (value(after, "ferry_lease_expiries_total") >
+                    value(before, "ferry_lease_expiries_total") and
+                    value(after, "ferry_claim_expiries_total") >
+                    value(before, "ferry_claim_expiries_total"))
+
+        ferry_harness.wait_until(expired, 30, "both leases to expire")
+
+        def moved(name, **labels):
+            return value(after, name, **labels) - value(before, name, **labels)
+
+        self.assertEqual(moved("ferry_lease_expiries_total"), 1)
+        self.assertEqual(moved("ferry_claim_expiries_total"), 1)
+        events = "ferry_view_events_total"
+        self.assertEqual(moved(events, type="put", state="REGISTERED"), 2)
+        self.assertEqual(moved(events, type="put", state="CLAIMED"), 1)
+        self.assertEqual(moved(events, type="put", state="ERRORED"), 1)
+        self.assertEqual(moved(events, type="delete", state="EXPIRED"), 1)
+        got = self.stub.Get(self.cpb.GetRequest(request_id="m-claimed"), timeout=10)
+        self.assertEqual(got.operation.state, self.pb.OPERATION_STATE_ERRORED)
+
+    def test_watch_events_sent(self):
+        watch = self.stub.Watch(self.cpb.WatchRequest(request_id_prefix="m-ev-"), timeout=30)
+        self.assertTrue(next(watch).created)
+        before = scrape()
+        self.register("m-ev-1")
+        self.register("m-ev-2")
+        got = [ev.operation.request_id for msg in (next(watch), next(watch)) for ev in msg.events]
+        self.assertEqual(got, ["m-ev-1", "m-ev-2"])
+        after = scrape()
+        watch.cancel()
+        name = "ferry_watch_events_sent_total"
+        self.assertEqual(value(after, name) - value(before, name), 2)
+
+    def test_other_paths_are_not_found(self):
+        with self.assertRaises(urllib.error.HTTPError) as cm:
+            urllib.request.urlopen(f"http://127.0.0.1:{METRICS_PORT}/", timeout=10)
+        self.assertEqual(cm.exception.code, 404)
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
