@@ -296,9 +296,12 @@ static void test_hung_etcd_times_out(void **state)
     fixture_put(client, "hung", "before", 0);
     assert_int_equal(test_proc_pause(&fx->etcd.proc), 0);
     long long start = test_now_ms();
-    assert_int_equal(etcd_put(client, "hung", 4, "during", 6, 0, NULL), FERRY_ERR_UNAVAILABLE);
+    ferry_status_t st = etcd_put(client, "hung", 4, "during", 6, 0, NULL);
     long long took = test_now_ms() - start;
+    /* Resumed before any assertion, so a failure here leaves etcd running
+     * for the tests after this one. */
     assert_int_equal(test_proc_resume(&fx->etcd.proc), 0);
+    assert_int_equal(st, FERRY_ERR_UNAVAILABLE);
     assert_true(took < 5000); /* bounded by the request timeout, not forever */
     assert_non_null(strstr(etcd_client_last_error(), "timed out"));
     etcd_client_destroy(client);

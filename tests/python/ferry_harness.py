@@ -36,6 +36,30 @@ def wait_until(cond, timeout, what):
     raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
 
 
+def _all_threads_stopped(pid):
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return False
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue  # the thread exited
+        state = stat[stat.rfind(")") + 2:][:1]
+        if state not in ("T", "t"):
+            return False
+    return bool(tids)
+
+
+def freeze(proc):
+    """SIGSTOP, then waits until every thread is stopped: the signal is only
+    queued by kill(), and a thread on another core can still answer."""
+    proc.send_signal(signal.SIGSTOP)
+    wait_until(lambda: _all_threads_stopped(proc.pid), 5, f"pid {proc.pid} to stop")
+
+
 def generate_stubs(out_dir):
     from grpc_tools import protoc
     import grpc_tools

@@ -89,7 +89,7 @@ class Member:
         self.proc.wait(10)
 
     def freeze(self):
-        self.proc.send_signal(signal.SIGSTOP)
+        ferry_harness.freeze(self.proc)
         self.stopped = True
 
     def thaw(self):

@@ -86,7 +86,7 @@ class EtcdStall(unittest.TestCase):
                                         access_token=TOKEN, ttl_seconds=60, owner="stall")
 
     def freeze(self):
-        self.etcd.proc.send_signal(signal.SIGSTOP)
+        ferry_harness.freeze(self.etcd.proc)
         self.frozen = True
 
     def thaw(self):

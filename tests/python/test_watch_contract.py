@@ -243,7 +243,7 @@ class WatchCarriesEveryChange(unittest.TestCase):
             msg = next(stream)
             self.assertEqual(msg.header.revision, first)
 
-            a.coord.proc.send_signal(signal.SIGSTOP)
+            ferry_harness.freeze(a.coord.proc)
             try:
                 etcd.stop()
                 etcd.start()

@@ -25,6 +25,7 @@
 
 #include <arpa/inet.h>
 #include <curl/curl.h>
+#include <dirent.h>
 
 enum {
     TEST_POLL_MS = 5,
@@ -243,9 +244,49 @@ void test_proc_kill(test_proc_t *proc)
     }
 }
 
+/* Every thread of the process is in the stopped state ('T' in
+ * /proc/<pid>/task/<tid>/stat). kill(SIGSTOP) only queues the signal: a
+ * thread running on another core can still answer a request meanwhile. */
+static bool test_proc_stopped(void *arg)
+{
+    const test_proc_t *proc = arg;
+    char path[64];
+    snprintf(path, sizeof(path), "/proc/%d/task", (int)proc->pid);
+    DIR *dir = opendir(path);
+    if (dir == NULL) {
+        return false;
+    }
+    bool all = true;
+    bool any = false;
+    struct dirent *entry;
+    while (all && (entry = readdir(dir)) != NULL) {
+        if (entry->d_name[0] == '.') {
+            continue;
+        }
+        char stat_path[sizeof(path) + sizeof(entry->d_name) + 8];
+        char line[512];
+        snprintf(stat_path, sizeof(stat_path), "%s/%s/stat", path, entry->d_name);
+        FILE *f = fopen(stat_path, "r");
+        if (f == NULL) {
+            continue; /* the thread exited */
+        }
+        size_t n = fread(line, 1, sizeof(line) - 1, f);
+        fclose(f);
+        line[n] = '\0';
+        const char *close = strrchr(line, ')'); /* comm may hold spaces */
+        any = true;
+        all = close != NULL && close[1] == ' ' && (close[2] == 'T' || close[2] == 't');
+    }
+    closedir(dir);
+    return all && any;
+}
+
 int test_proc_pause(test_proc_t *proc)
 {
-    return test_proc_running(proc) ? kill(proc->pid, SIGSTOP) : -1;
+    if (!test_proc_running(proc) || kill(proc->pid, SIGSTOP) != 0) {
+        return -1;
+    }
+    return test_wait_for(test_proc_stopped, proc, TEST_ETCD_STOP_MS) ? 0 : -1;
 }
 
 int test_proc_resume(test_proc_t *proc)
