@@ -228,11 +228,31 @@ unsigned ferry__connector_drain(ferry_connector_t *c)
     }
 }
 
+/* The FINAL owed to listeners: the first untold one and how many; lock
+ * held. They are marked told here, before the calls, so each is told once. */
+static ferry__listener_t *listeners_owed(ferry_op_t *op, unsigned *n_p)
+{
+    ferry__listener_t *l = op->listeners;
+
+    *n_p = 0;
+    if (op->destroying || op->user_released || op->n_final_told == op->n_listeners) {
+        return NULL;
+    }
+    for (unsigned i = 0; i < op->n_final_told; i++) {
+        l = l->next;
+    }
+    *n_p = op->n_listeners - op->n_final_told;
+    op->n_final_told = op->n_listeners;
+    return l;
+}
+
 void ferry__connector_deliver(ferry_connector_t *c)
 {
     for (;;) {
         ferry_op_t *op;
         ferry_op_done_cb_t cb = NULL;
+        ferry__listener_t *l;
+        unsigned n_listeners;
         void *arg = NULL;
         ferry_op_status_t status;
 
@@ -251,15 +271,27 @@ void ferry__connector_deliver(ferry_connector_t *c)
             cb = op->done_cb;
             arg = op->done_arg;
             op->done_delivered = true;
-            op->in_done_cb = true;
+        }
+        l = listeners_owed(op, &n_listeners);
+        if (cb != NULL || n_listeners > 0) {
+            op->in_done_cb = true; /* destroy waits for us */
         }
         ferry__unlock(c);
-        if (cb != NULL) {
+        if (cb != NULL || n_listeners > 0) {
             status = ferry_op_status(op);
-            cb(op, status, arg);
+            /* Listeners first: the layers below the caller learn the end
+             * before the caller can act on it. */
+            for (unsigned i = 0; i < n_listeners; i++) {
+                l->cb(op, FERRY_OP_EVENT_FINAL, status, l->arg);
+                /* The last one's next may be being appended to now. */
+                l = i + 1 < n_listeners ? l->next : NULL;
+            }
+            if (cb != NULL) {
+                cb(op, status, arg);
+            }
         }
         ferry__lock(c);
-        if (cb != NULL) {
+        if (cb != NULL || n_listeners > 0) {
             op->in_done_cb = false;
             pthread_cond_broadcast(&op->cond);
         }

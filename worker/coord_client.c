@@ -26,10 +26,17 @@
  *   - an operation's end, queued by its done callback, is reported: Complete
  *     for an active one, Cancel for a passive one cancelled here.
  *
+ * Layering: this file is a client of the public data-plane API only
+ * (ferry/ferry.h), as any application could be: it follows an operation
+ * through a listener (ferry_op_add_listener), told FINAL when the operation
+ * ends and DESTROY when its owner destroys it, and finds its link again with
+ * ferry_op_listener_arg. The data plane never names this file; the caller's
+ * done callback stays the caller's.
+ *
  * Locking: coord->lock guards the link list, every link's fields and the
  * session lease. A link the session thread works on outside the lock is
- * marked busy; unlinking (on ferry_op_destroy) waits until it is not.
- * libferry calls into this file without holding the connector lock.
+ * marked busy; unlinking (on DESTROY) waits until it is not. The data plane
+ * tells listeners without holding its connector lock.
  */
 #include <inttypes.h>
 #include <stdio.h>
@@ -37,11 +44,12 @@
 #include <string.h>
 #include <time.h>
 
-#include "worker/coord_link.h"
 #include "common/clock.h"
 #include "common/log.h"
+#include "ferry/coordinator.h"
 #include "ferry/v1/coordinator.pb-c.h"
 #include "rpc/rpc.h"
+#include "worker/errors.h"
 
 #define COORD_DEFAULT_TIMEOUT_MS 10000
 #define COORD_DEFAULT_TTL_S      10
@@ -49,8 +57,8 @@
 #define COORD_NOT_FOUND          5   /* gRPC NOT_FOUND */
 #define LEASE_TOKEN_CAP          129 /* the coordinator's are 64 hex characters */
 
-struct ferry__coord_link {
-    struct ferry__coord_link *next;
+typedef struct coord_link {
+    struct coord_link *next;
     ferry_coordinator_t *coord;
     ferry_op_t *op;
     bool passive;
@@ -77,14 +85,14 @@ struct ferry__coord_link {
     const char *claimant; /* the connector's name; lives as long as it */
     ferry_status_t final_code;
     char final_message[256];
-};
+} coord_link_t;
 
 struct ferry_coordinator {
     rpc_channel_t *channel;
     int timeout_ms;
     pthread_mutex_t lock;
     pthread_cond_t cond; /* wakes the session thread; busy -> idle; session made */
-    ferry__coord_link_t *links;
+    coord_link_t *links;
     bool stopping;
     pthread_t thread;
 
@@ -211,7 +219,7 @@ static bool session_was_lost(ferry_coordinator_t *coord, int64_t lease, ferry_st
 /* ---- links: looking at the record, reporting the end ------------------------ */
 
 /* What the record says about the other side, applied to the operation. */
-static void look(ferry__coord_link_t *link)
+static void look(coord_link_t *link)
 {
     Ferry__V1__GetRequest get = FERRY__V1__GET_REQUEST__INIT;
     Ferry__V1__GetResponse *record = NULL;
@@ -250,7 +258,7 @@ static void look(ferry__coord_link_t *link)
     ferry__v1__get_response__free_unpacked(record, NULL);
 }
 
-static void cancel_passive(ferry__coord_link_t *link, const char *reason)
+static void cancel_passive(coord_link_t *link, const char *reason)
 {
     Ferry__V1__CancelRequest req = FERRY__V1__CANCEL_REQUEST__INIT;
     Ferry__V1__CancelResponse *resp = NULL;
@@ -276,7 +284,7 @@ static void cancel_passive(ferry__coord_link_t *link, const char *reason)
  * which makes the record final); past that, or on any other answer, the
  * link is done: the record leaves with the session lease at the latest.
  * Returns true when the link is done. */
-static bool release_passive(ferry__coord_link_t *link)
+static bool release_passive(coord_link_t *link)
 {
     Ferry__V1__ReleaseRequest req = FERRY__V1__RELEASE_REQUEST__INIT;
     Ferry__V1__ReleaseResponse *resp = NULL;
@@ -309,7 +317,7 @@ static bool release_passive(ferry__coord_link_t *link)
  * plane; the Claim makes it known (CLAIMED) and puts the claim on the
  * session lease, so that the passive side learns if this process dies. A
  * refusal ends the operation unless it already ended. */
-static void claim_active(ferry__coord_link_t *link)
+static void claim_active(coord_link_t *link)
 {
     Ferry__V1__ClaimRequest req = FERRY__V1__CLAIM_REQUEST__INIT;
     Ferry__V1__ClaimResponse *resp = NULL;
@@ -350,7 +358,7 @@ static void claim_active(ferry__coord_link_t *link)
 }
 
 /* Keeps the outcome of an active operation for its report. */
-static void keep_outcome(ferry__coord_link_t *link, ferry_op_status_t status)
+static void keep_outcome(coord_link_t *link, ferry_op_status_t status)
 {
     const char *message = "";
     ferry_status_t code = ferry_op_error(link->op, &message);
@@ -365,7 +373,7 @@ static void keep_outcome(ferry__coord_link_t *link, ferry_op_status_t status)
 
 /* Complete at the coordinator, for an active operation whose claim was
  * granted (a refused claim has nothing to complete). */
-static void report_active(ferry__coord_link_t *link)
+static void report_active(coord_link_t *link)
 {
     Ferry__V1__CompleteRequest req = FERRY__V1__COMPLETE_REQUEST__INIT;
     Ferry__V1__CompleteResponse *resp = NULL;
@@ -390,7 +398,7 @@ static void report_active(ferry__coord_link_t *link)
 
 /* Tells the coordinator how the operation ended: an active one reports its
  * outcome; a passive one that was cancelled here cancels there. */
-static void report(ferry__coord_link_t *link, ferry_op_status_t status)
+static void report(coord_link_t *link, ferry_op_status_t status)
 {
     if (!link->passive) {
         report_active(link);
@@ -400,9 +408,9 @@ static void report(ferry__coord_link_t *link, ferry_op_status_t status)
 }
 
 /* Takes a link off the list; lock held. */
-static void link_remove(ferry_coordinator_t *coord, ferry__coord_link_t *link)
+static void link_remove(ferry_coordinator_t *coord, coord_link_t *link)
 {
-    for (ferry__coord_link_t **p = &coord->links; *p != NULL; p = &(*p)->next) {
+    for (coord_link_t **p = &coord->links; *p != NULL; p = &(*p)->next) {
         if (*p == link) {
             *p = link->next;
             return;
@@ -413,12 +421,12 @@ static void link_remove(ferry_coordinator_t *coord, ferry__coord_link_t *link)
 /* ---- the session thread ------------------------------------------------------ */
 
 /* The due link, marked busy, or NULL; *wait_ms_p: until the next is due. */
-static ferry__coord_link_t *next_due(ferry_coordinator_t *coord, int64_t *wait_ms_p)
+static coord_link_t *next_due(ferry_coordinator_t *coord, int64_t *wait_ms_p)
 {
     int64_t now = now_ms();
     int64_t wait = 1000;
 
-    for (ferry__coord_link_t *l = coord->links; l != NULL; l = l->next) {
+    for (coord_link_t *l = coord->links; l != NULL; l = l->next) {
         if (l->busy) {
             continue;
         }
@@ -472,7 +480,7 @@ static void *session_main(void *arg)
     pthread_mutex_lock(&coord->lock);
     while (!coord->stopping) {
         int64_t wait_ms = 0;
-        ferry__coord_link_t *link = next_due(coord, &wait_ms);
+        coord_link_t *link = next_due(coord, &wait_ms);
         if (link == NULL) {
             session_tick(coord, &wait_ms);
             timed_wait(&coord->cond, &coord->lock, wait_ms > 0 ? wait_ms : 1);
@@ -516,10 +524,24 @@ static void *session_main(void *arg)
 
 /* ---- binding operations ------------------------------------------------------ */
 
-static ferry_status_t link_add(ferry_coordinator_t *coord, ferry_op_t *op, bool passive,
-                               const char *request_id, const char *token, int64_t lease_id)
+static void on_event(ferry_op_t *op, ferry_op_event_t event, ferry_op_status_t status, void *arg);
+
+/* The link of an operation bound here, or NULL. */
+static coord_link_t *op_link(const ferry_op_t *op)
 {
-    ferry__coord_link_t *link = calloc(1, sizeof(*link));
+    void *arg = NULL;
+    return ferry_op_listener_arg(op, on_event, &arg) == FERRY_OK ? arg : NULL;
+}
+
+/* Binds op: a link on the list, and a listener on op. An active link comes
+ * with its claim due, set before the listener can tell it anything, so that
+ * the claim always precedes the report. */
+static ferry_status_t link_add(ferry_coordinator_t *coord, ferry_op_t *op, bool passive,
+                               const char *request_id, const char *token, int64_t lease_id,
+                               Ferry__V1__OperationKind kind)
+{
+    coord_link_t *link = calloc(1, sizeof(*link));
+    ferry_status_t status;
 
     if (link == NULL) {
         return FERRY_ERR_NO_MEMORY;
@@ -528,23 +550,34 @@ static ferry_status_t link_add(ferry_coordinator_t *coord, ferry_op_t *op, bool 
     link->op = op;
     link->passive = passive;
     link->lease_id = lease_id;
+    link->kind = kind;
+    link->claimant = ferry_connector_name(ferry_op_connector(op));
+    link->claim_due = !passive;
     snprintf(link->request_id, sizeof(link->request_id), "%s", request_id);
     snprintf(link->token, sizeof(link->token), "%s", token);
     pthread_mutex_lock(&coord->lock);
     link->due_ms = now_ms() + period_ms(coord);
+    link->busy = true; /* until the listener is on */
     link->next = coord->links;
     coord->links = link;
-    pthread_cond_signal(&coord->cond);
     pthread_mutex_unlock(&coord->lock);
-    ferry__op_set_coord_link(op, link);
+    status = ferry_op_add_listener(op, on_event, link);
+    pthread_mutex_lock(&coord->lock);
+    if (status != FERRY_OK) {
+        link_remove(coord, link);
+        pthread_mutex_unlock(&coord->lock);
+        free(link);
+        return status;
+    }
+    link->busy = false;
+    pthread_cond_broadcast(&coord->cond);
+    pthread_mutex_unlock(&coord->lock);
     return FERRY_OK;
 }
 
-static void on_done(ferry_op_t *op, ferry_op_status_t status, void *arg)
+/* FINAL: the report is due (the session thread sends it). */
+static void on_final(coord_link_t *link, ferry_op_status_t status)
 {
-    ferry__coord_link_t *link = arg;
-    (void)op;
-
     pthread_mutex_lock(&link->coord->lock);
     if (!link->reported) {
         link->final_status = status;
@@ -557,10 +590,11 @@ static void on_done(ferry_op_t *op, ferry_op_status_t status, void *arg)
     pthread_mutex_unlock(&link->coord->lock);
 }
 
-void ferry__coord_unlink(ferry__coord_link_t *link)
+/* DESTROY: the operation goes; the link outlives it until its last duty
+ * (a release, a report) is done. */
+static void on_destroy(coord_link_t *link, ferry_op_status_t status)
 {
     ferry_coordinator_t *coord = link->coord;
-    ferry_op_status_t status;
     bool report_now;
 
     pthread_mutex_lock(&coord->lock);
@@ -572,9 +606,8 @@ void ferry__coord_unlink(ferry__coord_link_t *link)
     pthread_mutex_unlock(&coord->lock);
 
     /* The end is reported exactly once, even when the operation is destroyed
-     * before its done callback ran. A passive record is then released by the
+     * before FINAL was told. A passive record is then released by the
      * session thread, which keeps the link (without its operation) till then. */
-    status = ferry_op_status(link->op);
     if (link->passive) {
         if (report_now && status != FERRY_OP_STATUS_COMPLETE && status != FERRY_OP_STATUS_ERRORED) {
             cancel_passive(link, status == FERRY_OP_STATUS_CANCELLED
@@ -608,6 +641,16 @@ void ferry__coord_unlink(ferry__coord_link_t *link)
     link_remove(coord, link);
     pthread_mutex_unlock(&coord->lock);
     free(link);
+}
+
+static void on_event(ferry_op_t *op, ferry_op_event_t event, ferry_op_status_t status, void *arg)
+{
+    (void)op;
+    if (event == FERRY_OP_EVENT_FINAL) {
+        on_final(arg, status);
+    } else if (event == FERRY_OP_EVENT_DESTROY) {
+        on_destroy(arg, status);
+    }
 }
 
 /* ---- public API ----------------------------------------------------------- */
@@ -691,7 +734,7 @@ void ferry_coordinator_disconnect(ferry_coordinator_t *coord)
      * one last try; what remains leaves with the session lease, which nobody
      * renews from now on. */
     while (coord->links != NULL) {
-        ferry__coord_link_t *link = coord->links;
+        coord_link_t *link = coord->links;
         coord->links = link->next;
         if (link->op != NULL) {
             /* Misuse: the operation still points at its link, so the link
@@ -746,7 +789,7 @@ ferry_status_t ferry_op_publish(ferry_op_t *op, ferry_coordinator_t *coord,
     if (status != FERRY_OK) {
         return status;
     }
-    if (ferry__op_coord_link(op) != NULL) {
+    if (op_link(op) != NULL) {
         return ferry__fail(FERRY_ERR_MISUSE, "operation is already published");
     }
     req.metadata = ferry__v1__rdma_metadata__unpack(NULL, len, bytes);
@@ -756,7 +799,7 @@ ferry_status_t ferry_op_publish(ferry_op_t *op, ferry_coordinator_t *coord,
     req.request_id = (char *)params->request_id;
     req.access_token = (char *)(params->access_token != NULL ? params->access_token : "");
     req.ttl_seconds = params->ttl_s;
-    req.owner = (char *)ferry__op_connector_name(op);
+    req.owner = (char *)ferry_connector_name(ferry_op_connector(op));
     req.lease_token = lease_token;
     for (int attempt = 0; attempt < 2; attempt++) {
         bool making;
@@ -774,26 +817,28 @@ ferry_status_t ferry_op_publish(ferry_op_t *op, ferry_coordinator_t *coord,
     if (status != FERRY_OK) {
         return rpc_fail(status, "register", &err);
     }
-    status = link_add(coord, op, true, params->request_id, resp->access_token, resp->lease_id);
+    status = link_add(coord, op, true, params->request_id, resp->access_token, resp->lease_id,
+                      FERRY__V1__OPERATION_KIND__OPERATION_KIND_UNSPECIFIED);
     ferry__v1__register_response__free_unpacked(resp, NULL);
     if (status != FERRY_OK) {
-        return ferry__fail(status, "no memory to track the lease");
+        return ferry__fail(status, "cannot follow the published operation: %s",
+                           ferry_status_string(status));
     }
-    return ferry_op_set_done_callback(op, on_done, ferry__op_coord_link(op));
+    return FERRY_OK;
 }
 
 const char *ferry_op_access_token(const ferry_op_t *op)
 {
-    const ferry__coord_link_t *link = ferry__op_coord_link(op);
+    const coord_link_t *link = op_link(op);
     return link != NULL ? link->token : NULL;
 }
 
-/* Lookup (with wait), then the checks the coordinator's Claim would make and
- * the pairing (kind, count, sizes), so that a writer that would be refused is
- * refused before it touches the operation. *resp_p holds the metadata. */
+/* Lookup (with wait), then the state check the coordinator's Claim would
+ * make, so that a writer that would be refused is refused before it touches
+ * the operation. The metadata and the pairing (kind, count, sizes) are the
+ * data plane's to check (ferry_write_begin). *resp_p holds the metadata. */
 static ferry_status_t lookup_checked(ferry_coordinator_t *coord, const ferry_claim_params_t *p,
-                                     ferry__op_kind_t kind, const ferry_descriptor_t *local,
-                                     size_t n, Ferry__V1__LookupResponse **resp_p)
+                                     Ferry__V1__LookupResponse **resp_p)
 {
     Ferry__V1__LookupRequest req = FERRY__V1__LOOKUP_REQUEST__INIT;
     Ferry__V1__LookupResponse *resp = NULL;
@@ -815,12 +860,6 @@ static ferry_status_t lookup_checked(ferry_coordinator_t *coord, const ferry_cla
                                  ? "already claimed by another worker"
                                  : "no longer open (complete, errored or cancelled)");
     }
-    if (status == FERRY_OK) {
-        status = ferry__metadata_validate(resp->operation->metadata);
-    }
-    if (status == FERRY_OK) {
-        status = ferry__metadata_match(resp->operation->metadata, kind, local, n);
-    }
     if (status != FERRY_OK) {
         ferry__v1__lookup_response__free_unpacked(resp, NULL);
         return status;
@@ -829,15 +868,33 @@ static ferry_status_t lookup_checked(ferry_coordinator_t *coord, const ferry_cla
     return FERRY_OK;
 }
 
+/* The Lookup's metadata as the bytes the data plane takes. */
+static ferry_status_t begin_from_md(ferry_connector_t *connector, bool write,
+                                    const ferry_descriptor_t *local, size_t n,
+                                    const Ferry__V1__RdmaMetadata *md, ferry_op_t **op_p)
+{
+    size_t len = ferry__v1__rdma_metadata__get_packed_size(md);
+    uint8_t *bytes = malloc(len > 0 ? len : 1);
+    ferry_status_t status;
+
+    if (bytes == NULL) {
+        return ferry__fail(FERRY_ERR_NO_MEMORY, "metadata: out of memory");
+    }
+    ferry__v1__rdma_metadata__pack(md, bytes);
+    status = write ? ferry_write_begin(connector, local, n, bytes, len, op_p)
+                   : ferry_read_begin(connector, local, n, bytes, len, op_p);
+    free(bytes);
+    return status;
+}
+
 /* Lookup and checks, then the transfer starts at once; the Claim and, at the
  * end, the Complete go out from the session thread (see claim_active), so
  * the only coordinator round trip on the writer's path is the Lookup. */
 static ferry_status_t begin_by_id(ferry_connector_t *connector, ferry_coordinator_t *coord,
-                                  const ferry_claim_params_t *p, ferry__op_kind_t kind,
+                                  const ferry_claim_params_t *p, bool write,
                                   const ferry_descriptor_t *local, size_t n, ferry_op_t **op_p)
 {
     Ferry__V1__LookupResponse *found = NULL;
-    ferry__coord_link_t *link;
     ferry_op_t *op = NULL;
     ferry_status_t status;
 
@@ -849,30 +906,23 @@ static ferry_status_t begin_by_id(ferry_connector_t *connector, ferry_coordinato
     }
     status = ferry_descriptors_validate(local, n);
     if (status == FERRY_OK) {
-        status = lookup_checked(coord, p, kind, local, n, &found);
+        status = lookup_checked(coord, p, &found);
     }
     if (status != FERRY_OK) {
         return status;
     }
-    status = ferry__active_begin_md(connector, kind, local, n, found->operation->metadata, &op);
+    status = begin_from_md(connector, write, local, n, found->operation->metadata, &op);
     ferry__v1__lookup_response__free_unpacked(found, NULL);
     if (status != FERRY_OK) {
         return status;
     }
-    status = link_add(coord, op, false, p->request_id, p->access_token, 0);
+    status = link_add(coord, op, false, p->request_id, p->access_token, 0,
+                      write ? FERRY__V1__OPERATION_KIND__OPERATION_KIND_WRITE
+                            : FERRY__V1__OPERATION_KIND__OPERATION_KIND_READ);
     if (status != FERRY_OK) {
         ferry_op_destroy(op);
-        return ferry__fail(status, "no memory to bind the operation to the coordinator");
+        return ferry__fail(status, "cannot bind the operation to the coordinator");
     }
-    link = ferry__op_coord_link(op);
-    pthread_mutex_lock(&coord->lock);
-    link->kind = kind == FERRY__KIND_WRITE ? FERRY__V1__OPERATION_KIND__OPERATION_KIND_WRITE
-                                           : FERRY__V1__OPERATION_KIND__OPERATION_KIND_READ;
-    link->claimant = ferry_connector_name(connector);
-    link->claim_due = true;
-    pthread_cond_broadcast(&coord->cond);
-    pthread_mutex_unlock(&coord->lock);
-    ferry_op_set_done_callback(op, on_done, link);
     *op_p = op;
     return FERRY_OK;
 }
@@ -881,12 +931,12 @@ ferry_status_t ferry_write_begin_by_id(ferry_connector_t *connector, ferry_coord
                                        const ferry_claim_params_t *params,
                                        const ferry_descriptor_t *local, size_t n, ferry_op_t **op_p)
 {
-    return begin_by_id(connector, coord, params, FERRY__KIND_WRITE, local, n, op_p);
+    return begin_by_id(connector, coord, params, true, local, n, op_p);
 }
 
 ferry_status_t ferry_read_begin_by_id(ferry_connector_t *connector, ferry_coordinator_t *coord,
                                       const ferry_claim_params_t *params,
                                       const ferry_descriptor_t *local, size_t n, ferry_op_t **op_p)
 {
-    return begin_by_id(connector, coord, params, FERRY__KIND_READ, local, n, op_p);
+    return begin_by_id(connector, coord, params, false, local, n, op_p);
 }

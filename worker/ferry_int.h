@@ -37,27 +37,16 @@
 
 #include "ferry/ferry.h"
 #include "ferry/v1/types.pb-c.h"
+#include "worker/errors.h"
 
 #define FERRY__AM_ID          0x4652u /* "FR": the one active-message id */
 #define FERRY__KEY_LEN        FERRY_NOTIFICATION_KEY_LEN
-#define FERRY__MSG_LEN        256
 #define FERRY__NAME_LEN       64
 #define FERRY__HOST_LEN       256
 #define FERRY__OP_BUCKETS     256
 #define FERRY__RKEY_CACHE_MAX 256 /* unused remote keys kept per peer */
 #define FERRY__PEER_CACHE_MAX 64  /* cached endpoints (least recently used go) */
 #define FERRY__NONCE_LEN      16  /* admission nonce, see wire.c */
-
-/* ---- errors (errors.c) ------------------------------------------------ */
-
-/* Records the message for ferry_last_error_message() and returns status, so
- * that `return ferry__fail(FERRY_ERR_X, "...")` reads as one step. Does not
- * log: the caller decides whether this is where the error is first seen. */
-ferry_status_t ferry__fail(ferry_status_t status, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
-
-/* Clears this thread's message (public entry points call it first). */
-void ferry__clear_error(void);
 
 /* ---- metadata (metadata.c): pure, no UCX ------------------------------ */
 
@@ -300,6 +289,12 @@ typedef enum {
     FERRY__OP_ERRORED,
 } ferry__op_state_t;
 
+typedef struct ferry__listener {
+    struct ferry__listener *next;
+    ferry_op_listener_cb_t cb;
+    void *arg;
+} ferry__listener_t;
+
 struct ferry_op {
     struct ferry_op *table_next; /* chain in connector->ops */
     struct ferry_op *done_next;  /* done queue */
@@ -346,9 +341,13 @@ struct ferry_op {
     ferry__rkey_t **rkeys;
     bool awaiting_admit; /* a claim is out; holds a reference until answered */
 
-    /* Set once by coord_client.c when the operation is bound to a
-     * coordinator (published, or begun by request ID); see coord_link.h. */
-    struct ferry__coord_link *coord_link;
+    /* Listeners (ferry_op_add_listener), in the order added; appended under
+     * the lock, freed with the operation. n_final_told of them have had
+     * FINAL; destroying: destroy has begun (no FINAL from then on). */
+    struct ferry__listener *listeners, **listeners_tail;
+    unsigned n_listeners;
+    unsigned n_final_told;
+    bool destroying;
 };
 
 /* Allocates an operation in state NEW with one (the user's) reference. */
@@ -402,13 +401,5 @@ void ferry__op_peer_failed(ferry_op_t *op, ferry__peer_t *peer);
  * writer after the data moved and before the notice. */
 extern atomic_bool ferry__test_hold_notice;
 extern atomic_bool ferry__test_notice_held;
-
-/* ---- coordinator glue seam --------------------------------------------- */
-
-/* Starts an active operation from an already decoded RdmaMetadata (as a
- * coordinator Lookup/Claim returns it). md is copied. kind: WRITE or READ. */
-ferry_status_t ferry__active_begin_md(ferry_connector_t *c, ferry__op_kind_t kind,
-                                      const ferry_descriptor_t *local, size_t n,
-                                      const Ferry__V1__RdmaMetadata *md, ferry_op_t **op_p);
 
 #endif /* FERRY_WORKER_FERRY_INT_H */

@@ -3,7 +3,12 @@
  * function that changes it (ferry__op_move, which logs every change, in the
  * manner of curl's multistate()), references, the connector's operation
  * table, and the public calls that do not depend on the kind (status, error,
- * wait, cancel, fail, done callback, destroy).
+ * wait, cancel, fail, done callback, listeners, destroy).
+ *
+ * Listeners are how a layer above (the coordinator client) follows an
+ * operation without taking its done callback: this file tells them FINAL
+ * (from the loop's delivery, see ferry__connector_deliver) and DESTROY (from
+ * ferry_op_destroy) and never knows who they are.
  *
  * Threads: public calls run on the caller's thread and take connector->lock;
  * ferry__* functions expect the lock held. Waiters sleep on op->cond (with
@@ -20,7 +25,6 @@
 
 #include "common/clock.h"
 #include "common/log.h"
-#include "worker/coord_link.h"
 #include "worker/ferry_int.h"
 
 #define CALLER_POLL_MAX_MS 100
@@ -116,7 +120,7 @@ static void queue_done(ferry_op_t *op)
 {
     ferry_connector_t *c = op->connector;
 
-    if (op->done_queued || op->done_delivered) {
+    if (op->done_queued) {
         return;
     }
     op->done_queued = true;
@@ -188,6 +192,7 @@ ferry_status_t ferry__op_alloc(ferry_connector_t *c, ferry__op_kind_t kind,
     op->kind = kind;
     op->refs = 1;
     op->state = FERRY__OP_NEW;
+    op->listeners_tail = &op->listeners;
     ferry__lock(c);
     op->id = c->next_op_id++;
     c->live_ops++;
@@ -214,6 +219,11 @@ static void op_free_locked(ferry_op_t *op)
         ferry__active_release(op);
     }
     ferry_debug("%s: freed", op->label);
+    while (op->listeners != NULL) {
+        ferry__listener_t *l = op->listeners;
+        op->listeners = l->next;
+        free(l);
+    }
     ferry__metadata_free(op->md);
     free(op->metadata);
     free(op->memh);
@@ -534,28 +544,84 @@ ferry_status_t ferry_op_set_done_callback(ferry_op_t *op, ferry_op_done_cb_t cb,
     return FERRY_OK;
 }
 
+ferry_status_t ferry_op_add_listener(ferry_op_t *op, ferry_op_listener_cb_t cb, void *arg)
+{
+    ferry_connector_t *c = op->connector;
+    ferry__listener_t *l;
+
+    ferry__clear_error();
+    if (cb == NULL) {
+        return ferry__fail(FERRY_ERR_INVALID_ARGUMENT, "%s: listener: cb is required", op->label);
+    }
+    l = calloc(1, sizeof(*l));
+    if (l == NULL) {
+        return ferry__fail(FERRY_ERR_NO_MEMORY, "%s: listener: out of memory", op->label);
+    }
+    l->cb = cb;
+    l->arg = arg;
+    ferry__lock(c);
+    if (op->destroying) {
+        ferry__unlock(c);
+        free(l);
+        return ferry__fail(FERRY_ERR_MISUSE, "%s: listener added during destroy", op->label);
+    }
+    *op->listeners_tail = l;
+    op->listeners_tail = &l->next;
+    op->n_listeners++;
+    if (ferry__op_is_final(op)) {
+        queue_done(op);
+    }
+    ferry__unlock(c);
+    return FERRY_OK;
+}
+
+ferry_status_t ferry_op_listener_arg(const ferry_op_t *op, ferry_op_listener_cb_t cb, void **arg_p)
+{
+    ferry_connector_t *c = op->connector;
+    ferry_status_t status = FERRY_ERR_NOT_FOUND;
+
+    ferry__lock(c);
+    for (const ferry__listener_t *l = op->listeners; l != NULL; l = l->next) {
+        if (l->cb == cb) {
+            *arg_p = l->arg;
+            status = FERRY_OK;
+            break;
+        }
+    }
+    ferry__unlock(c);
+    return status;
+}
+
+ferry_connector_t *ferry_op_connector(const ferry_op_t *op)
+{
+    return op->connector;
+}
+
 void ferry_op_destroy(ferry_op_t *op)
 {
     ferry_connector_t *c;
+    ferry_op_status_t status;
 
     if (op == NULL) {
         return;
     }
-    /* No done callback starts from here on, and one that is running ends
-     * before destroy goes on: what it was given (the coordinator link, the
-     * user's arg) may be freed once destroy returns. */
+    /* No done callback or FINAL starts from here on, and one that is
+     * running ends before destroy goes on: what it was given (a listener's
+     * state, the user's arg) may be freed once destroy returns. */
     c = op->connector;
     ferry__lock(c);
     op->done_cb = NULL;
+    op->destroying = true;
     while (op->in_done_cb) {
         pthread_cond_wait(&op->cond, &c->lock);
     }
+    status = public_status(op->state);
     ferry__unlock(c);
-    /* Then, with no lock held: tell the coordinator how it ended and stop
-     * renewing its lease. */
-    if (op->coord_link != NULL) {
-        ferry__coord_unlink(op->coord_link);
-        op->coord_link = NULL;
+    /* Then, with no lock held and the status still as it was: DESTROY to
+     * every listener. The list only grows before destroying was set, and
+     * nodes are freed with the operation, so it is walked without the lock. */
+    for (ferry__listener_t *l = op->listeners; l != NULL; l = l->next) {
+        l->cb(op, FERRY_OP_EVENT_DESTROY, status, l->arg);
     }
     ferry__lock(c);
     if (!ferry__op_is_final(op)) {
@@ -575,19 +641,4 @@ void ferry_op_destroy(ferry_op_t *op)
     op->user_released = true;
     ferry__op_unref(op);
     ferry__unlock(c);
-}
-
-ferry__coord_link_t *ferry__op_coord_link(const ferry_op_t *op)
-{
-    return op->coord_link;
-}
-
-void ferry__op_set_coord_link(ferry_op_t *op, ferry__coord_link_t *link)
-{
-    op->coord_link = link;
-}
-
-const char *ferry__op_connector_name(const ferry_op_t *op)
-{
-    return op->connector->name;
 }

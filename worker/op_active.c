@@ -292,21 +292,3 @@ ferry_status_t ferry_read_begin(ferry_connector_t *c, const ferry_descriptor_t *
 {
     return begin_bytes(c, FERRY__KIND_READ, local, n, metadata, metadata_len, op_p);
 }
-
-ferry_status_t ferry__active_begin_md(ferry_connector_t *c, ferry__op_kind_t kind,
-                                      const ferry_descriptor_t *local, size_t n,
-                                      const Ferry__V1__RdmaMetadata *md, ferry_op_t **op_p)
-{
-    size_t len = ferry__v1__rdma_metadata__get_packed_size(md);
-    uint8_t *bytes = malloc(len > 0 ? len : 1);
-    ferry_status_t status;
-
-    ferry__clear_error();
-    if (bytes == NULL) {
-        return ferry__fail(FERRY_ERR_NO_MEMORY, "metadata: out of memory");
-    }
-    ferry__v1__rdma_metadata__pack(md, bytes);
-    status = begin_bytes(c, kind, local, n, bytes, len, op_p);
-    free(bytes);
-    return status;
-}

@@ -288,11 +288,46 @@ FERRY_API ferry_status_t ferry_op_fail(ferry_op_t *op, ferry_status_t code, cons
  * progress thread (or inside ferry_connector_progress / ferry_op_wait in
  * caller mode), never with a libferry lock held. It may call ferry_op_status
  * and ferry_op_error, not destroy. Setting it on an operation that is already
- * final still delivers one call. Not called once the op is destroyed. */
+ * final still delivers one call. Not called once the op is destroyed. The
+ * callback is the caller's alone: libferry's own layers use listeners. */
 typedef void (*ferry_op_done_cb_t)(ferry_op_t *op, ferry_op_status_t status, void *arg);
 
 FERRY_API ferry_status_t ferry_op_set_done_callback(ferry_op_t *op, ferry_op_done_cb_t cb,
                                                     void *arg);
+
+/* ---- listeners: observing an operation's end from another layer ------- */
+
+/* What a listener is told. FINAL: the operation became final (once, from the
+ * same place and under the same rules as the done callback; a listener added
+ * to an operation that is final already still gets it, unless destroy has
+ * begun). DESTROY: ferry_op_destroy was called; delivered on the destroying
+ * thread, with no libferry lock held, before the operation is cancelled or
+ * released (status is still the one it had), and always the last event. A
+ * listener may call ferry_op_status, ferry_op_error, ferry_op_fail and
+ * ferry_op_cancel, never destroy. */
+typedef enum {
+    FERRY_OP_EVENT_FINAL = 1,
+    FERRY_OP_EVENT_DESTROY = 2,
+} ferry_op_event_t;
+
+typedef void (*ferry_op_listener_cb_t)(ferry_op_t *op, ferry_op_event_t event,
+                                       ferry_op_status_t status, void *arg);
+
+/* Adds a listener: any number, each told in the order added, beside (never
+ * instead of) the done callback, which stays the caller's. This is how a
+ * layer above the data plane (the coordinator client) follows an operation:
+ * the data plane never names it. FERRY_ERR_MISUSE once destroy has begun. */
+FERRY_API ferry_status_t ferry_op_add_listener(ferry_op_t *op, ferry_op_listener_cb_t cb,
+                                               void *arg);
+
+/* The arg of the first listener added with cb; FERRY_ERR_NOT_FOUND when cb
+ * listens on no such listener. Lets the layer that added it find its own
+ * state from the operation. */
+FERRY_API ferry_status_t ferry_op_listener_arg(const ferry_op_t *op, ferry_op_listener_cb_t cb,
+                                               void **arg_p);
+
+/* The connector the operation belongs to. */
+FERRY_API ferry_connector_t *ferry_op_connector(const ferry_op_t *op);
 
 /* Passive: unregisters the memory and forgets the notification key (after
  * this any claim is refused with FERRY_ERR_NOT_FOUND; note that on host
@@ -301,91 +336,6 @@ FERRY_API ferry_status_t ferry_op_set_done_callback(ferry_op_t *op, ferry_op_don
  * operation if it is not final.
  * Active: cancels if not final. NULL is a no-op. */
 FERRY_API void ferry_op_destroy(ferry_op_t *op);
-
-/* ---- coordinator ------------------------------------------------------ */
-
-/* A client of ferry-coordinator (ferry.v1.Coordinator over gRPC). One per
- * process is plenty: it holds one channel, one session lease (made by its
- * first Register or Claim; every record and claim of the client goes on it,
- * so a registration is one etcd write) and one session thread that keeps the
- * lease alive, watches the records of bound operations and reports their
- * ends. When the process dies, the lease expires, and with it all of its
- * records and claims: their peers learn EXPIRED or ERRORED within the TTL. */
-typedef struct ferry_coordinator ferry_coordinator_t;
-
-typedef enum {
-    FERRY_COORDINATOR_PARAM_FIELD_TIMEOUT = 1u << 0,
-    FERRY_COORDINATOR_PARAM_FIELD_TLS = 1u << 1,
-} ferry_coordinator_param_field_t;
-
-typedef struct {
-    uint64_t field_mask;         /* ferry_coordinator_param_field_t bits */
-    const char *target;          /* "127.0.0.1:7400", "dns:///ferry:7400"; required */
-    int timeout_ms;              /* per call; unset: 10000 */
-    const char *tls_ca_file;     /* TLS: PEM of the CA that signed the coordinator */
-    const char *tls_cert_file;   /* TLS: client certificate (optional) */
-    const char *tls_key_file;    /* TLS: its key */
-    const char *tls_server_name; /* TLS: name to verify instead of the target's host */
-} ferry_coordinator_params_t;
-
-FERRY_API ferry_status_t ferry_coordinator_connect(const ferry_coordinator_params_t *params,
-                                                   ferry_coordinator_t **coordinator_p);
-
-/* Every operation bound to it must have been destroyed. NULL is a no-op. */
-FERRY_API void ferry_coordinator_disconnect(ferry_coordinator_t *coordinator);
-
-typedef struct {
-    const char *request_id;   /* 1..128 bytes of [A-Za-z0-9._:-]; required */
-    const char *access_token; /* 16..256 printable bytes; NULL: the coordinator picks one */
-    int ttl_s; /* TTL of the session lease when this call makes it; 0: the coordinator's */
-} ferry_publish_params_t;
-
-/* Passive: registers the operation's metadata at the coordinator under
- * params->request_id, and keeps the registration alive while the operation
- * lives. The operation then also learns from the coordinator when its writer
- * failed (ERRORED, FERRY_ERR_PEER_FAILED), cancelled (CANCELLED), or its own
- * registration expired (ERRORED, FERRY_ERR_EXPIRED), within the TTL.
- * Cancelling it, or destroying it unfinished, cancels it at the coordinator,
- * and the writer learns it; destroying it releases its record. FERRY_ERR_ALREADY_EXISTS when the
- * request ID is taken. The operation's done callback is used for this: do not replace it. */
-FERRY_API ferry_status_t ferry_op_publish(ferry_op_t *op, ferry_coordinator_t *coordinator,
-                                          const ferry_publish_params_t *params);
-
-/* The access token of a published operation (the caller's or the one the
- * coordinator picked); NULL when not published. Valid until destroy. */
-FERRY_API const char *ferry_op_access_token(const ferry_op_t *op);
-
-typedef struct {
-    const char *request_id;   /* required */
-    const char *access_token; /* required */
-    int wait_ms;              /* wait this long for the passive side to register; 0: not */
-    int ttl_s; /* TTL of the session lease when this call makes it; 0: the coordinator's */
-} ferry_claim_params_t;
-
-/* Active, by request ID: looks the operation up at the coordinator (waiting
- * up to wait_ms for it to appear), checks that it is still open and the
- * pairing (kind, count, sizes), then starts the transfer at once, as
- * ferry_write_begin / ferry_read_begin do: the passive side admits exactly
- * one writer (or reader) before any byte moves. The coordinator's Claim
- * (CLAIMED, on the client's session lease) goes out from the session thread
- * while the transfer runs, and Complete when it ends (or is destroyed), so
- * the Lookup is the only coordinator round trip on the caller's path and
- * destroy does not wait for one. A refused Claim ends the operation with the
- * coordinator's code. Errors: those of the coordinator (FERRY_ERR_NOT_FOUND,
- * FERRY_ERR_PERMISSION_DENIED, FERRY_ERR_FAILED_PRECONDITION when the
- * operation is taken or no longer open, FERRY_ERR_TIMED_OUT), and those of
- * the begin calls. The operation's done callback is used for the report: do
- * not replace it. */
-FERRY_API ferry_status_t ferry_write_begin_by_id(ferry_connector_t *connector,
-                                                 ferry_coordinator_t *coordinator,
-                                                 const ferry_claim_params_t *params,
-                                                 const ferry_descriptor_t *local, size_t n,
-                                                 ferry_op_t **op_p);
-FERRY_API ferry_status_t ferry_read_begin_by_id(ferry_connector_t *connector,
-                                                ferry_coordinator_t *coordinator,
-                                                const ferry_claim_params_t *params,
-                                                const ferry_descriptor_t *local, size_t n,
-                                                ferry_op_t **op_p);
 
 #ifdef __cplusplus
 }

@@ -28,7 +28,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include <ferry/ferry.h>
+#include <ferry/coordinator.h>
 
 #include "coord_harness.h"
 #include "worker/cli/pattern.h"

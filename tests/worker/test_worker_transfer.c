@@ -818,6 +818,111 @@ static void test_loopback_caller_progress(void **state)
     assert_int_equal(ferry_connector_get_fd(world.c, &fd), FERRY_ERR_MISUSE);
 }
 
+/* What a listener saw, in order. */
+typedef struct {
+    int n;
+    ferry_op_event_t events[8];
+    ferry_op_status_t statuses[8];
+    int *clock; /* shared order counter */
+    int at[8];
+} heard_t;
+
+static void listen_cb(ferry_op_t *op, ferry_op_event_t event, ferry_op_status_t status, void *arg)
+{
+    heard_t *h = arg;
+    (void)op;
+    if (h->n < 8) {
+        h->events[h->n] = event;
+        h->statuses[h->n] = status;
+        h->at[h->n] = (*h->clock)++;
+        h->n++;
+    }
+}
+
+static void listen_cb_other(ferry_op_t *op, ferry_op_event_t event, ferry_op_status_t status,
+                            void *arg)
+{
+    listen_cb(op, event, status, arg);
+}
+
+static void listen_cb_never(ferry_op_t *op, ferry_op_event_t event, ferry_op_status_t status,
+                            void *arg)
+{
+    (void)op, (void)event, (void)status, (void)arg;
+}
+
+/* Listeners: told FINAL (in the order added, beside the caller's done
+ * callback, which stays the caller's), a late one too, then DESTROY with
+ * the status as it was, last; found again by their callback. A passive
+ * operation destroyed unfinished tells DESTROY with INITIALIZED and no
+ * FINAL after it. */
+static void test_listeners(void **state)
+{
+    ferry_connector_params_t params = {.field_mask = FERRY_CONNECTOR_PARAM_FIELD_PROGRESS_MODE,
+                                       .progress_mode = FERRY_PROGRESS_CALLER};
+    ferry_connector_t *c;
+    uint8_t src[4096], dst[4096] = {0};
+    ferry_descriptor_t ds = {src, sizeof(src), FERRY_DEVICE_HOST_INIT};
+    ferry_descriptor_t dd = {dst, sizeof(dst), FERRY_DEVICE_HOST_INIT};
+    ferry_op_t *passive, *active, *idle;
+    ferry_op_status_t seen = FERRY_OP_STATUS_UNINITIALIZED;
+    int clock = 0;
+    heard_t a = {.clock = &clock}, b = {.clock = &clock}, late = {.clock = &clock},
+            gone = {.clock = &clock};
+    void *arg = NULL;
+    const uint8_t *md;
+    size_t md_len;
+    (void)state;
+
+    fill(src, sizeof(src), 5, 0);
+    assert_int_equal(ferry_connector_create(&params, &c), FERRY_OK);
+    assert_int_equal(ferry_writable_create(c, &dd, 1, &passive), FERRY_OK);
+    assert_ptr_equal(ferry_op_connector(passive), c);
+    assert_int_equal(ferry_op_set_done_callback(passive, done_cb, &seen), FERRY_OK);
+    assert_int_equal(ferry_op_add_listener(passive, listen_cb, &a), FERRY_OK);
+    assert_int_equal(ferry_op_add_listener(passive, listen_cb_other, &b), FERRY_OK);
+    assert_int_equal(ferry_op_add_listener(passive, NULL, &b), FERRY_ERR_INVALID_ARGUMENT);
+    assert_int_equal(ferry_op_listener_arg(passive, listen_cb_other, &arg), FERRY_OK);
+    assert_ptr_equal(arg, &b);
+    assert_int_equal(ferry_op_listener_arg(passive, listen_cb_never, &arg), FERRY_ERR_NOT_FOUND);
+    assert_int_equal(ferry_op_metadata(passive, &md, &md_len), FERRY_OK);
+    assert_int_equal(ferry_write_begin(c, &ds, 1, md, md_len, &active), FERRY_OK);
+    assert_int_equal(ferry_op_wait(active, WAIT_TIMEOUT_MS), FERRY_OK);
+    assert_int_equal(ferry_op_wait(passive, WAIT_TIMEOUT_MS), FERRY_OK);
+    assert_int_equal(ferry_connector_progress(c), FERRY_OK);
+    assert_int_equal(seen, FERRY_OP_STATUS_COMPLETE);
+    assert_int_equal(a.n, 1);
+    assert_int_equal(a.events[0], FERRY_OP_EVENT_FINAL);
+    assert_int_equal(a.statuses[0], FERRY_OP_STATUS_COMPLETE);
+    assert_int_equal(b.n, 1);
+    assert_true(a.at[0] < b.at[0]);
+    /* Added after the end: still told FINAL, once; the others not again. */
+    assert_int_equal(ferry_op_add_listener(passive, listen_cb, &late), FERRY_OK);
+    assert_int_equal(ferry_connector_progress(c), FERRY_OK);
+    assert_int_equal(late.n, 1);
+    assert_int_equal(late.events[0], FERRY_OP_EVENT_FINAL);
+    assert_int_equal(a.n, 1);
+    ferry_op_destroy(active);
+    ferry_op_destroy(passive);
+    assert_int_equal(a.n, 2);
+    assert_int_equal(a.events[1], FERRY_OP_EVENT_DESTROY);
+    assert_int_equal(a.statuses[1], FERRY_OP_STATUS_COMPLETE);
+    assert_int_equal(b.n, 2);
+    assert_int_equal(late.n, 2);
+    assert_true(a.at[1] < b.at[1] && b.at[1] < late.at[1]);
+    assert_int_equal(check(dst, sizeof(dst), 5, 0), sizeof(dst));
+
+    /* Destroyed unfinished: DESTROY sees it as it was, and nothing after. */
+    assert_int_equal(ferry_writable_create(c, &dd, 1, &idle), FERRY_OK);
+    assert_int_equal(ferry_op_add_listener(idle, listen_cb, &gone), FERRY_OK);
+    ferry_op_destroy(idle);
+    assert_int_equal(ferry_connector_progress(c), FERRY_OK);
+    assert_int_equal(gone.n, 1);
+    assert_int_equal(gone.events[0], FERRY_OP_EVENT_DESTROY);
+    assert_int_equal(gone.statuses[0], FERRY_OP_STATUS_INITIALIZED);
+    ferry_connector_destroy(c);
+}
+
 /* One loopback write (both ends in connector c) of 64 KiB, checked. */
 static void loopback_write(ferry_connector_t *c)
 {
@@ -919,6 +1024,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_writer_killed_before_notice),
         cmocka_unit_test(test_writer_killed_peer_detection),
         cmocka_unit_test(test_loopback_caller_progress),
+        cmocka_unit_test(test_listeners),
         cmocka_unit_test(test_concurrent_threads),
         cmocka_unit_test(test_fail_from_outside),
         cmocka_unit_test(test_spin_param),

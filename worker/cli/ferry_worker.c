@@ -25,7 +25,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include <ferry/ferry.h>
+#include <ferry/coordinator.h>
 
 #include "pattern.h"
 

@@ -1,0 +1,105 @@
+/*
+ * ferry/coordinator.h: the coordinator client of libferry, a layer on the
+ * public data-plane API (ferry/ferry.h) and nothing else: it binds
+ * operations to ferry-coordinator records through ferry_op_add_listener,
+ * never through the data plane's internals, and the data plane never names
+ * it.
+ */
+#ifndef FERRY_COORDINATOR_H
+#define FERRY_COORDINATOR_H
+
+#include "ferry/ferry.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---- coordinator ------------------------------------------------------ */
+
+/* A client of ferry-coordinator (ferry.v1.Coordinator over gRPC). One per
+ * process is plenty: it holds one channel, one session lease (made by its
+ * first Register or Claim; every record and claim of the client goes on it,
+ * so a registration is one etcd write) and one session thread that keeps the
+ * lease alive, watches the records of bound operations and reports their
+ * ends. When the process dies, the lease expires, and with it all of its
+ * records and claims: their peers learn EXPIRED or ERRORED within the TTL. */
+typedef struct ferry_coordinator ferry_coordinator_t;
+
+typedef enum {
+    FERRY_COORDINATOR_PARAM_FIELD_TIMEOUT = 1u << 0,
+    FERRY_COORDINATOR_PARAM_FIELD_TLS = 1u << 1,
+} ferry_coordinator_param_field_t;
+
+typedef struct {
+    uint64_t field_mask;         /* ferry_coordinator_param_field_t bits */
+    const char *target;          /* "127.0.0.1:7400", "dns:///ferry:7400"; required */
+    int timeout_ms;              /* per call; unset: 10000 */
+    const char *tls_ca_file;     /* TLS: PEM of the CA that signed the coordinator */
+    const char *tls_cert_file;   /* TLS: client certificate (optional) */
+    const char *tls_key_file;    /* TLS: its key */
+    const char *tls_server_name; /* TLS: name to verify instead of the target's host */
+} ferry_coordinator_params_t;
+
+FERRY_API ferry_status_t ferry_coordinator_connect(const ferry_coordinator_params_t *params,
+                                                   ferry_coordinator_t **coordinator_p);
+
+/* Every operation bound to it must have been destroyed. NULL is a no-op. */
+FERRY_API void ferry_coordinator_disconnect(ferry_coordinator_t *coordinator);
+
+typedef struct {
+    const char *request_id;   /* 1..128 bytes of [A-Za-z0-9._:-]; required */
+    const char *access_token; /* 16..256 printable bytes; NULL: the coordinator picks one */
+    int ttl_s; /* TTL of the session lease when this call makes it; 0: the coordinator's */
+} ferry_publish_params_t;
+
+/* Passive: registers the operation's metadata at the coordinator under
+ * params->request_id, and keeps the registration alive while the operation
+ * lives. The operation then also learns from the coordinator when its writer
+ * failed (ERRORED, FERRY_ERR_PEER_FAILED), cancelled (CANCELLED), or its own
+ * registration expired (ERRORED, FERRY_ERR_EXPIRED), within the TTL.
+ * Cancelling it, or destroying it unfinished, cancels it at the coordinator,
+ * and the writer learns it; destroying it releases its record. FERRY_ERR_ALREADY_EXISTS when the
+ * request ID is taken. The done callback stays the caller's (the client listens). */
+FERRY_API ferry_status_t ferry_op_publish(ferry_op_t *op, ferry_coordinator_t *coordinator,
+                                          const ferry_publish_params_t *params);
+
+/* The access token of a published operation (the caller's or the one the
+ * coordinator picked); NULL when not published. Valid until destroy. */
+FERRY_API const char *ferry_op_access_token(const ferry_op_t *op);
+
+typedef struct {
+    const char *request_id;   /* required */
+    const char *access_token; /* required */
+    int wait_ms;              /* wait this long for the passive side to register; 0: not */
+    int ttl_s; /* TTL of the session lease when this call makes it; 0: the coordinator's */
+} ferry_claim_params_t;
+
+/* Active, by request ID: looks the operation up at the coordinator (waiting
+ * up to wait_ms for it to appear), checks that it is still open and the
+ * pairing (kind, count, sizes), then starts the transfer at once, as
+ * ferry_write_begin / ferry_read_begin do: the passive side admits exactly
+ * one writer (or reader) before any byte moves. The coordinator's Claim
+ * (CLAIMED, on the client's session lease) goes out from the session thread
+ * while the transfer runs, and Complete when it ends (or is destroyed), so
+ * the Lookup is the only coordinator round trip on the caller's path and
+ * destroy does not wait for one. A refused Claim ends the operation with the
+ * coordinator's code. Errors: those of the coordinator (FERRY_ERR_NOT_FOUND,
+ * FERRY_ERR_PERMISSION_DENIED, FERRY_ERR_FAILED_PRECONDITION when the
+ * operation is taken or no longer open, FERRY_ERR_TIMED_OUT), and those of
+ * the begin calls. The done callback stays the caller's. */
+FERRY_API ferry_status_t ferry_write_begin_by_id(ferry_connector_t *connector,
+                                                 ferry_coordinator_t *coordinator,
+                                                 const ferry_claim_params_t *params,
+                                                 const ferry_descriptor_t *local, size_t n,
+                                                 ferry_op_t **op_p);
+FERRY_API ferry_status_t ferry_read_begin_by_id(ferry_connector_t *connector,
+                                                ferry_coordinator_t *coordinator,
+                                                const ferry_claim_params_t *params,
+                                                const ferry_descriptor_t *local, size_t n,
+                                                ferry_op_t **op_p);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* FERRY_COORDINATOR_H */
