@@ -23,8 +23,13 @@
  *     the same pace (Get, served from the coordinator's memory), so it learns
  *     within the TTL that its peer failed (ERRORED), cancelled (CANCELLED) or
  *     that its record is gone (its owner's lease expired);
- *   - an operation's end, queued by its done callback, is reported: Complete
- *     for an active one, Cancel for a passive one cancelled here.
+ *   - an operation's end, queued by its listener, is reported: Complete for
+ *     an active one (tried again while the coordinator cannot be reached),
+ *     Cancel for a passive one cancelled here.
+ *
+ * Admission: a writer's Claim is made on the caller's path after its Lookup
+ * and before the data plane starts (begin_by_id), so the coordinator alone
+ * decides who writes; see the Claim rpc in coordinator.proto.
  *
  * Layering: this file is a client of the public data-plane API only
  * (ferry/ferry.h), as any application could be: it follows an operation
@@ -43,6 +48,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "common/clock.h"
 #include "common/log.h"
@@ -68,6 +74,8 @@ typedef struct coord_link {
     char lease_token[LEASE_TOKEN_CAP]; /* lease_id's (active: Complete shows it) */
     int64_t due_ms;                    /* next look at the record, monotonic */
     bool busy;                         /* the session thread is using it outside the lock */
+    bool looking;                      /* ... and its operation (look): destroy waits for that */
+    bool told;                         /* the end is known here (FINAL, or DESTROY first) */
     bool report_due;
     bool reported;
     ferry_op_status_t final_status;
@@ -75,14 +83,12 @@ typedef struct coord_link {
      * thread releases the record once it is final, then frees the link. */
     bool releasing;
     int release_tries;
-    /* Active: the Claim goes out from the session thread while the transfer
-     * runs (claim_due), before the outcome is reported; claimed once it is
-     * granted. The outcome is kept here, so that the report can be sent after
-     * the operation is destroyed (op is NULL then). */
-    bool claim_due;
-    bool claimed;
-    Ferry__V1__OperationKind kind;
-    const char *claimant; /* the connector's name; lives as long as it */
+    /* Active: the claim was granted before the transfer began (an active
+     * link exists only then). The outcome is kept here, so that the report
+     * (Complete) can be sent after the operation is destroyed (op is NULL
+     * then); a report the coordinator could not take is tried again
+     * (report_tries) while the claim's lease may still live. */
+    int report_tries;
     ferry_status_t final_code;
     char final_message[256];
 } coord_link_t;
@@ -122,6 +128,8 @@ static ferry_status_t call(ferry_coordinator_t *coord, const char *path,
     return rpc_unary(coord->channel, path, req, desc, coord->timeout_ms + extra_ms,
                      (ProtobufCMessage **)resp_p, err);
 }
+
+static ferry_status_t rpc_fail(ferry_status_t status, const char *what, const rpc_error_t *err);
 
 /* ---- the session lease ------------------------------------------------------ */
 
@@ -312,49 +320,45 @@ static bool release_passive(coord_link_t *link)
     return true;
 }
 
-/* The Claim of an active operation, sent while its transfer runs: the
- * passive side's admit already made this writer the only one at the data
- * plane; the Claim makes it known (CLAIMED) and puts the claim on the
- * session lease, so that the passive side learns if this process dies. A
- * refusal ends the operation unless it already ended. */
-static void claim_active(coord_link_t *link)
+/* The coordinator's Claim: the one admission decision for a writer (or
+ * reader) by request ID, on the caller's path before any byte moves (see
+ * begin_by_id and coordinator.proto). The claim goes on the session lease,
+ * so that the passive side learns if this process dies; its lease and token
+ * are returned for the Complete. */
+static ferry_status_t claim(ferry_coordinator_t *coord, const ferry_claim_params_t *p,
+                            const char *claimant, Ferry__V1__OperationKind kind, int64_t *lease_p,
+                            char *claim_token, rpc_error_t *err)
 {
     Ferry__V1__ClaimRequest req = FERRY__V1__CLAIM_REQUEST__INIT;
     Ferry__V1__ClaimResponse *resp = NULL;
-    ferry_coordinator_t *coord = link->coord;
-    rpc_error_t err;
     ferry_status_t status = FERRY_OK;
-    char msg[600], lease_token[LEASE_TOKEN_CAP];
+    char lease_token[LEASE_TOKEN_CAP];
 
-    req.request_id = link->request_id;
-    req.access_token = link->token;
-    req.claimant = (char *)link->claimant;
-    req.kind = link->kind;
+    req.request_id = (char *)p->request_id;
+    req.access_token = (char *)p->access_token;
+    req.claimant = (char *)claimant;
+    req.kind = kind;
     req.lease_token = lease_token;
+    req.ttl_seconds = p->ttl_s;
     for (int attempt = 0; attempt < 2; attempt++) {
         bool making;
         req.lease_id = session_take(coord, &making, lease_token);
         status = call(coord, COORD_PATH("Claim"), &req.base, &ferry__v1__claim_response__descriptor,
-                      0, &resp, &err);
+                      0, &resp, err);
         session_made(coord, making, status == FERRY_OK ? resp->claim_lease_id : 0,
                      status == FERRY_OK ? resp->ttl_seconds : 0,
                      status == FERRY_OK ? resp->lease_token : "");
-        if (!session_was_lost(coord, req.lease_id, status, &err)) {
+        if (!session_was_lost(coord, req.lease_id, status, err)) {
             break;
         }
     }
-    if (status == FERRY_OK) {
-        link->lease_id = resp->claim_lease_id;
-        snprintf(link->lease_token, sizeof(link->lease_token), "%s", resp->lease_token);
-        link->claimed = true;
-        ferry__v1__claim_response__free_unpacked(resp, NULL);
-        return;
+    if (status != FERRY_OK) {
+        return status;
     }
-    ferry_warn("op %s: the coordinator refused the claim: %s", link->request_id, err.message);
-    if (link->op != NULL) {
-        snprintf(msg, sizeof(msg), "the coordinator refused the claim: %s", err.message);
-        ferry_op_fail(link->op, status, msg);
-    }
+    *lease_p = resp->claim_lease_id;
+    snprintf(claim_token, LEASE_TOKEN_CAP, "%s", resp->lease_token);
+    ferry__v1__claim_response__free_unpacked(resp, NULL);
+    return FERRY_OK;
 }
 
 /* Keeps the outcome of an active operation for its report. */
@@ -371,40 +375,54 @@ static void keep_outcome(coord_link_t *link, ferry_op_status_t status)
              message != NULL ? message : "");
 }
 
-/* Complete at the coordinator, for an active operation whose claim was
- * granted (a refused claim has nothing to complete). */
-static void report_active(coord_link_t *link)
+#define REPORT_TRIES 8
+
+/* Complete at the coordinator, for an active operation (its claim was
+ * granted before it began). Returns false when the coordinator could not be
+ * reached and the report should be tried again (the record stays CLAIMED
+ * meanwhile, and the claim's lease keeps it so for a TTL). */
+static bool report_active(coord_link_t *link)
 {
     Ferry__V1__CompleteRequest req = FERRY__V1__COMPLETE_REQUEST__INIT;
     Ferry__V1__CompleteResponse *resp = NULL;
     rpc_error_t err;
+    ferry_status_t status;
 
-    if (!link->claimed) {
-        return;
-    }
     req.request_id = link->request_id;
     req.access_token = link->token;
     req.claim_lease_id = link->lease_id;
     req.lease_token = link->lease_token;
     req.error_code = link->final_code;
     req.error_message = link->final_message;
-    if (call(link->coord, COORD_PATH("Complete"), &req.base,
-             &ferry__v1__complete_response__descriptor, 0, &resp, &err) == FERRY_OK) {
+    status = call(link->coord, COORD_PATH("Complete"), &req.base,
+                  &ferry__v1__complete_response__descriptor, 0, &resp, &err);
+    if (status == FERRY_OK) {
         ferry__v1__complete_response__free_unpacked(resp, NULL);
-    } else if (err.grpc_code != 9 && err.grpc_code != COORD_NOT_FOUND) {
+        return true;
+    }
+    if ((status == FERRY_ERR_UNAVAILABLE || status == FERRY_ERR_TIMED_OUT) &&
+        ++link->report_tries < REPORT_TRIES) {
+        ferry_debug("op %s: report not taken (%s); trying again", link->request_id, err.message);
+        return false;
+    }
+    if (status != FERRY_ERR_FAILED_PRECONDITION && status != FERRY_ERR_NOT_FOUND) {
         ferry_warn("op %s: reporting the outcome failed: %s", link->request_id, err.message);
     }
+    return true;
 }
 
 /* Tells the coordinator how the operation ended: an active one reports its
- * outcome; a passive one that was cancelled here cancels there. */
-static void report(coord_link_t *link, ferry_op_status_t status)
+ * outcome; a passive one that was cancelled here cancels there. False: try
+ * again later. */
+static bool report(coord_link_t *link, ferry_op_status_t status)
 {
     if (!link->passive) {
-        report_active(link);
-    } else if (status == FERRY_OP_STATUS_CANCELLED) {
+        return report_active(link);
+    }
+    if (status == FERRY_OP_STATUS_CANCELLED) {
         cancel_passive(link, "the receiver cancelled the operation");
     }
+    return true;
 }
 
 /* Takes a link off the list; lock held. */
@@ -431,11 +449,12 @@ static coord_link_t *next_due(ferry_coordinator_t *coord, int64_t *wait_ms_p)
             continue;
         }
         bool watched = !l->reported || l->releasing;
-        if (l->claim_due || l->report_due || (watched && l->due_ms <= now)) {
+        bool report_now = l->report_due && (l->report_tries == 0 || l->due_ms <= now);
+        if (report_now || (watched && l->due_ms <= now)) {
             l->busy = true;
             return l;
         }
-        if (watched && l->due_ms - now < wait) {
+        if ((watched || l->report_due) && l->due_ms - now < wait) {
             wait = l->due_ms - now;
         }
     }
@@ -486,30 +505,31 @@ static void *session_main(void *arg)
             timed_wait(&coord->cond, &coord->lock, wait_ms > 0 ? wait_ms : 1);
             continue;
         }
-        bool claiming = link->claim_due;
         bool reporting = link->report_due;
         bool releasing = link->releasing;
-        bool done = false;
+        bool done = false, reported = true;
         ferry_op_status_t outcome = link->final_status;
-        link->claim_due = false;
         link->report_due = false;
+        link->looking = !releasing && !reporting;
         pthread_mutex_unlock(&coord->lock);
-        if (claiming) {
-            claim_active(link); /* before any report: Complete needs the claim */
-        }
         if (releasing) {
             done = release_passive(link);
         } else if (reporting) {
-            report(link, outcome);
-            done = link->op == NULL; /* a destroyed operation's last duty */
-        } else if (!claiming) {
+            reported = report(link, outcome);
+        } else {
             look(link);
         }
         pthread_mutex_lock(&coord->lock);
-        if (reporting) {
+        link->looking = false;
+        if (reporting && reported) {
             link->reported = true;
+            /* A destroyed active operation's last duty. */
+            done = !link->passive && link->op == NULL;
+        } else if (reporting) {
+            link->report_due = true; /* again, after a pause */
         }
-        link->due_ms = now_ms() + (releasing ? period_ms(coord) / 4 : period_ms(coord));
+        link->due_ms =
+            now_ms() + (releasing || !reported ? period_ms(coord) / 4 : period_ms(coord));
         link->busy = false;
         if (done) {
             link_remove(coord, link);
@@ -533,12 +553,11 @@ static coord_link_t *op_link(const ferry_op_t *op)
     return ferry_op_listener_arg(op, on_event, &arg) == FERRY_OK ? arg : NULL;
 }
 
-/* Binds op: a link on the list, and a listener on op. An active link comes
- * with its claim due, set before the listener can tell it anything, so that
- * the claim always precedes the report. */
+/* Binds op: a link on the list, and a listener on op. lease_id and
+ * lease_token: the record's lease (passive) or the granted claim's (active). */
 static ferry_status_t link_add(ferry_coordinator_t *coord, ferry_op_t *op, bool passive,
                                const char *request_id, const char *token, int64_t lease_id,
-                               Ferry__V1__OperationKind kind)
+                               const char *lease_token)
 {
     coord_link_t *link = calloc(1, sizeof(*link));
     ferry_status_t status;
@@ -550,9 +569,7 @@ static ferry_status_t link_add(ferry_coordinator_t *coord, ferry_op_t *op, bool 
     link->op = op;
     link->passive = passive;
     link->lease_id = lease_id;
-    link->kind = kind;
-    link->claimant = ferry_connector_name(ferry_op_connector(op));
-    link->claim_due = !passive;
+    snprintf(link->lease_token, sizeof(link->lease_token), "%s", lease_token);
     snprintf(link->request_id, sizeof(link->request_id), "%s", request_id);
     snprintf(link->token, sizeof(link->token), "%s", token);
     pthread_mutex_lock(&coord->lock);
@@ -579,7 +596,8 @@ static ferry_status_t link_add(ferry_coordinator_t *coord, ferry_op_t *op, bool 
 static void on_final(coord_link_t *link, ferry_op_status_t status)
 {
     pthread_mutex_lock(&link->coord->lock);
-    if (!link->reported) {
+    if (!link->told) {
+        link->told = true;
         link->final_status = status;
         if (!link->passive) {
             keep_outcome(link, status);
@@ -595,9 +613,36 @@ static void on_final(coord_link_t *link, ferry_op_status_t status)
 static void on_destroy(coord_link_t *link, ferry_op_status_t status)
 {
     ferry_coordinator_t *coord = link->coord;
-    bool report_now;
+    bool report_now, gone = false;
 
     pthread_mutex_lock(&coord->lock);
+    if (!link->passive) {
+        /* Active: the session thread sends the report, so destroy waits for
+         * no etcd write; it waits only while the session thread uses the
+         * operation itself (look). */
+        while (link->looking) {
+            pthread_cond_wait(&coord->cond, &coord->lock);
+        }
+        if (!link->told) {
+            link->told = true;
+            keep_outcome(link,
+                         status == FERRY_OP_STATUS_COMPLETE || status == FERRY_OP_STATUS_ERRORED
+                             ? status
+                             : FERRY_OP_STATUS_CANCELLED);
+            link->report_due = true;
+        }
+        link->op = NULL;
+        if (link->reported && !link->busy) {
+            link_remove(coord, link);
+            gone = true;
+        }
+        pthread_cond_broadcast(&coord->cond);
+        pthread_mutex_unlock(&coord->lock);
+        if (gone) {
+            free(link);
+        }
+        return;
+    }
     while (link->busy) {
         pthread_cond_wait(&coord->cond, &coord->lock);
     }
@@ -606,41 +651,21 @@ static void on_destroy(coord_link_t *link, ferry_op_status_t status)
     pthread_mutex_unlock(&coord->lock);
 
     /* The end is reported exactly once, even when the operation is destroyed
-     * before FINAL was told. A passive record is then released by the
-     * session thread, which keeps the link (without its operation) till then. */
-    if (link->passive) {
-        if (report_now && status != FERRY_OP_STATUS_COMPLETE && status != FERRY_OP_STATUS_ERRORED) {
-            cancel_passive(link, status == FERRY_OP_STATUS_CANCELLED
-                                     ? "the receiver cancelled the operation"
-                                     : "the receiver destroyed the operation before it completed");
-        }
-        pthread_mutex_lock(&coord->lock);
-        link->op = NULL;
-        link->releasing = true;
-        link->report_due = false;
-        link->due_ms = now_ms();
-        link->busy = false;
-        pthread_cond_broadcast(&coord->cond);
-        pthread_mutex_unlock(&coord->lock);
-        return;
+     * before FINAL was told. The record is then released by the session
+     * thread, which keeps the link (without its operation) till then. */
+    if (report_now && status != FERRY_OP_STATUS_COMPLETE && status != FERRY_OP_STATUS_ERRORED) {
+        cancel_passive(link, status == FERRY_OP_STATUS_CANCELLED
+                                 ? "the receiver cancelled the operation"
+                                 : "the receiver destroyed the operation before it completed");
     }
-    /* Active: the session thread sends the report (after the claim, if
-     * that is still to go), so destroy does not wait for an etcd write. */
     pthread_mutex_lock(&coord->lock);
-    if (report_now) {
-        keep_outcome(link, status == FERRY_OP_STATUS_COMPLETE || status == FERRY_OP_STATUS_ERRORED
-                               ? status
-                               : FERRY_OP_STATUS_CANCELLED);
-        link->op = NULL;
-        link->report_due = true;
-        link->busy = false;
-        pthread_cond_broadcast(&coord->cond);
-        pthread_mutex_unlock(&coord->lock);
-        return;
-    }
-    link_remove(coord, link);
+    link->op = NULL;
+    link->releasing = true;
+    link->report_due = false;
+    link->due_ms = now_ms();
+    link->busy = false;
+    pthread_cond_broadcast(&coord->cond);
     pthread_mutex_unlock(&coord->lock);
-    free(link);
 }
 
 static void on_event(ferry_op_t *op, ferry_op_event_t event, ferry_op_status_t status, void *arg)
@@ -747,11 +772,9 @@ void ferry_coordinator_disconnect(ferry_coordinator_t *coord)
             link->release_tries = RELEASE_TRIES;
             release_passive(link);
         } else {
-            /* A destroyed active operation whose claim or report is still
-             * to go: send them now. */
-            if (link->claim_due) {
-                claim_active(link);
-            }
+            /* A destroyed active operation whose report is still to go:
+             * one last try. */
+            link->report_tries = REPORT_TRIES;
             report_active(link);
         }
         free(link);
@@ -818,7 +841,7 @@ ferry_status_t ferry_op_publish(ferry_op_t *op, ferry_coordinator_t *coord,
         return rpc_fail(status, "register", &err);
     }
     status = link_add(coord, op, true, params->request_id, resp->access_token, resp->lease_id,
-                      FERRY__V1__OPERATION_KIND__OPERATION_KIND_UNSPECIFIED);
+                      resp->lease_token);
     ferry__v1__register_response__free_unpacked(resp, NULL);
     if (status != FERRY_OK) {
         return ferry__fail(status, "cannot follow the published operation: %s",
@@ -868,28 +891,56 @@ static ferry_status_t lookup_checked(ferry_coordinator_t *coord, const ferry_cla
     return FERRY_OK;
 }
 
-/* The Lookup's metadata as the bytes the data plane takes. */
-static ferry_status_t begin_from_md(ferry_connector_t *connector, bool write,
-                                    const ferry_descriptor_t *local, size_t n,
-                                    const Ferry__V1__RdmaMetadata *md, ferry_op_t **op_p)
+/* The Lookup's metadata as the bytes the data plane takes (malloc'd). */
+static ferry_status_t md_bytes(const Ferry__V1__RdmaMetadata *md, uint8_t **bytes_p, size_t *len_p)
 {
     size_t len = ferry__v1__rdma_metadata__get_packed_size(md);
     uint8_t *bytes = malloc(len > 0 ? len : 1);
-    ferry_status_t status;
 
     if (bytes == NULL) {
         return ferry__fail(FERRY_ERR_NO_MEMORY, "metadata: out of memory");
     }
     ferry__v1__rdma_metadata__pack(md, bytes);
-    status = write ? ferry_write_begin(connector, local, n, bytes, len, op_p)
-                   : ferry_read_begin(connector, local, n, bytes, len, op_p);
-    free(bytes);
-    return status;
+    *bytes_p = bytes;
+    *len_p = len;
+    return FERRY_OK;
 }
 
-/* Lookup and checks, then the transfer starts at once; the Claim and, at the
- * end, the Complete go out from the session thread (see claim_active), so
- * the only coordinator round trip on the writer's path is the Lookup. */
+/* The test seam for interleavings (tests only; never set in production):
+ * FERRY_TEST_PAUSE="POINT:PREFIX" makes begin_by_id stop at POINT
+ * ("after-lookup": between its Lookup and its Claim; "after-claim": between
+ * its Claim and the data plane's begin): it creates PREFIX.<pid>.reached and
+ * waits (up to a minute) for PREFIX.go to exist. Read at the call, not at
+ * load. */
+static void test_pause(const char *point)
+{
+    const char *env = getenv("FERRY_TEST_PAUSE");
+    size_t n = strlen(point);
+    char path[512];
+    FILE *f;
+
+    if (env == NULL || strncmp(env, point, n) != 0 || env[n] != ':') {
+        return;
+    }
+    snprintf(path, sizeof(path), "%s.%ld.reached", env + n + 1, (long)getpid());
+    f = fopen(path, "w");
+    if (f != NULL) {
+        fclose(f);
+    }
+    snprintf(path, sizeof(path), "%s.go", env + n + 1);
+    for (int64_t until = now_ms() + 60000; access(path, F_OK) != 0 && now_ms() < until;) {
+        struct timespec ms = {0, 1000000};
+        nanosleep(&ms, NULL);
+    }
+}
+
+/* Lookup (one round trip, waiting for the record if asked) and the checks
+ * that must not spoil the record (state, and the data plane's pairing of
+ * kind, count and sizes), then the Claim (the second round trip): the
+ * coordinator decides the one writer before any byte moves, so a refused
+ * writer never touches the receiver's memory and the record names the one
+ * whose bytes the receiver holds. Only then does the transfer begin; the
+ * Complete goes out from the session thread when it ends. */
 static ferry_status_t begin_by_id(ferry_connector_t *connector, ferry_coordinator_t *coord,
                                   const ferry_claim_params_t *p, bool write,
                                   const ferry_descriptor_t *local, size_t n, ferry_op_t **op_p)
@@ -897,6 +948,12 @@ static ferry_status_t begin_by_id(ferry_connector_t *connector, ferry_coordinato
     Ferry__V1__LookupResponse *found = NULL;
     ferry_op_t *op = NULL;
     ferry_status_t status;
+    rpc_error_t err;
+    uint8_t *md = NULL;
+    size_t md_len = 0;
+    int64_t claim_lease = 0;
+    char claim_token[LEASE_TOKEN_CAP];
+    coord_link_t failed = {0};
 
     ferry__clear_error();
     if (connector == NULL || coord == NULL || p == NULL || p->request_id == NULL ||
@@ -911,20 +968,52 @@ static ferry_status_t begin_by_id(ferry_connector_t *connector, ferry_coordinato
     if (status != FERRY_OK) {
         return status;
     }
-    status = begin_from_md(connector, write, local, n, found->operation->metadata, &op);
+    status = md_bytes(found->operation->metadata, &md, &md_len);
     ferry__v1__lookup_response__free_unpacked(found, NULL);
+    if (status == FERRY_OK) {
+        status = ferry_metadata_check(md, md_len, write, local, n);
+    }
     if (status != FERRY_OK) {
+        free(md);
         return status;
     }
-    status = link_add(coord, op, false, p->request_id, p->access_token, 0,
-                      write ? FERRY__V1__OPERATION_KIND__OPERATION_KIND_WRITE
-                            : FERRY__V1__OPERATION_KIND__OPERATION_KIND_READ);
+    test_pause("after-lookup");
+    status = claim(coord, p, ferry_connector_name(connector),
+                   write ? FERRY__V1__OPERATION_KIND__OPERATION_KIND_WRITE
+                         : FERRY__V1__OPERATION_KIND__OPERATION_KIND_READ,
+                   &claim_lease, claim_token, &err);
     if (status != FERRY_OK) {
-        ferry_op_destroy(op);
-        return ferry__fail(status, "cannot bind the operation to the coordinator");
+        free(md);
+        return rpc_fail(status, "claim", &err);
     }
-    *op_p = op;
-    return FERRY_OK;
+    test_pause("after-claim");
+    /* Claimed: now, and only now, the data plane. */
+    status = write ? ferry_write_begin(connector, local, n, md, md_len, &op)
+                   : ferry_read_begin(connector, local, n, md, md_len, &op);
+    free(md);
+    if (status == FERRY_OK) {
+        status =
+            link_add(coord, op, false, p->request_id, p->access_token, claim_lease, claim_token);
+        if (status == FERRY_OK) {
+            *op_p = op;
+            return FERRY_OK;
+        }
+        ferry_op_destroy(op);
+        ferry__fail(status, "cannot bind the operation to the coordinator");
+    }
+    /* Claimed, but nothing follows it: the claim is completed as failed
+     * here, so that the record does not wait for a lease to expire. */
+    failed.coord = coord;
+    failed.lease_id = claim_lease;
+    failed.final_code = status;
+    failed.report_tries = REPORT_TRIES;
+    snprintf(failed.lease_token, sizeof(failed.lease_token), "%s", claim_token);
+    snprintf(failed.request_id, sizeof(failed.request_id), "%s", p->request_id);
+    snprintf(failed.token, sizeof(failed.token), "%s", p->access_token);
+    snprintf(failed.final_message, sizeof(failed.final_message), "the writer failed to begin: %s",
+             ferry_last_error_message());
+    report_active(&failed);
+    return status;
 }
 
 ferry_status_t ferry_write_begin_by_id(ferry_connector_t *connector, ferry_coordinator_t *coord,

@@ -76,17 +76,17 @@ typedef struct {
 
 /* Active, by request ID: looks the operation up at the coordinator (waiting
  * up to wait_ms for it to appear), checks that it is still open and the
- * pairing (kind, count, sizes), then starts the transfer at once, as
- * ferry_write_begin / ferry_read_begin do: the passive side admits exactly
- * one writer (or reader) before any byte moves. The coordinator's Claim
- * (CLAIMED, on the client's session lease) goes out from the session thread
- * while the transfer runs, and Complete when it ends (or is destroyed), so
- * the Lookup is the only coordinator round trip on the caller's path and
- * destroy does not wait for one. A refused Claim ends the operation with the
- * coordinator's code. Errors: those of the coordinator (FERRY_ERR_NOT_FOUND,
- * FERRY_ERR_PERMISSION_DENIED, FERRY_ERR_FAILED_PRECONDITION when the
- * operation is taken or no longer open, FERRY_ERR_TIMED_OUT), and those of
- * the begin calls. The done callback stays the caller's. */
+ * pairing (kind, count, sizes: ferry_metadata_check), then claims it (the
+ * coordinator's Claim, on the client's session lease: the one admission
+ * decision, see coordinator.proto), and only then starts the transfer, as
+ * ferry_write_begin / ferry_read_begin do. A refused or failed Claim returns
+ * here with nothing written. Complete goes out from the session thread when
+ * the operation ends (or is destroyed), tried again while the coordinator
+ * cannot be reached, so destroy does not wait for it. Errors: those of the
+ * coordinator (FERRY_ERR_NOT_FOUND, FERRY_ERR_PERMISSION_DENIED,
+ * FERRY_ERR_FAILED_PRECONDITION when the operation is taken or no longer
+ * open, FERRY_ERR_TIMED_OUT, FERRY_ERR_UNAVAILABLE), and those of the begin
+ * calls. The done callback stays the caller's. */
 FERRY_API ferry_status_t ferry_write_begin_by_id(ferry_connector_t *connector,
                                                  ferry_coordinator_t *coordinator,
                                                  const ferry_claim_params_t *params,

@@ -258,6 +258,15 @@ FERRY_API ferry_status_t ferry_read_begin(ferry_connector_t *connector,
                                           const uint8_t *metadata, size_t metadata_len,
                                           ferry_op_t **op_p);
 
+/* The checks of ferry_write_begin (write true) or ferry_read_begin on this
+ * metadata and local list (decoding, the metadata's own rules, the kind,
+ * the count and each pair's size), with nothing started: for a caller that
+ * must know a transfer would be accepted before it commits to it (the
+ * coordinator client, before its Claim). Same errors and messages. */
+FERRY_API ferry_status_t ferry_metadata_check(const uint8_t *metadata, size_t metadata_len,
+                                              bool write, const ferry_descriptor_t *local,
+                                              size_t n);
+
 /* The current status. */
 FERRY_API ferry_op_status_t ferry_op_status(const ferry_op_t *op);
 

@@ -9,7 +9,15 @@
  *   - destroying a published operation unfinished cancels it at the
  *     coordinator;
  *   - the session lease is renewed (with its lease token) while the
- *     process lives.
+ *     process lives;
+ *   - one admission authority, one outcome (the coordinator's Claim, before
+ *     any byte): two writers racing on one request ID (exactly one wins, the
+ *     receiver holds exactly its bytes, the record names it); the
+ *     coordinator unreachable before the claim (no byte moves, the record
+ *     stays open) and after it (the transfer completes and the Complete,
+ *     retried, makes the record COMPLETE). Interleavings are forced with the
+ *     FERRY_TEST_PAUSE seam of coord_client.c and SIGSTOP/SIGCONT of the
+ *     real coordinator.
  * Children are this executable again (--role ...), talking over pipes.
  */
 #include <stdarg.h>
@@ -233,6 +241,53 @@ static int role_many_receiver(const char *target, int in, int out)
     ferry_coordinator_disconnect(cl);
     ferry_connector_destroy(c);
     return rc;
+}
+
+/* A writer for the admission tests: reads "seed N" (the byte it writes),
+ * then writes SIZE bytes of it to "race-<arg>" with a 700 ms call timeout
+ * (FERRY_TEST_PAUSE, set by the parent, stops it inside begin_by_id), and
+ * says "ok <name>" or "refused <status name>"; then waits for "bye" (its
+ * client keeps reporting meanwhile) and exits 0. */
+static int role_racing_writer(const char *target, int in, int out)
+{
+    ferry_connector_t *c;
+    ferry_coordinator_t *cl;
+    ferry_coordinator_params_t cp = {
+        .field_mask = FERRY_COORDINATOR_PARAM_FIELD_TIMEOUT, .target = target, .timeout_ms = 700};
+    uint8_t *buf = malloc(SIZE);
+    ferry_descriptor_t d = {.ptr = buf, .size = SIZE, .device = FERRY_DEVICE_HOST_INIT};
+    char line[64], id[32];
+    unsigned seed;
+    ferry_status_t status;
+    ferry_op_t *op;
+
+    if (ferry_connector_create(NULL, &c) != FERRY_OK ||
+        ferry_coordinator_connect(&cp, &cl) != FERRY_OK) {
+        return 91;
+    }
+    if (!hear(in, line, sizeof(line), 30000) || sscanf(line, "seed %u %31s", &seed, id) != 2) {
+        return 96;
+    }
+    memset(buf, (int)seed, SIZE);
+    ferry_claim_params_t p = {.request_id = id, .access_token = TOKEN, .wait_ms = 10000};
+    status = ferry_write_begin_by_id(c, cl, &p, &d, 1, &op);
+    if (status == FERRY_OK) {
+        status = ferry_op_wait(op, 20000);
+        ferry_op_destroy(op);
+    }
+    if (status == FERRY_OK) {
+        snprintf(line, sizeof(line), "ok %s\n", ferry_connector_name(c));
+    } else {
+        snprintf(line, sizeof(line), "refused %s\n", ferry_status_name(status));
+    }
+    say(out, line);
+    if (!hear(in, line, sizeof(line), 60000)) {
+        return 97;
+    }
+    ferry_coordinator_disconnect(cl);
+    ferry_connector_destroy(c);
+    free(buf);
+    return 0;
 }
 
 /* ---- the parent's side ------------------------------------------------------ */
@@ -553,6 +608,196 @@ static void test_publish_duplicate_is_refused(void **state)
     ferry_op_destroy(a);
 }
 
+/* The record's state and claimant (claimant may be NULL); -1 when Get fails. */
+static int coord_record(const char *id, char *claimant, size_t cap)
+{
+    Ferry__V1__GetRequest req = FERRY__V1__GET_REQUEST__INIT;
+    Ferry__V1__GetResponse *resp = NULL;
+    rpc_error_t err;
+    int state;
+
+    req.request_id = (char *)id;
+    if (test_coord_call(chan, "Get", &req.base, &ferry__v1__get_response__descriptor,
+                        (ProtobufCMessage **)&resp, &err) != FERRY_OK) {
+        return -1;
+    }
+    state = (int)resp->operation->state;
+    if (claimant != NULL) {
+        snprintf(claimant, cap, "%s", resp->operation->claimant);
+    }
+    ferry__v1__get_response__free_unpacked(resp, NULL);
+    return state;
+}
+
+/* Waits (deadline) for the record of id to reach state. */
+static bool record_reaches(const char *id, int state, int timeout_ms)
+{
+    for (long long until = test_now_ms() + timeout_ms; test_now_ms() < until;) {
+        if (coord_record(id, NULL, 0) == state) {
+            return true;
+        }
+        poll(NULL, 0, 20);
+    }
+    return false;
+}
+
+/* Spawns n racing writers stopped at `point` (FERRY_TEST_PAUSE), each told
+ * its seed and the request ID, and waits until all have reached it. *go is
+ * the file that lets them on. */
+static void spawn_paused(child_t *w, int n, const char *point, const char *id, char *go,
+                         size_t go_cap)
+{
+    char dir[] = "/tmp/ferry-pause-XXXXXX", env[256], path[300], line[64];
+
+    assert_non_null(mkdtemp(dir));
+    snprintf(env, sizeof(env), "%s:%s/p", point, dir);
+    assert_int_equal(setenv("FERRY_TEST_PAUSE", env, 1), 0);
+    for (int i = 0; i < n; i++) {
+        w[i] = spawn("racing-writer");
+    }
+    unsetenv("FERRY_TEST_PAUSE");
+    for (int i = 0; i < n; i++) {
+        snprintf(line, sizeof(line), "seed %d %s\n", 0x41 + i, id);
+        say(w[i].to, line);
+    }
+    for (int i = 0; i < n; i++) {
+        snprintf(path, sizeof(path), "%s/p.%ld.reached", dir, (long)w[i].pid);
+        long long until = test_now_ms() + 20000;
+        while (access(path, F_OK) != 0 && test_now_ms() < until) {
+            poll(NULL, 0, 10);
+        }
+        assert_int_equal(access(path, F_OK), 0);
+    }
+    snprintf(go, go_cap, "%s/p.go", dir);
+}
+
+static void let_go(const char *go)
+{
+    FILE *f = fopen(go, "w");
+    assert_non_null(f);
+    fclose(f);
+}
+
+/* Two writers on one request ID, both past their Lookup before either
+ * claims: exactly one is admitted (by the coordinator's Claim, before any
+ * byte), the other is refused FAILED_PRECONDITION having written nothing;
+ * the receiver holds exactly the winner's bytes, and the record is COMPLETE
+ * and names the winner. */
+static void test_two_writers_race(void **state)
+{
+    uint8_t *buf = calloc(1, SIZE);
+    ferry_descriptor_t d = {.ptr = buf, .size = SIZE, .device = FERRY_DEVICE_HOST_INIT};
+    ferry_publish_params_t p = {.request_id = "race-1", .access_token = TOKEN};
+    ferry_op_t *op;
+    child_t w[2];
+    char go[300], line[2][128], claimant[128];
+    int winner = -1;
+    (void)state;
+
+    assert_int_equal(ferry_writable_create(conn, &d, 1, &op), FERRY_OK);
+    assert_int_equal(ferry_op_publish(op, client, &p), FERRY_OK);
+    spawn_paused(w, 2, "after-lookup", "race-1", go, sizeof(go));
+    let_go(go);
+    for (int i = 0; i < 2; i++) {
+        assert_true(hear(w[i].from, line[i], sizeof(line[i]), 30000));
+        if (strncmp(line[i], "ok ", 3) == 0) {
+            assert_int_equal(winner, -1);
+            winner = i;
+        } else {
+            assert_string_equal(line[i], "refused FERRY_ERR_FAILED_PRECONDITION");
+        }
+    }
+    assert_true(winner >= 0);
+    assert_int_equal(ferry_op_wait(op, 20000), FERRY_OK);
+    for (size_t i = 0; i < SIZE; i++) {
+        if (buf[i] != 0x41 + winner) {
+            fail_msg("byte %zu is 0x%02x, the winner wrote 0x%02x", i, buf[i], 0x41 + winner);
+        }
+    }
+    assert_true(record_reaches("race-1", ST(COMPLETE), 10000));
+    assert_int_equal(coord_record("race-1", claimant, sizeof(claimant)), ST(COMPLETE));
+    assert_string_equal(claimant, line[winner] + 3);
+    for (int i = 0; i < 2; i++) {
+        say(w[i].to, "bye\n");
+        assert_int_equal(child_exit(&w[i], 10000), 0);
+    }
+    ferry_op_destroy(op);
+    free(buf);
+}
+
+/* The coordinator unreachable (stopped) when the writer claims: the claim
+ * fails, no byte moves, the receiver's operation is untouched and its record
+ * still open; a writer after it succeeds. */
+static void test_coordinator_down_before_claim(void **state)
+{
+    uint8_t *buf = calloc(1, SIZE);
+    ferry_descriptor_t d = {.ptr = buf, .size = SIZE, .device = FERRY_DEVICE_HOST_INIT};
+    ferry_publish_params_t p = {.request_id = "race-2", .access_token = TOKEN};
+    ferry_op_t *op;
+    child_t w;
+    char go[300], line[128];
+    (void)state;
+
+    assert_int_equal(ferry_writable_create(conn, &d, 1, &op), FERRY_OK);
+    assert_int_equal(ferry_op_publish(op, client, &p), FERRY_OK);
+    spawn_paused(&w, 1, "after-lookup", "race-2", go, sizeof(go));
+    assert_int_equal(kill(coord.proc.pid, SIGSTOP), 0);
+    let_go(go);
+    assert_true(hear(w.from, line, sizeof(line), 30000));
+    assert_int_equal(kill(coord.proc.pid, SIGCONT), 0);
+    assert_true(strncmp(line, "refused ", 8) == 0);
+    say(w.to, "bye\n");
+    assert_int_equal(child_exit(&w, 10000), 0);
+    for (size_t i = 0; i < SIZE; i++) {
+        if (buf[i] != 0) {
+            fail_msg("byte %zu was written (0x%02x) by a writer that was never admitted", i,
+                     buf[i]);
+        }
+    }
+    assert_int_equal(ferry_op_status(op), FERRY_OP_STATUS_INITIALIZED);
+    assert_int_equal(coord_record("race-2", NULL, 0), ST(REGISTERED));
+    ferry_op_destroy(op);
+    free(buf);
+}
+
+/* The coordinator unreachable (stopped) after the claim, while the bytes
+ * move: the transfer completes on both sides, and the writer's Complete,
+ * tried again until the coordinator is back, makes the record COMPLETE. */
+static void test_coordinator_down_after_claim(void **state)
+{
+    uint8_t *buf = calloc(1, SIZE);
+    ferry_descriptor_t d = {.ptr = buf, .size = SIZE, .device = FERRY_DEVICE_HOST_INIT};
+    ferry_publish_params_t p = {.request_id = "race-3", .access_token = TOKEN};
+    ferry_op_t *op;
+    child_t w;
+    char go[300], line[128], claimant[128];
+    (void)state;
+
+    assert_int_equal(ferry_writable_create(conn, &d, 1, &op), FERRY_OK);
+    assert_int_equal(ferry_op_publish(op, client, &p), FERRY_OK);
+    spawn_paused(&w, 1, "after-claim", "race-3", go, sizeof(go));
+    assert_int_equal(kill(coord.proc.pid, SIGSTOP), 0);
+    let_go(go);
+    /* The bytes move without the coordinator; the writer ends COMPLETE and
+     * its Complete goes out to the stopped coordinator. */
+    assert_int_equal(ferry_op_wait(op, 20000), FERRY_OK);
+    assert_true(buf[0] == 0x41 && buf[SIZE - 1] == 0x41);
+    assert_true(hear(w.from, line, sizeof(line), 30000));
+    assert_true(strncmp(line, "ok ", 3) == 0);
+    /* Not synchronization: the assertions below hold either way. Staying
+     * stopped past the writer's 700 ms call timeout makes its first
+     * Complete fail, so that the retry is what completes the record. */
+    poll(NULL, 0, 900);
+    assert_int_equal(kill(coord.proc.pid, SIGCONT), 0);
+    assert_true(record_reaches("race-3", ST(COMPLETE), 10000));
+    assert_int_equal(coord_record("race-3", claimant, sizeof(claimant)), ST(COMPLETE));
+    assert_string_equal(claimant, line + 3);
+    say(w.to, "bye\n");
+    assert_int_equal(child_exit(&w, 10000), 0);
+    ferry_op_destroy(op);
+    free(buf);
+}
+
 int main(int argc, char **argv)
 {
     const struct CMUnitTest tests[] = {
@@ -562,6 +807,9 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_many_operations_between_two_workers),
         cmocka_unit_test(test_writer_killed_mid_transfer),
         cmocka_unit_test(test_receiver_cancels_mid_transfer),
+        cmocka_unit_test(test_two_writers_race),
+        cmocka_unit_test(test_coordinator_down_before_claim),
+        cmocka_unit_test(test_coordinator_down_after_claim),
     };
 
     self_exe = argv[0];
@@ -572,6 +820,9 @@ int main(int argc, char **argv)
         }
         if (strcmp(argv[2], "cancelling-receiver") == 0) {
             return role_cancelling_receiver(argv[3], in, out);
+        }
+        if (strcmp(argv[2], "racing-writer") == 0) {
+            return role_racing_writer(argv[3], in, out);
         }
         if (strcmp(argv[2], "many-receiver") == 0) {
             return role_many_receiver(argv[3], in, out);
