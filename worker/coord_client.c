@@ -60,7 +60,6 @@
 #define COORD_DEFAULT_TIMEOUT_MS 10000
 #define COORD_DEFAULT_TTL_S      10
 #define COORD_PATH(m)            "/ferry.v1.Coordinator/" m
-#define COORD_NOT_FOUND          5   /* gRPC NOT_FOUND */
 #define LEASE_TOKEN_CAP          129 /* the coordinator's are 64 hex characters */
 
 typedef struct coord_link {
@@ -202,7 +201,8 @@ static void session_renew(ferry_coordinator_t *coord, int64_t lease, char *token
                   &ferry__v1__keep_alive_response__descriptor, 0, &resp, &err);
     if (status == FERRY_OK) {
         ferry__v1__keep_alive_response__free_unpacked(resp, NULL);
-    } else if (status == FERRY_ERR_NOT_FOUND || status == FERRY_ERR_PERMISSION_DENIED) {
+    } else if (status == FERRY_ERR_NOT_FOUND || status == FERRY_ERR_LEASE_NOT_FOUND ||
+               status == FERRY_ERR_EXPIRED || status == FERRY_ERR_PERMISSION_DENIED) {
         /* Gone, or no longer ours to renew (the coordinators' lease key
          * changed): either way the next operation makes a new one. */
         session_lost(coord, lease);
@@ -213,11 +213,12 @@ static void session_renew(ferry_coordinator_t *coord, int64_t lease, char *token
 }
 
 /* True when a call that named the session lease failed because etcd no
- * longer knows it: the lease is dropped and the caller tries once more. */
-static bool session_was_lost(ferry_coordinator_t *coord, int64_t lease, ferry_status_t status,
-                             const rpc_error_t *err)
+ * longer knows it (FERRY_ERR_LEASE_NOT_FOUND, a code of its own on the wire:
+ * see rpc.h; never the message): the lease is dropped and the caller tries
+ * once more. */
+static bool session_was_lost(ferry_coordinator_t *coord, int64_t lease, ferry_status_t status)
 {
-    if (lease == 0 || status != FERRY_ERR_NOT_FOUND || strstr(err->message, "lease_id") == NULL) {
+    if (lease == 0 || status != FERRY_ERR_LEASE_NOT_FOUND) {
         return false;
     }
     session_lost(coord, lease);
@@ -232,12 +233,14 @@ static void look(coord_link_t *link)
     Ferry__V1__GetRequest get = FERRY__V1__GET_REQUEST__INIT;
     Ferry__V1__GetResponse *record = NULL;
     rpc_error_t err;
+    ferry_status_t status;
     char msg[320];
 
     get.request_id = link->request_id;
-    if (call(link->coord, COORD_PATH("Get"), &get.base, &ferry__v1__get_response__descriptor, 0,
-             &record, &err) != FERRY_OK) {
-        if (err.grpc_code == COORD_NOT_FOUND) {
+    status = call(link->coord, COORD_PATH("Get"), &get.base, &ferry__v1__get_response__descriptor,
+                  0, &record, &err);
+    if (status != FERRY_OK) {
+        if (status == FERRY_ERR_NOT_FOUND) {
             ferry_op_fail(link->op, FERRY_ERR_EXPIRED,
                           link->passive ? "the registration expired at the coordinator"
                                         : "the operation left the coordinator: its owner's lease "
@@ -271,14 +274,16 @@ static void cancel_passive(coord_link_t *link, const char *reason)
     Ferry__V1__CancelRequest req = FERRY__V1__CANCEL_REQUEST__INIT;
     Ferry__V1__CancelResponse *resp = NULL;
     rpc_error_t err;
+    ferry_status_t status;
 
     req.request_id = link->request_id;
     req.access_token = link->token;
     req.reason = (char *)reason;
-    if (call(link->coord, COORD_PATH("Cancel"), &req.base, &ferry__v1__cancel_response__descriptor,
-             0, &resp, &err) == FERRY_OK) {
+    status = call(link->coord, COORD_PATH("Cancel"), &req.base,
+                  &ferry__v1__cancel_response__descriptor, 0, &resp, &err);
+    if (status == FERRY_OK) {
         ferry__v1__cancel_response__free_unpacked(resp, NULL);
-    } else if (err.grpc_code != 9 && err.grpc_code != COORD_NOT_FOUND) {
+    } else if (status != FERRY_ERR_FAILED_PRECONDITION && status != FERRY_ERR_NOT_FOUND) {
         ferry_warn("op %s: cancel at the coordinator failed: %s", link->request_id, err.message);
     }
 }
@@ -348,7 +353,7 @@ static ferry_status_t claim(ferry_coordinator_t *coord, const ferry_claim_params
         session_made(coord, making, status == FERRY_OK ? resp->claim_lease_id : 0,
                      status == FERRY_OK ? resp->ttl_seconds : 0,
                      status == FERRY_OK ? resp->lease_token : "");
-        if (!session_was_lost(coord, req.lease_id, status, err)) {
+        if (!session_was_lost(coord, req.lease_id, status)) {
             break;
         }
     }
@@ -788,8 +793,7 @@ void ferry_coordinator_disconnect(ferry_coordinator_t *coord)
 /* The RPC's own message, with its code, for ferry_last_error_message(). */
 static ferry_status_t rpc_fail(ferry_status_t status, const char *what, const rpc_error_t *err)
 {
-    return ferry__fail(status, "%s: %s (%s)", what, err->message,
-                       rpc_grpc_code_name(err->grpc_code));
+    return ferry__fail(status, "%s: %s (%s)", what, err->message, ferry_status_name(status));
 }
 
 ferry_status_t ferry_op_publish(ferry_op_t *op, ferry_coordinator_t *coord,
@@ -832,7 +836,7 @@ ferry_status_t ferry_op_publish(ferry_op_t *op, ferry_coordinator_t *coord,
         session_made(coord, making, status == FERRY_OK ? resp->lease_id : 0,
                      status == FERRY_OK ? resp->ttl_seconds : 0,
                      status == FERRY_OK ? resp->lease_token : "");
-        if (!session_was_lost(coord, req.lease_id, status, &err)) {
+        if (!session_was_lost(coord, req.lease_id, status)) {
             break;
         }
     }
