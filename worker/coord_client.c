@@ -19,13 +19,23 @@
  * slow, so no UCX progress thread ever waits on gRPC:
  *   - the session lease is renewed at a third of its TTL; if etcd lost it, the
  *     next operation makes a new one;
- *   - every link (an operation bound to the coordinator) reads its record at
- *     the same pace (Get, served from the coordinator's memory), so it learns
- *     within the TTL that its peer failed (ERRORED), cancelled (CANCELLED) or
- *     that its record is gone (its owner's lease expired);
+ *   - a link (an operation bound to the coordinator) reads its record (Get,
+ *     served from the coordinator's memory) once bound and whenever the
+ *     watch says it changed, so it learns that its peer failed (ERRORED),
+ *     cancelled (CANCELLED) or that its record is gone (its owner's lease
+ *     expired) as the coordinator does, with no polling;
  *   - an operation's end, queued by its listener, is reported: Complete for
  *     an active one (tried again while the coordinator cannot be reached),
  *     Cancel for a passive one cancelled here.
+ *
+ * One watch thread per ferry_coordinator_t holds one Watch stream while
+ * links exist, and marks a link look_due when an event names its record.
+ * Every time the stream is (re)created, all links are marked (re-Get after
+ * re-Watch: whatever changed while no stream was up is read, whatever
+ * changes later is an event). The contract has no multi-ID watch, so the
+ * stream watches every ID ("*") and events for other IDs are dropped here;
+ * watch_open is where a start_revision resume (OUT_OF_RANGE when the
+ * revision is gone: resync as on a new stream) would go.
  *
  * Admission: a writer's Claim is made on the caller's path after its Lookup
  * and before the data plane starts (begin_by_id), so the coordinator alone
@@ -71,7 +81,8 @@ typedef struct coord_link {
     char token[257];
     int64_t lease_id;                  /* the lease the record (passive) or claim (active) is on */
     char lease_token[LEASE_TOKEN_CAP]; /* lease_id's (active: Complete shows it) */
-    int64_t due_ms;                    /* next look at the record, monotonic */
+    int64_t due_ms;                    /* next retry (release, report), monotonic */
+    bool look_due;                     /* the record may have changed: Get it */
     bool busy;                         /* the session thread is using it outside the lock */
     bool looking;                      /* ... and its operation (look): destroy waits for that */
     bool told;                         /* the end is known here (FINAL, or DESTROY first) */
@@ -88,6 +99,7 @@ typedef struct coord_link {
      * then); a report the coordinator could not take is tried again
      * (report_tries) while the claim's lease may still live. */
     int report_tries;
+    bool abandoned; /* a claim nobody follows (abandon): refusals are quiet */
     ferry_status_t final_code;
     char final_message[256];
 } coord_link_t;
@@ -100,6 +112,8 @@ struct ferry_coordinator {
     coord_link_t *links;
     bool stopping;
     pthread_t thread;
+    pthread_t watcher;
+    uint64_t watches; /* streams created (the resync count), under lock */
 
     /* The session lease, under lock. 0: none yet (or lost). */
     int64_t session_lease;
@@ -358,6 +372,10 @@ static ferry_status_t claim(ferry_coordinator_t *coord, const ferry_claim_params
         }
     }
     if (status != FERRY_OK) {
+        /* The lease the claim would be on, for abandon (0: it would have
+         * made a new one, unknown here). */
+        *lease_p = req.lease_id;
+        snprintf(claim_token, LEASE_TOKEN_CAP, "%s", lease_token);
         return status;
     }
     *lease_p = resp->claim_lease_id;
@@ -410,7 +428,8 @@ static bool report_active(coord_link_t *link)
         ferry_debug("op %s: report not taken (%s); trying again", link->request_id, err.message);
         return false;
     }
-    if (status != FERRY_ERR_FAILED_PRECONDITION && status != FERRY_ERR_NOT_FOUND) {
+    if (status != FERRY_ERR_FAILED_PRECONDITION && status != FERRY_ERR_NOT_FOUND &&
+        !link->abandoned) {
         ferry_warn("op %s: reporting the outcome failed: %s", link->request_id, err.message);
     }
     return true;
@@ -453,13 +472,14 @@ static coord_link_t *next_due(ferry_coordinator_t *coord, int64_t *wait_ms_p)
         if (l->busy) {
             continue;
         }
-        bool watched = !l->reported || l->releasing;
+        bool retrying = l->releasing || (l->report_due && l->report_tries > 0);
         bool report_now = l->report_due && (l->report_tries == 0 || l->due_ms <= now);
-        if (report_now || (watched && l->due_ms <= now)) {
+        bool look_now = l->look_due && !l->reported && !l->releasing && l->op != NULL;
+        if (report_now || look_now || (l->releasing && l->due_ms <= now)) {
             l->busy = true;
             return l;
         }
-        if ((watched || l->report_due) && l->due_ms - now < wait) {
+        if (retrying && l->due_ms - now < wait) {
             wait = l->due_ms - now;
         }
     }
@@ -516,6 +536,9 @@ static void *session_main(void *arg)
         ferry_op_status_t outcome = link->final_status;
         link->report_due = false;
         link->looking = !releasing && !reporting;
+        if (link->looking) {
+            link->look_due = false; /* an event from now on asks again */
+        }
         pthread_mutex_unlock(&coord->lock);
         if (releasing) {
             done = release_passive(link);
@@ -542,6 +565,127 @@ static void *session_main(void *arg)
         }
         pthread_cond_broadcast(&coord->cond);
         session_tick(coord, &wait_ms);
+    }
+    pthread_mutex_unlock(&coord->lock);
+    return NULL;
+}
+
+/* ---- the watch -------------------------------------------------------------- */
+
+#define WATCH_READ_MS    200 /* how often the watch thread looks at stopping */
+#define WATCH_BACKOFF_MS 100 /* first pause after a failed or ended stream */
+
+/* A Watch stream over every record, created (its first message read);
+ * NULL on failure. A start_revision resume would be set here. */
+static rpc_stream_t *watch_open(ferry_coordinator_t *coord)
+{
+    Ferry__V1__WatchRequest req = FERRY__V1__WATCH_REQUEST__INIT;
+    Ferry__V1__WatchResponse *first = NULL;
+    rpc_stream_t *stream = NULL;
+    rpc_error_t err;
+    ferry_status_t status;
+
+    req.request_id_prefix = "*";
+    status = rpc_stream_open(coord->channel, COORD_PATH("Watch"), &req.base,
+                             &ferry__v1__watch_response__descriptor, 0, &stream);
+    if (status == FERRY_OK) {
+        status = rpc_stream_read(stream, coord->timeout_ms, (ProtobufCMessage **)&first, &err);
+    }
+    if (status != FERRY_OK || first == NULL || !first->created) {
+        ferry_debug("coordinator watch: not created: %s",
+                    status != FERRY_OK ? err.message : "no created message");
+        if (first != NULL) {
+            ferry__v1__watch_response__free_unpacked(first, NULL);
+        }
+        rpc_stream_destroy(stream);
+        return NULL;
+    }
+    ferry__v1__watch_response__free_unpacked(first, NULL);
+    return stream;
+}
+
+/* Marks links look_due: every one (id NULL), or the one of id. Lock held. */
+static void mark_look(ferry_coordinator_t *coord, const char *id)
+{
+    for (coord_link_t *l = coord->links; l != NULL; l = l->next) {
+        if (id == NULL || strcmp(l->request_id, id) == 0) {
+            l->look_due = true;
+        }
+    }
+    pthread_cond_broadcast(&coord->cond);
+}
+
+/* Reads events until the stream ends, stopping is set or no link has been
+ * left for a period (a client that binds one operation after another keeps
+ * its stream). Lock NOT held. */
+static void watch_follow(ferry_coordinator_t *coord, rpc_stream_t *stream)
+{
+    int64_t empty_since = 0;
+
+    for (;;) {
+        Ferry__V1__WatchResponse *msg = NULL;
+        rpc_error_t err;
+        ferry_status_t status =
+            rpc_stream_read(stream, WATCH_READ_MS, (ProtobufCMessage **)&msg, &err);
+        bool over;
+
+        pthread_mutex_lock(&coord->lock);
+        if (coord->links != NULL) {
+            empty_since = 0;
+        } else if (empty_since == 0) {
+            empty_since = now_ms();
+        }
+        over = coord->stopping || (empty_since != 0 && now_ms() - empty_since > period_ms(coord));
+        if (status == FERRY_OK && msg != NULL) {
+            for (size_t i = 0; i < msg->n_events; i++) {
+                const Ferry__V1__WatchEvent *ev = msg->events[i];
+                if (ev->operation != NULL) {
+                    mark_look(coord, ev->operation->request_id);
+                }
+            }
+        }
+        pthread_mutex_unlock(&coord->lock);
+        if (msg != NULL) {
+            ferry__v1__watch_response__free_unpacked(msg, NULL);
+        }
+        if (over ||
+            (status != FERRY_OK && !(status == FERRY_ERR_TIMED_OUT && err.grpc_code == 0)) ||
+            (status == FERRY_OK && msg == NULL)) {
+            if (!over) {
+                ferry_debug("coordinator watch: stream ended: %s", err.message);
+            }
+            return;
+        }
+    }
+}
+
+static void *watch_main(void *arg)
+{
+    ferry_coordinator_t *coord = arg;
+    int64_t backoff = WATCH_BACKOFF_MS;
+
+    pthread_mutex_lock(&coord->lock);
+    while (!coord->stopping) {
+        if (coord->links == NULL) {
+            pthread_cond_wait(&coord->cond, &coord->lock);
+            continue;
+        }
+        pthread_mutex_unlock(&coord->lock);
+        rpc_stream_t *stream = watch_open(coord);
+        pthread_mutex_lock(&coord->lock);
+        if (stream == NULL) {
+            timed_wait(&coord->cond, &coord->lock, backoff);
+            backoff = backoff * 2 < period_ms(coord) ? backoff * 2 : period_ms(coord);
+            continue;
+        }
+        /* Re-Get after re-Watch: the record of every link is read again. */
+        coord->watches++;
+        backoff = WATCH_BACKOFF_MS;
+        mark_look(coord, NULL);
+        pthread_mutex_unlock(&coord->lock);
+        watch_follow(coord, stream);
+        rpc_stream_destroy(stream);
+        pthread_mutex_lock(&coord->lock);
     }
     pthread_mutex_unlock(&coord->lock);
     return NULL;
@@ -579,6 +723,9 @@ static ferry_status_t link_add(ferry_coordinator_t *coord, ferry_op_t *op, bool 
     snprintf(link->token, sizeof(link->token), "%s", token);
     pthread_mutex_lock(&coord->lock);
     link->due_ms = now_ms() + period_ms(coord);
+    /* One Get once bound: what changed between the record's write and now
+     * reached the watch before the link did. */
+    link->look_due = true;
     link->busy = true; /* until the listener is on */
     link->next = coord->links;
     coord->links = link;
@@ -737,9 +884,21 @@ ferry_status_t ferry_coordinator_connect(const ferry_coordinator_params_t *param
                              strerror(rc));
         goto err_cond;
     }
+    rc = pthread_create(&coord->watcher, NULL, watch_main, coord);
+    if (rc != 0) {
+        status = ferry__fail(FERRY_ERR_IO, "cannot start the coordinator watch thread: %s",
+                             strerror(rc));
+        goto err_session;
+    }
     *coord_p = coord;
     return FERRY_OK;
 
+err_session:
+    pthread_mutex_lock(&coord->lock);
+    coord->stopping = true;
+    pthread_cond_broadcast(&coord->cond);
+    pthread_mutex_unlock(&coord->lock);
+    pthread_join(coord->thread, NULL);
 err_cond:
     pthread_cond_destroy(&coord->cond);
 err_lock:
@@ -759,6 +918,7 @@ void ferry_coordinator_disconnect(ferry_coordinator_t *coord)
     coord->stopping = true;
     pthread_cond_broadcast(&coord->cond);
     pthread_mutex_unlock(&coord->lock);
+    pthread_join(coord->watcher, NULL);
     pthread_join(coord->thread, NULL);
     /* Destroyed operations' last duties (a release, a claim and report) get
      * one last try; what remains leaves with the session lease, which nobody
@@ -910,6 +1070,39 @@ static ferry_status_t md_bytes(const Ferry__V1__RdmaMetadata *md, uint8_t **byte
     return FERRY_OK;
 }
 
+/* A claim that was (or may have been) granted and that no operation will
+ * follow: the session thread completes it as failed (tried again while the
+ * coordinator cannot be reached), so that the record turns ERRORED at once
+ * instead of when this client's lease expires, and the receiver learns it.
+ * A claim that never arrived is refused that Complete, quietly. lease 0 (the
+ * claim would have made its own lease): nothing to complete with; it
+ * expires. */
+static void abandon(ferry_coordinator_t *coord, const ferry_claim_params_t *p, int64_t lease,
+                    const char *lease_token, ferry_status_t code, const char *why)
+{
+    coord_link_t *link;
+
+    if (lease == 0 || (link = calloc(1, sizeof(*link))) == NULL) {
+        return;
+    }
+    link->coord = coord;
+    link->lease_id = lease;
+    link->told = true;
+    link->report_due = true;
+    link->abandoned = true;
+    link->final_status = FERRY_OP_STATUS_ERRORED;
+    link->final_code = code;
+    snprintf(link->lease_token, sizeof(link->lease_token), "%s", lease_token);
+    snprintf(link->request_id, sizeof(link->request_id), "%s", p->request_id);
+    snprintf(link->token, sizeof(link->token), "%s", p->access_token);
+    snprintf(link->final_message, sizeof(link->final_message), "%s", why);
+    pthread_mutex_lock(&coord->lock);
+    link->next = coord->links;
+    coord->links = link;
+    pthread_cond_broadcast(&coord->cond);
+    pthread_mutex_unlock(&coord->lock);
+}
+
 /* The test seam for interleavings (tests only; never set in production):
  * FERRY_TEST_PAUSE="POINT:PREFIX" makes begin_by_id stop at POINT
  * ("after-lookup": between its Lookup and its Claim; "after-claim": between
@@ -957,7 +1150,6 @@ static ferry_status_t begin_by_id(ferry_connector_t *connector, ferry_coordinato
     size_t md_len = 0;
     int64_t claim_lease = 0;
     char claim_token[LEASE_TOKEN_CAP];
-    coord_link_t failed = {0};
 
     ferry__clear_error();
     if (connector == NULL || coord == NULL || p == NULL || p->request_id == NULL ||
@@ -988,7 +1180,13 @@ static ferry_status_t begin_by_id(ferry_connector_t *connector, ferry_coordinato
                    &claim_lease, claim_token, &err);
     if (status != FERRY_OK) {
         free(md);
-        return rpc_fail(status, "claim", &err);
+        status = rpc_fail(status, "claim", &err);
+        if (status == FERRY_ERR_TIMED_OUT || status == FERRY_ERR_UNAVAILABLE) {
+            /* No answer is not no: the claim may have been granted. */
+            abandon(coord, p, claim_lease, claim_token, status,
+                    "the writer gave up its claim: the coordinator did not answer");
+        }
+        return status;
     }
     test_pause("after-claim");
     /* Claimed: now, and only now, the data plane. */
@@ -1005,18 +1203,8 @@ static ferry_status_t begin_by_id(ferry_connector_t *connector, ferry_coordinato
         ferry_op_destroy(op);
         ferry__fail(status, "cannot bind the operation to the coordinator");
     }
-    /* Claimed, but nothing follows it: the claim is completed as failed
-     * here, so that the record does not wait for a lease to expire. */
-    failed.coord = coord;
-    failed.lease_id = claim_lease;
-    failed.final_code = status;
-    failed.report_tries = REPORT_TRIES;
-    snprintf(failed.lease_token, sizeof(failed.lease_token), "%s", claim_token);
-    snprintf(failed.request_id, sizeof(failed.request_id), "%s", p->request_id);
-    snprintf(failed.token, sizeof(failed.token), "%s", p->access_token);
-    snprintf(failed.final_message, sizeof(failed.final_message), "the writer failed to begin: %s",
-             ferry_last_error_message());
-    report_active(&failed);
+    /* Claimed, but nothing follows it. */
+    abandon(coord, p, claim_lease, claim_token, status, ferry_last_error_message());
     return status;
 }
 

@@ -19,10 +19,11 @@ extern "C" {
 /* A client of ferry-coordinator (ferry.v1.Coordinator over gRPC). One per
  * process is plenty: it holds one channel, one session lease (made by its
  * first Register or Claim; every record and claim of the client goes on it,
- * so a registration is one etcd write) and one session thread that keeps the
- * lease alive, watches the records of bound operations and reports their
- * ends. When the process dies, the lease expires, and with it all of its
- * records and claims: their peers learn EXPIRED or ERRORED within the TTL. */
+ * so a registration is one etcd write), one session thread that keeps the
+ * lease alive and reports operations' ends, and one Watch stream (its own
+ * thread) that follows the records of bound operations. When the process dies, the lease expires,
+ * and with it all of its records and claims: their peers learn EXPIRED or ERRORED within the TTL.
+ */
 typedef struct ferry_coordinator ferry_coordinator_t;
 
 typedef enum {

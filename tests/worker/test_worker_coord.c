@@ -10,6 +10,8 @@
  *     coordinator;
  *   - the session lease is renewed (with its lease token) while the
  *     process lives;
+ *   - a bound operation follows its record through the client's one Watch
+ *     stream, with no Get polling;
  *   - one admission authority, one outcome (the coordinator's Claim, before
  *     any byte): two writers racing on one request ID (exactly one wins, the
  *     receiver holds exactly its bytes, the record names it); the
@@ -726,8 +728,9 @@ static void test_two_writers_race(void **state)
 }
 
 /* The coordinator unreachable (stopped) when the writer claims: the claim
- * fails, no byte moves, the receiver's operation is untouched and its record
- * still open; a writer after it succeeds. */
+ * fails and no byte moves; the record stays open with the receiver
+ * untouched, or (the claim arrived after all) is ERRORED with the receiver
+ * ERRORED too. */
 static void test_coordinator_down_before_claim(void **state)
 {
     uint8_t *buf = calloc(1, SIZE);
@@ -754,10 +757,31 @@ static void test_coordinator_down_before_claim(void **state)
                      buf[i]);
         }
     }
-    assert_int_equal(ferry_op_status(op), FERRY_OP_STATUS_INITIALIZED);
-    /* Right after SIGCONT the coordinator may answer UNAVAILABLE while it
-     * catches up with etcd: wait for the answer, not for a state change. */
-    assert_true(record_reaches("race-2", ST(REGISTERED), 10000));
+    /* The stopped coordinator may still have taken the claim (its answer
+     * came too late): the writer then abandoned it (Complete with its
+     * error), so the record is ERRORED and the receiver learns it. Either
+     * way nothing moved and all three agree. Right after SIGCONT the
+     * coordinator may answer UNAVAILABLE while it catches up with etcd:
+     * wait for an answer. */
+    int rec = -1;
+    for (long long until = test_now_ms() + 10000; test_now_ms() < until; poll(NULL, 0, 20)) {
+        rec = coord_record("race-2", NULL, 0);
+        if (rec == ST(REGISTERED) || rec == ST(ERRORED)) {
+            break;
+        }
+    }
+    if (rec == ST(REGISTERED)) {
+        assert_int_equal(ferry_op_status(op), FERRY_OP_STATUS_INITIALIZED);
+    } else {
+        assert_int_equal(rec, ST(ERRORED));
+        assert_true(ferry_op_wait(op, 10000) != FERRY_OK);
+        assert_int_equal(ferry_op_status(op), FERRY_OP_STATUS_ERRORED);
+    }
+    for (size_t i = 0; i < SIZE; i++) {
+        if (buf[i] != 0) {
+            fail_msg("byte %zu written by a writer that was refused", i);
+        }
+    }
     ferry_op_destroy(op);
     free(buf);
 }
@@ -800,12 +824,76 @@ static void test_coordinator_down_after_claim(void **state)
     free(buf);
 }
 
+/* Lines of the coordinator's log that contain needle. */
+static int log_count(const char *needle)
+{
+    FILE *f = fopen(coord.log_path, "r");
+    char line[1024];
+    int n = 0;
+
+    assert_non_null(f);
+    while (fgets(line, sizeof(line), f) != NULL) {
+        n += strstr(line, needle) != NULL;
+    }
+    fclose(f);
+    return n;
+}
+
+#define GETS       "Coordinator/Get: ends"
+#define KEEPALIVES "Coordinator/KeepAlive: ends"
+
+/* A bound operation follows its record through the client's Watch stream,
+ * not by polling: once bound (one Get), three session renewals pass with no
+ * Get at all; a change of the record (a Cancel from elsewhere) still reaches
+ * the operation. */
+static void test_bound_operation_is_watched_not_polled(void **state)
+{
+    uint8_t buf[64];
+    ferry_descriptor_t d = {.ptr = buf, .size = sizeof(buf), .device = FERRY_DEVICE_HOST_INIT};
+    ferry_publish_params_t p = {.request_id = "idle-1", .access_token = TOKEN};
+    Ferry__V1__CancelRequest cancel = FERRY__V1__CANCEL_REQUEST__INIT;
+    Ferry__V1__CancelResponse *cancelled = NULL;
+    rpc_error_t err;
+    ferry_op_t *op;
+    int gets, keepalives;
+    long long until;
+    (void)state;
+
+    gets = log_count(GETS);
+    assert_int_equal(ferry_writable_create(conn, &d, 1, &op), FERRY_OK);
+    assert_int_equal(ferry_op_publish(op, client, &p), FERRY_OK);
+    for (until = test_now_ms() + 10000; log_count(GETS) == gets && test_now_ms() < until;) {
+        poll(NULL, 0, 20);
+    }
+    assert_true(log_count(GETS) > gets); /* the one Get once bound */
+    gets = log_count(GETS);
+    keepalives = log_count(KEEPALIVES);
+    for (until = test_now_ms() + (TTL * 3 + 10) * 1000;
+         log_count(KEEPALIVES) < keepalives + 3 && test_now_ms() < until;) {
+        poll(NULL, 0, 50);
+    }
+    assert_true(log_count(KEEPALIVES) >= keepalives + 3);
+    assert_int_equal(log_count(GETS), gets);
+
+    cancel.request_id = "idle-1";
+    cancel.access_token = TOKEN;
+    cancel.reason = "cancelled from elsewhere";
+    assert_int_equal(test_coord_call(chan, "Cancel", &cancel.base,
+                                     &ferry__v1__cancel_response__descriptor,
+                                     (ProtobufCMessage **)&cancelled, &err),
+                     FERRY_OK);
+    ferry__v1__cancel_response__free_unpacked(cancelled, NULL);
+    assert_int_equal(ferry_op_wait(op, 10000), FERRY_ERR_CANCELLED);
+    ferry_op_destroy(op);
+}
+
 int main(int argc, char **argv)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_destroy_unfinished_cancels_at_coordinator),
         cmocka_unit_test(test_publish_duplicate_is_refused),
         cmocka_unit_test(test_session_lease_is_renewed),
+        cmocka_unit_test(test_bound_operation_is_watched_not_polled),
         cmocka_unit_test(test_many_operations_between_two_workers),
         cmocka_unit_test(test_writer_killed_mid_transfer),
         cmocka_unit_test(test_receiver_cancels_mid_transfer),
