@@ -570,10 +570,21 @@ static void drain_for_destroy(ferry_connector_t *c)
     }
 }
 
-void ferry_connector_destroy(ferry_connector_t *c)
+ferry_status_t ferry_connector_destroy(ferry_connector_t *c)
 {
+    unsigned alive;
+
+    ferry__clear_error();
     if (c == NULL) {
-        return;
+        return FERRY_OK;
+    }
+    ferry__lock(c);
+    alive = c->user_ops;
+    ferry__unlock(c);
+    if (alive > 0) {
+        return ferry__fail(FERRY_ERR_BUSY,
+                           "connector %s: %u operations not destroyed; destroy them first", c->name,
+                           alive);
     }
     if (c->thread_started) {
         atomic_store(&c->stopping, true);
@@ -595,6 +606,7 @@ void ferry_connector_destroy(ferry_connector_t *c)
     ucp_cleanup(c->context);
     ferry_info("connector %s: down", c->name);
     free(c);
+    return FERRY_OK;
 }
 
 const char *ferry_connector_name(const ferry_connector_t *c)

@@ -909,12 +909,24 @@ err_channel:
     return status;
 }
 
-void ferry_coordinator_disconnect(ferry_coordinator_t *coord)
+ferry_status_t ferry_coordinator_disconnect(ferry_coordinator_t *coord)
 {
+    unsigned bound = 0;
+
+    ferry__clear_error();
     if (coord == NULL) {
-        return;
+        return FERRY_OK;
     }
     pthread_mutex_lock(&coord->lock);
+    for (const coord_link_t *l = coord->links; l != NULL; l = l->next) {
+        bound += l->op != NULL;
+    }
+    if (bound > 0) {
+        pthread_mutex_unlock(&coord->lock);
+        return ferry__fail(FERRY_ERR_BUSY,
+                           "coordinator client: %u operations still bound; destroy them first",
+                           bound);
+    }
     coord->stopping = true;
     pthread_cond_broadcast(&coord->cond);
     pthread_mutex_unlock(&coord->lock);
@@ -926,13 +938,6 @@ void ferry_coordinator_disconnect(ferry_coordinator_t *coord)
     while (coord->links != NULL) {
         coord_link_t *link = coord->links;
         coord->links = link->next;
-        if (link->op != NULL) {
-            /* Misuse: the operation still points at its link, so the link
-             * is left to it (leaked) rather than freed under it. */
-            ferry_warn("op %s: coordinator client closed with the operation still bound to it",
-                       link->request_id);
-            continue;
-        }
         if (link->releasing) {
             link->release_tries = RELEASE_TRIES;
             release_passive(link);
@@ -948,6 +953,7 @@ void ferry_coordinator_disconnect(ferry_coordinator_t *coord)
     pthread_mutex_destroy(&coord->lock);
     rpc_channel_destroy(coord->channel);
     free(coord);
+    return FERRY_OK;
 }
 
 /* The RPC's own message, with its code, for ferry_last_error_message(). */

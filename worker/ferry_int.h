@@ -200,7 +200,8 @@ struct ferry_connector {
     uint64_t next_peer_id;
     struct ferry_op *ops[FERRY__OP_BUCKETS];
     uint64_t next_op_id;
-    unsigned live_ops;
+    unsigned live_ops; /* allocated, the user's or not */
+    unsigned user_ops; /* not yet destroyed by the user (destroy refuses) */
     /* Queues, FIFO: head and tail pointer-to-next. */
     ferry__req_t *reqs, **reqs_tail;
     ferry__inmsg_t *inbox, **inbox_tail;

@@ -196,6 +196,7 @@ ferry_status_t ferry__op_alloc(ferry_connector_t *c, ferry__op_kind_t kind,
     ferry__lock(c);
     op->id = c->next_op_id++;
     c->live_ops++;
+    c->user_ops++;
     ferry__unlock(c);
     *op_p = op;
     return FERRY_OK;
@@ -231,6 +232,9 @@ static void op_free_locked(ferry_op_t *op)
     free(op->descs);
     pthread_cond_destroy(&op->cond);
     c->live_ops--;
+    if (!op->user_released) {
+        c->user_ops--; /* a constructor's failure (ferry__op_free) */
+    }
     free(op);
 }
 
@@ -639,6 +643,7 @@ void ferry_op_destroy(ferry_op_t *op)
         }
     }
     op->user_released = true;
+    c->user_ops--;
     ferry__op_unref(op);
     ferry__unlock(c);
 }

@@ -44,8 +44,11 @@ typedef struct {
 FERRY_API ferry_status_t ferry_coordinator_connect(const ferry_coordinator_params_t *params,
                                                    ferry_coordinator_t **coordinator_p);
 
-/* Every operation bound to it must have been destroyed. NULL is a no-op. */
-FERRY_API void ferry_coordinator_disconnect(ferry_coordinator_t *coordinator);
+/* Closes the client once every operation bound to it has been destroyed:
+ * with one still bound it returns FERRY_ERR_BUSY and changes nothing. The
+ * last duties of destroyed operations (a release, a report) get one last
+ * try. NULL is a no-op (FERRY_OK). */
+FERRY_API ferry_status_t ferry_coordinator_disconnect(ferry_coordinator_t *coordinator);
 
 typedef struct {
     const char *request_id;   /* 1..128 bytes of [A-Za-z0-9._:-]; required */

@@ -52,8 +52,6 @@
 extern "C" {
 #endif
 
-#define FERRY_API __attribute__((visibility("default")))
-
 /* ---- errors ---------------------------------------------------------- */
 
 /* The detailed message of the last call on this thread that failed; "" when
@@ -167,9 +165,11 @@ typedef struct {
 FERRY_API ferry_status_t ferry_connector_create(const ferry_connector_params_t *params,
                                                 ferry_connector_t **connector_p);
 
-/* Stops the progress thread, closes the endpoints and releases UCX. Every
- * operation must have been destroyed first. NULL is a no-op. */
-FERRY_API void ferry_connector_destroy(ferry_connector_t *connector);
+/* Stops the progress thread, closes the endpoints and releases UCX, once
+ * every operation has been destroyed: with operations still alive it
+ * returns FERRY_ERR_BUSY and changes nothing (as uv_loop_close returns
+ * UV_EBUSY); destroy them and call it again. NULL is a no-op (FERRY_OK). */
+FERRY_API ferry_status_t ferry_connector_destroy(ferry_connector_t *connector);
 
 /* The name and host name; valid as long as the connector. */
 FERRY_API const char *ferry_connector_name(const ferry_connector_t *connector);

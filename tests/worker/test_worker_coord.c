@@ -593,6 +593,33 @@ static void test_session_lease_is_renewed(void **state)
     rpc_stream_destroy(events.stream);
 }
 
+/* Disconnecting a client with an operation still bound refuses
+ * (FERRY_ERR_BUSY) and changes nothing (the record stays, the operation
+ * stays bound); once the operation is destroyed the client closes, and its
+ * record was released. */
+static void test_disconnect_busy(void **state)
+{
+    uint8_t buf[64];
+    ferry_descriptor_t d = {.ptr = buf, .size = sizeof(buf), .device = FERRY_DEVICE_HOST_INIT};
+    ferry_publish_params_t p = {.request_id = "busy-1", .access_token = TOKEN};
+    ferry_coordinator_params_t cp = {.target = coord.target};
+    ferry_coordinator_t *other;
+    ferry_op_t *op;
+    (void)state;
+
+    assert_int_equal(ferry_coordinator_connect(&cp, &other), FERRY_OK);
+    assert_int_equal(ferry_writable_create(conn, &d, 1, &op), FERRY_OK);
+    assert_int_equal(ferry_op_publish(op, other, &p), FERRY_OK);
+    assert_int_equal(ferry_coordinator_disconnect(other), FERRY_ERR_BUSY);
+    assert_non_null(strstr(ferry_last_error_message(), "1 operations still bound"));
+    assert_int_equal(coord_state("busy-1"), ST(REGISTERED));
+    assert_string_equal(ferry_op_access_token(op), TOKEN);
+    ferry_op_destroy(op);
+    assert_int_equal(ferry_coordinator_disconnect(other), FERRY_OK);
+    assert_int_equal(coord_state("busy-1"), -1);
+    assert_int_equal(ferry_coordinator_disconnect(NULL), FERRY_OK);
+}
+
 static void test_publish_duplicate_is_refused(void **state)
 {
     uint8_t buf[64];
@@ -892,6 +919,7 @@ int main(int argc, char **argv)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_destroy_unfinished_cancels_at_coordinator),
         cmocka_unit_test(test_publish_duplicate_is_refused),
+        cmocka_unit_test(test_disconnect_busy),
         cmocka_unit_test(test_session_lease_is_renewed),
         cmocka_unit_test(test_bound_operation_is_watched_not_polled),
         cmocka_unit_test(test_many_operations_between_two_workers),

@@ -923,6 +923,37 @@ static void test_listeners(void **state)
     ferry_connector_destroy(c);
 }
 
+/* Destroying a connector with an operation alive refuses (FERRY_ERR_BUSY)
+ * and changes nothing: the operation still works; once it is destroyed the
+ * connector goes. */
+static void test_connector_destroy_busy(void **state)
+{
+    ferry_connector_t *c;
+    uint8_t src[256], dst[256] = {0};
+    ferry_descriptor_t ds = {src, sizeof(src), FERRY_DEVICE_HOST_INIT};
+    ferry_descriptor_t dd = {dst, sizeof(dst), FERRY_DEVICE_HOST_INIT};
+    ferry_op_t *passive, *active;
+    const uint8_t *md;
+    size_t md_len;
+    (void)state;
+
+    fill(src, sizeof(src), 9, 0);
+    assert_int_equal(ferry_connector_create(NULL, &c), FERRY_OK);
+    assert_int_equal(ferry_writable_create(c, &dd, 1, &passive), FERRY_OK);
+    assert_int_equal(ferry_connector_destroy(c), FERRY_ERR_BUSY);
+    assert_non_null(strstr(ferry_last_error_message(), "1 operations not destroyed"));
+    assert_int_equal(ferry_op_metadata(passive, &md, &md_len), FERRY_OK);
+    assert_int_equal(ferry_write_begin(c, &ds, 1, md, md_len, &active), FERRY_OK);
+    assert_int_equal(ferry_op_wait(active, WAIT_TIMEOUT_MS), FERRY_OK);
+    assert_int_equal(ferry_op_wait(passive, WAIT_TIMEOUT_MS), FERRY_OK);
+    assert_int_equal(check(dst, sizeof(dst), 9, 0), sizeof(dst));
+    ferry_op_destroy(passive);
+    assert_int_equal(ferry_connector_destroy(c), FERRY_ERR_BUSY);
+    ferry_op_destroy(active);
+    assert_int_equal(ferry_connector_destroy(c), FERRY_OK);
+    assert_int_equal(ferry_connector_destroy(NULL), FERRY_OK);
+}
+
 /* One loopback write (both ends in connector c) of 64 KiB, checked. */
 static void loopback_write(ferry_connector_t *c)
 {
@@ -1025,6 +1056,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_writer_killed_peer_detection),
         cmocka_unit_test(test_loopback_caller_progress),
         cmocka_unit_test(test_listeners),
+        cmocka_unit_test(test_connector_destroy_busy),
         cmocka_unit_test(test_concurrent_threads),
         cmocka_unit_test(test_fail_from_outside),
         cmocka_unit_test(test_spin_param),
