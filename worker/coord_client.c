@@ -339,6 +339,17 @@ static bool release_passive(coord_link_t *link)
     return true;
 }
 
+/* The optional fields of the claim params (see their field mask). */
+static int claim_wait(const ferry_claim_params_t *p)
+{
+    return p->field_mask & FERRY_CLAIM_PARAM_FIELD_WAIT ? p->wait_ms : 0;
+}
+
+static int claim_ttl(const ferry_claim_params_t *p)
+{
+    return p->field_mask & FERRY_CLAIM_PARAM_FIELD_TTL ? p->ttl_s : 0;
+}
+
 /* The coordinator's Claim: the one admission decision for a writer (or
  * reader) by request ID, on the caller's path before any byte moves (see
  * begin_by_id and coordinator.proto). The claim goes on the session lease,
@@ -358,7 +369,7 @@ static ferry_status_t claim(ferry_coordinator_t *coord, const ferry_claim_params
     req.claimant = (char *)claimant;
     req.kind = kind;
     req.lease_token = lease_token;
-    req.ttl_seconds = p->ttl_s;
+    req.ttl_seconds = claim_ttl(p);
     for (int attempt = 0; attempt < 2; attempt++) {
         bool making;
         req.lease_id = session_take(coord, &making, lease_token);
@@ -978,6 +989,11 @@ ferry_status_t ferry_op_publish(ferry_op_t *op, ferry_coordinator_t *coord,
         return ferry__fail(FERRY_ERR_INVALID_ARGUMENT,
                            "op, coordinator and request_id are required");
     }
+    if (params->field_mask & ~(uint64_t)FERRY_PUBLISH_PARAM_FIELD_TTL) {
+        return ferry__fail(
+            FERRY_ERR_INVALID_ARGUMENT, "params.field_mask: unknown bits 0x%llx",
+            (unsigned long long)(params->field_mask & ~(uint64_t)FERRY_PUBLISH_PARAM_FIELD_TTL));
+    }
     status = ferry_op_metadata(op, &bytes, &len);
     if (status != FERRY_OK) {
         return status;
@@ -991,7 +1007,7 @@ ferry_status_t ferry_op_publish(ferry_op_t *op, ferry_coordinator_t *coord,
     }
     req.request_id = (char *)params->request_id;
     req.access_token = (char *)(params->access_token != NULL ? params->access_token : "");
-    req.ttl_seconds = params->ttl_s;
+    req.ttl_seconds = params->field_mask & FERRY_PUBLISH_PARAM_FIELD_TTL ? params->ttl_s : 0;
     req.owner = (char *)ferry_connector_name(ferry_op_connector(op));
     req.lease_token = lease_token;
     for (int attempt = 0; attempt < 2; attempt++) {
@@ -1040,9 +1056,9 @@ static ferry_status_t lookup_checked(ferry_coordinator_t *coord, const ferry_cla
 
     req.request_id = (char *)p->request_id;
     req.access_token = (char *)p->access_token;
-    req.wait_ms = p->wait_ms;
+    req.wait_ms = claim_wait(p);
     status = call(coord, COORD_PATH("Lookup"), &req.base, &ferry__v1__lookup_response__descriptor,
-                  p->wait_ms, &resp, &err);
+                  req.wait_ms, &resp, &err);
     if (status != FERRY_OK) {
         return rpc_fail(status, "lookup", &err);
     }
@@ -1162,6 +1178,12 @@ static ferry_status_t begin_by_id(ferry_connector_t *connector, ferry_coordinato
         p->access_token == NULL) {
         return ferry__fail(FERRY_ERR_INVALID_ARGUMENT,
                            "connector, coordinator, request_id and access_token are required");
+    }
+    if (p->field_mask & ~(uint64_t)(FERRY_CLAIM_PARAM_FIELD_WAIT | FERRY_CLAIM_PARAM_FIELD_TTL)) {
+        return ferry__fail(
+            FERRY_ERR_INVALID_ARGUMENT, "params.field_mask: unknown bits 0x%llx",
+            (unsigned long long)(p->field_mask & ~(uint64_t)(FERRY_CLAIM_PARAM_FIELD_WAIT |
+                                                             FERRY_CLAIM_PARAM_FIELD_TTL)));
     }
     status = ferry_descriptors_validate(local, n);
     if (status == FERRY_OK) {

@@ -50,10 +50,20 @@ FERRY_API ferry_status_t ferry_coordinator_connect(const ferry_coordinator_param
  * try. NULL is a no-op (FERRY_OK). */
 FERRY_API ferry_status_t ferry_coordinator_disconnect(ferry_coordinator_t *coordinator);
 
+/* Which optional fields of ferry_publish_params_t are set; request_id and
+ * access_token are always read. Unset fields take their defaults; a bit
+ * this header does not name is refused (FERRY_ERR_INVALID_ARGUMENT). */
+typedef enum {
+    FERRY_PUBLISH_PARAM_FIELD_TTL = 1u << 0,
+} ferry_publish_param_field_t;
+
 typedef struct {
+    uint64_t field_mask;      /* ferry_publish_param_field_t bits */
     const char *request_id;   /* 1..128 bytes of [A-Za-z0-9._:-]; required */
     const char *access_token; /* 16..256 printable bytes; NULL: the coordinator picks one */
-    int ttl_s; /* TTL of the session lease when this call makes it; 0: the coordinator's */
+    /* FIELD_TTL: TTL of the session lease when this call makes it. Unset
+     * (or 0): the coordinator's. */
+    int ttl_s;
 } ferry_publish_params_t;
 
 /* Passive: registers the operation's metadata at the coordinator under
@@ -71,11 +81,23 @@ FERRY_API ferry_status_t ferry_op_publish(ferry_op_t *op, ferry_coordinator_t *c
  * coordinator picked); NULL when not published. Valid until destroy. */
 FERRY_API const char *ferry_op_access_token(const ferry_op_t *op);
 
+/* Which optional fields of ferry_claim_params_t are set; request_id and
+ * access_token are always read. As for publish, unknown bits are refused. */
+typedef enum {
+    FERRY_CLAIM_PARAM_FIELD_WAIT = 1u << 0,
+    FERRY_CLAIM_PARAM_FIELD_TTL = 1u << 1,
+} ferry_claim_param_field_t;
+
 typedef struct {
+    uint64_t field_mask;      /* ferry_claim_param_field_t bits */
     const char *request_id;   /* required */
     const char *access_token; /* required */
-    int wait_ms;              /* wait this long for the passive side to register; 0: not */
-    int ttl_s; /* TTL of the session lease when this call makes it; 0: the coordinator's */
+    /* FIELD_WAIT: wait this long for the passive side to register. Unset
+     * (or 0): do not wait. */
+    int wait_ms;
+    /* FIELD_TTL: TTL of the session lease when this call makes it. Unset
+     * (or 0): the coordinator's. */
+    int ttl_s;
 } ferry_claim_params_t;
 
 /* Active, by request ID: looks the operation up at the coordinator (waiting

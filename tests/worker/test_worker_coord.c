@@ -157,7 +157,10 @@ static int role_stalled_writer(const char *target, int in, int out)
     ferry_coordinator_t *cl;
     uint8_t *buf = malloc(SIZE);
     ferry_descriptor_t d = {.ptr = buf, .size = SIZE, .device = FERRY_DEVICE_HOST_INIT};
-    ferry_claim_params_t p = {.request_id = "kill-1", .access_token = TOKEN, .wait_ms = 10000};
+    ferry_claim_params_t p = {.field_mask = FERRY_CLAIM_PARAM_FIELD_WAIT,
+                              .request_id = "kill-1",
+                              .access_token = TOKEN,
+                              .wait_ms = 10000};
     ferry_op_t *op;
 
     (void)in;
@@ -271,7 +274,10 @@ static int role_racing_writer(const char *target, int in, int out)
         return 96;
     }
     memset(buf, (int)seed, SIZE);
-    ferry_claim_params_t p = {.request_id = id, .access_token = TOKEN, .wait_ms = 10000};
+    ferry_claim_params_t p = {.field_mask = FERRY_CLAIM_PARAM_FIELD_WAIT,
+                              .request_id = id,
+                              .access_token = TOKEN,
+                              .wait_ms = 10000};
     status = ferry_write_begin_by_id(c, cl, &p, &d, 1, &op);
     if (status == FERRY_OK) {
         status = ferry_op_wait(op, 20000);
@@ -453,7 +459,10 @@ static void test_receiver_cancels_mid_transfer(void **state)
 {
     uint8_t *buf = malloc(SIZE);
     ferry_descriptor_t d = {.ptr = buf, .size = SIZE, .device = FERRY_DEVICE_HOST_INIT};
-    ferry_claim_params_t p = {.request_id = "cancel-1", .access_token = TOKEN, .wait_ms = 10000};
+    ferry_claim_params_t p = {.field_mask = FERRY_CLAIM_PARAM_FIELD_WAIT,
+                              .request_id = "cancel-1",
+                              .access_token = TOKEN,
+                              .wait_ms = 10000};
     ferry_op_t *op;
     child_t receiver = spawn("cancelling-receiver");
     char line[32];
@@ -503,7 +512,10 @@ static void *write_one(void *arg)
     uint8_t *buf = malloc(SIZE);
     char id[32];
     ferry_descriptor_t d = {.ptr = buf, .size = SIZE, .device = FERRY_DEVICE_HOST_INIT};
-    ferry_claim_params_t p = {.request_id = id, .access_token = TOKEN, .wait_ms = 10000};
+    ferry_claim_params_t p = {.field_mask = FERRY_CLAIM_PARAM_FIELD_WAIT,
+                              .request_id = id,
+                              .access_token = TOKEN,
+                              .wait_ms = 10000};
     ferry_op_t *op;
 
     snprintf(id, sizeof(id), "many-%d", job->index);
@@ -633,6 +645,16 @@ static void test_publish_duplicate_is_refused(void **state)
     assert_int_equal(ferry_op_publish(a, client, &p), FERRY_OK);
     assert_int_equal(ferry_op_publish(b, client, &p), FERRY_ERR_ALREADY_EXISTS);
     assert_non_null(strstr(ferry_last_error_message(), "dup-1"));
+    /* A field_mask bit this header does not name is refused, naming it. */
+    ferry_publish_params_t future = {.field_mask = 1u << 9, .request_id = "dup-2"};
+    assert_int_equal(ferry_op_publish(b, client, &future), FERRY_ERR_INVALID_ARGUMENT);
+    assert_non_null(strstr(ferry_last_error_message(), "field_mask"));
+    ferry_claim_params_t claim = {
+        .field_mask = 1u << 9, .request_id = "dup-1", .access_token = TOKEN};
+    ferry_op_t *w = NULL;
+    assert_int_equal(ferry_write_begin_by_id(conn, client, &claim, &d, 1, &w),
+                     FERRY_ERR_INVALID_ARGUMENT);
+    assert_null(w);
     ferry_op_destroy(b);
     ferry_op_destroy(a);
 }

@@ -341,8 +341,10 @@ static int run_passive(ferry_connector_t *conn, ferry_coordinator_t *coord, cons
                        uint8_t *buf, ferry_descriptor_t *descs)
 {
     bool writable = strcmp(o->command, "recv") == 0;
-    ferry_publish_params_t pub = {
-        .request_id = o->request_id, .access_token = o->token, .ttl_s = o->ttl_s};
+    ferry_publish_params_t pub = {.field_mask = FERRY_PUBLISH_PARAM_FIELD_TTL,
+                                  .request_id = o->request_id,
+                                  .access_token = o->token,
+                                  .ttl_s = o->ttl_s};
     ferry_op_t *op = NULL;
     ferry_status_t status;
     double start;
@@ -389,7 +391,9 @@ static int run_active(ferry_connector_t *conn, ferry_coordinator_t *coord, const
                       uint8_t *buf, ferry_descriptor_t *descs)
 {
     bool write = strcmp(o->command, "send") == 0;
-    ferry_claim_params_t claim = {.request_id = o->request_id,
+    ferry_claim_params_t claim = {.field_mask =
+                                      FERRY_CLAIM_PARAM_FIELD_WAIT | FERRY_CLAIM_PARAM_FIELD_TTL,
+                                  .request_id = o->request_id,
                                   .access_token = o->token,
                                   .wait_ms = o->timeout_ms,
                                   .ttl_s = o->ttl_s};
