@@ -393,6 +393,33 @@ static ferry_status_t apply_spin(ferry_connector_t *c, const ferry_connector_par
     return FERRY_OK;
 }
 
+/* The public and the internal log levels are the same numbers. */
+_Static_assert((int)FERRY_LOGLEVEL_OFF == (int)FERRY_LOG_OFF &&
+                   (int)FERRY_LOGLEVEL_ERROR == (int)FERRY_LOG_ERROR &&
+                   (int)FERRY_LOGLEVEL_TRACE == (int)FERRY_LOG_TRACE,
+               "ferry_loglevel_t and ferry_log_level_t differ");
+
+/* The caller's log callback (process-wide, as the log is), behind the
+ * common log's sink; set only through connector params. */
+static ferry_log_cb_t log_cb;
+static void *log_arg;
+
+static void log_to_cb(ferry_log_level_t level, const char *msg, void *arg)
+{
+    (void)arg;
+    log_cb((ferry_loglevel_t)level, msg, log_arg);
+}
+
+static void set_log_cb(ferry_log_cb_t cb, void *arg)
+{
+    ferry_log_set_sink(NULL, NULL); /* no line reaches the old one from here */
+    log_cb = cb;
+    log_arg = arg;
+    if (cb != NULL) {
+        ferry_log_set_sink(log_to_cb, NULL);
+    }
+}
+
 static ferry_status_t apply_params(ferry_connector_t *c, const ferry_connector_params_t *params)
 {
     uint64_t mask = params != NULL ? params->field_mask : 0;
@@ -420,6 +447,16 @@ static ferry_status_t apply_params(ferry_connector_t *c, const ferry_connector_p
     }
     if (mask & FERRY_CONNECTOR_PARAM_FIELD_PEER_ERROR_HANDLING) {
         c->peer_error_handling = params->peer_error_handling;
+    }
+    if (mask & FERRY_CONNECTOR_PARAM_FIELD_LOG_LEVEL) {
+        if (params->log_level < FERRY_LOGLEVEL_OFF || params->log_level > FERRY_LOGLEVEL_TRACE) {
+            return ferry__fail(FERRY_ERR_INVALID_ARGUMENT, "connector: unknown log_level %d",
+                               (int)params->log_level);
+        }
+        ferry_log_set_level((ferry_log_level_t)params->log_level);
+    }
+    if (mask & FERRY_CONNECTOR_PARAM_FIELD_LOG_CB) {
+        set_log_cb(params->log_cb, params->log_arg);
     }
     return apply_spin(c, params, mask);
 }

@@ -123,7 +123,27 @@ typedef enum {
     FERRY_CONNECTOR_PARAM_FIELD_PROGRESS_MODE = 1u << 1,
     FERRY_CONNECTOR_PARAM_FIELD_PEER_ERROR_HANDLING = 1u << 2,
     FERRY_CONNECTOR_PARAM_FIELD_SPIN_US = 1u << 3,
+    FERRY_CONNECTOR_PARAM_FIELD_LOG_LEVEL = 1u << 4,
+    FERRY_CONNECTOR_PARAM_FIELD_LOG_CB = 1u << 5,
 } ferry_connector_param_field_t;
+
+/* libferry's log: nothing is logged unless the caller asks, through a
+ * connector's params (FIELD_LOG_LEVEL, FIELD_LOG_CB). The log is one per
+ * process (every connector's lines go to it; the last connector created
+ * with the field sets it); the library reads no environment variable for it. */
+typedef enum {
+    FERRY_LOGLEVEL_OFF = -1, /* the default */
+    FERRY_LOGLEVEL_ERROR = 0,
+    FERRY_LOGLEVEL_WARN = 1,
+    FERRY_LOGLEVEL_INFO = 2,
+    FERRY_LOGLEVEL_DEBUG = 3,
+    FERRY_LOGLEVEL_TRACE = 4,
+} ferry_loglevel_t;
+
+/* Takes one line (without time stamp or newline) instead of stderr. It may
+ * run on any libferry thread, with libferry locks held: it must not call
+ * libferry, and should be quick. */
+typedef void (*ferry_log_cb_t)(ferry_loglevel_t level, const char *message, void *arg);
 
 /* The default of ferry_connector_params_t.spin_us. */
 #define FERRY_CONNECTOR_DEFAULT_SPIN_US 50u
@@ -159,6 +179,13 @@ typedef struct {
      * FERRY_SPIN_US when set (for tuning a deployed program), else
      * FERRY_CONNECTOR_DEFAULT_SPIN_US; at most FERRY_CONNECTOR_MAX_SPIN_US. */
     uint32_t spin_us;
+    /* FIELD_LOG_LEVEL: the most detailed level logged. Unset: unchanged
+     * (FERRY_LOGLEVEL_OFF until a connector sets it). */
+    ferry_loglevel_t log_level;
+    /* FIELD_LOG_CB: where lines go (NULL: stderr) and its argument. Unset:
+     * unchanged (stderr until a connector sets it). */
+    ferry_log_cb_t log_cb;
+    void *log_arg;
 } ferry_connector_params_t;
 
 /* Creates the process's connector (a NULL params means all defaults). */

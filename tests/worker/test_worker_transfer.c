@@ -32,6 +32,7 @@
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
+#include <sys/stat.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
@@ -954,6 +955,84 @@ static void test_connector_destroy_busy(void **state)
     assert_int_equal(ferry_connector_destroy(NULL), FERRY_OK);
 }
 
+/* A connector's life with a failure in it: what logs (info, warn). */
+static void log_worthy_life(const ferry_connector_params_t *params)
+{
+    ferry_connector_t *c;
+    uint8_t dst[64];
+    ferry_descriptor_t dd = {dst, sizeof(dst), FERRY_DEVICE_HOST_INIT};
+    ferry_op_t *op;
+
+    assert_int_equal(ferry_connector_create(params, &c), FERRY_OK);
+    assert_int_equal(ferry_writable_create(c, &dd, 1, &op), FERRY_OK);
+    assert_int_equal(ferry_op_fail(op, FERRY_ERR_PEER_FAILED, "made to fail"), FERRY_OK);
+    ferry_op_destroy(op);
+    assert_int_equal(ferry_connector_destroy(c), FERRY_OK);
+}
+
+/* libferry is quiet unless asked: a connector's whole life, a failed
+ * operation included, writes nothing to stderr. */
+static void test_log_quiet_by_default(void **state)
+{
+    char path[] = "/tmp/ferry-stderr-XXXXXX";
+    int fd = mkstemp(path), saved = dup(STDERR_FILENO);
+    struct stat st;
+    (void)state;
+
+    assert_true(fd >= 0 && saved >= 0);
+    unlink(path);
+    assert_true(dup2(fd, STDERR_FILENO) >= 0);
+    log_worthy_life(NULL);
+    assert_true(dup2(saved, STDERR_FILENO) >= 0);
+    close(saved);
+    assert_int_equal(fstat(fd, &st), 0);
+    close(fd);
+    assert_int_equal(st.st_size, 0);
+}
+
+typedef struct {
+    int lines, warns;
+    bool saw_failure;
+} log_seen_t;
+
+static void log_cb(ferry_loglevel_t level, const char *message, void *arg)
+{
+    log_seen_t *seen = arg;
+    seen->lines++;
+    seen->warns += level == FERRY_LOGLEVEL_WARN;
+    seen->saw_failure |= strstr(message, "made to fail") != NULL;
+}
+
+/* Asked through the connector's params, the lines go to the caller's
+ * callback, at the level it set; an unknown level is refused; a later
+ * connector can turn it off again. */
+static void test_log_callback(void **state)
+{
+    log_seen_t seen = {0};
+    ferry_connector_params_t on = {.field_mask = FERRY_CONNECTOR_PARAM_FIELD_LOG_LEVEL |
+                                                 FERRY_CONNECTOR_PARAM_FIELD_LOG_CB,
+                                   .log_level = FERRY_LOGLEVEL_WARN,
+                                   .log_cb = log_cb,
+                                   .log_arg = &seen};
+    ferry_connector_params_t off = {.field_mask = FERRY_CONNECTOR_PARAM_FIELD_LOG_LEVEL |
+                                                  FERRY_CONNECTOR_PARAM_FIELD_LOG_CB,
+                                    .log_level = FERRY_LOGLEVEL_OFF};
+    ferry_connector_params_t bad = {.field_mask = FERRY_CONNECTOR_PARAM_FIELD_LOG_LEVEL,
+                                    .log_level = (ferry_loglevel_t)9};
+    ferry_connector_t *c = NULL;
+    (void)state;
+
+    log_worthy_life(&on);
+    assert_true(seen.saw_failure);
+    assert_int_equal(seen.lines, seen.warns); /* info lines not at WARN */
+    assert_int_equal(ferry_connector_create(&bad, &c), FERRY_ERR_INVALID_ARGUMENT);
+    assert_null(c);
+    log_worthy_life(&off);
+    int before = seen.lines;
+    log_worthy_life(NULL);
+    assert_int_equal(seen.lines, before);
+}
+
 /* One loopback write (both ends in connector c) of 64 KiB, checked. */
 static void loopback_write(ferry_connector_t *c)
 {
@@ -1057,6 +1136,8 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_loopback_caller_progress),
         cmocka_unit_test(test_listeners),
         cmocka_unit_test(test_connector_destroy_busy),
+        cmocka_unit_test(test_log_quiet_by_default),
+        cmocka_unit_test(test_log_callback),
         cmocka_unit_test(test_concurrent_threads),
         cmocka_unit_test(test_fail_from_outside),
         cmocka_unit_test(test_spin_param),

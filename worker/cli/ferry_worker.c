@@ -431,12 +431,30 @@ static int run_active(ferry_connector_t *conn, ferry_coordinator_t *coord, const
     return rc;
 }
 
+/* FERRY_LOG_LEVEL (error, warn, info, debug, trace, off); info when unset. */
+static ferry_loglevel_t log_level_from_env(void)
+{
+    static const char *const names[] = {"error", "warn", "info", "debug", "trace"};
+    const char *env = getenv("FERRY_LOG_LEVEL");
+
+    if (env != NULL && strcmp(env, "off") == 0) {
+        return FERRY_LOGLEVEL_OFF;
+    }
+    for (int i = 0; env != NULL && i < 5; i++) {
+        if (strcmp(env, names[i]) == 0) {
+            return (ferry_loglevel_t)i;
+        }
+    }
+    return FERRY_LOGLEVEL_INFO;
+}
+
 int main(int argc, char **argv)
 {
     options_t o;
     ferry_connector_t *conn = NULL;
     ferry_coordinator_t *coord = NULL;
     ferry_coordinator_params_t cp = {.target = NULL};
+    ferry_connector_params_t conn_params = {.field_mask = FERRY_CONNECTOR_PARAM_FIELD_LOG_LEVEL};
     uint8_t *buf = NULL;
     ferry_descriptor_t *descs = NULL;
     ferry_status_t status;
@@ -454,7 +472,10 @@ int main(int argc, char **argv)
         fprintf(stderr, "ferry-worker: only --device cpu is supported by this build\n");
         return EXIT_USAGE;
     }
-    status = ferry_connector_create(NULL, &conn);
+    /* libferry logs only when asked: the program asks, from the
+     * environment, at info by default (as it always logged). */
+    conn_params.log_level = log_level_from_env();
+    status = ferry_connector_create(&conn_params, &conn);
     if (status != FERRY_OK) {
         return fail("connector", status);
     }
