@@ -67,6 +67,9 @@
 #include "rpc/rpc.h"
 #include "worker/errors.h"
 
+/* After ferry/ferry.h: it gives ferry__op_state_status. */
+#include "common/op_state.h"
+
 #define COORD_DEFAULT_TIMEOUT_MS 10000
 #define COORD_DEFAULT_TTL_S      10
 #define COORD_PATH(m)            "/ferry.v1.Coordinator/" m
@@ -262,13 +265,15 @@ static void look(coord_link_t *link)
         }
         return;
     }
-    switch (record->operation->state) {
-    case FERRY__V1__OPERATION_STATE__OPERATION_STATE_ERRORED:
+    /* What the record's state means, from the one table (op_state.h):
+     * ERRORED (or EXPIRED) and CANCELLED concern the other side. */
+    switch (ferry__op_state_status(record->operation->state)) {
+    case FERRY_OP_STATUS_ERRORED:
         if (link->passive) {
             ferry_op_fail(link->op, FERRY_ERR_PEER_FAILED, record->operation->error_message);
         }
         break;
-    case FERRY__V1__OPERATION_STATE__OPERATION_STATE_CANCELLED:
+    case FERRY_OP_STATUS_CANCELLED:
         if (link->passive) {
             ferry_op_cancel(link->op);
         } else {

@@ -266,7 +266,10 @@ void ferry__req_param(ferry__req_t *req, ucp_request_param_t *param);
 /* ---- operations (op.c, op_passive.c, op_active.c) --------------------- */
 
 /* The life of one operation. Every change goes through ferry__op_move,
- * which logs it. The public status is a function of the state.
+ * which logs it. These are the data plane's own finer steps; each belongs
+ * to one state of the one table (common/op_state.h), its phase, and takes
+ * from there whether it is final and the public status it reports
+ * (FERRY__FOREACH_OP_STEP below).
  *
  *   NEW -> READY                 created (passive: memory registered;
  *                                active: metadata checked)
@@ -278,16 +281,22 @@ void ferry__req_param(ferry__req_t *req, ucp_request_param_t *param);
  *   CLAIMED -> COMPLETE          passive: the admitted peer's notice arrived
  *   any non-final -> CANCELLED | ERRORED
  */
+/* _(STEP, PHASE): a data-plane state and its state in common/op_state.h. */
+#define FERRY__FOREACH_OP_STEP(_) \
+    _(NEW, UNSPECIFIED)           \
+    _(READY, REGISTERED)          \
+    _(CLAIMING, CLAIMED)          \
+    _(CLAIMED, CLAIMED)           \
+    _(TRANSFERRING, CLAIMED)      \
+    _(NOTIFYING, CLAIMED)         \
+    _(COMPLETE, COMPLETE)         \
+    _(CANCELLED, CANCELLED)       \
+    _(ERRORED, ERRORED)
+
 typedef enum {
-    FERRY__OP_NEW = 0,
-    FERRY__OP_READY,
-    FERRY__OP_CLAIMING,
-    FERRY__OP_CLAIMED,
-    FERRY__OP_TRANSFERRING,
-    FERRY__OP_NOTIFYING,
-    FERRY__OP_COMPLETE,
-    FERRY__OP_CANCELLED,
-    FERRY__OP_ERRORED,
+#define FERRY__OP_STEP_ENUM(step, phase) FERRY__OP_##step,
+    FERRY__FOREACH_OP_STEP(FERRY__OP_STEP_ENUM)
+#undef FERRY__OP_STEP_ENUM
 } ferry__op_state_t;
 
 typedef struct ferry__listener {
@@ -366,7 +375,7 @@ bool ferry__op_move(ferry_op_t *op, ferry__op_state_t to, ferry_status_t code, c
     __attribute__((format(printf, 4, 5)));
 
 bool ferry__op_is_final(const ferry_op_t *op);
-const char *ferry__op_state_name(ferry__op_state_t state);
+const char *ferry__op_step_name(ferry__op_state_t state);
 
 /* References, lock held. _unref frees at zero. */
 void ferry__op_ref(ferry_op_t *op);

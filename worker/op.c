@@ -27,31 +27,34 @@
 #include "common/log.h"
 #include "worker/ferry_int.h"
 
+/* After ferry/ferry.h (via ferry_int.h): it gives ferry__op_state_status. */
+#include "common/op_state.h"
+
 #define CALLER_POLL_MAX_MS 100
 
-const char *ferry__op_state_name(ferry__op_state_t state)
+const char *ferry__op_step_name(ferry__op_state_t state)
 {
     switch (state) {
-    case FERRY__OP_NEW:
-        return "NEW";
-    case FERRY__OP_READY:
-        return "READY";
-    case FERRY__OP_CLAIMING:
-        return "CLAIMING";
-    case FERRY__OP_CLAIMED:
-        return "CLAIMED";
-    case FERRY__OP_TRANSFERRING:
-        return "TRANSFERRING";
-    case FERRY__OP_NOTIFYING:
-        return "NOTIFYING";
-    case FERRY__OP_COMPLETE:
-        return "COMPLETE";
-    case FERRY__OP_CANCELLED:
-        return "CANCELLED";
-    case FERRY__OP_ERRORED:
-        return "ERRORED";
+#define STEP_NAME(step, phase) \
+    case FERRY__OP_##step:     \
+        return #step;
+        FERRY__FOREACH_OP_STEP(STEP_NAME)
+#undef STEP_NAME
     }
     return "UNKNOWN";
+}
+
+/* The step's state in the one table (common/op_state.h). */
+static ferry_op_state_t phase_of(ferry__op_state_t s)
+{
+    switch (s) {
+#define PHASE(step, phase) \
+    case FERRY__OP_##step: \
+        return FERRY__V1__OPERATION_STATE__OPERATION_STATE_##phase;
+        FERRY__FOREACH_OP_STEP(PHASE)
+#undef PHASE
+    }
+    return FERRY__V1__OPERATION_STATE__OPERATION_STATE_UNSPECIFIED;
 }
 
 const char *ferry_op_status_name(ferry_op_status_t status)
@@ -75,7 +78,7 @@ const char *ferry_op_status_name(ferry_op_status_t status)
 
 static bool state_is_final(ferry__op_state_t s)
 {
-    return s == FERRY__OP_COMPLETE || s == FERRY__OP_CANCELLED || s == FERRY__OP_ERRORED;
+    return ferry__op_state_is_final(phase_of(s));
 }
 
 bool ferry__op_is_final(const ferry_op_t *op)
@@ -138,8 +141,8 @@ bool ferry__op_move(ferry_op_t *op, ferry__op_state_t to, ferry_status_t code, c
 
     if (!can_move(from, to, is_passive(op))) {
         if (!state_is_final(from)) {
-            ferry_error("%s: refused move %s -> %s", op->label, ferry__op_state_name(from),
-                        ferry__op_state_name(to));
+            ferry_error("%s: refused move %s -> %s", op->label, ferry__op_step_name(from),
+                        ferry__op_step_name(to));
         }
         return false;
     }
@@ -151,11 +154,11 @@ bool ferry__op_move(ferry_op_t *op, ferry__op_state_t to, ferry_status_t code, c
         va_end(ap);
     }
     if (to == FERRY__OP_ERRORED) {
-        ferry_warn("%s: %s -> ERRORED: %s (%s)", op->label, ferry__op_state_name(from),
+        ferry_warn("%s: %s -> ERRORED: %s (%s)", op->label, ferry__op_step_name(from),
                    op->error_message, ferry_status_name(op->error_code));
     } else {
-        ferry_debug("%s: %s -> %s%s%s", op->label, ferry__op_state_name(from),
-                    ferry__op_state_name(to), fmt != NULL ? ": " : "",
+        ferry_debug("%s: %s -> %s%s%s", op->label, ferry__op_step_name(from),
+                    ferry__op_step_name(to), fmt != NULL ? ": " : "",
                     fmt != NULL ? op->error_message : "");
     }
     if (state_is_final(to)) {
@@ -306,24 +309,7 @@ ferry_op_t *ferry__op_find_active(ferry_connector_t *c, uint64_t id)
 
 static ferry_op_status_t public_status(ferry__op_state_t s)
 {
-    switch (s) {
-    case FERRY__OP_NEW:
-        return FERRY_OP_STATUS_UNINITIALIZED;
-    case FERRY__OP_READY:
-        return FERRY_OP_STATUS_INITIALIZED;
-    case FERRY__OP_CLAIMING:
-    case FERRY__OP_CLAIMED:
-    case FERRY__OP_TRANSFERRING:
-    case FERRY__OP_NOTIFYING:
-        return FERRY_OP_STATUS_IN_PROGRESS;
-    case FERRY__OP_COMPLETE:
-        return FERRY_OP_STATUS_COMPLETE;
-    case FERRY__OP_CANCELLED:
-        return FERRY_OP_STATUS_CANCELLED;
-    case FERRY__OP_ERRORED:
-        return FERRY_OP_STATUS_ERRORED;
-    }
-    return FERRY_OP_STATUS_UNINITIALIZED;
+    return ferry__op_state_status(phase_of(s));
 }
 
 ferry_op_status_t ferry_op_status(const ferry_op_t *op)
@@ -524,7 +510,7 @@ ferry_status_t ferry_op_fail(ferry_op_t *op, ferry_status_t code, const char *me
     ferry__lock(c);
     if (ferry__op_is_final(op)) {
         status = ferry__fail(FERRY_ERR_FAILED_PRECONDITION, "%s: already %s", op->label,
-                             ferry__op_state_name(op->state));
+                             ferry__op_step_name(op->state));
     } else {
         ferry__op_move(op, FERRY__OP_ERRORED, code, "%s",
                        message != NULL ? message : ferry_status_string(code));
