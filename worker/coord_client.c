@@ -19,17 +19,18 @@
  * slow, so no UCX progress thread ever waits on gRPC:
  *   - the session lease is renewed at a third of its TTL; if etcd lost it, the
  *     next operation makes a new one;
- *   - a link (an operation bound to the coordinator) reads its record (Get,
- *     served from the coordinator's memory) once bound and whenever the
- *     watch says it changed, so it learns that its peer failed (ERRORED),
- *     cancelled (CANCELLED) or that its record is gone (its owner's lease
- *     expired) as the coordinator does, with no polling;
+ *   - a link (an operation bound to the coordinator) looks at its record
+ *     when the watch tells it changed (the event carries the record), and
+ *     reads it with a Get only once bound and after a new stream, so it
+ *     learns that its peer failed (ERRORED), cancelled (CANCELLED) or that
+ *     its record is gone (its owner's lease expired) as the coordinator
+ *     does, with no polling;
  *   - an operation's end, queued by its listener, is reported: Complete for
  *     an active one (tried again while the coordinator cannot be reached),
  *     Cancel for a passive one cancelled here.
  *
  * One watch thread per ferry_coordinator_t holds one Watch stream while
- * links exist, and marks a link look_due when an event names its record.
+ * links exist, and hands a link the record of each event that names it.
  * Every time the stream is (re)created, all links are marked (re-Get after
  * re-Watch: whatever changed while no stream was up is read, whatever
  * changes later is an event). The contract has no multi-ID watch, so the
@@ -85,10 +86,16 @@ typedef struct coord_link {
     int64_t lease_id;                  /* the lease the record (passive) or claim (active) is on */
     char lease_token[LEASE_TOKEN_CAP]; /* lease_id's (active: Complete shows it) */
     int64_t due_ms;                    /* next retry (release, report), monotonic */
-    bool look_due;                     /* the record may have changed: Get it */
-    bool busy;                         /* the session thread is using it outside the lock */
-    bool looking;                      /* ... and its operation (look): destroy waits for that */
-    bool told;                         /* the end is known here (FINAL, or DESTROY first) */
+    bool look_due;                     /* the record may have changed: look */
+    /* The watch's latest event for the record (ev_valid): looked at as it
+     * is, without a Get. A new stream clears it (then the look is a Get). */
+    bool ev_valid;
+    bool ev_gone; /* deleted because its owner's lease expired */
+    ferry_op_state_t ev_state;
+    char ev_message[256];
+    bool busy;    /* the session thread is using it outside the lock */
+    bool looking; /* ... and its operation (look): destroy waits for that */
+    bool told;    /* the end is known here (FINAL, or DESTROY first) */
     bool report_due;
     bool reported;
     ferry_op_status_t final_status;
@@ -100,7 +107,7 @@ typedef struct coord_link {
      * link exists only then). The outcome is kept here, so that the report
      * (Complete) can be sent after the operation is destroyed (op is NULL
      * then); a report the coordinator could not take is tried again
-     * (report_tries) while the claim's lease may still live. */
+     * (report_tries: how often, for the back-off). */
     int report_tries;
     bool abandoned; /* a claim nobody follows (abandon): refusals are quiet */
     ferry_status_t final_code;
@@ -135,6 +142,17 @@ static int64_t period_ms(const ferry_coordinator_t *coord)
 {
     int64_t ttl = coord->session_ttl_s > 0 ? coord->session_ttl_s : COORD_DEFAULT_TTL_S;
     return ttl * 1000 / 3;
+}
+
+/* The pause before try number `tries` + 1 of a report: 50 ms, doubling, at
+ * most a period. */
+static int64_t retry_ms(const ferry_coordinator_t *coord, int tries)
+{
+    int64_t ms = 50;
+    for (int i = 1; i < tries && ms < period_ms(coord); i++) {
+        ms *= 2;
+    }
+    return ms < period_ms(coord) ? ms : period_ms(coord);
 }
 
 static ferry_status_t call(ferry_coordinator_t *coord, const char *path,
@@ -245,46 +263,62 @@ static bool session_was_lost(ferry_coordinator_t *coord, int64_t lease, ferry_st
 /* ---- links: looking at the record, reporting the end ------------------------ */
 
 /* What the record says about the other side, applied to the operation. */
-static void look(coord_link_t *link)
+/* What a record's state means for the operation, from the one table
+ * (op_state.h): ERRORED (or EXPIRED) and CANCELLED concern the other side;
+ * gone: the record left because its owner's lease expired. */
+static void apply_record(coord_link_t *link, bool gone, ferry_op_state_t state, const char *message)
 {
-    Ferry__V1__GetRequest get = FERRY__V1__GET_REQUEST__INIT;
-    Ferry__V1__GetResponse *record = NULL;
-    rpc_error_t err;
-    ferry_status_t status;
     char msg[320];
 
-    get.request_id = link->request_id;
-    status = call(link->coord, COORD_PATH("Get"), &get.base, &ferry__v1__get_response__descriptor,
-                  0, &record, &err);
-    if (status != FERRY_OK) {
-        if (status == FERRY_ERR_NOT_FOUND) {
-            ferry_op_fail(link->op, FERRY_ERR_EXPIRED,
-                          link->passive ? "the registration expired at the coordinator"
-                                        : "the operation left the coordinator: its owner's lease "
-                                          "expired");
-        }
+    if (gone) {
+        ferry_op_fail(link->op, FERRY_ERR_EXPIRED,
+                      link->passive ? "the registration expired at the coordinator"
+                                    : "the operation left the coordinator: its owner's lease "
+                                      "expired");
         return;
     }
-    /* What the record's state means, from the one table (op_state.h):
-     * ERRORED (or EXPIRED) and CANCELLED concern the other side. */
-    switch (ferry__op_state_status(record->operation->state)) {
+    switch (ferry__op_state_status(state)) {
     case FERRY_OP_STATUS_ERRORED:
         if (link->passive) {
-            ferry_op_fail(link->op, FERRY_ERR_PEER_FAILED, record->operation->error_message);
+            ferry_op_fail(link->op, FERRY_ERR_PEER_FAILED, message);
         }
         break;
     case FERRY_OP_STATUS_CANCELLED:
         if (link->passive) {
             ferry_op_cancel(link->op);
         } else {
-            snprintf(msg, sizeof(msg), "cancelled by the passive side: %s",
-                     record->operation->error_message);
+            snprintf(msg, sizeof(msg), "cancelled by the passive side: %s", message);
             ferry_op_fail(link->op, FERRY_ERR_CANCELLED, msg);
         }
         break;
     default:
         break;
     }
+}
+
+/* The record as the watch last told it (ev), or read with a Get (ev NULL:
+ * once bound, and after a new stream). */
+static void look(coord_link_t *link, const coord_link_t *ev)
+{
+    Ferry__V1__GetRequest get = FERRY__V1__GET_REQUEST__INIT;
+    Ferry__V1__GetResponse *record = NULL;
+    rpc_error_t err;
+    ferry_status_t status;
+
+    if (ev != NULL) {
+        apply_record(link, ev->ev_gone, ev->ev_state, ev->ev_message);
+        return;
+    }
+    get.request_id = link->request_id;
+    status = call(link->coord, COORD_PATH("Get"), &get.base, &ferry__v1__get_response__descriptor,
+                  0, &record, &err);
+    if (status != FERRY_OK) {
+        if (status == FERRY_ERR_NOT_FOUND) {
+            apply_record(link, true, 0, "");
+        }
+        return;
+    }
+    apply_record(link, false, record->operation->state, record->operation->error_message);
     ferry__v1__get_response__free_unpacked(record, NULL);
 }
 
@@ -414,12 +448,12 @@ static void keep_outcome(coord_link_t *link, ferry_op_status_t status)
              message != NULL ? message : "");
 }
 
-#define REPORT_TRIES 8
-
 /* Complete at the coordinator, for an active operation (its claim was
  * granted before it began). Returns false when the coordinator could not be
- * reached and the report should be tried again (the record stays CLAIMED
- * meanwhile, and the claim's lease keeps it so for a TTL). */
+ * reached and the report should be tried again: the claim is on this
+ * client's session lease, which keeps the record CLAIMED for as long as the
+ * client lives, so it is tried again (backing off to a period) for as long
+ * as the client lives; disconnect gives it one last try. */
 static bool report_active(coord_link_t *link)
 {
     Ferry__V1__CompleteRequest req = FERRY__V1__COMPLETE_REQUEST__INIT;
@@ -439,8 +473,8 @@ static bool report_active(coord_link_t *link)
         ferry__v1__complete_response__free_unpacked(resp, NULL);
         return true;
     }
-    if ((status == FERRY_ERR_UNAVAILABLE || status == FERRY_ERR_TIMED_OUT) &&
-        ++link->report_tries < REPORT_TRIES) {
+    if (status == FERRY_ERR_UNAVAILABLE || status == FERRY_ERR_TIMED_OUT) {
+        link->report_tries++;
         ferry_debug("op %s: report not taken (%s); trying again", link->request_id, err.message);
         return false;
     }
@@ -552,8 +586,17 @@ static void *session_main(void *arg)
         ferry_op_status_t outcome = link->final_status;
         link->report_due = false;
         link->looking = !releasing && !reporting;
+        coord_link_t ev;
+        bool have_ev = false;
         if (link->looking) {
             link->look_due = false; /* an event from now on asks again */
+            have_ev = link->ev_valid;
+            if (have_ev) {
+                ev.ev_gone = link->ev_gone;
+                ev.ev_state = link->ev_state;
+                memcpy(ev.ev_message, link->ev_message, sizeof(ev.ev_message));
+                link->ev_valid = false;
+            }
         }
         pthread_mutex_unlock(&coord->lock);
         if (releasing) {
@@ -561,7 +604,7 @@ static void *session_main(void *arg)
         } else if (reporting) {
             reported = report(link, outcome);
         } else {
-            look(link);
+            look(link, have_ev ? &ev : NULL);
         }
         pthread_mutex_lock(&coord->lock);
         link->looking = false;
@@ -572,8 +615,9 @@ static void *session_main(void *arg)
         } else if (reporting) {
             link->report_due = true; /* again, after a pause */
         }
-        link->due_ms =
-            now_ms() + (releasing || !reported ? period_ms(coord) / 4 : period_ms(coord));
+        link->due_ms = now_ms() + (releasing   ? period_ms(coord) / 4
+                                   : !reported ? retry_ms(coord, link->report_tries)
+                                               : period_ms(coord));
         link->busy = false;
         if (done) {
             link_remove(coord, link);
@@ -620,12 +664,22 @@ static rpc_stream_t *watch_open(ferry_coordinator_t *coord)
     return stream;
 }
 
-/* Marks links look_due: every one (id NULL), or the one of id. Lock held. */
-static void mark_look(ferry_coordinator_t *coord, const char *id)
+/* Marks links look_due: every one, to be read with a Get (ev NULL: a new
+ * stream), or those of ev's record, with what it says. Lock held. */
+static void mark_look(ferry_coordinator_t *coord, const Ferry__V1__WatchEvent *ev)
 {
     for (coord_link_t *l = coord->links; l != NULL; l = l->next) {
-        if (id == NULL || strcmp(l->request_id, id) == 0) {
+        if (ev == NULL) {
             l->look_due = true;
+            l->ev_valid = false;
+        } else if (strcmp(l->request_id, ev->operation->request_id) == 0) {
+            l->look_due = true;
+            l->ev_valid = true;
+            l->ev_state = ev->operation->state;
+            l->ev_gone = ev->type == FERRY__V1__WATCH_EVENT_TYPE__WATCH_EVENT_TYPE_DELETE &&
+                         ev->operation->state == FERRY_OP_EXPIRED;
+            snprintf(l->ev_message, sizeof(l->ev_message), "%s",
+                     ev->operation->error_message != NULL ? ev->operation->error_message : "");
         }
     }
     pthread_cond_broadcast(&coord->cond);
@@ -656,7 +710,7 @@ static void watch_follow(ferry_coordinator_t *coord, rpc_stream_t *stream)
             for (size_t i = 0; i < msg->n_events; i++) {
                 const Ferry__V1__WatchEvent *ev = msg->events[i];
                 if (ev->operation != NULL) {
-                    mark_look(coord, ev->operation->request_id);
+                    mark_look(coord, ev);
                 }
             }
         }
@@ -960,7 +1014,6 @@ ferry_status_t ferry_coordinator_disconnect(ferry_coordinator_t *coord)
         } else {
             /* A destroyed active operation whose report is still to go:
              * one last try. */
-            link->report_tries = REPORT_TRIES;
             report_active(link);
         }
         free(link);
