@@ -892,8 +892,8 @@ static int log_count(const char *needle)
 #define KEEPALIVES "Coordinator/KeepAlive: ends"
 
 /* A bound operation follows its record through the client's Watch stream,
- * not by polling: once bound (one Get), three session renewals pass with no
- * Get at all; a change of the record (a Cancel from elsewhere) still reaches
+ * not by polling: once bound (at most one Get), three session renewals pass
+ * with no Get at all; a change of the record (a Cancel from elsewhere) still reaches
  * the operation. */
 static void test_bound_operation_is_watched_not_polled(void **state)
 {
@@ -908,13 +908,16 @@ static void test_bound_operation_is_watched_not_polled(void **state)
     long long until;
     (void)state;
 
-    gets = log_count(GETS);
+    keepalives = log_count(KEEPALIVES);
     assert_int_equal(ferry_writable_create(conn, &d, 1, &op), FERRY_OK);
     assert_int_equal(ferry_op_publish(op, client, &p), FERRY_OK);
-    for (until = test_now_ms() + 10000; log_count(GETS) == gets && test_now_ms() < until;) {
+    /* The look once bound (a Get, unless the watch's event came first) is
+     * due at once, before the next renewal on the same session thread: once
+     * a renewal is logged it is behind us. */
+    for (until = test_now_ms() + (TTL * 3 + 10) * 1000;
+         log_count(KEEPALIVES) == keepalives && test_now_ms() < until;) {
         poll(NULL, 0, 20);
     }
-    assert_true(log_count(GETS) > gets); /* the one Get once bound */
     gets = log_count(GETS);
     keepalives = log_count(KEEPALIVES);
     for (until = test_now_ms() + (TTL * 3 + 10) * 1000;
