@@ -40,6 +40,7 @@
 
 #include "bench_stats.h"
 #include "etcd/etcd.h"
+#include "common/log.h"
 #include "ferry/v1/coordinator.pb-c.h"
 #include "rpc/rpc.h"
 
@@ -568,6 +569,8 @@ int main(int argc, char **argv)
     uint64_t t0;
     long errors = 0;
     int rc = 1;
+
+    ferry_log_init_from_env(FERRY_LOG_WARN);
 
     if (parse_args(argc, argv, &cfg) != 0) {
         usage();

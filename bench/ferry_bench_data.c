@@ -42,7 +42,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include <ferry/ferry.h>
+#include <ferry/coordinator.h>
 
 #include "bench_stats.h"
 

@@ -1,9 +1,10 @@
 /*
  * log.c: formats and writes log lines (see log.h). The environment is read
- * once, the first time anything is logged or the level is set.
+ * only when a program calls ferry_log_init_from_env.
  */
 #include "common/log.h"
 
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -12,18 +13,35 @@
 #include <time.h>
 #include <unistd.h>
 
-atomic_int ferry__log_level = FERRY_LOG_INFO;
+atomic_int ferry__log_level = FERRY_LOG_OFF;
 
 static const char *const level_names[] = {"error", "warn", "info", "debug", "trace"};
 static atomic_bool log_json;
 
-__attribute__((constructor)) static void log_init_from_env(void)
+/* The sink and its argument, swapped together under sink_lock. */
+static pthread_mutex_t sink_lock = PTHREAD_MUTEX_INITIALIZER;
+static ferry_log_sink_t sink;
+static void *sink_arg;
+static atomic_bool has_sink;
+
+void ferry_log_set_sink(ferry_log_sink_t fn, void *arg)
 {
-    ferry_log_level_t level;
+    pthread_mutex_lock(&sink_lock);
+    sink = fn;
+    sink_arg = arg;
+    atomic_store(&has_sink, fn != NULL);
+    pthread_mutex_unlock(&sink_lock);
+}
+
+void ferry_log_init_from_env(ferry_log_level_t dflt)
+{
+    ferry_log_level_t level = dflt;
     const char *env = getenv("FERRY_LOG_LEVEL");
-    if (env != NULL && ferry_log_level_parse(env, &level) == 0) {
-        atomic_store(&ferry__log_level, level);
+
+    if (env != NULL && ferry_log_level_parse(env, &level) != 0) {
+        level = dflt;
     }
+    atomic_store(&ferry__log_level, level);
     env = getenv("FERRY_LOG_FORMAT");
     atomic_store(&log_json, env != NULL && strcmp(env, "json") == 0);
 }
@@ -76,6 +94,15 @@ void ferry__log_write(ferry_log_level_t level, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(msg, sizeof(msg), fmt, ap);
     va_end(ap);
+    if (atomic_load(&has_sink)) {
+        pthread_mutex_lock(&sink_lock);
+        if (sink != NULL) {
+            sink(level, msg, sink_arg);
+            pthread_mutex_unlock(&sink_lock);
+            return;
+        }
+        pthread_mutex_unlock(&sink_lock);
+    }
 
     clock_gettime(CLOCK_REALTIME, &now);
     gmtime_r(&now.tv_sec, &tm);

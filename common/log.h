@@ -10,8 +10,14 @@
  *
  * With FERRY_LOG_FORMAT=json each line is one JSON object instead
  * ({"ts":...,"level":...,"msg":...}) for a log collector.
- * The level comes from ferry_log_set_level() or FERRY_LOG_LEVEL
- * (error, warn, info, debug, trace); the default is info.
+ *
+ * Nothing is logged until a program asks: the level starts at
+ * FERRY_LOG_OFF, and nothing reads the environment on its own (no
+ * constructor). A program calls ferry_log_init_from_env() (FERRY_LOG_LEVEL:
+ * error, warn, info, debug, trace; FERRY_LOG_FORMAT) or
+ * ferry_log_set_level(); libferry's copy is set only through its
+ * connector's params (level, and a sink that takes lines instead of
+ * stderr).
  *
  * Thread safety: any thread may log; the level is an atomic int.
  */
@@ -21,6 +27,7 @@
 #include <stdatomic.h>
 
 typedef enum {
+    FERRY_LOG_OFF = -1, /* nothing (the default) */
     FERRY_LOG_ERROR = 0,
     FERRY_LOG_WARN = 1,
     FERRY_LOG_INFO = 2,
@@ -49,6 +56,15 @@ void ferry__log_write(ferry_log_level_t level, const char *fmt, ...)
 
 /* Sets the level; returns the previous one. */
 ferry_log_level_t ferry_log_set_level(ferry_log_level_t level);
+
+/* For programs: the level from FERRY_LOG_LEVEL (dflt when unset or
+ * unknown) and the format from FERRY_LOG_FORMAT. */
+void ferry_log_init_from_env(ferry_log_level_t dflt);
+
+/* Lines go to sink (level, the message without time stamp) instead of
+ * stderr; NULL: back to stderr. */
+typedef void (*ferry_log_sink_t)(ferry_log_level_t level, const char *msg, void *arg);
+void ferry_log_set_sink(ferry_log_sink_t sink, void *arg);
 
 /* Parses "error".."trace"; returns 0 on success, -1 for an unknown name. */
 int ferry_log_level_parse(const char *name, ferry_log_level_t *level_p);

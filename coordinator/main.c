@@ -288,6 +288,7 @@ int main(int argc, char **argv)
     int rc;
 
     memset(&c, 0, sizeof(c));
+    ferry_log_init_from_env(FERRY_LOG_INFO);
     rc = coord_config_parse(argc, argv, &c.config);
     if (rc != 0) {
         return rc > 0 ? 0 : 2;

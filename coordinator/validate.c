@@ -3,6 +3,8 @@
  */
 #include "validate.h"
 
+#include "common/md_rules.h"
+
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -65,30 +67,6 @@ ferry_status_t coord_validate_token(const char *field, const char *token, int re
     return FERRY_OK;
 }
 
-static ferry_status_t validate_descriptor(const char *field, size_t i,
-                                          const Ferry__V1__Descriptor *d,
-                                          Ferry__V1__DeviceKind first_kind, char *msg, size_t cap)
-{
-    if (d->address == 0) {
-        return invalid(msg, cap, "%s.descriptors[%zu].address is 0 (null pointer)", field, i);
-    }
-    if (d->size == 0) {
-        return invalid(msg, cap, "%s.descriptors[%zu].size is 0", field, i);
-    }
-    if (d->device == NULL || d->device->kind == FERRY__V1__DEVICE_KIND__DEVICE_KIND_UNSPECIFIED) {
-        return invalid(msg, cap, "%s.descriptors[%zu].device is required", field, i);
-    }
-    if (d->device->kind != first_kind) {
-        return invalid(msg, cap, "%s.descriptors[%zu].device differs in kind from descriptor 0",
-                       field, i);
-    }
-    if (d->rkey.len == 0 || d->rkey.len > COORD_RKEY_MAX) {
-        return invalid(msg, cap, "%s.descriptors[%zu].rkey is %zu bytes; 1 to %d allowed", field, i,
-                       d->rkey.len, COORD_RKEY_MAX);
-    }
-    return FERRY_OK;
-}
-
 /* protobuf-c keeps the unknown fields of what it unpacks and packs them
  * again, but it reads some it cannot write back (an over-long tag of field
  * number 0 unpacks, and packs as a plain 0 tag that it then refuses). The
@@ -118,51 +96,19 @@ static ferry_status_t validate_round_trip(const char *field, const Ferry__V1__Rd
 ferry_status_t coord_validate_metadata(const char *field, const Ferry__V1__RdmaMetadata *md,
                                        char *msg, size_t cap)
 {
-    ferry_status_t status;
-    size_t packed;
+    /* The library's rules too: one owner (common/md_rules.h). Then what
+     * only the coordinator needs: a name it can store and log, and metadata
+     * that survives the registry's packing. */
+    ferry_status_t status = ferry_md_check(field, md, msg, cap);
 
-    if (md == NULL) {
-        return invalid(msg, cap, "%s is required", field);
+    if (status == FERRY_OK) {
+        status = coord_validate_name("metadata.worker_name", md->worker_name, msg, cap);
     }
-    /* A version no worker of this release can read would be stored and
-     * handed to writers that then refuse it: refuse it here. */
-    if (md->version > COORD_METADATA_VERSION) {
-        return invalid(msg, cap, "%s.version is %u; at most %d is known", field, md->version,
-                       COORD_METADATA_VERSION);
+    if (status == FERRY_OK) {
+        status = validate_round_trip(field, md, ferry__v1__rdma_metadata__get_packed_size(md), msg,
+                                     cap);
     }
-    if (md->kind != FERRY__V1__OPERATION_KIND__OPERATION_KIND_READ &&
-        md->kind != FERRY__V1__OPERATION_KIND__OPERATION_KIND_WRITE) {
-        return invalid(msg, cap, "%s.kind must be READ or WRITE", field);
-    }
-    if (md->worker_address.len == 0 || md->worker_address.len > COORD_WORKER_ADDRESS_MAX) {
-        return invalid(msg, cap, "%s.worker_address is %zu bytes; 1 to %d allowed", field,
-                       md->worker_address.len, COORD_WORKER_ADDRESS_MAX);
-    }
-    if (md->notification_key.len != COORD_NOTIFY_KEY_LEN) {
-        return invalid(msg, cap, "%s.notification_key is %zu bytes; it must be %d", field,
-                       md->notification_key.len, COORD_NOTIFY_KEY_LEN);
-    }
-    if (md->n_descriptors == 0 || md->n_descriptors > COORD_DESCRIPTORS_MAX) {
-        return invalid(msg, cap, "%s.descriptors has %zu entries; 1 to %d allowed", field,
-                       md->n_descriptors, COORD_DESCRIPTORS_MAX);
-    }
-    for (size_t i = 0; i < md->n_descriptors; i++) {
-        const Ferry__V1__Descriptor *d = md->descriptors[i];
-        Ferry__V1__DeviceKind first = md->descriptors[0]->device != NULL
-                                          ? md->descriptors[0]->device->kind
-                                          : FERRY__V1__DEVICE_KIND__DEVICE_KIND_UNSPECIFIED;
-        status = validate_descriptor(field, i, d, first, msg, cap);
-        if (status != FERRY_OK) {
-            return status;
-        }
-    }
-    packed = ferry__v1__rdma_metadata__get_packed_size(md);
-    if (packed > COORD_METADATA_MAX) {
-        return invalid(msg, cap, "%s is %zu bytes packed; at most %d allowed", field, packed,
-                       COORD_METADATA_MAX);
-    }
-    status = coord_validate_name("metadata.worker_name", md->worker_name, msg, cap);
-    return status != FERRY_OK ? status : validate_round_trip(field, md, packed, msg, cap);
+    return status;
 }
 
 ferry_status_t coord_validate_ttl(const char *field, int64_t ttl_s, char *msg, size_t cap)

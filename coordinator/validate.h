@@ -29,22 +29,21 @@
 
 #include <ferry/status.h>
 
+#include "common/md_rules.h"
 #include "ferry/v1/coordinator.pb-c.h"
 
-#define COORD_REQUEST_ID_MAX     128
-#define COORD_TOKEN_MIN          16
-#define COORD_TOKEN_MAX          256
-#define COORD_DESCRIPTORS_MAX    1024
-#define COORD_RKEY_MAX           4096
-#define COORD_WORKER_ADDRESS_MAX 65536
-#define COORD_NOTIFY_KEY_LEN     16
+#define COORD_REQUEST_ID_MAX 128
+#define COORD_TOKEN_MIN      16
+#define COORD_TOKEN_MAX      256
+/* The metadata's limits are common/md_rules.h's (one owner). */
+#define COORD_DESCRIPTORS_MAX    FERRY_MD_DESCRIPTORS_MAX
+#define COORD_RKEY_MAX           FERRY_MD_RKEY_MAX
+#define COORD_WORKER_ADDRESS_MAX FERRY_MD_WORKER_ADDRESS_MAX
+#define COORD_NOTIFY_KEY_LEN     FERRY_MD_KEY_LEN
 #define COORD_TTL_MAX            3600
 #define COORD_NAME_MAX           256
 #define COORD_PAGE_SIZE_MAX      1000
-#define COORD_METADATA_VERSION   1 /* RdmaMetadata.version; 0 reads as 1 */
-/* The whole metadata, packed: etcd refuses requests over 1.5 MiB by default
- * (--max-request-bytes), and the record carries more than the metadata. */
-#define COORD_METADATA_MAX (1024 * 1024)
+#define COORD_METADATA_MAX       FERRY_MD_PACKED_MAX
 
 ferry_status_t coord_validate_request_id(const char *field, const char *id, char *msg, size_t cap);
 

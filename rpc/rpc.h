@@ -27,7 +27,12 @@
  * exact gRPC code and message in an rpc_error_t.
  *
  * Status mapping: rpc_status_to_grpc / rpc_status_from_grpc are the only
- * place ferry_status_t and gRPC status codes meet.
+ * place ferry_status_t and gRPC status codes meet. Several ferry codes share
+ * a gRPC code (NOT_FOUND for an unknown ID, a gone lease, an expired one), so
+ * every failed call a Ferry server ends also carries its ferry_status_t as
+ * trailing metadata RPC_STATUS_MD ("ferry-status": "-21"), and the client
+ * returns that code when it agrees with the gRPC one: callers branch on the
+ * returned status, never on the message or the raw gRPC number.
  *
  * Threads: every function here may be called from any thread, except where
  * a comment restricts it. A call object stays valid until the call has ended
@@ -50,6 +55,9 @@
 
 /* gRPC status codes are ints here, with their documented values
  * (0 OK, 1 CANCELLED, ..., 16 UNAUTHENTICATED). */
+/* The trailing metadata key that carries a failed call's ferry_status_t. */
+#define RPC_STATUS_MD "ferry-status"
+
 int rpc_status_to_grpc(ferry_status_t status);
 ferry_status_t rpc_status_from_grpc(int grpc_code);
 /* "NOT_FOUND" for 5, ...; static. */
@@ -211,8 +219,9 @@ typedef struct rpc_stream rpc_stream_t;
 
 /* What the server said, for callers that need the exact code. */
 typedef struct {
-    int grpc_code;     /* 0 on success */
-    char message[512]; /* the status message; "" on success */
+    int grpc_code;         /* 0 on success */
+    ferry_status_t status; /* what the call returned (see RPC_STATUS_MD) */
+    char message[512];     /* the status message; "" on success, for people */
 } rpc_error_t;
 
 typedef struct {

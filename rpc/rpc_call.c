@@ -215,7 +215,7 @@ static void call_start_close(rpc_call_t *call)
 }
 
 static void call_end(rpc_call_t *call, grpc_byte_buffer *buf, grpc_status_code code,
-                     const char *msg);
+                     ferry_status_t status, const char *msg);
 static void call_process_cancel(rpc_call_t *call);
 
 /* Runs the handler, or answers for it when it cannot run. */
@@ -228,7 +228,7 @@ static void call_dispatch(rpc_call_t *call)
     if (method == NULL) {
         ferry_info("call %" PRIu64 " %s: unknown method", call->id, call->path);
         snprintf(msg, sizeof(msg), "unknown method %s", call->path);
-        call_end(call, NULL, GRPC_STATUS_UNIMPLEMENTED, msg);
+        call_end(call, NULL, GRPC_STATUS_UNIMPLEMENTED, FERRY_ERR_UNIMPLEMENTED, msg);
         return;
     }
     status = rpc__unpack_request(method->desc->input, call->payload, call->path, &call->request,
@@ -240,7 +240,7 @@ static void call_dispatch(rpc_call_t *call)
     if (status != FERRY_OK) {
         ferry_info("call %" PRIu64 " %s: request from %s refused: %s", call->id, call->path,
                    call->peer, msg);
-        call_end(call, NULL, (grpc_status_code)rpc_status_to_grpc(status), msg);
+        call_end(call, NULL, (grpc_status_code)rpc_status_to_grpc(status), status, msg);
         return;
     }
     rpc_call_ref(call);
@@ -276,6 +276,7 @@ static void call_sent_locked(rpc_call_t *call, bool ok);
 static void call_pump(rpc_call_t *call)
 {
     grpc_op ops[3];
+    grpc_metadata trailing;
     grpc_slice details;
     grpc_call_error rc;
     bool has_msg, has_status;
@@ -311,7 +312,17 @@ static void call_pump(rpc_call_t *call)
     if (has_status) {
         ops[n].op = GRPC_OP_SEND_STATUS_FROM_SERVER;
         ops[n].data.send_status_from_server.status = call->final_code;
-        ops[n++].data.send_status_from_server.status_details = &details;
+        ops[n].data.send_status_from_server.status_details = &details;
+        if (call->final_ferry[0] != '\0') {
+            /* The code behind the gRPC one (see rpc.h): the call holds both
+             * strings until the batch is done. */
+            memset(&trailing, 0, sizeof(trailing));
+            trailing.key = grpc_slice_from_static_string(RPC_STATUS_MD);
+            trailing.value = grpc_slice_from_static_string(call->final_ferry);
+            ops[n].data.send_status_from_server.trailing_metadata_count = 1;
+            ops[n].data.send_status_from_server.trailing_metadata = &trailing;
+        }
+        n++;
         call->status_started = true;
     }
     call->send_in_flight = true;
@@ -352,7 +363,7 @@ static void call_sent_locked(rpc_call_t *call, bool ok)
 /* ACTIVE -> ENDING with `buf` (may be NULL) as the last message. Caller
  * holds the lock; the call is ACTIVE. */
 static void call_end_locked(rpc_call_t *call, grpc_byte_buffer *buf, grpc_status_code code,
-                            const char *msg)
+                            ferry_status_t status, const char *msg)
 {
     if (buf != NULL) {
         rpc_outmsg_t *m = malloc(sizeof(*m));
@@ -374,6 +385,12 @@ static void call_end_locked(rpc_call_t *call, grpc_byte_buffer *buf, grpc_status
     }
     call->final_code = code;
     snprintf(call->final_msg, sizeof(call->final_msg), "%s", msg);
+    if (code != GRPC_STATUS_OK) {
+        if (status == FERRY_OK || rpc_status_to_grpc(status) != (int)code) {
+            status = rpc_status_from_grpc((int)code);
+        }
+        snprintf(call->final_ferry, sizeof(call->final_ferry), "%d", (int)status);
+    }
     ferry_debug("call %" PRIu64 " %s: ends with %s%s%s", call->id, call->path,
                 rpc_grpc_code_name((int)code), msg[0] != '\0' ? ": " : "", msg);
     call_set_state(call, RPC_CALL_ENDING);
@@ -381,7 +398,7 @@ static void call_end_locked(rpc_call_t *call, grpc_byte_buffer *buf, grpc_status
 }
 
 static void call_end(rpc_call_t *call, grpc_byte_buffer *buf, grpc_status_code code,
-                     const char *msg)
+                     ferry_status_t status, const char *msg)
 {
     pthread_mutex_lock(&call->lock);
     if (call->state != RPC_CALL_ACTIVE) {
@@ -393,7 +410,7 @@ static void call_end(rpc_call_t *call, grpc_byte_buffer *buf, grpc_status_code c
         }
         return;
     }
-    call_end_locked(call, buf, code, msg);
+    call_end_locked(call, buf, code, status, msg);
     pthread_mutex_unlock(&call->lock);
 }
 
@@ -442,7 +459,7 @@ static void call_process_cancel(rpc_call_t *call)
     if (call->cancelled && call->state == RPC_CALL_ACTIVE && !call->in_handler) {
         bool stopping = atomic_load(&call->server->stopping);
         call_end_locked(call, NULL, stopping ? GRPC_STATUS_UNAVAILABLE : GRPC_STATUS_CANCELLED,
-                        stopping ? "server shutting down" : "call cancelled");
+                        FERRY_OK, stopping ? "server shutting down" : "call cancelled");
     }
     pthread_mutex_unlock(&call->lock);
     if (cb != NULL) {
@@ -490,10 +507,10 @@ void rpc_call_reply(rpc_call_t *call, const ProtobufCMessage *response)
     grpc_byte_buffer *buf = rpc__pack(response);
 
     if (buf == NULL) {
-        call_end(call, NULL, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+        call_end(call, NULL, GRPC_STATUS_RESOURCE_EXHAUSTED, FERRY_ERR_NO_MEMORY, "out of memory");
         return;
     }
-    call_end(call, buf, GRPC_STATUS_OK, "");
+    call_end(call, buf, GRPC_STATUS_OK, FERRY_OK, "");
 }
 
 void rpc_call_fail(rpc_call_t *call, ferry_status_t status, const char *fmt, ...)
@@ -508,7 +525,7 @@ void rpc_call_fail(rpc_call_t *call, ferry_status_t status, const char *fmt, ...
         ferry_error("call %" PRIu64 " %s: rpc_call_fail with FERRY_OK", call->id, call->path);
         status = FERRY_ERR_INTERNAL;
     }
-    call_end(call, NULL, (grpc_status_code)rpc_status_to_grpc(status), msg);
+    call_end(call, NULL, (grpc_status_code)rpc_status_to_grpc(status), status, msg);
 }
 
 static bool call_is_streaming(const rpc_call_t *call)
@@ -626,10 +643,11 @@ void rpc_call_finish(rpc_call_t *call)
 {
     if (!call_is_streaming(call)) {
         ferry_error("call %" PRIu64 " %s: rpc_call_finish on a unary method", call->id, call->path);
-        call_end(call, NULL, GRPC_STATUS_INTERNAL, "the server sent no response");
+        call_end(call, NULL, GRPC_STATUS_INTERNAL, FERRY_ERR_INTERNAL,
+                 "the server sent no response");
         return;
     }
-    call_end(call, NULL, GRPC_STATUS_OK, "");
+    call_end(call, NULL, GRPC_STATUS_OK, FERRY_OK, "");
 }
 
 int64_t rpc_call_deadline_left_ms(const rpc_call_t *call)

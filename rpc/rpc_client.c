@@ -94,22 +94,61 @@ void rpc__error_set(rpc_error_t *err, int code, const char *msg)
 {
     if (err != NULL) {
         err->grpc_code = code;
+        err->status = rpc_status_from_grpc(code);
         snprintf(err->message, sizeof(err->message), "%s", msg);
     }
 }
 
-/* Fills `err` from a call's final status; returns the mapped status. */
-ferry_status_t rpc__client_status(grpc_status_code code, grpc_slice details, const char *path,
+/* The ferry_status_t a Ferry server sent beside a failed code (trailing
+ * metadata RPC_STATUS_MD), when it is one of the table's codes and agrees
+ * with the gRPC code; else the gRPC code's mapping (a server that is not
+ * Ferry's, or a status made by gRPC itself: deadline, unreachable). */
+static ferry_status_t status_of(grpc_status_code code, const grpc_metadata_array *trailing)
+{
+    ferry_status_t mapped = rpc_status_from_grpc((int)code);
+
+    for (size_t i = 0; trailing != NULL && code != GRPC_STATUS_OK && i < trailing->count; i++) {
+        const grpc_metadata *md = &trailing->metadata[i];
+        char text[16];
+        char *end;
+        long v;
+
+        if (grpc_slice_str_cmp(md->key, RPC_STATUS_MD) != 0) {
+            continue;
+        }
+        rpc__slice_to_str(md->value, text, sizeof(text));
+        v = strtol(text, &end, 10);
+        if (end == text || *end != '\0' || v > 0 || v < -1000 ||
+            strcmp(ferry_status_name((ferry_status_t)v), "FERRY_UNKNOWN_STATUS") == 0 ||
+            rpc_status_to_grpc((ferry_status_t)v) != (int)code) {
+            ferry_debug("rpc: ignoring %s '%s' beside %s", RPC_STATUS_MD, text,
+                        rpc_grpc_code_name((int)code));
+            return mapped;
+        }
+        return (ferry_status_t)v;
+    }
+    return mapped;
+}
+
+/* Fills `err` from a call's final status; returns the status: the server's
+ * own code when it sent one (see status_of), else the gRPC code's mapping. */
+ferry_status_t rpc__client_status(grpc_status_code code, grpc_slice details,
+                                  const grpc_metadata_array *trailing, const char *path,
                                   rpc_error_t *err)
 {
     char msg[sizeof(err->message)];
+    ferry_status_t status = status_of(code, trailing);
 
     rpc__slice_to_str(details, msg, sizeof(msg));
     rpc__error_set(err, (int)code, msg);
-    if (code != GRPC_STATUS_OK) {
-        ferry_debug("rpc: %s: %s: %s", path, rpc_grpc_code_name((int)code), msg);
+    if (err != NULL) {
+        err->status = status;
     }
-    return rpc_status_from_grpc((int)code);
+    if (code != GRPC_STATUS_OK) {
+        ferry_debug("rpc: %s: %s (%s): %s", path, rpc_grpc_code_name((int)code),
+                    ferry_status_name(status), msg);
+    }
+    return status;
 }
 
 /* --- unary ---------------------------------------------------------------------- */
@@ -164,7 +203,7 @@ static ferry_status_t unary_bytes(rpc_channel_t *channel, const char *path,
         rpc__error_set(err, GRPC_STATUS_INTERNAL, "cannot start the call");
     } else {
         grpc_completion_queue_pluck(cq, &tag, gpr_inf_future(GPR_CLOCK_REALTIME), NULL);
-        status = rpc__client_status(recv.code, recv.details, path, err);
+        status = rpc__client_status(recv.code, recv.details, &recv.trailing_md, path, err);
     }
     if (status != FERRY_OK && *response_p != NULL) {
         grpc_byte_buffer_destroy(*response_p);

@@ -138,7 +138,8 @@ grpc_call *rpc__channel_call(rpc_channel_t *channel, const char *path, grpc_comp
                              gpr_timespec deadline);
 /* Fills `err` (may be NULL) from a call's final status; returns the mapped
  * status. */
-ferry_status_t rpc__client_status(grpc_status_code code, grpc_slice details, const char *path,
+ferry_status_t rpc__client_status(grpc_status_code code, grpc_slice details,
+                                  const grpc_metadata_array *trailing, const char *path,
                                   rpc_error_t *err);
 void rpc__error_set(rpc_error_t *err, int code, const char *msg);
 
@@ -262,6 +263,9 @@ struct rpc_call {
     size_t queued_bytes, max_queued;
     grpc_status_code final_code;
     char final_msg[512];
+    /* The ferry_status_t behind a failed final_code, sent as the trailing
+     * metadata RPC_STATUS_MD ("ferry-status": its decimal value). */
+    char final_ferry[16];
     void (*cancel_cb)(rpc_call_t *call, void *arg);
     void *cancel_arg;
     bool cancel_cb_ran;

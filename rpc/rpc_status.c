@@ -9,6 +9,7 @@
  *   FERRY_ERR_EXPIRED   -> NOT_FOUND (what KeepAlive answers for a lease
  *                          that expired, see coordinator.proto)
  *   FERRY_ERR_LEASE_NOT_FOUND -> NOT_FOUND (the request's lease_id is gone)
+ *   FERRY_ERR_BUSY      -> FAILED_PRECONDITION (a handle closed while in use)
  *   FERRY_ERR_NO_MEMORY -> RESOURCE_EXHAUSTED
  *   FERRY_ERR_TRANSPORT -> UNAVAILABLE (retry, maybe elsewhere)
  *   FERRY_ERR_IO, FERRY_ERR_MISUSE -> INTERNAL (a server-side fault)
@@ -39,6 +40,7 @@ int rpc_status_to_grpc(ferry_status_t status)
     case FERRY_ERR_UNAUTHENTICATED:
         return GRPC_STATUS_UNAUTHENTICATED;
     case FERRY_ERR_FAILED_PRECONDITION:
+    case FERRY_ERR_BUSY:
         return GRPC_STATUS_FAILED_PRECONDITION;
     case FERRY_ERR_TIMED_OUT:
         return GRPC_STATUS_DEADLINE_EXCEEDED;

@@ -110,7 +110,7 @@ static ferry_status_t stream_end(rpc_stream_t *s, rpc_error_t *err)
     stream_pluck(s, &s->tag_status, &s->status_pending);
     stream_pluck(s, &s->tag_start, &s->start_pending);
     s->ended = true;
-    s->end_status = rpc__client_status(s->code, s->details, s->path, &s->end_err);
+    s->end_status = rpc__client_status(s->code, s->details, &s->trailing_md, s->path, &s->end_err);
     if (err != NULL) {
         *err = s->end_err;
     }

@@ -228,11 +228,31 @@ unsigned ferry__connector_drain(ferry_connector_t *c)
     }
 }
 
+/* The FINAL owed to listeners: the first untold one and how many; lock
+ * held. They are marked told here, before the calls, so each is told once. */
+static ferry__listener_t *listeners_owed(ferry_op_t *op, unsigned *n_p)
+{
+    ferry__listener_t *l = op->listeners;
+
+    *n_p = 0;
+    if (op->destroying || op->user_released || op->n_final_told == op->n_listeners) {
+        return NULL;
+    }
+    for (unsigned i = 0; i < op->n_final_told; i++) {
+        l = l->next;
+    }
+    *n_p = op->n_listeners - op->n_final_told;
+    op->n_final_told = op->n_listeners;
+    return l;
+}
+
 void ferry__connector_deliver(ferry_connector_t *c)
 {
     for (;;) {
         ferry_op_t *op;
         ferry_op_done_cb_t cb = NULL;
+        ferry__listener_t *l;
+        unsigned n_listeners;
         void *arg = NULL;
         ferry_op_status_t status;
 
@@ -251,15 +271,27 @@ void ferry__connector_deliver(ferry_connector_t *c)
             cb = op->done_cb;
             arg = op->done_arg;
             op->done_delivered = true;
-            op->in_done_cb = true;
+        }
+        l = listeners_owed(op, &n_listeners);
+        if (cb != NULL || n_listeners > 0) {
+            op->in_done_cb = true; /* destroy waits for us */
         }
         ferry__unlock(c);
-        if (cb != NULL) {
+        if (cb != NULL || n_listeners > 0) {
             status = ferry_op_status(op);
-            cb(op, status, arg);
+            /* Listeners first: the layers below the caller learn the end
+             * before the caller can act on it. */
+            for (unsigned i = 0; i < n_listeners; i++) {
+                l->cb(op, FERRY_OP_EVENT_FINAL, status, l->arg);
+                /* The last one's next may be being appended to now. */
+                l = i + 1 < n_listeners ? l->next : NULL;
+            }
+            if (cb != NULL) {
+                cb(op, status, arg);
+            }
         }
         ferry__lock(c);
-        if (cb != NULL) {
+        if (cb != NULL || n_listeners > 0) {
             op->in_done_cb = false;
             pthread_cond_broadcast(&op->cond);
         }
@@ -361,6 +393,33 @@ static ferry_status_t apply_spin(ferry_connector_t *c, const ferry_connector_par
     return FERRY_OK;
 }
 
+/* The public and the internal log levels are the same numbers. */
+_Static_assert((int)FERRY_LOGLEVEL_OFF == (int)FERRY_LOG_OFF &&
+                   (int)FERRY_LOGLEVEL_ERROR == (int)FERRY_LOG_ERROR &&
+                   (int)FERRY_LOGLEVEL_TRACE == (int)FERRY_LOG_TRACE,
+               "ferry_loglevel_t and ferry_log_level_t differ");
+
+/* The caller's log callback (process-wide, as the log is), behind the
+ * common log's sink; set only through connector params. */
+static ferry_log_cb_t log_cb;
+static void *log_arg;
+
+static void log_to_cb(ferry_log_level_t level, const char *msg, void *arg)
+{
+    (void)arg;
+    log_cb((ferry_loglevel_t)level, msg, log_arg);
+}
+
+static void set_log_cb(ferry_log_cb_t cb, void *arg)
+{
+    ferry_log_set_sink(NULL, NULL); /* no line reaches the old one from here */
+    log_cb = cb;
+    log_arg = arg;
+    if (cb != NULL) {
+        ferry_log_set_sink(log_to_cb, NULL);
+    }
+}
+
 static ferry_status_t apply_params(ferry_connector_t *c, const ferry_connector_params_t *params)
 {
     uint64_t mask = params != NULL ? params->field_mask : 0;
@@ -388,6 +447,16 @@ static ferry_status_t apply_params(ferry_connector_t *c, const ferry_connector_p
     }
     if (mask & FERRY_CONNECTOR_PARAM_FIELD_PEER_ERROR_HANDLING) {
         c->peer_error_handling = params->peer_error_handling;
+    }
+    if (mask & FERRY_CONNECTOR_PARAM_FIELD_LOG_LEVEL) {
+        if (params->log_level < FERRY_LOGLEVEL_OFF || params->log_level > FERRY_LOGLEVEL_TRACE) {
+            return ferry__fail(FERRY_ERR_INVALID_ARGUMENT, "connector: unknown log_level %d",
+                               (int)params->log_level);
+        }
+        ferry_log_set_level((ferry_log_level_t)params->log_level);
+    }
+    if (mask & FERRY_CONNECTOR_PARAM_FIELD_LOG_CB) {
+        set_log_cb(params->log_cb, params->log_arg);
     }
     return apply_spin(c, params, mask);
 }
@@ -538,10 +607,21 @@ static void drain_for_destroy(ferry_connector_t *c)
     }
 }
 
-void ferry_connector_destroy(ferry_connector_t *c)
+ferry_status_t ferry_connector_destroy(ferry_connector_t *c)
 {
+    unsigned alive;
+
+    ferry__clear_error();
     if (c == NULL) {
-        return;
+        return FERRY_OK;
+    }
+    ferry__lock(c);
+    alive = c->user_ops;
+    ferry__unlock(c);
+    if (alive > 0) {
+        return ferry__fail(FERRY_ERR_BUSY,
+                           "connector %s: %u operations not destroyed; destroy them first", c->name,
+                           alive);
     }
     if (c->thread_started) {
         atomic_store(&c->stopping, true);
@@ -563,6 +643,7 @@ void ferry_connector_destroy(ferry_connector_t *c)
     ucp_cleanup(c->context);
     ferry_info("connector %s: down", c->name);
     free(c);
+    return FERRY_OK;
 }
 
 const char *ferry_connector_name(const ferry_connector_t *c)

@@ -19,38 +19,65 @@
  * slow, so no UCX progress thread ever waits on gRPC:
  *   - the session lease is renewed at a third of its TTL; if etcd lost it, the
  *     next operation makes a new one;
- *   - every link (an operation bound to the coordinator) reads its record at
- *     the same pace (Get, served from the coordinator's memory), so it learns
- *     within the TTL that its peer failed (ERRORED), cancelled (CANCELLED) or
- *     that its record is gone (its owner's lease expired);
- *   - an operation's end, queued by its done callback, is reported: Complete
- *     for an active one, Cancel for a passive one cancelled here.
+ *   - a link (an operation bound to the coordinator) looks at its record
+ *     when the watch tells it changed (the event carries the record), and
+ *     reads it with a Get only once bound and after a new stream, so it
+ *     learns that its peer failed (ERRORED), cancelled (CANCELLED) or that
+ *     its record is gone (its owner's lease expired) as the coordinator
+ *     does, with no polling;
+ *   - an operation's end, queued by its listener, is reported: Complete for
+ *     an active one (tried again while the coordinator cannot be reached),
+ *     Cancel for a passive one cancelled here.
+ *
+ * One watch thread per ferry_coordinator_t holds one Watch stream while
+ * links exist, and hands a link the record of each event that names it.
+ * Every time the stream is (re)created, all links are marked (re-Get after
+ * re-Watch: whatever changed while no stream was up is read, whatever
+ * changes later is an event). The contract has no multi-ID watch, so the
+ * stream watches every ID ("*") and events for other IDs are dropped here;
+ * watch_open is where a start_revision resume (OUT_OF_RANGE when the
+ * revision is gone: resync as on a new stream) would go.
+ *
+ * Admission: a writer's Claim is made on the caller's path after its Lookup
+ * and before the data plane starts (begin_by_id), so the coordinator alone
+ * decides who writes; see the Claim rpc in coordinator.proto.
+ *
+ * Layering: this file is a client of the public data-plane API only
+ * (ferry/ferry.h), as any application could be: it follows an operation
+ * through a listener (ferry_op_add_listener), told FINAL when the operation
+ * ends and DESTROY when its owner destroys it, and finds its link again with
+ * ferry_op_listener_arg. The data plane never names this file; the caller's
+ * done callback stays the caller's.
  *
  * Locking: coord->lock guards the link list, every link's fields and the
  * session lease. A link the session thread works on outside the lock is
- * marked busy; unlinking (on ferry_op_destroy) waits until it is not.
- * libferry calls into this file without holding the connector lock.
+ * marked busy; unlinking (on DESTROY) waits until it is not. The data plane
+ * tells listeners without holding its connector lock.
  */
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
-#include "worker/coord_link.h"
 #include "common/clock.h"
 #include "common/log.h"
+#include "ferry/coordinator.h"
 #include "ferry/v1/coordinator.pb-c.h"
 #include "rpc/rpc.h"
+#include "worker/errors.h"
+
+/* After ferry/ferry.h: it gives ferry__op_state_status. */
+#include "common/op_state.h"
 
 #define COORD_DEFAULT_TIMEOUT_MS 10000
 #define COORD_DEFAULT_TTL_S      10
 #define COORD_PATH(m)            "/ferry.v1.Coordinator/" m
-#define COORD_NOT_FOUND          5   /* gRPC NOT_FOUND */
 #define LEASE_TOKEN_CAP          129 /* the coordinator's are 64 hex characters */
 
-struct ferry__coord_link {
-    struct ferry__coord_link *next;
+typedef struct coord_link {
+    struct coord_link *next;
     ferry_coordinator_t *coord;
     ferry_op_t *op;
     bool passive;
@@ -58,8 +85,17 @@ struct ferry__coord_link {
     char token[257];
     int64_t lease_id;                  /* the lease the record (passive) or claim (active) is on */
     char lease_token[LEASE_TOKEN_CAP]; /* lease_id's (active: Complete shows it) */
-    int64_t due_ms;                    /* next look at the record, monotonic */
-    bool busy;                         /* the session thread is using it outside the lock */
+    int64_t due_ms;                    /* next retry (release, report), monotonic */
+    bool look_due;                     /* the record may have changed: look */
+    /* The watch's latest event for the record (ev_valid): looked at as it
+     * is, without a Get. A new stream clears it (then the look is a Get). */
+    bool ev_valid;
+    bool ev_gone; /* deleted because its owner's lease expired */
+    ferry_op_state_t ev_state;
+    char ev_message[256];
+    bool busy;    /* the session thread is using it outside the lock */
+    bool looking; /* ... and its operation (look): destroy waits for that */
+    bool told;    /* the end is known here (FINAL, or DESTROY first) */
     bool report_due;
     bool reported;
     ferry_op_status_t final_status;
@@ -67,26 +103,27 @@ struct ferry__coord_link {
      * thread releases the record once it is final, then frees the link. */
     bool releasing;
     int release_tries;
-    /* Active: the Claim goes out from the session thread while the transfer
-     * runs (claim_due), before the outcome is reported; claimed once it is
-     * granted. The outcome is kept here, so that the report can be sent after
-     * the operation is destroyed (op is NULL then). */
-    bool claim_due;
-    bool claimed;
-    Ferry__V1__OperationKind kind;
-    const char *claimant; /* the connector's name; lives as long as it */
+    /* Active: the claim was granted before the transfer began (an active
+     * link exists only then). The outcome is kept here, so that the report
+     * (Complete) can be sent after the operation is destroyed (op is NULL
+     * then); a report the coordinator could not take is tried again
+     * (report_tries: how often, for the back-off). */
+    int report_tries;
+    bool abandoned; /* a claim nobody follows (abandon): refusals are quiet */
     ferry_status_t final_code;
     char final_message[256];
-};
+} coord_link_t;
 
 struct ferry_coordinator {
     rpc_channel_t *channel;
     int timeout_ms;
     pthread_mutex_t lock;
     pthread_cond_t cond; /* wakes the session thread; busy -> idle; session made */
-    ferry__coord_link_t *links;
+    coord_link_t *links;
     bool stopping;
     pthread_t thread;
+    pthread_t watcher;
+    uint64_t watches; /* streams created (the resync count), under lock */
 
     /* The session lease, under lock. 0: none yet (or lost). */
     int64_t session_lease;
@@ -107,6 +144,17 @@ static int64_t period_ms(const ferry_coordinator_t *coord)
     return ttl * 1000 / 3;
 }
 
+/* The pause before try number `tries` + 1 of a report: 50 ms, doubling, at
+ * most a period. */
+static int64_t retry_ms(const ferry_coordinator_t *coord, int tries)
+{
+    int64_t ms = 50;
+    for (int i = 1; i < tries && ms < period_ms(coord); i++) {
+        ms *= 2;
+    }
+    return ms < period_ms(coord) ? ms : period_ms(coord);
+}
+
 static ferry_status_t call(ferry_coordinator_t *coord, const char *path,
                            const ProtobufCMessage *req, const ProtobufCMessageDescriptor *desc,
                            int64_t extra_ms, void *resp_p, rpc_error_t *err)
@@ -114,6 +162,8 @@ static ferry_status_t call(ferry_coordinator_t *coord, const char *path,
     return rpc_unary(coord->channel, path, req, desc, coord->timeout_ms + extra_ms,
                      (ProtobufCMessage **)resp_p, err);
 }
+
+static ferry_status_t rpc_fail(ferry_status_t status, const char *what, const rpc_error_t *err);
 
 /* ---- the session lease ------------------------------------------------------ */
 
@@ -186,7 +236,8 @@ static void session_renew(ferry_coordinator_t *coord, int64_t lease, char *token
                   &ferry__v1__keep_alive_response__descriptor, 0, &resp, &err);
     if (status == FERRY_OK) {
         ferry__v1__keep_alive_response__free_unpacked(resp, NULL);
-    } else if (status == FERRY_ERR_NOT_FOUND || status == FERRY_ERR_PERMISSION_DENIED) {
+    } else if (status == FERRY_ERR_NOT_FOUND || status == FERRY_ERR_LEASE_NOT_FOUND ||
+               status == FERRY_ERR_EXPIRED || status == FERRY_ERR_PERMISSION_DENIED) {
         /* Gone, or no longer ours to renew (the coordinators' lease key
          * changed): either way the next operation makes a new one. */
         session_lost(coord, lease);
@@ -197,11 +248,12 @@ static void session_renew(ferry_coordinator_t *coord, int64_t lease, char *token
 }
 
 /* True when a call that named the session lease failed because etcd no
- * longer knows it: the lease is dropped and the caller tries once more. */
-static bool session_was_lost(ferry_coordinator_t *coord, int64_t lease, ferry_status_t status,
-                             const rpc_error_t *err)
+ * longer knows it (FERRY_ERR_LEASE_NOT_FOUND, a code of its own on the wire:
+ * see rpc.h; never the message): the lease is dropped and the caller tries
+ * once more. */
+static bool session_was_lost(ferry_coordinator_t *coord, int64_t lease, ferry_status_t status)
 {
-    if (lease == 0 || status != FERRY_ERR_NOT_FOUND || strstr(err->message, "lease_id") == NULL) {
+    if (lease == 0 || status != FERRY_ERR_LEASE_NOT_FOUND) {
         return false;
     }
     session_lost(coord, lease);
@@ -211,58 +263,80 @@ static bool session_was_lost(ferry_coordinator_t *coord, int64_t lease, ferry_st
 /* ---- links: looking at the record, reporting the end ------------------------ */
 
 /* What the record says about the other side, applied to the operation. */
-static void look(ferry__coord_link_t *link)
+/* What a record's state means for the operation, from the one table
+ * (op_state.h): ERRORED (or EXPIRED) and CANCELLED concern the other side;
+ * gone: the record left because its owner's lease expired. */
+static void apply_record(coord_link_t *link, bool gone, ferry_op_state_t state, const char *message)
 {
-    Ferry__V1__GetRequest get = FERRY__V1__GET_REQUEST__INIT;
-    Ferry__V1__GetResponse *record = NULL;
-    rpc_error_t err;
     char msg[320];
 
-    get.request_id = link->request_id;
-    if (call(link->coord, COORD_PATH("Get"), &get.base, &ferry__v1__get_response__descriptor, 0,
-             &record, &err) != FERRY_OK) {
-        if (err.grpc_code == COORD_NOT_FOUND) {
-            ferry_op_fail(link->op, FERRY_ERR_EXPIRED,
-                          link->passive ? "the registration expired at the coordinator"
-                                        : "the operation left the coordinator: its owner's lease "
-                                          "expired");
-        }
+    if (gone) {
+        ferry_op_fail(link->op, FERRY_ERR_EXPIRED,
+                      link->passive ? "the registration expired at the coordinator"
+                                    : "the operation left the coordinator: its owner's lease "
+                                      "expired");
         return;
     }
-    switch (record->operation->state) {
-    case FERRY__V1__OPERATION_STATE__OPERATION_STATE_ERRORED:
+    switch (ferry__op_state_status(state)) {
+    case FERRY_OP_STATUS_ERRORED:
         if (link->passive) {
-            ferry_op_fail(link->op, FERRY_ERR_PEER_FAILED, record->operation->error_message);
+            ferry_op_fail(link->op, FERRY_ERR_PEER_FAILED, message);
         }
         break;
-    case FERRY__V1__OPERATION_STATE__OPERATION_STATE_CANCELLED:
+    case FERRY_OP_STATUS_CANCELLED:
         if (link->passive) {
             ferry_op_cancel(link->op);
         } else {
-            snprintf(msg, sizeof(msg), "cancelled by the passive side: %s",
-                     record->operation->error_message);
+            snprintf(msg, sizeof(msg), "cancelled by the passive side: %s", message);
             ferry_op_fail(link->op, FERRY_ERR_CANCELLED, msg);
         }
         break;
     default:
         break;
     }
+}
+
+/* The record as the watch last told it (ev), or read with a Get (ev NULL:
+ * once bound, and after a new stream). */
+static void look(coord_link_t *link, const coord_link_t *ev)
+{
+    Ferry__V1__GetRequest get = FERRY__V1__GET_REQUEST__INIT;
+    Ferry__V1__GetResponse *record = NULL;
+    rpc_error_t err;
+    ferry_status_t status;
+
+    if (ev != NULL) {
+        apply_record(link, ev->ev_gone, ev->ev_state, ev->ev_message);
+        return;
+    }
+    get.request_id = link->request_id;
+    status = call(link->coord, COORD_PATH("Get"), &get.base, &ferry__v1__get_response__descriptor,
+                  0, &record, &err);
+    if (status != FERRY_OK) {
+        if (status == FERRY_ERR_NOT_FOUND) {
+            apply_record(link, true, 0, "");
+        }
+        return;
+    }
+    apply_record(link, false, record->operation->state, record->operation->error_message);
     ferry__v1__get_response__free_unpacked(record, NULL);
 }
 
-static void cancel_passive(ferry__coord_link_t *link, const char *reason)
+static void cancel_passive(coord_link_t *link, const char *reason)
 {
     Ferry__V1__CancelRequest req = FERRY__V1__CANCEL_REQUEST__INIT;
     Ferry__V1__CancelResponse *resp = NULL;
     rpc_error_t err;
+    ferry_status_t status;
 
     req.request_id = link->request_id;
     req.access_token = link->token;
     req.reason = (char *)reason;
-    if (call(link->coord, COORD_PATH("Cancel"), &req.base, &ferry__v1__cancel_response__descriptor,
-             0, &resp, &err) == FERRY_OK) {
+    status = call(link->coord, COORD_PATH("Cancel"), &req.base,
+                  &ferry__v1__cancel_response__descriptor, 0, &resp, &err);
+    if (status == FERRY_OK) {
         ferry__v1__cancel_response__free_unpacked(resp, NULL);
-    } else if (err.grpc_code != 9 && err.grpc_code != COORD_NOT_FOUND) {
+    } else if (status != FERRY_ERR_FAILED_PRECONDITION && status != FERRY_ERR_NOT_FOUND) {
         ferry_warn("op %s: cancel at the coordinator failed: %s", link->request_id, err.message);
     }
 }
@@ -276,7 +350,7 @@ static void cancel_passive(ferry__coord_link_t *link, const char *reason)
  * which makes the record final); past that, or on any other answer, the
  * link is done: the record leaves with the session lease at the latest.
  * Returns true when the link is done. */
-static bool release_passive(ferry__coord_link_t *link)
+static bool release_passive(coord_link_t *link)
 {
     Ferry__V1__ReleaseRequest req = FERRY__V1__RELEASE_REQUEST__INIT;
     Ferry__V1__ReleaseResponse *resp = NULL;
@@ -304,53 +378,64 @@ static bool release_passive(ferry__coord_link_t *link)
     return true;
 }
 
-/* The Claim of an active operation, sent while its transfer runs: the
- * passive side's admit already made this writer the only one at the data
- * plane; the Claim makes it known (CLAIMED) and puts the claim on the
- * session lease, so that the passive side learns if this process dies. A
- * refusal ends the operation unless it already ended. */
-static void claim_active(ferry__coord_link_t *link)
+/* The optional fields of the claim params (see their field mask). */
+static int claim_wait(const ferry_claim_params_t *p)
+{
+    return p->field_mask & FERRY_CLAIM_PARAM_FIELD_WAIT ? p->wait_ms : 0;
+}
+
+static int claim_ttl(const ferry_claim_params_t *p)
+{
+    return p->field_mask & FERRY_CLAIM_PARAM_FIELD_TTL ? p->ttl_s : 0;
+}
+
+/* The coordinator's Claim: the one admission decision for a writer (or
+ * reader) by request ID, on the caller's path before any byte moves (see
+ * begin_by_id and coordinator.proto). The claim goes on the session lease,
+ * so that the passive side learns if this process dies; its lease and token
+ * are returned for the Complete. */
+static ferry_status_t claim(ferry_coordinator_t *coord, const ferry_claim_params_t *p,
+                            const char *claimant, Ferry__V1__OperationKind kind, int64_t *lease_p,
+                            char *claim_token, rpc_error_t *err)
 {
     Ferry__V1__ClaimRequest req = FERRY__V1__CLAIM_REQUEST__INIT;
     Ferry__V1__ClaimResponse *resp = NULL;
-    ferry_coordinator_t *coord = link->coord;
-    rpc_error_t err;
     ferry_status_t status = FERRY_OK;
-    char msg[600], lease_token[LEASE_TOKEN_CAP];
+    char lease_token[LEASE_TOKEN_CAP];
 
-    req.request_id = link->request_id;
-    req.access_token = link->token;
-    req.claimant = (char *)link->claimant;
-    req.kind = link->kind;
+    req.request_id = (char *)p->request_id;
+    req.access_token = (char *)p->access_token;
+    req.claimant = (char *)claimant;
+    req.kind = kind;
     req.lease_token = lease_token;
+    req.ttl_seconds = claim_ttl(p);
     for (int attempt = 0; attempt < 2; attempt++) {
         bool making;
         req.lease_id = session_take(coord, &making, lease_token);
         status = call(coord, COORD_PATH("Claim"), &req.base, &ferry__v1__claim_response__descriptor,
-                      0, &resp, &err);
+                      0, &resp, err);
         session_made(coord, making, status == FERRY_OK ? resp->claim_lease_id : 0,
                      status == FERRY_OK ? resp->ttl_seconds : 0,
                      status == FERRY_OK ? resp->lease_token : "");
-        if (!session_was_lost(coord, req.lease_id, status, &err)) {
+        if (!session_was_lost(coord, req.lease_id, status)) {
             break;
         }
     }
-    if (status == FERRY_OK) {
-        link->lease_id = resp->claim_lease_id;
-        snprintf(link->lease_token, sizeof(link->lease_token), "%s", resp->lease_token);
-        link->claimed = true;
-        ferry__v1__claim_response__free_unpacked(resp, NULL);
-        return;
+    if (status != FERRY_OK) {
+        /* The lease the claim would be on, for abandon (0: it would have
+         * made a new one, unknown here). */
+        *lease_p = req.lease_id;
+        snprintf(claim_token, LEASE_TOKEN_CAP, "%s", lease_token);
+        return status;
     }
-    ferry_warn("op %s: the coordinator refused the claim: %s", link->request_id, err.message);
-    if (link->op != NULL) {
-        snprintf(msg, sizeof(msg), "the coordinator refused the claim: %s", err.message);
-        ferry_op_fail(link->op, status, msg);
-    }
+    *lease_p = resp->claim_lease_id;
+    snprintf(claim_token, LEASE_TOKEN_CAP, "%s", resp->lease_token);
+    ferry__v1__claim_response__free_unpacked(resp, NULL);
+    return FERRY_OK;
 }
 
 /* Keeps the outcome of an active operation for its report. */
-static void keep_outcome(ferry__coord_link_t *link, ferry_op_status_t status)
+static void keep_outcome(coord_link_t *link, ferry_op_status_t status)
 {
     const char *message = "";
     ferry_status_t code = ferry_op_error(link->op, &message);
@@ -363,46 +448,61 @@ static void keep_outcome(ferry__coord_link_t *link, ferry_op_status_t status)
              message != NULL ? message : "");
 }
 
-/* Complete at the coordinator, for an active operation whose claim was
- * granted (a refused claim has nothing to complete). */
-static void report_active(ferry__coord_link_t *link)
+/* Complete at the coordinator, for an active operation (its claim was
+ * granted before it began). Returns false when the coordinator could not be
+ * reached and the report should be tried again: the claim is on this
+ * client's session lease, which keeps the record CLAIMED for as long as the
+ * client lives, so it is tried again (backing off to a period) for as long
+ * as the client lives; disconnect gives it one last try. */
+static bool report_active(coord_link_t *link)
 {
     Ferry__V1__CompleteRequest req = FERRY__V1__COMPLETE_REQUEST__INIT;
     Ferry__V1__CompleteResponse *resp = NULL;
     rpc_error_t err;
+    ferry_status_t status;
 
-    if (!link->claimed) {
-        return;
-    }
     req.request_id = link->request_id;
     req.access_token = link->token;
     req.claim_lease_id = link->lease_id;
     req.lease_token = link->lease_token;
     req.error_code = link->final_code;
     req.error_message = link->final_message;
-    if (call(link->coord, COORD_PATH("Complete"), &req.base,
-             &ferry__v1__complete_response__descriptor, 0, &resp, &err) == FERRY_OK) {
+    status = call(link->coord, COORD_PATH("Complete"), &req.base,
+                  &ferry__v1__complete_response__descriptor, 0, &resp, &err);
+    if (status == FERRY_OK) {
         ferry__v1__complete_response__free_unpacked(resp, NULL);
-    } else if (err.grpc_code != 9 && err.grpc_code != COORD_NOT_FOUND) {
+        return true;
+    }
+    if (status == FERRY_ERR_UNAVAILABLE || status == FERRY_ERR_TIMED_OUT) {
+        link->report_tries++;
+        ferry_debug("op %s: report not taken (%s); trying again", link->request_id, err.message);
+        return false;
+    }
+    if (status != FERRY_ERR_FAILED_PRECONDITION && status != FERRY_ERR_NOT_FOUND &&
+        !link->abandoned) {
         ferry_warn("op %s: reporting the outcome failed: %s", link->request_id, err.message);
     }
+    return true;
 }
 
 /* Tells the coordinator how the operation ended: an active one reports its
- * outcome; a passive one that was cancelled here cancels there. */
-static void report(ferry__coord_link_t *link, ferry_op_status_t status)
+ * outcome; a passive one that was cancelled here cancels there. False: try
+ * again later. */
+static bool report(coord_link_t *link, ferry_op_status_t status)
 {
     if (!link->passive) {
-        report_active(link);
-    } else if (status == FERRY_OP_STATUS_CANCELLED) {
+        return report_active(link);
+    }
+    if (status == FERRY_OP_STATUS_CANCELLED) {
         cancel_passive(link, "the receiver cancelled the operation");
     }
+    return true;
 }
 
 /* Takes a link off the list; lock held. */
-static void link_remove(ferry_coordinator_t *coord, ferry__coord_link_t *link)
+static void link_remove(ferry_coordinator_t *coord, coord_link_t *link)
 {
-    for (ferry__coord_link_t **p = &coord->links; *p != NULL; p = &(*p)->next) {
+    for (coord_link_t **p = &coord->links; *p != NULL; p = &(*p)->next) {
         if (*p == link) {
             *p = link->next;
             return;
@@ -413,21 +513,23 @@ static void link_remove(ferry_coordinator_t *coord, ferry__coord_link_t *link)
 /* ---- the session thread ------------------------------------------------------ */
 
 /* The due link, marked busy, or NULL; *wait_ms_p: until the next is due. */
-static ferry__coord_link_t *next_due(ferry_coordinator_t *coord, int64_t *wait_ms_p)
+static coord_link_t *next_due(ferry_coordinator_t *coord, int64_t *wait_ms_p)
 {
     int64_t now = now_ms();
     int64_t wait = 1000;
 
-    for (ferry__coord_link_t *l = coord->links; l != NULL; l = l->next) {
+    for (coord_link_t *l = coord->links; l != NULL; l = l->next) {
         if (l->busy) {
             continue;
         }
-        bool watched = !l->reported || l->releasing;
-        if (l->claim_due || l->report_due || (watched && l->due_ms <= now)) {
+        bool retrying = l->releasing || (l->report_due && l->report_tries > 0);
+        bool report_now = l->report_due && (l->report_tries == 0 || l->due_ms <= now);
+        bool look_now = l->look_due && !l->reported && !l->releasing && l->op != NULL;
+        if (report_now || look_now || (l->releasing && l->due_ms <= now)) {
             l->busy = true;
             return l;
         }
-        if (watched && l->due_ms - now < wait) {
+        if (retrying && l->due_ms - now < wait) {
             wait = l->due_ms - now;
         }
     }
@@ -472,36 +574,50 @@ static void *session_main(void *arg)
     pthread_mutex_lock(&coord->lock);
     while (!coord->stopping) {
         int64_t wait_ms = 0;
-        ferry__coord_link_t *link = next_due(coord, &wait_ms);
+        coord_link_t *link = next_due(coord, &wait_ms);
         if (link == NULL) {
             session_tick(coord, &wait_ms);
             timed_wait(&coord->cond, &coord->lock, wait_ms > 0 ? wait_ms : 1);
             continue;
         }
-        bool claiming = link->claim_due;
         bool reporting = link->report_due;
         bool releasing = link->releasing;
-        bool done = false;
+        bool done = false, reported = true;
         ferry_op_status_t outcome = link->final_status;
-        link->claim_due = false;
         link->report_due = false;
-        pthread_mutex_unlock(&coord->lock);
-        if (claiming) {
-            claim_active(link); /* before any report: Complete needs the claim */
+        link->looking = !releasing && !reporting;
+        coord_link_t ev;
+        bool have_ev = false;
+        if (link->looking) {
+            link->look_due = false; /* an event from now on asks again */
+            have_ev = link->ev_valid;
+            if (have_ev) {
+                ev.ev_gone = link->ev_gone;
+                ev.ev_state = link->ev_state;
+                memcpy(ev.ev_message, link->ev_message, sizeof(ev.ev_message));
+                link->ev_valid = false;
+            }
         }
+        pthread_mutex_unlock(&coord->lock);
         if (releasing) {
             done = release_passive(link);
         } else if (reporting) {
-            report(link, outcome);
-            done = link->op == NULL; /* a destroyed operation's last duty */
-        } else if (!claiming) {
-            look(link);
+            reported = report(link, outcome);
+        } else {
+            look(link, have_ev ? &ev : NULL);
         }
         pthread_mutex_lock(&coord->lock);
-        if (reporting) {
+        link->looking = false;
+        if (reporting && reported) {
             link->reported = true;
+            /* A destroyed active operation's last duty. */
+            done = !link->passive && link->op == NULL;
+        } else if (reporting) {
+            link->report_due = true; /* again, after a pause */
         }
-        link->due_ms = now_ms() + (releasing ? period_ms(coord) / 4 : period_ms(coord));
+        link->due_ms = now_ms() + (releasing   ? period_ms(coord) / 4
+                                   : !reported ? retry_ms(coord, link->report_tries)
+                                               : period_ms(coord));
         link->busy = false;
         if (done) {
             link_remove(coord, link);
@@ -514,12 +630,156 @@ static void *session_main(void *arg)
     return NULL;
 }
 
+/* ---- the watch -------------------------------------------------------------- */
+
+#define WATCH_READ_MS    200 /* how often the watch thread looks at stopping */
+#define WATCH_BACKOFF_MS 100 /* first pause after a failed or ended stream */
+
+/* A Watch stream over every record, created (its first message read);
+ * NULL on failure. A start_revision resume would be set here. */
+static rpc_stream_t *watch_open(ferry_coordinator_t *coord)
+{
+    Ferry__V1__WatchRequest req = FERRY__V1__WATCH_REQUEST__INIT;
+    Ferry__V1__WatchResponse *first = NULL;
+    rpc_stream_t *stream = NULL;
+    rpc_error_t err;
+    ferry_status_t status;
+
+    req.request_id_prefix = "*";
+    status = rpc_stream_open(coord->channel, COORD_PATH("Watch"), &req.base,
+                             &ferry__v1__watch_response__descriptor, 0, &stream);
+    if (status == FERRY_OK) {
+        status = rpc_stream_read(stream, coord->timeout_ms, (ProtobufCMessage **)&first, &err);
+    }
+    if (status != FERRY_OK || first == NULL || !first->created) {
+        ferry_debug("coordinator watch: not created: %s",
+                    status != FERRY_OK ? err.message : "no created message");
+        if (first != NULL) {
+            ferry__v1__watch_response__free_unpacked(first, NULL);
+        }
+        rpc_stream_destroy(stream);
+        return NULL;
+    }
+    ferry__v1__watch_response__free_unpacked(first, NULL);
+    return stream;
+}
+
+/* Marks links look_due: every one, to be read with a Get (ev NULL: a new
+ * stream), or those of ev's record, with what it says. Lock held. */
+static void mark_look(ferry_coordinator_t *coord, const Ferry__V1__WatchEvent *ev)
+{
+    for (coord_link_t *l = coord->links; l != NULL; l = l->next) {
+        if (ev == NULL) {
+            l->look_due = true;
+            l->ev_valid = false;
+        } else if (strcmp(l->request_id, ev->operation->request_id) == 0) {
+            l->look_due = true;
+            l->ev_valid = true;
+            l->ev_state = ev->operation->state;
+            l->ev_gone = ev->type == FERRY__V1__WATCH_EVENT_TYPE__WATCH_EVENT_TYPE_DELETE &&
+                         ev->operation->state == FERRY_OP_EXPIRED;
+            snprintf(l->ev_message, sizeof(l->ev_message), "%s",
+                     ev->operation->error_message != NULL ? ev->operation->error_message : "");
+        }
+    }
+    pthread_cond_broadcast(&coord->cond);
+}
+
+/* Reads events until the stream ends, stopping is set or no link has been
+ * left for a period (a client that binds one operation after another keeps
+ * its stream). Lock NOT held. */
+static void watch_follow(ferry_coordinator_t *coord, rpc_stream_t *stream)
+{
+    int64_t empty_since = 0;
+
+    for (;;) {
+        Ferry__V1__WatchResponse *msg = NULL;
+        rpc_error_t err;
+        ferry_status_t status =
+            rpc_stream_read(stream, WATCH_READ_MS, (ProtobufCMessage **)&msg, &err);
+        bool over;
+
+        pthread_mutex_lock(&coord->lock);
+        if (coord->links != NULL) {
+            empty_since = 0;
+        } else if (empty_since == 0) {
+            empty_since = now_ms();
+        }
+        over = coord->stopping || (empty_since != 0 && now_ms() - empty_since > period_ms(coord));
+        if (status == FERRY_OK && msg != NULL) {
+            for (size_t i = 0; i < msg->n_events; i++) {
+                const Ferry__V1__WatchEvent *ev = msg->events[i];
+                if (ev->operation != NULL) {
+                    mark_look(coord, ev);
+                }
+            }
+        }
+        pthread_mutex_unlock(&coord->lock);
+        if (msg != NULL) {
+            ferry__v1__watch_response__free_unpacked(msg, NULL);
+        }
+        if (over ||
+            (status != FERRY_OK && !(status == FERRY_ERR_TIMED_OUT && err.grpc_code == 0)) ||
+            (status == FERRY_OK && msg == NULL)) {
+            if (!over) {
+                ferry_debug("coordinator watch: stream ended: %s", err.message);
+            }
+            return;
+        }
+    }
+}
+
+static void *watch_main(void *arg)
+{
+    ferry_coordinator_t *coord = arg;
+    int64_t backoff = WATCH_BACKOFF_MS;
+
+    pthread_mutex_lock(&coord->lock);
+    while (!coord->stopping) {
+        if (coord->links == NULL) {
+            pthread_cond_wait(&coord->cond, &coord->lock);
+            continue;
+        }
+        pthread_mutex_unlock(&coord->lock);
+        rpc_stream_t *stream = watch_open(coord);
+        pthread_mutex_lock(&coord->lock);
+        if (stream == NULL) {
+            timed_wait(&coord->cond, &coord->lock, backoff);
+            backoff = backoff * 2 < period_ms(coord) ? backoff * 2 : period_ms(coord);
+            continue;
+        }
+        /* Re-Get after re-Watch: the record of every link is read again. */
+        coord->watches++;
+        backoff = WATCH_BACKOFF_MS;
+        mark_look(coord, NULL);
+        pthread_mutex_unlock(&coord->lock);
+        watch_follow(coord, stream);
+        rpc_stream_destroy(stream);
+        pthread_mutex_lock(&coord->lock);
+    }
+    pthread_mutex_unlock(&coord->lock);
+    return NULL;
+}
+
 /* ---- binding operations ------------------------------------------------------ */
 
-static ferry_status_t link_add(ferry_coordinator_t *coord, ferry_op_t *op, bool passive,
-                               const char *request_id, const char *token, int64_t lease_id)
+static void on_event(ferry_op_t *op, ferry_op_event_t event, ferry_op_status_t status, void *arg);
+
+/* The link of an operation bound here, or NULL. */
+static coord_link_t *op_link(const ferry_op_t *op)
 {
-    ferry__coord_link_t *link = calloc(1, sizeof(*link));
+    void *arg = NULL;
+    return ferry_op_listener_arg(op, on_event, &arg) == FERRY_OK ? arg : NULL;
+}
+
+/* Binds op: a link on the list, and a listener on op. lease_id and
+ * lease_token: the record's lease (passive) or the granted claim's (active). */
+static ferry_status_t link_add(ferry_coordinator_t *coord, ferry_op_t *op, bool passive,
+                               const char *request_id, const char *token, int64_t lease_id,
+                               const char *lease_token)
+{
+    coord_link_t *link = calloc(1, sizeof(*link));
+    ferry_status_t status;
 
     if (link == NULL) {
         return FERRY_ERR_NO_MEMORY;
@@ -528,25 +788,38 @@ static ferry_status_t link_add(ferry_coordinator_t *coord, ferry_op_t *op, bool 
     link->op = op;
     link->passive = passive;
     link->lease_id = lease_id;
+    snprintf(link->lease_token, sizeof(link->lease_token), "%s", lease_token);
     snprintf(link->request_id, sizeof(link->request_id), "%s", request_id);
     snprintf(link->token, sizeof(link->token), "%s", token);
     pthread_mutex_lock(&coord->lock);
     link->due_ms = now_ms() + period_ms(coord);
+    /* One Get once bound: what changed between the record's write and now
+     * reached the watch before the link did. */
+    link->look_due = true;
+    link->busy = true; /* until the listener is on */
     link->next = coord->links;
     coord->links = link;
-    pthread_cond_signal(&coord->cond);
     pthread_mutex_unlock(&coord->lock);
-    ferry__op_set_coord_link(op, link);
+    status = ferry_op_add_listener(op, on_event, link);
+    pthread_mutex_lock(&coord->lock);
+    if (status != FERRY_OK) {
+        link_remove(coord, link);
+        pthread_mutex_unlock(&coord->lock);
+        free(link);
+        return status;
+    }
+    link->busy = false;
+    pthread_cond_broadcast(&coord->cond);
+    pthread_mutex_unlock(&coord->lock);
     return FERRY_OK;
 }
 
-static void on_done(ferry_op_t *op, ferry_op_status_t status, void *arg)
+/* FINAL: the report is due (the session thread sends it). */
+static void on_final(coord_link_t *link, ferry_op_status_t status)
 {
-    ferry__coord_link_t *link = arg;
-    (void)op;
-
     pthread_mutex_lock(&link->coord->lock);
-    if (!link->reported) {
+    if (!link->told) {
+        link->told = true;
         link->final_status = status;
         if (!link->passive) {
             keep_outcome(link, status);
@@ -557,13 +830,41 @@ static void on_done(ferry_op_t *op, ferry_op_status_t status, void *arg)
     pthread_mutex_unlock(&link->coord->lock);
 }
 
-void ferry__coord_unlink(ferry__coord_link_t *link)
+/* DESTROY: the operation goes; the link outlives it until its last duty
+ * (a release, a report) is done. */
+static void on_destroy(coord_link_t *link, ferry_op_status_t status)
 {
     ferry_coordinator_t *coord = link->coord;
-    ferry_op_status_t status;
-    bool report_now;
+    bool report_now, gone = false;
 
     pthread_mutex_lock(&coord->lock);
+    if (!link->passive) {
+        /* Active: the session thread sends the report, so destroy waits for
+         * no etcd write; it waits only while the session thread uses the
+         * operation itself (look). */
+        while (link->looking) {
+            pthread_cond_wait(&coord->cond, &coord->lock);
+        }
+        if (!link->told) {
+            link->told = true;
+            keep_outcome(link,
+                         status == FERRY_OP_STATUS_COMPLETE || status == FERRY_OP_STATUS_ERRORED
+                             ? status
+                             : FERRY_OP_STATUS_CANCELLED);
+            link->report_due = true;
+        }
+        link->op = NULL;
+        if (link->reported && !link->busy) {
+            link_remove(coord, link);
+            gone = true;
+        }
+        pthread_cond_broadcast(&coord->cond);
+        pthread_mutex_unlock(&coord->lock);
+        if (gone) {
+            free(link);
+        }
+        return;
+    }
     while (link->busy) {
         pthread_cond_wait(&coord->cond, &coord->lock);
     }
@@ -572,42 +873,31 @@ void ferry__coord_unlink(ferry__coord_link_t *link)
     pthread_mutex_unlock(&coord->lock);
 
     /* The end is reported exactly once, even when the operation is destroyed
-     * before its done callback ran. A passive record is then released by the
-     * session thread, which keeps the link (without its operation) till then. */
-    status = ferry_op_status(link->op);
-    if (link->passive) {
-        if (report_now && status != FERRY_OP_STATUS_COMPLETE && status != FERRY_OP_STATUS_ERRORED) {
-            cancel_passive(link, status == FERRY_OP_STATUS_CANCELLED
-                                     ? "the receiver cancelled the operation"
-                                     : "the receiver destroyed the operation before it completed");
-        }
-        pthread_mutex_lock(&coord->lock);
-        link->op = NULL;
-        link->releasing = true;
-        link->report_due = false;
-        link->due_ms = now_ms();
-        link->busy = false;
-        pthread_cond_broadcast(&coord->cond);
-        pthread_mutex_unlock(&coord->lock);
-        return;
+     * before FINAL was told. The record is then released by the session
+     * thread, which keeps the link (without its operation) till then. */
+    if (report_now && status != FERRY_OP_STATUS_COMPLETE && status != FERRY_OP_STATUS_ERRORED) {
+        cancel_passive(link, status == FERRY_OP_STATUS_CANCELLED
+                                 ? "the receiver cancelled the operation"
+                                 : "the receiver destroyed the operation before it completed");
     }
-    /* Active: the session thread sends the report (after the claim, if
-     * that is still to go), so destroy does not wait for an etcd write. */
     pthread_mutex_lock(&coord->lock);
-    if (report_now) {
-        keep_outcome(link, status == FERRY_OP_STATUS_COMPLETE || status == FERRY_OP_STATUS_ERRORED
-                               ? status
-                               : FERRY_OP_STATUS_CANCELLED);
-        link->op = NULL;
-        link->report_due = true;
-        link->busy = false;
-        pthread_cond_broadcast(&coord->cond);
-        pthread_mutex_unlock(&coord->lock);
-        return;
-    }
-    link_remove(coord, link);
+    link->op = NULL;
+    link->releasing = true;
+    link->report_due = false;
+    link->due_ms = now_ms();
+    link->busy = false;
+    pthread_cond_broadcast(&coord->cond);
     pthread_mutex_unlock(&coord->lock);
-    free(link);
+}
+
+static void on_event(ferry_op_t *op, ferry_op_event_t event, ferry_op_status_t status, void *arg)
+{
+    (void)op;
+    if (event == FERRY_OP_EVENT_FINAL) {
+        on_final(arg, status);
+    } else if (event == FERRY_OP_EVENT_DESTROY) {
+        on_destroy(arg, status);
+    }
 }
 
 /* ---- public API ----------------------------------------------------------- */
@@ -664,9 +954,21 @@ ferry_status_t ferry_coordinator_connect(const ferry_coordinator_params_t *param
                              strerror(rc));
         goto err_cond;
     }
+    rc = pthread_create(&coord->watcher, NULL, watch_main, coord);
+    if (rc != 0) {
+        status = ferry__fail(FERRY_ERR_IO, "cannot start the coordinator watch thread: %s",
+                             strerror(rc));
+        goto err_session;
+    }
     *coord_p = coord;
     return FERRY_OK;
 
+err_session:
+    pthread_mutex_lock(&coord->lock);
+    coord->stopping = true;
+    pthread_cond_broadcast(&coord->cond);
+    pthread_mutex_unlock(&coord->lock);
+    pthread_join(coord->thread, NULL);
 err_cond:
     pthread_cond_destroy(&coord->cond);
 err_lock:
@@ -677,38 +979,41 @@ err_channel:
     return status;
 }
 
-void ferry_coordinator_disconnect(ferry_coordinator_t *coord)
+ferry_status_t ferry_coordinator_disconnect(ferry_coordinator_t *coord)
 {
+    unsigned bound = 0;
+
+    ferry__clear_error();
     if (coord == NULL) {
-        return;
+        return FERRY_OK;
     }
     pthread_mutex_lock(&coord->lock);
+    for (const coord_link_t *l = coord->links; l != NULL; l = l->next) {
+        bound += l->op != NULL;
+    }
+    if (bound > 0) {
+        pthread_mutex_unlock(&coord->lock);
+        return ferry__fail(FERRY_ERR_BUSY,
+                           "coordinator client: %u operations still bound; destroy them first",
+                           bound);
+    }
     coord->stopping = true;
     pthread_cond_broadcast(&coord->cond);
     pthread_mutex_unlock(&coord->lock);
+    pthread_join(coord->watcher, NULL);
     pthread_join(coord->thread, NULL);
     /* Destroyed operations' last duties (a release, a claim and report) get
      * one last try; what remains leaves with the session lease, which nobody
      * renews from now on. */
     while (coord->links != NULL) {
-        ferry__coord_link_t *link = coord->links;
+        coord_link_t *link = coord->links;
         coord->links = link->next;
-        if (link->op != NULL) {
-            /* Misuse: the operation still points at its link, so the link
-             * is left to it (leaked) rather than freed under it. */
-            ferry_warn("op %s: coordinator client closed with the operation still bound to it",
-                       link->request_id);
-            continue;
-        }
         if (link->releasing) {
             link->release_tries = RELEASE_TRIES;
             release_passive(link);
         } else {
-            /* A destroyed active operation whose claim or report is still
-             * to go: send them now. */
-            if (link->claim_due) {
-                claim_active(link);
-            }
+            /* A destroyed active operation whose report is still to go:
+             * one last try. */
             report_active(link);
         }
         free(link);
@@ -717,13 +1022,13 @@ void ferry_coordinator_disconnect(ferry_coordinator_t *coord)
     pthread_mutex_destroy(&coord->lock);
     rpc_channel_destroy(coord->channel);
     free(coord);
+    return FERRY_OK;
 }
 
 /* The RPC's own message, with its code, for ferry_last_error_message(). */
 static ferry_status_t rpc_fail(ferry_status_t status, const char *what, const rpc_error_t *err)
 {
-    return ferry__fail(status, "%s: %s (%s)", what, err->message,
-                       rpc_grpc_code_name(err->grpc_code));
+    return ferry__fail(status, "%s: %s (%s)", what, err->message, ferry_status_name(status));
 }
 
 ferry_status_t ferry_op_publish(ferry_op_t *op, ferry_coordinator_t *coord,
@@ -742,11 +1047,16 @@ ferry_status_t ferry_op_publish(ferry_op_t *op, ferry_coordinator_t *coord,
         return ferry__fail(FERRY_ERR_INVALID_ARGUMENT,
                            "op, coordinator and request_id are required");
     }
+    if (params->field_mask & ~(uint64_t)FERRY_PUBLISH_PARAM_FIELD_TTL) {
+        return ferry__fail(
+            FERRY_ERR_INVALID_ARGUMENT, "params.field_mask: unknown bits 0x%llx",
+            (unsigned long long)(params->field_mask & ~(uint64_t)FERRY_PUBLISH_PARAM_FIELD_TTL));
+    }
     status = ferry_op_metadata(op, &bytes, &len);
     if (status != FERRY_OK) {
         return status;
     }
-    if (ferry__op_coord_link(op) != NULL) {
+    if (op_link(op) != NULL) {
         return ferry__fail(FERRY_ERR_MISUSE, "operation is already published");
     }
     req.metadata = ferry__v1__rdma_metadata__unpack(NULL, len, bytes);
@@ -755,8 +1065,8 @@ ferry_status_t ferry_op_publish(ferry_op_t *op, ferry_coordinator_t *coord,
     }
     req.request_id = (char *)params->request_id;
     req.access_token = (char *)(params->access_token != NULL ? params->access_token : "");
-    req.ttl_seconds = params->ttl_s;
-    req.owner = (char *)ferry__op_connector_name(op);
+    req.ttl_seconds = params->field_mask & FERRY_PUBLISH_PARAM_FIELD_TTL ? params->ttl_s : 0;
+    req.owner = (char *)ferry_connector_name(ferry_op_connector(op));
     req.lease_token = lease_token;
     for (int attempt = 0; attempt < 2; attempt++) {
         bool making;
@@ -766,7 +1076,7 @@ ferry_status_t ferry_op_publish(ferry_op_t *op, ferry_coordinator_t *coord,
         session_made(coord, making, status == FERRY_OK ? resp->lease_id : 0,
                      status == FERRY_OK ? resp->ttl_seconds : 0,
                      status == FERRY_OK ? resp->lease_token : "");
-        if (!session_was_lost(coord, req.lease_id, status, &err)) {
+        if (!session_was_lost(coord, req.lease_id, status)) {
             break;
         }
     }
@@ -774,26 +1084,28 @@ ferry_status_t ferry_op_publish(ferry_op_t *op, ferry_coordinator_t *coord,
     if (status != FERRY_OK) {
         return rpc_fail(status, "register", &err);
     }
-    status = link_add(coord, op, true, params->request_id, resp->access_token, resp->lease_id);
+    status = link_add(coord, op, true, params->request_id, resp->access_token, resp->lease_id,
+                      resp->lease_token);
     ferry__v1__register_response__free_unpacked(resp, NULL);
     if (status != FERRY_OK) {
-        return ferry__fail(status, "no memory to track the lease");
+        return ferry__fail(status, "cannot follow the published operation: %s",
+                           ferry_status_string(status));
     }
-    return ferry_op_set_done_callback(op, on_done, ferry__op_coord_link(op));
+    return FERRY_OK;
 }
 
 const char *ferry_op_access_token(const ferry_op_t *op)
 {
-    const ferry__coord_link_t *link = ferry__op_coord_link(op);
+    const coord_link_t *link = op_link(op);
     return link != NULL ? link->token : NULL;
 }
 
-/* Lookup (with wait), then the checks the coordinator's Claim would make and
- * the pairing (kind, count, sizes), so that a writer that would be refused is
- * refused before it touches the operation. *resp_p holds the metadata. */
+/* Lookup (with wait), then the state check the coordinator's Claim would
+ * make, so that a writer that would be refused is refused before it touches
+ * the operation. The metadata and the pairing (kind, count, sizes) are the
+ * data plane's to check (ferry_write_begin). *resp_p holds the metadata. */
 static ferry_status_t lookup_checked(ferry_coordinator_t *coord, const ferry_claim_params_t *p,
-                                     ferry__op_kind_t kind, const ferry_descriptor_t *local,
-                                     size_t n, Ferry__V1__LookupResponse **resp_p)
+                                     Ferry__V1__LookupResponse **resp_p)
 {
     Ferry__V1__LookupRequest req = FERRY__V1__LOOKUP_REQUEST__INIT;
     Ferry__V1__LookupResponse *resp = NULL;
@@ -802,9 +1114,9 @@ static ferry_status_t lookup_checked(ferry_coordinator_t *coord, const ferry_cla
 
     req.request_id = (char *)p->request_id;
     req.access_token = (char *)p->access_token;
-    req.wait_ms = p->wait_ms;
+    req.wait_ms = claim_wait(p);
     status = call(coord, COORD_PATH("Lookup"), &req.base, &ferry__v1__lookup_response__descriptor,
-                  p->wait_ms, &resp, &err);
+                  req.wait_ms, &resp, &err);
     if (status != FERRY_OK) {
         return rpc_fail(status, "lookup", &err);
     }
@@ -815,12 +1127,6 @@ static ferry_status_t lookup_checked(ferry_coordinator_t *coord, const ferry_cla
                                  ? "already claimed by another worker"
                                  : "no longer open (complete, errored or cancelled)");
     }
-    if (status == FERRY_OK) {
-        status = ferry__metadata_validate(resp->operation->metadata);
-    }
-    if (status == FERRY_OK) {
-        status = ferry__metadata_match(resp->operation->metadata, kind, local, n);
-    }
     if (status != FERRY_OK) {
         ferry__v1__lookup_response__free_unpacked(resp, NULL);
         return status;
@@ -829,17 +1135,101 @@ static ferry_status_t lookup_checked(ferry_coordinator_t *coord, const ferry_cla
     return FERRY_OK;
 }
 
-/* Lookup and checks, then the transfer starts at once; the Claim and, at the
- * end, the Complete go out from the session thread (see claim_active), so
- * the only coordinator round trip on the writer's path is the Lookup. */
+/* The Lookup's metadata as the bytes the data plane takes (malloc'd). */
+static ferry_status_t md_bytes(const Ferry__V1__RdmaMetadata *md, uint8_t **bytes_p, size_t *len_p)
+{
+    size_t len = ferry__v1__rdma_metadata__get_packed_size(md);
+    uint8_t *bytes = malloc(len > 0 ? len : 1);
+
+    if (bytes == NULL) {
+        return ferry__fail(FERRY_ERR_NO_MEMORY, "metadata: out of memory");
+    }
+    ferry__v1__rdma_metadata__pack(md, bytes);
+    *bytes_p = bytes;
+    *len_p = len;
+    return FERRY_OK;
+}
+
+/* A claim that was (or may have been) granted and that no operation will
+ * follow: the session thread completes it as failed (tried again while the
+ * coordinator cannot be reached), so that the record turns ERRORED at once
+ * instead of when this client's lease expires, and the receiver learns it.
+ * A claim that never arrived is refused that Complete, quietly. lease 0 (the
+ * claim would have made its own lease): nothing to complete with; it
+ * expires. */
+static void abandon(ferry_coordinator_t *coord, const ferry_claim_params_t *p, int64_t lease,
+                    const char *lease_token, ferry_status_t code, const char *why)
+{
+    coord_link_t *link;
+
+    if (lease == 0 || (link = calloc(1, sizeof(*link))) == NULL) {
+        return;
+    }
+    link->coord = coord;
+    link->lease_id = lease;
+    link->told = true;
+    link->report_due = true;
+    link->abandoned = true;
+    link->final_status = FERRY_OP_STATUS_ERRORED;
+    link->final_code = code;
+    snprintf(link->lease_token, sizeof(link->lease_token), "%s", lease_token);
+    snprintf(link->request_id, sizeof(link->request_id), "%s", p->request_id);
+    snprintf(link->token, sizeof(link->token), "%s", p->access_token);
+    snprintf(link->final_message, sizeof(link->final_message), "%s", why);
+    pthread_mutex_lock(&coord->lock);
+    link->next = coord->links;
+    coord->links = link;
+    pthread_cond_broadcast(&coord->cond);
+    pthread_mutex_unlock(&coord->lock);
+}
+
+/* The test seam for interleavings (tests only; never set in production):
+ * FERRY_TEST_PAUSE="POINT:PREFIX" makes begin_by_id stop at POINT
+ * ("after-lookup": between its Lookup and its Claim; "after-claim": between
+ * its Claim and the data plane's begin): it creates PREFIX.<pid>.reached and
+ * waits (up to a minute) for PREFIX.go to exist. Read at the call, not at
+ * load. */
+static void test_pause(const char *point)
+{
+    const char *env = getenv("FERRY_TEST_PAUSE");
+    size_t n = strlen(point);
+    char path[512];
+    FILE *f;
+
+    if (env == NULL || strncmp(env, point, n) != 0 || env[n] != ':') {
+        return;
+    }
+    snprintf(path, sizeof(path), "%s.%ld.reached", env + n + 1, (long)getpid());
+    f = fopen(path, "w");
+    if (f != NULL) {
+        fclose(f);
+    }
+    snprintf(path, sizeof(path), "%s.go", env + n + 1);
+    for (int64_t until = now_ms() + 60000; access(path, F_OK) != 0 && now_ms() < until;) {
+        struct timespec ms = {0, 1000000};
+        nanosleep(&ms, NULL);
+    }
+}
+
+/* Lookup (one round trip, waiting for the record if asked) and the checks
+ * that must not spoil the record (state, and the data plane's pairing of
+ * kind, count and sizes), then the Claim (the second round trip): the
+ * coordinator decides the one writer before any byte moves, so a refused
+ * writer never touches the receiver's memory and the record names the one
+ * whose bytes the receiver holds. Only then does the transfer begin; the
+ * Complete goes out from the session thread when it ends. */
 static ferry_status_t begin_by_id(ferry_connector_t *connector, ferry_coordinator_t *coord,
-                                  const ferry_claim_params_t *p, ferry__op_kind_t kind,
+                                  const ferry_claim_params_t *p, bool write,
                                   const ferry_descriptor_t *local, size_t n, ferry_op_t **op_p)
 {
     Ferry__V1__LookupResponse *found = NULL;
-    ferry__coord_link_t *link;
     ferry_op_t *op = NULL;
     ferry_status_t status;
+    rpc_error_t err;
+    uint8_t *md = NULL;
+    size_t md_len = 0;
+    int64_t claim_lease = 0;
+    char claim_token[LEASE_TOKEN_CAP];
 
     ferry__clear_error();
     if (connector == NULL || coord == NULL || p == NULL || p->request_id == NULL ||
@@ -847,46 +1237,73 @@ static ferry_status_t begin_by_id(ferry_connector_t *connector, ferry_coordinato
         return ferry__fail(FERRY_ERR_INVALID_ARGUMENT,
                            "connector, coordinator, request_id and access_token are required");
     }
+    if (p->field_mask & ~(uint64_t)(FERRY_CLAIM_PARAM_FIELD_WAIT | FERRY_CLAIM_PARAM_FIELD_TTL)) {
+        return ferry__fail(
+            FERRY_ERR_INVALID_ARGUMENT, "params.field_mask: unknown bits 0x%llx",
+            (unsigned long long)(p->field_mask & ~(uint64_t)(FERRY_CLAIM_PARAM_FIELD_WAIT |
+                                                             FERRY_CLAIM_PARAM_FIELD_TTL)));
+    }
     status = ferry_descriptors_validate(local, n);
     if (status == FERRY_OK) {
-        status = lookup_checked(coord, p, kind, local, n, &found);
+        status = lookup_checked(coord, p, &found);
     }
     if (status != FERRY_OK) {
         return status;
     }
-    status = ferry__active_begin_md(connector, kind, local, n, found->operation->metadata, &op);
+    status = md_bytes(found->operation->metadata, &md, &md_len);
     ferry__v1__lookup_response__free_unpacked(found, NULL);
+    if (status == FERRY_OK) {
+        status = ferry_metadata_check(md, md_len, write, local, n);
+    }
     if (status != FERRY_OK) {
+        free(md);
         return status;
     }
-    status = link_add(coord, op, false, p->request_id, p->access_token, 0);
+    test_pause("after-lookup");
+    status = claim(coord, p, ferry_connector_name(connector),
+                   write ? FERRY__V1__OPERATION_KIND__OPERATION_KIND_WRITE
+                         : FERRY__V1__OPERATION_KIND__OPERATION_KIND_READ,
+                   &claim_lease, claim_token, &err);
     if (status != FERRY_OK) {
-        ferry_op_destroy(op);
-        return ferry__fail(status, "no memory to bind the operation to the coordinator");
+        free(md);
+        status = rpc_fail(status, "claim", &err);
+        if (status == FERRY_ERR_TIMED_OUT || status == FERRY_ERR_UNAVAILABLE) {
+            /* No answer is not no: the claim may have been granted. */
+            abandon(coord, p, claim_lease, claim_token, status,
+                    "the writer gave up its claim: the coordinator did not answer");
+        }
+        return status;
     }
-    link = ferry__op_coord_link(op);
-    pthread_mutex_lock(&coord->lock);
-    link->kind = kind == FERRY__KIND_WRITE ? FERRY__V1__OPERATION_KIND__OPERATION_KIND_WRITE
-                                           : FERRY__V1__OPERATION_KIND__OPERATION_KIND_READ;
-    link->claimant = ferry_connector_name(connector);
-    link->claim_due = true;
-    pthread_cond_broadcast(&coord->cond);
-    pthread_mutex_unlock(&coord->lock);
-    ferry_op_set_done_callback(op, on_done, link);
-    *op_p = op;
-    return FERRY_OK;
+    test_pause("after-claim");
+    /* Claimed: now, and only now, the data plane. */
+    status = write ? ferry_write_begin(connector, local, n, md, md_len, &op)
+                   : ferry_read_begin(connector, local, n, md, md_len, &op);
+    free(md);
+    if (status == FERRY_OK) {
+        status =
+            link_add(coord, op, false, p->request_id, p->access_token, claim_lease, claim_token);
+        if (status == FERRY_OK) {
+            *op_p = op;
+            return FERRY_OK;
+        }
+        ferry_op_destroy(op);
+        ferry__fail(status, "cannot bind the operation to the coordinator");
+    }
+    /* Claimed, but nothing follows it. */
+    abandon(coord, p, claim_lease, claim_token, status, ferry_last_error_message());
+    return status;
 }
 
 ferry_status_t ferry_write_begin_by_id(ferry_connector_t *connector, ferry_coordinator_t *coord,
                                        const ferry_claim_params_t *params,
                                        const ferry_descriptor_t *local, size_t n, ferry_op_t **op_p)
 {
-    return begin_by_id(connector, coord, params, FERRY__KIND_WRITE, local, n, op_p);
+    return begin_by_id(connector, coord, params, true, local, n, op_p);
 }
 
 ferry_status_t ferry_read_begin_by_id(ferry_connector_t *connector, ferry_coordinator_t *coord,
                                       const ferry_claim_params_t *params,
                                       const ferry_descriptor_t *local, size_t n, ferry_op_t **op_p)
 {
-    return begin_by_id(connector, coord, params, FERRY__KIND_READ, local, n, op_p);
+    return begin_by_id(connector, coord, params, false, local, n, op_p);
 }

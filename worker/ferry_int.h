@@ -37,27 +37,16 @@
 
 #include "ferry/ferry.h"
 #include "ferry/v1/types.pb-c.h"
+#include "worker/errors.h"
 
 #define FERRY__AM_ID          0x4652u /* "FR": the one active-message id */
 #define FERRY__KEY_LEN        FERRY_NOTIFICATION_KEY_LEN
-#define FERRY__MSG_LEN        256
 #define FERRY__NAME_LEN       64
 #define FERRY__HOST_LEN       256
 #define FERRY__OP_BUCKETS     256
 #define FERRY__RKEY_CACHE_MAX 256 /* unused remote keys kept per peer */
 #define FERRY__PEER_CACHE_MAX 64  /* cached endpoints (least recently used go) */
 #define FERRY__NONCE_LEN      16  /* admission nonce, see wire.c */
-
-/* ---- errors (errors.c) ------------------------------------------------ */
-
-/* Records the message for ferry_last_error_message() and returns status, so
- * that `return ferry__fail(FERRY_ERR_X, "...")` reads as one step. Does not
- * log: the caller decides whether this is where the error is first seen. */
-ferry_status_t ferry__fail(ferry_status_t status, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
-
-/* Clears this thread's message (public entry points call it first). */
-void ferry__clear_error(void);
 
 /* ---- metadata (metadata.c): pure, no UCX ------------------------------ */
 
@@ -211,7 +200,8 @@ struct ferry_connector {
     uint64_t next_peer_id;
     struct ferry_op *ops[FERRY__OP_BUCKETS];
     uint64_t next_op_id;
-    unsigned live_ops;
+    unsigned live_ops; /* allocated, the user's or not */
+    unsigned user_ops; /* not yet destroyed by the user (destroy refuses) */
     /* Queues, FIFO: head and tail pointer-to-next. */
     ferry__req_t *reqs, **reqs_tail;
     ferry__inmsg_t *inbox, **inbox_tail;
@@ -276,7 +266,10 @@ void ferry__req_param(ferry__req_t *req, ucp_request_param_t *param);
 /* ---- operations (op.c, op_passive.c, op_active.c) --------------------- */
 
 /* The life of one operation. Every change goes through ferry__op_move,
- * which logs it. The public status is a function of the state.
+ * which logs it. These are the data plane's own finer steps; each belongs
+ * to one state of the one table (common/op_state.h), its phase, and takes
+ * from there whether it is final and the public status it reports
+ * (FERRY__FOREACH_OP_STEP below).
  *
  *   NEW -> READY                 created (passive: memory registered;
  *                                active: metadata checked)
@@ -288,17 +281,29 @@ void ferry__req_param(ferry__req_t *req, ucp_request_param_t *param);
  *   CLAIMED -> COMPLETE          passive: the admitted peer's notice arrived
  *   any non-final -> CANCELLED | ERRORED
  */
+/* _(STEP, PHASE): a data-plane state and its state in common/op_state.h. */
+#define FERRY__FOREACH_OP_STEP(_) \
+    _(NEW, UNSPECIFIED)           \
+    _(READY, REGISTERED)          \
+    _(CLAIMING, CLAIMED)          \
+    _(CLAIMED, CLAIMED)           \
+    _(TRANSFERRING, CLAIMED)      \
+    _(NOTIFYING, CLAIMED)         \
+    _(COMPLETE, COMPLETE)         \
+    _(CANCELLED, CANCELLED)       \
+    _(ERRORED, ERRORED)
+
 typedef enum {
-    FERRY__OP_NEW = 0,
-    FERRY__OP_READY,
-    FERRY__OP_CLAIMING,
-    FERRY__OP_CLAIMED,
-    FERRY__OP_TRANSFERRING,
-    FERRY__OP_NOTIFYING,
-    FERRY__OP_COMPLETE,
-    FERRY__OP_CANCELLED,
-    FERRY__OP_ERRORED,
+#define FERRY__OP_STEP_ENUM(step, phase) FERRY__OP_##step,
+    FERRY__FOREACH_OP_STEP(FERRY__OP_STEP_ENUM)
+#undef FERRY__OP_STEP_ENUM
 } ferry__op_state_t;
+
+typedef struct ferry__listener {
+    struct ferry__listener *next;
+    ferry_op_listener_cb_t cb;
+    void *arg;
+} ferry__listener_t;
 
 struct ferry_op {
     struct ferry_op *table_next; /* chain in connector->ops */
@@ -346,9 +351,13 @@ struct ferry_op {
     ferry__rkey_t **rkeys;
     bool awaiting_admit; /* a claim is out; holds a reference until answered */
 
-    /* Set once by coord_client.c when the operation is bound to a
-     * coordinator (published, or begun by request ID); see coord_link.h. */
-    struct ferry__coord_link *coord_link;
+    /* Listeners (ferry_op_add_listener), in the order added; appended under
+     * the lock, freed with the operation. n_final_told of them have had
+     * FINAL; destroying: destroy has begun (no FINAL from then on). */
+    struct ferry__listener *listeners, **listeners_tail;
+    unsigned n_listeners;
+    unsigned n_final_told;
+    bool destroying;
 };
 
 /* Allocates an operation in state NEW with one (the user's) reference. */
@@ -366,7 +375,7 @@ bool ferry__op_move(ferry_op_t *op, ferry__op_state_t to, ferry_status_t code, c
     __attribute__((format(printf, 4, 5)));
 
 bool ferry__op_is_final(const ferry_op_t *op);
-const char *ferry__op_state_name(ferry__op_state_t state);
+const char *ferry__op_step_name(ferry__op_state_t state);
 
 /* References, lock held. _unref frees at zero. */
 void ferry__op_ref(ferry_op_t *op);
@@ -402,13 +411,5 @@ void ferry__op_peer_failed(ferry_op_t *op, ferry__peer_t *peer);
  * writer after the data moved and before the notice. */
 extern atomic_bool ferry__test_hold_notice;
 extern atomic_bool ferry__test_notice_held;
-
-/* ---- coordinator glue seam --------------------------------------------- */
-
-/* Starts an active operation from an already decoded RdmaMetadata (as a
- * coordinator Lookup/Claim returns it). md is copied. kind: WRITE or READ. */
-ferry_status_t ferry__active_begin_md(ferry_connector_t *c, ferry__op_kind_t kind,
-                                      const ferry_descriptor_t *local, size_t n,
-                                      const Ferry__V1__RdmaMetadata *md, ferry_op_t **op_p);
 
 #endif /* FERRY_WORKER_FERRY_INT_H */

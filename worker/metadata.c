@@ -3,10 +3,11 @@
  * passive operation hands out: built and packed here, and on the active side
  * unpacked and checked field by field before anything touches UCX.
  *
- * Invariant after ferry__metadata_validate: kind is READ or WRITE, the worker
- * address and each rkey are non-empty, the notification key has exactly
- * FERRY__KEY_LEN bytes, there is at least one descriptor, each has a non-zero
- * address and size and a device, and all share one device kind.
+ * Invariant after ferry__metadata_validate: the rules of common/md_rules.h,
+ * the same the coordinator checks at Register (kind READ or WRITE, worker
+ * address and rkeys non-empty and bounded, a FERRY__KEY_LEN notification
+ * key, 1..1024 descriptors with non-zero address and size and one device
+ * kind, a known version, bounded packed size).
  *
  * Errors: bytes that do not decode and decoded fields that break the rules
  * are both FERRY_ERR_INVALID_ARGUMENT (the caller passed them in), with a
@@ -16,9 +17,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/md_rules.h"
 #include "worker/ferry_int.h"
 
-#define MD_VERSION 1
+_Static_assert(FERRY__KEY_LEN == FERRY_MD_KEY_LEN, "notification key lengths differ");
 
 static const char *kind_name(ferry__op_kind_t kind)
 {
@@ -35,70 +37,13 @@ static const char *kind_name(ferry__op_kind_t kind)
     return "unknown";
 }
 
-static ferry_status_t validate_descriptor(const Ferry__V1__Descriptor *d, size_t i,
-                                          Ferry__V1__DeviceKind first_kind)
-{
-    if (d->address == 0) {
-        return ferry__fail(FERRY_ERR_INVALID_ARGUMENT, "metadata: descriptors[%zu].address is 0",
-                           i);
-    }
-    if (d->size == 0) {
-        return ferry__fail(FERRY_ERR_INVALID_ARGUMENT, "metadata: descriptors[%zu].size is 0", i);
-    }
-    if (d->device == NULL) {
-        return ferry__fail(FERRY_ERR_INVALID_ARGUMENT, "metadata: descriptors[%zu].device missing",
-                           i);
-    }
-    if (d->device->kind != FERRY__V1__DEVICE_KIND__DEVICE_KIND_HOST &&
-        d->device->kind != FERRY__V1__DEVICE_KIND__DEVICE_KIND_CUDA) {
-        return ferry__fail(FERRY_ERR_INVALID_ARGUMENT,
-                           "metadata: descriptors[%zu].device.kind %d is not HOST or CUDA", i,
-                           (int)d->device->kind);
-    }
-    if (d->device->kind != first_kind) {
-        return ferry__fail(FERRY_ERR_INVALID_ARGUMENT,
-                           "metadata: descriptors[%zu].device.kind differs from descriptors[0]", i);
-    }
-    if (d->rkey.len == 0) {
-        return ferry__fail(FERRY_ERR_INVALID_ARGUMENT, "metadata: descriptors[%zu].rkey is empty",
-                           i);
-    }
-    return FERRY_OK;
-}
-
 ferry_status_t ferry__metadata_validate(const Ferry__V1__RdmaMetadata *md)
 {
-    Ferry__V1__DeviceKind first_kind;
-    ferry_status_t status;
+    char msg[FERRY__MSG_LEN];
 
-    if (md->version > MD_VERSION) {
-        return ferry__fail(FERRY_ERR_INVALID_ARGUMENT,
-                           "metadata: version %" PRIu32 " is newer than this library (%d)",
-                           md->version, MD_VERSION);
-    }
-    if (md->kind != FERRY__V1__OPERATION_KIND__OPERATION_KIND_READ &&
-        md->kind != FERRY__V1__OPERATION_KIND__OPERATION_KIND_WRITE) {
-        return ferry__fail(FERRY_ERR_INVALID_ARGUMENT, "metadata: kind %d is not READ or WRITE",
-                           (int)md->kind);
-    }
-    if (md->worker_address.len == 0) {
-        return ferry__fail(FERRY_ERR_INVALID_ARGUMENT, "metadata: worker_address is empty");
-    }
-    if (md->notification_key.len != FERRY__KEY_LEN) {
-        return ferry__fail(FERRY_ERR_INVALID_ARGUMENT,
-                           "metadata: notification_key has %zu bytes, expected %d",
-                           md->notification_key.len, FERRY__KEY_LEN);
-    }
-    if (md->n_descriptors == 0) {
-        return ferry__fail(FERRY_ERR_INVALID_ARGUMENT, "metadata: descriptors is empty");
-    }
-    first_kind = md->descriptors[0]->device != NULL ? md->descriptors[0]->device->kind
-                                                    : FERRY__V1__DEVICE_KIND__DEVICE_KIND_HOST;
-    for (size_t i = 0; i < md->n_descriptors; i++) {
-        status = validate_descriptor(md->descriptors[i], i, first_kind);
-        if (status != FERRY_OK) {
-            return status;
-        }
+    /* The coordinator's rules too: one owner (common/md_rules.h). */
+    if (ferry_md_check("metadata", md, msg, sizeof(msg)) != FERRY_OK) {
+        return ferry__fail(FERRY_ERR_INVALID_ARGUMENT, "%s", msg);
     }
     return FERRY_OK;
 }
@@ -193,7 +138,7 @@ ferry_status_t ferry__metadata_encode(const ferry__metadata_build_t *b, uint8_t 
         descs[i] = d;
         desc_ptrs[i] = &descs[i];
     }
-    md.version = MD_VERSION;
+    md.version = FERRY_MD_VERSION;
     md.kind = b->kind == FERRY__KIND_WRITABLE ? FERRY__V1__OPERATION_KIND__OPERATION_KIND_WRITE
                                               : FERRY__V1__OPERATION_KIND__OPERATION_KIND_READ;
     md.worker_address.data = (uint8_t *)b->worker_address;

@@ -3,7 +3,12 @@
  * function that changes it (ferry__op_move, which logs every change, in the
  * manner of curl's multistate()), references, the connector's operation
  * table, and the public calls that do not depend on the kind (status, error,
- * wait, cancel, fail, done callback, destroy).
+ * wait, cancel, fail, done callback, listeners, destroy).
+ *
+ * Listeners are how a layer above (the coordinator client) follows an
+ * operation without taking its done callback: this file tells them FINAL
+ * (from the loop's delivery, see ferry__connector_deliver) and DESTROY (from
+ * ferry_op_destroy) and never knows who they are.
  *
  * Threads: public calls run on the caller's thread and take connector->lock;
  * ferry__* functions expect the lock held. Waiters sleep on op->cond (with
@@ -20,34 +25,36 @@
 
 #include "common/clock.h"
 #include "common/log.h"
-#include "worker/coord_link.h"
 #include "worker/ferry_int.h"
+
+/* After ferry/ferry.h (via ferry_int.h): it gives ferry__op_state_status. */
+#include "common/op_state.h"
 
 #define CALLER_POLL_MAX_MS 100
 
-const char *ferry__op_state_name(ferry__op_state_t state)
+const char *ferry__op_step_name(ferry__op_state_t state)
 {
     switch (state) {
-    case FERRY__OP_NEW:
-        return "NEW";
-    case FERRY__OP_READY:
-        return "READY";
-    case FERRY__OP_CLAIMING:
-        return "CLAIMING";
-    case FERRY__OP_CLAIMED:
-        return "CLAIMED";
-    case FERRY__OP_TRANSFERRING:
-        return "TRANSFERRING";
-    case FERRY__OP_NOTIFYING:
-        return "NOTIFYING";
-    case FERRY__OP_COMPLETE:
-        return "COMPLETE";
-    case FERRY__OP_CANCELLED:
-        return "CANCELLED";
-    case FERRY__OP_ERRORED:
-        return "ERRORED";
+#define STEP_NAME(step, phase) \
+    case FERRY__OP_##step:     \
+        return #step;
+        FERRY__FOREACH_OP_STEP(STEP_NAME)
+#undef STEP_NAME
     }
     return "UNKNOWN";
+}
+
+/* The step's state in the one table (common/op_state.h). */
+static ferry_op_state_t phase_of(ferry__op_state_t s)
+{
+    switch (s) {
+#define PHASE(step, phase) \
+    case FERRY__OP_##step: \
+        return FERRY__V1__OPERATION_STATE__OPERATION_STATE_##phase;
+        FERRY__FOREACH_OP_STEP(PHASE)
+#undef PHASE
+    }
+    return FERRY__V1__OPERATION_STATE__OPERATION_STATE_UNSPECIFIED;
 }
 
 const char *ferry_op_status_name(ferry_op_status_t status)
@@ -71,7 +78,7 @@ const char *ferry_op_status_name(ferry_op_status_t status)
 
 static bool state_is_final(ferry__op_state_t s)
 {
-    return s == FERRY__OP_COMPLETE || s == FERRY__OP_CANCELLED || s == FERRY__OP_ERRORED;
+    return ferry__op_state_is_final(phase_of(s));
 }
 
 bool ferry__op_is_final(const ferry_op_t *op)
@@ -116,7 +123,7 @@ static void queue_done(ferry_op_t *op)
 {
     ferry_connector_t *c = op->connector;
 
-    if (op->done_queued || op->done_delivered) {
+    if (op->done_queued) {
         return;
     }
     op->done_queued = true;
@@ -134,8 +141,8 @@ bool ferry__op_move(ferry_op_t *op, ferry__op_state_t to, ferry_status_t code, c
 
     if (!can_move(from, to, is_passive(op))) {
         if (!state_is_final(from)) {
-            ferry_error("%s: refused move %s -> %s", op->label, ferry__op_state_name(from),
-                        ferry__op_state_name(to));
+            ferry_error("%s: refused move %s -> %s", op->label, ferry__op_step_name(from),
+                        ferry__op_step_name(to));
         }
         return false;
     }
@@ -147,11 +154,11 @@ bool ferry__op_move(ferry_op_t *op, ferry__op_state_t to, ferry_status_t code, c
         va_end(ap);
     }
     if (to == FERRY__OP_ERRORED) {
-        ferry_warn("%s: %s -> ERRORED: %s (%s)", op->label, ferry__op_state_name(from),
+        ferry_warn("%s: %s -> ERRORED: %s (%s)", op->label, ferry__op_step_name(from),
                    op->error_message, ferry_status_name(op->error_code));
     } else {
-        ferry_debug("%s: %s -> %s%s%s", op->label, ferry__op_state_name(from),
-                    ferry__op_state_name(to), fmt != NULL ? ": " : "",
+        ferry_debug("%s: %s -> %s%s%s", op->label, ferry__op_step_name(from),
+                    ferry__op_step_name(to), fmt != NULL ? ": " : "",
                     fmt != NULL ? op->error_message : "");
     }
     if (state_is_final(to)) {
@@ -188,9 +195,11 @@ ferry_status_t ferry__op_alloc(ferry_connector_t *c, ferry__op_kind_t kind,
     op->kind = kind;
     op->refs = 1;
     op->state = FERRY__OP_NEW;
+    op->listeners_tail = &op->listeners;
     ferry__lock(c);
     op->id = c->next_op_id++;
     c->live_ops++;
+    c->user_ops++;
     ferry__unlock(c);
     *op_p = op;
     return FERRY_OK;
@@ -214,6 +223,11 @@ static void op_free_locked(ferry_op_t *op)
         ferry__active_release(op);
     }
     ferry_debug("%s: freed", op->label);
+    while (op->listeners != NULL) {
+        ferry__listener_t *l = op->listeners;
+        op->listeners = l->next;
+        free(l);
+    }
     ferry__metadata_free(op->md);
     free(op->metadata);
     free(op->memh);
@@ -221,6 +235,9 @@ static void op_free_locked(ferry_op_t *op)
     free(op->descs);
     pthread_cond_destroy(&op->cond);
     c->live_ops--;
+    if (!op->user_released) {
+        c->user_ops--; /* a constructor's failure (ferry__op_free) */
+    }
     free(op);
 }
 
@@ -292,24 +309,7 @@ ferry_op_t *ferry__op_find_active(ferry_connector_t *c, uint64_t id)
 
 static ferry_op_status_t public_status(ferry__op_state_t s)
 {
-    switch (s) {
-    case FERRY__OP_NEW:
-        return FERRY_OP_STATUS_UNINITIALIZED;
-    case FERRY__OP_READY:
-        return FERRY_OP_STATUS_INITIALIZED;
-    case FERRY__OP_CLAIMING:
-    case FERRY__OP_CLAIMED:
-    case FERRY__OP_TRANSFERRING:
-    case FERRY__OP_NOTIFYING:
-        return FERRY_OP_STATUS_IN_PROGRESS;
-    case FERRY__OP_COMPLETE:
-        return FERRY_OP_STATUS_COMPLETE;
-    case FERRY__OP_CANCELLED:
-        return FERRY_OP_STATUS_CANCELLED;
-    case FERRY__OP_ERRORED:
-        return FERRY_OP_STATUS_ERRORED;
-    }
-    return FERRY_OP_STATUS_UNINITIALIZED;
+    return ferry__op_state_status(phase_of(s));
 }
 
 ferry_op_status_t ferry_op_status(const ferry_op_t *op)
@@ -510,7 +510,7 @@ ferry_status_t ferry_op_fail(ferry_op_t *op, ferry_status_t code, const char *me
     ferry__lock(c);
     if (ferry__op_is_final(op)) {
         status = ferry__fail(FERRY_ERR_FAILED_PRECONDITION, "%s: already %s", op->label,
-                             ferry__op_state_name(op->state));
+                             ferry__op_step_name(op->state));
     } else {
         ferry__op_move(op, FERRY__OP_ERRORED, code, "%s",
                        message != NULL ? message : ferry_status_string(code));
@@ -534,28 +534,84 @@ ferry_status_t ferry_op_set_done_callback(ferry_op_t *op, ferry_op_done_cb_t cb,
     return FERRY_OK;
 }
 
+ferry_status_t ferry_op_add_listener(ferry_op_t *op, ferry_op_listener_cb_t cb, void *arg)
+{
+    ferry_connector_t *c = op->connector;
+    ferry__listener_t *l;
+
+    ferry__clear_error();
+    if (cb == NULL) {
+        return ferry__fail(FERRY_ERR_INVALID_ARGUMENT, "%s: listener: cb is required", op->label);
+    }
+    l = calloc(1, sizeof(*l));
+    if (l == NULL) {
+        return ferry__fail(FERRY_ERR_NO_MEMORY, "%s: listener: out of memory", op->label);
+    }
+    l->cb = cb;
+    l->arg = arg;
+    ferry__lock(c);
+    if (op->destroying) {
+        ferry__unlock(c);
+        free(l);
+        return ferry__fail(FERRY_ERR_MISUSE, "%s: listener added during destroy", op->label);
+    }
+    *op->listeners_tail = l;
+    op->listeners_tail = &l->next;
+    op->n_listeners++;
+    if (ferry__op_is_final(op)) {
+        queue_done(op);
+    }
+    ferry__unlock(c);
+    return FERRY_OK;
+}
+
+ferry_status_t ferry_op_listener_arg(const ferry_op_t *op, ferry_op_listener_cb_t cb, void **arg_p)
+{
+    ferry_connector_t *c = op->connector;
+    ferry_status_t status = FERRY_ERR_NOT_FOUND;
+
+    ferry__lock(c);
+    for (const ferry__listener_t *l = op->listeners; l != NULL; l = l->next) {
+        if (l->cb == cb) {
+            *arg_p = l->arg;
+            status = FERRY_OK;
+            break;
+        }
+    }
+    ferry__unlock(c);
+    return status;
+}
+
+ferry_connector_t *ferry_op_connector(const ferry_op_t *op)
+{
+    return op->connector;
+}
+
 void ferry_op_destroy(ferry_op_t *op)
 {
     ferry_connector_t *c;
+    ferry_op_status_t status;
 
     if (op == NULL) {
         return;
     }
-    /* No done callback starts from here on, and one that is running ends
-     * before destroy goes on: what it was given (the coordinator link, the
-     * user's arg) may be freed once destroy returns. */
+    /* No done callback or FINAL starts from here on, and one that is
+     * running ends before destroy goes on: what it was given (a listener's
+     * state, the user's arg) may be freed once destroy returns. */
     c = op->connector;
     ferry__lock(c);
     op->done_cb = NULL;
+    op->destroying = true;
     while (op->in_done_cb) {
         pthread_cond_wait(&op->cond, &c->lock);
     }
+    status = public_status(op->state);
     ferry__unlock(c);
-    /* Then, with no lock held: tell the coordinator how it ended and stop
-     * renewing its lease. */
-    if (op->coord_link != NULL) {
-        ferry__coord_unlink(op->coord_link);
-        op->coord_link = NULL;
+    /* Then, with no lock held and the status still as it was: DESTROY to
+     * every listener. The list only grows before destroying was set, and
+     * nodes are freed with the operation, so it is walked without the lock. */
+    for (ferry__listener_t *l = op->listeners; l != NULL; l = l->next) {
+        l->cb(op, FERRY_OP_EVENT_DESTROY, status, l->arg);
     }
     ferry__lock(c);
     if (!ferry__op_is_final(op)) {
@@ -573,21 +629,7 @@ void ferry_op_destroy(ferry_op_t *op)
         }
     }
     op->user_released = true;
+    c->user_ops--;
     ferry__op_unref(op);
     ferry__unlock(c);
-}
-
-ferry__coord_link_t *ferry__op_coord_link(const ferry_op_t *op)
-{
-    return op->coord_link;
-}
-
-void ferry__op_set_coord_link(ferry_op_t *op, ferry__coord_link_t *link)
-{
-    op->coord_link = link;
-}
-
-const char *ferry__op_connector_name(const ferry_op_t *op)
-{
-    return op->connector->name;
 }

@@ -281,6 +281,25 @@ static ferry_status_t begin_bytes(ferry_connector_t *c, ferry__op_kind_t kind,
     return active_begin(c, kind, local, n, md, op_p);
 }
 
+ferry_status_t ferry_metadata_check(const uint8_t *metadata, size_t metadata_len, bool write,
+                                    const ferry_descriptor_t *local, size_t n)
+{
+    Ferry__V1__RdmaMetadata *md;
+    ferry_status_t status;
+
+    ferry__clear_error();
+    status = ferry_descriptors_validate(local, n);
+    if (status == FERRY_OK) {
+        status = ferry__metadata_decode(metadata, metadata_len, &md);
+    }
+    if (status != FERRY_OK) {
+        return status;
+    }
+    status = ferry__metadata_match(md, write ? FERRY__KIND_WRITE : FERRY__KIND_READ, local, n);
+    ferry__metadata_free(md);
+    return status;
+}
+
 ferry_status_t ferry_write_begin(ferry_connector_t *c, const ferry_descriptor_t *local, size_t n,
                                  const uint8_t *metadata, size_t metadata_len, ferry_op_t **op_p)
 {
@@ -291,22 +310,4 @@ ferry_status_t ferry_read_begin(ferry_connector_t *c, const ferry_descriptor_t *
                                 const uint8_t *metadata, size_t metadata_len, ferry_op_t **op_p)
 {
     return begin_bytes(c, FERRY__KIND_READ, local, n, metadata, metadata_len, op_p);
-}
-
-ferry_status_t ferry__active_begin_md(ferry_connector_t *c, ferry__op_kind_t kind,
-                                      const ferry_descriptor_t *local, size_t n,
-                                      const Ferry__V1__RdmaMetadata *md, ferry_op_t **op_p)
-{
-    size_t len = ferry__v1__rdma_metadata__get_packed_size(md);
-    uint8_t *bytes = malloc(len > 0 ? len : 1);
-    ferry_status_t status;
-
-    ferry__clear_error();
-    if (bytes == NULL) {
-        return ferry__fail(FERRY_ERR_NO_MEMORY, "metadata: out of memory");
-    }
-    ferry__v1__rdma_metadata__pack(md, bytes);
-    status = begin_bytes(c, kind, local, n, bytes, len, op_p);
-    free(bytes);
-    return status;
 }

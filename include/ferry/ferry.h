@@ -52,8 +52,6 @@
 extern "C" {
 #endif
 
-#define FERRY_API __attribute__((visibility("default")))
-
 /* ---- errors ---------------------------------------------------------- */
 
 /* The detailed message of the last call on this thread that failed; "" when
@@ -125,7 +123,27 @@ typedef enum {
     FERRY_CONNECTOR_PARAM_FIELD_PROGRESS_MODE = 1u << 1,
     FERRY_CONNECTOR_PARAM_FIELD_PEER_ERROR_HANDLING = 1u << 2,
     FERRY_CONNECTOR_PARAM_FIELD_SPIN_US = 1u << 3,
+    FERRY_CONNECTOR_PARAM_FIELD_LOG_LEVEL = 1u << 4,
+    FERRY_CONNECTOR_PARAM_FIELD_LOG_CB = 1u << 5,
 } ferry_connector_param_field_t;
+
+/* libferry's log: nothing is logged unless the caller asks, through a
+ * connector's params (FIELD_LOG_LEVEL, FIELD_LOG_CB). The log is one per
+ * process (every connector's lines go to it; the last connector created
+ * with the field sets it); the library reads no environment variable for it. */
+typedef enum {
+    FERRY_LOGLEVEL_OFF = -1, /* the default */
+    FERRY_LOGLEVEL_ERROR = 0,
+    FERRY_LOGLEVEL_WARN = 1,
+    FERRY_LOGLEVEL_INFO = 2,
+    FERRY_LOGLEVEL_DEBUG = 3,
+    FERRY_LOGLEVEL_TRACE = 4,
+} ferry_loglevel_t;
+
+/* Takes one line (without time stamp or newline) instead of stderr. It may
+ * run on any libferry thread, with libferry locks held: it must not call
+ * libferry, and should be quick. */
+typedef void (*ferry_log_cb_t)(ferry_loglevel_t level, const char *message, void *arg);
 
 /* The default of ferry_connector_params_t.spin_us. */
 #define FERRY_CONNECTOR_DEFAULT_SPIN_US 50u
@@ -161,15 +179,24 @@ typedef struct {
      * FERRY_SPIN_US when set (for tuning a deployed program), else
      * FERRY_CONNECTOR_DEFAULT_SPIN_US; at most FERRY_CONNECTOR_MAX_SPIN_US. */
     uint32_t spin_us;
+    /* FIELD_LOG_LEVEL: the most detailed level logged. Unset: unchanged
+     * (FERRY_LOGLEVEL_OFF until a connector sets it). */
+    ferry_loglevel_t log_level;
+    /* FIELD_LOG_CB: where lines go (NULL: stderr) and its argument. Unset:
+     * unchanged (stderr until a connector sets it). */
+    ferry_log_cb_t log_cb;
+    void *log_arg;
 } ferry_connector_params_t;
 
 /* Creates the process's connector (a NULL params means all defaults). */
 FERRY_API ferry_status_t ferry_connector_create(const ferry_connector_params_t *params,
                                                 ferry_connector_t **connector_p);
 
-/* Stops the progress thread, closes the endpoints and releases UCX. Every
- * operation must have been destroyed first. NULL is a no-op. */
-FERRY_API void ferry_connector_destroy(ferry_connector_t *connector);
+/* Stops the progress thread, closes the endpoints and releases UCX, once
+ * every operation has been destroyed: with operations still alive it
+ * returns FERRY_ERR_BUSY and changes nothing (as uv_loop_close returns
+ * UV_EBUSY); destroy them and call it again. NULL is a no-op (FERRY_OK). */
+FERRY_API ferry_status_t ferry_connector_destroy(ferry_connector_t *connector);
 
 /* The name and host name; valid as long as the connector. */
 FERRY_API const char *ferry_connector_name(const ferry_connector_t *connector);
@@ -258,6 +285,15 @@ FERRY_API ferry_status_t ferry_read_begin(ferry_connector_t *connector,
                                           const uint8_t *metadata, size_t metadata_len,
                                           ferry_op_t **op_p);
 
+/* The checks of ferry_write_begin (write true) or ferry_read_begin on this
+ * metadata and local list (decoding, the metadata's own rules, the kind,
+ * the count and each pair's size), with nothing started: for a caller that
+ * must know a transfer would be accepted before it commits to it (the
+ * coordinator client, before its Claim). Same errors and messages. */
+FERRY_API ferry_status_t ferry_metadata_check(const uint8_t *metadata, size_t metadata_len,
+                                              bool write, const ferry_descriptor_t *local,
+                                              size_t n);
+
 /* The current status. */
 FERRY_API ferry_op_status_t ferry_op_status(const ferry_op_t *op);
 
@@ -288,11 +324,46 @@ FERRY_API ferry_status_t ferry_op_fail(ferry_op_t *op, ferry_status_t code, cons
  * progress thread (or inside ferry_connector_progress / ferry_op_wait in
  * caller mode), never with a libferry lock held. It may call ferry_op_status
  * and ferry_op_error, not destroy. Setting it on an operation that is already
- * final still delivers one call. Not called once the op is destroyed. */
+ * final still delivers one call. Not called once the op is destroyed. The
+ * callback is the caller's alone: libferry's own layers use listeners. */
 typedef void (*ferry_op_done_cb_t)(ferry_op_t *op, ferry_op_status_t status, void *arg);
 
 FERRY_API ferry_status_t ferry_op_set_done_callback(ferry_op_t *op, ferry_op_done_cb_t cb,
                                                     void *arg);
+
+/* ---- listeners: observing an operation's end from another layer ------- */
+
+/* What a listener is told. FINAL: the operation became final (once, from the
+ * same place and under the same rules as the done callback; a listener added
+ * to an operation that is final already still gets it, unless destroy has
+ * begun). DESTROY: ferry_op_destroy was called; delivered on the destroying
+ * thread, with no libferry lock held, before the operation is cancelled or
+ * released (status is still the one it had), and always the last event. A
+ * listener may call ferry_op_status, ferry_op_error, ferry_op_fail and
+ * ferry_op_cancel, never destroy. */
+typedef enum {
+    FERRY_OP_EVENT_FINAL = 1,
+    FERRY_OP_EVENT_DESTROY = 2,
+} ferry_op_event_t;
+
+typedef void (*ferry_op_listener_cb_t)(ferry_op_t *op, ferry_op_event_t event,
+                                       ferry_op_status_t status, void *arg);
+
+/* Adds a listener: any number, each told in the order added, beside (never
+ * instead of) the done callback, which stays the caller's. This is how a
+ * layer above the data plane (the coordinator client) follows an operation:
+ * the data plane never names it. FERRY_ERR_MISUSE once destroy has begun. */
+FERRY_API ferry_status_t ferry_op_add_listener(ferry_op_t *op, ferry_op_listener_cb_t cb,
+                                               void *arg);
+
+/* The arg of the first listener added with cb; FERRY_ERR_NOT_FOUND when cb
+ * listens on no such listener. Lets the layer that added it find its own
+ * state from the operation. */
+FERRY_API ferry_status_t ferry_op_listener_arg(const ferry_op_t *op, ferry_op_listener_cb_t cb,
+                                               void **arg_p);
+
+/* The connector the operation belongs to. */
+FERRY_API ferry_connector_t *ferry_op_connector(const ferry_op_t *op);
 
 /* Passive: unregisters the memory and forgets the notification key (after
  * this any claim is refused with FERRY_ERR_NOT_FOUND; note that on host
@@ -301,91 +372,6 @@ FERRY_API ferry_status_t ferry_op_set_done_callback(ferry_op_t *op, ferry_op_don
  * operation if it is not final.
  * Active: cancels if not final. NULL is a no-op. */
 FERRY_API void ferry_op_destroy(ferry_op_t *op);
-
-/* ---- coordinator ------------------------------------------------------ */
-
-/* A client of ferry-coordinator (ferry.v1.Coordinator over gRPC). One per
- * process is plenty: it holds one channel, one session lease (made by its
- * first Register or Claim; every record and claim of the client goes on it,
- * so a registration is one etcd write) and one session thread that keeps the
- * lease alive, watches the records of bound operations and reports their
- * ends. When the process dies, the lease expires, and with it all of its
- * records and claims: their peers learn EXPIRED or ERRORED within the TTL. */
-typedef struct ferry_coordinator ferry_coordinator_t;
-
-typedef enum {
-    FERRY_COORDINATOR_PARAM_FIELD_TIMEOUT = 1u << 0,
-    FERRY_COORDINATOR_PARAM_FIELD_TLS = 1u << 1,
-} ferry_coordinator_param_field_t;
-
-typedef struct {
-    uint64_t field_mask;         /* ferry_coordinator_param_field_t bits */
-    const char *target;          /* "127.0.0.1:7400", "dns:///ferry:7400"; required */
-    int timeout_ms;              /* per call; unset: 10000 */
-    const char *tls_ca_file;     /* TLS: PEM of the CA that signed the coordinator */
-    const char *tls_cert_file;   /* TLS: client certificate (optional) */
-    const char *tls_key_file;    /* TLS: its key */
-    const char *tls_server_name; /* TLS: name to verify instead of the target's host */
-} ferry_coordinator_params_t;
-
-FERRY_API ferry_status_t ferry_coordinator_connect(const ferry_coordinator_params_t *params,
-                                                   ferry_coordinator_t **coordinator_p);
-
-/* Every operation bound to it must have been destroyed. NULL is a no-op. */
-FERRY_API void ferry_coordinator_disconnect(ferry_coordinator_t *coordinator);
-
-typedef struct {
-    const char *request_id;   /* 1..128 bytes of [A-Za-z0-9._:-]; required */
-    const char *access_token; /* 16..256 printable bytes; NULL: the coordinator picks one */
-    int ttl_s; /* TTL of the session lease when this call makes it; 0: the coordinator's */
-} ferry_publish_params_t;
-
-/* Passive: registers the operation's metadata at the coordinator under
- * params->request_id, and keeps the registration alive while the operation
- * lives. The operation then also learns from the coordinator when its writer
- * failed (ERRORED, FERRY_ERR_PEER_FAILED), cancelled (CANCELLED), or its own
- * registration expired (ERRORED, FERRY_ERR_EXPIRED), within the TTL.
- * Cancelling it, or destroying it unfinished, cancels it at the coordinator,
- * and the writer learns it; destroying it releases its record. FERRY_ERR_ALREADY_EXISTS when the
- * request ID is taken. The operation's done callback is used for this: do not replace it. */
-FERRY_API ferry_status_t ferry_op_publish(ferry_op_t *op, ferry_coordinator_t *coordinator,
-                                          const ferry_publish_params_t *params);
-
-/* The access token of a published operation (the caller's or the one the
- * coordinator picked); NULL when not published. Valid until destroy. */
-FERRY_API const char *ferry_op_access_token(const ferry_op_t *op);
-
-typedef struct {
-    const char *request_id;   /* required */
-    const char *access_token; /* required */
-    int wait_ms;              /* wait this long for the passive side to register; 0: not */
-    int ttl_s; /* TTL of the session lease when this call makes it; 0: the coordinator's */
-} ferry_claim_params_t;
-
-/* Active, by request ID: looks the operation up at the coordinator (waiting
- * up to wait_ms for it to appear), checks that it is still open and the
- * pairing (kind, count, sizes), then starts the transfer at once, as
- * ferry_write_begin / ferry_read_begin do: the passive side admits exactly
- * one writer (or reader) before any byte moves. The coordinator's Claim
- * (CLAIMED, on the client's session lease) goes out from the session thread
- * while the transfer runs, and Complete when it ends (or is destroyed), so
- * the Lookup is the only coordinator round trip on the caller's path and
- * destroy does not wait for one. A refused Claim ends the operation with the
- * coordinator's code. Errors: those of the coordinator (FERRY_ERR_NOT_FOUND,
- * FERRY_ERR_PERMISSION_DENIED, FERRY_ERR_FAILED_PRECONDITION when the
- * operation is taken or no longer open, FERRY_ERR_TIMED_OUT), and those of
- * the begin calls. The operation's done callback is used for the report: do
- * not replace it. */
-FERRY_API ferry_status_t ferry_write_begin_by_id(ferry_connector_t *connector,
-                                                 ferry_coordinator_t *coordinator,
-                                                 const ferry_claim_params_t *params,
-                                                 const ferry_descriptor_t *local, size_t n,
-                                                 ferry_op_t **op_p);
-FERRY_API ferry_status_t ferry_read_begin_by_id(ferry_connector_t *connector,
-                                                ferry_coordinator_t *coordinator,
-                                                const ferry_claim_params_t *params,
-                                                const ferry_descriptor_t *local, size_t n,
-                                                ferry_op_t **op_p);
 
 #ifdef __cplusplus
 }

@@ -28,6 +28,12 @@
 extern "C" {
 #endif
 
+/* Marks libferry's exported functions: the library is built with hidden
+ * visibility and a version script, and exports exactly these. */
+#ifndef FERRY_API
+#define FERRY_API __attribute__((visibility("default")))
+#endif
+
 /* _(NAME, value, message) */
 #define FERRY_FOREACH_STATUS(_)                                                    \
     _(OK, 0, "success")                                                            \
@@ -52,7 +58,8 @@ extern "C" {
     _(ERR_MISUSE, -19, "API misuse by the caller")                                 \
     _(ERR_INTERNAL, -20, "internal error")                                         \
     _(ERR_LEASE_NOT_FOUND, -21, "lease not found: it expired or never existed")    \
-    _(ERR_OUT_OF_RANGE, -22, "revision no longer available: read again, then resume")
+    _(ERR_OUT_OF_RANGE, -22, "revision no longer available: read again, then resume") \
+    _(ERR_BUSY, -23, "busy: the handle still has live children")
 
 typedef enum {
 #define FERRY__STATUS_ENUM(name, value, msg) FERRY_##name = (value),
@@ -62,10 +69,10 @@ typedef enum {
 
 /* "FERRY_ERR_NOT_FOUND" for FERRY_ERR_NOT_FOUND; "FERRY_UNKNOWN_STATUS" for a
  * value outside the table. The string is static. */
-const char *ferry_status_name(ferry_status_t status);
+FERRY_API const char *ferry_status_name(ferry_status_t status);
 
 /* A short lowercase sentence for the status; static, never NULL. */
-const char *ferry_status_string(ferry_status_t status);
+FERRY_API const char *ferry_status_string(ferry_status_t status);
 
 #ifdef __cplusplus
 }

@@ -782,12 +782,14 @@ static void test_shared_lease(void **state)
     assert_int_equal(get_state("share-1", &err), -1);
     assert_int_equal(get_state("share-2", &err), -1);
 
-    /* A lease that is gone is NOT_FOUND, and names the lease. */
+    /* A lease that is gone is NOT_FOUND on the wire, LEASE_NOT_FOUND as a
+     * code (the ferry-status trailing metadata), and names the lease. */
     req.request_id = "share-3";
     assert_int_equal(test_coord_call(chan, "Register", &req.base,
                                      &ferry__v1__register_response__descriptor,
                                      (ProtobufCMessage **)&second, &err),
-                     FERRY_ERR_NOT_FOUND);
+                     FERRY_ERR_LEASE_NOT_FOUND);
+    assert_int_equal(err.grpc_code, 5);
     assert_non_null(strstr(err.message, "lease_id"));
     assert_int_equal(get_state("share-3", &err), -1);
 
@@ -1043,7 +1045,7 @@ static void test_claim_with_unknown_lease_is_not_found_at_once(void **state)
     assert_int_equal(test_coord_call(chan, "Claim", &req.base,
                                      &ferry__v1__claim_response__descriptor,
                                      (ProtobufCMessage **)&resp, &err),
-                     FERRY_ERR_NOT_FOUND);
+                     FERRY_ERR_LEASE_NOT_FOUND);
     assert_int_equal(err.grpc_code, 5);
     assert_non_null(strstr(err.message, "lease_id"));
     assert_int_equal(get_state("nolease-1", &err),

@@ -91,6 +91,15 @@ static void test_metadata(void **state)
     assert_int_equal(coord_validate_metadata("metadata", NULL, msg, sizeof(msg)),
                      FERRY_ERR_INVALID_ARGUMENT);
 
+    /* The library's rules are the coordinator's (common/md_rules.h): a
+     * version newer than this build is refused here too, not only by the
+     * writer that would have looked it up. */
+    fill(&md, d, dp, 2);
+    md.version = 2;
+    assert_int_equal(coord_validate_metadata("metadata", &md, msg, sizeof(msg)),
+                     FERRY_ERR_INVALID_ARGUMENT);
+    assert_non_null(strstr(msg, "metadata.version 2"));
+
     fill(&md, d, dp, 2);
     d[1].address = 0;
     assert_int_equal(coord_validate_metadata("metadata", &md, msg, sizeof(msg)),
@@ -107,7 +116,7 @@ static void test_metadata(void **state)
     md.version = 2; /* no worker of this release reads it */
     assert_int_equal(coord_validate_metadata("metadata", &md, msg, sizeof(msg)),
                      FERRY_ERR_INVALID_ARGUMENT);
-    assert_string_equal(msg, "metadata.version is 2; at most 1 is known");
+    assert_string_equal(msg, "metadata.version 2 is newer than this build (1)");
     md.version = 1;
     assert_int_equal(coord_validate_metadata("metadata", &md, msg, sizeof(msg)), FERRY_OK);
 

@@ -68,6 +68,10 @@ static void handle_get(rpc_call_t *call, const ProtobufCMessage *request, void *
 
     if (strcmp(req->request_id, "missing") == 0) {
         rpc_call_fail(call, FERRY_ERR_NOT_FOUND, "operation %s not found", req->request_id);
+    } else if (strcmp(req->request_id, "lease-gone") == 0) {
+        rpc_call_fail(call, FERRY_ERR_LEASE_NOT_FOUND, "the lease is gone");
+    } else if (strcmp(req->request_id, "expired") == 0) {
+        rpc_call_fail(call, FERRY_ERR_EXPIRED, "operation %s not found", req->request_id);
     } else if (strcmp(req->request_id, "later") == 0) {
         rpc_call_ref(call);
         pthread_mutex_lock(&f->lock);

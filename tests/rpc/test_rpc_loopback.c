@@ -101,6 +101,26 @@ static void test_unary_not_found(void **state)
     assert_null(resp);
 }
 
+/* Codes that share a gRPC code arrive as themselves (the server's
+ * ferry-status trailing metadata), whatever the message says: the message
+ * is for people, the code is the contract. */
+static void test_unary_status_by_code(void **state)
+{
+    Ferry__V1__GetResponse *resp = NULL;
+    rpc_error_t err;
+
+    assert_int_equal(get(*state, "lease-gone", 5000, &resp, &err), FERRY_ERR_LEASE_NOT_FOUND);
+    assert_int_equal(err.grpc_code, 5);
+    assert_int_equal(err.status, FERRY_ERR_LEASE_NOT_FOUND);
+    assert_null(strstr(err.message, "lease_id"));
+    assert_int_equal(get(*state, "expired", 5000, &resp, &err), FERRY_ERR_EXPIRED);
+    assert_int_equal(err.grpc_code, 5);
+    /* The same wording with the other code: the code decides. */
+    assert_int_equal(get(*state, "missing", 5000, &resp, &err), FERRY_ERR_NOT_FOUND);
+    assert_int_equal(err.status, FERRY_ERR_NOT_FOUND);
+    assert_null(resp);
+}
+
 static void test_unary_reply_from_other_thread(void **state)
 {
     Ferry__V1__GetResponse *resp = NULL;
@@ -375,6 +395,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_unary_echo, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_unary_status_by_code, setup, teardown),
         cmocka_unit_test_setup_teardown(test_unary_not_found, setup, teardown),
         cmocka_unit_test_setup_teardown(test_unary_reply_from_other_thread, setup, teardown),
         cmocka_unit_test_setup_teardown(test_unary_concurrent, setup, teardown),

@@ -22,8 +22,9 @@ static const ferry_status_t all_codes[] = {
 /* Ferry codes that share a gRPC code with a closer match. */
 static bool ferry_lossy(ferry_status_t s)
 {
-    return s == FERRY_ERR_EXPIRED || s == FERRY_ERR_LEASE_NOT_FOUND || s == FERRY_ERR_NO_MEMORY ||
-           s == FERRY_ERR_TRANSPORT || s == FERRY_ERR_IO || s == FERRY_ERR_MISUSE;
+    return s == FERRY_ERR_EXPIRED || s == FERRY_ERR_LEASE_NOT_FOUND || s == FERRY_ERR_BUSY ||
+           s == FERRY_ERR_NO_MEMORY || s == FERRY_ERR_TRANSPORT || s == FERRY_ERR_IO ||
+           s == FERRY_ERR_MISUSE;
 }
 
 static void test_every_ferry_code_maps(void **state)

@@ -8,6 +8,8 @@
 #include <setjmp.h>
 #include <cmocka.h>
 
+#include <ferry/ferry.h>
+
 #include "common/op_state.h"
 
 static const ferry_op_state_t states[] = {
@@ -57,12 +59,33 @@ static void test_unspecified_goes_nowhere(void **state)
     assert_string_equal(ferry__op_state_name(FERRY_OP_CLAIMED), "CLAIMED");
 }
 
+/* The status column: what an operation in each state reports, and what
+ * libferry derives its own statuses from. */
+static void test_public_status(void **state)
+{
+    (void)state;
+    assert_int_equal(ferry__op_state_status(0), FERRY_OP_STATUS_UNINITIALIZED);
+    assert_int_equal(ferry__op_state_status(FERRY_OP_REGISTERED), FERRY_OP_STATUS_INITIALIZED);
+    assert_int_equal(ferry__op_state_status(FERRY_OP_CLAIMED), FERRY_OP_STATUS_IN_PROGRESS);
+    assert_int_equal(ferry__op_state_status(FERRY_OP_COMPLETE), FERRY_OP_STATUS_COMPLETE);
+    assert_int_equal(ferry__op_state_status(FERRY_OP_ERRORED), FERRY_OP_STATUS_ERRORED);
+    assert_int_equal(ferry__op_state_status(FERRY_OP_CANCELLED), FERRY_OP_STATUS_CANCELLED);
+    assert_int_equal(ferry__op_state_status(FERRY_OP_EXPIRED), FERRY_OP_STATUS_ERRORED);
+    for (size_t i = 0; i < N_STATES; i++) {
+        ferry_op_status_t s = ferry__op_state_status(states[i]);
+        bool final = s == FERRY_OP_STATUS_COMPLETE || s == FERRY_OP_STATUS_ERRORED ||
+                     s == FERRY_OP_STATUS_CANCELLED;
+        assert_int_equal(final, ferry__op_state_is_final(states[i]));
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_transition_table),
         cmocka_unit_test(test_final_states),
         cmocka_unit_test(test_unspecified_goes_nowhere),
+        cmocka_unit_test(test_public_status),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -9,7 +9,17 @@
  *   - destroying a published operation unfinished cancels it at the
  *     coordinator;
  *   - the session lease is renewed (with its lease token) while the
- *     process lives.
+ *     process lives;
+ *   - a bound operation follows its record through the client's one Watch
+ *     stream, with no Get polling;
+ *   - one admission authority, one outcome (the coordinator's Claim, before
+ *     any byte): two writers racing on one request ID (exactly one wins, the
+ *     receiver holds exactly its bytes, the record names it); the
+ *     coordinator unreachable before the claim (no byte moves, the record
+ *     stays open) and after it (the transfer completes and the Complete,
+ *     retried, makes the record COMPLETE). Interleavings are forced with the
+ *     FERRY_TEST_PAUSE seam of coord_client.c and SIGSTOP/SIGCONT of the
+ *     real coordinator.
  * Children are this executable again (--role ...), talking over pipes.
  */
 #include <stdarg.h>
@@ -28,7 +38,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include <ferry/ferry.h>
+#include <ferry/coordinator.h>
 
 #include "coord_harness.h"
 #include "worker/cli/pattern.h"
@@ -147,7 +157,10 @@ static int role_stalled_writer(const char *target, int in, int out)
     ferry_coordinator_t *cl;
     uint8_t *buf = malloc(SIZE);
     ferry_descriptor_t d = {.ptr = buf, .size = SIZE, .device = FERRY_DEVICE_HOST_INIT};
-    ferry_claim_params_t p = {.request_id = "kill-1", .access_token = TOKEN, .wait_ms = 10000};
+    ferry_claim_params_t p = {.field_mask = FERRY_CLAIM_PARAM_FIELD_WAIT,
+                              .request_id = "kill-1",
+                              .access_token = TOKEN,
+                              .wait_ms = 10000};
     ferry_op_t *op;
 
     (void)in;
@@ -233,6 +246,56 @@ static int role_many_receiver(const char *target, int in, int out)
     ferry_coordinator_disconnect(cl);
     ferry_connector_destroy(c);
     return rc;
+}
+
+/* A writer for the admission tests: reads "seed N" (the byte it writes),
+ * then writes SIZE bytes of it to "race-<arg>" with a 300 ms call timeout
+ * (FERRY_TEST_PAUSE, set by the parent, stops it inside begin_by_id), and
+ * says "ok <name>" or "refused <status name>"; then waits for "bye" (its
+ * client keeps reporting meanwhile) and exits 0. */
+static int role_racing_writer(const char *target, int in, int out)
+{
+    ferry_connector_t *c;
+    ferry_coordinator_t *cl;
+    ferry_coordinator_params_t cp = {
+        .field_mask = FERRY_COORDINATOR_PARAM_FIELD_TIMEOUT, .target = target, .timeout_ms = 300};
+    uint8_t *buf = malloc(SIZE);
+    ferry_descriptor_t d = {.ptr = buf, .size = SIZE, .device = FERRY_DEVICE_HOST_INIT};
+    char line[64], id[32];
+    unsigned seed;
+    ferry_status_t status;
+    ferry_op_t *op;
+
+    if (ferry_connector_create(NULL, &c) != FERRY_OK ||
+        ferry_coordinator_connect(&cp, &cl) != FERRY_OK) {
+        return 91;
+    }
+    if (!hear(in, line, sizeof(line), 30000) || sscanf(line, "seed %u %31s", &seed, id) != 2) {
+        return 96;
+    }
+    memset(buf, (int)seed, SIZE);
+    ferry_claim_params_t p = {.field_mask = FERRY_CLAIM_PARAM_FIELD_WAIT,
+                              .request_id = id,
+                              .access_token = TOKEN,
+                              .wait_ms = 10000};
+    status = ferry_write_begin_by_id(c, cl, &p, &d, 1, &op);
+    if (status == FERRY_OK) {
+        status = ferry_op_wait(op, 20000);
+        ferry_op_destroy(op);
+    }
+    if (status == FERRY_OK) {
+        snprintf(line, sizeof(line), "ok %s\n", ferry_connector_name(c));
+    } else {
+        snprintf(line, sizeof(line), "refused %s\n", ferry_status_name(status));
+    }
+    say(out, line);
+    if (!hear(in, line, sizeof(line), 60000)) {
+        return 97;
+    }
+    ferry_coordinator_disconnect(cl);
+    ferry_connector_destroy(c);
+    free(buf);
+    return 0;
 }
 
 /* ---- the parent's side ------------------------------------------------------ */
@@ -396,7 +459,10 @@ static void test_receiver_cancels_mid_transfer(void **state)
 {
     uint8_t *buf = malloc(SIZE);
     ferry_descriptor_t d = {.ptr = buf, .size = SIZE, .device = FERRY_DEVICE_HOST_INIT};
-    ferry_claim_params_t p = {.request_id = "cancel-1", .access_token = TOKEN, .wait_ms = 10000};
+    ferry_claim_params_t p = {.field_mask = FERRY_CLAIM_PARAM_FIELD_WAIT,
+                              .request_id = "cancel-1",
+                              .access_token = TOKEN,
+                              .wait_ms = 10000};
     ferry_op_t *op;
     child_t receiver = spawn("cancelling-receiver");
     char line[32];
@@ -446,7 +512,10 @@ static void *write_one(void *arg)
     uint8_t *buf = malloc(SIZE);
     char id[32];
     ferry_descriptor_t d = {.ptr = buf, .size = SIZE, .device = FERRY_DEVICE_HOST_INIT};
-    ferry_claim_params_t p = {.request_id = id, .access_token = TOKEN, .wait_ms = 10000};
+    ferry_claim_params_t p = {.field_mask = FERRY_CLAIM_PARAM_FIELD_WAIT,
+                              .request_id = id,
+                              .access_token = TOKEN,
+                              .wait_ms = 10000};
     ferry_op_t *op;
 
     snprintf(id, sizeof(id), "many-%d", job->index);
@@ -485,9 +554,15 @@ static void test_many_operations_between_two_workers(void **state)
      * (released by its owner, or at the latest with its owner's lease). */
     assert_int_equal(saw(&events, ST(COMPLETE), EV(PUT), N_OPS, 10000), N_OPS);
     assert_int_equal(saw(&events, ST(COMPLETE), EV(DELETE), N_OPS, (TTL + 5) * 1000), N_OPS);
+    /* Get reads the replica's view, which may apply a delete a moment after
+     * its watchers were told: wait for it, with a deadline. */
     for (int i = 0; i < N_OPS; i++) {
         char id[32];
         snprintf(id, sizeof(id), "many-%d", i);
+        for (long long until = test_now_ms() + 10000;
+             coord_state(id) != -1 && test_now_ms() < until;) {
+            poll(NULL, 0, 20);
+        }
         assert_int_equal(coord_state(id), -1);
     }
     rpc_stream_destroy(events.stream);
@@ -536,6 +611,33 @@ static void test_session_lease_is_renewed(void **state)
     rpc_stream_destroy(events.stream);
 }
 
+/* Disconnecting a client with an operation still bound refuses
+ * (FERRY_ERR_BUSY) and changes nothing (the record stays, the operation
+ * stays bound); once the operation is destroyed the client closes, and its
+ * record was released. */
+static void test_disconnect_busy(void **state)
+{
+    uint8_t buf[64];
+    ferry_descriptor_t d = {.ptr = buf, .size = sizeof(buf), .device = FERRY_DEVICE_HOST_INIT};
+    ferry_publish_params_t p = {.request_id = "busy-1", .access_token = TOKEN};
+    ferry_coordinator_params_t cp = {.target = coord.target};
+    ferry_coordinator_t *other;
+    ferry_op_t *op;
+    (void)state;
+
+    assert_int_equal(ferry_coordinator_connect(&cp, &other), FERRY_OK);
+    assert_int_equal(ferry_writable_create(conn, &d, 1, &op), FERRY_OK);
+    assert_int_equal(ferry_op_publish(op, other, &p), FERRY_OK);
+    assert_int_equal(ferry_coordinator_disconnect(other), FERRY_ERR_BUSY);
+    assert_non_null(strstr(ferry_last_error_message(), "1 operations still bound"));
+    assert_int_equal(coord_state("busy-1"), ST(REGISTERED));
+    assert_string_equal(ferry_op_access_token(op), TOKEN);
+    ferry_op_destroy(op);
+    assert_int_equal(ferry_coordinator_disconnect(other), FERRY_OK);
+    assert_int_equal(coord_state("busy-1"), -1);
+    assert_int_equal(ferry_coordinator_disconnect(NULL), FERRY_OK);
+}
+
 static void test_publish_duplicate_is_refused(void **state)
 {
     uint8_t buf[64];
@@ -549,8 +651,302 @@ static void test_publish_duplicate_is_refused(void **state)
     assert_int_equal(ferry_op_publish(a, client, &p), FERRY_OK);
     assert_int_equal(ferry_op_publish(b, client, &p), FERRY_ERR_ALREADY_EXISTS);
     assert_non_null(strstr(ferry_last_error_message(), "dup-1"));
+    /* A field_mask bit this header does not name is refused, naming it. */
+    ferry_publish_params_t future = {.field_mask = 1u << 9, .request_id = "dup-2"};
+    assert_int_equal(ferry_op_publish(b, client, &future), FERRY_ERR_INVALID_ARGUMENT);
+    assert_non_null(strstr(ferry_last_error_message(), "field_mask"));
+    ferry_claim_params_t claim = {
+        .field_mask = 1u << 9, .request_id = "dup-1", .access_token = TOKEN};
+    ferry_op_t *w = NULL;
+    assert_int_equal(ferry_write_begin_by_id(conn, client, &claim, &d, 1, &w),
+                     FERRY_ERR_INVALID_ARGUMENT);
+    assert_null(w);
     ferry_op_destroy(b);
     ferry_op_destroy(a);
+}
+
+/* The record's state and claimant (claimant may be NULL); -1 when Get fails. */
+static int coord_record(const char *id, char *claimant, size_t cap)
+{
+    Ferry__V1__GetRequest req = FERRY__V1__GET_REQUEST__INIT;
+    Ferry__V1__GetResponse *resp = NULL;
+    rpc_error_t err;
+    int state;
+
+    req.request_id = (char *)id;
+    if (test_coord_call(chan, "Get", &req.base, &ferry__v1__get_response__descriptor,
+                        (ProtobufCMessage **)&resp, &err) != FERRY_OK) {
+        return -1;
+    }
+    state = (int)resp->operation->state;
+    if (claimant != NULL) {
+        snprintf(claimant, cap, "%s", resp->operation->claimant);
+    }
+    ferry__v1__get_response__free_unpacked(resp, NULL);
+    return state;
+}
+
+/* Waits (deadline) for the record of id to reach state. */
+static bool record_reaches(const char *id, int state, int timeout_ms)
+{
+    for (long long until = test_now_ms() + timeout_ms; test_now_ms() < until;) {
+        if (coord_record(id, NULL, 0) == state) {
+            return true;
+        }
+        poll(NULL, 0, 20);
+    }
+    return false;
+}
+
+/* Spawns n racing writers stopped at `point` (FERRY_TEST_PAUSE), each told
+ * its seed and the request ID, and waits until all have reached it. *go is
+ * the file that lets them on. */
+static void spawn_paused(child_t *w, int n, const char *point, const char *id, char *go,
+                         size_t go_cap)
+{
+    char dir[] = "/tmp/ferry-pause-XXXXXX", env[256], path[300], line[64];
+
+    assert_non_null(mkdtemp(dir));
+    snprintf(env, sizeof(env), "%s:%s/p", point, dir);
+    assert_int_equal(setenv("FERRY_TEST_PAUSE", env, 1), 0);
+    for (int i = 0; i < n; i++) {
+        w[i] = spawn("racing-writer");
+    }
+    unsetenv("FERRY_TEST_PAUSE");
+    for (int i = 0; i < n; i++) {
+        snprintf(line, sizeof(line), "seed %d %s\n", 0x41 + i, id);
+        say(w[i].to, line);
+    }
+    for (int i = 0; i < n; i++) {
+        snprintf(path, sizeof(path), "%s/p.%ld.reached", dir, (long)w[i].pid);
+        long long until = test_now_ms() + 20000;
+        while (access(path, F_OK) != 0 && test_now_ms() < until) {
+            poll(NULL, 0, 10);
+        }
+        assert_int_equal(access(path, F_OK), 0);
+    }
+    snprintf(go, go_cap, "%s/p.go", dir);
+}
+
+static void let_go(const char *go)
+{
+    FILE *f = fopen(go, "w");
+    assert_non_null(f);
+    fclose(f);
+}
+
+/* Two writers on one request ID, both past their Lookup before either
+ * claims: exactly one is admitted (by the coordinator's Claim, before any
+ * byte), the other is refused FAILED_PRECONDITION having written nothing;
+ * the receiver holds exactly the winner's bytes, and the record is COMPLETE
+ * and names the winner. */
+static void test_two_writers_race(void **state)
+{
+    uint8_t *buf = calloc(1, SIZE);
+    ferry_descriptor_t d = {.ptr = buf, .size = SIZE, .device = FERRY_DEVICE_HOST_INIT};
+    ferry_publish_params_t p = {.request_id = "race-1", .access_token = TOKEN};
+    ferry_op_t *op;
+    child_t w[2];
+    char go[300], line[2][128], claimant[128];
+    int winner = -1;
+    (void)state;
+
+    assert_int_equal(ferry_writable_create(conn, &d, 1, &op), FERRY_OK);
+    assert_int_equal(ferry_op_publish(op, client, &p), FERRY_OK);
+    spawn_paused(w, 2, "after-lookup", "race-1", go, sizeof(go));
+    let_go(go);
+    for (int i = 0; i < 2; i++) {
+        assert_true(hear(w[i].from, line[i], sizeof(line[i]), 30000));
+        if (strncmp(line[i], "ok ", 3) == 0) {
+            assert_int_equal(winner, -1);
+            winner = i;
+        } else {
+            assert_string_equal(line[i], "refused FERRY_ERR_FAILED_PRECONDITION");
+        }
+    }
+    assert_true(winner >= 0);
+    assert_int_equal(ferry_op_wait(op, 20000), FERRY_OK);
+    for (size_t i = 0; i < SIZE; i++) {
+        if (buf[i] != 0x41 + winner) {
+            fail_msg("byte %zu is 0x%02x, the winner wrote 0x%02x", i, buf[i], 0x41 + winner);
+        }
+    }
+    assert_true(record_reaches("race-1", ST(COMPLETE), 10000));
+    assert_int_equal(coord_record("race-1", claimant, sizeof(claimant)), ST(COMPLETE));
+    assert_string_equal(claimant, line[winner] + 3);
+    for (int i = 0; i < 2; i++) {
+        say(w[i].to, "bye\n");
+        assert_int_equal(child_exit(&w[i], 10000), 0);
+    }
+    ferry_op_destroy(op);
+    free(buf);
+}
+
+/* The coordinator unreachable (stopped) when the writer claims: the claim
+ * fails and no byte moves; the record stays open with the receiver
+ * untouched, or (the claim arrived after all) is ERRORED with the receiver
+ * ERRORED too. */
+static void test_coordinator_down_before_claim(void **state)
+{
+    uint8_t *buf = calloc(1, SIZE);
+    ferry_descriptor_t d = {.ptr = buf, .size = SIZE, .device = FERRY_DEVICE_HOST_INIT};
+    ferry_publish_params_t p = {.request_id = "race-2", .access_token = TOKEN};
+    ferry_op_t *op;
+    child_t w;
+    char go[300], line[128];
+    (void)state;
+
+    assert_int_equal(ferry_writable_create(conn, &d, 1, &op), FERRY_OK);
+    assert_int_equal(ferry_op_publish(op, client, &p), FERRY_OK);
+    spawn_paused(&w, 1, "after-lookup", "race-2", go, sizeof(go));
+    assert_int_equal(kill(coord.proc.pid, SIGSTOP), 0);
+    let_go(go);
+    assert_true(hear(w.from, line, sizeof(line), 30000));
+    assert_int_equal(kill(coord.proc.pid, SIGCONT), 0);
+    assert_true(strncmp(line, "refused ", 8) == 0);
+    say(w.to, "bye\n");
+    assert_int_equal(child_exit(&w, 10000), 0);
+    for (size_t i = 0; i < SIZE; i++) {
+        if (buf[i] != 0) {
+            fail_msg("byte %zu was written (0x%02x) by a writer that was never admitted", i,
+                     buf[i]);
+        }
+    }
+    /* The stopped coordinator may still have taken the claim (its answer
+     * came too late): the writer then abandoned it (Complete with its
+     * error), so the record is ERRORED and the receiver learns it. Either
+     * way nothing moved and all three agree. Right after SIGCONT the
+     * coordinator may answer UNAVAILABLE while it catches up with etcd:
+     * wait for an answer. */
+    int rec = -1;
+    for (long long until = test_now_ms() + 10000; test_now_ms() < until; poll(NULL, 0, 20)) {
+        rec = coord_record("race-2", NULL, 0);
+        if (rec == ST(REGISTERED) || rec == ST(ERRORED)) {
+            break;
+        }
+    }
+    if (rec == ST(REGISTERED)) {
+        assert_int_equal(ferry_op_status(op), FERRY_OP_STATUS_INITIALIZED);
+    } else {
+        assert_int_equal(rec, ST(ERRORED));
+        assert_true(ferry_op_wait(op, 10000) != FERRY_OK);
+        assert_int_equal(ferry_op_status(op), FERRY_OP_STATUS_ERRORED);
+    }
+    for (size_t i = 0; i < SIZE; i++) {
+        if (buf[i] != 0) {
+            fail_msg("byte %zu written by a writer that was refused", i);
+        }
+    }
+    ferry_op_destroy(op);
+    free(buf);
+}
+
+/* The coordinator unreachable (stopped) after the claim, while the bytes
+ * move: the transfer completes on both sides, and the writer's Complete,
+ * tried again until the coordinator is back, makes the record COMPLETE. */
+static void test_coordinator_down_after_claim(void **state)
+{
+    uint8_t *buf = calloc(1, SIZE);
+    ferry_descriptor_t d = {.ptr = buf, .size = SIZE, .device = FERRY_DEVICE_HOST_INIT};
+    ferry_publish_params_t p = {.request_id = "race-3", .access_token = TOKEN};
+    ferry_op_t *op;
+    child_t w;
+    char go[300], line[128], claimant[128];
+    (void)state;
+
+    assert_int_equal(ferry_writable_create(conn, &d, 1, &op), FERRY_OK);
+    assert_int_equal(ferry_op_publish(op, client, &p), FERRY_OK);
+    spawn_paused(&w, 1, "after-claim", "race-3", go, sizeof(go));
+    assert_int_equal(kill(coord.proc.pid, SIGSTOP), 0);
+    let_go(go);
+    /* The bytes move without the coordinator; the writer ends COMPLETE and
+     * its Complete goes out to the stopped coordinator. */
+    assert_int_equal(ferry_op_wait(op, 20000), FERRY_OK);
+    assert_true(buf[0] == 0x41 && buf[SIZE - 1] == 0x41);
+    assert_true(hear(w.from, line, sizeof(line), 30000));
+    assert_true(strncmp(line, "ok ", 3) == 0);
+    /* Not synchronization: the assertions below hold either way. Staying
+     * stopped past the writer's 300 ms call timeout makes its first
+     * Complete fail, so that the retry is what completes the record. (Not
+     * much longer: the claim's lease has a TTL of 2 s here, and an outage
+     * longer than the TTL expires it, as the README says.) */
+    poll(NULL, 0, 400);
+    assert_int_equal(kill(coord.proc.pid, SIGCONT), 0);
+    if (!record_reaches("race-3", ST(COMPLETE), 10000)) {
+        fail_msg("race-3 is %d, not COMPLETE", coord_record("race-3", NULL, 0));
+    }
+    assert_int_equal(coord_record("race-3", claimant, sizeof(claimant)), ST(COMPLETE));
+    assert_string_equal(claimant, line + 3);
+    say(w.to, "bye\n");
+    assert_int_equal(child_exit(&w, 10000), 0);
+    ferry_op_destroy(op);
+    free(buf);
+}
+
+/* Lines of the coordinator's log that contain needle. */
+static int log_count(const char *needle)
+{
+    FILE *f = fopen(coord.log_path, "r");
+    char line[1024];
+    int n = 0;
+
+    assert_non_null(f);
+    while (fgets(line, sizeof(line), f) != NULL) {
+        n += strstr(line, needle) != NULL;
+    }
+    fclose(f);
+    return n;
+}
+
+#define GETS       "Coordinator/Get: ends"
+#define KEEPALIVES "Coordinator/KeepAlive: ends"
+
+/* A bound operation follows its record through the client's Watch stream,
+ * not by polling: once bound (at most one Get), three session renewals pass
+ * with no Get at all; a change of the record (a Cancel from elsewhere) still reaches
+ * the operation. */
+static void test_bound_operation_is_watched_not_polled(void **state)
+{
+    uint8_t buf[64];
+    ferry_descriptor_t d = {.ptr = buf, .size = sizeof(buf), .device = FERRY_DEVICE_HOST_INIT};
+    ferry_publish_params_t p = {.request_id = "idle-1", .access_token = TOKEN};
+    Ferry__V1__CancelRequest cancel = FERRY__V1__CANCEL_REQUEST__INIT;
+    Ferry__V1__CancelResponse *cancelled = NULL;
+    rpc_error_t err;
+    ferry_op_t *op;
+    int gets, keepalives;
+    long long until;
+    (void)state;
+
+    keepalives = log_count(KEEPALIVES);
+    assert_int_equal(ferry_writable_create(conn, &d, 1, &op), FERRY_OK);
+    assert_int_equal(ferry_op_publish(op, client, &p), FERRY_OK);
+    /* The look once bound (a Get, unless the watch's event came first) is
+     * due at once, before the next renewal on the same session thread: once
+     * a renewal is logged it is behind us. */
+    for (until = test_now_ms() + (TTL * 3 + 10) * 1000;
+         log_count(KEEPALIVES) == keepalives && test_now_ms() < until;) {
+        poll(NULL, 0, 20);
+    }
+    gets = log_count(GETS);
+    keepalives = log_count(KEEPALIVES);
+    for (until = test_now_ms() + (TTL * 3 + 10) * 1000;
+         log_count(KEEPALIVES) < keepalives + 3 && test_now_ms() < until;) {
+        poll(NULL, 0, 50);
+    }
+    assert_true(log_count(KEEPALIVES) >= keepalives + 3);
+    assert_int_equal(log_count(GETS), gets);
+
+    cancel.request_id = "idle-1";
+    cancel.access_token = TOKEN;
+    cancel.reason = "cancelled from elsewhere";
+    assert_int_equal(test_coord_call(chan, "Cancel", &cancel.base,
+                                     &ferry__v1__cancel_response__descriptor,
+                                     (ProtobufCMessage **)&cancelled, &err),
+                     FERRY_OK);
+    ferry__v1__cancel_response__free_unpacked(cancelled, NULL);
+    assert_int_equal(ferry_op_wait(op, 10000), FERRY_ERR_CANCELLED);
+    ferry_op_destroy(op);
 }
 
 int main(int argc, char **argv)
@@ -558,10 +954,15 @@ int main(int argc, char **argv)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_destroy_unfinished_cancels_at_coordinator),
         cmocka_unit_test(test_publish_duplicate_is_refused),
+        cmocka_unit_test(test_disconnect_busy),
         cmocka_unit_test(test_session_lease_is_renewed),
+        cmocka_unit_test(test_bound_operation_is_watched_not_polled),
         cmocka_unit_test(test_many_operations_between_two_workers),
         cmocka_unit_test(test_writer_killed_mid_transfer),
         cmocka_unit_test(test_receiver_cancels_mid_transfer),
+        cmocka_unit_test(test_two_writers_race),
+        cmocka_unit_test(test_coordinator_down_before_claim),
+        cmocka_unit_test(test_coordinator_down_after_claim),
     };
 
     self_exe = argv[0];
@@ -572,6 +973,9 @@ int main(int argc, char **argv)
         }
         if (strcmp(argv[2], "cancelling-receiver") == 0) {
             return role_cancelling_receiver(argv[3], in, out);
+        }
+        if (strcmp(argv[2], "racing-writer") == 0) {
+            return role_racing_writer(argv[3], in, out);
         }
         if (strcmp(argv[2], "many-receiver") == 0) {
             return role_many_receiver(argv[3], in, out);

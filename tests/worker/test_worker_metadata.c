@@ -206,6 +206,13 @@ static void drop_address(Ferry__V1__RdmaMetadata *md)
 {
     md->worker_address.len = 0;
 }
+/* Bounds the coordinator always had now hold for the library too. */
+static uint8_t huge_rkey[4097];
+static void huge_rkey_in_1(Ferry__V1__RdmaMetadata *md)
+{
+    md->descriptors[1]->rkey.data = huge_rkey;
+    md->descriptors[1]->rkey.len = sizeof(huge_rkey);
+}
 static void short_key(Ferry__V1__RdmaMetadata *md)
 {
     md->notification_key.len = 15;
@@ -246,12 +253,13 @@ static void test_missing_fields(void **state)
     expect_field_error(f, drop_kind, "kind");
     expect_field_error(f, drop_address, "worker_address");
     expect_field_error(f, short_key, "notification_key");
+    expect_field_error(f, huge_rkey_in_1, "descriptors[1].rkey is 4097 bytes");
     expect_field_error(f, drop_descriptors, "descriptors");
     expect_field_error(f, zero_size, "descriptors[1].size");
     expect_field_error(f, zero_address, "descriptors[2].address");
     expect_field_error(f, drop_device, "descriptors[0].device");
     expect_field_error(f, drop_rkey, "descriptors[1].rkey");
-    expect_field_error(f, mixed_devices, "descriptors[2].device.kind");
+    expect_field_error(f, mixed_devices, "descriptors[2].device differs in kind");
     expect_field_error(f, future_version, "version");
 }
 

@@ -32,6 +32,7 @@
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
+#include <sys/stat.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
@@ -818,6 +819,220 @@ static void test_loopback_caller_progress(void **state)
     assert_int_equal(ferry_connector_get_fd(world.c, &fd), FERRY_ERR_MISUSE);
 }
 
+/* What a listener saw, in order. */
+typedef struct {
+    int n;
+    ferry_op_event_t events[8];
+    ferry_op_status_t statuses[8];
+    int *clock; /* shared order counter */
+    int at[8];
+} heard_t;
+
+static void listen_cb(ferry_op_t *op, ferry_op_event_t event, ferry_op_status_t status, void *arg)
+{
+    heard_t *h = arg;
+    (void)op;
+    if (h->n < 8) {
+        h->events[h->n] = event;
+        h->statuses[h->n] = status;
+        h->at[h->n] = (*h->clock)++;
+        h->n++;
+    }
+}
+
+static void listen_cb_other(ferry_op_t *op, ferry_op_event_t event, ferry_op_status_t status,
+                            void *arg)
+{
+    listen_cb(op, event, status, arg);
+}
+
+static void listen_cb_never(ferry_op_t *op, ferry_op_event_t event, ferry_op_status_t status,
+                            void *arg)
+{
+    (void)op, (void)event, (void)status, (void)arg;
+}
+
+/* Listeners: told FINAL (in the order added, beside the caller's done
+ * callback, which stays the caller's), a late one too, then DESTROY with
+ * the status as it was, last; found again by their callback. A passive
+ * operation destroyed unfinished tells DESTROY with INITIALIZED and no
+ * FINAL after it. */
+static void test_listeners(void **state)
+{
+    ferry_connector_params_t params = {.field_mask = FERRY_CONNECTOR_PARAM_FIELD_PROGRESS_MODE,
+                                       .progress_mode = FERRY_PROGRESS_CALLER};
+    ferry_connector_t *c;
+    uint8_t src[4096], dst[4096] = {0};
+    ferry_descriptor_t ds = {src, sizeof(src), FERRY_DEVICE_HOST_INIT};
+    ferry_descriptor_t dd = {dst, sizeof(dst), FERRY_DEVICE_HOST_INIT};
+    ferry_op_t *passive, *active, *idle;
+    ferry_op_status_t seen = FERRY_OP_STATUS_UNINITIALIZED;
+    int clock = 0;
+    heard_t a = {.clock = &clock}, b = {.clock = &clock}, late = {.clock = &clock},
+            gone = {.clock = &clock};
+    void *arg = NULL;
+    const uint8_t *md;
+    size_t md_len;
+    (void)state;
+
+    fill(src, sizeof(src), 5, 0);
+    assert_int_equal(ferry_connector_create(&params, &c), FERRY_OK);
+    assert_int_equal(ferry_writable_create(c, &dd, 1, &passive), FERRY_OK);
+    assert_ptr_equal(ferry_op_connector(passive), c);
+    assert_int_equal(ferry_op_set_done_callback(passive, done_cb, &seen), FERRY_OK);
+    assert_int_equal(ferry_op_add_listener(passive, listen_cb, &a), FERRY_OK);
+    assert_int_equal(ferry_op_add_listener(passive, listen_cb_other, &b), FERRY_OK);
+    assert_int_equal(ferry_op_add_listener(passive, NULL, &b), FERRY_ERR_INVALID_ARGUMENT);
+    assert_int_equal(ferry_op_listener_arg(passive, listen_cb_other, &arg), FERRY_OK);
+    assert_ptr_equal(arg, &b);
+    assert_int_equal(ferry_op_listener_arg(passive, listen_cb_never, &arg), FERRY_ERR_NOT_FOUND);
+    assert_int_equal(ferry_op_metadata(passive, &md, &md_len), FERRY_OK);
+    assert_int_equal(ferry_write_begin(c, &ds, 1, md, md_len, &active), FERRY_OK);
+    assert_int_equal(ferry_op_wait(active, WAIT_TIMEOUT_MS), FERRY_OK);
+    assert_int_equal(ferry_op_wait(passive, WAIT_TIMEOUT_MS), FERRY_OK);
+    assert_int_equal(ferry_connector_progress(c), FERRY_OK);
+    assert_int_equal(seen, FERRY_OP_STATUS_COMPLETE);
+    assert_int_equal(a.n, 1);
+    assert_int_equal(a.events[0], FERRY_OP_EVENT_FINAL);
+    assert_int_equal(a.statuses[0], FERRY_OP_STATUS_COMPLETE);
+    assert_int_equal(b.n, 1);
+    assert_true(a.at[0] < b.at[0]);
+    /* Added after the end: still told FINAL, once; the others not again. */
+    assert_int_equal(ferry_op_add_listener(passive, listen_cb, &late), FERRY_OK);
+    assert_int_equal(ferry_connector_progress(c), FERRY_OK);
+    assert_int_equal(late.n, 1);
+    assert_int_equal(late.events[0], FERRY_OP_EVENT_FINAL);
+    assert_int_equal(a.n, 1);
+    ferry_op_destroy(active);
+    ferry_op_destroy(passive);
+    assert_int_equal(a.n, 2);
+    assert_int_equal(a.events[1], FERRY_OP_EVENT_DESTROY);
+    assert_int_equal(a.statuses[1], FERRY_OP_STATUS_COMPLETE);
+    assert_int_equal(b.n, 2);
+    assert_int_equal(late.n, 2);
+    assert_true(a.at[1] < b.at[1] && b.at[1] < late.at[1]);
+    assert_int_equal(check(dst, sizeof(dst), 5, 0), sizeof(dst));
+
+    /* Destroyed unfinished: DESTROY sees it as it was, and nothing after. */
+    assert_int_equal(ferry_writable_create(c, &dd, 1, &idle), FERRY_OK);
+    assert_int_equal(ferry_op_add_listener(idle, listen_cb, &gone), FERRY_OK);
+    ferry_op_destroy(idle);
+    assert_int_equal(ferry_connector_progress(c), FERRY_OK);
+    assert_int_equal(gone.n, 1);
+    assert_int_equal(gone.events[0], FERRY_OP_EVENT_DESTROY);
+    assert_int_equal(gone.statuses[0], FERRY_OP_STATUS_INITIALIZED);
+    ferry_connector_destroy(c);
+}
+
+/* Destroying a connector with an operation alive refuses (FERRY_ERR_BUSY)
+ * and changes nothing: the operation still works; once it is destroyed the
+ * connector goes. */
+static void test_connector_destroy_busy(void **state)
+{
+    ferry_connector_t *c;
+    uint8_t src[256], dst[256] = {0};
+    ferry_descriptor_t ds = {src, sizeof(src), FERRY_DEVICE_HOST_INIT};
+    ferry_descriptor_t dd = {dst, sizeof(dst), FERRY_DEVICE_HOST_INIT};
+    ferry_op_t *passive, *active;
+    const uint8_t *md;
+    size_t md_len;
+    (void)state;
+
+    fill(src, sizeof(src), 9, 0);
+    assert_int_equal(ferry_connector_create(NULL, &c), FERRY_OK);
+    assert_int_equal(ferry_writable_create(c, &dd, 1, &passive), FERRY_OK);
+    assert_int_equal(ferry_connector_destroy(c), FERRY_ERR_BUSY);
+    assert_non_null(strstr(ferry_last_error_message(), "1 operations not destroyed"));
+    assert_int_equal(ferry_op_metadata(passive, &md, &md_len), FERRY_OK);
+    assert_int_equal(ferry_write_begin(c, &ds, 1, md, md_len, &active), FERRY_OK);
+    assert_int_equal(ferry_op_wait(active, WAIT_TIMEOUT_MS), FERRY_OK);
+    assert_int_equal(ferry_op_wait(passive, WAIT_TIMEOUT_MS), FERRY_OK);
+    assert_int_equal(check(dst, sizeof(dst), 9, 0), sizeof(dst));
+    ferry_op_destroy(passive);
+    assert_int_equal(ferry_connector_destroy(c), FERRY_ERR_BUSY);
+    ferry_op_destroy(active);
+    assert_int_equal(ferry_connector_destroy(c), FERRY_OK);
+    assert_int_equal(ferry_connector_destroy(NULL), FERRY_OK);
+}
+
+/* A connector's life with a failure in it: what logs (info, warn). */
+static void log_worthy_life(const ferry_connector_params_t *params)
+{
+    ferry_connector_t *c;
+    uint8_t dst[64];
+    ferry_descriptor_t dd = {dst, sizeof(dst), FERRY_DEVICE_HOST_INIT};
+    ferry_op_t *op;
+
+    assert_int_equal(ferry_connector_create(params, &c), FERRY_OK);
+    assert_int_equal(ferry_writable_create(c, &dd, 1, &op), FERRY_OK);
+    assert_int_equal(ferry_op_fail(op, FERRY_ERR_PEER_FAILED, "made to fail"), FERRY_OK);
+    ferry_op_destroy(op);
+    assert_int_equal(ferry_connector_destroy(c), FERRY_OK);
+}
+
+/* libferry is quiet unless asked: a connector's whole life, a failed
+ * operation included, writes nothing to stderr. */
+static void test_log_quiet_by_default(void **state)
+{
+    char path[] = "/tmp/ferry-stderr-XXXXXX";
+    int fd = mkstemp(path), saved = dup(STDERR_FILENO);
+    struct stat st;
+    (void)state;
+
+    assert_true(fd >= 0 && saved >= 0);
+    unlink(path);
+    assert_true(dup2(fd, STDERR_FILENO) >= 0);
+    log_worthy_life(NULL);
+    assert_true(dup2(saved, STDERR_FILENO) >= 0);
+    close(saved);
+    assert_int_equal(fstat(fd, &st), 0);
+    close(fd);
+    assert_int_equal(st.st_size, 0);
+}
+
+typedef struct {
+    int lines, warns;
+    bool saw_failure;
+} log_seen_t;
+
+static void log_cb(ferry_loglevel_t level, const char *message, void *arg)
+{
+    log_seen_t *seen = arg;
+    seen->lines++;
+    seen->warns += level == FERRY_LOGLEVEL_WARN;
+    seen->saw_failure |= strstr(message, "made to fail") != NULL;
+}
+
+/* Asked through the connector's params, the lines go to the caller's
+ * callback, at the level it set; an unknown level is refused; a later
+ * connector can turn it off again. */
+static void test_log_callback(void **state)
+{
+    log_seen_t seen = {0};
+    ferry_connector_params_t on = {.field_mask = FERRY_CONNECTOR_PARAM_FIELD_LOG_LEVEL |
+                                                 FERRY_CONNECTOR_PARAM_FIELD_LOG_CB,
+                                   .log_level = FERRY_LOGLEVEL_WARN,
+                                   .log_cb = log_cb,
+                                   .log_arg = &seen};
+    ferry_connector_params_t off = {.field_mask = FERRY_CONNECTOR_PARAM_FIELD_LOG_LEVEL |
+                                                  FERRY_CONNECTOR_PARAM_FIELD_LOG_CB,
+                                    .log_level = FERRY_LOGLEVEL_OFF};
+    ferry_connector_params_t bad = {.field_mask = FERRY_CONNECTOR_PARAM_FIELD_LOG_LEVEL,
+                                    .log_level = (ferry_loglevel_t)9};
+    ferry_connector_t *c = NULL;
+    (void)state;
+
+    log_worthy_life(&on);
+    assert_true(seen.saw_failure);
+    assert_int_equal(seen.lines, seen.warns); /* info lines not at WARN */
+    assert_int_equal(ferry_connector_create(&bad, &c), FERRY_ERR_INVALID_ARGUMENT);
+    assert_null(c);
+    log_worthy_life(&off);
+    int before = seen.lines;
+    log_worthy_life(NULL);
+    assert_int_equal(seen.lines, before);
+}
+
 /* One loopback write (both ends in connector c) of 64 KiB, checked. */
 static void loopback_write(ferry_connector_t *c)
 {
@@ -919,6 +1134,10 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_writer_killed_before_notice),
         cmocka_unit_test(test_writer_killed_peer_detection),
         cmocka_unit_test(test_loopback_caller_progress),
+        cmocka_unit_test(test_listeners),
+        cmocka_unit_test(test_connector_destroy_busy),
+        cmocka_unit_test(test_log_quiet_by_default),
+        cmocka_unit_test(test_log_callback),
         cmocka_unit_test(test_concurrent_threads),
         cmocka_unit_test(test_fail_from_outside),
         cmocka_unit_test(test_spin_param),

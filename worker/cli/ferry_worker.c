@@ -25,7 +25,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include <ferry/ferry.h>
+#include <ferry/coordinator.h>
 
 #include "pattern.h"
 
@@ -341,8 +341,10 @@ static int run_passive(ferry_connector_t *conn, ferry_coordinator_t *coord, cons
                        uint8_t *buf, ferry_descriptor_t *descs)
 {
     bool writable = strcmp(o->command, "recv") == 0;
-    ferry_publish_params_t pub = {
-        .request_id = o->request_id, .access_token = o->token, .ttl_s = o->ttl_s};
+    ferry_publish_params_t pub = {.field_mask = FERRY_PUBLISH_PARAM_FIELD_TTL,
+                                  .request_id = o->request_id,
+                                  .access_token = o->token,
+                                  .ttl_s = o->ttl_s};
     ferry_op_t *op = NULL;
     ferry_status_t status;
     double start;
@@ -389,7 +391,9 @@ static int run_active(ferry_connector_t *conn, ferry_coordinator_t *coord, const
                       uint8_t *buf, ferry_descriptor_t *descs)
 {
     bool write = strcmp(o->command, "send") == 0;
-    ferry_claim_params_t claim = {.request_id = o->request_id,
+    ferry_claim_params_t claim = {.field_mask =
+                                      FERRY_CLAIM_PARAM_FIELD_WAIT | FERRY_CLAIM_PARAM_FIELD_TTL,
+                                  .request_id = o->request_id,
                                   .access_token = o->token,
                                   .wait_ms = o->timeout_ms,
                                   .ttl_s = o->ttl_s};
@@ -427,12 +431,30 @@ static int run_active(ferry_connector_t *conn, ferry_coordinator_t *coord, const
     return rc;
 }
 
+/* FERRY_LOG_LEVEL (error, warn, info, debug, trace, off); info when unset. */
+static ferry_loglevel_t log_level_from_env(void)
+{
+    static const char *const names[] = {"error", "warn", "info", "debug", "trace"};
+    const char *env = getenv("FERRY_LOG_LEVEL");
+
+    if (env != NULL && strcmp(env, "off") == 0) {
+        return FERRY_LOGLEVEL_OFF;
+    }
+    for (int i = 0; env != NULL && i < 5; i++) {
+        if (strcmp(env, names[i]) == 0) {
+            return (ferry_loglevel_t)i;
+        }
+    }
+    return FERRY_LOGLEVEL_INFO;
+}
+
 int main(int argc, char **argv)
 {
     options_t o;
     ferry_connector_t *conn = NULL;
     ferry_coordinator_t *coord = NULL;
     ferry_coordinator_params_t cp = {.target = NULL};
+    ferry_connector_params_t conn_params = {.field_mask = FERRY_CONNECTOR_PARAM_FIELD_LOG_LEVEL};
     uint8_t *buf = NULL;
     ferry_descriptor_t *descs = NULL;
     ferry_status_t status;
@@ -450,7 +472,10 @@ int main(int argc, char **argv)
         fprintf(stderr, "ferry-worker: only --device cpu is supported by this build\n");
         return EXIT_USAGE;
     }
-    status = ferry_connector_create(NULL, &conn);
+    /* libferry logs only when asked: the program asks, from the
+     * environment, at info by default (as it always logged). */
+    conn_params.log_level = log_level_from_env();
+    status = ferry_connector_create(&conn_params, &conn);
     if (status != FERRY_OK) {
         return fail("connector", status);
     }

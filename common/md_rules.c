@@ -1,0 +1,98 @@
+/*
+ * md_rules.c: the checks of md_rules.h.
+ */
+#include "common/md_rules.h"
+
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+__attribute__((format(printf, 3, 4))) static ferry_status_t invalid(char *msg, size_t cap,
+                                                                    const char *fmt, ...)
+{
+    va_list ap;
+
+    va_start(ap, fmt);
+    vsnprintf(msg, cap, fmt, ap);
+    va_end(ap);
+    return FERRY_ERR_INVALID_ARGUMENT;
+}
+
+static ferry_status_t check_descriptor(const char *field, size_t i, const Ferry__V1__Descriptor *d,
+                                       Ferry__V1__DeviceKind first_kind, char *msg, size_t cap)
+{
+    if (d->address == 0) {
+        return invalid(msg, cap, "%s.descriptors[%zu].address is 0 (null pointer)", field, i);
+    }
+    if (d->size == 0) {
+        return invalid(msg, cap, "%s.descriptors[%zu].size is 0", field, i);
+    }
+    if (d->device == NULL) {
+        return invalid(msg, cap, "%s.descriptors[%zu].device is required", field, i);
+    }
+    if (d->device->kind != FERRY__V1__DEVICE_KIND__DEVICE_KIND_HOST &&
+        d->device->kind != FERRY__V1__DEVICE_KIND__DEVICE_KIND_CUDA) {
+        return invalid(msg, cap, "%s.descriptors[%zu].device.kind %d is not HOST or CUDA", field, i,
+                       (int)d->device->kind);
+    }
+    if (d->device->kind != first_kind) {
+        return invalid(msg, cap, "%s.descriptors[%zu].device differs in kind from descriptor 0",
+                       field, i);
+    }
+    if (d->rkey.len == 0 || d->rkey.len > FERRY_MD_RKEY_MAX) {
+        return invalid(msg, cap, "%s.descriptors[%zu].rkey is %zu bytes; 1 to %d allowed", field, i,
+                       d->rkey.len, FERRY_MD_RKEY_MAX);
+    }
+    return FERRY_OK;
+}
+
+ferry_status_t ferry_md_check(const char *field, const Ferry__V1__RdmaMetadata *md, char *msg,
+                              size_t cap)
+{
+    Ferry__V1__DeviceKind first_kind;
+    size_t packed;
+
+    if (md == NULL) {
+        return invalid(msg, cap, "%s is required", field);
+    }
+    if (md->version > FERRY_MD_VERSION) {
+        return invalid(msg, cap, "%s.version %" PRIu32 " is newer than this build (%d)", field,
+                       md->version, FERRY_MD_VERSION);
+    }
+    if (md->kind != FERRY__V1__OPERATION_KIND__OPERATION_KIND_READ &&
+        md->kind != FERRY__V1__OPERATION_KIND__OPERATION_KIND_WRITE) {
+        return invalid(msg, cap, "%s.kind %d is not READ or WRITE", field, (int)md->kind);
+    }
+    if (md->worker_address.len == 0 || md->worker_address.len > FERRY_MD_WORKER_ADDRESS_MAX) {
+        return invalid(msg, cap, "%s.worker_address is %zu bytes; 1 to %d allowed", field,
+                       md->worker_address.len, FERRY_MD_WORKER_ADDRESS_MAX);
+    }
+    if (md->notification_key.len != FERRY_MD_KEY_LEN) {
+        return invalid(msg, cap, "%s.notification_key is %zu bytes; it must be %d", field,
+                       md->notification_key.len, FERRY_MD_KEY_LEN);
+    }
+    if (md->n_descriptors == 0 || md->n_descriptors > FERRY_MD_DESCRIPTORS_MAX) {
+        return invalid(msg, cap, "%s.descriptors has %zu entries; 1 to %d allowed", field,
+                       md->n_descriptors, FERRY_MD_DESCRIPTORS_MAX);
+    }
+    first_kind = md->descriptors[0]->device != NULL ? md->descriptors[0]->device->kind
+                                                    : FERRY__V1__DEVICE_KIND__DEVICE_KIND_HOST;
+    for (size_t i = 0; i < md->n_descriptors; i++) {
+        ferry_status_t status =
+            check_descriptor(field, i, md->descriptors[i], first_kind, msg, cap);
+        if (status != FERRY_OK) {
+            return status;
+        }
+    }
+    packed = ferry__v1__rdma_metadata__get_packed_size(md);
+    if (packed > FERRY_MD_PACKED_MAX) {
+        return invalid(msg, cap, "%s is %zu bytes packed; at most %d allowed", field, packed,
+                       FERRY_MD_PACKED_MAX);
+    }
+    if (md->worker_name != NULL && strlen(md->worker_name) > FERRY_MD_NAME_MAX) {
+        return invalid(msg, cap, "%s.worker_name is %zu bytes; at most %d allowed", field,
+                       strlen(md->worker_name), FERRY_MD_NAME_MAX);
+    }
+    return FERRY_OK;
+}

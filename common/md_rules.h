@@ -1,0 +1,43 @@
+/*
+ * md_rules.h: the one set of rules for ferry.v1.RdmaMetadata, checked by
+ * the coordinator when a passive worker registers it (coordinator/
+ * validate.c) and by libferry when an active worker decodes it (worker/
+ * metadata.c). One owner: the coordinator never stores what the library
+ * would refuse, and the two cannot drift apart (they used to check
+ * different things: one bounded sizes, the other the version).
+ *
+ * The rules: version at most FERRY_MD_VERSION; kind READ or WRITE;
+ * worker_address 1..FERRY_MD_WORKER_ADDRESS_MAX bytes; notification_key
+ * exactly FERRY_MD_KEY_LEN bytes; 1..FERRY_MD_DESCRIPTORS_MAX descriptors,
+ * each with a non-zero address and size, a HOST or CUDA device of the
+ * first one's kind, and a 1..FERRY_MD_RKEY_MAX byte rkey; at most
+ * FERRY_MD_PACKED_MAX bytes packed; worker_name at most FERRY_MD_NAME_MAX
+ * bytes. Errors name the field by its path under `field`
+ * ("metadata.descriptors[1].size is 0").
+ *
+ * Threads: pure.
+ */
+#ifndef FERRY_COMMON_MD_RULES_H
+#define FERRY_COMMON_MD_RULES_H
+
+#include <stddef.h>
+
+#include <ferry/status.h>
+
+#include "ferry/v1/types.pb-c.h"
+
+#define FERRY_MD_VERSION            1
+#define FERRY_MD_WORKER_ADDRESS_MAX 65536
+#define FERRY_MD_KEY_LEN            16
+#define FERRY_MD_DESCRIPTORS_MAX    1024
+#define FERRY_MD_RKEY_MAX           4096
+#define FERRY_MD_NAME_MAX           256
+/* The whole metadata, packed: etcd refuses requests over 1.5 MiB by default
+ * (--max-request-bytes), and the record carries more than the metadata. */
+#define FERRY_MD_PACKED_MAX (1024 * 1024)
+
+/* FERRY_OK, or FERRY_ERR_INVALID_ARGUMENT with msg naming the field. */
+ferry_status_t ferry_md_check(const char *field, const Ferry__V1__RdmaMetadata *md, char *msg,
+                              size_t cap);
+
+#endif /* FERRY_COMMON_MD_RULES_H */

@@ -1,0 +1,131 @@
+/*
+ * ferry/coordinator.h: the coordinator client of libferry, a layer on the
+ * public data-plane API (ferry/ferry.h) and nothing else: it binds
+ * operations to ferry-coordinator records through ferry_op_add_listener,
+ * never through the data plane's internals, and the data plane never names
+ * it.
+ */
+#ifndef FERRY_COORDINATOR_H
+#define FERRY_COORDINATOR_H
+
+#include "ferry/ferry.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---- coordinator ------------------------------------------------------ */
+
+/* A client of ferry-coordinator (ferry.v1.Coordinator over gRPC). One per
+ * process is plenty: it holds one channel, one session lease (made by its
+ * first Register or Claim; every record and claim of the client goes on it,
+ * so a registration is one etcd write), one session thread that keeps the
+ * lease alive and reports operations' ends, and one Watch stream (its own
+ * thread) that follows the records of bound operations. When the process dies, the lease expires,
+ * and with it all of its records and claims: their peers learn EXPIRED or ERRORED within the TTL.
+ */
+typedef struct ferry_coordinator ferry_coordinator_t;
+
+typedef enum {
+    FERRY_COORDINATOR_PARAM_FIELD_TIMEOUT = 1u << 0,
+    FERRY_COORDINATOR_PARAM_FIELD_TLS = 1u << 1,
+} ferry_coordinator_param_field_t;
+
+typedef struct {
+    uint64_t field_mask;         /* ferry_coordinator_param_field_t bits */
+    const char *target;          /* "127.0.0.1:7400", "dns:///ferry:7400"; required */
+    int timeout_ms;              /* per call; unset: 10000 */
+    const char *tls_ca_file;     /* TLS: PEM of the CA that signed the coordinator */
+    const char *tls_cert_file;   /* TLS: client certificate (optional) */
+    const char *tls_key_file;    /* TLS: its key */
+    const char *tls_server_name; /* TLS: name to verify instead of the target's host */
+} ferry_coordinator_params_t;
+
+FERRY_API ferry_status_t ferry_coordinator_connect(const ferry_coordinator_params_t *params,
+                                                   ferry_coordinator_t **coordinator_p);
+
+/* Closes the client once every operation bound to it has been destroyed:
+ * with one still bound it returns FERRY_ERR_BUSY and changes nothing. The
+ * last duties of destroyed operations (a release, a report) get one last
+ * try. NULL is a no-op (FERRY_OK). */
+FERRY_API ferry_status_t ferry_coordinator_disconnect(ferry_coordinator_t *coordinator);
+
+/* Which optional fields of ferry_publish_params_t are set; request_id and
+ * access_token are always read. Unset fields take their defaults; a bit
+ * this header does not name is refused (FERRY_ERR_INVALID_ARGUMENT). */
+typedef enum {
+    FERRY_PUBLISH_PARAM_FIELD_TTL = 1u << 0,
+} ferry_publish_param_field_t;
+
+typedef struct {
+    uint64_t field_mask;      /* ferry_publish_param_field_t bits */
+    const char *request_id;   /* 1..128 bytes of [A-Za-z0-9._:-]; required */
+    const char *access_token; /* 16..256 printable bytes; NULL: the coordinator picks one */
+    /* FIELD_TTL: TTL of the session lease when this call makes it. Unset
+     * (or 0): the coordinator's. */
+    int ttl_s;
+} ferry_publish_params_t;
+
+/* Passive: registers the operation's metadata at the coordinator under
+ * params->request_id, and keeps the registration alive while the operation
+ * lives. The operation then also learns from the coordinator when its writer
+ * failed (ERRORED, FERRY_ERR_PEER_FAILED), cancelled (CANCELLED), or its own
+ * registration expired (ERRORED, FERRY_ERR_EXPIRED), within the TTL.
+ * Cancelling it, or destroying it unfinished, cancels it at the coordinator,
+ * and the writer learns it; destroying it releases its record. FERRY_ERR_ALREADY_EXISTS when the
+ * request ID is taken. The done callback stays the caller's (the client listens). */
+FERRY_API ferry_status_t ferry_op_publish(ferry_op_t *op, ferry_coordinator_t *coordinator,
+                                          const ferry_publish_params_t *params);
+
+/* The access token of a published operation (the caller's or the one the
+ * coordinator picked); NULL when not published. Valid until destroy. */
+FERRY_API const char *ferry_op_access_token(const ferry_op_t *op);
+
+/* Which optional fields of ferry_claim_params_t are set; request_id and
+ * access_token are always read. As for publish, unknown bits are refused. */
+typedef enum {
+    FERRY_CLAIM_PARAM_FIELD_WAIT = 1u << 0,
+    FERRY_CLAIM_PARAM_FIELD_TTL = 1u << 1,
+} ferry_claim_param_field_t;
+
+typedef struct {
+    uint64_t field_mask;      /* ferry_claim_param_field_t bits */
+    const char *request_id;   /* required */
+    const char *access_token; /* required */
+    /* FIELD_WAIT: wait this long for the passive side to register. Unset
+     * (or 0): do not wait. */
+    int wait_ms;
+    /* FIELD_TTL: TTL of the session lease when this call makes it. Unset
+     * (or 0): the coordinator's. */
+    int ttl_s;
+} ferry_claim_params_t;
+
+/* Active, by request ID: looks the operation up at the coordinator (waiting
+ * up to wait_ms for it to appear), checks that it is still open and the
+ * pairing (kind, count, sizes: ferry_metadata_check), then claims it (the
+ * coordinator's Claim, on the client's session lease: the one admission
+ * decision, see coordinator.proto), and only then starts the transfer, as
+ * ferry_write_begin / ferry_read_begin do. A refused or failed Claim returns
+ * here with nothing written. Complete goes out from the session thread when
+ * the operation ends (or is destroyed), tried again while the coordinator
+ * cannot be reached, so destroy does not wait for it. Errors: those of the
+ * coordinator (FERRY_ERR_NOT_FOUND, FERRY_ERR_PERMISSION_DENIED,
+ * FERRY_ERR_FAILED_PRECONDITION when the operation is taken or no longer
+ * open, FERRY_ERR_TIMED_OUT, FERRY_ERR_UNAVAILABLE), and those of the begin
+ * calls. The done callback stays the caller's. */
+FERRY_API ferry_status_t ferry_write_begin_by_id(ferry_connector_t *connector,
+                                                 ferry_coordinator_t *coordinator,
+                                                 const ferry_claim_params_t *params,
+                                                 const ferry_descriptor_t *local, size_t n,
+                                                 ferry_op_t **op_p);
+FERRY_API ferry_status_t ferry_read_begin_by_id(ferry_connector_t *connector,
+                                                ferry_coordinator_t *coordinator,
+                                                const ferry_claim_params_t *params,
+                                                const ferry_descriptor_t *local, size_t n,
+                                                ferry_op_t **op_p);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* FERRY_COORDINATOR_H */
