@@ -3,13 +3,20 @@
 #   make test   install what is missing, build, run the whole test suite
 # Other targets: deps, build, asan (test under ASan+UBSan), fuzz (libFuzzer,
 # FUZZ_SECONDS per target; fuzz/README.md), bench, format, clean.
+# GPU (README "GPU"): ucx-cuda (UCX with CUDA transports into FERRY_UCX_CUDA_PREFIX,
+# cached), test-cuda-ucx (the suite built against it, in build-cuda-ucx).
 
 BUILD_DIR ?= build
 JOBS      ?= $(shell nproc)
 CMAKE_ARGS ?=
 FUZZ_SECONDS ?= 30
+# Not named UCX_*: make exports command-line variables, and UCX warns (on
+# stdout) about every UCX_* variable in its environment it does not know.
+FERRY_UCX_CUDA_PREFIX ?= $(CURDIR)/build-ucx-cuda
+CUDA_UCX_BUILD_DIR ?= build-cuda-ucx
 
-.PHONY: all deps build test demo asan fuzz bench format clean
+.PHONY: all deps build test demo asan fuzz bench format clean \
+	ucx-cuda build-cuda-ucx test-cuda-ucx
 
 all: build
 
@@ -37,8 +44,18 @@ fuzz: deps
 bench: build
 	./bench/run.sh $(BUILD_DIR)
 
+ucx-cuda: deps
+	./scripts/build-ucx-cuda.sh $(FERRY_UCX_CUDA_PREFIX)
+
+build-cuda-ucx: ucx-cuda
+	cmake -S . -B $(CUDA_UCX_BUILD_DIR) -DFERRY_UCX_PREFIX=$(FERRY_UCX_CUDA_PREFIX) $(CMAKE_ARGS)
+	cmake --build $(CUDA_UCX_BUILD_DIR) -j $(JOBS)
+
+test-cuda-ucx: build-cuda-ucx
+	ctest --test-dir $(CUDA_UCX_BUILD_DIR) --output-on-failure -j $(JOBS)
+
 format:
 	clang-format -i $$(find include common rpc coordinator worker tests bench fuzz -name '*.[ch]')
 
 clean:
-	rm -rf $(BUILD_DIR) build-asan build-fuzz
+	rm -rf $(BUILD_DIR) build-asan build-fuzz $(CUDA_UCX_BUILD_DIR)
