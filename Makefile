@@ -4,7 +4,8 @@
 # Other targets: deps, build, asan (test under ASan+UBSan), fuzz (libFuzzer,
 # FUZZ_SECONDS per target; fuzz/README.md), bench, format, clean.
 # GPU (README "GPU"): ucx-cuda (UCX with CUDA transports into FERRY_UCX_CUDA_PREFIX,
-# cached), test-cuda-ucx (the suite built against it, in build-cuda-ucx).
+# cached), test-cuda-ucx (the suite built against it, in build-cuda-ucx),
+# gpu-bundle (what a bare GPU machine needs, as build-gpu-bundle/ferry-gpu.tar.gz).
 
 BUILD_DIR ?= build
 JOBS      ?= $(shell nproc)
@@ -16,7 +17,7 @@ FERRY_UCX_CUDA_PREFIX ?= $(CURDIR)/build-ucx-cuda
 CUDA_UCX_BUILD_DIR ?= build-cuda-ucx
 
 .PHONY: all deps build test demo asan fuzz bench format clean \
-	ucx-cuda build-cuda-ucx test-cuda-ucx
+	ucx-cuda build-cuda-ucx test-cuda-ucx gpu-bundle
 
 all: build
 
@@ -54,8 +55,11 @@ build-cuda-ucx: ucx-cuda
 test-cuda-ucx: build-cuda-ucx
 	ctest --test-dir $(CUDA_UCX_BUILD_DIR) --output-on-failure -j $(JOBS)
 
+gpu-bundle: build-cuda-ucx
+	./scripts/gpu-bundle.sh $(CUDA_UCX_BUILD_DIR) $(FERRY_UCX_CUDA_PREFIX) build-gpu-bundle
+
 format:
 	clang-format -i $$(find include common rpc coordinator worker tests bench fuzz -name '*.[ch]')
 
 clean:
-	rm -rf $(BUILD_DIR) build-asan build-fuzz $(CUDA_UCX_BUILD_DIR)
+	rm -rf $(BUILD_DIR) build-asan build-fuzz $(CUDA_UCX_BUILD_DIR) build-gpu-bundle
