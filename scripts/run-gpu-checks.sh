@@ -39,6 +39,14 @@ export TMPDIR=${TMPDIR:-/tmp}
 say "Ferry GPU check, $(date -u +%Y-%m-%dT%H:%M:%SZ)"
 sed -n '1,6p' "$B/BUNDLE.txt" | sed 's/^/bundle: /' | tee -a "$REPORT"
 say "host: $(uname -srm), $(nproc) CPUs, $(ldd --version 2>/dev/null | head -n 1)"
+# The bundle carries no glibc: the machine's must be at least the one it was
+# built against (BUNDLE.txt), or every program fails to start.
+need=$(sed -n 's/^needs glibc >= //p' "$B/BUNDLE.txt")
+have=$(getconf GNU_LIBC_VERSION 2>/dev/null | awk '{print $2}')
+if [ -n "$need" ] && [ -n "$have" ] &&
+    [ "$(printf '%s\n%s\n' "$need" "$have" | sort -V | head -n 1)" != "$need" ]; then
+    say "WARNING: this glibc is $have, the bundle needs >= $need: its programs will not start"
+fi
 gpu=0
 if nvidia-smi -L >"$R/logs/nvidia-smi.txt" 2>&1; then
     gpu=1
