@@ -3,13 +3,21 @@
 #   make test   install what is missing, build, run the whole test suite
 # Other targets: deps, build, asan (test under ASan+UBSan), fuzz (libFuzzer,
 # FUZZ_SECONDS per target; fuzz/README.md), bench, format, clean.
+# GPU (README "GPU"): ucx-cuda (UCX with CUDA transports into FERRY_UCX_CUDA_PREFIX,
+# cached), test-cuda-ucx (the suite built against it, in build-cuda-ucx),
+# gpu-bundle (what a bare GPU machine needs, as build-gpu-bundle/ferry-gpu.tar.gz).
 
 BUILD_DIR ?= build
 JOBS      ?= $(shell nproc)
 CMAKE_ARGS ?=
 FUZZ_SECONDS ?= 30
+# Not named UCX_*: make exports command-line variables, and UCX warns (on
+# stdout) about every UCX_* variable in its environment it does not know.
+FERRY_UCX_CUDA_PREFIX ?= $(CURDIR)/build-ucx-cuda
+CUDA_UCX_BUILD_DIR ?= build-cuda-ucx
 
-.PHONY: all deps build test demo asan fuzz bench format clean
+.PHONY: all deps build test demo asan fuzz bench format clean \
+	ucx-cuda build-cuda-ucx test-cuda-ucx gpu-bundle
 
 all: build
 
@@ -37,8 +45,21 @@ fuzz: deps
 bench: build
 	./bench/run.sh $(BUILD_DIR)
 
+ucx-cuda: deps
+	./scripts/build-ucx-cuda.sh $(FERRY_UCX_CUDA_PREFIX)
+
+build-cuda-ucx: ucx-cuda
+	cmake -S . -B $(CUDA_UCX_BUILD_DIR) -DFERRY_UCX_PREFIX=$(FERRY_UCX_CUDA_PREFIX) $(CMAKE_ARGS)
+	cmake --build $(CUDA_UCX_BUILD_DIR) -j $(JOBS)
+
+test-cuda-ucx: build-cuda-ucx
+	ctest --test-dir $(CUDA_UCX_BUILD_DIR) --output-on-failure -j $(JOBS)
+
+gpu-bundle: build-cuda-ucx
+	./scripts/gpu-bundle.sh $(CUDA_UCX_BUILD_DIR) $(FERRY_UCX_CUDA_PREFIX) build-gpu-bundle
+
 format:
 	clang-format -i $$(find include common rpc coordinator worker tools tests bench fuzz -name '*.[ch]')
 
 clean:
-	rm -rf $(BUILD_DIR) build-asan build-fuzz
+	rm -rf $(BUILD_DIR) build-asan build-fuzz $(CUDA_UCX_BUILD_DIR) build-gpu-bundle

@@ -364,7 +364,8 @@ static int test_etcd_launch(test_etcd_t *etcd)
     snprintf(peer, sizeof(peer), "http://127.0.0.1:%d", etcd->peer_port);
     snprintf(cluster, sizeof(cluster), "t=%s", peer);
     snprintf(etcd->endpoint, sizeof(etcd->endpoint), "%s", client);
-    const char *prog = getenv("FERRY_ETCD") != NULL ? getenv("FERRY_ETCD") : "/usr/bin/etcd";
+    const char *prog =
+        getenv("FERRY_ETCD_BIN") != NULL ? getenv("FERRY_ETCD_BIN") : "/usr/bin/etcd";
     char *argv[32] = {(char *)prog, "--name",
                       "t",          "--data-dir",
                       data,         "--listen-client-urls",

@@ -99,9 +99,10 @@ typedef struct {
     char **extra_args; /* NULL-terminated copy, or NULL */
 } test_etcd_t;
 
-/* Starts /usr/bin/etcd (or $FERRY_ETCD) on free ports with a new data
- * directory and waits (up to 15 s) until it answers GET /health.
- * extra_args (NULL-terminated, may be NULL) are appended to the command
+/* Starts /usr/bin/etcd (or $FERRY_ETCD_BIN, the variable the coordinator
+ * reads for its private etcd; FERRY_ETCD is the coordinator's endpoint list)
+ * on free ports with a new data directory and waits (up to 15 s) until it
+ * answers GET /health. extra_args (NULL-terminated, may be NULL) are appended to the command
  * line, e.g. {"--auth-token-ttl", "2", NULL}; they are kept for test_etcd_up.
  * On failure it prints the etcd log and leaves nothing behind. */
 int test_etcd_start(test_etcd_t *etcd, const char *const *extra_args);

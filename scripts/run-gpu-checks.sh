@@ -1,0 +1,152 @@
+#!/usr/bin/env bash
+# Ferry's GPU check: the one command to run on a GPU machine, from an
+# unpacked bundle (make gpu-bundle; scripts/gpu-bundle.sh says what is in it).
+#
+#   ./run-gpu-checks.sh [REPORT_DIR]
+#
+# REPORT_DIR defaults to $OUT, else ./gpu-report. Writes REPORT_DIR/report.txt
+# (plain text: the machine, UCX's transports, every C test's result, the
+# reference bandwidths) and REPORT_DIR/logs/ (each step's full output).
+# Runs, in this order and within FERRY_GPU_BUDGET_S (default 270) seconds:
+#   1. ucx_info -v / -d: which transports load (cuda_copy, cuda_ipc expected)
+#   2. every C test of the suite (tests.tsv), several at a time; tests that
+#      need a GPU skip themselves where there is none
+#   3. where nvidia-smi works: ferry_cuda_memcpy_bw (cudaMemcpy d2d, h2d, d2h,
+#      1 MiB .. 1 GiB) and ucx_perftest ucp_put_bw with -m cuda between two
+#      processes on GPU 0 (the GPU->GPU reference Ferry's direct path is
+#      compared with)
+# Exit status: 0 when every test passed (or skipped), 1 otherwise.
+set -uo pipefail
+
+B=$(cd "$(dirname "$0")" && pwd)
+R=${1:-${OUT:-$PWD/gpu-report}}
+mkdir -p "$R/logs"
+R=$(cd "$R" && pwd)
+REPORT=$R/report.txt
+BUDGET=${FERRY_GPU_BUDGET_S:-270}
+START=$(date +%s)
+: >"$REPORT"
+
+say() { echo "$*" | tee -a "$REPORT"; }
+left() { echo $((BUDGET - ($(date +%s) - START))); }
+
+export LD_LIBRARY_PATH="$B/ucx/lib:$B/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+export PATH="$B/ucx/bin:$B/bin:$PATH"
+export FERRY_BUILD_DIR=$B/build FERRY_SOURCE_DIR=$B/src FERRY_ETCD_BIN=$B/bin/etcd
+export TMPDIR=${TMPDIR:-/tmp}
+
+# --- The machine ---------------------------------------------------------------
+say "Ferry GPU check, $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+sed -n '1,6p' "$B/BUNDLE.txt" | sed 's/^/bundle: /' | tee -a "$REPORT"
+say "host: $(uname -srm), $(nproc) CPUs, $(ldd --version 2>/dev/null | head -n 1)"
+# The bundle carries no glibc: the machine's must be at least the one it was
+# built against (BUNDLE.txt), or every program fails to start.
+need=$(sed -n 's/^needs glibc >= //p' "$B/BUNDLE.txt")
+have=$(getconf GNU_LIBC_VERSION 2>/dev/null | awk '{print $2}')
+if [ -n "$need" ] && [ -n "$have" ] &&
+    [ "$(printf '%s\n%s\n' "$need" "$have" | sort -V | head -n 1)" != "$need" ]; then
+    say "WARNING: this glibc is $have, the bundle needs >= $need: its programs will not start"
+fi
+gpu=0
+if nvidia-smi -L >"$R/logs/nvidia-smi.txt" 2>&1; then
+    gpu=1
+    nvidia-smi --query-gpu=index,name,memory.total,driver_version,pcie.link.gen.max,pcie.link.width.max \
+        --format=csv,noheader 2>/dev/null | sed 's/^/gpu: /' | tee -a "$REPORT"
+    nvidia-smi topo -m >>"$R/logs/nvidia-smi.txt" 2>&1
+else
+    say "gpu: none (nvidia-smi: $(head -n 1 "$R/logs/nvidia-smi.txt"))"
+fi
+
+# --- 1. UCX -------------------------------------------------------------------
+ucx_info -v >"$R/logs/ucx_info-v.txt" 2>&1
+ucx_info -d >"$R/logs/ucx_info-d.txt" 2>&1
+say "ucx: $(sed -n 's/^# Version //p' "$R/logs/ucx_info-v.txt")," \
+    "transports: $(awk '/Transport:/ {print $3}' "$R/logs/ucx_info-d.txt" | sort -u | tr '\n' ' ')"
+for tl in cuda_copy cuda_ipc; do
+    grep -q "Transport: $tl" "$R/logs/ucx_info-d.txt" ||
+        say "ucx: $tl not listed (no GPU or driver, or the module did not load: logs/ucx_info-d.txt)"
+done
+
+# --- 2. The C tests -----------------------------------------------------------
+say ""
+say "tests (name, seconds, result):"
+JOBS=${FERRY_GPU_JOBS:-$(($(nproc) > 16 ? 8 : ($(nproc) + 1) / 2))}
+run_test() { # name rel timeout env args
+    local name=$1 rel=$2 timeout=$3 env=$4 args=$5 t0 rc lim
+    lim=$(left)
+    [ "$lim" -gt 5 ] || { printf '%s\tNOT RUN (time budget)\t0\n' "$name"; return; }
+    [ "$timeout" -lt "$lim" ] || timeout=$lim
+    t0=$(date +%s)
+    (
+        cd "$(dirname "$B/build/$rel")" || exit 1
+        [ "$env" = - ] && env=
+        [ "$args" = - ] && args=
+        # shellcheck disable=SC2086 # env (KEY=VAL) and args are plain words
+        exec timeout -k 5 "$timeout" env $env "$B/build/$rel" $args
+    ) >"$R/logs/test-$name.txt" 2>&1
+    rc=$?
+    local res=PASS
+    if [ $rc -eq 124 ] || [ $rc -eq 137 ]; then
+        res="FAIL (timeout ${timeout}s)"
+    elif [ $rc -ne 0 ]; then
+        res="FAIL (exit $rc)"
+    elif grep -qi 'skipped' "$R/logs/test-$name.txt"; then
+        res="PASS (some skipped: $(grep -i -m 1 'skip' "$R/logs/test-$name.txt" | cut -c1-100))"
+    fi
+    printf '%s\t%s\t%s\n' "$name" "$res" $(($(date +%s) - t0))
+}
+export -f run_test left
+export B R START BUDGET
+grep -v '^#' "$B/tests.tsv" | awk -F'\t' '{print $1 "\t" $2 "\t" $3 "\t" $5 "\t" $6}' |
+    xargs -d '\n' -P "$JOBS" -I{} bash -c 'IFS=$'"'"'\t'"'"' read -r n p t e a <<<"$1"; run_test "$n" "$p" "$t" "$e" "$a"' _ {} |
+    sort >"$R/tests.txt"
+awk -F'\t' '{printf "  %-40s %-8s %s\n", $1, $3, $2}' "$R/tests.txt" | tee -a "$REPORT"
+total=$(wc -l <"$R/tests.txt")
+failed=$(grep -c $'\tFAIL' "$R/tests.txt")
+notrun=$(grep -c $'\tNOT RUN' "$R/tests.txt")
+say "tests: $total, failed $failed, not run $notrun (logs/test-NAME.txt)"
+
+# --- 3. Reference bandwidths ----------------------------------------------------
+say ""
+if [ "$gpu" -eq 1 ]; then
+    if [ "$(left)" -gt 60 ]; then
+        say "cudaMemcpy on GPU 0 (GB/s = 10^9 bytes/s, each byte counted once):"
+        timeout 90 ferry_cuda_memcpy_bw --device 0 >"$R/logs/cuda_memcpy_bw.txt" 2>&1
+        say "  (exit $?)"
+        sed 's/^/  /' "$R/logs/cuda_memcpy_bw.txt" | tee -a "$REPORT"
+    fi
+    say ""
+    say "ucx_perftest ucp_put_bw -m cuda, two processes on GPU 0, GPU->GPU (GB/s):"
+    port=$((20000 + RANDOM % 20000))
+    for mib in 1 4 16 64 256 1024; do
+        [ "$(left)" -gt 30 ] || { say "  $mib MiB: not run (time budget)"; continue; }
+        size=$((mib << 20))
+        iters=$((mib >= 256 ? 20 : 100))
+        log=$R/logs/ucx_perftest-$mib.txt
+        port=$((port + 1))
+        timeout 60 ucx_perftest -p "$port" -m cuda >"$log.server" 2>&1 &
+        spid=$!
+        # The server has no readiness signal: retry the client until it connects.
+        for _ in 1 2 3 4 5 6 7 8 9 10; do
+            timeout 60 ucx_perftest 127.0.0.1 -p "$port" -t ucp_put_bw -m cuda -s "$size" \
+                -n "$iters" -w 5 >"$log" 2>&1 && break
+            grep -q '^Final:' "$log" && break
+            sleep 0.5
+        done
+        kill "$spid" 2>/dev/null
+        wait "$spid" 2>/dev/null
+        mbs=$(awk '/^Final:/ {print $7}' "$log")
+        if [ -n "$mbs" ]; then
+            # ucx_perftest's MB/s is MiB/s.
+            say "$(awk -v s="$size" -v m="$mbs" 'BEGIN {printf "  %12d  %8.2f", s, m * 1048576 / 1e9}')"
+        else
+            say "  $size: failed ($(tail -n 1 "$log"))"
+        fi
+    done
+else
+    say "reference bandwidths: skipped (no GPU)"
+fi
+
+say ""
+say "done in $(($(date +%s) - START)) s; report $REPORT"
+[ "$failed" -eq 0 ] && [ "$notrun" -eq 0 ]
