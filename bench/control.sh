@@ -2,13 +2,19 @@
 # bench/control.sh [BUILD_DIR] [--quick]: the control-path benchmark.
 #
 # Starts a private etcd and one ferry-coordinator on free loopback ports,
-# registers 1000 records, then from a separate load process
-# (ferry_bench_control) measures, at 1, 8 and 64 concurrent clients:
-#   Lookup through the coordinator   vs  the same records read from etcd
+# and an echo server (the same rpc/ layer, an empty handler), registers 1000
+# records, then from a separate load process (ferry_bench_control) measures,
+# at 1, 8 and 64 concurrent clients:
+#   a bare echo through rpc/         the reference for every RPC figure
+#   Lookup through the coordinator   vs  the same records read from etcd, through
+#                                        its JSON gateway and its native gRPC
+#                                        KV.Range (C: gRPC core + protobuf-c)
 #   Register through the coordinator vs  etcd create-if-absent txn (and
 #                                        lease grant + txn, what Register does)
-# then starts a second replica on the same etcd and repeats Lookup and
-# Register with the clients split over both. Each run is bounded by time
+# then Register on a replica with --etcd-inflight 64 (one etcd write in flight
+# per client at 64 clients; the default is 16), then starts a second default
+# replica on the same etcd and repeats Lookup and Register with the clients
+# split over both. Each run is bounded by time
 # (5 s; 1 s with --quick) and by count (200000 calls per client).
 # Appends one JSON object per run to $BENCH_OUT (default
 # bench/results/control-<time>.jsonl) and prints the table.
@@ -33,15 +39,19 @@ load() {
 }
 
 bench_start_etcd
+bench_start_echo
 COORD_TARGETS=""
 bench_start_coord bench-a
 ONE=$COORD_TARGETS
-echo "etcd $ETCD_ENDPOINT, coordinator $ONE; $SECONDS_PER_RUN s per run" >&2
+echo "etcd $ETCD_ENDPOINT, coordinator $ONE, echo $ECHO_TARGET; $SECONDS_PER_RUN s per run" >&2
 "$LOAD" --mode populate --coord "$ONE" --clients 8 --records 1000 --ids "bench-rec-$RUN"
 
 for n in $CLIENTS; do
+    load --mode echo --coord "$ECHO_TARGET" --clients "$n" --channels thread
     load --mode lookup --coord "$ONE" --clients "$n" --channels thread
     load --mode etcd-get --etcd "$ETCD_ENDPOINT" --clients "$n"
+    load --mode etcd-grpc-get --etcd "$ETCD_ENDPOINT" --clients "$n"
+    load --mode echo --coord "$ECHO_TARGET" --clients "$n" --channels shared
     load --mode lookup --coord "$ONE" --clients "$n" --channels shared
 done
 for n in $CLIENTS; do
@@ -50,7 +60,18 @@ for n in $CLIENTS; do
     load --mode etcd-lease-txn --etcd "$ETCD_ENDPOINT" --clients "$n" --run-id "ltxn-$RUN-$n"
 done
 
+# Register with as many etcd writes in flight as clients (64), on a replica
+# of its own; the default replica above has --etcd-inflight 16.
+COORD_TARGETS=""
+FERRY_BENCH_COORD_ARGS="${FERRY_BENCH_COORD_ARGS:-} --etcd-inflight 64" bench_start_coord bench-i64
+for n in $CLIENTS; do
+    load --mode register --coord "$COORD_TARGETS" --clients "$n" --run-id "regi-$RUN-$n" \
+        --label "inflight64"
+done
+bench_stop_last
+
 # Scaling: a second replica over the same etcd; clients alternate replicas.
+COORD_TARGETS=$ONE
 bench_start_coord bench-b
 echo "second replica; targets $COORD_TARGETS" >&2
 for n in $CLIENTS; do

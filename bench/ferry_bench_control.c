@@ -18,6 +18,16 @@
  *                   what Register asks of etcd
  *   etcd-lease-txn  lease grant + that transaction: what a Register without
  *                   a session lease (lease_id 0) asks of etcd
+ *   etcd-grpc-get   the same records as etcd-get through etcd's native gRPC
+ *                   KV.Range (bench/proto/etcdserverpb, over rpc/: gRPC core
+ *                   + protobuf-c), decoded: what a client would pick instead
+ *                   of the coordinator (NIXL reads etcd through its gRPC API)
+ *   echo            a bare unary call through rpc/ to an echo-server (--coord
+ *                   names it): the reference for every RPC figure
+ *   echo-server     serves ferry.bench.Echo on --listen with an empty handler
+ *                   (it answers the request it got) on the coordinator's
+ *                   default 16 completion-queue threads, writes the port to
+ *                   --port-file and runs until SIGTERM/SIGINT
  *
  * Fairness: each thread is one client that waits for each answer before the
  * next call (closed loop). gRPC: --channels thread gives each thread its own
@@ -32,6 +42,7 @@
  */
 #include <getopt.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -41,12 +52,16 @@
 #include "bench_stats.h"
 #include "etcd/etcd.h"
 #include "common/log.h"
+#include "etcdserverpb/kv_range.pb-c.h"
 #include "ferry/v1/coordinator.pb-c.h"
+#include "ferry_bench/echo.pb-c.h"
 #include "rpc/rpc.h"
 
 #define BENCH_TOKEN           "bench-access-token-0123456789abcdef"
 #define BENCH_MAX_COORDS      8
 #define BENCH_CALL_TIMEOUT_MS 10000
+#define BENCH_ECHO_PAYLOAD    64 /* about a Lookup request's size */
+#define BENCH_ECHO_THREADS    16 /* the coordinator's default --threads */
 
 typedef enum {
     MODE_POPULATE,
@@ -55,10 +70,14 @@ typedef enum {
     MODE_REGISTER,
     MODE_ETCD_TXN,
     MODE_ETCD_LEASE_TXN,
+    MODE_ETCD_GRPC_GET,
+    MODE_ECHO,
+    MODE_ECHO_SERVER,
 } bench_mode_t;
 
-static const char *const mode_names[] = {"populate", "lookup",   "etcd-get",
-                                         "register", "etcd-txn", "etcd-lease-txn"};
+static const char *const mode_names[] = {"populate",      "lookup",   "etcd-get",
+                                         "register",      "etcd-txn", "etcd-lease-txn",
+                                         "etcd-grpc-get", "echo",     "echo-server"};
 
 typedef struct {
     bench_mode_t mode;
@@ -75,6 +94,8 @@ typedef struct {
     long records;
     bool shared_channels;
     const char *label;
+    const char *listen;    /* echo-server */
+    const char *port_file; /* echo-server */
 } bench_config_t;
 
 typedef struct bench_shared bench_shared_t;
@@ -94,6 +115,7 @@ struct bench_shared {
     const bench_config_t *config;
     etcd_client_t *etcd;
     rpc_channel_t *channels[BENCH_MAX_COORDS]; /* shared mode */
+    char etcd_target[256];                     /* etcd-grpc-get: host:port */
     pthread_barrier_t start;
     uint64_t deadline_ns;
     uint8_t *record; /* a packed Operation, for direct etcd writes */
@@ -264,6 +286,75 @@ static int call_etcd_get(bench_client_t *cl, const char *id)
     return 0;
 }
 
+static int call_etcd_grpc_get(bench_client_t *cl, const char *id)
+{
+    char key[256];
+    int len = snprintf(key, sizeof(key), "%sops/%s", cl->shared->config->prefix, id);
+    Etcdserverpb__RangeRequest req = ETCDSERVERPB__RANGE_REQUEST__INIT;
+    Etcdserverpb__RangeResponse *resp = NULL;
+    Ferry__V1__Operation *op = NULL;
+    rpc_error_t err;
+    ferry_status_t status;
+
+    /* Linearizable (serializable false), as the gateway read above. */
+    req.key.data = (uint8_t *)key;
+    req.key.len = (size_t)len;
+    status = rpc_unary(cl->channel, "/etcdserverpb.KV/Range", &req.base,
+                       &etcdserverpb__range_response__descriptor, BENCH_CALL_TIMEOUT_MS,
+                       (ProtobufCMessage **)&resp, &err);
+    if (status != FERRY_OK) {
+        note_error(cl, "etcd KV.Range", status, &err);
+        return -1;
+    }
+    if (resp->n_kvs != 1 || resp->kvs[0]->key.len != (size_t)len ||
+        memcmp(resp->kvs[0]->key.data, key, (size_t)len) != 0) {
+        note_error(cl, "etcd KV.Range: not the one record asked for", FERRY_ERR_NOT_FOUND, NULL);
+        goto err_resp;
+    }
+    /* A client without a coordinator still has to decode the record. */
+    op = ferry__v1__operation__unpack(NULL, resp->kvs[0]->value.len, resp->kvs[0]->value.data);
+    if (op == NULL || op->metadata == NULL || strcmp(op->request_id, id) != 0) {
+        note_error(cl, "etcd KV.Range: bad record", FERRY_ERR_PROTOCOL, NULL);
+        goto err_op;
+    }
+    ferry__v1__operation__free_unpacked(op, NULL);
+    etcdserverpb__range_response__free_unpacked(resp, NULL);
+    return 0;
+
+err_op:
+    if (op != NULL) {
+        ferry__v1__operation__free_unpacked(op, NULL);
+    }
+err_resp:
+    etcdserverpb__range_response__free_unpacked(resp, NULL);
+    return -1;
+}
+
+static int call_echo(bench_client_t *cl)
+{
+    static uint8_t payload[BENCH_ECHO_PAYLOAD];
+    Ferry__Bench__EchoMessage req = FERRY__BENCH__ECHO_MESSAGE__INIT;
+    Ferry__Bench__EchoMessage *resp = NULL;
+    rpc_error_t err;
+    ferry_status_t status;
+
+    req.payload.data = payload;
+    req.payload.len = sizeof(payload);
+    status = rpc_unary(client_channel(cl), "/ferry.bench.Echo/Echo", &req.base,
+                       &ferry__bench__echo_message__descriptor, BENCH_CALL_TIMEOUT_MS,
+                       (ProtobufCMessage **)&resp, &err);
+    if (status != FERRY_OK) {
+        note_error(cl, "Echo", status, &err);
+        return -1;
+    }
+    status = resp->payload.len == sizeof(payload) ? FERRY_OK : FERRY_ERR_PROTOCOL;
+    if (status != FERRY_OK) {
+        note_error(cl, "Echo: payload changed", status, NULL);
+    }
+    ferry__bench__echo_message__free_unpacked(resp, NULL);
+    return status == FERRY_OK ? 0 : -1;
+}
+
 static int call_etcd_txn(bench_client_t *cl, const char *id, bool with_lease)
 {
     char key[256];
@@ -312,10 +403,17 @@ static int client_call(bench_client_t *cl, long seq)
         return call_register(cl, id);
     case MODE_LOOKUP:
     case MODE_ETCD_GET:
+    case MODE_ETCD_GRPC_GET:
         /* Spread the clients over the records, each walking its own way. */
         snprintf(id, sizeof(id), "%s-%ld", cfg->ids,
                  ((long)cl->index * 7919 + seq * 13) % cfg->records);
-        return cfg->mode == MODE_LOOKUP ? call_lookup(cl, id) : call_etcd_get(cl, id);
+        return cfg->mode == MODE_LOOKUP     ? call_lookup(cl, id)
+               : cfg->mode == MODE_ETCD_GET ? call_etcd_get(cl, id)
+                                            : call_etcd_grpc_get(cl, id);
+    case MODE_ECHO:
+        return call_echo(cl);
+    case MODE_ECHO_SERVER:
+        break;
     case MODE_REGISTER:
     case MODE_ETCD_TXN:
     case MODE_ETCD_LEASE_TXN:
@@ -363,8 +461,9 @@ static void usage(void)
                     "[--etcd URL]\n"
                     "  [--clients N] [--seconds S] [--max-ops N] [--warmup-ops N] [--records N]\n"
                     "  [--ids STEM] [--run-id STEM] [--prefix /ferry/] [--channels thread|shared]\n"
-                    "  [--label TEXT]\n"
-                    "modes: populate lookup etcd-get register etcd-txn etcd-lease-txn\n");
+                    "  [--label TEXT] [--listen HOST:PORT --port-file FILE]\n"
+                    "modes: populate lookup etcd-get register etcd-txn etcd-lease-txn\n"
+                    "       etcd-grpc-get echo echo-server\n");
 }
 
 static int parse_mode(const char *text, bench_mode_t *mode_p)
@@ -399,7 +498,8 @@ static int parse_args(int argc, char **argv, bench_config_t *cfg)
         {"warmup-ops", required_argument, NULL, 'w'}, {"records", required_argument, NULL, 'r'},
         {"ids", required_argument, NULL, 'i'},        {"run-id", required_argument, NULL, 'u'},
         {"prefix", required_argument, NULL, 'p'},     {"channels", required_argument, NULL, 'h'},
-        {"label", required_argument, NULL, 'l'},      {NULL, 0, NULL, 0}};
+        {"label", required_argument, NULL, 'l'},      {"listen", required_argument, NULL, 'L'},
+        {"port-file", required_argument, NULL, 'P'},  {NULL, 0, NULL, 0}};
     bool have_mode = false;
     int c;
 
@@ -458,6 +558,12 @@ static int parse_args(int argc, char **argv, bench_config_t *cfg)
         case 'l':
             cfg->label = optarg;
             break;
+        case 'L':
+            cfg->listen = optarg;
+            break;
+        case 'P':
+            cfg->port_file = optarg;
+            break;
         default:
             return -1;
         }
@@ -468,9 +574,11 @@ static int parse_args(int argc, char **argv, bench_config_t *cfg)
     return 0;
 }
 
+/* Modes whose --coord targets are rpc/ servers (the echo server too). */
 static bool mode_uses_coord(bench_mode_t mode)
 {
-    return mode == MODE_POPULATE || mode == MODE_LOOKUP || mode == MODE_REGISTER;
+    return mode == MODE_POPULATE || mode == MODE_LOOKUP || mode == MODE_REGISTER ||
+           mode == MODE_ECHO;
 }
 
 static int open_channel(const char *target, rpc_channel_t **channel_p)
@@ -490,6 +598,24 @@ static int setup(bench_shared_t *sh, bench_client_t *clients)
     sh->metadata = bench_metadata();
     if (bench_pack_record(sh) != 0) {
         return -1;
+    }
+    if (cfg->mode == MODE_ETCD_GRPC_GET) {
+        /* etcd serves gRPC and its gateway on the same client URL. */
+        const char *hostport = cfg->etcd_endpoint;
+        if (hostport == NULL) {
+            fprintf(stderr, "this mode needs --etcd URL\n");
+            return -1;
+        }
+        if (strncmp(hostport, "http://", 7) == 0) {
+            hostport += 7;
+        }
+        snprintf(sh->etcd_target, sizeof(sh->etcd_target), "%s", hostport);
+        for (int i = 0; i < cfg->clients; i++) {
+            if (open_channel(sh->etcd_target, &clients[i].channel) != 0) {
+                return -1;
+            }
+        }
+        return 0;
     }
     if (!mode_uses_coord(cfg->mode)) {
         etcd_params_t ep = {.endpoints = cfg->etcd_endpoint, .timeout_ms = BENCH_CALL_TIMEOUT_MS};
@@ -548,7 +674,7 @@ static void report(const bench_config_t *cfg, bench_client_t *clients, double wa
            "\"seconds\":%.3f,\"ops_per_s\":%.1f,\"mean_us\":%.1f,\"p50_us\":%.1f,"
            "\"p90_us\":%.1f,\"p99_us\":%.1f,\"max_us\":%.1f}\n",
            mode_names[cfg->mode], cfg->label, cfg->clients,
-           mode_uses_coord(cfg->mode) ? cfg->n_coords : 0,
+           mode_uses_coord(cfg->mode) && cfg->mode != MODE_ECHO ? cfg->n_coords : 0,
            cfg->shared_channels ? "shared" : "thread", all.n, errors, wall_s,
            (double)all.n / wall_s, bench_samples_mean_us(&all), bench_samples_pct_us(&all, 50),
            bench_samples_pct_us(&all, 90), bench_samples_pct_us(&all, 99),
@@ -558,6 +684,59 @@ static void report(const bench_config_t *cfg, bench_client_t *clients, double wa
                 errors, first_error);
     }
     bench_samples_free(&all);
+}
+
+/* --- the echo server ------------------------------------------------------ */
+
+static void echo_handler(rpc_call_t *call, const ProtobufCMessage *request, void *arg)
+{
+    (void)arg;
+    rpc_call_reply(call, request);
+}
+
+/* Serves ferry.bench.Echo until SIGTERM or SIGINT; 0 on a clean stop. */
+static int echo_server_main(const bench_config_t *cfg)
+{
+    static const rpc_method_t methods[] = {{"Echo", RPC_UNARY, echo_handler}};
+    rpc_server_params_t params = {.listen_addr = cfg->listen, .n_threads = BENCH_ECHO_THREADS};
+    rpc_server_t *server = NULL;
+    sigset_t stop;
+    FILE *f;
+    int port = 0, sig = 0;
+
+    sigemptyset(&stop);
+    sigaddset(&stop, SIGTERM);
+    sigaddset(&stop, SIGINT);
+    /* Blocked before any thread starts, so every thread inherits it. */
+    pthread_sigmask(SIG_BLOCK, &stop, NULL);
+    if (cfg->listen == NULL || cfg->port_file == NULL) {
+        fprintf(stderr, "echo-server needs --listen and --port-file\n");
+        return 2;
+    }
+    if (rpc_server_create(&params, &server) != FERRY_OK ||
+        rpc_server_add_service(server, &ferry__bench__echo__descriptor, methods, 1, NULL) !=
+            FERRY_OK ||
+        rpc_server_start(server, &port) != FERRY_OK) {
+        fprintf(stderr, "echo-server: cannot serve on %s\n", cfg->listen);
+        goto err_server;
+    }
+    f = fopen(cfg->port_file, "w");
+    if (f == NULL) {
+        fprintf(stderr, "echo-server: cannot write %s\n", cfg->port_file);
+        goto err_server;
+    }
+    fprintf(f, "%d\n", port);
+    if (fclose(f) != 0) {
+        fprintf(stderr, "echo-server: cannot write %s\n", cfg->port_file);
+        goto err_server;
+    }
+    sigwait(&stop, &sig);
+    rpc_server_destroy(server);
+    return 0;
+
+err_server:
+    rpc_server_destroy(server);
+    return 1;
 }
 
 int main(int argc, char **argv)
@@ -575,6 +754,9 @@ int main(int argc, char **argv)
     if (parse_args(argc, argv, &cfg) != 0) {
         usage();
         return 2;
+    }
+    if (cfg.mode == MODE_ECHO_SERVER) {
+        return echo_server_main(&cfg);
     }
     sh.config = &cfg;
     clients = calloc((size_t)cfg.clients, sizeof(*clients));

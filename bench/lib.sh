@@ -109,6 +109,34 @@ bench_start_coord() {
     COORD_TARGETS="${COORD_TARGETS:+$COORD_TARGETS,}127.0.0.1:$(cat "$dir/port")"
 }
 
+# bench_stop_last: stops the process started last (TERM, then KILL after 5 s).
+bench_stop_last() {
+    local pid=${BENCH_PIDS[-1]}
+    kill -TERM "$pid" 2>/dev/null || true
+    for _ in $(seq 50); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+    unset 'BENCH_PIDS[-1]'
+}
+
+# bench_start_echo: starts the echo server (ferry_bench_control --mode
+# echo-server: the same rpc/ layer as the coordinator, an empty handler);
+# sets ECHO_TARGET.
+bench_start_echo() {
+    bench_tmp
+    local dir="$BENCH_TMP/echo"
+    mkdir -p "$dir"
+    "$BUILD_DIR/bench/ferry_bench_control" --mode echo-server --listen 127.0.0.1:0 \
+        --port-file "$dir/port" >"$dir/echo.log" 2>&1 &
+    BENCH_PIDS+=($!)
+    bench_wait_for "test -s $dir/port" 150 ||
+        { tail -20 "$dir/echo.log" >&2; bench_die "echo server did not start"; }
+    ECHO_TARGET="127.0.0.1:$(cat "$dir/port")"
+}
+
 # The machine, for the results file.
 bench_machine_json() {
     local model cores

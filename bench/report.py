@@ -79,43 +79,69 @@ def control_tables(rows):
     ctl = {}
     for r in rows:
         if r.get("bench") == "control":
-            key = (r["mode"], r["clients"], r["coordinators"], r.get("channels", "thread"))
+            key = (r["mode"], r["clients"], r["coordinators"], r.get("channels", "thread"),
+                   r.get("label", ""))
             ctl[key] = r
     clients = sorted({k[1] for k in ctl})
     replicas = sorted({k[2] for k in ctl if k[2] > 0})
+    labels = sorted({k[4] for k in ctl if k[0] == "register" and k[4]})
 
-    def get(mode, n, coords, channels="thread"):
-        return ctl.get((mode, n, coords, channels))
+    def get(mode, n, coords, channels="thread", label=""):
+        return ctl.get((mode, n, coords, channels, label))
 
     def val(r, f):
         return None if r is None else r[f]
 
-    look = Table("Control path: Lookup vs reading the same record from etcd's gateway",
+    look = Table("Control path: Lookup vs reading the same record from etcd (JSON gateway, "
+                 "and native gRPC KV.Range from C)",
                  ["clients", "replicas", "Lookup/s", "p50 us", "p99 us",
-                  "etcd get/s", "p50 us", "p99 us", "Lookup/etcd",
+                  "gateway get/s", "p50 us", "p99 us", "Lookup/gateway",
+                  "gRPC Range/s", "p50 us", "p99 us", "Lookup/Range",
                   "Lookup/s (1 channel)", "p99 us (1 channel)"])
-    reg = Table("Control path: Register vs direct etcd writes",
-                ["clients", "replicas", "Register/s", "p50 us", "p99 us",
+    reg = Table("Control path: Register vs direct etcd writes (gateway)",
+                ["clients", "replicas", "coordinator", "Register/s", "p50 us", "p99 us",
                  "etcd txn/s", "p50 us", "lease+txn/s", "p50 us", "Register/txn",
                  "Register/(lease+txn)"])
+    echo = Table("Control path: each RPC against a bare echo through the same rpc/ layer "
+                 "(empty handler, 16 threads, one server), on the same kind of channel; "
+                 "ratios are RPC/echo",
+                 ["RPC", "clients", "replicas", "calls/s", "p50 us", "p99 us",
+                  "echo/s", "p50 us", "p99 us", "calls/s ratio", "p50 ratio", "p99 ratio"])
     for coords in replicas:
         for n in clients:
-            lk, eg, sh = get("lookup", n, coords), get("etcd-get", n, 0), \
-                get("lookup", n, coords, "shared")
+            lk, eg, gg, sh = get("lookup", n, coords), get("etcd-get", n, 0), \
+                get("etcd-grpc-get", n, 0), get("lookup", n, coords, "shared")
             if lk is not None:
                 look.add(str(n), str(coords), val(lk, "ops_per_s"), val(lk, "p50_us"),
                          val(lk, "p99_us"), val(eg, "ops_per_s"), val(eg, "p50_us"),
                          val(eg, "p99_us"), ratio(val(lk, "ops_per_s"), val(eg, "ops_per_s")),
+                         val(gg, "ops_per_s"), val(gg, "p50_us"), val(gg, "p99_us"),
+                         ratio(val(lk, "ops_per_s"), val(gg, "ops_per_s")),
                          val(sh, "ops_per_s"), val(sh, "p99_us"))
-            rg, tx, lt = get("register", n, coords), get("etcd-txn", n, 0), \
-                get("etcd-lease-txn", n, 0)
-            if rg is not None:
-                reg.add(str(n), str(coords), val(rg, "ops_per_s"), val(rg, "p50_us"),
-                        val(rg, "p99_us"), val(tx, "ops_per_s"), val(tx, "p50_us"),
-                        val(lt, "ops_per_s"), val(lt, "p50_us"),
-                        ratio(val(rg, "ops_per_s"), val(tx, "ops_per_s")),
-                        ratio(val(rg, "ops_per_s"), val(lt, "ops_per_s")))
-    return [look, reg]
+            tx, lt = get("etcd-txn", n, 0), get("etcd-lease-txn", n, 0)
+            for label in [""] + labels:
+                rg = get("register", n, coords, label=label)
+                if rg is not None:
+                    reg.add(str(n), str(coords), label or "default", val(rg, "ops_per_s"),
+                            val(rg, "p50_us"), val(rg, "p99_us"), val(tx, "ops_per_s"),
+                            val(tx, "p50_us"), val(lt, "ops_per_s"), val(lt, "p50_us"),
+                            ratio(val(rg, "ops_per_s"), val(tx, "ops_per_s")),
+                            ratio(val(rg, "ops_per_s"), val(lt, "ops_per_s")))
+    for name, mode, channels, label in (("Lookup", "lookup", "thread", ""),
+                                        ("Lookup (1 channel)", "lookup", "shared", ""),
+                                        ("Register", "register", "thread", "")) + \
+            tuple((f"Register ({lb})", "register", "thread", lb) for lb in labels):
+        for coords in replicas:
+            for n in clients:
+                # The echo on the same kind of channel (one per client, or one).
+                r, e = get(mode, n, coords, channels, label), get("echo", n, 0, channels)
+                if r is not None and e is not None:
+                    echo.add(name, str(n), str(coords), val(r, "ops_per_s"), val(r, "p50_us"),
+                             val(r, "p99_us"), val(e, "ops_per_s"), val(e, "p50_us"),
+                             val(e, "p99_us"), ratio(val(r, "ops_per_s"), val(e, "ops_per_s")),
+                             ratio(val(r, "p50_us"), val(e, "p50_us")),
+                             ratio(val(r, "p99_us"), val(e, "p99_us")))
+    return [echo, look, reg]
 
 
 def median(vals):

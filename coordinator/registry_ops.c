@@ -79,15 +79,19 @@ static ferry_status_t lease_for(coord_registry_t *r, int64_t lease_id, const cha
         }
         lease->id = lease_id;
         lease->ttl_s = 0;
-    } else {
-        status = registry_lease_ready(r, msg, cap);
-        if (status != FERRY_OK) {
-            return status;
-        }
-        status = etcd_lease_grant(r->etcd, ttl_or_default(r, ttl_s), &lease->id, &lease->ttl_s);
-        if (status != FERRY_OK) {
-            return registry_etcd_fail(status, msg, cap, "lease grant");
-        }
+        /* The check just proved the caller's token equal to the one this
+         * replica would compute: echo it instead of a second HMAC (OpenSSL
+         * 3's one-shot HMAC fetches its algorithm on every call). */
+        snprintf(lease->token, sizeof(lease->token), "%s", lease_token);
+        return FERRY_OK;
+    }
+    status = registry_lease_ready(r, msg, cap);
+    if (status != FERRY_OK) {
+        return status;
+    }
+    status = etcd_lease_grant(r->etcd, ttl_or_default(r, ttl_s), &lease->id, &lease->ttl_s);
+    if (status != FERRY_OK) {
+        return registry_etcd_fail(status, msg, cap, "lease grant");
     }
     registry_lease_token(r, lease->id, lease->token);
     return FERRY_OK;
