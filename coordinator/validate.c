@@ -105,8 +105,8 @@ ferry_status_t coord_validate_metadata(const char *field, const Ferry__V1__RdmaM
         status = coord_validate_name("metadata.worker_name", md->worker_name, msg, cap);
     }
     if (status == FERRY_OK) {
-        status = validate_round_trip(field, md, ferry__v1__rdma_metadata__get_packed_size(md), msg,
-                                     cap);
+        status =
+            validate_round_trip(field, md, ferry__v1__rdma_metadata__get_packed_size(md), msg, cap);
     }
     return status;
 }

@@ -35,29 +35,29 @@ extern "C" {
 #endif
 
 /* _(NAME, value, message) */
-#define FERRY_FOREACH_STATUS(_)                                                    \
-    _(OK, 0, "success")                                                            \
-    _(ERR_INVALID_ARGUMENT, -1, "invalid argument")                                \
-    _(ERR_NOT_FOUND, -2, "not found")                                              \
-    _(ERR_ALREADY_EXISTS, -3, "already exists")                                    \
-    _(ERR_PERMISSION_DENIED, -4, "permission denied")                              \
-    _(ERR_UNAUTHENTICATED, -5, "unauthenticated")                                  \
-    _(ERR_FAILED_PRECONDITION, -6, "operation is not in a state that allows this") \
-    _(ERR_TIMED_OUT, -7, "deadline exceeded")                                      \
-    _(ERR_UNAVAILABLE, -8, "service unavailable")                                  \
-    _(ERR_CANCELLED, -9, "cancelled")                                              \
-    _(ERR_EXPIRED, -10, "lease expired: the holder stopped keeping it alive")      \
-    _(ERR_ABORTED, -11, "conflict with a concurrent change")                       \
-    _(ERR_RESOURCE_EXHAUSTED, -12, "resource exhausted")                           \
-    _(ERR_NO_MEMORY, -13, "out of memory")                                         \
-    _(ERR_UNIMPLEMENTED, -14, "not implemented by this peer")                      \
-    _(ERR_PROTOCOL, -15, "malformed message from a peer")                          \
-    _(ERR_TRANSPORT, -16, "transport error")                                       \
-    _(ERR_PEER_FAILED, -17, "the remote side reported an error")                   \
-    _(ERR_IO, -18, "system call failed")                                           \
-    _(ERR_MISUSE, -19, "API misuse by the caller")                                 \
-    _(ERR_INTERNAL, -20, "internal error")                                         \
-    _(ERR_LEASE_NOT_FOUND, -21, "lease not found: it expired or never existed")    \
+#define FERRY_FOREACH_STATUS(_)                                                       \
+    _(OK, 0, "success")                                                               \
+    _(ERR_INVALID_ARGUMENT, -1, "invalid argument")                                   \
+    _(ERR_NOT_FOUND, -2, "not found")                                                 \
+    _(ERR_ALREADY_EXISTS, -3, "already exists")                                       \
+    _(ERR_PERMISSION_DENIED, -4, "permission denied")                                 \
+    _(ERR_UNAUTHENTICATED, -5, "unauthenticated")                                     \
+    _(ERR_FAILED_PRECONDITION, -6, "operation is not in a state that allows this")    \
+    _(ERR_TIMED_OUT, -7, "deadline exceeded")                                         \
+    _(ERR_UNAVAILABLE, -8, "service unavailable")                                     \
+    _(ERR_CANCELLED, -9, "cancelled")                                                 \
+    _(ERR_EXPIRED, -10, "lease expired: the holder stopped keeping it alive")         \
+    _(ERR_ABORTED, -11, "conflict with a concurrent change")                          \
+    _(ERR_RESOURCE_EXHAUSTED, -12, "resource exhausted")                              \
+    _(ERR_NO_MEMORY, -13, "out of memory")                                            \
+    _(ERR_UNIMPLEMENTED, -14, "not implemented by this peer")                         \
+    _(ERR_PROTOCOL, -15, "malformed message from a peer")                             \
+    _(ERR_TRANSPORT, -16, "transport error")                                          \
+    _(ERR_PEER_FAILED, -17, "the remote side reported an error")                      \
+    _(ERR_IO, -18, "system call failed")                                              \
+    _(ERR_MISUSE, -19, "API misuse by the caller")                                    \
+    _(ERR_INTERNAL, -20, "internal error")                                            \
+    _(ERR_LEASE_NOT_FOUND, -21, "lease not found: it expired or never existed")       \
     _(ERR_OUT_OF_RANGE, -22, "revision no longer available: read again, then resume") \
     _(ERR_BUSY, -23, "busy: the handle still has live children")
 

@@ -330,21 +330,14 @@ static int teardown(void **state)
     return 0;
 }
 
+/* Why the last coord_record answered -1 (for failure messages). */
+static char last_get_error[sizeof(((rpc_error_t *)0)->message)];
+
+static int coord_record(const char *id, char *claimant, size_t cap);
+
 static int coord_state(const char *id)
 {
-    Ferry__V1__GetRequest req = FERRY__V1__GET_REQUEST__INIT;
-    Ferry__V1__GetResponse *resp = NULL;
-    rpc_error_t err;
-    int state;
-
-    req.request_id = (char *)id;
-    if (test_coord_call(chan, "Get", &req.base, &ferry__v1__get_response__descriptor,
-                        (ProtobufCMessage **)&resp, &err) != FERRY_OK) {
-        return -1;
-    }
-    state = (int)resp->operation->state;
-    ferry__v1__get_response__free_unpacked(resp, NULL);
-    return state;
+    return coord_record(id, NULL, 0);
 }
 
 static rpc_stream_t *watch(const char *id, const char *prefix)
@@ -676,6 +669,7 @@ static int coord_record(const char *id, char *claimant, size_t cap)
     req.request_id = (char *)id;
     if (test_coord_call(chan, "Get", &req.base, &ferry__v1__get_response__descriptor,
                         (ProtobufCMessage **)&resp, &err) != FERRY_OK) {
+        snprintf(last_get_error, sizeof(last_get_error), "%s", err.message);
         return -1;
     }
     state = (int)resp->operation->state;
@@ -873,7 +867,9 @@ static void test_coordinator_down_after_claim(void **state)
     poll(NULL, 0, 400);
     assert_int_equal(kill(coord.proc.pid, SIGCONT), 0);
     if (!record_reaches("race-3", ST(COMPLETE), 10000)) {
-        fail_msg("race-3 is %d, not COMPLETE", coord_record("race-3", NULL, 0));
+        int rec = coord_record("race-3", NULL, 0);
+        fail_msg("race-3 is %d, not COMPLETE%s%s", rec, rec < 0 ? ": " : "",
+                 rec < 0 ? last_get_error : "");
     }
     assert_int_equal(coord_record("race-3", claimant, sizeof(claimant)), ST(COMPLETE));
     assert_string_equal(claimant, line + 3);
