@@ -40,6 +40,11 @@ typedef Ferry__V1__OperationState ferry_op_state_t;
     _(CANCELLED, true, CANCELLED, 0u)                                                              \
     _(EXPIRED, true, ERRORED, 0u)
 
+/* The number of states in the table (their values run 0..COUNT-1), for
+ * arrays indexed by state. */
+#define FERRY__OP_STATE_ONE(name, final, status, moves) +1
+enum { FERRY_OP_STATE_COUNT = 0 FERRY_FOREACH_OP_STATE(FERRY__OP_STATE_ONE) };
+
 #define FERRY_OP_REGISTERED FERRY__V1__OPERATION_STATE__OPERATION_STATE_REGISTERED
 #define FERRY_OP_CLAIMED    FERRY__V1__OPERATION_STATE__OPERATION_STATE_CLAIMED
 #define FERRY_OP_COMPLETE   FERRY__V1__OPERATION_STATE__OPERATION_STATE_COMPLETE

@@ -74,7 +74,8 @@ static void sample_metrics(void *arg, coord_metrics_sample_t *out)
 
     if (c->registry != NULL) {
         out->healthy = coord_registry_healthy(c->registry);
-        coord_registry_view_stats(c->registry, &out->view_size, &out->view_live);
+        coord_registry_view_stats(c->registry, &out->view_size, &out->view_live,
+                                  out->view_by_state);
     }
     if (c->service != NULL) {
         out->watch_events_sent = coord_service_watch_events_sent(c->service);

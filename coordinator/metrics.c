@@ -10,6 +10,7 @@
  *   ferry_healthy                                gauge, 1 while etcd answers (Health)
  *   ferry_view_watch_live                        gauge, 1 while the view's etcd watch is up
  *   ferry_view_operations                        gauge, records in the view
+ *   ferry_operations{state}                      gauge, records in the view by state
  *   ferry_watch_events_sent_total                counter, events queued on Watch streams
  *   ferry_view_events_total{type,state}          counter, changes the view applied
  *   ferry_lease_expiries_total                   counter, records whose lease ran out
@@ -348,6 +349,15 @@ char *coord_metrics_render(coord_metrics_t *m)
             "# HELP ferry_view_operations Operation records in this replica's view.\n"
             "# TYPE ferry_view_operations gauge\nferry_view_operations %zu\n",
             sample.view_size);
+    fputs("# HELP ferry_operations Operation records in this replica's view, by state (a record "
+          "whose owner's lease ended is deleted, so EXPIRED stays 0 here; see "
+          "ferry_lease_expiries_total).\n# TYPE ferry_operations gauge\n",
+          f);
+#define METRICS_RENDER_STATE(name, final, status, moves)      \
+    fprintf(f, "ferry_operations{state=\"" #name "\"} %zu\n", \
+            sample.view_by_state[FERRY__V1__OPERATION_STATE__OPERATION_STATE_##name]);
+    FERRY_FOREACH_OP_STATE(METRICS_RENDER_STATE)
+#undef METRICS_RENDER_STATE
     fprintf(f,
             "# HELP ferry_watch_events_sent_total Events queued on Watch streams (one per stream "
             "per event, replays included).\n# TYPE ferry_watch_events_sent_total counter\n"

@@ -19,6 +19,7 @@
 
 #include <ferry/status.h>
 
+#include "common/op_state.h"
 #include "etcd/etcd.h"
 #include "rpc/rpc.h"
 
@@ -26,10 +27,11 @@ typedef struct coord_metrics coord_metrics_t;
 
 /* Read at every scrape, on the HTTP thread. */
 typedef struct {
-    bool healthy;               /* Health answers SERVING (etcd reachable) */
-    bool view_live;             /* the view is loaded and its etcd watch connected */
-    size_t view_size;           /* records in the view */
-    uint64_t watch_events_sent; /* events queued on Watch streams */
+    bool healthy;     /* Health answers SERVING (etcd reachable) */
+    bool view_live;   /* the view is loaded and its etcd watch connected */
+    size_t view_size; /* records in the view */
+    size_t view_by_state[FERRY_OP_STATE_COUNT]; /* records in the view, by state */
+    uint64_t watch_events_sent;                 /* events queued on Watch streams */
 } coord_metrics_sample_t;
 
 typedef struct {

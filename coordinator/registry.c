@@ -84,12 +84,12 @@ static void test_gate_wait(const coord_registry_t *r)
  * dropped: the view already holds that change or a later one (the watch may
  * have applied a later DELETE of the key, which must not be undone). */
 void registry_view_put(coord_registry_t *r, const char *id, const uint8_t *bytes, size_t len,
-                       int64_t mod_revision)
+                       int64_t mod_revision, ferry_op_state_t state)
 {
     test_gate_wait(r);
     pthread_mutex_lock(&r->lock);
     if (r->synced && mod_revision > r->revision) {
-        view_upsert(&r->view, id, bytes, len, mod_revision);
+        view_upsert(&r->view, id, bytes, len, mod_revision, state);
     }
     pthread_mutex_unlock(&r->lock);
 }
@@ -143,7 +143,7 @@ static void apply_op_put(coord_registry_t *r, const char *id, const etcd_kv_t *k
 
     pthread_mutex_lock(&r->lock);
     if (op != NULL) {
-        view_upsert(&r->view, id, kv->value, kv->value_len, kv->mod_revision);
+        view_upsert(&r->view, id, kv->value, kv->value_len, kv->mod_revision, op->state);
     }
     applied_locked(r, kv->mod_revision);
     pthread_mutex_unlock(&r->lock);
@@ -310,7 +310,7 @@ static ferry_status_t fill_view_locked(coord_registry_t *r, const etcd_range_t *
     view_clear(&r->view);
     for (size_t i = 0; i < range->n_kvs; i++) {
         if (id_of_key(r->claims_prefix, &range->kvs[i], id, sizeof(id)) != NULL) {
-            view_upsert(&claims, id, (const uint8_t *)"", 0, 1);
+            view_upsert(&claims, id, (const uint8_t *)"", 0, 1, 0);
         }
     }
     for (size_t i = 0; i < range->n_kvs && status == FERRY_OK; i++) {
@@ -318,8 +318,9 @@ static ferry_status_t fill_view_locked(coord_registry_t *r, const etcd_range_t *
         if (id_of_key(r->ops_prefix, kv, id, sizeof(id)) == NULL) {
             continue;
         }
-        status = view_upsert(&r->view, id, kv->value, kv->value_len, kv->mod_revision);
         Ferry__V1__Operation *op = ferry__v1__operation__unpack(NULL, kv->value_len, kv->value);
+        status = view_upsert(&r->view, id, kv->value, kv->value_len, kv->mod_revision,
+                             op != NULL ? op->state : 0);
         if (op != NULL && op->state == FERRY_OP_CLAIMED && view_find(&claims, id) == NULL) {
             orphan_t *o = calloc(1, sizeof(*o));
             if (o == NULL || (o->id = strdup(id)) == NULL) {
@@ -617,10 +618,12 @@ bool coord_registry_healthy(coord_registry_t *r)
     return atomic_load(&r->healthy);
 }
 
-void coord_registry_view_stats(coord_registry_t *r, size_t *n_records_p, bool *live_p)
+void coord_registry_view_stats(coord_registry_t *r, size_t *n_records_p, bool *live_p,
+                               size_t n_by_state[FERRY_OP_STATE_COUNT])
 {
     pthread_mutex_lock(&r->lock);
     *n_records_p = r->view.n_entries;
+    memcpy(n_by_state, r->view.n_by_state, sizeof(r->view.n_by_state));
     *live_p = r->synced;
     pthread_mutex_unlock(&r->lock);
 }

@@ -45,6 +45,7 @@
 
 #include <ferry/status.h>
 
+#include "common/op_state.h"
 #include "ferry/v1/coordinator.pb-c.h"
 #include "etcd/etcd.h"
 #include "exec.h"
@@ -93,9 +94,11 @@ bool coord_registry_healthy(coord_registry_t *registry);
  * before the first load. */
 int64_t coord_registry_revision(coord_registry_t *registry);
 
-/* For metrics: the records the view holds and whether it is loaded with its
- * etcd watch connected. */
-void coord_registry_view_stats(coord_registry_t *registry, size_t *n_records_p, bool *live_p);
+/* For metrics: the records the view holds, whether it is loaded with its
+ * etcd watch connected, and the records by state (indexed by
+ * ferry_op_state_t, as the state their last write gave them). */
+void coord_registry_view_stats(coord_registry_t *registry, size_t *n_records_p, bool *live_p,
+                               size_t n_by_state[FERRY_OP_STATE_COUNT]);
 
 /* Every call below writes a message naming the cause into msg (cap bytes)
  * when it fails. */

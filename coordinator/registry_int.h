@@ -70,7 +70,7 @@ ferry_status_t registry_key(const char *sub_prefix, const char *id, registry_key
 
 /* Applies a record the coordinator itself just wrote (write-through). */
 void registry_view_put(coord_registry_t *r, const char *id, const uint8_t *bytes, size_t len,
-                       int64_t mod_revision);
+                       int64_t mod_revision, ferry_op_state_t state);
 
 /* Removes a record the coordinator itself just deleted (write-through). */
 void registry_view_remove(coord_registry_t *r, const char *id, int64_t mod_revision);

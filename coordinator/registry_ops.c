@@ -247,7 +247,7 @@ ferry_status_t coord_register(coord_registry_t *r, const Ferry__V1__RegisterRequ
     if (status != FERRY_OK) {
         goto err_free;
     }
-    registry_view_put(r, req->request_id, bytes, len, out->revision);
+    registry_view_put(r, req->request_id, bytes, len, out->revision, op.state);
     free(bytes);
     ferry_info("op %s: REGISTERED (%s, %zu descriptors, owner '%s', lease %lld, ttl %llds)",
                req->request_id,
@@ -446,7 +446,7 @@ static ferry_status_t write_transition(coord_registry_t *r, const record_t *rec,
     *won_p = res.succeeded;
     *revision_p = res.revision;
     if (res.succeeded) {
-        registry_view_put(r, rec->op->request_id, bytes, len, res.revision);
+        registry_view_put(r, rec->op->request_id, bytes, len, res.revision, rec->op->state);
     }
     etcd_txn_result_free(&res);
     free(bytes);

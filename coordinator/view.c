@@ -1,6 +1,7 @@
 /*
  * view.c: the chained hash map of view.h (FNV-1a, doubling at load 1). A
  * tombstone is an entry with bytes == NULL, also linked on view->tombs.
+ * A record's state is counted in view->n_by_state while it is a record.
  */
 #include "view.h"
 
@@ -27,6 +28,7 @@ ferry_status_t view_init(view_t *view)
     }
     view->n_buckets = VIEW_INITIAL_BUCKETS;
     view->n_entries = 0;
+    memset(view->n_by_state, 0, sizeof(view->n_by_state));
     view->tombs = NULL;
     view->n_tombs = 0;
     return FERRY_OK;
@@ -51,6 +53,7 @@ void view_clear(view_t *view)
         view->buckets[i] = NULL;
     }
     view->n_entries = 0;
+    memset(view->n_by_state, 0, sizeof(view->n_by_state));
     view->tombs = NULL;
     view->n_tombs = 0;
 }
@@ -129,6 +132,7 @@ static void entry_drop(view_t *view, view_entry_t **slot)
         tomb_unlink(view, e);
     } else {
         view->n_entries--;
+        view->n_by_state[e->state]--;
     }
     entry_free(e);
 }
@@ -152,7 +156,7 @@ static view_entry_t *entry_get(const char *request_id, view_entry_t **slot)
 }
 
 ferry_status_t view_upsert(view_t *view, const char *request_id, const uint8_t *bytes, size_t len,
-                           int64_t mod_revision)
+                           int64_t mod_revision, ferry_op_state_t state)
 {
     view_entry_t **slot = slot_of(view, request_id);
     view_entry_t *e = *slot;
@@ -176,11 +180,17 @@ ferry_status_t view_upsert(view_t *view, const char *request_id, const uint8_t *
             tomb_unlink(view, e); /* a tombstone comes back to life */
         }
         view->n_entries++;
+    } else {
+        view->n_by_state[e->state]--;
     }
     free(e->bytes);
     e->bytes = copy;
     e->len = len;
     e->mod_revision = mod_revision;
+    e->state = (int)state >= 0 && (int)state < FERRY_OP_STATE_COUNT
+                   ? state
+                   : FERRY__V1__OPERATION_STATE__OPERATION_STATE_UNSPECIFIED;
+    view->n_by_state[e->state]++;
     if (view->n_entries + view->n_tombs > view->n_buckets) {
         grow(view);
     }
@@ -211,6 +221,7 @@ ferry_status_t view_bury(view_t *view, const char *request_id, int64_t mod_revis
     }
     if (e->bytes != NULL) {
         view->n_entries--;
+        view->n_by_state[e->state]--;
         free(e->bytes);
         e->bytes = NULL;
         e->len = 0;

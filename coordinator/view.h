@@ -25,11 +25,14 @@
 
 #include <ferry/status.h>
 
+#include "common/op_state.h"
+
 typedef struct view_entry {
     char *request_id;
     uint8_t *bytes; /* the stored Operation, packed */
     size_t len;
     int64_t mod_revision;
+    ferry_op_state_t state;       /* the record's state, as its writer said */
     struct view_entry *next;      /* in its bucket */
     struct view_entry *tomb_next; /* in view->tombs, when a tombstone */
 } view_entry_t;
@@ -39,9 +42,10 @@ typedef struct view_entry {
 
 typedef struct {
     view_entry_t **buckets;
-    size_t n_buckets;    /* a power of two */
-    size_t n_entries;    /* records, tombstones not counted */
-    view_entry_t *tombs; /* tombstones, oldest first */
+    size_t n_buckets;                        /* a power of two */
+    size_t n_entries;                        /* records, tombstones not counted */
+    size_t n_by_state[FERRY_OP_STATE_COUNT]; /* records by state; sums to n_entries */
+    view_entry_t *tombs;                     /* tombstones, oldest first */
     size_t n_tombs;
 } view_t;
 
@@ -49,9 +53,11 @@ ferry_status_t view_init(view_t *view);
 void view_cleanup(view_t *view);
 void view_clear(view_t *view);
 
-/* Copies bytes in. A record with mod_revision <= the held one is ignored. */
+/* Copies bytes in. A record with mod_revision <= the held one is ignored.
+ * state is the record's state (the caller has decoded it; a value outside
+ * the table counts as UNSPECIFIED). */
 ferry_status_t view_upsert(view_t *view, const char *request_id, const uint8_t *bytes, size_t len,
-                           int64_t mod_revision);
+                           int64_t mod_revision, ferry_op_state_t state);
 
 /* Removes the entry (record or tombstone) if its mod_revision is <=
  * mod_revision. */

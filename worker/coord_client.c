@@ -31,12 +31,17 @@
  *
  * One watch thread per ferry_coordinator_t holds one Watch stream while
  * links exist, and hands a link the record of each event that names it.
- * Every time the stream is (re)created, all links are marked (re-Get after
- * re-Watch: whatever changed while no stream was up is read, whatever
- * changes later is an event). The contract has no multi-ID watch, so the
- * stream watches every ID ("*") and events for other IDs are dropped here;
- * watch_open is where a start_revision resume (OUT_OF_RANGE when the
- * revision is gone: resync as on a new stream) would go.
+ * The contract has no multi-ID watch, so the stream watches every ID ("*")
+ * and events for other IDs are dropped here. The thread remembers the
+ * revision of the last message it read (watch_rev: the `created` header of
+ * a fresh stream, then each event's), and when a stream breaks it resumes
+ * with start_revision = watch_rev + 1: the replica replays what changed
+ * while no stream was up, so no record is read again. A fresh stream (none
+ * remembered: the first, one after the stream was closed for want of
+ * links, or after OUT_OF_RANGE, when the replica no longer holds those
+ * changes because it restarted or reloaded its view) marks every link
+ * instead (re-Get after re-Watch: whatever changed before the stream is
+ * read, whatever changes later is an event).
  *
  * Admission: a writer's Claim is made on the caller's path after its Lookup
  * and before the data plane starts (begin_by_id), so the coordinator alone
@@ -66,6 +71,7 @@
 #include "ferry/coordinator.h"
 #include "ferry/v1/coordinator.pb-c.h"
 #include "rpc/rpc.h"
+#include "worker/coord_client.h"
 #include "worker/errors.h"
 
 /* After ferry/ferry.h: it gives ferry__op_state_status. */
@@ -123,7 +129,14 @@ struct ferry_coordinator {
     bool stopping;
     pthread_t thread;
     pthread_t watcher;
-    uint64_t watches; /* streams created (the resync count), under lock */
+    /* Under lock. watch_rev: the header revision of the last message read
+     * on a stream (0: none, the next stream is fresh). The counts are for
+     * tests (ferry__coord_watch_stats). */
+    int64_t watch_rev;
+    uint64_t watches;      /* fresh streams created (the resync count) */
+    uint64_t resumes;      /* streams resumed at watch_rev + 1 */
+    uint64_t out_of_range; /* streams refused or ended with OUT_OF_RANGE */
+    uint64_t gets;         /* records read with a Get (a look without an event) */
 
     /* The session lease, under lock. 0: none yet (or lost). */
     int64_t session_lease;
@@ -596,6 +609,8 @@ static void *session_main(void *arg)
                 ev.ev_state = link->ev_state;
                 memcpy(ev.ev_message, link->ev_message, sizeof(ev.ev_message));
                 link->ev_valid = false;
+            } else {
+                coord->gets++;
             }
         }
         pthread_mutex_unlock(&coord->lock);
@@ -635,32 +650,39 @@ static void *session_main(void *arg)
 #define WATCH_READ_MS    200 /* how often the watch thread looks at stopping */
 #define WATCH_BACKOFF_MS 100 /* first pause after a failed or ended stream */
 
-/* A Watch stream over every record, created (its first message read);
- * NULL on failure. A start_revision resume would be set here. */
-static rpc_stream_t *watch_open(ferry_coordinator_t *coord)
+/* A Watch stream over every record from start_revision (0: fresh),
+ * created (its first message read); *created_rev_p: that message's header
+ * revision. NULL on failure, *status_p saying why (FERRY_ERR_OUT_OF_RANGE:
+ * the replica no longer holds the changes from start_revision). */
+static rpc_stream_t *watch_open(ferry_coordinator_t *coord, int64_t start_revision,
+                                int64_t *created_rev_p, ferry_status_t *status_p)
 {
     Ferry__V1__WatchRequest req = FERRY__V1__WATCH_REQUEST__INIT;
     Ferry__V1__WatchResponse *first = NULL;
     rpc_stream_t *stream = NULL;
-    rpc_error_t err;
+    rpc_error_t err = {0};
     ferry_status_t status;
 
     req.request_id_prefix = "*";
+    req.start_revision = start_revision;
     status = rpc_stream_open(coord->channel, COORD_PATH("Watch"), &req.base,
                              &ferry__v1__watch_response__descriptor, 0, &stream);
     if (status == FERRY_OK) {
         status = rpc_stream_read(stream, coord->timeout_ms, (ProtobufCMessage **)&first, &err);
     }
     if (status != FERRY_OK || first == NULL || !first->created) {
-        ferry_debug("coordinator watch: not created: %s",
-                    status != FERRY_OK ? err.message : "no created message");
+        ferry_debug("coordinator watch: not created (from revision %" PRId64 "): %s",
+                    start_revision, status != FERRY_OK ? err.message : "no created message");
         if (first != NULL) {
             ferry__v1__watch_response__free_unpacked(first, NULL);
         }
         rpc_stream_destroy(stream);
+        *status_p = status != FERRY_OK ? status : FERRY_ERR_UNAVAILABLE;
         return NULL;
     }
+    *created_rev_p = first->header != NULL ? first->header->revision : 0;
     ferry__v1__watch_response__free_unpacked(first, NULL);
+    *status_p = FERRY_OK;
     return stream;
 }
 
@@ -687,8 +709,10 @@ static void mark_look(ferry_coordinator_t *coord, const Ferry__V1__WatchEvent *e
 
 /* Reads events until the stream ends, stopping is set or no link has been
  * left for a period (a client that binds one operation after another keeps
- * its stream). Lock NOT held. */
-static void watch_follow(ferry_coordinator_t *coord, rpc_stream_t *stream)
+ * its stream). Returns true when the next stream must be fresh: the stream
+ * was closed for want of links (a resume would replay what nobody
+ * follows), or ended with OUT_OF_RANGE. Lock NOT held. */
+static bool watch_follow(ferry_coordinator_t *coord, rpc_stream_t *stream)
 {
     int64_t empty_since = 0;
 
@@ -713,7 +737,12 @@ static void watch_follow(ferry_coordinator_t *coord, rpc_stream_t *stream)
                     mark_look(coord, ev);
                 }
             }
+            if (msg->n_events > 0 && msg->header != NULL &&
+                msg->header->revision > coord->watch_rev) {
+                coord->watch_rev = msg->header->revision;
+            }
         }
+        coord->out_of_range += status == FERRY_ERR_OUT_OF_RANGE;
         pthread_mutex_unlock(&coord->lock);
         if (msg != NULL) {
             ferry__v1__watch_response__free_unpacked(msg, NULL);
@@ -724,7 +753,7 @@ static void watch_follow(ferry_coordinator_t *coord, rpc_stream_t *stream)
             if (!over) {
                 ferry_debug("coordinator watch: stream ended: %s", err.message);
             }
-            return;
+            return over || status == FERRY_ERR_OUT_OF_RANGE;
         }
     }
 }
@@ -740,22 +769,42 @@ static void *watch_main(void *arg)
             pthread_cond_wait(&coord->cond, &coord->lock);
             continue;
         }
+        int64_t from = coord->watch_rev > 0 ? coord->watch_rev + 1 : 0, created_rev = 0;
+        ferry_status_t status;
         pthread_mutex_unlock(&coord->lock);
-        rpc_stream_t *stream = watch_open(coord);
+        rpc_stream_t *stream = watch_open(coord, from, &created_rev, &status);
         pthread_mutex_lock(&coord->lock);
+        if (stream == NULL && status == FERRY_ERR_OUT_OF_RANGE && from != 0) {
+            /* The replica no longer holds the changes since watch_rev: a
+             * fresh stream, at once. */
+            ferry_debug("coordinator watch: cannot resume at revision %" PRId64
+                        "; watching afresh and reading every record",
+                        from);
+            coord->out_of_range++;
+            coord->watch_rev = 0;
+            continue;
+        }
         if (stream == NULL) {
             timed_wait(&coord->cond, &coord->lock, backoff);
             backoff = backoff * 2 < period_ms(coord) ? backoff * 2 : period_ms(coord);
             continue;
         }
-        /* Re-Get after re-Watch: the record of every link is read again. */
-        coord->watches++;
         backoff = WATCH_BACKOFF_MS;
-        mark_look(coord, NULL);
+        if (from == 0) {
+            /* Re-Get after re-Watch: the record of every link is read again. */
+            coord->watches++;
+            coord->watch_rev = created_rev;
+            mark_look(coord, NULL);
+        } else {
+            coord->resumes++; /* the stream replays what changed meanwhile */
+        }
         pthread_mutex_unlock(&coord->lock);
-        watch_follow(coord, stream);
+        bool fresh = watch_follow(coord, stream);
         rpc_stream_destroy(stream);
         pthread_mutex_lock(&coord->lock);
+        if (fresh) {
+            coord->watch_rev = 0;
+        }
     }
     pthread_mutex_unlock(&coord->lock);
     return NULL;
@@ -898,6 +947,23 @@ static void on_event(ferry_op_t *op, ferry_op_event_t event, ferry_op_status_t s
     } else if (event == FERRY_OP_EVENT_DESTROY) {
         on_destroy(arg, status);
     }
+}
+
+void ferry__coord_watch_stats(ferry_coordinator_t *coord, ferry__coord_watch_stats_t *stats_p)
+{
+    pthread_mutex_lock(&coord->lock);
+    stats_p->streams = coord->watches;
+    stats_p->resumes = coord->resumes;
+    stats_p->out_of_range = coord->out_of_range;
+    stats_p->gets = coord->gets;
+    stats_p->revision = coord->watch_rev;
+    stats_p->settled = true;
+    for (const coord_link_t *l = coord->links; l != NULL; l = l->next) {
+        if (l->look_due || l->looking) {
+            stats_p->settled = false;
+        }
+    }
+    pthread_mutex_unlock(&coord->lock);
 }
 
 /* ---- public API ----------------------------------------------------------- */

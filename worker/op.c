@@ -119,6 +119,60 @@ static bool can_move(ferry__op_state_t from, ferry__op_state_t to, bool passive)
     }
 }
 
+const char *ferry_direction_name(ferry_direction_t direction)
+{
+    switch (direction) {
+    case FERRY_DIRECTION_WRITE:
+        return "write";
+    case FERRY_DIRECTION_READ:
+        return "read";
+    case FERRY_DIRECTION_RECEIVED:
+        return "received";
+    case FERRY_DIRECTION_SERVED:
+        return "served";
+    case FERRY_DIRECTION_COUNT:
+        break;
+    }
+    return "unknown";
+}
+
+const char *ferry_outcome_name(ferry_outcome_t outcome)
+{
+    switch (outcome) {
+    case FERRY_OUTCOME_COMPLETE:
+        return "complete";
+    case FERRY_OUTCOME_CANCELLED:
+        return "cancelled";
+    case FERRY_OUTCOME_ERRORED:
+        return "errored";
+    case FERRY_OUTCOME_COUNT:
+        break;
+    }
+    return "unknown";
+}
+
+/* Counts an operation that has just become final in the connector's
+ * transfers[direction][outcome]; lock held. */
+static void count_final(ferry_op_t *op)
+{
+    static const ferry_direction_t direction_of[] = {
+        [FERRY__KIND_WRITABLE] = FERRY_DIRECTION_RECEIVED,
+        [FERRY__KIND_READABLE] = FERRY_DIRECTION_SERVED,
+        [FERRY__KIND_WRITE] = FERRY_DIRECTION_WRITE,
+        [FERRY__KIND_READ] = FERRY_DIRECTION_READ,
+    };
+    ferry_op_status_t status = ferry__op_state_status(phase_of(op->state));
+    ferry_outcome_t outcome = status == FERRY_OP_STATUS_COMPLETE    ? FERRY_OUTCOME_COMPLETE
+                              : status == FERRY_OP_STATUS_CANCELLED ? FERRY_OUTCOME_CANCELLED
+                                                                    : FERRY_OUTCOME_ERRORED;
+    ferry_transfer_count_t *t = &op->connector->stats.transfers[direction_of[op->kind]][outcome];
+
+    t->ops++;
+    for (size_t i = 0; i < op->n; i++) {
+        t->bytes += op->descs[i].size;
+    }
+}
+
 static void queue_done(ferry_op_t *op)
 {
     ferry_connector_t *c = op->connector;
@@ -162,6 +216,7 @@ bool ferry__op_move(ferry_op_t *op, ferry__op_state_t to, ferry_status_t code, c
                     fmt != NULL ? op->error_message : "");
     }
     if (state_is_final(to)) {
+        count_final(op);
         atomic_store(&op->final, true);
         if (is_passive(op)) {
             ferry__passive_release(op);

@@ -215,6 +215,36 @@ FERRY_API ferry_status_t ferry_connector_get_fd(ferry_connector_t *connector, in
  * callbacks run from here. FERRY_ERR_MISUSE in thread mode. */
 FERRY_API ferry_status_t ferry_connector_progress(ferry_connector_t *connector);
 
+/* Which way an operation moved bytes, seen from this connector: as the
+ * active side (WRITE: ucp_put to a peer; READ: ucp_get from one) or as the
+ * passive side (RECEIVED: a peer wrote into a writable; SERVED: a peer read
+ * a readable). */
+typedef enum {
+    FERRY_DIRECTION_WRITE = 0,
+    FERRY_DIRECTION_READ = 1,
+    FERRY_DIRECTION_RECEIVED = 2,
+    FERRY_DIRECTION_SERVED = 3,
+    FERRY_DIRECTION_COUNT = 4
+} ferry_direction_t;
+
+/* How an operation ended (its final ferry_op_status_t). */
+typedef enum {
+    FERRY_OUTCOME_COMPLETE = 0,
+    FERRY_OUTCOME_CANCELLED = 1,
+    FERRY_OUTCOME_ERRORED = 2,
+    FERRY_OUTCOME_COUNT = 3
+} ferry_outcome_t;
+
+/* Operations that ended one way, and their bytes: the total size of their
+ * descriptors (for COMPLETE, the bytes moved; otherwise what the operation
+ * was to move, since a failed transfer's partial progress is unknown). */
+typedef struct {
+    uint64_t ops;
+    uint64_t bytes;
+} ferry_transfer_count_t;
+
+/* Appending fields changes sizeof: an application built against an older
+ * ferry.h must be rebuilt (the soname's major version says when). */
 typedef struct {
     uint64_t endpoints_created;   /* ucp_ep_create calls that succeeded */
     uint64_t endpoint_cache_hits; /* transfers that reused a cached endpoint */
@@ -224,7 +254,17 @@ typedef struct {
     uint64_t claims_refused;      /* claims answered with a refusal or dropped */
     uint64_t notices_ignored;     /* notices not from an admitted peer, or late */
     uint64_t peers_cached;        /* endpoints in the cache now (bounded) */
+    /* Every operation of this connector that reached a final status, once,
+     * by [direction][outcome]; an operation destroyed before it ended counts
+     * as CANCELLED. */
+    ferry_transfer_count_t transfers[FERRY_DIRECTION_COUNT][FERRY_OUTCOME_COUNT];
 } ferry_connector_stats_t;
+
+/* "write", "read", "received", "served"; "unknown" otherwise. Static. */
+FERRY_API const char *ferry_direction_name(ferry_direction_t direction);
+
+/* "complete", "cancelled", "errored"; "unknown" otherwise. Static. */
+FERRY_API const char *ferry_outcome_name(ferry_outcome_t outcome);
 
 /* A snapshot of the connector's counters (for tests and metrics). */
 FERRY_API void ferry_connector_get_stats(ferry_connector_t *connector,

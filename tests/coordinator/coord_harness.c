@@ -18,7 +18,7 @@ static bool port_file_ready(void *arg)
 
 static int launch(test_coord_t *c)
 {
-    char bin[PATH_MAX], ttl[16], state_dir[PATH_MAX];
+    char bin[PATH_MAX], ttl[16], state_dir[PATH_MAX], listen[32];
     const char *build = getenv("FERRY_BUILD_DIR");
     char *argv[20];
     int n = 0;
@@ -27,10 +27,11 @@ static int launch(test_coord_t *c)
     snprintf(bin, sizeof(bin), "%s/coordinator/ferry-coordinator", build ? build : "build");
     snprintf(ttl, sizeof(ttl), "%d", c->ttl);
     snprintf(state_dir, sizeof(state_dir), "%s/state", c->dir);
+    snprintf(listen, sizeof(listen), "127.0.0.1:%d", c->listen_port);
     unlink(c->port_file);
     argv[n++] = bin;
     argv[n++] = "--listen";
-    argv[n++] = "127.0.0.1:0";
+    argv[n++] = listen;
     argv[n++] = "--port-file";
     argv[n++] = c->port_file;
     argv[n++] = "--name";

@@ -19,6 +19,8 @@ typedef struct {
     char log_path[PATH_MAX];
     char target[64];
     int port;
+    int listen_port; /* 0: a free port; else 127.0.0.1:listen_port (set it to
+                        port before test_coord_restart to keep the address) */
     char name[32];
     char etcd[256]; /* endpoints; "" starts a private etcd under dir */
     int ttl;
@@ -28,7 +30,8 @@ typedef struct {
  * debug log level and waits (15 s) until it writes its port. */
 int test_coord_start(test_coord_t *c, const char *etcd_endpoint, const char *name, int ttl);
 
-/* Starts it again with the same settings (after test_coord_stop). */
+/* Starts it again with the same settings (after test_coord_stop); on a new
+ * free port unless listen_port is set. */
 int test_coord_restart(test_coord_t *c);
 
 /* SIGTERM and wait; returns the wait status. */

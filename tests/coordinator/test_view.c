@@ -1,7 +1,8 @@
 /*
  * test_view.c: the view's map keeps the newest record per request ID, in
  * whatever order write-through and watch events arrive, across growth; a
- * delete leaves a tombstone that no older record can undo.
+ * delete leaves a tombstone that no older record can undo; the records are
+ * counted by state through every change.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -20,8 +21,8 @@ static void test_newer_wins(void **state)
     (void)state;
 
     assert_int_equal(view_init(&v), FERRY_OK);
-    assert_int_equal(view_upsert(&v, "a", (const uint8_t *)"new", 3, 10), FERRY_OK);
-    assert_int_equal(view_upsert(&v, "a", (const uint8_t *)"old", 3, 9), FERRY_OK);
+    assert_int_equal(view_upsert(&v, "a", (const uint8_t *)"new", 3, 10, 0), FERRY_OK);
+    assert_int_equal(view_upsert(&v, "a", (const uint8_t *)"old", 3, 9, 0), FERRY_OK);
     e = view_find(&v, "a");
     assert_non_null(e);
     assert_memory_equal(e->bytes, "new", 3);
@@ -43,7 +44,7 @@ static void test_many_entries(void **state)
     assert_int_equal(view_init(&v), FERRY_OK);
     for (int i = 0; i < 5000; i++) {
         snprintf(id, sizeof(id), "op-%d", i);
-        assert_int_equal(view_upsert(&v, id, (const uint8_t *)id, strlen(id), i + 1), FERRY_OK);
+        assert_int_equal(view_upsert(&v, id, (const uint8_t *)id, strlen(id), i + 1, 0), FERRY_OK);
     }
     assert_int_equal(v.n_entries, 5000);
     assert_true(v.n_buckets >= 4096);
@@ -66,26 +67,26 @@ static void test_tombstone_keeps_a_deleted_record_out(void **state)
     (void)state;
 
     assert_int_equal(view_init(&v), FERRY_OK);
-    assert_int_equal(view_upsert(&v, "a", (const uint8_t *)"r5", 2, 5), FERRY_OK);
+    assert_int_equal(view_upsert(&v, "a", (const uint8_t *)"r5", 2, 5, 0), FERRY_OK);
     assert_int_equal(view_bury(&v, "a", 7), FERRY_OK);
     assert_null(view_find(&v, "a"));
     assert_int_equal(v.n_entries, 0);
     assert_int_equal(v.n_tombs, 1);
     /* The watch's PUT at 6, older than the delete, arrives late. */
-    assert_int_equal(view_upsert(&v, "a", (const uint8_t *)"r6", 2, 6), FERRY_OK);
+    assert_int_equal(view_upsert(&v, "a", (const uint8_t *)"r6", 2, 6, 0), FERRY_OK);
     assert_null(view_find(&v, "a"));
     /* A delete older than the tombstone changes nothing. */
     assert_int_equal(view_bury(&v, "a", 6), FERRY_OK);
     assert_int_equal(v.n_tombs, 1);
     /* A newer record comes back. */
-    assert_int_equal(view_upsert(&v, "a", (const uint8_t *)"r8", 2, 8), FERRY_OK);
+    assert_int_equal(view_upsert(&v, "a", (const uint8_t *)"r8", 2, 8, 0), FERRY_OK);
     assert_non_null(view_find(&v, "a"));
     assert_memory_equal(view_find(&v, "a")->bytes, "r8", 2);
     assert_int_equal(v.n_entries, 1);
     assert_int_equal(v.n_tombs, 0);
     /* A delete of an ID never seen leaves a tombstone too. */
     assert_int_equal(view_bury(&v, "b", 9), FERRY_OK);
-    assert_int_equal(view_upsert(&v, "b", (const uint8_t *)"r3", 2, 3), FERRY_OK);
+    assert_int_equal(view_upsert(&v, "b", (const uint8_t *)"r3", 2, 3, 0), FERRY_OK);
     assert_null(view_find(&v, "b"));
     view_cleanup(&v);
 }
@@ -101,9 +102,9 @@ static void test_tombstones_are_pruned_and_bounded(void **state)
     assert_int_equal(view_bury(&v, "y", 12), FERRY_OK);
     view_prune(&v, 10);
     assert_int_equal(v.n_tombs, 1);
-    assert_int_equal(view_upsert(&v, "x", (const uint8_t *)"r9", 2, 9), FERRY_OK);
+    assert_int_equal(view_upsert(&v, "x", (const uint8_t *)"r9", 2, 9, 0), FERRY_OK);
     assert_non_null(view_find(&v, "x")); /* the registry's watermark stops this */
-    assert_int_equal(view_upsert(&v, "y", (const uint8_t *)"r11", 3, 11), FERRY_OK);
+    assert_int_equal(view_upsert(&v, "y", (const uint8_t *)"r11", 3, 11, 0), FERRY_OK);
     assert_null(view_find(&v, "y"));
     view_clear(&v);
     assert_int_equal(v.n_tombs, 0);
@@ -115,13 +116,50 @@ static void test_tombstones_are_pruned_and_bounded(void **state)
     assert_int_equal(v.n_tombs, VIEW_MAX_TOMBSTONES);
     assert_int_equal(v.n_entries, 0);
     /* The oldest went first. */
-    assert_int_equal(view_upsert(&v, "t-0", (const uint8_t *)"old", 3, 1), FERRY_OK);
+    assert_int_equal(view_upsert(&v, "t-0", (const uint8_t *)"old", 3, 1, 0), FERRY_OK);
     assert_non_null(view_find(&v, "t-0"));
     snprintf(id, sizeof(id), "t-%d", VIEW_MAX_TOMBSTONES + 9);
-    assert_int_equal(view_upsert(&v, id, (const uint8_t *)"old", 3, 1), FERRY_OK);
+    assert_int_equal(view_upsert(&v, id, (const uint8_t *)"old", 3, 1, 0), FERRY_OK);
     assert_null(view_find(&v, id));
     view_prune(&v, INT64_MAX);
     assert_int_equal(v.n_tombs, 0);
+    view_cleanup(&v);
+}
+
+/* n_by_state follows each record's latest state, and a tombstone, a
+ * removal and a clear take the record out of its state's count. */
+static void test_counts_by_state(void **state)
+{
+    view_t v;
+    const uint8_t *b = (const uint8_t *)"x";
+    (void)state;
+
+    assert_int_equal(view_init(&v), FERRY_OK);
+    assert_int_equal(view_upsert(&v, "a", b, 1, 1, FERRY_OP_REGISTERED), FERRY_OK);
+    assert_int_equal(view_upsert(&v, "b", b, 1, 2, FERRY_OP_REGISTERED), FERRY_OK);
+    assert_int_equal(view_upsert(&v, "c", b, 1, 3, FERRY_OP_REGISTERED), FERRY_OK);
+    assert_int_equal(v.n_by_state[FERRY_OP_REGISTERED], 3);
+    assert_int_equal(view_upsert(&v, "a", b, 1, 4, FERRY_OP_CLAIMED), FERRY_OK);
+    assert_int_equal(view_upsert(&v, "a", b, 1, 3, FERRY_OP_REGISTERED), FERRY_OK); /* older */
+    assert_int_equal(view_upsert(&v, "a", b, 1, 5, FERRY_OP_COMPLETE), FERRY_OK);
+    assert_int_equal(view_upsert(&v, "b", b, 1, 6, FERRY_OP_CANCELLED), FERRY_OK);
+    assert_int_equal(view_upsert(&v, "z", b, 1, 7, (ferry_op_state_t)99), FERRY_OK);
+    assert_int_equal(v.n_by_state[FERRY_OP_REGISTERED], 1);
+    assert_int_equal(v.n_by_state[FERRY_OP_CLAIMED], 0);
+    assert_int_equal(v.n_by_state[FERRY_OP_COMPLETE], 1);
+    assert_int_equal(v.n_by_state[FERRY_OP_CANCELLED], 1);
+    assert_int_equal(v.n_by_state[0], 1); /* out of the table: UNSPECIFIED */
+    assert_int_equal(view_bury(&v, "a", 8), FERRY_OK);
+    view_remove(&v, "b", 9);
+    assert_int_equal(v.n_by_state[FERRY_OP_COMPLETE], 0);
+    assert_int_equal(v.n_by_state[FERRY_OP_CANCELLED], 0);
+    assert_int_equal(view_upsert(&v, "a", b, 1, 10, FERRY_OP_REGISTERED), FERRY_OK); /* revived */
+    assert_int_equal(v.n_by_state[FERRY_OP_REGISTERED], 2);
+    assert_int_equal(v.n_entries, 3);
+    view_clear(&v);
+    for (int s = 0; s < FERRY_OP_STATE_COUNT; s++) {
+        assert_int_equal(v.n_by_state[s], 0);
+    }
     view_cleanup(&v);
 }
 
@@ -132,6 +170,7 @@ int main(void)
         cmocka_unit_test(test_many_entries),
         cmocka_unit_test(test_tombstone_keeps_a_deleted_record_out),
         cmocka_unit_test(test_tombstones_are_pruned_and_bounded),
+        cmocka_unit_test(test_counts_by_state),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

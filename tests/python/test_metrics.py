@@ -37,9 +37,10 @@ def tearDownModule():
         raise AssertionError(f"coordinator exited with {rc} after SIGTERM")
 
 
-def scrape():
+def scrape(port=None):
     """{(sample name, frozenset(labels)): value} of one GET /metrics."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{METRICS_PORT}/metrics", timeout=10) as r:
+    port = METRICS_PORT if port is None else port
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
         assert r.status == 200
         assert r.headers["Content-Type"].startswith("text/plain; version=0.0.4")
         text = r.read().decode()
@@ -224,6 +225,68 @@ class Metrics(unittest.TestCase):
         with self.assertRaises(urllib.error.HTTPError) as cm:
             urllib.request.urlopen(f"http://127.0.0.1:{METRICS_PORT}/", timeout=10)
         self.assertEqual(cm.exception.code, 404)
+
+
+class OperationsByState(unittest.TestCase):
+    """ferry_operations{state}: the records of a replica's view by state, on a
+    cluster of its own so that every gauge has one exact expected value."""
+
+    @classmethod
+    def setUpClass(cls):
+        from ferry.v1 import coordinator_pb2, coordinator_pb2_grpc, types_pb2
+        cls.pb, cls.cpb = types_pb2, coordinator_pb2
+        cls.port = ferry_harness.free_port()
+        cls.cluster = ferry_harness.Cluster(
+            ttl=120, extra=("--metrics-listen", f"127.0.0.1:{cls.port}"))
+        cls.stub = coordinator_pb2_grpc.CoordinatorStub(
+            grpc.insecure_channel(cls.cluster.coordinator.target))
+
+    @classmethod
+    def tearDownClass(cls):
+        rc = cls.cluster.close()
+        if rc != 0:
+            raise AssertionError(f"coordinator exited with {rc} after SIGTERM")
+
+    def by_state(self):
+        samples = scrape(self.port)
+        return {name: value(samples, "ferry_operations", state=name)
+                for name in self.pb.OperationState.keys()
+                for name in [name[len("OPERATION_STATE_"):]]}
+
+    def test_operations_by_state(self):
+        zero = {name[len("OPERATION_STATE_"):]: 0 for name in self.pb.OperationState.keys()}
+        ferry_harness.wait_until(lambda: self.by_state() == zero, 20,
+                                 "an empty view to show every state at 0")
+        ids = [f"s-{i}" for i in range(6)]
+        for rid in ids:
+            self.stub.Register(self.cpb.RegisterRequest(
+                request_id=rid, metadata=metadata(self.pb), access_token=TOKEN), timeout=10)
+        claims = {rid: self.stub.Claim(self.cpb.ClaimRequest(request_id=rid,
+                                                              access_token=TOKEN), timeout=10)
+                  for rid in ids[:4]}
+
+        def complete(rid, **kw):
+            self.stub.Complete(self.cpb.CompleteRequest(
+                request_id=rid, access_token=TOKEN, claim_lease_id=claims[rid].claim_lease_id,
+                lease_token=claims[rid].lease_token, **kw), timeout=10)
+
+        complete(ids[0])
+        complete(ids[1])
+        complete(ids[2], error_code=-5, error_message="failed on purpose")
+        self.stub.Cancel(self.cpb.CancelRequest(request_id=ids[5], access_token=TOKEN),
+                         timeout=10)
+        want = dict(zero, REGISTERED=1, CLAIMED=1, COMPLETE=2, ERRORED=1, CANCELLED=1)
+        got = {}
+
+        def settled():
+            got.update(self.by_state())
+            return got == want
+
+        # The coordinator's own writes go through to its view at once; the
+        # wait covers only a watch that is still (re)connecting.
+        ferry_harness.wait_until(settled, 20, "the view to hold the six records")
+        self.assertEqual(got, want)
+        self.assertEqual(value(scrape(self.port), "ferry_view_operations"), len(ids))
 
 
 if __name__ == "__main__":

@@ -2,8 +2,11 @@
 coordinator and etcd: both directions, sizes from 1 byte to 256 MiB, one and
 many descriptors, concurrent pairs, and the refusals (wrong token, unknown
 ID, size mismatch, a write into a readable). The receiving side checks every
-byte against the pattern; its exit code says whether they matched.
+byte against the pattern; its exit code says whether they matched. With
+--stats-json each side writes libferry's counters, and each moved by exactly
+the one operation it ran.
 """
+import json
 import os
 import subprocess
 import sys
@@ -30,18 +33,18 @@ def tearDownModule():
         raise AssertionError(f"coordinator exited with {rc} after SIGTERM")
 
 
-def worker(cmd, rid, size, descriptors=1, token=TOKEN, timeout=60):
+def worker(cmd, rid, size, descriptors=1, token=TOKEN, timeout=60, extra=()):
     args = [WORKER, cmd, "--coordinator", CLUSTER.coordinator.target, "--request-id", rid,
             "--size", str(size), "--descriptors", str(descriptors), "--timeout", str(timeout),
-            "--quiet"]
+            "--quiet", *extra]
     if token is not None:
         args += ["--token", token]
     return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def start_passive(cmd, rid, size, descriptors=1, timeout=60):
+def start_passive(cmd, rid, size, descriptors=1, timeout=60, extra=()):
     """Starts recv/serve and returns once it says it registered."""
-    p = worker(cmd, rid, size, descriptors, timeout=timeout)
+    p = worker(cmd, rid, size, descriptors, timeout=timeout, extra=extra)
     line = p.stdout.readline()  # blocks until registered (or the process died)
     if "registered" not in line:
         out, err = p.communicate(timeout=30)
@@ -82,6 +85,56 @@ class Transfers(unittest.TestCase):
         for i, p in enumerate(senders + receivers):
             rc, out, err = finish(p)
             self.assertEqual(rc, EXIT_OK, f"process {i}: {err}")
+
+
+class StatsJson(unittest.TestCase):
+    """--stats-json: one JSON object on exit, to stdout ('-') or a file, in
+    which the one operation each side ran moved exactly its cell of
+    transfers[direction][outcome] (by one, and by its bytes) and no other."""
+
+    def expect_one(self, stats, direction, outcome, size):
+        for d, outcomes in stats["transfers"].items():
+            for o, cell in outcomes.items():
+                want = {"ops": 1, "bytes": size} if (d, o) == (direction, outcome) else \
+                    {"ops": 0, "bytes": 0}
+                self.assertEqual(cell, want, f"{d}/{o}")
+        self.assertEqual(set(stats["transfers"]), {"write", "read", "received", "served"})
+
+    def test_write_to_stdout_and_a_file(self):
+        size = (1 << 20) + 3
+        path = os.path.join(CLUSTER.tmp, "recv-stats.json")
+        p = start_passive("recv", "js-1", size, 2, extra=("--stats-json", path))
+        rc_a, out_a, err_a = finish(worker("send", "js-1", size, 2,
+                                           extra=("--stats-json", "-")))
+        rc_p, out_p, err_p = finish(p)
+        self.assertEqual(rc_a, EXIT_OK, err_a)
+        self.assertEqual(rc_p, EXIT_OK, err_p)
+        sent = json.loads(out_a.splitlines()[-1])  # after the report line
+        self.assertEqual((sent["command"], sent["request_id"], sent["exit_code"]),
+                         ("send", "js-1", 0))
+        self.expect_one(sent, "write", "complete", size)
+        self.assertEqual(sent["endpoints_created"], 1)
+        with open(path) as f:
+            received = json.load(f)
+        self.expect_one(received, "received", "complete", size)
+        self.assertEqual(received["notices_received"], 1)
+
+    def test_read_and_a_refused_write(self):
+        size = 4096
+        p = start_passive("serve", "js-2", size, extra=("--stats-json", "-"))
+        rc, out, err = finish(worker("send", "js-2", size, extra=("--stats-json", "-")))
+        self.assertEqual(rc, EXIT_USAGE, err)  # a write into a readable: refused at begin
+        refused = json.loads(out.splitlines()[-1])
+        self.assertEqual(refused["exit_code"], EXIT_USAGE)
+        for outcomes in refused["transfers"].values():
+            for cell in outcomes.values():
+                self.assertEqual(cell, {"ops": 0, "bytes": 0})
+        rc, out, err = finish(worker("read", "js-2", size, extra=("--stats-json", "-")))
+        self.assertEqual(rc, EXIT_OK, err)
+        self.expect_one(json.loads(out.splitlines()[-1]), "read", "complete", size)
+        rc, out, err = finish(p)
+        self.assertEqual(rc, EXIT_OK, err)
+        self.expect_one(json.loads(out.splitlines()[-1]), "served", "complete", size)
 
 
 class Refusals(unittest.TestCase):

@@ -11,7 +11,11 @@
  *   - the session lease is renewed (with its lease token) while the
  *     process lives;
  *   - a bound operation follows its record through the client's one Watch
- *     stream, with no Get polling;
+ *     stream, with no Get polling; when the stream breaks the client
+ *     resumes it from the last revision it saw, and a change made while it
+ *     was down arrives as a replayed event, with no Get; when the replica
+ *     no longer holds those changes (restarted: OUT_OF_RANGE) the client
+ *     watches afresh and reads its records again;
  *   - one admission authority, one outcome (the coordinator's Claim, before
  *     any byte): two writers racing on one request ID (exactly one wins, the
  *     receiver holds exactly its bytes, the record names it); the
@@ -42,6 +46,7 @@
 
 #include "coord_harness.h"
 #include "worker/cli/pattern.h"
+#include "worker/coord_client.h"
 #include "worker/ferry_int.h"
 
 #define TTL   2
@@ -945,6 +950,123 @@ static void test_bound_operation_is_watched_not_polled(void **state)
     ferry_op_destroy(op);
 }
 
+/* Cancels `id` at the coordinator behind `channel`, as another client
+ * would. */
+static void cancel_elsewhere(rpc_channel_t *channel, const char *id)
+{
+    Ferry__V1__CancelRequest cancel = FERRY__V1__CANCEL_REQUEST__INIT;
+    Ferry__V1__CancelResponse *cancelled = NULL;
+    rpc_error_t err;
+
+    cancel.request_id = (char *)id;
+    cancel.access_token = TOKEN;
+    cancel.reason = "cancelled while the stream was down";
+    assert_int_equal(test_coord_call(channel, "Cancel", &cancel.base,
+                                     &ferry__v1__cancel_response__descriptor,
+                                     (ProtobufCMessage **)&cancelled, &err),
+                     FERRY_OK);
+    ferry__v1__cancel_response__free_unpacked(cancelled, NULL);
+}
+
+/* Waits until cl's watch holds a stream that has told it a revision and no
+ * bound record waits to be looked at; returns the counts then. */
+static ferry__coord_watch_stats_t watch_settled(ferry_coordinator_t *cl)
+{
+    ferry__coord_watch_stats_t s;
+    long long until = test_now_ms() + 20000;
+
+    for (;;) {
+        ferry__coord_watch_stats(cl, &s);
+        if ((s.streams > 0 && s.revision > 0 && s.settled) || test_now_ms() > until) {
+            break;
+        }
+        poll(NULL, 0, 20);
+    }
+    assert_true(s.streams > 0 && s.revision > 0 && s.settled);
+    return s;
+}
+
+/* A published operation on a client whose Watch stream runs on replica
+ * `a`: a stops (the stream stalls), its record is cancelled through another
+ * replica, a dies (the stream breaks). The writes before return in `before`. */
+static void break_stream_around_a_cancel(test_coord_t *a, ferry_coordinator_t *cl, const char *id,
+                                         ferry_op_t **op_p, uint8_t *buf, size_t size,
+                                         ferry__coord_watch_stats_t *before)
+{
+    ferry_descriptor_t d = {.ptr = buf, .size = size, .device = FERRY_DEVICE_HOST_INIT};
+    ferry_publish_params_t p = {.request_id = id, .access_token = TOKEN};
+
+    assert_int_equal(ferry_writable_create(conn, &d, 1, op_p), FERRY_OK);
+    assert_int_equal(ferry_op_publish(*op_p, cl, &p), FERRY_OK);
+    *before = watch_settled(cl);
+    assert_int_equal(test_proc_pause(&a->proc), 0);
+    cancel_elsewhere(chan, id);
+    test_proc_kill(&a->proc);
+}
+
+/* The stream breaks (its replica dies) while the record changes; the client
+ * resumes on the other replica from the last revision it saw, which replays
+ * the change: the operation ends CANCELLED with no Get and no fresh stream. */
+static void test_watch_resumes_after_a_broken_stream(void **state)
+{
+    test_coord_t a;
+    char target[128];
+    uint8_t buf[64];
+    ferry_coordinator_params_t cp = {.target = target};
+    ferry_coordinator_t *cl;
+    ferry__coord_watch_stats_t before, after;
+    ferry_op_t *op;
+    (void)state;
+
+    assert_int_equal(test_coord_start(&a, etcd.endpoint, "resume-a", TTL), 0);
+    /* pick_first: replica a while it lives, then the suite's coordinator. */
+    snprintf(target, sizeof(target), "ipv4:127.0.0.1:%d,127.0.0.1:%d", a.port, coord.port);
+    assert_int_equal(ferry_coordinator_connect(&cp, &cl), FERRY_OK);
+    break_stream_around_a_cancel(&a, cl, "resume-1", &op, buf, sizeof(buf), &before);
+
+    assert_int_equal(ferry_op_wait(op, 30000), FERRY_ERR_CANCELLED);
+    ferry__coord_watch_stats(cl, &after);
+    assert_int_equal(after.resumes, before.resumes + 1);
+    assert_int_equal(after.streams, before.streams);
+    assert_int_equal(after.gets, before.gets);
+    assert_int_equal(after.out_of_range, before.out_of_range);
+    assert_true(after.revision > before.revision);
+    ferry_op_destroy(op);
+    assert_int_equal(ferry_coordinator_disconnect(cl), FERRY_OK);
+    test_coord_cleanup(&a);
+}
+
+/* As above, but the replica comes back on the same address with none of
+ * the changes it published before (a restart): the resume is refused with
+ * OUT_OF_RANGE, and the client watches afresh and reads its record again. */
+static void test_watch_falls_back_when_the_history_is_gone(void **state)
+{
+    test_coord_t a;
+    uint8_t buf[64];
+    ferry_coordinator_params_t cp = {.target = NULL};
+    ferry_coordinator_t *cl;
+    ferry__coord_watch_stats_t before, after;
+    ferry_op_t *op;
+    (void)state;
+
+    assert_int_equal(test_coord_start(&a, etcd.endpoint, "resume-b", TTL), 0);
+    cp.target = a.target;
+    assert_int_equal(ferry_coordinator_connect(&cp, &cl), FERRY_OK);
+    break_stream_around_a_cancel(&a, cl, "resume-2", &op, buf, sizeof(buf), &before);
+    a.listen_port = a.port;
+    assert_int_equal(test_coord_restart(&a), 0);
+
+    assert_int_equal(ferry_op_wait(op, 30000), FERRY_ERR_CANCELLED);
+    ferry__coord_watch_stats(cl, &after);
+    assert_true(after.out_of_range > before.out_of_range);
+    assert_true(after.streams > before.streams);
+    assert_true(after.gets > before.gets);
+    ferry_op_destroy(op);
+    assert_int_equal(ferry_coordinator_disconnect(cl), FERRY_OK);
+    test_coord_stop(&a);
+    test_coord_cleanup(&a);
+}
+
 int main(int argc, char **argv)
 {
     const struct CMUnitTest tests[] = {
@@ -953,6 +1075,8 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_disconnect_busy),
         cmocka_unit_test(test_session_lease_is_renewed),
         cmocka_unit_test(test_bound_operation_is_watched_not_polled),
+        cmocka_unit_test(test_watch_resumes_after_a_broken_stream),
+        cmocka_unit_test(test_watch_falls_back_when_the_history_is_gone),
         cmocka_unit_test(test_many_operations_between_two_workers),
         cmocka_unit_test(test_writer_killed_mid_transfer),
         cmocka_unit_test(test_receiver_cancels_mid_transfer),

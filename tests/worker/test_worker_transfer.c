@@ -1110,6 +1110,99 @@ static void test_fail_from_outside(void **state)
     ferry_op_destroy(op);
 }
 
+/* One passive and one active operation between the two ends of connector
+ * c (a write, or a read), both complete. */
+static void loopback_pair(ferry_connector_t *c, bool write, const ferry_descriptor_t *passive_d,
+                          const ferry_descriptor_t *active_d, size_t n)
+{
+    ferry_op_t *passive, *active;
+    const uint8_t *md;
+    size_t md_len;
+
+    assert_int_equal(write ? ferry_writable_create(c, passive_d, n, &passive)
+                           : ferry_readable_create(c, passive_d, n, &passive),
+                     FERRY_OK);
+    assert_int_equal(ferry_op_metadata(passive, &md, &md_len), FERRY_OK);
+    assert_int_equal(write ? ferry_write_begin(c, active_d, n, md, md_len, &active)
+                           : ferry_read_begin(c, active_d, n, md, md_len, &active),
+                     FERRY_OK);
+    assert_int_equal(ferry_op_wait(active, WAIT_TIMEOUT_MS), FERRY_OK);
+    assert_int_equal(ferry_op_wait(passive, WAIT_TIMEOUT_MS), FERRY_OK);
+    ferry_op_destroy(active);
+    ferry_op_destroy(passive);
+}
+
+/* ferry_connector_get_stats' transfers: after known operations on a fresh
+ * connector (both ends in it, so each transfer counts once per side), every
+ * [direction][outcome] cell moved by exactly those operations and bytes. */
+static void test_stats_count_transfers(void **state)
+{
+    static uint8_t w1[4096], w2[1000], r1[3000], d1[4096], d2[1000], d3[3000], small[100], tiny[10],
+        gone[64];
+    ferry_descriptor_t wsrc[2] = {{w1, sizeof(w1), FERRY_DEVICE_HOST_INIT},
+                                  {w2, sizeof(w2), FERRY_DEVICE_HOST_INIT}};
+    ferry_descriptor_t wdst[2] = {{d1, sizeof(d1), FERRY_DEVICE_HOST_INIT},
+                                  {d2, sizeof(d2), FERRY_DEVICE_HOST_INIT}};
+    ferry_descriptor_t rsrc = {r1, sizeof(r1), FERRY_DEVICE_HOST_INIT};
+    ferry_descriptor_t rdst = {d3, sizeof(d3), FERRY_DEVICE_HOST_INIT};
+    ferry_descriptor_t ds = {small, sizeof(small), FERRY_DEVICE_HOST_INIT};
+    ferry_descriptor_t dt = {tiny, sizeof(tiny), FERRY_DEVICE_HOST_INIT};
+    ferry_descriptor_t dg = {gone, sizeof(gone), FERRY_DEVICE_HOST_INIT};
+    ferry_transfer_count_t want[FERRY_DIRECTION_COUNT][FERRY_OUTCOME_COUNT] = {{{0}}};
+    ferry_connector_stats_t st;
+    ferry_connector_t *c;
+    ferry_op_t *passive, *active;
+    const uint8_t *md;
+    size_t md_len;
+    (void)state;
+
+    assert_int_equal(ferry_connector_create(NULL, &c), FERRY_OK);
+    ferry_connector_get_stats(c, &st);
+    assert_memory_equal(st.transfers, want, sizeof(want));
+
+    /* A write of two descriptors and a read, both complete. */
+    loopback_pair(c, true, wdst, wsrc, 2);
+    want[FERRY_DIRECTION_WRITE][FERRY_OUTCOME_COMPLETE] = (ferry_transfer_count_t){1, 5096};
+    want[FERRY_DIRECTION_RECEIVED][FERRY_OUTCOME_COMPLETE] = (ferry_transfer_count_t){1, 5096};
+    loopback_pair(c, false, &rsrc, &rdst, 1);
+    want[FERRY_DIRECTION_READ][FERRY_OUTCOME_COMPLETE] = (ferry_transfer_count_t){1, 3000};
+    want[FERRY_DIRECTION_SERVED][FERRY_OUTCOME_COMPLETE] = (ferry_transfer_count_t){1, 3000};
+
+    /* A writable its owner cancels, then a write to it (refused: ERRORED). */
+    assert_int_equal(ferry_writable_create(c, &ds, 1, &passive), FERRY_OK);
+    assert_int_equal(ferry_op_metadata(passive, &md, &md_len), FERRY_OK);
+    assert_int_equal(ferry_op_cancel(passive), FERRY_OK);
+    assert_int_equal(ferry_write_begin(c, &ds, 1, md, md_len, &active), FERRY_OK);
+    assert_int_equal(ferry_op_wait(active, WAIT_TIMEOUT_MS), FERRY_ERR_CANCELLED);
+    assert_int_equal(ferry_op_status(active), FERRY_OP_STATUS_ERRORED);
+    ferry_op_destroy(active);
+    ferry_op_destroy(passive);
+    want[FERRY_DIRECTION_RECEIVED][FERRY_OUTCOME_CANCELLED] = (ferry_transfer_count_t){1, 100};
+    want[FERRY_DIRECTION_WRITE][FERRY_OUTCOME_ERRORED] = (ferry_transfer_count_t){1, 100};
+
+    /* A writable failed from outside; a readable destroyed unfinished. */
+    assert_int_equal(ferry_writable_create(c, &dt, 1, &passive), FERRY_OK);
+    assert_int_equal(ferry_op_fail(passive, FERRY_ERR_EXPIRED, "lease expired"), FERRY_OK);
+    ferry_op_destroy(passive);
+    want[FERRY_DIRECTION_RECEIVED][FERRY_OUTCOME_ERRORED] = (ferry_transfer_count_t){1, 10};
+    assert_int_equal(ferry_readable_create(c, &dg, 1, &passive), FERRY_OK);
+    ferry_op_destroy(passive);
+    want[FERRY_DIRECTION_SERVED][FERRY_OUTCOME_CANCELLED] = (ferry_transfer_count_t){1, 64};
+
+    ferry_connector_get_stats(c, &st);
+    for (int d = 0; d < FERRY_DIRECTION_COUNT; d++) {
+        for (int o = 0; o < FERRY_OUTCOME_COUNT; o++) {
+            print_message("%s %s: %llu ops, %llu bytes\n", ferry_direction_name(d),
+                          ferry_outcome_name(o), (unsigned long long)st.transfers[d][o].ops,
+                          (unsigned long long)st.transfers[d][o].bytes);
+        }
+    }
+    assert_memory_equal(st.transfers, want, sizeof(want));
+    assert_string_equal(ferry_direction_name(FERRY_DIRECTION_SERVED), "served");
+    assert_string_equal(ferry_outcome_name(FERRY_OUTCOME_ERRORED), "errored");
+    assert_int_equal(ferry_connector_destroy(c), FERRY_OK);
+}
+
 int main(int argc, char **argv)
 {
     const struct CMUnitTest all[] = {
@@ -1141,6 +1234,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_concurrent_threads),
         cmocka_unit_test(test_fail_from_outside),
         cmocka_unit_test(test_spin_param),
+        cmocka_unit_test(test_stats_count_transfers),
     };
     const struct CMUnitTest tcp_subset[] = {
         cmocka_unit_test(test_write_1m),

@@ -28,6 +28,7 @@
 #include <ferry/coordinator.h>
 
 #include "pattern.h"
+#include "stats_json.h"
 
 enum {
     EXIT_OK = 0,
@@ -62,6 +63,7 @@ typedef struct {
     const char *tls_cert;
     const char *tls_key;
     const char *tls_server_name;
+    const char *stats_json; /* NULL: none; "-": stdout */
 } options_t;
 
 static const char usage[] =
@@ -81,7 +83,10 @@ static const char usage[] =
     "  --tls-ca PEM         reach the coordinator over TLS, trusting this CA (FERRY_TLS_CA)\n"
     "  --tls-cert PEM       client certificate for it (FERRY_TLS_CERT)\n"
     "  --tls-key PEM        and its key (FERRY_TLS_KEY)\n"
-    "  --tls-server-name N  name to verify instead of the address's host\n";
+    "  --tls-server-name N  name to verify instead of the address's host\n"
+    "  --stats-json FILE    on exit, write libferry's counters (operations and bytes by\n"
+    "                       direction and outcome, endpoints, keys) as one JSON object\n"
+    "                       to FILE ('-': stdout, after the other output)\n";
 
 static double now_s(void)
 {
@@ -154,6 +159,7 @@ static int parse_options(int argc, char **argv, options_t *o)
         {"tls-cert", required_argument, NULL, 'C'},
         {"tls-key", required_argument, NULL, 'K'},
         {"tls-server-name", required_argument, NULL, 'N'},
+        {"stats-json", required_argument, NULL, 'J'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -229,6 +235,9 @@ static int parse_options(int argc, char **argv, options_t *o)
             break;
         case 'N':
             o->tls_server_name = optarg;
+            break;
+        case 'J':
+            o->stats_json = optarg;
             break;
         case 'h':
             fputs(usage, stdout);
@@ -448,6 +457,17 @@ static ferry_loglevel_t log_level_from_env(void)
     return FERRY_LOGLEVEL_INFO;
 }
 
+/* --stats-json, once every operation is destroyed (its counts final); a
+ * file that cannot be written turns a success into EXIT_FAILED. */
+static void finish_stats(const options_t *o, ferry_connector_t *conn, int *rc)
+{
+    if (o->stats_json != NULL &&
+        ferry_worker_write_stats_json(o->stats_json, conn, o->command, o->request_id, *rc) != 0 &&
+        *rc == EXIT_OK) {
+        *rc = EXIT_FAILED;
+    }
+}
+
 int main(int argc, char **argv)
 {
     options_t o;
@@ -489,8 +509,10 @@ int main(int argc, char **argv)
     }
     status = ferry_coordinator_connect(&cp, &coord);
     if (status != FERRY_OK) {
+        rc = fail("coordinator", status);
+        finish_stats(&o, conn, &rc);
         ferry_connector_destroy(conn);
-        return fail("coordinator", status);
+        return rc;
     }
     buf = aligned_alloc(4096, (o.size + 4095) / 4096 * 4096);
     descs = buf != NULL ? split(buf, o.size, o.descriptors, o.device) : NULL;
@@ -505,6 +527,7 @@ int main(int argc, char **argv)
     free(descs);
     free(buf);
     ferry_coordinator_disconnect(coord);
+    finish_stats(&o, conn, &rc);
     ferry_connector_destroy(conn);
     return rc;
 }

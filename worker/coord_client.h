@@ -1,0 +1,26 @@
+/*
+ * coord_client.h: what coord_client.c shows beyond the public API
+ * (ferry/coordinator.h): counts of its watch thread's work, for tests that
+ * check how the client followed its records (resumed or read again).
+ */
+#ifndef FERRY_WORKER_COORD_CLIENT_H
+#define FERRY_WORKER_COORD_CLIENT_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include <ferry/coordinator.h>
+
+typedef struct {
+    uint64_t streams;      /* fresh Watch streams created (each re-Gets every record) */
+    uint64_t resumes;      /* streams resumed at the last revision seen + 1 */
+    uint64_t out_of_range; /* streams refused or ended with OUT_OF_RANGE */
+    uint64_t gets;         /* records read with a Get */
+    int64_t revision;      /* the last revision the watch has seen; 0: none */
+    bool settled;          /* no bound record is waiting to be looked at */
+} ferry__coord_watch_stats_t;
+
+/* A consistent snapshot, taken under the client's lock. */
+void ferry__coord_watch_stats(ferry_coordinator_t *coord, ferry__coord_watch_stats_t *stats_p);
+
+#endif /* FERRY_WORKER_COORD_CLIENT_H */
