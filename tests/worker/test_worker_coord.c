@@ -253,17 +253,17 @@ static int role_many_receiver(const char *target, int in, int out)
     return rc;
 }
 
-/* A writer for the admission tests: reads "seed N" (the byte it writes),
- * then writes SIZE bytes of it to "race-<arg>" with a 300 ms call timeout
- * (FERRY_TEST_PAUSE, set by the parent, stops it inside begin_by_id), and
+/* A writer for the admission tests: reads "seed N ID MS" (the byte it
+ * writes, the request ID, its coordinator call timeout), then writes SIZE
+ * bytes of it to ID (FERRY_TEST_PAUSE, set by the parent, stops it inside begin_by_id), and
  * says "ok <name>" or "refused <status name>"; then waits for "bye" (its
  * client keeps reporting meanwhile) and exits 0. */
 static int role_racing_writer(const char *target, int in, int out)
 {
     ferry_connector_t *c;
     ferry_coordinator_t *cl;
-    ferry_coordinator_params_t cp = {
-        .field_mask = FERRY_COORDINATOR_PARAM_FIELD_TIMEOUT, .target = target, .timeout_ms = 300};
+    ferry_coordinator_params_t cp = {.field_mask = FERRY_COORDINATOR_PARAM_FIELD_TIMEOUT,
+                                     .target = target};
     uint8_t *buf = malloc(SIZE);
     ferry_descriptor_t d = {.ptr = buf, .size = SIZE, .device = FERRY_DEVICE_HOST_INIT};
     char line[64], id[32];
@@ -271,12 +271,13 @@ static int role_racing_writer(const char *target, int in, int out)
     ferry_status_t status;
     ferry_op_t *op;
 
+    if (!hear(in, line, sizeof(line), 30000) ||
+        sscanf(line, "seed %u %31s %d", &seed, id, &cp.timeout_ms) != 3) {
+        return 96;
+    }
     if (ferry_connector_create(NULL, &c) != FERRY_OK ||
         ferry_coordinator_connect(&cp, &cl) != FERRY_OK) {
         return 91;
-    }
-    if (!hear(in, line, sizeof(line), 30000) || sscanf(line, "seed %u %31s", &seed, id) != 2) {
-        return 96;
     }
     memset(buf, (int)seed, SIZE);
     ferry_claim_params_t p = {.field_mask = FERRY_CLAIM_PARAM_FIELD_WAIT,
@@ -697,11 +698,17 @@ static bool record_reaches(const char *id, int state, int timeout_ms)
     return false;
 }
 
+/* Writers' coordinator call timeouts: where the coordinator is stopped, a
+ * short one, so that the stop outlasts a call; in the race, one long
+ * enough that a slow machine never turns a Claim into TIMED_OUT. */
+#define DOWN_CALL_MS 300
+#define RACE_CALL_MS 10000
+
 /* Spawns n racing writers stopped at `point` (FERRY_TEST_PAUSE), each told
- * its seed and the request ID, and waits until all have reached it. *go is
- * the file that lets them on. */
-static void spawn_paused(child_t *w, int n, const char *point, const char *id, char *go,
-                         size_t go_cap)
+ * its seed, the request ID and its call timeout, and waits until all have
+ * reached it. *go is the file that lets them on. */
+static void spawn_paused(child_t *w, int n, const char *point, const char *id, int call_ms,
+                         char *go, size_t go_cap)
 {
     char dir[] = "/tmp/ferry-pause-XXXXXX", env[256], path[300], line[64];
 
@@ -713,7 +720,7 @@ static void spawn_paused(child_t *w, int n, const char *point, const char *id, c
     }
     unsetenv("FERRY_TEST_PAUSE");
     for (int i = 0; i < n; i++) {
-        snprintf(line, sizeof(line), "seed %d %s\n", 0x41 + i, id);
+        snprintf(line, sizeof(line), "seed %d %s %d\n", 0x41 + i, id, call_ms);
         say(w[i].to, line);
     }
     for (int i = 0; i < n; i++) {
@@ -752,7 +759,7 @@ static void test_two_writers_race(void **state)
 
     assert_int_equal(ferry_writable_create(conn, &d, 1, &op), FERRY_OK);
     assert_int_equal(ferry_op_publish(op, client, &p), FERRY_OK);
-    spawn_paused(w, 2, "after-lookup", "race-1", go, sizeof(go));
+    spawn_paused(w, 2, "after-lookup", "race-1", RACE_CALL_MS, go, sizeof(go));
     let_go(go);
     for (int i = 0; i < 2; i++) {
         assert_true(hear(w[i].from, line[i], sizeof(line[i]), 30000));
@@ -797,7 +804,7 @@ static void test_coordinator_down_before_claim(void **state)
 
     assert_int_equal(ferry_writable_create(conn, &d, 1, &op), FERRY_OK);
     assert_int_equal(ferry_op_publish(op, client, &p), FERRY_OK);
-    spawn_paused(&w, 1, "after-lookup", "race-2", go, sizeof(go));
+    spawn_paused(&w, 1, "after-lookup", "race-2", DOWN_CALL_MS, go, sizeof(go));
     assert_int_equal(kill(coord.proc.pid, SIGSTOP), 0);
     let_go(go);
     assert_true(hear(w.from, line, sizeof(line), 30000));
@@ -855,7 +862,7 @@ static void test_coordinator_down_after_claim(void **state)
 
     assert_int_equal(ferry_writable_create(conn, &d, 1, &op), FERRY_OK);
     assert_int_equal(ferry_op_publish(op, client, &p), FERRY_OK);
-    spawn_paused(&w, 1, "after-claim", "race-3", go, sizeof(go));
+    spawn_paused(&w, 1, "after-claim", "race-3", DOWN_CALL_MS, go, sizeof(go));
     assert_int_equal(kill(coord.proc.pid, SIGSTOP), 0);
     let_go(go);
     /* The bytes move without the coordinator; the writer ends COMPLETE and
@@ -902,6 +909,24 @@ static int log_count(const char *needle)
 #define GETS       "Coordinator/Get: ends"
 #define KEEPALIVES "Coordinator/KeepAlive: ends"
 
+/* Waits until cl's watch holds a stream that has told it a revision and no
+ * bound record waits to be looked at; returns the counts then. */
+static ferry__coord_watch_stats_t watch_settled(ferry_coordinator_t *cl)
+{
+    ferry__coord_watch_stats_t s;
+    long long until = test_now_ms() + 20000;
+
+    for (;;) {
+        ferry__coord_watch_stats(cl, &s);
+        if ((s.streams > 0 && s.revision > 0 && s.settled) || test_now_ms() > until) {
+            break;
+        }
+        poll(NULL, 0, 20);
+    }
+    assert_true(s.streams > 0 && s.revision > 0 && s.settled);
+    return s;
+}
+
 /* A bound operation follows its record through the client's Watch stream,
  * not by polling: once bound (at most one Get), three session renewals pass
  * with no Get at all; a change of the record (a Cancel from elsewhere) still reaches
@@ -922,9 +947,10 @@ static void test_bound_operation_is_watched_not_polled(void **state)
     keepalives = log_count(KEEPALIVES);
     assert_int_equal(ferry_writable_create(conn, &d, 1, &op), FERRY_OK);
     assert_int_equal(ferry_op_publish(op, client, &p), FERRY_OK);
-    /* The look once bound (a Get, unless the watch's event came first) is
-     * due at once, before the next renewal on the same session thread: once
-     * a renewal is logged it is behind us. */
+    /* The look once bound (a Get, unless the watch's event came first) and
+     * the Gets of a stream opened for it are behind us once the watch has
+     * settled, and a renewal is logged after that. */
+    (void)watch_settled(client);
     for (until = test_now_ms() + (TTL * 3 + 10) * 1000;
          log_count(KEEPALIVES) == keepalives && test_now_ms() < until;) {
         poll(NULL, 0, 20);
@@ -968,24 +994,6 @@ static void cancel_elsewhere(rpc_channel_t *channel, const char *id)
     ferry__v1__cancel_response__free_unpacked(cancelled, NULL);
 }
 
-/* Waits until cl's watch holds a stream that has told it a revision and no
- * bound record waits to be looked at; returns the counts then. */
-static ferry__coord_watch_stats_t watch_settled(ferry_coordinator_t *cl)
-{
-    ferry__coord_watch_stats_t s;
-    long long until = test_now_ms() + 20000;
-
-    for (;;) {
-        ferry__coord_watch_stats(cl, &s);
-        if ((s.streams > 0 && s.revision > 0 && s.settled) || test_now_ms() > until) {
-            break;
-        }
-        poll(NULL, 0, 20);
-    }
-    assert_true(s.streams > 0 && s.revision > 0 && s.settled);
-    return s;
-}
-
 /* A published operation on a client whose Watch stream runs on replica
  * `a`: a stops (the stream stalls), its record is cancelled through another
  * replica, a dies (the stream breaks). The writes before return in `before`. */
@@ -1004,6 +1012,10 @@ static void break_stream_around_a_cancel(test_coord_t *a, ferry_coordinator_t *c
     test_proc_kill(&a->proc);
 }
 
+/* The session lease outlives a replica's restart however slow the machine
+ * is: these tests are about the stream, not about expiry. */
+#define RESUME_TTL 30
+
 /* The stream breaks (its replica dies) while the record changes; the client
  * resumes on the other replica from the last revision it saw, which replays
  * the change: the operation ends CANCELLED with no Get and no fresh stream. */
@@ -1018,7 +1030,7 @@ static void test_watch_resumes_after_a_broken_stream(void **state)
     ferry_op_t *op;
     (void)state;
 
-    assert_int_equal(test_coord_start(&a, etcd.endpoint, "resume-a", TTL), 0);
+    assert_int_equal(test_coord_start(&a, etcd.endpoint, "resume-a", RESUME_TTL), 0);
     /* pick_first: replica a while it lives, then the suite's coordinator. */
     snprintf(target, sizeof(target), "ipv4:127.0.0.1:%d,127.0.0.1:%d", a.port, coord.port);
     assert_int_equal(ferry_coordinator_connect(&cp, &cl), FERRY_OK);
@@ -1049,7 +1061,7 @@ static void test_watch_falls_back_when_the_history_is_gone(void **state)
     ferry_op_t *op;
     (void)state;
 
-    assert_int_equal(test_coord_start(&a, etcd.endpoint, "resume-b", TTL), 0);
+    assert_int_equal(test_coord_start(&a, etcd.endpoint, "resume-b", RESUME_TTL), 0);
     cp.target = a.target;
     assert_int_equal(ferry_coordinator_connect(&cp, &cl), FERRY_OK);
     break_stream_around_a_cancel(&a, cl, "resume-2", &op, buf, sizeof(buf), &before);
