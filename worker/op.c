@@ -384,8 +384,8 @@ static bool drive_once(ferry_op_t *op, int timeout_ms, int64_t deadline, uint64_
         *result_p = timed_out(op, timeout_ms);
         return true;
     }
-    if (ferry__now_ns() < *spin_end_p) {
-        return false;
+    if (ferry__now_ns() < *spin_end_p || ferry__staged_busy(c)) {
+        return false; /* staged copies in flight: the fd cannot tell their end */
     }
     armed = ucp_worker_arm(c->worker);
     if (armed == UCS_ERR_BUSY) {
