@@ -365,6 +365,10 @@ static void *progress_main(void *arg)
     ucs_status_t status;
     unsigned yields = 0;
 
+    if (c->cuda_available) {
+        ferry__cuda_bind_thread(0); /* UCX's CUDA transports progress here */
+        ferry__clear_error();
+    }
     ferry__lock(c);
     while (!atomic_load(&c->stopping)) {
         ferry__connector_drain(c);

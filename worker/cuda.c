@@ -71,6 +71,12 @@ int ferry__cuda_device_count(void)
     return 0;
 }
 
+ferry_status_t ferry__cuda_bind_thread(uint32_t device)
+{
+    (void)device;
+    return ferry__cuda_load();
+}
+
 ferry_status_t ferry__cuda_mem_alloc(uint32_t device, size_t size, void **ptr_p)
 {
     (void)device;
@@ -285,6 +291,11 @@ static ferry_status_t check_one(size_t i, const ferry_descriptor_t *d)
     return FERRY_OK;
 }
 
+ferry_status_t ferry__cuda_bind_thread(uint32_t device)
+{
+    return use_device(device);
+}
+
 ferry_status_t ferry__cuda_check_descriptors(const ferry_descriptor_t *descs, size_t n)
 {
     ferry_status_t status = ferry__cuda_load();
@@ -293,6 +304,10 @@ ferry_status_t ferry__cuda_check_descriptors(const ferry_descriptor_t *descs, si
         if (descs[i].device.kind == FERRY_DEVICE_CUDA) {
             status = check_one(i, &descs[i]);
         }
+    }
+    if (status == FERRY_OK && descs[0].device.kind == FERRY_DEVICE_CUDA) {
+        /* The caller registers this memory with UCX next, on this thread. */
+        status = use_device(descs[0].device.id);
     }
     return status;
 }

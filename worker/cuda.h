@@ -38,6 +38,10 @@ const char *ferry__cuda_why(void);
  * descriptors are not looked at. */
 ferry_status_t ferry__cuda_check_descriptors(const ferry_descriptor_t *descs, size_t n);
 
+/* Makes device N's primary context current on the calling thread (UCX's
+ * CUDA transports expect one where CUDA memory is registered or moved). */
+ferry_status_t ferry__cuda_bind_thread(uint32_t device);
+
 /* The CUDA copy engine (copy_engine.h) on device N: one stream, one event
  * per copy. */
 ferry_status_t ferry__cuda_engine_create(uint32_t device, ferry__copy_engine_t **engine_p);
