@@ -44,9 +44,13 @@ typedef struct {
      * buffers they touch are freed). */
     void (*sync)(ferry__copy_engine_t *e);
     /* Page-locked host memory the engine copies to and from at full speed
-     * (and that UCX registers as host memory). */
+     * (and that UCX registers as host memory); freed with the same size.
+     * keep: the engine may keep it for a later alloc_pinned of this
+     * process; never for memory a peer could still write (a passive
+     * side's slots), which is unmapped, never handed to malloc, so that a
+     * late remote write faults instead of landing in another object. */
     ferry_status_t (*alloc_pinned)(ferry__copy_engine_t *e, size_t size, void **ptr_p);
-    void (*free_pinned)(ferry__copy_engine_t *e, void *ptr);
+    void (*free_pinned)(ferry__copy_engine_t *e, void *ptr, size_t size, bool keep);
     /* After sync. NULL-safe through ferry__copy_engine_destroy. */
     void (*destroy)(ferry__copy_engine_t *e);
 } ferry__copy_engine_ops_t;

@@ -14,6 +14,7 @@
  */
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #include "worker/copy_engine.h"
 #include "worker/cuda.h"
@@ -131,18 +132,23 @@ static void host_sync(ferry__copy_engine_t *base)
 
 static ferry_status_t host_alloc(ferry__copy_engine_t *base, size_t size, void **ptr_p)
 {
+    void *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+
     (void)base;
-    *ptr_p = aligned_alloc(4096, (size + 4095) & ~(size_t)4095);
-    if (*ptr_p == NULL) {
+    if (p == MAP_FAILED) {
         return ferry__fail(FERRY_ERR_NO_MEMORY, "host engine: out of memory for %zu bytes", size);
     }
+    *ptr_p = p;
     return FERRY_OK;
 }
 
-static void host_free(ferry__copy_engine_t *base, void *ptr)
+static void host_free(ferry__copy_engine_t *base, void *ptr, size_t size, bool keep)
 {
     (void)base;
-    free(ptr);
+    (void)keep;
+    if (ptr != NULL) {
+        munmap(ptr, size);
+    }
 }
 
 static void host_destroy(ferry__copy_engine_t *base)

@@ -108,8 +108,9 @@ ferry_status_t ferry__cuda_memcpy(uint32_t device, void *dst, const void *src, s
 #define SYM_STR(name) #name
 #define SYM(name)     SYM_STR(name)
 
-#define MAX_DEVICES 64
-#define EVENT_RING  128
+#define MAX_DEVICES  64
+#define EVENT_RING   128
+#define PINNED_CACHE 4
 
 /* The driver functions libferry calls, each resolved by its ABI name. */
 #define FOREACH_CU_FN(_)        \
@@ -440,11 +441,54 @@ static void engine_sync(ferry__copy_engine_t *base)
     }
 }
 
+/* Pinned buffers are slow to get (cuMemHostAlloc maps and locks pages:
+ * milliseconds for the default 16 MiB) and every staged operation needs
+ * one, so a few freed ones are kept for the next operation of that size
+ * (active sides' only: see copy_engine.h). */
+static struct {
+    void *ptr;
+    size_t size;
+} pinned_cache[PINNED_CACHE];
+
+static void *pinned_cache_take(size_t size)
+{
+    void *p = NULL;
+
+    pthread_mutex_lock(&ctx_lock);
+    for (int i = 0; p == NULL && i < PINNED_CACHE; i++) {
+        if (pinned_cache[i].ptr != NULL && pinned_cache[i].size == size) {
+            p = pinned_cache[i].ptr;
+            pinned_cache[i].ptr = NULL;
+        }
+    }
+    pthread_mutex_unlock(&ctx_lock);
+    return p;
+}
+
+static bool pinned_cache_keep(void *ptr, size_t size)
+{
+    bool kept = false;
+
+    pthread_mutex_lock(&ctx_lock);
+    for (int i = 0; !kept && i < PINNED_CACHE; i++) {
+        if (pinned_cache[i].ptr == NULL) {
+            pinned_cache[i].ptr = ptr;
+            pinned_cache[i].size = size;
+            kept = true;
+        }
+    }
+    pthread_mutex_unlock(&ctx_lock);
+    return kept;
+}
+
 static ferry_status_t engine_alloc_pinned(ferry__copy_engine_t *base, size_t size, void **ptr_p)
 {
     cuda_engine_t *e = (cuda_engine_t *)base;
     CUresult r;
 
+    if ((*ptr_p = pinned_cache_take(size)) != NULL) {
+        return FERRY_OK;
+    }
     if (use_device(e->device) != FERRY_OK) {
         return FERRY_ERR_IO;
     }
@@ -452,10 +496,10 @@ static ferry_status_t engine_alloc_pinned(ferry__copy_engine_t *base, size_t siz
     return r == CUDA_SUCCESS ? FERRY_OK : cu_fail("cuMemHostAlloc", r);
 }
 
-static void engine_free_pinned(ferry__copy_engine_t *base, void *ptr)
+static void engine_free_pinned(ferry__copy_engine_t *base, void *ptr, size_t size, bool keep)
 {
     (void)base;
-    if (ptr != NULL) {
+    if (ptr != NULL && !(keep && pinned_cache_keep(ptr, size))) {
         cu.cuMemFreeHost(ptr);
     }
 }

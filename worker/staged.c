@@ -735,7 +735,8 @@ void ferry__staged_release(ferry_op_t *op)
         ferry__peer_rkey_put(op->peer, s->rkey);
     }
     if (s->engine != NULL) {
-        s->engine->ops->free_pinned(s->engine, s->slots);
+        s->engine->ops->free_pinned(s->engine, s->slots, (size_t)s->lanes * s->slot_size,
+                                    !is_passive(op));
         ferry__copy_engine_destroy(s->engine);
     }
     ferry_debug("%s: staging released", op->label);

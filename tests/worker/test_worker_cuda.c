@@ -404,14 +404,22 @@ static void test_no_driver(void **state)
     ferry_descriptor_t h = {hbuf, sizeof(hbuf), FERRY_DEVICE_HOST_INIT};
     ferry_op_t *op = NULL, *passive;
     const uint8_t *md;
+    const char *why;
     size_t md_len;
     (void)state;
 
     assert_int_equal(ferry_connector_create(&params, &c), FERRY_OK);
     assert_false(ferry_connector_is_cuda_available(c));
-    assert_non_null(strstr(logged, "CUDA unavailable: no CUDA driver: dlopen /nonexistent/"));
+    /* "no CUDA driver: dlopen /nonexistent/libcuda.so.1: ...", or in a
+     * build without CUDA support, that. */
+    why = ferry__cuda_why();
+    assert_true(strstr(why, "dlopen /nonexistent/") != NULL ||
+                strstr(why, "without CUDA support") != NULL);
+    assert_non_null(strstr(logged, "CUDA unavailable: "));
+    assert_non_null(strstr(logged, why));
     assert_int_equal(ferry_writable_create(c, &d, 1, &op), FERRY_ERR_UNIMPLEMENTED);
-    assert_non_null(strstr(ferry_last_error_message(), "CUDA descriptors refused: no CUDA driver"));
+    assert_non_null(strstr(ferry_last_error_message(), "CUDA descriptors refused: "));
+    assert_non_null(strstr(ferry_last_error_message(), why));
     assert_int_equal(ferry_writable_create(c, &h, 1, &passive), FERRY_OK);
     assert_int_equal(ferry_op_metadata(passive, &md, &md_len), FERRY_OK);
     assert_int_equal(ferry_write_begin(c, &d, 1, md, md_len, &op), FERRY_ERR_UNIMPLEMENTED);
