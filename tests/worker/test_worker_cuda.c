@@ -138,6 +138,21 @@ static void regions_free(regions_t *r)
     free(r->descs);
 }
 
+static const char *fake_driver; /* NULL: the machine's driver */
+
+/* A connector; on the fake driver, one that never takes the direct path:
+ * its "device memory" is host memory, which a UCX with CUDA transports (on
+ * a GPU machine) must not be handed as CUDA memory. */
+static ferry_status_t connector_create(ferry_connector_t **c_p)
+{
+    ferry_status_t st = ferry_connector_create(NULL, c_p);
+
+    if (st == FERRY_OK && fake_driver != NULL) {
+        (*c_p)->ucx_cuda = false;
+    }
+    return st;
+}
+
 /* ---- the partner ---------------------------------------------------------- */
 
 static void passive_one(ferry_connector_t *c, const cmd_t *cmd, int res_fd)
@@ -176,7 +191,7 @@ static int passive_main(int cmd_fd, int res_fd)
     ferry_connector_t *c;
     cmd_t cmd;
 
-    if (ferry_connector_create(NULL, &c) != FERRY_OK) {
+    if (connector_create(&c) != FERRY_OK) {
         return 2;
     }
     while (read(cmd_fd, &cmd, sizeof(cmd)) == (ssize_t)sizeof(cmd) && cmd.kind != 'Q') {
@@ -188,7 +203,6 @@ static int passive_main(int cmd_fd, int res_fd)
 /* ---- the parent ------------------------------------------------------------ */
 
 static const char *self_exe;
-static const char *fake_driver; /* NULL: the machine's driver */
 
 static struct {
     pair_partner_t passive;
@@ -199,7 +213,7 @@ static int group_setup(void **state)
 {
     (void)state;
     world.passive = pair_spawn(self_exe, "--passive");
-    if (world.passive.pid <= 0 || ferry_connector_create(NULL, &world.c) != FERRY_OK) {
+    if (world.passive.pid <= 0 || connector_create(&world.c) != FERRY_OK) {
         return -1;
     }
     return ferry_connector_is_cuda_available(world.c) ? 0 : -1;
