@@ -17,8 +17,8 @@
  * naming the descriptor), and writes host->GPU, GPU->host and GPU->GPU with
  * 1 and 16 descriptors, on the path the connector picks (direct where UCX
  * has CUDA transports, else staged) and forced onto the staged path; every
- * byte is checked after copying it back from the GPU. With the fake driver
- * also a CUDA copy that fails midway.
+ * byte is checked after copying it back from the GPU; reads from host memory
+ * into GPU memory. With the fake driver also a CUDA copy that fails midway.
  *
  * Partner: this executable re-executed (--passive CMD_FD RES_FD), which
  * creates the writable (host or GPU memory), waits, and checks the bytes.
@@ -164,8 +164,11 @@ static void passive_one(ferry_connector_t *c, const cmd_t *cmd, int res_fd)
     size_t md_len;
 
     atomic_store(&ferry__test_staging.force, cmd->force != 0);
-    if (regions_alloc(&r, cmd->cuda != 0, cmd->n, cmd->size, 0) != 0) {
+    if (regions_alloc(&r, cmd->cuda != 0, cmd->n, cmd->size, cmd->kind == 'R' ? cmd->seed : 0) !=
+        0) {
         rep.status = FERRY_ERR_INTERNAL;
+    } else if (cmd->kind == 'R') {
+        rep.status = ferry_readable_create(c, r.descs, cmd->n, &op);
     } else {
         rep.status = ferry_writable_create(c, r.descs, cmd->n, &op);
     }
@@ -180,7 +183,7 @@ static void passive_one(ferry_connector_t *c, const cmd_t *cmd, int res_fd)
     pair_send_blob(res_fd, md, (uint32_t)md_len);
     rep.status = ferry_op_wait(op, WAIT_TIMEOUT_MS);
     rep.op_status = (int32_t)ferry_op_status(op);
-    rep.bytes_ok = rep.status == FERRY_OK && regions_check(&r, cmd->seed);
+    rep.bytes_ok = rep.status == FERRY_OK && regions_check(&r, cmd->seed); /* read: unchanged */
     pair_write(res_fd, &rep, sizeof(rep));
     ferry_op_destroy(op);
     regions_free(&r);
@@ -283,7 +286,38 @@ static void transfer(bool src_cuda, bool dst_cuda, uint32_t n, uint64_t size, pa
 #define BIG   ((8u << 20) + 5)   /* three 4 MiB chunks, the last short */
 #define SMALL ((256u << 10) + 3) /* per region of 16 */
 
+/* A read from host memory (direct) into GPU memory: the staged path's
+ * read lanes (get into a pinned slot, then a copy to the GPU) where UCX
+ * has no CUDA transports. */
+static void read_into_gpu(uint32_t n, uint64_t size)
+{
+    cmd_t cmd = {.kind = 'R', .cuda = 0, .force = 0, .n = n, .size = size, .seed = 77};
+    regions_t dst;
+    ferry_op_t *op;
+    uint8_t *md;
+    uint32_t md_len;
+    ferry_status_t st;
+    report_t rep;
+
+    assert_int_equal(regions_alloc(&dst, true, n, size, 0), 0);
+    assert_int_equal(pair_write(world.passive.cmd_fd, &cmd, sizeof(cmd)), 0);
+    assert_int_equal(pair_recv_blob(world.passive.res_fd, &md, &md_len), 0);
+    st = ferry_read_begin(world.c, dst.descs, n, md, md_len, &op);
+    if (st != FERRY_OK) {
+        fail_msg("begin: %s: %s", ferry_status_name(st), ferry_last_error_message());
+    }
+    assert_int_equal(ferry_op_wait(op, WAIT_TIMEOUT_MS), FERRY_OK);
+    assert_true(regions_check(&dst, cmd.seed));
+    assert_int_equal(pair_read(world.passive.res_fd, &rep, sizeof(rep), PAIR_IO_TIMEOUT_MS), 0);
+    assert_int_equal(rep.status, FERRY_OK);
+    ferry_op_destroy(op);
+    free(md);
+    regions_free(&dst);
+}
+
 /* clang-format off */
+static void test_read_h2d_1(void **s) { (void)s; read_into_gpu(1, BIG); }
+static void test_read_h2d_16(void **s) { (void)s; read_into_gpu(16, SMALL); }
 static void test_h2d_1(void **s) { (void)s; transfer(false, true, 1, BIG, PATH_DEFAULT); }
 static void test_d2h_1(void **s) { (void)s; transfer(true, false, 1, BIG, PATH_DEFAULT); }
 static void test_d2d_1(void **s) { (void)s; transfer(true, true, 1, BIG, PATH_DEFAULT); }
@@ -460,6 +494,8 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_h2d_16_staged),
         cmocka_unit_test(test_d2h_16_staged),
         cmocka_unit_test(test_d2d_16_staged),
+        cmocka_unit_test(test_read_h2d_1),
+        cmocka_unit_test(test_read_h2d_16),
         cmocka_unit_test(test_cuda_copy_fails_midway),
     };
     const struct CMUnitTest no_driver[] = {
