@@ -49,6 +49,7 @@
  * does not sleep while any copy is in flight (engines have no fd).
  */
 #include <inttypes.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
