@@ -461,6 +461,10 @@ void ferry__staged_settle(ferry_op_t *op);
  * sleep on the UCX fd then: an engine has no fd). */
 unsigned ferry__staged_progress(ferry_connector_t *c);
 bool ferry__staged_busy(const ferry_connector_t *c);
+/* Active, at destroy, lock held: waits for (or drops) the engine's copies,
+ * which read or write the caller's memory, so that none runs after
+ * ferry_op_destroy returns; the op's lanes forget them. */
+void ferry__staged_stop(ferry_op_t *op);
 /* Releases the stage (engine synced first), lock held. Passive: also tells
  * an admitted writer to stop unless the op completed. */
 void ferry__staged_release(ferry_op_t *op);

@@ -627,6 +627,9 @@ void ferry_op_destroy(ferry_op_t *op)
         if (op->in_table) {
             ferry__op_table_remove(op);
         }
+    } else {
+        /* No staging copy touches the caller's memory once we return. */
+        ferry__staged_stop(op);
     }
     op->user_released = true;
     c->user_ops--;

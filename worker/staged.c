@@ -712,6 +712,21 @@ bool ferry__staged_busy(const ferry_connector_t *c)
     return c->staged != NULL;
 }
 
+void ferry__staged_stop(ferry_op_t *op)
+{
+    struct ferry__stage *s = op->stage;
+
+    if (s == NULL || s->engine == NULL) {
+        return;
+    }
+    s->engine->ops->sync(s->engine);
+    for (unsigned i = 0; i < s->lanes; i++) {
+        if (s->lane[i].state == LANE_COPY_IN || s->lane[i].state == LANE_COPY_OUT) {
+            s->lane[i].state = LANE_IDLE;
+        }
+    }
+}
+
 void ferry__staged_release(ferry_op_t *op)
 {
     ferry_connector_t *c = op->connector;
