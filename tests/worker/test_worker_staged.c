@@ -526,6 +526,45 @@ static void test_writer_killed_midway_peer_detection(void **state)
     writer_killed(true);
 }
 
+/* Caller progress mode, both sides on one connector: ferry_op_wait drives
+ * the loop, and with slow engine copies in flight it must keep polling them
+ * (an engine has no fd to sleep on) until both operations complete. */
+static void test_caller_progress_loopback(void **state)
+{
+    ferry_connector_params_t params = {.field_mask = FERRY_CONNECTOR_PARAM_FIELD_PROGRESS_MODE,
+                                       .progress_mode = FERRY_PROGRESS_CALLER};
+    uint64_t size = 300000;
+    uint8_t *src = malloc(size), *dst = calloc(1, size);
+    ferry_descriptor_t ds = {src, size, FERRY_DEVICE_HOST_INIT};
+    ferry_descriptor_t dd = {dst, size, FERRY_DEVICE_HOST_INIT};
+    ferry_connector_t *c;
+    ferry_op_t *passive, *active;
+    const uint8_t *md;
+    size_t md_len;
+    (void)state;
+
+    pair_fill(src, size, 21, 0);
+    atomic_store(&ferry__test_staging.chunk, 32768);
+    atomic_store(&ferry__test_staging.slots, 2);
+    faults_reset();
+    atomic_store(&faults->delay_polls, 50);
+    assert_int_equal(ferry_connector_create(&params, &c), FERRY_OK);
+    assert_int_equal(ferry_writable_create(c, &dd, 1, &passive), FERRY_OK);
+    assert_int_equal(ferry_op_metadata(passive, &md, &md_len), FERRY_OK);
+    assert_int_equal(ferry_write_begin(c, &ds, 1, md, md_len, &active), FERRY_OK);
+    assert_int_equal(ferry_op_wait(active, WAIT_TIMEOUT_MS), FERRY_OK);
+    assert_int_equal(ferry_op_wait(passive, WAIT_TIMEOUT_MS), FERRY_OK);
+    assert_int_equal(pair_check(dst, size, 21, 0), size);
+    ferry_op_destroy(active);
+    ferry_op_destroy(passive);
+    assert_int_equal(ferry_connector_destroy(c), FERRY_OK);
+    faults_reset();
+    atomic_store(&ferry__test_staging.chunk, 0);
+    atomic_store(&ferry__test_staging.slots, 0);
+    free(src);
+    free(dst);
+}
+
 /* A readable cannot be staged: refused at create with the reason. */
 static void test_readable_refused(void **state)
 {
@@ -699,6 +738,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_after_faults),
         cmocka_unit_test(test_writer_killed_midway),
         cmocka_unit_test(test_writer_killed_midway_peer_detection),
+        cmocka_unit_test(test_caller_progress_loopback),
         cmocka_unit_test(test_readable_refused),
     };
 
