@@ -60,6 +60,7 @@
 
 #define DEFAULT_CHUNK (4u << 20)
 #define DEFAULT_LANES 4u
+#define LOCAL_MAX     (256ull << 20) /* pinned bytes a writer lends one operation */
 
 ferry__test_staging_t ferry__test_staging;
 
@@ -379,7 +380,14 @@ ferry_status_t ferry__staged_active_prepare(ferry_op_t *op, bool local_staged)
         return FERRY_OK;
     }
     if (st != NULL) {
-        status = stage_alloc(op, st->slots, st->slot_size, local_staged);
+        /* The passive side chose the slots; lanes use its first ones, as
+         * many as fit in LOCAL_MAX of our own pinned memory (its metadata
+         * must not make us pin gigabytes). */
+        unsigned lanes = st->slots;
+        while (local_staged && lanes > 1 && (uint64_t)lanes * st->slot_size > LOCAL_MAX) {
+            lanes--;
+        }
+        status = stage_alloc(op, lanes, st->slot_size, local_staged);
     } else {
         status = stage_alloc(op, test_lanes(), chunk_for(op->descs, op->n), true);
     }
