@@ -20,8 +20,10 @@
  * byte is checked after copying it back from the GPU; reads from host memory
  * into GPU memory. With the fake driver also a CUDA copy that fails midway.
  *
- * Partner: this executable re-executed (--passive CMD_FD RES_FD), which
- * creates the writable (host or GPU memory), waits, and checks the bytes.
+ * Partners: this executable re-executed: --passive CMD_FD RES_FD creates the
+ * writable (host or GPU memory), waits, and checks the bytes; --writer
+ * writes GPU memory with its notice held back, then waits to be killed (a
+ * writer killed midway, on the default and the staged path).
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -35,6 +37,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "pair.h"
@@ -187,6 +190,41 @@ static void passive_one(ferry_connector_t *c, const cmd_t *cmd, int res_fd)
     pair_write(res_fd, &rep, sizeof(rep));
     ferry_op_destroy(op);
     regions_free(&r);
+}
+
+/* --writer: writes GPU memory into the metadata's writable with the notice
+ * held back (the fault hook), says "R" once the data moved, then waits to
+ * be killed. */
+static int writer_main(int cmd_fd, int res_fd)
+{
+    ferry_connector_t *c;
+    regions_t src;
+    ferry_op_t *op;
+    uint64_t size;
+    uint32_t md_len;
+    uint8_t *md;
+    int32_t force;
+    int64_t deadline;
+
+    if (pair_read(cmd_fd, &size, sizeof(size), PAIR_IO_TIMEOUT_MS) != 0 ||
+        pair_read(cmd_fd, &force, sizeof(force), PAIR_IO_TIMEOUT_MS) != 0 ||
+        pair_recv_blob(cmd_fd, &md, &md_len) != 0 || connector_create(&c) != FERRY_OK ||
+        regions_alloc(&src, true, 1, size, 9) != 0) {
+        return 2;
+    }
+    atomic_store(&ferry__test_staging.force, force != 0);
+    atomic_store(&ferry__test_hold_notice, true);
+    if (ferry_write_begin(c, src.descs, 1, md, md_len, &op) != FERRY_OK) {
+        return 3;
+    }
+    deadline = pair_now_ms() + PAIR_IO_TIMEOUT_MS;
+    while (!atomic_load(&ferry__test_notice_held) && pair_now_ms() < deadline) {
+        ferry_op_wait(op, 10);
+    }
+    pair_write(res_fd, "R", 1);
+    for (;;) {
+        pause(); /* until SIGKILL */
+    }
 }
 
 static int passive_main(int cmd_fd, int res_fd)
@@ -428,6 +466,51 @@ static void test_cuda_copy_fails_midway(void **state)
     atomic_store(&ferry__test_staging.force, false);
 }
 
+/* A GPU writer killed after its data moved and before its notice: the
+ * passive side's GPU memory holds every byte, and without peer error
+ * handling its wait times out with the operation still claimed. */
+static void writer_killed(int32_t force)
+{
+    uint64_t size = BIG;
+    regions_t dst;
+    pair_partner_t writer;
+    ferry_op_t *op;
+    const uint8_t *md;
+    size_t md_len;
+    char ready;
+
+    atomic_store(&ferry__test_staging.force, force != 0);
+    assert_int_equal(regions_alloc(&dst, true, 1, size, 0), 0);
+    assert_int_equal(ferry_writable_create(world.c, dst.descs, 1, &op), FERRY_OK);
+    assert_int_equal(ferry_op_metadata(op, &md, &md_len), FERRY_OK);
+    writer = pair_spawn(self_exe, "--writer");
+    assert_int_equal(pair_write(writer.cmd_fd, &size, sizeof(size)), 0);
+    assert_int_equal(pair_write(writer.cmd_fd, &force, sizeof(force)), 0);
+    assert_int_equal(pair_send_blob(writer.cmd_fd, md, (uint32_t)md_len), 0);
+    assert_int_equal(pair_read(writer.res_fd, &ready, 1, PAIR_IO_TIMEOUT_MS), 0);
+    assert_true(regions_check(&dst, 9));
+    kill(writer.pid, SIGKILL);
+    assert_true(WIFSIGNALED(pair_reap(writer.pid)));
+    pair_close(&writer);
+    assert_int_equal(ferry_op_wait(op, 300), FERRY_ERR_TIMED_OUT);
+    assert_int_equal(ferry_op_status(op), FERRY_OP_STATUS_IN_PROGRESS);
+    ferry_op_destroy(op);
+    regions_free(&dst);
+    atomic_store(&ferry__test_staging.force, false);
+}
+
+static void test_writer_killed_midway(void **state)
+{
+    (void)state;
+    writer_killed(0);
+}
+
+static void test_writer_killed_midway_staged(void **state)
+{
+    (void)state;
+    writer_killed(1);
+}
+
 /* ---- no driver ------------------------------------------------------------- */
 
 static char logged[4096];
@@ -497,6 +580,8 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_read_h2d_1),
         cmocka_unit_test(test_read_h2d_16),
         cmocka_unit_test(test_cuda_copy_fails_midway),
+        cmocka_unit_test(test_writer_killed_midway),
+        cmocka_unit_test(test_writer_killed_midway_staged),
     };
     const struct CMUnitTest no_driver[] = {
         cmocka_unit_test(test_no_driver),
@@ -517,6 +602,12 @@ int main(int argc, char **argv)
     }
     if (argc == 4 && strcmp(argv[1], "--passive") == 0) {
         return passive_main(atoi(argv[2]), atoi(argv[3]));
+    }
+    if (argc == 4 && strcmp(argv[1], "--writer") == 0) {
+        if (ferry__cuda_load() != FERRY_OK) {
+            return 2;
+        }
+        return writer_main(atoi(argv[2]), atoi(argv[3]));
     }
     if (ferry__cuda_load() != FERRY_OK) {
         printf("SKIP: no usable CUDA GPU here (%s); test_worker_cuda needs one\n",
