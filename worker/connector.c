@@ -28,7 +28,14 @@
  * (ucp_worker_signal) only while the loop is armed (c->armed, under the
  * lock): a running or spinning loop finds the work itself. The poll also has
  * a short timeout, a safety net against a lost wake-up, never the mechanism
- * that makes progress.
+ * that makes progress. While staged copies are in flight (staged.c) the
+ * loop never sleeps on the fd, which cannot tell when a copy ends: it
+ * polls the copy engines on each pass and yields the CPU between passes.
+ *
+ * CUDA: the driver is loaded (once per process) when a connector is
+ * created; where it cannot be, host memory still works and the reason is
+ * logged at info. The progress thread makes device 0's primary context
+ * current, as UCX's CUDA transports expect of the threads that progress it.
  */
 #include <errno.h>
 #include <poll.h>

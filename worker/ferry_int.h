@@ -5,7 +5,8 @@
  * that can change: every ucp_* call on the connector's context and worker
  * (the worker is created UCS_THREAD_MODE_SERIALIZED: the lock is the
  * serialization), the peer (endpoint) cache and its remote keys, the
- * operation table, the four queues, and every field of every operation except
+ * operation table, the four queues, the staged list (ops with copy-engine
+ * work in flight, staged.c), and every field of every operation except
  * those set once before the operation is published. Operations' condition
  * variables wait on that mutex.
  *
