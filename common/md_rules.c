@@ -4,6 +4,7 @@
 #include "common/md_rules.h"
 
 #include <inttypes.h>
+#include <stdbool.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
@@ -20,7 +21,8 @@ __attribute__((format(printf, 3, 4))) static ferry_status_t invalid(char *msg, s
 }
 
 static ferry_status_t check_descriptor(const char *field, size_t i, const Ferry__V1__Descriptor *d,
-                                       Ferry__V1__DeviceKind first_kind, char *msg, size_t cap)
+                                       Ferry__V1__DeviceKind first_kind, bool staged, char *msg,
+                                       size_t cap)
 {
     if (d->address == 0) {
         return invalid(msg, cap, "%s.descriptors[%zu].address is 0 (null pointer)", field, i);
@@ -40,9 +42,38 @@ static ferry_status_t check_descriptor(const char *field, size_t i, const Ferry_
         return invalid(msg, cap, "%s.descriptors[%zu].device differs in kind from descriptor 0",
                        field, i);
     }
-    if (d->rkey.len == 0 || d->rkey.len > FERRY_MD_RKEY_MAX) {
+    if (staged && d->rkey.len != 0) {
+        return invalid(msg, cap, "%s.descriptors[%zu].rkey must be empty with staging", field, i);
+    }
+    if (!staged && (d->rkey.len == 0 || d->rkey.len > FERRY_MD_RKEY_MAX)) {
         return invalid(msg, cap, "%s.descriptors[%zu].rkey is %zu bytes; 1 to %d allowed", field, i,
                        d->rkey.len, FERRY_MD_RKEY_MAX);
+    }
+    return FERRY_OK;
+}
+
+static ferry_status_t check_staging(const char *field, const Ferry__V1__RdmaMetadata *md, char *msg,
+                                    size_t cap)
+{
+    const Ferry__V1__Staging *s = md->staging;
+
+    if (md->kind != FERRY__V1__OPERATION_KIND__OPERATION_KIND_WRITE) {
+        return invalid(msg, cap, "%s.staging is only for WRITE metadata", field);
+    }
+    if (s->address == 0) {
+        return invalid(msg, cap, "%s.staging.address is 0 (null pointer)", field);
+    }
+    if (s->slot_size == 0 || s->slot_size > FERRY_MD_SLOT_SIZE_MAX) {
+        return invalid(msg, cap, "%s.staging.slot_size is %" PRIu64 "; 1 to %llu allowed", field,
+                       s->slot_size, (unsigned long long)FERRY_MD_SLOT_SIZE_MAX);
+    }
+    if (s->slots == 0 || s->slots > FERRY_MD_SLOTS_MAX) {
+        return invalid(msg, cap, "%s.staging.slots is %" PRIu32 "; 1 to %d allowed", field,
+                       s->slots, FERRY_MD_SLOTS_MAX);
+    }
+    if (s->rkey.len == 0 || s->rkey.len > FERRY_MD_RKEY_MAX) {
+        return invalid(msg, cap, "%s.staging.rkey is %zu bytes; 1 to %d allowed", field,
+                       s->rkey.len, FERRY_MD_RKEY_MAX);
     }
     return FERRY_OK;
 }
@@ -79,8 +110,14 @@ ferry_status_t ferry_md_check(const char *field, const Ferry__V1__RdmaMetadata *
     first_kind = md->descriptors[0]->device != NULL ? md->descriptors[0]->device->kind
                                                     : FERRY__V1__DEVICE_KIND__DEVICE_KIND_HOST;
     for (size_t i = 0; i < md->n_descriptors; i++) {
-        ferry_status_t status =
-            check_descriptor(field, i, md->descriptors[i], first_kind, msg, cap);
+        ferry_status_t status = check_descriptor(field, i, md->descriptors[i], first_kind,
+                                                 md->staging != NULL, msg, cap);
+        if (status != FERRY_OK) {
+            return status;
+        }
+    }
+    if (md->staging != NULL) {
+        ferry_status_t status = check_staging(field, md, msg, cap);
         if (status != FERRY_OK) {
             return status;
         }

@@ -12,7 +12,10 @@
  * each with a non-zero address and size, a HOST or CUDA device of the
  * first one's kind, and a 1..FERRY_MD_RKEY_MAX byte rkey; at most
  * FERRY_MD_PACKED_MAX bytes packed; worker_name at most FERRY_MD_NAME_MAX
- * bytes. Errors name the field by its path under `field`
+ * bytes. With staging (the staged path, WRITE only): every descriptor's
+ * rkey empty, and the staging block's address non-zero, slot_size
+ * 1..FERRY_MD_SLOT_SIZE_MAX, slots 1..FERRY_MD_SLOTS_MAX, rkey
+ * 1..FERRY_MD_RKEY_MAX bytes. Errors name the field by its path under `field`
  * ("metadata.descriptors[1].size is 0").
  *
  * Threads: pure.
@@ -32,6 +35,8 @@
 #define FERRY_MD_DESCRIPTORS_MAX    1024
 #define FERRY_MD_RKEY_MAX           4096
 #define FERRY_MD_NAME_MAX           256
+#define FERRY_MD_SLOT_SIZE_MAX      (1ull << 30)
+#define FERRY_MD_SLOTS_MAX          64
 /* The whole metadata, packed: etcd refuses requests over 1.5 MiB by default
  * (--max-request-bytes), and the record carries more than the metadata. */
 #define FERRY_MD_PACKED_MAX (1024 * 1024)

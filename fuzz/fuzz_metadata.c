@@ -7,7 +7,9 @@
  *
  * Invariants beyond "no crash": what decodes satisfies metadata.c's stated
  * invariant (kind READ or WRITE, a 16-byte notification key, at least one
- * descriptor, each with address, size, device and rkey); a local list of
+ * descriptor, each with address, size, device, and an rkey exactly when
+ * there is no staging block; staging only in WRITE metadata, complete);
+ * a local list of
  * the same sizes matches exactly the operation kind that pairs with it and
  * no other; a list one shorter, or with one size off, never matches.
  */
@@ -51,8 +53,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     fuzz_assert(md->n_descriptors > 0);
     for (size_t i = 0; i < md->n_descriptors; i++) {
         const Ferry__V1__Descriptor *d = md->descriptors[i];
-        fuzz_assert(d->address != 0 && d->size != 0 && d->device != NULL && d->rkey.len > 0);
+        fuzz_assert(d->address != 0 && d->size != 0 && d->device != NULL);
+        fuzz_assert(md->staging != NULL ? d->rkey.len == 0 : d->rkey.len > 0);
         fuzz_assert(d->device->kind == md->descriptors[0]->device->kind);
+    }
+    if (md->staging != NULL) {
+        fuzz_assert(md->kind == FERRY__V1__OPERATION_KIND__OPERATION_KIND_WRITE);
+        fuzz_assert(md->staging->address != 0 && md->staging->slot_size > 0 &&
+                    md->staging->slots > 0 && md->staging->rkey.len > 0);
     }
     check_match(md);
     ferry__metadata_free(md);

@@ -151,6 +151,12 @@ def metadata_seeds(t):
     md.notification_key = KEY[:15]
     write("fuzz_metadata", "short-key", md.SerializeToString())
     write("fuzz_metadata", "empty", b"")
+    md = metadata(t, n=2, device=t.DEVICE_KIND_CUDA, rkey=b"")
+    md.staging.address = 0x7f0000100000
+    md.staging.slot_size = 4 << 20
+    md.staging.slots = 4
+    md.staging.rkey = b"\x01\x02slots"
+    write("fuzz_metadata", "staged-cuda-2", md.SerializeToString())
 
 
 WIRE_MAGIC = 0x32595246  # "FRY2"
@@ -171,6 +177,12 @@ def wire_seeds():
     write("fuzz_wire", "notice-error", wire(3, status=-12))
     write("fuzz_wire", "claim-no-address", wire(1, op_kind=3))
     write("fuzz_wire", "length-mismatch", wire(3, address=b"x", address_len=2))
+    chunk = struct.pack("<IIQQ", 3, 1, 4 << 20, 65543)
+    write("fuzz_wire", "chunk", wire(4, nonce=bytes(range(16)), address=chunk))
+    write("fuzz_wire", "credit", wire(5, op_id=42, address=struct.pack("<IIQQ", 3, 0, 0, 0)))
+    write("fuzz_wire", "credit-stop", wire(5, op_id=42, status=-9,
+                                           address=struct.pack("<IIQQ", 0, 0, 0, 0)))
+    write("fuzz_wire", "chunk-short-record", wire(4, address=chunk[:23]))
     write("fuzz_wire", "bad-type", wire(9))
     write("fuzz_wire", "short", wire(3)[:55])
 

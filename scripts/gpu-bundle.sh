@@ -10,9 +10,10 @@
 # OUT_DIR/ferry-gpu.tar.gz, at most 64 MiB (checked; the size is printed):
 #
 #   run-gpu-checks.sh    the one command to run there (scripts/run-gpu-checks.sh)
-#   build/               Ferry's programs and C test executables, at their
-#                        build-tree paths (the tests find the programs through
-#                        FERRY_BUILD_DIR), debug info stripped
+#   build/               Ferry's programs, benchmarks (ferry_bench_gpu) and C
+#                        test executables (and the tests' fake CUDA driver),
+#                        at their build-tree paths (the tests find the
+#                        programs through FERRY_BUILD_DIR), debug info stripped
 #   tests.tsv            name, path, timeout, labels, environment, arguments of each C
 #                        test, from CTest (python tests are left out: no
 #                        Debian grpcio there)
@@ -105,6 +106,10 @@ while IFS=$'\t' read -r name rel _; do
     case $name in '#'*) continue ;; esac
     put "$BUILD/$rel" "$B/build/$rel"
 done <"$B/tests.tsv"
+# The tests' fake CUDA driver (test_worker_cuda_fake loads it through
+# FERRY_BUILD_DIR): where a build has it.
+[ ! -e "$BUILD/tests/worker/libferry_fakecuda.so" ] ||
+    put "$BUILD/tests/worker/libferry_fakecuda.so" "$B/build/tests/worker/libferry_fakecuda.so"
 
 # Source-tree files the tests read through FERRY_SOURCE_DIR.
 (cd "$ROOT" && find tests -name '*.sh' -o -name '*.pem' -o -name '*.json' |

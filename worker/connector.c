@@ -28,7 +28,14 @@
  * (ucp_worker_signal) only while the loop is armed (c->armed, under the
  * lock): a running or spinning loop finds the work itself. The poll also has
  * a short timeout, a safety net against a lost wake-up, never the mechanism
- * that makes progress.
+ * that makes progress. While staged copies are in flight (staged.c) the
+ * loop never sleeps on the fd, which cannot tell when a copy ends: it
+ * polls the copy engines on each pass and yields the CPU between passes.
+ *
+ * CUDA: the driver is loaded (once per process) when a connector is
+ * created; where it cannot be, host memory still works and the reason is
+ * logged at info. The progress thread makes device 0's primary context
+ * current, as UCX's CUDA transports expect of the threads that progress it.
  */
 #include <errno.h>
 #include <poll.h>
@@ -40,6 +47,7 @@
 #include <unistd.h>
 
 #include "common/log.h"
+#include "worker/cuda.h"
 #include "worker/ferry_int.h"
 
 #define POLL_SAFETY_MS 100
@@ -166,6 +174,12 @@ static void handle_inmsg(ferry_connector_t *c, const ferry__inmsg_t *in)
     case FERRY__MSG_NOTICE:
         ferry__passive_on_notice(c, &msg);
         break;
+    case FERRY__MSG_CHUNK:
+        ferry__staged_on_chunk(c, &msg);
+        break;
+    case FERRY__MSG_CREDIT:
+        ferry__staged_on_credit(c, &msg);
+        break;
     }
 }
 
@@ -217,13 +231,16 @@ unsigned ferry__connector_drain(ferry_connector_t *c)
                 ferry__active_on_req(req);
                 ferry__op_unref(req->op);
             } else if (req->status != UCS_OK) {
-                ferry_debug("connector %s: admit answer not sent: %s", c->name,
+                ferry_debug("connector %s: %s not sent: %s", c->name,
+                            req->type == FERRY__REQ_CREDIT ? "credit" : "admit answer",
                             ucs_status_string(req->status));
             }
             free(req->buf);
             free(req);
-        } else {
+        } else if (c->staged == NULL || (n = ferry__staged_progress(c)) == 0) {
             return work;
+        } else {
+            work += n;
         }
     }
 }
@@ -305,6 +322,20 @@ static bool queues_busy(const ferry_connector_t *c)
     return c->inbox != NULL || c->reqs != NULL || c->failed != NULL;
 }
 
+/* Staged copies in flight: an engine has no fd, so the loop must not sleep
+ * on the worker's; it yields the CPU between passes instead. Lock held; it
+ * is dropped while yielding. */
+static bool yield_for_copies(ferry_connector_t *c, unsigned *i)
+{
+    if (!ferry__staged_busy(c)) {
+        return false;
+    }
+    ferry__unlock(c);
+    ferry__spin_pause((*i)++);
+    ferry__lock(c);
+    return true;
+}
+
 /* Lock held on entry and exit. Keeps progressing UCX for spin_ns; true as
  * soon as there is work (the caller drains and spins afresh), false when
  * the time ran out quietly. Completion callbacks queued meanwhile are
@@ -339,7 +370,12 @@ static void *progress_main(void *arg)
     ferry_connector_t *c = arg;
     struct pollfd pfd = {.fd = c->efd, .events = POLLIN};
     ucs_status_t status;
+    unsigned yields = 0;
 
+    if (c->cuda_available) {
+        ferry__cuda_bind_thread(0); /* UCX's CUDA transports progress here */
+        ferry__clear_error();
+    }
     ferry__lock(c);
     while (!atomic_load(&c->stopping)) {
         ferry__connector_drain(c);
@@ -347,6 +383,9 @@ static void *progress_main(void *arg)
             ferry__unlock(c);
             ferry__connector_deliver(c);
             ferry__lock(c);
+            continue;
+        }
+        if (yield_for_copies(c, &yields)) {
             continue;
         }
         if (c->spin_ns > 0 && spin_for_work(c)) {
@@ -486,8 +525,23 @@ static ferry_status_t open_context(ferry_connector_t *c)
         ucp_cleanup(c->context);
         return ucx_fail(c, "ucp_context_query", status);
     }
-    c->cuda_available = (attr.memory_types & UCS_BIT(UCS_MEMORY_TYPE_CUDA)) != 0;
+    c->ucx_cuda = (attr.memory_types & UCS_BIT(UCS_MEMORY_TYPE_CUDA)) != 0;
     return FERRY_OK;
+}
+
+/* The CUDA driver, loaded once per process (cuda.c); its absence is no
+ * error: host memory works, CUDA descriptors are refused with the reason. */
+static void open_cuda(ferry_connector_t *c)
+{
+    c->cuda_available = ferry__cuda_load() == FERRY_OK;
+    ferry__clear_error();
+    if (!c->cuda_available) {
+        ferry_info("connector %s: CUDA unavailable: %s", c->name, ferry__cuda_why());
+    } else if (!c->ucx_cuda) {
+        ferry_info("connector %s: CUDA memory moves on the staged path (this UCX reports no "
+                   "CUDA memory type)",
+                   c->name);
+    }
 }
 
 static ferry_status_t open_worker(ferry_connector_t *c)
@@ -557,6 +611,7 @@ ferry_status_t ferry_connector_create(const ferry_connector_params_t *params,
     if (status != FERRY_OK) {
         goto err_free;
     }
+    open_cuda(c);
     status = open_worker(c);
     if (status != FERRY_OK) {
         goto err_cleanup_context;
@@ -575,7 +630,8 @@ ferry_status_t ferry_connector_create(const ferry_connector_params_t *params,
     }
     ferry_info(
         "connector %s: up on %s (%zu-byte worker address, cuda %s, %s progress, spin %llu us)",
-        c->name, c->hostname, c->address_len, c->cuda_available ? "yes" : "no",
+        c->name, c->hostname, c->address_len,
+        !c->cuda_available ? "no" : (c->ucx_cuda ? "direct" : "staged"),
         c->mode == FERRY_PROGRESS_THREAD ? "thread" : "caller",
         (unsigned long long)(c->spin_ns / 1000u));
     *connector_p = c;
@@ -683,7 +739,12 @@ ferry_status_t ferry_connector_progress(ferry_connector_t *c)
     }
     ferry__lock(c);
     do {
+        unsigned yields = 0;
         ferry__connector_drain(c);
+        if (yield_for_copies(c, &yields)) {
+            status = UCS_ERR_BUSY; /* the fd cannot tell when a copy ends */
+            continue;
+        }
         status = ucp_worker_arm(c->worker);
     } while (status == UCS_ERR_BUSY);
     ferry__unlock(c);

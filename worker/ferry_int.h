@@ -5,7 +5,8 @@
  * that can change: every ucp_* call on the connector's context and worker
  * (the worker is created UCS_THREAD_MODE_SERIALIZED: the lock is the
  * serialization), the peer (endpoint) cache and its remote keys, the
- * operation table, the four queues, and every field of every operation except
+ * operation table, the four queues, the staged list (ops with copy-engine
+ * work in flight, staged.c), and every field of every operation except
  * those set once before the operation is published. Operations' condition
  * variables wait on that mutex.
  *
@@ -81,9 +82,10 @@ typedef struct {
     size_t worker_address_len;
     const ferry_descriptor_t *descs;
     size_t n;
-    const void *const *rkeys; /* n packed remote keys */
+    const void *const *rkeys; /* n packed remote keys (NULL with staging) */
     const size_t *rkey_lens;
-    const uint8_t *key; /* FERRY__KEY_LEN bytes */
+    const Ferry__V1__Staging *staging; /* the staged path; NULL: direct */
+    const uint8_t *key;                /* FERRY__KEY_LEN bytes */
     const char *worker_name;
     const char *hostname;
 } ferry__metadata_build_t;
@@ -97,6 +99,8 @@ typedef enum {
     FERRY__MSG_CLAIM = 1,  /* active -> passive: admit me (carries my address) */
     FERRY__MSG_ADMIT = 2,  /* passive -> active: the answer to a claim */
     FERRY__MSG_NOTICE = 3, /* active -> passive: transfer done, with a status */
+    FERRY__MSG_CHUNK = 4,  /* active -> passive (staged): a slot holds a chunk */
+    FERRY__MSG_CREDIT = 5, /* passive -> active (staged): a slot is free, or stop */
 } ferry__msg_type_t;
 
 typedef struct {
@@ -108,6 +112,10 @@ typedef struct {
     uint8_t nonce[FERRY__NONCE_LEN]; /* ADMIT (admitted), NOTICE: the admission */
     const uint8_t *address;          /* CLAIM: the claimant's worker address */
     size_t address_len;
+    uint32_t slot;   /* CHUNK, CREDIT: the staging slot */
+    uint32_t desc;   /* CHUNK: the descriptor index */
+    uint64_t offset; /* CHUNK: where in the descriptor */
+    uint64_t len;    /* CHUNK: how many bytes */
 } ferry__msg_t;
 
 /* Encodes into a malloc'd buffer. */
@@ -151,6 +159,9 @@ typedef enum {
     FERRY__REQ_CLAIM = 2,  /* a claim was sent */
     FERRY__REQ_NOTICE = 3, /* a notice was sent */
     FERRY__REQ_ADMIT = 4,  /* an admit answer was sent */
+    FERRY__REQ_LANE = 5,   /* staged: one lane's put/get and flush are done */
+    FERRY__REQ_CHUNK = 6,  /* staged: a CHUNK was sent */
+    FERRY__REQ_CREDIT = 7, /* staged: a CREDIT was sent (op NULL) */
 } ferry__req_type_t;
 
 /* One UCX request in flight, owned by the request's callback until it is
@@ -161,7 +172,8 @@ typedef struct ferry__req {
     ferry_connector_t *connector;
     struct ferry_op *op; /* holds a reference; NULL for ADMIT */
     ucs_status_t status;
-    uint8_t *buf; /* message bytes, freed with the request */
+    uint8_t *buf;  /* message bytes, freed with the request */
+    unsigned lane; /* LANE: which lane of the staged pipeline */
 } ferry__req_t;
 
 /* A received active message, copied out of the UCX callback. */
@@ -176,7 +188,8 @@ struct ferry_connector {
     char hostname[FERRY__HOST_LEN];
     ferry_progress_mode_t mode;
     bool peer_error_handling;
-    bool cuda_available;
+    bool cuda_available; /* the CUDA driver loaded and has a device */
+    bool ucx_cuda;       /* UCX reports CUDA among its memory types (direct path) */
 
     ucp_context_h context;
     ucp_worker_h worker;
@@ -207,6 +220,7 @@ struct ferry_connector {
     ferry__inmsg_t *inbox, **inbox_tail;
     ferry__peer_t *failed;
     struct ferry_op *done, **done_tail;
+    struct ferry_op *staged; /* staged ops with copies in flight (stage_next) */
     ferry_connector_stats_t stats;
 };
 
@@ -345,6 +359,14 @@ struct ferry_op {
     uint8_t nonce[FERRY__NONCE_LEN]; /* passive: drawn at admission;
                                       * active: from the ADMIT, echoed */
 
+    /* Passive: the active side's op id (from the claim, for CREDITs). */
+    uint64_t claim_op_id;
+
+    /* The staged path (staged.c); NULL on the direct path. */
+    struct ferry__stage *stage;
+    struct ferry_op *stage_next; /* connector->staged, while in_staged */
+    bool in_staged;
+
     /* Active. */
     Ferry__V1__RdmaMetadata *md;
     ferry__peer_t *peer;
@@ -403,6 +425,60 @@ void ferry__active_on_req(ferry__req_t *req);
 void ferry__active_release(ferry_op_t *op); /* drop peer and rkeys */
 void ferry__active_cancel(ferry_op_t *op);
 void ferry__op_peer_failed(ferry_op_t *op, ferry__peer_t *peer);
+
+/* ---- the staged path (staged.c) --------------------------------------- */
+
+/* The CUDA admission of a local list: CUDA descriptors need a driver
+ * (FERRY_ERR_UNIMPLEMENTED with the reason) and must be what they claim
+ * (cuda.h: ferry__cuda_check_descriptors). Host lists pass. */
+ferry_status_t ferry__cuda_admit(const ferry_connector_t *c, const ferry_descriptor_t *descs,
+                                 size_t n);
+/* The active side's check of the path the metadata declares: CUDA memory
+ * registered directly needs this UCX's CUDA transports too. */
+ferry_status_t ferry__staged_check_remote(const ferry_connector_t *c,
+                                          const Ferry__V1__RdmaMetadata *md);
+/* Whether memory on these descriptors moves through pinned host buffers:
+ * CUDA memory where UCX cannot register it (or ferry__test_staging.force). */
+bool ferry__staged_wanted(const ferry_connector_t *c, const ferry_descriptor_t *descs);
+/* Passive create (lock held): pinned slots registered with UCX, an engine;
+ * fills the staging block of the metadata being built. */
+ferry_status_t ferry__staged_passive_create(ferry_op_t *op, Ferry__V1__Staging *staging,
+                                            void **rkey_p, size_t *rkey_len_p);
+/* Passive, lock held: a CHUNK from the admitted writer; the NOTICE (true:
+ * the op completes now; false: it completes when the last copy lands). */
+void ferry__staged_on_chunk(ferry_connector_t *c, const ferry__msg_t *msg);
+bool ferry__staged_notice_ok(ferry_op_t *op);
+/* Active begin, lock held, after connect: local engine and slots, the
+ * remote staging key. */
+ferry_status_t ferry__staged_active_prepare(ferry_op_t *op, bool local_staged);
+/* Active, lock held: the pipeline starts (after ADMIT); a LANE or CHUNK
+ * request finished; a CREDIT arrived; the op became final (cancel, error). */
+void ferry__staged_start(ferry_op_t *op);
+void ferry__staged_on_req(ferry__req_t *req);
+void ferry__staged_on_credit(ferry_connector_t *c, const ferry__msg_t *msg);
+void ferry__staged_settle(ferry_op_t *op);
+/* Lock held: polls every engine with copies in flight; returns how many
+ * copies finished. busy: whether any are in flight (the loop must not
+ * sleep on the UCX fd then: an engine has no fd). */
+unsigned ferry__staged_progress(ferry_connector_t *c);
+bool ferry__staged_busy(const ferry_connector_t *c);
+/* Active, at destroy, lock held: waits for (or drops) the engine's copies,
+ * which read or write the caller's memory, so that none runs after
+ * ferry_op_destroy returns; the op's lanes forget them. */
+void ferry__staged_stop(ferry_op_t *op);
+/* Releases the stage (engine synced first), lock held. Passive: also tells
+ * an admitted writer to stop unless the op completed. */
+void ferry__staged_release(ferry_op_t *op);
+
+/* Tests only: stage host descriptors too (with the host engine), and CUDA
+ * ones even where UCX could register them; chunk (slot) size and slot count
+ * (0: the defaults, 4 MiB and 4). Set before connectors are created. */
+typedef struct {
+    atomic_bool force;
+    atomic_size_t chunk;
+    atomic_uint slots;
+} ferry__test_staging_t;
+extern ferry__test_staging_t ferry__test_staging;
 
 /* ---- fault simulation (tests only) ------------------------------------ */
 

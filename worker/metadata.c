@@ -102,7 +102,8 @@ ferry_status_t ferry__metadata_match(const Ferry__V1__RdmaMetadata *md, ferry__o
                                local[i].size, md->descriptors[i]->size);
         }
     }
-    /* The device kinds may differ (host to CUDA and back): UCX moves both. */
+    /* The device kinds may differ (host to CUDA and back): UCX moves both,
+     * or the staged path does (staged.c). */
     return FERRY_OK;
 }
 
@@ -133,8 +134,10 @@ ferry_status_t ferry__metadata_encode(const ferry__metadata_build_t *b, uint8_t 
         d.address = (uint64_t)(uintptr_t)b->descs[i].ptr;
         d.size = b->descs[i].size;
         d.device = &devices[i];
-        d.rkey.data = (uint8_t *)b->rkeys[i];
-        d.rkey.len = b->rkey_lens[i];
+        if (b->staging == NULL) {
+            d.rkey.data = (uint8_t *)b->rkeys[i];
+            d.rkey.len = b->rkey_lens[i];
+        }
         descs[i] = d;
         desc_ptrs[i] = &descs[i];
     }
@@ -149,6 +152,7 @@ ferry_status_t ferry__metadata_encode(const ferry__metadata_build_t *b, uint8_t 
     md.notification_key.len = FERRY__KEY_LEN;
     md.worker_name = (char *)b->worker_name;
     md.hostname = (char *)b->hostname;
+    md.staging = (Ferry__V1__Staging *)b->staging;
 
     len = ferry__v1__rdma_metadata__get_packed_size(&md);
     bytes = malloc(len);

@@ -439,8 +439,8 @@ static bool drive_once(ferry_op_t *op, int timeout_ms, int64_t deadline, uint64_
         *result_p = timed_out(op, timeout_ms);
         return true;
     }
-    if (ferry__now_ns() < *spin_end_p) {
-        return false;
+    if (ferry__now_ns() < *spin_end_p || ferry__staged_busy(c)) {
+        return false; /* staged copies in flight: the fd cannot tell their end */
     }
     armed = ucp_worker_arm(c->worker);
     if (armed == UCS_ERR_BUSY) {
@@ -682,6 +682,9 @@ void ferry_op_destroy(ferry_op_t *op)
         if (op->in_table) {
             ferry__op_table_remove(op);
         }
+    } else {
+        /* No staging copy touches the caller's memory once we return. */
+        ferry__staged_stop(op);
     }
     op->user_released = true;
     c->user_ops--;

@@ -14,6 +14,10 @@
  * notice once the wire is quiet (after the ADMIT, or after the flush), so the
  * owner of the memory learns that no writer holds it any more.
  *
+ * The staged path (staged.c) replaces the puts/gets and their flush with its
+ * pipeline when either side's memory is staged (CUDA memory its UCX cannot
+ * reach); the claim, the final flush and the notice stay as here.
+ *
  * Threads: begin runs on the caller's thread under connector->lock; the
  * other steps run in the progress loop.
  */
@@ -104,6 +108,8 @@ void ferry__active_on_admit(ferry_connector_t *c, const ferry__msg_t *msg)
         if (msg->status == FERRY_OK) {
             send_notice(op, owed_status(op)); /* release the passive side */
         }
+    } else if (msg->status == FERRY_OK && op->stage != NULL) {
+        ferry__staged_start(op);
     } else if (msg->status == FERRY_OK) {
         start_transfer(op);
     } else {
@@ -152,7 +158,12 @@ void ferry__active_on_req(ferry__req_t *req)
             ferry__op_move(op, FERRY__OP_ERRORED, FERRY_ERR_TRANSPORT, "notice not sent: %s", why);
         }
         break;
+    case FERRY__REQ_LANE:
+    case FERRY__REQ_CHUNK:
+        ferry__staged_on_req(req);
+        break;
     case FERRY__REQ_ADMIT:
+    case FERRY__REQ_CREDIT:
         break;
     }
 }
@@ -160,10 +171,12 @@ void ferry__active_on_req(ferry__req_t *req)
 void ferry__active_cancel(ferry_op_t *op)
 {
     ferry__op_move(op, FERRY__OP_CANCELLED, FERRY_ERR_CANCELLED, "cancelled by its owner");
+    ferry__staged_settle(op);
 }
 
 void ferry__active_release(ferry_op_t *op)
 {
+    ferry__staged_release(op); /* first: its remote key is the peer's */
     if (op->peer == NULL) {
         return;
     }
@@ -191,7 +204,7 @@ static ferry_status_t connect_op(ferry_op_t *op)
     if (op->rkeys == NULL) {
         return ferry__fail(FERRY_ERR_NO_MEMORY, "%s: out of memory", op->label);
     }
-    for (size_t i = 0; i < op->n; i++) {
+    for (size_t i = 0; op->md->staging == NULL && i < op->n; i++) {
         ProtobufCBinaryData *rk = &op->md->descriptors[i]->rkey;
         status = ferry__peer_rkey_get(op->peer, rk->data, rk->len, &op->rkeys[i]);
         if (status != FERRY_OK) {
@@ -228,14 +241,14 @@ static ferry_status_t active_begin(ferry_connector_t *c, ferry__op_kind_t kind,
     ferry_status_t status;
 
     status = ferry_descriptors_validate(local, n);
-    if (status == FERRY_OK && local[0].device.kind == FERRY_DEVICE_CUDA && !c->cuda_available) {
-        status = ferry__fail(FERRY_ERR_UNIMPLEMENTED,
-                             "connector %s: this UCX build cannot move CUDA memory (no CUDA "
-                             "transports); CUDA descriptors are refused",
-                             c->name);
+    if (status == FERRY_OK) {
+        status = ferry__cuda_admit(c, local, n);
     }
     if (status == FERRY_OK) {
         status = ferry__metadata_match(md, kind, local, n);
+    }
+    if (status == FERRY_OK) {
+        status = ferry__staged_check_remote(c, md);
     }
     if (status == FERRY_OK) {
         status = ferry__op_alloc(c, kind, local, n, &op);
@@ -251,6 +264,9 @@ static ferry_status_t active_begin(ferry_connector_t *c, ferry__op_kind_t kind,
              op->key[1], op->key[2], op->key[3]);
     ferry__lock(c);
     status = connect_op(op);
+    if (status == FERRY_OK) {
+        status = ferry__staged_active_prepare(op, ferry__staged_wanted(c, local));
+    }
     if (status == FERRY_OK) {
         ferry__op_table_add(op);
         ferry__op_move(op, FERRY__OP_READY, FERRY_OK, NULL);

@@ -44,6 +44,7 @@
 #include <sys/random.h>
 
 #include "common/log.h"
+#include "worker/cuda.h"
 #include "worker/ferry_int.h"
 
 static ferry_status_t map_one(ferry_op_t *op, size_t i, void **rkey_p, size_t *rkey_len_p)
@@ -74,6 +75,40 @@ static ferry_status_t map_one(ferry_op_t *op, size_t i, void **rkey_p, size_t *r
                            op->label, i, ucs_status_string(status));
     }
     return FERRY_OK;
+}
+
+/* The staged path: pinned slots registered instead of the regions (which
+ * this UCX cannot reach), and metadata with a staging block; lock held. */
+static ferry_status_t register_staged(ferry_op_t *op)
+{
+    ferry_connector_t *c = op->connector;
+    ferry__metadata_build_t build = {0};
+    Ferry__V1__Staging staging = FERRY__V1__STAGING__INIT;
+    void *rkey = NULL;
+    size_t rkey_len = 0;
+    ferry_status_t status;
+
+    status = ferry__staged_passive_create(op, &staging, &rkey, &rkey_len);
+    if (status != FERRY_OK) {
+        return status;
+    }
+    staging.rkey.data = rkey;
+    staging.rkey.len = rkey_len;
+    build.kind = op->kind;
+    build.worker_address = (const uint8_t *)c->address;
+    build.worker_address_len = c->address_len;
+    build.descs = op->descs;
+    build.n = op->n;
+    build.staging = &staging;
+    build.key = op->key;
+    build.worker_name = c->name;
+    build.hostname = c->hostname;
+    status = ferry__metadata_encode(&build, &op->metadata, &op->metadata_len);
+    ucp_rkey_buffer_release(rkey);
+    if (status != FERRY_OK) {
+        ferry__staged_release(op);
+    }
+    return status;
 }
 
 /* Registers every region and builds the metadata; lock held. */
@@ -136,16 +171,22 @@ static ferry_status_t passive_create(ferry_connector_t *c, ferry__op_kind_t kind
 {
     ferry_op_t *op;
     ferry_status_t status;
+    bool staged;
 
     ferry__clear_error();
     status = ferry_descriptors_validate(descs, n);
     if (status != FERRY_OK) {
         return status;
     }
-    if (descs[0].device.kind == FERRY_DEVICE_CUDA && !c->cuda_available) {
+    status = ferry__cuda_admit(c, descs, n);
+    if (status != FERRY_OK) {
+        return status;
+    }
+    staged = ferry__staged_wanted(c, descs);
+    if (staged && kind == FERRY__KIND_READABLE) {
         return ferry__fail(FERRY_ERR_UNIMPLEMENTED,
-                           "connector %s: this UCX build cannot register CUDA memory (no CUDA "
-                           "transports); CUDA descriptors are refused",
+                           "connector %s: a readable on CUDA memory needs UCX with CUDA transports "
+                           "(the staged path this UCX would need moves writes only)",
                            c->name);
     }
     status = ferry__op_alloc(c, kind, descs, n, &op);
@@ -160,7 +201,7 @@ static ferry_status_t passive_create(ferry_connector_t *c, ferry__op_kind_t kind
              kind == FERRY__KIND_WRITABLE ? "writable" : "readable", (unsigned long long)op->id,
              op->key[0], op->key[1], op->key[2], op->key[3]);
     ferry__lock(c);
-    status = register_all(op);
+    status = staged ? register_staged(op) : register_all(op);
     if (status == FERRY_OK) {
         ferry__op_move(op, FERRY__OP_READY, FERRY_OK, NULL);
         ferry__op_table_add(op);
@@ -218,6 +259,7 @@ void ferry__passive_release(ferry_op_t *op)
 {
     ferry_connector_t *c = op->connector;
 
+    ferry__staged_release(op); /* first: it may tell the claimant to stop */
     if (op->mapped) {
         for (size_t i = 0; i < op->n; i++) {
             ucp_mem_unmap(c->context, op->memh[i]);
@@ -291,10 +333,12 @@ bool ferry__passive_on_claim(ferry_connector_t *c, const ferry__msg_t *msg, ucp_
         return false;
     }
     op->admitted = true;
+    op->claim_op_id = msg->op_id;
     memcpy(answer.nonce, op->nonce, FERRY__NONCE_LEN);
     ferry__op_move(op, FERRY__OP_CLAIMED, FERRY_OK, NULL);
     ferry__send_reply(c, reply_ep, &answer);
-    return c->peer_error_handling;
+    /* The staged path answers chunks on an endpoint to the claimant. */
+    return c->peer_error_handling || op->stage != NULL;
 }
 
 void ferry__passive_watch_claimant(ferry_connector_t *c, const ferry__msg_t *msg)
@@ -306,9 +350,15 @@ void ferry__passive_watch_claimant(ferry_connector_t *c, const ferry__msg_t *msg
         return;
     }
     if (ferry__peer_get(c, msg->address, msg->address_len, &op->claimant) != FERRY_OK) {
+        op->claimant = NULL;
+        if (op->stage != NULL) {
+            ferry__op_move(op, FERRY__OP_ERRORED, FERRY_ERR_UNAVAILABLE,
+                           "no endpoint to the admitted writer for the staged path: %s",
+                           ferry_last_error_message());
+            return;
+        }
         ferry_warn("%s: no endpoint to the admitted peer (its failure goes unseen): %s", op->label,
                    ferry_last_error_message());
-        op->claimant = NULL;
     }
 }
 
@@ -328,6 +378,9 @@ void ferry__passive_on_notice(ferry_connector_t *c, const ferry__msg_t *msg)
     }
     c->stats.notices_received++;
     if (msg->status == FERRY_OK) {
+        if (op->stage != NULL && !ferry__staged_notice_ok(op)) {
+            return; /* completes when the last chunk lands (staged.c) */
+        }
         ferry__op_move(op, FERRY__OP_COMPLETE, FERRY_OK, NULL);
     } else {
         ferry_status_t code = msg->status < 0 ? (ferry_status_t)msg->status : FERRY_ERR_PROTOCOL;

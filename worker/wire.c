@@ -4,15 +4,22 @@
  *
  *   offset  size  field
  *   0       4     magic "FRY2" (0x32595246 read as little-endian u32)
- *   4       1     type: 1 CLAIM, 2 ADMIT, 3 NOTICE
+ *   4       1     type: 1 CLAIM, 2 ADMIT, 3 NOTICE, 4 CHUNK, 5 CREDIT
  *   5       1     op_kind (CLAIM: 2 write, 3 read; else 0)
  *   6       2     reserved, 0
  *   8       16    notification key of the passive operation
- *   24      8     active operation id (CLAIM, ADMIT; else 0)
- *   32      4     status, a ferry_status_t (ADMIT, NOTICE; else 0)
- *   36      4     address length (CLAIM; else 0)
- *   40      16    admission nonce (ADMIT that admits, NOTICE; else 0)
- *   56      ...   the claimant's UCX worker address (CLAIM)
+ *   24      8     active operation id (CLAIM, ADMIT, CREDIT; else 0)
+ *   32      4     status, a ferry_status_t (ADMIT, NOTICE, CREDIT; else 0)
+ *   36      4     tail length (CLAIM: the address's; CHUNK, CREDIT: 24; else 0)
+ *   40      16    admission nonce (ADMIT that admits, NOTICE, CHUNK; else 0)
+ *   56      ...   the tail: CLAIM: the claimant's UCX worker address;
+ *                 CHUNK, CREDIT: the chunk record below
+ *
+ * The chunk record (the staged path, staged.c): u32 slot, u32 descriptor
+ * index, u64 offset, u64 length. CHUNK (active -> passive) says a slot holds
+ * that part of that descriptor; CREDIT (passive -> active) gives the slot
+ * back (status FERRY_OK), or stops the writer (an error status: the passive
+ * side failed or was cancelled).
  *
  * The nonce is what ties a NOTICE to the one writer (or reader) the passive
  * side admitted: the passive side draws it at admission, sends it only in
@@ -35,6 +42,7 @@
 #define WIRE_MAGIC  0x32595246u
 #define WIRE_FIXED  56u
 #define WIRE_MAXADR (64u * 1024u)
+#define WIRE_CHUNK  24u
 
 static void put_u32(uint8_t *p, uint32_t v)
 {
@@ -68,9 +76,15 @@ static uint64_t get_u64(const uint8_t *p)
     return v;
 }
 
+static bool has_chunk(ferry__msg_type_t type)
+{
+    return type == FERRY__MSG_CHUNK || type == FERRY__MSG_CREDIT;
+}
+
 ferry_status_t ferry__msg_encode(const ferry__msg_t *msg, uint8_t **buf_p, size_t *len_p)
 {
-    size_t len = WIRE_FIXED + msg->address_len;
+    size_t tail = has_chunk(msg->type) ? WIRE_CHUNK : msg->address_len;
+    size_t len = WIRE_FIXED + tail;
     uint8_t *buf = calloc(1, len);
 
     if (buf == NULL) {
@@ -82,9 +96,14 @@ ferry_status_t ferry__msg_encode(const ferry__msg_t *msg, uint8_t **buf_p, size_
     memcpy(buf + 8, msg->key, FERRY__KEY_LEN);
     put_u64(buf + 24, msg->op_id);
     put_u32(buf + 32, (uint32_t)msg->status);
-    put_u32(buf + 36, (uint32_t)msg->address_len);
+    put_u32(buf + 36, (uint32_t)tail);
     memcpy(buf + 40, msg->nonce, FERRY__NONCE_LEN);
-    if (msg->address_len > 0) {
+    if (has_chunk(msg->type)) {
+        put_u32(buf + WIRE_FIXED, msg->slot);
+        put_u32(buf + WIRE_FIXED + 4, msg->desc);
+        put_u64(buf + WIRE_FIXED + 8, msg->offset);
+        put_u64(buf + WIRE_FIXED + 16, msg->len);
+    } else if (msg->address_len > 0) {
         memcpy(buf + WIRE_FIXED, msg->address, msg->address_len);
     }
     *buf_p = buf;
@@ -107,9 +126,12 @@ ferry_status_t ferry__msg_decode(const uint8_t *buf, size_t len, ferry__msg_t *m
     }
     memset(msg, 0, sizeof(*msg));
     msg->type = (ferry__msg_type_t)buf[4];
-    if (msg->type != FERRY__MSG_CLAIM && msg->type != FERRY__MSG_ADMIT &&
-        msg->type != FERRY__MSG_NOTICE) {
+    if (msg->type < FERRY__MSG_CLAIM || msg->type > FERRY__MSG_CREDIT) {
         return ferry__fail(FERRY_ERR_PROTOCOL, "wire: unknown message type %u", buf[4]);
+    }
+    if (has_chunk(msg->type) != (address_len == WIRE_CHUNK && msg->type != FERRY__MSG_CLAIM)) {
+        return ferry__fail(FERRY_ERR_PROTOCOL, "wire: message type %u with a %u-byte tail", buf[4],
+                           address_len);
     }
     if (msg->type == FERRY__MSG_CLAIM && address_len == 0) {
         return ferry__fail(FERRY_ERR_PROTOCOL, "wire: claim without a worker address");
@@ -119,6 +141,13 @@ ferry_status_t ferry__msg_decode(const uint8_t *buf, size_t len, ferry__msg_t *m
     msg->op_id = get_u64(buf + 24);
     msg->status = (int32_t)get_u32(buf + 32);
     memcpy(msg->nonce, buf + 40, FERRY__NONCE_LEN);
+    if (has_chunk(msg->type)) {
+        msg->slot = get_u32(buf + WIRE_FIXED);
+        msg->desc = get_u32(buf + WIRE_FIXED + 4);
+        msg->offset = get_u64(buf + WIRE_FIXED + 8);
+        msg->len = get_u64(buf + WIRE_FIXED + 16);
+        return FERRY_OK;
+    }
     msg->address = address_len > 0 ? buf + WIRE_FIXED : NULL;
     msg->address_len = address_len;
     return FERRY_OK;

@@ -94,7 +94,10 @@ FERRY_API ferry_status_t ferry_device_to_string(ferry_device_t device, char *buf
 /* ---- descriptors ------------------------------------------------------ */
 
 /* One contiguous region. The memory is the caller's: it must stay allocated
- * for as long as an operation built on it exists. */
+ * for as long as an operation built on it exists. A "cuda:N" region must be
+ * device memory of device N (cuMemAlloc / cudaMalloc), all of it inside one
+ * allocation: the operation constructors check that with the driver and
+ * refuse a mismatch naming the descriptor. */
 typedef struct {
     void *ptr;
     size_t size;
@@ -202,8 +205,14 @@ FERRY_API ferry_status_t ferry_connector_destroy(ferry_connector_t *connector);
 FERRY_API const char *ferry_connector_name(const ferry_connector_t *connector);
 FERRY_API const char *ferry_connector_hostname(const ferry_connector_t *connector);
 
-/* Whether this UCX build can register CUDA memory (from the memory types UCX
- * reports, never from a trial registration). */
+/* Whether CUDA descriptors ("cuda:N") are accepted: the CUDA driver
+ * (libcuda.so.1, loaded at run time) initialized and has a device. When
+ * false, the reason is logged (at info) when the connector is created, and
+ * CUDA descriptors are refused with it. Where it is true, CUDA memory moves
+ * directly (UCX registers it: UCX reports CUDA among its memory types, never
+ * judged from a trial registration) or, where this UCX has no CUDA
+ * transports, on the staged path through pinned host buffers (the metadata
+ * says which; a readable on CUDA memory needs the direct path). */
 FERRY_API bool ferry_connector_is_cuda_available(const ferry_connector_t *connector);
 
 /* FERRY_PROGRESS_CALLER only: a file descriptor that becomes readable when

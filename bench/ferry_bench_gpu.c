@@ -1,0 +1,302 @@
+/*
+ * ferry_bench_gpu.c: Ferry's GPU data path beside the copies it is measured
+ * against, in one run on one GPU (issue #12).
+ *
+ *   ferry_bench_gpu [--device N] [--min-mib M] [--max-mib M] [--iters K]
+ *
+ * For each size (powers of 4 from --min-mib, default 1, to --max-mib,
+ * default 1024):
+ *   - default: a Ferry write GPU -> GPU between two processes on device N,
+ *     on the path the connector picks (direct where UCX has CUDA
+ *     transports, cuda_ipc on one node; else staged), beside a
+ *     device-to-device copy of the same size (cuMemcpyAsync on one stream);
+ *     the ratio is Ferry / d2d (target: >= 0.9 from 64 MiB);
+ *   - staged: the same write forced onto the staged path (GPU -> pinned
+ *     host slots -> UCX -> pinned slots -> GPU, chunks overlapped), beside
+ *     the slower of host->device and device->host copies of the same size
+ *     (pinned host memory); the ratio is Ferry / that (target: >= 0.8).
+ *
+ * A write is timed from ferry_write_begin to ferry_op_wait returning
+ * COMPLETE on the writer (registration of the passive side's memory is
+ * outside, as in ucx_perftest); a copy from queueing K copies to the
+ * stream's end. GB/s = 10^9 bytes/s, each byte counted once. Output: plain
+ * text, one line per (path, size), for the GPU check's report.
+ *
+ * Processes: the passive side is forked before any CUDA or UCX state
+ * exists (neither survives fork) and serves one writable per iteration.
+ * Exit status 2 where there is no usable GPU (the reason is printed), 1 on
+ * a failed transfer. FERRY_TEST_FAKE_CUDA=/path/libferry_fakecuda.so runs
+ * it on the tests' fake driver (to check the program, not to measure).
+ */
+#include <getopt.h>
+#include <inttypes.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "worker/copy_engine.h"
+#include "worker/cuda.h"
+#include "worker/ferry_int.h"
+
+#define WAIT_MS 60000
+
+typedef struct {
+    uint64_t size; /* 0: quit */
+    int32_t force; /* staged path forced */
+    int32_t iters; /* warm-up included */
+} cmd_t;
+
+static uint32_t device;
+
+static double now_s(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static int full_io(int fd, void *buf, size_t len, bool out)
+{
+    for (size_t done = 0; done < len;) {
+        ssize_t n = out ? write(fd, (char *)buf + done, len - done)
+                        : read(fd, (char *)buf + done, len - done);
+        if (n <= 0) {
+            return -1;
+        }
+        done += (size_t)n;
+    }
+    return 0;
+}
+
+/* ---- the passive process ------------------------------------------------ */
+
+static int passive_main(int cmd_fd, int res_fd, uint64_t max)
+{
+    ferry_connector_t *c;
+    void *buf;
+    cmd_t cmd;
+
+    if (ferry__cuda_load() != FERRY_OK || ferry_connector_create(NULL, &c) != FERRY_OK ||
+        ferry__cuda_mem_alloc(device, max, &buf) != FERRY_OK) {
+        fprintf(stderr, "passive: %s\n", ferry_last_error_message());
+        return 2;
+    }
+    while (full_io(cmd_fd, &cmd, sizeof(cmd), false) == 0 && cmd.size != 0) {
+        ferry_descriptor_t d = {buf, cmd.size, {FERRY_DEVICE_CUDA, device}};
+        atomic_store(&ferry__test_staging.force, cmd.force != 0);
+        for (int32_t i = 0; i < cmd.iters; i++) {
+            ferry_op_t *op;
+            const uint8_t *md;
+            size_t md_len;
+            uint32_t len;
+            int32_t status = ferry_writable_create(c, &d, 1, &op);
+            if (status != FERRY_OK) {
+                fprintf(stderr, "passive: %s\n", ferry_last_error_message());
+                return 1;
+            }
+            ferry_op_metadata(op, &md, &md_len);
+            len = (uint32_t)md_len;
+            full_io(res_fd, &len, sizeof(len), true);
+            full_io(res_fd, (void *)md, len, true);
+            status = ferry_op_wait(op, WAIT_MS);
+            full_io(res_fd, &status, sizeof(status), true);
+            ferry_op_destroy(op);
+        }
+    }
+    ferry__cuda_mem_free(buf);
+    return ferry_connector_destroy(c) == FERRY_OK ? 0 : 1;
+}
+
+/* ---- references ------------------------------------------------------------- */
+
+/* GB/s of iters copies of size bytes on one stream. */
+static double copy_gbps(ferry__copy_engine_t *e, void *dst, const void *src, uint64_t size,
+                        int iters)
+{
+    uint64_t ticket = 0;
+    double t0;
+
+    e->ops->copy_async(e, dst, src, size, &ticket); /* warm-up */
+    e->ops->sync(e);
+    t0 = now_s();
+    for (int i = 0; i < iters; i++) {
+        if (e->ops->copy_async(e, dst, src, size, &ticket) != FERRY_OK) {
+            return 0;
+        }
+    }
+    e->ops->sync(e);
+    return (double)size * iters / (now_s() - t0) / 1e9;
+}
+
+/* ---- the writer -------------------------------------------------------------- */
+
+/* GB/s of Ferry writes of size bytes (iters timed after one warm-up); 0 on
+ * failure. *staged_p: whether the passive side staged. */
+static double ferry_gbps(ferry_connector_t *c, int cmd_fd, int res_fd, void *src, uint64_t size,
+                         bool force, int iters, bool *staged_p)
+{
+    ferry_descriptor_t d = {src, size, {FERRY_DEVICE_CUDA, device}};
+    cmd_t cmd = {.size = size, .force = force, .iters = iters + 1};
+    double total = 0;
+
+    atomic_store(&ferry__test_staging.force, force);
+    full_io(cmd_fd, &cmd, sizeof(cmd), true);
+    for (int i = 0; i < cmd.iters; i++) {
+        Ferry__V1__RdmaMetadata *m;
+        uint8_t md[65536];
+        uint32_t len;
+        int32_t peer;
+        ferry_op_t *op = NULL;
+        ferry_status_t st;
+        double t0;
+        if (full_io(res_fd, &len, sizeof(len), false) != 0 || len > sizeof(md) ||
+            full_io(res_fd, md, len, false) != 0) {
+            fprintf(stderr, "writer: the passive process is gone\n");
+            return 0;
+        }
+        if (ferry__metadata_decode(md, len, &m) == FERRY_OK) {
+            *staged_p = m->staging != NULL;
+            ferry__metadata_free(m);
+        }
+        t0 = now_s();
+        st = ferry_write_begin(c, &d, 1, md, len, &op);
+        if (st == FERRY_OK) {
+            st = ferry_op_wait(op, WAIT_MS);
+        }
+        if (i > 0) {
+            total += now_s() - t0;
+        }
+        if (st != FERRY_OK) {
+            fprintf(stderr, "writer: %zu bytes: %s: %s\n", (size_t)size, ferry_status_name(st),
+                    ferry_last_error_message());
+        }
+        ferry_op_destroy(op);
+        if (full_io(res_fd, &peer, sizeof(peer), false) != 0 || peer != FERRY_OK ||
+            st != FERRY_OK) {
+            return 0;
+        }
+    }
+    return (double)size * iters / total / 1e9;
+}
+
+static int writer_main(int cmd_fd, int res_fd, uint64_t min, uint64_t max, int iters_small)
+{
+    ferry__copy_engine_t *e;
+    ferry_connector_t *c;
+    void *src, *dst, *pinned;
+    int rc = 0;
+
+    if (ferry_connector_create(NULL, &c) != FERRY_OK ||
+        ferry__cuda_mem_alloc(device, max, &src) != FERRY_OK ||
+        ferry__cuda_mem_alloc(device, max, &dst) != FERRY_OK ||
+        ferry__cuda_engine_create(device, &e) != FERRY_OK ||
+        e->ops->alloc_pinned(e, max, &pinned) != FERRY_OK) {
+        fprintf(stderr, "writer: %s\n", ferry_last_error_message());
+        return 2;
+    }
+    memset(pinned, 7, max);
+    ferry__cuda_memcpy(device, src, pinned, max);
+    printf("ferry_bench_gpu: cuda:%" PRIu32 ", UCX %s CUDA memory (default path: %s)\n", device,
+           c->ucx_cuda ? "registers" : "cannot register", c->ucx_cuda ? "direct" : "staged");
+    printf("%-8s %12s %10s %-10s %10s %7s\n", "path", "bytes", "ferry_GBps", "reference",
+           "ref_GBps", "ratio");
+    for (uint64_t size = min; size <= max; size *= 4) {
+        int iters = size >= (256u << 20) ? 5 : iters_small;
+        double d2d = copy_gbps(e, dst, src, size, iters);
+        double h2d = copy_gbps(e, dst, pinned, size, iters);
+        double d2h = copy_gbps(e, pinned, src, size, iters);
+        double slower = h2d < d2h ? h2d : d2h;
+        bool staged = false;
+        double def = ferry_gbps(c, cmd_fd, res_fd, src, size, false, iters, &staged);
+        const char *def_name = staged ? "staged*" : "direct";
+        double forced;
+
+        printf("%-8s %12" PRIu64 " %10.2f %-10s %10.2f %7.3f\n", def_name, size, def, "d2d", d2d,
+               d2d > 0 ? def / d2d : 0);
+        forced = ferry_gbps(c, cmd_fd, res_fd, src, size, true, iters, &staged);
+        printf("%-8s %12" PRIu64 " %10.2f %-10s %10.2f %7.3f\n", "staged", size, forced,
+               h2d < d2h ? "h2d" : "d2h", slower, slower > 0 ? forced / slower : 0);
+        fflush(stdout);
+        if (def == 0 || forced == 0) {
+            rc = 1;
+        }
+    }
+    printf("(staged*: the default path was staged: this UCX has no CUDA transports)\n");
+    e->ops->free_pinned(e, pinned, max, false);
+    ferry__copy_engine_destroy(e);
+    ferry__cuda_mem_free(src);
+    ferry__cuda_mem_free(dst);
+    ferry_connector_destroy(c);
+    return rc;
+}
+
+int main(int argc, char **argv)
+{
+    static const struct option opts[] = {{"device", required_argument, NULL, 'd'},
+                                         {"min-mib", required_argument, NULL, 'm'},
+                                         {"max-mib", required_argument, NULL, 'M'},
+                                         {"iters", required_argument, NULL, 'i'},
+                                         {NULL, 0, NULL, 0}};
+    uint64_t min = 1u << 20, max = 1u << 30;
+    int iters = 20, o, to_child[2], from_child[2], wstatus = 0, rc;
+    cmd_t quit = {0};
+    pid_t pid;
+
+    while ((o = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+        switch (o) {
+        case 'd':
+            device = (uint32_t)strtoul(optarg, NULL, 10);
+            break;
+        case 'm':
+            min = strtoull(optarg, NULL, 10) << 20;
+            break;
+        case 'M':
+            max = strtoull(optarg, NULL, 10) << 20;
+            break;
+        case 'i':
+            iters = atoi(optarg);
+            break;
+        default:
+            fprintf(stderr, "usage: ferry_bench_gpu [--device N] [--min-mib M] [--max-mib M] "
+                            "[--iters K]\n");
+            return 2;
+        }
+    }
+    if (min == 0 || max < min || iters <= 0) {
+        fprintf(stderr, "ferry_bench_gpu: bad sizes or iterations\n");
+        return 2;
+    }
+    /* For checking this program where there is no GPU: the fake driver of
+     * the tests (tests/worker/fake_cuda.c). */
+    ferry__cuda_test_driver = getenv("FERRY_TEST_FAKE_CUDA");
+    signal(SIGPIPE, SIG_IGN);
+    if (pipe(to_child) != 0 || pipe(from_child) != 0) {
+        perror("pipe");
+        return 2;
+    }
+    pid = fork(); /* before any CUDA or UCX state */
+    if (pid == 0) {
+        close(to_child[1]);
+        close(from_child[0]);
+        _exit(passive_main(to_child[0], from_child[1], max));
+    }
+    close(to_child[0]);
+    close(from_child[1]);
+    if (ferry__cuda_load() != FERRY_OK) {
+        printf("ferry_bench_gpu: no usable GPU: %s\n", ferry__cuda_why());
+        rc = 2;
+    } else {
+        rc = writer_main(to_child[1], from_child[0], min, max, iters);
+    }
+    full_io(to_child[1], &quit, sizeof(quit), true);
+    close(to_child[1]);
+    close(from_child[0]);
+    waitpid(pid, &wstatus, 0);
+    return rc;
+}

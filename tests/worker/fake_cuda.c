@@ -1,0 +1,301 @@
+/*
+ * fake_cuda.c: a CUDA driver over host memory (libferry_fakecuda.so), for
+ * CI machines without a GPU. libferry loads it instead of libcuda.so.1 when
+ * a test sets ferry__cuda_test_driver, and then runs its CUDA code for real:
+ * the descriptor checks, the CUDA copy engine (streams, events), the staged
+ * path with cuda:N descriptors end to end.
+ *
+ * What it models: FAKE_DEVICES devices; cuMemAlloc returns page-aligned host
+ * memory it remembers as device memory of the current context's device, so
+ * cuPointerGetAttributes answers as the driver does (memory type, ordinal,
+ * allocation range; zeros for memory it does not know); cuMemHostAlloc is
+ * "pinned host" memory; copies happen when queued, and an event reports
+ * NOT_READY to its first query, so the engine's polling path runs.
+ * fake_cuda_fail_copy(N) (found with dlsym) makes the Nth cuMemcpyAsync
+ * from then on fail (CUDA_ERROR_LAUNCH_FAILED), for the engine's error
+ * path; 0 turns that off. FERRY_FAKE_CUDA_NO_DEVICE makes cuInit fail.
+ *
+ * Only the functions libferry resolves exist (worker/cuda.c's list), under
+ * their ABI names (cuda.h's macros map cuMemAlloc to cuMemAlloc_v2 here
+ * too). Its soname is not libcuda.so.1, so it never stands in for the real
+ * driver in anything else (UCX's CUDA modules).
+ *
+ * Threads: the allocation table is guarded by a mutex; the current context
+ * is per thread, as in the driver.
+ */
+#include <cuda.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+
+#define FAKE_DEVICES 2
+#define FAKE_ALLOCS  4096
+
+#define FAKE_API __attribute__((visibility("default")))
+
+typedef struct {
+    uintptr_t base;
+    size_t size;
+    int device; /* -1: pinned host memory */
+} alloc_t;
+
+static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+static alloc_t allocs[FAKE_ALLOCS];
+static _Thread_local int current = -1;
+static atomic_uint copies;
+static atomic_uint fail_at;
+
+FAKE_API void fake_cuda_fail_copy(unsigned nth);
+
+FAKE_API void fake_cuda_fail_copy(unsigned nth)
+{
+    atomic_store(&copies, 0);
+    atomic_store(&fail_at, nth);
+}
+
+struct CUevent_st {
+    int queries; /* NOT_READY until queried once */
+};
+
+struct CUstream_st {
+    int device;
+};
+
+FAKE_API CUresult CUDAAPI cuInit(unsigned int flags)
+{
+    (void)flags;
+    return getenv("FERRY_FAKE_CUDA_NO_DEVICE") != NULL ? CUDA_ERROR_NO_DEVICE : CUDA_SUCCESS;
+}
+
+FAKE_API CUresult CUDAAPI cuGetErrorName(CUresult error, const char **name)
+{
+    switch (error) {
+    case CUDA_SUCCESS:
+        *name = "CUDA_SUCCESS";
+        break;
+    case CUDA_ERROR_NO_DEVICE:
+        *name = "CUDA_ERROR_NO_DEVICE";
+        break;
+    case CUDA_ERROR_LAUNCH_FAILED:
+        *name = "CUDA_ERROR_LAUNCH_FAILED";
+        break;
+    case CUDA_ERROR_NOT_READY:
+        *name = "CUDA_ERROR_NOT_READY";
+        break;
+    default:
+        *name = "CUDA_ERROR_INVALID_VALUE";
+        break;
+    }
+    return CUDA_SUCCESS;
+}
+
+FAKE_API CUresult CUDAAPI cuDeviceGetCount(int *count)
+{
+    *count = FAKE_DEVICES;
+    return CUDA_SUCCESS;
+}
+
+FAKE_API CUresult CUDAAPI cuDeviceGet(CUdevice *device, int ordinal)
+{
+    if (ordinal < 0 || ordinal >= FAKE_DEVICES) {
+        return CUDA_ERROR_INVALID_DEVICE;
+    }
+    *device = ordinal;
+    return CUDA_SUCCESS;
+}
+
+FAKE_API CUresult CUDAAPI cuDevicePrimaryCtxRetain(CUcontext *ctx, CUdevice dev)
+{
+    *ctx = (CUcontext)(uintptr_t)(dev + 1);
+    return CUDA_SUCCESS;
+}
+
+FAKE_API CUresult CUDAAPI cuCtxSetCurrent(CUcontext ctx)
+{
+    current = (int)(uintptr_t)ctx - 1;
+    return CUDA_SUCCESS;
+}
+
+static const alloc_t *find(uintptr_t p)
+{
+    for (int i = 0; i < FAKE_ALLOCS; i++) {
+        if (allocs[i].size != 0 && p >= allocs[i].base && p - allocs[i].base < allocs[i].size) {
+            return &allocs[i];
+        }
+    }
+    return NULL;
+}
+
+FAKE_API CUresult CUDAAPI cuPointerGetAttributes(unsigned int n, CUpointer_attribute *attrs,
+                                                 void **data, CUdeviceptr ptr)
+{
+    const alloc_t *a;
+
+    pthread_mutex_lock(&lock);
+    a = find((uintptr_t)ptr);
+    for (unsigned int i = 0; i < n; i++) {
+        switch (attrs[i]) {
+        case CU_POINTER_ATTRIBUTE_MEMORY_TYPE:
+            *(unsigned int *)data[i] = a == NULL       ? 0
+                                       : a->device < 0 ? CU_MEMORYTYPE_HOST
+                                                       : CU_MEMORYTYPE_DEVICE;
+            break;
+        case CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL:
+            *(int *)data[i] = a == NULL ? -2 : (a->device < 0 ? 0 : a->device);
+            break;
+        case CU_POINTER_ATTRIBUTE_RANGE_START_ADDR:
+            *(CUdeviceptr *)data[i] = a == NULL ? 0 : (CUdeviceptr)a->base;
+            break;
+        case CU_POINTER_ATTRIBUTE_RANGE_SIZE:
+            *(size_t *)data[i] = a == NULL ? 0 : a->size;
+            break;
+        default:
+            pthread_mutex_unlock(&lock);
+            return CUDA_ERROR_INVALID_VALUE;
+        }
+    }
+    pthread_mutex_unlock(&lock);
+    return CUDA_SUCCESS;
+}
+
+static CUresult remember(void *p, size_t size, int device)
+{
+    pthread_mutex_lock(&lock);
+    for (int i = 0; i < FAKE_ALLOCS; i++) {
+        if (allocs[i].size == 0) {
+            allocs[i] = (alloc_t){(uintptr_t)p, size, device};
+            pthread_mutex_unlock(&lock);
+            return CUDA_SUCCESS;
+        }
+    }
+    pthread_mutex_unlock(&lock);
+    return CUDA_ERROR_OUT_OF_MEMORY;
+}
+
+static CUresult forget(uintptr_t p)
+{
+    pthread_mutex_lock(&lock);
+    for (int i = 0; i < FAKE_ALLOCS; i++) {
+        if (allocs[i].size != 0 && allocs[i].base == p) {
+            munmap((void *)p, allocs[i].size);
+            allocs[i].size = 0;
+            pthread_mutex_unlock(&lock);
+            return CUDA_SUCCESS;
+        }
+    }
+    pthread_mutex_unlock(&lock);
+    return CUDA_ERROR_INVALID_VALUE;
+}
+
+static void *map(size_t size)
+{
+    void *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    return p == MAP_FAILED ? NULL : p;
+}
+
+FAKE_API CUresult CUDAAPI cuMemAlloc(CUdeviceptr *dptr, size_t size)
+{
+    void *p;
+
+    if (current < 0) {
+        return CUDA_ERROR_INVALID_CONTEXT;
+    }
+    if (size == 0 || (p = map(size)) == NULL) {
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    }
+    *dptr = (CUdeviceptr)(uintptr_t)p;
+    return remember(p, size, current);
+}
+
+FAKE_API CUresult CUDAAPI cuMemFree(CUdeviceptr dptr)
+{
+    return forget((uintptr_t)dptr);
+}
+
+FAKE_API CUresult CUDAAPI cuMemHostAlloc(void **pp, size_t size, unsigned int flags)
+{
+    (void)flags;
+    if (current < 0) {
+        return CUDA_ERROR_INVALID_CONTEXT;
+    }
+    if (size == 0 || (*pp = map(size)) == NULL) {
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    }
+    return remember(*pp, size, -1);
+}
+
+FAKE_API CUresult CUDAAPI cuMemFreeHost(void *p)
+{
+    return forget((uintptr_t)p);
+}
+
+FAKE_API CUresult CUDAAPI cuMemcpy(CUdeviceptr dst, CUdeviceptr src, size_t n)
+{
+    memmove((void *)(uintptr_t)dst, (const void *)(uintptr_t)src, n);
+    return CUDA_SUCCESS;
+}
+
+FAKE_API CUresult CUDAAPI cuMemcpyAsync(CUdeviceptr dst, CUdeviceptr src, size_t n, CUstream s)
+{
+    unsigned nth = atomic_fetch_add(&copies, 1) + 1;
+
+    if (s == NULL || current < 0) {
+        return CUDA_ERROR_INVALID_CONTEXT;
+    }
+    if (atomic_load(&fail_at) == nth) {
+        return CUDA_ERROR_LAUNCH_FAILED;
+    }
+    memmove((void *)(uintptr_t)dst, (const void *)(uintptr_t)src, n);
+    return CUDA_SUCCESS;
+}
+
+FAKE_API CUresult CUDAAPI cuStreamCreate(CUstream *s, unsigned int flags)
+{
+    (void)flags;
+    if (current < 0) {
+        return CUDA_ERROR_INVALID_CONTEXT;
+    }
+    *s = calloc(1, sizeof(**s));
+    (*s)->device = current;
+    return CUDA_SUCCESS;
+}
+
+FAKE_API CUresult CUDAAPI cuStreamDestroy(CUstream s)
+{
+    free(s);
+    return CUDA_SUCCESS;
+}
+
+FAKE_API CUresult CUDAAPI cuStreamSynchronize(CUstream s)
+{
+    (void)s;
+    return CUDA_SUCCESS;
+}
+
+FAKE_API CUresult CUDAAPI cuEventCreate(CUevent *e, unsigned int flags)
+{
+    (void)flags;
+    *e = calloc(1, sizeof(**e));
+    return *e != NULL ? CUDA_SUCCESS : CUDA_ERROR_OUT_OF_MEMORY;
+}
+
+FAKE_API CUresult CUDAAPI cuEventRecord(CUevent e, CUstream s)
+{
+    (void)s;
+    e->queries = 0;
+    return CUDA_SUCCESS;
+}
+
+FAKE_API CUresult CUDAAPI cuEventQuery(CUevent e)
+{
+    return e->queries++ == 0 ? CUDA_ERROR_NOT_READY : CUDA_SUCCESS;
+}
+
+FAKE_API CUresult CUDAAPI cuEventDestroy(CUevent e)
+{
+    free(e);
+    return CUDA_SUCCESS;
+}

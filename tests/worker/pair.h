@@ -1,0 +1,44 @@
+/*
+ * pair.h: the partner-process plumbing of the staged and CUDA transfer
+ * tests (test_worker_staged.c, test_worker_cuda.c): a byte pattern, pipes
+ * with deadlines, and the test executable re-executed in another role (fork
+ * + exec, so neither process inherits the other's UCX or CUDA state). Every
+ * read has a deadline; nothing sleeps to synchronize.
+ */
+#ifndef FERRY_TESTS_WORKER_PAIR_H
+#define FERRY_TESTS_WORKER_PAIR_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#define PAIR_IO_TIMEOUT_MS 20000
+
+typedef struct {
+    pid_t pid;
+    int cmd_fd; /* parent writes */
+    int res_fd; /* parent reads */
+} pair_partner_t;
+
+uint8_t pair_pattern(uint32_t seed, size_t desc, size_t offset);
+void pair_fill(uint8_t *buf, size_t size, uint32_t seed, size_t desc);
+/* The first offset that differs from the pattern, or size when none does. */
+size_t pair_check(const uint8_t *buf, size_t size, uint32_t seed, size_t desc);
+
+int64_t pair_now_ms(void);
+/* Exactly len bytes within timeout_ms; -1 on EOF, error or timeout. */
+int pair_read(int fd, void *buf, size_t len, int timeout_ms);
+int pair_write(int fd, const void *buf, size_t len);
+/* A length-prefixed blob (metadata); recv mallocs *bytes_p. */
+int pair_send_blob(int fd, const uint8_t *bytes, uint32_t len);
+int pair_recv_blob(int fd, uint8_t **bytes_p, uint32_t *len_p);
+
+/* Runs `exe role CMD_FD RES_FD` with pipes to and from it; -1 pid on failure. */
+pair_partner_t pair_spawn(const char *exe, const char *role);
+/* Waits (with a deadline, then SIGKILL) for the child; its wait status, -1
+ * when it had to be killed. */
+int pair_reap(pid_t pid);
+/* Closes both pipes. */
+void pair_close(pair_partner_t *p);
+
+#endif /* FERRY_TESTS_WORKER_PAIR_H */

@@ -1,0 +1,621 @@
+/*
+ * test_worker_cuda.c: libferry on CUDA memory, between two processes.
+ *
+ *   test_worker_cuda               on the machine's driver (libcuda.so.1);
+ *                                  exits 77 (CTest: skipped) with the reason
+ *                                  where there is no driver or no GPU
+ *   FERRY_TEST_FAKE_CUDA=LIB ...   on tests/worker/fake_cuda.c instead (a
+ *                                  driver over host memory; LIB relative to
+ *                                  FERRY_BUILD_DIR), so CI runs the same
+ *                                  cases without a GPU
+ *   test_worker_cuda --no-driver   with a driver path that does not exist:
+ *                                  CUDA unavailable, the reason logged,
+ *                                  CUDA descriptors refused with it
+ *
+ * The cases: the descriptor checks (host memory claimed as cuda:0, memory of
+ * one device claimed as another, a region past its allocation; each refused
+ * naming the descriptor), and writes host->GPU, GPU->host and GPU->GPU with
+ * 1 and 16 descriptors, on the path the connector picks (direct where UCX
+ * has CUDA transports, else staged) and forced onto the staged path; every
+ * byte is checked after copying it back from the GPU; reads from host memory
+ * into GPU memory. With the fake driver also a CUDA copy that fails midway.
+ *
+ * Partners: this executable re-executed: --passive CMD_FD RES_FD creates the
+ * writable (host or GPU memory), waits, and checks the bytes; --writer
+ * writes GPU memory with its notice held back, then waits to be killed (a
+ * writer killed midway, on the default and the staged path).
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include <dlfcn.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "pair.h"
+#include "worker/cuda.h"
+#include "worker/ferry_int.h"
+
+#define WAIT_TIMEOUT_MS 30000
+#define SKIP_EXIT       77
+
+typedef struct {
+    char kind;     /* 'W' writable, 'Q' quit */
+    int32_t cuda;  /* the writable is on cuda:0 (else host) */
+    int32_t force; /* staged path forced */
+    uint32_t n;
+    uint64_t size;
+    uint32_t seed;
+} cmd_t;
+
+typedef struct {
+    int32_t status;
+    int32_t op_status;
+    int32_t bytes_ok;
+} report_t;
+
+/* n regions of size bytes on cuda:0 or the host, filled with the pattern
+ * (or zeros when seed is 0). */
+typedef struct {
+    bool cuda;
+    uint32_t n;
+    uint64_t size;
+    void **ptrs;
+    ferry_descriptor_t *descs;
+} regions_t;
+
+static int regions_alloc(regions_t *r, bool cuda, uint32_t n, uint64_t size, uint32_t seed)
+{
+    uint8_t *host = malloc(size);
+
+    r->cuda = cuda;
+    r->n = n;
+    r->size = size;
+    r->ptrs = calloc(n, sizeof(*r->ptrs));
+    r->descs = calloc(n, sizeof(*r->descs));
+    for (uint32_t i = 0; i < n; i++) {
+        if (seed != 0) {
+            pair_fill(host, size, seed, i);
+        } else {
+            memset(host, 0, size);
+        }
+        if (cuda) {
+            if (ferry__cuda_mem_alloc(0, size, &r->ptrs[i]) != FERRY_OK ||
+                ferry__cuda_memcpy(0, r->ptrs[i], host, size) != FERRY_OK) {
+                fprintf(stderr, "cuda alloc/copy: %s\n", ferry_last_error_message());
+                free(host);
+                return -1;
+            }
+            r->descs[i] = (ferry_descriptor_t){r->ptrs[i], size, {FERRY_DEVICE_CUDA, 0}};
+        } else {
+            r->ptrs[i] = malloc(size);
+            memcpy(r->ptrs[i], host, size);
+            r->descs[i] = (ferry_descriptor_t){r->ptrs[i], size, FERRY_DEVICE_HOST_INIT};
+        }
+    }
+    free(host);
+    return 0;
+}
+
+/* Every byte of every region against the pattern (copied back from the GPU). */
+static bool regions_check(const regions_t *r, uint32_t seed)
+{
+    uint8_t *host = malloc(r->size);
+    bool ok = true;
+
+    for (uint32_t i = 0; ok && i < r->n; i++) {
+        size_t bad;
+        if (r->cuda) {
+            ok = ferry__cuda_memcpy(0, host, r->ptrs[i], r->size) == FERRY_OK;
+        } else {
+            memcpy(host, r->ptrs[i], r->size);
+        }
+        bad = pair_check(host, r->size, seed, i);
+        if (ok && bad != r->size) {
+            fprintf(stderr, "region %u byte %zu differs\n", i, bad);
+            ok = false;
+        }
+    }
+    free(host);
+    return ok;
+}
+
+static void regions_free(regions_t *r)
+{
+    for (uint32_t i = 0; i < r->n; i++) {
+        if (r->cuda) {
+            ferry__cuda_mem_free(r->ptrs[i]);
+        } else {
+            free(r->ptrs[i]);
+        }
+    }
+    free(r->ptrs);
+    free(r->descs);
+}
+
+static const char *fake_driver; /* NULL: the machine's driver */
+
+/* A connector; on the fake driver, one that never takes the direct path:
+ * its "device memory" is host memory, which a UCX with CUDA transports (on
+ * a GPU machine) must not be handed as CUDA memory. */
+static ferry_status_t connector_create(ferry_connector_t **c_p)
+{
+    ferry_status_t st = ferry_connector_create(NULL, c_p);
+
+    if (st == FERRY_OK && fake_driver != NULL) {
+        (*c_p)->ucx_cuda = false;
+    }
+    return st;
+}
+
+/* ---- the partner ---------------------------------------------------------- */
+
+static void passive_one(ferry_connector_t *c, const cmd_t *cmd, int res_fd)
+{
+    report_t rep = {0};
+    regions_t r;
+    ferry_op_t *op = NULL;
+    const uint8_t *md;
+    size_t md_len;
+
+    atomic_store(&ferry__test_staging.force, cmd->force != 0);
+    if (regions_alloc(&r, cmd->cuda != 0, cmd->n, cmd->size, cmd->kind == 'R' ? cmd->seed : 0) !=
+        0) {
+        rep.status = FERRY_ERR_INTERNAL;
+    } else if (cmd->kind == 'R') {
+        rep.status = ferry_readable_create(c, r.descs, cmd->n, &op);
+    } else {
+        rep.status = ferry_writable_create(c, r.descs, cmd->n, &op);
+    }
+    if (rep.status != FERRY_OK) {
+        fprintf(stderr, "passive: create: %s\n", ferry_last_error_message());
+        pair_send_blob(res_fd, NULL, 0);
+        pair_write(res_fd, &rep, sizeof(rep));
+        regions_free(&r);
+        return;
+    }
+    ferry_op_metadata(op, &md, &md_len);
+    pair_send_blob(res_fd, md, (uint32_t)md_len);
+    rep.status = ferry_op_wait(op, WAIT_TIMEOUT_MS);
+    rep.op_status = (int32_t)ferry_op_status(op);
+    rep.bytes_ok = rep.status == FERRY_OK && regions_check(&r, cmd->seed); /* read: unchanged */
+    pair_write(res_fd, &rep, sizeof(rep));
+    ferry_op_destroy(op);
+    regions_free(&r);
+}
+
+/* --writer: writes GPU memory into the metadata's writable with the notice
+ * held back (the fault hook), says "R" once the data moved, then waits to
+ * be killed. */
+static int writer_main(int cmd_fd, int res_fd)
+{
+    ferry_connector_t *c;
+    regions_t src;
+    ferry_op_t *op;
+    uint64_t size;
+    uint32_t md_len;
+    uint8_t *md;
+    int32_t force;
+    int64_t deadline;
+
+    if (pair_read(cmd_fd, &size, sizeof(size), PAIR_IO_TIMEOUT_MS) != 0 ||
+        pair_read(cmd_fd, &force, sizeof(force), PAIR_IO_TIMEOUT_MS) != 0 ||
+        pair_recv_blob(cmd_fd, &md, &md_len) != 0 || connector_create(&c) != FERRY_OK ||
+        regions_alloc(&src, true, 1, size, 9) != 0) {
+        return 2;
+    }
+    atomic_store(&ferry__test_staging.force, force != 0);
+    atomic_store(&ferry__test_hold_notice, true);
+    if (ferry_write_begin(c, src.descs, 1, md, md_len, &op) != FERRY_OK) {
+        return 3;
+    }
+    deadline = pair_now_ms() + PAIR_IO_TIMEOUT_MS;
+    while (!atomic_load(&ferry__test_notice_held) && pair_now_ms() < deadline) {
+        ferry_op_wait(op, 10);
+    }
+    pair_write(res_fd, "R", 1);
+    for (;;) {
+        pause(); /* until SIGKILL */
+    }
+}
+
+static int passive_main(int cmd_fd, int res_fd)
+{
+    ferry_connector_t *c;
+    cmd_t cmd;
+
+    if (connector_create(&c) != FERRY_OK) {
+        return 2;
+    }
+    while (read(cmd_fd, &cmd, sizeof(cmd)) == (ssize_t)sizeof(cmd) && cmd.kind != 'Q') {
+        passive_one(c, &cmd, res_fd);
+    }
+    return ferry_connector_destroy(c) == FERRY_OK ? 0 : 3;
+}
+
+/* ---- the parent ------------------------------------------------------------ */
+
+static const char *self_exe;
+
+static struct {
+    pair_partner_t passive;
+    ferry_connector_t *c;
+} world;
+
+static int group_setup(void **state)
+{
+    (void)state;
+    world.passive = pair_spawn(self_exe, "--passive");
+    if (world.passive.pid <= 0 || connector_create(&world.c) != FERRY_OK) {
+        return -1;
+    }
+    return ferry_connector_is_cuda_available(world.c) ? 0 : -1;
+}
+
+static int group_teardown(void **state)
+{
+    cmd_t quit = {.kind = 'Q'};
+    (void)state;
+
+    pair_write(world.passive.cmd_fd, &quit, sizeof(quit));
+    pair_close(&world.passive);
+    ferry_connector_destroy(world.c);
+    return pair_reap(world.passive.pid) == 0 ? 0 : -1;
+}
+
+typedef enum { PATH_DEFAULT, PATH_STAGED } path_t;
+
+/* One write from src memory to dst memory; checks the path the metadata
+ * declares, and every byte on the passive side. */
+static void transfer(bool src_cuda, bool dst_cuda, uint32_t n, uint64_t size, path_t path)
+{
+    static uint32_t seed = 11;
+    cmd_t cmd = {.kind = 'W',
+                 .cuda = dst_cuda,
+                 .force = path == PATH_STAGED,
+                 .n = n,
+                 .size = size,
+                 .seed = ++seed};
+    Ferry__V1__RdmaMetadata *m;
+    bool want_staged;
+    regions_t src;
+    ferry_op_t *op;
+    uint8_t *md;
+    uint32_t md_len;
+    ferry_status_t st;
+    report_t rep;
+
+    atomic_store(&ferry__test_staging.force, path == PATH_STAGED);
+    assert_int_equal(regions_alloc(&src, src_cuda, n, size, cmd.seed), 0);
+    assert_int_equal(pair_write(world.passive.cmd_fd, &cmd, sizeof(cmd)), 0);
+    assert_int_equal(pair_recv_blob(world.passive.res_fd, &md, &md_len), 0);
+    assert_true(md_len > 0);
+    assert_int_equal(ferry__metadata_decode(md, md_len, &m), FERRY_OK);
+    want_staged = path == PATH_STAGED || (dst_cuda && !world.c->ucx_cuda);
+    assert_int_equal(m->staging != NULL, want_staged);
+    ferry__metadata_free(m);
+
+    st = ferry_write_begin(world.c, src.descs, n, md, md_len, &op);
+    if (st != FERRY_OK) {
+        fail_msg("begin: %s: %s", ferry_status_name(st), ferry_last_error_message());
+    }
+    st = ferry_op_wait(op, WAIT_TIMEOUT_MS);
+    if (st != FERRY_OK) {
+        fail_msg("wait: %s: %s", ferry_status_name(st), ferry_last_error_message());
+    }
+    assert_int_equal(pair_read(world.passive.res_fd, &rep, sizeof(rep), PAIR_IO_TIMEOUT_MS), 0);
+    assert_int_equal(rep.status, FERRY_OK);
+    assert_int_equal(rep.op_status, FERRY_OP_STATUS_COMPLETE);
+    assert_int_equal(rep.bytes_ok, 1);
+    ferry_op_destroy(op);
+    free(md);
+    regions_free(&src);
+    atomic_store(&ferry__test_staging.force, false);
+}
+
+#define BIG   ((8u << 20) + 5)   /* three 4 MiB chunks, the last short */
+#define SMALL ((256u << 10) + 3) /* per region of 16 */
+
+/* A read from host memory (direct) into GPU memory: the staged path's
+ * read lanes (get into a pinned slot, then a copy to the GPU) where UCX
+ * has no CUDA transports. */
+static void read_into_gpu(uint32_t n, uint64_t size)
+{
+    cmd_t cmd = {.kind = 'R', .cuda = 0, .force = 0, .n = n, .size = size, .seed = 77};
+    regions_t dst;
+    ferry_op_t *op;
+    uint8_t *md;
+    uint32_t md_len;
+    ferry_status_t st;
+    report_t rep;
+
+    assert_int_equal(regions_alloc(&dst, true, n, size, 0), 0);
+    assert_int_equal(pair_write(world.passive.cmd_fd, &cmd, sizeof(cmd)), 0);
+    assert_int_equal(pair_recv_blob(world.passive.res_fd, &md, &md_len), 0);
+    st = ferry_read_begin(world.c, dst.descs, n, md, md_len, &op);
+    if (st != FERRY_OK) {
+        fail_msg("begin: %s: %s", ferry_status_name(st), ferry_last_error_message());
+    }
+    assert_int_equal(ferry_op_wait(op, WAIT_TIMEOUT_MS), FERRY_OK);
+    assert_true(regions_check(&dst, cmd.seed));
+    assert_int_equal(pair_read(world.passive.res_fd, &rep, sizeof(rep), PAIR_IO_TIMEOUT_MS), 0);
+    assert_int_equal(rep.status, FERRY_OK);
+    ferry_op_destroy(op);
+    free(md);
+    regions_free(&dst);
+}
+
+/* clang-format off */
+static void test_read_h2d_1(void **s) { (void)s; read_into_gpu(1, BIG); }
+static void test_read_h2d_16(void **s) { (void)s; read_into_gpu(16, SMALL); }
+static void test_h2d_1(void **s) { (void)s; transfer(false, true, 1, BIG, PATH_DEFAULT); }
+static void test_d2h_1(void **s) { (void)s; transfer(true, false, 1, BIG, PATH_DEFAULT); }
+static void test_d2d_1(void **s) { (void)s; transfer(true, true, 1, BIG, PATH_DEFAULT); }
+static void test_h2d_16(void **s) { (void)s; transfer(false, true, 16, SMALL, PATH_DEFAULT); }
+static void test_d2h_16(void **s) { (void)s; transfer(true, false, 16, SMALL, PATH_DEFAULT); }
+static void test_d2d_16(void **s) { (void)s; transfer(true, true, 16, SMALL, PATH_DEFAULT); }
+static void test_h2d_1_staged(void **s) { (void)s; transfer(false, true, 1, BIG, PATH_STAGED); }
+static void test_d2h_1_staged(void **s) { (void)s; transfer(true, false, 1, BIG, PATH_STAGED); }
+static void test_d2d_1_staged(void **s) { (void)s; transfer(true, true, 1, BIG, PATH_STAGED); }
+static void test_h2d_16_staged(void **s) { (void)s; transfer(false, true, 16, SMALL, PATH_STAGED); }
+static void test_d2h_16_staged(void **s) { (void)s; transfer(true, false, 16, SMALL, PATH_STAGED); }
+static void test_d2d_16_staged(void **s) { (void)s; transfer(true, true, 16, SMALL, PATH_STAGED); }
+/* clang-format on */
+
+/* Host memory claimed as device memory: refused, naming the descriptor. */
+static void test_host_claimed_as_cuda(void **state)
+{
+    uint8_t buf[4096];
+    ferry_descriptor_t d = {buf, sizeof(buf), {FERRY_DEVICE_CUDA, 0}};
+    ferry_op_t *op = NULL;
+    (void)state;
+
+    assert_int_equal(ferry_writable_create(world.c, &d, 1, &op), FERRY_ERR_INVALID_ARGUMENT);
+    assert_null(op);
+    assert_non_null(strstr(ferry_last_error_message(), "descriptor 0: cuda:0 claimed"));
+    assert_non_null(strstr(ferry_last_error_message(), "not device memory"));
+}
+
+/* Device memory of cuda:0 claimed as cuda:1, as the second descriptor. */
+static void test_wrong_device(void **state)
+{
+    void *p;
+    ferry_descriptor_t d[2];
+    ferry_op_t *op = NULL;
+    (void)state;
+
+    assert_int_equal(ferry__cuda_mem_alloc(0, 8192, &p), FERRY_OK);
+    d[0] = (ferry_descriptor_t){p, 4096, {FERRY_DEVICE_CUDA, 0}};
+    d[1] = (ferry_descriptor_t){(uint8_t *)p + 4096, 4096, {FERRY_DEVICE_CUDA, 1}};
+    assert_int_equal(ferry_writable_create(world.c, d, 2, &op), FERRY_ERR_INVALID_ARGUMENT);
+    assert_null(op);
+    assert_non_null(strstr(ferry_last_error_message(), "descriptor 1: cuda:1 claimed"));
+    assert_non_null(strstr(ferry_last_error_message(), "memory of cuda:0"));
+    ferry__cuda_mem_free(p);
+}
+
+/* A region that runs past its allocation, on the active side too. */
+static void test_past_allocation(void **state)
+{
+    void *p;
+    static uint8_t buf[8192];
+    ferry_descriptor_t d, h = {buf, sizeof(buf), FERRY_DEVICE_HOST_INIT};
+    ferry_op_t *op = NULL, *passive;
+    const uint8_t *md;
+    size_t md_len;
+    (void)state;
+
+    assert_int_equal(ferry__cuda_mem_alloc(0, 8192, &p), FERRY_OK);
+    d = (ferry_descriptor_t){(uint8_t *)p + 4096, 8192, {FERRY_DEVICE_CUDA, 0}};
+    assert_int_equal(ferry_writable_create(world.c, &d, 1, &op), FERRY_ERR_INVALID_ARGUMENT);
+    assert_non_null(strstr(ferry_last_error_message(), "run past the end of its allocation"));
+    assert_int_equal(ferry_writable_create(world.c, &h, 1, &passive), FERRY_OK);
+    assert_int_equal(ferry_op_metadata(passive, &md, &md_len), FERRY_OK);
+    assert_int_equal(ferry_write_begin(world.c, &d, 1, md, md_len, &op),
+                     FERRY_ERR_INVALID_ARGUMENT);
+    assert_non_null(strstr(ferry_last_error_message(), "descriptor 0"));
+    assert_null(op);
+    ferry_op_destroy(passive);
+    ferry__cuda_mem_free(p);
+}
+
+/* The fake driver fails the writer's second CUDA copy: the writer ends
+ * ERRORED with the driver's error, and so does the passive side. */
+static void test_cuda_copy_fails_midway(void **state)
+{
+    void (*fail_copy)(unsigned);
+    cmd_t cmd = {.kind = 'W', .cuda = 0, .force = 1, .n = 1, .size = BIG, .seed = 3};
+    regions_t src;
+    ferry_op_t *op;
+    const char *msg;
+    uint8_t *md;
+    uint32_t md_len;
+    report_t rep;
+    (void)state;
+
+    if (fake_driver == NULL) {
+        skip(); /* a real driver's copies do not fail on request */
+    }
+    *(void **)&fail_copy =
+        dlsym(dlopen(fake_driver, RTLD_NOW | RTLD_NOLOAD), "fake_cuda_fail_copy");
+    assert_non_null(fail_copy);
+    atomic_store(&ferry__test_staging.force, true);
+    assert_int_equal(regions_alloc(&src, true, 1, BIG, cmd.seed), 0);
+    assert_int_equal(pair_write(world.passive.cmd_fd, &cmd, sizeof(cmd)), 0);
+    assert_int_equal(pair_recv_blob(world.passive.res_fd, &md, &md_len), 0);
+    fail_copy(2);
+    assert_int_equal(ferry_write_begin(world.c, src.descs, 1, md, md_len, &op), FERRY_OK);
+    assert_int_equal(ferry_op_wait(op, WAIT_TIMEOUT_MS), FERRY_ERR_IO);
+    ferry_op_error(op, &msg);
+    assert_non_null(strstr(msg, "CUDA_ERROR_LAUNCH_FAILED"));
+    assert_int_equal(pair_read(world.passive.res_fd, &rep, sizeof(rep), PAIR_IO_TIMEOUT_MS), 0);
+    assert_int_equal(rep.status, FERRY_ERR_IO);
+    assert_int_equal(rep.op_status, FERRY_OP_STATUS_ERRORED);
+    fail_copy(0);
+    ferry_op_destroy(op);
+    free(md);
+    regions_free(&src);
+    atomic_store(&ferry__test_staging.force, false);
+}
+
+/* A GPU writer killed after its data moved and before its notice: the
+ * passive side's GPU memory holds every byte, and without peer error
+ * handling its wait times out with the operation still claimed. */
+static void writer_killed(int32_t force)
+{
+    uint64_t size = BIG;
+    regions_t dst;
+    pair_partner_t writer;
+    ferry_op_t *op;
+    const uint8_t *md;
+    size_t md_len;
+    char ready;
+
+    atomic_store(&ferry__test_staging.force, force != 0);
+    assert_int_equal(regions_alloc(&dst, true, 1, size, 0), 0);
+    assert_int_equal(ferry_writable_create(world.c, dst.descs, 1, &op), FERRY_OK);
+    assert_int_equal(ferry_op_metadata(op, &md, &md_len), FERRY_OK);
+    writer = pair_spawn(self_exe, "--writer");
+    assert_int_equal(pair_write(writer.cmd_fd, &size, sizeof(size)), 0);
+    assert_int_equal(pair_write(writer.cmd_fd, &force, sizeof(force)), 0);
+    assert_int_equal(pair_send_blob(writer.cmd_fd, md, (uint32_t)md_len), 0);
+    assert_int_equal(pair_read(writer.res_fd, &ready, 1, PAIR_IO_TIMEOUT_MS), 0);
+    assert_true(regions_check(&dst, 9));
+    kill(writer.pid, SIGKILL);
+    assert_true(WIFSIGNALED(pair_reap(writer.pid)));
+    pair_close(&writer);
+    assert_int_equal(ferry_op_wait(op, 300), FERRY_ERR_TIMED_OUT);
+    assert_int_equal(ferry_op_status(op), FERRY_OP_STATUS_IN_PROGRESS);
+    ferry_op_destroy(op);
+    regions_free(&dst);
+    atomic_store(&ferry__test_staging.force, false);
+}
+
+static void test_writer_killed_midway(void **state)
+{
+    (void)state;
+    writer_killed(0);
+}
+
+static void test_writer_killed_midway_staged(void **state)
+{
+    (void)state;
+    writer_killed(1);
+}
+
+/* ---- no driver ------------------------------------------------------------- */
+
+static char logged[4096];
+
+static void log_cb(ferry_loglevel_t level, const char *message, void *arg)
+{
+    (void)level;
+    (void)arg;
+    strncat(logged, message, sizeof(logged) - strlen(logged) - 2);
+    strcat(logged, "\n");
+}
+
+static void test_no_driver(void **state)
+{
+    ferry_connector_params_t params = {.field_mask = FERRY_CONNECTOR_PARAM_FIELD_LOG_LEVEL |
+                                                     FERRY_CONNECTOR_PARAM_FIELD_LOG_CB,
+                                       .log_level = FERRY_LOGLEVEL_INFO,
+                                       .log_cb = log_cb};
+    ferry_connector_t *c;
+    uint8_t buf[64], hbuf[64];
+    ferry_descriptor_t d = {buf, sizeof(buf), {FERRY_DEVICE_CUDA, 0}};
+    ferry_descriptor_t h = {hbuf, sizeof(hbuf), FERRY_DEVICE_HOST_INIT};
+    ferry_op_t *op = NULL, *passive;
+    const uint8_t *md;
+    const char *why;
+    size_t md_len;
+    (void)state;
+
+    assert_int_equal(ferry_connector_create(&params, &c), FERRY_OK);
+    assert_false(ferry_connector_is_cuda_available(c));
+    /* "no CUDA driver: dlopen /nonexistent/libcuda.so.1: ...", or in a
+     * build without CUDA support, that. */
+    why = ferry__cuda_why();
+    assert_true(strstr(why, "dlopen /nonexistent/") != NULL ||
+                strstr(why, "without CUDA support") != NULL);
+    assert_non_null(strstr(logged, "CUDA unavailable: "));
+    assert_non_null(strstr(logged, why));
+    assert_int_equal(ferry_writable_create(c, &d, 1, &op), FERRY_ERR_UNIMPLEMENTED);
+    assert_non_null(strstr(ferry_last_error_message(), "CUDA descriptors refused: "));
+    assert_non_null(strstr(ferry_last_error_message(), why));
+    assert_int_equal(ferry_writable_create(c, &h, 1, &passive), FERRY_OK);
+    assert_int_equal(ferry_op_metadata(passive, &md, &md_len), FERRY_OK);
+    assert_int_equal(ferry_write_begin(c, &d, 1, md, md_len, &op), FERRY_ERR_UNIMPLEMENTED);
+    assert_null(op);
+    ferry_op_destroy(passive);
+    assert_int_equal(ferry_connector_destroy(c), FERRY_OK);
+}
+
+int main(int argc, char **argv)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_host_claimed_as_cuda),
+        cmocka_unit_test(test_wrong_device),
+        cmocka_unit_test(test_past_allocation),
+        cmocka_unit_test(test_h2d_1),
+        cmocka_unit_test(test_d2h_1),
+        cmocka_unit_test(test_d2d_1),
+        cmocka_unit_test(test_h2d_16),
+        cmocka_unit_test(test_d2h_16),
+        cmocka_unit_test(test_d2d_16),
+        cmocka_unit_test(test_h2d_1_staged),
+        cmocka_unit_test(test_d2h_1_staged),
+        cmocka_unit_test(test_d2d_1_staged),
+        cmocka_unit_test(test_h2d_16_staged),
+        cmocka_unit_test(test_d2h_16_staged),
+        cmocka_unit_test(test_d2d_16_staged),
+        cmocka_unit_test(test_read_h2d_1),
+        cmocka_unit_test(test_read_h2d_16),
+        cmocka_unit_test(test_cuda_copy_fails_midway),
+        cmocka_unit_test(test_writer_killed_midway),
+        cmocka_unit_test(test_writer_killed_midway_staged),
+    };
+    const struct CMUnitTest no_driver[] = {
+        cmocka_unit_test(test_no_driver),
+    };
+    const char *fake = getenv("FERRY_TEST_FAKE_CUDA");
+    static char path[4096];
+
+    signal(SIGPIPE, SIG_IGN);
+    if (argc == 2 && strcmp(argv[1], "--no-driver") == 0) {
+        ferry__cuda_test_driver = "/nonexistent/libcuda.so.1";
+        return cmocka_run_group_tests(no_driver, NULL, NULL);
+    }
+    if (fake != NULL && fake[0] != '\0') {
+        const char *build = getenv("FERRY_BUILD_DIR");
+        snprintf(path, sizeof(path), "%s%s%s", fake[0] == '/' || build == NULL ? "" : build,
+                 fake[0] == '/' || build == NULL ? "" : "/", fake);
+        ferry__cuda_test_driver = fake_driver = path;
+    }
+    if (argc == 4 && strcmp(argv[1], "--passive") == 0) {
+        return passive_main(atoi(argv[2]), atoi(argv[3]));
+    }
+    if (argc == 4 && strcmp(argv[1], "--writer") == 0) {
+        if (ferry__cuda_load() != FERRY_OK) {
+            return 2;
+        }
+        return writer_main(atoi(argv[2]), atoi(argv[3]));
+    }
+    if (ferry__cuda_load() != FERRY_OK) {
+        printf("SKIP: no usable CUDA GPU here (%s); test_worker_cuda needs one\n",
+               ferry__cuda_why());
+        return SKIP_EXIT;
+    }
+    printf("test_worker_cuda: %d device(s) through %s\n", ferry__cuda_device_count(),
+           fake_driver != NULL ? fake_driver : "libcuda.so.1");
+    self_exe = argv[0];
+    return cmocka_run_group_tests(tests, group_setup, group_teardown);
+}

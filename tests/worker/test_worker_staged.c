@@ -1,0 +1,758 @@
+/*
+ * test_worker_staged.c: the staged path (worker/staged.c) with the host copy
+ * engine, between two real processes over UCX, so CI runs every step of the
+ * pipeline a GPU machine runs with the CUDA engine.
+ *
+ * Every process of this executable sets ferry__test_staging.force: all
+ * descriptors (host memory here) move through pinned slots, copied by the
+ * host engine, whose faults (copy_engine.h) the tests set: slow copies,
+ * a copy held midway, a copy that fails.
+ *
+ * The parent is the writer (active side) unless said otherwise. Its partner
+ * is this executable re-executed:
+ *
+ *   --passive CMD_FD RES_FD   for each command: a staged writable with the
+ *                             command's chunk size, slots and faults; sends
+ *                             the metadata back, waits (or cancels midway),
+ *                             checks every byte, reports.
+ *   --writer CMD_FD RES_FD    reads metadata, writes one region with its own
+ *                             engine held at its third copy, says "R" once
+ *                             held, then waits to be killed.
+ *                             --writer-peer-errors: with peer error handling.
+ *
+ * Plus pure checks of the host engine, the CHUNK/CREDIT wire format and the
+ * staging rules of the metadata.
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "common/md_rules.h"
+#include "pair.h"
+#include "worker/copy_engine.h"
+#include "worker/ferry_int.h"
+
+#define WAIT_TIMEOUT_MS 20000
+
+enum { MODE_WAIT = 0, MODE_CANCEL_MIDWAY = 1 };
+
+typedef struct {
+    char kind; /* 'W' writable, 'Q' quit */
+    int32_t mode;
+    uint32_t n;
+    uint64_t size;
+    uint32_t seed;
+    uint64_t chunk;
+    uint32_t slots;
+    uint32_t fail_at;     /* the passive's Nth copy from now fails; 0: none */
+    uint32_t hold_at;     /* CANCEL_MIDWAY: its Nth copy from now is held */
+    uint32_t delay_polls; /* every copy needs this many polls */
+} cmd_t;
+
+typedef struct {
+    int32_t status;    /* ferry_op_wait's result (or the create error) */
+    int32_t op_status; /* ferry_op_status after */
+    int32_t bytes_ok;  /* every byte matched */
+} report_t;
+
+static ferry__host_engine_faults_t *const faults = &ferry__host_engine_faults;
+
+static void faults_reset(void)
+{
+    atomic_store(&faults->hold, false);
+    atomic_store(&faults->hold_from, 0);
+    atomic_store(&faults->held, false);
+    atomic_store(&faults->fail_at, 0);
+    atomic_store(&faults->delay_polls, 0);
+}
+
+/* The Nth copy this process queues from now. */
+static unsigned copy_from_now(unsigned nth)
+{
+    return atomic_load(&faults->copies) + nth;
+}
+
+static uint8_t **alloc_bufs(uint32_t n, uint64_t size)
+{
+    uint8_t **bufs = calloc(n, sizeof(*bufs));
+
+    for (uint32_t i = 0; i < n; i++) {
+        bufs[i] = calloc(1, size);
+        if (bufs[i] == NULL) {
+            abort();
+        }
+    }
+    return bufs;
+}
+
+static void free_bufs(uint8_t **bufs, uint32_t n)
+{
+    for (uint32_t i = 0; i < n; i++) {
+        free(bufs[i]);
+    }
+    free(bufs);
+}
+
+static ferry_descriptor_t *make_descs(uint8_t **bufs, uint32_t n, uint64_t size)
+{
+    ferry_descriptor_t *d = calloc(n, sizeof(*d));
+
+    for (uint32_t i = 0; i < n; i++) {
+        d[i] = (ferry_descriptor_t){bufs[i], size, FERRY_DEVICE_HOST_INIT};
+    }
+    return d;
+}
+
+/* Polls op until the engine holds a copy (or the op ends, or time runs out). */
+static bool wait_held(ferry_op_t *op)
+{
+    int64_t deadline = pair_now_ms() + WAIT_TIMEOUT_MS;
+
+    while (!atomic_load(&faults->held) && pair_now_ms() < deadline) {
+        if (ferry_op_wait(op, 5) != FERRY_ERR_TIMED_OUT) {
+            break;
+        }
+    }
+    return atomic_load(&faults->held);
+}
+
+/* ---- partner roles ---------------------------------------------------- */
+
+static void passive_one(ferry_connector_t *c, const cmd_t *cmd, int res_fd)
+{
+    uint8_t **bufs = alloc_bufs(cmd->n, cmd->size);
+    ferry_descriptor_t *descs = make_descs(bufs, cmd->n, cmd->size);
+    report_t rep = {0};
+    ferry_op_t *op = NULL;
+    const uint8_t *md;
+    size_t md_len;
+
+    atomic_store(&ferry__test_staging.chunk, cmd->chunk);
+    atomic_store(&ferry__test_staging.slots, cmd->slots);
+    faults_reset();
+    atomic_store(&faults->delay_polls, cmd->delay_polls);
+    if (cmd->fail_at != 0) {
+        atomic_store(&faults->fail_at, copy_from_now(cmd->fail_at));
+    }
+    if (cmd->hold_at != 0) {
+        atomic_store(&faults->hold_from, copy_from_now(cmd->hold_at));
+        atomic_store(&faults->hold, true);
+    }
+    rep.status = ferry_writable_create(c, descs, cmd->n, &op);
+    if (rep.status != FERRY_OK) {
+        fprintf(stderr, "passive: create: %s\n", ferry_last_error_message());
+        pair_send_blob(res_fd, NULL, 0);
+        pair_write(res_fd, &rep, sizeof(rep));
+        goto out;
+    }
+    ferry_op_metadata(op, &md, &md_len);
+    pair_send_blob(res_fd, md, (uint32_t)md_len);
+    if (cmd->mode == MODE_CANCEL_MIDWAY) {
+        rep.bytes_ok = wait_held(op);
+        ferry_op_cancel(op);
+        atomic_store(&faults->hold, false);
+        rep.status = ferry_op_wait(op, 0);
+    } else {
+        rep.status = ferry_op_wait(op, WAIT_TIMEOUT_MS);
+        rep.bytes_ok = 1;
+        for (uint32_t i = 0; rep.status == FERRY_OK && i < cmd->n; i++) {
+            size_t bad = pair_check(bufs[i], cmd->size, cmd->seed, i);
+            if (bad != cmd->size) {
+                fprintf(stderr, "passive: descriptor %u byte %zu differs\n", i, bad);
+                rep.bytes_ok = 0;
+                break;
+            }
+        }
+    }
+    rep.op_status = (int32_t)ferry_op_status(op);
+    pair_write(res_fd, &rep, sizeof(rep));
+out:
+    ferry_op_destroy(op);
+    faults_reset();
+    free(descs);
+    free_bufs(bufs, cmd->n);
+}
+
+static int passive_main(int cmd_fd, int res_fd)
+{
+    ferry_connector_params_t params = {.field_mask = FERRY_CONNECTOR_PARAM_FIELD_NAME,
+                                       .name = "passive"};
+    ferry_connector_t *c;
+    cmd_t cmd;
+
+    if (ferry_connector_create(&params, &c) != FERRY_OK) {
+        return 2;
+    }
+    while (read(cmd_fd, &cmd, sizeof(cmd)) == (ssize_t)sizeof(cmd) && cmd.kind != 'Q') {
+        passive_one(c, &cmd, res_fd);
+    }
+    return ferry_connector_destroy(c) == FERRY_OK ? 0 : 3;
+}
+
+static int writer_main(int cmd_fd, int res_fd, bool peer_errors)
+{
+    ferry_connector_params_t params = {.field_mask =
+                                           FERRY_CONNECTOR_PARAM_FIELD_PEER_ERROR_HANDLING,
+                                       .peer_error_handling = peer_errors};
+    ferry_connector_t *c;
+    ferry_descriptor_t desc;
+    ferry_op_t *op;
+    uint64_t size;
+    uint8_t *md, *buf;
+    uint32_t md_len;
+
+    if (pair_read(cmd_fd, &size, sizeof(size), PAIR_IO_TIMEOUT_MS) != 0 ||
+        pair_recv_blob(cmd_fd, &md, &md_len) != 0 ||
+        ferry_connector_create(&params, &c) != FERRY_OK) {
+        return 2;
+    }
+    buf = malloc(size);
+    pair_fill(buf, size, 9, 0);
+    desc = (ferry_descriptor_t){buf, size, FERRY_DEVICE_HOST_INIT};
+    atomic_store(&faults->hold_from, copy_from_now(3));
+    atomic_store(&faults->hold, true);
+    if (ferry_write_begin(c, &desc, 1, md, md_len, &op) != FERRY_OK || !wait_held(op)) {
+        return 3;
+    }
+    pair_write(res_fd, "R", 1);
+    for (;;) {
+        pause(); /* until SIGKILL */
+    }
+}
+
+/* ---- the parent: the writer -------------------------------------------- */
+
+static const char *self_exe;
+
+static struct {
+    pair_partner_t passive;
+    ferry_connector_t *c;
+} world;
+
+static int group_setup(void **state)
+{
+    (void)state;
+    /* Spawn first, then start UCX here: exec gives the partner a clean slate. */
+    world.passive = pair_spawn(self_exe, "--passive");
+    if (world.passive.pid <= 0 || ferry_connector_create(NULL, &world.c) != FERRY_OK) {
+        return -1;
+    }
+    return 0;
+}
+
+static int group_teardown(void **state)
+{
+    cmd_t quit = {.kind = 'Q'};
+    (void)state;
+
+    pair_write(world.passive.cmd_fd, &quit, sizeof(quit));
+    pair_close(&world.passive);
+    ferry_connector_destroy(world.c);
+    return pair_reap(world.passive.pid) == 0 ? 0 : -1;
+}
+
+typedef struct {
+    cmd_t cmd;
+    /* The writer's own faults (relative copy numbers, 0: none). */
+    uint32_t fail_at;
+    uint32_t cancel_at; /* cancel once this copy of ours is held */
+    uint32_t delay_polls;
+    /* What must come out. */
+    ferry_status_t want;         /* the writer's wait */
+    ferry_status_t passive_want; /* the passive's wait */
+    ferry_op_status_t passive_status;
+} staged_case_t;
+
+/* The passive side chose the staged path, with the slots asked for. */
+static void assert_staged(const uint8_t *md, uint32_t md_len, const cmd_t *cmd)
+{
+    Ferry__V1__RdmaMetadata *m;
+
+    assert_int_equal(ferry__metadata_decode(md, md_len, &m), FERRY_OK);
+    assert_non_null(m->staging);
+    assert_int_equal(m->staging->slots, cmd->slots);
+    assert_int_equal(m->staging->slot_size, cmd->chunk < cmd->size ? cmd->chunk : cmd->size);
+    assert_int_equal(m->descriptors[0]->rkey.len, 0);
+    ferry__metadata_free(m);
+}
+
+static void run_case(const staged_case_t *k)
+{
+    const cmd_t *cmd = &k->cmd;
+    uint8_t **bufs = alloc_bufs(cmd->n, cmd->size);
+    ferry_descriptor_t *descs = make_descs(bufs, cmd->n, cmd->size);
+    ferry_op_t *op;
+    uint8_t *md;
+    uint32_t md_len;
+    ferry_status_t st;
+    report_t rep;
+
+    for (uint32_t i = 0; i < cmd->n; i++) {
+        pair_fill(bufs[i], cmd->size, cmd->seed, i);
+    }
+    assert_int_equal(pair_write(world.passive.cmd_fd, cmd, sizeof(*cmd)), 0);
+    assert_int_equal(pair_recv_blob(world.passive.res_fd, &md, &md_len), 0);
+    assert_true(md_len > 0);
+    assert_staged(md, md_len, cmd);
+
+    faults_reset();
+    atomic_store(&faults->delay_polls, k->delay_polls);
+    if (k->fail_at != 0) {
+        atomic_store(&faults->fail_at, copy_from_now(k->fail_at));
+    }
+    if (k->cancel_at != 0) {
+        atomic_store(&faults->hold_from, copy_from_now(k->cancel_at));
+        atomic_store(&faults->hold, true);
+    }
+    st = ferry_write_begin(world.c, descs, cmd->n, md, md_len, &op);
+    if (st != FERRY_OK) {
+        fail_msg("begin: %s: %s", ferry_status_name(st), ferry_last_error_message());
+    }
+    if (k->cancel_at != 0) {
+        assert_true(wait_held(op));
+        assert_int_equal(ferry_op_cancel(op), FERRY_OK);
+        atomic_store(&faults->hold, false);
+    }
+    st = ferry_op_wait(op, WAIT_TIMEOUT_MS);
+    if (st != k->want) {
+        const char *msg;
+        ferry_op_error(op, &msg);
+        fail_msg("wait: %s, want %s: %s", ferry_status_name(st), ferry_status_name(k->want), msg);
+    }
+    assert_int_equal(pair_read(world.passive.res_fd, &rep, sizeof(rep), PAIR_IO_TIMEOUT_MS), 0);
+    assert_int_equal(rep.status, k->passive_want);
+    assert_int_equal(rep.op_status, k->passive_status);
+    if (k->passive_want == FERRY_OK) {
+        assert_int_equal(ferry_op_status(op), FERRY_OP_STATUS_COMPLETE);
+        assert_int_equal(rep.bytes_ok, 1);
+    }
+    ferry_op_destroy(op);
+    faults_reset();
+    free(md);
+    free(descs);
+    free_bufs(bufs, cmd->n);
+}
+
+static staged_case_t ok_case(uint32_t n, uint64_t size, uint64_t chunk, uint32_t slots)
+{
+    staged_case_t k = {0};
+
+    k.cmd = (cmd_t){.kind = 'W', .n = n, .size = size, .seed = 5, .chunk = chunk, .slots = slots};
+    k.want = FERRY_OK;
+    k.passive_want = FERRY_OK;
+    k.passive_status = FERRY_OP_STATUS_COMPLETE;
+    return k;
+}
+
+/* One region, chunks that do not divide it (the last one is short). */
+static void test_one_descriptor(void **state)
+{
+    staged_case_t k = ok_case(1, (1u << 20) + 123, 65536 + 7, 2);
+    (void)state;
+    run_case(&k);
+}
+
+/* 16 regions, each cut into chunks that do not divide it; chunks never span
+ * two regions. */
+static void test_sixteen_descriptors(void **state)
+{
+    staged_case_t k = ok_case(16, 100003, 32768, 4);
+    (void)state;
+    run_case(&k);
+}
+
+/* Chunks much smaller than the regions and one slot more than two. */
+static void test_small_chunks(void **state)
+{
+    staged_case_t k = ok_case(3, 4096, 1000, 3);
+    (void)state;
+    run_case(&k);
+}
+
+/* A chunk size above the region size: one chunk, one slot used. */
+static void test_chunk_above_size(void **state)
+{
+    staged_case_t k = ok_case(2, 777, 1u << 20, 4);
+    (void)state;
+    run_case(&k);
+}
+
+/* Slow engines on both sides: copies finish only after several polls, so
+ * every lane waits (back-pressure) and the bytes still all arrive. */
+static void test_slow_engines(void **state)
+{
+    staged_case_t k = ok_case(2, 3u << 20, 256u << 10, 2);
+    (void)state;
+    k.cmd.delay_polls = 20;
+    k.delay_polls = 20;
+    run_case(&k);
+}
+
+/* A single slot: no overlap, but still correct. */
+static void test_one_slot(void **state)
+{
+    staged_case_t k = ok_case(2, 200000, 65536, 1);
+    (void)state;
+    run_case(&k);
+}
+
+/* The writer cancels while its third copy is held: the writer ends
+ * CANCELLED, the passive side ERRORED with the writer's status. */
+static void test_writer_cancels_midway(void **state)
+{
+    staged_case_t k = ok_case(1, 1u << 20, 65536, 2);
+    (void)state;
+    k.cancel_at = 3;
+    k.want = FERRY_ERR_CANCELLED;
+    k.passive_want = FERRY_ERR_CANCELLED;
+    k.passive_status = FERRY_OP_STATUS_ERRORED;
+    run_case(&k);
+}
+
+/* The passive side cancels while its third copy is held: the writer is
+ * stopped by the CREDIT that says so. */
+static void test_passive_cancels_midway(void **state)
+{
+    staged_case_t k = ok_case(1, 1u << 20, 65536, 2);
+    (void)state;
+    k.cmd.mode = MODE_CANCEL_MIDWAY;
+    k.cmd.hold_at = 3;
+    k.want = FERRY_ERR_CANCELLED;
+    k.passive_want = FERRY_ERR_CANCELLED;
+    k.passive_status = FERRY_OP_STATUS_CANCELLED;
+    run_case(&k);
+}
+
+/* The writer's engine fails its fourth copy. */
+static void test_writer_engine_error(void **state)
+{
+    staged_case_t k = ok_case(2, 1u << 20, 65536, 3);
+    (void)state;
+    k.fail_at = 4;
+    k.want = FERRY_ERR_IO;
+    k.passive_want = FERRY_ERR_IO;
+    k.passive_status = FERRY_OP_STATUS_ERRORED;
+    run_case(&k);
+}
+
+/* The passive engine fails its fourth copy: the passive side ends ERRORED
+ * and stops the writer. */
+static void test_passive_engine_error(void **state)
+{
+    staged_case_t k = ok_case(2, 1u << 20, 65536, 3);
+    (void)state;
+    k.cmd.fail_at = 4;
+    k.want = FERRY_ERR_IO;
+    k.passive_want = FERRY_ERR_IO;
+    k.passive_status = FERRY_OP_STATUS_ERRORED;
+    run_case(&k);
+}
+
+/* Several transfers back to back on one connector pair after faults: the
+ * pipeline leaves nothing behind. */
+static void test_after_faults(void **state)
+{
+    (void)state;
+    for (uint32_t i = 0; i < 3; i++) {
+        staged_case_t k = ok_case(4, 50000 + i, 8192 + i, 2 + i);
+        k.cmd.seed = 40 + i;
+        run_case(&k);
+    }
+}
+
+/* The writer process dies with chunks in flight (its engine held midway).
+ * peer_errors: the passive side learns it from its endpoint (ERRORED);
+ * otherwise its wait times out and the op stays claimed. */
+static void writer_killed(bool peer_errors)
+{
+    ferry_connector_params_t params = {.field_mask =
+                                           FERRY_CONNECTOR_PARAM_FIELD_PEER_ERROR_HANDLING,
+                                       .peer_error_handling = peer_errors};
+    ferry_connector_t *c;
+    uint64_t size = 1u << 20;
+    uint8_t *buf = calloc(1, size);
+    ferry_descriptor_t d = {buf, size, FERRY_DEVICE_HOST_INIT};
+    pair_partner_t writer;
+    ferry_op_t *op;
+    const uint8_t *md;
+    size_t md_len;
+    char ready;
+
+    atomic_store(&ferry__test_staging.chunk, 65536);
+    atomic_store(&ferry__test_staging.slots, 2);
+    assert_int_equal(ferry_connector_create(&params, &c), FERRY_OK);
+    assert_int_equal(ferry_writable_create(c, &d, 1, &op), FERRY_OK);
+    assert_int_equal(ferry_op_metadata(op, &md, &md_len), FERRY_OK);
+    writer = pair_spawn(self_exe, peer_errors ? "--writer-peer-errors" : "--writer");
+    assert_int_equal(pair_write(writer.cmd_fd, &size, sizeof(size)), 0);
+    assert_int_equal(pair_send_blob(writer.cmd_fd, md, (uint32_t)md_len), 0);
+    assert_int_equal(pair_read(writer.res_fd, &ready, 1, PAIR_IO_TIMEOUT_MS), 0);
+    kill(writer.pid, SIGKILL);
+    assert_true(WIFSIGNALED(pair_reap(writer.pid)));
+    pair_close(&writer);
+    if (peer_errors) {
+        assert_int_equal(ferry_op_wait(op, WAIT_TIMEOUT_MS), FERRY_ERR_PEER_FAILED);
+        assert_int_equal(ferry_op_status(op), FERRY_OP_STATUS_ERRORED);
+    } else {
+        assert_int_equal(ferry_op_wait(op, 300), FERRY_ERR_TIMED_OUT);
+        assert_int_equal(ferry_op_status(op), FERRY_OP_STATUS_IN_PROGRESS);
+    }
+    ferry_op_destroy(op);
+    assert_int_equal(ferry_connector_destroy(c), FERRY_OK);
+    atomic_store(&ferry__test_staging.chunk, 0);
+    atomic_store(&ferry__test_staging.slots, 0);
+    free(buf);
+}
+
+static void test_writer_killed_midway(void **state)
+{
+    (void)state;
+    writer_killed(false);
+}
+
+static void test_writer_killed_midway_peer_detection(void **state)
+{
+    (void)state;
+    writer_killed(true);
+}
+
+/* Caller progress mode, both sides on one connector: ferry_op_wait drives
+ * the loop, and with slow engine copies in flight it must keep polling them
+ * (an engine has no fd to sleep on) until both operations complete. */
+static void test_caller_progress_loopback(void **state)
+{
+    ferry_connector_params_t params = {.field_mask = FERRY_CONNECTOR_PARAM_FIELD_PROGRESS_MODE,
+                                       .progress_mode = FERRY_PROGRESS_CALLER};
+    uint64_t size = 300000;
+    uint8_t *src = malloc(size), *dst = calloc(1, size);
+    ferry_descriptor_t ds = {src, size, FERRY_DEVICE_HOST_INIT};
+    ferry_descriptor_t dd = {dst, size, FERRY_DEVICE_HOST_INIT};
+    ferry_connector_t *c;
+    ferry_op_t *passive, *active;
+    const uint8_t *md;
+    size_t md_len;
+    (void)state;
+
+    pair_fill(src, size, 21, 0);
+    atomic_store(&ferry__test_staging.chunk, 32768);
+    atomic_store(&ferry__test_staging.slots, 2);
+    faults_reset();
+    atomic_store(&faults->delay_polls, 50);
+    assert_int_equal(ferry_connector_create(&params, &c), FERRY_OK);
+    assert_int_equal(ferry_writable_create(c, &dd, 1, &passive), FERRY_OK);
+    assert_int_equal(ferry_op_metadata(passive, &md, &md_len), FERRY_OK);
+    assert_int_equal(ferry_write_begin(c, &ds, 1, md, md_len, &active), FERRY_OK);
+    assert_int_equal(ferry_op_wait(active, WAIT_TIMEOUT_MS), FERRY_OK);
+    assert_int_equal(ferry_op_wait(passive, WAIT_TIMEOUT_MS), FERRY_OK);
+    assert_int_equal(pair_check(dst, size, 21, 0), size);
+    ferry_op_destroy(active);
+    ferry_op_destroy(passive);
+    assert_int_equal(ferry_connector_destroy(c), FERRY_OK);
+    faults_reset();
+    atomic_store(&ferry__test_staging.chunk, 0);
+    atomic_store(&ferry__test_staging.slots, 0);
+    free(src);
+    free(dst);
+}
+
+/* A readable cannot be staged: refused at create with the reason. */
+static void test_readable_refused(void **state)
+{
+    uint8_t buf[64];
+    ferry_descriptor_t d = {buf, sizeof(buf), FERRY_DEVICE_HOST_INIT};
+    ferry_op_t *op = NULL;
+    (void)state;
+
+    assert_int_equal(ferry_readable_create(world.c, &d, 1, &op), FERRY_ERR_UNIMPLEMENTED);
+    assert_null(op);
+    assert_non_null(strstr(ferry_last_error_message(), "staged"));
+}
+
+/* ---- pure checks ----------------------------------------------------------- */
+
+/* Copies finish in order; a later ticket done means the earlier ones are. */
+static void test_host_engine_order(void **state)
+{
+    ferry__copy_engine_t *e;
+    uint8_t src[3][8] = {{1}, {2}, {3}}, dst[3][8] = {{0}};
+    uint64_t t[3];
+    bool done = false;
+    (void)state;
+
+    faults_reset();
+    assert_int_equal(ferry__host_engine_create(&e), FERRY_OK);
+    for (int i = 0; i < 3; i++) {
+        assert_int_equal(e->ops->copy_async(e, dst[i], src[i], 8, &t[i]), FERRY_OK);
+    }
+    assert_true(t[0] < t[1] && t[1] < t[2]);
+    assert_int_equal(e->ops->poll(e, t[1], &done), FERRY_OK);
+    assert_true(done);
+    assert_int_equal(dst[0][0], 1);
+    assert_int_equal(dst[1][0], 2);
+    assert_int_equal(dst[2][0], 0); /* not polled yet: bytes move when it finishes */
+    assert_int_equal(e->ops->poll(e, t[0], &done), FERRY_OK);
+    assert_true(done);
+    ferry__copy_engine_destroy(e);
+}
+
+/* A failed copy fails the engine for good; a held copy never finishes
+ * until released, and sync drops it. */
+static void test_host_engine_faults(void **state)
+{
+    ferry__copy_engine_t *e;
+    uint8_t a[4] = {7}, b[4] = {0};
+    uint64_t t1, t2;
+    bool done = true;
+    (void)state;
+
+    faults_reset();
+    assert_int_equal(ferry__host_engine_create(&e), FERRY_OK);
+    atomic_store(&faults->hold_from, copy_from_now(1));
+    atomic_store(&faults->hold, true);
+    assert_int_equal(e->ops->copy_async(e, b, a, 4, &t1), FERRY_OK);
+    assert_int_equal(e->ops->poll(e, t1, &done), FERRY_OK);
+    assert_false(done);
+    assert_true(atomic_load(&faults->held));
+    e->ops->sync(e); /* dropped */
+    assert_int_equal(b[0], 0);
+    faults_reset();
+    atomic_store(&faults->fail_at, copy_from_now(1));
+    assert_int_equal(e->ops->copy_async(e, b, a, 4, &t2), FERRY_OK);
+    assert_int_equal(e->ops->poll(e, t2, &done), FERRY_ERR_IO);
+    assert_int_equal(e->ops->copy_async(e, b, a, 4, &t2), FERRY_ERR_IO);
+    assert_int_equal(b[0], 0);
+    ferry__copy_engine_destroy(e);
+    faults_reset();
+}
+
+static void test_wire_chunk_credit(void **state)
+{
+    ferry__msg_t in = {0}, out;
+    uint8_t *buf;
+    size_t len;
+    (void)state;
+
+    in.type = FERRY__MSG_CHUNK;
+    in.key[0] = 9;
+    in.nonce[3] = 4;
+    in.slot = 3;
+    in.desc = 15;
+    in.offset = 0x100000001ull;
+    in.len = 65543;
+    assert_int_equal(ferry__msg_encode(&in, &buf, &len), FERRY_OK);
+    assert_int_equal(ferry__msg_decode(buf, len, &out), FERRY_OK);
+    assert_int_equal(out.type, FERRY__MSG_CHUNK);
+    assert_int_equal(out.slot, 3);
+    assert_int_equal(out.desc, 15);
+    assert_true(out.offset == in.offset && out.len == in.len);
+    assert_int_equal(out.nonce[3], 4);
+    /* A chunk record of the wrong length is malformed. */
+    assert_int_equal(ferry__msg_decode(buf, len - 1, &out), FERRY_ERR_PROTOCOL);
+    buf[36] = 23;
+    assert_int_equal(ferry__msg_decode(buf, len - 1, &out), FERRY_ERR_PROTOCOL);
+    free(buf);
+    in.type = FERRY__MSG_CREDIT;
+    in.status = FERRY_ERR_CANCELLED;
+    in.op_id = 77;
+    assert_int_equal(ferry__msg_encode(&in, &buf, &len), FERRY_OK);
+    assert_int_equal(ferry__msg_decode(buf, len, &out), FERRY_OK);
+    assert_int_equal(out.type, FERRY__MSG_CREDIT);
+    assert_int_equal(out.status, FERRY_ERR_CANCELLED);
+    assert_int_equal(out.op_id, 77);
+    free(buf);
+}
+
+/* The staging rules (common/md_rules.c): descriptors' rkeys empty, the
+ * block complete, WRITE only. */
+static void test_staging_rules(void **state)
+{
+    uint8_t addr[4] = {1, 2, 3, 4}, key[FERRY_MD_KEY_LEN] = {0}, rk[8] = {1};
+    Ferry__V1__Device dev = FERRY__V1__DEVICE__INIT;
+    Ferry__V1__Descriptor d = FERRY__V1__DESCRIPTOR__INIT, *dp = &d;
+    Ferry__V1__Staging st = FERRY__V1__STAGING__INIT;
+    Ferry__V1__RdmaMetadata md = FERRY__V1__RDMA_METADATA__INIT;
+    char msg[256];
+    (void)state;
+
+    dev.kind = FERRY__V1__DEVICE_KIND__DEVICE_KIND_CUDA;
+    d.address = 0x1000;
+    d.size = 4096;
+    d.device = &dev;
+    st.address = 0x2000;
+    st.slot_size = 1024;
+    st.slots = 2;
+    st.rkey.data = rk;
+    st.rkey.len = sizeof(rk);
+    md.kind = FERRY__V1__OPERATION_KIND__OPERATION_KIND_WRITE;
+    md.worker_address.data = addr;
+    md.worker_address.len = sizeof(addr);
+    md.notification_key.data = key;
+    md.notification_key.len = sizeof(key);
+    md.n_descriptors = 1;
+    md.descriptors = &dp;
+    /* Without staging an empty rkey is refused (what an old reader does). */
+    assert_int_equal(ferry_md_check("md", &md, msg, sizeof(msg)), FERRY_ERR_INVALID_ARGUMENT);
+    md.staging = &st;
+    assert_int_equal(ferry_md_check("md", &md, msg, sizeof(msg)), FERRY_OK);
+    d.rkey.data = rk;
+    d.rkey.len = sizeof(rk);
+    assert_int_equal(ferry_md_check("md", &md, msg, sizeof(msg)), FERRY_ERR_INVALID_ARGUMENT);
+    assert_non_null(strstr(msg, "md.descriptors[0].rkey must be empty"));
+    d.rkey.len = 0;
+    st.slots = 0;
+    assert_int_equal(ferry_md_check("md", &md, msg, sizeof(msg)), FERRY_ERR_INVALID_ARGUMENT);
+    assert_non_null(strstr(msg, "md.staging.slots"));
+    st.slots = 2;
+    md.kind = FERRY__V1__OPERATION_KIND__OPERATION_KIND_READ;
+    assert_int_equal(ferry_md_check("md", &md, msg, sizeof(msg)), FERRY_ERR_INVALID_ARGUMENT);
+    assert_non_null(strstr(msg, "only for WRITE"));
+}
+
+int main(int argc, char **argv)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_host_engine_order),
+        cmocka_unit_test(test_host_engine_faults),
+        cmocka_unit_test(test_wire_chunk_credit),
+        cmocka_unit_test(test_staging_rules),
+        cmocka_unit_test(test_one_descriptor),
+        cmocka_unit_test(test_sixteen_descriptors),
+        cmocka_unit_test(test_small_chunks),
+        cmocka_unit_test(test_chunk_above_size),
+        cmocka_unit_test(test_slow_engines),
+        cmocka_unit_test(test_one_slot),
+        cmocka_unit_test(test_writer_cancels_midway),
+        cmocka_unit_test(test_passive_cancels_midway),
+        cmocka_unit_test(test_writer_engine_error),
+        cmocka_unit_test(test_passive_engine_error),
+        cmocka_unit_test(test_after_faults),
+        cmocka_unit_test(test_writer_killed_midway),
+        cmocka_unit_test(test_writer_killed_midway_peer_detection),
+        cmocka_unit_test(test_caller_progress_loopback),
+        cmocka_unit_test(test_readable_refused),
+    };
+
+    signal(SIGPIPE, SIG_IGN);
+    atomic_store(&ferry__test_staging.force, true);
+    if (argc == 4 && strcmp(argv[1], "--passive") == 0) {
+        return passive_main(atoi(argv[2]), atoi(argv[3]));
+    }
+    if (argc == 4 && strcmp(argv[1], "--writer") == 0) {
+        return writer_main(atoi(argv[2]), atoi(argv[3]), false);
+    }
+    if (argc == 4 && strcmp(argv[1], "--writer-peer-errors") == 0) {
+        return writer_main(atoi(argv[2]), atoi(argv[3]), true);
+    }
+    self_exe = argv[0];
+    return cmocka_run_group_tests(tests, group_setup, group_teardown);
+}

@@ -1,0 +1,551 @@
+/*
+ * cuda.c: the CUDA driver, loaded at run time, and what libferry asks of it:
+ * checking descriptors (driver pointer attributes), and the CUDA copy engine
+ * of the staged path (copy_engine.h).
+ *
+ * Loading: dlopen("libcuda.so.1") once per process (pthread_once), then
+ * dlsym for each function under the name cuda.h maps it to (cuMemAlloc is
+ * cuMemAlloc_v2 in the ABI: SYM() stringizes after macro expansion, so the
+ * symbol is exactly the one this header's prototypes describe), then cuInit
+ * and a device count. Any failure leaves CUDA unavailable for the life of
+ * the process with the reason kept (ferry__cuda_why); the library never
+ * unloads the driver.
+ *
+ * Contexts: libferry uses each device's primary context (the one the CUDA
+ * runtime and PyTorch use), retained on first use and never released, and
+ * makes it current on the calling thread before each driver call that needs
+ * one, so any thread (the progress thread included) may call in.
+ *
+ * The engine: one non-blocking stream, and per queued copy one event
+ * (recorded after the copy) in a ring; a ticket is done when its event, and
+ * so every earlier one, has completed. A failed query or copy makes the
+ * engine failed for good (copy_engine.h).
+ *
+ * Threads: the load is once; the context table is guarded by ctx_lock; an
+ * engine is used under its connector's lock.
+ */
+#include "worker/cuda.h"
+
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/log.h"
+#include "worker/errors.h"
+
+const char *ferry__cuda_test_driver;
+
+#ifndef FERRY_HAVE_CUDA
+
+/* Built without the toolkit's header (or with -DFERRY_CUDA=OFF). */
+static const char no_cuda[] =
+    "libferry was built without CUDA support (-DFERRY_CUDA=OFF, or no cuda.h at build time)";
+
+ferry_status_t ferry__cuda_load(void)
+{
+    return ferry__fail(FERRY_ERR_UNIMPLEMENTED, "%s", no_cuda);
+}
+
+const char *ferry__cuda_why(void)
+{
+    return no_cuda;
+}
+
+ferry_status_t ferry__cuda_check_descriptors(const ferry_descriptor_t *descs, size_t n)
+{
+    (void)descs;
+    (void)n;
+    return ferry__cuda_load();
+}
+
+ferry_status_t ferry__cuda_engine_create(uint32_t device, ferry__copy_engine_t **engine_p)
+{
+    (void)device;
+    (void)engine_p;
+    return ferry__cuda_load();
+}
+
+int ferry__cuda_device_count(void)
+{
+    return 0;
+}
+
+ferry_status_t ferry__cuda_bind_thread(uint32_t device)
+{
+    (void)device;
+    return ferry__cuda_load();
+}
+
+ferry_status_t ferry__cuda_mem_alloc(uint32_t device, size_t size, void **ptr_p)
+{
+    (void)device;
+    (void)size;
+    (void)ptr_p;
+    return ferry__cuda_load();
+}
+
+void ferry__cuda_mem_free(void *ptr)
+{
+    (void)ptr;
+}
+
+ferry_status_t ferry__cuda_memcpy(uint32_t device, void *dst, const void *src, size_t size)
+{
+    (void)device;
+    (void)dst;
+    (void)src;
+    (void)size;
+    return ferry__cuda_load();
+}
+
+#else /* FERRY_HAVE_CUDA */
+
+#include <cuda.h>
+#include <dlfcn.h>
+#include <inttypes.h>
+
+#define SYM_STR(name) #name
+#define SYM(name)     SYM_STR(name)
+
+#define MAX_DEVICES  64
+#define EVENT_RING   128
+#define PINNED_CACHE 4
+
+/* The driver functions libferry calls, each resolved by its ABI name. */
+#define FOREACH_CU_FN(_)        \
+    _(cuInit)                   \
+    _(cuGetErrorName)           \
+    _(cuDeviceGetCount)         \
+    _(cuDeviceGet)              \
+    _(cuDevicePrimaryCtxRetain) \
+    _(cuCtxSetCurrent)          \
+    _(cuPointerGetAttributes)   \
+    _(cuStreamCreate)           \
+    _(cuStreamDestroy)          \
+    _(cuStreamSynchronize)      \
+    _(cuEventCreate)            \
+    _(cuEventRecord)            \
+    _(cuEventQuery)             \
+    _(cuEventDestroy)           \
+    _(cuMemcpyAsync)            \
+    _(cuMemcpy)                 \
+    _(cuMemHostAlloc)           \
+    _(cuMemFreeHost)            \
+    _(cuMemAlloc)               \
+    _(cuMemFree)
+
+static struct {
+#define CU_FN_FIELD(name) __typeof__(&name) name;
+    FOREACH_CU_FN(CU_FN_FIELD)
+#undef CU_FN_FIELD
+} cu;
+
+static pthread_once_t load_once = PTHREAD_ONCE_INIT;
+static ferry_status_t load_status = FERRY_ERR_UNIMPLEMENTED;
+static char load_why[FERRY__MSG_LEN] = "the CUDA driver was not loaded yet";
+static int device_count;
+
+static pthread_mutex_t ctx_lock = PTHREAD_MUTEX_INITIALIZER;
+static CUcontext contexts[MAX_DEVICES];
+
+static const char *cu_name(CUresult r)
+{
+    const char *name = NULL;
+
+    if (cu.cuGetErrorName == NULL || cu.cuGetErrorName(r, &name) != CUDA_SUCCESS || name == NULL) {
+        return "CUDA_ERROR_UNKNOWN";
+    }
+    return name;
+}
+
+static void load(void)
+{
+    const char *path = ferry__cuda_test_driver != NULL ? ferry__cuda_test_driver : "libcuda.so.1";
+    void *h = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+    CUresult r;
+
+    if (h == NULL) {
+        snprintf(load_why, sizeof(load_why), "no CUDA driver: dlopen %s: %s", path, dlerror());
+        return;
+    }
+#define CU_FN_LOAD(name)                                                                 \
+    *(void **)&cu.name = dlsym(h, SYM(name));                                            \
+    if (cu.name == NULL) {                                                               \
+        snprintf(load_why, sizeof(load_why), "CUDA driver %s lacks %s (too old?)", path, \
+                 SYM(name));                                                             \
+        memset(&cu, 0, sizeof(cu));                                                      \
+        return;                                                                          \
+    }
+    FOREACH_CU_FN(CU_FN_LOAD)
+#undef CU_FN_LOAD
+    r = cu.cuInit(0);
+    if (r != CUDA_SUCCESS) {
+        snprintf(load_why, sizeof(load_why), "CUDA driver present but cuInit failed: %s",
+                 cu_name(r));
+        return;
+    }
+    r = cu.cuDeviceGetCount(&device_count);
+    if (r != CUDA_SUCCESS || device_count <= 0) {
+        snprintf(load_why, sizeof(load_why), "CUDA driver present but no device (%s)",
+                 r != CUDA_SUCCESS ? cu_name(r) : "count 0");
+        return;
+    }
+    load_why[0] = '\0';
+    load_status = FERRY_OK;
+}
+
+ferry_status_t ferry__cuda_load(void)
+{
+    pthread_once(&load_once, load);
+    if (load_status != FERRY_OK) {
+        return ferry__fail(load_status, "%s", load_why);
+    }
+    return FERRY_OK;
+}
+
+const char *ferry__cuda_why(void)
+{
+    pthread_once(&load_once, load);
+    return load_why;
+}
+
+int ferry__cuda_device_count(void)
+{
+    return ferry__cuda_load() == FERRY_OK ? device_count : 0;
+}
+
+static ferry_status_t cu_fail(const char *what, CUresult r)
+{
+    ferry_error("cuda: %s: %s", what, cu_name(r));
+    return ferry__fail(FERRY_ERR_IO, "cuda: %s: %s", what, cu_name(r));
+}
+
+/* Makes device's primary context current on this thread. */
+static ferry_status_t use_device(uint32_t device)
+{
+    CUcontext ctx;
+    CUresult r = CUDA_SUCCESS;
+
+    if (ferry__cuda_load() != FERRY_OK) {
+        return FERRY_ERR_UNIMPLEMENTED;
+    }
+    if (device >= (uint32_t)device_count || device >= MAX_DEVICES) {
+        return ferry__fail(FERRY_ERR_INVALID_ARGUMENT, "cuda:%" PRIu32 ": this host has %d devices",
+                           device, device_count);
+    }
+    pthread_mutex_lock(&ctx_lock);
+    if (contexts[device] == NULL) {
+        CUdevice dev;
+        r = cu.cuDeviceGet(&dev, (int)device);
+        if (r == CUDA_SUCCESS) {
+            r = cu.cuDevicePrimaryCtxRetain(&contexts[device], dev);
+        }
+    }
+    ctx = contexts[device];
+    pthread_mutex_unlock(&ctx_lock);
+    if (r != CUDA_SUCCESS) {
+        return cu_fail("retaining the primary context", r);
+    }
+    r = cu.cuCtxSetCurrent(ctx);
+    return r == CUDA_SUCCESS ? FERRY_OK : cu_fail("cuCtxSetCurrent", r);
+}
+
+static ferry_status_t check_one(size_t i, const ferry_descriptor_t *d)
+{
+    CUpointer_attribute attrs[] = {
+        CU_POINTER_ATTRIBUTE_MEMORY_TYPE, CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL,
+        CU_POINTER_ATTRIBUTE_RANGE_START_ADDR, CU_POINTER_ATTRIBUTE_RANGE_SIZE};
+    unsigned int type = 0;
+    int ordinal = -1;
+    CUdeviceptr start = 0;
+    size_t range = 0;
+    void *data[] = {&type, &ordinal, &start, &range};
+    CUdeviceptr p = (CUdeviceptr)(uintptr_t)d->ptr;
+    CUresult r;
+
+    r = cu.cuPointerGetAttributes(4, attrs, data, p);
+    if (r != CUDA_SUCCESS) {
+        return ferry__fail(FERRY_ERR_INVALID_ARGUMENT,
+                           "descriptor %zu: cuda:%" PRIu32 " claimed, but the driver cannot "
+                           "describe the pointer: %s",
+                           i, d->device.id, cu_name(r));
+    }
+    if (type != CU_MEMORYTYPE_DEVICE) {
+        return ferry__fail(FERRY_ERR_INVALID_ARGUMENT,
+                           "descriptor %zu: cuda:%" PRIu32 " claimed, but %p is %s memory, not "
+                           "device memory",
+                           i, d->device.id, d->ptr,
+                           type == CU_MEMORYTYPE_HOST ? "pinned host" : "host (or unknown)");
+    }
+    if (ordinal < 0 || (uint32_t)ordinal != d->device.id) {
+        return ferry__fail(FERRY_ERR_INVALID_ARGUMENT,
+                           "descriptor %zu: cuda:%" PRIu32 " claimed, but %p is memory of cuda:%d",
+                           i, d->device.id, d->ptr, ordinal);
+    }
+    if (range != 0 && (p < start || p - start > range || d->size > range - (p - start))) {
+        return ferry__fail(FERRY_ERR_INVALID_ARGUMENT,
+                           "descriptor %zu: %zu bytes at %p run past the end of its allocation "
+                           "(%zu bytes from %p)",
+                           i, d->size, d->ptr, range, (void *)(uintptr_t)start);
+    }
+    return FERRY_OK;
+}
+
+ferry_status_t ferry__cuda_bind_thread(uint32_t device)
+{
+    return use_device(device);
+}
+
+ferry_status_t ferry__cuda_check_descriptors(const ferry_descriptor_t *descs, size_t n)
+{
+    ferry_status_t status = ferry__cuda_load();
+
+    for (size_t i = 0; status == FERRY_OK && i < n; i++) {
+        if (descs[i].device.kind == FERRY_DEVICE_CUDA) {
+            status = check_one(i, &descs[i]);
+        }
+    }
+    if (status == FERRY_OK && descs[0].device.kind == FERRY_DEVICE_CUDA) {
+        /* The caller registers this memory with UCX next, on this thread. */
+        status = use_device(descs[0].device.id);
+    }
+    return status;
+}
+
+ferry_status_t ferry__cuda_mem_alloc(uint32_t device, size_t size, void **ptr_p)
+{
+    CUdeviceptr p;
+    CUresult r;
+    ferry_status_t status = use_device(device);
+
+    if (status != FERRY_OK) {
+        return status;
+    }
+    r = cu.cuMemAlloc(&p, size);
+    if (r != CUDA_SUCCESS) {
+        return cu_fail("cuMemAlloc", r);
+    }
+    *ptr_p = (void *)(uintptr_t)p;
+    return FERRY_OK;
+}
+
+void ferry__cuda_mem_free(void *ptr)
+{
+    if (ptr != NULL && load_status == FERRY_OK) {
+        cu.cuMemFree((CUdeviceptr)(uintptr_t)ptr);
+    }
+}
+
+ferry_status_t ferry__cuda_memcpy(uint32_t device, void *dst, const void *src, size_t size)
+{
+    CUresult r;
+    ferry_status_t status = use_device(device);
+
+    if (status != FERRY_OK) {
+        return status;
+    }
+    r = cu.cuMemcpy((CUdeviceptr)(uintptr_t)dst, (CUdeviceptr)(uintptr_t)src, size);
+    return r == CUDA_SUCCESS ? FERRY_OK : cu_fail("cuMemcpy", r);
+}
+
+/* ---- the engine ---------------------------------------------------------- */
+
+typedef struct {
+    ferry__copy_engine_t base;
+    uint32_t device;
+    CUstream stream;
+    CUevent ring[EVENT_RING]; /* events of tickets done+1 .. queued */
+    uint64_t queued;          /* last ticket handed out */
+    uint64_t done;            /* every ticket <= done has finished */
+    CUresult error;           /* first failure; CUDA_SUCCESS while healthy */
+} cuda_engine_t;
+
+static ferry_status_t engine_failed(cuda_engine_t *e)
+{
+    return ferry__fail(FERRY_ERR_IO, "cuda:%" PRIu32 ": staging copy failed: %s", e->device,
+                       cu_name(e->error));
+}
+
+static ferry_status_t engine_copy(ferry__copy_engine_t *base, void *dst, const void *src, size_t n,
+                                  uint64_t *ticket_p)
+{
+    cuda_engine_t *e = (cuda_engine_t *)base;
+    CUevent *ev;
+    CUresult r;
+
+    if (e->error != CUDA_SUCCESS) {
+        return engine_failed(e);
+    }
+    if (e->queued - e->done >= EVENT_RING) {
+        return ferry__fail(FERRY_ERR_RESOURCE_EXHAUSTED, "cuda:%" PRIu32 ": %d copies in flight",
+                           e->device, EVENT_RING);
+    }
+    if (use_device(e->device) != FERRY_OK) {
+        return FERRY_ERR_IO;
+    }
+    ev = &e->ring[(e->queued + 1) % EVENT_RING];
+    r = cu.cuMemcpyAsync((CUdeviceptr)(uintptr_t)dst, (CUdeviceptr)(uintptr_t)src, n, e->stream);
+    if (r == CUDA_SUCCESS) {
+        r = cu.cuEventCreate(ev, CU_EVENT_DISABLE_TIMING);
+    }
+    if (r == CUDA_SUCCESS) {
+        r = cu.cuEventRecord(*ev, e->stream);
+        if (r != CUDA_SUCCESS) {
+            cu.cuEventDestroy(*ev);
+        }
+    }
+    if (r != CUDA_SUCCESS) {
+        e->error = r;
+        ferry_error("cuda:%" PRIu32 ": queueing a %zu-byte copy: %s", e->device, n, cu_name(r));
+        return engine_failed(e);
+    }
+    *ticket_p = ++e->queued;
+    return FERRY_OK;
+}
+
+static ferry_status_t engine_poll(ferry__copy_engine_t *base, uint64_t ticket, bool *done_p)
+{
+    cuda_engine_t *e = (cuda_engine_t *)base;
+
+    while (e->error == CUDA_SUCCESS && e->done < ticket && e->done < e->queued) {
+        CUevent ev = e->ring[(e->done + 1) % EVENT_RING];
+        CUresult r = cu.cuEventQuery(ev);
+        if (r == CUDA_ERROR_NOT_READY) {
+            break;
+        }
+        cu.cuEventDestroy(ev);
+        e->done++;
+        if (r != CUDA_SUCCESS) {
+            e->error = r;
+            ferry_error("cuda:%" PRIu32 ": a staging copy failed: %s", e->device, cu_name(r));
+        }
+    }
+    if (e->error != CUDA_SUCCESS) {
+        return engine_failed(e);
+    }
+    *done_p = ticket <= e->done;
+    return FERRY_OK;
+}
+
+static void engine_sync(ferry__copy_engine_t *base)
+{
+    cuda_engine_t *e = (cuda_engine_t *)base;
+
+    if (use_device(e->device) == FERRY_OK) {
+        cu.cuStreamSynchronize(e->stream);
+    }
+    while (e->done < e->queued) {
+        cu.cuEventDestroy(e->ring[(e->done + 1) % EVENT_RING]);
+        e->done++;
+    }
+}
+
+/* Pinned buffers are slow to get (cuMemHostAlloc maps and locks pages:
+ * milliseconds for the default 16 MiB) and every staged operation needs
+ * one, so a few freed ones are kept for the next operation of that size
+ * (active sides' only: see copy_engine.h). */
+static struct {
+    void *ptr;
+    size_t size;
+} pinned_cache[PINNED_CACHE];
+
+static void *pinned_cache_take(size_t size)
+{
+    void *p = NULL;
+
+    pthread_mutex_lock(&ctx_lock);
+    for (int i = 0; p == NULL && i < PINNED_CACHE; i++) {
+        if (pinned_cache[i].ptr != NULL && pinned_cache[i].size == size) {
+            p = pinned_cache[i].ptr;
+            pinned_cache[i].ptr = NULL;
+        }
+    }
+    pthread_mutex_unlock(&ctx_lock);
+    return p;
+}
+
+static bool pinned_cache_keep(void *ptr, size_t size)
+{
+    bool kept = false;
+
+    pthread_mutex_lock(&ctx_lock);
+    for (int i = 0; !kept && i < PINNED_CACHE; i++) {
+        if (pinned_cache[i].ptr == NULL) {
+            pinned_cache[i].ptr = ptr;
+            pinned_cache[i].size = size;
+            kept = true;
+        }
+    }
+    pthread_mutex_unlock(&ctx_lock);
+    return kept;
+}
+
+static ferry_status_t engine_alloc_pinned(ferry__copy_engine_t *base, size_t size, void **ptr_p)
+{
+    cuda_engine_t *e = (cuda_engine_t *)base;
+    CUresult r;
+
+    if ((*ptr_p = pinned_cache_take(size)) != NULL) {
+        return FERRY_OK;
+    }
+    if (use_device(e->device) != FERRY_OK) {
+        return FERRY_ERR_IO;
+    }
+    r = cu.cuMemHostAlloc(ptr_p, size, CU_MEMHOSTALLOC_PORTABLE);
+    return r == CUDA_SUCCESS ? FERRY_OK : cu_fail("cuMemHostAlloc", r);
+}
+
+static void engine_free_pinned(ferry__copy_engine_t *base, void *ptr, size_t size, bool keep)
+{
+    (void)base;
+    if (ptr != NULL && !(keep && pinned_cache_keep(ptr, size))) {
+        cu.cuMemFreeHost(ptr);
+    }
+}
+
+static void engine_destroy(ferry__copy_engine_t *base)
+{
+    cuda_engine_t *e = (cuda_engine_t *)base;
+
+    if (use_device(e->device) == FERRY_OK) {
+        cu.cuStreamDestroy(e->stream);
+    }
+    free(e);
+}
+
+static const ferry__copy_engine_ops_t cuda_engine_ops = {
+    .name = "cuda",
+    .copy_async = engine_copy,
+    .poll = engine_poll,
+    .sync = engine_sync,
+    .alloc_pinned = engine_alloc_pinned,
+    .free_pinned = engine_free_pinned,
+    .destroy = engine_destroy,
+};
+
+ferry_status_t ferry__cuda_engine_create(uint32_t device, ferry__copy_engine_t **engine_p)
+{
+    cuda_engine_t *e;
+    ferry_status_t status = use_device(device);
+    CUresult r;
+
+    if (status != FERRY_OK) {
+        return status;
+    }
+    e = calloc(1, sizeof(*e));
+    if (e == NULL) {
+        return ferry__fail(FERRY_ERR_NO_MEMORY, "cuda: out of memory for an engine");
+    }
+    e->base.ops = &cuda_engine_ops;
+    e->device = device;
+    r = cu.cuStreamCreate(&e->stream, CU_STREAM_NON_BLOCKING);
+    if (r != CUDA_SUCCESS) {
+        free(e);
+        return cu_fail("cuStreamCreate", r);
+    }
+    *engine_p = &e->base;
+    return FERRY_OK;
+}
+
+#endif /* FERRY_HAVE_CUDA */

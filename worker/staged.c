@@ -1,0 +1,769 @@
+/*
+ * staged.c: the staged path. Memory UCX cannot register (CUDA memory where
+ * this UCX has no CUDA transports) moves through pinned host buffers, in
+ * chunks, with the copies to and from the device overlapped with the
+ * network transfers. The copies go through a copy engine (copy_engine.h):
+ * the CUDA one on a GPU, the host one in CI, so every line here runs in CI.
+ *
+ * Chunks: the descriptors are cut, in order, into chunks of at most
+ * slot_size bytes (the last chunk of each descriptor is shorter when
+ * slot_size does not divide it). A chunk never spans two descriptors.
+ *
+ * Lanes: the pipeline has `lanes` lanes (the passive side's slot count when
+ * it stages, else the local default); lane i owns local slot i and remote
+ * slot i. Each lane carries one chunk at a time through these steps
+ * (at least two lanes: while one lane's chunk crosses the network another's
+ * is being copied, which is the overlap):
+ *
+ *   active write:  IDLE -> [COPY_IN: engine, my memory -> my slot i]
+ *                       -> XFER: put (from my slot or my memory) to the
+ *                          passive slot i or straight to its memory, flush
+ *                       -> [CREDIT: CHUNK sent, until the passive side
+ *                          gives slot i back] -> IDLE
+ *   active read:   IDLE -> XFER: get into my slot i, flush
+ *                       -> COPY_OUT: engine, my slot -> my memory -> IDLE
+ *   passive write: on CHUNK for slot i: COPY_OUT: engine, slot i -> my
+ *                  memory; then CREDIT back -> IDLE
+ *
+ * Back-pressure is the lanes: a chunk waits for a free lane, so at most
+ * `lanes` chunks are in flight and no slot is reused before its bytes left
+ * it. When every chunk is done the writer flushes and sends the usual
+ * NOTICE (op_active.c); the passive operation completes only when the
+ * notice has come and every byte has landed in its memory.
+ *
+ * Midway ends: an active operation that becomes final (cancel, an engine
+ * error, a refused chunk) starts no new step; once no put/get is in flight
+ * (settle) it owes the passive side a NOTICE with its status, as on the
+ * direct path. A passive operation that becomes final while a writer is
+ * admitted sends it a CREDIT with the error, which stops the writer.
+ * Engine copies in flight are waited for (sync) before any buffer they
+ * touch is freed.
+ *
+ * The passive side answers with CREDITs on an endpoint to the admitted
+ * claimant, opened by the loop after admission (op_passive.c) from the
+ * claim's address: the claimant holds the metadata (the capability), the
+ * same trust as peer error handling's endpoint.
+ *
+ * Threads: everything under connector->lock, in the progress loop or in a
+ * caller's begin/create. The loop polls engines (ferry__staged_progress) and
+ * does not sleep while any copy is in flight (engines have no fd).
+ */
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/log.h"
+#include "worker/copy_engine.h"
+#include "worker/cuda.h"
+#include "worker/ferry_int.h"
+
+#define DEFAULT_CHUNK (4u << 20)
+#define DEFAULT_LANES 4u
+#define LOCAL_MAX     (256ull << 20) /* pinned bytes a writer lends one operation */
+
+ferry__test_staging_t ferry__test_staging;
+
+typedef enum {
+    LANE_IDLE = 0,
+    LANE_COPY_IN,  /* engine: memory -> slot (active write) */
+    LANE_XFER,     /* put/get and its flush in flight */
+    LANE_CREDIT,   /* CHUNK sent; waiting for the slot back */
+    LANE_COPY_OUT, /* engine: slot -> memory (active read, passive) */
+} lane_state_t;
+
+typedef struct {
+    lane_state_t state;
+    uint64_t ticket; /* COPY_IN, COPY_OUT */
+    uint32_t desc;
+    uint64_t offset;
+    uint64_t len;
+} lane_t;
+
+struct ferry__stage {
+    ferry__copy_engine_t *engine; /* NULL: the local side is direct */
+    uint8_t *slots;               /* lanes * slot_size pinned bytes (with engine) */
+    size_t slot_size;
+    unsigned lanes;
+    /* Passive. */
+    ucp_mem_h memh;
+    bool mapped;
+    uint64_t total;  /* bytes of all descriptors */
+    uint64_t landed; /* bytes copied into them */
+    bool notice_ok;
+    /* Active. */
+    bool remote;          /* the passive side stages: lanes map to its slots */
+    uint64_t remote_addr; /* its slot 0 */
+    ferry__rkey_t *rkey;  /* its slot region */
+    uint32_t next_desc;   /* the next chunk to start */
+    uint64_t next_offset;
+    unsigned in_xfer; /* lanes in XFER */
+    bool started;     /* admitted: lanes may be on the wire */
+    bool flushed;     /* every chunk done; the final flush posted */
+    bool settled;     /* the owed notice (after an early end) is out */
+    lane_t lane[];
+};
+
+static size_t test_chunk(void)
+{
+    size_t chunk = atomic_load(&ferry__test_staging.chunk);
+    return chunk != 0 ? chunk : DEFAULT_CHUNK;
+}
+
+static unsigned test_lanes(void)
+{
+    unsigned lanes = atomic_load(&ferry__test_staging.slots);
+    return lanes != 0 ? lanes : DEFAULT_LANES;
+}
+
+bool ferry__staged_wanted(const ferry_connector_t *c, const ferry_descriptor_t *descs)
+{
+    if (atomic_load(&ferry__test_staging.force)) {
+        return true;
+    }
+    return descs[0].device.kind == FERRY_DEVICE_CUDA && !c->ucx_cuda;
+}
+
+ferry_status_t ferry__cuda_admit(const ferry_connector_t *c, const ferry_descriptor_t *descs,
+                                 size_t n)
+{
+    if (descs[0].device.kind != FERRY_DEVICE_CUDA) {
+        return FERRY_OK;
+    }
+    if (!c->cuda_available) {
+        return ferry__fail(FERRY_ERR_UNIMPLEMENTED, "connector %s: CUDA descriptors refused: %s",
+                           c->name, ferry__cuda_why());
+    }
+    return ferry__cuda_check_descriptors(descs, n);
+}
+
+ferry_status_t ferry__staged_check_remote(const ferry_connector_t *c,
+                                          const Ferry__V1__RdmaMetadata *md)
+{
+    const Ferry__V1__Device *dev = md->descriptors[0]->device;
+
+    if (md->staging == NULL && dev->kind == FERRY__V1__DEVICE_KIND__DEVICE_KIND_CUDA &&
+        !c->ucx_cuda) {
+        return ferry__fail(FERRY_ERR_UNIMPLEMENTED,
+                           "metadata: the passive side registered CUDA memory for UCX's CUDA "
+                           "transports (the direct path), which this connector's UCX lacks");
+    }
+    return FERRY_OK;
+}
+
+static bool is_passive(const ferry_op_t *op)
+{
+    return op->kind == FERRY__KIND_WRITABLE || op->kind == FERRY__KIND_READABLE;
+}
+
+/* A chunk size: at most the default, at most the largest descriptor. */
+static size_t chunk_for(const ferry_descriptor_t *descs, size_t n)
+{
+    size_t largest = 0;
+
+    for (size_t i = 0; i < n; i++) {
+        largest = descs[i].size > largest ? descs[i].size : largest;
+    }
+    return test_chunk() < largest ? test_chunk() : largest;
+}
+
+static ferry_status_t stage_alloc(ferry_op_t *op, unsigned lanes, size_t slot_size, bool engine)
+{
+    struct ferry__stage *s = calloc(1, sizeof(*s) + lanes * sizeof(lane_t));
+    ferry_status_t status;
+
+    if (s == NULL) {
+        return ferry__fail(FERRY_ERR_NO_MEMORY, "%s: out of memory for staging", op->label);
+    }
+    s->lanes = lanes;
+    s->slot_size = slot_size;
+    op->stage = s;
+    if (!engine) {
+        return FERRY_OK;
+    }
+    status = ferry__copy_engine_create(op->descs[0].device, &s->engine);
+    if (status == FERRY_OK) {
+        status =
+            s->engine->ops->alloc_pinned(s->engine, (size_t)lanes * slot_size, (void **)&s->slots);
+        if (status != FERRY_OK) {
+            ferry__copy_engine_destroy(s->engine);
+            s->engine = NULL;
+        }
+    }
+    if (status != FERRY_OK) {
+        free(s);
+        op->stage = NULL;
+        return ferry__fail(status, "%s: staging: %s", op->label, ferry_last_error_message());
+    }
+    ferry_debug("%s: staged through %u slots of %zu bytes (%s engine)", op->label, lanes, slot_size,
+                s->engine->ops->name);
+    return FERRY_OK;
+}
+
+/* Lock held. The op leaves connector->staged when the next progress pass
+ * finds nothing of it in flight. */
+static void watch(ferry_op_t *op)
+{
+    ferry_connector_t *c = op->connector;
+
+    if (!op->in_staged) {
+        op->in_staged = true;
+        op->stage_next = c->staged;
+        c->staged = op;
+        ferry__op_ref(op);
+    }
+}
+
+static uint8_t *slot_of(const struct ferry__stage *s, unsigned lane)
+{
+    return s->slots + (size_t)lane * s->slot_size;
+}
+
+/* ---- passive ------------------------------------------------------------ */
+
+ferry_status_t ferry__staged_passive_create(ferry_op_t *op, Ferry__V1__Staging *staging,
+                                            void **rkey_p, size_t *rkey_len_p)
+{
+    ferry_connector_t *c = op->connector;
+    ucp_mem_map_params_t params = {0};
+    struct ferry__stage *s;
+    size_t slot_size = chunk_for(op->descs, op->n);
+    ucs_status_t us;
+    ferry_status_t status;
+
+    status = stage_alloc(op, test_lanes(), slot_size, true);
+    if (status != FERRY_OK) {
+        return status;
+    }
+    s = op->stage;
+    for (size_t i = 0; i < op->n; i++) {
+        s->total += op->descs[i].size;
+    }
+    params.field_mask = UCP_MEM_MAP_PARAM_FIELD_ADDRESS | UCP_MEM_MAP_PARAM_FIELD_LENGTH |
+                        UCP_MEM_MAP_PARAM_FIELD_MEMORY_TYPE;
+    params.address = s->slots;
+    params.length = (size_t)s->lanes * s->slot_size;
+    params.memory_type = UCS_MEMORY_TYPE_HOST;
+    us = ucp_mem_map(c->context, &params, &s->memh);
+    if (us == UCS_OK) {
+        s->mapped = true;
+        us = ucp_rkey_pack(c->context, s->memh, rkey_p, rkey_len_p);
+    }
+    if (us != UCS_OK) {
+        ferry_error("%s: registering the staging slots: %s", op->label, ucs_status_string(us));
+        ferry__staged_release(op);
+        return ferry__fail(FERRY_ERR_TRANSPORT, "%s: cannot register the staging slots: %s",
+                           op->label, ucs_status_string(us));
+    }
+    staging->address = (uint64_t)(uintptr_t)s->slots;
+    staging->slot_size = s->slot_size;
+    staging->slots = s->lanes;
+    return FERRY_OK;
+}
+
+static void send_credit(ferry_op_t *op, uint32_t slot, ferry_status_t status)
+{
+    ferry__msg_t msg = {0};
+
+    if (op->claimant == NULL) {
+        return; /* no way back to the writer: it ends on its own timeout */
+    }
+    msg.type = FERRY__MSG_CREDIT;
+    memcpy(msg.key, op->key, FERRY__KEY_LEN);
+    msg.op_id = op->claim_op_id;
+    msg.status = status;
+    msg.slot = slot;
+    ferry__send_msg(op->claimant, &msg, FERRY__REQ_CREDIT, NULL);
+}
+
+/* Why this CHUNK is refused; NULL when it is good. */
+static const char *chunk_problem(const ferry_op_t *op, const ferry__msg_t *msg)
+{
+    const struct ferry__stage *s = op->stage;
+
+    if (msg->slot >= s->lanes) {
+        return "slot out of range";
+    }
+    if (s->lane[msg->slot].state != LANE_IDLE) {
+        return "slot still busy";
+    }
+    if (msg->desc >= op->n) {
+        return "descriptor index out of range";
+    }
+    if (msg->len == 0 || msg->len > s->slot_size || msg->offset > op->descs[msg->desc].size ||
+        msg->len > op->descs[msg->desc].size - msg->offset) {
+        return "chunk outside its descriptor or slot";
+    }
+    return NULL;
+}
+
+static void passive_fail(ferry_op_t *op, ferry_status_t code, const char *what)
+{
+    ferry__op_move(op, FERRY__OP_ERRORED, code, "%s", what); /* release sends the CREDIT */
+}
+
+void ferry__staged_on_chunk(ferry_connector_t *c, const ferry__msg_t *msg)
+{
+    ferry_op_t *op = ferry__op_find_passive(c, msg->key);
+    struct ferry__stage *s;
+    const char *problem;
+    ferry_status_t status;
+    uint8_t diff = 0;
+    lane_t *lane;
+
+    for (size_t i = 0; op != NULL && i < FERRY__NONCE_LEN; i++) {
+        diff |= (uint8_t)(msg->nonce[i] ^ op->nonce[i]);
+    }
+    if (op == NULL || op->stage == NULL || op->state != FERRY__OP_CLAIMED || !op->admitted ||
+        diff != 0) {
+        c->stats.notices_ignored++;
+        ferry_debug("connector %s: chunk for no staged operation of its sender", c->name);
+        return;
+    }
+    s = op->stage;
+    problem = chunk_problem(op, msg);
+    if (problem != NULL) {
+        char why[160];
+        snprintf(why, sizeof(why),
+                 "bad chunk from the writer (slot %" PRIu32 ", descriptor %" PRIu32
+                 ", offset %" PRIu64 ", %" PRIu64 " bytes): %s",
+                 msg->slot, msg->desc, msg->offset, msg->len, problem);
+        passive_fail(op, FERRY_ERR_PROTOCOL, why);
+        return;
+    }
+    lane = &s->lane[msg->slot];
+    status =
+        s->engine->ops->copy_async(s->engine, (uint8_t *)op->descs[msg->desc].ptr + msg->offset,
+                                   slot_of(s, msg->slot), msg->len, &lane->ticket);
+    if (status != FERRY_OK) {
+        passive_fail(op, status, ferry_last_error_message());
+        return;
+    }
+    lane->state = LANE_COPY_OUT;
+    lane->desc = msg->desc;
+    lane->offset = msg->offset;
+    lane->len = msg->len;
+    watch(op);
+}
+
+bool ferry__staged_notice_ok(ferry_op_t *op)
+{
+    op->stage->notice_ok = true;
+    if (op->stage->landed != op->stage->total) {
+        ferry_debug("%s: notice came; %" PRIu64 " of %" PRIu64 " bytes landed so far", op->label,
+                    op->stage->landed, op->stage->total);
+        return false;
+    }
+    return true;
+}
+
+static void passive_landed(ferry_op_t *op, unsigned i)
+{
+    struct ferry__stage *s = op->stage;
+
+    s->landed += s->lane[i].len;
+    s->lane[i].state = LANE_IDLE;
+    send_credit(op, i, FERRY_OK);
+    if (s->notice_ok && s->landed == s->total) {
+        ferry__op_move(op, FERRY__OP_COMPLETE, FERRY_OK, NULL);
+    }
+}
+
+/* ---- active ------------------------------------------------------------- */
+
+ferry_status_t ferry__staged_active_prepare(ferry_op_t *op, bool local_staged)
+{
+    const Ferry__V1__Staging *st = op->md->staging;
+    ferry_status_t status;
+
+    if (!local_staged && st == NULL) {
+        return FERRY_OK;
+    }
+    if (st != NULL) {
+        /* The passive side chose the slots; lanes use its first ones, as
+         * many as fit in LOCAL_MAX of our own pinned memory (its metadata
+         * must not make us pin gigabytes). */
+        unsigned lanes = st->slots;
+        while (local_staged && lanes > 1 && (uint64_t)lanes * st->slot_size > LOCAL_MAX) {
+            lanes--;
+        }
+        status = stage_alloc(op, lanes, st->slot_size, local_staged);
+    } else {
+        status = stage_alloc(op, test_lanes(), chunk_for(op->descs, op->n), true);
+    }
+    if (status != FERRY_OK || st == NULL) {
+        return status;
+    }
+    op->stage->remote = true;
+    op->stage->remote_addr = st->address;
+    status = ferry__peer_rkey_get(op->peer, st->rkey.data, st->rkey.len, &op->stage->rkey);
+    if (status != FERRY_OK) {
+        return ferry__fail(status, "metadata: staging.rkey: %s", ferry_last_error_message());
+    }
+    return FERRY_OK;
+}
+
+static void active_fail(ferry_op_t *op, ferry_status_t code, const char *fmt, const char *what)
+{
+    ferry__op_move(op, FERRY__OP_ERRORED, code, fmt, what);
+    ferry__staged_settle(op);
+}
+
+/* Posts lane i's put (or get) and the flush that reports it. */
+static void lane_xfer(ferry_op_t *op, unsigned i)
+{
+    struct ferry__stage *s = op->stage;
+    lane_t *lane = &s->lane[i];
+    const ferry_descriptor_t *d = &op->descs[lane->desc];
+    ucp_request_param_t param = {0};
+    void *local = s->engine != NULL ? slot_of(s, i) : (uint8_t *)d->ptr + lane->offset;
+    uint64_t remote = op->md->descriptors[lane->desc]->address + lane->offset;
+    ucp_rkey_h rkey;
+    ucs_status_ptr_t sp;
+    ferry__req_t *req;
+
+    if (s->remote) {
+        remote = s->remote_addr + (uint64_t)i * s->slot_size;
+        rkey = s->rkey->rkey;
+    } else {
+        rkey = op->rkeys[lane->desc]->rkey;
+    }
+    param.op_attr_mask = UCP_OP_ATTR_FIELD_MEMORY_TYPE;
+    param.memory_type = s->engine == NULL && d->device.kind == FERRY_DEVICE_CUDA
+                            ? UCS_MEMORY_TYPE_CUDA
+                            : UCS_MEMORY_TYPE_HOST;
+    if (op->kind == FERRY__KIND_WRITE) {
+        sp = ucp_put_nbx(op->peer->ep, local, lane->len, remote, rkey, &param);
+    } else {
+        sp = ucp_get_nbx(op->peer->ep, local, lane->len, remote, rkey, &param);
+    }
+    if (UCS_PTR_IS_ERR(sp)) {
+        active_fail(op, FERRY_ERR_TRANSPORT, "chunk transfer failed: %s",
+                    ucs_status_string(UCS_PTR_STATUS(sp)));
+        return;
+    }
+    if (sp != NULL) {
+        ucp_request_free(sp); /* the flush reports it */
+    }
+    req = calloc(1, sizeof(*req));
+    if (req == NULL) {
+        active_fail(op, FERRY_ERR_NO_MEMORY, "%s", "out of memory for a flush");
+        return;
+    }
+    req->type = FERRY__REQ_LANE;
+    req->connector = op->connector;
+    req->op = op;
+    req->lane = i;
+    ferry__op_ref(op);
+    lane->state = LANE_XFER;
+    s->in_xfer++;
+    ferry__req_param(req, &param);
+    ferry__req_posted(req, ucp_ep_flush_nbx(op->peer->ep, &param));
+}
+
+/* The final flush: op_active.c's FLUSH completion sends the notice. */
+static void post_final_flush(ferry_op_t *op)
+{
+    ucp_request_param_t param;
+    ferry__req_t *req = calloc(1, sizeof(*req));
+
+    op->stage->flushed = true;
+    if (req == NULL) {
+        active_fail(op, FERRY_ERR_NO_MEMORY, "%s", "out of memory for a flush");
+        return;
+    }
+    req->type = FERRY__REQ_FLUSH;
+    req->connector = op->connector;
+    req->op = op;
+    ferry__op_ref(op);
+    ferry__req_param(req, &param);
+    ferry__req_posted(req, ucp_ep_flush_nbx(op->peer->ep, &param));
+}
+
+/* Gives idle lanes the next chunks; when none are left and every lane is
+ * idle, posts the final flush. */
+static void pump(ferry_op_t *op)
+{
+    struct ferry__stage *s = op->stage;
+    bool busy = false;
+
+    for (unsigned i = 0; i < s->lanes && !ferry__op_is_final(op); i++) {
+        lane_t *lane = &s->lane[i];
+        if (lane->state == LANE_IDLE && s->next_desc < op->n) {
+            size_t size = op->descs[s->next_desc].size;
+            lane->desc = s->next_desc;
+            lane->offset = s->next_offset;
+            lane->len = size - s->next_offset < s->slot_size ? size - s->next_offset : s->slot_size;
+            s->next_offset += lane->len;
+            if (s->next_offset == size) {
+                s->next_desc++;
+                s->next_offset = 0;
+            }
+            if (op->kind == FERRY__KIND_WRITE && s->engine != NULL) {
+                const uint8_t *src = (const uint8_t *)op->descs[lane->desc].ptr + lane->offset;
+                ferry_status_t st = s->engine->ops->copy_async(s->engine, slot_of(s, i), src,
+                                                               lane->len, &lane->ticket);
+                if (st != FERRY_OK) {
+                    active_fail(op, st, "%s", ferry_last_error_message());
+                    return;
+                }
+                lane->state = LANE_COPY_IN;
+                watch(op);
+            } else {
+                lane_xfer(op, i);
+            }
+        }
+        busy = busy || lane->state != LANE_IDLE;
+    }
+    if (!busy && s->next_desc == op->n && !s->flushed && !ferry__op_is_final(op)) {
+        post_final_flush(op);
+    }
+}
+
+void ferry__staged_start(ferry_op_t *op)
+{
+    op->stage->started = true;
+    ferry__op_move(op, FERRY__OP_TRANSFERRING, FERRY_OK, NULL);
+    pump(op);
+}
+
+void ferry__staged_settle(ferry_op_t *op)
+{
+    struct ferry__stage *s = op->stage;
+    ferry__msg_t msg = {0};
+
+    if (s == NULL || !s->started || s->settled || !ferry__op_is_final(op) || s->in_xfer > 0 ||
+        s->flushed || op->peer == NULL) {
+        return;
+    }
+    /* Nothing of ours is on the wire: release the passive side. */
+    s->settled = true;
+    msg.type = FERRY__MSG_NOTICE;
+    memcpy(msg.key, op->md->notification_key.data, FERRY__KEY_LEN);
+    msg.status = op->state == FERRY__OP_CANCELLED ? FERRY_ERR_CANCELLED : op->error_code;
+    memcpy(msg.nonce, op->nonce, FERRY__NONCE_LEN);
+    ferry__send_msg(op->peer, &msg, FERRY__REQ_NOTICE, op);
+}
+
+static void send_chunk(ferry_op_t *op, unsigned i)
+{
+    const lane_t *lane = &op->stage->lane[i];
+    ferry__msg_t msg = {0};
+
+    msg.type = FERRY__MSG_CHUNK;
+    memcpy(msg.key, op->md->notification_key.data, FERRY__KEY_LEN);
+    memcpy(msg.nonce, op->nonce, FERRY__NONCE_LEN);
+    msg.slot = i;
+    msg.desc = lane->desc;
+    msg.offset = lane->offset;
+    msg.len = lane->len;
+    ferry__send_msg(op->peer, &msg, FERRY__REQ_CHUNK, op);
+}
+
+void ferry__staged_on_req(ferry__req_t *req)
+{
+    ferry_op_t *op = req->op;
+    struct ferry__stage *s = op->stage;
+    lane_t *lane;
+
+    if (req->type == FERRY__REQ_CHUNK) {
+        if (req->status != UCS_OK) {
+            active_fail(op, FERRY_ERR_TRANSPORT, "chunk notice not sent: %s",
+                        ucs_status_string(req->status));
+        }
+        return;
+    }
+    lane = &s->lane[req->lane];
+    s->in_xfer--;
+    lane->state = LANE_IDLE;
+    if (req->status != UCS_OK) {
+        active_fail(op, FERRY_ERR_TRANSPORT, "chunk transfer failed: %s",
+                    ucs_status_string(req->status));
+        return;
+    }
+    if (ferry__op_is_final(op)) {
+        ferry__staged_settle(op);
+        return;
+    }
+    if (op->kind == FERRY__KIND_WRITE && s->remote) {
+        lane->state = LANE_CREDIT;
+        send_chunk(op, req->lane);
+        return;
+    }
+    if (op->kind == FERRY__KIND_READ && s->engine != NULL) {
+        const ferry_descriptor_t *d = &op->descs[lane->desc];
+        ferry_status_t st =
+            s->engine->ops->copy_async(s->engine, (uint8_t *)d->ptr + lane->offset,
+                                       slot_of(s, req->lane), lane->len, &lane->ticket);
+        if (st != FERRY_OK) {
+            active_fail(op, st, "%s", ferry_last_error_message());
+            return;
+        }
+        lane->state = LANE_COPY_OUT;
+        watch(op);
+        return;
+    }
+    pump(op);
+}
+
+void ferry__staged_on_credit(ferry_connector_t *c, const ferry__msg_t *msg)
+{
+    ferry_op_t *op = ferry__op_find_active(c, msg->op_id);
+    struct ferry__stage *s;
+
+    if (op == NULL || op->stage == NULL || !op->stage->remote ||
+        memcmp(msg->key, op->md->notification_key.data, FERRY__KEY_LEN) != 0) {
+        ferry_debug("connector %s: credit for no staged write", c->name);
+        return;
+    }
+    s = op->stage;
+    if (msg->status != FERRY_OK) {
+        ferry_status_t code = msg->status < 0 ? (ferry_status_t)msg->status : FERRY_ERR_PROTOCOL;
+        if (!ferry__op_is_final(op)) {
+            ferry__op_move(op, FERRY__OP_ERRORED, code, "the passive side stopped the write: %s",
+                           ferry_status_string(code));
+        }
+        s->settled = true; /* it is gone: no notice owed */
+        return;
+    }
+    if (msg->slot >= s->lanes || s->lane[msg->slot].state != LANE_CREDIT) {
+        ferry_debug("%s: credit for slot %" PRIu32 " that was not lent", op->label, msg->slot);
+        return;
+    }
+    s->lane[msg->slot].state = LANE_IDLE;
+    if (ferry__op_is_final(op)) {
+        ferry__staged_settle(op);
+    } else {
+        pump(op);
+    }
+}
+
+/* ---- the loop ------------------------------------------------------------- */
+
+/* A lane's copy finished. */
+static void copy_done(ferry_op_t *op, unsigned i)
+{
+    if (is_passive(op)) {
+        passive_landed(op, i);
+    } else if (op->kind == FERRY__KIND_WRITE) {
+        lane_xfer(op, i);
+    } else {
+        op->stage->lane[i].state = LANE_IDLE;
+        pump(op);
+    }
+}
+
+/* Polls one op's copies; true while any is still in flight. */
+static bool poll_op(ferry_op_t *op, unsigned *work)
+{
+    struct ferry__stage *s = op->stage;
+    bool in_flight = false;
+
+    /* Any step below may end the op, and a passive op's end releases the
+     * stage: s is read again after each. */
+    for (unsigned i = 0; (s = op->stage) != NULL && i < s->lanes; i++) {
+        lane_t *lane = &s->lane[i];
+        bool done = false;
+        ferry_status_t st;
+        if (lane->state != LANE_COPY_IN && lane->state != LANE_COPY_OUT) {
+            continue;
+        }
+        if (ferry__op_is_final(op)) {
+            lane->state = LANE_IDLE; /* release syncs the engine before freeing */
+            continue;
+        }
+        st = s->engine->ops->poll(s->engine, lane->ticket, &done);
+        if (st != FERRY_OK) {
+            lane->state = LANE_IDLE;
+            if (is_passive(op)) {
+                passive_fail(op, st, ferry_last_error_message());
+            } else {
+                active_fail(op, st, "%s", ferry_last_error_message());
+            }
+            (*work)++;
+        } else if (done) {
+            (*work)++;
+            copy_done(op, i);
+        }
+    }
+    /* Steps may have queued copies on lanes already passed: look again. */
+    for (unsigned i = 0; (s = op->stage) != NULL && !ferry__op_is_final(op) && i < s->lanes; i++) {
+        in_flight =
+            in_flight || s->lane[i].state == LANE_COPY_IN || s->lane[i].state == LANE_COPY_OUT;
+    }
+    if (!in_flight && !is_passive(op)) {
+        ferry__staged_settle(op);
+    }
+    return in_flight;
+}
+
+unsigned ferry__staged_progress(ferry_connector_t *c)
+{
+    unsigned work = 0;
+    ferry_op_t **pp = &c->staged;
+
+    while (*pp != NULL) {
+        ferry_op_t *op = *pp;
+        if (poll_op(op, &work)) {
+            pp = &op->stage_next;
+            continue;
+        }
+        *pp = op->stage_next; /* nothing in flight: unwatch */
+        op->in_staged = false;
+        ferry__op_unref(op);
+    }
+    return work;
+}
+
+bool ferry__staged_busy(const ferry_connector_t *c)
+{
+    return c->staged != NULL;
+}
+
+void ferry__staged_stop(ferry_op_t *op)
+{
+    struct ferry__stage *s = op->stage;
+
+    if (s == NULL || s->engine == NULL) {
+        return;
+    }
+    s->engine->ops->sync(s->engine);
+    for (unsigned i = 0; i < s->lanes; i++) {
+        if (s->lane[i].state == LANE_COPY_IN || s->lane[i].state == LANE_COPY_OUT) {
+            s->lane[i].state = LANE_IDLE;
+        }
+    }
+}
+
+void ferry__staged_release(ferry_op_t *op)
+{
+    ferry_connector_t *c = op->connector;
+    struct ferry__stage *s = op->stage;
+
+    if (s == NULL) {
+        return;
+    }
+    if (is_passive(op) && op->admitted && op->state != FERRY__OP_COMPLETE) {
+        send_credit(op, 0,
+                    op->state == FERRY__OP_CANCELLED
+                        ? FERRY_ERR_CANCELLED
+                        : (op->error_code != FERRY_OK ? op->error_code : FERRY_ERR_CANCELLED));
+    }
+    if (s->engine != NULL) {
+        s->engine->ops->sync(s->engine);
+    }
+    if (s->mapped) {
+        ucp_mem_unmap(c->context, s->memh);
+    }
+    if (s->rkey != NULL) {
+        ferry__peer_rkey_put(op->peer, s->rkey);
+    }
+    if (s->engine != NULL) {
+        s->engine->ops->free_pinned(s->engine, s->slots, (size_t)s->lanes * s->slot_size,
+                                    !is_passive(op));
+        ferry__copy_engine_destroy(s->engine);
+    }
+    ferry_debug("%s: staging released", op->label);
+    free(s);
+    op->stage = NULL;
+}
