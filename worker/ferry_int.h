@@ -208,6 +208,10 @@ struct ferry_connector {
     ferry__peer_t *failed;
     struct ferry_op *done, **done_tail;
     ferry_connector_stats_t stats;
+    /* Registered regions (region.c), unordered, never overlapping. */
+    struct ferry_region *regions;
+    uint64_t next_region_id;
+    uint64_t mem_maps; /* ucp_mem_map calls made (ferry__mem_map): tests */
 };
 
 /* Lock helpers (abort on a broken mutex: that is a programmer error). */
@@ -345,8 +349,15 @@ struct ferry_op {
     uint8_t nonce[FERRY__NONCE_LEN]; /* passive: drawn at admission;
                                       * active: from the ADMIT, echoed */
 
+    /* The region each descriptor lies in (NULL: none, the operation maps
+     * it itself); each non-NULL entry holds one of the region's op
+     * references while regions_held (region.c). */
+    struct ferry_region **regions;
+    bool regions_held;
+
     /* Active. */
     Ferry__V1__RdmaMetadata *md;
+    bool data_in_flight; /* puts/gets posted, their flush not yet done */
     ferry__peer_t *peer;
     ferry__rkey_t **rkeys;
     bool awaiting_admit; /* a claim is out; holds a reference until answered */
@@ -403,6 +414,38 @@ void ferry__active_on_req(ferry__req_t *req);
 void ferry__active_release(ferry_op_t *op); /* drop peer and rkeys */
 void ferry__active_cancel(ferry_op_t *op);
 void ferry__op_peer_failed(ferry_op_t *op, ferry__peer_t *peer);
+
+/* ---- registered regions (region.c) ------------------------------------ */
+
+/* One ferry_mem_register / ferry_mem_alloc. Set once before it is
+ * published in connector->regions, except ops and next (under the lock). */
+struct ferry_region {
+    struct ferry_region *next; /* connector->regions */
+    ferry_connector_t *connector;
+    uint64_t id; /* for logs */
+    uint8_t *base;
+    size_t size;
+    ferry_device_t device;
+    bool allocated; /* ferry_mem_alloc: ucp_mem_unmap frees the memory */
+    ucp_mem_h memh;
+    void *rkey; /* packed once (ucp_rkey_pack); every operation's key */
+    size_t rkey_len;
+    unsigned ops; /* operations holding it (deregister refuses while > 0) */
+};
+
+/* ucp_mem_map on the connector's context, counted in c->mem_maps (so tests
+ * see that operations on registered memory map nothing). Lock held. */
+ucs_status_t ferry__mem_map(ferry_connector_t *c, const ucp_mem_map_params_t *params,
+                            ucp_mem_h *memh_p);
+
+/* Finds the region of each of op's descriptors (op->regions) and takes a
+ * reference on each found. FERRY_ERR_INVALID_ARGUMENT, holding nothing, for
+ * a descriptor that straddles a region's edge or names another device than
+ * the region it lies in. Lock held. */
+ferry_status_t ferry__op_regions_attach(ferry_op_t *op);
+
+/* Drops the references attach took (idempotent). Lock held. */
+void ferry__op_regions_detach(ferry_op_t *op);
 
 /* ---- fault simulation (tests only) ------------------------------------ */
 

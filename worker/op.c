@@ -165,6 +165,8 @@ bool ferry__op_move(ferry_op_t *op, ferry__op_state_t to, ferry_status_t code, c
         atomic_store(&op->final, true);
         if (is_passive(op)) {
             ferry__passive_release(op);
+        } else if (!op->data_in_flight) {
+            ferry__op_regions_detach(op); /* else when its flush completes */
         }
         pthread_cond_broadcast(&op->cond);
         queue_done(op);
@@ -231,6 +233,7 @@ static void op_free_locked(ferry_op_t *op)
     ferry__metadata_free(op->md);
     free(op->metadata);
     free(op->memh);
+    free(op->regions);
     free(op->rkeys);
     free(op->descs);
     pthread_cond_destroy(&op->cond);
