@@ -17,8 +17,10 @@
  * operations advance. Completion callbacks for users are delivered by the
  * loop after it drops the lock. Before it sleeps, the loop (and a caller-mode
  * ferry_op_wait) spins for spin_ns, dropping the lock between rounds; a
- * thread-mode ferry_op_wait spins on op->final (an atomic, no lock) before
- * it sleeps on op->cond. See connector.c for why.
+ * thread-mode ferry_op_wait spins on op->final (an atomic) before it sleeps
+ * on op->cond, and drains the loop itself (never delivering callbacks)
+ * whenever a trylock of the lock succeeds meanwhile. See connector.c for
+ * why.
  *
  * Lifetime: an operation is reference counted (under the lock): the user's
  * handle, each UCX request in flight that names it, and a pending completion

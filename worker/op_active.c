@@ -59,6 +59,8 @@ static void start_transfer(ferry_op_t *op)
     ucs_status_ptr_t sp;
     ferry__req_t *req;
 
+    /* Moved first: on shared memory a put may copy inside ucp_put_nbx. */
+    ferry__op_move(op, FERRY__OP_TRANSFERRING, FERRY_OK, NULL);
     for (size_t i = 0; i < op->n; i++) {
         const ferry_descriptor_t *d = &op->descs[i];
         uint64_t remote = op->md->descriptors[i]->address;
@@ -94,7 +96,6 @@ static void start_transfer(ferry_op_t *op)
     req->connector = op->connector;
     req->op = op;
     ferry__op_ref(op);
-    ferry__op_move(op, FERRY__OP_TRANSFERRING, FERRY_OK, NULL);
     ferry__req_param(req, &param);
     ferry__req_posted(req, ucp_ep_flush_nbx(ep, &param));
 }

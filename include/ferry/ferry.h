@@ -170,7 +170,10 @@ typedef struct {
     bool peer_error_handling;
     /* How long (microseconds) the progress loop keeps polling UCX after the
      * last sign of activity before it sleeps on the worker's event fd, and
-     * how long ferry_op_wait polls for its operation to end before it sleeps.
+     * how long ferry_op_wait polls for its operation to end before it sleeps
+     * (in thread mode it also drives UCX meanwhile whenever the progress
+     * thread is not, so its transfer's next message costs no hand-off; it
+     * never delivers callbacks).
      * Each message of a transfer then finds its receiver awake instead of
      * costing a wake-up (a thread switch) on each side. The spin yields the
      * CPU (sched_yield) often, so it gives way to other runnable threads;
