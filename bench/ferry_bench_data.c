@@ -429,9 +429,11 @@ static int run_bandwidth(const bench_args_t *a)
     close(res_pipe[0]);
     free(pids);
     if (rc == 0) {
-        printf("{\"bench\":\"data\",\"impl\":\"%s\",\"op\":\"%s\",\"size\":%llu,\"descs\":%d,"
+        /* A traced run pays for its debug lines: kept out of the tables. */
+        printf("{\"bench\":\"%s\",\"impl\":\"%s\",\"op\":\"%s\",\"size\":%llu,\"descs\":%d,"
                "\"pairs\":%d,\"iters\":%ld,\"progress\":\"%s\",\"spin_us\":%u,"
                "\"gbps\":%.3f,\"us_per_op\":%.1f}\n",
+               a->trace ? "data-traced" : "data",
                strcmp(a->mem, "user") == 0     ? "ferry"
                : strcmp(a->mem, "region") == 0 ? "ferry-region"
                                                : "ferry-alloc",
