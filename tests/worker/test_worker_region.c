@@ -20,6 +20,7 @@
 #include <setjmp.h>
 #include <cmocka.h>
 
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -317,6 +318,54 @@ static void test_deregister_busy_while_used(void **state)
     free(src);
 }
 
+/* An active operation holds its local region until it is final and its
+ * data has stopped moving: cancelled before its claim was answered (no data
+ * posted) it lets go at once; held after its flush (the fault hook keeps it
+ * TRANSFERRING, data done) it holds until it ends. */
+static void test_active_holds_region_until_final(void **state)
+{
+    world_t *w = *state;
+    ferry_connector_t *tx = connector("tx-caller", FERRY_PROGRESS_CALLER);
+    uint8_t *dst = calloc(1, 4096), *src = malloc(4096);
+    ferry_descriptor_t d = desc(dst, 4096), s = desc(src, 4096);
+    ferry_region_t *r;
+    ferry_op_t *passive, *active;
+    const uint8_t *md;
+    size_t md_len;
+
+    fill(src, 4096, 21);
+    assert_int_equal(ferry_mem_register(tx, src, 4096, d.device, &r), FERRY_OK);
+    assert_int_equal(ferry_writable_create(w->rx, &d, 1, &passive), FERRY_OK);
+    assert_int_equal(ferry_op_metadata(passive, &md, &md_len), FERRY_OK);
+    assert_int_equal(ferry_write_begin(tx, &s, 1, md, md_len, &active), FERRY_OK);
+    assert_int_equal(ferry_mem_deregister(r), FERRY_ERR_BUSY);
+    assert_int_equal(ferry_op_cancel(active), FERRY_OK);
+    assert_int_equal(ferry_mem_deregister(r), FERRY_OK);
+    ferry_op_destroy(active);
+    ferry_op_destroy(passive);
+
+    assert_int_equal(ferry_mem_register(tx, src, 4096, d.device, &r), FERRY_OK);
+    assert_int_equal(ferry_writable_create(w->rx, &d, 1, &passive), FERRY_OK);
+    assert_int_equal(ferry_op_metadata(passive, &md, &md_len), FERRY_OK);
+    atomic_store(&ferry__test_notice_held, false);
+    atomic_store(&ferry__test_hold_notice, true);
+    assert_int_equal(ferry_write_begin(tx, &s, 1, md, md_len, &active), FERRY_OK);
+    for (int i = 0; i < WAIT_MS / 10 && !atomic_load(&ferry__test_notice_held); i++) {
+        assert_int_equal(ferry_op_wait(active, 10), FERRY_ERR_TIMED_OUT);
+    }
+    assert_true(atomic_load(&ferry__test_notice_held));
+    assert_pattern(dst, 4096, 21); /* the data moved; the operation is not final */
+    assert_int_equal(ferry_mem_deregister(r), FERRY_ERR_BUSY);
+    assert_int_equal(ferry_op_cancel(active), FERRY_OK);
+    assert_int_equal(ferry_mem_deregister(r), FERRY_OK);
+    atomic_store(&ferry__test_hold_notice, false);
+    ferry_op_destroy(active);
+    ferry_op_destroy(passive);
+    assert_int_equal(ferry_connector_destroy(tx), FERRY_OK);
+    free(dst);
+    free(src);
+}
+
 /* Memory from ferry_mem_alloc: zeroed, usable on both sides, in both
  * directions, with no ucp_mem_map per operation. */
 static void test_alloc_transfer(void **state)
@@ -419,6 +468,7 @@ int main(int argc, char **argv)
         cmocka_unit_test_setup_teardown(test_straddling_descriptor_refused, setup, teardown),
         cmocka_unit_test_setup_teardown(test_overlap_and_connector_busy, setup, teardown),
         cmocka_unit_test_setup_teardown(test_deregister_busy_while_used, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_active_holds_region_until_final, setup, teardown),
         cmocka_unit_test_setup_teardown(test_alloc_transfer, setup, teardown),
         cmocka_unit_test_setup_teardown(test_many_ops_on_one_region, setup, teardown),
     };
