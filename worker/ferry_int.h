@@ -281,7 +281,8 @@ void ferry__req_param(ferry__req_t *req, ucp_request_param_t *param);
  *                                active: metadata checked)
  *   READY -> CLAIMING            active: claim sent
  *   READY -> CLAIMED             passive: one writer/reader admitted
- *   CLAIMING -> TRANSFERRING     active: admitted; puts/gets and flush posted
+ *   CLAIMING -> TRANSFERRING     active: admitted; puts/gets and flush
+ *                                are posted next
  *   TRANSFERRING -> NOTIFYING    active: flush done; notice posted
  *   NOTIFYING -> COMPLETE        active: notice sent
  *   CLAIMED -> COMPLETE          passive: the admitted peer's notice arrived
