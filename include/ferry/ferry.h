@@ -440,11 +440,12 @@ FERRY_API ferry_status_t ferry_op_listener_arg(const ferry_op_t *op, ferry_op_li
 /* The connector the operation belongs to. */
 FERRY_API ferry_connector_t *ferry_op_connector(const ferry_op_t *op);
 
-/* Passive: unregisters the memory and forgets the notification key (after
- * this any claim is refused with FERRY_ERR_NOT_FOUND; note that on host
- * memory UCX's shm and TCP transports do not enforce remote keys, so the
- * claim step, not the unmap, is what keeps writers out), cancelling the
- * operation if it is not final.
+/* Passive: unregisters the memory (its own registrations; a region it used
+ * stays registered, and only lets go of it) and forgets the notification
+ * key (after this any claim is refused with FERRY_ERR_NOT_FOUND; note that
+ * on host memory UCX's shm and TCP transports do not enforce remote keys,
+ * so the claim step, not the unmap, is what keeps writers out), cancelling
+ * the operation if it is not final.
  * Active: cancels if not final. NULL is a no-op. */
 FERRY_API void ferry_op_destroy(ferry_op_t *op);
 
