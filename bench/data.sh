@@ -14,8 +14,16 @@
 #     only here; -z only passes the memory handle), so it measures UCX's
 #     direct shared-memory path, which UCX 1.13 does not offer for user
 #     memory (emulated over active messages there): not like-for-like.
+# Ferry runs three times per round: on memory every operation registers
+# itself (impl "ferry", as before), on the same kind of memory registered
+# once (ferry_mem_register, "ferry-region", compared with the raw put into
+# user memory) and on Ferry-allocated memory (ferry_mem_alloc,
+# "ferry-alloc", compared with ucx_perftest, whose memory UCX allocates the
+# same way): issue #14.
 # Then 1, 2 and 4 concurrent pairs of Ferry and ucx_perftest at 1 MiB and
-# 64 MiB, and memcpy of one core.
+# 64 MiB, operation creation on a registered 1 GiB region
+# (ferry_bench_data --create), where a 1 MiB operation's time goes
+# (--trace), and memcpy of one core.
 # UCX_TLS is whatever the caller's environment says (unset: UCX's default,
 # for both sides alike). Appends JSON lines to $BENCH_OUT.
 set -euo pipefail
@@ -85,10 +93,12 @@ rawput() {
         echo "bench: ferry_bench_ucxput $op $size --mem $mem failed" >&2
 }
 
+# ferry OP SIZE DESCS ITERS PAIRS [ARGS...] (ARGS: --mem region|alloc, --trace)
 ferry() {
     local op=$1 size=$2 descs=$3 n=$4 pairs=$5
+    shift 5
     "$DATA" --op "$op" --size "$size" --descs "$descs" --iters "$n" --warmup 2 --pairs "$pairs" \
-        ${BENCH_FERRY_ARGS:-}
+        "$@" ${BENCH_FERRY_ARGS:-}
 }
 
 echo "UCX_TLS=${UCX_TLS:-default}; $ROUNDS rounds; results $BENCH_OUT" >&2
@@ -97,7 +107,9 @@ for size in $SIZES; do
     for op in write read; do
         for r in $(seq "$ROUNDS"); do
             ferry "$op" "$size" 1 "$n" 1 | tee -a "$BENCH_OUT"
+            ferry "$op" "$size" 1 "$n" 1 --mem region | tee -a "$BENCH_OUT"
             rawput "$op" "$size" "$n" user | tee -a "$BENCH_OUT"
+            ferry "$op" "$size" 1 "$n" 1 --mem alloc | tee -a "$BENCH_OUT"
             perftest "$op" "$size" "$n" 1 | tee -a "$BENCH_OUT"
             rawput "$op" "$size" "$n" ucx | tee -a "$BENCH_OUT"
             ferry "$op" "$size" 16 "$n" 1 | tee -a "$BENCH_OUT"
@@ -111,6 +123,15 @@ for pairs in ${BENCH_PAIRS:-1 2 4}; do
             ferry write "$size" 1 "$n" "$pairs" | tee -a "$BENCH_OUT"
             perftest write "$size" "$n" "$pairs" | tee -a "$BENCH_OUT"
         done
+    done
+done
+for r in $(seq "$ROUNDS"); do
+    "$DATA" --create --size 1GiB --iters "$([ "$QUICK" = 1 ] && echo 400 || echo 2000)" |
+        tee -a "$BENCH_OUT"
+done
+for mem in user region alloc; do
+    for op in write read; do
+        ferry "$op" 1MiB 1 "$(iters 1MiB)" 1 --mem "$mem" --trace | tee -a "$BENCH_OUT"
     done
 done
 for size in 1MiB 256MiB 1GiB; do

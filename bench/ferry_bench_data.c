@@ -9,6 +9,23 @@
  *       ferry_write_begin (or read) to ferry_op_wait returning COMPLETE,
  *       one operation at a time. Registration is outside the timed part, as
  *       in ucx_perftest (its memory is mapped once, before the run).
+ *       --mem picks the memory on both sides: user (the default: mmap'ed,
+ *       every operation registers its descriptors itself), region (the same
+ *       memory registered once with ferry_mem_register: operations map
+ *       nothing) or alloc (ferry_mem_alloc: UCX-allocated, as ucx_perftest's
+ *       buffers, which UCX's shared-memory transports write directly).
+ *       --trace: the active side also prints where each operation's time
+ *       goes, p50 per phase (see trace_cb): begin (decode, checks, cached
+ *       endpoint and key, claim posted), the claim's round trip (CLAIMING ->
+ *       TRANSFERRING: the passive side admits), data and flush
+ *       (TRANSFERRING -> NOTIFYING: what the raw UCX reference times), the
+ *       notice (NOTIFYING -> COMPLETE) and the waiter's wake-up.
+ *   --create --size S [--iters N]
+ *       operation creation on registered memory: ferry_mem_register of an
+ *       S-byte buffer once (the first registration, timed), then N
+ *       ferry_writable_create + ferry_op_destroy on the whole region (p50,
+ *       p99), and the same create on unregistered memory of that size (each
+ *       maps it) for reference. One process; no transfer.
  *   --memcpy --size S [--iters N]
  *       memcpy bandwidth of one core (the ceiling for shared memory).
  *   --latency --coord HOST:PORT [--iters N]
@@ -50,8 +67,11 @@
 #define BENCH_WAIT_MS 60000
 
 typedef struct {
-    const char *op; /* "write" or "read"; NULL with --memcpy/--latency */
+    const char *op;  /* "write" or "read"; NULL with --memcpy/--latency */
+    const char *mem; /* "user", "region" or "alloc" */
     bool memcpy_mode;
+    bool create_mode;
+    bool trace;
     bool latency_mode;
     uint64_t size;
     int descs;
@@ -141,6 +161,28 @@ static void bench_split(uint8_t *buf, uint64_t size, int n, ferry_descriptor_t *
     }
 }
 
+/* --trace: the time each active operation reached each step, taken from
+ * libferry's own debug line for every state change ("write 7 key ...: A ->
+ * B"), on whichever thread made it. One operation runs at a time. */
+enum { TRACE_READY, TRACE_CLAIMING, TRACE_TRANSFERRING, TRACE_NOTIFYING, TRACE_COMPLETE, TRACE_N };
+static const char *const trace_steps[TRACE_N] = {"-> READY", "-> CLAIMING", "-> TRANSFERRING",
+                                                 "-> NOTIFYING", "-> COMPLETE"};
+static _Atomic uint64_t trace_at[TRACE_N];
+
+static void trace_cb(ferry_loglevel_t level, const char *message, void *arg)
+{
+    (void)level;
+    (void)arg;
+    if (strncmp(message, "write ", 6) != 0 && strncmp(message, "read ", 5) != 0) {
+        return;
+    }
+    for (int i = 0; i < TRACE_N; i++) {
+        if (strstr(message, trace_steps[i]) != NULL) {
+            trace_at[i] = bench_now_ns();
+        }
+    }
+}
+
 static ferry_connector_t *bench_connector(const bench_args_t *a, const char *name)
 {
     ferry_connector_params_t params = {0};
@@ -152,6 +194,12 @@ static ferry_connector_t *bench_connector(const bench_args_t *a, const char *nam
     params.name = name;
     params.spin_us = a->spin_us;
     params.progress_mode = a->caller_progress ? FERRY_PROGRESS_CALLER : FERRY_PROGRESS_THREAD;
+    if (a->trace && strcmp(name, "bench-active") == 0) {
+        params.field_mask |=
+            FERRY_CONNECTOR_PARAM_FIELD_LOG_LEVEL | FERRY_CONNECTOR_PARAM_FIELD_LOG_CB;
+        params.log_level = FERRY_LOGLEVEL_DEBUG;
+        params.log_cb = trace_cb;
+    }
     if (ferry_connector_create(&params, &c) != FERRY_OK) {
         fprintf(stderr, "%s: connector: %s\n", name, ferry_last_error_message());
         return NULL;
@@ -167,12 +215,47 @@ static int bench_fail(const char *what, ferry_status_t status)
 
 /* --- bandwidth: passive and active ---------------------------------------- */
 
+/* The buffer of one side, as --mem says; *region_p is NULL for "user". */
+static uint8_t *bench_memory(const bench_args_t *a, ferry_connector_t *c, int fill,
+                             ferry_region_t **region_p)
+{
+    ferry_device_t host = FERRY_DEVICE_HOST_INIT;
+    ferry_status_t s;
+    void *p;
+
+    *region_p = NULL;
+    if (strcmp(a->mem, "alloc") == 0) {
+        if ((s = ferry_mem_alloc(c, a->size, host, region_p, &p)) != FERRY_OK) {
+            bench_fail("mem_alloc", s);
+            return NULL;
+        }
+        memset(p, fill, a->size);
+        return p;
+    }
+    p = bench_alloc(a->size, fill);
+    if (p != NULL && strcmp(a->mem, "region") == 0 &&
+        (s = ferry_mem_register(c, p, a->size, host, region_p)) != FERRY_OK) {
+        bench_fail("mem_register", s);
+        return NULL;
+    }
+    return p;
+}
+
+static void bench_memory_free(const bench_args_t *a, uint8_t *buf, ferry_region_t *region)
+{
+    ferry_mem_deregister(region);
+    if (strcmp(a->mem, "alloc") != 0) {
+        munmap(buf, a->size);
+    }
+}
+
 static int passive_loop(const bench_args_t *a, int md_fd)
 {
     bool write = strcmp(a->op, "write") == 0;
     ferry_descriptor_t *descs = calloc((size_t)a->descs, sizeof(*descs));
-    uint8_t *buf = bench_alloc(a->size, 0x22);
     ferry_connector_t *c = bench_connector(a, "bench-passive");
+    ferry_region_t *region = NULL;
+    uint8_t *buf = c != NULL ? bench_memory(a, c, 0x22, &region) : NULL;
     int rc = 0;
 
     if (descs == NULL || buf == NULL || c == NULL) {
@@ -194,10 +277,43 @@ static int passive_loop(const bench_args_t *a, int md_fd)
         }
         ferry_op_destroy(op);
     }
+    bench_memory_free(a, buf, region);
     ferry_connector_destroy(c);
-    munmap(buf, a->size);
     free(descs);
     return rc;
+}
+
+/* One operation's phases from trace_at: begin call .. READY, each step to
+ * the next, COMPLETE .. the wait's return (t1). */
+static void trace_add(bench_samples_t *phases, uint64_t t0, uint64_t t1)
+{
+    uint64_t prev = t0;
+
+    for (int i = 0; i < TRACE_N; i++) {
+        uint64_t at = trace_at[i];
+        bench_samples_add(&phases[i], at > prev ? at - prev : 0);
+        prev = at > prev ? at : prev;
+    }
+    bench_samples_add(&phases[TRACE_N], t1 > prev ? t1 - prev : 0);
+}
+
+static void trace_print(bench_samples_t *phases, const bench_args_t *a)
+{
+    static const char *const names[TRACE_N + 1] = {"begin (decode, checks, endpoint, key)",
+                                                   "claim posted",
+                                                   "claim round trip (passive admits)",
+                                                   "data + flush",
+                                                   "notice sent",
+                                                   "waiter wakes (COMPLETE .. wait returns)"};
+
+    for (int i = 0; i <= TRACE_N; i++) {
+        bench_samples_sort(&phases[i]);
+        printf("{\"bench\":\"phases\",\"mem\":\"%s\",\"op\":\"%s\",\"size\":%llu,"
+               "\"phase\":\"%s\",\"n\":%zu,\"p50_us\":%.2f,\"mean_us\":%.2f}\n",
+               a->mem, a->op, (unsigned long long)a->size, names[i], phases[i].n,
+               bench_samples_pct_us(&phases[i], 50), bench_samples_mean_us(&phases[i]));
+        bench_samples_free(&phases[i]);
+    }
 }
 
 /* Returns the seconds the timed iterations took, or a negative number. */
@@ -205,9 +321,11 @@ static double active_loop(const bench_args_t *a, int md_fd)
 {
     bool write = strcmp(a->op, "write") == 0;
     ferry_descriptor_t *descs = calloc((size_t)a->descs, sizeof(*descs));
-    uint8_t *buf = bench_alloc(a->size, 0x11);
     ferry_connector_t *c = bench_connector(a, "bench-active");
+    ferry_region_t *region = NULL;
+    uint8_t *buf = c != NULL ? bench_memory(a, c, 0x11, &region) : NULL;
     uint64_t timed_ns = 0;
+    bench_samples_t phases[TRACE_N + 1] = {{0}};
     int rc = 0;
 
     if (descs == NULL || buf == NULL || c == NULL) {
@@ -231,14 +349,21 @@ static double active_loop(const bench_args_t *a, int md_fd)
         if (s != FERRY_OK || (s = ferry_op_wait(op, BENCH_WAIT_MS)) != FERRY_OK) {
             rc = bench_fail("active transfer", s);
         } else if (i >= a->warmup) {
-            timed_ns += bench_now_ns() - t0;
+            uint64_t t1 = bench_now_ns();
+            timed_ns += t1 - t0;
+            if (a->trace) {
+                trace_add(phases, t0, t1);
+            }
         }
         ferry_op_destroy(op);
         free(md);
     }
+    bench_memory_free(a, buf, region);
     ferry_connector_destroy(c);
-    munmap(buf, a->size);
     free(descs);
+    if (rc == 0 && a->trace) {
+        trace_print(phases, a);
+    }
     return rc == 0 ? (double)timed_ns / 1e9 : -1.0;
 }
 
@@ -304,9 +429,14 @@ static int run_bandwidth(const bench_args_t *a)
     close(res_pipe[0]);
     free(pids);
     if (rc == 0) {
-        printf("{\"bench\":\"data\",\"impl\":\"ferry\",\"op\":\"%s\",\"size\":%llu,\"descs\":%d,"
+        /* A traced run pays for its debug lines: kept out of the tables. */
+        printf("{\"bench\":\"%s\",\"impl\":\"%s\",\"op\":\"%s\",\"size\":%llu,\"descs\":%d,"
                "\"pairs\":%d,\"iters\":%ld,\"progress\":\"%s\",\"spin_us\":%u,"
                "\"gbps\":%.3f,\"us_per_op\":%.1f}\n",
+               a->trace ? "data-traced" : "data",
+               strcmp(a->mem, "user") == 0     ? "ferry"
+               : strcmp(a->mem, "region") == 0 ? "ferry-region"
+                                               : "ferry-alloc",
                a->op, (unsigned long long)a->size, a->descs, a->pairs, a->iters,
                a->caller_progress ? "caller" : "thread", a->spin_us, gbps,
                worst * 1e6 / (double)a->iters);
@@ -338,6 +468,71 @@ static int run_memcpy(const bench_args_t *a)
     munmap(src, a->size);
     munmap(dst, a->size);
     return 0;
+}
+
+/* --- operation creation on registered memory ------------------------------ */
+
+static void create_print(const char *phase, bench_samples_t *s, const bench_args_t *a)
+{
+    bench_samples_sort(s);
+    printf("{\"bench\":\"create\",\"phase\":\"%s\",\"size\":%llu,\"n\":%zu,"
+           "\"mean_us\":%.2f,\"p50_us\":%.2f,\"p99_us\":%.2f}\n",
+           phase, (unsigned long long)a->size, s->n, bench_samples_mean_us(s),
+           bench_samples_pct_us(s, 50), bench_samples_pct_us(s, 99));
+    bench_samples_free(s);
+}
+
+/* n creates (and destroys) of a writable on d; the create is timed. */
+static int create_loop(ferry_connector_t *c, const ferry_descriptor_t *d, long n,
+                       bench_samples_t *s)
+{
+    for (long i = 0; i < n; i++) {
+        ferry_op_t *op = NULL;
+        uint64_t t0 = bench_now_ns();
+        ferry_status_t st = ferry_writable_create(c, d, 1, &op);
+        uint64_t t1 = bench_now_ns();
+        if (st != FERRY_OK) {
+            return bench_fail("writable_create", st);
+        }
+        bench_samples_add(s, t1 - t0);
+        ferry_op_destroy(op);
+    }
+    return 0;
+}
+
+static int run_create(const bench_args_t *a)
+{
+    ferry_connector_t *c = bench_connector(a, "bench-create");
+    uint8_t *buf = bench_alloc(a->size, 0x5a);
+    ferry_descriptor_t d = {buf, a->size, FERRY_DEVICE_HOST_INIT};
+    ferry_region_t *region = NULL;
+    bench_samples_t first = {0}, reg = {0}, unreg = {0};
+    ferry_status_t st;
+    uint64_t t0;
+    int rc;
+
+    if (c == NULL || buf == NULL) {
+        return 1;
+    }
+    /* Unregistered first (each create maps the whole buffer), so the
+     * region's numbers are not helped by anything it warmed. */
+    rc = create_loop(c, &d, a->iters < 50 ? a->iters : 50, &unreg);
+    t0 = bench_now_ns();
+    st = ferry_mem_register(c, buf, a->size, d.device, &region);
+    bench_samples_add(&first, bench_now_ns() - t0);
+    if (st != FERRY_OK) {
+        return bench_fail("mem_register", st) != 0;
+    }
+    rc = rc != 0 ? rc : create_loop(c, &d, a->iters, &reg);
+    if (rc == 0) {
+        create_print("first registration (ferry_mem_register)", &first, a);
+        create_print("create on the region (writable_create)", &reg, a);
+        create_print("create on unregistered memory (maps it)", &unreg, a);
+    }
+    ferry_mem_deregister(region);
+    ferry_connector_destroy(c);
+    munmap(buf, a->size);
+    return rc != 0;
 }
 
 /* --- small-operation latency ---------------------------------------------- */
@@ -576,7 +771,8 @@ static void usage(void)
 {
     fprintf(stderr, "usage: ferry_bench_data --op write|read --size S [--descs D] [--iters N]\n"
                     "                        [--warmup N] [--pairs P] [--progress thread|caller]\n"
-                    "                        [--spin-us N]\n"
+                    "                        [--spin-us N] [--mem user|region|alloc] [--trace]\n"
+                    "       ferry_bench_data --create --size S [--iters N]\n"
                     "       ferry_bench_data --memcpy --size S [--iters N]\n"
                     "       ferry_bench_data --latency --coord HOST:PORT [--iters N] [--warmup N]\n"
                     "                        [--progress thread|caller] [--spin-us N]\n");
@@ -584,18 +780,27 @@ static void usage(void)
 
 static int parse_args(int argc, char **argv, bench_args_t *a)
 {
-    static const struct option opts[] = {
-        {"op", required_argument, NULL, 'o'},       {"memcpy", no_argument, NULL, 'm'},
-        {"latency", no_argument, NULL, 'l'},        {"size", required_argument, NULL, 's'},
-        {"descs", required_argument, NULL, 'd'},    {"iters", required_argument, NULL, 'n'},
-        {"warmup", required_argument, NULL, 'w'},   {"pairs", required_argument, NULL, 'p'},
-        {"progress", required_argument, NULL, 'g'}, {"coord", required_argument, NULL, 'c'},
-        {"spin-us", required_argument, NULL, 'u'},  {NULL, 0, NULL, 0}};
+    static const struct option opts[] = {{"op", required_argument, NULL, 'o'},
+                                         {"memcpy", no_argument, NULL, 'm'},
+                                         {"latency", no_argument, NULL, 'l'},
+                                         {"size", required_argument, NULL, 's'},
+                                         {"descs", required_argument, NULL, 'd'},
+                                         {"iters", required_argument, NULL, 'n'},
+                                         {"warmup", required_argument, NULL, 'w'},
+                                         {"pairs", required_argument, NULL, 'p'},
+                                         {"progress", required_argument, NULL, 'g'},
+                                         {"coord", required_argument, NULL, 'c'},
+                                         {"spin-us", required_argument, NULL, 'u'},
+                                         {"mem", required_argument, NULL, 'M'},
+                                         {"create", no_argument, NULL, 'C'},
+                                         {"trace", no_argument, NULL, 'T'},
+                                         {NULL, 0, NULL, 0}};
     const char *spin_env = getenv("FERRY_SPIN_US");
     long spin = spin_env != NULL ? atol(spin_env) : (long)FERRY_CONNECTOR_DEFAULT_SPIN_US;
     int c;
 
-    *a = (bench_args_t){.size = 4096, .descs = 1, .iters = 100, .warmup = 3, .pairs = 1};
+    *a = (bench_args_t){
+        .size = 4096, .descs = 1, .iters = 100, .warmup = 3, .pairs = 1, .mem = "user"};
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
         switch (c) {
         case 'o':
@@ -633,6 +838,19 @@ static int parse_args(int argc, char **argv, bench_args_t *a)
         case 'u':
             spin = atol(optarg);
             break;
+        case 'M':
+            if (strcmp(optarg, "user") != 0 && strcmp(optarg, "region") != 0 &&
+                strcmp(optarg, "alloc") != 0) {
+                return -1;
+            }
+            a->mem = optarg;
+            break;
+        case 'C':
+            a->create_mode = true;
+            break;
+        case 'T':
+            a->trace = true;
+            break;
         default:
             return -1;
         }
@@ -648,7 +866,7 @@ static int parse_args(int argc, char **argv, bench_args_t *a)
     if (a->op != NULL && strcmp(a->op, "write") != 0 && strcmp(a->op, "read") != 0) {
         return -1;
     }
-    return (a->op != NULL) + a->memcpy_mode + a->latency_mode == 1 &&
+    return (a->op != NULL) + a->memcpy_mode + a->latency_mode + a->create_mode == 1 &&
                    (!a->latency_mode || a->coord != NULL)
                ? 0
                : -1;
@@ -668,6 +886,9 @@ int main(int argc, char **argv)
     }
     if (a.latency_mode) {
         return run_latency(&a);
+    }
+    if (a.create_mode) {
+        return run_create(&a);
     }
     return run_bandwidth(&a);
 }

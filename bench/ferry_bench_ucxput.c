@@ -17,10 +17,15 @@
  * directly. The difference between the two is UCX's, not Ferry's.
  *
  * The target process drives its worker (busy ucp_worker_progress) until the
- * initiator is done, as the emulated path needs. The program forks the
+ * initiator is done, as the emulated path needs. Both sides yield the CPU
+ * every 16th idle poll, as libferry's spin does (ferry__spin_pause): on a
+ * host with more runnable threads than cores a poll loop that never yields
+ * loses whole time slices (the emulated put then took milliseconds), which
+ * measured the scheduler, not UCX. The program forks the
  * target before any UCX state exists; addresses and the rkey go over a pipe.
  */
 #include <getopt.h>
+#include <sched.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -145,8 +150,10 @@ static int target(const args_t *a, int fd, volatile int *done)
         io_all(fd, rkey, rkey_len, true) != 0 || io_all(fd, &remote, sizeof(remote), true) != 0) {
         return -1;
     }
-    while (!__atomic_load_n(done, __ATOMIC_ACQUIRE)) {
-        ucp_worker_progress(s.worker);
+    for (unsigned i = 0; !__atomic_load_n(done, __ATOMIC_ACQUIRE);) {
+        if (ucp_worker_progress(s.worker) == 0 && ++i % 16 == 0) {
+            sched_yield();
+        }
     }
     ucp_rkey_buffer_release(rkey);
     ucp_worker_release_address(s.worker, addr);
@@ -164,8 +171,10 @@ static ucs_status_t wait_req(ucp_worker_h worker, ucs_status_ptr_t req)
     if (UCS_PTR_IS_ERR(req)) {
         return UCS_PTR_STATUS(req);
     }
-    while ((st = ucp_request_check_status(req)) == UCS_INPROGRESS) {
-        ucp_worker_progress(worker);
+    for (unsigned i = 0; (st = ucp_request_check_status(req)) == UCS_INPROGRESS;) {
+        if (ucp_worker_progress(worker) == 0 && ++i % 16 == 0) {
+            sched_yield();
+        }
     }
     ucp_request_free(req);
     return st;

@@ -182,11 +182,68 @@ def data_tables(rows, trim=False):
               ratio(f, median(raw)), median(perf), ratio(f, median(perf)), median(ucxmem),
               str(len(f_runs)), max(f_runs, default=None), max(raw, default=None),
               ratio(max(f_runs, default=None), max(raw, default=None)))
+    reg = registered_table(data)
     mc = Table("memcpy, one core (the ceiling for shared memory)", ["size", "GB/s"])
     for r in rows:
         if r.get("bench") == "memcpy":
             mc.add(size_name(r["size"]), r["gbps"])
-    return [t, mc]
+    return [t, reg, mc] + create_tables(rows)
+
+
+def target(a, b, size):
+    """Issue #14's targets hold from 1 MiB: a >= 0.95 of the reference b."""
+    if a is None or not b or size < (1 << 20):
+        return "-"
+    return "met" if a / b >= 0.95 else "missed"
+
+
+def registered_table(data):
+    """Issue #14: Ferry on memory registered once (ferry_mem_register) against
+    the raw UCX put into user memory, and on Ferry-allocated memory
+    (ferry_mem_alloc) against ucx_perftest, both from the same run."""
+    t = Table("Registered memory (issue #14), GB/s, medians, 1 descriptor, 1 pair. "
+              "Ferry region: the program's memory registered once (ferry_mem_register), "
+              "vs raw UCX into user memory; Ferry alloc: ferry_mem_alloc (UCX-allocated, "
+              "as ucx_perftest's), vs ucx_perftest and vs the raw put into UCX memory. "
+              "Targets (>= 0.95) from 1 MiB",
+              ["op", "size", "Ferry region", "Ferry (per-op reg.)", "raw UCX (user)",
+               "region/raw", "target", "Ferry alloc", "ucx_perftest", "alloc/perftest",
+               "target", "raw UCX (UCX mem)", "alloc/raw UCX mem", "rounds"])
+    keys = sorted({(k[0], k[1]) for k in data
+                   if k[4] in ("ferry-region", "ferry-alloc") and k[2] == 1 and k[3] == 1},
+                  key=lambda k: (k[0] != "write", k[1]))
+    for op, size in keys:
+        def m(impl):
+            return median(data.get((op, size, 1, 1, impl), []))
+        region, alloc = m("ferry-region"), m("ferry-alloc")
+        raw, perf, ucxmem = m("ucx-raw-user"), m("ucx_perftest"), m("ucx-raw-ucxmem")
+        t.add(op, size_name(size), region, m("ferry"), raw, ratio(region, raw),
+              target(region, raw, size), alloc, perf, ratio(alloc, perf),
+              target(alloc, perf, size), ucxmem, ratio(alloc, ucxmem),
+              str(len(data.get((op, size, 1, 1, "ferry-alloc"), []))))
+    return t
+
+
+def create_tables(rows):
+    """Operation creation on a registered region (ferry_bench_data --create)
+    and where a 1 MiB operation's time goes (--trace)."""
+    c = Table("Operation creation, microseconds (ferry_writable_create on the whole "
+              "buffer; target: under 5 us p50 on a registered 1 GiB region)",
+              ["phase", "size", "n", "p50 us", "p99 us", "target"])
+    for r in rows:
+        if r.get("bench") == "create":
+            goal = "-"
+            if r["phase"].startswith("create on the region") and r["size"] >= (1 << 30):
+                goal = "met" if r["p50_us"] < 5 else "missed"
+            c.add(r["phase"], size_name(r["size"]), str(r["n"]), r["p50_us"], r["p99_us"], goal)
+    ph = Table("Where one Ferry operation's time goes (ferry_bench_data --trace, active "
+               "side, p50 us per phase; only 'data + flush' is in the raw UCX reference)",
+               ["memory", "op", "size", "phase", "p50 us", "mean us"])
+    for r in rows:
+        if r.get("bench") == "phases":
+            ph.add(r["mem"], r["op"], size_name(r["size"]), r["phase"], r["p50_us"],
+                   r["mean_us"])
+    return [c, ph]
 
 
 def latency_tables(rows):

@@ -666,6 +666,7 @@ static void drain_for_destroy(ferry_connector_t *c)
 ferry_status_t ferry_connector_destroy(ferry_connector_t *c)
 {
     unsigned alive;
+    bool regions;
 
     ferry__clear_error();
     if (c == NULL) {
@@ -673,11 +674,18 @@ ferry_status_t ferry_connector_destroy(ferry_connector_t *c)
     }
     ferry__lock(c);
     alive = c->user_ops;
+    regions = c->regions != NULL;
     ferry__unlock(c);
     if (alive > 0) {
         return ferry__fail(FERRY_ERR_BUSY,
                            "connector %s: %u operations not destroyed; destroy them first", c->name,
                            alive);
+    }
+    if (regions) {
+        return ferry__fail(FERRY_ERR_BUSY,
+                           "connector %s: registered regions remain; ferry_mem_deregister them "
+                           "first",
+                           c->name);
     }
     if (c->thread_started) {
         atomic_store(&c->stopping, true);

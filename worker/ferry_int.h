@@ -18,8 +18,10 @@
  * operations advance. Completion callbacks for users are delivered by the
  * loop after it drops the lock. Before it sleeps, the loop (and a caller-mode
  * ferry_op_wait) spins for spin_ns, dropping the lock between rounds; a
- * thread-mode ferry_op_wait spins on op->final (an atomic, no lock) before
- * it sleeps on op->cond. See connector.c for why.
+ * thread-mode ferry_op_wait spins on op->final (an atomic) before it sleeps
+ * on op->cond, and drains the loop itself (never delivering callbacks)
+ * whenever a trylock of the lock succeeds meanwhile. See connector.c for
+ * why.
  *
  * Lifetime: an operation is reference counted (under the lock): the user's
  * handle, each UCX request in flight that names it, and a pending completion
@@ -222,6 +224,10 @@ struct ferry_connector {
     struct ferry_op *done, **done_tail;
     struct ferry_op *staged; /* staged ops with copies in flight (stage_next) */
     ferry_connector_stats_t stats;
+    /* Registered regions (region.c), unordered, never overlapping. */
+    struct ferry_region *regions;
+    uint64_t next_region_id;
+    uint64_t mem_maps; /* ucp_mem_map calls made (ferry__mem_map): tests */
 };
 
 /* Lock helpers (abort on a broken mutex: that is a programmer error). */
@@ -289,7 +295,8 @@ void ferry__req_param(ferry__req_t *req, ucp_request_param_t *param);
  *                                active: metadata checked)
  *   READY -> CLAIMING            active: claim sent
  *   READY -> CLAIMED             passive: one writer/reader admitted
- *   CLAIMING -> TRANSFERRING     active: admitted; puts/gets and flush posted
+ *   CLAIMING -> TRANSFERRING     active: admitted; puts/gets and flush
+ *                                are posted next
  *   TRANSFERRING -> NOTIFYING    active: flush done; notice posted
  *   NOTIFYING -> COMPLETE        active: notice sent
  *   CLAIMED -> COMPLETE          passive: the admitted peer's notice arrived
@@ -366,9 +373,15 @@ struct ferry_op {
     struct ferry__stage *stage;
     struct ferry_op *stage_next; /* connector->staged, while in_staged */
     bool in_staged;
+    /* The region each descriptor lies in (NULL: none, the operation maps
+     * it itself); each non-NULL entry holds one of the region's op
+     * references while regions_held (region.c). */
+    struct ferry_region **regions;
+    bool regions_held;
 
     /* Active. */
     Ferry__V1__RdmaMetadata *md;
+    bool data_in_flight; /* puts/gets posted, their flush not yet done */
     ferry__peer_t *peer;
     ferry__rkey_t **rkeys;
     bool awaiting_admit; /* a claim is out; holds a reference until answered */
@@ -479,6 +492,37 @@ typedef struct {
     atomic_uint slots;
 } ferry__test_staging_t;
 extern ferry__test_staging_t ferry__test_staging;
+/* ---- registered regions (region.c) ------------------------------------ */
+
+/* One ferry_mem_register / ferry_mem_alloc. Set once before it is
+ * published in connector->regions, except ops and next (under the lock). */
+struct ferry_region {
+    struct ferry_region *next; /* connector->regions */
+    ferry_connector_t *connector;
+    uint64_t id; /* for logs */
+    uint8_t *base;
+    size_t size;
+    ferry_device_t device;
+    bool allocated; /* ferry_mem_alloc: ucp_mem_unmap frees the memory */
+    ucp_mem_h memh;
+    void *rkey; /* packed once (ucp_rkey_pack); every operation's key */
+    size_t rkey_len;
+    unsigned ops; /* operations holding it (deregister refuses while > 0) */
+};
+
+/* ucp_mem_map on the connector's context, counted in c->mem_maps (so tests
+ * see that operations on registered memory map nothing). Lock held. */
+ucs_status_t ferry__mem_map(ferry_connector_t *c, const ucp_mem_map_params_t *params,
+                            ucp_mem_h *memh_p);
+
+/* Finds the region of each of op's descriptors (op->regions) and takes a
+ * reference on each found. FERRY_ERR_INVALID_ARGUMENT, holding nothing, for
+ * a descriptor that straddles a region's edge or names another device than
+ * the region it lies in. Lock held. */
+ferry_status_t ferry__op_regions_attach(ferry_op_t *op);
+
+/* Drops the references attach took (idempotent). Lock held. */
+void ferry__op_regions_detach(ferry_op_t *op);
 
 /* ---- fault simulation (tests only) ------------------------------------ */
 

@@ -220,6 +220,8 @@ bool ferry__op_move(ferry_op_t *op, ferry__op_state_t to, ferry_status_t code, c
         atomic_store(&op->final, true);
         if (is_passive(op)) {
             ferry__passive_release(op);
+        } else if (!op->data_in_flight) {
+            ferry__op_regions_detach(op); /* else when its flush completes */
         }
         pthread_cond_broadcast(&op->cond);
         queue_done(op);
@@ -286,6 +288,7 @@ static void op_free_locked(ferry_op_t *op)
     ferry__metadata_free(op->md);
     free(op->metadata);
     free(op->memh);
+    free(op->regions);
     free(op->rkeys);
     free(op->descs);
     pthread_cond_destroy(&op->cond);
@@ -489,12 +492,18 @@ static ferry_status_t wait_driving(ferry_op_t *op, int timeout_ms)
     }
 }
 
-/* Thread mode: poll the operation's final flag (no lock, no UCX: the
- * progress thread moves it) for up to spin_ns before sleeping on its
- * condition variable; an operation that ends meanwhile costs no wake-up. */
-static void wait_spin(const ferry_op_t *op, int timeout_ms)
+/* Thread mode: poll the operation's final flag for up to spin_ns before
+ * sleeping on its condition variable; an operation that ends meanwhile
+ * costs no wake-up. While it polls, the waiter also drives the loop
+ * whenever the lock is free (trylock: it never waits for the progress
+ * thread): the next message of its transfer (an ADMIT, a flush, a NOTICE)
+ * is then handled on this thread, which is running anyway, instead of
+ * costing a hand-off to the progress thread and back. It only drains;
+ * completion callbacks stay the progress thread's to deliver. */
+static void wait_spin(ferry_op_t *op, int timeout_ms)
 {
-    uint64_t budget = op->connector->spin_ns;
+    ferry_connector_t *c = op->connector;
+    uint64_t budget = c->spin_ns;
     uint64_t end;
 
     if (timeout_ms >= 0 && (uint64_t)timeout_ms * 1000000u < budget) {
@@ -504,6 +513,10 @@ static void wait_spin(const ferry_op_t *op, int timeout_ms)
     for (unsigned i = 0; budget > 0 && !atomic_load(&op->final); i++) {
         if (ferry__now_ns() >= end) {
             break;
+        }
+        if (pthread_mutex_trylock(&c->lock) == 0) {
+            ferry__connector_drain(c);
+            ferry__unlock(c);
         }
         ferry__spin_pause(i);
     }

@@ -18,6 +18,13 @@
  * pipeline when either side's memory is staged (CUDA memory its UCX cannot
  * reach); the claim, the final flush and the notice stay as here.
  *
+ * Registered memory (region.c): a local descriptor inside a region passes
+ * the region's memory handle with its put or get (UCP_OP_ATTR_FIELD_MEMH),
+ * so UCX looks nothing up for it; the operation holds the region until it
+ * is final and its data has stopped moving (data_in_flight: the flush of
+ * its puts or gets has completed), since a get cancelled midway still
+ * writes into local memory until then.
+ *
  * Threads: begin runs on the caller's thread under connector->lock; the
  * other steps run in the progress loop.
  */
@@ -56,12 +63,19 @@ static void start_transfer(ferry_op_t *op)
     ucs_status_ptr_t sp;
     ferry__req_t *req;
 
+    /* Moved first: on shared memory a put may copy inside ucp_put_nbx. */
+    ferry__op_move(op, FERRY__OP_TRANSFERRING, FERRY_OK, NULL);
     for (size_t i = 0; i < op->n; i++) {
         const ferry_descriptor_t *d = &op->descs[i];
         uint64_t remote = op->md->descriptors[i]->address;
         param.op_attr_mask = UCP_OP_ATTR_FIELD_MEMORY_TYPE;
         param.memory_type =
             d->device.kind == FERRY_DEVICE_CUDA ? UCS_MEMORY_TYPE_CUDA : UCS_MEMORY_TYPE_HOST;
+        if (op->regions != NULL && op->regions[i] != NULL) {
+            param.op_attr_mask |= UCP_OP_ATTR_FIELD_MEMH;
+            param.memh = op->regions[i]->memh;
+        }
+        op->data_in_flight = true;
         if (op->kind == FERRY__KIND_WRITE) {
             sp = ucp_put_nbx(ep, d->ptr, d->size, remote, op->rkeys[i]->rkey, &param);
         } else {
@@ -86,7 +100,6 @@ static void start_transfer(ferry_op_t *op)
     req->connector = op->connector;
     req->op = op;
     ferry__op_ref(op);
-    ferry__op_move(op, FERRY__OP_TRANSFERRING, FERRY_OK, NULL);
     ferry__req_param(req, &param);
     ferry__req_posted(req, ucp_ep_flush_nbx(ep, &param));
 }
@@ -137,6 +150,10 @@ void ferry__active_on_req(ferry__req_t *req)
         }
         break;
     case FERRY__REQ_FLUSH:
+        op->data_in_flight = false;
+        if (ferry__op_is_final(op)) {
+            ferry__op_regions_detach(op); /* it ended while data moved */
+        }
         if (req->status != UCS_OK) {
             ferry__op_move(op, FERRY__OP_ERRORED, FERRY_ERR_TRANSPORT, "transfer failed: %s", why);
         } else if (op->state == FERRY__OP_TRANSFERRING && atomic_load(&ferry__test_hold_notice)) {
@@ -177,6 +194,7 @@ void ferry__active_cancel(ferry_op_t *op)
 void ferry__active_release(ferry_op_t *op)
 {
     ferry__staged_release(op); /* first: its remote key is the peer's */
+    ferry__op_regions_detach(op);
     if (op->peer == NULL) {
         return;
     }
@@ -263,7 +281,10 @@ static ferry_status_t active_begin(ferry_connector_t *c, ferry__op_kind_t kind,
              kind == FERRY__KIND_WRITE ? "write" : "read", (unsigned long long)op->id, op->key[0],
              op->key[1], op->key[2], op->key[3]);
     ferry__lock(c);
-    status = connect_op(op);
+    status = ferry__op_regions_attach(op);
+    if (status == FERRY_OK) {
+        status = connect_op(op);
+    }
     if (status == FERRY_OK) {
         status = ferry__staged_active_prepare(op, ferry__staged_wanted(c, local));
     }

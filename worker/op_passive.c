@@ -1,8 +1,10 @@
 /*
  * op_passive.c: writable and readable operations, the side that owns the
- * memory. Create registers each region with UCX (ucp_mem_map of exactly that
- * memory), packs its remote key, and builds the RdmaMetadata; then the
- * operation waits in READY for one active side.
+ * memory. Create registers each descriptor with UCX (ucp_mem_map of exactly
+ * that memory) and packs its remote key, or, for a descriptor inside a
+ * registered region (region.c), takes the region's memory handle and key;
+ * then it builds the RdmaMetadata, and the operation waits in READY for one
+ * active side.
  *
  * Admission: an active side first sends a CLAIM carrying the notification
  * key. Exactly one claim is admitted, and only while the operation is READY;
@@ -31,8 +33,9 @@
  * neither can complete a buffer nobody wrote nor cancel the admitted
  * writer's transfer.
  *
- * Release: the memory is unmapped when the operation becomes final and at
- * destroy, whichever comes first (ferry__passive_release is idempotent).
+ * Release: the memory is unmapped (a region's references dropped) when the
+ * operation becomes final and at destroy, whichever comes first
+ * (ferry__passive_release is idempotent).
  *
  * Threads: create runs on the caller's thread; a claim is decided inside the
  * AM callback (see connector.c), its claimant watched and notices handled in
@@ -59,7 +62,7 @@ static ferry_status_t map_one(ferry_op_t *op, size_t i, void **rkey_p, size_t *r
     params.length = op->descs[i].size;
     params.memory_type =
         op->descs[i].device.kind == FERRY_DEVICE_CUDA ? UCS_MEMORY_TYPE_CUDA : UCS_MEMORY_TYPE_HOST;
-    status = ucp_mem_map(c->context, &params, &op->memh[i]);
+    status = ferry__mem_map(c, &params, &op->memh[i]);
     if (status != UCS_OK) {
         ferry_error("%s: ucp_mem_map of descriptor %zu (%zu bytes): %s", op->label, i,
                     op->descs[i].size, ucs_status_string(status));
@@ -111,7 +114,24 @@ static ferry_status_t register_staged(ferry_op_t *op)
     return status;
 }
 
-/* Registers every region and builds the metadata; lock held. */
+/* Whether descriptor i maps its own memory (no region holds it). */
+static bool own_map(const ferry_op_t *op, size_t i)
+{
+    return op->regions == NULL || op->regions[i] == NULL;
+}
+
+/* Unmaps the first n descriptors' own mappings; lock held. */
+static void unmap_own(ferry_op_t *op, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (own_map(op, i)) {
+            ucp_mem_unmap(op->connector->context, op->memh[i]);
+        }
+    }
+}
+
+/* Registers every descriptor (or takes its region's handle and key) and
+ * builds the metadata; lock held. */
 static ferry_status_t register_all(ferry_op_t *op)
 {
     ferry_connector_t *c = op->connector;
@@ -128,7 +148,16 @@ static ferry_status_t register_all(ferry_op_t *op)
         status = ferry__fail(FERRY_ERR_NO_MEMORY, "%s: out of memory", op->label);
         goto out_free_keys;
     }
+    status = ferry__op_regions_attach(op);
+    if (status != FERRY_OK) {
+        goto out_free_keys;
+    }
     for (; mapped < op->n; mapped++) {
+        if (!own_map(op, mapped)) {
+            op->memh[mapped] = op->regions[mapped]->memh;
+            rkey_lens[mapped] = op->regions[mapped]->rkey_len;
+            continue;
+        }
         status = map_one(op, mapped, &rkeys[mapped], &rkey_lens[mapped]);
         if (status != FERRY_OK) {
             goto err_unmap;
@@ -139,6 +168,11 @@ static ferry_status_t register_all(ferry_op_t *op)
     build.worker_address_len = c->address_len;
     build.descs = op->descs;
     build.n = op->n;
+    for (size_t i = 0; i < op->n; i++) {
+        if (!own_map(op, i)) {
+            rkeys[i] = op->regions[i]->rkey; /* borrowed: not released below */
+        }
+    }
     build.rkeys = (const void *const *)rkeys;
     build.rkey_lens = rkey_lens;
     build.key = op->key;
@@ -152,12 +186,11 @@ static ferry_status_t register_all(ferry_op_t *op)
     goto out_free_keys;
 
 err_unmap:
-    for (size_t i = 0; i < mapped; i++) {
-        ucp_mem_unmap(c->context, op->memh[i]);
-    }
+    unmap_own(op, mapped);
+    ferry__op_regions_detach(op);
 out_free_keys:
     for (size_t i = 0; rkeys != NULL && i < op->n; i++) {
-        if (rkeys[i] != NULL) {
+        if (rkeys[i] != NULL && own_map(op, i)) {
             ucp_rkey_buffer_release(rkeys[i]);
         }
     }
@@ -257,13 +290,10 @@ ferry_status_t ferry_op_notification_key(const ferry_op_t *op, const uint8_t **k
 
 void ferry__passive_release(ferry_op_t *op)
 {
-    ferry_connector_t *c = op->connector;
-
     ferry__staged_release(op); /* first: it may tell the claimant to stop */
     if (op->mapped) {
-        for (size_t i = 0; i < op->n; i++) {
-            ucp_mem_unmap(c->context, op->memh[i]);
-        }
+        unmap_own(op, op->n);
+        ferry__op_regions_detach(op);
         op->mapped = false;
         ferry_debug("%s: memory unregistered", op->label);
     }

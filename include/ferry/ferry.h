@@ -173,7 +173,10 @@ typedef struct {
     bool peer_error_handling;
     /* How long (microseconds) the progress loop keeps polling UCX after the
      * last sign of activity before it sleeps on the worker's event fd, and
-     * how long ferry_op_wait polls for its operation to end before it sleeps.
+     * how long ferry_op_wait polls for its operation to end before it sleeps
+     * (in thread mode it also drives UCX meanwhile whenever the progress
+     * thread is not, so its transfer's next message costs no hand-off; it
+     * never delivers callbacks).
      * Each message of a transfer then finds its receiver awake instead of
      * costing a wake-up (a thread switch) on each side. The spin yields the
      * CPU (sched_yield) often, so it gives way to other runnable threads;
@@ -196,7 +199,8 @@ FERRY_API ferry_status_t ferry_connector_create(const ferry_connector_params_t *
                                                 ferry_connector_t **connector_p);
 
 /* Stops the progress thread, closes the endpoints and releases UCX, once
- * every operation has been destroyed: with operations still alive it
+ * every operation has been destroyed and every region deregistered: with
+ * operations or regions still alive it
  * returns FERRY_ERR_BUSY and changes nothing (as uv_loop_close returns
  * UV_EBUSY); destroy them and call it again. NULL is a no-op (FERRY_OK). */
 FERRY_API ferry_status_t ferry_connector_destroy(ferry_connector_t *connector);
@@ -279,6 +283,75 @@ FERRY_API const char *ferry_outcome_name(ferry_outcome_t outcome);
 FERRY_API void ferry_connector_get_stats(ferry_connector_t *connector,
                                          ferry_connector_stats_t *stats_p);
 
+/* ---- registered memory ------------------------------------------------ */
+
+/* A region of memory registered with UCX once, for any number of
+ * operations (NIXL's registerMem, Mooncake's registerLocalMemory).
+ *
+ * Without a region every passive operation registers its own descriptors
+ * (one ucp_mem_map and one remote key per descriptor, undone when the
+ * operation ends). A descriptor that lies wholly inside a region instead
+ * reuses the region's memory handle and its remote key, packed once at
+ * registration: creating a writable or readable, or beginning a write or
+ * read, on it calls no ucp_mem_map at all, and the peer's remote-key cache
+ * finds the same key again (no ucp_ep_rkey_unpack after the first). A
+ * descriptor that only partly overlaps a region (it straddles the region's
+ * edge) is refused with FERRY_ERR_INVALID_ARGUMENT naming the descriptor
+ * and the region: it must lie wholly inside one region or wholly outside
+ * every region. Regions of one connector never overlap.
+ *
+ * What a remote key covers. UCX 1.13 packs a key for a whole registration,
+ * so the key in an operation's metadata covers the whole region, not only
+ * that operation's descriptors, and it stays valid until the region is
+ * deregistered, not only until the operation ends. The metadata still
+ * names only the operation's descriptors and Ferry's active side writes (or
+ * reads) only those, and only once the passive side admitted its claim:
+ * admission, not the key, is what keeps writers out. That was already so on
+ * shared memory and TCP, where UCX does not enforce keys on host memory
+ * (see ferry_op_destroy). On transports that do enforce keys (RDMA NICs), a
+ * peer that holds an operation's metadata and skips Ferry's protocol could
+ * reach the rest of the region, after the operation ended too; Ferry-
+ * allocated memory on shared memory is likewise mapped whole by every peer
+ * that unpacked its key. So put into one region only memory that every
+ * holder of any of its operations' metadata may reach, and keep memory that
+ * needs per-operation revocation out of regions (its operations then
+ * register it themselves, as before).
+ *
+ * Threads: any thread; a region must not be deregistered while another
+ * thread still creates operations on it (deregistration refuses while
+ * operations hold it, see below). */
+typedef struct ferry_region ferry_region_t;
+
+/* Registers [ptr, ptr + size) of the caller's memory (ucp_mem_map of that
+ * range, its key packed once). The memory stays the caller's: it must stay
+ * allocated until ferry_mem_deregister. FERRY_ERR_ALREADY_EXISTS when the
+ * range overlaps a region of this connector; FERRY_ERR_UNIMPLEMENTED for
+ * CUDA memory on a UCX build without CUDA transports. */
+FERRY_API ferry_status_t ferry_mem_register(ferry_connector_t *connector, void *ptr, size_t size,
+                                            ferry_device_t device, ferry_region_t **region_p);
+
+/* Allocates size bytes through UCX (ucp_mem_map with UCP_MEM_MAP_ALLOCATE,
+ * as ucx_perftest allocates its buffers) and registers them as one region;
+ * *ptr_p is the memory, zeroed, valid until ferry_mem_deregister, which
+ * frees it. UCX 1.13 takes such memory from a shared-memory segment (sysv
+ * or posix) when it can, and its shared-memory transports then write and
+ * read it directly (one copy) instead of through bounce buffers: the fast
+ * path for host memory. Host memory only (CUDA: FERRY_ERR_UNIMPLEMENTED). */
+FERRY_API ferry_status_t ferry_mem_alloc(ferry_connector_t *connector, size_t size,
+                                         ferry_device_t device, ferry_region_t **region_p,
+                                         void **ptr_p);
+
+/* Deregisters the region (and frees its memory when ferry_mem_alloc made
+ * it). FERRY_ERR_BUSY, changing nothing, while operations still use it: a
+ * passive operation until it is final or destroyed (its memory is released
+ * then, as without a region), an active one until it is final and its data
+ * has stopped moving (an active operation cancelled mid-transfer holds the
+ * region until its flush completes). Destroy or finish them and call it
+ * again. NULL is a no-op (FERRY_OK). Every region must be deregistered
+ * before its connector is destroyed (ferry_connector_destroy returns
+ * FERRY_ERR_BUSY otherwise). */
+FERRY_API ferry_status_t ferry_mem_deregister(ferry_region_t *region);
+
 /* ---- operations ------------------------------------------------------- */
 
 typedef struct ferry_op ferry_op_t;
@@ -297,9 +370,11 @@ typedef enum {
 /* "UNINITIALIZED" ... "ERRORED"; static. */
 FERRY_API const char *ferry_op_status_name(ferry_op_status_t status);
 
-/* Passive: registers the regions (ucp_mem_map of exactly that memory) so that
- * the holder of this operation's metadata may write into them (writable) or
- * read them (readable). The regions must stay allocated until destroy. */
+/* Passive: registers the descriptors (ucp_mem_map of exactly that memory;
+ * none for a descriptor inside a registered region, see ferry_mem_register)
+ * so that the holder of this operation's metadata may write into them
+ * (writable) or read them (readable). The memory must stay allocated until
+ * destroy. */
 FERRY_API ferry_status_t ferry_writable_create(ferry_connector_t *connector,
                                                const ferry_descriptor_t *descs, size_t n,
                                                ferry_op_t **op_p);
@@ -414,11 +489,12 @@ FERRY_API ferry_status_t ferry_op_listener_arg(const ferry_op_t *op, ferry_op_li
 /* The connector the operation belongs to. */
 FERRY_API ferry_connector_t *ferry_op_connector(const ferry_op_t *op);
 
-/* Passive: unregisters the memory and forgets the notification key (after
- * this any claim is refused with FERRY_ERR_NOT_FOUND; note that on host
- * memory UCX's shm and TCP transports do not enforce remote keys, so the
- * claim step, not the unmap, is what keeps writers out), cancelling the
- * operation if it is not final.
+/* Passive: unregisters the memory (its own registrations; a region it used
+ * stays registered, and only lets go of it) and forgets the notification
+ * key (after this any claim is refused with FERRY_ERR_NOT_FOUND; note that
+ * on host memory UCX's shm and TCP transports do not enforce remote keys,
+ * so the claim step, not the unmap, is what keeps writers out), cancelling
+ * the operation if it is not final.
  * Active: cancels if not final. NULL is a no-op. */
 FERRY_API void ferry_op_destroy(ferry_op_t *op);
 

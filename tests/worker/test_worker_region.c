@@ -1,0 +1,478 @@
+/*
+ * test_worker_region.c: memory registered once (ferry_mem_register,
+ * ferry_mem_alloc, ferry_mem_deregister) with real UCX transfers.
+ *
+ * Two connectors in this one process, each with its own UCX context and
+ * worker (UCX moves the bytes between them as between two processes, over
+ * shared memory or, with UCX_TLS=tcp, TCP): "rx" owns the passive side,
+ * "tx" the active side. What a region promises is checked from libferry's
+ * internals (worker/ferry_int.h): connector->mem_maps counts every
+ * ucp_mem_map, and a region's ops counts the descriptors holding it.
+ *
+ * Straddling descriptors are refused (FERRY_ERR_INVALID_ARGUMENT), not
+ * mapped in part: a descriptor lies wholly inside one region or outside all.
+ *
+ * No sleep synchronizes anything: every wait is ferry_op_wait with a timeout.
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "worker/ferry_int.h"
+
+#define WAIT_MS     20000
+#define REGION_SIZE (4u << 20)
+
+typedef struct {
+    ferry_connector_t *rx; /* passive side, progress thread */
+    ferry_connector_t *tx; /* active side, progress thread */
+} world_t;
+
+static ferry_connector_t *connector(const char *name, ferry_progress_mode_t mode)
+{
+    ferry_connector_params_t params = {0};
+    ferry_connector_t *c = NULL;
+
+    params.field_mask =
+        FERRY_CONNECTOR_PARAM_FIELD_NAME | FERRY_CONNECTOR_PARAM_FIELD_PROGRESS_MODE;
+    params.name = name;
+    params.progress_mode = mode;
+    assert_int_equal(ferry_connector_create(&params, &c), FERRY_OK);
+    return c;
+}
+
+static int setup(void **state)
+{
+    world_t *w = calloc(1, sizeof(*w));
+
+    w->rx = connector("rx", FERRY_PROGRESS_THREAD);
+    w->tx = connector("tx", FERRY_PROGRESS_THREAD);
+    *state = w;
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    world_t *w = *state;
+
+    assert_int_equal(ferry_connector_destroy(w->tx), FERRY_OK);
+    assert_int_equal(ferry_connector_destroy(w->rx), FERRY_OK);
+    free(w);
+    return 0;
+}
+
+static uint64_t mem_maps(ferry_connector_t *c)
+{
+    uint64_t n;
+
+    ferry__lock(c);
+    n = c->mem_maps;
+    ferry__unlock(c);
+    return n;
+}
+
+static unsigned region_ops(ferry_region_t *r)
+{
+    unsigned n;
+
+    ferry__lock(r->connector);
+    n = r->ops;
+    ferry__unlock(r->connector);
+    return n;
+}
+
+static uint8_t pattern(uint32_t seed, size_t offset)
+{
+    return (uint8_t)(seed * 131u + offset * 13u + (offset >> 8) + (offset >> 16));
+}
+
+static void fill(uint8_t *buf, size_t size, uint32_t seed)
+{
+    for (size_t i = 0; i < size; i++) {
+        buf[i] = pattern(seed, i);
+    }
+}
+
+static void assert_pattern(const uint8_t *buf, size_t size, uint32_t seed)
+{
+    for (size_t i = 0; i < size; i++) {
+        if (buf[i] != pattern(seed, i)) {
+            fail_msg("byte %zu: %u, expected %u", i, buf[i], pattern(seed, i));
+        }
+    }
+}
+
+static void assert_filled(const uint8_t *buf, size_t size, uint8_t value)
+{
+    for (size_t i = 0; i < size; i++) {
+        if (buf[i] != value) {
+            fail_msg("byte %zu: %u, expected untouched %u", i, buf[i], value);
+        }
+    }
+}
+
+static ferry_descriptor_t desc(void *ptr, size_t size)
+{
+    return (ferry_descriptor_t){ptr, size, FERRY_DEVICE_HOST_INIT};
+}
+
+/* One transfer from tx's src into rx's dst (write) or from rx's dst into
+ * tx's src (read); both operations end COMPLETE. */
+static void transfer(world_t *w, bool write, ferry_descriptor_t rx_d, ferry_descriptor_t tx_d)
+{
+    ferry_op_t *passive = NULL, *active = NULL;
+    const uint8_t *md;
+    size_t md_len;
+
+    assert_int_equal(write ? ferry_writable_create(w->rx, &rx_d, 1, &passive)
+                           : ferry_readable_create(w->rx, &rx_d, 1, &passive),
+                     FERRY_OK);
+    assert_int_equal(ferry_op_metadata(passive, &md, &md_len), FERRY_OK);
+    assert_int_equal(write ? ferry_write_begin(w->tx, &tx_d, 1, md, md_len, &active)
+                           : ferry_read_begin(w->tx, &tx_d, 1, md, md_len, &active),
+                     FERRY_OK);
+    assert_int_equal(ferry_op_wait(active, WAIT_MS), FERRY_OK);
+    assert_int_equal(ferry_op_wait(passive, WAIT_MS), FERRY_OK);
+    ferry_op_destroy(active);
+    ferry_op_destroy(passive);
+}
+
+/* A write and a read on descriptors inside registered regions map nothing
+ * on either side, and move the right bytes to the right place. */
+static void test_ops_on_region_map_nothing(void **state)
+{
+    world_t *w = *state;
+    uint8_t *dst = calloc(1, REGION_SIZE), *src = malloc(REGION_SIZE);
+    ferry_region_t *rx_r, *tx_r;
+    uint64_t rx_maps, tx_maps;
+    size_t off = 12345, len = 1u << 20;
+
+    assert_int_equal(
+        ferry_mem_register(w->rx, dst, REGION_SIZE, (ferry_device_t)FERRY_DEVICE_HOST_INIT, &rx_r),
+        FERRY_OK);
+    assert_int_equal(
+        ferry_mem_register(w->tx, src, REGION_SIZE, (ferry_device_t)FERRY_DEVICE_HOST_INIT, &tx_r),
+        FERRY_OK);
+    rx_maps = mem_maps(w->rx);
+    tx_maps = mem_maps(w->tx);
+    fill(src + 777, len, 5);
+
+    transfer(w, true, desc(dst + off, len), desc(src + 777, len));
+    assert_pattern(dst + off, len, 5);
+    assert_filled(dst, off, 0);
+    assert_filled(dst + off + len, REGION_SIZE - off - len, 0);
+
+    /* And back: read rx's bytes into another place of tx's region. */
+    memset(src, 0, REGION_SIZE);
+    transfer(w, false, desc(dst + off, len), desc(src + 2 * len, len));
+    assert_pattern(src + 2 * len, len, 5);
+    assert_filled(src, 2 * len, 0);
+
+    assert_int_equal(mem_maps(w->rx), rx_maps);
+    assert_int_equal(mem_maps(w->tx), tx_maps);
+    assert_int_equal(region_ops(rx_r), 0);
+    assert_int_equal(region_ops(tx_r), 0);
+    assert_int_equal(ferry_mem_deregister(rx_r), FERRY_OK);
+    assert_int_equal(ferry_mem_deregister(tx_r), FERRY_OK);
+    free(dst);
+    free(src);
+}
+
+/* Memory in no region is still registered per operation (the counter
+ * counts: the test above would see a map). */
+static void test_unregistered_memory_maps_per_op(void **state)
+{
+    world_t *w = *state;
+    uint8_t *dst = calloc(1, 8192), *src = malloc(8192);
+    uint64_t rx_maps = mem_maps(w->rx);
+
+    fill(src, 8192, 9);
+    transfer(w, true, desc(dst, 8192), desc(src, 8192));
+    assert_pattern(dst, 8192, 9);
+    assert_int_equal(mem_maps(w->rx), rx_maps + 1);
+    free(dst);
+    free(src);
+}
+
+/* A descriptor that straddles a region's edge is refused on either side,
+ * naming the descriptor; nothing is mapped or held. */
+static void test_straddling_descriptor_refused(void **state)
+{
+    world_t *w = *state;
+    uint8_t *mem = calloc(1, 2 * 65536);
+    ferry_descriptor_t ds[2] = {desc(mem + 65536, 4096), desc(mem + 65536 - 100, 4096)};
+    ferry_region_t *r;
+    ferry_op_t *op = NULL, *ok = NULL;
+    uint64_t maps;
+    const uint8_t *md;
+    size_t md_len;
+
+    /* The region is the second half; ds[1] starts 100 bytes before it. */
+    assert_int_equal(
+        ferry_mem_register(w->rx, mem + 65536, 65536, (ferry_device_t)FERRY_DEVICE_HOST_INIT, &r),
+        FERRY_OK);
+    maps = mem_maps(w->rx);
+    assert_int_equal(ferry_writable_create(w->rx, ds, 2, &op), FERRY_ERR_INVALID_ARGUMENT);
+    assert_null(op);
+    assert_non_null(strstr(ferry_last_error_message(), "descriptor 1"));
+    assert_non_null(strstr(ferry_last_error_message(), "straddles"));
+    /* Past the far edge too. */
+    ds[1] = desc(mem + 2 * 65536 - 10, 20);
+    assert_int_equal(ferry_readable_create(w->rx, &ds[1], 1, &op), FERRY_ERR_INVALID_ARGUMENT);
+    assert_int_equal(mem_maps(w->rx), maps);
+    assert_int_equal(region_ops(r), 0);
+
+    /* The active side refuses a straddling local descriptor the same way. */
+    assert_int_equal(ferry_writable_create(w->tx, &ds[0], 1, &ok), FERRY_OK); /* tx: no region */
+    assert_int_equal(ferry_op_metadata(ok, &md, &md_len), FERRY_OK);
+    ds[1] = desc(mem + 65536 - 2048, 4096);
+    assert_int_equal(ferry_write_begin(w->rx, &ds[1], 1, md, md_len, &op),
+                     FERRY_ERR_INVALID_ARGUMENT);
+    assert_non_null(strstr(ferry_last_error_message(), "straddles"));
+    assert_int_equal(region_ops(r), 0);
+    ferry_op_destroy(ok);
+    assert_int_equal(ferry_mem_deregister(r), FERRY_OK);
+    free(mem);
+}
+
+/* Regions never overlap; a connector with a region left refuses to go. */
+static void test_overlap_and_connector_busy(void **state)
+{
+    world_t *w = *state;
+    uint8_t *mem = malloc(65536);
+    ferry_region_t *r, *r2 = NULL;
+
+    assert_int_equal(
+        ferry_mem_register(w->rx, mem, 32768, (ferry_device_t)FERRY_DEVICE_HOST_INIT, &r),
+        FERRY_OK);
+    assert_int_equal(
+        ferry_mem_register(w->rx, mem + 32767, 100, (ferry_device_t)FERRY_DEVICE_HOST_INIT, &r2),
+        FERRY_ERR_ALREADY_EXISTS);
+    assert_null(r2);
+    assert_int_equal(ferry_mem_register(w->rx, mem, 0, (ferry_device_t)FERRY_DEVICE_HOST_INIT, &r2),
+                     FERRY_ERR_INVALID_ARGUMENT);
+    /* Adjacent is fine. */
+    assert_int_equal(
+        ferry_mem_register(w->rx, mem + 32768, 32768, (ferry_device_t)FERRY_DEVICE_HOST_INIT, &r2),
+        FERRY_OK);
+    assert_int_equal(ferry_connector_destroy(w->rx), FERRY_ERR_BUSY);
+    assert_int_equal(ferry_mem_deregister(r2), FERRY_OK);
+    assert_int_equal(ferry_mem_deregister(r), FERRY_OK);
+    assert_int_equal(ferry_mem_deregister(NULL), FERRY_OK);
+    free(mem);
+}
+
+/* Deregistering a region that operations use is FERRY_ERR_BUSY and changes
+ * nothing: the passive side until its operation is final or destroyed, the
+ * active side until its transfer is over. */
+static void test_deregister_busy_while_used(void **state)
+{
+    world_t *w = *state;
+    ferry_connector_t *tx = connector("tx-caller", FERRY_PROGRESS_CALLER);
+    uint8_t *dst = calloc(1, 65536), *src = malloc(65536);
+    ferry_region_t *rx_r, *tx_r;
+    ferry_op_t *passive, *passive2, *active;
+    ferry_descriptor_t d = desc(dst, 4096), s = desc(src, 4096);
+    const uint8_t *md;
+    size_t md_len;
+
+    assert_int_equal(
+        ferry_mem_register(w->rx, dst, 65536, (ferry_device_t)FERRY_DEVICE_HOST_INIT, &rx_r),
+        FERRY_OK);
+    assert_int_equal(
+        ferry_mem_register(tx, src, 65536, (ferry_device_t)FERRY_DEVICE_HOST_INIT, &tx_r),
+        FERRY_OK);
+    fill(src, 65536, 3);
+
+    /* A passive operation that nobody touches holds its region. */
+    assert_int_equal(ferry_writable_create(w->rx, &d, 1, &passive2), FERRY_OK);
+    assert_int_equal(ferry_mem_deregister(rx_r), FERRY_ERR_BUSY);
+    assert_non_null(strstr(ferry_last_error_message(), "still use it"));
+    ferry_op_destroy(passive2);
+
+    /* The active side (caller progress: nothing moves until it waits) holds
+     * its region from begin until the transfer is over. */
+    assert_int_equal(ferry_writable_create(w->rx, &d, 1, &passive), FERRY_OK);
+    assert_int_equal(ferry_op_metadata(passive, &md, &md_len), FERRY_OK);
+    assert_int_equal(ferry_write_begin(tx, &s, 1, md, md_len, &active), FERRY_OK);
+    assert_int_equal(ferry_mem_deregister(tx_r), FERRY_ERR_BUSY);
+    assert_int_equal(ferry_mem_deregister(rx_r), FERRY_ERR_BUSY);
+    assert_int_equal(ferry_op_wait(active, WAIT_MS), FERRY_OK);
+    assert_int_equal(ferry_op_wait(passive, WAIT_MS), FERRY_OK);
+    assert_pattern(dst, 4096, 3);
+
+    /* Final operations, not yet destroyed, no longer hold anything. */
+    assert_int_equal(ferry_mem_deregister(tx_r), FERRY_OK);
+    assert_int_equal(ferry_mem_deregister(rx_r), FERRY_OK);
+    ferry_op_destroy(active);
+    ferry_op_destroy(passive);
+    assert_int_equal(ferry_connector_destroy(tx), FERRY_OK);
+    free(dst);
+    free(src);
+}
+
+/* An active operation holds its local region until it is final and its
+ * data has stopped moving: cancelled before its claim was answered (no data
+ * posted) it lets go at once; held after its flush (the fault hook keeps it
+ * TRANSFERRING, data done) it holds until it ends. */
+static void test_active_holds_region_until_final(void **state)
+{
+    world_t *w = *state;
+    ferry_connector_t *tx = connector("tx-caller", FERRY_PROGRESS_CALLER);
+    uint8_t *dst = calloc(1, 4096), *src = malloc(4096);
+    ferry_descriptor_t d = desc(dst, 4096), s = desc(src, 4096);
+    ferry_region_t *r;
+    ferry_op_t *passive, *active;
+    const uint8_t *md;
+    size_t md_len;
+
+    fill(src, 4096, 21);
+    assert_int_equal(ferry_mem_register(tx, src, 4096, d.device, &r), FERRY_OK);
+    assert_int_equal(ferry_writable_create(w->rx, &d, 1, &passive), FERRY_OK);
+    assert_int_equal(ferry_op_metadata(passive, &md, &md_len), FERRY_OK);
+    assert_int_equal(ferry_write_begin(tx, &s, 1, md, md_len, &active), FERRY_OK);
+    assert_int_equal(ferry_mem_deregister(r), FERRY_ERR_BUSY);
+    assert_int_equal(ferry_op_cancel(active), FERRY_OK);
+    assert_int_equal(ferry_mem_deregister(r), FERRY_OK);
+    ferry_op_destroy(active);
+    ferry_op_destroy(passive);
+
+    assert_int_equal(ferry_mem_register(tx, src, 4096, d.device, &r), FERRY_OK);
+    assert_int_equal(ferry_writable_create(w->rx, &d, 1, &passive), FERRY_OK);
+    assert_int_equal(ferry_op_metadata(passive, &md, &md_len), FERRY_OK);
+    atomic_store(&ferry__test_notice_held, false);
+    atomic_store(&ferry__test_hold_notice, true);
+    assert_int_equal(ferry_write_begin(tx, &s, 1, md, md_len, &active), FERRY_OK);
+    for (int i = 0; i < WAIT_MS / 10 && !atomic_load(&ferry__test_notice_held); i++) {
+        assert_int_equal(ferry_op_wait(active, 10), FERRY_ERR_TIMED_OUT);
+    }
+    assert_true(atomic_load(&ferry__test_notice_held));
+    assert_pattern(dst, 4096, 21); /* the data moved; the operation is not final */
+    assert_int_equal(ferry_mem_deregister(r), FERRY_ERR_BUSY);
+    assert_int_equal(ferry_op_cancel(active), FERRY_OK);
+    assert_int_equal(ferry_mem_deregister(r), FERRY_OK);
+    atomic_store(&ferry__test_hold_notice, false);
+    ferry_op_destroy(active);
+    ferry_op_destroy(passive);
+    assert_int_equal(ferry_connector_destroy(tx), FERRY_OK);
+    free(dst);
+    free(src);
+}
+
+/* Memory from ferry_mem_alloc: zeroed, usable on both sides, in both
+ * directions, with no ucp_mem_map per operation. */
+static void test_alloc_transfer(void **state)
+{
+    world_t *w = *state;
+    ferry_region_t *rx_r, *tx_r, *bad = NULL;
+    uint8_t *dst, *src;
+    void *p = NULL;
+    size_t size = 3u << 20; /* not a power of two on purpose */
+    uint64_t rx_maps, tx_maps;
+
+    assert_int_equal(
+        ferry_mem_alloc(w->rx, size, (ferry_device_t)FERRY_DEVICE_HOST_INIT, &rx_r, &p), FERRY_OK);
+    dst = p;
+    assert_int_equal(
+        ferry_mem_alloc(w->tx, size, (ferry_device_t)FERRY_DEVICE_HOST_INIT, &tx_r, &p), FERRY_OK);
+    src = p;
+    assert_int_equal(ferry_mem_alloc(w->tx, 0, (ferry_device_t)FERRY_DEVICE_HOST_INIT, &bad, &p),
+                     FERRY_ERR_INVALID_ARGUMENT);
+    assert_int_equal(ferry_mem_alloc(w->tx, 4096, (ferry_device_t){FERRY_DEVICE_CUDA, 0}, &bad, &p),
+                     FERRY_ERR_UNIMPLEMENTED);
+    assert_null(bad);
+    assert_filled(dst, size, 0);
+    rx_maps = mem_maps(w->rx);
+    tx_maps = mem_maps(w->tx);
+
+    fill(src, size, 11);
+    transfer(w, true, desc(dst, size), desc(src, size));
+    assert_pattern(dst, size, 11);
+
+    fill(dst + 4096, 1u << 20, 12);
+    transfer(w, false, desc(dst + 4096, 1u << 20), desc(src + 8192, 1u << 20));
+    assert_pattern(src + 8192, 1u << 20, 12);
+
+    assert_int_equal(mem_maps(w->rx), rx_maps);
+    assert_int_equal(mem_maps(w->tx), tx_maps);
+    assert_int_equal(ferry_mem_deregister(rx_r), FERRY_OK);
+    assert_int_equal(ferry_mem_deregister(tx_r), FERRY_OK);
+}
+
+/* Many operations on one region: each on its own slice, some in flight at
+ * once; no map, one remote key unpacked by the peer (the same packed key
+ * every time, so its cache finds it), every slice right. */
+static void test_many_ops_on_one_region(void **state)
+{
+    world_t *w = *state;
+    enum { SLICES = 64, SLICE = 16384, ROUNDS = 4, AT_ONCE = 8 };
+    ferry_region_t *rx_r;
+    uint8_t *dst, *src = malloc((size_t)SLICES * SLICE);
+    void *p;
+    ferry_connector_stats_t before, after;
+    uint64_t rx_maps;
+
+    assert_int_equal(ferry_mem_alloc(w->rx, (size_t)SLICES * SLICE,
+                                     (ferry_device_t)FERRY_DEVICE_HOST_INIT, &rx_r, &p),
+                     FERRY_OK);
+    dst = p;
+    rx_maps = mem_maps(w->rx);
+    ferry_connector_get_stats(w->tx, &before);
+    for (int round = 0; round < ROUNDS; round++) {
+        for (int first = 0; first < SLICES; first += AT_ONCE) {
+            ferry_op_t *passive[AT_ONCE], *active[AT_ONCE];
+            for (int k = 0; k < AT_ONCE; k++) {
+                size_t i = (size_t)(first + k);
+                ferry_descriptor_t d = desc(dst + i * SLICE, SLICE);
+                ferry_descriptor_t s = desc(src + i * SLICE, SLICE);
+                const uint8_t *md;
+                size_t md_len;
+                fill(src + i * SLICE, SLICE, (uint32_t)(round * SLICES + (int)i));
+                assert_int_equal(ferry_writable_create(w->rx, &d, 1, &passive[k]), FERRY_OK);
+                assert_true(region_ops(rx_r) >= 1); /* READY: nothing can end it yet */
+                assert_int_equal(ferry_op_metadata(passive[k], &md, &md_len), FERRY_OK);
+                assert_int_equal(ferry_write_begin(w->tx, &s, 1, md, md_len, &active[k]), FERRY_OK);
+            }
+            for (int k = 0; k < AT_ONCE; k++) {
+                assert_int_equal(ferry_op_wait(active[k], WAIT_MS), FERRY_OK);
+                assert_int_equal(ferry_op_wait(passive[k], WAIT_MS), FERRY_OK);
+                ferry_op_destroy(active[k]);
+                ferry_op_destroy(passive[k]);
+            }
+        }
+        for (size_t i = 0; i < SLICES; i++) {
+            assert_pattern(dst + i * SLICE, SLICE, (uint32_t)(round * SLICES + (int)i));
+        }
+    }
+    ferry_connector_get_stats(w->tx, &after);
+    assert_int_equal(mem_maps(w->rx), rx_maps);
+    assert_int_equal(after.rkeys_unpacked - before.rkeys_unpacked, 1);
+    assert_int_equal(after.rkey_cache_hits - before.rkey_cache_hits, SLICES * ROUNDS - 1);
+    assert_int_equal(region_ops(rx_r), 0);
+    assert_int_equal(ferry_mem_deregister(rx_r), FERRY_OK);
+    free(src);
+}
+
+int main(int argc, char **argv)
+{
+    const struct CMUnitTest all[] = {
+        cmocka_unit_test_setup_teardown(test_ops_on_region_map_nothing, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_unregistered_memory_maps_per_op, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_straddling_descriptor_refused, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_overlap_and_connector_busy, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_deregister_busy_while_used, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_active_holds_region_until_final, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_alloc_transfer, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_many_ops_on_one_region, setup, teardown),
+    };
+    (void)argc;
+    (void)argv;
+    return cmocka_run_group_tests(all, NULL, NULL);
+}
