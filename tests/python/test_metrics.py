@@ -92,12 +92,22 @@ class Metrics(unittest.TestCase):
         self.expect_code(grpc.StatusCode.PERMISSION_DENIED, self.stub.Lookup,
                          self.cpb.LookupRequest(request_id="m-a",
                                                 access_token="wrong-token-0123456789"))
-        after = scrape()
+        req = "ferry_rpc_requests_total"
+        hist = "ferry_rpc_request_duration_seconds"
+        after = {}
 
         def moved(name, **labels):
             return value(after, name, **labels) - value(before, name, **labels)
 
-        req = "ferry_rpc_requests_total"
+        def counted():
+            # A call is counted as it finishes, which may be just after its
+            # answer reached this client: scrape until the last one shows.
+            after.clear()
+            after.update(scrape())
+            return all(moved(hist + "_count", method=COORD + m) >= n
+                       for m, n in (("Register", 3), ("Get", 4), ("Lookup", 1)))
+
+        ferry_harness.wait_until(counted, 20, "every call to be counted")
         self.assertEqual(moved(req, method=COORD + "Register", code="OK"), 2)
         self.assertEqual(moved(req, method=COORD + "Register", code="ALREADY_EXISTS"), 1)
         self.assertEqual(moved(req, method=COORD + "Get", code="OK"), 3)
@@ -105,7 +115,6 @@ class Metrics(unittest.TestCase):
         self.assertEqual(moved(req, method=COORD + "Lookup", code="PERMISSION_DENIED"), 1)
         self.assertEqual(moved(req, method=COORD + "Claim", code="OK"), 0)
 
-        hist = "ferry_rpc_request_duration_seconds"
         for method, n in (("Register", 3), ("Get", 4), ("Lookup", 1)):
             self.assertEqual(moved(hist + "_count", method=COORD + method), n, method)
             self.assertEqual(moved(hist + "_bucket", method=COORD + method, le="+Inf"), n)
@@ -186,21 +195,24 @@ class Metrics(unittest.TestCase):
                                               ttl_seconds=1), timeout=10)
         after = {}
 
-        def expired():
-            after.update(scrape())
-            return (value(after, "ferry_lease_expiries_total") >
-                    value(before, "ferry_lease_expiries_total") and
-                    value(after, "ferry_claim_expiries_total") >
-                    value(before, "ferry_claim_expiries_total"))
-
-        ferry_harness.wait_until(expired, 30, "both leases to expire")
+        events = "ferry_view_events_total"
 
         def moved(name, **labels):
             return value(after, name, **labels) - value(before, name, **labels)
 
+        def expired():
+            # The expiries are counted where they happen; the view's events
+            # when the watch delivers them, which may be a little later.
+            after.update(scrape())
+            return (moved("ferry_lease_expiries_total") >= 1 and
+                    moved("ferry_claim_expiries_total") >= 1 and
+                    moved(events, type="put", state="ERRORED") >= 1 and
+                    moved(events, type="delete", state="EXPIRED") >= 1)
+
+        ferry_harness.wait_until(expired, 30, "both leases to expire")
+
         self.assertEqual(moved("ferry_lease_expiries_total"), 1)
         self.assertEqual(moved("ferry_claim_expiries_total"), 1)
-        events = "ferry_view_events_total"
         self.assertEqual(moved(events, type="put", state="REGISTERED"), 2)
         self.assertEqual(moved(events, type="put", state="CLAIMED"), 1)
         self.assertEqual(moved(events, type="put", state="ERRORED"), 1)
