@@ -62,10 +62,9 @@ static PyObject *connector_new(PyTypeObject *tp, PyObject *args, PyObject *kwarg
         PyErr_SetFromErrno(PyExc_OSError);
         goto err_self;
     }
-    Py_BEGIN_ALLOW_THREADS
-    status = ferry_connector_create(&params, &self->conn);
-    Py_END_ALLOW_THREADS
-    if (status != FERRY_OK) {
+    Py_BEGIN_ALLOW_THREADS status = ferry_connector_create(&params, &self->conn);
+    Py_END_ALLOW_THREADS if (status != FERRY_OK)
+    {
         pyferry_raise_last(status);
         goto err_self;
     }
@@ -86,10 +85,9 @@ static ferry_status_t connector_close_handle(pyferry_connector_t *self)
     if (conn == NULL) {
         return FERRY_OK;
     }
-    Py_BEGIN_ALLOW_THREADS
-    status = ferry_connector_destroy(conn);
-    Py_END_ALLOW_THREADS
-    if (status == FERRY_OK) {
+    Py_BEGIN_ALLOW_THREADS status = ferry_connector_destroy(conn);
+    Py_END_ALLOW_THREADS if (status == FERRY_OK)
+    {
         self->conn = NULL;
     }
     return status;
@@ -197,15 +195,14 @@ static PyObject *connector_stats(PyObject *obj, PyObject *unused)
         return NULL;
     }
     ferry_connector_get_stats(self->conn, &s);
-    return Py_BuildValue("{sKsKsKsKsKsKsKsK}", "endpoints_created",
-                         (unsigned long long)s.endpoints_created, "endpoint_cache_hits",
-                         (unsigned long long)s.endpoint_cache_hits, "rkeys_unpacked",
-                         (unsigned long long)s.rkeys_unpacked, "rkey_cache_hits",
-                         (unsigned long long)s.rkey_cache_hits, "notices_received",
-                         (unsigned long long)s.notices_received, "claims_refused",
-                         (unsigned long long)s.claims_refused, "notices_ignored",
-                         (unsigned long long)s.notices_ignored, "peers_cached",
-                         (unsigned long long)s.peers_cached);
+    return Py_BuildValue(
+        "{sKsKsKsKsKsKsKsK}", "endpoints_created", (unsigned long long)s.endpoints_created,
+        "endpoint_cache_hits", (unsigned long long)s.endpoint_cache_hits, "rkeys_unpacked",
+        (unsigned long long)s.rkeys_unpacked, "rkey_cache_hits",
+        (unsigned long long)s.rkey_cache_hits, "notices_received",
+        (unsigned long long)s.notices_received, "claims_refused",
+        (unsigned long long)s.claims_refused, "notices_ignored",
+        (unsigned long long)s.notices_ignored, "peers_cached", (unsigned long long)s.peers_cached);
 }
 
 /* Reads the eventfd, then takes the list: [op, ...] finished since the last
@@ -277,12 +274,12 @@ static PyObject *connector_create(PyObject *obj, PyObject *args)
             goto out;
         }
     }
-    if (pyferry_descs_fill(seq, kind == PYFERRY_WRITABLE || kind == PYFERRY_READ, descs, n,
-                           &keep) < 0) {
+    if (pyferry_descs_fill(seq, kind == PYFERRY_WRITABLE || kind == PYFERRY_READ, descs, n, &keep) <
+        0) {
         goto out;
     }
-    Py_BEGIN_ALLOW_THREADS
-    switch (kind) {
+    Py_BEGIN_ALLOW_THREADS switch (kind)
+    {
     case PYFERRY_WRITABLE:
         status = ferry_writable_create(self->conn, descs, (size_t)n, &op);
         break;
@@ -296,8 +293,8 @@ static PyObject *connector_create(PyObject *obj, PyObject *args)
         status = ferry_read_begin(self->conn, descs, (size_t)n, md.buf, (size_t)md.len, &op);
         break;
     }
-    Py_END_ALLOW_THREADS
-    if (status != FERRY_OK) {
+    Py_END_ALLOW_THREADS if (status != FERRY_OK)
+    {
         pyferry_raise_last(status);
         goto out;
     }
@@ -369,14 +366,15 @@ static PyObject *connector_begin_by_id(PyObject *obj, PyObject *args)
     /* The coordinator cannot be closed meanwhile: closing refuses while
      * live_ops > 0, and this call counts as one until it returns. */
     coord->live_ops++;
-    Py_BEGIN_ALLOW_THREADS
-    if (kind == PYFERRY_WRITE) {
+    Py_BEGIN_ALLOW_THREADS if (kind == PYFERRY_WRITE)
+    {
         status = ferry_write_begin_by_id(self->conn, coord->coord, &params, descs, (size_t)n, &op);
-    } else {
+    }
+    else
+    {
         status = ferry_read_begin_by_id(self->conn, coord->coord, &params, descs, (size_t)n, &op);
     }
-    Py_END_ALLOW_THREADS
-    coord->live_ops--;
+    Py_END_ALLOW_THREADS coord->live_ops--;
     if (status != FERRY_OK) {
         pyferry_raise_last(status);
         goto out;

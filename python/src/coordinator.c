@@ -10,7 +10,7 @@
 
 static PyObject *coordinator_new(PyTypeObject *tp, PyObject *args, PyObject *kwargs)
 {
-    static char *kwlist[] = {"target", "timeout_ms", "tls_ca_file", "tls_cert_file",
+    static char *kwlist[] = {"target",       "timeout_ms",      "tls_ca_file", "tls_cert_file",
                              "tls_key_file", "tls_server_name", NULL};
     ferry_coordinator_params_t params = {.field_mask = 0};
     const char *ca = NULL, *cert = NULL, *key = NULL, *server_name = NULL;
@@ -18,9 +18,8 @@ static PyObject *coordinator_new(PyTypeObject *tp, PyObject *args, PyObject *kwa
     pyferry_coordinator_t *self;
     ferry_status_t status;
 
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "s|izzzz:_Coordinator", kwlist,
-                                     &params.target, &timeout_ms, &ca, &cert, &key,
-                                     &server_name)) {
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "s|izzzz:_Coordinator", kwlist, &params.target,
+                                     &timeout_ms, &ca, &cert, &key, &server_name)) {
         return NULL;
     }
     if (timeout_ms > 0) {
@@ -38,10 +37,9 @@ static PyObject *coordinator_new(PyTypeObject *tp, PyObject *args, PyObject *kwa
     if (self == NULL) {
         return NULL;
     }
-    Py_BEGIN_ALLOW_THREADS
-    status = ferry_coordinator_connect(&params, &self->coord);
-    Py_END_ALLOW_THREADS
-    if (status != FERRY_OK) {
+    Py_BEGIN_ALLOW_THREADS status = ferry_coordinator_connect(&params, &self->coord);
+    Py_END_ALLOW_THREADS if (status != FERRY_OK)
+    {
         pyferry_raise_last(status);
         Py_DECREF(self);
         return NULL;
@@ -57,10 +55,9 @@ static ferry_status_t coordinator_disconnect(pyferry_coordinator_t *self)
     if (coord == NULL) {
         return FERRY_OK;
     }
-    Py_BEGIN_ALLOW_THREADS
-    status = ferry_coordinator_disconnect(coord);
-    Py_END_ALLOW_THREADS
-    if (status == FERRY_OK) {
+    Py_BEGIN_ALLOW_THREADS status = ferry_coordinator_disconnect(coord);
+    Py_END_ALLOW_THREADS if (status == FERRY_OK)
+    {
         self->coord = NULL;
     }
     return status;

@@ -107,8 +107,7 @@ static PyMethodDef desc_methods[] = {
 static PyGetSetDef desc_getset[] = {
     {"ptr", desc_get_ptr, NULL, "The region's address.", NULL},
     {"size", desc_get_size, NULL, "The region's size in bytes.", NULL},
-    {"_device_kind", desc_get_device_kind, NULL, "1: host, 2: CUDA (ferry_device_kind_t).",
-     NULL},
+    {"_device_kind", desc_get_device_kind, NULL, "1: host, 2: CUDA (ferry_device_kind_t).", NULL},
     {"_device_id", desc_get_device_id, NULL, "The CUDA ordinal (0 for host).", NULL},
     {"owner", desc_get_owner, NULL, "The object kept alive for the region (or None).", NULL},
     {"readonly", desc_get_readonly, NULL, "True when the region must not be written.", NULL},
@@ -165,9 +164,8 @@ int pyferry_descs_fill(PyObject *seq, bool need_writable, ferry_descriptor_t *ou
         return -1;
     }
     for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *item = PyObject_TypeCheck(seq, pyferry_desc_type)
-                             ? (Py_INCREF(seq), seq)
-                             : PySequence_GetItem(seq, i);
+        PyObject *item = PyObject_TypeCheck(seq, pyferry_desc_type) ? (Py_INCREF(seq), seq)
+                                                                    : PySequence_GetItem(seq, i);
         pyferry_desc_t *d;
         char msg[160];
 

@@ -77,15 +77,15 @@ static PyObject *status_codes(PyObject *module, PyObject *unused)
     if (list == NULL) {
         return NULL;
     }
-#define PYFERRY_STATUS_ITEM(name, value, msg)                                                      \
-    do {                                                                                           \
-        PyObject *item = Py_BuildValue("(iss)", (int)(value), "FERRY_" #name, msg);                \
-        if (item == NULL || PyList_Append(list, item) < 0) {                                       \
-            Py_XDECREF(item);                                                                      \
-            Py_DECREF(list);                                                                       \
-            return NULL;                                                                           \
-        }                                                                                          \
-        Py_DECREF(item);                                                                           \
+#define PYFERRY_STATUS_ITEM(name, value, msg)                                       \
+    do {                                                                            \
+        PyObject *item = Py_BuildValue("(iss)", (int)(value), "FERRY_" #name, msg); \
+        if (item == NULL || PyList_Append(list, item) < 0) {                        \
+            Py_XDECREF(item);                                                       \
+            Py_DECREF(list);                                                        \
+            return NULL;                                                            \
+        }                                                                           \
+        Py_DECREF(item);                                                            \
     } while (0);
     FERRY_FOREACH_STATUS(PYFERRY_STATUS_ITEM)
 #undef PYFERRY_STATUS_ITEM

@@ -92,10 +92,8 @@ PyObject *pyferry_op_wrap(PyObject *cls, ferry_op_t *handle, int kind, pyferry_c
     return (PyObject *)self;
 
 err_handle:
-    Py_BEGIN_ALLOW_THREADS
-    ferry_op_destroy(handle);
-    Py_END_ALLOW_THREADS
-    return NULL;
+    Py_BEGIN_ALLOW_THREADS ferry_op_destroy(handle);
+    Py_END_ALLOW_THREADS return NULL;
 }
 
 static PyObject *op_new(PyTypeObject *tp, PyObject *args, PyObject *kwargs)
@@ -130,19 +128,15 @@ static void op_release(pyferry_op_t *self)
     if (op == NULL) {
         return;
     }
-    Py_BEGIN_ALLOW_THREADS
-    ferry_op_cancel(op);
-    Py_END_ALLOW_THREADS
-    self->closed_status = ferry_op_status(op);
+    Py_BEGIN_ALLOW_THREADS ferry_op_cancel(op);
+    Py_END_ALLOW_THREADS self->closed_status = ferry_op_status(op);
     self->closed_code = ferry_op_error(op, &msg);
     self->closed_message = PyUnicode_FromString(msg != NULL ? msg : "");
     if (self->closed_message == NULL) {
         PyErr_Clear();
     }
-    Py_BEGIN_ALLOW_THREADS
-    ferry_op_destroy(op);
-    Py_END_ALLOW_THREADS
-    self->op = NULL;
+    Py_BEGIN_ALLOW_THREADS ferry_op_destroy(op);
+    Py_END_ALLOW_THREADS self->op = NULL;
     unlink_from_queue(self);
     self->connector->live_ops--;
     if (self->coordinator != NULL) {
@@ -259,6 +253,8 @@ static PyObject *raise_outcome(pyferry_op_t *self, ferry_status_t status)
     return pyferry_raise(status, msg != NULL && msg[0] != '\0' ? msg : NULL);
 }
 
+static PyObject *op_outcome(PyObject *obj, PyObject *unused);
+
 /* _wait(timeout_ms): -1 waits without limit. Returns None on COMPLETE,
  * raises on CANCELLED / ERRORED / timeout. The wait is cut into slices so
  * that signals (Ctrl-C) are seen. */
@@ -272,16 +268,14 @@ static PyObject *op_wait(PyObject *obj, PyObject *arg)
     if (timeout_ms == -1 && PyErr_Occurred()) {
         return NULL;
     }
-    if (check_open(self) < 0) {
-        return NULL;
+    if (op == NULL) {
+        return op_outcome(obj, NULL); /* closed: final, its outcome kept */
     }
     for (;;) {
         int slice = timeout_ms < 0 || timeout_ms > 200 ? 200 : (int)timeout_ms;
         self->busy++;
-        Py_BEGIN_ALLOW_THREADS
-        status = ferry_op_wait(op, slice);
-        Py_END_ALLOW_THREADS
-        self->busy--;
+        Py_BEGIN_ALLOW_THREADS status = ferry_op_wait(op, slice);
+        Py_END_ALLOW_THREADS self->busy--;
         if (status != FERRY_ERR_TIMED_OUT) {
             break;
         }
@@ -342,10 +336,8 @@ static PyObject *op_cancel(PyObject *obj, PyObject *unused)
         Py_RETURN_NONE; /* closed: final already */
     }
     self->busy++;
-    Py_BEGIN_ALLOW_THREADS
-    ferry_op_cancel(op);
-    Py_END_ALLOW_THREADS
-    self->busy--;
+    Py_BEGIN_ALLOW_THREADS ferry_op_cancel(op);
+    Py_END_ALLOW_THREADS self->busy--;
     Py_RETURN_NONE;
 }
 
@@ -416,8 +408,8 @@ static PyObject *op_publish(PyObject *obj, PyObject *args)
     ferry_status_t status;
     int ttl_s;
 
-    if (!PyArg_ParseTuple(args, "O!szi:_publish", pyferry_coordinator_type, &coord_obj,
-                          &request_id, &token, &ttl_s)) {
+    if (!PyArg_ParseTuple(args, "O!szi:_publish", pyferry_coordinator_type, &coord_obj, &request_id,
+                          &token, &ttl_s)) {
         return NULL;
     }
     coord = (pyferry_coordinator_t *)coord_obj;
@@ -443,10 +435,8 @@ static PyObject *op_publish(PyObject *obj, PyObject *args)
         coord->live_ops++;
     }
     self->busy++;
-    Py_BEGIN_ALLOW_THREADS
-    status = ferry_op_publish(op, coord->coord, &params);
-    Py_END_ALLOW_THREADS
-    self->busy--;
+    Py_BEGIN_ALLOW_THREADS status = ferry_op_publish(op, coord->coord, &params);
+    Py_END_ALLOW_THREADS self->busy--;
     if (status != FERRY_OK) {
         return pyferry_raise_last(status);
     }
@@ -487,8 +477,8 @@ static PyGetSetDef op_getset[] = {
     {"_kind", op_get_kind, NULL, "0 writable, 1 readable, 2 write, 3 read.", NULL},
     {"connector", op_get_connector, NULL, "The Connector that made it.", NULL},
     {"descriptors", op_get_descriptors, NULL, "The descriptors it holds (until closed).", NULL},
-    {"access_token", op_get_access_token, NULL,
-     "The access token once published (None before).", NULL},
+    {"access_token", op_get_access_token, NULL, "The access token once published (None before).",
+     NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 

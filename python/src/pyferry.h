@@ -53,8 +53,7 @@ typedef enum {
 } pyferry_kind_t;
 
 typedef struct {
-    PyObject_HEAD
-    ferry_descriptor_t desc;
+    PyObject_HEAD ferry_descriptor_t desc;
     PyObject *owner; /* strong: what keeps desc.ptr allocated; may be None */
     bool readonly;
 } pyferry_desc_t;
@@ -62,9 +61,8 @@ typedef struct {
 typedef struct pyferry_op pyferry_op_t;
 
 typedef struct {
-    PyObject_HEAD
-    ferry_connector_t *conn; /* NULL once closed */
-    int efd;                 /* eventfd: readable when done_head is not empty */
+    PyObject_HEAD ferry_connector_t *conn; /* NULL once closed */
+    int efd;                               /* eventfd: readable when done_head is not empty */
     pthread_mutex_t done_lock;
     pyferry_op_t *done_head; /* guarded by done_lock */
     pyferry_op_t **done_tail;
@@ -72,22 +70,20 @@ typedef struct {
 } pyferry_connector_t;
 
 typedef struct {
-    PyObject_HEAD
-    ferry_coordinator_t *coord; /* NULL once closed */
-    Py_ssize_t live_ops;        /* operations bound to it, not closed (GIL) */
+    PyObject_HEAD ferry_coordinator_t *coord; /* NULL once closed */
+    Py_ssize_t live_ops;                      /* operations bound to it, not closed (GIL) */
 } pyferry_coordinator_t;
 
 struct pyferry_op {
-    PyObject_HEAD
-    ferry_op_t *op;                 /* NULL before creation and once closed */
-    pyferry_connector_t *connector; /* strong */
-    PyObject *descs;                /* strong: tuple of _Descriptor */
+    PyObject_HEAD ferry_op_t *op;       /* NULL before creation and once closed */
+    pyferry_connector_t *connector;     /* strong */
+    PyObject *descs;                    /* strong: tuple of _Descriptor */
     pyferry_coordinator_t *coordinator; /* strong once published or claimed */
-    int kind;                       /* pyferry_kind_t */
-    int busy;                       /* calls in flight with the GIL released (GIL) */
-    bool armed;  /* done callback set; holds one reference to self (GIL) */
-    bool queued; /* on the connector's done list (done_lock) */
-    pyferry_op_t *done_next; /* done_lock */
+    int kind;                           /* pyferry_kind_t */
+    int busy;                           /* calls in flight with the GIL released (GIL) */
+    bool armed;                         /* done callback set; holds one reference to self (GIL) */
+    bool queued;                        /* on the connector's done list (done_lock) */
+    pyferry_op_t *done_next;            /* done_lock */
     /* The outcome kept at close, for status and error afterwards. */
     ferry_op_status_t closed_status;
     ferry_status_t closed_code;
