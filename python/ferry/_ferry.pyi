@@ -37,6 +37,7 @@ class _Operation:
     _status: int
     closed: bool
     _kind: int
+    _busy: int
     connector: Any
     descriptors: Tuple[_Descriptor, ...]
     access_token: Optional[str]

@@ -128,6 +128,10 @@ static void op_release(pyferry_op_t *self)
     if (op == NULL) {
         return;
     }
+    /* Closed from here on for every other thread (they run only while the
+     * GIL is released below), with the status as it is now meanwhile. */
+    self->op = NULL;
+    self->closed_status = ferry_op_status(op);
     Py_BEGIN_ALLOW_THREADS ferry_op_cancel(op);
     Py_END_ALLOW_THREADS self->closed_status = ferry_op_status(op);
     self->closed_code = ferry_op_error(op, &msg);
@@ -136,8 +140,7 @@ static void op_release(pyferry_op_t *self)
         PyErr_Clear();
     }
     Py_BEGIN_ALLOW_THREADS ferry_op_destroy(op);
-    Py_END_ALLOW_THREADS self->op = NULL;
-    unlink_from_queue(self);
+    Py_END_ALLOW_THREADS unlink_from_queue(self);
     self->connector->live_ops--;
     if (self->coordinator != NULL) {
         self->coordinator->live_ops--;
@@ -154,9 +157,7 @@ static void op_dealloc(PyObject *obj)
 
     /* Dealloc may run while an exception is being raised. */
     PyErr_Fetch(&type, &value, &tb);
-    if (self->connector != NULL) {
-        op_release(self);
-    }
+    op_release(self);
     PyErr_Restore(type, value, tb);
     Py_CLEAR(self->closed_message);
     Py_CLEAR(self->descs);
@@ -174,9 +175,7 @@ static PyObject *op_close(PyObject *obj, PyObject *unused)
         return pyferry_raise(FERRY_ERR_BUSY,
                              "operation: in use by another thread (a wait); cancel it first");
     }
-    if (self->connector != NULL) {
-        op_release(self);
-    }
+    op_release(self);
     Py_RETURN_NONE;
 }
 
@@ -193,6 +192,12 @@ static PyObject *op_get_closed(PyObject *obj, void *closure)
 {
     (void)closure;
     return PyBool_FromLong(((pyferry_op_t *)obj)->op == NULL);
+}
+
+static PyObject *op_get_busy(PyObject *obj, void *closure)
+{
+    (void)closure;
+    return PyLong_FromLong(((pyferry_op_t *)obj)->busy);
 }
 
 static PyObject *op_get_kind(PyObject *obj, void *closure)
@@ -474,6 +479,7 @@ static PyMethodDef op_methods[] = {
 static PyGetSetDef op_getset[] = {
     {"_status", op_get_status, NULL, "The status as an int (OperationStatus values).", NULL},
     {"closed", op_get_closed, NULL, "True once close() released the operation.", NULL},
+    {"_busy", op_get_busy, NULL, "Calls in flight with the GIL released.", NULL},
     {"_kind", op_get_kind, NULL, "0 writable, 1 readable, 2 write, 3 read.", NULL},
     {"connector", op_get_connector, NULL, "The Connector that made it.", NULL},
     {"descriptors", op_get_descriptors, NULL, "The descriptors it holds (until closed).", NULL},

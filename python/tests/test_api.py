@@ -272,3 +272,31 @@ def test_properties(connector):
     assert isinstance(connector.hostname, str) and connector.hostname
     assert isinstance(connector.is_cuda_available, bool)
     assert "notices_received" in connector.stats()
+
+
+def test_close_refused_while_another_thread_waits(connector, sender):
+    import threading
+    import time
+
+    w = connector.create_writable(ferry.Descriptor(bytearray(64)))
+    errors = []
+
+    def waiter():
+        try:
+            w.wait(60)
+        except ferry.FerryError as e:
+            errors.append(e)
+
+    t = threading.Thread(target=waiter)
+    t.start()
+    deadline = time.monotonic() + 10
+    while w._busy == 0:  # until the other thread is inside wait(), the GIL released
+        assert time.monotonic() < deadline, "the waiter never got into wait()"
+        time.sleep(0.001)
+    with pytest.raises(ferry.Busy):
+        w.close()
+    assert not w.closed
+    w.cancel()  # wakes the waiter
+    t.join(10)
+    assert not t.is_alive() and isinstance(errors[0], ferry.Cancelled)
+    w.close()

@@ -230,3 +230,40 @@ def test_unreachable_coordinator(connector):
     with connector.create_writable(ferry.Descriptor(bytearray(64))) as op:
         with pytest.raises((ferry.Unavailable, ferry.TimedOut)):
             op.publish(coord, rid("down"), TOKEN)
+
+
+def test_tls_coordinator(connector, sender):
+    """Coordinator(target, tls=...) against a coordinator that requires TLS
+    client certificates; without TLS the same coordinator is unreachable."""
+    tmp = ferry_harness.tempfile.mkdtemp(prefix="ferry-pkg-tls-")
+    certs = ferry_harness.make_certs(tmp)
+    etcd = ferry_harness.Etcd(tmp)
+    etcd.start()
+    coord = ferry_harness.Coordinator(tmp, etcd.endpoint, name="tls", extra=(
+        "--tls-cert", os.path.join(certs, "server.pem"), "--tls-key",
+        os.path.join(certs, "server.key"), "--tls-ca", os.path.join(certs, "ca.pem")))
+    coord.start()
+    try:
+        tls = ferry.TlsConfig(ca_file=os.path.join(certs, "ca.pem"),
+                              cert_file=os.path.join(certs, "client.pem"),
+                              key_file=os.path.join(certs, "client.key"),
+                              server_name="ferry.test")
+        with ferry.Coordinator(coord.target, tls=tls, timeout=5) as rx_coord, \
+                ferry.Coordinator(coord.target, tls=tls.__dict__, timeout=5) as tx_coord:
+            dst = bytearray(4096)
+            request_id = rid("tls")
+            with connector.create_writable(ferry.Descriptor(dst)) as op:
+                token = op.publish(rx_coord, request_id)
+                with sender.begin_write_by_id(tx_coord, request_id, token,
+                                              ferry.Descriptor(b"s" * 4096), wait=5) as a:
+                    a.wait(30)
+                op.wait(30)
+            assert bytes(dst) == b"s" * 4096
+        plain = ferry.Coordinator(coord.target, timeout=0.5)
+        with connector.create_writable(ferry.Descriptor(bytearray(64))) as op:
+            with pytest.raises((ferry.Unavailable, ferry.TimedOut)):
+                op.publish(plain, rid("tls-plain"), TOKEN)
+    finally:
+        assert coord.stop() == 0
+        etcd.stop()
+        ferry_harness.shutil.rmtree(tmp, ignore_errors=True)
