@@ -300,3 +300,33 @@ def test_close_refused_while_another_thread_waits(connector, sender):
     t.join(10)
     assert not t.is_alive() and isinstance(errors[0], ferry.Cancelled)
     w.close()
+
+
+def test_every_public_name_has_a_docstring():
+    import inspect
+
+    missing = []
+    for name in ferry.__all__:
+        obj = getattr(ferry, name)
+        if not inspect.getdoc(obj):
+            missing.append(name)
+        if inspect.isclass(obj) and not issubclass(obj, (BaseException, int)):
+            for attr, value in vars(obj).items():
+                if attr.startswith("_") or not (callable(value) or isinstance(value, property)):
+                    continue
+                if not inspect.getdoc(getattr(obj, attr)):
+                    missing.append(f"{name}.{attr}")
+    for cls in (ferry.WritableOperation, ferry.WriteOperation, ferry.Connector):
+        for attr in ("status", "wait", "wait_for_completion", "cancel", "close", "name",
+                     "hostname", "is_cuda_available", "create_writable", "begin_write"):
+            if hasattr(cls, attr) and not inspect.getdoc(getattr(cls, attr)):
+                missing.append(f"{cls.__name__}.{attr}")
+    assert not missing, missing
+
+
+def test_stubs_and_marker_ship_beside_the_module():
+    import os
+
+    here = os.path.dirname(_ferry.__file__)
+    assert os.path.exists(os.path.join(here, "py.typed"))
+    assert os.path.exists(os.path.join(here, "_ferry.pyi"))

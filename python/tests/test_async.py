@@ -9,6 +9,7 @@ import os
 import random
 import subprocess
 import sys
+import threading
 import urllib.request
 
 import numpy as np
@@ -84,8 +85,12 @@ def test_many_operations_awaited_at_once(connector, sender):
         finished.append(i)
 
     async def main():
+        threads = threading.active_count()
         passive = [connector.create_writable(ferry.Descriptor(d)) for d in dsts]
         waiters = [asyncio.ensure_future(receive(i, op)) for i, op in enumerate(passive)]
+        await asyncio.sleep(0)
+        # Every waiter is parked on its future: no thread per waiting operation.
+        assert threading.active_count() == threads
         order = list(range(n))
         random.Random(7).shuffle(order)
         active = []
