@@ -197,7 +197,10 @@ def test_writer_cancel_reaches_the_c_receiver(connector, coordinator, cluster):
     finally:
         receiver.send_signal(signal.SIGCONT)
     rc, out, err = finish(receiver)
-    assert rc != 0 and "CANCELLED" in err, (rc, err)
+    # The receiver learns it from the coordinator (CANCELLED) or, first,
+    # from the writer's data plane (ERRORED, PEER_FAILED, "cancelled by its
+    # owner"): either way it ends and names the cancel.
+    assert rc != 0 and "cancel" in err.lower(), (rc, err)
 
 
 def test_async_by_id_forms(connector, coordinator):
