@@ -59,7 +59,7 @@ gpu-bundle: build-cuda-ucx
 	./scripts/gpu-bundle.sh $(CUDA_UCX_BUILD_DIR) $(FERRY_UCX_CUDA_PREFIX) build-gpu-bundle
 
 format:
-	clang-format -i $$(find include common rpc coordinator worker tools tests bench fuzz -name '*.[ch]')
+	clang-format -i $$(find include common rpc coordinator worker tools tests bench fuzz python -name '*.[ch]')
 
 clean:
 	rm -rf $(BUILD_DIR) build-asan build-fuzz $(CUDA_UCX_BUILD_DIR) build-gpu-bundle

@@ -3,7 +3,7 @@
 # of the project's C sources. Run by CTest as the `format` test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-mapfile -t files < <(find include common rpc coordinator worker tools tests bench fuzz \
+mapfile -t files < <(find include common rpc coordinator worker tools tests bench fuzz python \
     -name build -prune -o \( -name '*.c' -o -name '*.h' \) -print | sort)
 bad=0
 for f in "${files[@]}"; do

@@ -27,6 +27,8 @@ PACKAGES=(
     libcmocka-dev
     python3-grpcio python3-grpc-tools python3-yaml
     libmicrohttpd-dev python3-prometheus-client
+    python3-dev python3-setuptools python3-pip python3-wheel
+    python3-pytest python3-numpy python3-torch
 )
 
 # Commands that a non-Debian package may provide instead (NodeSource's

@@ -1,0 +1,791 @@
+"""ferry: move tensors and buffers between processes with one-sided RDMA.
+
+The API of ``dynamo.connect``, over libferry (Ferry's C data plane) and its
+coordinator client. The receiver makes its memory writable and hands out the
+operation's metadata; the sender writes into it::
+
+    import ferry, torch
+
+    connector = ferry.Connector()
+
+    async def recv_data(local_tensor: torch.Tensor) -> None:
+        descriptor = ferry.Descriptor(local_tensor)
+        with connector.create_writable(descriptor) as write_op:
+            op_metadata = write_op.metadata()
+            await request_remote_data(op_metadata)    # any side channel
+            await write_op.wait_for_completion()
+
+    def send_data(tensor: torch.Tensor, remote_metadata: ferry.RdmaMetadata) -> None:
+        with connector.begin_write(ferry.Descriptor(tensor), remote_metadata) as op:
+            op.wait()
+
+Or through ferry-coordinator, by a request ID both sides know::
+
+    coordinator = ferry.Coordinator("127.0.0.1:7400")
+    token = write_op.publish(coordinator, "req-42")            # receiver
+    connector.begin_write_by_id(coordinator, "req-42", token, descriptor)  # sender
+
+Memory is never copied: a Descriptor names the caller's memory (a tensor,
+an array, a buffer) and keeps its owner alive for as long as an operation
+uses it. Non-contiguous tensors and arrays are refused, never copied.
+
+Errors are FerryError subclasses carrying libferry's status code and
+message. Every blocking call releases the GIL; ``await
+op.wait_for_completion()`` costs no thread (libferry's completion callback
+signals an eventfd the event loop watches).
+"""
+from __future__ import annotations
+
+import asyncio
+import base64
+import enum
+import functools
+import json
+import math
+import sys
+from dataclasses import dataclass
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+
+from . import _ferry
+
+__all__ = [
+    "Connector", "Coordinator", "TlsConfig", "Descriptor", "Device", "DeviceKind",
+    "OperationStatus", "OperationKind", "RdmaMetadata", "WritableOperation",
+    "ReadableOperation", "WriteOperation", "ReadOperation", "FerryError",
+    "InvalidArgument", "SizeMismatch", "KindMismatch", "NotFound", "AlreadyExists",
+    "PermissionDenied", "Unauthenticated", "FailedPrecondition", "TimedOut", "Unavailable",
+    "Cancelled", "Expired", "Aborted", "ResourceExhausted", "NoMemory", "Unimplemented",
+    "ProtocolError", "TransportError", "PeerFailed", "SystemCallError", "Misuse",
+    "InternalError", "LeaseNotFound", "OutOfRange", "Busy", "parse_size",
+]
+
+# ---- errors -------------------------------------------------------------
+
+
+class FerryError(Exception):
+    """Base of every error libferry reports.
+
+    ``code`` is libferry's ``ferry_status_t`` (negative), ``status_name`` its
+    name (``"FERRY_ERR_NOT_FOUND"``) and ``message`` libferry's detailed
+    message for this failure."""
+
+    code: int = -20
+
+    def __init__(self, message: str, code: Optional[int] = None) -> None:
+        self.code = type(self).code if code is None else int(code)
+        self.status_name = _ferry.status_name(self.code)
+        self.message = message
+        super().__init__(f"{message} ({self.status_name})")
+
+
+class InvalidArgument(FerryError):
+    """FERRY_ERR_INVALID_ARGUMENT: a bad value (descriptor, size, metadata)."""
+    code = -1
+
+
+class SizeMismatch(InvalidArgument):
+    """The local and remote descriptor lists differ in count or in a size;
+    the message names both sizes."""
+
+
+class KindMismatch(InvalidArgument):
+    """A write paired with a readable's metadata, or a read with a
+    writable's."""
+
+
+class NotFound(FerryError):
+    """FERRY_ERR_NOT_FOUND: no such request ID (or operation) any more."""
+    code = -2
+
+
+class AlreadyExists(FerryError):
+    """FERRY_ERR_ALREADY_EXISTS: the request ID is taken."""
+    code = -3
+
+
+class PermissionDenied(FerryError):
+    """FERRY_ERR_PERMISSION_DENIED: a wrong access token."""
+    code = -4
+
+
+class Unauthenticated(FerryError):
+    """FERRY_ERR_UNAUTHENTICATED."""
+    code = -5
+
+
+class FailedPrecondition(FerryError):
+    """FERRY_ERR_FAILED_PRECONDITION: the operation is taken or no longer
+    open."""
+    code = -6
+
+
+class TimedOut(FerryError):
+    """FERRY_ERR_TIMED_OUT: a wait ran out of time (the operation goes on)."""
+    code = -7
+
+
+class Unavailable(FerryError):
+    """FERRY_ERR_UNAVAILABLE: the coordinator (or etcd) cannot be reached."""
+    code = -8
+
+
+class Cancelled(FerryError):
+    """FERRY_ERR_CANCELLED: the operation was cancelled (by this side, or by
+    the peer through the coordinator)."""
+    code = -9
+
+
+class Expired(FerryError):
+    """FERRY_ERR_EXPIRED: a lease expired (its holder stopped keeping it)."""
+    code = -10
+
+
+class Aborted(FerryError):
+    """FERRY_ERR_ABORTED: a conflict with a concurrent change."""
+    code = -11
+
+
+class ResourceExhausted(FerryError):
+    """FERRY_ERR_RESOURCE_EXHAUSTED."""
+    code = -12
+
+
+class NoMemory(FerryError):
+    """FERRY_ERR_NO_MEMORY."""
+    code = -13
+
+
+class Unimplemented(FerryError):
+    """FERRY_ERR_UNIMPLEMENTED: e.g. CUDA memory on a UCX without CUDA."""
+    code = -14
+
+
+class ProtocolError(FerryError):
+    """FERRY_ERR_PROTOCOL: a malformed message from a peer."""
+    code = -15
+
+
+class TransportError(FerryError):
+    """FERRY_ERR_TRANSPORT: UCX failed."""
+    code = -16
+
+
+class PeerFailed(FerryError):
+    """FERRY_ERR_PEER_FAILED: the remote side reported an error."""
+    code = -17
+
+
+class SystemCallError(FerryError):
+    """FERRY_ERR_IO: a system call failed."""
+    code = -18
+
+
+class Misuse(FerryError):
+    """FERRY_ERR_MISUSE: the API's rules were broken (e.g. metadata() of an
+    active operation, a closed operation)."""
+    code = -19
+
+
+class InternalError(FerryError):
+    """FERRY_ERR_INTERNAL."""
+    code = -20
+
+
+class LeaseNotFound(NotFound):
+    """FERRY_ERR_LEASE_NOT_FOUND: the lease expired or never existed."""
+    code = -21
+
+
+class OutOfRange(FerryError):
+    """FERRY_ERR_OUT_OF_RANGE."""
+    code = -22
+
+
+class Busy(FerryError):
+    """FERRY_ERR_BUSY: a handle still has live children (close them first),
+    or an operation is in use by another thread."""
+    code = -23
+
+
+_ERRORS: Dict[int, type] = {
+    cls.code: cls for cls in (
+        InvalidArgument, NotFound, AlreadyExists, PermissionDenied, Unauthenticated,
+        FailedPrecondition, TimedOut, Unavailable, Cancelled, Expired, Aborted,
+        ResourceExhausted, NoMemory, Unimplemented, ProtocolError, TransportError, PeerFailed,
+        SystemCallError, Misuse, InternalError, LeaseNotFound, OutOfRange, Busy)
+}
+
+
+def _make_error(code: int, message: str) -> FerryError:
+    """The exception for a libferry status and message (called from C).
+
+    SizeMismatch and KindMismatch refine INVALID_ARGUMENT from libferry's
+    pairing check (ferry_metadata_check's messages, which ferry.h
+    documents: "descriptor 2: local size 4096 != remote size 8192"); their
+    code stays INVALID_ARGUMENT."""
+    cls = _ERRORS.get(code, FerryError)
+    if cls is InvalidArgument:
+        if " != remote size " in message or "descriptor count mismatch" in message:
+            cls = SizeMismatch
+        elif "pairs only with" in message:
+            cls = KindMismatch
+    return cls(message, code)
+
+
+_ferry._set_error_factory(_make_error)
+
+
+def parse_size(text: str) -> int:
+    """Parses "4096", "4KiB", "64MiB", "1GiB", "1MB" ... (libferry's parser)."""
+    return _ferry.parse_size(text)
+
+
+# ---- devices --------------------------------------------------------------
+
+
+class DeviceKind(enum.IntEnum):
+    """Where memory lives (ferry_device_kind_t)."""
+    HOST = _ferry.DEVICE_HOST
+    CUDA = _ferry.DEVICE_CUDA
+
+
+class Device:
+    """A device: ``Device("cpu")`` (or ``"host"``), ``Device("cuda")`` (= cuda:0),
+    ``Device("cuda:N")``; also from a ``torch.device`` or another Device.
+    ``kind`` is a DeviceKind, ``id`` the CUDA ordinal (0 for the host)."""
+
+    __slots__ = ("kind", "id")
+
+    def __init__(self, spec: Union[str, "Device", Any] = "cpu") -> None:
+        if isinstance(spec, Device):
+            kind, ident = spec.kind, spec.id
+        elif isinstance(spec, str):
+            kind, ident = _ferry.device_parse(spec)
+        elif hasattr(spec, "type") and hasattr(spec, "index"):  # torch.device
+            text = spec.type if spec.index is None else f"{spec.type}:{spec.index}"
+            kind, ident = _ferry.device_parse(text)
+        else:
+            raise TypeError(f"Device: expected 'cpu', 'cuda:N' or a Device, got {spec!r}")
+        self.kind = DeviceKind(kind)
+        self.id = int(ident)
+
+    def __str__(self) -> str:
+        return "cpu" if self.kind == DeviceKind.HOST else f"cuda:{self.id}"
+
+    def __repr__(self) -> str:
+        return f"Device({str(self)!r})"
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, str):
+            other = Device(other)
+        return isinstance(other, Device) and (self.kind, self.id) == (other.kind, other.id)
+
+    def __hash__(self) -> int:
+        return hash((self.kind, self.id))
+
+
+_HOST = Device("cpu")
+
+# ---- descriptors ----------------------------------------------------------
+
+
+def _not_contiguous(what: str) -> InvalidArgument:
+    return InvalidArgument(
+        f"descriptor: the {what} is not contiguous; Ferry refuses it rather than copy it (a "
+        "copy would not receive remote writes); make it contiguous yourself "
+        "(.contiguous(), numpy.ascontiguousarray) and hand that object over")
+
+
+def _torch_tensor_type() -> Optional[type]:
+    torch = sys.modules.get("torch")
+    return getattr(torch, "Tensor", None) if torch is not None else None
+
+
+class Descriptor(_ferry._Descriptor):
+    """One contiguous region of memory: ``ptr``, ``size`` (bytes), ``device``.
+
+    Built from:
+      * a torch tensor (``cpu``; ``cuda:N`` tensors give CUDA descriptors,
+        refused by a connector whose UCX has no CUDA),
+      * a numpy array or any object with the buffer protocol (``bytearray``,
+        ``memoryview``, ``bytes``; read-only ones only as a source),
+      * a tuple ``(ptr, size, device)`` naming memory the caller keeps alive.
+
+    The object is kept alive by the descriptor, and the descriptor by every
+    operation using it. Non-contiguous tensors and arrays are refused with
+    InvalidArgument, never copied. A null pointer or zero size is refused
+    (libferry's own check)."""
+
+    def __new__(cls, data: Any, device: Union[str, Device, None] = None) -> "Descriptor":
+        tensor_type = _torch_tensor_type()
+        if isinstance(data, tuple):
+            if len(data) != 3 or device is not None:
+                raise TypeError("Descriptor((ptr, size, device)): a 3-tuple, and no device=")
+            ptr, size, dev = data
+            dev = Device(dev)
+            self = super().__new__(cls, int(ptr), int(size), int(dev.kind), dev.id, None, False)
+        elif tensor_type is not None and isinstance(data, tensor_type):
+            if not data.is_contiguous():
+                raise _not_contiguous("tensor")
+            dev = Device(data.device)
+            if device is not None and Device(device) != dev:
+                raise InvalidArgument(f"descriptor: the tensor is on {dev}, not {device}")
+            size = data.numel() * data.element_size()
+            self = super().__new__(cls, data.data_ptr(), size, int(dev.kind), dev.id, data,
+                                   False)
+        else:
+            try:
+                view = memoryview(data)
+            except TypeError:
+                raise TypeError(
+                    "Descriptor: expected a tensor, an array, a buffer or (ptr, size, device), "
+                    f"got {type(data).__name__}") from None
+            if not view.c_contiguous:
+                view.release()
+                raise _not_contiguous(type(data).__name__)
+            if device is not None and Device(device) != _HOST:
+                raise InvalidArgument(
+                    f"descriptor: a {type(data).__name__} is host memory, not {device}")
+            ptr = _ferry._buffer_address(view) if view.nbytes > 0 else 0
+            self = super().__new__(cls, ptr, view.nbytes, int(DeviceKind.HOST), 0, view,
+                                   view.readonly)
+        self._validate()
+        return self
+
+    @property
+    def device(self) -> Device:
+        """The Device the region is on."""
+        return Device("cpu") if self._device_kind == DeviceKind.HOST else Device(
+            f"cuda:{self._device_id}")
+
+    def __repr__(self) -> str:
+        return f"Descriptor(ptr={self.ptr:#x}, size={self.size}, device={str(self.device)!r})"
+
+
+def _descs(descs: Any) -> Any:
+    """A Descriptor, or a list of them; plain objects become Descriptors."""
+    if isinstance(descs, _ferry._Descriptor):
+        return descs
+    if isinstance(descs, (list, tuple)):
+        if all(isinstance(d, _ferry._Descriptor) for d in descs):
+            return descs
+        return [d if isinstance(d, _ferry._Descriptor) else Descriptor(d) for d in descs]
+    return Descriptor(descs)
+
+
+# ---- status and metadata --------------------------------------------------
+
+
+class OperationStatus(enum.IntEnum):
+    """An operation's state, as dynamo.connect's (ferry_op_status_t values).
+    COMPLETE, CANCELLED and ERRORED are final."""
+    UNINITIALIZED = 0
+    INITIALIZED = 1
+    IN_PROGRESS = 2
+    COMPLETE = 3
+    CANCELLED = 4
+    ERRORED = 5
+
+    @property
+    def is_final(self) -> bool:
+        """True for COMPLETE, CANCELLED, ERRORED."""
+        return self >= OperationStatus.COMPLETE
+
+
+class OperationKind(enum.IntEnum):
+    """What metadata is for: READ (a readable's) or WRITE (a writable's), as
+    dynamo.connect's."""
+    READ = 1
+    WRITE = 2
+
+
+_JSON_FORMAT = "ferry.v1.RdmaMetadata"
+
+
+class RdmaMetadata:
+    """What a passive operation hands out: the serialized ferry.v1.RdmaMetadata
+    (bytes). It is a capability (whoever holds it can reach that memory):
+    send it only to the intended peer. ``bytes(md)`` gives the bytes;
+    ``to_json()`` / ``from_json()`` a JSON form for HTTP side channels."""
+
+    __slots__ = ("_data",)
+
+    def __init__(self, data: Union[bytes, bytearray, memoryview]) -> None:
+        self._data = bytes(data)
+
+    def __bytes__(self) -> bytes:
+        return self._data
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, RdmaMetadata) and other._data == self._data
+
+    def __hash__(self) -> int:
+        return hash(self._data)
+
+    def __repr__(self) -> str:
+        return f"<RdmaMetadata {len(self._data)} bytes>"
+
+    def to_dict(self) -> Dict[str, str]:
+        """``{"format": "ferry.v1.RdmaMetadata", "base64": "..."}``."""
+        return {"format": _JSON_FORMAT, "base64": base64.b64encode(self._data).decode("ascii")}
+
+    def to_json(self) -> str:
+        """The JSON form: ``{"format": "ferry.v1.RdmaMetadata", "base64": "..."}``."""
+        return json.dumps(self.to_dict(), separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: Union[str, bytes, Dict[str, Any]]) -> "RdmaMetadata":
+        """Parses the JSON form (a str, bytes or an already decoded dict)."""
+        obj = json.loads(text) if isinstance(text, (str, bytes, bytearray)) else text
+        if not isinstance(obj, dict) or obj.get("format") != _JSON_FORMAT or not isinstance(
+                obj.get("base64"), str):
+            raise InvalidArgument(
+                f"metadata JSON: expected {{\"format\": \"{_JSON_FORMAT}\", \"base64\": ...}}")
+        try:
+            return cls(base64.b64decode(obj["base64"], validate=True))
+        except ValueError as e:
+            raise InvalidArgument(f"metadata JSON: base64: {e}") from None
+
+
+def _metadata_bytes(md: Any) -> bytes:
+    if isinstance(md, RdmaMetadata):
+        return md._data
+    if isinstance(md, (bytes, bytearray, memoryview)):
+        return bytes(md)
+    if isinstance(md, (str, dict)):
+        return RdmaMetadata.from_json(md)._data
+    raise TypeError(f"remote_metadata: expected RdmaMetadata, bytes or its JSON, got "
+                    f"{type(md).__name__}")
+
+
+# ---- operations -----------------------------------------------------------
+
+
+def _timeout_ms(timeout: Optional[float]) -> int:
+    if timeout is None:
+        return -1
+    if timeout < 0:
+        raise ValueError("timeout must be >= 0 seconds or None")
+    return min(int(math.ceil(timeout * 1000)), 2**31 - 1)
+
+
+def _expire(fut: "asyncio.Future[None]", timeout: float) -> None:
+    if not fut.done():
+        fut.set_exception(TimedOut(f"operation: not final after {timeout} s (it goes on)"))
+
+
+def _wake(fut: "asyncio.Future[None]") -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
+class _Operation(_ferry._Operation):
+    """What every operation offers: status, wait, cancel, close, ``with``."""
+
+    def __init__(self) -> None:
+        self._waiters: Optional[List["asyncio.Future[None]"]] = None
+
+    @property
+    def status(self) -> OperationStatus:
+        """The current OperationStatus (the final one once closed)."""
+        return OperationStatus(self._status)
+
+    def wait(self, timeout: Optional[float] = None) -> None:
+        """Blocks (GIL released) until the operation is final. Returns on
+        COMPLETE; raises Cancelled, the error of an ERRORED operation, or
+        TimedOut after ``timeout`` seconds (the operation goes on)."""
+        self._wait(_timeout_ms(timeout))
+
+    async def wait_for_completion(self, timeout: Optional[float] = None) -> None:
+        """Awaits the end of the operation without blocking the event loop or
+        using a thread. Returns on COMPLETE; raises Cancelled, the error of
+        an ERRORED operation, or TimedOut after ``timeout`` seconds (the
+        operation goes on: wait again or cancel)."""
+        if self.closed or self._status >= OperationStatus.COMPLETE:
+            return self._outcome()
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        conn = self.connector
+        if self._waiters is None:
+            self._waiters = []
+        self._waiters.append(fut)
+        conn._watch(loop)
+        handle = loop.call_later(timeout, _expire, fut, timeout) if timeout is not None else None
+        try:
+            self._arm()
+            await fut
+        finally:
+            if handle is not None:
+                handle.cancel()
+            waiters = self._waiters
+            if waiters is not None:
+                waiters.remove(fut)
+                if not waiters:
+                    self._waiters = None
+            conn._unwatch(loop)
+        return self._outcome()
+
+    def _wake_waiters(self) -> None:
+        """Called when the operation ended (from the connector's queue) or
+        was closed: every awaiting wait_for_completion looks again."""
+        waiters = self._waiters
+        if not waiters:
+            return
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        for fut in list(waiters):
+            loop = fut.get_loop()
+            if loop is running:
+                _wake(fut)
+            elif not loop.is_closed():
+                loop.call_soon_threadsafe(_wake, fut)
+
+    def close(self) -> None:
+        """Cancels the operation if it is not final, then releases it: a
+        passive operation's memory registration goes at once. Status and
+        error stay readable. Idempotent."""
+        super().close()
+        self._wake_waiters()
+
+    def __enter__(self) -> "_Operation":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.status.name}>"
+
+
+class _PassiveOperation(_Operation):
+    def metadata(self) -> RdmaMetadata:
+        """The RdmaMetadata to hand to the peer (a capability: whoever holds
+        it can reach this memory until the operation is final)."""
+        return RdmaMetadata(self._metadata())
+
+    def publish(self, coordinator: "Coordinator", request_id: str,
+                access_token: Optional[str] = None, ttl: Optional[int] = None) -> str:
+        """Registers this operation at the coordinator under ``request_id``
+        and returns the access token (``access_token``, or one the
+        coordinator picked) that the peer must present. The registration
+        lives as long as the operation; cancelling or closing it unfinished
+        tells the peer. ``ttl``: seconds of the session lease, when this call
+        makes it. Raises AlreadyExists when the ID is taken."""
+        return self._publish(coordinator, request_id, access_token, int(ttl or 0))
+
+    async def publish_async(self, coordinator: "Coordinator", request_id: str,
+                            access_token: Optional[str] = None,
+                            ttl: Optional[int] = None) -> str:
+        """publish() on the loop's default executor (it makes one RPC)."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            None, functools.partial(self.publish, coordinator, request_id, access_token, ttl))
+
+
+class WritableOperation(_PassiveOperation):
+    """Passive: a remote worker may write into the local descriptors.
+    Made by ``Connector.create_writable``. Leaving its ``with`` block
+    unfinished cancels it and releases its memory."""
+
+
+class ReadableOperation(_PassiveOperation):
+    """Passive: a remote worker may read the local descriptors. Made by
+    ``Connector.create_readable``. Leaving its ``with`` block unfinished
+    cancels it and releases its memory."""
+
+
+class WriteOperation(_Operation):
+    """Active: writes local descriptors into a remote writable. Made by
+    ``Connector.begin_write`` / ``begin_write_by_id``. Leaving its ``with``
+    block unfinished cancels it."""
+
+
+class ReadOperation(_Operation):
+    """Active: reads a remote readable into local descriptors. Made by
+    ``Connector.begin_read`` / ``begin_read_by_id``. Leaving its ``with``
+    block unfinished cancels it."""
+
+
+# ---- coordinator ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TlsConfig:
+    """TLS to the coordinator: the CA that signed it, optionally a client
+    certificate and key, and a name to verify instead of the target's host."""
+    ca_file: str
+    cert_file: Optional[str] = None
+    key_file: Optional[str] = None
+    server_name: Optional[str] = None
+
+
+class Coordinator(_ferry._Coordinator):
+    """A client of ferry-coordinator: ``Coordinator("127.0.0.1:7400")``,
+    ``Coordinator(target, tls=TlsConfig(ca_file=...))`` (``tls`` may also be
+    a dict of TlsConfig's fields). ``timeout``: seconds per call. One per
+    process is plenty; close it (or leave its ``with`` block) after the
+    operations bound to it."""
+
+    def __new__(cls, target: str, tls: Union[TlsConfig, Dict[str, str], None] = None,
+                timeout: Optional[float] = None) -> "Coordinator":
+        if isinstance(tls, dict):
+            tls = TlsConfig(**tls)
+        kw: Dict[str, Any] = {}
+        if timeout is not None:
+            kw["timeout_ms"] = max(1, int(timeout * 1000))
+        if tls is not None:
+            kw.update(tls_ca_file=tls.ca_file, tls_cert_file=tls.cert_file,
+                      tls_key_file=tls.key_file, tls_server_name=tls.server_name)
+        return super().__new__(cls, target, **kw)
+
+    def __init__(self, target: str, tls: Union[TlsConfig, Dict[str, str], None] = None,
+                 timeout: Optional[float] = None) -> None:
+        self.target = target
+
+    def __enter__(self) -> "Coordinator":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+# ---- connector ------------------------------------------------------------
+
+_LOG_LEVELS = {"off": -1, "error": 0, "warn": 1, "info": 2, "debug": 3, "trace": 4}
+
+
+class Connector(_ferry._Connector):
+    """One per worker process: libferry's connector (one UCX context and
+    worker, its endpoint and key caches, a progress thread). Makes the four
+    operations. ``name``: the worker's name in metadata and logs (default
+    ``"<hostname>:<pid>"``). ``peer_error_handling``, ``spin_us``: as
+    ferry_connector_params_t (both sides must agree on the first).
+    ``log_level``: "off" (default), "error" ... "trace", to stderr."""
+
+    def __new__(cls, name: Optional[str] = None, *, peer_error_handling: Optional[bool] = None,
+                spin_us: Optional[int] = None, log_level: Optional[str] = None) -> "Connector":
+        kw: Dict[str, Any] = {}
+        if peer_error_handling is not None:
+            kw["peer_error_handling"] = bool(peer_error_handling)
+        if spin_us is not None:
+            kw["spin_us"] = int(spin_us)
+        if log_level is not None:
+            kw["log_level"] = _LOG_LEVELS[log_level]
+        return super().__new__(cls, name, **kw)
+
+    def __init__(self, name: Optional[str] = None, *, peer_error_handling: Optional[bool] = None,
+                 spin_us: Optional[int] = None, log_level: Optional[str] = None) -> None:
+        self._loops: Dict[asyncio.AbstractEventLoop, int] = {}
+
+    # passive
+
+    def create_writable(self, descs: Union[Descriptor, Sequence[Descriptor]]) -> WritableOperation:
+        """Registers the local descriptors so that the holder of the returned
+        operation's metadata may write into them. Read-only buffers are
+        refused."""
+        return self._create(0, _descs(descs), WritableOperation)
+
+    def create_readable(self, descs: Union[Descriptor, Sequence[Descriptor]]) -> ReadableOperation:
+        """Registers the local descriptors so that the holder of the returned
+        operation's metadata may read them."""
+        return self._create(1, _descs(descs), ReadableOperation)
+
+    # active, from metadata
+
+    def begin_write(self, local_descs: Union[Descriptor, Sequence[Descriptor]],
+                    remote_metadata: Union[RdmaMetadata, bytes, str]) -> WriteOperation:
+        """Starts writing the local descriptors into a remote writable. The
+        lists must match one to one with equal sizes (SizeMismatch names both
+        sizes); a readable's metadata is refused (KindMismatch)."""
+        return self._create(2, _descs(local_descs), WriteOperation,
+                            _metadata_bytes(remote_metadata))
+
+    def begin_read(self, remote_metadata: Union[RdmaMetadata, bytes, str],
+                   local_descs: Union[Descriptor, Sequence[Descriptor]]) -> ReadOperation:
+        """Starts reading a remote readable into the local descriptors (which
+        must be writable). Same pairing rules as begin_write."""
+        return self._create(3, _descs(local_descs), ReadOperation,
+                            _metadata_bytes(remote_metadata))
+
+    # active, by request ID through the coordinator
+
+    def begin_write_by_id(self, coordinator: Coordinator, request_id: str, access_token: str,
+                          local_descs: Union[Descriptor, Sequence[Descriptor]],
+                          wait: Optional[float] = None, ttl: Optional[int] = None
+                          ) -> WriteOperation:
+        """Looks ``request_id`` up at the coordinator (waiting up to ``wait``
+        seconds for it to be published), claims it with ``access_token`` and
+        starts the write. Raises NotFound, PermissionDenied,
+        FailedPrecondition (taken or no longer open), TimedOut, Unavailable,
+        or the pairing errors of begin_write; nothing is written then."""
+        return self._begin_by_id(2, coordinator, request_id, access_token,
+                                 0 if wait is None else max(1, _timeout_ms(wait)), int(ttl or 0),
+                                 _descs(local_descs), WriteOperation)
+
+    def begin_read_by_id(self, coordinator: Coordinator, request_id: str, access_token: str,
+                         local_descs: Union[Descriptor, Sequence[Descriptor]],
+                         wait: Optional[float] = None, ttl: Optional[int] = None
+                         ) -> ReadOperation:
+        """The read mirror of begin_write_by_id."""
+        return self._begin_by_id(3, coordinator, request_id, access_token,
+                                 0 if wait is None else max(1, _timeout_ms(wait)), int(ttl or 0),
+                                 _descs(local_descs), ReadOperation)
+
+    async def begin_write_by_id_async(self, coordinator: Coordinator, request_id: str,
+                                      access_token: str,
+                                      local_descs: Union[Descriptor, Sequence[Descriptor]],
+                                      wait: Optional[float] = None,
+                                      ttl: Optional[int] = None) -> WriteOperation:
+        """begin_write_by_id on the loop's default executor (its lookup and
+        claim are RPCs that may wait); the transfer itself is then awaited
+        with wait_for_completion."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(None, functools.partial(
+            self.begin_write_by_id, coordinator, request_id, access_token, local_descs, wait,
+            ttl))
+
+    async def begin_read_by_id_async(self, coordinator: Coordinator, request_id: str,
+                                     access_token: str,
+                                     local_descs: Union[Descriptor, Sequence[Descriptor]],
+                                     wait: Optional[float] = None,
+                                     ttl: Optional[int] = None) -> ReadOperation:
+        """begin_read_by_id on the loop's default executor."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(None, functools.partial(
+            self.begin_read_by_id, coordinator, request_id, access_token, local_descs, wait,
+            ttl))
+
+    # asyncio: one reader per loop on the completion queue's eventfd
+
+    def _watch(self, loop: asyncio.AbstractEventLoop) -> None:
+        n = self._loops.get(loop, 0)
+        if n == 0:
+            loop.add_reader(self._fd, self._on_readable)
+        self._loops[loop] = n + 1
+
+    def _unwatch(self, loop: asyncio.AbstractEventLoop) -> None:
+        n = self._loops.get(loop, 0) - 1
+        if n > 0:
+            self._loops[loop] = n
+            return
+        self._loops.pop(loop, None)
+        if not loop.is_closed():
+            loop.remove_reader(self._fd)
+
+    def _on_readable(self) -> None:
+        for op in self._drain():
+            op._wake_waiters()
+
+    def __enter__(self) -> "Connector":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return "<Connector closed>" if self.closed else f"<Connector {self.name!r}>"

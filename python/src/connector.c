@@ -1,0 +1,434 @@
+/*
+ * connector.c: _Connector, one ferry_connector_t in progress-thread mode,
+ * and the completion queue that hands finished operations to Python.
+ *
+ * The queue: an operation whose done callback is set (op.c, on_done) is
+ * appended here by libferry's progress thread, under done_lock, and the
+ * eventfd is signalled; the thread never takes the GIL. Python watches the
+ * fd (loop.add_reader) and calls _drain(), which reads the fd and then takes
+ * the whole list: reading before taking means a signal is never lost. The
+ * list holds borrowed pointers: an operation unlinks itself when it is
+ * closed or freed, after ferry_op_destroy guaranteed that no callback runs
+ * or will run (op.c), so the list never names a freed object.
+ *
+ * Operations create through here hold a strong reference to the connector,
+ * so ferry_connector_destroy runs only after every operation is destroyed.
+ */
+#include "pyferry.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+static PyObject *connector_new(PyTypeObject *tp, PyObject *args, PyObject *kwargs)
+{
+    static char *kwlist[] = {"name", "peer_error_handling", "spin_us", "log_level", NULL};
+    const char *name = NULL;
+    int peer_error_handling = -1, spin_us = -1, log_level = -2;
+    ferry_connector_params_t params = {.field_mask = 0};
+    pyferry_connector_t *self;
+    ferry_status_t status;
+
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|zpii:_Connector", kwlist, &name,
+                                     &peer_error_handling, &spin_us, &log_level)) {
+        return NULL;
+    }
+    if (name != NULL) {
+        params.field_mask |= FERRY_CONNECTOR_PARAM_FIELD_NAME;
+        params.name = name;
+    }
+    if (peer_error_handling >= 0) {
+        params.field_mask |= FERRY_CONNECTOR_PARAM_FIELD_PEER_ERROR_HANDLING;
+        params.peer_error_handling = peer_error_handling != 0;
+    }
+    if (spin_us >= 0) {
+        params.field_mask |= FERRY_CONNECTOR_PARAM_FIELD_SPIN_US;
+        params.spin_us = (uint32_t)spin_us;
+    }
+    if (log_level >= -1) {
+        params.field_mask |= FERRY_CONNECTOR_PARAM_FIELD_LOG_LEVEL;
+        params.log_level = (ferry_loglevel_t)log_level;
+    }
+    self = (pyferry_connector_t *)((allocfunc)PyType_GetSlot(tp, Py_tp_alloc))(tp, 0);
+    if (self == NULL) {
+        return NULL;
+    }
+    self->efd = -1;
+    self->done_tail = &self->done_head;
+    pthread_mutex_init(&self->done_lock, NULL);
+    self->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (self->efd < 0) {
+        PyErr_SetFromErrno(PyExc_OSError);
+        goto err_self;
+    }
+    Py_BEGIN_ALLOW_THREADS status = ferry_connector_create(&params, &self->conn);
+    Py_END_ALLOW_THREADS if (status != FERRY_OK)
+    {
+        pyferry_raise_last(status);
+        goto err_self;
+    }
+    return (PyObject *)self;
+
+err_self:
+    Py_DECREF(self);
+    return NULL;
+}
+
+/* Destroys the connector; FERRY_ERR_BUSY (nothing changed) while an
+ * operation lives. */
+static ferry_status_t connector_close_handle(pyferry_connector_t *self)
+{
+    ferry_status_t status = FERRY_OK;
+    ferry_connector_t *conn = self->conn;
+
+    if (conn == NULL) {
+        return FERRY_OK;
+    }
+    Py_BEGIN_ALLOW_THREADS status = ferry_connector_destroy(conn);
+    Py_END_ALLOW_THREADS if (status == FERRY_OK)
+    {
+        self->conn = NULL;
+    }
+    return status;
+}
+
+static void connector_dealloc(PyObject *obj)
+{
+    pyferry_connector_t *self = (pyferry_connector_t *)obj;
+
+    /* Every operation holds a reference: none is alive here. */
+    (void)connector_close_handle(self);
+    if (self->efd >= 0) {
+        close(self->efd);
+    }
+    pthread_mutex_destroy(&self->done_lock);
+    pyferry_free_self(obj);
+}
+
+static PyObject *connector_close(PyObject *obj, PyObject *unused)
+{
+    pyferry_connector_t *self = (pyferry_connector_t *)obj;
+    ferry_status_t status;
+
+    (void)unused;
+    if (self->live_ops > 0) {
+        char msg[128];
+        snprintf(msg, sizeof(msg), "connector: %zd operation(s) still open; close them first",
+                 self->live_ops);
+        return pyferry_raise(FERRY_ERR_BUSY, msg);
+    }
+    status = connector_close_handle(self);
+    if (status != FERRY_OK) {
+        return pyferry_raise_last(status);
+    }
+    Py_RETURN_NONE;
+}
+
+static int connector_check_open(pyferry_connector_t *self)
+{
+    if (self->conn == NULL) {
+        pyferry_raise(FERRY_ERR_MISUSE, "connector: closed");
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *connector_get_name(PyObject *obj, void *closure)
+{
+    pyferry_connector_t *self = (pyferry_connector_t *)obj;
+
+    (void)closure;
+    if (connector_check_open(self) < 0) {
+        return NULL;
+    }
+    return PyUnicode_FromString(ferry_connector_name(self->conn));
+}
+
+static PyObject *connector_get_hostname(PyObject *obj, void *closure)
+{
+    pyferry_connector_t *self = (pyferry_connector_t *)obj;
+
+    (void)closure;
+    if (connector_check_open(self) < 0) {
+        return NULL;
+    }
+    return PyUnicode_FromString(ferry_connector_hostname(self->conn));
+}
+
+static PyObject *connector_get_cuda(PyObject *obj, void *closure)
+{
+    pyferry_connector_t *self = (pyferry_connector_t *)obj;
+
+    (void)closure;
+    if (connector_check_open(self) < 0) {
+        return NULL;
+    }
+    return PyBool_FromLong(ferry_connector_is_cuda_available(self->conn));
+}
+
+static PyObject *connector_get_fd(PyObject *obj, void *closure)
+{
+    (void)closure;
+    return PyLong_FromLong(((pyferry_connector_t *)obj)->efd);
+}
+
+static PyObject *connector_get_closed(PyObject *obj, void *closure)
+{
+    (void)closure;
+    return PyBool_FromLong(((pyferry_connector_t *)obj)->conn == NULL);
+}
+
+static PyObject *connector_get_live_ops(PyObject *obj, void *closure)
+{
+    (void)closure;
+    return PyLong_FromSsize_t(((pyferry_connector_t *)obj)->live_ops);
+}
+
+static PyObject *connector_stats(PyObject *obj, PyObject *unused)
+{
+    pyferry_connector_t *self = (pyferry_connector_t *)obj;
+    ferry_connector_stats_t s;
+
+    (void)unused;
+    if (connector_check_open(self) < 0) {
+        return NULL;
+    }
+    ferry_connector_get_stats(self->conn, &s);
+    return Py_BuildValue(
+        "{sKsKsKsKsKsKsKsK}", "endpoints_created", (unsigned long long)s.endpoints_created,
+        "endpoint_cache_hits", (unsigned long long)s.endpoint_cache_hits, "rkeys_unpacked",
+        (unsigned long long)s.rkeys_unpacked, "rkey_cache_hits",
+        (unsigned long long)s.rkey_cache_hits, "notices_received",
+        (unsigned long long)s.notices_received, "claims_refused",
+        (unsigned long long)s.claims_refused, "notices_ignored",
+        (unsigned long long)s.notices_ignored, "peers_cached", (unsigned long long)s.peers_cached);
+}
+
+/* Reads the eventfd, then takes the list: [op, ...] finished since the last
+ * drain, each at most once. */
+static PyObject *connector_drain(PyObject *obj, PyObject *unused)
+{
+    pyferry_connector_t *self = (pyferry_connector_t *)obj;
+    pyferry_op_t *head;
+    PyObject *list;
+    uint64_t count;
+
+    (void)unused;
+    if (read(self->efd, &count, sizeof(count)) < 0 && errno != EAGAIN) {
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    list = PyList_New(0);
+    if (list == NULL) {
+        return NULL;
+    }
+    pthread_mutex_lock(&self->done_lock);
+    head = self->done_head;
+    self->done_head = NULL;
+    self->done_tail = &self->done_head;
+    for (pyferry_op_t *op = head; op != NULL; op = op->done_next) {
+        op->queued = false;
+    }
+    pthread_mutex_unlock(&self->done_lock);
+    /* With the GIL held no operation can be freed meanwhile. */
+    for (pyferry_op_t *op = head; op != NULL; op = op->done_next) {
+        if (PyList_Append(list, (PyObject *)op) < 0) {
+            Py_DECREF(list);
+            return NULL;
+        }
+    }
+    return list;
+}
+
+/* Builds the local list, then calls the constructor with the GIL released. */
+static PyObject *connector_create(PyObject *obj, PyObject *args)
+{
+    pyferry_connector_t *self = (pyferry_connector_t *)obj;
+    int kind;
+    PyObject *seq, *cls, *keep = NULL, *result = NULL;
+    Py_buffer md = {.buf = NULL};
+    ferry_descriptor_t stack[16], *descs = stack;
+    ferry_op_t *op = NULL;
+    ferry_status_t status;
+    Py_ssize_t n;
+
+    if (!PyArg_ParseTuple(args, "iOO|y*:_create", &kind, &seq, &cls, &md)) {
+        return NULL;
+    }
+    if (connector_check_open(self) < 0) {
+        goto out;
+    }
+    if (kind < PYFERRY_WRITABLE || kind > PYFERRY_READ ||
+        (kind >= PYFERRY_WRITE) != (md.buf != NULL)) {
+        PyErr_SetString(PyExc_ValueError, "_create: bad kind or metadata");
+        goto out;
+    }
+    n = pyferry_descs_count(seq);
+    if (n < 0) {
+        goto out;
+    }
+    if (n > (Py_ssize_t)(sizeof(stack) / sizeof(stack[0]))) {
+        descs = PyMem_Malloc((size_t)n * sizeof(*descs));
+        if (descs == NULL) {
+            PyErr_NoMemory();
+            goto out;
+        }
+    }
+    if (pyferry_descs_fill(seq, kind == PYFERRY_WRITABLE || kind == PYFERRY_READ, descs, n, &keep) <
+        0) {
+        goto out;
+    }
+    Py_BEGIN_ALLOW_THREADS switch (kind)
+    {
+    case PYFERRY_WRITABLE:
+        status = ferry_writable_create(self->conn, descs, (size_t)n, &op);
+        break;
+    case PYFERRY_READABLE:
+        status = ferry_readable_create(self->conn, descs, (size_t)n, &op);
+        break;
+    case PYFERRY_WRITE:
+        status = ferry_write_begin(self->conn, descs, (size_t)n, md.buf, (size_t)md.len, &op);
+        break;
+    default:
+        status = ferry_read_begin(self->conn, descs, (size_t)n, md.buf, (size_t)md.len, &op);
+        break;
+    }
+    Py_END_ALLOW_THREADS if (status != FERRY_OK)
+    {
+        pyferry_raise_last(status);
+        goto out;
+    }
+    result = pyferry_op_wrap(cls, op, kind, self, keep, NULL);
+
+out:
+    Py_XDECREF(keep);
+    if (descs != stack) {
+        PyMem_Free(descs);
+    }
+    if (md.buf != NULL) {
+        PyBuffer_Release(&md);
+    }
+    return result;
+}
+
+/* _begin_by_id(kind, coordinator, request_id, token, wait_ms, ttl_s, descs, cls) */
+static PyObject *connector_begin_by_id(PyObject *obj, PyObject *args)
+{
+    pyferry_connector_t *self = (pyferry_connector_t *)obj;
+    int kind, wait_ms, ttl_s;
+    const char *request_id, *token;
+    PyObject *coord_obj, *seq, *cls, *keep = NULL, *result = NULL;
+    pyferry_coordinator_t *coord;
+    ferry_claim_params_t params = {.field_mask = 0};
+    ferry_descriptor_t stack[16], *descs = stack;
+    ferry_op_t *op = NULL;
+    ferry_status_t status;
+    Py_ssize_t n;
+
+    if (!PyArg_ParseTuple(args, "iO!ssiiOO:_begin_by_id", &kind, pyferry_coordinator_type,
+                          &coord_obj, &request_id, &token, &wait_ms, &ttl_s, &seq, &cls)) {
+        return NULL;
+    }
+    coord = (pyferry_coordinator_t *)coord_obj;
+    if (connector_check_open(self) < 0) {
+        return NULL;
+    }
+    if (coord->coord == NULL) {
+        return pyferry_raise(FERRY_ERR_MISUSE, "coordinator: closed");
+    }
+    if (kind != PYFERRY_WRITE && kind != PYFERRY_READ) {
+        PyErr_SetString(PyExc_ValueError, "_begin_by_id: kind must be write or read");
+        return NULL;
+    }
+    n = pyferry_descs_count(seq);
+    if (n < 0) {
+        return NULL;
+    }
+    if (n > (Py_ssize_t)(sizeof(stack) / sizeof(stack[0]))) {
+        descs = PyMem_Malloc((size_t)n * sizeof(*descs));
+        if (descs == NULL) {
+            return PyErr_NoMemory();
+        }
+    }
+    if (pyferry_descs_fill(seq, kind == PYFERRY_READ, descs, n, &keep) < 0) {
+        goto out;
+    }
+    params.request_id = request_id;
+    params.access_token = token;
+    if (wait_ms > 0) {
+        params.field_mask |= FERRY_CLAIM_PARAM_FIELD_WAIT;
+        params.wait_ms = wait_ms;
+    }
+    if (ttl_s > 0) {
+        params.field_mask |= FERRY_CLAIM_PARAM_FIELD_TTL;
+        params.ttl_s = ttl_s;
+    }
+    /* The coordinator cannot be closed meanwhile: closing refuses while
+     * live_ops > 0, and this call counts as one until it returns. */
+    coord->live_ops++;
+    Py_BEGIN_ALLOW_THREADS if (kind == PYFERRY_WRITE)
+    {
+        status = ferry_write_begin_by_id(self->conn, coord->coord, &params, descs, (size_t)n, &op);
+    }
+    else
+    {
+        status = ferry_read_begin_by_id(self->conn, coord->coord, &params, descs, (size_t)n, &op);
+    }
+    Py_END_ALLOW_THREADS coord->live_ops--;
+    if (status != FERRY_OK) {
+        pyferry_raise_last(status);
+        goto out;
+    }
+    result = pyferry_op_wrap(cls, op, kind, self, keep, coord);
+
+out:
+    Py_XDECREF(keep);
+    if (descs != stack) {
+        PyMem_Free(descs);
+    }
+    return result;
+}
+
+static PyMethodDef connector_methods[] = {
+    {"close", connector_close, METH_NOARGS,
+     "close(): destroys the connector; FerryBusy while an operation is open."},
+    {"stats", connector_stats, METH_NOARGS, "stats() -> dict: the connector's counters."},
+    {"_drain", connector_drain, METH_NOARGS, "_drain() -> [op]: operations finished since."},
+    {"_create", connector_create, METH_VARARGS, "_create(kind, descs, cls[, metadata])."},
+    {"_begin_by_id", connector_begin_by_id, METH_VARARGS,
+     "_begin_by_id(kind, coordinator, request_id, token, wait_ms, ttl_s, descs, cls)."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef connector_getset[] = {
+    {"name", connector_get_name, NULL, "The worker's name (metadata and logs).", NULL},
+    {"hostname", connector_get_hostname, NULL, "The host's name.", NULL},
+    {"is_cuda_available", connector_get_cuda, NULL,
+     "Whether this UCX build can register CUDA memory.", NULL},
+    {"closed", connector_get_closed, NULL, "True once close() succeeded.", NULL},
+    {"_fd", connector_get_fd, NULL, "The completion queue's eventfd.", NULL},
+    {"_live_ops", connector_get_live_ops, NULL, "Operations not closed yet.", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyType_Slot connector_slots[] = {
+    {Py_tp_new, connector_new},
+    {Py_tp_dealloc, connector_dealloc},
+    {Py_tp_methods, connector_methods},
+    {Py_tp_getset, connector_getset},
+    {Py_tp_doc, "_Connector(name=None, peer_error_handling=None, spin_us=-1, log_level=-2)."},
+    {0, NULL},
+};
+
+static PyType_Spec connector_spec = {
+    "ferry._ferry._Connector",
+    sizeof(pyferry_connector_t),
+    0,
+    Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
+    connector_slots,
+};
+
+PyTypeObject *pyferry_connector_type_create(PyObject *module)
+{
+    return (PyTypeObject *)PyType_FromModuleAndSpec(module, &connector_spec, NULL);
+}

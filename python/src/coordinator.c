@@ -1,0 +1,130 @@
+/*
+ * coordinator.c: _Coordinator, one ferry_coordinator_t (ferry/coordinator.h):
+ * a gRPC client of ferry-coordinator, its session lease and threads.
+ *
+ * Operations published on it or begun through it hold a reference to it
+ * and count in live_ops, so it is disconnected only after them (libferry
+ * refuses with FERRY_ERR_BUSY otherwise).
+ */
+#include "pyferry.h"
+
+static PyObject *coordinator_new(PyTypeObject *tp, PyObject *args, PyObject *kwargs)
+{
+    static char *kwlist[] = {"target",       "timeout_ms",      "tls_ca_file", "tls_cert_file",
+                             "tls_key_file", "tls_server_name", NULL};
+    ferry_coordinator_params_t params = {.field_mask = 0};
+    const char *ca = NULL, *cert = NULL, *key = NULL, *server_name = NULL;
+    int timeout_ms = 0;
+    pyferry_coordinator_t *self;
+    ferry_status_t status;
+
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "s|izzzz:_Coordinator", kwlist, &params.target,
+                                     &timeout_ms, &ca, &cert, &key, &server_name)) {
+        return NULL;
+    }
+    if (timeout_ms > 0) {
+        params.field_mask |= FERRY_COORDINATOR_PARAM_FIELD_TIMEOUT;
+        params.timeout_ms = timeout_ms;
+    }
+    if (ca != NULL || cert != NULL || key != NULL || server_name != NULL) {
+        params.field_mask |= FERRY_COORDINATOR_PARAM_FIELD_TLS;
+        params.tls_ca_file = ca;
+        params.tls_cert_file = cert;
+        params.tls_key_file = key;
+        params.tls_server_name = server_name;
+    }
+    self = (pyferry_coordinator_t *)((allocfunc)PyType_GetSlot(tp, Py_tp_alloc))(tp, 0);
+    if (self == NULL) {
+        return NULL;
+    }
+    Py_BEGIN_ALLOW_THREADS status = ferry_coordinator_connect(&params, &self->coord);
+    Py_END_ALLOW_THREADS if (status != FERRY_OK)
+    {
+        pyferry_raise_last(status);
+        Py_DECREF(self);
+        return NULL;
+    }
+    return (PyObject *)self;
+}
+
+static ferry_status_t coordinator_disconnect(pyferry_coordinator_t *self)
+{
+    ferry_coordinator_t *coord = self->coord;
+    ferry_status_t status;
+
+    if (coord == NULL) {
+        return FERRY_OK;
+    }
+    Py_BEGIN_ALLOW_THREADS status = ferry_coordinator_disconnect(coord);
+    Py_END_ALLOW_THREADS if (status == FERRY_OK)
+    {
+        self->coord = NULL;
+    }
+    return status;
+}
+
+static void coordinator_dealloc(PyObject *obj)
+{
+    /* Bound operations hold references: none is alive here. */
+    (void)coordinator_disconnect((pyferry_coordinator_t *)obj);
+    pyferry_free_self(obj);
+}
+
+static PyObject *coordinator_close(PyObject *obj, PyObject *unused)
+{
+    pyferry_coordinator_t *self = (pyferry_coordinator_t *)obj;
+    ferry_status_t status;
+
+    (void)unused;
+    if (self->live_ops > 0) {
+        char msg[128];
+        snprintf(msg, sizeof(msg), "coordinator: %zd operation(s) still bound; close them first",
+                 self->live_ops);
+        return pyferry_raise(FERRY_ERR_BUSY, msg);
+    }
+    status = coordinator_disconnect(self);
+    if (status != FERRY_OK) {
+        return pyferry_raise_last(status);
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *coordinator_get_closed(PyObject *obj, void *closure)
+{
+    (void)closure;
+    return PyBool_FromLong(((pyferry_coordinator_t *)obj)->coord == NULL);
+}
+
+static PyMethodDef coordinator_methods[] = {
+    {"close", coordinator_close, METH_NOARGS,
+     "close(): disconnects; FerryBusy while an operation is bound to it."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef coordinator_getset[] = {
+    {"closed", coordinator_get_closed, NULL, "True once close() succeeded.", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyType_Slot coordinator_slots[] = {
+    {Py_tp_new, coordinator_new},
+    {Py_tp_dealloc, coordinator_dealloc},
+    {Py_tp_methods, coordinator_methods},
+    {Py_tp_getset, coordinator_getset},
+    {Py_tp_doc, "_Coordinator(target, timeout_ms=0, tls_ca_file=None, tls_cert_file=None, "
+                "tls_key_file=None, tls_server_name=None)."},
+    {0, NULL},
+};
+
+static PyType_Spec coordinator_spec = {
+    "ferry._ferry._Coordinator",
+    sizeof(pyferry_coordinator_t),
+    0,
+    Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
+    coordinator_slots,
+};
+
+PyTypeObject *pyferry_coordinator_type_create(PyObject *module)
+{
+    return (PyTypeObject *)PyType_FromModuleAndSpec(module, &coordinator_spec, NULL);
+}

@@ -1,0 +1,200 @@
+/*
+ * descriptor.c: _Descriptor, one ferry_descriptor_t plus the object that
+ * owns its memory. The package decides how an object becomes a region
+ * (tensor, array, buffer, (ptr, size, device)); this type only holds the
+ * result and keeps the owner alive, and turns lists of them into the
+ * ferry_descriptor_t arrays the operation constructors take.
+ *
+ * Immutable after construction; no locking.
+ */
+#include "pyferry.h"
+
+static PyObject *desc_new(PyTypeObject *tp, PyObject *args, PyObject *kwargs)
+{
+    static char *kwlist[] = {"ptr", "size", "kind", "id", "owner", "readonly", NULL};
+    unsigned long long ptr, size;
+    int kind, readonly = 0;
+    unsigned int id;
+    PyObject *owner = Py_None;
+    pyferry_desc_t *self;
+
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "KKiI|Op:_Descriptor", kwlist, &ptr, &size,
+                                     &kind, &id, &owner, &readonly)) {
+        return NULL;
+    }
+    if (kind != FERRY_DEVICE_HOST && kind != FERRY_DEVICE_CUDA) {
+        return pyferry_raise(FERRY_ERR_INVALID_ARGUMENT, "descriptor: unknown device kind");
+    }
+    self = (pyferry_desc_t *)((allocfunc)PyType_GetSlot(tp, Py_tp_alloc))(tp, 0);
+    if (self == NULL) {
+        return NULL;
+    }
+    self->desc.ptr = (void *)(uintptr_t)ptr;
+    self->desc.size = (size_t)size;
+    self->desc.device.kind = (ferry_device_kind_t)kind;
+    self->desc.device.id = kind == FERRY_DEVICE_HOST ? 0 : id;
+    Py_INCREF(owner);
+    self->owner = owner;
+    self->readonly = readonly != 0;
+    return (PyObject *)self;
+}
+
+static void desc_dealloc(PyObject *obj)
+{
+    pyferry_desc_t *self = (pyferry_desc_t *)obj;
+
+    Py_CLEAR(self->owner);
+    pyferry_free_self(obj);
+}
+
+static PyObject *desc_get_ptr(PyObject *obj, void *closure)
+{
+    (void)closure;
+    return PyLong_FromVoidPtr(((pyferry_desc_t *)obj)->desc.ptr);
+}
+
+static PyObject *desc_get_size(PyObject *obj, void *closure)
+{
+    (void)closure;
+    return PyLong_FromSize_t(((pyferry_desc_t *)obj)->desc.size);
+}
+
+static PyObject *desc_get_device_kind(PyObject *obj, void *closure)
+{
+    (void)closure;
+    return PyLong_FromLong(((pyferry_desc_t *)obj)->desc.device.kind);
+}
+
+static PyObject *desc_get_device_id(PyObject *obj, void *closure)
+{
+    (void)closure;
+    return PyLong_FromUnsignedLong(((pyferry_desc_t *)obj)->desc.device.id);
+}
+
+static PyObject *desc_get_owner(PyObject *obj, void *closure)
+{
+    PyObject *owner = ((pyferry_desc_t *)obj)->owner;
+
+    (void)closure;
+    Py_INCREF(owner);
+    return owner;
+}
+
+static PyObject *desc_get_readonly(PyObject *obj, void *closure)
+{
+    (void)closure;
+    return PyBool_FromLong(((pyferry_desc_t *)obj)->readonly);
+}
+
+/* libferry's own checks on this one region (null pointer, zero size,
+ * device): the one validator, run at construction. */
+static PyObject *desc_validate(PyObject *obj, PyObject *unused)
+{
+    ferry_status_t status = ferry_descriptors_validate(&((pyferry_desc_t *)obj)->desc, 1);
+
+    (void)unused;
+    if (status != FERRY_OK) {
+        return pyferry_raise_last(status);
+    }
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef desc_methods[] = {
+    {"_validate", desc_validate, METH_NOARGS, "_validate(): libferry's checks on the region."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef desc_getset[] = {
+    {"ptr", desc_get_ptr, NULL, "The region's address.", NULL},
+    {"size", desc_get_size, NULL, "The region's size in bytes.", NULL},
+    {"_device_kind", desc_get_device_kind, NULL, "1: host, 2: CUDA (ferry_device_kind_t).", NULL},
+    {"_device_id", desc_get_device_id, NULL, "The CUDA ordinal (0 for host).", NULL},
+    {"owner", desc_get_owner, NULL, "The object kept alive for the region (or None).", NULL},
+    {"readonly", desc_get_readonly, NULL, "True when the region must not be written.", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyType_Slot desc_slots[] = {
+    {Py_tp_new, desc_new},
+    {Py_tp_dealloc, desc_dealloc},
+    {Py_tp_getset, desc_getset},
+    {Py_tp_methods, desc_methods},
+    {Py_tp_doc, "_Descriptor(ptr, size, kind, id, owner=None, readonly=False): one region."},
+    {0, NULL},
+};
+
+static PyType_Spec desc_spec = {
+    "ferry._ferry._Descriptor",
+    sizeof(pyferry_desc_t),
+    0,
+    Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
+    desc_slots,
+};
+
+PyTypeObject *pyferry_desc_type_create(PyObject *module)
+{
+    return (PyTypeObject *)PyType_FromModuleAndSpec(module, &desc_spec, NULL);
+}
+
+Py_ssize_t pyferry_descs_count(PyObject *seq)
+{
+    Py_ssize_t n;
+
+    if (PyObject_TypeCheck(seq, pyferry_desc_type)) {
+        return 1;
+    }
+    if (!PyTuple_Check(seq) && !PyList_Check(seq)) {
+        PyErr_SetString(PyExc_TypeError, "descriptors: expected a Descriptor or a list of them");
+        return -1;
+    }
+    n = PySequence_Size(seq);
+    if (n == 0) {
+        pyferry_raise(FERRY_ERR_INVALID_ARGUMENT, "descriptors: the list is empty");
+        return -1;
+    }
+    return n;
+}
+
+int pyferry_descs_fill(PyObject *seq, bool need_writable, ferry_descriptor_t *out, Py_ssize_t n,
+                       PyObject **keep_p)
+{
+    PyObject *keep = PyTuple_New(n);
+
+    if (keep == NULL) {
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *item = PyObject_TypeCheck(seq, pyferry_desc_type) ? (Py_INCREF(seq), seq)
+                                                                    : PySequence_GetItem(seq, i);
+        pyferry_desc_t *d;
+        char msg[160];
+
+        if (item == NULL) {
+            goto err_keep;
+        }
+        if (!PyObject_TypeCheck(item, pyferry_desc_type)) {
+            PyErr_Format(PyExc_TypeError, "descriptors[%zd]: expected a Descriptor, got %s", i,
+                         "another type");
+            Py_DECREF(item);
+            goto err_keep;
+        }
+        d = (pyferry_desc_t *)item;
+        if (need_writable && d->readonly) {
+            snprintf(msg, sizeof(msg),
+                     "descriptor %zd: the buffer is read-only, and this operation writes into "
+                     "local memory",
+                     i);
+            Py_DECREF(item);
+            pyferry_raise(FERRY_ERR_INVALID_ARGUMENT, msg);
+            goto err_keep;
+        }
+        out[i] = d->desc;
+        PyTuple_SetItem(keep, i, item); /* steals item */
+    }
+    *keep_p = keep;
+    return 0;
+
+err_keep:
+    Py_DECREF(keep);
+    return -1;
+}

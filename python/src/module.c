@@ -1,0 +1,246 @@
+/*
+ * module.c: ferry._ferry's module object: the exception factory, the small
+ * functions over libferry's tables (status names, device and size parsing,
+ * operation status names), the address of a buffer export, and module init.
+ *
+ * Module state is process-global (the module supports one interpreter):
+ * the four types and the exception factory.
+ */
+#include "pyferry.h"
+
+#include <string.h>
+
+PyTypeObject *pyferry_desc_type;
+PyTypeObject *pyferry_connector_type;
+PyTypeObject *pyferry_op_type;
+PyTypeObject *pyferry_coordinator_type;
+
+/* The package's callable (code, message) -> exception instance. */
+static PyObject *error_factory;
+
+PyObject *pyferry_raise(ferry_status_t code, const char *message)
+{
+    PyObject *exc;
+
+    if (message == NULL || message[0] == '\0') {
+        message = ferry_status_string(code);
+    }
+    if (error_factory == NULL) {
+        PyErr_Format(PyExc_RuntimeError, "%s: %s", ferry_status_name(code), message);
+        return NULL;
+    }
+    exc = PyObject_CallFunction(error_factory, "is", (int)code, message);
+    if (exc == NULL) {
+        return NULL;
+    }
+    PyErr_SetObject((PyObject *)Py_TYPE(exc), exc);
+    Py_DECREF(exc);
+    return NULL;
+}
+
+PyObject *pyferry_raise_last(ferry_status_t code)
+{
+    return pyferry_raise(code, ferry_last_error_message());
+}
+
+void pyferry_free_self(PyObject *self)
+{
+    PyTypeObject *tp = Py_TYPE(self);
+    freefunc free_fn = (freefunc)PyType_GetSlot(tp, Py_tp_free);
+
+    free_fn(self);
+    /* Instances of heap types hold a reference to their type. */
+    Py_DECREF((PyObject *)tp);
+}
+
+static PyObject *set_error_factory(PyObject *module, PyObject *fn)
+{
+    (void)module;
+    if (!PyCallable_Check(fn)) {
+        PyErr_SetString(PyExc_TypeError, "_set_error_factory: fn must be callable");
+        return NULL;
+    }
+    Py_INCREF(fn);
+    Py_XDECREF(error_factory);
+    error_factory = fn;
+    Py_RETURN_NONE;
+}
+
+/* [(code, "FERRY_ERR_NOT_FOUND", "not found"), ...]: every code libferry's
+ * table holds (FERRY_FOREACH_STATUS). */
+static PyObject *status_codes(PyObject *module, PyObject *unused)
+{
+    PyObject *list = PyList_New(0);
+
+    (void)module;
+    (void)unused;
+    if (list == NULL) {
+        return NULL;
+    }
+#define PYFERRY_STATUS_ITEM(name, value, msg)                                       \
+    do {                                                                            \
+        PyObject *item = Py_BuildValue("(iss)", (int)(value), "FERRY_" #name, msg); \
+        if (item == NULL || PyList_Append(list, item) < 0) {                        \
+            Py_XDECREF(item);                                                       \
+            Py_DECREF(list);                                                        \
+            return NULL;                                                            \
+        }                                                                           \
+        Py_DECREF(item);                                                            \
+    } while (0);
+    FERRY_FOREACH_STATUS(PYFERRY_STATUS_ITEM)
+#undef PYFERRY_STATUS_ITEM
+    return list;
+}
+
+static PyObject *status_name(PyObject *module, PyObject *arg)
+{
+    long code = PyLong_AsLong(arg);
+
+    (void)module;
+    if (code == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    return PyUnicode_FromString(ferry_status_name((ferry_status_t)code));
+}
+
+static PyObject *op_status_name(PyObject *module, PyObject *arg)
+{
+    long status = PyLong_AsLong(arg);
+
+    (void)module;
+    if (status == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    return PyUnicode_FromString(ferry_op_status_name((ferry_op_status_t)status));
+}
+
+/* "cuda:1" -> (2, 1) through libferry's own parser. */
+static PyObject *device_parse(PyObject *module, PyObject *arg)
+{
+    const char *text;
+    ferry_device_t dev;
+    ferry_status_t status;
+
+    (void)module;
+    text = PyUnicode_AsUTF8AndSize(arg, NULL);
+    if (text == NULL) {
+        return NULL;
+    }
+    status = ferry_device_parse(text, &dev);
+    if (status != FERRY_OK) {
+        return pyferry_raise_last(status);
+    }
+    return Py_BuildValue("(iI)", (int)dev.kind, (unsigned int)dev.id);
+}
+
+static PyObject *parse_size(PyObject *module, PyObject *arg)
+{
+    const char *text;
+    uint64_t size;
+    ferry_status_t status;
+
+    (void)module;
+    text = PyUnicode_AsUTF8AndSize(arg, NULL);
+    if (text == NULL) {
+        return NULL;
+    }
+    status = ferry_parse_size(text, &size);
+    if (status != FERRY_OK) {
+        return pyferry_raise_last(status);
+    }
+    return PyLong_FromUnsignedLongLong(size);
+}
+
+/* The address of a C-contiguous buffer export (a memoryview the caller
+ * keeps: its export is what keeps the address valid). */
+static PyObject *buffer_address(PyObject *module, PyObject *obj)
+{
+    Py_buffer view;
+    PyObject *addr;
+
+    (void)module;
+    if (PyObject_GetBuffer(obj, &view, PyBUF_C_CONTIGUOUS) < 0) {
+        return NULL;
+    }
+    addr = PyLong_FromVoidPtr(view.buf);
+    PyBuffer_Release(&view);
+    return addr;
+}
+
+static PyMethodDef module_methods[] = {
+    {"_set_error_factory", set_error_factory, METH_O,
+     "_set_error_factory(fn): fn(code, message) returns the exception to raise."},
+    {"status_codes", status_codes, METH_NOARGS,
+     "status_codes() -> [(code, name, text)]: every status code libferry defines."},
+    {"status_name", status_name, METH_O, "status_name(code) -> 'FERRY_ERR_...'."},
+    {"op_status_name", op_status_name, METH_O,
+     "op_status_name(status) -> 'COMPLETE' etc. (libferry's names)."},
+    {"device_parse", device_parse, METH_O,
+     "device_parse(text) -> (kind, id): libferry's parser of 'cpu', 'cuda:N'."},
+    {"parse_size", parse_size, METH_O, "parse_size('64MiB') -> 67108864 (libferry's parser)."},
+    {"_buffer_address", buffer_address, METH_O,
+     "_buffer_address(memoryview) -> int: the address of a C-contiguous export."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module_def = {
+    PyModuleDef_HEAD_INIT,
+    "ferry._ferry",
+    "libferry's public API for Python (the package ferry builds on it).",
+    -1,
+    module_methods,
+    NULL,
+    NULL,
+    NULL,
+    NULL,
+};
+
+static int add_type(PyObject *m, const char *name, PyTypeObject *tp)
+{
+    if (tp == NULL) {
+        return -1;
+    }
+    Py_INCREF((PyObject *)tp);
+    if (PyModule_AddObject(m, name, (PyObject *)tp) < 0) {
+        Py_DECREF((PyObject *)tp);
+        return -1;
+    }
+    return 0;
+}
+
+PyMODINIT_FUNC PyInit__ferry(void);
+
+PyMODINIT_FUNC PyInit__ferry(void)
+{
+    PyObject *m = PyModule_Create(&module_def);
+
+    if (m == NULL) {
+        return NULL;
+    }
+    pyferry_desc_type = pyferry_desc_type_create(m);
+    if (add_type(m, "_Descriptor", pyferry_desc_type) < 0) {
+        goto err_module;
+    }
+    pyferry_connector_type = pyferry_connector_type_create(m);
+    if (add_type(m, "_Connector", pyferry_connector_type) < 0) {
+        goto err_module;
+    }
+    pyferry_op_type = pyferry_op_type_create(m);
+    if (add_type(m, "_Operation", pyferry_op_type) < 0) {
+        goto err_module;
+    }
+    pyferry_coordinator_type = pyferry_coordinator_type_create(m);
+    if (add_type(m, "_Coordinator", pyferry_coordinator_type) < 0) {
+        goto err_module;
+    }
+    if (PyModule_AddIntConstant(m, "DEVICE_HOST", FERRY_DEVICE_HOST) < 0 ||
+        PyModule_AddIntConstant(m, "DEVICE_CUDA", FERRY_DEVICE_CUDA) < 0 ||
+        PyModule_AddIntConstant(m, "NOTIFICATION_KEY_LEN", FERRY_NOTIFICATION_KEY_LEN) < 0) {
+        goto err_module;
+    }
+    return m;
+
+err_module:
+    Py_DECREF(m);
+    return NULL;
+}

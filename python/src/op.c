@@ -1,0 +1,511 @@
+/*
+ * op.c: _Operation, one ferry_op_t: status, error, metadata, wait, cancel,
+ * close, publish, and the done callback that feeds the connector's
+ * completion queue (connector.c).
+ *
+ * Life: made by the connector (_create, _begin_by_id) through
+ * pyferry_op_wrap; close() (or dealloc) cancels it when unfinished, keeps
+ * its final status and error, and destroys the handle. ferry_op_destroy
+ * waits for a running done callback and stops later ones, so once it
+ * returns the operation can unlink itself from the queue and nothing on
+ * libferry's threads names it again.
+ *
+ * Threads: every function here runs with the GIL, except inside
+ * Py_BEGIN/END_ALLOW_THREADS (where only the handle is used, and busy > 0
+ * keeps close() from another thread away) and on_done, which runs on
+ * libferry's progress thread and touches only the queue, under done_lock.
+ */
+#include "pyferry.h"
+
+#include <stdint.h>
+#include <unistd.h>
+
+/* libferry's progress thread: append to the connector's queue, signal the
+ * fd when the queue was empty. No Python API here. */
+static void on_done(ferry_op_t *op, ferry_op_status_t status, void *arg)
+{
+    pyferry_op_t *self = arg;
+    pyferry_connector_t *c = self->connector;
+    bool was_empty;
+    uint64_t one = 1;
+
+    (void)op;
+    (void)status;
+    pthread_mutex_lock(&c->done_lock);
+    was_empty = c->done_head == NULL;
+    self->queued = true;
+    self->done_next = NULL;
+    *c->done_tail = self;
+    c->done_tail = &self->done_next;
+    pthread_mutex_unlock(&c->done_lock);
+    if (was_empty) {
+        /* Only fails when the counter would overflow: it is then readable. */
+        (void)!write(c->efd, &one, sizeof(one));
+    }
+}
+
+/* Removes self from the connector's queue if it is there (close, dealloc). */
+static void unlink_from_queue(pyferry_op_t *self)
+{
+    pyferry_connector_t *c = self->connector;
+
+    pthread_mutex_lock(&c->done_lock);
+    if (self->queued) {
+        pyferry_op_t **pp = &c->done_head;
+        while (*pp != self) {
+            pp = &(*pp)->done_next;
+        }
+        *pp = self->done_next;
+        if (c->done_tail == &self->done_next) {
+            c->done_tail = pp;
+        }
+        self->queued = false;
+    }
+    pthread_mutex_unlock(&c->done_lock);
+}
+
+PyObject *pyferry_op_wrap(PyObject *cls, ferry_op_t *handle, int kind, pyferry_connector_t *conn,
+                          PyObject *descs, pyferry_coordinator_t *coord)
+{
+    pyferry_op_t *self;
+
+    if (!PyType_Check(cls) || !PyType_IsSubtype((PyTypeObject *)cls, pyferry_op_type)) {
+        PyErr_SetString(PyExc_TypeError, "operation class must subclass _Operation");
+        goto err_handle;
+    }
+    self = (pyferry_op_t *)PyObject_CallNoArgs(cls);
+    if (self == NULL) {
+        goto err_handle;
+    }
+    self->op = handle;
+    self->kind = kind;
+    Py_INCREF((PyObject *)conn);
+    self->connector = conn;
+    conn->live_ops++;
+    Py_INCREF(descs);
+    self->descs = descs;
+    if (coord != NULL) {
+        Py_INCREF((PyObject *)coord);
+        self->coordinator = coord;
+        coord->live_ops++;
+    }
+    return (PyObject *)self;
+
+err_handle:
+    Py_BEGIN_ALLOW_THREADS ferry_op_destroy(handle);
+    Py_END_ALLOW_THREADS return NULL;
+}
+
+static PyObject *op_new(PyTypeObject *tp, PyObject *args, PyObject *kwargs)
+{
+    pyferry_op_t *self;
+
+    (void)args;
+    (void)kwargs;
+    self = (pyferry_op_t *)((allocfunc)PyType_GetSlot(tp, Py_tp_alloc))(tp, 0);
+    if (self != NULL) {
+        self->closed_status = FERRY_OP_STATUS_UNINITIALIZED;
+    }
+    return (PyObject *)self;
+}
+
+static int check_open(pyferry_op_t *self)
+{
+    if (self->op == NULL) {
+        pyferry_raise(FERRY_ERR_MISUSE, "operation: closed");
+        return -1;
+    }
+    return 0;
+}
+
+/* Cancels an unfinished operation, keeps its outcome, destroys the handle
+ * and lets go of what it held. The handle must not be busy. */
+static void op_release(pyferry_op_t *self)
+{
+    ferry_op_t *op = self->op;
+    const char *msg = "";
+
+    if (op == NULL) {
+        return;
+    }
+    /* Closed from here on for every other thread (they run only while the
+     * GIL is released below), with the status as it is now meanwhile. */
+    self->op = NULL;
+    self->closed_status = ferry_op_status(op);
+    Py_BEGIN_ALLOW_THREADS ferry_op_cancel(op);
+    Py_END_ALLOW_THREADS self->closed_status = ferry_op_status(op);
+    self->closed_code = ferry_op_error(op, &msg);
+    self->closed_message = PyUnicode_FromString(msg != NULL ? msg : "");
+    if (self->closed_message == NULL) {
+        PyErr_Clear();
+    }
+    Py_BEGIN_ALLOW_THREADS ferry_op_destroy(op);
+    Py_END_ALLOW_THREADS unlink_from_queue(self);
+    self->connector->live_ops--;
+    if (self->coordinator != NULL) {
+        self->coordinator->live_ops--;
+    }
+    Py_CLEAR(self->descs);
+    /* The connector and coordinator stay referenced until dealloc: the
+     * queue above is the connector's, and a closed operation is cheap. */
+}
+
+static void op_dealloc(PyObject *obj)
+{
+    pyferry_op_t *self = (pyferry_op_t *)obj;
+    PyObject *type, *value, *tb;
+
+    /* Dealloc may run while an exception is being raised. */
+    PyErr_Fetch(&type, &value, &tb);
+    op_release(self);
+    PyErr_Restore(type, value, tb);
+    Py_CLEAR(self->closed_message);
+    Py_CLEAR(self->descs);
+    Py_CLEAR(self->coordinator);
+    Py_CLEAR(self->connector);
+    pyferry_free_self(obj);
+}
+
+static PyObject *op_close(PyObject *obj, PyObject *unused)
+{
+    pyferry_op_t *self = (pyferry_op_t *)obj;
+
+    (void)unused;
+    if (self->busy > 0) {
+        return pyferry_raise(FERRY_ERR_BUSY,
+                             "operation: in use by another thread (a wait); cancel it first");
+    }
+    op_release(self);
+    Py_RETURN_NONE;
+}
+
+static PyObject *op_get_status(PyObject *obj, void *closure)
+{
+    pyferry_op_t *self = (pyferry_op_t *)obj;
+
+    (void)closure;
+    return PyLong_FromLong(self->op != NULL ? (long)ferry_op_status(self->op)
+                                            : (long)self->closed_status);
+}
+
+static PyObject *op_get_closed(PyObject *obj, void *closure)
+{
+    (void)closure;
+    return PyBool_FromLong(((pyferry_op_t *)obj)->op == NULL);
+}
+
+static PyObject *op_get_busy(PyObject *obj, void *closure)
+{
+    (void)closure;
+    return PyLong_FromLong(((pyferry_op_t *)obj)->busy);
+}
+
+static PyObject *op_get_kind(PyObject *obj, void *closure)
+{
+    (void)closure;
+    return PyLong_FromLong(((pyferry_op_t *)obj)->kind);
+}
+
+static PyObject *op_get_connector(PyObject *obj, void *closure)
+{
+    PyObject *conn = (PyObject *)((pyferry_op_t *)obj)->connector;
+
+    (void)closure;
+    if (conn == NULL) {
+        Py_RETURN_NONE;
+    }
+    Py_INCREF((PyObject *)conn);
+    return conn;
+}
+
+static PyObject *op_get_descriptors(PyObject *obj, void *closure)
+{
+    pyferry_op_t *self = (pyferry_op_t *)obj;
+
+    (void)closure;
+    if (self->descs == NULL) {
+        return PyTuple_New(0);
+    }
+    Py_INCREF(self->descs);
+    return self->descs;
+}
+
+/* (code, message): FERRY_OK and "" unless the operation failed. */
+static PyObject *op_error(PyObject *obj, PyObject *unused)
+{
+    pyferry_op_t *self = (pyferry_op_t *)obj;
+    const char *msg = "";
+    ferry_status_t code;
+
+    (void)unused;
+    if (self->op == NULL) {
+        return Py_BuildValue("(iO)", (int)self->closed_code,
+                             self->closed_message != NULL ? self->closed_message : Py_None);
+    }
+    code = ferry_op_error(self->op, &msg);
+    return Py_BuildValue("(is)", (int)code, msg != NULL ? msg : "");
+}
+
+/* Raises the exception for a final, unsuccessful wait result. */
+static PyObject *raise_outcome(pyferry_op_t *self, ferry_status_t status)
+{
+    const char *msg = "";
+
+    if (status == FERRY_ERR_TIMED_OUT || self->op == NULL) {
+        return pyferry_raise(status, "operation: the wait timed out (the operation goes on)");
+    }
+    ferry_op_error(self->op, &msg);
+    return pyferry_raise(status, msg != NULL && msg[0] != '\0' ? msg : NULL);
+}
+
+static PyObject *op_outcome(PyObject *obj, PyObject *unused);
+
+/* _wait(timeout_ms): -1 waits without limit. Returns None on COMPLETE,
+ * raises on CANCELLED / ERRORED / timeout. The wait is cut into slices so
+ * that signals (Ctrl-C) are seen. */
+static PyObject *op_wait(PyObject *obj, PyObject *arg)
+{
+    pyferry_op_t *self = (pyferry_op_t *)obj;
+    long timeout_ms = PyLong_AsLong(arg);
+    ferry_op_t *op = self->op;
+    ferry_status_t status;
+
+    if (timeout_ms == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    if (op == NULL) {
+        return op_outcome(obj, NULL); /* closed: final, its outcome kept */
+    }
+    for (;;) {
+        int slice = timeout_ms < 0 || timeout_ms > 200 ? 200 : (int)timeout_ms;
+        self->busy++;
+        Py_BEGIN_ALLOW_THREADS status = ferry_op_wait(op, slice);
+        Py_END_ALLOW_THREADS self->busy--;
+        if (status != FERRY_ERR_TIMED_OUT) {
+            break;
+        }
+        if (timeout_ms >= 0) {
+            timeout_ms -= slice;
+            if (timeout_ms <= 0) {
+                break;
+            }
+        }
+        if (PyErr_CheckSignals() < 0) {
+            return NULL;
+        }
+    }
+    if (status == FERRY_OK) {
+        Py_RETURN_NONE;
+    }
+    return raise_outcome(self, status);
+}
+
+/* _outcome(): None when COMPLETE, raises for CANCELLED / ERRORED, after a
+ * completion came through the queue (or on a closed operation). */
+static PyObject *op_outcome(PyObject *obj, PyObject *unused)
+{
+    pyferry_op_t *self = (pyferry_op_t *)obj;
+    const char *msg = NULL;
+    ferry_op_status_t st;
+
+    (void)unused;
+    if (self->op == NULL) {
+        if (self->closed_status == FERRY_OP_STATUS_COMPLETE) {
+            Py_RETURN_NONE;
+        }
+        return pyferry_raise(self->closed_code < 0 ? self->closed_code : FERRY_ERR_CANCELLED,
+                             self->closed_message != NULL
+                                 ? PyUnicode_AsUTF8AndSize(self->closed_message, NULL)
+                                 : NULL);
+    }
+    st = ferry_op_status(self->op);
+    if (st == FERRY_OP_STATUS_COMPLETE) {
+        Py_RETURN_NONE;
+    }
+    if (st != FERRY_OP_STATUS_CANCELLED && st != FERRY_OP_STATUS_ERRORED) {
+        return pyferry_raise(FERRY_ERR_MISUSE, "operation: not final yet");
+    }
+    if (st == FERRY_OP_STATUS_CANCELLED) {
+        return raise_outcome(self, FERRY_ERR_CANCELLED);
+    }
+    return raise_outcome(self, ferry_op_error(self->op, &msg));
+}
+
+static PyObject *op_cancel(PyObject *obj, PyObject *unused)
+{
+    pyferry_op_t *self = (pyferry_op_t *)obj;
+    ferry_op_t *op = self->op;
+
+    (void)unused;
+    if (op == NULL) {
+        Py_RETURN_NONE; /* closed: final already */
+    }
+    self->busy++;
+    Py_BEGIN_ALLOW_THREADS ferry_op_cancel(op);
+    Py_END_ALLOW_THREADS self->busy--;
+    Py_RETURN_NONE;
+}
+
+/* Sets the done callback once, so that the completion reaches the queue. */
+static PyObject *op_arm(PyObject *obj, PyObject *unused)
+{
+    pyferry_op_t *self = (pyferry_op_t *)obj;
+    ferry_status_t status;
+
+    (void)unused;
+    if (check_open(self) < 0) {
+        return NULL;
+    }
+    if (!self->armed) {
+        status = ferry_op_set_done_callback(self->op, on_done, self);
+        if (status != FERRY_OK) {
+            return pyferry_raise_last(status);
+        }
+        self->armed = true;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *op_metadata(PyObject *obj, PyObject *unused)
+{
+    pyferry_op_t *self = (pyferry_op_t *)obj;
+    const uint8_t *bytes;
+    size_t len;
+    ferry_status_t status;
+
+    (void)unused;
+    if (check_open(self) < 0) {
+        return NULL;
+    }
+    status = ferry_op_metadata(self->op, &bytes, &len);
+    if (status != FERRY_OK) {
+        return pyferry_raise_last(status);
+    }
+    return PyBytes_FromStringAndSize((const char *)bytes, (Py_ssize_t)len);
+}
+
+static PyObject *op_notification_key(PyObject *obj, PyObject *unused)
+{
+    pyferry_op_t *self = (pyferry_op_t *)obj;
+    const uint8_t *key;
+    ferry_status_t status;
+
+    (void)unused;
+    if (check_open(self) < 0) {
+        return NULL;
+    }
+    status = ferry_op_notification_key(self->op, &key);
+    if (status != FERRY_OK) {
+        return pyferry_raise_last(status);
+    }
+    return PyBytes_FromStringAndSize((const char *)key, FERRY_NOTIFICATION_KEY_LEN);
+}
+
+/* _publish(coordinator, request_id, token or None, ttl_s) -> token */
+static PyObject *op_publish(PyObject *obj, PyObject *args)
+{
+    pyferry_op_t *self = (pyferry_op_t *)obj;
+    PyObject *coord_obj;
+    pyferry_coordinator_t *coord;
+    ferry_publish_params_t params = {.field_mask = 0};
+    const char *request_id, *token;
+    ferry_op_t *op = self->op;
+    ferry_status_t status;
+    int ttl_s;
+
+    if (!PyArg_ParseTuple(args, "O!szi:_publish", pyferry_coordinator_type, &coord_obj, &request_id,
+                          &token, &ttl_s)) {
+        return NULL;
+    }
+    coord = (pyferry_coordinator_t *)coord_obj;
+    if (check_open(self) < 0) {
+        return NULL;
+    }
+    if (coord->coord == NULL) {
+        return pyferry_raise(FERRY_ERR_MISUSE, "coordinator: closed");
+    }
+    if (self->coordinator != NULL && self->coordinator != coord) {
+        return pyferry_raise(FERRY_ERR_MISUSE, "operation: bound to another coordinator");
+    }
+    params.request_id = request_id;
+    params.access_token = token;
+    if (ttl_s > 0) {
+        params.field_mask |= FERRY_PUBLISH_PARAM_FIELD_TTL;
+        params.ttl_s = ttl_s;
+    }
+    /* Counted before the call: the coordinator must not close under it. */
+    if (self->coordinator == NULL) {
+        Py_INCREF((PyObject *)coord);
+        self->coordinator = coord;
+        coord->live_ops++;
+    }
+    self->busy++;
+    Py_BEGIN_ALLOW_THREADS status = ferry_op_publish(op, coord->coord, &params);
+    Py_END_ALLOW_THREADS self->busy--;
+    if (status != FERRY_OK) {
+        return pyferry_raise_last(status);
+    }
+    return PyUnicode_FromString(ferry_op_access_token(op));
+}
+
+static PyObject *op_get_access_token(PyObject *obj, void *closure)
+{
+    pyferry_op_t *self = (pyferry_op_t *)obj;
+    const char *token;
+
+    (void)closure;
+    token = self->op != NULL ? ferry_op_access_token(self->op) : NULL;
+    if (token == NULL) {
+        Py_RETURN_NONE;
+    }
+    return PyUnicode_FromString(token);
+}
+
+static PyMethodDef op_methods[] = {
+    {"close", op_close, METH_NOARGS,
+     "close(): cancels the operation if unfinished, then releases it (and, for a passive one, "
+     "its memory registration). Idempotent."},
+    {"error", op_error, METH_NOARGS, "error() -> (code, message): why it failed, if it did."},
+    {"cancel", op_cancel, METH_NOARGS, "cancel(): cancels; no-op when final."},
+    {"_wait", op_wait, METH_O, "_wait(timeout_ms)."},
+    {"_outcome", op_outcome, METH_NOARGS, "_outcome(): raise unless COMPLETE."},
+    {"_arm", op_arm, METH_NOARGS, "_arm(): report completion to the connector's queue."},
+    {"_metadata", op_metadata, METH_NOARGS, "_metadata() -> bytes."},
+    {"_notification_key", op_notification_key, METH_NOARGS, "_notification_key() -> bytes."},
+    {"_publish", op_publish, METH_VARARGS, "_publish(coordinator, request_id, token, ttl_s)."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef op_getset[] = {
+    {"_status", op_get_status, NULL, "The status as an int (OperationStatus values).", NULL},
+    {"closed", op_get_closed, NULL, "True once close() released the operation.", NULL},
+    {"_busy", op_get_busy, NULL, "Calls in flight with the GIL released.", NULL},
+    {"_kind", op_get_kind, NULL, "0 writable, 1 readable, 2 write, 3 read.", NULL},
+    {"connector", op_get_connector, NULL, "The Connector that made it.", NULL},
+    {"descriptors", op_get_descriptors, NULL, "The descriptors it holds (until closed).", NULL},
+    {"access_token", op_get_access_token, NULL, "The access token once published (None before).",
+     NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyType_Slot op_slots[] = {
+    {Py_tp_new, op_new},
+    {Py_tp_dealloc, op_dealloc},
+    {Py_tp_methods, op_methods},
+    {Py_tp_getset, op_getset},
+    {Py_tp_doc, "_Operation: one libferry operation (made by a Connector)."},
+    {0, NULL},
+};
+
+static PyType_Spec op_spec = {
+    "ferry._ferry._Operation",
+    sizeof(pyferry_op_t),
+    0,
+    Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
+    op_slots,
+};
+
+PyTypeObject *pyferry_op_type_create(PyObject *module)
+{
+    return (PyTypeObject *)PyType_FromModuleAndSpec(module, &op_spec, NULL);
+}

@@ -1,0 +1,129 @@
+/*
+ * pyferry.h: the C extension module ferry._ferry, the thin layer between
+ * Python and libferry's public API (ferry/ferry.h, ferry/coordinator.h).
+ *
+ * Built against Python's stable ABI (Py_LIMITED_API 3.11), so one
+ * _ferry.abi3.so loads in every CPython from 3.11 on. Every type is a heap
+ * type made from a PyType_Spec; the package (ferry/__init__.py) subclasses
+ * them to add the dynamo.connect surface (context managers, asyncio).
+ *
+ * Types and what they own:
+ *   _Descriptor   one ferry_descriptor_t and a strong reference to the
+ *                 object whose memory it names (a memoryview over an export,
+ *                 a tensor), so the memory outlives every operation on it.
+ *   _Connector    one ferry_connector_t (progress-thread mode), plus the
+ *                 completion queue: a done callback, on libferry's progress
+ *                 thread, appends the operation to a list under done_lock and
+ *                 signals an eventfd; Python drains the list from the event
+ *                 loop (loop.add_reader on the fd). The progress thread never
+ *                 takes the GIL.
+ *   _Operation    one ferry_op_t, a strong reference to its connector (an
+ *                 operation must be destroyed before its connector), to its
+ *                 descriptors and, once bound, to its coordinator.
+ *   _Coordinator  one ferry_coordinator_t.
+ *
+ * GIL: held for every Python object access; released around every libferry
+ * call that can block (create, begin, wait, cancel, destroy, publish,
+ * coordinator calls). An operation that is in use with the GIL released
+ * (busy > 0) refuses to be closed from another thread.
+ *
+ * Errors: libferry's status code and message become an exception through
+ * one Python callable the package installs (_set_error_factory), so the
+ * exception hierarchy lives in exactly one place (ferry/__init__.py).
+ */
+#ifndef PYFERRY_H
+#define PYFERRY_H
+
+#define PY_SSIZE_T_CLEAN
+#define Py_LIMITED_API 0x030B0000
+#include <Python.h>
+
+#include <pthread.h>
+#include <stdio.h>
+#include <stdbool.h>
+
+#include <ferry/coordinator.h>
+
+/* The four kinds of operation, as the package names them. */
+typedef enum {
+    PYFERRY_WRITABLE = 0,
+    PYFERRY_READABLE = 1,
+    PYFERRY_WRITE = 2,
+    PYFERRY_READ = 3,
+} pyferry_kind_t;
+
+typedef struct {
+    PyObject_HEAD ferry_descriptor_t desc;
+    PyObject *owner; /* strong: what keeps desc.ptr allocated; may be None */
+    bool readonly;
+} pyferry_desc_t;
+
+typedef struct pyferry_op pyferry_op_t;
+
+typedef struct {
+    PyObject_HEAD ferry_connector_t *conn; /* NULL once closed */
+    int efd;                               /* eventfd: readable when done_head is not empty */
+    pthread_mutex_t done_lock;
+    pyferry_op_t *done_head; /* guarded by done_lock */
+    pyferry_op_t **done_tail;
+    Py_ssize_t live_ops; /* operations not closed yet (GIL) */
+} pyferry_connector_t;
+
+typedef struct {
+    PyObject_HEAD ferry_coordinator_t *coord; /* NULL once closed */
+    Py_ssize_t live_ops;                      /* operations bound to it, not closed (GIL) */
+} pyferry_coordinator_t;
+
+struct pyferry_op {
+    PyObject_HEAD ferry_op_t *op;       /* NULL before creation and once closed */
+    pyferry_connector_t *connector;     /* strong */
+    PyObject *descs;                    /* strong: tuple of _Descriptor */
+    pyferry_coordinator_t *coordinator; /* strong once published or claimed */
+    int kind;                           /* pyferry_kind_t */
+    int busy;                           /* calls in flight with the GIL released (GIL) */
+    bool armed;                         /* done callback set; holds one reference to self (GIL) */
+    bool queued;                        /* on the connector's done list (done_lock) */
+    pyferry_op_t *done_next;            /* done_lock */
+    /* The outcome kept at close, for status and error afterwards. */
+    ferry_op_status_t closed_status;
+    ferry_status_t closed_code;
+    PyObject *closed_message; /* str or NULL */
+};
+
+/* The types, made at module init (module.c). */
+extern PyTypeObject *pyferry_desc_type;
+extern PyTypeObject *pyferry_connector_type;
+extern PyTypeObject *pyferry_op_type;
+extern PyTypeObject *pyferry_coordinator_type;
+
+/* Sets the Python exception for a libferry status and message (the
+ * package's factory; a RuntimeError before one is installed). Returns NULL
+ * for `return pyferry_raise(...)`. */
+PyObject *pyferry_raise(ferry_status_t code, const char *message);
+/* pyferry_raise with this thread's ferry_last_error_message(). */
+PyObject *pyferry_raise_last(ferry_status_t code);
+
+/* Fills out[0..n) from a sequence of _Descriptor; *keep_p gets a tuple of
+ * them (new reference). need_writable: every region must be writable (the
+ * operation writes into local memory). out must hold n entries; n comes
+ * from pyferry_descs_count. Returns -1 with an exception set. */
+Py_ssize_t pyferry_descs_count(PyObject *seq);
+int pyferry_descs_fill(PyObject *seq, bool need_writable, ferry_descriptor_t *out, Py_ssize_t n,
+                       PyObject **keep_p);
+
+/* Spec-building entry points, one per file. */
+PyTypeObject *pyferry_desc_type_create(PyObject *module);
+PyTypeObject *pyferry_connector_type_create(PyObject *module);
+PyTypeObject *pyferry_op_type_create(PyObject *module);
+PyTypeObject *pyferry_coordinator_type_create(PyObject *module);
+
+/* op.c: a new, empty operation of class cls (a subclass of _Operation)
+ * taking ownership of handle; steals nothing else (increfs conn, descs,
+ * coord). On failure destroys handle and returns NULL. */
+PyObject *pyferry_op_wrap(PyObject *cls, ferry_op_t *handle, int kind, pyferry_connector_t *conn,
+                          PyObject *descs, pyferry_coordinator_t *coord);
+
+/* Allocation and release common to the heap types. */
+void pyferry_free_self(PyObject *self);
+
+#endif /* PYFERRY_H */

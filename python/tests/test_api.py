@@ -1,0 +1,332 @@
+"""The package's surface without a coordinator: devices, descriptors (and
+their refusals), status and error tables against libferry's, metadata and
+its JSON form, and transfers between two operations of one process."""
+import gc
+import json
+import weakref
+
+import numpy as np
+import pytest
+import torch
+
+import ferry
+from ferry import _ferry
+
+from conftest import pattern
+
+
+def test_stable_abi_module_name():
+    assert _ferry.__file__.endswith("_ferry.abi3.so")
+
+
+def test_device_forms():
+    assert str(ferry.Device("cpu")) == "cpu"
+    assert ferry.Device("host") == ferry.Device("cpu")
+    d = ferry.Device("cuda")
+    assert (d.kind, d.id) == (ferry.DeviceKind.CUDA, 0)
+    d = ferry.Device("cuda:3")
+    assert (d.kind, d.id, str(d)) == (ferry.DeviceKind.CUDA, 3, "cuda:3")
+    assert ferry.Device(torch.device("cpu")) == "cpu"
+    assert ferry.Device(torch.device("cuda", 2)) == "cuda:2"
+    for bad in ["gpu", "cuda:", "cuda:-1", "cuda: 1", ""]:
+        with pytest.raises(ferry.InvalidArgument):
+            ferry.Device(bad)
+
+
+def test_operation_status_matches_libferry():
+    for s in ferry.OperationStatus:
+        assert _ferry.op_status_name(int(s)) == s.name
+    assert [s.value for s in ferry.OperationStatus] == [0, 1, 2, 3, 4, 5]
+
+
+def test_every_libferry_code_has_its_class():
+    for code, name, text in _ferry.status_codes():
+        if code == 0:
+            continue
+        exc = ferry._make_error(code, "m")
+        assert isinstance(exc, ferry.FerryError)
+        assert type(exc) is not ferry.FerryError, name
+        assert exc.code == code and exc.status_name == name and exc.message == "m"
+        assert type(exc).code == code
+
+
+def test_descriptor_from_buffers():
+    b = bytearray(100)
+    d = ferry.Descriptor(b)
+    assert (d.size, d.readonly, d.device) == (100, False, ferry.Device("cpu"))
+    assert ferry.Descriptor(b"abc").readonly
+    a = np.zeros((4, 8), np.float32)
+    d = ferry.Descriptor(a)
+    assert d.size == a.nbytes and d.ptr == a.__array_interface__["data"][0]
+    t = torch.zeros(10, dtype=torch.float64)
+    d = ferry.Descriptor(t)
+    assert d.size == 80 and d.ptr == t.data_ptr() and d.owner is t
+    d = ferry.Descriptor((a.ctypes.data, 16, "cpu"))
+    assert d.size == 16 and d.owner is None
+    # A slice of a tensor: the view's own address, not its storage's.
+    t = torch.arange(100, dtype=torch.uint8)
+    assert ferry.Descriptor(t[10:20]).ptr == t.data_ptr() + 10
+
+
+def test_descriptor_refusals():
+    with pytest.raises(ferry.InvalidArgument, match="not contiguous"):
+        ferry.Descriptor(np.zeros(100, np.uint8)[::2])
+    with pytest.raises(ferry.InvalidArgument, match="not contiguous"):
+        ferry.Descriptor(np.zeros((10, 10), np.uint8).T)
+    with pytest.raises(ferry.InvalidArgument, match="not contiguous"):
+        ferry.Descriptor(torch.zeros(10, 10).t())
+    with pytest.raises(ferry.InvalidArgument, match="not contiguous"):
+        ferry.Descriptor(memoryview(bytearray(100))[::3])
+    with pytest.raises(ferry.InvalidArgument):
+        ferry.Descriptor((0, 100, "cpu"))  # null pointer
+    with pytest.raises(ferry.InvalidArgument):
+        ferry.Descriptor(bytearray())  # zero size
+    with pytest.raises(TypeError):
+        ferry.Descriptor(12345)
+    with pytest.raises(ferry.InvalidArgument):
+        ferry.Descriptor(bytearray(10), device="cuda:0")
+
+
+def test_read_only_refused_for_writable_and_read(connector, sender):
+    with pytest.raises(ferry.InvalidArgument, match="read-only"):
+        connector.create_writable(ferry.Descriptor(b"x" * 64))
+    ro = np.zeros(64, np.uint8)
+    ro.flags.writeable = False
+    with pytest.raises(ferry.InvalidArgument, match="read-only"):
+        connector.create_writable(ferry.Descriptor(ro))
+    with connector.create_readable(ferry.Descriptor(bytearray(64))) as readable:
+        with pytest.raises(ferry.InvalidArgument, match="read-only"):
+            sender.begin_read(readable.metadata(), ferry.Descriptor(b"y" * 64))
+        # A read-only buffer is fine as a source.
+    with connector.create_readable(ferry.Descriptor(b"z" * 64)) as readable:
+        assert readable.status == ferry.OperationStatus.INITIALIZED
+
+
+def test_cuda_descriptor_refused_where_libferry_refuses(connector):
+    host = np.zeros(64, np.uint8)
+    d = ferry.Descriptor((host.ctypes.data, 64, "cuda:0"))
+    assert d.device == "cuda:0"
+    if connector.is_cuda_available:
+        pytest.skip("this UCX registers CUDA memory")
+    with pytest.raises(ferry.Unimplemented, match="CUDA"):
+        connector.create_writable(d)
+
+
+def test_metadata_json_round_trip(connector):
+    with connector.create_writable(ferry.Descriptor(bytearray(4096))) as op:
+        md = op.metadata()
+        assert isinstance(md, ferry.RdmaMetadata) and len(md) > 0
+        text = md.to_json()
+        assert json.loads(text)["format"] == "ferry.v1.RdmaMetadata"
+        assert ferry.RdmaMetadata.from_json(text) == md
+        assert bytes(ferry.RdmaMetadata.from_json(json.loads(text))) == bytes(md)
+    with pytest.raises(ferry.InvalidArgument):
+        ferry.RdmaMetadata.from_json('{"format": "other", "base64": ""}')
+
+
+def write_once(connector, sender, dst, src, **kw):
+    with connector.create_writable(dst) as w:
+        with sender.begin_write(src, w.metadata(), **kw) as a:
+            a.wait(30)
+        w.wait(30)
+        assert w.status == ferry.OperationStatus.COMPLETE
+    assert w.status == ferry.OperationStatus.COMPLETE  # kept after close
+
+
+def test_write_and_read_in_process(connector, sender):
+    src = pattern(1 << 20)
+    dst = np.zeros(1 << 20, np.uint8)
+    write_once(connector, sender, ferry.Descriptor(dst), ferry.Descriptor(src))
+    assert np.array_equal(dst, src)
+    # Read: the readable serves a torch tensor, the reader lands in a bytearray.
+    t = torch.from_numpy(pattern(4097).copy())
+    out = bytearray(4097)
+    with connector.create_readable(ferry.Descriptor(t)) as r:
+        with sender.begin_read(r.metadata(), ferry.Descriptor(out)) as a:
+            a.wait(30)
+        r.wait(30)
+    assert bytes(out) == pattern(4097).tobytes()
+
+
+def test_active_metadata_is_misuse(connector, sender):
+    dst = bytearray(8)
+    with connector.create_writable(ferry.Descriptor(dst)) as w:
+        with sender.begin_write(ferry.Descriptor(b"12345678"), w.metadata()) as a:
+            with pytest.raises(ferry.Misuse):
+                a._metadata()
+            a.wait(30)
+
+
+def test_size_mismatch_names_both_sizes(connector, sender):
+    with connector.create_writable(ferry.Descriptor(bytearray(4096))) as w:
+        with pytest.raises(ferry.SizeMismatch) as e:
+            sender.begin_write(ferry.Descriptor(bytearray(8192)), w.metadata())
+        assert "4096" in str(e.value) and "8192" in str(e.value)
+        assert e.value.code == ferry.InvalidArgument.code
+        with pytest.raises(ferry.SizeMismatch, match="count"):
+            sender.begin_write([ferry.Descriptor(bytearray(2048))] * 2, w.metadata())
+        assert w.status == ferry.OperationStatus.INITIALIZED  # nothing harmed
+
+
+def test_kind_mismatch(connector, sender):
+    with connector.create_readable(ferry.Descriptor(bytearray(64))) as r:
+        with pytest.raises(ferry.KindMismatch, match="readable"):
+            sender.begin_write(ferry.Descriptor(bytearray(64)), r.metadata())
+    with connector.create_writable(ferry.Descriptor(bytearray(64))) as w:
+        with pytest.raises(ferry.KindMismatch, match="writable"):
+            sender.begin_read(w.metadata(), ferry.Descriptor(bytearray(64)))
+
+
+def test_mixed_device_kinds_refused(connector):
+    host = np.zeros(64, np.uint8)
+    descs = [ferry.Descriptor(host), ferry.Descriptor((host.ctypes.data, 64, "cuda:0"))]
+    with pytest.raises(ferry.InvalidArgument):
+        connector.create_writable(descs)
+
+
+def test_wait_times_out_and_the_operation_goes_on(connector, sender):
+    dst = bytearray(64)
+    with connector.create_writable(ferry.Descriptor(dst)) as w:
+        with pytest.raises(ferry.TimedOut):
+            w.wait(0.05)
+        assert w.status == ferry.OperationStatus.INITIALIZED
+        with sender.begin_write(ferry.Descriptor(b"a" * 64), w.metadata()) as a:
+            a.wait(30)
+        w.wait(30)
+    assert bytes(dst) == b"a" * 64
+
+
+def test_cancel_passive_refuses_the_writer(connector, sender):
+    dst = bytearray(64)
+    w = connector.create_writable(ferry.Descriptor(dst))
+    md = w.metadata()
+    w.cancel()
+    assert w.status == ferry.OperationStatus.CANCELLED
+    with pytest.raises(ferry.Cancelled):
+        w.wait(1)
+    with sender.begin_write(ferry.Descriptor(b"b" * 64), md) as a:
+        with pytest.raises(ferry.FerryError) as e:
+            a.wait(30)
+        assert a.status == ferry.OperationStatus.ERRORED
+        assert e.value.code == a.error()[0] and e.value.message == a.error()[1]
+    assert bytes(dst) == bytes(64)
+    w.close()
+
+
+def test_leaving_with_cancels_and_releases(connector, sender):
+    dst = bytearray(64)
+    with connector.create_writable(ferry.Descriptor(dst)) as w:
+        md = w.metadata()
+    assert w.closed and w.status == ferry.OperationStatus.CANCELLED
+    assert w.descriptors == ()
+    with pytest.raises(ferry.Misuse):
+        w.metadata()
+    with pytest.raises(ferry.Cancelled):
+        w.wait()
+    # The memory is released: a writer is refused and nothing lands.
+    with sender.begin_write(ferry.Descriptor(b"c" * 64), md) as a:
+        with pytest.raises(ferry.FerryError):
+            a.wait(30)
+    assert bytes(dst) == bytes(64)
+    dst.extend(b"x")  # no export holds the bytearray any more
+
+
+def test_owner_dropped_while_an_operation_holds_it(connector, sender):
+    arr = np.zeros(1 << 16, np.uint8)
+    ref = weakref.ref(arr)
+    w = connector.create_writable(ferry.Descriptor(arr))
+    del arr
+    gc.collect()
+    assert ref() is not None  # the operation keeps it alive
+    src = pattern(1 << 16)
+    with sender.begin_write(ferry.Descriptor(src), w.metadata()) as a:
+        a.wait(30)
+    w.wait(30)
+    assert np.array_equal(ref(), src)
+    w.close()
+    gc.collect()
+    assert ref() is None  # and lets go once closed
+
+
+def test_bytearray_cannot_resize_under_an_operation(connector):
+    b = bytearray(64)
+    with connector.create_writable(ferry.Descriptor(b)):
+        with pytest.raises(BufferError):
+            b.extend(b"x")
+
+
+def test_connector_close_refuses_while_operations_live():
+    c = ferry.Connector("close-test")
+    op = c.create_writable(ferry.Descriptor(bytearray(64)))
+    with pytest.raises(ferry.Busy):
+        c.close()
+    op.close()
+    c.close()
+    assert c.closed
+    with pytest.raises(ferry.Misuse):
+        c.create_writable(ferry.Descriptor(bytearray(64)))
+
+
+def test_properties(connector):
+    assert connector.name == "py-test"
+    assert isinstance(connector.hostname, str) and connector.hostname
+    assert isinstance(connector.is_cuda_available, bool)
+    assert "notices_received" in connector.stats()
+
+
+def test_close_refused_while_another_thread_waits(connector, sender):
+    import threading
+    import time
+
+    w = connector.create_writable(ferry.Descriptor(bytearray(64)))
+    errors = []
+
+    def waiter():
+        try:
+            w.wait(60)
+        except ferry.FerryError as e:
+            errors.append(e)
+
+    t = threading.Thread(target=waiter)
+    t.start()
+    deadline = time.monotonic() + 10
+    while w._busy == 0:  # until the other thread is inside wait(), the GIL released
+        assert time.monotonic() < deadline, "the waiter never got into wait()"
+        time.sleep(0.001)
+    with pytest.raises(ferry.Busy):
+        w.close()
+    assert not w.closed
+    w.cancel()  # wakes the waiter
+    t.join(10)
+    assert not t.is_alive() and isinstance(errors[0], ferry.Cancelled)
+    w.close()
+
+
+def test_every_public_name_has_a_docstring():
+    import inspect
+
+    missing = []
+    for name in ferry.__all__:
+        obj = getattr(ferry, name)
+        if not inspect.getdoc(obj):
+            missing.append(name)
+        if inspect.isclass(obj) and not issubclass(obj, (BaseException, int)):
+            for attr, value in vars(obj).items():
+                if attr.startswith("_") or not (callable(value) or isinstance(value, property)):
+                    continue
+                if not inspect.getdoc(getattr(obj, attr)):
+                    missing.append(f"{name}.{attr}")
+    for cls in (ferry.WritableOperation, ferry.WriteOperation, ferry.Connector):
+        for attr in ("status", "wait", "wait_for_completion", "cancel", "close", "name",
+                     "hostname", "is_cuda_available", "create_writable", "begin_write"):
+            if hasattr(cls, attr) and not inspect.getdoc(getattr(cls, attr)):
+                missing.append(f"{cls.__name__}.{attr}")
+    assert not missing, missing
+
+
+def test_stubs_and_marker_ship_beside_the_module():
+    import os
+
+    here = os.path.dirname(_ferry.__file__)
+    assert os.path.exists(os.path.join(here, "py.typed"))
+    assert os.path.exists(os.path.join(here, "_ferry.pyi"))

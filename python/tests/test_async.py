@@ -1,0 +1,167 @@
+"""asyncio: the seed's own example (an async receiver with a torch tensor,
+the metadata handed over an HTTP side channel) against a writer in another
+process; hundreds of operations awaited at once from one loop, completing
+in any order; waits that time out, cancellation, and closing under a
+waiter."""
+import asyncio
+import json
+import os
+import random
+import subprocess
+import sys
+import threading
+import urllib.request
+
+import numpy as np
+import pytest
+import torch
+
+import ferry
+
+from conftest import pattern
+
+
+class Receiver:
+    """The seed example's class, unchanged but for the package name."""
+
+    def __init__(self, connector, writer_url):
+        self.connector = connector
+        self.writer_url = writer_url
+
+    async def request_remote_data(self, op_metadata):
+        body = json.dumps({"metadata": op_metadata.to_json(), "size": self.size}).encode()
+        req = urllib.request.Request(self.writer_url + "/write", data=body, method="POST")
+        loop = asyncio.get_running_loop()
+        reply = await loop.run_in_executor(None, lambda: urllib.request.urlopen(req, timeout=60))
+        assert reply.status == 200
+
+    async def recv_data(
+      self,
+      local_tensor: torch.Tensor
+    ) -> None:
+      descriptor = ferry.Descriptor(local_tensor)
+
+      with self.connector.create_writable(descriptor) as write_op:
+        op_metadata = write_op.metadata()
+
+        # Send the metadata to the remote worker via sideband communication.
+        await self.request_remote_data(op_metadata)
+        # Wait the remote worker to complete its write operation to local_tensor.
+        # AKA receive data from remote worker.
+        await write_op.wait_for_completion()
+
+
+@pytest.fixture(scope="module")
+def http_writer():
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [p for p in [os.environ.get("PYTHONPATH"), os.path.dirname(__file__)] if p]))
+    p = subprocess.Popen([sys.executable, os.path.join(os.path.dirname(__file__),
+                                                       "http_writer.py")],
+                         stdout=subprocess.PIPE, env=env, text=True)
+    port = int(p.stdout.readline())
+    url = f"http://127.0.0.1:{port}"
+    yield url
+    urllib.request.urlopen(urllib.request.Request(url + "/quit", data=b"", method="POST"))
+    assert p.wait(30) == 0
+
+
+@pytest.mark.parametrize("size", [1, 4096, (1 << 20) + 3, 64 << 20])
+def test_seed_example_recv_data(connector, http_writer, size):
+    receiver = Receiver(connector, http_writer)
+    receiver.size = size
+    local_tensor = torch.zeros(size, dtype=torch.uint8)
+    asyncio.run(receiver.recv_data(local_tensor))
+    assert np.array_equal(local_tensor.numpy(), pattern(size))
+
+
+def test_many_operations_awaited_at_once(connector, sender):
+    n = 300
+    dsts = [np.zeros(4096 + i, np.uint8) for i in range(n)]
+    srcs = [pattern(4096 + i) for i in range(n)]
+    finished = []
+
+    async def receive(i, op):
+        await op.wait_for_completion(timeout=120)
+        finished.append(i)
+
+    async def main():
+        threads = threading.active_count()
+        passive = [connector.create_writable(ferry.Descriptor(d)) for d in dsts]
+        waiters = [asyncio.ensure_future(receive(i, op)) for i, op in enumerate(passive)]
+        await asyncio.sleep(0)
+        # Every waiter is parked on its future: no thread per waiting operation.
+        assert threading.active_count() == threads
+        order = list(range(n))
+        random.Random(7).shuffle(order)
+        active = []
+        for i in order:
+            active.append(sender.begin_write(ferry.Descriptor(srcs[i]), passive[i].metadata()))
+            if len(active) % 32 == 0:
+                await asyncio.sleep(0)  # let completions come in meanwhile
+        await asyncio.gather(*(a.wait_for_completion(timeout=120) for a in active))
+        await asyncio.gather(*waiters)
+        for op in passive + active:
+            assert op.status == ferry.OperationStatus.COMPLETE
+            op.close()
+
+    asyncio.run(main())
+    assert sorted(finished) == list(range(n))
+    for d, s in zip(dsts, srcs):
+        assert np.array_equal(d, s)
+    assert connector._live_ops == 0 and sender._live_ops == 0
+
+
+def test_async_wait_times_out_then_completes(connector, sender):
+    async def main():
+        dst = bytearray(64)
+        with connector.create_writable(ferry.Descriptor(dst)) as w:
+            with pytest.raises(ferry.TimedOut):
+                await w.wait_for_completion(timeout=0.05)
+            assert w.status == ferry.OperationStatus.INITIALIZED
+            with sender.begin_write(ferry.Descriptor(b"t" * 64), w.metadata()) as a:
+                await a.wait_for_completion(10)
+            await w.wait_for_completion(10)
+            # Final already: answers at once, again.
+            await w.wait_for_completion()
+        assert bytes(dst) == b"t" * 64
+
+    asyncio.run(main())
+
+
+def test_cancel_wakes_the_async_waiter(connector):
+    async def main():
+        w = connector.create_writable(ferry.Descriptor(bytearray(64)))
+        waiter = asyncio.ensure_future(w.wait_for_completion())
+        await asyncio.sleep(0)
+        w.cancel()
+        with pytest.raises(ferry.Cancelled):
+            await asyncio.wait_for(waiter, 10)
+        w.close()
+
+    asyncio.run(main())
+
+
+def test_close_under_an_async_waiter(connector):
+    async def main():
+        w = connector.create_writable(ferry.Descriptor(bytearray(64)))
+        waiter = asyncio.ensure_future(w.wait_for_completion())
+        await asyncio.sleep(0)
+        w.close()
+        with pytest.raises(ferry.Cancelled):
+            await asyncio.wait_for(waiter, 10)
+
+    asyncio.run(main())
+
+
+def test_task_cancelled_while_waiting_leaves_nothing_behind(connector):
+    async def main():
+        w = connector.create_writable(ferry.Descriptor(bytearray(64)))
+        waiter = asyncio.ensure_future(w.wait_for_completion())
+        await asyncio.sleep(0)
+        waiter.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiter
+        assert w._waiters is None and not connector._loops
+        w.close()
+
+    asyncio.run(main())

@@ -1,0 +1,277 @@
+"""The package against C: Python receivers and C ferry-worker senders, C
+receivers and Python senders (and the read mirror), through a real
+ferry-coordinator over a real etcd. Every byte is checked: by the Python
+side against the pattern, by ferry-worker itself (its exit code says).
+Sizes 1 B to 64 MiB, 1 and 16 descriptors, numpy and torch. Then the
+coordinator's refusals: wrong token, unknown ID, a taken ID, cancel from
+either side."""
+import os
+import signal
+import subprocess
+import time
+
+import numpy as np
+import pytest
+import torch
+
+import ferry
+
+import ferry_harness
+from conftest import TOKEN, WORKER, pattern, split
+
+CASES = [(1, 1), (4096, 16), ((1 << 20) + 7, 1), ((1 << 20) + 7, 16), (64 << 20, 1),
+         (64 << 20, 16)]
+_ids = iter(range(1_000_000))
+
+
+def rid(prefix):
+    return f"{prefix}-{os.getpid()}-{next(_ids)}"
+
+
+def worker(cluster, cmd, request_id, size, descriptors, token=TOKEN, timeout=60):
+    args = [WORKER, cmd, "--coordinator", cluster.target, "--request-id", request_id, "--size",
+            str(size), "--descriptors", str(descriptors), "--timeout", str(timeout), "--quiet"]
+    if token is not None:
+        args += ["--token", token]
+    return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def start_passive(cluster, cmd, request_id, size, descriptors, **kw):
+    p = worker(cluster, cmd, request_id, size, descriptors, **kw)
+    line = p.stdout.readline()  # the worker says it registered
+    if "registered" not in line:
+        out, err = p.communicate(timeout=30)
+        raise AssertionError(f"{cmd} did not register: {line}{out}{err}")
+    return p
+
+
+def finish(p, timeout=120):
+    out, err = p.communicate(timeout=timeout)
+    return p.returncode, out, err
+
+
+def buffer(kind, size):
+    if kind == "numpy":
+        return np.zeros(size, np.uint8)
+    return torch.zeros(size, dtype=torch.uint8)
+
+
+def as_numpy(buf):
+    return buf if isinstance(buf, np.ndarray) else buf.numpy()
+
+
+def descriptors(buf, n):
+    return [ferry.Descriptor(part) for part in split(buf, n)]
+
+
+@pytest.mark.parametrize("kind", ["numpy", "torch"])
+@pytest.mark.parametrize("size,n", CASES)
+def test_python_receives_from_c_sender(connector, coordinator, cluster, kind, size, n):
+    buf = buffer(kind, size)
+    request_id = rid("py-recv")
+    with connector.create_writable(descriptors(buf, n)) as op:
+        assert op.publish(coordinator, request_id, TOKEN) == TOKEN
+        sender = worker(cluster, "send", request_id, size, n)
+        op.wait(120)
+        rc, out, err = finish(sender)
+        assert rc == 0, err
+    assert np.array_equal(as_numpy(buf), pattern(size))
+
+
+@pytest.mark.parametrize("kind", ["numpy", "torch"])
+@pytest.mark.parametrize("size,n", CASES)
+def test_c_receiver_from_python_sender(connector, coordinator, cluster, kind, size, n):
+    buf = buffer(kind, size)
+    as_numpy(buf)[:] = pattern(size)
+    request_id = rid("c-recv")
+    receiver = start_passive(cluster, "recv", request_id, size, n)
+    with connector.begin_write_by_id(coordinator, request_id, TOKEN, descriptors(buf, n),
+                                     wait=30) as op:
+        op.wait(120)
+    rc, out, err = finish(receiver)
+    assert rc == 0, err  # ferry-worker checked every byte
+    assert f"{size} bytes" in out
+
+
+@pytest.mark.parametrize("size,n", [(1, 1), ((1 << 20) + 7, 16), (64 << 20, 1)])
+def test_python_reads_from_c_server(connector, coordinator, cluster, size, n):
+    buf = np.zeros(size, np.uint8)
+    request_id = rid("c-serve")
+    server = start_passive(cluster, "serve", request_id, size, n)
+    with connector.begin_read_by_id(coordinator, request_id, TOKEN, descriptors(buf, n),
+                                    wait=30) as op:
+        op.wait(120)
+    assert finish(server)[0] == 0
+    assert np.array_equal(buf, pattern(size))
+
+
+@pytest.mark.parametrize("size,n", [(1, 1), ((1 << 20) + 7, 16)])
+def test_c_reads_from_python_server(connector, coordinator, cluster, size, n):
+    t = torch.from_numpy(pattern(size).copy())
+    request_id = rid("py-serve")
+    with connector.create_readable(descriptors(t, n)) as op:
+        token = op.publish(coordinator, request_id)  # the coordinator picks the token
+        assert token and op.access_token == token
+        reader = worker(cluster, "read", request_id, size, n, token=token)
+        op.wait(120)
+        rc, out, err = finish(reader)
+        assert rc == 0, err  # ferry-worker checked every byte
+
+
+def test_wrong_token_then_the_right_one(connector, coordinator):
+    dst = bytearray(4096)
+    request_id = rid("tok")
+    with connector.create_writable(ferry.Descriptor(dst)) as op:
+        op.publish(coordinator, request_id, TOKEN)
+        with pytest.raises(ferry.PermissionDenied):
+            connector.begin_write_by_id(coordinator, request_id, "wrong-token-0123456789",
+                                        ferry.Descriptor(b"w" * 4096))
+        assert op.status == ferry.OperationStatus.INITIALIZED
+        with connector.begin_write_by_id(coordinator, request_id, TOKEN,
+                                         ferry.Descriptor(b"r" * 4096)) as a:
+            a.wait(30)
+        op.wait(30)
+    assert bytes(dst) == b"r" * 4096
+
+
+def test_unknown_id(connector, coordinator):
+    with pytest.raises(ferry.NotFound):
+        connector.begin_write_by_id(coordinator, rid("nobody"), TOKEN,
+                                    ferry.Descriptor(b"x" * 64))
+    with pytest.raises(ferry.TimedOut):
+        connector.begin_write_by_id(coordinator, rid("nobody"), TOKEN,
+                                    ferry.Descriptor(b"x" * 64), wait=0.3)
+
+
+def test_size_mismatch_by_id_names_both_sizes(connector, coordinator):
+    request_id = rid("size")
+    with connector.create_writable(ferry.Descriptor(bytearray(4096))) as op:
+        op.publish(coordinator, request_id, TOKEN)
+        with pytest.raises(ferry.SizeMismatch) as e:
+            connector.begin_write_by_id(coordinator, request_id, TOKEN,
+                                        ferry.Descriptor(bytearray(8192)))
+        assert "4096" in e.value.message and "8192" in e.value.message
+
+
+def test_request_id_taken(connector, coordinator):
+    request_id = rid("taken")
+    with connector.create_writable(ferry.Descriptor(bytearray(64))) as a:
+        a.publish(coordinator, request_id, TOKEN)
+        with connector.create_writable(ferry.Descriptor(bytearray(64))) as b:
+            with pytest.raises(ferry.AlreadyExists):
+                b.publish(coordinator, request_id, TOKEN)
+
+
+def test_receiver_cancel_refuses_the_writer(connector, coordinator, cluster):
+    """The receiver cancels; the C writer is refused (by the coordinator or,
+    if it looked the ID up before the cancel reached the coordinator, by the
+    receiver's data plane) and no byte lands."""
+    request_id = rid("cancel-p")
+    dst = bytearray(4096)
+    op = connector.create_writable(ferry.Descriptor(dst))
+    op.publish(coordinator, request_id, TOKEN)
+    op.cancel()
+    with pytest.raises(ferry.Cancelled):
+        op.wait(5)
+    rc, out, err = finish(worker(cluster, "send", request_id, 4096, 1, timeout=5))
+    assert rc != 0, err
+    assert bytes(dst) == bytes(4096)
+    op.close()
+
+
+def test_writer_cancel_reaches_the_c_receiver(connector, coordinator, cluster):
+    """The sender cancels mid-transfer (the receiver is frozen, so the
+    transfer cannot end); the C receiver learns it from the coordinator."""
+    request_id = rid("cancel-a")
+    receiver = start_passive(cluster, "recv", request_id, 4096, 1, timeout=60)
+    ferry_harness.freeze(receiver)
+    try:
+        op = connector.begin_write_by_id(coordinator, request_id, TOKEN,
+                                         ferry.Descriptor(b"q" * 4096))
+        with pytest.raises(ferry.TimedOut):
+            op.wait(0.2)
+        op.cancel()
+        with pytest.raises(ferry.Cancelled):
+            op.wait(10)
+        op.close()
+    finally:
+        receiver.send_signal(signal.SIGCONT)
+    rc, out, err = finish(receiver)
+    # The receiver learns it from the coordinator (CANCELLED) or, first,
+    # from the writer's data plane (ERRORED, PEER_FAILED, "cancelled by its
+    # owner"): either way it ends and names the cancel.
+    assert rc != 0 and "cancel" in err.lower(), (rc, err)
+
+
+def test_async_by_id_forms(connector, coordinator):
+    import asyncio
+
+    async def main():
+        dst = np.zeros(1 << 20, np.uint8)
+        request_id = rid("async")
+        with connector.create_writable(ferry.Descriptor(dst)) as w:
+            token = await w.publish_async(coordinator, request_id)
+            with await connector.begin_write_by_id_async(
+                    coordinator, request_id, token, ferry.Descriptor(pattern(1 << 20)),
+                    wait=5) as a:
+                await asyncio.gather(a.wait_for_completion(10), w.wait_for_completion(10))
+        assert np.array_equal(dst, pattern(1 << 20))
+
+    asyncio.run(main())
+
+
+def test_coordinator_close_waits_for_its_operations(cluster):
+    coord = ferry.Coordinator(cluster.target, timeout=5)
+    c = ferry.Connector("coord-close")
+    op = c.create_writable(ferry.Descriptor(bytearray(64)))
+    op.publish(coord, rid("close"), TOKEN)
+    with pytest.raises(ferry.Busy):
+        coord.close()
+    op.close()
+    coord.close()
+    c.close()
+
+
+def test_unreachable_coordinator(connector):
+    port = ferry_harness.free_port()
+    coord = ferry.Coordinator(f"127.0.0.1:{port}", timeout=0.5)
+    with connector.create_writable(ferry.Descriptor(bytearray(64))) as op:
+        with pytest.raises((ferry.Unavailable, ferry.TimedOut)):
+            op.publish(coord, rid("down"), TOKEN)
+
+
+def test_tls_coordinator(connector, sender):
+    """Coordinator(target, tls=...) against a coordinator that requires TLS
+    client certificates; without TLS the same coordinator is unreachable."""
+    tmp = ferry_harness.tempfile.mkdtemp(prefix="ferry-pkg-tls-")
+    certs = ferry_harness.make_certs(tmp)
+    etcd = ferry_harness.Etcd(tmp)
+    etcd.start()
+    coord = ferry_harness.Coordinator(tmp, etcd.endpoint, name="tls", extra=(
+        "--tls-cert", os.path.join(certs, "server.pem"), "--tls-key",
+        os.path.join(certs, "server.key"), "--tls-ca", os.path.join(certs, "ca.pem")))
+    coord.start()
+    try:
+        tls = ferry.TlsConfig(ca_file=os.path.join(certs, "ca.pem"),
+                              cert_file=os.path.join(certs, "client.pem"),
+                              key_file=os.path.join(certs, "client.key"),
+                              server_name="ferry.test")
+        with ferry.Coordinator(coord.target, tls=tls, timeout=5) as rx_coord, \
+                ferry.Coordinator(coord.target, tls=tls.__dict__, timeout=5) as tx_coord:
+            dst = bytearray(4096)
+            request_id = rid("tls")
+            with connector.create_writable(ferry.Descriptor(dst)) as op:
+                token = op.publish(rx_coord, request_id)
+                with sender.begin_write_by_id(tx_coord, request_id, token,
+                                              ferry.Descriptor(b"s" * 4096), wait=5) as a:
+                    a.wait(30)
+                op.wait(30)
+            assert bytes(dst) == b"s" * 4096
+        plain = ferry.Coordinator(coord.target, timeout=0.5)
+        with connector.create_writable(ferry.Descriptor(bytearray(64))) as op:
+            with pytest.raises((ferry.Unavailable, ferry.TimedOut)):
+                op.publish(plain, rid("tls-plain"), TOKEN)
+    finally:
+        assert coord.stop() == 0
+        etcd.stop()
+        ferry_harness.shutil.rmtree(tmp, ignore_errors=True)
