@@ -13,6 +13,8 @@
  *   FERRY_ERR_NO_MEMORY -> RESOURCE_EXHAUSTED
  *   FERRY_ERR_TRANSPORT -> UNAVAILABLE (retry, maybe elsewhere)
  *   FERRY_ERR_IO, FERRY_ERR_MISUSE -> INTERNAL (a server-side fault)
+ *   FERRY_ERR_SIZE_MISMATCH, FERRY_ERR_KIND_MISMATCH -> INVALID_ARGUMENT
+ *                          (libferry's pairing checks; never a server's)
  * A code outside
  * 0..16 from a peer reads as UNKNOWN does: FERRY_ERR_PEER_FAILED.
  *
@@ -28,6 +30,8 @@ int rpc_status_to_grpc(ferry_status_t status)
     case FERRY_OK:
         return GRPC_STATUS_OK;
     case FERRY_ERR_INVALID_ARGUMENT:
+    case FERRY_ERR_SIZE_MISMATCH:
+    case FERRY_ERR_KIND_MISMATCH:
         return GRPC_STATUS_INVALID_ARGUMENT;
     case FERRY_ERR_NOT_FOUND:
     case FERRY_ERR_EXPIRED:

@@ -85,19 +85,19 @@ ferry_status_t ferry__metadata_match(const Ferry__V1__RdmaMetadata *md, ferry__o
     bool md_write = md->kind == FERRY__V1__OPERATION_KIND__OPERATION_KIND_WRITE;
 
     if (is_write != md_write) {
-        return ferry__fail(FERRY_ERR_INVALID_ARGUMENT,
+        return ferry__fail(FERRY_ERR_KIND_MISMATCH,
                            "metadata is for a %s operation; a %s pairs only with a %s",
                            md_write ? "writable" : "readable", kind_name(kind),
                            is_write ? "writable" : "readable");
     }
     if (n != md->n_descriptors) {
-        return ferry__fail(FERRY_ERR_INVALID_ARGUMENT,
+        return ferry__fail(FERRY_ERR_SIZE_MISMATCH,
                            "descriptor count mismatch: %zu local, %zu remote", n,
                            md->n_descriptors);
     }
     for (size_t i = 0; i < n; i++) {
         if ((uint64_t)local[i].size != md->descriptors[i]->size) {
-            return ferry__fail(FERRY_ERR_INVALID_ARGUMENT,
+            return ferry__fail(FERRY_ERR_SIZE_MISMATCH,
                                "descriptor %zu: local size %zu != remote size %" PRIu64, i,
                                local[i].size, md->descriptors[i]->size);
         }

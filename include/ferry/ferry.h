@@ -413,7 +413,11 @@ FERRY_API ferry_status_t ferry_read_begin(ferry_connector_t *connector,
  * metadata and local list (decoding, the metadata's own rules, the kind,
  * the count and each pair's size), with nothing started: for a caller that
  * must know a transfer would be accepted before it commits to it (the
- * coordinator client, before its Claim). Same errors and messages. */
+ * coordinator client, before its Claim). Same errors and messages:
+ * FERRY_ERR_INVALID_ARGUMENT for metadata that breaks its rules,
+ * FERRY_ERR_KIND_MISMATCH for a write on a readable's metadata (or a read
+ * on a writable's), FERRY_ERR_SIZE_MISMATCH when the lists differ in count
+ * or a pair in size. */
 FERRY_API ferry_status_t ferry_metadata_check(const uint8_t *metadata, size_t metadata_len,
                                               bool write, const ferry_descriptor_t *local,
                                               size_t n);

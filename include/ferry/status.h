@@ -59,7 +59,9 @@ extern "C" {
     _(ERR_INTERNAL, -20, "internal error")                                            \
     _(ERR_LEASE_NOT_FOUND, -21, "lease not found: it expired or never existed")       \
     _(ERR_OUT_OF_RANGE, -22, "revision no longer available: read again, then resume") \
-    _(ERR_BUSY, -23, "busy: the handle still has live children")
+    _(ERR_BUSY, -23, "busy: the handle still has live children")                      \
+    _(ERR_SIZE_MISMATCH, -24, "local and remote descriptors differ in count or size") \
+    _(ERR_KIND_MISMATCH, -25, "the metadata is for the other kind of operation")
 
 typedef enum {
 #define FERRY__STATUS_ENUM(name, value, msg) FERRY_##name = (value),

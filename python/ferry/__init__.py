@@ -84,13 +84,16 @@ class InvalidArgument(FerryError):
 
 
 class SizeMismatch(InvalidArgument):
-    """The local and remote descriptor lists differ in count or in a size;
-    the message names both sizes."""
+    """FERRY_ERR_SIZE_MISMATCH: the local and remote descriptor lists differ
+    in count or in a size; the message names both sizes. An InvalidArgument
+    too (the gRPC code both map to)."""
+    code = -24
 
 
 class KindMismatch(InvalidArgument):
-    """A write paired with a readable's metadata, or a read with a
-    writable's."""
+    """FERRY_ERR_KIND_MISMATCH: a write paired with a readable's metadata, or
+    a read with a writable's. An InvalidArgument too."""
+    code = -25
 
 
 class NotFound(FerryError):
@@ -212,24 +215,15 @@ _ERRORS: Dict[int, type] = {
         InvalidArgument, NotFound, AlreadyExists, PermissionDenied, Unauthenticated,
         FailedPrecondition, TimedOut, Unavailable, Cancelled, Expired, Aborted,
         ResourceExhausted, NoMemory, Unimplemented, ProtocolError, TransportError, PeerFailed,
-        SystemCallError, Misuse, InternalError, LeaseNotFound, OutOfRange, Busy)
+        SystemCallError, Misuse, InternalError, LeaseNotFound, OutOfRange, Busy, SizeMismatch,
+        KindMismatch)
 }
 
 
 def _make_error(code: int, message: str) -> FerryError:
-    """The exception for a libferry status and message (called from C).
-
-    SizeMismatch and KindMismatch refine INVALID_ARGUMENT from libferry's
-    pairing check (ferry_metadata_check's messages, which ferry.h
-    documents: "descriptor 2: local size 4096 != remote size 8192"); their
-    code stays INVALID_ARGUMENT."""
-    cls = _ERRORS.get(code, FerryError)
-    if cls is InvalidArgument:
-        if " != remote size " in message or "descriptor count mismatch" in message:
-            cls = SizeMismatch
-        elif "pairs only with" in message:
-            cls = KindMismatch
-    return cls(message, code)
+    """The exception for a libferry status and message (called from C): the
+    class is chosen by the code alone, never by the message."""
+    return _ERRORS.get(code, FerryError)(message, code)
 
 
 _ferry._set_error_factory(_make_error)

@@ -162,7 +162,8 @@ def test_size_mismatch_names_both_sizes(connector, sender):
         with pytest.raises(ferry.SizeMismatch) as e:
             sender.begin_write(ferry.Descriptor(bytearray(8192)), w.metadata())
         assert "4096" in str(e.value) and "8192" in str(e.value)
-        assert e.value.code == ferry.InvalidArgument.code
+        assert e.value.code == ferry.SizeMismatch.code == -24  # FERRY_ERR_SIZE_MISMATCH
+        assert isinstance(e.value, ferry.InvalidArgument)
         with pytest.raises(ferry.SizeMismatch, match="count"):
             sender.begin_write([ferry.Descriptor(bytearray(2048))] * 2, w.metadata())
         assert w.status == ferry.OperationStatus.INITIALIZED  # nothing harmed
@@ -170,8 +171,9 @@ def test_size_mismatch_names_both_sizes(connector, sender):
 
 def test_kind_mismatch(connector, sender):
     with connector.create_readable(ferry.Descriptor(bytearray(64))) as r:
-        with pytest.raises(ferry.KindMismatch, match="readable"):
+        with pytest.raises(ferry.KindMismatch, match="readable") as e:
             sender.begin_write(ferry.Descriptor(bytearray(64)), r.metadata())
+        assert e.value.code == -25  # FERRY_ERR_KIND_MISMATCH
     with connector.create_writable(ferry.Descriptor(bytearray(64))) as w:
         with pytest.raises(ferry.KindMismatch, match="writable"):
             sender.begin_read(w.metadata(), ferry.Descriptor(bytearray(64)))

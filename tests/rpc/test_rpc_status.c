@@ -24,7 +24,7 @@ static bool ferry_lossy(ferry_status_t s)
 {
     return s == FERRY_ERR_EXPIRED || s == FERRY_ERR_LEASE_NOT_FOUND || s == FERRY_ERR_BUSY ||
            s == FERRY_ERR_NO_MEMORY || s == FERRY_ERR_TRANSPORT || s == FERRY_ERR_IO ||
-           s == FERRY_ERR_MISUSE;
+           s == FERRY_ERR_MISUSE || s == FERRY_ERR_SIZE_MISMATCH || s == FERRY_ERR_KIND_MISMATCH;
 }
 
 static void test_every_ferry_code_maps(void **state)

@@ -99,11 +99,11 @@ static void test_kind_mismatch(void **state)
 
     assert_int_equal(ferry__metadata_decode(f->bytes, f->len, &md), FERRY_OK);
     assert_int_equal(ferry__metadata_match(md, FERRY__KIND_READ, f->descs, 3),
-                     FERRY_ERR_INVALID_ARGUMENT);
+                     FERRY_ERR_KIND_MISMATCH);
     assert_non_null(strstr(ferry_last_error_message(), "metadata is for a writable operation"));
     md->kind = FERRY__V1__OPERATION_KIND__OPERATION_KIND_READ;
     assert_int_equal(ferry__metadata_match(md, FERRY__KIND_WRITE, f->descs, 3),
-                     FERRY_ERR_INVALID_ARGUMENT);
+                     FERRY_ERR_KIND_MISMATCH);
     assert_non_null(strstr(ferry_last_error_message(), "metadata is for a readable operation"));
     ferry__metadata_free(md);
 }
@@ -118,11 +118,11 @@ static void test_size_mismatch_names_both(void **state)
     local[2].size = 47;
     assert_int_equal(ferry__metadata_decode(f->bytes, f->len, &md), FERRY_OK);
     assert_int_equal(ferry__metadata_match(md, FERRY__KIND_WRITE, local, 3),
-                     FERRY_ERR_INVALID_ARGUMENT);
+                     FERRY_ERR_SIZE_MISMATCH);
     assert_string_equal(ferry_last_error_message(),
                         "descriptor 2: local size 47 != remote size 48");
     assert_int_equal(ferry__metadata_match(md, FERRY__KIND_WRITE, local, 2),
-                     FERRY_ERR_INVALID_ARGUMENT);
+                     FERRY_ERR_SIZE_MISMATCH);
     assert_string_equal(ferry_last_error_message(), "descriptor count mismatch: 2 local, 3 remote");
     ferry__metadata_free(md);
 }

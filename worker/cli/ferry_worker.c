@@ -285,6 +285,8 @@ static int exit_code_for(ferry_status_t status)
     case FERRY_ERR_FAILED_PRECONDITION:
         return EXIT_REFUSED;
     case FERRY_ERR_INVALID_ARGUMENT:
+    case FERRY_ERR_SIZE_MISMATCH:
+    case FERRY_ERR_KIND_MISMATCH:
         return EXIT_USAGE;
     default:
         return EXIT_FAILED;
