@@ -332,3 +332,30 @@ def test_stubs_and_marker_ship_beside_the_module():
     here = os.path.dirname(_ferry.__file__)
     assert os.path.exists(os.path.join(here, "py.typed"))
     assert os.path.exists(os.path.join(here, "_ferry.pyi"))
+
+
+def _cuda_ready(connector):
+    return torch.cuda.is_available() and connector.is_cuda_available
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(),
+                    reason="no CUDA device visible to torch (this torch or machine has none)")
+@pytest.mark.parametrize("direction", ["host_to_gpu", "gpu_to_host"])
+def test_cuda_tensors_each_way(connector, sender, direction):
+    """A CUDA torch tensor is a cuda:N descriptor: written into from host
+    memory, and written from into host memory; every byte checked after
+    copying back."""
+    if not _cuda_ready(connector):
+        pytest.skip("torch sees a GPU but libferry's connector has no CUDA (see its log)")
+    src_host = torch.from_numpy(pattern(1 << 20).copy())
+    if direction == "host_to_gpu":
+        dst = torch.zeros(1 << 20, dtype=torch.uint8, device="cuda")
+        d = ferry.Descriptor(dst)
+        assert d.device == f"cuda:{dst.device.index or 0}"
+        write_once(connector, sender, d, ferry.Descriptor(src_host))
+        assert torch.equal(dst.cpu(), src_host)
+    else:
+        src = src_host.cuda()
+        dst = np.zeros(1 << 20, np.uint8)
+        write_once(connector, sender, ferry.Descriptor(dst), ferry.Descriptor(src))
+        assert np.array_equal(dst, src_host.numpy())
