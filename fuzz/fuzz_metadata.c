@@ -32,10 +32,10 @@ static void check_match(const Ferry__V1__RdmaMetadata *md)
         local[i].device.kind = FERRY_DEVICE_HOST;
     }
     fuzz_assert(ferry__metadata_match(md, pair, local, n) == FERRY_OK);
-    fuzz_assert(ferry__metadata_match(md, other, local, n) == FERRY_ERR_INVALID_ARGUMENT);
-    fuzz_assert(ferry__metadata_match(md, pair, local, n - 1) == FERRY_ERR_INVALID_ARGUMENT);
+    fuzz_assert(ferry__metadata_match(md, other, local, n) == FERRY_ERR_KIND_MISMATCH);
+    fuzz_assert(ferry__metadata_match(md, pair, local, n - 1) == FERRY_ERR_SIZE_MISMATCH);
     local[n - 1].size++;
-    fuzz_assert(ferry__metadata_match(md, pair, local, n) == FERRY_ERR_INVALID_ARGUMENT);
+    fuzz_assert(ferry__metadata_match(md, pair, local, n) == FERRY_ERR_SIZE_MISMATCH);
     free(local);
 }
 
