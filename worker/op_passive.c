@@ -216,12 +216,6 @@ static ferry_status_t passive_create(ferry_connector_t *c, ferry__op_kind_t kind
         return status;
     }
     staged = ferry__staged_wanted(c, descs);
-    if (staged && kind == FERRY__KIND_READABLE) {
-        return ferry__fail(FERRY_ERR_UNIMPLEMENTED,
-                           "connector %s: a readable on CUDA memory needs UCX with CUDA transports "
-                           "(the staged path this UCX would need moves writes only)",
-                           c->name);
-    }
     status = ferry__op_alloc(c, kind, descs, n, &op);
     if (status != FERRY_OK) {
         return status;
