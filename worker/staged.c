@@ -37,8 +37,8 @@
  * it. When every chunk is done the active side flushes and sends the usual
  * NOTICE (op_active.c); the passive operation completes only when the
  * notice has come and every byte has landed in its memory (a readable:
- * every byte was copied out to the slots; the notice says the reader has
- * them). An active read completes only when every byte is in its memory.
+ * when the notice has come, which the reader sends only once it has every
+ * byte). An active read completes only when every byte is in its memory.
  *
  * Midway ends: an active operation that becomes final (cancel, an engine
  * error, a refused chunk) starts no new step; once no put/get is in flight
@@ -366,6 +366,9 @@ void ferry__staged_on_chunk(ferry_connector_t *c, const ferry__msg_t *msg)
 bool ferry__staged_notice_ok(ferry_op_t *op)
 {
     op->stage->notice_ok = true;
+    if (op->kind == FERRY__KIND_READABLE) {
+        return true; /* the reader has every byte; release syncs any copy left */
+    }
     if (op->stage->landed != op->stage->total) {
         ferry_debug("%s: notice came; %" PRIu64 " of %" PRIu64 " bytes landed so far", op->label,
                     op->stage->landed, op->stage->total);
