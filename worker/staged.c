@@ -47,7 +47,12 @@
  * admitted sends it a CREDIT with the error, which stops the writer or
  * reader.
  * Engine copies in flight are waited for (sync) before any buffer they
- * touch is freed.
+ * touch is freed. A stopped claimant still settles (its NOTICE once nothing
+ * of it is on the wire): a passive operation that ends before that keeps
+ * its slots mapped on connector->stale until that notice comes (or the
+ * connector is destroyed), since a put or get still in flight to them
+ * would otherwise fault this process where UCX emulates RMA (tcp); a
+ * claimant killed midway leaves its slots there until destroy.
  *
  * The passive side answers with CREDITs on an endpoint to the admitted
  * claimant, opened by the loop after admission (op_passive.c) from the
@@ -101,6 +106,10 @@ struct ferry__stage {
     uint64_t total;  /* bytes of all descriptors */
     uint64_t landed; /* bytes copied into them (a readable: out of them) */
     bool notice_ok;
+    bool claimant_settled;       /* its notice came: nothing of it reaches the slots */
+    uint8_t key[FERRY__KEY_LEN]; /* stale: whose slots these were */
+    uint8_t nonce[FERRY__NONCE_LEN];
+    struct ferry__stage *stale_next; /* connector->stale */
     /* Active. */
     bool remote;          /* the passive side stages: lanes map to its slots */
     uint64_t remote_addr; /* its slot 0 */
@@ -227,6 +236,16 @@ static void watch(ferry_op_t *op)
 static uint8_t *slot_of(const struct ferry__stage *s, unsigned lane)
 {
     return s->slots + (size_t)lane * s->slot_size;
+}
+
+/* Frees the slots (engine synced) and the stage; keep: see free_pinned. */
+static void stage_free(struct ferry__stage *s, bool keep)
+{
+    if (s->engine != NULL) {
+        s->engine->ops->free_pinned(s->engine, s->slots, (size_t)s->lanes * s->slot_size, keep);
+        ferry__copy_engine_destroy(s->engine);
+    }
+    free(s);
 }
 
 /* ---- passive ------------------------------------------------------------ */
@@ -649,7 +668,9 @@ void ferry__staged_on_credit(ferry_connector_t *c, const ferry__msg_t *msg)
                            op->kind == FERRY__KIND_WRITE ? "write" : "read",
                            ferry_status_string(code));
         }
-        s->settled = true; /* it is gone: no notice owed */
+        /* It stopped; once nothing of ours is on the wire, the notice lets
+         * it free its slots. */
+        ferry__staged_settle(op);
         return;
     }
     if (msg->slot >= s->lanes || s->lane[msg->slot].state != LANE_CREDIT) {
@@ -782,16 +803,50 @@ void ferry__staged_release(ferry_op_t *op)
     }
     if (s->mapped) {
         ucp_mem_unmap(c->context, s->memh);
+        s->mapped = false;
     }
     if (s->rkey != NULL) {
         ferry__peer_rkey_put(op->peer, s->rkey);
     }
-    if (s->engine != NULL) {
-        s->engine->ops->free_pinned(s->engine, s->slots, (size_t)s->lanes * s->slot_size,
-                                    !is_passive(op));
-        ferry__copy_engine_destroy(s->engine);
-    }
-    ferry_debug("%s: staging released", op->label);
-    free(s);
     op->stage = NULL;
+    if (is_passive(op) && op->admitted && op->state != FERRY__OP_COMPLETE && !s->claimant_settled) {
+        /* Its claimant may still have puts or gets in flight to the slots. */
+        memcpy(s->key, op->key, FERRY__KEY_LEN);
+        memcpy(s->nonce, op->nonce, FERRY__NONCE_LEN);
+        s->stale_next = c->stale;
+        c->stale = s;
+        ferry_debug("%s: staging slots kept until the claimant settles", op->label);
+        return;
+    }
+    stage_free(s, !is_passive(op));
+    ferry_debug("%s: staging released", op->label);
+}
+
+void ferry__staged_claimant_settled(ferry_op_t *op)
+{
+    op->stage->claimant_settled = true;
+}
+
+bool ferry__staged_stale_settled(ferry_connector_t *c, const ferry__msg_t *msg)
+{
+    for (struct ferry__stage **pp = &c->stale; *pp != NULL; pp = &(*pp)->stale_next) {
+        struct ferry__stage *s = *pp;
+        if (memcmp(s->key, msg->key, FERRY__KEY_LEN) == 0 &&
+            memcmp(s->nonce, msg->nonce, FERRY__NONCE_LEN) == 0) {
+            *pp = s->stale_next;
+            stage_free(s, false);
+            ferry_debug("connector %s: stale staging slots released", c->name);
+            return true;
+        }
+    }
+    return false;
+}
+
+void ferry__staged_stale_free(ferry_connector_t *c)
+{
+    while (c->stale != NULL) {
+        struct ferry__stage *s = c->stale;
+        c->stale = s->stale_next;
+        stage_free(s, false);
+    }
 }

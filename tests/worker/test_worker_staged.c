@@ -620,6 +620,75 @@ static void test_caller_progress_loopback(void **state)
     free(dst);
 }
 
+static bool stale_gone(ferry_connector_t *c)
+{
+    int64_t deadline = pair_now_ms() + WAIT_TIMEOUT_MS;
+    bool gone = false;
+
+    while (!gone && pair_now_ms() < deadline) {
+        ferry__lock(c);
+        gone = c->stale == NULL;
+        ferry__unlock(c);
+        if (!gone) {
+            usleep(1000); /* polling the condition, with a deadline */
+        }
+    }
+    return gone;
+}
+
+/* The passive side cancels midway, both sides on one connector: its slots
+ * stay mapped (a put or get of the claimant may still be in flight to
+ * them) until the stopped claimant settles with its notice, and then go,
+ * before either operation is destroyed. Writes, then reads. */
+static void test_stale_slots_released(void **state)
+{
+    uint64_t size = 1u << 20;
+    uint8_t *a = malloc(size), *b = calloc(1, size);
+    ferry_descriptor_t da = {a, size, FERRY_DEVICE_HOST_INIT};
+    ferry_descriptor_t db = {b, size, FERRY_DEVICE_HOST_INIT};
+    ferry_connector_t *c;
+    (void)state;
+
+    pair_fill(a, size, 31, 0);
+    atomic_store(&ferry__test_staging.chunk, 65536);
+    atomic_store(&ferry__test_staging.slots, 2);
+    assert_int_equal(ferry_connector_create(NULL, &c), FERRY_OK);
+    for (int read = 0; read < 2; read++) {
+        ferry_op_t *passive, *active;
+        const uint8_t *md;
+        size_t md_len;
+        bool held;
+
+        faults_reset();
+        atomic_store(&faults->hold_from, copy_from_now(3));
+        atomic_store(&faults->hold, true);
+        if (read) {
+            assert_int_equal(ferry_readable_create(c, &da, 1, &passive), FERRY_OK);
+            assert_int_equal(ferry_op_metadata(passive, &md, &md_len), FERRY_OK);
+            assert_int_equal(ferry_read_begin(c, &db, 1, md, md_len, &active), FERRY_OK);
+        } else {
+            assert_int_equal(ferry_writable_create(c, &db, 1, &passive), FERRY_OK);
+            assert_int_equal(ferry_op_metadata(passive, &md, &md_len), FERRY_OK);
+            assert_int_equal(ferry_write_begin(c, &da, 1, md, md_len, &active), FERRY_OK);
+        }
+        held = wait_held(active);
+        assert_int_equal(ferry_op_cancel(passive), FERRY_OK);
+        atomic_store(&faults->hold, false);
+        assert_true(held);
+        assert_int_equal(ferry_op_wait(passive, 0), FERRY_ERR_CANCELLED);
+        assert_int_equal(ferry_op_wait(active, WAIT_TIMEOUT_MS), FERRY_ERR_CANCELLED);
+        assert_true(stale_gone(c));
+        ferry_op_destroy(active);
+        ferry_op_destroy(passive);
+    }
+    assert_int_equal(ferry_connector_destroy(c), FERRY_OK);
+    faults_reset();
+    atomic_store(&ferry__test_staging.chunk, 0);
+    atomic_store(&ferry__test_staging.slots, 0);
+    free(a);
+    free(b);
+}
+
 /* The cases above then run again in the read direction. */
 static int read_setup(void **state)
 {
@@ -835,6 +904,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_writer_killed_midway_peer_detection),
         cmocka_unit_test(test_caller_progress_loopback),
         cmocka_unit_test(test_readable_staged),
+        cmocka_unit_test(test_stale_slots_released),
     };
     int failed;
 
