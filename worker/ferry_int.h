@@ -101,8 +101,8 @@ typedef enum {
     FERRY__MSG_CLAIM = 1,  /* active -> passive: admit me (carries my address) */
     FERRY__MSG_ADMIT = 2,  /* passive -> active: the answer to a claim */
     FERRY__MSG_NOTICE = 3, /* active -> passive: transfer done, with a status */
-    FERRY__MSG_CHUNK = 4,  /* active -> passive (staged): a slot holds a chunk */
-    FERRY__MSG_CREDIT = 5, /* passive -> active (staged): a slot is free, or stop */
+    FERRY__MSG_CHUNK = 4,  /* active -> passive (staged): a chunk in / for a slot */
+    FERRY__MSG_CREDIT = 5, /* passive -> active (staged): slot free / full, or stop */
 } ferry__msg_type_t;
 
 typedef struct {
