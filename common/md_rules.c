@@ -57,9 +57,6 @@ static ferry_status_t check_staging(const char *field, const Ferry__V1__RdmaMeta
 {
     const Ferry__V1__Staging *s = md->staging;
 
-    if (md->kind != FERRY__V1__OPERATION_KIND__OPERATION_KIND_WRITE) {
-        return invalid(msg, cap, "%s.staging is only for WRITE metadata", field);
-    }
     if (s->address == 0) {
         return invalid(msg, cap, "%s.staging.address is 0 (null pointer)", field);
     }

@@ -157,6 +157,8 @@ def metadata_seeds(t):
     md.staging.slots = 4
     md.staging.rkey = b"\x01\x02slots"
     write("fuzz_metadata", "staged-cuda-2", md.SerializeToString())
+    md.kind = t.OPERATION_KIND_READ
+    write("fuzz_metadata", "staged-read-cuda-2", md.SerializeToString())
 
 
 WIRE_MAGIC = 0x32595246  # "FRY2"

@@ -699,6 +699,7 @@ ferry_status_t ferry_connector_destroy(ferry_connector_t *c)
         ferry_error("connector %s: destroyed with %u operations still alive", c->name, c->live_ops);
     }
     ferry__peer_cache_clear(c);
+    ferry__staged_stale_free(c);
     ferry__unlock(c);
     ferry__connector_deliver(c);
     pthread_mutex_destroy(&c->lock);

@@ -101,8 +101,8 @@ typedef enum {
     FERRY__MSG_CLAIM = 1,  /* active -> passive: admit me (carries my address) */
     FERRY__MSG_ADMIT = 2,  /* passive -> active: the answer to a claim */
     FERRY__MSG_NOTICE = 3, /* active -> passive: transfer done, with a status */
-    FERRY__MSG_CHUNK = 4,  /* active -> passive (staged): a slot holds a chunk */
-    FERRY__MSG_CREDIT = 5, /* passive -> active (staged): a slot is free, or stop */
+    FERRY__MSG_CHUNK = 4,  /* active -> passive (staged): a chunk in / for a slot */
+    FERRY__MSG_CREDIT = 5, /* passive -> active (staged): slot free / full, or stop */
 } ferry__msg_type_t;
 
 typedef struct {
@@ -223,6 +223,9 @@ struct ferry_connector {
     ferry__peer_t *failed;
     struct ferry_op *done, **done_tail;
     struct ferry_op *staged; /* staged ops with copies in flight (stage_next) */
+    /* Slots of passive staged ops that ended before their claimant settled
+     * (staged.c): kept mapped until its notice comes, or destroy. */
+    struct ferry__stage *stale;
     ferry_connector_stats_t stats;
     /* Registered regions (region.c), unordered, never overlapping. */
     struct ferry_region *regions;
@@ -482,6 +485,14 @@ void ferry__staged_stop(ferry_op_t *op);
 /* Releases the stage (engine synced first), lock held. Passive: also tells
  * an admitted writer to stop unless the op completed. */
 void ferry__staged_release(ferry_op_t *op);
+/* A notice for no live passive op: frees the stale slots it settles (true
+ * if any); lock held. */
+bool ferry__staged_stale_settled(ferry_connector_t *c, const ferry__msg_t *msg);
+/* Frees every stale stage (connector destroy). */
+void ferry__staged_stale_free(ferry_connector_t *c);
+/* The admitted claimant settled (its notice came): nothing of it will
+ * reach the slots again. */
+void ferry__staged_claimant_settled(ferry_op_t *op);
 
 /* Tests only: stage host descriptors too (with the host engine), and CUDA
  * ones even where UCX could register them; chunk (slot) size and slot count

@@ -216,12 +216,6 @@ static ferry_status_t passive_create(ferry_connector_t *c, ferry__op_kind_t kind
         return status;
     }
     staged = ferry__staged_wanted(c, descs);
-    if (staged && kind == FERRY__KIND_READABLE) {
-        return ferry__fail(FERRY_ERR_UNIMPLEMENTED,
-                           "connector %s: a readable on CUDA memory needs UCX with CUDA transports "
-                           "(the staged path this UCX would need moves writes only)",
-                           c->name);
-    }
     status = ferry__op_alloc(c, kind, descs, n, &op);
     if (status != FERRY_OK) {
         return status;
@@ -396,6 +390,9 @@ void ferry__passive_on_notice(ferry_connector_t *c, const ferry__msg_t *msg)
 {
     ferry_op_t *op = ferry__op_find_passive(c, msg->key);
 
+    if ((op == NULL || ferry__op_is_final(op)) && ferry__staged_stale_settled(c, msg)) {
+        return; /* the stopped claimant of a staged op settled: its slots go */
+    }
     if (op == NULL || ferry__op_is_final(op)) {
         c->stats.notices_ignored++;
         ferry_debug("connector %s: notice for no live operation", c->name);
@@ -407,6 +404,9 @@ void ferry__passive_on_notice(ferry_connector_t *c, const ferry__msg_t *msg)
         return;
     }
     c->stats.notices_received++;
+    if (op->stage != NULL) {
+        ferry__staged_claimant_settled(op);
+    }
     if (msg->status == FERRY_OK) {
         if (op->stage != NULL && !ferry__staged_notice_ok(op)) {
             return; /* completes when the last chunk lands (staged.c) */

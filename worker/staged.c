@@ -20,24 +20,39 @@
  *                          passive slot i or straight to its memory, flush
  *                       -> [CREDIT: CHUNK sent, until the passive side
  *                          gives slot i back] -> IDLE
- *   active read:   IDLE -> XFER: get into my slot i, flush
- *                       -> COPY_OUT: engine, my slot -> my memory -> IDLE
+ *   active read:   IDLE -> [CREDIT: CHUNK sent, until the passive side
+ *                          says slot i holds it]
+ *                       -> XFER: get (into my slot or my memory) from the
+ *                          passive slot i or straight from its memory, flush
+ *                       -> [COPY_OUT: engine, my slot -> my memory] -> IDLE
  *   passive write: on CHUNK for slot i: COPY_OUT: engine, slot i -> my
- *                  memory; then CREDIT back -> IDLE
+ *                  memory; then CREDIT back (the slot is free) -> IDLE
+ *   passive read:  on CHUNK for slot i: COPY_IN: engine, my memory -> slot
+ *                  i; then CREDIT back (the slot holds it) -> IDLE. The
+ *                  reader asks for slot i again only after its get from it
+ *                  was flushed, so a slot is never refilled while read.
  *
  * Back-pressure is the lanes: a chunk waits for a free lane, so at most
  * `lanes` chunks are in flight and no slot is reused before its bytes left
- * it. When every chunk is done the writer flushes and sends the usual
+ * it. When every chunk is done the active side flushes and sends the usual
  * NOTICE (op_active.c); the passive operation completes only when the
- * notice has come and every byte has landed in its memory.
+ * notice has come and every byte has landed in its memory (a readable:
+ * when the notice has come, which the reader sends only once it has every
+ * byte). An active read completes only when every byte is in its memory.
  *
  * Midway ends: an active operation that becomes final (cancel, an engine
  * error, a refused chunk) starts no new step; once no put/get is in flight
  * (settle) it owes the passive side a NOTICE with its status, as on the
- * direct path. A passive operation that becomes final while a writer is
- * admitted sends it a CREDIT with the error, which stops the writer.
+ * direct path. A passive operation that becomes final while a claimant is
+ * admitted sends it a CREDIT with the error, which stops the writer or
+ * reader.
  * Engine copies in flight are waited for (sync) before any buffer they
- * touch is freed.
+ * touch is freed. A stopped claimant still settles (its NOTICE once nothing
+ * of it is on the wire): a passive operation that ends before that keeps
+ * its slots mapped on connector->stale until that notice comes (or the
+ * connector is destroyed), since a put or get still in flight to them
+ * would otherwise fault this process where UCX emulates RMA (tcp); a
+ * claimant killed midway leaves its slots there until destroy.
  *
  * The passive side answers with CREDITs on an endpoint to the admitted
  * claimant, opened by the loop after admission (op_passive.c) from the
@@ -66,9 +81,9 @@ ferry__test_staging_t ferry__test_staging;
 
 typedef enum {
     LANE_IDLE = 0,
-    LANE_COPY_IN,  /* engine: memory -> slot (active write) */
+    LANE_COPY_IN,  /* engine: memory -> slot (active write, passive read) */
     LANE_XFER,     /* put/get and its flush in flight */
-    LANE_CREDIT,   /* CHUNK sent; waiting for the slot back */
+    LANE_CREDIT,   /* CHUNK sent; waiting for the slot back (write) or full (read) */
     LANE_COPY_OUT, /* engine: slot -> memory (active read, passive) */
 } lane_state_t;
 
@@ -89,8 +104,12 @@ struct ferry__stage {
     ucp_mem_h memh;
     bool mapped;
     uint64_t total;  /* bytes of all descriptors */
-    uint64_t landed; /* bytes copied into them */
+    uint64_t landed; /* bytes copied into them (a readable: out of them) */
     bool notice_ok;
+    bool claimant_settled;       /* its notice came: nothing of it reaches the slots */
+    uint8_t key[FERRY__KEY_LEN]; /* stale: whose slots these were */
+    uint8_t nonce[FERRY__NONCE_LEN];
+    struct ferry__stage *stale_next; /* connector->stale */
     /* Active. */
     bool remote;          /* the passive side stages: lanes map to its slots */
     uint64_t remote_addr; /* its slot 0 */
@@ -219,6 +238,16 @@ static uint8_t *slot_of(const struct ferry__stage *s, unsigned lane)
     return s->slots + (size_t)lane * s->slot_size;
 }
 
+/* Frees the slots (engine synced) and the stage; keep: see free_pinned. */
+static void stage_free(struct ferry__stage *s, bool keep)
+{
+    if (s->engine != NULL) {
+        s->engine->ops->free_pinned(s->engine, s->slots, (size_t)s->lanes * s->slot_size, keep);
+        ferry__copy_engine_destroy(s->engine);
+    }
+    free(s);
+}
+
 /* ---- passive ------------------------------------------------------------ */
 
 ferry_status_t ferry__staged_passive_create(ferry_op_t *op, Ferry__V1__Staging *staging,
@@ -309,6 +338,7 @@ void ferry__staged_on_chunk(ferry_connector_t *c, const ferry__msg_t *msg)
     const char *problem;
     ferry_status_t status;
     uint8_t diff = 0;
+    uint8_t *mem;
     lane_t *lane;
 
     for (size_t i = 0; op != NULL && i < FERRY__NONCE_LEN; i++) {
@@ -325,21 +355,27 @@ void ferry__staged_on_chunk(ferry_connector_t *c, const ferry__msg_t *msg)
     if (problem != NULL) {
         char why[160];
         snprintf(why, sizeof(why),
-                 "bad chunk from the writer (slot %" PRIu32 ", descriptor %" PRIu32
-                 ", offset %" PRIu64 ", %" PRIu64 " bytes): %s",
-                 msg->slot, msg->desc, msg->offset, msg->len, problem);
+                 "bad chunk from the %s (slot %" PRIu32 ", descriptor %" PRIu32 ", offset %" PRIu64
+                 ", %" PRIu64 " bytes): %s",
+                 op->kind == FERRY__KIND_READABLE ? "reader" : "writer", msg->slot, msg->desc,
+                 msg->offset, msg->len, problem);
         passive_fail(op, FERRY_ERR_PROTOCOL, why);
         return;
     }
     lane = &s->lane[msg->slot];
-    status =
-        s->engine->ops->copy_async(s->engine, (uint8_t *)op->descs[msg->desc].ptr + msg->offset,
-                                   slot_of(s, msg->slot), msg->len, &lane->ticket);
+    mem = (uint8_t *)op->descs[msg->desc].ptr + msg->offset;
+    if (op->kind == FERRY__KIND_READABLE) {
+        status = s->engine->ops->copy_async(s->engine, slot_of(s, msg->slot), mem, msg->len,
+                                            &lane->ticket);
+    } else {
+        status = s->engine->ops->copy_async(s->engine, mem, slot_of(s, msg->slot), msg->len,
+                                            &lane->ticket);
+    }
     if (status != FERRY_OK) {
         passive_fail(op, status, ferry_last_error_message());
         return;
     }
-    lane->state = LANE_COPY_OUT;
+    lane->state = op->kind == FERRY__KIND_READABLE ? LANE_COPY_IN : LANE_COPY_OUT;
     lane->desc = msg->desc;
     lane->offset = msg->offset;
     lane->len = msg->len;
@@ -349,6 +385,9 @@ void ferry__staged_on_chunk(ferry_connector_t *c, const ferry__msg_t *msg)
 bool ferry__staged_notice_ok(ferry_op_t *op)
 {
     op->stage->notice_ok = true;
+    if (op->kind == FERRY__KIND_READABLE) {
+        return true; /* the reader has every byte; release syncs any copy left */
+    }
     if (op->stage->landed != op->stage->total) {
         ferry_debug("%s: notice came; %" PRIu64 " of %" PRIu64 " bytes landed so far", op->label,
                     op->stage->landed, op->stage->total);
@@ -480,6 +519,8 @@ static void post_final_flush(ferry_op_t *op)
     ferry__req_posted(req, ucp_ep_flush_nbx(op->peer->ep, &param));
 }
 
+static void send_chunk(ferry_op_t *op, unsigned i);
+
 /* Gives idle lanes the next chunks; when none are left and every lane is
  * idle, posts the final flush. */
 static void pump(ferry_op_t *op)
@@ -509,6 +550,9 @@ static void pump(ferry_op_t *op)
                 }
                 lane->state = LANE_COPY_IN;
                 watch(op);
+            } else if (op->kind == FERRY__KIND_READ && s->remote) {
+                lane->state = LANE_CREDIT; /* until the passive side filled its slot */
+                send_chunk(op, i);
             } else {
                 lane_xfer(op, i);
             }
@@ -613,17 +657,20 @@ void ferry__staged_on_credit(ferry_connector_t *c, const ferry__msg_t *msg)
 
     if (op == NULL || op->stage == NULL || !op->stage->remote ||
         memcmp(msg->key, op->md->notification_key.data, FERRY__KEY_LEN) != 0) {
-        ferry_debug("connector %s: credit for no staged write", c->name);
+        ferry_debug("connector %s: credit for no staged transfer", c->name);
         return;
     }
     s = op->stage;
     if (msg->status != FERRY_OK) {
         ferry_status_t code = msg->status < 0 ? (ferry_status_t)msg->status : FERRY_ERR_PROTOCOL;
         if (!ferry__op_is_final(op)) {
-            ferry__op_move(op, FERRY__OP_ERRORED, code, "the passive side stopped the write: %s",
+            ferry__op_move(op, FERRY__OP_ERRORED, code, "the passive side stopped the %s: %s",
+                           op->kind == FERRY__KIND_WRITE ? "write" : "read",
                            ferry_status_string(code));
         }
-        s->settled = true; /* it is gone: no notice owed */
+        /* It stopped; once nothing of ours is on the wire, the notice lets
+         * it free its slots. */
+        ferry__staged_settle(op);
         return;
     }
     if (msg->slot >= s->lanes || s->lane[msg->slot].state != LANE_CREDIT) {
@@ -633,6 +680,8 @@ void ferry__staged_on_credit(ferry_connector_t *c, const ferry__msg_t *msg)
     s->lane[msg->slot].state = LANE_IDLE;
     if (ferry__op_is_final(op)) {
         ferry__staged_settle(op);
+    } else if (op->kind == FERRY__KIND_READ) {
+        lane_xfer(op, msg->slot); /* its slot holds the chunk: get it */
     } else {
         pump(op);
     }
@@ -754,16 +803,50 @@ void ferry__staged_release(ferry_op_t *op)
     }
     if (s->mapped) {
         ucp_mem_unmap(c->context, s->memh);
+        s->mapped = false;
     }
     if (s->rkey != NULL) {
         ferry__peer_rkey_put(op->peer, s->rkey);
     }
-    if (s->engine != NULL) {
-        s->engine->ops->free_pinned(s->engine, s->slots, (size_t)s->lanes * s->slot_size,
-                                    !is_passive(op));
-        ferry__copy_engine_destroy(s->engine);
-    }
-    ferry_debug("%s: staging released", op->label);
-    free(s);
     op->stage = NULL;
+    if (is_passive(op) && op->admitted && op->state != FERRY__OP_COMPLETE && !s->claimant_settled) {
+        /* Its claimant may still have puts or gets in flight to the slots. */
+        memcpy(s->key, op->key, FERRY__KEY_LEN);
+        memcpy(s->nonce, op->nonce, FERRY__NONCE_LEN);
+        s->stale_next = c->stale;
+        c->stale = s;
+        ferry_debug("%s: staging slots kept until the claimant settles", op->label);
+        return;
+    }
+    stage_free(s, !is_passive(op));
+    ferry_debug("%s: staging released", op->label);
+}
+
+void ferry__staged_claimant_settled(ferry_op_t *op)
+{
+    op->stage->claimant_settled = true;
+}
+
+bool ferry__staged_stale_settled(ferry_connector_t *c, const ferry__msg_t *msg)
+{
+    for (struct ferry__stage **pp = &c->stale; *pp != NULL; pp = &(*pp)->stale_next) {
+        struct ferry__stage *s = *pp;
+        if (memcmp(s->key, msg->key, FERRY__KEY_LEN) == 0 &&
+            memcmp(s->nonce, msg->nonce, FERRY__NONCE_LEN) == 0) {
+            *pp = s->stale_next;
+            stage_free(s, false);
+            ferry_debug("connector %s: stale staging slots released", c->name);
+            return true;
+        }
+    }
+    return false;
+}
+
+void ferry__staged_stale_free(ferry_connector_t *c)
+{
+    while (c->stale != NULL) {
+        struct ferry__stage *s = c->stale;
+        c->stale = s->stale_next;
+        stage_free(s, false);
+    }
 }

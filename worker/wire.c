@@ -17,9 +17,10 @@
  *
  * The chunk record (the staged path, staged.c): u32 slot, u32 descriptor
  * index, u64 offset, u64 length. CHUNK (active -> passive) says a slot holds
- * that part of that descriptor; CREDIT (passive -> active) gives the slot
- * back (status FERRY_OK), or stops the writer (an error status: the passive
- * side failed or was cancelled).
+ * that part of that descriptor (a write), or asks for it in that slot (a
+ * read); CREDIT (passive -> active, status FERRY_OK) gives the slot back
+ * (write) or says it holds the chunk (read), or stops the writer or reader
+ * (an error status: the passive side failed or was cancelled).
  *
  * The nonce is what ties a NOTICE to the one writer (or reader) the passive
  * side admitted: the passive side draws it at admission, sends it only in

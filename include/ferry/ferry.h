@@ -216,7 +216,7 @@ FERRY_API const char *ferry_connector_hostname(const ferry_connector_t *connecto
  * directly (UCX registers it: UCX reports CUDA among its memory types, never
  * judged from a trial registration) or, where this UCX has no CUDA
  * transports, on the staged path through pinned host buffers (the metadata
- * says which; a readable on CUDA memory needs the direct path). */
+ * says which), for writables and readables alike. */
 FERRY_API bool ferry_connector_is_cuda_available(const ferry_connector_t *connector);
 
 /* FERRY_PROGRESS_CALLER only: a file descriptor that becomes readable when

@@ -17,11 +17,14 @@
  * naming the descriptor), and writes host->GPU, GPU->host and GPU->GPU with
  * 1 and 16 descriptors, on the path the connector picks (direct where UCX
  * has CUDA transports, else staged) and forced onto the staged path; every
- * byte is checked after copying it back from the GPU; reads from host memory
- * into GPU memory. With the fake driver also a CUDA copy that fails midway.
+ * byte is checked after copying it back from the GPU; reads host->GPU,
+ * GPU->host and GPU->GPU the same way (a readable on GPU memory is staged
+ * where UCX has no CUDA transports). With the fake driver also a CUDA copy
+ * that fails midway, in a write and in a read.
  *
  * Partners: this executable re-executed: --passive CMD_FD RES_FD creates the
- * writable (host or GPU memory), waits, and checks the bytes; --writer
+ * writable or readable (host or GPU memory), waits, and checks the bytes
+ * (a readable's: unchanged); --writer
  * writes GPU memory with its notice held back, then waits to be killed (a
  * writer killed midway, on the default and the staged path).
  */
@@ -48,8 +51,8 @@
 #define SKIP_EXIT       77
 
 typedef struct {
-    char kind;     /* 'W' writable, 'Q' quit */
-    int32_t cuda;  /* the writable is on cuda:0 (else host) */
+    char kind;     /* 'W' writable, 'R' readable, 'Q' quit */
+    int32_t cuda;  /* the passive memory is on cuda:0 (else host) */
     int32_t force; /* staged path forced */
     uint32_t n;
     uint64_t size;
@@ -324,12 +327,22 @@ static void transfer(bool src_cuda, bool dst_cuda, uint32_t n, uint64_t size, pa
 #define BIG   ((8u << 20) + 5)   /* three 4 MiB chunks, the last short */
 #define SMALL ((256u << 10) + 3) /* per region of 16 */
 
-/* A read from host memory (direct) into GPU memory: the staged path's
- * read lanes (get into a pinned slot, then a copy to the GPU) where UCX
- * has no CUDA transports. */
-static void read_into_gpu(uint32_t n, uint64_t size)
+/* One read of a readable on src memory into dst memory: where UCX has no
+ * CUDA transports (or forced) a readable on the GPU is staged (its side
+ * copies each chunk GPU -> slot, the reader gets the slot), and a reader
+ * into the GPU gets into its pinned slots and copies them to the GPU.
+ * Checks the path the metadata declares, every byte in dst, and the
+ * readable's bytes unchanged. */
+static void read_transfer(bool src_cuda, bool dst_cuda, uint32_t n, uint64_t size, path_t path)
 {
-    cmd_t cmd = {.kind = 'R', .cuda = 0, .force = 0, .n = n, .size = size, .seed = 77};
+    static uint32_t seed = 70;
+    cmd_t cmd = {.kind = 'R',
+                 .cuda = src_cuda,
+                 .force = path == PATH_STAGED,
+                 .n = n,
+                 .size = size,
+                 .seed = ++seed};
+    Ferry__V1__RdmaMetadata *m;
     regions_t dst;
     ferry_op_t *op;
     uint8_t *md;
@@ -337,25 +350,42 @@ static void read_into_gpu(uint32_t n, uint64_t size)
     ferry_status_t st;
     report_t rep;
 
-    assert_int_equal(regions_alloc(&dst, true, n, size, 0), 0);
+    atomic_store(&ferry__test_staging.force, path == PATH_STAGED);
+    assert_int_equal(regions_alloc(&dst, dst_cuda, n, size, 0), 0);
     assert_int_equal(pair_write(world.passive.cmd_fd, &cmd, sizeof(cmd)), 0);
     assert_int_equal(pair_recv_blob(world.passive.res_fd, &md, &md_len), 0);
+    assert_true(md_len > 0);
+    assert_int_equal(ferry__metadata_decode(md, md_len, &m), FERRY_OK);
+    assert_int_equal(m->staging != NULL, path == PATH_STAGED || (src_cuda && !world.c->ucx_cuda));
+    ferry__metadata_free(m);
     st = ferry_read_begin(world.c, dst.descs, n, md, md_len, &op);
     if (st != FERRY_OK) {
         fail_msg("begin: %s: %s", ferry_status_name(st), ferry_last_error_message());
     }
     assert_int_equal(ferry_op_wait(op, WAIT_TIMEOUT_MS), FERRY_OK);
     assert_true(regions_check(&dst, cmd.seed));
+    assert_int_equal(ferry_op_status(op), FERRY_OP_STATUS_COMPLETE);
     assert_int_equal(pair_read(world.passive.res_fd, &rep, sizeof(rep), PAIR_IO_TIMEOUT_MS), 0);
     assert_int_equal(rep.status, FERRY_OK);
+    assert_int_equal(rep.op_status, FERRY_OP_STATUS_COMPLETE);
+    assert_int_equal(rep.bytes_ok, 1);
     ferry_op_destroy(op);
     free(md);
     regions_free(&dst);
+    atomic_store(&ferry__test_staging.force, false);
 }
 
 /* clang-format off */
-static void test_read_h2d_1(void **s) { (void)s; read_into_gpu(1, BIG); }
-static void test_read_h2d_16(void **s) { (void)s; read_into_gpu(16, SMALL); }
+static void test_read_h2d_1(void **s) { (void)s; read_transfer(false, true, 1, BIG, PATH_DEFAULT); }
+static void test_read_h2d_16(void **s) { (void)s; read_transfer(false, true, 16, SMALL, PATH_DEFAULT); }
+static void test_read_d2h_1(void **s) { (void)s; read_transfer(true, false, 1, BIG, PATH_DEFAULT); }
+static void test_read_d2d_1(void **s) { (void)s; read_transfer(true, true, 1, BIG, PATH_DEFAULT); }
+static void test_read_d2h_16(void **s) { (void)s; read_transfer(true, false, 16, SMALL, PATH_DEFAULT); }
+static void test_read_d2d_16(void **s) { (void)s; read_transfer(true, true, 16, SMALL, PATH_DEFAULT); }
+static void test_read_h2d_1_staged(void **s) { (void)s; read_transfer(false, true, 1, BIG, PATH_STAGED); }
+static void test_read_d2h_1_staged(void **s) { (void)s; read_transfer(true, false, 1, BIG, PATH_STAGED); }
+static void test_read_d2d_1_staged(void **s) { (void)s; read_transfer(true, true, 1, BIG, PATH_STAGED); }
+static void test_read_d2d_16_staged(void **s) { (void)s; read_transfer(true, true, 16, SMALL, PATH_STAGED); }
 static void test_h2d_1(void **s) { (void)s; transfer(false, true, 1, BIG, PATH_DEFAULT); }
 static void test_d2h_1(void **s) { (void)s; transfer(true, false, 1, BIG, PATH_DEFAULT); }
 static void test_d2d_1(void **s) { (void)s; transfer(true, true, 1, BIG, PATH_DEFAULT); }
@@ -463,6 +493,46 @@ static void test_cuda_copy_fails_midway(void **state)
     ferry_op_destroy(op);
     free(md);
     regions_free(&src);
+    atomic_store(&ferry__test_staging.force, false);
+}
+
+/* The fake driver fails the reader's second CUDA copy (slot -> its GPU
+ * memory) reading a staged readable on the GPU: the reader ends ERRORED
+ * with the driver's error, and so does the readable's side. */
+static void test_cuda_copy_fails_midway_read(void **state)
+{
+    void (*fail_copy)(unsigned);
+    cmd_t cmd = {.kind = 'R', .cuda = 1, .force = 1, .n = 1, .size = BIG, .seed = 4};
+    regions_t dst;
+    ferry_op_t *op;
+    const char *msg;
+    uint8_t *md;
+    uint32_t md_len;
+    report_t rep;
+    (void)state;
+
+    if (fake_driver == NULL) {
+        skip(); /* a real driver's copies do not fail on request */
+    }
+    *(void **)&fail_copy =
+        dlsym(dlopen(fake_driver, RTLD_NOW | RTLD_NOLOAD), "fake_cuda_fail_copy");
+    assert_non_null(fail_copy);
+    atomic_store(&ferry__test_staging.force, true);
+    assert_int_equal(regions_alloc(&dst, true, 1, BIG, 0), 0);
+    assert_int_equal(pair_write(world.passive.cmd_fd, &cmd, sizeof(cmd)), 0);
+    assert_int_equal(pair_recv_blob(world.passive.res_fd, &md, &md_len), 0);
+    fail_copy(2);
+    assert_int_equal(ferry_read_begin(world.c, dst.descs, 1, md, md_len, &op), FERRY_OK);
+    assert_int_equal(ferry_op_wait(op, WAIT_TIMEOUT_MS), FERRY_ERR_IO);
+    ferry_op_error(op, &msg);
+    assert_non_null(strstr(msg, "CUDA_ERROR_LAUNCH_FAILED"));
+    assert_int_equal(pair_read(world.passive.res_fd, &rep, sizeof(rep), PAIR_IO_TIMEOUT_MS), 0);
+    assert_int_equal(rep.status, FERRY_ERR_IO);
+    assert_int_equal(rep.op_status, FERRY_OP_STATUS_ERRORED);
+    fail_copy(0);
+    ferry_op_destroy(op);
+    free(md);
+    regions_free(&dst);
     atomic_store(&ferry__test_staging.force, false);
 }
 
@@ -579,6 +649,15 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_d2d_16_staged),
         cmocka_unit_test(test_read_h2d_1),
         cmocka_unit_test(test_read_h2d_16),
+        cmocka_unit_test(test_read_d2h_1),
+        cmocka_unit_test(test_read_d2d_1),
+        cmocka_unit_test(test_read_d2h_16),
+        cmocka_unit_test(test_read_d2d_16),
+        cmocka_unit_test(test_read_h2d_1_staged),
+        cmocka_unit_test(test_read_d2h_1_staged),
+        cmocka_unit_test(test_read_d2d_1_staged),
+        cmocka_unit_test(test_read_d2d_16_staged),
+        cmocka_unit_test(test_cuda_copy_fails_midway_read),
         cmocka_unit_test(test_cuda_copy_fails_midway),
         cmocka_unit_test(test_writer_killed_midway),
         cmocka_unit_test(test_writer_killed_midway_staged),

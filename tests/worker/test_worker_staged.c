@@ -8,17 +8,20 @@
  * host engine, whose faults (copy_engine.h) the tests set: slow copies,
  * a copy held midway, a copy that fails.
  *
- * The parent is the writer (active side) unless said otherwise. Its partner
- * is this executable re-executed:
+ * The parent is the active side (writer or reader) unless said otherwise.
+ * Its partner is this executable re-executed:
  *
- *   --passive CMD_FD RES_FD   for each command: a staged writable with the
- *                             command's chunk size, slots and faults; sends
- *                             the metadata back, waits (or cancels midway),
- *                             checks every byte, reports.
+ *   --passive CMD_FD RES_FD   for each command: a staged writable ('W') or
+ *                             readable ('R', its bytes filled from the
+ *                             seed) with the command's chunk size, slots
+ *                             and faults; sends the metadata back, waits
+ *                             (or cancels midway), checks every byte of a
+ *                             writable, reports.
  *   --writer CMD_FD RES_FD    reads metadata, writes one region with its own
  *                             engine held at its third copy, says "R" once
  *                             held, then waits to be killed.
  *                             --writer-peer-errors: with peer error handling.
+ *                             --reader, --reader-peer-errors: reads instead.
  *
  * Plus pure checks of the host engine, the CHUNK/CREDIT wire format and the
  * staging rules of the metadata.
@@ -47,7 +50,7 @@
 enum { MODE_WAIT = 0, MODE_CANCEL_MIDWAY = 1 };
 
 typedef struct {
-    char kind; /* 'W' writable, 'Q' quit */
+    char kind; /* 'W' writable, 'R' readable, 'Q' quit */
     int32_t mode;
     uint32_t n;
     uint64_t size;
@@ -148,7 +151,14 @@ static void passive_one(ferry_connector_t *c, const cmd_t *cmd, int res_fd)
         atomic_store(&faults->hold_from, copy_from_now(cmd->hold_at));
         atomic_store(&faults->hold, true);
     }
-    rep.status = ferry_writable_create(c, descs, cmd->n, &op);
+    if (cmd->kind == 'R') {
+        for (uint32_t i = 0; i < cmd->n; i++) {
+            pair_fill(bufs[i], cmd->size, cmd->seed, i);
+        }
+        rep.status = ferry_readable_create(c, descs, cmd->n, &op);
+    } else {
+        rep.status = ferry_writable_create(c, descs, cmd->n, &op);
+    }
     if (rep.status != FERRY_OK) {
         fprintf(stderr, "passive: create: %s\n", ferry_last_error_message());
         pair_send_blob(res_fd, NULL, 0);
@@ -165,6 +175,8 @@ static void passive_one(ferry_connector_t *c, const cmd_t *cmd, int res_fd)
     } else {
         rep.status = ferry_op_wait(op, WAIT_TIMEOUT_MS);
         rep.bytes_ok = 1;
+        /* A readable's bytes are checked by the reader; its own must be
+         * untouched. */
         for (uint32_t i = 0; rep.status == FERRY_OK && i < cmd->n; i++) {
             size_t bad = pair_check(bufs[i], cmd->size, cmd->seed, i);
             if (bad != cmd->size) {
@@ -199,7 +211,7 @@ static int passive_main(int cmd_fd, int res_fd)
     return ferry_connector_destroy(c) == FERRY_OK ? 0 : 3;
 }
 
-static int writer_main(int cmd_fd, int res_fd, bool peer_errors)
+static int writer_main(int cmd_fd, int res_fd, bool peer_errors, bool read)
 {
     ferry_connector_params_t params = {.field_mask =
                                            FERRY_CONNECTOR_PARAM_FIELD_PEER_ERROR_HANDLING,
@@ -210,6 +222,7 @@ static int writer_main(int cmd_fd, int res_fd, bool peer_errors)
     uint64_t size;
     uint8_t *md, *buf;
     uint32_t md_len;
+    ferry_status_t st;
 
     if (pair_read(cmd_fd, &size, sizeof(size), PAIR_IO_TIMEOUT_MS) != 0 ||
         pair_recv_blob(cmd_fd, &md, &md_len) != 0 ||
@@ -221,7 +234,13 @@ static int writer_main(int cmd_fd, int res_fd, bool peer_errors)
     desc = (ferry_descriptor_t){buf, size, FERRY_DEVICE_HOST_INIT};
     atomic_store(&faults->hold_from, copy_from_now(3));
     atomic_store(&faults->hold, true);
-    if (ferry_write_begin(c, &desc, 1, md, md_len, &op) != FERRY_OK || !wait_held(op)) {
+    if (read) {
+        memset(buf, 0, size);
+        st = ferry_read_begin(c, &desc, 1, md, md_len, &op);
+    } else {
+        st = ferry_write_begin(c, &desc, 1, md, md_len, &op);
+    }
+    if (st != FERRY_OK || !wait_held(op)) {
         return 3;
     }
     pair_write(res_fd, "R", 1);
@@ -297,7 +316,7 @@ static void run_case(const staged_case_t *k)
     ferry_status_t st;
     report_t rep;
 
-    for (uint32_t i = 0; i < cmd->n; i++) {
+    for (uint32_t i = 0; cmd->kind == 'W' && i < cmd->n; i++) {
         pair_fill(bufs[i], cmd->size, cmd->seed, i);
     }
     assert_int_equal(pair_write(world.passive.cmd_fd, cmd, sizeof(*cmd)), 0);
@@ -314,7 +333,11 @@ static void run_case(const staged_case_t *k)
         atomic_store(&faults->hold_from, copy_from_now(k->cancel_at));
         atomic_store(&faults->hold, true);
     }
-    st = ferry_write_begin(world.c, descs, cmd->n, md, md_len, &op);
+    if (cmd->kind == 'R') {
+        st = ferry_read_begin(world.c, descs, cmd->n, md, md_len, &op);
+    } else {
+        st = ferry_write_begin(world.c, descs, cmd->n, md, md_len, &op);
+    }
     if (st != FERRY_OK) {
         fail_msg("begin: %s: %s", ferry_status_name(st), ferry_last_error_message());
     }
@@ -336,6 +359,12 @@ static void run_case(const staged_case_t *k)
         assert_int_equal(ferry_op_status(op), FERRY_OP_STATUS_COMPLETE);
         assert_int_equal(rep.bytes_ok, 1);
     }
+    for (uint32_t i = 0; cmd->kind == 'R' && k->want == FERRY_OK && i < cmd->n; i++) {
+        size_t bad = pair_check(bufs[i], cmd->size, cmd->seed, i);
+        if (bad != cmd->size) {
+            fail_msg("reader: descriptor %u byte %zu differs", i, bad);
+        }
+    }
     ferry_op_destroy(op);
     faults_reset();
     free(md);
@@ -343,11 +372,20 @@ static void run_case(const staged_case_t *k)
     free_bufs(bufs, cmd->n);
 }
 
+/* Every case runs as a write (the parent writes a writable) and then as a
+ * read (the parent reads a readable): read_dir says which. */
+static bool read_dir;
+
 static staged_case_t ok_case(uint32_t n, uint64_t size, uint64_t chunk, uint32_t slots)
 {
     staged_case_t k = {0};
 
-    k.cmd = (cmd_t){.kind = 'W', .n = n, .size = size, .seed = 5, .chunk = chunk, .slots = slots};
+    k.cmd = (cmd_t){.kind = read_dir ? 'R' : 'W',
+                    .n = n,
+                    .size = size,
+                    .seed = 5,
+                    .chunk = chunk,
+                    .slots = slots};
     k.want = FERRY_OK;
     k.passive_want = FERRY_OK;
     k.passive_status = FERRY_OP_STATUS_COMPLETE;
@@ -473,7 +511,7 @@ static void test_after_faults(void **state)
 /* The writer process dies with chunks in flight (its engine held midway).
  * peer_errors: the passive side learns it from its endpoint (ERRORED);
  * otherwise its wait times out and the op stays claimed. */
-static void writer_killed(bool peer_errors)
+static void writer_killed(bool peer_errors, bool read)
 {
     ferry_connector_params_t params = {.field_mask =
                                            FERRY_CONNECTOR_PARAM_FIELD_PEER_ERROR_HANDLING,
@@ -491,9 +529,15 @@ static void writer_killed(bool peer_errors)
     atomic_store(&ferry__test_staging.chunk, 65536);
     atomic_store(&ferry__test_staging.slots, 2);
     assert_int_equal(ferry_connector_create(&params, &c), FERRY_OK);
-    assert_int_equal(ferry_writable_create(c, &d, 1, &op), FERRY_OK);
+    if (read) {
+        pair_fill(buf, size, 9, 0);
+        assert_int_equal(ferry_readable_create(c, &d, 1, &op), FERRY_OK);
+    } else {
+        assert_int_equal(ferry_writable_create(c, &d, 1, &op), FERRY_OK);
+    }
     assert_int_equal(ferry_op_metadata(op, &md, &md_len), FERRY_OK);
-    writer = pair_spawn(self_exe, peer_errors ? "--writer-peer-errors" : "--writer");
+    writer = pair_spawn(self_exe, read ? (peer_errors ? "--reader-peer-errors" : "--reader")
+                                       : (peer_errors ? "--writer-peer-errors" : "--writer"));
     assert_int_equal(pair_write(writer.cmd_fd, &size, sizeof(size)), 0);
     assert_int_equal(pair_send_blob(writer.cmd_fd, md, (uint32_t)md_len), 0);
     assert_int_equal(pair_read(writer.res_fd, &ready, 1, PAIR_IO_TIMEOUT_MS), 0);
@@ -517,13 +561,13 @@ static void writer_killed(bool peer_errors)
 static void test_writer_killed_midway(void **state)
 {
     (void)state;
-    writer_killed(false);
+    writer_killed(false, read_dir);
 }
 
 static void test_writer_killed_midway_peer_detection(void **state)
 {
     (void)state;
-    writer_killed(true);
+    writer_killed(true, read_dir);
 }
 
 /* Caller progress mode, both sides on one connector: ferry_op_wait drives
@@ -544,14 +588,25 @@ static void test_caller_progress_loopback(void **state)
     (void)state;
 
     pair_fill(src, size, 21, 0);
+    if (read_dir) {
+        /* The readable serves src; the reader fills dst. */
+        ds = (ferry_descriptor_t){dst, size, FERRY_DEVICE_HOST_INIT};
+        dd = (ferry_descriptor_t){src, size, FERRY_DEVICE_HOST_INIT};
+    }
     atomic_store(&ferry__test_staging.chunk, 32768);
     atomic_store(&ferry__test_staging.slots, 2);
     faults_reset();
     atomic_store(&faults->delay_polls, 50);
     assert_int_equal(ferry_connector_create(&params, &c), FERRY_OK);
-    assert_int_equal(ferry_writable_create(c, &dd, 1, &passive), FERRY_OK);
-    assert_int_equal(ferry_op_metadata(passive, &md, &md_len), FERRY_OK);
-    assert_int_equal(ferry_write_begin(c, &ds, 1, md, md_len, &active), FERRY_OK);
+    if (read_dir) {
+        assert_int_equal(ferry_readable_create(c, &dd, 1, &passive), FERRY_OK);
+        assert_int_equal(ferry_op_metadata(passive, &md, &md_len), FERRY_OK);
+        assert_int_equal(ferry_read_begin(c, &ds, 1, md, md_len, &active), FERRY_OK);
+    } else {
+        assert_int_equal(ferry_writable_create(c, &dd, 1, &passive), FERRY_OK);
+        assert_int_equal(ferry_op_metadata(passive, &md, &md_len), FERRY_OK);
+        assert_int_equal(ferry_write_begin(c, &ds, 1, md, md_len, &active), FERRY_OK);
+    }
     assert_int_equal(ferry_op_wait(active, WAIT_TIMEOUT_MS), FERRY_OK);
     assert_int_equal(ferry_op_wait(passive, WAIT_TIMEOUT_MS), FERRY_OK);
     assert_int_equal(pair_check(dst, size, 21, 0), size);
@@ -565,17 +620,108 @@ static void test_caller_progress_loopback(void **state)
     free(dst);
 }
 
-/* A readable cannot be staged: refused at create with the reason. */
-static void test_readable_refused(void **state)
+static bool stale_gone(ferry_connector_t *c)
 {
-    uint8_t buf[64];
-    ferry_descriptor_t d = {buf, sizeof(buf), FERRY_DEVICE_HOST_INIT};
-    ferry_op_t *op = NULL;
+    int64_t deadline = pair_now_ms() + WAIT_TIMEOUT_MS;
+    bool gone = false;
+
+    while (!gone && pair_now_ms() < deadline) {
+        ferry__lock(c);
+        gone = c->stale == NULL;
+        ferry__unlock(c);
+        if (!gone) {
+            usleep(1000); /* polling the condition, with a deadline */
+        }
+    }
+    return gone;
+}
+
+/* The passive side cancels midway, both sides on one connector: its slots
+ * stay mapped (a put or get of the claimant may still be in flight to
+ * them) until the stopped claimant settles with its notice, and then go,
+ * before either operation is destroyed. Writes, then reads. */
+static void test_stale_slots_released(void **state)
+{
+    uint64_t size = 1u << 20;
+    uint8_t *a = malloc(size), *b = calloc(1, size);
+    ferry_descriptor_t da = {a, size, FERRY_DEVICE_HOST_INIT};
+    ferry_descriptor_t db = {b, size, FERRY_DEVICE_HOST_INIT};
+    ferry_connector_t *c;
     (void)state;
 
-    assert_int_equal(ferry_readable_create(world.c, &d, 1, &op), FERRY_ERR_UNIMPLEMENTED);
-    assert_null(op);
-    assert_non_null(strstr(ferry_last_error_message(), "staged"));
+    pair_fill(a, size, 31, 0);
+    atomic_store(&ferry__test_staging.chunk, 65536);
+    atomic_store(&ferry__test_staging.slots, 2);
+    assert_int_equal(ferry_connector_create(NULL, &c), FERRY_OK);
+    for (int read = 0; read < 2; read++) {
+        ferry_op_t *passive, *active;
+        const uint8_t *md;
+        size_t md_len;
+        bool held;
+
+        faults_reset();
+        atomic_store(&faults->hold_from, copy_from_now(3));
+        atomic_store(&faults->hold, true);
+        if (read) {
+            assert_int_equal(ferry_readable_create(c, &da, 1, &passive), FERRY_OK);
+            assert_int_equal(ferry_op_metadata(passive, &md, &md_len), FERRY_OK);
+            assert_int_equal(ferry_read_begin(c, &db, 1, md, md_len, &active), FERRY_OK);
+        } else {
+            assert_int_equal(ferry_writable_create(c, &db, 1, &passive), FERRY_OK);
+            assert_int_equal(ferry_op_metadata(passive, &md, &md_len), FERRY_OK);
+            assert_int_equal(ferry_write_begin(c, &da, 1, md, md_len, &active), FERRY_OK);
+        }
+        held = wait_held(active);
+        assert_int_equal(ferry_op_cancel(passive), FERRY_OK);
+        atomic_store(&faults->hold, false);
+        assert_true(held);
+        assert_int_equal(ferry_op_wait(passive, 0), FERRY_ERR_CANCELLED);
+        assert_int_equal(ferry_op_wait(active, WAIT_TIMEOUT_MS), FERRY_ERR_CANCELLED);
+        assert_true(stale_gone(c));
+        ferry_op_destroy(active);
+        ferry_op_destroy(passive);
+    }
+    assert_int_equal(ferry_connector_destroy(c), FERRY_OK);
+    faults_reset();
+    atomic_store(&ferry__test_staging.chunk, 0);
+    atomic_store(&ferry__test_staging.slots, 0);
+    free(a);
+    free(b);
+}
+
+/* The cases above then run again in the read direction. */
+static int read_setup(void **state)
+{
+    read_dir = true;
+    return group_setup(state);
+}
+
+static int read_teardown(void **state)
+{
+    read_dir = false;
+    return group_teardown(state);
+}
+
+/* A staged readable's metadata says so, with the slots asked for, and its
+ * memory is not registered. */
+static void test_readable_staged(void **state)
+{
+    uint8_t buf[5000];
+    ferry_descriptor_t d = {buf, sizeof(buf), FERRY_DEVICE_HOST_INIT};
+    cmd_t cmd = {.size = sizeof(buf), .chunk = 1024, .slots = 3};
+    ferry_op_t *op = NULL;
+    const uint8_t *md;
+    size_t md_len;
+    (void)state;
+
+    atomic_store(&ferry__test_staging.chunk, cmd.chunk);
+    atomic_store(&ferry__test_staging.slots, cmd.slots);
+    assert_int_equal(ferry_readable_create(world.c, &d, 1, &op), FERRY_OK);
+    assert_int_equal(ferry_op_metadata(op, &md, &md_len), FERRY_OK);
+    assert_staged(md, (uint32_t)md_len, &cmd);
+    ferry_op_destroy(op);
+    atomic_store(&ferry__test_staging.chunk, 0);
+    atomic_store(&ferry__test_staging.slots, 0);
 }
 
 /* ---- pure checks ----------------------------------------------------------- */
@@ -673,7 +819,7 @@ static void test_wire_chunk_credit(void **state)
 }
 
 /* The staging rules (common/md_rules.c): descriptors' rkeys empty, the
- * block complete, WRITE only. */
+ * block complete; WRITE and READ metadata alike. */
 static void test_staging_rules(void **state)
 {
     uint8_t addr[4] = {1, 2, 3, 4}, key[FERRY_MD_KEY_LEN] = {0}, rk[8] = {1};
@@ -714,12 +860,30 @@ static void test_staging_rules(void **state)
     assert_non_null(strstr(msg, "md.staging.slots"));
     st.slots = 2;
     md.kind = FERRY__V1__OPERATION_KIND__OPERATION_KIND_READ;
+    assert_int_equal(ferry_md_check("md", &md, msg, sizeof(msg)), FERRY_OK);
+    st.rkey.len = 0;
     assert_int_equal(ferry_md_check("md", &md, msg, sizeof(msg)), FERRY_ERR_INVALID_ARGUMENT);
-    assert_non_null(strstr(msg, "only for WRITE"));
+    assert_non_null(strstr(msg, "md.staging.rkey"));
 }
 
 int main(int argc, char **argv)
 {
+    const struct CMUnitTest transfers[] = {
+        cmocka_unit_test(test_one_descriptor),
+        cmocka_unit_test(test_sixteen_descriptors),
+        cmocka_unit_test(test_small_chunks),
+        cmocka_unit_test(test_chunk_above_size),
+        cmocka_unit_test(test_slow_engines),
+        cmocka_unit_test(test_one_slot),
+        cmocka_unit_test(test_writer_cancels_midway),
+        cmocka_unit_test(test_passive_cancels_midway),
+        cmocka_unit_test(test_writer_engine_error),
+        cmocka_unit_test(test_passive_engine_error),
+        cmocka_unit_test(test_after_faults),
+        cmocka_unit_test(test_writer_killed_midway),
+        cmocka_unit_test(test_writer_killed_midway_peer_detection),
+        cmocka_unit_test(test_caller_progress_loopback),
+    };
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_host_engine_order),
         cmocka_unit_test(test_host_engine_faults),
@@ -739,20 +903,27 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_writer_killed_midway),
         cmocka_unit_test(test_writer_killed_midway_peer_detection),
         cmocka_unit_test(test_caller_progress_loopback),
-        cmocka_unit_test(test_readable_refused),
+        cmocka_unit_test(test_readable_staged),
+        cmocka_unit_test(test_stale_slots_released),
     };
+    int failed;
 
     signal(SIGPIPE, SIG_IGN);
     atomic_store(&ferry__test_staging.force, true);
     if (argc == 4 && strcmp(argv[1], "--passive") == 0) {
         return passive_main(atoi(argv[2]), atoi(argv[3]));
     }
-    if (argc == 4 && strcmp(argv[1], "--writer") == 0) {
-        return writer_main(atoi(argv[2]), atoi(argv[3]), false);
+    if (argc == 4 && strncmp(argv[1], "--writer", 8) == 0) {
+        return writer_main(atoi(argv[2]), atoi(argv[3]),
+                           strcmp(argv[1], "--writer-peer-errors") == 0, false);
     }
-    if (argc == 4 && strcmp(argv[1], "--writer-peer-errors") == 0) {
-        return writer_main(atoi(argv[2]), atoi(argv[3]), true);
+    if (argc == 4 && strncmp(argv[1], "--reader", 8) == 0) {
+        return writer_main(atoi(argv[2]), atoi(argv[3]),
+                           strcmp(argv[1], "--reader-peer-errors") == 0, true);
     }
     self_exe = argv[0];
-    return cmocka_run_group_tests(tests, group_setup, group_teardown);
+    failed = cmocka_run_group_tests(tests, group_setup, group_teardown);
+    /* The same transfers as a read of a staged readable. */
+    failed += cmocka_run_group_tests_name("read", transfers, read_setup, read_teardown);
+    return failed;
 }
