@@ -143,7 +143,8 @@ struct ferry_coordinator {
     char session_token[LEASE_TOKEN_CAP]; /* its lease token */
     int64_t session_ttl_s;
     int64_t session_due_ms;
-    bool session_making; /* an RPC that will make it is in flight */
+    int session_renew_tries; /* keep-alives failed in a row */
+    bool session_making;     /* an RPC that will make it is in flight */
 };
 
 static int64_t now_ms(void)
@@ -217,6 +218,7 @@ static void session_made(ferry_coordinator_t *coord, bool making, int64_t lease,
         snprintf(coord->session_token, sizeof(coord->session_token), "%s", token);
         coord->session_ttl_s = ttl_s;
         coord->session_due_ms = now_ms() + period_ms(coord);
+        coord->session_renew_tries = 0;
         ferry_debug("coordinator session: lease %lld, ttl %llds", (long long)lease,
                     (long long)ttl_s);
     }
@@ -236,28 +238,38 @@ static void session_lost(ferry_coordinator_t *coord, int64_t lease)
     pthread_mutex_unlock(&coord->lock);
 }
 
-static void session_renew(ferry_coordinator_t *coord, int64_t lease, char *token)
+/* One KeepAlive of the session lease. False when it failed for a reason
+ * that may pass (the coordinator unreachable or slow): then the caller tries
+ * again soon, not a period later. The call waits at most a period: a later
+ * answer would come too late to matter. */
+static bool session_renew(ferry_coordinator_t *coord, int64_t lease, char *token)
 {
     Ferry__V1__KeepAliveRequest req = FERRY__V1__KEEP_ALIVE_REQUEST__INIT;
     Ferry__V1__KeepAliveResponse *resp = NULL;
+    int64_t timeout_ms =
+        coord->timeout_ms < period_ms(coord) ? coord->timeout_ms : period_ms(coord);
     rpc_error_t err;
     ferry_status_t status;
 
     req.lease_id = lease;
     req.lease_token = token;
-    status = call(coord, COORD_PATH("KeepAlive"), &req.base,
-                  &ferry__v1__keep_alive_response__descriptor, 0, &resp, &err);
+    status = rpc_unary(coord->channel, COORD_PATH("KeepAlive"), &req.base,
+                       &ferry__v1__keep_alive_response__descriptor, timeout_ms,
+                       (ProtobufCMessage **)&resp, &err);
     if (status == FERRY_OK) {
         ferry__v1__keep_alive_response__free_unpacked(resp, NULL);
-    } else if (status == FERRY_ERR_NOT_FOUND || status == FERRY_ERR_LEASE_NOT_FOUND ||
-               status == FERRY_ERR_EXPIRED || status == FERRY_ERR_PERMISSION_DENIED) {
+        return true;
+    }
+    if (status == FERRY_ERR_NOT_FOUND || status == FERRY_ERR_LEASE_NOT_FOUND ||
+        status == FERRY_ERR_EXPIRED || status == FERRY_ERR_PERMISSION_DENIED) {
         /* Gone, or no longer ours to renew (the coordinators' lease key
          * changed): either way the next operation makes a new one. */
         session_lost(coord, lease);
-    } else {
-        ferry_warn("coordinator session: keep-alive of lease %lld failed: %s", (long long)lease,
-                   err.message);
+        return true;
     }
+    ferry_warn("coordinator session: keep-alive of lease %lld failed: %s", (long long)lease,
+               err.message);
+    return false;
 }
 
 /* True when a call that named the session lease failed because etcd no
@@ -556,8 +568,10 @@ static void timed_wait(pthread_cond_t *cond, pthread_mutex_t *lock, int64_t ms)
     pthread_cond_timedwait(cond, lock, &until);
 }
 
-/* Renews the session lease if it is due; called and returns with the lock
- * held. */
+/* Renews the session lease if it is due, and after a failed renewal again
+ * after retry_ms (50 ms, doubling, at most a period), so that one lost or
+ * slow KeepAlive does not cost a third of the TTL; called and returns with
+ * the lock held. */
 static void session_tick(ferry_coordinator_t *coord, int64_t *wait_ms_p)
 {
     int64_t lease = coord->session_lease;
@@ -576,8 +590,19 @@ static void session_tick(ferry_coordinator_t *coord, int64_t *wait_ms_p)
     coord->session_due_ms = now_ms() + period_ms(coord);
     memcpy(token, coord->session_token, sizeof(token));
     pthread_mutex_unlock(&coord->lock);
-    session_renew(coord, lease, token);
+    bool renewed = session_renew(coord, lease, token);
     pthread_mutex_lock(&coord->lock);
+    if (coord->session_lease != lease) {
+        return; /* lost, or replaced meanwhile: its own schedule */
+    }
+    coord->session_renew_tries = renewed ? 0 : coord->session_renew_tries + 1;
+    if (!renewed) {
+        coord->session_due_ms = now_ms() + retry_ms(coord, coord->session_renew_tries);
+    }
+    left = coord->session_due_ms - now_ms();
+    if (left < *wait_ms_p) {
+        *wait_ms_p = left;
+    }
 }
 
 static void *session_main(void *arg)
@@ -587,9 +612,14 @@ static void *session_main(void *arg)
     pthread_mutex_lock(&coord->lock);
     while (!coord->stopping) {
         int64_t wait_ms = 0;
+        /* The renewal first, before any link's work: with links always due
+         * (many operations, or calls slowed by a loaded coordinator) it
+         * would otherwise wait behind them past the TTL. */
+        int64_t renew_ms = period_ms(coord);
+        session_tick(coord, &renew_ms);
         coord_link_t *link = next_due(coord, &wait_ms);
         if (link == NULL) {
-            session_tick(coord, &wait_ms);
+            wait_ms = renew_ms < wait_ms ? renew_ms : wait_ms;
             timed_wait(&coord->cond, &coord->lock, wait_ms > 0 ? wait_ms : 1);
             continue;
         }

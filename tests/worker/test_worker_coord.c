@@ -253,8 +253,9 @@ static int role_many_receiver(const char *target, int in, int out)
     return rc;
 }
 
-/* A writer for the admission tests: reads "seed N ID MS" (the byte it
- * writes, the request ID, its coordinator call timeout), then writes SIZE
+/* A writer for the admission tests: reads "seed N ID MS TTL" (the byte it
+ * writes, the request ID, its coordinator call timeout, its session lease's
+ * TTL in seconds, 0 for the coordinator's), then writes SIZE
  * bytes of it to ID (FERRY_TEST_PAUSE, set by the parent, stops it inside begin_by_id), and
  * says "ok <name>" or "refused <status name>"; then waits for "bye" (its
  * client keeps reporting meanwhile) and exits 0. */
@@ -268,11 +269,12 @@ static int role_racing_writer(const char *target, int in, int out)
     ferry_descriptor_t d = {.ptr = buf, .size = SIZE, .device = FERRY_DEVICE_HOST_INIT};
     char line[64], id[32];
     unsigned seed;
+    int ttl_s;
     ferry_status_t status;
     ferry_op_t *op;
 
     if (!hear(in, line, sizeof(line), 30000) ||
-        sscanf(line, "seed %u %31s %d", &seed, id, &cp.timeout_ms) != 3) {
+        sscanf(line, "seed %u %31s %d %d", &seed, id, &cp.timeout_ms, &ttl_s) != 4) {
         return 96;
     }
     if (ferry_connector_create(NULL, &c) != FERRY_OK ||
@@ -284,6 +286,10 @@ static int role_racing_writer(const char *target, int in, int out)
                               .request_id = id,
                               .access_token = TOKEN,
                               .wait_ms = 10000};
+    if (ttl_s > 0) {
+        p.field_mask |= FERRY_CLAIM_PARAM_FIELD_TTL;
+        p.ttl_s = ttl_s;
+    }
     status = ferry_write_begin_by_id(c, cl, &p, &d, 1, &op);
     if (status == FERRY_OK) {
         status = ferry_op_wait(op, 20000);
@@ -698,17 +704,40 @@ static bool record_reaches(const char *id, int state, int timeout_ms)
     return false;
 }
 
-/* Writers' coordinator call timeouts: where the coordinator is stopped, a
- * short one, so that the stop outlasts a call; in the race, one long
- * enough that a slow machine never turns a Claim into TIMED_OUT. */
-#define DOWN_CALL_MS 300
+/* Writers' coordinator call timeouts: where the coordinator is stopped, one
+ * that the stop outlasts (the calls before the pause, made while the
+ * coordinator runs, must still fit in it on a loaded machine: 300 ms did
+ * not, in CI); in the race, one long enough that a slow machine never
+ * turns a Claim into TIMED_OUT. DOWN_TTL_S: the session lease of a writer
+ * whose claim must outlive the stop (the stop plus up to a third of the TTL
+ * since the last keepalive). */
+#define DOWN_CALL_MS 1000
+#define DOWN_TTL_S   10
 #define RACE_CALL_MS 10000
+
+/* A receiver for the tests that stop the coordinator: a writable over d
+ * published as id on a client of its own, whose session lease (made by this
+ * publish, DOWN_TTL_S) outlives the stop; the shared client's lease (TTL)
+ * might not. */
+static void publish_outliving_stop(const ferry_descriptor_t *d, const char *id, ferry_op_t **op_p,
+                                   ferry_coordinator_t **client_p)
+{
+    ferry_coordinator_params_t cp = {.target = coord.target};
+    ferry_publish_params_t p = {.field_mask = FERRY_PUBLISH_PARAM_FIELD_TTL,
+                                .request_id = id,
+                                .access_token = TOKEN,
+                                .ttl_s = DOWN_TTL_S};
+
+    assert_int_equal(ferry_coordinator_connect(&cp, client_p), FERRY_OK);
+    assert_int_equal(ferry_writable_create(conn, d, 1, op_p), FERRY_OK);
+    assert_int_equal(ferry_op_publish(*op_p, *client_p, &p), FERRY_OK);
+}
 
 /* Spawns n racing writers stopped at `point` (FERRY_TEST_PAUSE), each told
  * its seed, the request ID and its call timeout, and waits until all have
  * reached it. *go is the file that lets them on. */
 static void spawn_paused(child_t *w, int n, const char *point, const char *id, int call_ms,
-                         char *go, size_t go_cap)
+                         int ttl_s, char *go, size_t go_cap)
 {
     char dir[] = "/tmp/ferry-pause-XXXXXX", env[256], path[300], line[64];
 
@@ -720,7 +749,7 @@ static void spawn_paused(child_t *w, int n, const char *point, const char *id, i
     }
     unsetenv("FERRY_TEST_PAUSE");
     for (int i = 0; i < n; i++) {
-        snprintf(line, sizeof(line), "seed %d %s %d\n", 0x41 + i, id, call_ms);
+        snprintf(line, sizeof(line), "seed %d %s %d %d\n", 0x41 + i, id, call_ms, ttl_s);
         say(w[i].to, line);
     }
     for (int i = 0; i < n; i++) {
@@ -759,7 +788,7 @@ static void test_two_writers_race(void **state)
 
     assert_int_equal(ferry_writable_create(conn, &d, 1, &op), FERRY_OK);
     assert_int_equal(ferry_op_publish(op, client, &p), FERRY_OK);
-    spawn_paused(w, 2, "after-lookup", "race-1", RACE_CALL_MS, go, sizeof(go));
+    spawn_paused(w, 2, "after-lookup", "race-1", RACE_CALL_MS, 0, go, sizeof(go));
     let_go(go);
     for (int i = 0; i < 2; i++) {
         assert_true(hear(w[i].from, line[i], sizeof(line[i]), 30000));
@@ -796,15 +825,14 @@ static void test_coordinator_down_before_claim(void **state)
 {
     uint8_t *buf = calloc(1, SIZE);
     ferry_descriptor_t d = {.ptr = buf, .size = SIZE, .device = FERRY_DEVICE_HOST_INIT};
-    ferry_publish_params_t p = {.request_id = "race-2", .access_token = TOKEN};
+    ferry_coordinator_t *rcl;
     ferry_op_t *op;
     child_t w;
     char go[300], line[128];
     (void)state;
 
-    assert_int_equal(ferry_writable_create(conn, &d, 1, &op), FERRY_OK);
-    assert_int_equal(ferry_op_publish(op, client, &p), FERRY_OK);
-    spawn_paused(&w, 1, "after-lookup", "race-2", DOWN_CALL_MS, go, sizeof(go));
+    publish_outliving_stop(&d, "race-2", &op, &rcl);
+    spawn_paused(&w, 1, "after-lookup", "race-2", DOWN_CALL_MS, 0, go, sizeof(go));
     assert_int_equal(kill(coord.proc.pid, SIGSTOP), 0);
     let_go(go);
     assert_true(hear(w.from, line, sizeof(line), 30000));
@@ -844,6 +872,7 @@ static void test_coordinator_down_before_claim(void **state)
         }
     }
     ferry_op_destroy(op);
+    assert_int_equal(ferry_coordinator_disconnect(rcl), FERRY_OK);
     free(buf);
 }
 
@@ -854,15 +883,14 @@ static void test_coordinator_down_after_claim(void **state)
 {
     uint8_t *buf = calloc(1, SIZE);
     ferry_descriptor_t d = {.ptr = buf, .size = SIZE, .device = FERRY_DEVICE_HOST_INIT};
-    ferry_publish_params_t p = {.request_id = "race-3", .access_token = TOKEN};
+    ferry_coordinator_t *rcl;
     ferry_op_t *op;
     child_t w;
     char go[300], line[128], claimant[128];
     (void)state;
 
-    assert_int_equal(ferry_writable_create(conn, &d, 1, &op), FERRY_OK);
-    assert_int_equal(ferry_op_publish(op, client, &p), FERRY_OK);
-    spawn_paused(&w, 1, "after-claim", "race-3", DOWN_CALL_MS, go, sizeof(go));
+    publish_outliving_stop(&d, "race-3", &op, &rcl);
+    spawn_paused(&w, 1, "after-claim", "race-3", DOWN_CALL_MS, DOWN_TTL_S, go, sizeof(go));
     assert_int_equal(kill(coord.proc.pid, SIGSTOP), 0);
     let_go(go);
     /* The bytes move without the coordinator; the writer ends COMPLETE and
@@ -872,11 +900,11 @@ static void test_coordinator_down_after_claim(void **state)
     assert_true(hear(w.from, line, sizeof(line), 30000));
     assert_true(strncmp(line, "ok ", 3) == 0);
     /* Not synchronization: the assertions below hold either way. Staying
-     * stopped past the writer's 300 ms call timeout makes its first
-     * Complete fail, so that the retry is what completes the record. (Not
-     * much longer: the claim's lease has a TTL of 2 s here, and an outage
-     * longer than the TTL expires it, as the README says.) */
-    poll(NULL, 0, 400);
+     * stopped past the writer's call timeout makes its first Complete fail,
+     * so that the retry is what completes the record. (Not past the claim's
+     * lease, DOWN_TTL_S: an outage longer than the TTL expires it, as the
+     * README says.) */
+    poll(NULL, 0, DOWN_CALL_MS + 300);
     assert_int_equal(kill(coord.proc.pid, SIGCONT), 0);
     if (!record_reaches("race-3", ST(COMPLETE), 10000)) {
         int rec = coord_record("race-3", NULL, 0);
@@ -888,6 +916,7 @@ static void test_coordinator_down_after_claim(void **state)
     say(w.to, "bye\n");
     assert_int_equal(child_exit(&w, 10000), 0);
     ferry_op_destroy(op);
+    assert_int_equal(ferry_coordinator_disconnect(rcl), FERRY_OK);
     free(buf);
 }
 
