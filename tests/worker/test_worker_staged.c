@@ -85,37 +85,6 @@ static unsigned copy_from_now(unsigned nth)
     return atomic_load(&faults->copies) + nth;
 }
 
-static uint8_t **alloc_bufs(uint32_t n, uint64_t size)
-{
-    uint8_t **bufs = calloc(n, sizeof(*bufs));
-
-    for (uint32_t i = 0; i < n; i++) {
-        bufs[i] = calloc(1, size);
-        if (bufs[i] == NULL) {
-            abort();
-        }
-    }
-    return bufs;
-}
-
-static void free_bufs(uint8_t **bufs, uint32_t n)
-{
-    for (uint32_t i = 0; i < n; i++) {
-        free(bufs[i]);
-    }
-    free(bufs);
-}
-
-static ferry_descriptor_t *make_descs(uint8_t **bufs, uint32_t n, uint64_t size)
-{
-    ferry_descriptor_t *d = calloc(n, sizeof(*d));
-
-    for (uint32_t i = 0; i < n; i++) {
-        d[i] = (ferry_descriptor_t){bufs[i], size, FERRY_DEVICE_HOST_INIT};
-    }
-    return d;
-}
-
 /* Polls op until the engine holds a copy (or the op ends, or time runs out). */
 static bool wait_held(ferry_op_t *op)
 {
@@ -133,8 +102,8 @@ static bool wait_held(ferry_op_t *op)
 
 static void passive_one(ferry_connector_t *c, const cmd_t *cmd, int res_fd)
 {
-    uint8_t **bufs = alloc_bufs(cmd->n, cmd->size);
-    ferry_descriptor_t *descs = make_descs(bufs, cmd->n, cmd->size);
+    uint8_t **bufs = pair_alloc_bufs(cmd->n, cmd->size);
+    ferry_descriptor_t *descs = pair_make_descs(bufs, cmd->n, cmd->size);
     report_t rep = {0};
     ferry_op_t *op = NULL;
     const uint8_t *md;
@@ -192,7 +161,7 @@ out:
     ferry_op_destroy(op);
     faults_reset();
     free(descs);
-    free_bufs(bufs, cmd->n);
+    pair_free_bufs(bufs, cmd->n);
 }
 
 static int passive_main(int cmd_fd, int res_fd)
@@ -308,8 +277,8 @@ static void assert_staged(const uint8_t *md, uint32_t md_len, const cmd_t *cmd)
 static void run_case(const staged_case_t *k)
 {
     const cmd_t *cmd = &k->cmd;
-    uint8_t **bufs = alloc_bufs(cmd->n, cmd->size);
-    ferry_descriptor_t *descs = make_descs(bufs, cmd->n, cmd->size);
+    uint8_t **bufs = pair_alloc_bufs(cmd->n, cmd->size);
+    ferry_descriptor_t *descs = pair_make_descs(bufs, cmd->n, cmd->size);
     ferry_op_t *op;
     uint8_t *md;
     uint32_t md_len;
@@ -369,7 +338,7 @@ static void run_case(const staged_case_t *k)
     faults_reset();
     free(md);
     free(descs);
-    free_bufs(bufs, cmd->n);
+    pair_free_bufs(bufs, cmd->n);
 }
 
 /* Every case runs as a write (the parent writes a writable) and then as a
