@@ -361,6 +361,19 @@ static staged_case_t ok_case(uint32_t n, uint64_t size, uint64_t chunk, uint32_t
     return k;
 }
 
+/* A megabyte in 64 KiB chunks that a fault stops midway: both sides' waits
+ * end with want, the passive operation in passive_status. */
+static staged_case_t stopped_case(uint32_t n, uint32_t slots, ferry_status_t want,
+                                  ferry_op_status_t passive_status)
+{
+    staged_case_t k = ok_case(n, 1u << 20, 65536, slots);
+
+    k.want = want;
+    k.passive_want = want;
+    k.passive_status = passive_status;
+    return k;
+}
+
 /* One region, chunks that do not divide it (the last one is short). */
 static void test_one_descriptor(void **state)
 {
@@ -417,12 +430,9 @@ static void test_one_slot(void **state)
  * CANCELLED, the passive side ERRORED with the writer's status. */
 static void test_writer_cancels_midway(void **state)
 {
-    staged_case_t k = ok_case(1, 1u << 20, 65536, 2);
+    staged_case_t k = stopped_case(1, 2, FERRY_ERR_CANCELLED, FERRY_OP_STATUS_ERRORED);
     (void)state;
     k.cancel_at = 3;
-    k.want = FERRY_ERR_CANCELLED;
-    k.passive_want = FERRY_ERR_CANCELLED;
-    k.passive_status = FERRY_OP_STATUS_ERRORED;
     run_case(&k);
 }
 
@@ -430,25 +440,19 @@ static void test_writer_cancels_midway(void **state)
  * stopped by the CREDIT that says so. */
 static void test_passive_cancels_midway(void **state)
 {
-    staged_case_t k = ok_case(1, 1u << 20, 65536, 2);
+    staged_case_t k = stopped_case(1, 2, FERRY_ERR_CANCELLED, FERRY_OP_STATUS_CANCELLED);
     (void)state;
     k.cmd.mode = MODE_CANCEL_MIDWAY;
     k.cmd.hold_at = 3;
-    k.want = FERRY_ERR_CANCELLED;
-    k.passive_want = FERRY_ERR_CANCELLED;
-    k.passive_status = FERRY_OP_STATUS_CANCELLED;
     run_case(&k);
 }
 
 /* The writer's engine fails its fourth copy. */
 static void test_writer_engine_error(void **state)
 {
-    staged_case_t k = ok_case(2, 1u << 20, 65536, 3);
+    staged_case_t k = stopped_case(2, 3, FERRY_ERR_IO, FERRY_OP_STATUS_ERRORED);
     (void)state;
     k.fail_at = 4;
-    k.want = FERRY_ERR_IO;
-    k.passive_want = FERRY_ERR_IO;
-    k.passive_status = FERRY_OP_STATUS_ERRORED;
     run_case(&k);
 }
 
@@ -456,12 +460,9 @@ static void test_writer_engine_error(void **state)
  * and stops the writer. */
 static void test_passive_engine_error(void **state)
 {
-    staged_case_t k = ok_case(2, 1u << 20, 65536, 3);
+    staged_case_t k = stopped_case(2, 3, FERRY_ERR_IO, FERRY_OP_STATUS_ERRORED);
     (void)state;
     k.cmd.fail_at = 4;
-    k.want = FERRY_ERR_IO;
-    k.passive_want = FERRY_ERR_IO;
-    k.passive_status = FERRY_OP_STATUS_ERRORED;
     run_case(&k);
 }
 
