@@ -36,6 +36,43 @@ size_t pair_check(const uint8_t *buf, size_t size, uint32_t seed, size_t desc)
     return size;
 }
 
+uint8_t **pair_alloc_bufs(uint32_t n, uint64_t size)
+{
+    uint8_t **bufs = calloc(n, sizeof(*bufs));
+
+    if (bufs == NULL) {
+        abort();
+    }
+    for (uint32_t i = 0; i < n; i++) {
+        bufs[i] = calloc(1, size);
+        if (bufs[i] == NULL) {
+            abort();
+        }
+    }
+    return bufs;
+}
+
+void pair_free_bufs(uint8_t **bufs, uint32_t n)
+{
+    for (uint32_t i = 0; i < n; i++) {
+        free(bufs[i]);
+    }
+    free(bufs);
+}
+
+ferry_descriptor_t *pair_make_descs(uint8_t **bufs, uint32_t n, uint64_t size)
+{
+    ferry_descriptor_t *d = calloc(n, sizeof(*d));
+
+    if (d == NULL) {
+        abort();
+    }
+    for (uint32_t i = 0; i < n; i++) {
+        d[i] = (ferry_descriptor_t){bufs[i], size, FERRY_DEVICE_HOST_INIT};
+    }
+    return d;
+}
+
 int64_t pair_now_ms(void)
 {
     struct timespec ts;

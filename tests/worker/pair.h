@@ -1,8 +1,10 @@
 /*
- * pair.h: the partner-process plumbing of the staged and CUDA transfer
- * tests (test_worker_staged.c, test_worker_cuda.c): a byte pattern, pipes
- * with deadlines, and the test executable re-executed in another role (fork
- * + exec, so neither process inherits the other's UCX or CUDA state). Every
+ * pair.h: the partner-process plumbing of the worker tests that run the
+ * other side of a transfer in a second process (test_worker_transfer.c,
+ * test_worker_staged.c, test_worker_cuda.c, and test_worker_hostile.c's
+ * victim): a byte pattern, host buffers and their descriptors, pipes with
+ * deadlines, and the test executable re-executed in another role (fork +
+ * exec, so neither process inherits the other's UCX or CUDA state). Every
  * read has a deadline; nothing sleeps to synchronize.
  */
 #ifndef FERRY_TESTS_WORKER_PAIR_H
@@ -11,6 +13,8 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
+
+#include "ferry/ferry.h"
 
 #define PAIR_IO_TIMEOUT_MS 20000
 
@@ -24,6 +28,12 @@ uint8_t pair_pattern(uint32_t seed, size_t desc, size_t offset);
 void pair_fill(uint8_t *buf, size_t size, uint32_t seed, size_t desc);
 /* The first offset that differs from the pattern, or size when none does. */
 size_t pair_check(const uint8_t *buf, size_t size, uint32_t seed, size_t desc);
+
+/* n zeroed host buffers of size bytes (aborts when out of memory), and host
+ * descriptors over them (free() them); pair_free_bufs frees the buffers. */
+uint8_t **pair_alloc_bufs(uint32_t n, uint64_t size);
+void pair_free_bufs(uint8_t **bufs, uint32_t n);
+ferry_descriptor_t *pair_make_descs(uint8_t **bufs, uint32_t n, uint64_t size);
 
 int64_t pair_now_ms(void);
 /* Exactly len bytes within timeout_ms; -1 on EOF, error or timeout. */

@@ -276,20 +276,31 @@ static int group_teardown(void **state)
 
 typedef enum { PATH_DEFAULT, PATH_STAGED } path_t;
 
-/* One write from src memory to dst memory; checks the path the metadata
- * declares, and every byte on the passive side. */
-static void transfer(bool src_cuda, bool dst_cuda, uint32_t n, uint64_t size, path_t path)
+#define BIG   ((8u << 20) + 5)   /* three 4 MiB chunks, the last short */
+#define SMALL ((256u << 10) + 3) /* per region of 16 */
+
+/* One write ('W': the parent writes its src memory into a writable on dst
+ * memory) or read ('R': the parent reads a readable on src memory into its
+ * dst memory). Where UCX has no CUDA transports (or forced) the passive
+ * side's GPU memory is staged: a readable's side copies each chunk GPU ->
+ * slot, the reader gets the slot; a writer or reader on the GPU goes
+ * through its own pinned slots. Checks the path the metadata declares and
+ * every byte: a write's on the passive side, a read's in dst (and the
+ * readable's unchanged). */
+static void transfer(char kind, bool src_cuda, bool dst_cuda, uint32_t n, uint64_t size,
+                     path_t path)
 {
-    static uint32_t seed = 11;
-    cmd_t cmd = {.kind = 'W',
-                 .cuda = dst_cuda,
+    static uint32_t write_seed = 11, read_seed = 70;
+    bool passive_cuda = kind == 'W' ? dst_cuda : src_cuda;
+    bool own_cuda = kind == 'W' ? src_cuda : dst_cuda;
+    cmd_t cmd = {.kind = kind,
+                 .cuda = passive_cuda,
                  .force = path == PATH_STAGED,
                  .n = n,
                  .size = size,
-                 .seed = ++seed};
+                 .seed = kind == 'W' ? ++write_seed : ++read_seed};
     Ferry__V1__RdmaMetadata *m;
-    bool want_staged;
-    regions_t src;
+    regions_t mine;
     ferry_op_t *op;
     uint8_t *md;
     uint32_t md_len;
@@ -297,16 +308,18 @@ static void transfer(bool src_cuda, bool dst_cuda, uint32_t n, uint64_t size, pa
     report_t rep;
 
     atomic_store(&ferry__test_staging.force, path == PATH_STAGED);
-    assert_int_equal(regions_alloc(&src, src_cuda, n, size, cmd.seed), 0);
+    /* A write's source holds the pattern; a read's destination starts zeroed. */
+    assert_int_equal(regions_alloc(&mine, own_cuda, n, size, kind == 'W' ? cmd.seed : 0), 0);
     assert_int_equal(pair_write(world.passive.cmd_fd, &cmd, sizeof(cmd)), 0);
     assert_int_equal(pair_recv_blob(world.passive.res_fd, &md, &md_len), 0);
     assert_true(md_len > 0);
     assert_int_equal(ferry__metadata_decode(md, md_len, &m), FERRY_OK);
-    want_staged = path == PATH_STAGED || (dst_cuda && !world.c->ucx_cuda);
-    assert_int_equal(m->staging != NULL, want_staged);
+    assert_int_equal(m->staging != NULL,
+                     path == PATH_STAGED || (passive_cuda && !world.c->ucx_cuda));
     ferry__metadata_free(m);
 
-    st = ferry_write_begin(world.c, src.descs, n, md, md_len, &op);
+    st = kind == 'W' ? ferry_write_begin(world.c, mine.descs, n, md, md_len, &op)
+                     : ferry_read_begin(world.c, mine.descs, n, md, md_len, &op);
     if (st != FERRY_OK) {
         fail_msg("begin: %s: %s", ferry_status_name(st), ferry_last_error_message());
     }
@@ -314,90 +327,43 @@ static void transfer(bool src_cuda, bool dst_cuda, uint32_t n, uint64_t size, pa
     if (st != FERRY_OK) {
         fail_msg("wait: %s: %s", ferry_status_name(st), ferry_last_error_message());
     }
-    assert_int_equal(pair_read(world.passive.res_fd, &rep, sizeof(rep), PAIR_IO_TIMEOUT_MS), 0);
-    assert_int_equal(rep.status, FERRY_OK);
-    assert_int_equal(rep.op_status, FERRY_OP_STATUS_COMPLETE);
-    assert_int_equal(rep.bytes_ok, 1);
-    ferry_op_destroy(op);
-    free(md);
-    regions_free(&src);
-    atomic_store(&ferry__test_staging.force, false);
-}
-
-#define BIG   ((8u << 20) + 5)   /* three 4 MiB chunks, the last short */
-#define SMALL ((256u << 10) + 3) /* per region of 16 */
-
-/* One read of a readable on src memory into dst memory: where UCX has no
- * CUDA transports (or forced) a readable on the GPU is staged (its side
- * copies each chunk GPU -> slot, the reader gets the slot), and a reader
- * into the GPU gets into its pinned slots and copies them to the GPU.
- * Checks the path the metadata declares, every byte in dst, and the
- * readable's bytes unchanged. */
-static void read_transfer(bool src_cuda, bool dst_cuda, uint32_t n, uint64_t size, path_t path)
-{
-    static uint32_t seed = 70;
-    cmd_t cmd = {.kind = 'R',
-                 .cuda = src_cuda,
-                 .force = path == PATH_STAGED,
-                 .n = n,
-                 .size = size,
-                 .seed = ++seed};
-    Ferry__V1__RdmaMetadata *m;
-    regions_t dst;
-    ferry_op_t *op;
-    uint8_t *md;
-    uint32_t md_len;
-    ferry_status_t st;
-    report_t rep;
-
-    atomic_store(&ferry__test_staging.force, path == PATH_STAGED);
-    assert_int_equal(regions_alloc(&dst, dst_cuda, n, size, 0), 0);
-    assert_int_equal(pair_write(world.passive.cmd_fd, &cmd, sizeof(cmd)), 0);
-    assert_int_equal(pair_recv_blob(world.passive.res_fd, &md, &md_len), 0);
-    assert_true(md_len > 0);
-    assert_int_equal(ferry__metadata_decode(md, md_len, &m), FERRY_OK);
-    assert_int_equal(m->staging != NULL, path == PATH_STAGED || (src_cuda && !world.c->ucx_cuda));
-    ferry__metadata_free(m);
-    st = ferry_read_begin(world.c, dst.descs, n, md, md_len, &op);
-    if (st != FERRY_OK) {
-        fail_msg("begin: %s: %s", ferry_status_name(st), ferry_last_error_message());
+    if (kind == 'R') {
+        assert_true(regions_check(&mine, cmd.seed));
+        assert_int_equal(ferry_op_status(op), FERRY_OP_STATUS_COMPLETE);
     }
-    assert_int_equal(ferry_op_wait(op, WAIT_TIMEOUT_MS), FERRY_OK);
-    assert_true(regions_check(&dst, cmd.seed));
-    assert_int_equal(ferry_op_status(op), FERRY_OP_STATUS_COMPLETE);
     assert_int_equal(pair_read(world.passive.res_fd, &rep, sizeof(rep), PAIR_IO_TIMEOUT_MS), 0);
     assert_int_equal(rep.status, FERRY_OK);
     assert_int_equal(rep.op_status, FERRY_OP_STATUS_COMPLETE);
     assert_int_equal(rep.bytes_ok, 1);
     ferry_op_destroy(op);
     free(md);
-    regions_free(&dst);
+    regions_free(&mine);
     atomic_store(&ferry__test_staging.force, false);
 }
 
 /* clang-format off */
-static void test_read_h2d_1(void **s) { (void)s; read_transfer(false, true, 1, BIG, PATH_DEFAULT); }
-static void test_read_h2d_16(void **s) { (void)s; read_transfer(false, true, 16, SMALL, PATH_DEFAULT); }
-static void test_read_d2h_1(void **s) { (void)s; read_transfer(true, false, 1, BIG, PATH_DEFAULT); }
-static void test_read_d2d_1(void **s) { (void)s; read_transfer(true, true, 1, BIG, PATH_DEFAULT); }
-static void test_read_d2h_16(void **s) { (void)s; read_transfer(true, false, 16, SMALL, PATH_DEFAULT); }
-static void test_read_d2d_16(void **s) { (void)s; read_transfer(true, true, 16, SMALL, PATH_DEFAULT); }
-static void test_read_h2d_1_staged(void **s) { (void)s; read_transfer(false, true, 1, BIG, PATH_STAGED); }
-static void test_read_d2h_1_staged(void **s) { (void)s; read_transfer(true, false, 1, BIG, PATH_STAGED); }
-static void test_read_d2d_1_staged(void **s) { (void)s; read_transfer(true, true, 1, BIG, PATH_STAGED); }
-static void test_read_d2d_16_staged(void **s) { (void)s; read_transfer(true, true, 16, SMALL, PATH_STAGED); }
-static void test_h2d_1(void **s) { (void)s; transfer(false, true, 1, BIG, PATH_DEFAULT); }
-static void test_d2h_1(void **s) { (void)s; transfer(true, false, 1, BIG, PATH_DEFAULT); }
-static void test_d2d_1(void **s) { (void)s; transfer(true, true, 1, BIG, PATH_DEFAULT); }
-static void test_h2d_16(void **s) { (void)s; transfer(false, true, 16, SMALL, PATH_DEFAULT); }
-static void test_d2h_16(void **s) { (void)s; transfer(true, false, 16, SMALL, PATH_DEFAULT); }
-static void test_d2d_16(void **s) { (void)s; transfer(true, true, 16, SMALL, PATH_DEFAULT); }
-static void test_h2d_1_staged(void **s) { (void)s; transfer(false, true, 1, BIG, PATH_STAGED); }
-static void test_d2h_1_staged(void **s) { (void)s; transfer(true, false, 1, BIG, PATH_STAGED); }
-static void test_d2d_1_staged(void **s) { (void)s; transfer(true, true, 1, BIG, PATH_STAGED); }
-static void test_h2d_16_staged(void **s) { (void)s; transfer(false, true, 16, SMALL, PATH_STAGED); }
-static void test_d2h_16_staged(void **s) { (void)s; transfer(true, false, 16, SMALL, PATH_STAGED); }
-static void test_d2d_16_staged(void **s) { (void)s; transfer(true, true, 16, SMALL, PATH_STAGED); }
+static void test_read_h2d_1(void **s) { (void)s; transfer('R', false, true, 1, BIG, PATH_DEFAULT); }
+static void test_read_h2d_16(void **s) { (void)s; transfer('R', false, true, 16, SMALL, PATH_DEFAULT); }
+static void test_read_d2h_1(void **s) { (void)s; transfer('R', true, false, 1, BIG, PATH_DEFAULT); }
+static void test_read_d2d_1(void **s) { (void)s; transfer('R', true, true, 1, BIG, PATH_DEFAULT); }
+static void test_read_d2h_16(void **s) { (void)s; transfer('R', true, false, 16, SMALL, PATH_DEFAULT); }
+static void test_read_d2d_16(void **s) { (void)s; transfer('R', true, true, 16, SMALL, PATH_DEFAULT); }
+static void test_read_h2d_1_staged(void **s) { (void)s; transfer('R', false, true, 1, BIG, PATH_STAGED); }
+static void test_read_d2h_1_staged(void **s) { (void)s; transfer('R', true, false, 1, BIG, PATH_STAGED); }
+static void test_read_d2d_1_staged(void **s) { (void)s; transfer('R', true, true, 1, BIG, PATH_STAGED); }
+static void test_read_d2d_16_staged(void **s) { (void)s; transfer('R', true, true, 16, SMALL, PATH_STAGED); }
+static void test_h2d_1(void **s) { (void)s; transfer('W', false, true, 1, BIG, PATH_DEFAULT); }
+static void test_d2h_1(void **s) { (void)s; transfer('W', true, false, 1, BIG, PATH_DEFAULT); }
+static void test_d2d_1(void **s) { (void)s; transfer('W', true, true, 1, BIG, PATH_DEFAULT); }
+static void test_h2d_16(void **s) { (void)s; transfer('W', false, true, 16, SMALL, PATH_DEFAULT); }
+static void test_d2h_16(void **s) { (void)s; transfer('W', true, false, 16, SMALL, PATH_DEFAULT); }
+static void test_d2d_16(void **s) { (void)s; transfer('W', true, true, 16, SMALL, PATH_DEFAULT); }
+static void test_h2d_1_staged(void **s) { (void)s; transfer('W', false, true, 1, BIG, PATH_STAGED); }
+static void test_d2h_1_staged(void **s) { (void)s; transfer('W', true, false, 1, BIG, PATH_STAGED); }
+static void test_d2d_1_staged(void **s) { (void)s; transfer('W', true, true, 1, BIG, PATH_STAGED); }
+static void test_h2d_16_staged(void **s) { (void)s; transfer('W', false, true, 16, SMALL, PATH_STAGED); }
+static void test_d2h_16_staged(void **s) { (void)s; transfer('W', true, false, 16, SMALL, PATH_STAGED); }
+static void test_d2d_16_staged(void **s) { (void)s; transfer('W', true, true, 16, SMALL, PATH_STAGED); }
 /* clang-format on */
 
 /* Host memory claimed as device memory: refused, naming the descriptor. */
@@ -457,19 +423,25 @@ static void test_past_allocation(void **state)
     ferry__cuda_mem_free(p);
 }
 
-/* The fake driver fails the writer's second CUDA copy: the writer ends
- * ERRORED with the driver's error, and so does the passive side. */
-static void test_cuda_copy_fails_midway(void **state)
+/* The fake driver fails the active side's second CUDA copy, a write
+ * ('W') from its GPU memory or a read ('R') of a staged readable on the GPU
+ * into its GPU memory: the active side ends ERRORED with the driver's
+ * error, and so does the passive side. */
+static void cuda_copy_fails_midway(char kind)
 {
     void (*fail_copy)(unsigned);
-    cmd_t cmd = {.kind = 'W', .cuda = 0, .force = 1, .n = 1, .size = BIG, .seed = 3};
-    regions_t src;
+    cmd_t cmd = {.kind = kind,
+                 .cuda = kind == 'R',
+                 .force = 1,
+                 .n = 1,
+                 .size = BIG,
+                 .seed = kind == 'R' ? 4 : 3};
+    regions_t mine;
     ferry_op_t *op;
     const char *msg;
     uint8_t *md;
     uint32_t md_len;
     report_t rep;
-    (void)state;
 
     if (fake_driver == NULL) {
         skip(); /* a real driver's copies do not fail on request */
@@ -478,11 +450,13 @@ static void test_cuda_copy_fails_midway(void **state)
         dlsym(dlopen(fake_driver, RTLD_NOW | RTLD_NOLOAD), "fake_cuda_fail_copy");
     assert_non_null(fail_copy);
     atomic_store(&ferry__test_staging.force, true);
-    assert_int_equal(regions_alloc(&src, true, 1, BIG, cmd.seed), 0);
+    assert_int_equal(regions_alloc(&mine, true, 1, BIG, kind == 'W' ? cmd.seed : 0), 0);
     assert_int_equal(pair_write(world.passive.cmd_fd, &cmd, sizeof(cmd)), 0);
     assert_int_equal(pair_recv_blob(world.passive.res_fd, &md, &md_len), 0);
     fail_copy(2);
-    assert_int_equal(ferry_write_begin(world.c, src.descs, 1, md, md_len, &op), FERRY_OK);
+    assert_int_equal(kind == 'W' ? ferry_write_begin(world.c, mine.descs, 1, md, md_len, &op)
+                                 : ferry_read_begin(world.c, mine.descs, 1, md, md_len, &op),
+                     FERRY_OK);
     assert_int_equal(ferry_op_wait(op, WAIT_TIMEOUT_MS), FERRY_ERR_IO);
     ferry_op_error(op, &msg);
     assert_non_null(strstr(msg, "CUDA_ERROR_LAUNCH_FAILED"));
@@ -492,48 +466,22 @@ static void test_cuda_copy_fails_midway(void **state)
     fail_copy(0);
     ferry_op_destroy(op);
     free(md);
-    regions_free(&src);
+    regions_free(&mine);
     atomic_store(&ferry__test_staging.force, false);
 }
 
-/* The fake driver fails the reader's second CUDA copy (slot -> its GPU
- * memory) reading a staged readable on the GPU: the reader ends ERRORED
- * with the driver's error, and so does the readable's side. */
+/* The writer's copy GPU -> slot fails. */
+static void test_cuda_copy_fails_midway(void **state)
+{
+    (void)state;
+    cuda_copy_fails_midway('W');
+}
+
+/* The reader's copy slot -> its GPU memory fails. */
 static void test_cuda_copy_fails_midway_read(void **state)
 {
-    void (*fail_copy)(unsigned);
-    cmd_t cmd = {.kind = 'R', .cuda = 1, .force = 1, .n = 1, .size = BIG, .seed = 4};
-    regions_t dst;
-    ferry_op_t *op;
-    const char *msg;
-    uint8_t *md;
-    uint32_t md_len;
-    report_t rep;
     (void)state;
-
-    if (fake_driver == NULL) {
-        skip(); /* a real driver's copies do not fail on request */
-    }
-    *(void **)&fail_copy =
-        dlsym(dlopen(fake_driver, RTLD_NOW | RTLD_NOLOAD), "fake_cuda_fail_copy");
-    assert_non_null(fail_copy);
-    atomic_store(&ferry__test_staging.force, true);
-    assert_int_equal(regions_alloc(&dst, true, 1, BIG, 0), 0);
-    assert_int_equal(pair_write(world.passive.cmd_fd, &cmd, sizeof(cmd)), 0);
-    assert_int_equal(pair_recv_blob(world.passive.res_fd, &md, &md_len), 0);
-    fail_copy(2);
-    assert_int_equal(ferry_read_begin(world.c, dst.descs, 1, md, md_len, &op), FERRY_OK);
-    assert_int_equal(ferry_op_wait(op, WAIT_TIMEOUT_MS), FERRY_ERR_IO);
-    ferry_op_error(op, &msg);
-    assert_non_null(strstr(msg, "CUDA_ERROR_LAUNCH_FAILED"));
-    assert_int_equal(pair_read(world.passive.res_fd, &rep, sizeof(rep), PAIR_IO_TIMEOUT_MS), 0);
-    assert_int_equal(rep.status, FERRY_ERR_IO);
-    assert_int_equal(rep.op_status, FERRY_OP_STATUS_ERRORED);
-    fail_copy(0);
-    ferry_op_destroy(op);
-    free(md);
-    regions_free(&dst);
-    atomic_store(&ferry__test_staging.force, false);
+    cuda_copy_fails_midway('R');
 }
 
 /* A GPU writer killed after its data moved and before its notice: the

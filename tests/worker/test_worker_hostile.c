@@ -25,22 +25,18 @@
 #include <setjmp.h>
 #include <cmocka.h>
 
-#include <errno.h>
-#include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/prctl.h>
 #include <sys/random.h>
 #include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
 
+#include "pair.h"
 #include "worker/ferry_int.h"
 
-#define IO_TIMEOUT_MS   20000
 #define WAIT_TIMEOUT_MS 20000
 #define BUF_SIZE        4096
 #define SEED            0x5eed
@@ -64,57 +60,6 @@ typedef struct {
     uint64_t endpoints_created;
     uint64_t rss_bytes;
 } report_t;
-
-static uint8_t pattern(size_t offset)
-{
-    return (uint8_t)(SEED * 131u + offset * 13u + (offset >> 8));
-}
-
-static int64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static int read_full(int fd, void *buf, size_t len, int timeout_ms)
-{
-    int64_t deadline = now_ms() + timeout_ms;
-    size_t got = 0;
-
-    while (got < len) {
-        struct pollfd pfd = {.fd = fd, .events = POLLIN};
-        int64_t left = deadline - now_ms();
-        if (left <= 0 || poll(&pfd, 1, (int)left) <= 0) {
-            return -1;
-        }
-        ssize_t n = read(fd, (char *)buf + got, len - got);
-        if (n <= 0) {
-            if (n < 0 && errno == EINTR) {
-                continue;
-            }
-            return -1;
-        }
-        got += (size_t)n;
-    }
-    return 0;
-}
-
-static int write_full(int fd, const void *buf, size_t len)
-{
-    size_t done = 0;
-    while (done < len) {
-        ssize_t n = write(fd, (const char *)buf + done, len - done);
-        if (n <= 0) {
-            if (n < 0 && errno == EINTR) {
-                continue;
-            }
-            return -1;
-        }
-        done += (size_t)n;
-    }
-    return 0;
-}
 
 /* ---- the victim ------------------------------------------------------- */
 
@@ -141,20 +86,14 @@ static void victim_report(ferry_connector_t *c, ferry_op_t *op, int32_t wait_sta
     ferry_connector_get_stats(c, &st);
     rep.op_status = op != NULL ? (int32_t)ferry_op_status(op) : -1;
     rep.wait_status = wait_status;
-    rep.bytes_ok = 1;
-    for (size_t i = 0; i < BUF_SIZE; i++) {
-        if (buf[i] != pattern(i)) {
-            rep.bytes_ok = 0;
-            break;
-        }
-    }
+    rep.bytes_ok = pair_check(buf, BUF_SIZE, SEED, 0) == BUF_SIZE;
     rep.claims_refused = st.claims_refused;
     rep.notices_ignored = st.notices_ignored;
     rep.notices_received = st.notices_received;
     rep.peers_cached = st.peers_cached;
     rep.endpoints_created = st.endpoints_created;
     rep.rss_bytes = rss_bytes();
-    write_full(res_fd, &rep, sizeof(rep));
+    pair_write(res_fd, &rep, sizeof(rep));
 }
 
 static int victim_main(int cmd_fd, int res_fd)
@@ -167,7 +106,6 @@ static int victim_main(int cmd_fd, int res_fd)
     ferry_op_t *op = NULL;
     const uint8_t *md;
     size_t md_len;
-    uint32_t len;
     char cmd;
 
     if (ferry_connector_create(&params, &c) != FERRY_OK) {
@@ -182,9 +120,7 @@ static int victim_main(int cmd_fd, int res_fd)
                 return 3;
             }
             ferry_op_metadata(op, &md, &md_len);
-            len = (uint32_t)md_len;
-            write_full(res_fd, &len, sizeof(len));
-            write_full(res_fd, md, md_len);
+            pair_send_blob(res_fd, md, (uint32_t)md_len);
             break;
         case 'S': /* status now */
             victim_report(c, op, 0, buf, res_fd);
@@ -208,9 +144,7 @@ static int victim_main(int cmd_fd, int res_fd)
 static ferry_connector_t *honest;
 
 typedef struct {
-    pid_t pid;
-    int cmd_fd;
-    int res_fd;
+    pair_partner_t proc;
     uint8_t *md;
     uint32_t md_len;
     uint8_t key[FERRY__KEY_LEN];
@@ -220,29 +154,9 @@ typedef struct {
 
 static void victim_spawn(victim_t *v)
 {
-    int to_child[2], from_child[2];
-    char a[16], b[16];
-
     memset(v, 0, sizeof(*v));
-    assert_int_equal(pipe(to_child), 0);
-    assert_int_equal(pipe(from_child), 0);
-    v->pid = fork();
-    assert_true(v->pid >= 0);
-    if (v->pid == 0) {
-        prctl(PR_SET_PDEATHSIG, SIGKILL); /* never outlive a crashed test */
-        close(to_child[1]);
-        close(from_child[0]);
-        snprintf(a, sizeof(a), "%d", to_child[0]);
-        snprintf(b, sizeof(b), "%d", from_child[1]);
-        execl("/proc/self/exe", "/proc/self/exe", "--victim", a, b, (char *)NULL);
-        _exit(127);
-    }
-    close(to_child[0]);
-    close(from_child[1]);
-    fcntl(to_child[1], F_SETFD, FD_CLOEXEC);
-    fcntl(from_child[0], F_SETFD, FD_CLOEXEC);
-    v->cmd_fd = to_child[1];
-    v->res_fd = from_child[0];
+    v->proc = pair_spawn("/proc/self/exe", "--victim");
+    assert_true(v->proc.pid > 0);
     assert_int_equal(ferry_connector_create(NULL, &honest), FERRY_OK);
 }
 
@@ -253,10 +167,8 @@ static void victim_new(victim_t *v)
 
     free(v->md);
     free(v->address);
-    assert_int_equal(write_full(v->cmd_fd, "N", 1), 0);
-    assert_int_equal(read_full(v->res_fd, &v->md_len, sizeof(v->md_len), IO_TIMEOUT_MS), 0);
-    v->md = malloc(v->md_len);
-    assert_int_equal(read_full(v->res_fd, v->md, v->md_len, IO_TIMEOUT_MS), 0);
+    assert_int_equal(pair_write(v->proc.cmd_fd, "N", 1), 0);
+    assert_int_equal(pair_recv_blob(v->proc.res_fd, &v->md, &v->md_len), 0);
     assert_int_equal(ferry__metadata_decode(v->md, v->md_len, &md), FERRY_OK);
     memcpy(v->key, md->notification_key.data, FERRY__KEY_LEN);
     v->address_len = md->worker_address.len;
@@ -269,19 +181,19 @@ static report_t victim_ask(victim_t *v, char what)
 {
     report_t rep;
 
-    assert_int_equal(write_full(v->cmd_fd, &what, 1), 0);
+    assert_int_equal(pair_write(v->proc.cmd_fd, &what, 1), 0);
     /* A victim that died answers nothing: this is where a crash shows. */
-    assert_int_equal(read_full(v->res_fd, &rep, sizeof(rep), IO_TIMEOUT_MS), 0);
+    assert_int_equal(pair_read(v->proc.res_fd, &rep, sizeof(rep), PAIR_IO_TIMEOUT_MS), 0);
     return rep;
 }
 
 /* Polls the victim's status until pred holds or the deadline passes. */
 static report_t victim_until(victim_t *v, bool (*pred)(const report_t *, uint64_t), uint64_t arg)
 {
-    int64_t deadline = now_ms() + IO_TIMEOUT_MS;
+    int64_t deadline = pair_now_ms() + PAIR_IO_TIMEOUT_MS;
     report_t rep = victim_ask(v, 'S');
 
-    while (!pred(&rep, arg) && now_ms() < deadline) {
+    while (!pred(&rep, arg) && pair_now_ms() < deadline) {
         poll(NULL, 0, 2); /* pacing the questions, not synchronizing */
         rep = victim_ask(v, 'S');
     }
@@ -301,14 +213,13 @@ static bool refused_at_least(const report_t *rep, uint64_t n)
 
 static void victim_quit(victim_t *v)
 {
-    int wstatus = 0;
+    int wstatus;
 
     ferry_connector_destroy(honest);
     honest = NULL;
-    write_full(v->cmd_fd, "Q", 1);
-    close(v->cmd_fd);
-    close(v->res_fd);
-    assert_int_equal(waitpid(v->pid, &wstatus, 0), v->pid);
+    pair_write(v->proc.cmd_fd, "Q", 1);
+    pair_close(&v->proc);
+    wstatus = pair_reap(v->proc.pid); /* -1: it had to be killed */
     assert_true(WIFEXITED(wstatus));
     assert_int_equal(WEXITSTATUS(wstatus), 0);
     free(v->md);
@@ -389,7 +300,7 @@ static void hostile_send(hostile_t *h, const uint8_t *msg, size_t len, bool ask_
     ucp_request_param_t param = {.op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS,
                                  .flags = UCP_AM_SEND_FLAG_EAGER};
     ucs_status_ptr_t req;
-    int64_t deadline = now_ms() + IO_TIMEOUT_MS;
+    int64_t deadline = pair_now_ms() + PAIR_IO_TIMEOUT_MS;
 
     if (ask_reply) {
         param.flags |= UCP_AM_SEND_FLAG_REPLY;
@@ -397,7 +308,7 @@ static void hostile_send(hostile_t *h, const uint8_t *msg, size_t len, bool ask_
     req = ucp_am_send_nbx(h->ep, FERRY__AM_ID, NULL, 0, msg, len, &param);
     assert_false(UCS_PTR_IS_ERR(req));
     if (req != NULL) {
-        while (ucp_request_check_status(req) == UCS_INPROGRESS && now_ms() < deadline) {
+        while (ucp_request_check_status(req) == UCS_INPROGRESS && pair_now_ms() < deadline) {
             ucp_worker_progress(h->worker);
         }
         assert_int_equal(ucp_request_check_status(req), UCS_OK);
@@ -408,9 +319,9 @@ static void hostile_send(hostile_t *h, const uint8_t *msg, size_t len, bool ask_
 /* Progresses until n answers have arrived (or the deadline). */
 static void hostile_await_answers(hostile_t *h, unsigned n)
 {
-    int64_t deadline = now_ms() + IO_TIMEOUT_MS;
+    int64_t deadline = pair_now_ms() + PAIR_IO_TIMEOUT_MS;
 
-    while (h->answers < n && now_ms() < deadline) {
+    while (h->answers < n && pair_now_ms() < deadline) {
         ucp_worker_progress(h->worker);
     }
     assert_true(h->answers >= n);
@@ -473,9 +384,7 @@ static void honest_write(const victim_t *v)
     ferry_descriptor_t d = {src, sizeof(src), FERRY_DEVICE_HOST_INIT};
     ferry_op_t *op;
 
-    for (size_t i = 0; i < sizeof(src); i++) {
-        src[i] = pattern(i);
-    }
+    pair_fill(src, sizeof(src), SEED, 0);
     assert_int_equal(ferry_write_begin(honest, &d, 1, v->md, v->md_len, &op), FERRY_OK);
     assert_int_equal(ferry_op_wait(op, WAIT_TIMEOUT_MS), FERRY_OK);
     ferry_op_destroy(op);
@@ -770,8 +679,8 @@ static void test_admit_positive_status_is_protocol_error(void **state)
     /* A connector of its own, gone before the fake side is. */
     assert_int_equal(ferry_connector_create(NULL, &c), FERRY_OK);
     assert_int_equal(ferry_write_begin(c, &local, 1, md, md_len, &op), FERRY_OK);
-    deadline = now_ms() + WAIT_TIMEOUT_MS;
-    while (st == FERRY_ERR_TIMED_OUT && now_ms() < deadline) {
+    deadline = pair_now_ms() + WAIT_TIMEOUT_MS;
+    while (st == FERRY_ERR_TIMED_OUT && pair_now_ms() < deadline) {
         ucp_worker_progress(f.worker); /* the fake passive side runs here */
         st = ferry_op_wait(op, 1);
     }

@@ -85,37 +85,6 @@ static unsigned copy_from_now(unsigned nth)
     return atomic_load(&faults->copies) + nth;
 }
 
-static uint8_t **alloc_bufs(uint32_t n, uint64_t size)
-{
-    uint8_t **bufs = calloc(n, sizeof(*bufs));
-
-    for (uint32_t i = 0; i < n; i++) {
-        bufs[i] = calloc(1, size);
-        if (bufs[i] == NULL) {
-            abort();
-        }
-    }
-    return bufs;
-}
-
-static void free_bufs(uint8_t **bufs, uint32_t n)
-{
-    for (uint32_t i = 0; i < n; i++) {
-        free(bufs[i]);
-    }
-    free(bufs);
-}
-
-static ferry_descriptor_t *make_descs(uint8_t **bufs, uint32_t n, uint64_t size)
-{
-    ferry_descriptor_t *d = calloc(n, sizeof(*d));
-
-    for (uint32_t i = 0; i < n; i++) {
-        d[i] = (ferry_descriptor_t){bufs[i], size, FERRY_DEVICE_HOST_INIT};
-    }
-    return d;
-}
-
 /* Polls op until the engine holds a copy (or the op ends, or time runs out). */
 static bool wait_held(ferry_op_t *op)
 {
@@ -133,8 +102,8 @@ static bool wait_held(ferry_op_t *op)
 
 static void passive_one(ferry_connector_t *c, const cmd_t *cmd, int res_fd)
 {
-    uint8_t **bufs = alloc_bufs(cmd->n, cmd->size);
-    ferry_descriptor_t *descs = make_descs(bufs, cmd->n, cmd->size);
+    uint8_t **bufs = pair_alloc_bufs(cmd->n, cmd->size);
+    ferry_descriptor_t *descs = pair_make_descs(bufs, cmd->n, cmd->size);
     report_t rep = {0};
     ferry_op_t *op = NULL;
     const uint8_t *md;
@@ -192,7 +161,7 @@ out:
     ferry_op_destroy(op);
     faults_reset();
     free(descs);
-    free_bufs(bufs, cmd->n);
+    pair_free_bufs(bufs, cmd->n);
 }
 
 static int passive_main(int cmd_fd, int res_fd)
@@ -308,8 +277,8 @@ static void assert_staged(const uint8_t *md, uint32_t md_len, const cmd_t *cmd)
 static void run_case(const staged_case_t *k)
 {
     const cmd_t *cmd = &k->cmd;
-    uint8_t **bufs = alloc_bufs(cmd->n, cmd->size);
-    ferry_descriptor_t *descs = make_descs(bufs, cmd->n, cmd->size);
+    uint8_t **bufs = pair_alloc_bufs(cmd->n, cmd->size);
+    ferry_descriptor_t *descs = pair_make_descs(bufs, cmd->n, cmd->size);
     ferry_op_t *op;
     uint8_t *md;
     uint32_t md_len;
@@ -369,7 +338,7 @@ static void run_case(const staged_case_t *k)
     faults_reset();
     free(md);
     free(descs);
-    free_bufs(bufs, cmd->n);
+    pair_free_bufs(bufs, cmd->n);
 }
 
 /* Every case runs as a write (the parent writes a writable) and then as a
@@ -389,6 +358,19 @@ static staged_case_t ok_case(uint32_t n, uint64_t size, uint64_t chunk, uint32_t
     k.want = FERRY_OK;
     k.passive_want = FERRY_OK;
     k.passive_status = FERRY_OP_STATUS_COMPLETE;
+    return k;
+}
+
+/* A megabyte in 64 KiB chunks that a fault stops midway: both sides' waits
+ * end with want, the passive operation in passive_status. */
+static staged_case_t stopped_case(uint32_t n, uint32_t slots, ferry_status_t want,
+                                  ferry_op_status_t passive_status)
+{
+    staged_case_t k = ok_case(n, 1u << 20, 65536, slots);
+
+    k.want = want;
+    k.passive_want = want;
+    k.passive_status = passive_status;
     return k;
 }
 
@@ -448,12 +430,9 @@ static void test_one_slot(void **state)
  * CANCELLED, the passive side ERRORED with the writer's status. */
 static void test_writer_cancels_midway(void **state)
 {
-    staged_case_t k = ok_case(1, 1u << 20, 65536, 2);
+    staged_case_t k = stopped_case(1, 2, FERRY_ERR_CANCELLED, FERRY_OP_STATUS_ERRORED);
     (void)state;
     k.cancel_at = 3;
-    k.want = FERRY_ERR_CANCELLED;
-    k.passive_want = FERRY_ERR_CANCELLED;
-    k.passive_status = FERRY_OP_STATUS_ERRORED;
     run_case(&k);
 }
 
@@ -461,25 +440,19 @@ static void test_writer_cancels_midway(void **state)
  * stopped by the CREDIT that says so. */
 static void test_passive_cancels_midway(void **state)
 {
-    staged_case_t k = ok_case(1, 1u << 20, 65536, 2);
+    staged_case_t k = stopped_case(1, 2, FERRY_ERR_CANCELLED, FERRY_OP_STATUS_CANCELLED);
     (void)state;
     k.cmd.mode = MODE_CANCEL_MIDWAY;
     k.cmd.hold_at = 3;
-    k.want = FERRY_ERR_CANCELLED;
-    k.passive_want = FERRY_ERR_CANCELLED;
-    k.passive_status = FERRY_OP_STATUS_CANCELLED;
     run_case(&k);
 }
 
 /* The writer's engine fails its fourth copy. */
 static void test_writer_engine_error(void **state)
 {
-    staged_case_t k = ok_case(2, 1u << 20, 65536, 3);
+    staged_case_t k = stopped_case(2, 3, FERRY_ERR_IO, FERRY_OP_STATUS_ERRORED);
     (void)state;
     k.fail_at = 4;
-    k.want = FERRY_ERR_IO;
-    k.passive_want = FERRY_ERR_IO;
-    k.passive_status = FERRY_OP_STATUS_ERRORED;
     run_case(&k);
 }
 
@@ -487,12 +460,9 @@ static void test_writer_engine_error(void **state)
  * and stops the writer. */
 static void test_passive_engine_error(void **state)
 {
-    staged_case_t k = ok_case(2, 1u << 20, 65536, 3);
+    staged_case_t k = stopped_case(2, 3, FERRY_ERR_IO, FERRY_OP_STATUS_ERRORED);
     (void)state;
     k.cmd.fail_at = 4;
-    k.want = FERRY_ERR_IO;
-    k.passive_want = FERRY_ERR_IO;
-    k.passive_status = FERRY_OP_STATUS_ERRORED;
     run_case(&k);
 }
 

@@ -25,24 +25,19 @@
 #include <setjmp.h>
 #include <cmocka.h>
 
-#include <errno.h>
-#include <fcntl.h>
 #include <pthread.h>
-#include <poll.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <sys/stat.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/prctl.h>
 #include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
 
+#include "pair.h"
 #include "worker/ferry_int.h"
 
-#define IO_TIMEOUT_MS   20000
 #define WAIT_TIMEOUT_MS 20000
 
 enum { MODE_WAIT = 0, MODE_CANCEL = 1, MODE_DESTROY = 2 };
@@ -61,128 +56,6 @@ typedef struct {
     int32_t bytes_ok;  /* every byte matched (writable) */
 } report_t;
 
-static uint8_t pattern(uint32_t seed, size_t desc, size_t offset)
-{
-    return (uint8_t)(seed * 131u + desc * 7u + offset * 13u + (offset >> 8) + (offset >> 16));
-}
-
-static void fill(uint8_t *buf, size_t size, uint32_t seed, size_t desc)
-{
-    for (size_t i = 0; i < size; i++) {
-        buf[i] = pattern(seed, desc, i);
-    }
-}
-
-/* Returns the first mismatching offset, or size when all match. */
-static size_t check(const uint8_t *buf, size_t size, uint32_t seed, size_t desc)
-{
-    for (size_t i = 0; i < size; i++) {
-        if (buf[i] != pattern(seed, desc, i)) {
-            return i;
-        }
-    }
-    return size;
-}
-
-static int64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-/* Reads exactly len bytes within timeout_ms; -1 on EOF, error or timeout. */
-static int read_full(int fd, void *buf, size_t len, int timeout_ms)
-{
-    int64_t deadline = now_ms() + timeout_ms;
-    size_t got = 0;
-
-    while (got < len) {
-        struct pollfd pfd = {.fd = fd, .events = POLLIN};
-        int64_t left = deadline - now_ms();
-        if (left <= 0 || poll(&pfd, 1, (int)left) <= 0) {
-            return -1;
-        }
-        ssize_t n = read(fd, (char *)buf + got, len - got);
-        if (n <= 0) {
-            if (n < 0 && errno == EINTR) {
-                continue;
-            }
-            return -1;
-        }
-        got += (size_t)n;
-    }
-    return 0;
-}
-
-static int write_full(int fd, const void *buf, size_t len)
-{
-    size_t done = 0;
-    while (done < len) {
-        ssize_t n = write(fd, (const char *)buf + done, len - done);
-        if (n <= 0) {
-            if (n < 0 && errno == EINTR) {
-                continue;
-            }
-            return -1;
-        }
-        done += (size_t)n;
-    }
-    return 0;
-}
-
-static int send_blob(int fd, const uint8_t *bytes, uint32_t len)
-{
-    return write_full(fd, &len, sizeof(len)) || write_full(fd, bytes, len) ? -1 : 0;
-}
-
-static int recv_blob(int fd, uint8_t **bytes_p, uint32_t *len_p)
-{
-    uint32_t len;
-    uint8_t *bytes;
-
-    if (read_full(fd, &len, sizeof(len), IO_TIMEOUT_MS) != 0 || len > (1u << 20)) {
-        return -1;
-    }
-    bytes = malloc(len + 1);
-    if (len > 0 && read_full(fd, bytes, len, IO_TIMEOUT_MS) != 0) {
-        free(bytes);
-        return -1;
-    }
-    *bytes_p = bytes;
-    *len_p = len;
-    return 0;
-}
-
-static uint8_t **alloc_bufs(uint32_t n, uint64_t size)
-{
-    uint8_t **bufs = calloc(n, sizeof(*bufs));
-    for (uint32_t i = 0; i < n; i++) {
-        bufs[i] = calloc(1, size);
-        if (bufs[i] == NULL) {
-            abort();
-        }
-    }
-    return bufs;
-}
-
-static void free_bufs(uint8_t **bufs, uint32_t n)
-{
-    for (uint32_t i = 0; i < n; i++) {
-        free(bufs[i]);
-    }
-    free(bufs);
-}
-
-static ferry_descriptor_t *make_descs(uint8_t **bufs, uint32_t n, uint64_t size)
-{
-    ferry_descriptor_t *d = calloc(n, sizeof(*d));
-    for (uint32_t i = 0; i < n; i++) {
-        d[i] = (ferry_descriptor_t){bufs[i], size, FERRY_DEVICE_HOST_INIT};
-    }
-    return d;
-}
-
 /* ---- partner roles ---------------------------------------------------- */
 
 /* What a served command leaves alive until the next command arrives, so the
@@ -199,7 +72,7 @@ static void served_release(served_t *s)
     ferry_op_destroy(s->op);
     free(s->descs);
     if (s->bufs != NULL) {
-        free_bufs(s->bufs, s->n);
+        pair_free_bufs(s->bufs, s->n);
     }
     memset(s, 0, sizeof(*s));
 }
@@ -211,22 +84,22 @@ static void passive_one(ferry_connector_t *c, const cmd_t *cmd, int res_fd, serv
     size_t md_len;
 
     s->n = cmd->n;
-    s->bufs = alloc_bufs(cmd->n, cmd->size);
-    s->descs = make_descs(s->bufs, cmd->n, cmd->size);
+    s->bufs = pair_alloc_bufs(cmd->n, cmd->size);
+    s->descs = pair_make_descs(s->bufs, cmd->n, cmd->size);
     if (cmd->kind == 'R') {
         for (uint32_t i = 0; i < cmd->n; i++) {
-            fill(s->bufs[i], cmd->size, cmd->seed, i);
+            pair_fill(s->bufs[i], cmd->size, cmd->seed, i);
         }
     }
     rep.status = cmd->kind == 'W' ? ferry_writable_create(c, s->descs, cmd->n, &s->op)
                                   : ferry_readable_create(c, s->descs, cmd->n, &s->op);
     if (rep.status != FERRY_OK) {
-        send_blob(res_fd, NULL, 0);
-        write_full(res_fd, &rep, sizeof(rep));
+        pair_send_blob(res_fd, NULL, 0);
+        pair_write(res_fd, &rep, sizeof(rep));
         return;
     }
     ferry_op_metadata(s->op, &md, &md_len);
-    send_blob(res_fd, md, (uint32_t)md_len);
+    pair_send_blob(res_fd, md, (uint32_t)md_len);
     if (cmd->mode == MODE_CANCEL) {
         ferry_op_cancel(s->op);
         rep.status = ferry_op_wait(s->op, 0);
@@ -241,7 +114,7 @@ static void passive_one(ferry_connector_t *c, const cmd_t *cmd, int res_fd, serv
     rep.bytes_ok = 1;
     if (cmd->kind == 'W' && cmd->mode == MODE_WAIT) {
         for (uint32_t i = 0; i < cmd->n; i++) {
-            size_t bad = check(s->bufs[i], cmd->size, cmd->seed, i);
+            size_t bad = pair_check(s->bufs[i], cmd->size, cmd->seed, i);
             if (bad != cmd->size) {
                 fprintf(stderr, "passive: descriptor %u byte %zu differs\n", i, bad);
                 rep.bytes_ok = 0;
@@ -249,7 +122,7 @@ static void passive_one(ferry_connector_t *c, const cmd_t *cmd, int res_fd, serv
             }
         }
     }
-    write_full(res_fd, &rep, sizeof(rep));
+    pair_write(res_fd, &rep, sizeof(rep));
 }
 
 static int passive_main(int cmd_fd, int res_fd)
@@ -284,22 +157,23 @@ static int writer_main(int cmd_fd, int res_fd, bool peer_errors)
     uint32_t md_len;
     int64_t deadline;
 
-    if (recv_blob(cmd_fd, &md, &md_len) != 0 || ferry_connector_create(&params, &c) != FERRY_OK) {
+    if (pair_recv_blob(cmd_fd, &md, &md_len) != 0 ||
+        ferry_connector_create(&params, &c) != FERRY_OK) {
         return 2;
     }
     buf = malloc(4096);
-    fill(buf, 4096, 9, 0);
+    pair_fill(buf, 4096, 9, 0);
     desc = (ferry_descriptor_t){buf, 4096, FERRY_DEVICE_HOST_INIT};
     atomic_store(&ferry__test_hold_notice, true);
     if (ferry_write_begin(c, &desc, 1, md, md_len, &op) != FERRY_OK) {
         return 3;
     }
     /* Wait (with a deadline) until the data moved and the notice is held. */
-    deadline = now_ms() + IO_TIMEOUT_MS;
-    while (!atomic_load(&ferry__test_notice_held) && now_ms() < deadline) {
+    deadline = pair_now_ms() + PAIR_IO_TIMEOUT_MS;
+    while (!atomic_load(&ferry__test_notice_held) && pair_now_ms() < deadline) {
         ferry_op_wait(op, 10);
     }
-    write_full(res_fd, "R", 1);
+    pair_write(res_fd, "R", 1);
     for (;;) {
         pause(); /* until SIGKILL */
     }
@@ -307,63 +181,10 @@ static int writer_main(int cmd_fd, int res_fd, bool peer_errors)
 
 /* ---- the parent side -------------------------------------------------- */
 
-typedef struct {
-    pid_t pid;
-    int cmd_fd; /* parent writes */
-    int res_fd; /* parent reads */
-} partner_t;
-
 static const char *self_exe;
 
-static partner_t spawn(const char *role)
-{
-    int to_child[2], from_child[2];
-    partner_t p;
-    char a[16], b[16];
-
-    assert_int_equal(pipe(to_child), 0);
-    assert_int_equal(pipe(from_child), 0);
-    p.pid = fork();
-    assert_true(p.pid >= 0);
-    if (p.pid == 0) {
-        prctl(PR_SET_PDEATHSIG, SIGKILL); /* never outlive a crashed test */
-        close(to_child[1]);
-        close(from_child[0]);
-        snprintf(a, sizeof(a), "%d", to_child[0]);
-        snprintf(b, sizeof(b), "%d", from_child[1]);
-        execl(self_exe, self_exe, role, a, b, (char *)NULL);
-        _exit(127);
-    }
-    close(to_child[0]);
-    close(from_child[1]);
-    fcntl(to_child[1], F_SETFD, FD_CLOEXEC);
-    fcntl(from_child[0], F_SETFD, FD_CLOEXEC);
-    p.cmd_fd = to_child[1];
-    p.res_fd = from_child[0];
-    return p;
-}
-
-static int reap(pid_t pid)
-{
-    int wstatus = 0;
-    int64_t deadline = now_ms() + IO_TIMEOUT_MS;
-
-    for (;;) {
-        pid_t r = waitpid(pid, &wstatus, WNOHANG);
-        if (r == pid) {
-            return wstatus;
-        }
-        if (now_ms() > deadline) {
-            kill(pid, SIGKILL);
-            waitpid(pid, &wstatus, 0);
-            return -1;
-        }
-        poll(NULL, 0, 5); /* reaping a child has no fd to wait on */
-    }
-}
-
 typedef struct {
-    partner_t passive;
+    pair_partner_t passive;
     ferry_connector_t *c;
 } world_t;
 
@@ -373,8 +194,8 @@ static int group_setup(void **state)
 {
     (void)state;
     /* Spawn first, then start UCX here: exec gives the partner a clean slate. */
-    world.passive = spawn("--passive");
-    if (ferry_connector_create(NULL, &world.c) != FERRY_OK) {
+    world.passive = pair_spawn(self_exe, "--passive");
+    if (world.passive.pid <= 0 || ferry_connector_create(NULL, &world.c) != FERRY_OK) {
         return -1;
     }
     return 0;
@@ -385,11 +206,10 @@ static int group_teardown(void **state)
     cmd_t quit = {.kind = 'Q'};
     (void)state;
 
-    write_full(world.passive.cmd_fd, &quit, sizeof(quit));
-    close(world.passive.cmd_fd);
-    close(world.passive.res_fd);
+    pair_write(world.passive.cmd_fd, &quit, sizeof(quit));
+    pair_close(&world.passive);
     ferry_connector_destroy(world.c);
-    return reap(world.passive.pid) == 0 ? 0 : -1;
+    return pair_reap(world.passive.pid) == 0 ? 0 : -1;
 }
 
 /* Asks the passive partner for an operation; returns its metadata. */
@@ -398,22 +218,25 @@ static void request(char kind, int mode, uint32_t n, uint64_t size, uint32_t see
 {
     cmd_t cmd = {.kind = kind, .mode = mode, .n = n, .size = size, .seed = seed};
 
-    assert_int_equal(write_full(world.passive.cmd_fd, &cmd, sizeof(cmd)), 0);
-    assert_int_equal(recv_blob(world.passive.res_fd, md_p, md_len_p), 0);
+    assert_int_equal(pair_write(world.passive.cmd_fd, &cmd, sizeof(cmd)), 0);
+    assert_int_equal(pair_recv_blob(world.passive.res_fd, md_p, md_len_p), 0);
     assert_true(*md_len_p > 0);
 }
 
 static report_t get_report(void)
 {
     report_t rep;
-    assert_int_equal(read_full(world.passive.res_fd, &rep, sizeof(rep), IO_TIMEOUT_MS), 0);
+    assert_int_equal(pair_read(world.passive.res_fd, &rep, sizeof(rep), PAIR_IO_TIMEOUT_MS), 0);
     return rep;
 }
 
+/* A write ('W') or read ('R') of n regions of size bytes, the pattern
+ * seeded by seed, to or from the passive partner; every byte is checked on
+ * the side it arrives at. */
 static void transfer(char kind, uint32_t n, uint64_t size, uint32_t seed)
 {
-    uint8_t **bufs = alloc_bufs(n, size);
-    ferry_descriptor_t *descs = make_descs(bufs, n, size);
+    uint8_t **bufs = pair_alloc_bufs(n, size);
+    ferry_descriptor_t *descs = pair_make_descs(bufs, n, size);
     ferry_op_t *op;
     uint8_t *md;
     uint32_t md_len;
@@ -422,7 +245,7 @@ static void transfer(char kind, uint32_t n, uint64_t size, uint32_t seed)
 
     if (kind == 'W') {
         for (uint32_t i = 0; i < n; i++) {
-            fill(bufs[i], size, seed, i);
+            pair_fill(bufs[i], size, seed, i);
         }
     }
     request(kind, MODE_WAIT, n, size, seed, &md, &md_len);
@@ -442,74 +265,27 @@ static void transfer(char kind, uint32_t n, uint64_t size, uint32_t seed)
     assert_int_equal(rep.bytes_ok, 1);
     if (kind == 'R') {
         for (uint32_t i = 0; i < n; i++) {
-            assert_int_equal(check(bufs[i], size, seed, i), size);
+            assert_int_equal(pair_check(bufs[i], size, seed, i), size);
         }
     }
     ferry_op_destroy(op);
     free(md);
     free(descs);
-    free_bufs(bufs, n);
+    pair_free_bufs(bufs, n);
 }
 
-static void test_write_1b(void **state)
-{
-    (void)state;
-    transfer('W', 1, 1, 1);
-}
-
-static void test_write_4k(void **state)
-{
-    (void)state;
-    transfer('W', 1, 4096, 2);
-}
-
-static void test_write_1m(void **state)
-{
-    (void)state;
-    transfer('W', 1, 1u << 20, 3);
-}
-
-static void test_write_64m(void **state)
-{
-    (void)state;
-    transfer('W', 1, 64u << 20, 4);
-}
-
-static void test_write_8x4k(void **state)
-{
-    (void)state;
-    transfer('W', 8, 4096, 5);
-}
-
-static void test_write_8x1m(void **state)
-{
-    (void)state;
-    transfer('W', 8, 1u << 20, 6);
-}
-
-static void test_read_1b(void **state)
-{
-    (void)state;
-    transfer('R', 1, 1, 7);
-}
-
-static void test_read_8x4k(void **state)
-{
-    (void)state;
-    transfer('R', 8, 4096, 8);
-}
-
-static void test_read_1m(void **state)
-{
-    (void)state;
-    transfer('R', 1, 1u << 20, 9);
-}
-
-static void test_read_64m(void **state)
-{
-    (void)state;
-    transfer('R', 1, 64u << 20, 10);
-}
+/* clang-format off */
+static void test_write_1b(void **s) { (void)s; transfer('W', 1, 1, 1); }
+static void test_write_4k(void **s) { (void)s; transfer('W', 1, 4096, 2); }
+static void test_write_1m(void **s) { (void)s; transfer('W', 1, 1u << 20, 3); }
+static void test_write_64m(void **s) { (void)s; transfer('W', 1, 64u << 20, 4); }
+static void test_write_8x4k(void **s) { (void)s; transfer('W', 8, 4096, 5); }
+static void test_write_8x1m(void **s) { (void)s; transfer('W', 8, 1u << 20, 6); }
+static void test_read_1b(void **s) { (void)s; transfer('R', 1, 1, 7); }
+static void test_read_8x4k(void **s) { (void)s; transfer('R', 8, 4096, 8); }
+static void test_read_1m(void **s) { (void)s; transfer('R', 1, 1u << 20, 9); }
+static void test_read_64m(void **s) { (void)s; transfer('R', 1, 64u << 20, 10); }
+/* clang-format on */
 
 static void test_endpoint_reused(void **state)
 {
@@ -578,7 +354,7 @@ static void write_after_passive_gave_up(int mode, ferry_status_t expected_code)
     ferry_status_t st;
     const char *msg;
 
-    fill(buf, sizeof(buf), 1, 0);
+    pair_fill(buf, sizeof(buf), 1, 0);
     request('W', mode, 1, sizeof(buf), 1, &md, &md_len);
     rep = get_report(); /* the passive op is cancelled or destroyed now */
     if (mode == MODE_CANCEL) {
@@ -617,9 +393,9 @@ static void test_passive_wait_times_out(void **state)
 
     assert_int_equal(ferry_writable_create(world.c, &d, 1, &op), FERRY_OK);
     assert_int_equal(ferry_op_status(op), FERRY_OP_STATUS_INITIALIZED);
-    t0 = now_ms();
+    t0 = pair_now_ms();
     assert_int_equal(ferry_op_wait(op, 100), FERRY_ERR_TIMED_OUT);
-    assert_true(now_ms() - t0 >= 100);
+    assert_true(pair_now_ms() - t0 >= 100);
     assert_int_equal(ferry_op_status(op), FERRY_OP_STATUS_INITIALIZED); /* still alive */
     assert_int_equal(ferry_op_cancel(op), FERRY_OK);
     assert_int_equal(ferry_op_wait(op, 0), FERRY_ERR_CANCELLED);
@@ -656,29 +432,38 @@ static void test_bad_descriptors_refused(void **state)
     assert_null(op);
 }
 
+/* Runs the writer partner (role) on op's metadata until its data moved
+ * into buf (it flushed) with the notice held back, then kills it. */
+static void writer_killed_after_data(const char *role, ferry_op_t *op, const uint8_t *buf,
+                                     size_t size)
+{
+    pair_partner_t writer;
+    const uint8_t *md;
+    size_t md_len;
+    char ready;
+
+    assert_int_equal(ferry_op_metadata(op, &md, &md_len), FERRY_OK);
+    writer = pair_spawn(self_exe, role);
+    assert_true(writer.pid > 0);
+    assert_int_equal(pair_send_blob(writer.cmd_fd, md, (uint32_t)md_len), 0);
+    assert_int_equal(pair_read(writer.res_fd, &ready, 1, PAIR_IO_TIMEOUT_MS), 0);
+    /* The data moved (the writer flushed) but the notice is held back. */
+    assert_int_equal(pair_check(buf, size, 9, 0), size);
+    kill(writer.pid, SIGKILL);
+    assert_true(WIFSIGNALED(pair_reap(writer.pid)));
+    pair_close(&writer);
+}
+
 static void test_writer_killed_before_notice(void **state)
 {
     uint8_t buf[4096] = {0};
     ferry_descriptor_t d = {buf, sizeof(buf), FERRY_DEVICE_HOST_INIT};
-    partner_t writer;
     ferry_op_t *op;
-    const uint8_t *md;
-    size_t md_len;
-    char ready;
     ferry_status_t st;
     (void)state;
 
     assert_int_equal(ferry_writable_create(world.c, &d, 1, &op), FERRY_OK);
-    assert_int_equal(ferry_op_metadata(op, &md, &md_len), FERRY_OK);
-    writer = spawn("--writer");
-    assert_int_equal(send_blob(writer.cmd_fd, md, (uint32_t)md_len), 0);
-    assert_int_equal(read_full(writer.res_fd, &ready, 1, IO_TIMEOUT_MS), 0);
-    /* The data moved (the writer flushed) but the notice is held back. */
-    assert_int_equal(check(buf, sizeof(buf), 9, 0), sizeof(buf));
-    kill(writer.pid, SIGKILL);
-    assert_true(WIFSIGNALED(reap(writer.pid)));
-    close(writer.cmd_fd);
-    close(writer.res_fd);
+    writer_killed_after_data("--writer", op, buf, sizeof(buf));
     st = ferry_op_wait(op, 300);
     assert_int_equal(st, FERRY_ERR_TIMED_OUT);
     assert_int_equal(ferry_op_status(op), FERRY_OP_STATUS_IN_PROGRESS); /* claimed */
@@ -694,25 +479,14 @@ static void test_writer_killed_peer_detection(void **state)
     ferry_connector_t *c;
     uint8_t buf[4096] = {0};
     ferry_descriptor_t d = {buf, sizeof(buf), FERRY_DEVICE_HOST_INIT};
-    partner_t writer;
     ferry_op_t *op;
-    const uint8_t *md;
-    size_t md_len;
     const char *msg;
-    char ready;
     (void)state;
 
     assert_int_equal(ferry_connector_create(&params, &c), FERRY_OK);
     assert_int_equal(ferry_writable_create(c, &d, 1, &op), FERRY_OK);
-    assert_int_equal(ferry_op_metadata(op, &md, &md_len), FERRY_OK);
-    writer = spawn("--writer-peer-errors"); /* UCX 1.13 needs both sides alike */
-    assert_int_equal(send_blob(writer.cmd_fd, md, (uint32_t)md_len), 0);
-    assert_int_equal(read_full(writer.res_fd, &ready, 1, IO_TIMEOUT_MS), 0);
-    assert_int_equal(check(buf, sizeof(buf), 9, 0), sizeof(buf));
-    kill(writer.pid, SIGKILL);
-    assert_true(WIFSIGNALED(reap(writer.pid)));
-    close(writer.cmd_fd);
-    close(writer.res_fd);
+    /* UCX 1.13 needs both sides alike in peer error handling. */
+    writer_killed_after_data("--writer-peer-errors", op, buf, sizeof(buf));
     assert_int_equal(ferry_op_wait(op, WAIT_TIMEOUT_MS), FERRY_ERR_PEER_FAILED);
     assert_int_equal(ferry_op_error(op, &msg), FERRY_ERR_PEER_FAILED);
     assert_non_null(strstr(msg, "failed"));
@@ -738,7 +512,7 @@ static void *loopback_worker(void *arg)
         size_t md_len;
         uint32_t seed = (uint32_t)(t * 1000 + (uintptr_t)i);
 
-        fill(src, size, seed, 0);
+        pair_fill(src, size, seed, 0);
         memset(dst, 0, size);
         if (ferry_writable_create(world.c, &dd, 1, &passive) != FERRY_OK) {
             failures++;
@@ -752,7 +526,7 @@ static void *loopback_worker(void *arg)
         }
         if (ferry_op_wait(active, WAIT_TIMEOUT_MS) != FERRY_OK ||
             ferry_op_wait(passive, WAIT_TIMEOUT_MS) != FERRY_OK ||
-            check(dst, size, seed, 0) != size) {
+            pair_check(dst, size, seed, 0) != size) {
             failures++;
         }
         ferry_op_destroy(active);
@@ -801,7 +575,7 @@ static void test_loopback_caller_progress(void **state)
     int fd;
     (void)state;
 
-    fill(src, sizeof(src), 21, 0);
+    pair_fill(src, sizeof(src), 21, 0);
     assert_int_equal(ferry_connector_create(&params, &c), FERRY_OK);
     assert_int_equal(ferry_connector_get_fd(c, &fd), FERRY_OK);
     assert_true(fd >= 0);
@@ -813,7 +587,7 @@ static void test_loopback_caller_progress(void **state)
     assert_int_equal(ferry_op_wait(passive, WAIT_TIMEOUT_MS), FERRY_OK);
     assert_int_equal(ferry_connector_progress(c), FERRY_OK);
     assert_int_equal(seen, FERRY_OP_STATUS_COMPLETE);
-    assert_int_equal(check(dst, sizeof(dst), 21, 0), sizeof(dst));
+    assert_int_equal(pair_check(dst, sizeof(dst), 21, 0), sizeof(dst));
     ferry_op_destroy(active);
     ferry_op_destroy(passive);
     ferry_connector_destroy(c);
@@ -877,7 +651,7 @@ static void test_listeners(void **state)
     size_t md_len;
     (void)state;
 
-    fill(src, sizeof(src), 5, 0);
+    pair_fill(src, sizeof(src), 5, 0);
     assert_int_equal(ferry_connector_create(&params, &c), FERRY_OK);
     assert_int_equal(ferry_writable_create(c, &dd, 1, &passive), FERRY_OK);
     assert_ptr_equal(ferry_op_connector(passive), c);
@@ -913,7 +687,7 @@ static void test_listeners(void **state)
     assert_int_equal(b.n, 2);
     assert_int_equal(late.n, 2);
     assert_true(a.at[1] < b.at[1] && b.at[1] < late.at[1]);
-    assert_int_equal(check(dst, sizeof(dst), 5, 0), sizeof(dst));
+    assert_int_equal(pair_check(dst, sizeof(dst), 5, 0), sizeof(dst));
 
     /* Destroyed unfinished: DESTROY sees it as it was, and nothing after. */
     assert_int_equal(ferry_writable_create(c, &dd, 1, &idle), FERRY_OK);
@@ -940,7 +714,7 @@ static void test_connector_destroy_busy(void **state)
     size_t md_len;
     (void)state;
 
-    fill(src, sizeof(src), 9, 0);
+    pair_fill(src, sizeof(src), 9, 0);
     assert_int_equal(ferry_connector_create(NULL, &c), FERRY_OK);
     assert_int_equal(ferry_writable_create(c, &dd, 1, &passive), FERRY_OK);
     assert_int_equal(ferry_connector_destroy(c), FERRY_ERR_BUSY);
@@ -949,7 +723,7 @@ static void test_connector_destroy_busy(void **state)
     assert_int_equal(ferry_write_begin(c, &ds, 1, md, md_len, &active), FERRY_OK);
     assert_int_equal(ferry_op_wait(active, WAIT_TIMEOUT_MS), FERRY_OK);
     assert_int_equal(ferry_op_wait(passive, WAIT_TIMEOUT_MS), FERRY_OK);
-    assert_int_equal(check(dst, sizeof(dst), 9, 0), sizeof(dst));
+    assert_int_equal(pair_check(dst, sizeof(dst), 9, 0), sizeof(dst));
     ferry_op_destroy(passive);
     assert_int_equal(ferry_connector_destroy(c), FERRY_ERR_BUSY);
     ferry_op_destroy(active);
@@ -1048,13 +822,13 @@ static void loopback_write(ferry_connector_t *c)
 
     assert_non_null(src);
     assert_non_null(dst);
-    fill(src, LEN, 33, 0);
+    pair_fill(src, LEN, 33, 0);
     assert_int_equal(ferry_writable_create(c, &dd, 1, &passive), FERRY_OK);
     assert_int_equal(ferry_op_metadata(passive, &md, &md_len), FERRY_OK);
     assert_int_equal(ferry_write_begin(c, &ds, 1, md, md_len, &active), FERRY_OK);
     assert_int_equal(ferry_op_wait(active, WAIT_TIMEOUT_MS), FERRY_OK);
     assert_int_equal(ferry_op_wait(passive, WAIT_TIMEOUT_MS), FERRY_OK);
-    assert_int_equal(check(dst, LEN, 33, 0), LEN);
+    assert_int_equal(pair_check(dst, LEN, 33, 0), LEN);
     ferry_op_destroy(active);
     ferry_op_destroy(passive);
     free(src);
