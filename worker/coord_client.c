@@ -137,6 +137,7 @@ struct ferry_coordinator {
     uint64_t resumes;      /* streams resumed at watch_rev + 1 */
     uint64_t out_of_range; /* streams refused or ended with OUT_OF_RANGE */
     uint64_t gets;         /* records read with a Get (a look without an event) */
+    uint64_t renewals;     /* KeepAlives of the session lease that succeeded */
 
     /* The session lease, under lock. 0: none yet (or lost). */
     int64_t session_lease;
@@ -569,9 +570,10 @@ static void timed_wait(pthread_cond_t *cond, pthread_mutex_t *lock, int64_t ms)
 }
 
 /* Renews the session lease if it is due, and after a failed renewal again
- * after retry_ms (50 ms, doubling, at most a period), so that one lost or
- * slow KeepAlive does not cost a third of the TTL; called and returns with
- * the lock held. */
+ * after 50 ms, doubling, at most a quarter period (so that a coordinator
+ * back from an outage is reached within a twelfth of the TTL, not a third:
+ * one or two lost KeepAlives must not cost the lease); called and returns
+ * with the lock held. */
 static void session_tick(ferry_coordinator_t *coord, int64_t *wait_ms_p)
 {
     int64_t lease = coord->session_lease;
@@ -596,8 +598,11 @@ static void session_tick(ferry_coordinator_t *coord, int64_t *wait_ms_p)
         return; /* lost, or replaced meanwhile: its own schedule */
     }
     coord->session_renew_tries = renewed ? 0 : coord->session_renew_tries + 1;
+    coord->renewals += renewed;
     if (!renewed) {
-        coord->session_due_ms = now_ms() + retry_ms(coord, coord->session_renew_tries);
+        int64_t retry = retry_ms(coord, coord->session_renew_tries);
+        coord->session_due_ms =
+            now_ms() + (retry < period_ms(coord) / 4 ? retry : period_ms(coord) / 4);
     }
     left = coord->session_due_ms - now_ms();
     if (left < *wait_ms_p) {
@@ -986,6 +991,7 @@ void ferry__coord_watch_stats(ferry_coordinator_t *coord, ferry__coord_watch_sta
     stats_p->resumes = coord->resumes;
     stats_p->out_of_range = coord->out_of_range;
     stats_p->gets = coord->gets;
+    stats_p->renewals = coord->renewals;
     stats_p->revision = coord->watch_rev;
     stats_p->settled = true;
     for (const coord_link_t *l = coord->links; l != NULL; l = l->next) {

@@ -1,7 +1,8 @@
 /*
  * coord_client.h: what coord_client.c shows beyond the public API
  * (ferry/coordinator.h): counts of its watch thread's work, for tests that
- * check how the client followed its records (resumed or read again).
+ * check how the client followed its records (resumed or read again), and
+ * of its session lease's renewals.
  */
 #ifndef FERRY_WORKER_COORD_CLIENT_H
 #define FERRY_WORKER_COORD_CLIENT_H
@@ -16,6 +17,7 @@ typedef struct {
     uint64_t resumes;      /* streams resumed at the last revision seen + 1 */
     uint64_t out_of_range; /* streams refused or ended with OUT_OF_RANGE */
     uint64_t gets;         /* records read with a Get */
+    uint64_t renewals;     /* KeepAlives of the session lease that succeeded */
     int64_t revision;      /* the last revision the watch has seen; 0: none */
     bool settled;          /* no bound record is waiting to be looked at */
 } ferry__coord_watch_stats_t;

@@ -1108,6 +1108,65 @@ static void test_watch_falls_back_when_the_history_is_gone(void **state)
     test_coord_cleanup(&a);
 }
 
+/* A coordinator that is away across two renewals of a session lease: the
+ * client tries again soon after each failed KeepAlive, so the first one
+ * after the coordinator is back renews the lease before it expires, and the
+ * record survives. (Renewing only once a period, as the client did, the
+ * tries fall at P and 2P + T, where P = TTL / 3 and T is the call timeout,
+ * and the next at 3P + 2T is after the expiry: an outage that ends between
+ * 2P + 2T and 3P lost every record of the process.) Runs last: the stop
+ * expires the shared client's short lease. */
+#define OUTAGE_TTL_S   15
+#define OUTAGE_CALL_MS 1000
+
+static void test_session_lease_survives_an_outage(void **state)
+{
+    uint8_t buf[64];
+    ferry_descriptor_t d = {.ptr = buf, .size = sizeof(buf), .device = FERRY_DEVICE_HOST_INIT};
+    ferry_coordinator_params_t cp = {.field_mask = FERRY_COORDINATOR_PARAM_FIELD_TIMEOUT,
+                                     .target = coord.target,
+                                     .timeout_ms = OUTAGE_CALL_MS};
+    ferry_publish_params_t p = {.field_mask = FERRY_PUBLISH_PARAM_FIELD_TTL,
+                                .request_id = "outage-1",
+                                .access_token = TOKEN,
+                                .ttl_s = OUTAGE_TTL_S};
+    int64_t period_ms = OUTAGE_TTL_S * 1000 / 3;
+    ferry__coord_watch_stats_t s;
+    ferry_coordinator_t *cl;
+    ferry_op_t *op;
+    events_t events = {.stream = watch("outage-1", NULL)};
+    long long t0, until;
+    (void)state;
+
+    assert_int_equal(ferry_coordinator_connect(&cp, &cl), FERRY_OK);
+    assert_int_equal(ferry_writable_create(conn, &d, 1, &op), FERRY_OK);
+    assert_int_equal(ferry_op_publish(op, cl, &p), FERRY_OK);
+    /* t0: the first renewal, from which the lease has OUTAGE_TTL_S left. */
+    for (until = test_now_ms() + 2 * period_ms + 10000;; poll(NULL, 0, 5)) {
+        ferry__coord_watch_stats(cl, &s);
+        if (s.renewals > 0 || test_now_ms() > until) {
+            break;
+        }
+    }
+    t0 = test_now_ms();
+    assert_int_equal(s.renewals, 1);
+    assert_int_equal(kill(coord.proc.pid, SIGSTOP), 0);
+    /* The outage (not synchronization): back between 2P + 2T and 3P. */
+    poll(NULL, 0, (int)(2 * period_ms + 2 * OUTAGE_CALL_MS + (period_ms - 2 * OUTAGE_CALL_MS) / 2));
+    assert_int_equal(kill(coord.proc.pid, SIGCONT), 0);
+    /* No expiry until well past the one the lease had at t0. */
+    assert_int_equal(saw(&events, ST(EXPIRED), EV(DELETE), 1,
+                         (int)(t0 + OUTAGE_TTL_S * 1000 + 3000 - test_now_ms())),
+                     0);
+    ferry__coord_watch_stats(cl, &s);
+    assert_true(s.renewals >= 2);
+    assert_int_equal(coord_state("outage-1"), ST(REGISTERED));
+    assert_int_equal(ferry_op_status(op), FERRY_OP_STATUS_INITIALIZED);
+    ferry_op_destroy(op);
+    assert_int_equal(ferry_coordinator_disconnect(cl), FERRY_OK);
+    rpc_stream_destroy(events.stream);
+}
+
 int main(int argc, char **argv)
 {
     const struct CMUnitTest tests[] = {
@@ -1124,6 +1183,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_two_writers_race),
         cmocka_unit_test(test_coordinator_down_before_claim),
         cmocka_unit_test(test_coordinator_down_after_claim),
+        cmocka_unit_test(test_session_lease_survives_an_outage),
     };
 
     self_exe = argv[0];
