@@ -336,7 +336,10 @@ FERRY_API ferry_status_t ferry_mem_register(ferry_connector_t *connector, void *
  * frees it. UCX 1.13 takes such memory from a shared-memory segment (sysv
  * or posix) when it can, and its shared-memory transports then write and
  * read it directly (one copy) instead of through bounce buffers: the fast
- * path for host memory. Host memory only (CUDA: FERRY_ERR_UNIMPLEMENTED). */
+ * path for host memory. Host memory only (CUDA: FERRY_ERR_UNIMPLEMENTED).
+ * FERRY_ERR_NO_MEMORY, before UCX is asked, for a size not less than the
+ * machine's physical memory (UCX would fill /dev/shm with it until the OOM
+ * killer struck). */
 FERRY_API ferry_status_t ferry_mem_alloc(ferry_connector_t *connector, size_t size,
                                          ferry_device_t device, ferry_region_t **region_p,
                                          void **ptr_p);

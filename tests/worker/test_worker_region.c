@@ -385,6 +385,13 @@ static void test_alloc_transfer(void **state)
     src = p;
     assert_int_equal(ferry_mem_alloc(w->tx, 0, (ferry_device_t)FERRY_DEVICE_HOST_INIT, &bad, &p),
                      FERRY_ERR_INVALID_ARGUMENT);
+    /* More than the machine has is refused before UCX is asked (UCX would
+     * fill /dev/shm with it until the OOM killer struck). 2^63 bytes: no
+     * file can be that long, so even without the check UCX fails at once. */
+    assert_int_equal(
+        ferry_mem_alloc(w->tx, (size_t)1 << 63, (ferry_device_t)FERRY_DEVICE_HOST_INIT, &bad, &p),
+        FERRY_ERR_NO_MEMORY);
+    assert_non_null(strstr(ferry_last_error_message(), "machine's memory"));
     assert_int_equal(ferry_mem_alloc(w->tx, 4096, (ferry_device_t){FERRY_DEVICE_CUDA, 0}, &bad, &p),
                      FERRY_ERR_UNIMPLEMENTED);
     assert_null(bad);
