@@ -271,6 +271,9 @@ typedef struct {
      * by [direction][outcome]; an operation destroyed before it ended counts
      * as CANCELLED. */
     ferry_transfer_count_t transfers[FERRY_DIRECTION_COUNT][FERRY_OUTCOME_COUNT];
+    /* ucp_mem_map calls made: one per descriptor of a passive operation in
+     * no region, one per region (operations inside a region make none). */
+    uint64_t mem_maps;
 } ferry_connector_stats_t;
 
 /* "write", "read", "received", "served"; "unknown" otherwise. Static. */

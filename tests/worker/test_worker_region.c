@@ -68,13 +68,18 @@ static int teardown(void **state)
     return 0;
 }
 
+/* The public counter (ferry_connector_stats_t.mem_maps), checked against
+ * the internal one it reports. */
 static uint64_t mem_maps(ferry_connector_t *c)
 {
+    ferry_connector_stats_t s;
     uint64_t n;
 
+    ferry_connector_get_stats(c, &s);
     ferry__lock(c);
     n = c->mem_maps;
     ferry__unlock(c);
+    assert_int_equal(s.mem_maps, n);
     return n;
 }
 
