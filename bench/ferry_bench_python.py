@@ -3,11 +3,16 @@ and small-operation benchmarks, the same measurements as ferry_bench_data
 (the C reference) so that bench/python.sh can print ratios from one run.
 
   --op write|read --size S [--descs D] [--iters N] [--warmup N]
+          [--mem user|region|alloc]
       Two processes (this one and a passive child started with --role
       passive); the passive side registers its buffer (D equal descriptors)
       and sends the metadata over a pipe; this side times
       begin_write/begin_read .. wait() returning, one operation at a time,
       registration outside the timed part: as ferry_bench_data --op.
+      --mem picks the memory on both sides, as ferry_bench_data's: user
+      (mmap'ed, every operation registers its descriptors itself), region
+      (the same memory registered once, Connector.register_memory) or alloc
+      (Connector.allocate: UCX-allocated, registered once).
   --latency --coord HOST:PORT [--size S] [--iters N] [--warmup N]
       A write through the coordinator by the product path: the receiver
       (child) times create_writable .. publish .. hand-off of the request ID
@@ -49,10 +54,26 @@ def alloc(size, fill):
     return buf
 
 
+def memory(conn, args, fill):
+    """(descriptors, region or None) for --mem: the buffer this side moves."""
+    if args.mem == "alloc":
+        region = conn.allocate(args.size)
+        view = np.frombuffer(region, np.uint8)
+        view.fill(fill)
+        del view  # an export would keep the region from closing
+        part = args.size // args.descs
+        descs = [region.descriptor(i * part, (args.size - i * part) if i == args.descs - 1
+                                   else part) for i in range(args.descs)]
+        return descs, region
+    buf = alloc(args.size, fill)
+    region = conn.register_memory(buf) if args.mem == "region" else None
+    return split(buf, args.descs), region
+
+
 def child(args, role):
     cmd = [sys.executable, os.path.abspath(__file__), "--role", role, "--size", str(args.size),
            "--descs", str(args.descs), "--iters", str(args.iters), "--warmup",
-           str(args.warmup)]
+           str(args.warmup), "--mem", args.mem]
     if args.op:
         cmd += ["--op", args.op]
     if args.coord:
@@ -76,7 +97,7 @@ def read_exact(f, n):
 def passive_data(args):
     write = args.op == "write"
     conn = ferry.Connector("bench-py-passive")
-    descs = split(alloc(args.size, 0x22), args.descs)
+    descs, region = memory(conn, args, 0x22)
     out = sys.stdout.buffer
     for _ in range(args.iters + args.warmup):
         op = conn.create_writable(descs) if write else conn.create_readable(descs)
@@ -85,6 +106,8 @@ def passive_data(args):
         out.flush()
         op.wait(60)
         op.close()
+    if region is not None:
+        region.close()
     return 0
 
 
@@ -92,7 +115,7 @@ def active_data(args):
     write = args.op == "write"
     p = child(args, "passive")
     conn = ferry.Connector("bench-py-active")
-    descs = split(alloc(args.size, 0x11), args.descs)
+    descs, region = memory(conn, args, 0x11)
     timed = 0
     for i in range(args.iters + args.warmup):
         (n,) = struct.unpack("<I", read_exact(p.stdout, 4))
@@ -103,10 +126,13 @@ def active_data(args):
         if i >= args.warmup:
             timed += time.perf_counter_ns() - t0
         op.close()
+    if region is not None:
+        region.close()
     if p.wait(60) != 0:
         return 1
     secs = timed / 1e9
-    print(json.dumps({"bench": "data", "impl": "python", "op": args.op, "size": args.size,
+    print(json.dumps({"bench": "data", "impl": "python", "mem": args.mem, "op": args.op,
+                      "size": args.size,
                       "descs": args.descs, "pairs": 1, "iters": args.iters,
                       "gbps": round(args.size * args.iters / secs / 1e9, 3),
                       "us_per_op": round(secs * 1e6 / args.iters, 1)}), flush=True)
@@ -176,6 +202,7 @@ def main():
     ap.add_argument("--iters", type=int, default=100)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--role", choices=["active", "passive"], default="active")
+    ap.add_argument("--mem", choices=["user", "region", "alloc"], default="user")
     args = ap.parse_args()
     args.size = ferry.parse_size(args.size)
     if args.latency:

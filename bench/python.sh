@@ -11,7 +11,10 @@
 #   - write bandwidth at 1 MiB .. 1 GiB (BENCH_SIZES), 1 descriptor:
 #     ferry_bench_python.py --op write vs ferry_bench_data --op write;
 #     target Python/C >= 0.97 (zero copy: the same UCX puts from the same
-#     memory).
+#     memory);
+#   - the same writes on Ferry-allocated memory (issue #14: --mem alloc on
+#     both, Connector.allocate vs ferry_mem_alloc), 1 MiB and up, same
+#     target.
 # C and Python alternate for BENCH_ROUNDS rounds (3; 1 with --quick); the
 # table shows medians. The package is imported from BUILD_DIR/python.
 # Appends JSON lines to $BENCH_OUT.
@@ -60,6 +63,13 @@ for round in $(seq "$ROUNDS"); do
         "$PY" "$HERE/ferry_bench_python.py" --op write --size "$size" --iters "$n" |
             tee -a "$RUN_OUT"
     done
+    for size in $SIZES; do
+        n=$(iters "$size")
+        "$DATA" --op write --mem alloc --size "$size" --iters "$n" |
+            sed 's/^{/{"impl_c":1,/' | tee -a "$RUN_OUT"
+        "$PY" "$HERE/ferry_bench_python.py" --op write --mem alloc --size "$size" \
+            --iters "$n" | tee -a "$RUN_OUT"
+    done
 done >&2
 cat "$RUN_OUT" >>"$BENCH_OUT"
 
@@ -68,28 +78,34 @@ import json, statistics, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]
 def impl(r):
     return "python" if r.get("impl") == "python" else "c"
+def mem(r):
+    if impl(r) == "python":
+        return r.get("mem", "user")
+    return {"ferry": "user", "ferry-region": "region", "ferry-alloc": "alloc"}[r["impl"]]
 lat = {"c": [], "python": []}
 data = {}
 for r in rows:
     if r["bench"] == "latency":
         lat[impl(r)].append(r["p50_us"])
     elif r["bench"] == "data":
-        data.setdefault(r["size"], {"c": [], "python": []})[impl(r)].append(r)
+        data.setdefault((mem(r), r["size"]), {"c": [], "python": []})[impl(r)].append(r)
 print("Python package vs C, same run (medians)")
 c, p = statistics.median(lat["c"]), statistics.median(lat["python"])
 print(f"  4 KiB cycle via coordinator p50: C {c:.1f} us, Python {p:.1f} us, "
       f"Python/C {p / c:.2f} (target <= 1.3)")
-for size in sorted(data):
-    d = data[size]
+for key in sorted(data, key=lambda k: (k[0] != "user", k[1])):
+    where, size = key
+    d = data[key]
+    what = "write" if where == "user" else "write, allocated memory"
     cu = statistics.median(r["us_per_op"] for r in d["c"])
     pu = statistics.median(r["us_per_op"] for r in d["python"])
     cg = statistics.median(r["gbps"] for r in d["c"])
     pg = statistics.median(r["gbps"] for r in d["python"])
     if size < (1 << 20):
-        print(f"  {size:>10} B write: C {cu:.1f} us/op, Python {pu:.1f} us/op, "
+        print(f"  {size:>10} B {what}: C {cu:.1f} us/op, Python {pu:.1f} us/op, "
               f"Python/C time {pu / cu:.2f}")
     else:
-        print(f"  {size:>10} B write: C {cg:.2f} GB/s, Python {pg:.2f} GB/s, "
+        print(f"  {size:>10} B {what}: C {cg:.2f} GB/s, Python {pg:.2f} GB/s, "
               f"Python/C bandwidth {pg / cg:.2f} (target >= 0.97)")
 PYEOF
 echo "results: $BENCH_OUT" >&2

@@ -19,7 +19,7 @@ from setuptools import Extension, setup
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.environ.get("FERRY_SOURCE_DIR", os.path.dirname(HERE))
 SOURCES = [os.path.join("src", f) for f in
-           ["module.c", "descriptor.c", "connector.c", "op.c", "coordinator.c"]]
+           ["module.c", "descriptor.c", "connector.c", "op.c", "coordinator.c", "region.c"]]
 
 
 def _pkg_config():

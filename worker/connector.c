@@ -771,5 +771,6 @@ void ferry_connector_get_stats(ferry_connector_t *c, ferry_connector_stats_t *st
     ferry__lock(c);
     *stats_p = c->stats;
     stats_p->peers_cached = c->n_peers;
+    stats_p->mem_maps = c->mem_maps;
     ferry__unlock(c);
 }

@@ -230,7 +230,7 @@ struct ferry_connector {
     /* Registered regions (region.c), unordered, never overlapping. */
     struct ferry_region *regions;
     uint64_t next_region_id;
-    uint64_t mem_maps; /* ucp_mem_map calls made (ferry__mem_map): tests */
+    uint64_t mem_maps; /* ucp_mem_map calls made (ferry__mem_map); in the stats */
 };
 
 /* Lock helpers (abort on a broken mutex: that is a programmer error). */

@@ -30,6 +30,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "common/log.h"
 #include "worker/ferry_int.h"
@@ -252,6 +253,24 @@ ferry_status_t ferry_mem_register(ferry_connector_t *c, void *ptr, size_t size,
     return region_create(c, ptr, size, device, false, region_p);
 }
 
+/* More than the machine's memory can never be had, and asking UCX for it
+ * is harmful: UCX 1.13 takes such memory from a shared-memory file
+ * (/dev/shm) that it fills page by page, so the request exhausts RAM and
+ * the OOM killer ends the process (or another one) before UCX fails and
+ * removes the file, which then stays behind holding the memory. */
+static ferry_status_t check_alloc_size(size_t size)
+{
+    long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+
+    if (pages > 0 && page > 0 && size / (size_t)page >= (size_t)pages) {
+        return ferry__fail(FERRY_ERR_NO_MEMORY,
+                           "mem_alloc: %zu bytes is not less than the machine's memory (%zu "
+                           "bytes)",
+                           size, (size_t)pages * (size_t)page);
+    }
+    return FERRY_OK;
+}
+
 ferry_status_t ferry_mem_alloc(ferry_connector_t *c, size_t size, ferry_device_t device,
                                ferry_region_t **region_p, void **ptr_p)
 {
@@ -272,6 +291,10 @@ ferry_status_t ferry_mem_alloc(ferry_connector_t *c, size_t size, ferry_device_t
         return ferry__fail(FERRY_ERR_UNIMPLEMENTED,
                            "mem_alloc: only host memory is allocated; register CUDA memory "
                            "with ferry_mem_register");
+    }
+    status = check_alloc_size(size);
+    if (status != FERRY_OK) {
+        return status;
     }
     status = region_create(c, NULL, size, device, true, &r);
     if (status != FERRY_OK) {

@@ -271,6 +271,9 @@ typedef struct {
      * by [direction][outcome]; an operation destroyed before it ended counts
      * as CANCELLED. */
     ferry_transfer_count_t transfers[FERRY_DIRECTION_COUNT][FERRY_OUTCOME_COUNT];
+    /* ucp_mem_map calls made: one per descriptor of a passive operation in
+     * no region, one per region (operations inside a region make none). */
+    uint64_t mem_maps;
 } ferry_connector_stats_t;
 
 /* "write", "read", "received", "served"; "unknown" otherwise. Static. */
@@ -336,7 +339,10 @@ FERRY_API ferry_status_t ferry_mem_register(ferry_connector_t *connector, void *
  * frees it. UCX 1.13 takes such memory from a shared-memory segment (sysv
  * or posix) when it can, and its shared-memory transports then write and
  * read it directly (one copy) instead of through bounce buffers: the fast
- * path for host memory. Host memory only (CUDA: FERRY_ERR_UNIMPLEMENTED). */
+ * path for host memory. Host memory only (CUDA: FERRY_ERR_UNIMPLEMENTED).
+ * FERRY_ERR_NO_MEMORY, before UCX is asked, for a size not less than the
+ * machine's physical memory (UCX would fill /dev/shm with it until the OOM
+ * killer struck). */
 FERRY_API ferry_status_t ferry_mem_alloc(ferry_connector_t *connector, size_t size,
                                          ferry_device_t device, ferry_region_t **region_p,
                                          void **ptr_p);

@@ -29,6 +29,21 @@ Memory is never copied: a Descriptor names the caller's memory (a tensor,
 an array, a buffer) and keeps its owner alive for as long as an operation
 uses it. Non-contiguous tensors and arrays are refused, never copied.
 
+Memory registered once serves any number of operations with no per-operation
+registration (no ucp_mem_map): ``Connector.allocate(size)`` gives host memory
+UCX can write directly, ``Connector.register_memory(buffer)`` registers the
+caller's; both return a Region, a writable buffer (memoryview, numpy,
+``torch.frombuffer``) that operations take like any buffer::
+
+    with connector.allocate(64 << 20) as pool:
+        kv = torch.frombuffer(memoryview(pool), dtype=torch.uint8)   # no copy
+        with connector.create_writable(pool.descriptor(0, 4096)) as w:
+            ...
+        del kv                                        # before the pool closes
+
+A region's remote key covers the whole region until it is closed (see
+Region, and README's "Memory registered once").
+
 Errors are FerryError subclasses carrying libferry's status code and
 message. Every blocking call releases the GIL; ``await
 op.wait_for_completion()`` costs no thread (libferry's completion callback
@@ -42,6 +57,7 @@ import enum
 import functools
 import json
 import math
+import operator
 import sys
 from dataclasses import dataclass
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
@@ -56,7 +72,7 @@ __all__ = [
     "PermissionDenied", "Unauthenticated", "FailedPrecondition", "TimedOut", "Unavailable",
     "Cancelled", "Expired", "Aborted", "ResourceExhausted", "NoMemory", "Unimplemented",
     "ProtocolError", "TransportError", "PeerFailed", "SystemCallError", "Misuse",
-    "InternalError", "LeaseNotFound", "OutOfRange", "Busy", "parse_size",
+    "InternalError", "LeaseNotFound", "OutOfRange", "Busy", "parse_size", "Region",
 ]
 
 # ---- errors -------------------------------------------------------------
@@ -303,6 +319,8 @@ class Descriptor(_ferry._Descriptor):
         refused by a connector whose UCX has no CUDA),
       * a numpy array or any object with the buffer protocol (``bytearray``,
         ``memoryview``, ``bytes``; read-only ones only as a source),
+      * a Region (Connector.allocate, register_memory): the whole region;
+        ``region.descriptor(offset, size)`` for part of it,
       * a tuple ``(ptr, size, device)`` naming memory the caller keeps alive.
 
     The object is kept alive by the descriptor, and the descriptor by every
@@ -312,6 +330,10 @@ class Descriptor(_ferry._Descriptor):
 
     def __new__(cls, data: Any, device: Union[str, Device, None] = None) -> "Descriptor":
         tensor_type = _torch_tensor_type()
+        if isinstance(data, _ferry._Region):
+            if device is not None and Device(device) != data.device:
+                raise InvalidArgument(f"descriptor: the region is on {data.device}, not {device}")
+            return data.descriptor()
         if isinstance(data, tuple):
             if len(data) != 3 or device is not None:
                 raise TypeError("Descriptor((ptr, size, device)): a 3-tuple, and no device=")
@@ -365,6 +387,85 @@ def _descs(descs: Any) -> Any:
             return descs
         return [d if isinstance(d, _ferry._Descriptor) else Descriptor(d) for d in descs]
     return Descriptor(descs)
+
+
+# ---- regions --------------------------------------------------------------
+
+
+class Region(_ferry._Region):
+    """Memory registered with UCX once, for any number of operations: made
+    by ``Connector.allocate(size)`` (host memory Ferry allocates, zeroed,
+    freed at close) or ``Connector.register_memory(buffer)`` (the caller's
+    memory, kept alive and exported until close).
+
+    Operations on descriptors inside it (``Descriptor(region)``,
+    ``region.descriptor(offset, size)``, or any buffer over its memory)
+    register nothing of their own: they reuse the region's memory handle and
+    remote key. That key covers the whole region until it is closed, not
+    only one operation's bytes: put in one region only memory that every
+    holder of any of its operations' metadata may reach.
+
+    A host region is a writable buffer: ``memoryview(region)``,
+    ``numpy.frombuffer(region, ...)``, ``torch.frombuffer(memoryview(region),
+    ...)`` share its memory without a copy, and close() refuses while they
+    live. Give torch a memoryview (or ``torch.from_numpy`` an array): a
+    bare ``torch.frombuffer(region)`` drops its export at once and keeps
+    only a reference, which keeps the region from being collected but not
+    from an explicit close().
+
+    ``close()`` (or leaving its ``with`` block) deregisters it, and frees
+    allocated memory: BufferError while a buffer export lives (release the
+    memoryview, array or tensor first), Busy while an operation uses it (a
+    passive one until it is final or closed, an active one until its data
+    stopped moving). Dropping the last reference releases it too; a region
+    still in use then is released by its connector once free. The region
+    keeps its connector alive, and the connector refuses to close before
+    its regions."""
+
+    @property
+    def device(self) -> Device:
+        """The Device the memory is on."""
+        return Device("cpu") if self._device_kind == DeviceKind.HOST else Device(
+            f"cuda:{self._device_id}")
+
+    def descriptor(self, offset: int = 0, size: Optional[int] = None) -> Descriptor:
+        """A Descriptor of ``size`` bytes at ``offset`` (default: the rest of
+        the region). It keeps the region alive; an operation on it after
+        the region is closed is refused (Misuse)."""
+        offset = int(offset)
+        size = self.size - offset if size is None else int(size)
+        if offset < 0 or offset > self.size:
+            raise ValueError(f"Region.descriptor: offset {offset} is outside the region's "
+                             f"{self.size} bytes")
+        if size <= 0 or size > self.size - offset:
+            raise ValueError(f"Region.descriptor: size {size} at offset {offset} does not fit "
+                             f"in the region's {self.size} bytes")
+        d = _ferry._Descriptor.__new__(Descriptor, self.ptr + offset, size,
+                                       int(self._device_kind), self._device_id, self, False)
+        d._validate()
+        return d
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __enter__(self) -> "Region":
+        return self
+
+    def __exit__(self, exc_type: Any, *exc: Any) -> None:
+        try:
+            self.close()
+        except (Busy, BufferError):
+            if exc_type is None:
+                raise
+            # An exception is on its way out of the block: do not hide it.
+            # The region is released when collected (by its connector, once
+            # no operation uses it).
+
+    def __repr__(self) -> str:
+        what = "allocated" if self.allocated else "registered"
+        if self.closed:
+            return f"<Region {what}, closed>"
+        return f"<Region {what} {self.size} bytes at {self.ptr:#x} on {self.device}>"
 
 
 # ---- status and metadata --------------------------------------------------
@@ -688,6 +789,39 @@ class Connector(_ferry._Connector):
         """Registers the local descriptors so that the holder of the returned
         operation's metadata may read them."""
         return self._create(1, _descs(descs), ReadableOperation)
+
+    # memory registered once
+
+    def allocate(self, size: int) -> Region:
+        """Allocates ``size`` bytes of host memory through UCX, zeroed and
+        registered once (ferry_mem_alloc): a Region. UCX's shared-memory
+        transports write and read such memory directly, and operations on it
+        register nothing. ``size`` must be a positive int (ValueError or
+        TypeError otherwise; InvalidArgument for 0, NoMemory when it cannot
+        be had, each naming the size)."""
+        try:
+            if isinstance(size, bool):
+                raise TypeError
+            size = operator.index(size)
+        except TypeError:
+            raise TypeError(f"allocate: size must be an int, got {type(size).__name__}"
+                            ) from None
+        if size < 0:
+            raise ValueError(f"allocate: size must be a positive number of bytes, got {size}")
+        if size >= 1 << 64:
+            raise ValueError(f"allocate: size {size} is beyond any address space")
+        return self._allocate(int(size), Region)
+
+    def register_memory(self, buffer: Any) -> Region:
+        """Registers the caller's memory once (ferry_mem_register): a
+        writable buffer, numpy array, torch tensor, ``(ptr, size, device)``
+        or Descriptor, contiguous. The Region keeps the object alive (and a
+        buffer exported, so a bytearray cannot resize) until it is closed.
+        Every operation on memory inside it then registers nothing of its
+        own. AlreadyExists when it overlaps a region of this connector;
+        read-only memory is refused (InvalidArgument)."""
+        desc = buffer if isinstance(buffer, _ferry._Descriptor) else Descriptor(buffer)
+        return self._register(desc, Region)
 
     # active, from metadata
 

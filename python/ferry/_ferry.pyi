@@ -2,6 +2,7 @@
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Type, TypeVar, Union
 
 _Op = TypeVar("_Op", bound="_Operation")
+_R = TypeVar("_R", bound="_Region")
 
 DEVICE_HOST: int
 DEVICE_CUDA: int
@@ -25,6 +26,18 @@ class _Descriptor:
     def __new__(cls, ptr: int, size: int, kind: int, id: int, owner: Any = ...,
                 readonly: bool = ...) -> Any: ...
     def _validate(self) -> None: ...
+
+class _Region:
+    ptr: int
+    size: int
+    _device_kind: int
+    _device_id: int
+    closed: bool
+    allocated: bool
+    connector: Any
+    _exports: int
+    def close(self) -> None: ...
+    def __buffer__(self, flags: int) -> memoryview: ...
 
 class _Coordinator:
     closed: bool
@@ -59,6 +72,7 @@ class _Connector:
     closed: bool
     _fd: int
     _live_ops: int
+    _live_regions: int
     def __new__(cls, name: Optional[str] = ..., peer_error_handling: bool = ...,
                 spin_us: int = ..., log_level: int = ...) -> Any: ...
     def close(self) -> None: ...
@@ -67,3 +81,5 @@ class _Connector:
     def _create(self, kind: int, descs: Any, cls: Type[_Op], metadata: bytes = ...) -> _Op: ...
     def _begin_by_id(self, kind: int, coordinator: _Coordinator, request_id: str, token: str,
                      wait_ms: int, ttl_s: int, descs: Any, cls: Type[_Op]) -> _Op: ...
+    def _allocate(self, size: int, cls: Type[_R]) -> _R: ...
+    def _register(self, descriptor: _Descriptor, cls: Type[_R]) -> _R: ...

@@ -13,6 +13,11 @@
  *
  * Operations create through here hold a strong reference to the connector,
  * so ferry_connector_destroy runs only after every operation is destroyed.
+ * Regions (region.c) made here do too, and count in live_regions from
+ * before their libferry call until they are deregistered: close() refuses
+ * while one remains. A region collected while libferry still held it is an
+ * orphan here; reaping (at each allocation or registration, at close and at
+ * dealloc) deregisters the orphans libferry has let go.
  */
 #include "pyferry.h"
 
@@ -93,11 +98,40 @@ static ferry_status_t connector_close_handle(pyferry_connector_t *self)
     return status;
 }
 
+void pyferry_connector_reap(pyferry_connector_t *self)
+{
+    pyferry_orphan_t *o = self->orphans;
+    ferry_status_t status;
+
+    /* Taken whole: another thread reaping while the GIL is released below
+     * sees an empty list, never a node in use here. */
+    self->orphans = NULL;
+    while (o != NULL) {
+        pyferry_orphan_t *next = o->next;
+        Py_BEGIN_ALLOW_THREADS status = ferry_mem_deregister(o->region);
+        Py_END_ALLOW_THREADS if (status == FERRY_OK)
+        {
+            Py_XDECREF(o->owner);
+            free(o);
+            self->live_regions--;
+        }
+        else
+        {
+            o->next = self->orphans;
+            self->orphans = o;
+        }
+        o = next;
+    }
+}
+
 static void connector_dealloc(PyObject *obj)
 {
     pyferry_connector_t *self = (pyferry_connector_t *)obj;
 
-    /* Every operation holds a reference: none is alive here. */
+    /* Every operation and region holds a reference: none is alive here.
+     * Orphans libferry still holds keep the connector (leaked) rather than
+     * free memory under a transfer. */
+    pyferry_connector_reap(self);
     (void)connector_close_handle(self);
     if (self->efd >= 0) {
         close(self->efd);
@@ -116,6 +150,15 @@ static PyObject *connector_close(PyObject *obj, PyObject *unused)
         char msg[128];
         snprintf(msg, sizeof(msg), "connector: %zd operation(s) still open; close them first",
                  self->live_ops);
+        return pyferry_raise(FERRY_ERR_BUSY, msg);
+    }
+    pyferry_connector_reap(self);
+    if (self->live_regions > 0) {
+        char msg[160];
+        snprintf(msg, sizeof(msg),
+                 "connector: %zd region(s) still registered (or still used by a transfer); "
+                 "close them first",
+                 self->live_regions);
         return pyferry_raise(FERRY_ERR_BUSY, msg);
     }
     status = connector_close_handle(self);
@@ -185,6 +228,12 @@ static PyObject *connector_get_live_ops(PyObject *obj, void *closure)
     return PyLong_FromSsize_t(((pyferry_connector_t *)obj)->live_ops);
 }
 
+static PyObject *connector_get_live_regions(PyObject *obj, void *closure)
+{
+    (void)closure;
+    return PyLong_FromSsize_t(((pyferry_connector_t *)obj)->live_regions);
+}
+
 static PyObject *connector_stats(PyObject *obj, PyObject *unused)
 {
     pyferry_connector_t *self = (pyferry_connector_t *)obj;
@@ -195,14 +244,15 @@ static PyObject *connector_stats(PyObject *obj, PyObject *unused)
         return NULL;
     }
     ferry_connector_get_stats(self->conn, &s);
-    return Py_BuildValue(
-        "{sKsKsKsKsKsKsKsK}", "endpoints_created", (unsigned long long)s.endpoints_created,
-        "endpoint_cache_hits", (unsigned long long)s.endpoint_cache_hits, "rkeys_unpacked",
-        (unsigned long long)s.rkeys_unpacked, "rkey_cache_hits",
-        (unsigned long long)s.rkey_cache_hits, "notices_received",
-        (unsigned long long)s.notices_received, "claims_refused",
-        (unsigned long long)s.claims_refused, "notices_ignored",
-        (unsigned long long)s.notices_ignored, "peers_cached", (unsigned long long)s.peers_cached);
+    return Py_BuildValue("{sKsKsKsKsKsKsKsKsK}", "mem_maps", (unsigned long long)s.mem_maps,
+                         "endpoints_created", (unsigned long long)s.endpoints_created,
+                         "endpoint_cache_hits", (unsigned long long)s.endpoint_cache_hits,
+                         "rkeys_unpacked", (unsigned long long)s.rkeys_unpacked, "rkey_cache_hits",
+                         (unsigned long long)s.rkey_cache_hits, "notices_received",
+                         (unsigned long long)s.notices_received, "claims_refused",
+                         (unsigned long long)s.claims_refused, "notices_ignored",
+                         (unsigned long long)s.notices_ignored, "peers_cached",
+                         (unsigned long long)s.peers_cached);
 }
 
 /* Reads the eventfd, then takes the list: [op, ...] finished since the last
@@ -275,7 +325,8 @@ static PyObject *connector_create(PyObject *obj, PyObject *args)
         }
     }
     if (pyferry_descs_fill(seq, kind == PYFERRY_WRITABLE || kind == PYFERRY_READ, descs, n, &keep) <
-        0) {
+            0 ||
+        pyferry_descs_pin(keep) < 0) {
         goto out;
     }
     Py_BEGIN_ALLOW_THREADS switch (kind)
@@ -293,8 +344,8 @@ static PyObject *connector_create(PyObject *obj, PyObject *args)
         status = ferry_read_begin(self->conn, descs, (size_t)n, md.buf, (size_t)md.len, &op);
         break;
     }
-    Py_END_ALLOW_THREADS if (status != FERRY_OK)
-    {
+    Py_END_ALLOW_THREADS pyferry_descs_unpin(keep);
+    if (status != FERRY_OK) {
         pyferry_raise_last(status);
         goto out;
     }
@@ -350,7 +401,8 @@ static PyObject *connector_begin_by_id(PyObject *obj, PyObject *args)
             return PyErr_NoMemory();
         }
     }
-    if (pyferry_descs_fill(seq, kind == PYFERRY_READ, descs, n, &keep) < 0) {
+    if (pyferry_descs_fill(seq, kind == PYFERRY_READ, descs, n, &keep) < 0 ||
+        pyferry_descs_pin(keep) < 0) {
         goto out;
     }
     params.request_id = request_id;
@@ -375,6 +427,7 @@ static PyObject *connector_begin_by_id(PyObject *obj, PyObject *args)
         status = ferry_read_begin_by_id(self->conn, coord->coord, &params, descs, (size_t)n, &op);
     }
     Py_END_ALLOW_THREADS coord->live_ops--;
+    pyferry_descs_unpin(keep);
     if (status != FERRY_OK) {
         pyferry_raise_last(status);
         goto out;
@@ -389,14 +442,99 @@ out:
     return result;
 }
 
+/* _allocate(size, cls): host memory from ferry_mem_alloc, as a region of
+ * class cls. Errors name the argument. */
+static PyObject *connector_allocate(PyObject *obj, PyObject *args)
+{
+    pyferry_connector_t *self = (pyferry_connector_t *)obj;
+    ferry_device_t host = FERRY_DEVICE_HOST_INIT;
+    ferry_region_t *region = NULL;
+    PyObject *size_obj, *cls;
+    ferry_status_t status;
+    void *ptr = NULL;
+    char msg[320];
+    size_t size;
+
+    if (!PyArg_ParseTuple(args, "O!O:_allocate", &PyLong_Type, &size_obj, &cls)) {
+        return NULL;
+    }
+    size = PyLong_AsSize_t(size_obj);
+    if (size == (size_t)-1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    if (connector_check_open(self) < 0) {
+        return NULL;
+    }
+    pyferry_connector_reap(self);
+    /* Counted before the call: close() from another thread must refuse. */
+    self->live_regions++;
+    Py_BEGIN_ALLOW_THREADS status = ferry_mem_alloc(self->conn, size, host, &region, &ptr);
+    Py_END_ALLOW_THREADS if (status != FERRY_OK)
+    {
+        self->live_regions--;
+        snprintf(msg, sizeof(msg), "allocate(size=%zu): %s", size, ferry_last_error_message());
+        return pyferry_raise(status, msg);
+    }
+    return pyferry_region_wrap(cls, region, self, ptr, size, host, true, NULL);
+}
+
+/* _register(descriptor, cls): the descriptor's memory registered once
+ * (ferry_mem_register), as a region of class cls holding the descriptor
+ * (and so its owner) until deregistered. */
+static PyObject *connector_register(PyObject *obj, PyObject *args)
+{
+    pyferry_connector_t *self = (pyferry_connector_t *)obj;
+    ferry_region_t *region = NULL;
+    PyObject *desc_obj, *cls, *keep;
+    pyferry_desc_t *d;
+    ferry_status_t status;
+    char msg[320];
+
+    if (!PyArg_ParseTuple(args, "O!O:_register", pyferry_desc_type, &desc_obj, &cls)) {
+        return NULL;
+    }
+    d = (pyferry_desc_t *)desc_obj;
+    if (connector_check_open(self) < 0) {
+        return NULL;
+    }
+    if (d->readonly) {
+        return pyferry_raise(FERRY_ERR_INVALID_ARGUMENT,
+                             "register_memory(buffer): the buffer is read-only (a region's "
+                             "memory must be writable)");
+    }
+    keep = PyTuple_Pack(1, desc_obj);
+    if (keep == NULL) {
+        return NULL;
+    }
+    if (pyferry_descs_pin(keep) < 0) {
+        Py_DECREF(keep);
+        return NULL;
+    }
+    pyferry_connector_reap(self);
+    self->live_regions++;
+    Py_BEGIN_ALLOW_THREADS status =
+        ferry_mem_register(self->conn, d->desc.ptr, d->desc.size, d->desc.device, &region);
+    Py_END_ALLOW_THREADS pyferry_descs_unpin(keep);
+    Py_DECREF(keep);
+    if (status != FERRY_OK) {
+        self->live_regions--;
+        snprintf(msg, sizeof(msg), "register_memory(buffer): %s", ferry_last_error_message());
+        return pyferry_raise(status, msg);
+    }
+    return pyferry_region_wrap(cls, region, self, d->desc.ptr, d->desc.size, d->desc.device, false,
+                               desc_obj);
+}
+
 static PyMethodDef connector_methods[] = {
     {"close", connector_close, METH_NOARGS,
-     "close(): destroys the connector; FerryBusy while an operation is open."},
+     "close(): destroys the connector; FerryBusy while an operation or a region is open."},
     {"stats", connector_stats, METH_NOARGS, "stats() -> dict: the connector's counters."},
     {"_drain", connector_drain, METH_NOARGS, "_drain() -> [op]: operations finished since."},
     {"_create", connector_create, METH_VARARGS, "_create(kind, descs, cls[, metadata])."},
     {"_begin_by_id", connector_begin_by_id, METH_VARARGS,
      "_begin_by_id(kind, coordinator, request_id, token, wait_ms, ttl_s, descs, cls)."},
+    {"_allocate", connector_allocate, METH_VARARGS, "_allocate(size, cls) -> region."},
+    {"_register", connector_register, METH_VARARGS, "_register(descriptor, cls) -> region."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -408,6 +546,8 @@ static PyGetSetDef connector_getset[] = {
     {"closed", connector_get_closed, NULL, "True once close() succeeded.", NULL},
     {"_fd", connector_get_fd, NULL, "The completion queue's eventfd.", NULL},
     {"_live_ops", connector_get_live_ops, NULL, "Operations not closed yet.", NULL},
+    {"_live_regions", connector_get_live_regions, NULL,
+     "Regions not deregistered yet (orphans included).", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 

@@ -3,9 +3,12 @@
  * owns its memory. The package decides how an object becomes a region
  * (tensor, array, buffer, (ptr, size, device)); this type only holds the
  * result and keeps the owner alive, and turns lists of them into the
- * ferry_descriptor_t arrays the operation constructors take.
+ * ferry_descriptor_t arrays the operation constructors take. A descriptor
+ * made from a _Region (its owner) is checked and pinned around each
+ * constructor (pyferry_descs_pin), so memory deregistered meanwhile is never
+ * handed to libferry.
  *
- * Immutable after construction; no locking.
+ * Immutable after construction; no locking (the GIL guards the pins).
  */
 #include "pyferry.h"
 
@@ -197,4 +200,48 @@ int pyferry_descs_fill(PyObject *seq, bool need_writable, ferry_descriptor_t *ou
 err_keep:
     Py_DECREF(keep);
     return -1;
+}
+
+/* The region whose memory the descriptor names, when it was made from one
+ * (its owner is a _Region), else NULL. */
+static pyferry_region_t *desc_region(PyObject *item)
+{
+    PyObject *owner = ((pyferry_desc_t *)item)->owner;
+
+    return PyObject_TypeCheck(owner, pyferry_region_type) ? (pyferry_region_t *)owner : NULL;
+}
+
+int pyferry_descs_pin(PyObject *keep)
+{
+    Py_ssize_t n = PyTuple_Size(keep);
+    char msg[160];
+
+    for (Py_ssize_t i = 0; i < n; i++) {
+        pyferry_region_t *r = desc_region(PyTuple_GetItem(keep, i));
+        if (r != NULL && (r->region == NULL || r->closing)) {
+            snprintf(msg, sizeof(msg),
+                     "descriptor %zd: its region is closed (its memory is deregistered)", i);
+            pyferry_raise(FERRY_ERR_MISUSE, msg);
+            return -1;
+        }
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        pyferry_region_t *r = desc_region(PyTuple_GetItem(keep, i));
+        if (r != NULL) {
+            r->pins++;
+        }
+    }
+    return 0;
+}
+
+void pyferry_descs_unpin(PyObject *keep)
+{
+    Py_ssize_t n = PyTuple_Size(keep);
+
+    for (Py_ssize_t i = 0; i < n; i++) {
+        pyferry_region_t *r = desc_region(PyTuple_GetItem(keep, i));
+        if (r != NULL) {
+            r->pins--;
+        }
+    }
 }

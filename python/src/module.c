@@ -4,7 +4,7 @@
  * operation status names), the address of a buffer export, and module init.
  *
  * Module state is process-global (the module supports one interpreter):
- * the four types and the exception factory.
+ * the five types and the exception factory.
  */
 #include "pyferry.h"
 
@@ -14,6 +14,7 @@ PyTypeObject *pyferry_desc_type;
 PyTypeObject *pyferry_connector_type;
 PyTypeObject *pyferry_op_type;
 PyTypeObject *pyferry_coordinator_type;
+PyTypeObject *pyferry_region_type;
 
 /* The package's callable (code, message) -> exception instance. */
 static PyObject *error_factory;
@@ -231,6 +232,10 @@ PyMODINIT_FUNC PyInit__ferry(void)
     }
     pyferry_coordinator_type = pyferry_coordinator_type_create(m);
     if (add_type(m, "_Coordinator", pyferry_coordinator_type) < 0) {
+        goto err_module;
+    }
+    pyferry_region_type = pyferry_region_type_create(m);
+    if (add_type(m, "_Region", pyferry_region_type) < 0) {
         goto err_module;
     }
     if (PyModule_AddIntConstant(m, "DEVICE_HOST", FERRY_DEVICE_HOST) < 0 ||

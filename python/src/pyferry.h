@@ -20,6 +20,12 @@
  *   _Operation    one ferry_op_t, a strong reference to its connector (an
  *                 operation must be destroyed before its connector), to its
  *                 descriptors and, once bound, to its coordinator.
+ *   _Region       one ferry_region_t (memory registered once: allocated by
+ *                 ferry_mem_alloc, or the caller's by ferry_mem_register),
+ *                 a strong reference to its connector and to what owns
+ *                 registered memory; exports the memory (buffer protocol).
+ *                 Regions collected while libferry still uses them move to
+ *                 the connector's orphans and are deregistered later.
  *   _Coordinator  one ferry_coordinator_t.
  *
  * GIL: held for every Python object access; released around every libferry
@@ -60,14 +66,39 @@ typedef struct {
 
 typedef struct pyferry_op pyferry_op_t;
 
+/* A region whose Python object went away while libferry still used it
+ * (FERRY_ERR_BUSY: an operation cancelled mid-transfer whose flush has not
+ * completed, or one made from the bare address). Its memory stays valid;
+ * the connector deregisters it later (pyferry_connector_reap). */
+typedef struct pyferry_orphan {
+    ferry_region_t *region;
+    PyObject *owner; /* strong: registered memory's owner; NULL when allocated */
+    struct pyferry_orphan *next;
+} pyferry_orphan_t;
+
 typedef struct {
     PyObject_HEAD ferry_connector_t *conn; /* NULL once closed */
     int efd;                               /* eventfd: readable when done_head is not empty */
     pthread_mutex_t done_lock;
     pyferry_op_t *done_head; /* guarded by done_lock */
     pyferry_op_t **done_tail;
-    Py_ssize_t live_ops; /* operations not closed yet (GIL) */
+    Py_ssize_t live_ops;       /* operations not closed yet (GIL) */
+    Py_ssize_t live_regions;   /* regions registered, orphans and ones being made included (GIL) */
+    pyferry_orphan_t *orphans; /* GIL */
 } pyferry_connector_t;
+
+typedef struct {
+    PyObject_HEAD ferry_region_t *region; /* NULL before creation and once closed */
+    pyferry_connector_t *connector;       /* strong once made */
+    PyObject *owner; /* strong while registered: what owns registered memory; NULL when allocated */
+    void *ptr;
+    size_t size;
+    ferry_device_t device;
+    bool allocated;     /* made by ferry_mem_alloc: deregistering frees the memory */
+    bool closing;       /* ferry_mem_deregister running with the GIL released (GIL) */
+    Py_ssize_t exports; /* buffer exports alive: memoryview, numpy, torch.frombuffer (GIL) */
+    Py_ssize_t pins;    /* operation constructors using it with the GIL released (GIL) */
+} pyferry_region_t;
 
 typedef struct {
     PyObject_HEAD ferry_coordinator_t *coord; /* NULL once closed */
@@ -95,6 +126,7 @@ extern PyTypeObject *pyferry_desc_type;
 extern PyTypeObject *pyferry_connector_type;
 extern PyTypeObject *pyferry_op_type;
 extern PyTypeObject *pyferry_coordinator_type;
+extern PyTypeObject *pyferry_region_type;
 
 /* Sets the Python exception for a libferry status and message (the
  * package's factory; a RuntimeError before one is installed). Returns NULL
@@ -111,17 +143,38 @@ Py_ssize_t pyferry_descs_count(PyObject *seq);
 int pyferry_descs_fill(PyObject *seq, bool need_writable, ferry_descriptor_t *out, Py_ssize_t n,
                        PyObject **keep_p);
 
+/* Around a libferry call with the GIL released that takes the descriptors
+ * of keep (a tuple of _Descriptor): refuses (Misuse, naming the descriptor)
+ * when one's region is closed, else pins every region so that close() from
+ * another thread refuses meanwhile. Returns -1 with an exception set, and
+ * then pins nothing. */
+int pyferry_descs_pin(PyObject *keep);
+void pyferry_descs_unpin(PyObject *keep);
+
 /* Spec-building entry points, one per file. */
 PyTypeObject *pyferry_desc_type_create(PyObject *module);
 PyTypeObject *pyferry_connector_type_create(PyObject *module);
 PyTypeObject *pyferry_op_type_create(PyObject *module);
 PyTypeObject *pyferry_coordinator_type_create(PyObject *module);
+PyTypeObject *pyferry_region_type_create(PyObject *module);
 
 /* op.c: a new, empty operation of class cls (a subclass of _Operation)
  * taking ownership of handle; steals nothing else (increfs conn, descs,
  * coord). On failure destroys handle and returns NULL. */
 PyObject *pyferry_op_wrap(PyObject *cls, ferry_op_t *handle, int kind, pyferry_connector_t *conn,
                           PyObject *descs, pyferry_coordinator_t *coord);
+
+/* region.c: a new region of class cls (a subclass of _Region) taking
+ * ownership of handle, which the caller counted in conn->live_regions
+ * before making it; owner (may be NULL) is increfed. On failure
+ * deregisters handle, uncounts it and returns NULL. */
+PyObject *pyferry_region_wrap(PyObject *cls, ferry_region_t *handle, pyferry_connector_t *conn,
+                              void *ptr, size_t size, ferry_device_t device, bool allocated,
+                              PyObject *owner);
+
+/* connector.c: deregisters the connector's orphans that libferry lets go
+ * now; the others stay. */
+void pyferry_connector_reap(pyferry_connector_t *conn);
 
 /* Allocation and release common to the heap types. */
 void pyferry_free_self(PyObject *self);

@@ -68,13 +68,18 @@ static int teardown(void **state)
     return 0;
 }
 
+/* The public counter (ferry_connector_stats_t.mem_maps), checked against
+ * the internal one it reports. */
 static uint64_t mem_maps(ferry_connector_t *c)
 {
+    ferry_connector_stats_t s;
     uint64_t n;
 
+    ferry_connector_get_stats(c, &s);
     ferry__lock(c);
     n = c->mem_maps;
     ferry__unlock(c);
+    assert_int_equal(s.mem_maps, n);
     return n;
 }
 
@@ -385,6 +390,13 @@ static void test_alloc_transfer(void **state)
     src = p;
     assert_int_equal(ferry_mem_alloc(w->tx, 0, (ferry_device_t)FERRY_DEVICE_HOST_INIT, &bad, &p),
                      FERRY_ERR_INVALID_ARGUMENT);
+    /* More than the machine has is refused before UCX is asked (UCX would
+     * fill /dev/shm with it until the OOM killer struck). 2^63 bytes: no
+     * file can be that long, so even without the check UCX fails at once. */
+    assert_int_equal(
+        ferry_mem_alloc(w->tx, (size_t)1 << 63, (ferry_device_t)FERRY_DEVICE_HOST_INIT, &bad, &p),
+        FERRY_ERR_NO_MEMORY);
+    assert_non_null(strstr(ferry_last_error_message(), "machine's memory"));
     assert_int_equal(ferry_mem_alloc(w->tx, 4096, (ferry_device_t){FERRY_DEVICE_CUDA, 0}, &bad, &p),
                      FERRY_ERR_UNIMPLEMENTED);
     assert_null(bad);
