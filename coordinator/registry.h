@@ -2,7 +2,10 @@
  * registry.h: the operation registry, the coordinator's whole state, kept in
  * etcd (DESIGN.md, "etcd layout"):
  *
- *   <prefix>ops/<request_id>     ferry.v1.Operation, on the owner's lease
+ *   <prefix>ops/<request_id>     ferry.v1.Operation, on the owner's lease;
+ *                                its metadata the bytes the passive worker
+ *                                registered, never packed again
+ *                                (registry_record.c)
  *   <prefix>claims/<request_id>  the claim lease ID, on the claim's lease
  *   <prefix>keys/lease           the key lease tokens derive from (no lease;
  *                                registry_lease.c)
@@ -114,28 +117,45 @@ typedef struct {
     char lease_token[COORD_LEASE_TOKEN_LEN + 1]; /* lease_id's */
 } coord_register_out_t;
 
+/* md: the request's metadata field as it arrived (md_len bytes; see
+ * coord_validate_register_bytes), stored byte for byte; req->metadata is
+ * its decoded copy, for the record's kind and the log. */
 ferry_status_t coord_register(coord_registry_t *registry, const Ferry__V1__RegisterRequest *req,
-                              coord_register_out_t *out, char *msg, size_t cap);
+                              const uint8_t *md, size_t md_len, coord_register_out_t *out,
+                              char *msg, size_t cap);
+
+/* An operation as the registry hands it out: the record decoded but for
+ * its metadata, which stays the bytes stored (those the passive worker
+ * registered): op->metadata is always NULL; md holds the bytes where they
+ * are shown, and is NULL (md_len 0) elsewhere. */
+typedef struct {
+    Ferry__V1__Operation *op;
+    uint8_t *md;
+    size_t md_len;
+} coord_record_t;
+
+/* Frees op and md and clears them. */
+void coord_record_free(coord_record_t *rec);
 
 /* Reads a record. token != NULL: it must match (PERMISSION_DENIED otherwise)
- * and the metadata is kept; token == NULL: metadata is stripped. Token hash
- * and lease IDs are stripped always. linearizable: read etcd (a quorum read:
- * reflects every change acknowledged anywhere before the call) instead of
- * the view. *op_p is freed with ferry__v1__operation__free_unpacked. */
+ * and rec->md is kept; token == NULL: rec->md is NULL. Token hash and lease
+ * IDs are stripped always. linearizable: read etcd (a quorum read: reflects
+ * every change acknowledged anywhere before the call) instead of the view.
+ * Free *rec with coord_record_free. */
 ferry_status_t coord_lookup(coord_registry_t *registry, const char *request_id, const char *token,
-                            bool linearizable, Ferry__V1__Operation **op_p, int64_t *revision_p,
-                            char *msg, size_t cap);
+                            bool linearizable, coord_record_t *rec, int64_t *revision_p, char *msg,
+                            size_t cap);
 
 /* coord_lookup from the view alone, never waiting on etcd. *answered_p
  * false (and FERRY_OK): the view cannot answer (it lacks the record, its
  * watch is down while etcd answers, or linearizable), and only coord_lookup
  * can, which may wait on etcd. */
 ferry_status_t coord_lookup_view(coord_registry_t *registry, const char *request_id,
-                                 const char *token, bool linearizable, Ferry__V1__Operation **op_p,
+                                 const char *token, bool linearizable, coord_record_t *rec,
                                  int64_t *revision_p, bool *answered_p, char *msg, size_t cap);
 
 typedef struct {
-    Ferry__V1__Operation *op; /* after the change, metadata included */
+    coord_record_t rec; /* after the change, metadata bytes included */
     int64_t revision;
     int64_t claim_lease_id;
     int64_t ttl_s;

@@ -68,6 +68,20 @@ struct coord_registry {
 ferry_status_t registry_key(const char *sub_prefix, const char *id, registry_key_t *key, char *msg,
                             size_t cap);
 
+/* --- the record's encoding (registry_record.c) --- */
+
+/* Packs op (its metadata NULL) with md_len bytes of md as its metadata
+ * field, as they are: every write of a record goes through here, so the
+ * metadata keeps the bytes Register stored. *bytes_p is malloc'd. */
+ferry_status_t registry_record_pack(const Ferry__V1__Operation *op, const uint8_t *md,
+                                    size_t md_len, uint8_t **bytes_p, size_t *len_p);
+
+/* Decodes a stored record: rec->op without its metadata, rec->md a copy of
+ * the metadata's bytes (NULL when the record has none).
+ * FERRY_ERR_INVALID_ARGUMENT for a malformed record (its metadata field
+ * repeated, among others). */
+ferry_status_t registry_record_decode(const uint8_t *bytes, size_t len, coord_record_t *rec);
+
 /* Applies a record the coordinator itself just wrote (write-through). */
 void registry_view_put(coord_registry_t *r, const char *id, const uint8_t *bytes, size_t len,
                        int64_t mod_revision, ferry_op_state_t state);

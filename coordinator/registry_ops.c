@@ -160,20 +160,6 @@ void coord_strip(Ferry__V1__Operation *op, bool keep_metadata)
 
 /* --- register ------------------------------------------------------------ */
 
-static ferry_status_t pack_op(const Ferry__V1__Operation *op, uint8_t **bytes_p, size_t *len_p)
-{
-    size_t len = ferry__v1__operation__get_packed_size(op);
-    uint8_t *bytes = malloc(len > 0 ? len : 1);
-
-    if (bytes == NULL) {
-        return FERRY_ERR_NO_MEMORY;
-    }
-    ferry__v1__operation__pack(op, bytes);
-    *bytes_p = bytes;
-    *len_p = len;
-    return FERRY_OK;
-}
-
 static ferry_status_t register_txn(coord_registry_t *r, const char *id, const uint8_t *bytes,
                                    size_t len, int64_t lease, int64_t *revision_p, char *msg,
                                    size_t cap)
@@ -206,7 +192,8 @@ static ferry_status_t register_txn(coord_registry_t *r, const char *id, const ui
 }
 
 ferry_status_t coord_register(coord_registry_t *r, const Ferry__V1__RegisterRequest *req,
-                              coord_register_out_t *out, char *msg, size_t cap)
+                              const uint8_t *md, size_t md_len, coord_register_out_t *out,
+                              char *msg, size_t cap)
 {
     Ferry__V1__Operation op = FERRY__V1__OPERATION__INIT;
     uint8_t hash[SHA256_DIGEST_LENGTH];
@@ -232,15 +219,15 @@ ferry_status_t coord_register(coord_registry_t *r, const Ferry__V1__RegisterRequ
     op.request_id = req->request_id;
     op.kind = req->metadata->kind;
     op.state = FERRY_OP_REGISTERED;
-    op.metadata = req->metadata;
     op.owner = req->owner;
     op.lease_id = out->lease_id;
     op.token_sha256.data = hash;
     op.token_sha256.len = sizeof(hash);
     op.created_unix_ms = registry_now_ms();
     op.updated_unix_ms = op.created_unix_ms;
-    status = pack_op(&op, &bytes, &len);
+    status = registry_record_pack(&op, md, md_len, &bytes, &len);
     if (status != FERRY_OK) {
+        registry_fail(status, msg, cap, "no memory to store the record");
         goto err_revoke;
     }
     status = register_txn(r, req->request_id, bytes, len, out->lease_id, &out->revision, msg, cap);
@@ -268,10 +255,22 @@ err_revoke:
 /* --- reads ---------------------------------------------------------------- */
 
 typedef struct {
-    Ferry__V1__Operation *op;
+    coord_record_t data; /* the record; its metadata as stored */
     int64_t mod_revision;
     int64_t revision; /* the revision the answer reflects */
 } record_t;
+
+/* The message for a record that did not decode. */
+static ferry_status_t record_decoded(ferry_status_t status, char *msg, size_t cap)
+{
+    if (status == FERRY_ERR_NO_MEMORY) {
+        return registry_fail(status, msg, cap, "no memory to read the record");
+    }
+    if (status != FERRY_OK) {
+        return registry_fail(FERRY_ERR_INTERNAL, msg, cap, "stored record is malformed");
+    }
+    return FERRY_OK;
+}
 
 /* Reads a record from the view. *hit_p false: the view cannot answer (it
  * lacks the record, or its watch is down while etcd answers, which is
@@ -286,17 +285,16 @@ static ferry_status_t read_view(coord_registry_t *r, const char *id, record_t *r
      * view answers what it last saw, rather than hold the call for an etcd
      * timeout and say UNAVAILABLE. */
     const view_entry_t *e = r->synced || !atomic_load(&r->healthy) ? view_find(&r->view, id) : NULL;
+    ferry_status_t status = FERRY_OK;
+
     if (e != NULL) {
-        rec->op = ferry__v1__operation__unpack(NULL, e->len, e->bytes);
+        status = registry_record_decode(e->bytes, e->len, &rec->data);
         rec->mod_revision = e->mod_revision;
         rec->revision = r->revision > e->mod_revision ? r->revision : e->mod_revision;
     }
     pthread_mutex_unlock(&r->lock);
     *hit_p = e != NULL;
-    if (e != NULL && rec->op == NULL) {
-        return registry_fail(FERRY_ERR_INTERNAL, msg, cap, "stored record is malformed");
-    }
-    return FERRY_OK;
+    return record_decoded(status, msg, cap);
 }
 
 /* Reads a record: from the view when it can answer, else from etcd.
@@ -329,34 +327,37 @@ static ferry_status_t read_record(coord_registry_t *r, const char *id, bool from
         return registry_fail(FERRY_ERR_NOT_FOUND, msg, cap, "request_id '%s' is not registered",
                              id);
     }
-    rec->op = ferry__v1__operation__unpack(NULL, range.kvs[0].value_len, range.kvs[0].value);
+    status = registry_record_decode(range.kvs[0].value, range.kvs[0].value_len, &rec->data);
     rec->mod_revision = range.kvs[0].mod_revision;
     rec->revision = range.revision;
     etcd_range_free(&range);
-    return rec->op != NULL
-               ? FERRY_OK
-               : registry_fail(FERRY_ERR_INTERNAL, msg, cap, "stored record is malformed");
+    return record_decoded(status, msg, cap);
 }
 
-/* What Lookup and Get answer about a record read. */
+/* What Lookup and Get answer about a record read: the metadata's bytes
+ * only to a caller with the token. */
 static ferry_status_t lookup_answer(record_t *rec, const char *id, const char *token,
-                                    Ferry__V1__Operation **op_p, int64_t *revision_p, char *msg,
-                                    size_t cap)
+                                    coord_record_t *out, int64_t *revision_p, char *msg, size_t cap)
 {
-    if (token != NULL && !token_matches(rec->op, token)) {
-        ferry__v1__operation__free_unpacked(rec->op, NULL);
+    if (token != NULL && !token_matches(rec->data.op, token)) {
+        coord_record_free(&rec->data);
         return registry_fail(FERRY_ERR_PERMISSION_DENIED, msg, cap,
                              "access_token does not grant access to request_id '%s'", id);
     }
-    coord_strip(rec->op, token != NULL);
-    *op_p = rec->op;
+    coord_strip(rec->data.op, false);
+    if (token == NULL) {
+        free(rec->data.md);
+        rec->data.md = NULL;
+        rec->data.md_len = 0;
+    }
+    *out = rec->data;
     *revision_p = rec->revision;
     return FERRY_OK;
 }
 
 ferry_status_t coord_lookup(coord_registry_t *r, const char *id, const char *token,
-                            bool linearizable, Ferry__V1__Operation **op_p, int64_t *revision_p,
-                            char *msg, size_t cap)
+                            bool linearizable, coord_record_t *out, int64_t *revision_p, char *msg,
+                            size_t cap)
 {
     record_t rec;
     ferry_status_t status = read_record(r, id, linearizable, &rec, msg, cap);
@@ -364,12 +365,12 @@ ferry_status_t coord_lookup(coord_registry_t *r, const char *id, const char *tok
     if (status != FERRY_OK) {
         return status;
     }
-    return lookup_answer(&rec, id, token, op_p, revision_p, msg, cap);
+    return lookup_answer(&rec, id, token, out, revision_p, msg, cap);
 }
 
 ferry_status_t coord_lookup_view(coord_registry_t *r, const char *id, const char *token,
-                                 bool linearizable, Ferry__V1__Operation **op_p,
-                                 int64_t *revision_p, bool *answered_p, char *msg, size_t cap)
+                                 bool linearizable, coord_record_t *out, int64_t *revision_p,
+                                 bool *answered_p, char *msg, size_t cap)
 {
     record_t rec;
     ferry_status_t status = FERRY_OK;
@@ -385,7 +386,7 @@ ferry_status_t coord_lookup_view(coord_registry_t *r, const char *id, const char
     if (!*answered_p) {
         return FERRY_OK;
     }
-    return lookup_answer(&rec, id, token, op_p, revision_p, msg, cap);
+    return lookup_answer(&rec, id, token, out, revision_p, msg, cap);
 }
 
 /* --- transitions ---------------------------------------------------------- */
@@ -417,10 +418,13 @@ static ferry_status_t write_transition(coord_registry_t *r, const record_t *rec,
         .target = ETCD_CMP_MOD, .result = ETCD_CMP_EQUAL, .number = rec->mod_revision};
     etcd_op_t ops[2];
     etcd_txn_result_t res = {0};
-    ferry_status_t status = registry_key(r->ops_prefix, rec->op->request_id, &key, msg, cap);
+    ferry_status_t status = registry_key(r->ops_prefix, rec->data.op->request_id, &key, msg, cap);
 
     if (status == FERRY_OK) {
-        status = pack_op(rec->op, &bytes, &len);
+        status = registry_record_pack(rec->data.op, rec->data.md, rec->data.md_len, &bytes, &len);
+        if (status != FERRY_OK) {
+            registry_fail(status, msg, cap, "no memory to store the record");
+        }
     }
     if (status != FERRY_OK) {
         return status;
@@ -434,19 +438,21 @@ static ferry_status_t write_transition(coord_registry_t *r, const record_t *rec,
                          .key_len = key.len,
                          .value = bytes,
                          .value_len = len,
-                         .lease = rec->op->lease_id};
+                         .lease = rec->data.op->lease_id};
     ops[1] = t->extra;
     status = etcd_txn(r->etcd, &cmp, 1, ops, t->extra.key != NULL ? 2 : 1, NULL, 0, &res);
     if (status != FERRY_OK) {
         free(bytes);
         return status == FERRY_ERR_NOT_FOUND
-                   ? lease_gone(t->extra.lease != 0 ? t->extra.lease : rec->op->lease_id, msg, cap)
+                   ? lease_gone(t->extra.lease != 0 ? t->extra.lease : rec->data.op->lease_id, msg,
+                                cap)
                    : registry_etcd_fail(status, msg, cap, "state change transaction");
     }
     *won_p = res.succeeded;
     *revision_p = res.revision;
     if (res.succeeded) {
-        registry_view_put(r, rec->op->request_id, bytes, len, res.revision, rec->op->state);
+        registry_view_put(r, rec->data.op->request_id, bytes, len, res.revision,
+                          rec->data.op->state);
     }
     etcd_txn_result_free(&res);
     free(bytes);
@@ -468,37 +474,37 @@ static ferry_status_t registry_transition(coord_registry_t *r, const char *id, t
         if (status != FERRY_OK) {
             return status;
         }
-        if (t->token != NULL && !token_matches(rec.op, t->token)) {
-            ferry__v1__operation__free_unpacked(rec.op, NULL);
+        if (t->token != NULL && !token_matches(rec.data.op, t->token)) {
+            coord_record_free(&rec.data);
             return registry_fail(FERRY_ERR_PERMISSION_DENIED, msg, cap,
                                  "access_token does not grant access to request_id '%s'", id);
         }
-        from = rec.op->state;
-        rc = t->apply(t, rec.op, msg, cap);
+        from = rec.data.op->state;
+        rc = t->apply(t, rec.data.op, msg, cap);
         if (rc == COORD_UNCHANGED) {
-            out->op = rec.op;
+            out->rec = rec.data;
             out->revision = rec.revision;
             return FERRY_OK;
         }
         if (rc != FERRY_OK) {
-            ferry__v1__operation__free_unpacked(rec.op, NULL);
+            coord_record_free(&rec.data);
             return (ferry_status_t)rc;
         }
-        if (!ferry__op_state_can_move(from, rec.op->state)) {
-            ferry__v1__operation__free_unpacked(rec.op, NULL);
-            return registry_fail(FERRY_ERR_FAILED_PRECONDITION, msg, cap,
-                                 "request_id '%s' cannot go from %s to %s", id,
-                                 ferry__op_state_name(from), ferry__op_state_name(rec.op->state));
+        if (!ferry__op_state_can_move(from, rec.data.op->state)) {
+            coord_record_free(&rec.data);
+            return registry_fail(
+                FERRY_ERR_FAILED_PRECONDITION, msg, cap, "request_id '%s' cannot go from %s to %s",
+                id, ferry__op_state_name(from), ferry__op_state_name(rec.data.op->state));
         }
-        rec.op->updated_unix_ms = registry_now_ms();
+        rec.data.op->updated_unix_ms = registry_now_ms();
         status = write_transition(r, &rec, t, &out->revision, &won, msg, cap);
         if (status == FERRY_OK && won) {
             ferry_info("op %s: %s -> %s (%s)", id, ferry__op_state_name(from),
-                       ferry__op_state_name(rec.op->state), t->what);
-            out->op = rec.op;
+                       ferry__op_state_name(rec.data.op->state), t->what);
+            out->rec = rec.data;
             return FERRY_OK;
         }
-        ferry__v1__operation__free_unpacked(rec.op, NULL);
+        coord_record_free(&rec.data);
         if (status != FERRY_OK) {
             return status;
         }
@@ -572,14 +578,14 @@ static ferry_status_t claim_precheck(coord_registry_t *r, const Ferry__V1__Claim
     if (status != FERRY_OK) {
         return status;
     }
-    if (!token_matches(rec.op, req->access_token)) {
+    if (!token_matches(rec.data.op, req->access_token)) {
         status =
             registry_fail(FERRY_ERR_PERMISSION_DENIED, msg, cap,
                           "access_token does not grant access to request_id '%s'", req->request_id);
     } else {
-        status = (ferry_status_t)apply_claim(&t, rec.op, msg, cap); /* edits our copy only */
+        status = (ferry_status_t)apply_claim(&t, rec.data.op, msg, cap); /* edits our copy only */
     }
-    ferry__v1__operation__free_unpacked(rec.op, NULL);
+    coord_record_free(&rec.data);
     return status;
 }
 
@@ -729,16 +735,16 @@ ferry_status_t coord_release(coord_registry_t *r, const Ferry__V1__ReleaseReques
         if (status != FERRY_OK) {
             return status;
         }
-        if (!token_matches(rec.op, req->access_token)) {
+        if (!token_matches(rec.data.op, req->access_token)) {
             status = registry_fail(FERRY_ERR_PERMISSION_DENIED, msg, cap,
                                    "access_token does not grant access to request_id '%s'",
                                    req->request_id);
-        } else if (!ferry__op_state_is_final(rec.op->state)) {
+        } else if (!ferry__op_state_is_final(rec.data.op->state)) {
             status = registry_fail(FERRY_ERR_FAILED_PRECONDITION, msg, cap,
                                    "request_id '%s' is %s; cancel it before releasing it",
-                                   req->request_id, ferry__op_state_name(rec.op->state));
+                                   req->request_id, ferry__op_state_name(rec.data.op->state));
         }
-        ferry__v1__operation__free_unpacked(rec.op, NULL);
+        coord_record_free(&rec.data);
         if (status != FERRY_OK) {
             return status;
         }
@@ -788,7 +794,7 @@ void registry_expire_claim(coord_registry_t *r, const char *id, int64_t claim_le
     ferry_status_t status = registry_transition(r, id, &t, &out, msg, sizeof(msg));
 
     if (status == FERRY_OK) {
-        ferry__v1__operation__free_unpacked(out.op, NULL);
+        coord_record_free(&out.rec);
     } else if (status != FERRY_ERR_NOT_FOUND) {
         ferry_warn("op %s: could not mark the expired claim: %s", id, msg);
     }

@@ -10,6 +10,11 @@
  * when it can; a read that needs etcd (a miss, linearizable, List) runs on
  * a read worker of its own pool. So a completion-queue thread never waits
  * on etcd, and a read never waits behind a write.
+ *
+ * Metadata stays bytes: Register hands the registry its metadata field as
+ * the client sent it (after validating the decoded copy), and Lookup and
+ * Claim answer with the stored bytes appended as they are
+ * (reply_with_record), never decoded and packed again.
  */
 #include "service_int.h"
 
@@ -45,6 +50,47 @@ static bool refused(rpc_call_t *call, const ProtobufCMessage *request)
     char msg[MSG_CAP];
 
     return failed(call, coord_validate_request(request, msg, sizeof(msg)), msg);
+}
+
+/* Register's metadata as the client sent it (coord_validate_register_bytes):
+ * the bytes the registry stores. True if the call was refused. */
+static bool register_md_refused(rpc_call_t *call, const uint8_t **md_p, size_t *md_len_p)
+{
+    const uint8_t *request;
+    size_t len;
+    char msg[MSG_CAP];
+
+    rpc_call_request_bytes(call, &request, &len);
+    return failed(
+        call, coord_validate_register_bytes(request, len, md_p, md_len_p, msg, sizeof(msg)), msg);
+}
+
+/* Answers `resp`, whose operation field is unset, with rec as that field:
+ * the record packed without its metadata, then the metadata's bytes as
+ * stored (those the passive worker registered) appended as its metadata
+ * field. Lookup and Claim so hand out the passive worker's own bytes. */
+static void reply_with_record(rpc_call_t *call, const ProtobufCMessage *resp,
+                              const coord_record_t *rec)
+{
+    uint8_t *op = NULL, *bytes = NULL;
+    size_t op_len = 0, len = 0;
+    ferry_status_t status =
+        rpc_pack_with_field(&rec->op->base, rpc_field_number(rec->op->base.descriptor, "metadata"),
+                            rec->md, rec->md_len, &op, &op_len);
+
+    if (status == FERRY_OK) {
+        status = rpc_pack_with_field(resp, rpc_field_number(resp->descriptor, "operation"), op,
+                                     op_len, &bytes, &len);
+    }
+    if (status != FERRY_OK) {
+        ferry_error("%s: cannot pack the answer: %s", rpc_call_path(call),
+                    ferry_status_name(status));
+        rpc_call_fail(call, status, "cannot pack the answer: %s", ferry_status_string(status));
+    } else {
+        rpc_call_reply_packed(call, bytes, len);
+    }
+    free(bytes);
+    free(op);
 }
 
 typedef struct {
@@ -170,10 +216,16 @@ static void do_register(coord_service_t *svc, rpc_call_t *call, const ProtobufCM
     Ferry__V1__RegisterResponse resp = FERRY__V1__REGISTER_RESPONSE__INIT;
     Ferry__V1__ResponseHeader header = FERRY__V1__RESPONSE_HEADER__INIT;
     coord_register_out_t out;
+    const uint8_t *md;
+    size_t md_len;
     char msg[MSG_CAP];
-    ferry_status_t status = coord_register(svc->registry, req, &out, msg, sizeof(msg));
+    ferry_status_t status;
 
     (void)deadline_ms;
+    if (register_md_refused(call, &md, &md_len)) {
+        return; /* handle_register checked it: never */
+    }
+    status = coord_register(svc->registry, req, md, md_len, &out, msg, sizeof(msg));
     if (failed(call, status, msg)) {
         return;
     }
@@ -188,8 +240,10 @@ static void do_register(coord_service_t *svc, rpc_call_t *call, const ProtobufCM
 
 static void handle_register(rpc_call_t *call, const ProtobufCMessage *request, void *arg)
 {
+    const uint8_t *md;
+    size_t md_len;
 
-    if (refused(call, request)) {
+    if (refused(call, request) || register_md_refused(call, &md, &md_len)) {
         return;
     }
     service_submit(arg, call, request, do_register, 0);
@@ -199,7 +253,7 @@ static void handle_register(rpc_call_t *call, const ProtobufCMessage *request, v
  * with time left). seq: service_waits_seq() taken before the look. */
 static void lookup_answer(coord_service_t *svc, rpc_call_t *call,
                           const Ferry__V1__LookupRequest *req, int64_t deadline_ms, uint64_t seq,
-                          ferry_status_t status, Ferry__V1__Operation *op, int64_t revision,
+                          ferry_status_t status, coord_record_t *rec, int64_t revision,
                           const char *msg)
 {
     Ferry__V1__LookupResponse resp = FERRY__V1__LOOKUP_RESPONSE__INIT;
@@ -214,9 +268,8 @@ static void lookup_answer(coord_service_t *svc, rpc_call_t *call,
     }
     service_header(svc, &header, revision);
     resp.header = &header;
-    resp.operation = op;
-    rpc_call_reply(call, &resp.base);
-    ferry__v1__operation__free_unpacked(op, NULL);
+    reply_with_record(call, &resp.base, rec);
+    coord_record_free(rec);
 }
 
 /* A Lookup the view could not answer, on a read worker. */
@@ -225,32 +278,32 @@ static void lookup_etcd_work(coord_service_t *svc, rpc_call_t *call,
 {
     const Ferry__V1__LookupRequest *req = (const Ferry__V1__LookupRequest *)request;
     uint64_t seq = service_waits_seq(svc);
-    Ferry__V1__Operation *op = NULL;
+    coord_record_t rec = {0};
     int64_t revision = 0;
     char msg[MSG_CAP];
     ferry_status_t status = coord_lookup(svc->registry, req->request_id, req->access_token,
-                                         req->linearizable, &op, &revision, msg, sizeof(msg));
+                                         req->linearizable, &rec, &revision, msg, sizeof(msg));
 
-    lookup_answer(svc, call, req, deadline_ms, seq, status, op, revision, msg);
+    lookup_answer(svc, call, req, deadline_ms, seq, status, &rec, revision, msg);
 }
 
 void service_lookup_once(coord_service_t *svc, rpc_call_t *call,
                          const Ferry__V1__LookupRequest *req, int64_t deadline_ms)
 {
     uint64_t seq = service_waits_seq(svc);
-    Ferry__V1__Operation *op = NULL;
+    coord_record_t rec = {0};
     int64_t revision = 0;
     bool answered = false;
     char msg[MSG_CAP];
     ferry_status_t status =
-        coord_lookup_view(svc->registry, req->request_id, req->access_token, req->linearizable, &op,
-                          &revision, &answered, msg, sizeof(msg));
+        coord_lookup_view(svc->registry, req->request_id, req->access_token, req->linearizable,
+                          &rec, &revision, &answered, msg, sizeof(msg));
 
     if (!answered) {
         submit_read(svc, call, &req->base, lookup_etcd_work, deadline_ms);
         return;
     }
-    lookup_answer(svc, call, req, deadline_ms, seq, status, op, revision, msg);
+    lookup_answer(svc, call, req, deadline_ms, seq, status, &rec, revision, msg);
 }
 
 static void handle_lookup(rpc_call_t *call, const ProtobufCMessage *request, void *arg)
@@ -283,15 +336,14 @@ void service_claim_once(coord_service_t *svc, rpc_call_t *call, const Ferry__V1_
     if (failed(call, status, msg)) {
         return;
     }
-    coord_strip(out.op, true);
+    coord_strip(out.rec.op, false);
     service_header(svc, &header, out.revision);
     resp.header = &header;
-    resp.operation = out.op;
     resp.claim_lease_id = out.claim_lease_id;
     resp.ttl_seconds = out.ttl_s;
     resp.lease_token = out.lease_token;
-    rpc_call_reply(call, &resp.base);
-    ferry__v1__operation__free_unpacked(out.op, NULL);
+    reply_with_record(call, &resp.base, &out.rec);
+    coord_record_free(&out.rec);
 }
 
 void service_claim_work(coord_service_t *svc, rpc_call_t *call, const ProtobufCMessage *request,
@@ -318,12 +370,12 @@ static void reply_change(coord_service_t *svc, rpc_call_t *call, coord_change_ou
 {
     Ferry__V1__ResponseHeader header = FERRY__V1__RESPONSE_HEADER__INIT;
 
-    coord_strip(out->op, false);
+    coord_strip(out->rec.op, false);
     service_header(svc, &header, out->revision);
     *header_field = &header;
-    *operation_field = out->op;
+    *operation_field = out->rec.op;
     rpc_call_reply(call, resp);
-    ferry__v1__operation__free_unpacked(out->op, NULL);
+    coord_record_free(&out->rec);
 }
 
 static void do_complete(coord_service_t *svc, rpc_call_t *call, const ProtobufCMessage *request,
@@ -433,7 +485,7 @@ static void handle_keepalive(rpc_call_t *call, const ProtobufCMessage *request, 
 }
 
 static void get_answer(coord_service_t *svc, rpc_call_t *call, ferry_status_t status,
-                       Ferry__V1__Operation *op, int64_t revision, const char *msg)
+                       coord_record_t *rec, int64_t revision, const char *msg)
 {
     Ferry__V1__GetResponse resp = FERRY__V1__GET_RESPONSE__INIT;
     Ferry__V1__ResponseHeader header = FERRY__V1__RESPONSE_HEADER__INIT;
@@ -443,9 +495,9 @@ static void get_answer(coord_service_t *svc, rpc_call_t *call, ferry_status_t st
     }
     service_header(svc, &header, revision);
     resp.header = &header;
-    resp.operation = op;
+    resp.operation = rec->op; /* without metadata: read without a token */
     rpc_call_reply(call, &resp.base);
-    ferry__v1__operation__free_unpacked(op, NULL);
+    coord_record_free(rec);
 }
 
 /* A Get the view could not answer, on a read worker. */
@@ -453,21 +505,21 @@ static void get_etcd_work(coord_service_t *svc, rpc_call_t *call, const Protobuf
                           int64_t deadline_ms)
 {
     const Ferry__V1__GetRequest *req = (const Ferry__V1__GetRequest *)request;
-    Ferry__V1__Operation *op = NULL;
+    coord_record_t rec = {0};
     int64_t revision = 0;
     char msg[MSG_CAP];
     ferry_status_t status = coord_lookup(svc->registry, req->request_id, NULL, req->linearizable,
-                                         &op, &revision, msg, sizeof(msg));
+                                         &rec, &revision, msg, sizeof(msg));
 
     (void)deadline_ms;
-    get_answer(svc, call, status, op, revision, msg);
+    get_answer(svc, call, status, &rec, revision, msg);
 }
 
 static void handle_get(rpc_call_t *call, const ProtobufCMessage *request, void *arg)
 {
     coord_service_t *svc = arg;
     const Ferry__V1__GetRequest *req = (const Ferry__V1__GetRequest *)request;
-    Ferry__V1__Operation *op = NULL;
+    coord_record_t rec = {0};
     int64_t revision = 0;
     bool answered = false;
     char msg[MSG_CAP];
@@ -476,13 +528,13 @@ static void handle_get(rpc_call_t *call, const ProtobufCMessage *request, void *
     if (refused(call, request)) {
         return;
     }
-    status = coord_lookup_view(svc->registry, req->request_id, NULL, req->linearizable, &op,
+    status = coord_lookup_view(svc->registry, req->request_id, NULL, req->linearizable, &rec,
                                &revision, &answered, msg, sizeof(msg));
     if (!answered) {
         submit_read(svc, call, request, get_etcd_work, 0);
         return;
     }
-    get_answer(svc, call, status, op, revision, msg);
+    get_answer(svc, call, status, &rec, revision, msg);
 }
 
 /* List always reads etcd: on a read worker. */

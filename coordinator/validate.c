@@ -70,8 +70,9 @@ ferry_status_t coord_validate_token(const char *field, const char *token, int re
 /* protobuf-c keeps the unknown fields of what it unpacks and packs them
  * again, but it reads some it cannot write back (an over-long tag of field
  * number 0 unpacks, and packs as a plain 0 tag that it then refuses). The
- * registry stores the metadata packed, so metadata must survive a round
- * trip or it becomes a record nobody can read. len: the packed size. */
+ * registry stores the metadata as sent, but a client that decodes a record
+ * and packs it again (a proxy, a tool) must get bytes that decode, so
+ * metadata must survive a round trip. len: the packed size. */
 static ferry_status_t validate_round_trip(const char *field, const Ferry__V1__RdmaMetadata *md,
                                           size_t len, char *msg, size_t cap)
 {

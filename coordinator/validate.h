@@ -12,8 +12,9 @@
  *   worker_address 1..64 KiB
  *   notification_key exactly 16 bytes
  *   ttl_seconds    0..3600
- *   metadata       at most 1 MiB packed, and packs into bytes that unpack
- *                  again (it is stored packed)
+ *   metadata       at most 1 MiB, packed and as sent; once in a Register
+ *                  request (it is stored as sent); packs into bytes that
+ *                  unpack again
  *   request_id_prefix  empty, "*" (Watch: all), or as request_id
  *
  * Strings are NUL-free UTF-8 and enums hold defined values before any of
@@ -81,5 +82,16 @@ ferry_status_t coord_validate_name(const char *field, const char *name, char *ms
  * request. FERRY_ERR_INTERNAL for a message type without checks (a new RPC
  * must add its own). */
 ferry_status_t coord_validate_request(const ProtobufCMessage *request, char *msg, size_t cap);
+
+/* Register's metadata as the request carried it (request: the request's
+ * bytes as they arrived, len bytes; after coord_validate_request accepted
+ * its decoded copy): *md_p and *md_len_p get the field's bytes, which the
+ * registry stores and the writer decodes byte for byte. The field must
+ * occur exactly once (protobuf would merge repeats, so no one span would
+ * hold what was validated) and be at most COORD_METADATA_MAX bytes as
+ * sent. */
+ferry_status_t coord_validate_register_bytes(const uint8_t *request, size_t len,
+                                             const uint8_t **md_p, size_t *md_len_p, char *msg,
+                                             size_t cap);
 
 #endif /* FERRY_COORD_VALIDATE_H */

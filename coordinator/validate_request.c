@@ -15,6 +15,8 @@
 
 #include <stdio.h>
 
+#include "rpc/rpc.h"
+
 typedef ferry_status_t (*request_check_fn)(const ProtobufCMessage *m, char *msg, size_t cap);
 
 /* Runs checks in order until one refuses. */
@@ -148,4 +150,29 @@ ferry_status_t coord_validate_request(const ProtobufCMessage *request, char *msg
     }
     snprintf(msg, cap, "%s has no request check", request->descriptor->name);
     return FERRY_ERR_INTERNAL;
+}
+
+ferry_status_t coord_validate_register_bytes(const uint8_t *request, size_t len,
+                                             const uint8_t **md_p, size_t *md_len_p, char *msg,
+                                             size_t cap)
+{
+    uint32_t number = rpc_field_number(&ferry__v1__register_request__descriptor, "metadata");
+    ferry_status_t status = rpc_field_find(request, len, number, md_p, md_len_p);
+
+    if (status == FERRY_ERR_NOT_FOUND) {
+        snprintf(msg, cap, "metadata is required");
+        return FERRY_ERR_INVALID_ARGUMENT;
+    }
+    if (status != FERRY_OK) {
+        snprintf(msg, cap,
+                 "metadata occurs more than once; send it once (it is stored as sent, and "
+                 "repeats would be merged)");
+        return FERRY_ERR_INVALID_ARGUMENT;
+    }
+    if (*md_len_p > COORD_METADATA_MAX) {
+        snprintf(msg, cap, "metadata is %zu bytes as sent; at most %d allowed", *md_len_p,
+                 COORD_METADATA_MAX);
+        return FERRY_ERR_INVALID_ARGUMENT;
+    }
+    return FERRY_OK;
 }

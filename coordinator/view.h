@@ -1,6 +1,7 @@
 /*
  * view.h: the coordinator's in-memory view of <prefix>ops/, fed by one etcd
- * watch. A hash map from request ID to the record as stored (protobuf bytes)
+ * watch. A hash map from request ID to the record as stored (protobuf bytes,
+ * its metadata the bytes the passive worker registered: registry_record.c)
  * plus the few fields the registry decides on without decoding.
  *
  * Invariant: an entry's mod_revision only grows, deletes included. view_upsert

@@ -11,12 +11,16 @@
  * Invariants beyond "no crash": a check either accepts or writes a message
  * naming the field (never INTERNAL: a method whose request has no validator
  * fails here); metadata that Register accepts packs again into bytes that
- * unpack (the registry stores it packed and must read it back).
+ * unpack; and its bytes as sent (coord_validate_register_bytes, which
+ * refuses with a message or gives them) make a record that the registry
+ * reads back (coordinator/registry_record.c) with exactly those bytes as its
+ * metadata, which decode as the writer decodes them.
  */
 #include <string.h>
 
 #include "ferry/v1/coordinator.pb-c.h"
 #include "fuzz.h"
+#include "registry_int.h"
 #include "rpc/rpc_int.h"
 #include "validate.h"
 
@@ -35,6 +39,28 @@ static void check_repack(const ProtobufCMessage *m)
     fuzz_assert(again != NULL);
     protobuf_c_message_free_unpacked(again, NULL);
     free(buf);
+}
+
+/* A record stored with md as its metadata reads back with exactly md. */
+static void check_stored(const uint8_t *md, size_t md_len)
+{
+    Ferry__V1__Operation op = FERRY__V1__OPERATION__INIT;
+    Ferry__V1__RdmaMetadata *decoded;
+    coord_record_t rec = {0};
+    uint8_t *bytes = NULL;
+    size_t len = 0;
+
+    op.request_id = "fuzz";
+    op.state = FERRY__V1__OPERATION_STATE__OPERATION_STATE_REGISTERED;
+    fuzz_assert(registry_record_pack(&op, md, md_len, &bytes, &len) == FERRY_OK);
+    fuzz_assert(registry_record_decode(bytes, len, &rec) == FERRY_OK);
+    fuzz_assert(rec.op->metadata == NULL && rec.md_len == md_len &&
+                memcmp(rec.md, md, md_len) == 0);
+    decoded = ferry__v1__rdma_metadata__unpack(NULL, md_len, md);
+    fuzz_assert(decoded != NULL);
+    ferry__v1__rdma_metadata__free_unpacked(decoded, NULL);
+    coord_record_free(&rec);
+    free(bytes);
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
@@ -61,7 +87,17 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     fuzz_assert(status == FERRY_OK || status == FERRY_ERR_INVALID_ARGUMENT);
     fuzz_assert(status == FERRY_OK || (msg[0] != '\0' && strlen(msg) < sizeof(msg)));
     if (status == FERRY_OK && method->input == &ferry__v1__register_request__descriptor) {
+        const uint8_t *md = NULL;
+        size_t md_len = 0;
+
         check_repack(&((Ferry__V1__RegisterRequest *)req)->metadata->base);
+        msg[0] = '\0';
+        status = coord_validate_register_bytes(data + 1, size - 1, &md, &md_len, msg, sizeof(msg));
+        fuzz_assert(status == FERRY_OK ||
+                    (status == FERRY_ERR_INVALID_ARGUMENT && strstr(msg, "metadata") != NULL));
+        if (status == FERRY_OK) {
+            check_stored(md, md_len);
+        }
     }
     protobuf_c_message_free_unpacked(req, NULL);
     return 0;

@@ -135,6 +135,22 @@ def coord_requests(c, t):
             write("fuzz_coord_request", f"{name.lower()}-{case}",
                   bytes([methods.index(name)]) + msg.SerializeToString())
     write("fuzz_coord_request", "empty", b"")
+    # Register's metadata is stored as sent: its field first, with a field
+    # the schema does not know (127), is kept as it is; twice is refused.
+    reg = bytes([methods.index("Register")])
+    rest = c.RegisterRequest(request_id="req-1", access_token=TOKEN).SerializeToString()
+    md = metadata(t).SerializeToString() + b"\xf8\x07\x01"
+    field = b"\x12" + varint(len(md)) + md
+    write("fuzz_coord_request", "register-metadata-first", reg + field + rest)
+    write("fuzz_coord_request", "register-metadata-twice", reg + rest + field + field)
+
+
+def varint(n):
+    out = b""
+    while n >= 0x80:
+        out += bytes([n & 0x7f | 0x80])
+        n >>= 7
+    return out + bytes([n])
 
 
 def metadata_seeds(t):

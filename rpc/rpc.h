@@ -152,6 +152,10 @@ void rpc_server_destroy(rpc_server_t *server);
 /* Unary: sends `response` with status OK and ends the call. */
 void rpc_call_reply(rpc_call_t *call, const ProtobufCMessage *response);
 
+/* Unary: as rpc_call_reply, with the response already packed (len bytes,
+ * copied): a message built with rpc_pack_with_field, say. */
+void rpc_call_reply_packed(rpc_call_t *call, const void *response, size_t len);
+
 /* Ends the call (unary or streaming) with the gRPC code that `status` maps
  * to and a message (printf format; name the offending field). */
 void rpc_call_fail(rpc_call_t *call, ferry_status_t status, const char *fmt, ...)
@@ -206,6 +210,12 @@ void rpc_call_on_cancel(rpc_call_t *call, void (*cb)(rpc_call_t *call, void *arg
 void rpc_call_ref(rpc_call_t *call);
 void rpc_call_unref(rpc_call_t *call);
 
+/* The request's bytes as they arrived, which the handler's request was
+ * decoded from (len 0: every field at its default); valid as long as the
+ * call. For a handler that keeps a field exactly as the client sent it
+ * (rpc_field_find). */
+void rpc_call_request_bytes(const rpc_call_t *call, const uint8_t **data_p, size_t *len_p);
+
 /* The client's address ("ipv4:127.0.0.1:53124"), for logs; static per call. */
 const char *rpc_call_peer(const rpc_call_t *call);
 
@@ -242,6 +252,13 @@ ferry_status_t rpc_unary(rpc_channel_t *channel, const char *path, const Protobu
                          const ProtobufCMessageDescriptor *response_desc, int64_t timeout_ms,
                          ProtobufCMessage **response_p, rpc_error_t *err);
 
+/* As rpc_unary, with the request already packed (request_len bytes): a
+ * message built with rpc_pack_with_field, say. */
+ferry_status_t rpc_unary_packed(rpc_channel_t *channel, const char *path, const void *request,
+                                size_t request_len, const ProtobufCMessageDescriptor *response_desc,
+                                int64_t timeout_ms, ProtobufCMessage **response_p,
+                                rpc_error_t *err);
+
 /* As rpc_unary, with the request and response as raw bytes (for tools and
  * tests that must send what protobuf-c would not, such as malformed
  * requests). On OK, *response_p is a malloc'd copy of the response bytes
@@ -269,5 +286,35 @@ ferry_status_t rpc_stream_read(rpc_stream_t *stream, int64_t timeout_ms, Protobu
 /* Cancels the stream (the server sees the client go away) and frees it.
  * NULL is a no-op. */
 void rpc_stream_destroy(rpc_stream_t *stream);
+
+/* --- one field's bytes as they came (rpc_field.c) ----------------------- */
+
+/* Protobuf lets a length-delimited field (message, string, bytes) stand
+ * anywhere in a message, so a message can travel as "its other fields,
+ * packed" followed by one field whose bytes are taken as they came, never
+ * decoded and packed again. Ferry carries the RdmaMetadata a passive worker
+ * packed this way, byte for byte, from Register to etcd to the writer's
+ * data plane. */
+
+/* The value of field `number` (length-delimited) at the top level of the
+ * encoded message data[len]: *value_p points into data. FERRY_ERR_NOT_FOUND
+ * when the field is absent; FERRY_ERR_INVALID_ARGUMENT when it occurs more
+ * than once (protobuf would merge the occurrences, so no one span holds the
+ * value), has another wire type, or data is not a valid encoding. */
+ferry_status_t rpc_field_find(const uint8_t *data, size_t len, uint32_t number,
+                              const uint8_t **value_p, size_t *value_len_p);
+
+/* Packs `msg` followed by field `number` with `value` as its bytes (tag,
+ * length, value); value NULL: the field is left out. The field must be a
+ * singular length-delimited field of msg's type, unset in msg (a message
+ * field NULL): FERRY_ERR_MISUSE otherwise. *data_p is malloc'd (free it);
+ * FERRY_ERR_NO_MEMORY. */
+ferry_status_t rpc_pack_with_field(const ProtobufCMessage *msg, uint32_t number,
+                                   const uint8_t *value, size_t value_len, uint8_t **data_p,
+                                   size_t *len_p);
+
+/* The number of the field called `name` in `desc` (0 when none): for
+ * rpc_field_find and rpc_pack_with_field without numbers written twice. */
+uint32_t rpc_field_number(const ProtobufCMessageDescriptor *desc, const char *name);
 
 #endif /* FERRY_RPC_H */

@@ -59,8 +59,8 @@ ProtobufCMessage *rpc__unpack(const ProtobufCMessageDescriptor *desc, grpc_byte_
 }
 
 ferry_status_t rpc__unpack_request(const ProtobufCMessageDescriptor *desc, grpc_byte_buffer *buf,
-                                   const char *path, ProtobufCMessage **msg_p, char *why,
-                                   size_t cap)
+                                   const char *path, ProtobufCMessage **msg_p, grpc_slice *bytes_p,
+                                   char *why, size_t cap)
 {
     ProtobufCMessage *msg = NULL;
     ferry_status_t status;
@@ -79,14 +79,15 @@ ferry_status_t rpc__unpack_request(const ProtobufCMessageDescriptor *desc, grpc_
         status =
             rpc__wire_check(desc, GRPC_SLICE_START_PTR(slice), GRPC_SLICE_LENGTH(slice), why, cap);
     }
-    grpc_slice_unref(slice);
     if (status != FERRY_OK) {
+        grpc_slice_unref(slice);
         if (msg != NULL) {
             protobuf_c_message_free_unpacked(msg, NULL);
         }
         return status;
     }
     *msg_p = msg;
+    *bytes_p = slice;
     return FERRY_OK;
 }
 

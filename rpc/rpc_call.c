@@ -89,6 +89,7 @@ static void call_free(rpc_call_t *call)
     if (call->payload != NULL) {
         grpc_byte_buffer_destroy(call->payload);
     }
+    grpc_slice_unref(call->request_bytes);
     grpc_metadata_array_destroy(&call->request_md);
     grpc_call_details_destroy(&call->details);
     pthread_mutex_destroy(&call->lock);
@@ -128,6 +129,7 @@ static rpc_call_t *call_new(rpc_server_t *server, rpc_method_entry_t *method)
     call->tag_close = (rpc_tag_t){RPC_TAG_CLOSE, call};
     call->tag_send = (rpc_tag_t){RPC_TAG_SEND, call};
     call->deadline = gpr_inf_future(GPR_CLOCK_MONOTONIC);
+    call->request_bytes = grpc_empty_slice();
     grpc_metadata_array_init(&call->request_md);
     grpc_call_details_init(&call->details);
     snprintf(call->path, sizeof(call->path), "%s", method != NULL ? method->path : "?");
@@ -232,7 +234,7 @@ static void call_dispatch(rpc_call_t *call)
         return;
     }
     status = rpc__unpack_request(method->desc->input, call->payload, call->path, &call->request,
-                                 msg, sizeof(msg));
+                                 &call->request_bytes, msg, sizeof(msg));
     if (call->payload != NULL) {
         grpc_byte_buffer_destroy(call->payload);
         call->payload = NULL;
@@ -513,6 +515,17 @@ void rpc_call_reply(rpc_call_t *call, const ProtobufCMessage *response)
     call_end(call, buf, GRPC_STATUS_OK, FERRY_OK, "");
 }
 
+void rpc_call_reply_packed(rpc_call_t *call, const void *response, size_t len)
+{
+    grpc_byte_buffer *buf = rpc__pack_raw(response, len);
+
+    if (buf == NULL) {
+        call_end(call, NULL, GRPC_STATUS_RESOURCE_EXHAUSTED, FERRY_ERR_NO_MEMORY, "out of memory");
+        return;
+    }
+    call_end(call, buf, GRPC_STATUS_OK, FERRY_OK, "");
+}
+
 void rpc_call_fail(rpc_call_t *call, ferry_status_t status, const char *fmt, ...)
 {
     char msg[512];
@@ -676,6 +689,12 @@ void rpc_call_on_cancel(rpc_call_t *call, void (*cb)(rpc_call_t *call, void *arg
     }
     pthread_mutex_unlock(&call->lock);
     call_process_cancel(call);
+}
+
+void rpc_call_request_bytes(const rpc_call_t *call, const uint8_t **data_p, size_t *len_p)
+{
+    *data_p = GRPC_SLICE_START_PTR(call->request_bytes);
+    *len_p = GRPC_SLICE_LENGTH(call->request_bytes);
 }
 
 const char *rpc_call_peer(const rpc_call_t *call)

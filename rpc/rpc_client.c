@@ -218,11 +218,14 @@ static ferry_status_t unary_bytes(rpc_channel_t *channel, const char *path,
     return status;
 }
 
-ferry_status_t rpc_unary(rpc_channel_t *channel, const char *path, const ProtobufCMessage *request,
-                         const ProtobufCMessageDescriptor *response_desc, int64_t timeout_ms,
-                         ProtobufCMessage **response_p, rpc_error_t *err)
+/* Sends `req` (taken over; NULL: no memory to pack it) and decodes the
+ * response as `response_desc`. */
+static ferry_status_t unary_decoded(rpc_channel_t *channel, const char *path, grpc_byte_buffer *req,
+                                    const ProtobufCMessageDescriptor *response_desc,
+                                    int64_t timeout_ms, ProtobufCMessage **response_p,
+                                    rpc_error_t *err)
 {
-    grpc_byte_buffer *req = rpc__pack(request), *resp = NULL;
+    grpc_byte_buffer *resp = NULL;
     ferry_status_t status;
 
     if (req == NULL) {
@@ -244,6 +247,22 @@ ferry_status_t rpc_unary(rpc_channel_t *channel, const char *path, const Protobu
         return FERRY_ERR_PROTOCOL;
     }
     return FERRY_OK;
+}
+
+ferry_status_t rpc_unary(rpc_channel_t *channel, const char *path, const ProtobufCMessage *request,
+                         const ProtobufCMessageDescriptor *response_desc, int64_t timeout_ms,
+                         ProtobufCMessage **response_p, rpc_error_t *err)
+{
+    return unary_decoded(channel, path, rpc__pack(request), response_desc, timeout_ms, response_p,
+                         err);
+}
+
+ferry_status_t rpc_unary_packed(rpc_channel_t *channel, const char *path, const void *request,
+                                size_t request_len, const ProtobufCMessageDescriptor *response_desc,
+                                int64_t timeout_ms, ProtobufCMessage **response_p, rpc_error_t *err)
+{
+    return unary_decoded(channel, path, rpc__pack_raw(request, request_len), response_desc,
+                         timeout_ms, response_p, err);
 }
 
 ferry_status_t rpc_unary_raw(rpc_channel_t *channel, const char *path, const void *request,

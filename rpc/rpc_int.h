@@ -10,7 +10,9 @@
  *     the completion-queue tags of its operations;
  *   - health (rpc_health.c): grpc.health.v1.Health on top of the same server;
  *   - helpers for byte buffers, deadlines, PEM files and credentials
- *     (rpc_buf.c, rpc_tls.c).
+ *     (rpc_buf.c, rpc_tls.c);
+ *   - the encoding, walked field by field: the request checks (rpc_wire.c)
+ *     and one field taken as it came (rpc_field.c).
  *
  * Locking order, outer first: server->lock, health->lock, call->lock. No
  * lock is held while a handler or a cancel callback runs.
@@ -66,13 +68,14 @@ grpc_byte_buffer *rpc__pack(const ProtobufCMessage *msg);
 grpc_byte_buffer *rpc__pack_raw(const void *data, size_t len);
 /* NULL for a NULL buffer or bytes that do not decode as `desc`. */
 ProtobufCMessage *rpc__unpack(const ProtobufCMessageDescriptor *desc, grpc_byte_buffer *buf);
-/* A request as its handler may see it: decoded, and past rpc__wire_check.
- * FERRY_ERR_INVALID_ARGUMENT (or NO_MEMORY) otherwise, with a message for
- * the client in why (cap bytes): "malformed request for <path>" when the
- * bytes do not decode, the check's message when they do. */
+/* A request as its handler may see it: decoded, and past rpc__wire_check;
+ * *bytes_p gets the bytes it was decoded from, in one slice (a reference
+ * for the caller). FERRY_ERR_INVALID_ARGUMENT (or NO_MEMORY) otherwise,
+ * with a message for the client in why (cap bytes): "malformed request for
+ * <path>" when the bytes do not decode, the check's message when they do. */
 ferry_status_t rpc__unpack_request(const ProtobufCMessageDescriptor *desc, grpc_byte_buffer *buf,
-                                   const char *path, ProtobufCMessage **msg_p, char *why,
-                                   size_t cap);
+                                   const char *path, ProtobufCMessage **msg_p, grpc_slice *bytes_p,
+                                   char *why, size_t cap);
 /* Copies the buffer's bytes into a malloc'd block (*data_p NULL for 0 bytes). */
 ferry_status_t rpc__unpack_raw(grpc_byte_buffer *buf, void **data_p, size_t *len_p);
 /* timeout_ms <= 0: infinitely far. Monotonic clock. */
@@ -83,6 +86,18 @@ int64_t rpc__ms_until(gpr_timespec deadline);
 void rpc__slice_to_str(grpc_slice slice, char *out, size_t cap);
 
 /* --- request checks (rpc_wire.c) ----------------------------------------- */
+
+/* Protobuf's wire types (the low three bits of a tag). */
+enum {
+    RPC_WIRE_VARINT = 0,
+    RPC_WIRE_FIXED64 = 1,
+    RPC_WIRE_LEN = 2,
+    RPC_WIRE_FIXED32 = 5,
+};
+
+/* Reads a base-128 varint at *p (before end) and moves *p past it; false
+ * when it runs past end or past 10 bytes. */
+bool rpc__read_varint(const uint8_t **p, const uint8_t *end, uint64_t *value_p);
 
 /* Walks the encoded message `data` of type `desc`, nested messages
  * included, and refuses (FERRY_ERR_INVALID_ARGUMENT, with a message naming
@@ -239,8 +254,9 @@ struct rpc_call {
     gpr_timespec deadline;
     grpc_metadata_array request_md;
     grpc_call_details details; /* unregistered methods only */
-    grpc_byte_buffer *payload; /* the request as it arrived */
+    grpc_byte_buffer *payload; /* the request as it arrived, until decoded */
     ProtobufCMessage *request;
+    grpc_slice request_bytes; /* what request was decoded from (rpc_call_request_bytes) */
     char peer[128];
     char path[160];
     int64_t accepted_ns; /* CLOCK_MONOTONIC, for the observer */

@@ -32,13 +32,6 @@
 #define WIRE_DEPTH_MAX 32
 #define WIRE_PATH_MAX  256
 
-enum {
-    WIRE_VARINT = 0,
-    WIRE_FIXED64 = 1,
-    WIRE_LEN = 2,
-    WIRE_FIXED32 = 5,
-};
-
 typedef struct {
     char path[WIRE_PATH_MAX]; /* "metadata.descriptors[0]" while inside it */
     size_t path_len;
@@ -61,7 +54,7 @@ static ferry_status_t wire_malformed(wire_walk_t *w)
     return wire_fail(w, "malformed request (at %s)", w->path_len > 0 ? w->path : "top level");
 }
 
-static bool read_varint(const uint8_t **p, const uint8_t *end, uint64_t *value_p)
+bool rpc__read_varint(const uint8_t **p, const uint8_t *end, uint64_t *value_p)
 {
     uint64_t value = 0;
 
@@ -177,7 +170,7 @@ static ferry_status_t walk_packed_enums(wire_walk_t *w, const ProtobufCFieldDesc
         uint64_t raw;
         size_t old = path_push(w, f, (*seen)++);
         ferry_status_t status =
-            read_varint(&p, end, &raw) ? check_enum(w, f, raw) : wire_malformed(w);
+            rpc__read_varint(&p, end, &raw) ? check_enum(w, f, raw) : wire_malformed(w);
         path_pop(w, old);
         if (status != FERRY_OK) {
             return status;
@@ -219,7 +212,7 @@ static ferry_status_t walk_field(wire_walk_t *w, const ProtobufCMessageDescripto
     ferry_status_t status = FERRY_OK;
     size_t old;
 
-    if (!read_varint(p, end, &tag)) {
+    if (!rpc__read_varint(p, end, &tag)) {
         return wire_malformed(w);
     }
     if ((tag >> 3) <= UINT32_MAX) {
@@ -227,8 +220,8 @@ static ferry_status_t walk_field(wire_walk_t *w, const ProtobufCMessageDescripto
     }
     field_seen = f != NULL ? &seen[f - desc->fields] : NULL;
     switch (tag & 7) {
-    case WIRE_VARINT:
-        if (!read_varint(p, end, &value)) {
+    case RPC_WIRE_VARINT:
+        if (!rpc__read_varint(p, end, &value)) {
             return wire_malformed(w);
         }
         if (f != NULL && f->type == PROTOBUF_C_TYPE_ENUM) {
@@ -237,18 +230,18 @@ static ferry_status_t walk_field(wire_walk_t *w, const ProtobufCMessageDescripto
             path_pop(w, old);
         }
         return status;
-    case WIRE_FIXED64:
-    case WIRE_FIXED32: {
-        size_t n = (tag & 7) == WIRE_FIXED64 ? 8 : 4;
+    case RPC_WIRE_FIXED64:
+    case RPC_WIRE_FIXED32: {
+        size_t n = (tag & 7) == RPC_WIRE_FIXED64 ? 8 : 4;
         if ((size_t)(end - *p) < n) {
             return wire_malformed(w);
         }
         *p += n;
         return FERRY_OK;
     }
-    case WIRE_LEN: {
+    case RPC_WIRE_LEN: {
         const uint8_t *start;
-        if (!read_varint(p, end, &value) || value > (uint64_t)(end - *p)) {
+        if (!rpc__read_varint(p, end, &value) || value > (uint64_t)(end - *p)) {
             return wire_malformed(w);
         }
         start = *p;

@@ -47,6 +47,12 @@
  * and before the data plane starts (begin_by_id), so the coordinator alone
  * decides who writes; see the Claim rpc in coordinator.proto.
  *
+ * Metadata stays bytes: Register carries the operation's own metadata
+ * (ferry_op_metadata) appended as they are, and the writer hands the data
+ * plane the metadata of the Lookup's answer as it came; the coordinator
+ * stores and answers those same bytes (rpc_pack_with_field, rpc_field_find
+ * in rpc.h). Nothing between the two workers decodes and packs them again.
+ *
  * Layering: this file is a client of the public data-plane API only
  * (ferry/ferry.h), as any application could be: it follows an operation
  * through a listener (ferry_op_add_listener), told FINAL when the operation
@@ -1140,6 +1146,8 @@ ferry_status_t ferry_op_publish(ferry_op_t *op, ferry_coordinator_t *coord,
     Ferry__V1__RegisterResponse *resp = NULL;
     const uint8_t *bytes;
     size_t len;
+    uint8_t *packed = NULL;
+    size_t packed_len = 0;
     rpc_error_t err;
     ferry_status_t status;
     char lease_token[LEASE_TOKEN_CAP];
@@ -1161,10 +1169,6 @@ ferry_status_t ferry_op_publish(ferry_op_t *op, ferry_coordinator_t *coord,
     if (op_link(op) != NULL) {
         return ferry__fail(FERRY_ERR_MISUSE, "operation is already published");
     }
-    req.metadata = ferry__v1__rdma_metadata__unpack(NULL, len, bytes);
-    if (req.metadata == NULL) {
-        return ferry__fail(FERRY_ERR_INTERNAL, "operation's own metadata does not decode");
-    }
     req.request_id = (char *)params->request_id;
     req.access_token = (char *)(params->access_token != NULL ? params->access_token : "");
     req.ttl_seconds = params->field_mask & FERRY_PUBLISH_PARAM_FIELD_TTL ? params->ttl_s : 0;
@@ -1173,8 +1177,19 @@ ferry_status_t ferry_op_publish(ferry_op_t *op, ferry_coordinator_t *coord,
     for (int attempt = 0; attempt < 2; attempt++) {
         bool making;
         req.lease_id = session_take(coord, &making, lease_token);
-        status = call(coord, COORD_PATH("Register"), &req.base,
-                      &ferry__v1__register_response__descriptor, 0, &resp, &err);
+        /* The metadata goes as the operation packed it: the coordinator
+         * stores these bytes and the writer decodes them (rpc.h). */
+        status = rpc_pack_with_field(
+            &req.base, rpc_field_number(&ferry__v1__register_request__descriptor, "metadata"),
+            bytes, len, &packed, &packed_len);
+        if (status != FERRY_OK) {
+            session_made(coord, making, 0, 0, "");
+            return ferry__fail(status, "register: cannot pack the request");
+        }
+        status = rpc_unary_packed(coord->channel, COORD_PATH("Register"), packed, packed_len,
+                                  &ferry__v1__register_response__descriptor, coord->timeout_ms,
+                                  (ProtobufCMessage **)&resp, &err);
+        free(packed);
         session_made(coord, making, status == FERRY_OK ? resp->lease_id : 0,
                      status == FERRY_OK ? resp->ttl_seconds : 0,
                      status == FERRY_OK ? resp->lease_token : "");
@@ -1182,7 +1197,6 @@ ferry_status_t ferry_op_publish(ferry_op_t *op, ferry_coordinator_t *coord,
             break;
         }
     }
-    ferry__v1__rdma_metadata__free_unpacked(req.metadata, NULL);
     if (status != FERRY_OK) {
         return rpc_fail(status, "register", &err);
     }
@@ -1202,53 +1216,79 @@ const char *ferry_op_access_token(const ferry_op_t *op)
     return link != NULL ? link->token : NULL;
 }
 
-/* Lookup (with wait), then the state check the coordinator's Claim would
- * make, so that a writer that would be refused is refused before it touches
- * the operation. The metadata and the pairing (kind, count, sizes) are the
- * data plane's to check (ferry_write_begin). *resp_p holds the metadata. */
-static ferry_status_t lookup_checked(ferry_coordinator_t *coord, const ferry_claim_params_t *p,
-                                     Ferry__V1__LookupResponse **resp_p)
+/* The Lookup's answer as it came (answer[len]): its state decoded, and the
+ * span of its operation's metadata, the bytes the passive worker packed
+ * (the coordinator stores and answers them as they are), which the data
+ * plane takes as they are. */
+static ferry_status_t lookup_read(const ferry_claim_params_t *p, const uint8_t *answer, size_t len,
+                                  const uint8_t **md_p, size_t *md_len_p)
 {
-    Ferry__V1__LookupRequest req = FERRY__V1__LOOKUP_REQUEST__INIT;
-    Ferry__V1__LookupResponse *resp = NULL;
-    rpc_error_t err;
-    ferry_status_t status;
+    Ferry__V1__LookupResponse *resp = ferry__v1__lookup_response__unpack(NULL, len, answer);
+    const uint8_t *op = NULL;
+    size_t op_len = 0;
+    ferry_status_t status = FERRY_OK;
 
-    req.request_id = (char *)p->request_id;
-    req.access_token = (char *)p->access_token;
-    req.wait_ms = claim_wait(p);
-    status = call(coord, COORD_PATH("Lookup"), &req.base, &ferry__v1__lookup_response__descriptor,
-                  req.wait_ms, &resp, &err);
-    if (status != FERRY_OK) {
-        return rpc_fail(status, "lookup", &err);
-    }
-    if (resp->operation->state != FERRY__V1__OPERATION_STATE__OPERATION_STATE_REGISTERED) {
+    if (resp == NULL || resp->operation == NULL ||
+        rpc_field_find(answer, len,
+                       rpc_field_number(&ferry__v1__lookup_response__descriptor, "operation"), &op,
+                       &op_len) != FERRY_OK ||
+        rpc_field_find(op, op_len, rpc_field_number(&ferry__v1__operation__descriptor, "metadata"),
+                       md_p, md_len_p) != FERRY_OK) {
+        status =
+            ferry__fail(FERRY_ERR_PROTOCOL,
+                        "lookup: the answer for request_id '%s' is malformed or has no metadata",
+                        p->request_id);
+    } else if (resp->operation->state != FERRY__V1__OPERATION_STATE__OPERATION_STATE_REGISTERED) {
         status = ferry__fail(FERRY_ERR_FAILED_PRECONDITION, "request_id '%s' is %s", p->request_id,
                              resp->operation->state ==
                                      FERRY__V1__OPERATION_STATE__OPERATION_STATE_CLAIMED
                                  ? "already claimed by another worker"
                                  : "no longer open (complete, errored or cancelled)");
     }
-    if (status != FERRY_OK) {
+    if (resp != NULL) {
         ferry__v1__lookup_response__free_unpacked(resp, NULL);
-        return status;
     }
-    *resp_p = resp;
-    return FERRY_OK;
+    return status;
 }
 
-/* The Lookup's metadata as the bytes the data plane takes (malloc'd). */
-static ferry_status_t md_bytes(const Ferry__V1__RdmaMetadata *md, uint8_t **bytes_p, size_t *len_p)
+/* Lookup (with wait), then the state check the coordinator's Claim would
+ * make, so that a writer that would be refused is refused before it touches
+ * the operation. The metadata and the pairing (kind, count, sizes) are the
+ * data plane's to check (ferry_write_begin). *answer_p is the answer as it
+ * came (free it); *md_p points into it. */
+static ferry_status_t lookup_checked(ferry_coordinator_t *coord, const ferry_claim_params_t *p,
+                                     void **answer_p, const uint8_t **md_p, size_t *md_len_p)
 {
-    size_t len = ferry__v1__rdma_metadata__get_packed_size(md);
-    uint8_t *bytes = malloc(len > 0 ? len : 1);
+    Ferry__V1__LookupRequest req = FERRY__V1__LOOKUP_REQUEST__INIT;
+    uint8_t *packed;
+    void *answer = NULL;
+    size_t len = 0;
+    rpc_error_t err;
+    ferry_status_t status;
 
-    if (bytes == NULL) {
-        return ferry__fail(FERRY_ERR_NO_MEMORY, "metadata: out of memory");
+    req.request_id = (char *)p->request_id;
+    req.access_token = (char *)p->access_token;
+    req.wait_ms = claim_wait(p);
+    /* Packed here, sent and answered as bytes (rpc_unary_raw): the answer's
+     * metadata is wanted as it came. */
+    len = ferry__v1__lookup_request__get_packed_size(&req);
+    packed = malloc(len > 0 ? len : 1);
+    if (packed == NULL) {
+        return ferry__fail(FERRY_ERR_NO_MEMORY, "lookup: out of memory");
     }
-    ferry__v1__rdma_metadata__pack(md, bytes);
-    *bytes_p = bytes;
-    *len_p = len;
+    ferry__v1__lookup_request__pack(&req, packed);
+    status = rpc_unary_raw(coord->channel, COORD_PATH("Lookup"), packed, len,
+                           coord->timeout_ms + req.wait_ms, &answer, &len, &err);
+    free(packed);
+    if (status != FERRY_OK) {
+        return rpc_fail(status, "lookup", &err);
+    }
+    status = lookup_read(p, answer, len, md_p, md_len_p);
+    if (status != FERRY_OK) {
+        free(answer);
+        return status;
+    }
+    *answer_p = answer;
     return FERRY_OK;
 }
 
@@ -1324,11 +1364,11 @@ static ferry_status_t begin_by_id(ferry_connector_t *connector, ferry_coordinato
                                   const ferry_claim_params_t *p, bool write,
                                   const ferry_descriptor_t *local, size_t n, ferry_op_t **op_p)
 {
-    Ferry__V1__LookupResponse *found = NULL;
+    void *found = NULL;
     ferry_op_t *op = NULL;
     ferry_status_t status;
     rpc_error_t err;
-    uint8_t *md = NULL;
+    const uint8_t *md = NULL;
     size_t md_len = 0;
     int64_t claim_lease = 0;
     char claim_token[LEASE_TOKEN_CAP];
@@ -1347,18 +1387,14 @@ static ferry_status_t begin_by_id(ferry_connector_t *connector, ferry_coordinato
     }
     status = ferry_descriptors_validate(local, n);
     if (status == FERRY_OK) {
-        status = lookup_checked(coord, p, &found);
+        status = lookup_checked(coord, p, &found, &md, &md_len);
     }
     if (status != FERRY_OK) {
         return status;
     }
-    status = md_bytes(found->operation->metadata, &md, &md_len);
-    ferry__v1__lookup_response__free_unpacked(found, NULL);
-    if (status == FERRY_OK) {
-        status = ferry_metadata_check(md, md_len, write, local, n);
-    }
+    status = ferry_metadata_check(md, md_len, write, local, n);
     if (status != FERRY_OK) {
-        free(md);
+        free(found);
         return status;
     }
     test_pause("after-lookup");
@@ -1367,7 +1403,7 @@ static ferry_status_t begin_by_id(ferry_connector_t *connector, ferry_coordinato
                          : FERRY__V1__OPERATION_KIND__OPERATION_KIND_READ,
                    &claim_lease, claim_token, &err);
     if (status != FERRY_OK) {
-        free(md);
+        free(found);
         status = rpc_fail(status, "claim", &err);
         if (status == FERRY_ERR_TIMED_OUT || status == FERRY_ERR_UNAVAILABLE) {
             /* No answer is not no: the claim may have been granted. */
@@ -1380,7 +1416,7 @@ static ferry_status_t begin_by_id(ferry_connector_t *connector, ferry_coordinato
     /* Claimed: now, and only now, the data plane. */
     status = write ? ferry_write_begin(connector, local, n, md, md_len, &op)
                    : ferry_read_begin(connector, local, n, md, md_len, &op);
-    free(md);
+    free(found);
     if (status == FERRY_OK) {
         status =
             link_add(coord, op, false, p->request_id, p->access_token, claim_lease, claim_token);

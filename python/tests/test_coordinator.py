@@ -5,10 +5,13 @@ side against the pattern, by ferry-worker itself (its exit code says).
 Sizes 1 B to 64 MiB, 1 and 16 descriptors, numpy and torch. Then the
 coordinator's refusals: wrong token, unknown ID, a taken ID, cancel from
 either side."""
+import base64
+import json
 import os
 import signal
 import subprocess
 import time
+import urllib.request
 
 import numpy as np
 import pytest
@@ -275,3 +278,62 @@ def test_tls_coordinator(connector, sender):
         assert coord.stop() == 0
         etcd.stop()
         ferry_harness.shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _varint(b, i):
+    value = shift = 0
+    while True:
+        c = b[i]
+        i += 1
+        value |= (c & 0x7F) << shift
+        shift += 7
+        if c < 0x80:
+            return value, i
+
+
+def _field_once(b, number):
+    """The bytes of length-delimited field `number` of the encoded message b,
+    which must occur exactly once."""
+    i, found = 0, []
+    while i < len(b):
+        tag, i = _varint(b, i)
+        wire = tag & 7
+        if wire == 0:
+            _, i = _varint(b, i)
+        elif wire in (1, 5):
+            i += 8 if wire == 1 else 4
+        else:
+            assert wire == 2, f"wire type {wire}"
+            n, i = _varint(b, i)
+            if tag >> 3 == number:
+                found.append(b[i:i + n])
+            i += n
+    assert len(found) == 1, f"field {number} occurs {len(found)} times"
+    return found[0]
+
+
+def _etcd_value(cluster, key):
+    body = json.dumps({"key": base64.b64encode(key.encode()).decode()}).encode()
+    req = urllib.request.Request(cluster.etcd.endpoint + "/v3/kv/range", data=body,
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        kvs = json.load(r).get("kvs", [])
+    assert len(kvs) == 1, f"{key}: {len(kvs)} keys"
+    return base64.b64decode(kvs[0]["value"])
+
+
+def test_metadata_is_stored_as_the_receiver_packed_it(connector, coordinator, cluster):
+    """Metadata stays bytes: the record in etcd (read directly) carries the
+    very bytes libferry packed for the operation, and a C sender that looks
+    them up writes every byte."""
+    buf = np.zeros(4096, np.uint8)
+    request_id = rid("py-bytes")
+    with connector.create_writable(descriptors(buf, 2)) as op:
+        op.publish(coordinator, request_id, TOKEN)
+        stored = _etcd_value(cluster, "/ferry/ops/" + request_id)
+        assert _field_once(stored, 4) == bytes(op.metadata())
+        sender = worker(cluster, "send", request_id, 4096, 2)
+        op.wait(120)
+        rc, out, err = finish(sender)
+        assert rc == 0, err
+    assert np.array_equal(buf, pattern(4096))

@@ -207,6 +207,47 @@ static void test_metadata_round_trip(void **state)
     ferry__v1__rdma_metadata__free_unpacked(md, NULL);
 }
 
+/* Register's metadata as sent: its span, once; twice, absent or too large
+ * is refused naming metadata. */
+static void test_register_bytes(void **state)
+{
+    /* request_id "r", metadata {version 1}, owner "o" */
+    static const uint8_t once[] = {0x0a, 0x01, 'r', 0x12, 0x02, 0x08, 0x01, 0x2a, 0x01, 'o'};
+    static const uint8_t twice[] = {0x12, 0x02, 0x08, 0x01, 0x0a, 0x01, 'r', 0x12, 0x00};
+    static const uint8_t none[] = {0x0a, 0x01, 'r'};
+    static uint8_t big[COORD_METADATA_MAX + 16];
+    const uint8_t *md = NULL;
+    size_t md_len = 0, n = 0;
+    uint64_t v;
+    (void)state;
+
+    assert_int_equal(
+        coord_validate_register_bytes(once, sizeof(once), &md, &md_len, msg, sizeof(msg)),
+        FERRY_OK);
+    assert_ptr_equal(md, once + 5);
+    assert_int_equal(md_len, 2);
+    assert_int_equal(
+        coord_validate_register_bytes(twice, sizeof(twice), &md, &md_len, msg, sizeof(msg)),
+        FERRY_ERR_INVALID_ARGUMENT);
+    assert_non_null(strstr(msg, "metadata occurs more than once"));
+    assert_int_equal(
+        coord_validate_register_bytes(none, sizeof(none), &md, &md_len, msg, sizeof(msg)),
+        FERRY_ERR_INVALID_ARGUMENT);
+    assert_non_null(strstr(msg, "metadata is required"));
+
+    /* One byte over the limit, as sent (its packed size may be less). */
+    big[n++] = 0x12;
+    for (v = COORD_METADATA_MAX + 1; v >= 0x80; v >>= 7) {
+        big[n++] = (uint8_t)(v | 0x80);
+    }
+    big[n++] = (uint8_t)v;
+    assert_true(n + COORD_METADATA_MAX + 1 <= sizeof(big));
+    assert_int_equal(coord_validate_register_bytes(big, n + COORD_METADATA_MAX + 1, &md, &md_len,
+                                                   msg, sizeof(msg)),
+                     FERRY_ERR_INVALID_ARGUMENT);
+    assert_non_null(strstr(msg, "metadata is 1048577 bytes as sent"));
+}
+
 static void test_ttl(void **state)
 {
     (void)state;
@@ -249,9 +290,13 @@ static void test_watch(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_request_id), cmocka_unit_test(test_token),
-        cmocka_unit_test(test_metadata),   cmocka_unit_test(test_metadata_round_trip),
-        cmocka_unit_test(test_ttl),        cmocka_unit_test(test_watch),
+        cmocka_unit_test(test_request_id),
+        cmocka_unit_test(test_token),
+        cmocka_unit_test(test_metadata),
+        cmocka_unit_test(test_metadata_round_trip),
+        cmocka_unit_test(test_ttl),
+        cmocka_unit_test(test_watch),
+        cmocka_unit_test(test_register_bytes),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

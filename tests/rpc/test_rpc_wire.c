@@ -2,7 +2,9 @@
  * test_rpc_wire.c: the request walker (rpc_wire.c) refuses strings with a
  * NUL byte or invalid UTF-8 and enum values the enum does not define, in any
  * field at any depth, naming the field's path; and accepts what is valid,
- * unknown fields included.
+ * unknown fields included. And the span of one field's bytes (rpc_field.c):
+ * found where it stands, appended after the other fields, refused when
+ * repeated.
  *
  * Requests are packed with protobuf-c and then patched in place (a marker
  * overwritten by bytes of the same length), since protobuf-c itself cannot
@@ -201,6 +203,103 @@ static void test_utf8_offsets(void **state)
     assert_int_equal(rpc__utf8_invalid_at((const uint8_t *)"\xf4\x8f\xbf\xbf", 4), 4);
 }
 
+/* --- one field's bytes as they came (rpc_field.c) -------------------------- */
+
+/* The metadata field of a packed RegisterRequest is found as the span of
+ * its bytes, wherever it stands; packed back after the other fields it
+ * makes a request that decodes to the same metadata. */
+static void test_field_find_and_pack_with_field(void **state)
+{
+    uint32_t number = rpc_field_number(&ferry__v1__register_request__descriptor, "metadata");
+    uint8_t md_packed[1024];
+    size_t md_len;
+    const uint8_t *value;
+    size_t value_len;
+    uint8_t *again;
+    size_t again_len;
+    Ferry__V1__RegisterRequest *decoded;
+
+    (void)state;
+    assert_int_equal(number, 2);
+    build();
+    md_len = ferry__v1__rdma_metadata__pack(&md, md_packed);
+    pack();
+    assert_int_equal(rpc_field_find(packed, packed_len, number, &value, &value_len), FERRY_OK);
+    assert_int_equal(value_len, md_len);
+    assert_memory_equal(value, md_packed, md_len);
+
+    req.metadata = NULL;
+    assert_int_equal(rpc_pack_with_field(&req.base, number, md_packed, md_len, &again, &again_len),
+                     FERRY_OK);
+    assert_int_equal(rpc_field_find(again, again_len, number, &value, &value_len), FERRY_OK);
+    assert_int_equal(value_len, md_len);
+    assert_memory_equal(value, md_packed, md_len);
+    assert_ptr_equal(value + value_len, again + again_len); /* appended last */
+    decoded = ferry__v1__register_request__unpack(NULL, again_len, again);
+    assert_non_null(decoded);
+    assert_non_null(decoded->metadata);
+    assert_string_equal(decoded->metadata->hostname, "host-HOST");
+    assert_string_equal(decoded->request_id, "id-RQID");
+    ferry__v1__register_request__free_unpacked(decoded, NULL);
+    free(again);
+
+    /* NULL value: the message alone. */
+    assert_int_equal(rpc_pack_with_field(&req.base, number, NULL, 0, &again, &again_len), FERRY_OK);
+    assert_int_equal(rpc_field_find(again, again_len, number, &value, &value_len),
+                     FERRY_ERR_NOT_FOUND);
+    free(again);
+}
+
+/* A repeated field has no one span (a decoder merges the occurrences);
+ * other wire types, unknown numbers and broken encodings are told apart. */
+static void test_field_find_refuses(void **state)
+{
+    const uint8_t *value;
+    size_t value_len;
+    /* field 2 twice, length-delimited */
+    const uint8_t twice[] = {0x12, 0x01, 0x08, 0x12, 0x01, 0x10};
+    /* field 2 as a varint */
+    const uint8_t varint[] = {0x10, 0x05};
+    /* field 2 says 5 bytes, has 1 */
+    const uint8_t cut[] = {0x0a, 0x00, 0x12, 0x05, 0x08};
+    /* field 1 (varint), field 15 (fixed64), field 2 */
+    const uint8_t mixed[] = {0x08, 0x96, 0x01, 0x79, 1,    2,    3,    4,
+                             5,    6,    7,    8,    0x12, 0x02, 0xaa, 0xbb};
+
+    (void)state;
+    assert_int_equal(rpc_field_find(twice, sizeof(twice), 2, &value, &value_len),
+                     FERRY_ERR_INVALID_ARGUMENT);
+    assert_int_equal(rpc_field_find(varint, sizeof(varint), 2, &value, &value_len),
+                     FERRY_ERR_INVALID_ARGUMENT);
+    assert_int_equal(rpc_field_find(cut, sizeof(cut), 2, &value, &value_len),
+                     FERRY_ERR_INVALID_ARGUMENT);
+    assert_int_equal(rpc_field_find(mixed, sizeof(mixed), 3, &value, &value_len),
+                     FERRY_ERR_NOT_FOUND);
+    assert_int_equal(rpc_field_find(mixed, sizeof(mixed), 2, &value, &value_len), FERRY_OK);
+    assert_int_equal(value_len, 2);
+    assert_ptr_equal(value, mixed + 14);
+    assert_int_equal(rpc_field_find(NULL, 0, 2, &value, &value_len), FERRY_ERR_NOT_FOUND);
+}
+
+/* The field appended must be one the message leaves free. */
+static void test_pack_with_field_misuse(void **state)
+{
+    uint8_t *out = NULL;
+    size_t len = 0;
+
+    (void)state;
+    build(); /* metadata set */
+    assert_int_equal(rpc_pack_with_field(&req.base, 2, (const uint8_t *)"x", 1, &out, &len),
+                     FERRY_ERR_MISUSE);
+    /* ttl_seconds (4) is not length-delimited; 99 is no field */
+    assert_int_equal(rpc_pack_with_field(&req.base, 4, (const uint8_t *)"x", 1, &out, &len),
+                     FERRY_ERR_MISUSE);
+    assert_int_equal(rpc_pack_with_field(&req.base, 99, (const uint8_t *)"x", 1, &out, &len),
+                     FERRY_ERR_MISUSE);
+    assert_null(out);
+    assert_int_equal(rpc_field_number(&ferry__v1__register_request__descriptor, "nope"), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -211,6 +310,9 @@ int main(void)
         cmocka_unit_test(test_unknown_field_is_skipped),
         cmocka_unit_test(test_truncated_bytes_are_malformed),
         cmocka_unit_test(test_utf8_offsets),
+        cmocka_unit_test(test_field_find_and_pack_with_field),
+        cmocka_unit_test(test_field_find_refuses),
+        cmocka_unit_test(test_pack_with_field_misuse),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,0 +1,159 @@
+/*
+ * rpc_field.c: one field of an encoded message, taken as it came (see
+ * rpc.h): finding its span, and packing a message with it appended.
+ *
+ * The encoding (protobuf's): a message is a run of fields, each a varint tag
+ * (field number << 3 | wire type) and a value; a length-delimited value
+ * (wire type 2) is a varint length and that many bytes. Fields may come in
+ * any order, and a singular message field that occurs twice is merged by a
+ * decoder, which is why rpc_field_find refuses a repeat instead of choosing
+ * one occurrence.
+ *
+ * Threads: pure functions.
+ */
+#include "rpc/rpc_int.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+/* Moves *p past one value of wire type `type`; false when malformed. */
+static bool skip_value(const uint8_t **p, const uint8_t *end, unsigned type)
+{
+    uint64_t v;
+
+    switch (type) {
+    case RPC_WIRE_VARINT:
+        return rpc__read_varint(p, end, &v);
+    case RPC_WIRE_FIXED64:
+    case RPC_WIRE_FIXED32:
+        v = type == RPC_WIRE_FIXED64 ? 8 : 4;
+        break;
+    case RPC_WIRE_LEN:
+        if (!rpc__read_varint(p, end, &v)) {
+            return false;
+        }
+        break;
+    default:
+        return false; /* groups (not proto3) and undefined types */
+    }
+    if (v > (uint64_t)(end - *p)) {
+        return false;
+    }
+    *p += v;
+    return true;
+}
+
+ferry_status_t rpc_field_find(const uint8_t *data, size_t len, uint32_t number,
+                              const uint8_t **value_p, size_t *value_len_p)
+{
+    const uint8_t *p = data, *end = data + len;
+    const uint8_t *found = NULL;
+    size_t found_len = 0;
+
+    while (p < end) {
+        const uint8_t *value;
+        uint64_t tag;
+
+        if (!rpc__read_varint(&p, end, &tag)) {
+            return FERRY_ERR_INVALID_ARGUMENT;
+        }
+        value = p;
+        if (!skip_value(&p, end, (unsigned)(tag & 7))) {
+            return FERRY_ERR_INVALID_ARGUMENT;
+        }
+        if ((tag >> 3) != number) {
+            continue;
+        }
+        if (found != NULL || (tag & 7) != RPC_WIRE_LEN) {
+            return FERRY_ERR_INVALID_ARGUMENT;
+        }
+        /* The length read again: skip_value already proved it fits. */
+        rpc__read_varint(&value, p, &tag);
+        found = value;
+        found_len = (size_t)(p - value);
+    }
+    if (found == NULL) {
+        return FERRY_ERR_NOT_FOUND;
+    }
+    *value_p = found;
+    *value_len_p = found_len;
+    return FERRY_OK;
+}
+
+static size_t put_varint(uint8_t *out, uint64_t v)
+{
+    size_t n = 0;
+
+    while (v >= 0x80) {
+        out[n++] = (uint8_t)(v | 0x80);
+        v >>= 7;
+    }
+    out[n++] = (uint8_t)v;
+    return n;
+}
+
+/* True when field `number` of msg's type is a singular length-delimited
+ * field that msg leaves unset. */
+static bool field_is_free(const ProtobufCMessage *msg, uint32_t number)
+{
+    const ProtobufCFieldDescriptor *f =
+        protobuf_c_message_descriptor_get_field(msg->descriptor, number);
+    const void *at;
+
+    if (f == NULL || f->label == PROTOBUF_C_LABEL_REPEATED) {
+        return false;
+    }
+    at = (const char *)msg + f->offset;
+    switch (f->type) {
+    case PROTOBUF_C_TYPE_MESSAGE:
+        return *(void *const *)at == NULL;
+    case PROTOBUF_C_TYPE_BYTES:
+        return ((const ProtobufCBinaryData *)at)->len == 0;
+    case PROTOBUF_C_TYPE_STRING: {
+        const char *s = *(const char *const *)at;
+        return s == NULL || s[0] == '\0';
+    }
+    default:
+        return false;
+    }
+}
+
+ferry_status_t rpc_pack_with_field(const ProtobufCMessage *msg, uint32_t number,
+                                   const uint8_t *value, size_t value_len, uint8_t **data_p,
+                                   size_t *len_p)
+{
+    uint8_t head[20];
+    size_t head_len = 0, len;
+    uint8_t *data;
+
+    if (!field_is_free(msg, number)) {
+        return FERRY_ERR_MISUSE;
+    }
+    if (value == NULL) {
+        value_len = 0;
+    } else {
+        head_len = put_varint(head, (uint64_t)number << 3 | RPC_WIRE_LEN);
+        head_len += put_varint(head + head_len, value_len);
+    }
+    len = protobuf_c_message_get_packed_size(msg);
+    data = malloc(len + head_len + value_len + 1);
+    if (data == NULL) {
+        return FERRY_ERR_NO_MEMORY;
+    }
+    protobuf_c_message_pack(msg, data);
+    if (value != NULL) {
+        memcpy(data + len, head, head_len);
+        memcpy(data + len + head_len, value, value_len);
+        len += head_len + value_len;
+    }
+    *data_p = data;
+    *len_p = len;
+    return FERRY_OK;
+}
+
+uint32_t rpc_field_number(const ProtobufCMessageDescriptor *desc, const char *name)
+{
+    const ProtobufCFieldDescriptor *f = protobuf_c_message_descriptor_get_field_by_name(desc, name);
+
+    return f != NULL ? f->id : 0;
+}
