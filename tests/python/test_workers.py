@@ -118,6 +118,10 @@ class StatsJson(unittest.TestCase):
             received = json.load(f)
         self.expect_one(received, "received", "complete", size)
         self.assertEqual(received["notices_received"], 1)
+        # The receiver registered each of its 2 descriptors (no region);
+        # the writer's puts needed no registration of its own memory.
+        self.assertEqual(received["mem_maps"], 2)
+        self.assertEqual(sent["mem_maps"], 0)
 
     def test_read_and_a_refused_write(self):
         size = 4096
