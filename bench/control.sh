@@ -9,10 +9,15 @@
 #   Lookup through the coordinator   vs  the same records read from etcd, through
 #                                        its JSON gateway and its native gRPC
 #                                        KV.Range (C: gRPC core + protobuf-c)
-#   Register through the coordinator vs  etcd create-if-absent txn (and
-#                                        lease grant + txn, what Register does)
+#   Register through the coordinator vs  etcd create-if-absent txn through the
+#                                        JSON gateway and through gRPC (the
+#                                        coordinator's way), and lease grant +
+#                                        txn (what a Register without a session
+#                                        lease asks)
 # then Register on a replica with --etcd-inflight 64 (one etcd write in flight
-# per client at 64 clients; the default is 16), then starts a second default
+# per client at 64 clients; the default is 16) and on one with
+# --etcd-kv-api gateway (key-values over the JSON gateway, as before
+# issue #14's change), then starts a second default
 # replica on the same etcd and repeats Lookup and Register with the clients
 # split over both. Each run is bounded by time
 # (5 s; 1 s with --quick) and by count (200000 calls per client).
@@ -57,6 +62,8 @@ done
 for n in $CLIENTS; do
     load --mode register --coord "$ONE" --clients "$n" --run-id "reg1-$RUN-$n"
     load --mode etcd-txn --etcd "$ETCD_ENDPOINT" --clients "$n" --run-id "txn-$RUN-$n"
+    load --mode etcd-txn --etcd "$ETCD_ENDPOINT" --clients "$n" --run-id "gtxn-$RUN-$n" \
+        --etcd-kv-api grpc --label grpc
     load --mode etcd-lease-txn --etcd "$ETCD_ENDPOINT" --clients "$n" --run-id "ltxn-$RUN-$n"
 done
 
@@ -67,6 +74,16 @@ FERRY_BENCH_COORD_ARGS="${FERRY_BENCH_COORD_ARGS:-} --etcd-inflight 64" bench_st
 for n in $CLIENTS; do
     load --mode register --coord "$COORD_TARGETS" --clients "$n" --run-id "regi-$RUN-$n" \
         --label "inflight64"
+done
+bench_stop_last
+
+# Register on a replica whose key-values go over etcd's JSON gateway.
+COORD_TARGETS=""
+FERRY_BENCH_COORD_ARGS="${FERRY_BENCH_COORD_ARGS:-} --etcd-kv-api gateway" \
+    bench_start_coord bench-gw
+for n in $CLIENTS; do
+    load --mode register --coord "$COORD_TARGETS" --clients "$n" --run-id "regg-$RUN-$n" \
+        --label "kv-gateway"
 done
 bench_stop_last
 

@@ -16,10 +16,13 @@
  *                   first, warm-up call), as a libferry client: one etcd write
  *   etcd-txn        the create-if-absent transaction alone, straight to etcd:
  *                   what Register asks of etcd
+ *   (etcd-get, etcd-txn and etcd-lease-txn go through the coordinator's etcd
+ *   client, key-values over etcd's JSON gateway unless --etcd-kv-api grpc:
+ *   the gateway is the issue's reference, gRPC what the coordinator uses)
  *   etcd-lease-txn  lease grant + that transaction: what a Register without
  *                   a session lease (lease_id 0) asks of etcd
  *   etcd-grpc-get   the same records as etcd-get through etcd's native gRPC
- *                   KV.Range (bench/proto/etcdserverpb, over rpc/: gRPC core
+ *                   KV.Range (proto/etcdserverpb, over rpc/: gRPC core
  *                   + protobuf-c), decoded: what a client would pick instead
  *                   of the coordinator (NIXL reads etcd through its gRPC API)
  *   echo            a bare unary call through rpc/ to an echo-server (--coord
@@ -52,7 +55,7 @@
 #include "bench_stats.h"
 #include "etcd/etcd.h"
 #include "common/log.h"
-#include "etcdserverpb/kv_range.pb-c.h"
+#include "etcdserverpb/kv.pb-c.h"
 #include "ferry/v1/coordinator.pb-c.h"
 #include "ferry_bench/echo.pb-c.h"
 #include "rpc/rpc.h"
@@ -93,6 +96,7 @@ typedef struct {
     long warmup_ops;
     long records;
     bool shared_channels;
+    bool kv_grpc; /* --etcd-kv-api grpc: the etcd client's key-values over gRPC */
     const char *label;
     const char *listen;    /* echo-server */
     const char *port_file; /* echo-server */
@@ -462,6 +466,7 @@ static void usage(void)
                     "  [--clients N] [--seconds S] [--max-ops N] [--warmup-ops N] [--records N]\n"
                     "  [--ids STEM] [--run-id STEM] [--prefix /ferry/] [--channels thread|shared]\n"
                     "  [--label TEXT] [--listen HOST:PORT --port-file FILE]\n"
+                    "  [--etcd-kv-api gateway|grpc]  (etcd-* modes; gateway)\n"
                     "modes: populate lookup etcd-get register etcd-txn etcd-lease-txn\n"
                     "       etcd-grpc-get echo echo-server\n");
 }
@@ -491,15 +496,23 @@ static int parse_coords(bench_config_t *cfg, char *list)
 
 static int parse_args(int argc, char **argv, bench_config_t *cfg)
 {
-    static const struct option opts[] = {
-        {"mode", required_argument, NULL, 'm'},       {"coord", required_argument, NULL, 'c'},
-        {"etcd", required_argument, NULL, 'e'},       {"clients", required_argument, NULL, 'n'},
-        {"seconds", required_argument, NULL, 's'},    {"max-ops", required_argument, NULL, 'o'},
-        {"warmup-ops", required_argument, NULL, 'w'}, {"records", required_argument, NULL, 'r'},
-        {"ids", required_argument, NULL, 'i'},        {"run-id", required_argument, NULL, 'u'},
-        {"prefix", required_argument, NULL, 'p'},     {"channels", required_argument, NULL, 'h'},
-        {"label", required_argument, NULL, 'l'},      {"listen", required_argument, NULL, 'L'},
-        {"port-file", required_argument, NULL, 'P'},  {NULL, 0, NULL, 0}};
+    static const struct option opts[] = {{"mode", required_argument, NULL, 'm'},
+                                         {"coord", required_argument, NULL, 'c'},
+                                         {"etcd", required_argument, NULL, 'e'},
+                                         {"clients", required_argument, NULL, 'n'},
+                                         {"seconds", required_argument, NULL, 's'},
+                                         {"max-ops", required_argument, NULL, 'o'},
+                                         {"warmup-ops", required_argument, NULL, 'w'},
+                                         {"records", required_argument, NULL, 'r'},
+                                         {"ids", required_argument, NULL, 'i'},
+                                         {"run-id", required_argument, NULL, 'u'},
+                                         {"prefix", required_argument, NULL, 'p'},
+                                         {"channels", required_argument, NULL, 'h'},
+                                         {"label", required_argument, NULL, 'l'},
+                                         {"listen", required_argument, NULL, 'L'},
+                                         {"port-file", required_argument, NULL, 'P'},
+                                         {"etcd-kv-api", required_argument, NULL, 'k'},
+                                         {NULL, 0, NULL, 0}};
     bool have_mode = false;
     int c;
 
@@ -564,6 +577,12 @@ static int parse_args(int argc, char **argv, bench_config_t *cfg)
         case 'P':
             cfg->port_file = optarg;
             break;
+        case 'k':
+            if (strcmp(optarg, "grpc") != 0 && strcmp(optarg, "gateway") != 0) {
+                return -1;
+            }
+            cfg->kv_grpc = strcmp(optarg, "grpc") == 0;
+            break;
         default:
             return -1;
         }
@@ -618,7 +637,9 @@ static int setup(bench_shared_t *sh, bench_client_t *clients)
         return 0;
     }
     if (!mode_uses_coord(cfg->mode)) {
-        etcd_params_t ep = {.endpoints = cfg->etcd_endpoint, .timeout_ms = BENCH_CALL_TIMEOUT_MS};
+        etcd_params_t ep = {.endpoints = cfg->etcd_endpoint,
+                            .timeout_ms = BENCH_CALL_TIMEOUT_MS,
+                            .kv_gateway = !cfg->kv_grpc};
         if (cfg->etcd_endpoint == NULL || etcd_client_create(&ep, &sh->etcd) != FERRY_OK) {
             fprintf(stderr, "this mode needs --etcd URL\n");
             return -1;

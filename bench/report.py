@@ -98,10 +98,12 @@ def control_tables(rows):
                   "gateway get/s", "p50 us", "p99 us", "Lookup/gateway",
                   "gRPC Range/s", "p50 us", "p99 us", "Lookup/Range",
                   "Lookup/s (1 channel)", "p99 us (1 channel)"])
-    reg = Table("Control path: Register vs direct etcd writes (gateway)",
+    reg = Table("Control path: Register vs direct etcd writes (the coordinator's etcd "
+                "client: txn through the JSON gateway, the issue's reference, and through "
+                "gRPC, the coordinator's default way)",
                 ["clients", "replicas", "coordinator", "Register/s", "p50 us", "p99 us",
                  "etcd txn/s", "p50 us", "lease+txn/s", "p50 us", "Register/txn",
-                 "Register/(lease+txn)"])
+                 "Register/(lease+txn)", "gRPC txn/s", "p50 us", "Register/gRPC txn"])
     echo = Table("Control path: each RPC against a bare echo through the same rpc/ layer "
                  "(empty handler, 16 threads, one server), on the same kind of channel; "
                  "ratios are RPC/echo",
@@ -119,6 +121,7 @@ def control_tables(rows):
                          ratio(val(lk, "ops_per_s"), val(gg, "ops_per_s")),
                          val(sh, "ops_per_s"), val(sh, "p99_us"))
             tx, lt = get("etcd-txn", n, 0), get("etcd-lease-txn", n, 0)
+            gt = get("etcd-txn", n, 0, label="grpc")
             for label in [""] + labels:
                 rg = get("register", n, coords, label=label)
                 if rg is not None:
@@ -126,7 +129,9 @@ def control_tables(rows):
                             val(rg, "p50_us"), val(rg, "p99_us"), val(tx, "ops_per_s"),
                             val(tx, "p50_us"), val(lt, "ops_per_s"), val(lt, "p50_us"),
                             ratio(val(rg, "ops_per_s"), val(tx, "ops_per_s")),
-                            ratio(val(rg, "ops_per_s"), val(lt, "ops_per_s")))
+                            ratio(val(rg, "ops_per_s"), val(lt, "ops_per_s")),
+                            val(gt, "ops_per_s"), val(gt, "p50_us"),
+                            ratio(val(rg, "ops_per_s"), val(gt, "ops_per_s")))
     for name, mode, channels, label in (("Lookup", "lookup", "thread", ""),
                                         ("Lookup (1 channel)", "lookup", "shared", ""),
                                         ("Register", "register", "thread", "")) + \

@@ -48,6 +48,9 @@ static const char usage[] =
     "  --etcd-cert PEM     client certificate for etcd (FERRY_ETCD_CERT)\n"
     "  --etcd-key PEM      its key (FERRY_ETCD_KEY)\n"
     "  --etcd-user USER    etcd user; the password comes from FERRY_ETCD_PASSWORD\n"
+    "  --etcd-kv-api API   grpc|gateway: key-value requests over etcd's native gRPC\n"
+    "                      API or its JSON gateway (FERRY_ETCD_KV_API; grpc); leases,\n"
+    "                      watches and auth always use the gateway\n"
     "  --help              this text\n";
 
 enum {
@@ -71,6 +74,7 @@ enum {
     OPT_ETCD_CERT,
     OPT_ETCD_KEY,
     OPT_ETCD_USER,
+    OPT_ETCD_KV_API,
     OPT_METRICS_LISTEN,
     OPT_HELP,
 };
@@ -97,6 +101,7 @@ static const struct option options[] = {
     {"etcd-cert", required_argument, NULL, OPT_ETCD_CERT},
     {"etcd-key", required_argument, NULL, OPT_ETCD_KEY},
     {"etcd-user", required_argument, NULL, OPT_ETCD_USER},
+    {"etcd-kv-api", required_argument, NULL, OPT_ETCD_KV_API},
     {"help", no_argument, NULL, OPT_HELP},
     {NULL, 0, NULL, 0},
 };
@@ -167,6 +172,7 @@ static void config_defaults(coord_config_t *c)
     c->etcd_cert = env_or("FERRY_ETCD_CERT", NULL);
     c->etcd_key = env_or("FERRY_ETCD_KEY", NULL);
     c->etcd_user = env_or("FERRY_ETCD_USER", NULL);
+    c->etcd_kv_api = env_or("FERRY_ETCD_KV_API", "grpc");
     c->etcd_password = env_or("FERRY_ETCD_PASSWORD", NULL);
     c->metrics_listen = env_or("FERRY_METRICS_LISTEN", NULL);
 }
@@ -224,6 +230,9 @@ static int set_option(coord_config_t *c, int opt, const char *arg)
         break;
     case OPT_ETCD_KEY:
         c->etcd_key = arg;
+        break;
+    case OPT_ETCD_KV_API:
+        c->etcd_kv_api = arg;
         break;
     case OPT_ETCD_USER:
         c->etcd_user = arg;
@@ -288,11 +297,17 @@ static int check_prefix(const char *prefix)
     return 0;
 }
 
-static int check(const coord_config_t *c)
+static int check(coord_config_t *c)
 {
     if (check_prefix(c->prefix) != 0 || check_listen(c->listen) != 0) {
         return -1;
     }
+    if (strcmp(c->etcd_kv_api, "grpc") != 0 && strcmp(c->etcd_kv_api, "gateway") != 0) {
+        fprintf(stderr, "ferry-coordinator: --etcd-kv-api must be grpc or gateway, not '%s'\n",
+                c->etcd_kv_api);
+        return -1;
+    }
+    c->etcd_kv_gateway = strcmp(c->etcd_kv_api, "gateway") == 0;
     if (c->metrics_listen != NULL &&
         (strrchr(c->metrics_listen, ':') == NULL ||
          parse_int("--metrics-listen port", strrchr(c->metrics_listen, ':') + 1, 0, 65535) < 0)) {

@@ -28,6 +28,8 @@ typedef struct {
     const char *etcd_cert;      /* --etcd-cert, FERRY_ETCD_CERT */
     const char *etcd_key;       /* --etcd-key, FERRY_ETCD_KEY */
     const char *etcd_user;      /* --etcd-user, FERRY_ETCD_USER */
+    const char *etcd_kv_api;    /* --etcd-kv-api, FERRY_ETCD_KV_API: grpc (default) | gateway */
+    bool etcd_kv_gateway;       /* etcd_kv_api is "gateway" */
     const char *metrics_listen; /* --metrics-listen, FERRY_METRICS_LISTEN; NULL: no metrics */
     const char *etcd_password;  /* FERRY_ETCD_PASSWORD only: never on a command line */
 } coord_config_t;

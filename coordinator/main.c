@@ -117,6 +117,7 @@ static ferry_status_t open_etcd(coordinator_t *c)
         .password = c->config.etcd_password,
         .timeout_ms = 5000,
         .observer = c->metrics != NULL ? &c->etcd_observer : NULL,
+        .kv_gateway = c->config.etcd_kv_gateway,
     };
     ferry_status_t status;
 

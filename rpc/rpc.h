@@ -252,6 +252,44 @@ ferry_status_t rpc_unary(rpc_channel_t *channel, const char *path, const Protobu
                          const ProtobufCMessageDescriptor *response_desc, int64_t timeout_ms,
                          ProtobufCMessage **response_p, rpc_error_t *err);
 
+/* Metadata sent with a call: key in lower case, value text. */
+typedef struct {
+    const char *key;
+    const char *value;
+} rpc_md_t;
+
+enum { RPC_MAX_MD = 4 }; /* pairs rpc_unary_md sends at most */
+
+/* As rpc_unary, sending the n_md pairs of `md` (an etcd auth token, say) as
+ * the call's metadata. */
+ferry_status_t rpc_unary_md(rpc_channel_t *channel, const char *path,
+                            const ProtobufCMessage *request, const rpc_md_t *md, size_t n_md,
+                            const ProtobufCMessageDescriptor *response_desc, int64_t timeout_ms,
+                            ProtobufCMessage **response_p, rpc_error_t *err);
+
+/* Waits at most timeout_ms until the channel has a connection (READY); a
+ * channel whose last attempt failed tries again at once (its reconnect
+ * backoff is reset), so one call sees one fresh attempt, as a new TCP
+ * connection would. FERRY_OK: connected. FERRY_ERR_UNAVAILABLE: the
+ * attempt failed (refused, TLS handshake); FERRY_ERR_TIMED_OUT: no answer
+ * within timeout_ms. Either way no call has gone out on the channel, which
+ * is what lets a caller send a non-idempotent request elsewhere. `err`
+ * (may be NULL) says which in words. */
+ferry_status_t rpc_channel_connect(rpc_channel_t *channel, int64_t timeout_ms, rpc_error_t *err);
+
+/* A thread that keeps gRPC's I/O going while no call is in flight. gRPC
+ * core reads a connection's socket only while some thread polls (a call or
+ * a server waiting), so in a process that is otherwise quiet a channel
+ * learns that its server went away only when the next call writes into the
+ * dead connection, and that call may or may not have left. With the
+ * poller, the channel sees the close at once and the next call makes a new
+ * connection. (gRPC's default engine on Linux, epoll1, lets any polling
+ * thread read every socket.) */
+typedef struct rpc_poller rpc_poller_t;
+
+ferry_status_t rpc_poller_start(rpc_poller_t **poller_p);
+void rpc_poller_stop(rpc_poller_t *poller); /* NULL: no-op */
+
 /* As rpc_unary, with the request already packed (request_len bytes): a
  * message built with rpc_pack_with_field, say. */
 ferry_status_t rpc_unary_packed(rpc_channel_t *channel, const char *path, const void *request,

@@ -11,6 +11,8 @@
  */
 #include "rpc/rpc_int.h"
 
+#include <pthread.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -18,6 +20,11 @@
 #include "common/log.h"
 
 #define RPC_DEFAULT_MAX_MESSAGE (4 * 1024 * 1024)
+
+/* rpc_channel_connect on a channel whose last attempt failed: how long the
+ * fresh attempt may take (a refused loopback connect fails in
+ * microseconds, one across a LAN in a round trip or two). */
+#define RPC_RECONNECT_MS 250
 
 struct rpc_channel {
     grpc_channel *channel;
@@ -75,6 +82,109 @@ void rpc_channel_destroy(rpc_channel_t *channel)
     grpc_channel_destroy(channel->channel);
     free(channel->target);
     free(channel);
+    grpc_shutdown();
+}
+
+/* --- connecting ----------------------------------------------------------------- */
+
+ferry_status_t rpc_channel_connect(rpc_channel_t *channel, int64_t timeout_ms, rpc_error_t *err)
+{
+    grpc_connectivity_state state = grpc_channel_check_connectivity_state(channel->channel, 1);
+    gpr_timespec deadline = rpc__deadline_after_ms(timeout_ms);
+    grpc_completion_queue *cq;
+    bool retrying = state == GRPC_CHANNEL_TRANSIENT_FAILURE;
+    ferry_status_t status = FERRY_OK;
+    int tag;
+
+    if (state == GRPC_CHANNEL_READY) {
+        return FERRY_OK;
+    }
+    if (state == GRPC_CHANNEL_TRANSIENT_FAILURE) {
+        /* gRPC keeps reporting TRANSIENT_FAILURE while it tries again (the
+         * state changes only when a connection is up), so the fresh attempt
+         * can only be seen succeed: give it RPC_RECONNECT_MS. */
+        grpc_channel_reset_connect_backoff(channel->channel);
+        if (timeout_ms <= 0 || timeout_ms > RPC_RECONNECT_MS) {
+            deadline = rpc__deadline_after_ms(RPC_RECONNECT_MS);
+        }
+    }
+    cq = grpc_completion_queue_create_for_pluck(NULL);
+    for (;;) {
+        state = grpc_channel_check_connectivity_state(channel->channel, 1);
+        if (state == GRPC_CHANNEL_READY) {
+            break;
+        }
+        if (state == GRPC_CHANNEL_SHUTDOWN ||
+            (state == GRPC_CHANNEL_TRANSIENT_FAILURE && !retrying)) {
+            rpc__error_set(err, GRPC_STATUS_UNAVAILABLE, "failed to connect");
+            status = FERRY_ERR_UNAVAILABLE;
+            break;
+        }
+        grpc_channel_watch_connectivity_state(channel->channel, state, deadline, cq, &tag);
+        grpc_event ev =
+            grpc_completion_queue_pluck(cq, &tag, gpr_inf_future(GPR_CLOCK_REALTIME), NULL);
+        if (!ev.success) {
+            rpc__error_set(err, retrying ? GRPC_STATUS_UNAVAILABLE : GRPC_STATUS_DEADLINE_EXCEEDED,
+                           retrying ? "failed to connect" : "no connection: timed out");
+            status = retrying ? FERRY_ERR_UNAVAILABLE : FERRY_ERR_TIMED_OUT;
+            break;
+        }
+        retrying = false; /* the state moved: watch the attempt through */
+    }
+    grpc_completion_queue_shutdown(cq);
+    grpc_completion_queue_destroy(cq);
+    return status;
+}
+
+/* --- the idle poller ------------------------------------------------------------- */
+
+struct rpc_poller {
+    grpc_completion_queue *cq; /* nothing is ever queued on it: polled for I/O only */
+    pthread_t thread;
+};
+
+static void *poller_main(void *arg)
+{
+    rpc_poller_t *poller = arg;
+
+    for (;;) {
+        grpc_event ev =
+            grpc_completion_queue_next(poller->cq, gpr_inf_future(GPR_CLOCK_REALTIME), NULL);
+        if (ev.type == GRPC_QUEUE_SHUTDOWN) {
+            return NULL;
+        }
+    }
+}
+
+ferry_status_t rpc_poller_start(rpc_poller_t **poller_p)
+{
+    rpc_poller_t *poller = calloc(1, sizeof(*poller));
+
+    if (poller == NULL) {
+        return FERRY_ERR_NO_MEMORY;
+    }
+    grpc_init();
+    poller->cq = grpc_completion_queue_create_for_next(NULL);
+    if (pthread_create(&poller->thread, NULL, poller_main, poller) != 0) {
+        grpc_completion_queue_shutdown(poller->cq);
+        grpc_completion_queue_destroy(poller->cq);
+        free(poller);
+        grpc_shutdown();
+        return FERRY_ERR_NO_MEMORY;
+    }
+    *poller_p = poller;
+    return FERRY_OK;
+}
+
+void rpc_poller_stop(rpc_poller_t *poller)
+{
+    if (poller == NULL) {
+        return;
+    }
+    grpc_completion_queue_shutdown(poller->cq);
+    pthread_join(poller->thread, NULL);
+    grpc_completion_queue_destroy(poller->cq);
+    free(poller);
     grpc_shutdown();
 }
 
@@ -160,13 +270,16 @@ typedef struct {
     grpc_slice details;
 } unary_recv_t;
 
-static grpc_call_error unary_start(grpc_call *call, grpc_byte_buffer *request,
-                                   grpc_byte_buffer **response_p, unary_recv_t *recv, void *tag)
+static grpc_call_error unary_start(grpc_call *call, grpc_byte_buffer *request, grpc_metadata *md,
+                                   size_t n_md, grpc_byte_buffer **response_p, unary_recv_t *recv,
+                                   void *tag)
 {
     grpc_op ops[6];
 
     memset(ops, 0, sizeof(ops));
     ops[0].op = GRPC_OP_SEND_INITIAL_METADATA;
+    ops[0].data.send_initial_metadata.count = n_md;
+    ops[0].data.send_initial_metadata.metadata = md;
     ops[1].op = GRPC_OP_SEND_MESSAGE;
     ops[1].data.send_message.send_message = request;
     ops[2].op = GRPC_OP_SEND_CLOSE_FROM_CLIENT;
@@ -181,23 +294,32 @@ static grpc_call_error unary_start(grpc_call *call, grpc_byte_buffer *request,
     return grpc_call_start_batch(call, ops, 6, tag, NULL);
 }
 
-/* Sends `request` (borrowed) and waits; on OK *response_p is the reply
- * (may be NULL if the server sent none). */
+/* Sends `request` (borrowed) with the metadata `md` (n_md pairs, may be
+ * none) and waits; on OK *response_p is the reply (may be NULL if the
+ * server sent none). */
 static ferry_status_t unary_bytes(rpc_channel_t *channel, const char *path,
-                                  grpc_byte_buffer *request, int64_t timeout_ms,
-                                  grpc_byte_buffer **response_p, rpc_error_t *err)
+                                  grpc_byte_buffer *request, const rpc_md_t *md, size_t n_md,
+                                  int64_t timeout_ms, grpc_byte_buffer **response_p,
+                                  rpc_error_t *err)
 {
     grpc_completion_queue *cq = grpc_completion_queue_create_for_pluck(NULL);
     grpc_call *call = rpc__channel_call(channel, path, cq, rpc__deadline_after_ms(timeout_ms));
     unary_recv_t recv = {.details = grpc_empty_slice()};
+    grpc_metadata sent[RPC_MAX_MD];
     ferry_status_t status = FERRY_ERR_INTERNAL;
     grpc_call_error rc;
     int tag;
 
     *response_p = NULL;
+    n_md = n_md < RPC_MAX_MD ? n_md : RPC_MAX_MD;
+    memset(sent, 0, sizeof(sent));
+    for (size_t i = 0; i < n_md; i++) {
+        sent[i].key = grpc_slice_from_static_string(md[i].key);
+        sent[i].value = grpc_slice_from_copied_string(md[i].value);
+    }
     grpc_metadata_array_init(&recv.initial_md);
     grpc_metadata_array_init(&recv.trailing_md);
-    rc = unary_start(call, request, response_p, &recv, &tag);
+    rc = unary_start(call, request, sent, n_md, response_p, &recv, &tag);
     if (rc != GRPC_CALL_OK) {
         ferry_error("rpc: %s: cannot start the call: grpc_call_error %d", path, (int)rc);
         rpc__error_set(err, GRPC_STATUS_INTERNAL, "cannot start the call");
@@ -215,12 +337,16 @@ static ferry_status_t unary_bytes(rpc_channel_t *channel, const char *path,
     grpc_slice_unref(recv.details);
     grpc_metadata_array_destroy(&recv.initial_md);
     grpc_metadata_array_destroy(&recv.trailing_md);
+    for (size_t i = 0; i < n_md; i++) {
+        grpc_slice_unref(sent[i].value);
+    }
     return status;
 }
 
 /* Sends `req` (taken over; NULL: no memory to pack it) and decodes the
  * response as `response_desc`. */
 static ferry_status_t unary_decoded(rpc_channel_t *channel, const char *path, grpc_byte_buffer *req,
+                                    const rpc_md_t *md, size_t n_md,
                                     const ProtobufCMessageDescriptor *response_desc,
                                     int64_t timeout_ms, ProtobufCMessage **response_p,
                                     rpc_error_t *err)
@@ -232,7 +358,7 @@ static ferry_status_t unary_decoded(rpc_channel_t *channel, const char *path, gr
         rpc__error_set(err, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
         return FERRY_ERR_NO_MEMORY;
     }
-    status = unary_bytes(channel, path, req, timeout_ms, &resp, err);
+    status = unary_bytes(channel, path, req, md, n_md, timeout_ms, &resp, err);
     grpc_byte_buffer_destroy(req);
     if (status != FERRY_OK) {
         return status;
@@ -253,15 +379,28 @@ ferry_status_t rpc_unary(rpc_channel_t *channel, const char *path, const Protobu
                          const ProtobufCMessageDescriptor *response_desc, int64_t timeout_ms,
                          ProtobufCMessage **response_p, rpc_error_t *err)
 {
-    return unary_decoded(channel, path, rpc__pack(request), response_desc, timeout_ms, response_p,
-                         err);
+    return unary_decoded(channel, path, rpc__pack(request), NULL, 0, response_desc, timeout_ms,
+                         response_p, err);
+}
+
+ferry_status_t rpc_unary_md(rpc_channel_t *channel, const char *path,
+                            const ProtobufCMessage *request, const rpc_md_t *md, size_t n_md,
+                            const ProtobufCMessageDescriptor *response_desc, int64_t timeout_ms,
+                            ProtobufCMessage **response_p, rpc_error_t *err)
+{
+    if (n_md > RPC_MAX_MD) {
+        rpc__error_set(err, GRPC_STATUS_INTERNAL, "too much metadata");
+        return FERRY_ERR_MISUSE;
+    }
+    return unary_decoded(channel, path, rpc__pack(request), md, n_md, response_desc, timeout_ms,
+                         response_p, err);
 }
 
 ferry_status_t rpc_unary_packed(rpc_channel_t *channel, const char *path, const void *request,
                                 size_t request_len, const ProtobufCMessageDescriptor *response_desc,
                                 int64_t timeout_ms, ProtobufCMessage **response_p, rpc_error_t *err)
 {
-    return unary_decoded(channel, path, rpc__pack_raw(request, request_len), response_desc,
+    return unary_decoded(channel, path, rpc__pack_raw(request, request_len), NULL, 0, response_desc,
                          timeout_ms, response_p, err);
 }
 
@@ -276,7 +415,7 @@ ferry_status_t rpc_unary_raw(rpc_channel_t *channel, const char *path, const voi
         rpc__error_set(err, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
         return FERRY_ERR_NO_MEMORY;
     }
-    status = unary_bytes(channel, path, req, timeout_ms, &resp, err);
+    status = unary_bytes(channel, path, req, NULL, 0, timeout_ms, &resp, err);
     grpc_byte_buffer_destroy(req);
     if (status != FERRY_OK) {
         return status;

@@ -1,10 +1,15 @@
 /*
- * etcd.h: a client for etcd 3.4's JSON gateway (/v3/...), over libcurl and
- * cJSON. The coordinator's only way to etcd.
+ * etcd.h: a client for etcd 3.4, the coordinator's only way to etcd.
+ * Key-value requests (put, get, delete, txn: the coordinator's hot path) go
+ * over etcd's native gRPC API (KV service, gRPC core + protobuf-c); leases,
+ * watches, auth and the health ping over its JSON gateway (/v3/..., libcurl
+ * and cJSON). Both are served on the same client URL, so an endpoint list
+ * means the same to both. params.kv_gateway puts key-value requests on the
+ * gateway too (a proxy that speaks only HTTP/1.1, or to compare).
  *
  * Keys and values are byte strings (pointer + length); this module does the
- * base64 and the JSON. 64-bit numbers (revisions, lease IDs) are parsed as
- * strings with strtoll, never through a double.
+ * protobuf, base64 and JSON. 64-bit numbers (revisions, lease IDs) are
+ * parsed as strings with strtoll on the gateway, never through a double.
  *
  * Endpoints: a comma-separated list of URLs. A request that cannot reach an
  * endpoint (connect refused, timeout) is retried on the next one; when none
@@ -13,8 +18,9 @@
  * sent again (it fails FERRY_ERR_UNAVAILABLE); reads, keep-alives, revokes
  * and the ping give each endpoint a short time and move on. An endpoint that
  * failed is tried after the others for a while (etcd_client.c says how). Requests reuse connections
- * (no new TCP connection per request). Every request has a timeout (params.timeout_ms). With
- * username/password the client authenticates and re-authenticates when the token expires.
+ * (no new TCP connection per request; over gRPC one HTTP/2 connection per endpoint carries all).
+ * Every request has a timeout (params.timeout_ms). With username/password the client authenticates
+ * and re-authenticates when the token expires.
  *
  * Status mapping (etcd -> ferry): unreachable -> FERRY_ERR_UNAVAILABLE;
  * HTTP 400 / gRPC code 3 -> FERRY_ERR_INVALID_ARGUMENT; unknown lease ->
@@ -52,6 +58,10 @@ typedef struct {
     const char *username;  /* etcd auth; NULL: none */
     const char *password;
     const etcd_observer_t *observer; /* NULL: none; copied */
+    /* Key-value requests (put, get, delete, txn) over etcd's JSON gateway
+     * instead of its native gRPC API (the default). Leases, watches, auth
+     * and the health ping always use the gateway. */
+    bool kv_gateway;
 } etcd_params_t;
 
 ferry_status_t etcd_client_create(const etcd_params_t *params, etcd_client_t **client_p);

@@ -112,7 +112,13 @@ ferry_status_t etcd__auth_token(etcd_client_t *client, CURL *handle, char **toke
             etcd__set_error("%s", client->auth_error);
         }
     } else if (client->token == NULL) {
-        status = etcd_auth_round(client, handle);
+        CURL *own = handle == NULL ? etcd__pool_get(client) : NULL;
+        status = handle != NULL || own != NULL
+                     ? etcd_auth_round(client, handle != NULL ? handle : own)
+                     : FERRY_ERR_NO_MEMORY;
+        if (own != NULL) {
+            etcd__pool_put(client, own);
+        }
     }
     if (status == FERRY_OK) {
         *token_p = strdup(client->token);

@@ -189,8 +189,16 @@ ferry_status_t etcd_client_create(const etcd_params_t *params, etcd_client_t **c
         status = FERRY_ERR_NO_MEMORY;
         goto err_client;
     }
-    ferry_debug("etcd: client for %s (%zu endpoints, timeout %d ms)", params->endpoints,
-                client->n_endpoints, client->timeout_ms);
+    client->kv_gateway = params->kv_gateway;
+    if (!client->kv_gateway) {
+        status = etcd__grpc_channels(client);
+        if (status != FERRY_OK) {
+            goto err_client;
+        }
+    }
+    ferry_debug("etcd: client for %s (%zu endpoints, timeout %d ms, KV over %s)", params->endpoints,
+                client->n_endpoints, client->timeout_ms,
+                client->kv_gateway ? "the JSON gateway" : "gRPC");
     *client_p = client;
     return FERRY_OK;
 
@@ -208,6 +216,7 @@ void etcd_client_destroy(etcd_client_t *client)
         curl_easy_cleanup(client->pool[i]);
     }
     free(client->pool);
+    etcd__grpc_channels_destroy(client);
     free(client->suspect_until);
     for (size_t i = 0; i < client->n_endpoints; i++) {
         free(client->endpoints[i]);
@@ -227,7 +236,7 @@ void etcd_client_destroy(etcd_client_t *client)
 
 /* --- the handle pool --------------------------------------------------- */
 
-static CURL *etcd_pool_get(etcd_client_t *client)
+CURL *etcd__pool_get(etcd_client_t *client)
 {
     CURL *handle = NULL;
     pthread_mutex_lock(&client->pool_lock);
@@ -238,7 +247,7 @@ static CURL *etcd_pool_get(etcd_client_t *client)
     return handle != NULL ? handle : curl_easy_init();
 }
 
-static void etcd_pool_put(etcd_client_t *client, CURL *handle)
+void etcd__pool_put(etcd_client_t *client, CURL *handle)
 {
     pthread_mutex_lock(&client->pool_lock);
     if (client->n_pool < ETCD_POOL_MAX) {
@@ -280,7 +289,7 @@ size_t etcd__endpoint_next(etcd_client_t *client, size_t index)
 }
 
 /* The endpoint failed: try it last for a while, and prefer another. */
-static void etcd_endpoint_suspect(etcd_client_t *client, size_t index)
+void etcd__endpoint_suspect(etcd_client_t *client, size_t index)
 {
     int64_t now = etcd_now_ms();
     int64_t before = atomic_exchange(&client->suspect_until[index], now + ETCD_SUSPECT_MS);
@@ -293,7 +302,7 @@ static void etcd_endpoint_suspect(etcd_client_t *client, size_t index)
                                    etcd__endpoint_next(client, index));
 }
 
-static void etcd_endpoint_answered(etcd_client_t *client, size_t index)
+void etcd__endpoint_answered(etcd_client_t *client, size_t index)
 {
     atomic_store(&client->suspect_until[index], 0);
     atomic_store(&client->preferred, index);
@@ -301,7 +310,7 @@ static void etcd_endpoint_answered(etcd_client_t *client, size_t index)
 
 /* The order in which a request tries the endpoints: the preferred one,
  * then the others in list order, suspect ones after all the rest. */
-static void etcd_endpoint_order(etcd_client_t *client, size_t *order)
+void etcd__endpoint_order(etcd_client_t *client, size_t *order)
 {
     int64_t now = etcd_now_ms();
     size_t first = atomic_load(&client->preferred);
@@ -495,7 +504,7 @@ static ferry_status_t etcd_attempt(etcd_client_t *client, CURL *handle, size_t i
         status = etcd__transport_error("post", url, code, detail);
         *next_p = (flags & ETCD_CALL_RETRY) != 0 || etcd_never_sent(handle, code);
         if (code != CURLE_OUT_OF_MEMORY && code != CURLE_WRITE_ERROR) {
-            etcd_endpoint_suspect(client, index);
+            etcd__endpoint_suspect(client, index);
         }
         free(buf.data);
         return status;
@@ -510,10 +519,10 @@ static ferry_status_t etcd_attempt(etcd_client_t *client, CURL *handle, size_t i
     }
     if (status == FERRY_ERR_UNAVAILABLE && (flags & ETCD_CALL_RETRY) != 0) {
         /* "no leader", "request timed out": another member may do better. */
-        etcd_endpoint_suspect(client, index);
+        etcd__endpoint_suspect(client, index);
         *next_p = true;
     } else if (status != FERRY_ERR_UNAVAILABLE) {
-        etcd_endpoint_answered(client, index);
+        etcd__endpoint_answered(client, index);
     }
     return status;
 }
@@ -525,7 +534,7 @@ ferry_status_t etcd__call_raw(etcd_client_t *client, CURL *handle, const char *p
     if (order == NULL) {
         return FERRY_ERR_NO_MEMORY;
     }
-    etcd_endpoint_order(client, order);
+    etcd__endpoint_order(client, order);
     int budget = client->timeout_ms;
     if ((flags & ETCD_CALL_PROBE) != 0 && budget > ETCD_PROBE_MS) {
         budget = ETCD_PROBE_MS;
@@ -556,7 +565,7 @@ ferry_status_t etcd__call_raw(etcd_client_t *client, CURL *handle, const char *p
 
 ferry_status_t etcd__endpoint_probe(etcd_client_t *client, size_t index)
 {
-    CURL *handle = etcd_pool_get(client);
+    CURL *handle = etcd__pool_get(client);
     if (handle == NULL) {
         return FERRY_ERR_NO_MEMORY;
     }
@@ -571,7 +580,7 @@ ferry_status_t etcd__endpoint_probe(etcd_client_t *client, size_t index)
     }
     cJSON_Delete(reply);
     free(token);
-    etcd_pool_put(client, handle);
+    etcd__pool_put(client, handle);
     return status;
 }
 
@@ -611,16 +620,27 @@ ferry_status_t etcd__call(etcd_client_t *client, const char *path, const cJSON *
     return etcd__call_flags(client, path, body, 0, reply_p);
 }
 
-/* Every request goes through here, so the observer (metrics) sees each. */
+int64_t etcd__now_ns(void)
+{
+    return etcd_now_ns();
+}
+
+void etcd__observe(etcd_client_t *client, const char *path, ferry_status_t status, int64_t start_ns)
+{
+    if (client->observer.request_done != NULL) {
+        client->observer.request_done(client->observer.arg, path, status, etcd_now_ns() - start_ns);
+    }
+}
+
+/* Every gateway request goes through here (and every gRPC one through
+ * etcd__grpc_call), so the observer (metrics) sees each. */
 ferry_status_t etcd__call_flags(etcd_client_t *client, const char *path, const cJSON *body,
                                 unsigned flags, cJSON **reply_p)
 {
     int64_t start = etcd_now_ns();
     ferry_status_t status = etcd_call_unobserved(client, path, body, flags, reply_p);
 
-    if (client->observer.request_done != NULL) {
-        client->observer.request_done(client->observer.arg, path, status, etcd_now_ns() - start);
-    }
+    etcd__observe(client, path, status, start);
     return status;
 }
 
@@ -629,7 +649,7 @@ static ferry_status_t etcd_call_unobserved(etcd_client_t *client, const char *pa
 {
     etcd__clear_error();
     char *text = cJSON_PrintUnformatted(body);
-    CURL *handle = text != NULL ? etcd_pool_get(client) : NULL;
+    CURL *handle = text != NULL ? etcd__pool_get(client) : NULL;
     if (handle == NULL) {
         free(text);
         return FERRY_ERR_NO_MEMORY;
@@ -644,7 +664,7 @@ static ferry_status_t etcd_call_unobserved(etcd_client_t *client, const char *pa
         etcd__auth_invalidate(client, gen);
         status = etcd_call_once(client, handle, path, text, flags, &gen, &sent, reply_p);
     }
-    etcd_pool_put(client, handle);
+    etcd__pool_put(client, handle);
     free(text);
     return status;
 }

@@ -8,7 +8,11 @@
  *   etcd_client.c  the client: endpoints, the handle pool, one POST with
  *                  failover, status mapping, the thread-local last error
  *   etcd_auth.c    the etcd auth token: authenticate, refresh on code 16
- *   etcd_kv.c      put, range, delete-range, txn
+ *   etcd_kv.c      put, range, delete-range, txn: each over gRPC or the
+ *                  gateway
+ *   etcd_grpc.c    the same four over etcd's native gRPC API (KV service):
+ *                  a channel per endpoint, one call with failover, the
+ *                  messages to and from etcd.h's types
  *   etcd_lease.c   grant, keep-alive, revoke
  *   etcd_watch.c   a watch stream on its own thread
  *
@@ -26,10 +30,14 @@
 #include <curl/curl.h>
 
 #include "coordinator/etcd/etcd.h"
+#include "etcdserverpb/kv.pb-c.h"
+#include "rpc/rpc.h"
 
 /* Stand-in for the gRPC status codes etcd puts in "code". */
 enum {
+    ETCD_GRPC_CANCELLED = 1,
     ETCD_GRPC_INVALID_ARGUMENT = 3,
+    ETCD_GRPC_DEADLINE_EXCEEDED = 4,
     ETCD_GRPC_NOT_FOUND = 5,
     ETCD_GRPC_PERMISSION_DENIED = 7,
     ETCD_GRPC_FAILED_PRECONDITION = 9,
@@ -89,6 +97,10 @@ struct etcd_client {
     unsigned long auth_round;   /* authentications ended so far */
     ferry_status_t auth_status; /* how the last one ended */
     char auth_error[512];       /* and its etcd_client_last_error() */
+
+    bool kv_gateway;          /* KV over the gateway (else over gRPC, channels) */
+    rpc_channel_t **channels; /* per endpoint, KV over gRPC; NULL with kv_gateway */
+    rpc_poller_t *poller;     /* with channels: reads them while no call is in flight */
 
     atomic_long n_connects;   /* new TCP connections made, for tests */
     etcd_observer_t observer; /* constant; all NULL: none */
@@ -201,10 +213,57 @@ ferry_status_t etcd__transport_error(const char *what, const char *url, CURLcode
 /* New TCP connections the client has made so far (tests check reuse). */
 long etcd__client_connects(etcd_client_t *client);
 
+/* An idle CURL handle (NULL: out of memory), and back into the pool. */
+CURL *etcd__pool_get(etcd_client_t *client);
+void etcd__pool_put(etcd_client_t *client, CURL *handle);
+
+/* The order in which a request tries the endpoints (n_endpoints indices). */
+void etcd__endpoint_order(etcd_client_t *client, size_t *order);
+/* The endpoint failed: tried last for a while. It answered: preferred. */
+void etcd__endpoint_suspect(etcd_client_t *client, size_t index);
+void etcd__endpoint_answered(etcd_client_t *client, size_t index);
+
+/* CLOCK_MONOTONIC ns, and the observer told of a request begun at start_ns. */
+int64_t etcd__now_ns(void);
+void etcd__observe(etcd_client_t *client, const char *path, ferry_status_t status,
+                   int64_t start_ns);
+
+/* --- etcd_grpc.c ------------------------------------------------------ */
+
+/* One channel per endpoint (lazy: gRPC connects on first use). */
+ferry_status_t etcd__grpc_channels(etcd_client_t *client);
+void etcd__grpc_channels_destroy(etcd_client_t *client);
+
+/* Calls `method` ("/etcdserverpb.KV/Txn") with `request` on the first
+ * endpoint that answers, as etcd__call_flags does over the gateway (same
+ * failover, auth and error rules; `path` names the request to the observer
+ * and in messages, "/v3/kv/txn"). On FERRY_OK *reply_p is the decoded
+ * reply (protobuf_c_message_free_unpacked). */
+ferry_status_t etcd__grpc_call(etcd_client_t *client, const char *path, const char *method,
+                               const ProtobufCMessage *request,
+                               const ProtobufCMessageDescriptor *reply_desc, unsigned flags,
+                               ProtobufCMessage **reply_p);
+
+/* etcd.h's operations over gRPC; etcd_kv.c has checked the arguments. */
+ferry_status_t etcd__grpc_put(etcd_client_t *client, const void *key, size_t key_len,
+                              const void *value, size_t value_len, int64_t lease,
+                              int64_t *revision_p);
+ferry_status_t etcd__grpc_get(etcd_client_t *client, const void *key, size_t key_len,
+                              const void *range_end, size_t range_end_len, int64_t limit,
+                              int64_t revision, etcd_range_t *range_p);
+ferry_status_t etcd__grpc_delete(etcd_client_t *client, const void *key, size_t key_len,
+                                 const void *range_end, size_t range_end_len, int64_t *deleted_p,
+                                 int64_t *revision_p);
+ferry_status_t etcd__grpc_txn(etcd_client_t *client, const etcd_compare_t *compares,
+                              size_t n_compares, const etcd_op_t *success, size_t n_success,
+                              const etcd_op_t *failure, size_t n_failure,
+                              etcd_txn_result_t *result_p);
+
 /* --- etcd_auth.c ------------------------------------------------------ */
 
 /* A copy of the current token and its generation; authenticates first
- * when there is none. *token_p is NULL without auth, else malloc'ed. */
+ * when there is none (over `handle`; NULL: a pooled one). *token_p is NULL
+ * without auth, else malloc'ed. */
 ferry_status_t etcd__auth_token(etcd_client_t *client, CURL *handle, char **token_p,
                                 unsigned long *gen_p);
 /* Drops the token of generation gen (a newer one is kept). */

@@ -1,9 +1,10 @@
 /*
- * etcd_kv.c: put, range, delete-range and txn through /v3/kv/...
- *
- * Each function builds the request as cJSON (keys and values base64, int64
- * as strings), sends it with etcd__call, and parses the reply with the
- * functions of etcd_json.c. Output arguments are written only on FERRY_OK.
+ * etcd_kv.c: put, range, delete-range and txn. Each function checks its
+ * arguments and sends the request over gRPC (etcd_grpc.c) or, with
+ * kv_gateway, through /v3/kv/...: it builds the request as cJSON (keys and
+ * values base64, int64 as strings), sends it with etcd__call, and parses the
+ * reply with the functions of etcd_json.c. Output arguments are written only
+ * on FERRY_OK.
  *
  * Threads: any; no state of its own.
  */
@@ -63,6 +64,9 @@ ferry_status_t etcd_put(etcd_client_t *client, const void *key, size_t key_len, 
     if (client == NULL || key_len == 0 || key == NULL || !etcd_bytes_ok(value, value_len)) {
         return FERRY_ERR_MISUSE;
     }
+    if (!client->kv_gateway) {
+        return etcd__grpc_put(client, key, key_len, value, value_len, lease, revision_p);
+    }
     cJSON *body = cJSON_CreateObject();
     cJSON *reply = NULL;
     ferry_status_t status =
@@ -101,6 +105,10 @@ ferry_status_t etcd_get(etcd_client_t *client, const void *key, size_t key_len,
         !etcd_bytes_ok(range_end, range_end_len)) {
         return FERRY_ERR_MISUSE;
     }
+    if (!client->kv_gateway) {
+        return etcd__grpc_get(client, key, key_len, range_end, range_end_len, limit, revision,
+                              range_p);
+    }
     cJSON *body = cJSON_CreateObject();
     cJSON *reply = NULL;
     ferry_status_t status =
@@ -120,6 +128,10 @@ ferry_status_t etcd_delete(etcd_client_t *client, const void *key, size_t key_le
 {
     if (client == NULL || key == NULL || key_len == 0 || !etcd_bytes_ok(range_end, range_end_len)) {
         return FERRY_ERR_MISUSE;
+    }
+    if (!client->kv_gateway) {
+        return etcd__grpc_delete(client, key, key_len, range_end, range_end_len, deleted_p,
+                                 revision_p);
     }
     cJSON *body = cJSON_CreateObject();
     cJSON *reply = NULL;
@@ -163,12 +175,42 @@ static const char *const etcd_cmp_result_names[] = {
     [ETCD_CMP_NOT_EQUAL] = "NOT_EQUAL",
 };
 
+static bool etcd_compare_ok(const etcd_compare_t *cmp)
+{
+    return (unsigned)cmp->target <= ETCD_CMP_LEASE && (unsigned)cmp->result <= ETCD_CMP_NOT_EQUAL &&
+           cmp->key != NULL && cmp->key_len > 0 && etcd_bytes_ok(cmp->value, cmp->value_len);
+}
+
+static bool etcd_op_ok(const etcd_op_t *op)
+{
+    return (unsigned)op->type <= ETCD_OP_DELETE && op->key != NULL && op->key_len > 0 &&
+           etcd_bytes_ok(op->value, op->value_len) &&
+           etcd_bytes_ok(op->range_end, op->range_end_len);
+}
+
+/* Every compare and op well formed. */
+static bool etcd_txn_ok(const etcd_compare_t *compares, size_t n_compares, const etcd_op_t *success,
+                        size_t n_success, const etcd_op_t *failure, size_t n_failure)
+{
+    if ((n_compares > 0 && compares == NULL) || (n_success > 0 && success == NULL) ||
+        (n_failure > 0 && failure == NULL)) {
+        return false;
+    }
+    for (size_t i = 0; i < n_compares; i++) {
+        if (!etcd_compare_ok(&compares[i])) {
+            return false;
+        }
+    }
+    for (size_t i = 0; i < n_success + n_failure; i++) {
+        if (!etcd_op_ok(i < n_success ? &success[i] : &failure[i - n_success])) {
+            return false;
+        }
+    }
+    return true;
+}
+
 static ferry_status_t etcd_build_compare(cJSON *array, const etcd_compare_t *cmp)
 {
-    if ((unsigned)cmp->target > ETCD_CMP_LEASE || (unsigned)cmp->result > ETCD_CMP_NOT_EQUAL ||
-        cmp->key == NULL || cmp->key_len == 0 || !etcd_bytes_ok(cmp->value, cmp->value_len)) {
-        return FERRY_ERR_MISUSE;
-    }
     cJSON *obj = cJSON_CreateObject();
     if (obj == NULL || !cJSON_AddItemToArray(array, obj) ||
         cJSON_AddStringToObject(obj, "target", etcd_cmp_target_names[cmp->target]) == NULL ||
@@ -193,11 +235,6 @@ static ferry_status_t etcd_build_op(cJSON *array, const etcd_op_t *op)
         [ETCD_OP_GET] = "request_range",
         [ETCD_OP_DELETE] = "request_delete_range",
     };
-    if ((unsigned)op->type > ETCD_OP_DELETE || op->key == NULL || op->key_len == 0 ||
-        !etcd_bytes_ok(op->value, op->value_len) ||
-        !etcd_bytes_ok(op->range_end, op->range_end_len)) {
-        return FERRY_ERR_MISUSE;
-    }
     cJSON *wrap = cJSON_CreateObject();
     cJSON *obj = cJSON_CreateObject();
     if (wrap == NULL || obj == NULL || !cJSON_AddItemToArray(array, wrap) ||
@@ -214,9 +251,6 @@ static ferry_status_t etcd_build_op(cJSON *array, const etcd_op_t *op)
 static ferry_status_t etcd_build_ops(cJSON *body, const char *name, const etcd_op_t *ops,
                                      size_t n_ops)
 {
-    if (n_ops > 0 && ops == NULL) {
-        return FERRY_ERR_MISUSE;
-    }
     cJSON *array = cJSON_AddArrayToObject(body, name);
     ferry_status_t status = array != NULL ? FERRY_OK : FERRY_ERR_NO_MEMORY;
     for (size_t i = 0; i < n_ops && status == FERRY_OK; i++) {
@@ -229,9 +263,6 @@ static ferry_status_t etcd_build_txn(cJSON *body, const etcd_compare_t *compares
                                      const etcd_op_t *success, size_t n_success,
                                      const etcd_op_t *failure, size_t n_failure)
 {
-    if (n_compares > 0 && compares == NULL) {
-        return FERRY_ERR_MISUSE;
-    }
     cJSON *array = cJSON_AddArrayToObject(body, "compare");
     ferry_status_t status = array != NULL ? FERRY_OK : FERRY_ERR_NO_MEMORY;
     for (size_t i = 0; i < n_compares && status == FERRY_OK; i++) {
@@ -250,8 +281,13 @@ ferry_status_t etcd_txn(etcd_client_t *client, const etcd_compare_t *compares, s
                         const etcd_op_t *success, size_t n_success, const etcd_op_t *failure,
                         size_t n_failure, etcd_txn_result_t *result_p)
 {
-    if (client == NULL || result_p == NULL) {
+    if (client == NULL || result_p == NULL ||
+        !etcd_txn_ok(compares, n_compares, success, n_success, failure, n_failure)) {
         return FERRY_ERR_MISUSE;
+    }
+    if (!client->kv_gateway) {
+        return etcd__grpc_txn(client, compares, n_compares, success, n_success, failure, n_failure,
+                              result_p);
     }
     cJSON *body = cJSON_CreateObject();
     cJSON *reply = NULL;

@@ -36,6 +36,27 @@ static void test_defaults(void **state)
     assert_int_equal(c.watch_queue_kib, 4096);
     assert_int_equal(c.etcd_inflight, 16);
     assert_int_equal(c.etcd_queue, 1024);
+    assert_false(c.etcd_kv_gateway);
+}
+
+static void test_etcd_kv_api(void **state)
+{
+    coord_config_t c;
+    char *gateway[] = {"ferry-coordinator", "--etcd-kv-api", "gateway", NULL};
+    char *grpc[] = {"ferry-coordinator", "--etcd-kv-api", "grpc", NULL};
+    char *none[] = {"ferry-coordinator", NULL};
+    char *bad[] = {"ferry-coordinator", "--etcd-kv-api", "http", NULL};
+    (void)state;
+
+    assert_int_equal(parse(&c, 3, gateway), 0);
+    assert_true(c.etcd_kv_gateway);
+    setenv("FERRY_ETCD_KV_API", "gateway", 1);
+    assert_int_equal(parse(&c, 1, none), 0);
+    assert_true(c.etcd_kv_gateway);
+    assert_int_equal(parse(&c, 3, grpc), 0); /* the flag wins */
+    assert_false(c.etcd_kv_gateway);
+    unsetenv("FERRY_ETCD_KV_API");
+    assert_int_equal(parse(&c, 3, bad), -1);
 }
 
 static void test_etcd_queue_flags(void **state)
@@ -144,6 +165,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_defaults),
+        cmocka_unit_test(test_etcd_kv_api),
         cmocka_unit_test(test_flag_beats_variable_and_zero_is_a_value),
         cmocka_unit_test(test_etcd_queue_flags),
         cmocka_unit_test(test_refusals),

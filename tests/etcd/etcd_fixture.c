@@ -20,6 +20,12 @@
 
 #include "common/clock.h"
 
+#ifdef FIXTURE_KV_GATEWAY
+const bool fixture_kv_gateway = true;
+#else
+const bool fixture_kv_gateway = false;
+#endif
+
 int fixture_setup(void **state)
 {
     fixture_t *fx = calloc(1, sizeof(*fx));
@@ -43,7 +49,11 @@ int fixture_teardown(void **state)
 
 etcd_client_t *fixture_client(const char *endpoints, int timeout_ms)
 {
-    etcd_params_t params = {.endpoints = endpoints, .timeout_ms = timeout_ms};
+    etcd_params_t params = {
+        .endpoints = endpoints,
+        .timeout_ms = timeout_ms,
+        .kv_gateway = fixture_kv_gateway,
+    };
     etcd_client_t *client = NULL;
     assert_int_equal(etcd_client_create(&params, &client), FERRY_OK);
     assert_non_null(client);
@@ -53,8 +63,12 @@ etcd_client_t *fixture_client(const char *endpoints, int timeout_ms)
 int64_t fixture_put(etcd_client_t *client, const char *key, const char *value, int64_t lease)
 {
     int64_t revision = 0;
-    assert_int_equal(etcd_put(client, key, strlen(key), value, strlen(value), lease, &revision),
-                     FERRY_OK);
+    ferry_status_t status =
+        etcd_put(client, key, strlen(key), value, strlen(value), lease, &revision);
+    if (status != FERRY_OK) {
+        print_error("put %s: %s: %s\n", key, ferry_status_name(status), etcd_client_last_error());
+    }
+    assert_int_equal(status, FERRY_OK);
     assert_true(revision > 0);
     return revision;
 }

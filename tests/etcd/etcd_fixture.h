@@ -19,6 +19,11 @@ typedef struct {
     etcd_client_t *client;
 } fixture_t;
 
+/* Whether the fixture's clients send key-value requests over etcd's JSON
+ * gateway (built with FIXTURE_KV_GATEWAY) or over its native gRPC API (the
+ * client's default). Tests of one transport's mechanics ask it. */
+extern const bool fixture_kv_gateway;
+
 /* cmocka group setup/teardown: starts etcd and a client (timeout 2 s). */
 int fixture_setup(void **state);
 int fixture_teardown(void **state);
