@@ -85,6 +85,14 @@ ferry_status_t ferry__cuda_mem_alloc(uint32_t device, size_t size, void **ptr_p)
     return ferry__cuda_load();
 }
 
+ferry_status_t ferry__cuda_mem_zero(uint32_t device, void *ptr, size_t size)
+{
+    (void)device;
+    (void)ptr;
+    (void)size;
+    return ferry__cuda_load();
+}
+
 void ferry__cuda_mem_free(void *ptr)
 {
     (void)ptr;
@@ -133,6 +141,7 @@ ferry_status_t ferry__cuda_memcpy(uint32_t device, void *dst, const void *src, s
     _(cuMemHostAlloc)           \
     _(cuMemFreeHost)            \
     _(cuMemAlloc)               \
+    _(cuMemsetD8)               \
     _(cuMemFree)
 
 static struct {
@@ -323,11 +332,31 @@ ferry_status_t ferry__cuda_mem_alloc(uint32_t device, size_t size, void **ptr_p)
         return status;
     }
     r = cu.cuMemAlloc(&p, size);
+    if (r == CUDA_ERROR_OUT_OF_MEMORY) {
+        return ferry__fail(FERRY_ERR_NO_MEMORY, "cuda:%" PRIu32 ": cannot allocate %zu bytes: %s",
+                           device, size, cu_name(r));
+    }
     if (r != CUDA_SUCCESS) {
         return cu_fail("cuMemAlloc", r);
     }
     *ptr_p = (void *)(uintptr_t)p;
     return FERRY_OK;
+}
+
+ferry_status_t ferry__cuda_mem_zero(uint32_t device, void *ptr, size_t size)
+{
+    CUresult r;
+    ferry_status_t status = use_device(device);
+
+    if (status != FERRY_OK) {
+        return status;
+    }
+    /* Asynchronous to the host for device memory: wait for it. */
+    r = cu.cuMemsetD8((CUdeviceptr)(uintptr_t)ptr, 0, size);
+    if (r == CUDA_SUCCESS) {
+        r = cu.cuStreamSynchronize(NULL);
+    }
+    return r == CUDA_SUCCESS ? FERRY_OK : cu_fail("cuMemsetD8", r);
 }
 
 void ferry__cuda_mem_free(void *ptr)

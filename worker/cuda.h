@@ -50,6 +50,8 @@ ferry_status_t ferry__cuda_engine_create(uint32_t device, ferry__copy_engine_t *
  * device memory, and a copy in either direction (unified addressing). */
 int ferry__cuda_device_count(void);
 ferry_status_t ferry__cuda_mem_alloc(uint32_t device, size_t size, void **ptr_p);
+/* Zeroes size bytes of device memory and waits until they are. */
+ferry_status_t ferry__cuda_mem_zero(uint32_t device, void *ptr, size_t size);
 void ferry__cuda_mem_free(void *ptr);
 ferry_status_t ferry__cuda_memcpy(uint32_t device, void *dst, const void *src, size_t size);
 

@@ -514,7 +514,8 @@ struct ferry_region {
     uint8_t *base;
     size_t size;
     ferry_device_t device;
-    bool allocated; /* ferry_mem_alloc: ucp_mem_unmap frees the memory */
+    bool allocated;  /* ferry_mem_alloc of host memory: ucp_mem_unmap frees it */
+    bool cuda_owned; /* ferry_mem_alloc of CUDA memory: deregister cuMemFrees it */
     ucp_mem_h memh;
     void *rkey; /* packed once (ucp_rkey_pack); every operation's key */
     size_t rkey_len;

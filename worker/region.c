@@ -33,6 +33,7 @@
 #include <unistd.h>
 
 #include "common/log.h"
+#include "worker/cuda.h"
 #include "worker/ferry_int.h"
 
 ucs_status_t ferry__mem_map(ferry_connector_t *c, const ucp_mem_map_params_t *params,
@@ -228,6 +229,10 @@ static ferry_status_t check_memory(ferry_connector_t *c, void *ptr, size_t size,
         return ferry__fail(status, "region: %s", ferry_last_error_message());
     }
     if (device.kind == FERRY_DEVICE_CUDA && !c->cuda_available) {
+        return ferry__fail(FERRY_ERR_UNIMPLEMENTED, "connector %s: CUDA regions are refused: %s",
+                           c->name, ferry__cuda_why());
+    }
+    if (device.kind == FERRY_DEVICE_CUDA && !c->ucx_cuda) {
         return ferry__fail(FERRY_ERR_UNIMPLEMENTED,
                            "connector %s: this UCX build cannot register CUDA memory (no CUDA "
                            "transports); CUDA regions are refused",
@@ -271,6 +276,33 @@ static ferry_status_t check_alloc_size(size_t size)
     return FERRY_OK;
 }
 
+/* Device memory (cuMemAlloc on the device's primary context), zeroed, as
+ * one region that frees it on deregister. UCX's CUDA transports read and
+ * write it directly (cuda_ipc between processes of one host, cuda_copy
+ * otherwise), as they do memory the caller registers. */
+static ferry_status_t alloc_cuda(ferry_connector_t *c, size_t size, ferry_device_t device,
+                                 ferry_region_t **region_p, void **ptr_p)
+{
+    ferry_region_t *r = NULL;
+    void *ptr = NULL;
+    ferry_status_t status = ferry__cuda_mem_alloc(device.id, size, &ptr);
+
+    if (status == FERRY_OK) {
+        status = ferry__cuda_mem_zero(device.id, ptr, size);
+    }
+    if (status == FERRY_OK) {
+        status = region_create(c, ptr, size, device, false, &r);
+    }
+    if (status != FERRY_OK) {
+        ferry__cuda_mem_free(ptr); /* NULL: nothing */
+        return status;
+    }
+    r->cuda_owned = true;
+    *region_p = r;
+    *ptr_p = ptr;
+    return FERRY_OK;
+}
+
 ferry_status_t ferry_mem_alloc(ferry_connector_t *c, size_t size, ferry_device_t device,
                                ferry_region_t **region_p, void **ptr_p)
 {
@@ -287,10 +319,8 @@ ferry_status_t ferry_mem_alloc(ferry_connector_t *c, size_t size, ferry_device_t
     if (status != FERRY_OK) {
         return status;
     }
-    if (device.kind != FERRY_DEVICE_HOST) {
-        return ferry__fail(FERRY_ERR_UNIMPLEMENTED,
-                           "mem_alloc: only host memory is allocated; register CUDA memory "
-                           "with ferry_mem_register");
+    if (device.kind == FERRY_DEVICE_CUDA) {
+        return alloc_cuda(c, size, device, region_p, ptr_p);
     }
     status = check_alloc_size(size);
     if (status != FERRY_OK) {
@@ -333,6 +363,9 @@ ferry_status_t ferry_mem_deregister(ferry_region_t *r)
     ucp_rkey_buffer_release(r->rkey);
     ucp_mem_unmap(c->context, r->memh);
     ferry__unlock(c);
+    if (r->cuda_owned && ferry__cuda_bind_thread(r->device.id) == FERRY_OK) {
+        ferry__cuda_mem_free(r->base);
+    }
     ferry_debug("connector %s: region %" PRIu64 " deregistered", c->name, r->id);
     free(r);
     return FERRY_OK;

@@ -339,10 +339,14 @@ FERRY_API ferry_status_t ferry_mem_register(ferry_connector_t *connector, void *
  * frees it. UCX 1.13 takes such memory from a shared-memory segment (sysv
  * or posix) when it can, and its shared-memory transports then write and
  * read it directly (one copy) instead of through bounce buffers: the fast
- * path for host memory. Host memory only (CUDA: FERRY_ERR_UNIMPLEMENTED).
- * FERRY_ERR_NO_MEMORY, before UCX is asked, for a size not less than the
- * machine's physical memory (UCX would fill /dev/shm with it until the OOM
- * killer struck). */
+ * path for host memory. FERRY_ERR_NO_MEMORY, before UCX is asked, for a
+ * size not less than the machine's physical memory (UCX would fill /dev/shm
+ * with it until the OOM killer struck). On a CUDA device: device memory
+ * (cuMemAlloc on its primary context), zeroed, which UCX's CUDA transports
+ * read and write directly; FERRY_ERR_UNIMPLEMENTED, with the reason, where
+ * the process has no CUDA driver or this UCX build no CUDA transports (the
+ * staged path moves CUDA memory through host buffers and registers none),
+ * FERRY_ERR_NO_MEMORY when the device has not that much free. */
 FERRY_API ferry_status_t ferry_mem_alloc(ferry_connector_t *connector, size_t size,
                                          ferry_device_t device, ferry_region_t **region_p,
                                          void **ptr_p);

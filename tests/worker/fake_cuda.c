@@ -210,6 +210,15 @@ FAKE_API CUresult CUDAAPI cuMemAlloc(CUdeviceptr *dptr, size_t size)
     return remember(p, size, current);
 }
 
+FAKE_API CUresult CUDAAPI cuMemsetD8(CUdeviceptr dptr, unsigned char value, size_t n)
+{
+    if (current < 0) {
+        return CUDA_ERROR_INVALID_CONTEXT;
+    }
+    memset((void *)(uintptr_t)dptr, value, n);
+    return CUDA_SUCCESS;
+}
+
 FAKE_API CUresult CUDAAPI cuMemFree(CUdeviceptr dptr)
 {
     return forget((uintptr_t)dptr);

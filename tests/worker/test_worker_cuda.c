@@ -14,13 +14,12 @@
  *
  * The cases: the descriptor checks (host memory claimed as cuda:0, memory of
  * one device claimed as another, a region past its allocation; each refused
- * naming the descriptor), and writes host->GPU, GPU->host and GPU->GPU with
- * 1 and 16 descriptors, on the path the connector picks (direct where UCX
- * has CUDA transports, else staged) and forced onto the staged path; every
- * byte is checked after copying it back from the GPU; reads host->GPU,
- * GPU->host and GPU->GPU the same way (a readable on GPU memory is staged
- * where UCX has no CUDA transports). With the fake driver also a CUDA copy
- * that fails midway, in a write and in a read.
+ * naming the descriptor), ferry_mem_alloc of device memory, and writes host->GPU, GPU->host and
+ * GPU->GPU with 1 and 16 descriptors, on the path the connector picks (direct where UCX has CUDA
+ * transports, else staged) and forced onto the staged path; every byte is checked after copying it
+ * back from the GPU; reads host->GPU, GPU->host and GPU->GPU the same way (a readable on GPU memory
+ * is staged where UCX has no CUDA transports). With the fake driver also a CUDA copy that fails
+ * midway, in a write and in a read.
  *
  * Partners: this executable re-executed: --passive CMD_FD RES_FD creates the
  * writable or readable (host or GPU memory), waits, and checks the bytes
@@ -423,6 +422,60 @@ static void test_past_allocation(void **state)
     ferry__cuda_mem_free(p);
 }
 
+/* ferry_mem_alloc on cuda:0. Where UCX has CUDA transports: zeroed device
+ * memory as one region, which a write from host memory fills (every byte
+ * checked after copying it back) with no mapping on the region's side,
+ * BUSY to deregister while an operation uses it, then deregistered (and
+ * freed). Without them (the staged path registers no CUDA memory, as with
+ * the fake driver): refused, UNIMPLEMENTED, saying why. */
+static void test_mem_alloc(void **state)
+{
+    enum { SIZE = (1u << 20) + 7 };
+    static uint8_t src[SIZE], back[SIZE];
+    ferry_device_t cuda0 = {FERRY_DEVICE_CUDA, 0};
+    ferry_region_t *region = NULL;
+    ferry_op_t *passive = NULL, *active = NULL;
+    ferry_connector_stats_t before, after;
+    ferry_descriptor_t dst, from = {src, SIZE, FERRY_DEVICE_HOST_INIT};
+    const uint8_t *md;
+    size_t md_len, bad = SIZE;
+    void *p = NULL;
+    (void)state;
+
+    if (!world.c->ucx_cuda) {
+        assert_int_equal(ferry_mem_alloc(world.c, SIZE, cuda0, &region, &p),
+                         FERRY_ERR_UNIMPLEMENTED);
+        assert_non_null(strstr(ferry_last_error_message(), "no CUDA transports"));
+        assert_null(region);
+        return;
+    }
+    assert_int_equal(ferry_mem_alloc(world.c, SIZE, cuda0, &region, &p), FERRY_OK);
+    memset(back, 0xa5, SIZE);
+    assert_int_equal(ferry__cuda_memcpy(0, back, p, SIZE), FERRY_OK);
+    for (size_t i = 0; i < SIZE && bad == SIZE; i++) {
+        bad = back[i] != 0 ? i : bad;
+    }
+    assert_int_equal(bad, SIZE); /* zeroed */
+    for (size_t i = 0; i < SIZE; i++) {
+        src[i] = (uint8_t)(i * 7 + 3);
+    }
+    dst = (ferry_descriptor_t){p, SIZE, cuda0};
+    ferry_connector_get_stats(world.c, &before);
+    assert_int_equal(ferry_writable_create(world.c, &dst, 1, &passive), FERRY_OK);
+    assert_int_equal(ferry_op_metadata(passive, &md, &md_len), FERRY_OK);
+    assert_int_equal(ferry_write_begin(world.c, &from, 1, md, md_len, &active), FERRY_OK);
+    assert_int_equal(ferry_op_wait(active, 30000), FERRY_OK);
+    assert_int_equal(ferry_op_wait(passive, 30000), FERRY_OK);
+    ferry_connector_get_stats(world.c, &after);
+    assert_int_equal(after.mem_maps - before.mem_maps, 1); /* the host source only */
+    assert_int_equal(ferry_mem_deregister(region), FERRY_ERR_BUSY);
+    assert_int_equal(ferry__cuda_memcpy(0, back, p, SIZE), FERRY_OK);
+    assert_memory_equal(back, src, SIZE);
+    ferry_op_destroy(active);
+    ferry_op_destroy(passive);
+    assert_int_equal(ferry_mem_deregister(region), FERRY_OK);
+}
+
 /* The fake driver fails the active side's second CUDA copy, a write
  * ('W') from its GPU memory or a read ('R') of a staged readable on the GPU
  * into its GPU memory: the active side ends ERRORED with the driver's
@@ -583,6 +636,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_host_claimed_as_cuda),
         cmocka_unit_test(test_wrong_device),
         cmocka_unit_test(test_past_allocation),
+        cmocka_unit_test(test_mem_alloc),
         cmocka_unit_test(test_h2d_1),
         cmocka_unit_test(test_d2h_1),
         cmocka_unit_test(test_d2d_1),
