@@ -60,8 +60,17 @@ ferry_status_t etcd__grpc_channels(etcd_client_t *client)
             .cert_file = client->cert_file,
             .key_file = client->key_file,
         };
+        const char *target = url + (tls ? 8 : 7); /* "host:port" */
+        if (strchr(target, '/') != NULL || strrchr(target, ':') == NULL) {
+            /* gRPC takes no path, and picks another default port than HTTP. */
+            ferry_error("etcd: endpoint %s: etcd's gRPC API needs scheme://host:port (no path, "
+                        "a port); or send key-values over the JSON gateway (--etcd-kv-api "
+                        "gateway)",
+                        url);
+            return FERRY_ERR_INVALID_ARGUMENT;
+        }
         rpc_channel_params_t params = {
-            .target = url + (tls ? 8 : 7), /* "host:port" */
+            .target = target,
             .tls = tls ? &tls_params : NULL,
             .max_message_bytes = INT_MAX, /* as the gateway: a range may be large */
         };

@@ -195,6 +195,15 @@ static void test_misuse(void **state)
     etcd_client_t *client = NULL;
     assert_int_equal(etcd_client_create(&bad, &client), FERRY_ERR_INVALID_ARGUMENT);
     assert_null(client);
+    /* A path or a missing port: fine for HTTP, not a gRPC target. */
+    etcd_params_t path = {.endpoints = "http://127.0.0.1:2379/etcd", .kv_gateway = false};
+    etcd_params_t no_port = {.endpoints = "http://etcd.example", .kv_gateway = false};
+    assert_int_equal(etcd_client_create(&path, &client), FERRY_ERR_INVALID_ARGUMENT);
+    assert_int_equal(etcd_client_create(&no_port, &client), FERRY_ERR_INVALID_ARGUMENT);
+    assert_null(client);
+    path.kv_gateway = true;
+    assert_int_equal(etcd_client_create(&path, &client), FERRY_OK);
+    etcd_client_destroy(client);
     etcd_client_destroy(NULL);
 }
 
