@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "ferry/v1/coordinator.pb-c.h"
 #include "rpc_fixture.h"
@@ -88,6 +89,63 @@ static void test_unary_echo(void **state)
     assert_string_equal(resp->operation->owner, "echo");
     assert_int_equal(resp->header->revision, 7);
     protobuf_c_message_free_unpacked(&resp->base, NULL);
+}
+
+/* Call metadata (an etcd token, say) goes with the call; more pairs than
+ * RPC_MAX_MD are refused before anything is sent. */
+static void test_unary_metadata(void **state)
+{
+    fixture_t *f = *state;
+    Ferry__V1__GetRequest req = FERRY__V1__GET_REQUEST__INIT;
+    Ferry__V1__GetResponse *resp = NULL;
+    rpc_md_t md[RPC_MAX_MD + 1];
+    rpc_error_t err;
+
+    for (size_t i = 0; i <= RPC_MAX_MD; i++) {
+        md[i] = (rpc_md_t){.key = "token", .value = "t0k3n"};
+    }
+    req.request_id = "op-md";
+    assert_int_equal(rpc_unary_md(f->channel, GET_PATH, &req.base, md, RPC_MAX_MD,
+                                  &ferry__v1__get_response__descriptor, 5000,
+                                  (ProtobufCMessage **)&resp, &err),
+                     FERRY_OK);
+    assert_string_equal(resp->operation->request_id, "op-md");
+    protobuf_c_message_free_unpacked(&resp->base, NULL);
+    resp = NULL;
+    assert_int_equal(rpc_unary_md(f->channel, GET_PATH, &req.base, md, RPC_MAX_MD + 1,
+                                  &ferry__v1__get_response__descriptor, 5000,
+                                  (ProtobufCMessage **)&resp, &err),
+                     FERRY_ERR_MISUSE);
+    assert_string_equal(err.message, "too much metadata");
+    assert_null(resp);
+}
+
+static long long now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* A channel to the live server connects; one to a port nobody listens on
+ * fails UNAVAILABLE, at once and again on the next try (a fresh attempt,
+ * not gRPC's backoff), well within the timeout given. */
+static void test_channel_connect(void **state)
+{
+    fixture_t *f = *state;
+    rpc_channel_t *dead = NULL;
+    rpc_channel_params_t params = {.target = "127.0.0.1:1"};
+    rpc_error_t err;
+
+    assert_int_equal(rpc_channel_connect(f->channel, 5000, &err), FERRY_OK);
+    assert_int_equal(rpc_channel_create(&params, &dead), FERRY_OK);
+    for (int i = 0; i < 2; i++) {
+        long long start = now_ms();
+        assert_int_equal(rpc_channel_connect(dead, 5000, &err), FERRY_ERR_UNAVAILABLE);
+        assert_true(now_ms() - start < 4000);
+        assert_string_equal(err.message, "failed to connect");
+    }
+    rpc_channel_destroy(dead);
 }
 
 static void test_unary_not_found(void **state)
@@ -396,6 +454,8 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_unary_echo, setup, teardown),
         cmocka_unit_test_setup_teardown(test_unary_status_by_code, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_unary_metadata, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_channel_connect, setup, teardown),
         cmocka_unit_test_setup_teardown(test_unary_not_found, setup, teardown),
         cmocka_unit_test_setup_teardown(test_unary_reply_from_other_thread, setup, teardown),
         cmocka_unit_test_setup_teardown(test_unary_concurrent, setup, teardown),
