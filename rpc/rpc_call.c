@@ -19,8 +19,9 @@
  * batch).
  *
  * References: the layer holds one from arming until DONE; each batch in
- * flight, each running handler and each running cancel callback hold one;
- * handlers may take more (rpc_call_ref). The memory goes with the last.
+ * flight, the dispatch (decoding and the handler) and each running cancel
+ * callback hold one; handlers may take more (rpc_call_ref). The memory
+ * goes with the last.
  * The grpc_call itself is released at DONE, so a handler that keeps a ref
  * never delays the server's shutdown.
  *
@@ -245,7 +246,6 @@ static void call_dispatch(rpc_call_t *call)
         call_end(call, NULL, (grpc_status_code)rpc_status_to_grpc(status), status, msg);
         return;
     }
-    rpc_call_ref(call);
     pthread_mutex_lock(&call->lock);
     call->in_handler = true;
     pthread_mutex_unlock(&call->lock);
@@ -254,7 +254,6 @@ static void call_dispatch(rpc_call_t *call)
     call->in_handler = false;
     pthread_mutex_unlock(&call->lock);
     call_process_cancel(call);
-    rpc_call_unref(call);
 }
 
 void rpc__call_on_request(rpc_call_t *call, bool ok)
@@ -265,8 +264,14 @@ void rpc__call_on_request(rpc_call_t *call, bool ok)
         return;
     }
     call_accept(call);
+    /* Dispatch's own reference, taken before the close is armed: a client
+     * that is already gone makes the close complete on another server
+     * thread, which ends the call, and once its status is sent the layer
+     * lets go, all while the request is still being decoded here. */
+    rpc_call_ref(call);
     call_start_close(call);
     call_dispatch(call);
+    rpc_call_unref(call);
 }
 
 /* --- sending -------------------------------------------------------------- */

@@ -148,11 +148,28 @@ const rpc_method_t fixture_methods[] = {
 };
 const size_t fixture_n_methods = sizeof(fixture_methods) / sizeof(fixture_methods[0]);
 
+/* The observer's call_ended: runs with the call's lock held, touches only
+ * the fixture. */
+static void fixture_call_ended(void *arg, const char *method, int grpc_code, int64_t duration_ns)
+{
+    fixture_t *f = arg;
+    (void)method;
+    (void)grpc_code;
+    (void)duration_ns;
+
+    pthread_mutex_lock(&f->lock);
+    f->calls_ended++;
+    pthread_cond_broadcast(&f->cond);
+    pthread_mutex_unlock(&f->lock);
+}
+
 int fixture_start(fixture_t *f, int calls_armed)
 {
+    rpc_observer_t observer = {.call_ended = fixture_call_ended, .arg = f};
     rpc_server_params_t sp = {.listen_addr = "127.0.0.1:0",
                               .calls_armed = calls_armed,
-                              .max_message_bytes = FIXTURE_MAX_MESSAGE};
+                              .max_message_bytes = FIXTURE_MAX_MESSAGE,
+                              .observer = &observer};
     rpc_channel_params_t cp = {0};
     char target[64];
 

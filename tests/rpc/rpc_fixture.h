@@ -15,6 +15,8 @@
  *   request_id "hold" is kept (fixture.held_stream) until cancelled; its
  *   cancel callback records what rpc_call_send answers then.
  *
+ * The server's observer counts the calls that ended (fixture.calls_ended).
+ *
  * Threads: handlers run on server threads; the fields below are guarded by
  * fixture.lock and changes are signalled on fixture.cond.
  */
@@ -36,6 +38,7 @@ typedef struct {
     int port;
 
     int cancels;             /* cancel callbacks run */
+    int calls_ended;         /* calls whose final status went out (the observer) */
     rpc_call_t *held_unary;  /* a reference, until cancelled */
     rpc_call_t *held_stream; /* a reference, until cancelled */
     ferry_status_t send_after_cancel;

@@ -315,6 +315,17 @@ void test_proc_dump_log(const test_proc_t *proc, long max_bytes)
 
 void test_proc_cleanup(test_proc_t *proc)
 {
+    /* A child that died of a signal no test sends (a crash: SIGSEGV,
+     * SIGABRT) shows the end of its log, which says why the tests that
+     * needed it failed. */
+    if (proc->pid > 0 && !test_proc_running(proc) && WIFSIGNALED(proc->status) &&
+        WTERMSIG(proc->status) != SIGKILL && WTERMSIG(proc->status) != SIGTERM) {
+        fprintf(stderr, "pid %d died of signal %d (%s)\n", (int)proc->pid, WTERMSIG(proc->status),
+                strsignal(WTERMSIG(proc->status)));
+        if (proc->log_path != NULL) {
+            test_proc_dump_log(proc, 4000);
+        }
+    }
     test_proc_kill(proc);
     free(proc->log_path);
     memset(proc, 0, sizeof(*proc));

@@ -85,7 +85,9 @@ int test_proc_resume(test_proc_t *proc);
 /* Copies the last max_bytes of the child's log to stderr (for failures). */
 void test_proc_dump_log(const test_proc_t *proc, long max_bytes);
 
-/* Kills the child if it still runs and frees log_path. */
+/* Kills the child if it still runs and frees log_path. A child that had
+ * died of a signal other than SIGKILL or SIGTERM (a crash) gets the end of
+ * its log copied to stderr first. */
 void test_proc_cleanup(test_proc_t *proc);
 
 /* --- a real etcd --------------------------------------------------------- */
