@@ -575,6 +575,7 @@ ferry_status_t coord_registry_create(const coord_registry_params_t *params,
 
 err_watch:
     etcd_watch_destroy(r->watch);
+    registry_lease_cleanup(r);
     pthread_cond_destroy(&r->lease_key_cond);
     pthread_mutex_destroy(&r->lease_key_lock);
 err_cond:
@@ -602,6 +603,7 @@ void coord_registry_destroy(coord_registry_t *r)
     pthread_mutex_unlock(&r->lock);
     pthread_join(r->maint_thread, NULL);
     etcd_watch_destroy(r->watch);
+    registry_lease_cleanup(r);
     pthread_cond_destroy(&r->lease_key_cond);
     pthread_mutex_destroy(&r->lease_key_lock);
     pthread_cond_destroy(&r->maint_cond);

@@ -8,6 +8,8 @@
 #include <pthread.h>
 #include <stdatomic.h>
 
+#include <openssl/evp.h>
+
 #include "registry.h"
 #include "validate.h"
 #include "view.h"
@@ -58,6 +60,10 @@ struct coord_registry {
     ferry_status_t lease_key_status; /* how the last one ended */
     atomic_bool lease_key_ready;
     uint8_t lease_key[COORD_LEASE_KEY_LEN];
+    /* HMAC-SHA256 keyed with lease_key, set up once with it (NULL: could
+     * not be made; tokens then use the one-shot HMAC); only duplicated
+     * (a const use) after. */
+    EVP_MAC_CTX *lease_mac;
 
     const char *test_gate; /* FERRY_TEST_WRITE_THROUGH_GATE; see registry_view_put */
 };
@@ -104,6 +110,9 @@ ferry_status_t registry_lease_key_load(coord_registry_t *r);
 /* registry_lease_key_load for a call that needs the key: UNAVAILABLE with a
  * message when it cannot be loaded. */
 ferry_status_t registry_lease_ready(coord_registry_t *r, char *msg, size_t cap);
+
+/* Frees what the lease key holds (registry destroy). */
+void registry_lease_cleanup(coord_registry_t *r);
 
 /* The token of lease_id. Only after registry_lease_ready said FERRY_OK. */
 void registry_lease_token(coord_registry_t *r, int64_t lease_id,

@@ -25,11 +25,19 @@
  * while it is still missing (etcd was down at start); such calls answer
  * UNAVAILABLE until K is loaded.
  *
+ * Cost: OpenSSL 3's one-shot HMAC() looks the algorithm up on every call;
+ * a context keyed once when K is loaded and duplicated per token does not
+ * (in isolation: 3.55 against 1.46 us a token on a quiet machine, 12.2
+ * against 4.7 us on a busy one). One token per Register, Claim or
+ * KeepAlive.
+ *
  * Threads: any. One thread loads at a time, without `lease_key_lock` held
  * across the etcd transaction; others that need the key meanwhile wait on
  * `lease_key_cond` for that load's outcome (so a frozen etcd costs them one
  * timeout, not one each in turn). `lease_key_ready` (release/acquire)
- * publishes `lease_key`, which is never written after.
+ * publishes `lease_key` and `lease_mac`, which are never written after;
+ * `lease_mac` is only duplicated (OpenSSL's const, read-only use, which
+ * any number of threads may make at once).
  */
 #include "registry_int.h"
 
@@ -39,9 +47,11 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <openssl/core_names.h>
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
+#include <openssl/params.h>
 #include <openssl/rand.h>
 
 #include "common/log.h"
@@ -89,6 +99,35 @@ static ferry_status_t lease_key_txn(coord_registry_t *r, const char *key,
     return status;
 }
 
+/* HMAC-SHA256 keyed with `key`, ready to be duplicated; NULL when OpenSSL
+ * cannot make it. */
+static EVP_MAC_CTX *lease_mac_new(const uint8_t key[COORD_LEASE_KEY_LEN])
+{
+    OSSL_PARAM params[] = {
+        OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, "SHA256", 0),
+        OSSL_PARAM_construct_end(),
+    };
+    EVP_MAC *mac = EVP_MAC_fetch(NULL, "HMAC", NULL);
+    EVP_MAC_CTX *ctx = mac != NULL ? EVP_MAC_CTX_new(mac) : NULL;
+
+    EVP_MAC_free(mac); /* the context holds its own reference */
+    if (ctx != NULL && EVP_MAC_init(ctx, key, COORD_LEASE_KEY_LEN, params) != 1) {
+        EVP_MAC_CTX_free(ctx);
+        ctx = NULL;
+    }
+    if (ctx == NULL) {
+        ferry_warn("registry: no keyed HMAC context; lease tokens use the one-shot HMAC");
+    }
+    return ctx;
+}
+
+void registry_lease_cleanup(coord_registry_t *r)
+{
+    EVP_MAC_CTX_free(r->lease_mac);
+    r->lease_mac = NULL;
+    OPENSSL_cleanse(r->lease_key, sizeof(r->lease_key));
+}
+
 ferry_status_t registry_lease_key_load(coord_registry_t *r)
 {
     uint8_t fresh[COORD_LEASE_KEY_LEN], key[COORD_LEASE_KEY_LEN];
@@ -124,6 +163,7 @@ ferry_status_t registry_lease_key_load(coord_registry_t *r)
         status = lease_key_txn(r, path, fresh, key);
         if (status == FERRY_OK) {
             memcpy(r->lease_key, key, sizeof(key));
+            r->lease_mac = lease_mac_new(key);
             atomic_store_explicit(&r->lease_key_ready, true, memory_order_release);
         }
         pthread_mutex_lock(&r->lease_key_lock);
@@ -160,13 +200,21 @@ void registry_lease_token(coord_registry_t *r, int64_t lease_id,
 {
     static const char hex[] = "0123456789abcdef";
     uint8_t mac[EVP_MAX_MD_SIZE];
-    unsigned int mac_len = 0;
+    size_t mac_len = 0;
     char data[48];
     int n = snprintf(data, sizeof(data), "ferry-lease:%" PRId64, lease_id);
+    EVP_MAC_CTX *ctx;
 
     assert(atomic_load_explicit(&r->lease_key_ready, memory_order_acquire));
-    HMAC(EVP_sha256(), r->lease_key, COORD_LEASE_KEY_LEN, (const unsigned char *)data, (size_t)n,
-         mac, &mac_len);
+    ctx = r->lease_mac != NULL ? EVP_MAC_CTX_dup(r->lease_mac) : NULL;
+    if (ctx == NULL || EVP_MAC_update(ctx, (const unsigned char *)data, (size_t)n) != 1 ||
+        EVP_MAC_final(ctx, mac, &mac_len, sizeof(mac)) != 1) {
+        unsigned int len = 0;
+        HMAC(EVP_sha256(), r->lease_key, COORD_LEASE_KEY_LEN, (const unsigned char *)data,
+             (size_t)n, mac, &len);
+        mac_len = len;
+    }
+    EVP_MAC_CTX_free(ctx);
     assert(mac_len * 2 == COORD_LEASE_TOKEN_LEN);
     for (unsigned int i = 0; i < mac_len; i++) {
         token[2 * i] = hex[mac[i] >> 4];

@@ -5,11 +5,15 @@ A second client that knows a lease ID but not its token is refused
 (PERMISSION_DENIED, naming lease_token) on KeepAlive, Register and Claim
 reusing the lease, and Complete; the owner's record still expires on time
 while such a client keeps trying; Get, List and Watch never show lease IDs;
+a token is HMAC-SHA256 of the lease ID under the key in etcd, as documented;
 and a refused Claim costs etcd nothing (its store revision and raft index,
 read straight from etcd's gateway, do not move).
 
 Real etcd and ferry-coordinator processes; run with /usr/bin/python3.
 """
+import base64
+import hashlib
+import hmac
 import json
 import os
 import shutil
@@ -46,6 +50,17 @@ def etcd_status(endpoint):
     with urllib.request.urlopen(req, timeout=5) as r:
         d = json.load(r)
     return int(d["header"]["revision"]), int(d["raftIndex"])
+
+
+def etcd_value(endpoint, key):
+    """The value at key, read straight from etcd's gateway."""
+    body = json.dumps({"key": base64.b64encode(key).decode()}).encode()
+    req = urllib.request.Request(endpoint + "/v3/kv/range", data=body, method="POST")
+    with urllib.request.urlopen(req, timeout=5) as r:
+        kvs = json.load(r).get("kvs", [])
+    if len(kvs) != 1:
+        raise AssertionError(f"{key!r}: {len(kvs)} keys in etcd")
+    return base64.b64decode(kvs[0]["value"])
 
 
 class Client:
@@ -240,6 +255,20 @@ class LeaseIsACapability(LeaseTestCase):
         self.assertEqual(states, [c.pb.OPERATION_STATE_REGISTERED, c.pb.OPERATION_STATE_CLAIMED,
                                   c.pb.OPERATION_STATE_CANCELLED])
         self.assertGreater(reg.lease_id, 0)
+
+    def test_token_is_the_documented_hmac(self):
+        # registry_lease.c: lowercase hex of HMAC-SHA256(K, "ferry-lease:<lease ID>"),
+        # K the 32 bytes at <prefix>keys/lease; any replica, of any version, must
+        # derive the same token. Computed here independently of the coordinator.
+        c = self.c
+        reg = c.register("hmac-1", ttl=60)
+        claim = c.claim("hmac-1", ttl=60)
+        key = etcd_value(self.cluster.etcd.endpoint, b"/ferry/keys/lease")
+        self.assertEqual(len(key), 32)
+        for lease_id, token in ((reg.lease_id, reg.lease_token),
+                                (claim.claim_lease_id, claim.lease_token)):
+            want = hmac.new(key, b"ferry-lease:%d" % lease_id, hashlib.sha256).hexdigest()
+            self.assertEqual(token, want, f"lease {lease_id}")
 
     def test_tokens_hold_on_every_replica_and_across_restarts(self):
         c = self.c
