@@ -195,6 +195,38 @@ class CoordinatorFromPython(unittest.TestCase):
                                                     linearizable=True), timeout=10)
         self.assertTrue(r.operation.HasField("metadata"))
 
+    def test_calls_cancelled_as_they_start_cannot_take_it_down(self):
+        # Clients that cancel a call at once (before its message is sent) or
+        # give it a deadline of a millisecond, from several threads: the
+        # server ends such a call on one thread while another still decodes
+        # it. Before the rpc fix this aborted the coordinator (a double free)
+        # within a fraction of a second of the first round, every run.
+        from ferry.v1 import coordinator_pb2_grpc
+        target = CLUSTER.coordinator.target
+        proc = CLUSTER.coordinator.proc
+
+        def storm(k):
+            with grpc.insecure_channel(target) as channel:
+                stub = coordinator_pb2_grpc.CoordinatorStub(channel)
+                for i in range(1000):
+                    if proc.poll() is not None:
+                        return
+                    stub.Get.future(self.cpb.GetRequest(request_id=f"py-storm-{k}-{i}"),
+                                    timeout=10).cancel()
+                    stub.Claim.future(self.cpb.ClaimRequest(
+                        request_id=f"py-storm-{k}-{i}", access_token="storm-token-0123456789",
+                        claimant="py-storm"), timeout=0.001)
+
+        threads = [threading.Thread(target=storm, args=(k,)) for k in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        self.assertIsNone(proc.poll(), "the coordinator died under cancelled calls")
+        with self.assertRaises(grpc.RpcError) as cm:
+            self.stub.Get(self.cpb.GetRequest(request_id="py-storm-0-0"), timeout=10)
+        self.assertEqual(cm.exception.code(), grpc.StatusCode.NOT_FOUND)
+
 
 if __name__ == "__main__":
     unittest.main(verbosity=2)
