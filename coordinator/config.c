@@ -48,9 +48,9 @@ static const char usage[] =
     "  --etcd-cert PEM     client certificate for etcd (FERRY_ETCD_CERT)\n"
     "  --etcd-key PEM      its key (FERRY_ETCD_KEY)\n"
     "  --etcd-user USER    etcd user; the password comes from FERRY_ETCD_PASSWORD\n"
-    "  --etcd-kv-api API   grpc|gateway: key-value requests over etcd's native gRPC\n"
-    "                      API or its JSON gateway (FERRY_ETCD_KV_API; grpc); leases,\n"
-    "                      watches and auth always use the gateway\n"
+    "  --etcd-kv-api API   grpc|gateway: key-value requests and watches over etcd's\n"
+    "                      native gRPC API or its JSON gateway (FERRY_ETCD_KV_API;\n"
+    "                      grpc); leases and auth always use the gateway\n"
     "  --help              this text\n";
 
 enum {

@@ -258,7 +258,7 @@ typedef struct {
     const char *value;
 } rpc_md_t;
 
-enum { RPC_MAX_MD = 4 }; /* pairs rpc_unary_md sends at most */
+enum { RPC_MAX_MD = 4 }; /* pairs rpc_unary_md and rpc_stream_open_md send at most */
 
 /* As rpc_unary, sending the n_md pairs of `md` (an etcd auth token, say) as
  * the call's metadata. */
@@ -312,6 +312,16 @@ ferry_status_t rpc_stream_open(rpc_channel_t *channel, const char *path,
                                const ProtobufCMessageDescriptor *response_desc, int64_t timeout_ms,
                                rpc_stream_t **stream_p);
 
+/* As rpc_stream_open, sending the n_md pairs of `md` (at most RPC_MAX_MD;
+ * more is FERRY_ERR_MISUSE, nothing sent) as the call's metadata.
+ * The request is sent and the client's side closed at once: for a method
+ * that the server declares bidirectional (etcd's Watch) this is one
+ * request, then the server's messages. */
+ferry_status_t rpc_stream_open_md(rpc_channel_t *channel, const char *path,
+                                  const ProtobufCMessage *request, const rpc_md_t *md, size_t n_md,
+                                  const ProtobufCMessageDescriptor *response_desc,
+                                  int64_t timeout_ms, rpc_stream_t **stream_p);
+
 /* Waits up to timeout_ms (<= 0: until the stream's deadline) for the next
  * message. FERRY_OK with *msg_p set: a message (free it as above).
  * FERRY_OK with *msg_p NULL: the stream ended with OK. FERRY_ERR_TIMED_OUT
@@ -320,6 +330,11 @@ ferry_status_t rpc_stream_open(rpc_channel_t *channel, const char *path,
  * exact code and message). */
 ferry_status_t rpc_stream_read(rpc_stream_t *stream, int64_t timeout_ms, ProtobufCMessage **msg_p,
                                rpc_error_t *err);
+
+/* Cancels the stream from any thread: a read waiting in another thread
+ * returns (the stream ended, CANCELLED). The stream must still exist: the
+ * caller orders this against rpc_stream_destroy. */
+void rpc_stream_cancel(rpc_stream_t *stream);
 
 /* Cancels the stream (the server sees the client go away) and frees it.
  * NULL is a no-op. */

@@ -11,7 +11,8 @@
  * Invariants: every started batch is plucked exactly once (at the latest in
  * rpc_stream_destroy) before the queue is destroyed.
  *
- * Threads: a stream is used by one thread at a time.
+ * Threads: a stream is used by one thread at a time, except
+ * rpc_stream_cancel, which any thread may call while the stream exists.
  */
 #include "rpc/rpc_int.h"
 
@@ -26,7 +27,9 @@ struct rpc_stream {
     grpc_call *call;
     const ProtobufCMessageDescriptor *desc;
     char path[160];
-    grpc_byte_buffer *request; /* owned until the start batch completes */
+    grpc_byte_buffer *request;    /* owned until the start batch completes */
+    grpc_metadata md[RPC_MAX_MD]; /* sent with the start batch; values owned */
+    size_t n_md;
     grpc_metadata_array initial_md, trailing_md;
     grpc_status_code code;
     grpc_slice details;
@@ -53,6 +56,8 @@ static grpc_call_error stream_start(rpc_stream_t *s)
 
     memset(ops, 0, sizeof(ops));
     ops[0].op = GRPC_OP_SEND_INITIAL_METADATA;
+    ops[0].data.send_initial_metadata.count = s->n_md;
+    ops[0].data.send_initial_metadata.metadata = s->md;
     ops[1].op = GRPC_OP_SEND_MESSAGE;
     ops[1].data.send_message.send_message = s->request;
     ops[2].op = GRPC_OP_SEND_CLOSE_FROM_CLIENT;
@@ -80,12 +85,29 @@ ferry_status_t rpc_stream_open(rpc_channel_t *channel, const char *path,
                                const ProtobufCMessageDescriptor *response_desc, int64_t timeout_ms,
                                rpc_stream_t **stream_p)
 {
-    rpc_stream_t *s = calloc(1, sizeof(*s));
+    return rpc_stream_open_md(channel, path, request, NULL, 0, response_desc, timeout_ms, stream_p);
+}
+
+ferry_status_t rpc_stream_open_md(rpc_channel_t *channel, const char *path,
+                                  const ProtobufCMessage *request, const rpc_md_t *md, size_t n_md,
+                                  const ProtobufCMessageDescriptor *response_desc,
+                                  int64_t timeout_ms, rpc_stream_t **stream_p)
+{
+    rpc_stream_t *s;
     grpc_call_error rc;
 
+    if (n_md > RPC_MAX_MD) {
+        ferry_error("rpc: %s: %zu metadata pairs, at most %d", path, n_md, RPC_MAX_MD);
+        return FERRY_ERR_MISUSE;
+    }
+    s = calloc(1, sizeof(*s));
     if (s == NULL || (s->request = rpc__pack(request)) == NULL) {
         free(s);
         return FERRY_ERR_NO_MEMORY;
+    }
+    for (; s->n_md < n_md; s->n_md++) {
+        s->md[s->n_md].key = grpc_slice_from_static_string(md[s->n_md].key);
+        s->md[s->n_md].value = grpc_slice_from_copied_string(md[s->n_md].value);
     }
     snprintf(s->path, sizeof(s->path), "%s", path);
     s->desc = response_desc;
@@ -184,6 +206,11 @@ ferry_status_t rpc_stream_read(rpc_stream_t *s, int64_t timeout_ms, ProtobufCMes
     return FERRY_OK;
 }
 
+void rpc_stream_cancel(rpc_stream_t *s)
+{
+    grpc_call_cancel(s->call, NULL);
+}
+
 void rpc_stream_destroy(rpc_stream_t *s)
 {
     if (s == NULL) {
@@ -202,6 +229,9 @@ void rpc_stream_destroy(rpc_stream_t *s)
     grpc_completion_queue_shutdown(s->cq);
     grpc_completion_queue_destroy(s->cq);
     grpc_byte_buffer_destroy(s->request);
+    for (size_t i = 0; i < s->n_md; i++) {
+        grpc_slice_unref(s->md[i].value);
+    }
     grpc_slice_unref(s->details);
     grpc_metadata_array_destroy(&s->initial_md);
     grpc_metadata_array_destroy(&s->trailing_md);

@@ -1,11 +1,12 @@
 /*
  * etcd.h: a client for etcd 3.4, the coordinator's only way to etcd.
- * Key-value requests (put, get, delete, txn: the coordinator's hot path) go
- * over etcd's native gRPC API (KV service, gRPC core + protobuf-c); leases,
- * watches, auth and the health ping over its JSON gateway (/v3/..., libcurl
- * and cJSON). Both are served on the same client URL, so an endpoint list
- * means the same to both. params.kv_gateway puts key-value requests on the
- * gateway too (a proxy that speaks only HTTP/1.1, or to compare).
+ * Key-value requests (put, get, delete, txn: the coordinator's hot path) and
+ * watches go over etcd's native gRPC API (KV and Watch services, gRPC core +
+ * protobuf-c); leases, auth and the health ping over its JSON gateway
+ * (/v3/..., libcurl and cJSON). Both are served on the same client URL, so
+ * an endpoint list means the same to both. params.kv_gateway puts key-value
+ * requests and watches on the gateway too (a proxy that speaks only
+ * HTTP/1.1, or to compare).
  *
  * Keys and values are byte strings (pointer + length); this module does the
  * protobuf, base64 and JSON. 64-bit numbers (revisions, lease IDs) are
@@ -58,9 +59,9 @@ typedef struct {
     const char *username;  /* etcd auth; NULL: none */
     const char *password;
     const etcd_observer_t *observer; /* NULL: none; copied */
-    /* Key-value requests (put, get, delete, txn) over etcd's JSON gateway
-     * instead of its native gRPC API (the default). Leases, watches, auth
-     * and the health ping always use the gateway. */
+    /* Key-value requests (put, get, delete, txn) and watches over etcd's
+     * JSON gateway instead of its native gRPC API (the default). Leases,
+     * auth and the health ping always use the gateway. */
     bool kv_gateway;
 } etcd_params_t;
 

@@ -196,8 +196,8 @@ ferry_status_t etcd_client_create(const etcd_params_t *params, etcd_client_t **c
             goto err_client;
         }
     }
-    ferry_debug("etcd: client for %s (%zu endpoints, timeout %d ms, KV over %s)", params->endpoints,
-                client->n_endpoints, client->timeout_ms,
+    ferry_debug("etcd: client for %s (%zu endpoints, timeout %d ms, KV and watches over %s)",
+                params->endpoints, client->n_endpoints, client->timeout_ms,
                 client->kv_gateway ? "the JSON gateway" : "gRPC");
     *client_p = client;
     return FERRY_OK;

@@ -1,6 +1,8 @@
 /*
  * etcd_grpc.c: put, range, delete-range and txn over etcd's native gRPC
- * API (etcdserverpb.KV), the coordinator's hot path.
+ * API (etcdserverpb.KV), the coordinator's hot path; and the translation of
+ * etcd's WatchResponse for etcd_watch.c, which streams the watch over the
+ * same channels.
  *
  * Why not the gateway for these: through it every request is HTTP/1.1 with
  * a JSON body of base64 strings on both sides, and etcd turns it into a
@@ -308,6 +310,51 @@ static ferry_status_t etcd_grpc_range(const Etcdserverpb__RangeResponse *in, etc
     }
     if (status != FERRY_OK) {
         etcd_range_free(range);
+    }
+    return status;
+}
+
+static ferry_status_t etcd_grpc_event(const Etcdserverpb__Event *in, etcd_event_t *event)
+{
+    memset(event, 0, sizeof(*event));
+    switch (in->type) {
+    case ETCDSERVERPB__EVENT__EVENT_TYPE__PUT:
+        event->type = ETCD_EVENT_PUT;
+        break;
+    case ETCDSERVERPB__EVENT__EVENT_TYPE__DELETE:
+        event->type = ETCD_EVENT_DELETE;
+        break;
+    default:
+        return FERRY_ERR_PROTOCOL;
+    }
+    ferry_status_t status = etcd_grpc_kv(in->kv, &event->kv);
+    if (status == FERRY_OK && in->prev_kv != NULL) {
+        status = etcd_grpc_kv(in->prev_kv, &event->prev_kv);
+    }
+    if (status != FERRY_OK) {
+        etcd__event_clear(event);
+    }
+    return status;
+}
+
+ferry_status_t etcd__grpc_watch_msg(const Etcdserverpb__WatchResponse *in, etcd_watch_msg_t *msg)
+{
+    memset(msg, 0, sizeof(*msg));
+    msg->created = in->created;
+    msg->canceled = in->canceled;
+    msg->compact_revision = in->compact_revision;
+    msg->cancel_reason = in->cancel_reason != NULL ? in->cancel_reason : "";
+    ferry_status_t status = etcd_grpc_revision(in->header, &msg->revision);
+    if (status == FERRY_OK && in->n_events > 0) {
+        msg->events = calloc(in->n_events, sizeof(*msg->events));
+        status = msg->events != NULL ? FERRY_OK : FERRY_ERR_NO_MEMORY;
+    }
+    for (size_t i = 0; status == FERRY_OK && i < in->n_events; i++) {
+        status = etcd_grpc_event(in->events[i], &msg->events[i]);
+        msg->n_events += status == FERRY_OK;
+    }
+    if (status != FERRY_OK) {
+        etcd__watch_msg_clear(msg);
     }
     return status;
 }

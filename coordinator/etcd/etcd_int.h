@@ -98,8 +98,8 @@ struct etcd_client {
     ferry_status_t auth_status; /* how the last one ended */
     char auth_error[512];       /* and its etcd_client_last_error() */
 
-    bool kv_gateway;          /* KV over the gateway (else over gRPC, channels) */
-    rpc_channel_t **channels; /* per endpoint, KV over gRPC; NULL with kv_gateway */
+    bool kv_gateway;          /* KV and watches over the gateway (else gRPC, channels) */
+    rpc_channel_t **channels; /* per endpoint, KV and watches over gRPC; NULL with kv_gateway */
     rpc_poller_t *poller;     /* with channels: reads them while no call is in flight */
 
     atomic_long n_connects;   /* new TCP connections made, for tests */
@@ -243,6 +243,12 @@ ferry_status_t etcd__grpc_call(etcd_client_t *client, const char *path, const ch
                                const ProtobufCMessage *request,
                                const ProtobufCMessageDescriptor *reply_desc, unsigned flags,
                                ProtobufCMessage **reply_p);
+
+/* A WatchResponse as etcd_watch.c acts on it (what etcd__parse_watch_msg
+ * makes of a gateway line): cancel_reason points into `in`. Negative
+ * revisions, an event without kv or of an unknown type are
+ * FERRY_ERR_PROTOCOL. On success, free with etcd__watch_msg_clear. */
+ferry_status_t etcd__grpc_watch_msg(const Etcdserverpb__WatchResponse *in, etcd_watch_msg_t *msg);
 
 /* etcd.h's operations over gRPC; etcd_kv.c has checked the arguments. */
 ferry_status_t etcd__grpc_put(etcd_client_t *client, const void *key, size_t key_len,

@@ -1,11 +1,18 @@
 /*
- * etcd_watch.c: one etcd watch, streamed from /v3/watch on its own thread.
+ * etcd_watch.c: one etcd watch, streamed on its own thread, over etcd's
+ * native gRPC API (etcdserverpb.Watch, on the client's KV channels) or,
+ * with params.kv_gateway, from the gateway's /v3/watch.
  *
- * The gateway answers a watch with one JSON object per line, each under
- * "result": first {"created": true}, then {"events": [...]} messages, and
- * {"canceled": true, "compact_revision": N} when the start revision has
- * been compacted. The thread runs the transfer in a curl multi handle, so
+ * Either way etcd sends the same messages: first {created}, then {events}
+ * messages, and {canceled, compact_revision: N} when the start revision has
+ * been compacted. The gateway writes one JSON object per line, each under
+ * "result"; its transfer runs in a curl multi handle, so
  * etcd_watch_destroy can interrupt a wait at once with curl_multi_wakeup.
+ * Over gRPC the request is sent and the client's side closed (etcd keeps
+ * the watch until the stream ends), each message is a WatchResponse, and
+ * etcd_watch_destroy cancels the stream (`stream`, under `lock`) to end a
+ * wait at once. Both become an etcd_watch_msg_t, which one function acts
+ * on.
  *
  * Life of the thread:
  *   connect -> created -> events ... -> drop -> wait (100 ms .. 1 s) -> connect
@@ -27,8 +34,9 @@
  *
  * Threads: the creating thread waits for the first "created"; afterwards
  * only the watch thread touches the stream fields. `stop` is atomic; `lock`
- * guards the create handshake and backs the condition variable that the
- * backoff waits on. Callbacks run on the watch thread only, and destroy
+ * guards the create handshake and `stream` (so that destroy cancels only a
+ * stream that exists) and backs the condition variable that the backoff
+ * waits on. Callbacks run on the watch thread only, and destroy
  * joins it, so none runs after destroy returns.
  */
 #include "coordinator/etcd/etcd_int.h"
@@ -57,11 +65,12 @@ struct etcd_watch {
     CURLM *multi; /* created before the thread; destroy wakes it */
     atomic_bool stop;
 
-    pthread_mutex_t lock; /* guards create_done, create_status, create_error */
+    pthread_mutex_t lock; /* guards create_done, create_status, create_error, stream */
     pthread_cond_t cond;  /* signals create_done and stop */
     bool create_done;
     ferry_status_t create_status;
     char create_error[512];
+    rpc_stream_t *stream; /* the gRPC stream being read; NULL between streams */
 
     /* Watch thread only. */
     CURL *easy;
@@ -162,6 +171,20 @@ static void etcd_watch_on_created(etcd_watch_t *watch, int64_t revision)
     }
 }
 
+/* Acts on one message of either API. Anything but FERRY_OK ends the
+ * stream. */
+static ferry_status_t etcd_watch_handle(etcd_watch_t *watch, const etcd_watch_msg_t *msg)
+{
+    if (msg->canceled) {
+        return etcd_watch_canceled(msg);
+    }
+    if (msg->created) {
+        etcd_watch_on_created(watch, msg->revision);
+    }
+    etcd_watch_events(watch, msg);
+    return FERRY_OK;
+}
+
 /* Handles one line of the stream (parsed by etcd__parse_watch_msg).
  * Anything but FERRY_OK ends the stream. */
 static ferry_status_t etcd_watch_message(etcd_watch_t *watch, const cJSON *json)
@@ -175,14 +198,7 @@ static ferry_status_t etcd_watch_message(etcd_watch_t *watch, const cJSON *json)
                         error != NULL ? error : "malformed message from etcd");
         return status;
     }
-    if (msg.canceled) {
-        status = etcd_watch_canceled(&msg);
-    } else {
-        if (msg.created) {
-            etcd_watch_on_created(watch, msg.revision);
-        }
-        etcd_watch_events(watch, &msg);
-    }
+    status = etcd_watch_handle(watch, &msg);
     etcd__watch_msg_clear(&msg);
     return status;
 }
@@ -388,6 +404,146 @@ static ferry_status_t etcd_watch_stream(etcd_watch_t *watch, const char *token)
     return FERRY_ERR_UNAVAILABLE;
 }
 
+/* --- one stream over gRPC ---------------------------------------------------- */
+
+/* Makes `stream` the one destroy cancels; false (and nothing changed) when
+ * destroy has begun. NULL: none any more. */
+static bool etcd_watch_set_stream(etcd_watch_t *watch, rpc_stream_t *stream)
+{
+    pthread_mutex_lock(&watch->lock);
+    bool ok = stream == NULL || !atomic_load(&watch->stop);
+    if (ok) {
+        watch->stream = stream;
+    }
+    pthread_mutex_unlock(&watch->lock);
+    return ok;
+}
+
+/* One message from the gRPC stream. */
+static ferry_status_t etcd_watch_grpc_message(etcd_watch_t *watch,
+                                              const Etcdserverpb__WatchResponse *resp)
+{
+    etcd_watch_msg_t msg;
+    ferry_status_t status = etcd__grpc_watch_msg(resp, &msg);
+    if (status != FERRY_OK) {
+        etcd__set_error("watch: malformed message from etcd");
+        return status;
+    }
+    status = etcd_watch_handle(watch, &msg);
+    etcd__watch_msg_clear(&msg);
+    return status;
+}
+
+/* Reads the stream until it ends, stop is asked, "created" does not come
+ * in time or the member falls silent (etcd_watch_drive's rules). Returns
+ * why it ended. */
+static ferry_status_t etcd_watch_grpc_read(etcd_watch_t *watch, rpc_stream_t *stream,
+                                           const char *url)
+{
+    int64_t created_by = etcd_now_ms() + watch->client->timeout_ms;
+    for (;;) {
+        ProtobufCMessage *msg = NULL;
+        rpc_error_t err = {0};
+        ferry_status_t status = rpc_stream_read(stream, ETCD_WATCH_POLL_MS, &msg, &err);
+        if (atomic_load(&watch->stop)) {
+            if (msg != NULL) {
+                protobuf_c_message_free_unpacked(msg, NULL);
+            }
+            return FERRY_ERR_CANCELLED;
+        }
+        if (status == FERRY_OK && msg != NULL) {
+            watch->heard_ms = etcd_now_ms();
+            status = etcd_watch_grpc_message(watch, (Etcdserverpb__WatchResponse *)msg);
+            protobuf_c_message_free_unpacked(msg, NULL);
+            if (status != FERRY_OK) {
+                return status;
+            }
+            continue;
+        }
+        if (status == FERRY_ERR_TIMED_OUT && err.grpc_code == 0) {
+            /* Nothing yet: the stream goes on. */
+            if (!watch->created && etcd_now_ms() > created_by) {
+                etcd__set_error("watch: no answer from etcd within %d ms",
+                                watch->client->timeout_ms);
+                return FERRY_ERR_UNAVAILABLE;
+            }
+            if (watch->created && !etcd_watch_alive(watch)) {
+                return FERRY_ERR_UNAVAILABLE;
+            }
+            continue;
+        }
+        if (status == FERRY_OK) {
+            etcd__set_error("watch %s: etcd closed the stream", url);
+            return FERRY_ERR_UNAVAILABLE;
+        }
+        etcd__set_error("watch %s (gRPC): %s: %s", url, rpc_grpc_code_name(err.grpc_code),
+                        err.message);
+        if (err.grpc_code == ETCD_GRPC_CANCELLED || err.grpc_code == ETCD_GRPC_DEADLINE_EXCEEDED ||
+            err.grpc_code == ETCD_GRPC_UNAVAILABLE) {
+            return FERRY_ERR_UNAVAILABLE;
+        }
+        status = etcd__error_status(0, err.grpc_code, err.message);
+        return status != FERRY_ERR_EXPIRED && status != FERRY_ERR_UNAUTHENTICATED &&
+                       status != FERRY_ERR_PERMISSION_DENIED
+                   ? FERRY_ERR_UNAVAILABLE
+                   : status;
+    }
+}
+
+/* Runs one stream over gRPC on the current endpoint. Returns why it ended. */
+static ferry_status_t etcd_watch_stream_grpc(etcd_watch_t *watch, const char *token)
+{
+    etcd_client_t *client = watch->client;
+    const char *url = client->endpoints[watch->endpoint];
+    rpc_channel_t *channel = client->channels[watch->endpoint];
+    Etcdserverpb__WatchCreateRequest create = ETCDSERVERPB__WATCH_CREATE_REQUEST__INIT;
+    Etcdserverpb__WatchRequest req = ETCDSERVERPB__WATCH_REQUEST__INIT;
+    rpc_md_t md = {.key = "token", .value = token};
+    rpc_stream_t *stream = NULL;
+    rpc_error_t err = {0};
+
+    create.key = (ProtobufCBinaryData){.len = watch->params.key_len, .data = watch->key};
+    if (watch->range_end != NULL) {
+        create.range_end =
+            (ProtobufCBinaryData){.len = watch->params.range_end_len, .data = watch->range_end};
+    }
+    create.start_revision = watch->next_rev > 0 ? watch->next_rev : 0;
+    create.progress_notify = true;
+    create.prev_kv = watch->params.prev_kv;
+    req.request_union_case = ETCDSERVERPB__WATCH_REQUEST__REQUEST_UNION_CREATE_REQUEST;
+    req.create_request = &create;
+    watch->created = false;
+    watch->heard_ms = etcd_now_ms();
+
+    /* A channel whose last attempt failed would fail the stream at once
+     * until gRPC's reconnect backoff (up to minutes) ran out: connect as
+     * the key-value calls do (etcd_grpc.c), one fresh attempt. */
+    int connect_ms = client->timeout_ms < ETCD_ATTEMPT_MS ? client->timeout_ms : ETCD_ATTEMPT_MS;
+    if (rpc_channel_connect(channel, connect_ms, &err) != FERRY_OK) {
+        etcd__set_error("watch %s: connect (gRPC): %s", url, err.message);
+        etcd__endpoint_suspect(client, watch->endpoint);
+        return FERRY_ERR_UNAVAILABLE;
+    }
+    ferry_status_t status = rpc_stream_open_md(
+        channel, "/etcdserverpb.Watch/Watch", &req.base, &md, token != NULL && token[0] != '\0',
+        &etcdserverpb__watch_response__descriptor, 0, &stream);
+    if (status != FERRY_OK) {
+        etcd__set_error("watch %s: cannot open the stream: %s", url, ferry_status_name(status));
+        return status;
+    }
+    if (!etcd_watch_set_stream(watch, stream)) {
+        rpc_stream_destroy(stream);
+        return FERRY_ERR_CANCELLED;
+    }
+    status = etcd_watch_grpc_read(watch, stream, url);
+    etcd_watch_set_stream(watch, NULL);
+    rpc_stream_destroy(stream);
+    if (status != FERRY_OK) {
+        ferry_debug("etcd: watch %p stream ended: %s", (void *)watch, etcd_client_last_error());
+    }
+    return status;
+}
+
 /* One connection attempt, with a token when auth is on. */
 static ferry_status_t etcd_watch_attempt(etcd_watch_t *watch)
 {
@@ -395,7 +551,8 @@ static ferry_status_t etcd_watch_attempt(etcd_watch_t *watch)
     unsigned long gen = 0;
     ferry_status_t status = etcd__auth_token(watch->client, watch->easy, &token, &gen);
     if (status == FERRY_OK) {
-        status = etcd_watch_stream(watch, token);
+        status = watch->client->kv_gateway ? etcd_watch_stream(watch, token)
+                                           : etcd_watch_stream_grpc(watch, token);
     }
     free(token);
     if (status == FERRY_ERR_UNAUTHENTICATED) {
@@ -606,6 +763,9 @@ void etcd_watch_destroy(etcd_watch_t *watch)
     pthread_mutex_lock(&watch->lock);
     atomic_store(&watch->stop, true);
     pthread_cond_broadcast(&watch->cond);
+    if (watch->stream != NULL) {
+        rpc_stream_cancel(watch->stream);
+    }
     pthread_mutex_unlock(&watch->lock);
     curl_multi_wakeup(watch->multi);
     pthread_join(watch->thread, NULL);

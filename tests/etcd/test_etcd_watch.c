@@ -1,8 +1,10 @@
 /*
  * test_etcd_watch.c: watches against a real etcd: events from a revision in
  * order with prev_kv, one call per transaction, compaction, reconnection
- * after etcd restarts on the same port, and a prompt destroy. Every wait
- * is on the recorder's condition variable with a deadline.
+ * after etcd restarts on the same port, a member that freezes under the
+ * watch, and a prompt destroy. Every wait is on the recorder's condition
+ * variable with a deadline. Built twice: the watch over etcd's gRPC API
+ * (test_etcd_watch) and over the JSON gateway (test_etcd_watch_gateway).
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -193,37 +195,38 @@ static void test_reconnects_after_restart(void **state)
     free(end);
 }
 
-/* The first endpoint says "created" and then nothing, like a member that
- * froze under an open watch: the watch finds it silent, probes it, and
- * moves to the live endpoint, where it gets the events. */
+/* The first endpoint is a real etcd that freezes (SIGSTOP) under an open
+ * watch: the connection stays up and says nothing, like an idle store. The
+ * watch finds it silent, probes it, and moves to the live endpoint, where
+ * it gets the events from where it was. The frozen etcd is a store of its
+ * own, so the watch starts at a revision the live store has not reached
+ * (a watch may wait for a future revision), which both stores serve. */
 static void test_silent_member_is_left(void **state)
 {
     fixture_t *fx = *state;
-    frozen_etcd_t frozen;
+    test_etcd_t frozen;
     char endpoints[160];
-    char created[128];
-    /* "created" at the live store's revision (older ones may be compacted). */
     int64_t now = fixture_put(fx->client, "silent-now", "x", 0);
-    snprintf(created, sizeof(created),
-             "{\"result\":{\"header\":{\"revision\":\"%lld\"},\"created\":true}}\n",
-             (long long)now);
-    frozen_etcd_start(&frozen, created);
-    snprintf(endpoints, sizeof(endpoints), "%s,%s", frozen.url, fx->etcd.endpoint);
+    assert_int_equal(test_etcd_start(&frozen, NULL), 0);
+    snprintf(endpoints, sizeof(endpoints), "%s,%s", frozen.endpoint, fx->etcd.endpoint);
     etcd_client_t *client = fixture_client(endpoints, 2000);
 
     recorder_t rec;
     recorder_init(&rec);
     uint8_t *end;
-    etcd_watch_t *watch = watch_prefix(client, "silent/", 0, &rec, &end);
+    etcd_watch_t *watch = watch_prefix(client, "silent/", now + 1, &rec, &end);
+    assert_int_equal(test_proc_pause(&frozen.proc), 0);
     fixture_put(fx->client, "silent/a", "one", 0);
-    assert_true(recorder_wait_events(&rec, 1, 20000));
+    bool got = recorder_wait_events(&rec, 1, 20000);
+    assert_int_equal(test_proc_resume(&frozen.proc), 0);
+    assert_true(got);
     assert_string_equal(rec.events[0].key, "silent/a");
     assert_true(rec.n_down >= 1 && rec.n_up >= 1);
     etcd_watch_destroy(watch);
     recorder_fini(&rec);
     free(end);
     etcd_client_destroy(client);
-    frozen_etcd_stop(&frozen);
+    test_etcd_stop(&frozen);
 }
 
 static void test_destroy_is_prompt(void **state)

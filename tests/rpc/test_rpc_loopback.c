@@ -1,8 +1,8 @@
 /*
  * test_rpc_loopback.c: the rpc server and client against each other on
  * loopback: unary and streaming calls, errors answered by the layer
- * (malformed, unknown method, oversized), deadlines, cancellation and
- * shutdown with calls in flight. Each test starts its own server.
+ * (malformed, unknown method, oversized), deadlines, cancellation (from
+ * another thread too) and shutdown with calls in flight. Each test starts its own server.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -293,6 +293,75 @@ static void test_stream_timeout_then_cancel(void **state)
     rpc_call_unref(held);
 }
 
+/* A stream opened with metadata (up to RPC_MAX_MD pairs) runs as any
+ * other; more pairs are refused before anything is sent. */
+static void test_stream_metadata(void **state)
+{
+    fixture_t *f = *state;
+    Ferry__V1__WatchRequest req = FERRY__V1__WATCH_REQUEST__INIT;
+    rpc_md_t md[RPC_MAX_MD + 1];
+    rpc_stream_t *stream = NULL;
+    ProtobufCMessage *msg;
+    int n = 0;
+
+    for (size_t i = 0; i <= RPC_MAX_MD; i++) {
+        md[i] = (rpc_md_t){.key = "token", .value = "t0k3n"};
+    }
+    req.request_id_prefix = "count:3";
+    assert_int_equal(rpc_stream_open_md(f->channel, WATCH_PATH, &req.base, md, RPC_MAX_MD,
+                                        &ferry__v1__watch_response__descriptor, 20000, &stream),
+                     FERRY_OK);
+    while (rpc_stream_read(stream, 5000, &msg, NULL) == FERRY_OK && msg != NULL) {
+        assert_int_equal(((Ferry__V1__WatchResponse *)msg)->header->revision, ++n);
+        protobuf_c_message_free_unpacked(msg, NULL);
+    }
+    assert_int_equal(n, 3);
+    rpc_stream_destroy(stream);
+    stream = NULL;
+    assert_int_equal(rpc_stream_open_md(f->channel, WATCH_PATH, &req.base, md, RPC_MAX_MD + 1,
+                                        &ferry__v1__watch_response__descriptor, 20000, &stream),
+                     FERRY_ERR_MISUSE);
+    assert_null(stream);
+}
+
+typedef struct {
+    rpc_stream_t *stream;
+    ferry_status_t status;
+    rpc_error_t err;
+} blocked_read_t;
+
+static void *read_blocked(void *arg)
+{
+    blocked_read_t *r = arg;
+    ProtobufCMessage *msg = NULL;
+
+    r->status = rpc_stream_read(r->stream, 20000, &msg, &r->err);
+    if (msg != NULL) {
+        protobuf_c_message_free_unpacked(msg, NULL);
+    }
+    return NULL;
+}
+
+/* rpc_stream_cancel from another thread ends a read that waits for a
+ * message that will not come: it returns CANCELLED (not TIMED_OUT, what
+ * its 20 s would give), and the server sees the client go away. */
+static void test_stream_cancel_from_another_thread(void **state)
+{
+    fixture_t *f = *state;
+    rpc_stream_t *stream = watch(f, "hold", "");
+    blocked_read_t r = {.stream = stream};
+    pthread_t reader;
+
+    assert_true(fixture_wait(f, stream_held, WAIT_MS));
+    assert_int_equal(pthread_create(&reader, NULL, read_blocked, &r), 0);
+    rpc_stream_cancel(stream);
+    pthread_join(reader, NULL);
+    assert_int_equal(r.status, FERRY_ERR_CANCELLED);
+    assert_int_equal(r.err.grpc_code, 1);
+    assert_true(fixture_wait(f, one_cancel, WAIT_MS));
+    rpc_stream_destroy(stream);
+}
+
 static void test_deadline_exceeded(void **state)
 {
     fixture_t *f = *state;
@@ -462,6 +531,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_stream_in_order, setup, teardown),
         cmocka_unit_test_setup_teardown(test_stream_many, setup, teardown),
         cmocka_unit_test_setup_teardown(test_stream_timeout_then_cancel, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_stream_metadata, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_stream_cancel_from_another_thread, setup, teardown),
         cmocka_unit_test_setup_teardown(test_deadline_exceeded, setup, teardown),
         cmocka_unit_test_setup_teardown(test_malformed_request, setup, teardown),
         cmocka_unit_test_setup_teardown(test_raw_roundtrip, setup, teardown),
