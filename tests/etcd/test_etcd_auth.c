@@ -1,11 +1,10 @@
 /*
  * test_etcd_auth.c: etcd user/password auth against a real etcd with auth
  * enabled (through etcdctl): requests and watches with a token, refusals
- * without one or with a bad password, and a new token fetched by itself
- * when etcd forgot the old one (simple tokens do not survive a restart);
- * against a frozen member, concurrent requests share one authentication
- * attempt (none is made while another is in flight, and the lock is not
- * held across it) instead of each trying in turn.
+ * without one or with a bad password, a watch where the user may not read, and a new token fetched
+ * by itself when etcd forgot the old one (simple tokens do not survive a restart); against a frozen
+ * member, concurrent requests share one authentication attempt (none is made while another is in
+ * flight, and the lock is not held across it) instead of each trying in turn.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -23,38 +22,55 @@
 
 enum { WAIT_MS = 10000 };
 
-static void etcdctl(fixture_t *fx, const char *a, const char *b, const char *c)
+/* Runs etcdctl with the arguments given (NULL-terminated, up to 5). */
+static void etcdctl(fixture_t *fx, const char *a, ...)
 {
     char endpoints[96];
     char log[4200];
+    char *argv[8] = {"etcdctl", endpoints};
+    int n = 2;
+    va_list ap;
+    va_start(ap, a);
+    for (const char *arg = a; arg != NULL && n < 7; arg = va_arg(ap, const char *)) {
+        argv[n++] = (char *)arg;
+    }
+    va_end(ap);
+    argv[n] = NULL;
     snprintf(endpoints, sizeof(endpoints), "--endpoints=%s", fx->etcd.endpoint);
     snprintf(log, sizeof(log), "%s/etcdctl.log", fx->etcd.dir);
-    char *argv[] = {"etcdctl", endpoints, (char *)a, (char *)b, (char *)c, NULL};
     test_proc_t proc;
     assert_int_equal(test_proc_start(&proc, argv, log), 0);
     assert_true(test_proc_wait(&proc, WAIT_MS));
     if (!WIFEXITED(proc.status) || WEXITSTATUS(proc.status) != 0) {
         test_proc_dump_log(&proc, 2000);
-        fail_msg("etcdctl %s %s %s failed", a, b, c);
+        fail_msg("etcdctl %s %s failed", a, argv[3] != NULL ? argv[3] : "");
     }
     test_proc_cleanup(&proc);
 }
 
+/* root may do anything; reader may read auth/open only. */
 static int auth_setup(void **state)
 {
     if (fixture_setup(state) != 0) {
         return -1;
     }
     fixture_t *fx = *state;
-    etcdctl(fx, "user", "add", "root:secret");
+    etcdctl(fx, "user", "add", "root:secret", NULL);
+    etcdctl(fx, "user", "add", "reader:pw", NULL);
+    etcdctl(fx, "role", "add", "open-reader", NULL);
+    etcdctl(fx, "role", "grant-permission", "open-reader", "read", "auth/open", NULL);
+    etcdctl(fx, "user", "grant-role", "reader", "open-reader", NULL);
     etcdctl(fx, "auth", "enable", NULL);
     return 0;
 }
 
 static etcd_client_t *auth_client(fixture_t *fx, const char *user, const char *password)
 {
-    etcd_params_t params = {
-        .endpoints = fx->etcd.endpoint, .timeout_ms = 2000, .username = user, .password = password};
+    etcd_params_t params = {.endpoints = fx->etcd.endpoint,
+                            .timeout_ms = 2000,
+                            .username = user,
+                            .password = password,
+                            .kv_gateway = fixture_kv_gateway};
     etcd_client_t *client = NULL;
     assert_int_equal(etcd_client_create(&params, &client), FERRY_OK);
     return client;
@@ -96,6 +112,34 @@ static void test_watch_with_token(void **state)
     fixture_put(client, "auth/w", "1", 0);
     assert_true(recorder_wait_events(&rec, 1, WAIT_MS));
     etcd_watch_destroy(watch);
+    recorder_fini(&rec);
+    etcd_client_destroy(client);
+}
+
+/* A watch on keys the user may not read: etcd cancels it, and the
+ * creator hears PERMISSION_DENIED (not UNAVAILABLE: trying again elsewhere
+ * cannot help). Where the user may read, the watch works. */
+static void test_watch_without_permission(void **state)
+{
+    fixture_t *fx = *state;
+    etcd_client_t *client = auth_client(fx, "reader", "pw");
+    recorder_t rec;
+    recorder_init(&rec);
+    etcd_watch_params_t params = {.key = "auth/w", .key_len = 6};
+    recorder_params(&rec, &params);
+    etcd_watch_t *watch = NULL;
+    assert_int_equal(etcd_watch_create(client, &params, &watch), FERRY_ERR_PERMISSION_DENIED);
+    assert_null(watch);
+    assert_non_null(strstr(etcd_client_last_error(), "permission denied"));
+
+    params.key = "auth/open";
+    params.key_len = 9;
+    assert_int_equal(etcd_watch_create(client, &params, &watch), FERRY_OK);
+    etcd_client_t *root = auth_client(fx, "root", "secret");
+    fixture_put(root, "auth/open", "1", 0);
+    assert_true(recorder_wait_events(&rec, 1, WAIT_MS));
+    etcd_watch_destroy(watch);
+    etcd_client_destroy(root);
     recorder_fini(&rec);
     etcd_client_destroy(client);
 }
@@ -142,8 +186,11 @@ static void test_frozen_member_authenticates_once(void **state)
     (void)state;
 
     frozen_etcd_start(&frozen, NULL);
-    etcd_params_t params = {
-        .endpoints = frozen.url, .timeout_ms = 2000, .username = "root", .password = "secret"};
+    etcd_params_t params = {.endpoints = frozen.url,
+                            .timeout_ms = 2000,
+                            .username = "root",
+                            .password = "secret",
+                            .kv_gateway = fixture_kv_gateway};
     etcd_client_t *client = NULL;
     assert_int_equal(etcd_client_create(&params, &client), FERRY_OK);
     pthread_barrier_init(&start, NULL, N_AUTH_THREADS);
@@ -170,6 +217,7 @@ int main(void)
         cmocka_unit_test(test_requests_with_token),
         cmocka_unit_test(test_refused_without_credentials),
         cmocka_unit_test(test_watch_with_token),
+        cmocka_unit_test(test_watch_without_permission),
         cmocka_unit_test(test_token_renewed_after_restart),
         cmocka_unit_test(test_frozen_member_authenticates_once),
     };
