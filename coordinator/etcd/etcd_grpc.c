@@ -99,7 +99,7 @@ void etcd__grpc_channels_destroy(etcd_client_t *client)
 
 /* --- one call with failover ----------------------------------------------- */
 
-static bool etcd_grpc_transport_code(int code)
+bool etcd__grpc_transport_code(int code)
 {
     return code == ETCD_GRPC_CANCELLED || code == ETCD_GRPC_DEADLINE_EXCEEDED ||
            code == ETCD_GRPC_UNAVAILABLE;
@@ -136,7 +136,7 @@ static ferry_status_t etcd_grpc_attempt(etcd_client_t *client, size_t index, con
         etcd__endpoint_answered(client, index);
         return FERRY_OK;
     }
-    if (etcd_grpc_transport_code(err.grpc_code)) {
+    if (etcd__grpc_transport_code(err.grpc_code)) {
         /* No answer in time, or the connection broke: the request may have
          * reached etcd. */
         if (err.grpc_code == ETCD_GRPC_DEADLINE_EXCEEDED) {

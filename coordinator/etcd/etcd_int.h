@@ -244,6 +244,10 @@ ferry_status_t etcd__grpc_call(etcd_client_t *client, const char *path, const ch
                                const ProtobufCMessageDescriptor *reply_desc, unsigned flags,
                                ProtobufCMessage **reply_p);
 
+/* A gRPC status that says the connection failed or no answer came in time
+ * (CANCELLED, DEADLINE_EXCEEDED, UNAVAILABLE), not what etcd answered. */
+bool etcd__grpc_transport_code(int code);
+
 /* A WatchResponse as etcd_watch.c acts on it (what etcd__parse_watch_msg
  * makes of a gateway line): cancel_reason points into `in`. Negative
  * revisions, an event without kv or of an unknown type are

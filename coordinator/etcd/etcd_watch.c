@@ -478,8 +478,7 @@ static ferry_status_t etcd_watch_grpc_read(etcd_watch_t *watch, rpc_stream_t *st
         }
         etcd__set_error("watch %s (gRPC): %s: %s", url, rpc_grpc_code_name(err.grpc_code),
                         err.message);
-        if (err.grpc_code == ETCD_GRPC_CANCELLED || err.grpc_code == ETCD_GRPC_DEADLINE_EXCEEDED ||
-            err.grpc_code == ETCD_GRPC_UNAVAILABLE) {
+        if (etcd__grpc_transport_code(err.grpc_code)) {
             return FERRY_ERR_UNAVAILABLE;
         }
         status = etcd__error_status(0, err.grpc_code, err.message);
