@@ -299,6 +299,76 @@ static void test_watch_messages(void **state)
     cJSON_Delete(json);
 }
 
+/* The same messages as etcd's gRPC Watch sends them (WatchResponse):
+ * translated alike, and bad ones (a negative revision, an unknown event
+ * type, an event without kv, a kv with a negative revision) refused
+ * FERRY_ERR_PROTOCOL with nothing left to free. */
+static void test_grpc_watch_messages(void **state)
+{
+    Etcdserverpb__ResponseHeader header = ETCDSERVERPB__RESPONSE_HEADER__INIT;
+    Etcdserverpb__KeyValue kv[2] = {ETCDSERVERPB__KEY_VALUE__INIT, ETCDSERVERPB__KEY_VALUE__INIT};
+    Etcdserverpb__Event ev[2] = {ETCDSERVERPB__EVENT__INIT, ETCDSERVERPB__EVENT__INIT};
+    Etcdserverpb__Event *evs[2] = {&ev[0], &ev[1]};
+    Etcdserverpb__WatchResponse resp = ETCDSERVERPB__WATCH_RESPONSE__INIT;
+    etcd_watch_msg_t msg;
+    (void)state;
+
+    header.revision = 7;
+    resp.header = &header;
+    resp.created = true;
+    assert_int_equal(etcd__grpc_watch_msg(&resp, &msg), FERRY_OK);
+    assert_true(msg.created && !msg.canceled && msg.revision == 7 && msg.n_events == 0);
+    assert_string_equal(msg.cancel_reason, "");
+    etcd__watch_msg_clear(&msg);
+
+    resp.created = false;
+    header.revision = 9;
+    kv[0].key = (ProtobufCBinaryData){.len = 1, .data = (uint8_t *)"x"};
+    kv[0].value = (ProtobufCBinaryData){.len = 2, .data = (uint8_t *)"v\0"};
+    kv[0].mod_revision = 8;
+    kv[1].key = (ProtobufCBinaryData){.len = 1, .data = (uint8_t *)"y"};
+    kv[1].mod_revision = 9;
+    ev[0].kv = &kv[0];
+    ev[1].kv = &kv[1];
+    ev[1].type = ETCDSERVERPB__EVENT__EVENT_TYPE__DELETE;
+    resp.n_events = 2;
+    resp.events = evs;
+    assert_int_equal(etcd__grpc_watch_msg(&resp, &msg), FERRY_OK);
+    assert_int_equal(msg.n_events, 2);
+    assert_int_equal(msg.events[0].type, ETCD_EVENT_PUT);
+    assert_int_equal(msg.events[0].kv.value_len, 2);
+    assert_memory_equal(msg.events[0].kv.value, "v\0", 2);
+    assert_int_equal(msg.events[1].type, ETCD_EVENT_DELETE);
+    assert_true(msg.events[1].kv.mod_revision == 9);
+    assert_int_equal(msg.events[1].prev_kv.key_len, 0);
+    etcd__watch_msg_clear(&msg);
+
+    ev[1].type = (Etcdserverpb__Event__EventType)7; /* unknown */
+    assert_int_equal(etcd__grpc_watch_msg(&resp, &msg), FERRY_ERR_PROTOCOL);
+    assert_int_equal(msg.n_events, 0);
+    assert_null(msg.events);
+    ev[1].type = ETCDSERVERPB__EVENT__EVENT_TYPE__PUT;
+    ev[1].kv = NULL;
+    assert_int_equal(etcd__grpc_watch_msg(&resp, &msg), FERRY_ERR_PROTOCOL);
+    ev[1].kv = &kv[1];
+    kv[1].create_revision = -1;
+    assert_int_equal(etcd__grpc_watch_msg(&resp, &msg), FERRY_ERR_PROTOCOL);
+    kv[1].create_revision = 0;
+    header.revision = -1;
+    assert_int_equal(etcd__grpc_watch_msg(&resp, &msg), FERRY_ERR_PROTOCOL);
+
+    header.revision = 9;
+    resp.n_events = 0;
+    resp.events = NULL;
+    resp.canceled = true;
+    resp.compact_revision = 3;
+    resp.cancel_reason = "etcdserver: mvcc: required revision has been compacted";
+    assert_int_equal(etcd__grpc_watch_msg(&resp, &msg), FERRY_OK);
+    assert_true(msg.canceled && msg.compact_revision == 3);
+    assert_string_equal(msg.cancel_reason, resp.cancel_reason);
+    etcd__watch_msg_clear(&msg);
+}
+
 static void test_error_mapping(void **state)
 {
     (void)state;
@@ -358,6 +428,7 @@ int main(void)
         cmocka_unit_test(test_events),
         cmocka_unit_test(test_revisions_out_of_range),
         cmocka_unit_test(test_watch_messages),
+        cmocka_unit_test(test_grpc_watch_messages),
         cmocka_unit_test(test_error_mapping),
         cmocka_unit_test(test_prefix_end),
     };
