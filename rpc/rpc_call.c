@@ -234,6 +234,15 @@ static void call_dispatch(rpc_call_t *call)
         call_end(call, NULL, GRPC_STATUS_UNIMPLEMENTED, FERRY_ERR_UNIMPLEMENTED, msg);
         return;
     }
+    if (call->payload == NULL) {
+        /* The client closed or cancelled before sending its message: under
+         * load mostly a caller's deadline, so not worth an info line. */
+        ferry_debug("call %" PRIu64 " %s: no request message from %s", call->id, call->path,
+                    call->peer);
+        snprintf(msg, sizeof(msg), "no request message for %s", call->path);
+        call_end(call, NULL, GRPC_STATUS_INVALID_ARGUMENT, FERRY_ERR_INVALID_ARGUMENT, msg);
+        return;
+    }
     status = rpc__unpack_request(method->desc->input, call->payload, call->path, &call->request,
                                  &call->request_bytes, msg, sizeof(msg));
     if (call->payload != NULL) {

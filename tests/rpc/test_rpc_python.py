@@ -72,6 +72,11 @@ def run(server, port):
         expect_error(lambda: raw("/ferry.v1.Coordinator/Get", b"\xff\xff\xff"),
                      grpc.StatusCode.INVALID_ARGUMENT,
                      "malformed request for /ferry.v1.Coordinator/Get")
+        # A call that ends without any request message (a client-streaming
+        # call from an empty iterator): refused, named, not "malformed".
+        empty = lambda path: channel.stream_unary(path)(iter(()), timeout=10)
+        expect_error(lambda: empty("/ferry.v1.Coordinator/Get"), grpc.StatusCode.INVALID_ARGUMENT,
+                     "no request message for /ferry.v1.Coordinator/Get")
         expect_error(lambda: raw("/ferry.v1.Coordinator/Nope", b""),
                      grpc.StatusCode.UNIMPLEMENTED)
         # GetRequest{request_id: "py"} comes back in GetResponse.operation.
