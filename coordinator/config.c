@@ -32,6 +32,9 @@ static const char usage[] =
     "                      (FERRY_ETCD_INFLIGHT; 16)\n"
     "  --etcd-queue N      calls queued beyond those; more are refused with\n"
     "                      RESOURCE_EXHAUSTED, 0..1000000 (FERRY_ETCD_QUEUE; 1024)\n"
+    "  --etcd-load-page N  keys per etcd read when the view loads the records (at\n"
+    "                      start, after compaction), 1..100000 (FERRY_ETCD_LOAD_PAGE;\n"
+    "                      5000)\n"
     "  --name NAME         this replica's name in responses (FERRY_NAME; host name)\n"
     "  --grace-ms MS       drain time for in-flight calls on SIGTERM, 0..600000\n"
     "                      (FERRY_GRACE_MS; 5000)\n"
@@ -61,6 +64,7 @@ enum {
     OPT_TTL,
     OPT_THREADS,
     OPT_ETCD_INFLIGHT,
+    OPT_ETCD_LOAD_PAGE,
     OPT_ETCD_QUEUE,
     OPT_NAME,
     OPT_GRACE,
@@ -87,6 +91,7 @@ static const struct option options[] = {
     {"ttl", required_argument, NULL, OPT_TTL},
     {"threads", required_argument, NULL, OPT_THREADS},
     {"etcd-inflight", required_argument, NULL, OPT_ETCD_INFLIGHT},
+    {"etcd-load-page", required_argument, NULL, OPT_ETCD_LOAD_PAGE},
     {"etcd-queue", required_argument, NULL, OPT_ETCD_QUEUE},
     {"name", required_argument, NULL, OPT_NAME},
     {"grace-ms", required_argument, NULL, OPT_GRACE},
@@ -156,6 +161,7 @@ static void config_defaults(coord_config_t *c)
     c->ttl_s = UNSET;
     c->threads = UNSET;
     c->etcd_inflight = UNSET;
+    c->etcd_load_page = UNSET;
     c->etcd_queue = UNSET;
     c->grace_ms = UNSET;
     c->watch_queue_kib = UNSET;
@@ -198,6 +204,8 @@ static int set_option(coord_config_t *c, int opt, const char *arg)
         return (c->threads = parse_int("--threads", arg, 1, 256)) < 0 ? -1 : 0;
     case OPT_ETCD_INFLIGHT:
         return (c->etcd_inflight = parse_int("--etcd-inflight", arg, 1, 1024)) < 0 ? -1 : 0;
+    case OPT_ETCD_LOAD_PAGE:
+        return (c->etcd_load_page = parse_int("--etcd-load-page", arg, 1, 100000)) < 0 ? -1 : 0;
     case OPT_ETCD_QUEUE:
         return (c->etcd_queue = parse_int("--etcd-queue", arg, 0, 1000000)) < 0 ? -1 : 0;
     case OPT_GRACE:
@@ -262,6 +270,7 @@ static int env_numbers(coord_config_t *c)
         env_number(&c->threads, "FERRY_THREADS", "16", 1, 256) != 0 ||
         env_number(&c->etcd_inflight, "FERRY_ETCD_INFLIGHT", "16", 1, 1024) != 0 ||
         env_number(&c->etcd_queue, "FERRY_ETCD_QUEUE", "1024", 0, 1000000) != 0 ||
+        env_number(&c->etcd_load_page, "FERRY_ETCD_LOAD_PAGE", "5000", 1, 100000) != 0 ||
         env_number(&c->grace_ms, "FERRY_GRACE_MS", "5000", 0, 600000) != 0 ||
         env_number(&c->watch_queue_kib, "FERRY_WATCH_QUEUE_KIB", "4096", 16, 1 << 20) != 0) {
         return -1;

@@ -162,6 +162,7 @@ static ferry_status_t open_server(coordinator_t *c)
     coord_registry_params_t rparams = {
         .prefix = c->config.prefix,
         .default_ttl_s = c->config.ttl_s,
+        .load_page = c->config.etcd_load_page,
         .on_event = on_registry_event,
         .on_reload = on_registry_reload,
         .on_health = on_registry_health,

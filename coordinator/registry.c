@@ -362,26 +362,102 @@ static void expire_orphans(coord_registry_t *r, const orphan_t *orphans)
     }
 }
 
-/* Reads the whole prefix (ops/ and claims/, one revision) and starts the
- * watch after that read's revision. */
+/* Appends every key under `prefix` to *all, read in pages of
+ * r->params.load_page keys at all->revision (0: the first page's answer's
+ * revision, then kept), so that several prefixes read this way form one
+ * snapshot, as one read would, but no read is large: a store of any size
+ * loads in reads that are quick for etcd and never outlast the client's
+ * timeout (a single read of a large store did, and was retried whole,
+ * again and again, while etcd still worked on the reads given up).
+ * *pages_p counts the reads. A revision compacted meanwhile fails the
+ * read, and the load is retried. */
+static ferry_status_t read_pages(coord_registry_t *r, const char *prefix, etcd_range_t *all,
+                                 size_t *pages_p)
+{
+    int64_t limit = r->params.load_page > 0 ? r->params.load_page : COORD_LOAD_PAGE;
+    size_t from_len = strlen(prefix);
+    uint8_t *from = (uint8_t *)strdup(prefix);
+    uint8_t *end = NULL;
+    size_t end_len = 0;
+    ferry_status_t status =
+        from != NULL ? etcd_prefix_end(prefix, from_len, &end, &end_len) : FERRY_ERR_NO_MEMORY;
+
+    while (status == FERRY_OK) {
+        etcd_range_t page = {0};
+        bool more;
+
+        status = etcd_get(r->etcd, from, from_len, end, end_len, limit, all->revision, &page);
+        if (status != FERRY_OK) {
+            break;
+        }
+        (*pages_p)++;
+        all->revision = all->revision != 0 ? all->revision : page.revision;
+        more = page.more;
+        if (page.n_kvs > 0) {
+            etcd_kv_t *kvs = realloc(all->kvs, (all->n_kvs + page.n_kvs) * sizeof(*kvs));
+            if (kvs == NULL) {
+                etcd_range_free(&page);
+                status = FERRY_ERR_NO_MEMORY;
+                break;
+            }
+            /* The page's keys and values now belong to *all. */
+            all->kvs = kvs;
+            memcpy(all->kvs + all->n_kvs, page.kvs, page.n_kvs * sizeof(*kvs));
+            all->n_kvs += page.n_kvs;
+            page.n_kvs = 0;
+        }
+        etcd_range_free(&page);
+        if (!more) {
+            break;
+        }
+        /* The next page starts just after the last key read. */
+        const etcd_kv_t *last = all->n_kvs > 0 ? &all->kvs[all->n_kvs - 1] : NULL;
+        uint8_t *next = last != NULL ? malloc(last->key_len + 1) : NULL;
+        if (last == NULL) {
+            status = FERRY_ERR_PROTOCOL; /* "more" and nothing read: no way on */
+        } else if (next == NULL) {
+            status = FERRY_ERR_NO_MEMORY;
+        } else {
+            memcpy(next, last->key, last->key_len);
+            next[last->key_len] = 0;
+            free(from);
+            from = next;
+            from_len = last->key_len + 1;
+        }
+    }
+    free(from);
+    free(end);
+    return status;
+}
+
+/* Reads ops/ and claims/ (one revision, in pages) and starts the watch of
+ * the whole prefix after that revision. */
 static ferry_status_t load_view(coord_registry_t *r)
 {
     etcd_range_t range = {0};
     uint8_t *end = NULL;
     size_t end_len = 0;
     orphan_t *orphans = NULL;
-    size_t n_ops;
+    size_t n_ops, pages = 0;
     ferry_status_t status;
 
     status = etcd_prefix_end(r->prefix, strlen(r->prefix), &end, &end_len);
     if (status != FERRY_OK) {
         return status;
     }
-    status = etcd_get(r->etcd, r->prefix, strlen(r->prefix), end, end_len, 0, 0, &range);
+    /* claims/ and ops/ only, not all of the prefix: other keys there (the
+     * lease key, a tool's) cost nothing to load. */
+    int64_t started_ms = ferry__clock_ms(CLOCK_MONOTONIC);
+    status = read_pages(r, r->claims_prefix, &range, &pages);
+    if (status == FERRY_OK) {
+        status = read_pages(r, r->ops_prefix, &range, &pages);
+    }
     if (status != FERRY_OK) {
+        etcd_range_free(&range);
         free(end);
         return status;
     }
+    range.count = (int64_t)range.n_kvs;
     pthread_mutex_lock(&r->lock);
     status = fill_view_locked(r, &range, &orphans);
     r->revision = range.revision;
@@ -390,8 +466,9 @@ static ferry_status_t load_view(coord_registry_t *r)
     if (status != FERRY_OK) {
         goto err_range;
     }
-    ferry_info("registry: loaded %zu operations at revision %lld", n_ops,
-               (long long)range.revision);
+    ferry_info("registry: loaded %zu operations at revision %lld (%zu reads, %lld ms)", n_ops,
+               (long long)range.revision, pages,
+               (long long)(ferry__clock_ms(CLOCK_MONOTONIC) - started_ms));
     /* Before the watch starts: nothing after this revision is reported
      * yet, and what came before it may never have been. */
     if (r->params.on_reload != NULL) {

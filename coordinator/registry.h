@@ -60,6 +60,9 @@ typedef struct coord_registry coord_registry_t;
  * fits a fixed buffer; coord_registry_create refuses a longer one. */
 #define COORD_PREFIX_MAX 256
 
+/* Keys per etcd read when the view loads the store (--etcd-load-page). */
+#define COORD_LOAD_PAGE 5000
+
 typedef enum {
     COORD_EVENT_PUT,
     COORD_EVENT_DELETE,
@@ -69,6 +72,10 @@ typedef struct {
     etcd_client_t *etcd;
     const char *prefix;    /* "/ferry/"; ends with '/', at most COORD_PREFIX_MAX bytes */
     int64_t default_ttl_s; /* leases of Register and Claim when the caller says 0 */
+    /* Keys per etcd read when the view loads claims/ and ops/; 0:
+     * COORD_LOAD_PAGE. Every read is small and quick however large the
+     * store, so none runs into the etcd client's timeout. */
+    int64_t load_page;
     /* Runs claim-expiry transactions (off the watch thread) and the revoke
      * of a lease a failed call made (off the caller's path); NULL: they run
      * inline. Must outlive the registry's watch (coord_exec_stop first is

@@ -36,6 +36,7 @@ static void test_defaults(void **state)
     assert_int_equal(c.watch_queue_kib, 4096);
     assert_int_equal(c.etcd_inflight, 16);
     assert_int_equal(c.etcd_queue, 1024);
+    assert_int_equal(c.etcd_load_page, 5000);
     assert_false(c.etcd_kv_gateway);
 }
 
@@ -70,6 +71,27 @@ static void test_etcd_queue_flags(void **state)
     assert_int_equal(c.etcd_inflight, 4);
     assert_int_equal(c.etcd_queue, 0);
     unsetenv("FERRY_ETCD_INFLIGHT");
+}
+
+static void test_etcd_load_page(void **state)
+{
+    coord_config_t c;
+    char *one[] = {"ferry-coordinator", "--etcd-load-page", "1", NULL};
+    char *none[] = {"ferry-coordinator", NULL};
+    char *zero[] = {"ferry-coordinator", "--etcd-load-page", "0", NULL};
+    char *huge[] = {"ferry-coordinator", "--etcd-load-page", "100001", NULL};
+    (void)state;
+
+    assert_int_equal(parse(&c, 3, one), 0);
+    assert_int_equal(c.etcd_load_page, 1);
+    setenv("FERRY_ETCD_LOAD_PAGE", "250", 1);
+    assert_int_equal(parse(&c, 1, none), 0);
+    assert_int_equal(c.etcd_load_page, 250);
+    assert_int_equal(parse(&c, 3, one), 0); /* the flag wins */
+    assert_int_equal(c.etcd_load_page, 1);
+    unsetenv("FERRY_ETCD_LOAD_PAGE");
+    assert_int_equal(parse(&c, 3, zero), -1);
+    assert_int_equal(parse(&c, 3, huge), -1);
 }
 
 static void test_flag_beats_variable_and_zero_is_a_value(void **state)
@@ -168,6 +190,7 @@ int main(void)
         cmocka_unit_test(test_etcd_kv_api),
         cmocka_unit_test(test_flag_beats_variable_and_zero_is_a_value),
         cmocka_unit_test(test_etcd_queue_flags),
+        cmocka_unit_test(test_etcd_load_page),
         cmocka_unit_test(test_refusals),
         cmocka_unit_test(test_limits),
     };

@@ -21,6 +21,7 @@ Run with /usr/bin/python3 (Debian's grpcio), from CTest.
 import base64
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -608,6 +609,59 @@ class ClaimsOutliveNoReplica(unittest.TestCase):
             self.assertIn("claim expired", op.error_message)
         finally:
             r.stop()
+
+
+class StoreLoadsInPages(unittest.TestCase):
+    """A replica reads the store in pages of --etcd-load-page keys at one
+    revision: a large store never needs one large read (which on a busy
+    etcd ran past the client's timeout and was retried whole, forever)."""
+
+    IDS = 10
+
+    def check(self, api):
+        prefix = f"/pages-{api}/"
+        r = Replica(f"pages-{api}", prefix, extra=("--etcd-load-page", "3", "--etcd-kv-api", api))
+        try:
+            tokens = {f"pg-{i:02d}": r.register(f"pg-{i:02d}", ttl=120).access_token
+                      for i in range(self.IDS)}
+            # One claim that ends while no replica runs: its record and its
+            # claims key (gone by then) are read on different pages.
+            r.stub.Claim(r.cpb.ClaimRequest(
+                request_id="pg-07", access_token=tokens["pg-07"], claimant="py-writer",
+                kind=r.pb.OPERATION_KIND_WRITE, ttl_seconds=2), timeout=10)
+            r.coord.proc.send_signal(signal.SIGKILL)
+            r.coord.proc.wait(10)
+            r.close_channels()
+            ferry_harness.wait_until(
+                lambda: not etcd_has_key(ETCD.endpoint, f"{prefix}claims/pg-07"), 20,
+                "the claim's lease to expire in etcd")
+            r.start()
+            with open(r.coord.log_path) as f:
+                loads = re.findall(r"loaded (\d+) operations at revision \d+ \((\d+) reads, \d+ ms\)",
+                                   f.read())
+            # The last start's load: ten records, three a page (and claims/, empty).
+            self.assertEqual(int(loads[-1][0]), self.IDS)
+            self.assertEqual(int(loads[-1][1]), 5)
+            for rid, token in tokens.items():
+                if rid != "pg-07":
+                    op = r.stub.Lookup(r.cpb.LookupRequest(request_id=rid, access_token=token),
+                                       timeout=10).operation
+                    self.assertEqual(op.request_id, rid)
+                    self.assertEqual(op.state, r.pb.OPERATION_STATE_REGISTERED)
+
+            def errored():
+                op = r.stub.Get(r.cpb.GetRequest(request_id="pg-07"), timeout=5).operation
+                return op.state == r.pb.OPERATION_STATE_ERRORED
+
+            ferry_harness.wait_until(errored, 20, "the orphaned claim to turn ERRORED")
+        finally:
+            r.stop()
+
+    def test_grpc(self):
+        self.check("grpc")
+
+    def test_gateway(self):
+        self.check("gateway")
 
 
 class DeletedRecordsStayDeleted(unittest.TestCase):
