@@ -13,7 +13,8 @@
 #                                        JSON gateway and through gRPC (the
 #                                        coordinator's way), and lease grant +
 #                                        txn (what a Register without a session
-#                                        lease asks)
+#                                        lease asks); these four alternate,
+#                                        BENCH_REGISTER_ROUNDS times (3)
 # then Register on a replica with --etcd-inflight 64 (one etcd write in flight
 # per client at 64 clients; the default is 16) and on one with
 # --etcd-kv-api gateway (key-values over the JSON gateway, as before
@@ -30,6 +31,8 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 bench_args control "$@"
 SECONDS_PER_RUN=5
 [ "$QUICK" = 1 ] && SECONDS_PER_RUN=1
+REGISTER_ROUNDS=${BENCH_REGISTER_ROUNDS:-3}
+[ "$QUICK" = 1 ] && REGISTER_ROUNDS=1
 LOAD="$BUILD_DIR/bench/ferry_bench_control"
 [ -x "$LOAD" ] || bench_die "$LOAD not built (make bench, or cmake --build $BUILD_DIR)"
 CLIENTS=${BENCH_CLIENTS:-1 8 64}
@@ -59,12 +62,18 @@ for n in $CLIENTS; do
     load --mode echo --coord "$ECHO_TARGET" --clients "$n" --channels shared
     load --mode lookup --coord "$ONE" --clients "$n" --channels shared
 done
+# Register against its references, alternating, REGISTER_ROUNDS times: etcd's
+# write latency here moves 2-3x within minutes (its fsync), so one run of
+# each says little; report.py takes the median of each round's ratio.
 for n in $CLIENTS; do
-    load --mode register --coord "$ONE" --clients "$n" --run-id "reg1-$RUN-$n"
-    load --mode etcd-txn --etcd "$ETCD_ENDPOINT" --clients "$n" --run-id "txn-$RUN-$n"
-    load --mode etcd-txn --etcd "$ETCD_ENDPOINT" --clients "$n" --run-id "gtxn-$RUN-$n" \
-        --etcd-kv-api grpc --label grpc
-    load --mode etcd-lease-txn --etcd "$ETCD_ENDPOINT" --clients "$n" --run-id "ltxn-$RUN-$n"
+    for r in $(seq "$REGISTER_ROUNDS"); do
+        load --mode register --coord "$ONE" --clients "$n" --run-id "reg1-$RUN-$n-$r"
+        load --mode etcd-txn --etcd "$ETCD_ENDPOINT" --clients "$n" --run-id "txn-$RUN-$n-$r"
+        load --mode etcd-txn --etcd "$ETCD_ENDPOINT" --clients "$n" --run-id "gtxn-$RUN-$n-$r" \
+            --etcd-kv-api grpc --label grpc
+        load --mode etcd-lease-txn --etcd "$ETCD_ENDPOINT" --clients "$n" \
+            --run-id "ltxn-$RUN-$n-$r"
+    done
 done
 
 # Register with as many etcd writes in flight as clients (64), on a replica

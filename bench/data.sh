@@ -19,7 +19,9 @@
 # once (ferry_mem_register, "ferry-region", compared with the raw put into
 # user memory) and on Ferry-allocated memory (ferry_mem_alloc,
 # "ferry-alloc", compared with ucx_perftest, whose memory UCX allocates the
-# same way): issue #14.
+# same way): issue #14. At 1 and 16 MiB Ferry-allocated memory also runs
+# as a stream of 4 operations in flight (--window 4), as ucx_perftest
+# streams its puts.
 # Then 1, 2 and 4 concurrent pairs of Ferry and ucx_perftest at 1 MiB and
 # 64 MiB, operation creation on a registered 1 GiB region
 # (ferry_bench_data --create), where a 1 MiB operation's time goes
@@ -111,6 +113,9 @@ for size in $SIZES; do
             rawput "$op" "$size" "$n" user | tee -a "$BENCH_OUT"
             ferry "$op" "$size" 1 "$n" 1 --mem alloc | tee -a "$BENCH_OUT"
             perftest "$op" "$size" "$n" 1 | tee -a "$BENCH_OUT"
+            if [ "$(bytes "$size")" -ge $((1 << 20)) ] && [ "$(bytes "$size")" -le $((16 << 20)) ]; then
+                ferry "$op" "$size" 1 "$n" 1 --mem alloc --window 4 | tee -a "$BENCH_OUT"
+            fi
             rawput "$op" "$size" "$n" ucx | tee -a "$BENCH_OUT"
             ferry "$op" "$size" 16 "$n" 1 | tee -a "$BENCH_OUT"
         done

@@ -20,6 +20,13 @@
  *       TRANSFERRING: the passive side admits), data and flush
  *       (TRANSFERRING -> NOTIFYING: what the raw UCX reference times), the
  *       notice (NOTIFYING -> COMPLETE) and the waiter's wake-up.
+ *       --window W: up to W operations in flight per pair (1: one at a
+ *       time, as above). The passive side keeps W operations published,
+ *       each on its own size-byte slot of a buffer W times the size; the
+ *       active side begins them in order as their metadata arrives and
+ *       waits for them in order, and the figure is the wall clock from the
+ *       first timed begin to the last end: a stream of operations, as
+ *       ucx_perftest streams puts. Not with --trace.
  *   --create --size S [--iters N]
  *       operation creation on registered memory: ferry_mem_register of an
  *       S-byte buffer once (the first registration, timed), then N
@@ -78,6 +85,7 @@ typedef struct {
     long iters;
     long warmup;
     int pairs;
+    long window; /* operations in flight per pair (--window; 1) */
     bool caller_progress;
     unsigned spin_us; /* resolved: --spin-us, else FERRY_SPIN_US, else the default */
     const char *coord;
@@ -215,6 +223,12 @@ static int bench_fail(const char *what, ferry_status_t status)
 
 /* --- bandwidth: passive and active ---------------------------------------- */
 
+/* The bytes one side's buffer holds: a slot per operation in flight. */
+static uint64_t bench_span(const bench_args_t *a)
+{
+    return a->size * (uint64_t)a->window;
+}
+
 /* The buffer of one side, as --mem says; *region_p is NULL for "user". */
 static uint8_t *bench_memory(const bench_args_t *a, ferry_connector_t *c, int fill,
                              ferry_region_t **region_p)
@@ -225,16 +239,16 @@ static uint8_t *bench_memory(const bench_args_t *a, ferry_connector_t *c, int fi
 
     *region_p = NULL;
     if (strcmp(a->mem, "alloc") == 0) {
-        if ((s = ferry_mem_alloc(c, a->size, host, region_p, &p)) != FERRY_OK) {
+        if ((s = ferry_mem_alloc(c, bench_span(a), host, region_p, &p)) != FERRY_OK) {
             bench_fail("mem_alloc", s);
             return NULL;
         }
-        memset(p, fill, a->size);
+        memset(p, fill, bench_span(a));
         return p;
     }
-    p = bench_alloc(a->size, fill);
+    p = bench_alloc(bench_span(a), fill);
     if (p != NULL && strcmp(a->mem, "region") == 0 &&
-        (s = ferry_mem_register(c, p, a->size, host, region_p)) != FERRY_OK) {
+        (s = ferry_mem_register(c, p, bench_span(a), host, region_p)) != FERRY_OK) {
         bench_fail("mem_register", s);
         return NULL;
     }
@@ -245,40 +259,64 @@ static void bench_memory_free(const bench_args_t *a, uint8_t *buf, ferry_region_
 {
     ferry_mem_deregister(region);
     if (strcmp(a->mem, "alloc") != 0) {
-        munmap(buf, a->size);
+        munmap(buf, bench_span(a));
     }
 }
 
+/* Operation i uses slot i % window: its own size-byte part of the buffer,
+ * so operations in flight never share memory. */
+static void bench_slot(const bench_args_t *a, uint8_t *buf, long i, ferry_descriptor_t *descs)
+{
+    bench_split(buf + a->size * (uint64_t)(i % a->window), a->size, a->descs, descs);
+}
+
+/* Keeps `window` writables (or readables) published: creates operation i,
+ * sends its metadata, and creates i + window once i is over. */
 static int passive_loop(const bench_args_t *a, int md_fd)
 {
     bool write = strcmp(a->op, "write") == 0;
+    long total = a->iters + a->warmup;
     ferry_descriptor_t *descs = calloc((size_t)a->descs, sizeof(*descs));
+    ferry_op_t **ops = calloc((size_t)a->window, sizeof(*ops));
     ferry_connector_t *c = bench_connector(a, "bench-passive");
     ferry_region_t *region = NULL;
     uint8_t *buf = c != NULL ? bench_memory(a, c, 0x22, &region) : NULL;
     int rc = 0;
 
-    if (descs == NULL || buf == NULL || c == NULL) {
+    if (descs == NULL || ops == NULL || buf == NULL || c == NULL) {
         return -1;
     }
-    bench_split(buf, a->size, a->descs, descs);
-    for (long i = 0; i < a->iters + a->warmup && rc == 0; i++) {
-        ferry_op_t *op = NULL;
+    for (long i = 0; i < total + a->window && rc == 0; i++) {
+        ferry_op_t **slot = &ops[i % a->window];
         const uint8_t *md;
         size_t md_len;
-        ferry_status_t s = write ? ferry_writable_create(c, descs, (size_t)a->descs, &op)
-                                 : ferry_readable_create(c, descs, (size_t)a->descs, &op);
-        if (s != FERRY_OK || (s = ferry_op_metadata(op, &md, &md_len)) != FERRY_OK) {
+        ferry_status_t s;
+
+        if (i >= a->window) { /* operation i - window, in this slot */
+            if ((s = ferry_op_wait(*slot, BENCH_WAIT_MS)) != FERRY_OK) {
+                rc = bench_fail("passive wait", s);
+            }
+            ferry_op_destroy(*slot);
+            *slot = NULL;
+        }
+        if (rc != 0 || i >= total) {
+            continue;
+        }
+        bench_slot(a, buf, i, descs);
+        s = write ? ferry_writable_create(c, descs, (size_t)a->descs, slot)
+                  : ferry_readable_create(c, descs, (size_t)a->descs, slot);
+        if (s != FERRY_OK || (s = ferry_op_metadata(*slot, &md, &md_len)) != FERRY_OK) {
             rc = bench_fail("passive create", s);
         } else if (send_msg(md_fd, md, (uint32_t)md_len) != 0) {
             rc = -1;
-        } else if ((s = ferry_op_wait(op, BENCH_WAIT_MS)) != FERRY_OK) {
-            rc = bench_fail("passive wait", s);
         }
-        ferry_op_destroy(op);
+    }
+    for (long k = 0; k < a->window; k++) {
+        ferry_op_destroy(ops[k]);
     }
     bench_memory_free(a, buf, region);
     ferry_connector_destroy(c);
+    free(ops);
     free(descs);
     return rc;
 }
@@ -316,50 +354,86 @@ static void trace_print(bench_samples_t *phases, const bench_args_t *a)
     }
 }
 
-/* Returns the seconds the timed iterations took, or a negative number. */
+/* Returns the seconds the timed iterations took, or a negative number. With
+ * a window of 1, the sum of each operation's begin .. wait (the hand-off of
+ * the next metadata is not timed, as before windows existed). With more,
+ * up to `window` operations are in flight, begun in order as their metadata
+ * arrives and waited for in order; the time is the wall clock from the
+ * first timed operation's begin to the last one's end, and the warmup
+ * operations are all over before the first timed one begins. */
 static double active_loop(const bench_args_t *a, int md_fd)
 {
     bool write = strcmp(a->op, "write") == 0;
+    long total = a->iters + a->warmup;
     ferry_descriptor_t *descs = calloc((size_t)a->descs, sizeof(*descs));
+    ferry_op_t **ops = calloc((size_t)a->window, sizeof(*ops));
+    uint64_t *begun = calloc((size_t)a->window, sizeof(*begun));
     ferry_connector_t *c = bench_connector(a, "bench-active");
     ferry_region_t *region = NULL;
     uint8_t *buf = c != NULL ? bench_memory(a, c, 0x11, &region) : NULL;
-    uint64_t timed_ns = 0;
+    uint64_t timed_ns = 0, start = 0;
     bench_samples_t phases[TRACE_N + 1] = {{0}};
+    long next = 0, done = 0;
     int rc = 0;
 
-    if (descs == NULL || buf == NULL || c == NULL) {
+    if (descs == NULL || ops == NULL || begun == NULL || buf == NULL || c == NULL) {
         return -1.0;
     }
-    bench_split(buf, a->size, a->descs, descs);
-    for (long i = 0; i < a->iters + a->warmup && rc == 0; i++) {
-        ferry_op_t *op = NULL;
-        uint8_t *md;
-        uint32_t md_len;
-        ferry_status_t s;
-        uint64_t t0;
+    while (done < total && rc == 0) {
+        /* Begin what the window allows; the first timed operation waits
+         * until the warmup is over. */
+        while (next < total && next - done < a->window && (next != a->warmup || done == next)) {
+            uint8_t *md;
+            uint32_t md_len;
+            ferry_status_t s;
 
-        if (recv_msg(md_fd, &md, &md_len) != 0) {
-            rc = -1;
-            break;
-        }
-        t0 = bench_now_ns();
-        s = write ? ferry_write_begin(c, descs, (size_t)a->descs, md, md_len, &op)
-                  : ferry_read_begin(c, descs, (size_t)a->descs, md, md_len, &op);
-        if (s != FERRY_OK || (s = ferry_op_wait(op, BENCH_WAIT_MS)) != FERRY_OK) {
-            rc = bench_fail("active transfer", s);
-        } else if (i >= a->warmup) {
-            uint64_t t1 = bench_now_ns();
-            timed_ns += t1 - t0;
-            if (a->trace) {
-                trace_add(phases, t0, t1);
+            if (recv_msg(md_fd, &md, &md_len) != 0) {
+                rc = -1;
+                break;
             }
+            bench_slot(a, buf, next, descs);
+            begun[next % a->window] = bench_now_ns();
+            if (next == a->warmup) {
+                start = begun[next % a->window];
+            }
+            s = write ? ferry_write_begin(c, descs, (size_t)a->descs, md, md_len,
+                                          &ops[next % a->window])
+                      : ferry_read_begin(c, descs, (size_t)a->descs, md, md_len,
+                                         &ops[next % a->window]);
+            free(md);
+            if (s != FERRY_OK) {
+                rc = bench_fail("active begin", s);
+                break;
+            }
+            next++;
         }
-        ferry_op_destroy(op);
-        free(md);
+        if (rc == 0 && done < next) {
+            ferry_op_t **slot = &ops[done % a->window];
+            ferry_status_t s = ferry_op_wait(*slot, BENCH_WAIT_MS);
+            uint64_t t1 = bench_now_ns();
+
+            if (s != FERRY_OK) {
+                rc = bench_fail("active transfer", s);
+            } else if (done >= a->warmup && a->window == 1) {
+                timed_ns += t1 - begun[0];
+                if (a->trace) {
+                    trace_add(phases, begun[0], t1);
+                }
+            } else if (done == total - 1) {
+                timed_ns = t1 - start;
+            }
+            ferry_op_destroy(*slot);
+            *slot = NULL;
+            done++;
+        }
+    }
+    for (long k = 0; k < a->window; k++) {
+        ferry_op_destroy(ops[k]);
     }
     bench_memory_free(a, buf, region);
     ferry_connector_destroy(c);
+    free(begun);
+    free(ops);
     free(descs);
     if (rc == 0 && a->trace) {
         trace_print(phases, a);
@@ -431,13 +505,13 @@ static int run_bandwidth(const bench_args_t *a)
     if (rc == 0) {
         /* A traced run pays for its debug lines: kept out of the tables. */
         printf("{\"bench\":\"%s\",\"impl\":\"%s\",\"op\":\"%s\",\"size\":%llu,\"descs\":%d,"
-               "\"pairs\":%d,\"iters\":%ld,\"progress\":\"%s\",\"spin_us\":%u,"
+               "\"pairs\":%d,\"window\":%ld,\"iters\":%ld,\"progress\":\"%s\",\"spin_us\":%u,"
                "\"gbps\":%.3f,\"us_per_op\":%.1f}\n",
                a->trace ? "data-traced" : "data",
                strcmp(a->mem, "user") == 0     ? "ferry"
                : strcmp(a->mem, "region") == 0 ? "ferry-region"
                                                : "ferry-alloc",
-               a->op, (unsigned long long)a->size, a->descs, a->pairs, a->iters,
+               a->op, (unsigned long long)a->size, a->descs, a->pairs, a->window, a->iters,
                a->caller_progress ? "caller" : "thread", a->spin_us, gbps,
                worst * 1e6 / (double)a->iters);
     }
@@ -772,6 +846,7 @@ static void usage(void)
     fprintf(stderr, "usage: ferry_bench_data --op write|read --size S [--descs D] [--iters N]\n"
                     "                        [--warmup N] [--pairs P] [--progress thread|caller]\n"
                     "                        [--spin-us N] [--mem user|region|alloc] [--trace]\n"
+                    "                        [--window W]\n"
                     "       ferry_bench_data --create --size S [--iters N]\n"
                     "       ferry_bench_data --memcpy --size S [--iters N]\n"
                     "       ferry_bench_data --latency --coord HOST:PORT [--iters N] [--warmup N]\n"
@@ -780,27 +855,27 @@ static void usage(void)
 
 static int parse_args(int argc, char **argv, bench_args_t *a)
 {
-    static const struct option opts[] = {{"op", required_argument, NULL, 'o'},
-                                         {"memcpy", no_argument, NULL, 'm'},
-                                         {"latency", no_argument, NULL, 'l'},
-                                         {"size", required_argument, NULL, 's'},
-                                         {"descs", required_argument, NULL, 'd'},
-                                         {"iters", required_argument, NULL, 'n'},
-                                         {"warmup", required_argument, NULL, 'w'},
-                                         {"pairs", required_argument, NULL, 'p'},
-                                         {"progress", required_argument, NULL, 'g'},
-                                         {"coord", required_argument, NULL, 'c'},
-                                         {"spin-us", required_argument, NULL, 'u'},
-                                         {"mem", required_argument, NULL, 'M'},
-                                         {"create", no_argument, NULL, 'C'},
-                                         {"trace", no_argument, NULL, 'T'},
-                                         {NULL, 0, NULL, 0}};
+    static const struct option opts[] = {
+        {"op", required_argument, NULL, 'o'},       {"memcpy", no_argument, NULL, 'm'},
+        {"latency", no_argument, NULL, 'l'},        {"size", required_argument, NULL, 's'},
+        {"descs", required_argument, NULL, 'd'},    {"iters", required_argument, NULL, 'n'},
+        {"warmup", required_argument, NULL, 'w'},   {"pairs", required_argument, NULL, 'p'},
+        {"progress", required_argument, NULL, 'g'}, {"coord", required_argument, NULL, 'c'},
+        {"spin-us", required_argument, NULL, 'u'},  {"mem", required_argument, NULL, 'M'},
+        {"create", no_argument, NULL, 'C'},         {"trace", no_argument, NULL, 'T'},
+        {"window", required_argument, NULL, 'W'},   {NULL, 0, NULL, 0},
+    };
     const char *spin_env = getenv("FERRY_SPIN_US");
     long spin = spin_env != NULL ? atol(spin_env) : (long)FERRY_CONNECTOR_DEFAULT_SPIN_US;
     int c;
 
-    *a = (bench_args_t){
-        .size = 4096, .descs = 1, .iters = 100, .warmup = 3, .pairs = 1, .mem = "user"};
+    *a = (bench_args_t){.size = 4096,
+                        .descs = 1,
+                        .iters = 100,
+                        .warmup = 3,
+                        .pairs = 1,
+                        .window = 1,
+                        .mem = "user"};
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
         switch (c) {
         case 'o':
@@ -851,6 +926,9 @@ static int parse_args(int argc, char **argv, bench_args_t *a)
         case 'T':
             a->trace = true;
             break;
+        case 'W':
+            a->window = atol(optarg);
+            break;
         default:
             return -1;
         }
@@ -859,8 +937,10 @@ static int parse_args(int argc, char **argv, bench_args_t *a)
         return -1;
     }
     a->spin_us = (unsigned)spin;
+    /* The trace follows one operation at a time. */
     if (a->iters < 1 || a->warmup < 0 || a->descs < 1 || a->pairs < 1 || a->size == 0 ||
-        (uint64_t)a->descs > a->size) {
+        (uint64_t)a->descs > a->size || a->window < 1 || a->window > 64 ||
+        (a->trace && a->window > 1) || a->size > UINT64_MAX / (uint64_t)a->window) {
         return -1;
     }
     if (a->op != NULL && strcmp(a->op, "write") != 0 && strcmp(a->op, "read") != 0) {

@@ -81,16 +81,32 @@ def control_tables(rows):
         if r.get("bench") == "control":
             key = (r["mode"], r["clients"], r["coordinators"], r.get("channels", "thread"),
                    r.get("label", ""))
-            ctl[key] = r
+            ctl.setdefault(key, []).append(r)
     clients = sorted({k[1] for k in ctl})
     replicas = sorted({k[2] for k in ctl if k[2] > 0})
     labels = sorted({k[4] for k in ctl if k[0] == "register" and k[4]})
 
     def get(mode, n, coords, channels="thread", label=""):
-        return ctl.get((mode, n, coords, channels, label))
+        """A run, or the median of each figure over the rounds that repeated
+        it (bench/control.sh alternates Register with its references)."""
+        runs = ctl.get((mode, n, coords, channels, label))
+        if not runs:
+            return None
+        return dict(runs[0], runs=runs, **{f: median([r[f] for r in runs])
+                                          for f in ("ops_per_s", "p50_us", "p99_us")})
 
     def val(r, f):
         return None if r is None else r[f]
+
+    def rratio(a, b):
+        """a/b in calls per second; over rounds the median of each round's
+        ratio (the i-th run of a against the i-th of b, measured seconds
+        apart), which the machine's drift moves less than a ratio of medians."""
+        if a is None or b is None:
+            return "-"
+        if len(a["runs"]) == len(b["runs"]) > 1:
+            return f"{median([x['ops_per_s'] / y['ops_per_s'] for x, y in zip(a['runs'], b['runs'])]):.2f}"
+        return ratio(a["ops_per_s"], b["ops_per_s"])
 
     look = Table("Control path: Lookup vs reading the same record from etcd (JSON gateway, "
                  "and native gRPC KV.Range from C)",
@@ -100,10 +116,13 @@ def control_tables(rows):
                   "Lookup/s (1 channel)", "p99 us (1 channel)"])
     reg = Table("Control path: Register vs direct etcd writes (the coordinator's etcd "
                 "client: txn through the JSON gateway, the issue's reference, and through "
-                "gRPC, the coordinator's default way)",
+                "gRPC, the coordinator's default way). rounds > 1: Register and its "
+                "references ran alternately that many times; figures are medians over "
+                "the rounds, ratios the median of each round's ratio",
                 ["clients", "replicas", "coordinator", "Register/s", "p50 us", "p99 us",
                  "etcd txn/s", "p50 us", "lease+txn/s", "p50 us", "Register/txn",
-                 "Register/(lease+txn)", "gRPC txn/s", "p50 us", "Register/gRPC txn"])
+                 "Register/(lease+txn)", "gRPC txn/s", "p50 us", "Register/gRPC txn",
+                 "rounds"])
     echo = Table("Control path: each RPC against a bare echo through the same rpc/ layer "
                  "(empty handler, 16 threads, one server), on the same kind of channel; "
                  "ratios are RPC/echo",
@@ -128,10 +147,8 @@ def control_tables(rows):
                     reg.add(str(n), str(coords), label or "default", val(rg, "ops_per_s"),
                             val(rg, "p50_us"), val(rg, "p99_us"), val(tx, "ops_per_s"),
                             val(tx, "p50_us"), val(lt, "ops_per_s"), val(lt, "p50_us"),
-                            ratio(val(rg, "ops_per_s"), val(tx, "ops_per_s")),
-                            ratio(val(rg, "ops_per_s"), val(lt, "ops_per_s")),
-                            val(gt, "ops_per_s"), val(gt, "p50_us"),
-                            ratio(val(rg, "ops_per_s"), val(gt, "ops_per_s")))
+                            rratio(rg, tx), rratio(rg, lt), val(gt, "ops_per_s"),
+                            val(gt, "p50_us"), rratio(rg, gt), str(len(rg["runs"])))
     for name, mode, channels, label in (("Lookup", "lookup", "thread", ""),
                                         ("Lookup (1 channel)", "lookup", "shared", ""),
                                         ("Register", "register", "thread", "")) + \
@@ -161,7 +178,9 @@ def data_tables(rows, trim=False):
     data = {}
     for r in rows:
         if r.get("bench") == "data":
-            key = (r["op"], r["size"], r["descs"], r.get("pairs", 1), r["impl"])
+            # --window W > 1 (W operations in flight) is a row of its own
+            impl = r["impl"] + (f"@w{r['window']}" if r.get("window", 1) > 1 else "")
+            key = (r["op"], r["size"], r["descs"], r.get("pairs", 1), impl)
             data.setdefault(key, []).append(r["gbps"])
     t = Table("Data path, GB/s (median of the alternating rounds). raw UCX = ucp_put_nbx/"
               "ucp_get_nbx + flush between two processes into the program's own memory "
@@ -210,10 +229,12 @@ def registered_table(data):
               "Ferry region: the program's memory registered once (ferry_mem_register), "
               "vs raw UCX into user memory; Ferry alloc: ferry_mem_alloc (UCX-allocated, "
               "as ucx_perftest's), vs ucx_perftest and vs the raw put into UCX memory. "
-              "Targets (>= 0.95) from 1 MiB",
+              "Targets (>= 0.95) from 1 MiB. Ferry alloc, W in flight: --window W, a stream "
+              "of operations (as ucx_perftest streams puts), W slots of the size",
               ["op", "size", "Ferry region", "Ferry (per-op reg.)", "raw UCX (user)",
                "region/raw", "target", "Ferry alloc", "ucx_perftest", "alloc/perftest",
-               "target", "raw UCX (UCX mem)", "alloc/raw UCX mem", "rounds"])
+               "target", "raw UCX (UCX mem)", "alloc/raw UCX mem", "rounds",
+               "Ferry alloc, W in flight", "W", "streamed/perftest"])
     keys = sorted({(k[0], k[1]) for k in data
                    if k[4] in ("ferry-region", "ferry-alloc") and k[2] == 1 and k[3] == 1},
                   key=lambda k: (k[0] != "write", k[1]))
@@ -222,10 +243,15 @@ def registered_table(data):
             return median(data.get((op, size, 1, 1, impl), []))
         region, alloc = m("ferry-region"), m("ferry-alloc")
         raw, perf, ucxmem = m("ucx-raw-user"), m("ucx_perftest"), m("ucx-raw-ucxmem")
+        windows = sorted(int(k[4].split("@w")[1]) for k in data
+                         if k[:4] == (op, size, 1, 1) and k[4].startswith("ferry-alloc@w"))
+        w = windows[-1] if windows else None
+        streamed = m(f"ferry-alloc@w{w}") if w else None
         t.add(op, size_name(size), region, m("ferry"), raw, ratio(region, raw),
               target(region, raw, size), alloc, perf, ratio(alloc, perf),
               target(alloc, perf, size), ucxmem, ratio(alloc, ucxmem),
-              str(len(data.get((op, size, 1, 1, "ferry-alloc"), []))))
+              str(len(data.get((op, size, 1, 1, "ferry-alloc"), []))),
+              streamed, str(w) if w else "-", ratio(streamed, perf))
     return t
 
 
