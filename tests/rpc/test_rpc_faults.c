@@ -90,11 +90,18 @@ ferry_status_t __wrap_rpc__call_arm(rpc_server_t *server, rpc_method_entry_t *me
 static fixture_t *stall_fixture; /* set: the next decoding waits for a call to end */
 static atomic_int stall_until;   /* ...until this many calls have ended */
 static atomic_int stalls;        /* decodings that began to wait */
+static atomic_int stalls_over;   /* ...and that went on */
 
 static bool stall_began(const fixture_t *f)
 {
     (void)f;
     return atomic_load(&stalls) > 0;
+}
+
+static bool stall_over(const fixture_t *f)
+{
+    (void)f;
+    return atomic_load(&stalls_over) > 0;
 }
 
 static bool stalled_call_ended(const fixture_t *f)
@@ -126,6 +133,10 @@ ferry_status_t __wrap_rpc__unpack_request(const ProtobufCMessageDescriptor *desc
         if (!fixture_wait(f, stalled_call_ended, 10000)) {
             fprintf(stderr, "the stalled call did not end within 10 s\n");
         }
+        pthread_mutex_lock(&f->lock);
+        atomic_fetch_add(&stalls_over, 1);
+        pthread_cond_broadcast(&f->cond);
+        pthread_mutex_unlock(&f->lock);
     }
     return __real_rpc__unpack_request(desc, buf, path, msg_p, bytes_p, why, cap);
 }
@@ -202,6 +213,7 @@ static void test_call_ended_while_decoding(void **state)
     for (int i = 0; i < STALL_ROUNDS; i++) {
         rpc_stream_t *stream = NULL;
         atomic_store(&stalls, 0);
+        atomic_store(&stalls_over, 0);
         atomic_store(&stall_until, 2 * i + 1);
         __atomic_store_n(&stall_fixture, &f, __ATOMIC_RELEASE);
         assert_int_equal(rpc_stream_open(f.channel, WATCH_PATH, &req.base,
@@ -211,6 +223,10 @@ static void test_call_ended_while_decoding(void **state)
         rpc_stream_destroy(stream); /* cancels it */
         assert_true(fixture_wait(&f, stalled_call_ended, 10000));
         assert_int_equal(get(&f, "after", 10000), FERRY_OK);
+        /* The held decoding has seen its call end and gone on, before the
+         * next round moves stall_until (else it would wait on, for that,
+         * and hold a server thread; with both held nothing ends). */
+        assert_true(fixture_wait(&f, stall_over, 10000));
     }
     fixture_stop(&f);
 }
