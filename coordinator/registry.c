@@ -18,6 +18,10 @@
 #include "common/op_state.h"
 
 #define MAINT_INTERVAL_MS 500
+/* A failed load is tried again after RELOAD_RETRY_MIN_MS, doubling up to
+ * RELOAD_RETRY_MAX_MS: never back to back, whatever made it fail. */
+#define RELOAD_RETRY_MIN_MS 100
+#define RELOAD_RETRY_MAX_MS 5000
 
 ferry_status_t registry_fail(ferry_status_t status, char *msg, size_t cap, const char *fmt, ...)
 {
@@ -445,6 +449,12 @@ static ferry_status_t load_view(coord_registry_t *r)
     if (status != FERRY_OK) {
         return status;
     }
+    if (r->test_load_fails > 0) { /* test seam: FERRY_TEST_LOAD_FAILS */
+        r->test_load_fails--;
+        free(end);
+        ferry_warn("registry: load failed on purpose (FERRY_TEST_LOAD_FAILS)");
+        return FERRY_ERR_UNAVAILABLE;
+    }
     /* claims/ and ops/ only, not all of the prefix: other keys there (the
      * lease key, a tool's) cost nothing to load. */
     int64_t started_ms = ferry__clock_ms(CLOCK_MONOTONIC);
@@ -527,13 +537,17 @@ static void check_health(coord_registry_t *r)
     }
 }
 
-static void maint_wait(coord_registry_t *r, int ms)
+/* Waits ms, or less when the registry stops or (unless `even_if_reload`)
+ * when a reload is asked for. */
+static void maint_wait(coord_registry_t *r, int ms, bool even_if_reload)
 {
     struct timespec until = ferry__clock_in_ms(CLOCK_REALTIME, ms);
 
     pthread_mutex_lock(&r->lock);
-    if (!r->stopping && !r->reload) {
-        pthread_cond_timedwait(&r->maint_cond, &r->lock, &until);
+    while (!r->stopping && (even_if_reload || !r->reload)) {
+        if (pthread_cond_timedwait(&r->maint_cond, &r->lock, &until) != 0) {
+            break; /* timed out */
+        }
     }
     pthread_mutex_unlock(&r->lock);
 }
@@ -541,6 +555,7 @@ static void maint_wait(coord_registry_t *r, int ms)
 static void *maint_main(void *arg)
 {
     coord_registry_t *r = arg;
+    int retry_ms = 0; /* after the last failed load; 0: it did not fail */
 
     for (;;) {
         bool stopping, reload;
@@ -556,10 +571,16 @@ static void *maint_main(void *arg)
             etcd_watch_destroy(r->watch);
             r->watch = NULL;
             if (load_view(r) != FERRY_OK) {
-                ferry_warn("registry: reload failed: %s", etcd_client_last_error());
+                retry_ms = retry_ms == 0 ? RELOAD_RETRY_MIN_MS : retry_ms * 2;
+                retry_ms = retry_ms < RELOAD_RETRY_MAX_MS ? retry_ms : RELOAD_RETRY_MAX_MS;
+                ferry_warn("registry: reload failed: %s; trying again in %d ms",
+                           etcd_client_last_error(), retry_ms);
+                maint_wait(r, retry_ms, true);
+                continue;
             }
+            retry_ms = 0;
         }
-        maint_wait(r, MAINT_INTERVAL_MS);
+        maint_wait(r, MAINT_INTERVAL_MS, false);
     }
     return NULL;
 }
@@ -629,6 +650,8 @@ ferry_status_t coord_registry_create(const coord_registry_params_t *params,
         goto err_cond;
     }
     r->test_gate = getenv("FERRY_TEST_WRITE_THROUGH_GATE");
+    const char *load_fails = getenv("FERRY_TEST_LOAD_FAILS");
+    r->test_load_fails = load_fails != NULL ? atoi(load_fails) : 0;
 
     atomic_store(&r->healthy, etcd_ping(r->etcd, NULL) == FERRY_OK);
     if (!atomic_load(&r->healthy) || load_view(r) != FERRY_OK) {

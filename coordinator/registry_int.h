@@ -66,6 +66,7 @@ struct coord_registry {
     EVP_MAC_CTX *lease_mac;
 
     const char *test_gate; /* FERRY_TEST_WRITE_THROUGH_GATE; see registry_view_put */
+    int test_load_fails;   /* FERRY_TEST_LOAD_FAILS: so many loads fail first */
 };
 
 /* Builds "<sub_prefix><id>" (sub_prefix: r->ops_prefix or r->claims_prefix)

@@ -19,6 +19,7 @@
 Run with /usr/bin/python3 (Debian's grpcio), from CTest.
 """
 import base64
+import datetime
 import json
 import os
 import re
@@ -662,6 +663,35 @@ class StoreLoadsInPages(unittest.TestCase):
 
     def test_gateway(self):
         self.check("gateway")
+
+
+class FailedLoadsBackOff(unittest.TestCase):
+    """A load of the view that fails is tried again later and later, never
+    back to back (FERRY_TEST_LOAD_FAILS makes the first loads fail)."""
+
+    def test_retries_wait_longer_each_time(self):
+        r = Replica("backoff", "/backoff/", env={"FERRY_TEST_LOAD_FAILS": "5"})
+        try:
+            ferry_harness.wait_until(lambda: r.coord.log_contains("registry: loaded"), 30,
+                                     "the view to load after five failed loads")
+            stamp = r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3})Z"
+            with open(r.coord.log_path) as f:
+                log = f.read()
+            failed = [datetime.datetime.fromisoformat(t) for t in
+                      re.findall(stamp + r" warn  registry: load failed on purpose", log)]
+            waits = [int(ms) for ms in re.findall(r"reload failed: .*; trying again in (\d+) ms",
+                                                  log)]
+            self.assertEqual(len(failed), 5)
+            # The first fails at start; the maintenance thread's four retries
+            # announce their waits, and none comes before its wait is over.
+            self.assertEqual(waits, [100, 200, 400, 800])
+            for before, after, ms in zip(failed[1:], failed[2:], waits):
+                self.assertGreaterEqual((after - before).total_seconds() * 1000, ms - 1)
+            op = r.register("bo-1").access_token
+            self.assertEqual(r.stub.Lookup(r.cpb.LookupRequest(
+                request_id="bo-1", access_token=op), timeout=10).operation.request_id, "bo-1")
+        finally:
+            r.stop()
 
 
 class DeletedRecordsStayDeleted(unittest.TestCase):
