@@ -15,7 +15,8 @@
  *                   client thread on its own session lease (made by its
  *                   first, warm-up call), as a libferry client: one etcd write
  *   etcd-txn        the create-if-absent transaction alone, straight to etcd:
- *                   what Register asks of etcd
+ *                   what Register asks of etcd (keys <prefix minus '/'>-direct/,
+ *                   outside the coordinator's prefix, so its watch sees none)
  *   (etcd-get, etcd-txn and etcd-lease-txn go through the coordinator's etcd
  *   client, key-values over etcd's JSON gateway unless --etcd-kv-api grpc:
  *   the gateway is the issue's reference, gRPC what the coordinator uses)
@@ -361,8 +362,14 @@ static int call_echo(bench_client_t *cl)
 
 static int call_etcd_txn(bench_client_t *cl, const char *id, bool with_lease)
 {
+    /* Beside the coordinator's prefix, not in it ("/ferry/" -> "/ferry-direct/"):
+     * its view watches the whole prefix, and would pay for every reference
+     * write while the reference is measured. */
+    const char *prefix = cl->shared->config->prefix;
+    size_t plen = strlen(prefix);
     char key[256];
-    int len = snprintf(key, sizeof(key), "%sdirect/%s", cl->shared->config->prefix, id);
+    int len = snprintf(key, sizeof(key), "%.*s-direct/%s",
+                       (int)(plen > 0 && prefix[plen - 1] == '/' ? plen - 1 : plen), prefix, id);
     int64_t lease = 0, ttl = 0;
     etcd_compare_t cmp = {.target = ETCD_CMP_CREATE,
                           .result = ETCD_CMP_EQUAL,
