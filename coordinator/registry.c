@@ -388,6 +388,7 @@ static ferry_status_t read_pages(coord_registry_t *r, const char *prefix, etcd_r
 
     while (status == FERRY_OK) {
         etcd_range_t page = {0};
+        size_t got;
         bool more;
 
         status = etcd_get(r->etcd, from, from_len, end, end_len, limit, all->revision, &page);
@@ -397,7 +398,8 @@ static ferry_status_t read_pages(coord_registry_t *r, const char *prefix, etcd_r
         (*pages_p)++;
         all->revision = all->revision != 0 ? all->revision : page.revision;
         more = page.more;
-        if (page.n_kvs > 0) {
+        got = page.n_kvs;
+        if (got > 0) {
             etcd_kv_t *kvs = realloc(all->kvs, (all->n_kvs + page.n_kvs) * sizeof(*kvs));
             if (kvs == NULL) {
                 etcd_range_free(&page);
@@ -414,12 +416,14 @@ static ferry_status_t read_pages(coord_registry_t *r, const char *prefix, etcd_r
         if (!more) {
             break;
         }
-        /* The next page starts just after the last key read. */
-        const etcd_kv_t *last = all->n_kvs > 0 ? &all->kvs[all->n_kvs - 1] : NULL;
-        uint8_t *next = last != NULL ? malloc(last->key_len + 1) : NULL;
-        if (last == NULL) {
-            status = FERRY_ERR_PROTOCOL; /* "more" and nothing read: no way on */
-        } else if (next == NULL) {
+        if (got == 0) {
+            status = FERRY_ERR_PROTOCOL; /* "more" and nothing in this page: no way on */
+            break;
+        }
+        /* The next page starts just after this page's last key. */
+        const etcd_kv_t *last = &all->kvs[all->n_kvs - 1];
+        uint8_t *next = malloc(last->key_len + 1);
+        if (next == NULL) {
             status = FERRY_ERR_NO_MEMORY;
         } else {
             memcpy(next, last->key, last->key_len);
