@@ -54,6 +54,13 @@ static void on_registry_event(void *arg, coord_event_type_t type, const Ferry__V
     coord_service_on_event(c->service, type, op, revision);
 }
 
+static void on_registry_events_done(void *arg)
+{
+    coordinator_t *c = arg;
+
+    coord_service_on_events_done(c->service);
+}
+
 static void on_registry_reload(void *arg, int64_t revision)
 {
     coordinator_t *c = arg;
@@ -164,6 +171,7 @@ static ferry_status_t open_server(coordinator_t *c)
         .default_ttl_s = c->config.ttl_s,
         .load_page = c->config.etcd_load_page,
         .on_event = on_registry_event,
+        .on_events_done = on_registry_events_done,
         .on_reload = on_registry_reload,
         .on_health = on_registry_health,
     };

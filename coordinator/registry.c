@@ -272,6 +272,9 @@ static void on_watch_events(void *arg, const etcd_event_t *events, size_t n_even
     pthread_mutex_lock(&r->lock);
     view_prune(&r->view, r->revision);
     pthread_mutex_unlock(&r->lock);
+    if (r->params.on_events_done != NULL) {
+        r->params.on_events_done(r->params.arg);
+    }
 }
 
 static void on_watch_state(void *arg, bool connected, ferry_status_t status)

@@ -85,6 +85,11 @@ typedef struct {
      * token hash and lease IDs; valid during the call. */
     void (*on_event)(void *arg, coord_event_type_t type, const Ferry__V1__Operation *op,
                      int64_t revision);
+    /* The events reported since the last call hold every change of their
+     * revisions: called after each etcd watch message, and etcd sends a
+     * revision's events in one (a lease's end deletes every key on it at
+     * one revision). May be NULL. */
+    void (*on_events_done)(void *arg);
     /* The view was (re)loaded at `revision`, before its watch starts: changes
      * up to it are in the view but may never have been reported (the watch
      * could not resume: compaction). May be NULL. */

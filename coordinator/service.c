@@ -587,6 +587,9 @@ ferry_status_t coord_service_create(const coord_service_params_t *params, rpc_se
     svc->server = server;
     svc->watch_queue_bytes =
         params->watch_queue_bytes != 0 ? params->watch_queue_bytes : SERVICE_WATCH_QUEUE_BYTES;
+    svc->watch_msg_bytes = svc->watch_queue_bytes / 4 < SERVICE_WATCH_MSG_BYTES
+                               ? svc->watch_queue_bytes / 4
+                               : SERVICE_WATCH_MSG_BYTES;
     svc->exec = params->exec;
     svc->read_exec = params->read_exec;
     if (pthread_mutex_init(&svc->subs_lock, NULL) != 0) {
@@ -632,6 +635,11 @@ void coord_service_on_event(void *arg, coord_event_type_t type, const Ferry__V1_
         service_waits_wake(svc, op->request_id);
     }
     service_watch_publish(svc, type, op, revision);
+}
+
+void coord_service_on_events_done(void *arg)
+{
+    service_watch_flush(arg);
 }
 
 void coord_service_on_reload(void *arg, int64_t revision)

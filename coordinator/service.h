@@ -51,6 +51,7 @@ void coord_service_attach(coord_service_t *service, coord_registry_t *registry);
  * with the service as arg. */
 void coord_service_on_event(void *arg, coord_event_type_t type, const Ferry__V1__Operation *op,
                             int64_t revision);
+void coord_service_on_events_done(void *arg);
 void coord_service_on_reload(void *arg, int64_t revision);
 void coord_service_on_health(void *arg, bool healthy);
 

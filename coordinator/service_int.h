@@ -31,16 +31,18 @@ typedef struct sub_entry {
     const char *request_id; /* exact match; NULL when prefix is used */
     const char *prefix;     /* "" matches all */
     int64_t start_revision; /* events below it are skipped */
-    int64_t last_sent;      /* revision of the last event queued on it */
+    int64_t last_sent;      /* the last revision queued on it whole */
     struct sub_entry *next;
 } sub_entry_t;
 
-/* One published event, packed once (a WatchResponse with this one event),
- * kept in the history so a Watch can resume from a revision. */
+/* One published event, its WatchEvent packed once, kept in the history so
+ * a Watch can resume from a revision. Messages carry a revision's events
+ * (those a stream matches) together, built from these bytes
+ * (rpc_msg_pack_repeated) without packing them again. */
 typedef struct {
     int64_t revision;
     char *request_id;
-    rpc_msg_t *msg; /* holds a reference */
+    ProtobufCBinaryData event; /* a packed WatchEvent; owned */
 } hist_event_t;
 
 /* Events the history keeps (at about 600 bytes each, a few MiB). A Watch
@@ -51,6 +53,12 @@ typedef struct {
 /* The default bound of each Watch stream's unsent bytes (its client stopped
  * reading, or reads slower than changes come). */
 #define SERVICE_WATCH_QUEUE_BYTES (4u << 20)
+
+/* The most bytes of events one WatchResponse carries (a quarter of the
+ * stream's bound when that is less): a revision with more (a lease that
+ * held thousands of records ended) goes in several messages, each but the
+ * last marked `fragment`. Well under gRPC's default 4 MiB receive limit. */
+#define SERVICE_WATCH_MSG_BYTES (1u << 20)
 
 struct coord_service {
     char *name;
@@ -67,10 +75,11 @@ struct coord_service {
     uint64_t wake_seq; /* bumped by every wake; see service_wait_add */
     pthread_t wait_thread;
 
-    /* Guards subs, subs_stopping and the history. Publishing an event,
-     * recording it and sending it to every subscriber happen under it, and
-     * so do a new stream's `created` message, its replay and its joining
-     * the subscribers: no stream misses an event or sees one twice. */
+    /* Guards subs, subs_stopping, pending and the history. Publishing a
+     * revision, recording it and sending it to every subscriber happen
+     * under it, and so do a new stream's `created` message, its replay and
+     * its joining the subscribers: no stream misses an event or sees one
+     * twice. */
     pthread_mutex_t subs_lock;
     sub_entry_t *subs;
     bool subs_stopping;
@@ -80,8 +89,14 @@ struct coord_service {
     /* Every event after hist_floor is in hist or still to come: a Watch may
      * start at any revision above it. */
     int64_t hist_floor;
-    int64_t watch_rev;        /* the last event published, or the last reload */
+    int64_t watch_rev;        /* the last revision published, or the last reload */
     size_t watch_queue_bytes; /* constant: each stream's bound */
+    size_t watch_msg_bytes;   /* constant: events per message, in bytes */
+    /* The events of the revision being gathered (all of pending_rev); sent
+     * when the registry says its watch message ended, or a later revision
+     * comes. */
+    hist_event_t *pending;
+    size_t n_pending, cap_pending;
 };
 
 int64_t service_now_ms(void);
@@ -134,6 +149,7 @@ void service_waits_stop(coord_service_t *svc);
 void service_watch(rpc_call_t *call, const ProtobufCMessage *request, void *arg);
 void service_watch_publish(coord_service_t *svc, coord_event_type_t type,
                            const Ferry__V1__Operation *op, int64_t revision);
+void service_watch_flush(coord_service_t *svc);
 void service_watch_reload(coord_service_t *svc, int64_t revision);
 void service_watch_stop(coord_service_t *svc);
 

@@ -1,18 +1,28 @@
 /*
  * service_watch.c: Watch streams. One etcd watch per coordinator process
  * (the registry's) feeds every subscriber: each registry event is packed
- * once, recorded in a bounded history (a ring of SERVICE_WATCH_HISTORY
- * events) and queued on the matching streams, in revision order.
+ * once, gathered with the other events of its revision, then recorded in a
+ * bounded history (a ring of SERVICE_WATCH_HISTORY events) and queued on
+ * the matching streams, in revision order, one message per revision.
+ *
+ * Why a revision travels whole: etcd gives one revision to every change of
+ * a transaction, and a lease's end deletes every key on it at one revision
+ * (a worker's session lease holds all its records). A client resumes at
+ * the revision after the last message it got; had a revision's changes
+ * come one per message, a stream cut between them (a slow reader, a
+ * shutdown, a dropped connection) would resume past the rest, never seen.
+ * A revision whose events pass watch_msg_bytes goes in several messages,
+ * all but the last marked `fragment`; a stream cut between them resumes at
+ * that revision (its earlier events come again).
  *
  * Invariant: a stream carries every change after its `created` revision
  * (or from its start_revision on), each once, in order. `created` reports
- * watch_rev, the revision of the last event published, read under the
- * subs_lock that publishing holds; a start_revision inside the history is
- * replayed from it under that same lock before the stream joins the
- * subscribers. A start_revision older than the history, or a view reload
- * (the registry's watch could not resume, so changes may never have been
- * published), ends the stream with OUT_OF_RANGE: the client rereads (Get or
- * List) and watches again from the header revision + 1.
+ * watch_rev, the last revision published whole, read under the subs_lock
+ * that publishing holds; a start_revision inside the history is replayed
+ * from it under that same lock before the stream joins the subscribers. A start_revision older than
+ * the history, or a view reload (the registry's watch could not resume, so changes may never have
+ * been published), ends the stream with OUT_OF_RANGE: the client rereads (Get or List) and watches
+ * again from the header revision + 1.
  *
  * Bounded: each stream may have watch_queue_bytes (--watch-queue-kib) of
  * messages its client has not taken (gRPC's transport takes them only as
@@ -74,18 +84,112 @@ static const char resync_hint[] =
     "read the current state (Get or List), then Watch with start_revision = its header "
     "revision + 1";
 
-/* Queues one event on s; false when s is too far behind (its queue is
- * full), and the stream must end. A stream whose client left answers
- * CANCELLED; its cancel callback removes it. Caller holds subs_lock. */
-static bool sub_send_locked(coord_service_t *svc, sub_entry_t *s, rpc_msg_t *msg, int64_t revision)
+/* Queues one message on s carrying n_events of `revision`; `whole`: the
+ * revision's last. False when s is too far behind (its queue is full), and
+ * the stream must end. A stream whose client left answers CANCELLED; its
+ * cancel callback removes it. Caller holds subs_lock. */
+static bool sub_send_locked(coord_service_t *svc, sub_entry_t *s, rpc_msg_t *msg, int64_t revision,
+                            size_t n_events, bool whole)
 {
     ferry_status_t status = rpc_call_send_msg(s->call, msg);
 
     if (status == FERRY_OK) {
-        s->last_sent = revision;
-        atomic_fetch_add(&svc->watch_events_sent, 1); /* for metrics */
+        if (whole) {
+            s->last_sent = revision;
+        }
+        atomic_fetch_add(&svc->watch_events_sent, n_events); /* for metrics */
     }
     return status != FERRY_ERR_RESOURCE_EXHAUSTED;
+}
+
+/* Packs the events values[0..n) of `revision` into messages of at most
+ * watch_msg_bytes of events each (at least one event), all but the last
+ * marked `fragment`; msgs[] gets them (as many as n at most) and *n_msgs
+ * their count. False when out of memory (what was packed is unref'd). */
+static bool pack_revision(const coord_service_t *svc, int64_t revision,
+                          const ProtobufCBinaryData *values, size_t n, rpc_msg_t **msgs,
+                          size_t *n_msgs)
+{
+    static uint32_t events_field;
+    Ferry__V1__WatchResponse resp = FERRY__V1__WATCH_RESPONSE__INIT;
+    Ferry__V1__ResponseHeader header = FERRY__V1__RESPONSE_HEADER__INIT;
+
+    if (events_field == 0) {
+        events_field = rpc_field_number(&ferry__v1__watch_response__descriptor, "events");
+    }
+    service_header((coord_service_t *)svc, &header, revision);
+    resp.header = &header;
+    *n_msgs = 0;
+    for (size_t i = 0, j; i < n; i = j) {
+        size_t bytes = values[i].len;
+        for (j = i + 1; j < n && bytes + values[j].len <= svc->watch_msg_bytes; j++) {
+            bytes += values[j].len;
+        }
+        resp.fragment = j < n;
+        msgs[*n_msgs] = rpc_msg_pack_repeated(&resp.base, events_field, values + i, j - i);
+        if (msgs[*n_msgs] == NULL) {
+            while (*n_msgs > 0) {
+                rpc_msg_unref(msgs[--*n_msgs]);
+            }
+            return false;
+        }
+        ++*n_msgs;
+    }
+    return true;
+}
+
+/* Queues on s the events of one revision in its messages; the events each
+ * message carries are counted from `values` again. False when s fell
+ * behind. Caller holds subs_lock. */
+static bool sub_send_revision_locked(coord_service_t *svc, sub_entry_t *s, int64_t revision,
+                                     rpc_msg_t **msgs, size_t n_msgs, size_t n_events)
+{
+    for (size_t k = 0; k < n_msgs; k++) {
+        /* Events per message are for metrics only: count them all on the last. */
+        if (!sub_send_locked(svc, s, msgs[k], revision, k + 1 == n_msgs ? n_events : 0,
+                             k + 1 == n_msgs)) {
+            return false;
+        }
+    }
+    return true;
+}
+
+/* The events of one revision, ev[0..n), that match s, into values[];
+ * their count. */
+static size_t sub_filter(const sub_entry_t *s, const hist_event_t *const *ev, size_t n,
+                         ProtobufCBinaryData *values)
+{
+    size_t k = 0;
+
+    for (size_t i = 0; i < n; i++) {
+        if (sub_matches(s, ev[i]->request_id)) {
+            values[k++] = ev[i]->event;
+        }
+    }
+    return k;
+}
+
+/* Queues on s what it matches of one revision, ev[0..n); values and msgs
+ * are scratch of n entries. False when s fell behind, or no memory to pack
+ * its messages (it ends as behind: it resumes at this revision). */
+static bool sub_send_matching_locked(coord_service_t *svc, sub_entry_t *s, int64_t revision,
+                                     const hist_event_t *const *ev, size_t n,
+                                     ProtobufCBinaryData *values, rpc_msg_t **msgs)
+{
+    size_t k = sub_filter(s, ev, n, values), n_msgs;
+    bool ok;
+
+    if (k == 0) {
+        return true;
+    }
+    if (!pack_revision(svc, revision, values, k, msgs, &n_msgs)) {
+        return false;
+    }
+    ok = sub_send_revision_locked(svc, s, revision, msgs, n_msgs, k);
+    for (size_t m = 0; m < n_msgs; m++) {
+        rpc_msg_unref(msgs[m]);
+    }
+    return ok;
 }
 
 /* Ends a stream that fell behind, telling it where to resume; frees s. */
@@ -102,18 +206,37 @@ static void end_behind(coord_service_t *svc, sub_entry_t *s)
     free(s);
 }
 
-/* Sends the held events at or after `from` that match s. The stream's
- * bound is not set yet: a replay is bounded by the history itself, and a
- * client resuming after it fell behind must be able to take it. Caller
- * holds subs_lock. */
-static void replay_locked(coord_service_t *svc, sub_entry_t *s, int64_t from)
+/* Sends the held revisions at or after `from`, what of each matches s.
+ * The stream's bound is not set yet: a replay is bounded by the history
+ * itself, and a client resuming after it fell behind must be able to take
+ * it. False when out of memory. Caller holds subs_lock. */
+static bool replay_locked(coord_service_t *svc, sub_entry_t *s, int64_t from)
 {
-    for (size_t i = 0; i < svc->hist_len; i++) {
-        const hist_event_t *h = &svc->hist[(svc->hist_head + i) % SERVICE_WATCH_HISTORY];
-        if (h->revision >= from && sub_matches(s, h->request_id)) {
-            sub_send_locked(svc, s, h->msg, h->revision);
+    size_t cap = svc->hist_len > 0 ? svc->hist_len : 1;
+    const hist_event_t **ev = malloc(cap * sizeof(*ev));
+    ProtobufCBinaryData *values = malloc(cap * sizeof(*values));
+    rpc_msg_t **msgs = malloc(cap * sizeof(*msgs));
+    size_t n = 0;
+    bool ok = ev != NULL && values != NULL && msgs != NULL;
+
+    for (size_t i = 0; ok && i <= svc->hist_len; i++) {
+        const hist_event_t *h =
+            i < svc->hist_len ? &svc->hist[(svc->hist_head + i) % SERVICE_WATCH_HISTORY] : NULL;
+        if (h != NULL && h->revision < from) {
+            continue;
+        }
+        if (n > 0 && (h == NULL || ev[0]->revision != h->revision)) {
+            ok = sub_send_matching_locked(svc, s, ev[0]->revision, ev, n, values, msgs);
+            n = 0;
+        }
+        if (h != NULL) {
+            ev[n++] = h;
         }
     }
+    free(ev);
+    free(values);
+    free(msgs);
+    return ok;
 }
 
 /* Answers `created`, replays and subscribes. Caller holds subs_lock; on
@@ -139,8 +262,10 @@ static ferry_status_t subscribe_locked(coord_service_t *svc, sub_entry_t *s, cha
     resp.created = true;
     rpc_call_send(s->call, &resp.base);
     s->last_sent = (s->start_revision != 0 ? s->start_revision : svc->watch_rev + 1) - 1;
-    if (s->start_revision != 0) {
-        replay_locked(svc, s, s->start_revision);
+    if (s->start_revision != 0 && !replay_locked(svc, s, s->start_revision)) {
+        snprintf(msg, cap, "no memory to replay the changes from start_revision %lld",
+                 (long long)s->start_revision);
+        return FERRY_ERR_NO_MEMORY;
     }
     /* From here on, live events count against the bound (while a replay
      * larger than it drains, they are refused and the stream ends). */
@@ -186,37 +311,41 @@ void service_watch(rpc_call_t *call, const ProtobufCMessage *request, void *arg)
     rpc_call_on_cancel(call, on_sub_cancel, svc);
 }
 
+static void event_free(hist_event_t *h)
+{
+    free(h->request_id);
+    free(h->event.data);
+}
+
 static void hist_clear_locked(coord_service_t *svc)
 {
     for (size_t i = 0; i < svc->hist_len; i++) {
-        hist_event_t *h = &svc->hist[(svc->hist_head + i) % SERVICE_WATCH_HISTORY];
-        free(h->request_id);
-        rpc_msg_unref(h->msg);
+        event_free(&svc->hist[(svc->hist_head + i) % SERVICE_WATCH_HISTORY]);
     }
     svc->hist_head = 0;
     svc->hist_len = 0;
 }
 
-/* Records an event, dropping the oldest when full (the floor rises to its
- * revision). Takes over request_id and the reference to msg. Caller holds
- * subs_lock. */
-static void hist_push_locked(coord_service_t *svc, int64_t revision, char *request_id,
-                             rpc_msg_t *msg)
+static void pending_clear_locked(coord_service_t *svc)
 {
-    hist_event_t *h;
+    for (size_t i = 0; i < svc->n_pending; i++) {
+        event_free(&svc->pending[i]);
+    }
+    svc->n_pending = 0;
+}
 
+/* Records an event, dropping the oldest when full (the floor rises to its
+ * revision). Takes over what *e holds. Caller holds subs_lock. */
+static void hist_push_locked(coord_service_t *svc, hist_event_t *e)
+{
     if (svc->hist_len == SERVICE_WATCH_HISTORY) {
-        h = &svc->hist[svc->hist_head];
+        hist_event_t *h = &svc->hist[svc->hist_head];
         svc->hist_floor = h->revision;
-        free(h->request_id);
-        rpc_msg_unref(h->msg);
+        event_free(h);
         svc->hist_head = (svc->hist_head + 1) % SERVICE_WATCH_HISTORY;
         svc->hist_len--;
     }
-    h = &svc->hist[(svc->hist_head + svc->hist_len) % SERVICE_WATCH_HISTORY];
-    h->revision = revision;
-    h->request_id = request_id;
-    h->msg = msg;
+    svc->hist[(svc->hist_head + svc->hist_len) % SERVICE_WATCH_HISTORY] = *e;
     svc->hist_len++;
 }
 
@@ -240,13 +369,32 @@ static void end_all(sub_entry_t *all, ferry_status_t status, const char *msg)
     }
 }
 
-/* The history could not record an event (no memory): it restarts after the
- * event and every stream ends, as after a reload. Caller holds subs_lock. */
+/* A revision could not be recorded (no memory): the history restarts after
+ * it and every stream ends, as after a reload. Caller holds subs_lock. */
 static sub_entry_t *hist_lost_locked(coord_service_t *svc, int64_t revision)
 {
+    pending_clear_locked(svc);
     hist_clear_locked(svc);
     svc->hist_floor = revision;
+    if (revision > svc->watch_rev) {
+        svc->watch_rev = revision;
+    }
     return detach_all_locked(svc);
+}
+
+/* Room for more pending events; false when out of memory. Caller holds
+ * subs_lock. */
+static bool grow_pending_locked(coord_service_t *svc)
+{
+    size_t cap = svc->cap_pending > 0 ? svc->cap_pending * 2 : 16;
+    hist_event_t *p = realloc(svc->pending, cap * sizeof(*p));
+
+    if (p == NULL) {
+        return false;
+    }
+    svc->pending = p;
+    svc->cap_pending = cap;
+    return true;
 }
 
 uint64_t coord_service_watch_events_sent(coord_service_t *svc)
@@ -254,60 +402,82 @@ uint64_t coord_service_watch_events_sent(coord_service_t *svc)
     return atomic_load(&svc->watch_events_sent);
 }
 
-void service_watch_publish(coord_service_t *svc, coord_event_type_t type,
-                           const Ferry__V1__Operation *op, int64_t revision)
+/* Sends the gathered revision to every stream that matches any of it and
+ * records it; ends the streams that fell behind. Caller holds subs_lock;
+ * the streams to end go to *behind_p, and to *lost_p every stream when
+ * the revision could not be recorded. */
+static void flush_locked(coord_service_t *svc, sub_entry_t **behind_p, sub_entry_t **lost_p)
 {
-    Ferry__V1__WatchResponse resp = FERRY__V1__WATCH_RESPONSE__INIT;
-    Ferry__V1__ResponseHeader header = FERRY__V1__RESPONSE_HEADER__INIT;
-    Ferry__V1__WatchEvent event = FERRY__V1__WATCH_EVENT__INIT;
-    Ferry__V1__WatchEvent *events[1] = {&event};
-    sub_entry_t *lost = NULL, *behind = NULL;
-    rpc_msg_t *msg;
-    char *id;
+    size_t n = svc->n_pending;
+    int64_t revision = n > 0 ? svc->pending[0].revision : 0;
+    const hist_event_t **ev = NULL;
+    ProtobufCBinaryData *values = NULL;
+    rpc_msg_t **msgs = NULL, **all = NULL;
+    size_t n_all = 0;
+    bool ok;
 
-    event.type = type == COORD_EVENT_PUT ? FERRY__V1__WATCH_EVENT_TYPE__WATCH_EVENT_TYPE_PUT
-                                         : FERRY__V1__WATCH_EVENT_TYPE__WATCH_EVENT_TYPE_DELETE;
-    event.operation = (Ferry__V1__Operation *)op;
-    service_header(svc, &header, revision);
-    resp.header = &header;
-    resp.n_events = 1;
-    resp.events = events;
-    msg = rpc_msg_pack(&resp.base); /* once, for every subscriber */
-    id = strdup(op->request_id);
-
-    pthread_mutex_lock(&svc->subs_lock);
+    if (n == 0) {
+        return;
+    }
     if (revision > svc->watch_rev) {
         svc->watch_rev = revision;
     }
     if (svc->subs_stopping) {
-        /* nothing to record or send to */
-    } else if (svc->hist == NULL) {
+        pending_clear_locked(svc);
+        return;
+    }
+    if (svc->hist == NULL) {
         svc->hist = calloc(SERVICE_WATCH_HISTORY, sizeof(*svc->hist));
     }
-    if (svc->subs_stopping) {
-        /* dropped below */
-    } else if (msg == NULL || id == NULL || svc->hist == NULL) {
-        lost = hist_lost_locked(svc, revision);
+    ev = malloc(n * sizeof(*ev));
+    values = malloc(n * sizeof(*values));
+    msgs = malloc(n * sizeof(*msgs));
+    all = malloc(n * sizeof(*all));
+    ok = svc->hist != NULL && ev != NULL && values != NULL && msgs != NULL && all != NULL;
+    for (size_t i = 0; ok && i < n; i++) {
+        ev[i] = &svc->pending[i];
+        values[i] = svc->pending[i].event;
+    }
+    /* Packed once for the streams that match all of it (most do). */
+    ok = ok && pack_revision(svc, revision, values, n, all, &n_all);
+    if (!ok) {
+        *lost_p = hist_lost_locked(svc, revision);
     } else {
         sub_entry_t **p = &svc->subs;
         while (*p != NULL) {
             sub_entry_t *s = *p;
-            if (revision >= s->start_revision && sub_matches(s, op->request_id) &&
-                !sub_send_locked(svc, s, msg, revision)) {
+            bool sent = true;
+            if (revision >= s->start_revision) {
+                size_t k = sub_filter(s, ev, n, values);
+                sent = k == n ? sub_send_revision_locked(svc, s, revision, all, n_all, n)
+                              : sub_send_matching_locked(svc, s, revision, ev, n, values, msgs);
+            }
+            if (!sent) {
                 *p = s->next;
-                s->next = behind;
-                behind = s;
+                s->next = *behind_p;
+                *behind_p = s;
                 continue;
             }
             p = &s->next;
         }
-        hist_push_locked(svc, revision, id, msg);
-        msg = NULL;
-        id = NULL;
+        for (size_t i = 0; i < n; i++) {
+            hist_push_locked(svc, &svc->pending[i]);
+        }
+        svc->n_pending = 0;
     }
-    pthread_mutex_unlock(&svc->subs_lock);
-    rpc_msg_unref(msg);
-    free(id);
+    for (size_t m = 0; m < n_all; m++) {
+        rpc_msg_unref(all[m]);
+    }
+    free(ev);
+    free(values);
+    free(msgs);
+    free(all);
+}
+
+/* Ends what flush_locked left to end. */
+static void flush_ended(coord_service_t *svc, sub_entry_t *behind, sub_entry_t *lost,
+                        int64_t revision)
+{
     while (behind != NULL) {
         sub_entry_t *next = behind->next;
         end_behind(svc, behind);
@@ -322,6 +492,55 @@ void service_watch_publish(coord_service_t *svc, coord_event_type_t type,
     }
 }
 
+void service_watch_publish(coord_service_t *svc, coord_event_type_t type,
+                           const Ferry__V1__Operation *op, int64_t revision)
+{
+    Ferry__V1__WatchEvent event = FERRY__V1__WATCH_EVENT__INIT;
+    hist_event_t e = {.revision = revision};
+    sub_entry_t *behind = NULL, *lost = NULL;
+    int64_t flushed = 0;
+
+    event.type = type == COORD_EVENT_PUT ? FERRY__V1__WATCH_EVENT_TYPE__WATCH_EVENT_TYPE_PUT
+                                         : FERRY__V1__WATCH_EVENT_TYPE__WATCH_EVENT_TYPE_DELETE;
+    event.operation = (Ferry__V1__Operation *)op;
+    e.event.len = ferry__v1__watch_event__get_packed_size(&event);
+    e.event.data = malloc(e.event.len > 0 ? e.event.len : 1);
+    e.request_id = strdup(op->request_id);
+    if (e.event.data != NULL) {
+        ferry__v1__watch_event__pack(&event, e.event.data);
+    }
+
+    pthread_mutex_lock(&svc->subs_lock);
+    if (svc->n_pending > 0 && svc->pending[0].revision != revision) {
+        flushed = svc->pending[0].revision;
+        flush_locked(svc, &behind, &lost);
+    }
+    if (svc->subs_stopping) {
+        event_free(&e); /* nothing to record or send to */
+    } else if (e.event.data == NULL || e.request_id == NULL ||
+               (svc->n_pending == svc->cap_pending && !grow_pending_locked(svc))) {
+        event_free(&e);
+        flushed = revision;
+        lost = hist_lost_locked(svc, revision);
+    } else {
+        svc->pending[svc->n_pending++] = e;
+    }
+    pthread_mutex_unlock(&svc->subs_lock);
+    flush_ended(svc, behind, lost, flushed);
+}
+
+void service_watch_flush(coord_service_t *svc)
+{
+    sub_entry_t *behind = NULL, *lost = NULL;
+    int64_t revision;
+
+    pthread_mutex_lock(&svc->subs_lock);
+    revision = svc->n_pending > 0 ? svc->pending[0].revision : 0;
+    flush_locked(svc, &behind, &lost);
+    pthread_mutex_unlock(&svc->subs_lock);
+    flush_ended(svc, behind, lost, revision);
+}
+
 /* The registry reloaded its view at `revision`: the changes it had not seen
  * were never published, so the history restarts there and every open stream
  * ends with OUT_OF_RANGE rather than silently missing them. */
@@ -331,6 +550,7 @@ void service_watch_reload(coord_service_t *svc, int64_t revision)
     char msg[384];
 
     pthread_mutex_lock(&svc->subs_lock);
+    pending_clear_locked(svc); /* before the reload: never published */
     hist_clear_locked(svc);
     svc->hist_floor = revision;
     svc->watch_rev = revision;
@@ -358,6 +578,10 @@ void service_watch_stop(coord_service_t *svc)
     hist_clear_locked(svc);
     free(svc->hist);
     svc->hist = NULL;
+    pending_clear_locked(svc);
+    free(svc->pending);
+    svc->pending = NULL;
+    svc->cap_pending = 0;
     pthread_mutex_unlock(&svc->subs_lock);
     end_all(all, FERRY_ERR_UNAVAILABLE,
             "coordinator is shutting down; watch again on another replica");

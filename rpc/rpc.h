@@ -176,6 +176,16 @@ rpc_msg_t *rpc_msg_ref(rpc_msg_t *m);
 void rpc_msg_unref(rpc_msg_t *m);
 size_t rpc_msg_size(const rpc_msg_t *m); /* packed bytes */
 
+/* As rpc_msg_pack, with one occurrence of the repeated length-delimited
+ * field `number` appended per value, each value's bytes as they are (for a
+ * message field: that message, packed). Protobuf reads the occurrences in
+ * order as the field's elements, so a message of any subset of elements
+ * packed once each (a Watch event goes into several streams' messages) is
+ * built without packing them again. The field must be repeated and empty in
+ * msg. NULL: no memory, or a field that is not so. */
+rpc_msg_t *rpc_msg_pack_repeated(const ProtobufCMessage *msg, uint32_t number,
+                                 const ProtobufCBinaryData *values, size_t n_values);
+
 /* Streaming: as rpc_call_send, with a message packed once; the call takes
  * its own reference to the bytes (the caller keeps its own). */
 ferry_status_t rpc_call_send_msg(rpc_call_t *call, rpc_msg_t *m);

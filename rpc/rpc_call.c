@@ -641,6 +641,46 @@ rpc_msg_t *rpc_msg_pack(const ProtobufCMessage *msg)
     return m;
 }
 
+rpc_msg_t *rpc_msg_pack_repeated(const ProtobufCMessage *msg, uint32_t number,
+                                 const ProtobufCBinaryData *values, size_t n_values)
+{
+    const ProtobufCFieldDescriptor *f =
+        protobuf_c_message_descriptor_get_field(msg->descriptor, number);
+    uint8_t head[20];
+    size_t total;
+    uint8_t *p;
+    rpc_msg_t *m;
+
+    if (f == NULL || f->label != PROTOBUF_C_LABEL_REPEATED ||
+        (f->type != PROTOBUF_C_TYPE_MESSAGE && f->type != PROTOBUF_C_TYPE_BYTES &&
+         f->type != PROTOBUF_C_TYPE_STRING) ||
+        *(const size_t *)((const char *)msg + f->quantifier_offset) != 0) {
+        return NULL;
+    }
+    total = protobuf_c_message_get_packed_size(msg);
+    for (size_t i = 0; i < n_values; i++) {
+        total += rpc__put_varint(head, (uint64_t)number << 3 | RPC_WIRE_LEN) +
+                 rpc__put_varint(head, values[i].len) + values[i].len;
+    }
+    m = malloc(sizeof(*m));
+    if (m == NULL) {
+        return NULL;
+    }
+    atomic_init(&m->refs, 1);
+    m->slice = grpc_slice_malloc(total);
+    p = GRPC_SLICE_START_PTR(m->slice);
+    p += protobuf_c_message_pack(msg, p);
+    for (size_t i = 0; i < n_values; i++) {
+        p += rpc__put_varint(p, (uint64_t)number << 3 | RPC_WIRE_LEN);
+        p += rpc__put_varint(p, values[i].len);
+        if (values[i].len > 0) {
+            memcpy(p, values[i].data, values[i].len);
+            p += values[i].len;
+        }
+    }
+    return m;
+}
+
 rpc_msg_t *rpc_msg_ref(rpc_msg_t *m)
 {
     atomic_fetch_add(&m->refs, 1);
@@ -653,6 +693,11 @@ void rpc_msg_unref(rpc_msg_t *m)
         grpc_slice_unref(m->slice);
         free(m);
     }
+}
+
+const uint8_t *rpc__msg_bytes(const rpc_msg_t *m)
+{
+    return GRPC_SLICE_START_PTR(m->slice);
 }
 
 size_t rpc_msg_size(const rpc_msg_t *m)

@@ -80,7 +80,7 @@ ferry_status_t rpc_field_find(const uint8_t *data, size_t len, uint32_t number,
     return FERRY_OK;
 }
 
-static size_t put_varint(uint8_t *out, uint64_t v)
+size_t rpc__put_varint(uint8_t *out, uint64_t v)
 {
     size_t n = 0;
 
@@ -132,8 +132,8 @@ ferry_status_t rpc_pack_with_field(const ProtobufCMessage *msg, uint32_t number,
     if (value == NULL) {
         value_len = 0;
     } else {
-        head_len = put_varint(head, (uint64_t)number << 3 | RPC_WIRE_LEN);
-        head_len += put_varint(head + head_len, value_len);
+        head_len = rpc__put_varint(head, (uint64_t)number << 3 | RPC_WIRE_LEN);
+        head_len += rpc__put_varint(head + head_len, value_len);
     }
     len = protobuf_c_message_get_packed_size(msg);
     data = malloc(len + head_len + value_len + 1);

@@ -99,6 +99,12 @@ enum {
  * when it runs past end or past 10 bytes. */
 bool rpc__read_varint(const uint8_t **p, const uint8_t *end, uint64_t *value_p);
 
+/* The packed bytes of m (rpc_msg_size of them). */
+const uint8_t *rpc__msg_bytes(const rpc_msg_t *m);
+
+/* Writes v as a base-128 varint at out (room for 10 bytes); its length. */
+size_t rpc__put_varint(uint8_t *out, uint64_t v);
+
 /* Walks the encoded message `data` of type `desc`, nested messages
  * included, and refuses (FERRY_ERR_INVALID_ARGUMENT, with a message naming
  * the field's path, e.g. "metadata.hostname", written into msg) a string

@@ -34,7 +34,9 @@
  * The contract has no multi-ID watch, so the stream watches every ID ("*")
  * and events for other IDs are dropped here. The thread remembers the
  * revision of the last message it read (watch_rev: the `created` header of
- * a fresh stream, then each event's), and when a stream breaks it resumes
+ * a fresh stream, then each message's, which carries a revision whole;
+ * not a `fragment`, the part of a revision that has more), and when a
+ * stream breaks it resumes
  * with start_revision = watch_rev + 1: the replica replays what changed
  * while no stream was up, so no record is read again. A fresh stream (none
  * remembered: the first, one after the stream was closed for want of
@@ -136,7 +138,8 @@ struct ferry_coordinator {
     pthread_t thread;
     pthread_t watcher;
     /* Under lock. watch_rev: the header revision of the last message read
-     * on a stream (0: none, the next stream is fresh). The counts are for
+     * on a stream that ended its revision (0: none, the next stream is
+     * fresh). The counts are for
      * tests (ferry__coord_watch_stats). */
     int64_t watch_rev;
     uint64_t watches;      /* fresh streams created (the resync count) */
@@ -778,7 +781,7 @@ static bool watch_follow(ferry_coordinator_t *coord, rpc_stream_t *stream)
                     mark_look(coord, ev);
                 }
             }
-            if (msg->n_events > 0 && msg->header != NULL &&
+            if (msg->n_events > 0 && !msg->fragment && msg->header != NULL &&
                 msg->header->revision > coord->watch_rev) {
                 coord->watch_rev = msg->header->revision;
             }

@@ -729,5 +729,105 @@ class DeletedRecordsStayDeleted(unittest.TestCase):
             r.stop()
 
 
+class OneRevisionOneMessage(unittest.TestCase):
+    """Every change of one etcd revision travels in one message. A lease's
+    expiry or revoke deletes every record on it at one revision (a session
+    lease holds all of a worker's records); were those deletes sent one per
+    message, a stream cut between them (a slow reader's RESOURCE_EXHAUSTED,
+    a replica shutting down, a dropped connection) would resume at that
+    revision + 1, as the contract says, and never see the rest."""
+
+    def test_a_revoked_lease_is_one_message_and_resumes_exactly(self):
+        r = Replica("group", "/group/")
+        try:
+            first = r.register("grp-a-0")
+            lease = dict(lease_id=first.lease_id, lease_token=first.lease_token)
+            ids = ["grp-a-0", "grp-a-1", "grp-a-2", "grp-b-0", "grp-b-1"]
+            for rid in ids[1:]:
+                r.stub.Register(r.cpb.RegisterRequest(
+                    request_id=rid, metadata=metadata(r.pb), owner="py", **lease), timeout=10)
+            streams = {"all": r.watch(request_id_prefix="grp-"),
+                       "a": r.watch(request_id_prefix="grp-a-"),
+                       "one": r.watch(request_id="grp-b-1")}
+            for s in streams.values():
+                self.assertTrue(next(s).created)
+
+            etcd_post(ETCD.endpoint, "/v3/lease/revoke", {"ID": str(first.lease_id)})
+
+            msgs = {k: next(s) for k, s in streams.items()}
+            rev = msgs["all"].header.revision
+            for k, want in (("all", ids), ("a", ids[:3]), ("one", ids[4:])):
+                m = msgs[k]
+                self.assertEqual(m.header.revision, rev, k)
+                self.assertEqual(sorted(e.operation.request_id for e in m.events), want, k)
+                self.assertTrue(all(e.type == r.cpb.WATCH_EVENT_TYPE_DELETE for e in m.events))
+                self.assertTrue(all(e.operation.state == r.pb.OPERATION_STATE_EXPIRED
+                                    for e in m.events), k)
+
+            # From the history: the revision whole, in one message; from the
+            # next revision on, none of it.
+            s = r.watch(request_id_prefix="grp-", start_revision=rev)
+            self.assertTrue(next(s).created)
+            m = next(s)
+            self.assertEqual(m.header.revision, rev)
+            self.assertEqual(sorted(e.operation.request_id for e in m.events), ids)
+            s.cancel()
+            s = r.watch(request_id_prefix="grp-", start_revision=rev + 1)
+            self.assertTrue(next(s).created)
+            live = r.register("grp-c-0").header.revision
+            m = next(s)
+            self.assertEqual((m.header.revision, [e.operation.request_id for e in m.events]),
+                             (live, ["grp-c-0"]))
+            s.cancel()
+            for s in streams.values():
+                s.cancel()
+        finally:
+            r.stop()
+
+    def test_a_revision_too_large_for_one_message_comes_in_fragments(self):
+        """--watch-queue-kib 16: at most 4 KiB of events per message, so a
+        lease with 150 records ends in several messages of one revision."""
+        r = Replica("frag", "/frag/", extra=("--watch-queue-kib", "16"))
+        try:
+            ids = [f"frag-{i:03d}" for i in range(150)]
+            first = r.register(ids[0])
+            lease = dict(lease_id=first.lease_id, lease_token=first.lease_token)
+            for rid in ids[1:]:
+                r.stub.Register(r.cpb.RegisterRequest(
+                    request_id=rid, metadata=metadata(r.pb), owner="py", **lease), timeout=10)
+            s = r.watch(request_id_prefix="frag-")
+            self.assertTrue(next(s).created)
+            etcd_post(ETCD.endpoint, "/v3/lease/revoke", {"ID": str(first.lease_id)})
+
+            def one_revision(stream):
+                msgs = []
+                for m in stream:
+                    msgs.append(m)
+                    if not m.fragment:
+                        return msgs
+                self.fail("the stream ended inside a revision")
+
+            msgs = one_revision(s)
+            rev = msgs[0].header.revision
+            self.assertGreater(len(msgs), 1)
+            self.assertEqual({m.header.revision for m in msgs}, {rev})
+            self.assertEqual([m.fragment for m in msgs], [True] * (len(msgs) - 1) + [False])
+            got = [e.operation.request_id for m in msgs for e in m.events]
+            self.assertEqual(sorted(got), ids)  # each once
+            for m in msgs:
+                self.assertLessEqual(sum(e.ByteSize() for e in m.events), 4096)
+            s.cancel()
+
+            # The history gives the same revision the same way.
+            s = r.watch(request_id_prefix="frag-", start_revision=rev)
+            self.assertTrue(next(s).created)
+            again = one_revision(s)
+            self.assertEqual(sorted(e.operation.request_id for m in again for e in m.events), ids)
+            self.assertTrue(all(m.header.revision == rev for m in again))
+            s.cancel()
+        finally:
+            r.stop()
+
+
 if __name__ == "__main__":
     unittest.main(verbosity=2)

@@ -4,7 +4,8 @@
  * field at any depth, naming the field's path; and accepts what is valid,
  * unknown fields included. And the span of one field's bytes (rpc_field.c):
  * found where it stands, appended after the other fields, refused when
- * repeated.
+ * repeated; and a message built from elements of a repeated field packed
+ * apart (rpc_msg_pack_repeated) is the message protobuf-c packs whole.
  *
  * Requests are packed with protobuf-c and then patched in place (a marker
  * overwritten by bytes of the same length), since protobuf-c itself cannot
@@ -300,6 +301,80 @@ static void test_pack_with_field_misuse(void **state)
     assert_int_equal(rpc_field_number(&ferry__v1__register_request__descriptor, "nope"), 0);
 }
 
+static void test_msg_pack_repeated(void **state)
+{
+    Ferry__V1__ResponseHeader header = FERRY__V1__RESPONSE_HEADER__INIT;
+    Ferry__V1__WatchResponse resp = FERRY__V1__WATCH_RESPONSE__INIT;
+    Ferry__V1__Operation ops[3];
+    Ferry__V1__WatchEvent events[3];
+    Ferry__V1__WatchEvent *ptrs[3];
+    ProtobufCBinaryData values[3];
+    const char *ids[3] = {"r-0", "r-1", "r-22"};
+    uint8_t whole[1024];
+    size_t whole_len;
+    rpc_msg_t *m;
+    Ferry__V1__WatchResponse *decoded;
+    uint32_t number = rpc_field_number(&ferry__v1__watch_response__descriptor, "events");
+
+    (void)state;
+    header.revision = 4242;
+    header.coordinator = "c";
+    resp.header = &header;
+    for (int i = 0; i < 3; i++) {
+        ferry__v1__operation__init(&ops[i]);
+        ops[i].request_id = (char *)ids[i];
+        ops[i].state = FERRY__V1__OPERATION_STATE__OPERATION_STATE_EXPIRED;
+        ferry__v1__watch_event__init(&events[i]);
+        events[i].type = FERRY__V1__WATCH_EVENT_TYPE__WATCH_EVENT_TYPE_DELETE;
+        events[i].operation = &ops[i];
+        ptrs[i] = &events[i];
+        values[i].len = ferry__v1__watch_event__get_packed_size(&events[i]);
+        values[i].data = malloc(values[i].len);
+        ferry__v1__watch_event__pack(&events[i], values[i].data);
+    }
+
+    m = rpc_msg_pack_repeated(&resp.base, number, values, 3);
+    assert_non_null(m);
+    resp.n_events = 3;
+    resp.events = ptrs;
+    whole_len = ferry__v1__watch_response__pack(&resp, whole);
+    assert_int_equal(rpc_msg_size(m), whole_len);
+    assert_memory_equal(rpc__msg_bytes(m), whole, whole_len);
+    decoded = ferry__v1__watch_response__unpack(NULL, rpc_msg_size(m), rpc__msg_bytes(m));
+    assert_non_null(decoded);
+    assert_int_equal(decoded->header->revision, 4242);
+    assert_int_equal(decoded->n_events, 3);
+    for (int i = 0; i < 3; i++) {
+        assert_string_equal(decoded->events[i]->operation->request_id, ids[i]);
+    }
+    ferry__v1__watch_response__free_unpacked(decoded, NULL);
+    rpc_msg_unref(m);
+
+    /* None: the message alone. One, out of order: that one. */
+    resp.n_events = 0;
+    m = rpc_msg_pack_repeated(&resp.base, number, NULL, 0);
+    assert_non_null(m);
+    decoded = ferry__v1__watch_response__unpack(NULL, rpc_msg_size(m), rpc__msg_bytes(m));
+    assert_int_equal(decoded->n_events, 0);
+    ferry__v1__watch_response__free_unpacked(decoded, NULL);
+    rpc_msg_unref(m);
+    m = rpc_msg_pack_repeated(&resp.base, number, &values[2], 1);
+    decoded = ferry__v1__watch_response__unpack(NULL, rpc_msg_size(m), rpc__msg_bytes(m));
+    assert_int_equal(decoded->n_events, 1);
+    assert_string_equal(decoded->events[0]->operation->request_id, "r-22");
+    ferry__v1__watch_response__free_unpacked(decoded, NULL);
+    rpc_msg_unref(m);
+
+    /* Misuse: a singular field, no such field, a repeated field not empty. */
+    assert_null(rpc_msg_pack_repeated(&resp.base, 1, values, 1));
+    assert_null(rpc_msg_pack_repeated(&resp.base, 99, values, 1));
+    resp.n_events = 1;
+    assert_null(rpc_msg_pack_repeated(&resp.base, number, values, 1));
+    for (int i = 0; i < 3; i++) {
+        free(values[i].data);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -313,6 +388,7 @@ int main(void)
         cmocka_unit_test(test_field_find_and_pack_with_field),
         cmocka_unit_test(test_field_find_refuses),
         cmocka_unit_test(test_pack_with_field_misuse),
+        cmocka_unit_test(test_msg_pack_repeated),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

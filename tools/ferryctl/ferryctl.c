@@ -490,7 +490,7 @@ static ferry_status_t watch_stream(const options_t *o, rpc_stream_t *stream, int
         for (size_t i = 0; i < msg->n_events; i++) {
             ctl_print_event(msg->events[i], msg->header, o->json);
         }
-        if (msg->header != NULL && msg->header->revision > *revision_p) {
+        if (msg->header != NULL && !msg->fragment && msg->header->revision > *revision_p) {
             *revision_p = msg->header->revision;
         }
         protobuf_c_message_free_unpacked(&msg->base, NULL);
@@ -502,7 +502,10 @@ static ferry_status_t watch_stream(const options_t *o, rpc_stream_t *stream, int
  * printed (or the revision its first stream started after). A stream that
  * ends for any reason but a refusal (INVALID_ARGUMENT, PERMISSION_DENIED,
  * ...) is opened again on the next coordinator with start_revision set past
- * that revision, so nothing is missed or printed twice. When the replica no
+ * that revision, so nothing is missed or printed twice (`revision` moves only
+ * when a revision's last message came: a stream that ends among the
+ * `fragment`s of a revision too large for one message resumes at it, and
+ * its first fragments print again). When the replica no
  * longer has those changes (OUT_OF_RANGE: its history is shorter, or it
  * reloaded its view) ferryctl watches from the current revision instead and
  * says on stderr which revisions it skipped (`list` shows the state they led
