@@ -35,6 +35,9 @@ static const char usage[] =
     "  --etcd-load-page N  keys per etcd read when the view loads the records (at\n"
     "                      start, after compaction), 1..100000 (FERRY_ETCD_LOAD_PAGE;\n"
     "                      5000)\n"
+    "  --register-batch N  Registers that may share one etcd transaction when they\n"
+    "                      wait together, 1..128; 1: each its own\n"
+    "                      (FERRY_REGISTER_BATCH; 64)\n"
     "  --name NAME         this replica's name in responses (FERRY_NAME; host name)\n"
     "  --grace-ms MS       drain time for in-flight calls on SIGTERM, 0..600000\n"
     "                      (FERRY_GRACE_MS; 5000)\n"
@@ -65,6 +68,7 @@ enum {
     OPT_THREADS,
     OPT_ETCD_INFLIGHT,
     OPT_ETCD_LOAD_PAGE,
+    OPT_REGISTER_BATCH,
     OPT_ETCD_QUEUE,
     OPT_NAME,
     OPT_GRACE,
@@ -92,6 +96,7 @@ static const struct option options[] = {
     {"threads", required_argument, NULL, OPT_THREADS},
     {"etcd-inflight", required_argument, NULL, OPT_ETCD_INFLIGHT},
     {"etcd-load-page", required_argument, NULL, OPT_ETCD_LOAD_PAGE},
+    {"register-batch", required_argument, NULL, OPT_REGISTER_BATCH},
     {"etcd-queue", required_argument, NULL, OPT_ETCD_QUEUE},
     {"name", required_argument, NULL, OPT_NAME},
     {"grace-ms", required_argument, NULL, OPT_GRACE},
@@ -162,6 +167,7 @@ static void config_defaults(coord_config_t *c)
     c->threads = UNSET;
     c->etcd_inflight = UNSET;
     c->etcd_load_page = UNSET;
+    c->register_batch = UNSET;
     c->etcd_queue = UNSET;
     c->grace_ms = UNSET;
     c->watch_queue_kib = UNSET;
@@ -206,6 +212,8 @@ static int set_option(coord_config_t *c, int opt, const char *arg)
         return (c->etcd_inflight = parse_int("--etcd-inflight", arg, 1, 1024)) < 0 ? -1 : 0;
     case OPT_ETCD_LOAD_PAGE:
         return (c->etcd_load_page = parse_int("--etcd-load-page", arg, 1, 100000)) < 0 ? -1 : 0;
+    case OPT_REGISTER_BATCH:
+        return (c->register_batch = parse_int("--register-batch", arg, 1, 128)) < 0 ? -1 : 0;
     case OPT_ETCD_QUEUE:
         return (c->etcd_queue = parse_int("--etcd-queue", arg, 0, 1000000)) < 0 ? -1 : 0;
     case OPT_GRACE:
@@ -271,6 +279,7 @@ static int env_numbers(coord_config_t *c)
         env_number(&c->etcd_inflight, "FERRY_ETCD_INFLIGHT", "16", 1, 1024) != 0 ||
         env_number(&c->etcd_queue, "FERRY_ETCD_QUEUE", "1024", 0, 1000000) != 0 ||
         env_number(&c->etcd_load_page, "FERRY_ETCD_LOAD_PAGE", "5000", 1, 100000) != 0 ||
+        env_number(&c->register_batch, "FERRY_REGISTER_BATCH", "64", 1, 128) != 0 ||
         env_number(&c->grace_ms, "FERRY_GRACE_MS", "5000", 0, 600000) != 0 ||
         env_number(&c->watch_queue_kib, "FERRY_WATCH_QUEUE_KIB", "4096", 16, 1 << 20) != 0) {
         return -1;

@@ -15,7 +15,8 @@ typedef struct {
     int threads;                /* --threads, FERRY_THREADS; default 16 */
     int etcd_inflight;          /* --etcd-inflight, FERRY_ETCD_INFLIGHT; default 16 */
     int etcd_queue;             /* --etcd-queue, FERRY_ETCD_QUEUE; default 1024 */
-    int etcd_load_page;         /* --etcd-load-page, FERRY_ETCD_LOAD_PAGE; default 1000 */
+    int etcd_load_page;         /* --etcd-load-page, FERRY_ETCD_LOAD_PAGE; default 5000 */
+    int register_batch;         /* --register-batch, FERRY_REGISTER_BATCH; default 64 */
     const char *name;           /* --name, FERRY_NAME; default host name */
     const char *state_dir;      /* --state-dir, FERRY_STATE_DIR */
     const char *port_file;      /* --port-file: write the bound port there */

@@ -170,6 +170,7 @@ static ferry_status_t open_server(coordinator_t *c)
         .prefix = c->config.prefix,
         .default_ttl_s = c->config.ttl_s,
         .load_page = c->config.etcd_load_page,
+        .register_batch = c->config.register_batch,
         .on_event = on_registry_event,
         .on_events_done = on_registry_events_done,
         .on_reload = on_registry_reload,

@@ -656,6 +656,18 @@ ferry_status_t coord_registry_create(const coord_registry_params_t *params,
         status = FERRY_ERR_NO_MEMORY;
         goto err_cond;
     }
+    if (pthread_mutex_init(&r->batch_lock, NULL) != 0) {
+        ferry_error("registry: pthread_mutex_init failed");
+        status = FERRY_ERR_NO_MEMORY;
+        goto err_lease_cond;
+    }
+    if (pthread_cond_init(&r->batch_cond, NULL) != 0) {
+        ferry_error("registry: pthread_cond_init failed");
+        pthread_mutex_destroy(&r->batch_lock);
+        status = FERRY_ERR_NO_MEMORY;
+        goto err_lease_cond;
+    }
+    r->batch_tail = &r->batch_head;
     r->test_gate = getenv("FERRY_TEST_WRITE_THROUGH_GATE");
     const char *load_fails = getenv("FERRY_TEST_LOAD_FAILS");
     r->test_load_fails = load_fails != NULL ? atoi(load_fails) : 0;
@@ -683,6 +695,9 @@ ferry_status_t coord_registry_create(const coord_registry_params_t *params,
 err_watch:
     etcd_watch_destroy(r->watch);
     registry_lease_cleanup(r);
+    pthread_cond_destroy(&r->batch_cond);
+    pthread_mutex_destroy(&r->batch_lock);
+err_lease_cond:
     pthread_cond_destroy(&r->lease_key_cond);
     pthread_mutex_destroy(&r->lease_key_lock);
 err_cond:
@@ -711,6 +726,8 @@ void coord_registry_destroy(coord_registry_t *r)
     pthread_join(r->maint_thread, NULL);
     etcd_watch_destroy(r->watch);
     registry_lease_cleanup(r);
+    pthread_cond_destroy(&r->batch_cond);
+    pthread_mutex_destroy(&r->batch_lock);
     pthread_cond_destroy(&r->lease_key_cond);
     pthread_mutex_destroy(&r->lease_key_lock);
     pthread_cond_destroy(&r->maint_cond);

@@ -63,6 +63,12 @@ typedef struct coord_registry coord_registry_t;
 /* Keys per etcd read when the view loads the store (--etcd-load-page). */
 #define COORD_LOAD_PAGE 5000
 
+/* Registers per etcd transaction (--register-batch): the default, and the
+ * most (a batch of n is n compares and n puts; etcd refuses a transaction
+ * of more than --max-txn-ops, 128 by default, of either). */
+#define COORD_REGISTER_BATCH     64
+#define COORD_REGISTER_BATCH_MAX 128
+
 typedef enum {
     COORD_EVENT_PUT,
     COORD_EVENT_DELETE,
@@ -76,6 +82,9 @@ typedef struct {
      * COORD_LOAD_PAGE. Every read is small and quick however large the
      * store, so none runs into the etcd client's timeout. */
     int64_t load_page;
+    /* Registers per etcd transaction at most (registry_batch.c), up to
+     * COORD_REGISTER_BATCH_MAX; 0: COORD_REGISTER_BATCH; 1: each alone. */
+    int64_t register_batch;
     /* Runs claim-expiry transactions (off the watch thread) and the revoke
      * of a lease a failed call made (off the caller's path); NULL: they run
      * inline. Must outlive the registry's watch (coord_exec_stop first is

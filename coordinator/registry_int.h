@@ -25,6 +25,28 @@ typedef struct {
     size_t len;
 } registry_key_t;
 
+/* Transactions of Registers in flight at once; Registers that come while
+ * they are wait and go together in the next (registry_batch.c). One batched
+ * most and cost the least CPU per Register at 8 clients (bench/NOTES.md:
+ * against 2, 4, and no batching). */
+#define REGISTRY_BATCH_INFLIGHT 1
+
+/* One Register's create-if-absent write (registry_write). */
+typedef struct registry_write {
+    const void *key;
+    size_t key_len;
+    const uint8_t *value;
+    size_t value_len;
+    int64_t lease;
+    /* Out: etcd_txn's status; created: the key was absent and now holds
+     * value (false with FERRY_OK: it exists); revision: the transaction's. */
+    ferry_status_t status;
+    bool created;
+    int64_t revision;
+    bool done, alone; /* under batch_lock: ran; to run alone */
+    struct registry_write *next;
+} registry_write_t;
+
 struct coord_registry {
     etcd_client_t *etcd;
     char *prefix;        /* "/ferry/" */
@@ -65,6 +87,12 @@ struct coord_registry {
      * (a const use) after. */
     EVP_MAC_CTX *lease_mac;
 
+    /* Registers waiting for a transaction (registry_batch.c). */
+    pthread_mutex_t batch_lock;
+    pthread_cond_t batch_cond; /* a transaction ended */
+    registry_write_t *batch_head, **batch_tail;
+    int batch_in_flight;
+
     const char *test_gate; /* FERRY_TEST_WRITE_THROUGH_GATE; see registry_view_put */
     int test_load_fails;   /* FERRY_TEST_LOAD_FAILS: so many loads fail first */
 };
@@ -90,6 +118,11 @@ ferry_status_t registry_record_pack(const Ferry__V1__Operation *op, const uint8_
 ferry_status_t registry_record_decode(const uint8_t *bytes, size_t len, coord_record_t *rec);
 
 /* Applies a record the coordinator itself just wrote (write-through). */
+/* Writes w->value at w->key if the key is absent, in a transaction shared
+ * with the Registers that wait beside it (params.register_batch at most);
+ * fills w's out fields. */
+void registry_write(coord_registry_t *r, registry_write_t *w);
+
 void registry_view_put(coord_registry_t *r, const char *id, const uint8_t *bytes, size_t len,
                        int64_t mod_revision, ferry_op_state_t state);
 

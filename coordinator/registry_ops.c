@@ -165,30 +165,27 @@ static ferry_status_t register_txn(coord_registry_t *r, const char *id, const ui
                                    size_t cap)
 {
     registry_key_t key;
-    etcd_compare_t cmp = {.target = ETCD_CMP_CREATE, .result = ETCD_CMP_EQUAL, .number = 0};
-    etcd_op_t put = {.type = ETCD_OP_PUT, .value = bytes, .value_len = len, .lease = lease};
-    etcd_txn_result_t res = {0};
+    registry_write_t w = {.value = bytes, .value_len = len, .lease = lease};
     ferry_status_t status = registry_key(r->ops_prefix, id, &key, msg, cap);
 
     if (status != FERRY_OK) {
         return status;
     }
-    cmp.key = put.key = key.bytes;
-    cmp.key_len = put.key_len = key.len;
-    status = etcd_txn(r->etcd, &cmp, 1, &put, 1, NULL, 0, &res);
-    if (status == FERRY_ERR_NOT_FOUND) {
+    w.key = key.bytes;
+    w.key_len = key.len;
+    registry_write(r, &w); /* in a transaction shared with other Registers */
+    if (w.status == FERRY_ERR_NOT_FOUND) {
         return lease_gone(lease, msg, cap);
     }
-    if (status != FERRY_OK) {
-        return registry_etcd_fail(status, msg, cap, "registration transaction");
+    if (w.status != FERRY_OK) {
+        return registry_etcd_fail(w.status, msg, cap, "registration transaction");
     }
-    if (!res.succeeded) {
-        status = registry_fail(FERRY_ERR_ALREADY_EXISTS, msg, cap,
-                               "request_id '%s' is already registered", id);
+    *revision_p = w.revision;
+    if (!w.created) {
+        return registry_fail(FERRY_ERR_ALREADY_EXISTS, msg, cap,
+                             "request_id '%s' is already registered", id);
     }
-    *revision_p = res.revision;
-    etcd_txn_result_free(&res);
-    return status;
+    return FERRY_OK;
 }
 
 ferry_status_t coord_register(coord_registry_t *r, const Ferry__V1__RegisterRequest *req,

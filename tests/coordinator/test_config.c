@@ -37,6 +37,7 @@ static void test_defaults(void **state)
     assert_int_equal(c.etcd_inflight, 16);
     assert_int_equal(c.etcd_queue, 1024);
     assert_int_equal(c.etcd_load_page, 5000);
+    assert_int_equal(c.register_batch, 64);
     assert_false(c.etcd_kv_gateway);
 }
 
@@ -71,6 +72,32 @@ static void test_etcd_queue_flags(void **state)
     assert_int_equal(c.etcd_inflight, 4);
     assert_int_equal(c.etcd_queue, 0);
     unsetenv("FERRY_ETCD_INFLIGHT");
+}
+
+static void test_register_batch(void **state)
+{
+    coord_config_t c;
+    char *one[] = {"ferry-coordinator", "--register-batch", "1", NULL};
+    char *most[] = {"ferry-coordinator", "--register-batch", "128", NULL};
+    char *none[] = {"ferry-coordinator", NULL};
+    char *zero[] = {"ferry-coordinator", "--register-batch", "0", NULL};
+    char *over[] = {"ferry-coordinator", "--register-batch", "129", NULL};
+    (void)state;
+
+    assert_int_equal(parse(&c, 3, one), 0);
+    assert_int_equal(c.register_batch, 1);
+    assert_int_equal(parse(&c, 3, most), 0);
+    assert_int_equal(c.register_batch, 128);
+    setenv("FERRY_REGISTER_BATCH", "8", 1);
+    assert_int_equal(parse(&c, 1, none), 0);
+    assert_int_equal(c.register_batch, 8);
+    assert_int_equal(parse(&c, 3, one), 0); /* the flag wins */
+    assert_int_equal(c.register_batch, 1);
+    setenv("FERRY_REGISTER_BATCH", "200", 1);
+    assert_int_equal(parse(&c, 1, none), -1);
+    unsetenv("FERRY_REGISTER_BATCH");
+    assert_int_equal(parse(&c, 3, zero), -1);
+    assert_int_equal(parse(&c, 3, over), -1);
 }
 
 static void test_etcd_load_page(void **state)
@@ -191,6 +218,7 @@ int main(void)
         cmocka_unit_test(test_flag_beats_variable_and_zero_is_a_value),
         cmocka_unit_test(test_etcd_queue_flags),
         cmocka_unit_test(test_etcd_load_page),
+        cmocka_unit_test(test_register_batch),
         cmocka_unit_test(test_refusals),
         cmocka_unit_test(test_limits),
     };

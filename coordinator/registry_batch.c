@@ -1,0 +1,151 @@
+/*
+ * registry_batch.c: Registers share etcd transactions (group commit).
+ *
+ * Each Register is a create-if-absent of one key: compare create_revision
+ * == 0, put the record on its lease. What a transaction costs etcd and the
+ * coordinator is mostly per request (a gRPC call each way, a raft proposal,
+ * a watch message), not per key, so Registers that arrive together go in
+ * one transaction: all the compares, all the puts. REGISTRY_BATCH_INFLIGHT
+ * transactions (one) are in flight at once; a Register that finds them
+ * busy queues, and the first of the queued to find one free takes the
+ * queue (up to register_batch writes) and runs it for them all. So a lone
+ * Register goes at once, as before, and under load the waiting is what
+ * builds the batch. Registers run on the etcd workers (--etcd-inflight), so
+ * a batch holds at most that many.
+ *
+ * A batch is all or nothing in etcd. When it fails as a whole for a reason
+ * that one member can cause (a key that exists, a lease that is gone, two
+ * Registers of one ID, a request etcd finds too large), no key was
+ * written, and every member runs its own transaction instead, alone, so
+ * each gets its own answer (ALREADY_EXISTS, LEASE_NOT_FOUND, ...) exactly
+ * as without batching. When etcd could not be reached (UNAVAILABLE), every
+ * member gets that: retrying each alone would only wait longer for an etcd
+ * that is not answering.
+ *
+ * The members of a batch share its revision (etcd gives one revision to
+ * all the changes of a transaction); a Watch carries a revision's changes
+ * in one message (service_watch.c), so nothing about a shared revision can
+ * be missed by a client that resumes.
+ *
+ * Threads: any (the etcd workers); batch_lock guards the queue and count.
+ */
+#include "registry_int.h"
+
+#include <stdlib.h>
+
+#include "common/log.h"
+
+/* Runs w alone: its own create-if-absent transaction. */
+static void write_alone(coord_registry_t *r, registry_write_t *w)
+{
+    etcd_compare_t cmp = {
+        .target = ETCD_CMP_CREATE, .result = ETCD_CMP_EQUAL, .key = w->key, .key_len = w->key_len};
+    etcd_op_t put = {.type = ETCD_OP_PUT,
+                     .key = w->key,
+                     .key_len = w->key_len,
+                     .value = w->value,
+                     .value_len = w->value_len,
+                     .lease = w->lease};
+    etcd_txn_result_t res = {0};
+
+    w->status = etcd_txn(r->etcd, &cmp, 1, &put, 1, NULL, 0, &res);
+    w->created = w->status == FERRY_OK && res.succeeded;
+    w->revision = res.revision;
+    etcd_txn_result_free(&res);
+}
+
+/* Runs the batch ws[0..n) (n > 1) as one transaction; on a failure one
+ * member may have caused, marks every member to run alone. */
+static void write_batch(coord_registry_t *r, registry_write_t **ws, size_t n)
+{
+    etcd_compare_t *cmps = calloc(n, sizeof(*cmps));
+    etcd_op_t *puts = calloc(n, sizeof(*puts));
+    etcd_txn_result_t res = {0};
+    ferry_status_t status = FERRY_ERR_NO_MEMORY;
+
+    if (cmps != NULL && puts != NULL) {
+        for (size_t i = 0; i < n; i++) {
+            cmps[i] = (etcd_compare_t){.target = ETCD_CMP_CREATE,
+                                       .result = ETCD_CMP_EQUAL,
+                                       .key = ws[i]->key,
+                                       .key_len = ws[i]->key_len};
+            puts[i] = (etcd_op_t){.type = ETCD_OP_PUT,
+                                  .key = ws[i]->key,
+                                  .key_len = ws[i]->key_len,
+                                  .value = ws[i]->value,
+                                  .value_len = ws[i]->value_len,
+                                  .lease = ws[i]->lease};
+        }
+        status = etcd_txn(r->etcd, cmps, n, puts, n, NULL, 0, &res);
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (status == FERRY_OK && res.succeeded) {
+            ws[i]->status = FERRY_OK;
+            ws[i]->created = true;
+            ws[i]->revision = res.revision;
+        } else if (status == FERRY_ERR_UNAVAILABLE) {
+            ws[i]->status = status;
+        } else {
+            ws[i]->alone = true;
+        }
+    }
+    if (status != FERRY_OK || !res.succeeded) {
+        ferry_debug("registry: a transaction of %zu Registers %s; each goes alone", n,
+                    status == FERRY_OK ? "found a key taken" : ferry_status_string(status));
+    }
+    etcd_txn_result_free(&res);
+    free(cmps);
+    free(puts);
+}
+
+void registry_write(coord_registry_t *r, registry_write_t *w)
+{
+    registry_write_t *ws[COORD_REGISTER_BATCH_MAX];
+    size_t max =
+        r->params.register_batch == 0 ? COORD_REGISTER_BATCH : (size_t)r->params.register_batch;
+
+    if (max <= 1 || max > COORD_REGISTER_BATCH_MAX) {
+        write_alone(r, w);
+        return;
+    }
+    w->next = NULL;
+    pthread_mutex_lock(&r->batch_lock);
+    *r->batch_tail = w;
+    r->batch_tail = &w->next;
+    while (!w->done) {
+        size_t n = 0;
+
+        if (r->batch_in_flight >= REGISTRY_BATCH_INFLIGHT || r->batch_head == NULL) {
+            pthread_cond_wait(&r->batch_cond, &r->batch_lock);
+            continue;
+        }
+        /* Lead: take up to max queued writes (ours among them, unless the
+         * queue is longer; then we lead this one and wait on). */
+        while (n < max && r->batch_head != NULL) {
+            ws[n++] = r->batch_head;
+            r->batch_head = r->batch_head->next;
+        }
+        if (r->batch_head == NULL) {
+            r->batch_tail = &r->batch_head;
+        }
+        r->batch_in_flight++;
+        pthread_mutex_unlock(&r->batch_lock);
+
+        if (n == 1) {
+            write_alone(r, ws[0]);
+        } else {
+            write_batch(r, ws, n);
+        }
+
+        pthread_mutex_lock(&r->batch_lock);
+        r->batch_in_flight--;
+        for (size_t i = 0; i < n; i++) {
+            ws[i]->done = true;
+        }
+        pthread_cond_broadcast(&r->batch_cond);
+    }
+    pthread_mutex_unlock(&r->batch_lock);
+    if (w->alone) {
+        write_alone(r, w);
+    }
+}
