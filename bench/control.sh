@@ -14,7 +14,10 @@
 #                                        coordinator's way), and lease grant +
 #                                        txn (what a Register without a session
 #                                        lease asks); these four alternate,
-#                                        BENCH_REGISTER_ROUNDS times (3)
+#                                        BENCH_REGISTER_ROUNDS times (3), with
+#                                        Register on a replica that runs each
+#                                        Register in its own transaction
+#                                        (--register-batch 1, own prefix)
 # then Register on a replica with --etcd-inflight 64 (one etcd write in flight
 # per client at 64 clients; the default is 16) and on one with
 # --etcd-kv-api gateway (key-values over the JSON gateway, as before
@@ -65,9 +68,17 @@ done
 # Register against its references, alternating, REGISTER_ROUNDS times: etcd's
 # write latency here moves 2-3x within minutes (its fsync), so one run of
 # each says little; report.py takes the median of each round's ratio.
+# A replica that gives every Register its own etcd transaction, on its own
+# prefix (so neither replica's watch decodes the other's writes).
+COORD_TARGETS=""
+FERRY_BENCH_COORD_ARGS="${FERRY_BENCH_COORD_ARGS:-} --register-batch 1 --prefix /ferry-b1/" \
+    bench_start_coord bench-b1
+ALONE=$COORD_TARGETS
 for n in $CLIENTS; do
     for r in $(seq "$REGISTER_ROUNDS"); do
         load --mode register --coord "$ONE" --clients "$n" --run-id "reg1-$RUN-$n-$r"
+        load --mode register --coord "$ALONE" --clients "$n" --run-id "regb-$RUN-$n-$r" \
+            --label "batch1"
         load --mode etcd-txn --etcd "$ETCD_ENDPOINT" --clients "$n" --run-id "txn-$RUN-$n-$r"
         load --mode etcd-txn --etcd "$ETCD_ENDPOINT" --clients "$n" --run-id "gtxn-$RUN-$n-$r" \
             --etcd-kv-api grpc --label grpc
@@ -75,6 +86,7 @@ for n in $CLIENTS; do
             --run-id "ltxn-$RUN-$n-$r"
     done
 done
+bench_stop_last
 
 # Register with as many etcd writes in flight as clients (64), on a replica
 # of its own; the default replica above has --etcd-inflight 16.

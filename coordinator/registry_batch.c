@@ -13,13 +13,15 @@
  * builds the batch. Registers run on the etcd workers (--etcd-inflight), so
  * a batch holds at most that many.
  *
- * A batch is all or nothing in etcd. When it fails as a whole for a reason
- * that one member can cause (a key that exists, a lease that is gone, two
- * Registers of one ID, a request etcd finds too large), no key was
- * written, and every member runs its own transaction instead, alone, so
- * each gets its own answer (ALREADY_EXISTS, LEASE_NOT_FOUND, ...) exactly
- * as without batching. When etcd could not be reached (UNAVAILABLE), every
- * member gets that: retrying each alone would only wait longer for an etcd
+ * A batch is all or nothing in etcd. When some of its keys exist, nothing
+ * was written, and the transaction's failure branch has read every key:
+ * the members whose key exists are answered so (ALREADY_EXISTS), the others
+ * go again together (each round answers one at least). When it fails as a
+ * whole for another reason that one member can cause (a lease that is
+ * gone, two Registers of one ID, a request etcd finds too large), every
+ * member runs its own transaction instead, alone, so each gets its own
+ * answer (LEASE_NOT_FOUND, ...) exactly as without batching. When etcd could not be reached
+ * (UNAVAILABLE), every member gets that: retrying each alone would only wait longer for an etcd
  * that is not answering.
  *
  * The members of a batch share its revision (etcd gives one revision to
@@ -32,6 +34,7 @@
 #include "registry_int.h"
 
 #include <stdlib.h>
+#include <string.h>
 
 #include "common/log.h"
 
@@ -54,16 +57,22 @@ static void write_alone(coord_registry_t *r, registry_write_t *w)
     etcd_txn_result_free(&res);
 }
 
-/* Runs the batch ws[0..n) (n > 1) as one transaction; on a failure one
- * member may have caused, marks every member to run alone. */
-static void write_batch(coord_registry_t *r, registry_write_t **ws, size_t n)
+/* Runs the batch ws[0..n) (n > 1) as one transaction. When some keys are
+ * taken, the transaction's failure branch reads them all: their members
+ * are answered (the key exists) and the rest go again, together. On a
+ * failure one member may have caused otherwise, marks every member to run
+ * alone. ws itself is left as it is (the caller marks each done). */
+static void write_batch(coord_registry_t *r, registry_write_t *const *ws, size_t n)
 {
     etcd_compare_t *cmps = calloc(n, sizeof(*cmps));
     etcd_op_t *puts = calloc(n, sizeof(*puts));
+    etcd_op_t *gets = calloc(n, sizeof(*gets));
+    registry_write_t **rest = calloc(n, sizeof(*rest));
     etcd_txn_result_t res = {0};
     ferry_status_t status = FERRY_ERR_NO_MEMORY;
+    size_t again = 0;
 
-    if (cmps != NULL && puts != NULL) {
+    if (cmps != NULL && puts != NULL && gets != NULL && rest != NULL) {
         for (size_t i = 0; i < n; i++) {
             cmps[i] = (etcd_compare_t){.target = ETCD_CMP_CREATE,
                                        .result = ETCD_CMP_EQUAL,
@@ -75,27 +84,89 @@ static void write_batch(coord_registry_t *r, registry_write_t **ws, size_t n)
                                   .value = ws[i]->value,
                                   .value_len = ws[i]->value_len,
                                   .lease = ws[i]->lease};
+            gets[i] =
+                (etcd_op_t){.type = ETCD_OP_GET, .key = ws[i]->key, .key_len = ws[i]->key_len};
         }
-        status = etcd_txn(r->etcd, cmps, n, puts, n, NULL, 0, &res);
+        status = etcd_txn(r->etcd, cmps, n, puts, n, gets, n, &res);
     }
-    for (size_t i = 0; i < n; i++) {
+    if (status == FERRY_OK && !res.succeeded && res.n_results == n) {
+        /* Answer the taken ones; the others go again, rest[0..again). */
+        for (size_t i = 0; i < n; i++) {
+            registry_write_t *w = ws[i];
+            if (res.results[i].count > 0) {
+                w->status = FERRY_OK;
+                w->created = false;
+                w->revision = res.revision;
+                w->answered = true;
+            } else {
+                rest[again++] = w;
+            }
+        }
+        ferry_debug("registry: %zu of a transaction of %zu Registers found their key taken; "
+                    "the others go again",
+                    n - again, n);
+    }
+    for (size_t i = 0; again == 0 && i < n; i++) {
         if (status == FERRY_OK && res.succeeded) {
             ws[i]->status = FERRY_OK;
             ws[i]->created = true;
             ws[i]->revision = res.revision;
         } else if (status == FERRY_ERR_UNAVAILABLE) {
             ws[i]->status = status;
-        } else {
+        } else if (!ws[i]->answered) {
             ws[i]->alone = true;
         }
     }
-    if (status != FERRY_OK || !res.succeeded) {
-        ferry_debug("registry: a transaction of %zu Registers %s; each goes alone", n,
-                    status == FERRY_OK ? "found a key taken" : ferry_status_string(status));
+    if (again == 0 && status != FERRY_OK) {
+        ferry_debug("registry: a transaction of %zu Registers failed: %s%s", n,
+                    ferry_status_string(status),
+                    status == FERRY_ERR_UNAVAILABLE ? "" : "; each goes alone");
     }
     etcd_txn_result_free(&res);
     free(cmps);
     free(puts);
+    free(gets);
+    if (again == 1) {
+        write_alone(r, rest[0]);
+    } else if (again > 1) {
+        write_batch(r, rest, again);
+    }
+    free(rest);
+}
+
+static bool same_key(const registry_write_t *a, const registry_write_t *b)
+{
+    return a->key_len == b->key_len && memcmp(a->key, b->key, a->key_len) == 0;
+}
+
+/* Takes up to max writes off the queue into ws[0..*n_p), in order, leaving
+ * a write whose key one taken already has (two Registers of one ID): etcd
+ * refuses a transaction that puts a key twice, so it goes in the next one
+ * (and finds the key taken, or free if the first failed). Caller holds
+ * batch_lock. */
+static void take_batch(coord_registry_t *r, registry_write_t **ws, size_t *n_p, size_t max)
+{
+    registry_write_t **p = &r->batch_head;
+    size_t n = 0;
+
+    while (n < max && *p != NULL) {
+        registry_write_t *w = *p;
+        bool twice = false;
+        for (size_t i = 0; i < n && !twice; i++) {
+            twice = same_key(ws[i], w);
+        }
+        if (twice) {
+            p = &w->next;
+            continue;
+        }
+        *p = w->next;
+        ws[n++] = w;
+    }
+    r->batch_tail = &r->batch_head;
+    while (*r->batch_tail != NULL) {
+        r->batch_tail = &(*r->batch_tail)->next;
+    }
+    *n_p = n;
 }
 
 void registry_write(coord_registry_t *r, registry_write_t *w)
@@ -121,13 +192,7 @@ void registry_write(coord_registry_t *r, registry_write_t *w)
         }
         /* Lead: take up to max queued writes (ours among them, unless the
          * queue is longer; then we lead this one and wait on). */
-        while (n < max && r->batch_head != NULL) {
-            ws[n++] = r->batch_head;
-            r->batch_head = r->batch_head->next;
-        }
-        if (r->batch_head == NULL) {
-            r->batch_tail = &r->batch_head;
-        }
+        take_batch(r, ws, &n, max);
         r->batch_in_flight++;
         pthread_mutex_unlock(&r->batch_lock);
 

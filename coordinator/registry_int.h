@@ -43,6 +43,7 @@ typedef struct registry_write {
     ferry_status_t status;
     bool created;
     int64_t revision;
+    bool answered;    /* found its key taken in a shared transaction */
     bool done, alone; /* under batch_lock: ran; to run alone */
     struct registry_write *next;
 } registry_write_t;
