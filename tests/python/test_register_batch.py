@@ -9,7 +9,8 @@ real etcd and coordinator:
   exactly the records that were answered OK, on the right leases;
 - they did share transactions: successful Registers answered with the same
   revision (etcd gives a transaction one revision), which --register-batch 1
-  never does (the negative control: the same load, each alone).
+  never does (the negative control: the same load, each alone);
+- the same over etcd's JSON gateway (--etcd-kv-api gateway).
 
 Run with /usr/bin/python3 (Debian's grpcio), from CTest.
 """
@@ -173,6 +174,11 @@ class Batching(unittest.TestCase):
         self.start("batch")
         shared = self.mixed_rounds()
         # They went together: some answered with one revision.
+        self.assertGreater(sum(shared), 0, shared)
+
+    def test_over_the_json_gateway(self):
+        self.start("batchgw", extra=("--etcd-kv-api", "gateway"))
+        shared = self.mixed_rounds()
         self.assertGreater(sum(shared), 0, shared)
 
     def test_register_batch_1_goes_alone(self):
