@@ -110,13 +110,10 @@ static bool pack_revision(const coord_service_t *svc, int64_t revision,
                           const ProtobufCBinaryData *values, size_t n, rpc_msg_t **msgs,
                           size_t *n_msgs)
 {
-    static uint32_t events_field;
+    uint32_t events_field = rpc_field_number(&ferry__v1__watch_response__descriptor, "events");
     Ferry__V1__WatchResponse resp = FERRY__V1__WATCH_RESPONSE__INIT;
     Ferry__V1__ResponseHeader header = FERRY__V1__RESPONSE_HEADER__INIT;
 
-    if (events_field == 0) {
-        events_field = rpc_field_number(&ferry__v1__watch_response__descriptor, "events");
-    }
     service_header((coord_service_t *)svc, &header, revision);
     resp.header = &header;
     *n_msgs = 0;
