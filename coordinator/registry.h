@@ -140,10 +140,13 @@ typedef struct {
 
 /* md: the request's metadata field as it arrived (md_len bytes; see
  * coord_validate_register_bytes), stored byte for byte; req->metadata is
- * its decoded copy, for the record's kind and the log. */
+ * its decoded copy, for the record's kind and the log. gone(gone_arg):
+ * whether the caller has stopped waiting (NULL: it never does); a Register
+ * still queued for a shared transaction then is not written
+ * (FERRY_ERR_TIMED_OUT). */
 ferry_status_t coord_register(coord_registry_t *registry, const Ferry__V1__RegisterRequest *req,
-                              const uint8_t *md, size_t md_len, coord_register_out_t *out,
-                              char *msg, size_t cap);
+                              const uint8_t *md, size_t md_len, bool (*gone)(void *arg),
+                              void *gone_arg, coord_register_out_t *out, char *msg, size_t cap);
 
 /* An operation as the registry hands it out: the record decoded but for
  * its metadata, which stays the bytes stored (those the passive worker

@@ -24,6 +24,11 @@
  * (UNAVAILABLE), every member gets that: retrying each alone would only wait longer for an etcd
  * that is not answering.
  *
+ * A Register still queued when its caller stops waiting (its deadline
+ * passed, or it went away) is taken out unsent and fails TIMED_OUT, as a
+ * call that waited past its deadline for an etcd worker does: nothing is
+ * written that its caller will not hear of.
+ *
  * The members of a batch share its revision (etcd gives one revision to
  * all the changes of a transaction); a Watch carries a revision's changes
  * in one message (service_watch.c), so nothing about a shared revision can
@@ -142,16 +147,25 @@ static bool same_key(const registry_write_t *a, const registry_write_t *b)
 /* Takes up to max writes off the queue into ws[0..*n_p), in order, leaving
  * a write whose key one taken already has (two Registers of one ID): etcd
  * refuses a transaction that puts a key twice, so it goes in the next one
- * (and finds the key taken, or free if the first failed). Caller holds
- * batch_lock. */
+ * (and finds the key taken, or free if the first failed). A write whose
+ * caller has stopped waiting (its deadline passed, or it went away) leaves
+ * the queue unsent (late): nothing is written that its caller will not
+ * hear of. Caller holds batch_lock. */
 static void take_batch(coord_registry_t *r, registry_write_t **ws, size_t *n_p, size_t max)
 {
     registry_write_t **p = &r->batch_head;
     size_t n = 0;
+    bool late = false;
 
     while (n < max && *p != NULL) {
         registry_write_t *w = *p;
         bool twice = false;
+        if (w->gone != NULL && w->gone(w->gone_arg)) {
+            *p = w->next;
+            w->status = FERRY_ERR_TIMED_OUT;
+            w->late = w->done = late = true;
+            continue;
+        }
         for (size_t i = 0; i < n && !twice; i++) {
             twice = same_key(ws[i], w);
         }
@@ -161,6 +175,9 @@ static void take_batch(coord_registry_t *r, registry_write_t **ws, size_t *n_p, 
         }
         *p = w->next;
         ws[n++] = w;
+    }
+    if (late) {
+        pthread_cond_broadcast(&r->batch_cond);
     }
     r->batch_tail = &r->batch_head;
     while (*r->batch_tail != NULL) {
@@ -193,6 +210,9 @@ void registry_write(coord_registry_t *r, registry_write_t *w)
         /* Lead: take up to max queued writes (ours among them, unless the
          * queue is longer; then we lead this one and wait on). */
         take_batch(r, ws, &n, max);
+        if (n == 0) {
+            continue; /* all late (ours among them) */
+        }
         r->batch_in_flight++;
         pthread_mutex_unlock(&r->batch_lock);
 

@@ -38,12 +38,17 @@ typedef struct registry_write {
     const uint8_t *value;
     size_t value_len;
     int64_t lease;
-    /* Out: etcd_txn's status; created: the key was absent and now holds
-     * value (false with FERRY_OK: it exists); revision: the transaction's. */
+    /* Whether the caller has stopped waiting for the answer (NULL: it
+     * never does): a write still queued then is not sent. */
+    bool (*gone)(void *arg);
+    void *gone_arg;
+    /* Out: etcd_txn's status (FERRY_ERR_TIMED_OUT with late: never sent); created: the key was
+     * absent and now holds value (false with FERRY_OK: it exists); revision: the transaction's. */
     ferry_status_t status;
     bool created;
     int64_t revision;
     bool answered;    /* found its key taken in a shared transaction */
+    bool late;        /* its deadline passed while it was queued: not sent */
     bool done, alone; /* under batch_lock: ran; to run alone */
     struct registry_write *next;
 } registry_write_t;

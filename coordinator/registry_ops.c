@@ -161,11 +161,12 @@ void coord_strip(Ferry__V1__Operation *op, bool keep_metadata)
 /* --- register ------------------------------------------------------------ */
 
 static ferry_status_t register_txn(coord_registry_t *r, const char *id, const uint8_t *bytes,
-                                   size_t len, int64_t lease, int64_t *revision_p, char *msg,
-                                   size_t cap)
+                                   size_t len, int64_t lease, bool (*gone)(void *arg),
+                                   void *gone_arg, int64_t *revision_p, char *msg, size_t cap)
 {
     registry_key_t key;
-    registry_write_t w = {.value = bytes, .value_len = len, .lease = lease};
+    registry_write_t w = {
+        .value = bytes, .value_len = len, .lease = lease, .gone = gone, .gone_arg = gone_arg};
     ferry_status_t status = registry_key(r->ops_prefix, id, &key, msg, cap);
 
     if (status != FERRY_OK) {
@@ -174,6 +175,10 @@ static ferry_status_t register_txn(coord_registry_t *r, const char *id, const ui
     w.key = key.bytes;
     w.key_len = key.len;
     registry_write(r, &w); /* in a transaction shared with other Registers */
+    if (w.late) {
+        return registry_fail(FERRY_ERR_TIMED_OUT, msg, cap,
+                             "the deadline passed while waiting for etcd; nothing was written");
+    }
     if (w.status == FERRY_ERR_NOT_FOUND) {
         return lease_gone(lease, msg, cap);
     }
@@ -189,8 +194,8 @@ static ferry_status_t register_txn(coord_registry_t *r, const char *id, const ui
 }
 
 ferry_status_t coord_register(coord_registry_t *r, const Ferry__V1__RegisterRequest *req,
-                              const uint8_t *md, size_t md_len, coord_register_out_t *out,
-                              char *msg, size_t cap)
+                              const uint8_t *md, size_t md_len, bool (*gone)(void *arg),
+                              void *gone_arg, coord_register_out_t *out, char *msg, size_t cap)
 {
     Ferry__V1__Operation op = FERRY__V1__OPERATION__INIT;
     uint8_t hash[SHA256_DIGEST_LENGTH];
@@ -227,7 +232,8 @@ ferry_status_t coord_register(coord_registry_t *r, const Ferry__V1__RegisterRequ
         registry_fail(status, msg, cap, "no memory to store the record");
         goto err_revoke;
     }
-    status = register_txn(r, req->request_id, bytes, len, out->lease_id, &out->revision, msg, cap);
+    status = register_txn(r, req->request_id, bytes, len, out->lease_id, gone, gone_arg,
+                          &out->revision, msg, cap);
     if (status != FERRY_OK) {
         goto err_free;
     }

@@ -209,6 +209,13 @@ static bool not_found_yet(coord_service_t *svc, rpc_call_t *call, wait_kind_t ki
     return true;
 }
 
+/* Whether the client has stopped waiting for `call` (left, or its deadline
+ * passed): the registry does not send a Register still queued then. */
+static bool call_gone(void *call)
+{
+    return rpc_call_is_cancelled(call);
+}
+
 static void do_register(coord_service_t *svc, rpc_call_t *call, const ProtobufCMessage *request,
                         int64_t deadline_ms)
 {
@@ -225,7 +232,8 @@ static void do_register(coord_service_t *svc, rpc_call_t *call, const ProtobufCM
     if (register_md_refused(call, &md, &md_len)) {
         return; /* handle_register checked it: never */
     }
-    status = coord_register(svc->registry, req, md, md_len, &out, msg, sizeof(msg));
+    status =
+        coord_register(svc->registry, req, md, md_len, call_gone, call, &out, msg, sizeof(msg));
     if (failed(call, status, msg)) {
         return;
     }

@@ -8,7 +8,8 @@ still answers what it can answer without etcd.
     OK, UNAVAILABLE, RESOURCE_EXHAUSTED or DEADLINE_EXCEEDED, never a hang;
   - with a small --etcd-inflight and --etcd-queue, writes beyond them are
     refused at once with RESOURCE_EXHAUSTED;
-  - a write that waited in the queue past its deadline writes nothing;
+  - a write that waited in the queue past its deadline writes nothing, and
+    so does a Register that queued for a shared transaction (registry_batch.c);
   - a Register that fails after its lease was granted still revokes it
     (now in the background, off the caller's path).
 
@@ -225,6 +226,54 @@ class EtcdStall(unittest.TestCase):
             except grpc.RpcError as e:
                 self.assertEqual(e.code(), grpc.StatusCode.NOT_FOUND, e.details())
         self.assertLessEqual(len(written), 1, f"written after their deadline: {written}")
+
+    def test_register_queued_for_a_shared_transaction_past_its_deadline_writes_nothing(self):
+        """Registers that queue for a shared etcd transaction (the one in
+        flight is held by frozen etcd) and whose deadline passes there are
+        never sent: after SIGCONT none of them is in etcd."""
+        port = ferry_harness.free_port()
+        self.start_coordinator(extra=("--metrics-listen", f"127.0.0.1:{port}"))
+        stub, _ = self.stub()
+        known = stub.Register(self.register_req("known"), timeout=WRITE_TIMEOUT)
+        lease = dict(lease_id=known.lease_id, lease_token=known.lease_token)
+
+        def on_lease(rid):
+            return self.cpb.RegisterRequest(request_id=rid, metadata=metadata(self.pb),
+                                            access_token=TOKEN, owner="stall", **lease)
+
+        def registers_in_flight():
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+                for line in r.read().decode().splitlines():
+                    if line.startswith('ferry_rpc_in_flight{method="/ferry.v1.Coordinator/'
+                                       'Register"}'):
+                        return int(float(line.split()[-1]))
+            return 0
+
+        self.freeze()
+        first = stub.Register.future(on_lease("first"), timeout=WRITE_TIMEOUT)
+        # "first" leads a transaction that frozen etcd holds; the next ones
+        # queue behind it.
+        wait_until(lambda: registers_in_flight() == 1, BOUND, "the first Register in flight")
+        ids = [f"queued{i}" for i in range(4)]
+        futures = [stub.Register.future(on_lease(rid), timeout=1) for rid in ids]
+        for f in futures:
+            with self.assertRaises(grpc.RpcError) as cm:
+                f.result(timeout=WRITE_TIMEOUT)
+            self.assertEqual(cm.exception.code(), grpc.StatusCode.DEADLINE_EXCEEDED)
+        # The server's deadline is a little after the client's: thaw once
+        # it has ended those calls too.
+        wait_until(lambda: registers_in_flight() == 1, BOUND, "the server to end the calls")
+        self.thaw()
+        try:
+            first.result(timeout=WRITE_TIMEOUT)
+        except grpc.RpcError as e:
+            self.assertIn(e.code(), CLEAR_CODES, e.details())
+        wait_until(lambda: self._register_ok(stub, "after"), BOUND, "a write after SIGCONT")
+        for rid in ids:
+            with self.assertRaises(grpc.RpcError) as cm:
+                stub.Get(self.cpb.GetRequest(request_id=rid, linearizable=True),
+                         timeout=WRITE_TIMEOUT)
+            self.assertEqual(cm.exception.code(), grpc.StatusCode.NOT_FOUND, rid)
 
     def test_failed_register_revokes_its_lease(self):
         """A Register that fails after its lease was granted revokes the
