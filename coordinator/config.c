@@ -29,7 +29,7 @@ static const char usage[] =
     "  --ttl S             default lease TTL in seconds, 1..3600 (FERRY_TTL; 10)\n"
     "  --threads N         completion-queue threads, 1..256 (FERRY_THREADS; 16)\n"
     "  --etcd-inflight N   calls that wait on etcd writes at once, 1..1024\n"
-    "                      (FERRY_ETCD_INFLIGHT; 16)\n"
+    "                      (FERRY_ETCD_INFLIGHT; 64)\n"
     "  --etcd-queue N      calls queued beyond those; more are refused with\n"
     "                      RESOURCE_EXHAUSTED, 0..1000000 (FERRY_ETCD_QUEUE; 1024)\n"
     "  --etcd-load-page N  keys per etcd read when the view loads the records (at\n"
@@ -276,7 +276,7 @@ static int env_numbers(coord_config_t *c)
 {
     if (env_number(&c->ttl_s, "FERRY_TTL", "10", 1, 3600) != 0 ||
         env_number(&c->threads, "FERRY_THREADS", "16", 1, 256) != 0 ||
-        env_number(&c->etcd_inflight, "FERRY_ETCD_INFLIGHT", "16", 1, 1024) != 0 ||
+        env_number(&c->etcd_inflight, "FERRY_ETCD_INFLIGHT", "64", 1, 1024) != 0 ||
         env_number(&c->etcd_queue, "FERRY_ETCD_QUEUE", "1024", 0, 1000000) != 0 ||
         env_number(&c->etcd_load_page, "FERRY_ETCD_LOAD_PAGE", "5000", 1, 100000) != 0 ||
         env_number(&c->register_batch, "FERRY_REGISTER_BATCH", "64", 1, 128) != 0 ||

@@ -13,7 +13,7 @@ typedef struct {
     const char *prefix;         /* --prefix, FERRY_PREFIX; default /ferry/ */
     int ttl_s;                  /* --ttl, FERRY_TTL; default 10 */
     int threads;                /* --threads, FERRY_THREADS; default 16 */
-    int etcd_inflight;          /* --etcd-inflight, FERRY_ETCD_INFLIGHT; default 16 */
+    int etcd_inflight;          /* --etcd-inflight, FERRY_ETCD_INFLIGHT; default 64 */
     int etcd_queue;             /* --etcd-queue, FERRY_ETCD_QUEUE; default 1024 */
     int etcd_load_page;         /* --etcd-load-page, FERRY_ETCD_LOAD_PAGE; default 5000 */
     int register_batch;         /* --register-batch, FERRY_REGISTER_BATCH; default 64 */

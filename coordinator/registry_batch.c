@@ -10,8 +10,8 @@
  * busy queues, and the first of the queued to find one free takes the
  * queue (up to register_batch writes) and runs it for them all. So a lone
  * Register goes at once, as before, and under load the waiting is what
- * builds the batch. Registers run on the etcd workers (--etcd-inflight), so
- * a batch holds at most that many.
+ * builds the batch. Registers run on the etcd workers (--etcd-inflight, 64),
+ * so a batch holds at most that many.
  *
  * A batch is all or nothing in etcd. When some of its keys exist, nothing
  * was written, and the transaction's failure branch has read every key:

@@ -34,7 +34,7 @@ static void test_defaults(void **state)
     assert_int_equal(c.threads, 16);
     assert_int_equal(c.grace_ms, 5000);
     assert_int_equal(c.watch_queue_kib, 4096);
-    assert_int_equal(c.etcd_inflight, 16);
+    assert_int_equal(c.etcd_inflight, 64);
     assert_int_equal(c.etcd_queue, 1024);
     assert_int_equal(c.etcd_load_page, 5000);
     assert_int_equal(c.register_batch, 64);
