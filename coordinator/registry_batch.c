@@ -16,13 +16,14 @@
  * A batch is all or nothing in etcd. When some of its keys exist, nothing
  * was written, and the transaction's failure branch has read every key:
  * the members whose key exists are answered so (ALREADY_EXISTS), the others
- * go again together (each round answers one at least). When it fails as a
- * whole for another reason that one member can cause (a lease that is
- * gone, two Registers of one ID, a request etcd finds too large), every
- * member runs its own transaction instead, alone, so each gets its own
- * answer (LEASE_NOT_FOUND, ...) exactly as without batching. When etcd could not be reached
- * (UNAVAILABLE), every member gets that: retrying each alone would only wait longer for an etcd
- * that is not answering.
+ * go again together (each round answers one at least). When a lease named
+ * is gone: on one lease every member is answered so (LEASE_NOT_FOUND); on
+ * several, each lease's members go again apart. When it fails as a whole
+ * for another reason one member can cause (a request etcd finds too large,
+ * ...), every member runs its own transaction instead, alone, so each gets
+ * its own answer exactly as without batching. When etcd could not be
+ * reached (UNAVAILABLE), every member gets that: retrying each alone would
+ * only wait longer for an etcd that is not answering.
  *
  * A Register still queued when its caller stops waiting (its deadline
  * passed, or it went away) is taken out unsent and fails TIMED_OUT, as a
@@ -62,6 +63,18 @@ static void write_alone(coord_registry_t *r, registry_write_t *w)
     etcd_txn_result_free(&res);
 }
 
+static void write_batch(coord_registry_t *r, registry_write_t *const *ws, size_t n);
+
+/* Runs ws[0..n) again: alone, or together. */
+static void write_again(coord_registry_t *r, registry_write_t *const *ws, size_t n)
+{
+    if (n == 1) {
+        write_alone(r, ws[0]);
+    } else if (n > 1) {
+        write_batch(r, ws, n);
+    }
+}
+
 /* Runs the batch ws[0..n) (n > 1) as one transaction. When some keys are
  * taken, the transaction's failure branch reads them all: their members
  * are answered (the key exists) and the rest go again, together. On a
@@ -74,8 +87,9 @@ static void write_batch(coord_registry_t *r, registry_write_t *const *ws, size_t
     etcd_op_t *gets = calloc(n, sizeof(*gets));
     registry_write_t **rest = calloc(n, sizeof(*rest));
     etcd_txn_result_t res = {0};
+    registry_write_t **rest_others = NULL;
     ferry_status_t status = FERRY_ERR_NO_MEMORY;
-    size_t again = 0;
+    size_t again = 0, n_others = 0;
 
     if (cmps != NULL && puts != NULL && gets != NULL && rest != NULL) {
         for (size_t i = 0; i < n; i++) {
@@ -110,6 +124,31 @@ static void write_batch(coord_registry_t *r, registry_write_t *const *ws, size_t
         ferry_debug("registry: %zu of a transaction of %zu Registers found their key taken; "
                     "the others go again",
                     n - again, n);
+    } else if (status == FERRY_ERR_NOT_FOUND) {
+        /* A lease named is gone (etcd does not say which). On one lease
+         * (a worker's session lease: the usual batch) it is every member's;
+         * on several, the first lease's members go again apart from the
+         * others, rest[0..again) and rest[split..n), so that only the gone
+         * lease's Registers fail. */
+        size_t split = n;
+        for (size_t i = 0; i < n; i++) {
+            if (ws[i]->lease == ws[0]->lease) {
+                rest[again++] = ws[i];
+            } else {
+                rest[--split] = ws[i];
+            }
+        }
+        if (split == n) {
+            again = 0;
+            for (size_t i = 0; i < n; i++) {
+                ws[i]->status = FERRY_ERR_NOT_FOUND;
+                ws[i]->answered = true;
+            }
+        }
+        ferry_debug("registry: a transaction of %zu Registers named a lease that is gone%s", n,
+                    split == n ? "" : "; each lease's go again apart");
+        rest_others = split < n ? rest + split : NULL;
+        n_others = n - split;
     }
     for (size_t i = 0; again == 0 && i < n; i++) {
         if (status == FERRY_OK && res.succeeded) {
@@ -122,7 +161,7 @@ static void write_batch(coord_registry_t *r, registry_write_t *const *ws, size_t
             ws[i]->alone = true;
         }
     }
-    if (again == 0 && status != FERRY_OK) {
+    if (again == 0 && status != FERRY_OK && status != FERRY_ERR_NOT_FOUND) {
         ferry_debug("registry: a transaction of %zu Registers failed: %s%s", n,
                     ferry_status_string(status),
                     status == FERRY_ERR_UNAVAILABLE ? "" : "; each goes alone");
@@ -131,11 +170,8 @@ static void write_batch(coord_registry_t *r, registry_write_t *const *ws, size_t
     free(cmps);
     free(puts);
     free(gets);
-    if (again == 1) {
-        write_alone(r, rest[0]);
-    } else if (again > 1) {
-        write_batch(r, rest, again);
-    }
+    write_again(r, rest, again);
+    write_again(r, rest_others, n_others);
     free(rest);
 }
 
