@@ -44,19 +44,30 @@
 
 #include "common/log.h"
 
+/* w's create-if-absent: the compare (key absent) and the put; and, for a
+ * shared transaction's failure branch, the read of its key. */
+static void write_ops(const registry_write_t *w, etcd_compare_t *cmp, etcd_op_t *put,
+                      etcd_op_t *get)
+{
+    *cmp = (etcd_compare_t){
+        .target = ETCD_CMP_CREATE, .result = ETCD_CMP_EQUAL, .key = w->key, .key_len = w->key_len};
+    *put = (etcd_op_t){.type = ETCD_OP_PUT,
+                       .key = w->key,
+                       .key_len = w->key_len,
+                       .value = w->value,
+                       .value_len = w->value_len,
+                       .lease = w->lease};
+    *get = (etcd_op_t){.type = ETCD_OP_GET, .key = w->key, .key_len = w->key_len};
+}
+
 /* Runs w alone: its own create-if-absent transaction. */
 static void write_alone(coord_registry_t *r, registry_write_t *w)
 {
-    etcd_compare_t cmp = {
-        .target = ETCD_CMP_CREATE, .result = ETCD_CMP_EQUAL, .key = w->key, .key_len = w->key_len};
-    etcd_op_t put = {.type = ETCD_OP_PUT,
-                     .key = w->key,
-                     .key_len = w->key_len,
-                     .value = w->value,
-                     .value_len = w->value_len,
-                     .lease = w->lease};
+    etcd_compare_t cmp;
+    etcd_op_t put, get;
     etcd_txn_result_t res = {0};
 
+    write_ops(w, &cmp, &put, &get);
     w->status = etcd_txn(r->etcd, &cmp, 1, &put, 1, NULL, 0, &res);
     w->created = w->status == FERRY_OK && res.succeeded;
     w->revision = res.revision;
@@ -93,18 +104,7 @@ static void write_batch(coord_registry_t *r, registry_write_t *const *ws, size_t
 
     if (cmps != NULL && puts != NULL && gets != NULL && rest != NULL) {
         for (size_t i = 0; i < n; i++) {
-            cmps[i] = (etcd_compare_t){.target = ETCD_CMP_CREATE,
-                                       .result = ETCD_CMP_EQUAL,
-                                       .key = ws[i]->key,
-                                       .key_len = ws[i]->key_len};
-            puts[i] = (etcd_op_t){.type = ETCD_OP_PUT,
-                                  .key = ws[i]->key,
-                                  .key_len = ws[i]->key_len,
-                                  .value = ws[i]->value,
-                                  .value_len = ws[i]->value_len,
-                                  .lease = ws[i]->lease};
-            gets[i] =
-                (etcd_op_t){.type = ETCD_OP_GET, .key = ws[i]->key, .key_len = ws[i]->key_len};
+            write_ops(ws[i], &cmps[i], &puts[i], &gets[i]);
         }
         status = etcd_txn(r->etcd, cmps, n, puts, n, gets, n, &res);
     }
