@@ -10,7 +10,8 @@ real etcd and coordinator:
 - they did share transactions: successful Registers answered with the same
   revision (etcd gives a transaction one revision), which --register-batch 1
   never does (the negative control: the same load, each alone);
-- the same over etcd's JSON gateway (--etcd-kv-api gateway).
+- the same over etcd's JSON gateway (--etcd-kv-api gateway);
+- --register-batch 2: no transaction carries more than two Registers.
 
 Run with /usr/bin/python3 (Debian's grpcio), from CTest.
 """
@@ -117,6 +118,7 @@ class Batching(unittest.TestCase):
         expect = {"seed-live": live.lease_id}
         expect.update({f"taken-{k}": live.lease_id for k in range(8)})
         shared_revisions = []
+        self.largest_batch = 0  # most successful Registers that answered one revision
 
         for rnd in range(self.ROUNDS):
             calls = [(f"new-{rnd}-{k}", live_lease, "ok") for k in range(24)]
@@ -165,6 +167,8 @@ class Batching(unittest.TestCase):
                             expect[rid] = live.lease_id
             self.assertEqual(race_wins, {f"race-{rnd}-{j}": 1 for j in range(8)})
             shared_revisions.append(len(revisions) - len(set(revisions)))
+            self.largest_batch = max([self.largest_batch] +
+                                     [revisions.count(rev) for rev in set(revisions)])
 
         # etcd holds exactly what was answered OK, each on its lease.
         self.assertEqual(etcd_records(self.prefix), expect)
@@ -180,6 +184,12 @@ class Batching(unittest.TestCase):
         self.start("batchgw", extra=("--etcd-kv-api", "gateway"))
         shared = self.mixed_rounds()
         self.assertGreater(sum(shared), 0, shared)
+
+    def test_register_batch_bounds_a_transaction(self):
+        self.start("pairs", extra=("--register-batch", "2"))
+        shared = self.mixed_rounds()
+        self.assertGreater(sum(shared), 0, shared)
+        self.assertEqual(self.largest_batch, 2)
 
     def test_register_batch_1_goes_alone(self):
         self.start("alone", extra=("--register-batch", "1"))
