@@ -13,17 +13,23 @@
  * builds the batch. Registers run on the etcd workers (--etcd-inflight, 64),
  * so a batch holds at most that many.
  *
- * A batch is all or nothing in etcd. When some of its keys exist, nothing
- * was written, and the transaction's failure branch has read every key:
- * the members whose key exists are answered so (ALREADY_EXISTS), the others
- * go again together (each round answers one at least). When a lease named
- * is gone: on one lease every member is answered so (LEASE_NOT_FOUND); on
- * several, each lease's members go again apart. When it fails as a whole
- * for another reason one member can cause (a request etcd finds too large,
- * ...), every member runs its own transaction instead, alone, so each gets
- * its own answer exactly as without batching. When etcd could not be
- * reached (UNAVAILABLE), every member gets that: retrying each alone would
- * only wait longer for an etcd that is not answering.
+ * A batch is all or nothing in etcd, and carries at most
+ * REGISTRY_BATCH_BYTES of keys and values (etcd refuses a request over
+ * --max-request-bytes). When some of its keys exist, nothing was written,
+ * and the transaction's failure branch has read every key: the members
+ * whose key exists are answered so (ALREADY_EXISTS), the others go again
+ * together (each round answers one at least). When a lease named is gone:
+ * on one lease every member is answered so (LEASE_NOT_FOUND); on several,
+ * every member goes alone (below), so one round finds the gone lease's.
+ * When etcd refused it for something else one member can cause, before
+ * applying anything (a request too large, too many operations:
+ * INVALID_ARGUMENT or RESOURCE_EXHAUSTED), every member runs its own
+ * transaction instead, alone, so each gets its own answer exactly as
+ * without batching; a member whose caller has stopped waiting by then is
+ * not sent. Any other failure (etcd unreachable, no answer in time, an
+ * answer that could not be read) may have come after etcd applied the
+ * transaction, and every member gets it, as it would have alone: sent
+ * again, a member would find its own record and be told the ID is taken.
  *
  * A Register still queued when its caller stops waiting (its deadline
  * passed, or it went away) is taken out unsent and fails TIMED_OUT, as a
@@ -76,6 +82,16 @@ static void write_alone(coord_registry_t *r, registry_write_t *w)
 
 static void write_batch(coord_registry_t *r, registry_write_t *const *ws, size_t n);
 
+/* etcd refused the request before applying any of it, for something one
+ * member of a shared transaction may have caused: too large, too many
+ * operations (INVALID_ARGUMENT; RESOURCE_EXHAUSTED from its gRPC server for
+ * a message over its limit), or a lease gone among several. */
+static bool refused_before_apply(ferry_status_t status)
+{
+    return status == FERRY_ERR_INVALID_ARGUMENT || status == FERRY_ERR_RESOURCE_EXHAUSTED ||
+           status == FERRY_ERR_NOT_FOUND;
+}
+
 /* Runs ws[0..n) again: alone, or together. */
 static void write_again(coord_registry_t *r, registry_write_t *const *ws, size_t n)
 {
@@ -89,8 +105,9 @@ static void write_again(coord_registry_t *r, registry_write_t *const *ws, size_t
 /* Runs the batch ws[0..n) (n > 1) as one transaction. When some keys are
  * taken, the transaction's failure branch reads them all: their members
  * are answered (the key exists) and the rest go again, together. On a
- * failure one member may have caused otherwise, marks every member to run
- * alone. ws itself is left as it is (the caller marks each done). */
+ * refusal one member may have caused, marks every member not answered to
+ * run alone; on any other failure, answers every member with it. ws itself
+ * is left as it is (the caller marks each done). */
 static void write_batch(coord_registry_t *r, registry_write_t *const *ws, size_t n)
 {
     etcd_compare_t *cmps = calloc(n, sizeof(*cmps));
@@ -98,9 +115,8 @@ static void write_batch(coord_registry_t *r, registry_write_t *const *ws, size_t
     etcd_op_t *gets = calloc(n, sizeof(*gets));
     registry_write_t **rest = calloc(n, sizeof(*rest));
     etcd_txn_result_t res = {0};
-    registry_write_t **rest_others = NULL;
     ferry_status_t status = FERRY_ERR_NO_MEMORY;
-    size_t again = 0, n_others = 0;
+    size_t again = 0;
 
     if (cmps != NULL && puts != NULL && gets != NULL && rest != NULL) {
         for (size_t i = 0; i < n; i++) {
@@ -126,52 +142,42 @@ static void write_batch(coord_registry_t *r, registry_write_t *const *ws, size_t
                     n - again, n);
     } else if (status == FERRY_ERR_NOT_FOUND) {
         /* A lease named is gone (etcd does not say which). On one lease
-         * (a worker's session lease: the usual batch) it is every member's;
-         * on several, the first lease's members go again apart from the
-         * others, rest[0..again) and rest[split..n), so that only the gone
-         * lease's Registers fail. */
-        size_t split = n;
-        for (size_t i = 0; i < n; i++) {
-            if (ws[i]->lease == ws[0]->lease) {
-                rest[again++] = ws[i];
-            } else {
-                rest[--split] = ws[i];
-            }
+         * (a worker's session lease: the usual batch) it is every
+         * member's; on several, every member goes alone (below). */
+        bool one_lease = true;
+        for (size_t i = 1; i < n && one_lease; i++) {
+            one_lease = ws[i]->lease == ws[0]->lease;
         }
-        if (split == n) {
-            again = 0;
-            for (size_t i = 0; i < n; i++) {
-                ws[i]->status = FERRY_ERR_NOT_FOUND;
-                ws[i]->answered = true;
-            }
+        for (size_t i = 0; one_lease && i < n; i++) {
+            ws[i]->status = FERRY_ERR_NOT_FOUND;
+            ws[i]->answered = true;
         }
         ferry_debug("registry: a transaction of %zu Registers named a lease that is gone%s", n,
-                    split == n ? "" : "; each lease's go again apart");
-        rest_others = split < n ? rest + split : NULL;
-        n_others = n - split;
+                    one_lease ? "" : "; each goes alone");
     }
     for (size_t i = 0; again == 0 && i < n; i++) {
         if (status == FERRY_OK && res.succeeded) {
             ws[i]->status = FERRY_OK;
             ws[i]->created = true;
             ws[i]->revision = res.revision;
-        } else if (status == FERRY_ERR_UNAVAILABLE) {
+        } else if (ws[i]->answered) {
+            continue;
+        } else if (status == FERRY_OK || refused_before_apply(status)) {
+            ws[i]->alone = true; /* FERRY_OK: not applied, but not the answer expected */
+        } else {
             ws[i]->status = status;
-        } else if (!ws[i]->answered) {
-            ws[i]->alone = true;
         }
     }
     if (again == 0 && status != FERRY_OK && status != FERRY_ERR_NOT_FOUND) {
         ferry_debug("registry: a transaction of %zu Registers failed: %s%s", n,
                     ferry_status_string(status),
-                    status == FERRY_ERR_UNAVAILABLE ? "" : "; each goes alone");
+                    refused_before_apply(status) ? "; each goes alone" : "");
     }
     etcd_txn_result_free(&res);
     free(cmps);
     free(puts);
     free(gets);
     write_again(r, rest, again);
-    write_again(r, rest_others, n_others);
     free(rest);
 }
 
@@ -180,17 +186,26 @@ static bool same_key(const registry_write_t *a, const registry_write_t *b)
     return a->key_len == b->key_len && memcmp(a->key, b->key, a->key_len) == 0;
 }
 
-/* Takes up to max writes off the queue into ws[0..*n_p), in order, leaving
- * a write whose key one taken already has (two Registers of one ID): etcd
- * refuses a transaction that puts a key twice, so it goes in the next one
- * (and finds the key taken, or free if the first failed). A write whose
+/* What w adds to a shared transaction: its key three times (the compare,
+ * the put, the failure branch's read), its value, and framing. */
+static size_t write_bytes(const registry_write_t *w)
+{
+    return 3 * w->key_len + w->value_len + 64;
+}
+
+/* Takes up to max writes off the queue into ws[0..*n_p), in order, while
+ * their bytes stay within REGISTRY_BATCH_BYTES (the first is taken
+ * whatever its size), leaving a write whose key one taken already has (two
+ * Registers of one ID): etcd refuses a transaction that puts a key twice,
+ * so it goes in the next one (and finds the key taken, or free if the
+ * first failed). A write whose
  * caller has stopped waiting (its deadline passed, or it went away) leaves
  * the queue unsent (late): nothing is written that its caller will not
  * hear of. Caller holds batch_lock. */
 static void take_batch(coord_registry_t *r, registry_write_t **ws, size_t *n_p, size_t max)
 {
     registry_write_t **p = &r->batch_head;
-    size_t n = 0;
+    size_t n = 0, bytes = 0;
     bool late = false;
 
     while (n < max && *p != NULL) {
@@ -209,8 +224,12 @@ static void take_batch(coord_registry_t *r, registry_write_t **ws, size_t *n_p, 
             p = &w->next;
             continue;
         }
+        if (n > 0 && write_bytes(w) > REGISTRY_BATCH_BYTES - bytes) {
+            break; /* the next transaction takes it */
+        }
         *p = w->next;
         ws[n++] = w;
+        bytes += write_bytes(w) < REGISTRY_BATCH_BYTES ? write_bytes(w) : REGISTRY_BATCH_BYTES;
     }
     if (late) {
         pthread_cond_broadcast(&r->batch_cond);
@@ -266,7 +285,10 @@ void registry_write(coord_registry_t *r, registry_write_t *w)
         pthread_cond_broadcast(&r->batch_cond);
     }
     pthread_mutex_unlock(&r->batch_lock);
-    if (w->alone) {
+    if (w->alone && w->gone != NULL && w->gone(w->gone_arg)) {
+        w->status = FERRY_ERR_TIMED_OUT; /* nothing of it was applied: not sent again */
+        w->late = true;
+    } else if (w->alone) {
         write_alone(r, w);
     }
 }

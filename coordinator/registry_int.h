@@ -31,6 +31,14 @@ typedef struct {
  * against 2, 4, and no batching). */
 #define REGISTRY_BATCH_INFLIGHT 1
 
+/* The most bytes of keys and values one shared transaction carries (each
+ * write counted as registry_write_bytes). etcd refuses a request over its
+ * --max-request-bytes (1.5 MiB by default) and its gRPC server one over
+ * that + 0.5 MiB; Register metadata may be 1 MiB, so 64 Registers of
+ * 24 KiB each would already be refused. A write over the budget on its own
+ * still goes, alone. */
+#define REGISTRY_BATCH_BYTES (1u << 20)
+
 /* One Register's create-if-absent write (registry_write). */
 typedef struct registry_write {
     const void *key;

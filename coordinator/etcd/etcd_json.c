@@ -413,6 +413,10 @@ ferry_status_t etcd__error_status(long http_status, int grpc_code, const char *m
         return FERRY_ERR_NOT_FOUND;
     case ETCD_GRPC_PERMISSION_DENIED:
         return FERRY_ERR_PERMISSION_DENIED;
+    case ETCD_GRPC_RESOURCE_EXHAUSTED:
+        /* A request over its gRPC server's limit, too many requests, or
+         * no space left: refused, nothing applied. */
+        return FERRY_ERR_RESOURCE_EXHAUSTED;
     case ETCD_GRPC_FAILED_PRECONDITION:
         return FERRY_ERR_FAILED_PRECONDITION;
     case ETCD_GRPC_OUT_OF_RANGE:

@@ -1,0 +1,386 @@
+/*
+ * test_registry_batch.c: how Registers that share an etcd transaction
+ * (coordinator/registry_batch.c) are answered when that transaction fails,
+ * with etcd_txn replaced by a small in-memory store through --wrap: the
+ * failures here (a commit whose answer could not be read, a lease gone
+ * among many, a request etcd refuses as too large) cannot be produced on
+ * demand from a real etcd. tests/python/test_register_batch.py drives the
+ * same code against a real etcd and coordinator.
+ *
+ * Each case queues Registers behind one held in etcd_txn (a gate), so that
+ * they are all taken together as one transaction when the gate opens.
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <setjmp.h>
+#include <cmocka.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "registry_int.h"
+
+#define N_QUEUED   8
+#define DEAD_LEASE 666
+#define MAX_KEYS   256
+#define KEY_CAP    64
+
+typedef enum {
+    FAKE_NORMAL,          /* create-if-absent, as etcd */
+    FAKE_APPLY_THEN_FAIL, /* a shared transaction is applied, then its answer is lost */
+    FAKE_REFUSE_SHARED,   /* a shared transaction is refused as too large */
+} fake_mode_t;
+
+/* The store and what the test saw, under fake.lock. */
+static struct {
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    fake_mode_t mode;
+    char keys[MAX_KEYS][KEY_CAP];
+    size_t n_keys;
+    int64_t revision;
+    bool gate;    /* the first call waits here until the gate opens */
+    bool holding; /* the first call is at the gate */
+    int calls, shared_calls, not_found_calls, largest;
+    size_t largest_bytes; /* values and keys of the largest shared call */
+} fake = {.lock = PTHREAD_MUTEX_INITIALIZER, .cond = PTHREAD_COND_INITIALIZER};
+
+static atomic_bool shared_seen; /* a shared transaction has been sent */
+
+static bool stored(const void *key, size_t len)
+{
+    for (size_t i = 0; i < fake.n_keys; i++) {
+        if (strlen(fake.keys[i]) == len && memcmp(fake.keys[i], key, len) == 0) {
+            return true;
+        }
+    }
+    return false;
+}
+
+static void store(const void *key, size_t len)
+{
+    assert_true(fake.n_keys < MAX_KEYS && len < KEY_CAP);
+    memcpy(fake.keys[fake.n_keys], key, len);
+    fake.keys[fake.n_keys++][len] = '\0';
+}
+
+ferry_status_t __wrap_etcd_txn(etcd_client_t *client, const etcd_compare_t *cmps, size_t n_cmps,
+                               const etcd_op_t *puts, size_t n_puts, const etcd_op_t *gets,
+                               size_t n_gets, etcd_txn_result_t *res);
+
+ferry_status_t __wrap_etcd_txn(etcd_client_t *client, const etcd_compare_t *cmps, size_t n_cmps,
+                               const etcd_op_t *puts, size_t n_puts, const etcd_op_t *gets,
+                               size_t n_gets, etcd_txn_result_t *res)
+{
+    ferry_status_t status = FERRY_OK;
+    bool taken = false;
+    size_t bytes = 0;
+
+    (void)client;
+    (void)n_cmps;
+    *res = (etcd_txn_result_t){0};
+    pthread_mutex_lock(&fake.lock);
+    if (fake.gate && !fake.holding) {
+        fake.holding = true;
+        pthread_cond_broadcast(&fake.cond);
+        while (fake.gate) {
+            pthread_cond_wait(&fake.cond, &fake.lock);
+        }
+    }
+    fake.calls++;
+    for (size_t i = 0; i < n_puts; i++) {
+        bytes += puts[i].key_len + puts[i].value_len;
+        if (puts[i].lease == DEAD_LEASE) {
+            status = FERRY_ERR_NOT_FOUND;
+        }
+        taken = taken || stored(cmps[i].key, cmps[i].key_len);
+    }
+    if (n_puts > 1) {
+        fake.shared_calls++;
+        atomic_store(&shared_seen, true);
+        if ((int)n_puts > fake.largest) {
+            fake.largest = (int)n_puts;
+            fake.largest_bytes = bytes;
+        }
+    }
+    if (status == FERRY_ERR_NOT_FOUND) {
+        fake.not_found_calls++;
+    } else if (n_puts > 1 && fake.mode == FAKE_REFUSE_SHARED) {
+        status = FERRY_ERR_INVALID_ARGUMENT;
+    } else if (taken) {
+        res->succeeded = false;
+        res->revision = fake.revision;
+        res->results = calloc(n_gets, sizeof(*res->results));
+        assert_true(n_gets == 0 || res->results != NULL);
+        res->n_results = n_gets;
+        for (size_t i = 0; i < n_gets; i++) {
+            res->results[i].count = stored(gets[i].key, gets[i].key_len) ? 1 : 0;
+        }
+    } else {
+        for (size_t i = 0; i < n_puts; i++) {
+            store(puts[i].key, puts[i].key_len);
+        }
+        res->succeeded = true;
+        res->revision = ++fake.revision;
+        if (n_puts > 1 && fake.mode == FAKE_APPLY_THEN_FAIL) {
+            *res = (etcd_txn_result_t){0};
+            status = FERRY_ERR_PROTOCOL; /* applied, but the answer was lost */
+        }
+    }
+    pthread_mutex_unlock(&fake.lock);
+    return status;
+}
+
+typedef struct {
+    coord_registry_t *r;
+    registry_write_t w;
+    char key[KEY_CAP];
+    bool gone_once_shared; /* its caller leaves once a shared transaction was sent */
+} member_t;
+
+static bool member_gone(void *arg)
+{
+    member_t *m = arg;
+    return m->gone_once_shared && atomic_load(&shared_seen);
+}
+
+static void *member_main(void *arg)
+{
+    member_t *m = arg;
+    registry_write(m->r, &m->w);
+    return NULL;
+}
+
+static void member_init(member_t *m, coord_registry_t *r, int i, int64_t lease, size_t value_len)
+{
+    static const uint8_t small[16];
+
+    m->r = r;
+    m->gone_once_shared = false;
+    snprintf(m->key, sizeof(m->key), "/ferry/ops/id-%d", i);
+    m->w = (registry_write_t){.key = m->key,
+                              .key_len = strlen(m->key),
+                              .lease = lease,
+                              .value = small,
+                              .value_len = sizeof(small),
+                              .gone = member_gone,
+                              .gone_arg = m};
+    if (value_len > 0) {
+        uint8_t *value = calloc(1, value_len);
+        assert_non_null(value);
+        m->w.value = value;
+        m->w.value_len = value_len;
+    }
+}
+
+static size_t queued(coord_registry_t *r)
+{
+    size_t n = 0;
+    pthread_mutex_lock(&r->batch_lock);
+    for (registry_write_t *w = r->batch_head; w != NULL; w = w->next) {
+        n++;
+    }
+    pthread_mutex_unlock(&r->batch_lock);
+    return n;
+}
+
+static int64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Runs members[0] to the gate, queues members[1..n) behind it, opens the
+ * gate and waits for all. */
+static void run_together(coord_registry_t *r, member_t *members, size_t n)
+{
+    pthread_t threads[1 + N_QUEUED * 2];
+    int64_t deadline = now_ms() + 10000;
+
+    assert_true(n <= sizeof(threads) / sizeof(threads[0]));
+    pthread_mutex_lock(&fake.lock);
+    fake.gate = true;
+    pthread_mutex_unlock(&fake.lock);
+    assert_int_equal(pthread_create(&threads[0], NULL, member_main, &members[0]), 0);
+    pthread_mutex_lock(&fake.lock);
+    while (!fake.holding) {
+        pthread_cond_wait(&fake.cond, &fake.lock);
+    }
+    pthread_mutex_unlock(&fake.lock);
+    for (size_t i = 1; i < n; i++) {
+        assert_int_equal(pthread_create(&threads[i], NULL, member_main, &members[i]), 0);
+    }
+    while (queued(r) < n - 1 && now_ms() < deadline) {
+        struct timespec pause = {0, 1000000};
+        nanosleep(&pause, NULL); /* polling the condition, with a deadline */
+    }
+    assert_int_equal(queued(r), n - 1);
+    pthread_mutex_lock(&fake.lock);
+    fake.gate = false;
+    pthread_cond_broadcast(&fake.cond);
+    pthread_mutex_unlock(&fake.lock);
+    for (size_t i = 0; i < n; i++) {
+        pthread_join(threads[i], NULL);
+    }
+}
+
+static int setup(void **state)
+{
+    coord_registry_t *r = calloc(1, sizeof(*r));
+
+    assert_non_null(r);
+    r->params.register_batch = COORD_REGISTER_BATCH;
+    pthread_mutex_init(&r->batch_lock, NULL);
+    pthread_cond_init(&r->batch_cond, NULL);
+    r->batch_tail = &r->batch_head;
+    pthread_mutex_lock(&fake.lock);
+    fake.mode = FAKE_NORMAL;
+    fake.n_keys = 0;
+    fake.gate = fake.holding = false;
+    fake.calls = fake.shared_calls = fake.not_found_calls = fake.largest = 0;
+    fake.largest_bytes = 0;
+    pthread_mutex_unlock(&fake.lock);
+    atomic_store(&shared_seen, false);
+    *state = r;
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    coord_registry_t *r = *state;
+    pthread_mutex_destroy(&r->batch_lock);
+    pthread_cond_destroy(&r->batch_cond);
+    free(r);
+    return 0;
+}
+
+/* Registers on many leases, one of them gone: one shared transaction
+ * fails, each member goes alone once, and only the gone lease's fails.
+ * (Found lease by lease, it took a failed shared transaction per lease.) */
+static void test_gone_lease_among_many_is_found_in_one_round(void **state)
+{
+    coord_registry_t *r = *state;
+    member_t m[1 + N_QUEUED * 2];
+    size_t n = 1 + N_QUEUED * 2, dead = n / 2;
+
+    for (size_t i = 0; i < n; i++) {
+        member_init(&m[i], r, (int)i, i == dead ? DEAD_LEASE : 100 + (int64_t)i, 0);
+    }
+    run_together(r, m, n);
+    for (size_t i = 0; i < n; i++) {
+        assert_int_equal(m[i].w.status, i == dead ? FERRY_ERR_NOT_FOUND : FERRY_OK);
+        assert_true(i == dead || m[i].w.created);
+    }
+    assert_int_equal(fake.shared_calls, 1);
+    assert_int_equal(fake.not_found_calls, 2); /* the shared one, then its own */
+    assert_int_equal(fake.calls, (int)n + 1);  /* the held one, the shared one, each alone */
+}
+
+/* Every member on the one lease that is gone: all are answered so by the
+ * one shared transaction, none goes again. */
+static void test_one_gone_lease_answers_every_member(void **state)
+{
+    coord_registry_t *r = *state;
+    member_t m[1 + N_QUEUED];
+
+    member_init(&m[0], r, 0, 100, 0);
+    for (size_t i = 1; i <= N_QUEUED; i++) {
+        member_init(&m[i], r, (int)i, DEAD_LEASE, 0);
+    }
+    run_together(r, m, 1 + N_QUEUED);
+    for (size_t i = 1; i <= N_QUEUED; i++) {
+        assert_int_equal(m[i].w.status, FERRY_ERR_NOT_FOUND);
+    }
+    assert_int_equal(fake.calls, 2);
+}
+
+/* A shared transaction that etcd applied but whose answer was lost: every
+ * member gets the failure, as it would have alone. Sent again alone, each
+ * would find its own record and be told the ID is taken. */
+static void test_failure_after_apply_is_every_members_answer(void **state)
+{
+    coord_registry_t *r = *state;
+    member_t m[1 + N_QUEUED];
+
+    fake.mode = FAKE_APPLY_THEN_FAIL;
+    for (size_t i = 0; i <= N_QUEUED; i++) {
+        member_init(&m[i], r, (int)i, 100, 0);
+    }
+    run_together(r, m, 1 + N_QUEUED);
+    assert_int_equal(m[0].w.status, FERRY_OK);
+    for (size_t i = 1; i <= N_QUEUED; i++) {
+        assert_int_equal(m[i].w.status, FERRY_ERR_PROTOCOL);
+        assert_false(m[i].w.created);
+    }
+    assert_int_equal(fake.calls, 2); /* none sent again */
+}
+
+/* A shared transaction refused before anything was applied (too large):
+ * each member runs alone and gets its own answer; one whose caller has
+ * stopped waiting by then is not sent. */
+static void test_refused_transaction_runs_each_alone(void **state)
+{
+    coord_registry_t *r = *state;
+    member_t m[1 + N_QUEUED];
+
+    fake.mode = FAKE_REFUSE_SHARED;
+    for (size_t i = 0; i <= N_QUEUED; i++) {
+        member_init(&m[i], r, (int)i, 100, 0);
+        m[i].gone_once_shared = i == 1;
+    }
+    run_together(r, m, 1 + N_QUEUED);
+    assert_true(m[1].w.late);
+    assert_int_equal(m[1].w.status, FERRY_ERR_TIMED_OUT);
+    for (size_t i = 0; i <= N_QUEUED; i++) {
+        assert_int_equal(m[i].w.status, i == 1 ? FERRY_ERR_TIMED_OUT : FERRY_OK);
+        assert_true(i == 1 || m[i].w.created);
+    }
+    pthread_mutex_lock(&fake.lock);
+    assert_false(stored(m[1].key, strlen(m[1].key)));
+    pthread_mutex_unlock(&fake.lock);
+    assert_int_equal(fake.calls, 2 + N_QUEUED - 1);
+}
+
+/* Large Registers: no shared transaction carries more than
+ * REGISTRY_BATCH_BYTES (etcd would refuse it), and they still share. */
+static void test_shared_transaction_bytes_are_bounded(void **state)
+{
+    coord_registry_t *r = *state;
+    member_t m[1 + N_QUEUED];
+    size_t big = 400 * 1024;
+
+    for (size_t i = 0; i <= N_QUEUED; i++) {
+        member_init(&m[i], r, (int)i, 100, big);
+    }
+    run_together(r, m, 1 + N_QUEUED);
+    for (size_t i = 0; i <= N_QUEUED; i++) {
+        assert_int_equal(m[i].w.status, FERRY_OK);
+        assert_true(m[i].w.created);
+        free((void *)m[i].w.value);
+    }
+    assert_int_equal(fake.largest, 2);
+    assert_true(fake.largest_bytes <= REGISTRY_BATCH_BYTES);
+    assert_int_equal(fake.calls, 1 + N_QUEUED / 2);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_gone_lease_among_many_is_found_in_one_round, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_one_gone_lease_answers_every_member, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_failure_after_apply_is_every_members_answer, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_refused_transaction_runs_each_alone, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_shared_transaction_bytes_are_bounded, setup,
+                                        teardown),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
