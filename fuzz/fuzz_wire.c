@@ -6,7 +6,7 @@
  * Input: the bytes of one active message, as UCX hands them over.
  *
  * Invariants beyond "no crash": a message that decodes has a known type,
- * a CLAIM carries an address, the address lies inside the input, a CHUNK
+ * a CLAIM carries an address and a claim nonce, the address lies inside the input, a CHUNK
  * or CREDIT carries its chunk record and no address; and it
  * encodes back to the same bytes (the reserved bytes aside, which the
  * decoder ignores and the encoder writes as zero).
@@ -32,9 +32,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     fuzz_assert(msg.type == FERRY__MSG_CLAIM || msg.type == FERRY__MSG_ADMIT ||
                 msg.type == FERRY__MSG_NOTICE || msg.type == FERRY__MSG_CHUNK ||
                 msg.type == FERRY__MSG_CREDIT);
-    fuzz_assert(msg.type != FERRY__MSG_CLAIM || msg.address_len > 0);
+    fuzz_assert(msg.type != FERRY__MSG_CLAIM ||
+                (msg.address_len > 0 && !ferry__nonce_is_zero(msg.claim_nonce)));
     fuzz_assert((msg.type != FERRY__MSG_CHUNK && msg.type != FERRY__MSG_CREDIT) ||
-                (msg.address_len == 0 && size == 56 + 24));
+                (msg.address_len == 0 && size == 72 + 24));
     fuzz_assert(msg.address_len == 0 || (msg.address >= data && msg.address_len <= size &&
                                          msg.address + msg.address_len == data + size));
 

@@ -177,32 +177,40 @@ def metadata_seeds(t):
     write("fuzz_metadata", "staged-read-cuda-2", md.SerializeToString())
 
 
-WIRE_MAGIC = 0x32595246  # "FRY2"
+WIRE_MAGIC = 0x33595246  # "FRY3"
+CLAIM_NONCE = bytes(range(100, 116))
 
 
 def wire(type_, op_kind=0, key=KEY, op_id=0, status=0, address=b"", address_len=None,
-         nonce=bytes(16)):
+         nonce=bytes(16), claim_nonce=bytes(16)):
     n = len(address) if address_len is None else address_len
-    return struct.pack("<IBBH16sQiI16s", WIRE_MAGIC, type_, op_kind, 0, key, op_id, status,
-                       n, nonce) + address
+    return struct.pack("<IBBH16sQiI16s16s", WIRE_MAGIC, type_, op_kind, 0, key, op_id, status,
+                       n, nonce, claim_nonce) + address
 
 
 def wire_seeds():
-    write("fuzz_wire", "claim", wire(1, op_kind=2, op_id=42, address=b"ucx-address" * 4))
-    write("fuzz_wire", "admit-ok", wire(2, op_id=42, nonce=bytes(range(16))))
-    write("fuzz_wire", "admit-refused", wire(2, op_id=42, status=-7))
+    write("fuzz_wire", "claim", wire(1, op_kind=2, op_id=42, address=b"ucx-address" * 4,
+                                     claim_nonce=CLAIM_NONCE))
+    write("fuzz_wire", "claim-no-claim-nonce", wire(1, op_kind=2, op_id=42,
+                                                    address=b"ucx-address" * 4))
+    write("fuzz_wire", "admit-ok", wire(2, op_id=42, nonce=bytes(range(16)),
+                                        claim_nonce=CLAIM_NONCE))
+    write("fuzz_wire", "admit-refused", wire(2, op_id=42, status=-7, claim_nonce=CLAIM_NONCE))
     write("fuzz_wire", "notice-ok", wire(3, nonce=bytes(range(16))))
     write("fuzz_wire", "notice-error", wire(3, status=-12))
-    write("fuzz_wire", "claim-no-address", wire(1, op_kind=3))
+    write("fuzz_wire", "claim-no-address", wire(1, op_kind=3, claim_nonce=CLAIM_NONCE))
     write("fuzz_wire", "length-mismatch", wire(3, address=b"x", address_len=2))
     chunk = struct.pack("<IIQQ", 3, 1, 4 << 20, 65543)
     write("fuzz_wire", "chunk", wire(4, nonce=bytes(range(16)), address=chunk))
-    write("fuzz_wire", "credit", wire(5, op_id=42, address=struct.pack("<IIQQ", 3, 0, 0, 0)))
+    write("fuzz_wire", "credit", wire(5, op_id=42, address=struct.pack("<IIQQ", 3, 0, 0, 0),
+                                      claim_nonce=CLAIM_NONCE))
     write("fuzz_wire", "credit-stop", wire(5, op_id=42, status=-9,
-                                           address=struct.pack("<IIQQ", 0, 0, 0, 0)))
+                                           address=struct.pack("<IIQQ", 0, 0, 0, 0),
+                                           claim_nonce=CLAIM_NONCE))
     write("fuzz_wire", "chunk-short-record", wire(4, address=chunk[:23]))
     write("fuzz_wire", "bad-type", wire(9))
-    write("fuzz_wire", "short", wire(3)[:55])
+    write("fuzz_wire", "short", wire(3)[:71])
+    write("fuzz_wire", "fry2", struct.pack("<I", 0x32595246) + wire(3)[4:56])
 
 
 def b64(s):

@@ -111,7 +111,8 @@ typedef struct {
     uint64_t op_id;                  /* the active operation (CLAIM, ADMIT) */
     uint8_t op_kind;                 /* CLAIM: FERRY__KIND_WRITE or _READ */
     int32_t status;                  /* ADMIT, NOTICE: ferry_status_t */
-    uint8_t nonce[FERRY__NONCE_LEN]; /* ADMIT (admitted), NOTICE: the admission */
+    uint8_t nonce[FERRY__NONCE_LEN]; /* ADMIT (admitted), NOTICE, CHUNK: the admission */
+    uint8_t claim_nonce[FERRY__NONCE_LEN]; /* CLAIM, and echoed: ADMIT, CREDIT */
     const uint8_t *address;          /* CLAIM: the claimant's worker address */
     size_t address_len;
     uint32_t slot;   /* CHUNK, CREDIT: the staging slot */
@@ -125,6 +126,10 @@ ferry_status_t ferry__msg_encode(const ferry__msg_t *msg, uint8_t **buf_p, size_
 
 /* Decodes; msg->address points into buf. FERRY_ERR_PROTOCOL when malformed. */
 ferry_status_t ferry__msg_decode(const uint8_t *buf, size_t len, ferry__msg_t *msg);
+
+/* Nonces equal, in time that does not depend on where they differ. */
+bool ferry__nonce_equal(const uint8_t *a, const uint8_t *b);
+bool ferry__nonce_is_zero(const uint8_t *nonce);
 
 /* ---- connector internals (connector.c, peer.c) ------------------------ */
 
@@ -368,6 +373,9 @@ struct ferry_op {
     bool admitted;                   /* a claim was admitted; nonce is set */
     uint8_t nonce[FERRY__NONCE_LEN]; /* passive: drawn at admission;
                                       * active: from the ADMIT, echoed */
+    /* Active: drawn for the CLAIM, required back on ADMIT and CREDIT;
+     * passive: the admitted claim's, sent back on CREDITs (wire.c). */
+    uint8_t claim_nonce[FERRY__NONCE_LEN];
 
     /* Passive: the active side's op id (from the claim, for CREDITs). */
     uint64_t claim_op_id;

@@ -4,7 +4,9 @@
  * Begin decodes and checks the metadata against the local list (kind, count,
  * sizes) before anything touches UCX, then takes a cached endpoint to the
  * passive worker, unpacks (or finds cached) the remote keys, and sends a
- * CLAIM. The passive side's ADMIT starts the transfer: one ucp_put_nbx (or
+ * CLAIM with a claim nonce drawn for it; an ADMIT or CREDIT that does not
+ * carry the nonce back is not the passive side's and is ignored (wire.c).
+ * The passive side's ADMIT starts the transfer: one ucp_put_nbx (or
  * ucp_get_nbx) per pair, one ucp_ep_flush_nbx, and only when the flush
  * completes the NOTICE, so the notice never overtakes the data.
  *
@@ -31,6 +33,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 
 #include "common/log.h"
 #include "worker/ferry_int.h"
@@ -111,6 +114,13 @@ void ferry__active_on_admit(ferry_connector_t *c, const ferry__msg_t *msg)
     if (op == NULL || !op->awaiting_admit ||
         memcmp(msg->key, op->md->notification_key.data, FERRY__KEY_LEN) != 0) {
         ferry_debug("connector %s: admit for no waiting operation", c->name);
+        return;
+    }
+    if (!ferry__nonce_equal(msg->claim_nonce, op->claim_nonce)) {
+        /* Not the answer to our claim: whoever sent it knows the key and
+         * guessed our id, and may not refuse (or admit) for the peer. */
+        ferry_debug("%s: admit without our claim nonce: not from the passive side, ignored",
+                    op->label);
         return;
     }
     op->awaiting_admit = false;
@@ -242,6 +252,7 @@ static void send_claim(ferry_op_t *op)
     memcpy(msg.key, op->md->notification_key.data, FERRY__KEY_LEN);
     msg.op_id = op->id;
     msg.op_kind = (uint8_t)op->kind;
+    memcpy(msg.claim_nonce, op->claim_nonce, FERRY__NONCE_LEN); /* what the answer must carry */
     msg.address = (const uint8_t *)c->address;
     msg.address_len = c->address_len;
     op->awaiting_admit = true;
@@ -287,6 +298,10 @@ static ferry_status_t active_begin(ferry_connector_t *c, ferry__op_kind_t kind,
     }
     if (status == FERRY_OK) {
         status = ferry__staged_active_prepare(op, ferry__staged_wanted(c, local));
+    }
+    if (status == FERRY_OK && getrandom(op->claim_nonce, sizeof(op->claim_nonce), 0) !=
+                                  (ssize_t)sizeof(op->claim_nonce)) {
+        status = ferry__fail(FERRY_ERR_IO, "%s: no randomness for the claim nonce", op->label);
     }
     if (status == FERRY_OK) {
         ferry__op_table_add(op);

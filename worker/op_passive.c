@@ -297,17 +297,6 @@ void ferry__passive_release(ferry_op_t *op)
     }
 }
 
-/* Equal in time that does not depend on where the bytes differ. */
-static bool nonce_equal(const uint8_t *a, const uint8_t *b)
-{
-    uint8_t diff = 0;
-
-    for (size_t i = 0; i < FERRY__NONCE_LEN; i++) {
-        diff |= (uint8_t)(a[i] ^ b[i]);
-    }
-    return diff == 0;
-}
-
 /* Why a claim is refused, or FERRY_OK to admit it. */
 static ferry_status_t admission(const ferry_op_t *op, const ferry__msg_t *msg)
 {
@@ -336,6 +325,7 @@ bool ferry__passive_on_claim(ferry_connector_t *c, const ferry__msg_t *msg, ucp_
 
     answer.type = FERRY__MSG_ADMIT;
     memcpy(answer.key, msg->key, FERRY__KEY_LEN);
+    memcpy(answer.claim_nonce, msg->claim_nonce, FERRY__NONCE_LEN); /* the claimant's proof */
     answer.op_id = msg->op_id;
     answer.status = admission(op, msg);
     if (answer.status == FERRY_OK && reply_ep == NULL) {
@@ -358,6 +348,7 @@ bool ferry__passive_on_claim(ferry_connector_t *c, const ferry__msg_t *msg, ucp_
     }
     op->admitted = true;
     op->claim_op_id = msg->op_id;
+    memcpy(op->claim_nonce, msg->claim_nonce, FERRY__NONCE_LEN);
     memcpy(answer.nonce, op->nonce, FERRY__NONCE_LEN);
     ferry__op_move(op, FERRY__OP_CLAIMED, FERRY_OK, NULL);
     ferry__send_reply(c, reply_ep, &answer);
@@ -398,7 +389,7 @@ void ferry__passive_on_notice(ferry_connector_t *c, const ferry__msg_t *msg)
         ferry_debug("connector %s: notice for no live operation", c->name);
         return;
     }
-    if (op->state != FERRY__OP_CLAIMED || !op->admitted || !nonce_equal(msg->nonce, op->nonce)) {
+    if (op->state != FERRY__OP_CLAIMED || !op->admitted || !ferry__nonce_equal(msg->nonce, op->nonce)) {
         c->stats.notices_ignored++;
         ferry_debug("%s: notice ignored: not from the admitted peer", op->label);
         return;

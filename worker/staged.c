@@ -299,6 +299,7 @@ static void send_credit(ferry_op_t *op, uint32_t slot, ferry_status_t status)
     }
     msg.type = FERRY__MSG_CREDIT;
     memcpy(msg.key, op->key, FERRY__KEY_LEN);
+    memcpy(msg.claim_nonce, op->claim_nonce, FERRY__NONCE_LEN); /* the claimant's own */
     msg.op_id = op->claim_op_id;
     msg.status = status;
     msg.slot = slot;
@@ -337,15 +338,11 @@ void ferry__staged_on_chunk(ferry_connector_t *c, const ferry__msg_t *msg)
     struct ferry__stage *s;
     const char *problem;
     ferry_status_t status;
-    uint8_t diff = 0;
     uint8_t *mem;
     lane_t *lane;
 
-    for (size_t i = 0; op != NULL && i < FERRY__NONCE_LEN; i++) {
-        diff |= (uint8_t)(msg->nonce[i] ^ op->nonce[i]);
-    }
     if (op == NULL || op->stage == NULL || op->state != FERRY__OP_CLAIMED || !op->admitted ||
-        diff != 0) {
+        !ferry__nonce_equal(msg->nonce, op->nonce)) {
         c->stats.notices_ignored++;
         ferry_debug("connector %s: chunk for no staged operation of its sender", c->name);
         return;
@@ -658,6 +655,11 @@ void ferry__staged_on_credit(ferry_connector_t *c, const ferry__msg_t *msg)
     if (op == NULL || op->stage == NULL || !op->stage->remote ||
         memcmp(msg->key, op->md->notification_key.data, FERRY__KEY_LEN) != 0) {
         ferry_debug("connector %s: credit for no staged transfer", c->name);
+        return;
+    }
+    if (!ferry__nonce_equal(msg->claim_nonce, op->claim_nonce)) {
+        ferry_debug("%s: credit without our claim nonce: not from the passive side, ignored",
+                    op->label);
         return;
     }
     s = op->stage;

@@ -3,7 +3,7 @@
  * FERRY__AM_ID). One fixed little-endian layout for every type:
  *
  *   offset  size  field
- *   0       4     magic "FRY2" (0x32595246 read as little-endian u32)
+ *   0       4     magic "FRY3" (0x33595246 read as little-endian u32)
  *   4       1     type: 1 CLAIM, 2 ADMIT, 3 NOTICE, 4 CHUNK, 5 CREDIT
  *   5       1     op_kind (CLAIM: 2 write, 3 read; else 0)
  *   6       2     reserved, 0
@@ -12,7 +12,8 @@
  *   32      4     status, a ferry_status_t (ADMIT, NOTICE, CREDIT; else 0)
  *   36      4     tail length (CLAIM: the address's; CHUNK, CREDIT: 24; else 0)
  *   40      16    admission nonce (ADMIT that admits, NOTICE, CHUNK; else 0)
- *   56      ...   the tail: CLAIM: the claimant's UCX worker address;
+ *   56      16    claim nonce (CLAIM, ADMIT, CREDIT; else 0)
+ *   72      ...   the tail: CLAIM: the claimant's UCX worker address;
  *                 CHUNK, CREDIT: the chunk record below
  *
  * The chunk record (the staged path, staged.c): u32 slot, u32 descriptor
@@ -22,12 +23,20 @@
  * (write) or says it holds the chunk (read), or stops the writer or reader
  * (an error status: the passive side failed or was cancelled).
  *
- * The nonce is what ties a NOTICE to the one writer (or reader) the passive
- * side admitted: the passive side draws it at admission, sends it only in
- * the ADMIT (on the claimant's own connection), and accepts a NOTICE only
- * when it carries it back. Knowing the notification key (anyone holding the
- * metadata does) is enough to claim, never to complete. "FRY1" was the same
- * layout without the nonce; such messages are refused as malformed.
+ * Each side accepts what comes to it only with a secret it drew itself and
+ * sent only to the other. The admission nonce ties a NOTICE (and a CHUNK)
+ * to the one writer (or reader) the passive side admitted: the passive
+ * side draws it at admission, sends it only in the ADMIT (on the
+ * claimant's own connection), and accepts a NOTICE or CHUNK only when it
+ * carries it back. The claim nonce is the mirror image: the active side
+ * draws it for its CLAIM and accepts an ADMIT or CREDIT only when it
+ * carries it back, so that a third party who knows the notification key
+ * (anyone holding the metadata) and guesses the active operation's id (they
+ * count up) can neither refuse a claim for the passive side nor lend a
+ * staging slot that was never filled. Knowing the key is enough to claim,
+ * never to complete or to steer a transfer. "FRY1" (no admission nonce)
+ * and "FRY2" (no claim nonce) messages are refused as malformed, as is a
+ * CLAIM without a claim nonce.
  *
  * The decoder trusts nothing: every length is checked against the buffer
  * before it is read, and the address it returns is opaque bytes (the
@@ -40,8 +49,8 @@
 
 #include "worker/ferry_int.h"
 
-#define WIRE_MAGIC  0x32595246u
-#define WIRE_FIXED  56u
+#define WIRE_MAGIC  0x33595246u
+#define WIRE_FIXED  72u
 #define WIRE_MAXADR (64u * 1024u)
 #define WIRE_CHUNK  24u
 
@@ -77,6 +86,22 @@ static uint64_t get_u64(const uint8_t *p)
     return v;
 }
 
+bool ferry__nonce_equal(const uint8_t *a, const uint8_t *b)
+{
+    uint8_t diff = 0;
+
+    for (size_t i = 0; i < FERRY__NONCE_LEN; i++) {
+        diff |= (uint8_t)(a[i] ^ b[i]);
+    }
+    return diff == 0;
+}
+
+bool ferry__nonce_is_zero(const uint8_t *nonce)
+{
+    static const uint8_t zero[FERRY__NONCE_LEN];
+    return ferry__nonce_equal(nonce, zero);
+}
+
 static bool has_chunk(ferry__msg_type_t type)
 {
     return type == FERRY__MSG_CHUNK || type == FERRY__MSG_CREDIT;
@@ -99,6 +124,7 @@ ferry_status_t ferry__msg_encode(const ferry__msg_t *msg, uint8_t **buf_p, size_
     put_u32(buf + 32, (uint32_t)msg->status);
     put_u32(buf + 36, (uint32_t)tail);
     memcpy(buf + 40, msg->nonce, FERRY__NONCE_LEN);
+    memcpy(buf + 56, msg->claim_nonce, FERRY__NONCE_LEN);
     if (has_chunk(msg->type)) {
         put_u32(buf + WIRE_FIXED, msg->slot);
         put_u32(buf + WIRE_FIXED + 4, msg->desc);
@@ -142,6 +168,10 @@ ferry_status_t ferry__msg_decode(const uint8_t *buf, size_t len, ferry__msg_t *m
     msg->op_id = get_u64(buf + 24);
     msg->status = (int32_t)get_u32(buf + 32);
     memcpy(msg->nonce, buf + 40, FERRY__NONCE_LEN);
+    memcpy(msg->claim_nonce, buf + 56, FERRY__NONCE_LEN);
+    if (msg->type == FERRY__MSG_CLAIM && ferry__nonce_is_zero(msg->claim_nonce)) {
+        return ferry__fail(FERRY_ERR_PROTOCOL, "wire: claim without a claim nonce");
+    }
     if (has_chunk(msg->type)) {
         msg->slot = get_u32(buf + WIRE_FIXED);
         msg->desc = get_u32(buf + WIRE_FIXED + 4);

@@ -15,7 +15,8 @@
  * address does not bring the victim down and creates no endpoint; 10,000
  * bogus CLAIMs leave the victim's RSS and endpoint cache bounded; and the
  * endpoint cache itself is a bounded LRU that never closes a peer in use;
- * and an ADMIT whose status is positive ends a write as PROTOCOL.
+ * an ADMIT whose status is positive ends a write as PROTOCOL; and an ADMIT
+ * that does not carry the claim's nonce back is ignored.
  *
  * Every read from the victim has a deadline; no sleep synchronizes anything.
  */
@@ -44,8 +45,8 @@
 #define RSS_BOUND       (50u << 20)
 
 /* The wire format, written out here on purpose (see worker/wire.c). */
-#define W_MAGIC 0x32595246u /* "FRY2" */
-#define W_FIXED 56u
+#define W_MAGIC 0x33595246u /* "FRY3" */
+#define W_FIXED 72u
 enum { W_CLAIM = 1, W_ADMIT = 2, W_NOTICE = 3 };
 
 typedef struct {
@@ -350,6 +351,9 @@ static uint8_t *hand_built(uint8_t type, const uint8_t *key, int32_t status, con
     if (nonce != NULL) {
         memcpy(m + 40, nonce, FERRY__NONCE_LEN);
     }
+    if (type == W_CLAIM) {
+        memset(m + 56, 0xc1, FERRY__NONCE_LEN); /* a claim nonce */
+    }
     if (address_len > 0) {
         memcpy(m + W_FIXED, address, address_len);
     }
@@ -588,12 +592,17 @@ static void test_peer_cache_lru(void **state)
 }
 
 /* A hostile passive side: answers every CLAIM, from inside the callback on
- * the reply endpoint, with an ADMIT whose status is admit_status. */
+ * the reply endpoint, with an ADMIT whose status is admit_status; with
+ * forge_first, first with one that does not carry the claim's nonce back
+ * (what a third party who knows the key and guesses the op id can send),
+ * whose status is forged_status. */
 typedef struct {
     ucp_worker_h worker;
     int32_t admit_status;
-    uint8_t answer[W_FIXED];
-    ucs_status_ptr_t req;
+    bool forge_first;
+    int32_t forged_status;
+    uint8_t answer[W_FIXED], forged[W_FIXED];
+    ucs_status_ptr_t req, forged_req;
     unsigned claims;
 } fake_passive_t;
 
@@ -611,19 +620,36 @@ static ucs_status_t fake_passive_am_cb(void *arg, const void *header, size_t hea
         !(param->recv_attr & UCP_AM_RECV_ATTR_FIELD_REPLY_EP) || f->claims++ > 0) {
         return UCS_OK;
     }
-    memcpy(f->answer, claim, W_FIXED); /* magic, key, op id */
+    memcpy(f->answer, claim, W_FIXED); /* magic, key, op id, claim nonce */
     f->answer[4] = W_ADMIT;
     f->answer[5] = 0;
     put32(f->answer + 32, (uint32_t)f->admit_status);
     put32(f->answer + 36, 0);
+    if (f->forge_first) {
+        memcpy(f->forged, f->answer, W_FIXED);
+        put32(f->forged + 32, (uint32_t)f->forged_status);
+        f->forged[56] ^= 0xff; /* right key and op id, not the claim's nonce */
+        f->forged_req =
+            ucp_am_send_nbx(param->reply_ep, FERRY__AM_ID, NULL, 0, f->forged, W_FIXED, &send);
+    }
     f->req = ucp_am_send_nbx(param->reply_ep, FERRY__AM_ID, NULL, 0, f->answer, W_FIXED, &send);
     return UCS_OK;
 }
 
-/* active_on_admit takes a refusal only as a negative status: a positive one
- * from a broken or hostile peer ends the write as PROTOCOL, never as a
- * "status" that is not one. */
-static void test_admit_positive_status_is_protocol_error(void **state)
+static void fake_request_free(fake_passive_t *f, ucs_status_ptr_t req)
+{
+    if (UCS_PTR_IS_PTR(req)) {
+        while (ucp_request_check_status(req) == UCS_INPROGRESS) {
+            ucp_worker_progress(f->worker);
+        }
+        ucp_request_free(req);
+    }
+}
+
+/* Begins a write into memory the fake passive side f exposes, lets f answer
+ * the claim, and returns how the write ended (FERRY_ERR_TIMED_OUT if it did
+ * not within WAIT_TIMEOUT_MS); *error_p gets ferry_op_error's code. */
+static ferry_status_t write_against_fake(fake_passive_t *f, ferry_status_t *error_p)
 {
     ucp_params_t params = {.field_mask = UCP_PARAM_FIELD_FEATURES,
                            .features = UCP_FEATURE_AM | UCP_FEATURE_RMA};
@@ -636,7 +662,6 @@ static void test_admit_positive_status_is_protocol_error(void **state)
     ferry_descriptor_t local = {src, sizeof(src), FERRY_DEVICE_HOST_INIT};
     ferry__metadata_build_t build = {0};
     uint8_t key[FERRY__KEY_LEN] = {1, 2, 3};
-    fake_passive_t f = {.admit_status = 7};
     ferry_connector_t *c;
     ucp_context_h ctx;
     ucp_address_t *addr;
@@ -648,17 +673,16 @@ static void test_admit_positive_status_is_protocol_error(void **state)
     ferry_status_t st = FERRY_ERR_TIMED_OUT;
     const char *msg;
     int64_t deadline;
-    (void)state;
 
     assert_int_equal(ucp_init(&params, NULL, &ctx), UCS_OK);
-    assert_int_equal(ucp_worker_create(ctx, &wparams, &f.worker), UCS_OK);
-    assert_int_equal(ucp_worker_get_address(f.worker, &addr, &addr_len), UCS_OK);
+    assert_int_equal(ucp_worker_create(ctx, &wparams, &f->worker), UCS_OK);
+    assert_int_equal(ucp_worker_get_address(f->worker, &addr, &addr_len), UCS_OK);
     am.field_mask = UCP_AM_HANDLER_PARAM_FIELD_ID | UCP_AM_HANDLER_PARAM_FIELD_CB |
                     UCP_AM_HANDLER_PARAM_FIELD_ARG;
     am.id = FERRY__AM_ID;
     am.cb = fake_passive_am_cb;
-    am.arg = &f;
-    assert_int_equal(ucp_worker_set_am_recv_handler(f.worker, &am), UCS_OK);
+    am.arg = f;
+    assert_int_equal(ucp_worker_set_am_recv_handler(f->worker, &am), UCS_OK);
     mparams.field_mask = UCP_MEM_MAP_PARAM_FIELD_ADDRESS | UCP_MEM_MAP_PARAM_FIELD_LENGTH;
     mparams.address = target;
     mparams.length = sizeof(target);
@@ -681,26 +705,52 @@ static void test_admit_positive_status_is_protocol_error(void **state)
     assert_int_equal(ferry_write_begin(c, &local, 1, md, md_len, &op), FERRY_OK);
     deadline = pair_now_ms() + WAIT_TIMEOUT_MS;
     while (st == FERRY_ERR_TIMED_OUT && pair_now_ms() < deadline) {
-        ucp_worker_progress(f.worker); /* the fake passive side runs here */
+        ucp_worker_progress(f->worker); /* the fake passive side runs here */
         st = ferry_op_wait(op, 1);
     }
-    assert_int_equal(f.claims, 1);
-    assert_int_equal(st, FERRY_ERR_PROTOCOL);
-    assert_int_equal(ferry_op_error(op, &msg), FERRY_ERR_PROTOCOL);
+    *error_p = ferry_op_error(op, &msg);
     ferry_op_destroy(op);
     ferry_connector_destroy(c);
-    if (UCS_PTR_IS_PTR(f.req)) {
-        while (ucp_request_check_status(f.req) == UCS_INPROGRESS) {
-            ucp_worker_progress(f.worker);
-        }
-        ucp_request_free(f.req);
-    }
+    fake_request_free(f, f->forged_req);
+    fake_request_free(f, f->req);
     free(md);
     ucp_rkey_buffer_release(rkey);
     ucp_mem_unmap(ctx, memh);
-    ucp_worker_release_address(f.worker, addr);
-    ucp_worker_destroy(f.worker);
+    ucp_worker_release_address(f->worker, addr);
+    ucp_worker_destroy(f->worker);
     ucp_cleanup(ctx);
+    return st;
+}
+
+/* active_on_admit takes a refusal only as a negative status: a positive one
+ * from a broken or hostile peer ends the write as PROTOCOL, never as a
+ * "status" that is not one. */
+static void test_admit_positive_status_is_protocol_error(void **state)
+{
+    fake_passive_t f = {.admit_status = 7};
+    ferry_status_t error;
+    (void)state;
+
+    assert_int_equal(write_against_fake(&f, &error), FERRY_ERR_PROTOCOL);
+    assert_int_equal(f.claims, 1);
+    assert_int_equal(error, FERRY_ERR_PROTOCOL);
+}
+
+/* An ADMIT that does not carry the claim's nonce back is not the passive
+ * side's answer: a refusal forged by someone who knows the key and guessed
+ * the op id, arriving first, is ignored, and the write ends with the real
+ * answer's status. (Before the claim nonce it ended with the forged one.) */
+static void test_admit_without_the_claim_nonce_is_ignored(void **state)
+{
+    fake_passive_t f = {.admit_status = FERRY_ERR_FAILED_PRECONDITION,
+                        .forge_first = true,
+                        .forged_status = FERRY_ERR_NOT_FOUND};
+    ferry_status_t error;
+    (void)state;
+
+    assert_int_equal(write_against_fake(&f, &error), FERRY_ERR_FAILED_PRECONDITION);
+    assert_int_equal(f.claims, 1);
+    assert_int_equal(error, FERRY_ERR_FAILED_PRECONDITION);
 }
 
 int main(int argc, char **argv)
@@ -712,6 +762,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_bogus_claims_bounded),
         cmocka_unit_test(test_peer_cache_lru),
         cmocka_unit_test(test_admit_positive_status_is_protocol_error),
+        cmocka_unit_test(test_admit_without_the_claim_nonce_is_ignored),
     };
 
     if (argc == 4 && strcmp(argv[1], "--victim") == 0) {

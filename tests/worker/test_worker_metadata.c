@@ -278,6 +278,7 @@ static void test_wire_round_trip(void **state)
     in.op_kind = FERRY__KIND_WRITE;
     in.status = FERRY_ERR_CANCELLED;
     memset(in.nonce, 0x5a, sizeof(in.nonce));
+    memset(in.claim_nonce, 0xc1, sizeof(in.claim_nonce));
     in.address = address;
     in.address_len = sizeof(address);
     assert_int_equal(ferry__msg_encode(&in, &buf, &len), FERRY_OK);
@@ -290,12 +291,18 @@ static void test_wire_round_trip(void **state)
     assert_int_equal(out.address_len, sizeof(address));
     assert_memory_equal(out.address, address, sizeof(address));
     assert_memory_equal(out.nonce, in.nonce, sizeof(in.nonce));
-    /* Truncation, a bad magic, an unknown type: all PROTOCOL. */
+    assert_memory_equal(out.claim_nonce, in.claim_nonce, sizeof(in.claim_nonce));
+    /* Truncation, a bad magic, an unknown type, a claim without a claim
+     * nonce: all PROTOCOL. */
     assert_int_equal(ferry__msg_decode(buf, len - 1, &out), FERRY_ERR_PROTOCOL);
     assert_int_equal(ferry__msg_decode(buf, 10, &out), FERRY_ERR_PROTOCOL);
     buf[4] = 9;
     assert_int_equal(ferry__msg_decode(buf, len, &out), FERRY_ERR_PROTOCOL);
     buf[4] = FERRY__MSG_CLAIM;
+    memset(buf + 56, 0, FERRY__NONCE_LEN);
+    assert_int_equal(ferry__msg_decode(buf, len, &out), FERRY_ERR_PROTOCOL);
+    buf[56] = 1;
+    assert_int_equal(ferry__msg_decode(buf, len, &out), FERRY_OK);
     buf[0] ^= 1;
     assert_int_equal(ferry__msg_decode(buf, len, &out), FERRY_ERR_PROTOCOL);
     free(buf);

@@ -590,6 +590,56 @@ static void test_caller_progress_loopback(void **state)
     free(dst);
 }
 
+/* A CREDIT that does not carry the writer's claim nonce back is not the
+ * passive side's: a forged stop (someone who knows the key and guessed the
+ * op id) is ignored mid-transfer, and the write completes with the right
+ * bytes. (Before the claim nonce it ended the write.) Injected through the
+ * loop's handler, as the wire would hand it over. */
+static void test_forged_credit_ignored(void **state)
+{
+    uint64_t size = 1u << 20;
+    uint8_t *a = malloc(size), *b = calloc(1, size);
+    ferry_descriptor_t da = {a, size, FERRY_DEVICE_HOST_INIT};
+    ferry_descriptor_t db = {b, size, FERRY_DEVICE_HOST_INIT};
+    ferry__msg_t forged = {.type = FERRY__MSG_CREDIT, .status = FERRY_ERR_CANCELLED};
+    ferry_op_t *passive, *active;
+    ferry_connector_t *c;
+    const uint8_t *md;
+    size_t md_len;
+    bool held;
+    (void)state;
+
+    pair_fill(a, size, 41, 0);
+    atomic_store(&ferry__test_staging.chunk, 65536);
+    atomic_store(&ferry__test_staging.slots, 2);
+    assert_int_equal(ferry_connector_create(NULL, &c), FERRY_OK);
+    faults_reset();
+    atomic_store(&faults->hold_from, copy_from_now(3));
+    atomic_store(&faults->hold, true);
+    assert_int_equal(ferry_writable_create(c, &db, 1, &passive), FERRY_OK);
+    assert_int_equal(ferry_op_metadata(passive, &md, &md_len), FERRY_OK);
+    assert_int_equal(ferry_write_begin(c, &da, 1, md, md_len, &active), FERRY_OK);
+    held = wait_held(active);
+    ferry__lock(c);
+    memcpy(forged.key, passive->key, FERRY__KEY_LEN);
+    forged.op_id = active->id;
+    ferry__staged_on_credit(c, &forged); /* claim nonce: zero, not the writer's */
+    ferry__unlock(c);
+    atomic_store(&faults->hold, false);
+    assert_true(held);
+    assert_int_equal(ferry_op_wait(active, WAIT_TIMEOUT_MS), FERRY_OK);
+    assert_int_equal(ferry_op_wait(passive, WAIT_TIMEOUT_MS), FERRY_OK);
+    assert_int_equal(pair_check(b, size, 41, 0), size);
+    ferry_op_destroy(active);
+    ferry_op_destroy(passive);
+    assert_int_equal(ferry_connector_destroy(c), FERRY_OK);
+    faults_reset();
+    atomic_store(&ferry__test_staging.chunk, 0);
+    atomic_store(&ferry__test_staging.slots, 0);
+    free(a);
+    free(b);
+}
+
 static bool stale_gone(ferry_connector_t *c)
 {
     int64_t deadline = pair_now_ms() + WAIT_TIMEOUT_MS;
@@ -875,6 +925,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_caller_progress_loopback),
         cmocka_unit_test(test_readable_staged),
         cmocka_unit_test(test_stale_slots_released),
+        cmocka_unit_test(test_forged_credit_ignored),
     };
     int failed;
 
