@@ -32,6 +32,9 @@ typedef struct sub_entry {
     const char *prefix;     /* "" matches all */
     int64_t start_revision; /* events below it are skipped */
     int64_t last_sent;      /* the last revision queued on it whole */
+    /* Why it must end (FERRY_OK: it need not): a revision could not be
+     * queued on it (RESOURCE_EXHAUSTED: it fell behind). */
+    ferry_status_t end_status;
     struct sub_entry *next;
 } sub_entry_t;
 

@@ -27,10 +27,16 @@
  * Bounded: each stream may have watch_queue_bytes (--watch-queue-kib) of
  * messages its client has not taken (gRPC's transport takes them only as
  * the client's flow-control window allows; a client that stops reading
- * stops widening it). A live event past that ends the stream with
- * RESOURCE_EXHAUSTED, naming the revision to resume from; the events
- * already queued still go out first. A replay is not counted: it is
- * bounded by the history.
+ * stops widening it). The bound is checked as each revision starts, live
+ * or replayed: a revision that finds the stream's queue at the bound ends
+ * the stream with RESOURCE_EXHAUSTED, naming the revision to resume from
+ * (the events already queued still go out first); one that finds room goes
+ * in whole, all its messages, past the bound if need be. So a stream holds
+ * at most the bound plus one revision (which the history holds anyway), a
+ * replay larger than the bound ends the stream where the client resumes,
+ * and a revision larger than the bound still reaches a client that keeps
+ * up. A revision that cannot be queued for another reason (no memory)
+ * ends the stream too, with that status: never a silent gap.
  *
  * Threads: handlers on server threads; publish and reload on the registry's
  * watch and maintenance threads; all under subs_lock.
@@ -84,24 +90,6 @@ static const char resync_hint[] =
     "read the current state (Get or List), then Watch with start_revision = its header "
     "revision + 1";
 
-/* Queues one message on s carrying n_events of `revision`; `whole`: the
- * revision's last. False when s is too far behind (its queue is full), and
- * the stream must end. A stream whose client left answers CANCELLED; its
- * cancel callback removes it. Caller holds subs_lock. */
-static bool sub_send_locked(coord_service_t *svc, sub_entry_t *s, rpc_msg_t *msg, int64_t revision,
-                            size_t n_events, bool whole)
-{
-    ferry_status_t status = rpc_call_send_msg(s->call, msg);
-
-    if (status == FERRY_OK) {
-        if (whole) {
-            s->last_sent = revision;
-        }
-        atomic_fetch_add(&svc->watch_events_sent, n_events); /* for metrics */
-    }
-    return status != FERRY_ERR_RESOURCE_EXHAUSTED;
-}
-
 /* Packs the events values[0..n) of `revision` into messages of at most
  * watch_msg_bytes of events each (at least one event), all but the last
  * marked `fragment`; msgs[] gets them (as many as n at most) and *n_msgs
@@ -135,20 +123,22 @@ static bool pack_revision(const coord_service_t *svc, int64_t revision,
     return true;
 }
 
-/* Queues on s the events of one revision in its messages; the events each
- * message carries are counted from `values` again. False when s fell
- * behind. Caller holds subs_lock. */
-static bool sub_send_revision_locked(coord_service_t *svc, sub_entry_t *s, int64_t revision,
-                                     rpc_msg_t **msgs, size_t n_msgs, size_t n_events)
+/* Queues on s one revision's messages, msgs[0..n_msgs), carrying n_events
+ * events, as one unit (rpc_call_send_msgs: the bound is checked as the
+ * revision starts). FERRY_ERR_CANCELLED when the client left (its cancel
+ * callback removes s); any other failure must end s (RESOURCE_EXHAUSTED:
+ * it fell behind). Caller holds subs_lock. */
+static ferry_status_t sub_send_revision_locked(coord_service_t *svc, sub_entry_t *s,
+                                               int64_t revision, rpc_msg_t *const *msgs,
+                                               size_t n_msgs, size_t n_events)
 {
-    for (size_t k = 0; k < n_msgs; k++) {
-        /* Events per message are for metrics only: count them all on the last. */
-        if (!sub_send_locked(svc, s, msgs[k], revision, k + 1 == n_msgs ? n_events : 0,
-                             k + 1 == n_msgs)) {
-            return false;
-        }
+    ferry_status_t status = rpc_call_send_msgs(s->call, msgs, n_msgs);
+
+    if (status == FERRY_OK) {
+        s->last_sent = revision;
+        atomic_fetch_add(&svc->watch_events_sent, n_events); /* for metrics */
     }
-    return true;
+    return status;
 }
 
 /* The events of one revision, ev[0..n), that match s, into values[];
@@ -167,63 +157,81 @@ static size_t sub_filter(const sub_entry_t *s, const hist_event_t *const *ev, si
 }
 
 /* Queues on s what it matches of one revision, ev[0..n); values and msgs
- * are scratch of n entries. False when s fell behind, or no memory to pack
- * its messages (it ends as behind: it resumes at this revision). */
-static bool sub_send_matching_locked(coord_service_t *svc, sub_entry_t *s, int64_t revision,
-                                     const hist_event_t *const *ev, size_t n,
-                                     ProtobufCBinaryData *values, rpc_msg_t **msgs)
+ * are scratch of n entries. As sub_send_revision_locked; also
+ * FERRY_ERR_NO_MEMORY when its messages cannot be packed (it resumes at
+ * this revision). */
+static ferry_status_t sub_send_matching_locked(coord_service_t *svc, sub_entry_t *s,
+                                               int64_t revision, const hist_event_t *const *ev,
+                                               size_t n, ProtobufCBinaryData *values,
+                                               rpc_msg_t **msgs)
 {
     size_t k = sub_filter(s, ev, n, values), n_msgs;
-    bool ok;
+    ferry_status_t status;
 
     if (k == 0) {
-        return true;
+        return FERRY_OK;
     }
     if (!pack_revision(svc, revision, values, k, msgs, &n_msgs)) {
-        return false;
+        return FERRY_ERR_NO_MEMORY;
     }
-    ok = sub_send_revision_locked(svc, s, revision, msgs, n_msgs, k);
+    status = sub_send_revision_locked(svc, s, revision, msgs, n_msgs, k);
     for (size_t m = 0; m < n_msgs; m++) {
         rpc_msg_unref(msgs[m]);
     }
-    return ok;
+    return status;
 }
 
-/* Ends a stream that fell behind, telling it where to resume; frees s. */
-static void end_behind(coord_service_t *svc, sub_entry_t *s)
+/* Ends a stream that could not take a revision (s->end_status), telling
+ * it where to resume; frees s. */
+static void end_sub(coord_service_t *svc, sub_entry_t *s)
 {
-    ferry_info("watch from %s: fell behind (%zu bytes unsent); ended", rpc_call_peer(s->call),
-               svc->watch_queue_bytes);
-    rpc_call_fail(s->call, FERRY_ERR_RESOURCE_EXHAUSTED,
-                  "this stream fell behind: more than %zu bytes of changes were waiting for the "
-                  "client to read them; Watch again with start_revision = %lld (the revision "
-                  "after the last event received)",
-                  svc->watch_queue_bytes, (long long)(s->last_sent + 1));
+    long long resume = (long long)(s->last_sent + 1);
+
+    if (s->end_status == FERRY_ERR_RESOURCE_EXHAUSTED) {
+        ferry_info("watch from %s: fell behind (%zu bytes unsent); ended", rpc_call_peer(s->call),
+                   svc->watch_queue_bytes);
+        rpc_call_fail(s->call, FERRY_ERR_RESOURCE_EXHAUSTED,
+                      "this stream fell behind: %zu bytes or more of changes were waiting for "
+                      "the client to read them; Watch again with start_revision = %lld (the "
+                      "revision after the last event received)",
+                      svc->watch_queue_bytes, resume);
+    } else {
+        ferry_warn("watch from %s: cannot queue a change: %s; ended", rpc_call_peer(s->call),
+                   ferry_status_name(s->end_status));
+        rpc_call_fail(s->call, s->end_status,
+                      "this replica could not queue a change on this stream (%s); Watch again "
+                      "with start_revision = %lld",
+                      ferry_status_string(s->end_status), resume);
+    }
     rpc_call_unref(s->call);
     free(s);
 }
 
-/* Sends the held revisions at or after `from`, what of each matches s.
- * The stream's bound is not set yet: a replay is bounded by the history
- * itself, and a client resuming after it fell behind must be able to take
- * it. False when out of memory. Caller holds subs_lock. */
-static bool replay_locked(coord_service_t *svc, sub_entry_t *s, int64_t from)
+/* Queues the held revisions at or after `from`, what of each matches s,
+ * against the stream's bound like live ones: a replay past it stops there
+ * and the stream ends (s->end_status) to resume where it stopped. Only
+ * FERRY_OK lets s join. Caller holds subs_lock. */
+static ferry_status_t replay_locked(coord_service_t *svc, sub_entry_t *s, int64_t from)
 {
     size_t cap = svc->hist_len > 0 ? svc->hist_len : 1;
     const hist_event_t **ev = malloc(cap * sizeof(*ev));
     ProtobufCBinaryData *values = malloc(cap * sizeof(*values));
     rpc_msg_t **msgs = malloc(cap * sizeof(*msgs));
     size_t n = 0;
-    bool ok = ev != NULL && values != NULL && msgs != NULL;
+    ferry_status_t status =
+        ev != NULL && values != NULL && msgs != NULL ? FERRY_OK : FERRY_ERR_NO_MEMORY;
 
-    for (size_t i = 0; ok && i <= svc->hist_len; i++) {
+    for (size_t i = 0; status == FERRY_OK && i <= svc->hist_len; i++) {
         const hist_event_t *h =
             i < svc->hist_len ? &svc->hist[(svc->hist_head + i) % SERVICE_WATCH_HISTORY] : NULL;
         if (h != NULL && h->revision < from) {
             continue;
         }
         if (n > 0 && (h == NULL || ev[0]->revision != h->revision)) {
-            ok = sub_send_matching_locked(svc, s, ev[0]->revision, ev, n, values, msgs);
+            status = sub_send_matching_locked(svc, s, ev[0]->revision, ev, n, values, msgs);
+            if (status != FERRY_OK && status != FERRY_ERR_CANCELLED) {
+                s->end_status = status;
+            }
             n = 0;
         }
         if (h != NULL) {
@@ -233,15 +241,17 @@ static bool replay_locked(coord_service_t *svc, sub_entry_t *s, int64_t from)
     free(ev);
     free(values);
     free(msgs);
-    return ok;
+    return status;
 }
 
 /* Answers `created`, replays and subscribes. Caller holds subs_lock; on
- * error the caller ends the call with the returned status. */
+ * error the caller ends the call: as end_sub does when s->end_status is
+ * set (the replay stopped), else with the returned status and msg. */
 static ferry_status_t subscribe_locked(coord_service_t *svc, sub_entry_t *s, char *msg, size_t cap)
 {
     Ferry__V1__WatchResponse resp = FERRY__V1__WATCH_RESPONSE__INIT;
     Ferry__V1__ResponseHeader header = FERRY__V1__RESPONSE_HEADER__INIT;
+    ferry_status_t status;
 
     if (svc->subs_stopping) {
         snprintf(msg, cap, "coordinator is shutting down");
@@ -254,19 +264,23 @@ static ferry_status_t subscribe_locked(coord_service_t *svc, sub_entry_t *s, cha
                  (long long)s->start_revision, (long long)svc->hist_floor, resync_hint);
         return FERRY_ERR_OUT_OF_RANGE;
     }
+    /* The bound holds from the first message on, the replay included. */
+    rpc_call_set_send_limit(s->call, svc->watch_queue_bytes);
     service_header(svc, &header, svc->watch_rev);
     resp.header = &header;
     resp.created = true;
-    rpc_call_send(s->call, &resp.base);
-    s->last_sent = (s->start_revision != 0 ? s->start_revision : svc->watch_rev + 1) - 1;
-    if (s->start_revision != 0 && !replay_locked(svc, s, s->start_revision)) {
-        snprintf(msg, cap, "no memory to replay the changes from start_revision %lld",
-                 (long long)s->start_revision);
-        return FERRY_ERR_NO_MEMORY;
+    status = rpc_call_send(s->call, &resp.base);
+    if (status != FERRY_OK) {
+        snprintf(msg, cap, "cannot queue the first message: %s", ferry_status_string(status));
+        return status;
     }
-    /* From here on, live events count against the bound (while a replay
-     * larger than it drains, they are refused and the stream ends). */
-    rpc_call_set_send_limit(s->call, svc->watch_queue_bytes);
+    s->last_sent = (s->start_revision != 0 ? s->start_revision : svc->watch_rev + 1) - 1;
+    status = s->start_revision != 0 ? replay_locked(svc, s, s->start_revision) : FERRY_OK;
+    if (status != FERRY_OK) {
+        snprintf(msg, cap, "cannot replay the changes from start_revision %lld: %s",
+                 (long long)s->start_revision, ferry_status_string(status));
+        return status;
+    }
     s->next = svc->subs;
     svc->subs = s;
     return FERRY_OK;
@@ -299,6 +313,10 @@ void service_watch(rpc_call_t *call, const ProtobufCMessage *request, void *arg)
     pthread_mutex_lock(&svc->subs_lock);
     status = subscribe_locked(svc, s, msg, sizeof(msg));
     pthread_mutex_unlock(&svc->subs_lock);
+    if (status != FERRY_OK && s->end_status != FERRY_OK) {
+        end_sub(svc, s); /* its replay stopped: it resumes there */
+        return;
+    }
     if (status != FERRY_OK) {
         rpc_call_fail(call, status, "%s", msg);
         rpc_call_unref(call);
@@ -400,10 +418,10 @@ uint64_t coord_service_watch_events_sent(coord_service_t *svc)
 }
 
 /* Sends the gathered revision to every stream that matches any of it and
- * records it; ends the streams that fell behind. Caller holds subs_lock;
- * the streams to end go to *behind_p, and to *lost_p every stream when
+ * records it. Caller holds subs_lock; the streams that could not take it
+ * (their end_status set) go to *ended_p, and to *lost_p every stream when
  * the revision could not be recorded. */
-static void flush_locked(coord_service_t *svc, sub_entry_t **behind_p, sub_entry_t **lost_p)
+static void flush_locked(coord_service_t *svc, sub_entry_t **ended_p, sub_entry_t **lost_p)
 {
     size_t n = svc->n_pending;
     int64_t revision = n > 0 ? svc->pending[0].revision : 0;
@@ -443,16 +461,17 @@ static void flush_locked(coord_service_t *svc, sub_entry_t **behind_p, sub_entry
         sub_entry_t **p = &svc->subs;
         while (*p != NULL) {
             sub_entry_t *s = *p;
-            bool sent = true;
+            ferry_status_t status = FERRY_OK;
             if (revision >= s->start_revision) {
                 size_t k = sub_filter(s, ev, n, values);
-                sent = k == n ? sub_send_revision_locked(svc, s, revision, all, n_all, n)
-                              : sub_send_matching_locked(svc, s, revision, ev, n, values, msgs);
+                status = k == n ? sub_send_revision_locked(svc, s, revision, all, n_all, n)
+                                : sub_send_matching_locked(svc, s, revision, ev, n, values, msgs);
             }
-            if (!sent) {
+            if (status != FERRY_OK && status != FERRY_ERR_CANCELLED) {
+                s->end_status = status;
                 *p = s->next;
-                s->next = *behind_p;
-                *behind_p = s;
+                s->next = *ended_p;
+                *ended_p = s;
                 continue;
             }
             p = &s->next;
@@ -472,13 +491,13 @@ static void flush_locked(coord_service_t *svc, sub_entry_t **behind_p, sub_entry
 }
 
 /* Ends what flush_locked left to end. */
-static void flush_ended(coord_service_t *svc, sub_entry_t *behind, sub_entry_t *lost,
+static void flush_ended(coord_service_t *svc, sub_entry_t *ended, sub_entry_t *lost,
                         int64_t revision)
 {
-    while (behind != NULL) {
-        sub_entry_t *next = behind->next;
-        end_behind(svc, behind);
-        behind = next;
+    while (ended != NULL) {
+        sub_entry_t *next = ended->next;
+        end_sub(svc, ended);
+        ended = next;
     }
     if (lost != NULL) {
         ferry_error("watch: no memory to record revision %lld; ending every stream",
@@ -494,7 +513,7 @@ void service_watch_publish(coord_service_t *svc, coord_event_type_t type,
 {
     Ferry__V1__WatchEvent event = FERRY__V1__WATCH_EVENT__INIT;
     hist_event_t e = {.revision = revision};
-    sub_entry_t *behind = NULL, *lost = NULL;
+    sub_entry_t *ended = NULL, *lost = NULL;
     int64_t flushed = 0;
 
     event.type = type == COORD_EVENT_PUT ? FERRY__V1__WATCH_EVENT_TYPE__WATCH_EVENT_TYPE_PUT
@@ -510,7 +529,7 @@ void service_watch_publish(coord_service_t *svc, coord_event_type_t type,
     pthread_mutex_lock(&svc->subs_lock);
     if (svc->n_pending > 0 && svc->pending[0].revision != revision) {
         flushed = svc->pending[0].revision;
-        flush_locked(svc, &behind, &lost);
+        flush_locked(svc, &ended, &lost);
     }
     if (svc->subs_stopping) {
         event_free(&e); /* nothing to record or send to */
@@ -523,19 +542,19 @@ void service_watch_publish(coord_service_t *svc, coord_event_type_t type,
         svc->pending[svc->n_pending++] = e;
     }
     pthread_mutex_unlock(&svc->subs_lock);
-    flush_ended(svc, behind, lost, flushed);
+    flush_ended(svc, ended, lost, flushed);
 }
 
 void service_watch_flush(coord_service_t *svc)
 {
-    sub_entry_t *behind = NULL, *lost = NULL;
+    sub_entry_t *ended = NULL, *lost = NULL;
     int64_t revision;
 
     pthread_mutex_lock(&svc->subs_lock);
     revision = svc->n_pending > 0 ? svc->pending[0].revision : 0;
-    flush_locked(svc, &behind, &lost);
+    flush_locked(svc, &ended, &lost);
     pthread_mutex_unlock(&svc->subs_lock);
-    flush_ended(svc, behind, lost, revision);
+    flush_ended(svc, ended, lost, revision);
 }
 
 /* The registry reloaded its view at `revision`: the changes it had not seen

@@ -190,6 +190,16 @@ rpc_msg_t *rpc_msg_pack_repeated(const ProtobufCMessage *msg, uint32_t number,
  * its own reference to the bytes (the caller keeps its own). */
 ferry_status_t rpc_call_send_msg(rpc_call_t *call, rpc_msg_t *m);
 
+/* Streaming: queues msgs[0..n) as one unit, all or none (a Watch revision
+ * in fragments): the send limit is checked once, before the first, and
+ * while the queued bytes are under it the whole unit goes in, past it if
+ * need be, so the queue holds at most the limit plus one unit, and a unit
+ * larger than the limit still goes to a client that keeps up.
+ * FERRY_ERR_RESOURCE_EXHAUSTED when the queue is at or over the limit,
+ * FERRY_ERR_NO_MEMORY, FERRY_ERR_CANCELLED as rpc_call_send_msg; nothing
+ * is queued then. */
+ferry_status_t rpc_call_send_msgs(rpc_call_t *call, rpc_msg_t *const *msgs, size_t n);
+
 /* Streaming: at most max_queued_bytes (0: no limit) of messages queued and
  * not yet taken by the transport; a send past it is refused with
  * FERRY_ERR_RESOURCE_EXHAUSTED and dropped (the caller ends the stream).

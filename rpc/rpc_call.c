@@ -560,55 +560,83 @@ static bool call_is_streaming(const rpc_call_t *call)
     return call->method != NULL && call->method->kind == RPC_SERVER_STREAMING;
 }
 
-/* Queues `buf` (taken over) on a streaming call and starts sending. */
-static ferry_status_t call_enqueue(rpc_call_t *call, grpc_byte_buffer *buf)
+/* A queue entry for `buf` (taken over: destroyed when no entry can be
+ * made); NULL when buf is NULL or out of memory. */
+static rpc_outmsg_t *outmsg_new(grpc_byte_buffer *buf)
 {
-    rpc_outmsg_t *m;
+    rpc_outmsg_t *m = buf != NULL ? malloc(sizeof(*m)) : NULL;
 
-    if (!call_is_streaming(call)) {
-        ferry_error("call %" PRIu64 " %s: rpc_call_send on a unary method", call->id, call->path);
-        goto err_buf;
-    }
-    m = malloc(sizeof(*m));
-    if (buf == NULL || m == NULL) {
-        free(m);
+    if (m == NULL) {
         if (buf != NULL) {
             grpc_byte_buffer_destroy(buf);
         }
-        return FERRY_ERR_NO_MEMORY;
+        return NULL;
     }
     m->buf = buf;
     m->len = grpc_byte_buffer_length(buf);
     m->next = NULL;
+    return m;
+}
+
+static void outmsg_free_list(rpc_outmsg_t *m)
+{
+    while (m != NULL) {
+        rpc_outmsg_t *next = m->next;
+        grpc_byte_buffer_destroy(m->buf);
+        free(m);
+        m = next;
+    }
+}
+
+/* Queues the list `head` (taken over, freed when refused) on a streaming
+ * call, all of it or none, and starts sending. `unit`: the send limit is
+ * checked once, before the first (all go in while the queue is under the
+ * limit); else the list must fit in it whole. */
+static ferry_status_t call_enqueue(rpc_call_t *call, rpc_outmsg_t *head, bool unit)
+{
+    rpc_outmsg_t *tail = head;
+    size_t bytes = 0;
+    ferry_status_t status = FERRY_OK;
+
+    if (!call_is_streaming(call)) {
+        ferry_error("call %" PRIu64 " %s: rpc_call_send on a unary method", call->id, call->path);
+        outmsg_free_list(head);
+        return FERRY_ERR_MISUSE;
+    }
+    for (rpc_outmsg_t *m = head; m != NULL; m = m->next) {
+        bytes += m->len;
+        tail = m;
+    }
     pthread_mutex_lock(&call->lock);
     if (call->state != RPC_CALL_ACTIVE || call->cancelled) {
-        pthread_mutex_unlock(&call->lock);
-        grpc_byte_buffer_destroy(buf);
-        free(m);
-        return FERRY_ERR_CANCELLED;
+        status = FERRY_ERR_CANCELLED;
+    } else if (call->max_queued != 0 && (unit ? call->queued_bytes >= call->max_queued
+                                              : call->queued_bytes + bytes > call->max_queued)) {
+        status = FERRY_ERR_RESOURCE_EXHAUSTED;
     }
-    if (call->max_queued != 0 && call->queued_bytes + m->len > call->max_queued) {
+    if (status != FERRY_OK || head == NULL) {
         pthread_mutex_unlock(&call->lock);
-        grpc_byte_buffer_destroy(buf);
-        free(m);
-        return FERRY_ERR_RESOURCE_EXHAUSTED;
+        outmsg_free_list(head);
+        return status;
     }
-    call->queued_bytes += m->len;
+    call->queued_bytes += bytes;
     if (call->queue_tail != NULL) {
-        call->queue_tail->next = m;
+        call->queue_tail->next = head;
     } else {
-        call->queue_head = m;
+        call->queue_head = head;
     }
-    call->queue_tail = m;
+    call->queue_tail = tail;
     call_pump(call);
     pthread_mutex_unlock(&call->lock);
     return FERRY_OK;
+}
 
-err_buf:
-    if (buf != NULL) {
-        grpc_byte_buffer_destroy(buf);
-    }
-    return FERRY_ERR_MISUSE;
+/* Queues one message (NULL: it could not be packed). */
+static ferry_status_t call_enqueue_one(rpc_call_t *call, grpc_byte_buffer *buf)
+{
+    rpc_outmsg_t *m = outmsg_new(buf);
+
+    return m != NULL ? call_enqueue(call, m, false) : FERRY_ERR_NO_MEMORY;
 }
 
 void rpc_call_set_send_limit(rpc_call_t *call, size_t max_queued_bytes)
@@ -620,7 +648,7 @@ void rpc_call_set_send_limit(rpc_call_t *call, size_t max_queued_bytes)
 
 ferry_status_t rpc_call_send(rpc_call_t *call, const ProtobufCMessage *msg)
 {
-    return call_enqueue(call, rpc__pack(msg));
+    return call_enqueue_one(call, rpc__pack(msg));
 }
 
 struct rpc_msg {
@@ -708,7 +736,22 @@ size_t rpc_msg_size(const rpc_msg_t *m)
 ferry_status_t rpc_call_send_msg(rpc_call_t *call, rpc_msg_t *m)
 {
     /* The byte buffer takes its own reference to the slice: no copy. */
-    return call_enqueue(call, grpc_raw_byte_buffer_create(&m->slice, 1));
+    return call_enqueue_one(call, grpc_raw_byte_buffer_create(&m->slice, 1));
+}
+
+ferry_status_t rpc_call_send_msgs(rpc_call_t *call, rpc_msg_t *const *msgs, size_t n)
+{
+    rpc_outmsg_t *head = NULL, **tail = &head;
+
+    for (size_t i = 0; i < n; i++) {
+        *tail = outmsg_new(grpc_raw_byte_buffer_create(&msgs[i]->slice, 1));
+        if (*tail == NULL) {
+            outmsg_free_list(head);
+            return FERRY_ERR_NO_MEMORY;
+        }
+        tail = &(*tail)->next;
+    }
+    return call_enqueue(call, head, true);
 }
 
 void rpc_call_finish(rpc_call_t *call)

@@ -14,7 +14,10 @@
   ends with RESOURCE_EXHAUSTED naming the revision to resume from, while a
   reading watcher beside it gets every event; with 100,000 events passing
   such a client, the coordinator's RSS stays within the bound the design
-  states (AStuckWatcherBeside100kEvents gives the arithmetic).
+  states (AStuckWatcherBeside100kEvents gives the arithmetic);
+- the bound holds for a replay from start_revision too (past it the stream
+  ends RESOURCE_EXHAUSTED where the client resumes, nothing missed), and a
+  revision larger than the bound still reaches a reader whole.
 
 Run with /usr/bin/python3 (Debian's grpcio), from CTest.
 """
@@ -346,6 +349,48 @@ def open_stuck_watch(port, request):
     return sock
 
 
+def read_resuming(test, replica, prefix, start, last, first_unread=False):
+    """Watches `prefix` from `start` until revision `last`, resuming where
+    each RESOURCE_EXHAUSTED says (a replay is bounded like live changes);
+    the (revision, request_id) of each event read, and the attempts made.
+    first_unread: the first stream must end before anything is read."""
+    got, attempts = [], 0
+    while True:
+        attempts += 1
+        test.assertLess(attempts, 100, f"no end to the resumes at {start}")
+        ended_before = fell_behind_count(replica.coord)
+        s = replica.watch(request_id_prefix=prefix, start_revision=start, timeout=30)
+        if first_unread and attempts == 1:
+            ferry_harness.wait_until(lambda: fell_behind_count(replica.coord) > ended_before, 10,
+                                     "the replay past the bound to end the stream")
+        this, code, details, finished = [], None, "", False
+        try:
+            for msg in s:
+                if msg.created:
+                    continue
+                this.extend((msg.header.revision, ev.operation.request_id) for ev in msg.events)
+                if msg.header.revision >= last and not msg.fragment:
+                    finished = True
+                    break
+        except grpc.RpcError as e:
+            code, details = e.code(), e.details()
+        s.cancel()
+        got.extend(this)
+        if finished:
+            return got, attempts
+        test.assertEqual(code, grpc.StatusCode.RESOURCE_EXHAUSTED, details)
+        resume = int(re.search(r"start_revision = (\d+)", details).group(1))
+        # Whole revisions, then the one after the last as the resume point.
+        test.assertTrue(this, f"attempt {attempts} from {start} got nothing")
+        test.assertEqual(resume, this[-1][0] + 1, details)
+        start = resume
+
+
+def fell_behind_count(coord):
+    with open(coord.log_path) as f:
+        return f.read().count(": fell behind")
+
+
 class SlowWatchersAreBounded(unittest.TestCase):
     """A Watch client that stops reading holds at most --watch-queue-kib of
     the coordinator's memory (plus the transport's 64 KiB window), ends with
@@ -424,11 +469,9 @@ class SlowWatchersAreBounded(unittest.TestCase):
             self.assertEqual(got, want[:len(got)])
             self.assertNotEqual(want[len(got):][:1], got[-1:])
             self.assertIn(f"start_revision = {got[-1] + 1}", details)
-            # Resuming there gives the rest.
-            s = r.watch(request_id_prefix="slow-", start_revision=got[-1] + 1)
-            self.assertTrue(next(s).created)
-            rest = []
-            collect(s, want[len(got):], rest)
+            # Resuming there gives the rest (resuming again where a replay
+            # past the bound ends).
+            rest, _ = read_resuming(self, r, "slow-", got[-1] + 1, want[-1])
             self.assertEqual(got + [g[0] for g in rest], want)
         finally:
             channel.close()
@@ -589,6 +632,93 @@ class AStuckWatcherBeside100kEvents(unittest.TestCase):
         finally:
             done.set()
             sock.close()
+
+
+class ReplaysAndLargeRevisionsAreBounded(unittest.TestCase):
+    """--watch-queue-kib bounds a stream's replay from start_revision too:
+    a replay larger than the bound ends the stream with RESOURCE_EXHAUSTED
+    naming the revision to resume from, so streams opened at an old
+    revision hold about the bound each, not the history each. The bound is
+    checked as each revision starts: a revision larger than it (a lease
+    ending with all its records) goes whole to a stream that keeps up.
+
+    Records of about 1 KiB (an error_message of PAD bytes; a Register's
+    record is smaller, its metadata never travels in events) are written
+    straight into etcd under the replica's <prefix>ops/, as
+    AStuckWatcherBeside100kEvents does."""
+
+    RECORDS = 300
+    PAD = 1000
+
+    @classmethod
+    def setUpClass(cls):
+        cls.r = Replica("bounded", "/bounded/", extra=("--watch-queue-kib", "64"))
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.r.stop()
+
+    def put(self, ids, lease=0):
+        """Writes a record for each of ids in one transaction; its revision."""
+        pb, ops = self.r.pb, self.r.prefix + "ops/"
+        puts = []
+        for rid in ids:
+            value = pb.Operation(
+                request_id=rid, kind=pb.OPERATION_KIND_WRITE, state=pb.OPERATION_STATE_ERRORED,
+                owner="py", lease_id=lease, created_unix_ms=1, updated_unix_ms=1, error_code=1,
+                error_message="e" * self.PAD).SerializeToString()
+            put = {"key": b64(ops + rid), "value": base64.b64encode(value).decode()}
+            if lease:
+                put["lease"] = str(lease)
+            puts.append({"requestPut": put})
+        return int(etcd_post(ETCD.endpoint, "/v3/kv/txn", {"success": puts})["header"]["revision"])
+
+    def history_floor(self, prefix):
+        """The revision after which the replica holds every change, from
+        the OUT_OF_RANGE a Watch at revision 1 gets."""
+        with self.assertRaises(grpc.RpcError) as cm:
+            list(self.r.watch(request_id_prefix=prefix, start_revision=1))
+        self.assertEqual(cm.exception.code(), grpc.StatusCode.OUT_OF_RANGE)
+        return int(re.search(r"changes after revision (\d+)", cm.exception.details()).group(1))
+
+    def test_a_replay_past_the_bound_ends_and_resumes_exactly(self):
+        r, prefix = self.r, "rp-"
+        want = [(self.put([f"{prefix}{i:03d}"]), f"{prefix}{i:03d}") for i in range(self.RECORDS)]
+        start = self.history_floor(prefix) + 1
+        self.assertLessEqual(start, want[0][0])
+        # Nothing read yet: the replay alone (about 300 KiB) must end the
+        # first stream, however long its client waits.
+        got, attempts = read_resuming(self, r, prefix, start, want[-1][0], first_unread=True)
+        print(f"replay of {self.RECORDS} records of about {self.PAD} bytes past a 64 KiB "
+              f"bound: {attempts} attempts", file=sys.stderr)
+        self.assertGreater(attempts, 2)
+        self.assertEqual(got, want)  # every event once, in order
+
+    def test_a_lease_larger_than_the_bound_ends_in_fragments_to_a_reader(self):
+        r, prefix = self.r, "lr-"
+        lease = int(etcd_post(ETCD.endpoint, "/v3/lease/grant", {"TTL": "300"})["ID"])
+        ids = [f"{prefix}{i:03d}" for i in range(self.RECORDS)]
+        for i in range(0, len(ids), 100):
+            rev = self.put(ids[i:i + 100], lease=lease)
+        # From after the last write: the next change is the revoke's.
+        s = r.watch(request_id_prefix=prefix, start_revision=rev + 1, timeout=30)
+        self.assertTrue(next(s).created)
+        etcd_post(ETCD.endpoint, "/v3/lease/revoke", {"ID": str(lease)})
+        msgs = []
+        try:
+            for m in s:
+                msgs.append(m)
+                if not m.fragment:
+                    break
+        except grpc.RpcError as e:
+            self.fail(f"the stream ended after {len(msgs)} messages: {e.code()}: {e.details()}")
+        s.cancel()
+        self.assertEqual(len({m.header.revision for m in msgs}), 1)
+        self.assertGreater(len(msgs), 4)  # about 300 KiB, 16 KiB a message
+        self.assertEqual([m.fragment for m in msgs], [True] * (len(msgs) - 1) + [False])
+        self.assertTrue(all(e.type == r.cpb.WATCH_EVENT_TYPE_DELETE
+                            for m in msgs for e in m.events))
+        self.assertEqual(sorted(e.operation.request_id for m in msgs for e in m.events), ids)
 
 
 class ClaimsOutliveNoReplica(unittest.TestCase):
