@@ -19,7 +19,8 @@
  * A drop (stream ended, connection lost, no "created" within the client
  * timeout) reconnects from the last delivered revision + 1 (or from the
  * created revision + 1 when the watch started "from now" and nothing came
- * yet), so no event is lost or repeated. A compacted revision ends the
+ * yet, or from a progress notification's revision + 1 when that is later),
+ * so no event is lost or repeated. A compacted revision ends the
  * thread's work with on_state(false, FERRY_ERR_EXPIRED).
  *
  * A hung member (SIGSTOP, a hung disk) keeps the connection open and just
@@ -180,6 +181,14 @@ static ferry_status_t etcd_watch_handle(etcd_watch_t *watch, const etcd_watch_ms
     }
     if (msg->created) {
         etcd_watch_on_created(watch, msg->revision);
+    } else if (msg->n_events == 0 && msg->revision >= watch->next_rev) {
+        /* Progress: etcd notifies only a watcher it has sent every event
+         * up to the header's revision, so a reconnect may start after it.
+         * On a prefix nobody writes, in an etcd others write to, the last
+         * event's revision would otherwise fall behind compaction, and a
+         * mere reconnect would find it compacted and reload the view. */
+        watch->next_rev = msg->revision + 1;
+        ferry_debug("etcd watch: progress; resumes at revision %" PRId64, watch->next_rev);
     }
     etcd_watch_events(watch, msg);
     return FERRY_OK;

@@ -103,8 +103,9 @@ def make_certs(tmp):
 
 
 class Etcd:
-    def __init__(self, tmp):
+    def __init__(self, tmp, extra=()):
         self.tmp = tmp
+        self.extra = list(extra)
         self.port = free_port()
         self.peer = free_port()
         self.endpoint = f"http://127.0.0.1:{self.port}"
@@ -121,7 +122,7 @@ class Etcd:
              "--listen-client-urls", self.endpoint, "--advertise-client-urls", self.endpoint,
              "--listen-peer-urls", f"http://127.0.0.1:{self.peer}",
              "--initial-advertise-peer-urls", f"http://127.0.0.1:{self.peer}",
-             "--initial-cluster", f"t=http://127.0.0.1:{self.peer}"],
+             "--initial-cluster", f"t=http://127.0.0.1:{self.peer}", *self.extra],
             stdout=log, stderr=log)
 
     def healthy(self):

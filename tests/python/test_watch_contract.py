@@ -15,6 +15,9 @@
   reading watcher beside it gets every event; with 100,000 events passing
   such a client, the coordinator's RSS stays within the bound the design
   states (AStuckWatcherBeside100kEvents gives the arithmetic);
+- a replica whose prefix sees no writes, in an etcd others write to and
+  compact, resumes its watch after an etcd restart from etcd's progress
+  notification, without reloading its view or ending its streams;
 - the bound holds for a replay from start_revision too (past it the stream
   ends RESOURCE_EXHAUSTED where the client resumes, nothing missed), and a
   revision larger than the bound still reaches a reader whole.
@@ -719,6 +722,56 @@ class ReplaysAndLargeRevisionsAreBounded(unittest.TestCase):
         self.assertTrue(all(e.type == r.cpb.WATCH_EVENT_TYPE_DELETE
                             for m in msgs for e in m.events))
         self.assertEqual(sorted(e.operation.request_id for m in msgs for e in m.events), ids)
+
+
+class QuietPrefixResumesFromProgress(unittest.TestCase):
+    def test_compaction_past_a_quiet_prefix_does_not_reload_the_view(self):
+        """etcd's progress notifications say how far a watch has been
+        served; a replica that resumed only from its last event's revision
+        found that compacted after an etcd restart (others wrote and
+        compacted meanwhile), reloaded its view and ended every Watch with
+        OUT_OF_RANGE though it had missed nothing."""
+        tmp = tempfile.mkdtemp(prefix="ferry-py-progress-", dir=TMP)
+        etcd = ferry_harness.Etcd(tmp, extra=("--experimental-watch-progress-notify-interval",
+                                              "200ms"))
+        etcd.start()
+        r = Replica("quiet", "/quiet/", etcd=etcd)
+        try:
+            stream = r.watch(request_id_prefix="q-", timeout=60)
+            self.assertTrue(next(stream).created)
+            first = r.register("q-1").header.revision
+            self.assertEqual(next(stream).header.revision, first)
+            # Others write outside the prefix; etcd then says the watch has
+            # been served up to there.
+            for i in range(20):
+                last = int(etcd_post(etcd.endpoint, "/v3/kv/put",
+                                     {"key": b64(f"/other/{i}"), "value": b64("x")})
+                           ["header"]["revision"])
+            ferry_harness.wait_until(
+                lambda: r.coord.log_contains(f"progress; resumes at revision {last + 1}"), 20,
+                "a progress notification past the writes outside the prefix")
+            etcd_post(etcd.endpoint, "/v3/kv/compaction", {"revision": str(last),
+                                                            "physical": True})
+            etcd.stop()
+            etcd.start()
+            ferry_harness.wait_until(lambda: self._registers(r, "q-2"), 30,
+                                     "the replica to register after etcd restarted")
+            # The stream open across the restart carries on: no reload.
+            msg = next(stream)
+            self.assertEqual([ev.operation.request_id for ev in msg.events], ["q-2"])
+            stream.cancel()
+            self.assertFalse(r.coord.log_contains("reloading the view"))
+        finally:
+            r.stop()
+            etcd.stop()
+
+    @staticmethod
+    def _registers(replica, rid):
+        try:
+            replica.register(rid)
+            return True
+        except grpc.RpcError:
+            return False
 
 
 class ClaimsOutliveNoReplica(unittest.TestCase):
