@@ -3,9 +3,19 @@
  * keeping a lease alive (its grantee only: registry_lease.c), and listing
  * records (paged, filtered) straight from etcd, so a page is never older
  * than the store. See registry.h.
+ *
+ * A List is one snapshot. Its first etcd read is at the latest revision and
+ * every later read, on this page and on the pages its tokens lead to, at
+ * that read's revision, which the header reports: so a client that watches
+ * from header.revision + 1 sees every change the List did not (a read at a
+ * later revision would report changes it never showed). The page token
+ * carries the revision (coord_page_token_t, validate.h); once etcd has
+ * compacted it the List cannot go on and answers OUT_OF_RANGE, as Watch
+ * does for a start_revision it no longer holds.
  */
 #include "registry_int.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -79,26 +89,70 @@ static ferry_status_t list_start_set(list_start_t *start, const void *key, size_
     return FERRY_OK;
 }
 
-/* The first key to read: just after page_token's when it lies in scope,
- * else the start of scope. */
+/* The first key to read: just after page_token's request ID when it lies
+ * in scope, else the start of scope; *revision_p the revision to read at
+ * (0 without a token: the latest). */
 static ferry_status_t list_first(coord_registry_t *r, const Ferry__V1__ListRequest *req,
-                                 const registry_key_t *scope, list_start_t *start, char *msg,
-                                 size_t cap)
+                                 const registry_key_t *scope, list_start_t *start,
+                                 int64_t *revision_p, char *msg, size_t cap)
 {
-    registry_key_t token;
+    coord_page_token_t token;
+    registry_key_t after;
     ferry_status_t status;
 
+    *revision_p = 0;
     if (req->page_token[0] == '\0') {
         return list_start_set(start, scope->bytes, scope->len, false);
     }
-    status = registry_key(r->ops_prefix, req->page_token, &token, msg, cap);
+    status = coord_validate_page_token("page_token", req->page_token, &token, msg, cap);
+    if (status == FERRY_OK) {
+        status = registry_key(r->ops_prefix, token.after, &after, msg, cap);
+    }
     if (status != FERRY_OK) {
         return status;
     }
-    if (token.len < scope->len || memcmp(token.bytes, scope->bytes, scope->len) != 0) {
+    *revision_p = token.revision;
+    if (after.len < scope->len || memcmp(after.bytes, scope->bytes, scope->len) != 0) {
         return list_start_set(start, scope->bytes, scope->len, false);
     }
-    return list_start_set(start, token.bytes, token.len, true);
+    return list_start_set(start, after.bytes, after.len, true);
+}
+
+/* The message for a range read at `revision` that etcd refused. A revision
+ * from page_token that etcd has compacted, or has not reached (a forged
+ * token, or one from another etcd), is the client's to fix by starting
+ * again; one this call took from its own first read can only have been
+ * compacted meanwhile. */
+static ferry_status_t list_read_fail(ferry_status_t status, int64_t revision, bool from_token,
+                                     char *msg, size_t cap)
+{
+    if (status == FERRY_ERR_EXPIRED) {
+        return registry_fail(FERRY_ERR_OUT_OF_RANGE, msg, cap,
+                             "%s revision %lld has been compacted in etcd; start the List "
+                             "again with an empty page_token",
+                             from_token ? "page_token's" : "this List's", (long long)revision);
+    }
+    if (status == FERRY_ERR_INVALID_ARGUMENT && from_token) {
+        return registry_fail(status, msg, cap,
+                             "page_token's revision %lld is past etcd's current revision: not "
+                             "a token a List returned; start the List again with an empty "
+                             "page_token",
+                             (long long)revision);
+    }
+    return registry_etcd_fail(status, msg, cap, "list range");
+}
+
+/* "<revision>@<last request ID listed>", as validate.h describes it. */
+static char *list_token(int64_t revision, const char *after)
+{
+    int len = snprintf(NULL, 0, "%lld%c%s", (long long)revision, COORD_PAGE_TOKEN_SEP, after);
+    char *token = len < 0 ? NULL : malloc((size_t)len + 1);
+
+    if (token != NULL) {
+        snprintf(token, (size_t)len + 1, "%lld%c%s", (long long)revision, COORD_PAGE_TOKEN_SEP,
+                 after);
+    }
+    return token;
 }
 
 /* Appends the wanted records of one range to out and moves start past the
@@ -135,6 +189,8 @@ ferry_status_t coord_list(coord_registry_t *r, const Ferry__V1__ListRequest *req
     uint8_t *end = NULL;
     size_t end_len;
     bool more = true;
+    int64_t at;      /* the revision every read is at; 0 until the first */
+    bool from_token; /* at came from page_token: the client's to check */
     ferry_status_t status = registry_key(r->ops_prefix, req->request_id_prefix, &scope, msg, cap);
 
     if (status != FERRY_OK) {
@@ -144,18 +200,22 @@ ferry_status_t coord_list(coord_registry_t *r, const Ferry__V1__ListRequest *req
     if (status != FERRY_OK) {
         return registry_fail(status, msg, cap, "request_id_prefix cannot be ranged");
     }
-    status = list_first(r, req, &scope, &start, msg, cap);
+    status = list_first(r, req, &scope, &start, &at, msg, cap);
     if (status == FERRY_ERR_NO_MEMORY) {
         registry_fail(status, msg, cap, "no memory for a list");
     }
+    from_token = at != 0;
     while (status == FERRY_OK && more && out->n_operations < page) {
         etcd_range_t range = {0};
-        status = etcd_get(r->etcd, start.bytes, start.len, end, end_len, page + 1, 0, &range);
+        status = etcd_get(r->etcd, start.bytes, start.len, end, end_len, page + 1, at, &range);
         if (status != FERRY_OK) {
-            registry_etcd_fail(status, msg, cap, "list range");
+            status = list_read_fail(status, at, from_token, msg, cap);
             break;
         }
-        out->header->revision = range.revision;
+        if (at == 0) {
+            at = range.revision; /* the snapshot every later read uses */
+        }
+        out->header->revision = at;
         more = range.more;
         status = list_take(req, &range, page, out, &start, &more);
         if (status != FERRY_OK) {
@@ -166,7 +226,11 @@ ferry_status_t coord_list(coord_registry_t *r, const Ferry__V1__ListRequest *req
     free(start.bytes);
     free(end);
     if (status == FERRY_OK && more && out->n_operations > 0) {
-        out->next_page_token = strdup(out->operations[out->n_operations - 1]->request_id);
+        out->next_page_token = list_token(at, out->operations[out->n_operations - 1]->request_id);
+        if (out->next_page_token == NULL) {
+            out->next_page_token = (char *)protobuf_c_empty_string;
+            status = registry_fail(FERRY_ERR_NO_MEMORY, msg, cap, "no memory for a list");
+        }
     }
     return status;
 }

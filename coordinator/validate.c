@@ -145,6 +145,47 @@ ferry_status_t coord_validate_prefix(const char *field, const char *prefix, char
     return prefix[0] == '\0' ? FERRY_OK : coord_validate_request_id(field, prefix, msg, cap);
 }
 
+/* The token's revision: digits only, no leading zero, at most INT64_MAX. */
+static bool page_revision_parse(const char *text, size_t len, int64_t *revision_p)
+{
+    int64_t revision = 0;
+
+    if (len == 0 || text[0] == '0') {
+        return false;
+    }
+    for (size_t i = 0; i < len; i++) {
+        int digit = text[i] - '0';
+        if (digit < 0 || digit > 9 || revision > (INT64_MAX - digit) / 10) {
+            return false;
+        }
+        revision = revision * 10 + digit;
+    }
+    *revision_p = revision;
+    return true;
+}
+
+ferry_status_t coord_validate_page_token(const char *field, const char *text,
+                                         coord_page_token_t *token_p, char *msg, size_t cap)
+{
+    const char *sep = strchr(text, COORD_PAGE_TOKEN_SEP);
+    int64_t revision;
+    ferry_status_t status;
+
+    if (sep == NULL || !page_revision_parse(text, (size_t)(sep - text), &revision)) {
+        return invalid(msg, cap,
+                       "%s is not one a List returned (want <revision>@<request_id>, revision a "
+                       "positive decimal number); start the List again with an empty %s",
+                       field, field);
+    }
+    status = coord_validate_request_id(field, sep + 1, msg, cap);
+    if (status != FERRY_OK) {
+        return status;
+    }
+    token_p->revision = revision;
+    memcpy(token_p->after, sep + 1, strlen(sep + 1) + 1);
+    return FERRY_OK;
+}
+
 ferry_status_t coord_validate_watch(const Ferry__V1__WatchRequest *req, char *msg, size_t cap)
 {
     bool by_id = req->request_id[0] != '\0';

@@ -16,6 +16,7 @@
  *                  request (it is stored as sent); packs into bytes that
  *                  unpack again
  *   request_id_prefix  empty, "*" (Watch: all), or as request_id
+ *   page_token     empty, or "<revision>@<request_id>" (coord_page_token_t)
  *
  * Strings are NUL-free UTF-8 and enums hold defined values before any of
  * these run: the RPC layer refuses the rest for every field (rpc/rpc_wire.c).
@@ -69,6 +70,26 @@ ferry_status_t coord_validate_not_negative(const char *field, int64_t value, cha
 /* A prefix of request IDs (List, Watch): empty, or what a request ID may
  * be (a prefix of a valid ID is itself valid). */
 ferry_status_t coord_validate_prefix(const char *field, const char *prefix, char *msg, size_t cap);
+
+/* A List page token, as ListResponse.next_page_token carries it:
+ * "<revision>@<request_id>". revision is the etcd revision the whole List is
+ * read at (decimal, 1..INT64_MAX, no sign, no leading zero), so that every
+ * page is one snapshot; request_id is the last one the previous page
+ * returned, and the next page starts after it. '@' is outside the request ID
+ * alphabet, so the split is unambiguous. Clients treat the token as opaque;
+ * the coordinator treats it as hostile until this check passes. Whether the
+ * revision is one etcd still holds (not in the future, not compacted) only
+ * etcd can say: registry_list.c asks it. */
+#define COORD_PAGE_TOKEN_SEP '@'
+
+typedef struct {
+    int64_t revision;
+    char after[COORD_REQUEST_ID_MAX + 1]; /* the last request ID listed */
+} coord_page_token_t;
+
+/* Parses a non-empty page token; *token_p is set only on success. */
+ferry_status_t coord_validate_page_token(const char *field, const char *text,
+                                         coord_page_token_t *token_p, char *msg, size_t cap);
 
 /* Watch's target: exactly one of request_id (a valid ID) and
  * request_id_prefix ("*" or a valid prefix), as for every other RPC. */

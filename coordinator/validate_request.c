@@ -115,9 +115,12 @@ static ferry_status_t check_list(const ProtobufCMessage *m, char *msg, size_t ca
                  COORD_PAGE_SIZE_MAX);
         return FERRY_ERR_INVALID_ARGUMENT;
     }
-    /* A page token is a request ID (the last one listed). */
     CHECK(coord_validate_prefix("request_id_prefix", req->request_id_prefix, msg, cap));
-    return coord_validate_prefix("page_token", req->page_token, msg, cap);
+    if (req->page_token[0] == '\0') {
+        return FERRY_OK;
+    }
+    coord_page_token_t token;
+    return coord_validate_page_token("page_token", req->page_token, &token, msg, cap);
 }
 
 static ferry_status_t check_watch(const ProtobufCMessage *m, char *msg, size_t cap)

@@ -117,8 +117,9 @@ def coord_requests(c, t):
         "List": {
             "valid": c.ListRequest(request_id_prefix="req-", state=t.OPERATION_STATE_CLAIMED,
                                    kind=t.OPERATION_KIND_WRITE, page_size=1000,
-                                   page_token="req-5"),
+                                   page_token="7@req-5"),
             "too-big": c.ListRequest(page_size=1001),
+            "forged-token": c.ListRequest(page_token="-7@req-5"),
             "all": c.ListRequest(),
         },
         "Watch": {

@@ -287,16 +287,60 @@ static void test_watch(void **state)
     assert_int_equal(coord_validate_prefix("request_id_prefix", "", msg, sizeof(msg)), FERRY_OK);
 }
 
+static ferry_status_t page_token(const char *text, coord_page_token_t *token)
+{
+    msg[0] = '\0';
+    return coord_validate_page_token("page_token", text, token, msg, sizeof(msg));
+}
+
+/* A page token is "<revision>@<request_id>"; anything else, and a revision
+ * that is not a positive int64 in plain decimal, is refused naming the
+ * field, and the output is left alone. */
+static void test_page_token(void **state)
+{
+    static const char *const bad[] = {
+        "",
+        "op-1",
+        "@op-1",
+        "7@",
+        "0@op-1",
+        "07@op-1",
+        "-7@op-1",
+        "+7@op-1",
+        " 7@op-1",
+        "7 @op-1",
+        "7x@op-1",
+        "0x7@op-1",
+        "7@@op-1",
+        "7@op 1",
+        "9223372036854775808@op-1",
+        "99999999999999999999999@op-1",
+    };
+    coord_page_token_t token = {.revision = 42, .after = "untouched"};
+    (void)state;
+
+    assert_int_equal(page_token("7@op-1", &token), FERRY_OK);
+    assert_int_equal(token.revision, 7);
+    assert_string_equal(token.after, "op-1");
+    assert_int_equal(page_token("9223372036854775807@a:b.c", &token), FERRY_OK);
+    assert_int_equal(token.revision, INT64_MAX);
+    assert_string_equal(token.after, "a:b.c");
+    token = (coord_page_token_t){.revision = 42, .after = "untouched"};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        assert_int_equal(page_token(bad[i], &token), FERRY_ERR_INVALID_ARGUMENT);
+        assert_non_null(strstr(msg, "page_token"));
+        assert_int_equal(token.revision, 42);
+        assert_string_equal(token.after, "untouched");
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_request_id),
-        cmocka_unit_test(test_token),
-        cmocka_unit_test(test_metadata),
-        cmocka_unit_test(test_metadata_round_trip),
-        cmocka_unit_test(test_ttl),
-        cmocka_unit_test(test_watch),
-        cmocka_unit_test(test_register_bytes),
+        cmocka_unit_test(test_request_id), cmocka_unit_test(test_token),
+        cmocka_unit_test(test_metadata),   cmocka_unit_test(test_metadata_round_trip),
+        cmocka_unit_test(test_ttl),        cmocka_unit_test(test_watch),
+        cmocka_unit_test(test_page_token), cmocka_unit_test(test_register_bytes),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
