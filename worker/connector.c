@@ -238,6 +238,7 @@ unsigned ferry__connector_drain(ferry_connector_t *c)
             free(req->buf);
             free(req);
         } else if (c->staged == NULL || (n = ferry__staged_progress(c)) == 0) {
+            ferry__active_claims_sweep(c);
             return work;
         } else {
             work += n;
@@ -432,6 +433,27 @@ static ferry_status_t apply_spin(ferry_connector_t *c, const ferry_connector_par
     return FERRY_OK;
 }
 
+/* FERRY_CLAIM_TIMEOUT_MS, when set: milliseconds, 1..INT32_MAX. */
+static ferry_status_t apply_claim_timeout(ferry_connector_t *c)
+{
+    const char *env = getenv("FERRY_CLAIM_TIMEOUT_MS");
+    long long ms = FERRY__CLAIM_TIMEOUT_MS;
+
+    if (env != NULL && env[0] != '\0') {
+        char *end;
+        errno = 0;
+        ms = strtoll(env, &end, 10);
+        if (errno != 0 || *end != '\0' || ms < 1 || ms > INT32_MAX) {
+            return ferry__fail(FERRY_ERR_INVALID_ARGUMENT,
+                               "connector: FERRY_CLAIM_TIMEOUT_MS=%s is not a number of "
+                               "milliseconds from 1 to %d",
+                               env, INT32_MAX);
+        }
+    }
+    c->claim_timeout_ms = ms;
+    return FERRY_OK;
+}
+
 /* The public and the internal log levels are the same numbers. */
 _Static_assert((int)FERRY_LOGLEVEL_OFF == (int)FERRY_LOG_OFF &&
                    (int)FERRY_LOGLEVEL_ERROR == (int)FERRY_LOG_ERROR &&
@@ -497,7 +519,10 @@ static ferry_status_t apply_params(ferry_connector_t *c, const ferry_connector_p
     if (mask & FERRY_CONNECTOR_PARAM_FIELD_LOG_CB) {
         set_log_cb(params->log_cb, params->log_arg);
     }
-    return apply_spin(c, params, mask);
+    if (apply_spin(c, params, mask) != FERRY_OK) {
+        return FERRY_ERR_INVALID_ARGUMENT; /* apply_spin said why */
+    }
+    return apply_claim_timeout(c);
 }
 
 static ferry_status_t ucx_fail(ferry_connector_t *c, const char *what, ucs_status_t status)

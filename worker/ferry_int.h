@@ -49,6 +49,10 @@
 #define FERRY__OP_BUCKETS     256
 #define FERRY__RKEY_CACHE_MAX 256 /* unused remote keys kept per peer */
 #define FERRY__PEER_CACHE_MAX 64  /* cached endpoints (least recently used go) */
+/* How long a CLAIM may go unanswered (FERRY_CLAIM_TIMEOUT_MS overrides):
+ * a live passive side answers inside its UCX callback. */
+#define FERRY__CLAIM_TIMEOUT_MS 30000
+#define FERRY__CLAIM_SWEEP_MS   100 /* how often the loop looks for them */
 #define FERRY__NONCE_LEN      16  /* admission nonce, see wire.c */
 
 /* ---- metadata (metadata.c): pure, no UCX ------------------------------ */
@@ -221,6 +225,8 @@ struct ferry_connector {
     struct ferry_op *ops[FERRY__OP_BUCKETS];
     uint64_t next_op_id;
     unsigned live_ops; /* allocated, the user's or not */
+    int64_t claim_timeout_ms;    /* FERRY__CLAIM_TIMEOUT_MS or FERRY_CLAIM_TIMEOUT_MS */
+    int64_t next_claim_sweep_ms; /* monotonic: when the loop next looks */
     unsigned user_ops; /* not yet destroyed by the user (destroy refuses) */
     /* Queues, FIFO: head and tail pointer-to-next. */
     ferry__req_t *reqs, **reqs_tail;
@@ -396,6 +402,7 @@ struct ferry_op {
     ferry__peer_t *peer;
     ferry__rkey_t **rkeys;
     bool awaiting_admit; /* a claim is out; holds a reference until answered */
+    int64_t claim_deadline_ms; /* monotonic: awaiting_admit ends by then */
 
     /* Listeners (ferry_op_add_listener), in the order added; appended under
      * the lock, freed with the operation. n_final_told of them have had
@@ -448,6 +455,10 @@ void ferry__active_on_admit(ferry_connector_t *c, const ferry__msg_t *msg);
 void ferry__active_on_req(ferry__req_t *req);
 void ferry__active_release(ferry_op_t *op); /* drop peer and rkeys */
 void ferry__active_cancel(ferry_op_t *op);
+/* Ends the claims past their deadline (the passive side never answered):
+ * the operation fails UNAVAILABLE and its claim's reference goes, so that
+ * a cancelled or destroyed one is freed. Lock held; the loop calls it. */
+void ferry__active_claims_sweep(ferry_connector_t *c);
 void ferry__op_peer_failed(ferry_op_t *op, ferry__peer_t *peer);
 
 /* ---- the staged path (staged.c) --------------------------------------- */

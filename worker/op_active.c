@@ -35,6 +35,7 @@
 #include <string.h>
 #include <sys/random.h>
 
+#include "common/clock.h"
 #include "common/log.h"
 #include "worker/ferry_int.h"
 
@@ -195,6 +196,31 @@ void ferry__active_on_req(ferry__req_t *req)
     }
 }
 
+void ferry__active_claims_sweep(ferry_connector_t *c)
+{
+    int64_t now = ferry__clock_ms(CLOCK_MONOTONIC);
+
+    if (now < c->next_claim_sweep_ms) {
+        return;
+    }
+    c->next_claim_sweep_ms = now + FERRY__CLAIM_SWEEP_MS;
+    for (size_t b = 0; b < FERRY__OP_BUCKETS; b++) {
+        ferry_op_t *next;
+        for (ferry_op_t *op = c->ops[b]; op != NULL; op = next) {
+            next = op->table_next; /* the unref may free op */
+            if (!op->awaiting_admit || now < op->claim_deadline_ms) {
+                continue;
+            }
+            op->awaiting_admit = false; /* a late answer is ignored */
+            ferry__op_move(op, FERRY__OP_ERRORED, FERRY_ERR_UNAVAILABLE,
+                           "the passive side did not answer the claim within %lld ms (gone, or "
+                           "unreachable)",
+                           (long long)c->claim_timeout_ms);
+            ferry__op_unref(op); /* the claim's reference */
+        }
+    }
+}
+
 void ferry__active_cancel(ferry_op_t *op)
 {
     ferry__op_move(op, FERRY__OP_CANCELLED, FERRY_ERR_CANCELLED, "cancelled by its owner");
@@ -256,7 +282,8 @@ static void send_claim(ferry_op_t *op)
     msg.address = (const uint8_t *)c->address;
     msg.address_len = c->address_len;
     op->awaiting_admit = true;
-    ferry__op_ref(op); /* dropped when the admit arrives or cannot */
+    op->claim_deadline_ms = ferry__clock_ms(CLOCK_MONOTONIC) + c->claim_timeout_ms;
+    ferry__op_ref(op); /* dropped when the admit arrives, cannot, or is too late */
     ferry__op_move(op, FERRY__OP_CLAIMING, FERRY_OK, NULL);
     ferry__send_msg(op->peer, &msg, FERRY__REQ_CLAIM, op);
 }

@@ -33,6 +33,7 @@
 #include <string.h>
 #include <sys/random.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "pair.h"
@@ -599,6 +600,8 @@ static void test_peer_cache_lru(void **state)
 typedef struct {
     ucp_worker_h worker;
     int32_t admit_status;
+    bool silent;    /* answers nothing (a passive side that is gone) */
+    bool abandon;   /* the writer cancels and destroys its op at once */
     bool forge_first;
     int32_t forged_status;
     uint8_t answer[W_FIXED], forged[W_FIXED];
@@ -617,7 +620,8 @@ static ucs_status_t fake_passive_am_cb(void *arg, const void *header, size_t hea
     (void)header;
     (void)header_length;
     if (length < W_FIXED || claim[4] != W_CLAIM ||
-        !(param->recv_attr & UCP_AM_RECV_ATTR_FIELD_REPLY_EP) || f->claims++ > 0) {
+        !(param->recv_attr & UCP_AM_RECV_ATTR_FIELD_REPLY_EP) || f->claims++ > 0 ||
+        f->silent) {
         return UCS_OK;
     }
     memcpy(f->answer, claim, W_FIXED); /* magic, key, op id, claim nonce */
@@ -646,9 +650,20 @@ static void fake_request_free(fake_passive_t *f, ucs_status_ptr_t req)
     }
 }
 
+static unsigned live_ops(ferry_connector_t *c)
+{
+    unsigned n;
+    ferry__lock(c);
+    n = c->live_ops;
+    ferry__unlock(c);
+    return n;
+}
+
 /* Begins a write into memory the fake passive side f exposes, lets f answer
  * the claim, and returns how the write ended (FERRY_ERR_TIMED_OUT if it did
- * not within WAIT_TIMEOUT_MS); *error_p gets ferry_op_error's code. */
+ * not within WAIT_TIMEOUT_MS); *error_p gets ferry_op_error's code. With
+ * f->abandon the write is cancelled and destroyed at once, and the result
+ * is FERRY_OK once the connector holds no operation any more. */
 static ferry_status_t write_against_fake(fake_passive_t *f, ferry_status_t *error_p)
 {
     ucp_params_t params = {.field_mask = UCP_PARAM_FIELD_FEATURES,
@@ -704,12 +719,26 @@ static ferry_status_t write_against_fake(fake_passive_t *f, ferry_status_t *erro
     assert_int_equal(ferry_connector_create(NULL, &c), FERRY_OK);
     assert_int_equal(ferry_write_begin(c, &local, 1, md, md_len, &op), FERRY_OK);
     deadline = pair_now_ms() + WAIT_TIMEOUT_MS;
-    while (st == FERRY_ERR_TIMED_OUT && pair_now_ms() < deadline) {
+    if (f->abandon) {
+        assert_int_equal(ferry_op_cancel(op), FERRY_OK);
+        *error_p = ferry_op_error(op, &msg);
+        ferry_op_destroy(op);
+        while (live_ops(c) > 0 && pair_now_ms() < deadline) {
+            ucp_worker_progress(f->worker);
+            struct timespec pause = {0, 1000000};
+            nanosleep(&pause, NULL); /* polling the condition, with a deadline */
+        }
+        st = live_ops(c) == 0 ? FERRY_OK : FERRY_ERR_TIMED_OUT;
+        op = NULL;
+    }
+    while (op != NULL && st == FERRY_ERR_TIMED_OUT && pair_now_ms() < deadline) {
         ucp_worker_progress(f->worker); /* the fake passive side runs here */
         st = ferry_op_wait(op, 1);
     }
-    *error_p = ferry_op_error(op, &msg);
-    ferry_op_destroy(op);
+    if (op != NULL) {
+        *error_p = ferry_op_error(op, &msg);
+        ferry_op_destroy(op);
+    }
     ferry_connector_destroy(c);
     fake_request_free(f, f->forged_req);
     fake_request_free(f, f->req);
@@ -753,6 +782,27 @@ static void test_admit_without_the_claim_nonce_is_ignored(void **state)
     assert_int_equal(error, FERRY_ERR_FAILED_PRECONDITION);
 }
 
+/* A passive side that never answers the claim (its process is gone, and
+ * nothing tells the writer): the write fails UNAVAILABLE once
+ * FERRY_CLAIM_TIMEOUT_MS has passed, instead of waiting for ever; and one
+ * its owner cancelled and destroyed meanwhile is freed then (before, the
+ * claim's reference kept it, its metadata and its peer, for good). */
+static void test_unanswered_claim_ends(void **state)
+{
+    fake_passive_t waits = {.silent = true}, abandoned = {.silent = true, .abandon = true};
+    ferry_status_t error;
+    (void)state;
+
+    assert_int_equal(setenv("FERRY_CLAIM_TIMEOUT_MS", "300", 1), 0);
+    assert_int_equal(write_against_fake(&waits, &error), FERRY_ERR_UNAVAILABLE);
+    assert_int_equal(waits.claims, 1);
+    assert_int_equal(error, FERRY_ERR_UNAVAILABLE);
+    assert_int_equal(write_against_fake(&abandoned, &error), FERRY_OK);
+    assert_int_equal(abandoned.claims, 1);
+    assert_int_equal(error, FERRY_ERR_CANCELLED);
+    assert_int_equal(unsetenv("FERRY_CLAIM_TIMEOUT_MS"), 0);
+}
+
 int main(int argc, char **argv)
 {
     const struct CMUnitTest tests[] = {
@@ -763,6 +813,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_peer_cache_lru),
         cmocka_unit_test(test_admit_positive_status_is_protocol_error),
         cmocka_unit_test(test_admit_without_the_claim_nonce_is_ignored),
+        cmocka_unit_test(test_unanswered_claim_ends),
     };
 
     if (argc == 4 && strcmp(argv[1], "--victim") == 0) {
