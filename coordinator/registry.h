@@ -204,8 +204,8 @@ ferry_status_t coord_keepalive(coord_registry_t *registry, int64_t lease_id,
 
 /* One page of records (stripped), filtered; out->next_page_token is set
  * when more may follow. Every page of one List is read at its first page's
- * revision (out->header->revision), carried in the token. Free with ferry__v1__list_response__free_unpacked is
- * NOT right: use coord_list_free. */
+ * revision (out->header->revision), carried in the token. Free with
+ * ferry__v1__list_response__free_unpacked is NOT right: use coord_list_free. */
 ferry_status_t coord_list(coord_registry_t *registry, const Ferry__V1__ListRequest *req,
                           Ferry__V1__ListResponse *out, char *msg, size_t cap);
 void coord_list_free(Ferry__V1__ListResponse *out);

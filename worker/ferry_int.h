@@ -53,7 +53,7 @@
  * a live passive side answers inside its UCX callback. */
 #define FERRY__CLAIM_TIMEOUT_MS 30000
 #define FERRY__CLAIM_SWEEP_MS   100 /* how often the loop looks for them */
-#define FERRY__NONCE_LEN      16  /* admission nonce, see wire.c */
+#define FERRY__NONCE_LEN        16  /* admission nonce, see wire.c */
 
 /* ---- metadata (metadata.c): pure, no UCX ------------------------------ */
 
@@ -111,13 +111,13 @@ typedef enum {
 
 typedef struct {
     ferry__msg_type_t type;
-    uint8_t key[FERRY__KEY_LEN];     /* the passive operation */
-    uint64_t op_id;                  /* the active operation (CLAIM, ADMIT) */
-    uint8_t op_kind;                 /* CLAIM: FERRY__KIND_WRITE or _READ */
-    int32_t status;                  /* ADMIT, NOTICE: ferry_status_t */
-    uint8_t nonce[FERRY__NONCE_LEN]; /* ADMIT (admitted), NOTICE, CHUNK: the admission */
+    uint8_t key[FERRY__KEY_LEN];           /* the passive operation */
+    uint64_t op_id;                        /* the active operation (CLAIM, ADMIT) */
+    uint8_t op_kind;                       /* CLAIM: FERRY__KIND_WRITE or _READ */
+    int32_t status;                        /* ADMIT, NOTICE: ferry_status_t */
+    uint8_t nonce[FERRY__NONCE_LEN];       /* ADMIT (admitted), NOTICE, CHUNK: the admission */
     uint8_t claim_nonce[FERRY__NONCE_LEN]; /* CLAIM, and echoed: ADMIT, CREDIT */
-    const uint8_t *address;          /* CLAIM: the claimant's worker address */
+    const uint8_t *address;                /* CLAIM: the claimant's worker address */
     size_t address_len;
     uint32_t slot;   /* CHUNK, CREDIT: the staging slot */
     uint32_t desc;   /* CHUNK: the descriptor index */
@@ -224,10 +224,10 @@ struct ferry_connector {
     uint64_t next_peer_id;
     struct ferry_op *ops[FERRY__OP_BUCKETS];
     uint64_t next_op_id;
-    unsigned live_ops; /* allocated, the user's or not */
+    unsigned live_ops;           /* allocated, the user's or not */
     int64_t claim_timeout_ms;    /* FERRY__CLAIM_TIMEOUT_MS or FERRY_CLAIM_TIMEOUT_MS */
     int64_t next_claim_sweep_ms; /* monotonic: when the loop next looks */
-    unsigned user_ops; /* not yet destroyed by the user (destroy refuses) */
+    unsigned user_ops;           /* not yet destroyed by the user (destroy refuses) */
     /* Queues, FIFO: head and tail pointer-to-next. */
     ferry__req_t *reqs, **reqs_tail;
     ferry__inmsg_t *inbox, **inbox_tail;
@@ -401,7 +401,7 @@ struct ferry_op {
     bool data_in_flight; /* puts/gets posted, their flush not yet done */
     ferry__peer_t *peer;
     ferry__rkey_t **rkeys;
-    bool awaiting_admit; /* a claim is out; holds a reference until answered */
+    bool awaiting_admit;       /* a claim is out; holds a reference until answered */
     int64_t claim_deadline_ms; /* monotonic: awaiting_admit ends by then */
 
     /* Listeners (ferry_op_add_listener), in the order added; appended under

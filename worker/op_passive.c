@@ -389,7 +389,8 @@ void ferry__passive_on_notice(ferry_connector_t *c, const ferry__msg_t *msg)
         ferry_debug("connector %s: notice for no live operation", c->name);
         return;
     }
-    if (op->state != FERRY__OP_CLAIMED || !op->admitted || !ferry__nonce_equal(msg->nonce, op->nonce)) {
+    if (op->state != FERRY__OP_CLAIMED || !op->admitted ||
+        !ferry__nonce_equal(msg->nonce, op->nonce)) {
         c->stats.notices_ignored++;
         ferry_debug("%s: notice ignored: not from the admitted peer", op->label);
         return;

@@ -373,14 +373,11 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_gone_lease_among_many_is_found_in_one_round, setup,
                                         teardown),
-        cmocka_unit_test_setup_teardown(test_one_gone_lease_answers_every_member, setup,
-                                        teardown),
+        cmocka_unit_test_setup_teardown(test_one_gone_lease_answers_every_member, setup, teardown),
         cmocka_unit_test_setup_teardown(test_failure_after_apply_is_every_members_answer, setup,
                                         teardown),
-        cmocka_unit_test_setup_teardown(test_refused_transaction_runs_each_alone, setup,
-                                        teardown),
-        cmocka_unit_test_setup_teardown(test_shared_transaction_bytes_are_bounded, setup,
-                                        teardown),
+        cmocka_unit_test_setup_teardown(test_refused_transaction_runs_each_alone, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_shared_transaction_bytes_are_bounded, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -600,8 +600,8 @@ static void test_peer_cache_lru(void **state)
 typedef struct {
     ucp_worker_h worker;
     int32_t admit_status;
-    bool silent;    /* answers nothing (a passive side that is gone) */
-    bool abandon;   /* the writer cancels and destroys its op at once */
+    bool silent;  /* answers nothing (a passive side that is gone) */
+    bool abandon; /* the writer cancels and destroys its op at once */
     bool forge_first;
     int32_t forged_status;
     uint8_t answer[W_FIXED], forged[W_FIXED];
@@ -620,8 +620,7 @@ static ucs_status_t fake_passive_am_cb(void *arg, const void *header, size_t hea
     (void)header;
     (void)header_length;
     if (length < W_FIXED || claim[4] != W_CLAIM ||
-        !(param->recv_attr & UCP_AM_RECV_ATTR_FIELD_REPLY_EP) || f->claims++ > 0 ||
-        f->silent) {
+        !(param->recv_attr & UCP_AM_RECV_ATTR_FIELD_REPLY_EP) || f->claims++ > 0 || f->silent) {
         return UCS_OK;
     }
     memcpy(f->answer, claim, W_FIXED); /* magic, key, op id, claim nonce */
