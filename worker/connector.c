@@ -17,6 +17,13 @@
  * aborts inside UCX 1.13; it takes no length to check against). The
  * decision only reads the operation table and moves READY -> CLAIMED.
  *
+ * Bounded: the inbox holds at most FERRY__INBOX_MAX messages and
+ * FERRY__INBOX_MAX_BYTES (anyone who can reach the worker can send; past
+ * the bound a message is dropped, counted and logged once), a malformed
+ * message is dropped in the callback, and the loop handles a queued item
+ * at least every FERRY__PROGRESS_BURST progress calls, so that a flood can
+ * neither grow memory without bound nor keep the loop from its work.
+ *
  * Waiting: when UCX has gone quiet the loop first spins (keeps progressing
  * UCX, dropping the lock between rounds and yielding the CPU often) for
  * spin_ns after the last sign of activity, then arms the worker
@@ -95,34 +102,57 @@ void ferry__spin_pause(unsigned iteration)
     }
 }
 
-/* A CLAIM, inside the callback: decide and answer on the reply endpoint.
- * True when the message should still go to the loop (an admitted claim
- * whose claimant the loop watches for failure). */
-static bool claim_in_callback(ferry_connector_t *c, const void *data, size_t length,
-                              const ucp_am_recv_param_t *param)
+/* A malformed message: anyone who can reach the worker can send these, so
+ * warn once, not once per message of a flood. Lock held. */
+static void note_malformed(ferry_connector_t *c)
 {
-    ferry__msg_t msg;
-    ucp_ep_h reply_ep = NULL;
-
-    if (ferry__msg_decode(data, length, &msg) != FERRY_OK) {
-        return true; /* the loop drops it and logs why */
+    if (!c->warned_malformed) {
+        c->warned_malformed = true;
+        ferry_warn("connector %s: dropping a malformed message (later ones logged at debug): %s",
+                   c->name, ferry_last_error_message());
+    } else {
+        ferry_debug("connector %s: dropping a message: %s", c->name, ferry_last_error_message());
     }
-    if (msg.type != FERRY__MSG_CLAIM) {
-        return true;
-    }
-    if (param->recv_attr & UCP_AM_RECV_ATTR_FIELD_REPLY_EP) {
-        reply_ep = param->reply_ep;
-    }
-    return ferry__passive_on_claim(c, &msg, reply_ep);
 }
 
-/* UCX callback (lock held): copy the message and queue it (a CLAIM is
- * answered here first; see the file comment). */
+bool ferry__inbox_push(ferry_connector_t *c, const void *data, size_t length)
+{
+    ferry__inmsg_t *msg;
+
+    if (c->inbox_len >= FERRY__INBOX_MAX || length > FERRY__INBOX_MAX_BYTES - c->inbox_bytes) {
+        if (c->inbox_dropped++ == 0) {
+            ferry_warn("connector %s: %zu messages (%zu bytes) wait for the loop: dropping more "
+                       "(a peer floods this worker?); later drops are logged at debug",
+                       c->name, c->inbox_len, c->inbox_bytes);
+        } else {
+            ferry_debug("connector %s: inbox full: message dropped", c->name);
+        }
+        return false;
+    }
+    msg = malloc(sizeof(*msg) + length);
+    if (msg == NULL) {
+        ferry_error("connector %s: out of memory for a %zu-byte message", c->name, length);
+        return false;
+    }
+    msg->next = NULL;
+    msg->len = length;
+    memcpy(msg->data, data, length);
+    *c->inbox_tail = msg;
+    c->inbox_tail = &msg->next;
+    c->inbox_len++;
+    c->inbox_bytes += length;
+    return true;
+}
+
+/* UCX callback (lock held): decode; a CLAIM is decided and answered here
+ * (see the file comment); what the loop must act on is queued, a
+ * malformed message dropped here. */
 static ucs_status_t am_recv_cb(void *arg, const void *header, size_t header_length, void *data,
                                size_t length, const ucp_am_recv_param_t *param)
 {
     ferry_connector_t *c = arg;
-    ferry__inmsg_t *msg;
+    ferry__msg_t msg;
+    ucp_ep_h reply_ep = NULL;
 
     (void)header;
     (void)header_length;
@@ -130,19 +160,20 @@ static ucs_status_t am_recv_cb(void *arg, const void *header, size_t header_leng
         ferry_warn("connector %s: dropping a %zu-byte rendezvous message", c->name, length);
         return UCS_OK;
     }
-    if (!claim_in_callback(c, data, length, param)) {
+    if (ferry__msg_decode(data, length, &msg) != FERRY_OK) {
+        note_malformed(c);
         return UCS_OK;
     }
-    msg = malloc(sizeof(*msg) + length);
-    if (msg == NULL) {
-        ferry_error("connector %s: out of memory for a %zu-byte message", c->name, length);
-        return UCS_OK;
+    if (msg.type == FERRY__MSG_CLAIM) {
+        if (param->recv_attr & UCP_AM_RECV_ATTR_FIELD_REPLY_EP) {
+            reply_ep = param->reply_ep;
+        }
+        /* True when the loop must still watch the admitted claimant. */
+        if (!ferry__passive_on_claim(c, &msg, reply_ep)) {
+            return UCS_OK;
+        }
     }
-    msg->next = NULL;
-    msg->len = length;
-    memcpy(msg->data, data, length);
-    *c->inbox_tail = msg;
-    c->inbox_tail = &msg->next;
+    ferry__inbox_push(c, data, length);
     return UCS_OK;
 }
 
@@ -151,17 +182,7 @@ static void handle_inmsg(ferry_connector_t *c, const ferry__inmsg_t *in)
     ferry__msg_t msg;
 
     if (ferry__msg_decode(in->data, in->len, &msg) != FERRY_OK) {
-        /* Anyone who can reach the worker can send these: warn once, not
-         * once per message of a flood. */
-        if (!c->warned_malformed) {
-            c->warned_malformed = true;
-            ferry_warn(
-                "connector %s: dropping a malformed message (later ones logged at debug): %s",
-                c->name, ferry_last_error_message());
-        } else {
-            ferry_debug("connector %s: dropping a message: %s", c->name,
-                        ferry_last_error_message());
-        }
+        note_malformed(c); /* decoded in the callback already: never */
         return;
     }
     switch (msg.type) {
@@ -206,7 +227,8 @@ unsigned ferry__connector_drain(ferry_connector_t *c)
 
     for (;; work++) {
         unsigned n;
-        while ((n = ucp_worker_progress(c->worker)) != 0) {
+        for (unsigned burst = 0;
+             burst < FERRY__PROGRESS_BURST && (n = ucp_worker_progress(c->worker)) != 0; burst++) {
             work += n;
         }
         if (c->failed != NULL) {
@@ -219,6 +241,8 @@ unsigned ferry__connector_drain(ferry_connector_t *c)
             if (c->inbox == NULL) {
                 c->inbox_tail = &c->inbox;
             }
+            c->inbox_len--;
+            c->inbox_bytes -= in->len;
             handle_inmsg(c, in);
             free(in);
         } else if (c->reqs != NULL) {
@@ -725,6 +749,11 @@ ferry_status_t ferry_connector_destroy(ferry_connector_t *c)
     }
     ferry__peer_cache_clear(c);
     ferry__staged_stale_free(c);
+    while (c->inbox != NULL) { /* came after the last drain */
+        ferry__inmsg_t *in = c->inbox;
+        c->inbox = in->next;
+        free(in);
+    }
     ferry__unlock(c);
     ferry__connector_deliver(c);
     pthread_mutex_destroy(&c->lock);

@@ -53,7 +53,14 @@
  * a live passive side answers inside its UCX callback. */
 #define FERRY__CLAIM_TIMEOUT_MS 30000
 #define FERRY__CLAIM_SWEEP_MS   100 /* how often the loop looks for them */
-#define FERRY__NONCE_LEN        16  /* admission nonce, see wire.c */
+/* Messages the loop may have waiting (anyone who can reach the worker can
+ * send them); past either bound a message is dropped. */
+#define FERRY__INBOX_MAX       4096
+#define FERRY__INBOX_MAX_BYTES (16u << 20)
+/* ucp_worker_progress calls before the loop handles one queued item, so
+ * that a flood cannot keep it from ever handling one. */
+#define FERRY__PROGRESS_BURST 64
+#define FERRY__NONCE_LEN      16 /* admission nonce, see wire.c */
 
 /* ---- metadata (metadata.c): pure, no UCX ------------------------------ */
 
@@ -136,6 +143,11 @@ bool ferry__nonce_equal(const uint8_t *a, const uint8_t *b);
 bool ferry__nonce_is_zero(const uint8_t *nonce);
 
 /* ---- connector internals (connector.c, peer.c) ------------------------ */
+
+/* Queues a copy of one decoded-valid message for the loop, unless the
+ * inbox is at its bound (then drops it: false). Lock held (the AM
+ * callback). */
+bool ferry__inbox_push(ferry_connector_t *c, const void *data, size_t length);
 
 typedef struct ferry__rkey {
     struct ferry__rkey *next;
@@ -231,6 +243,8 @@ struct ferry_connector {
     /* Queues, FIFO: head and tail pointer-to-next. */
     ferry__req_t *reqs, **reqs_tail;
     ferry__inmsg_t *inbox, **inbox_tail;
+    size_t inbox_len, inbox_bytes; /* bounded: FERRY__INBOX_MAX(_BYTES) */
+    uint64_t inbox_dropped;        /* messages dropped at the bound */
     ferry__peer_t *failed;
     struct ferry_op *done, **done_tail;
     struct ferry_op *staged; /* staged ops with copies in flight (stage_next) */

@@ -802,6 +802,70 @@ static void test_unanswered_claim_ends(void **state)
     assert_int_equal(unsetenv("FERRY_CLAIM_TIMEOUT_MS"), 0);
 }
 
+static size_t inbox_len(ferry_connector_t *c)
+{
+    size_t n;
+    ferry__lock(c);
+    n = c->inbox_len;
+    ferry__unlock(c);
+    return n;
+}
+
+/* The loop's inbox is bounded: with the loop held off (the lock), the
+ * messages a flood would queue stop at FERRY__INBOX_MAX, the rest are
+ * dropped and counted, and the loop then handles every one it kept (each a
+ * NOTICE for no operation: counted as ignored). Large ones stop at
+ * FERRY__INBOX_MAX_BYTES. (Queued through the AM callback's own push.) */
+static void test_inbox_bounded(void **state)
+{
+    ferry__msg_t notice = {.type = FERRY__MSG_NOTICE, .status = FERRY_OK};
+    ferry_connector_stats_t st;
+    ferry_connector_t *c;
+    uint8_t *buf, *big;
+    size_t len, big_len = 60 * 1024, kept = 0;
+    int64_t deadline;
+    (void)state;
+
+    assert_int_equal(ferry_connector_create(NULL, &c), FERRY_OK);
+    assert_int_equal(getrandom(notice.key, sizeof(notice.key), 0), (ssize_t)sizeof(notice.key));
+    assert_int_equal(ferry__msg_encode(&notice, &buf, &len), FERRY_OK);
+    ferry__lock(c);
+    for (unsigned i = 0; i < FERRY__INBOX_MAX + 100; i++) {
+        kept += ferry__inbox_push(c, buf, len);
+    }
+    assert_int_equal(kept, FERRY__INBOX_MAX);
+    assert_int_equal(c->inbox_len, FERRY__INBOX_MAX);
+    assert_int_equal(c->inbox_dropped, 100);
+    ferry__unlock(c);
+    deadline = pair_now_ms() + WAIT_TIMEOUT_MS;
+    while (inbox_len(c) > 0 && pair_now_ms() < deadline) {
+        poll(NULL, 0, 1); /* the loop thread drains it: polling, with a deadline */
+    }
+    ferry_connector_get_stats(c, &st);
+    assert_int_equal(inbox_len(c), 0);
+    assert_int_equal(st.notices_ignored, FERRY__INBOX_MAX);
+
+    /* By bytes: 60 KiB messages stop short of 16 MiB. */
+    big = calloc(1, big_len);
+    assert_non_null(big);
+    kept = 0;
+    ferry__lock(c);
+    for (unsigned i = 0; i < 400; i++) {
+        kept += ferry__inbox_push(c, big, big_len);
+    }
+    assert_int_equal(kept, FERRY__INBOX_MAX_BYTES / big_len);
+    assert_true(c->inbox_bytes <= FERRY__INBOX_MAX_BYTES);
+    ferry__unlock(c);
+    deadline = pair_now_ms() + WAIT_TIMEOUT_MS;
+    while (inbox_len(c) > 0 && pair_now_ms() < deadline) {
+        poll(NULL, 0, 1);
+    }
+    assert_int_equal(inbox_len(c), 0);
+    free(big);
+    free(buf);
+    assert_int_equal(ferry_connector_destroy(c), FERRY_OK);
+}
+
 int main(int argc, char **argv)
 {
     const struct CMUnitTest tests[] = {
@@ -813,6 +877,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_admit_positive_status_is_protocol_error),
         cmocka_unit_test(test_admit_without_the_claim_nonce_is_ignored),
         cmocka_unit_test(test_unanswered_claim_ends),
+        cmocka_unit_test(test_inbox_bounded),
     };
 
     if (argc == 4 && strcmp(argv[1], "--victim") == 0) {
