@@ -159,22 +159,73 @@ static void apply_op_put(coord_registry_t *r, const char *id, const etcd_kv_t *k
     ferry__v1__operation__free_unpacked(op, NULL);
 }
 
+/* The view's copy of id's record (malloc'd into *bytes_p), to report its
+ * delete when etcd did not send the previous record. Caller holds the lock. */
+static void held_copy_locked(coord_registry_t *r, const char *id, uint8_t **bytes_p, size_t *len_p)
+{
+    const view_entry_t *e = view_find(&r->view, id);
+
+    *bytes_p = e != NULL && e->len > 0 ? malloc(e->len) : NULL;
+    *len_p = *bytes_p != NULL ? e->len : 0;
+    if (*bytes_p != NULL) {
+        memcpy(*bytes_p, e->bytes, e->len);
+    }
+}
+
+/* Reports a delete of which nothing is known but the request ID: a record
+ * that ended, as a delete of a record not yet final reads (EXPIRED), so a
+ * Watch client following the ID learns that it ended. */
+static void report_bare_delete(coord_registry_t *r, const char *id, int64_t revision)
+{
+    Ferry__V1__Operation op = FERRY__V1__OPERATION__INIT;
+
+    op.request_id = (char *)id;
+    op.state = FERRY_OP_EXPIRED;
+    op.updated_unix_ms = registry_now_ms();
+    report(r, COORD_EVENT_DELETE, &op, revision);
+}
+
+/* A record left etcd. Its event carries the record as it was (prev_kv),
+ * except when etcd had compacted that revision away (a lagging watch): the
+ * view's copy stands in then, or, when the view has none, the bare ID.
+ * Every delete is reported, so a Watch client never misses an ID's end. */
 static void apply_op_delete(coord_registry_t *r, const char *id, const etcd_event_t *ev)
 {
     Ferry__V1__Operation *op = NULL;
     int64_t revision = ev->kv.mod_revision; /* a DELETE's kv carries its revision */
+    bool has_prev = ev->prev_kv.key_len > 0;
+    uint8_t *held = NULL;
+    size_t held_len = 0;
 
     pthread_mutex_lock(&r->lock);
+    if (!has_prev) {
+        held_copy_locked(r, id, &held, &held_len);
+    }
     view_remove(&r->view, id, revision);
     applied_locked(r, revision);
     pthread_mutex_unlock(&r->lock);
 
-    if (ev->prev_kv.key_len > 0) {
+    if (has_prev) {
         op = ferry__v1__operation__unpack(NULL, ev->prev_kv.value_len, ev->prev_kv.value);
+    } else if (held != NULL) {
+        op = ferry__v1__operation__unpack(NULL, held_len, held);
+    }
+    free(held);
+    if (op == NULL && !has_prev) {
+        ferry_info("op %s: deleted at revision %lld without its previous record (compacted) "
+                   "nor a copy in the view; reported as EXPIRED",
+                   id, (long long)revision);
+        report_bare_delete(r, id, revision);
+        return;
     }
     if (op == NULL) {
         ferry_warn("op %s: deleted without a readable previous record", id);
         return;
+    }
+    if (!has_prev) {
+        ferry_debug("op %s: deleted at revision %lld without its previous record (compacted); "
+                    "reported from the view's copy",
+                    id, (long long)revision);
     }
     if (!ferry__op_state_is_final(op->state)) {
         ferry_info("op %s: %s -> EXPIRED (owner lease %lld ended)", id,
@@ -244,8 +295,8 @@ static void apply_claim_delete(coord_registry_t *r, const char *id, const etcd_e
 /* The view's revision advances with the events it applies, never with a
  * message's header revision: etcd may send a header revision ahead of the
  * events still to come (a catching-up watch gets them in batches). */
-static void on_watch_events(void *arg, const etcd_event_t *events, size_t n_events,
-                            int64_t revision)
+void registry_on_watch_events(void *arg, const etcd_event_t *events, size_t n_events,
+                              int64_t revision)
 {
     coord_registry_t *r = arg;
     char id[256];
@@ -499,7 +550,7 @@ static ferry_status_t load_view(coord_registry_t *r)
         .range_end_len = end_len,
         .start_revision = range.revision + 1,
         .prev_kv = true,
-        .on_events = on_watch_events,
+        .on_events = registry_on_watch_events,
         .on_state = on_watch_state,
         .arg = r,
     };
@@ -661,7 +712,7 @@ ferry_status_t coord_registry_create(const coord_registry_params_t *params,
         status = FERRY_ERR_NO_MEMORY;
         goto err_lease_cond;
     }
-    if (pthread_cond_init(&r->batch_cond, NULL) != 0) {
+    if (ferry__cond_init_clock(&r->batch_cond, CLOCK_MONOTONIC) != 0) {
         ferry_error("registry: pthread_cond_init failed");
         pthread_mutex_destroy(&r->batch_lock);
         status = FERRY_ERR_NO_MEMORY;

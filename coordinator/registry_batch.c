@@ -34,7 +34,11 @@
  * A Register still queued when its caller stops waiting (its deadline
  * passed, or it went away) is taken out unsent and fails TIMED_OUT, as a
  * call that waited past its deadline for an etcd worker does: nothing is
- * written that its caller will not hear of.
+ * written that its caller will not hear of. It leaves the queue within
+ * REGISTRY_BATCH_POLL_MS of its caller going (a queued write waits in
+ * slices and asks its gone() after each), not when the transaction in
+ * flight ends, so it never holds its etcd worker for the etcd timeout. A
+ * write already taken into a transaction waits for that transaction.
  *
  * The members of a batch share its revision (etcd gives one revision to
  * all the changes of a transaction); a Watch carries a revision's changes
@@ -42,13 +46,19 @@
  * be missed by a client that resumes.
  *
  * Threads: any (the etcd workers); batch_lock guards the queue and count.
+ * gone() is called under batch_lock, on the thread of the write's owner or
+ * of the leader that takes it; batch_cond runs on CLOCK_MONOTONIC.
  */
 #include "registry_int.h"
 
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/clock.h"
 #include "common/log.h"
+
+/* How often a queued write whose caller may go asks whether it has. */
+#define REGISTRY_BATCH_POLL_MS 20
 
 /* w's create-if-absent: the compare (key absent) and the put; and, for a
  * shared transaction's failure branch, the read of its key. */
@@ -241,6 +251,52 @@ static void take_batch(coord_registry_t *r, registry_write_t **ws, size_t *n_p, 
     *n_p = n;
 }
 
+/* The link that points at w in the queue, or NULL when w is not queued
+ * (a leader took it). Caller holds batch_lock. */
+static registry_write_t **queued_link(coord_registry_t *r, const registry_write_t *w)
+{
+    for (registry_write_t **p = &r->batch_head; *p != NULL; p = &(*p)->next) {
+        if (*p == w) {
+            return p;
+        }
+    }
+    return NULL;
+}
+
+/* Takes w out of the queue, unsent, when it is still queued and its caller
+ * is gone: it fails late, as take_batch fails it. True if it did. Caller
+ * holds batch_lock. */
+static bool leave_if_gone(coord_registry_t *r, registry_write_t *w)
+{
+    registry_write_t **p = w->gone != NULL ? queued_link(r, w) : NULL;
+
+    if (p == NULL || !w->gone(w->gone_arg)) {
+        return false;
+    }
+    *p = w->next;
+    if (r->batch_tail == &w->next) {
+        r->batch_tail = p;
+    }
+    w->next = NULL;
+    w->status = FERRY_ERR_TIMED_OUT;
+    w->late = w->done = true;
+    return true;
+}
+
+/* Waits for a transaction to end: at most REGISTRY_BATCH_POLL_MS when w's
+ * caller may go, so that a queued w notices. Caller holds batch_lock. */
+static void wait_turn(coord_registry_t *r, const registry_write_t *w)
+{
+    struct timespec until;
+
+    if (w->gone == NULL) {
+        pthread_cond_wait(&r->batch_cond, &r->batch_lock);
+        return;
+    }
+    until = ferry__clock_in_ms(CLOCK_MONOTONIC, REGISTRY_BATCH_POLL_MS);
+    pthread_cond_timedwait(&r->batch_cond, &r->batch_lock, &until);
+}
+
 void registry_write(coord_registry_t *r, registry_write_t *w)
 {
     registry_write_t *ws[COORD_REGISTER_BATCH_MAX];
@@ -259,7 +315,9 @@ void registry_write(coord_registry_t *r, registry_write_t *w)
         size_t n = 0;
 
         if (r->batch_in_flight >= REGISTRY_BATCH_INFLIGHT || r->batch_head == NULL) {
-            pthread_cond_wait(&r->batch_cond, &r->batch_lock);
+            if (!leave_if_gone(r, w)) {
+                wait_turn(r, w);
+            }
             continue;
         }
         /* Lead: take up to max queued writes (ours among them, unless the

@@ -47,7 +47,9 @@ typedef struct registry_write {
     size_t value_len;
     int64_t lease;
     /* Whether the caller has stopped waiting for the answer (NULL: it
-     * never does): a write still queued then is not sent. */
+     * never does): a write still queued then is not sent. Asked every
+     * REGISTRY_BATCH_POLL_MS while the write is queued, under batch_lock,
+     * on the owner's thread or a leader's; true means late (below). */
     bool (*gone)(void *arg);
     void *gone_arg;
     /* Out: etcd_txn's status (FERRY_ERR_TIMED_OUT with late: never sent); created: the key was
@@ -56,7 +58,7 @@ typedef struct registry_write {
     bool created;
     int64_t revision;
     bool answered;    /* found its key taken in a shared transaction */
-    bool late;        /* its deadline passed while it was queued: not sent */
+    bool late;        /* its caller was gone while it was queued: not sent */
     bool done, alone; /* under batch_lock: ran; to run alone */
     struct registry_write *next;
 } registry_write_t;
@@ -131,12 +133,19 @@ ferry_status_t registry_record_pack(const Ferry__V1__Operation *op, const uint8_
  * repeated, among others). */
 ferry_status_t registry_record_decode(const uint8_t *bytes, size_t len, coord_record_t *rec);
 
-/* Applies a record the coordinator itself just wrote (write-through). */
+/* The registry's watch handler (etcd_watch_params_t.on_events): applies
+ * each event to the view and reports it (params.on_event), a DELETE whose
+ * previous record etcd did not send included. Runs on the watch thread;
+ * takes r->lock. Not static so that tests can feed it events. */
+void registry_on_watch_events(void *arg, const etcd_event_t *events, size_t n_events,
+                              int64_t revision);
+
 /* Writes w->value at w->key if the key is absent, in a transaction shared
  * with the Registers that wait beside it (params.register_batch at most);
  * fills w's out fields. */
 void registry_write(coord_registry_t *r, registry_write_t *w);
 
+/* Applies a record the coordinator itself just wrote (write-through). */
 void registry_view_put(coord_registry_t *r, const char *id, const uint8_t *bytes, size_t len,
                        int64_t mod_revision, ferry_op_state_t state);
 

@@ -101,13 +101,23 @@ typedef struct {
     int64_t deadline_ms;
 } service_job_t;
 
+/* Ends `call`, which this replica gives up on because it is shutting
+ * down: UNAVAILABLE, so the client retries on another replica (a deadline
+ * answer would tell it its own deadline was too short). */
+static void fail_stopping(coord_service_t *svc, rpc_call_t *call)
+{
+    rpc_call_fail(call, FERRY_ERR_UNAVAILABLE,
+                  "coordinator '%s' is shutting down; nothing was written; retry on another "
+                  "replica",
+                  svc->name);
+}
+
 static void service_job_run(void *arg, bool run)
 {
     service_job_t *job = arg;
 
-    if (!run) {
-        rpc_call_fail(job->call, FERRY_ERR_UNAVAILABLE,
-                      "coordinator is shutting down; retry on another replica");
+    if (!run || rpc_call_is_stopping(job->call)) {
+        fail_stopping(job->svc, job->call);
     } else if (rpc_call_is_cancelled(job->call)) {
         /* The client left, or its deadline passed while the call waited
          * for an etcd worker: write nothing it would not hear of. */
@@ -147,7 +157,7 @@ static void submit_to(coord_service_t *svc, coord_exec_t *exec, rpc_call_t *call
                       "--etcd-queue); retry later",
                       running, queued);
     } else if (status == FERRY_ERR_UNAVAILABLE) {
-        rpc_call_fail(call, status, "coordinator is shutting down; retry on another replica");
+        fail_stopping(svc, call);
     } else {
         rpc_call_fail(call, status, "cannot queue the call: %s", ferry_status_string(status));
     }
@@ -209,11 +219,26 @@ static bool not_found_yet(coord_service_t *svc, rpc_call_t *call, wait_kind_t ki
     return true;
 }
 
-/* Whether the client has stopped waiting for `call` (left, or its deadline
- * passed): the registry does not send a Register still queued then. */
-static bool call_gone(void *call)
+/* A Register's caller, as the registry asks after it (call_gone). The
+ * registry asks on its own threads, under its batch lock, and is done
+ * asking before coord_register returns, so the fields are read after. */
+typedef struct {
+    rpc_call_t *call;
+    bool stopping; /* told gone because this replica is shutting down */
+} register_caller_t;
+
+/* Whether the client has stopped waiting for the call (left, its deadline
+ * passed, or this replica is shutting down): the registry does not send a
+ * Register still queued then, and fails it TIMED_OUT. */
+static bool call_gone(void *arg)
 {
-    return rpc_call_is_cancelled(call);
+    register_caller_t *caller = arg;
+
+    if (!rpc_call_is_cancelled(caller->call)) {
+        return false;
+    }
+    caller->stopping = rpc_call_is_stopping(caller->call);
+    return true;
 }
 
 static void do_register(coord_service_t *svc, rpc_call_t *call, const ProtobufCMessage *request,
@@ -222,6 +247,7 @@ static void do_register(coord_service_t *svc, rpc_call_t *call, const ProtobufCM
     const Ferry__V1__RegisterRequest *req = (const Ferry__V1__RegisterRequest *)request;
     Ferry__V1__RegisterResponse resp = FERRY__V1__REGISTER_RESPONSE__INIT;
     Ferry__V1__ResponseHeader header = FERRY__V1__RESPONSE_HEADER__INIT;
+    register_caller_t caller = {.call = call};
     coord_register_out_t out;
     const uint8_t *md;
     size_t md_len;
@@ -233,7 +259,11 @@ static void do_register(coord_service_t *svc, rpc_call_t *call, const ProtobufCM
         return; /* handle_register checked it: never */
     }
     status =
-        coord_register(svc->registry, req, md, md_len, call_gone, call, &out, msg, sizeof(msg));
+        coord_register(svc->registry, req, md, md_len, call_gone, &caller, &out, msg, sizeof(msg));
+    if (status != FERRY_OK && caller.stopping) {
+        fail_stopping(svc, call); /* it was never sent: not the caller's deadline */
+        return;
+    }
     if (failed(call, status, msg)) {
         return;
     }

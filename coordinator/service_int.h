@@ -129,7 +129,8 @@ typedef void (*service_work_fn)(coord_service_t *svc, rpc_call_t *call,
  * keeps a reference until fn has run. When the queue is full the call ends
  * with RESOURCE_EXHAUSTED, when it is stopping with UNAVAILABLE; a call
  * whose deadline passed while it waited ends with DEADLINE_EXCEEDED and
- * writes nothing. */
+ * writes nothing, one still waiting when this replica begins to shut down
+ * with UNAVAILABLE (retry on another replica) and writes nothing. */
 void service_submit(coord_service_t *svc, rpc_call_t *call, const ProtobufCMessage *request,
                     service_work_fn fn, int64_t deadline_ms);
 

@@ -217,6 +217,12 @@ int64_t rpc_call_deadline_left_ms(const rpc_call_t *call);
  * shutting down. */
 bool rpc_call_is_cancelled(const rpc_call_t *call);
 
+/* True once the server serving the call is shutting down (its grace period
+ * has begun): then rpc_call_is_cancelled is true for that reason, whatever
+ * the deadline, and a handler that gives up on the call should say so
+ * (UNAVAILABLE: retry on another replica), not that the deadline passed. */
+bool rpc_call_is_stopping(const rpc_call_t *call);
+
 /* Registers `cb`, run once (on a server thread) when the call is cancelled
  * (client gone, deadline, shutdown) before the handler ended it. If the call
  * is already cancelled, runs it at once. The callback should end the call;

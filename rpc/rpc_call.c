@@ -782,6 +782,11 @@ bool rpc_call_is_cancelled(const rpc_call_t *call)
     return cancelled || rpc__ms_until(call->deadline) == 0;
 }
 
+bool rpc_call_is_stopping(const rpc_call_t *call)
+{
+    return atomic_load(&call->server->stopping);
+}
+
 void rpc_call_on_cancel(rpc_call_t *call, void (*cb)(rpc_call_t *call, void *arg), void *arg)
 {
     pthread_mutex_lock(&call->lock);

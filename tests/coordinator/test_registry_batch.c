@@ -22,6 +22,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "common/clock.h"
 #include "registry_int.h"
 
 #define N_QUEUED   8
@@ -140,18 +141,21 @@ typedef struct {
     registry_write_t w;
     char key[KEY_CAP];
     bool gone_once_shared; /* its caller leaves once a shared transaction was sent */
+    atomic_bool leaves;    /* its caller leaves now (the test says when) */
+    atomic_bool returned;  /* registry_write returned */
 } member_t;
 
 static bool member_gone(void *arg)
 {
     member_t *m = arg;
-    return m->gone_once_shared && atomic_load(&shared_seen);
+    return atomic_load(&m->leaves) || (m->gone_once_shared && atomic_load(&shared_seen));
 }
 
 static void *member_main(void *arg)
 {
     member_t *m = arg;
     registry_write(m->r, &m->w);
+    atomic_store(&m->returned, true);
     return NULL;
 }
 
@@ -161,6 +165,8 @@ static void member_init(member_t *m, coord_registry_t *r, int i, int64_t lease, 
 
     m->r = r;
     m->gone_once_shared = false;
+    atomic_store(&m->leaves, false);
+    atomic_store(&m->returned, false);
     snprintf(m->key, sizeof(m->key), "/ferry/ops/id-%d", i);
     m->w = (registry_write_t){.key = m->key,
                               .key_len = strlen(m->key),
@@ -195,14 +201,11 @@ static int64_t now_ms(void)
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-/* Runs members[0] to the gate, queues members[1..n) behind it, opens the
- * gate and waits for all. */
-static void run_together(coord_registry_t *r, member_t *members, size_t n)
+/* Runs members[0] to the gate and queues members[1..n) behind it. */
+static void queue_at_gate(coord_registry_t *r, member_t *members, size_t n, pthread_t *threads)
 {
-    pthread_t threads[1 + N_QUEUED * 2];
     int64_t deadline = now_ms() + 10000;
 
-    assert_true(n <= sizeof(threads) / sizeof(threads[0]));
     pthread_mutex_lock(&fake.lock);
     fake.gate = true;
     pthread_mutex_unlock(&fake.lock);
@@ -220,6 +223,11 @@ static void run_together(coord_registry_t *r, member_t *members, size_t n)
         nanosleep(&pause, NULL); /* polling the condition, with a deadline */
     }
     assert_int_equal(queued(r), n - 1);
+}
+
+/* Opens the gate and waits for threads[0..n). */
+static void open_gate(pthread_t *threads, size_t n)
+{
     pthread_mutex_lock(&fake.lock);
     fake.gate = false;
     pthread_cond_broadcast(&fake.cond);
@@ -229,6 +237,17 @@ static void run_together(coord_registry_t *r, member_t *members, size_t n)
     }
 }
 
+/* Runs members[0] to the gate, queues members[1..n) behind it, opens the
+ * gate and waits for all. */
+static void run_together(coord_registry_t *r, member_t *members, size_t n)
+{
+    pthread_t threads[1 + N_QUEUED * 2];
+
+    assert_true(n <= sizeof(threads) / sizeof(threads[0]));
+    queue_at_gate(r, members, n, threads);
+    open_gate(threads, n);
+}
+
 static int setup(void **state)
 {
     coord_registry_t *r = calloc(1, sizeof(*r));
@@ -236,7 +255,7 @@ static int setup(void **state)
     assert_non_null(r);
     r->params.register_batch = COORD_REGISTER_BATCH;
     pthread_mutex_init(&r->batch_lock, NULL);
-    pthread_cond_init(&r->batch_cond, NULL);
+    assert_int_equal(ferry__cond_init_clock(&r->batch_cond, CLOCK_MONOTONIC), 0);
     r->batch_tail = &r->batch_head;
     pthread_mutex_lock(&fake.lock);
     fake.mode = FAKE_NORMAL;
@@ -368,6 +387,94 @@ static void test_shared_transaction_bytes_are_bounded(void **state)
     assert_int_equal(fake.calls, 1 + N_QUEUED / 2);
 }
 
+/* A queued Register whose caller goes while a transaction is in flight
+ * leaves the queue at once, unsent (TIMED_OUT, late), without waiting for
+ * that transaction to end; the others queued beside it are unaffected.
+ * (It used to keep its etcd worker until the transaction ended.) */
+static void test_queued_write_leaves_when_its_caller_goes(void **state)
+{
+    coord_registry_t *r = *state;
+    member_t m[1 + N_QUEUED];
+    pthread_t threads[1 + N_QUEUED];
+    size_t n = 1 + N_QUEUED, gone = N_QUEUED / 2;
+    int64_t deadline;
+    bool left_at_gate;
+    size_t still;
+
+    for (size_t i = 0; i < n; i++) {
+        member_init(&m[i], r, (int)i, 100, 0);
+    }
+    queue_at_gate(r, m, n, threads);
+    atomic_store(&m[gone].leaves, true);
+    deadline = now_ms() + 2000;
+    while (!atomic_load(&m[gone].returned) && now_ms() < deadline) {
+        struct timespec pause = {0, 1000000};
+        nanosleep(&pause, NULL); /* polling the condition, with a deadline */
+    }
+    /* Read before the gate opens; asserted after, so a failure leaves no
+     * thread behind a closed gate. */
+    left_at_gate = atomic_load(&m[gone].returned);
+    still = queued(r);
+    open_gate(threads, n);
+    assert_true(left_at_gate);
+    assert_int_equal(still, n - 2);
+    assert_true(m[gone].w.late);
+    assert_int_equal(m[gone].w.status, FERRY_ERR_TIMED_OUT);
+    pthread_mutex_lock(&fake.lock);
+    assert_false(stored(m[gone].key, strlen(m[gone].key)));
+    pthread_mutex_unlock(&fake.lock);
+    for (size_t i = 0; i < n; i++) {
+        if (i != gone) {
+            assert_int_equal(m[i].w.status, FERRY_OK);
+            assert_true(m[i].w.created);
+        }
+    }
+    assert_int_equal(fake.calls, 2); /* the held one, then the rest together */
+}
+
+/* The last queued write leaves: the queue's tail moves back, and a write
+ * queued after it still goes. */
+static void test_last_queued_write_leaves_and_the_tail_follows(void **state)
+{
+    coord_registry_t *r = *state;
+    member_t m[3];
+    pthread_t threads[3];
+    int64_t deadline;
+    bool left_at_gate, tail_ok;
+
+    for (size_t i = 0; i < 3; i++) {
+        member_init(&m[i], r, (int)i, 100, 0);
+    }
+    queue_at_gate(r, m, 2, threads);
+    atomic_store(&m[1].leaves, true);
+    deadline = now_ms() + 2000;
+    while (!atomic_load(&m[1].returned) && now_ms() < deadline) {
+        struct timespec pause = {0, 1000000};
+        nanosleep(&pause, NULL); /* polling the condition, with a deadline */
+    }
+    left_at_gate = atomic_load(&m[1].returned);
+    assert_int_equal(pthread_create(&threads[2], NULL, member_main, &m[2]), 0);
+    deadline = now_ms() + 2000;
+    while (queued(r) < (left_at_gate ? 1u : 2u) && now_ms() < deadline) {
+        struct timespec pause = {0, 1000000};
+        nanosleep(&pause, NULL); /* polling the condition, with a deadline */
+    }
+    pthread_mutex_lock(&r->batch_lock);
+    tail_ok = r->batch_head == &m[2].w && m[2].w.next == NULL;
+    pthread_mutex_unlock(&r->batch_lock);
+    open_gate(threads, 3);
+    assert_true(left_at_gate);
+    assert_true(tail_ok);
+    assert_int_equal(m[1].w.status, FERRY_ERR_TIMED_OUT);
+    assert_int_equal(m[0].w.status, FERRY_OK);
+    assert_int_equal(m[2].w.status, FERRY_OK);
+    assert_true(m[2].w.created);
+    pthread_mutex_lock(&fake.lock);
+    assert_false(stored(m[1].key, strlen(m[1].key)));
+    assert_true(stored(m[2].key, strlen(m[2].key)));
+    pthread_mutex_unlock(&fake.lock);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -378,6 +485,10 @@ int main(void)
                                         teardown),
         cmocka_unit_test_setup_teardown(test_refused_transaction_runs_each_alone, setup, teardown),
         cmocka_unit_test_setup_teardown(test_shared_transaction_bytes_are_bounded, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_queued_write_leaves_when_its_caller_goes, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_last_queued_write_leaves_and_the_tail_follows, setup,
+                                        teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -11,7 +11,10 @@ still answers what it can answer without etcd.
   - a write that waited in the queue past its deadline writes nothing, and
     so does a Register that queued for a shared transaction (registry_batch.c);
   - a Register that fails after its lease was granted still revokes it
-    (now in the background, off the caller's path).
+    (now in the background, off the caller's path);
+  - on SIGTERM, Registers still waiting (for an etcd worker, or queued for
+    a shared transaction) end UNAVAILABLE naming the replica that shuts
+    down, never DEADLINE_EXCEEDED: the client retries on another replica.
 
 Correctness only: "answers" means within the call's own gRPC deadline; no
 timing is asserted beyond that. Run with /usr/bin/python3 from CTest.
@@ -274,6 +277,57 @@ class EtcdStall(unittest.TestCase):
                 stub.Get(self.cpb.GetRequest(request_id=rid, linearizable=True),
                          timeout=WRITE_TIMEOUT)
             self.assertEqual(cm.exception.code(), grpc.StatusCode.NOT_FOUND, rid)
+
+    def test_registers_waiting_at_shutdown_end_unavailable(self):
+        """With etcd frozen and one Register held in a transaction, two
+        queue for the next shared transaction and two for an etcd worker
+        (--etcd-inflight 3). SIGTERM, with a grace period longer than the
+        etcd timeout: the four waiting end UNAVAILABLE ("shutting down"),
+        not DEADLINE_EXCEEDED, and at once, not when the held transaction
+        ends."""
+        port = ferry_harness.free_port()
+        self.start_coordinator(extra=("--metrics-listen", f"127.0.0.1:{port}",
+                                      "--etcd-inflight", "3", "--grace-ms", "15000"))
+        stub, _ = self.stub()
+        known = stub.Register(self.register_req("known"), timeout=WRITE_TIMEOUT)
+        lease = dict(lease_id=known.lease_id, lease_token=known.lease_token)
+
+        def on_lease(rid):
+            return self.cpb.RegisterRequest(request_id=rid, metadata=metadata(self.pb),
+                                            access_token=TOKEN, owner="stall", **lease)
+
+        self.freeze()
+        first = stub.Register.future(on_lease("first"), timeout=WRITE_TIMEOUT)
+        wait_until(lambda: self._registers_in_flight(port) == 1, BOUND,
+                   "the first Register in flight")
+        futures = [stub.Register.future(on_lease(f"waiting{i}"), timeout=WRITE_TIMEOUT)
+                   for i in range(4)]
+        wait_until(lambda: self._registers_in_flight(port) == 5, BOUND,
+                   "four Registers waiting behind it")
+        self.coord.proc.send_signal(signal.SIGTERM)
+        sent = time.monotonic()
+        for i, f in enumerate(futures):
+            with self.assertRaises(grpc.RpcError) as cm:
+                f.result(timeout=WRITE_TIMEOUT)
+            self.assertEqual(cm.exception.code(), grpc.StatusCode.UNAVAILABLE,
+                             f"waiting{i}: {cm.exception.details()}")
+            self.assertIn("'c1' is shutting down", cm.exception.details())
+        # Well before the held transaction's etcd timeout (5 s) ends it.
+        self.assertLess(time.monotonic() - sent, 4, "the waiting Registers' answers")
+        self.thaw()
+        try:
+            first.result(timeout=WRITE_TIMEOUT)
+        except grpc.RpcError as e:
+            self.assertIn(e.code(), CLEAR_CODES, e.details())
+
+    @staticmethod
+    def _registers_in_flight(port):
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+            for line in r.read().decode().splitlines():
+                if line.startswith('ferry_rpc_in_flight{method="/ferry.v1.Coordinator/'
+                                   'Register"}'):
+                    return int(float(line.split()[-1]))
+        return 0
 
     def test_failed_register_revokes_its_lease(self):
         """A Register that fails after its lease was granted revokes the
