@@ -399,6 +399,14 @@ struct ferry_op {
 
     /* Passive: the active side's op id (from the claim, for CREDITs). */
     uint64_t claim_op_id;
+    /* Passive: the admitted claimant settled (its notice came, or its
+     * endpoint failed): nothing of it is on the wire any more. */
+    bool claimant_settled;
+    /* Passive: the op ended before its admitted claimant settled, so it
+     * keeps its region references, its claimant (for its failure), its
+     * table entry (destroyed: claims still find NOT_FOUND) and one op
+     * reference until the claimant settles (op_passive.c). */
+    bool region_hold;
 
     /* The staged path (staged.c); NULL on the direct path. */
     struct ferry__stage *stage;
@@ -412,7 +420,9 @@ struct ferry_op {
 
     /* Active. */
     Ferry__V1__RdmaMetadata *md;
-    bool data_in_flight; /* puts/gets posted, their flush not yet done */
+    bool data_in_flight; /* puts/gets posted, their flush not yet done (staged:
+                          * any lane's, see ferry__staged_in_xfer) */
+    bool notice_held;    /* ferry__test_hold_notice held this op's notice */
     ferry__peer_t *peer;
     ferry__rkey_t **rkeys;
     bool awaiting_admit;       /* a claim is out; holds a reference until answered */
@@ -511,6 +521,9 @@ void ferry__staged_settle(ferry_op_t *op);
  * sleep on the UCX fd then: an engine has no fd). */
 unsigned ferry__staged_progress(ferry_connector_t *c);
 bool ferry__staged_busy(const ferry_connector_t *c);
+/* Active, lock held: lanes whose put or get (and its flush) is in flight;
+ * 0 without a stage. While it is not 0, data_in_flight is set. */
+unsigned ferry__staged_in_xfer(const ferry_op_t *op);
 /* Active, at destroy, lock held: waits for (or drops) the engine's copies,
  * which read or write the caller's memory, so that none runs after
  * ferry_op_destroy returns; the op's lanes forget them. */
@@ -573,7 +586,8 @@ void ferry__op_regions_detach(ferry_op_t *op);
 
 /* When set, an active operation whose flush completed holds its notice
  * (stays TRANSFERRING) and sets ferry__test_notice_held: lets a test kill a
- * writer after the data moved and before the notice. */
+ * writer after the data moved and before the notice. Cancelling such an
+ * operation sends the notice it owes (CANCELLED), which releases it. */
 extern atomic_bool ferry__test_hold_notice;
 extern atomic_bool ferry__test_notice_held;
 

@@ -690,9 +690,11 @@ void ferry_op_destroy(ferry_op_t *op)
         }
     }
     if (is_passive(op)) {
-        /* Later claims for this key find nothing and are refused. */
+        /* Later claims for this key find nothing and are refused (an op
+         * whose claimant has not settled stays in the table, answering
+         * NOT_FOUND too, until it settles: op_passive.c). */
         ferry__passive_release(op);
-        if (op->in_table) {
+        if (op->in_table && !op->region_hold) {
             ferry__op_table_remove(op);
         }
     } else {

@@ -24,8 +24,8 @@
  * the region's memory handle with its put or get (UCP_OP_ATTR_FIELD_MEMH),
  * so UCX looks nothing up for it; the operation holds the region until it
  * is final and its data has stopped moving (data_in_flight: the flush of
- * its puts or gets has completed), since a get cancelled midway still
- * writes into local memory until then.
+ * its puts or gets has completed; on the staged path, every lane's), since
+ * a get cancelled midway still writes into local memory until then.
  *
  * Threads: begin runs on the caller's thread under connector->lock; the
  * other steps run in the progress loop.
@@ -168,6 +168,7 @@ void ferry__active_on_req(ferry__req_t *req)
         if (req->status != UCS_OK) {
             ferry__op_move(op, FERRY__OP_ERRORED, FERRY_ERR_TRANSPORT, "transfer failed: %s", why);
         } else if (op->state == FERRY__OP_TRANSFERRING && atomic_load(&ferry__test_hold_notice)) {
+            op->notice_held = true; /* a cancel still sends what it owes */
             atomic_store(&ferry__test_notice_held, true);
         } else if (op->state == FERRY__OP_TRANSFERRING) {
             ferry__op_move(op, FERRY__OP_NOTIFYING, FERRY_OK, NULL);
@@ -225,6 +226,12 @@ void ferry__active_cancel(ferry_op_t *op)
 {
     ferry__op_move(op, FERRY__OP_CANCELLED, FERRY_ERR_CANCELLED, "cancelled by its owner");
     ferry__staged_settle(op);
+    if (op->notice_held && ferry__op_is_final(op)) {
+        /* Its flush completed and the test hook held the notice: the
+         * passive side is still owed one. */
+        op->notice_held = false;
+        send_notice(op, owed_status(op));
+    }
 }
 
 void ferry__active_release(ferry_op_t *op)

@@ -15,6 +15,12 @@
  * an old key could still write. The one gap left: an owner that cancels
  * after admitting a writer cannot stop bytes already in flight; they land in
  * the (still allocated, user-owned) buffer, and the op is CANCELLED anyway.
+ * Memory in a region is therefore kept (region_hold: the op keeps its
+ * region references, its claimant and its table entry) until that claimant
+ * settles, by its notice or its endpoint's failure, so deregistration
+ * cannot free it under the claimant's puts or gets (staged.c keeps its
+ * slots for the same reason). Memory in no region is the caller's, who
+ * must keep it allocated until destroy.
  *
  * The decision is made before anything is built from the claim: the answer
  * goes back on the endpoint UCX names for the reply (the claimant's own
@@ -33,9 +39,9 @@
  * neither can complete a buffer nobody wrote nor cancel the admitted
  * writer's transfer.
  *
- * Release: the memory is unmapped (a region's references dropped) when the
- * operation becomes final and at destroy, whichever comes first
- * (ferry__passive_release is idempotent).
+ * Release: the memory is unmapped (a region's references dropped, unless
+ * held as above) when the operation becomes final and at destroy,
+ * whichever comes first (ferry__passive_release is idempotent).
  *
  * Threads: create runs on the caller's thread; a claim is decided inside the
  * AM callback (see connector.c), its claimant watched and notices handled in
@@ -282,19 +288,63 @@ ferry_status_t ferry_op_notification_key(const ferry_op_t *op, const uint8_t **k
     return FERRY_OK;
 }
 
+/* Whether an op that ends now must keep its regions: an admitted claimant
+ * that has not settled may still have puts or gets in flight into them
+ * (UCX emulates them over TCP, copying in this process's worker), and a
+ * region that went away under them (ferry_mem_deregister frees what
+ * ferry_mem_alloc made) would be written or read after it was freed. */
+static bool claimant_may_touch_regions(const ferry_op_t *op)
+{
+    if (!op->admitted || op->claimant_settled || op->state == FERRY__OP_COMPLETE ||
+        !op->regions_held) {
+        return false;
+    }
+    for (size_t i = 0; i < op->n; i++) {
+        if (op->regions[i] != NULL) {
+            return true;
+        }
+    }
+    return false;
+}
+
 void ferry__passive_release(ferry_op_t *op)
 {
     ferry__staged_release(op); /* first: it may tell the claimant to stop */
     if (op->mapped) {
         unmap_own(op, op->n);
-        ferry__op_regions_detach(op);
         op->mapped = false;
+        if (claimant_may_touch_regions(op)) {
+            op->region_hold = true;
+            ferry__op_ref(op); /* dropped by region_hold_end */
+            ferry_debug("%s: regions kept until the admitted claimant settles", op->label);
+        } else {
+            ferry__op_regions_detach(op);
+        }
         ferry_debug("%s: memory unregistered", op->label);
     }
+    if (op->claimant != NULL && !op->region_hold) {
+        ferry__peer_put(op->claimant);
+        op->claimant = NULL;
+    }
+}
+
+/* The claimant of an op that ended before it settled has now settled (its
+ * notice came, or its endpoint failed): the regions go, and a destroyed op
+ * leaves the table and is freed. Lock held; may free op. */
+static void region_hold_end(ferry_op_t *op, const char *why)
+{
+    op->claimant_settled = true;
+    op->region_hold = false;
+    ferry__op_regions_detach(op);
     if (op->claimant != NULL) {
         ferry__peer_put(op->claimant);
         op->claimant = NULL;
     }
+    ferry_debug("%s: claimant %s; regions released", op->label, why);
+    if (op->user_released && op->in_table) {
+        ferry__op_table_remove(op);
+    }
+    ferry__op_unref(op);
 }
 
 /* Why a claim is refused, or FERRY_OK to admit it. */
@@ -302,8 +352,8 @@ static ferry_status_t admission(const ferry_op_t *op, const ferry__msg_t *msg)
 {
     bool wants_write = msg->op_kind == FERRY__KIND_WRITE;
 
-    if (op == NULL) {
-        return FERRY_ERR_NOT_FOUND;
+    if (op == NULL || op->user_released) {
+        return FERRY_ERR_NOT_FOUND; /* destroyed (kept only for its claimant) */
     }
     if (wants_write != (op->kind == FERRY__KIND_WRITABLE)) {
         return FERRY_ERR_INVALID_ARGUMENT;
@@ -387,6 +437,9 @@ void ferry__passive_on_notice(ferry_connector_t *c, const ferry__msg_t *msg)
     if (op == NULL || ferry__op_is_final(op)) {
         c->stats.notices_ignored++;
         ferry_debug("connector %s: notice for no live operation", c->name);
+        if (op != NULL && op->region_hold && ferry__nonce_equal(msg->nonce, op->nonce)) {
+            region_hold_end(op, "settled (its notice came)");
+        }
         return;
     }
     if (op->state != FERRY__OP_CLAIMED || !op->admitted ||
@@ -396,6 +449,7 @@ void ferry__passive_on_notice(ferry_connector_t *c, const ferry__msg_t *msg)
         return;
     }
     c->stats.notices_received++;
+    op->claimant_settled = true;
     if (op->stage != NULL) {
         ferry__staged_claimant_settled(op);
     }
@@ -414,6 +468,12 @@ void ferry__passive_on_notice(ferry_connector_t *c, const ferry__msg_t *msg)
 void ferry__op_peer_failed(ferry_op_t *op, ferry__peer_t *peer)
 {
     if (is_passive(op)) {
+        /* Nothing more of a failed claimant reaches the memory. */
+        op->claimant_settled = true;
+        if (op->region_hold) {
+            region_hold_end(op, "failed");
+            return;
+        }
         ferry__op_move(op, FERRY__OP_ERRORED, FERRY_ERR_PEER_FAILED,
                        "the admitted peer's endpoint failed: %s", ucs_status_string(peer->failure));
         return;

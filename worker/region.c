@@ -18,9 +18,12 @@
  * pools, as with NIXL, not one region per buffer.
  *
  * When an operation lets go: a passive one when its memory is released
- * (final or destroyed, ferry__passive_release), an active one once it is
- * final and no put or get of it is still in flight (its flush completed),
- * and in every case when it is freed.
+ * (final or destroyed, ferry__passive_release), or, when it ended after
+ * admitting a claimant that has not settled, once that claimant settles
+ * (its notice, or its endpoint's failure: op_passive.c); an active one once
+ * it is final and no put or get of it is still in flight (its flush
+ * completed; on the staged path, every lane's), and in every case when it
+ * is freed.
  *
  * Locking: connector->lock guards the list, every region's ops count, and
  * every ucp_* call here (the worker is serialized by that lock). A region's

@@ -43,9 +43,11 @@
  * Midway ends: an active operation that becomes final (cancel, an engine
  * error, a refused chunk) starts no new step; once no put/get is in flight
  * (settle) it owes the passive side a NOTICE with its status, as on the
- * direct path. A passive operation that becomes final while a claimant is
- * admitted sends it a CREDIT with the error, which stops the writer or
- * reader.
+ * direct path. Until then it also keeps its regions (data_in_flight is set
+ * while in_xfer > 0): a lane's put or get may read or write the caller's
+ * memory directly until its flush completes. A passive operation that
+ * becomes final while a claimant is admitted sends it a CREDIT with the
+ * error, which stops the writer or reader.
  * Engine copies in flight are waited for (sync) before any buffer they
  * touch is freed. A stopped claimant still settles (its NOTICE once nothing
  * of it is on the wire): a passive operation that ends before that keeps
@@ -468,23 +470,26 @@ static void lane_xfer(ferry_op_t *op, unsigned i)
     param.memory_type = s->engine == NULL && d->device.kind == FERRY_DEVICE_CUDA
                             ? UCS_MEMORY_TYPE_CUDA
                             : UCS_MEMORY_TYPE_HOST;
+    /* The flush's request first: once the put or get is posted, only its
+     * flush tells when the local memory is no longer touched. */
+    req = calloc(1, sizeof(*req));
+    if (req == NULL) {
+        active_fail(op, FERRY_ERR_NO_MEMORY, "%s", "out of memory for a flush");
+        return;
+    }
     if (op->kind == FERRY__KIND_WRITE) {
         sp = ucp_put_nbx(op->peer->ep, local, lane->len, remote, rkey, &param);
     } else {
         sp = ucp_get_nbx(op->peer->ep, local, lane->len, remote, rkey, &param);
     }
     if (UCS_PTR_IS_ERR(sp)) {
+        free(req);
         active_fail(op, FERRY_ERR_TRANSPORT, "chunk transfer failed: %s",
                     ucs_status_string(UCS_PTR_STATUS(sp)));
         return;
     }
     if (sp != NULL) {
         ucp_request_free(sp); /* the flush reports it */
-    }
-    req = calloc(1, sizeof(*req));
-    if (req == NULL) {
-        active_fail(op, FERRY_ERR_NO_MEMORY, "%s", "out of memory for a flush");
-        return;
     }
     req->type = FERRY__REQ_LANE;
     req->connector = op->connector;
@@ -493,6 +498,7 @@ static void lane_xfer(ferry_op_t *op, unsigned i)
     ferry__op_ref(op);
     lane->state = LANE_XFER;
     s->in_xfer++;
+    op->data_in_flight = true; /* the op holds its regions until in_xfer is 0 */
     ferry__req_param(req, &param);
     ferry__req_posted(req, ucp_ep_flush_nbx(op->peer->ep, &param));
 }
@@ -617,6 +623,14 @@ void ferry__staged_on_req(ferry__req_t *req)
     lane = &s->lane[req->lane];
     s->in_xfer--;
     lane->state = LANE_IDLE;
+    if (s->in_xfer == 0) {
+        /* No put or get of ours touches the local memory any more: an op
+         * that ended while they ran lets go of its regions now (op.c). */
+        op->data_in_flight = false;
+        if (ferry__op_is_final(op)) {
+            ferry__op_regions_detach(op);
+        }
+    }
     if (req->status != UCS_OK) {
         active_fail(op, FERRY_ERR_TRANSPORT, "chunk transfer failed: %s",
                     ucs_status_string(req->status));
@@ -764,6 +778,11 @@ unsigned ferry__staged_progress(ferry_connector_t *c)
         ferry__op_unref(op);
     }
     return work;
+}
+
+unsigned ferry__staged_in_xfer(const ferry_op_t *op)
+{
+    return op->stage != NULL ? op->stage->in_xfer : 0;
 }
 
 bool ferry__staged_busy(const ferry_connector_t *c)

@@ -352,14 +352,20 @@ FERRY_API ferry_status_t ferry_mem_alloc(ferry_connector_t *connector, size_t si
                                          void **ptr_p);
 
 /* Deregisters the region (and frees its memory when ferry_mem_alloc made
- * it). FERRY_ERR_BUSY, changing nothing, while operations still use it: a
- * passive operation until it is final or destroyed (its memory is released
- * then, as without a region), an active one until it is final and its data
- * has stopped moving (an active operation cancelled mid-transfer holds the
- * region until its flush completes). Destroy or finish them and call it
- * again. NULL is a no-op (FERRY_OK). Every region must be deregistered
- * before its connector is destroyed (ferry_connector_destroy returns
- * FERRY_ERR_BUSY otherwise). */
+ * it). FERRY_ERR_BUSY, changing nothing, while operations still use it or
+ * a peer's data may still move through it: a passive operation until it is
+ * final or destroyed, and, when it ended (cancelled, failed, destroyed)
+ * after admitting a writer or reader that has not settled, until that peer
+ * settles: its completion notice arrives (a peer cancelled or failed midway
+ * still sends one once its puts or gets are flushed) or, with peer error
+ * handling, its endpoint fails; an active one until it is final and its
+ * data has stopped moving (an active operation cancelled mid-transfer holds
+ * the region until the flush of its puts or gets, on the staged path every
+ * lane's, completes). Destroy or finish them and call it again. Without
+ * peer error handling, a peer that dies between its admission and its
+ * notice keeps the region busy for the life of the process. NULL is a
+ * no-op (FERRY_OK). Every region must be deregistered before its connector
+ * is destroyed (ferry_connector_destroy returns FERRY_ERR_BUSY otherwise). */
 FERRY_API ferry_status_t ferry_mem_deregister(ferry_region_t *region);
 
 /* ---- operations ------------------------------------------------------- */
@@ -446,9 +452,11 @@ FERRY_API ferry_status_t ferry_op_error(const ferry_op_t *op, const char **messa
 FERRY_API ferry_status_t ferry_op_wait(ferry_op_t *op, int timeout_ms);
 
 /* Cancels. Passive: the memory is released at once and any later writer is
- * refused. Active: no new transfer starts and the passive side is told; a
- * notice already sent cannot be taken back. FERRY_OK also when the operation
- * was already final (nothing changes then). */
+ * refused (memory in a region stays held while an admitted writer or
+ * reader has not settled: see ferry_mem_deregister). Active: no new
+ * transfer starts and the passive side is told; a notice already sent
+ * cannot be taken back. FERRY_OK also when the operation was already final
+ * (nothing changes then). */
 FERRY_API ferry_status_t ferry_op_cancel(ferry_op_t *op);
 
 /* Ends the operation ERRORED with this code and message (copied), unless it
@@ -504,7 +512,8 @@ FERRY_API ferry_status_t ferry_op_listener_arg(const ferry_op_t *op, ferry_op_li
 FERRY_API ferry_connector_t *ferry_op_connector(const ferry_op_t *op);
 
 /* Passive: unregisters the memory (its own registrations; a region it used
- * stays registered, and only lets go of it) and forgets the notification
+ * stays registered, and only lets go of it, once an admitted writer or
+ * reader has settled: see ferry_mem_deregister) and forgets the notification
  * key (after this any claim is refused with FERRY_ERR_NOT_FOUND; note that
  * on host memory UCX's shm and TCP transports do not enforce remote keys,
  * so the claim step, not the unmap, is what keeps writers out), cancelling

@@ -12,7 +12,8 @@
  * Straddling descriptors are refused (FERRY_ERR_INVALID_ARGUMENT), not
  * mapped in part: a descriptor lies wholly inside one region or outside all.
  *
- * No sleep synchronizes anything: every wait is ferry_op_wait with a timeout.
+ * No sleep synchronizes anything: every wait is ferry_op_wait with a timeout
+ * or a loop on the awaited condition with a deadline.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -20,10 +21,12 @@
 #include <setjmp.h>
 #include <cmocka.h>
 
+#include <poll.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "worker/ferry_int.h"
 
@@ -371,6 +374,170 @@ static void test_active_holds_region_until_final(void **state)
     free(src);
 }
 
+static int64_t now_ms(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* A caller-mode connector on TCP alone, whatever UCX_TLS the test runs
+ * with: UCX then emulates get in software, so a get needs its target's
+ * progress, and a test that stops driving the target holds the get in
+ * flight. Caller mode: nothing moves unless the test drives it, and no
+ * thread of ours runs while the environment changes. */
+static ferry_connector_t *tcp_connector(const char *name)
+{
+    const char *old = getenv("UCX_TLS");
+    char *saved = old != NULL ? strdup(old) : NULL;
+    ferry_connector_t *c;
+
+    assert_int_equal(setenv("UCX_TLS", "tcp", 1), 0);
+    c = connector(name, FERRY_PROGRESS_CALLER);
+    if (saved != NULL) {
+        setenv("UCX_TLS", saved, 1);
+        free(saved);
+    } else {
+        unsetenv("UCX_TLS");
+    }
+    return c;
+}
+
+static unsigned lanes_in_xfer(ferry_op_t *op)
+{
+    unsigned n;
+
+    ferry__lock(op->connector);
+    n = ferry__staged_in_xfer(op);
+    ferry__unlock(op->connector);
+    return n;
+}
+
+/* The staged path with a direct reader: the passive side stages (one slot,
+ * so the reader gets chunk by chunk) and the reader gets each chunk straight
+ * into its own region. Cancelled while a lane's get is in flight, the read
+ * holds the region (FERRY_ERR_BUSY) until that get has settled: UCX still
+ * writes into the memory until then, and deregistering frees it. */
+static void test_staged_get_in_flight_holds_region(void **state)
+{
+    enum { SIZE = 65536, CHUNK = 16384 };
+    ferry_connector_t *rx = tcp_connector("rx-tcp"), *tx = tcp_connector("tx-tcp");
+    uint8_t *src = malloc(SIZE);
+    ferry_descriptor_t rd = desc(src, SIZE), ld;
+    ferry_op_t *passive, *active;
+    ferry_region_t *r;
+    ferry_status_t st;
+    const uint8_t *md;
+    size_t md_len;
+    int64_t deadline = now_ms() + WAIT_MS;
+    unsigned busy_seen = 0;
+    void *p;
+    (void)state;
+
+    fill(src, SIZE, 31);
+    assert_int_equal(ferry_mem_alloc(tx, SIZE, rd.device, &r, &p), FERRY_OK);
+    ld = desc(p, SIZE);
+    atomic_store(&ferry__test_staging.chunk, CHUNK);
+    atomic_store(&ferry__test_staging.slots, 1);
+    atomic_store(&ferry__test_staging.force, true);
+    st = ferry_readable_create(rx, &rd, 1, &passive);
+    atomic_store(&ferry__test_staging.force, false); /* the reader goes direct */
+    atomic_store(&ferry__test_staging.chunk, 0);
+    atomic_store(&ferry__test_staging.slots, 0);
+    assert_int_equal(st, FERRY_OK);
+    assert_int_equal(ferry_op_metadata(passive, &md, &md_len), FERRY_OK);
+    assert_int_equal(ferry_read_begin(tx, &ld, 1, md, md_len, &active), FERRY_OK);
+
+    /* Drive both until the reader's first get is posted; rx, its target,
+     * is not driven again before the cancel, so the get stays in flight. */
+    while (lanes_in_xfer(active) == 0 && now_ms() < deadline) {
+        assert_int_equal(ferry_connector_progress(rx), FERRY_OK);
+        assert_int_equal(ferry_connector_progress(tx), FERRY_OK);
+    }
+    assert_int_equal(lanes_in_xfer(active), 1);
+    assert_int_equal(ferry_op_cancel(active), FERRY_OK);
+    assert_int_equal(ferry_op_status(active), FERRY_OP_STATUS_CANCELLED);
+
+    /* BUSY while the get is in flight, OK once it settled. */
+    for (;;) {
+        unsigned in_xfer = lanes_in_xfer(active);
+        st = ferry_mem_deregister(r);
+        if (st == FERRY_OK) {
+            assert_int_equal(in_xfer, 0);
+            break;
+        }
+        assert_int_equal(st, FERRY_ERR_BUSY);
+        busy_seen++;
+        assert_true(now_ms() < deadline);
+        assert_int_equal(ferry_connector_progress(rx), FERRY_OK);
+        assert_int_equal(ferry_connector_progress(tx), FERRY_OK);
+    }
+    assert_true(busy_seen > 0);
+    ferry_op_destroy(active);
+    ferry_op_destroy(passive);
+    assert_int_equal(ferry_connector_destroy(rx), FERRY_OK);
+    assert_int_equal(ferry_connector_destroy(tx), FERRY_OK);
+    free(src);
+}
+
+/* A writable in a region whose writer was admitted and has not settled
+ * (its notice held by the fault hook: as far as the owner knows, its puts
+ * may still be in flight, which over TCP this process's worker copies into
+ * the memory) keeps the region when its owner cancels it, and when it
+ * destroys it, until the writer's notice comes; a destroyed one still
+ * refuses new claims NOT_FOUND meanwhile. */
+static void test_passive_holds_region_until_writer_settles(void **state)
+{
+    world_t *w = *state;
+    uint8_t *src = malloc(8192), *md_copy;
+    ferry_region_t *r;
+    ferry_op_t *passive, *active, *late;
+    ferry_descriptor_t d, s = desc(src, 8192);
+    ferry_status_t st;
+    const uint8_t *md;
+    size_t md_len;
+    int64_t deadline;
+    void *p;
+
+    fill(src, 8192, 41);
+    assert_int_equal(ferry_mem_alloc(w->rx, 8192, s.device, &r, &p), FERRY_OK);
+    d = desc(p, 8192);
+    assert_int_equal(ferry_writable_create(w->rx, &d, 1, &passive), FERRY_OK);
+    assert_int_equal(ferry_op_metadata(passive, &md, &md_len), FERRY_OK);
+    md_copy = malloc(md_len);
+    memcpy(md_copy, md, md_len);
+    atomic_store(&ferry__test_notice_held, false);
+    atomic_store(&ferry__test_hold_notice, true);
+    assert_int_equal(ferry_write_begin(w->tx, &s, 1, md, md_len, &active), FERRY_OK);
+    for (int i = 0; i < WAIT_MS / 10 && !atomic_load(&ferry__test_notice_held); i++) {
+        assert_int_equal(ferry_op_wait(active, 10), FERRY_ERR_TIMED_OUT);
+    }
+    assert_true(atomic_load(&ferry__test_notice_held));
+
+    assert_int_equal(ferry_op_cancel(passive), FERRY_OK);
+    assert_int_equal(ferry_op_wait(passive, 0), FERRY_ERR_CANCELLED);
+    assert_int_equal(ferry_mem_deregister(r), FERRY_ERR_BUSY);
+    ferry_op_destroy(passive);
+    assert_int_equal(ferry_mem_deregister(r), FERRY_ERR_BUSY);
+    assert_int_equal(ferry_write_begin(w->tx, &s, 1, md_copy, md_len, &late), FERRY_OK);
+    assert_int_equal(ferry_op_wait(late, WAIT_MS), FERRY_ERR_NOT_FOUND);
+    ferry_op_destroy(late);
+    assert_int_equal(ferry_mem_deregister(r), FERRY_ERR_BUSY);
+
+    /* The writer, cancelled, sends the notice it owes: the region goes. */
+    atomic_store(&ferry__test_hold_notice, false);
+    assert_int_equal(ferry_op_cancel(active), FERRY_OK);
+    deadline = now_ms() + WAIT_MS;
+    while ((st = ferry_mem_deregister(r)) == FERRY_ERR_BUSY && now_ms() < deadline) {
+        poll(NULL, 0, 1); /* a deadline, not a guess: the loop ends on the condition */
+    }
+    assert_int_equal(st, FERRY_OK);
+    ferry_op_destroy(active);
+    free(md_copy);
+    free(src);
+}
+
 /* Memory from ferry_mem_alloc: zeroed, usable on both sides, in both
  * directions, with no ucp_mem_map per operation. */
 static void test_alloc_transfer(void **state)
@@ -486,6 +653,9 @@ int main(int argc, char **argv)
         cmocka_unit_test_setup_teardown(test_overlap_and_connector_busy, setup, teardown),
         cmocka_unit_test_setup_teardown(test_deregister_busy_while_used, setup, teardown),
         cmocka_unit_test_setup_teardown(test_active_holds_region_until_final, setup, teardown),
+        cmocka_unit_test(test_staged_get_in_flight_holds_region),
+        cmocka_unit_test_setup_teardown(test_passive_holds_region_until_writer_settles, setup,
+                                        teardown),
         cmocka_unit_test_setup_teardown(test_alloc_transfer, setup, teardown),
         cmocka_unit_test_setup_teardown(test_many_ops_on_one_region, setup, teardown),
     };
