@@ -754,7 +754,7 @@ class QuietPrefixResumesFromProgress(unittest.TestCase):
                                                             "physical": True})
             etcd.stop()
             etcd.start()
-            ferry_harness.wait_until(lambda: self._registers(r, "q-2"), 30,
+            ferry_harness.wait_until(lambda: WatchCarriesEveryChange._registers(r, "q-2"), 30,
                                      "the replica to register after etcd restarted")
             # The stream open across the restart carries on: no reload.
             msg = next(stream)
@@ -764,14 +764,6 @@ class QuietPrefixResumesFromProgress(unittest.TestCase):
         finally:
             r.stop()
             etcd.stop()
-
-    @staticmethod
-    def _registers(replica, rid):
-        try:
-            replica.register(rid)
-            return True
-        except grpc.RpcError:
-            return False
 
 
 class ClaimsOutliveNoReplica(unittest.TestCase):
