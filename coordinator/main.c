@@ -154,6 +154,9 @@ static ferry_status_t open_server(coordinator_t *c)
     };
     rpc_server_params_t params = {
         .listen_addr = c->config.listen,
+        /* A Register's metadata is at most 1 MiB (md_rules.h), every other
+         * request is small: nothing larger is worth decoding. */
+        .max_message_bytes = 2 << 20,
         .n_threads = c->config.threads,
         .tls = c->config.tls_cert != NULL ? &tls : NULL,
         .observer = c->metrics != NULL ? &c->rpc_observer : NULL,

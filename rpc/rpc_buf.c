@@ -70,14 +70,19 @@ ferry_status_t rpc__unpack_request(const ProtobufCMessageDescriptor *desc, grpc_
         snprintf(why, cap, "malformed request for %s", path);
         return FERRY_ERR_INVALID_ARGUMENT;
     }
-    msg = protobuf_c_message_unpack(desc, NULL, GRPC_SLICE_LENGTH(slice),
-                                    GRPC_SLICE_START_PTR(slice));
-    if (msg == NULL) {
-        snprintf(why, cap, "malformed request for %s", path);
-        status = FERRY_ERR_INVALID_ARGUMENT;
-    } else {
-        status =
-            rpc__wire_check(desc, GRPC_SLICE_START_PTR(slice), GRPC_SLICE_LENGTH(slice), why, cap);
+    /* Checked before it is decoded: decoding is what a hostile request
+     * would make costly (rpc_wire.c). */
+    status = rpc__wire_check(desc, GRPC_SLICE_START_PTR(slice), GRPC_SLICE_LENGTH(slice), why, cap);
+    if (status != FERRY_OK && strncmp(why, RPC_WIRE_MALFORMED, strlen(RPC_WIRE_MALFORMED)) == 0) {
+        snprintf(why, cap, RPC_WIRE_MALFORMED " for %s", path); /* the method, not a field */
+    }
+    if (status == FERRY_OK) {
+        msg = protobuf_c_message_unpack(desc, NULL, GRPC_SLICE_LENGTH(slice),
+                                        GRPC_SLICE_START_PTR(slice));
+        if (msg == NULL) {
+            snprintf(why, cap, RPC_WIRE_MALFORMED " for %s", path);
+            status = FERRY_ERR_INVALID_ARGUMENT;
+        }
     }
     if (status != FERRY_OK) {
         grpc_slice_unref(slice);

@@ -110,7 +110,12 @@ size_t rpc__put_varint(uint8_t *out, uint64_t v);
  * the field's path, e.g. "metadata.hostname", written into msg) a string
  * field that holds a NUL byte or is not UTF-8, and an enum field whose value
  * its enum does not define. Fields the descriptor does not know are
- * skipped. */
+ * skipped, up to RPC_WIRE_UNKNOWN_MAX in all; the request may hold up to
+ * RPC_WIRE_VALUES_MAX strings, bytes and messages (each decodes into an
+ * allocation of its own; Ferry's largest request, a Register of 1024
+ * descriptors, holds about 3,100). A malformed encoding is refused too. */
+enum { RPC_WIRE_UNKNOWN_MAX = 64, RPC_WIRE_VALUES_MAX = 16384 };
+#define RPC_WIRE_MALFORMED "malformed request" /* how a bad encoding's message starts */
 ferry_status_t rpc__wire_check(const ProtobufCMessageDescriptor *desc, const uint8_t *data,
                                size_t len, char *msg, size_t cap);
 /* The offset of the first byte of s that is not part of valid UTF-8

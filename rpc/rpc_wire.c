@@ -13,9 +13,14 @@
  * handler has to remember to check, and a field added later is covered too.
  *
  * Only the fields the descriptor knows are checked: an unknown field (a newer
- * client's) is skipped, as protobuf-c skips it. The walk runs after
- * protobuf_c_message_unpack accepted the bytes, so a malformed encoding here
- * is a defect of one of the two; it is refused all the same.
+ * client's) is skipped, as protobuf-c skips it, but at most
+ * RPC_WIRE_UNKNOWN_MAX of them in one request, and a request holds at most
+ * RPC_WIRE_VALUES_MAX strings, bytes and messages in all: protobuf-c keeps
+ * each unknown field and each such value in an allocation of its own, so a
+ * request of two-byte fields would otherwise decode into some fifty times
+ * its size. The walk runs before
+ * protobuf_c_message_unpack, so that no such request is ever decoded; a
+ * malformed encoding is refused here first.
  *
  * Threads: pure functions.
  */
@@ -35,7 +40,9 @@
 typedef struct {
     char path[WIRE_PATH_MAX]; /* "metadata.descriptors[0]" while inside it */
     size_t path_len;
-    char *msg; /* the caller's message buffer */
+    size_t unknown; /* fields the descriptors do not know, so far */
+    size_t values;  /* strings, bytes and messages, so far */
+    char *msg;      /* the caller's message buffer */
     size_t cap;
 } wire_walk_t;
 
@@ -51,7 +58,7 @@ __attribute__((format(printf, 2, 3))) static ferry_status_t wire_fail(wire_walk_
 
 static ferry_status_t wire_malformed(wire_walk_t *w)
 {
-    return wire_fail(w, "malformed request (at %s)", w->path_len > 0 ? w->path : "top level");
+    return wire_fail(w, RPC_WIRE_MALFORMED " (at %s)", w->path_len > 0 ? w->path : "top level");
 }
 
 bool rpc__read_varint(const uint8_t **p, const uint8_t *end, uint64_t *value_p)
@@ -189,7 +196,17 @@ static ferry_status_t walk_len_field(wire_walk_t *w, const ProtobufCFieldDescrip
     if (f->type == PROTOBUF_C_TYPE_ENUM && f->label == PROTOBUF_C_LABEL_REPEATED) {
         return walk_packed_enums(w, f, seen, p, p + len);
     }
+    if ((f->type == PROTOBUF_C_TYPE_STRING || f->type == PROTOBUF_C_TYPE_BYTES ||
+         f->type == PROTOBUF_C_TYPE_MESSAGE) &&
+        ++w->values > RPC_WIRE_VALUES_MAX) {
+        old = path_push(w, f, *seen);
+        status = wire_fail(w, "request holds more than %d strings, bytes and messages (at %s)",
+                           RPC_WIRE_VALUES_MAX, w->path);
+        path_pop(w, old);
+        return status;
+    }
     if (f->type != PROTOBUF_C_TYPE_STRING && f->type != PROTOBUF_C_TYPE_MESSAGE) {
+        *seen += f->type == PROTOBUF_C_TYPE_BYTES;
         return FERRY_OK; /* bytes, or other packed scalars: any value is valid */
     }
     old = path_push(w, f, (*seen)++);
@@ -217,6 +234,13 @@ static ferry_status_t walk_field(wire_walk_t *w, const ProtobufCMessageDescripto
     }
     if ((tag >> 3) <= UINT32_MAX) {
         f = protobuf_c_message_descriptor_get_field(desc, (unsigned)(tag >> 3));
+    }
+    if (f == NULL && ++w->unknown > RPC_WIRE_UNKNOWN_MAX) {
+        return wire_fail(w,
+                         "request carries more than %d fields this server does not know "
+                         "(field number %llu at %s)",
+                         RPC_WIRE_UNKNOWN_MAX, (unsigned long long)(tag >> 3),
+                         w->path_len > 0 ? w->path : "top level");
     }
     field_seen = f != NULL ? &seen[f - desc->fields] : NULL;
     switch (tag & 7) {

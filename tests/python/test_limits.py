@@ -7,6 +7,11 @@ Before issue 9 the key was built into 512-byte stack buffers with
 snprintf's untruncated length: a prefix that did not leave room made keys
 whose tail was stack bytes, and List copied past its buffer.
 
+Requests at their largest: metadata just over its 1 MiB bound is refused
+INVALID_ARGUMENT naming the field; a request over 2 MiB (the coordinator's
+receive bound: a Register's metadata is at most 1 MiB) is refused by gRPC
+RESOURCE_EXHAUSTED before anything decodes it.
+
 Also: a port file that cannot be written (here: a directory in the way of
 its rename) stops the coordinator with exit 1 and a message, rather than
 leaving whoever waits on the file waiting while it serves.
@@ -122,6 +127,44 @@ class LongestKeys(unittest.TestCase):
         with self.assertRaises(grpc.RpcError) as e:
             self.stub.List(self.cpb.ListRequest(request_id_prefix="c" * 129), timeout=10)
         self.assertEqual(e.exception.code(), grpc.StatusCode.INVALID_ARGUMENT)
+
+
+class LargestRequests(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        from ferry.v1 import coordinator_pb2, coordinator_pb2_grpc, types_pb2
+        cls.pb, cls.cpb = types_pb2, coordinator_pb2
+        cls.channel = grpc.insecure_channel(COORD.target)
+        cls.stub = coordinator_pb2_grpc.CoordinatorStub(cls.channel)
+
+    def register(self, rid, n_descriptors):
+        pb = self.pb
+        md = pb.RdmaMetadata(
+            version=1, kind=pb.OPERATION_KIND_WRITE, worker_address=b"\x01" * 64,
+            descriptors=[pb.Descriptor(address=0x10000 + i * 4096, size=4096,
+                                       device=pb.Device(kind=pb.DEVICE_KIND_HOST),
+                                       rkey=bytes([i % 251 + 1]) * 4000)
+                         for i in range(n_descriptors)],
+            notification_key=os.urandom(16), worker_name="limits", hostname="localhost")
+        req = self.cpb.RegisterRequest(request_id=rid, metadata=md, access_token=TOKEN,
+                                       owner="limits")
+        with self.assertRaises(grpc.RpcError) as e:
+            self.stub.Register(req, timeout=10)
+        return req.ByteSize(), e.exception
+
+    def test_metadata_over_its_bound_names_the_field(self):
+        size, e = self.register("big-1", 270)  # ~1.05 MiB of metadata
+        self.assertGreater(size, 1 << 20)
+        self.assertLess(size, 2 << 20)
+        self.assertEqual(e.code(), grpc.StatusCode.INVALID_ARGUMENT)
+        self.assertIn("metadata", e.details())
+
+    def test_request_over_the_receive_bound_is_refused_whole(self):
+        size, e = self.register("big-2", 600)  # ~2.3 MiB
+        self.assertGreater(size, 2 << 20)
+        self.assertEqual(e.code(), grpc.StatusCode.RESOURCE_EXHAUSTED)
+        # The replica is unharmed: a normal Register still works.
+        LongestKeys.register(self, "x-after-big")
 
 
 class PortFile(unittest.TestCase):

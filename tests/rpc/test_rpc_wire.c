@@ -183,6 +183,62 @@ static void test_unknown_field_is_skipped(void **state)
     assert_int_equal(check(), FERRY_OK);
 }
 
+/* At most RPC_WIRE_UNKNOWN_MAX unknown fields: protobuf-c keeps each in an
+ * allocation of its own, so many small ones would decode into far more
+ * memory than the request's bytes. */
+static void test_unknown_fields_are_bounded(void **state)
+{
+    /* field 101, varint 1: tag (101 << 3 | 0) = 0xa8 0x06 */
+    const uint8_t one[] = {0xa8, 0x06, 0x01};
+    (void)state;
+
+    build();
+    pack();
+    for (int i = 0; i < RPC_WIRE_UNKNOWN_MAX; i++) {
+        memcpy(packed + packed_len, one, sizeof(one));
+        packed_len += sizeof(one);
+    }
+    assert_int_equal(check(), FERRY_OK);
+    memcpy(packed + packed_len, one, sizeof(one));
+    packed_len += sizeof(one);
+    assert_int_equal(check(), FERRY_ERR_INVALID_ARGUMENT);
+    assert_non_null(strstr(msg, "fields this server does not know"));
+}
+
+/* At most RPC_WIRE_VALUES_MAX strings, bytes and messages in one request:
+ * metadata.descriptors as empty messages (two bytes each) past the bound
+ * are refused, naming where; a request just under it passes the walk. */
+static void test_values_are_bounded(void **state)
+{
+    size_t n_under = RPC_WIRE_VALUES_MAX - 1; /* the metadata message is one too */
+    size_t cap = 16 + 2 * (RPC_WIRE_VALUES_MAX + 1);
+    uint8_t *buf = malloc(cap);
+    size_t len;
+    (void)state;
+
+    assert_non_null(buf);
+    for (int over = 0; over < 2; over++) {
+        size_t n = n_under + (size_t)over, inner = 2 * n;
+        len = 0;
+        buf[len++] = 0x12; /* field 2 (metadata), length-delimited */
+        len += rpc__put_varint(buf + len, inner);
+        for (size_t i = 0; i < n; i++) {
+            buf[len++] = 0x22; /* field 4 (descriptors), length-delimited */
+            buf[len++] = 0x00; /* an empty Descriptor */
+        }
+        assert_true(len <= cap);
+        msg[0] = '\0';
+        assert_int_equal(
+            rpc__wire_check(&ferry__v1__register_request__descriptor, buf, len, msg, sizeof(msg)),
+            over ? FERRY_ERR_INVALID_ARGUMENT : FERRY_OK);
+        if (over) {
+            assert_non_null(strstr(msg, "more than"));
+            assert_non_null(strstr(msg, "metadata.descriptors["));
+        }
+    }
+    free(buf);
+}
+
 static void test_truncated_bytes_are_malformed(void **state)
 {
     (void)state;
@@ -383,6 +439,8 @@ int main(void)
         cmocka_unit_test(test_invalid_utf8_is_refused_with_the_path),
         cmocka_unit_test(test_unknown_enum_is_refused_with_the_path),
         cmocka_unit_test(test_unknown_field_is_skipped),
+        cmocka_unit_test(test_unknown_fields_are_bounded),
+        cmocka_unit_test(test_values_are_bounded),
         cmocka_unit_test(test_truncated_bytes_are_malformed),
         cmocka_unit_test(test_utf8_offsets),
         cmocka_unit_test(test_field_find_and_pack_with_field),
