@@ -6,6 +6,15 @@
  * operations on a call bound to its own pluck completion queue, waited for
  * with no timeout of ours: the call's deadline bounds it.
  *
+ * Keepalive: while a call is open the channel pings every
+ * RPC_KEEPALIVE_MS (FERRY_RPC_KEEPALIVE_MS overrides, as tests do) and
+ * drops a connection whose pings go unanswered for as long again, at most
+ * RPC_KEEPALIVE_TIMEOUT_MS: a peer that vanished without a reset (a host
+ * gone, a partition, a frozen process) otherwise holds a long stream, such
+ * as a Watch, open in silence until TCP gives up, some 15 minutes. No
+ * pings without a call: etcd, whose channels these are too, refuses those
+ * by default. rpc_server.c permits the rate.
+ *
  * Threads: any number of threads may call through one channel at once;
  * rpc_channel_destroy only once none does.
  */
@@ -19,7 +28,29 @@
 
 #include "common/log.h"
 
-#define RPC_DEFAULT_MAX_MESSAGE (4 * 1024 * 1024)
+#define RPC_DEFAULT_MAX_MESSAGE  (4 * 1024 * 1024)
+#define RPC_KEEPALIVE_MS         20000
+#define RPC_KEEPALIVE_TIMEOUT_MS 10000
+
+/* The ping interval: FERRY_RPC_KEEPALIVE_MS when it is a number from
+ * RPC_KEEPALIVE_MIN_MS up, else RPC_KEEPALIVE_MS. */
+static int keepalive_ms(void)
+{
+    const char *env = getenv("FERRY_RPC_KEEPALIVE_MS");
+    char *end;
+    long v;
+
+    if (env == NULL || env[0] == '\0') {
+        return RPC_KEEPALIVE_MS;
+    }
+    v = strtol(env, &end, 10);
+    if (*end != '\0' || v < RPC_KEEPALIVE_MIN_MS || v > RPC_KEEPALIVE_MS * 100) {
+        ferry_warn("rpc: FERRY_RPC_KEEPALIVE_MS=%s is not %d..%d ms; using %d", env,
+                   RPC_KEEPALIVE_MIN_MS, RPC_KEEPALIVE_MS * 100, RPC_KEEPALIVE_MS);
+        return RPC_KEEPALIVE_MS;
+    }
+    return (int)v;
+}
 
 /* rpc_channel_connect on a channel whose last attempt failed: how long the
  * fresh attempt may take (a refused loopback connect fails in
@@ -34,9 +65,10 @@ struct rpc_channel {
 ferry_status_t rpc_channel_create(const rpc_channel_params_t *params, rpc_channel_t **channel_p)
 {
     grpc_channel_credentials *creds;
-    grpc_arg args[2];
-    grpc_channel_args channel_args = {1, args};
+    grpc_arg args[5];
+    grpc_channel_args channel_args = {4, args};
     rpc_channel_t *channel;
+    int ping_ms = keepalive_ms();
     ferry_status_t status;
 
     if (params == NULL || params->target == NULL || params->max_message_bytes < 0) {
@@ -56,11 +88,20 @@ ferry_status_t rpc_channel_create(const rpc_channel_params_t *params, rpc_channe
     args[0].key = GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH;
     args[0].value.integer =
         params->max_message_bytes > 0 ? params->max_message_bytes : RPC_DEFAULT_MAX_MESSAGE;
+    args[1].type = GRPC_ARG_INTEGER;
+    args[1].key = GRPC_ARG_KEEPALIVE_TIME_MS;
+    args[1].value.integer = ping_ms;
+    args[2].type = GRPC_ARG_INTEGER;
+    args[2].key = GRPC_ARG_KEEPALIVE_TIMEOUT_MS;
+    args[2].value.integer = ping_ms < RPC_KEEPALIVE_TIMEOUT_MS ? ping_ms : RPC_KEEPALIVE_TIMEOUT_MS;
+    args[3].type = GRPC_ARG_INTEGER;
+    args[3].key = GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA; /* an idle Watch sends none */
+    args[3].value.integer = 0;
     if (params->tls != NULL && params->tls->server_name != NULL) {
-        args[1].type = GRPC_ARG_STRING;
-        args[1].key = GRPC_SSL_TARGET_NAME_OVERRIDE_ARG;
-        args[1].value.string = (char *)params->tls->server_name;
-        channel_args.num_args = 2;
+        args[4].type = GRPC_ARG_STRING;
+        args[4].key = GRPC_SSL_TARGET_NAME_OVERRIDE_ARG;
+        args[4].value.string = (char *)params->tls->server_name;
+        channel_args.num_args = 5;
     }
     grpc_init();
     channel->channel = grpc_channel_create(params->target, creds, &channel_args);

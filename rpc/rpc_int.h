@@ -114,6 +114,9 @@ size_t rpc__put_varint(uint8_t *out, uint64_t v);
  * RPC_WIRE_VALUES_MAX strings, bytes and messages (each decodes into an
  * allocation of its own; Ferry's largest request, a Register of 1024
  * descriptors, holds about 3,100). A malformed encoding is refused too. */
+/* The shortest ping interval a client may ask for and the server permits
+ * (rpc_client.c, rpc_server.c). */
+enum { RPC_KEEPALIVE_MIN_MS = 1000 };
 enum { RPC_WIRE_UNKNOWN_MAX = 64, RPC_WIRE_VALUES_MAX = 16384 };
 #define RPC_WIRE_MALFORMED "malformed request" /* how a bad encoding's message starts */
 ferry_status_t rpc__wire_check(const ProtobufCMessageDescriptor *desc, const uint8_t *data,

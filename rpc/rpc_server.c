@@ -32,10 +32,13 @@
 #include "common/clock.h"
 #include "common/log.h"
 
-#define RPC_DEFAULT_THREADS     2
-#define RPC_DEFAULT_ARMED       8
-#define RPC_DEFAULT_MAX_MESSAGE (4 * 1024 * 1024)
-#define RPC_REARM_RETRY_MS      100
+#define RPC_DEFAULT_THREADS             2
+#define RPC_DEFAULT_ARMED               8
+#define RPC_DEFAULT_MAX_MESSAGE         (4 * 1024 * 1024)
+#define RPC_SERVER_KEEPALIVE_MS         60000
+#define RPC_SERVER_KEEPALIVE_TIMEOUT_MS 20000
+#define RPC_MAX_STREAMS_PER_CONNECTION  1024
+#define RPC_REARM_RETRY_MS              100
 
 /* --- completion-queue threads ---------------------------------------------- */
 
@@ -170,8 +173,8 @@ err_say:
 /* The grpc_server and its queue, with the message size limit. */
 static void server_create_grpc(rpc_server_t *server)
 {
-    grpc_arg args[2];
-    grpc_channel_args channel_args = {2, args};
+    grpc_arg args[6];
+    grpc_channel_args channel_args = {6, args};
 
     args[0].type = GRPC_ARG_INTEGER;
     args[0].key = GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH;
@@ -179,6 +182,25 @@ static void server_create_grpc(rpc_server_t *server)
     args[1].type = GRPC_ARG_INTEGER;
     args[1].key = GRPC_ARG_MAX_SEND_MESSAGE_LENGTH;
     args[1].value.integer = -1;
+    /* Clients ping an idle stream (rpc_client.c): allow it down to
+     * RPC_KEEPALIVE_MIN_MS, where gRPC's default (5 minutes) would end
+     * their connection with too_many_pings. */
+    args[2].type = GRPC_ARG_INTEGER;
+    args[2].key = GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS;
+    args[2].value.integer = RPC_KEEPALIVE_MIN_MS;
+    /* And ping clients, so that a vanished one's streams and parked calls
+     * end within a minute and a half rather than when TCP gives up. */
+    args[3].type = GRPC_ARG_INTEGER;
+    args[3].key = GRPC_ARG_KEEPALIVE_TIME_MS;
+    args[3].value.integer = RPC_SERVER_KEEPALIVE_MS;
+    args[4].type = GRPC_ARG_INTEGER;
+    args[4].key = GRPC_ARG_KEEPALIVE_TIMEOUT_MS;
+    args[4].value.integer = RPC_SERVER_KEEPALIVE_TIMEOUT_MS;
+    /* Streams one connection may hold open at once (gRPC's default is
+     * unbounded); past it a client's new call waits for one to end. */
+    args[5].type = GRPC_ARG_INTEGER;
+    args[5].key = GRPC_ARG_MAX_CONCURRENT_STREAMS;
+    args[5].value.integer = RPC_MAX_STREAMS_PER_CONNECTION;
     grpc_init();
     server->server = grpc_server_create(&channel_args, NULL);
     server->cq = grpc_completion_queue_create_for_next(NULL);

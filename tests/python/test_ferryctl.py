@@ -221,6 +221,54 @@ class Tls(unittest.TestCase):
 class Watch(unittest.TestCase):
     """Runs last (unittest runs classes in name order): it stops c1."""
 
+    def test_a_frozen_coordinator_is_left_for_the_next(self):
+        """c1 stops answering without closing its connection (SIGSTOP: as a
+        host that vanished, or a partition). The stream's keepalive pings go
+        unanswered, the connection is dropped, and ferryctl resumes on c2;
+        without them it waited on c1 in silence until TCP gave up."""
+        from ferry.v1 import coordinator_pb2, coordinator_pb2_grpc, types_pb2
+        c2 = coordinator_pb2_grpc.CoordinatorStub(grpc.insecure_channel(C2.target))
+
+        def register(rid):
+            c2.Register(coordinator_pb2.RegisterRequest(
+                request_id=rid, metadata=metadata(types_pb2, types_pb2.OPERATION_KIND_WRITE),
+                access_token=TOKEN), timeout=10)
+
+        env = dict(os.environ, FERRY_RPC_KEEPALIVE_MS="1000")
+        proc = subprocess.Popen(
+            [FERRYCTL, "watch", "--prefix", "fz-", "--json", "--timeout", "5",
+             "--coordinator", f"{CLUSTER.coordinator.target},{C2.target}"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        events = []
+
+        def reader():
+            for line in proc.stdout:
+                events.append(json.loads(line))
+
+        threading.Thread(target=reader, daemon=True).start()
+        frozen = False
+        try:
+            def once(prefix):
+                register(f"{prefix}-{os.urandom(4).hex()}")
+                return any(e["operation"]["request_id"].startswith(prefix) for e in events)
+
+            ferry_harness.wait_until(lambda: once("fz-1"), 30, "an event through c1")
+            self.assertEqual(events[-1]["coordinator"], "c1")
+            ferry_harness.freeze(CLUSTER.coordinator.proc)
+            frozen = True
+            ferry_harness.wait_until(lambda: once("fz-2"), 30, "an event through c2")
+            self.assertEqual(events[-1]["coordinator"], "c2")
+        finally:
+            if frozen:
+                CLUSTER.coordinator.proc.send_signal(signal.SIGCONT)
+            proc.send_signal(signal.SIGINT)
+            rc = proc.wait(15)
+            err = proc.stderr.read()
+            proc.stdout.close()
+            proc.stderr.close()
+        self.assertEqual(rc, 0, err)
+        self.assertIn("watching again", err)
+
     def test_watch_resumes_on_the_next_coordinator(self):
         from ferry.v1 import coordinator_pb2, coordinator_pb2_grpc, types_pb2
         c2 = coordinator_pb2_grpc.CoordinatorStub(grpc.insecure_channel(C2.target))
