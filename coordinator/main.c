@@ -86,6 +86,7 @@ static void sample_metrics(void *arg, coord_metrics_sample_t *out)
     }
     if (c->service != NULL) {
         out->watch_events_sent = coord_service_watch_events_sent(c->service);
+        out->parked_waits = coord_service_parked_waits(c->service);
     }
 }
 
@@ -168,6 +169,7 @@ static ferry_status_t open_server(coordinator_t *c)
     coord_service_params_t sparams = {
         .name = c->config.name,
         .watch_queue_bytes = (size_t)c->config.watch_queue_kib * 1024,
+        .max_waits = (size_t)c->config.max_waits,
     };
     coord_registry_params_t rparams = {
         .prefix = c->config.prefix,

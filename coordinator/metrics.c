@@ -12,6 +12,7 @@
  *   ferry_view_operations                        gauge, records in the view
  *   ferry_operations{state}                      gauge, records in the view by state
  *   ferry_watch_events_sent_total                counter, events queued on Watch streams
+ *   ferry_parked_waits                           gauge, Lookup/Claim calls parked (wait_ms)
  *   ferry_view_events_total{type,state}          counter, changes the view applied
  *   ferry_lease_expiries_total                   counter, records whose lease ran out
  *   ferry_claim_expiries_total                   counter, claims whose lease ran out
@@ -363,6 +364,11 @@ char *coord_metrics_render(coord_metrics_t *m)
             "per event, replays included).\n# TYPE ferry_watch_events_sent_total counter\n"
             "ferry_watch_events_sent_total %" PRIu64 "\n",
             sample.watch_events_sent);
+    fprintf(f,
+            "# HELP ferry_parked_waits Lookup and Claim calls parked until their operation "
+            "appears (bounded by --max-waits).\n# TYPE ferry_parked_waits gauge\n"
+            "ferry_parked_waits %zu\n",
+            sample.parked_waits);
     fprintf(f,
             "# HELP ferry_build_info The running ferry-coordinator.\n"
             "# TYPE ferry_build_info gauge\nferry_build_info{version=\"%s\",name=\"%s\"} 1\n",

@@ -32,6 +32,7 @@ typedef struct {
     size_t view_size; /* records in the view */
     size_t view_by_state[FERRY_OP_STATE_COUNT]; /* records in the view, by state */
     uint64_t watch_events_sent;                 /* events queued on Watch streams */
+    size_t parked_waits;                        /* Lookup/Claim calls parked (wait_ms) */
 } coord_metrics_sample_t;
 
 typedef struct {

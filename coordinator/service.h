@@ -34,6 +34,9 @@ typedef struct {
     /* Bytes a Watch stream may have queued that its client has not taken;
      * past it the stream ends with RESOURCE_EXHAUSTED. 0: 4 MiB. */
     size_t watch_queue_bytes;
+    /* Lookup and Claim calls that may wait parked (wait_ms) at once; past
+     * it one that would park ends with RESOURCE_EXHAUSTED. 0: 10000. */
+    size_t max_waits;
 } coord_service_params_t;
 
 /* Adds ferry.v1.Coordinator to `server` (before rpc_server_start). The
@@ -41,6 +44,8 @@ typedef struct {
 /* Events queued on Watch streams since start (each stream's copy counts;
  * replays included), for metrics. Any thread. */
 uint64_t coord_service_watch_events_sent(coord_service_t *svc);
+/* Lookup and Claim calls parked now, for metrics. Any thread. */
+size_t coord_service_parked_waits(coord_service_t *svc);
 
 ferry_status_t coord_service_create(const coord_service_params_t *params, rpc_server_t *server,
                                     coord_service_t **service_p);

@@ -23,8 +23,18 @@ typedef struct wait_entry {
     const char *request_id;          /* inside request */
     int64_t deadline_ms;             /* monotonic */
     bool ready;                      /* the operation changed: try again */
+    struct wait_entry *prev;         /* the list is doubly linked: O(1) unlink */
     struct wait_entry *next;
 } wait_entry_t;
+
+/* Wakes remembered (as request ID hashes, by wake number), so that a wait
+ * parked after a look that missed looks again only when its own operation
+ * changed since that look, not when any did. More wakes than this during
+ * one look: it looks again. */
+#define SERVICE_WAKE_HISTORY 4096
+
+/* The default bound of parked waits (--max-waits). */
+#define SERVICE_MAX_WAITS 10000
 
 typedef struct sub_entry {
     rpc_call_t *call;       /* holds a reference */
@@ -71,11 +81,15 @@ struct coord_service {
     coord_exec_t *read_exec;                /* runs reads that need etcd (view misses, List) */
     atomic_uint_fast64_t watch_events_sent; /* events queued on Watch streams, for metrics */
 
-    pthread_mutex_t waits_lock; /* guards waits, stopping */
+    pthread_mutex_t waits_lock; /* guards waits, n_waits, stopping, wake_* */
     pthread_cond_t waits_cond;
     wait_entry_t *waits;
+    size_t n_waits;   /* on the list; for metrics and the bound */
+    size_t max_waits; /* constant: a wait past it is refused */
     bool stopping;
     uint64_t wake_seq; /* bumped by every wake; see service_wait_add */
+    /* wake_hash[n % SERVICE_WAKE_HISTORY]: the request ID of wake n. */
+    uint64_t wake_hash[SERVICE_WAKE_HISTORY];
     pthread_t wait_thread;
 
     /* Guards subs, subs_stopping, pending and the history. Publishing a
@@ -140,8 +154,10 @@ void service_claim_work(coord_service_t *svc, rpc_call_t *call, const ProtobufCM
 
 /* Parks `call` until its operation changes or deadline_ms passes.
  * seen_seq is service_waits_seq() taken before the look that missed: a wake
- * after it makes the wait look again at once, so no event is lost between
- * the miss and the parking. */
+ * for the same request ID after it makes the wait look again at once, so no
+ * event is lost between the miss and the parking (a wake for another ID
+ * does not). Past max_waits parked, the call ends RESOURCE_EXHAUSTED; a
+ * call already cancelled is never left parked. */
 void service_wait_add(coord_service_t *svc, rpc_call_t *call, wait_kind_t kind,
                       const ProtobufCMessage *request, const char *request_id, int64_t deadline_ms,
                       uint64_t seen_seq);

@@ -22,16 +22,72 @@ int64_t service_now_ms(void)
     return ferry__clock_ms(CLOCK_MONOTONIC);
 }
 
+/* The list is doubly linked: a wait found (or taken by take_due) leaves it
+ * in O(1). Called with waits_lock held. */
+static void wait_unlink(coord_service_t *svc, wait_entry_t *w)
+{
+    if (w->prev != NULL) {
+        w->prev->next = w->next;
+    } else {
+        svc->waits = w->next;
+    }
+    if (w->next != NULL) {
+        w->next->prev = w->prev;
+    }
+    w->prev = NULL;
+    w->next = NULL;
+    svc->n_waits--;
+}
+
+static void wait_link(coord_service_t *svc, wait_entry_t *w)
+{
+    w->prev = NULL;
+    w->next = svc->waits;
+    if (svc->waits != NULL) {
+        svc->waits->prev = w;
+    }
+    svc->waits = w;
+    svc->n_waits++;
+}
+
 static wait_entry_t *unlink_call(coord_service_t *svc, rpc_call_t *call)
 {
-    for (wait_entry_t **p = &svc->waits; *p != NULL; p = &(*p)->next) {
-        if ((*p)->call == call) {
-            wait_entry_t *w = *p;
-            *p = w->next;
+    for (wait_entry_t *w = svc->waits; w != NULL; w = w->next) {
+        if (w->call == call) {
+            wait_unlink(svc, w);
             return w;
         }
     }
     return NULL;
+}
+
+/* FNV-1a: wakes are remembered by hash; a collision only costs a look. */
+static uint64_t id_hash(const char *id)
+{
+    uint64_t h = 14695981039346656037ull;
+
+    for (const unsigned char *p = (const unsigned char *)id; *p != '\0'; p++) {
+        h = (h ^ *p) * 1099511628211ull;
+    }
+    return h;
+}
+
+/* Whether `request_id` was woken after wake number seen_seq (or the wakes
+ * since are too many to tell). Called with waits_lock held. */
+static bool woken_since(const coord_service_t *svc, const char *request_id, uint64_t seen_seq)
+{
+    uint64_t h;
+
+    if (svc->wake_seq - seen_seq > SERVICE_WAKE_HISTORY) {
+        return true;
+    }
+    h = id_hash(request_id);
+    for (uint64_t n = seen_seq + 1; n <= svc->wake_seq; n++) {
+        if (svc->wake_hash[n % SERVICE_WAKE_HISTORY] == h) {
+            return true;
+        }
+    }
+    return false;
 }
 
 static void on_wait_cancel(rpc_call_t *call, void *arg)
@@ -55,6 +111,7 @@ void service_wait_add(coord_service_t *svc, rpc_call_t *call, wait_kind_t kind,
                       uint64_t seen_seq)
 {
     wait_entry_t *w = calloc(1, sizeof(*w));
+    size_t n_waits;
 
     if (w == NULL) {
         rpc_call_fail(call, FERRY_ERR_NO_MEMORY, "no memory to wait for '%s'", request_id);
@@ -65,25 +122,41 @@ void service_wait_add(coord_service_t *svc, rpc_call_t *call, wait_kind_t kind,
     w->request = request;
     w->request_id = request_id;
     w->deadline_ms = deadline_ms;
-    rpc_call_ref(call);
 
     pthread_mutex_lock(&svc->waits_lock);
     if (svc->stopping) {
         pthread_mutex_unlock(&svc->waits_lock);
         rpc_call_fail(call, FERRY_ERR_UNAVAILABLE, "coordinator is shutting down");
-        rpc_call_unref(call);
         free(w);
         return;
     }
-    /* An event since the caller's look (seen_seq) may have been the one it
-     * waits for: look once more rather than miss it. */
-    w->ready = svc->wake_seq != seen_seq;
-    w->next = svc->waits;
-    svc->waits = w;
+    n_waits = svc->n_waits;
+    if (n_waits >= svc->max_waits) {
+        pthread_mutex_unlock(&svc->waits_lock);
+        ferry_info("op %s: %s from %s refused: %zu calls already wait (--max-waits)", request_id,
+                   kind == WAIT_LOOKUP ? "lookup" : "claim", rpc_call_peer(call), n_waits);
+        rpc_call_fail(call, FERRY_ERR_RESOURCE_EXHAUSTED,
+                      "too many calls waiting for operations to appear (%zu; --max-waits); "
+                      "retry later or on another replica",
+                      n_waits);
+        free(w);
+        return;
+    }
+    rpc_call_ref(call);
+    /* A wake for this request ID since the caller's look (seen_seq) may have
+     * been the one it waits for: look once more rather than miss it. */
+    w->ready = woken_since(svc, request_id, seen_seq);
+    wait_link(svc, w);
+    if (w->ready) {
+        pthread_cond_signal(&svc->waits_cond);
+    }
     pthread_mutex_unlock(&svc->waits_lock);
     ferry_debug("op %s: %s from %s waits up to %lld ms", request_id,
                 kind == WAIT_LOOKUP ? "lookup" : "claim", rpc_call_peer(call),
                 (long long)(deadline_ms - service_now_ms()));
+    /* A call cancelled before this (while its look read etcd, or while the
+     * wait thread ran it again) gets on_wait_cancel at once, which takes
+     * the wait off the list again: it never stays parked. */
     rpc_call_on_cancel(call, on_wait_cancel, svc);
 }
 
@@ -93,6 +166,7 @@ void service_waits_wake(coord_service_t *svc, const char *request_id)
 
     pthread_mutex_lock(&svc->waits_lock);
     svc->wake_seq++;
+    svc->wake_hash[svc->wake_seq % SERVICE_WAKE_HISTORY] = id_hash(request_id);
     for (wait_entry_t *w = svc->waits; w != NULL; w = w->next) {
         if (strcmp(w->request_id, request_id) == 0) {
             w->ready = true;
@@ -114,6 +188,15 @@ uint64_t service_waits_seq(coord_service_t *svc)
     return seq;
 }
 
+size_t coord_service_parked_waits(coord_service_t *svc)
+{
+    size_t n;
+    pthread_mutex_lock(&svc->waits_lock);
+    n = svc->n_waits;
+    pthread_mutex_unlock(&svc->waits_lock);
+    return n;
+}
+
 static void run_wait(coord_service_t *svc, wait_entry_t *w)
 {
     if (service_now_ms() >= w->deadline_ms) {
@@ -133,22 +216,21 @@ static void run_wait(coord_service_t *svc, wait_entry_t *w)
 
 /* Takes the ready and expired waits off the list; returns the nearest
  * deadline of those left. Called with waits_lock held. */
+/* Takes the ready and expired waits off the list; returns the nearest
+ * deadline of those left. Called with waits_lock held. */
 static wait_entry_t *take_due(coord_service_t *svc, int64_t now, int64_t *next_deadline_p)
 {
     wait_entry_t *due = NULL;
     int64_t next = now + WAIT_IDLE_MS;
 
-    for (wait_entry_t **p = &svc->waits; *p != NULL;) {
-        wait_entry_t *w = *p;
+    for (wait_entry_t *w = svc->waits, *after; w != NULL; w = after) {
+        after = w->next;
         if (w->ready || w->deadline_ms <= now) {
-            *p = w->next;
+            wait_unlink(svc, w);
             w->next = due;
             due = w;
-        } else {
-            if (w->deadline_ms < next) {
-                next = w->deadline_ms;
-            }
-            p = &w->next;
+        } else if (w->deadline_ms < next) {
+            next = w->deadline_ms;
         }
     }
     *next_deadline_p = next;
@@ -221,6 +303,7 @@ void service_waits_stop(coord_service_t *svc)
     svc->stopping = true;
     all = svc->waits;
     svc->waits = NULL;
+    svc->n_waits = 0;
     pthread_cond_signal(&svc->waits_cond);
     pthread_mutex_unlock(&svc->waits_lock);
     pthread_join(svc->wait_thread, NULL);

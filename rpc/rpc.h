@@ -225,7 +225,11 @@ bool rpc_call_is_stopping(const rpc_call_t *call);
 
 /* Registers `cb`, run once (on a server thread) when the call is cancelled
  * (client gone, deadline, shutdown) before the handler ended it. If the call
- * is already cancelled, runs it at once. The callback should end the call;
+ * is already cancelled or has already ended (a cancellation seen before the
+ * registration, say while the call was handed between threads), runs it at
+ * once, on the caller's thread: the caller must not hold a lock the callback
+ * takes. A later registration replaces an earlier one (and, on a call
+ * already cancelled, runs too). The callback should end the call;
  * if neither it nor the handler does, this layer ends it (CANCELLED, or
  * UNAVAILABLE at shutdown) once the handler has returned, so a handler that
  * keeps the call past its return must hold a reference (rpc_call_ref). */

@@ -789,13 +789,30 @@ bool rpc_call_is_stopping(const rpc_call_t *call)
 
 void rpc_call_on_cancel(rpc_call_t *call, void (*cb)(rpc_call_t *call, void *arg), void *arg)
 {
+    bool now;
+
+    /* A call cancelled (or ended) before this registration is never
+     * cancelled again: its cancellation may have been processed with no
+     * callback, or with an earlier one that found nothing to undo. Run this
+     * one at once, or whatever it was to undo stays for ever. */
     pthread_mutex_lock(&call->lock);
-    if (!call->cancel_cb_ran) {
-        call->cancel_cb = cb;
-        call->cancel_arg = arg;
+    now = call->cancelled || call->state != RPC_CALL_ACTIVE;
+    call->cancel_cb = cb;
+    call->cancel_arg = arg;
+    call->cancel_cb_ran = now;
+    if (now) {
+        rpc_call_ref(call);
     }
     pthread_mutex_unlock(&call->lock);
+    if (now) {
+        ferry_debug("call %" PRIu64 " %s: already cancelled or ended; running its cancel callback",
+                    call->id, call->path);
+        cb(call, arg);
+    }
     call_process_cancel(call);
+    if (now) {
+        rpc_call_unref(call);
+    }
 }
 
 void rpc_call_request_bytes(const rpc_call_t *call, const uint8_t **data_p, size_t *len_p)
