@@ -15,19 +15,25 @@
  * lease expires, and with it every record and claim of the process: the
  * coordinator reports them EXPIRED, or ERRORED for a claim.
  *
- * One session thread per ferry_coordinator_t does everything periodic or
- * slow, so no UCX progress thread ever waits on gRPC:
- *   - the session lease is renewed at a third of its TTL; if etcd lost it, the
- *     next operation makes a new one;
+ * One renewal thread per ferry_coordinator_t renews the session lease at a
+ * third of its TTL and does nothing else, so no other call (each may take
+ * timeout_ms, which may exceed the TTL) ever holds a renewal back; if etcd
+ * lost the lease, the next operation makes a new one.
+ *
+ * One session thread per ferry_coordinator_t does the rest that is periodic
+ * or slow, so no UCX progress thread ever waits on gRPC:
  *   - a link (an operation bound to the coordinator) looks at its record
  *     when the watch tells it changed (the event carries the record), and
  *     reads it with a Get only once bound and after a new stream, so it
  *     learns that its peer failed (ERRORED), cancelled (CANCELLED) or that
  *     its record is gone (its owner's lease expired) as the coordinator
- *     does, with no polling;
+ *     does, with no polling; a Get that fails is made again after a pause;
  *   - an operation's end, queued by its listener, is reported: Complete for
  *     an active one (tried again while the coordinator cannot be reached),
- *     Cancel for a passive one cancelled here.
+ *     Cancel for a passive one cancelled here;
+ *   - a destroyed passive operation's record is released (after the Cancel
+ *     it still owes), tried again while refused or unanswered, cancelled
+ *     first if it stays open 2 x TTL past the destroy.
  *
  * One watch thread per ferry_coordinator_t holds one Watch stream while
  * links exist, and hands a link the record of each event that names it.
@@ -101,6 +107,8 @@ typedef struct coord_link {
     char lease_token[LEASE_TOKEN_CAP]; /* lease_id's (active: Complete shows it) */
     int64_t due_ms;                    /* next retry (release, report), monotonic */
     bool look_due;                     /* the record may have changed: look */
+    int look_tries;                    /* Gets failed in a row (look_due_ms: the next) */
+    int64_t look_due_ms;
     /* The watch's latest event for the record (ev_valid): looked at as it
      * is, without a Get. A new stream clears it (then the look is a Get). */
     bool ev_valid;
@@ -116,7 +124,11 @@ typedef struct coord_link {
     /* The owner destroyed the passive operation (op is NULL): the session
      * thread releases the record once it is final, then frees the link. */
     bool releasing;
-    int release_tries;
+    int release_tries;         /* Releases (or Cancels) refused in a row, for the back-off */
+    int64_t destroyed_ms;      /* when the owner destroyed it (monotonic) */
+    bool cancel_due;           /* a Cancel must go (and be taken) before the Release */
+    bool cancel_forced;        /* ... because the record stayed open 2 x TTL past the destroy */
+    const char *cancel_reason; /* a static string */
     /* Active: the claim was granted before the transfer began (an active
      * link exists only then). The outcome is kept here, so that the report
      * (Complete) can be sent after the operation is destroyed (op is NULL
@@ -136,6 +148,7 @@ struct ferry_coordinator {
     coord_link_t *links;
     bool stopping;
     pthread_t thread;
+    pthread_t renewer; /* renews the session lease, and does nothing else */
     pthread_t watcher;
     /* Under lock. watch_rev: the header revision of the last message read
      * on a stream that ended its revision (0: none, the next stream is
@@ -155,6 +168,10 @@ struct ferry_coordinator {
     int64_t session_due_ms;
     int session_renew_tries; /* keep-alives failed in a row */
     bool session_making;     /* an RPC that will make it is in flight */
+
+    /* Set by disconnect, after the threads are joined: the last calls all
+     * end by then (monotonic; 0: no such bound). */
+    int64_t final_deadline_ms;
 };
 
 static int64_t now_ms(void)
@@ -183,8 +200,14 @@ static ferry_status_t call(ferry_coordinator_t *coord, const char *path,
                            const ProtobufCMessage *req, const ProtobufCMessageDescriptor *desc,
                            int64_t extra_ms, void *resp_p, rpc_error_t *err)
 {
-    return rpc_unary(coord->channel, path, req, desc, coord->timeout_ms + extra_ms,
-                     (ProtobufCMessage **)resp_p, err);
+    int64_t timeout_ms = coord->timeout_ms + extra_ms;
+
+    if (coord->final_deadline_ms != 0 && coord->final_deadline_ms - now_ms() < timeout_ms) {
+        timeout_ms = coord->final_deadline_ms - now_ms();
+        timeout_ms = timeout_ms > 1 ? timeout_ms : 1;
+    }
+    return rpc_unary(coord->channel, path, req, desc, (int)timeout_ms, (ProtobufCMessage **)resp_p,
+                     err);
 }
 
 static ferry_status_t rpc_fail(ferry_status_t status, const char *what, const rpc_error_t *err);
@@ -332,8 +355,9 @@ static void apply_record(coord_link_t *link, bool gone, ferry_op_state_t state, 
 }
 
 /* The record as the watch last told it (ev), or read with a Get (ev NULL:
- * once bound, and after a new stream). */
-static void look(coord_link_t *link, const coord_link_t *ev)
+ * once bound, and after a new stream). False when the Get failed for a
+ * reason other than NOT_FOUND: the look is to be made again (look_done). */
+static bool look(coord_link_t *link, const coord_link_t *ev)
 {
     Ferry__V1__GetRequest get = FERRY__V1__GET_REQUEST__INIT;
     Ferry__V1__GetResponse *record = NULL;
@@ -342,22 +366,33 @@ static void look(coord_link_t *link, const coord_link_t *ev)
 
     if (ev != NULL) {
         apply_record(link, ev->ev_gone, ev->ev_state, ev->ev_message);
-        return;
+        return true;
     }
     get.request_id = link->request_id;
-    status = call(link->coord, COORD_PATH("Get"), &get.base, &ferry__v1__get_response__descriptor,
-                  0, &record, &err);
+    if (atomic_fetch_sub(&ferry__coord_test_fail_gets, 1) > 0) {
+        status = FERRY_ERR_UNAVAILABLE;
+        snprintf(err.message, sizeof(err.message), "get failed by ferry__coord_test_fail_gets");
+    } else {
+        atomic_fetch_add(&ferry__coord_test_fail_gets, 1);
+        status = call(link->coord, COORD_PATH("Get"), &get.base,
+                      &ferry__v1__get_response__descriptor, 0, &record, &err);
+    }
     if (status != FERRY_OK) {
         if (status == FERRY_ERR_NOT_FOUND) {
             apply_record(link, true, 0, "");
+            return true;
         }
-        return;
+        ferry_debug("op %s: get failed (%s); trying again", link->request_id, err.message);
+        return false;
     }
     apply_record(link, false, record->operation->state, record->operation->error_message);
     ferry__v1__get_response__free_unpacked(record, NULL);
+    return true;
 }
 
-static void cancel_passive(coord_link_t *link, const char *reason)
+/* Cancel at the coordinator; returns the call's status (FERRY_OK also when
+ * the record was final already or gone: nothing is left to cancel). */
+static ferry_status_t cancel_passive(coord_link_t *link, const char *reason)
 {
     Ferry__V1__CancelRequest req = FERRY__V1__CANCEL_REQUEST__INIT;
     Ferry__V1__CancelResponse *resp = NULL;
@@ -371,43 +406,70 @@ static void cancel_passive(coord_link_t *link, const char *reason)
                   &ferry__v1__cancel_response__descriptor, 0, &resp, &err);
     if (status == FERRY_OK) {
         ferry__v1__cancel_response__free_unpacked(resp, NULL);
-    } else if (status != FERRY_ERR_FAILED_PRECONDITION && status != FERRY_ERR_NOT_FOUND) {
+    } else if (status == FERRY_ERR_FAILED_PRECONDITION || status == FERRY_ERR_NOT_FOUND) {
+        status = FERRY_OK;
+    } else {
         ferry_warn("op %s: cancel at the coordinator failed: %s", link->request_id, err.message);
     }
+    return status;
 }
 
-#define RELEASE_TRIES 12
+/* An answer that may change if the call is made again later. */
+static bool retryable(ferry_status_t status)
+{
+    return status == FERRY_ERR_UNAVAILABLE || status == FERRY_ERR_TIMED_OUT;
+}
 
-/* The owner is done with a passive operation: its record goes. The writer
- * may not have reported its Complete yet when the notice arrived here (the
- * record is then still CLAIMED), so a refusal is retried at the next look,
- * up to RELEASE_TRIES times (a dead writer's claim expires within the TTL,
- * which makes the record final); past that, or on any other answer, the
- * link is done: the record leaves with the session lease at the latest.
- * Returns true when the link is done. */
+/* The owner is done with a passive operation: its record goes, after the
+ * Cancel it still owes (cancel_due: the one on destroy did not get through).
+ * The writer may not have reported its Complete yet (the record is then
+ * still CLAIMED, and Release is refused FAILED_PRECONDITION): that, and a
+ * coordinator that cannot be reached, is tried again with a back-off and no
+ * limit while the session lives, as a report is; the session lease is
+ * renewed for the life of the process, so a record given up on would stay
+ * that long, its request ID taken. A record still open 2 x TTL after the
+ * destroy (a writer alive but silent) is cancelled, then released. Returns
+ * true when the link is done. */
 static bool release_passive(coord_link_t *link)
 {
     Ferry__V1__ReleaseRequest req = FERRY__V1__RELEASE_REQUEST__INIT;
     Ferry__V1__ReleaseResponse *resp = NULL;
+    ferry_coordinator_t *coord = link->coord;
     rpc_error_t err;
     ferry_status_t status;
 
+    if (link->cancel_due) {
+        status = cancel_passive(link, link->cancel_reason);
+        if (retryable(status)) {
+            link->release_tries++;
+            return false;
+        }
+        link->cancel_due = false;
+    }
     req.request_id = link->request_id;
     req.access_token = link->token;
-    status = call(link->coord, COORD_PATH("Release"), &req.base,
-                  &ferry__v1__release_response__descriptor, 0, &resp, &err);
+    status = call(coord, COORD_PATH("Release"), &req.base, &ferry__v1__release_response__descriptor,
+                  0, &resp, &err);
     if (status == FERRY_OK) {
         ferry__v1__release_response__free_unpacked(resp, NULL);
         return true;
     }
-    if ((status == FERRY_ERR_FAILED_PRECONDITION || status == FERRY_ERR_UNAVAILABLE) &&
-        ++link->release_tries < RELEASE_TRIES) {
+    if (status == FERRY_ERR_FAILED_PRECONDITION && !link->cancel_forced &&
+        now_ms() - link->destroyed_ms > 2 * 3 * period_ms(coord)) {
+        ferry_info("op %s: still open 2 x TTL after it was destroyed; cancelling it",
+                   link->request_id);
+        link->cancel_forced = true;
+        link->cancel_due = true;
+        link->cancel_reason = "the receiver destroyed the operation and its writer never reported";
+        link->release_tries = 0;
         return false;
     }
-    if (status == FERRY_ERR_FAILED_PRECONDITION) {
-        ferry_info("op %s: not released (%s); the record leaves with the session lease",
-                   link->request_id, err.message);
-    } else if (status != FERRY_ERR_NOT_FOUND) {
+    if (status == FERRY_ERR_FAILED_PRECONDITION || retryable(status)) {
+        link->release_tries++;
+        ferry_debug("op %s: not released (%s); trying again", link->request_id, err.message);
+        return false;
+    }
+    if (status != FERRY_ERR_NOT_FOUND) {
         ferry_warn("op %s: release at the coordinator failed: %s", link->request_id, err.message);
     }
     return true;
@@ -528,8 +590,10 @@ static bool report(coord_link_t *link, ferry_op_status_t status)
     if (!link->passive) {
         return report_active(link);
     }
-    if (status == FERRY_OP_STATUS_CANCELLED) {
-        cancel_passive(link, "the receiver cancelled the operation");
+    if (status == FERRY_OP_STATUS_CANCELLED &&
+        retryable(cancel_passive(link, "the receiver cancelled the operation"))) {
+        link->report_tries++;
+        return false;
     }
     return true;
 }
@@ -547,6 +611,39 @@ static void link_remove(ferry_coordinator_t *coord, coord_link_t *link)
 
 /* ---- the session thread ------------------------------------------------------ */
 
+/* After a look: a failed Get is made again after a pause (50 ms, doubling,
+ * at most a period), for as long as the link lives; the change it was to
+ * read (one before a fresh stream's first revision) comes in no event.
+ * Lock held. */
+static void look_done(ferry_coordinator_t *coord, coord_link_t *link, bool looked)
+{
+    if (looked) {
+        link->look_tries = 0;
+        return;
+    }
+    link->look_tries++;
+    link->look_due = true;
+    link->look_due_ms = now_ms() + retry_ms(coord, link->look_tries);
+}
+
+atomic_bool ferry__coord_test_hold_links;
+atomic_bool ferry__coord_test_links_held;
+atomic_int ferry__coord_test_fail_gets;
+
+/* The hold seam of coord_client.h: a link call that hangs (up to a minute). */
+static void test_hold_links(void)
+{
+    if (!atomic_load(&ferry__coord_test_hold_links)) {
+        return;
+    }
+    atomic_store(&ferry__coord_test_links_held, true);
+    for (int64_t until = now_ms() + 60000;
+         atomic_load(&ferry__coord_test_hold_links) && now_ms() < until;) {
+        struct timespec ms = {0, 1000000};
+        nanosleep(&ms, NULL);
+    }
+}
+
 /* The due link, marked busy, or NULL; *wait_ms_p: until the next is due. */
 static coord_link_t *next_due(ferry_coordinator_t *coord, int64_t *wait_ms_p)
 {
@@ -559,13 +656,19 @@ static coord_link_t *next_due(ferry_coordinator_t *coord, int64_t *wait_ms_p)
         }
         bool retrying = l->releasing || (l->report_due && l->report_tries > 0);
         bool report_now = l->report_due && (l->report_tries == 0 || l->due_ms <= now);
-        bool look_now = l->look_due && !l->reported && !l->releasing && l->op != NULL;
-        if (report_now || look_now || (l->releasing && l->due_ms <= now)) {
+        bool look = l->look_due && !l->reported && !l->releasing && l->op != NULL;
+        /* A failed Get is tried again after a pause; an event since needs
+         * no Get, so it is looked at at once. */
+        bool look_later = look && l->look_tries > 0 && !l->ev_valid && l->look_due_ms > now;
+        if (report_now || (look && !look_later) || (l->releasing && l->due_ms <= now)) {
             l->busy = true;
             return l;
         }
         if (retrying && l->due_ms - now < wait) {
             wait = l->due_ms - now;
+        }
+        if (look_later && l->look_due_ms - now < wait) {
+            wait = l->look_due_ms - now;
         }
     }
     *wait_ms_p = wait;
@@ -582,7 +685,7 @@ static void timed_wait(pthread_cond_t *cond, pthread_mutex_t *lock, int64_t ms)
  * after 50 ms, doubling, at most a quarter period (so that a coordinator
  * back from an outage is reached within a twelfth of the TTL, not a third:
  * one or two lost KeepAlives must not cost the lease); called and returns
- * with the lock held. */
+ * with the lock held. Only the renewal thread calls it. */
 static void session_tick(ferry_coordinator_t *coord, int64_t *wait_ms_p)
 {
     int64_t lease = coord->session_lease;
@@ -626,20 +729,14 @@ static void *session_main(void *arg)
     pthread_mutex_lock(&coord->lock);
     while (!coord->stopping) {
         int64_t wait_ms = 0;
-        /* The renewal first, before any link's work: with links always due
-         * (many operations, or calls slowed by a loaded coordinator) it
-         * would otherwise wait behind them past the TTL. */
-        int64_t renew_ms = period_ms(coord);
-        session_tick(coord, &renew_ms);
         coord_link_t *link = next_due(coord, &wait_ms);
         if (link == NULL) {
-            wait_ms = renew_ms < wait_ms ? renew_ms : wait_ms;
             timed_wait(&coord->cond, &coord->lock, wait_ms > 0 ? wait_ms : 1);
             continue;
         }
         bool reporting = link->report_due;
         bool releasing = link->releasing;
-        bool done = false, reported = true;
+        bool done = false, reported = true, looked = true;
         ferry_op_status_t outcome = link->final_status;
         link->report_due = false;
         link->looking = !releasing && !reporting;
@@ -658,14 +755,18 @@ static void *session_main(void *arg)
             }
         }
         pthread_mutex_unlock(&coord->lock);
+        test_hold_links();
         if (releasing) {
             done = release_passive(link);
         } else if (reporting) {
             reported = report(link, outcome);
         } else {
-            look(link, have_ev ? &ev : NULL);
+            looked = look(link, have_ev ? &ev : NULL);
         }
         pthread_mutex_lock(&coord->lock);
+        if (link->looking) {
+            look_done(coord, link, looked);
+        }
         link->looking = false;
         if (reporting && reported) {
             link->reported = true;
@@ -674,7 +775,7 @@ static void *session_main(void *arg)
         } else if (reporting) {
             link->report_due = true; /* again, after a pause */
         }
-        link->due_ms = now_ms() + (releasing   ? period_ms(coord) / 4
+        link->due_ms = now_ms() + (releasing   ? retry_ms(coord, link->release_tries)
                                    : !reported ? retry_ms(coord, link->report_tries)
                                                : period_ms(coord));
         link->busy = false;
@@ -683,7 +784,25 @@ static void *session_main(void *arg)
             free(link);
         }
         pthread_cond_broadcast(&coord->cond);
+    }
+    pthread_mutex_unlock(&coord->lock);
+    return NULL;
+}
+
+/* The renewal thread: the session lease's KeepAlives and nothing else, so
+ * that no link call (each may take timeout_ms, which may exceed the TTL)
+ * ever holds a renewal back. */
+static void *renew_main(void *arg)
+{
+    ferry_coordinator_t *coord = arg;
+
+    pthread_mutex_lock(&coord->lock);
+    while (!coord->stopping) {
+        int64_t wait_ms = period_ms(coord);
         session_tick(coord, &wait_ms);
+        if (!coord->stopping) {
+            timed_wait(&coord->cond, &coord->lock, wait_ms > 0 ? wait_ms : 1);
+        }
     }
     pthread_mutex_unlock(&coord->lock);
     return NULL;
@@ -969,12 +1088,16 @@ static void on_destroy(coord_link_t *link, ferry_op_status_t status)
      * before FINAL was told. The record is then released by the session
      * thread, which keeps the link (without its operation) till then. */
     if (report_now && status != FERRY_OP_STATUS_COMPLETE && status != FERRY_OP_STATUS_ERRORED) {
-        cancel_passive(link, status == FERRY_OP_STATUS_CANCELLED
-                                 ? "the receiver cancelled the operation"
-                                 : "the receiver destroyed the operation before it completed");
+        link->cancel_reason = status == FERRY_OP_STATUS_CANCELLED
+                                  ? "the receiver cancelled the operation"
+                                  : "the receiver destroyed the operation before it completed";
+        /* Not taken: the session thread tries it again before the Release
+         * (which a record that is not final would be refused). */
+        link->cancel_due = retryable(cancel_passive(link, link->cancel_reason));
     }
     pthread_mutex_lock(&coord->lock);
     link->op = NULL;
+    link->destroyed_ms = now_ms();
     link->releasing = true;
     link->report_due = false;
     link->due_ms = now_ms();
@@ -1065,15 +1188,27 @@ ferry_status_t ferry_coordinator_connect(const ferry_coordinator_params_t *param
                              strerror(rc));
         goto err_cond;
     }
+    rc = pthread_create(&coord->renewer, NULL, renew_main, coord);
+    if (rc != 0) {
+        status = ferry__fail(FERRY_ERR_IO, "cannot start the coordinator renewal thread: %s",
+                             strerror(rc));
+        goto err_session;
+    }
     rc = pthread_create(&coord->watcher, NULL, watch_main, coord);
     if (rc != 0) {
         status = ferry__fail(FERRY_ERR_IO, "cannot start the coordinator watch thread: %s",
                              strerror(rc));
-        goto err_session;
+        goto err_renewer;
     }
     *coord_p = coord;
     return FERRY_OK;
 
+err_renewer:
+    pthread_mutex_lock(&coord->lock);
+    coord->stopping = true;
+    pthread_cond_broadcast(&coord->cond);
+    pthread_mutex_unlock(&coord->lock);
+    pthread_join(coord->renewer, NULL);
 err_session:
     pthread_mutex_lock(&coord->lock);
     coord->stopping = true;
@@ -1112,22 +1247,30 @@ ferry_status_t ferry_coordinator_disconnect(ferry_coordinator_t *coord)
     pthread_cond_broadcast(&coord->cond);
     pthread_mutex_unlock(&coord->lock);
     pthread_join(coord->watcher, NULL);
+    pthread_join(coord->renewer, NULL);
     pthread_join(coord->thread, NULL);
     /* Destroyed operations' last duties (a release, a claim and report) get
-     * one last try; what remains leaves with the session lease, which nobody
-     * renews from now on. */
+     * one last try, all of them within one call timeout (call() bounds each
+     * by what is left); what remains leaves with the session lease, which
+     * nobody renews from now on. */
+    coord->final_deadline_ms = now_ms() + coord->timeout_ms;
+    unsigned left = 0;
     while (coord->links != NULL) {
         coord_link_t *link = coord->links;
         coord->links = link->next;
-        if (link->releasing) {
-            link->release_tries = RELEASE_TRIES;
+        if (now_ms() >= coord->final_deadline_ms) {
+            left++;
+        } else if (link->releasing) {
             release_passive(link);
         } else {
-            /* A destroyed active operation whose report is still to go:
-             * one last try. */
+            /* A destroyed active operation whose report is still to go. */
             report_active(link);
         }
         free(link);
+    }
+    if (left > 0) {
+        ferry_warn("coordinator client: %u records or reports left to the session lease's expiry",
+                   left);
     }
     pthread_cond_destroy(&coord->cond);
     pthread_mutex_destroy(&coord->lock);

@@ -7,6 +7,7 @@
 #ifndef FERRY_WORKER_COORD_CLIENT_H
 #define FERRY_WORKER_COORD_CLIENT_H
 
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 
@@ -24,5 +25,16 @@ typedef struct {
 
 /* A consistent snapshot, taken under the client's lock. */
 void ferry__coord_watch_stats(ferry_coordinator_t *coord, ferry__coord_watch_stats_t *stats_p);
+
+/* Fault seams (tests only; never set in production), shared by every
+ * client of the process. While ferry__coord_test_hold_links is set, a
+ * session thread about to work on a link (a look, a report, a release)
+ * stops before its call, as if that call hung, and sets
+ * ferry__coord_test_links_held (it goes on when the hold is cleared, or
+ * after a minute). ferry__coord_test_fail_gets: that many of the next
+ * looks' Gets fail with FERRY_ERR_UNAVAILABLE without being sent. */
+extern atomic_bool ferry__coord_test_hold_links;
+extern atomic_bool ferry__coord_test_links_held;
+extern atomic_int ferry__coord_test_fail_gets;
 
 #endif /* FERRY_WORKER_COORD_CLIENT_H */

@@ -19,8 +19,10 @@ extern "C" {
 /* A client of ferry-coordinator (ferry.v1.Coordinator over gRPC). One per
  * process is plenty: it holds one channel, one session lease (made by its
  * first Register or Claim; every record and claim of the client goes on it,
- * so a registration is one etcd write), one session thread that keeps the
- * lease alive and reports operations' ends, and one Watch stream (its own
+ * so a registration is one etcd write), one thread that keeps the lease
+ * alive and does nothing else (no other call holds a renewal back), one
+ * session thread that reports operations' ends and releases their records,
+ * and one Watch stream (its own
  * thread) that follows the records of bound operations. When the process dies, the lease expires,
  * and with it all of its records and claims: their peers learn EXPIRED or ERRORED within the TTL.
  */
@@ -47,7 +49,8 @@ FERRY_API ferry_status_t ferry_coordinator_connect(const ferry_coordinator_param
 /* Closes the client once every operation bound to it has been destroyed:
  * with one still bound it returns FERRY_ERR_BUSY and changes nothing. The
  * last duties of destroyed operations (a release, a report) get one last
- * try. NULL is a no-op (FERRY_OK). */
+ * try, all within one timeout_ms; what is left then leaves with the session
+ * lease when it expires. NULL is a no-op (FERRY_OK). */
 FERRY_API ferry_status_t ferry_coordinator_disconnect(ferry_coordinator_t *coordinator);
 
 /* Which optional fields of ferry_publish_params_t are set; request_id and
@@ -72,7 +75,10 @@ typedef struct {
  * failed (ERRORED, FERRY_ERR_PEER_FAILED), cancelled (CANCELLED), or its own
  * registration expired (ERRORED, FERRY_ERR_EXPIRED), within the TTL.
  * Cancelling it, or destroying it unfinished, cancels it at the coordinator,
- * and the writer learns it; destroying it releases its record. FERRY_ERR_ALREADY_EXISTS when the
+ * and the writer learns it; destroying it releases its record (tried
+ * again while the coordinator refuses, because the writer has not reported
+ * yet, or does not answer; a record still open 2 x TTL after the destroy is
+ * cancelled, then released). FERRY_ERR_ALREADY_EXISTS when the
  * request ID is taken. The done callback stays the caller's (the client listens). */
 FERRY_API ferry_status_t ferry_op_publish(ferry_op_t *op, ferry_coordinator_t *coordinator,
                                           const ferry_publish_params_t *params);

@@ -1171,6 +1171,252 @@ static void test_session_lease_survives_an_outage(void **state)
     rpc_stream_destroy(events.stream);
 }
 
+/* ---- the session's duties against hung and failed calls ---------------------- */
+
+#define HUNG_TTL_S   3
+#define HUNG_CALL_MS 10000
+
+/* A link call of the session thread that hangs (the hold seam: longer than
+ * the TTL) does not hold the session lease's renewal back: with a call
+ * timeout past the TTL, renewals go on and the record survives. (With the
+ * renewal on the session thread between link calls, it waited behind the
+ * hung call and the lease expired with every record of the process.) */
+static void test_renewal_does_not_wait_behind_a_hung_call(void **state)
+{
+    uint8_t buf[64];
+    ferry_descriptor_t d = {.ptr = buf, .size = sizeof(buf), .device = FERRY_DEVICE_HOST_INIT};
+    ferry_coordinator_params_t cp = {.field_mask = FERRY_COORDINATOR_PARAM_FIELD_TIMEOUT,
+                                     .target = coord.target,
+                                     .timeout_ms = HUNG_CALL_MS};
+    ferry_publish_params_t p = {.field_mask = FERRY_PUBLISH_PARAM_FIELD_TTL,
+                                .request_id = "hung-1",
+                                .access_token = TOKEN,
+                                .ttl_s = HUNG_TTL_S};
+    ferry__coord_watch_stats_t s;
+    ferry_coordinator_t *cl;
+    ferry_op_t *op;
+    events_t events = {.stream = watch("hung-1", NULL)};
+    uint64_t renewals0;
+    bool held, renewed;
+    int expired, rec;
+    (void)state;
+
+    assert_int_equal(ferry_coordinator_connect(&cp, &cl), FERRY_OK);
+    assert_int_equal(ferry_writable_create(conn, &d, 1, &op), FERRY_OK);
+    atomic_store(&ferry__coord_test_links_held, false);
+    atomic_store(&ferry__coord_test_hold_links, true);
+    /* The look once bound is the link call that hangs. */
+    assert_int_equal(ferry_op_publish(op, cl, &p), FERRY_OK);
+    for (long long until = test_now_ms() + 10000;
+         !(held = atomic_load(&ferry__coord_test_links_held)) && test_now_ms() < until;) {
+        poll(NULL, 0, 5);
+    }
+    ferry__coord_watch_stats(cl, &s);
+    renewals0 = s.renewals;
+    /* Four renewals span more than the TTL, all while the call hangs. */
+    for (long long until = test_now_ms() + (HUNG_TTL_S + 6) * 1000;; poll(NULL, 0, 20)) {
+        ferry__coord_watch_stats(cl, &s);
+        renewed = s.renewals >= renewals0 + 4;
+        if (renewed || test_now_ms() > until) {
+            break;
+        }
+    }
+    expired = saw(&events, ST(EXPIRED), EV(DELETE), 1, 200);
+    rec = coord_state("hung-1");
+    atomic_store(&ferry__coord_test_hold_links, false);
+    assert_true(held);
+    if (!renewed) {
+        fail_msg("%llu renewals while the call hung (wanted 4 in %d s); hung-1 is %d",
+                 (unsigned long long)(s.renewals - renewals0), HUNG_TTL_S + 6, rec);
+    }
+    assert_int_equal(expired, 0);
+    assert_int_equal(rec, ST(REGISTERED));
+    assert_int_equal(ferry_op_status(op), FERRY_OP_STATUS_INITIALIZED);
+    ferry_op_destroy(op);
+    assert_int_equal(ferry_coordinator_disconnect(cl), FERRY_OK);
+    rpc_stream_destroy(events.stream);
+}
+
+/* Waits (deadline) until Get answers NOT_FOUND for id. */
+static bool record_gone(const char *id, int timeout_ms)
+{
+    for (long long until = test_now_ms() + timeout_ms; test_now_ms() < until; poll(NULL, 0, 20)) {
+        Ferry__V1__GetRequest req = FERRY__V1__GET_REQUEST__INIT;
+        Ferry__V1__GetResponse *resp = NULL;
+        rpc_error_t err;
+        ferry_status_t status;
+
+        req.request_id = (char *)id;
+        status = test_coord_call(chan, "Get", &req.base, &ferry__v1__get_response__descriptor,
+                                 (ProtobufCMessage **)&resp, &err);
+        if (status == FERRY_OK) {
+            ferry__v1__get_response__free_unpacked(resp, NULL);
+        } else if (status == FERRY_ERR_NOT_FOUND) {
+            return true;
+        }
+    }
+    return false;
+}
+
+/* A passive operation destroyed (failed here) while a claim that nobody
+ * completes holds its record CLAIMED: the client keeps trying to release it
+ * and, 2 x TTL after the destroy, cancels and releases it, so the record
+ * and its request ID do not stay for the life of the process. (The client
+ * gave up after 12 refusals, about a TTL, and the record stayed.) */
+static void test_release_outlasts_an_unfinished_claim(void **state)
+{
+    uint8_t buf[64];
+    ferry_descriptor_t d = {.ptr = buf, .size = sizeof(buf), .device = FERRY_DEVICE_HOST_INIT};
+    ferry_publish_params_t p = {.request_id = "late-1", .access_token = TOKEN};
+    Ferry__V1__ClaimRequest claim = FERRY__V1__CLAIM_REQUEST__INIT;
+    Ferry__V1__ClaimResponse *claimed = NULL;
+    events_t events = {.stream = watch("late-1", NULL)};
+    rpc_error_t err;
+    ferry_op_t *op;
+    (void)state;
+
+    assert_int_equal(ferry_writable_create(conn, &d, 1, &op), FERRY_OK);
+    assert_int_equal(ferry_op_publish(op, client, &p), FERRY_OK);
+    /* A writer that claims (on a lease of its own that outlives the test)
+     * and never completes. */
+    claim.request_id = "late-1";
+    claim.access_token = TOKEN;
+    claim.claimant = "silent-writer";
+    claim.kind = FERRY__V1__OPERATION_KIND__OPERATION_KIND_WRITE;
+    claim.ttl_seconds = 120;
+    assert_int_equal(test_coord_call(chan, "Claim", &claim.base,
+                                     &ferry__v1__claim_response__descriptor,
+                                     (ProtobufCMessage **)&claimed, &err),
+                     FERRY_OK);
+    ferry__v1__claim_response__free_unpacked(claimed, NULL);
+    assert_int_equal(ferry_op_fail(op, FERRY_ERR_IO, "failed here before its writer reported"),
+                     FERRY_OK);
+    ferry_op_destroy(op);
+    /* 2 x TTL after the destroy, plus a renewal period of slack each way. */
+    assert_int_equal(saw(&events, ST(CANCELLED), EV(DELETE), 1, (2 * TTL + 4) * 1000), 1);
+    assert_true(record_gone("late-1", 2000));
+    rpc_stream_destroy(events.stream);
+}
+
+/* A passive operation destroyed unfinished while its coordinator is down:
+ * the Cancel fails (UNAVAILABLE), is tried again once the coordinator is
+ * back, and the record is released. (The client only logged the failed
+ * Cancel; the Releases after it were refused, the record not being final,
+ * and it stayed REGISTERED for the life of the process.) */
+static void test_cancel_on_destroy_is_tried_again(void **state)
+{
+    test_coord_t a;
+    uint8_t buf[64];
+    ferry_descriptor_t d = {.ptr = buf, .size = sizeof(buf), .device = FERRY_DEVICE_HOST_INIT};
+    ferry_coordinator_params_t cp = {.target = NULL};
+    ferry_publish_params_t p = {.field_mask = FERRY_PUBLISH_PARAM_FIELD_TTL,
+                                .request_id = "cancel-again-1",
+                                .access_token = TOKEN,
+                                .ttl_s = RESUME_TTL};
+    ferry_coordinator_t *cl;
+    ferry_op_t *op;
+    (void)state;
+
+    assert_int_equal(test_coord_start(&a, etcd.endpoint, "cancel-a", RESUME_TTL), 0);
+    cp.target = a.target;
+    assert_int_equal(ferry_coordinator_connect(&cp, &cl), FERRY_OK);
+    assert_int_equal(ferry_writable_create(conn, &d, 1, &op), FERRY_OK);
+    assert_int_equal(ferry_op_publish(op, cl, &p), FERRY_OK);
+    assert_int_equal(coord_state("cancel-again-1"), ST(REGISTERED));
+    test_proc_kill(&a.proc);
+    ferry_op_destroy(op); /* its Cancel finds nobody */
+    assert_int_equal(coord_state("cancel-again-1"), ST(REGISTERED));
+    a.listen_port = a.port;
+    assert_int_equal(test_coord_restart(&a), 0);
+    /* Within 2 x TTL of the destroy, so that only the Cancel's retry can
+     * have ended it. */
+    assert_true(record_gone("cancel-again-1", 20000));
+    assert_int_equal(ferry_coordinator_disconnect(cl), FERRY_OK);
+    test_coord_stop(&a);
+    test_coord_cleanup(&a);
+}
+
+#define LAST_CALL_MS 1000
+#define LAST_OPS     4
+
+/* Disconnecting with destroyed operations' releases still owed to a
+ * coordinator that does not answer (stopped) takes one call timeout for the
+ * last tries of all of them, not one (or two) per record: the rest is left
+ * to the session lease's expiry. */
+static void test_disconnect_last_tries_share_one_timeout(void **state)
+{
+    test_coord_t a;
+    uint8_t buf[64];
+    ferry_descriptor_t d = {.ptr = buf, .size = sizeof(buf), .device = FERRY_DEVICE_HOST_INIT};
+    ferry_coordinator_params_t cp = {.field_mask = FERRY_COORDINATOR_PARAM_FIELD_TIMEOUT,
+                                     .timeout_ms = LAST_CALL_MS};
+    ferry_coordinator_t *cl;
+    ferry_op_t *ops[LAST_OPS];
+    char id[32];
+    long long t0, took;
+    (void)state;
+
+    assert_int_equal(test_coord_start(&a, etcd.endpoint, "last-a", RESUME_TTL), 0);
+    cp.target = a.target;
+    assert_int_equal(ferry_coordinator_connect(&cp, &cl), FERRY_OK);
+    for (int i = 0; i < LAST_OPS; i++) {
+        ferry_publish_params_t p = {.request_id = id, .access_token = TOKEN};
+        snprintf(id, sizeof(id), "last-%d", i);
+        assert_int_equal(ferry_writable_create(conn, &d, 1, &ops[i]), FERRY_OK);
+        assert_int_equal(ferry_op_publish(ops[i], cl, &p), FERRY_OK);
+    }
+    assert_int_equal(test_proc_pause(&a.proc), 0);
+    for (int i = 0; i < LAST_OPS; i++) {
+        ferry_op_destroy(ops[i]); /* each Cancel times out */
+    }
+    t0 = test_now_ms();
+    assert_int_equal(ferry_coordinator_disconnect(cl), FERRY_OK);
+    took = test_now_ms() - t0;
+    test_proc_kill(&a.proc);
+    test_coord_cleanup(&a);
+    /* The threads' calls in flight (one timeout), then the last tries (one
+     * more), and slack: well under LAST_OPS timeouts. */
+    if (took > 2 * LAST_CALL_MS + 1000) {
+        fail_msg("disconnect took %lld ms with %d releases owed", took, LAST_OPS);
+    }
+}
+
+/* After a fresh stream (the resume refused with OUT_OF_RANGE) the re-Get
+ * fails (the fault seam: the coordinator unreachable at that moment): it
+ * is tried again, so the change made while no stream was up still reaches
+ * the operation. (The failed Get was dropped and the operation waited for
+ * ever.) */
+static void test_failed_reget_is_tried_again(void **state)
+{
+    test_coord_t a;
+    uint8_t buf[64];
+    ferry_coordinator_params_t cp = {.target = NULL};
+    ferry_coordinator_t *cl;
+    ferry__coord_watch_stats_t before, after;
+    ferry_op_t *op;
+    ferry_status_t status;
+    (void)state;
+
+    assert_int_equal(test_coord_start(&a, etcd.endpoint, "reget-a", RESUME_TTL), 0);
+    cp.target = a.target;
+    assert_int_equal(ferry_coordinator_connect(&cp, &cl), FERRY_OK);
+    break_stream_around_a_cancel(&a, cl, "reget-1", &op, buf, sizeof(buf), &before);
+    atomic_store(&ferry__coord_test_fail_gets, 3);
+    a.listen_port = a.port;
+    assert_int_equal(test_coord_restart(&a), 0);
+
+    status = ferry_op_wait(op, 20000);
+    atomic_store(&ferry__coord_test_fail_gets, 0);
+    assert_int_equal(status, FERRY_ERR_CANCELLED);
+    ferry__coord_watch_stats(cl, &after);
+    assert_true(after.out_of_range > before.out_of_range);
+    assert_true(after.gets >= before.gets + 4);
+    ferry_op_destroy(op);
+    assert_int_equal(ferry_coordinator_disconnect(cl), FERRY_OK);
+    test_coord_stop(&a);
+    test_coord_cleanup(&a);
+}
+
 int main(int argc, char **argv)
 {
     const struct CMUnitTest tests[] = {
@@ -1187,6 +1433,11 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_two_writers_race),
         cmocka_unit_test(test_coordinator_down_before_claim),
         cmocka_unit_test(test_coordinator_down_after_claim),
+        cmocka_unit_test(test_renewal_does_not_wait_behind_a_hung_call),
+        cmocka_unit_test(test_release_outlasts_an_unfinished_claim),
+        cmocka_unit_test(test_cancel_on_destroy_is_tried_again),
+        cmocka_unit_test(test_failed_reget_is_tried_again),
+        cmocka_unit_test(test_disconnect_last_tries_share_one_timeout),
         cmocka_unit_test(test_session_lease_survives_an_outage),
     };
 
