@@ -642,8 +642,10 @@ class _Operation(_ferry._Operation):
 
     def close(self) -> None:
         """Cancels the operation if it is not final, then releases it: a
-        passive operation's memory registration goes at once. Status and
-        error stay readable. Idempotent."""
+        passive operation's memory registration goes at once. Unless it
+        completed, its descriptors' memory is held by the connector until the
+        connector is closed (data may still be in flight). Status and error
+        stay readable. Idempotent."""
         super().close()
         self._wake_waiters()
 
@@ -685,13 +687,15 @@ class _PassiveOperation(_Operation):
 class WritableOperation(_PassiveOperation):
     """Passive: a remote worker may write into the local descriptors.
     Made by ``Connector.create_writable``. Leaving its ``with`` block
-    unfinished cancels it and releases its memory."""
+    unfinished cancels it and releases its memory registration (the memory
+    itself is held until the connector is closed)."""
 
 
 class ReadableOperation(_PassiveOperation):
     """Passive: a remote worker may read the local descriptors. Made by
     ``Connector.create_readable``. Leaving its ``with`` block unfinished
-    cancels it and releases its memory."""
+    cancels it and releases its memory registration (the memory itself is
+    held until the connector is closed)."""
 
 
 class WriteOperation(_Operation):

@@ -11,13 +11,20 @@
  * closed or freed, after ferry_op_destroy guaranteed that no callback runs
  * or will run (op.c), so the list never names a freed object.
  *
- * Operations create through here hold a strong reference to the connector,
- * so ferry_connector_destroy runs only after every operation is destroyed.
+ * Operations created through here hold a strong reference to the connector,
+ * so ferry_connector_destroy runs only after every operation is destroyed;
+ * a constructor running with the GIL released counts in live_ops until it
+ * returns, so close() from another thread refuses (Busy) meanwhile.
  * Regions (region.c) made here do too, and count in live_regions from
  * before their libferry call until they are deregistered: close() refuses
  * while one remains. A region collected while libferry still held it is an
- * orphan here; reaping (at each allocation or registration, at close and at
- * dealloc) deregisters the orphans libferry has let go.
+ * orphan here, holding a reference to the connector; reaping (at each
+ * allocation or registration, at each operation's close, and at close)
+ * deregisters the orphans libferry has let go and drops their references.
+ *
+ * The memory of an operation closed before it completed (the descriptors'
+ * owners) is parked here until ferry_connector_destroy succeeded: libferry
+ * does not wait for data in flight when it destroys an operation.
  */
 #include "pyferry.h"
 
@@ -114,6 +121,8 @@ void pyferry_connector_reap(pyferry_connector_t *self)
             Py_XDECREF(o->owner);
             free(o);
             self->live_regions--;
+            /* The orphan's reference; the caller holds another. */
+            Py_DECREF((PyObject *)self);
         }
         else
         {
@@ -124,15 +133,38 @@ void pyferry_connector_reap(pyferry_connector_t *self)
     }
 }
 
+void pyferry_connector_park(pyferry_connector_t *self, PyObject *keep)
+{
+    Py_ssize_t n = PyTuple_Size(keep);
+
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *item = PyTuple_GetItem(keep, i);
+        PyObject *owner = ((pyferry_desc_t *)item)->owner;
+
+        if (owner == Py_None || PyObject_TypeCheck(owner, pyferry_region_type)) {
+            continue; /* no memory to hold, or libferry holds the region */
+        }
+        if (self->parked == NULL) {
+            self->parked = PyList_New(0);
+        }
+        if (self->parked == NULL || PyList_Append(self->parked, item) < 0) {
+            PyErr_Clear();
+            Py_INCREF(item); /* leaked rather than freed under a transfer */
+        }
+    }
+}
+
 static void connector_dealloc(PyObject *obj)
 {
     pyferry_connector_t *self = (pyferry_connector_t *)obj;
 
-    /* Every operation and region holds a reference: none is alive here.
-     * Orphans libferry still holds keep the connector (leaked) rather than
-     * free memory under a transfer. */
-    pyferry_connector_reap(self);
+    /* Every operation, region and orphan holds a reference: none is alive
+     * here. Parked memory goes only once libferry's connector is gone (else
+     * it is leaked with it rather than freed under a transfer). */
     (void)connector_close_handle(self);
+    if (self->conn == NULL) {
+        Py_CLEAR(self->parked);
+    }
     if (self->efd >= 0) {
         close(self->efd);
     }
@@ -165,6 +197,9 @@ static PyObject *connector_close(PyObject *obj, PyObject *unused)
     if (status != FERRY_OK) {
         return pyferry_raise_last(status);
     }
+    /* Nothing moves data any more: the memory of operations closed
+     * unfinished can go. */
+    Py_CLEAR(self->parked);
     Py_RETURN_NONE;
 }
 
@@ -329,6 +364,9 @@ static PyObject *connector_create(PyObject *obj, PyObject *args)
         pyferry_descs_pin(keep) < 0) {
         goto out;
     }
+    /* Counted before the call: close() from another thread must refuse
+     * (Busy) rather than destroy the connector under it. */
+    self->live_ops++;
     Py_BEGIN_ALLOW_THREADS switch (kind)
     {
     case PYFERRY_WRITABLE:
@@ -344,7 +382,8 @@ static PyObject *connector_create(PyObject *obj, PyObject *args)
         status = ferry_read_begin(self->conn, descs, (size_t)n, md.buf, (size_t)md.len, &op);
         break;
     }
-    Py_END_ALLOW_THREADS pyferry_descs_unpin(keep);
+    Py_END_ALLOW_THREADS self->live_ops--;
+    pyferry_descs_unpin(keep);
     if (status != FERRY_OK) {
         pyferry_raise_last(status);
         goto out;
@@ -415,8 +454,10 @@ static PyObject *connector_begin_by_id(PyObject *obj, PyObject *args)
         params.field_mask |= FERRY_CLAIM_PARAM_FIELD_TTL;
         params.ttl_s = ttl_s;
     }
-    /* The coordinator cannot be closed meanwhile: closing refuses while
-     * live_ops > 0, and this call counts as one until it returns. */
+    /* Neither the connector nor the coordinator can be closed meanwhile
+     * (the lookup and claim may wait for seconds): closing refuses while
+     * live_ops > 0, and this call counts as one in each until it returns. */
+    self->live_ops++;
     coord->live_ops++;
     Py_BEGIN_ALLOW_THREADS if (kind == PYFERRY_WRITE)
     {
@@ -427,6 +468,7 @@ static PyObject *connector_begin_by_id(PyObject *obj, PyObject *args)
         status = ferry_read_begin_by_id(self->conn, coord->coord, &params, descs, (size_t)n, &op);
     }
     Py_END_ALLOW_THREADS coord->live_ops--;
+    self->live_ops--;
     pyferry_descs_unpin(keep);
     if (status != FERRY_OK) {
         pyferry_raise_last(status);
@@ -527,7 +569,8 @@ static PyObject *connector_register(PyObject *obj, PyObject *args)
 
 static PyMethodDef connector_methods[] = {
     {"close", connector_close, METH_NOARGS,
-     "close(): destroys the connector; FerryBusy while an operation or a region is open."},
+     "close(): destroys the connector, then lets go of the memory of operations closed "
+     "unfinished; Busy while an operation (one being made included) or a region is open."},
     {"stats", connector_stats, METH_NOARGS, "stats() -> dict: the connector's counters."},
     {"_drain", connector_drain, METH_NOARGS, "_drain() -> [op]: operations finished since."},
     {"_create", connector_create, METH_VARARGS, "_create(kind, descs, cls[, metadata])."},

@@ -12,18 +12,66 @@
  */
 #include "pyferry.h"
 
+/* Converts an integer argument to [0, max]; else raises InvalidArgument
+ * naming the argument and the value given (no silent wrap-around). */
+static int desc_arg_u64(PyObject *arg, const char *what, unsigned long long max,
+                        unsigned long long *out_p)
+{
+    PyObject *num = PyNumber_Index(arg), *repr;
+    unsigned long long v = 0;
+    bool ok;
+    char msg[200];
+
+    if (num == NULL) {
+        return -1;
+    }
+    v = PyLong_AsUnsignedLongLong(num);
+    ok = !(v == (unsigned long long)-1 && PyErr_Occurred()) && v <= max;
+    if (ok) {
+        Py_DECREF(num);
+        *out_p = v;
+        return 0;
+    }
+    if (PyErr_Occurred() && !PyErr_ExceptionMatches(PyExc_OverflowError)) {
+        Py_DECREF(num); /* not an overflow or a negative value: pass it on */
+        return -1;
+    }
+    PyErr_Clear();
+    repr = PyObject_Repr(num);
+    Py_DECREF(num);
+    snprintf(msg, sizeof(msg), "descriptor: %s %.60s is out of range (0 to %llu)", what,
+             repr != NULL ? PyUnicode_AsUTF8AndSize(repr, NULL) : "?", max);
+    Py_XDECREF(repr);
+    PyErr_Clear();
+    pyferry_raise(FERRY_ERR_INVALID_ARGUMENT, msg);
+    return -1;
+}
+
 static PyObject *desc_new(PyTypeObject *tp, PyObject *args, PyObject *kwargs)
 {
     static char *kwlist[] = {"ptr", "size", "kind", "id", "owner", "readonly", NULL};
     unsigned long long ptr, size;
     int kind, readonly = 0;
     unsigned int id;
-    PyObject *owner = Py_None;
+    PyObject *owner = Py_None, *ptr_obj, *size_obj;
     pyferry_desc_t *self;
+    char msg[160];
 
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "KKiI|Op:_Descriptor", kwlist, &ptr, &size,
-                                     &kind, &id, &owner, &readonly)) {
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOiI|Op:_Descriptor", kwlist, &ptr_obj,
+                                     &size_obj, &kind, &id, &owner, &readonly)) {
         return NULL;
+    }
+    /* Zero (a null pointer, an empty region) is libferry's to refuse, in
+     * _validate; what cannot be represented is refused here. */
+    if (desc_arg_u64(ptr_obj, "pointer", UINTPTR_MAX, &ptr) < 0 ||
+        desc_arg_u64(size_obj, "size", PY_SSIZE_T_MAX, &size) < 0) {
+        return NULL;
+    }
+    if (size > UINTPTR_MAX - ptr) {
+        snprintf(msg, sizeof(msg),
+                 "descriptor: pointer 0x%llx + size %llu wraps around the address space", ptr,
+                 size);
+        return pyferry_raise(FERRY_ERR_INVALID_ARGUMENT, msg);
     }
     if (kind != FERRY_DEVICE_HOST && kind != FERRY_DEVICE_CUDA) {
         return pyferry_raise(FERRY_ERR_INVALID_ARGUMENT, "descriptor: unknown device kind");

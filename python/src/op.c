@@ -3,6 +3,11 @@
  * close, publish, and the done callback that feeds the connector's
  * completion queue (connector.c).
  *
+ * An operation closed before it completed parks its descriptors on its
+ * connector (pyferry_connector_park): libferry does not wait for data in
+ * flight, so that memory stays held until the connector is destroyed. An
+ * operation is bound to a coordinator only once publish() succeeded.
+ *
  * Life: made by the connector (_create, _begin_by_id) through
  * pyferry_op_wrap; close() (or dealloc) cancels it when unfinished, keeps
  * its final status and error, and destroys the handle. ferry_op_destroy
@@ -145,7 +150,15 @@ static void op_release(pyferry_op_t *self)
     if (self->coordinator != NULL) {
         self->coordinator->live_ops--;
     }
+    /* ferry_op_destroy does not wait for data in flight (an admitted
+     * writer's puts, our own gets cancelled midway): unless the operation
+     * completed, its memory stays held until the connector is destroyed. */
+    if (self->closed_status != FERRY_OP_STATUS_COMPLETE && self->descs != NULL) {
+        pyferry_connector_park(self->connector, self->descs);
+    }
     Py_CLEAR(self->descs);
+    /* A region the operation held may be free now. */
+    pyferry_connector_reap(self->connector);
     /* The connector and coordinator stay referenced until dealloc: the
      * queue above is the connector's, and a closed operation is cheap. */
 }
@@ -267,17 +280,21 @@ static PyObject *op_wait(PyObject *obj, PyObject *arg)
 {
     pyferry_op_t *self = (pyferry_op_t *)obj;
     long timeout_ms = PyLong_AsLong(arg);
-    ferry_op_t *op = self->op;
     ferry_status_t status;
 
     if (timeout_ms == -1 && PyErr_Occurred()) {
         return NULL;
     }
-    if (op == NULL) {
-        return op_outcome(obj, NULL); /* closed: final, its outcome kept */
-    }
     for (;;) {
         int slice = timeout_ms < 0 || timeout_ms > 200 ? 200 : (int)timeout_ms;
+        /* Read again at each slice: between slices (signal handlers, other
+         * threads taking the GIL) the operation may have been closed. While
+         * a slice runs busy > 0, so close() refuses. */
+        ferry_op_t *op = self->op;
+
+        if (op == NULL) {
+            return op_outcome(obj, NULL); /* closed: final, its outcome kept */
+        }
         self->busy++;
         Py_BEGIN_ALLOW_THREADS status = ferry_op_wait(op, slice);
         Py_END_ALLOW_THREADS self->busy--;
@@ -433,17 +450,23 @@ static PyObject *op_publish(PyObject *obj, PyObject *args)
         params.field_mask |= FERRY_PUBLISH_PARAM_FIELD_TTL;
         params.ttl_s = ttl_s;
     }
-    /* Counted before the call: the coordinator must not close under it. */
+    /* The call counts as one of the coordinator's operations while it
+     * runs, so the coordinator does not close under it; the operation is
+     * bound to it only once published, so a failed publish (AlreadyExists,
+     * Unavailable) leaves it free for another coordinator, and the
+     * coordinator free to close. */
+    coord->live_ops++;
+    self->busy++;
+    Py_BEGIN_ALLOW_THREADS status = ferry_op_publish(op, coord->coord, &params);
+    Py_END_ALLOW_THREADS self->busy--;
+    coord->live_ops--;
+    if (status != FERRY_OK) {
+        return pyferry_raise_last(status);
+    }
     if (self->coordinator == NULL) {
         Py_INCREF((PyObject *)coord);
         self->coordinator = coord;
         coord->live_ops++;
-    }
-    self->busy++;
-    Py_BEGIN_ALLOW_THREADS status = ferry_op_publish(op, coord->coord, &params);
-    Py_END_ALLOW_THREADS self->busy--;
-    if (status != FERRY_OK) {
-        return pyferry_raise_last(status);
     }
     return PyUnicode_FromString(ferry_op_access_token(op));
 }

@@ -25,7 +25,8 @@
  *                 a strong reference to its connector and to what owns
  *                 registered memory; exports the memory (buffer protocol).
  *                 Regions collected while libferry still uses them move to
- *                 the connector's orphans and are deregistered later.
+ *                 the connector's orphans (keeping the connector alive) and
+ *                 are deregistered later.
  *   _Coordinator  one ferry_coordinator_t.
  *
  * GIL: held for every Python object access; released around every libferry
@@ -73,6 +74,9 @@ typedef struct pyferry_op pyferry_op_t;
 typedef struct pyferry_orphan {
     ferry_region_t *region;
     PyObject *owner; /* strong: registered memory's owner; NULL when allocated */
+    /* The orphan also owns the region's reference to its connector (the
+     * connector whose list holds it): the connector cannot be collected, and
+     * its libferry connector leak as Busy, while an orphan remains. */
     struct pyferry_orphan *next;
 } pyferry_orphan_t;
 
@@ -84,7 +88,15 @@ typedef struct {
     pyferry_op_t **done_tail;
     Py_ssize_t live_ops;       /* operations not closed yet (GIL) */
     Py_ssize_t live_regions;   /* regions registered, orphans and ones being made included (GIL) */
-    pyferry_orphan_t *orphans; /* GIL */
+    pyferry_orphan_t *orphans; /* GIL; each holds a reference to this connector */
+    /* strong: list of the _Descriptors of operations closed before they
+     * completed (NULL when none). libferry does not wait for data in flight
+     * when it destroys an operation (an admitted writer's puts, our own
+     * gets), so their memory is held until the connector is destroyed.
+     * Descriptors over a _Region are not parked: libferry holds the region
+     * itself (deregistering it is refused while in use), and parking them
+     * would make a reference cycle through the region. (GIL) */
+    PyObject *parked;
 } pyferry_connector_t;
 
 typedef struct {
@@ -173,8 +185,14 @@ PyObject *pyferry_region_wrap(PyObject *cls, ferry_region_t *handle, pyferry_con
                               PyObject *owner);
 
 /* connector.c: deregisters the connector's orphans that libferry lets go
- * now; the others stay. */
+ * now (dropping each one's reference to conn); the others stay. The caller
+ * must hold its own reference to conn. */
 void pyferry_connector_reap(pyferry_connector_t *conn);
+
+/* connector.c: keeps the descriptors of keep (a tuple of _Descriptor) of an
+ * operation closed before it completed until conn is destroyed. Cannot
+ * fail: on no memory they are leaked rather than freed. */
+void pyferry_connector_park(pyferry_connector_t *conn, PyObject *keep);
 
 /* Allocation and release common to the heap types. */
 void pyferry_free_self(PyObject *self);

@@ -26,7 +26,8 @@
  *   - A region collected while libferry still holds it (an active operation
  *     closed mid-transfer, whose flush has not completed yet; an operation
  *     made from the bare address) is not freed: it becomes an orphan of its
- *     connector, deregistered later (pyferry_connector_reap).
+ *     connector, deregistered later (pyferry_connector_reap), and keeps the
+ *     connector alive until then.
  *
  * The region holds a strong reference to its connector and counts in its
  * live_regions until deregistered, so the connector is destroyed after it.
@@ -97,8 +98,9 @@ static ferry_status_t region_release(pyferry_region_t *self)
     return FERRY_OK;
 }
 
-/* Hands a region libferry still holds to its connector (its memory and
- * owner stay); on no memory, leaks both rather than free them. */
+/* Hands a region libferry still holds to its connector (its memory, owner
+ * and reference to the connector stay, owned by the orphan now); on no
+ * memory, leaks all three rather than free them. */
 static void region_orphan(pyferry_region_t *self)
 {
     pyferry_orphan_t *o = malloc(sizeof(*o));
@@ -111,6 +113,7 @@ static void region_orphan(pyferry_region_t *self)
     }
     self->owner = NULL;
     self->region = NULL;
+    self->connector = NULL;
 }
 
 static void region_dealloc(PyObject *obj)

@@ -3,6 +3,7 @@ their refusals), status and error tables against libferry's, metadata and
 its JSON form, and transfers between two operations of one process."""
 import gc
 import json
+import signal
 import weakref
 
 import numpy as np
@@ -230,7 +231,76 @@ def test_leaving_with_cancels_and_releases(connector, sender):
         with pytest.raises(ferry.FerryError):
             a.wait(30)
     assert bytes(dst) == bytes(64)
-    dst.extend(b"x")  # no export holds the bytearray any more
+    # Closed unfinished: the memory stays held (exported) until the
+    # connector is closed, as data may still be in flight.
+    with pytest.raises(BufferError):
+        dst.extend(b"x")
+
+
+def test_memory_of_an_unfinished_operation_is_held_until_the_connector_closes():
+    """libferry does not wait for data in flight when an operation is
+    destroyed: closing one before it completed parks its memory on the
+    connector, released once the connector is closed."""
+    c = ferry.Connector("parked")
+    arr = np.zeros(1 << 16, np.uint8)
+    ref = weakref.ref(arr)
+    w = c.create_writable(ferry.Descriptor(arr))
+    del arr
+    w.close()
+    assert w.descriptors == ()
+    gc.collect()
+    assert ref() is not None  # held: a transfer could still land in it
+    c.close()
+    gc.collect()
+    assert ref() is None
+
+
+def test_completed_operation_releases_its_memory_at_close(connector, sender):
+    dst = np.zeros(64, np.uint8)
+    ref = weakref.ref(dst)
+    with connector.create_writable(ferry.Descriptor(dst)) as w:
+        with sender.begin_write(ferry.Descriptor(b"k" * 64), w.metadata()) as a:
+            a.wait(30)
+        w.wait(30)
+    del dst
+    gc.collect()
+    assert ref() is None
+
+
+def test_close_from_a_signal_handler_during_wait(connector):
+    """wait() runs in slices and sees signals between them; a handler that
+    closes the operation ends the wait with its closed outcome (Cancelled),
+    never a wait on a destroyed operation."""
+    w = connector.create_writable(ferry.Descriptor(bytearray(64)))
+
+    def handler(signum, frame):
+        w.close()
+
+    old = signal.signal(signal.SIGALRM, handler)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.3)
+        with pytest.raises(ferry.Cancelled):
+            w.wait(5)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+    assert w.closed and w.status == ferry.OperationStatus.CANCELLED
+
+
+def test_descriptor_tuple_out_of_range():
+    """(ptr, size, device): values that do not fit are refused by name,
+    never wrapped around (size -1 is not 2**64 - 1, 2**64 + 8 is not 8)."""
+    buf = bytearray(64)
+    ptr = ferry.Descriptor(buf).ptr
+    for size in (-1, 2**64 + 8, 2**63):
+        with pytest.raises(ferry.InvalidArgument, match=f"size {size} is out of range"):
+            ferry.Descriptor((ptr, size, "cpu"))
+    for bad in (-8, 2**64, 2**64 + ptr):
+        with pytest.raises(ferry.InvalidArgument, match=f"pointer {bad} is out of range"):
+            ferry.Descriptor((bad, 64, "cpu"))
+    with pytest.raises(ferry.InvalidArgument, match="wraps around"):
+        ferry.Descriptor((2**64 - 32, 64, "cpu"))
+    assert ferry.Descriptor((ptr, 64, "cpu")).size == 64
 
 
 def test_owner_dropped_while_an_operation_holds_it(connector, sender):

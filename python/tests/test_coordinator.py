@@ -10,6 +10,7 @@ import json
 import os
 import signal
 import subprocess
+import threading
 import time
 import urllib.request
 
@@ -163,6 +164,58 @@ def test_request_id_taken(connector, coordinator):
         with connector.create_writable(ferry.Descriptor(bytearray(64))) as b:
             with pytest.raises(ferry.AlreadyExists):
                 b.publish(coordinator, request_id, TOKEN)
+
+
+def test_failed_publish_leaves_the_operation_unbound(connector, coordinator, cluster):
+    """A publish refused (AlreadyExists) binds nothing: the coordinator it
+    went to closes at once, and the operation publishes elsewhere."""
+    request_id = rid("taken-unbound")
+    other = ferry.Coordinator(cluster.target)
+    with connector.create_writable(ferry.Descriptor(bytearray(64))) as a:
+        a.publish(coordinator, request_id, TOKEN)
+        with connector.create_writable(ferry.Descriptor(bytearray(64))) as b:
+            with pytest.raises(ferry.AlreadyExists):
+                b.publish(other, request_id, TOKEN)
+            other.close()  # Busy before the fix: b stayed bound to it
+            assert b.publish(coordinator, rid("taken-elsewhere"), TOKEN) == TOKEN
+
+
+def test_connector_close_refused_during_begin_by_id(connector, coordinator):
+    """begin_write_by_id waits (GIL released) for the ID to be published:
+    meanwhile close() from another thread raises Busy instead of destroying
+    the connector under the call; once it returned, close() succeeds."""
+    c = ferry.Connector("close-during-claim")
+    request_id = rid("claim-wait")
+    result = {}
+
+    def claim():
+        try:
+            with c.begin_write_by_id(coordinator, request_id, TOKEN,
+                                     ferry.Descriptor(b"t" * 4096), wait=20) as a:
+                a.wait(30)
+            result["ok"] = True
+        except BaseException as e:  # reported by the main thread
+            result["error"] = e
+
+    t = threading.Thread(target=claim)
+    t.start()
+    try:
+        deadline = time.monotonic() + 5
+        while c._live_ops == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        with pytest.raises(ferry.Busy, match="operation"):
+            c.close()
+        assert not c.closed
+    finally:
+        dst = bytearray(4096)
+        with connector.create_writable(ferry.Descriptor(dst)) as w:
+            w.publish(coordinator, request_id, TOKEN)
+            t.join(60)
+            w.wait(30)
+    assert not t.is_alive() and result == {"ok": True}
+    assert bytes(dst) == b"t" * 4096
+    c.close()
+    assert c.closed
 
 
 def test_receiver_cancel_refuses_the_writer(connector, coordinator, cluster):

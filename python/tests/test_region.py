@@ -13,6 +13,7 @@ connector kept alive and refusing to close before its regions, release at
 garbage collection (deferred while libferry still uses the memory)."""
 import ctypes
 import gc
+import sys
 import weakref
 
 import numpy as np
@@ -359,6 +360,27 @@ def test_collected_while_used_is_released_later(sender):
     w.close()
     c.close()  # reaps the orphan first, then closes
     assert c.closed and c._live_regions == 0
+
+
+def test_an_orphan_keeps_its_connector_alive():
+    """A region dropped while libferry holds it keeps its reference to the
+    connector until it is deregistered: the connector cannot be collected
+    (its libferry connector would then be destroyed Busy, and leak) while
+    the orphan is in use; once the orphan is reaped, the connector goes."""
+    c = ferry.Connector("region-orphan-owner")
+    cref = weakref.ref(c)
+    r = c.allocate(4096)
+    w = c.create_writable(ferry.Descriptor((r.ptr, 4096, "cpu")))
+    held = sys.getrefcount(c)
+    del r
+    gc.collect()
+    assert c._live_regions == 1  # an orphan: libferry said Busy
+    assert sys.getrefcount(c) == held  # the orphan has the region's reference
+    w.close()  # lets go of the region: reaped at once
+    assert c._live_regions == 0 and sys.getrefcount(c) == held - 1
+    del w, c
+    gc.collect()
+    assert cref() is None
 
 
 def test_with_block_does_not_hide_an_exception(connector):
