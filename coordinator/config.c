@@ -46,6 +46,8 @@ static const char usage[] =
     "  --max-waits N       Lookup/Claim calls parked (wait_ms) at once; more are\n"
     "                      refused with RESOURCE_EXHAUSTED, 1..1000000\n"
     "                      (FERRY_MAX_WAITS; 10000)\n"
+    "  --max-watches N     Watch streams open at once; more are refused with\n"
+    "                      RESOURCE_EXHAUSTED, 1..1000000 (FERRY_MAX_WATCHES; 10000)\n"
     "  --port-file PATH    write the bound port to PATH once serving\n"
     "  --metrics-listen A  serve Prometheus metrics on http://A/metrics\n"
     "                      (FERRY_METRICS_LISTEN; none: off; port 0..65535)\n"
@@ -77,6 +79,7 @@ enum {
     OPT_GRACE,
     OPT_WATCH_QUEUE,
     OPT_MAX_WAITS,
+    OPT_MAX_WATCHES,
     OPT_PORT_FILE,
     OPT_LOG_LEVEL,
     OPT_TLS_CERT,
@@ -106,6 +109,7 @@ static const struct option options[] = {
     {"grace-ms", required_argument, NULL, OPT_GRACE},
     {"watch-queue-kib", required_argument, NULL, OPT_WATCH_QUEUE},
     {"max-waits", required_argument, NULL, OPT_MAX_WAITS},
+    {"max-watches", required_argument, NULL, OPT_MAX_WATCHES},
     {"port-file", required_argument, NULL, OPT_PORT_FILE},
     {"metrics-listen", required_argument, NULL, OPT_METRICS_LISTEN},
     {"log-level", required_argument, NULL, OPT_LOG_LEVEL},
@@ -177,6 +181,7 @@ static void config_defaults(coord_config_t *c)
     c->grace_ms = UNSET;
     c->watch_queue_kib = UNSET;
     c->max_waits = UNSET;
+    c->max_watches = UNSET;
     c->listen = env_or("FERRY_LISTEN", "127.0.0.1:7400");
     c->etcd = env_or("FERRY_ETCD", NULL);
     c->state_dir = env_or("FERRY_STATE_DIR", default_state_dir());
@@ -226,6 +231,8 @@ static int set_option(coord_config_t *c, int opt, const char *arg)
         return (c->grace_ms = parse_int("--grace-ms", arg, 0, 600000)) < 0 ? -1 : 0;
     case OPT_MAX_WAITS:
         return (c->max_waits = parse_int("--max-waits", arg, 1, 1000000)) < 0 ? -1 : 0;
+    case OPT_MAX_WATCHES:
+        return (c->max_watches = parse_int("--max-watches", arg, 1, 1000000)) < 0 ? -1 : 0;
     case OPT_WATCH_QUEUE:
         return (c->watch_queue_kib = parse_int("--watch-queue-kib", arg, 16, 1 << 20)) < 0 ? -1 : 0;
     case OPT_NAME:
@@ -290,7 +297,8 @@ static int env_numbers(coord_config_t *c)
         env_number(&c->register_batch, "FERRY_REGISTER_BATCH", "64", 1, 128) != 0 ||
         env_number(&c->grace_ms, "FERRY_GRACE_MS", "5000", 0, 600000) != 0 ||
         env_number(&c->watch_queue_kib, "FERRY_WATCH_QUEUE_KIB", "4096", 16, 1 << 20) != 0 ||
-        env_number(&c->max_waits, "FERRY_MAX_WAITS", "10000", 1, 1000000) != 0) {
+        env_number(&c->max_waits, "FERRY_MAX_WAITS", "10000", 1, 1000000) != 0 ||
+        env_number(&c->max_watches, "FERRY_MAX_WATCHES", "10000", 1, 1000000) != 0) {
         return -1;
     }
     return 0;

@@ -170,6 +170,7 @@ static ferry_status_t open_server(coordinator_t *c)
         .name = c->config.name,
         .watch_queue_bytes = (size_t)c->config.watch_queue_kib * 1024,
         .max_waits = (size_t)c->config.max_waits,
+        .max_watches = (size_t)c->config.max_watches,
     };
     coord_registry_params_t rparams = {
         .prefix = c->config.prefix,

@@ -624,6 +624,7 @@ ferry_status_t coord_service_create(const coord_service_params_t *params, rpc_se
     }
     svc->server = server;
     svc->max_waits = params->max_waits != 0 ? params->max_waits : SERVICE_MAX_WAITS;
+    svc->max_watches = params->max_watches != 0 ? params->max_watches : SERVICE_MAX_WATCHES;
     svc->watch_queue_bytes =
         params->watch_queue_bytes != 0 ? params->watch_queue_bytes : SERVICE_WATCH_QUEUE_BYTES;
     svc->watch_msg_bytes = svc->watch_queue_bytes / 4 < SERVICE_WATCH_MSG_BYTES

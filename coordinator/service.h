@@ -37,6 +37,9 @@ typedef struct {
     /* Lookup and Claim calls that may wait parked (wait_ms) at once; past
      * it one that would park ends with RESOURCE_EXHAUSTED. 0: 10000. */
     size_t max_waits;
+    /* Watch streams that may be open at once; past it a new one ends with
+     * RESOURCE_EXHAUSTED. 0: 10000. */
+    size_t max_watches;
 } coord_service_params_t;
 
 /* Adds ferry.v1.Coordinator to `server` (before rpc_server_start). The

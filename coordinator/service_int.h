@@ -34,7 +34,8 @@ typedef struct wait_entry {
 #define SERVICE_WAKE_HISTORY 4096
 
 /* The default bound of parked waits (--max-waits). */
-#define SERVICE_MAX_WAITS 10000
+#define SERVICE_MAX_WAITS   10000
+#define SERVICE_MAX_WATCHES 10000
 
 typedef struct sub_entry {
     rpc_call_t *call;       /* holds a reference */
@@ -108,6 +109,7 @@ struct coord_service {
     int64_t hist_floor;
     int64_t watch_rev;        /* the last revision published, or the last reload */
     size_t watch_queue_bytes; /* constant: each stream's bound */
+    size_t max_watches;       /* constant: streams open at once */
     size_t watch_msg_bytes;   /* constant: events per message, in bytes */
     /* The events of the revision being gathered (all of pending_rev); sent
      * when the registry says its watch message ended, or a later revision

@@ -247,6 +247,19 @@ static ferry_status_t replay_locked(coord_service_t *svc, sub_entry_t *s, int64_
 /* Answers `created`, replays and subscribes. Caller holds subs_lock; on
  * error the caller ends the call: as end_sub does when s->end_status is
  * set (the replay stopped), else with the returned status and msg. */
+/* Streams open now. Counted, not kept as a count, so that no path that
+ * ends a stream has to remember it (at most max_watches to walk, once per
+ * new stream). Caller holds subs_lock. */
+static size_t subs_open_locked(const coord_service_t *svc)
+{
+    size_t n = 0;
+
+    for (const sub_entry_t *s = svc->subs; s != NULL; s = s->next) {
+        n++;
+    }
+    return n;
+}
+
 static ferry_status_t subscribe_locked(coord_service_t *svc, sub_entry_t *s, char *msg, size_t cap)
 {
     Ferry__V1__WatchResponse resp = FERRY__V1__WATCH_RESPONSE__INIT;
@@ -256,6 +269,13 @@ static ferry_status_t subscribe_locked(coord_service_t *svc, sub_entry_t *s, cha
     if (svc->subs_stopping) {
         snprintf(msg, cap, "coordinator is shutting down");
         return FERRY_ERR_UNAVAILABLE;
+    }
+    if (subs_open_locked(svc) >= svc->max_watches) {
+        snprintf(msg, cap,
+                 "too many Watch streams open on this replica (%zu; --max-watches): retry "
+                 "later or on another replica",
+                 svc->max_watches);
+        return FERRY_ERR_RESOURCE_EXHAUSTED;
     }
     if (s->start_revision != 0 && s->start_revision <= svc->hist_floor) {
         snprintf(msg, cap,

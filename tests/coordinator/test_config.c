@@ -39,6 +39,7 @@ static void test_defaults(void **state)
     assert_int_equal(c.etcd_load_page, 5000);
     assert_int_equal(c.register_batch, 64);
     assert_int_equal(c.max_waits, 10000);
+    assert_int_equal(c.max_watches, 10000);
     assert_false(c.etcd_kv_gateway);
 }
 
@@ -97,6 +98,30 @@ static void test_max_waits(void **state)
     assert_int_equal(parse(&c, 3, over), -1);
     assert_int_equal(parse(&c, 3, top), 0);
     assert_int_equal(c.max_waits, 1000000);
+}
+
+static void test_max_watches(void **state)
+{
+    coord_config_t c;
+    char *flag[] = {"ferry-coordinator", "--max-watches", "2", NULL};
+    char *none[] = {"ferry-coordinator", NULL};
+    char *zero[] = {"ferry-coordinator", "--max-watches", "0", NULL};
+    char *over[] = {"ferry-coordinator", "--max-watches", "1000001", NULL};
+    char *top[] = {"ferry-coordinator", "--max-watches", "1000000", NULL};
+    (void)state;
+
+    setenv("FERRY_MAX_WATCHES", "7", 1);
+    assert_int_equal(parse(&c, 3, flag), 0);
+    assert_int_equal(c.max_watches, 2); /* the flag wins */
+    assert_int_equal(parse(&c, 1, none), 0);
+    assert_int_equal(c.max_watches, 7);
+    setenv("FERRY_MAX_WATCHES", "0", 1);
+    assert_int_equal(parse(&c, 1, none), -1);
+    unsetenv("FERRY_MAX_WATCHES");
+    assert_int_equal(parse(&c, 3, zero), -1);
+    assert_int_equal(parse(&c, 3, over), -1);
+    assert_int_equal(parse(&c, 3, top), 0);
+    assert_int_equal(c.max_watches, 1000000);
 }
 
 static void test_register_batch(void **state)
@@ -240,6 +265,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_defaults),
         cmocka_unit_test(test_max_waits),
+        cmocka_unit_test(test_max_watches),
         cmocka_unit_test(test_etcd_kv_api),
         cmocka_unit_test(test_flag_beats_variable_and_zero_is_a_value),
         cmocka_unit_test(test_etcd_queue_flags),

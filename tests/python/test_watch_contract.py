@@ -487,6 +487,34 @@ def coordinator_is_sanitized():
         return b"__asan_init" in f.read()
 
 
+class WatchStreamsAreBounded(unittest.TestCase):
+    def test_past_max_watches_a_new_stream_is_refused(self):
+        r = Replica("maxw", "/maxw/", extra=("--max-watches", "2"))
+        try:
+            open_ = [r.watch(request_id_prefix="mw-") for _ in range(2)]
+            for s in open_:
+                self.assertTrue(next(s).created)
+            with self.assertRaises(grpc.RpcError) as cm:
+                next(r.watch(request_id_prefix="mw-"))
+            self.assertEqual(cm.exception.code(), grpc.StatusCode.RESOURCE_EXHAUSTED)
+            self.assertIn("--max-watches", cm.exception.details())
+            open_[0].cancel()
+
+            def opens():
+                try:
+                    s = r.watch(request_id_prefix="mw-")
+                    ok = next(s).created
+                    open_.append(s)
+                    return ok
+                except grpc.RpcError:
+                    return False
+            ferry_harness.wait_until(opens, 10, "a stream to open once one was closed")
+            for s in open_:
+                s.cancel()
+        finally:
+            r.stop()
+
+
 class AStuckWatcherBeside100kEvents(unittest.TestCase):
     """100,000 events pass a Watch whose raw HTTP/2 client never reads its
     socket, beside a gRPC watcher that reads: the coordinator's RSS stays
