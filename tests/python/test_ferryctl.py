@@ -171,11 +171,7 @@ class Ferryctl(unittest.TestCase):
         try:
             line = proc.stdout.readline()  # the replayed registration, nothing new needed
         finally:
-            proc.send_signal(signal.SIGINT)
-            rc = proc.wait(15)
-            err = proc.stderr.read()
-            proc.stdout.close()
-            proc.stderr.close()
+            rc, err = stop_watch(proc)
         self.assertEqual(rc, 0, err)
         ev = json.loads(line)
         self.assertEqual((ev["type"], ev["operation"]["request_id"], ev["operation"]["state"]),
@@ -218,6 +214,24 @@ class Tls(unittest.TestCase):
         return r.stdout
 
 
+def register_on_c2(rid):
+    from ferry.v1 import coordinator_pb2, coordinator_pb2_grpc, types_pb2
+    c2 = coordinator_pb2_grpc.CoordinatorStub(grpc.insecure_channel(C2.target))
+    c2.Register(coordinator_pb2.RegisterRequest(
+        request_id=rid, metadata=metadata(types_pb2, types_pb2.OPERATION_KIND_WRITE),
+        access_token=TOKEN), timeout=10)
+
+
+def stop_watch(proc):
+    """Interrupts a `ferryctl watch`; its exit code and stderr."""
+    proc.send_signal(signal.SIGINT)
+    rc = proc.wait(15)
+    err = proc.stderr.read()
+    proc.stdout.close()
+    proc.stderr.close()
+    return rc, err
+
+
 class Watch(unittest.TestCase):
     """Runs last (unittest runs classes in name order): it stops c1."""
 
@@ -226,13 +240,7 @@ class Watch(unittest.TestCase):
         host that vanished, or a partition). The stream's keepalive pings go
         unanswered, the connection is dropped, and ferryctl resumes on c2;
         without them it waited on c1 in silence until TCP gave up."""
-        from ferry.v1 import coordinator_pb2, coordinator_pb2_grpc, types_pb2
-        c2 = coordinator_pb2_grpc.CoordinatorStub(grpc.insecure_channel(C2.target))
-
-        def register(rid):
-            c2.Register(coordinator_pb2.RegisterRequest(
-                request_id=rid, metadata=metadata(types_pb2, types_pb2.OPERATION_KIND_WRITE),
-                access_token=TOKEN), timeout=10)
+        register = register_on_c2
 
         env = dict(os.environ, FERRY_RPC_KEEPALIVE_MS="1000")
         proc = subprocess.Popen(
@@ -261,22 +269,12 @@ class Watch(unittest.TestCase):
         finally:
             if frozen:
                 CLUSTER.coordinator.proc.send_signal(signal.SIGCONT)
-            proc.send_signal(signal.SIGINT)
-            rc = proc.wait(15)
-            err = proc.stderr.read()
-            proc.stdout.close()
-            proc.stderr.close()
+            rc, err = stop_watch(proc)
         self.assertEqual(rc, 0, err)
         self.assertIn("watching again", err)
 
     def test_watch_resumes_on_the_next_coordinator(self):
-        from ferry.v1 import coordinator_pb2, coordinator_pb2_grpc, types_pb2
-        c2 = coordinator_pb2_grpc.CoordinatorStub(grpc.insecure_channel(C2.target))
-
-        def register(rid):
-            c2.Register(coordinator_pb2.RegisterRequest(
-                request_id=rid, metadata=metadata(types_pb2, types_pb2.OPERATION_KIND_WRITE),
-                access_token=TOKEN), timeout=10)
+        register = register_on_c2
 
         proc = subprocess.Popen(
             [FERRYCTL, "watch", "--prefix", "w-", "--json", "--timeout", "5",
@@ -328,11 +326,7 @@ class Watch(unittest.TestCase):
             self.assertTrue(ok, f"missing {set(want) - set(got)}")
             self.assertEqual(len(got), len(set(got)), f"an event twice: {got}")
         finally:
-            proc.send_signal(signal.SIGINT)
-            rc = proc.wait(15)
-            err = proc.stderr.read()
-            proc.stdout.close()
-            proc.stderr.close()
+            rc, err = stop_watch(proc)
         self.assertEqual(rc, 0, err)
         self.assertIn("watching again", err)
         self.assertIn("resumed on " + C2.target + " from revision", err)

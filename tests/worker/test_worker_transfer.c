@@ -869,6 +869,29 @@ static void test_spin_param(void **state)
     unsetenv("FERRY_SPIN_US");
 }
 
+/* FERRY_CLAIM_TIMEOUT_MS: garbage, zero, negative and past INT32_MAX are
+ * refused at create, naming the variable; its limits and "" (unset) are
+ * taken. */
+static void test_claim_timeout_env(void **state)
+{
+    static const char *bad[] = {"x", "12x", "0", "-5", "2147483648", "99999999999999999999"};
+    static const char *good[] = {"", "1", "2147483647"};
+    ferry_connector_t *c = NULL;
+    (void)state;
+
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        setenv("FERRY_CLAIM_TIMEOUT_MS", bad[i], 1);
+        assert_int_equal(ferry_connector_create(NULL, &c), FERRY_ERR_INVALID_ARGUMENT);
+        assert_non_null(strstr(ferry_last_error_message(), "FERRY_CLAIM_TIMEOUT_MS"));
+    }
+    for (size_t i = 0; i < sizeof(good) / sizeof(good[0]); i++) {
+        setenv("FERRY_CLAIM_TIMEOUT_MS", good[i], 1);
+        assert_int_equal(ferry_connector_create(NULL, &c), FERRY_OK);
+        ferry_connector_destroy(c);
+    }
+    unsetenv("FERRY_CLAIM_TIMEOUT_MS");
+}
+
 static void test_fail_from_outside(void **state)
 {
     uint8_t buf[64];
@@ -1008,6 +1031,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_log_quiet_by_default),
         cmocka_unit_test(test_log_callback),
         cmocka_unit_test(test_concurrent_threads),
+        cmocka_unit_test(test_claim_timeout_env),
         cmocka_unit_test(test_fail_from_outside),
         cmocka_unit_test(test_spin_param),
         cmocka_unit_test(test_stats_count_transfers),
