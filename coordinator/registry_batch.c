@@ -18,9 +18,14 @@
  * --max-request-bytes). When some of its keys exist, nothing was written,
  * and the transaction's failure branch has read every key: the members
  * whose key exists are answered so (ALREADY_EXISTS), the others go again
- * together (each round answers one at least). When a lease named is gone:
- * on one lease every member is answered so (LEASE_NOT_FOUND); on several,
- * every member goes alone (below), so one round finds the gone lease's.
+ * together (each round answers one at least). When a lease named is gone
+ * (etcd does not say which): on one lease every member is answered so
+ * (LEASE_NOT_FOUND); on several, the members go again grouped by lease,
+ * so one more round finds the gone lease's and the live leases' members
+ * still share: a member alone on its lease runs alone (concurrently, on its
+ * own worker), the others are queued again at the front, each to go in a
+ * transaction of its lease only (take_batch), where a gone lease is every
+ * member's answer. So a member goes again by lease once at most.
  * When etcd refused it for something else one member can cause, before
  * applying anything (a request too large, too many operations:
  * INVALID_ARGUMENT or RESOURCE_EXHAUSTED), every member runs its own
@@ -153,24 +158,31 @@ static void write_batch(coord_registry_t *r, registry_write_t *const *ws, size_t
     } else if (status == FERRY_ERR_NOT_FOUND) {
         /* A lease named is gone (etcd does not say which). On one lease
          * (a worker's session lease: the usual batch) it is every
-         * member's; on several, every member goes alone (below). */
+         * member's; on several, the members go again by lease: alone
+         * (below) when alone on their lease, else regrouped. */
         bool one_lease = true;
         for (size_t i = 1; i < n && one_lease; i++) {
             one_lease = ws[i]->lease == ws[0]->lease;
         }
-        for (size_t i = 0; one_lease && i < n; i++) {
-            ws[i]->status = FERRY_ERR_NOT_FOUND;
-            ws[i]->answered = true;
+        for (size_t i = 0; i < n; i++) {
+            if (one_lease) {
+                ws[i]->status = FERRY_ERR_NOT_FOUND;
+                ws[i]->answered = true;
+                continue;
+            }
+            for (size_t j = 0; j < n && !ws[i]->regroup; j++) {
+                ws[i]->regroup = j != i && ws[j]->lease == ws[i]->lease;
+            }
         }
         ferry_debug("registry: a transaction of %zu Registers named a lease that is gone%s", n,
-                    one_lease ? "" : "; each goes alone");
+                    one_lease ? "" : "; they go again by lease");
     }
     for (size_t i = 0; again == 0 && i < n; i++) {
         if (status == FERRY_OK && res.succeeded) {
             ws[i]->status = FERRY_OK;
             ws[i]->created = true;
             ws[i]->revision = res.revision;
-        } else if (ws[i]->answered) {
+        } else if (ws[i]->answered || ws[i]->regroup) {
             continue;
         } else if (status == FERRY_OK || refused_before_apply(status)) {
             ws[i]->alone = true; /* FERRY_OK: not applied, but not the answer expected */
@@ -203,15 +215,30 @@ static size_t write_bytes(const registry_write_t *w)
     return 3 * w->key_len + w->value_len + 64;
 }
 
+/* Whether w may join ws[0..n) (n > 0): not when one taken already has its
+ * key (two Registers of one ID): etcd refuses a transaction that puts a
+ * key twice, so it goes in the next one (and finds the key taken, or free
+ * if the first failed); and a transaction of one lease (ws[0] by_lease)
+ * takes only that lease, while a by_lease write joins no other. */
+static bool may_join(registry_write_t *const *ws, size_t n, const registry_write_t *w)
+{
+    if (ws[0]->by_lease ? w->lease != ws[0]->lease : w->by_lease) {
+        return false;
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (same_key(ws[i], w)) {
+            return false;
+        }
+    }
+    return true;
+}
+
 /* Takes up to max writes off the queue into ws[0..*n_p), in order, while
  * their bytes stay within REGISTRY_BATCH_BYTES (the first is taken
- * whatever its size), leaving a write whose key one taken already has (two
- * Registers of one ID): etcd refuses a transaction that puts a key twice,
- * so it goes in the next one (and finds the key taken, or free if the
- * first failed). A write whose
- * caller has stopped waiting (its deadline passed, or it went away) leaves
- * the queue unsent (late): nothing is written that its caller will not
- * hear of. Caller holds batch_lock. */
+ * whatever its size), leaving those that may not join (may_join) for a
+ * later one. A write whose caller has stopped waiting (its deadline
+ * passed, or it went away) leaves the queue unsent (late): nothing is
+ * written that its caller will not hear of. Caller holds batch_lock. */
 static void take_batch(coord_registry_t *r, registry_write_t **ws, size_t *n_p, size_t max)
 {
     registry_write_t **p = &r->batch_head;
@@ -220,17 +247,13 @@ static void take_batch(coord_registry_t *r, registry_write_t **ws, size_t *n_p, 
 
     while (n < max && *p != NULL) {
         registry_write_t *w = *p;
-        bool twice = false;
         if (w->gone != NULL && w->gone(w->gone_arg)) {
             *p = w->next;
             w->status = FERRY_ERR_TIMED_OUT;
             w->late = w->done = late = true;
             continue;
         }
-        for (size_t i = 0; i < n && !twice; i++) {
-            twice = same_key(ws[i], w);
-        }
-        if (twice) {
+        if (n > 0 && !may_join(ws, n, w)) {
             p = &w->next;
             continue;
         }
@@ -249,6 +272,34 @@ static void take_batch(coord_registry_t *r, registry_write_t **ws, size_t *n_p, 
         r->batch_tail = &(*r->batch_tail)->next;
     }
     *n_p = n;
+}
+
+/* Puts the regrouped writes of ws[0..n) back at the front of the queue, in
+ * order, to go again by lease; marks the others done. Caller holds
+ * batch_lock. */
+static void end_batch(coord_registry_t *r, registry_write_t *const *ws, size_t n)
+{
+    registry_write_t *head = NULL, **tail = &head;
+
+    for (size_t i = 0; i < n; i++) {
+        registry_write_t *w = ws[i];
+        if (!w->regroup) {
+            w->done = true;
+            continue;
+        }
+        w->regroup = false;
+        w->by_lease = true;
+        *tail = w;
+        tail = &w->next;
+    }
+    if (head == NULL) {
+        return;
+    }
+    *tail = r->batch_head;
+    if (r->batch_head == NULL) {
+        r->batch_tail = tail;
+    }
+    r->batch_head = head;
 }
 
 /* The link that points at w in the queue, or NULL when w is not queued
@@ -337,9 +388,7 @@ void registry_write(coord_registry_t *r, registry_write_t *w)
 
         pthread_mutex_lock(&r->batch_lock);
         r->batch_in_flight--;
-        for (size_t i = 0; i < n; i++) {
-            ws[i]->done = true;
-        }
+        end_batch(r, ws, n);
         pthread_cond_broadcast(&r->batch_cond);
     }
     pthread_mutex_unlock(&r->batch_lock);

@@ -60,6 +60,10 @@ typedef struct registry_write {
     bool answered;    /* found its key taken in a shared transaction */
     bool late;        /* its caller was gone while it was queued: not sent */
     bool done, alone; /* under batch_lock: ran; to run alone */
+    /* A lease named in its shared transaction was gone, among several: it
+     * goes again with the others of its lease (regroup, cleared when it is
+     * queued again) in a transaction of that lease only (by_lease). */
+    bool regroup, by_lease;
     struct registry_write *next;
 } registry_write_t;
 

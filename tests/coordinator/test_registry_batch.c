@@ -278,9 +278,10 @@ static int teardown(void **state)
     return 0;
 }
 
-/* Registers on many leases, one of them gone: one shared transaction
- * fails, each member goes alone once, and only the gone lease's fails.
- * (Found lease by lease, it took a failed shared transaction per lease.) */
+/* Registers each on its own lease, one of them gone: one shared
+ * transaction fails, each member goes alone once, and only the gone
+ * lease's fails. (Found lease by lease, it took a failed shared
+ * transaction per lease.) */
 static void test_gone_lease_among_many_is_found_in_one_round(void **state)
 {
     coord_registry_t *r = *state;
@@ -298,6 +299,41 @@ static void test_gone_lease_among_many_is_found_in_one_round(void **state)
     assert_int_equal(fake.shared_calls, 1);
     assert_int_equal(fake.not_found_calls, 2); /* the shared one, then its own */
     assert_int_equal(fake.calls, (int)n + 1);  /* the held one, the shared one, each alone */
+}
+
+/* Registers on a live lease, on a gone one, and one alone on a third, in
+ * one shared transaction (a worker's session lease beside a dead worker's):
+ * it fails, and they go again by lease: the live lease's members still
+ * share one transaction (they all went alone before), the gone lease's
+ * are answered by one more, and the one alone on its lease runs alone. */
+static void test_gone_lease_among_several_keeps_the_live_ones_sharing(void **state)
+{
+    coord_registry_t *r = *state;
+    member_t m[1 + N_QUEUED * 2];
+    size_t n = 1 + N_QUEUED * 2, lone = n - 1;
+    int64_t live_revision = 0;
+
+    for (size_t i = 0; i < n; i++) {
+        int64_t lease = i == lone ? 300 : i % 3 == 1 ? DEAD_LEASE : 200;
+        member_init(&m[i], r, (int)i, lease, 0);
+    }
+    run_together(r, m, n);
+    for (size_t i = 1; i < n; i++) {
+        bool dead = m[i].w.lease == DEAD_LEASE;
+        assert_int_equal(m[i].w.status, dead ? FERRY_ERR_NOT_FOUND : FERRY_OK);
+        assert_true(dead || m[i].w.created);
+        if (!dead && i != lone) {
+            /* the live lease's members answer with one revision: shared */
+            live_revision = live_revision == 0 ? m[i].w.revision : live_revision;
+            assert_int_equal(m[i].w.revision, live_revision);
+        }
+    }
+    /* the mixed one, the live lease's, the gone lease's: shared; the
+     * lone one alone; and the held one */
+    assert_int_equal(fake.shared_calls, 3);
+    assert_int_equal(fake.not_found_calls, 2);
+    assert_int_equal(fake.calls, 5);
+    assert_int_equal(queued(r), 0);
 }
 
 /* Every member on the one lease that is gone: all are answered so by the
@@ -480,6 +516,8 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_gone_lease_among_many_is_found_in_one_round, setup,
                                         teardown),
+        cmocka_unit_test_setup_teardown(test_gone_lease_among_several_keeps_the_live_ones_sharing,
+                                        setup, teardown),
         cmocka_unit_test_setup_teardown(test_one_gone_lease_answers_every_member, setup, teardown),
         cmocka_unit_test_setup_teardown(test_failure_after_apply_is_every_members_answer, setup,
                                         teardown),
