@@ -421,7 +421,7 @@ static bool retryable(ferry_status_t status)
 }
 
 /* The owner is done with a passive operation: its record goes, after the
- * Cancel it still owes (cancel_due: the one on destroy did not get through).
+ * Cancel it still owes (cancel_due: destroyed unfinished).
  * The writer may not have reported its Complete yet (the record is then
  * still CLAIMED, and Release is refused FAILED_PRECONDITION): that, and a
  * coordinator that cannot be reached, is tried again with a back-off and no
@@ -1080,28 +1080,24 @@ static void on_destroy(coord_link_t *link, ferry_op_status_t status)
     while (link->busy) {
         pthread_cond_wait(&coord->cond, &coord->lock);
     }
-    link->busy = true; /* ours now: the session thread leaves it alone */
     report_now = !link->reported;
-    pthread_mutex_unlock(&coord->lock);
 
     /* The end is reported exactly once, even when the operation is destroyed
-     * before FINAL was told. The record is then released by the session
-     * thread, which keeps the link (without its operation) till then. */
+     * before FINAL was told: an unfinished one owes a Cancel. The session
+     * thread sends it, then releases the record (refused while it is not
+     * final), keeping the link (without its operation) till then: destroy
+     * waits for no coordinator call of its own. */
     if (report_now && status != FERRY_OP_STATUS_COMPLETE && status != FERRY_OP_STATUS_ERRORED) {
         link->cancel_reason = status == FERRY_OP_STATUS_CANCELLED
                                   ? "the receiver cancelled the operation"
                                   : "the receiver destroyed the operation before it completed";
-        /* Not taken: the session thread tries it again before the Release
-         * (which a record that is not final would be refused). */
-        link->cancel_due = retryable(cancel_passive(link, link->cancel_reason));
+        link->cancel_due = true;
     }
-    pthread_mutex_lock(&coord->lock);
     link->op = NULL;
     link->destroyed_ms = now_ms();
     link->releasing = true;
     link->report_due = false;
     link->due_ms = now_ms();
-    link->busy = false;
     pthread_cond_broadcast(&coord->cond);
     pthread_mutex_unlock(&coord->lock);
 }

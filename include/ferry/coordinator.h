@@ -75,10 +75,12 @@ typedef struct {
  * failed (ERRORED, FERRY_ERR_PEER_FAILED), cancelled (CANCELLED), or its own
  * registration expired (ERRORED, FERRY_ERR_EXPIRED), within the TTL.
  * Cancelling it, or destroying it unfinished, cancels it at the coordinator,
- * and the writer learns it; destroying it releases its record (tried
- * again while the coordinator refuses, because the writer has not reported
- * yet, or does not answer; a record still open 2 x TTL after the destroy is
- * cancelled, then released). FERRY_ERR_ALREADY_EXISTS when the
+ * and the writer learns it; destroying it releases its record (tried again
+ * while the coordinator refuses, because the writer has not reported yet,
+ * or does not answer; a record still open 2 x TTL after the destroy is
+ * cancelled, then released). The client's own thread sends both, so
+ * destroy waits for no coordinator call (only for one of that thread on
+ * this operation already in flight). FERRY_ERR_ALREADY_EXISTS when the
  * request ID is taken. The done callback stays the caller's (the client listens). */
 FERRY_API ferry_status_t ferry_op_publish(ferry_op_t *op, ferry_coordinator_t *coordinator,
                                           const ferry_publish_params_t *params);

@@ -35,6 +35,7 @@
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -1336,6 +1337,71 @@ static void test_cancel_on_destroy_is_tried_again(void **state)
     test_coord_cleanup(&a);
 }
 
+typedef struct {
+    ferry_op_t *op;
+    atomic_bool returned;
+} destroyer_t;
+
+static void *destroyer_main(void *arg)
+{
+    destroyer_t *t = arg;
+    ferry_op_destroy(t->op);
+    atomic_store(&t->returned, true);
+    return NULL;
+}
+
+/* Destroying an unfinished passive operation owes the coordinator a
+ * Cancel; the client's session thread sends it, so destroy returns while
+ * the coordinator does not answer (stopped, with a call timeout longer than
+ * this test waits), and once it answers the record is cancelled and
+ * released. (destroy sent the first Cancel itself and waited out the
+ * call's timeout.) */
+static void test_destroy_does_not_wait_for_the_coordinator(void **state)
+{
+    test_coord_t a;
+    uint8_t buf[64];
+    ferry_descriptor_t d = {.ptr = buf, .size = sizeof(buf), .device = FERRY_DEVICE_HOST_INIT};
+    ferry_coordinator_params_t cp = {.field_mask = FERRY_COORDINATOR_PARAM_FIELD_TIMEOUT,
+                                     .timeout_ms = 120000};
+    ferry_publish_params_t p = {.field_mask = FERRY_PUBLISH_PARAM_FIELD_TTL,
+                                .request_id = "destroy-nowait-1",
+                                .access_token = TOKEN,
+                                .ttl_s = RESUME_TTL};
+    events_t events = {.stream = watch("destroy-nowait-1", NULL)};
+    ferry_coordinator_t *cl;
+    destroyer_t t = {.returned = false};
+    pthread_t thread;
+    bool returned = false;
+    (void)state;
+
+    assert_int_equal(test_coord_start(&a, etcd.endpoint, "nowait-a", RESUME_TTL), 0);
+    cp.target = a.target;
+    assert_int_equal(ferry_coordinator_connect(&cp, &cl), FERRY_OK);
+    assert_int_equal(ferry_writable_create(conn, &d, 1, &t.op), FERRY_OK);
+    assert_int_equal(ferry_op_publish(t.op, cl, &p), FERRY_OK);
+    assert_int_equal(coord_state("destroy-nowait-1"), ST(REGISTERED));
+    (void)watch_settled(cl); /* no Get of the session thread in flight */
+    assert_int_equal(kill(a.proc.pid, SIGSTOP), 0);
+    assert_int_equal(pthread_create(&thread, NULL, destroyer_main, &t), 0);
+    for (long long until = test_now_ms() + 30000; !returned && test_now_ms() < until;
+         poll(NULL, 0, 10)) {
+        returned = atomic_load(&t.returned);
+    }
+    assert_int_equal(coord_state("destroy-nowait-1"), ST(REGISTERED)); /* nothing reached it */
+    assert_int_equal(kill(a.proc.pid, SIGCONT), 0);
+    pthread_join(thread, NULL);
+    if (!returned) {
+        fail_msg("ferry_op_destroy waited for a coordinator that did not answer");
+    }
+    /* The Cancel went once the coordinator answered, then the Release. */
+    assert_int_equal(saw(&events, ST(CANCELLED), EV(PUT), 1, 20000), 1);
+    assert_true(record_gone("destroy-nowait-1", 20000));
+    assert_int_equal(ferry_coordinator_disconnect(cl), FERRY_OK);
+    rpc_stream_destroy(events.stream);
+    test_coord_stop(&a);
+    test_coord_cleanup(&a);
+}
+
 #define LAST_CALL_MS 1000
 #define LAST_OPS     4
 
@@ -1436,6 +1502,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_renewal_does_not_wait_behind_a_hung_call),
         cmocka_unit_test(test_release_outlasts_an_unfinished_claim),
         cmocka_unit_test(test_cancel_on_destroy_is_tried_again),
+        cmocka_unit_test(test_destroy_does_not_wait_for_the_coordinator),
         cmocka_unit_test(test_failed_reget_is_tried_again),
         cmocka_unit_test(test_disconnect_last_tries_share_one_timeout),
         cmocka_unit_test(test_session_lease_survives_an_outage),
