@@ -23,8 +23,10 @@ typedef struct wait_entry {
     const char *request_id;          /* inside request */
     int64_t deadline_ms;             /* monotonic */
     bool ready;                      /* the operation changed: try again */
-    struct wait_entry *prev;         /* the list is doubly linked: O(1) unlink */
-    struct wait_entry *next;
+    size_t heap_at;                  /* its place in waits_heap */
+    struct wait_entry *hprev;        /* in its bucket of waits_by_id */
+    struct wait_entry *hnext;
+    struct wait_entry *next; /* taken off: in the wait thread's list of due waits */
 } wait_entry_t;
 
 /* Wakes remembered (as request ID hashes, by wake number), so that a wait
@@ -82,10 +84,18 @@ struct coord_service {
     coord_exec_t *read_exec;                /* runs reads that need etcd (view misses, List) */
     atomic_uint_fast64_t watch_events_sent; /* events queued on Watch streams, for metrics */
 
-    pthread_mutex_t waits_lock; /* guards waits, n_waits, stopping, wake_* */
+    /* Parked waits, each in two places: waits_heap, a binary min-heap by
+     * when it is due (the ready first, then by deadline), so the wait thread
+     * finds the due ones without a walk; and waits_by_id, a hash of
+     * request IDs (chained, a power of two buckets, grown to keep one wait
+     * a bucket), so a wake finds its ID's waits without a walk. */
+    pthread_mutex_t waits_lock; /* guards the waits, stopping, wake_* */
     pthread_cond_t waits_cond;
-    wait_entry_t *waits;
-    size_t n_waits;   /* on the list; for metrics and the bound */
+    wait_entry_t **waits_heap; /* [0, n_waits); heap_cap allocated */
+    size_t heap_cap;
+    wait_entry_t **waits_by_id;
+    size_t n_id_buckets;
+    size_t n_waits;   /* parked; for metrics and the bound */
     size_t max_waits; /* constant: a wait past it is refused */
     bool stopping;
     uint64_t wake_seq; /* bumped by every wake; see service_wait_add */

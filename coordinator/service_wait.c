@@ -1,10 +1,13 @@
 /*
  * service_wait.c: calls parked until their operation appears (Lookup and
  * Claim with wait_ms). The watch thread marks a wait ready; the wait thread
- * takes ready and expired waits off the list and re-runs or fails them
- * (a Lookup here, from the view; a Claim on an etcd worker, service_submit). A
- * wait is on the list or owned by exactly one thread, never both, so each
- * call is answered once.
+ * takes ready and expired waits off and re-runs or fails them (a Lookup
+ * here, from the view; a Claim on an etcd worker, service_submit). A wait
+ * is parked or owned by exactly one thread, never both, so each call is
+ * answered once. Parked waits are kept by when they are due and by request
+ * ID (service_int.h), so neither a wake nor the wait thread walks them all:
+ * with 10,000 parked, the walk on every change cost ~300-500 us of CPU per
+ * Register (bench/NOTES.md).
  */
 #include "service_int.h"
 
@@ -22,46 +25,8 @@ int64_t service_now_ms(void)
     return ferry__clock_ms(CLOCK_MONOTONIC);
 }
 
-/* The list is doubly linked: a wait found (or taken by take_due) leaves it
- * in O(1). Called with waits_lock held. */
-static void wait_unlink(coord_service_t *svc, wait_entry_t *w)
-{
-    if (w->prev != NULL) {
-        w->prev->next = w->next;
-    } else {
-        svc->waits = w->next;
-    }
-    if (w->next != NULL) {
-        w->next->prev = w->prev;
-    }
-    w->prev = NULL;
-    w->next = NULL;
-    svc->n_waits--;
-}
-
-static void wait_link(coord_service_t *svc, wait_entry_t *w)
-{
-    w->prev = NULL;
-    w->next = svc->waits;
-    if (svc->waits != NULL) {
-        svc->waits->prev = w;
-    }
-    svc->waits = w;
-    svc->n_waits++;
-}
-
-static wait_entry_t *unlink_call(coord_service_t *svc, rpc_call_t *call)
-{
-    for (wait_entry_t *w = svc->waits; w != NULL; w = w->next) {
-        if (w->call == call) {
-            wait_unlink(svc, w);
-            return w;
-        }
-    }
-    return NULL;
-}
-
-/* FNV-1a: wakes are remembered by hash; a collision only costs a look. */
+/* FNV-1a: wakes are remembered by hash (a collision only costs a look),
+ * and waits are found by it. */
 static uint64_t id_hash(const char *id)
 {
     uint64_t h = 14695981039346656037ull;
@@ -70,6 +35,144 @@ static uint64_t id_hash(const char *id)
         h = (h ^ *p) * 1099511628211ull;
     }
     return h;
+}
+
+/* The waits: a heap by when each is due and a hash by request ID
+ * (service_int.h). Every function here is called with waits_lock held. */
+
+#define WAIT_MIN_SLOTS 64
+
+/* Whether a is due before b: a ready wait (its operation changed) before any
+ * other, then the earlier deadline. */
+static bool due_before(const wait_entry_t *a, const wait_entry_t *b)
+{
+    if (a->ready != b->ready) {
+        return a->ready;
+    }
+    return a->deadline_ms < b->deadline_ms;
+}
+
+static void heap_put(coord_service_t *svc, size_t at, wait_entry_t *w)
+{
+    svc->waits_heap[at] = w;
+    w->heap_at = at;
+}
+
+/* Moves the wait at `at` up or down to its place. */
+static void heap_fix(coord_service_t *svc, size_t at)
+{
+    wait_entry_t **h = svc->waits_heap;
+    wait_entry_t *w = h[at];
+
+    while (at > 0 && due_before(w, h[(at - 1) / 2])) {
+        heap_put(svc, at, h[(at - 1) / 2]);
+        at = (at - 1) / 2;
+    }
+    for (;;) {
+        size_t child = 2 * at + 1;
+        if (child >= svc->n_waits) {
+            break;
+        }
+        if (child + 1 < svc->n_waits && due_before(h[child + 1], h[child])) {
+            child++;
+        }
+        if (!due_before(h[child], w)) {
+            break;
+        }
+        heap_put(svc, at, h[child]);
+        at = child;
+    }
+    heap_put(svc, at, w);
+}
+
+static wait_entry_t **bucket_of(coord_service_t *svc, const char *request_id)
+{
+    return &svc->waits_by_id[id_hash(request_id) & (svc->n_id_buckets - 1)];
+}
+
+static void bucket_add(coord_service_t *svc, wait_entry_t *w)
+{
+    wait_entry_t **b = bucket_of(svc, w->request_id);
+
+    w->hprev = NULL;
+    w->hnext = *b;
+    if (*b != NULL) {
+        (*b)->hprev = w;
+    }
+    *b = w;
+}
+
+/* Room for one wait more: the heap's slots, and buckets doubled (all
+ * rehashed) to stay at least one a wait. False: no memory. */
+static bool wait_room(coord_service_t *svc)
+{
+    if (svc->n_waits == svc->heap_cap) {
+        size_t cap = svc->heap_cap < WAIT_MIN_SLOTS ? WAIT_MIN_SLOTS : svc->heap_cap * 2;
+        wait_entry_t **heap = realloc(svc->waits_heap, cap * sizeof(*heap));
+        if (heap == NULL) {
+            return false;
+        }
+        svc->waits_heap = heap;
+        svc->heap_cap = cap;
+    }
+    if (svc->n_waits + 1 > svc->n_id_buckets) {
+        size_t n = svc->n_id_buckets * 2;
+        wait_entry_t **buckets = calloc(n, sizeof(*buckets));
+        if (buckets == NULL) {
+            return true; /* keep the longer chains: still right */
+        }
+        free(svc->waits_by_id);
+        svc->waits_by_id = buckets;
+        svc->n_id_buckets = n;
+        for (size_t i = 0; i < svc->n_waits; i++) {
+            bucket_add(svc, svc->waits_heap[i]);
+        }
+    }
+    return true;
+}
+
+/* Parks w (wait_room said there is room). */
+static void wait_link(coord_service_t *svc, wait_entry_t *w)
+{
+    bucket_add(svc, w);
+    heap_put(svc, svc->n_waits++, w);
+    heap_fix(svc, w->heap_at);
+}
+
+/* Takes w off the heap and its bucket. */
+static void wait_unlink(coord_service_t *svc, wait_entry_t *w)
+{
+    size_t at = w->heap_at;
+
+    if (w->hprev != NULL) {
+        w->hprev->hnext = w->hnext;
+    } else {
+        *bucket_of(svc, w->request_id) = w->hnext;
+    }
+    if (w->hnext != NULL) {
+        w->hnext->hprev = w->hprev;
+    }
+    w->hprev = w->hnext = NULL;
+    svc->n_waits--;
+    if (at < svc->n_waits) {
+        heap_put(svc, at, svc->waits_heap[svc->n_waits]);
+        heap_fix(svc, at);
+    }
+}
+
+/* The parked wait of call, taken off; NULL when it is not parked (the wait
+ * thread took it, or it never was). A walk, bounded by --max-waits: a
+ * cancel is rare beside the wakes and due waits that need none. */
+static wait_entry_t *unlink_call(coord_service_t *svc, rpc_call_t *call)
+{
+    for (size_t i = 0; i < svc->n_waits; i++) {
+        wait_entry_t *w = svc->waits_heap[i];
+        if (w->call == call) {
+            wait_unlink(svc, w);
+            return w;
+        }
+    }
+    return NULL;
 }
 
 /* Whether `request_id` was woken after wake number seen_seq (or the wakes
@@ -131,6 +234,12 @@ void service_wait_add(coord_service_t *svc, rpc_call_t *call, wait_kind_t kind,
         return;
     }
     n_waits = svc->n_waits;
+    if (n_waits < svc->max_waits && !wait_room(svc)) {
+        pthread_mutex_unlock(&svc->waits_lock);
+        rpc_call_fail(call, FERRY_ERR_NO_MEMORY, "no memory to wait for '%s'", request_id);
+        free(w);
+        return;
+    }
     if (n_waits >= svc->max_waits) {
         pthread_mutex_unlock(&svc->waits_lock);
         ferry_info("op %s: %s from %s refused: %zu calls already wait (--max-waits)", request_id,
@@ -167,9 +276,11 @@ void service_waits_wake(coord_service_t *svc, const char *request_id)
     pthread_mutex_lock(&svc->waits_lock);
     svc->wake_seq++;
     svc->wake_hash[svc->wake_seq % SERVICE_WAKE_HISTORY] = id_hash(request_id);
-    for (wait_entry_t *w = svc->waits; w != NULL; w = w->next) {
-        if (strcmp(w->request_id, request_id) == 0) {
+    for (wait_entry_t *w = svc->stopping ? NULL : *bucket_of(svc, request_id); w != NULL;
+         w = w->hnext) {
+        if (!w->ready && strcmp(w->request_id, request_id) == 0) {
             w->ready = true;
+            heap_fix(svc, w->heap_at);
             any = true;
         }
     }
@@ -214,24 +325,24 @@ static void run_wait(coord_service_t *svc, wait_entry_t *w)
     free(w);
 }
 
-/* Takes the ready and expired waits off the list; returns the nearest
- * deadline of those left. Called with waits_lock held. */
-/* Takes the ready and expired waits off the list; returns the nearest
- * deadline of those left. Called with waits_lock held. */
+/* Takes the ready and expired waits off the heap, into a list; returns
+ * when the next of those left is due (at most WAIT_IDLE_MS from now). */
 static wait_entry_t *take_due(coord_service_t *svc, int64_t now, int64_t *next_deadline_p)
 {
     wait_entry_t *due = NULL;
     int64_t next = now + WAIT_IDLE_MS;
 
-    for (wait_entry_t *w = svc->waits, *after; w != NULL; w = after) {
-        after = w->next;
-        if (w->ready || w->deadline_ms <= now) {
-            wait_unlink(svc, w);
-            w->next = due;
-            due = w;
-        } else if (w->deadline_ms < next) {
-            next = w->deadline_ms;
+    while (svc->n_waits > 0) {
+        wait_entry_t *w = svc->waits_heap[0];
+        if (!w->ready && w->deadline_ms > now) {
+            if (w->deadline_ms < next) {
+                next = w->deadline_ms;
+            }
+            break;
         }
+        wait_unlink(svc, w);
+        w->next = due;
+        due = w;
     }
     *next_deadline_p = next;
     return due;
@@ -265,11 +376,18 @@ static void *wait_main(void *arg)
 
 ferry_status_t service_waits_start(coord_service_t *svc)
 {
-    int rc = ferry__cond_init_clock(&svc->waits_cond, CLOCK_MONOTONIC);
+    int rc;
 
+    svc->n_id_buckets = WAIT_MIN_SLOTS;
+    svc->waits_by_id = calloc(svc->n_id_buckets, sizeof(*svc->waits_by_id));
+    if (svc->waits_by_id == NULL) {
+        ferry_error("service: no memory for the waits");
+        return FERRY_ERR_NO_MEMORY;
+    }
+    rc = ferry__cond_init_clock(&svc->waits_cond, CLOCK_MONOTONIC);
     if (rc != 0) {
         ferry_error("service: cannot create the waits' condition variable: %s", strerror(rc));
-        return FERRY_ERR_IO;
+        goto err_buckets;
     }
     rc = pthread_mutex_init(&svc->waits_lock, NULL);
     if (rc != 0) {
@@ -287,35 +405,41 @@ err_lock:
     pthread_mutex_destroy(&svc->waits_lock);
 err_cond:
     pthread_cond_destroy(&svc->waits_cond);
+err_buckets:
+    free(svc->waits_by_id);
+    svc->waits_by_id = NULL;
     return FERRY_ERR_IO;
 }
 
 /* Fails every parked wait with UNAVAILABLE and joins the wait thread. */
 void service_waits_stop(coord_service_t *svc)
 {
-    wait_entry_t *all;
+    wait_entry_t **all;
+    size_t n;
 
     pthread_mutex_lock(&svc->waits_lock);
     if (svc->stopping) {
         pthread_mutex_unlock(&svc->waits_lock);
         return;
     }
-    svc->stopping = true;
-    all = svc->waits;
-    svc->waits = NULL;
-    svc->n_waits = 0;
+    svc->stopping = true; /* no wait parks, and no wake looks, from now on */
+    all = svc->waits_heap;
+    n = svc->n_waits;
+    svc->waits_heap = NULL;
+    svc->heap_cap = svc->n_waits = 0;
+    free(svc->waits_by_id);
+    svc->waits_by_id = NULL;
     pthread_cond_signal(&svc->waits_cond);
     pthread_mutex_unlock(&svc->waits_lock);
     pthread_join(svc->wait_thread, NULL);
 
     /* The lock and condition live until coord_service_destroy: a cancel
-     * callback may still look for its call. */
-    while (all != NULL) {
-        wait_entry_t *next = all->next;
-        rpc_call_fail(all->call, FERRY_ERR_UNAVAILABLE,
+     * callback may still look for its call (and finds none parked). */
+    for (size_t i = 0; i < n; i++) {
+        rpc_call_fail(all[i]->call, FERRY_ERR_UNAVAILABLE,
                       "coordinator is shutting down; retry on another replica");
-        rpc_call_unref(all->call);
-        free(all);
-        all = next;
+        rpc_call_unref(all[i]->call);
+        free(all[i]);
     }
+    free(all);
 }

@@ -2,12 +2,24 @@
  * test_service_wait.c: when a Lookup's or Claim's wait ends
  * (service_wait_deadline): never past the caller's deadline, never wrapped
  * by a huge wait_ms (2^63-1 once overflowed into "no wait"), 0 for no wait.
+ * And the parked waits themselves (service_wait.c: a heap by due time, a
+ * hash by request ID), with the calls and what a wait does when it runs
+ * (service_lookup_once, rpc_call_*) replaced through --wrap by a record of
+ * what happened to each call: a wake runs exactly its ID's waits, a wait
+ * expires at its deadline and not before, a cancelled wait leaves, the
+ * bound holds, and stopping fails the rest. tests/python/test_parked_waits.py
+ * drives the same code through a real coordinator.
  */
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <setjmp.h>
 #include <cmocka.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
 
 #include "service_int.h"
 
@@ -41,12 +53,299 @@ static void test_caller_deadline_bounds_it(void **state)
     assert_true(service_wait_deadline(NOW, 300, -20) == NOW);
 }
 
+/* What happened to each fake call, under rec.lock. */
+#define N_CALLS 2048
+
+typedef struct {
+    int runs;              /* service_lookup_once */
+    int fails;             /* rpc_call_fail */
+    ferry_status_t status; /* the last fail's */
+    int64_t failed_ms;     /* when */
+    int refs;              /* rpc_call_ref minus rpc_call_unref */
+    void (*cancel)(rpc_call_t *, void *);
+    void *cancel_arg;
+} call_rec_t;
+
+static struct {
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    call_rec_t calls[N_CALLS];
+    char ids[N_CALLS][32];
+} rec = {.lock = PTHREAD_MUTEX_INITIALIZER, .cond = PTHREAD_COND_INITIALIZER};
+
+/* Fake calls are addresses inside this array, never dereferenced. */
+static char call_base[N_CALLS];
+
+static rpc_call_t *call_of(int i)
+{
+    return (rpc_call_t *)(void *)&call_base[i];
+}
+
+static call_rec_t *rec_of(const rpc_call_t *call)
+{
+    ptrdiff_t i = (const char *)(const void *)call - call_base;
+    assert_true(i >= 0 && i < N_CALLS);
+    return &rec.calls[i];
+}
+
+void __wrap_rpc_call_ref(rpc_call_t *call);
+void __wrap_rpc_call_unref(rpc_call_t *call);
+void __wrap_rpc_call_fail(rpc_call_t *call, ferry_status_t status, const char *fmt, ...);
+void __wrap_rpc_call_on_cancel(rpc_call_t *call, void (*cb)(rpc_call_t *call, void *arg),
+                               void *arg);
+const char *__wrap_rpc_call_peer(const rpc_call_t *call);
+void __wrap_service_lookup_once(coord_service_t *svc, rpc_call_t *call,
+                                const Ferry__V1__LookupRequest *req, int64_t deadline_ms);
+
+void __wrap_rpc_call_ref(rpc_call_t *call)
+{
+    pthread_mutex_lock(&rec.lock);
+    rec_of(call)->refs++;
+    pthread_mutex_unlock(&rec.lock);
+}
+
+void __wrap_rpc_call_unref(rpc_call_t *call)
+{
+    pthread_mutex_lock(&rec.lock);
+    rec_of(call)->refs--;
+    pthread_mutex_unlock(&rec.lock);
+}
+
+void __wrap_rpc_call_fail(rpc_call_t *call, ferry_status_t status, const char *fmt, ...)
+{
+    (void)fmt;
+    pthread_mutex_lock(&rec.lock);
+    rec_of(call)->fails++;
+    rec_of(call)->status = status;
+    rec_of(call)->failed_ms = service_now_ms();
+    pthread_cond_broadcast(&rec.cond);
+    pthread_mutex_unlock(&rec.lock);
+}
+
+void __wrap_rpc_call_on_cancel(rpc_call_t *call, void (*cb)(rpc_call_t *call, void *arg), void *arg)
+{
+    pthread_mutex_lock(&rec.lock);
+    rec_of(call)->cancel = cb;
+    rec_of(call)->cancel_arg = arg;
+    pthread_mutex_unlock(&rec.lock);
+}
+
+const char *__wrap_rpc_call_peer(const rpc_call_t *call)
+{
+    (void)call;
+    return "test";
+}
+
+/* The wait ran again (its operation changed): it looks, and here it is
+ * answered (as a found operation would be). */
+void __wrap_service_lookup_once(coord_service_t *svc, rpc_call_t *call,
+                                const Ferry__V1__LookupRequest *req, int64_t deadline_ms)
+{
+    (void)svc;
+    (void)req;
+    (void)deadline_ms;
+    pthread_mutex_lock(&rec.lock);
+    rec_of(call)->runs++;
+    pthread_cond_broadcast(&rec.cond);
+    pthread_mutex_unlock(&rec.lock);
+}
+
+static int setup(void **state)
+{
+    coord_service_t *svc = calloc(1, sizeof(*svc));
+
+    assert_non_null(svc);
+    svc->max_waits = SERVICE_MAX_WAITS;
+    assert_int_equal(service_waits_start(svc), FERRY_OK);
+    pthread_mutex_lock(&rec.lock);
+    memset(rec.calls, 0, sizeof(rec.calls));
+    pthread_mutex_unlock(&rec.lock);
+    *state = svc;
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    coord_service_t *svc = *state;
+
+    service_waits_stop(svc);
+    pthread_cond_destroy(&svc->waits_cond);
+    pthread_mutex_destroy(&svc->waits_lock);
+    free(svc);
+    return 0;
+}
+
+/* Parks call i as a Lookup for id, due in wait_ms, after a look at seq. */
+static void park_seen(coord_service_t *svc, int i, const char *id, int64_t wait_ms, uint64_t seq)
+{
+    snprintf(rec.ids[i], sizeof(rec.ids[i]), "%s", id);
+    service_wait_add(svc, call_of(i), WAIT_LOOKUP, NULL, rec.ids[i], service_now_ms() + wait_ms,
+                     seq);
+}
+
+static void park(coord_service_t *svc, int i, const char *id, int64_t wait_ms)
+{
+    park_seen(svc, i, id, wait_ms, service_waits_seq(svc));
+}
+
+/* Waits (deadline 10 s) until `count` calls in [0, n) ran or failed. */
+static void await_ended(int n, int count)
+{
+    int64_t until = service_now_ms() + 10000;
+    int ended = 0;
+
+    pthread_mutex_lock(&rec.lock);
+    for (;;) {
+        ended = 0;
+        for (int i = 0; i < n; i++) {
+            ended += rec.calls[i].runs + rec.calls[i].fails;
+        }
+        if (ended >= count || service_now_ms() >= until) {
+            break;
+        }
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_nsec += 10000000;
+        if (ts.tv_nsec >= 1000000000) {
+            ts.tv_sec++;
+            ts.tv_nsec -= 1000000000;
+        }
+        pthread_cond_timedwait(&rec.cond, &rec.lock, &ts);
+    }
+    pthread_mutex_unlock(&rec.lock);
+    assert_int_equal(ended, count);
+}
+
+/* 2,000 waits on 1,000 IDs (two each): a wake runs exactly its ID's two,
+ * and the others stay parked; then every ID woken, in another order, runs
+ * every wait once. */
+static void test_wake_runs_only_its_own_waits(void **state)
+{
+    coord_service_t *svc = *state;
+    char id[32];
+    int n = 2000;
+
+    for (int i = 0; i < n; i++) {
+        snprintf(id, sizeof(id), "id-%d", i % 1000);
+        park(svc, i, id, 600000);
+    }
+    assert_int_equal(coord_service_parked_waits(svc), (size_t)n);
+    service_waits_wake(svc, "id-7");
+    await_ended(n, 2);
+    assert_int_equal(rec.calls[7].runs, 1);
+    assert_int_equal(rec.calls[1007].runs, 1);
+    assert_int_equal(coord_service_parked_waits(svc), (size_t)n - 2);
+    service_waits_wake(svc, "id-unknown");
+    for (int k = 999; k >= 0; k--) {
+        snprintf(id, sizeof(id), "id-%d", (k * 7) % 1000);
+        service_waits_wake(svc, id);
+    }
+    await_ended(n, n);
+    for (int i = 0; i < n; i++) {
+        assert_int_equal(rec.calls[i].runs, 1);
+        assert_int_equal(rec.calls[i].fails, 0);
+        assert_int_equal(rec.calls[i].refs, 0);
+    }
+    assert_int_equal(coord_service_parked_waits(svc), 0);
+}
+
+/* Waits with deadlines in no order expire each at its deadline, not
+ * before, with TIMED_OUT; one far off stays parked, and stopping fails it
+ * UNAVAILABLE. */
+static void test_waits_expire_at_their_deadlines(void **state)
+{
+    coord_service_t *svc = *state;
+    int64_t due[300];
+    int n = 300;
+
+    for (int i = 0; i < n; i++) {
+        int64_t wait_ms = 20 + (i * 37) % 400;
+        due[i] = service_now_ms() + wait_ms;
+        park(svc, i, "never", wait_ms);
+    }
+    park(svc, n, "never", 600000);
+    await_ended(n + 1, n);
+    for (int i = 0; i < n; i++) {
+        assert_int_equal(rec.calls[i].fails, 1);
+        assert_int_equal(rec.calls[i].status, FERRY_ERR_TIMED_OUT);
+        assert_true(rec.calls[i].failed_ms >= due[i]);
+    }
+    assert_int_equal(coord_service_parked_waits(svc), 1);
+    service_waits_stop(svc);
+    assert_int_equal(rec.calls[n].fails, 1);
+    assert_int_equal(rec.calls[n].status, FERRY_ERR_UNAVAILABLE);
+    assert_int_equal(rec.calls[n].refs, 0);
+}
+
+/* A cancelled wait leaves at once (CANCELLED), from among many, and a wake
+ * of its ID later runs only the other wait on that ID; a cancel that comes
+ * after its wait ran does nothing. */
+static void test_cancelled_wait_leaves(void **state)
+{
+    coord_service_t *svc = *state;
+    char id[32];
+    int n = 500;
+
+    for (int i = 0; i < n; i++) {
+        snprintf(id, sizeof(id), "id-%d", i % 250);
+        park(svc, i, id, 600000);
+    }
+    rec.calls[100].cancel(call_of(100), rec.calls[100].cancel_arg);
+    assert_int_equal(rec.calls[100].fails, 1);
+    assert_int_equal(rec.calls[100].status, FERRY_ERR_CANCELLED);
+    assert_int_equal(rec.calls[100].refs, 0);
+    assert_int_equal(coord_service_parked_waits(svc), (size_t)n - 1);
+    service_waits_wake(svc, "id-100");
+    await_ended(n, 2);
+    assert_int_equal(rec.calls[350].runs, 1);
+    assert_int_equal(rec.calls[100].runs, 0);
+    rec.calls[350].cancel(call_of(350), rec.calls[350].cancel_arg); /* ran already */
+    assert_int_equal(rec.calls[350].fails, 0);
+    assert_int_equal(coord_service_parked_waits(svc), (size_t)n - 2);
+}
+
+/* A wake for the ID between the caller's look and its parking makes it
+ * look again at once; a wake for another ID does not. */
+static void test_wake_before_parking_is_not_missed(void **state)
+{
+    coord_service_t *svc = *state;
+    uint64_t seq = service_waits_seq(svc);
+
+    service_waits_wake(svc, "early");
+    park_seen(svc, 0, "early", 600000, seq);
+    park_seen(svc, 1, "other", 600000, seq);
+    await_ended(2, 1);
+    assert_int_equal(rec.calls[0].runs, 1);
+    assert_int_equal(coord_service_parked_waits(svc), 1);
+}
+
+/* Past max_waits a wait is refused RESOURCE_EXHAUSTED, holding nothing. */
+static void test_bound_refuses_past_it(void **state)
+{
+    coord_service_t *svc = *state;
+
+    svc->max_waits = 100;
+    for (int i = 0; i <= 100; i++) {
+        park(svc, i, "bounded", 600000);
+    }
+    assert_int_equal(coord_service_parked_waits(svc), 100);
+    assert_int_equal(rec.calls[100].fails, 1);
+    assert_int_equal(rec.calls[100].status, FERRY_ERR_RESOURCE_EXHAUSTED);
+    assert_int_equal(rec.calls[100].refs, 0);
+    assert_int_equal(rec.calls[99].fails, 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_no_wait),
         cmocka_unit_test(test_extremes_saturate),
         cmocka_unit_test(test_caller_deadline_bounds_it),
+        cmocka_unit_test_setup_teardown(test_wake_runs_only_its_own_waits, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_waits_expire_at_their_deadlines, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_cancelled_wait_leaves, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_wake_before_parking_is_not_missed, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_bound_refuses_past_it, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
