@@ -20,6 +20,11 @@
 #include "common/log.h"
 #include "etcd/etcd.h"
 
+/* etcd keeps every revision until it is compacted, and refuses every write
+ * once its database reaches its quota (2 GiB): the private etcd compacts
+ * what is older than this, as deploy/k8s/etcd.yaml's does. */
+#define COMPACTION_RETENTION "1h"
+
 #define START_TIMEOUT_MS 30000
 #define STOP_TIMEOUT_MS  5000
 #define POLL_MS          50
@@ -64,11 +69,46 @@ static int mkdir_p(const char *path)
     return (mkdir(buf, 0700) != 0 && errno != EEXIST) ? -1 : 0;
 }
 
-static void exec_etcd(const coord_etcd_child_t *child, int client_port, int peer_port)
+/* Whether dir (made or found by mkdir_p) is ours alone to write: a
+ * directory, not a link to one, owned by this user, that no one else may
+ * write. Its etcd holds the key that mints lease tokens: a directory
+ * another user made first (/tmp/ferry-<uid>, when there is no HOME) would
+ * let them read or swap that etcd's data, or point its log at a file of
+ * ours. */
+static bool dir_is_private(const char *dir)
+{
+    struct stat st;
+
+    if (lstat(dir, &st) != 0) {
+        ferry_error("private etcd: %s: %s", dir, strerror(errno));
+        return false;
+    }
+    if (!S_ISDIR(st.st_mode)) {
+        ferry_error("private etcd: the state directory %s is not a directory (a link?); "
+                    "refusing it (--state-dir)",
+                    dir);
+        return false;
+    }
+    if (st.st_uid != geteuid()) {
+        ferry_error("private etcd: the state directory %s belongs to uid %d, not to this user "
+                    "(%d); refusing it (--state-dir)",
+                    dir, (int)st.st_uid, (int)geteuid());
+        return false;
+    }
+    if ((st.st_mode & (S_IWGRP | S_IWOTH)) != 0) {
+        ferry_error("private etcd: others may write to the state directory %s (mode %03o); "
+                    "refusing it (chmod go-w, or --state-dir)",
+                    dir, (unsigned)(st.st_mode & 0777));
+        return false;
+    }
+    return true;
+}
+
+/* In the child: log_fd becomes its stdout and stderr. */
+static void exec_etcd(const coord_etcd_child_t *child, int client_port, int peer_port, int log_fd)
 {
     char client_url[64], peer_url[64], cluster[96];
     const char *bin = getenv("FERRY_ETCD_BIN") != NULL ? getenv("FERRY_ETCD_BIN") : "etcd";
-    int fd = open(child->log_path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
     sigset_t none;
 
     /* The coordinator blocks its signals for sigwait; etcd must not inherit
@@ -76,16 +116,16 @@ static void exec_etcd(const coord_etcd_child_t *child, int client_port, int peer
     sigemptyset(&none);
     sigprocmask(SIG_SETMASK, &none, NULL);
     prctl(PR_SET_PDEATHSIG, SIGTERM);
-    if (fd >= 0) {
-        dup2(fd, STDOUT_FILENO);
-        dup2(fd, STDERR_FILENO);
-    }
+    dup2(log_fd, STDOUT_FILENO);
+    dup2(log_fd, STDERR_FILENO);
     snprintf(client_url, sizeof(client_url), "http://127.0.0.1:%d", client_port);
     snprintf(peer_url, sizeof(peer_url), "http://127.0.0.1:%d", peer_port);
     snprintf(cluster, sizeof(cluster), "ferry=%s", peer_url);
     execlp(bin, bin, "--name", "ferry", "--data-dir", child->data_dir, "--listen-client-urls",
            client_url, "--advertise-client-urls", client_url, "--listen-peer-urls", peer_url,
-           "--initial-advertise-peer-urls", peer_url, "--initial-cluster", cluster, (char *)NULL);
+           "--initial-advertise-peer-urls", peer_url, "--initial-cluster", cluster,
+           "--auto-compaction-mode", "periodic", "--auto-compaction-retention",
+           COMPACTION_RETENTION, (char *)NULL);
     fprintf(stderr, "exec %s: %s\n", bin, strerror(errno));
     _exit(127);
 }
@@ -123,6 +163,7 @@ ferry_status_t coord_etcd_child_start(const char *state_dir, coord_etcd_child_t 
     int client_port = free_port();
     int peer_port = free_port();
     ferry_status_t status;
+    int log_fd;
 
     memset(child, 0, sizeof(*child));
     if (client_port < 0 || peer_port < 0 || mkdir_p(state_dir) != 0) {
@@ -130,18 +171,30 @@ ferry_status_t coord_etcd_child_start(const char *state_dir, coord_etcd_child_t 
                     strerror(errno));
         return FERRY_ERR_IO;
     }
+    if (!dir_is_private(state_dir)) {
+        return FERRY_ERR_PERMISSION_DENIED;
+    }
     snprintf(child->data_dir, sizeof(child->data_dir), "%s/etcd", state_dir);
     snprintf(child->log_path, sizeof(child->log_path), "%s/etcd.log", state_dir);
     snprintf(child->endpoint, sizeof(child->endpoint), "http://127.0.0.1:%d", client_port);
+    /* Not through a link: the log is ours, where we said. */
+    log_fd = open(child->log_path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC | O_NOFOLLOW, 0600);
+    if (log_fd < 0) {
+        ferry_error("private etcd: cannot open its log %s: %s%s", child->log_path, strerror(errno),
+                    errno == ELOOP ? " (a link: refused)" : "");
+        return FERRY_ERR_IO;
+    }
 
     child->pid = fork();
     if (child->pid < 0) {
         ferry_error("private etcd: fork: %s", strerror(errno));
+        close(log_fd);
         return FERRY_ERR_IO;
     }
     if (child->pid == 0) {
-        exec_etcd(child, client_port, peer_port);
+        exec_etcd(child, client_port, peer_port, log_fd);
     }
+    close(log_fd);
     status = wait_ready(child);
     if (status != FERRY_OK) {
         coord_etcd_child_stop(child);
