@@ -311,6 +311,13 @@ def _torch_tensor_type() -> Optional[type]:
     return getattr(torch, "Tensor", None) if torch is not None else None
 
 
+def _tensor_storage(tensor: Any) -> Any:
+    """The storage that owns a tensor's memory (untyped_storage() since torch
+    2.0, storage() before)."""
+    untyped = getattr(tensor, "untyped_storage", None)
+    return untyped() if untyped is not None else tensor.storage()
+
+
 class Descriptor(_ferry._Descriptor):
     """One contiguous region of memory: ``ptr``, ``size`` (bytes), ``device``.
 
@@ -323,8 +330,17 @@ class Descriptor(_ferry._Descriptor):
         ``region.descriptor(offset, size)`` for part of it,
       * a tuple ``(ptr, size, device)`` naming memory the caller keeps alive.
 
-    The object is kept alive by the descriptor, and the descriptor by every
-    operation using it. Non-contiguous tensors and arrays are refused with
+    The object is kept alive by the descriptor (``owner``), and the
+    descriptor by every operation using it. A buffer stays exported for as
+    long as the descriptor lives (a bytearray cannot resize, a memoryview
+    cannot be released), through an export the descriptor keeps to itself.
+    A tensor's storage is held as well, so ``t.set_(...)`` does not free the
+    memory; but torch cannot forbid changing that storage in place
+    (``t.resize_()`` past its capacity, ``untyped_storage().resize_()``):
+    do not resize a tensor an operation uses. torch has no read-only
+    tensors, so a tensor is always taken as writable: do not hand one over
+    read-only memory (``torch.frombuffer(bytes)``) to create_writable or
+    begin_read. Non-contiguous tensors and arrays are refused with
     InvalidArgument, never copied. A null pointer or zero size is refused
     (libferry's own check)."""
 
@@ -347,8 +363,13 @@ class Descriptor(_ferry._Descriptor):
             if device is not None and Device(device) != dev:
                 raise InvalidArgument(f"descriptor: the tensor is on {dev}, not {device}")
             size = data.numel() * data.element_size()
+            # torch has no read-only tensors: a tensor is always taken as
+            # writable (see the class docstring).
             self = super().__new__(cls, data.data_ptr(), size, int(dev.kind), dev.id, data,
                                    False)
+            # The storage too: a tensor can be pointed at other memory
+            # (t.set_(...)), which would free this storage under a transfer.
+            self._storage = _tensor_storage(data)
         else:
             try:
                 view = memoryview(data)
@@ -356,15 +377,15 @@ class Descriptor(_ferry._Descriptor):
                 raise TypeError(
                     "Descriptor: expected a tensor, an array, a buffer or (ptr, size, device), "
                     f"got {type(data).__name__}") from None
-            if not view.c_contiguous:
-                view.release()
-                raise _not_contiguous(type(data).__name__)
+            with view:  # only to check: the descriptor takes its own export
+                if not view.c_contiguous:
+                    raise _not_contiguous(type(data).__name__)
             if device is not None and Device(device) != _HOST:
                 raise InvalidArgument(
                     f"descriptor: a {type(data).__name__} is host memory, not {device}")
-            ptr = _ferry._buffer_address(view) if view.nbytes > 0 else 0
-            self = super().__new__(cls, ptr, view.nbytes, int(DeviceKind.HOST), 0, view,
-                                   view.readonly)
+            # The export that holds the memory is kept inside the descriptor,
+            # where no caller can release it; owner is data itself.
+            self = cls._from_buffer(data)
         self._validate()
         return self
 

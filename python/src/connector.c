@@ -7,14 +7,20 @@
  * eventfd is signalled; the thread never takes the GIL. Python watches the
  * fd (loop.add_reader) and calls _drain(), which reads the fd and then takes
  * the whole list: reading before taking means a signal is never lost. The
- * list holds borrowed pointers: an operation unlinks itself when it is
- * closed or freed, after ferry_op_destroy guaranteed that no callback runs
- * or will run (op.c), so the list never names a freed object.
+ * list holds borrowed pointers: an operation being closed or freed leaves
+ * it, and marks itself so that its done callback queues it no more, before
+ * it lets go of the GIL to cancel and destroy (op.c), so neither the list
+ * nor a _drain() ever names an object being freed.
  *
  * Operations created through here hold a strong reference to the connector,
  * so ferry_connector_destroy runs only after every operation is destroyed;
  * a constructor running with the GIL released counts in live_ops until it
- * returns, so close() from another thread refuses (Busy) meanwhile.
+ * returns, so close() from another thread refuses (Busy) meanwhile. The
+ * constructors run every piece of Python code they call (the operation's
+ * class, the collector) before they check that the connector is open, and
+ * count themselves at once after that check. close() sets closing before it
+ * lets go of the GIL (reaping, destroying): another close() refuses (Busy)
+ * and every other use refuses (Misuse) until it is over.
  * Regions (region.c) made here do too, and count in live_regions from
  * before their libferry call until they are deregistered: close() refuses
  * while one remains. A region collected while libferry still held it is an
@@ -22,9 +28,10 @@
  * allocation or registration, at each operation's close, and at close)
  * deregisters the orphans libferry has let go and drops their references.
  *
- * The memory of an operation closed before it completed (the descriptors'
- * owners) is parked here until ferry_connector_destroy succeeded: libferry
- * does not wait for data in flight when it destroys an operation.
+ * The memory of an operation closed before it completed (its descriptors,
+ * which hold it) is parked here until ferry_connector_destroy succeeded:
+ * libferry does not wait for data in flight when it destroys an operation.
+ * Memory in a region is not parked: libferry holds the region instead.
  */
 #include "pyferry.h"
 
@@ -32,6 +39,9 @@
 #include <stdlib.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
+
+/* Descriptors a constructor lists on its stack; longer lists are allocated. */
+#define CONNECTOR_STACK_DESCS 16
 
 static PyObject *connector_new(PyTypeObject *tp, PyObject *args, PyObject *kwargs)
 {
@@ -139,9 +149,9 @@ void pyferry_connector_park(pyferry_connector_t *self, PyObject *keep)
 
     for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *item = PyTuple_GetItem(keep, i);
-        PyObject *owner = ((pyferry_desc_t *)item)->owner;
+        pyferry_desc_t *d = (pyferry_desc_t *)item;
 
-        if (owner == Py_None || PyObject_TypeCheck(owner, pyferry_region_type)) {
+        if (d->owner == Py_None || pyferry_desc_held_by_region(item)) {
             continue; /* no memory to hold, or libferry holds the region */
         }
         if (self->parked == NULL) {
@@ -172,30 +182,51 @@ static void connector_dealloc(PyObject *obj)
     pyferry_free_self(obj);
 }
 
+/* close() past its first checks: reaps the orphans, then destroys. Both
+ * let go of the GIL, so the caller sets closing around this. Returns -1
+ * with an exception set. */
+static int connector_release(pyferry_connector_t *self)
+{
+    ferry_status_t status;
+    char msg[160];
+
+    pyferry_connector_reap(self);
+    if (self->live_regions > 0) {
+        snprintf(msg, sizeof(msg),
+                 "connector: %zd region(s) still registered (or still used by a transfer); "
+                 "close them first",
+                 self->live_regions);
+        pyferry_raise(FERRY_ERR_BUSY, msg);
+        return -1;
+    }
+    status = connector_close_handle(self);
+    if (status != FERRY_OK) {
+        pyferry_raise_last(status);
+        return -1;
+    }
+    return 0;
+}
+
 static PyObject *connector_close(PyObject *obj, PyObject *unused)
 {
     pyferry_connector_t *self = (pyferry_connector_t *)obj;
-    ferry_status_t status;
+    int rc;
 
     (void)unused;
+    if (self->closing) {
+        return pyferry_raise(FERRY_ERR_BUSY, "connector: being closed by another thread");
+    }
     if (self->live_ops > 0) {
         char msg[128];
         snprintf(msg, sizeof(msg), "connector: %zd operation(s) still open; close them first",
                  self->live_ops);
         return pyferry_raise(FERRY_ERR_BUSY, msg);
     }
-    pyferry_connector_reap(self);
-    if (self->live_regions > 0) {
-        char msg[160];
-        snprintf(msg, sizeof(msg),
-                 "connector: %zd region(s) still registered (or still used by a transfer); "
-                 "close them first",
-                 self->live_regions);
-        return pyferry_raise(FERRY_ERR_BUSY, msg);
-    }
-    status = connector_close_handle(self);
-    if (status != FERRY_OK) {
-        return pyferry_raise_last(status);
+    self->closing = true;
+    rc = connector_release(self);
+    self->closing = false;
+    if (rc < 0) {
+        return NULL;
     }
     /* Nothing moves data any more: the memory of operations closed
      * unfinished can go. */
@@ -207,6 +238,10 @@ static int connector_check_open(pyferry_connector_t *self)
 {
     if (self->conn == NULL) {
         pyferry_raise(FERRY_ERR_MISUSE, "connector: closed");
+        return -1;
+    }
+    if (self->closing) {
+        pyferry_raise(FERRY_ERR_MISUSE, "connector: being closed by another thread");
         return -1;
     }
     return 0;
@@ -325,17 +360,48 @@ static PyObject *connector_drain(PyObject *obj, PyObject *unused)
     return list;
 }
 
-/* Builds the local list, then calls the constructor with the GIL released. */
+/* A constructor's local list: counted, filled into *descs_p (the caller's
+ * array of stack_n when it holds them, else one PyMem_Malloc'd in its place,
+ * which the caller frees) and pinned, *keep_p getting the tuple of
+ * descriptors. Returns -1 with an exception set, having pinned nothing. */
+static int connector_descs_take(PyObject *seq, bool need_writable, Py_ssize_t stack_n,
+                                ferry_descriptor_t **descs_p, Py_ssize_t *n_p, PyObject **keep_p)
+{
+    Py_ssize_t n = pyferry_descs_count(seq);
+
+    if (n < 0) {
+        return -1;
+    }
+    if (n > stack_n) {
+        *descs_p = PyMem_Malloc((size_t)n * sizeof(**descs_p));
+        if (*descs_p == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+    }
+    if (pyferry_descs_fill(seq, need_writable, *descs_p, n, keep_p) < 0) {
+        return -1;
+    }
+    if (pyferry_descs_pin(*keep_p) < 0) {
+        Py_CLEAR(*keep_p);
+        return -1;
+    }
+    *n_p = n;
+    return 0;
+}
+
+/* Makes the operation's object, builds the local list, then calls the
+ * constructor with the GIL released and hands the handle to the object. */
 static PyObject *connector_create(PyObject *obj, PyObject *args)
 {
     pyferry_connector_t *self = (pyferry_connector_t *)obj;
     int kind;
     PyObject *seq, *cls, *keep = NULL, *result = NULL;
     Py_buffer md = {.buf = NULL};
-    ferry_descriptor_t stack[16], *descs = stack;
+    ferry_descriptor_t stack[CONNECTOR_STACK_DESCS], *descs = stack;
     ferry_op_t *op = NULL;
     ferry_status_t status;
-    Py_ssize_t n;
+    Py_ssize_t n = 0;
 
     if (!PyArg_ParseTuple(args, "iOO|y*:_create", &kind, &seq, &cls, &md)) {
         return NULL;
@@ -348,24 +414,19 @@ static PyObject *connector_create(PyObject *obj, PyObject *args)
         PyErr_SetString(PyExc_ValueError, "_create: bad kind or metadata");
         goto out;
     }
-    n = pyferry_descs_count(seq);
-    if (n < 0) {
-        goto out;
+    result = pyferry_op_make(cls, self);
+    if (result == NULL ||
+        connector_descs_take(seq, kind == PYFERRY_WRITABLE || kind == PYFERRY_READ,
+                             CONNECTOR_STACK_DESCS, &descs, &n, &keep) < 0) {
+        goto err_result;
     }
-    if (n > (Py_ssize_t)(sizeof(stack) / sizeof(stack[0]))) {
-        descs = PyMem_Malloc((size_t)n * sizeof(*descs));
-        if (descs == NULL) {
-            PyErr_NoMemory();
-            goto out;
-        }
+    /* Checked again after every piece of Python code above (the class's,
+     * finalizers the collector ran), then counted at once: close() from
+     * another thread refuses (Busy) rather than destroy the connector under
+     * the call. */
+    if (connector_check_open(self) < 0) {
+        goto err_unpin;
     }
-    if (pyferry_descs_fill(seq, kind == PYFERRY_WRITABLE || kind == PYFERRY_READ, descs, n, &keep) <
-            0 ||
-        pyferry_descs_pin(keep) < 0) {
-        goto out;
-    }
-    /* Counted before the call: close() from another thread must refuse
-     * (Busy) rather than destroy the connector under it. */
     self->live_ops++;
     Py_BEGIN_ALLOW_THREADS switch (kind)
     {
@@ -386,10 +447,15 @@ static PyObject *connector_create(PyObject *obj, PyObject *args)
     pyferry_descs_unpin(keep);
     if (status != FERRY_OK) {
         pyferry_raise_last(status);
-        goto out;
+        goto err_result;
     }
-    result = pyferry_op_wrap(cls, op, kind, self, keep, NULL);
+    pyferry_op_attach(result, op, kind, keep, NULL);
+    goto out;
 
+err_unpin:
+    pyferry_descs_unpin(keep);
+err_result:
+    Py_CLEAR(result);
 out:
     Py_XDECREF(keep);
     if (descs != stack) {
@@ -410,39 +476,27 @@ static PyObject *connector_begin_by_id(PyObject *obj, PyObject *args)
     PyObject *coord_obj, *seq, *cls, *keep = NULL, *result = NULL;
     pyferry_coordinator_t *coord;
     ferry_claim_params_t params = {.field_mask = 0};
-    ferry_descriptor_t stack[16], *descs = stack;
+    ferry_descriptor_t stack[CONNECTOR_STACK_DESCS], *descs = stack;
     ferry_op_t *op = NULL;
     ferry_status_t status;
-    Py_ssize_t n;
+    Py_ssize_t n = 0;
 
     if (!PyArg_ParseTuple(args, "iO!ssiiOO:_begin_by_id", &kind, pyferry_coordinator_type,
                           &coord_obj, &request_id, &token, &wait_ms, &ttl_s, &seq, &cls)) {
         return NULL;
     }
     coord = (pyferry_coordinator_t *)coord_obj;
-    if (connector_check_open(self) < 0) {
+    if (connector_check_open(self) < 0 || pyferry_coordinator_check_open(coord) < 0) {
         return NULL;
-    }
-    if (coord->coord == NULL) {
-        return pyferry_raise(FERRY_ERR_MISUSE, "coordinator: closed");
     }
     if (kind != PYFERRY_WRITE && kind != PYFERRY_READ) {
         PyErr_SetString(PyExc_ValueError, "_begin_by_id: kind must be write or read");
         return NULL;
     }
-    n = pyferry_descs_count(seq);
-    if (n < 0) {
-        return NULL;
-    }
-    if (n > (Py_ssize_t)(sizeof(stack) / sizeof(stack[0]))) {
-        descs = PyMem_Malloc((size_t)n * sizeof(*descs));
-        if (descs == NULL) {
-            return PyErr_NoMemory();
-        }
-    }
-    if (pyferry_descs_fill(seq, kind == PYFERRY_READ, descs, n, &keep) < 0 ||
-        pyferry_descs_pin(keep) < 0) {
-        goto out;
+    result = pyferry_op_make(cls, self);
+    if (result == NULL || connector_descs_take(seq, kind == PYFERRY_READ, CONNECTOR_STACK_DESCS,
+                                               &descs, &n, &keep) < 0) {
+        goto err_result;
     }
     params.request_id = request_id;
     params.access_token = token;
@@ -455,8 +509,12 @@ static PyObject *connector_begin_by_id(PyObject *obj, PyObject *args)
         params.ttl_s = ttl_s;
     }
     /* Neither the connector nor the coordinator can be closed meanwhile
-     * (the lookup and claim may wait for seconds): closing refuses while
-     * live_ops > 0, and this call counts as one in each until it returns. */
+     * (the lookup and claim may wait for seconds): both are checked again
+     * after the Python code above, and the call counts at once in each's
+     * live_ops until it returns, so that closing either refuses. */
+    if (connector_check_open(self) < 0 || pyferry_coordinator_check_open(coord) < 0) {
+        goto err_unpin;
+    }
     self->live_ops++;
     coord->live_ops++;
     Py_BEGIN_ALLOW_THREADS if (kind == PYFERRY_WRITE)
@@ -472,10 +530,15 @@ static PyObject *connector_begin_by_id(PyObject *obj, PyObject *args)
     pyferry_descs_unpin(keep);
     if (status != FERRY_OK) {
         pyferry_raise_last(status);
-        goto out;
+        goto err_result;
     }
-    result = pyferry_op_wrap(cls, op, kind, self, keep, coord);
+    pyferry_op_attach(result, op, kind, keep, coord);
+    goto out;
 
+err_unpin:
+    pyferry_descs_unpin(keep);
+err_result:
+    Py_CLEAR(result);
 out:
     Py_XDECREF(keep);
     if (descs != stack) {
@@ -491,7 +554,7 @@ static PyObject *connector_allocate(PyObject *obj, PyObject *args)
     pyferry_connector_t *self = (pyferry_connector_t *)obj;
     ferry_device_t host = FERRY_DEVICE_HOST_INIT;
     ferry_region_t *region = NULL;
-    PyObject *size_obj, *cls;
+    PyObject *size_obj, *cls, *result;
     ferry_status_t status;
     void *ptr = NULL;
     char msg[320];
@@ -507,17 +570,28 @@ static PyObject *connector_allocate(PyObject *obj, PyObject *args)
     if (connector_check_open(self) < 0) {
         return NULL;
     }
+    result = pyferry_region_make(cls, self);
+    if (result == NULL) {
+        return NULL;
+    }
     pyferry_connector_reap(self);
-    /* Counted before the call: close() from another thread must refuse. */
+    /* Checked again after the Python code and the GIL let go of above, then
+     * counted at once: close() from another thread must refuse. */
+    if (connector_check_open(self) < 0) {
+        Py_DECREF(result);
+        return NULL;
+    }
     self->live_regions++;
     Py_BEGIN_ALLOW_THREADS status = ferry_mem_alloc(self->conn, size, host, &region, &ptr);
     Py_END_ALLOW_THREADS if (status != FERRY_OK)
     {
         self->live_regions--;
         snprintf(msg, sizeof(msg), "allocate(size=%zu): %s", size, ferry_last_error_message());
+        Py_DECREF(result);
         return pyferry_raise(status, msg);
     }
-    return pyferry_region_wrap(cls, region, self, ptr, size, host, true, NULL);
+    pyferry_region_attach(result, region, ptr, size, host, true, NULL);
+    return result;
 }
 
 /* _register(descriptor, cls): the descriptor's memory registered once
@@ -527,7 +601,7 @@ static PyObject *connector_register(PyObject *obj, PyObject *args)
 {
     pyferry_connector_t *self = (pyferry_connector_t *)obj;
     ferry_region_t *region = NULL;
-    PyObject *desc_obj, *cls, *keep;
+    PyObject *desc_obj, *cls, *keep, *result;
     pyferry_desc_t *d;
     ferry_status_t status;
     char msg[320];
@@ -544,15 +618,20 @@ static PyObject *connector_register(PyObject *obj, PyObject *args)
                              "register_memory(buffer): the buffer is read-only (a region's "
                              "memory must be writable)");
     }
+    result = pyferry_region_make(cls, self);
+    if (result == NULL) {
+        return NULL;
+    }
     keep = PyTuple_Pack(1, desc_obj);
     if (keep == NULL) {
-        return NULL;
-    }
-    if (pyferry_descs_pin(keep) < 0) {
-        Py_DECREF(keep);
-        return NULL;
+        goto err_result;
     }
     pyferry_connector_reap(self);
+    /* Checked again after the Python code and the GIL let go of above, then
+     * pinned and counted at once. */
+    if (connector_check_open(self) < 0 || pyferry_descs_pin(keep) < 0) {
+        goto err_keep;
+    }
     self->live_regions++;
     Py_BEGIN_ALLOW_THREADS status =
         ferry_mem_register(self->conn, d->desc.ptr, d->desc.size, d->desc.device, &region);
@@ -561,10 +640,18 @@ static PyObject *connector_register(PyObject *obj, PyObject *args)
     if (status != FERRY_OK) {
         self->live_regions--;
         snprintf(msg, sizeof(msg), "register_memory(buffer): %s", ferry_last_error_message());
-        return pyferry_raise(status, msg);
+        pyferry_raise(status, msg);
+        goto err_result;
     }
-    return pyferry_region_wrap(cls, region, self, d->desc.ptr, d->desc.size, d->desc.device, false,
-                               desc_obj);
+    pyferry_region_attach(result, region, d->desc.ptr, d->desc.size, d->desc.device, false,
+                          desc_obj);
+    return result;
+
+err_keep:
+    Py_DECREF(keep);
+err_result:
+    Py_DECREF(result);
+    return NULL;
 }
 
 static PyMethodDef connector_methods[] = {

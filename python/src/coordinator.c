@@ -5,6 +5,12 @@
  * Operations published on it or begun through it hold a reference to it
  * and count in live_ops, so it is disconnected only after them (libferry
  * refuses with FERRY_ERR_BUSY otherwise).
+ *
+ * Threads: everything runs with the GIL. close() sets closing before it
+ * lets go of the GIL to disconnect: another close() refuses (Busy) and
+ * every use refuses (Misuse, pyferry_coordinator_check_open) until it is
+ * over, so ferry_coordinator_disconnect runs once and nothing uses the
+ * coordinator it frees.
  */
 #include "pyferry.h"
 
@@ -63,6 +69,19 @@ static ferry_status_t coordinator_disconnect(pyferry_coordinator_t *self)
     return status;
 }
 
+int pyferry_coordinator_check_open(pyferry_coordinator_t *coord)
+{
+    if (coord->coord == NULL) {
+        pyferry_raise(FERRY_ERR_MISUSE, "coordinator: closed");
+        return -1;
+    }
+    if (coord->closing) {
+        pyferry_raise(FERRY_ERR_MISUSE, "coordinator: being closed by another thread");
+        return -1;
+    }
+    return 0;
+}
+
 static void coordinator_dealloc(PyObject *obj)
 {
     /* Bound operations hold references: none is alive here. */
@@ -76,13 +95,18 @@ static PyObject *coordinator_close(PyObject *obj, PyObject *unused)
     ferry_status_t status;
 
     (void)unused;
+    if (self->closing) {
+        return pyferry_raise(FERRY_ERR_BUSY, "coordinator: being closed by another thread");
+    }
     if (self->live_ops > 0) {
         char msg[128];
         snprintf(msg, sizeof(msg), "coordinator: %zd operation(s) still bound; close them first",
                  self->live_ops);
         return pyferry_raise(FERRY_ERR_BUSY, msg);
     }
+    self->closing = true;
     status = coordinator_disconnect(self);
+    self->closing = false;
     if (status != FERRY_OK) {
         return pyferry_raise_last(status);
     }

@@ -8,6 +8,11 @@
  * constructor (pyferry_descs_pin), so memory deregistered meanwhile is never
  * handed to libferry.
  *
+ * A buffer's memory (_from_buffer: bytearray, numpy, memoryview) is held by
+ * a buffer export kept here, out of Python's reach: no caller can release
+ * it, so the exporter cannot resize or free that memory until the
+ * descriptor is freed. `owner` is the object itself, never the export.
+ *
  * Immutable after construction; no locking (the GIL guards the pins).
  */
 #include "pyferry.h"
@@ -90,10 +95,47 @@ static PyObject *desc_new(PyTypeObject *tp, PyObject *args, PyObject *kwargs)
     return (PyObject *)self;
 }
 
+/* _from_buffer(data): the whole of a C-contiguous buffer, on the host. The
+ * export taken here lives as long as the descriptor (desc_dealloc). */
+static PyObject *desc_from_buffer(PyObject *cls, PyObject *data)
+{
+    allocfunc alloc = (allocfunc)PyType_GetSlot((PyTypeObject *)cls, Py_tp_alloc);
+    pyferry_desc_t *self = (pyferry_desc_t *)alloc((PyTypeObject *)cls, 0);
+
+    if (self == NULL) {
+        return NULL;
+    }
+    /* Writable when the exporter allows it: view.readonly says which. */
+    if (PyObject_GetBuffer(data, &self->view, PyBUF_FULL_RO) < 0) {
+        goto err_self;
+    }
+    if (!PyBuffer_IsContiguous(&self->view, 'C')) {
+        pyferry_raise(FERRY_ERR_INVALID_ARGUMENT,
+                      "descriptor: the buffer is not contiguous; Ferry refuses it rather than "
+                      "copy it");
+        goto err_self;
+    }
+    /* Empty: a null pointer, which libferry's _validate refuses. */
+    self->desc.ptr = self->view.len > 0 ? self->view.buf : NULL;
+    self->desc.size = (size_t)self->view.len;
+    self->desc.device.kind = FERRY_DEVICE_HOST;
+    self->desc.device.id = 0;
+    self->readonly = self->view.readonly != 0;
+    Py_INCREF(data);
+    self->owner = data;
+    return (PyObject *)self;
+
+err_self:
+    Py_DECREF((PyObject *)self); /* releases the export, if taken */
+    return NULL;
+}
+
 static void desc_dealloc(PyObject *obj)
 {
     pyferry_desc_t *self = (pyferry_desc_t *)obj;
 
+    /* A no-op when no export was taken (view.obj NULL). */
+    PyBuffer_Release(&self->view);
     Py_CLEAR(self->owner);
     pyferry_free_self(obj);
 }
@@ -151,6 +193,9 @@ static PyObject *desc_validate(PyObject *obj, PyObject *unused)
 }
 
 static PyMethodDef desc_methods[] = {
+    {"_from_buffer", desc_from_buffer, METH_O | METH_CLASS,
+     "_from_buffer(data): the whole of a C-contiguous buffer, exported until the descriptor "
+     "is freed."},
     {"_validate", desc_validate, METH_NOARGS, "_validate(): libferry's checks on the region."},
     {NULL, NULL, 0, NULL},
 };
@@ -198,7 +243,10 @@ Py_ssize_t pyferry_descs_count(PyObject *seq)
         PyErr_SetString(PyExc_TypeError, "descriptors: expected a Descriptor or a list of them");
         return -1;
     }
-    n = PySequence_Size(seq);
+    /* The list's or tuple's own storage: a subclass's __len__ and
+     * __getitem__ are not called (no Python code between the constructors'
+     * checks and their libferry call). */
+    n = PyList_Check(seq) ? PyList_Size(seq) : PyTuple_Size(seq);
     if (n == 0) {
         pyferry_raise(FERRY_ERR_INVALID_ARGUMENT, "descriptors: the list is empty");
         return -1;
@@ -215,14 +263,19 @@ int pyferry_descs_fill(PyObject *seq, bool need_writable, ferry_descriptor_t *ou
         return -1;
     }
     for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *item = PyObject_TypeCheck(seq, pyferry_desc_type) ? (Py_INCREF(seq), seq)
-                                                                    : PySequence_GetItem(seq, i);
+        PyObject *item = seq;
         pyferry_desc_t *d;
         char msg[160];
 
+        /* Borrowed; NULL (IndexError) if a finalizer run by the collector
+         * meanwhile shortened the list. */
+        if (!PyObject_TypeCheck(seq, pyferry_desc_type)) {
+            item = PyList_Check(seq) ? PyList_GetItem(seq, i) : PyTuple_GetItem(seq, i);
+        }
         if (item == NULL) {
             goto err_keep;
         }
+        Py_INCREF(item);
         if (!PyObject_TypeCheck(item, pyferry_desc_type)) {
             PyErr_Format(PyExc_TypeError, "descriptors[%zd]: expected a Descriptor, got %s", i,
                          "another type");
@@ -257,6 +310,36 @@ static pyferry_region_t *desc_region(PyObject *item)
     PyObject *owner = ((pyferry_desc_t *)item)->owner;
 
     return PyObject_TypeCheck(owner, pyferry_region_type) ? (pyferry_region_t *)owner : NULL;
+}
+
+bool pyferry_desc_held_by_region(PyObject *item)
+{
+    PyObject *obj = ((pyferry_desc_t *)item)->view.obj, *base;
+    bool found;
+
+    if (desc_region(item) != NULL) {
+        return true;
+    }
+    if (obj == NULL) {
+        return false;
+    }
+    /* memoryview(region), memoryview(memoryview(region))[a:b]: a memoryview's
+     * obj is what it exports (a builtin getter, no Python code runs). The
+     * export chain ends at the region, which was open when the operation
+     * was made (an export keeps it from closing), so libferry holds it. */
+    Py_INCREF(obj);
+    while (PyMemoryView_Check(obj)) {
+        base = PyObject_GetAttrString(obj, "obj");
+        Py_DECREF(obj);
+        if (base == NULL) {
+            PyErr_Clear();
+            return false;
+        }
+        obj = base;
+    }
+    found = PyObject_TypeCheck(obj, pyferry_region_type);
+    Py_DECREF(obj);
+    return found;
 }
 
 int pyferry_descs_pin(PyObject *keep)

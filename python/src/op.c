@@ -8,12 +8,16 @@
  * flight, so that memory stays held until the connector is destroyed. An
  * operation is bound to a coordinator only once publish() succeeded.
  *
- * Life: made by the connector (_create, _begin_by_id) through
- * pyferry_op_wrap; close() (or dealloc) cancels it when unfinished, keeps
- * its final status and error, and destroys the handle. ferry_op_destroy
- * waits for a running done callback and stops later ones, so once it
- * returns the operation can unlink itself from the queue and nothing on
- * libferry's threads names it again.
+ * Life: made by the connector (_create, _begin_by_id): the Python object
+ * first (pyferry_op_make), so that the class's own code runs before any
+ * libferry handle exists, then the handle (pyferry_op_attach). close() (or
+ * dealloc) cancels it when unfinished, keeps its final status and error,
+ * and destroys the handle. It first sets releasing and leaves the queue,
+ * under done_lock, before it lets go of the GIL: a completion reported
+ * meanwhile (the cancel's own) is not queued, so no other thread's
+ * _drain() can take an operation being freed. ferry_op_destroy waits for a
+ * running done callback and stops later ones, so once it returns nothing on
+ * libferry's threads names the operation again.
  *
  * Threads: every function here runs with the GIL, except inside
  * Py_BEGIN/END_ALLOW_THREADS (where only the handle is used, and busy > 0
@@ -37,6 +41,11 @@ static void on_done(ferry_op_t *op, ferry_op_status_t status, void *arg)
     (void)op;
     (void)status;
     pthread_mutex_lock(&c->done_lock);
+    if (self->releasing) {
+        /* Being closed or freed (op_release): nobody may take it. */
+        pthread_mutex_unlock(&c->done_lock);
+        return;
+    }
     was_empty = c->done_head == NULL;
     self->queued = true;
     self->done_next = NULL;
@@ -49,12 +58,14 @@ static void on_done(ferry_op_t *op, ferry_op_status_t status, void *arg)
     }
 }
 
-/* Removes self from the connector's queue if it is there (close, dealloc). */
-static void unlink_from_queue(pyferry_op_t *self)
+/* Stops reporting: removes self from the connector's queue if it is there,
+ * and keeps on_done from queueing it again (close, dealloc). */
+static void leave_queue(pyferry_op_t *self)
 {
     pyferry_connector_t *c = self->connector;
 
     pthread_mutex_lock(&c->done_lock);
+    self->releasing = true;
     if (self->queued) {
         pyferry_op_t **pp = &c->done_head;
         while (*pp != self) {
@@ -69,24 +80,41 @@ static void unlink_from_queue(pyferry_op_t *self)
     pthread_mutex_unlock(&c->done_lock);
 }
 
-PyObject *pyferry_op_wrap(PyObject *cls, ferry_op_t *handle, int kind, pyferry_connector_t *conn,
-                          PyObject *descs, pyferry_coordinator_t *coord)
+PyObject *pyferry_op_make(PyObject *cls, pyferry_connector_t *conn)
 {
+    PyObject *obj;
     pyferry_op_t *self;
 
     if (!PyType_Check(cls) || !PyType_IsSubtype((PyTypeObject *)cls, pyferry_op_type)) {
         PyErr_SetString(PyExc_TypeError, "operation class must subclass _Operation");
-        goto err_handle;
+        return NULL;
     }
-    self = (pyferry_op_t *)PyObject_CallNoArgs(cls);
-    if (self == NULL) {
-        goto err_handle;
+    obj = PyObject_CallNoArgs(cls);
+    if (obj == NULL) {
+        return NULL;
     }
-    self->op = handle;
-    self->kind = kind;
+    /* A __new__ may return any object, or an operation in use: only a
+     * fresh one gets the fields written below and by pyferry_op_attach. */
+    self = (pyferry_op_t *)obj;
+    if (!PyObject_TypeCheck(obj, pyferry_op_type) || self->connector != NULL) {
+        PyErr_SetString(PyExc_TypeError,
+                        "operation class: calling it must return a new _Operation");
+        Py_DECREF(obj);
+        return NULL;
+    }
     Py_INCREF((PyObject *)conn);
     self->connector = conn;
-    conn->live_ops++;
+    return obj;
+}
+
+void pyferry_op_attach(PyObject *obj, ferry_op_t *handle, int kind, PyObject *descs,
+                       pyferry_coordinator_t *coord)
+{
+    pyferry_op_t *self = (pyferry_op_t *)obj;
+
+    self->op = handle;
+    self->kind = kind;
+    self->connector->live_ops++;
     Py_INCREF(descs);
     self->descs = descs;
     if (coord != NULL) {
@@ -94,11 +122,6 @@ PyObject *pyferry_op_wrap(PyObject *cls, ferry_op_t *handle, int kind, pyferry_c
         self->coordinator = coord;
         coord->live_ops++;
     }
-    return (PyObject *)self;
-
-err_handle:
-    Py_BEGIN_ALLOW_THREADS ferry_op_destroy(handle);
-    Py_END_ALLOW_THREADS return NULL;
 }
 
 static PyObject *op_new(PyTypeObject *tp, PyObject *args, PyObject *kwargs)
@@ -134,9 +157,12 @@ static void op_release(pyferry_op_t *self)
         return;
     }
     /* Closed from here on for every other thread (they run only while the
-     * GIL is released below), with the status as it is now meanwhile. */
+     * GIL is released below), with the status as it is now meanwhile; and
+     * out of the queue, for good, before another thread's _drain() can run
+     * (dealloc comes here with no reference left). */
     self->op = NULL;
     self->closed_status = ferry_op_status(op);
+    leave_queue(self);
     Py_BEGIN_ALLOW_THREADS ferry_op_cancel(op);
     Py_END_ALLOW_THREADS self->closed_status = ferry_op_status(op);
     self->closed_code = ferry_op_error(op, &msg);
@@ -145,8 +171,7 @@ static void op_release(pyferry_op_t *self)
         PyErr_Clear();
     }
     Py_BEGIN_ALLOW_THREADS ferry_op_destroy(op);
-    Py_END_ALLOW_THREADS unlink_from_queue(self);
-    self->connector->live_ops--;
+    Py_END_ALLOW_THREADS self->connector->live_ops--;
     if (self->coordinator != NULL) {
         self->coordinator->live_ops--;
     }
@@ -435,11 +460,8 @@ static PyObject *op_publish(PyObject *obj, PyObject *args)
         return NULL;
     }
     coord = (pyferry_coordinator_t *)coord_obj;
-    if (check_open(self) < 0) {
+    if (check_open(self) < 0 || pyferry_coordinator_check_open(coord) < 0) {
         return NULL;
-    }
-    if (coord->coord == NULL) {
-        return pyferry_raise(FERRY_ERR_MISUSE, "coordinator: closed");
     }
     if (self->coordinator != NULL && self->coordinator != coord) {
         return pyferry_raise(FERRY_ERR_MISUSE, "operation: bound to another coordinator");

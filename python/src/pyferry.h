@@ -9,14 +9,17 @@
  *
  * Types and what they own:
  *   _Descriptor   one ferry_descriptor_t and a strong reference to the
- *                 object whose memory it names (a memoryview over an export,
- *                 a tensor), so the memory outlives every operation on it.
+ *                 object whose memory it names (a buffer, a tensor, a
+ *                 region), so the memory outlives every operation on it; a
+ *                 buffer's export is held privately (view), never exposed.
  *   _Connector    one ferry_connector_t (progress-thread mode), plus the
  *                 completion queue: a done callback, on libferry's progress
  *                 thread, appends the operation to a list under done_lock and
  *                 signals an eventfd; Python drains the list from the event
  *                 loop (loop.add_reader on the fd). The progress thread never
- *                 takes the GIL.
+ *                 takes the GIL. Closing sets closing before the GIL is
+ *                 released: other threads' close refuses (Busy) and every
+ *                 other use refuses (Misuse) meanwhile.
  *   _Operation    one ferry_op_t, a strong reference to its connector (an
  *                 operation must be destroyed before its connector), to its
  *                 descriptors and, once bound, to its coordinator.
@@ -27,7 +30,7 @@
  *                 Regions collected while libferry still uses them move to
  *                 the connector's orphans (keeping the connector alive) and
  *                 are deregistered later.
- *   _Coordinator  one ferry_coordinator_t.
+ *   _Coordinator  one ferry_coordinator_t; closing as the connector's.
  *
  * GIL: held for every Python object access; released around every libferry
  * call that can block (create, begin, wait, cancel, destroy, publish,
@@ -62,6 +65,9 @@ typedef enum {
 typedef struct {
     PyObject_HEAD ferry_descriptor_t desc;
     PyObject *owner; /* strong: what keeps desc.ptr allocated; may be None */
+    /* The buffer export that holds a buffer's memory (_from_buffer), from
+     * construction to dealloc; view.obj is NULL when there is none. */
+    Py_buffer view;
     bool readonly;
 } pyferry_desc_t;
 
@@ -82,6 +88,7 @@ typedef struct pyferry_orphan {
 
 typedef struct {
     PyObject_HEAD ferry_connector_t *conn; /* NULL once closed */
+    bool closing;                          /* close() running with the GIL released (GIL) */
     int efd;                               /* eventfd: readable when done_head is not empty */
     pthread_mutex_t done_lock;
     pyferry_op_t *done_head; /* guarded by done_lock */
@@ -93,9 +100,10 @@ typedef struct {
      * completed (NULL when none). libferry does not wait for data in flight
      * when it destroys an operation (an admitted writer's puts, our own
      * gets), so their memory is held until the connector is destroyed.
-     * Descriptors over a _Region are not parked: libferry holds the region
-     * itself (deregistering it is refused while in use), and parking them
-     * would make a reference cycle through the region. (GIL) */
+     * Descriptors over a _Region (made from it, or from a memoryview of it)
+     * are not parked: libferry holds the region itself (deregistering it is
+     * refused while in use), and parking them would keep the region from
+     * closing, and so the connector. (GIL) */
     PyObject *parked;
 } pyferry_connector_t;
 
@@ -114,19 +122,24 @@ typedef struct {
 
 typedef struct {
     PyObject_HEAD ferry_coordinator_t *coord; /* NULL once closed */
+    bool closing;                             /* close() running, GIL released (GIL) */
     Py_ssize_t live_ops;                      /* operations bound to it, not closed (GIL) */
 } pyferry_coordinator_t;
 
 struct pyferry_op {
     PyObject_HEAD ferry_op_t *op;       /* NULL before creation and once closed */
-    pyferry_connector_t *connector;     /* strong */
+    pyferry_connector_t *connector;     /* strong; set by pyferry_op_make */
     PyObject *descs;                    /* strong: tuple of _Descriptor */
     pyferry_coordinator_t *coordinator; /* strong once published or claimed */
     int kind;                           /* pyferry_kind_t */
     int busy;                           /* calls in flight with the GIL released (GIL) */
-    bool armed;                         /* done callback set; holds one reference to self (GIL) */
-    bool queued;                        /* on the connector's done list (done_lock) */
-    pyferry_op_t *done_next;            /* done_lock */
+    /* Done callback set (GIL). It holds no reference to self: op_release
+     * sets releasing before it lets go of the GIL, so the callback never
+     * queues an operation being closed or freed. */
+    bool armed;
+    bool releasing;          /* closed or being freed: on_done queues it no more (done_lock) */
+    bool queued;             /* on the connector's done list (done_lock) */
+    pyferry_op_t *done_next; /* done_lock */
     /* The outcome kept at close, for status and error afterwards. */
     ferry_op_status_t closed_status;
     ferry_status_t closed_code;
@@ -155,6 +168,11 @@ Py_ssize_t pyferry_descs_count(PyObject *seq);
 int pyferry_descs_fill(PyObject *seq, bool need_writable, ferry_descriptor_t *out, Py_ssize_t n,
                        PyObject **keep_p);
 
+/* True when libferry holds the descriptor's memory through a region while
+ * data is in flight: the descriptor was made from a _Region, or over a
+ * buffer export of one (memoryview(region)). Such memory needs no parking. */
+bool pyferry_desc_held_by_region(PyObject *item);
+
 /* Around a libferry call with the GIL released that takes the descriptors
  * of keep (a tuple of _Descriptor): refuses (Misuse, naming the descriptor)
  * when one's region is closed, else pins every region so that close() from
@@ -170,19 +188,28 @@ PyTypeObject *pyferry_op_type_create(PyObject *module);
 PyTypeObject *pyferry_coordinator_type_create(PyObject *module);
 PyTypeObject *pyferry_region_type_create(PyObject *module);
 
-/* op.c: a new, empty operation of class cls (a subclass of _Operation)
- * taking ownership of handle; steals nothing else (increfs conn, descs,
- * coord). On failure destroys handle and returns NULL. */
-PyObject *pyferry_op_wrap(PyObject *cls, ferry_op_t *handle, int kind, pyferry_connector_t *conn,
-                          PyObject *descs, pyferry_coordinator_t *coord);
+/* op.c: a new, empty operation of class cls for conn (increfed), made
+ * before its libferry handle: the class's Python code (__new__, __init__)
+ * runs, and may fail, while there is nothing to undo. TypeError unless cls
+ * subclasses _Operation and gives a fresh one. */
+PyObject *pyferry_op_make(PyObject *cls, pyferry_connector_t *conn);
+/* op.c: hands handle to op (from pyferry_op_make) with what it uses:
+ * increfs descs and coord (may be NULL), counts in their live_ops. */
+void pyferry_op_attach(PyObject *op, ferry_op_t *handle, int kind, PyObject *descs,
+                       pyferry_coordinator_t *coord);
 
-/* region.c: a new region of class cls (a subclass of _Region) taking
- * ownership of handle, which the caller counted in conn->live_regions
- * before making it; owner (may be NULL) is increfed. On failure
- * deregisters handle, uncounts it and returns NULL. */
-PyObject *pyferry_region_wrap(PyObject *cls, ferry_region_t *handle, pyferry_connector_t *conn,
-                              void *ptr, size_t size, ferry_device_t device, bool allocated,
-                              PyObject *owner);
+/* region.c: a new, empty region of class cls for conn (increfed), made
+ * before its libferry handle, as pyferry_op_make. */
+PyObject *pyferry_region_make(PyObject *cls, pyferry_connector_t *conn);
+/* region.c: hands handle to region (from pyferry_region_make); the caller
+ * counted it in conn->live_regions before making it. owner (may be NULL)
+ * is increfed. */
+void pyferry_region_attach(PyObject *region, ferry_region_t *handle, void *ptr, size_t size,
+                           ferry_device_t device, bool allocated, PyObject *owner);
+
+/* coordinator.c: Misuse unless the coordinator is open and not being
+ * closed by another thread. */
+int pyferry_coordinator_check_open(pyferry_coordinator_t *coord);
 
 /* connector.c: deregisters the connector's orphans that libferry lets go
  * now (dropping each one's reference to conn); the others stay. The caller

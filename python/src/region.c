@@ -2,8 +2,9 @@
  * region.c: _Region, memory registered with UCX once for any number of
  * operations (ferry_mem_alloc, ferry_mem_register, ferry_mem_deregister;
  * ferry/ferry.h says what a region's remote key covers). Made by the
- * connector (_allocate, _register in connector.c) through
- * pyferry_region_wrap.
+ * connector (_allocate, _register in connector.c): the Python object first
+ * (pyferry_region_make), so that the class's own code runs before any
+ * libferry handle exists, then the handle (pyferry_region_attach).
  *
  * A region from Connector.allocate owns its memory (UCX allocated it, and
  * deregistering frees it); one from Connector.register_memory holds a
@@ -40,36 +41,44 @@
 
 #include <stdlib.h>
 
-PyObject *pyferry_region_wrap(PyObject *cls, ferry_region_t *handle, pyferry_connector_t *conn,
-                              void *ptr, size_t size, ferry_device_t device, bool allocated,
-                              PyObject *owner)
+PyObject *pyferry_region_make(PyObject *cls, pyferry_connector_t *conn)
 {
+    PyObject *obj;
     pyferry_region_t *self;
 
     if (!PyType_Check(cls) || !PyType_IsSubtype((PyTypeObject *)cls, pyferry_region_type)) {
         PyErr_SetString(PyExc_TypeError, "region class must subclass _Region");
-        goto err_handle;
+        return NULL;
     }
-    self = (pyferry_region_t *)PyObject_CallNoArgs(cls);
-    if (self == NULL) {
-        goto err_handle;
+    obj = PyObject_CallNoArgs(cls);
+    if (obj == NULL) {
+        return NULL;
     }
-    self->region = handle;
+    /* A __new__ may return any object, or a region in use: only a fresh
+     * one gets the fields written below and by pyferry_region_attach. */
+    self = (pyferry_region_t *)obj;
+    if (!PyObject_TypeCheck(obj, pyferry_region_type) || self->connector != NULL) {
+        PyErr_SetString(PyExc_TypeError, "region class: calling it must return a new _Region");
+        Py_DECREF(obj);
+        return NULL;
+    }
     Py_INCREF((PyObject *)conn);
     self->connector = conn;
+    return obj;
+}
+
+void pyferry_region_attach(PyObject *obj, ferry_region_t *handle, void *ptr, size_t size,
+                           ferry_device_t device, bool allocated, PyObject *owner)
+{
+    pyferry_region_t *self = (pyferry_region_t *)obj;
+
+    self->region = handle;
     Py_XINCREF(owner);
     self->owner = owner;
     self->ptr = ptr;
     self->size = size;
     self->device = device;
     self->allocated = allocated;
-    return (PyObject *)self;
-
-err_handle:
-    /* No operation has seen it: deregistering cannot be refused. */
-    Py_BEGIN_ALLOW_THREADS ferry_mem_deregister(handle);
-    Py_END_ALLOW_THREADS conn->live_regions--;
-    return NULL;
 }
 
 static PyObject *region_new(PyTypeObject *tp, PyObject *args, PyObject *kwargs)

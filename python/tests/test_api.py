@@ -1,9 +1,12 @@
 """The package's surface without a coordinator: devices, descriptors (and
 their refusals), status and error tables against libferry's, metadata and
 its JSON form, and transfers between two operations of one process."""
+import ctypes
 import gc
 import json
 import signal
+import threading
+import time
 import weakref
 
 import numpy as np
@@ -429,3 +432,288 @@ def test_cuda_tensors_each_way(connector, sender, direction):
         dst = np.zeros(1 << 20, np.uint8)
         write_once(connector, sender, ferry.Descriptor(dst), ferry.Descriptor(src))
         assert np.array_equal(dst, src_host.numpy())
+
+
+# ---- the binding's own safety: memory, threads, subclasses ------------------
+
+
+def _run_together(fns, timeout=60):
+    """Runs each fn on its own daemon thread, all released at once; returns
+    what each returned or raised. Fails (rather than hangs) when one has not
+    returned by the deadline."""
+    barrier = threading.Barrier(len(fns))
+    results = [None] * len(fns)
+
+    def run(i, fn):
+        barrier.wait()
+        try:
+            results[i] = fn()
+        except BaseException as e:  # reported to the test, not lost on the thread
+            results[i] = e
+
+    threads = [threading.Thread(target=run, args=(i, fn), daemon=True)
+               for i, fn in enumerate(fns)]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + timeout
+    for t in threads:
+        t.join(max(0.0, deadline - time.monotonic()))
+        assert not t.is_alive(), "a thread did not return (hung)"
+    return results
+
+
+def test_a_buffer_descriptor_holds_its_export_out_of_reach(connector, sender):
+    """The export that holds a buffer's memory is the descriptor's own:
+    owner is the buffer itself, and nothing a caller can reach releases the
+    export, so the buffer cannot be resized or freed under an operation (or
+    a region) and the remote write lands in it."""
+    b = bytearray(4096)
+    d = ferry.Descriptor(b)
+    assert d.owner is b and d.ptr == _ferry._buffer_address(memoryview(b))
+    w = connector.create_writable(d)
+    if isinstance(d.owner, memoryview):
+        d.owner.release()  # what the caller could do when owner was the export
+    with pytest.raises(BufferError):
+        b.clear()
+    src = pattern(4096)
+    with sender.begin_write(ferry.Descriptor(src), w.metadata()) as a:
+        a.wait(30)
+    w.wait(30)
+    w.close()
+    assert bytes(b) == src.tobytes()
+    # The same for a region registered over it.
+    b2 = bytearray(1 << 16)
+    d2 = ferry.Descriptor(b2)
+    with connector.register_memory(d2) as r:
+        assert d2.owner is b2
+        if isinstance(d2.owner, memoryview):
+            d2.owner.release()
+        with pytest.raises(BufferError):
+            b2.clear()
+        memoryview(r)[-1] = 7
+    assert b2[-1] == 7
+    del d, d2
+    b.clear()  # released with the descriptor
+    b2.clear()
+
+
+def test_buffer_descriptor_forms_keep_their_refusals():
+    """The export taken inside the descriptor says what Python's memoryview
+    said: read-only, size, address; an empty buffer is refused."""
+    ro = np.arange(64, dtype=np.uint8)
+    ro.flags.writeable = False
+    d = ferry.Descriptor(ro)
+    assert d.readonly and d.size == 64 and d.owner is ro
+    assert d.ptr == ro.__array_interface__["data"][0]
+    mv = memoryview(bytearray(100))[10:30]
+    d = ferry.Descriptor(mv)
+    assert d.size == 20 and not d.readonly and d.owner is mv
+    with pytest.raises(BufferError):
+        mv.release()  # exported by the descriptor
+    del d
+    mv.release()
+    with pytest.raises(ferry.InvalidArgument):
+        ferry.Descriptor(bytearray())
+    with pytest.raises(ferry.InvalidArgument, match="not contiguous"):
+        _ferry._Descriptor._from_buffer(memoryview(bytearray(100))[::3])
+
+
+def test_connector_closed_from_two_threads_at_once():
+    """One close() destroys the connector; the other returns (closed
+    already) or refuses with Busy while the first runs. Never a hang, never
+    a second destroy."""
+    for i in range(20):
+        c = ferry.Connector(f"close-twice-{i}")
+        results = _run_together([c.close, c.close])
+        for r in results:
+            assert r is None or isinstance(r, ferry.Busy), repr(r)
+        assert c.closed
+        c.close()  # idempotent
+
+
+def test_connector_closed_while_another_thread_creates():
+    """close() from one thread while another creates operations: the
+    creator either gets its operation (and close refuses, Busy) or Misuse
+    once the connector is closed or closing; never an operation made on a
+    connector being destroyed. Getters refuse the same way."""
+    for i in range(5):
+        c = ferry.Connector(f"close-vs-create-{i}")
+        done = threading.Event()
+
+        def creator():
+            try:
+                for _ in range(2000):
+                    c.create_writable(ferry.Descriptor(bytearray(64))).close()
+                    c.name  # a getter reads the connector too
+            except ferry.Misuse as e:
+                return e
+            finally:
+                done.set()
+
+        def closer():
+            while True:
+                try:
+                    c.close()
+                    return None
+                except ferry.Busy:
+                    if done.is_set() and c._live_ops == 0:
+                        c.close()
+                        return None
+
+        made, closed = _run_together([creator, closer])
+        assert made is None or isinstance(made, ferry.Misuse), repr(made)
+        assert closed is None and c.closed
+        with pytest.raises(ferry.Misuse, match="closed"):
+            c.name
+
+
+def test_coordinator_closed_from_two_threads_at_once():
+    """As the connector's: one disconnect, the other Busy or a no-op."""
+    for i in range(20):
+        k = ferry.Coordinator("127.0.0.1:1", timeout=0.2)  # connects lazily
+        results = _run_together([k.close, k.close])
+        for r in results:
+            assert r is None or isinstance(r, ferry.Busy), repr(r)
+        assert k.closed
+
+
+class _ClosingList(list):
+    """A list whose own __getitem__ and __len__ close something: they must
+    not run between a constructor's checks and its libferry call."""
+
+    def __init__(self, items, close):
+        super().__init__(items)
+        self.close = close
+
+    def __getitem__(self, i):
+        self.close()
+        return list.__getitem__(self, i)
+
+    def __len__(self):
+        self.close()
+        return list.__len__(self)
+
+
+def test_constructors_check_the_connector_after_running_python_code(connector, sender):
+    """A list subclass or an operation class whose code closes the
+    connector (or the coordinator) gets Misuse or an operation on an open
+    connector: never a call on a closed one."""
+    c = ferry.Connector("python-code-closes")
+    d = ferry.Descriptor(bytearray(64))
+    try:
+        op = c.create_writable(_ClosingList([d], c.close))
+    except ferry.Misuse:
+        assert c.closed
+    else:
+        assert not c.closed and op.status == ferry.OperationStatus.INITIALIZED
+        op.close()
+    c.close()
+
+    c = ferry.Connector("init-closes")
+
+    class ClosingWritable(ferry.WritableOperation):
+        def __init__(self):
+            super().__init__()
+            c.close()
+
+    with pytest.raises(ferry.Misuse, match="connector: closed"):
+        c._create(0, d, ClosingWritable)
+    assert c.closed and c._live_ops == 0
+
+    k = ferry.Coordinator("127.0.0.1:1", timeout=0.2)
+    try:
+        op = connector.begin_write_by_id(k, "rid-python-code", "token",
+                                         _ClosingList([d], k.close))
+    except ferry.FerryError as e:  # Misuse (closed), or the lookup failing
+        assert isinstance(e, (ferry.Misuse, ferry.Unavailable, ferry.TimedOut)), repr(e)
+    else:
+        op.close()
+    k.close()
+    k = ferry.Coordinator("127.0.0.1:1", timeout=0.2)
+
+    class ClosingWrite(ferry.WriteOperation):
+        def __init__(self):
+            super().__init__()
+            k.close()
+
+    with pytest.raises(ferry.Misuse, match="coordinator: closed"):
+        connector._begin_by_id(2, k, "rid-init-closes", "token", 0, 0, d, ClosingWrite)
+    assert k.closed and connector._live_ops == 0
+
+
+def test_an_operation_class_that_fails_starts_nothing(connector, sender):
+    """The operation's Python object is made before the transfer begins: a
+    class whose __init__ raises leaves no read running into memory the
+    caller then drops. The readable is still free for a real read, and the
+    failed call's buffer is never written."""
+    size = 1 << 20
+    src = pattern(size)
+    with connector.create_readable(ferry.Descriptor(src)) as rd:
+        md = bytes(rd.metadata())
+
+        class Interrupted(ferry.ReadOperation):
+            def __init__(self):
+                raise KeyboardInterrupt  # e.g. Ctrl-C landing in __init__
+
+        untouched = np.zeros(size, np.uint8)
+        with pytest.raises(KeyboardInterrupt):
+            sender._create(3, ferry.Descriptor(untouched), Interrupted, md)
+        assert sender._live_ops == 0
+        dst = np.zeros(size, np.uint8)
+        with sender.begin_read(md, ferry.Descriptor(dst)) as a:
+            a.wait(30)
+        rd.wait(30)
+    assert np.array_equal(dst, src)
+    assert not untouched.any()
+
+
+def test_an_operation_or_region_class_must_give_a_fresh_object(connector):
+    """cls() is type-checked: an object that is not a fresh _Operation
+    (_Region) is refused with TypeError, and nothing is written into it."""
+    sentinel = bytearray(b"s" * 200)
+
+    class NotAnOperation(ferry.WritableOperation):
+        def __new__(cls):
+            return sentinel
+
+    d = ferry.Descriptor(bytearray(64))
+    with pytest.raises(TypeError, match="_Operation"):
+        connector._create(0, d, NotAnOperation)
+    assert sentinel == b"s" * 200
+    with connector.create_writable(d) as live:
+        class Reused(ferry.WritableOperation):
+            def __new__(cls):
+                return live
+
+        with pytest.raises(TypeError, match="_Operation"):
+            connector._create(0, d, Reused)
+        assert live.status == ferry.OperationStatus.INITIALIZED and not live.closed
+    regions = connector._live_regions
+
+    class NotARegion(ferry.Region):
+        def __new__(cls):
+            return sentinel
+
+    with pytest.raises(TypeError, match="_Region"):
+        connector._allocate(4096, NotARegion)
+    assert sentinel == b"s" * 200 and connector._live_regions == regions
+
+
+def test_a_tensor_descriptor_holds_the_storage(connector, sender):
+    """A tensor pointed at other memory (set_) does not free the memory a
+    descriptor names: the descriptor holds the storage, and the write lands
+    in it."""
+    size = 64 << 20  # beyond glibc's mmap threshold: freed memory is unmapped
+    t = torch.zeros(size, dtype=torch.uint8)
+    d = ferry.Descriptor(t)
+    assert d.owner is t and not d.readonly
+    w = connector.create_writable(d)
+    t.set_(torch.zeros(0, dtype=torch.uint8))
+    gc.collect()
+    src = pattern(size)
+    with sender.begin_write(ferry.Descriptor(src), w.metadata()) as a:
+        a.wait(60)
+    w.wait(60)
+    w.close()
+    landed = np.frombuffer(ctypes.string_at(d.ptr, size), np.uint8)
+    assert np.array_equal(landed, src)

@@ -165,3 +165,34 @@ def test_task_cancelled_while_waiting_leaves_nothing_behind(connector):
         w.close()
 
     asyncio.run(main())
+
+
+def test_an_armed_operation_dropped_never_comes_back_through_the_queue():
+    """An operation armed for the completion queue and then dropped is
+    cancelled and destroyed with the GIL released; the completion its own
+    cancel reports meanwhile must not be queued, or another thread's drain
+    would hand out an operation being freed. Here nothing completes except
+    by those cancels, so the draining thread must get nothing at all."""
+    c = ferry.Connector("armed-dropped")
+    stop = threading.Event()
+    drained = []
+
+    def drainer():
+        while not stop.is_set():
+            drained.extend(type(op).__name__ for op in c._drain())
+
+    t = threading.Thread(target=drainer, daemon=True)
+    t.start()
+    try:
+        buf = bytearray(64)
+        for _ in range(3000):
+            w = c.create_writable(ferry.Descriptor(buf))
+            w._arm()
+            del w  # dealloc: cancel and destroy, the GIL released around both
+    finally:
+        stop.set()
+        t.join(30)
+    assert not t.is_alive()
+    assert drained == []
+    assert c._live_ops == 0
+    c.close()

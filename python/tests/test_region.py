@@ -383,6 +383,32 @@ def test_an_orphan_keeps_its_connector_alive():
     assert cref() is None
 
 
+def test_unfinished_operation_over_a_memoryview_of_a_region_does_not_block_closing():
+    """A descriptor over memoryview(region) closed unfinished is not parked
+    on the connector (libferry holds the region while data may move, and
+    refuses to deregister it meanwhile): parking it would keep an export on
+    the region, so the region would refuse to close (BufferError) and the
+    connector (a live region, Busy), for good. Both close, and the bytes
+    written before are intact."""
+    c = ferry.Connector("region-view-parked")
+    sender = ferry.Connector("region-view-sender")
+    r = c.allocate(8192)
+    m = memoryview(r)
+    with c.create_writable(ferry.Descriptor(m[:4096])) as w:
+        with sender.begin_write(ferry.Descriptor(b"v" * 4096), w.metadata()) as a:
+            a.wait(30)
+        w.wait(30)
+    w2 = c.create_writable(ferry.Descriptor(m[4096:]))
+    w2.close()  # unfinished
+    assert bytes(m[:4096]) == b"v" * 4096
+    m.release()
+    r.close()
+    assert r.closed
+    c.close()
+    assert c.closed
+    sender.close()
+
+
 def test_with_block_does_not_hide_an_exception(connector):
     r = connector.allocate(4096)
     with pytest.raises(KeyError):
