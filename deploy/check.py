@@ -676,6 +676,14 @@ def check_program(ctx, cw, c, psc, csc):
             fail(pw, "runs %s, which the Containerfile does not install (it installs %s)"
                  % (cmd[0], sorted(ctx.image.installed)))
         check_arguments(pw, ctx.programs[os.path.basename(cmd[0])], cmd[1:])
+        # The kubelet kills an exec probe after timeoutSeconds (default 1):
+        # one that runs with its own --timeout needs more than that.
+        if "--timeout" in cmd[:-1]:
+            own = float(cmd[cmd.index("--timeout") + 1])
+            limit = (c.get(pk) or {}).get("timeoutSeconds", 1)
+            if limit <= own:
+                fail(pw, "timeoutSeconds %s must exceed the probe's own --timeout %s (and its "
+                     "start), or the kubelet kills it first" % (limit, cmd[cmd.index("--timeout") + 1]))
 
 
 def check_arguments(where, p, args):

@@ -102,6 +102,12 @@ class DeployCheckCatches(unittest.TestCase):
             f.write(re.sub(r"(?s)^.*?---\n", "", text, count=1))
         self.assertFails(r"overlays/prod StatefulSet/etcd: no PodDisruptionBudget keeps its quorum")
 
+    def test_exec_probe_killed_before_its_own_timeout(self):
+        edit(os.path.join(self.k8s, "overlays", "prod", "coordinator-tls.yaml"),
+             "            timeoutSeconds: 5\n          readinessProbe:",
+             "          readinessProbe:")
+        self.assertFails(r"startupProbe: timeoutSeconds 1 must exceed the probe's own --timeout 2")
+
     def test_probe_flag_ferryctl_lacks(self):
         edit(os.path.join(self.k8s, "overlays", "prod", "coordinator-tls.yaml"),
              "                - --tls-server-name", "                - --tls-servername")
