@@ -5,6 +5,8 @@
 
 #include <getopt.h>
 #include <limits.h>
+#include <netdb.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -50,11 +52,13 @@ static const char usage[] =
     "                      RESOURCE_EXHAUSTED, 1..1000000 (FERRY_MAX_WATCHES; 10000)\n"
     "  --port-file PATH    write the bound port to PATH once serving\n"
     "  --metrics-listen A  serve Prometheus metrics on http://A/metrics\n"
-    "                      (FERRY_METRICS_LISTEN; none: off; port 0..65535)\n"
+    "                      (FERRY_METRICS_LISTEN; none: off; A is a numeric IPv4\n"
+    "                      or [IPv6] host and a port 0..65535)\n"
     "  --log-level L       error|warn|info|debug|trace (FERRY_LOG_LEVEL; info)\n"
     "  --tls-cert PEM      serve TLS with this certificate chain (FERRY_TLS_CERT)\n"
     "  --tls-key PEM       and this key (FERRY_TLS_KEY)\n"
     "  --tls-ca PEM        require client certificates signed by this CA (FERRY_TLS_CA)\n"
+    "                      (a TLS file set but empty is refused, not taken as unset)\n"
     "  --etcd-ca PEM       verify etcd with this CA (FERRY_ETCD_CA)\n"
     "  --etcd-cert PEM     client certificate for etcd (FERRY_ETCD_CERT)\n"
     "  --etcd-key PEM      its key (FERRY_ETCD_KEY)\n"
@@ -131,6 +135,30 @@ static const char *env_or(const char *name, const char *fallback)
     return v != NULL && v[0] != '\0' ? v : fallback;
 }
 
+/* The TLS files. Unlike other settings, one of these set but empty is
+ * refused rather than taken as unset: FERRY_TLS_CA="" would otherwise turn
+ * client-certificate checking off without a word, and an empty certificate
+ * and key all of TLS. */
+static const struct {
+    const char *flag;
+    const char *env;
+    size_t offset; /* of the const char * in coord_config_t */
+} tls_files[] = {
+    {"--tls-cert", "FERRY_TLS_CERT", offsetof(coord_config_t, tls_cert)},
+    {"--tls-key", "FERRY_TLS_KEY", offsetof(coord_config_t, tls_key)},
+    {"--tls-ca", "FERRY_TLS_CA", offsetof(coord_config_t, tls_ca)},
+    {"--etcd-ca", "FERRY_ETCD_CA", offsetof(coord_config_t, etcd_ca)},
+    {"--etcd-cert", "FERRY_ETCD_CERT", offsetof(coord_config_t, etcd_cert)},
+    {"--etcd-key", "FERRY_ETCD_KEY", offsetof(coord_config_t, etcd_key)},
+};
+
+#define N_TLS_FILES (sizeof(tls_files) / sizeof(tls_files[0]))
+
+static const char **tls_file(coord_config_t *c, size_t i)
+{
+    return (const char **)((char *)c + tls_files[i].offset);
+}
+
 /* Parses an int in [lo, hi] (lo >= 0); -1, said, when it is not one. */
 static int parse_int(const char *flag, const char *text, int lo, int hi)
 {
@@ -188,12 +216,9 @@ static void config_defaults(coord_config_t *c)
     c->prefix = env_or("FERRY_PREFIX", "/ferry/");
     c->name = env_or("FERRY_NAME", default_name());
     c->log_level = env_or("FERRY_LOG_LEVEL", NULL);
-    c->tls_cert = env_or("FERRY_TLS_CERT", NULL);
-    c->tls_key = env_or("FERRY_TLS_KEY", NULL);
-    c->tls_ca = env_or("FERRY_TLS_CA", NULL);
-    c->etcd_ca = env_or("FERRY_ETCD_CA", NULL);
-    c->etcd_cert = env_or("FERRY_ETCD_CERT", NULL);
-    c->etcd_key = env_or("FERRY_ETCD_KEY", NULL);
+    for (size_t i = 0; i < N_TLS_FILES; i++) {
+        *tls_file(c, i) = getenv(tls_files[i].env); /* "" kept: check() refuses it */
+    }
     c->etcd_user = env_or("FERRY_ETCD_USER", NULL);
     c->etcd_kv_api = env_or("FERRY_ETCD_KV_API", "grpc");
     c->etcd_password = env_or("FERRY_ETCD_PASSWORD", NULL);
@@ -332,6 +357,83 @@ static int check_prefix(const char *prefix)
     return 0;
 }
 
+const char *coord_config_metrics_addr(const char *listen, struct addrinfo **ai_p)
+{
+    struct addrinfo hints = {.ai_flags = AI_PASSIVE | AI_NUMERICSERV | AI_NUMERICHOST,
+                             .ai_socktype = SOCK_STREAM};
+    const char *colon = strrchr(listen, ':');
+    const char *port;
+    char host[64];
+    size_t hlen;
+    char *end;
+    long number;
+
+    *ai_p = NULL;
+    if (colon == NULL || colon == listen) {
+        return "must be HOST:PORT with a numeric host (0.0.0.0 for every address)";
+    }
+    port = colon + 1;
+    number = strtol(port, &end, 10);
+    if (*port < '0' || *port > '9' || *end != '\0' || number > 65535) {
+        return "port must be an integer from 0 to 65535";
+    }
+    hlen = (size_t)(colon - listen);
+    if (listen[0] == '[') {
+        if (hlen < 2 || listen[hlen - 1] != ']') {
+            return "an IPv6 host goes in brackets: [::1]:9400";
+        }
+        listen++;
+        hlen -= 2;
+    } else if (memchr(listen, ':', hlen) != NULL) {
+        return "an IPv6 host goes in brackets: [::1]:9400";
+    }
+    if (hlen >= sizeof(host)) {
+        return "host must be a numeric IPv4 or [IPv6] address, not a name";
+    }
+    memcpy(host, listen, hlen);
+    host[hlen] = '\0';
+    if (getaddrinfo(host, port, &hints, ai_p) != 0) {
+        *ai_p = NULL;
+        return "host must be a numeric IPv4 or [IPv6] address, not a name";
+    }
+    return NULL;
+}
+
+/* With the rules metrics.c binds by, so a value it would refuse is refused
+ * here, before a private etcd starts. */
+static int check_metrics_listen(const char *listen)
+{
+    struct addrinfo *ai;
+    const char *why;
+
+    if (listen == NULL) {
+        return 0;
+    }
+    why = coord_config_metrics_addr(listen, &ai);
+    if (why != NULL) {
+        fprintf(stderr, "ferry-coordinator: --metrics-listen (FERRY_METRICS_LISTEN) '%s': %s\n",
+                listen, why);
+        return -1;
+    }
+    freeaddrinfo(ai);
+    return 0;
+}
+
+static int check_tls_files(coord_config_t *c)
+{
+    for (size_t i = 0; i < N_TLS_FILES; i++) {
+        const char *v = *tls_file(c, i);
+
+        if (v != NULL && v[0] == '\0') {
+            fprintf(stderr,
+                    "ferry-coordinator: %s (%s) is set but empty: name a PEM file or unset it\n",
+                    tls_files[i].flag, tls_files[i].env);
+            return -1;
+        }
+    }
+    return 0;
+}
+
 static int check(coord_config_t *c)
 {
     if (check_prefix(c->prefix) != 0 || check_listen(c->listen) != 0) {
@@ -343,13 +445,7 @@ static int check(coord_config_t *c)
         return -1;
     }
     c->etcd_kv_gateway = strcmp(c->etcd_kv_api, "gateway") == 0;
-    if (c->metrics_listen != NULL &&
-        (strrchr(c->metrics_listen, ':') == NULL ||
-         parse_int("--metrics-listen port", strrchr(c->metrics_listen, ':') + 1, 0, 65535) < 0)) {
-        if (strrchr(c->metrics_listen, ':') == NULL) {
-            fprintf(stderr, "ferry-coordinator: --metrics-listen must be host:port, not '%s'\n",
-                    c->metrics_listen);
-        }
+    if (check_metrics_listen(c->metrics_listen) != 0 || check_tls_files(c) != 0) {
         return -1;
     }
     if ((c->tls_cert == NULL) != (c->tls_key == NULL)) {

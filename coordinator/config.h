@@ -38,7 +38,18 @@ typedef struct {
     const char *etcd_password;  /* FERRY_ETCD_PASSWORD only: never on a command line */
 } coord_config_t;
 
-/* 0: run; 1: exit 0 (--help was printed); -1: exit 2 (bad usage, said). */
+/* 0: run; 1: exit 0 (--help was printed); -1: exit 2 (bad usage, said).
+ * A TLS file (--tls-*, --etcd-ca/cert/key or their variables) set but empty
+ * is refused, not taken as unset. */
 int coord_config_parse(int argc, char **argv, coord_config_t *config);
+
+struct addrinfo;
+
+/* The one rule for a --metrics-listen address: a numeric IPv4 host or a
+ * bracketed IPv6 one ("[::1]"), ':', a port 0..65535; no names, nothing is
+ * looked up. NULL when it is one, with *ai_p its socket address (the
+ * caller freeaddrinfo()s it); otherwise what is wrong, for a message, with
+ * *ai_p NULL. coord_config_parse checks with it, metrics.c binds with it. */
+const char *coord_config_metrics_addr(const char *listen, struct addrinfo **ai_p);
 
 #endif /* FERRY_COORD_CONFIG_H */

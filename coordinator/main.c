@@ -7,12 +7,17 @@
  *
  * Signals are blocked in every thread and taken with sigwait on the main
  * thread, so no handler runs inside gRPC or libcurl.
+ *
+ * It takes as many file descriptors as the hard limit allows: every client
+ * connection is one, and gRPC core 1.51 stops accepting for good after an
+ * accept fails with EMFILE, which the usual soft limit of 1024 invites.
  */
 #include <errno.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include "common/log.h"
@@ -224,6 +229,47 @@ static ferry_status_t open_server(coordinator_t *c)
     return FERRY_OK;
 }
 
+/* The soft RLIMIT_NOFILE up to the hard one (the file header says why). A
+ * failure is logged and the coordinator runs with what it has. */
+static void raise_fd_limit(void)
+{
+    struct rlimit rl;
+    unsigned long long soft;
+
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0) {
+        ferry_warn("getrlimit(RLIMIT_NOFILE): %s", strerror(errno));
+        return;
+    }
+    soft = (unsigned long long)rl.rlim_cur;
+    if (rl.rlim_cur == rl.rlim_max) {
+        ferry_debug("open files: at most %llu (the hard limit)", soft);
+        return;
+    }
+    rl.rlim_cur = rl.rlim_max;
+    if (setrlimit(RLIMIT_NOFILE, &rl) != 0) {
+        ferry_warn("open files: cannot raise the soft limit %llu to the hard limit %llu: %s", soft,
+                   (unsigned long long)rl.rlim_max, strerror(errno));
+        return;
+    }
+    ferry_info("open files: soft limit raised from %llu to the hard limit %llu", soft,
+               (unsigned long long)rl.rlim_max);
+}
+
+/* Said once at startup, so a setting that turned TLS off does not go
+ * unnoticed (config.c refuses an empty one). */
+static void log_tls_mode(const coord_config_t *config)
+{
+    if (config->tls_cert == NULL) {
+        ferry_info("tls: plaintext (no --tls-cert/--tls-key)");
+    } else if (config->tls_ca == NULL) {
+        ferry_info("tls: TLS with %s, client certificates not required (no --tls-ca)",
+                   config->tls_cert);
+    } else {
+        ferry_info("tls: mutual TLS with %s, client certificates signed by %s required",
+                   config->tls_cert, config->tls_ca);
+    }
+}
+
 /* Write then rename, so a reader never sees a half-written file. Every
  * step is checked: a full disk shows at fclose, a directory in the way at
  * rename. */
@@ -323,6 +369,8 @@ int main(int argc, char **argv)
     sigaddset(&set, SIGINT);
     sigaddset(&set, SIGPIPE);
     pthread_sigmask(SIG_BLOCK, &set, NULL);
+    raise_fd_limit();
+    log_tls_mode(&c.config);
 
     if (open_metrics(&c) != FERRY_OK || open_etcd(&c) != FERRY_OK || open_server(&c) != FERRY_OK) {
         close_all(&c);

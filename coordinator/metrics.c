@@ -25,6 +25,13 @@
  * server's method table and the etcd client's fixed paths, so they stay
  * few; past METRICS_MAX_SERIES, further names count under "other".
  *
+ * The HTTP side is unauthenticated, so what a client can hold there is
+ * bounded (METRICS_HTTP_*): each connection is a file descriptor of the
+ * process that also accepts gRPC, and gRPC core 1.51 stops accepting for
+ * good after one accept fails with EMFILE. It polls with epoll (or poll),
+ * never select(), which drops any connection whose descriptor is past
+ * FD_SETSIZE (1024), as a coordinator with many clients has.
+ *
  * Locking: metrics->lock guards both tables; the hooks hold it for a few
  * increments (the rpc hook runs under a call's lock: call lock before
  * metrics->lock, and metrics->lock never calls out). The HTTP thread renders
@@ -44,6 +51,7 @@
 #include <microhttpd.h>
 
 #include "common/log.h"
+#include "config.h"
 #include "ferry/v1/types.pb-c.h"
 
 #define METRICS_BUCKETS    14
@@ -51,6 +59,17 @@
 #define METRICS_CODES      17 /* gRPC codes 0..16 */
 #define METRICS_STATUSES   32 /* ferry_status_t 0..-31 */
 #define METRICS_STATES     8  /* OperationState values 0..7 */
+
+/* Bounds on the HTTP side (see the header comment). A scrape is one short
+ * request, and a few Prometheus servers keep one connection each: 32 in
+ * all leaves room for them and for a person with curl. No one address may
+ * hold more than 8, so one client cannot take the others' room; a
+ * connection silent for 10 s is closed (longer than any scrape takes to
+ * send its request, shorter than the usual scrape interval of 15 s to
+ * 1 min, so a kept-alive connection is reopened per scrape, not held). */
+#define METRICS_HTTP_MAX_CONNECTIONS 32
+#define METRICS_HTTP_MAX_PER_ADDRESS 8
+#define METRICS_HTTP_IDLE_TIMEOUT_S  10
 
 static const double bucket_le[METRICS_BUCKETS] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
                                                   0.1,    0.25,  0.5,    1,     2.5,  5,     10};
@@ -86,8 +105,8 @@ struct coord_metrics {
 
     /* Constant after create (sample_arg: after set_sample_arg). */
     char *listen;
-    char *version;
-    char *name;
+    char *version; /* escaped for a label value */
+    char *name;    /* likewise */
     void (*sample)(void *arg, coord_metrics_sample_t *out);
     void *sample_arg;
     struct MHD_Daemon *daemon;
@@ -417,6 +436,29 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     return rc;
 }
 
+/* A label value in the text format: backslash, double quote and newline
+ * escaped (\\, \", \n), so any --name leaves the exposition parseable.
+ * Malloc'd; NULL without memory. */
+static char *label_value(const char *text)
+{
+    char *out = malloc(2 * strlen(text) + 1);
+    char *p = out;
+
+    if (out == NULL) {
+        return NULL;
+    }
+    for (; *text != '\0'; text++) {
+        if (*text == '\\' || *text == '"' || *text == '\n') {
+            *p++ = '\\';
+            *p++ = *text == '\n' ? 'n' : *text;
+        } else {
+            *p++ = *text;
+        }
+    }
+    *p = '\0';
+    return out;
+}
+
 ferry_status_t coord_metrics_create(const coord_metrics_params_t *params,
                                     coord_metrics_t **metrics_p)
 {
@@ -437,8 +479,8 @@ ferry_status_t coord_metrics_create(const coord_metrics_params_t *params,
         return FERRY_ERR_IO;
     }
     m->listen = strdup(params->listen);
-    m->version = strdup(params->version != NULL ? params->version : "");
-    m->name = strdup(params->name != NULL ? params->name : "");
+    m->version = label_value(params->version != NULL ? params->version : "");
+    m->name = label_value(params->name != NULL ? params->name : "");
     m->sample = params->sample;
     m->sample_arg = params->sample_arg;
     if (m->listen == NULL || m->version == NULL || m->name == NULL) {
@@ -454,61 +496,42 @@ void coord_metrics_set_sample_arg(coord_metrics_t *metrics, void *arg)
     metrics->sample_arg = arg;
 }
 
-/* host:port (host may be [v6]) to a socket address. */
-static ferry_status_t resolve_listen(const char *listen, struct addrinfo **ai_p)
-{
-    struct addrinfo hints = {.ai_flags = AI_PASSIVE | AI_NUMERICSERV | AI_NUMERICHOST,
-                             .ai_socktype = SOCK_STREAM};
-    const char *colon = strrchr(listen, ':');
-    char host[128];
-    size_t hlen;
-    int rc;
-
-    if (colon == NULL || colon == listen || colon[1] == '\0') {
-        ferry_error("metrics: --metrics-listen '%s' is not host:port", listen);
-        return FERRY_ERR_INVALID_ARGUMENT;
-    }
-    hlen = (size_t)(colon - listen);
-    if (listen[0] == '[' && hlen >= 2 && listen[hlen - 1] == ']') {
-        listen++;
-        hlen -= 2;
-    }
-    if (hlen >= sizeof(host)) {
-        ferry_error("metrics: --metrics-listen host is too long");
-        return FERRY_ERR_INVALID_ARGUMENT;
-    }
-    memcpy(host, listen, hlen);
-    host[hlen] = '\0';
-    rc = getaddrinfo(host, colon + 1, &hints, ai_p);
-    if (rc != 0) {
-        ferry_error("metrics: --metrics-listen '%s': %s", listen, gai_strerror(rc));
-        return FERRY_ERR_INVALID_ARGUMENT;
-    }
-    return FERRY_OK;
-}
-
 ferry_status_t coord_metrics_start(coord_metrics_t *m, int *port_p)
 {
-    struct addrinfo *ai = NULL;
+    struct addrinfo *ai;
     const union MHD_DaemonInfo *info;
-    unsigned int flags = MHD_USE_INTERNAL_POLLING_THREAD;
-    ferry_status_t status = resolve_listen(m->listen, &ai);
+    unsigned int flags = MHD_USE_AUTO_INTERNAL_THREAD;
+    const char *why = coord_config_metrics_addr(m->listen, &ai);
 
-    if (status != FERRY_OK) {
-        return status;
+    if (why != NULL) {
+        ferry_error("metrics: --metrics-listen '%s': %s", m->listen, why);
+        return FERRY_ERR_INVALID_ARGUMENT;
+    }
+    /* MHD_USE_AUTO takes epoll, else poll, else select: refuse the last. */
+    if (MHD_is_feature_supported(MHD_FEATURE_EPOLL) != MHD_YES &&
+        MHD_is_feature_supported(MHD_FEATURE_POLL) != MHD_YES) {
+        ferry_error("metrics: this libmicrohttpd has neither epoll nor poll");
+        freeaddrinfo(ai);
+        return FERRY_ERR_IO;
     }
     if (ai->ai_family == AF_INET6) {
         flags |= MHD_USE_IPv6;
     }
-    m->daemon = MHD_start_daemon(flags, 0, NULL, NULL, on_request, m, MHD_OPTION_SOCK_ADDR,
-                                 ai->ai_addr, MHD_OPTION_END);
+    m->daemon = MHD_start_daemon(
+        flags, 0, NULL, NULL, on_request, m, MHD_OPTION_SOCK_ADDR, ai->ai_addr,
+        MHD_OPTION_CONNECTION_LIMIT, (unsigned int)METRICS_HTTP_MAX_CONNECTIONS,
+        MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned int)METRICS_HTTP_MAX_PER_ADDRESS,
+        MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int)METRICS_HTTP_IDLE_TIMEOUT_S, MHD_OPTION_END);
     freeaddrinfo(ai);
     if (m->daemon == NULL) {
         ferry_error("metrics: cannot serve on %s", m->listen);
         return FERRY_ERR_IO;
     }
     info = MHD_get_daemon_info(m->daemon, MHD_DAEMON_INFO_BIND_PORT);
-    ferry_info("metrics on http://%s/metrics (port %d)", m->listen, info != NULL ? info->port : 0);
+    ferry_info("metrics on http://%s/metrics (port %d; at most %d connections, %d per address, "
+               "closed after %d s idle)",
+               m->listen, info != NULL ? info->port : 0, METRICS_HTTP_MAX_CONNECTIONS,
+               METRICS_HTTP_MAX_PER_ADDRESS, METRICS_HTTP_IDLE_TIMEOUT_S);
     if (port_p != NULL) {
         *port_p = info != NULL ? info->port : 0;
     }

@@ -38,7 +38,7 @@ typedef struct {
 typedef struct {
     const char *listen;  /* "127.0.0.1:9400", "0.0.0.0:9400"; port 0 picks one */
     const char *version; /* for ferry_build_info */
-    const char *name;    /* this replica's name, for ferry_build_info */
+    const char *name;    /* this replica's name, for ferry_build_info (escaped there) */
     void (*sample)(void *arg, coord_metrics_sample_t *out); /* NULL: none */
     void *sample_arg;
 } coord_metrics_params_t;
@@ -48,8 +48,12 @@ ferry_status_t coord_metrics_create(const coord_metrics_params_t *params,
                                     coord_metrics_t **metrics_p);
 
 /* Starts the HTTP server; *port_p (may be NULL) gets the bound port.
- * FERRY_ERR_INVALID_ARGUMENT for an address that is not host:port,
- * FERRY_ERR_IO when it cannot bind (both logged). */
+ * FERRY_ERR_INVALID_ARGUMENT for an address coord_config_metrics_addr
+ * refuses (config.h: the configuration refused it already), FERRY_ERR_IO
+ * when it cannot bind (both logged). It serves at most
+ * METRICS_HTTP_MAX_CONNECTIONS connections, METRICS_HTTP_MAX_PER_ADDRESS
+ * from one address, each closed after METRICS_HTTP_IDLE_TIMEOUT_S idle
+ * (metrics.c says why). */
 ferry_status_t coord_metrics_start(coord_metrics_t *metrics, int *port_p);
 
 /* Sets what `sample` is called with (the registry exists only after the

@@ -1,7 +1,9 @@
 /*
  * test_config.c: ferry-coordinator's flags and FERRY_* variables: defaults,
  * a flag beats its variable, 0 is a value (not "unset"), bad numbers and
- * bad combinations are refused, numbers and the prefix at their limits.
+ * bad combinations are refused, numbers and the prefix at their limits, a
+ * TLS file set but empty is refused, --metrics-listen by the rules the
+ * metrics server binds with.
  * (tests/python/test_cli_flags.py runs the binary: exit 2 and the message.)
  */
 #include <stdarg.h>
@@ -208,6 +210,85 @@ static void test_refusals(void **state)
     unsetenv("FERRY_GRACE_MS");
 }
 
+/* FERRY_TLS_CA="" once meant "unset" and turned client-certificate checks
+ * off; an empty certificate and key turned TLS off. Each TLS file, from a
+ * flag or its variable, set but empty is refused. */
+static void test_tls_file_set_but_empty_is_refused(void **state)
+{
+    coord_config_t c;
+    char *tls[] = {"ferry-coordinator", "--tls-cert", "c.pem", "--tls-key", "k.pem", NULL};
+    char *none[] = {"ferry-coordinator", NULL};
+    char *empty_ca_flag[] = {"ferry-coordinator", "--tls-cert", "c.pem", "--tls-key", "k.pem",
+                             "--tls-ca",          "",           NULL};
+    static const char *vars[] = {"FERRY_TLS_CERT", "FERRY_TLS_KEY",   "FERRY_TLS_CA",
+                                 "FERRY_ETCD_CA",  "FERRY_ETCD_CERT", "FERRY_ETCD_KEY"};
+    (void)state;
+
+    /* All six set from the environment, then each in turn empty. */
+    for (size_t i = 0; i < sizeof(vars) / sizeof(vars[0]); i++) {
+        setenv(vars[i], "f.pem", 1);
+    }
+    assert_int_equal(parse(&c, 1, none), 0);
+    for (size_t i = 0; i < sizeof(vars) / sizeof(vars[0]); i++) {
+        setenv(vars[i], "", 1);
+        assert_int_equal(parse(&c, 1, none), -1);
+        setenv(vars[i], "f.pem", 1);
+    }
+    for (size_t i = 0; i < sizeof(vars) / sizeof(vars[0]); i++) {
+        unsetenv(vars[i]);
+    }
+    /* A flag still wins over its variable, an empty one included. */
+    setenv("FERRY_TLS_CERT", "", 1);
+    assert_int_equal(parse(&c, 5, tls), 0);
+    assert_string_equal(c.tls_cert, "c.pem");
+    unsetenv("FERRY_TLS_CERT");
+    assert_int_equal(parse(&c, 7, empty_ca_flag), -1);
+    setenv("FERRY_TLS_CERT", "", 1);
+    setenv("FERRY_TLS_KEY", "", 1);
+    assert_int_equal(parse(&c, 1, none), -1);
+    unsetenv("FERRY_TLS_CERT");
+    unsetenv("FERRY_TLS_KEY");
+    /* Set and not empty, or unset: as before. */
+    setenv("FERRY_TLS_CA", "ca.pem", 1);
+    assert_int_equal(parse(&c, 5, tls), 0);
+    assert_string_equal(c.tls_ca, "ca.pem");
+    unsetenv("FERRY_TLS_CA");
+    assert_int_equal(parse(&c, 5, tls), 0);
+    assert_null(c.tls_ca);
+    assert_int_equal(parse(&c, 1, none), 0);
+    assert_null(c.tls_cert);
+    assert_null(c.etcd_ca);
+}
+
+/* What the metrics server would refuse to bind (after a private etcd had
+ * started, exit 1) is refused here, exit 2. */
+static void test_metrics_listen(void **state)
+{
+    coord_config_t c;
+    char *none[] = {"ferry-coordinator", NULL};
+    const char *good[] = {"127.0.0.1:9400", "0.0.0.0:0", "[::1]:9400", "[::]:65535"};
+    const char *bad[] = {":9400",       "localhost:9400", "::1:9400",        "[::1]9400",
+                         "[::1:9400",   "127.0.0.1:",     "127.0.0.1:65536", "127.0.0.1:-1",
+                         "127.0.0.1:x", "127.0.0.1:+80",  "nohost",          "[]:9400"};
+    (void)state;
+
+    for (size_t i = 0; i < sizeof(good) / sizeof(good[0]); i++) {
+        char *argv[] = {"ferry-coordinator", "--metrics-listen", (char *)good[i], NULL};
+        assert_int_equal(parse(&c, 3, argv), 0);
+        assert_string_equal(c.metrics_listen, good[i]);
+    }
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        char *argv[] = {"ferry-coordinator", "--metrics-listen", (char *)bad[i], NULL};
+        print_message("--metrics-listen %s\n", bad[i]);
+        assert_int_equal(parse(&c, 3, argv), -1);
+        setenv("FERRY_METRICS_LISTEN", bad[i], 1);
+        assert_int_equal(parse(&c, 1, none), -1);
+        unsetenv("FERRY_METRICS_LISTEN");
+    }
+    assert_int_equal(parse(&c, 1, none), 0);
+    assert_null(c.metrics_listen);
+}
+
 /* A prefix of len bytes: "/" then 'p's then "/". */
 static char *prefix_of(size_t len)
 {
@@ -273,6 +354,8 @@ int main(void)
         cmocka_unit_test(test_register_batch),
         cmocka_unit_test(test_refusals),
         cmocka_unit_test(test_limits),
+        cmocka_unit_test(test_tls_file_set_but_empty_is_refused),
+        cmocka_unit_test(test_metrics_listen),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

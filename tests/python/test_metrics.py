@@ -313,5 +313,34 @@ class OperationsByState(unittest.TestCase):
         self.assertEqual(value(scrape(self.port), "ferry_view_operations"), len(ids))
 
 
+class BuildInfoName(unittest.TestCase):
+    """ferry_build_info{name}: the replica's --name, escaped as the text
+    format asks (a '"', '\\' or newline in it once broke the whole scrape)."""
+
+    NAME = 'r"1\\x\nz},y="'
+
+    @classmethod
+    def setUpClass(cls):
+        cls.port = ferry_harness.free_port()
+        cls.cluster = ferry_harness.Cluster(
+            ttl=120, extra=("--metrics-listen", f"127.0.0.1:{cls.port}", "--name", cls.NAME))
+
+    @classmethod
+    def tearDownClass(cls):
+        rc = cls.cluster.close()
+        if rc != 0:
+            raise AssertionError(f"coordinator exited with {rc} after SIGTERM")
+
+    def test_name_with_quote_backslash_and_newline(self):
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=10) as r:
+            text = r.read().decode()
+        self.assertIn('name="r\\"1\\\\x\\nz},y=\\""} 1\n', text)
+        samples = scrape(self.port)
+        builds = [dict(k[1]) for k in samples if k[0] == "ferry_build_info"]
+        self.assertEqual([b["name"] for b in builds], [self.NAME])
+        # And the rest of the exposition parses with it.
+        self.assertIn(("ferry_healthy", frozenset()), samples)
+
+
 if __name__ == "__main__":
     unittest.main(verbosity=2)
