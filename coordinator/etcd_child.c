@@ -205,6 +205,24 @@ ferry_status_t coord_etcd_child_start(const char *state_dir, coord_etcd_child_t 
     return FERRY_OK;
 }
 
+bool coord_etcd_child_exited(coord_etcd_child_t *child)
+{
+    int wstatus;
+
+    if (child->pid <= 0 || waitpid(child->pid, &wstatus, WNOHANG) != child->pid) {
+        return false;
+    }
+    if (WIFSIGNALED(wstatus)) {
+        ferry_error("the private etcd (pid %d) was killed by signal %d; see %s", (int)child->pid,
+                    WTERMSIG(wstatus), child->log_path);
+    } else {
+        ferry_error("the private etcd (pid %d) exited with status %d; see %s", (int)child->pid,
+                    WEXITSTATUS(wstatus), child->log_path);
+    }
+    child->pid = 0;
+    return true;
+}
+
 void coord_etcd_child_stop(coord_etcd_child_t *child)
 {
     int wstatus;

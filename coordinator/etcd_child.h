@@ -8,6 +8,7 @@
 #define FERRY_COORD_ETCD_CHILD_H
 
 #include <limits.h>
+#include <stdbool.h>
 #include <sys/types.h>
 
 #include <ferry/status.h>
@@ -22,6 +23,12 @@ typedef struct {
 /* Starts etcd and waits (up to 30 s) until it answers. The etcd binary is
  * $FERRY_ETCD_BIN or `etcd` on PATH. */
 ferry_status_t coord_etcd_child_start(const char *state_dir, coord_etcd_child_t *child);
+
+/* Whether etcd has exited (reaped here, and logged); false while it runs
+ * or when none was started. The coordinator asks on SIGCHLD: without its
+ * etcd it can only answer UNAVAILABLE, so it exits for its supervisor to
+ * start both again. */
+bool coord_etcd_child_exited(coord_etcd_child_t *child);
 
 /* SIGTERM, then SIGKILL after 5 s; waits for it. */
 void coord_etcd_child_stop(coord_etcd_child_t *child);

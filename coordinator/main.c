@@ -332,7 +332,10 @@ static void close_all(coordinator_t *c)
     coord_etcd_child_stop(&c->child);
 }
 
-static int wait_for_signal(void)
+/* Waits for SIGTERM or SIGINT (returns it), or for the private etcd to
+ * exit (returns 0): a coordinator without its etcd can only answer
+ * UNAVAILABLE, so it stops, and its supervisor starts both again. */
+static int wait_for_signal(coordinator_t *c)
 {
     sigset_t set;
     int sig = 0;
@@ -340,8 +343,16 @@ static int wait_for_signal(void)
     sigemptyset(&set);
     sigaddset(&set, SIGTERM);
     sigaddset(&set, SIGINT);
-    sigwait(&set, &sig);
-    return sig;
+    sigaddset(&set, SIGCHLD);
+    for (;;) {
+        sigwait(&set, &sig);
+        if (sig != SIGCHLD) {
+            return sig;
+        }
+        if (coord_etcd_child_exited(&c->child)) {
+            return 0;
+        }
+    }
 }
 
 int main(int argc, char **argv)
@@ -368,6 +379,7 @@ int main(int argc, char **argv)
     sigaddset(&set, SIGTERM);
     sigaddset(&set, SIGINT);
     sigaddset(&set, SIGPIPE);
+    sigaddset(&set, SIGCHLD); /* the private etcd's end, taken by wait_for_signal */
     pthread_sigmask(SIG_BLOCK, &set, NULL);
     raise_fd_limit();
     log_tls_mode(&c.config);
@@ -383,9 +395,13 @@ int main(int argc, char **argv)
         close_all(&c);
         return 1;
     }
-    rc = wait_for_signal();
-    ferry_info("signal %d: draining in-flight calls (up to %d ms)", rc, c.config.grace_ms);
+    rc = wait_for_signal(&c);
+    if (rc == 0) {
+        ferry_error("stopping: the private etcd is gone (exit 1, for a supervisor to restart)");
+    } else {
+        ferry_info("signal %d: draining in-flight calls (up to %d ms)", rc, c.config.grace_ms);
+    }
     close_all(&c);
     ferry_info("stopped");
-    return 0;
+    return rc == 0 ? 1 : 0;
 }

@@ -9,7 +9,10 @@
   refused, and the file it points at is left as it was;
 - a good one starts etcd with periodic compaction (without it, etcd keeps
   every revision until its quota stops every write), the coordinator
-  serves, and etcd goes with the coordinator.
+  serves, and etcd goes with the coordinator;
+- an etcd that dies takes the coordinator with it (exit 1, saying so), for
+  its supervisor to start both again: it used to stay up, NOT_SERVING, with
+  etcd a zombie.
 """
 import os
 import shutil
@@ -109,6 +112,23 @@ class PrivateEtcd(unittest.TestCase):
         self.assertEqual(p.returncode, 0)
         ferry_harness.wait_until(lambda: not os.path.exists(f"/proc/{etcds[0]}"), 10,
                                  "the private etcd to go")
+
+    def test_a_private_etcd_that_dies_stops_the_coordinator(self):
+        p = coordinator(self.state, self.port_file)
+        try:
+            ferry_harness.wait_until(lambda: os.path.exists(self.port_file) or
+                                     p.poll() is not None, 60, "the coordinator to listen")
+            self.assertIsNone(p.poll())
+            etcds = [k for k in children_of(p.pid) if cmdline(k)[0].endswith("etcd")]
+            self.assertEqual(len(etcds), 1)
+            os.kill(etcds[0], signal.SIGKILL)
+            out, _ = p.communicate(timeout=30)
+        finally:
+            if p.poll() is None:
+                p.kill()
+                p.communicate()
+        self.assertEqual(p.returncode, 1, out)
+        self.assertIn(f"the private etcd (pid {etcds[0]}) was killed by signal 9", out)
 
 
 if __name__ == "__main__":
