@@ -30,6 +30,7 @@ ferry_status_t view_init(view_t *view)
     view->n_entries = 0;
     memset(view->n_by_state, 0, sizeof(view->n_by_state));
     view->tombs = NULL;
+    view->tombs_last = NULL;
     view->n_tombs = 0;
     return FERRY_OK;
 }
@@ -55,6 +56,7 @@ void view_clear(view_t *view)
     view->n_entries = 0;
     memset(view->n_by_state, 0, sizeof(view->n_by_state));
     view->tombs = NULL;
+    view->tombs_last = NULL;
     view->n_tombs = 0;
 }
 
@@ -99,26 +101,35 @@ static void grow(view_t *view)
     view->n_buckets = n;
 }
 
+/* The tombstone list is doubly linked with its last entry kept: a delete
+ * (view_bury) appends and a revived or dropped tombstone leaves in O(1),
+ * not in a walk over up to VIEW_MAX_TOMBSTONES under the registry's lock. */
 static void tomb_unlink(view_t *view, view_entry_t *e)
 {
-    for (view_entry_t **p = &view->tombs; *p != NULL; p = &(*p)->tomb_next) {
-        if (*p == e) {
-            *p = e->tomb_next;
-            e->tomb_next = NULL;
-            view->n_tombs--;
-            return;
-        }
+    if (e->tomb_prev != NULL) {
+        e->tomb_prev->tomb_next = e->tomb_next;
+    } else {
+        view->tombs = e->tomb_next;
     }
+    if (e->tomb_next != NULL) {
+        e->tomb_next->tomb_prev = e->tomb_prev;
+    } else {
+        view->tombs_last = e->tomb_prev;
+    }
+    e->tomb_prev = e->tomb_next = NULL;
+    view->n_tombs--;
 }
 
 static void tomb_append(view_t *view, view_entry_t *e)
 {
-    view_entry_t **p = &view->tombs;
-    while (*p != NULL) {
-        p = &(*p)->tomb_next;
-    }
+    e->tomb_prev = view->tombs_last;
     e->tomb_next = NULL;
-    *p = e;
+    if (view->tombs_last != NULL) {
+        view->tombs_last->tomb_next = e;
+    } else {
+        view->tombs = e;
+    }
+    view->tombs_last = e;
     view->n_tombs++;
 }
 

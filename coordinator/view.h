@@ -35,7 +35,8 @@ typedef struct view_entry {
     int64_t mod_revision;
     ferry_op_state_t state;       /* the record's state, as its writer said */
     struct view_entry *next;      /* in its bucket */
-    struct view_entry *tomb_next; /* in view->tombs, when a tombstone */
+    struct view_entry *tomb_prev; /* in view->tombs, when a tombstone */
+    struct view_entry *tomb_next;
 } view_entry_t;
 
 /* Tombstones kept at most; beyond it the oldest is dropped. */
@@ -46,7 +47,8 @@ typedef struct {
     size_t n_buckets;                        /* a power of two */
     size_t n_entries;                        /* records, tombstones not counted */
     size_t n_by_state[FERRY_OP_STATE_COUNT]; /* records by state; sums to n_entries */
-    view_entry_t *tombs;                     /* tombstones, oldest first */
+    view_entry_t *tombs;                     /* tombstones, oldest first (doubly linked) */
+    view_entry_t *tombs_last;                /* the newest */
     size_t n_tombs;
 } view_t;
 

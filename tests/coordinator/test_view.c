@@ -126,6 +126,62 @@ static void test_tombstones_are_pruned_and_bounded(void **state)
     view_cleanup(&v);
 }
 
+/* The tombstones' list stays whole, oldest first, both ways, when
+ * tombstones leave from its middle, its head and its tail (a record comes
+ * back, a newer delete moves one to the end, prune), and appends go on
+ * after it emptied. */
+static void assert_tombs(const view_t *v, const char *const *ids, size_t n)
+{
+    const view_entry_t *e = v->tombs, *prev = NULL;
+    size_t i = 0;
+
+    assert_int_equal(v->n_tombs, n);
+    for (; e != NULL; prev = e, e = e->tomb_next, i++) {
+        assert_true(i < n);
+        assert_string_equal(e->request_id, ids[i]);
+        assert_true(e->tomb_prev == prev);
+    }
+    assert_true(prev == v->tombs_last);
+    assert_int_equal(i, n);
+    e = v->tombs_last;
+    for (i = n; e != NULL; e = e->tomb_prev) {
+        assert_true(i > 0);
+        assert_string_equal(e->request_id, ids[--i]);
+    }
+    assert_int_equal(i, 0);
+}
+
+static void test_tombstone_list_stays_whole(void **state)
+{
+    view_t v;
+    (void)state;
+
+    assert_int_equal(view_init(&v), FERRY_OK);
+    for (int i = 0; i < 5; i++) {
+        char id[2] = {(char)('a' + i), '\0'};
+        assert_int_equal(view_bury(&v, id, 10 + i), FERRY_OK);
+    }
+    assert_tombs(&v, (const char *[]){"a", "b", "c", "d", "e"}, 5);
+    assert_int_equal(view_upsert(&v, "c", (const uint8_t *)"r", 1, 20, 0), FERRY_OK); /* middle */
+    assert_tombs(&v, (const char *[]){"a", "b", "d", "e"}, 4);
+    assert_int_equal(view_upsert(&v, "a", (const uint8_t *)"r", 1, 21, 0), FERRY_OK); /* head */
+    assert_tombs(&v, (const char *[]){"b", "d", "e"}, 3);
+    assert_int_equal(view_upsert(&v, "e", (const uint8_t *)"r", 1, 22, 0), FERRY_OK); /* tail */
+    assert_tombs(&v, (const char *[]){"b", "d"}, 2);
+    assert_int_equal(view_bury(&v, "b", 23), FERRY_OK); /* a newer delete: to the end */
+    assert_tombs(&v, (const char *[]){"d", "b"}, 2);
+    assert_int_equal(view_bury(&v, "c", 24), FERRY_OK); /* a record buried */
+    assert_tombs(&v, (const char *[]){"d", "b", "c"}, 3);
+    view_prune(&v, 23);
+    assert_tombs(&v, (const char *[]){"c"}, 1);
+    view_prune(&v, 24);
+    assert_tombs(&v, NULL, 0);
+    assert_null(v.tombs_last);
+    assert_int_equal(view_bury(&v, "f", 30), FERRY_OK);
+    assert_tombs(&v, (const char *[]){"f"}, 1);
+    view_cleanup(&v);
+}
+
 /* n_by_state follows each record's latest state, and a tombstone, a
  * removal and a clear take the record out of its state's count. */
 static void test_counts_by_state(void **state)
@@ -170,6 +226,7 @@ int main(void)
         cmocka_unit_test(test_many_entries),
         cmocka_unit_test(test_tombstone_keeps_a_deleted_record_out),
         cmocka_unit_test(test_tombstones_are_pruned_and_bounded),
+        cmocka_unit_test(test_tombstone_list_stays_whole),
         cmocka_unit_test(test_counts_by_state),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
