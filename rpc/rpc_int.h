@@ -128,8 +128,16 @@ size_t rpc__utf8_invalid_at(const uint8_t *s, size_t len);
 
 /* --- credentials (rpc_tls.c) --------------------------------------------- */
 
+/* A TLS server's credentials read their files again when any of them
+ * changed (rpc_tls.c): *reload_p is what they read with, to free with
+ * rpc__tls_reload_free once the gRPC server is destroyed (NULL for
+ * plaintext). */
+typedef struct rpc_tls_reload rpc_tls_reload_t;
+
 ferry_status_t rpc__server_credentials(const rpc_tls_params_t *tls,
-                                       grpc_server_credentials **creds_p);
+                                       grpc_server_credentials **creds_p,
+                                       rpc_tls_reload_t **reload_p);
+void rpc__tls_reload_free(rpc_tls_reload_t *reload);
 ferry_status_t rpc__channel_credentials(const rpc_tls_params_t *tls,
                                         grpc_channel_credentials **creds_p);
 
@@ -205,6 +213,7 @@ struct rpc_server {
     grpc_server *server;
     grpc_completion_queue *cq;
     grpc_server_credentials *creds; /* until bound */
+    rpc_tls_reload_t *tls_reload;   /* the credentials' files; freed on destroy */
     pthread_t *threads;
     int n_threads;
     int n_threads_started;

@@ -233,7 +233,7 @@ ferry_status_t rpc_server_create(const rpc_server_params_t *params, rpc_server_t
     server->calls_armed = params->calls_armed > 0 ? params->calls_armed : RPC_DEFAULT_ARMED;
     server->max_message_bytes =
         params->max_message_bytes > 0 ? params->max_message_bytes : RPC_DEFAULT_MAX_MESSAGE;
-    status = rpc__server_credentials(params->tls, &server->creds);
+    status = rpc__server_credentials(params->tls, &server->creds, &server->tls_reload);
     if (status != FERRY_OK) {
         goto err_free;
     }
@@ -255,6 +255,7 @@ err_health:
     rpc__health_destroy(&server->health);
 err_creds:
     grpc_server_credentials_release(server->creds);
+    rpc__tls_reload_free(server->tls_reload);
 err_free:
     free(server->threads);
     free(server->listen_addr);
@@ -308,6 +309,7 @@ void rpc_server_destroy(rpc_server_t *server)
     if (server->creds != NULL) {
         grpc_server_credentials_release(server->creds);
     }
+    rpc__tls_reload_free(server->tls_reload); /* the gRPC server is gone: nothing fetches */
     rpc__health_destroy(&server->health);
     rpc__method_table_clear(&server->methods);
     pthread_cond_destroy(&server->cond);

@@ -1,16 +1,21 @@
 /*
  * rpc_tls.c: gRPC credentials from rpc_tls_params_t. PEM files are read
  * into memory here; gRPC copies what it keeps, so the buffers are freed
- * before returning. A NULL params pointer means plaintext.
+ * before returning. A NULL params pointer means plaintext. A server's
+ * files are read again when they change (rpc_tls_reload_t, below); a
+ * client's are read when its channel is made.
  *
- * Threads: any; nothing shared.
+ * Threads: any; a server's reload state is guarded by its own lock (gRPC
+ * fetches from its handshake threads).
  */
 #include "rpc/rpc_int.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "common/log.h"
 
@@ -90,13 +95,148 @@ static grpc_ssl_client_certificate_request_type client_cert_policy(const rpc_tls
                       : GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE;
 }
 
-ferry_status_t rpc__server_credentials(const rpc_tls_params_t *tls,
-                                       grpc_server_credentials **creds_p)
+/* What a TLS server reads its credentials from, and what it last read.
+ * gRPC asks (reload_fetch) at start and before every handshake; the files
+ * are read again only when one of them changed (by stat: device, inode,
+ * size, mtime; a Kubernetes Secret's update swaps a link, which changes
+ * them all), so a renewed certificate is served to the next connection
+ * without a restart. A file that cannot be read keeps the previous
+ * certificates (logged here), and so does a set gRPC cannot use (logged by
+ * gRPC), until the files change again. */
+typedef struct {
+    dev_t dev;
+    ino_t ino;
+    off_t size;
+    struct timespec mtime;
+    bool present;
+} file_sig_t;
+
+struct rpc_tls_reload {
+    pthread_mutex_t lock;
+    char *files[3]; /* cert, key, CA (NULL: none) */
+    file_sig_t sigs[3];
+    bool loaded; /* gRPC holds a config read from the files as sigs says */
+};
+
+static void file_sig(const char *path, file_sig_t *sig)
 {
+    struct stat st;
+
+    memset(sig, 0, sizeof(*sig));
+    if (path != NULL && stat(path, &st) == 0) {
+        *sig = (file_sig_t){.dev = st.st_dev,
+                            .ino = st.st_ino,
+                            .size = st.st_size,
+                            .mtime = st.st_mtim,
+                            .present = true};
+    }
+}
+
+static bool sig_equal(const file_sig_t *a, const file_sig_t *b)
+{
+    return a->present == b->present && a->dev == b->dev && a->ino == b->ino && a->size == b->size &&
+           a->mtime.tv_sec == b->mtime.tv_sec && a->mtime.tv_nsec == b->mtime.tv_nsec;
+}
+
+/* The certificate config the files hold now, or NULL (logged). */
+static grpc_ssl_server_certificate_config *read_config(const rpc_tls_reload_t *r)
+{
+    grpc_ssl_server_certificate_config *config = NULL;
     grpc_ssl_pem_key_cert_pair pair;
+    char *cert = NULL, *key = NULL, *ca = NULL;
+
+    if (read_pem(r->files[0], &cert) == FERRY_OK && read_pem(r->files[1], &key) == FERRY_OK &&
+        read_pem(r->files[2], &ca) == FERRY_OK) {
+        pair.private_key = key;
+        pair.cert_chain = cert;
+        config = grpc_ssl_server_certificate_config_create(ca, &pair, 1);
+    }
+    free(cert);
+    free(key);
+    free(ca);
+    return config;
+}
+
+static grpc_ssl_certificate_config_reload_status
+reload_fetch(void *arg, grpc_ssl_server_certificate_config **config_p)
+{
+    rpc_tls_reload_t *r = arg;
+    grpc_ssl_certificate_config_reload_status status = GRPC_SSL_CERTIFICATE_CONFIG_RELOAD_UNCHANGED;
+    file_sig_t now[3];
+    bool changed = false;
+
+    pthread_mutex_lock(&r->lock);
+    for (int i = 0; i < 3; i++) {
+        file_sig(r->files[i], &now[i]);
+        changed = changed || !sig_equal(&now[i], &r->sigs[i]);
+    }
+    if (!r->loaded || changed) {
+        /* Taken as read either way: a half-written set is read again when
+         * its last file lands, not on every handshake meanwhile. */
+        memcpy(r->sigs, now, sizeof(now));
+        *config_p = read_config(r);
+        if (*config_p != NULL) {
+            if (r->loaded) {
+                ferry_info("rpc: tls: %s or its key or CA changed: read again for new "
+                           "connections (should gRPC refuse them, it logs why and keeps the "
+                           "previous ones)",
+                           r->files[0]);
+            }
+            r->loaded = true;
+            status = GRPC_SSL_CERTIFICATE_CONFIG_RELOAD_NEW;
+        } else if (!r->loaded) {
+            status = GRPC_SSL_CERTIFICATE_CONFIG_RELOAD_FAIL;
+        } else {
+            ferry_warn("rpc: tls: %s or its key or CA changed but cannot be used; serving the "
+                       "certificates read before",
+                       r->files[0]);
+        }
+    }
+    pthread_mutex_unlock(&r->lock);
+    return status;
+}
+
+void rpc__tls_reload_free(rpc_tls_reload_t *r)
+{
+    if (r == NULL) {
+        return;
+    }
+    for (int i = 0; i < 3; i++) {
+        free(r->files[i]);
+    }
+    pthread_mutex_destroy(&r->lock);
+    free(r);
+}
+
+static rpc_tls_reload_t *reload_new(const rpc_tls_params_t *tls)
+{
+    rpc_tls_reload_t *r = calloc(1, sizeof(*r));
+    const char *paths[3] = {tls->cert_file, tls->key_file, tls->ca_file};
+
+    if (r == NULL) {
+        return NULL;
+    }
+    pthread_mutex_init(&r->lock, NULL);
+    for (int i = 0; i < 3; i++) {
+        if (paths[i] != NULL && (r->files[i] = strdup(paths[i])) == NULL) {
+            rpc__tls_reload_free(r);
+            return NULL;
+        }
+    }
+    return r;
+}
+
+ferry_status_t rpc__server_credentials(const rpc_tls_params_t *tls,
+                                       grpc_server_credentials **creds_p,
+                                       rpc_tls_reload_t **reload_p)
+{
+    grpc_ssl_server_certificate_config *check;
+    grpc_ssl_server_credentials_options *options;
+    rpc_tls_reload_t *r;
     char *ca = NULL, *cert = NULL, *key = NULL;
     ferry_status_t status;
 
+    *reload_p = NULL;
     if (tls == NULL) {
         *creds_p = grpc_insecure_server_credentials_create();
         return FERRY_OK;
@@ -106,27 +246,38 @@ ferry_status_t rpc__server_credentials(const rpc_tls_params_t *tls,
                     "require client certificates");
         return FERRY_ERR_INVALID_ARGUMENT;
     }
+    /* Read once here, for an error that names the file at start. */
     status = read_pair(tls, &cert, &key);
-    if (status != FERRY_OK) {
-        return status;
+    if (status == FERRY_OK) {
+        status = read_pem(tls->ca_file, &ca);
     }
-    status = read_pem(tls->ca_file, &ca);
-    if (status != FERRY_OK) {
-        goto out;
-    }
-    pair.private_key = key;
-    pair.cert_chain = cert;
-    *creds_p =
-        grpc_ssl_server_credentials_create_ex(ca, &pair, 1, client_cert_policy(tls, ca), NULL);
-    if (*creds_p == NULL) {
-        ferry_error("rpc: gRPC refused the server certificate %s", tls->cert_file);
-        status = FERRY_ERR_INVALID_ARGUMENT;
-    }
-out:
     free(ca);
     free(cert);
     free(key);
-    return status;
+    if (status != FERRY_OK) {
+        return status;
+    }
+    r = reload_new(tls);
+    if (r == NULL) {
+        return FERRY_ERR_NO_MEMORY;
+    }
+    check = read_config(r);
+    if (check == NULL) {
+        ferry_error("rpc: gRPC refused the server certificate %s", tls->cert_file);
+        rpc__tls_reload_free(r);
+        return FERRY_ERR_INVALID_ARGUMENT;
+    }
+    grpc_ssl_server_certificate_config_destroy(check);
+    options = grpc_ssl_server_credentials_create_options_using_config_fetcher(
+        client_cert_policy(tls, tls->ca_file), reload_fetch, r);
+    *creds_p = options != NULL ? grpc_ssl_server_credentials_create_with_options(options) : NULL;
+    if (*creds_p == NULL) {
+        ferry_error("rpc: gRPC refused the server tls settings (%s)", tls->cert_file);
+        rpc__tls_reload_free(r);
+        return FERRY_ERR_INVALID_ARGUMENT;
+    }
+    *reload_p = r;
+    return FERRY_OK;
 }
 
 ferry_status_t rpc__channel_credentials(const rpc_tls_params_t *tls,

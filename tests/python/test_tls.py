@@ -2,8 +2,15 @@
 and ferry-worker processes with a certificate get through; without one, or in
 plaintext, they are refused. Certificates are made at test time
 (tests/rpc/make_certs.sh: a throwaway CA, server name ferry.test).
+
+Renewed certificates: a coordinator whose certificate files are replaced
+(as a Kubernetes Secret's update, or cert-manager's renewal, replaces them)
+serves the new ones to the next connection without a restart, and takes
+client certificates of the new CA; files that cannot be used keep the
+previous ones.
 """
 import os
+import shutil
 import subprocess
 import sys
 import unittest
@@ -95,6 +102,77 @@ class Tls(unittest.TestCase):
         out, err = recv.communicate(timeout=60)
         self.assertNotEqual(recv.returncode, 0)
         self.assertIn("UNAVAILABLE", err)
+
+
+class Renewal(unittest.TestCase):
+    """One coordinator of its own, on files in a directory the test swaps."""
+
+    def setUp(self):
+        from ferry.v1 import coordinator_pb2, coordinator_pb2_grpc
+        self.cpb, self.grpc_mod = coordinator_pb2, coordinator_pb2_grpc
+        self.tmp = os.path.join(CLUSTER.tmp, f"renew-{self._testMethodName}")
+        self.old = ferry_harness.make_certs(os.path.join(self.tmp, "old"))
+        self.new = ferry_harness.make_certs(os.path.join(self.tmp, "new"))
+        self.live = os.path.join(self.tmp, "live")
+        os.makedirs(self.live)
+        self.install(self.old)
+        self.coord = ferry_harness.Coordinator(
+            self.tmp, CLUSTER.etcd.endpoint, name="renew",
+            extra=("--tls-cert", os.path.join(self.live, "server.pem"),
+                   "--tls-key", os.path.join(self.live, "server.key"),
+                   "--tls-ca", os.path.join(self.live, "ca.pem")))
+        self.coord.start()
+        self.addCleanup(self.coord.stop)
+
+    def install(self, certs):
+        """Replaces the live files, each by a rename (never half written)."""
+        for name in ("server.pem", "server.key", "ca.pem"):
+            shutil.copy(os.path.join(certs, name), os.path.join(self.live, name + ".tmp"))
+            os.rename(os.path.join(self.live, name + ".tmp"), os.path.join(self.live, name))
+
+    def answer(self, certs):
+        """The status a new connection with certs' CA and client certificate
+        gets for a Get of an unknown ID: NOT_FOUND once TLS passed."""
+        def read_cert(name):
+            with open(os.path.join(certs, name), "rb") as f:
+                return f.read()
+        creds = grpc.ssl_channel_credentials(root_certificates=read_cert("ca.pem"),
+                                             private_key=read_cert("client.key"),
+                                             certificate_chain=read_cert("client.pem"))
+        channel = grpc.secure_channel(self.coord.target, creds,
+                                      options=[("grpc.ssl_target_name_override", "ferry.test")])
+        try:
+            self.grpc_mod.CoordinatorStub(channel).Get(
+                self.cpb.GetRequest(request_id="renew-nobody"), timeout=5)
+        except grpc.RpcError as e:
+            return e.code()
+        finally:
+            channel.close()
+        return grpc.StatusCode.OK
+
+    def test_renewed_certificates_are_served_without_a_restart(self):
+        self.assertEqual(self.answer(self.old), grpc.StatusCode.NOT_FOUND)
+        self.assertEqual(self.answer(self.new), grpc.StatusCode.UNAVAILABLE)
+        self.install(self.new)
+        self.assertEqual(self.answer(self.new), grpc.StatusCode.NOT_FOUND)
+        self.assertEqual(self.answer(self.old), grpc.StatusCode.UNAVAILABLE)
+        self.assertIsNone(self.coord.proc.poll())
+
+    def test_unusable_files_keep_the_certificates_read_before(self):
+        os.unlink(os.path.join(self.live, "server.key"))  # cannot be read
+        self.assertEqual(self.answer(self.old), grpc.StatusCode.NOT_FOUND)
+        self.assertTrue(self.coord.log_contains("cannot be used; serving the certificates"))
+        shutil.copy(os.path.join(self.old, "server.key"), os.path.join(self.live, "server.key"))
+        with open(os.path.join(self.live, "server.pem.tmp"), "w") as f:
+            f.write("not a certificate\n")
+        os.rename(os.path.join(self.live, "server.pem.tmp"),
+                  os.path.join(self.live, "server.pem"))
+        self.assertEqual(self.answer(self.old), grpc.StatusCode.NOT_FOUND)
+        self.assertEqual(self.answer(self.new), grpc.StatusCode.UNAVAILABLE)
+        # A usable set afterwards is taken.
+        self.install(self.new)
+        self.assertEqual(self.answer(self.new), grpc.StatusCode.NOT_FOUND)
+        self.assertEqual(self.answer(self.old), grpc.StatusCode.UNAVAILABLE)
 
 
 if __name__ == "__main__":
