@@ -233,37 +233,27 @@ ferry_status_t rpc__server_credentials(const rpc_tls_params_t *tls,
     grpc_ssl_server_certificate_config *check;
     grpc_ssl_server_credentials_options *options;
     rpc_tls_reload_t *r;
-    char *ca = NULL, *cert = NULL, *key = NULL;
-    ferry_status_t status;
 
     *reload_p = NULL;
     if (tls == NULL) {
         *creds_p = grpc_insecure_server_credentials_create();
         return FERRY_OK;
     }
-    if (tls->cert_file == NULL || (tls->require_client_cert && tls->ca_file == NULL)) {
+    if (tls->cert_file == NULL || tls->key_file == NULL ||
+        (tls->require_client_cert && tls->ca_file == NULL)) {
         ferry_error("rpc: a tls server needs cert_file and key_file, and ca_file to "
                     "require client certificates");
         return FERRY_ERR_INVALID_ARGUMENT;
-    }
-    /* Read once here, for an error that names the file at start. */
-    status = read_pair(tls, &cert, &key);
-    if (status == FERRY_OK) {
-        status = read_pem(tls->ca_file, &ca);
-    }
-    free(ca);
-    free(cert);
-    free(key);
-    if (status != FERRY_OK) {
-        return status;
     }
     r = reload_new(tls);
     if (r == NULL) {
         return FERRY_ERR_NO_MEMORY;
     }
+    /* Read once here, so that a file that cannot be read fails the start,
+     * named (read_pem says which); gRPC's first fetch reads them again. */
     check = read_config(r);
     if (check == NULL) {
-        ferry_error("rpc: gRPC refused the server certificate %s", tls->cert_file);
+        ferry_error("rpc: cannot use the server certificate %s, its key or its CA", tls->cert_file);
         rpc__tls_reload_free(r);
         return FERRY_ERR_INVALID_ARGUMENT;
     }
