@@ -217,6 +217,7 @@ static void handle_failed_peer(ferry_connector_t *c, ferry__peer_t *peer)
             }
         }
     }
+    ferry__staged_stale_peer_failed(c, peer);
     ferry__peer_uncache(peer);
     ferry__peer_put(peer); /* the failed queue's reference */
 }

@@ -249,7 +249,8 @@ struct ferry_connector {
     struct ferry_op *done, **done_tail;
     struct ferry_op *staged; /* staged ops with copies in flight (stage_next) */
     /* Slots of passive staged ops that ended before their claimant settled
-     * (staged.c): kept mapped until its notice comes, or destroy. */
+     * (staged.c): kept until its notice comes, its endpoint fails, or
+     * destroy. */
     struct ferry__stage *stale;
     ferry_connector_stats_t stats;
     /* Registered regions (region.c), unordered, never overlapping. */
@@ -285,6 +286,7 @@ void ferry__connector_deliver(ferry_connector_t *c);
 ferry_status_t ferry__peer_get(ferry_connector_t *c, const uint8_t *address, size_t len,
                                ferry__peer_t **peer_p);
 void ferry__peer_put(ferry__peer_t *peer);
+void ferry__peer_ref(ferry__peer_t *peer); /* one more reference, put with _put */
 void ferry__peer_ref_for_failure(ferry__peer_t *peer);
 ferry_status_t ferry__peer_rkey_get(ferry__peer_t *peer, const uint8_t *packed, size_t len,
                                     ferry__rkey_t **rkey_p);
@@ -534,6 +536,9 @@ void ferry__staged_release(ferry_op_t *op);
 /* A notice for no live passive op: frees the stale slots it settles (true
  * if any); lock held. */
 bool ferry__staged_stale_settled(ferry_connector_t *c, const ferry__msg_t *msg);
+/* Frees the stale stages whose claimant was peer, whose endpoint failed:
+ * nothing more of it reaches their slots. */
+void ferry__staged_stale_peer_failed(ferry_connector_t *c, const ferry__peer_t *peer);
 /* Frees every stale stage (connector destroy). */
 void ferry__staged_stale_free(ferry_connector_t *c);
 /* The admitted claimant settled (its notice came): nothing of it will

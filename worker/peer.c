@@ -146,6 +146,11 @@ ferry_status_t ferry__peer_get(ferry_connector_t *c, const uint8_t *address, siz
     return FERRY_OK;
 }
 
+void ferry__peer_ref(ferry__peer_t *peer)
+{
+    peer->refs++;
+}
+
 void ferry__peer_ref_for_failure(ferry__peer_t *peer)
 {
     peer->refs++; /* the failed queue's; dropped by the loop */

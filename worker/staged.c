@@ -53,8 +53,10 @@
  * of it is on the wire): a passive operation that ends before that keeps
  * its slots mapped on connector->stale until that notice comes (or the
  * connector is destroyed), since a put or get still in flight to them
- * would otherwise fault this process where UCX emulates RMA (tcp); a
- * claimant killed midway leaves its slots there until destroy.
+ * would otherwise fault this process where UCX emulates RMA (tcp). A
+ * claimant killed midway never sends that notice: with peer error handling
+ * its endpoint's failure frees them instead (nothing more of it can reach
+ * them); without it they stay until destroy.
  *
  * The passive side answers with CREDITs on an endpoint to the admitted
  * claimant, opened by the loop after admission (op_passive.c) from the
@@ -111,6 +113,7 @@ struct ferry__stage {
     bool claimant_settled;       /* its notice came: nothing of it reaches the slots */
     uint8_t key[FERRY__KEY_LEN]; /* stale: whose slots these were */
     uint8_t nonce[FERRY__NONCE_LEN];
+    ferry__peer_t *claimant;         /* stale: its endpoint (a reference), or NULL */
     struct ferry__stage *stale_next; /* connector->stale */
     /* Active. */
     bool remote;          /* the passive side stages: lanes map to its slots */
@@ -834,6 +837,10 @@ void ferry__staged_release(ferry_op_t *op)
         /* Its claimant may still have puts or gets in flight to the slots. */
         memcpy(s->key, op->key, FERRY__KEY_LEN);
         memcpy(s->nonce, op->nonce, FERRY__NONCE_LEN);
+        s->claimant = op->claimant;
+        if (s->claimant != NULL) {
+            ferry__peer_ref(s->claimant);
+        }
         s->stale_next = c->stale;
         c->stale = s;
         ferry_debug("%s: staging slots kept until the claimant settles", op->label);
@@ -848,14 +855,26 @@ void ferry__staged_claimant_settled(ferry_op_t *op)
     op->stage->claimant_settled = true;
 }
 
+/* Unlinks *pp from connector->stale and frees it with its claimant's
+ * reference. */
+static void stale_drop(struct ferry__stage **pp)
+{
+    struct ferry__stage *s = *pp;
+
+    *pp = s->stale_next;
+    if (s->claimant != NULL) {
+        ferry__peer_put(s->claimant);
+    }
+    stage_free(s, false);
+}
+
 bool ferry__staged_stale_settled(ferry_connector_t *c, const ferry__msg_t *msg)
 {
     for (struct ferry__stage **pp = &c->stale; *pp != NULL; pp = &(*pp)->stale_next) {
         struct ferry__stage *s = *pp;
         if (memcmp(s->key, msg->key, FERRY__KEY_LEN) == 0 &&
             memcmp(s->nonce, msg->nonce, FERRY__NONCE_LEN) == 0) {
-            *pp = s->stale_next;
-            stage_free(s, false);
+            stale_drop(pp);
             ferry_debug("connector %s: stale staging slots released", c->name);
             return true;
         }
@@ -863,11 +882,24 @@ bool ferry__staged_stale_settled(ferry_connector_t *c, const ferry__msg_t *msg)
     return false;
 }
 
+void ferry__staged_stale_peer_failed(ferry_connector_t *c, const ferry__peer_t *peer)
+{
+    struct ferry__stage **pp = &c->stale;
+
+    while (*pp != NULL) {
+        if ((*pp)->claimant == peer) {
+            stale_drop(pp);
+            ferry_debug("connector %s: stale staging slots of failed peer %llu released", c->name,
+                        (unsigned long long)peer->id);
+        } else {
+            pp = &(*pp)->stale_next;
+        }
+    }
+}
+
 void ferry__staged_stale_free(ferry_connector_t *c)
 {
     while (c->stale != NULL) {
-        struct ferry__stage *s = c->stale;
-        c->stale = s->stale_next;
-        stage_free(s, false);
+        stale_drop(&c->stale);
     }
 }

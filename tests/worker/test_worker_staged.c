@@ -709,6 +709,63 @@ static void test_stale_slots_released(void **state)
     free(b);
 }
 
+/* The claimant dies between the passive side's cancel and its own notice:
+ * stopped (SIGSTOP) while held midway, so it cannot settle, then the
+ * passive op is cancelled (its slots go stale: a put or get of the
+ * claimant may still be in flight to them), then the claimant is killed.
+ * With peer error handling its endpoint's failure frees the stale slots
+ * at once; before, they stayed until the connector was destroyed. */
+static void test_stale_slots_released_when_claimant_dies(void **state)
+{
+    ferry_connector_params_t params = {
+        .field_mask = FERRY_CONNECTOR_PARAM_FIELD_PEER_ERROR_HANDLING, .peer_error_handling = true};
+    uint64_t size = 1u << 20;
+    uint8_t *buf = calloc(1, size);
+    ferry_descriptor_t d = {buf, size, FERRY_DEVICE_HOST_INIT};
+    pair_partner_t writer;
+    ferry_connector_t *c;
+    ferry_op_t *op;
+    const uint8_t *md;
+    size_t md_len;
+    bool stale;
+    char ready;
+    int wstatus;
+    (void)state;
+
+    atomic_store(&ferry__test_staging.chunk, 65536);
+    atomic_store(&ferry__test_staging.slots, 2);
+    assert_int_equal(ferry_connector_create(&params, &c), FERRY_OK);
+    if (read_dir) {
+        pair_fill(buf, size, 9, 0);
+        assert_int_equal(ferry_readable_create(c, &d, 1, &op), FERRY_OK);
+    } else {
+        assert_int_equal(ferry_writable_create(c, &d, 1, &op), FERRY_OK);
+    }
+    assert_int_equal(ferry_op_metadata(op, &md, &md_len), FERRY_OK);
+    writer = pair_spawn(self_exe, read_dir ? "--reader-peer-errors" : "--writer-peer-errors");
+    assert_int_equal(pair_write(writer.cmd_fd, &size, sizeof(size)), 0);
+    assert_int_equal(pair_send_blob(writer.cmd_fd, md, (uint32_t)md_len), 0);
+    assert_int_equal(pair_read(writer.res_fd, &ready, 1, PAIR_IO_TIMEOUT_MS), 0);
+    kill(writer.pid, SIGSTOP);
+    assert_int_equal(waitpid(writer.pid, &wstatus, WUNTRACED), writer.pid);
+    assert_true(WIFSTOPPED(wstatus));
+    assert_int_equal(ferry_op_cancel(op), FERRY_OK);
+    assert_int_equal(ferry_op_wait(op, 0), FERRY_ERR_CANCELLED);
+    ferry__lock(c);
+    stale = c->stale != NULL;
+    ferry__unlock(c);
+    assert_true(stale); /* the stopped claimant has not settled */
+    kill(writer.pid, SIGKILL);
+    assert_true(WIFSIGNALED(pair_reap(writer.pid)));
+    pair_close(&writer);
+    assert_true(stale_gone(c));
+    ferry_op_destroy(op);
+    assert_int_equal(ferry_connector_destroy(c), FERRY_OK);
+    atomic_store(&ferry__test_staging.chunk, 0);
+    atomic_store(&ferry__test_staging.slots, 0);
+    free(buf);
+}
+
 /* The cases above then run again in the read direction. */
 static int read_setup(void **state)
 {
@@ -902,6 +959,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_after_faults),
         cmocka_unit_test(test_writer_killed_midway),
         cmocka_unit_test(test_writer_killed_midway_peer_detection),
+        cmocka_unit_test(test_stale_slots_released_when_claimant_dies),
         cmocka_unit_test(test_caller_progress_loopback),
     };
     const struct CMUnitTest tests[] = {
@@ -922,6 +980,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_after_faults),
         cmocka_unit_test(test_writer_killed_midway),
         cmocka_unit_test(test_writer_killed_midway_peer_detection),
+        cmocka_unit_test(test_stale_slots_released_when_claimant_dies),
         cmocka_unit_test(test_caller_progress_loopback),
         cmocka_unit_test(test_readable_staged),
         cmocka_unit_test(test_stale_slots_released),
