@@ -448,6 +448,18 @@ static int check(coord_config_t *c)
     if (check_metrics_listen(c->metrics_listen) != 0 || check_tls_files(c) != 0) {
         return -1;
     }
+    if (c->etcd == NULL && (c->etcd_user != NULL || c->etcd_ca != NULL || c->etcd_cert != NULL ||
+                            c->etcd_key != NULL)) {
+        /* The private etcd has credentials of its own (etcd_child.c). */
+        fprintf(stderr,
+                "ferry-coordinator: %s is for the etcd named by --etcd (FERRY_ETCD), "
+                "and none is given (a private etcd would start)\n",
+                c->etcd_user != NULL   ? "--etcd-user (FERRY_ETCD_USER)"
+                : c->etcd_ca != NULL   ? "--etcd-ca (FERRY_ETCD_CA)"
+                : c->etcd_cert != NULL ? "--etcd-cert (FERRY_ETCD_CERT)"
+                                       : "--etcd-key (FERRY_ETCD_KEY)");
+        return -1;
+    }
     if ((c->tls_cert == NULL) != (c->tls_key == NULL)) {
         fprintf(stderr, "ferry-coordinator: --tls-cert and --tls-key go together\n");
         return -1;

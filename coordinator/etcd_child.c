@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/random.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -24,6 +25,15 @@
  * once its database reaches its quota (2 GiB): the private etcd compacts
  * what is older than this, as deploy/k8s/etcd.yaml's does. */
 #define COMPACTION_RETENTION "1h"
+
+/* Under the state directory, relative: etcd runs there. The peer URL is a
+ * unix socket in it ("unix://HOST:PORT" is etcd's form; the file is named
+ * HOST:PORT). */
+#define DATA_DIR       "etcd"
+#define PEER_URL       "unix://etcd-peer:1"
+#define PASSWORD_FILE  "etcd-password"
+#define PASSWORD_BYTES 32 /* random bytes, written as hex */
+#define PASSWORD_MIN   16 /* characters, in a file an operator wrote */
 
 #define START_TIMEOUT_MS 30000
 #define STOP_TIMEOUT_MS  5000
@@ -69,45 +79,112 @@ static int mkdir_p(const char *path)
     return (mkdir(buf, 0700) != 0 && errno != EEXIST) ? -1 : 0;
 }
 
-/* Whether dir (made or found by mkdir_p) is ours alone to write: a
+/* Opens dir (made or found by mkdir_p) if it is ours alone to write: a
  * directory, not a link to one, owned by this user, that no one else may
- * write. Its etcd holds the key that mints lease tokens: a directory
- * another user made first (/tmp/ferry-<uid>, when there is no HOME) would
- * let them read or swap that etcd's data, or point its log at a file of
- * ours. */
-static bool dir_is_private(const char *dir)
+ * write; -1 otherwise (logged). Its etcd holds the key that mints lease
+ * tokens: a directory another user made first (/tmp/ferry-<uid>, when
+ * there is no HOME) would let them read or swap that etcd's data, or point
+ * its log at a file of ours. Everything in it is then reached through the
+ * descriptor, so the directory checked is the one used. */
+static int open_private_dir(const char *dir)
 {
+    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
     struct stat st;
 
-    if (lstat(dir, &st) != 0) {
+    if (fd < 0) {
+        if (errno == ENOTDIR || errno == ELOOP) {
+            ferry_error("private etcd: the state directory %s is not a directory (a link?); "
+                        "refusing it (--state-dir)",
+                        dir);
+        } else {
+            ferry_error("private etcd: %s: %s", dir, strerror(errno));
+        }
+        return -1;
+    }
+    if (fstat(fd, &st) != 0) {
         ferry_error("private etcd: %s: %s", dir, strerror(errno));
-        return false;
-    }
-    if (!S_ISDIR(st.st_mode)) {
-        ferry_error("private etcd: the state directory %s is not a directory (a link?); "
-                    "refusing it (--state-dir)",
-                    dir);
-        return false;
-    }
-    if (st.st_uid != geteuid()) {
+    } else if (st.st_uid != geteuid()) {
         ferry_error("private etcd: the state directory %s belongs to uid %d, not to this user "
                     "(%d); refusing it (--state-dir)",
                     dir, (int)st.st_uid, (int)geteuid());
-        return false;
-    }
-    if ((st.st_mode & (S_IWGRP | S_IWOTH)) != 0) {
+    } else if ((st.st_mode & (S_IWGRP | S_IWOTH)) != 0) {
         ferry_error("private etcd: others may write to the state directory %s (mode %03o); "
                     "refusing it (chmod go-w, or --state-dir)",
                     dir, (unsigned)(st.st_mode & 0777));
-        return false;
+    } else {
+        return fd;
     }
-    return true;
+    close(fd);
+    return -1;
 }
 
-/* In the child: log_fd becomes its stdout and stderr. */
-static void exec_etcd(const coord_etcd_child_t *child, int client_port, int peer_port, int log_fd)
+/* The root password of the private etcd, in PASSWORD_FILE of the state
+ * directory: read, or made (random) on the first start. etcd's client port
+ * is on loopback, where every local user can connect: with auth on, only
+ * a holder of this file (mode 0600, this user's) gets in. */
+static ferry_status_t load_password(coord_etcd_child_t *child, int dir_fd)
 {
-    char client_url[64], peer_url[64], cluster[96];
+    uint8_t raw[PASSWORD_BYTES];
+    struct stat st;
+    ssize_t n;
+    int fd = openat(dir_fd, PASSWORD_FILE, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+
+    if (fd < 0 && errno == ENOENT) {
+        if (getrandom(raw, sizeof(raw), 0) != (ssize_t)sizeof(raw)) {
+            ferry_error("private etcd: getrandom: %s", strerror(errno));
+            return FERRY_ERR_IO;
+        }
+        for (size_t i = 0; i < sizeof(raw); i++) {
+            snprintf(child->password + 2 * i, 3, "%02x", raw[i]);
+        }
+        /* Whole or not at all: written aside, then renamed into place. */
+        fd = openat(dir_fd, PASSWORD_FILE ".new",
+                    O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0600);
+        if (fd < 0 || dprintf(fd, "%s\n", child->password) < 0 || fsync(fd) != 0 ||
+            renameat(dir_fd, PASSWORD_FILE ".new", dir_fd, PASSWORD_FILE) != 0) {
+            ferry_error("private etcd: cannot write %s/%s: %s", child->state_dir, PASSWORD_FILE,
+                        strerror(errno));
+            if (fd >= 0) {
+                close(fd);
+            }
+            return FERRY_ERR_IO;
+        }
+        close(fd);
+        return FERRY_OK;
+    }
+    if (fd < 0 || fstat(fd, &st) != 0) {
+        ferry_error("private etcd: cannot read %s/%s: %s%s", child->state_dir, PASSWORD_FILE,
+                    strerror(errno), errno == ELOOP ? " (a link: refused)" : "");
+        if (fd >= 0) {
+            close(fd);
+        }
+        return FERRY_ERR_IO;
+    }
+    if (!S_ISREG(st.st_mode) || st.st_uid != geteuid() || (st.st_mode & 077) != 0) {
+        ferry_error("private etcd: %s/%s must be a file of this user's that no one else may "
+                    "read (mode 0600); refusing it",
+                    child->state_dir, PASSWORD_FILE);
+        close(fd);
+        return FERRY_ERR_PERMISSION_DENIED;
+    }
+    n = read(fd, child->password, sizeof(child->password) - 1);
+    close(fd);
+    child->password[n > 0 ? n : 0] = '\0';
+    child->password[strcspn(child->password, "\r\n")] = '\0';
+    if (strlen(child->password) < PASSWORD_MIN) {
+        ferry_error("private etcd: %s/%s holds no password of at least %d characters",
+                    child->state_dir, PASSWORD_FILE, PASSWORD_MIN);
+        return FERRY_ERR_INVALID_ARGUMENT;
+    }
+    return FERRY_OK;
+}
+
+/* In the child: log_fd becomes its stdout and stderr; it runs in the state
+ * directory (dir_fd), where its peer socket is, so that only this user
+ * reaches it: a single member needs no peer, but etcd listens for them. */
+static void exec_etcd(int client_port, int dir_fd, int log_fd)
+{
+    char client_url[64];
     const char *bin = getenv("FERRY_ETCD_BIN") != NULL ? getenv("FERRY_ETCD_BIN") : "etcd";
     sigset_t none;
 
@@ -118,12 +195,14 @@ static void exec_etcd(const coord_etcd_child_t *child, int client_port, int peer
     prctl(PR_SET_PDEATHSIG, SIGTERM);
     dup2(log_fd, STDOUT_FILENO);
     dup2(log_fd, STDERR_FILENO);
+    if (fchdir(dir_fd) != 0) {
+        fprintf(stderr, "fchdir to the state directory: %s\n", strerror(errno));
+        _exit(127);
+    }
     snprintf(client_url, sizeof(client_url), "http://127.0.0.1:%d", client_port);
-    snprintf(peer_url, sizeof(peer_url), "http://127.0.0.1:%d", peer_port);
-    snprintf(cluster, sizeof(cluster), "ferry=%s", peer_url);
-    execlp(bin, bin, "--name", "ferry", "--data-dir", child->data_dir, "--listen-client-urls",
-           client_url, "--advertise-client-urls", client_url, "--listen-peer-urls", peer_url,
-           "--initial-advertise-peer-urls", peer_url, "--initial-cluster", cluster,
+    execlp(bin, bin, "--name", "ferry", "--data-dir", DATA_DIR, "--listen-client-urls", client_url,
+           "--advertise-client-urls", client_url, "--listen-peer-urls", PEER_URL,
+           "--initial-advertise-peer-urls", PEER_URL, "--initial-cluster", "ferry=" PEER_URL,
            "--auto-compaction-mode", "periodic", "--auto-compaction-retention",
            COMPACTION_RETENTION, (char *)NULL);
     fprintf(stderr, "exec %s: %s\n", bin, strerror(errno));
@@ -132,7 +211,10 @@ static void exec_etcd(const coord_etcd_child_t *child, int client_port, int peer
 
 static ferry_status_t wait_ready(coord_etcd_child_t *child)
 {
-    etcd_params_t params = {.endpoints = child->endpoint, .timeout_ms = 1000};
+    etcd_params_t params = {.endpoints = child->endpoint,
+                            .username = COORD_ETCD_CHILD_USER,
+                            .password = child->password,
+                            .timeout_ms = 1000};
     etcd_client_t *client;
     ferry_status_t status = etcd_client_create(&params, &client);
 
@@ -148,11 +230,24 @@ static ferry_status_t wait_ready(coord_etcd_child_t *child)
             status = FERRY_ERR_UNAVAILABLE;
             break;
         }
-        if (etcd_ping(client, NULL) == FERRY_OK) {
-            status = FERRY_OK;
-            break;
+        status = etcd_ping(client, NULL);
+        if (status == FERRY_OK || status == FERRY_ERR_UNAUTHENTICATED) {
+            break; /* up; refused, it will not let us in by waiting */
         }
+        status = FERRY_ERR_TIMED_OUT;
         sleep_ms(POLL_MS);
+    }
+    if (status == FERRY_ERR_UNAUTHENTICATED) {
+        ferry_error("private etcd: root's password in %s/%s was refused (its data in %s set up "
+                    "with another one? move that directory away to start afresh)",
+                    child->state_dir, PASSWORD_FILE, child->data_dir);
+    } else if (status == FERRY_OK) {
+        /* Every start: a state directory of an older version has none. */
+        status = etcd_auth_enable_root(client);
+        if (status != FERRY_OK) {
+            ferry_error("private etcd: cannot turn its auth on: %s; see %s",
+                        ferry_status_string(status), child->log_path);
+        }
     }
     etcd_client_destroy(client);
     return status;
@@ -161,27 +256,35 @@ static ferry_status_t wait_ready(coord_etcd_child_t *child)
 ferry_status_t coord_etcd_child_start(const char *state_dir, coord_etcd_child_t *child)
 {
     int client_port = free_port();
-    int peer_port = free_port();
     ferry_status_t status;
-    int log_fd;
+    int dir_fd, log_fd;
 
     memset(child, 0, sizeof(*child));
-    if (client_port < 0 || peer_port < 0 || mkdir_p(state_dir) != 0) {
-        ferry_error("private etcd: cannot prepare %s or find free ports: %s", state_dir,
+    if (client_port < 0 || mkdir_p(state_dir) != 0) {
+        ferry_error("private etcd: cannot prepare %s or find a free port: %s", state_dir,
                     strerror(errno));
         return FERRY_ERR_IO;
     }
-    if (!dir_is_private(state_dir)) {
+    dir_fd = open_private_dir(state_dir);
+    if (dir_fd < 0) {
         return FERRY_ERR_PERMISSION_DENIED;
     }
-    snprintf(child->data_dir, sizeof(child->data_dir), "%s/etcd", state_dir);
+    snprintf(child->state_dir, sizeof(child->state_dir), "%s", state_dir);
+    snprintf(child->data_dir, sizeof(child->data_dir), "%s/%s", state_dir, DATA_DIR);
     snprintf(child->log_path, sizeof(child->log_path), "%s/etcd.log", state_dir);
     snprintf(child->endpoint, sizeof(child->endpoint), "http://127.0.0.1:%d", client_port);
+    status = load_password(child, dir_fd);
+    if (status != FERRY_OK) {
+        close(dir_fd);
+        return status;
+    }
     /* Not through a link: the log is ours, where we said. */
-    log_fd = open(child->log_path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC | O_NOFOLLOW, 0600);
+    log_fd =
+        openat(dir_fd, "etcd.log", O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC | O_NOFOLLOW, 0600);
     if (log_fd < 0) {
         ferry_error("private etcd: cannot open its log %s: %s%s", child->log_path, strerror(errno),
                     errno == ELOOP ? " (a link: refused)" : "");
+        close(dir_fd);
         return FERRY_ERR_IO;
     }
 
@@ -189,19 +292,23 @@ ferry_status_t coord_etcd_child_start(const char *state_dir, coord_etcd_child_t 
     if (child->pid < 0) {
         ferry_error("private etcd: fork: %s", strerror(errno));
         close(log_fd);
+        close(dir_fd);
         return FERRY_ERR_IO;
     }
     if (child->pid == 0) {
-        exec_etcd(child, client_port, peer_port, log_fd);
+        exec_etcd(client_port, dir_fd, log_fd);
     }
     close(log_fd);
+    close(dir_fd);
     status = wait_ready(child);
     if (status != FERRY_OK) {
         coord_etcd_child_stop(child);
         return status;
     }
-    ferry_info("started a private etcd at %s (pid %d, data in %s, log %s)", child->endpoint,
-               (int)child->pid, child->data_dir, child->log_path);
+    ferry_info("started a private etcd at %s (pid %d, data in %s, log %s; auth on, root's "
+               "password in %s/%s)",
+               child->endpoint, (int)child->pid, child->data_dir, child->log_path, state_dir,
+               PASSWORD_FILE);
     return FERRY_OK;
 }
 

@@ -1,8 +1,12 @@
 /*
  * etcd_child.h: the private etcd a coordinator starts when it is given no
- * --etcd: one etcd process on loopback, free ports, data under the state
- * directory (so a restarted coordinator finds its operations again), asked to
- * die with its parent (PR_SET_PDEATHSIG) and stopped on exit.
+ * --etcd: one etcd process, its client port on loopback (a free port), its
+ * peer port a unix socket in the state directory, data under the state
+ * directory (so a restarted coordinator finds its operations again), auth
+ * on with a root password kept there (mode 0600; every local user can
+ * connect to loopback), asked to die with its parent (PR_SET_PDEATHSIG) and
+ * stopped on exit. The state directory must be this user's and writable by
+ * no one else.
  */
 #ifndef FERRY_COORD_ETCD_CHILD_H
 #define FERRY_COORD_ETCD_CHILD_H
@@ -13,11 +17,16 @@
 
 #include <ferry/status.h>
 
+/* The user the coordinator is in the private etcd as. */
+#define COORD_ETCD_CHILD_USER "root"
+
 typedef struct {
     pid_t pid;
-    char endpoint[64];       /* "http://127.0.0.1:PORT" */
-    char data_dir[PATH_MAX]; /* <state_dir>/etcd */
-    char log_path[PATH_MAX]; /* <state_dir>/etcd.log */
+    char endpoint[64];        /* "http://127.0.0.1:PORT" */
+    char state_dir[PATH_MAX]; /* as given */
+    char data_dir[PATH_MAX];  /* <state_dir>/etcd */
+    char log_path[PATH_MAX];  /* <state_dir>/etcd.log */
+    char password[129];       /* root's, from <state_dir>/etcd-password */
 } coord_etcd_child_t;
 
 /* Starts etcd and waits (up to 30 s) until it answers. The etcd binary is

@@ -142,6 +142,8 @@ static ferry_status_t open_etcd(coordinator_t *c)
             return status;
         }
         params.endpoints = c->child.endpoint;
+        params.username = COORD_ETCD_CHILD_USER;
+        params.password = c->child.password;
     }
     status = etcd_client_create(&params, &c->etcd);
     if (status != FERRY_OK) {

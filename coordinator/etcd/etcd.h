@@ -79,6 +79,13 @@ const char *etcd_client_last_error(void);
  * does. *revision_p (may be NULL) gets the store revision. */
 ferry_status_t etcd_ping(etcd_client_t *client, int64_t *revision_p);
 
+/* Makes the client's user, which must be "root", etcd's root with the
+ * client's password, and turns etcd's auth on; each step is a no-op where
+ * it was done before, so a restart may call it again. For an etcd this
+ * process owns (the private etcd, etcd_child.c): it changes root's
+ * password to the client's. */
+ferry_status_t etcd_auth_enable_root(etcd_client_t *client);
+
 /* --- key-values --------------------------------------------------------- */
 
 typedef struct {

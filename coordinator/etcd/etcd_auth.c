@@ -21,6 +21,7 @@
  */
 #include "coordinator/etcd/etcd_int.h"
 
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -136,4 +137,66 @@ void etcd__auth_invalidate(etcd_client_t *client, unsigned long gen)
         client->token = NULL;
     }
     pthread_mutex_unlock(&client->auth_lock);
+}
+
+/* POSTs {name: value, ...} (pairs of strings, NULL-ended) to path; a
+ * FAILED_PRECONDITION answer (a user or role that exists) is `tolerated`. */
+static ferry_status_t etcd_auth_post(etcd_client_t *client, const char *path, bool tolerated, ...)
+{
+    cJSON *body = cJSON_CreateObject();
+    ferry_status_t status = body != NULL ? FERRY_OK : FERRY_ERR_NO_MEMORY;
+    va_list ap;
+
+    va_start(ap, tolerated);
+    for (const char *name; status == FERRY_OK && (name = va_arg(ap, const char *)) != NULL;) {
+        if (cJSON_AddStringToObject(body, name, va_arg(ap, const char *)) == NULL) {
+            status = FERRY_ERR_NO_MEMORY;
+        }
+    }
+    va_end(ap);
+    cJSON *reply = NULL;
+    if (status == FERRY_OK) {
+        status = etcd__call(client, path, body, &reply);
+    }
+    cJSON_Delete(reply);
+    cJSON_Delete(body);
+    if (status == FERRY_ERR_FAILED_PRECONDITION && tolerated) {
+        etcd__clear_error();
+        status = FERRY_OK;
+    }
+    if (status != FERRY_OK) {
+        ferry_error("etcd: %s: %s (%s)", path, ferry_status_string(status),
+                    etcd_client_last_error());
+    }
+    return status;
+}
+
+ferry_status_t etcd_auth_enable_root(etcd_client_t *client)
+{
+    ferry_status_t status;
+
+    if (client->username == NULL || strcmp(client->username, "root") != 0) {
+        return FERRY_ERR_INVALID_ARGUMENT;
+    }
+    /* Each step is a no-op when done before (a restart): the user or role
+     * exists (tolerated), the role is granted, auth is on. With auth
+     * already on these go with root's token, which the password gets. */
+    status = etcd_auth_post(client, "/v3/auth/user/add", true, "name", "root", "password",
+                            client->password, (const char *)NULL);
+    if (status == FERRY_OK) {
+        status = etcd_auth_post(client, "/v3/auth/user/changepw", false, "name", "root", "password",
+                                client->password, (const char *)NULL);
+    }
+    if (status == FERRY_OK) {
+        status =
+            etcd_auth_post(client, "/v3/auth/role/add", true, "name", "root", (const char *)NULL);
+    }
+    if (status == FERRY_OK) {
+        status = etcd_auth_post(client, "/v3/auth/user/grant", false, "user", "root", "role",
+                                "root", (const char *)NULL);
+    }
+    if (status == FERRY_OK) {
+        status = etcd_auth_post(client, "/v3/auth/enable", false, (const char *)NULL);
+    }
+    return status;
 }

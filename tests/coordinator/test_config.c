@@ -224,6 +224,7 @@ static void test_tls_file_set_but_empty_is_refused(void **state)
                                  "FERRY_ETCD_CA",  "FERRY_ETCD_CERT", "FERRY_ETCD_KEY"};
     (void)state;
 
+    setenv("FERRY_ETCD", "http://127.0.0.1:2379", 1); /* the etcd ones need an etcd */
     /* All six set from the environment, then each in turn empty. */
     for (size_t i = 0; i < sizeof(vars) / sizeof(vars[0]); i++) {
         setenv(vars[i], "f.pem", 1);
@@ -258,6 +259,41 @@ static void test_tls_file_set_but_empty_is_refused(void **state)
     assert_int_equal(parse(&c, 1, none), 0);
     assert_null(c.tls_cert);
     assert_null(c.etcd_ca);
+    unsetenv("FERRY_ETCD");
+}
+
+/* The etcd credentials are for the etcd --etcd names: without one the
+ * private etcd starts with credentials of its own, and these were silently
+ * ignored. Refused, by flag or variable; with --etcd, taken. */
+static void test_etcd_credentials_without_etcd_are_refused(void **state)
+{
+    coord_config_t c;
+    char *user[] = {"ferry-coordinator", "--etcd-user", "ferry", NULL};
+    char *ca[] = {"ferry-coordinator", "--etcd-ca", "ca.pem", NULL};
+    char *with[] = {"ferry-coordinator",
+                    "--etcd",
+                    "http://127.0.0.1:2379",
+                    "--etcd-user",
+                    "ferry",
+                    "--etcd-ca",
+                    "ca.pem",
+                    NULL};
+    char *none[] = {"ferry-coordinator", NULL};
+    static const char *vars[] = {"FERRY_ETCD_USER", "FERRY_ETCD_CA", "FERRY_ETCD_CERT",
+                                 "FERRY_ETCD_KEY"};
+    (void)state;
+
+    assert_int_equal(parse(&c, 3, user), -1);
+    assert_int_equal(parse(&c, 3, ca), -1);
+    for (size_t i = 0; i < sizeof(vars) / sizeof(vars[0]); i++) {
+        setenv(vars[i], "x", 1);
+        assert_int_equal(parse(&c, 1, none), -1);
+        unsetenv(vars[i]);
+    }
+    assert_int_equal(parse(&c, 1, none), 0);
+    assert_int_equal(parse(&c, 7, with), 0);
+    assert_string_equal(c.etcd_user, "ferry");
+    assert_string_equal(c.etcd_ca, "ca.pem");
 }
 
 /* What the metrics server would refuse to bind (after a private etcd had
@@ -355,6 +391,7 @@ int main(void)
         cmocka_unit_test(test_refusals),
         cmocka_unit_test(test_limits),
         cmocka_unit_test(test_tls_file_set_but_empty_is_refused),
+        cmocka_unit_test(test_etcd_credentials_without_etcd_are_refused),
         cmocka_unit_test(test_metrics_listen),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

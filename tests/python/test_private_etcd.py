@@ -12,15 +12,27 @@
   serves, and etcd goes with the coordinator;
 - an etcd that dies takes the coordinator with it (exit 1, saying so), for
   its supervisor to start both again: it used to stay up, NOT_SERVING, with
-  etcd a zombie.
+  etcd a zombie;
+- its client port is on loopback, where any local user can connect, so its
+  auth is on: only root, whose password the coordinator keeps in the state
+  directory (etcd-password, 0600), gets in; a request without a token is
+  refused. Its peer port is a unix socket in the state directory, not a
+  loopback port. Both were open to every local user before;
+- a state directory from before (etcd data without auth) is taken over:
+  auth turned on, its keys kept; a password file others may read, or one
+  etcd refuses (data set up with another), stops the start with a message
+  that names the file.
 """
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import json
 import tempfile
 import unittest
+import urllib.error
+import urllib.request
 
 sys.path.insert(0, os.path.dirname(__file__))
 import ferry_harness  # noqa: E402
@@ -51,6 +63,22 @@ def children_of(pid):
             if int(stat[stat.rfind(")") + 2:].split()[1]) == pid:
                 kids.append(int(entry))
     return kids
+
+
+def etcd_post(endpoint, path, body, token=None):
+    """POSTs to etcd's JSON gateway: (reply, None) or (None, error reply)."""
+    req = urllib.request.Request(endpoint + path, data=json.dumps(body).encode(),
+                                 headers={"Authorization": token} if token else {})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return json.load(r), None
+    except urllib.error.HTTPError as e:
+        return None, json.load(e)
+
+
+def b64(text):
+    import base64
+    return base64.b64encode(text.encode()).decode()
 
 
 class PrivateEtcd(unittest.TestCase):
@@ -112,6 +140,130 @@ class PrivateEtcd(unittest.TestCase):
         self.assertEqual(p.returncode, 0)
         ferry_harness.wait_until(lambda: not os.path.exists(f"/proc/{etcds[0]}"), 10,
                                  "the private etcd to go")
+
+    def serving(self):
+        """Starts a coordinator; returns it and its etcd's pid once it listens."""
+        if os.path.exists(self.port_file):
+            os.remove(self.port_file)
+        p = coordinator(self.state, self.port_file)
+        ferry_harness.wait_until(lambda: os.path.exists(self.port_file) or
+                                 p.poll() is not None, 60, "the coordinator to listen")
+        if p.poll() is not None:
+            self.fail(p.stdout.read())
+        etcds = [k for k in children_of(p.pid) if cmdline(k)[0].endswith("etcd")]
+        self.assertEqual(len(etcds), 1)
+        return p, etcds[0]
+
+    def stop(self, p):
+        p.send_signal(signal.SIGTERM)
+        out, _ = p.communicate(timeout=30)
+        self.assertEqual(p.returncode, 0, out)
+        return out
+
+    def password(self):
+        with open(os.path.join(self.state, "etcd-password")) as f:
+            return f.read().strip()
+
+    def token(self, endpoint):
+        reply, err = etcd_post(endpoint, "/v3/auth/authenticate",
+                               {"name": "root", "password": self.password()})
+        self.assertIsNone(err)
+        return reply["token"]
+
+    def test_auth_is_on_and_the_peer_port_is_a_socket_in_the_state_directory(self):
+        p, etcd = self.serving()
+        try:
+            argv = cmdline(etcd)
+            endpoint = argv[argv.index("--listen-client-urls") + 1]
+            self.assertTrue(endpoint.startswith("http://127.0.0.1:"), endpoint)
+            st = os.stat(os.path.join(self.state, "etcd-password"))
+            self.assertEqual(st.st_mode & 0o777, 0o600)
+            self.assertGreaterEqual(len(self.password()), 32)
+            # Without a token: refused, nothing written.
+            _, err = etcd_post(endpoint, "/v3/kv/put", {"key": b64("/x"), "value": b64("y")})
+            self.assertIsNotNone(err)
+            self.assertIn("user name is empty", err.get("error", ""))
+            _, err = etcd_post(endpoint, "/v3/kv/range", {"key": b64("/"), "range_end": b64("0")})
+            self.assertIn("user name is empty", err.get("error", ""))
+            # A wrong password gets no token.
+            _, err = etcd_post(endpoint, "/v3/auth/authenticate",
+                               {"name": "root", "password": "guess"})
+            self.assertIn("authentication failed", err.get("error", ""))
+            # The holder of the file gets in.
+            reply, err = etcd_post(endpoint, "/v3/kv/range", {"key": b64("/x")},
+                                   self.token(endpoint))
+            self.assertIsNone(err)
+            self.assertEqual(int(reply.get("count", 0)), 0)
+            # The peer port: a unix socket in the (0700) state directory.
+            peer = argv[argv.index("--listen-peer-urls") + 1]
+            self.assertTrue(peer.startswith("unix://"), peer)
+            sock = os.path.join(self.state, peer[len("unix://"):])
+            self.assertTrue(os.path.exists(sock), sock)
+            self.assertEqual(os.stat(self.state).st_mode & 0o077, 0)
+        finally:
+            self.stop(p)
+
+    def test_a_state_directory_from_before_auth_is_taken_over(self):
+        # What an earlier coordinator left: etcd's data, auth off, a key.
+        port, peer = ferry_harness.free_port(), ferry_harness.free_port()
+        endpoint = f"http://127.0.0.1:{port}"
+        old = subprocess.Popen(
+            [shutil.which("etcd") or "/usr/bin/etcd", "--name", "ferry", "--data-dir",
+             os.path.join(self.state, "etcd"), "--listen-client-urls", endpoint,
+             "--advertise-client-urls", endpoint, "--listen-peer-urls",
+             f"http://127.0.0.1:{peer}", "--initial-advertise-peer-urls",
+             f"http://127.0.0.1:{peer}", "--initial-cluster", f"ferry=http://127.0.0.1:{peer}"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            def put():
+                try:
+                    return etcd_post(endpoint, "/v3/kv/put",
+                                     {"key": b64("/kept"), "value": b64("v")})[1] is None
+                except OSError:
+                    return False
+            ferry_harness.wait_until(put, 30, "the old etcd to take a put")
+        finally:
+            old.terminate()
+            old.wait(timeout=30)
+        p, etcd = self.serving()
+        try:
+            argv = cmdline(etcd)
+            endpoint = argv[argv.index("--listen-client-urls") + 1]
+            _, err = etcd_post(endpoint, "/v3/kv/range", {"key": b64("/kept")})
+            self.assertIn("user name is empty", err.get("error", ""))
+            reply, err = etcd_post(endpoint, "/v3/kv/range", {"key": b64("/kept")},
+                                   self.token(endpoint))
+            self.assertIsNone(err)
+            self.assertEqual(reply["kvs"][0]["value"], b64("v"))
+        finally:
+            self.stop(p)
+        # And again: a restart with auth already on.
+        p, _ = self.serving()
+        self.stop(p)
+
+    def test_a_password_file_others_may_read_is_refused(self):
+        path = os.path.join(self.state, "etcd-password")
+        with open(path, "w") as f:
+            f.write("0123456789abcdef0123456789abcdef\n")
+        os.chmod(path, 0o644)
+        out = self.refused()
+        self.assertIn(path, out)
+        self.assertIn("no one else may read", out)
+
+    def test_a_password_etcd_refuses_stops_the_start(self):
+        p, _ = self.serving()
+        self.stop(p)
+        path = os.path.join(self.state, "etcd-password")
+        with open(path, "w") as f:
+            f.write("another-password-0123456789\n")
+        os.remove(self.port_file)
+        p = coordinator(self.state, self.port_file)
+        out, _ = p.communicate(timeout=60)
+        self.assertNotEqual(p.returncode, 0, out)
+        # Said at once, not after waiting out the start-up deadline.
+        self.assertIn("was refused", out)
+        self.assertNotIn("could not start a private etcd: timed out", out)
+        self.assertIn(path, out)
 
     def test_a_private_etcd_that_dies_stops_the_coordinator(self):
         p = coordinator(self.state, self.port_file)
