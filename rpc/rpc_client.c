@@ -32,9 +32,7 @@
 #define RPC_KEEPALIVE_MS         20000
 #define RPC_KEEPALIVE_TIMEOUT_MS 10000
 
-/* The ping interval: FERRY_RPC_KEEPALIVE_MS when it is a number from
- * RPC_KEEPALIVE_MIN_MS up, else RPC_KEEPALIVE_MS. */
-static int keepalive_ms(void)
+int rpc__keepalive_ms(void)
 {
     const char *env = getenv("FERRY_RPC_KEEPALIVE_MS");
     char *end;
@@ -43,8 +41,9 @@ static int keepalive_ms(void)
     if (env == NULL || env[0] == '\0') {
         return RPC_KEEPALIVE_MS;
     }
-    v = strtol(env, &end, 10);
-    if (*end != '\0' || v < RPC_KEEPALIVE_MIN_MS || v > RPC_KEEPALIVE_MS * 100) {
+    v = strtol(env, &end, 10); /* digits only: no sign, space or base */
+    if (env[0] < '0' || env[0] > '9' || *end != '\0' || v < RPC_KEEPALIVE_MIN_MS ||
+        v > RPC_KEEPALIVE_MS * 100) {
         ferry_warn("rpc: FERRY_RPC_KEEPALIVE_MS=%s is not %d..%d ms; using %d", env,
                    RPC_KEEPALIVE_MIN_MS, RPC_KEEPALIVE_MS * 100, RPC_KEEPALIVE_MS);
         return RPC_KEEPALIVE_MS;
@@ -68,7 +67,7 @@ ferry_status_t rpc_channel_create(const rpc_channel_params_t *params, rpc_channe
     grpc_arg args[5];
     grpc_channel_args channel_args = {4, args};
     rpc_channel_t *channel;
-    int ping_ms = keepalive_ms();
+    int ping_ms = rpc__keepalive_ms();
     ferry_status_t status;
 
     if (params == NULL || params->target == NULL || params->max_message_bytes < 0) {

@@ -105,6 +105,14 @@ const uint8_t *rpc__msg_bytes(const rpc_msg_t *m);
 /* Writes v as a base-128 varint at out (room for 10 bytes); its length. */
 size_t rpc__put_varint(uint8_t *out, uint64_t v);
 
+/* The shortest ping interval a client may ask for and the server permits
+ * (rpc_client.c, rpc_server.c). */
+enum { RPC_KEEPALIVE_MIN_MS = 1000 };
+/* A client's ping interval: FERRY_RPC_KEEPALIVE_MS when it is a whole
+ * number of milliseconds from RPC_KEEPALIVE_MIN_MS to 100 times the default
+ * (20 s); else, and warned when set, the default. */
+int rpc__keepalive_ms(void);
+
 /* Walks the encoded message `data` of type `desc`, nested messages
  * included, and refuses (FERRY_ERR_INVALID_ARGUMENT, with a message naming
  * the field's path, e.g. "metadata.hostname", written into msg) a string
@@ -114,9 +122,6 @@ size_t rpc__put_varint(uint8_t *out, uint64_t v);
  * RPC_WIRE_VALUES_MAX strings, bytes and messages (each decodes into an
  * allocation of its own; Ferry's largest request, a Register of 1024
  * descriptors, holds about 3,100). A malformed encoding is refused too. */
-/* The shortest ping interval a client may ask for and the server permits
- * (rpc_client.c, rpc_server.c). */
-enum { RPC_KEEPALIVE_MIN_MS = 1000 };
 enum { RPC_WIRE_UNKNOWN_MAX = 64, RPC_WIRE_VALUES_MAX = 16384 };
 #define RPC_WIRE_MALFORMED "malformed request" /* how a bad encoding's message starts */
 ferry_status_t rpc__wire_check(const ProtobufCMessageDescriptor *desc, const uint8_t *data,
