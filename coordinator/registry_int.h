@@ -175,9 +175,10 @@ ferry_status_t registry_lease_ready(coord_registry_t *r, char *msg, size_t cap);
 /* Frees what the lease key holds (registry destroy). */
 void registry_lease_cleanup(coord_registry_t *r);
 
-/* The token of lease_id. Only after registry_lease_ready said FERRY_OK. */
-void registry_lease_token(coord_registry_t *r, int64_t lease_id,
-                          char token[COORD_LEASE_TOKEN_LEN + 1]);
+/* The token of lease_id. Only after registry_lease_ready said FERRY_OK.
+ * FERRY_ERR_NO_MEMORY (logged; token "") when OpenSSL cannot compute it. */
+ferry_status_t registry_lease_token(coord_registry_t *r, int64_t lease_id,
+                                    char token[COORD_LEASE_TOKEN_LEN + 1]);
 
 /* FERRY_ERR_PERMISSION_DENIED, with a message naming lease_token and
  * `field` (the request field that carries lease_id), unless `token` is

@@ -195,8 +195,8 @@ ferry_status_t registry_lease_ready(coord_registry_t *r, char *msg, size_t cap)
     return FERRY_OK;
 }
 
-void registry_lease_token(coord_registry_t *r, int64_t lease_id,
-                          char token[COORD_LEASE_TOKEN_LEN + 1])
+ferry_status_t registry_lease_token(coord_registry_t *r, int64_t lease_id,
+                                    char token[COORD_LEASE_TOKEN_LEN + 1])
 {
     static const char hex[] = "0123456789abcdef";
     uint8_t mac[EVP_MAX_MD_SIZE];
@@ -206,21 +206,29 @@ void registry_lease_token(coord_registry_t *r, int64_t lease_id,
     EVP_MAC_CTX *ctx;
 
     assert(atomic_load_explicit(&r->lease_key_ready, memory_order_acquire));
+    token[0] = '\0';
     ctx = r->lease_mac != NULL ? EVP_MAC_CTX_dup(r->lease_mac) : NULL;
     if (ctx == NULL || EVP_MAC_update(ctx, (const unsigned char *)data, (size_t)n) != 1 ||
         EVP_MAC_final(ctx, mac, &mac_len, sizeof(mac)) != 1) {
         unsigned int len = 0;
-        HMAC(EVP_sha256(), r->lease_key, COORD_LEASE_KEY_LEN, (const unsigned char *)data,
-             (size_t)n, mac, &len);
-        mac_len = len;
+        mac_len = HMAC(EVP_sha256(), r->lease_key, COORD_LEASE_KEY_LEN, (const unsigned char *)data,
+                       (size_t)n, mac, &len) != NULL
+                      ? len
+                      : 0;
     }
     EVP_MAC_CTX_free(ctx);
-    assert(mac_len * 2 == COORD_LEASE_TOKEN_LEN);
-    for (unsigned int i = 0; i < mac_len; i++) {
+    if (mac_len * 2 != COORD_LEASE_TOKEN_LEN) {
+        /* OpenSSL out of memory: no token, never a stale or partial one. */
+        ferry_error("lease token: HMAC-SHA256 failed (%zu bytes)", mac_len);
+        return FERRY_ERR_NO_MEMORY;
+    }
+    for (size_t i = 0; i < mac_len; i++) {
         token[2 * i] = hex[mac[i] >> 4];
         token[2 * i + 1] = hex[mac[i] & 0xf];
     }
     token[COORD_LEASE_TOKEN_LEN] = '\0';
+    OPENSSL_cleanse(mac, sizeof(mac));
+    return FERRY_OK;
 }
 
 ferry_status_t registry_lease_check(coord_registry_t *r, const char *field, int64_t lease_id,
@@ -237,7 +245,13 @@ ferry_status_t registry_lease_check(coord_registry_t *r, const char *field, int6
         return registry_fail(FERRY_ERR_PERMISSION_DENIED, msg, cap,
                              "lease_token is required with %s", field);
     }
-    registry_lease_token(r, lease_id, want);
+    if (registry_lease_token(r, lease_id, want) != FERRY_OK) {
+        /* Not the caller's fault: a retry may pass, a "does not grant"
+         * would tell it to give up a lease it holds. */
+        return registry_fail(FERRY_ERR_UNAVAILABLE, msg, cap,
+                             "cannot check lease_token now (the coordinator is out of memory); "
+                             "retry");
+    }
     ok = strlen(token) == COORD_LEASE_TOKEN_LEN &&
          CRYPTO_memcmp(want, token, COORD_LEASE_TOKEN_LEN) == 0;
     OPENSSL_cleanse(want, sizeof(want));

@@ -93,7 +93,13 @@ static ferry_status_t lease_for(coord_registry_t *r, int64_t lease_id, const cha
     if (status != FERRY_OK) {
         return registry_etcd_fail(status, msg, cap, "lease grant");
     }
-    registry_lease_token(r, lease->id, lease->token);
+    if (registry_lease_token(r, lease->id, lease->token) != FERRY_OK) {
+        /* A lease nobody can renew or revoke: give it back now. */
+        etcd_lease_revoke(r->etcd, lease->id);
+        return registry_fail(FERRY_ERR_UNAVAILABLE, msg, cap,
+                             "cannot make the lease's token now (the coordinator is out of "
+                             "memory); retry");
+    }
     return FERRY_OK;
 }
 
