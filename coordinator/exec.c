@@ -2,10 +2,12 @@
  * exec.c: the etcd work queue (exec.h): a FIFO of jobs and a fixed set of
  * worker threads that take them in turn.
  *
- * Invariants: n_queued counts the jobs on the list that were not submitted
- * with COORD_EXEC_MUST (only those count against max_queued); n_running the
- * jobs a worker has taken and not finished. Once `stopping` is set nothing
- * is added, and the workers leave when the list is empty.
+ * Invariants: the urgent jobs are the head of the list, urgent_tail the
+ * last of them (NULL: none); n_queued counts the jobs on the list that are
+ * neither urgent nor submitted with COORD_EXEC_MUST (only those count
+ * against max_queued), n_urgent the urgent ones (against max_queued of
+ * their own); n_running the jobs a worker has taken and not finished. Once `stopping` is set
+ * nothing is added, and the workers leave when the list is empty.
  *
  * Threads: `lock` guards everything below it in struct coord_exec; `cond`
  * wakes workers when a job arrives or the queue stops.
@@ -21,7 +23,8 @@
 typedef struct exec_job {
     coord_job_fn fn;
     void *arg;
-    bool must; /* does not count against max_queued */
+    bool must;   /* does not count against max_queued */
+    bool urgent; /* ahead of the others; counts in n_urgent */
     struct exec_job *next;
 } exec_job_t;
 
@@ -34,8 +37,10 @@ struct coord_exec {
     pthread_mutex_t lock;
     pthread_cond_t cond;
     exec_job_t *head, *tail;
-    int n_queued;  /* jobs on the list without COORD_EXEC_MUST */
-    int n_waiting; /* all jobs on the list */
+    exec_job_t *urgent_tail; /* the last urgent job on the list, or NULL */
+    int n_queued;            /* jobs on the list neither urgent nor MUST */
+    int n_urgent;            /* urgent jobs on the list */
+    int n_waiting;           /* all jobs on the list */
     int n_running;
     bool stopping;
     bool stopped; /* workers joined */
@@ -49,8 +54,13 @@ static exec_job_t *exec_take(coord_exec_t *exec)
     if (exec->head == NULL) {
         exec->tail = NULL;
     }
+    if (exec->urgent_tail == job) {
+        exec->urgent_tail = NULL;
+    }
     exec->n_waiting--;
-    if (!job->must) {
+    if (job->urgent) {
+        exec->n_urgent--;
+    } else if (!job->must) {
         exec->n_queued--;
     }
     return job;
@@ -129,28 +139,38 @@ ferry_status_t coord_exec_submit(coord_exec_t *exec, coord_job_fn fn, void *arg,
 {
     exec_job_t *job = malloc(sizeof(*job));
     ferry_status_t status = FERRY_OK;
+    int room;
 
     if (job == NULL) {
         return FERRY_ERR_NO_MEMORY;
     }
-    *job = (exec_job_t){.fn = fn, .arg = arg, .must = (flags & COORD_EXEC_MUST) != 0};
+    *job = (exec_job_t){.fn = fn,
+                        .arg = arg,
+                        .must = (flags & COORD_EXEC_MUST) != 0,
+                        .urgent = (flags & COORD_EXEC_URGENT) != 0};
     pthread_mutex_lock(&exec->lock);
+    /* Idle workers will take as many jobs at once; beyond them and
+     * max_queued, the queue (of the job's kind) is full. */
+    room = exec->max_queued + (exec->n_workers - exec->n_running);
     if (exec->stopping) {
         status = FERRY_ERR_UNAVAILABLE;
-    } else if (!job->must &&
-               exec->n_queued >= exec->max_queued + (exec->n_workers - exec->n_running)) {
-        /* Idle workers will take as many jobs at once; beyond them, the
-         * queue is full. */
+    } else if (job->urgent ? exec->n_urgent >= room : !job->must && exec->n_queued >= room) {
         status = FERRY_ERR_RESOURCE_EXHAUSTED;
     } else {
-        if (exec->tail != NULL) {
-            exec->tail->next = job;
-        } else {
-            exec->head = job;
+        exec_job_t **at = job->urgent
+                              ? (exec->urgent_tail != NULL ? &exec->urgent_tail->next : &exec->head)
+                              : (exec->tail != NULL ? &exec->tail->next : &exec->head);
+        job->next = *at;
+        *at = job;
+        if (job->next == NULL) {
+            exec->tail = job;
         }
-        exec->tail = job;
+        if (job->urgent) {
+            exec->urgent_tail = job;
+        }
         exec->n_waiting++;
-        exec->n_queued += !job->must;
+        exec->n_urgent += job->urgent;
+        exec->n_queued += !job->urgent && !job->must;
         pthread_cond_signal(&exec->cond);
         job = NULL;
     }
@@ -178,8 +198,8 @@ void coord_exec_stop(coord_exec_t *exec)
     }
     exec->stopping = true;
     dropped = exec->head;
-    exec->head = exec->tail = NULL;
-    exec->n_waiting = exec->n_queued = 0;
+    exec->head = exec->tail = exec->urgent_tail = NULL;
+    exec->n_waiting = exec->n_queued = exec->n_urgent = 0;
     pthread_cond_broadcast(&exec->cond);
     pthread_mutex_unlock(&exec->lock);
 

@@ -10,10 +10,15 @@
  *     that is refused (FERRY_ERR_RESOURCE_EXHAUSTED), unless it is internal
  *     work that must not be lost (COORD_EXEC_MUST), which is bounded by
  *     what causes it (one per claim that expired, one per failed call);
+ *   - urgent work (COORD_EXEC_URGENT: lease renewals, which keep every
+ *     record of a worker alive) goes ahead of every job that is not urgent
+ *     and has a bound of its own (max_queued urgent jobs waiting), so a
+ *     queue full of Registers or Claims neither refuses nor delays it
+ *     behind them until leases expire;
  *   - a frozen etcd holds the workers, not the threads that answer Health,
  *     Lookup, Get and List.
  *
- * Jobs run in the order they were submitted. A job is a function and its
+ * Jobs run in the order they were submitted, urgent ones first. A job is a function and its
  * argument, called exactly once: with run = true on a worker, or with
  * run = false when the queue stops before a worker took it (the job then
  * only releases what it holds, failing its call if it has one).
@@ -41,14 +46,16 @@ typedef struct {
 enum {
     /* Internal work that must not be lost: queued beyond max_queued. */
     COORD_EXEC_MUST = 1u << 0,
+    /* Ahead of every job that is not urgent; max_queued of its own. */
+    COORD_EXEC_URGENT = 1u << 1,
 };
 
 ferry_status_t coord_exec_create(const coord_exec_params_t *params, coord_exec_t **exec_p);
 
 /* Queues fn(arg, true). FERRY_ERR_RESOURCE_EXHAUSTED when max_queued jobs
- * already wait (not with COORD_EXEC_MUST), FERRY_ERR_UNAVAILABLE once the
- * queue is stopping, FERRY_ERR_NO_MEMORY: fn is not called then, and the
- * caller still owns arg. */
+ * of its kind (urgent or not) already wait (not with COORD_EXEC_MUST), FERRY_ERR_UNAVAILABLE once
+ * the queue is stopping, FERRY_ERR_NO_MEMORY: fn is not called then, and the caller still owns arg.
+ */
 ferry_status_t coord_exec_submit(coord_exec_t *exec, coord_job_fn fn, void *arg, unsigned flags);
 
 /* Jobs running and waiting now (for logs and messages). */

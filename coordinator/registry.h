@@ -202,6 +202,13 @@ ferry_status_t coord_release(coord_registry_t *registry, const Ferry__V1__Releas
 ferry_status_t coord_keepalive(coord_registry_t *registry, int64_t lease_id,
                                const char *lease_token, int64_t *ttl_p, char *msg, size_t cap);
 
+/* coord_keepalive's token check alone, without waiting on anything: FERRY_OK
+ * when the token grants lease_id, or when the lease key is not loaded yet
+ * (coord_keepalive checks then); PERMISSION_DENIED otherwise. For a
+ * completion-queue thread. */
+ferry_status_t coord_keepalive_precheck(coord_registry_t *registry, int64_t lease_id,
+                                        const char *lease_token, char *msg, size_t cap);
+
 /* One page of records (stripped), filtered; out->next_page_token is set
  * when more may follow. Every page of one List is read at its first page's
  * revision (out->header->revision), carried in the token. Free with

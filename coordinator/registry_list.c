@@ -40,6 +40,15 @@ ferry_status_t coord_keepalive(coord_registry_t *r, int64_t lease_id, const char
     return FERRY_OK;
 }
 
+ferry_status_t coord_keepalive_precheck(coord_registry_t *r, int64_t lease_id,
+                                        const char *lease_token, char *msg, size_t cap)
+{
+    if (!atomic_load_explicit(&r->lease_key_ready, memory_order_acquire)) {
+        return FERRY_OK; /* loading it means etcd: the worker's job */
+    }
+    return registry_lease_check(r, "lease_id", lease_id, lease_token, msg, cap);
+}
+
 static bool list_wants(const Ferry__V1__ListRequest *req, const Ferry__V1__Operation *op)
 {
     return (req->state == 0 || (int)req->state == (int)op->state) &&

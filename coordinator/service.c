@@ -131,7 +131,8 @@ static void service_job_run(void *arg, bool run)
 }
 
 static void submit_to(coord_service_t *svc, coord_exec_t *exec, rpc_call_t *call,
-                      const ProtobufCMessage *request, service_work_fn fn, int64_t deadline_ms)
+                      const ProtobufCMessage *request, service_work_fn fn, int64_t deadline_ms,
+                      unsigned flags)
 {
     service_job_t *job = malloc(sizeof(*job));
     ferry_status_t status;
@@ -144,7 +145,7 @@ static void submit_to(coord_service_t *svc, coord_exec_t *exec, rpc_call_t *call
     *job = (service_job_t){
         .svc = svc, .call = call, .request = request, .fn = fn, .deadline_ms = deadline_ms};
     rpc_call_ref(call);
-    status = coord_exec_submit(exec, service_job_run, job, 0);
+    status = coord_exec_submit(exec, service_job_run, job, flags);
     if (status == FERRY_OK) {
         return;
     }
@@ -168,7 +169,7 @@ static void submit_to(coord_service_t *svc, coord_exec_t *exec, rpc_call_t *call
 void service_submit(coord_service_t *svc, rpc_call_t *call, const ProtobufCMessage *request,
                     service_work_fn fn, int64_t deadline_ms)
 {
-    submit_to(svc, svc->exec, call, request, fn, deadline_ms);
+    submit_to(svc, svc->exec, call, request, fn, deadline_ms, 0);
 }
 
 /* A read that only etcd can answer goes to the read workers: it never
@@ -176,7 +177,7 @@ void service_submit(coord_service_t *svc, rpc_call_t *call, const ProtobufCMessa
 static void submit_read(coord_service_t *svc, rpc_call_t *call, const ProtobufCMessage *request,
                         service_work_fn fn, int64_t deadline_ms)
 {
-    submit_to(svc, svc->read_exec, call, request, fn, deadline_ms);
+    submit_to(svc, svc->read_exec, call, request, fn, deadline_ms, 0);
 }
 
 /* The monotonic time a wait of wait_ms ends: no later than the caller's
@@ -513,13 +514,25 @@ static void do_keepalive(coord_service_t *svc, rpc_call_t *call, const ProtobufC
     rpc_call_reply(call, &resp.base);
 }
 
+/* A renewal keeps every record of a worker alive: it goes ahead of the
+ * Registers and Claims waiting for an etcd worker, with a bound of its own
+ * (COORD_EXEC_URGENT), so a burst of writes that fills the queue does not
+ * let leases expire. Only the lease's holder gets there: its token is
+ * checked here first (one HMAC, once the lease key is loaded). */
 static void handle_keepalive(rpc_call_t *call, const ProtobufCMessage *request, void *arg)
 {
+    coord_service_t *svc = arg;
+    const Ferry__V1__KeepAliveRequest *req = (const Ferry__V1__KeepAliveRequest *)request;
+    char msg[MSG_CAP];
 
-    if (refused(call, request)) {
+    if (refused(call, request) ||
+        failed(call,
+               coord_keepalive_precheck(svc->registry, req->lease_id, req->lease_token, msg,
+                                        sizeof(msg)),
+               msg)) {
         return;
     }
-    service_submit(arg, call, request, do_keepalive, 0);
+    submit_to(svc, svc->exec, call, request, do_keepalive, 0, COORD_EXEC_URGENT);
 }
 
 static void get_answer(coord_service_t *svc, rpc_call_t *call, ferry_status_t status,

@@ -2,8 +2,10 @@
  * test_exec.c: the etcd work queue (coordinator/exec.h). Jobs that block
  * (as a call to a frozen etcd does) hold the workers, never the submitter;
  * at most n_workers run at once; beyond max_queued waiting jobs a submit is
- * refused with RESOURCE_EXHAUSTED unless it is COORD_EXEC_MUST; jobs run in
- * order; stopping calls every waiting job once with run = false.
+ * refused with RESOURCE_EXHAUSTED unless it is COORD_EXEC_MUST; urgent jobs
+ * (lease renewals) go ahead of the others and are not refused by a queue
+ * full of them; jobs run in order; stopping calls every waiting job once
+ * with run = false.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -179,6 +181,55 @@ static void test_jobs_run_in_order(void **state)
     coord_exec_destroy(exec);
 }
 
+/* A queue full of ordinary jobs (Registers) neither refuses nor delays an
+ * urgent one (a KeepAlive): it is accepted, and runs before every ordinary
+ * job that waits, in order among urgent ones; urgent jobs have a bound of
+ * their own. Before, a KeepAlive was refused here until the burst was over. */
+static void test_urgent_jobs_go_first_with_a_bound_of_their_own(void **state)
+{
+    coord_exec_params_t params = {.n_workers = 1, .max_queued = 2};
+    coord_exec_t *exec = NULL;
+    gate_t g;
+    job_arg_t args[8];
+    (void)state;
+
+    gate_init(&g);
+    assert_int_equal(coord_exec_create(&params, &exec), FERRY_OK);
+    for (int i = 0; i < 8; i++) {
+        args[i] = (job_arg_t){.gate = &g, .index = i};
+    }
+    /* 0 runs (held at the gate), 1 and 2 wait: the ordinary queue is full. */
+    assert_int_equal(coord_exec_submit(exec, blocking_job, &args[0], 0), FERRY_OK);
+    gate_wait_t w = {.gate = &g, .want_running = 1};
+    assert_true(test_wait_for(gate_reached, &w, 10000));
+    assert_int_equal(coord_exec_submit(exec, blocking_job, &args[1], 0), FERRY_OK);
+    assert_int_equal(coord_exec_submit(exec, blocking_job, &args[2], 0), FERRY_OK);
+    assert_int_equal(coord_exec_submit(exec, blocking_job, &args[3], 0),
+                     FERRY_ERR_RESOURCE_EXHAUSTED);
+    /* Urgent: accepted beyond the full ordinary queue, up to its own bound. */
+    assert_int_equal(coord_exec_submit(exec, blocking_job, &args[4], COORD_EXEC_URGENT), FERRY_OK);
+    assert_int_equal(coord_exec_submit(exec, blocking_job, &args[5], COORD_EXEC_URGENT), FERRY_OK);
+    assert_int_equal(coord_exec_submit(exec, blocking_job, &args[6], COORD_EXEC_URGENT),
+                     FERRY_ERR_RESOURCE_EXHAUSTED);
+    /* An ordinary internal job goes to the tail, behind the urgent ones. */
+    assert_int_equal(coord_exec_submit(exec, blocking_job, &args[7], COORD_EXEC_MUST), FERRY_OK);
+
+    gate_open(&g);
+    w = (gate_wait_t){.gate = &g, .want_ran = 6};
+    assert_true(test_wait_for(gate_reached, &w, 10000));
+    int want[] = {0, 4, 5, 1, 2, 7};
+    for (int i = 0; i < 6; i++) {
+        assert_int_equal(g.order[i], want[i]);
+    }
+    /* Room again for both kinds. */
+    assert_int_equal(coord_exec_submit(exec, blocking_job, &args[3], 0), FERRY_OK);
+    assert_int_equal(coord_exec_submit(exec, blocking_job, &args[6], COORD_EXEC_URGENT), FERRY_OK);
+    w.want_ran = 8;
+    assert_true(test_wait_for(gate_reached, &w, 10000));
+    coord_exec_destroy(exec);
+    assert_int_equal(g.dropped, 0);
+}
+
 static void test_params_checked(void **state)
 {
     coord_exec_t *exec = NULL;
@@ -197,6 +248,7 @@ int main(void)
         cmocka_unit_test(test_bounded_and_refused),
         cmocka_unit_test(test_stop_drops_waiting_jobs_once),
         cmocka_unit_test(test_jobs_run_in_order),
+        cmocka_unit_test(test_urgent_jobs_go_first_with_a_bound_of_their_own),
         cmocka_unit_test(test_params_checked),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

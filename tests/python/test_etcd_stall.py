@@ -10,6 +10,8 @@ still answers what it can answer without etcd.
     refused at once with RESOURCE_EXHAUSTED;
   - a write that waited in the queue past its deadline writes nothing, and
     so does a Register that queued for a shared transaction (registry_batch.c);
+  - a lease renewal (KeepAlive) is taken ahead of a full write queue, and
+    one with a wrong token is refused at once, without a worker;
   - a Register that fails after its lease was granted still revokes it
     (now in the background, off the caller's path);
   - on SIGTERM, Registers still waiting (for an etcd worker, or queued for
@@ -196,6 +198,43 @@ class EtcdStall(unittest.TestCase):
                 if e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
                     self.assertIn("etcd", e.details())
         wait_until(lambda: self._register_ok(stub, "after"), BOUND, "a write after SIGCONT")
+
+    def test_a_renewal_is_not_refused_behind_a_full_queue(self):
+        """KeepAlive goes ahead of the writes waiting for an etcd worker, with
+        a bound of its own: with the write queue full (etcd frozen, writes
+        beyond it refused), a renewal with its lease's token is still taken
+        and renewed once etcd is back, where it was refused with
+        RESOURCE_EXHAUSTED (a long enough burst let leases expire). A
+        renewal with a wrong token is refused PERMISSION_DENIED at once,
+        without a worker, while etcd is still frozen."""
+        self.start_coordinator(extra=("--etcd-inflight", "2", "--etcd-queue", "2"))
+        stub, _ = self.stub()
+        known = stub.Register(self.register_req("known"), timeout=WRITE_TIMEOUT)
+        self.assertNotEqual(known.lease_id, 0)
+        self.freeze()
+        futures = [stub.Register.future(self.register_req(f"x{i}"), timeout=WRITE_TIMEOUT)
+                   for i in range(16)]
+        wait_until(lambda: self._refused(futures) >= 12, BOUND,
+                   "12 writes refused with RESOURCE_EXHAUSTED")
+        renewal = stub.KeepAlive.future(
+            self.cpb.KeepAliveRequest(lease_id=known.lease_id, lease_token=known.lease_token),
+            timeout=WRITE_TIMEOUT)
+        forged = stub.KeepAlive.future(
+            self.cpb.KeepAliveRequest(lease_id=known.lease_id, lease_token="0" * 64),
+            timeout=WRITE_TIMEOUT)
+        wait_until(forged.done, BOUND, "the forged renewal's answer while etcd is frozen")
+        self.assertEqual(forged.code(), grpc.StatusCode.PERMISSION_DENIED, forged.details())
+        self.assertIn("lease_token", forged.details())
+        self.thaw()
+        try:
+            self.assertGreater(renewal.result(timeout=WRITE_TIMEOUT + 10).ttl_seconds, 0)
+        except grpc.RpcError as e:
+            self.fail(f"the renewal behind a full write queue: {e.code()} {e.details()}")
+        for f in futures:
+            try:
+                f.result(timeout=WRITE_TIMEOUT + 10)
+            except grpc.RpcError as e:
+                self.assertIn(e.code(), CLEAR_CODES, e.details())
 
     @staticmethod
     def _refused(futures):
