@@ -720,6 +720,7 @@ void coord_service_destroy(coord_service_t *svc)
         return;
     }
     coord_service_stop(svc);
+    service_watch_destroy(svc);
     pthread_cond_destroy(&svc->waits_cond);
     pthread_mutex_destroy(&svc->waits_lock);
     pthread_mutex_destroy(&svc->subs_lock);

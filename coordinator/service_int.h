@@ -49,6 +49,11 @@ typedef struct sub_entry {
      * queued on it (RESOURCE_EXHAUSTED: it fell behind). */
     ferry_status_t end_status;
     struct sub_entry *next;
+    /* Once unlinked from subs to be ended: on the service's `ended` list
+     * (linked by ended_next) until its call is done, and `ending` while
+     * the code that ends it still uses it. */
+    bool ending;
+    struct sub_entry *ended_next;
 } sub_entry_t;
 
 /* One published event, its WatchEvent packed once, kept in the history so
@@ -110,6 +115,10 @@ struct coord_service {
      * twice. */
     pthread_mutex_t subs_lock;
     sub_entry_t *subs;
+    /* Streams ended whose calls are not done yet: their last messages and
+     * status may still wait for the client (up to RPC_DRAIN_MS). They hold
+     * a call reference and count against max_watches until then. */
+    sub_entry_t *ended;
     bool subs_stopping;
     hist_event_t *hist; /* ring of SERVICE_WATCH_HISTORY; allocated on first use */
     size_t hist_head;   /* index of the oldest */
@@ -184,5 +193,7 @@ void service_watch_publish(coord_service_t *svc, coord_event_type_t type,
 void service_watch_flush(coord_service_t *svc);
 void service_watch_reload(coord_service_t *svc, int64_t revision);
 void service_watch_stop(coord_service_t *svc);
+/* Frees the ended streams; after the server's shutdown. */
+void service_watch_destroy(coord_service_t *svc);
 
 #endif /* FERRY_COORD_SERVICE_INT_H */

@@ -38,6 +38,13 @@
  * up. A revision that cannot be queued for another reason (no memory)
  * ends the stream too, with that status: never a silent gap.
  *
+ * Counted until done: --max-watches bounds the streams subscribed plus those
+ * ended whose calls are not done yet. An ended stream's last messages (up
+ * to the bound) and its status wait for the client to read them, for at
+ * most RPC_DRAIN_MS (rpc.h); until then the stream holds its memory, so it
+ * counts, and a client that opens streams, never reads and gets them ended
+ * cannot pile them up.
+ *
  * Threads: handlers on server threads; publish and reload on the registry's
  * watch and maintenance threads; all under subs_lock.
  */
@@ -62,6 +69,25 @@ static sub_entry_t *unlink_sub(coord_service_t *svc, rpc_call_t *call)
     return NULL;
 }
 
+/* Puts s, unlinked from subs (or never linked), on the ended list: it
+ * counts against max_watches until its call is done. The caller ends the
+ * call, then lets s go with sub_ended. Caller holds subs_lock. */
+static void retire_locked(coord_service_t *svc, sub_entry_t *s)
+{
+    s->ending = true;
+    s->ended_next = svc->ended;
+    svc->ended = s;
+}
+
+/* s's call has been ended: s goes once the call is done (subs_count_locked),
+ * and the caller must not touch it any more. */
+static void sub_ended(coord_service_t *svc, sub_entry_t *s)
+{
+    pthread_mutex_lock(&svc->subs_lock);
+    s->ending = false;
+    pthread_mutex_unlock(&svc->subs_lock);
+}
+
 static void on_sub_cancel(rpc_call_t *call, void *arg)
 {
     coord_service_t *svc = arg;
@@ -69,12 +95,14 @@ static void on_sub_cancel(rpc_call_t *call, void *arg)
 
     pthread_mutex_lock(&svc->subs_lock);
     s = unlink_sub(svc, call);
+    if (s != NULL) {
+        retire_locked(svc, s);
+    }
     pthread_mutex_unlock(&svc->subs_lock);
     if (s != NULL) {
         ferry_debug("watch from %s: client went away", rpc_call_peer(call));
         rpc_call_fail(call, FERRY_ERR_CANCELLED, "watch cancelled");
-        rpc_call_unref(call);
-        free(s);
+        sub_ended(svc, s);
     }
 }
 
@@ -182,7 +210,7 @@ static ferry_status_t sub_send_matching_locked(coord_service_t *svc, sub_entry_t
 }
 
 /* Ends a stream that could not take a revision (s->end_status), telling
- * it where to resume; frees s. */
+ * it where to resume; s was retired (retire_locked). */
 static void end_sub(coord_service_t *svc, sub_entry_t *s)
 {
     long long resume = (long long)(s->last_sent + 1);
@@ -203,8 +231,7 @@ static void end_sub(coord_service_t *svc, sub_entry_t *s)
                       "with start_revision = %lld",
                       ferry_status_string(s->end_status), resume);
     }
-    rpc_call_unref(s->call);
-    free(s);
+    sub_ended(svc, s);
 }
 
 /* Queues the held revisions at or after `from`, what of each matches s,
@@ -244,22 +271,35 @@ static ferry_status_t replay_locked(coord_service_t *svc, sub_entry_t *s, int64_
     return status;
 }
 
-/* Answers `created`, replays and subscribes. Caller holds subs_lock; on
- * error the caller ends the call: as end_sub does when s->end_status is
- * set (the replay stopped), else with the returned status and msg. */
-/* Streams open now. Counted, not kept as a count, so that no path that
- * ends a stream has to remember it (at most max_watches to walk, once per
- * new stream). Caller holds subs_lock. */
-static size_t subs_open_locked(const coord_service_t *svc)
+/* Streams that count against max_watches: those subscribed, and those
+ * ended whose calls are not done; the ended ones that are done are freed
+ * here. Counted, not kept as a count, so that no path that ends a stream
+ * has to remember it (at most max_watches to walk, once per new stream).
+ * Caller holds subs_lock. */
+static size_t subs_count_locked(coord_service_t *svc)
 {
     size_t n = 0;
 
     for (const sub_entry_t *s = svc->subs; s != NULL; s = s->next) {
         n++;
     }
+    for (sub_entry_t **p = &svc->ended; *p != NULL;) {
+        sub_entry_t *s = *p;
+        if (!s->ending && rpc_call_is_done(s->call)) {
+            *p = s->ended_next;
+            rpc_call_unref(s->call);
+            free(s);
+            continue;
+        }
+        n++;
+        p = &s->ended_next;
+    }
     return n;
 }
 
+/* Answers `created`, replays and subscribes. Caller holds subs_lock; on
+ * error the caller ends the call: as end_sub does when s->end_status is
+ * set (the replay stopped), else with the returned status and msg. */
 static ferry_status_t subscribe_locked(coord_service_t *svc, sub_entry_t *s, char *msg, size_t cap)
 {
     Ferry__V1__WatchResponse resp = FERRY__V1__WATCH_RESPONSE__INIT;
@@ -270,7 +310,7 @@ static ferry_status_t subscribe_locked(coord_service_t *svc, sub_entry_t *s, cha
         snprintf(msg, cap, "coordinator is shutting down");
         return FERRY_ERR_UNAVAILABLE;
     }
-    if (subs_open_locked(svc) >= svc->max_watches) {
+    if (subs_count_locked(svc) >= svc->max_watches) {
         snprintf(msg, cap,
                  "too many Watch streams open on this replica (%zu; --max-watches): retry "
                  "later or on another replica",
@@ -332,6 +372,9 @@ void service_watch(rpc_call_t *call, const ProtobufCMessage *request, void *arg)
 
     pthread_mutex_lock(&svc->subs_lock);
     status = subscribe_locked(svc, s, msg, sizeof(msg));
+    if (status != FERRY_OK && s->end_status != FERRY_OK) {
+        retire_locked(svc, s); /* what its replay queued counts */
+    }
     pthread_mutex_unlock(&svc->subs_lock);
     if (status != FERRY_OK && s->end_status != FERRY_OK) {
         end_sub(svc, s); /* its replay stopped: it resumes there */
@@ -384,22 +427,25 @@ static void hist_push_locked(coord_service_t *svc, hist_event_t *e)
     svc->hist_len++;
 }
 
-/* Takes the subscriber list out. Caller holds subs_lock. */
+/* Takes the subscriber list out, each stream retired. Caller holds
+ * subs_lock. */
 static sub_entry_t *detach_all_locked(coord_service_t *svc)
 {
     sub_entry_t *all = svc->subs;
     svc->subs = NULL;
+    for (sub_entry_t *s = all; s != NULL; s = s->next) {
+        retire_locked(svc, s);
+    }
     return all;
 }
 
-/* Ends every detached stream with `status` and frees the list. */
-static void end_all(sub_entry_t *all, ferry_status_t status, const char *msg)
+/* Ends every detached stream with `status`. */
+static void end_all(coord_service_t *svc, sub_entry_t *all, ferry_status_t status, const char *msg)
 {
     while (all != NULL) {
         sub_entry_t *next = all->next;
         rpc_call_fail(all->call, status, "%s", msg);
-        rpc_call_unref(all->call);
-        free(all);
+        sub_ended(svc, all);
         all = next;
     }
 }
@@ -490,6 +536,7 @@ static void flush_locked(coord_service_t *svc, sub_entry_t **ended_p, sub_entry_
             if (status != FERRY_OK && status != FERRY_ERR_CANCELLED) {
                 s->end_status = status;
                 *p = s->next;
+                retire_locked(svc, s);
                 s->next = *ended_p;
                 *ended_p = s;
                 continue;
@@ -522,7 +569,7 @@ static void flush_ended(coord_service_t *svc, sub_entry_t *ended, sub_entry_t *l
     if (lost != NULL) {
         ferry_error("watch: no memory to record revision %lld; ending every stream",
                     (long long)revision);
-        end_all(lost, FERRY_ERR_OUT_OF_RANGE,
+        end_all(svc, lost, FERRY_ERR_OUT_OF_RANGE,
                 "this replica could not record a change (out of memory); read the current state "
                 "(Get or List), then Watch with start_revision = its header revision + 1");
     }
@@ -600,7 +647,7 @@ void service_watch_reload(coord_service_t *svc, int64_t revision)
              "this replica reloaded its view at revision %lld (etcd no longer had the changes "
              "it missed), so changes before it may be missing from this stream: %s",
              (long long)revision, resync_hint);
-    end_all(all, FERRY_ERR_OUT_OF_RANGE, msg);
+    end_all(svc, all, FERRY_ERR_OUT_OF_RANGE, msg);
 }
 
 /* Ends every stream with UNAVAILABLE so clients reconnect elsewhere. */
@@ -619,6 +666,16 @@ void service_watch_stop(coord_service_t *svc)
     svc->pending = NULL;
     svc->cap_pending = 0;
     pthread_mutex_unlock(&svc->subs_lock);
-    end_all(all, FERRY_ERR_UNAVAILABLE,
+    end_all(svc, all, FERRY_ERR_UNAVAILABLE,
             "coordinator is shutting down; watch again on another replica");
+}
+
+void service_watch_destroy(coord_service_t *svc)
+{
+    while (svc->ended != NULL) {
+        sub_entry_t *s = svc->ended;
+        svc->ended = s->ended_next;
+        rpc_call_unref(s->call);
+        free(s);
+    }
 }

@@ -156,8 +156,18 @@ void rpc_call_reply(rpc_call_t *call, const ProtobufCMessage *response);
  * copied): a message built with rpc_pack_with_field, say. */
 void rpc_call_reply_packed(rpc_call_t *call, const void *response, size_t len);
 
+/* How long a streaming call ended (rpc_call_fail, rpc_call_finish) while
+ * messages are still queued may wait for its client to take them: the
+ * status goes out after the last of them, so a client that reads gets
+ * every message and then the status, but one that does not read (its
+ * flow-control window stays shut) would hold the call, and the queue, for
+ * ever. A call still waiting RPC_DRAIN_MS after its end is cancelled: its
+ * queue is freed and its client sees CANCELLED. */
+enum { RPC_DRAIN_MS = 10000 };
+
 /* Ends the call (unary or streaming) with the gRPC code that `status` maps
- * to and a message (printf format; name the offending field). */
+ * to and a message (printf format; name the offending field). A streaming
+ * call's queued messages go out first (see RPC_DRAIN_MS). */
 void rpc_call_fail(rpc_call_t *call, ferry_status_t status, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
@@ -207,7 +217,8 @@ ferry_status_t rpc_call_send_msgs(rpc_call_t *call, rpc_msg_t *const *msgs, size
  * allows, so a peer that stops reading fills this queue. */
 void rpc_call_set_send_limit(rpc_call_t *call, size_t max_queued_bytes);
 
-/* Streaming: ends the stream with OK after the queued messages are sent. */
+/* Streaming: ends the stream with OK after the queued messages are sent
+ * (within RPC_DRAIN_MS). */
 void rpc_call_finish(rpc_call_t *call);
 
 /* Milliseconds left until the client's deadline; INT64_MAX without one. */
@@ -216,6 +227,12 @@ int64_t rpc_call_deadline_left_ms(const rpc_call_t *call);
 /* True once the client went away, the deadline passed or the server is
  * shutting down. */
 bool rpc_call_is_cancelled(const rpc_call_t *call);
+
+/* True once the call is over: its final status has gone out, or it was
+ * cancelled (by its client, its deadline, the server, or RPC_DRAIN_MS), and
+ * none of its messages is queued any more. A handler that counts its calls
+ * (against a limit, say) counts an ended one until then. */
+bool rpc_call_is_done(const rpc_call_t *call);
 
 /* True once the server serving the call is shutting down (its grace period
  * has begun): then rpc_call_is_cancelled is true for that reason, whatever

@@ -18,10 +18,16 @@
  * (with the last message when one is queued, so a unary reply is one
  * batch).
  *
+ * Draining: a streaming call ended with messages still queued (or in
+ * flight) is listed on the server's drain list (rpc_drain.c); if it is
+ * not DONE RPC_DRAIN_MS later, its client is not reading, and the call is
+ * cancelled: the pending batch fails, the queue is dropped, and the call
+ * goes on to DONE as any cancelled call does.
+ *
  * References: the layer holds one from arming until DONE; each batch in
- * flight, the dispatch (decoding and the handler) and each running cancel
- * callback hold one; handlers may take more (rpc_call_ref). The memory
- * goes with the last.
+ * flight, the dispatch (decoding and the handler), each running cancel
+ * callback and the drain list hold one; handlers may take more
+ * (rpc_call_ref). The memory goes with the last.
  * The grpc_call itself is released at DONE, so a handler that keeps a ref
  * never delays the server's shutdown.
  *
@@ -376,6 +382,18 @@ static void call_sent_locked(rpc_call_t *call, bool ok)
     call_pump(call);
 }
 
+static bool call_is_streaming(const rpc_call_t *call)
+{
+    return call->method != NULL && call->method->kind == RPC_SERVER_STREAMING;
+}
+
+/* True while messages are queued or one is in flight. Caller holds the
+ * lock. */
+static bool call_has_unsent(const rpc_call_t *call)
+{
+    return call->queue_head != NULL || call->inflight_buf != NULL;
+}
+
 /* ACTIVE -> ENDING with `buf` (may be NULL) as the last message. Caller
  * holds the lock; the call is ACTIVE. */
 static void call_end_locked(rpc_call_t *call, grpc_byte_buffer *buf, grpc_status_code code,
@@ -411,6 +429,11 @@ static void call_end_locked(rpc_call_t *call, grpc_byte_buffer *buf, grpc_status
                 rpc_grpc_code_name((int)code), msg[0] != '\0' ? ": " : "", msg);
     call_set_state(call, RPC_CALL_ENDING);
     call_pump(call);
+    if (call_is_streaming(call) && call_has_unsent(call)) {
+        /* Its client must take them before the status goes out: not for
+         * ever (RPC_DRAIN_MS). */
+        rpc__drain_add(&call->server->drain, call);
+    }
 }
 
 static void call_end(rpc_call_t *call, grpc_byte_buffer *buf, grpc_status_code code,
@@ -502,6 +525,26 @@ void rpc__call_on_close(rpc_call_t *call, bool ok)
     rpc_call_unref(call); /* the close batch's */
 }
 
+void rpc__call_drain_expired(rpc_call_t *call)
+{
+    pthread_mutex_lock(&call->lock);
+    if (call->state == RPC_CALL_ENDING && !call->status_done && call->gcall != NULL) {
+        ferry_info("call %" PRIu64 " %s: %s did not take its last %zu bytes within %d ms of "
+                   "the end (%s); cancelled",
+                   call->id, call->path, call->peer, call->queued_bytes, RPC_DRAIN_MS,
+                   rpc_grpc_code_name((int)call->final_code));
+        /* What the client sees now, for the observer too. */
+        call->final_code = GRPC_STATUS_CANCELLED;
+        snprintf(call->final_msg, sizeof(call->final_msg),
+                 "the client did not read this stream's last messages within %d ms of its end",
+                 RPC_DRAIN_MS);
+        snprintf(call->final_ferry, sizeof(call->final_ferry), "%d",
+                 (int)rpc_status_from_grpc(GRPC_STATUS_CANCELLED));
+        grpc_call_cancel_with_status(call->gcall, GRPC_STATUS_CANCELLED, call->final_msg, NULL);
+    }
+    pthread_mutex_unlock(&call->lock);
+}
+
 void rpc__call_on_send(rpc_call_t *call, bool ok)
 {
     pthread_mutex_lock(&call->lock);
@@ -553,11 +596,6 @@ void rpc_call_fail(rpc_call_t *call, ferry_status_t status, const char *fmt, ...
         status = FERRY_ERR_INTERNAL;
     }
     call_end(call, NULL, (grpc_status_code)rpc_status_to_grpc(status), status, msg);
-}
-
-static bool call_is_streaming(const rpc_call_t *call)
-{
-    return call->method != NULL && call->method->kind == RPC_SERVER_STREAMING;
 }
 
 /* A queue entry for `buf` (taken over: destroyed when no entry can be
@@ -780,6 +818,17 @@ bool rpc_call_is_cancelled(const rpc_call_t *call)
                 (c->state != RPC_CALL_REQUESTED && atomic_load(&c->server->stopping));
     pthread_mutex_unlock(&c->lock);
     return cancelled || rpc__ms_until(call->deadline) == 0;
+}
+
+bool rpc_call_is_done(const rpc_call_t *call)
+{
+    rpc_call_t *c = (rpc_call_t *)call;
+    bool done;
+
+    pthread_mutex_lock(&c->lock);
+    done = c->state == RPC_CALL_DONE;
+    pthread_mutex_unlock(&c->lock);
+    return done;
 }
 
 bool rpc_call_is_stopping(const rpc_call_t *call)

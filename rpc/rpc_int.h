@@ -9,13 +9,16 @@
  *     gRPC call is one heap rpc_call_t whose embedded rpc_tag_t members are
  *     the completion-queue tags of its operations;
  *   - health (rpc_health.c): grpc.health.v1.Health on top of the same server;
+ *   - drain deadlines (rpc_drain.c): a streaming call ended with messages
+ *     its client does not take is cancelled RPC_DRAIN_MS later;
  *   - helpers for byte buffers, deadlines, PEM files and credentials
  *     (rpc_buf.c, rpc_tls.c);
  *   - the encoding, walked field by field: the request checks (rpc_wire.c)
  *     and one field taken as it came (rpc_field.c).
  *
- * Locking order, outer first: server->lock, health->lock, call->lock. No
- * lock is held while a handler or a cancel callback runs.
+ * Locking order, outer first: server->lock, health->lock, call->lock,
+ * server->drain.lock. No lock is held while a handler or a cancel callback
+ * runs.
  */
 #ifndef FERRY_RPC_INT_H
 #define FERRY_RPC_INT_H
@@ -185,6 +188,30 @@ ferry_status_t rpc__client_status(grpc_status_code code, grpc_slice details,
                                   rpc_error_t *err);
 void rpc__error_set(rpc_error_t *err, int code, const char *msg);
 
+/* --- drain deadlines (rpc_drain.c) --------------------------------------- */
+
+/* Calls ended with messages still queued, oldest first (each deadline is
+ * RPC_DRAIN_MS after its listing, so this order is the deadlines' order). */
+typedef struct {
+    pthread_mutex_t lock;
+    pthread_cond_t cond;     /* CLOCK_MONOTONIC; a listing, or stop */
+    rpc_call_t *head, *tail; /* linked by drain_next; each holds a call ref */
+    bool started;            /* the thread runs: calls are listed */
+    bool stopping;           /* no more listings; the thread ends */
+    pthread_t thread;
+} rpc_drain_t;
+
+ferry_status_t rpc__drain_init(rpc_drain_t *drain);
+void rpc__drain_destroy(rpc_drain_t *drain);
+ferry_status_t rpc__drain_start(rpc_drain_t *drain);
+/* Joins the thread and drops the references of the calls still listed.
+ * After the server's calls have all ended; idempotent. */
+void rpc__drain_stop(rpc_drain_t *drain);
+/* Lists `call` (with a reference of its own) to be expired RPC_DRAIN_MS
+ * from now; a no-op once stopping (the server cancels every call then).
+ * Caller holds call->lock. */
+void rpc__drain_add(rpc_drain_t *drain, rpc_call_t *call);
+
 /* --- server and calls (rpc_server.c, rpc_call.c) ------------------------- */
 
 typedef enum {
@@ -249,6 +276,8 @@ struct rpc_server {
      * Readers: every grpc_call_start_batch; the writer: server_stop_threads. */
     pthread_rwlock_t cq_lock;
     bool cq_open; /* guarded by cq_lock */
+
+    rpc_drain_t drain; /* runs while the server's threads do */
 };
 
 /* grpc_call_start_batch on a server call, or
@@ -313,6 +342,10 @@ struct rpc_call {
     void (*cancel_cb)(rpc_call_t *call, void *arg);
     void *cancel_arg;
     bool cancel_cb_ran;
+
+    /* On server->drain's list (guarded by drain.lock, not call->lock). */
+    int64_t drain_at_ms; /* CLOCK_MONOTONIC */
+    rpc_call_t *drain_next;
 };
 
 /* Allocates an armed call and requests it from gRPC (the server's lock is
@@ -322,5 +355,8 @@ ferry_status_t rpc__call_arm(rpc_server_t *server, rpc_method_entry_t *method);
 void rpc__call_on_request(rpc_call_t *call, bool ok);
 void rpc__call_on_close(rpc_call_t *call, bool ok);
 void rpc__call_on_send(rpc_call_t *call, bool ok);
+/* On the drain thread: the call's drain deadline passed. Cancels it unless
+ * its status has gone out. */
+void rpc__call_drain_expired(rpc_call_t *call);
 
 #endif /* FERRY_RPC_INT_H */

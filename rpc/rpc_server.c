@@ -16,11 +16,13 @@
  * Shutdown: grpc_server_shutdown_and_notify, wait up to the grace period
  * for the in-flight calls, then grpc_server_cancel_all_calls (held calls see
  * their cancel callbacks run and are ended), wait for the notification,
- * shut the queue down, let the threads drain it to GRPC_QUEUE_SHUTDOWN,
- * join them, destroy server and queue.
+ * stop the drain thread (rpc_drain.c), shut the queue down, let the threads
+ * drain it to GRPC_QUEUE_SHUTDOWN, join them, destroy server and queue.
  *
  * Threads: the public functions may be called from any thread but a server
- * thread (shutdown joins them). server->lock guards state and notified.
+ * thread (shutdown joins them); beside the queue's threads, one drain
+ * thread runs from start to shutdown. server->lock guards state and
+ * notified.
  */
 #include "rpc/rpc_int.h"
 
@@ -156,9 +158,14 @@ static ferry_status_t server_init_sync(rpc_server_t *server)
     if (pthread_rwlock_init(&server->cq_lock, NULL) != 0) {
         goto err_shutdown_lock;
     }
+    if (rpc__drain_init(&server->drain) != FERRY_OK) {
+        goto err_cq_lock;
+    }
     server->cq_open = true;
     return FERRY_OK;
 
+err_cq_lock:
+    pthread_rwlock_destroy(&server->cq_lock);
 err_shutdown_lock:
     pthread_mutex_destroy(&server->shutdown_lock);
 err_lock:
@@ -276,9 +283,11 @@ grpc_call_error rpc__server_start_batch(rpc_server_t *server, grpc_call *call, c
     return rc;
 }
 
-/* Shuts the queue down and joins the threads; they drain it first. */
+/* Shuts the queue down and joins the threads; they drain it first. The
+ * drain thread goes first: every call has ended by now. */
 static void server_stop_threads(rpc_server_t *server)
 {
+    rpc__drain_stop(&server->drain);
     pthread_rwlock_wrlock(&server->cq_lock);
     server->cq_open = false;
     pthread_rwlock_unlock(&server->cq_lock);
@@ -316,6 +325,7 @@ void rpc_server_destroy(rpc_server_t *server)
     pthread_mutex_destroy(&server->lock);
     pthread_mutex_destroy(&server->shutdown_lock);
     pthread_rwlock_destroy(&server->cq_lock);
+    rpc__drain_destroy(&server->drain);
     free(server->threads);
     free(server->listen_addr);
     free(server);
@@ -368,7 +378,7 @@ static ferry_status_t server_start_threads(rpc_server_t *server)
         }
         server->n_threads_started++;
     }
-    return FERRY_OK;
+    return rpc__drain_start(&server->drain);
 }
 
 /* Arms calls_armed calls per method and as many for unknown methods. */

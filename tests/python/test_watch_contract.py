@@ -20,7 +20,10 @@
   notification, without reloading its view or ending its streams;
 - the bound holds for a replay from start_revision too (past it the stream
   ends RESOURCE_EXHAUSTED where the client resumes, nothing missed), and a
-  revision larger than the bound still reaches a reader whole.
+  revision larger than the bound still reaches a reader whole;
+- a stream so ended counts against --max-watches until its call is done,
+  and a client that never reads has it cancelled after the rpc layer's
+  drain deadline (RPC_DRAIN_MS).
 
 Run with /usr/bin/python3 (Debian's grpcio), from CTest.
 """
@@ -512,6 +515,131 @@ class WatchStreamsAreBounded(unittest.TestCase):
             for s in open_:
                 s.cancel()
         finally:
+            r.stop()
+
+
+def read_until_stream_ends(sock, timeout):
+    """Plays a raw client that is alive but never reads its stream: reads
+    its socket (which widens no HTTP/2 window) and answers PINGs, until
+    stream 1 ends: "reset" (RST_STREAM), "status" (trailers, HEADERS with
+    END_STREAM) or "closed" (the connection); None at the deadline."""
+    deadline = time.monotonic() + timeout
+    buf = b""
+    while True:
+        while len(buf) >= 9:
+            length = int.from_bytes(buf[:3], "big")
+            if len(buf) < 9 + length:
+                break
+            ftype, flags = buf[3], buf[4]
+            stream = int.from_bytes(buf[5:9], "big") & 0x7FFFFFFF
+            payload, buf = buf[9:9 + length], buf[9 + length:]
+            if stream == 1 and ftype == 3:
+                return "reset"
+            if stream == 1 and ftype == 1 and flags & 1:
+                return "status"
+            if ftype == 6 and not flags & 1:
+                sock.sendall(h2_frame(6, 1, 0, payload))  # PING ACK
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return None
+        sock.settimeout(left)
+        try:
+            data = sock.recv(65536)
+        except socket.timeout:
+            return None
+        if not data:
+            return "closed"
+        buf += data
+
+
+class EndedStreamsCountUntilDone(unittest.TestCase):
+    """A Watch the coordinator ends (its replay from start_revision ran past
+    --watch-queue-kib) keeps its last messages and its status queued until
+    its client takes them: it counts against --max-watches until its call is
+    done, and a client that never reads has its call cancelled once it has
+    waited the rpc layer's drain deadline (RPC_DRAIN_MS, 10 s), which frees
+    them. Otherwise a client that opened such streams and never read would
+    hold up to the bound per stream, streams without number.
+
+    Records of about 1 KiB, ten to a revision, written straight into etcd
+    (as ReplaysAndLargeRevisionsAreBounded does): a replay of 300 KiB past
+    a 64 KiB bound, to raw HTTP/2 clients whose 64 KiB window never widens."""
+
+    RECORDS = 300
+    PER_REVISION = 10
+    PAD = 1000
+
+    def put_records(self, r, prefix):
+        """The revision of the first of the records written."""
+        pb, ops, first = r.pb, r.prefix + "ops/", None
+        for i in range(0, self.RECORDS, self.PER_REVISION):
+            puts = []
+            for k in range(i, i + self.PER_REVISION):
+                rid = f"{prefix}{k:03d}"
+                value = pb.Operation(
+                    request_id=rid, kind=pb.OPERATION_KIND_WRITE,
+                    state=pb.OPERATION_STATE_ERRORED, owner="py", created_unix_ms=1,
+                    updated_unix_ms=1, error_code=1, error_message="e" * self.PAD)
+                puts.append({"requestPut": {
+                    "key": b64(ops + rid),
+                    "value": base64.b64encode(value.SerializeToString()).decode()}})
+            rev = int(etcd_post(ETCD.endpoint, "/v3/kv/txn", {"success": puts})["header"]
+                      ["revision"])
+            first = first or rev
+        return first
+
+    def test_an_ended_stream_its_client_never_reads_counts_until_cancelled(self):
+        r = Replica("drain", "/drain/",
+                    extra=("--max-watches", "2", "--watch-queue-kib", "64"))
+        socks = []
+        try:
+            prefix = "dr-"
+            # Replayed, or (not yet in the replica's history) sent live: either
+            # way 300 KiB find the stream's queue at the bound and end it.
+            first = self.put_records(r, prefix)
+            ended_before = fell_behind_count(r.coord)
+            for _ in range(2):
+                socks.append(open_stuck_watch(r.coord.port, r.cpb.WatchRequest(
+                    request_id_prefix=prefix, start_revision=first)))
+                # One at a time: the second must not be refused while the
+                # first is still subscribed.
+                ferry_harness.wait_until(
+                    lambda: fell_behind_count(r.coord) > ended_before + len(socks) - 1, 10,
+                    "the replay past the bound to end the stream")
+
+            # Both ended, their last messages unread: both still count.
+            with self.assertRaises(grpc.RpcError) as cm:
+                next(r.watch(request_id_prefix=prefix))
+            self.assertEqual(cm.exception.code(), grpc.StatusCode.RESOURCE_EXHAUSTED,
+                             cm.exception.details())
+            self.assertIn("--max-watches", cm.exception.details())
+
+            # The drain deadline cancels them: each raw client's stream ends
+            # though its window never opened...
+            ends = [read_until_stream_ends(sock, 60) for sock in socks]
+            print(f"stuck ended streams: {ends}", file=sys.stderr)
+            for end in ends:
+                self.assertIn(end, ("reset", "status"))
+            ferry_harness.wait_until(
+                lambda: r.coord.log_contains("within 10000 ms of the end"), 10,
+                "the coordinator to log the cancellations")
+
+            # ... and, their calls done, a new Watch is accepted again.
+            opened = []
+
+            def opens():
+                try:
+                    s = r.watch(request_id_prefix=prefix)
+                    opened.append(s)
+                    return next(s).created
+                except grpc.RpcError:
+                    return False
+            ferry_harness.wait_until(opens, 10, "a Watch to be accepted once the calls were done")
+            for s in opened:
+                s.cancel()
+        finally:
+            for sock in socks:
+                sock.close()
             r.stop()
 
 

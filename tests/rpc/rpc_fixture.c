@@ -100,6 +100,25 @@ static void send_watch(rpc_call_t *call, int revision, ferry_status_t *status_p)
     *status_p = rpc_call_send(call, &resp.base);
 }
 
+/* "fail:N": N messages of FIXTURE_FAT_BYTES queued at once, then the end. */
+static void fail_after_fat_messages(rpc_call_t *call, int n)
+{
+    Ferry__V1__WatchResponse resp = FERRY__V1__WATCH_RESPONSE__INIT;
+    Ferry__V1__ResponseHeader header = FERRY__V1__RESPONSE_HEADER__INIT;
+    char fat[FIXTURE_FAT_BYTES + 1];
+    ferry_status_t status = FERRY_OK;
+
+    memset(fat, 'x', FIXTURE_FAT_BYTES);
+    fat[FIXTURE_FAT_BYTES] = '\0';
+    header.coordinator = fat;
+    resp.header = &header;
+    for (int i = 1; i <= n && status == FERRY_OK; i++) {
+        header.revision = i;
+        status = rpc_call_send(call, &resp.base);
+    }
+    rpc_call_fail(call, FERRY_ERR_RESOURCE_EXHAUSTED, "failed after %d messages", n);
+}
+
 static void held_stream_cancelled(rpc_call_t *call, void *arg)
 {
     fixture_t *f = fixture_of(arg);
@@ -132,6 +151,10 @@ static void handle_watch(rpc_call_t *call, const ProtobufCMessage *request, void
         rpc_call_on_cancel(call, held_stream_cancelled, f);
         return;
     }
+    if (sscanf(req->request_id_prefix, "fail:%d", &n) == 1) {
+        fail_after_fat_messages(call, n);
+        return;
+    }
     if (sscanf(req->request_id_prefix, "count:%d", &n) != 1) {
         rpc_call_fail(call, FERRY_ERR_INVALID_ARGUMENT, "request_id_prefix: want count:N");
         return;
@@ -154,11 +177,11 @@ static void fixture_call_ended(void *arg, const char *method, int grpc_code, int
 {
     fixture_t *f = arg;
     (void)method;
-    (void)grpc_code;
     (void)duration_ns;
 
     pthread_mutex_lock(&f->lock);
     f->calls_ended++;
+    f->last_code = grpc_code;
     pthread_cond_broadcast(&f->cond);
     pthread_mutex_unlock(&f->lock);
 }

@@ -12,10 +12,14 @@
  * Watch (stream):
  *   request_id_prefix "count:N" sends N messages (header.revision 1..N,
  *   created on the first) and finishes;
+ *   request_id_prefix "fail:N" queues N messages of FIXTURE_FAT_BYTES
+ *   (header.coordinator a run of 'x', header.revision 1..N) and fails
+ *   RESOURCE_EXHAUSTED, all before its client can have read any;
  *   request_id "hold" is kept (fixture.held_stream) until cancelled; its
  *   cancel callback records what rpc_call_send answers then.
  *
- * The server's observer counts the calls that ended (fixture.calls_ended).
+ * The server's observer counts the calls that ended (fixture.calls_ended)
+ * and keeps the last one's code (fixture.last_code).
  *
  * Threads: handlers run on server threads; the fields below are guarded by
  * fixture.lock and changes are signalled on fixture.cond.
@@ -29,6 +33,7 @@
 #include "rpc/rpc.h"
 
 #define FIXTURE_MAX_MESSAGE (64 * 1024)
+#define FIXTURE_FAT_BYTES   1024
 
 typedef struct {
     pthread_mutex_t lock;
@@ -39,6 +44,7 @@ typedef struct {
 
     int cancels;             /* cancel callbacks run */
     int calls_ended;         /* calls whose final status went out (the observer) */
+    int last_code;           /* the gRPC code the last of them ended with */
     rpc_call_t *held_unary;  /* a reference, until cancelled */
     rpc_call_t *held_stream; /* a reference, until cancelled */
     ferry_status_t send_after_cancel;

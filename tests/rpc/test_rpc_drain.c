@@ -1,0 +1,254 @@
+/*
+ * test_rpc_drain.c: the drain deadline (RPC_DRAIN_MS, rpc_drain.c). A
+ * streaming call ended while messages are still queued sends its status
+ * after them: a client that reads gets every message, then the status; a
+ * client that never reads has the call cancelled once it has waited
+ * RPC_DRAIN_MS, its queue freed, instead of holding it for ever.
+ *
+ * The fixture's Watch "fail:N" queues N messages of about 1 KiB and fails
+ * RESOURCE_EXHAUSTED at once. The client that never reads is a raw HTTP/2
+ * client on a socket: it announces HTTP/2's default 64 KiB stream window
+ * and never widens it, so the transport can never take the 200 KiB queued.
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <setjmp.h>
+#include <cmocka.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "ferry/v1/coordinator.pb-c.h"
+#include "rpc_fixture.h"
+
+#define WATCH_PATH "/ferry.v1.Coordinator/Watch"
+#define FAT_N      200 /* messages of FIXTURE_FAT_BYTES: about 200 KiB */
+#define WAIT_MS    10000
+
+static int setup(void **state)
+{
+    fixture_t *f = calloc(1, sizeof(*f));
+    if (f == NULL || fixture_start(f, 0) != 0) {
+        return -1;
+    }
+    *state = f;
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    fixture_stop(*state);
+    free(*state);
+    return 0;
+}
+
+/* --- a raw HTTP/2 client that never reads ------------------------------- */
+
+/* Appends a frame header (RFC 7540 4.1) to out at *n. */
+static void h2_frame(uint8_t *out, size_t *n, uint8_t type, uint8_t flags, uint32_t stream,
+                     size_t len)
+{
+    uint8_t *p = out + *n;
+
+    p[0] = (uint8_t)(len >> 16);
+    p[1] = (uint8_t)(len >> 8);
+    p[2] = (uint8_t)len;
+    p[3] = type;
+    p[4] = flags;
+    p[5] = (uint8_t)(stream >> 24);
+    p[6] = (uint8_t)(stream >> 16);
+    p[7] = (uint8_t)(stream >> 8);
+    p[8] = (uint8_t)stream;
+    *n += 9;
+}
+
+/* A header field without indexing or Huffman (RFC 7541 6.2.2). */
+static void hpack_literal(uint8_t *out, size_t *n, const char *name, const char *value)
+{
+    size_t nl = strlen(name), vl = strlen(value);
+
+    out[(*n)++] = 0;
+    out[(*n)++] = (uint8_t)nl;
+    memcpy(out + *n, name, nl);
+    *n += nl;
+    out[(*n)++] = (uint8_t)vl;
+    memcpy(out + *n, value, vl);
+    *n += vl;
+}
+
+/* Opens Watch(request_id_prefix) on a socket whose owner never reads it. */
+static int stuck_watch_open(int port, const char *prefix)
+{
+    static const char preface[] = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    Ferry__V1__WatchRequest req = FERRY__V1__WATCH_REQUEST__INIT;
+    struct sockaddr_in addr = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    uint8_t out[1024], headers[512];
+    char authority[32];
+    size_t n = 0, hn = 0, body;
+    int rcvbuf = 4096;
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+
+    assert_true(fd >= 0);
+    assert_int_equal(setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof(rcvbuf)), 0);
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    assert_int_equal(connect(fd, (struct sockaddr *)&addr, sizeof(addr)), 0);
+
+    memcpy(out, preface, sizeof(preface) - 1);
+    n = sizeof(preface) - 1;
+    h2_frame(out, &n, 4, 0, 0, 0); /* SETTINGS: all defaults */
+    h2_frame(out, &n, 4, 1, 0, 0); /* ack the server's, unread */
+    snprintf(authority, sizeof(authority), "127.0.0.1:%d", port);
+    hpack_literal(headers, &hn, ":method", "POST");
+    hpack_literal(headers, &hn, ":scheme", "http");
+    hpack_literal(headers, &hn, ":path", WATCH_PATH);
+    hpack_literal(headers, &hn, ":authority", authority);
+    hpack_literal(headers, &hn, "content-type", "application/grpc");
+    hpack_literal(headers, &hn, "te", "trailers");
+    h2_frame(out, &n, 1, 4, 1, hn); /* HEADERS, END_HEADERS */
+    memcpy(out + n, headers, hn);
+    n += hn;
+    req.request_id_prefix = (char *)prefix;
+    body = ferry__v1__watch_request__get_packed_size(&req);
+    h2_frame(out, &n, 0, 1, 1, 5 + body); /* DATA, END_STREAM */
+    out[n++] = 0;                         /* not compressed */
+    out[n++] = (uint8_t)(body >> 24);
+    out[n++] = (uint8_t)(body >> 16);
+    out[n++] = (uint8_t)(body >> 8);
+    out[n++] = (uint8_t)body;
+    n += ferry__v1__watch_request__pack(&req, out + n);
+    assert_int_equal(send(fd, out, n, 0), (ssize_t)n);
+    return fd;
+}
+
+/* Plays a client that is alive but never reads its stream: reads the
+ * socket (which sends no WINDOW_UPDATE: the window stays shut) and answers
+ * PINGs, until stream 1 ends: 'r' for RST_STREAM, 's' for trailers
+ * (HEADERS with END_STREAM), 'c' when the connection closes; 0 when
+ * timeout_ms passes. */
+static char stuck_watch_wait_end(int fd, int timeout_ms)
+{
+    static uint8_t buf[1 << 18];
+    long long deadline = fixture_now_ms() + timeout_ms;
+    size_t have = 0;
+
+    for (;;) {
+        struct pollfd pfd = {.fd = fd, .events = POLLIN};
+        long long left;
+        ssize_t got;
+
+        while (have >= 9) {
+            size_t len = (size_t)buf[0] << 16 | (size_t)buf[1] << 8 | buf[2];
+            uint8_t type = buf[3], flags = buf[4];
+            uint32_t stream =
+                ((uint32_t)buf[5] << 24 | (uint32_t)buf[6] << 16 | (uint32_t)buf[7] << 8 | buf[8]) &
+                0x7fffffffu;
+            if (have < 9 + len) {
+                break;
+            }
+            if (stream == 1 && type == 3) {
+                return 'r';
+            }
+            if (type == 6 && (flags & 1) == 0 && len == 8) {
+                uint8_t ack[17];
+                size_t n = 0;
+                h2_frame(ack, &n, 6, 1, 0, 8); /* PING, ACK */
+                memcpy(ack + n, buf + 9, 8);
+                assert_int_equal(send(fd, ack, sizeof(ack), 0), (ssize_t)sizeof(ack));
+            }
+            if (stream == 1 && type == 1 && (flags & 1) != 0) {
+                return 's';
+            }
+            memmove(buf, buf + 9 + len, have - 9 - len);
+            have -= 9 + len;
+        }
+        assert_true(have < sizeof(buf)); /* no frame is larger: 16 KiB at most */
+        left = deadline - fixture_now_ms();
+        if (left <= 0 || poll(&pfd, 1, (int)left) <= 0) {
+            return 0;
+        }
+        got = recv(fd, buf + have, sizeof(buf) - have, 0);
+        if (got <= 0) {
+            return 'c';
+        }
+        have += (size_t)got;
+    }
+}
+
+static bool one_ended(const fixture_t *f)
+{
+    return f->calls_ended >= 1;
+}
+
+/* --- tests ----------------------------------------------------------------- */
+
+static void test_a_client_that_never_reads_is_cancelled_after_the_deadline(void **state)
+{
+    fixture_t *f = *state;
+    char prefix[32], end;
+    int fd;
+
+    snprintf(prefix, sizeof(prefix), "fail:%d", FAT_N);
+    fd = stuck_watch_open(f->port, prefix);
+    /* Ended at once by its handler, its queue never taken: only the drain
+     * deadline ends the call. */
+    end = stuck_watch_wait_end(fd, RPC_DRAIN_MS + 20000);
+    assert_true(end == 'r' || end == 's');
+    assert_true(fixture_wait(f, one_ended, WAIT_MS));
+    pthread_mutex_lock(&f->lock);
+    assert_int_equal(f->last_code, 1); /* CANCELLED, as the client saw it */
+    pthread_mutex_unlock(&f->lock);
+    close(fd);
+}
+
+static void test_a_reader_gets_every_message_then_the_status(void **state)
+{
+    fixture_t *f = *state;
+    Ferry__V1__WatchRequest req = FERRY__V1__WATCH_REQUEST__INIT;
+    rpc_stream_t *stream = NULL;
+    rpc_error_t err;
+    char prefix[32];
+    int got = 0;
+
+    snprintf(prefix, sizeof(prefix), "fail:%d", FAT_N);
+    req.request_id_prefix = prefix;
+    assert_int_equal(rpc_stream_open(f->channel, WATCH_PATH, &req.base,
+                                     &ferry__v1__watch_response__descriptor, 60000, &stream),
+                     FERRY_OK);
+    for (;;) {
+        Ferry__V1__WatchResponse *msg = NULL;
+        ferry_status_t status = rpc_stream_read(stream, WAIT_MS, (ProtobufCMessage **)&msg, &err);
+        if (status != FERRY_OK) {
+            assert_int_equal(status, FERRY_ERR_RESOURCE_EXHAUSTED);
+            assert_string_equal(err.message, "failed after 200 messages");
+            break;
+        }
+        assert_non_null(msg);
+        got++;
+        assert_int_equal(msg->header->revision, got);
+        assert_int_equal(strlen(msg->header->coordinator), FIXTURE_FAT_BYTES);
+        protobuf_c_message_free_unpacked(&msg->base, NULL);
+    }
+    assert_int_equal(got, FAT_N);
+    rpc_stream_destroy(stream);
+    assert_true(fixture_wait(f, one_ended, WAIT_MS));
+    pthread_mutex_lock(&f->lock);
+    assert_int_equal(f->last_code, 8); /* RESOURCE_EXHAUSTED */
+    pthread_mutex_unlock(&f->lock);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(
+            test_a_client_that_never_reads_is_cancelled_after_the_deadline, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_a_reader_gets_every_message_then_the_status, setup,
+                                        teardown),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
