@@ -158,6 +158,7 @@ void coord_strip(Ferry__V1__Operation *op, bool keep_metadata)
      * them from their own Register or Claim response. */
     op->lease_id = 0;
     op->claim_lease_id = 0;
+    op->claim_id = 0;
     if (!keep_metadata && op->metadata != NULL) {
         ferry__v1__rdma_metadata__free_unpacked(op->metadata, NULL);
         op->metadata = NULL;
@@ -568,6 +569,12 @@ static int apply_claim(transition_t *t, Ferry__V1__Operation *op, char *msg, siz
         return registry_fail(FERRY_ERR_FAILED_PRECONDITION, msg, cap, "request_id '%s' is %s",
                              op->request_id, ferry__op_state_name(op->state));
     }
+    do {
+        if (RAND_bytes((unsigned char *)&op->claim_id, sizeof(op->claim_id)) != 1) {
+            return registry_fail(FERRY_ERR_UNAVAILABLE, msg, cap,
+                                 "no randomness for the claim's identity; retry");
+        }
+    } while (op->claim_id == 0);
     op->state = FERRY_OP_CLAIMED;
     op->claim_lease_id = t->extra.lease;
     set_string(&op->claimant, req->claimant);
@@ -649,6 +656,14 @@ static int apply_complete(transition_t *t, Ferry__V1__Operation *op, char *msg, 
                              "claim_lease_id %lld does not hold the claim on request_id '%s'",
                              (long long)req->claim_lease_id, op->request_id);
     }
+    if (req->claim_id != 0 && op->state != FERRY_OP_REGISTERED && op->claim_id != req->claim_id) {
+        /* The same lease, a later claim: this Complete was for one that
+         * ended (sent again after it went through). */
+        return registry_fail(FERRY_ERR_FAILED_PRECONDITION, msg, cap,
+                             "claim_id %llu is not the claim on request_id '%s' (it ended; "
+                             "the request ID was claimed again)",
+                             (unsigned long long)req->claim_id, op->request_id);
+    }
     if (op->state == want) {
         return COORD_UNCHANGED;
     }
@@ -681,6 +696,11 @@ ferry_status_t coord_complete(coord_registry_t *r, const Ferry__V1__CompleteRequ
     }
     if (status != FERRY_OK) {
         return status;
+    }
+    if (req->claim_id == 0) {
+        ferry_info("op %s: Complete without claim_id (a client from before it, or one that "
+                   "never heard its Claim's answer): its lease alone is checked",
+                   req->request_id);
     }
     t.extra = (etcd_op_t){.type = ETCD_OP_DELETE, .key = key.bytes, .key_len = key.len};
     /* The claim key leaves with the transaction. Its lease is not revoked:

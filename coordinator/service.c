@@ -375,6 +375,7 @@ void service_claim_once(coord_service_t *svc, rpc_call_t *call, const Ferry__V1_
     if (failed(call, status, msg)) {
         return;
     }
+    resp.claim_id = out.rec.op->claim_id; /* before the strip, which hides it */
     coord_strip(out.rec.op, false);
     service_header(svc, &header, out.revision);
     resp.header = &header;

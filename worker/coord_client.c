@@ -105,6 +105,7 @@ typedef struct coord_link {
     char token[257];
     int64_t lease_id;                  /* the lease the record (passive) or claim (active) is on */
     char lease_token[LEASE_TOKEN_CAP]; /* lease_id's (active: Complete shows it) */
+    uint64_t claim_id;                 /* active: the claim's, for Complete */
     int64_t due_ms;                    /* next retry (release, report), monotonic */
     bool look_due;                     /* the record may have changed: look */
     int look_tries;                    /* Gets failed in a row (look_due_ms: the next) */
@@ -489,11 +490,11 @@ static int claim_ttl(const ferry_claim_params_t *p)
 /* The coordinator's Claim: the one admission decision for a writer (or
  * reader) by request ID, on the caller's path before any byte moves (see
  * begin_by_id and coordinator.proto). The claim goes on the session lease,
- * so that the passive side learns if this process dies; its lease and token
- * are returned for the Complete. */
+ * so that the passive side learns if this process dies; its lease, token and
+ * identity are returned for the Complete. */
 static ferry_status_t claim(ferry_coordinator_t *coord, const ferry_claim_params_t *p,
                             const char *claimant, Ferry__V1__OperationKind kind, int64_t *lease_p,
-                            char *claim_token, rpc_error_t *err)
+                            char *claim_token, uint64_t *claim_id_p, rpc_error_t *err)
 {
     Ferry__V1__ClaimRequest req = FERRY__V1__CLAIM_REQUEST__INIT;
     Ferry__V1__ClaimResponse *resp = NULL;
@@ -527,6 +528,7 @@ static ferry_status_t claim(ferry_coordinator_t *coord, const ferry_claim_params
     }
     *lease_p = resp->claim_lease_id;
     snprintf(claim_token, LEASE_TOKEN_CAP, "%s", resp->lease_token);
+    *claim_id_p = resp->claim_id;
     ferry__v1__claim_response__free_unpacked(resp, NULL);
     return FERRY_OK;
 }
@@ -562,6 +564,7 @@ static bool report_active(coord_link_t *link)
     req.access_token = link->token;
     req.claim_lease_id = link->lease_id;
     req.lease_token = link->lease_token;
+    req.claim_id = link->claim_id;
     req.error_code = link->final_code;
     req.error_message = link->final_message;
     status = call(link->coord, COORD_PATH("Complete"), &req.base,
@@ -985,10 +988,11 @@ static coord_link_t *op_link(const ferry_op_t *op)
 }
 
 /* Binds op: a link on the list, and a listener on op. lease_id and
- * lease_token: the record's lease (passive) or the granted claim's (active). */
+ * lease_token: the record's lease (passive) or the granted claim's (active);
+ * claim_id: the claim's (active; 0 passive). */
 static ferry_status_t link_add(ferry_coordinator_t *coord, ferry_op_t *op, bool passive,
                                const char *request_id, const char *token, int64_t lease_id,
-                               const char *lease_token)
+                               const char *lease_token, uint64_t claim_id)
 {
     coord_link_t *link = calloc(1, sizeof(*link));
     ferry_status_t status;
@@ -1000,6 +1004,7 @@ static ferry_status_t link_add(ferry_coordinator_t *coord, ferry_op_t *op, bool 
     link->op = op;
     link->passive = passive;
     link->lease_id = lease_id;
+    link->claim_id = claim_id;
     snprintf(link->lease_token, sizeof(link->lease_token), "%s", lease_token);
     snprintf(link->request_id, sizeof(link->request_id), "%s", request_id);
     snprintf(link->token, sizeof(link->token), "%s", token);
@@ -1343,7 +1348,7 @@ ferry_status_t ferry_op_publish(ferry_op_t *op, ferry_coordinator_t *coord,
         return rpc_fail(status, "register", &err);
     }
     status = link_add(coord, op, true, params->request_id, resp->access_token, resp->lease_id,
-                      resp->lease_token);
+                      resp->lease_token, 0);
     ferry__v1__register_response__free_unpacked(resp, NULL);
     if (status != FERRY_OK) {
         return ferry__fail(status, "cannot follow the published operation: %s",
@@ -1514,6 +1519,7 @@ static ferry_status_t begin_by_id(ferry_connector_t *connector, ferry_coordinato
     size_t md_len = 0;
     int64_t claim_lease = 0;
     char claim_token[LEASE_TOKEN_CAP];
+    uint64_t claim_id = 0;
 
     ferry__clear_error();
     if (connector == NULL || coord == NULL || p == NULL || p->request_id == NULL ||
@@ -1543,7 +1549,7 @@ static ferry_status_t begin_by_id(ferry_connector_t *connector, ferry_coordinato
     status = claim(coord, p, ferry_connector_name(connector),
                    write ? FERRY__V1__OPERATION_KIND__OPERATION_KIND_WRITE
                          : FERRY__V1__OPERATION_KIND__OPERATION_KIND_READ,
-                   &claim_lease, claim_token, &err);
+                   &claim_lease, claim_token, &claim_id, &err);
     if (status != FERRY_OK) {
         free(found);
         status = rpc_fail(status, "claim", &err);
@@ -1560,8 +1566,8 @@ static ferry_status_t begin_by_id(ferry_connector_t *connector, ferry_coordinato
                    : ferry_read_begin(connector, local, n, md, md_len, &op);
     free(found);
     if (status == FERRY_OK) {
-        status =
-            link_add(coord, op, false, p->request_id, p->access_token, claim_lease, claim_token);
+        status = link_add(coord, op, false, p->request_id, p->access_token, claim_lease,
+                          claim_token, claim_id);
         if (status == FERRY_OK) {
             *op_p = op;
             return FERRY_OK;

@@ -140,6 +140,7 @@ static int get_state(const char *id, rpc_error_t *err)
     /* Get never shows what would let a reader hold someone's lease. */
     assert_int_equal(resp->operation->lease_id, 0);
     assert_int_equal(resp->operation->claim_lease_id, 0);
+    assert_int_equal(resp->operation->claim_id, 0);
     state = (int)resp->operation->state;
     ferry__v1__get_response__free_unpacked(resp, NULL);
     return state;
@@ -826,6 +827,96 @@ static void test_release(void **state)
     ferry__v1__claim_response__free_unpacked(claim, NULL);
 }
 
+/* A Claim of `id` on the lease the caller holds (lease_id, lease_token). */
+static ferry_status_t do_claim_on(const char *id, int64_t lease_id, const char *lease_token,
+                                  Ferry__V1__ClaimResponse **resp_p, rpc_error_t *err)
+{
+    Ferry__V1__ClaimRequest req = FERRY__V1__CLAIM_REQUEST__INIT;
+    req.request_id = (char *)id;
+    req.access_token = TOKEN;
+    req.claimant = "writer";
+    req.kind = KIND_WRITE;
+    req.lease_id = lease_id;
+    req.lease_token = (char *)lease_token;
+    return test_coord_call(chan, "Claim", &req.base, &ferry__v1__claim_response__descriptor,
+                           (ProtobufCMessage **)resp_p, err);
+}
+
+/* Complete of the claim `claim_id` on `claim`'s lease (do_complete's, with
+ * the claim's identity). */
+static ferry_status_t do_complete_claim(const char *id, const Ferry__V1__ClaimResponse *claim,
+                                        uint64_t claim_id, rpc_error_t *err)
+{
+    Ferry__V1__CompleteRequest req = FERRY__V1__COMPLETE_REQUEST__INIT;
+    Ferry__V1__CompleteResponse *resp = NULL;
+    ferry_status_t status;
+
+    req.request_id = (char *)id;
+    req.access_token = TOKEN;
+    req.claim_lease_id = claim->claim_lease_id;
+    req.lease_token = claim->lease_token;
+    req.claim_id = claim_id;
+    status = test_coord_call(chan, "Complete", &req.base, &ferry__v1__complete_response__descriptor,
+                             (ProtobufCMessage **)&resp, err);
+    if (resp != NULL) {
+        assert_int_equal(resp->operation->claim_id, 0); /* only ClaimResponse shows it */
+        ferry__v1__complete_response__free_unpacked(resp, NULL);
+    }
+    return status;
+}
+
+/* A Complete sent again (a retry after a lost answer) once its claim has
+ * ended, the record been released and registered again, and the ID claimed
+ * anew on the same lease (libferry puts every claim of a process on its one
+ * session lease): the lease alone matched, and the stale Complete ended the
+ * new claim COMPLETE before a byte moved. Now the claim's identity must
+ * match: FAILED_PRECONDITION, the new claim stays CLAIMED and completes
+ * with its own. Without claim_id (older clients) it is not checked. */
+static void test_stale_complete_does_not_end_a_later_claim(void **state)
+{
+    Ferry__V1__ClaimResponse *first = NULL, *second = NULL;
+    rpc_error_t err;
+    (void)state;
+
+    ferry__v1__register_response__free_unpacked(
+        do_register("again-1", TOKEN, KIND_WRITE, FERRY_OK, NULL), NULL);
+    assert_int_equal(do_claim("again-1", TOKEN, KIND_WRITE, &first, &err), FERRY_OK);
+    assert_true(first->claim_id != 0);
+    assert_int_equal(first->operation->claim_id, 0);
+    assert_int_equal(do_complete_claim("again-1", first, first->claim_id, &err), FERRY_OK);
+    assert_int_equal(do_release("again-1", TOKEN, &err), FERRY_OK);
+
+    ferry__v1__register_response__free_unpacked(
+        do_register("again-1", TOKEN, KIND_WRITE, FERRY_OK, NULL), NULL);
+    assert_int_equal(
+        do_claim_on("again-1", first->claim_lease_id, first->lease_token, &second, &err), FERRY_OK);
+    assert_int_equal(second->claim_lease_id, first->claim_lease_id);
+    assert_true(second->claim_id != 0 && second->claim_id != first->claim_id);
+
+    /* The first claim's Complete, again: refused, the new claim untouched. */
+    assert_int_equal(do_complete_claim("again-1", first, first->claim_id, &err),
+                     FERRY_ERR_FAILED_PRECONDITION);
+    assert_non_null(strstr(err.message, "claim_id"));
+    assert_int_equal(get_state("again-1", &err),
+                     FERRY__V1__OPERATION_STATE__OPERATION_STATE_CLAIMED);
+    assert_int_equal(do_complete_claim("again-1", second, second->claim_id, &err), FERRY_OK);
+    assert_int_equal(get_state("again-1", &err),
+                     FERRY__V1__OPERATION_STATE__OPERATION_STATE_COMPLETE);
+    /* Its own, again: idempotent. */
+    assert_int_equal(do_complete_claim("again-1", second, second->claim_id, &err), FERRY_OK);
+    assert_int_equal(do_release("again-1", TOKEN, &err), FERRY_OK);
+
+    /* claim_id 0: the lease alone is checked, as before. */
+    ferry__v1__register_response__free_unpacked(
+        do_register("again-1", TOKEN, KIND_WRITE, FERRY_OK, NULL), NULL);
+    ferry__v1__claim_response__free_unpacked(second, NULL);
+    assert_int_equal(
+        do_claim_on("again-1", first->claim_lease_id, first->lease_token, &second, &err), FERRY_OK);
+    assert_int_equal(do_complete_claim("again-1", second, 0, &err), FERRY_OK);
+    ferry__v1__claim_response__free_unpacked(second, NULL);
+    ferry__v1__claim_response__free_unpacked(first, NULL);
+}
+
 static void test_watch_needs_exactly_one_target(void **state)
 {
     Ferry__V1__WatchRequest req = FERRY__V1__WATCH_REQUEST__INIT;
@@ -1244,6 +1335,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_health_serving),
         cmocka_unit_test(test_register_lookup_claim_complete),
+        cmocka_unit_test(test_stale_complete_does_not_end_a_later_claim),
         cmocka_unit_test(test_lookup_served_from_view),
         cmocka_unit_test(test_complete_with_error),
         cmocka_unit_test(test_complete_refusals),

@@ -535,6 +535,11 @@ static void *write_one(void *arg)
     return NULL;
 }
 
+static int log_count(const char *needle);
+
+/* The coordinator's line for a Complete that did not name its claim. */
+#define NO_CLAIM_ID "Complete without claim_id"
+
 static void test_many_operations_between_two_workers(void **state)
 {
     events_t events = {.stream = watch(NULL, "many-")};
@@ -542,6 +547,7 @@ static void test_many_operations_between_two_workers(void **state)
     pthread_t threads[N_OPS];
     job_t jobs[N_OPS];
     char line[32];
+    int stale_guardless = log_count(NO_CLAIM_ID);
     (void)state;
 
     assert_true(hear(receiver.from, line, sizeof(line), 20000));
@@ -559,6 +565,9 @@ static void test_many_operations_between_two_workers(void **state)
     /* Each was COMPLETE at the coordinator, then left it in that state
      * (released by its owner, or at the latest with its owner's lease). */
     assert_int_equal(saw(&events, ST(COMPLETE), EV(PUT), N_OPS, 10000), N_OPS);
+    /* Each writer's Complete named its claim (claim_id), so that a retry of
+     * it could not end a later claim of the same ID on the session lease. */
+    assert_int_equal(log_count(NO_CLAIM_ID), stale_guardless);
     assert_int_equal(saw(&events, ST(COMPLETE), EV(DELETE), N_OPS, (TTL + 5) * 1000), N_OPS);
     /* Get reads the replica's view, which may apply a delete a moment after
      * its watchers were told: wait for it, with a deadline. */
