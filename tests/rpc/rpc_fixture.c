@@ -243,3 +243,22 @@ bool fixture_wait(fixture_t *f, bool (*pred)(const fixture_t *f), int timeout_ms
     pthread_mutex_unlock(&f->lock);
     return ok;
 }
+
+int fixture_setup(void **state)
+{
+    fixture_t *f = calloc(1, sizeof(*f));
+
+    if (f == NULL || fixture_start(f, 0) != 0) {
+        free(f);
+        return -1;
+    }
+    *state = f;
+    return 0;
+}
+
+int fixture_teardown(void **state)
+{
+    fixture_stop(*state);
+    free(*state);
+    return 0;
+}

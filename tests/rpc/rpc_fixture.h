@@ -56,6 +56,10 @@ typedef struct {
 int fixture_start(fixture_t *f, int calls_armed);
 /* Destroys the channel and the server (if not already shut down). */
 void fixture_stop(fixture_t *f);
+/* cmocka's setup and teardown: a fixture started (default calls armed) in
+ * *state; stopped and freed. */
+int fixture_setup(void **state);
+int fixture_teardown(void **state);
 
 /* Waits until pred(f) holds (checked under f->lock) or timeout_ms passes. */
 bool fixture_wait(fixture_t *f, bool (*pred)(const fixture_t *f), int timeout_ms);

@@ -31,23 +31,6 @@
 #define FAT_N      200 /* messages of FIXTURE_FAT_BYTES: about 200 KiB */
 #define WAIT_MS    10000
 
-static int setup(void **state)
-{
-    fixture_t *f = calloc(1, sizeof(*f));
-    if (f == NULL || fixture_start(f, 0) != 0) {
-        return -1;
-    }
-    *state = f;
-    return 0;
-}
-
-static int teardown(void **state)
-{
-    fixture_stop(*state);
-    free(*state);
-    return 0;
-}
-
 /* --- a raw HTTP/2 client that never reads ------------------------------- */
 
 /* Appends a frame header (RFC 7540 4.1) to out at *n. */
@@ -246,9 +229,10 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(
-            test_a_client_that_never_reads_is_cancelled_after_the_deadline, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_a_reader_gets_every_message_then_the_status, setup,
-                                        teardown),
+            test_a_client_that_never_reads_is_cancelled_after_the_deadline, fixture_setup,
+            fixture_teardown),
+        cmocka_unit_test_setup_teardown(test_a_reader_gets_every_message_then_the_status,
+                                        fixture_setup, fixture_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -19,23 +19,6 @@
 #define COORD      "ferry.v1.Coordinator"
 #define STATUS(x)  GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__##x
 
-static int setup(void **state)
-{
-    fixture_t *f = calloc(1, sizeof(*f));
-    if (f == NULL || fixture_start(f, 0) != 0) {
-        return -1;
-    }
-    *state = f;
-    return 0;
-}
-
-static int teardown(void **state)
-{
-    fixture_stop(*state);
-    free(*state);
-    return 0;
-}
-
 /* The status Check answers, or -grpc_code on failure. */
 static int check(fixture_t *f, const char *service)
 {
@@ -182,12 +165,16 @@ static void test_many_watchers_cancelled(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test_setup_teardown(test_check, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_check_not_found_message, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_watch_sees_changes, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_watch_unknown_service, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_watch_through_shutdown, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_many_watchers_cancelled, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_check, fixture_setup, fixture_teardown),
+        cmocka_unit_test_setup_teardown(test_check_not_found_message, fixture_setup,
+                                        fixture_teardown),
+        cmocka_unit_test_setup_teardown(test_watch_sees_changes, fixture_setup, fixture_teardown),
+        cmocka_unit_test_setup_teardown(test_watch_unknown_service, fixture_setup,
+                                        fixture_teardown),
+        cmocka_unit_test_setup_teardown(test_watch_through_shutdown, fixture_setup,
+                                        fixture_teardown),
+        cmocka_unit_test_setup_teardown(test_many_watchers_cancelled, fixture_setup,
+                                        fixture_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

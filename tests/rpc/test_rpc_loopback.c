@@ -22,23 +22,6 @@
 #define WATCH_PATH "/ferry.v1.Coordinator/Watch"
 #define WAIT_MS    10000
 
-static int setup(void **state)
-{
-    fixture_t *f = calloc(1, sizeof(*f));
-    if (f == NULL || fixture_start(f, 0) != 0) {
-        return -1;
-    }
-    *state = f;
-    return 0;
-}
-
-static int teardown(void **state)
-{
-    fixture_stop(*state);
-    free(*state);
-    return 0;
-}
-
 static ferry_status_t get(fixture_t *f, const char *id, int64_t timeout_ms,
                           Ferry__V1__GetResponse **resp_p, rpc_error_t *err)
 {
@@ -521,25 +504,29 @@ static void test_call_after_shutdown(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test_setup_teardown(test_unary_echo, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_unary_status_by_code, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_unary_metadata, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_channel_connect, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_unary_not_found, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_unary_reply_from_other_thread, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_unary_concurrent, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_stream_in_order, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_stream_many, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_stream_timeout_then_cancel, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_stream_metadata, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_stream_cancel_from_another_thread, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_deadline_exceeded, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_malformed_request, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_raw_roundtrip, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_unknown_method, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_oversized_request, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_shutdown_with_calls_in_flight, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_call_after_shutdown, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_unary_echo, fixture_setup, fixture_teardown),
+        cmocka_unit_test_setup_teardown(test_unary_status_by_code, fixture_setup, fixture_teardown),
+        cmocka_unit_test_setup_teardown(test_unary_metadata, fixture_setup, fixture_teardown),
+        cmocka_unit_test_setup_teardown(test_channel_connect, fixture_setup, fixture_teardown),
+        cmocka_unit_test_setup_teardown(test_unary_not_found, fixture_setup, fixture_teardown),
+        cmocka_unit_test_setup_teardown(test_unary_reply_from_other_thread, fixture_setup,
+                                        fixture_teardown),
+        cmocka_unit_test_setup_teardown(test_unary_concurrent, fixture_setup, fixture_teardown),
+        cmocka_unit_test_setup_teardown(test_stream_in_order, fixture_setup, fixture_teardown),
+        cmocka_unit_test_setup_teardown(test_stream_many, fixture_setup, fixture_teardown),
+        cmocka_unit_test_setup_teardown(test_stream_timeout_then_cancel, fixture_setup,
+                                        fixture_teardown),
+        cmocka_unit_test_setup_teardown(test_stream_metadata, fixture_setup, fixture_teardown),
+        cmocka_unit_test_setup_teardown(test_stream_cancel_from_another_thread, fixture_setup,
+                                        fixture_teardown),
+        cmocka_unit_test_setup_teardown(test_deadline_exceeded, fixture_setup, fixture_teardown),
+        cmocka_unit_test_setup_teardown(test_malformed_request, fixture_setup, fixture_teardown),
+        cmocka_unit_test_setup_teardown(test_raw_roundtrip, fixture_setup, fixture_teardown),
+        cmocka_unit_test_setup_teardown(test_unknown_method, fixture_setup, fixture_teardown),
+        cmocka_unit_test_setup_teardown(test_oversized_request, fixture_setup, fixture_teardown),
+        cmocka_unit_test_setup_teardown(test_shutdown_with_calls_in_flight, fixture_setup,
+                                        fixture_teardown),
+        cmocka_unit_test_setup_teardown(test_call_after_shutdown, fixture_setup, fixture_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
