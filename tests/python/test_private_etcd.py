@@ -250,6 +250,15 @@ class PrivateEtcd(unittest.TestCase):
         self.assertIn(path, out)
         self.assertIn("no one else may read", out)
 
+    def test_a_password_file_too_short_is_refused(self):
+        path = os.path.join(self.state, "etcd-password")
+        with open(path, "w") as f:
+            f.write("short\n")
+        os.chmod(path, 0o600)
+        out = self.refused()
+        self.assertIn(path, out)
+        self.assertIn("at least 16 characters", out)
+
     def test_a_password_etcd_refuses_stops_the_start(self):
         p, _ = self.serving()
         self.stop(p)
