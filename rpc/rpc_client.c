@@ -79,8 +79,10 @@ ferry_status_t rpc_channel_create(const rpc_channel_params_t *params, rpc_channe
         free(channel);
         return FERRY_ERR_NO_MEMORY;
     }
+    grpc_init(); /* before the credentials: a TLS one starts gRPC's file watcher */
     status = rpc__channel_credentials(params->tls, &creds);
     if (status != FERRY_OK) {
+        grpc_shutdown();
         goto err_free;
     }
     args[0].type = GRPC_ARG_INTEGER;
@@ -102,7 +104,6 @@ ferry_status_t rpc_channel_create(const rpc_channel_params_t *params, rpc_channe
         args[4].value.string = (char *)params->tls->server_name;
         channel_args.num_args = 5;
     }
-    grpc_init();
     channel->channel = grpc_channel_create(params->target, creds, &channel_args);
     grpc_channel_credentials_release(creds);
     *channel_p = channel;

@@ -136,6 +136,10 @@ size_t rpc__utf8_invalid_at(const uint8_t *s, size_t len);
 
 /* --- credentials (rpc_tls.c) --------------------------------------------- */
 
+/* How often a client channel's TLS files are looked at again, in seconds
+ * (FERRY_TLS_REFRESH_S overrides, 1..RPC_TLS_REFRESH_MAX_S). */
+enum { RPC_TLS_REFRESH_S = 60, RPC_TLS_REFRESH_MAX_S = 86400 };
+
 /* A TLS server's credentials read their files again when any of them
  * changed (rpc_tls.c): *reload_p is what they read with, to free with
  * rpc__tls_reload_free once the gRPC server is destroyed (NULL for

@@ -3,7 +3,8 @@
  * into memory here; gRPC copies what it keeps, so the buffers are freed
  * before returning. A NULL params pointer means plaintext. A server's
  * files are read again when they change (rpc_tls_reload_t, below); a
- * client's are read when its channel is made.
+ * client's by gRPC's file watcher, every FERRY_TLS_REFRESH_S seconds (60),
+ * so a channel takes renewed ones at its next handshake.
  *
  * Threads: any; a server's reload state is guarded by its own lock (gRPC
  * fetches from its handshake threads).
@@ -270,10 +271,32 @@ ferry_status_t rpc__server_credentials(const rpc_tls_params_t *tls,
     return FERRY_OK;
 }
 
+/* How often a client's files are looked at again: FERRY_TLS_REFRESH_S when
+ * it is a whole number of seconds in 1..RPC_TLS_REFRESH_MAX_S, else
+ * RPC_TLS_REFRESH_S (warned when set). */
+static unsigned tls_refresh_s(void)
+{
+    const char *env = getenv("FERRY_TLS_REFRESH_S");
+    char *end;
+    long v;
+
+    if (env == NULL || env[0] == '\0') {
+        return RPC_TLS_REFRESH_S;
+    }
+    v = strtol(env, &end, 10);
+    if (env[0] < '0' || env[0] > '9' || *end != '\0' || v < 1 || v > RPC_TLS_REFRESH_MAX_S) {
+        ferry_warn("rpc: FERRY_TLS_REFRESH_S=%s is not 1..%d s; using %d", env,
+                   RPC_TLS_REFRESH_MAX_S, RPC_TLS_REFRESH_S);
+        return RPC_TLS_REFRESH_S;
+    }
+    return (unsigned)v;
+}
+
 ferry_status_t rpc__channel_credentials(const rpc_tls_params_t *tls,
                                         grpc_channel_credentials **creds_p)
 {
-    grpc_ssl_pem_key_cert_pair pair;
+    grpc_tls_certificate_provider *provider;
+    grpc_tls_credentials_options *options;
     char *ca = NULL, *cert = NULL, *key = NULL;
     ferry_status_t status;
 
@@ -281,24 +304,46 @@ ferry_status_t rpc__channel_credentials(const rpc_tls_params_t *tls,
         *creds_p = grpc_insecure_credentials_create();
         return FERRY_OK;
     }
+    /* Read once here, so that a file that cannot be read fails now, named;
+     * gRPC's watcher reads them again, then every tls_refresh_s(). */
     status = read_pair(tls, &cert, &key);
-    if (status != FERRY_OK) {
-        return status;
+    if (status == FERRY_OK) {
+        status = read_pem(tls->ca_file, &ca);
     }
-    status = read_pem(tls->ca_file, &ca);
-    if (status != FERRY_OK) {
-        goto out;
-    }
-    pair.private_key = key;
-    pair.cert_chain = cert;
-    *creds_p = grpc_ssl_credentials_create(ca, cert != NULL ? &pair : NULL, NULL, NULL);
-    if (*creds_p == NULL) {
-        ferry_error("rpc: gRPC refused the client tls settings");
-        status = FERRY_ERR_INVALID_ARGUMENT;
-    }
-out:
     free(ca);
     free(cert);
     free(key);
-    return status;
+    if (status != FERRY_OK) {
+        return status;
+    }
+    /* A renewed certificate, key or CA (a Secret's update, cert-manager) is
+     * taken by the next handshake after the watcher saw it; one that cannot
+     * be used leaves the previous ones in use (gRPC logs it). The server's
+     * certificate is checked against the CA and the target's (or
+     * server_name's) host name: the default verifier. */
+    provider = grpc_tls_certificate_provider_file_watcher_create(tls->key_file, tls->cert_file,
+                                                                 tls->ca_file, tls_refresh_s());
+    options = provider != NULL ? grpc_tls_credentials_options_create() : NULL;
+    if (options == NULL) {
+        if (provider != NULL) {
+            grpc_tls_certificate_provider_release(provider);
+        }
+        ferry_error("rpc: gRPC refused the client tls settings");
+        return FERRY_ERR_INVALID_ARGUMENT;
+    }
+    grpc_tls_credentials_options_set_certificate_provider(options, provider);
+    grpc_tls_certificate_provider_release(provider); /* options hold their own */
+    if (tls->ca_file != NULL) {
+        grpc_tls_credentials_options_watch_root_certs(options); /* else the system's */
+    }
+    if (tls->cert_file != NULL) {
+        grpc_tls_credentials_options_watch_identity_key_cert_pairs(options);
+    }
+    grpc_tls_credentials_options_set_verify_server_cert(options, 1);
+    *creds_p = grpc_tls_credentials_create(options); /* takes the options */
+    if (*creds_p == NULL) {
+        ferry_error("rpc: gRPC refused the client tls settings");
+        return FERRY_ERR_INVALID_ARGUMENT;
+    }
+    return FERRY_OK;
 }

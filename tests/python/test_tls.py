@@ -7,7 +7,11 @@ Renewed certificates: a coordinator whose certificate files are replaced
 (as a Kubernetes Secret's update, or cert-manager's renewal, replaces them)
 serves the new ones to the next connection without a restart, and takes
 client certificates of the new CA; files that cannot be used keep the
-previous ones.
+previous ones. A client (here libferry's, through the Python package;
+the coordinator's etcd channel is the same code) takes its renewed
+certificate and CA at its next handshake too (gRPC's file watcher, every
+FERRY_TLS_REFRESH_S seconds): before, it kept the files read when its
+channel was made until it was restarted.
 """
 import os
 import shutil
@@ -174,6 +178,79 @@ class Renewal(unittest.TestCase):
         self.assertEqual(self.answer(self.new), grpc.StatusCode.NOT_FOUND)
         self.assertEqual(self.answer(self.old), grpc.StatusCode.UNAVAILABLE)
 
+    def test_a_client_takes_its_renewed_certificate_without_a_restart(self):
+        """A libferry client (ferry.Coordinator, one channel for its life)
+        publishes through this coordinator; then the CA changes: the
+        client's files are renewed (the new CA's), and the coordinator is
+        restarted on the same port knowing only the new CA. The client's
+        next publishes go through once it has read its renewed files (gRPC's
+        file watcher, FERRY_TLS_REFRESH_S=1 here); before, its channel kept
+        the files read when it was made and was refused until restarted."""
+        env = dict(os.environ, FERRY_TLS_REFRESH_S="1")
+        if subprocess.run([sys.executable, "-c", "import ferry"], env=env,
+                          capture_output=True).returncode != 0:
+            self.skipTest("the Python package ferry is not built (PYTHONPATH)")
+        client = os.path.join(self.tmp, "client")
+        os.makedirs(client)
+
+        def install_client(certs):
+            for name in ("client.pem", "client.key", "ca.pem"):
+                shutil.copy(os.path.join(certs, name), os.path.join(client, name + ".tmp"))
+                os.rename(os.path.join(client, name + ".tmp"), os.path.join(client, name))
+
+        install_client(self.old)
+        script = (
+            "import sys, ferry\n"
+            "conn = ferry.Connector('renew')\n"
+            f"coord = ferry.Coordinator({self.coord.target!r}, timeout=3, tls=dict(\n"
+            f"    ca_file={os.path.join(client, 'ca.pem')!r},\n"
+            f"    cert_file={os.path.join(client, 'client.pem')!r},\n"
+            f"    key_file={os.path.join(client, 'client.key')!r}, server_name='ferry.test'))\n"
+            "for line in sys.stdin:\n"
+            "    buf = bytearray(64)\n"
+            "    try:\n"
+            "        with conn.create_writable([ferry.Descriptor(buf)]) as op:\n"
+            f"            op.publish(coord, line.strip(), {TOKEN!r})\n"
+            "        print('ok', flush=True)\n"
+            "    except Exception as e:\n"
+            "        print('err', type(e).__name__, e, flush=True)\n")
+        proc = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env=env)
+        answers = []
+
+        def publish():
+            proc.stdin.write(f"rn-{os.urandom(4).hex()}\n")
+            proc.stdin.flush()
+            answers.append(proc.stdout.readline().strip())
+            return answers[-1] == "ok"
+
+        try:
+            self.assertTrue(publish(), answers)
+            install_client(self.new)
+            port = self.coord.port
+            self.assertEqual(self.coord.stop(), 0)
+            live2 = os.path.join(self.tmp, "live2")
+            os.makedirs(live2)
+            for name in ("server.pem", "server.key", "ca.pem"):
+                shutil.copy(os.path.join(self.new, name), os.path.join(live2, name))
+            again = ferry_harness.Coordinator(
+                self.tmp, CLUSTER.etcd.endpoint, name="renew-again",
+                extra=("--listen", f"127.0.0.1:{port}",
+                       "--tls-cert", os.path.join(live2, "server.pem"),
+                       "--tls-key", os.path.join(live2, "server.key"),
+                       "--tls-ca", os.path.join(live2, "ca.pem")))
+            again.start()
+            self.addCleanup(again.stop)
+            ferry_harness.wait_until(publish, 60, "a publish with the renewed certificate")
+        finally:
+            proc.stdin.close()
+            err = proc.stderr.read()
+            rc = proc.wait(30)
+            proc.stdout.close()
+            proc.stderr.close()
+        self.assertEqual(rc, 0, err)
+        self.assertEqual(answers[-1], "ok", answers[-5:])
 
 if __name__ == "__main__":
     unittest.main(verbosity=2)

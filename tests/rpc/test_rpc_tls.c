@@ -20,6 +20,7 @@
 
 static char dir[64];
 static char ca[128], server_cert[128], server_key[128], client_cert[128], client_key[128];
+static char other_ca[128]; /* another throwaway CA's (make_certs.sh run again) */
 
 static int make_certs(void **state)
 {
@@ -37,6 +38,12 @@ static int make_certs(void **state)
     snprintf(server_key, sizeof(server_key), "%s/server.key", dir);
     snprintf(client_cert, sizeof(client_cert), "%s/client.pem", dir);
     snprintf(client_key, sizeof(client_key), "%s/client.key", dir);
+    if (system(cmd) != 0) {
+        return -1;
+    }
+    snprintf(cmd, sizeof(cmd), "mkdir '%s/other' && '%s/tests/rpc/make_certs.sh' '%s/other'", dir,
+             src, dir);
+    snprintf(other_ca, sizeof(other_ca), "%s/other/ca.pem", dir);
     return system(cmd) == 0 ? 0 : -1;
 }
 
@@ -93,16 +100,21 @@ static void test_mutual_tls(void **state)
                              .key_file = client_key,
                              .server_name = "ferry.test"};
     rpc_tls_params_t no_cert = {.ca_file = ca, .server_name = "ferry.test"};
-    rpc_tls_params_t wrong_name = full;
+    rpc_tls_params_t wrong_name = full, no_name = full, stranger_ca = full;
     int port;
     rpc_server_t *server = start_server(true, &port);
 
     (void)state;
     wrong_name.server_name = "not.ferry.test";
+    no_name.server_name = NULL; /* the target, 127.0.0.1: not in the certificate */
+    stranger_ca.ca_file = other_ca;
     assert_int_equal(check(port, &full), 0);
     assert_int_not_equal(check(port, &no_cert), 0);
     assert_int_not_equal(check(port, NULL), 0);
+    /* The client checks the server: its CA, and its name. */
     assert_int_not_equal(check(port, &wrong_name), 0);
+    assert_int_not_equal(check(port, &no_name), 0);
+    assert_int_not_equal(check(port, &stranger_ca), 0);
     rpc_server_destroy(server);
 }
 
