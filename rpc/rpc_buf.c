@@ -1,15 +1,18 @@
 /*
  * rpc_buf.c: small conversions between gRPC's types and Ferry's: protobuf
  * messages to and from byte buffers, timeouts to deadlines, slices to
- * strings.
+ * strings, and numbers from the environment.
  *
  * Threads: pure functions.
  */
 #include "rpc/rpc_int.h"
 
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include "common/log.h"
 
 grpc_byte_buffer *rpc__pack(const ProtobufCMessage *msg)
 {
@@ -156,4 +159,22 @@ void rpc__slice_to_str(grpc_slice slice, char *out, size_t cap)
     }
     memcpy(out, GRPC_SLICE_START_PTR(slice), len);
     out[len] = '\0';
+}
+
+long rpc__env_long(const char *name, long min, long max, long dflt, const char *unit)
+{
+    const char *env = getenv(name);
+    char *end;
+    long v;
+
+    if (env == NULL || env[0] == '\0') {
+        return dflt;
+    }
+    errno = 0;
+    v = strtol(env, &end, 10);
+    if (env[0] < '0' || env[0] > '9' || *end != '\0' || errno != 0 || v < min || v > max) {
+        ferry_warn("rpc: %s=%s is not %ld..%ld %s; using %ld", name, env, min, max, unit, dflt);
+        return dflt;
+    }
+    return v;
 }

@@ -34,21 +34,8 @@
 
 int rpc__keepalive_ms(void)
 {
-    const char *env = getenv("FERRY_RPC_KEEPALIVE_MS");
-    char *end;
-    long v;
-
-    if (env == NULL || env[0] == '\0') {
-        return RPC_KEEPALIVE_MS;
-    }
-    v = strtol(env, &end, 10); /* digits only: no sign, space or base */
-    if (env[0] < '0' || env[0] > '9' || *end != '\0' || v < RPC_KEEPALIVE_MIN_MS ||
-        v > RPC_KEEPALIVE_MS * 100) {
-        ferry_warn("rpc: FERRY_RPC_KEEPALIVE_MS=%s is not %d..%d ms; using %d", env,
-                   RPC_KEEPALIVE_MIN_MS, RPC_KEEPALIVE_MS * 100, RPC_KEEPALIVE_MS);
-        return RPC_KEEPALIVE_MS;
-    }
-    return (int)v;
+    return (int)rpc__env_long("FERRY_RPC_KEEPALIVE_MS", RPC_KEEPALIVE_MIN_MS,
+                              RPC_KEEPALIVE_MS * 100L, RPC_KEEPALIVE_MS, "ms");
 }
 
 /* rpc_channel_connect on a channel whose last attempt failed: how long the

@@ -66,6 +66,11 @@ void rpc__method_table_clear(rpc_method_table_t *table);
 
 /* --- byte buffers, deadlines, files (rpc_buf.c) -------------------------- */
 
+/* The environment variable `name` when it is a whole number in min..max
+ * (digits only: no sign, space or base), else dflt: unset or empty
+ * silently, anything else with a warning naming it, its value and `unit`. */
+long rpc__env_long(const char *name, long min, long max, long dflt, const char *unit);
+
 /* NULL on allocation failure. */
 grpc_byte_buffer *rpc__pack(const ProtobufCMessage *msg);
 grpc_byte_buffer *rpc__pack_raw(const void *data, size_t len);
@@ -139,6 +144,7 @@ size_t rpc__utf8_invalid_at(const uint8_t *s, size_t len);
 /* How often a client channel's TLS files are looked at again, in seconds
  * (FERRY_TLS_REFRESH_S overrides, 1..RPC_TLS_REFRESH_MAX_S). */
 enum { RPC_TLS_REFRESH_S = 60, RPC_TLS_REFRESH_MAX_S = 86400 };
+unsigned rpc__tls_refresh_s(void);
 
 /* A TLS server's credentials read their files again when any of them
  * changed (rpc_tls.c): *reload_p is what they read with, to free with

@@ -271,27 +271,6 @@ ferry_status_t rpc__server_credentials(const rpc_tls_params_t *tls,
     return FERRY_OK;
 }
 
-/* How often a client's files are looked at again: FERRY_TLS_REFRESH_S when
- * it is a whole number of seconds in 1..RPC_TLS_REFRESH_MAX_S, else
- * RPC_TLS_REFRESH_S (warned when set). */
-static unsigned tls_refresh_s(void)
-{
-    const char *env = getenv("FERRY_TLS_REFRESH_S");
-    char *end;
-    long v;
-
-    if (env == NULL || env[0] == '\0') {
-        return RPC_TLS_REFRESH_S;
-    }
-    v = strtol(env, &end, 10);
-    if (env[0] < '0' || env[0] > '9' || *end != '\0' || v < 1 || v > RPC_TLS_REFRESH_MAX_S) {
-        ferry_warn("rpc: FERRY_TLS_REFRESH_S=%s is not 1..%d s; using %d", env,
-                   RPC_TLS_REFRESH_MAX_S, RPC_TLS_REFRESH_S);
-        return RPC_TLS_REFRESH_S;
-    }
-    return (unsigned)v;
-}
-
 ferry_status_t rpc__channel_credentials(const rpc_tls_params_t *tls,
                                         grpc_channel_credentials **creds_p)
 {
@@ -305,7 +284,7 @@ ferry_status_t rpc__channel_credentials(const rpc_tls_params_t *tls,
         return FERRY_OK;
     }
     /* Read once here, so that a file that cannot be read fails now, named;
-     * gRPC's watcher reads them again, then every tls_refresh_s(). */
+     * gRPC's watcher reads them again, then every rpc__tls_refresh_s(). */
     status = read_pair(tls, &cert, &key);
     if (status == FERRY_OK) {
         status = read_pem(tls->ca_file, &ca);
@@ -321,8 +300,8 @@ ferry_status_t rpc__channel_credentials(const rpc_tls_params_t *tls,
      * be used leaves the previous ones in use (gRPC logs it). The server's
      * certificate is checked against the CA and the target's (or
      * server_name's) host name: the default verifier. */
-    provider = grpc_tls_certificate_provider_file_watcher_create(tls->key_file, tls->cert_file,
-                                                                 tls->ca_file, tls_refresh_s());
+    provider = grpc_tls_certificate_provider_file_watcher_create(
+        tls->key_file, tls->cert_file, tls->ca_file, rpc__tls_refresh_s());
     options = provider != NULL ? grpc_tls_credentials_options_create() : NULL;
     if (options == NULL) {
         if (provider != NULL) {
@@ -346,4 +325,10 @@ ferry_status_t rpc__channel_credentials(const rpc_tls_params_t *tls,
         return FERRY_ERR_INVALID_ARGUMENT;
     }
     return FERRY_OK;
+}
+
+unsigned rpc__tls_refresh_s(void)
+{
+    return (unsigned)rpc__env_long("FERRY_TLS_REFRESH_S", 1, RPC_TLS_REFRESH_MAX_S,
+                                   RPC_TLS_REFRESH_S, "s");
 }
