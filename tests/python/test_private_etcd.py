@@ -241,30 +241,40 @@ class PrivateEtcd(unittest.TestCase):
         p, _ = self.serving()
         self.stop(p)
 
-    def test_a_password_file_others_may_read_is_refused(self):
+    def write_password(self, text, mode=0o600):
+        """Writes the state directory's password file; its path."""
         path = os.path.join(self.state, "etcd-password")
         with open(path, "w") as f:
-            f.write("0123456789abcdef0123456789abcdef\n")
-        os.chmod(path, 0o644)
+            f.write(text)
+        os.chmod(path, mode)
+        return path
+
+    def test_a_password_file_others_may_read_is_refused(self):
+        path = self.write_password("0123456789abcdef0123456789abcdef\n", 0o644)
         out = self.refused()
         self.assertIn(path, out)
         self.assertIn("no one else may read", out)
 
     def test_a_password_file_too_short_is_refused(self):
-        path = os.path.join(self.state, "etcd-password")
-        with open(path, "w") as f:
-            f.write("short\n")
-        os.chmod(path, 0o600)
+        path = self.write_password("short\n")
         out = self.refused()
         self.assertIn(path, out)
         self.assertIn("at least 16 characters", out)
 
+    def test_a_password_file_that_is_a_link_is_refused(self):
+        target = os.path.join(self.tmp, "elsewhere")
+        with open(target, "w") as f:
+            f.write("0123456789abcdef0123456789abcdef\n")
+        os.chmod(target, 0o600)
+        os.symlink(target, os.path.join(self.state, "etcd-password"))
+        out = self.refused()
+        self.assertIn("etcd-password", out)
+        self.assertIn("a link: refused", out)
+
     def test_a_password_etcd_refuses_stops_the_start(self):
         p, _ = self.serving()
         self.stop(p)
-        path = os.path.join(self.state, "etcd-password")
-        with open(path, "w") as f:
-            f.write("another-password-0123456789\n")
+        path = self.write_password("another-password-0123456789\n")
         os.remove(self.port_file)
         p = coordinator(self.state, self.port_file)
         out, _ = p.communicate(timeout=60)
