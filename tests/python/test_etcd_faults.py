@@ -291,9 +291,16 @@ class Load:
                         self.acked[rid] = {self.pb.OPERATION_STATE_CLAIMED}
                     elif code not in REFUSALS:
                         # UNAVAILABLE, DEADLINE_EXCEEDED, a replica killed
-                        # mid-call: it may or may not have been applied.
+                        # mid-call: it may or may not have been applied. If
+                        # it was, late (a quorum that came back commits the
+                        # transaction after the coordinator gave up on it),
+                        # the coordinator has revoked the claim's lease it
+                        # made, so the claim ended ERRORED: what the README
+                        # promises for an unanswered claim ("still open or
+                        # ERRORED"), as libferry's abandon also makes it.
                         self.acked[rid] = {self.pb.OPERATION_STATE_REGISTERED,
-                                           self.pb.OPERATION_STATE_CLAIMED}
+                                           self.pb.OPERATION_STATE_CLAIMED,
+                                           self.pb.OPERATION_STATE_ERRORED}
                     if not ok:
                         self.claim_failures.append((rid, code))
             time.sleep(rnd.uniform(0.005, 0.02))
