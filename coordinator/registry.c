@@ -39,6 +39,18 @@ ferry_status_t registry_fail(ferry_status_t status, char *msg, size_t cap, const
  * warn; everything else is first seen here. */
 ferry_status_t registry_etcd_fail(ferry_status_t status, char *msg, size_t cap, const char *what)
 {
+    if (status == FERRY_ERR_PERMISSION_DENIED || status == FERRY_ERR_UNAUTHENTICATED) {
+        /* etcd refused the coordinator's own user, role or certificate: not
+         * the client's token, so not the client's status (it would give up
+         * on a record it may use). UNAVAILABLE, as for any etcd the
+         * coordinator cannot use; the operator fixes it from the log. */
+        ferry_error("registry: etcd %s refused the coordinator's credentials: %s (%s)", what,
+                    ferry_status_string(status), etcd_client_last_error());
+        return registry_fail(FERRY_ERR_UNAVAILABLE, msg, cap,
+                             "etcd %s failed: etcd refused this coordinator's credentials (see "
+                             "its log); retry",
+                             what);
+    }
     if (status != FERRY_ERR_UNAVAILABLE) {
         ferry_warn("registry: etcd %s failed: %s (%s)", what, ferry_status_string(status),
                    etcd_client_last_error());

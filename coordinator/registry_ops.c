@@ -63,6 +63,17 @@ typedef struct {
     char token[COORD_LEASE_TOKEN_LEN + 1];
 } lease_t;
 
+/* The caller's own lease, its token already checked (registry_lease_check
+ * proved it equal to the one this replica would compute: it is echoed
+ * instead of a second HMAC; OpenSSL 3's one-shot HMAC fetches its algorithm
+ * on every call). */
+static void own_lease(int64_t lease_id, const char *lease_token, lease_t *lease)
+{
+    lease->id = lease_id;
+    lease->ttl_s = 0;
+    snprintf(lease->token, sizeof(lease->token), "%s", lease_token);
+}
+
 /* The lease a new record or claim goes on: the caller's own (lease_id != 0,
  * shown with its token; no etcd write) or a new one of ttl_s (0: the
  * default). The lease key is loaded before a grant, so that no lease is
@@ -74,16 +85,10 @@ static ferry_status_t lease_for(coord_registry_t *r, int64_t lease_id, const cha
 
     if (lease_id != 0) {
         status = registry_lease_check(r, "lease_id", lease_id, lease_token, msg, cap);
-        if (status != FERRY_OK) {
-            return status;
+        if (status == FERRY_OK) {
+            own_lease(lease_id, lease_token, lease);
         }
-        lease->id = lease_id;
-        lease->ttl_s = 0;
-        /* The check just proved the caller's token equal to the one this
-         * replica would compute: echo it instead of a second HMAC (OpenSSL
-         * 3's one-shot HMAC fetches its algorithm on every call). */
-        snprintf(lease->token, sizeof(lease->token), "%s", lease_token);
-        return FERRY_OK;
+        return status;
     }
     status = registry_lease_ready(r, msg, cap);
     if (status != FERRY_OK) {
@@ -268,6 +273,7 @@ typedef struct {
     coord_record_t data; /* the record; its metadata as stored */
     int64_t mod_revision;
     int64_t revision; /* the revision the answer reflects */
+    bool from_view;   /* read from this replica's view, which may lag etcd */
 } record_t;
 
 /* The message for a record that did not decode. */
@@ -299,6 +305,7 @@ static ferry_status_t read_view(coord_registry_t *r, const char *id, record_t *r
 
     if (e != NULL) {
         status = registry_record_decode(e->bytes, e->len, &rec->data);
+        rec->from_view = true;
         rec->mod_revision = e->mod_revision;
         rec->revision = r->revision > e->mod_revision ? r->revision : e->mod_revision;
     }
@@ -338,6 +345,7 @@ static ferry_status_t read_record(coord_registry_t *r, const char *id, bool from
                              id);
     }
     status = registry_record_decode(range.kvs[0].value, range.kvs[0].value_len, &rec->data);
+    rec->from_view = false;
     rec->mod_revision = range.kvs[0].mod_revision;
     rec->revision = range.revision;
     etcd_range_free(&range);
@@ -469,8 +477,26 @@ static ferry_status_t write_transition(coord_registry_t *r, const record_t *rec,
     return FERRY_OK;
 }
 
+/* Whether a write may answer from what it read without writing: a refusal,
+ * or nothing to change. Only from etcd: the view may lag a change another
+ * replica made (a Claim there, then a Complete here), and a write must
+ * reflect every change acknowledged before it. A view that said yes costs
+ * nothing (the write's compare on mod_revision catches a stale one); a view
+ * that said no costs one etcd read. Frees the record when the answer must
+ * wait for that read. */
+static bool answer_stands(record_t *rec, const char *id, const char *what)
+{
+    if (!rec->from_view) {
+        return true;
+    }
+    ferry_debug("op %s: %s decided on the view; checking etcd", id, what);
+    coord_record_free(&rec->data);
+    return false;
+}
+
 /* The one function every state change goes through: read, check, write on
- * mod_revision, retry on conflict with a fresh read from etcd. */
+ * mod_revision, retry with a fresh read from etcd on conflict, or when the
+ * view's copy refused the change or left nothing to do (answer_stands). */
 static ferry_status_t registry_transition(coord_registry_t *r, const char *id, transition_t *t,
                                           coord_change_out_t *out, char *msg, size_t cap)
 {
@@ -484,13 +510,21 @@ static ferry_status_t registry_transition(coord_registry_t *r, const char *id, t
         if (status != FERRY_OK) {
             return status;
         }
-        if (t->token != NULL && !token_matches(rec.data.op, t->token)) {
-            coord_record_free(&rec.data);
-            return registry_fail(FERRY_ERR_PERMISSION_DENIED, msg, cap,
-                                 "access_token does not grant access to request_id '%s'", id);
-        }
         from = rec.data.op->state;
-        rc = t->apply(t, rec.data.op, msg, cap);
+        if (t->token != NULL && !token_matches(rec.data.op, t->token)) {
+            rc = registry_fail(FERRY_ERR_PERMISSION_DENIED, msg, cap,
+                               "access_token does not grant access to request_id '%s'", id);
+        } else {
+            rc = t->apply(t, rec.data.op, msg, cap);
+        }
+        if (rc == FERRY_OK && !ferry__op_state_can_move(from, rec.data.op->state)) {
+            rc = registry_fail(
+                FERRY_ERR_FAILED_PRECONDITION, msg, cap, "request_id '%s' cannot go from %s to %s",
+                id, ferry__op_state_name(from), ferry__op_state_name(rec.data.op->state));
+        }
+        if (rc != FERRY_OK && !answer_stands(&rec, id, t->what)) {
+            continue;
+        }
         if (rc == COORD_UNCHANGED) {
             out->rec = rec.data;
             out->revision = rec.revision;
@@ -499,12 +533,6 @@ static ferry_status_t registry_transition(coord_registry_t *r, const char *id, t
         if (rc != FERRY_OK) {
             coord_record_free(&rec.data);
             return (ferry_status_t)rc;
-        }
-        if (!ferry__op_state_can_move(from, rec.data.op->state)) {
-            coord_record_free(&rec.data);
-            return registry_fail(
-                FERRY_ERR_FAILED_PRECONDITION, msg, cap, "request_id '%s' cannot go from %s to %s",
-                id, ferry__op_state_name(from), ferry__op_state_name(rec.data.op->state));
         }
         rec.data.op->updated_unix_ms = registry_now_ms();
         status = write_transition(r, &rec, t, &out->revision, &won, msg, cap);
@@ -583,26 +611,33 @@ static int apply_claim(transition_t *t, Ferry__V1__Operation *op, char *msg, siz
 
 /* What Claim checks before it grants a lease: the access token, then kind
  * and state, on the record as read now (the transition checks them again on
- * the record it writes). A refused Claim so costs no etcd write. */
+ * the record it writes). A refused Claim so costs no etcd write; a refusal
+ * read from the view is read again from etcd (answer_stands). */
 static ferry_status_t claim_precheck(coord_registry_t *r, const Ferry__V1__ClaimRequest *req,
                                      char *msg, size_t cap)
 {
     transition_t t = {.what = "claim", .apply = apply_claim, .arg = (void *)req};
-    record_t rec;
-    ferry_status_t status = read_record(r, req->request_id, false, &rec, msg, cap);
 
-    if (status != FERRY_OK) {
-        return status;
+    for (int attempt = 0; attempt < 2; attempt++) {
+        record_t rec;
+        ferry_status_t status = read_record(r, req->request_id, attempt > 0, &rec, msg, cap);
+
+        if (status != FERRY_OK) {
+            return status;
+        }
+        if (!token_matches(rec.data.op, req->access_token)) {
+            status = registry_fail(FERRY_ERR_PERMISSION_DENIED, msg, cap,
+                                   "access_token does not grant access to request_id '%s'",
+                                   req->request_id);
+        } else {
+            status = (ferry_status_t)apply_claim(&t, rec.data.op, msg, cap); /* our copy only */
+        }
+        if (status == FERRY_OK || answer_stands(&rec, req->request_id, "claim")) {
+            coord_record_free(&rec.data);
+            return status;
+        }
     }
-    if (!token_matches(rec.data.op, req->access_token)) {
-        status =
-            registry_fail(FERRY_ERR_PERMISSION_DENIED, msg, cap,
-                          "access_token does not grant access to request_id '%s'", req->request_id);
-    } else {
-        status = (ferry_status_t)apply_claim(&t, rec.data.op, msg, cap); /* edits our copy only */
-    }
-    coord_record_free(&rec.data);
-    return status;
+    return FERRY_OK; /* unreachable: the second read is etcd's, whose answer stands */
 }
 
 ferry_status_t coord_claim(coord_registry_t *r, const Ferry__V1__ClaimRequest *req,
@@ -614,6 +649,11 @@ ferry_status_t coord_claim(coord_registry_t *r, const Ferry__V1__ClaimRequest *r
     transition_t t = {.what = "claim", .token = req->access_token, .apply = apply_claim};
     ferry_status_t status = registry_key(r->claims_prefix, req->request_id, &key, msg, cap);
 
+    if (status == FERRY_OK && req->lease_id != 0) {
+        /* Before the record is read: a Claim for a request ID not yet
+         * registered waits for it (wait_ms), and a forged token must not. */
+        status = registry_lease_check(r, "lease_id", req->lease_id, req->lease_token, msg, cap);
+    }
     if (status != FERRY_OK) {
         return status;
     }
@@ -621,9 +661,13 @@ ferry_status_t coord_claim(coord_registry_t *r, const Ferry__V1__ClaimRequest *r
     if (status != FERRY_OK) {
         return status;
     }
-    status = lease_for(r, req->lease_id, req->lease_token, req->ttl_seconds, &lease, msg, cap);
-    if (status != FERRY_OK) {
-        return status;
+    if (req->lease_id != 0) {
+        own_lease(req->lease_id, req->lease_token, &lease); /* checked above */
+    } else {
+        status = lease_for(r, 0, NULL, req->ttl_seconds, &lease, msg, cap);
+        if (status != FERRY_OK) {
+            return status;
+        }
     }
     snprintf(lease_str, sizeof(lease_str), "%" PRId64, lease.id);
     t.extra = (etcd_op_t){.type = ETCD_OP_PUT,
@@ -773,6 +817,9 @@ ferry_status_t coord_release(coord_registry_t *r, const Ferry__V1__ReleaseReques
                                    "request_id '%s' is %s; cancel it before releasing it",
                                    req->request_id, ferry__op_state_name(rec.data.op->state));
         }
+        if (status != FERRY_OK && !answer_stands(&rec, req->request_id, "release")) {
+            continue;
+        }
         coord_record_free(&rec.data);
         if (status != FERRY_OK) {
             return status;
@@ -809,8 +856,10 @@ static int apply_claim_expiry(transition_t *t, Ferry__V1__Operation *op, char *m
     }
     op->state = FERRY_OP_ERRORED;
     op->error_code = FERRY_ERR_EXPIRED;
-    snprintf(text, sizeof(text), "claim expired: claimant '%s' stopped keeping lease %lld alive",
-             op->claimant, (long long)lease);
+    /* Get, List and Watch show this text to anyone: never the lease's ID,
+     * which only its grantee may know. */
+    snprintf(text, sizeof(text), "claim expired: claimant '%s' stopped keeping its claim alive",
+             op->claimant);
     set_string(&op->error_message, text);
     return FERRY_OK;
 }

@@ -636,6 +636,19 @@ static void test_claim_expiry_errors_the_operation(void **state)
     assert_true(errored);
     assert_int_equal(get_state("claimx-1", &err),
                      FERRY__V1__OPERATION_STATE__OPERATION_STATE_ERRORED);
+    /* The reason is for anyone who can Get; the claim's lease ID is its
+     * grantee's alone (it was in the text). */
+    Ferry__V1__GetRequest get = FERRY__V1__GET_REQUEST__INIT;
+    Ferry__V1__GetResponse *got = NULL;
+    char lease_text[32];
+    get.request_id = "claimx-1";
+    assert_int_equal(test_coord_call(chan, "Get", &get.base, &ferry__v1__get_response__descriptor,
+                                     (ProtobufCMessage **)&got, &err),
+                     FERRY_OK);
+    snprintf(lease_text, sizeof(lease_text), "%lld", (long long)claim->claim_lease_id);
+    assert_non_null(strstr(got->operation->error_message, "claim expired"));
+    assert_null(strstr(got->operation->error_message, lease_text));
+    ferry__v1__get_response__free_unpacked(got, NULL);
     rpc_stream_destroy(stream);
     ferry__v1__claim_response__free_unpacked(claim, NULL);
     ferry__v1__register_response__free_unpacked(reg, NULL);
@@ -1141,6 +1154,33 @@ static void test_claim_with_unknown_lease_is_not_found_at_once(void **state)
     ferry__v1__register_response__free_unpacked(gone, NULL);
 }
 
+/* A Claim with a lease token that is not the lease's, for a request ID not
+ * registered yet: refused at once, not parked for wait_ms (the token was
+ * checked only after the record was found). */
+static void test_claim_with_a_forged_lease_token_does_not_wait(void **state)
+{
+    Ferry__V1__ClaimRequest req = FERRY__V1__CLAIM_REQUEST__INIT;
+    Ferry__V1__ClaimResponse *resp = NULL;
+    char forged[65];
+    rpc_error_t err;
+    (void)state;
+
+    memset(forged, '0', 64);
+    forged[64] = '\0';
+    req.request_id = "forged-lease-1";
+    req.access_token = TOKEN;
+    req.lease_id = 12345;
+    req.lease_token = forged;
+    req.wait_ms = 60000; /* beyond the call's 10 s deadline */
+    /* Parked, it ended DEADLINE_EXCEEDED at the call's deadline. */
+    assert_int_equal(test_coord_call(chan, "Claim", &req.base,
+                                     &ferry__v1__claim_response__descriptor,
+                                     (ProtobufCMessage **)&resp, &err),
+                     FERRY_ERR_PERMISSION_DENIED);
+    assert_int_equal(err.grpc_code, 7);
+    assert_non_null(strstr(err.message, "lease_token does not grant lease_id 12345"));
+}
+
 typedef struct {
     const char *id;
     const char *method; /* "Lookup" or "Claim" */
@@ -1360,6 +1400,7 @@ int main(void)
         cmocka_unit_test(test_strings_must_be_utf8),
         cmocka_unit_test(test_unknown_enum_values_are_refused),
         cmocka_unit_test(test_claim_with_unknown_lease_is_not_found_at_once),
+        cmocka_unit_test(test_claim_with_a_forged_lease_token_does_not_wait),
         cmocka_unit_test(test_wait_ms_extremes),
         cmocka_unit_test(test_watch_validates_like_every_rpc),
         cmocka_unit_test(test_cancel_and_ttl_as_documented),

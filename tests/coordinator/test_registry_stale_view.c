@@ -1,0 +1,354 @@
+/*
+ * test_registry_stale_view.c: a write decided against a replica's view that
+ * lags etcd. Another replica's change (a Claim, a Complete, a Release and a
+ * new registration) is in etcd, and this replica's view still holds the
+ * record as it was: a Complete, Release, Claim or Cancel here must answer
+ * what etcd holds, as every write reflects every change acknowledged before
+ * it, not refuse (or do nothing) on the view's old copy.
+ *
+ * A registry on a real etcd, built as the coordinator builds it; the lag is
+ * made by putting the record's older bytes back into its view once its
+ * watch has applied the newer change (so no later event corrects it), which
+ * is the state a replica whose watch is behind is in.
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <setjmp.h>
+#include <cmocka.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "common/clock.h"
+#include "etcd_fixture.h"
+#include "registry_int.h"
+
+#define PREFIX    "/stale/"
+#define TOKEN_ONE "token-one-0123456789"
+#define TOKEN_TWO "token-two-0123456789"
+
+typedef struct {
+    fixture_t *etcd;
+    coord_registry_t *r;
+} stale_t;
+
+/* A record's bytes and revision as the view held them, to put back. */
+typedef struct {
+    uint8_t *bytes;
+    size_t len;
+    int64_t mod_revision;
+    ferry_op_state_t state;
+} snapshot_t;
+
+static int setup(void **state)
+{
+    stale_t *s = calloc(1, sizeof(*s));
+    void *etcd_state = NULL;
+    coord_registry_params_t params = {.prefix = PREFIX, .default_ttl_s = 30};
+
+    assert_non_null(s);
+    assert_int_equal(fixture_setup(&etcd_state), 0);
+    s->etcd = etcd_state;
+    params.etcd = s->etcd->client;
+    assert_int_equal(coord_registry_create(&params, &s->r), FERRY_OK);
+    *state = s;
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    stale_t *s = *state;
+    void *etcd_state = s->etcd;
+
+    coord_registry_destroy(s->r);
+    free(s);
+    return fixture_teardown(&etcd_state);
+}
+
+/* Waits (10 s at most) until the view's watch has applied revision. */
+static void await_view(coord_registry_t *r, int64_t revision)
+{
+    int64_t until = ferry__clock_ms(CLOCK_MONOTONIC) + 10000;
+
+    while (coord_registry_revision(r) < revision) {
+        struct timespec ts = {0, 5 * 1000 * 1000};
+        assert_true(ferry__clock_ms(CLOCK_MONOTONIC) < until);
+        nanosleep(&ts, NULL);
+    }
+}
+
+static void snapshot(coord_registry_t *r, const char *id, snapshot_t *snap)
+{
+    pthread_mutex_lock(&r->lock);
+    const view_entry_t *e = view_find(&r->view, id);
+    assert_non_null(e);
+    snap->bytes = malloc(e->len);
+    assert_non_null(snap->bytes);
+    memcpy(snap->bytes, e->bytes, e->len);
+    snap->len = e->len;
+    snap->mod_revision = e->mod_revision;
+    snap->state = e->state;
+    pthread_mutex_unlock(&r->lock);
+}
+
+/* Puts the snapshot back, once the watch has applied everything up to
+ * revision: the view now lags etcd, and no event will correct it. */
+static void make_stale(coord_registry_t *r, const char *id, snapshot_t *snap, int64_t revision)
+{
+    await_view(r, revision);
+    pthread_mutex_lock(&r->lock);
+    view_remove(&r->view, id, INT64_MAX);
+    assert_int_equal(
+        view_upsert(&r->view, id, snap->bytes, snap->len, snap->mod_revision, snap->state),
+        FERRY_OK);
+    pthread_mutex_unlock(&r->lock);
+    free(snap->bytes);
+    snap->bytes = NULL;
+}
+
+static int64_t register_op(coord_registry_t *r, const char *id, const char *token)
+{
+    Ferry__V1__RdmaMetadata md = FERRY__V1__RDMA_METADATA__INIT;
+    Ferry__V1__RegisterRequest req = FERRY__V1__REGISTER_REQUEST__INIT;
+    coord_register_out_t out;
+    uint8_t bytes[64];
+    char msg[256];
+    ferry_status_t status;
+
+    md.kind = FERRY__V1__OPERATION_KIND__OPERATION_KIND_WRITE;
+    assert_true(ferry__v1__rdma_metadata__get_packed_size(&md) <= sizeof(bytes));
+    req.request_id = (char *)id;
+    req.access_token = (char *)token;
+    req.metadata = &md;
+    status = coord_register(r, &req, bytes, ferry__v1__rdma_metadata__pack(&md, bytes), NULL, NULL,
+                            &out, msg, sizeof(msg));
+    if (status != FERRY_OK) {
+        fail_msg("register %s: %s", id, msg);
+    }
+    return out.revision;
+}
+
+typedef struct {
+    int64_t lease;
+    char lease_token[COORD_LEASE_TOKEN_LEN + 1];
+    uint64_t claim_id;
+    int64_t revision;
+} claim_t;
+
+static ferry_status_t claim_op(coord_registry_t *r, const char *id, const char *token,
+                               claim_t *claim, char *msg, size_t cap)
+{
+    Ferry__V1__ClaimRequest req = FERRY__V1__CLAIM_REQUEST__INIT;
+    coord_change_out_t out = {0};
+    ferry_status_t status;
+
+    req.request_id = (char *)id;
+    req.access_token = (char *)token;
+    req.claimant = "writer";
+    status = coord_claim(r, &req, &out, msg, cap);
+    if (status == FERRY_OK) {
+        claim->lease = out.claim_lease_id;
+        memcpy(claim->lease_token, out.lease_token, sizeof(claim->lease_token));
+        claim->claim_id = out.rec.op->claim_id;
+        claim->revision = out.revision;
+        coord_record_free(&out.rec);
+    }
+    return status;
+}
+
+static ferry_status_t complete_op(coord_registry_t *r, const char *id, const claim_t *claim,
+                                  int64_t *revision_p, char *msg, size_t cap)
+{
+    Ferry__V1__CompleteRequest req = FERRY__V1__COMPLETE_REQUEST__INIT;
+    coord_change_out_t out = {0};
+    ferry_status_t status;
+
+    req.request_id = (char *)id;
+    req.access_token = TOKEN_ONE;
+    req.claim_lease_id = claim->lease;
+    req.lease_token = (char *)claim->lease_token;
+    req.claim_id = claim->claim_id;
+    status = coord_complete(r, &req, &out, msg, cap);
+    if (status == FERRY_OK) {
+        *revision_p = out.revision;
+        coord_record_free(&out.rec);
+    }
+    return status;
+}
+
+static ferry_status_t cancel_op(coord_registry_t *r, const char *id, const char *token,
+                                int64_t *revision_p, char *msg, size_t cap)
+{
+    Ferry__V1__CancelRequest req = FERRY__V1__CANCEL_REQUEST__INIT;
+    coord_change_out_t out = {0};
+    ferry_status_t status;
+
+    req.request_id = (char *)id;
+    req.access_token = (char *)token;
+    req.reason = "test";
+    status = coord_cancel(r, &req, &out, msg, cap);
+    if (status == FERRY_OK) {
+        *revision_p = out.revision;
+        coord_record_free(&out.rec);
+    }
+    return status;
+}
+
+static ferry_status_t release_op(coord_registry_t *r, const char *id, const char *token,
+                                 int64_t *revision_p, char *msg, size_t cap)
+{
+    Ferry__V1__ReleaseRequest req = FERRY__V1__RELEASE_REQUEST__INIT;
+
+    req.request_id = (char *)id;
+    req.access_token = (char *)token;
+    return coord_release(r, &req, revision_p, msg, cap);
+}
+
+/* The record's state in etcd; 0 when the key is absent. */
+static int etcd_state(const stale_t *s, const char *id)
+{
+    char key[128];
+    etcd_range_t range = {0};
+    coord_record_t rec = {0};
+    int state = 0;
+
+    snprintf(key, sizeof(key), PREFIX "ops/%s", id);
+    assert_int_equal(etcd_get(s->etcd->client, key, strlen(key), NULL, 0, 0, 0, &range), FERRY_OK);
+    if (range.n_kvs == 1) {
+        assert_int_equal(registry_record_decode(range.kvs[0].value, range.kvs[0].value_len, &rec),
+                         FERRY_OK);
+        state = rec.op->state;
+        coord_record_free(&rec);
+    }
+    etcd_range_free(&range);
+    return state;
+}
+
+/* Claimed elsewhere, the view still says REGISTERED: the claimant's
+ * Complete goes through (it was FAILED_PRECONDITION "not CLAIMED", which
+ * libferry takes as final, so the outcome was lost). */
+static void test_complete_after_a_claim_the_view_missed(void **state)
+{
+    stale_t *s = *state;
+    snapshot_t before;
+    claim_t claim;
+    int64_t revision;
+    char msg[256];
+
+    register_op(s->r, "c1", TOKEN_ONE);
+    snapshot(s->r, "c1", &before);
+    assert_int_equal(claim_op(s->r, "c1", TOKEN_ONE, &claim, msg, sizeof(msg)), FERRY_OK);
+    make_stale(s->r, "c1", &before, claim.revision);
+
+    ferry_status_t status = complete_op(s->r, "c1", &claim, &revision, msg, sizeof(msg));
+    if (status != FERRY_OK) {
+        fail_msg("complete on a stale view: %s (%s)", ferry_status_string(status), msg);
+    }
+    assert_int_equal(etcd_state(s, "c1"), FERRY_OP_COMPLETE);
+}
+
+/* Completed elsewhere, the view still says CLAIMED: Release removes it
+ * (it was FAILED_PRECONDITION "cancel it before releasing it"). */
+static void test_release_after_a_complete_the_view_missed(void **state)
+{
+    stale_t *s = *state;
+    snapshot_t claimed;
+    claim_t claim;
+    int64_t revision;
+    char msg[256];
+
+    register_op(s->r, "c2", TOKEN_ONE);
+    assert_int_equal(claim_op(s->r, "c2", TOKEN_ONE, &claim, msg, sizeof(msg)), FERRY_OK);
+    await_view(s->r, claim.revision);
+    snapshot(s->r, "c2", &claimed);
+    assert_int_equal(claimed.state, FERRY_OP_CLAIMED);
+    assert_int_equal(complete_op(s->r, "c2", &claim, &revision, msg, sizeof(msg)), FERRY_OK);
+    make_stale(s->r, "c2", &claimed, revision);
+
+    ferry_status_t status = release_op(s->r, "c2", TOKEN_ONE, &revision, msg, sizeof(msg));
+    if (status != FERRY_OK) {
+        fail_msg("release on a stale view: %s (%s)", ferry_status_string(status), msg);
+    }
+    assert_int_equal(etcd_state(s, "c2"), 0);
+}
+
+/* Released and registered again with another token elsewhere, the view
+ * still holds the old record: a Claim with the new token is granted (it was
+ * PERMISSION_DENIED against the old token's hash). */
+static void test_claim_after_a_new_registration_the_view_missed(void **state)
+{
+    stale_t *s = *state;
+    snapshot_t old;
+    claim_t claim;
+    int64_t revision;
+    char msg[256];
+
+    register_op(s->r, "c3", TOKEN_ONE);
+    snapshot(s->r, "c3", &old);
+    assert_int_equal(cancel_op(s->r, "c3", TOKEN_ONE, &revision, msg, sizeof(msg)), FERRY_OK);
+    assert_int_equal(release_op(s->r, "c3", TOKEN_ONE, &revision, msg, sizeof(msg)), FERRY_OK);
+    revision = register_op(s->r, "c3", TOKEN_TWO);
+    make_stale(s->r, "c3", &old, revision);
+
+    ferry_status_t status = claim_op(s->r, "c3", TOKEN_TWO, &claim, msg, sizeof(msg));
+    if (status != FERRY_OK) {
+        fail_msg("claim on a stale view: %s (%s)", ferry_status_string(status), msg);
+    }
+    assert_int_equal(etcd_state(s, "c3"), FERRY_OP_CLAIMED);
+}
+
+/* Released and registered again (same token) elsewhere, the view still
+ * holds the old CANCELLED record: a Cancel cancels the new registration
+ * (it answered OK from the view and wrote nothing). */
+static void test_cancel_after_a_new_registration_the_view_missed(void **state)
+{
+    stale_t *s = *state;
+    snapshot_t cancelled;
+    int64_t revision;
+    char msg[256];
+
+    register_op(s->r, "c4", TOKEN_ONE);
+    assert_int_equal(cancel_op(s->r, "c4", TOKEN_ONE, &revision, msg, sizeof(msg)), FERRY_OK);
+    await_view(s->r, revision);
+    snapshot(s->r, "c4", &cancelled);
+    assert_int_equal(cancelled.state, FERRY_OP_CANCELLED);
+    assert_int_equal(release_op(s->r, "c4", TOKEN_ONE, &revision, msg, sizeof(msg)), FERRY_OK);
+    revision = register_op(s->r, "c4", TOKEN_ONE);
+    make_stale(s->r, "c4", &cancelled, revision);
+
+    assert_int_equal(cancel_op(s->r, "c4", TOKEN_ONE, &revision, msg, sizeof(msg)), FERRY_OK);
+    assert_int_equal(etcd_state(s, "c4"), FERRY_OP_CANCELLED);
+}
+
+/* The view's refusal that etcd confirms still stands, with its message. */
+static void test_a_refusal_etcd_confirms_stands(void **state)
+{
+    stale_t *s = *state;
+    claim_t claim;
+    char msg[256];
+
+    register_op(s->r, "c5", TOKEN_ONE);
+    assert_int_equal(claim_op(s->r, "c5", "token-wrong-0123456789", &claim, msg, sizeof(msg)),
+                     FERRY_ERR_PERMISSION_DENIED);
+    assert_non_null(strstr(msg, "access_token does not grant access to request_id 'c5'"));
+    assert_int_equal(claim_op(s->r, "c5", TOKEN_ONE, &claim, msg, sizeof(msg)), FERRY_OK);
+    assert_int_equal(claim_op(s->r, "c5", TOKEN_ONE, &claim, msg, sizeof(msg)),
+                     FERRY_ERR_FAILED_PRECONDITION);
+    assert_non_null(strstr(msg, "already claimed by 'writer'"));
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_complete_after_a_claim_the_view_missed),
+        cmocka_unit_test(test_release_after_a_complete_the_view_missed),
+        cmocka_unit_test(test_claim_after_a_new_registration_the_view_missed),
+        cmocka_unit_test(test_cancel_after_a_new_registration_the_view_missed),
+        cmocka_unit_test(test_a_refusal_etcd_confirms_stands),
+    };
+
+    return cmocka_run_group_tests(tests, setup, teardown);
+}

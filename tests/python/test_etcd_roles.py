@@ -1,0 +1,101 @@
+"""A coordinator whose etcd user may not write where it must (a role that
+lacks the prefix's ops/, as an operator's mistake or a revoked grant
+leaves it), with the real binaries: etcd refuses the coordinator's own
+credentials, which is not the client's fault, so a Register is answered
+UNAVAILABLE, saying so, and nothing is written. It was PERMISSION_DENIED,
+which a client reads as "your token does not grant this" and gives up
+on (libferry does; ferryctl exits 4).
+"""
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import unittest
+
+sys.path.insert(0, os.path.dirname(__file__))
+import ferry_harness  # noqa: E402
+
+import grpc  # noqa: E402
+
+PREFIX = "/roles/"
+TOKEN = "roles-token-0123456789"
+TMP = ETCD = COORD = None
+
+
+def etcdctl(*args, user="root:root-pw-0123456789"):
+    cmd = ["etcdctl", "--endpoints", ETCD.endpoint, *args]
+    if user is not None:
+        cmd[1:1] = ["--user", user]
+    env = dict(os.environ, ETCDCTL_API="3")
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=30)
+    if done.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)}: {done.stdout}{done.stderr}")
+    return done.stdout
+
+
+def setUpModule():
+    global TMP, ETCD, COORD
+    TMP = tempfile.mkdtemp(prefix="ferry-roles-")
+    ferry_harness.generate_stubs(os.path.join(TMP, "gen"))
+    ETCD = ferry_harness.Etcd(TMP)
+    ETCD.start()
+    etcdctl("user", "add", "root:root-pw-0123456789", user=None)
+    etcdctl("role", "add", "ferry-partial", user=None)
+    # The lease key and reads of the whole prefix, but no write to ops/.
+    etcdctl("role", "grant-permission", "ferry-partial", "readwrite", PREFIX + "keys/lease",
+            user=None)
+    etcdctl("role", "grant-permission", "ferry-partial", "read", PREFIX, "--prefix=true",
+            user=None)
+    etcdctl("user", "add", "ferry:ferry-pw-0123456789", user=None)
+    etcdctl("user", "grant-role", "ferry", "ferry-partial", user=None)
+    etcdctl("auth", "enable", user=None)
+    COORD = ferry_harness.Coordinator(TMP, ETCD.endpoint,
+                                      extra=("--prefix", PREFIX, "--etcd-user", "ferry"))
+    os.environ["FERRY_ETCD_PASSWORD"] = "ferry-pw-0123456789"
+    try:
+        COORD.start()
+    finally:
+        del os.environ["FERRY_ETCD_PASSWORD"]
+
+
+def tearDownModule():
+    rc = COORD.stop() if COORD is not None else 0
+    if ETCD is not None:
+        ETCD.stop()
+    shutil.rmtree(TMP, ignore_errors=True)
+    if rc != 0:
+        raise AssertionError(f"coordinator exited with {rc} after SIGTERM")
+
+
+class RefusedByEtcd(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        from ferry.v1 import coordinator_pb2, coordinator_pb2_grpc, types_pb2
+        cls.pb, cls.cpb = types_pb2, coordinator_pb2
+        cls.channel = grpc.insecure_channel(COORD.target)
+        cls.stub = coordinator_pb2_grpc.CoordinatorStub(cls.channel)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.channel.close()
+
+    def test_register_is_unavailable_not_permission_denied(self):
+        md = self.pb.RdmaMetadata(
+            version=1, kind=self.pb.OPERATION_KIND_WRITE, worker_address=b"\x01" * 64,
+            descriptors=[self.pb.Descriptor(address=0x10000, size=4096,
+                                            device=self.pb.Device(kind=self.pb.DEVICE_KIND_HOST),
+                                            rkey=b"k" * 32)],
+            notification_key=os.urandom(16), worker_name="roles", hostname="localhost")
+        with self.assertRaises(grpc.RpcError) as caught:
+            self.stub.Register(self.cpb.RegisterRequest(
+                request_id="roles-1", metadata=md, access_token=TOKEN, owner="roles"), timeout=10)
+        self.assertEqual(caught.exception.code(), grpc.StatusCode.UNAVAILABLE,
+                         caught.exception.details())
+        self.assertIn("etcd refused this coordinator's credentials", caught.exception.details())
+        self.assertTrue(COORD.log_contains("refused the coordinator's credentials"))
+        self.assertEqual(etcdctl("get", PREFIX + "ops/", "--prefix", "--keys-only").strip(), "")
+
+
+if __name__ == "__main__":
+    unittest.main()
