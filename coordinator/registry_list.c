@@ -189,6 +189,33 @@ static ferry_status_t list_take(const Ferry__V1__ListRequest *req, const etcd_ra
     return FERRY_OK;
 }
 
+/* Records one List reads from etcd at a time, so that the bytes it holds
+ * (etcd's answer, which gRPC and the decoder each copy, then each record
+ * decoded before its metadata is dropped) stay a few times LIST_READ_BYTES
+ * whatever page_size asks: a page of 1000 records of 1 MiB of metadata each
+ * was one 1 GB read, held three times over, times the reads in flight. From
+ * the largest record the view holds now (the largest a record can be while
+ * the view is not live); small records are still read a page at a time. At
+ * least 2, so that a page still moves on. */
+#define LIST_READ_BYTES ((size_t)2 << 20)
+
+static int64_t list_read_keys(coord_registry_t *r)
+{
+    size_t largest = COORD_METADATA_MAX + 4096; /* the record around it */
+    size_t n;
+
+    pthread_mutex_lock(&r->lock);
+    if (r->synced) {
+        largest = view_largest(&r->view);
+    }
+    pthread_mutex_unlock(&r->lock);
+    if (largest == 0) {
+        largest = 1;
+    }
+    n = LIST_READ_BYTES / largest;
+    return n < 2 ? 2 : n > COORD_PAGE_SIZE_MAX + 1 ? COORD_PAGE_SIZE_MAX + 1 : (int64_t)n;
+}
+
 ferry_status_t coord_list(coord_registry_t *r, const Ferry__V1__ListRequest *req,
                           Ferry__V1__ListResponse *out, char *msg, size_t cap)
 {
@@ -214,9 +241,13 @@ ferry_status_t coord_list(coord_registry_t *r, const Ferry__V1__ListRequest *req
         registry_fail(status, msg, cap, "no memory for a list");
     }
     from_token = at != 0;
+    int64_t read_keys = list_read_keys(r);
     while (status == FERRY_OK && more && out->n_operations < page) {
         etcd_range_t range = {0};
-        status = etcd_get(r->etcd, start.bytes, start.len, end, end_len, page + 1, at, &range);
+        /* One past what the page still takes tells whether there is more. */
+        int64_t want = (int64_t)(page - out->n_operations) + 1;
+        status = etcd_get(r->etcd, start.bytes, start.len, end, end_len,
+                          want < read_keys ? want : read_keys, at, &range);
         if (status != FERRY_OK) {
             status = list_read_fail(status, at, from_token, msg, cap);
             break;

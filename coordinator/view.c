@@ -1,7 +1,8 @@
 /*
  * view.c: the chained hash map of view.h (FNV-1a, doubling at load 1). A
  * tombstone is an entry with bytes == NULL, also linked on view->tombs.
- * A record's state is counted in view->n_by_state while it is a record.
+ * A record's state is counted in view->n_by_state, and its length's size
+ * class in view->n_by_size, while it is a record.
  */
 #include "view.h"
 
@@ -9,6 +10,22 @@
 #include <string.h>
 
 #define VIEW_INITIAL_BUCKETS 256
+
+/* The number of significant bits of len: 0 for 0, 64 at most. */
+static unsigned size_class(size_t len)
+{
+    return len == 0 ? 0 : 64u - (unsigned)__builtin_clzll((unsigned long long)len);
+}
+
+size_t view_largest(const view_t *view)
+{
+    for (unsigned k = 64; k > 0; k--) {
+        if (view->n_by_size[k] > 0) {
+            return k >= 64 ? SIZE_MAX : ((size_t)1 << k) - 1;
+        }
+    }
+    return 0;
+}
 
 static uint64_t hash_id(const char *id)
 {
@@ -29,6 +46,7 @@ ferry_status_t view_init(view_t *view)
     view->n_buckets = VIEW_INITIAL_BUCKETS;
     view->n_entries = 0;
     memset(view->n_by_state, 0, sizeof(view->n_by_state));
+    memset(view->n_by_size, 0, sizeof(view->n_by_size));
     view->tombs = NULL;
     view->tombs_last = NULL;
     view->n_tombs = 0;
@@ -55,6 +73,7 @@ void view_clear(view_t *view)
     }
     view->n_entries = 0;
     memset(view->n_by_state, 0, sizeof(view->n_by_state));
+    memset(view->n_by_size, 0, sizeof(view->n_by_size));
     view->tombs = NULL;
     view->tombs_last = NULL;
     view->n_tombs = 0;
@@ -144,6 +163,7 @@ static void entry_drop(view_t *view, view_entry_t **slot)
     } else {
         view->n_entries--;
         view->n_by_state[e->state]--;
+        view->n_by_size[size_class(e->len)]--;
     }
     entry_free(e);
 }
@@ -193,10 +213,12 @@ ferry_status_t view_upsert(view_t *view, const char *request_id, const uint8_t *
         view->n_entries++;
     } else {
         view->n_by_state[e->state]--;
+        view->n_by_size[size_class(e->len)]--;
     }
     free(e->bytes);
     e->bytes = copy;
     e->len = len;
+    view->n_by_size[size_class(len)]++;
     e->mod_revision = mod_revision;
     e->state = (int)state >= 0 && (int)state < FERRY_OP_STATE_COUNT
                    ? state
@@ -233,6 +255,7 @@ ferry_status_t view_bury(view_t *view, const char *request_id, int64_t mod_revis
     if (e->bytes != NULL) {
         view->n_entries--;
         view->n_by_state[e->state]--;
+        view->n_by_size[size_class(e->len)]--;
         free(e->bytes);
         e->bytes = NULL;
         e->len = 0;

@@ -50,6 +50,9 @@ typedef struct {
     view_entry_t *tombs;                     /* tombstones, oldest first (doubly linked) */
     view_entry_t *tombs_last;                /* the newest */
     size_t n_tombs;
+    /* Records by size class: [k] counts those of k significant bits of
+     * length (view_largest). */
+    size_t n_by_size[65];
 } view_t;
 
 ferry_status_t view_init(view_t *view);
@@ -72,6 +75,10 @@ ferry_status_t view_bury(view_t *view, const char *request_id, int64_t mod_revis
 
 /* Drops the tombstones at or below mod_revision. */
 void view_prune(view_t *view, int64_t mod_revision);
+
+/* An upper bound on the largest record the view holds now (its length
+ * rounded up to a power of two, at most twice it); 0 when it holds none. */
+size_t view_largest(const view_t *view);
 
 /* The record, or NULL when absent or deleted. Valid until the next change to
  * the view. */

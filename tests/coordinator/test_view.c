@@ -219,6 +219,34 @@ static void test_counts_by_state(void **state)
     view_cleanup(&v);
 }
 
+/* view_largest follows the records held now: a record replaced by a
+ * smaller one, buried or removed no longer counts (List sizes its etcd
+ * reads by it). */
+static void test_largest_follows_the_records_held(void **state)
+{
+    static uint8_t big[5000];
+    view_t v;
+    (void)state;
+
+    assert_int_equal(view_init(&v), FERRY_OK);
+    assert_int_equal(view_largest(&v), 0);
+    assert_int_equal(view_upsert(&v, "a", big, 100, 1, FERRY_OP_REGISTERED), FERRY_OK);
+    assert_int_equal(view_largest(&v), 127);
+    assert_int_equal(view_upsert(&v, "b", big, 5000, 2, FERRY_OP_REGISTERED), FERRY_OK);
+    assert_int_equal(view_largest(&v), 8191);
+    assert_int_equal(view_upsert(&v, "c", big, 4097, 3, FERRY_OP_REGISTERED), FERRY_OK);
+    assert_int_equal(view_upsert(&v, "b", big, 10, 4, FERRY_OP_CLAIMED), FERRY_OK);
+    assert_int_equal(view_largest(&v), 8191); /* c still */
+    assert_int_equal(view_bury(&v, "c", 5), FERRY_OK);
+    assert_int_equal(view_largest(&v), 127);
+    view_remove(&v, "a", 6);
+    assert_int_equal(view_largest(&v), 15); /* b, 10 bytes */
+    assert_int_equal(view_upsert(&v, "c", big, 4097, 7, FERRY_OP_REGISTERED), FERRY_OK);
+    view_clear(&v);
+    assert_int_equal(view_largest(&v), 0);
+    view_cleanup(&v);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -228,6 +256,7 @@ int main(void)
         cmocka_unit_test(test_tombstones_are_pruned_and_bounded),
         cmocka_unit_test(test_tombstone_list_stays_whole),
         cmocka_unit_test(test_counts_by_state),
+        cmocka_unit_test(test_largest_follows_the_records_held),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
