@@ -125,6 +125,13 @@ void ferry__op_regions_detach(ferry_op_t *op)
     op->regions_held = false;
 }
 
+bool ferry_op_in_region(const ferry_op_t *op, size_t index)
+{
+    /* op->regions is written while the operation is made, before any
+     * caller sees it, and never changes: read without the lock. */
+    return op != NULL && op->regions != NULL && index < op->n && op->regions[index] != NULL;
+}
+
 /* Maps (or allocates and maps) and packs the key; lock held. */
 static ferry_status_t region_map(ferry_connector_t *c, ferry_region_t *r, bool allocate)
 {

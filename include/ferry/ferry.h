@@ -511,6 +511,20 @@ FERRY_API ferry_status_t ferry_op_listener_arg(const ferry_op_t *op, ferry_op_li
 /* The connector the operation belongs to. */
 FERRY_API ferry_connector_t *ferry_op_connector(const ferry_op_t *op);
 
+/* Whether libferry keeps the memory of the operation's descriptor index
+ * valid for as long as data may move through it: true when the operation
+ * reaches that memory through a region (the descriptor lies inside one
+ * registered before the operation was made, ferry_mem_register or
+ * ferry_mem_alloc), which it holds until no put or get of its own, nor of a
+ * writer or reader it admitted, can touch the memory any more, after
+ * ferry_op_destroy too (ferry_mem_deregister refuses meanwhile). false
+ * otherwise (memory in no region; a passive operation on the staged path,
+ * whose copies end at destroy): that memory is the caller's to keep
+ * allocated, and ferry_op_destroy does not wait for data in flight. false
+ * for an index out of range. Fixed when the operation is made; ask before
+ * destroying it. Any thread. */
+FERRY_API bool ferry_op_in_region(const ferry_op_t *op, size_t index);
+
 /* Passive: unregisters the memory (its own registrations; a region it used
  * stays registered, and only lets go of it, once an admitted writer or
  * reader has settled: see ferry_mem_deregister) and forgets the notification

@@ -665,8 +665,10 @@ class _Operation(_ferry._Operation):
         """Cancels the operation if it is not final, then releases it: a
         passive operation's memory registration goes at once. Unless it
         completed, its descriptors' memory is held by the connector until the
-        connector is closed (data may still be in flight). Status and error
-        stay readable. Idempotent."""
+        connector is closed (data may still be in flight), except memory
+        inside one of the connector's Regions, which libferry keeps
+        registered itself while data may move (Region.close raises Busy
+        meanwhile). Status and error stay readable. Idempotent."""
         super().close()
         self._wake_waiters()
 

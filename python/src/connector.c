@@ -31,7 +31,12 @@
  * The memory of an operation closed before it completed (its descriptors,
  * which hold it) is parked here until ferry_connector_destroy succeeded:
  * libferry does not wait for data in flight when it destroys an operation.
- * Memory in a region is not parked: libferry holds the region instead.
+ * Memory the operation reaches through a region (ferry_op_in_region: it
+ * lies inside one, however the descriptor was made: the region, or a
+ * memoryview, numpy array or tensor over it) is not parked: libferry holds
+ * the region while data may move, so it is not deregistered and its memory
+ * stays (region.c), and parking the descriptor would keep its object's
+ * export on the region, which then could never close, nor the connector.
  */
 #include "pyferry.h"
 
@@ -143,7 +148,7 @@ void pyferry_connector_reap(pyferry_connector_t *self)
     }
 }
 
-void pyferry_connector_park(pyferry_connector_t *self, PyObject *keep)
+void pyferry_connector_park(pyferry_connector_t *self, PyObject *keep, const ferry_op_t *op)
 {
     Py_ssize_t n = PyTuple_Size(keep);
 
@@ -151,8 +156,8 @@ void pyferry_connector_park(pyferry_connector_t *self, PyObject *keep)
         PyObject *item = PyTuple_GetItem(keep, i);
         pyferry_desc_t *d = (pyferry_desc_t *)item;
 
-        if (d->owner == Py_None || pyferry_desc_held_by_region(item)) {
-            continue; /* no memory to hold, or libferry holds the region */
+        if (d->owner == Py_None || ferry_op_in_region(op, (size_t)i)) {
+            continue; /* no memory to hold, or libferry holds its region */
         }
         if (self->parked == NULL) {
             self->parked = PyList_New(0);

@@ -312,36 +312,6 @@ static pyferry_region_t *desc_region(PyObject *item)
     return PyObject_TypeCheck(owner, pyferry_region_type) ? (pyferry_region_t *)owner : NULL;
 }
 
-bool pyferry_desc_held_by_region(PyObject *item)
-{
-    PyObject *obj = ((pyferry_desc_t *)item)->view.obj, *base;
-    bool found;
-
-    if (desc_region(item) != NULL) {
-        return true;
-    }
-    if (obj == NULL) {
-        return false;
-    }
-    /* memoryview(region), memoryview(memoryview(region))[a:b]: a memoryview's
-     * obj is what it exports (a builtin getter, no Python code runs). The
-     * export chain ends at the region, which was open when the operation
-     * was made (an export keeps it from closing), so libferry holds it. */
-    Py_INCREF(obj);
-    while (PyMemoryView_Check(obj)) {
-        base = PyObject_GetAttrString(obj, "obj");
-        Py_DECREF(obj);
-        if (base == NULL) {
-            PyErr_Clear();
-            return false;
-        }
-        obj = base;
-    }
-    found = PyObject_TypeCheck(obj, pyferry_region_type);
-    Py_DECREF(obj);
-    return found;
-}
-
 int pyferry_descs_pin(PyObject *keep)
 {
     Py_ssize_t n = PyTuple_Size(keep);

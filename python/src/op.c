@@ -5,8 +5,10 @@
  *
  * An operation closed before it completed parks its descriptors on its
  * connector (pyferry_connector_park): libferry does not wait for data in
- * flight, so that memory stays held until the connector is destroyed. An
- * operation is bound to a coordinator only once publish() succeeded.
+ * flight, so that memory stays held until the connector is destroyed;
+ * memory inside a region is not parked, as libferry holds the region
+ * itself. An operation is bound to a coordinator only once publish()
+ * succeeded.
  *
  * Life: made by the connector (_create, _begin_by_id): the Python object
  * first (pyferry_op_make), so that the class's own code runs before any
@@ -170,16 +172,18 @@ static void op_release(pyferry_op_t *self)
     if (self->closed_message == NULL) {
         PyErr_Clear();
     }
+    /* ferry_op_destroy does not wait for data in flight (an admitted
+     * writer's puts, our own gets cancelled midway): unless the operation
+     * completed, its memory outside every region stays held until the
+     * connector is destroyed. Parked before destroy, while libferry still
+     * answers which memory lies in a region. */
+    if (self->closed_status != FERRY_OP_STATUS_COMPLETE && self->descs != NULL) {
+        pyferry_connector_park(self->connector, self->descs, op);
+    }
     Py_BEGIN_ALLOW_THREADS ferry_op_destroy(op);
     Py_END_ALLOW_THREADS self->connector->live_ops--;
     if (self->coordinator != NULL) {
         self->coordinator->live_ops--;
-    }
-    /* ferry_op_destroy does not wait for data in flight (an admitted
-     * writer's puts, our own gets cancelled midway): unless the operation
-     * completed, its memory stays held until the connector is destroyed. */
-    if (self->closed_status != FERRY_OP_STATUS_COMPLETE && self->descs != NULL) {
-        pyferry_connector_park(self->connector, self->descs);
     }
     Py_CLEAR(self->descs);
     /* A region the operation held may be free now. */

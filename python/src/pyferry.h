@@ -100,10 +100,12 @@ typedef struct {
      * completed (NULL when none). libferry does not wait for data in flight
      * when it destroys an operation (an admitted writer's puts, our own
      * gets), so their memory is held until the connector is destroyed.
-     * Descriptors over a _Region (made from it, or from a memoryview of it)
-     * are not parked: libferry holds the region itself (deregistering it is
-     * refused while in use), and parking them would keep the region from
-     * closing, and so the connector. (GIL) */
+     * Descriptors whose memory lies inside a region (ferry_op_in_region, by
+     * address: made from a _Region, or over a memoryview, numpy array or
+     * tensor of it) are not parked: libferry holds the region while data
+     * may move (deregistering it is refused meanwhile, so its memory
+     * stays), and parking them would keep their exports on the region,
+     * which could then never close, nor the connector. (GIL) */
     PyObject *parked;
 } pyferry_connector_t;
 
@@ -168,11 +170,6 @@ Py_ssize_t pyferry_descs_count(PyObject *seq);
 int pyferry_descs_fill(PyObject *seq, bool need_writable, ferry_descriptor_t *out, Py_ssize_t n,
                        PyObject **keep_p);
 
-/* True when libferry holds the descriptor's memory through a region while
- * data is in flight: the descriptor was made from a _Region, or over a
- * buffer export of one (memoryview(region)). Such memory needs no parking. */
-bool pyferry_desc_held_by_region(PyObject *item);
-
 /* Around a libferry call with the GIL released that takes the descriptors
  * of keep (a tuple of _Descriptor): refuses (Misuse, naming the descriptor)
  * when one's region is closed, else pins every region so that close() from
@@ -216,10 +213,12 @@ int pyferry_coordinator_check_open(pyferry_coordinator_t *coord);
  * must hold its own reference to conn. */
 void pyferry_connector_reap(pyferry_connector_t *conn);
 
-/* connector.c: keeps the descriptors of keep (a tuple of _Descriptor) of an
- * operation closed before it completed until conn is destroyed. Cannot
- * fail: on no memory they are leaked rather than freed. */
-void pyferry_connector_park(pyferry_connector_t *conn, PyObject *keep);
+/* connector.c: keeps the descriptors of keep (a tuple of _Descriptor, in
+ * the order given to libferry) of op, closed before it completed and not
+ * destroyed yet, until conn is destroyed; those libferry holds through a
+ * region (ferry_op_in_region) and those that own nothing are not kept.
+ * Cannot fail: on no memory they are leaked rather than freed. */
+void pyferry_connector_park(pyferry_connector_t *conn, PyObject *keep, const ferry_op_t *op);
 
 /* Allocation and release common to the heap types. */
 void pyferry_free_self(PyObject *self);

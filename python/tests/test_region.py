@@ -409,6 +409,68 @@ def test_unfinished_operation_over_a_memoryview_of_a_region_does_not_block_closi
     sender.close()
 
 
+def test_unfinished_operation_over_a_numpy_view_of_a_region_lets_go_of_it():
+    """Whether memory is parked is decided by address (libferry holds a
+    region its operation uses while data may move), not by how the
+    descriptor was made: over numpy.frombuffer(region) closed unfinished, the
+    array is let go at once. It was parked until connector.close(), its
+    export keeping the region from closing (BufferError) and so the
+    connector (Busy), for the life of the process."""
+    c = ferry.Connector("region-numpy-parked")
+    r = c.allocate(8192)
+    a = np.frombuffer(r, np.uint8)
+    ref = weakref.ref(a)
+    c.create_writable(ferry.Descriptor(a[:4096])).close()
+    del a
+    gc.collect()
+    assert ref() is None and r._exports == 0
+    r.close()
+    c.close()
+    assert r.closed and c.closed
+
+
+def test_unfinished_operations_over_a_torch_view_of_a_region_let_go_of_it():
+    """README's pattern, torch.frombuffer(memoryview(pool)): a passive and an
+    active operation over the tensor, closed unfinished, keep nothing of it,
+    however many are cancelled."""
+    c = ferry.Connector("region-torch-parked")
+    sender = ferry.Connector("region-torch-sender")
+    pool = c.allocate(8192)
+    kv = torch.frombuffer(memoryview(pool), dtype=torch.uint8)
+    ref = weakref.ref(kv)
+    for _ in range(10):
+        c.create_writable(ferry.Descriptor(kv[:4096])).close()
+    with sender.create_readable(ferry.Descriptor(b"t" * 4096)) as rd:
+        c.begin_read(rd.metadata(), ferry.Descriptor(kv[4096:])).close()
+    del kv
+    gc.collect()
+    assert ref() is None and pool._exports == 0
+    pool.close()
+    c.close()
+    sender.close()
+
+
+def test_only_memory_outside_every_region_of_an_unfinished_operation_is_held():
+    """Per descriptor: of one operation closed unfinished, the array inside
+    a region (register_memory's own array, not a view of the Region) is let
+    go at once, while the one outside every region stays held until
+    connector.close(), as data may still land in it."""
+    c = ferry.Connector("region-mixed-parked")
+    buf = np.zeros(8192, np.uint8)
+    r = c.register_memory(buf)
+    inside, outside = buf[:4096], np.zeros(4096, np.uint8)
+    refs = weakref.ref(inside), weakref.ref(outside)
+    c.create_writable([ferry.Descriptor(inside), ferry.Descriptor(outside)]).close()
+    del inside, outside
+    gc.collect()
+    assert refs[0]() is None
+    assert refs[1]() is not None
+    r.close()
+    c.close()
+    gc.collect()
+    assert refs[1]() is None
+
+
 def test_with_block_does_not_hide_an_exception(connector):
     r = connector.allocate(4096)
     with pytest.raises(KeyError):

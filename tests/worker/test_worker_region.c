@@ -250,6 +250,58 @@ static void test_straddling_descriptor_refused(void **state)
     free(mem);
 }
 
+/* ferry_op_in_region says, per descriptor and on either side, whether the
+ * operation reaches its memory through a region (held by libferry while
+ * data may move): true inside one registered before the operation, however
+ * the caller came by the address; false outside every region, for a region
+ * registered after the operation was made, for an index out of range and
+ * for NULL. */
+static void test_op_in_region(void **state)
+{
+    world_t *w = *state;
+    uint8_t *dst = calloc(1, 3 * 65536), *src = calloc(1, 2 * 65536);
+    ferry_descriptor_t d[2] = {desc(dst + 65536 + 100, 4096), desc(dst, 4096)};
+    ferry_descriptor_t s[2] = {desc(src + 8, 4096), desc(src + 65536, 4096)};
+    ferry_region_t *rx_r, *rx_late, *tx_r;
+    ferry_op_t *passive, *active;
+    const uint8_t *md;
+    size_t md_len;
+
+    assert_int_equal(ferry_mem_register(w->rx, dst + 65536, 65536,
+                                        (ferry_device_t)FERRY_DEVICE_HOST_INIT, &rx_r),
+                     FERRY_OK);
+    assert_int_equal(
+        ferry_mem_register(w->tx, src, 65536, (ferry_device_t)FERRY_DEVICE_HOST_INIT, &tx_r),
+        FERRY_OK);
+    fill(src + 8, 4096, 17);
+    assert_int_equal(ferry_writable_create(w->rx, d, 2, &passive), FERRY_OK);
+    /* Registered after the operation was made: not the operation's. */
+    assert_int_equal(
+        ferry_mem_register(w->rx, dst, 65536, (ferry_device_t)FERRY_DEVICE_HOST_INIT, &rx_late),
+        FERRY_OK);
+    assert_true(ferry_op_in_region(passive, 0));
+    assert_false(ferry_op_in_region(passive, 1));
+    assert_false(ferry_op_in_region(passive, 2));
+    assert_false(ferry_op_in_region(NULL, 0));
+
+    assert_int_equal(ferry_op_metadata(passive, &md, &md_len), FERRY_OK);
+    assert_int_equal(ferry_write_begin(w->tx, s, 2, md, md_len, &active), FERRY_OK);
+    assert_true(ferry_op_in_region(active, 0));
+    assert_false(ferry_op_in_region(active, 1));
+    assert_int_equal(ferry_op_wait(active, WAIT_MS), FERRY_OK);
+    assert_int_equal(ferry_op_wait(passive, WAIT_MS), FERRY_OK);
+    /* Fixed when made: the same once final. */
+    assert_true(ferry_op_in_region(active, 0) && ferry_op_in_region(passive, 0));
+    assert_pattern(dst + 65536 + 100, 4096, 17);
+    ferry_op_destroy(active);
+    ferry_op_destroy(passive);
+    assert_int_equal(ferry_mem_deregister(rx_late), FERRY_OK);
+    assert_int_equal(ferry_mem_deregister(rx_r), FERRY_OK);
+    assert_int_equal(ferry_mem_deregister(tx_r), FERRY_OK);
+    free(dst);
+    free(src);
+}
+
 /* Regions never overlap; a connector with a region left refuses to go. */
 static void test_overlap_and_connector_busy(void **state)
 {
@@ -650,6 +702,7 @@ int main(int argc, char **argv)
         cmocka_unit_test_setup_teardown(test_ops_on_region_map_nothing, setup, teardown),
         cmocka_unit_test_setup_teardown(test_unregistered_memory_maps_per_op, setup, teardown),
         cmocka_unit_test_setup_teardown(test_straddling_descriptor_refused, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_op_in_region, setup, teardown),
         cmocka_unit_test_setup_teardown(test_overlap_and_connector_busy, setup, teardown),
         cmocka_unit_test_setup_teardown(test_deregister_busy_while_used, setup, teardown),
         cmocka_unit_test_setup_teardown(test_active_holds_region_until_final, setup, teardown),
