@@ -751,7 +751,10 @@ class Coordinator(_ferry._Coordinator):
     ``Coordinator(target, tls=TlsConfig(ca_file=...))`` (``tls`` may also be
     a dict of TlsConfig's fields). ``timeout``: seconds per call. One per
     process is plenty; close it (or leave its ``with`` block) after the
-    operations bound to it."""
+    operations bound to it: close() raises Busy while one is open. A
+    ``with`` block that ends by an exception while one is open lets that
+    exception through and leaves the coordinator open; each operation
+    keeps it alive, and it is disconnected when collected after them."""
 
     def __new__(cls, target: str, tls: Union[TlsConfig, Dict[str, str], None] = None,
                 timeout: Optional[float] = None) -> "Coordinator":
@@ -772,8 +775,15 @@ class Coordinator(_ferry._Coordinator):
     def __enter__(self) -> "Coordinator":
         return self
 
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
+    def __exit__(self, exc_type: Any, *exc: Any) -> None:
+        try:
+            self.close()
+        except Busy:
+            if exc_type is None:
+                raise
+            # An exception is on its way out of the block: do not hide it.
+            # The operations still bound keep the coordinator alive; it is
+            # disconnected when collected, after them.
 
 
 # ---- connector ------------------------------------------------------------
@@ -787,7 +797,13 @@ class Connector(_ferry._Connector):
     operations. ``name``: the worker's name in metadata and logs (default
     ``"<hostname>:<pid>"``). ``peer_error_handling``, ``spin_us``: as
     ferry_connector_params_t (both sides must agree on the first).
-    ``log_level``: "off" (default), "error" ... "trace", to stderr."""
+    ``log_level``: "off" (default), "error" ... "trace", to stderr.
+
+    close() (or leaving its ``with`` block) raises Busy while an operation
+    or a region is open. A ``with`` block that ends by an exception while
+    one is open lets that exception through and leaves the connector open:
+    each operation and region keeps it alive, and it is destroyed when
+    collected, after them (an operation is cancelled when collected)."""
 
     def __new__(cls, name: Optional[str] = None, *, peer_error_handling: Optional[bool] = None,
                 spin_us: Optional[int] = None, log_level: Optional[str] = None) -> "Connector":
@@ -939,8 +955,15 @@ class Connector(_ferry._Connector):
     def __enter__(self) -> "Connector":
         return self
 
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
+    def __exit__(self, exc_type: Any, *exc: Any) -> None:
+        try:
+            self.close()
+        except Busy:
+            if exc_type is None:
+                raise
+            # An exception is on its way out of the block: do not hide it.
+            # What is still open keeps the connector alive; it is destroyed
+            # when collected, after them.
 
     def __repr__(self) -> str:
         return "<Connector closed>" if self.closed else f"<Connector {self.name!r}>"

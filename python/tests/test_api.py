@@ -342,6 +342,42 @@ def test_connector_close_refuses_while_operations_live():
         c.create_writable(ferry.Descriptor(bytearray(64)))
 
 
+def test_with_block_of_a_connector_does_not_hide_an_exception():
+    """An exception raised in a Connector's with block while an operation is
+    open propagates (it was replaced by Busy from close(), the original only
+    its __context__); the connector stays open, and closes once the
+    operation is closed. Without an exception Busy still says what is open."""
+    with pytest.raises(ValueError, match="inner"):
+        with ferry.Connector("with-raises") as c:
+            w = c.create_writable(ferry.Descriptor(bytearray(64)))
+            raise ValueError("inner")
+    assert not c.closed and not w.closed
+    w.close()
+    c.close()
+    with pytest.raises(ferry.Busy):
+        with ferry.Connector("with-busy") as c:
+            w = c.create_writable(ferry.Descriptor(bytearray(64)))
+    w.close()
+    c.close()
+
+
+def test_connector_left_open_by_a_with_block_is_freed_after_its_operations():
+    """What a with block that raised leaves open is released by the
+    collector: the operation (cancelled) first, then the connector."""
+
+    def leave():
+        with ferry.Connector("with-collected") as c:
+            w = c.create_writable(ferry.Descriptor(bytearray(64)))
+            refs.extend([weakref.ref(c), weakref.ref(w)])
+            raise KeyError("inner")
+
+    refs = []
+    with pytest.raises(KeyError):
+        leave()
+    gc.collect()
+    assert refs[0]() is None and refs[1]() is None
+
+
 def test_properties(connector):
     assert connector.name == "py-test"
     assert isinstance(connector.hostname, str) and connector.hostname

@@ -288,6 +288,25 @@ def test_coordinator_close_waits_for_its_operations(cluster):
     c.close()
 
 
+def test_with_block_of_a_coordinator_does_not_hide_an_exception(cluster):
+    """As the connector's: an exception raised in the with block while an
+    operation is bound propagates, not Busy; the coordinator stays open
+    until the operation is closed."""
+    c = ferry.Connector("coord-with")
+    with pytest.raises(ValueError, match="inner"):
+        with ferry.Coordinator(cluster.target, timeout=5) as coord:
+            op = c.create_writable(ferry.Descriptor(bytearray(64)))
+            op.publish(coord, rid("with"), TOKEN)
+            raise ValueError("inner")
+    assert not coord.closed
+    with pytest.raises(ferry.Busy):
+        with coord:
+            pass
+    op.close()
+    coord.close()
+    c.close()
+
+
 def test_unreachable_coordinator(connector):
     port = ferry_harness.free_port()
     coord = ferry.Coordinator(f"127.0.0.1:{port}", timeout=0.5)
