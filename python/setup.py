@@ -1,8 +1,10 @@
 """Builds ferry._ferry against libferry (see pyproject.toml).
 
 libferry is found, first match wins:
-  1. FERRY_PREFIX=/opt/ferry: an installed tree, <prefix>/include/ferry/*.h
-     and <prefix>/lib/libferry.so (or lib64/).
+  1. LIBFERRY_PREFIX=/opt/ferry: an installed tree, <prefix>/include/ferry/*.h
+     and <prefix>/lib/libferry.so (or lib64/); a prefix without them stops
+     the build, naming the variable and the path. (Not FERRY_PREFIX: that
+     is the coordinator's etcd key prefix, often exported where this runs.)
   2. pkg-config ferry (a ferry.pc on PKG_CONFIG_PATH).
   3. A build tree of this checkout: FERRY_BUILD_DIR (default <repo>/build,
      made by `make build`), with the headers from <repo>/include.
@@ -35,13 +37,28 @@ def _pkg_config():
     return incs, libdirs
 
 
+def _from_prefix(prefix):
+    """(include dirs, library dirs) of an installed tree; exits naming
+    LIBFERRY_PREFIX and what is missing rather than let the compiler or the
+    linker fail on it."""
+    header = os.path.join(prefix, "include", "ferry", "ferry.h")
+    if not os.path.isfile(header):
+        sys.exit(f"setup.py: LIBFERRY_PREFIX={prefix}: no libferry header {header} "
+                 "(LIBFERRY_PREFIX names the tree libferry is installed in)")
+    libdirs = [d for d in (os.path.join(prefix, "lib"), os.path.join(prefix, "lib64"))
+               if os.path.isfile(os.path.join(d, "libferry.so"))]
+    if not libdirs:
+        sys.exit(f"setup.py: LIBFERRY_PREFIX={prefix}: no libferry.so in "
+                 f"{os.path.join(prefix, 'lib')} or {os.path.join(prefix, 'lib64')}")
+    return [os.path.join(prefix, "include")], libdirs
+
+
 def find_libferry():
     """(include dirs, library dirs, where it came from)."""
-    prefix = os.environ.get("FERRY_PREFIX")
+    prefix = os.environ.get("LIBFERRY_PREFIX")
     if prefix:
-        libdirs = [d for d in (os.path.join(prefix, "lib"), os.path.join(prefix, "lib64"))
-                   if os.path.isdir(d)]
-        return [os.path.join(prefix, "include")], libdirs, f"FERRY_PREFIX={prefix}"
+        incs, libdirs = _from_prefix(prefix)
+        return incs, libdirs, f"LIBFERRY_PREFIX={prefix}"
     found = _pkg_config()
     if found:
         return found[0], found[1], "pkg-config ferry"
@@ -49,7 +66,7 @@ def find_libferry():
     libdir = os.path.join(build, "worker")
     if os.path.exists(os.path.join(libdir, "libferry.so")):
         return [os.path.join(REPO, "include")], [libdir], f"the build tree {build}"
-    sys.exit("setup.py: libferry not found: set FERRY_PREFIX (an installed tree), put a "
+    sys.exit("setup.py: libferry not found: set LIBFERRY_PREFIX (an installed tree), put a "
              "ferry.pc on PKG_CONFIG_PATH, or build this checkout first (`make build`, or "
              "FERRY_BUILD_DIR=<its build dir>)")
 
