@@ -4,7 +4,7 @@ many descriptors, concurrent pairs, and the refusals (wrong token, unknown
 ID, size mismatch, a write into a readable). The receiving side checks every
 byte against the pattern; its exit code says whether they matched. With
 --stats-json each side writes libferry's counters, and each moved by exactly
-the one operation it ran.
+the one operation it ran. Each side frees its buffer only once UCX is gone.
 """
 import json
 import os
@@ -33,18 +33,19 @@ def tearDownModule():
         raise AssertionError(f"coordinator exited with {rc} after SIGTERM")
 
 
-def worker(cmd, rid, size, descriptors=1, token=TOKEN, timeout=60, extra=()):
+def worker(cmd, rid, size, descriptors=1, token=TOKEN, timeout=60, extra=(), env=None):
     args = [WORKER, cmd, "--coordinator", CLUSTER.coordinator.target, "--request-id", rid,
             "--size", str(size), "--descriptors", str(descriptors), "--timeout", str(timeout),
             "--quiet", *extra]
     if token is not None:
         args += ["--token", token]
-    return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env)
 
 
-def start_passive(cmd, rid, size, descriptors=1, timeout=60, extra=()):
+def start_passive(cmd, rid, size, descriptors=1, timeout=60, extra=(), env=None):
     """Starts recv/serve and returns once it says it registered."""
-    p = worker(cmd, rid, size, descriptors, timeout=timeout, extra=extra)
+    p = worker(cmd, rid, size, descriptors, timeout=timeout, extra=extra, env=env)
     line = p.stdout.readline()  # blocks until registered (or the process died)
     if "registered" not in line:
         out, err = p.communicate(timeout=30)
@@ -185,6 +186,54 @@ class Refusals(unittest.TestCase):
         # The operation is COMPLETE: a second writer gets nothing.
         rc, out, err = finish(worker("send", "two-1", size, timeout=2))
         self.assertIn(rc, (EXIT_REFUSED, EXIT_TIMEOUT), err)
+
+
+FREE_ORDER = os.path.join(ferry_harness.BUILD_DIR, "tests", "worker", "libferry_free_order.so")
+FREED_AFTER = "free-order: buffer freed after ucp_cleanup"
+
+
+class BufferLifetime(unittest.TestCase):
+    """The buffer outlives UCX: ferry_op_destroy does not wait for data in
+    flight (an admitted writer's puts, our own gets cancelled midway), so
+    ferry-worker frees its buffer only after ferry_connector_destroy, on
+    every way out. libferry_free_order.so (tests/worker/free_order.c) says
+    whether the buffer was freed before or after ucp_cleanup: the order, not
+    a race, so each case shows it on every run."""
+
+    SIZE = (1 << 20) + 5  # the buffer is this rounded up to a page
+
+    def setUp(self):
+        if not os.path.exists(FREE_ORDER):
+            self.skipTest(f"no {FREE_ORDER} (a sanitizer build does not make it)")
+        self.env = dict(os.environ, LD_PRELOAD=FREE_ORDER,
+                        FERRY_TEST_WATCH_BYTES=str((self.SIZE + 4095) // 4096 * 4096))
+
+    def assertFreedAfterUcx(self, err):
+        self.assertIn(FREED_AFTER, err)
+        self.assertNotIn("while UCX is up", err)
+
+    def test_a_recv_that_times_out(self):
+        rc, out, err = finish(start_passive("recv", "life-1", self.SIZE, timeout=1,
+                                            env=self.env))
+        self.assertEqual(rc, EXIT_TIMEOUT, err)
+        self.assertFreedAfterUcx(err)
+
+    def test_a_send_that_finds_nobody(self):
+        rc, out, err = finish(worker("send", "life-nobody", self.SIZE, timeout=1, env=self.env))
+        self.assertEqual(rc, EXIT_TIMEOUT, err)
+        self.assertFreedAfterUcx(err)
+
+    def test_both_sides_of_a_transfer(self):
+        for passive, active in (("recv", "send"), ("serve", "read")):
+            with self.subTest(passive=passive):
+                rid = f"life-{passive}"
+                p = start_passive(passive, rid, self.SIZE, 2, env=self.env)
+                rc_a, out_a, err_a = finish(worker(active, rid, self.SIZE, 2, env=self.env))
+                rc_p, out_p, err_p = finish(p)
+                self.assertEqual(rc_a, EXIT_OK, err_a)
+                self.assertEqual(rc_p, EXIT_OK, err_p)
+                self.assertFreedAfterUcx(err_a)
+                self.assertFreedAfterUcx(err_p)
 
 
 if __name__ == "__main__":

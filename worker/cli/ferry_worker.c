@@ -526,10 +526,15 @@ int main(int argc, char **argv)
     } else {
         rc = run_active(conn, coord, &o, buf, descs);
     }
-    free(descs);
-    free(buf);
     ferry_coordinator_disconnect(coord);
     finish_stats(&o, conn, &rc);
-    ferry_connector_destroy(conn);
+    /* ferry_op_destroy does not wait for data in flight (an admitted peer's
+     * puts, our own gets cancelled midway): the buffer goes only once the
+     * connector, and UCX with it, is gone, and is left to the exit should
+     * that be refused. */
+    if (ferry_connector_destroy(conn) == FERRY_OK) {
+        free(descs);
+        free(buf);
+    }
     return rc;
 }
