@@ -1,10 +1,13 @@
 """Every numeric flag of ferry-worker and ferry-coordinator, and the
 coordinator's --prefix, at and past its limits: a value out of range exits 2
 with a message that names the flag and the range, before anything is
-allocated or started; the values at the limits are accepted. No etcd or
-coordinator runs: a refused flag stops the program before it connects, and
-an accepted set is followed by a mistake the parser reports after the flags
-(an unknown command; --tls-ca without --tls-cert), so nothing starts either.
+allocated or started; the values at the limits are accepted. ferry-worker's
+stray arguments and the client TLS flags of ferry-worker and ferryctl that
+would be dropped (a certificate, key or server name without --tls-ca) exit 2
+naming them too. No etcd or coordinator runs: a refused flag stops the
+program before it connects, and an accepted set is followed by a mistake the
+parser reports after the flags (an unknown command; --tls-ca without
+--tls-cert), so nothing starts either.
 """
 import os
 import subprocess
@@ -16,6 +19,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 import ferry_harness  # noqa: E402
 
 WORKER = os.path.join(ferry_harness.BUILD_DIR, "worker", "ferry-worker")
+FERRYCTL = os.path.join(ferry_harness.BUILD_DIR, "tools", "ferryctl")
 COORDINATOR = ferry_harness.COORDINATOR
 EXIT_USAGE = 2
 
@@ -72,6 +76,51 @@ class WorkerFlags(unittest.TestCase):
                        "--size", "18446744073709551615", "--timeout", "1"])
         self.assertEqual(rc, EXIT_USAGE, err)
         self.assertIn("--size must be from 1 byte to 1TiB", err)
+
+    def test_stray_argument_is_usage_error_naming_it(self):
+        # getopt_long moves operands past the flags: `--size 1 GiB` was a
+        # 1-byte transfer that exited 0.
+        for args, stray in ((["recv", "--request-id", "j", "--size", "1", "GiB"], "GiB"),
+                            (["send", "extra", "--request-id", "j", "--token", "t"], "extra"),
+                            (["serve", "--request-id", "j", "--", "--size"], "--size")):
+            with self.subTest(args=args):
+                rc, err = run([WORKER, *args, "--timeout", "1"])
+                self.assertEqual(rc, EXIT_USAGE, err)
+                self.assertIn(f"unexpected argument '{stray}'", err)
+
+
+class ClientTlsFlags(unittest.TestCase):
+    """--tls-ca turns TLS to the coordinator on, in ferry-worker and ferryctl
+    alike: a certificate, key or server name without it was dropped, and the
+    program talked plaintext. Now it exits 2 naming the flag (or variable)
+    and --tls-ca; a certificate without its key, or a key without its
+    certificate, exits 2 naming both."""
+
+    PROGRAMS = {"ferry-worker": [WORKER, "recv", "--request-id", "j", "--timeout", "1"],
+                "ferryctl": [FERRYCTL, "health", "--timeout", "1"]}
+    WITHOUT_CA = [
+        (["--tls-cert", "c.pem", "--tls-key", "k.pem"], {}, "--tls-cert (FERRY_TLS_CERT)"),
+        ([], {"FERRY_TLS_CERT": "c.pem", "FERRY_TLS_KEY": "k.pem"}, "--tls-cert (FERRY_TLS_CERT)"),
+        (["--tls-key", "k.pem"], {}, "--tls-key (FERRY_TLS_KEY)"),
+        (["--tls-server-name", "ferry.test"], {}, "--tls-server-name"),
+    ]
+
+    def test_without_ca_is_usage_error_naming_the_flag(self):
+        for prog, base in self.PROGRAMS.items():
+            for args, env, named in self.WITHOUT_CA:
+                with self.subTest(prog=prog, args=args, env=env):
+                    rc, err = run([*base, *args], env=env)
+                    self.assertEqual(rc, EXIT_USAGE, err)
+                    self.assertIn(f"{named} needs --tls-ca (FERRY_TLS_CA)", err)
+
+    def test_cert_and_key_go_together(self):
+        for prog, base in self.PROGRAMS.items():
+            for args in (["--tls-cert", "c.pem"], ["--tls-key", "k.pem"]):
+                with self.subTest(prog=prog, args=args):
+                    rc, err = run([*base, "--tls-ca", "ca.pem", *args])
+                    self.assertEqual(rc, EXIT_USAGE, err)
+                    self.assertIn("--tls-cert (FERRY_TLS_CERT) and --tls-key (FERRY_TLS_KEY) go "
+                                  "together", err)
 
 
 class CoordinatorFlags(unittest.TestCase):

@@ -89,6 +89,7 @@ static const char usage[] =
     "  --tls-cert PEM       client certificate (FERRY_TLS_CERT)\n"
     "  --tls-key PEM        and its key (FERRY_TLS_KEY)\n"
     "  --tls-server-name N  name to verify instead of the address's host\n"
+    "                       (the last three need --tls-ca; cert and key go together)\n"
     "\n"
     "exit: 0 ok, 1 failed, 2 usage or INVALID_ARGUMENT, 3 NOT_FOUND,\n"
     "      4 PERMISSION_DENIED/UNAUTHENTICATED, 5 FAILED_PRECONDITION/ALREADY_EXISTS,\n"
@@ -192,6 +193,31 @@ static bool parse_one(int opt, options_t *o)
     }
 }
 
+/* TLS is turned on by --tls-ca: a certificate, key or server name without
+ * it would be dropped and ferryctl would talk plaintext, so it is refused
+ * (as ferry-worker does); false, said, then. */
+static bool check_tls_flags(const options_t *o)
+{
+    const char *without_ca = o->tls_cert != NULL          ? "--tls-cert (FERRY_TLS_CERT)"
+                             : o->tls_key != NULL         ? "--tls-key (FERRY_TLS_KEY)"
+                             : o->tls_server_name != NULL ? "--tls-server-name"
+                                                          : NULL;
+
+    if (o->tls_ca == NULL && without_ca != NULL) {
+        fprintf(stderr,
+                "ferryctl: %s needs --tls-ca (FERRY_TLS_CA), the CA that signed the "
+                "coordinators; without it ferryctl would not use TLS\n",
+                without_ca);
+        return false;
+    }
+    if ((o->tls_cert == NULL) != (o->tls_key == NULL)) {
+        fprintf(stderr, "ferryctl: --tls-cert (FERRY_TLS_CERT) and --tls-key (FERRY_TLS_KEY) go "
+                        "together\n");
+        return false;
+    }
+    return true;
+}
+
 /* 0: parsed; 1: --help printed; -1: bad usage (said). */
 static int parse_options(int argc, char **argv, options_t *o)
 {
@@ -252,7 +278,7 @@ static int parse_options(int argc, char **argv, options_t *o)
         fprintf(stderr, "ferryctl: %s: unexpected argument '%s'\n", o->command, argv[optind]);
         return -1;
     }
-    return 0;
+    return check_tls_flags(o) ? 0 : -1;
 }
 
 /* Says what went wrong and returns its exit code. */

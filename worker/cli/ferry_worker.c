@@ -84,6 +84,7 @@ static const char usage[] =
     "  --tls-cert PEM       client certificate for it (FERRY_TLS_CERT)\n"
     "  --tls-key PEM        and its key (FERRY_TLS_KEY)\n"
     "  --tls-server-name N  name to verify instead of the address's host\n"
+    "                       (the last three need --tls-ca; cert and key go together)\n"
     "  --stats-json FILE    on exit, write libferry's counters (operations and bytes by\n"
     "                       direction and outcome, endpoints, keys) as one JSON object\n"
     "                       to FILE ('-': stdout, after the other output)\n";
@@ -140,6 +141,32 @@ static bool parse_timeout_flag(const char *text, int *ms_p)
         return false;
     }
     *ms_p = (int)(s * 1000.0 + 0.5);
+    return true;
+}
+
+/* TLS is turned on by --tls-ca: a certificate, key or server name without
+ * it would be dropped and the worker would talk plaintext, so it is
+ * refused (as ferryctl does); false, said, then. */
+static bool check_tls_flags(const options_t *o)
+{
+    const char *without_ca = o->tls_cert != NULL          ? "--tls-cert (FERRY_TLS_CERT)"
+                             : o->tls_key != NULL         ? "--tls-key (FERRY_TLS_KEY)"
+                             : o->tls_server_name != NULL ? "--tls-server-name"
+                                                          : NULL;
+
+    if (o->tls_ca == NULL && without_ca != NULL) {
+        fprintf(stderr,
+                "ferry-worker: %s needs --tls-ca (FERRY_TLS_CA), the CA that signed the "
+                "coordinator; without it the worker would not use TLS\n",
+                without_ca);
+        return false;
+    }
+    if ((o->tls_cert == NULL) != (o->tls_key == NULL)) {
+        fprintf(stderr,
+                "ferry-worker: --tls-cert (FERRY_TLS_CERT) and --tls-key (FERRY_TLS_KEY) go "
+                "together\n");
+        return false;
+    }
     return true;
 }
 
@@ -247,8 +274,16 @@ static int parse_options(int argc, char **argv, options_t *o)
             return -1;
         }
     }
+    if (optind < argc) {
+        /* getopt_long moved the operands here; none is taken. */
+        fprintf(stderr, "ferry-worker: %s: unexpected argument '%s'\n", o->command, argv[optind]);
+        return -1;
+    }
     if (o->request_id == NULL) {
         fprintf(stderr, "ferry-worker: --request-id is required\n");
+        return -1;
+    }
+    if (!check_tls_flags(o)) {
         return -1;
     }
     if (o->descriptors > o->size) {
