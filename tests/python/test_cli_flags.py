@@ -88,6 +88,22 @@ class WorkerFlags(unittest.TestCase):
                 self.assertEqual(rc, EXIT_USAGE, err)
                 self.assertIn(f"unexpected argument '{stray}'", err)
 
+    def test_device_is_host_memory_only_and_says_where_gpus_go(self):
+        # The usage said "cpu (default) or cuda:N" and every build refused
+        # cuda:N with "not supported by this build".
+        p = subprocess.run([WORKER, "--help"], capture_output=True, text=True, timeout=30)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        self.assertNotIn("or cuda:N", p.stdout)
+        self.assertIn("ferry-worker moves host", p.stdout)
+        for device in ("cuda:0", "cuda:3", "cuda"):
+            with self.subTest(device=device):
+                rc, err = run([WORKER, "recv", "--request-id", "r1", "--device", device])
+                self.assertEqual(rc, EXIT_USAGE, err)
+                self.assertIn(f"--device {device}: ferry-worker moves host memory only", err)
+                self.assertIn("libferry or the Python package with cuda:N descriptors", err)
+        rc, err = run([WORKER, "bogus", "--request-id", "r1", "--device", "cpu"])
+        self.assertIn("unknown command", err)
+
 
 class ClientTlsFlags(unittest.TestCase):
     """--tls-ca turns TLS to the coordinator on, in ferry-worker and ferryctl

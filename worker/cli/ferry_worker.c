@@ -7,6 +7,9 @@
  *   serve  allocate, fill with the pattern, register a readable, wait
  *   read   look --request-id up, read it, check every byte
  *
+ * It moves host memory only (--device cpu): GPU memory moves through
+ * libferry or the Python package with cuda:N descriptors (README, "GPU").
+ *
  * Exit codes, for scripts: 0 done and verified; 1 the transfer failed;
  * 2 bad usage; 3 the bytes did not match; 4 timed out; 5 the coordinator
  * refused (not found, taken, wrong token).
@@ -75,7 +78,8 @@ static const char usage[] =
     "                       without one print the token the coordinator picked\n"
     "  --size N             bytes to move, 1 B..1 TiB: 4096, 64MiB, 1GiB (default 1MiB)\n"
     "  --descriptors N      split the buffer into N regions, 1..1024 (default 1)\n"
-    "  --device D           cpu (default) or cuda:N\n"
+    "  --device D           cpu, the default and the only one: ferry-worker moves host\n"
+    "                       memory (GPU memory: libferry or Python, cuda:N descriptors)\n"
     "  --timeout SECONDS    give up after this long, 0.001..86400 (default 60)\n"
     "  --ttl SECONDS        lease TTL at the coordinator, 1..3600 (default: the\n"
     "                       coordinator's)\n"
@@ -234,6 +238,14 @@ static int parse_options(int argc, char **argv, options_t *o)
         case 'd':
             if (ferry_device_parse(optarg, &o->device) != FERRY_OK) {
                 fprintf(stderr, "ferry-worker: --device: %s\n", ferry_last_error_message());
+                return -1;
+            }
+            if (o->device.kind != FERRY_DEVICE_HOST) {
+                fprintf(stderr,
+                        "ferry-worker: --device %s: ferry-worker moves host memory only "
+                        "(--device cpu); for GPU memory use libferry or the Python package "
+                        "with cuda:N descriptors\n",
+                        optarg);
                 return -1;
             }
             break;
@@ -523,10 +535,6 @@ int main(int argc, char **argv)
     if (strcmp(o.command, "recv") != 0 && strcmp(o.command, "send") != 0 &&
         strcmp(o.command, "serve") != 0 && strcmp(o.command, "read") != 0) {
         fprintf(stderr, "ferry-worker: unknown command '%s'\n%s", o.command, usage);
-        return EXIT_USAGE;
-    }
-    if (o.device.kind != FERRY_DEVICE_HOST) {
-        fprintf(stderr, "ferry-worker: only --device cpu is supported by this build\n");
         return EXIT_USAGE;
     }
     /* libferry logs only when asked: the program asks, from the
