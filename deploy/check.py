@@ -42,6 +42,9 @@ cluster:
               its peer port.
   kustomize   the base's resources lists exactly the manifests in
               deploy/k8s/base; every overlay renders, into one namespace.
+  alerts      prometheus/ferry-rules.yaml passes `promtool check rules`, and
+              `promtool test rules` on prometheus/ferry-rules-test.yaml: each
+              alert fires on the series that should fire it, and only there.
   image       every COPY/ADD source exists in the repository; FROM is Debian
               12; the build stage runs scripts/install-deps.sh and a Release
               cmake build with tests and benchmarks off; build-tree paths match
@@ -1171,6 +1174,24 @@ def validate_schemas(repo, rendered):
         note(r.stderr.strip())
 
 
+# ---- alert rules ----------------------------------------------------------
+
+def check_alert_rules(deploy):
+    """The rules pass `promtool check rules` and their unit tests `promtool
+    test rules` (Debian's prometheus, from scripts/install-deps.sh)."""
+    where = "deploy/prometheus"
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        fail(where, "no promtool on PATH (scripts/install-deps.sh installs prometheus)")
+        return
+    for args in (["check", "rules", "ferry-rules.yaml"],
+                 ["test", "rules", "ferry-rules-test.yaml"]):
+        r = subprocess.run([promtool, *args], cwd=os.path.join(deploy, "prometheus"),
+                           capture_output=True, text=True)
+        if r.returncode != 0:
+            fail(where, "promtool %s failed:\n%s" % (" ".join(args), (r.stdout + r.stderr).strip()))
+
+
 def spec_of(o):
     return pod_spec(o)[0]
 
@@ -1204,6 +1225,7 @@ def main():
 
     image = check_containerfile(repo, deploy)
     check_runtime_packages(image, a.build, "deploy/Containerfile")
+    check_alert_rules(deploy)
 
     base = os.path.join(k8s, "base")
     kusts = load_yaml_file(os.path.join(base, "kustomization.yaml"),

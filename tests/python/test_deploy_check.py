@@ -1,7 +1,7 @@
 """deploy/check.sh catches what it says it checks: each case copies deploy/
 into a scratch repository (the rest of the tree linked), breaks one thing in
-one overlay or the base, and expects check.py to fail naming it. The
-unbroken copy passes.
+one overlay, the base or the alert rules, and expects check.py to fail
+naming it. The unbroken copy passes.
 
 Run with /usr/bin/python3, from CTest (deploy_check_catches).
 """
@@ -107,6 +107,18 @@ class DeployCheckCatches(unittest.TestCase):
              "            timeoutSeconds: 5\n          readinessProbe:",
              "          readinessProbe:")
         self.assertFails(r"startupProbe: timeoutSeconds 1 must exceed the probe's own --timeout 2")
+
+    def test_alert_rule_that_misses_its_case(self):
+        # FerryCallsStuck as it was: health checks' answers kept it quiet.
+        edit(os.path.join(self.repo, "deploy", "prometheus", "ferry-rules.yaml"),
+             "sum by (instance, method) (min_over_time(", "sum by (instance) (min_over_time(")
+        self.assertFails(r"deploy/prometheus: promtool test rules ferry-rules-test.yaml failed",
+                         r"alertname: FerryCallsStuck")
+
+    def test_alert_rules_that_do_not_parse(self):
+        edit(os.path.join(self.repo, "deploy", "prometheus", "ferry-rules.yaml"),
+             "expr: ferry_healthy == 0", "expr: ferry_healthy ==")
+        self.assertFails(r"deploy/prometheus: promtool check rules ferry-rules.yaml failed")
 
     def test_probe_flag_ferryctl_lacks(self):
         edit(os.path.join(self.k8s, "overlays", "prod", "coordinator-tls.yaml"),
