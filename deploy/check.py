@@ -35,7 +35,10 @@ cluster:
               and size.
   overlays    dev: one etcd member, no TLS. prod: three members; TLS on
               (etcd clients and peers with client certificates, the
-              coordinator with client certificates, workers with theirs);
+              coordinator with client certificates, workers with theirs;
+              the etcdctl commands deploy/README.md gives name an https
+              endpoint of a member and the CA, certificate and key etcd
+              mounts);
               PodDisruptionBudgets keeping etcd's quorum and a coordinator;
               NetworkPolicies letting only workers reach the coordinators'
               port, only coordinators etcd's client port, only etcd members
@@ -959,6 +962,8 @@ def check_etcd(ctx):
                                for vm in mounts):
             fail(where, "--data-dir %r is not on a volumeClaimTemplate mount" % data_dir)
         check_etcd_tls(ctx, where, pspec, c, args)
+        if ctx.expect["tls"]:
+            check_readme_etcdctl(ctx, where, o, c, args)
         if not ctx.expect["guarded"]:
             continue
         quorum = n // 2 + 1 if isinstance(n, int) else None
@@ -1004,6 +1009,68 @@ def check_etcd_tls(ctx, where, spec, c, args):
         v = args.get(f)
         if not v or os.path.dirname(str(v)) not in dirs:
             fail(where, "%s %r is not a file in a mounted Secret (%s)" % (f, v, sorted(dirs)))
+
+
+def readme_commands(repo, program):
+    """The commands that run `program` in deploy/README.md, from `program`
+    on: in fenced code blocks (continuation lines joined) and in inline
+    code spans. A span that only names a subcommand (`etcdctl member add`)
+    is no command."""
+    path = os.path.join(repo, "deploy", "README.md")
+    if not os.path.isfile(path):
+        return []
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    fence = re.compile(r"^[ \t]*```[a-z]*\n(.*?)^[ \t]*```[ \t]*$", re.S | re.M)
+    lines = [line for block in fence.findall(text)
+             for line in block.replace("\\\n", " ").splitlines()]
+    lines += [span.replace("\n", " ") for span in re.findall(r"`([^`]+)`", fence.sub("", text))]
+    out = []
+    for line in lines:
+        if program not in line:
+            continue
+        try:
+            words = shlex.split(line, comments=True)
+        except ValueError as e:
+            fail("deploy/README.md", "`%s`: %s" % (line.strip(), e))
+            continue
+        if program not in words:
+            continue
+        cmd = words[words.index(program):]
+        if len(cmd) > 3 or any(w.startswith("-") for w in cmd[1:]):
+            out.append(cmd)
+    return out
+
+
+def check_readme_etcdctl(ctx, where, o, c, args):
+    """With TLS on, etcd answers only https with a client certificate, and
+    its certificate names members, not localhost: each etcdctl command the
+    README gives must name a member's endpoint as --advertise-client-urls
+    does and the CA, certificate and key the etcd container mounts."""
+    ns = str((o.get("metadata") or {}).get("namespace", ""))
+    member = re.escape(str(args.get("--advertise-client-urls", "")))
+    for k, e in env_map(c).items():
+        path = ((e.get("valueFrom") or {}).get("fieldRef") or {}).get("fieldPath")
+        value = {"metadata.name": r"%s-\d+" % re.escape(o["metadata"]["name"]),
+                 "metadata.namespace": re.escape(ns)}.get(path)
+        if value is not None:
+            member = member.replace(re.escape("$(%s)" % k), value)
+    want = {"--cacert": args.get("--trusted-ca-file"), "--cert": args.get("--cert-file"),
+            "--key": args.get("--key-file")}
+    for cmd in readme_commands(ctx.repo, "etcdctl"):
+        a = arg_values(cmd[1:])
+        shown = " ".join(cmd)
+        endpoints = str(a.get("--endpoints") or "").split(",")
+        if not all(re.match("^%s$" % member, e) for e in endpoints):
+            fail("deploy/README.md", "`%s`: --endpoints must be a member's https URL, as %s's "
+                 "--advertise-client-urls %s (its certificate names no localhost)"
+                 % (shown, where, args.get("--advertise-client-urls")))
+        for flag, path in sorted(want.items()):
+            if a.get(flag) != path:
+                fail("deploy/README.md", "`%s`: %s must be %s, the file %s mounts"
+                     % (shown, flag, path, where))
+        if "--peer-urls" in a and not str(a["--peer-urls"]).startswith("https://"):
+            fail("deploy/README.md", "`%s`: --peer-urls must be https:// (%s)" % (shown, where))
 
 
 def check_policies(ctx):

@@ -120,6 +120,17 @@ class DeployCheckCatches(unittest.TestCase):
              "expr: ferry_healthy == 0", "expr: ferry_healthy ==")
         self.assertFails(r"deploy/prometheus: promtool check rules ferry-rules.yaml failed")
 
+    def test_readme_etcdctl_without_the_prod_endpoint_and_files(self):
+        # As the README gave them: the default endpoint, no client certificate.
+        readme = os.path.join(self.repo, "deploy", "README.md")
+        edit(readme, "--endpoints=https://etcd-0.etcd.ferry.svc:2379",
+             "--endpoints=https://127.0.0.1:2379")
+        edit(readme, "--key=/etc/etcd/tls/tls.key \\\n     snapshot save",
+             "--key=/etc/etcd/tls.key \\\n     snapshot save")
+        self.assertFails(r"`etcdctl --endpoints=https://127\.0\.0\.1:2379 .*member add .*`: "
+                         r"--endpoints must be a member's https URL",
+                         r"`etcdctl .*snapshot save .*`: --key must be /etc/etcd/tls/tls\.key")
+
     def test_probe_flag_ferryctl_lacks(self):
         edit(os.path.join(self.k8s, "overlays", "prod", "coordinator-tls.yaml"),
              "                - --tls-server-name", "                - --tls-servername")
