@@ -121,7 +121,8 @@ typedef struct {
     uint8_t key[FERRY__KEY_LEN];           /* the passive operation */
     uint64_t op_id;                        /* the active operation (CLAIM, ADMIT) */
     uint8_t op_kind;                       /* CLAIM: FERRY__KIND_WRITE or _READ */
-    int32_t status;                        /* ADMIT, NOTICE: ferry_status_t */
+    ferry_status_t status;                 /* ADMIT, NOTICE, CREDIT; decoded:
+                                            * ferry__msg_peer_status's */
     uint8_t nonce[FERRY__NONCE_LEN];       /* ADMIT (admitted), NOTICE, CHUNK: the admission */
     uint8_t claim_nonce[FERRY__NONCE_LEN]; /* CLAIM, and echoed: ADMIT, CREDIT */
     const uint8_t *address;                /* CLAIM: the claimant's worker address */
@@ -137,6 +138,13 @@ ferry_status_t ferry__msg_encode(const ferry__msg_t *msg, uint8_t **buf_p, size_
 
 /* Decodes; msg->address points into buf. FERRY_ERR_PROTOCOL when malformed. */
 ferry_status_t ferry__msg_decode(const uint8_t *buf, size_t len, ferry__msg_t *msg);
+
+/* The code a peer's status number stands for here, the one mapping of it
+ * (the decoder applies it): FERRY_OK and the codes a peer may report about
+ * a transfer as they are; another code of the status table (one about the
+ * peer's own lease, coordinator or caller) FERRY_ERR_PEER_FAILED; any other
+ * number FERRY_ERR_PROTOCOL. */
+ferry_status_t ferry__msg_peer_status(int32_t status);
 
 /* Nonces equal, in time that does not depend on where they differ. */
 bool ferry__nonce_equal(const uint8_t *a, const uint8_t *b);

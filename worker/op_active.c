@@ -137,8 +137,8 @@ void ferry__active_on_admit(ferry_connector_t *c, const ferry__msg_t *msg)
     } else if (msg->status == FERRY_OK) {
         start_transfer(op);
     } else {
-        /* A refusal is negative; anything else is a broken peer. */
-        ferry_status_t code = msg->status < 0 ? (ferry_status_t)msg->status : FERRY_ERR_PROTOCOL;
+        /* A code a peer may report: the decoder mapped the number. */
+        ferry_status_t code = msg->status;
         ferry__op_move(op, FERRY__OP_ERRORED, code, "the passive side refused the %s: %s",
                        op->kind == FERRY__KIND_WRITE ? "write" : "read",
                        code == FERRY_ERR_NOT_FOUND ? "no such operation (destroyed?)"

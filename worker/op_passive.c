@@ -459,9 +459,9 @@ void ferry__passive_on_notice(ferry_connector_t *c, const ferry__msg_t *msg)
         }
         ferry__op_move(op, FERRY__OP_COMPLETE, FERRY_OK, NULL);
     } else {
-        ferry_status_t code = msg->status < 0 ? (ferry_status_t)msg->status : FERRY_ERR_PROTOCOL;
-        ferry__op_move(op, FERRY__OP_ERRORED, code, "the active side gave up: %s",
-                       ferry_status_string(code));
+        /* A code a peer may report: the decoder mapped the number. */
+        ferry__op_move(op, FERRY__OP_ERRORED, msg->status, "the active side gave up: %s",
+                       ferry_status_string(msg->status));
     }
 }
 

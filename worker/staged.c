@@ -681,7 +681,7 @@ void ferry__staged_on_credit(ferry_connector_t *c, const ferry__msg_t *msg)
     }
     s = op->stage;
     if (msg->status != FERRY_OK) {
-        ferry_status_t code = msg->status < 0 ? (ferry_status_t)msg->status : FERRY_ERR_PROTOCOL;
+        ferry_status_t code = msg->status; /* one a peer may report (the decoder) */
         if (!ferry__op_is_final(op)) {
             ferry__op_move(op, FERRY__OP_ERRORED, code, "the passive side stopped the %s: %s",
                            op->kind == FERRY__KIND_WRITE ? "write" : "read",

@@ -39,8 +39,12 @@
  * CLAIM without a claim nonce.
  *
  * The decoder trusts nothing: every length is checked against the buffer
- * before it is read, and the address it returns is opaque bytes (the
- * passive side never hands a claim's address to UCX before admission).
+ * before it is read, the address it returns is opaque bytes (the passive
+ * side never hands a claim's address to UCX before admission), and the
+ * status it returns is one a peer may report (ferry__msg_peer_status): the
+ * number becomes an operation's error code, which ferry_op_wait returns and
+ * the coordinator client reports and stores, so a peer must not be able to
+ * invent a code or speak for this side's own lease or caller.
  *
  * Pure functions: any thread.
  */
@@ -100,6 +104,48 @@ bool ferry__nonce_is_zero(const uint8_t *nonce)
 {
     static const uint8_t zero[FERRY__NONCE_LEN];
     return ferry__nonce_equal(nonce, zero);
+}
+
+ferry_status_t ferry__msg_peer_status(int32_t status)
+{
+    switch ((ferry_status_t)status) {
+    case FERRY_OK:
+    /* What happens to a transfer at either end: a refusal (admission),
+     * the other side's cancel or failure, its transport or memory, a
+     * message it found malformed. */
+    case FERRY_ERR_INVALID_ARGUMENT:
+    case FERRY_ERR_NOT_FOUND:
+    case FERRY_ERR_FAILED_PRECONDITION:
+    case FERRY_ERR_TIMED_OUT:
+    case FERRY_ERR_UNAVAILABLE:
+    case FERRY_ERR_CANCELLED:
+    case FERRY_ERR_RESOURCE_EXHAUSTED:
+    case FERRY_ERR_NO_MEMORY:
+    case FERRY_ERR_UNIMPLEMENTED:
+    case FERRY_ERR_PROTOCOL:
+    case FERRY_ERR_TRANSPORT:
+    case FERRY_ERR_PEER_FAILED:
+    case FERRY_ERR_IO:
+    case FERRY_ERR_INTERNAL:
+        return (ferry_status_t)status;
+    /* Real codes, but about the peer's own affairs (its lease, its
+     * coordinator, its caller's API use): taken as they came they would
+     * pass for this side's own (an EXPIRED counts as this side's claim
+     * expiring at the coordinator). The peer did report an error. */
+    case FERRY_ERR_ALREADY_EXISTS:
+    case FERRY_ERR_PERMISSION_DENIED:
+    case FERRY_ERR_UNAUTHENTICATED:
+    case FERRY_ERR_EXPIRED:
+    case FERRY_ERR_ABORTED:
+    case FERRY_ERR_MISUSE:
+    case FERRY_ERR_LEASE_NOT_FOUND:
+    case FERRY_ERR_OUT_OF_RANGE:
+    case FERRY_ERR_BUSY:
+    case FERRY_ERR_SIZE_MISMATCH:
+    case FERRY_ERR_KIND_MISMATCH:
+        return FERRY_ERR_PEER_FAILED;
+    }
+    return FERRY_ERR_PROTOCOL; /* not in the status table: not a status */
 }
 
 static bool has_chunk(ferry__msg_type_t type)
@@ -166,7 +212,7 @@ ferry_status_t ferry__msg_decode(const uint8_t *buf, size_t len, ferry__msg_t *m
     msg->op_kind = buf[5];
     memcpy(msg->key, buf + 8, FERRY__KEY_LEN);
     msg->op_id = get_u64(buf + 24);
-    msg->status = (int32_t)get_u32(buf + 32);
+    msg->status = ferry__msg_peer_status((int32_t)get_u32(buf + 32));
     memcpy(msg->nonce, buf + 40, FERRY__NONCE_LEN);
     memcpy(msg->claim_nonce, buf + 56, FERRY__NONCE_LEN);
     if (msg->type == FERRY__MSG_CLAIM && ferry__nonce_is_zero(msg->claim_nonce)) {

@@ -15,8 +15,10 @@
  * address does not bring the victim down and creates no endpoint; 10,000
  * bogus CLAIMs leave the victim's RSS and endpoint cache bounded; and the
  * endpoint cache itself is a bounded LRU that never closes a peer in use;
- * an ADMIT whose status is positive ends a write as PROTOCOL; and an ADMIT
- * that does not carry the claim's nonce back is ignored.
+ * an ADMIT whose status is positive ends a write as PROTOCOL, and an ADMIT
+ * or NOTICE whose status is outside the status table too (one about the
+ * peer's own affairs as PEER_FAILED); and an ADMIT that does not carry the
+ * claim's nonce back is ignored.
  *
  * Every read from the victim has a deadline; no sleep synchronizes anything.
  */
@@ -509,6 +511,44 @@ static void test_garbage_address_claim(void **state)
     victim_quit(&v);
 }
 
+/* The admitted writer's error NOTICE ends the writable with a code a peer
+ * may report: a number outside the status table as PROTOCOL, EXPIRED (the
+ * writer's lease, not ours) as PEER_FAILED. Before, -1000 became the
+ * writable's error code. */
+static void test_notice_status_outside_the_table(void **state)
+{
+    static const struct {
+        int32_t sent;
+        ferry_status_t taken;
+    } cases[] = {
+        {-1000, FERRY_ERR_PROTOCOL},
+        {FERRY_ERR_EXPIRED, FERRY_ERR_PEER_FAILED},
+        {FERRY_ERR_CANCELLED, FERRY_ERR_CANCELLED}, /* what a writer may report */
+    };
+    victim_t v;
+    hostile_t h;
+    report_t rep;
+    (void)state;
+
+    victim_spawn(&v);
+    victim_new(&v);
+    hostile_open(&h, &v);
+    for (unsigned i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        if (i > 0) {
+            victim_new(&v);
+        }
+        send_claim(&h, v.key, (const uint8_t *)h.own_address, h.own_address_len, true);
+        hostile_await_answers(&h, i + 1);
+        assert_int_equal(h.last_answer[32] | h.last_answer[33] | h.last_answer[34], 0); /* OK */
+        send_notice(&h, v.key, cases[i].sent, h.last_answer + 40); /* the admitted one's */
+        rep = victim_ask(&v, 'W');
+        assert_int_equal(rep.wait_status, cases[i].taken);
+        assert_int_equal(rep.op_status, FERRY_OP_STATUS_ERRORED);
+    }
+    hostile_close(&h);
+    victim_quit(&v);
+}
+
 /* 10,000 bogus CLAIMs, each with an address of its own (the peer's real
  * address plus a counter, which UCX would accept), leave the victim's RSS
  * and endpoint cache bounded, and a real transfer still works. */
@@ -781,6 +821,34 @@ static void test_admit_without_the_claim_nonce_is_ignored(void **state)
     assert_int_equal(error, FERRY_ERR_FAILED_PRECONDITION);
 }
 
+/* A peer's status is a number it chose: one outside the status table ends
+ * the write as PROTOCOL, and a real code about the peer's own affairs (its
+ * lease expired, its caller misused the API) as PEER_FAILED, never as
+ * itself (the coordinator client would report and store it as this side's).
+ * Before, any negative number became the operation's error code. */
+static void test_admit_status_outside_the_table(void **state)
+{
+    static const struct {
+        int32_t sent;
+        ferry_status_t taken;
+    } cases[] = {
+        {-1000, FERRY_ERR_PROTOCOL},
+        {INT32_MIN, FERRY_ERR_PROTOCOL},
+        {FERRY_ERR_EXPIRED, FERRY_ERR_PEER_FAILED},
+        {FERRY_ERR_MISUSE, FERRY_ERR_PEER_FAILED},
+        {FERRY_ERR_NOT_FOUND, FERRY_ERR_NOT_FOUND}, /* a refusal it may give */
+    };
+    (void)state;
+
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        fake_passive_t f = {.admit_status = cases[i].sent};
+        ferry_status_t error;
+        assert_int_equal(write_against_fake(&f, &error), cases[i].taken);
+        assert_int_equal(f.claims, 1);
+        assert_int_equal(error, cases[i].taken);
+    }
+}
+
 /* A passive side that never answers the claim (its process is gone, and
  * nothing tells the writer): the write fails UNAVAILABLE once
  * FERRY_CLAIM_TIMEOUT_MS has passed, instead of waiting for ever; and one
@@ -872,10 +940,12 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_forged_notice_ignored),
         cmocka_unit_test(test_stranger_error_notice_ignored),
         cmocka_unit_test(test_garbage_address_claim),
+        cmocka_unit_test(test_notice_status_outside_the_table),
         cmocka_unit_test(test_bogus_claims_bounded),
         cmocka_unit_test(test_peer_cache_lru),
         cmocka_unit_test(test_admit_positive_status_is_protocol_error),
         cmocka_unit_test(test_admit_without_the_claim_nonce_is_ignored),
+        cmocka_unit_test(test_admit_status_outside_the_table),
         cmocka_unit_test(test_unanswered_claim_ends),
         cmocka_unit_test(test_inbox_bounded),
     };

@@ -308,6 +308,40 @@ static void test_wire_round_trip(void **state)
     free(buf);
 }
 
+/* A message's status is a peer's number: the decoder gives the codes a
+ * peer may report as they are, another code of the table as PEER_FAILED,
+ * and anything else as PROTOCOL (wire.c: ferry__msg_peer_status). */
+static void test_wire_peer_status(void **state)
+{
+    static const struct {
+        int32_t sent;
+        ferry_status_t taken;
+    } cases[] = {
+        {FERRY_OK, FERRY_OK},
+        {FERRY_ERR_CANCELLED, FERRY_ERR_CANCELLED},
+        {FERRY_ERR_TRANSPORT, FERRY_ERR_TRANSPORT},
+        {FERRY_ERR_NOT_FOUND, FERRY_ERR_NOT_FOUND},
+        {FERRY_ERR_EXPIRED, FERRY_ERR_PEER_FAILED},
+        {FERRY_ERR_MISUSE, FERRY_ERR_PEER_FAILED},
+        {FERRY_ERR_LEASE_NOT_FOUND, FERRY_ERR_PEER_FAILED},
+        {7, FERRY_ERR_PROTOCOL},
+        {-1000, FERRY_ERR_PROTOCOL},
+        {INT32_MIN, FERRY_ERR_PROTOCOL},
+    };
+    ferry__msg_t in = {.type = FERRY__MSG_NOTICE}, out;
+    uint8_t *buf;
+    size_t len;
+    (void)state;
+
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        in.status = (ferry_status_t)cases[i].sent;
+        assert_int_equal(ferry__msg_encode(&in, &buf, &len), FERRY_OK);
+        assert_int_equal(ferry__msg_decode(buf, len, &out), FERRY_OK);
+        assert_int_equal(out.status, cases[i].taken);
+        free(buf);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -318,6 +352,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_random_bytes, setup, teardown),
         cmocka_unit_test_setup_teardown(test_missing_fields, setup, teardown),
         cmocka_unit_test(test_wire_round_trip),
+        cmocka_unit_test(test_wire_peer_status),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
