@@ -15,11 +15,13 @@
  * runs, and answering on it is what lets the passive side never build an
  * endpoint from a stranger's bytes (ucp_ep_create on a malformed address
  * aborts inside UCX 1.13; it takes no length to check against). The
- * decision only reads the operation table and moves READY -> CLAIMED.
+ * decision only reads the operation table, moves READY -> CLAIMED and, for
+ * an admitted claim, queues its op on connector->watch (op_passive.c).
  *
  * Bounded: the inbox holds at most FERRY__INBOX_MAX messages and
  * FERRY__INBOX_MAX_BYTES (anyone who can reach the worker can send; past
- * the bound a message is dropped, counted and logged once), a malformed
+ * the bound a message is dropped, counted and logged once; an admitted
+ * claim's follow-up never waits there, see op_passive.c), a malformed
  * message is dropped in the callback, and the loop handles a queued item
  * at least every FERRY__PROGRESS_BURST progress calls, so that a flood can
  * neither grow memory without bound nor keep the loop from its work.
@@ -168,10 +170,10 @@ static ucs_status_t am_recv_cb(void *arg, const void *header, size_t header_leng
         if (param->recv_attr & UCP_AM_RECV_ATTR_FIELD_REPLY_EP) {
             reply_ep = param->reply_ep;
         }
-        /* True when the loop must still watch the admitted claimant. */
-        if (!ferry__passive_on_claim(c, &msg, reply_ep)) {
-            return UCS_OK;
-        }
+        /* What an admission leaves to the loop goes on connector->watch,
+         * never into the inbox. */
+        ferry__passive_on_claim(c, &msg, reply_ep);
+        return UCS_OK;
     }
     ferry__inbox_push(c, data, length);
     return UCS_OK;
@@ -186,8 +188,7 @@ static void handle_inmsg(ferry_connector_t *c, const ferry__inmsg_t *in)
         return;
     }
     switch (msg.type) {
-    case FERRY__MSG_CLAIM: /* admitted already, in am_recv_cb */
-        ferry__passive_watch_claimant(c, &msg);
+    case FERRY__MSG_CLAIM: /* decided in am_recv_cb, never queued */
         break;
     case FERRY__MSG_ADMIT:
         ferry__active_on_admit(c, &msg);
@@ -236,6 +237,11 @@ unsigned ferry__connector_drain(ferry_connector_t *c)
             ferry__peer_t *peer = c->failed;
             c->failed = peer->failed_next;
             handle_failed_peer(c, peer);
+        } else if (c->watch != NULL) {
+            ferry_op_t *op = c->watch;
+            c->watch = op->watch_next;
+            ferry__passive_watch_claimant(op);
+            ferry__op_unref(op); /* the watch list's */
         } else if (c->inbox != NULL) {
             ferry__inmsg_t *in = c->inbox;
             c->inbox = in->next;
@@ -345,7 +351,7 @@ void ferry__connector_deliver(ferry_connector_t *c)
 
 static bool queues_busy(const ferry_connector_t *c)
 {
-    return c->inbox != NULL || c->reqs != NULL || c->failed != NULL;
+    return c->inbox != NULL || c->reqs != NULL || c->failed != NULL || c->watch != NULL;
 }
 
 /* Staged copies in flight: an engine has no fd, so the loop must not sleep

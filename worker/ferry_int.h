@@ -254,6 +254,11 @@ struct ferry_connector {
     size_t inbox_len, inbox_bytes; /* bounded: FERRY__INBOX_MAX(_BYTES) */
     uint64_t inbox_dropped;        /* messages dropped at the bound */
     ferry__peer_t *failed;
+    /* Passive ops whose admitted claimant the loop is to open an endpoint
+     * to (watch_next; each holds a reference): apart from the inbox, so
+     * that a flood that fills the inbox cannot undo an admission. At most
+     * one per passive op, so the caller's ops bound it. */
+    struct ferry_op *watch;
     struct ferry_op *done, **done_tail;
     struct ferry_op *staged; /* staged ops with copies in flight (stage_next) */
     /* Slots of passive staged ops that ended before their claimant settled
@@ -409,6 +414,12 @@ struct ferry_op {
 
     /* Passive: the active side's op id (from the claim, for CREDITs). */
     uint64_t claim_op_id;
+    /* Passive: the admitted claim's worker address, copied before the
+     * ADMIT went out, for the loop to open claimant from (while the op is
+     * on connector->watch, by watch_next); freed once it has. */
+    uint8_t *claimant_address;
+    size_t claimant_address_len;
+    struct ferry_op *watch_next;
     /* Passive: the admitted claimant settled (its notice came, or its
      * endpoint failed): nothing of it is on the wire any more. */
     bool claimant_settled;
@@ -477,13 +488,17 @@ ferry_op_t *ferry__op_find_active(ferry_connector_t *c, uint64_t id);
 /* Kind-specific steps, lock held. */
 void ferry__passive_release(ferry_op_t *op); /* unmap memory, drop claimant */
 /* Runs inside the AM callback (the reply endpoint lives only that long):
- * decides admission from the key alone and answers on reply_ep. True when
- * the claim was admitted and the loop should open an endpoint to the
- * claimant for failure detection (peer error handling on). */
-bool ferry__passive_on_claim(ferry_connector_t *c, const ferry__msg_t *msg, ucp_ep_h reply_ep);
-/* In the loop, for an admitted claim: the endpoint that reports the
- * claimant's failure. */
-void ferry__passive_watch_claimant(ferry_connector_t *c, const ferry__msg_t *msg);
+ * decides admission from the key alone and answers on reply_ep. An
+ * admitted claim whose claimant the loop must reach (peer error handling,
+ * or the staged path's CREDITs) goes on connector->watch with a copy of its
+ * address, made before the ADMIT: a claim that cannot be copied is
+ * refused, never admitted and then forgotten. */
+void ferry__passive_on_claim(ferry_connector_t *c, const ferry__msg_t *msg, ucp_ep_h reply_ep);
+/* In the loop, for an op taken off connector->watch: the endpoint to its
+ * admitted claimant (for the claimant's failure, and the staged path's
+ * CREDITs), opened even when the op ended meanwhile, for as long as the
+ * claimant may still touch what the op kept for it. */
+void ferry__passive_watch_claimant(ferry_op_t *op);
 void ferry__passive_on_notice(ferry_connector_t *c, const ferry__msg_t *msg);
 void ferry__active_on_admit(ferry_connector_t *c, const ferry__msg_t *msg);
 void ferry__active_on_req(ferry__req_t *req);
@@ -552,6 +567,13 @@ void ferry__staged_stale_free(ferry_connector_t *c);
 /* The admitted claimant settled (its notice came): nothing of it will
  * reach the slots again. */
 void ferry__staged_claimant_settled(ferry_op_t *op);
+/* Whether op ended and left slots (stale) for a claimant that the loop
+ * had no endpoint to yet, so release could not tell it to stop. */
+bool ferry__staged_stale_unwatched(const ferry_op_t *op);
+/* The loop has now opened op->claimant for them: tells the claimant to stop
+ * and gives those slots its endpoint (a reference), whose failure frees
+ * them. */
+void ferry__staged_claimant_late(ferry_op_t *op);
 
 /* Tests only: stage host descriptors too (with the host engine), and CUDA
  * ones even where UCX could register them; chunk (slot) size and slot count

@@ -287,6 +287,7 @@ static void op_free_locked(ferry_op_t *op)
     }
     ferry__metadata_free(op->md);
     free(op->metadata);
+    free(op->claimant_address);
     free(op->memh);
     free(op->regions);
     free(op->rkeys);

@@ -26,9 +26,13 @@
  * goes back on the endpoint UCX names for the reply (the claimant's own
  * connection), inside the AM callback, and a claim for an unknown key
  * creates nothing and caches nothing, however many arrive. Only for an
- * admitted claim, and only with peer error handling on, does the loop open
- * an endpoint to the claimant's address: that endpoint is how the owner
- * learns that its writer died. (The residual trust: UCX 1.13 cannot parse an
+ * admitted claim, and only with peer error handling on (or on the staged
+ * path, whose CREDITs go back on it), does the loop open an endpoint to the
+ * claimant's address: that endpoint is how the owner learns that its
+ * writer died. The admission hands that step to the loop on a list of its
+ * own (connector->watch), never through the bounded inbox: an admission
+ * that a flood could cut from its follow-up would leave the op CLAIMED
+ * with nobody watching its claimant. (The residual trust: UCX 1.13 cannot parse an
  * address safely, so a claimant that holds the key and sends a malformed
  * address can still abort this process when peer error handling is on.)
  *
@@ -368,7 +372,32 @@ static ferry_status_t admission(const ferry_op_t *op, const ferry__msg_t *msg)
     }
 }
 
-bool ferry__passive_on_claim(ferry_connector_t *c, const ferry__msg_t *msg, ucp_ep_h reply_ep)
+/* What an admission needs before the ADMIT goes out: the nonce, and, when
+ * the loop must reach the claimant (peer error handling, or the staged
+ * path's CREDITs), a copy of its address (msg's bytes are UCX's). Lock
+ * held. */
+static ferry_status_t admission_prepare(ferry_op_t *op, const ferry__msg_t *msg)
+{
+    ferry_connector_t *c = op->connector;
+
+    if (getrandom(op->nonce, sizeof(op->nonce), 0) != (ssize_t)sizeof(op->nonce)) {
+        ferry_error("%s: getrandom failed; claim refused", op->label);
+        return FERRY_ERR_IO;
+    }
+    if (!c->peer_error_handling && op->stage == NULL) {
+        return FERRY_OK;
+    }
+    op->claimant_address = malloc(msg->address_len);
+    if (op->claimant_address == NULL) {
+        ferry_error("%s: out of memory for the claimant's address; claim refused", op->label);
+        return FERRY_ERR_NO_MEMORY;
+    }
+    memcpy(op->claimant_address, msg->address, msg->address_len);
+    op->claimant_address_len = msg->address_len;
+    return FERRY_OK;
+}
+
+void ferry__passive_on_claim(ferry_connector_t *c, const ferry__msg_t *msg, ucp_ep_h reply_ep)
 {
     ferry_op_t *op = ferry__op_find_passive(c, msg->key);
     ferry__msg_t answer = {0};
@@ -381,20 +410,17 @@ bool ferry__passive_on_claim(ferry_connector_t *c, const ferry__msg_t *msg, ucp_
     if (answer.status == FERRY_OK && reply_ep == NULL) {
         answer.status = FERRY_ERR_PROTOCOL; /* nowhere to answer: not our sender */
     }
-    if (answer.status == FERRY_OK &&
-        getrandom(op->nonce, sizeof(op->nonce), 0) != (ssize_t)sizeof(op->nonce)) {
-        ferry_error("%s: getrandom failed; claim refused", op->label);
-        answer.status = FERRY_ERR_IO;
+    if (answer.status == FERRY_OK) {
+        answer.status = admission_prepare(op, msg);
     }
     if (answer.status != FERRY_OK) {
         c->stats.claims_refused++;
-        ferry_debug("connector %s: claim refused: %s%s", c->name,
-                    ferry_status_name((ferry_status_t)answer.status),
+        ferry_debug("connector %s: claim refused: %s%s", c->name, ferry_status_name(answer.status),
                     reply_ep == NULL ? " (no reply endpoint; dropped)" : "");
         if (reply_ep != NULL) {
             ferry__send_reply(c, reply_ep, &answer);
         }
-        return false;
+        return;
     }
     op->admitted = true;
     op->claim_op_id = msg->op_id;
@@ -402,19 +428,34 @@ bool ferry__passive_on_claim(ferry_connector_t *c, const ferry__msg_t *msg, ucp_
     memcpy(answer.nonce, op->nonce, FERRY__NONCE_LEN);
     ferry__op_move(op, FERRY__OP_CLAIMED, FERRY_OK, NULL);
     ferry__send_reply(c, reply_ep, &answer);
-    /* The staged path answers chunks on an endpoint to the claimant. */
-    return c->peer_error_handling || op->stage != NULL;
+    if (op->claimant_address != NULL) {
+        /* Not through the inbox, which a flood can fill: then the
+         * admission would stand and its endpoint never open. */
+        ferry__op_ref(op); /* dropped once the loop has watched */
+        op->watch_next = c->watch;
+        c->watch = op;
+    }
 }
 
-void ferry__passive_watch_claimant(ferry_connector_t *c, const ferry__msg_t *msg)
+/* Whether the loop still needs an endpoint to op's admitted claimant. An op
+ * that ended meanwhile may still: the claimant has not settled, and its
+ * failure is what lets go of the regions (region_hold) or staging slots
+ * (stale) kept for it; a staged one must also be told to stop. */
+static bool claimant_needs_watch(const ferry_op_t *op)
 {
-    ferry_op_t *op = ferry__op_find_passive(c, msg->key);
-
-    /* Only the admitted claim reaches the loop; the op may have ended since. */
-    if (op == NULL || op->state != FERRY__OP_CLAIMED || op->claimant != NULL) {
-        return;
+    if (op->claimant_settled || op->claimant != NULL) {
+        return false;
     }
-    if (ferry__peer_get(c, msg->address, msg->address_len, &op->claimant) != FERRY_OK) {
+    return !ferry__op_is_final(op) || op->region_hold || ferry__staged_stale_unwatched(op);
+}
+
+/* Opens op's endpoint to its admitted claimant; lock held. */
+static void watch_claimant(ferry_op_t *op)
+{
+    ferry_connector_t *c = op->connector;
+
+    if (ferry__peer_get(c, op->claimant_address, op->claimant_address_len, &op->claimant) !=
+        FERRY_OK) {
         op->claimant = NULL;
         if (op->stage != NULL) {
             ferry__op_move(op, FERRY__OP_ERRORED, FERRY_ERR_UNAVAILABLE,
@@ -424,7 +465,25 @@ void ferry__passive_watch_claimant(ferry_connector_t *c, const ferry__msg_t *msg
         }
         ferry_warn("%s: no endpoint to the admitted peer (its failure goes unseen): %s", op->label,
                    ferry_last_error_message());
+        return;
     }
+    if (ferry__op_is_final(op) && !op->region_hold) {
+        /* It ended on the staged path: the slots kept for the claimant
+         * take the endpoint; the op has no more use for it. */
+        ferry__staged_claimant_late(op);
+        ferry__peer_put(op->claimant);
+        op->claimant = NULL;
+    }
+}
+
+void ferry__passive_watch_claimant(ferry_op_t *op)
+{
+    if (claimant_needs_watch(op)) {
+        watch_claimant(op);
+    }
+    free(op->claimant_address);
+    op->claimant_address = NULL;
+    op->claimant_address_len = 0;
 }
 
 void ferry__passive_on_notice(ferry_connector_t *c, const ferry__msg_t *msg)

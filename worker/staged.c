@@ -808,6 +808,15 @@ void ferry__staged_stop(ferry_op_t *op)
     }
 }
 
+/* What a passive op that ended tells its claimant in the stopping CREDIT. */
+static ferry_status_t stop_status(const ferry_op_t *op)
+{
+    if (op->state == FERRY__OP_CANCELLED || op->error_code == FERRY_OK) {
+        return FERRY_ERR_CANCELLED;
+    }
+    return op->error_code;
+}
+
 void ferry__staged_release(ferry_op_t *op)
 {
     ferry_connector_t *c = op->connector;
@@ -817,10 +826,7 @@ void ferry__staged_release(ferry_op_t *op)
         return;
     }
     if (is_passive(op) && op->admitted && op->state != FERRY__OP_COMPLETE) {
-        send_credit(op, 0,
-                    op->state == FERRY__OP_CANCELLED
-                        ? FERRY_ERR_CANCELLED
-                        : (op->error_code != FERRY_OK ? op->error_code : FERRY_ERR_CANCELLED));
+        send_credit(op, 0, stop_status(op));
     }
     if (s->engine != NULL) {
         s->engine->ops->sync(s->engine);
@@ -853,6 +859,36 @@ void ferry__staged_release(ferry_op_t *op)
 void ferry__staged_claimant_settled(ferry_op_t *op)
 {
     op->stage->claimant_settled = true;
+}
+
+/* The stale slots op left for a claimant it had no endpoint to. */
+static struct ferry__stage *stale_unwatched(const ferry_op_t *op)
+{
+    for (struct ferry__stage *s = op->connector->stale; s != NULL; s = s->stale_next) {
+        if (s->claimant == NULL && memcmp(s->key, op->key, FERRY__KEY_LEN) == 0 &&
+            memcmp(s->nonce, op->nonce, FERRY__NONCE_LEN) == 0) {
+            return s;
+        }
+    }
+    return NULL;
+}
+
+bool ferry__staged_stale_unwatched(const ferry_op_t *op)
+{
+    return stale_unwatched(op) != NULL;
+}
+
+void ferry__staged_claimant_late(ferry_op_t *op)
+{
+    struct ferry__stage *s = stale_unwatched(op);
+
+    if (s == NULL || op->claimant == NULL) {
+        return;
+    }
+    s->claimant = op->claimant;
+    ferry__peer_ref(s->claimant);
+    send_credit(op, 0, stop_status(op)); /* what release could not send */
+    ferry_debug("%s: the stopped claimant told to stop; its slots wait for it", op->label);
 }
 
 /* Unlinks *pp from connector->stale and frees it with its claimant's

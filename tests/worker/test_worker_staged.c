@@ -590,6 +590,178 @@ static void test_caller_progress_loopback(void **state)
     free(dst);
 }
 
+/* Fills c's inbox to its bound with NOTICEs for keys nobody holds (what
+ * anyone who reaches the worker can send); lock held. */
+static void fill_inbox(ferry_connector_t *c)
+{
+    ferry__msg_t notice = {.type = FERRY__MSG_NOTICE, .status = FERRY_OK};
+    uint8_t *buf;
+    size_t len;
+
+    notice.key[0] = 0xee; /* no operation has it: the victim's is random */
+    assert_int_equal(ferry__msg_encode(&notice, &buf, &len), FERRY_OK);
+    while (ferry__inbox_push(c, buf, len)) {
+    }
+    assert_int_equal(c->inbox_len, FERRY__INBOX_MAX);
+    free(buf);
+}
+
+/* Frees what fill_inbox queued, as the loop would have handled it (each is
+ * ignored); lock held. */
+static void empty_inbox(ferry_connector_t *c)
+{
+    while (c->inbox != NULL) {
+        ferry__inmsg_t *in = c->inbox;
+        c->inbox = in->next;
+        free(in);
+    }
+    c->inbox_tail = &c->inbox;
+    c->inbox_len = 0;
+    c->inbox_bytes = 0;
+}
+
+/* Two connectors in this process, a staged transfer between them whose
+ * claim the passive connector (caller progress mode) has admitted. */
+typedef struct {
+    uint64_t size;
+    uint8_t *src, *dst;
+    ferry_connector_t *pc, *ac; /* passive (caller mode), active (thread) */
+    ferry_op_t *passive, *active;
+} admitted_t;
+
+/* Sets up t and begins the transfer; returns with pc's lock held, once the
+ * claim is admitted. The claim is taken in by this thread's own
+ * ucp_worker_progress, lock held, exactly as pc's loop would, and nothing
+ * of pc's queues is handled meanwhile. With flood, pc's inbox is full
+ * while that happens. */
+static void admitted_begin(admitted_t *t, bool flood)
+{
+    ferry_connector_params_t caller = {.field_mask = FERRY_CONNECTOR_PARAM_FIELD_PROGRESS_MODE,
+                                       .progress_mode = FERRY_PROGRESS_CALLER};
+    ferry_descriptor_t ds, dd;
+    const uint8_t *md;
+    size_t md_len;
+    int64_t deadline;
+
+    t->size = 256 * 1024;
+    t->src = malloc(t->size);
+    t->dst = calloc(1, t->size);
+    pair_fill(t->src, t->size, 23, 0);
+    /* Writing: src -> dst. Reading: the readable serves src, the reader
+     * fills dst. */
+    ds = (ferry_descriptor_t){read_dir ? t->dst : t->src, t->size, FERRY_DEVICE_HOST_INIT};
+    dd = (ferry_descriptor_t){read_dir ? t->src : t->dst, t->size, FERRY_DEVICE_HOST_INIT};
+    atomic_store(&ferry__test_staging.chunk, 16384);
+    atomic_store(&ferry__test_staging.slots, 2); /* 16 chunks: CREDITs needed */
+    faults_reset();
+    assert_int_equal(ferry_connector_create(&caller, &t->pc), FERRY_OK);
+    assert_int_equal(ferry_connector_create(NULL, &t->ac), FERRY_OK);
+    if (read_dir) {
+        assert_int_equal(ferry_readable_create(t->pc, &dd, 1, &t->passive), FERRY_OK);
+    } else {
+        assert_int_equal(ferry_writable_create(t->pc, &dd, 1, &t->passive), FERRY_OK);
+    }
+    assert_int_equal(ferry_op_metadata(t->passive, &md, &md_len), FERRY_OK);
+    ferry__lock(t->pc);
+    if (flood) {
+        fill_inbox(t->pc);
+    }
+    if (read_dir) {
+        assert_int_equal(ferry_read_begin(t->ac, &ds, 1, md, md_len, &t->active), FERRY_OK);
+    } else {
+        assert_int_equal(ferry_write_begin(t->ac, &ds, 1, md, md_len, &t->active), FERRY_OK);
+    }
+    deadline = pair_now_ms() + WAIT_TIMEOUT_MS;
+    while (t->passive->state != FERRY__OP_CLAIMED && pair_now_ms() < deadline) {
+        ucp_worker_progress(t->pc->worker);
+    }
+    assert_int_equal(t->passive->state, FERRY__OP_CLAIMED);
+}
+
+/* Drives pc (this thread) until the active op is final or time runs out;
+ * returns how the active op ended. */
+static ferry_status_t admitted_drive(admitted_t *t)
+{
+    int64_t deadline = pair_now_ms() + WAIT_TIMEOUT_MS;
+    ferry_status_t st;
+
+    while ((st = ferry_op_wait(t->active, 0)) == FERRY_ERR_TIMED_OUT && pair_now_ms() < deadline) {
+        assert_int_equal(ferry_connector_progress(t->pc), FERRY_OK);
+    }
+    return st;
+}
+
+static void admitted_end(admitted_t *t)
+{
+    ferry_op_destroy(t->active);
+    ferry_op_destroy(t->passive);
+    assert_int_equal(ferry_connector_destroy(t->ac), FERRY_OK);
+    assert_int_equal(ferry_connector_destroy(t->pc), FERRY_OK);
+    atomic_store(&ferry__test_staging.chunk, 0);
+    atomic_store(&ferry__test_staging.slots, 0);
+    free(t->src);
+    free(t->dst);
+}
+
+/* An admitted claim does not depend on a slot in the inbox: a claim that
+ * arrives while a flood of NOTICEs holds every slot is admitted, and the
+ * staged transfer, whose CREDITs go back on the endpoint the loop opens to
+ * the claimant after admission, still completes. Before, the admission's
+ * follow-up was a message in the inbox, dropped at the bound: the passive
+ * side never opened that endpoint, sent no CREDIT, and the writer (or
+ * reader) waited for its slots for ever. */
+static void test_claim_admitted_while_inbox_full(void **state)
+{
+    admitted_t t;
+    (void)state;
+
+    admitted_begin(&t, true);
+    assert_int_equal(t.pc->inbox_len, FERRY__INBOX_MAX);
+    empty_inbox(t.pc); /* as if the loop had handled the flood */
+    ferry__unlock(t.pc);
+    assert_int_equal(admitted_drive(&t), FERRY_OK);
+    assert_int_equal(ferry_op_wait(t.passive, WAIT_TIMEOUT_MS), FERRY_OK);
+    assert_int_equal(pair_check(t.dst, t.size, 23, 0), t.size);
+    admitted_end(&t);
+}
+
+static bool stale_empty(ferry_connector_t *c)
+{
+    bool empty;
+
+    ferry__lock(c);
+    empty = c->stale == NULL;
+    ferry__unlock(c);
+    return empty;
+}
+
+/* A passive op cancelled after it admitted a claim and before the loop
+ * opened the endpoint to the claimant still tells the claimant to stop (the
+ * CREDIT its release could not send), and the slots it kept for the
+ * claimant are freed when the claimant settles. Before, the loop opened no
+ * endpoint for an op that was no longer CLAIMED: the writer (or reader)
+ * waited for its slots for ever and the slots stayed until destroy. */
+static void test_claimant_stopped_when_cancelled_before_watched(void **state)
+{
+    int64_t deadline;
+    admitted_t t;
+    (void)state;
+
+    admitted_begin(&t, false);
+    /* ferry_op_cancel, with the lock already held. */
+    assert_true(ferry__op_move(t.passive, FERRY__OP_CANCELLED, FERRY_ERR_CANCELLED, "%s",
+                               "cancelled by its owner"));
+    ferry__unlock(t.pc);
+    assert_int_equal(admitted_drive(&t), FERRY_ERR_CANCELLED);
+    assert_int_equal(ferry_op_wait(t.passive, 0), FERRY_ERR_CANCELLED);
+    deadline = pair_now_ms() + WAIT_TIMEOUT_MS;
+    while (!stale_empty(t.pc) && pair_now_ms() < deadline) {
+        assert_int_equal(ferry_connector_progress(t.pc), FERRY_OK); /* its settling NOTICE */
+    }
+    assert_true(stale_empty(t.pc));
+    admitted_end(&t);
+}
+
 /* A CREDIT that does not carry the writer's claim nonce back is not the
  * passive side's: a forged stop (someone who knows the key and guessed the
  * op id) is ignored mid-transfer, and the write completes with the right
@@ -961,6 +1133,8 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_writer_killed_midway_peer_detection),
         cmocka_unit_test(test_stale_slots_released_when_claimant_dies),
         cmocka_unit_test(test_caller_progress_loopback),
+        cmocka_unit_test(test_claim_admitted_while_inbox_full),
+        cmocka_unit_test(test_claimant_stopped_when_cancelled_before_watched),
     };
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_host_engine_order),
@@ -982,6 +1156,8 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_writer_killed_midway_peer_detection),
         cmocka_unit_test(test_stale_slots_released_when_claimant_dies),
         cmocka_unit_test(test_caller_progress_loopback),
+        cmocka_unit_test(test_claim_admitted_while_inbox_full),
+        cmocka_unit_test(test_claimant_stopped_when_cancelled_before_watched),
         cmocka_unit_test(test_readable_staged),
         cmocka_unit_test(test_stale_slots_released),
         cmocka_unit_test(test_forged_credit_ignored),
