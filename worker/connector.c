@@ -207,8 +207,8 @@ static void handle_inmsg(ferry_connector_t *c, const ferry__inmsg_t *in)
 
 static void handle_failed_peer(ferry_connector_t *c, ferry__peer_t *peer)
 {
-    ferry_warn("connector %s: peer %llu failed: %s", c->name, (unsigned long long)peer->id,
-               ucs_status_string(peer->failure));
+    ferry_warn("connector %s: peer %llu %s: %s", c->name, (unsigned long long)peer->id,
+               peer->forced ? "closed by force" : "failed", ucs_status_string(peer->failure));
     for (size_t b = 0; b < FERRY__OP_BUCKETS; b++) {
         ferry_op_t *next;
         for (ferry_op_t *op = c->ops[b]; op != NULL; op = next) {

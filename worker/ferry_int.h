@@ -180,6 +180,10 @@ typedef struct ferry__peer {
     ucs_status_t failure; /* UCS_OK while usable */
     bool in_cache;
     bool closing;
+    /* This side closed the endpoint by force (ep NULL from then on): says
+     * nothing of the peer's own endpoint to us, which may still carry its
+     * writes into a passive op's memory. */
+    bool forced;
     unsigned refs; /* the cache's and each operation's */
     ferry__rkey_t *rkeys;
     unsigned n_rkeys;
@@ -309,6 +313,12 @@ void ferry__peer_cache_clear(ferry_connector_t *c);
 /* Takes a peer out of the cache (it failed) and drops the cache's
  * reference; no-op when it is not cached. */
 void ferry__peer_uncache(ferry__peer_t *peer);
+/* Closes the peer's endpoint by force (UCX cancels its outstanding
+ * requests, with UCS_ERR_CANCELED, and releases their buffers), takes it
+ * out of the cache and queues it as failed, so that the loop ends its other
+ * operations. False, doing nothing, without peer error handling: UCX 1.13
+ * refuses a forced close on such an endpoint. Lock held. */
+bool ferry__peer_force_close(ferry__peer_t *peer);
 
 /* Sends a wire message on a peer; req_type and op (ref taken) as for
  * ferry__req_t. Lock held. Failure to post is reported through the queue

@@ -31,6 +31,7 @@
 #include "common/op_state.h"
 
 #define CALLER_POLL_MAX_MS 100
+#define QUIESCE_SPINS      1000 /* destroy's rounds of spinning before it sleeps */
 
 const char *ferry__op_step_name(ferry__op_state_t state)
 {
@@ -656,6 +657,59 @@ ferry_connector_t *ferry_op_connector(const ferry_op_t *op)
     return op->connector;
 }
 
+/* One round of waiting in destroy: this thread drives the loop itself (in
+ * caller progress mode nobody else does, and destroy may be running on the
+ * progress thread), then lets go of the lock for a moment so that the
+ * progress thread and other callers get it: spinning first, then sleeping
+ * a millisecond a round. Lock held on entry and exit. */
+static void quiesce_round(ferry_connector_t *c, unsigned *round)
+{
+    ferry__connector_drain(c);
+    ferry__unlock(c);
+    if (*round < QUIESCE_SPINS) {
+        ferry__spin_pause(*round);
+    } else {
+        poll(NULL, 0, 1);
+    }
+    (*round)++;
+    ferry__lock(c);
+}
+
+/* Returns once UCX can no longer touch an active op's local memory (the
+ * guarantee in ferry.h): its puts or gets are flushed (data_in_flight
+ * clears), or, past FERRY_OP_DESTROY_FLUSH_MS, their endpoint is closed by
+ * force and UCX has completed them as cancelled. Without peer error
+ * handling that close is refused, and this waits for the passive side for
+ * as long as it takes: returning would let a late reply write into memory
+ * the caller frees next. Lock held; dropped between rounds. */
+static void active_quiesce(ferry_op_t *op)
+{
+    ferry_connector_t *c = op->connector;
+    int64_t deadline = now_ms() + FERRY_OP_DESTROY_FLUSH_MS;
+    unsigned round = 0;
+
+    while (op->data_in_flight && now_ms() < deadline) {
+        quiesce_round(c, &round);
+    }
+    if (!op->data_in_flight) {
+        return;
+    }
+    if (op->peer != NULL && ferry__peer_force_close(op->peer)) {
+        ferry_warn("%s: its %ss did not finish within %d ms of destroy: the endpoint to the "
+                   "passive side was closed by force",
+                   op->label, op->kind == FERRY__KIND_WRITE ? "put" : "get",
+                   FERRY_OP_DESTROY_FLUSH_MS);
+    } else {
+        ferry_warn("%s: its %ss did not finish within %d ms of destroy; without peer error "
+                   "handling UCX cannot cancel them: destroy waits for the passive side",
+                   op->label, op->kind == FERRY__KIND_WRITE ? "put" : "get",
+                   FERRY_OP_DESTROY_FLUSH_MS);
+    }
+    while (op->data_in_flight) {
+        quiesce_round(c, &round);
+    }
+}
+
 void ferry_op_destroy(ferry_op_t *op)
 {
     ferry_connector_t *c;
@@ -699,8 +753,10 @@ void ferry_op_destroy(ferry_op_t *op)
             ferry__op_table_remove(op);
         }
     } else {
-        /* No staging copy touches the caller's memory once we return. */
+        /* No staging copy, put or get touches the caller's memory once we
+         * return. */
         ferry__staged_stop(op);
+        active_quiesce(op);
     }
     op->user_released = true;
     c->user_ops--;

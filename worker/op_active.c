@@ -20,6 +20,11 @@
  * pipeline when either side's memory is staged (CUDA memory its UCX cannot
  * reach); the claim, the final flush and the notice stay as here.
  *
+ * Destroy (op.c) returns only once no put or get of the operation can
+ * touch its local memory: it waits for their flush (data_in_flight), and
+ * past FERRY_OP_DESTROY_FLUSH_MS closes the endpoint by force (peer.c),
+ * which UCX answers by cancelling them.
+ *
  * Registered memory (region.c): a local descriptor inside a region passes
  * the region's memory handle with its put or get (UCP_OP_ATTR_FIELD_MEMH),
  * so UCX looks nothing up for it; the operation holds the region until it
@@ -67,6 +72,11 @@ static void start_transfer(ferry_op_t *op)
     ucs_status_ptr_t sp;
     ferry__req_t *req;
 
+    if (ep == NULL) {
+        ferry__op_move(op, FERRY__OP_ERRORED, FERRY_ERR_TRANSPORT,
+                       "the endpoint to the passive side was closed by force");
+        return;
+    }
     /* Moved first: on shared memory a put may copy inside ucp_put_nbx. */
     ferry__op_move(op, FERRY__OP_TRANSFERRING, FERRY_OK, NULL);
     for (size_t i = 0; i < op->n; i++) {

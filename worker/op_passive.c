@@ -526,6 +526,15 @@ void ferry__passive_on_notice(ferry_connector_t *c, const ferry__msg_t *msg)
 
 void ferry__op_peer_failed(ferry_op_t *op, ferry__peer_t *peer)
 {
+    if (is_passive(op) && peer->forced) {
+        /* This side closed its endpoint to the claimant (peer.c): nothing
+         * goes back to it any more, but its own endpoint to us may still
+         * carry its writes, so it has not settled (its notice still may). */
+        ferry__op_move(op, FERRY__OP_ERRORED, FERRY_ERR_PEER_FAILED,
+                       "the endpoint to the admitted peer was closed by force (it stopped "
+                       "answering)");
+        return;
+    }
     if (is_passive(op)) {
         /* Nothing more of a failed claimant reaches the memory. */
         op->claimant_settled = true;
@@ -537,8 +546,14 @@ void ferry__op_peer_failed(ferry_op_t *op, ferry__peer_t *peer)
                        "the admitted peer's endpoint failed: %s", ucs_status_string(peer->failure));
         return;
     }
-    ferry__op_move(op, FERRY__OP_ERRORED, FERRY_ERR_TRANSPORT,
-                   "the passive peer's endpoint failed: %s", ucs_status_string(peer->failure));
+    if (peer->forced) {
+        ferry__op_move(op, FERRY__OP_ERRORED, FERRY_ERR_TRANSPORT,
+                       "the endpoint to the passive peer was closed by force (it stopped "
+                       "answering)");
+    } else {
+        ferry__op_move(op, FERRY__OP_ERRORED, FERRY_ERR_TRANSPORT,
+                       "the passive peer's endpoint failed: %s", ucs_status_string(peer->failure));
+    }
     if (op->awaiting_admit) {
         op->awaiting_admit = false;
         ferry__op_unref(op);

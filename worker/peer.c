@@ -7,12 +7,16 @@
  * Invariants: a peer is in connector->peers while usable; the cache holds one
  * reference and each operation using it one more. A failed peer leaves the
  * cache at once (the next transfer builds a fresh endpoint) and is closed
- * when its last reference goes. The cache is bounded: it is kept in
- * least-recently-used order, and a new entry beyond peer_cache_max evicts
- * the least recently used peers that only the cache holds (their endpoints
- * close); a peer an operation holds is never evicted, so the cache may run
- * over the bound while that many peers are in use, never otherwise. Remote keys are reference
- * counted by the operations using them; unused ones stay cached, at most FERRY__RKEY_CACHE_MAX per
+ * when its last reference goes. A peer whose endpoint was closed by force
+ * (an active operation's destroy found its data still moving: op.c) leaves
+ * the cache at once and has no endpoint any more (ep NULL): it fails as if
+ * the peer had, and a message sent on it fails NOT_CONNECTED. The cache is
+ * bounded: it is kept in least-recently-used order, and a new entry beyond
+ * peer_cache_max evicts the least recently used peers that only the cache
+ * holds (their endpoints close); a peer an operation holds is never
+ * evicted, so the cache may run over the bound while that many peers are in
+ * use, never otherwise. Remote keys are reference counted by the operations
+ * using them; unused ones stay cached, at most FERRY__RKEY_CACHE_MAX per
  * peer (the oldest unused go first).
  *
  * Threads: everything here runs with connector->lock held, either in the
@@ -163,22 +167,23 @@ static void rkey_destroy(ferry__rkey_t *rk)
     free(rk);
 }
 
-static void peer_close(ferry__peer_t *peer)
+/* Closes the endpoint (force: UCX cancels what is outstanding on it) and
+ * waits, bounded, for the close; the peer has no endpoint from here on. */
+static void ep_close(ferry__peer_t *peer, bool force)
 {
     ferry_connector_t *c = peer->connector;
     ucp_request_param_t param = {0};
     ucs_status_ptr_t req;
 
     peer->closing = true;
-    while (peer->rkeys != NULL) {
-        ferry__rkey_t *rk = peer->rkeys;
-        peer->rkeys = rk->next;
-        rkey_destroy(rk);
-    }
     param.op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS;
-    param.flags = peer->failure != UCS_OK ? UCP_EP_CLOSE_FLAG_FORCE : 0;
+    param.flags = force ? UCP_EP_CLOSE_FLAG_FORCE : 0;
     req = ucp_ep_close_nbx(peer->ep, &param);
-    if (UCS_PTR_IS_PTR(req)) {
+    peer->ep = NULL;
+    if (UCS_PTR_IS_ERR(req)) {
+        ferry_error("connector %s: peer %llu: ucp_ep_close_nbx: %s", c->name,
+                    (unsigned long long)peer->id, ucs_status_string(UCS_PTR_STATUS(req)));
+    } else if (req != NULL) {
         /* Bounded: a peer that does not answer the close is forced. */
         for (int i = 0; i < 100000 && ucp_request_check_status(req) == UCS_INPROGRESS; i++) {
             ucp_worker_progress(c->worker);
@@ -188,9 +193,46 @@ static void peer_close(ferry__peer_t *peer)
         }
         ucp_request_free(req);
     }
-    ferry_debug("connector %s: peer %llu: endpoint closed", c->name, (unsigned long long)peer->id);
+    ferry_debug("connector %s: peer %llu: endpoint closed%s", c->name, (unsigned long long)peer->id,
+                force ? " by force" : "");
+}
+
+static void peer_close(ferry__peer_t *peer)
+{
+    peer->closing = true;
+    while (peer->rkeys != NULL) {
+        ferry__rkey_t *rk = peer->rkeys;
+        peer->rkeys = rk->next;
+        rkey_destroy(rk);
+    }
+    if (peer->ep != NULL) {
+        ep_close(peer, peer->failure != UCS_OK);
+    }
     free(peer->address);
     free(peer);
+}
+
+bool ferry__peer_force_close(ferry__peer_t *peer)
+{
+    ferry_connector_t *c = peer->connector;
+
+    if (!c->peer_error_handling) {
+        return false; /* UCX 1.13 refuses to force an endpoint without it */
+    }
+    if (peer->ep == NULL) {
+        return true;
+    }
+    peer->forced = true;
+    if (peer->failure == UCS_OK) {
+        /* The loop ends the peer's other operations as on its failure. */
+        peer->failure = UCS_ERR_CANCELED;
+        ferry__peer_ref_for_failure(peer);
+        peer->failed_next = c->failed;
+        c->failed = peer;
+    }
+    ferry__peer_uncache(peer); /* the next operation opens a new endpoint */
+    ep_close(peer, true);
+    return true;
 }
 
 void ferry__peer_put(ferry__peer_t *peer)
@@ -330,6 +372,10 @@ static void send_on_ep(ferry_connector_t *c, ucp_ep_h ep, const ferry__msg_t *ms
     }
     if (ferry__msg_encode(msg, &req->buf, &len) != FERRY_OK) {
         ferry__req_finish(req, UCS_ERR_NO_MEMORY);
+        return;
+    }
+    if (ep == NULL) {
+        ferry__req_finish(req, UCS_ERR_NOT_CONNECTED); /* closed by force */
         return;
     }
     ferry__req_param(req, &param);

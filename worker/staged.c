@@ -473,6 +473,10 @@ static void lane_xfer(ferry_op_t *op, unsigned i)
     param.memory_type = s->engine == NULL && d->device.kind == FERRY_DEVICE_CUDA
                             ? UCS_MEMORY_TYPE_CUDA
                             : UCS_MEMORY_TYPE_HOST;
+    if (op->peer->ep == NULL) {
+        active_fail(op, FERRY_ERR_TRANSPORT, "%s", "the endpoint was closed by force");
+        return;
+    }
     /* The flush's request first: once the put or get is posted, only its
      * flush tells when the local memory is no longer touched. */
     req = calloc(1, sizeof(*req));
@@ -515,6 +519,11 @@ static void post_final_flush(ferry_op_t *op)
     op->stage->flushed = true;
     if (req == NULL) {
         active_fail(op, FERRY_ERR_NO_MEMORY, "%s", "out of memory for a flush");
+        return;
+    }
+    if (op->peer->ep == NULL) {
+        free(req);
+        active_fail(op, FERRY_ERR_TRANSPORT, "%s", "the endpoint was closed by force");
         return;
     }
     req->type = FERRY__REQ_FLUSH;
@@ -922,6 +931,9 @@ void ferry__staged_stale_peer_failed(ferry_connector_t *c, const ferry__peer_t *
 {
     struct ferry__stage **pp = &c->stale;
 
+    if (peer->forced) {
+        return; /* our endpoint closed, not the claimant's: it may still write */
+    }
     while (*pp != NULL) {
         if ((*pp)->claimant == peer) {
             stale_drop(pp);

@@ -532,7 +532,21 @@ FERRY_API bool ferry_op_in_region(const ferry_op_t *op, size_t index);
  * on host memory UCX's shm and TCP transports do not enforce remote keys,
  * so the claim step, not the unmap, is what keeps writers out), cancelling
  * the operation if it is not final.
- * Active: cancels if not final. NULL is a no-op. */
+ * Active: cancels if not final, and returns only once UCX can no longer
+ * read or write the local memory: puts or gets already posted are waited
+ * for (their flush), since a get cancelled midway still writes into that
+ * memory until then, and on TCP, where UCX emulates them, only when the
+ * passive side answers. A passive side that has not let them finish within
+ * FERRY_OP_DESTROY_FLUSH_MS: with peer error handling on, the endpoint to it
+ * is closed by force (UCX cancels what was outstanding on it), so this
+ * connector's other operations with that peer end ERRORED
+ * (FERRY_ERR_TRANSPORT) and the next operation opens a new endpoint;
+ * without peer error handling UCX 1.13 cannot close an endpoint by force,
+ * and destroy keeps waiting for the passive side (a peer that never answers
+ * blocks it). Either way, the memory may be freed once destroy returns. It
+ * drives the connector's progress itself while it waits (in caller progress
+ * mode too). NULL is a no-op. */
+#define FERRY_OP_DESTROY_FLUSH_MS 1000
 FERRY_API void ferry_op_destroy(ferry_op_t *op);
 
 #ifdef __cplusplus

@@ -4,8 +4,9 @@
  * completion queue (connector.c).
  *
  * An operation closed before it completed parks its descriptors on its
- * connector (pyferry_connector_park): libferry does not wait for data in
- * flight, so that memory stays held until the connector is destroyed;
+ * connector (pyferry_connector_park): libferry does not wait for an
+ * admitted peer's data in flight into a passive operation's memory, so
+ * that memory stays held until the connector is destroyed;
  * memory inside a region is not parked, as libferry holds the region
  * itself. An operation is bound to a coordinator only once publish()
  * succeeded.
@@ -172,8 +173,8 @@ static void op_release(pyferry_op_t *self)
     if (self->closed_message == NULL) {
         PyErr_Clear();
     }
-    /* ferry_op_destroy does not wait for data in flight (an admitted
-     * writer's puts, our own gets cancelled midway): unless the operation
+    /* ferry_op_destroy waits for our own puts and gets, not for an
+     * admitted writer's puts into a writable: unless the operation
      * completed, its memory outside every region stays held until the
      * connector is destroyed. Parked before destroy, while libferry still
      * answers which memory lies in a region. */

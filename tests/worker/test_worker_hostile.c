@@ -29,7 +29,9 @@
 #include <cmocka.h>
 
 #include <poll.h>
+#include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -647,6 +649,15 @@ typedef struct {
     uint8_t answer[W_FIXED], forged[W_FIXED];
     ucs_status_ptr_t req, forged_req;
     unsigned claims;
+    /* Set by fake_open: its UCX side, its exposed memory and metadata. */
+    ucp_context_h ctx;
+    ucp_address_t *addr;
+    size_t addr_len;
+    ucp_mem_h memh;
+    void *rkey;
+    uint8_t *md;
+    size_t md_len;
+    uint8_t target[BUF_SIZE];
 } fake_passive_t;
 
 static ucs_status_t fake_passive_am_cb(void *arg, const void *header, size_t header_length,
@@ -698,12 +709,9 @@ static unsigned live_ops(ferry_connector_t *c)
     return n;
 }
 
-/* Begins a write into memory the fake passive side f exposes, lets f answer
- * the claim, and returns how the write ended (FERRY_ERR_TIMED_OUT if it did
- * not within WAIT_TIMEOUT_MS); *error_p gets ferry_op_error's code. With
- * f->abandon the write is cancelled and destroyed at once, and the result
- * is FERRY_OK once the connector holds no operation any more. */
-static ferry_status_t write_against_fake(fake_passive_t *f, ferry_status_t *error_p)
+/* Opens f's UCX side: a worker answering claims (fake_passive_am_cb) and
+ * f->target registered, described by f->md as a writable or a readable. */
+static void fake_open(fake_passive_t *f, ferry__op_kind_t kind)
 {
     ucp_params_t params = {.field_mask = UCP_PARAM_FIELD_FEATURES,
                            .features = UCP_FEATURE_AM | UCP_FEATURE_RMA};
@@ -711,26 +719,14 @@ static ferry_status_t write_against_fake(fake_passive_t *f, ferry_status_t *erro
                                    .thread_mode = UCS_THREAD_MODE_SINGLE};
     ucp_mem_map_params_t mparams = {0};
     ucp_am_handler_param_t am = {0};
-    static uint8_t target[BUF_SIZE], src[BUF_SIZE];
-    ferry_descriptor_t remote = {target, sizeof(target), FERRY_DEVICE_HOST_INIT};
-    ferry_descriptor_t local = {src, sizeof(src), FERRY_DEVICE_HOST_INIT};
+    ferry_descriptor_t remote = {f->target, sizeof(f->target), FERRY_DEVICE_HOST_INIT};
     ferry__metadata_build_t build = {0};
     uint8_t key[FERRY__KEY_LEN] = {1, 2, 3};
-    ferry_connector_t *c;
-    ucp_context_h ctx;
-    ucp_address_t *addr;
-    size_t addr_len, rkey_len, md_len;
-    ucp_mem_h memh;
-    void *rkey;
-    uint8_t *md;
-    ferry_op_t *op;
-    ferry_status_t st = FERRY_ERR_TIMED_OUT;
-    const char *msg;
-    int64_t deadline;
+    size_t rkey_len;
 
-    assert_int_equal(ucp_init(&params, NULL, &ctx), UCS_OK);
-    assert_int_equal(ucp_worker_create(ctx, &wparams, &f->worker), UCS_OK);
-    assert_int_equal(ucp_worker_get_address(f->worker, &addr, &addr_len), UCS_OK);
+    assert_int_equal(ucp_init(&params, NULL, &f->ctx), UCS_OK);
+    assert_int_equal(ucp_worker_create(f->ctx, &wparams, &f->worker), UCS_OK);
+    assert_int_equal(ucp_worker_get_address(f->worker, &f->addr, &f->addr_len), UCS_OK);
     am.field_mask = UCP_AM_HANDLER_PARAM_FIELD_ID | UCP_AM_HANDLER_PARAM_FIELD_CB |
                     UCP_AM_HANDLER_PARAM_FIELD_ARG;
     am.id = FERRY__AM_ID;
@@ -738,25 +734,54 @@ static ferry_status_t write_against_fake(fake_passive_t *f, ferry_status_t *erro
     am.arg = f;
     assert_int_equal(ucp_worker_set_am_recv_handler(f->worker, &am), UCS_OK);
     mparams.field_mask = UCP_MEM_MAP_PARAM_FIELD_ADDRESS | UCP_MEM_MAP_PARAM_FIELD_LENGTH;
-    mparams.address = target;
-    mparams.length = sizeof(target);
-    assert_int_equal(ucp_mem_map(ctx, &mparams, &memh), UCS_OK);
-    assert_int_equal(ucp_rkey_pack(ctx, memh, &rkey, &rkey_len), UCS_OK);
-    build.kind = FERRY__KIND_WRITABLE;
-    build.worker_address = (const uint8_t *)addr;
-    build.worker_address_len = addr_len;
+    mparams.address = f->target;
+    mparams.length = sizeof(f->target);
+    assert_int_equal(ucp_mem_map(f->ctx, &mparams, &f->memh), UCS_OK);
+    assert_int_equal(ucp_rkey_pack(f->ctx, f->memh, &f->rkey, &rkey_len), UCS_OK);
+    build.kind = kind;
+    build.worker_address = (const uint8_t *)f->addr;
+    build.worker_address_len = f->addr_len;
     build.descs = &remote;
     build.n = 1;
-    build.rkeys = (const void *const *)&rkey;
+    build.rkeys = (const void *const *)&f->rkey;
     build.rkey_lens = &rkey_len;
     build.key = key;
     build.worker_name = "fake";
     build.hostname = "fake";
-    assert_int_equal(ferry__metadata_encode(&build, &md, &md_len), FERRY_OK);
+    assert_int_equal(ferry__metadata_encode(&build, &f->md, &f->md_len), FERRY_OK);
+}
 
+static void fake_close(fake_passive_t *f)
+{
+    fake_request_free(f, f->forged_req);
+    fake_request_free(f, f->req);
+    free(f->md);
+    ucp_rkey_buffer_release(f->rkey);
+    ucp_mem_unmap(f->ctx, f->memh);
+    ucp_worker_release_address(f->worker, f->addr);
+    ucp_worker_destroy(f->worker);
+    ucp_cleanup(f->ctx);
+}
+
+/* Begins a write into memory the fake passive side f exposes, lets f answer
+ * the claim, and returns how the write ended (FERRY_ERR_TIMED_OUT if it did
+ * not within WAIT_TIMEOUT_MS); *error_p gets ferry_op_error's code. With
+ * f->abandon the write is cancelled and destroyed at once, and the result
+ * is FERRY_OK once the connector holds no operation any more. */
+static ferry_status_t write_against_fake(fake_passive_t *f, ferry_status_t *error_p)
+{
+    static uint8_t src[BUF_SIZE];
+    ferry_descriptor_t local = {src, sizeof(src), FERRY_DEVICE_HOST_INIT};
+    ferry_connector_t *c;
+    ferry_op_t *op;
+    ferry_status_t st = FERRY_ERR_TIMED_OUT;
+    const char *msg;
+    int64_t deadline;
+
+    fake_open(f, FERRY__KIND_WRITABLE);
     /* A connector of its own, gone before the fake side is. */
     assert_int_equal(ferry_connector_create(NULL, &c), FERRY_OK);
-    assert_int_equal(ferry_write_begin(c, &local, 1, md, md_len, &op), FERRY_OK);
+    assert_int_equal(ferry_write_begin(c, &local, 1, f->md, f->md_len, &op), FERRY_OK);
     deadline = pair_now_ms() + WAIT_TIMEOUT_MS;
     if (f->abandon) {
         assert_int_equal(ferry_op_cancel(op), FERRY_OK);
@@ -779,14 +804,7 @@ static ferry_status_t write_against_fake(fake_passive_t *f, ferry_status_t *erro
         ferry_op_destroy(op);
     }
     ferry_connector_destroy(c);
-    fake_request_free(f, f->forged_req);
-    fake_request_free(f, f->req);
-    free(md);
-    ucp_rkey_buffer_release(rkey);
-    ucp_mem_unmap(ctx, memh);
-    ucp_worker_release_address(f->worker, addr);
-    ucp_worker_destroy(f->worker);
-    ucp_cleanup(ctx);
+    fake_close(f);
     return st;
 }
 
@@ -870,6 +888,160 @@ static void test_unanswered_claim_ends(void **state)
     assert_int_equal(unsetenv("FERRY_CLAIM_TIMEOUT_MS"), 0);
 }
 
+/* ---- destroy while a get is in flight ------------------------------- */
+
+#define STALL_LOCAL       0xaa /* what the reader's buffer holds after destroy */
+#define STALL_TARGET      0x5c /* what the fake passive side serves */
+#define STALL_AFTER_MS    1000 /* how long the fake runs after destroy */
+#define DESTROY_BLOCKS_MS 300  /* destroy has not returned this long after */
+
+typedef struct {
+    ferry_op_t *op;
+    atomic_bool done;
+} destroyer_t;
+
+static void *destroyer_main(void *arg)
+{
+    destroyer_t *d = arg;
+
+    ferry_op_destroy(d->op);
+    atomic_store(&d->done, true);
+    return NULL;
+}
+
+static bool all_bytes(const uint8_t *buf, size_t len, uint8_t value)
+{
+    for (size_t i = 0; i < len; i++) {
+        if (buf[i] != value) {
+            return false;
+        }
+    }
+    return true;
+}
+
+/* A reader's passive side admits the read and then stops progressing. Over
+ * TCP UCX emulates the get with a request the target must answer, so the
+ * read cannot finish: the reader's wait times out and it destroys the op,
+ * then frees (here: overwrites) its buffer. Once the fake side runs again
+ * and answers, its late reply must not land in that buffer: ferry_op_destroy
+ * returns only once UCX can no longer write there. With peer_errors, destroy
+ * closes the stalled endpoint by force (after FERRY_OP_DESTROY_FLUSH_MS),
+ * which ends another operation on it as a transport error and takes it out
+ * of the cache; without, UCX cannot, and destroy (on a thread of its own
+ * here) waits until the fake side has answered, so the bytes have landed
+ * before it returns. Before, destroy returned at once and the reply landed
+ * in the freed buffer. */
+static void read_from_stalled_peer(bool peer_errors, ferry_progress_mode_t mode)
+{
+    ferry_connector_params_t params = {.field_mask =
+                                           FERRY_CONNECTOR_PARAM_FIELD_PEER_ERROR_HANDLING |
+                                           FERRY_CONNECTOR_PARAM_FIELD_PROGRESS_MODE,
+                                       .peer_error_handling = peer_errors,
+                                       .progress_mode = mode};
+    static uint8_t local[BUF_SIZE];
+    ferry_descriptor_t ld = {local, sizeof(local), FERRY_DEVICE_HOST_INIT};
+    fake_passive_t f = {.admit_status = FERRY_OK};
+    destroyer_t d = {0};
+    const char *tls = getenv("UCX_TLS");
+    char *saved_tls = tls != NULL ? strdup(tls) : NULL;
+    static uint8_t other[BUF_SIZE];
+    ferry_descriptor_t od = {other, sizeof(other), FERRY_DEVICE_HOST_INIT};
+    ferry_op_t *second = NULL;
+    ferry_connector_stats_t st;
+    ferry_connector_t *c;
+    pthread_t thread;
+    int64_t deadline;
+
+    assert_int_equal(setenv("UCX_TLS", "tcp", 1), 0); /* the get needs the target */
+    fake_open(&f, FERRY__KIND_READABLE);
+    memset(f.target, STALL_TARGET, sizeof(f.target));
+    memset(local, 0, sizeof(local));
+    assert_int_equal(ferry_connector_create(&params, &c), FERRY_OK);
+    assert_int_equal(ferry_read_begin(c, &ld, 1, f.md, f.md_len, &d.op), FERRY_OK);
+
+    /* The fake side runs until it has admitted the read and its ADMIT is
+     * out, and the reader has posted its get; then it stops. */
+    deadline = pair_now_ms() + WAIT_TIMEOUT_MS;
+    while ((f.claims == 0 ||
+            (UCS_PTR_IS_PTR(f.req) && ucp_request_check_status(f.req) == UCS_INPROGRESS)) &&
+           pair_now_ms() < deadline) {
+        ucp_worker_progress(f.worker);
+        if (mode == FERRY_PROGRESS_CALLER) {
+            assert_int_equal(ferry_connector_progress(c), FERRY_OK);
+        }
+    }
+    assert_int_equal(f.claims, 1);
+    while (ferry_op_wait(d.op, 1) == FERRY_ERR_TIMED_OUT && !d.op->data_in_flight &&
+           pair_now_ms() < deadline) {
+    }
+    assert_true(d.op->data_in_flight);
+    assert_int_equal(ferry_op_wait(d.op, 200), FERRY_ERR_TIMED_OUT);
+
+    if (peer_errors) {
+        /* Another read on the same endpoint, its claim unanswered (the
+         * fake answers one): the forced close ends it (below). */
+        assert_int_equal(ferry_read_begin(c, &od, 1, f.md, f.md_len, &second), FERRY_OK);
+        ferry_op_destroy(d.op);
+    } else {
+        assert_int_equal(pthread_create(&thread, NULL, destroyer_main, &d), 0);
+        /* It does not return while the fake side stays silent. */
+        deadline = pair_now_ms() + DESTROY_BLOCKS_MS;
+        while (!atomic_load(&d.done) && pair_now_ms() < deadline) {
+            poll(NULL, 0, 1);
+        }
+        assert_false(atomic_load(&d.done));
+        deadline = pair_now_ms() + WAIT_TIMEOUT_MS;
+        while (!atomic_load(&d.done) && pair_now_ms() < deadline) {
+            ucp_worker_progress(f.worker); /* the fake side answers now */
+        }
+        assert_int_equal(pthread_join(thread, NULL), 0);
+        assert_true(all_bytes(local, sizeof(local), STALL_TARGET)); /* landed before */
+    }
+    memset(local, STALL_LOCAL, sizeof(local)); /* the caller's to reuse or free */
+    deadline = pair_now_ms() + STALL_AFTER_MS;
+    while (all_bytes(local, sizeof(local), STALL_LOCAL) && pair_now_ms() < deadline) {
+        ucp_worker_progress(f.worker); /* a late reply would land now */
+        if (mode == FERRY_PROGRESS_CALLER) {
+            assert_int_equal(ferry_connector_progress(c), FERRY_OK);
+        }
+    }
+    assert_true(all_bytes(local, sizeof(local), STALL_LOCAL));
+    if (peer_errors) {
+        assert_int_equal(ferry_op_wait(second, WAIT_TIMEOUT_MS), FERRY_ERR_TRANSPORT);
+        ferry_op_destroy(second);
+        ferry_connector_get_stats(c, &st);
+        assert_int_equal(st.peers_cached, 0); /* the forced endpoint left the cache */
+    }
+    assert_int_equal(ferry_connector_destroy(c), FERRY_OK);
+    fake_close(&f);
+    if (saved_tls != NULL) {
+        assert_int_equal(setenv("UCX_TLS", saved_tls, 1), 0);
+    } else {
+        assert_int_equal(unsetenv("UCX_TLS"), 0);
+    }
+    free(saved_tls);
+}
+
+static void test_destroy_read_from_stalled_peer_forced(void **state)
+{
+    (void)state;
+    read_from_stalled_peer(true, FERRY_PROGRESS_THREAD);
+}
+
+/* The same in caller progress mode: destroy drives the connector itself
+ * while it waits, and then closes the endpoint by force. */
+static void test_destroy_read_from_stalled_peer_forced_caller(void **state)
+{
+    (void)state;
+    read_from_stalled_peer(true, FERRY_PROGRESS_CALLER);
+}
+
+static void test_destroy_read_from_stalled_peer_waits(void **state)
+{
+    (void)state;
+    read_from_stalled_peer(false, FERRY_PROGRESS_THREAD);
+}
+
 static size_t inbox_len(ferry_connector_t *c)
 {
     size_t n;
@@ -947,6 +1119,9 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_admit_without_the_claim_nonce_is_ignored),
         cmocka_unit_test(test_admit_status_outside_the_table),
         cmocka_unit_test(test_unanswered_claim_ends),
+        cmocka_unit_test(test_destroy_read_from_stalled_peer_forced),
+        cmocka_unit_test(test_destroy_read_from_stalled_peer_forced_caller),
+        cmocka_unit_test(test_destroy_read_from_stalled_peer_waits),
         cmocka_unit_test(test_inbox_bounded),
     };
 
