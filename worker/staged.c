@@ -7,7 +7,11 @@
  *
  * Chunks: the descriptors are cut, in order, into chunks of at most
  * slot_size bytes (the last chunk of each descriptor is shorter when
- * slot_size does not divide it). A chunk never spans two descriptors.
+ * slot_size does not divide it). A chunk never spans two descriptors. The
+ * passive side accepts exactly these chunks, each once (lanes finish out of
+ * order, so in any order): a writer that repeats one, or sends another
+ * length or offset, is refused (PROTOCOL), so that a writable completes only
+ * when every byte of it was written, not merely as many bytes.
  *
  * Lanes: the pipeline has `lanes` lanes (the passive side's slot count when
  * it stages, else the local default); lane i owns local slot i and remote
@@ -109,6 +113,13 @@ struct ferry__stage {
     bool mapped;
     uint64_t total;  /* bytes of all descriptors */
     uint64_t landed; /* bytes copied into them (a readable: out of them) */
+    /* The chunks as the active side cuts them (the file comment): those of
+     * descriptor i are first_chunk[i] to first_chunk[i + 1] - 1 (n + 1
+     * entries); taken has a bit per chunk, set when a CHUNK for it is
+     * accepted, so that each is accepted once and landed == total means
+     * every byte landed, not as many bytes. */
+    uint64_t *first_chunk;
+    uint8_t *taken;
     bool notice_ok;
     bool claimant_settled;       /* its notice came: nothing of it reaches the slots */
     uint8_t key[FERRY__KEY_LEN]; /* stale: whose slots these were */
@@ -250,10 +261,43 @@ static void stage_free(struct ferry__stage *s, bool keep)
         s->engine->ops->free_pinned(s->engine, s->slots, (size_t)s->lanes * s->slot_size, keep);
         ferry__copy_engine_destroy(s->engine);
     }
+    free(s->first_chunk);
+    free(s->taken);
     free(s);
 }
 
 /* ---- passive ------------------------------------------------------------ */
+
+/* The passive stage's chunk map (first_chunk, taken). */
+static ferry_status_t chunks_alloc(ferry_op_t *op)
+{
+    struct ferry__stage *s = op->stage;
+    uint64_t n_chunks = 0;
+
+    s->first_chunk = calloc(op->n + 1, sizeof(*s->first_chunk));
+    for (size_t i = 0; s->first_chunk != NULL && i <= op->n; i++) {
+        s->first_chunk[i] = n_chunks;
+        if (i < op->n) {
+            n_chunks += (op->descs[i].size + s->slot_size - 1) / s->slot_size;
+        }
+    }
+    s->taken = calloc((size_t)(n_chunks + 7) / 8, 1);
+    if (s->first_chunk == NULL || s->taken == NULL) {
+        return ferry__fail(FERRY_ERR_NO_MEMORY, "%s: out of memory for the chunk map", op->label);
+    }
+    return FERRY_OK;
+}
+
+/* The chunk a CHUNK names, by its place in the chunk map. */
+static uint64_t chunk_index(const struct ferry__stage *s, const ferry__msg_t *msg)
+{
+    return s->first_chunk[msg->desc] + msg->offset / s->slot_size;
+}
+
+static bool chunk_taken(const struct ferry__stage *s, uint64_t chunk)
+{
+    return (s->taken[chunk / 8] >> (chunk % 8)) & 1u;
+}
 
 ferry_status_t ferry__staged_passive_create(ferry_op_t *op, Ferry__V1__Staging *staging,
                                             void **rkey_p, size_t *rkey_len_p)
@@ -272,6 +316,11 @@ ferry_status_t ferry__staged_passive_create(ferry_op_t *op, Ferry__V1__Staging *
     s = op->stage;
     for (size_t i = 0; i < op->n; i++) {
         s->total += op->descs[i].size;
+    }
+    status = chunks_alloc(op);
+    if (status != FERRY_OK) {
+        ferry__staged_release(op);
+        return status;
     }
     params.field_mask = UCP_MEM_MAP_PARAM_FIELD_ADDRESS | UCP_MEM_MAP_PARAM_FIELD_LENGTH |
                         UCP_MEM_MAP_PARAM_FIELD_MEMORY_TYPE;
@@ -315,6 +364,7 @@ static void send_credit(ferry_op_t *op, uint32_t slot, ferry_status_t status)
 static const char *chunk_problem(const ferry_op_t *op, const ferry__msg_t *msg)
 {
     const struct ferry__stage *s = op->stage;
+    uint64_t size;
 
     if (msg->slot >= s->lanes) {
         return "slot out of range";
@@ -325,9 +375,15 @@ static const char *chunk_problem(const ferry_op_t *op, const ferry__msg_t *msg)
     if (msg->desc >= op->n) {
         return "descriptor index out of range";
     }
-    if (msg->len == 0 || msg->len > s->slot_size || msg->offset > op->descs[msg->desc].size ||
-        msg->len > op->descs[msg->desc].size - msg->offset) {
-        return "chunk outside its descriptor or slot";
+    size = op->descs[msg->desc].size;
+    if (msg->offset >= size || msg->offset % s->slot_size != 0) {
+        return "chunk not where the descriptor's chunks start";
+    }
+    if (msg->len != (size - msg->offset < s->slot_size ? size - msg->offset : s->slot_size)) {
+        return "chunk of the wrong length";
+    }
+    if (chunk_taken(s, chunk_index(s, msg))) {
+        return "chunk sent twice";
     }
     return NULL;
 }
@@ -365,6 +421,7 @@ void ferry__staged_on_chunk(ferry_connector_t *c, const ferry__msg_t *msg)
         return;
     }
     lane = &s->lane[msg->slot];
+    s->taken[chunk_index(s, msg) / 8] |= (uint8_t)(1u << (chunk_index(s, msg) % 8));
     mem = (uint8_t *)op->descs[msg->desc].ptr + msg->offset;
     if (op->kind == FERRY__KIND_READABLE) {
         status = s->engine->ops->copy_async(s->engine, slot_of(s, msg->slot), mem, msg->len,

@@ -50,9 +50,11 @@
 #define RSS_BOUND       (50u << 20)
 
 /* The wire format, written out here on purpose (see worker/wire.c). */
-#define W_MAGIC 0x33595246u /* "FRY3" */
-#define W_FIXED 72u
-enum { W_CLAIM = 1, W_ADMIT = 2, W_NOTICE = 3 };
+#define W_MAGIC      0x33595246u /* "FRY3" */
+#define W_FIXED      72u
+#define W_CHUNK_TAIL 24u /* u32 slot, u32 descriptor, u64 offset, u64 length */
+enum { W_CLAIM = 1, W_ADMIT = 2, W_NOTICE = 3, W_CHUNK = 4, W_CREDIT = 5 };
+#define STAGED_CHUNK 1024u /* the victim's staged writables: 4 chunks, 2 slots */
 
 typedef struct {
     int32_t op_status; /* ferry_op_status of the current writable */
@@ -120,11 +122,16 @@ static int victim_main(int cmd_fd, int res_fd)
     while (read(cmd_fd, &cmd, 1) == 1 && cmd != 'Q') {
         switch (cmd) {
         case 'N': /* a fresh writable; answers its metadata */
+        case 'T': /* the same on the staged path */
             ferry_op_destroy(op);
             memset(buf, 0, sizeof(buf));
+            atomic_store(&ferry__test_staging.force, cmd == 'T');
+            atomic_store(&ferry__test_staging.chunk, STAGED_CHUNK);
+            atomic_store(&ferry__test_staging.slots, 2);
             if (ferry_writable_create(c, &d, 1, &op) != FERRY_OK) {
                 return 3;
             }
+            atomic_store(&ferry__test_staging.force, false);
             ferry_op_metadata(op, &md, &md_len);
             pair_send_blob(res_fd, md, (uint32_t)md_len);
             break;
@@ -166,14 +173,15 @@ static void victim_spawn(victim_t *v)
     assert_int_equal(ferry_connector_create(NULL, &honest), FERRY_OK);
 }
 
-/* Asks for a fresh writable and keeps its metadata, key and address. */
-static void victim_new(victim_t *v)
+/* Asks for a fresh writable (what: 'N', or 'T' staged) and keeps its
+ * metadata, key and address. */
+static void victim_new_kind(victim_t *v, char what)
 {
     Ferry__V1__RdmaMetadata *md;
 
     free(v->md);
     free(v->address);
-    assert_int_equal(pair_write(v->proc.cmd_fd, "N", 1), 0);
+    assert_int_equal(pair_write(v->proc.cmd_fd, &what, 1), 0);
     assert_int_equal(pair_recv_blob(v->proc.res_fd, &v->md, &v->md_len), 0);
     assert_int_equal(ferry__metadata_decode(v->md, v->md_len, &md), FERRY_OK);
     memcpy(v->key, md->notification_key.data, FERRY__KEY_LEN);
@@ -181,6 +189,11 @@ static void victim_new(victim_t *v)
     v->address = malloc(v->address_len);
     memcpy(v->address, md->worker_address.data, v->address_len);
     ferry__metadata_free(md);
+}
+
+static void victim_new(victim_t *v)
+{
+    victim_new_kind(v, 'N');
 }
 
 static report_t victim_ask(victim_t *v, char what)
@@ -242,6 +255,8 @@ typedef struct {
     size_t own_address_len;
     unsigned answers;             /* ADMIT messages received */
     uint8_t last_answer[W_FIXED]; /* the latest one */
+    unsigned credits;             /* CREDIT messages received */
+    int32_t credit_status;        /* the latest one's */
 } hostile_t;
 
 static ucs_status_t hostile_am_cb(void *arg, const void *header, size_t header_length, void *data,
@@ -255,6 +270,9 @@ static ucs_status_t hostile_am_cb(void *arg, const void *header, size_t header_l
     if (length == W_FIXED) {
         memcpy(h->last_answer, data, W_FIXED);
         h->answers++;
+    } else if (length == W_FIXED + W_CHUNK_TAIL && ((const uint8_t *)data)[4] == W_CREDIT) {
+        memcpy(&h->credit_status, (const uint8_t *)data + 32, sizeof(h->credit_status));
+        h->credits++;
     }
     return UCS_OK;
 }
@@ -373,6 +391,36 @@ static void send_notice(hostile_t *h, const uint8_t *key, int32_t status, const 
 
     hostile_send(h, m, len, false);
     free(m);
+}
+
+/* A CHUNK of descriptor 0 as wire.c lays it out, with the admission nonce. */
+static void send_chunk(hostile_t *h, const uint8_t *key, const uint8_t *nonce, uint32_t slot,
+                       uint64_t offset, uint64_t len)
+{
+    uint8_t m[W_FIXED + W_CHUNK_TAIL] = {0};
+
+    put32(m, W_MAGIC);
+    m[4] = W_CHUNK;
+    memcpy(m + 8, key, FERRY__KEY_LEN);
+    put32(m + 36, W_CHUNK_TAIL);
+    memcpy(m + 40, nonce, FERRY__NONCE_LEN);
+    put32(m + W_FIXED, slot);
+    put32(m + W_FIXED + 8, (uint32_t)offset);
+    put32(m + W_FIXED + 12, (uint32_t)(offset >> 32));
+    put32(m + W_FIXED + 16, (uint32_t)len);
+    put32(m + W_FIXED + 20, (uint32_t)(len >> 32));
+    hostile_send(h, m, sizeof(m), false);
+}
+
+/* Progresses until n CREDITs have arrived (or the deadline). */
+static void hostile_await_credits(hostile_t *h, unsigned n)
+{
+    int64_t deadline = pair_now_ms() + PAIR_IO_TIMEOUT_MS;
+
+    while (h->credits < n && pair_now_ms() < deadline) {
+        ucp_worker_progress(h->worker);
+    }
+    assert_true(h->credits >= n);
 }
 
 static void send_claim(hostile_t *h, const uint8_t *key, const uint8_t *address, size_t address_len,
@@ -547,6 +595,56 @@ static void test_notice_status_outside_the_table(void **state)
         assert_int_equal(rep.wait_status, cases[i].taken);
         assert_int_equal(rep.op_status, FERRY_OP_STATUS_ERRORED);
     }
+    hostile_close(&h);
+    victim_quit(&v);
+}
+
+/* Claims the victim's staged writable as h (with h's own address: the
+ * victim sends CREDITs there) and keeps the admission nonce. */
+static void claim_staged(victim_t *v, hostile_t *h, uint8_t *nonce)
+{
+    unsigned answers = h->answers;
+
+    victim_new_kind(v, 'T');
+    send_claim(h, v->key, (const uint8_t *)h->own_address, h->own_address_len, true);
+    hostile_await_answers(h, answers + 1);
+    assert_int_equal(h->last_answer[32] | h->last_answer[33] | h->last_answer[34], 0); /* OK */
+    memcpy(nonce, h->last_answer + 40, FERRY__NONCE_LEN);
+}
+
+/* An admitted writer of a staged writable is held to the chunks the
+ * writable is cut into, each once. One that sends the first chunk as often
+ * as there are chunks (the landed bytes add up to the writable's size) and
+ * then NOTICE(OK) ends it PROTOCOL; before, it ended COMPLETE with three
+ * quarters of it never written. One that sends a short chunk ends it
+ * PROTOCOL at once; before, the writable never completed. */
+static void test_staged_chunks_each_once(void **state)
+{
+    uint8_t nonce[FERRY__NONCE_LEN];
+    victim_t v;
+    hostile_t h;
+    report_t rep;
+    (void)state;
+
+    victim_spawn(&v);
+    victim_new(&v);
+    hostile_open(&h, &v);
+
+    claim_staged(&v, &h, nonce);
+    for (unsigned i = 0; i < BUF_SIZE / STAGED_CHUNK && h.credit_status == FERRY_OK; i++) {
+        send_chunk(&h, v.key, nonce, 0, 0, STAGED_CHUNK); /* the first chunk, again */
+        hostile_await_credits(&h, i + 1);                 /* slot 0 is free again */
+    }
+    send_notice(&h, v.key, FERRY_OK, nonce);
+    rep = victim_ask(&v, 'W');
+    assert_int_equal(rep.wait_status, FERRY_ERR_PROTOCOL);
+    assert_int_equal(rep.op_status, FERRY_OP_STATUS_ERRORED);
+
+    claim_staged(&v, &h, nonce);
+    send_chunk(&h, v.key, nonce, 0, 0, STAGED_CHUNK / 2);
+    send_notice(&h, v.key, FERRY_OK, nonce);
+    rep = victim_ask(&v, 'W');
+    assert_int_equal(rep.wait_status, FERRY_ERR_PROTOCOL);
     hostile_close(&h);
     victim_quit(&v);
 }
@@ -1113,6 +1211,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_stranger_error_notice_ignored),
         cmocka_unit_test(test_garbage_address_claim),
         cmocka_unit_test(test_notice_status_outside_the_table),
+        cmocka_unit_test(test_staged_chunks_each_once),
         cmocka_unit_test(test_bogus_claims_bounded),
         cmocka_unit_test(test_peer_cache_lru),
         cmocka_unit_test(test_admit_positive_status_is_protocol_error),
