@@ -162,8 +162,9 @@ static ferry_status_t open_server(coordinator_t *c)
     };
     rpc_server_params_t params = {
         .listen_addr = c->config.listen,
-        /* A Register's metadata is at most 1 MiB (md_rules.h), every other
-         * request is small: nothing larger is worth decoding. */
+        /* A Register's metadata is at most 1 MiB (md_rules.h): nothing
+         * larger is worth decoding. Every other request is small, and its
+         * method accepts less (service.c, SERVICE_REQUEST_MAX). */
         .max_message_bytes = 2 << 20,
         .n_threads = c->config.threads,
         .tls = c->config.tls_cert != NULL ? &tls : NULL,

@@ -618,12 +618,28 @@ static void handle_list(rpc_call_t *call, const ProtobufCMessage *request, void 
     submit_read(arg, call, request, do_list, 0);
 }
 
+/* What a call holds is bounded by its method's request size times the
+ * calls that may be held (--max-waits, --max-watches, --etcd-queue), so each
+ * method takes no more than its fields can hold. A Register carries up to
+ * 1 MiB of metadata: it gets the server's bound (2 MiB, main.c), and keeps
+ * its bytes (the metadata is stored as sent). Every other request holds a
+ * few IDs, tokens and names, under 1 KiB at their limits (validate.h);
+ * SERVICE_REQUEST_MAX leaves room for fields newer clients add. At 2 MiB,
+ * Lookups parked with an unknown field of that size held 4.4 MiB each:
+ * 44 GiB at the default --max-waits. */
+#define SERVICE_REQUEST_MAX (16 * 1024)
+
 static const rpc_method_t coordinator_methods[] = {
-    {"Register", RPC_UNARY, handle_register},   {"Lookup", RPC_UNARY, handle_lookup},
-    {"Claim", RPC_UNARY, handle_claim},         {"Complete", RPC_UNARY, handle_complete},
-    {"Cancel", RPC_UNARY, handle_cancel},       {"Release", RPC_UNARY, handle_release},
-    {"KeepAlive", RPC_UNARY, handle_keepalive}, {"Get", RPC_UNARY, handle_get},
-    {"List", RPC_UNARY, handle_list},           {"Watch", RPC_SERVER_STREAMING, service_watch},
+    {"Register", RPC_UNARY, handle_register, 0, true},
+    {"Lookup", RPC_UNARY, handle_lookup, SERVICE_REQUEST_MAX},
+    {"Claim", RPC_UNARY, handle_claim, SERVICE_REQUEST_MAX},
+    {"Complete", RPC_UNARY, handle_complete, SERVICE_REQUEST_MAX},
+    {"Cancel", RPC_UNARY, handle_cancel, SERVICE_REQUEST_MAX},
+    {"Release", RPC_UNARY, handle_release, SERVICE_REQUEST_MAX},
+    {"KeepAlive", RPC_UNARY, handle_keepalive, SERVICE_REQUEST_MAX},
+    {"Get", RPC_UNARY, handle_get, SERVICE_REQUEST_MAX},
+    {"List", RPC_UNARY, handle_list, SERVICE_REQUEST_MAX},
+    {"Watch", RPC_SERVER_STREAMING, service_watch, SERVICE_REQUEST_MAX},
 };
 
 ferry_status_t coord_service_create(const coord_service_params_t *params, rpc_server_t *server,

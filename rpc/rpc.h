@@ -14,10 +14,11 @@
  * rpc_call_finish (streaming), either before it returns or later from any
  * thread: that is how Lookup-with-wait and Watch hold calls without holding
  * a thread. Malformed requests (INVALID_ARGUMENT), unknown methods
- * (UNIMPLEMENTED) and oversized messages (RESOURCE_EXHAUSTED) are answered
- * by this layer and never reach a handler. So are requests with a string
- * field that holds a NUL byte (protobuf-c would cut it there) or is not
- * UTF-8, or an enum field set to a value its enum does not define: those
+ * (UNIMPLEMENTED) and oversized messages (RESOURCE_EXHAUSTED: over the
+ * server's max_message_bytes, or over their method's max_request_bytes) are
+ * answered by this layer and never reach a handler. So are requests with a
+ * string field that holds a NUL byte (protobuf-c would cut it there) or is
+ * not UTF-8, or an enum field set to a value its enum does not define: those
  * end with INVALID_ARGUMENT and a message naming the field's path
  * ("metadata.descriptors[0].device.kind"), in every message and every field
  * of every service (rpc_wire.c).
@@ -94,6 +95,16 @@ typedef struct {
     const char *name;
     rpc_method_kind_t kind;
     rpc_handler_fn handler;
+    /* The largest request the method accepts, in bytes; 0: the server's
+     * max_message_bytes. A call holds its decoded request until it ends, and
+     * a call may be held for minutes (a parked wait, a stream, a queue), so
+     * a method whose requests are small says so: a larger one ends
+     * RESOURCE_EXHAUSTED, as gRPC answers a message over the server's bound,
+     * naming the method and the limit, before it is decoded. */
+    size_t max_request_bytes;
+    /* Keep the request's bytes as they arrived for rpc_call_request_bytes
+     * as long as the call; false: freed once the request is decoded. */
+    bool keep_request_bytes;
 } rpc_method_t;
 
 /* Told of every call the server accepts, for metrics. `method` is the
@@ -260,7 +271,8 @@ void rpc_call_unref(rpc_call_t *call);
 /* The request's bytes as they arrived, which the handler's request was
  * decoded from (len 0: every field at its default); valid as long as the
  * call. For a handler that keeps a field exactly as the client sent it
- * (rpc_field_find). */
+ * (rpc_field_find), of a method whose row sets keep_request_bytes: for any
+ * other the bytes are freed once decoded, and len is 0. */
 void rpc_call_request_bytes(const rpc_call_t *call, const uint8_t **data_p, size_t *len_p);
 
 /* The client's address ("ipv4:127.0.0.1:53124"), for logs; static per call. */

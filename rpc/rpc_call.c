@@ -227,6 +227,31 @@ static void call_end(rpc_call_t *call, grpc_byte_buffer *buf, grpc_status_code c
                      ferry_status_t status, const char *msg);
 static void call_process_cancel(rpc_call_t *call);
 
+/* Refuses a request larger than its method accepts (max_request_bytes),
+ * before it is decoded, and frees it at once. RESOURCE_EXHAUSTED, the code
+ * gRPC itself answers for a message over the server's max_message_bytes:
+ * a client sees one code for "too large", whichever bound it ran into.
+ * True if refused. */
+static bool call_refuse_oversized(rpc_call_t *call)
+{
+    size_t max = call->method->max_request_bytes;
+    size_t len = grpc_byte_buffer_length(call->payload);
+    char msg[256];
+
+    if (max == 0 || len <= max) {
+        return false;
+    }
+    grpc_byte_buffer_destroy(call->payload);
+    call->payload = NULL;
+    ferry_info("call %" PRIu64 " %s: request of %zu bytes from %s refused: the method accepts "
+               "at most %zu",
+               call->id, call->path, len, call->peer, max);
+    snprintf(msg, sizeof(msg), "request of %zu bytes is larger than %s accepts (%zu bytes)", len,
+             call->path, max);
+    call_end(call, NULL, GRPC_STATUS_RESOURCE_EXHAUSTED, FERRY_ERR_RESOURCE_EXHAUSTED, msg);
+    return true;
+}
+
 /* Runs the handler, or answers for it when it cannot run. */
 static void call_dispatch(rpc_call_t *call)
 {
@@ -249,6 +274,9 @@ static void call_dispatch(rpc_call_t *call)
         call_end(call, NULL, GRPC_STATUS_INVALID_ARGUMENT, FERRY_ERR_INVALID_ARGUMENT, msg);
         return;
     }
+    if (call_refuse_oversized(call)) {
+        return;
+    }
     status = rpc__unpack_request(method->desc->input, call->payload, call->path, &call->request,
                                  &call->request_bytes, msg, sizeof(msg));
     if (call->payload != NULL) {
@@ -260,6 +288,13 @@ static void call_dispatch(rpc_call_t *call)
                    call->peer, msg);
         call_end(call, NULL, (grpc_status_code)rpc_status_to_grpc(status), status, msg);
         return;
+    }
+    if (!method->keep_request_bytes) {
+        /* The decoded request holds a copy of every field (protobuf-c
+         * copies, unknown fields too): the bytes would only double what a
+         * call held for minutes keeps. */
+        grpc_slice_unref(call->request_bytes);
+        call->request_bytes = grpc_empty_slice();
     }
     pthread_mutex_lock(&call->lock);
     call->in_handler = true;

@@ -244,9 +244,11 @@ static void health_watch(rpc_call_t *call, const ProtobufCMessage *request, void
 
 ferry_status_t rpc__health_add_service(rpc_server_t *server)
 {
+    /* A request names one service: a Watch holds it as long as it is
+     * open, so nothing near the server's bound is taken. */
     static const rpc_method_t methods[] = {
-        {"Check", RPC_UNARY, health_check},
-        {"Watch", RPC_SERVER_STREAMING, health_watch},
+        {"Check", RPC_UNARY, health_check, RPC_HEALTH_REQUEST_MAX},
+        {"Watch", RPC_SERVER_STREAMING, health_watch, RPC_HEALTH_REQUEST_MAX},
     };
 
     return rpc__method_table_add(&server->methods, &grpc__health__v1__health__descriptor, methods,

@@ -44,6 +44,8 @@ typedef struct {
     const ProtobufCMethodDescriptor *desc; /* input and output descriptors */
     rpc_method_kind_t kind;
     rpc_handler_fn handler;
+    size_t max_request_bytes; /* 0: the server's max_message_bytes */
+    bool keep_request_bytes;
     void *arg;
     void *registered; /* grpc_server_register_method's handle, once started */
     int arms_owed;    /* re-arms that failed, retried later; server->lock */
@@ -175,6 +177,9 @@ typedef struct {
     rpc_health_watcher_t *watchers; /* Watch calls, each holding a call ref */
     bool closed;                    /* shutting down: no new watchers */
 } rpc_health_t;
+
+/* The largest Health request (a service name) accepted, in bytes. */
+enum { RPC_HEALTH_REQUEST_MAX = 4096 };
 
 ferry_status_t rpc__health_init(rpc_health_t *health);
 void rpc__health_destroy(rpc_health_t *health);
@@ -323,7 +328,9 @@ struct rpc_call {
     grpc_call_details details; /* unregistered methods only */
     grpc_byte_buffer *payload; /* the request as it arrived, until decoded */
     ProtobufCMessage *request;
-    grpc_slice request_bytes; /* what request was decoded from (rpc_call_request_bytes) */
+    /* What request was decoded from (rpc_call_request_bytes), if the
+     * method keeps it; empty otherwise. */
+    grpc_slice request_bytes;
     char peer[128];
     char path[160];
     int64_t accepted_ns; /* CLOCK_MONOTONIC, for the observer */

@@ -70,6 +70,8 @@ static rpc_method_entry_t *method_entry_new(const ProtobufCServiceDescriptor *se
     row->desc = protobuf_c_service_descriptor_get_method_by_name(service, method->name);
     row->kind = method->kind;
     row->handler = method->handler;
+    row->max_request_bytes = method->max_request_bytes;
+    row->keep_request_bytes = method->keep_request_bytes;
     row->arg = arg;
     return row;
 }

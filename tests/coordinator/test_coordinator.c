@@ -1253,16 +1253,22 @@ static void test_wait_ms_extremes(void **state)
 }
 
 /* Watch refuses what every other RPC refuses, at once, instead of holding a
- * stream for an ID that can never exist. */
+ * stream for an ID that can never exist; one too large for any request but
+ * a Register (1 MiB) is refused before it is decoded, naming the method. */
 static void test_watch_validates_like_every_rpc(void **state)
 {
     static const struct {
-        const char *id, *prefix, *field;
+        const char *id, *prefix;
+        size_t len; /* > 0: instead of id, an ID of this many bytes */
+        ferry_status_t status;
+        const char *says;
     } bad[] = {
-        {"a/../b", "", "request_id"},
-        {"", "../", "request_id_prefix"},
-        {"has space", "", "request_id"},
-        {"x", "y", "exactly one"},
+        {"a/../b", "", 0, FERRY_ERR_INVALID_ARGUMENT, "request_id"},
+        {"", "../", 0, FERRY_ERR_INVALID_ARGUMENT, "request_id_prefix"},
+        {"has space", "", 0, FERRY_ERR_INVALID_ARGUMENT, "request_id"},
+        {"x", "y", 0, FERRY_ERR_INVALID_ARGUMENT, "exactly one"},
+        {NULL, "", 4096, FERRY_ERR_INVALID_ARGUMENT, "at most 128"},
+        {NULL, "", 1024 * 1024, FERRY_ERR_RESOURCE_EXHAUSTED, "/ferry.v1.Coordinator/Watch"},
     };
     Ferry__V1__WatchRequest req = FERRY__V1__WATCH_REQUEST__INIT;
     char *huge = malloc(1024 * 1024 + 1);
@@ -1272,19 +1278,18 @@ static void test_watch_validates_like_every_rpc(void **state)
     assert_non_null(huge);
     memset(huge, 'a', 1024 * 1024);
     huge[1024 * 1024] = '\0';
-    for (size_t i = 0; i <= sizeof(bad) / sizeof(bad[0]); i++) {
-        bool last = i == sizeof(bad) / sizeof(bad[0]);
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         Ferry__V1__WatchResponse *msg = NULL;
         rpc_stream_t *stream = NULL;
 
-        req.request_id = last ? huge : (char *)bad[i].id;
-        req.request_id_prefix = last ? "" : (char *)bad[i].prefix;
+        req.request_id = bad[i].len > 0 ? huge + 1024 * 1024 - bad[i].len : (char *)bad[i].id;
+        req.request_id_prefix = (char *)bad[i].prefix;
         assert_int_equal(rpc_stream_open(chan, "/ferry.v1.Coordinator/Watch", &req.base,
                                          &ferry__v1__watch_response__descriptor, 10000, &stream),
                          FERRY_OK);
         assert_int_equal(rpc_stream_read(stream, 10000, (ProtobufCMessage **)&msg, &err),
-                         FERRY_ERR_INVALID_ARGUMENT);
-        assert_non_null(strstr(err.message, last ? "at most 128" : bad[i].field));
+                         bad[i].status);
+        assert_non_null(strstr(err.message, bad[i].says));
         rpc_stream_destroy(stream);
     }
     free(huge);

@@ -10,7 +10,12 @@ whose tail was stack bytes, and List copied past its buffer.
 Requests at their largest: metadata just over its 1 MiB bound is refused
 INVALID_ARGUMENT naming the field; a request over 2 MiB (the coordinator's
 receive bound: a Register's metadata is at most 1 MiB) is refused by gRPC
-RESOURCE_EXHAUSTED before anything decodes it.
+RESOURCE_EXHAUSTED before anything decodes it; a Register with metadata of
+just under 1 MiB is stored and looked up whole. Every other method accepts
+16 KiB (service.c, SERVICE_REQUEST_MAX): a Lookup with wait_ms padded to
+just under 2 MiB by an unknown field, and a Watch so padded, end
+RESOURCE_EXHAUSTED naming the method and the bound instead of being held
+(before, such a Lookup parked and held 4.4 MiB for its whole wait).
 
 Also: a port file that cannot be written (here: a directory in the way of
 its rename) stops the coordinator with exit 1 and a message, rather than
@@ -52,6 +57,15 @@ def tearDownModule():
     shutil.rmtree(TMP, ignore_errors=True)
     if rc != 0:
         raise AssertionError(f"coordinator exited with {rc} after SIGTERM")
+
+
+def varint(n):
+    """n as a protobuf base-128 varint."""
+    out = b""
+    while n >= 0x80:
+        out += bytes([n & 0x7f | 0x80])
+        n >>= 7
+    return out + bytes([n])
 
 
 def etcd_keys(prefix):
@@ -137,20 +151,76 @@ class LargestRequests(unittest.TestCase):
         cls.channel = grpc.insecure_channel(COORD.target)
         cls.stub = coordinator_pb2_grpc.CoordinatorStub(cls.channel)
 
-    def register(self, rid, n_descriptors):
+    def metadata(self, n_descriptors):
         pb = self.pb
-        md = pb.RdmaMetadata(
+        return pb.RdmaMetadata(
             version=1, kind=pb.OPERATION_KIND_WRITE, worker_address=b"\x01" * 64,
             descriptors=[pb.Descriptor(address=0x10000 + i * 4096, size=4096,
                                        device=pb.Device(kind=pb.DEVICE_KIND_HOST),
                                        rkey=bytes([i % 251 + 1]) * 4000)
                          for i in range(n_descriptors)],
             notification_key=os.urandom(16), worker_name="limits", hostname="localhost")
-        req = self.cpb.RegisterRequest(request_id=rid, metadata=md, access_token=TOKEN,
-                                       owner="limits")
+
+    def register(self, rid, n_descriptors):
+        req = self.cpb.RegisterRequest(request_id=rid, metadata=self.metadata(n_descriptors),
+                                       access_token=TOKEN, owner="limits")
         with self.assertRaises(grpc.RpcError) as e:
             self.stub.Register(req, timeout=10)
         return req.ByteSize(), e.exception
+
+    def padded(self, msg, total):
+        """msg packed, then field 99 (which no request has: protobuf keeps it
+        as an unknown field) filling it to `total` bytes."""
+        head = msg.SerializeToString()
+        tag = varint(99 << 3 | 2)
+        n = total - len(head) - len(tag) - len(varint(total))  # the length takes as many bytes
+        out = head + tag + varint(n) + b"u" * n
+        self.assertEqual(len(out), total)
+        return out
+
+    def test_register_with_1_mib_of_metadata_still_works(self):
+        n = 1
+        while self.metadata(n + 1).ByteSize() <= 1 << 20:
+            n += 1
+        md = self.metadata(n)
+        self.assertGreater(md.ByteSize(), (1 << 20) - 8192)
+        self.stub.Register(self.cpb.RegisterRequest(request_id="x-big-ok", metadata=md,
+                                                    access_token=TOKEN, owner="limits"),
+                           timeout=30)
+        look = self.stub.Lookup(self.cpb.LookupRequest(request_id="x-big-ok", access_token=TOKEN),
+                                timeout=30)
+        self.assertEqual(look.operation.metadata, md)
+
+    def test_oversized_lookup_that_would_wait_is_refused_not_parked(self):
+        total = (2 << 20) - 1024  # under the receive bound: it reaches the coordinator
+        body = self.padded(self.cpb.LookupRequest(request_id="never-registered",
+                                                  access_token=TOKEN, wait_ms=60000), total)
+        lookup = self.channel.unary_unary("/ferry.v1.Coordinator/Lookup",
+                                          request_serializer=lambda b: b,
+                                          response_deserializer=self.cpb.LookupResponse.FromString)
+        with self.assertRaises(grpc.RpcError) as e:
+            lookup(body, timeout=10)  # parked, it would end DEADLINE_EXCEEDED
+        self.assertEqual(e.exception.code(), grpc.StatusCode.RESOURCE_EXHAUSTED,
+                         e.exception.details())
+        self.assertIn("/ferry.v1.Coordinator/Lookup", e.exception.details())
+        self.assertIn("(16384 bytes)", e.exception.details())
+        self.assertIn(str(total), e.exception.details())
+        # A Watch is held as long as it is open: the same bound.
+        watch = self.channel.unary_stream("/ferry.v1.Coordinator/Watch",
+                                          request_serializer=lambda b: b,
+                                          response_deserializer=self.cpb.WatchResponse.FromString)
+        stream = watch(self.padded(self.cpb.WatchRequest(request_id="never-registered"), total),
+                       timeout=10)
+        with self.assertRaises(grpc.RpcError) as e:
+            next(stream)
+        self.assertEqual(e.exception.code(), grpc.StatusCode.RESOURCE_EXHAUSTED,
+                         e.exception.details())
+        self.assertIn("/ferry.v1.Coordinator/Watch", e.exception.details())
+        # Unpadded, the same Lookup is answered as ever.
+        with self.assertRaises(grpc.RpcError) as e:
+            self.stub.Lookup(self.cpb.LookupRequest(request_id="never-registered",
+                                                    access_token=TOKEN), timeout=10)
+        self.assertEqual(e.exception.code(), grpc.StatusCode.NOT_FOUND)
 
     def test_metadata_over_its_bound_names_the_field(self):
         size, e = self.register("big-1", 270)  # ~1.05 MiB of metadata

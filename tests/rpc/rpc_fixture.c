@@ -167,7 +167,7 @@ static void handle_watch(rpc_call_t *call, const ProtobufCMessage *request, void
 
 const rpc_method_t fixture_methods[] = {
     {"Get", RPC_UNARY, handle_get},
-    {"Watch", RPC_SERVER_STREAMING, handle_watch},
+    {"Watch", RPC_SERVER_STREAMING, handle_watch, FIXTURE_WATCH_MAX_REQUEST},
 };
 const size_t fixture_n_methods = sizeof(fixture_methods) / sizeof(fixture_methods[0]);
 

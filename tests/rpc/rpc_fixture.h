@@ -17,6 +17,8 @@
  *   RESOURCE_EXHAUSTED, all before its client can have read any;
  *   request_id "hold" is kept (fixture.held_stream) until cancelled; its
  *   cancel callback records what rpc_call_send answers then.
+ *   A Watch request may be FIXTURE_WATCH_MAX_REQUEST bytes at most (its
+ *   row's max_request_bytes); Get takes the server's FIXTURE_MAX_MESSAGE.
  *
  * The server's observer counts the calls that ended (fixture.calls_ended)
  * and keeps the last one's code (fixture.last_code).
@@ -32,8 +34,9 @@
 
 #include "rpc/rpc.h"
 
-#define FIXTURE_MAX_MESSAGE (64 * 1024)
-#define FIXTURE_FAT_BYTES   1024
+#define FIXTURE_MAX_MESSAGE       (64 * 1024)
+#define FIXTURE_WATCH_MAX_REQUEST 1024
+#define FIXTURE_FAT_BYTES         1024
 
 typedef struct {
     pthread_mutex_t lock;

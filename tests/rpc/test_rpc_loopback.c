@@ -1,8 +1,9 @@
 /*
  * test_rpc_loopback.c: the rpc server and client against each other on
  * loopback: unary and streaming calls, errors answered by the layer
- * (malformed, unknown method, oversized), deadlines, cancellation (from
- * another thread too) and shutdown with calls in flight. Each test starts its own server.
+ * (malformed, unknown method, oversized for the server or for the method),
+ * deadlines, cancellation (from another thread too) and shutdown with calls
+ * in flight. Each test starts its own server.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -429,6 +430,70 @@ static void test_oversized_request(void **state)
     protobuf_c_message_free_unpacked(&resp->base, NULL);
 }
 
+/* A Watch whose request is `len` bytes packed: "count:1" padded with 'x'
+ * (the handler reads the count and ignores the rest). */
+static rpc_stream_t *watch_of_size(fixture_t *f, size_t len)
+{
+    /* Tag and a two-byte length before the prefix's bytes. */
+    size_t n = len - 3;
+    char *prefix = malloc(n + 1);
+    Ferry__V1__WatchRequest req = FERRY__V1__WATCH_REQUEST__INIT;
+    rpc_stream_t *stream;
+
+    assert_non_null(prefix);
+    memset(prefix, 'x', n);
+    memcpy(prefix, "count:1", 7);
+    prefix[n] = '\0';
+    req.request_id_prefix = prefix;
+    assert_int_equal(protobuf_c_message_get_packed_size(&req.base), len);
+    stream = watch(f, "", prefix);
+    free(prefix);
+    return stream;
+}
+
+/* A method's own bound (max_request_bytes), under the server's: a Watch of
+ * one byte more than its row accepts ends RESOURCE_EXHAUSTED, as gRPC
+ * answers one over the server's bound, naming the method and the bound,
+ * and its handler never runs; one at the bound is served. Get, whose row
+ * gives none, takes requests up to the server's bound. Before, every
+ * method took the server's bound, and a call held for minutes (a parked
+ * Lookup, a Watch) held all of it. */
+static void test_request_over_its_method_bound(void **state)
+{
+    fixture_t *f = *state;
+    rpc_stream_t *stream = watch_of_size(f, FIXTURE_WATCH_MAX_REQUEST + 1);
+    Ferry__V1__GetResponse *resp = NULL;
+    ProtobufCMessage *msg = NULL;
+    char bound[32], *id;
+    rpc_error_t err;
+
+    assert_int_equal(rpc_stream_read(stream, 5000, &msg, &err), FERRY_ERR_RESOURCE_EXHAUSTED);
+    assert_null(msg);
+    assert_int_equal(err.grpc_code, 8);
+    assert_non_null(strstr(err.message, WATCH_PATH));
+    snprintf(bound, sizeof(bound), "(%d bytes)", FIXTURE_WATCH_MAX_REQUEST);
+    assert_non_null(strstr(err.message, bound));
+    rpc_stream_destroy(stream);
+
+    stream = watch_of_size(f, FIXTURE_WATCH_MAX_REQUEST);
+    assert_int_equal(rpc_stream_read(stream, 5000, &msg, &err), FERRY_OK);
+    assert_non_null(msg);
+    assert_int_equal(((Ferry__V1__WatchResponse *)msg)->header->revision, 1);
+    protobuf_c_message_free_unpacked(msg, NULL);
+    assert_int_equal(rpc_stream_read(stream, 5000, &msg, &err), FERRY_OK);
+    assert_null(msg);
+    rpc_stream_destroy(stream);
+
+    id = malloc(FIXTURE_MAX_MESSAGE / 2 + 1);
+    assert_non_null(id);
+    memset(id, 'g', FIXTURE_MAX_MESSAGE / 2);
+    id[FIXTURE_MAX_MESSAGE / 2] = '\0';
+    assert_int_equal(get(f, id, 5000, &resp, &err), FERRY_OK);
+    assert_int_equal(strlen(resp->operation->request_id), FIXTURE_MAX_MESSAGE / 2);
+    protobuf_c_message_free_unpacked(&resp->base, NULL);
+    free(id);
+}
+
 typedef struct {
     fixture_t *f;
     ferry_status_t status;
@@ -524,6 +589,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_raw_roundtrip, fixture_setup, fixture_teardown),
         cmocka_unit_test_setup_teardown(test_unknown_method, fixture_setup, fixture_teardown),
         cmocka_unit_test_setup_teardown(test_oversized_request, fixture_setup, fixture_teardown),
+        cmocka_unit_test_setup_teardown(test_request_over_its_method_bound, fixture_setup,
+                                        fixture_teardown),
         cmocka_unit_test_setup_teardown(test_shutdown_with_calls_in_flight, fixture_setup,
                                         fixture_teardown),
         cmocka_unit_test_setup_teardown(test_call_after_shutdown, fixture_setup, fixture_teardown),
