@@ -73,6 +73,13 @@ static void on_registry_reload(void *arg, int64_t revision)
     coord_service_on_reload(c->service, revision);
 }
 
+static void on_registry_synced(void *arg)
+{
+    coordinator_t *c = arg;
+
+    coord_service_on_synced(c->service);
+}
+
 static void on_registry_health(void *arg, bool healthy)
 {
     coordinator_t *c = arg;
@@ -188,6 +195,7 @@ static ferry_status_t open_server(coordinator_t *c)
         .on_event = on_registry_event,
         .on_events_done = on_registry_events_done,
         .on_reload = on_registry_reload,
+        .on_synced = on_registry_synced,
         .on_health = on_registry_health,
     };
     ferry_status_t status = coord_exec_create(&eparams, &c->exec);

@@ -576,6 +576,10 @@ static ferry_status_t load_view(coord_registry_t *r)
     r->synced = true;
     r->reload = false;
     pthread_mutex_unlock(&r->lock);
+    /* Only now: a look before it would have gone to etcd, not the view. */
+    if (r->params.on_synced != NULL) {
+        r->params.on_synced(r->params.arg);
+    }
     expire_orphans(r, orphans);
     orphans_free(orphans);
     return FERRY_OK;
@@ -815,6 +819,16 @@ void coord_registry_view_stats(coord_registry_t *r, size_t *n_records_p, bool *l
     memcpy(n_by_state, r->view.n_by_state, sizeof(r->view.n_by_state));
     *live_p = r->synced;
     pthread_mutex_unlock(&r->lock);
+}
+
+bool coord_registry_view_holds(coord_registry_t *r, const char *request_id)
+{
+    bool holds;
+
+    pthread_mutex_lock(&r->lock);
+    holds = view_find(&r->view, request_id) != NULL;
+    pthread_mutex_unlock(&r->lock);
+    return holds;
 }
 
 int64_t coord_registry_revision(coord_registry_t *r)

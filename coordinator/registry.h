@@ -103,6 +103,14 @@ typedef struct {
      * up to it are in the view but may never have been reported (the watch
      * could not resume: compaction). May be NULL. */
     void (*on_reload)(void *arg, int64_t revision);
+    /* After on_reload, once the view answers reads again (its watch is
+     * running, `synced`): records written while it did not (etcd down at
+     * start, a reload after compaction; a Register's write-through is
+     * skipped then) are in the view but were never reported as events, so
+     * whoever waits for one looks again now. Like on_reload, on the thread
+     * that loads (the maintenance thread, or coord_registry_create's
+     * caller). May be NULL. */
+    void (*on_synced)(void *arg);
     /* etcd became reachable (true) or unreachable (false). */
     void (*on_health)(void *arg, bool healthy);
     void *arg;
@@ -117,6 +125,11 @@ bool coord_registry_healthy(coord_registry_t *registry);
 /* The revision of the last change the view applied (or of its load); 0
  * before the first load. */
 int64_t coord_registry_revision(coord_registry_t *registry);
+
+/* Whether the view holds a record of `request_id` (deleted ones not), as
+ * last loaded or watched, live or not: it may have come without an event
+ * (on_synced), so a wait for it should look again; the look decides. */
+bool coord_registry_view_holds(coord_registry_t *registry, const char *request_id);
 
 /* For metrics: the records the view holds, whether it is loaded with its
  * etcd watch connected, and the records by state (indexed by

@@ -717,6 +717,11 @@ void coord_service_on_reload(void *arg, int64_t revision)
     service_watch_reload(arg, revision);
 }
 
+void coord_service_on_synced(void *arg)
+{
+    service_waits_recheck(arg);
+}
+
 void coord_service_on_health(void *arg, bool healthy)
 {
     coord_service_t *svc = arg;

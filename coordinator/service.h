@@ -55,12 +55,14 @@ ferry_status_t coord_service_create(const coord_service_params_t *params, rpc_se
 
 void coord_service_attach(coord_service_t *service, coord_registry_t *registry);
 
-/* The registry's callbacks (coord_registry_params_t.on_event/on_health),
- * with the service as arg. */
+/* The registry's callbacks (coord_registry_params_t.on_event, ...), with
+ * the service as arg. */
 void coord_service_on_event(void *arg, coord_event_type_t type, const Ferry__V1__Operation *op,
                             int64_t revision);
 void coord_service_on_events_done(void *arg);
 void coord_service_on_reload(void *arg, int64_t revision);
+/* Every parked wait whose record the view now holds looks again. */
+void coord_service_on_synced(void *arg);
 void coord_service_on_health(void *arg, bool healthy);
 
 /* Ends every wait and stream with UNAVAILABLE ("shutting down") and stops

@@ -104,6 +104,9 @@ struct coord_service {
     size_t max_waits; /* constant: a wait past it is refused */
     bool stopping;
     uint64_t wake_seq; /* bumped by every wake; see service_wait_add */
+    /* The wake number of the last time the view came back (on_synced): a
+     * look before it may have missed a record that came with no event. */
+    uint64_t synced_seq;
     /* wake_hash[n % SERVICE_WAKE_HISTORY]: the request ID of wake n. */
     uint64_t wake_hash[SERVICE_WAKE_HISTORY];
     pthread_t wait_thread;
@@ -184,6 +187,11 @@ void service_wait_add(coord_service_t *svc, rpc_call_t *call, wait_kind_t kind,
                       uint64_t seen_seq);
 uint64_t service_waits_seq(coord_service_t *svc);
 void service_waits_wake(coord_service_t *svc, const char *request_id);
+/* The view came back (coord_service_on_synced): every parked wait whose
+ * record the view holds looks again, and so does every wait that parks
+ * after a look from before this (its seen_seq). Takes the registry's lock
+ * under waits_lock: the registry never calls the service with it held. */
+void service_waits_recheck(coord_service_t *svc);
 ferry_status_t service_waits_start(coord_service_t *svc);
 void service_waits_stop(coord_service_t *svc);
 

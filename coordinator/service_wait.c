@@ -8,6 +8,13 @@
  * ID (service_int.h), so neither a wake nor the wait thread walks them all:
  * with 10,000 parked, the walk on every change cost ~300-500 us of CPU per
  * Register (bench/NOTES.md).
+ *
+ * A record can also come with no event: one written while the view was not
+ * live (etcd down at start, a reload after compaction) is in the view once
+ * it loads, and no watch event ever tells of it. So when the view comes back
+ * (service_waits_recheck) every wait whose record it now holds looks again,
+ * and a wait whose time is up looks once more if the view holds its record
+ * (run_wait) before it fails.
  */
 #include "service_int.h"
 
@@ -181,7 +188,7 @@ static bool woken_since(const coord_service_t *svc, const char *request_id, uint
 {
     uint64_t h;
 
-    if (svc->wake_seq - seen_seq > SERVICE_WAKE_HISTORY) {
+    if (svc->wake_seq - seen_seq > SERVICE_WAKE_HISTORY || svc->synced_seq > seen_seq) {
         return true;
     }
     h = id_hash(request_id);
@@ -290,6 +297,31 @@ void service_waits_wake(coord_service_t *svc, const char *request_id)
     pthread_mutex_unlock(&svc->waits_lock);
 }
 
+void service_waits_recheck(coord_service_t *svc)
+{
+    size_t n = 0;
+
+    pthread_mutex_lock(&svc->waits_lock);
+    svc->synced_seq = ++svc->wake_seq;
+    svc->wake_hash[svc->wake_seq % SERVICE_WAKE_HISTORY] = 0; /* no request ID's */
+    /* Marking a wait ready only moves it up the heap, past waits already
+     * walked: in index order the walk sees each wait once. No wait parks
+     * before the server starts, so none before coord_service_attach. */
+    for (size_t i = 0; i < svc->n_waits && !svc->stopping; i++) {
+        wait_entry_t *w = svc->waits_heap[i];
+        if (!w->ready && coord_registry_view_holds(svc->registry, w->request_id)) {
+            w->ready = true;
+            heap_fix(svc, i);
+            n++;
+        }
+    }
+    if (n > 0) {
+        pthread_cond_signal(&svc->waits_cond);
+    }
+    pthread_mutex_unlock(&svc->waits_lock);
+    ferry_info("service: view live: %zu parked waits whose record it holds look again", n);
+}
+
 uint64_t service_waits_seq(coord_service_t *svc)
 {
     uint64_t seq;
@@ -310,7 +342,12 @@ size_t coord_service_parked_waits(coord_service_t *svc)
 
 static void run_wait(coord_service_t *svc, wait_entry_t *w)
 {
-    if (service_now_ms() >= w->deadline_ms) {
+    /* Once more at the end if the view holds the record: a Register this
+     * replica acknowledged is in the view at once, but wakes the waits only
+     * when the watch delivers it, which may be later under load. The view
+     * only, never etcd: thousands of waits may end at once. */
+    if (service_now_ms() >= w->deadline_ms &&
+        !coord_registry_view_holds(svc->registry, w->request_id)) {
         rpc_call_fail(w->call, FERRY_ERR_TIMED_OUT, "request_id '%s' was not registered in time",
                       w->request_id);
     } else if (w->kind == WAIT_LOOKUP) {

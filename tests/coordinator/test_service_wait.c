@@ -7,7 +7,11 @@
  * (service_lookup_once, rpc_call_*) replaced through --wrap by a record of
  * what happened to each call: a wake runs exactly its ID's waits, a wait
  * expires at its deadline and not before, a cancelled wait leaves, the
- * bound holds, and stopping fails the rest. tests/python/test_parked_waits.py
+ * bound holds, and stopping fails the rest. The view is replaced too
+ * (coord_registry_view_holds: it holds the IDs that start with "held"):
+ * when it comes back, the waits whose record it holds run, and so does one
+ * that parks after a look from before; a wait whose time is up runs once
+ * more if the view holds its record. tests/python/test_parked_waits.py
  * drives the same code through a real coordinator.
  */
 #include <stdarg.h>
@@ -96,6 +100,13 @@ void __wrap_rpc_call_on_cancel(rpc_call_t *call, void (*cb)(rpc_call_t *call, vo
 const char *__wrap_rpc_call_peer(const rpc_call_t *call);
 void __wrap_service_lookup_once(coord_service_t *svc, rpc_call_t *call,
                                 const Ferry__V1__LookupRequest *req, int64_t deadline_ms);
+bool __wrap_coord_registry_view_holds(coord_registry_t *registry, const char *request_id);
+
+bool __wrap_coord_registry_view_holds(coord_registry_t *registry, const char *request_id)
+{
+    (void)registry;
+    return strncmp(request_id, "held", 4) == 0;
+}
 
 void __wrap_rpc_call_ref(rpc_call_t *call)
 {
@@ -335,6 +346,64 @@ static void test_bound_refuses_past_it(void **state)
     assert_int_equal(rec.calls[99].fails, 0);
 }
 
+/* The view comes back holding records that came with no event: the waits
+ * for those run, once; the others stay parked, and run when their own wake
+ * comes. */
+static void test_view_back_runs_the_waits_whose_record_it_holds(void **state)
+{
+    coord_service_t *svc = *state;
+    char id[32];
+    int n = 400;
+
+    for (int i = 0; i < n; i++) {
+        snprintf(id, sizeof(id), "%s-%d", i % 2 == 0 ? "held" : "absent", i);
+        park(svc, i, id, 600000);
+    }
+    service_waits_recheck(svc);
+    await_ended(n, n / 2);
+    for (int i = 0; i < n; i++) {
+        assert_int_equal(rec.calls[i].runs, i % 2 == 0);
+        assert_int_equal(rec.calls[i].fails, 0);
+    }
+    assert_int_equal(coord_service_parked_waits(svc), (size_t)n / 2);
+    service_waits_wake(svc, "absent-1");
+    await_ended(n, n / 2 + 1);
+    assert_int_equal(rec.calls[1].runs, 1);
+}
+
+/* A look before the view came back may have missed a record that came
+ * with no event: the wait it parks runs at once, whatever its ID; one
+ * after does not. */
+static void test_look_from_before_the_view_came_back_looks_again(void **state)
+{
+    coord_service_t *svc = *state;
+    uint64_t seq = service_waits_seq(svc);
+
+    service_waits_recheck(svc);
+    park_seen(svc, 0, "absent-early", 600000, seq);
+    park(svc, 1, "absent-late", 600000);
+    await_ended(2, 1);
+    assert_int_equal(rec.calls[0].runs, 1);
+    assert_int_equal(coord_service_parked_waits(svc), 1);
+}
+
+/* A wait whose time is up runs once more when the view holds its record
+ * (no wake came: the watch may lag behind a write-through), and fails
+ * TIMED_OUT when it does not. */
+static void test_ended_wait_looks_once_more_if_the_view_holds_it(void **state)
+{
+    coord_service_t *svc = *state;
+
+    park(svc, 0, "held-late", 50);
+    park(svc, 1, "absent-late", 50);
+    await_ended(2, 2);
+    assert_int_equal(rec.calls[0].runs, 1);
+    assert_int_equal(rec.calls[0].fails, 0);
+    assert_int_equal(rec.calls[1].runs, 0);
+    assert_int_equal(rec.calls[1].fails, 1);
+    assert_int_equal(rec.calls[1].status, FERRY_ERR_TIMED_OUT);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -346,6 +415,12 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_cancelled_wait_leaves, setup, teardown),
         cmocka_unit_test_setup_teardown(test_wake_before_parking_is_not_missed, setup, teardown),
         cmocka_unit_test_setup_teardown(test_bound_refuses_past_it, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_view_back_runs_the_waits_whose_record_it_holds, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_look_from_before_the_view_came_back_looks_again, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_ended_wait_looks_once_more_if_the_view_holds_it, setup,
+                                        teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

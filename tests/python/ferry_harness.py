@@ -139,8 +139,11 @@ class Etcd:
 
 
 class Coordinator:
-    def __init__(self, tmp, etcd_endpoint, name="c1", ttl=3, extra=()):
+    """env: variables set for the coordinator process only, on top of ours."""
+
+    def __init__(self, tmp, etcd_endpoint, name="c1", ttl=3, extra=(), env=None):
         self.tmp = tmp
+        self.env = dict(os.environ, **env) if env else None
         self.port_file = os.path.join(tmp, f"{name}.port")
         self.args = [COORDINATOR, "--listen", "127.0.0.1:0", "--etcd", etcd_endpoint,
                      "--ttl", str(ttl), "--name", name, "--port-file", self.port_file,
@@ -153,7 +156,7 @@ class Coordinator:
         if os.path.exists(self.port_file):
             os.unlink(self.port_file)
         with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(self.args, stdout=log, stderr=log)
+            self.proc = subprocess.Popen(self.args, stdout=log, stderr=log, env=self.env)
         wait_until(lambda: os.path.exists(self.port_file) or self.proc.poll() is not None, 20,
                    "the coordinator to listen")
         if self.proc.poll() is not None:

@@ -9,7 +9,12 @@
     parks again;
   - a parked Lookup looks again (reads etcd) only when its own request ID
     changes: other clients registering hundreds of other IDs meanwhile cost
-    no more etcd reads than the first look's, give or take a couple.
+    no more etcd reads than the first look's, give or take a couple;
+  - a Lookup parked while the view is not loaded (its loads fail:
+    FERRY_TEST_LOAD_FAILS), whose ID is registered before the view loads,
+    is answered when the view loads: no watch event ever tells of that
+    Register (the watch starts after the load), so before, it waited out its
+    wait_ms and ended DEADLINE_EXCEEDED with the record registered.
 
 Deadlines, never sleeps, as synchronisation. Run with /usr/bin/python3.
 """
@@ -67,10 +72,10 @@ class ParkedWaits(unittest.TestCase):
         self.etcd.stop()
         shutil.rmtree(self.tmp, ignore_errors=True)
 
-    def start_coordinator(self, extra=()):
+    def start_coordinator(self, extra=(), env=None):
         self.coord = ferry_harness.Coordinator(
             self.tmp, self.etcd.endpoint, ttl=60,
-            extra=("--metrics-listen", f"127.0.0.1:{self.metrics_port}", *extra))
+            extra=("--metrics-listen", f"127.0.0.1:{self.metrics_port}", *extra), env=env)
         self.coord.start()
 
     def stub(self):
@@ -190,6 +195,34 @@ class ParkedWaits(unittest.TestCase):
         for f in futs:
             f.cancel()
         wait_until(lambda: self.parked() == 0, BOUND, "every wait to go")
+
+    def test_lookup_parked_before_the_view_loads_is_answered_by_the_load(self):
+        # The first load and six retries fail (100, 200, ... 3200 ms apart):
+        # the view loads about 6.3 s after the start, within the wait.
+        self.start_coordinator(env={"FERRY_TEST_LOAD_FAILS": "7"})
+        stub = self.stub()
+        wait_ms = 9000
+        started = time.monotonic()
+        fut = self.lookup(stub, "pw-reload", wait_ms=wait_ms, timeout=BOUND)
+        wait_until(lambda: self.coord.log_contains("op pw-reload: lookup from"),
+                   BOUND, "the Lookup to park")
+        stub.Register(self.cpb.RegisterRequest(
+            request_id="pw-reload", metadata=metadata(self.pb, "reload"), access_token=TOKEN,
+            ttl_seconds=60, owner="reload"), timeout=BOUND)
+        # Written while the view is not loaded: no watch event will tell of it.
+        self.assertFalse(self.coord.log_contains("registry: loaded"),
+                         "the view loaded before the Register: the case is not tested")
+        try:
+            look = fut.result(timeout=BOUND)
+        except grpc.RpcError as e:
+            self.fail(f"the Lookup ended {e.code()} ({e.details()}) after "
+                      f"{time.monotonic() - started:.1f} s, though its ID was registered")
+        waited = time.monotonic() - started
+        self.assertEqual(look.operation.request_id, "pw-reload")
+        self.assertTrue(self.coord.log_contains("registry: loaded"))
+        # Answered by the load, not at the end of its wait.
+        self.assertLess(waited * 1000, wait_ms - 1000)
+        self.assertEqual(self.parked(), 0)
 
 
 if __name__ == "__main__":
