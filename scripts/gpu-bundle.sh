@@ -23,7 +23,8 @@
 #   lib/                 every other shared library those load (their ldd
 #                        closure), except glibc's and the driver's (libcuda,
 #                        libnvidia-*), which the machine has
-#   bin/etcd             Debian's etcd (a static Go binary)
+#   bin/etcd, bin/etcdctl  Debian's etcd and its client (static Go binaries;
+#                        test_etcd_auth runs etcdctl)
 #   bin/ferry_cuda_memcpy_bw   bench/cuda_memcpy_bw.cu built with nvcc
 #                        (CUDA runtime linked statically)
 #   BUNDLE.txt           what was packed, from which commit, on what
@@ -35,6 +36,7 @@ UCX=$(cd "${2:?usage: gpu-bundle.sh BUILD_DIR UCX_PREFIX OUT_DIR}" && pwd)
 OUT=${3:?usage: gpu-bundle.sh BUILD_DIR UCX_PREFIX OUT_DIR}
 CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}
 ETCD=${FERRY_ETCD_BIN:-/usr/bin/etcd}
+ETCDCTL=$(dirname "$ETCD")/etcdctl
 LIMIT=$((64 << 20))
 
 die() { echo "gpu-bundle: $*" >&2; exit 1; }
@@ -44,6 +46,7 @@ built_with=$(sed -n 's/^FERRY_UCX_PREFIX:[A-Z]*=//p' "$BUILD/CMakeCache.txt")
 [ -n "$built_with" ] && [ "$(cd "$BUILD" && cd "$built_with" 2>/dev/null && pwd)" = "$UCX" ] ||
     die "$BUILD is not built against $UCX (cmake -DFERRY_UCX_PREFIX=$UCX)"
 [ -x "$ETCD" ] || die "no etcd at $ETCD"
+[ -x "$ETCDCTL" ] || die "no etcdctl at $ETCDCTL"
 [ -x "$CUDA_HOME/bin/nvcc" ] || die "no nvcc in CUDA_HOME=$CUDA_HOME"
 
 mkdir -p "$OUT"
@@ -129,6 +132,7 @@ done
 
 # --- etcd and the CUDA copy reference -----------------------------------------
 cp "$ETCD" "$B/bin/etcd"
+cp "$ETCDCTL" "$B/bin/etcdctl"
 "$CUDA_HOME/bin/nvcc" -O2 -o "$B/bin/ferry_cuda_memcpy_bw" "$ROOT/bench/cuda_memcpy_bw.cu"
 
 # --- The ldd closure ----------------------------------------------------------
@@ -139,7 +143,7 @@ skip='^(linux-vdso|ld-linux|libc|libm|libpthread|libdl|librt|libresolv|libutil|l
 export LD_LIBRARY_PATH="$UCX/lib:$CUDA_HOME/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 find "$B" -type f | while read -r f; do
     is_elf "$f" || continue
-    [ "$f" = "$B/bin/etcd" ] && continue
+    case $f in "$B"/bin/etcd | "$B"/bin/etcdctl) continue ;; esac
     ldd "$f" 2>/dev/null || true
 done | awk '$2 == "=>" && $3 != "not" { print $1, $3 } $2 == "=>" && $3 == "not" { print $1, "MISSING" }' |
     sort -u >"$OUT/closure.txt"
@@ -158,7 +162,7 @@ rm -f "$OUT/closure.txt"
 export LD_LIBRARY_PATH="$B/ucx/lib:$B/lib"
 outside=$(find "$B" -type f | while read -r f; do
     is_elf "$f" || continue
-    [ "$f" = "$B/bin/etcd" ] && continue
+    case $f in "$B"/bin/etcd | "$B"/bin/etcdctl) continue ;; esac
     ldd "$f" 2>/dev/null | awk -v f="${f#"$B"/}" '$2 == "=>" { print $1, $3, f }'
 done | grep -Ev "$skip" | awk -v b="$B/" 'index($2, b) != 1' | sort -u || true)
 [ -z "$outside" ] || die "libraries that would load from outside the bundle:
@@ -184,7 +188,7 @@ chmod +x "$B/run-gpu-checks.sh"
 tar -C "$OUT" -czf "$OUT/ferry-gpu.tar.gz" ferry-gpu
 unpacked=$(du -sb "$B" | cut -f1)
 packed=$(stat -c %s "$OUT/ferry-gpu.tar.gz")
-printf 'gpu-bundle: %s: %.1f MiB unpacked, %s: %.1f MiB (limit 64 MiB)\n' \
+printf 'gpu-bundle: %s: %.1f MiB unpacked, %s: %.1f MiB (the .tar.gz travels: limit 64 MiB)\n' \
     "$B" "$(awk -v n="$unpacked" 'BEGIN {print n / 1048576}')" \
     "$OUT/ferry-gpu.tar.gz" "$(awk -v n="$packed" 'BEGIN {print n / 1048576}')"
-[ "$unpacked" -le "$LIMIT" ] || die "the bundle is over 64 MiB unpacked"
+[ "$packed" -le "$LIMIT" ] || die "the bundle is over 64 MiB packed"

@@ -19,7 +19,8 @@
 #      path beside the slower host<->device copy; ratios), then
 #      ferry_cuda_memcpy_bw (cudaMemcpy d2d, h2d, d2h) and ucx_perftest
 #      ucp_put_bw with -m cuda between two processes on GPU 0 (the raw UCX
-#      GPU->GPU reference), each while the time budget lasts
+#      GPU->GPU reference, with UCX_PROTO_ENABLE=y: UCX 1.13's default
+#      protocols crash on it), each while the time budget lasts
 # Exit status: 0 when every test passed (or skipped) and ferry_bench_gpu
 # (where run) moved every size, 1 otherwise.
 set -uo pipefail
@@ -87,6 +88,7 @@ run_test() { # name rel timeout env args
         cd "$(dirname "$B/build/$rel")" || exit 1
         [ "$env" = - ] && env=
         [ "$args" = - ] && args=
+        set -f # env and args are words, never file patterns (FERRY_TEST_SKIP=*staged*)
         # shellcheck disable=SC2086 # env (KEY=VAL) and args are plain words
         exec timeout -k 5 "$timeout" env $env "$B/build/$rel" $args
     ) >"$R/logs/test-$name.txt" 2>&1
@@ -145,21 +147,26 @@ if [ "$gpu" -eq 1 ]; then
         sed 's/^/  /' "$R/logs/cuda_memcpy_bw.txt" | tee -a "$REPORT"
     fi
     say ""
-    say "ucx_perftest ucp_put_bw -m cuda, two processes on GPU 0, GPU->GPU (GB/s):"
+    # UCX 1.13's default protocols have no RMA lane into another process's
+    # CUDA memory: there ucx_perftest -m cuda dies of SIGSEGV (as Ferry's
+    # direct path did: README, GPU). Its newer protocols complete, slowly.
+    say "ucx_perftest ucp_put_bw -m cuda, two processes on GPU 0, GPU->GPU, UCX_PROTO_ENABLE=y (GB/s):"
     port=$((20000 + RANDOM % 20000))
-    for mib in 1 4 16 64 256 1024; do
+    for mib in 1 4 16; do
         [ "$(left)" -gt 30 ] || { say "  $mib MiB: not run (time budget)"; continue; }
         size=$((mib << 20))
-        iters=$((mib >= 256 ? 20 : 100))
+        iters=20
         log=$R/logs/ucx_perftest-$mib.txt
         port=$((port + 1))
-        timeout 60 ucx_perftest -p "$port" -m cuda >"$log.server" 2>&1 &
+        : >"$log"
+        UCX_PROTO_ENABLE=y timeout 60 ucx_perftest -p "$port" -m cuda >"$log.server" 2>&1 &
         spid=$!
-        # The server has no readiness signal: retry the client until it connects.
+        # The server has no readiness signal: retry the client while the
+        # connection is refused (each try's output kept).
         for _ in 1 2 3 4 5 6 7 8 9 10; do
-            timeout 60 ucx_perftest 127.0.0.1 -p "$port" -t ucp_put_bw -m cuda -s "$size" \
-                -n "$iters" -w 5 >"$log" 2>&1 && break
-            grep -q '^Final:' "$log" && break
+            UCX_PROTO_ENABLE=y timeout 60 ucx_perftest 127.0.0.1 -p "$port" -t ucp_put_bw -m cuda \
+                -s "$size" -n "$iters" -w 2 >>"$log" 2>&1 && break
+            grep -q 'Connection refused' "$log" || break
             sleep 0.5
         done
         kill "$spid" 2>/dev/null
