@@ -563,6 +563,25 @@ static ferry_status_t ucx_fail(ferry_connector_t *c, const char *what, ucs_statu
                        ucs_status_string(status));
 }
 
+/* FERRY_CUDA_DIRECT=1: CUDA memory moves by UCX RMA straight into and out
+ * of GPU memory (the direct path) where UCX reports CUDA among its memory
+ * types. Off by default, and then CUDA memory takes the staged path: UCX
+ * 1.13's default protocols have no RMA lane that reaches CUDA memory in
+ * another process (cuda_ipc serves rendezvous, never ucp_put_nbx or
+ * ucp_get_nbx), so UCX emulates such a put over shared memory with a CPU
+ * copy out of or into GPU memory, and the process dies of SIGSEGV inside
+ * UCX. Measured on an H200 (bench/NOTES.md, "GPU"): Ferry's direct path and
+ * ucx_perftest -m cuda alike; with UCX_PROTO_ENABLE=y both complete, at
+ * 0.05-0.6 GB/s. For a UCX that can (a newer one, or GPUDirect RDMA on
+ * InfiniBand), and then on every worker: a passive side's metadata tells
+ * its writers which path to take. */
+static bool cuda_direct_wanted(void)
+{
+    const char *env = getenv("FERRY_CUDA_DIRECT");
+
+    return env != NULL && strcmp(env, "1") == 0;
+}
+
 static ferry_status_t open_context(ferry_connector_t *c)
 {
     ucp_params_t params = {0};
@@ -581,7 +600,8 @@ static ferry_status_t open_context(ferry_connector_t *c)
         ucp_cleanup(c->context);
         return ucx_fail(c, "ucp_context_query", status);
     }
-    c->ucx_cuda = (attr.memory_types & UCS_BIT(UCS_MEMORY_TYPE_CUDA)) != 0;
+    c->ucx_reports_cuda = (attr.memory_types & UCS_BIT(UCS_MEMORY_TYPE_CUDA)) != 0;
+    c->ucx_cuda = c->ucx_reports_cuda && cuda_direct_wanted();
     return FERRY_OK;
 }
 
@@ -594,9 +614,9 @@ static void open_cuda(ferry_connector_t *c)
     if (!c->cuda_available) {
         ferry_info("connector %s: CUDA unavailable: %s", c->name, ferry__cuda_why());
     } else if (!c->ucx_cuda) {
-        ferry_info("connector %s: CUDA memory moves on the staged path (this UCX reports no "
-                   "CUDA memory type)",
-                   c->name);
+        ferry_info("connector %s: CUDA memory moves on the staged path (%s)", c->name,
+                   c->ucx_reports_cuda ? "FERRY_CUDA_DIRECT is not 1"
+                                       : "this UCX reports no CUDA memory type");
     }
 }
 

@@ -223,8 +223,9 @@ struct ferry_connector {
     char hostname[FERRY__HOST_LEN];
     ferry_progress_mode_t mode;
     bool peer_error_handling;
-    bool cuda_available; /* the CUDA driver loaded and has a device */
-    bool ucx_cuda;       /* UCX reports CUDA among its memory types (direct path) */
+    bool cuda_available;   /* the CUDA driver loaded and has a device */
+    bool ucx_reports_cuda; /* UCX reports CUDA among its memory types */
+    bool ucx_cuda;         /* ... and FERRY_CUDA_DIRECT=1: the direct path (connector.c) */
 
     ucp_context_h context;
     ucp_worker_h worker;

@@ -244,9 +244,12 @@ static ferry_status_t check_memory(ferry_connector_t *c, void *ptr, size_t size,
     }
     if (device.kind == FERRY_DEVICE_CUDA && !c->ucx_cuda) {
         return ferry__fail(FERRY_ERR_UNIMPLEMENTED,
-                           "connector %s: this UCX build cannot register CUDA memory (no CUDA "
-                           "transports); CUDA regions are refused",
-                           c->name);
+                           "connector %s: CUDA regions need the direct path, and %s; CUDA "
+                           "regions are refused",
+                           c->name,
+                           c->ucx_reports_cuda
+                               ? "FERRY_CUDA_DIRECT is not 1"
+                               : "this UCX build cannot register CUDA memory (no CUDA transports)");
     }
     return FERRY_OK;
 }

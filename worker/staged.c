@@ -181,7 +181,10 @@ ferry_status_t ferry__staged_check_remote(const ferry_connector_t *c,
         !c->ucx_cuda) {
         return ferry__fail(FERRY_ERR_UNIMPLEMENTED,
                            "metadata: the passive side registered CUDA memory for UCX's CUDA "
-                           "transports (the direct path), which this connector's UCX lacks");
+                           "transports (the direct path), which this connector does not take "
+                           "(%s)",
+                           c->ucx_reports_cuda ? "FERRY_CUDA_DIRECT is not 1"
+                                               : "its UCX has no CUDA transports");
     }
     return FERRY_OK;
 }

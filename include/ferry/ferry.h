@@ -344,8 +344,9 @@ FERRY_API ferry_status_t ferry_mem_register(ferry_connector_t *connector, void *
  * with it until the OOM killer struck). On a CUDA device: device memory
  * (cuMemAlloc on its primary context), zeroed, which UCX's CUDA transports
  * read and write directly; FERRY_ERR_UNIMPLEMENTED, with the reason, where
- * the process has no CUDA driver or this UCX build no CUDA transports (the
- * staged path moves CUDA memory through host buffers and registers none),
+ * the process has no CUDA driver, this UCX build no CUDA transports, or
+ * FERRY_CUDA_DIRECT is not 1 (the staged path, the default for CUDA memory,
+ * moves it through host buffers and registers none: README, GPU),
  * FERRY_ERR_NO_MEMORY when the device has not that much free. */
 FERRY_API ferry_status_t ferry_mem_alloc(ferry_connector_t *connector, size_t size,
                                          ferry_device_t device, ferry_region_t **region_p,
