@@ -261,9 +261,8 @@ unsigned ferry__connector_drain(ferry_connector_t *c)
             if (req->op != NULL) {
                 ferry__active_on_req(req);
                 ferry__op_unref(req->op);
-            } else if (req->status != UCS_OK) {
-                ferry_debug("connector %s: %s not sent: %s", c->name,
-                            req->type == FERRY__REQ_CREDIT ? "credit" : "admit answer",
+            } else if (req->status != UCS_OK) { /* a CREDIT; an ADMIT never comes here */
+                ferry_debug("connector %s: credit not sent: %s", c->name,
                             ucs_status_string(req->status));
             }
             free(req->buf);

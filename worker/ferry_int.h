@@ -57,6 +57,11 @@
  * send them); past either bound a message is dropped. */
 #define FERRY__INBOX_MAX       4096
 #define FERRY__INBOX_MAX_BYTES (16u << 20)
+/* Answers to claims (ADMIT) posted on reply endpoints and not yet sent
+ * (the claimant does not read them): past this many, a refusal is dropped
+ * (peer.c), so a peer that floods claims and never reads cannot make this
+ * worker hold their answers without end. */
+#define FERRY__REPLIES_MAX 1024
 /* ucp_worker_progress calls before the loop handles one queued item, so
  * that a flood cannot keep it from ever handling one. */
 #define FERRY__PROGRESS_BURST 64
@@ -257,6 +262,8 @@ struct ferry_connector {
     ferry__req_t *reqs, **reqs_tail;
     ferry__inmsg_t *inbox, **inbox_tail;
     size_t inbox_len, inbox_bytes; /* bounded: FERRY__INBOX_MAX(_BYTES) */
+    unsigned replies_in_flight;    /* ADMITs posted, not done: FERRY__REPLIES_MAX */
+    uint64_t replies_dropped;      /* refusals dropped at that bound */
     uint64_t inbox_dropped;        /* messages dropped at the bound */
     ferry__peer_t *failed;
     /* Passive ops whose admitted claimant the loop is to open an endpoint
@@ -328,10 +335,12 @@ void ferry__send_msg(ferry__peer_t *peer, const ferry__msg_t *msg, ferry__req_ty
                      struct ferry_op *op);
 /* Sends an ADMIT answer on the endpoint UCX gave with a received message
  * (ucp_am_recv_param_t.reply_ep). Only from inside the AM callback, while
- * UCX guarantees that endpoint; nothing is created or cached. Lock held. */
+ * UCX guarantees that endpoint; nothing is created or cached. A refusal
+ * is dropped while FERRY__REPLIES_MAX answers wait to be sent. Lock held. */
 void ferry__send_reply(ferry_connector_t *c, ucp_ep_h reply_ep, const ferry__msg_t *msg);
 
-/* UCX request callback plumbing: queue a finished request. Lock held. */
+/* UCX request callback plumbing: queue a finished request for the loop
+ * (an ADMIT's ends here: nothing is left to do for it). Lock held. */
 void ferry__req_finish(ferry__req_t *req, ucs_status_t status);
 /* Handles a ucs_status_ptr_t from an *_nbx call made with ferry__req_param. */
 void ferry__req_posted(ferry__req_t *req, ucs_status_ptr_t sp);

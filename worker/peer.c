@@ -322,11 +322,22 @@ static void req_done_cb(void *request, ucs_status_t status, void *user_data)
 
 void ferry__req_finish(ferry__req_t *req, ucs_status_t status)
 {
-    ferry_connector_t *c;
+    ferry_connector_t *c = req->connector;
 
+    if (req->type == FERRY__REQ_ADMIT) {
+        /* An answer to a claim leaves nothing for the loop to do: it ends
+         * here, so that a flood of claims never queues its answers. */
+        c->replies_in_flight--;
+        if (status != UCS_OK) {
+            ferry_debug("connector %s: admit answer not sent: %s", c->name,
+                        ucs_status_string(status));
+        }
+        free(req->buf);
+        free(req);
+        return;
+    }
     req->status = status;
     req->next = NULL;
-    c = req->connector;
     *c->reqs_tail = req;
     c->reqs_tail = &req->next;
 }
@@ -367,6 +378,9 @@ static void send_on_ep(ferry_connector_t *c, ucp_ep_h ep, const ferry__msg_t *ms
     req->type = req_type;
     req->op = op;
     req->connector = c;
+    if (req_type == FERRY__REQ_ADMIT) {
+        c->replies_in_flight++; /* until ferry__req_finish */
+    }
     if (op != NULL) {
         ferry__op_ref(op);
     }
@@ -397,5 +411,19 @@ void ferry__send_msg(ferry__peer_t *peer, const ferry__msg_t *msg, ferry__req_ty
 
 void ferry__send_reply(ferry_connector_t *c, ucp_ep_h reply_ep, const ferry__msg_t *msg)
 {
+    /* An admission always goes (one per passive op: the caller's ops bound
+     * them); a refusal past the bound does not, and that claimant's wait
+     * ends at its claim timeout. */
+    if (msg->status != FERRY_OK && c->replies_in_flight >= FERRY__REPLIES_MAX) {
+        if (c->replies_dropped++ == 0) {
+            ferry_warn("connector %s: %u answers to claims wait to be sent (a claimant does not "
+                       "read them?): refusals past that are dropped; later drops are logged at "
+                       "debug",
+                       c->name, c->replies_in_flight);
+        } else {
+            ferry_debug("connector %s: refusal of a claim dropped", c->name);
+        }
+        return;
+    }
     send_on_ep(c, reply_ep, msg, FERRY__REQ_ADMIT, NULL);
 }

@@ -48,6 +48,7 @@
 #define SEED            0x5eed
 #define BOGUS_CLAIMS    10000
 #define BOGUS_WARMUP    100
+#define UNREAD_CLAIMS   200000
 #define RSS_BOUND       (50u << 20)
 
 /* The wire format, written out here on purpose (see worker/wire.c). */
@@ -674,6 +675,62 @@ static report_t send_bogus_claims(hostile_t *h, victim_t *v, uint32_t first, uin
     return rep;
 }
 
+/* Sends one message and progresses only if UCX has not taken it at once:
+ * a peer that does not read what comes back. */
+static void hostile_send_unread(hostile_t *h, const uint8_t *msg, size_t len)
+{
+    ucp_request_param_t param = {.op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS,
+                                 .flags = UCP_AM_SEND_FLAG_EAGER | UCP_AM_SEND_FLAG_REPLY};
+    ucs_status_ptr_t req = ucp_am_send_nbx(h->ep, FERRY__AM_ID, NULL, 0, msg, len, &param);
+    int64_t deadline = pair_now_ms() + PAIR_IO_TIMEOUT_MS;
+
+    assert_false(UCS_PTR_IS_ERR(req));
+    if (req != NULL) {
+        while (ucp_request_check_status(req) == UCS_INPROGRESS && pair_now_ms() < deadline) {
+            ucp_worker_progress(h->worker);
+        }
+        assert_int_equal(ucp_request_check_status(req), UCS_OK);
+        ucp_request_free(req);
+    }
+}
+
+/* UNREAD_CLAIMS claims for unknown keys from a peer that reads the
+ * refusals only at the end: the victim holds at most FERRY__REPLIES_MAX
+ * refusals unsent (the rest are dropped, and those claimants wait out
+ * their claim timeout), so its RSS stays bounded; once the peer reads,
+ * what was held drains, and a real transfer still works. */
+static void test_unread_refusals_bounded(void **state)
+{
+    uint8_t key[FERRY__KEY_LEN] = {0};
+    victim_t v;
+    hostile_t h;
+    report_t before, after;
+    uint8_t *m;
+    size_t len;
+    (void)state;
+
+    victim_spawn(&v);
+    victim_new(&v);
+    hostile_open(&h, &v);
+    send_bogus_claims(&h, &v, 0, BOGUS_WARMUP);
+    before = victim_ask(&v, 'S');
+    m = hand_built(W_CLAIM, key, 0, NULL, (const uint8_t *)h.own_address, h.own_address_len, &len);
+    for (uint32_t i = 0; i < UNREAD_CLAIMS; i++) {
+        memcpy(m + 8, &i, sizeof(i)); /* a key of its own (never a live one) */
+        hostile_send_unread(&h, m, len);
+    }
+    free(m);
+    after = victim_until(&v, refused_at_least, BOGUS_WARMUP + UNREAD_CLAIMS);
+    print_message("victim RSS: %llu bytes before %u unread claims, %llu after\n",
+                  (unsigned long long)before.rss_bytes, (unsigned)UNREAD_CLAIMS,
+                  (unsigned long long)after.rss_bytes);
+    assert_in_range(after.rss_bytes, 0, before.rss_bytes + RSS_BOUND - 1);
+    hostile_await_answers(&h, BOGUS_WARMUP + 1);
+    assert_honest_completes(&v);
+    hostile_close(&h);
+    victim_quit(&v);
+}
+
 /* 10,000 bogus CLAIMs leave the victim's RSS and endpoint cache bounded,
  * and a real transfer still works. RSS is taken after BOGUS_WARMUP claims:
  * what the first ones start once (on a GPU machine, UCX's CUDA support
@@ -1229,6 +1286,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_notice_status_outside_the_table),
         cmocka_unit_test(test_staged_chunks_each_once),
         cmocka_unit_test(test_bogus_claims_bounded),
+        cmocka_unit_test(test_unread_refusals_bounded),
         cmocka_unit_test(test_peer_cache_lru),
         cmocka_unit_test(test_admit_positive_status_is_protocol_error),
         cmocka_unit_test(test_admit_without_the_claim_nonce_is_ignored),
