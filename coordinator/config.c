@@ -50,6 +50,10 @@ static const char usage[] =
     "                      (FERRY_MAX_WAITS; 10000)\n"
     "  --max-watches N     Watch streams open at once; more are refused with\n"
     "                      RESOURCE_EXHAUSTED, 1..1000000 (FERRY_MAX_WATCHES; 10000)\n"
+    "  --request-memory-mib N  MiB of requests the calls in progress may hold\n"
+    "                      together (a Register up to 4 MiB); more are refused with\n"
+    "                      RESOURCE_EXHAUSTED, 4..1048576 (FERRY_REQUEST_MEMORY_MIB;\n"
+    "                      1024)\n"
     "  --port-file PATH    write the bound port to PATH once serving\n"
     "  --metrics-listen A  serve Prometheus metrics on http://A/metrics\n"
     "                      (FERRY_METRICS_LISTEN; none: off; A is a numeric IPv4\n"
@@ -83,6 +87,7 @@ enum {
     OPT_GRACE,
     OPT_WATCH_QUEUE,
     OPT_MAX_WAITS,
+    OPT_REQUEST_MEMORY,
     OPT_MAX_WATCHES,
     OPT_PORT_FILE,
     OPT_LOG_LEVEL,
@@ -113,6 +118,7 @@ static const struct option options[] = {
     {"grace-ms", required_argument, NULL, OPT_GRACE},
     {"watch-queue-kib", required_argument, NULL, OPT_WATCH_QUEUE},
     {"max-waits", required_argument, NULL, OPT_MAX_WAITS},
+    {"request-memory-mib", required_argument, NULL, OPT_REQUEST_MEMORY},
     {"max-watches", required_argument, NULL, OPT_MAX_WATCHES},
     {"port-file", required_argument, NULL, OPT_PORT_FILE},
     {"metrics-listen", required_argument, NULL, OPT_METRICS_LISTEN},
@@ -209,6 +215,7 @@ static void config_defaults(coord_config_t *c)
     c->grace_ms = UNSET;
     c->watch_queue_kib = UNSET;
     c->max_waits = UNSET;
+    c->request_memory_mib = UNSET;
     c->max_watches = UNSET;
     c->listen = env_or("FERRY_LISTEN", "127.0.0.1:7400");
     c->etcd = env_or("FERRY_ETCD", NULL);
@@ -256,6 +263,9 @@ static int set_option(coord_config_t *c, int opt, const char *arg)
         return (c->grace_ms = parse_int("--grace-ms", arg, 0, 600000)) < 0 ? -1 : 0;
     case OPT_MAX_WAITS:
         return (c->max_waits = parse_int("--max-waits", arg, 1, 1000000)) < 0 ? -1 : 0;
+    case OPT_REQUEST_MEMORY:
+        return (c->request_memory_mib = parse_int("--request-memory-mib", arg, 4, 1048576)) < 0 ? -1
+                                                                                                : 0;
     case OPT_MAX_WATCHES:
         return (c->max_watches = parse_int("--max-watches", arg, 1, 1000000)) < 0 ? -1 : 0;
     case OPT_WATCH_QUEUE:
@@ -323,6 +333,7 @@ static int env_numbers(coord_config_t *c)
         env_number(&c->grace_ms, "FERRY_GRACE_MS", "5000", 0, 600000) != 0 ||
         env_number(&c->watch_queue_kib, "FERRY_WATCH_QUEUE_KIB", "4096", 16, 1 << 20) != 0 ||
         env_number(&c->max_waits, "FERRY_MAX_WAITS", "10000", 1, 1000000) != 0 ||
+        env_number(&c->request_memory_mib, "FERRY_REQUEST_MEMORY_MIB", "1024", 4, 1048576) != 0 ||
         env_number(&c->max_watches, "FERRY_MAX_WATCHES", "10000", 1, 1000000) != 0) {
         return -1;
     }

@@ -23,6 +23,7 @@ typedef struct {
     int grace_ms;               /* --grace-ms, FERRY_GRACE_MS; default 5000 */
     int watch_queue_kib;        /* --watch-queue-kib, FERRY_WATCH_QUEUE_KIB; default 4096 */
     int max_waits;              /* --max-waits, FERRY_MAX_WAITS; default 10000 */
+    int request_memory_mib;     /* --request-memory-mib, FERRY_REQUEST_MEMORY_MIB; 1024 */
     int max_watches;            /* --max-watches, FERRY_MAX_WATCHES; default 10000 */
     const char *log_level;      /* --log-level, FERRY_LOG_LEVEL */
     const char *tls_cert;       /* --tls-cert, FERRY_TLS_CERT */

@@ -173,6 +173,9 @@ static ferry_status_t open_server(coordinator_t *c)
          * larger is worth decoding. Every other request is small, and its
          * method accepts less (service.c, SERVICE_REQUEST_MAX). */
         .max_message_bytes = 2 << 20,
+        /* What the calls held for minutes (queued Registers, parked waits,
+         * streams) may hold together; each method's own bound is below it. */
+        .max_held_request_bytes = (size_t)c->config.request_memory_mib << 20,
         .n_threads = c->config.threads,
         .tls = c->config.tls_cert != NULL ? &tls : NULL,
         .observer = c->metrics != NULL ? &c->rpc_observer : NULL,

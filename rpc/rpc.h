@@ -15,7 +15,8 @@
  * thread: that is how Lookup-with-wait and Watch hold calls without holding
  * a thread. Malformed requests (INVALID_ARGUMENT), unknown methods
  * (UNIMPLEMENTED) and oversized messages (RESOURCE_EXHAUSTED: over the
- * server's max_message_bytes, or over their method's max_request_bytes) are
+ * server's max_message_bytes, over their method's max_request_bytes, or
+ * past what calls in progress may hold together, max_held_request_bytes) are
  * answered by this layer and never reach a handler. So are requests with a
  * string field that holds a NUL byte (protobuf-c would cut it there) or is
  * not UTF-8, or an enum field set to a value its enum does not define: those
@@ -121,10 +122,16 @@ typedef struct {
 } rpc_observer_t;
 
 typedef struct {
-    const char *listen_addr;        /* "127.0.0.1:0" picks a free port */
-    int n_threads;                  /* completion-queue threads; 0: 2 */
-    int calls_armed;                /* calls kept requested per method; 0: 8 */
-    int max_message_bytes;          /* largest request accepted; 0: 4 MiB */
+    const char *listen_addr; /* "127.0.0.1:0" picks a free port */
+    int n_threads;           /* completion-queue threads; 0: 2 */
+    int calls_armed;         /* calls kept requested per method; 0: 8 */
+    int max_message_bytes;   /* largest request accepted; 0: 4 MiB */
+    /* Bytes of requests the calls in progress may hold together: each
+     * call's request as it arrived (twice for a method that keeps its
+     * bytes, which its decoded copy doubles), from its dispatch until it is
+     * done. A request that would pass it ends RESOURCE_EXHAUSTED before it
+     * is decoded, saying so. 0: no bound. */
+    size_t max_held_request_bytes;
     const rpc_tls_params_t *tls;    /* NULL: plaintext */
     const rpc_observer_t *observer; /* NULL: none; copied */
 } rpc_server_params_t;

@@ -252,6 +252,43 @@ static bool call_refuse_oversized(rpc_call_t *call)
     return true;
 }
 
+/* Counts the request against the server's max_held_request_bytes until
+ * the call is done (call_maybe_done_locked), or, when it would pass that
+ * bound, refuses it before it is decoded and frees it at once:
+ * RESOURCE_EXHAUSTED, as for a request too large on its own. A call may be
+ * held for minutes (a parked wait, a queue, a stream), so what many hold
+ * together is bounded, not only each. True if refused. */
+static bool call_refuse_over_budget(rpc_call_t *call)
+{
+    rpc_server_t *server = call->server;
+    size_t max = server->max_held_request_bytes;
+    size_t len = grpc_byte_buffer_length(call->payload);
+    size_t cost = call->method->keep_request_bytes ? 2 * len : len;
+    size_t held;
+    char msg[256];
+
+    if (max == 0) {
+        return false;
+    }
+    held = atomic_fetch_add(&server->held_request_bytes, cost);
+    if (held + cost <= max) {
+        call->held_bytes = cost;
+        return false;
+    }
+    atomic_fetch_sub(&server->held_request_bytes, cost);
+    grpc_byte_buffer_destroy(call->payload);
+    call->payload = NULL;
+    ferry_info("call %" PRIu64 " %s: request of %zu bytes from %s refused: calls in progress "
+               "hold %zu bytes of requests (at most %zu)",
+               call->id, call->path, len, call->peer, held, max);
+    snprintf(msg, sizeof(msg),
+             "the server holds %zu bytes of requests in progress, and this one's %zu would pass "
+             "its bound of %zu; retry later",
+             held, len, max);
+    call_end(call, NULL, GRPC_STATUS_RESOURCE_EXHAUSTED, FERRY_ERR_RESOURCE_EXHAUSTED, msg);
+    return true;
+}
+
 /* Runs the handler, or answers for it when it cannot run. */
 static void call_dispatch(rpc_call_t *call)
 {
@@ -274,7 +311,7 @@ static void call_dispatch(rpc_call_t *call)
         call_end(call, NULL, GRPC_STATUS_INVALID_ARGUMENT, FERRY_ERR_INVALID_ARGUMENT, msg);
         return;
     }
-    if (call_refuse_oversized(call)) {
+    if (call_refuse_oversized(call) || call_refuse_over_budget(call)) {
         return;
     }
     status = rpc__unpack_request(method->desc->input, call->payload, call->path, &call->request,
@@ -505,6 +542,10 @@ static void call_maybe_done_locked(rpc_call_t *call)
     }
     grpc_call_unref(call->gcall);
     call->gcall = NULL;
+    if (call->held_bytes > 0) {
+        atomic_fetch_sub(&call->server->held_request_bytes, call->held_bytes);
+        call->held_bytes = 0;
+    }
     atomic_fetch_sub(&call->server->live_calls, 1);
     atomic_fetch_sub(&call->refs, 1); /* the layer's */
 }

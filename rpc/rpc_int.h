@@ -269,6 +269,8 @@ struct rpc_server {
     rpc_observer_t observer; /* constant; all NULL: none */
     int calls_armed;
     int max_message_bytes;
+    size_t max_held_request_bytes;    /* 0: none */
+    atomic_size_t held_request_bytes; /* by calls dispatched, not yet done */
 
     rpc_method_table_t methods; /* frozen once running */
     rpc_health_t health;
@@ -321,6 +323,7 @@ struct rpc_call {
     /* Constant once delivered. */
     rpc_server_t *server;
     rpc_method_entry_t *method; /* NULL: armed for unregistered methods */
+    size_t held_bytes;          /* counted in server->held_request_bytes until done */
     uint64_t id;
     grpc_call *gcall;
     gpr_timespec deadline;

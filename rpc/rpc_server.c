@@ -240,6 +240,8 @@ ferry_status_t rpc_server_create(const rpc_server_params_t *params, rpc_server_t
     server->calls_armed = params->calls_armed > 0 ? params->calls_armed : RPC_DEFAULT_ARMED;
     server->max_message_bytes =
         params->max_message_bytes > 0 ? params->max_message_bytes : RPC_DEFAULT_MAX_MESSAGE;
+    server->max_held_request_bytes = params->max_held_request_bytes;
+    atomic_init(&server->held_request_bytes, 0);
     status = rpc__server_credentials(params->tls, &server->creds, &server->tls_reload);
     if (status != FERRY_OK) {
         goto err_free;

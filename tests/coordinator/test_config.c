@@ -102,6 +102,32 @@ static void test_max_waits(void **state)
     assert_int_equal(c.max_waits, 1000000);
 }
 
+static void test_request_memory(void **state)
+{
+    coord_config_t c;
+    char *flag[] = {"ferry-coordinator", "--request-memory-mib", "64", NULL};
+    char *none[] = {"ferry-coordinator", NULL};
+    char *under[] = {"ferry-coordinator", "--request-memory-mib", "3", NULL};
+    char *over[] = {"ferry-coordinator", "--request-memory-mib", "1048577", NULL};
+    char *low[] = {"ferry-coordinator", "--request-memory-mib", "4", NULL};
+    (void)state;
+
+    assert_int_equal(parse(&c, 1, none), 0);
+    assert_int_equal(c.request_memory_mib, 1024);
+    setenv("FERRY_REQUEST_MEMORY_MIB", "7", 1);
+    assert_int_equal(parse(&c, 3, flag), 0);
+    assert_int_equal(c.request_memory_mib, 64); /* the flag wins */
+    assert_int_equal(parse(&c, 1, none), 0);
+    assert_int_equal(c.request_memory_mib, 7);
+    setenv("FERRY_REQUEST_MEMORY_MIB", "2", 1); /* a Register would not fit */
+    assert_int_equal(parse(&c, 1, none), -1);
+    unsetenv("FERRY_REQUEST_MEMORY_MIB");
+    assert_int_equal(parse(&c, 3, under), -1);
+    assert_int_equal(parse(&c, 3, over), -1);
+    assert_int_equal(parse(&c, 3, low), 0);
+    assert_int_equal(c.request_memory_mib, 4);
+}
+
 static void test_max_watches(void **state)
 {
     coord_config_t c;
@@ -382,6 +408,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_defaults),
         cmocka_unit_test(test_max_waits),
+        cmocka_unit_test(test_request_memory),
         cmocka_unit_test(test_max_watches),
         cmocka_unit_test(test_etcd_kv_api),
         cmocka_unit_test(test_flag_beats_variable_and_zero_is_a_value),

@@ -17,6 +17,10 @@ just under 2 MiB by an unknown field, and a Watch so padded, end
 RESOURCE_EXHAUSTED naming the method and the bound instead of being held
 (before, such a Lookup parked and held 4.4 MiB for its whole wait).
 
+What calls in progress hold together is bounded as well
+(--request-memory-mib): parked Lookups fill it, and one past it is refused
+RESOURCE_EXHAUSTED saying so.
+
 Also: a port file that cannot be written (here: a directory in the way of
 its rename) stops the coordinator with exit 1 and a message, rather than
 leaving whoever waits on the file waiting while it serves.
@@ -28,6 +32,8 @@ import sys
 import tempfile
 import shutil
 import subprocess
+import threading
+import time
 import unittest
 import urllib.request
 
@@ -235,6 +241,84 @@ class LargestRequests(unittest.TestCase):
         self.assertEqual(e.code(), grpc.StatusCode.RESOURCE_EXHAUSTED)
         # The replica is unharmed: a normal Register still works.
         LongestKeys.register(self, "x-after-big")
+
+
+class RequestsHeldTogether(unittest.TestCase):
+    """--request-memory-mib bounds what the calls in progress hold together:
+    Lookups of 16,000 bytes parked on an ID fill a replica's 4 MiB, past
+    which one is refused RESOURCE_EXHAUSTED saying so (before, only each
+    request was bounded), and so is a Register until some of them are
+    cancelled; those still parked are answered once the ID is registered,
+    and the replica serves on."""
+
+    N = 320  # 4 MiB holds 262 of them
+
+    @classmethod
+    def setUpClass(cls):
+        from ferry.v1 import coordinator_pb2, types_pb2
+        cls.pb, cls.cpb = types_pb2, coordinator_pb2
+
+    def test_parked_lookups_fill_the_bound(self):
+        cpb = self.cpb
+        coord = ferry_harness.Coordinator(TMP, ETCD.endpoint, name="held",
+                                          extra=("--prefix", "/held/",
+                                                 "--request-memory-mib", "4"))
+        coord.start()
+        try:
+            with grpc.insecure_channel(coord.target) as channel:
+                self.fill(channel, cpb)
+        finally:
+            self.assertEqual(coord.stop(), 0)
+
+    def fill(self, channel, cpb):
+        lookup = channel.unary_unary("/ferry.v1.Coordinator/Lookup",
+                                     request_serializer=lambda b: b,
+                                     response_deserializer=cpb.LookupResponse.FromString)
+        body = LargestRequests.padded(self, cpb.LookupRequest(
+            request_id="held-1", access_token=TOKEN, wait_ms=60000), 16000)
+        first_done = threading.Event()
+        futures = []
+        for _ in range(self.N):
+            f = lookup.future(body, timeout=90)
+            f.add_done_callback(lambda _f: first_done.set())
+            futures.append(f)
+        # Nothing is registered yet: a call that ends now was refused.
+        self.assertTrue(first_done.wait(60), "no Lookup was refused")
+        # Full, the replica refuses a Register too (parked waits count:
+        # README). Cancelling 100 of them makes room once they are done.
+        for f in futures[:100]:
+            f.cancel()
+        stub = coordinator_pb2_grpc_stub(channel)
+        register = cpb.RegisterRequest(request_id="held-1", access_token=TOKEN,
+                                       metadata=LargestRequests.metadata(self, 1), owner="limits")
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                stub.Register(register, timeout=30)
+                break
+            except grpc.RpcError as e:
+                self.assertEqual(e.code(), grpc.StatusCode.RESOURCE_EXHAUSTED, e.details())
+                self.assertLess(time.monotonic(), deadline, "the cancelled calls kept their bytes")
+        answered, refused = 0, []
+        for f in futures[100:]:
+            e = f.exception(timeout=60)
+            if e is None:
+                self.assertEqual(f.result().operation.request_id, "held-1")
+                answered += 1
+            else:
+                self.assertEqual(e.code(), grpc.StatusCode.RESOURCE_EXHAUSTED, e.details())
+                refused.append(e.details())
+        self.assertGreater(len(refused), 0)
+        self.assertGreater(answered, 100)
+        self.assertIn("bytes of requests in progress", refused[0])
+        self.assertIn("bound of 4194304", refused[0])
+        # Once they are answered, the bytes are free again.
+        self.assertEqual(lookup(body, timeout=30).operation.request_id, "held-1")
+
+
+def coordinator_pb2_grpc_stub(channel):
+    from ferry.v1 import coordinator_pb2_grpc
+    return coordinator_pb2_grpc.CoordinatorStub(channel)
 
 
 class PortFile(unittest.TestCase):

@@ -77,7 +77,7 @@ static void handle_get(rpc_call_t *call, const ProtobufCMessage *request, void *
         pthread_mutex_lock(&f->lock);
         f->later_started = pthread_create(&f->later_thread, NULL, later_main, call) == 0;
         pthread_mutex_unlock(&f->lock);
-    } else if (strcmp(req->request_id, "hold") == 0) {
+    } else if (strncmp(req->request_id, "hold", 4) == 0) {
         rpc_call_ref(call);
         pthread_mutex_lock(&f->lock);
         f->held_unary = call;
@@ -192,6 +192,7 @@ int fixture_start(fixture_t *f, int calls_armed)
     rpc_server_params_t sp = {.listen_addr = "127.0.0.1:0",
                               .calls_armed = calls_armed,
                               .max_message_bytes = FIXTURE_MAX_MESSAGE,
+                              .max_held_request_bytes = FIXTURE_MAX_HELD,
                               .observer = &observer};
     rpc_channel_params_t cp = {0};
     char target[64];

@@ -5,8 +5,9 @@
  * Get (unary), by request_id:
  *   "missing"  fails NOT_FOUND ("operation missing not found");
  *   "later"    is answered from another thread after the handler returned;
- *   "hold"     is kept (fixture.held_unary, with a reference) until it is
- *              cancelled: the cancel callback fails it and counts;
+ *   "hold..."  (any ID that starts so) is kept (fixture.held_unary, with a
+ *              reference) until it is cancelled: the cancel callback fails
+ *              it and counts;
  *   otherwise  replies with operation.request_id = request_id,
  *              owner "echo", header.revision 7.
  * Watch (stream):
@@ -19,6 +20,8 @@
  *   cancel callback records what rpc_call_send answers then.
  *   A Watch request may be FIXTURE_WATCH_MAX_REQUEST bytes at most (its
  *   row's max_request_bytes); Get takes the server's FIXTURE_MAX_MESSAGE.
+ *
+ * Requests held together are bounded: FIXTURE_MAX_HELD bytes.
  *
  * The server's observer counts the calls that ended (fixture.calls_ended)
  * and keeps the last one's code (fixture.last_code).
@@ -37,6 +40,7 @@
 #define FIXTURE_MAX_MESSAGE       (64 * 1024)
 #define FIXTURE_WATCH_MAX_REQUEST 1024
 #define FIXTURE_FAT_BYTES         1024
+#define FIXTURE_MAX_HELD          (96 * 1024)
 
 typedef struct {
     pthread_mutex_t lock;

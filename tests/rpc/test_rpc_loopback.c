@@ -1,7 +1,8 @@
 /*
  * test_rpc_loopback.c: the rpc server and client against each other on
  * loopback: unary and streaming calls, errors answered by the layer
- * (malformed, unknown method, oversized for the server or for the method),
+ * (malformed, unknown method, oversized for the server or for the method,
+ * past what the calls in progress may hold together),
  * deadlines, cancellation (from another thread too) and shutdown with calls
  * in flight. Each test starts its own server.
  */
@@ -500,6 +501,80 @@ typedef struct {
     rpc_error_t err;
 } client_result_t;
 
+/* An ID of n bytes starting with `head`; freed by the caller. */
+static char *id_of_size(const char *head, size_t n)
+{
+    char *id = malloc(n + 1);
+
+    assert_non_null(id);
+    memset(id, 'h', n);
+    memcpy(id, head, strlen(head));
+    id[n] = '\0';
+    return id;
+}
+
+static bool unary_held(const fixture_t *f)
+{
+    return f->held_unary != NULL;
+}
+
+/* Holds a Get of HELD_BYTES ("hold...") until its 2 s deadline. */
+#define HELD_BYTES (60 * 1024)
+static void *held_big_get_main(void *arg)
+{
+    client_result_t *r = arg;
+    Ferry__V1__GetResponse *resp = NULL;
+    char *id = id_of_size("hold", HELD_BYTES);
+
+    r->status = get(r->f, id, 2000, &resp, &r->err);
+    if (resp != NULL) {
+        protobuf_c_message_free_unpacked(&resp->base, NULL);
+    }
+    free(id);
+    return NULL;
+}
+
+/* What calls in progress hold together is bounded (max_held_request_bytes):
+ * a Get of 40 KiB is served alone, refused RESOURCE_EXHAUSTED (saying why)
+ * while a held call holds 60 KiB of the fixture's 96, and served again once
+ * that call is done. Before, only each request was bounded, and the calls
+ * a server held for minutes could together hold any amount. */
+static void test_requests_held_together_bounded(void **state)
+{
+    fixture_t *f = *state;
+    client_result_t held = {.f = f};
+    Ferry__V1__GetResponse *resp = NULL;
+    char *id = id_of_size("get", 40 * 1024);
+    long long deadline;
+    ferry_status_t st;
+    pthread_t t;
+    rpc_error_t err;
+
+    assert_int_equal(get(f, id, 5000, &resp, &err), FERRY_OK);
+    protobuf_c_message_free_unpacked(&resp->base, NULL);
+
+    assert_int_equal(pthread_create(&t, NULL, held_big_get_main, &held), 0);
+    assert_true(fixture_wait(f, unary_held, 5000));
+    resp = NULL;
+    assert_int_equal(get(f, id, 5000, &resp, &err), FERRY_ERR_RESOURCE_EXHAUSTED);
+    assert_null(resp);
+    assert_int_equal(err.grpc_code, 8);
+    assert_non_null(strstr(err.message, "bytes of requests in progress"));
+    assert_non_null(strstr(err.message, "bound of 98304"));
+
+    assert_int_equal(pthread_join(t, NULL), 0);
+    assert_int_equal(held.status, FERRY_ERR_TIMED_OUT);
+    /* Served again once the held call is done (its bytes go then). */
+    deadline = fixture_now_ms() + 10000;
+    do {
+        resp = NULL;
+        st = get(f, id, 5000, &resp, &err);
+    } while (st == FERRY_ERR_RESOURCE_EXHAUSTED && fixture_now_ms() < deadline);
+    assert_int_equal(st, FERRY_OK);
+    protobuf_c_message_free_unpacked(&resp->base, NULL);
+    free(id);
+}
+
 static void *held_get_main(void *arg)
 {
     client_result_t *r = arg;
@@ -589,6 +664,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_raw_roundtrip, fixture_setup, fixture_teardown),
         cmocka_unit_test_setup_teardown(test_unknown_method, fixture_setup, fixture_teardown),
         cmocka_unit_test_setup_teardown(test_oversized_request, fixture_setup, fixture_teardown),
+        cmocka_unit_test_setup_teardown(test_requests_held_together_bounded, fixture_setup,
+                                        fixture_teardown),
         cmocka_unit_test_setup_teardown(test_request_over_its_method_bound, fixture_setup,
                                         fixture_teardown),
         cmocka_unit_test_setup_teardown(test_shutdown_with_calls_in_flight, fixture_setup,
