@@ -110,7 +110,8 @@ class ClientTlsFlags(unittest.TestCase):
     alike: a certificate, key or server name without it was dropped, and the
     program talked plaintext. Now it exits 2 naming the flag (or variable)
     and --tls-ca; a certificate without its key, or a key without its
-    certificate, exits 2 naming both."""
+    certificate, exits 2 naming both; any of them set but empty exits 2
+    naming it."""
 
     PROGRAMS = {"ferry-worker": [WORKER, "recv", "--request-id", "j", "--timeout", "1"],
                 "ferryctl": [FERRYCTL, "health", "--timeout", "1"]}
@@ -137,6 +138,25 @@ class ClientTlsFlags(unittest.TestCase):
                     self.assertEqual(rc, EXIT_USAGE, err)
                     self.assertIn("--tls-cert (FERRY_TLS_CERT) and --tls-key (FERRY_TLS_KEY) go "
                                   "together", err)
+
+    def test_set_but_empty_is_usage_error_naming_it(self):
+        # A template that left a variable blank: refused, as the coordinator
+        # does, not taken as unset (plaintext) or as a file named "".
+        cases = [
+            ([], {"FERRY_TLS_CA": ""}, "--tls-ca (FERRY_TLS_CA)"),
+            (["--tls-ca", ""], {}, "--tls-ca (FERRY_TLS_CA)"),
+            ([], {"FERRY_TLS_CA": "ca.pem", "FERRY_TLS_CERT": "", "FERRY_TLS_KEY": "k.pem"},
+             "--tls-cert (FERRY_TLS_CERT)"),
+            (["--tls-ca", "ca.pem", "--tls-cert", "c.pem", "--tls-key", ""], {},
+             "--tls-key (FERRY_TLS_KEY)"),
+            (["--tls-ca", "ca.pem", "--tls-server-name", ""], {}, "--tls-server-name"),
+        ]
+        for prog, base in self.PROGRAMS.items():
+            for args, env, named in cases:
+                with self.subTest(prog=prog, args=args, env=env):
+                    rc, err = run([*base, *args], env=env)
+                    self.assertEqual(rc, EXIT_USAGE, err)
+                    self.assertIn(f"{named} is set but empty", err)
 
 
 class CoordinatorFlags(unittest.TestCase):
