@@ -22,7 +22,10 @@
  * FERRY__INBOX_MAX_BYTES (anyone who can reach the worker can send; past
  * the bound a message is dropped, counted and logged once; an admitted
  * claim's follow-up never waits there, see op_passive.c), a malformed
- * message is dropped in the callback, and the loop handles a queued item
+ * message is dropped in the callback, and so is one from no party to an
+ * operation of ours (ferry__msg_from_a_party: it must name one and carry
+ * the nonce that party was given, so a flood needs a key and a nonce to
+ * take a slot), and the loop handles a queued item
  * at least every FERRY__PROGRESS_BURST progress calls, so that a flood can
  * neither grow memory without bound nor keep the loop from its work.
  *
@@ -146,6 +149,29 @@ bool ferry__inbox_push(ferry_connector_t *c, const void *data, size_t length)
     return true;
 }
 
+bool ferry__msg_from_a_party(ferry_connector_t *c, const ferry__msg_t *msg)
+{
+    ferry_op_t *op;
+
+    switch (msg->type) {
+    case FERRY__MSG_ADMIT:
+    case FERRY__MSG_CREDIT:
+        op = ferry__op_find_active(c, msg->op_id);
+        return op != NULL && memcmp(msg->key, op->md->notification_key.data, FERRY__KEY_LEN) == 0 &&
+               ferry__nonce_equal(msg->claim_nonce, op->claim_nonce);
+    case FERRY__MSG_NOTICE:
+    case FERRY__MSG_CHUNK:
+        op = ferry__op_find_passive(c, msg->key);
+        if (op != NULL && op->admitted && ferry__nonce_equal(msg->nonce, op->nonce)) {
+            return true;
+        }
+        return msg->type == FERRY__MSG_NOTICE && ferry__staged_stale_holds(c, msg);
+    case FERRY__MSG_CLAIM:
+        break;
+    }
+    return true;
+}
+
 /* UCX callback (lock held): decode; a CLAIM is decided and answered here
  * (see the file comment); what the loop must act on is queued, a
  * malformed message dropped here. */
@@ -173,6 +199,15 @@ static ucs_status_t am_recv_cb(void *arg, const void *header, size_t header_leng
         /* What an admission leaves to the loop goes on connector->watch,
          * never into the inbox. */
         ferry__passive_on_claim(c, &msg, reply_ep);
+        return UCS_OK;
+    }
+    /* Only a party's messages take an inbox slot: a flood from someone who
+     * holds no key and nonce of ours cannot crowd an honest one out. */
+    if (!ferry__msg_from_a_party(c, &msg)) {
+        if (msg.type == FERRY__MSG_NOTICE || msg.type == FERRY__MSG_CHUNK) {
+            c->stats.notices_ignored++; /* as their handlers count them */
+        }
+        ferry_debug("connector %s: message from no party to an operation dropped", c->name);
         return UCS_OK;
     }
     ferry__inbox_push(c, data, length);

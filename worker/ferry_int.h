@@ -161,6 +161,13 @@ bool ferry__nonce_is_zero(const uint8_t *nonce);
  * inbox is at its bound (then drops it: false). Lock held (the AM
  * callback). */
 bool ferry__inbox_push(ferry_connector_t *c, const void *data, size_t length);
+/* Whether a decoded ADMIT, CREDIT, NOTICE or CHUNK could come from a party
+ * to one of c's operations: it names one (by key, or by op id and key) and
+ * carries the nonce that party was given (the claim nonce for an ADMIT or
+ * CREDIT, the admission nonce for a NOTICE or CHUNK), or, a NOTICE, settles
+ * stale staging slots. Only those are queued (connector.c); the handlers
+ * check again. Lock held. */
+bool ferry__msg_from_a_party(ferry_connector_t *c, const ferry__msg_t *msg);
 
 typedef struct ferry__rkey {
     struct ferry__rkey *next;
@@ -579,6 +586,8 @@ void ferry__staged_release(ferry_op_t *op);
 /* A notice for no live passive op: frees the stale slots it settles (true
  * if any); lock held. */
 bool ferry__staged_stale_settled(ferry_connector_t *c, const ferry__msg_t *msg);
+/* Whether a notice would settle stale slots (nothing freed); lock held. */
+bool ferry__staged_stale_holds(const ferry_connector_t *c, const ferry__msg_t *msg);
 /* Frees the stale stages whose claimant was peer, whose endpoint failed:
  * nothing more of it reaches their slots. */
 void ferry__staged_stale_peer_failed(ferry_connector_t *c, const ferry__peer_t *peer);

@@ -973,6 +973,17 @@ static void stale_drop(struct ferry__stage **pp)
     stage_free(s, false);
 }
 
+bool ferry__staged_stale_holds(const ferry_connector_t *c, const ferry__msg_t *msg)
+{
+    for (const struct ferry__stage *s = c->stale; s != NULL; s = s->stale_next) {
+        if (memcmp(s->key, msg->key, FERRY__KEY_LEN) == 0 &&
+            memcmp(s->nonce, msg->nonce, FERRY__NONCE_LEN) == 0) {
+            return true;
+        }
+    }
+    return false;
+}
+
 bool ferry__staged_stale_settled(ferry_connector_t *c, const ferry__msg_t *msg)
 {
     for (struct ferry__stage **pp = &c->stale; *pp != NULL; pp = &(*pp)->stale_next) {

@@ -49,6 +49,7 @@
 #define BOGUS_CLAIMS    10000
 #define BOGUS_WARMUP    100
 #define UNREAD_CLAIMS   200000
+#define FLOOD_NOTICES   100000
 #define RSS_BOUND       (50u << 20)
 
 /* The wire format, written out here on purpose (see worker/wire.c). */
@@ -69,6 +70,7 @@ typedef struct {
     uint64_t peers_cached;
     uint64_t endpoints_created;
     uint64_t rss_bytes;
+    uint64_t inbox_dropped; /* messages the loop's inbox had no room for */
 } report_t;
 
 /* ---- the victim ------------------------------------------------------- */
@@ -103,6 +105,9 @@ static void victim_report(ferry_connector_t *c, ferry_op_t *op, int32_t wait_sta
     rep.peers_cached = st.peers_cached;
     rep.endpoints_created = st.endpoints_created;
     rep.rss_bytes = rss_bytes();
+    ferry__lock(c);
+    rep.inbox_dropped = c->inbox_dropped;
+    ferry__unlock(c);
     pair_write(res_fd, &rep, sizeof(rep));
 }
 
@@ -731,6 +736,39 @@ static void test_unread_refusals_bounded(void **state)
     victim_quit(&v);
 }
 
+/* FLOOD_NOTICES forged NOTICEs (random keys, no nonce of ours), sent as
+ * fast as UCX takes them, never take a slot of the victim's inbox: each is
+ * dropped in the AM callback (counted as ignored), so none of the victim's
+ * own messages could be crowded out, and its transfer completes. Before,
+ * every one was queued for the loop, and a flood filled the inbox
+ * (FERRY__INBOX_MAX) and dropped whatever came next, honest or not. */
+static void test_forged_flood_takes_no_inbox_slot(void **state)
+{
+    uint8_t key[FERRY__KEY_LEN] = {0};
+    victim_t v;
+    hostile_t h;
+    report_t rep;
+    uint8_t *m;
+    size_t len;
+    (void)state;
+
+    victim_spawn(&v);
+    victim_new(&v);
+    hostile_open(&h, &v);
+    m = hand_built(W_NOTICE, key, FERRY_OK, NULL, NULL, 0, &len);
+    for (uint32_t i = 0; i < FLOOD_NOTICES; i++) {
+        memcpy(m + 8, &i, sizeof(i)); /* a key of its own (never a live one) */
+        hostile_send_unread(&h, m, len);
+    }
+    free(m);
+    rep = victim_until(&v, notices_handled, FLOOD_NOTICES);
+    assert_int_equal(rep.notices_ignored, FLOOD_NOTICES);
+    assert_int_equal(rep.inbox_dropped, 0);
+    assert_honest_completes(&v);
+    hostile_close(&h);
+    victim_quit(&v);
+}
+
 /* 10,000 bogus CLAIMs leave the victim's RSS and endpoint cache bounded,
  * and a real transfer still works. RSS is taken after BOGUS_WARMUP claims:
  * what the first ones start once (on a GPU machine, UCX's CUDA support
@@ -1287,6 +1325,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_staged_chunks_each_once),
         cmocka_unit_test(test_bogus_claims_bounded),
         cmocka_unit_test(test_unread_refusals_bounded),
+        cmocka_unit_test(test_forged_flood_takes_no_inbox_slot),
         cmocka_unit_test(test_peer_cache_lru),
         cmocka_unit_test(test_admit_positive_status_is_protocol_error),
         cmocka_unit_test(test_admit_without_the_claim_nonce_is_ignored),
