@@ -169,6 +169,7 @@ class CoordinatorFlags(unittest.TestCase):
         "--register-batch": ["0", "129", "-1", "x"],
         "--max-waits": ["0", "1000001", "-1", "x"],
         "--max-watches": ["0", "1000001", "-1", "x"],
+        "--request-memory-mib": ["3", "1048577", "-1", "x", "", "99999999999999999999"],
         "--listen": ["127.0.0.1:65536", "127.0.0.1:-1", "127.0.0.1:x", "127.0.0.1:"],
         "--metrics-listen": ["127.0.0.1:65536", "127.0.0.1:-1", "127.0.0.1:x", "nohost"],
         "--prefix": [prefix_of(257), prefix_of(4096), "/ferry", ""],
@@ -182,6 +183,7 @@ class CoordinatorFlags(unittest.TestCase):
         "FERRY_REGISTER_BATCH": ["0", "129"],
         "FERRY_MAX_WAITS": ["0", "1000001"],
         "FERRY_MAX_WATCHES": ["0", "1000001"],
+        "FERRY_REQUEST_MEMORY_MIB": ["0", "2", "lots"],
     }
 
     def test_out_of_range_is_usage_error_naming_flag(self):
@@ -208,12 +210,12 @@ class CoordinatorFlags(unittest.TestCase):
     def test_limits_are_accepted(self):
         for args in (["--ttl", "1", "--threads", "1", "--grace-ms", "0",
                       "--etcd-inflight", "1", "--etcd-queue", "0", "--register-batch", "1",
-                      "--max-waits", "1", "--max-watches", "1",
+                      "--max-waits", "1", "--max-watches", "1", "--request-memory-mib", "4",
                       "--listen", "127.0.0.1:0", "--prefix", "/"],
                      ["--ttl", "3600", "--threads", "256", "--grace-ms", "600000",
                       "--etcd-inflight", "1024", "--etcd-queue", "1000000",
                       "--register-batch", "128", "--max-waits", "1000000",
-                      "--max-watches", "1000000",
+                      "--max-watches", "1000000", "--request-memory-mib", "1048576",
                       "--listen", "127.0.0.1:65535", "--prefix", prefix_of(256)]):
             with self.subTest(args=args[:12]):
                 rc, err = run([COORDINATOR, *args, "--tls-ca", "ca.pem"])
