@@ -48,9 +48,20 @@ typedef struct {
      * keep: the engine may keep it for a later alloc_pinned of this
      * process; never for memory a peer could still write (a passive
      * side's slots), which is unmapped, never handed to malloc, so that a
-     * late remote write faults instead of landing in another object. */
+     * late remote write faults instead of landing in another object.
+     * free_pinned without keep needs no engine (e may be NULL): the
+     * connector's slot pool frees memory after its engine is gone. */
     ferry_status_t (*alloc_pinned)(ferry__copy_engine_t *e, size_t size, void **ptr_p);
     void (*free_pinned)(ferry__copy_engine_t *e, void *ptr, size_t size, bool keep);
+    /* Pins host memory allocated elsewhere (a passive side's slots, which
+     * UCX allocates: staged.c) so that the engine copies to and from it at
+     * full speed, as alloc_pinned's. *undo_p: unpin must undo it (false
+     * where the engine needs nothing, or the memory was pinned already). */
+    ferry_status_t (*pin)(ferry__copy_engine_t *e, void *ptr, size_t size, bool *undo_p);
+    /* Undoes pin. Needs no engine, only the device the memory was pinned
+     * for: pinned slots outlive the engine that pinned them (the
+     * connector's slot pool). */
+    void (*unpin)(uint32_t device, void *ptr);
     /* After sync. NULL-safe through ferry__copy_engine_destroy. */
     void (*destroy)(ferry__copy_engine_t *e);
 } ferry__copy_engine_ops_t;

@@ -151,6 +151,21 @@ static void host_free(ferry__copy_engine_t *base, void *ptr, size_t size, bool k
     }
 }
 
+static ferry_status_t host_pin(ferry__copy_engine_t *base, void *ptr, size_t size, bool *undo_p)
+{
+    (void)base;
+    (void)ptr;
+    (void)size;
+    *undo_p = false; /* memcpy needs nothing */
+    return FERRY_OK;
+}
+
+static void host_unpin(uint32_t device, void *ptr)
+{
+    (void)device;
+    (void)ptr;
+}
+
 static void host_destroy(ferry__copy_engine_t *base)
 {
     host_engine_t *e = (host_engine_t *)base;
@@ -168,6 +183,8 @@ static const ferry__copy_engine_ops_t host_engine_ops = {
     .sync = host_sync,
     .alloc_pinned = host_alloc,
     .free_pinned = host_free,
+    .pin = host_pin,
+    .unpin = host_unpin,
     .destroy = host_destroy,
 };
 

@@ -140,6 +140,8 @@ ferry_status_t ferry__cuda_memcpy(uint32_t device, void *dst, const void *src, s
     _(cuMemcpy)                 \
     _(cuMemHostAlloc)           \
     _(cuMemFreeHost)            \
+    _(cuMemHostRegister)        \
+    _(cuMemHostUnregister)      \
     _(cuMemAlloc)               \
     _(cuMemsetD8)               \
     _(cuMemFree)
@@ -533,6 +535,35 @@ static void engine_free_pinned(ferry__copy_engine_t *base, void *ptr, size_t siz
     }
 }
 
+static ferry_status_t engine_pin(ferry__copy_engine_t *base, void *ptr, size_t size, bool *undo_p)
+{
+    cuda_engine_t *e = (cuda_engine_t *)base;
+    CUresult r;
+
+    *undo_p = false;
+    if (use_device(e->device) != FERRY_OK) {
+        return FERRY_ERR_IO;
+    }
+    r = cu.cuMemHostRegister(ptr, size, CU_MEMHOSTREGISTER_PORTABLE);
+    if (r == CUDA_ERROR_HOST_MEMORY_ALREADY_REGISTERED) {
+        return FERRY_OK; /* by UCX's CUDA support, which undoes it */
+    }
+    if (r != CUDA_SUCCESS) {
+        return cu_fail("cuMemHostRegister", r);
+    }
+    *undo_p = true;
+    return FERRY_OK;
+}
+
+static void engine_unpin(uint32_t device, void *ptr)
+{
+    CUresult r;
+
+    if (use_device(device) == FERRY_OK && (r = cu.cuMemHostUnregister(ptr)) != CUDA_SUCCESS) {
+        ferry_error("cuda: cuMemHostUnregister: %s", cu_name(r));
+    }
+}
+
 static void engine_destroy(ferry__copy_engine_t *base)
 {
     cuda_engine_t *e = (cuda_engine_t *)base;
@@ -550,6 +581,8 @@ static const ferry__copy_engine_ops_t cuda_engine_ops = {
     .sync = engine_sync,
     .alloc_pinned = engine_alloc_pinned,
     .free_pinned = engine_free_pinned,
+    .pin = engine_pin,
+    .unpin = engine_unpin,
     .destroy = engine_destroy,
 };
 

@@ -65,7 +65,10 @@
 /* ucp_worker_progress calls before the loop handles one queued item, so
  * that a flood cannot keep it from ever handling one. */
 #define FERRY__PROGRESS_BURST 64
-#define FERRY__NONCE_LEN      16 /* admission nonce, see wire.c */
+/* Free staging slot memory a connector keeps for later staged passive ops
+ * (staged.c): four sets of the default 4 slots of 4 MiB. */
+#define FERRY__SLOT_POOL_BYTES (64u << 20)
+#define FERRY__NONCE_LEN       16 /* admission nonce, see wire.c */
 
 /* ---- metadata (metadata.c): pure, no UCX ------------------------------ */
 
@@ -284,6 +287,10 @@ struct ferry_connector {
      * (staged.c): kept until its notice comes, its endpoint fails, or
      * destroy. */
     struct ferry__stage *stale;
+    /* Free passive slot memory kept for the next staged op of its size
+     * (staged.c), at most FERRY__SLOT_POOL_BYTES in all. */
+    struct ferry__slot_mem *slot_pool;
+    size_t slot_pool_bytes;
     ferry_connector_stats_t stats;
     /* Registered regions (region.c), unordered, never overlapping. */
     struct ferry_region *regions;
@@ -551,10 +558,12 @@ ferry_status_t ferry__staged_check_remote(const ferry_connector_t *c,
 /* Whether memory on these descriptors moves through pinned host buffers:
  * CUDA memory where UCX cannot register it (or ferry__test_staging.force). */
 bool ferry__staged_wanted(const ferry_connector_t *c, const ferry_descriptor_t *descs);
-/* Passive create (lock held): pinned slots registered with UCX, an engine;
- * fills the staging block of the metadata being built. */
+/* Passive create (lock held): slots that UCX allocated and the engine
+ * pinned (from the connector's pool when one of that size is free), an
+ * engine; fills the staging block of the metadata being built. *rkey_p:
+ * the slots' packed key, the stage's until release. */
 ferry_status_t ferry__staged_passive_create(ferry_op_t *op, Ferry__V1__Staging *staging,
-                                            void **rkey_p, size_t *rkey_len_p);
+                                            const void **rkey_p, size_t *rkey_len_p);
 /* Passive, lock held: a CHUNK from the admitted writer; the NOTICE (true:
  * the op completes now; false: it completes when the last copy lands). */
 void ferry__staged_on_chunk(ferry_connector_t *c, const ferry__msg_t *msg);
@@ -591,7 +600,7 @@ bool ferry__staged_stale_holds(const ferry_connector_t *c, const ferry__msg_t *m
 /* Frees the stale stages whose claimant was peer, whose endpoint failed:
  * nothing more of it reaches their slots. */
 void ferry__staged_stale_peer_failed(ferry_connector_t *c, const ferry__peer_t *peer);
-/* Frees every stale stage (connector destroy). */
+/* Frees every stale stage and the slot pool (connector destroy). */
 void ferry__staged_stale_free(ferry_connector_t *c);
 /* The admitted claimant settled (its notice came): nothing of it will
  * reach the slots again. */
@@ -603,6 +612,11 @@ bool ferry__staged_stale_unwatched(const ferry_op_t *op);
  * and gives those slots its endpoint (a reference), whose failure frees
  * them. */
 void ferry__staged_claimant_late(ferry_op_t *op);
+
+/* Tests, lock held: the slots of a passive staged op (NULL if it has
+ * none), and how many slot sets c's pool holds. */
+const void *ferry__staged_slots(const ferry_op_t *op);
+unsigned ferry__staged_pooled(const ferry_connector_t *c);
 
 /* Tests only: stage host descriptors too (with the host engine), and CUDA
  * ones even where UCX could register them; chunk (slot) size and slot count

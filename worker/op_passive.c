@@ -97,7 +97,7 @@ static ferry_status_t register_staged(ferry_op_t *op)
     ferry_connector_t *c = op->connector;
     ferry__metadata_build_t build = {0};
     Ferry__V1__Staging staging = FERRY__V1__STAGING__INIT;
-    void *rkey = NULL;
+    const void *rkey = NULL;
     size_t rkey_len = 0;
     ferry_status_t status;
 
@@ -105,7 +105,7 @@ static ferry_status_t register_staged(ferry_op_t *op)
     if (status != FERRY_OK) {
         return status;
     }
-    staging.rkey.data = rkey;
+    staging.rkey.data = (uint8_t *)rkey; /* protobuf-c's field is not const; only read */
     staging.rkey.len = rkey_len;
     build.kind = op->kind;
     build.worker_address = (const uint8_t *)c->address;
@@ -117,7 +117,6 @@ static ferry_status_t register_staged(ferry_op_t *op)
     build.worker_name = c->name;
     build.hostname = c->hostname;
     status = ferry__metadata_encode(&build, &op->metadata, &op->metadata_len);
-    ucp_rkey_buffer_release(rkey);
     if (status != FERRY_OK) {
         ferry__staged_release(op);
     }

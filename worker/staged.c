@@ -4,6 +4,8 @@
  * chunks, with the copies to and from the device overlapped with the
  * network transfers. The copies go through a copy engine (copy_engine.h):
  * the CUDA one on a GPU, the host one in CI, so every line here runs in CI.
+ * The passive side's slots are memory UCX allocated, kept in a pool per
+ * connector between operations (slot memory, below).
  *
  * Chunks: the descriptors are cut, in order, into chunks of at most
  * slot_size bytes (the last chunk of each descriptor is shorter when
@@ -109,10 +111,10 @@ struct ferry__stage {
     size_t slot_size;
     unsigned lanes;
     /* Passive. */
-    ucp_mem_h memh;
-    bool mapped;
-    uint64_t total;  /* bytes of all descriptors */
-    uint64_t landed; /* bytes copied into them (a readable: out of them) */
+    struct ferry__slot_mem *mem; /* the slots' memory (slots is its base) */
+    size_t dirty;                /* bytes of it an honest peer or we write */
+    uint64_t total;              /* bytes of all descriptors */
+    uint64_t landed;             /* bytes copied into them (a readable: out of them) */
     /* The chunks as the active side cuts them (the file comment): those of
      * descriptor i are first_chunk[i] to first_chunk[i + 1] - 1 (n + 1
      * entries); taken has a bit per chunk, set when a CHUNK for it is
@@ -205,7 +207,191 @@ static size_t chunk_for(const ferry_descriptor_t *descs, size_t n)
     return test_chunk() < largest ? test_chunk() : largest;
 }
 
-static ferry_status_t stage_alloc(ferry_op_t *op, unsigned lanes, size_t slot_size, bool engine)
+/* ---- slot memory ---------------------------------------------------------- */
+
+/* A passive side's slots: memory UCX allocates (UCP_MEM_MAP_ALLOCATE), so
+ * that UCX 1.13's shared-memory transports put into it and get from it
+ * directly (a segment the peer maps), where memory the caller allocated is
+ * written through active messages, two copies (issue #14: 46-48 against
+ * 8-9 GB/s at 1 MiB on the 2-core VM); pinned by the engine (a CUDA
+ * engine: cuMemHostRegister) so that the copies to and from the device run
+ * at full speed. Where UCX cannot allocate it or the engine cannot pin it,
+ * the engine's pinned memory registered with UCX instead (as before
+ * 2026-12-04).
+ *
+ * Allocating, pinning, registering and faulting in 16 MiB cost
+ * milliseconds per operation, so a freed set goes back to
+ * connector->slot_pool for the next passive op of the same size and engine
+ * (at most FERRY__SLOT_POOL_BYTES in all, the rest is freed). It goes
+ * back only when its op's slots would be freed anyway: its claimant settled
+ * or its endpoint failed (the stale list below). What an honest peer or
+ * this side wrote into it (dirty) is zeroed first, so that the next
+ * operation's peer, who may read any slot with the key, finds nothing of
+ * this one's data. A peer once admitted may still write into a set after
+ * it returned to the pool, as into a region (ferry.h: on shared memory and
+ * TCP the claim step, not the key, keeps writers out); the packed key is
+ * the same for every operation on the set, so the writer's key cache
+ * unpacks it once. */
+struct ferry__slot_mem {
+    struct ferry__slot_mem *next; /* connector->slot_pool */
+    uint8_t *base;
+    size_t size;
+    ucp_mem_h memh;
+    void *rkey; /* packed once */
+    size_t rkey_len;
+    bool allocated;                         /* by UCX; else by the engine's alloc_pinned */
+    const ferry__copy_engine_ops_t *engine; /* whose copies it serves */
+    bool pinned;                            /* engine->unpin undoes a pin */
+    uint32_t device;                        /* what it was pinned for */
+};
+
+/* UCX allocates m->size bytes, the engine pins them; lock held. */
+static ferry_status_t slot_mem_allocate(ferry_connector_t *c, ferry__copy_engine_t *e,
+                                        struct ferry__slot_mem *m)
+{
+    ucp_mem_map_params_t params = {0};
+    ucp_mem_attr_t attr = {0};
+    ucs_status_t us;
+    ferry_status_t status;
+
+    params.field_mask = UCP_MEM_MAP_PARAM_FIELD_LENGTH | UCP_MEM_MAP_PARAM_FIELD_MEMORY_TYPE |
+                        UCP_MEM_MAP_PARAM_FIELD_FLAGS;
+    params.length = m->size;
+    params.memory_type = UCS_MEMORY_TYPE_HOST;
+    params.flags = UCP_MEM_MAP_ALLOCATE;
+    us = ferry__mem_map(c, &params, &m->memh);
+    if (us != UCS_OK) {
+        return ferry__fail(FERRY_ERR_TRANSPORT, "ucp_mem_map (allocate): %s",
+                           ucs_status_string(us));
+    }
+    attr.field_mask = UCP_MEM_ATTR_FIELD_ADDRESS;
+    us = ucp_mem_query(m->memh, &attr);
+    if (us != UCS_OK) {
+        ucp_mem_unmap(c->context, m->memh);
+        return ferry__fail(FERRY_ERR_TRANSPORT, "ucp_mem_query: %s", ucs_status_string(us));
+    }
+    m->base = attr.address;
+    status = e->ops->pin(e, m->base, m->size, &m->pinned);
+    if (status != FERRY_OK) {
+        ucp_mem_unmap(c->context, m->memh);
+        return status;
+    }
+    m->allocated = true;
+    return FERRY_OK;
+}
+
+/* The engine's pinned memory, registered with UCX; lock held. */
+static ferry_status_t slot_mem_engine(ferry_connector_t *c, ferry__copy_engine_t *e,
+                                      struct ferry__slot_mem *m)
+{
+    ucp_mem_map_params_t params = {0};
+    void *p = NULL;
+    ucs_status_t us;
+    ferry_status_t status = e->ops->alloc_pinned(e, m->size, &p);
+
+    if (status != FERRY_OK) {
+        return status;
+    }
+    params.field_mask = UCP_MEM_MAP_PARAM_FIELD_ADDRESS | UCP_MEM_MAP_PARAM_FIELD_LENGTH |
+                        UCP_MEM_MAP_PARAM_FIELD_MEMORY_TYPE;
+    params.address = p;
+    params.length = m->size;
+    params.memory_type = UCS_MEMORY_TYPE_HOST;
+    us = ferry__mem_map(c, &params, &m->memh);
+    if (us != UCS_OK) {
+        e->ops->free_pinned(e, p, m->size, false);
+        return ferry__fail(FERRY_ERR_TRANSPORT, "ucp_mem_map: %s", ucs_status_string(us));
+    }
+    m->base = p;
+    return FERRY_OK;
+}
+
+/* Frees m (its engine may be gone: copy_engine.h). */
+static void slot_mem_free(ferry_connector_t *c, struct ferry__slot_mem *m)
+{
+    if (m->rkey != NULL) {
+        ucp_rkey_buffer_release(m->rkey);
+    }
+    if (m->pinned) {
+        m->engine->unpin(m->device, m->base);
+    }
+    ucp_mem_unmap(c->context, m->memh);
+    if (!m->allocated) {
+        m->engine->free_pinned(NULL, m->base, m->size, false);
+    }
+    free(m);
+}
+
+/* Slot memory of size bytes for op's stage (its engine made), from the
+ * pool or new; lock held. */
+static ferry_status_t slot_mem_take(ferry_op_t *op, size_t size, struct ferry__slot_mem **mem_p)
+{
+    ferry_connector_t *c = op->connector;
+    ferry__copy_engine_t *e = op->stage->engine;
+    struct ferry__slot_mem *m;
+    ucs_status_t us;
+    ferry_status_t status;
+
+    for (struct ferry__slot_mem **pp = &c->slot_pool; *pp != NULL; pp = &(*pp)->next) {
+        if ((*pp)->size == size && (*pp)->engine == e->ops) {
+            m = *pp;
+            *pp = m->next;
+            m->next = NULL;
+            c->slot_pool_bytes -= size;
+            *mem_p = m;
+            return FERRY_OK;
+        }
+    }
+    m = calloc(1, sizeof(*m));
+    if (m == NULL) {
+        return ferry__fail(FERRY_ERR_NO_MEMORY, "%s: out of memory for staging", op->label);
+    }
+    m->size = size;
+    m->engine = e->ops;
+    m->device = op->descs[0].device.id;
+    status = slot_mem_allocate(c, e, m);
+    if (status != FERRY_OK) {
+        ferry_info("%s: staging slots UCX allocates: %s; taking the %s engine's pinned memory",
+                   op->label, ferry_last_error_message(), e->ops->name);
+        status = slot_mem_engine(c, e, m);
+    }
+    if (status != FERRY_OK) {
+        free(m);
+        return ferry__fail(status, "%s: cannot allocate the staging slots: %s", op->label,
+                           ferry_last_error_message());
+    }
+    us = ucp_rkey_pack(c->context, m->memh, &m->rkey, &m->rkey_len);
+    if (us != UCS_OK) {
+        m->rkey = NULL;
+        slot_mem_free(c, m);
+        ferry_error("%s: packing the staging slots' key: %s", op->label, ucs_status_string(us));
+        return ferry__fail(FERRY_ERR_TRANSPORT, "%s: cannot pack the staging slots' key: %s",
+                           op->label, ucs_status_string(us));
+    }
+    *mem_p = m;
+    return FERRY_OK;
+}
+
+/* Gives m back to the pool (dirty bytes zeroed) or frees it; the engine
+ * that copied to and from it synced. */
+static void slot_mem_give(ferry_connector_t *c, struct ferry__slot_mem *m, size_t dirty)
+{
+    if (c->slot_pool_bytes + m->size <= FERRY__SLOT_POOL_BYTES) {
+        memset(m->base, 0, dirty < m->size ? dirty : m->size);
+        m->next = c->slot_pool;
+        c->slot_pool = m;
+        c->slot_pool_bytes += m->size;
+        return;
+    }
+    slot_mem_free(c, m);
+}
+
+/* ---- stages ---------------------------------------------------------------- */
+
+/* A stage of lanes slots of slot_size bytes; engine: the local side copies
+ * (an engine), slots: and needs local slots (the active side's). */
+static ferry_status_t stage_alloc(ferry_op_t *op, unsigned lanes, size_t slot_size, bool engine,
+                                  bool slots)
 {
     struct ferry__stage *s = calloc(1, sizeof(*s) + lanes * sizeof(lane_t));
     ferry_status_t status;
@@ -220,7 +406,7 @@ static ferry_status_t stage_alloc(ferry_op_t *op, unsigned lanes, size_t slot_si
         return FERRY_OK;
     }
     status = ferry__copy_engine_create(op->descs[0].device, &s->engine);
-    if (status == FERRY_OK) {
+    if (status == FERRY_OK && slots) {
         status =
             s->engine->ops->alloc_pinned(s->engine, (size_t)lanes * slot_size, (void **)&s->slots);
         if (status != FERRY_OK) {
@@ -257,13 +443,16 @@ static uint8_t *slot_of(const struct ferry__stage *s, unsigned lane)
     return s->slots + (size_t)lane * s->slot_size;
 }
 
-/* Frees the slots (engine synced) and the stage; keep: see free_pinned. */
-static void stage_free(struct ferry__stage *s, bool keep)
+/* Frees the slots (engine synced) and the stage; keep: see free_pinned.
+ * A passive stage's slot memory goes back to the pool. */
+static void stage_free(ferry_connector_t *c, struct ferry__stage *s, bool keep)
 {
-    if (s->engine != NULL) {
+    if (s->mem != NULL) {
+        slot_mem_give(c, s->mem, s->dirty);
+    } else if (s->engine != NULL) {
         s->engine->ops->free_pinned(s->engine, s->slots, (size_t)s->lanes * s->slot_size, keep);
-        ferry__copy_engine_destroy(s->engine);
     }
+    ferry__copy_engine_destroy(s->engine);
     free(s->first_chunk);
     free(s->taken);
     free(s);
@@ -284,6 +473,9 @@ static ferry_status_t chunks_alloc(ferry_op_t *op)
             n_chunks += (op->descs[i].size + s->slot_size - 1) / s->slot_size;
         }
     }
+    /* Lanes are taken lowest first (pump), so an honest peer writes the
+     * first min(chunks, lanes) slots. */
+    s->dirty = (size_t)(n_chunks < s->lanes ? n_chunks : s->lanes) * s->slot_size;
     s->taken = calloc((size_t)(n_chunks + 7) / 8, 1);
     if (s->first_chunk == NULL || s->taken == NULL) {
         return ferry__fail(FERRY_ERR_NO_MEMORY, "%s: out of memory for the chunk map", op->label);
@@ -303,16 +495,13 @@ static bool chunk_taken(const struct ferry__stage *s, uint64_t chunk)
 }
 
 ferry_status_t ferry__staged_passive_create(ferry_op_t *op, Ferry__V1__Staging *staging,
-                                            void **rkey_p, size_t *rkey_len_p)
+                                            const void **rkey_p, size_t *rkey_len_p)
 {
-    ferry_connector_t *c = op->connector;
-    ucp_mem_map_params_t params = {0};
     struct ferry__stage *s;
     size_t slot_size = chunk_for(op->descs, op->n);
-    ucs_status_t us;
     ferry_status_t status;
 
-    status = stage_alloc(op, test_lanes(), slot_size, true);
+    status = stage_alloc(op, test_lanes(), slot_size, true, false);
     if (status != FERRY_OK) {
         return status;
     }
@@ -321,26 +510,16 @@ ferry_status_t ferry__staged_passive_create(ferry_op_t *op, Ferry__V1__Staging *
         s->total += op->descs[i].size;
     }
     status = chunks_alloc(op);
+    if (status == FERRY_OK) {
+        status = slot_mem_take(op, (size_t)s->lanes * s->slot_size, &s->mem);
+    }
     if (status != FERRY_OK) {
         ferry__staged_release(op);
         return status;
     }
-    params.field_mask = UCP_MEM_MAP_PARAM_FIELD_ADDRESS | UCP_MEM_MAP_PARAM_FIELD_LENGTH |
-                        UCP_MEM_MAP_PARAM_FIELD_MEMORY_TYPE;
-    params.address = s->slots;
-    params.length = (size_t)s->lanes * s->slot_size;
-    params.memory_type = UCS_MEMORY_TYPE_HOST;
-    us = ucp_mem_map(c->context, &params, &s->memh);
-    if (us == UCS_OK) {
-        s->mapped = true;
-        us = ucp_rkey_pack(c->context, s->memh, rkey_p, rkey_len_p);
-    }
-    if (us != UCS_OK) {
-        ferry_error("%s: registering the staging slots: %s", op->label, ucs_status_string(us));
-        ferry__staged_release(op);
-        return ferry__fail(FERRY_ERR_TRANSPORT, "%s: cannot register the staging slots: %s",
-                           op->label, ucs_status_string(us));
-    }
+    s->slots = s->mem->base;
+    *rkey_p = s->mem->rkey;
+    *rkey_len_p = s->mem->rkey_len;
     staging->address = (uint64_t)(uintptr_t)s->slots;
     staging->slot_size = s->slot_size;
     staging->slots = s->lanes;
@@ -488,9 +667,9 @@ ferry_status_t ferry__staged_active_prepare(ferry_op_t *op, bool local_staged)
         while (local_staged && lanes > 1 && (uint64_t)lanes * st->slot_size > LOCAL_MAX) {
             lanes--;
         }
-        status = stage_alloc(op, lanes, st->slot_size, local_staged);
+        status = stage_alloc(op, lanes, st->slot_size, local_staged, true);
     } else {
-        status = stage_alloc(op, test_lanes(), chunk_for(op->descs, op->n), true);
+        status = stage_alloc(op, test_lanes(), chunk_for(op->descs, op->n), true, true);
     }
     if (status != FERRY_OK || st == NULL) {
         return status;
@@ -900,10 +1079,6 @@ void ferry__staged_release(ferry_op_t *op)
     if (s->engine != NULL) {
         s->engine->ops->sync(s->engine);
     }
-    if (s->mapped) {
-        ucp_mem_unmap(c->context, s->memh);
-        s->mapped = false;
-    }
     if (s->rkey != NULL) {
         ferry__peer_rkey_put(op->peer, s->rkey);
     }
@@ -921,7 +1096,7 @@ void ferry__staged_release(ferry_op_t *op)
         ferry_debug("%s: staging slots kept until the claimant settles", op->label);
         return;
     }
-    stage_free(s, !is_passive(op));
+    stage_free(c, s, !is_passive(op));
     ferry_debug("%s: staging released", op->label);
 }
 
@@ -962,7 +1137,7 @@ void ferry__staged_claimant_late(ferry_op_t *op)
 
 /* Unlinks *pp from connector->stale and frees it with its claimant's
  * reference. */
-static void stale_drop(struct ferry__stage **pp)
+static void stale_drop(ferry_connector_t *c, struct ferry__stage **pp)
 {
     struct ferry__stage *s = *pp;
 
@@ -970,7 +1145,7 @@ static void stale_drop(struct ferry__stage **pp)
     if (s->claimant != NULL) {
         ferry__peer_put(s->claimant);
     }
-    stage_free(s, false);
+    stage_free(c, s, false);
 }
 
 bool ferry__staged_stale_holds(const ferry_connector_t *c, const ferry__msg_t *msg)
@@ -990,7 +1165,7 @@ bool ferry__staged_stale_settled(ferry_connector_t *c, const ferry__msg_t *msg)
         struct ferry__stage *s = *pp;
         if (memcmp(s->key, msg->key, FERRY__KEY_LEN) == 0 &&
             memcmp(s->nonce, msg->nonce, FERRY__NONCE_LEN) == 0) {
-            stale_drop(pp);
+            stale_drop(c, pp);
             ferry_debug("connector %s: stale staging slots released", c->name);
             return true;
         }
@@ -1007,7 +1182,7 @@ void ferry__staged_stale_peer_failed(ferry_connector_t *c, const ferry__peer_t *
     }
     while (*pp != NULL) {
         if ((*pp)->claimant == peer) {
-            stale_drop(pp);
+            stale_drop(c, pp);
             ferry_debug("connector %s: stale staging slots of failed peer %llu released", c->name,
                         (unsigned long long)peer->id);
         } else {
@@ -1019,6 +1194,27 @@ void ferry__staged_stale_peer_failed(ferry_connector_t *c, const ferry__peer_t *
 void ferry__staged_stale_free(ferry_connector_t *c)
 {
     while (c->stale != NULL) {
-        stale_drop(&c->stale);
+        stale_drop(c, &c->stale);
     }
+    while (c->slot_pool != NULL) {
+        struct ferry__slot_mem *m = c->slot_pool;
+        c->slot_pool = m->next;
+        c->slot_pool_bytes -= m->size;
+        slot_mem_free(c, m);
+    }
+}
+
+const void *ferry__staged_slots(const ferry_op_t *op)
+{
+    return op->stage != NULL && op->stage->mem != NULL ? op->stage->slots : NULL;
+}
+
+unsigned ferry__staged_pooled(const ferry_connector_t *c)
+{
+    unsigned n = 0;
+
+    for (const struct ferry__slot_mem *m = c->slot_pool; m != NULL; m = m->next) {
+        n++;
+    }
+    return n;
 }

@@ -9,7 +9,10 @@
  * memory it remembers as device memory of the current context's device, so
  * cuPointerGetAttributes answers as the driver does (memory type, ordinal,
  * allocation range; zeros for memory it does not know); cuMemHostAlloc is
- * "pinned host" memory; copies happen when queued, and an event reports
+ * "pinned host" memory; cuMemHostRegister pins host memory allocated
+ * elsewhere (remembered, so that a second registration of it fails as the
+ * driver's does, and fake_cuda_registered() counts what is still pinned);
+ * copies happen when queued, and an event reports
  * NOT_READY to its first query, so the engine's polling path runs.
  * fake_cuda_fail_copy(N) (found with dlsym) makes the Nth cuMemcpyAsync
  * from then on fail (CUDA_ERROR_LAUNCH_FAILED), for the engine's error
@@ -33,6 +36,7 @@
 
 #define FAKE_DEVICES 2
 #define FAKE_ALLOCS  4096
+#define FAKE_PINS    256
 
 #define FAKE_API __attribute__((visibility("default")))
 
@@ -47,8 +51,10 @@ static alloc_t allocs[FAKE_ALLOCS];
 static _Thread_local int current = -1;
 static atomic_uint copies;
 static atomic_uint fail_at;
+static uintptr_t pins[FAKE_PINS]; /* cuMemHostRegister'd bases (lock) */
 
 FAKE_API void fake_cuda_fail_copy(unsigned nth);
+FAKE_API unsigned fake_cuda_registered(void);
 
 FAKE_API void fake_cuda_fail_copy(unsigned nth)
 {
@@ -239,6 +245,64 @@ FAKE_API CUresult CUDAAPI cuMemHostAlloc(void **pp, size_t size, unsigned int fl
 FAKE_API CUresult CUDAAPI cuMemFreeHost(void *p)
 {
     return forget((uintptr_t)p);
+}
+
+FAKE_API CUresult CUDAAPI cuMemHostRegister(void *p, size_t size, unsigned int flags)
+{
+    CUresult r = CUDA_ERROR_OUT_OF_MEMORY;
+    int free_at = -1;
+
+    (void)flags;
+    if (current < 0) {
+        return CUDA_ERROR_INVALID_CONTEXT;
+    }
+    if (p == NULL || size == 0) {
+        return CUDA_ERROR_INVALID_VALUE;
+    }
+    pthread_mutex_lock(&lock);
+    for (int i = 0; i < FAKE_PINS; i++) {
+        if (pins[i] == (uintptr_t)p) {
+            pthread_mutex_unlock(&lock);
+            return CUDA_ERROR_HOST_MEMORY_ALREADY_REGISTERED;
+        }
+        free_at = free_at < 0 && pins[i] == 0 ? i : free_at;
+    }
+    if (free_at >= 0) {
+        pins[free_at] = (uintptr_t)p;
+        r = CUDA_SUCCESS;
+    }
+    pthread_mutex_unlock(&lock);
+    return r;
+}
+
+FAKE_API CUresult CUDAAPI cuMemHostUnregister(void *p)
+{
+    CUresult r = CUDA_ERROR_HOST_MEMORY_NOT_REGISTERED;
+
+    if (current < 0) {
+        return CUDA_ERROR_INVALID_CONTEXT;
+    }
+    pthread_mutex_lock(&lock);
+    for (int i = 0; i < FAKE_PINS && r != CUDA_SUCCESS; i++) {
+        if (pins[i] == (uintptr_t)p) {
+            pins[i] = 0;
+            r = CUDA_SUCCESS;
+        }
+    }
+    pthread_mutex_unlock(&lock);
+    return r;
+}
+
+FAKE_API unsigned fake_cuda_registered(void)
+{
+    unsigned n = 0;
+
+    pthread_mutex_lock(&lock);
+    for (int i = 0; i < FAKE_PINS; i++) {
+        n += pins[i] != 0;
+    }
+    pthread_mutex_unlock(&lock);
+    return n;
 }
 
 FAKE_API CUresult CUDAAPI cuMemcpy(CUdeviceptr dst, CUdeviceptr src, size_t n)

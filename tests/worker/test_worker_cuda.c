@@ -479,6 +479,59 @@ static void test_mem_alloc(void **state)
     assert_int_equal(ferry_mem_deregister(region), FERRY_OK);
 }
 
+/* A staged writable's slots are pinned once: three writes into GPU
+ * memory on one connector of this process make one ucp_mem_map and (on
+ * the fake driver, which counts them) one cuMemHostRegister, which stays
+ * while the slots wait in the connector's pool and is undone when the
+ * connector is destroyed. Every byte arrives each time. */
+static void test_staged_slots_pinned_once(void **state)
+{
+    unsigned (*registered)(void) = NULL;
+    ferry_connector_stats_t before, after;
+    ferry_connector_t *c;
+    regions_t src, dst;
+    unsigned pins = 0;
+    (void)state;
+
+    if (fake_driver != NULL) {
+        *(void **)&registered =
+            dlsym(dlopen(fake_driver, RTLD_NOW | RTLD_NOLOAD), "fake_cuda_registered");
+        assert_non_null(registered);
+        pins = registered();
+    }
+    atomic_store(&ferry__test_staging.force, true);
+    assert_int_equal(connector_create(&c), FERRY_OK);
+    ferry_connector_get_stats(c, &before);
+    for (uint32_t seed = 81; seed < 84; seed++) {
+        ferry_op_t *passive, *active;
+        const uint8_t *md;
+        size_t md_len;
+
+        assert_int_equal(regions_alloc(&src, false, 1, BIG, seed), 0);
+        assert_int_equal(regions_alloc(&dst, true, 1, BIG, 0), 0);
+        assert_int_equal(ferry_writable_create(c, dst.descs, 1, &passive), FERRY_OK);
+        assert_int_equal(ferry_op_metadata(passive, &md, &md_len), FERRY_OK);
+        assert_int_equal(ferry_write_begin(world.c, src.descs, 1, md, md_len, &active), FERRY_OK);
+        assert_int_equal(ferry_op_wait(active, WAIT_TIMEOUT_MS), FERRY_OK);
+        assert_int_equal(ferry_op_wait(passive, WAIT_TIMEOUT_MS), FERRY_OK);
+        assert_true(regions_check(&dst, seed));
+        ferry_op_destroy(active);
+        ferry_op_destroy(passive);
+        if (registered != NULL) {
+            assert_int_equal(registered(), pins + 1);
+        }
+        regions_free(&src);
+        regions_free(&dst);
+    }
+    ferry_connector_get_stats(c, &after);
+    assert_int_equal(after.mem_maps - before.mem_maps, 1);
+    assert_int_equal(ferry_connector_destroy(c), FERRY_OK);
+    if (registered != NULL) {
+        assert_int_equal(registered(), pins);
+    }
+    atomic_store(&ferry__test_staging.force, false);
+}
+
 /* The fake driver fails the active side's second CUDA copy, a write
  * ('W') from its GPU memory or a read ('R') of a staged readable on the GPU
  * into its GPU memory: the active side ends ERRORED with the driver's
@@ -662,6 +715,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_read_d2h_1_staged),
         cmocka_unit_test(test_read_d2d_1_staged),
         cmocka_unit_test(test_read_d2d_16_staged),
+        cmocka_unit_test(test_staged_slots_pinned_once),
         cmocka_unit_test(test_cuda_copy_fails_midway_read),
         cmocka_unit_test(test_cuda_copy_fails_midway),
         cmocka_unit_test(test_writer_killed_midway),

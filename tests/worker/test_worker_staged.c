@@ -828,10 +828,25 @@ static bool stale_gone(ferry_connector_t *c)
     return gone;
 }
 
+/* How many slot sets c's pool holds, and their bytes. */
+static unsigned pooled(ferry_connector_t *c, size_t *bytes_p)
+{
+    unsigned n;
+
+    ferry__lock(c);
+    n = ferry__staged_pooled(c);
+    if (bytes_p != NULL) {
+        *bytes_p = c->slot_pool_bytes;
+    }
+    ferry__unlock(c);
+    return n;
+}
+
 /* The passive side cancels midway, both sides on one connector: its slots
  * stay mapped (a put or get of the claimant may still be in flight to
- * them) until the stopped claimant settles with its notice, and then go,
- * before either operation is destroyed. Writes, then reads. */
+ * them) until the stopped claimant settles with its notice, and then go
+ * back to the pool, before either operation is destroyed. Writes, then
+ * reads. */
 static void test_stale_slots_released(void **state)
 {
     uint64_t size = 1u << 20;
@@ -870,6 +885,7 @@ static void test_stale_slots_released(void **state)
         assert_int_equal(ferry_op_wait(passive, 0), FERRY_ERR_CANCELLED);
         assert_int_equal(ferry_op_wait(active, WAIT_TIMEOUT_MS), FERRY_ERR_CANCELLED);
         assert_true(stale_gone(c));
+        assert_int_equal(pooled(c, NULL), 1); /* and back in the pool */
         ferry_op_destroy(active);
         ferry_op_destroy(passive);
     }
@@ -935,6 +951,112 @@ static void test_stale_slots_released_when_claimant_dies(void **state)
     assert_int_equal(ferry_connector_destroy(c), FERRY_OK);
     atomic_store(&ferry__test_staging.chunk, 0);
     atomic_store(&ferry__test_staging.slots, 0);
+    free(buf);
+}
+
+/* A passive op's slots go back to its connector's pool when it ends and
+ * serve the next staged op of that size: ten operations, both sides on
+ * one connector, make one ucp_mem_map, every op's slots are at the same
+ * address with the same packed key (the writer unpacks it once), every
+ * byte arrives, and each op finds its slots zeroed, not the bytes the
+ * previous op moved through them (its peer may read any slot). Before,
+ * every op allocated, registered and faulted in new slots and the writer
+ * unpacked a new key. Writes, then reads. */
+static void test_slots_pooled(void **state)
+{
+    const uint64_t size = 1u << 20;
+    const size_t set = 2 * (256u << 10);
+    uint8_t *a = malloc(size), *b = malloc(size), *first = NULL;
+    ferry_descriptor_t da = {a, size, FERRY_DEVICE_HOST_INIT};
+    ferry_descriptor_t db = {b, size, FERRY_DEVICE_HOST_INIT};
+    ferry_connector_stats_t before, after;
+    ferry_connector_t *c;
+    (void)state;
+
+    atomic_store(&ferry__test_staging.chunk, 256u << 10);
+    atomic_store(&ferry__test_staging.slots, 2); /* four chunks through two slots */
+    faults_reset();
+    assert_int_equal(ferry_connector_create(NULL, &c), FERRY_OK);
+    ferry_connector_get_stats(c, &before);
+    for (uint32_t i = 0; i < 10; i++) {
+        ferry_op_t *passive, *active;
+        const uint8_t *md;
+        size_t md_len, dirty = set;
+        uint8_t *slots;
+
+        pair_fill(a, size, 40 + i, 0);
+        memset(b, 0, size);
+        /* Writing: a -> b. Reading: the readable serves a, the reader
+         * fills b. */
+        if (read_dir) {
+            assert_int_equal(ferry_readable_create(c, &da, 1, &passive), FERRY_OK);
+        } else {
+            assert_int_equal(ferry_writable_create(c, &db, 1, &passive), FERRY_OK);
+        }
+        ferry__lock(c);
+        slots = (uint8_t *)ferry__staged_slots(passive);
+        for (size_t j = 0; slots != NULL && j < set && dirty == set; j++) {
+            dirty = slots[j] != 0 ? j : dirty;
+        }
+        ferry__unlock(c);
+        assert_non_null(slots);
+        assert_int_equal(dirty, set); /* every byte zero */
+        first = first == NULL ? slots : first;
+        assert_ptr_equal(slots, first);
+        assert_int_equal(ferry_op_metadata(passive, &md, &md_len), FERRY_OK);
+        if (read_dir) {
+            assert_int_equal(ferry_read_begin(c, &db, 1, md, md_len, &active), FERRY_OK);
+        } else {
+            assert_int_equal(ferry_write_begin(c, &da, 1, md, md_len, &active), FERRY_OK);
+        }
+        assert_int_equal(ferry_op_wait(active, WAIT_TIMEOUT_MS), FERRY_OK);
+        assert_int_equal(ferry_op_wait(passive, WAIT_TIMEOUT_MS), FERRY_OK);
+        assert_int_equal(pair_check(b, size, 40 + i, 0), size);
+        ferry_op_destroy(active);
+        ferry_op_destroy(passive);
+        assert_int_equal(pooled(c, NULL), 1);
+    }
+    ferry_connector_get_stats(c, &after);
+    assert_int_equal(after.mem_maps - before.mem_maps, 1);
+    assert_int_equal(after.rkeys_unpacked - before.rkeys_unpacked, 1);
+    assert_int_equal(ferry_connector_destroy(c), FERRY_OK);
+    atomic_store(&ferry__test_staging.chunk, 0);
+    atomic_store(&ferry__test_staging.slots, 0);
+    free(a);
+    free(b);
+}
+
+/* The pool keeps at most FERRY__SLOT_POOL_BYTES: five writables of the
+ * default four 4 MiB slots end, four sets stay (64 MiB) and the fifth is
+ * freed; five more then take the four and allocate one. */
+static void test_slot_pool_bounded(void **state)
+{
+    const uint64_t size = 16u << 20;
+    uint8_t *buf = malloc(size);
+    ferry_descriptor_t d = {buf, size, FERRY_DEVICE_HOST_INIT};
+    ferry_connector_stats_t before, after;
+    ferry_connector_t *c;
+    ferry_op_t *ops[5];
+    size_t bytes = 0;
+    (void)state;
+
+    faults_reset();
+    assert_int_equal(ferry_connector_create(NULL, &c), FERRY_OK);
+    for (int round = 0; round < 2; round++) {
+        ferry_connector_get_stats(c, &before);
+        for (int i = 0; i < 5; i++) {
+            assert_int_equal(ferry_writable_create(c, &d, 1, &ops[i]), FERRY_OK);
+        }
+        ferry_connector_get_stats(c, &after);
+        assert_int_equal(after.mem_maps - before.mem_maps, round == 0 ? 5 : 1);
+        assert_int_equal(pooled(c, NULL), 0);
+        for (int i = 0; i < 5; i++) {
+            ferry_op_destroy(ops[i]);
+        }
+        assert_int_equal(pooled(c, &bytes), 4);
+        assert_int_equal(bytes, FERRY__SLOT_POOL_BYTES);
+    }
+    assert_int_equal(ferry_connector_destroy(c), FERRY_OK);
     free(buf);
 }
 
@@ -1132,6 +1254,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_writer_killed_midway),
         cmocka_unit_test(test_writer_killed_midway_peer_detection),
         cmocka_unit_test(test_stale_slots_released_when_claimant_dies),
+        cmocka_unit_test(test_slots_pooled),
         cmocka_unit_test(test_caller_progress_loopback),
         cmocka_unit_test(test_claim_admitted_while_inbox_full),
         cmocka_unit_test(test_claimant_stopped_when_cancelled_before_watched),
@@ -1155,12 +1278,14 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_writer_killed_midway),
         cmocka_unit_test(test_writer_killed_midway_peer_detection),
         cmocka_unit_test(test_stale_slots_released_when_claimant_dies),
+        cmocka_unit_test(test_slots_pooled),
         cmocka_unit_test(test_caller_progress_loopback),
         cmocka_unit_test(test_claim_admitted_while_inbox_full),
         cmocka_unit_test(test_claimant_stopped_when_cancelled_before_watched),
         cmocka_unit_test(test_readable_staged),
         cmocka_unit_test(test_stale_slots_released),
         cmocka_unit_test(test_forged_credit_ignored),
+        cmocka_unit_test(test_slot_pool_bounded),
     };
     int failed;
 
