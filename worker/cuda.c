@@ -527,10 +527,14 @@ static ferry_status_t engine_alloc_pinned(ferry__copy_engine_t *base, size_t siz
     return r == CUDA_SUCCESS ? FERRY_OK : cu_fail("cuMemHostAlloc", r);
 }
 
+/* Without an engine (the slot pool frees memory after its engine is gone,
+ * on a thread that may have no context current) the first device's
+ * context serves: the memory is portable. */
 static void engine_free_pinned(ferry__copy_engine_t *base, void *ptr, size_t size, bool keep)
 {
-    (void)base;
-    if (ptr != NULL && !(keep && pinned_cache_keep(ptr, size))) {
+    uint32_t device = base != NULL ? ((cuda_engine_t *)base)->device : 0;
+
+    if (ptr != NULL && !(keep && pinned_cache_keep(ptr, size)) && use_device(device) == FERRY_OK) {
         cu.cuMemFreeHost(ptr);
     }
 }
