@@ -3,7 +3,7 @@
  * against, in one run on one GPU (issue #12).
  *
  *   ferry_bench_gpu [--device N] [--min-mib M] [--max-mib M] [--iters K]
- *                   [--staged-only]
+ *                   [--staged-only] [--staged-puts]
  *
  * For each size (powers of 4 from --min-mib, default 1, to --max-mib,
  * default 1024):
@@ -16,6 +16,9 @@
  *     host slots -> UCX -> pinned slots -> GPU, chunks overlapped), beside
  *     the slower of host->device and device->host copies of the same size
  *     (pinned host memory); the ratio is Ferry / that (target: >= 0.8).
+ *     The writer copies straight into the passive side's slots where they
+ *     are mapped into it (one node, shared memory); --staged-puts makes it
+ *     use its own slots and UCX puts instead, as between nodes.
  *
  * A write is timed from ferry_write_begin to ferry_op_wait returning
  * COMPLETE on the writer (registration of the passive side's memory is
@@ -54,6 +57,7 @@ typedef struct {
 
 static uint32_t device;
 static bool staged_only; /* --staged-only: the default path is not measured */
+static bool staged_puts; /* --staged-puts: never into the passive side's slots */
 
 static double now_s(void)
 {
@@ -204,9 +208,12 @@ static int writer_main(int cmd_fd, int res_fd, uint64_t min, uint64_t max, int i
     }
     memset(pinned, 7, max);
     ferry__cuda_memcpy(device, src, pinned, max);
-    printf("ferry_bench_gpu: cuda:%" PRIu32 ", UCX %s CUDA memory (default path: %s)\n", device,
-           c->ucx_reports_cuda ? "registers" : "cannot register",
-           c->ucx_cuda ? "direct" : "staged");
+    printf("ferry_bench_gpu: cuda:%" PRIu32
+           ", UCX %s CUDA memory (default path: %s); staged writes %s\n",
+           device, c->ucx_reports_cuda ? "registers" : "cannot register",
+           c->ucx_cuda ? "direct" : "staged",
+           staged_puts ? "put from the writer's own slots (--staged-puts)"
+                       : "copy into the passive side's slots where mapped");
     printf("%-8s %12s %10s %-10s %10s %7s\n", "path", "bytes", "ferry_GBps", "reference",
            "ref_GBps", "ratio");
     for (uint64_t size = min; size <= max; size *= 4) {
@@ -243,10 +250,13 @@ static int writer_main(int cmd_fd, int res_fd, uint64_t min, uint64_t max, int i
 
 int main(int argc, char **argv)
 {
-    static const struct option opts[] = {
-        {"device", required_argument, NULL, 'd'},  {"min-mib", required_argument, NULL, 'm'},
-        {"max-mib", required_argument, NULL, 'M'}, {"iters", required_argument, NULL, 'i'},
-        {"staged-only", no_argument, NULL, 's'},   {NULL, 0, NULL, 0}};
+    static const struct option opts[] = {{"device", required_argument, NULL, 'd'},
+                                         {"min-mib", required_argument, NULL, 'm'},
+                                         {"max-mib", required_argument, NULL, 'M'},
+                                         {"iters", required_argument, NULL, 'i'},
+                                         {"staged-only", no_argument, NULL, 's'},
+                                         {"staged-puts", no_argument, NULL, 'p'},
+                                         {NULL, 0, NULL, 0}};
     uint64_t min = 1u << 20, max = 1u << 30;
     int iters = 20, o, to_child[2], from_child[2], wstatus = 0, rc;
     cmd_t quit = {0};
@@ -269,9 +279,12 @@ int main(int argc, char **argv)
         case 's':
             staged_only = true;
             break;
+        case 'p':
+            staged_puts = true;
+            break;
         default:
             fprintf(stderr, "usage: ferry_bench_gpu [--device N] [--min-mib M] [--max-mib M] "
-                            "[--iters K] [--staged-only]\n");
+                            "[--iters K] [--staged-only] [--staged-puts]\n");
             return 2;
         }
     }
@@ -282,6 +295,7 @@ int main(int argc, char **argv)
     /* For checking this program where there is no GPU: the fake driver of
      * the tests (tests/worker/fake_cuda.c). */
     ferry__cuda_test_driver = getenv("FERRY_TEST_FAKE_CUDA");
+    atomic_store(&ferry__test_staging.no_map, staged_puts);
     signal(SIGPIPE, SIG_IGN);
     if (pipe(to_child) != 0 || pipe(from_child) != 0) {
         perror("pipe");

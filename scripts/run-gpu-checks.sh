@@ -16,7 +16,8 @@
 #   3. where nvidia-smi works: ferry_bench_gpu (Ferry GPU->GPU writes between
 #      two processes, 1 MiB .. 1 GiB, on the default path beside a
 #      device-to-device copy of the same size, and forced onto the staged
-#      path beside the slower host<->device copy; ratios), then
+#      path beside the slower host<->device copy; ratios; the staged rows
+#      again with --staged-puts, the writer putting from its own slots), then
 #      ferry_cuda_memcpy_bw (cudaMemcpy d2d, h2d, d2h) and ucx_perftest
 #      ucp_put_bw with -m cuda between two processes on GPU 0 (the raw UCX
 #      GPU->GPU reference, with UCX_PROTO_ENABLE=y: UCX 1.13's default
@@ -138,6 +139,19 @@ if [ "$gpu" -eq 1 ]; then
         [ $rc -eq 0 ] || benchfail=1
     else
         say "ferry_bench_gpu: not run (time budget)"
+    fi
+    # The staged rows again with the writer putting from its own slots, as
+    # between nodes, for the same run's comparison with copying straight
+    # into the passive side's mapped slots (the default on one node).
+    if [ "$(left)" -gt 60 ]; then
+        say ""
+        say "Ferry staged, the writer's own slots and UCX puts (--staged-puts), same run:"
+        timeout -k 5 45 "$B/build/bench/ferry_bench_gpu" --device 0 --staged-only --staged-puts \
+            --max-mib 256 >"$R/logs/ferry_bench_gpu_puts.txt" 2>&1
+        rc=$?
+        sed 's/^/  /' "$R/logs/ferry_bench_gpu_puts.txt" | tee -a "$REPORT"
+        say "  (exit $rc)"
+        [ $rc -eq 0 ] || [ $rc -eq 124 ] || benchfail=1
     fi
     say ""
     if [ "$(left)" -gt 60 ]; then

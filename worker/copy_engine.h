@@ -31,7 +31,7 @@
 
 typedef struct ferry__copy_engine ferry__copy_engine_t;
 
-typedef struct {
+typedef struct ferry__copy_engine_ops {
     const char *name; /* "cuda", "host": for logs */
     /* Queues a copy of n bytes; *ticket_p names it for poll. Errors are
      * final for the engine. */

@@ -68,7 +68,9 @@
 /* Free staging slot memory a connector keeps for later staged passive ops
  * (staged.c): four sets of the default 4 slots of 4 MiB. */
 #define FERRY__SLOT_POOL_BYTES (64u << 20)
-#define FERRY__NONCE_LEN       16 /* admission nonce, see wire.c */
+/* Remote slots a connector's cached keys may keep pinned (staged.c). */
+#define FERRY__RKEY_PIN_MAX (256u << 20)
+#define FERRY__NONCE_LEN    16 /* admission nonce, see wire.c */
 
 /* ---- metadata (metadata.c): pure, no UCX ------------------------------ */
 
@@ -178,6 +180,15 @@ typedef struct ferry__rkey {
     size_t packed_len;
     ucp_rkey_h rkey;
     unsigned refs; /* operations using it */
+    /* Staged (staged.c): the remote slots as mapped here (ucp_rkey_ptr),
+     * pinned by an engine of pin_ops for its copies, or NULL. Undone
+     * before the key is destroyed; counted in
+     * connector->rkeys_pinned_bytes. */
+    void *pinned;
+    size_t pinned_len;
+    const struct ferry__copy_engine_ops *pin_ops;
+    uint32_t pinned_device;
+    bool pin_undo; /* pin_ops->unpin must undo the pin */
 } ferry__rkey_t;
 
 /* One remote worker: a cached endpoint and the remote keys unpacked on it.
@@ -291,6 +302,7 @@ struct ferry_connector {
      * (staged.c), at most FERRY__SLOT_POOL_BYTES in all. */
     struct ferry__slot_mem *slot_pool;
     size_t slot_pool_bytes;
+    size_t rkeys_pinned_bytes; /* remote slots pinned here: FERRY__RKEY_PIN_MAX */
     ferry_connector_stats_t stats;
     /* Registered regions (region.c), unordered, never overlapping. */
     struct ferry_region *regions;
@@ -616,6 +628,9 @@ void ferry__staged_claimant_late(ferry_op_t *op);
 /* Tests, lock held: the slots of a passive staged op (NULL if it has
  * none), and how many slot sets c's pool holds. */
 const void *ferry__staged_slots(const ferry_op_t *op);
+/* Tests, lock held: whether an active staged op copies straight into (or
+ * out of) the passive side's slots, mapped here. */
+bool ferry__staged_mapped(const ferry_op_t *op);
 unsigned ferry__staged_pooled(const ferry_connector_t *c);
 
 /* Tests only: stage host descriptors too (with the host engine), and CUDA
@@ -625,6 +640,7 @@ typedef struct {
     atomic_bool force;
     atomic_size_t chunk;
     atomic_uint slots;
+    atomic_bool no_map; /* never copy straight into the peer's slots */
 } ferry__test_staging_t;
 extern ferry__test_staging_t ferry__test_staging;
 /* ---- registered regions (region.c) ------------------------------------ */

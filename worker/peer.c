@@ -27,6 +27,7 @@
 #include <string.h>
 
 #include "common/log.h"
+#include "worker/copy_engine.h"
 #include "worker/ferry_int.h"
 
 /* UCX callback (lock held): remember the failure; the loop handles it. */
@@ -160,8 +161,14 @@ void ferry__peer_ref_for_failure(ferry__peer_t *peer)
     peer->refs++; /* the failed queue's; dropped by the loop */
 }
 
-static void rkey_destroy(ferry__rkey_t *rk)
+static void rkey_destroy(ferry_connector_t *c, ferry__rkey_t *rk)
 {
+    if (rk->pinned != NULL) {
+        if (rk->pin_undo) {
+            rk->pin_ops->unpin(rk->pinned_device, rk->pinned); /* before the unmap */
+        }
+        c->rkeys_pinned_bytes -= rk->pinned_len;
+    }
     ucp_rkey_destroy(rk->rkey);
     free(rk->packed);
     free(rk);
@@ -203,7 +210,7 @@ static void peer_close(ferry__peer_t *peer)
     while (peer->rkeys != NULL) {
         ferry__rkey_t *rk = peer->rkeys;
         peer->rkeys = rk->next;
-        rkey_destroy(rk);
+        rkey_destroy(peer->connector, rk);
     }
     if (peer->ep != NULL) {
         ep_close(peer, peer->failure != UCS_OK);
@@ -260,7 +267,7 @@ static void rkey_trim(ferry__peer_t *peer)
         if (++seen > FERRY__RKEY_CACHE_MAX && rk->refs == 0) {
             *pp = rk->next;
             peer->n_rkeys--;
-            rkey_destroy(rk);
+            rkey_destroy(peer->connector, rk);
         } else {
             pp = &rk->next;
         }

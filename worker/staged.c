@@ -31,6 +31,10 @@
  *                       -> XFER: get (into my slot or my memory) from the
  *                          passive slot i or straight from its memory, flush
  *                       -> [COPY_OUT: engine, my slot -> my memory] -> IDLE
+ *   Where the passive side's slots are mapped into this process (one node,
+ *   shared memory: map_remote), "my slot i" is its slot i: the engine
+ *   copies into it and the CHUNK goes at once (a write), or copies out of
+ *   it once the CREDIT says it holds the chunk (a read); no XFER.
  *   passive write: on CHUNK for slot i: COPY_OUT: engine, slot i -> my
  *                  memory; then CREDIT back (the slot is free) -> IDLE
  *   passive read:  on CHUNK for slot i: COPY_IN: engine, my memory -> slot
@@ -49,7 +53,9 @@
  * Midway ends: an active operation that becomes final (cancel, an engine
  * error, a refused chunk) starts no new step; once no put/get is in flight
  * (settle) it owes the passive side a NOTICE with its status, as on the
- * direct path. Until then it also keeps its regions (data_in_flight is set
+ * direct path; where it copies into or out of the passive side's mapped
+ * slots, its engine is synced first, since those copies reach them as a
+ * put or get would. Until then it also keeps its regions (data_in_flight is set
  * while in_xfer > 0): a lane's put or get may read or write the caller's
  * memory directly until its flush completes. A passive operation that
  * becomes final while a claimant is admitted sends it a CREDIT with the
@@ -130,6 +136,7 @@ struct ferry__stage {
     struct ferry__stage *stale_next; /* connector->stale */
     /* Active. */
     bool remote;          /* the passive side stages: lanes map to its slots */
+    bool mapped;          /* slots are the passive side's, mapped here */
     uint64_t remote_addr; /* its slot 0 */
     ferry__rkey_t *rkey;  /* its slot region */
     uint32_t next_desc;   /* the next chunk to start */
@@ -449,7 +456,7 @@ static void stage_free(ferry_connector_t *c, struct ferry__stage *s, bool keep)
 {
     if (s->mem != NULL) {
         slot_mem_give(c, s->mem, s->dirty);
-    } else if (s->engine != NULL) {
+    } else if (s->engine != NULL && !s->mapped) {
         s->engine->ops->free_pinned(s->engine, s->slots, (size_t)s->lanes * s->slot_size, keep);
     }
     ferry__copy_engine_destroy(s->engine);
@@ -651,9 +658,59 @@ static void passive_landed(ferry_op_t *op, unsigned i)
 
 /* ---- active ------------------------------------------------------------- */
 
+/* Active, with an engine, the passive side staging: its slots as mapped
+ * into this process. UCX's shared-memory transports map a peer's segment
+ * when its key is unpacked (ucp_rkey_ptr), and the passive side's slots
+ * are such a segment (slot memory, above), so the engine copies straight
+ * into them (a write) or out of them (a read): no put or get, which is a
+ * CPU copy on the loop's thread, and no slots of our own. Pinned by the
+ * engine once per key, kept while the key is cached (at most
+ * FERRY__RKEY_PIN_MAX per connector). false where they are not mapped
+ * (TCP, another host) or cannot be pinned: our own slots and puts or gets. */
+static bool map_remote(ferry_op_t *op)
+{
+    ferry_connector_t *c = op->connector;
+    struct ferry__stage *s = op->stage;
+    ferry__rkey_t *rk = s->rkey;
+    size_t len = (size_t)s->lanes * s->slot_size;
+    void *first = NULL, *last = NULL;
+    ferry_status_t status;
+
+    if (atomic_load(&ferry__test_staging.no_map) ||
+        ucp_rkey_ptr(rk->rkey, s->remote_addr, &first) != UCS_OK ||
+        ucp_rkey_ptr(rk->rkey, s->remote_addr + len - 1, &last) != UCS_OK ||
+        (uint8_t *)last != (uint8_t *)first + len - 1) {
+        return false;
+    }
+    if (rk->pinned == NULL) {
+        if (c->rkeys_pinned_bytes + len > FERRY__RKEY_PIN_MAX) {
+            return false;
+        }
+        status = s->engine->ops->pin(s->engine, first, len, &rk->pin_undo);
+        if (status != FERRY_OK) {
+            ferry_debug("%s: the passive side's slots, mapped: %s", op->label,
+                        ferry_last_error_message());
+            return false;
+        }
+        rk->pinned = first;
+        rk->pinned_len = len;
+        rk->pin_ops = s->engine->ops;
+        rk->pinned_device = op->descs[0].device.id;
+        c->rkeys_pinned_bytes += len;
+    } else if (rk->pin_ops != s->engine->ops || (uint8_t *)first < (uint8_t *)rk->pinned ||
+               (uint8_t *)first + len > (uint8_t *)rk->pinned + rk->pinned_len) {
+        return false;
+    }
+    s->slots = first;
+    s->mapped = true;
+    ferry_debug("%s: copying straight into the passive side's slots", op->label);
+    return true;
+}
+
 ferry_status_t ferry__staged_active_prepare(ferry_op_t *op, bool local_staged)
 {
     const Ferry__V1__Staging *st = op->md->staging;
+    struct ferry__stage *s;
     ferry_status_t status;
 
     if (!local_staged && st == NULL) {
@@ -667,18 +724,26 @@ ferry_status_t ferry__staged_active_prepare(ferry_op_t *op, bool local_staged)
         while (local_staged && lanes > 1 && (uint64_t)lanes * st->slot_size > LOCAL_MAX) {
             lanes--;
         }
-        status = stage_alloc(op, lanes, st->slot_size, local_staged, true);
+        status = stage_alloc(op, lanes, st->slot_size, local_staged, false);
     } else {
         status = stage_alloc(op, test_lanes(), chunk_for(op->descs, op->n), true, true);
     }
     if (status != FERRY_OK || st == NULL) {
         return status;
     }
-    op->stage->remote = true;
-    op->stage->remote_addr = st->address;
-    status = ferry__peer_rkey_get(op->peer, st->rkey.data, st->rkey.len, &op->stage->rkey);
+    s = op->stage;
+    s->remote = true;
+    s->remote_addr = st->address;
+    status = ferry__peer_rkey_get(op->peer, st->rkey.data, st->rkey.len, &s->rkey);
     if (status != FERRY_OK) {
         return ferry__fail(status, "metadata: staging.rkey: %s", ferry_last_error_message());
+    }
+    if (s->engine != NULL && !map_remote(op)) {
+        status = s->engine->ops->alloc_pinned(s->engine, (size_t)s->lanes * s->slot_size,
+                                              (void **)&s->slots);
+        if (status != FERRY_OK) {
+            return ferry__fail(status, "%s: staging: %s", op->label, ferry_last_error_message());
+        }
     }
     return FERRY_OK;
 }
@@ -834,6 +899,10 @@ void ferry__staged_settle(ferry_op_t *op)
         s->flushed || op->peer == NULL) {
         return;
     }
+    if (s->mapped) {
+        /* Nor may a copy of ours still write or read its slots. */
+        s->engine->ops->sync(s->engine);
+    }
     /* Nothing of ours is on the wire: release the passive side. */
     s->settled = true;
     msg.type = FERRY__MSG_NOTICE;
@@ -856,6 +925,25 @@ static void send_chunk(ferry_op_t *op, unsigned i)
     msg.offset = lane->offset;
     msg.len = lane->len;
     ferry__send_msg(op->peer, &msg, FERRY__REQ_CHUNK, op);
+}
+
+/* Active read: the engine copies the chunk in slot i (ours, or the
+ * passive side's mapped here) into the caller's memory. */
+static void read_out(ferry_op_t *op, unsigned i)
+{
+    struct ferry__stage *s = op->stage;
+    lane_t *lane = &s->lane[i];
+    const ferry_descriptor_t *d = &op->descs[lane->desc];
+    ferry_status_t st = s->engine->ops->copy_async(s->engine, (uint8_t *)d->ptr + lane->offset,
+                                                   slot_of(s, i), lane->len, &lane->ticket);
+
+    if (st != FERRY_OK) {
+        lane->state = LANE_IDLE;
+        active_fail(op, st, "%s", ferry_last_error_message());
+        return;
+    }
+    lane->state = LANE_COPY_OUT;
+    watch(op);
 }
 
 void ferry__staged_on_req(ferry__req_t *req)
@@ -897,16 +985,7 @@ void ferry__staged_on_req(ferry__req_t *req)
         return;
     }
     if (op->kind == FERRY__KIND_READ && s->engine != NULL) {
-        const ferry_descriptor_t *d = &op->descs[lane->desc];
-        ferry_status_t st =
-            s->engine->ops->copy_async(s->engine, (uint8_t *)d->ptr + lane->offset,
-                                       slot_of(s, req->lane), lane->len, &lane->ticket);
-        if (st != FERRY_OK) {
-            active_fail(op, st, "%s", ferry_last_error_message());
-            return;
-        }
-        lane->state = LANE_COPY_OUT;
-        watch(op);
+        read_out(op, req->lane);
         return;
     }
     pump(op);
@@ -947,6 +1026,8 @@ void ferry__staged_on_credit(ferry_connector_t *c, const ferry__msg_t *msg)
     s->lane[msg->slot].state = LANE_IDLE;
     if (ferry__op_is_final(op)) {
         ferry__staged_settle(op);
+    } else if (op->kind == FERRY__KIND_READ && s->mapped) {
+        read_out(op, msg->slot); /* its slot holds the chunk: copy it out */
     } else if (op->kind == FERRY__KIND_READ) {
         lane_xfer(op, msg->slot); /* its slot holds the chunk: get it */
     } else {
@@ -961,6 +1042,9 @@ static void copy_done(ferry_op_t *op, unsigned i)
 {
     if (is_passive(op)) {
         passive_landed(op, i);
+    } else if (op->kind == FERRY__KIND_WRITE && op->stage->mapped) {
+        op->stage->lane[i].state = LANE_CREDIT; /* the chunk is in its slot */
+        send_chunk(op, i);
     } else if (op->kind == FERRY__KIND_WRITE) {
         lane_xfer(op, i);
     } else {
@@ -1217,4 +1301,9 @@ unsigned ferry__staged_pooled(const ferry_connector_t *c)
         n++;
     }
     return n;
+}
+
+bool ferry__staged_mapped(const ferry_op_t *op)
+{
+    return op->stage != NULL && op->stage->mapped;
 }

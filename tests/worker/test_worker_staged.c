@@ -23,6 +23,11 @@
  *                             --writer-peer-errors: with peer error handling.
  *                             --reader, --reader-peer-errors: reads instead.
  *
+ * Over shared memory the active side's engine copies straight into (or out
+ * of) the passive side's slots, mapped into it; FERRY_TEST_STAGED_PUTS=1
+ * (test_worker_staged_puts) keeps it to its own slots and puts or gets, as
+ * over TCP (test_worker_staged_tcp).
+ *
  * Plus pure checks of the host engine, the CHUNK/CREDIT wire format and the
  * staging rules of the metadata.
  */
@@ -69,6 +74,17 @@ typedef struct {
 } report_t;
 
 static ferry__host_engine_faults_t *const faults = &ferry__host_engine_faults;
+
+/* Every case runs as a write (the parent writes a writable) and then as a
+ * read (the parent reads a readable): read_dir says which. */
+static bool read_dir;
+
+/* Whether the active side copies straight into (or out of) the passive
+ * side's slots, mapped into it: over shared memory, unless
+ * FERRY_TEST_STAGED_PUTS is set (test_worker_staged_puts), which keeps it
+ * to its own slots and puts or gets, as over TCP (test_worker_staged_tcp),
+ * where nothing is mapped. */
+static bool expect_mapped;
 
 static void faults_reset(void)
 {
@@ -310,6 +326,9 @@ static void run_case(const staged_case_t *k)
     if (st != FERRY_OK) {
         fail_msg("begin: %s: %s", ferry_status_name(st), ferry_last_error_message());
     }
+    ferry__lock(world.c);
+    assert_int_equal(ferry__staged_mapped(op), expect_mapped);
+    ferry__unlock(world.c);
     if (k->cancel_at != 0) {
         assert_true(wait_held(op));
         assert_int_equal(ferry_op_cancel(op), FERRY_OK);
@@ -340,10 +359,6 @@ static void run_case(const staged_case_t *k)
     free(descs);
     pair_free_bufs(bufs, cmd->n);
 }
-
-/* Every case runs as a write (the parent writes a writable) and then as a
- * read (the parent reads a readable): read_dir says which. */
-static bool read_dir;
 
 static staged_case_t ok_case(uint32_t n, uint64_t size, uint64_t chunk, uint32_t slots)
 {
@@ -1291,6 +1306,9 @@ int main(int argc, char **argv)
 
     signal(SIGPIPE, SIG_IGN);
     atomic_store(&ferry__test_staging.force, true);
+    atomic_store(&ferry__test_staging.no_map, getenv("FERRY_TEST_STAGED_PUTS") != NULL);
+    expect_mapped = getenv("FERRY_TEST_STAGED_PUTS") == NULL &&
+                    (getenv("UCX_TLS") == NULL || strcmp(getenv("UCX_TLS"), "tcp") != 0);
     if (argc == 4 && strcmp(argv[1], "--passive") == 0) {
         return passive_main(atoi(argv[2]), atoi(argv[3]));
     }
