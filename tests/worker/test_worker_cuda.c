@@ -532,6 +532,58 @@ static void test_staged_slots_pinned_once(void **state)
     atomic_store(&ferry__test_staging.force, false);
 }
 
+/* A GPU writer in another process than the staged writable copies into
+ * its slots, mapped into it over shared memory, and pins them there once
+ * (on the fake driver, which counts pins): two writes on a connector of
+ * its own leave one pin more, undone when that connector goes. Every byte
+ * arrives. */
+static void test_staged_mapped_slots_pinned_by_writer(void **state)
+{
+    unsigned (*registered)(void) = NULL;
+    ferry_connector_t *c;
+    unsigned pins = 0;
+    (void)state;
+
+    if (fake_driver == NULL) {
+        skip(); /* only the fake driver counts pins */
+    }
+    *(void **)&registered =
+        dlsym(dlopen(fake_driver, RTLD_NOW | RTLD_NOLOAD), "fake_cuda_registered");
+    assert_non_null(registered);
+    pins = registered();
+    atomic_store(&ferry__test_staging.force, true);
+    assert_int_equal(connector_create(&c), FERRY_OK);
+    for (uint32_t seed = 91; seed < 93; seed++) {
+        cmd_t cmd = {.kind = 'W', .cuda = 1, .force = 1, .n = 1, .size = BIG, .seed = seed};
+        regions_t src;
+        ferry_op_t *op;
+        uint8_t *md;
+        uint32_t md_len;
+        report_t rep;
+        bool mapped;
+
+        assert_int_equal(regions_alloc(&src, true, 1, BIG, seed), 0);
+        assert_int_equal(pair_write(world.passive.cmd_fd, &cmd, sizeof(cmd)), 0);
+        assert_int_equal(pair_recv_blob(world.passive.res_fd, &md, &md_len), 0);
+        assert_int_equal(ferry_write_begin(c, src.descs, 1, md, md_len, &op), FERRY_OK);
+        ferry__lock(c);
+        mapped = ferry__staged_mapped(op);
+        ferry__unlock(c);
+        assert_true(mapped);
+        assert_int_equal(ferry_op_wait(op, WAIT_TIMEOUT_MS), FERRY_OK);
+        assert_int_equal(pair_read(world.passive.res_fd, &rep, sizeof(rep), PAIR_IO_TIMEOUT_MS), 0);
+        assert_int_equal(rep.status, FERRY_OK);
+        assert_int_equal(rep.bytes_ok, 1);
+        assert_int_equal(registered(), pins + 1);
+        ferry_op_destroy(op);
+        free(md);
+        regions_free(&src);
+    }
+    assert_int_equal(ferry_connector_destroy(c), FERRY_OK);
+    assert_int_equal(registered(), pins);
+    atomic_store(&ferry__test_staging.force, false);
+}
+
 /* The fake driver fails the active side's second CUDA copy, a write
  * ('W') from its GPU memory or a read ('R') of a staged readable on the GPU
  * into its GPU memory: the active side ends ERRORED with the driver's
@@ -716,6 +768,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_read_d2d_1_staged),
         cmocka_unit_test(test_read_d2d_16_staged),
         cmocka_unit_test(test_staged_slots_pinned_once),
+        cmocka_unit_test(test_staged_mapped_slots_pinned_by_writer),
         cmocka_unit_test(test_cuda_copy_fails_midway_read),
         cmocka_unit_test(test_cuda_copy_fails_midway),
         cmocka_unit_test(test_writer_killed_midway),
