@@ -3,7 +3,7 @@
  * against, in one run on one GPU (issue #12).
  *
  *   ferry_bench_gpu [--device N] [--min-mib M] [--max-mib M] [--iters K]
- *                   [--staged-only] [--staged-puts]
+ *                   [--staged-only] [--staged-puts] [--reads]
  *
  * For each size (powers of 4 from --min-mib, default 1, to --max-mib,
  * default 1024):
@@ -19,6 +19,9 @@
  *     The writer copies straight into the passive side's slots where they
  *     are mapped into it (one node, shared memory); --staged-puts makes it
  *     use its own slots and UCX puts instead, as between nodes.
+ *   - with --reads, also the staged read: a reader on the GPU reads a
+ *     readable on the other process's GPU memory (row "stg-read"), beside
+ *     the same copies.
  *
  * A write is timed from ferry_write_begin to ferry_op_wait returning
  * COMPLETE on the writer (registration of the passive side's memory is
@@ -53,11 +56,13 @@ typedef struct {
     uint64_t size; /* 0: quit */
     int32_t force; /* staged path forced */
     int32_t iters; /* warm-up included */
+    int32_t read;  /* a readable (else a writable) */
 } cmd_t;
 
 static uint32_t device;
 static bool staged_only; /* --staged-only: the default path is not measured */
 static bool staged_puts; /* --staged-puts: never into the passive side's slots */
+static bool reads;       /* --reads: staged reads measured too */
 
 static double now_s(void)
 {
@@ -101,7 +106,8 @@ static int passive_main(int cmd_fd, int res_fd, uint64_t max)
             const uint8_t *md;
             size_t md_len;
             uint32_t len;
-            int32_t status = ferry_writable_create(c, &d, 1, &op);
+            int32_t status = cmd.read ? ferry_readable_create(c, &d, 1, &op)
+                                      : ferry_writable_create(c, &d, 1, &op);
             if (status != FERRY_OK) {
                 fprintf(stderr, "passive: %s\n", ferry_last_error_message());
                 return 1;
@@ -142,13 +148,14 @@ static double copy_gbps(ferry__copy_engine_t *e, void *dst, const void *src, uin
 
 /* ---- the writer -------------------------------------------------------------- */
 
-/* GB/s of Ferry writes of size bytes (iters timed after one warm-up); 0 on
- * failure. *staged_p: whether the passive side staged. */
-static double ferry_gbps(ferry_connector_t *c, int cmd_fd, int res_fd, void *src, uint64_t size,
-                         bool force, int iters, bool *staged_p)
+/* GB/s of Ferry writes of size bytes from mem (reads into it) (iters timed
+ * after one warm-up); 0 on failure. *staged_p: whether the passive side
+ * staged. */
+static double ferry_gbps(ferry_connector_t *c, int cmd_fd, int res_fd, void *mem, uint64_t size,
+                         bool force, bool read, int iters, bool *staged_p)
 {
-    ferry_descriptor_t d = {src, size, {FERRY_DEVICE_CUDA, device}};
-    cmd_t cmd = {.size = size, .force = force, .iters = iters + 1};
+    ferry_descriptor_t d = {mem, size, {FERRY_DEVICE_CUDA, device}};
+    cmd_t cmd = {.size = size, .force = force, .iters = iters + 1, .read = read};
     double total = 0;
 
     atomic_store(&ferry__test_staging.force, force);
@@ -171,7 +178,8 @@ static double ferry_gbps(ferry_connector_t *c, int cmd_fd, int res_fd, void *src
             ferry__metadata_free(m);
         }
         t0 = now_s();
-        st = ferry_write_begin(c, &d, 1, md, len, &op);
+        st = read ? ferry_read_begin(c, &d, 1, md, len, &op)
+                  : ferry_write_begin(c, &d, 1, md, len, &op);
         if (st == FERRY_OK) {
             st = ferry_op_wait(op, WAIT_MS);
         }
@@ -209,11 +217,12 @@ static int writer_main(int cmd_fd, int res_fd, uint64_t min, uint64_t max, int i
     memset(pinned, 7, max);
     ferry__cuda_memcpy(device, src, pinned, max);
     printf("ferry_bench_gpu: cuda:%" PRIu32
-           ", UCX %s CUDA memory (default path: %s); staged writes %s\n",
+           ", UCX %s CUDA memory (default path: %s); staged transfers %s\n",
            device, c->ucx_reports_cuda ? "registers" : "cannot register",
            c->ucx_cuda ? "direct" : "staged",
-           staged_puts ? "put from the writer's own slots (--staged-puts)"
-                       : "copy into the passive side's slots where mapped");
+           staged_puts
+               ? "go through the active side's own slots and UCX puts or gets (--staged-puts)"
+               : "copy into or out of the passive side's slots where mapped");
     printf("%-8s %12s %10s %-10s %10s %7s\n", "path", "bytes", "ferry_GBps", "reference",
            "ref_GBps", "ratio");
     for (uint64_t size = min; size <= max; size *= 4) {
@@ -226,16 +235,23 @@ static int writer_main(int cmd_fd, int res_fd, uint64_t min, uint64_t max, int i
         double def = 0, forced;
 
         if (!staged_only) {
-            def = ferry_gbps(c, cmd_fd, res_fd, src, size, false, iters, &staged);
+            def = ferry_gbps(c, cmd_fd, res_fd, src, size, false, false, iters, &staged);
             printf("%-8s %12" PRIu64 " %10.2f %-10s %10.2f %7.3f\n", staged ? "staged*" : "direct",
                    size, def, "d2d", d2d, d2d > 0 ? def / d2d : 0);
         }
-        forced = ferry_gbps(c, cmd_fd, res_fd, src, size, true, iters, &staged);
+        forced = ferry_gbps(c, cmd_fd, res_fd, src, size, true, false, iters, &staged);
         printf("%-8s %12" PRIu64 " %10.2f %-10s %10.2f %7.3f\n", "staged", size, forced,
                h2d < d2h ? "h2d" : "d2h", slower, slower > 0 ? forced / slower : 0);
         fflush(stdout);
         if ((!staged_only && def == 0) || forced == 0) {
             rc = 1;
+        }
+        if (reads) {
+            double r = ferry_gbps(c, cmd_fd, res_fd, dst, size, true, true, iters, &staged);
+            printf("%-8s %12" PRIu64 " %10.2f %-10s %10.2f %7.3f\n", "stg-read", size, r,
+                   h2d < d2h ? "h2d" : "d2h", slower, slower > 0 ? r / slower : 0);
+            fflush(stdout);
+            rc = r == 0 ? 1 : rc;
         }
     }
     printf("(staged*: the default path was staged: FERRY_CUDA_DIRECT is not 1, or this UCX has "
@@ -250,13 +266,11 @@ static int writer_main(int cmd_fd, int res_fd, uint64_t min, uint64_t max, int i
 
 int main(int argc, char **argv)
 {
-    static const struct option opts[] = {{"device", required_argument, NULL, 'd'},
-                                         {"min-mib", required_argument, NULL, 'm'},
-                                         {"max-mib", required_argument, NULL, 'M'},
-                                         {"iters", required_argument, NULL, 'i'},
-                                         {"staged-only", no_argument, NULL, 's'},
-                                         {"staged-puts", no_argument, NULL, 'p'},
-                                         {NULL, 0, NULL, 0}};
+    static const struct option opts[] = {
+        {"device", required_argument, NULL, 'd'},  {"min-mib", required_argument, NULL, 'm'},
+        {"max-mib", required_argument, NULL, 'M'}, {"iters", required_argument, NULL, 'i'},
+        {"staged-only", no_argument, NULL, 's'},   {"staged-puts", no_argument, NULL, 'p'},
+        {"reads", no_argument, NULL, 'r'},         {NULL, 0, NULL, 0}};
     uint64_t min = 1u << 20, max = 1u << 30;
     int iters = 20, o, to_child[2], from_child[2], wstatus = 0, rc;
     cmd_t quit = {0};
@@ -282,9 +296,12 @@ int main(int argc, char **argv)
         case 'p':
             staged_puts = true;
             break;
+        case 'r':
+            reads = true;
+            break;
         default:
             fprintf(stderr, "usage: ferry_bench_gpu [--device N] [--min-mib M] [--max-mib M] "
-                            "[--iters K] [--staged-only] [--staged-puts]\n");
+                            "[--iters K] [--staged-only] [--staged-puts] [--reads]\n");
             return 2;
         }
     }

@@ -16,8 +16,9 @@
 #   3. where nvidia-smi works: ferry_bench_gpu (Ferry GPU->GPU writes between
 #      two processes, 1 MiB .. 1 GiB, on the default path beside a
 #      device-to-device copy of the same size, and forced onto the staged
-#      path beside the slower host<->device copy; ratios; the staged rows
-#      again with --staged-puts, the writer putting from its own slots), then
+#      path beside the slower host<->device copy, and staged reads the same
+#      way (--reads); ratios; the staged rows again with --staged-puts, the
+#      active side going through its own slots and UCX puts or gets), then
 #      ferry_cuda_memcpy_bw (cudaMemcpy d2d, h2d, d2h) and ucx_perftest
 #      ucp_put_bw with -m cuda between two processes on GPU 0 (the raw UCX
 #      GPU->GPU reference, with UCX_PROTO_ENABLE=y: UCX 1.13's default
@@ -132,7 +133,8 @@ if [ "$gpu" -eq 1 ]; then
         say ">= 0.8 x the slower of h2d and d2h):"
         lim=$(($(left) - 20))
         [ "$lim" -lt 150 ] || lim=150
-        timeout -k 5 "$lim" "$B/build/bench/ferry_bench_gpu" --device 0 >"$R/logs/ferry_bench_gpu.txt" 2>&1
+        timeout -k 5 "$lim" "$B/build/bench/ferry_bench_gpu" --device 0 --reads \
+            >"$R/logs/ferry_bench_gpu.txt" 2>&1
         rc=$?
         sed 's/^/  /' "$R/logs/ferry_bench_gpu.txt" | tee -a "$REPORT"
         say "  (exit $rc$([ $rc -eq 124 ] && echo ': cut by the time budget, sizes above the last line not run'))"
@@ -145,9 +147,9 @@ if [ "$gpu" -eq 1 ]; then
     # into the passive side's mapped slots (the default on one node).
     if [ "$(left)" -gt 60 ]; then
         say ""
-        say "Ferry staged, the writer's own slots and UCX puts (--staged-puts), same run:"
+        say "Ferry staged, the active side's own slots and UCX puts or gets (--staged-puts), same run:"
         timeout -k 5 45 "$B/build/bench/ferry_bench_gpu" --device 0 --staged-only --staged-puts \
-            --max-mib 256 >"$R/logs/ferry_bench_gpu_puts.txt" 2>&1
+            --reads --max-mib 256 >"$R/logs/ferry_bench_gpu_puts.txt" 2>&1
         rc=$?
         sed 's/^/  /' "$R/logs/ferry_bench_gpu_puts.txt" | tee -a "$REPORT"
         say "  (exit $rc)"
