@@ -238,7 +238,8 @@ static size_t chunk_for(const ferry_descriptor_t *descs, size_t n)
  * it returned to the pool, as into a region (ferry.h: on shared memory and
  * TCP the claim step, not the key, keeps writers out); the packed key is
  * the same for every operation on the set, so the writer's key cache
- * unpacks it once. */
+ * unpacks it once (and, where the set is mapped into the writer, the
+ * writer pins it once: map_remote). */
 struct ferry__slot_mem {
     struct ferry__slot_mem *next; /* connector->slot_pool */
     uint8_t *base;
