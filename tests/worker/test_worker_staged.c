@@ -1041,6 +1041,78 @@ static void test_slots_pooled(void **state)
     free(b);
 }
 
+/* The passive side's slots pinned in a writer's process are bounded
+ * (FERRY__RKEY_PIN_MAX per connector): a writer with no room left for a
+ * new set's pin copies through its own slots and puts instead, and every
+ * byte still arrives. Two connectors in this process, over shared memory;
+ * the writer's pinned bytes are set near the bound by hand. */
+static void test_mapped_pins_bounded(void **state)
+{
+    const uint64_t size = 1u << 20;
+    const size_t set = 2 * (256u << 10);
+    uint8_t *a = malloc(size), *b = calloc(1, size), *b2 = calloc(1, size);
+    ferry_descriptor_t da = {a, size, FERRY_DEVICE_HOST_INIT};
+    ferry_descriptor_t db = {b, size, FERRY_DEVICE_HOST_INIT};
+    ferry_descriptor_t db2 = {b2, size, FERRY_DEVICE_HOST_INIT};
+    ferry_connector_t *pc, *ac;
+    ferry_op_t *x, *y, *wx, *wy;
+    const uint8_t *md;
+    size_t md_len, pinned, fake;
+    bool mapped_x, mapped_y;
+    (void)state;
+
+    if (!expect_mapped) {
+        skip(); /* nothing is mapped, so nothing is pinned */
+    }
+    pair_fill(a, size, 61, 0);
+    atomic_store(&ferry__test_staging.chunk, 256u << 10);
+    atomic_store(&ferry__test_staging.slots, 2);
+    faults_reset();
+    assert_int_equal(ferry_connector_create(NULL, &pc), FERRY_OK);
+    assert_int_equal(ferry_connector_create(NULL, &ac), FERRY_OK);
+    /* x's slots are mapped and pinned; y, alive beside x, has a set of its
+     * own, for which the writer has no room. */
+    assert_int_equal(ferry_writable_create(pc, &db, 1, &x), FERRY_OK);
+    assert_int_equal(ferry_writable_create(pc, &db2, 1, &y), FERRY_OK);
+    assert_int_equal(ferry_op_metadata(x, &md, &md_len), FERRY_OK);
+    assert_int_equal(ferry_write_begin(ac, &da, 1, md, md_len, &wx), FERRY_OK);
+    ferry__lock(ac);
+    mapped_x = ferry__staged_mapped(wx);
+    pinned = ac->rkeys_pinned_bytes;
+    fake = FERRY__RKEY_PIN_MAX - pinned - set + 1;
+    ac->rkeys_pinned_bytes += fake;
+    ferry__unlock(ac);
+    assert_true(mapped_x);
+    assert_int_equal(pinned, set);
+    assert_int_equal(ferry_op_metadata(y, &md, &md_len), FERRY_OK);
+    assert_int_equal(ferry_write_begin(ac, &da, 1, md, md_len, &wy), FERRY_OK);
+    ferry__lock(ac);
+    mapped_y = ferry__staged_mapped(wy);
+    ferry__unlock(ac);
+    assert_false(mapped_y);
+    assert_int_equal(ferry_op_wait(wx, WAIT_TIMEOUT_MS), FERRY_OK);
+    assert_int_equal(ferry_op_wait(wy, WAIT_TIMEOUT_MS), FERRY_OK);
+    assert_int_equal(ferry_op_wait(x, WAIT_TIMEOUT_MS), FERRY_OK);
+    assert_int_equal(ferry_op_wait(y, WAIT_TIMEOUT_MS), FERRY_OK);
+    assert_int_equal(pair_check(b, size, 61, 0), size);
+    assert_int_equal(pair_check(b2, size, 61, 0), size);
+    ferry__lock(ac);
+    assert_int_equal(ac->rkeys_pinned_bytes, pinned + fake);
+    ac->rkeys_pinned_bytes -= fake;
+    ferry__unlock(ac);
+    ferry_op_destroy(wx);
+    ferry_op_destroy(wy);
+    ferry_op_destroy(x);
+    ferry_op_destroy(y);
+    assert_int_equal(ferry_connector_destroy(ac), FERRY_OK);
+    assert_int_equal(ferry_connector_destroy(pc), FERRY_OK);
+    atomic_store(&ferry__test_staging.chunk, 0);
+    atomic_store(&ferry__test_staging.slots, 0);
+    free(a);
+    free(b);
+    free(b2);
+}
+
 /* The pool keeps at most FERRY__SLOT_POOL_BYTES: five writables of the
  * default four 4 MiB slots end, four sets stay (64 MiB) and the fifth is
  * freed; five more then take the four and allocate one. */
@@ -1301,6 +1373,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_stale_slots_released),
         cmocka_unit_test(test_forged_credit_ignored),
         cmocka_unit_test(test_slot_pool_bounded),
+        cmocka_unit_test(test_mapped_pins_bounded),
     };
     int failed;
 
