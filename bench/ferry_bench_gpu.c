@@ -63,6 +63,7 @@ static uint32_t device;
 static bool staged_only; /* --staged-only: the default path is not measured */
 static bool staged_puts; /* --staged-puts: never into the passive side's slots */
 static bool reads;       /* --reads: staged reads measured too */
+static bool mapped;      /* the last staged transfer went into mapped slots */
 
 static double now_s(void)
 {
@@ -181,6 +182,9 @@ static double ferry_gbps(ferry_connector_t *c, int cmd_fd, int res_fd, void *mem
         st = read ? ferry_read_begin(c, &d, 1, md, len, &op)
                   : ferry_write_begin(c, &d, 1, md, len, &op);
         if (st == FERRY_OK) {
+            ferry__lock(c);
+            mapped = ferry__staged_mapped(op);
+            ferry__unlock(c);
             st = ferry_op_wait(op, WAIT_MS);
         }
         if (i > 0) {
@@ -240,20 +244,23 @@ static int writer_main(int cmd_fd, int res_fd, uint64_t min, uint64_t max, int i
                    size, def, "d2d", d2d, d2d > 0 ? def / d2d : 0);
         }
         forced = ferry_gbps(c, cmd_fd, res_fd, src, size, true, false, iters, &staged);
-        printf("%-8s %12" PRIu64 " %10.2f %-10s %10.2f %7.3f\n", "staged", size, forced,
-               h2d < d2h ? "h2d" : "d2h", slower, slower > 0 ? forced / slower : 0);
+        printf("%-8s %12" PRIu64 " %10.2f %-10s %10.2f %7.3f\n", mapped ? "staged" : "staged-p",
+               size, forced, h2d < d2h ? "h2d" : "d2h", slower, slower > 0 ? forced / slower : 0);
         fflush(stdout);
         if ((!staged_only && def == 0) || forced == 0) {
             rc = 1;
         }
         if (reads) {
             double r = ferry_gbps(c, cmd_fd, res_fd, dst, size, true, true, iters, &staged);
-            printf("%-8s %12" PRIu64 " %10.2f %-10s %10.2f %7.3f\n", "stg-read", size, r,
-                   h2d < d2h ? "h2d" : "d2h", slower, slower > 0 ? r / slower : 0);
+            printf("%-8s %12" PRIu64 " %10.2f %-10s %10.2f %7.3f\n",
+                   mapped ? "stg-read" : "stg-rd-p", size, r, h2d < d2h ? "h2d" : "d2h", slower,
+                   slower > 0 ? r / slower : 0);
             fflush(stdout);
             rc = r == 0 ? 1 : rc;
         }
     }
+    printf("(-p: the active side went through its own slots and UCX puts or gets, not into "
+           "the passive side's slots mapped into it)\n");
     printf("(staged*: the default path was staged: FERRY_CUDA_DIRECT is not 1, or this UCX has "
            "no CUDA transports)\n");
     e->ops->free_pinned(e, pinned, max, false);
