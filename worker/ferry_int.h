@@ -188,7 +188,8 @@ typedef struct ferry__rkey {
     size_t pinned_len;
     const struct ferry__copy_engine_ops *pin_ops;
     uint32_t pinned_device;
-    bool pin_undo; /* pin_ops->unpin must undo the pin */
+    bool pin_undo;    /* pin_ops->unpin must undo the pin */
+    bool pin_refused; /* an engine could not pin them: not tried again */
 } ferry__rkey_t;
 
 /* One remote worker: a cached endpoint and the remote keys unpacked on it.

@@ -677,7 +677,7 @@ static bool map_remote(ferry_op_t *op)
     void *first = NULL, *last = NULL;
     ferry_status_t status;
 
-    if (atomic_load(&ferry__test_staging.no_map) ||
+    if (atomic_load(&ferry__test_staging.no_map) || rk->pin_refused ||
         ucp_rkey_ptr(rk->rkey, s->remote_addr, &first) != UCS_OK ||
         ucp_rkey_ptr(rk->rkey, s->remote_addr + len - 1, &last) != UCS_OK ||
         (uint8_t *)last != (uint8_t *)first + len - 1) {
@@ -689,8 +689,10 @@ static bool map_remote(ferry_op_t *op)
         }
         status = s->engine->ops->pin(s->engine, first, len, &rk->pin_undo);
         if (status != FERRY_OK) {
-            ferry_debug("%s: the passive side's slots, mapped: %s", op->label,
-                        ferry_last_error_message());
+            ferry_info("%s: the passive side's slots are mapped here but cannot be pinned (%s): "
+                       "copying through our own slots",
+                       op->label, ferry_last_error_message());
+            rk->pin_refused = true;
             return false;
         }
         rk->pinned = first;

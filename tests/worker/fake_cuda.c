@@ -11,7 +11,9 @@
  * allocation range; zeros for memory it does not know); cuMemHostAlloc is
  * "pinned host" memory; cuMemHostRegister pins host memory allocated
  * elsewhere (remembered, so that a second registration of it fails as the
- * driver's does, and fake_cuda_registered() counts what is still pinned);
+ * driver's does, and fake_cuda_registered() counts what is still pinned;
+ * fake_cuda_refuse_pins(1) makes it fail, fake_cuda_pin_calls() counts
+ * calls);
  * copies happen when queued, and an event reports
  * NOT_READY to its first query, so the engine's polling path runs.
  * fake_cuda_fail_copy(N) (found with dlsym) makes the Nth cuMemcpyAsync
@@ -52,9 +54,25 @@ static _Thread_local int current = -1;
 static atomic_uint copies;
 static atomic_uint fail_at;
 static uintptr_t pins[FAKE_PINS]; /* cuMemHostRegister'd bases (lock) */
+static atomic_bool refuse_pins;
+static atomic_uint pin_calls;
 
 FAKE_API void fake_cuda_fail_copy(unsigned nth);
 FAKE_API unsigned fake_cuda_registered(void);
+FAKE_API void fake_cuda_refuse_pins(int on);
+FAKE_API unsigned fake_cuda_pin_calls(void);
+
+/* While on, cuMemHostRegister fails (CUDA_ERROR_NOT_PERMITTED); calls are
+ * counted either way. */
+FAKE_API void fake_cuda_refuse_pins(int on)
+{
+    atomic_store(&refuse_pins, on != 0);
+}
+
+FAKE_API unsigned fake_cuda_pin_calls(void)
+{
+    return atomic_load(&pin_calls);
+}
 
 FAKE_API void fake_cuda_fail_copy(unsigned nth)
 {
@@ -253,11 +271,15 @@ FAKE_API CUresult CUDAAPI cuMemHostRegister(void *p, size_t size, unsigned int f
     int free_at = -1;
 
     (void)flags;
+    atomic_fetch_add(&pin_calls, 1);
     if (current < 0) {
         return CUDA_ERROR_INVALID_CONTEXT;
     }
     if (p == NULL || size == 0) {
         return CUDA_ERROR_INVALID_VALUE;
+    }
+    if (atomic_load(&refuse_pins)) {
+        return CUDA_ERROR_NOT_PERMITTED;
     }
     pthread_mutex_lock(&lock);
     for (int i = 0; i < FAKE_PINS; i++) {

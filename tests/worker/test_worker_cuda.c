@@ -584,6 +584,94 @@ static void test_staged_mapped_slots_pinned_by_writer(void **state)
     atomic_store(&ferry__test_staging.force, false);
 }
 
+/* Where the driver will not pin UCX's memory, both sides fall back and
+ * every byte still arrives: a passive side here takes the engine's pinned
+ * memory for its slots (pooled: nothing mapped after the first write), and a GPU
+ * writer here copies through its own slots and puts, having tried to pin
+ * the mapped slots once, not per operation. On the fake driver, told to
+ * refuse pins. */
+static void test_staged_pin_refused_falls_back(void **state)
+{
+    void (*refuse)(int);
+    unsigned (*calls)(void), (*registered)(void);
+    ferry_connector_stats_t before, after;
+    ferry_connector_t *c;
+    unsigned pins, tried;
+    (void)state;
+
+    if (fake_driver == NULL) {
+        skip(); /* a real driver pins on request */
+    }
+    void *h = dlopen(fake_driver, RTLD_NOW | RTLD_NOLOAD);
+    *(void **)&refuse = dlsym(h, "fake_cuda_refuse_pins");
+    *(void **)&calls = dlsym(h, "fake_cuda_pin_calls");
+    *(void **)&registered = dlsym(h, "fake_cuda_registered");
+    assert_true(refuse != NULL && calls != NULL && registered != NULL);
+    pins = registered();
+    refuse(1);
+    atomic_store(&ferry__test_staging.force, true);
+    /* The passive side here. */
+    assert_int_equal(connector_create(&c), FERRY_OK);
+    ferry_connector_get_stats(c, &before);
+    for (uint32_t seed = 101; seed < 104; seed++) {
+        ferry_op_t *passive, *active;
+        const uint8_t *md;
+        size_t md_len;
+        regions_t src, dst;
+
+        assert_int_equal(regions_alloc(&src, false, 1, BIG, seed), 0);
+        assert_int_equal(regions_alloc(&dst, true, 1, BIG, 0), 0);
+        assert_int_equal(ferry_writable_create(c, dst.descs, 1, &passive), FERRY_OK);
+        assert_int_equal(ferry_op_metadata(passive, &md, &md_len), FERRY_OK);
+        assert_int_equal(ferry_write_begin(world.c, src.descs, 1, md, md_len, &active), FERRY_OK);
+        assert_int_equal(ferry_op_wait(active, WAIT_TIMEOUT_MS), FERRY_OK);
+        assert_int_equal(ferry_op_wait(passive, WAIT_TIMEOUT_MS), FERRY_OK);
+        assert_true(regions_check(&dst, seed));
+        ferry_op_destroy(active);
+        ferry_op_destroy(passive);
+        regions_free(&src);
+        regions_free(&dst);
+    }
+    ferry_connector_get_stats(c, &after);
+    /* UCX's memory, given back when the pin failed, then the engine's,
+     * pooled: nothing more for the next two writes. */
+    assert_int_equal(after.mem_maps - before.mem_maps, 2);
+    assert_int_equal(registered(), pins);
+    assert_int_equal(ferry_connector_destroy(c), FERRY_OK);
+    /* The writer here, the passive side in the partner process. */
+    assert_int_equal(connector_create(&c), FERRY_OK);
+    tried = calls();
+    for (uint32_t seed = 111; seed < 113; seed++) {
+        cmd_t cmd = {.kind = 'W', .cuda = 1, .force = 1, .n = 1, .size = BIG, .seed = seed};
+        regions_t src;
+        ferry_op_t *op;
+        uint8_t *md;
+        uint32_t md_len;
+        report_t rep;
+        bool mapped;
+
+        assert_int_equal(regions_alloc(&src, true, 1, BIG, seed), 0);
+        assert_int_equal(pair_write(world.passive.cmd_fd, &cmd, sizeof(cmd)), 0);
+        assert_int_equal(pair_recv_blob(world.passive.res_fd, &md, &md_len), 0);
+        assert_int_equal(ferry_write_begin(c, src.descs, 1, md, md_len, &op), FERRY_OK);
+        ferry__lock(c);
+        mapped = ferry__staged_mapped(op);
+        ferry__unlock(c);
+        assert_false(mapped);
+        assert_int_equal(ferry_op_wait(op, WAIT_TIMEOUT_MS), FERRY_OK);
+        assert_int_equal(pair_read(world.passive.res_fd, &rep, sizeof(rep), PAIR_IO_TIMEOUT_MS), 0);
+        assert_int_equal(rep.status, FERRY_OK);
+        assert_int_equal(rep.bytes_ok, 1);
+        ferry_op_destroy(op);
+        free(md);
+        regions_free(&src);
+    }
+    assert_int_equal(calls() - tried, 1);
+    assert_int_equal(ferry_connector_destroy(c), FERRY_OK);
+    refuse(0);
+    atomic_store(&ferry__test_staging.force, false);
+}
+
 /* The fake driver fails the active side's second CUDA copy, a write
  * ('W') from its GPU memory or a read ('R') of a staged readable on the GPU
  * into its GPU memory: the active side ends ERRORED with the driver's
@@ -769,6 +857,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_read_d2d_16_staged),
         cmocka_unit_test(test_staged_slots_pinned_once),
         cmocka_unit_test(test_staged_mapped_slots_pinned_by_writer),
+        cmocka_unit_test(test_staged_pin_refused_falls_back),
         cmocka_unit_test(test_cuda_copy_fails_midway_read),
         cmocka_unit_test(test_cuda_copy_fails_midway),
         cmocka_unit_test(test_writer_killed_midway),
