@@ -1050,10 +1050,8 @@ static void test_mapped_pins_bounded(void **state)
 {
     const uint64_t size = 1u << 20;
     const size_t set = 2 * (256u << 10);
-    uint8_t *a = malloc(size), *b = calloc(1, size), *b2 = calloc(1, size);
-    ferry_descriptor_t da = {a, size, FERRY_DEVICE_HOST_INIT};
-    ferry_descriptor_t db = {b, size, FERRY_DEVICE_HOST_INIT};
-    ferry_descriptor_t db2 = {b2, size, FERRY_DEVICE_HOST_INIT};
+    uint8_t *a, *b, *b2;
+    ferry_descriptor_t da, db, db2;
     ferry_connector_t *pc, *ac;
     ferry_op_t *x, *y, *wx, *wy;
     const uint8_t *md;
@@ -1064,6 +1062,12 @@ static void test_mapped_pins_bounded(void **state)
     if (!expect_mapped) {
         skip(); /* nothing is mapped, so nothing is pinned */
     }
+    a = malloc(size);
+    b = calloc(1, size);
+    b2 = calloc(1, size);
+    da = (ferry_descriptor_t){a, size, FERRY_DEVICE_HOST_INIT};
+    db = (ferry_descriptor_t){b, size, FERRY_DEVICE_HOST_INIT};
+    db2 = (ferry_descriptor_t){b2, size, FERRY_DEVICE_HOST_INIT};
     pair_fill(a, size, 61, 0);
     atomic_store(&ferry__test_staging.chunk, 256u << 10);
     atomic_store(&ferry__test_staging.slots, 2);
