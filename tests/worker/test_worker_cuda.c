@@ -479,6 +479,59 @@ static void test_mem_alloc(void **state)
     assert_int_equal(ferry_mem_deregister(region), FERRY_OK);
 }
 
+/* A staged write of BIG host bytes (seed) from world.c into a writable on
+ * GPU memory that connector c (this process) creates; every byte checked. */
+static void write_into_here(ferry_connector_t *c, uint32_t seed)
+{
+    ferry_op_t *passive, *active;
+    const uint8_t *md;
+    size_t md_len;
+    regions_t src, dst;
+
+    assert_int_equal(regions_alloc(&src, false, 1, BIG, seed), 0);
+    assert_int_equal(regions_alloc(&dst, true, 1, BIG, 0), 0);
+    assert_int_equal(ferry_writable_create(c, dst.descs, 1, &passive), FERRY_OK);
+    assert_int_equal(ferry_op_metadata(passive, &md, &md_len), FERRY_OK);
+    assert_int_equal(ferry_write_begin(world.c, src.descs, 1, md, md_len, &active), FERRY_OK);
+    assert_int_equal(ferry_op_wait(active, WAIT_TIMEOUT_MS), FERRY_OK);
+    assert_int_equal(ferry_op_wait(passive, WAIT_TIMEOUT_MS), FERRY_OK);
+    assert_true(regions_check(&dst, seed));
+    ferry_op_destroy(active);
+    ferry_op_destroy(passive);
+    regions_free(&src);
+    regions_free(&dst);
+}
+
+/* A staged write of BIG GPU bytes (seed) from connector c (this process)
+ * into a writable on the partner's GPU; the partner checks every byte.
+ * Returns whether c copied into the partner's slots mapped here. */
+static bool write_into_partner(ferry_connector_t *c, uint32_t seed)
+{
+    cmd_t cmd = {.kind = 'W', .cuda = 1, .force = 1, .n = 1, .size = BIG, .seed = seed};
+    regions_t src;
+    ferry_op_t *op;
+    uint8_t *md;
+    uint32_t md_len;
+    report_t rep;
+    bool mapped;
+
+    assert_int_equal(regions_alloc(&src, true, 1, BIG, seed), 0);
+    assert_int_equal(pair_write(world.passive.cmd_fd, &cmd, sizeof(cmd)), 0);
+    assert_int_equal(pair_recv_blob(world.passive.res_fd, &md, &md_len), 0);
+    assert_int_equal(ferry_write_begin(c, src.descs, 1, md, md_len, &op), FERRY_OK);
+    ferry__lock(c);
+    mapped = ferry__staged_mapped(op);
+    ferry__unlock(c);
+    assert_int_equal(ferry_op_wait(op, WAIT_TIMEOUT_MS), FERRY_OK);
+    assert_int_equal(pair_read(world.passive.res_fd, &rep, sizeof(rep), PAIR_IO_TIMEOUT_MS), 0);
+    assert_int_equal(rep.status, FERRY_OK);
+    assert_int_equal(rep.bytes_ok, 1);
+    ferry_op_destroy(op);
+    free(md);
+    regions_free(&src);
+    return mapped;
+}
+
 /* A staged writable's slots are pinned once: three writes into GPU
  * memory on one connector of this process make one ucp_mem_map and (on
  * the fake driver, which counts them) one cuMemHostRegister, which stays
@@ -489,7 +542,6 @@ static void test_staged_slots_pinned_once(void **state)
     unsigned (*registered)(void) = NULL;
     ferry_connector_stats_t before, after;
     ferry_connector_t *c;
-    regions_t src, dst;
     unsigned pins = 0;
     (void)state;
 
@@ -503,25 +555,10 @@ static void test_staged_slots_pinned_once(void **state)
     assert_int_equal(connector_create(&c), FERRY_OK);
     ferry_connector_get_stats(c, &before);
     for (uint32_t seed = 81; seed < 84; seed++) {
-        ferry_op_t *passive, *active;
-        const uint8_t *md;
-        size_t md_len;
-
-        assert_int_equal(regions_alloc(&src, false, 1, BIG, seed), 0);
-        assert_int_equal(regions_alloc(&dst, true, 1, BIG, 0), 0);
-        assert_int_equal(ferry_writable_create(c, dst.descs, 1, &passive), FERRY_OK);
-        assert_int_equal(ferry_op_metadata(passive, &md, &md_len), FERRY_OK);
-        assert_int_equal(ferry_write_begin(world.c, src.descs, 1, md, md_len, &active), FERRY_OK);
-        assert_int_equal(ferry_op_wait(active, WAIT_TIMEOUT_MS), FERRY_OK);
-        assert_int_equal(ferry_op_wait(passive, WAIT_TIMEOUT_MS), FERRY_OK);
-        assert_true(regions_check(&dst, seed));
-        ferry_op_destroy(active);
-        ferry_op_destroy(passive);
+        write_into_here(c, seed);
         if (registered != NULL) {
             assert_int_equal(registered(), pins + 1);
         }
-        regions_free(&src);
-        regions_free(&dst);
     }
     ferry_connector_get_stats(c, &after);
     assert_int_equal(after.mem_maps - before.mem_maps, 1);
@@ -554,30 +591,8 @@ static void test_staged_mapped_slots_pinned_by_writer(void **state)
     atomic_store(&ferry__test_staging.force, true);
     assert_int_equal(connector_create(&c), FERRY_OK);
     for (uint32_t seed = 91; seed < 93; seed++) {
-        cmd_t cmd = {.kind = 'W', .cuda = 1, .force = 1, .n = 1, .size = BIG, .seed = seed};
-        regions_t src;
-        ferry_op_t *op;
-        uint8_t *md;
-        uint32_t md_len;
-        report_t rep;
-        bool mapped;
-
-        assert_int_equal(regions_alloc(&src, true, 1, BIG, seed), 0);
-        assert_int_equal(pair_write(world.passive.cmd_fd, &cmd, sizeof(cmd)), 0);
-        assert_int_equal(pair_recv_blob(world.passive.res_fd, &md, &md_len), 0);
-        assert_int_equal(ferry_write_begin(c, src.descs, 1, md, md_len, &op), FERRY_OK);
-        ferry__lock(c);
-        mapped = ferry__staged_mapped(op);
-        ferry__unlock(c);
-        assert_true(mapped);
-        assert_int_equal(ferry_op_wait(op, WAIT_TIMEOUT_MS), FERRY_OK);
-        assert_int_equal(pair_read(world.passive.res_fd, &rep, sizeof(rep), PAIR_IO_TIMEOUT_MS), 0);
-        assert_int_equal(rep.status, FERRY_OK);
-        assert_int_equal(rep.bytes_ok, 1);
+        assert_true(write_into_partner(c, seed));
         assert_int_equal(registered(), pins + 1);
-        ferry_op_destroy(op);
-        free(md);
-        regions_free(&src);
     }
     assert_int_equal(ferry_connector_destroy(c), FERRY_OK);
     assert_int_equal(registered(), pins);
@@ -597,12 +612,13 @@ static void test_staged_pin_refused_falls_back(void **state)
     ferry_connector_stats_t before, after;
     ferry_connector_t *c;
     unsigned pins, tried;
+    void *h;
     (void)state;
 
     if (fake_driver == NULL) {
         skip(); /* a real driver pins on request */
     }
-    void *h = dlopen(fake_driver, RTLD_NOW | RTLD_NOLOAD);
+    h = dlopen(fake_driver, RTLD_NOW | RTLD_NOLOAD);
     *(void **)&refuse = dlsym(h, "fake_cuda_refuse_pins");
     *(void **)&calls = dlsym(h, "fake_cuda_pin_calls");
     *(void **)&registered = dlsym(h, "fake_cuda_registered");
@@ -614,23 +630,7 @@ static void test_staged_pin_refused_falls_back(void **state)
     assert_int_equal(connector_create(&c), FERRY_OK);
     ferry_connector_get_stats(c, &before);
     for (uint32_t seed = 101; seed < 104; seed++) {
-        ferry_op_t *passive, *active;
-        const uint8_t *md;
-        size_t md_len;
-        regions_t src, dst;
-
-        assert_int_equal(regions_alloc(&src, false, 1, BIG, seed), 0);
-        assert_int_equal(regions_alloc(&dst, true, 1, BIG, 0), 0);
-        assert_int_equal(ferry_writable_create(c, dst.descs, 1, &passive), FERRY_OK);
-        assert_int_equal(ferry_op_metadata(passive, &md, &md_len), FERRY_OK);
-        assert_int_equal(ferry_write_begin(world.c, src.descs, 1, md, md_len, &active), FERRY_OK);
-        assert_int_equal(ferry_op_wait(active, WAIT_TIMEOUT_MS), FERRY_OK);
-        assert_int_equal(ferry_op_wait(passive, WAIT_TIMEOUT_MS), FERRY_OK);
-        assert_true(regions_check(&dst, seed));
-        ferry_op_destroy(active);
-        ferry_op_destroy(passive);
-        regions_free(&src);
-        regions_free(&dst);
+        write_into_here(c, seed);
     }
     ferry_connector_get_stats(c, &after);
     /* UCX's memory, given back when the pin failed, then the engine's,
@@ -642,29 +642,7 @@ static void test_staged_pin_refused_falls_back(void **state)
     assert_int_equal(connector_create(&c), FERRY_OK);
     tried = calls();
     for (uint32_t seed = 111; seed < 113; seed++) {
-        cmd_t cmd = {.kind = 'W', .cuda = 1, .force = 1, .n = 1, .size = BIG, .seed = seed};
-        regions_t src;
-        ferry_op_t *op;
-        uint8_t *md;
-        uint32_t md_len;
-        report_t rep;
-        bool mapped;
-
-        assert_int_equal(regions_alloc(&src, true, 1, BIG, seed), 0);
-        assert_int_equal(pair_write(world.passive.cmd_fd, &cmd, sizeof(cmd)), 0);
-        assert_int_equal(pair_recv_blob(world.passive.res_fd, &md, &md_len), 0);
-        assert_int_equal(ferry_write_begin(c, src.descs, 1, md, md_len, &op), FERRY_OK);
-        ferry__lock(c);
-        mapped = ferry__staged_mapped(op);
-        ferry__unlock(c);
-        assert_false(mapped);
-        assert_int_equal(ferry_op_wait(op, WAIT_TIMEOUT_MS), FERRY_OK);
-        assert_int_equal(pair_read(world.passive.res_fd, &rep, sizeof(rep), PAIR_IO_TIMEOUT_MS), 0);
-        assert_int_equal(rep.status, FERRY_OK);
-        assert_int_equal(rep.bytes_ok, 1);
-        ferry_op_destroy(op);
-        free(md);
-        regions_free(&src);
+        assert_false(write_into_partner(c, seed));
     }
     assert_int_equal(calls() - tried, 1);
     assert_int_equal(ferry_connector_destroy(c), FERRY_OK);
