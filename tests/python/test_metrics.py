@@ -80,8 +80,23 @@ class Metrics(unittest.TestCase):
             fn(*args, timeout=10)
         self.assertEqual(cm.exception.code(), code)
 
+    def settled(self):
+        """One scrape once no call is in flight, so that every earlier call,
+        other tests' too, is in it: a call leaves ferry_rpc_in_flight in the
+        same step as it is counted (metrics.c, under one lock), which may be
+        just after its answer reached its client."""
+        snap = {}
+
+        def idle():
+            snap.clear()
+            snap.update(scrape())
+            return all(v == 0 for (name, _), v in snap.items() if name == "ferry_rpc_in_flight")
+
+        ferry_harness.wait_until(idle, 20, "no call in flight")
+        return snap
+
     def test_requests_by_method_and_code(self):
-        before = scrape()
+        before = self.settled()
         self.register("m-a")
         self.register("m-b")
         self.expect_code(grpc.StatusCode.ALREADY_EXISTS, self.register, "m-a")
