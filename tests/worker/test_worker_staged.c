@@ -1117,6 +1117,85 @@ static void test_mapped_pins_bounded(void **state)
     free(b2);
 }
 
+/* A passive side's staging block is the peer's word: slots it names that
+ * reach past the segment its key maps (half a set further on, or far
+ * away) are not copied into directly; the writer takes its own slots. The
+ * writer cancels before the passive connector (caller progress) runs its
+ * loop, so no byte moves. */
+static void test_mapped_slots_out_of_range_refused(void **state)
+{
+    ferry_connector_params_t caller = {.field_mask = FERRY_CONNECTOR_PARAM_FIELD_PROGRESS_MODE,
+                                       .progress_mode = FERRY_PROGRESS_CALLER};
+    const uint64_t size = 1u << 20;
+    const uint64_t shifts[] = {0, 256u << 10, 1ull << 40};
+    uint8_t *a, *b;
+    ferry_descriptor_t da, db;
+    ferry_connector_t *pc, *ac;
+    ferry_op_t *passive;
+    const uint8_t *md;
+    size_t md_len;
+    int64_t deadline;
+    unsigned live;
+    (void)state;
+
+    if (!expect_mapped) {
+        skip(); /* nothing is mapped here */
+    }
+    a = calloc(1, size);
+    b = calloc(1, size);
+    da = (ferry_descriptor_t){a, size, FERRY_DEVICE_HOST_INIT};
+    db = (ferry_descriptor_t){b, size, FERRY_DEVICE_HOST_INIT};
+    atomic_store(&ferry__test_staging.chunk, 256u << 10);
+    atomic_store(&ferry__test_staging.slots, 2);
+    faults_reset();
+    assert_int_equal(ferry_connector_create(&caller, &pc), FERRY_OK);
+    assert_int_equal(ferry_connector_create(NULL, &ac), FERRY_OK);
+    assert_int_equal(ferry_writable_create(pc, &db, 1, &passive), FERRY_OK);
+    assert_int_equal(ferry_op_metadata(passive, &md, &md_len), FERRY_OK);
+    for (size_t i = 0; i < sizeof(shifts) / sizeof(shifts[0]); i++) {
+        Ferry__V1__RdmaMetadata *m;
+        uint8_t *forged;
+        size_t forged_len;
+        ferry_op_t *active;
+        bool mapped;
+
+        assert_int_equal(ferry__metadata_decode(md, md_len, &m), FERRY_OK);
+        assert_non_null(m->staging);
+        m->staging->address += shifts[i];
+        forged_len = ferry__v1__rdma_metadata__get_packed_size(m);
+        forged = malloc(forged_len);
+        ferry__v1__rdma_metadata__pack(m, forged);
+        ferry__metadata_free(m);
+        assert_int_equal(ferry_write_begin(ac, &da, 1, forged, forged_len, &active), FERRY_OK);
+        ferry__lock(ac);
+        mapped = ferry__staged_mapped(active);
+        ferry__unlock(ac);
+        assert_int_equal(mapped, shifts[i] == 0); /* the honest block is mapped */
+        assert_int_equal(ferry_op_cancel(active), FERRY_OK);
+        assert_int_equal(ferry_op_wait(active, WAIT_TIMEOUT_MS), FERRY_ERR_CANCELLED);
+        ferry_op_destroy(active);
+        free(forged);
+        /* The claim waits on pc's loop (its endpoint's wireup too): run it
+         * until the cancelled op is gone from ac. It may admit the claim,
+         * whose writer has stopped; nothing moves. */
+        deadline = pair_now_ms() + WAIT_TIMEOUT_MS;
+        do {
+            assert_int_equal(ferry_connector_progress(pc), FERRY_OK);
+            ferry__lock(ac);
+            live = ac->live_ops;
+            ferry__unlock(ac);
+        } while (live > 0 && pair_now_ms() < deadline);
+        assert_int_equal(live, 0);
+    }
+    ferry_op_destroy(passive);
+    assert_int_equal(ferry_connector_destroy(ac), FERRY_OK);
+    assert_int_equal(ferry_connector_destroy(pc), FERRY_OK);
+    atomic_store(&ferry__test_staging.chunk, 0);
+    atomic_store(&ferry__test_staging.slots, 0);
+    free(a);
+    free(b);
+}
+
 /* The pool keeps at most FERRY__SLOT_POOL_BYTES: five writables of the
  * default four 4 MiB slots end, four sets stay (64 MiB) and the fifth is
  * freed; five more then take the four and allocate one. */
@@ -1378,6 +1457,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_forged_credit_ignored),
         cmocka_unit_test(test_slot_pool_bounded),
         cmocka_unit_test(test_mapped_pins_bounded),
+        cmocka_unit_test(test_mapped_slots_out_of_range_refused),
     };
     int failed;
 
