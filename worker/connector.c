@@ -773,6 +773,44 @@ static void drain_for_destroy(ferry_connector_t *c)
     }
 }
 
+/* Connectors that destroy left behind (abandon), reachable from here and
+ * never freed. */
+static pthread_mutex_t abandoned_lock = PTHREAD_MUTEX_INITIALIZER;
+static ferry_connector_t *abandoned;
+static unsigned n_abandoned;
+
+/* Destroy, lock held, when operations outlived the drain: each is held by
+ * a UCX request that cannot end without its peer (a claim or notice waiting
+ * on the wireup of an endpoint to a process that stopped), and without
+ * peer error handling UCX has no way to cancel it. ucp_worker_destroy would
+ * then purge requests UCX says must be flushed first (UCX 1.13 asserts on
+ * a connecting TCP endpoint's, aborting the process; on shared memory it
+ * completes them after our last drain, and the operations leak), so the
+ * worker, the context and what they hold are left as they are, never
+ * freed; the progress thread has stopped. */
+static void abandon(ferry_connector_t *c)
+{
+    ferry_warn("connector %s: %u operations wait on peers that never answered, and without peer "
+               "error handling UCX cannot cancel them: the connector's UCX worker is left behind "
+               "(not freed) instead of destroyed",
+               c->name, c->live_ops);
+    pthread_mutex_lock(&abandoned_lock);
+    c->abandoned_next = abandoned;
+    abandoned = c;
+    n_abandoned++;
+    pthread_mutex_unlock(&abandoned_lock);
+}
+
+unsigned ferry__connectors_abandoned(void)
+{
+    unsigned n;
+
+    pthread_mutex_lock(&abandoned_lock);
+    n = n_abandoned;
+    pthread_mutex_unlock(&abandoned_lock);
+    return n;
+}
+
 ferry_status_t ferry_connector_destroy(ferry_connector_t *c)
 {
     unsigned alive;
@@ -805,8 +843,13 @@ ferry_status_t ferry_connector_destroy(ferry_connector_t *c)
     ferry__connector_deliver(c);
     ferry__lock(c);
     drain_for_destroy(c);
+    if (c->live_ops > 0 && ferry__peer_cache_force_close(c)) {
+        drain_for_destroy(c);
+    }
     if (c->live_ops > 0) {
-        ferry_error("connector %s: destroyed with %u operations still alive", c->name, c->live_ops);
+        abandon(c);
+        ferry__unlock(c);
+        return FERRY_OK;
     }
     ferry__peer_cache_clear(c);
     ferry__staged_stale_free(c);

@@ -309,7 +309,12 @@ struct ferry_connector {
     struct ferry_region *regions;
     uint64_t next_region_id;
     uint64_t mem_maps; /* ucp_mem_map calls made (ferry__mem_map); in the stats */
+    struct ferry_connector *abandoned_next; /* connector.c: left behind by destroy */
 };
+
+/* How many connectors ferry_connector_destroy left behind (connector.c,
+ * abandon), for tests. */
+unsigned ferry__connectors_abandoned(void);
 
 /* Lock helpers (abort on a broken mutex: that is a programmer error). */
 void ferry__lock(ferry_connector_t *c);
@@ -345,6 +350,11 @@ ferry_status_t ferry__peer_rkey_get(ferry__peer_t *peer, const uint8_t *packed, 
 void ferry__peer_rkey_put(ferry__peer_t *peer, ferry__rkey_t *rkey);
 /* Drops every cached peer (connector destroy), closing endpoints. */
 void ferry__peer_cache_clear(ferry_connector_t *c);
+/* Connector destroy: closes by force every cached endpoint an operation
+ * still holds (ferry__peer_force_close: UCX cancels what waits on it, and
+ * the loop ends its operations). False, doing nothing, without peer error
+ * handling. Lock held. */
+bool ferry__peer_cache_force_close(ferry_connector_t *c);
 /* Takes a peer out of the cache (it failed) and drops the cache's
  * reference; no-op when it is not cached. */
 void ferry__peer_uncache(ferry__peer_t *peer);

@@ -256,6 +256,22 @@ void ferry__peer_cache_clear(ferry_connector_t *c)
     }
 }
 
+bool ferry__peer_cache_force_close(ferry_connector_t *c)
+{
+    ferry__peer_t *next;
+
+    if (!c->peer_error_handling) {
+        return false;
+    }
+    for (ferry__peer_t *peer = c->peers; peer != NULL; peer = next) {
+        next = peer->next; /* the close takes it out of the cache */
+        if (peer->refs > 1) {
+            ferry__peer_force_close(peer);
+        }
+    }
+    return true;
+}
+
 /* Evicts the oldest unused keys beyond the cap (the list is newest first). */
 static void rkey_trim(ferry__peer_t *peer)
 {

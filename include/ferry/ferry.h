@@ -202,7 +202,17 @@ FERRY_API ferry_status_t ferry_connector_create(const ferry_connector_params_t *
  * every operation has been destroyed and every region deregistered: with
  * operations or regions still alive it
  * returns FERRY_ERR_BUSY and changes nothing (as uv_loop_close returns
- * UV_EBUSY); destroy them and call it again. NULL is a no-op (FERRY_OK). */
+ * UV_EBUSY); destroy them and call it again. NULL is a no-op (FERRY_OK).
+ * A destroyed operation's last message to a peer that never answers (a
+ * claim or notice to a stopped process) can outlive it inside UCX; destroy
+ * gives such messages about a second, then, with peer error handling,
+ * closes their endpoints by force (UCX cancels them). Without peer error
+ * handling UCX cannot cancel them, and destroying its worker under them
+ * is what UCX forbids (it aborts the process over TCP): destroy then
+ * stops the progress thread and returns FERRY_OK, but leaves the UCX
+ * worker and what it holds allocated for the life of the process, with a
+ * warning. No caller memory is held: such a message is in libferry's own
+ * buffer. */
 FERRY_API ferry_status_t ferry_connector_destroy(ferry_connector_t *connector);
 
 /* The name and host name; valid as long as the connector. */
