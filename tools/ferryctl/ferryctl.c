@@ -28,6 +28,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "common/tls_flags.h"
 #include "ctl.h"
 #include "grpc/health/v1/health.pb-c.h"
 
@@ -193,55 +194,12 @@ static bool parse_one(int opt, options_t *o)
     }
 }
 
-/* The first TLS option set but empty, or NULL. */
-static const char *empty_tls_option(const options_t *o)
-{
-    if (o->tls_ca != NULL && o->tls_ca[0] == '\0') {
-        return "--tls-ca (FERRY_TLS_CA)";
-    }
-    if (o->tls_cert != NULL && o->tls_cert[0] == '\0') {
-        return "--tls-cert (FERRY_TLS_CERT)";
-    }
-    if (o->tls_key != NULL && o->tls_key[0] == '\0') {
-        return "--tls-key (FERRY_TLS_KEY)";
-    }
-    if (o->tls_server_name != NULL && o->tls_server_name[0] == '\0') {
-        return "--tls-server-name";
-    }
-    return NULL;
-}
-
-/* TLS is turned on by --tls-ca: a certificate, key or server name without
- * it would be dropped and ferryctl would talk plaintext, so it is refused
- * (as ferry-worker does); false, said, then. */
+/* The TLS flags' rules (common/tls_flags.h); false, said, when broken. */
 static bool check_tls_flags(const options_t *o)
 {
-    const char *empty = empty_tls_option(o);
-    const char *without_ca = o->tls_cert != NULL          ? "--tls-cert (FERRY_TLS_CERT)"
-                             : o->tls_key != NULL         ? "--tls-key (FERRY_TLS_KEY)"
-                             : o->tls_server_name != NULL ? "--tls-server-name"
-                                                          : NULL;
+    ferry_tls_flags_t f = {o->tls_ca, o->tls_cert, o->tls_key, o->tls_server_name};
 
-    if (empty != NULL) {
-        /* Set but empty (a template that left it blank): refused, as the
-         * coordinator does, rather than taken as unset (plaintext) or as a
-         * file named "". */
-        fprintf(stderr, "ferryctl: %s is set but empty\n", empty);
-        return false;
-    }
-    if (o->tls_ca == NULL && without_ca != NULL) {
-        fprintf(stderr,
-                "ferryctl: %s needs --tls-ca (FERRY_TLS_CA), the CA that signed the "
-                "coordinators; without it ferryctl would not use TLS\n",
-                without_ca);
-        return false;
-    }
-    if ((o->tls_cert == NULL) != (o->tls_key == NULL)) {
-        fprintf(stderr, "ferryctl: --tls-cert (FERRY_TLS_CERT) and --tls-key (FERRY_TLS_KEY) go "
-                        "together\n");
-        return false;
-    }
-    return true;
+    return ferry_tls_flags_check("ferryctl", &f);
 }
 
 /* 0: parsed; 1: --help printed; -1: bad usage (said). */

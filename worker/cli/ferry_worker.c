@@ -31,6 +31,7 @@
 #include <ferry/coordinator.h>
 
 #include "pattern.h"
+#include "common/tls_flags.h"
 #include "stats_json.h"
 
 enum {
@@ -148,56 +149,12 @@ static bool parse_timeout_flag(const char *text, int *ms_p)
     return true;
 }
 
-/* The first TLS option set but empty, or NULL. */
-static const char *empty_tls_option(const options_t *o)
-{
-    if (o->tls_ca != NULL && o->tls_ca[0] == '\0') {
-        return "--tls-ca (FERRY_TLS_CA)";
-    }
-    if (o->tls_cert != NULL && o->tls_cert[0] == '\0') {
-        return "--tls-cert (FERRY_TLS_CERT)";
-    }
-    if (o->tls_key != NULL && o->tls_key[0] == '\0') {
-        return "--tls-key (FERRY_TLS_KEY)";
-    }
-    if (o->tls_server_name != NULL && o->tls_server_name[0] == '\0') {
-        return "--tls-server-name";
-    }
-    return NULL;
-}
-
-/* TLS is turned on by --tls-ca: a certificate, key or server name without
- * it would be dropped and the worker would talk plaintext, so it is
- * refused (as ferryctl does); false, said, then. */
+/* The TLS flags' rules (common/tls_flags.h); false, said, when broken. */
 static bool check_tls_flags(const options_t *o)
 {
-    const char *empty = empty_tls_option(o);
-    const char *without_ca = o->tls_cert != NULL          ? "--tls-cert (FERRY_TLS_CERT)"
-                             : o->tls_key != NULL         ? "--tls-key (FERRY_TLS_KEY)"
-                             : o->tls_server_name != NULL ? "--tls-server-name"
-                                                          : NULL;
+    ferry_tls_flags_t f = {o->tls_ca, o->tls_cert, o->tls_key, o->tls_server_name};
 
-    if (empty != NULL) {
-        /* Set but empty (a template that left it blank): refused, as the
-         * coordinator does, rather than taken as unset (plaintext) or as a
-         * file named "". */
-        fprintf(stderr, "ferry-worker: %s is set but empty\n", empty);
-        return false;
-    }
-    if (o->tls_ca == NULL && without_ca != NULL) {
-        fprintf(stderr,
-                "ferry-worker: %s needs --tls-ca (FERRY_TLS_CA), the CA that signed the "
-                "coordinator; without it the worker would not use TLS\n",
-                without_ca);
-        return false;
-    }
-    if ((o->tls_cert == NULL) != (o->tls_key == NULL)) {
-        fprintf(stderr,
-                "ferry-worker: --tls-cert (FERRY_TLS_CERT) and --tls-key (FERRY_TLS_KEY) go "
-                "together\n");
-        return false;
-    }
-    return true;
+    return ferry_tls_flags_check("ferry-worker", &f);
 }
 
 static int parse_options(int argc, char **argv, options_t *o)
