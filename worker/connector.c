@@ -21,13 +21,17 @@
  * Bounded: the inbox holds at most FERRY__INBOX_MAX messages and
  * FERRY__INBOX_MAX_BYTES (anyone who can reach the worker can send; past
  * the bound a message is dropped, counted and logged once; an admitted
- * claim's follow-up never waits there, see op_passive.c), a malformed
- * message is dropped in the callback, and so is one from no party to an
- * operation of ours (ferry__msg_from_a_party: it must name one and carry
- * the nonce that party was given, so a flood needs a key and a nonce to
- * take a slot), and the loop handles a queued item
- * at least every FERRY__PROGRESS_BURST progress calls, so that a flood can
- * neither grow memory without bound nor keep the loop from its work.
+ * claim's follow-up never waits there, see op_passive.c), and at most
+ * FERRY__INBOX_PER_OP from the party to one operation (each holds a
+ * reference to it until handled), so that one party cannot fill it and
+ * crowd the others' messages out (a NOTICE that settles stale slots counts
+ * against the whole only). A malformed message is dropped in the callback,
+ * and so is one from no party to an operation of ours
+ * (ferry__msg_from_a_party: it must name one and carry the nonce that party
+ * was given, so a flood needs a key and a nonce to take a slot), and the
+ * loop handles a queued item at least every FERRY__PROGRESS_BURST progress
+ * calls, so that a flood can neither grow memory without bound nor keep
+ * the loop from its work.
  *
  * Waiting: when UCX has gone quiet the loop first spins (keeps progressing
  * UCX, dropping the lock between rounds and yielding the CPU often) for
@@ -120,10 +124,16 @@ static void note_malformed(ferry_connector_t *c)
     }
 }
 
-bool ferry__inbox_push(ferry_connector_t *c, const void *data, size_t length)
+bool ferry__inbox_push(ferry_connector_t *c, ferry_op_t *op, const void *data, size_t length)
 {
     ferry__inmsg_t *msg;
 
+    if (op != NULL && op->inbox_queued >= FERRY__INBOX_PER_OP) {
+        c->inbox_dropped++;
+        ferry_debug("%s: %u messages from its party wait for the loop: message dropped", op->label,
+                    op->inbox_queued);
+        return false;
+    }
     if (c->inbox_len >= FERRY__INBOX_MAX || length > FERRY__INBOX_MAX_BYTES - c->inbox_bytes) {
         if (c->inbox_dropped++ == 0) {
             ferry_warn("connector %s: %zu messages (%zu bytes) wait for the loop: dropping more "
@@ -140,6 +150,11 @@ bool ferry__inbox_push(ferry_connector_t *c, const void *data, size_t length)
         return false;
     }
     msg->next = NULL;
+    msg->op = op;
+    if (op != NULL) {
+        op->inbox_queued++;
+        ferry__op_ref(op);
+    }
     msg->len = length;
     memcpy(msg->data, data, length);
     *c->inbox_tail = msg;
@@ -149,20 +164,26 @@ bool ferry__inbox_push(ferry_connector_t *c, const void *data, size_t length)
     return true;
 }
 
-bool ferry__msg_from_a_party(ferry_connector_t *c, const ferry__msg_t *msg)
+bool ferry__msg_from_a_party(ferry_connector_t *c, const ferry__msg_t *msg, ferry_op_t **op_p)
 {
     ferry_op_t *op;
 
+    *op_p = NULL;
     switch (msg->type) {
     case FERRY__MSG_ADMIT:
     case FERRY__MSG_CREDIT:
         op = ferry__op_find_active(c, msg->op_id);
-        return op != NULL && memcmp(msg->key, op->md->notification_key.data, FERRY__KEY_LEN) == 0 &&
-               ferry__nonce_equal(msg->claim_nonce, op->claim_nonce);
+        if (op != NULL && memcmp(msg->key, op->md->notification_key.data, FERRY__KEY_LEN) == 0 &&
+            ferry__nonce_equal(msg->claim_nonce, op->claim_nonce)) {
+            *op_p = op;
+            return true;
+        }
+        return false;
     case FERRY__MSG_NOTICE:
     case FERRY__MSG_CHUNK:
         op = ferry__op_find_passive(c, msg->key);
         if (op != NULL && op->admitted && ferry__nonce_equal(msg->nonce, op->nonce)) {
+            *op_p = op;
             return true;
         }
         return msg->type == FERRY__MSG_NOTICE && ferry__staged_stale_holds(c, msg);
@@ -181,6 +202,7 @@ static ucs_status_t am_recv_cb(void *arg, const void *header, size_t header_leng
     ferry_connector_t *c = arg;
     ferry__msg_t msg;
     ucp_ep_h reply_ep = NULL;
+    ferry_op_t *op;
 
     (void)header;
     (void)header_length;
@@ -203,15 +225,25 @@ static ucs_status_t am_recv_cb(void *arg, const void *header, size_t header_leng
     }
     /* Only a party's messages take an inbox slot: a flood from someone who
      * holds no key and nonce of ours cannot crowd an honest one out. */
-    if (!ferry__msg_from_a_party(c, &msg)) {
+    if (!ferry__msg_from_a_party(c, &msg, &op)) {
         if (msg.type == FERRY__MSG_NOTICE || msg.type == FERRY__MSG_CHUNK) {
             c->stats.notices_ignored++; /* as their handlers count them */
         }
         ferry_debug("connector %s: message from no party to an operation dropped", c->name);
         return UCS_OK;
     }
-    ferry__inbox_push(c, data, length);
+    ferry__inbox_push(c, op, data, length);
     return UCS_OK;
+}
+
+/* Frees a message taken off the inbox, with its count and reference. */
+static void inmsg_free(ferry__inmsg_t *in)
+{
+    if (in->op != NULL) {
+        in->op->inbox_queued--;
+        ferry__op_unref(in->op);
+    }
+    free(in);
 }
 
 static void handle_inmsg(ferry_connector_t *c, const ferry__inmsg_t *in)
@@ -286,7 +318,7 @@ unsigned ferry__connector_drain(ferry_connector_t *c)
             c->inbox_len--;
             c->inbox_bytes -= in->len;
             handle_inmsg(c, in);
-            free(in);
+            inmsg_free(in);
         } else if (c->reqs != NULL) {
             ferry__req_t *req = c->reqs;
             c->reqs = req->next;
@@ -856,7 +888,7 @@ ferry_status_t ferry_connector_destroy(ferry_connector_t *c)
     while (c->inbox != NULL) { /* came after the last drain */
         ferry__inmsg_t *in = c->inbox;
         c->inbox = in->next;
-        free(in);
+        inmsg_free(in);
     }
     ferry__unlock(c);
     ferry__connector_deliver(c);

@@ -39,6 +39,7 @@
 #include <ucp/api/ucp.h>
 
 #include "ferry/ferry.h"
+#include "common/md_rules.h"
 #include "ferry/v1/types.pb-c.h"
 #include "worker/errors.h"
 
@@ -57,6 +58,12 @@
  * send them); past either bound a message is dropped. */
 #define FERRY__INBOX_MAX       4096
 #define FERRY__INBOX_MAX_BYTES (16u << 20)
+/* ... and at most this many for one operation, so that one party (who
+ * holds that operation's key and nonce) cannot fill the inbox and have the
+ * other parties' messages dropped: more than an honest party ever has
+ * waiting for one operation (a CHUNK or CREDIT per staging slot, and its
+ * NOTICE or ADMIT). */
+#define FERRY__INBOX_PER_OP (FERRY_MD_SLOTS_MAX + 2)
 /* Answers to claims (ADMIT) posted on reply endpoints and not yet sent
  * (the claimant does not read them): past this many, a refusal is dropped
  * (peer.c), so a peer that floods claims and never reads cannot make this
@@ -162,17 +169,19 @@ bool ferry__nonce_is_zero(const uint8_t *nonce);
 
 /* ---- connector internals (connector.c, peer.c) ------------------------ */
 
-/* Queues a copy of one decoded-valid message for the loop, unless the
- * inbox is at its bound (then drops it: false). Lock held (the AM
+/* Queues a copy of one decoded-valid message from a party to op (NULL: to
+ * no operation) for the loop, unless the inbox is at its bound, or op has
+ * FERRY__INBOX_PER_OP waiting (then drops it: false). Lock held (the AM
  * callback). */
-bool ferry__inbox_push(ferry_connector_t *c, const void *data, size_t length);
+bool ferry__inbox_push(ferry_connector_t *c, struct ferry_op *op, const void *data, size_t length);
 /* Whether a decoded ADMIT, CREDIT, NOTICE or CHUNK could come from a party
  * to one of c's operations: it names one (by key, or by op id and key) and
  * carries the nonce that party was given (the claim nonce for an ADMIT or
  * CREDIT, the admission nonce for a NOTICE or CHUNK), or, a NOTICE, settles
- * stale staging slots. Only those are queued (connector.c); the handlers
- * check again. Lock held. */
-bool ferry__msg_from_a_party(ferry_connector_t *c, const ferry__msg_t *msg);
+ * stale staging slots. Only those are queued (connector.c), counted
+ * against the operation (*op_p; NULL for stale slots); the handlers check
+ * again. Lock held. */
+bool ferry__msg_from_a_party(ferry_connector_t *c, const ferry__msg_t *msg, struct ferry_op **op_p);
 
 typedef struct ferry__rkey {
     struct ferry__rkey *next;
@@ -241,6 +250,9 @@ typedef struct ferry__req {
 /* A received active message, copied out of the UCX callback. */
 typedef struct ferry__inmsg {
     struct ferry__inmsg *next;
+    /* The operation whose party sent it (a reference, counted in its
+     * inbox_queued), or NULL (a NOTICE that settles stale slots). */
+    struct ferry_op *op;
     size_t len;
     uint8_t data[];
 } ferry__inmsg_t;
@@ -450,7 +462,8 @@ struct ferry_op {
     void *done_arg;
     bool done_queued;
     bool done_delivered;
-    bool in_done_cb; /* the done callback runs now; destroy waits for it */
+    bool in_done_cb;       /* the done callback runs now; destroy waits for it */
+    unsigned inbox_queued; /* its party's messages in the inbox: FERRY__INBOX_PER_OP */
 
     ferry_descriptor_t *descs;
     size_t n;

@@ -615,7 +615,7 @@ static void fill_inbox(ferry_connector_t *c)
 
     notice.key[0] = 0xee; /* no operation has it: the victim's is random */
     assert_int_equal(ferry__msg_encode(&notice, &buf, &len), FERRY_OK);
-    while (ferry__inbox_push(c, buf, len)) {
+    while (ferry__inbox_push(c, NULL, buf, len)) {
     }
     assert_int_equal(c->inbox_len, FERRY__INBOX_MAX);
     free(buf);
