@@ -70,6 +70,25 @@ struct ferry__copy_engine {
     const ferry__copy_engine_ops_t *ops;
 };
 
+/* Memory an engine pinned (ops->pin) and what undoes it: held by the
+ * passive side's slot memory (staged.c) and by a remote key whose slots
+ * are mapped here (peer.c). Zeroed: nothing pinned. */
+typedef struct {
+    const ferry__copy_engine_ops_t *ops; /* NULL: nothing pinned */
+    void *ptr;
+    size_t len;
+    uint32_t device; /* what it was pinned for (unpin's argument) */
+    bool undo;       /* ops->unpin must undo it */
+} ferry__pin_t;
+
+/* Pins len bytes at ptr for e's copies on device into *pin (left empty on
+ * failure, with the engine's error). */
+ferry_status_t ferry__pin(ferry__copy_engine_t *e, uint32_t device, void *ptr, size_t len,
+                          ferry__pin_t *pin);
+
+/* Undoes *pin, if anything is pinned, and empties it; needs no engine. */
+void ferry__unpin(ferry__pin_t *pin);
+
 /* The engine for memory on this device: CUDA for cuda:N (FERRY_ERR_UNIMPLEMENTED
  * without a driver), host for host memory (only the tests stage that). */
 ferry_status_t ferry__copy_engine_create(ferry_device_t device, ferry__copy_engine_t **engine_p);

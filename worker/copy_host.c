@@ -201,6 +201,28 @@ ferry_status_t ferry__host_engine_create(ferry__copy_engine_t **engine_p)
     return FERRY_OK;
 }
 
+ferry_status_t ferry__pin(ferry__copy_engine_t *e, uint32_t device, void *ptr, size_t len,
+                          ferry__pin_t *pin)
+{
+    bool undo = false;
+    ferry_status_t status = e->ops->pin(e, ptr, len, &undo);
+
+    if (status != FERRY_OK) {
+        *pin = (ferry__pin_t){0};
+        return status;
+    }
+    *pin = (ferry__pin_t){.ops = e->ops, .ptr = ptr, .len = len, .device = device, .undo = undo};
+    return FERRY_OK;
+}
+
+void ferry__unpin(ferry__pin_t *pin)
+{
+    if (pin->ops != NULL && pin->undo) {
+        pin->ops->unpin(pin->device, pin->ptr);
+    }
+    *pin = (ferry__pin_t){0};
+}
+
 ferry_status_t ferry__copy_engine_create(ferry_device_t device, ferry__copy_engine_t **engine_p)
 {
     if (device.kind == FERRY_DEVICE_CUDA) {

@@ -41,6 +41,7 @@
 #include "ferry/ferry.h"
 #include "common/md_rules.h"
 #include "ferry/v1/types.pb-c.h"
+#include "worker/copy_engine.h"
 #include "worker/errors.h"
 
 #define FERRY__AM_ID          0x4652u /* "FR": the one active-message id */
@@ -190,14 +191,9 @@ typedef struct ferry__rkey {
     ucp_rkey_h rkey;
     unsigned refs; /* operations using it */
     /* Staged (staged.c): the remote slots as mapped here (ucp_rkey_ptr),
-     * pinned by an engine of pin_ops for its copies, or NULL. Undone
-     * before the key is destroyed; counted in
-     * connector->rkeys_pinned_bytes. */
-    void *pinned;
-    size_t pinned_len;
-    const struct ferry__copy_engine_ops *pin_ops;
-    uint32_t pinned_device;
-    bool pin_undo;    /* pin_ops->unpin must undo the pin */
+     * pinned by an engine for its copies, or empty. Undone before the key
+     * is destroyed; counted in connector->rkeys_pinned_bytes. */
+    ferry__pin_t pin;
     bool pin_refused; /* an engine could not pin them: not tried again */
 } ferry__rkey_t;
 

@@ -163,12 +163,8 @@ void ferry__peer_ref_for_failure(ferry__peer_t *peer)
 
 static void rkey_destroy(ferry_connector_t *c, ferry__rkey_t *rk)
 {
-    if (rk->pinned != NULL) {
-        if (rk->pin_undo) {
-            rk->pin_ops->unpin(rk->pinned_device, rk->pinned); /* before the unmap */
-        }
-        c->rkeys_pinned_bytes -= rk->pinned_len;
-    }
+    c->rkeys_pinned_bytes -= rk->pin.len;
+    ferry__unpin(&rk->pin); /* before the unmap */
     ucp_rkey_destroy(rk->rkey);
     free(rk->packed);
     free(rk);

@@ -249,8 +249,8 @@ struct ferry__slot_mem {
     size_t rkey_len;
     bool allocated;                         /* by UCX; else by the engine's alloc_pinned */
     const ferry__copy_engine_ops_t *engine; /* whose copies it serves */
-    bool pinned;                            /* engine->unpin undoes a pin */
-    uint32_t device;                        /* what it was pinned for */
+    uint32_t device;                        /* for whose copies */
+    ferry__pin_t pin;                       /* UCX's memory, pinned by the engine */
 };
 
 /* UCX allocates m->size bytes, the engine pins them; lock held. */
@@ -279,7 +279,7 @@ static ferry_status_t slot_mem_allocate(ferry_connector_t *c, ferry__copy_engine
         return ferry__fail(FERRY_ERR_TRANSPORT, "ucp_mem_query: %s", ucs_status_string(us));
     }
     m->base = attr.address;
-    status = e->ops->pin(e, m->base, m->size, &m->pinned);
+    status = ferry__pin(e, m->device, m->base, m->size, &m->pin);
     if (status != FERRY_OK) {
         ucp_mem_unmap(c->context, m->memh);
         return status;
@@ -320,9 +320,7 @@ static void slot_mem_free(ferry_connector_t *c, struct ferry__slot_mem *m)
     if (m->rkey != NULL) {
         ucp_rkey_buffer_release(m->rkey);
     }
-    if (m->pinned) {
-        m->engine->unpin(m->device, m->base);
-    }
+    ferry__unpin(&m->pin);
     ucp_mem_unmap(c->context, m->memh);
     if (!m->allocated) {
         m->engine->free_pinned(NULL, m->base, m->size, false);
@@ -683,11 +681,11 @@ static bool map_remote(ferry_op_t *op)
         (uint8_t *)last != (uint8_t *)first + len - 1) {
         return false;
     }
-    if (rk->pinned == NULL) {
+    if (rk->pin.ops == NULL) {
         if (c->rkeys_pinned_bytes + len > FERRY__RKEY_PIN_MAX) {
             return false;
         }
-        status = s->engine->ops->pin(s->engine, first, len, &rk->pin_undo);
+        status = ferry__pin(s->engine, op->descs[0].device.id, first, len, &rk->pin);
         if (status != FERRY_OK) {
             ferry_info("%s: the passive side's slots are mapped here but cannot be pinned (%s): "
                        "copying through our own slots",
@@ -695,13 +693,9 @@ static bool map_remote(ferry_op_t *op)
             rk->pin_refused = true;
             return false;
         }
-        rk->pinned = first;
-        rk->pinned_len = len;
-        rk->pin_ops = s->engine->ops;
-        rk->pinned_device = op->descs[0].device.id;
         c->rkeys_pinned_bytes += len;
-    } else if (rk->pin_ops != s->engine->ops || (uint8_t *)first < (uint8_t *)rk->pinned ||
-               (uint8_t *)first + len > (uint8_t *)rk->pinned + rk->pinned_len) {
+    } else if (rk->pin.ops != s->engine->ops || (uint8_t *)first < (uint8_t *)rk->pin.ptr ||
+               (uint8_t *)first + len > (uint8_t *)rk->pin.ptr + rk->pin.len) {
         return false;
     }
     s->slots = first;
