@@ -962,5 +962,6 @@ void ferry_connector_get_stats(ferry_connector_t *c, ferry_connector_stats_t *st
     *stats_p = c->stats;
     stats_p->peers_cached = c->n_peers;
     stats_p->mem_maps = c->mem_maps;
+    stats_p->messages_dropped = c->inbox_dropped;
     ferry__unlock(c);
 }

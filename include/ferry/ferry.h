@@ -284,6 +284,10 @@ typedef struct {
     /* ucp_mem_map calls made: one per descriptor of a passive operation in
      * no region, one per region (operations inside a region make none). */
     uint64_t mem_maps;
+    /* Messages from a party to an operation that the loop's bounded inbox
+     * dropped: past its room for all, or for that one operation (a flood,
+     * or a loop that cannot keep up). */
+    uint64_t messages_dropped;
 } ferry_connector_stats_t;
 
 /* "write", "read", "received", "served"; "unknown" otherwise. Static. */

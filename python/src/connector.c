@@ -319,7 +319,8 @@ static PyObject *connector_stats(PyObject *obj, PyObject *unused)
         return NULL;
     }
     ferry_connector_get_stats(self->conn, &s);
-    return Py_BuildValue("{sKsKsKsKsKsKsKsKsK}", "mem_maps", (unsigned long long)s.mem_maps,
+    return Py_BuildValue("{sKsKsKsKsKsKsKsKsKsK}", "mem_maps", (unsigned long long)s.mem_maps,
+                         "messages_dropped", (unsigned long long)s.messages_dropped,
                          "endpoints_created", (unsigned long long)s.endpoints_created,
                          "endpoint_cache_hits", (unsigned long long)s.endpoint_cache_hits,
                          "rkeys_unpacked", (unsigned long long)s.rkeys_unpacked, "rkey_cache_hits",

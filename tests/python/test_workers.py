@@ -123,6 +123,8 @@ class StatsJson(unittest.TestCase):
         # the writer's puts needed no registration of its own memory.
         self.assertEqual(received["mem_maps"], 2)
         self.assertEqual(sent["mem_maps"], 0)
+        # An honest transfer loses no message to the loop's bounds.
+        self.assertEqual((sent["messages_dropped"], received["messages_dropped"]), (0, 0))
 
     def test_read_and_a_refused_write(self):
         size = 4096

@@ -1446,6 +1446,7 @@ static void test_inbox_bounded_per_party(void **state)
     ferry_descriptor_t da = {mem_a, sizeof(mem_a), FERRY_DEVICE_HOST_INIT};
     ferry_descriptor_t db = {mem_b, sizeof(mem_b), FERRY_DEVICE_HOST_INIT};
     const unsigned flood = 1000;
+    ferry_connector_stats_t st;
     ferry_connector_t *c;
     ferry_op_t *a, *b;
     uint8_t *buf;
@@ -1478,6 +1479,8 @@ static void test_inbox_bounded_per_party(void **state)
     assert_int_equal(a->inbox_queued, 0);
     assert_int_equal(b->inbox_queued, 0);
     ferry__unlock(c);
+    ferry_connector_get_stats(c, &st);
+    assert_int_equal(st.messages_dropped, flood - FERRY__INBOX_PER_OP);
     free(buf);
     ferry_op_destroy(a);
     ferry_op_destroy(b);

@@ -299,8 +299,10 @@ static void run_case(const staged_case_t *k)
     uint8_t *md;
     uint32_t md_len;
     ferry_status_t st;
+    ferry_connector_stats_t before, after;
     report_t rep;
 
+    ferry_connector_get_stats(world.c, &before);
     for (uint32_t i = 0; cmd->kind == 'W' && i < cmd->n; i++) {
         pair_fill(bufs[i], cmd->size, cmd->seed, i);
     }
@@ -341,6 +343,8 @@ static void run_case(const staged_case_t *k)
         fail_msg("wait: %s, want %s: %s", ferry_status_name(st), ferry_status_name(k->want), msg);
     }
     assert_int_equal(pair_read(world.passive.res_fd, &rep, sizeof(rep), PAIR_IO_TIMEOUT_MS), 0);
+    ferry_connector_get_stats(world.c, &after);
+    assert_int_equal(after.messages_dropped, before.messages_dropped); /* every CREDIT kept */
     assert_int_equal(rep.status, k->passive_want);
     assert_int_equal(rep.op_status, k->passive_status);
     if (k->passive_want == FERRY_OK) {
@@ -402,6 +406,16 @@ static void test_one_descriptor(void **state)
 static void test_sixteen_descriptors(void **state)
 {
     staged_case_t k = ok_case(16, 100003, 32768, 4);
+    (void)state;
+    run_case(&k);
+}
+
+/* As many slots as the metadata allows, each a lane: up to that many
+ * CHUNKs (or CREDITs) wait for the other side's loop at once, and none is
+ * dropped at the inbox's bound for one operation (FERRY__INBOX_PER_OP). */
+static void test_most_slots(void **state)
+{
+    staged_case_t k = ok_case(1, (uint64_t)FERRY_MD_SLOTS_MAX * 8192 * 3, 8192, FERRY_MD_SLOTS_MAX);
     (void)state;
     run_case(&k);
 }
@@ -1413,6 +1427,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_one_descriptor),
         cmocka_unit_test(test_sixteen_descriptors),
         cmocka_unit_test(test_small_chunks),
+        cmocka_unit_test(test_most_slots),
         cmocka_unit_test(test_chunk_above_size),
         cmocka_unit_test(test_slow_engines),
         cmocka_unit_test(test_one_slot),
@@ -1437,6 +1452,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_one_descriptor),
         cmocka_unit_test(test_sixteen_descriptors),
         cmocka_unit_test(test_small_chunks),
+        cmocka_unit_test(test_most_slots),
         cmocka_unit_test(test_chunk_above_size),
         cmocka_unit_test(test_slow_engines),
         cmocka_unit_test(test_one_slot),

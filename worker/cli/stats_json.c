@@ -61,7 +61,9 @@ static cJSON *stats_json(ferry_connector_t *conn, const char *command, const cha
         !add_u64(root, "claims_refused", st.claims_refused) ||
         !add_u64(root, "notices_ignored", st.notices_ignored) ||
         !add_u64(root, "peers_cached", st.peers_cached) ||
-        !add_u64(root, "mem_maps", st.mem_maps) || (transfers = transfers_json(&st)) == NULL) {
+        !add_u64(root, "mem_maps", st.mem_maps) ||
+        !add_u64(root, "messages_dropped", st.messages_dropped) ||
+        (transfers = transfers_json(&st)) == NULL) {
         cJSON_Delete(root);
         return NULL;
     }
