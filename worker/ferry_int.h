@@ -434,11 +434,31 @@ typedef struct ferry__listener {
     void *arg;
 } ferry__listener_t;
 
+/* What differs between an operation's two sides (STYLE.md 15: kinds
+ * behind an ops table, not is-passive chains): op.c holds the passive
+ * side's and the active side's, and ferry__op_alloc gives each operation
+ * the one its kind names. Each runs with the connector's lock held. */
+typedef struct ferry__op_role {
+    bool passive; /* WRITABLE or READABLE: it exposes memory and admits */
+    /* Its owner ends it before it is final (cancel, or destroy); why goes
+     * to the log and to ferry_op_error. */
+    void (*cancel)(struct ferry_op *op, const char *why);
+    /* It has just become final (ferry__op_move). */
+    void (*on_final)(struct ferry_op *op);
+    /* Its owner has destroyed it (after cancel): returns once no peer can
+     * be let in and nothing of it touches the owner's memory any more; may
+     * drop the lock meanwhile. */
+    void (*on_destroy)(struct ferry_op *op);
+    /* Its last reference has gone: what it holds is let go. */
+    void (*release)(struct ferry_op *op);
+} ferry__op_role_t;
+
 struct ferry_op {
     struct ferry_op *table_next; /* chain in connector->ops */
     struct ferry_op *done_next;  /* done queue */
     ferry_connector_t *connector;
     ferry__op_kind_t kind;
+    const ferry__op_role_t *role; /* by kind: passive or active */
     uint64_t id;
     char label[48]; /* "writable 7 key 3f2a1b4c" for logs */
 
@@ -541,6 +561,12 @@ bool ferry__op_move(ferry_op_t *op, ferry__op_state_t to, ferry_status_t code, c
 bool ferry__op_is_final(const ferry_op_t *op);
 const char *ferry__op_step_name(ferry__op_state_t state);
 
+/* WRITABLE or READABLE (op->role->passive). */
+static inline bool ferry__op_is_passive(const ferry_op_t *op)
+{
+    return op->role->passive;
+}
+
 /* References, lock held. _unref frees at zero. */
 void ferry__op_ref(ferry_op_t *op);
 void ferry__op_unref(ferry_op_t *op);
@@ -569,7 +595,7 @@ void ferry__passive_on_notice(ferry_connector_t *c, const ferry__msg_t *msg);
 void ferry__active_on_admit(ferry_connector_t *c, const ferry__msg_t *msg);
 void ferry__active_on_req(ferry__req_t *req);
 void ferry__active_release(ferry_op_t *op); /* drop peer and rkeys */
-void ferry__active_cancel(ferry_op_t *op);
+void ferry__active_cancel(ferry_op_t *op, const char *why);
 /* Ends the claims past their deadline (the passive side never answered):
  * the operation fails UNAVAILABLE and its claim's reference goes, so that
  * a cancelled or destroyed one is freed. Lock held; the loop calls it. */

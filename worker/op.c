@@ -3,7 +3,9 @@
  * function that changes it (ferry__op_move, which logs every change, in the
  * manner of curl's multistate()), references, the connector's operation
  * table, and the public calls that do not depend on the kind (status, error,
- * wait, cancel, fail, done callback, listeners, destroy).
+ * wait, cancel, fail, done callback, listeners, destroy). Where the passive
+ * and the active side differ, an operation's role (ferry__op_role_t, the
+ * two at the end of this file) says what to do, not a branch on its kind.
  *
  * Listeners are how a layer above (the coordinator client) follows an
  * operation without taking its done callback: this file tells them FINAL
@@ -87,10 +89,8 @@ bool ferry__op_is_final(const ferry_op_t *op)
     return state_is_final(op->state);
 }
 
-static bool is_passive(const ferry_op_t *op)
-{
-    return op->kind == FERRY__KIND_WRITABLE || op->kind == FERRY__KIND_READABLE;
-}
+/* The two sides' steps (ferry__op_role_t), defined at the end. */
+static const ferry__op_role_t passive_role, active_role;
 
 /* The table in ferry_int.h, as code. */
 static bool can_move(ferry__op_state_t from, ferry__op_state_t to, bool passive)
@@ -194,7 +194,7 @@ bool ferry__op_move(ferry_op_t *op, ferry__op_state_t to, ferry_status_t code, c
     ferry__op_state_t from = op->state;
     va_list ap;
 
-    if (!can_move(from, to, is_passive(op))) {
+    if (!can_move(from, to, op->role->passive)) {
         if (!state_is_final(from)) {
             ferry_error("%s: refused move %s -> %s", op->label, ferry__op_step_name(from),
                         ferry__op_step_name(to));
@@ -219,11 +219,7 @@ bool ferry__op_move(ferry_op_t *op, ferry__op_state_t to, ferry_status_t code, c
     if (state_is_final(to)) {
         count_final(op);
         atomic_store(&op->final, true);
-        if (is_passive(op)) {
-            ferry__passive_release(op);
-        } else if (!op->data_in_flight) {
-            ferry__op_regions_detach(op); /* else when its flush completes */
-        }
+        op->role->on_final(op);
         pthread_cond_broadcast(&op->cond);
         queue_done(op);
     }
@@ -251,6 +247,8 @@ ferry_status_t ferry__op_alloc(ferry_connector_t *c, ferry__op_kind_t kind,
     op->n = n;
     op->connector = c;
     op->kind = kind;
+    op->role =
+        kind == FERRY__KIND_WRITABLE || kind == FERRY__KIND_READABLE ? &passive_role : &active_role;
     op->refs = 1;
     op->state = FERRY__OP_NEW;
     op->listeners_tail = &op->listeners;
@@ -275,11 +273,7 @@ static void op_free_locked(ferry_op_t *op)
     if (op->in_table) {
         ferry__op_table_remove(op);
     }
-    if (is_passive(op)) {
-        ferry__passive_release(op);
-    } else {
-        ferry__active_release(op);
-    }
+    op->role->release(op);
     ferry_debug("%s: freed", op->label);
     while (op->listeners != NULL) {
         ferry__listener_t *l = op->listeners;
@@ -319,7 +313,7 @@ void ferry__op_unref(ferry_op_t *op)
 
 static size_t bucket_of(const ferry_op_t *op)
 {
-    return is_passive(op) ? op->key[0] % FERRY__OP_BUCKETS : op->id % FERRY__OP_BUCKETS;
+    return ferry__op_is_passive(op) ? op->key[0] % FERRY__OP_BUCKETS : op->id % FERRY__OP_BUCKETS;
 }
 
 void ferry__op_table_add(ferry_op_t *op)
@@ -348,7 +342,7 @@ void ferry__op_table_remove(ferry_op_t *op)
 ferry_op_t *ferry__op_find_passive(ferry_connector_t *c, const uint8_t *key)
 {
     for (ferry_op_t *op = c->ops[key[0] % FERRY__OP_BUCKETS]; op != NULL; op = op->table_next) {
-        if (is_passive(op) && memcmp(op->key, key, FERRY__KEY_LEN) == 0) {
+        if (ferry__op_is_passive(op) && memcmp(op->key, key, FERRY__KEY_LEN) == 0) {
             return op;
         }
     }
@@ -358,7 +352,7 @@ ferry_op_t *ferry__op_find_passive(ferry_connector_t *c, const uint8_t *key)
 ferry_op_t *ferry__op_find_active(ferry_connector_t *c, uint64_t id)
 {
     for (ferry_op_t *op = c->ops[id % FERRY__OP_BUCKETS]; op != NULL; op = op->table_next) {
-        if (!is_passive(op) && op->id == id) {
+        if (!ferry__op_is_passive(op) && op->id == id) {
             return op;
         }
     }
@@ -557,11 +551,7 @@ ferry_status_t ferry_op_cancel(ferry_op_t *op)
     ferry__clear_error();
     ferry__lock(c);
     if (!ferry__op_is_final(op)) {
-        if (is_passive(op)) {
-            ferry__op_move(op, FERRY__OP_CANCELLED, FERRY_ERR_CANCELLED, "cancelled by its owner");
-        } else {
-            ferry__active_cancel(op);
-        }
+        op->role->cancel(op, "cancelled by its owner");
     }
     ferry__unlock(c);
     return FERRY_OK;
@@ -738,28 +728,60 @@ void ferry_op_destroy(ferry_op_t *op)
     }
     ferry__lock(c);
     if (!ferry__op_is_final(op)) {
-        if (is_passive(op)) {
-            ferry__op_move(op, FERRY__OP_CANCELLED, FERRY_ERR_CANCELLED, "destroyed by its owner");
-        } else {
-            ferry__active_cancel(op);
-        }
+        op->role->cancel(op, "destroyed by its owner");
     }
-    if (is_passive(op)) {
-        /* Later claims for this key find nothing and are refused (an op
-         * whose claimant has not settled stays in the table, answering
-         * NOT_FOUND too, until it settles: op_passive.c). */
-        ferry__passive_release(op);
-        if (op->in_table && !op->region_hold) {
-            ferry__op_table_remove(op);
-        }
-    } else {
-        /* No staging copy, put or get touches the caller's memory once we
-         * return. */
-        ferry__staged_stop(op);
-        active_quiesce(op);
-    }
+    op->role->on_destroy(op);
     op->user_released = true;
     c->user_ops--;
     ferry__op_unref(op);
     ferry__unlock(c);
 }
+
+/* ---- the two sides' roles --------------------------------------------- */
+
+static void passive_cancel(ferry_op_t *op, const char *why)
+{
+    ferry__op_move(op, FERRY__OP_CANCELLED, FERRY_ERR_CANCELLED, "%s", why);
+}
+
+/* Later claims for this key find nothing and are refused (an op whose
+ * claimant has not settled stays in the table, answering NOT_FOUND too,
+ * until it settles: op_passive.c). */
+static void passive_destroyed(ferry_op_t *op)
+{
+    ferry__passive_release(op);
+    if (op->in_table && !op->region_hold) {
+        ferry__op_table_remove(op);
+    }
+}
+
+static void active_final(ferry_op_t *op)
+{
+    if (!op->data_in_flight) {
+        ferry__op_regions_detach(op); /* else when its flush completes */
+    }
+}
+
+/* No staging copy, put or get touches the caller's memory once it
+ * returns. */
+static void active_destroyed(ferry_op_t *op)
+{
+    ferry__staged_stop(op);
+    active_quiesce(op);
+}
+
+static const ferry__op_role_t passive_role = {
+    .passive = true,
+    .cancel = passive_cancel,
+    .on_final = ferry__passive_release,
+    .on_destroy = passive_destroyed,
+    .release = ferry__passive_release,
+};
+
+static const ferry__op_role_t active_role = {
+    .passive = false,
+    .cancel = ferry__active_cancel,
+    .on_final = active_final,
+    .on_destroy = active_destroyed,
+    .release = ferry__active_release,
+};

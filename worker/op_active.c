@@ -232,9 +232,9 @@ void ferry__active_claims_sweep(ferry_connector_t *c)
     }
 }
 
-void ferry__active_cancel(ferry_op_t *op)
+void ferry__active_cancel(ferry_op_t *op, const char *why)
 {
-    ferry__op_move(op, FERRY__OP_CANCELLED, FERRY_ERR_CANCELLED, "cancelled by its owner");
+    ferry__op_move(op, FERRY__OP_CANCELLED, FERRY_ERR_CANCELLED, "%s", why);
     ferry__staged_settle(op);
     if (op->notice_held && ferry__op_is_final(op)) {
         /* Its flush completed and the test hook held the notice: the

@@ -264,15 +264,10 @@ ferry_status_t ferry_readable_create(ferry_connector_t *c, const ferry_descripto
     return passive_create(c, FERRY__KIND_READABLE, descs, n, op_p);
 }
 
-static bool is_passive(const ferry_op_t *op)
-{
-    return op->kind == FERRY__KIND_WRITABLE || op->kind == FERRY__KIND_READABLE;
-}
-
 ferry_status_t ferry_op_metadata(const ferry_op_t *op, const uint8_t **bytes_p, size_t *len_p)
 {
     ferry__clear_error();
-    if (!is_passive(op)) {
+    if (!ferry__op_is_passive(op)) {
         return ferry__fail(FERRY_ERR_MISUSE, "%s: only passive operations have metadata",
                            op->label);
     }
@@ -284,7 +279,7 @@ ferry_status_t ferry_op_metadata(const ferry_op_t *op, const uint8_t **bytes_p, 
 ferry_status_t ferry_op_notification_key(const ferry_op_t *op, const uint8_t **key_p)
 {
     ferry__clear_error();
-    if (!is_passive(op)) {
+    if (!ferry__op_is_passive(op)) {
         return ferry__fail(FERRY_ERR_MISUSE, "%s: only passive operations have a key", op->label);
     }
     *key_p = op->key;
@@ -525,7 +520,7 @@ void ferry__passive_on_notice(ferry_connector_t *c, const ferry__msg_t *msg)
 
 void ferry__op_peer_failed(ferry_op_t *op, ferry__peer_t *peer)
 {
-    if (is_passive(op) && peer->forced) {
+    if (ferry__op_is_passive(op) && peer->forced) {
         /* This side closed its endpoint to the claimant (peer.c): nothing
          * goes back to it any more, but its own endpoint to us may still
          * carry its writes, so it has not settled (its notice still may). */
@@ -534,7 +529,7 @@ void ferry__op_peer_failed(ferry_op_t *op, ferry__peer_t *peer)
                        "answering)");
         return;
     }
-    if (is_passive(op)) {
+    if (ferry__op_is_passive(op)) {
         /* Nothing more of a failed claimant reaches the memory. */
         op->claimant_settled = true;
         if (op->region_hold) {

@@ -198,11 +198,6 @@ ferry_status_t ferry__staged_check_remote(const ferry_connector_t *c,
     return FERRY_OK;
 }
 
-static bool is_passive(const ferry_op_t *op)
-{
-    return op->kind == FERRY__KIND_WRITABLE || op->kind == FERRY__KIND_READABLE;
-}
-
 /* A chunk size: at most the default, at most the largest descriptor. */
 static size_t chunk_for(const ferry_descriptor_t *descs, size_t n)
 {
@@ -1037,7 +1032,7 @@ void ferry__staged_on_credit(ferry_connector_t *c, const ferry__msg_t *msg)
 /* A lane's copy finished. */
 static void copy_done(ferry_op_t *op, unsigned i)
 {
-    if (is_passive(op)) {
+    if (ferry__op_is_passive(op)) {
         passive_landed(op, i);
     } else if (op->kind == FERRY__KIND_WRITE && op->stage->mapped) {
         op->stage->lane[i].state = LANE_CREDIT; /* the chunk is in its slot */
@@ -1072,7 +1067,7 @@ static bool poll_op(ferry_op_t *op, unsigned *work)
         st = s->engine->ops->poll(s->engine, lane->ticket, &done);
         if (st != FERRY_OK) {
             lane->state = LANE_IDLE;
-            if (is_passive(op)) {
+            if (ferry__op_is_passive(op)) {
                 passive_fail(op, st, ferry_last_error_message());
             } else {
                 active_fail(op, st, "%s", ferry_last_error_message());
@@ -1088,7 +1083,7 @@ static bool poll_op(ferry_op_t *op, unsigned *work)
         in_flight =
             in_flight || s->lane[i].state == LANE_COPY_IN || s->lane[i].state == LANE_COPY_OUT;
     }
-    if (!in_flight && !is_passive(op)) {
+    if (!in_flight && !ferry__op_is_passive(op)) {
         ferry__staged_settle(op);
     }
     return in_flight;
@@ -1154,7 +1149,7 @@ void ferry__staged_release(ferry_op_t *op)
     if (s == NULL) {
         return;
     }
-    if (is_passive(op) && op->admitted && op->state != FERRY__OP_COMPLETE) {
+    if (ferry__op_is_passive(op) && op->admitted && op->state != FERRY__OP_COMPLETE) {
         send_credit(op, 0, stop_status(op));
     }
     if (s->engine != NULL) {
@@ -1164,7 +1159,8 @@ void ferry__staged_release(ferry_op_t *op)
         ferry__peer_rkey_put(op->peer, s->rkey);
     }
     op->stage = NULL;
-    if (is_passive(op) && op->admitted && op->state != FERRY__OP_COMPLETE && !s->claimant_settled) {
+    if (ferry__op_is_passive(op) && op->admitted && op->state != FERRY__OP_COMPLETE &&
+        !s->claimant_settled) {
         /* Its claimant may still have puts or gets in flight to the slots. */
         memcpy(s->key, op->key, FERRY__KEY_LEN);
         memcpy(s->nonce, op->nonce, FERRY__NONCE_LEN);
@@ -1177,7 +1173,7 @@ void ferry__staged_release(ferry_op_t *op)
         ferry_debug("%s: staging slots kept until the claimant settles", op->label);
         return;
     }
-    stage_free(c, s, !is_passive(op));
+    stage_free(c, s, !ferry__op_is_passive(op));
     ferry_debug("%s: staging released", op->label);
 }
 
