@@ -390,6 +390,7 @@ void ferry__connector_deliver(ferry_connector_t *c)
         l = listeners_owed(op, &n_listeners);
         if (cb != NULL || n_listeners > 0) {
             op->in_done_cb = true; /* destroy waits for us */
+            op->cb_thread = pthread_self();
         }
         ferry__unlock(c);
         if (cb != NULL || n_listeners > 0) {
@@ -409,6 +410,14 @@ void ferry__connector_deliver(ferry_connector_t *c)
         if (cb != NULL || n_listeners > 0) {
             op->in_done_cb = false;
             pthread_cond_broadcast(&op->cond);
+        }
+        if (op->destroy_deferred) {
+            /* The callback destroyed it: done now that it has returned
+             * (the done queue's reference keeps it until the unref). */
+            op->destroy_deferred = false;
+            ferry__unlock(c);
+            ferry_op_destroy(op);
+            ferry__lock(c);
         }
         ferry__op_unref(op);
         ferry__unlock(c);

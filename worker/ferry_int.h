@@ -478,7 +478,11 @@ struct ferry_op {
     void *done_arg;
     bool done_queued;
     bool done_delivered;
-    bool in_done_cb;       /* the done callback runs now; destroy waits for it */
+    bool in_done_cb;     /* the done callback runs now; destroy waits for it */
+    pthread_t cb_thread; /* ... on this thread */
+    /* The done callback destroyed its own operation: delivery finishes the
+     * destroy once the callback has returned. */
+    bool destroy_deferred;
     unsigned inbox_queued; /* its party's messages in the inbox: FERRY__INBOX_PER_OP */
 
     ferry_descriptor_t *descs;

@@ -714,6 +714,14 @@ void ferry_op_destroy(ferry_op_t *op)
     c = op->connector;
     ferry__lock(c);
     op->done_cb = NULL;
+    if (op->in_done_cb && pthread_equal(op->cb_thread, pthread_self())) {
+        /* From its own done callback (or a listener's FINAL): waiting for
+         * the callback to end would never end. Delivery finishes the
+         * destroy once the callback has returned. */
+        op->destroy_deferred = true;
+        ferry__unlock(c);
+        return;
+    }
     op->destroying = true;
     while (op->in_done_cb) {
         pthread_cond_wait(&op->cond, &c->lock);

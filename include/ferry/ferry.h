@@ -484,7 +484,10 @@ FERRY_API ferry_status_t ferry_op_fail(ferry_op_t *op, ferry_status_t code, cons
 /* Called once when the operation becomes final, from the connector's
  * progress thread (or inside ferry_connector_progress / ferry_op_wait in
  * caller mode), never with a libferry lock held. It may call ferry_op_status
- * and ferry_op_error, not destroy. Setting it on an operation that is already
+ * and ferry_op_error, and ferry_op_destroy on its own operation: destroy then
+ * returns at once, and the operation is destroyed on this thread as soon as
+ * the callback returns (not to be used after the call, nor waited on by
+ * another thread meanwhile). Setting it on an operation that is already
  * final still delivers one call. Not called once the op is destroyed. The
  * callback is the caller's alone: libferry's own layers use listeners. */
 typedef void (*ferry_op_done_cb_t)(ferry_op_t *op, ferry_op_status_t status, void *arg);
@@ -560,7 +563,9 @@ FERRY_API bool ferry_op_in_region(const ferry_op_t *op, size_t index);
  * and destroy keeps waiting for the passive side (a peer that never answers
  * blocks it). Either way, the memory may be freed once destroy returns. It
  * drives the connector's progress itself while it waits (in caller progress
- * mode too). NULL is a no-op. */
+ * mode too). From the operation's own done callback it returns at once and
+ * the destroy completes when the callback returns (see
+ * ferry_op_set_done_callback). NULL is a no-op. */
 #define FERRY_OP_DESTROY_FLUSH_MS 1000
 FERRY_API void ferry_op_destroy(ferry_op_t *op);
 

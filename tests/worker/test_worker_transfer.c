@@ -25,6 +25,7 @@
 #include <setjmp.h>
 #include <cmocka.h>
 
+#include <poll.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
@@ -700,6 +701,91 @@ static void test_listeners(void **state)
     ferry_connector_destroy(c);
 }
 
+typedef struct {
+    atomic_int destroyed; /* callbacks that destroyed their operation */
+    ferry_op_status_t statuses[2];
+} self_destroy_t;
+
+static void destroy_in_done_cb(ferry_op_t *op, ferry_op_status_t status, void *arg)
+{
+    self_destroy_t *s = arg;
+    int i = atomic_load(&s->destroyed);
+
+    s->statuses[i < 2 ? i : 1] = status;
+    ferry_op_destroy(op); /* it goes once this returns */
+    atomic_fetch_add(&s->destroyed, 1);
+}
+
+static unsigned connector_live_ops(ferry_connector_t *c)
+{
+    unsigned n;
+
+    ferry__lock(c);
+    n = c->live_ops;
+    ferry__unlock(c);
+    return n;
+}
+
+/* A done callback may destroy its own operation (release on completion):
+ * the destroy finishes once the callback has returned, on the thread that
+ * delivered it, in both progress modes; the bytes arrived, nothing stays
+ * alive, and the connector goes. Before, destroy waited for the callback
+ * that called it to end: the progress thread (or the caller's) hung. */
+static void destroy_from_done_callback(ferry_progress_mode_t mode)
+{
+    enum { LEN = 65536 };
+    ferry_connector_params_t params = {.field_mask = FERRY_CONNECTOR_PARAM_FIELD_PROGRESS_MODE,
+                                       .progress_mode = mode};
+    uint8_t *src = malloc(LEN), *dst = calloc(1, LEN);
+    ferry_descriptor_t ds = {src, LEN, FERRY_DEVICE_HOST_INIT};
+    ferry_descriptor_t dd = {dst, LEN, FERRY_DEVICE_HOST_INIT};
+    self_destroy_t seen = {0};
+    ferry_connector_t *c;
+    ferry_op_t *passive, *active;
+    const uint8_t *md;
+    size_t md_len;
+    int64_t deadline;
+
+    assert_non_null(src);
+    assert_non_null(dst);
+    pair_fill(src, LEN, 41, 0);
+    assert_int_equal(ferry_connector_create(&params, &c), FERRY_OK);
+    assert_int_equal(ferry_writable_create(c, &dd, 1, &passive), FERRY_OK);
+    assert_int_equal(ferry_op_set_done_callback(passive, destroy_in_done_cb, &seen), FERRY_OK);
+    assert_int_equal(ferry_op_metadata(passive, &md, &md_len), FERRY_OK);
+    assert_int_equal(ferry_write_begin(c, &ds, 1, md, md_len, &active), FERRY_OK);
+    assert_int_equal(ferry_op_set_done_callback(active, destroy_in_done_cb, &seen), FERRY_OK);
+    deadline = pair_now_ms() + WAIT_TIMEOUT_MS;
+    while ((atomic_load(&seen.destroyed) < 2 || connector_live_ops(c) > 0) &&
+           pair_now_ms() < deadline) {
+        if (mode == FERRY_PROGRESS_CALLER) {
+            assert_int_equal(ferry_connector_progress(c), FERRY_OK);
+        } else {
+            poll(NULL, 0, 1); /* the progress thread delivers: polling, with a deadline */
+        }
+    }
+    assert_int_equal(atomic_load(&seen.destroyed), 2);
+    assert_int_equal(seen.statuses[0], FERRY_OP_STATUS_COMPLETE);
+    assert_int_equal(seen.statuses[1], FERRY_OP_STATUS_COMPLETE);
+    assert_int_equal(connector_live_ops(c), 0);
+    assert_int_equal(pair_check(dst, LEN, 41, 0), LEN);
+    assert_int_equal(ferry_connector_destroy(c), FERRY_OK); /* no operation left */
+    free(src);
+    free(dst);
+}
+
+static void test_destroy_from_done_callback(void **state)
+{
+    (void)state;
+    destroy_from_done_callback(FERRY_PROGRESS_THREAD);
+}
+
+static void test_destroy_from_done_callback_caller(void **state)
+{
+    (void)state;
+    destroy_from_done_callback(FERRY_PROGRESS_CALLER);
+}
+
 /* Destroying a connector with an operation alive refuses (FERRY_ERR_BUSY)
  * and changes nothing: the operation still works; once it is destroyed the
  * connector goes. */
@@ -1027,6 +1113,8 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_writer_killed_peer_detection),
         cmocka_unit_test(test_loopback_caller_progress),
         cmocka_unit_test(test_listeners),
+        cmocka_unit_test(test_destroy_from_done_callback),
+        cmocka_unit_test(test_destroy_from_done_callback_caller),
         cmocka_unit_test(test_connector_destroy_busy),
         cmocka_unit_test(test_log_quiet_by_default),
         cmocka_unit_test(test_log_callback),
