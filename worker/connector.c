@@ -361,8 +361,16 @@ static ferry__listener_t *listeners_owed(ferry_op_t *op, unsigned *n_p)
     return l;
 }
 
+/* The connector whose callbacks this thread is running, if any: destroy
+ * refuses to run under them (it would free what the delivery goes on to
+ * use, or join the progress thread from itself). */
+static _Thread_local ferry_connector_t *delivering;
+
 void ferry__connector_deliver(ferry_connector_t *c)
 {
+    ferry_connector_t *outer = delivering;
+
+    delivering = c;
     for (;;) {
         ferry_op_t *op;
         ferry_op_done_cb_t cb = NULL;
@@ -375,6 +383,7 @@ void ferry__connector_deliver(ferry_connector_t *c)
         op = c->done;
         if (op == NULL) {
             ferry__unlock(c);
+            delivering = outer;
             return;
         }
         c->done = op->done_next;
@@ -860,6 +869,12 @@ ferry_status_t ferry_connector_destroy(ferry_connector_t *c)
     ferry__clear_error();
     if (c == NULL) {
         return FERRY_OK;
+    }
+    if (delivering == c) {
+        return ferry__fail(FERRY_ERR_MISUSE,
+                           "connector %s: destroy from inside one of its own callbacks; call it "
+                           "after they have returned",
+                           c->name);
     }
     ferry__lock(c);
     alive = c->user_ops;

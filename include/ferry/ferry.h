@@ -202,7 +202,9 @@ FERRY_API ferry_status_t ferry_connector_create(const ferry_connector_params_t *
  * every operation has been destroyed and every region deregistered: with
  * operations or regions still alive it
  * returns FERRY_ERR_BUSY and changes nothing (as uv_loop_close returns
- * UV_EBUSY); destroy them and call it again. NULL is a no-op (FERRY_OK).
+ * UV_EBUSY); destroy them and call it again. From inside one of its own
+ * callbacks (a done callback or a listener) it returns FERRY_ERR_MISUSE and
+ * changes nothing. NULL is a no-op (FERRY_OK).
  * A destroyed operation's last message to a peer that never answers (a
  * claim or notice to a stopped process) can outlive it inside UCX; destroy
  * gives such messages about a second, then, with peer error handling,

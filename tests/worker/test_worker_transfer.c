@@ -786,6 +786,54 @@ static void test_destroy_from_done_callback_caller(void **state)
     destroy_from_done_callback(FERRY_PROGRESS_CALLER);
 }
 
+static void destroy_connector_in_done_cb(ferry_op_t *op, ferry_op_status_t status, void *arg)
+{
+    (void)status;
+    *(atomic_int *)arg = ferry_connector_destroy(ferry_op_connector(op));
+}
+
+/* A connector is not destroyed from inside one of its callbacks, which the
+ * delivery goes on from (and, in thread mode, run on the progress thread
+ * that destroy joins): FERRY_ERR_MISUSE, which says so, nothing changed,
+ * and it is destroyed afterwards. Before, the refusal was BUSY for the
+ * callback's own operation, which cannot be destroyed there before the
+ * callback returns, so destroying it first did not help. */
+static void connector_destroy_in_callback(ferry_progress_mode_t mode)
+{
+    ferry_connector_params_t params = {.field_mask = FERRY_CONNECTOR_PARAM_FIELD_PROGRESS_MODE,
+                                       .progress_mode = mode};
+    static uint8_t mem[64];
+    ferry_descriptor_t d = {mem, sizeof(mem), FERRY_DEVICE_HOST_INIT};
+    atomic_int got = 1; /* not a status */
+    ferry_connector_t *c;
+    ferry_op_t *op;
+    int64_t deadline;
+
+    assert_int_equal(ferry_connector_create(&params, &c), FERRY_OK);
+    assert_int_equal(ferry_writable_create(c, &d, 1, &op), FERRY_OK);
+    assert_int_equal(ferry_op_set_done_callback(op, destroy_connector_in_done_cb, &got), FERRY_OK);
+    assert_int_equal(ferry_op_cancel(op), FERRY_OK);
+    deadline = pair_now_ms() + WAIT_TIMEOUT_MS;
+    while (atomic_load(&got) == 1 && pair_now_ms() < deadline) {
+        if (mode == FERRY_PROGRESS_CALLER) {
+            assert_int_equal(ferry_connector_progress(c), FERRY_OK);
+        } else {
+            poll(NULL, 0, 1); /* the progress thread delivers: polling, with a deadline */
+        }
+    }
+    assert_int_equal(atomic_load(&got), FERRY_ERR_MISUSE);
+    assert_int_equal(ferry_op_status(op), FERRY_OP_STATUS_CANCELLED); /* still there */
+    ferry_op_destroy(op);
+    assert_int_equal(ferry_connector_destroy(c), FERRY_OK);
+}
+
+static void test_connector_destroy_in_callback_refused(void **state)
+{
+    (void)state;
+    connector_destroy_in_callback(FERRY_PROGRESS_THREAD);
+    connector_destroy_in_callback(FERRY_PROGRESS_CALLER);
+}
+
 /* Destroying a connector with an operation alive refuses (FERRY_ERR_BUSY)
  * and changes nothing: the operation still works; once it is destroyed the
  * connector goes. */
@@ -1115,6 +1163,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_listeners),
         cmocka_unit_test(test_destroy_from_done_callback),
         cmocka_unit_test(test_destroy_from_done_callback_caller),
+        cmocka_unit_test(test_connector_destroy_in_callback_refused),
         cmocka_unit_test(test_connector_destroy_busy),
         cmocka_unit_test(test_log_quiet_by_default),
         cmocka_unit_test(test_log_callback),
