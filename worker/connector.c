@@ -829,10 +829,10 @@ static pthread_mutex_t abandoned_lock = PTHREAD_MUTEX_INITIALIZER;
 static ferry_connector_t *abandoned;
 static unsigned n_abandoned;
 
-/* Destroy, lock held, when operations outlived the drain: each is held by
- * a UCX request that cannot end without its peer (a claim or notice waiting
+/* Destroy, lock held, when requests of ours outlived the drain: UCX holds
+ * them, and they cannot end without their peer (a claim or notice waiting
  * on the wireup of an endpoint to a process that stopped), and without
- * peer error handling UCX has no way to cancel it. ucp_worker_destroy would
+ * peer error handling UCX has no way to cancel them. ucp_worker_destroy would
  * then purge requests UCX says must be flushed first (UCX 1.13 asserts on
  * a connecting TCP endpoint's, aborting the process; on shared memory it
  * completes them after our last drain, and the operations leak), so the
@@ -840,10 +840,10 @@ static unsigned n_abandoned;
  * freed; the progress thread has stopped. */
 static void abandon(ferry_connector_t *c)
 {
-    ferry_warn("connector %s: %u operations wait on peers that never answered, and without peer "
-               "error handling UCX cannot cancel them: the connector's UCX worker is left behind "
-               "(not freed) instead of destroyed",
-               c->name, c->live_ops);
+    ferry_warn("connector %s: %u messages or transfers wait on peers that never answered, and "
+               "without peer error handling UCX cannot cancel them: the connector's UCX worker is "
+               "left behind (not freed) instead of destroyed",
+               c->name, c->reqs_in_ucx);
     pthread_mutex_lock(&abandoned_lock);
     c->abandoned_next = abandoned;
     abandoned = c;
@@ -900,12 +900,17 @@ ferry_status_t ferry_connector_destroy(ferry_connector_t *c)
     ferry__lock(c);
     drain_for_destroy(c);
     if (c->live_ops > 0 && ferry__peer_cache_force_close(c)) {
-        drain_for_destroy(c);
+        drain_for_destroy(c); /* their peers failed: they end, and what UCX held */
     }
-    if (c->live_ops > 0) {
+    if (c->reqs_in_ucx > 0) {
         abandon(c);
         ferry__unlock(c);
         return FERRY_OK;
+    }
+    if (c->live_ops > 0) {
+        /* Held by no request of ours in UCX: a passive operation waiting
+         * for its writer's notice, say. The worker goes; they are lost. */
+        ferry_error("connector %s: destroyed with %u operations still alive", c->name, c->live_ops);
     }
     ferry__peer_cache_clear(c);
     ferry__staged_stale_free(c);

@@ -293,6 +293,7 @@ struct ferry_connector {
     ferry__inmsg_t *inbox, **inbox_tail;
     size_t inbox_len, inbox_bytes; /* bounded: FERRY__INBOX_MAX(_BYTES) */
     unsigned replies_in_flight;    /* ADMITs posted, not done: FERRY__REPLIES_MAX */
+    unsigned reqs_in_ucx;          /* other requests UCX holds: posted, callback not yet run */
     uint64_t replies_dropped;      /* refusals dropped at that bound */
     uint64_t inbox_dropped;        /* messages dropped at the bound */
     ferry__peer_t *failed;

@@ -335,7 +335,12 @@ void ferry__peer_rkey_put(ferry__peer_t *peer, ferry__rkey_t *rkey)
 /* UCX callback (lock held): queue the finished request. */
 static void req_done_cb(void *request, ucs_status_t status, void *user_data)
 {
-    ferry__req_finish(user_data, status);
+    ferry__req_t *req = user_data;
+
+    if (req->type != FERRY__REQ_ADMIT) {
+        req->connector->reqs_in_ucx--;
+    }
+    ferry__req_finish(req, status);
     ucp_request_free(request);
 }
 
@@ -375,6 +380,8 @@ void ferry__req_posted(ferry__req_t *req, ucs_status_ptr_t sp)
         ferry__req_finish(req, UCS_OK);
     } else if (UCS_PTR_IS_ERR(sp)) {
         ferry__req_finish(req, UCS_PTR_STATUS(sp));
+    } else if (req->type != FERRY__REQ_ADMIT) {
+        req->connector->reqs_in_ucx++; /* until req_done_cb */
     }
     /* Otherwise req_done_cb queues it later. */
 }
