@@ -14,6 +14,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "worker/ferry_int.h"
+
 uint8_t pair_pattern(uint32_t seed, size_t desc, size_t offset)
 {
     return (uint8_t)(seed * 131u + desc * 7u + offset * 13u + (offset >> 8) + (offset >> 16));
@@ -197,4 +199,14 @@ void pair_close(pair_partner_t *p)
     close(p->cmd_fd);
     close(p->res_fd);
     p->cmd_fd = p->res_fd = -1;
+}
+
+unsigned pair_live_ops(ferry_connector_t *c)
+{
+    unsigned n;
+
+    ferry__lock(c);
+    n = c->live_ops;
+    ferry__unlock(c);
+    return n;
 }

@@ -51,4 +51,8 @@ int pair_reap(pid_t pid);
 /* Closes both pipes. */
 void pair_close(pair_partner_t *p);
 
+/* Operations the connector still holds, freed or not by their owner
+ * (its live_ops, read under its lock). */
+unsigned pair_live_ops(ferry_connector_t *c);
+
 #endif /* FERRY_TESTS_WORKER_PAIR_H */

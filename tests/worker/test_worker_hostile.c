@@ -909,15 +909,6 @@ static void fake_request_free(fake_passive_t *f, ucs_status_ptr_t req)
     }
 }
 
-static unsigned live_ops(ferry_connector_t *c)
-{
-    unsigned n;
-    ferry__lock(c);
-    n = c->live_ops;
-    ferry__unlock(c);
-    return n;
-}
-
 /* Opens f's UCX side: a worker answering claims (fake_passive_am_cb) and
  * f->target registered, described by f->md as a writable or a readable. */
 static void fake_open(fake_passive_t *f, ferry__op_kind_t kind)
@@ -996,12 +987,12 @@ static ferry_status_t write_against_fake(fake_passive_t *f, ferry_status_t *erro
         assert_int_equal(ferry_op_cancel(op), FERRY_OK);
         *error_p = ferry_op_error(op, &msg);
         ferry_op_destroy(op);
-        while (live_ops(c) > 0 && pair_now_ms() < deadline) {
+        while (pair_live_ops(c) > 0 && pair_now_ms() < deadline) {
             ucp_worker_progress(f->worker);
             struct timespec pause = {0, 1000000};
             nanosleep(&pause, NULL); /* polling the condition, with a deadline */
         }
-        st = live_ops(c) == 0 ? FERRY_OK : FERRY_ERR_TIMED_OUT;
+        st = pair_live_ops(c) == 0 ? FERRY_OK : FERRY_ERR_TIMED_OUT;
         op = NULL;
     }
     while (op != NULL && st == FERRY_ERR_TIMED_OUT && pair_now_ms() < deadline) {
@@ -1154,7 +1145,7 @@ static int stopped_peer_case(bool peer_errors)
     CHECK(ferry_write_begin(c, &local, 1, f.md, f.md_len, &op) == FERRY_OK);
     CHECK(ferry_op_cancel(op) == FERRY_OK);
     ferry_op_destroy(op);
-    CHECK(live_ops(c) == 1); /* the claim's send holds it */
+    CHECK(pair_live_ops(c) == 1); /* the claim's send holds it */
     CHECK(ferry_connector_destroy(c) == FERRY_OK);
     CHECK(logged.errors == 0);
     CHECK(logged.warns == 1); /* the endpoint forced, or the worker left behind */
@@ -1485,10 +1476,10 @@ static void test_inbox_bounded_per_party(void **state)
     ferry_op_destroy(a);
     ferry_op_destroy(b);
     deadline = pair_now_ms() + WAIT_TIMEOUT_MS;
-    while (live_ops(c) > 0 && pair_now_ms() < deadline) {
+    while (pair_live_ops(c) > 0 && pair_now_ms() < deadline) {
         assert_int_equal(ferry_connector_progress(c), FERRY_OK); /* delivers their ends */
     }
-    assert_int_equal(live_ops(c), 0); /* the queued messages' references are gone */
+    assert_int_equal(pair_live_ops(c), 0); /* the queued messages' references are gone */
     assert_int_equal(ferry_connector_destroy(c), FERRY_OK);
 }
 

@@ -1195,9 +1195,7 @@ static void test_mapped_slots_out_of_range_refused(void **state)
         deadline = pair_now_ms() + WAIT_TIMEOUT_MS;
         do {
             assert_int_equal(ferry_connector_progress(pc), FERRY_OK);
-            ferry__lock(ac);
-            live = ac->live_ops;
-            ferry__unlock(ac);
+            live = pair_live_ops(ac);
         } while (live > 0 && pair_now_ms() < deadline);
         assert_int_equal(live, 0);
     }

@@ -716,16 +716,6 @@ static void destroy_in_done_cb(ferry_op_t *op, ferry_op_status_t status, void *a
     atomic_fetch_add(&s->destroyed, 1);
 }
 
-static unsigned connector_live_ops(ferry_connector_t *c)
-{
-    unsigned n;
-
-    ferry__lock(c);
-    n = c->live_ops;
-    ferry__unlock(c);
-    return n;
-}
-
 /* A done callback may destroy its own operation (release on completion):
  * the destroy finishes once the callback has returned, on the thread that
  * delivered it, in both progress modes; the bytes arrived, nothing stays
@@ -756,8 +746,7 @@ static void destroy_from_done_callback(ferry_progress_mode_t mode)
     assert_int_equal(ferry_write_begin(c, &ds, 1, md, md_len, &active), FERRY_OK);
     assert_int_equal(ferry_op_set_done_callback(active, destroy_in_done_cb, &seen), FERRY_OK);
     deadline = pair_now_ms() + WAIT_TIMEOUT_MS;
-    while ((atomic_load(&seen.destroyed) < 2 || connector_live_ops(c) > 0) &&
-           pair_now_ms() < deadline) {
+    while ((atomic_load(&seen.destroyed) < 2 || pair_live_ops(c) > 0) && pair_now_ms() < deadline) {
         if (mode == FERRY_PROGRESS_CALLER) {
             assert_int_equal(ferry_connector_progress(c), FERRY_OK);
         } else {
@@ -767,7 +756,7 @@ static void destroy_from_done_callback(ferry_progress_mode_t mode)
     assert_int_equal(atomic_load(&seen.destroyed), 2);
     assert_int_equal(seen.statuses[0], FERRY_OP_STATUS_COMPLETE);
     assert_int_equal(seen.statuses[1], FERRY_OP_STATUS_COMPLETE);
-    assert_int_equal(connector_live_ops(c), 0);
+    assert_int_equal(pair_live_ops(c), 0);
     assert_int_equal(pair_check(dst, LEN, 41, 0), LEN);
     assert_int_equal(ferry_connector_destroy(c), FERRY_OK); /* no operation left */
     free(src);
