@@ -827,7 +827,6 @@ static void drain_for_destroy(ferry_connector_t *c)
  * never freed. */
 static pthread_mutex_t abandoned_lock = PTHREAD_MUTEX_INITIALIZER;
 static ferry_connector_t *abandoned;
-static unsigned n_abandoned;
 
 /* Destroy, lock held, when requests of ours outlived the drain: UCX holds
  * them, and they cannot end without their peer (a claim or notice waiting
@@ -847,16 +846,17 @@ static void abandon(ferry_connector_t *c)
     pthread_mutex_lock(&abandoned_lock);
     c->abandoned_next = abandoned;
     abandoned = c;
-    n_abandoned++;
     pthread_mutex_unlock(&abandoned_lock);
 }
 
 unsigned ferry__connectors_abandoned(void)
 {
-    unsigned n;
+    unsigned n = 0;
 
     pthread_mutex_lock(&abandoned_lock);
-    n = n_abandoned;
+    for (const ferry_connector_t *c = abandoned; c != NULL; c = c->abandoned_next) {
+        n++;
+    }
     pthread_mutex_unlock(&abandoned_lock);
     return n;
 }
