@@ -735,6 +735,7 @@ ferry_status_t coord_registry_create(const coord_registry_params_t *params,
         goto err_lease_cond;
     }
     r->batch_tail = &r->batch_head;
+    r->token_md = EVP_MD_fetch(NULL, "SHA256", NULL);
     r->test_gate = getenv("FERRY_TEST_WRITE_THROUGH_GATE");
     const char *load_fails = getenv("FERRY_TEST_LOAD_FAILS");
     r->test_load_fails = load_fails != NULL ? atoi(load_fails) : 0;
@@ -774,6 +775,7 @@ err_lock:
 err_view:
     view_cleanup(&r->view);
 err_free:
+    EVP_MD_free(r->token_md);
     free(r->claims_prefix);
     free(r->ops_prefix);
     free(r->prefix);
@@ -800,6 +802,7 @@ void coord_registry_destroy(coord_registry_t *r)
     pthread_cond_destroy(&r->maint_cond);
     pthread_mutex_destroy(&r->lock);
     view_cleanup(&r->view);
+    EVP_MD_free(r->token_md);
     free(r->claims_prefix);
     free(r->ops_prefix);
     free(r->prefix);

@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include <openssl/crypto.h>
+#include <openssl/evp.h>
 #include <openssl/rand.h>
 #include <openssl/sha.h>
 
@@ -24,19 +25,27 @@ static int64_t ttl_or_default(const coord_registry_t *r, int64_t ttl_s)
     return ttl_s > 0 ? ttl_s : r->default_ttl_s;
 }
 
-static void token_hash(const char *token, uint8_t out[SHA256_DIGEST_LENGTH])
+/* SHA-256 of an access token; false only when OpenSSL fails (out of
+ * memory), and then every caller fails closed. */
+static bool token_hash(const coord_registry_t *r, const char *token,
+                       uint8_t out[SHA256_DIGEST_LENGTH])
 {
-    SHA256((const unsigned char *)token, strlen(token), out);
+    size_t len = strlen(token);
+
+    if (r->token_md != NULL && EVP_Digest(token, len, out, NULL, r->token_md, NULL) == 1) {
+        return true;
+    }
+    return SHA256((const unsigned char *)token, len, out) != NULL;
 }
 
-static bool token_matches(const Ferry__V1__Operation *op, const char *token)
+static bool token_matches(const coord_registry_t *r, const Ferry__V1__Operation *op,
+                          const char *token)
 {
     uint8_t h[SHA256_DIGEST_LENGTH];
 
-    if (op->token_sha256.len != SHA256_DIGEST_LENGTH) {
+    if (op->token_sha256.len != SHA256_DIGEST_LENGTH || !token_hash(r, token, h)) {
         return false;
     }
-    token_hash(token, h);
     return CRYPTO_memcmp(h, op->token_sha256.data, sizeof(h)) == 0;
 }
 
@@ -229,7 +238,10 @@ ferry_status_t coord_register(coord_registry_t *r, const Ferry__V1__RegisterRequ
     out->ttl_s = lease.ttl_s;
     memcpy(out->lease_token, lease.token, sizeof(out->lease_token));
 
-    token_hash(out->access_token, hash);
+    if (!token_hash(r, out->access_token, hash)) {
+        status = registry_fail(FERRY_ERR_NO_MEMORY, msg, cap, "cannot hash the access token");
+        goto err_revoke;
+    }
     op.request_id = req->request_id;
     op.kind = req->metadata->kind;
     op.state = FERRY_OP_REGISTERED;
@@ -354,10 +366,11 @@ static ferry_status_t read_record(coord_registry_t *r, const char *id, bool from
 
 /* What Lookup and Get answer about a record read: the metadata's bytes
  * only to a caller with the token. */
-static ferry_status_t lookup_answer(record_t *rec, const char *id, const char *token,
-                                    coord_record_t *out, int64_t *revision_p, char *msg, size_t cap)
+static ferry_status_t lookup_answer(const coord_registry_t *r, record_t *rec, const char *id,
+                                    const char *token, coord_record_t *out, int64_t *revision_p,
+                                    char *msg, size_t cap)
 {
-    if (token != NULL && !token_matches(rec->data.op, token)) {
+    if (token != NULL && !token_matches(r, rec->data.op, token)) {
         coord_record_free(&rec->data);
         return registry_fail(FERRY_ERR_PERMISSION_DENIED, msg, cap,
                              "access_token does not grant access to request_id '%s'", id);
@@ -383,7 +396,7 @@ ferry_status_t coord_lookup(coord_registry_t *r, const char *id, const char *tok
     if (status != FERRY_OK) {
         return status;
     }
-    return lookup_answer(&rec, id, token, out, revision_p, msg, cap);
+    return lookup_answer(r, &rec, id, token, out, revision_p, msg, cap);
 }
 
 ferry_status_t coord_lookup_view(coord_registry_t *r, const char *id, const char *token,
@@ -404,7 +417,7 @@ ferry_status_t coord_lookup_view(coord_registry_t *r, const char *id, const char
     if (!*answered_p) {
         return FERRY_OK;
     }
-    return lookup_answer(&rec, id, token, out, revision_p, msg, cap);
+    return lookup_answer(r, &rec, id, token, out, revision_p, msg, cap);
 }
 
 /* --- transitions ---------------------------------------------------------- */
@@ -511,7 +524,7 @@ static ferry_status_t registry_transition(coord_registry_t *r, const char *id, t
             return status;
         }
         from = rec.data.op->state;
-        if (t->token != NULL && !token_matches(rec.data.op, t->token)) {
+        if (t->token != NULL && !token_matches(r, rec.data.op, t->token)) {
             rc = registry_fail(FERRY_ERR_PERMISSION_DENIED, msg, cap,
                                "access_token does not grant access to request_id '%s'", id);
         } else {
@@ -625,7 +638,7 @@ static ferry_status_t claim_precheck(coord_registry_t *r, const Ferry__V1__Claim
         if (status != FERRY_OK) {
             return status;
         }
-        if (!token_matches(rec.data.op, req->access_token)) {
+        if (!token_matches(r, rec.data.op, req->access_token)) {
             status = registry_fail(FERRY_ERR_PERMISSION_DENIED, msg, cap,
                                    "access_token does not grant access to request_id '%s'",
                                    req->request_id);
@@ -808,7 +821,7 @@ ferry_status_t coord_release(coord_registry_t *r, const Ferry__V1__ReleaseReques
         if (status != FERRY_OK) {
             return status;
         }
-        if (!token_matches(rec.data.op, req->access_token)) {
+        if (!token_matches(r, rec.data.op, req->access_token)) {
             status = registry_fail(FERRY_ERR_PERMISSION_DENIED, msg, cap,
                                    "access_token does not grant access to request_id '%s'",
                                    req->request_id);
