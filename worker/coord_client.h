@@ -1,8 +1,8 @@
 /*
- * coord_client.h: what coord_client.c shows beyond the public API
- * (ferry/coordinator.h): counts of its watch thread's work, for tests that
- * check how the client followed its records (resumed or read again), and
- * of its session lease's renewals.
+ * coord_client.h: what the coordinator client (coord_*.c) shows beyond the
+ * public API (ferry/coordinator.h): counts of its watch thread's work, for
+ * tests that check how the client followed its records (resumed or read
+ * again), and of its session lease's renewals; and its test seams.
  */
 #ifndef FERRY_WORKER_COORD_CLIENT_H
 #define FERRY_WORKER_COORD_CLIENT_H

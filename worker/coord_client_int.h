@@ -1,0 +1,186 @@
+/*
+ * coord_client_int.h: the coordinator client's state and what its three
+ * files share: coord_client.c (binding operations, the public API),
+ * coord_session.c (the session lease; the session and renewal threads, and
+ * what they do for a link) and coord_watch.c (the watch thread).
+ *
+ * Locking: coord->lock guards the link list, every link's fields and the
+ * session lease. A link the session thread works on outside the lock is
+ * marked busy; unlinking (on DESTROY) waits until it is not. The data plane
+ * tells listeners without holding its connector lock.
+ */
+#ifndef FERRY_WORKER_COORD_CLIENT_INT_H
+#define FERRY_WORKER_COORD_CLIENT_INT_H
+
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <time.h>
+
+#include "common/clock.h"
+#include "ferry/coordinator.h"
+#include "ferry/v1/coordinator.pb-c.h"
+#include "rpc/rpc.h"
+#include "worker/coord_client.h"
+
+/* After ferry/ferry.h: it gives ferry__op_state_status. */
+#include "common/op_state.h"
+
+#define COORD_DEFAULT_TIMEOUT_MS 10000
+#define COORD_DEFAULT_TTL_S      10
+#define COORD_PATH(m)            "/ferry.v1.Coordinator/" m
+#define LEASE_TOKEN_CAP          129 /* the coordinator's are 64 hex characters */
+
+typedef struct coord_link {
+    struct coord_link *next;
+    ferry_coordinator_t *coord;
+    ferry_op_t *op;
+    bool passive;
+    char request_id[129];
+    char token[257];
+    int64_t lease_id;                  /* the lease the record (passive) or claim (active) is on */
+    char lease_token[LEASE_TOKEN_CAP]; /* lease_id's (active: Complete shows it) */
+    uint64_t claim_id;                 /* active: the claim's, for Complete */
+    int64_t due_ms;                    /* next retry (release, report), monotonic */
+    bool look_due;                     /* the record may have changed: look */
+    int look_tries;                    /* Gets failed in a row (look_due_ms: the next) */
+    int64_t look_due_ms;
+    /* The watch's latest event for the record (ev_valid): looked at as it
+     * is, without a Get. A new stream clears it (then the look is a Get). */
+    bool ev_valid;
+    bool ev_gone; /* deleted because its owner's lease expired */
+    ferry_op_state_t ev_state;
+    char ev_message[256];
+    bool busy;    /* the session thread is using it outside the lock */
+    bool looking; /* ... and its operation (look): destroy waits for that */
+    bool told;    /* the end is known here (FINAL, or DESTROY first) */
+    bool report_due;
+    bool reported;
+    ferry_op_status_t final_status;
+    /* The owner destroyed the passive operation (op is NULL): the session
+     * thread releases the record once it is final, then frees the link. */
+    bool releasing;
+    int release_tries;         /* Releases (or Cancels) refused in a row, for the back-off */
+    int64_t destroyed_ms;      /* when the owner destroyed it (monotonic) */
+    bool cancel_due;           /* a Cancel must go (and be taken) before the Release */
+    bool cancel_forced;        /* ... because the record stayed open 2 x TTL past the destroy */
+    const char *cancel_reason; /* a static string */
+    /* Active: the claim was granted before the transfer began (an active
+     * link exists only then). The outcome is kept here, so that the report
+     * (Complete) can be sent after the operation is destroyed (op is NULL
+     * then); a report the coordinator could not take is tried again
+     * (report_tries: how often, for the back-off). */
+    int report_tries;
+    bool abandoned; /* a claim nobody follows (abandon): refusals are quiet */
+    ferry_status_t final_code;
+    char final_message[256];
+} coord_link_t;
+
+struct ferry_coordinator {
+    rpc_channel_t *channel;
+    int timeout_ms;
+    pthread_mutex_t lock;
+    pthread_cond_t cond; /* wakes the session thread; busy -> idle; session made */
+    coord_link_t *links;
+    bool stopping;
+    pthread_t thread;
+    pthread_t renewer; /* renews the session lease, and does nothing else */
+    pthread_t watcher;
+    /* Under lock. watch_rev: the header revision of the last message read
+     * on a stream that ended its revision (0: none, the next stream is
+     * fresh). The counts are for
+     * tests (ferry__coord_watch_stats). */
+    int64_t watch_rev;
+    uint64_t watches;      /* fresh streams created (the resync count) */
+    uint64_t resumes;      /* streams resumed at watch_rev + 1 */
+    uint64_t out_of_range; /* streams refused or ended with OUT_OF_RANGE */
+    uint64_t gets;         /* records read with a Get (a look without an event) */
+    uint64_t renewals;     /* KeepAlives of the session lease that succeeded */
+
+    /* The session lease, under lock. 0: none yet (or lost). */
+    int64_t session_lease;
+    char session_token[LEASE_TOKEN_CAP]; /* its lease token */
+    int64_t session_ttl_s;
+    int64_t session_due_ms;
+    int session_renew_tries; /* keep-alives failed in a row */
+    bool session_making;     /* an RPC that will make it is in flight */
+
+    /* Set by disconnect, after the threads are joined: the last calls all
+     * end by then (monotonic; 0: no such bound). */
+    int64_t final_deadline_ms;
+};
+
+static inline int64_t now_ms(void)
+{
+    return ferry__clock_ms(CLOCK_MONOTONIC);
+}
+
+static inline int64_t period_ms(const ferry_coordinator_t *coord)
+{
+    int64_t ttl = coord->session_ttl_s > 0 ? coord->session_ttl_s : COORD_DEFAULT_TTL_S;
+    return ttl * 1000 / 3;
+}
+
+/* The pause before try number `tries` + 1 of a report: 50 ms, doubling, at
+ * most a period. */
+static inline int64_t retry_ms(const ferry_coordinator_t *coord, int tries)
+{
+    int64_t ms = 50;
+    for (int i = 1; i < tries && ms < period_ms(coord); i++) {
+        ms *= 2;
+    }
+    return ms < period_ms(coord) ? ms : period_ms(coord);
+}
+
+/* A unary call to the coordinator, bounded by the client's timeout (plus
+ * extra_ms), and after disconnect by what is left of its final deadline. */
+static inline ferry_status_t call(ferry_coordinator_t *coord, const char *path,
+                                  const ProtobufCMessage *req,
+                                  const ProtobufCMessageDescriptor *desc, int64_t extra_ms,
+                                  void *resp_p, rpc_error_t *err)
+{
+    int64_t timeout_ms = coord->timeout_ms + extra_ms;
+
+    if (coord->final_deadline_ms != 0 && coord->final_deadline_ms - now_ms() < timeout_ms) {
+        timeout_ms = coord->final_deadline_ms - now_ms();
+        timeout_ms = timeout_ms > 1 ? timeout_ms : 1;
+    }
+    return rpc_unary(coord->channel, path, req, desc, (int)timeout_ms, (ProtobufCMessage **)resp_p,
+                     err);
+}
+
+static inline void timed_wait(pthread_cond_t *cond, pthread_mutex_t *lock, int64_t ms)
+{
+    struct timespec until = ferry__clock_in_ms(CLOCK_MONOTONIC, ms);
+    pthread_cond_timedwait(cond, lock, &until);
+}
+
+/* ---- coord_session.c ---- */
+
+/* The session lease (see coord_session.c): the lease for a new record or
+ * claim, or 0 when this caller is to make it (*making_p); after the RPC,
+ * ferry__coord_session_made adopts what it made; ferry__coord_session_was_lost
+ * says whether the call failed because etcd lost the lease (try once more). */
+int64_t ferry__coord_session_take(ferry_coordinator_t *coord, bool *making_p, char *token);
+void ferry__coord_session_made(ferry_coordinator_t *coord, bool making, int64_t lease,
+                               int64_t ttl_s, const char *token);
+bool ferry__coord_session_was_lost(ferry_coordinator_t *coord, int64_t lease,
+                                   ferry_status_t status);
+
+/* A destroyed passive operation's Release (after the Cancel it owes), and
+ * an active one's Complete: true when done, false to try again later. */
+bool ferry__coord_release_passive(coord_link_t *link);
+bool ferry__coord_report_active(coord_link_t *link);
+
+/* Takes a link off the list; lock held. */
+void ferry__coord_link_remove(ferry_coordinator_t *coord, coord_link_t *link);
+
+/* The threads' bodies (arg: the ferry_coordinator_t). */
+void *ferry__coord_session_main(void *arg);
+void *ferry__coord_renew_main(void *arg);
+
+/* ---- coord_watch.c ---- */
+
+void *ferry__coord_watch_main(void *arg);
+
+#endif /* FERRY_WORKER_COORD_CLIENT_INT_H */
