@@ -95,7 +95,7 @@ bench_start_etcd() {
 }
 
 # bench_start_coord NAME: starts a replica on $ETCD_ENDPOINT; appends its
-# target to COORD_TARGETS (comma-separated).
+# target to COORD_TARGETS and its PID to COORD_PIDS (comma-separated).
 bench_start_coord() {
     bench_tmp
     local name=$1 dir="$BENCH_TMP/coord-$1"
@@ -104,6 +104,7 @@ bench_start_coord() {
         --name "$name" --etcd "$ETCD_ENDPOINT" ${FERRY_BENCH_COORD_ARGS:-} \
         >"$dir/coordinator.log" 2>&1 &
     BENCH_PIDS+=($!)
+    COORD_PIDS="${COORD_PIDS:+$COORD_PIDS,}$!"
     bench_wait_for "test -s $dir/port" 150 ||
         { tail -20 "$dir/coordinator.log" >&2; bench_die "coordinator $name did not start"; }
     COORD_TARGETS="${COORD_TARGETS:+$COORD_TARGETS,}127.0.0.1:$(cat "$dir/port")"
@@ -124,7 +125,7 @@ bench_stop_last() {
 
 # bench_start_echo: starts the echo server (ferry_bench_control --mode
 # echo-server: the same rpc/ layer as the coordinator, an empty handler);
-# sets ECHO_TARGET.
+# sets ECHO_TARGET and ECHO_PID.
 bench_start_echo() {
     bench_tmp
     local dir="$BENCH_TMP/echo"
@@ -132,6 +133,7 @@ bench_start_echo() {
     "$BUILD_DIR/bench/ferry_bench_control" --mode echo-server --listen 127.0.0.1:0 \
         --port-file "$dir/port" >"$dir/echo.log" 2>&1 &
     BENCH_PIDS+=($!)
+    ECHO_PID=$!
     bench_wait_for "test -s $dir/port" 150 ||
         { tail -20 "$dir/echo.log" >&2; bench_die "echo server did not start"; }
     ECHO_TARGET="127.0.0.1:$(cat "$dir/port")"

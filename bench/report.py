@@ -93,10 +93,16 @@ def control_tables(rows):
         if not runs:
             return None
         return dict(runs[0], runs=runs, **{f: median([r[f] for r in runs])
-                                          for f in ("ops_per_s", "p50_us", "p99_us")})
+                                          for f in ("ops_per_s", "p50_us", "p99_us",
+                                                    "server_cpu_us_per_call")
+                                          if all(f in r for r in runs)})
 
     def val(r, f):
-        return None if r is None else r[f]
+        return None if r is None else r.get(f)
+
+    # The servers' CPU per call (ferry_bench_control --server-pid), in
+    # results that have it.
+    with_cpu = any("server_cpu_us_per_call" in r for runs in ctl.values() for r in runs)
 
     def rratio(a, b):
         """a/b in calls per second; over rounds the median of each round's
@@ -127,7 +133,8 @@ def control_tables(rows):
                  "(empty handler, 16 threads, one server), on the same kind of channel; "
                  "ratios are RPC/echo",
                  ["RPC", "clients", "replicas", "calls/s", "p50 us", "p99 us",
-                  "echo/s", "p50 us", "p99 us", "calls/s ratio", "p50 ratio", "p99 ratio"])
+                  "echo/s", "p50 us", "p99 us", "calls/s ratio", "p50 ratio", "p99 ratio"] +
+                 (["server CPU us/call", "echo server's", "CPU ratio"] if with_cpu else []))
     for coords in replicas:
         for n in clients:
             lk, eg, gg, sh = get("lookup", n, coords), get("etcd-get", n, 0), \
@@ -162,7 +169,11 @@ def control_tables(rows):
                              val(r, "p99_us"), val(e, "ops_per_s"), val(e, "p50_us"),
                              val(e, "p99_us"), ratio(val(r, "ops_per_s"), val(e, "ops_per_s")),
                              ratio(val(r, "p50_us"), val(e, "p50_us")),
-                             ratio(val(r, "p99_us"), val(e, "p99_us")))
+                             ratio(val(r, "p99_us"), val(e, "p99_us")),
+                             *([val(r, "server_cpu_us_per_call"),
+                                val(e, "server_cpu_us_per_call"),
+                                ratio(val(r, "server_cpu_us_per_call"),
+                                      val(e, "server_cpu_us_per_call"))] if with_cpu else []))
     return [echo, look, reg]
 
 
