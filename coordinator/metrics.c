@@ -16,6 +16,8 @@
  *   ferry_view_events_total{type,state}          counter, changes the view applied
  *   ferry_lease_expiries_total                   counter, records whose lease ran out
  *   ferry_claim_expiries_total                   counter, claims whose lease ran out
+ *   ferry_claim_ends_total{decided}              counter, claims whose key went, by where
+ *                                                the expiry check was decided (view|transition)
  *   ferry_build_info{version,name}               gauge, always 1
  * method is the gRPC path ("/ferry.v1.Coordinator/Get", "unknown" for
  * methods not served); code the gRPC status name; kind the etcd gateway path
@@ -388,6 +390,14 @@ char *coord_metrics_render(coord_metrics_t *m)
             "appears (bounded by --max-waits).\n# TYPE ferry_parked_waits gauge\n"
             "ferry_parked_waits %zu\n",
             sample.parked_waits);
+    fprintf(f,
+            "# HELP ferry_claim_ends_total Claims whose key went (finished, cancelled or "
+            "expired), by where the expiry check was decided: on the view (the record was past "
+            "CLAIMED, no etcd read) or by a transition (an expiry, or a view that could not "
+            "tell).\n# TYPE ferry_claim_ends_total counter\n"
+            "ferry_claim_ends_total{decided=\"view\"} %" PRIu64 "\n"
+            "ferry_claim_ends_total{decided=\"transition\"} %" PRIu64 "\n",
+            sample.claim_ends_on_view, sample.claim_ends_checked);
     fprintf(f,
             "# HELP ferry_build_info The running ferry-coordinator.\n"
             "# TYPE ferry_build_info gauge\nferry_build_info{version=\"%s\",name=\"%s\"} 1\n",

@@ -254,7 +254,8 @@ static void apply_op_delete(coord_registry_t *r, const char *id, const etcd_even
 typedef struct {
     coord_registry_t *r;
     int64_t claim_lease;
-    char id[]; /* NUL-terminated */
+    int64_t ended; /* the revision that deleted the claim's key */
+    char id[];     /* NUL-terminated */
 } expiry_job_t;
 
 static void expiry_job_run(void *arg, bool run)
@@ -262,7 +263,7 @@ static void expiry_job_run(void *arg, bool run)
     expiry_job_t *job = arg;
 
     if (run) {
-        registry_expire_claim(job->r, job->id, job->claim_lease);
+        registry_expire_claim(job->r, job->id, job->claim_lease, job->ended);
     } else {
         ferry_info("op %s: claim expiry dropped at shutdown; another replica, or the next "
                    "start, marks it",
@@ -271,7 +272,8 @@ static void expiry_job_run(void *arg, bool run)
     free(job);
 }
 
-static void expire_claim_later(coord_registry_t *r, const char *id, int64_t claim_lease)
+static void expire_claim_later(coord_registry_t *r, const char *id, int64_t claim_lease,
+                               int64_t ended)
 {
     size_t len = strlen(id);
     expiry_job_t *job = r->params.exec != NULL ? malloc(sizeof(*job) + len + 1) : NULL;
@@ -279,6 +281,7 @@ static void expire_claim_later(coord_registry_t *r, const char *id, int64_t clai
     if (job != NULL) {
         job->r = r;
         job->claim_lease = claim_lease;
+        job->ended = ended;
         memcpy(job->id, id, len + 1);
         if (coord_exec_submit(r->params.exec, expiry_job_run, job, COORD_EXEC_MUST) == FERRY_OK) {
             return;
@@ -286,7 +289,7 @@ static void expire_claim_later(coord_registry_t *r, const char *id, int64_t clai
         expiry_job_run(job, false);
         return;
     }
-    registry_expire_claim(r, id, claim_lease); /* no queue (tests), or no memory */
+    registry_expire_claim(r, id, claim_lease, ended); /* no queue (tests), or no memory */
 }
 
 static void apply_claim_delete(coord_registry_t *r, const char *id, const etcd_event_t *ev)
@@ -301,7 +304,7 @@ static void apply_claim_delete(coord_registry_t *r, const char *id, const etcd_e
                                                       : sizeof(lease_buf) - 1;
     memcpy(lease_buf, ev->prev_kv.value, n);
     lease_buf[n] = '\0';
-    expire_claim_later(r, id, strtoll(lease_buf, NULL, 10));
+    expire_claim_later(r, id, strtoll(lease_buf, NULL, 10), ev->kv.mod_revision);
 }
 
 /* The view's revision advances with the events it applies, never with a
@@ -324,13 +327,21 @@ void registry_on_watch_events(void *arg, const etcd_event_t *events, size_t n_ev
             }
             continue;
         }
+        pthread_mutex_lock(&r->lock);
+        applied_locked(r, ev->kv.mod_revision);
+        pthread_mutex_unlock(&r->lock);
+    }
+    /* Claim keys that went, once the batch is in the view: a Complete or
+     * Cancel on another replica deletes the claim key and writes the record
+     * in one revision, whose events come together, so the view then shows
+     * the record past CLAIMED and the expiry check needs no etcd read
+     * (registry_expire_claim). */
+    for (size_t i = 0; i < n_events; i++) {
+        const etcd_event_t *ev = &events[i];
         if (ev->type == ETCD_EVENT_DELETE &&
             id_of_key(r->claims_prefix, &ev->kv, id, sizeof(id)) != NULL) {
             apply_claim_delete(r, id, ev);
         }
-        pthread_mutex_lock(&r->lock);
-        applied_locked(r, ev->kv.mod_revision);
-        pthread_mutex_unlock(&r->lock);
     }
     pthread_mutex_lock(&r->lock);
     view_prune(&r->view, r->revision);
@@ -428,7 +439,7 @@ static void expire_orphans(coord_registry_t *r, const orphan_t *orphans)
     for (const orphan_t *o = orphans; o != NULL; o = o->next) {
         ferry_info("op %s: CLAIMED, but claim lease %lld ended while no replica watched", o->id,
                    (long long)o->claim_lease);
-        registry_expire_claim(r, o->id, o->claim_lease);
+        registry_expire_claim(r, o->id, o->claim_lease, 0);
     }
 }
 
@@ -822,6 +833,12 @@ void coord_registry_view_stats(coord_registry_t *r, size_t *n_records_p, bool *l
     memcpy(n_by_state, r->view.n_by_state, sizeof(r->view.n_by_state));
     *live_p = r->synced;
     pthread_mutex_unlock(&r->lock);
+}
+
+void coord_registry_claim_ends(coord_registry_t *r, uint64_t *on_view_p, uint64_t *checked_p)
+{
+    *on_view_p = atomic_load(&r->claim_ends[0]);
+    *checked_p = atomic_load(&r->claim_ends[1]);
 }
 
 bool coord_registry_view_holds(coord_registry_t *r, const char *request_id)

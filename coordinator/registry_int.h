@@ -86,6 +86,10 @@ struct coord_registry {
 
     etcd_watch_t *watch; /* touched by the maintenance thread only */
     atomic_bool healthy;
+    /* Claims whose key went, by where the expiry check was decided: [0] on
+     * the view (finished: nothing to expire), [1] by the transition (an
+     * expiry, or a view that could not tell). */
+    _Atomic uint64_t claim_ends[2];
 
     pthread_t maint_thread;
     pthread_cond_t maint_cond; /* with lock; wakes the maintenance thread */
@@ -160,8 +164,9 @@ void registry_view_put(coord_registry_t *r, const char *id, const uint8_t *bytes
 /* Removes a record the coordinator itself just deleted (write-through). */
 void registry_view_remove(coord_registry_t *r, const char *id, int64_t mod_revision);
 
-/* Turns an operation ERRORED when its claim (lease `claim_lease`) expired. */
-void registry_expire_claim(coord_registry_t *r, const char *id, int64_t claim_lease);
+/* Turns an operation ERRORED when its claim (lease `claim_lease`) expired;
+ * `ended`: the revision that deleted the claim's key (0: not known). */
+void registry_expire_claim(coord_registry_t *r, const char *id, int64_t claim_lease, int64_t ended);
 
 int64_t registry_now_ms(void);
 

@@ -877,12 +877,43 @@ static int apply_claim_expiry(transition_t *t, Ferry__V1__Operation *op, char *m
     return FERRY_OK;
 }
 
-void registry_expire_claim(coord_registry_t *r, const char *id, int64_t claim_lease)
+/* Whether the view settles a claim key's deletion at revision `ended`
+ * without etcd: it holds the record as written at or after that revision,
+ * and not CLAIMED. Complete and Cancel delete the claim key in the
+ * transaction that moves the record on, so after every finished operation
+ * the view already shows its record past CLAIMED at that revision; only a
+ * claim whose lease ran out leaves its record CLAIMED at an older one.
+ * Anything else (the view lags or lacks the record, CLAIMED again since, no
+ * revision known) goes to the transition, whose refusal on the view costs
+ * an etcd read: one per finished operation on every replica, before this. */
+static bool claim_end_settled(coord_registry_t *r, const char *id, int64_t ended)
+{
+    bool settled = false;
+
+    if (ended <= 0) {
+        return false;
+    }
+    pthread_mutex_lock(&r->lock);
+    const view_entry_t *e = r->synced ? view_find(&r->view, id) : NULL;
+    settled = e != NULL && e->mod_revision >= ended && e->state != FERRY_OP_CLAIMED;
+    pthread_mutex_unlock(&r->lock);
+    return settled;
+}
+
+void registry_expire_claim(coord_registry_t *r, const char *id, int64_t claim_lease, int64_t ended)
 {
     transition_t t = {.what = "claim expired", .apply = apply_claim_expiry, .arg = &claim_lease};
     coord_change_out_t out = {0};
     char msg[256];
-    ferry_status_t status = registry_transition(r, id, &t, &out, msg, sizeof(msg));
+    ferry_status_t status;
+
+    bool settled = claim_end_settled(r, id, ended);
+
+    atomic_fetch_add(&r->claim_ends[!settled], 1);
+    if (settled) {
+        return;
+    }
+    status = registry_transition(r, id, &t, &out, msg, sizeof(msg));
 
     if (status == FERRY_OK) {
         coord_record_free(&out.rec);

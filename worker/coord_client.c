@@ -235,7 +235,16 @@ static void on_destroy(coord_link_t *link, ferry_op_status_t status)
     link->destroyed_ms = now_ms();
     link->releasing = true;
     link->report_due = false;
-    link->due_ms = now_ms();
+    /* Received in full, its record is usually still CLAIMED: the writer's
+     * Complete follows its notice and is an etcd write away. A Release now
+     * would be refused (and cost the coordinator an etcd read to be sure),
+     * so it waits for the watch to show the record final, which makes it
+     * due at once (coord_watch.c), or a period at most (a watch that is
+     * down), then goes the usual way: tried again while refused. */
+    link->due_ms =
+        now_ms() + (status == FERRY_OP_STATUS_COMPLETE && !link->cancel_due && !link->record_final
+                        ? period_ms(coord)
+                        : 0);
     pthread_cond_broadcast(&coord->cond);
     pthread_mutex_unlock(&coord->lock);
 }
@@ -377,22 +386,29 @@ ferry_status_t ferry_coordinator_disconnect(ferry_coordinator_t *coord)
                            "coordinator client: %u operations still bound; destroy them first",
                            bound);
     }
+    /* Destroyed operations' last duties (a release, a claim's report) are
+     * the session thread's while it runs, with its watch: a received
+     * operation's Release waits for its writer's Complete, which the watch
+     * shows. It gets one call timeout for them (call() bounds each call by
+     * what is left); then the threads stop, and what remains gets one last
+     * try within the same deadline, and after it leaves with the session
+     * lease, which nobody renews from now on. */
+    int64_t deadline = now_ms() + coord->timeout_ms;
+    atomic_store(&coord->final_deadline_ms, deadline);
+    while (coord->links != NULL && now_ms() < deadline) {
+        timed_wait(&coord->cond, &coord->lock, deadline - now_ms());
+    }
     coord->stopping = true;
     pthread_cond_broadcast(&coord->cond);
     pthread_mutex_unlock(&coord->lock);
     pthread_join(coord->watcher, NULL);
     pthread_join(coord->renewer, NULL);
     pthread_join(coord->thread, NULL);
-    /* Destroyed operations' last duties (a release, a claim and report) get
-     * one last try, all of them within one call timeout (call() bounds each
-     * by what is left); what remains leaves with the session lease, which
-     * nobody renews from now on. */
-    coord->final_deadline_ms = now_ms() + coord->timeout_ms;
     unsigned left = 0;
     while (coord->links != NULL) {
         coord_link_t *link = coord->links;
         coord->links = link->next;
-        if (now_ms() >= coord->final_deadline_ms) {
+        if (now_ms() >= deadline) {
             left++;
         } else if (link->releasing) {
             ferry__coord_release_passive(link);

@@ -13,6 +13,7 @@
 #define FERRY_WORKER_COORD_CLIENT_INT_H
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <time.h>
@@ -51,6 +52,9 @@ typedef struct coord_link {
     bool ev_gone; /* deleted because its owner's lease expired */
     ferry_op_state_t ev_state;
     char ev_message[256];
+    /* The record is final (or gone), as the watch told it; kept across
+     * streams. A releasing link waits for it (on_destroy). */
+    bool record_final;
     bool busy;    /* the session thread is using it outside the lock */
     bool looking; /* ... and its operation (look): destroy waits for that */
     bool told;    /* the end is known here (FINAL, or DESTROY first) */
@@ -105,9 +109,10 @@ struct ferry_coordinator {
     int session_renew_tries; /* keep-alives failed in a row */
     bool session_making;     /* an RPC that will make it is in flight */
 
-    /* Set by disconnect, after the threads are joined: the last calls all
-     * end by then (monotonic; 0: no such bound). */
-    int64_t final_deadline_ms;
+    /* Set by disconnect: every call from then on (the session thread's
+     * last ones, then the final tries) ends by it (monotonic; 0: no such
+     * bound). */
+    _Atomic int64_t final_deadline_ms;
 };
 
 static inline int64_t now_ms(void)
@@ -140,9 +145,10 @@ static inline ferry_status_t call(ferry_coordinator_t *coord, const char *path,
                                   void *resp_p, rpc_error_t *err)
 {
     int64_t timeout_ms = coord->timeout_ms + extra_ms;
+    int64_t deadline = atomic_load(&coord->final_deadline_ms);
 
-    if (coord->final_deadline_ms != 0 && coord->final_deadline_ms - now_ms() < timeout_ms) {
-        timeout_ms = coord->final_deadline_ms - now_ms();
+    if (deadline != 0 && deadline - now_ms() < timeout_ms) {
+        timeout_ms = deadline - now_ms();
         timeout_ms = timeout_ms > 1 ? timeout_ms : 1;
     }
     return rpc_unary(coord->channel, path, req, desc, (int)timeout_ms, (ProtobufCMessage **)resp_p,

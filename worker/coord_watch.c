@@ -88,6 +88,11 @@ static void mark_look(ferry_coordinator_t *coord, const Ferry__V1__WatchEvent *e
                          ev->operation->state == FERRY_OP_EXPIRED;
             snprintf(l->ev_message, sizeof(l->ev_message), "%s",
                      ev->operation->error_message != NULL ? ev->operation->error_message : "");
+            if (ferry__op_state_is_final(l->ev_state) ||
+                ev->type == FERRY__V1__WATCH_EVENT_TYPE__WATCH_EVENT_TYPE_DELETE) {
+                l->record_final = true;
+                l->due_ms = l->releasing ? now_ms() : l->due_ms; /* release it now */
+            }
         }
     }
     pthread_cond_broadcast(&coord->cond);

@@ -241,8 +241,54 @@ class Metrics(unittest.TestCase):
         self.assertEqual(moved(events, type="put", state="CLAIMED"), 1)
         self.assertEqual(moved(events, type="put", state="ERRORED"), 1)
         self.assertEqual(moved(events, type="delete", state="EXPIRED"), 1)
+        # The lease deleted the claim's key alone, the record still CLAIMED
+        # in the view: the transition decided, and turned it ERRORED.
+        self.assertEqual(moved("ferry_claim_ends_total", decided="transition"), 1)
+        self.assertEqual(moved("ferry_claim_ends_total", decided="view"), 0)
         got = self.stub.Get(self.cpb.GetRequest(request_id="m-claimed"), timeout=10)
         self.assertEqual(got.operation.state, self.pb.OPERATION_STATE_ERRORED)
+
+    def test_finished_claims_cost_no_etcd_read(self):
+        # Complete and Cancel delete a claim's key in the transaction that
+        # moves its record on, so when the watch shows the key gone the view
+        # already holds the record past CLAIMED at that revision: the check
+        # that the claim did not expire is decided there, with no etcd read
+        # (before, every finished operation cost each replica one). An
+        # expiry is decided by the transition (test_lease_and_claim_expiries).
+        ferry_harness.wait_until(lambda: value(scrape(), "ferry_view_watch_live") == 1, 20,
+                                 "the view's watch to be live")
+        before = self.settled()
+        ids = [f"m-fin-{i}" for i in range(4)]
+        claims = {}
+        for rid in ids:
+            self.register(rid)
+            claims[rid] = self.stub.Claim(self.cpb.ClaimRequest(request_id=rid,
+                                                                access_token=TOKEN), timeout=10)
+        for rid, kw in ((ids[0], {}), (ids[1], {}),
+                        (ids[2], {"error_code": -5, "error_message": "failed on purpose"})):
+            self.stub.Complete(self.cpb.CompleteRequest(
+                request_id=rid, access_token=TOKEN, claim_lease_id=claims[rid].claim_lease_id,
+                lease_token=claims[rid].lease_token, **kw), timeout=10)
+        self.stub.Cancel(self.cpb.CancelRequest(request_id=ids[3], access_token=TOKEN),
+                         timeout=10)
+        ends = "ferry_claim_ends_total"
+        after = {}
+
+        def moved(name, **labels):
+            return value(after, name, **labels) - value(before, name, **labels)
+
+        def ended():
+            after.update(scrape())
+            return moved(ends, decided="view") + moved(ends, decided="transition") >= len(ids)
+
+        ferry_harness.wait_until(ended, 20, "the four claims' ends to be checked")
+        self.assertEqual(moved(ends, decided="view"), len(ids))
+        self.assertEqual(moved(ends, decided="transition"), 0)
+        self.assertEqual(moved("ferry_etcd_requests_total", kind="kv/range", result="ok"), 0)
+        for rid, state in zip(ids, ("COMPLETE", "COMPLETE", "ERRORED", "CANCELLED")):
+            got = self.stub.Get(self.cpb.GetRequest(request_id=rid), timeout=10)
+            self.assertEqual(got.operation.state, self.pb.OperationState.Value(
+                f"OPERATION_STATE_{state}"), rid)
 
     def test_watch_events_sent(self):
         watch = self.stub.Watch(self.cpb.WatchRequest(request_id_prefix="m-ev-"), timeout=30)

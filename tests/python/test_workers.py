@@ -79,6 +79,19 @@ class Transfers(unittest.TestCase):
             with self.subTest(size=size, descriptors=descs):
                 self.pair("serve", "read", f"r-{size}-{descs}", size, descs)
 
+    def test_the_request_id_is_free_once_both_sides_exit(self):
+        # The receiver releases its record before it exits: its Release waits
+        # for the writer's Complete, which its coordinator client's watch
+        # shows, and disconnect gives that a call timeout. Released, the
+        # request ID registers again at once; a record left behind would
+        # hold it (ALREADY_EXISTS) until the receiver's lease ran out.
+        for i in range(3):
+            with self.subTest(round=i):
+                self.pair("recv", "send", "again-1", 4096)
+        for i in range(3):
+            with self.subTest(round=i):
+                self.pair("serve", "read", "again-2", 4096)
+
     def test_concurrent_pairs(self):
         size = 16 << 20
         receivers = [start_passive("recv", f"c-{i}", size, 4) for i in range(4)]
