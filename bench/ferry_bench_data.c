@@ -39,9 +39,10 @@
  *       a 4 KiB write through the coordinator by the product path, phase
  *       by phase: prep (ferry_writable_create), register (ferry_op_publish:
  *       one Register RPC, one etcd write on the session lease), hand-off of
- *       the request ID (a pipe), lookup (ferry_write_begin_by_id: Lookup
- *       RPC and local checks; the Claim and Complete go out from libferry's
- *       session thread while the transfer runs), transfer (its
+ *       the request ID (a pipe), claim (ferry_write_begin_by_id: one Claim
+ *       RPC, an etcd write, which checks the pairing and answers the
+ *       metadata; the Complete goes out from libferry's session thread when
+ *       the transfer ends), transfer (its
  *       return .. ferry_op_wait on the sender), completion seen by the
  *       receiver (from the sender's ferry_write_begin_by_id call to the
  *       receiver's ferry_op_wait return: the transfer starts inside that
@@ -793,7 +794,7 @@ static void latency_local(const bench_times_t *t, const bench_args_t *a)
         bench_samples_add(&s,
                           (t[i].prepared - t[i].start) + (t[i].got_id - t[i].registered) + tail);
     }
-    latency_print("cycle minus register and lookup", &s, a);
+    latency_print("cycle minus register and claim", &s, a);
 }
 
 #define T_OFF(f) offsetof(bench_times_t, f)
@@ -823,7 +824,7 @@ static int run_latency(const bench_args_t *a)
     latency_phase("prep (writable_create)", t, a, T_OFF(start), T_OFF(prepared));
     latency_phase("register (op_publish)", t, a, T_OFF(prepared), T_OFF(registered));
     latency_phase("hand-off (pipe)", t, a, T_OFF(registered), T_OFF(got_id));
-    latency_phase("lookup (write_begin_by_id)", t, a, T_OFF(got_id), T_OFF(begun));
+    latency_phase("claim (write_begin_by_id)", t, a, T_OFF(got_id), T_OFF(begun));
     latency_phase("transfer (begin_by_id return..wait)", t, a, T_OFF(begun), T_OFF(written));
     /* The transfer starts inside ferry_write_begin_by_id (after the Claim)
      * and may end before it returns, so the receiver's end is measured

@@ -5,7 +5,7 @@
 # (200 with --quick) 4 KiB writes through them by libferry's coordinator API
 # (receiver: ferry_writable_create + ferry_op_publish; sender:
 # ferry_write_begin_by_id + ferry_op_wait), phase by phase (prep, register,
-# hand-off, lookup+claim, transfer, completion seen by the receiver, the
+# hand-off, claim, transfer, completion seen by the receiver, the
 # whole cycle, the cycle without the register, teardown), with libferry's
 # progress thread and the default spin (50 us), with caller-driven progress,
 # and with the progress thread and no spin (BENCH_LATENCY_CONFIGS overrides:

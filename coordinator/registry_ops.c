@@ -436,6 +436,9 @@ struct transition {
      * key NULL: none. */
     etcd_op_t extra;
     void *arg;
+    /* The record's metadata as read, for apply (set before each call). */
+    const uint8_t *md;
+    size_t md_len;
 };
 
 static ferry_status_t write_transition(coord_registry_t *r, const record_t *rec,
@@ -528,6 +531,8 @@ static ferry_status_t registry_transition(coord_registry_t *r, const char *id, t
             rc = registry_fail(FERRY_ERR_PERMISSION_DENIED, msg, cap,
                                "access_token does not grant access to request_id '%s'", id);
         } else {
+            t->md = rec.data.md;
+            t->md_len = rec.data.md_len;
             rc = t->apply(t, rec.data.op, msg, cap);
         }
         if (rc == FERRY_OK && !ferry__op_state_can_move(from, rec.data.op->state)) {
@@ -589,14 +594,51 @@ static const char *kind_name(Ferry__V1__OperationKind kind)
     }
 }
 
+/* Whether the claimant's descriptor sizes (ClaimRequest.descriptor_sizes)
+ * pair with the operation's metadata md[md_len]: as many descriptors, of the
+ * same sizes, in order (libferry's data plane checks the same, and says it
+ * the same way, when it is handed metadata directly). */
+static int claim_sizes_pair(const Ferry__V1__ClaimRequest *req, const char *id, const uint8_t *md,
+                            size_t md_len, char *msg, size_t cap)
+{
+    Ferry__V1__RdmaMetadata *m;
+    int rc = FERRY_OK;
+
+    if (req->n_descriptor_sizes == 0) {
+        return FERRY_OK;
+    }
+    m = md != NULL ? ferry__v1__rdma_metadata__unpack(NULL, md_len, md) : NULL;
+    if (m == NULL) {
+        return registry_fail(FERRY_ERR_INTERNAL, msg, cap,
+                             "request_id '%s': stored metadata is malformed", id);
+    }
+    if (req->n_descriptor_sizes != m->n_descriptors) {
+        rc = registry_fail(FERRY_ERR_SIZE_MISMATCH, msg, cap,
+                           "descriptor_sizes: descriptor count mismatch: %zu local, %zu remote "
+                           "(request_id '%s')",
+                           req->n_descriptor_sizes, m->n_descriptors, id);
+    }
+    for (size_t i = 0; rc == FERRY_OK && i < m->n_descriptors; i++) {
+        if (req->descriptor_sizes[i] != m->descriptors[i]->size) {
+            rc = registry_fail(FERRY_ERR_SIZE_MISMATCH, msg, cap,
+                               "descriptor_sizes: descriptor %zu: local size %" PRIu64
+                               " != remote size %" PRIu64 " (request_id '%s')",
+                               i, req->descriptor_sizes[i], m->descriptors[i]->size, id);
+        }
+    }
+    ferry__v1__rdma_metadata__free_unpacked(m, NULL);
+    return rc;
+}
+
 static int apply_claim(transition_t *t, Ferry__V1__Operation *op, char *msg, size_t cap)
 {
     const Ferry__V1__ClaimRequest *req = t->arg;
+    int rc;
 
     if (req->kind != FERRY__V1__OPERATION_KIND__OPERATION_KIND_UNSPECIFIED &&
         req->kind != op->kind) {
         return registry_fail(
-            FERRY_ERR_INVALID_ARGUMENT, msg, cap,
+            FERRY_ERR_KIND_MISMATCH, msg, cap,
             "kind %s does not match request_id '%s', a %s operation (a write pairs only "
             "with a writable, a read with a readable)",
             kind_name(req->kind), op->request_id, kind_name(op->kind));
@@ -609,6 +651,10 @@ static int apply_claim(transition_t *t, Ferry__V1__Operation *op, char *msg, siz
     if (op->state != FERRY_OP_REGISTERED) {
         return registry_fail(FERRY_ERR_FAILED_PRECONDITION, msg, cap, "request_id '%s' is %s",
                              op->request_id, ferry__op_state_name(op->state));
+    }
+    rc = claim_sizes_pair(req, op->request_id, t->md, t->md_len, msg, cap);
+    if (rc != FERRY_OK) {
+        return rc;
     }
     do {
         if (RAND_bytes((unsigned char *)&op->claim_id, sizeof(op->claim_id)) != 1) {
@@ -643,6 +689,8 @@ static ferry_status_t claim_precheck(coord_registry_t *r, const Ferry__V1__Claim
                                    "access_token does not grant access to request_id '%s'",
                                    req->request_id);
         } else {
+            t.md = rec.data.md;
+            t.md_len = rec.data.md_len;
             status = (ferry_status_t)apply_claim(&t, rec.data.op, msg, cap); /* our copy only */
         }
         if (status == FERRY_OK || answer_stands(&rec, req->request_id, "claim")) {

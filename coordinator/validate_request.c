@@ -15,6 +15,7 @@
 
 #include <stdio.h>
 
+#include "common/md_rules.h"
 #include "rpc/rpc.h"
 
 typedef ferry_status_t (*request_check_fn)(const ProtobufCMessage *m, char *msg, size_t cap);
@@ -65,6 +66,11 @@ static ferry_status_t check_claim(const ProtobufCMessage *m, char *msg, size_t c
     CHECK(coord_validate_ttl("ttl_seconds", req->ttl_seconds, msg, cap));
     CHECK(coord_validate_name("claimant", req->claimant, msg, cap));
     CHECK(coord_validate_not_negative("lease_id", req->lease_id, msg, cap));
+    if (req->n_descriptor_sizes > FERRY_MD_DESCRIPTORS_MAX) {
+        snprintf(msg, cap, "descriptor_sizes: %zu entries; at most %d", req->n_descriptor_sizes,
+                 FERRY_MD_DESCRIPTORS_MAX);
+        return FERRY_ERR_INVALID_ARGUMENT;
+    }
     return coord_validate_not_negative("wait_ms", req->wait_ms, msg, cap);
 }
 

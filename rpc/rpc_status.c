@@ -14,7 +14,9 @@
  *   FERRY_ERR_TRANSPORT -> UNAVAILABLE (retry, maybe elsewhere)
  *   FERRY_ERR_IO, FERRY_ERR_MISUSE -> INTERNAL (a server-side fault)
  *   FERRY_ERR_SIZE_MISMATCH, FERRY_ERR_KIND_MISMATCH -> INVALID_ARGUMENT
- *                          (libferry's pairing checks; never a server's)
+ *                          (the pairing checks: libferry's, and the
+ *                          coordinator's Claim, which says them in
+ *                          ferry-status)
  * A code outside
  * 0..16 from a peer reads as UNKNOWN does: FERRY_ERR_PEER_FAILED.
  *

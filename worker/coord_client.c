@@ -49,50 +49,126 @@ static int claim_ttl(const ferry_claim_params_t *p)
     return p->field_mask & FERRY_CLAIM_PARAM_FIELD_TTL ? p->ttl_s : 0;
 }
 
+/* The RPC's own message, with its code, for ferry_last_error_message(). */
+static ferry_status_t rpc_fail(ferry_status_t status, const char *what, const rpc_error_t *err)
+{
+    return ferry__fail(status, "%s: %s (%s)", what, err->message, ferry_status_name(status));
+}
+
+/* A granted claim, or (status not OK) the lease it would be on. */
+typedef struct {
+    int64_t lease;               /* the claim's lease (failed: the session's, 0 if none yet) */
+    char token[LEASE_TOKEN_CAP]; /* its token */
+    uint64_t id;                 /* the claim's identity (granted) */
+    int64_t ttl_s;               /* a new lease's TTL (granted; 0: the session's own) */
+    void *answer;                /* granted: the answer as it came (free it) */
+    const uint8_t *md;           /* granted: the operation's metadata, inside answer */
+    size_t md_len;
+} claim_out_t;
+
+/* The granted Claim's answer (answer[len]): the lease, token and identity
+ * for the Complete, and the span of the operation's metadata, the bytes the
+ * passive worker packed (the coordinator stores and answers them as they
+ * are), which the data plane takes as they are. */
+static ferry_status_t claim_read(const ferry_claim_params_t *p, claim_out_t *out, size_t len)
+{
+    Ferry__V1__ClaimResponse *resp = ferry__v1__claim_response__unpack(NULL, len, out->answer);
+    const uint8_t *op = NULL;
+    size_t op_len = 0;
+
+    if (resp == NULL) {
+        return ferry__fail(FERRY_ERR_PROTOCOL, "claim: the answer for request_id '%s' is malformed",
+                           p->request_id);
+    }
+    out->lease = resp->claim_lease_id;
+    snprintf(out->token, sizeof(out->token), "%s", resp->lease_token);
+    out->id = resp->claim_id;
+    out->ttl_s = resp->ttl_seconds;
+    ferry__v1__claim_response__free_unpacked(resp, NULL);
+    if (rpc_field_find(out->answer, len,
+                       rpc_field_number(&ferry__v1__claim_response__descriptor, "operation"), &op,
+                       &op_len) != FERRY_OK ||
+        op == NULL ||
+        rpc_field_find(op, op_len, rpc_field_number(&ferry__v1__operation__descriptor, "metadata"),
+                       &out->md, &out->md_len) != FERRY_OK ||
+        out->md == NULL) {
+        return ferry__fail(FERRY_ERR_PROTOCOL,
+                           "claim: the answer for request_id '%s' has no metadata", p->request_id);
+    }
+    return FERRY_OK;
+}
+
 /* The coordinator's Claim: the one admission decision for a writer (or
- * reader) by request ID, on the caller's path before any byte moves (see
- * begin_by_id and coordinator.proto). The claim goes on the session lease,
- * so that the passive side learns if this process dies; its lease, token and
- * identity are returned for the Complete. */
+ * reader) by request ID, and the writer's one round trip before any byte
+ * moves (see begin_by_id and coordinator.proto). It waits for the record as
+ * a Lookup would (wait_ms), carries the local descriptor sizes so that a
+ * writer whose buffers do not pair is refused with nothing written, and
+ * answers the metadata. The claim goes on the session lease, so that the
+ * passive side learns if this process dies. */
 static ferry_status_t claim(ferry_coordinator_t *coord, const ferry_claim_params_t *p,
-                            const char *claimant, Ferry__V1__OperationKind kind, int64_t *lease_p,
-                            char *claim_token, uint64_t *claim_id_p, rpc_error_t *err)
+                            const char *claimant, Ferry__V1__OperationKind kind,
+                            const ferry_descriptor_t *local, size_t n, claim_out_t *out)
 {
     Ferry__V1__ClaimRequest req = FERRY__V1__CLAIM_REQUEST__INIT;
-    Ferry__V1__ClaimResponse *resp = NULL;
+    uint64_t *sizes = malloc(n * sizeof(*sizes));
     ferry_status_t status = FERRY_OK;
-    char lease_token[LEASE_TOKEN_CAP];
+    rpc_error_t err;
+    size_t len = 0;
 
+    if (sizes == NULL) {
+        return ferry__fail(FERRY_ERR_NO_MEMORY, "claim: out of memory");
+    }
+    for (size_t i = 0; i < n; i++) {
+        sizes[i] = local[i].size;
+    }
     req.request_id = (char *)p->request_id;
     req.access_token = (char *)p->access_token;
     req.claimant = (char *)claimant;
     req.kind = kind;
-    req.lease_token = lease_token;
+    req.lease_token = out->token;
     req.ttl_seconds = claim_ttl(p);
+    req.wait_ms = claim_wait(p);
+    req.n_descriptor_sizes = n;
+    req.descriptor_sizes = sizes;
     for (int attempt = 0; attempt < 2; attempt++) {
         bool making;
-        req.lease_id = ferry__coord_session_take(coord, &making, lease_token);
-        status = call(coord, COORD_PATH("Claim"), &req.base, &ferry__v1__claim_response__descriptor,
-                      0, &resp, err);
-        ferry__coord_session_made(coord, making, status == FERRY_OK ? resp->claim_lease_id : 0,
-                                  status == FERRY_OK ? resp->ttl_seconds : 0,
-                                  status == FERRY_OK ? resp->lease_token : "");
-        if (!ferry__coord_session_was_lost(coord, req.lease_id, status)) {
-            break;
+        uint8_t *packed;
+        req.lease_id = ferry__coord_session_take(coord, &making, out->token);
+        len = ferry__v1__claim_request__get_packed_size(&req);
+        packed = malloc(len > 0 ? len : 1);
+        if (packed == NULL) {
+            ferry__coord_session_made(coord, making, 0, 0, "");
+            free(sizes);
+            return ferry__fail(FERRY_ERR_NO_MEMORY, "claim: out of memory");
         }
+        ferry__v1__claim_request__pack(&req, packed);
+        /* Sent and answered as bytes (rpc_unary_raw): the answer's metadata
+         * is wanted as it came. */
+        status = rpc_unary_raw(coord->channel, COORD_PATH("Claim"), packed, len,
+                               coord->timeout_ms + req.wait_ms, &out->answer, &len, &err);
+        free(packed);
+        if (status == FERRY_OK) {
+            status = claim_read(p, out, len);
+        }
+        /* A granted claim made the session lease, even one whose answer
+         * then did not read (it is abandoned on that lease). */
+        bool granted = out->answer != NULL && out->lease != 0;
+        ferry__coord_session_made(coord, making, granted ? out->lease : 0, granted ? out->ttl_s : 0,
+                                  granted ? out->token : "");
+        if (status != FERRY_OK && out->answer == NULL &&
+            ferry__coord_session_was_lost(coord, req.lease_id, status)) {
+            continue;
+        }
+        break;
     }
-    if (status != FERRY_OK) {
+    free(sizes);
+    if (status != FERRY_OK && out->answer == NULL) {
         /* The lease the claim would be on, for abandon (0: it would have
          * made a new one, unknown here). */
-        *lease_p = req.lease_id;
-        snprintf(claim_token, LEASE_TOKEN_CAP, "%s", lease_token);
-        return status;
+        out->lease = req.lease_id;
+        return rpc_fail(status, "claim", &err);
     }
-    *lease_p = resp->claim_lease_id;
-    snprintf(claim_token, LEASE_TOKEN_CAP, "%s", resp->lease_token);
-    *claim_id_p = resp->claim_id;
-    ferry__v1__claim_response__free_unpacked(resp, NULL);
-    return FERRY_OK;
+    return status;
 }
 
 /* Keeps the outcome of an active operation for its report. */
@@ -429,12 +505,6 @@ ferry_status_t ferry_coordinator_disconnect(ferry_coordinator_t *coord)
     return FERRY_OK;
 }
 
-/* The RPC's own message, with its code, for ferry_last_error_message(). */
-static ferry_status_t rpc_fail(ferry_status_t status, const char *what, const rpc_error_t *err)
-{
-    return ferry__fail(status, "%s: %s (%s)", what, err->message, ferry_status_name(status));
-}
-
 ferry_status_t ferry_op_publish(ferry_op_t *op, ferry_coordinator_t *coord,
                                 const ferry_publish_params_t *params)
 {
@@ -512,82 +582,6 @@ const char *ferry_op_access_token(const ferry_op_t *op)
     return link != NULL ? link->token : NULL;
 }
 
-/* The Lookup's answer as it came (answer[len]): its state decoded, and the
- * span of its operation's metadata, the bytes the passive worker packed
- * (the coordinator stores and answers them as they are), which the data
- * plane takes as they are. */
-static ferry_status_t lookup_read(const ferry_claim_params_t *p, const uint8_t *answer, size_t len,
-                                  const uint8_t **md_p, size_t *md_len_p)
-{
-    Ferry__V1__LookupResponse *resp = ferry__v1__lookup_response__unpack(NULL, len, answer);
-    const uint8_t *op = NULL;
-    size_t op_len = 0;
-    ferry_status_t status = FERRY_OK;
-
-    if (resp == NULL || resp->operation == NULL ||
-        rpc_field_find(answer, len,
-                       rpc_field_number(&ferry__v1__lookup_response__descriptor, "operation"), &op,
-                       &op_len) != FERRY_OK ||
-        rpc_field_find(op, op_len, rpc_field_number(&ferry__v1__operation__descriptor, "metadata"),
-                       md_p, md_len_p) != FERRY_OK) {
-        status =
-            ferry__fail(FERRY_ERR_PROTOCOL,
-                        "lookup: the answer for request_id '%s' is malformed or has no metadata",
-                        p->request_id);
-    } else if (resp->operation->state != FERRY__V1__OPERATION_STATE__OPERATION_STATE_REGISTERED) {
-        status = ferry__fail(FERRY_ERR_FAILED_PRECONDITION, "request_id '%s' is %s", p->request_id,
-                             resp->operation->state ==
-                                     FERRY__V1__OPERATION_STATE__OPERATION_STATE_CLAIMED
-                                 ? "already claimed by another worker"
-                                 : "no longer open (complete, errored or cancelled)");
-    }
-    if (resp != NULL) {
-        ferry__v1__lookup_response__free_unpacked(resp, NULL);
-    }
-    return status;
-}
-
-/* Lookup (with wait), then the state check the coordinator's Claim would
- * make, so that a writer that would be refused is refused before it touches
- * the operation. The metadata and the pairing (kind, count, sizes) are the
- * data plane's to check (ferry_write_begin). *answer_p is the answer as it
- * came (free it); *md_p points into it. */
-static ferry_status_t lookup_checked(ferry_coordinator_t *coord, const ferry_claim_params_t *p,
-                                     void **answer_p, const uint8_t **md_p, size_t *md_len_p)
-{
-    Ferry__V1__LookupRequest req = FERRY__V1__LOOKUP_REQUEST__INIT;
-    uint8_t *packed;
-    void *answer = NULL;
-    size_t len = 0;
-    rpc_error_t err;
-    ferry_status_t status;
-
-    req.request_id = (char *)p->request_id;
-    req.access_token = (char *)p->access_token;
-    req.wait_ms = claim_wait(p);
-    /* Packed here, sent and answered as bytes (rpc_unary_raw): the answer's
-     * metadata is wanted as it came. */
-    len = ferry__v1__lookup_request__get_packed_size(&req);
-    packed = malloc(len > 0 ? len : 1);
-    if (packed == NULL) {
-        return ferry__fail(FERRY_ERR_NO_MEMORY, "lookup: out of memory");
-    }
-    ferry__v1__lookup_request__pack(&req, packed);
-    status = rpc_unary_raw(coord->channel, COORD_PATH("Lookup"), packed, len,
-                           coord->timeout_ms + req.wait_ms, &answer, &len, &err);
-    free(packed);
-    if (status != FERRY_OK) {
-        return rpc_fail(status, "lookup", &err);
-    }
-    status = lookup_read(p, answer, len, md_p, md_len_p);
-    if (status != FERRY_OK) {
-        free(answer);
-        return status;
-    }
-    *answer_p = answer;
-    return FERRY_OK;
-}
-
 /* A claim that was (or may have been) granted and that no operation will
  * follow: the session thread completes it as failed (tried again while the
  * coordinator cannot be reached), so that the record turns ERRORED at once
@@ -623,8 +617,8 @@ static void abandon(ferry_coordinator_t *coord, const ferry_claim_params_t *p, i
 
 /* The test seam for interleavings (tests only; never set in production):
  * FERRY_TEST_PAUSE="POINT:PREFIX" makes begin_by_id stop at POINT
- * ("after-lookup": between its Lookup and its Claim; "after-claim": between
- * its Claim and the data plane's begin): it creates PREFIX.<pid>.reached and
+ * ("before-claim": before its Claim; "after-claim": between its Claim and
+ * the data plane's begin): it creates PREFIX.<pid>.reached and
  * waits (up to a minute) for PREFIX.go to exist. Read at the call, not at
  * load. */
 static void test_pause(const char *point)
@@ -649,26 +643,20 @@ static void test_pause(const char *point)
     }
 }
 
-/* Lookup (one round trip, waiting for the record if asked) and the checks
- * that must not spoil the record (state, and the data plane's pairing of
- * kind, count and sizes), then the Claim (the second round trip): the
- * coordinator decides the one writer before any byte moves, so a refused
- * writer never touches the receiver's memory and the record names the one
- * whose bytes the receiver holds. Only then does the transfer begin; the
- * Complete goes out from the session thread when it ends. */
+/* The Claim (one round trip, waiting for the record if asked), which
+ * refuses a writer whose buffers do not pair (kind, count, sizes) before it
+ * touches the record: the coordinator decides the one writer before any byte
+ * moves, so a refused writer never touches the receiver's memory and the
+ * record names the one whose bytes the receiver holds. Only then does the
+ * transfer begin, from the metadata the Claim answered; the Complete goes out
+ * from the session thread when it ends. */
 static ferry_status_t begin_by_id(ferry_connector_t *connector, ferry_coordinator_t *coord,
                                   const ferry_claim_params_t *p, bool write,
                                   const ferry_descriptor_t *local, size_t n, ferry_op_t **op_p)
 {
-    void *found = NULL;
     ferry_op_t *op = NULL;
     ferry_status_t status;
-    rpc_error_t err;
-    const uint8_t *md = NULL;
-    size_t md_len = 0;
-    int64_t claim_lease = 0;
-    char claim_token[LEASE_TOKEN_CAP];
-    uint64_t claim_id = 0;
+    claim_out_t got = {0};
 
     ferry__clear_error();
     if (connector == NULL || coord == NULL || p == NULL || p->request_id == NULL ||
@@ -683,40 +671,34 @@ static ferry_status_t begin_by_id(ferry_connector_t *connector, ferry_coordinato
                                                              FERRY_CLAIM_PARAM_FIELD_TTL)));
     }
     status = ferry_descriptors_validate(local, n);
-    if (status == FERRY_OK) {
-        status = lookup_checked(coord, p, &found, &md, &md_len);
-    }
     if (status != FERRY_OK) {
         return status;
     }
-    status = ferry_metadata_check(md, md_len, write, local, n);
-    if (status != FERRY_OK) {
-        free(found);
-        return status;
-    }
-    test_pause("after-lookup");
+    test_pause("before-claim");
     status = claim(coord, p, ferry_connector_name(connector),
                    write ? FERRY__V1__OPERATION_KIND__OPERATION_KIND_WRITE
                          : FERRY__V1__OPERATION_KIND__OPERATION_KIND_READ,
-                   &claim_lease, claim_token, &claim_id, &err);
+                   local, n, &got);
     if (status != FERRY_OK) {
-        free(found);
-        status = rpc_fail(status, "claim", &err);
-        if (status == FERRY_ERR_TIMED_OUT || status == FERRY_ERR_UNAVAILABLE) {
+        if (got.answer != NULL) {
+            /* Granted, but its answer did not read. */
+            free(got.answer);
+            abandon(coord, p, got.lease, got.token, status, ferry_last_error_message());
+        } else if (status == FERRY_ERR_TIMED_OUT || status == FERRY_ERR_UNAVAILABLE) {
             /* No answer is not no: the claim may have been granted. */
-            abandon(coord, p, claim_lease, claim_token, status,
+            abandon(coord, p, got.lease, got.token, status,
                     "the writer gave up its claim: the coordinator did not answer");
         }
         return status;
     }
     test_pause("after-claim");
     /* Claimed: now, and only now, the data plane. */
-    status = write ? ferry_write_begin(connector, local, n, md, md_len, &op)
-                   : ferry_read_begin(connector, local, n, md, md_len, &op);
-    free(found);
+    status = write ? ferry_write_begin(connector, local, n, got.md, got.md_len, &op)
+                   : ferry_read_begin(connector, local, n, got.md, got.md_len, &op);
+    free(got.answer);
     if (status == FERRY_OK) {
-        status = link_add(coord, op, false, p->request_id, p->access_token, claim_lease,
-                          claim_token, claim_id);
+        status = link_add(coord, op, false, p->request_id, p->access_token, got.lease, got.token,
+                          got.id);
         if (status == FERRY_OK) {
             *op_p = op;
             return FERRY_OK;
@@ -725,7 +707,7 @@ static ferry_status_t begin_by_id(ferry_connector_t *connector, ferry_coordinato
         ferry__fail(status, "cannot bind the operation to the coordinator");
     }
     /* Claimed, but nothing follows it. */
-    abandon(coord, p, claim_lease, claim_token, status, ferry_last_error_message());
+    abandon(coord, p, got.lease, got.token, status, ferry_last_error_message());
     return status;
 }
 

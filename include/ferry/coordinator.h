@@ -109,18 +109,20 @@ typedef struct {
     int ttl_s;
 } ferry_claim_params_t;
 
-/* Active, by request ID: looks the operation up at the coordinator (waiting
- * up to wait_ms for it to appear), checks that it is still open and the
- * pairing (kind, count, sizes: ferry_metadata_check), then claims it (the
- * coordinator's Claim, on the client's session lease: the one admission
- * decision, see coordinator.proto), and only then starts the transfer, as
- * ferry_write_begin / ferry_read_begin do. A refused or failed Claim returns
- * here with nothing written. Complete goes out from the session thread when
+/* Active, by request ID: claims the operation at the coordinator (its
+ * Claim, on the client's session lease: the one admission decision, see
+ * coordinator.proto), one round trip that waits up to wait_ms for the
+ * operation to appear, refuses it unless it is still open and pairs with
+ * local (kind, count, sizes, as ferry_metadata_check), and answers its
+ * metadata; only then starts the transfer, as ferry_write_begin /
+ * ferry_read_begin do. A refused or failed Claim returns here with nothing
+ * written. Complete goes out from the session thread when
  * the operation ends (or is destroyed), tried again while the coordinator
  * cannot be reached, so destroy does not wait for it. Errors: those of the
  * coordinator (FERRY_ERR_NOT_FOUND, FERRY_ERR_PERMISSION_DENIED,
  * FERRY_ERR_FAILED_PRECONDITION when the operation is taken or no longer
- * open, FERRY_ERR_TIMED_OUT, FERRY_ERR_UNAVAILABLE), and those of the begin
+ * open, FERRY_ERR_KIND_MISMATCH, FERRY_ERR_SIZE_MISMATCH,
+ * FERRY_ERR_TIMED_OUT, FERRY_ERR_UNAVAILABLE), and those of the begin
  * calls. The done callback stays the caller's. */
 FERRY_API ferry_status_t ferry_write_begin_by_id(ferry_connector_t *connector,
                                                  ferry_coordinator_t *coordinator,

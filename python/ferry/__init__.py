@@ -912,8 +912,8 @@ class Connector(_ferry._Connector):
                                       local_descs: Union[Descriptor, Sequence[Descriptor]],
                                       wait: Optional[float] = None,
                                       ttl: Optional[int] = None) -> WriteOperation:
-        """begin_write_by_id on the loop's default executor (its lookup and
-        claim are RPCs that may wait); the transfer itself is then awaited
+        """begin_write_by_id on the loop's default executor (its claim is an
+        RPC that may wait); the transfer itself is then awaited
         with wait_for_completion."""
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(None, functools.partial(

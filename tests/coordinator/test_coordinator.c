@@ -392,9 +392,66 @@ static void test_claim_wrong_kind(void **state)
 
     ferry__v1__register_response__free_unpacked(
         do_register("kind-1", TOKEN, KIND_READ, FERRY_OK, NULL), NULL);
-    assert_int_equal(do_claim("kind-1", TOKEN, KIND_WRITE, &claim, &err),
-                     FERRY_ERR_INVALID_ARGUMENT);
+    assert_int_equal(do_claim("kind-1", TOKEN, KIND_WRITE, &claim, &err), FERRY_ERR_KIND_MISMATCH);
+    assert_int_equal(err.grpc_code, 3); /* INVALID_ARGUMENT, ferry-status KIND_MISMATCH */
     assert_non_null(strstr(err.message, "readable"));
+}
+
+/* Claim with the claimant's descriptor sizes: a writer whose buffers do not
+ * pair (count or size) is refused SIZE_MISMATCH, naming the field and both
+ * sizes, with nothing written (the record stays REGISTERED and the right
+ * writer then gets it); too many sizes is INVALID_ARGUMENT. */
+static void test_claim_checks_descriptor_sizes(void **state)
+{
+    Ferry__V1__ClaimRequest req = FERRY__V1__CLAIM_REQUEST__INIT;
+    Ferry__V1__ClaimResponse *claim = NULL;
+    uint64_t sizes[1025];
+    rpc_error_t err;
+    (void)state;
+
+    ferry__v1__register_response__free_unpacked(
+        do_register("sizes-1", TOKEN, KIND_WRITE, FERRY_OK, NULL), NULL);
+    req.request_id = "sizes-1";
+    req.access_token = TOKEN;
+    req.kind = KIND_WRITE;
+    req.descriptor_sizes = sizes;
+    sizes[0] = 8192; /* the operation's one descriptor is 4096 bytes */
+    req.n_descriptor_sizes = 1;
+    assert_int_equal(test_coord_call(chan, "Claim", &req.base,
+                                     &ferry__v1__claim_response__descriptor,
+                                     (ProtobufCMessage **)&claim, &err),
+                     FERRY_ERR_SIZE_MISMATCH);
+    assert_int_equal(err.grpc_code, 3);
+    assert_non_null(strstr(err.message, "descriptor_sizes"));
+    assert_non_null(strstr(err.message, "8192"));
+    assert_non_null(strstr(err.message, "4096"));
+    sizes[0] = sizes[1] = 2048;
+    req.n_descriptor_sizes = 2;
+    assert_int_equal(test_coord_call(chan, "Claim", &req.base,
+                                     &ferry__v1__claim_response__descriptor,
+                                     (ProtobufCMessage **)&claim, &err),
+                     FERRY_ERR_SIZE_MISMATCH);
+    assert_non_null(strstr(err.message, "count"));
+    for (size_t i = 0; i < 1025; i++) {
+        sizes[i] = 4;
+    }
+    req.n_descriptor_sizes = 1025;
+    assert_int_equal(test_coord_call(chan, "Claim", &req.base,
+                                     &ferry__v1__claim_response__descriptor,
+                                     (ProtobufCMessage **)&claim, &err),
+                     FERRY_ERR_INVALID_ARGUMENT);
+    assert_non_null(strstr(err.message, "descriptor_sizes"));
+    assert_int_equal(get_state("sizes-1", &err),
+                     FERRY__V1__OPERATION_STATE__OPERATION_STATE_REGISTERED);
+    sizes[0] = 4096;
+    req.n_descriptor_sizes = 1;
+    assert_int_equal(test_coord_call(chan, "Claim", &req.base,
+                                     &ferry__v1__claim_response__descriptor,
+                                     (ProtobufCMessage **)&claim, &err),
+                     FERRY_OK);
+    assert_int_equal(claim->operation->state, FERRY__V1__OPERATION_STATE__OPERATION_STATE_CLAIMED);
+    assert_non_null(claim->operation->metadata);
+    ferry__v1__claim_response__free_unpacked(claim, NULL);
 }
 
 /* --- waits ---------------------------------------------------------------- */
@@ -1390,6 +1447,7 @@ int main(void)
         cmocka_unit_test(test_unknown_id),
         cmocka_unit_test(test_validation_names_the_field),
         cmocka_unit_test(test_claim_wrong_kind),
+        cmocka_unit_test(test_claim_checks_descriptor_sizes),
         cmocka_unit_test(test_lookup_wait_satisfied),
         cmocka_unit_test(test_lookup_wait_times_out),
         cmocka_unit_test(test_claim_race_one_winner),

@@ -283,10 +283,9 @@ static int role_racing_writer(const char *target, int in, int out)
         return 91;
     }
     memset(buf, (int)seed, SIZE);
-    ferry_claim_params_t p = {.field_mask = FERRY_CLAIM_PARAM_FIELD_WAIT,
-                              .request_id = id,
-                              .access_token = TOKEN,
-                              .wait_ms = 10000};
+    /* The record is there before the writer starts: no wait_ms, whose time
+     * the Claim's deadline would add to the call timeout these tests set. */
+    ferry_claim_params_t p = {.request_id = id, .access_token = TOKEN};
     if (ttl_s > 0) {
         p.field_mask |= FERRY_CLAIM_PARAM_FIELD_TTL;
         p.ttl_s = ttl_s;
@@ -780,7 +779,7 @@ static void let_go(const char *go)
     fclose(f);
 }
 
-/* Two writers on one request ID, both past their Lookup before either
+/* Two writers on one request ID, both at their Claim before either
  * claims: exactly one is admitted (by the coordinator's Claim, before any
  * byte), the other is refused FAILED_PRECONDITION having written nothing;
  * the receiver holds exactly the winner's bytes, and the record is COMPLETE
@@ -798,7 +797,7 @@ static void test_two_writers_race(void **state)
 
     assert_int_equal(ferry_writable_create(conn, &d, 1, &op), FERRY_OK);
     assert_int_equal(ferry_op_publish(op, client, &p), FERRY_OK);
-    spawn_paused(w, 2, "after-lookup", "race-1", RACE_CALL_MS, 0, go, sizeof(go));
+    spawn_paused(w, 2, "before-claim", "race-1", RACE_CALL_MS, 0, go, sizeof(go));
     let_go(go);
     for (int i = 0; i < 2; i++) {
         assert_true(hear(w[i].from, line[i], sizeof(line[i]), 30000));
@@ -842,7 +841,7 @@ static void test_coordinator_down_before_claim(void **state)
     (void)state;
 
     publish_outliving_stop(&d, "race-2", &op, &rcl);
-    spawn_paused(&w, 1, "after-lookup", "race-2", DOWN_CALL_MS, 0, go, sizeof(go));
+    spawn_paused(&w, 1, "before-claim", "race-2", DOWN_CALL_MS, 0, go, sizeof(go));
     assert_int_equal(kill(coord.proc.pid, SIGSTOP), 0);
     let_go(go);
     assert_true(hear(w.from, line, sizeof(line), 30000));
