@@ -48,10 +48,11 @@ FERRY_API ferry_status_t ferry_coordinator_connect(const ferry_coordinator_param
 
 /* Closes the client once every operation bound to it has been destroyed:
  * with one still bound it returns FERRY_ERR_BUSY and changes nothing. The
- * last duties of destroyed operations (a release, a report) are finished
- * first, all within one timeout_ms (a received operation's release waits
- * there for its writer's report); what is left then leaves with the
- * session lease when it expires. NULL is a no-op (FERRY_OK). */
+ * last duties of destroyed operations (a release, a report) each get their
+ * try first (a received operation's release waits for its writer's report,
+ * at most a third of the session TTL) and, if refused, one more, all
+ * within one timeout_ms; what is left then leaves with the session lease
+ * when it expires. NULL is a no-op (FERRY_OK). */
 FERRY_API ferry_status_t ferry_coordinator_disconnect(ferry_coordinator_t *coordinator);
 
 /* Which optional fields of ferry_publish_params_t are set; request_id and
