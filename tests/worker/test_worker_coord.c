@@ -1307,6 +1307,54 @@ static void test_release_outlasts_an_unfinished_claim(void **state)
     rpc_stream_destroy(events.stream);
 }
 
+/* Disconnect gives a destroyed operation's last duty its try and one final
+ * try, not a call timeout of retries: a passive operation destroyed (failed
+ * here) while a claim that nobody completes holds its record CLAIMED is
+ * refused its Release by the session thread, once more by disconnect, and
+ * disconnect returns; the record is left to the session lease. (Waiting for
+ * every duty to be done retried it until the timeout: about eight refusals
+ * in 10 s.) */
+static void test_disconnect_tries_a_refused_release_twice(void **state)
+{
+    uint8_t buf[64];
+    ferry_descriptor_t d = {.ptr = buf, .size = sizeof(buf), .device = FERRY_DEVICE_HOST_INIT};
+    ferry_publish_params_t p = {.request_id = "drain-1", .access_token = TOKEN};
+    ferry_coordinator_params_t cp = {.target = coord.target};
+    Ferry__V1__ClaimRequest claim = FERRY__V1__CLAIM_REQUEST__INIT;
+    Ferry__V1__ClaimResponse *claimed = NULL;
+    const char *refused = "Release: ends with FAILED_PRECONDITION: request_id 'drain-1'";
+    ferry_coordinator_t *other;
+    rpc_error_t err;
+    ferry_op_t *op;
+    (void)state;
+
+    assert_int_equal(ferry_coordinator_connect(&cp, &other), FERRY_OK);
+    assert_int_equal(ferry_writable_create(conn, &d, 1, &op), FERRY_OK);
+    assert_int_equal(ferry_op_publish(op, other, &p), FERRY_OK);
+    claim.request_id = "drain-1";
+    claim.access_token = TOKEN;
+    claim.claimant = "silent-writer";
+    claim.kind = FERRY__V1__OPERATION_KIND__OPERATION_KIND_WRITE;
+    claim.ttl_seconds = 120;
+    assert_int_equal(test_coord_call(chan, "Claim", &claim.base,
+                                     &ferry__v1__claim_response__descriptor,
+                                     (ProtobufCMessage **)&claimed, &err),
+                     FERRY_OK);
+    ferry__v1__claim_response__free_unpacked(claimed, NULL);
+    assert_int_equal(ferry_op_fail(op, FERRY_ERR_IO, "failed here before its writer reported"),
+                     FERRY_OK);
+    ferry_op_destroy(op);
+    assert_int_equal(ferry_coordinator_disconnect(other), FERRY_OK);
+    /* The coordinator logs a call as it answers it: wait for both. */
+    for (long long until = test_now_ms() + 10000; log_count(refused) < 2 && test_now_ms() < until;
+         poll(NULL, 0, 20)) {
+    }
+    /* The session thread's try and the final one (a retry 50 ms after the
+     * first may slip in before disconnect stops the thread). */
+    assert_in_range(log_count(refused), 2, 3);
+    assert_int_equal(coord_state("drain-1"), ST(CLAIMED));
+}
+
 /* A passive operation destroyed unfinished while its coordinator is down:
  * the Cancel fails (UNAVAILABLE), is tried again once the coordinator is
  * back, and the record is released. (The client only logged the failed
@@ -1509,6 +1557,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_coordinator_down_after_claim),
         cmocka_unit_test(test_renewal_does_not_wait_behind_a_hung_call),
         cmocka_unit_test(test_release_outlasts_an_unfinished_claim),
+        cmocka_unit_test(test_disconnect_tries_a_refused_release_twice),
         cmocka_unit_test(test_cancel_on_destroy_is_tried_again),
         cmocka_unit_test(test_destroy_does_not_wait_for_the_coordinator),
         cmocka_unit_test(test_failed_reget_is_tried_again),
