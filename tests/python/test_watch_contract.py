@@ -846,11 +846,14 @@ class ReplaysAndLargeRevisionsAreBounded(unittest.TestCase):
         start = self.history_floor(prefix) + 1
         self.assertLessEqual(start, want[0][0])
         # Nothing read yet: the replay alone (about 300 KiB) must end the
-        # first stream, however long its client waits.
+        # first stream, however long its client waits. How many streams the
+        # rest takes depends on whether this reader keeps up with the
+        # replay (it did not in most runs, and did in one CI run): at least
+        # one resume is the property, not a count.
         got, attempts = read_resuming(self, r, prefix, start, want[-1][0], first_unread=True)
         print(f"replay of {self.RECORDS} records of about {self.PAD} bytes past a 64 KiB "
               f"bound: {attempts} attempts", file=sys.stderr)
-        self.assertGreater(attempts, 2)
+        self.assertGreaterEqual(attempts, 2)
         self.assertEqual(got, want)  # every event once, in order
 
     def test_a_lease_larger_than_the_bound_ends_in_fragments_to_a_reader(self):

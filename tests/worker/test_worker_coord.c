@@ -1267,6 +1267,26 @@ static bool record_gone(const char *id, int timeout_ms)
     return false;
 }
 
+/* A writer that claims `id` (on a lease of its own that outlives the test)
+ * and never completes. */
+static void claim_silently(const char *id)
+{
+    Ferry__V1__ClaimRequest claim = FERRY__V1__CLAIM_REQUEST__INIT;
+    Ferry__V1__ClaimResponse *claimed = NULL;
+    rpc_error_t err;
+
+    claim.request_id = (char *)id;
+    claim.access_token = TOKEN;
+    claim.claimant = "silent-writer";
+    claim.kind = FERRY__V1__OPERATION_KIND__OPERATION_KIND_WRITE;
+    claim.ttl_seconds = 120;
+    assert_int_equal(test_coord_call(chan, "Claim", &claim.base,
+                                     &ferry__v1__claim_response__descriptor,
+                                     (ProtobufCMessage **)&claimed, &err),
+                     FERRY_OK);
+    ferry__v1__claim_response__free_unpacked(claimed, NULL);
+}
+
 /* A passive operation destroyed (failed here) while a claim that nobody
  * completes holds its record CLAIMED: the client keeps trying to release it
  * and, 2 x TTL after the destroy, cancels and releases it, so the record
@@ -1277,27 +1297,13 @@ static void test_release_outlasts_an_unfinished_claim(void **state)
     uint8_t buf[64];
     ferry_descriptor_t d = {.ptr = buf, .size = sizeof(buf), .device = FERRY_DEVICE_HOST_INIT};
     ferry_publish_params_t p = {.request_id = "late-1", .access_token = TOKEN};
-    Ferry__V1__ClaimRequest claim = FERRY__V1__CLAIM_REQUEST__INIT;
-    Ferry__V1__ClaimResponse *claimed = NULL;
     events_t events = {.stream = watch("late-1", NULL)};
-    rpc_error_t err;
     ferry_op_t *op;
     (void)state;
 
     assert_int_equal(ferry_writable_create(conn, &d, 1, &op), FERRY_OK);
     assert_int_equal(ferry_op_publish(op, client, &p), FERRY_OK);
-    /* A writer that claims (on a lease of its own that outlives the test)
-     * and never completes. */
-    claim.request_id = "late-1";
-    claim.access_token = TOKEN;
-    claim.claimant = "silent-writer";
-    claim.kind = FERRY__V1__OPERATION_KIND__OPERATION_KIND_WRITE;
-    claim.ttl_seconds = 120;
-    assert_int_equal(test_coord_call(chan, "Claim", &claim.base,
-                                     &ferry__v1__claim_response__descriptor,
-                                     (ProtobufCMessage **)&claimed, &err),
-                     FERRY_OK);
-    ferry__v1__claim_response__free_unpacked(claimed, NULL);
+    claim_silently("late-1");
     assert_int_equal(ferry_op_fail(op, FERRY_ERR_IO, "failed here before its writer reported"),
                      FERRY_OK);
     ferry_op_destroy(op);
@@ -1320,27 +1326,15 @@ static void test_disconnect_tries_a_refused_release_twice(void **state)
     ferry_descriptor_t d = {.ptr = buf, .size = sizeof(buf), .device = FERRY_DEVICE_HOST_INIT};
     ferry_publish_params_t p = {.request_id = "drain-1", .access_token = TOKEN};
     ferry_coordinator_params_t cp = {.target = coord.target};
-    Ferry__V1__ClaimRequest claim = FERRY__V1__CLAIM_REQUEST__INIT;
-    Ferry__V1__ClaimResponse *claimed = NULL;
     const char *refused = "Release: ends with FAILED_PRECONDITION: request_id 'drain-1'";
     ferry_coordinator_t *other;
-    rpc_error_t err;
     ferry_op_t *op;
     (void)state;
 
     assert_int_equal(ferry_coordinator_connect(&cp, &other), FERRY_OK);
     assert_int_equal(ferry_writable_create(conn, &d, 1, &op), FERRY_OK);
     assert_int_equal(ferry_op_publish(op, other, &p), FERRY_OK);
-    claim.request_id = "drain-1";
-    claim.access_token = TOKEN;
-    claim.claimant = "silent-writer";
-    claim.kind = FERRY__V1__OPERATION_KIND__OPERATION_KIND_WRITE;
-    claim.ttl_seconds = 120;
-    assert_int_equal(test_coord_call(chan, "Claim", &claim.base,
-                                     &ferry__v1__claim_response__descriptor,
-                                     (ProtobufCMessage **)&claimed, &err),
-                     FERRY_OK);
-    ferry__v1__claim_response__free_unpacked(claimed, NULL);
+    claim_silently("drain-1");
     assert_int_equal(ferry_op_fail(op, FERRY_ERR_IO, "failed here before its writer reported"),
                      FERRY_OK);
     ferry_op_destroy(op);
