@@ -130,3 +130,21 @@ ferry_status_t ferry_md_check(const char *field, const Ferry__V1__RdmaMetadata *
     }
     return FERRY_OK;
 }
+
+ferry_status_t ferry_md_sizes_pair(const Ferry__V1__RdmaMetadata *md, const uint64_t *sizes,
+                                   size_t n, char *msg, size_t cap)
+{
+    if (n != md->n_descriptors) {
+        snprintf(msg, cap, "descriptor count mismatch: %zu local, %zu remote", n,
+                 md->n_descriptors);
+        return FERRY_ERR_SIZE_MISMATCH;
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (sizes[i] != md->descriptors[i]->size) {
+            snprintf(msg, cap, "descriptor %zu: local size %" PRIu64 " != remote size %" PRIu64, i,
+                     sizes[i], md->descriptors[i]->size);
+            return FERRY_ERR_SIZE_MISMATCH;
+        }
+    }
+    return FERRY_OK;
+}

@@ -18,12 +18,19 @@
  * 1..FERRY_MD_RKEY_MAX bytes. Errors name the field by its path under `field`
  * ("metadata.descriptors[1].size is 0").
  *
+ * The pairing rule, the one check between a writer's (reader's) buffers and
+ * the operation it pairs with: as many descriptors, of the same sizes, in
+ * order. The coordinator checks it at Claim (ClaimRequest.descriptor_sizes)
+ * and libferry when it is handed metadata directly; the device kinds may
+ * differ (host to CUDA and back).
+ *
  * Threads: pure.
  */
 #ifndef FERRY_COMMON_MD_RULES_H
 #define FERRY_COMMON_MD_RULES_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #include <ferry/status.h>
 
@@ -44,5 +51,12 @@
 /* FERRY_OK, or FERRY_ERR_INVALID_ARGUMENT with msg naming the field. */
 ferry_status_t ferry_md_check(const char *field, const Ferry__V1__RdmaMetadata *md, char *msg,
                               size_t cap);
+
+/* FERRY_OK when n local descriptors of sizes[0..n) pair with md's, or
+ * FERRY_ERR_SIZE_MISMATCH with msg giving the count or the first size that
+ * differs, local then remote ("descriptor 2: local size 47 != remote size
+ * 48"). md must have passed ferry_md_check. */
+ferry_status_t ferry_md_sizes_pair(const Ferry__V1__RdmaMetadata *md, const uint64_t *sizes,
+                                   size_t n, char *msg, size_t cap);
 
 #endif /* FERRY_COMMON_MD_RULES_H */

@@ -16,6 +16,7 @@
 #include <openssl/sha.h>
 
 #include "common/log.h"
+#include "common/md_rules.h"
 #include "common/op_state.h"
 
 #define TRANSITION_ATTEMPTS 8
@@ -595,13 +596,14 @@ static const char *kind_name(Ferry__V1__OperationKind kind)
 }
 
 /* Whether the claimant's descriptor sizes (ClaimRequest.descriptor_sizes)
- * pair with the operation's metadata md[md_len]: as many descriptors, of the
- * same sizes, in order (libferry's data plane checks the same, and says it
- * the same way, when it is handed metadata directly). */
+ * pair with the operation's metadata md[md_len]: the pairing rule of
+ * common/md_rules.h, which libferry also checks when it is handed metadata
+ * directly. The stored metadata passed ferry_md_check at Register. */
 static int claim_sizes_pair(const Ferry__V1__ClaimRequest *req, const char *id, const uint8_t *md,
                             size_t md_len, char *msg, size_t cap)
 {
     Ferry__V1__RdmaMetadata *m;
+    char rule[256];
     int rc = FERRY_OK;
 
     if (req->n_descriptor_sizes == 0) {
@@ -612,19 +614,10 @@ static int claim_sizes_pair(const Ferry__V1__ClaimRequest *req, const char *id, 
         return registry_fail(FERRY_ERR_INTERNAL, msg, cap,
                              "request_id '%s': stored metadata is malformed", id);
     }
-    if (req->n_descriptor_sizes != m->n_descriptors) {
+    if (ferry_md_sizes_pair(m, req->descriptor_sizes, req->n_descriptor_sizes, rule,
+                            sizeof(rule)) != FERRY_OK) {
         rc = registry_fail(FERRY_ERR_SIZE_MISMATCH, msg, cap,
-                           "descriptor_sizes: descriptor count mismatch: %zu local, %zu remote "
-                           "(request_id '%s')",
-                           req->n_descriptor_sizes, m->n_descriptors, id);
-    }
-    for (size_t i = 0; rc == FERRY_OK && i < m->n_descriptors; i++) {
-        if (req->descriptor_sizes[i] != m->descriptors[i]->size) {
-            rc = registry_fail(FERRY_ERR_SIZE_MISMATCH, msg, cap,
-                               "descriptor_sizes: descriptor %zu: local size %" PRIu64
-                               " != remote size %" PRIu64 " (request_id '%s')",
-                               i, req->descriptor_sizes[i], m->descriptors[i]->size, id);
-        }
+                           "descriptor_sizes: %s (request_id '%s')", rule, id);
     }
     ferry__v1__rdma_metadata__free_unpacked(m, NULL);
     return rc;

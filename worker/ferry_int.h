@@ -102,7 +102,9 @@ ferry_status_t ferry__metadata_validate(const Ferry__V1__RdmaMetadata *md);
 void ferry__metadata_free(Ferry__V1__RdmaMetadata *md);
 
 /* Checks an active operation's local list against decoded metadata: the
- * kind (a write pairs with a writable), the count, and each pair's size. */
+ * kind (a write pairs with a writable), then the pairing rule of
+ * common/md_rules.h (count, each pair's size), the one the coordinator's
+ * Claim checks. */
 ferry_status_t ferry__metadata_match(const Ferry__V1__RdmaMetadata *md, ferry__op_kind_t kind,
                                      const ferry_descriptor_t *local, size_t n);
 

@@ -78,11 +78,26 @@ void ferry__metadata_free(Ferry__V1__RdmaMetadata *md)
     }
 }
 
+/* The sizes of local[0..n), as the pairing rule takes them; malloc'd, NULL
+ * when out of memory (n may be 0). */
+static uint64_t *descriptor_sizes(const ferry_descriptor_t *local, size_t n)
+{
+    uint64_t *sizes = malloc(n > 0 ? n * sizeof(*sizes) : 1);
+
+    for (size_t i = 0; sizes != NULL && i < n; i++) {
+        sizes[i] = local[i].size;
+    }
+    return sizes;
+}
+
 ferry_status_t ferry__metadata_match(const Ferry__V1__RdmaMetadata *md, ferry__op_kind_t kind,
                                      const ferry_descriptor_t *local, size_t n)
 {
     bool is_write = kind == FERRY__KIND_WRITE;
     bool md_write = md->kind == FERRY__V1__OPERATION_KIND__OPERATION_KIND_WRITE;
+    char msg[FERRY__MSG_LEN];
+    ferry_status_t status;
+    uint64_t *sizes;
 
     if (is_write != md_write) {
         return ferry__fail(FERRY_ERR_KIND_MISMATCH,
@@ -90,17 +105,14 @@ ferry_status_t ferry__metadata_match(const Ferry__V1__RdmaMetadata *md, ferry__o
                            md_write ? "writable" : "readable", kind_name(kind),
                            is_write ? "writable" : "readable");
     }
-    if (n != md->n_descriptors) {
-        return ferry__fail(FERRY_ERR_SIZE_MISMATCH,
-                           "descriptor count mismatch: %zu local, %zu remote", n,
-                           md->n_descriptors);
+    sizes = descriptor_sizes(local, n);
+    if (sizes == NULL) {
+        return ferry__fail(FERRY_ERR_NO_MEMORY, "metadata: out of memory");
     }
-    for (size_t i = 0; i < n; i++) {
-        if ((uint64_t)local[i].size != md->descriptors[i]->size) {
-            return ferry__fail(FERRY_ERR_SIZE_MISMATCH,
-                               "descriptor %zu: local size %zu != remote size %" PRIu64, i,
-                               local[i].size, md->descriptors[i]->size);
-        }
+    status = ferry_md_sizes_pair(md, sizes, n, msg, sizeof(msg));
+    free(sizes);
+    if (status != FERRY_OK) {
+        return ferry__fail(status, "%s", msg);
     }
     /* The device kinds may differ (host to CUDA and back): UCX moves both,
      * or the staged path does (staged.c). */

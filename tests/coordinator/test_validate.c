@@ -164,6 +164,30 @@ static void test_metadata(void **state)
     assert_non_null(strstr(msg, "rkey"));
 }
 
+/* The pairing rule (common/md_rules.h), which the coordinator's Claim and
+ * libferry both apply: count first, then the first size that differs,
+ * local before remote. */
+static void test_sizes_pair(void **state)
+{
+    Ferry__V1__RdmaMetadata md;
+    Ferry__V1__Descriptor d[3];
+    Ferry__V1__Descriptor *dp[3];
+    const uint64_t same[3] = {10, 20, 30}, second[3] = {10, 21, 31};
+    (void)state;
+
+    fill(&md, d, dp, 3);
+    d[1].size = 20;
+    d[2].size = 30;
+    assert_int_equal(ferry_md_sizes_pair(&md, same, 3, msg, sizeof(msg)), FERRY_OK);
+    assert_int_equal(ferry_md_sizes_pair(&md, same, 2, msg, sizeof(msg)), FERRY_ERR_SIZE_MISMATCH);
+    assert_string_equal(msg, "descriptor count mismatch: 2 local, 3 remote");
+    assert_int_equal(ferry_md_sizes_pair(&md, second, 3, msg, sizeof(msg)),
+                     FERRY_ERR_SIZE_MISMATCH);
+    assert_string_equal(msg, "descriptor 1: local size 21 != remote size 20");
+    assert_int_equal(ferry_md_sizes_pair(&md, NULL, 0, msg, sizeof(msg)), FERRY_ERR_SIZE_MISMATCH);
+    assert_string_equal(msg, "descriptor count mismatch: 0 local, 3 remote");
+}
+
 /* Unpacks valid metadata with `extra` appended: an unknown field. */
 static Ferry__V1__RdmaMetadata *with_unknown_field(const uint8_t *extra, size_t extra_len)
 {
@@ -341,6 +365,7 @@ int main(void)
         cmocka_unit_test(test_metadata),   cmocka_unit_test(test_metadata_round_trip),
         cmocka_unit_test(test_ttl),        cmocka_unit_test(test_watch),
         cmocka_unit_test(test_page_token), cmocka_unit_test(test_register_bytes),
+        cmocka_unit_test(test_sizes_pair),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
