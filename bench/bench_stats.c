@@ -3,8 +3,11 @@
  */
 #include "bench_stats.h"
 
+#include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 uint64_t bench_now_ns(void)
 {
@@ -86,4 +89,30 @@ void bench_samples_free(bench_samples_t *s)
     free(s->ns);
     s->ns = NULL;
     s->n = s->cap = 0;
+}
+
+double bench_proc_cpu_us(int pid)
+{
+    char path[64], buf[1024];
+    unsigned long utime, stime;
+    const char *rest;
+    FILE *f;
+    size_t n;
+
+    snprintf(path, sizeof(path), "/proc/%d/stat", pid);
+    f = fopen(path, "r");
+    if (f == NULL) {
+        return -1;
+    }
+    n = fread(buf, 1, sizeof(buf) - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    /* After the command's name, which may hold spaces: state is field 3,
+     * utime and stime fields 14 and 15 (proc(5)). */
+    rest = strrchr(buf, ')');
+    if (rest == NULL || sscanf(rest + 1, " %*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu",
+                               &utime, &stime) != 2) {
+        return -1;
+    }
+    return (double)(utime + stime) * 1e6 / (double)sysconf(_SC_CLK_TCK);
 }

@@ -39,4 +39,9 @@ double bench_samples_mean_us(const bench_samples_t *s);
 
 void bench_samples_free(bench_samples_t *s);
 
+/* CPU time (user + system, every thread) process pid has used so far, in
+ * microseconds, from /proc/PID/stat (clock-tick resolution); -1 when it
+ * cannot be read. */
+double bench_proc_cpu_us(int pid);
+
 #endif /* FERRY_BENCH_STATS_H */

@@ -519,34 +519,18 @@ static int parse_pids(bench_config_t *cfg, char *list)
     return cfg->n_server_pids > 0 ? 0 : -1;
 }
 
-/* CPU time (user + system, every thread) the --server-pid processes have
- * used so far, in microseconds; -1 when one cannot be read. */
+/* CPU time the --server-pid processes have used so far, in microseconds;
+ * -1 when one cannot be read. */
 static double servers_cpu_us(const bench_config_t *cfg)
 {
     double total = 0;
 
     for (int i = 0; i < cfg->n_server_pids; i++) {
-        char path[64], buf[1024];
-        unsigned long utime, stime;
-        FILE *f;
-        size_t n;
-        const char *rest;
-
-        snprintf(path, sizeof(path), "/proc/%d/stat", cfg->server_pids[i]);
-        f = fopen(path, "r");
-        n = f != NULL ? fread(buf, 1, sizeof(buf) - 1, f) : 0;
-        if (f != NULL) {
-            fclose(f);
-        }
-        buf[n] = '\0';
-        /* After the command's name, which may hold spaces: state is field
-         * 3, utime and stime fields 14 and 15 (proc(5)). */
-        rest = strrchr(buf, ')');
-        if (rest == NULL || sscanf(rest + 1, " %*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu",
-                                   &utime, &stime) != 2) {
+        double us = bench_proc_cpu_us(cfg->server_pids[i]);
+        if (us < 0) {
             return -1;
         }
-        total += (double)(utime + stime) * 1e6 / (double)sysconf(_SC_CLK_TCK);
+        total += us;
     }
     return total;
 }

@@ -49,6 +49,14 @@
  *       call and can end before it returns), the whole cycle, and teardown
  *       (ferry_op_destroy on each side; Complete and Release are sent by the
  *       coordinator clients' session threads, or by destroy).
+ *       --trace: also the sender's operation step by step ("traced: ..."
+ *       phases, from its state changes as above: the Claim, the receiver's
+ *       admit, data and flush, the notice, each side's wake-up); every
+ *       line of a traced run carries "traced": true.
+ *       Then the CPU time each process used per timed cycle ("latency-cpu"
+ *       lines): the receiver, the sender, and each --cpu-pid NAME=PID
+ *       (latency.sh names etcd and the coordinator), with the wall time per
+ *       cycle: on a small machine the cycle's processes compete for cores.
  *   --spin-us N (any mode) sets the connector's spin_us; unset: FERRY_SPIN_US
  *       or the default (50). The value that ran is in the output.
  *
@@ -71,8 +79,9 @@
 
 #include "bench_stats.h"
 
-#define BENCH_TOKEN   "bench-access-token-0123456789abcdef"
-#define BENCH_WAIT_MS 60000
+#define BENCH_TOKEN        "bench-access-token-0123456789abcdef"
+#define BENCH_WAIT_MS      60000
+#define BENCH_CPU_PIDS_MAX 4
 
 typedef struct {
     const char *op;  /* "write" or "read"; NULL with --memcpy/--latency */
@@ -90,6 +99,11 @@ typedef struct {
     bool caller_progress;
     unsigned spin_us; /* resolved: --spin-us, else FERRY_SPIN_US, else the default */
     const char *coord;
+    /* --cpu-pid NAME=PID (latency): processes whose CPU per cycle is
+     * reported beside the receiver's and the sender's (etcd, a coordinator) */
+    const char *cpu_names[BENCH_CPU_PIDS_MAX];
+    int cpu_pids[BENCH_CPU_PIDS_MAX];
+    int n_cpu_pids;
 } bench_args_t;
 
 /* --- pipes ---------------------------------------------------------------- */
@@ -614,15 +628,16 @@ static int run_create(const bench_args_t *a)
 
 /* Per iteration, CLOCK_MONOTONIC ns, in memory shared by both processes. */
 typedef struct {
-    uint64_t start;        /* receiver: before ferry_writable_create */
-    uint64_t prepared;     /* receiver: created, metadata in hand */
-    uint64_t registered;   /* receiver: ferry_op_publish returned */
-    uint64_t got_id;       /* sender: the request ID arrived */
-    uint64_t begun;        /* sender: ferry_write_begin_by_id returned */
-    uint64_t written;      /* sender: ferry_op_wait returned COMPLETE */
-    uint64_t seen;         /* receiver: ferry_op_wait returned COMPLETE */
-    uint64_t rx_destroyed; /* receiver: ferry_op_destroy returned */
-    uint64_t tx_destroyed; /* sender: ferry_op_destroy returned */
+    uint64_t start;         /* receiver: before ferry_writable_create */
+    uint64_t prepared;      /* receiver: created, metadata in hand */
+    uint64_t registered;    /* receiver: ferry_op_publish returned */
+    uint64_t got_id;        /* sender: the request ID arrived */
+    uint64_t begun;         /* sender: ferry_write_begin_by_id returned */
+    uint64_t written;       /* sender: ferry_op_wait returned COMPLETE */
+    uint64_t seen;          /* receiver: ferry_op_wait returned COMPLETE */
+    uint64_t rx_destroyed;  /* receiver: ferry_op_destroy returned */
+    uint64_t tx_destroyed;  /* sender: ferry_op_destroy returned */
+    uint64_t step[TRACE_N]; /* sender, --trace: its operation's state changes */
 } bench_times_t;
 
 static ferry_coordinator_t *bench_coordinator(const bench_args_t *a)
@@ -691,10 +706,64 @@ static int latency_passive(const bench_args_t *a, bench_times_t *t, int id_fd, i
     return rc;
 }
 
+/* CPU per cycle (latency): the CPU time each process used over the timed
+ * cycles (from the first timed request ID's arrival to the sender's last
+ * destroy), from /proc: the --cpu-pid processes, the receiver (the forked
+ * child) and the sender (this process). On two cores the cycle's
+ * processes compete for the CPU; this says how much each one asked for. */
+typedef struct {
+    int n;
+    const char *names[BENCH_CPU_PIDS_MAX + 2];
+    int pids[BENCH_CPU_PIDS_MAX + 2];
+    double us[2][BENCH_CPU_PIDS_MAX + 2]; /* [before, after][process] */
+    uint64_t ns[2];
+} latency_cpu_t;
+
+static void latency_cpu_init(latency_cpu_t *cpu, const bench_args_t *a, int receiver_pid)
+{
+    memset(cpu, 0, sizeof(*cpu));
+    for (int i = 0; i < a->n_cpu_pids; i++) {
+        cpu->names[cpu->n] = a->cpu_names[i];
+        cpu->pids[cpu->n++] = a->cpu_pids[i];
+    }
+    cpu->names[cpu->n] = "receiver";
+    cpu->pids[cpu->n++] = receiver_pid;
+    cpu->names[cpu->n] = "sender";
+    cpu->pids[cpu->n++] = (int)getpid();
+}
+
+static void latency_cpu_mark(latency_cpu_t *cpu, int when)
+{
+    if (cpu == NULL) {
+        return;
+    }
+    for (int i = 0; i < cpu->n; i++) {
+        cpu->us[when][i] = bench_proc_cpu_us(cpu->pids[i]);
+    }
+    cpu->ns[when] = bench_now_ns();
+}
+
+static void latency_cpu_print(const latency_cpu_t *cpu, const bench_args_t *a)
+{
+    double wall_us = (double)(cpu->ns[1] - cpu->ns[0]) / 1e3;
+
+    for (int i = 0; i < cpu->n; i++) {
+        if (cpu->us[0][i] < 0 || cpu->us[1][i] < 0) {
+            continue; /* unreadable: left out */
+        }
+        printf("{\"bench\":\"latency-cpu\",\"process\":\"%s\",\"progress\":\"%s\","
+               "\"spin_us\":%u,%s\"cycles\":%ld,\"wall_us_per_cycle\":%.1f,"
+               "\"cpu_us_per_cycle\":%.1f}\n",
+               cpu->names[i], a->caller_progress ? "caller" : "thread", a->spin_us,
+               a->trace ? "\"traced\":true," : "", a->iters, wall_us / (double)a->iters,
+               (cpu->us[1][i] - cpu->us[0][i]) / (double)a->iters);
+    }
+}
+
 /* The sender: by request ID (Lookup, local checks, Claim, then the
  * transfer), wait, destroy (Complete is reported by the session thread, or
  * here if it has not been yet). */
-static int latency_active(const bench_args_t *a, bench_times_t *t, int id_fd)
+static int latency_active(const bench_args_t *a, bench_times_t *t, int id_fd, latency_cpu_t *cpu)
 {
     ferry_connector_t *c = bench_connector(a, "bench-active");
     ferry_coordinator_t *coord = bench_coordinator(a);
@@ -719,6 +788,9 @@ static int latency_active(const bench_args_t *a, bench_times_t *t, int id_fd)
             rc = -1;
             break;
         }
+        if (i == a->warmup) {
+            latency_cpu_mark(cpu, 0);
+        }
         ti->got_id = bench_now_ns();
         space = strchr((char *)msg, ' ');
         if (space == NULL) {
@@ -729,6 +801,9 @@ static int latency_active(const bench_args_t *a, bench_times_t *t, int id_fd)
         *space = '\0';
         claim.request_id = (const char *)msg;
         claim.access_token = space + 1;
+        for (int k = 0; k < TRACE_N; k++) {
+            trace_at[k] = 0;
+        }
         s = ferry_write_begin_by_id(c, coord, &claim, &d, 1, &op);
         ti->begun = bench_now_ns();
         if (s != FERRY_OK) {
@@ -737,10 +812,14 @@ static int latency_active(const bench_args_t *a, bench_times_t *t, int id_fd)
             rc = bench_fail("sender wait", s);
         }
         ti->written = bench_now_ns();
+        for (int k = 0; k < TRACE_N; k++) {
+            ti->step[k] = trace_at[k];
+        }
         ferry_op_destroy(op);
         ti->tx_destroyed = bench_now_ns();
         free(msg);
     }
+    latency_cpu_mark(cpu, 1);
     ferry_coordinator_disconnect(coord);
     ferry_connector_destroy(c);
     return rc;
@@ -750,10 +829,10 @@ static void latency_print(const char *phase, bench_samples_t *s, const bench_arg
 {
     bench_samples_sort(s);
     printf("{\"bench\":\"latency\",\"phase\":\"%s\",\"size\":%llu,\"n\":%zu,\"progress\":\"%s\","
-           "\"spin_us\":%u,\"mean_us\":%.1f,\"p50_us\":%.1f,\"p99_us\":%.1f}\n",
+           "\"spin_us\":%u,%s\"mean_us\":%.1f,\"p50_us\":%.1f,\"p99_us\":%.1f}\n",
            phase, (unsigned long long)a->size, s->n, a->caller_progress ? "caller" : "thread",
-           a->spin_us, bench_samples_mean_us(s), bench_samples_pct_us(s, 50),
-           bench_samples_pct_us(s, 99));
+           a->spin_us, a->trace ? "\"traced\":true," : "", bench_samples_mean_us(s),
+           bench_samples_pct_us(s, 50), bench_samples_pct_us(s, 99));
     bench_samples_free(s);
 }
 
@@ -765,7 +844,7 @@ static void latency_phase(const char *phase, const bench_times_t *t, const bench
     for (long i = a->warmup; i < a->iters + a->warmup; i++) {
         const uint8_t *ti = (const uint8_t *)&t[i];
         uint64_t from = *(const uint64_t *)(ti + from_off), to = *(const uint64_t *)(ti + to_off);
-        bench_samples_add(&s, to - from);
+        bench_samples_add(&s, to > from ? to - from : 0); /* 0: a step skipped */
     }
     latency_print(phase, &s, a);
 }
@@ -799,11 +878,34 @@ static void latency_local(const bench_times_t *t, const bench_args_t *a)
 
 #define T_OFF(f) offsetof(bench_times_t, f)
 
+/* --trace: the sender's operation step by step (its debug line for each
+ * state change, see trace_cb), from the request ID's arrival to both waits'
+ * returns. The debug lines cost time of their own: compare with an
+ * untraced run, not across. */
+static void latency_trace(const bench_times_t *t, const bench_args_t *a)
+{
+    latency_phase("traced: Claim RPC (ID arrived .. READY)", t, a, T_OFF(got_id),
+                  T_OFF(step[TRACE_READY]));
+    latency_phase("traced: claim posted (READY .. CLAIMING)", t, a, T_OFF(step[TRACE_READY]),
+                  T_OFF(step[TRACE_CLAIMING]));
+    latency_phase("traced: receiver admits (CLAIMING .. TRANSFERRING)", t, a,
+                  T_OFF(step[TRACE_CLAIMING]), T_OFF(step[TRACE_TRANSFERRING]));
+    latency_phase("traced: data + flush (TRANSFERRING .. NOTIFYING)", t, a,
+                  T_OFF(step[TRACE_TRANSFERRING]), T_OFF(step[TRACE_NOTIFYING]));
+    latency_phase("traced: notice sent (NOTIFYING .. COMPLETE)", t, a, T_OFF(step[TRACE_NOTIFYING]),
+                  T_OFF(step[TRACE_COMPLETE]));
+    latency_phase("traced: sender wakes (COMPLETE .. its wait returns)", t, a,
+                  T_OFF(step[TRACE_COMPLETE]), T_OFF(written));
+    latency_phase("traced: receiver wakes (NOTIFYING .. its wait returns)", t, a,
+                  T_OFF(step[TRACE_NOTIFYING]), T_OFF(seen));
+}
+
 static int run_latency(const bench_args_t *a)
 {
     size_t bytes = (size_t)(a->iters + a->warmup) * sizeof(bench_times_t);
     bench_times_t *t = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
     int id_pipe[2], status, rc;
+    latency_cpu_t cpu;
     pid_t pid;
 
     if (t == MAP_FAILED || pipe(id_pipe) != 0) {
@@ -815,7 +917,8 @@ static int run_latency(const bench_args_t *a)
         _exit(latency_passive(a, t, id_pipe[1], (int)getppid()) == 0 ? 0 : 1);
     }
     close(id_pipe[1]);
-    rc = pid > 0 ? latency_active(a, t, id_pipe[0]) : -1;
+    latency_cpu_init(&cpu, a, (int)pid);
+    rc = pid > 0 ? latency_active(a, t, id_pipe[0], &cpu) : -1;
     close(id_pipe[0]);
     if (pid <= 0 || waitpid(pid, &status, 0) != pid || !WIFEXITED(status) ||
         WEXITSTATUS(status) != 0 || rc != 0) {
@@ -836,6 +939,10 @@ static int run_latency(const bench_args_t *a)
     latency_local(t, a);
     latency_phase("teardown: receiver destroy", t, a, T_OFF(seen), T_OFF(rx_destroyed));
     latency_phase("teardown: sender destroy", t, a, T_OFF(written), T_OFF(tx_destroyed));
+    if (a->trace) {
+        latency_trace(t, a);
+    }
+    latency_cpu_print(&cpu, a);
     munmap(t, bytes);
     return 0;
 }
@@ -851,20 +958,30 @@ static void usage(void)
                     "       ferry_bench_data --create --size S [--iters N]\n"
                     "       ferry_bench_data --memcpy --size S [--iters N]\n"
                     "       ferry_bench_data --latency --coord HOST:PORT [--iters N] [--warmup N]\n"
-                    "                        [--progress thread|caller] [--spin-us N]\n");
+                    "                        [--progress thread|caller] [--spin-us N] [--trace]\n"
+                    "                        [--cpu-pid NAME=PID]...\n");
 }
 
 static int parse_args(int argc, char **argv, bench_args_t *a)
 {
     static const struct option opts[] = {
-        {"op", required_argument, NULL, 'o'},       {"memcpy", no_argument, NULL, 'm'},
-        {"latency", no_argument, NULL, 'l'},        {"size", required_argument, NULL, 's'},
-        {"descs", required_argument, NULL, 'd'},    {"iters", required_argument, NULL, 'n'},
-        {"warmup", required_argument, NULL, 'w'},   {"pairs", required_argument, NULL, 'p'},
-        {"progress", required_argument, NULL, 'g'}, {"coord", required_argument, NULL, 'c'},
-        {"spin-us", required_argument, NULL, 'u'},  {"mem", required_argument, NULL, 'M'},
-        {"create", no_argument, NULL, 'C'},         {"trace", no_argument, NULL, 'T'},
-        {"window", required_argument, NULL, 'W'},   {NULL, 0, NULL, 0},
+        {"op", required_argument, NULL, 'o'},
+        {"memcpy", no_argument, NULL, 'm'},
+        {"latency", no_argument, NULL, 'l'},
+        {"size", required_argument, NULL, 's'},
+        {"descs", required_argument, NULL, 'd'},
+        {"iters", required_argument, NULL, 'n'},
+        {"warmup", required_argument, NULL, 'w'},
+        {"pairs", required_argument, NULL, 'p'},
+        {"progress", required_argument, NULL, 'g'},
+        {"coord", required_argument, NULL, 'c'},
+        {"spin-us", required_argument, NULL, 'u'},
+        {"mem", required_argument, NULL, 'M'},
+        {"create", no_argument, NULL, 'C'},
+        {"trace", no_argument, NULL, 'T'},
+        {"window", required_argument, NULL, 'W'},
+        {"cpu-pid", required_argument, NULL, 'P'},
+        {NULL, 0, NULL, 0},
     };
     const char *spin_env = getenv("FERRY_SPIN_US");
     long spin = spin_env != NULL ? atol(spin_env) : (long)FERRY_CONNECTOR_DEFAULT_SPIN_US;
@@ -930,6 +1047,17 @@ static int parse_args(int argc, char **argv, bench_args_t *a)
         case 'W':
             a->window = atol(optarg);
             break;
+        case 'P': { /* NAME=PID */
+            char *eq = strchr(optarg, '=');
+            if (eq == NULL || eq == optarg || a->n_cpu_pids == BENCH_CPU_PIDS_MAX ||
+                atoi(eq + 1) <= 0) {
+                return -1;
+            }
+            *eq = '\0';
+            a->cpu_names[a->n_cpu_pids] = optarg;
+            a->cpu_pids[a->n_cpu_pids++] = atoi(eq + 1);
+            break;
+        }
         default:
             return -1;
         }

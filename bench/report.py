@@ -289,15 +289,16 @@ def create_tables(rows):
 
 
 def latency_tables(rows):
-    """One row per phase, one p50/p99 pair per configuration (progress, spin),
-    and a reference for the phases that have one, from the same results:
+    """One row per phase, one p50/p99 pair per configuration (progress, spin,
+    traced: the "traced: ..." phases are a traced run's alone), and a
+    reference for the phases that have one, from the same results:
     etcd's create-if-absent txn alone (1 client), the coordinator's Lookup
     (1 client), the raw UCX 4 KiB put + flush (median)."""
     lat, configs, phases = {}, [], []
     for r in rows:
         if r.get("bench") != "latency":
             continue
-        cfg = (r.get("progress", "thread"), r.get("spin_us", "-"))
+        cfg = (r.get("progress", "thread"), r.get("spin_us", "-"), r.get("traced", False))
         if cfg not in configs:
             configs.append(cfg)
         if r["phase"] not in phases:
@@ -334,8 +335,8 @@ def latency_tables(rows):
             "cycle minus register and lookup": ("raw put", raw),
         })
     header = ["phase"]
-    for prog, spin in configs:
-        header += [f"{prog}, spin {spin}: p50 us", "p99 us"]
+    for prog, spin, traced in configs:
+        header += [f"{prog}, spin {spin}{', traced' if traced else ''}: p50 us", "p99 us"]
     header += ["reference", "ref us", "p50/ref"]
     n = {r["n"] for r in lat.values()}
     t = Table("Small operation (4 KiB write through the coordinator: ferry_op_publish, "
@@ -350,6 +351,36 @@ def latency_tables(rows):
         first = lat.get((configs[0], phase))
         cells += [name, ref, ratio(None if first is None else first["p50_us"], ref)]
         t.add(*cells)
+    return [t]
+
+
+def latency_cpu_tables(rows):
+    """The CPU time each process of the small-operation cycle used per cycle
+    (etcd, the coordinator, the receiver, the sender), beside the wall time
+    per cycle: their sum over the wall time is how many cores the cycle kept
+    busy."""
+    cpu, configs, procs = {}, [], []
+    for r in rows:
+        if r.get("bench") != "latency-cpu":
+            continue
+        cfg = (r["progress"], r["spin_us"], r.get("traced", False))
+        if cfg not in configs:
+            configs.append(cfg)
+        if r["process"] not in procs:
+            procs.append(r["process"])
+        cpu[(cfg, r["process"])] = r
+    header = ["configuration", "wall us/cycle"] + [f"{p} CPU us" for p in procs]
+    header += ["all CPU us", "cores busy"]
+    t = Table("Small operation: CPU time per cycle of each process (/proc, clock ticks), "
+              "and the cores the cycle kept busy (all CPU / wall)", header)
+    for cfg in configs:
+        prog, spin, traced = cfg
+        got = [cpu.get((cfg, p)) for p in procs]
+        wall = next(r["wall_us_per_cycle"] for r in got if r is not None)
+        each = [None if r is None else r["cpu_us_per_cycle"] for r in got]
+        total = sum(v for v in each if v is not None)
+        t.add(f"{prog}, spin {spin}{', traced' if traced else ''}", wall, *each, total,
+              fmt(total / wall, 2) if wall else "-")
     return [t]
 
 
@@ -369,7 +400,9 @@ def main():
         when = dates[0] if dates[0] == dates[-1] else f"{dates[0]} to {dates[-1]}"
         out.append(f"Machine: {m.get('cpu')}, {m.get('cores')} cores, Linux {m.get('kernel')}, "
                    f"UCX {m.get('ucx')}, etcd {m.get('etcd')}; measured {when}\n")
-    for table in control_tables(rows) + data_tables(rows, args.trim) + latency_tables(rows):
+    tables = (control_tables(rows) + data_tables(rows, args.trim) + latency_tables(rows)
+              + latency_cpu_tables(rows))
+    for table in tables:
         text = table.render(args.plain)
         if text:
             out.append(text)
