@@ -66,6 +66,7 @@
  * one machine; the latency run keeps them in a shared anonymous mapping.
  */
 #include <getopt.h>
+#include <limits.h>
 #include <stddef.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -734,9 +735,6 @@ static void latency_cpu_init(latency_cpu_t *cpu, const bench_args_t *a, int rece
 
 static void latency_cpu_mark(latency_cpu_t *cpu, int when)
 {
-    if (cpu == NULL) {
-        return;
-    }
     for (int i = 0; i < cpu->n; i++) {
         cpu->us[when][i] = bench_proc_cpu_us(cpu->pids[i]);
     }
@@ -1047,15 +1045,16 @@ static int parse_args(int argc, char **argv, bench_args_t *a)
         case 'W':
             a->window = atol(optarg);
             break;
-        case 'P': { /* NAME=PID */
-            char *eq = strchr(optarg, '=');
-            if (eq == NULL || eq == optarg || a->n_cpu_pids == BENCH_CPU_PIDS_MAX ||
-                atoi(eq + 1) <= 0) {
+        case 'P': { /* NAME=PID: a name, and a whole positive number */
+            char *eq = strchr(optarg, '='), *end = NULL;
+            long pid = eq != NULL ? strtol(eq + 1, &end, 10) : 0;
+            if (eq == NULL || eq == optarg || end == eq + 1 || *end != '\0' || pid <= 0 ||
+                pid > INT_MAX || a->n_cpu_pids == BENCH_CPU_PIDS_MAX) {
                 return -1;
             }
             *eq = '\0';
             a->cpu_names[a->n_cpu_pids] = optarg;
-            a->cpu_pids[a->n_cpu_pids++] = atoi(eq + 1);
+            a->cpu_pids[a->n_cpu_pids++] = (int)pid;
             break;
         }
         default:
