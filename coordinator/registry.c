@@ -433,13 +433,15 @@ static void orphans_free(orphan_t *orphans)
 
 /* Turns the orphaned claims ERRORED, through the one transition (a
  * transaction on mod_revision: whichever replica comes first does it, the
- * others find it ERRORED and leave it). */
-static void expire_orphans(coord_registry_t *r, const orphan_t *orphans)
+ * others find it ERRORED and leave it). `loaded`: the revision of the
+ * snapshot that found their claim keys gone, so a record claimed again
+ * since (on the same lease, even) is left alone. */
+static void expire_orphans(coord_registry_t *r, const orphan_t *orphans, int64_t loaded)
 {
     for (const orphan_t *o = orphans; o != NULL; o = o->next) {
         ferry_info("op %s: CLAIMED, but claim lease %lld ended while no replica watched", o->id,
                    (long long)o->claim_lease);
-        registry_expire_claim(r, o->id, o->claim_lease, 0);
+        registry_expire_claim(r, o->id, o->claim_lease, loaded);
     }
 }
 
@@ -524,6 +526,7 @@ static ferry_status_t load_view(coord_registry_t *r)
     size_t end_len = 0;
     orphan_t *orphans = NULL;
     size_t n_ops, pages = 0;
+    int64_t loaded;
     ferry_status_t status;
 
     status = etcd_prefix_end(r->prefix, strlen(r->prefix), &end, &end_len);
@@ -549,6 +552,7 @@ static ferry_status_t load_view(coord_registry_t *r)
         return status;
     }
     range.count = (int64_t)range.n_kvs;
+    loaded = range.revision;
     pthread_mutex_lock(&r->lock);
     status = fill_view_locked(r, &range, &orphans);
     r->revision = range.revision;
@@ -591,7 +595,7 @@ static ferry_status_t load_view(coord_registry_t *r)
     if (r->params.on_synced != NULL) {
         r->params.on_synced(r->params.arg);
     }
-    expire_orphans(r, orphans);
+    expire_orphans(r, orphans, loaded);
     orphans_free(orphans);
     return FERRY_OK;
 

@@ -165,7 +165,9 @@ void registry_view_put(coord_registry_t *r, const char *id, const uint8_t *bytes
 void registry_view_remove(coord_registry_t *r, const char *id, int64_t mod_revision);
 
 /* Turns an operation ERRORED when its claim (lease `claim_lease`) expired;
- * `ended`: the revision that deleted the claim's key (0: not known). */
+ * `ended`: the revision that deleted the claim's key, or one at which it
+ * was already gone (a load's snapshot); only a record CLAIMED before it is
+ * that claim (one written since was claimed again). 0: not known. */
 void registry_expire_claim(coord_registry_t *r, const char *id, int64_t claim_lease, int64_t ended);
 
 int64_t registry_now_ms(void);

@@ -18,6 +18,7 @@
 #include "common/log.h"
 #include "common/md_rules.h"
 #include "common/op_state.h"
+#include "common/text.h"
 
 #define TRANSITION_ATTEMPTS 8
 
@@ -437,9 +438,11 @@ struct transition {
      * key NULL: none. */
     etcd_op_t extra;
     void *arg;
-    /* The record's metadata as read, for apply (set before each call). */
+    /* The record's metadata and mod_revision as read, for apply (set
+     * before each call). */
     const uint8_t *md;
     size_t md_len;
+    int64_t mod_revision;
 };
 
 static ferry_status_t write_transition(coord_registry_t *r, const record_t *rec,
@@ -534,6 +537,7 @@ static ferry_status_t registry_transition(coord_registry_t *r, const char *id, t
         } else {
             t->md = rec.data.md;
             t->md_len = rec.data.md_len;
+            t->mod_revision = rec.mod_revision;
             rc = t->apply(t, rec.data.op, msg, cap);
         }
         if (rc == FERRY_OK && !ferry__op_state_can_move(from, rec.data.op->state)) {
@@ -898,22 +902,42 @@ ferry_status_t coord_release(coord_registry_t *r, const Ferry__V1__ReleaseReques
                          "request_id '%s' kept changing during release", req->request_id);
 }
 
+/* Which claim ended: its lease, and the revision that deleted its key. */
+typedef struct {
+    int64_t lease;
+    int64_t ended;
+} claim_end_t;
+
+/* Longest claimant quoted in the expiry's text (a claimant may be
+ * COORD_NAME_MAX bytes; the text stays whole UTF-8 either way). */
+#define EXPIRY_CLAIMANT_MAX 256
+
 static int apply_claim_expiry(transition_t *t, Ferry__V1__Operation *op, char *msg, size_t cap)
 {
-    int64_t lease = *(const int64_t *)t->arg;
-    char text[160];
+    const claim_end_t *end = t->arg;
+    char text[EXPIRY_CLAIMANT_MAX + 64];
 
     (void)msg;
     (void)cap;
-    if (op->state != FERRY_OP_CLAIMED || op->claim_lease_id != lease) {
+    if (op->state != FERRY_OP_CLAIMED || op->claim_lease_id != end->lease) {
+        return COORD_UNCHANGED;
+    }
+    /* A record written at or after the revision that deleted the claim's
+     * key is not the claim that ended: CLAIMED moves only to final states,
+     * so it was claimed again since (a request ID used again, often on the
+     * same session lease), and that claim is alive. */
+    if (end->ended > 0 && t->mod_revision >= end->ended) {
         return COORD_UNCHANGED;
     }
     op->state = FERRY_OP_ERRORED;
     op->error_code = FERRY_ERR_EXPIRED;
     /* Get, List and Watch show this text to anyone: never the lease's ID,
-     * which only its grantee may know. */
-    snprintf(text, sizeof(text), "claim expired: claimant '%s' stopped keeping its claim alive",
-             op->claimant);
+     * which only its grantee may know. The claimant is cut whole
+     * (ferry_utf8_cut): stored cut inside a character, the text would make
+     * every List page and Watch message carrying it undecodable for
+     * clients that check UTF-8. */
+    snprintf(text, sizeof(text), "claim expired: claimant '%.*s' stopped keeping its claim alive",
+             (int)ferry_utf8_cut(op->claimant, EXPIRY_CLAIMANT_MAX), op->claimant);
     set_string(&op->error_message, text);
     return FERRY_OK;
 }
@@ -943,7 +967,8 @@ static bool claim_end_settled(coord_registry_t *r, const char *id, int64_t ended
 
 void registry_expire_claim(coord_registry_t *r, const char *id, int64_t claim_lease, int64_t ended)
 {
-    transition_t t = {.what = "claim expired", .apply = apply_claim_expiry, .arg = &claim_lease};
+    claim_end_t end = {.lease = claim_lease, .ended = ended};
+    transition_t t = {.what = "claim expired", .apply = apply_claim_expiry, .arg = &end};
     coord_change_out_t out = {0};
     char msg[256];
     ferry_status_t status;

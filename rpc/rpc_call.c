@@ -257,7 +257,11 @@ static bool call_refuse_oversized(rpc_call_t *call)
  * bound, refuses it before it is decoded and frees it at once:
  * RESOURCE_EXHAUSTED, as for a request too large on its own. A call may be
  * held for minutes (a parked wait, a queue, a stream), so what many hold
- * together is bounded, not only each. True if refused. */
+ * together is bounded, not only each. True if refused, or if the call has
+ * already ended (its client went while the request waited here: another
+ * server thread ended it, and being done it would never give back what
+ * were counted now). The count and the state are read under the call's
+ * lock, as call_maybe_done_locked reads them. */
 static bool call_refuse_over_budget(rpc_call_t *call)
 {
     rpc_server_t *server = call->server;
@@ -270,12 +274,21 @@ static bool call_refuse_over_budget(rpc_call_t *call)
     if (max == 0) {
         return false;
     }
+    pthread_mutex_lock(&call->lock);
+    if (call->state != RPC_CALL_ACTIVE) {
+        pthread_mutex_unlock(&call->lock);
+        ferry_debug("call %" PRIu64 " %s: ended before its request was counted; not run", call->id,
+                    call->path);
+        return true;
+    }
     held = atomic_fetch_add(&server->held_request_bytes, cost);
     if (held + cost <= max) {
         call->held_bytes = cost;
+        pthread_mutex_unlock(&call->lock);
         return false;
     }
     atomic_fetch_sub(&server->held_request_bytes, cost);
+    pthread_mutex_unlock(&call->lock);
     grpc_byte_buffer_destroy(call->payload);
     call->payload = NULL;
     ferry_info("call %" PRIu64 " %s: request of %zu bytes from %s refused: calls in progress "

@@ -25,6 +25,8 @@
 #include "common/clock.h"
 #include "etcd_fixture.h"
 #include "registry_int.h"
+#include "rpc/rpc_int.h"
+#include "validate.h"
 
 #define PREFIX    "/stale/"
 #define TOKEN_ONE "token-one-0123456789"
@@ -138,8 +140,11 @@ typedef struct {
     int64_t revision;
 } claim_t;
 
-static ferry_status_t claim_op(coord_registry_t *r, const char *id, const char *token,
-                               claim_t *claim, char *msg, size_t cap)
+/* A Claim as `claimant`, on the lease of `reuse` when it is not NULL (as
+ * libferry claims on its session lease), else on a lease of its own. */
+static ferry_status_t claim_as(coord_registry_t *r, const char *id, const char *token,
+                               const char *claimant, const claim_t *reuse, claim_t *claim,
+                               char *msg, size_t cap)
 {
     Ferry__V1__ClaimRequest req = FERRY__V1__CLAIM_REQUEST__INIT;
     coord_change_out_t out = {0};
@@ -147,7 +152,11 @@ static ferry_status_t claim_op(coord_registry_t *r, const char *id, const char *
 
     req.request_id = (char *)id;
     req.access_token = (char *)token;
-    req.claimant = "writer";
+    req.claimant = (char *)claimant;
+    if (reuse != NULL) {
+        req.lease_id = reuse->lease;
+        req.lease_token = (char *)reuse->lease_token;
+    }
     status = coord_claim(r, &req, &out, msg, cap);
     if (status == FERRY_OK) {
         claim->lease = out.claim_lease_id;
@@ -157,6 +166,12 @@ static ferry_status_t claim_op(coord_registry_t *r, const char *id, const char *
         coord_record_free(&out.rec);
     }
     return status;
+}
+
+static ferry_status_t claim_op(coord_registry_t *r, const char *id, const char *token,
+                               claim_t *claim, char *msg, size_t cap)
+{
+    return claim_as(r, id, token, "writer", NULL, claim, msg, cap);
 }
 
 static ferry_status_t complete_op(coord_registry_t *r, const char *id, const claim_t *claim,
@@ -207,8 +222,9 @@ static ferry_status_t release_op(coord_registry_t *r, const char *id, const char
     return coord_release(r, &req, revision_p, msg, cap);
 }
 
-/* The record's state in etcd; 0 when the key is absent. */
-static int etcd_state(const stale_t *s, const char *id)
+/* The record's state in etcd, and its error message into msg[cap] (""
+ * when it has none); 0 when the key is absent. */
+static int etcd_record(const stale_t *s, const char *id, char *msg, size_t cap)
 {
     char key[128];
     etcd_range_t range = {0};
@@ -217,14 +233,27 @@ static int etcd_state(const stale_t *s, const char *id)
 
     snprintf(key, sizeof(key), PREFIX "ops/%s", id);
     assert_int_equal(etcd_get(s->etcd->client, key, strlen(key), NULL, 0, 0, 0, &range), FERRY_OK);
+    if (cap > 0) {
+        msg[0] = '\0';
+    }
     if (range.n_kvs == 1) {
         assert_int_equal(registry_record_decode(range.kvs[0].value, range.kvs[0].value_len, &rec),
                          FERRY_OK);
         state = rec.op->state;
+        if (cap > 0 && rec.op->error_message != NULL) {
+            assert_true(strlen(rec.op->error_message) < cap);
+            snprintf(msg, cap, "%s", rec.op->error_message);
+        }
         coord_record_free(&rec);
     }
     etcd_range_free(&range);
     return state;
+}
+
+/* The record's state in etcd; 0 when the key is absent. */
+static int etcd_state(const stale_t *s, const char *id)
+{
+    return etcd_record(s, id, NULL, 0);
 }
 
 /* Claimed elsewhere, the view still says REGISTERED: the claimant's
@@ -340,6 +369,82 @@ static void test_a_refusal_etcd_confirms_stands(void **state)
     assert_non_null(strstr(msg, "already claimed by 'writer'"));
 }
 
+/* Waits (10 s at most) until the record in etcd is in `want`. */
+static void await_state(const stale_t *s, const char *id, int want)
+{
+    int64_t until = ferry__clock_ms(CLOCK_MONOTONIC) + 10000;
+
+    while (etcd_state(s, id) != want) {
+        struct timespec ts = {0, 5 * 1000 * 1000};
+        assert_true(ferry__clock_ms(CLOCK_MONOTONIC) < until);
+        nanosleep(&ts, NULL);
+    }
+}
+
+/* A claim key's deletion handled late (its expiry job queued behind other
+ * work, or a watch behind): by then the request ID was released, registered
+ * again and claimed again, on the same session lease as the claim that
+ * ended. The late expiry must leave the new, live claim alone; it turned it
+ * ERRORED ("claim expired") under a writer that was moving data, whose
+ * Complete then failed. The same holds for an orphan found at a load (the
+ * revision of the load's snapshot). */
+static void test_late_claim_end_leaves_a_new_claim_alone(void **state)
+{
+    stale_t *s = *state;
+    claim_t first, again;
+    int64_t ended, revision;
+    char msg[256];
+
+    register_op(s->r, "e1", TOKEN_ONE);
+    assert_int_equal(claim_op(s->r, "e1", TOKEN_ONE, &first, msg, sizeof(msg)), FERRY_OK);
+    assert_int_equal(complete_op(s->r, "e1", &first, &ended, msg, sizeof(msg)), FERRY_OK);
+    assert_int_equal(release_op(s->r, "e1", TOKEN_ONE, &revision, msg, sizeof(msg)), FERRY_OK);
+    register_op(s->r, "e1", TOKEN_ONE);
+    assert_int_equal(claim_as(s->r, "e1", TOKEN_ONE, "writer", &first, &again, msg, sizeof(msg)),
+                     FERRY_OK);
+    assert_int_equal(again.lease, first.lease);
+    await_view(s->r, again.revision);
+
+    registry_expire_claim(s->r, "e1", first.lease, ended);          /* the Complete's deletion */
+    registry_expire_claim(s->r, "e1", first.lease, again.revision); /* a load at the claim */
+    assert_int_equal(etcd_state(s, "e1"), FERRY_OP_CLAIMED);
+    assert_int_equal(complete_op(s->r, "e1", &again, &revision, msg, sizeof(msg)), FERRY_OK);
+    assert_int_equal(etcd_state(s, "e1"), FERRY_OP_COMPLETE);
+}
+
+/* A claim whose lease ends is marked ERRORED with a text that quotes its
+ * claimant. A claimant of COORD_NAME_MAX bytes whose characters are not
+ * ASCII is quoted whole, as valid UTF-8: the text was cut at 134 bytes of
+ * the name, inside a character, and the stored record then broke every
+ * List page and Watch message carrying it for clients that check UTF-8. */
+static void test_expired_claim_text_is_utf8(void **state)
+{
+    stale_t *s = *state;
+    char claimant[COORD_NAME_MAX + 1];
+    claim_t claim;
+    char msg[COORD_NAME_MAX + 256];
+    size_t n = 0;
+
+    while (n < 134) {
+        claimant[n++] = 'a';
+    }
+    while (n + 2 <= COORD_NAME_MAX) {
+        claimant[n++] = (char)0xC3; /* U+00E9, two bytes */
+        claimant[n++] = (char)0xA9;
+    }
+    claimant[n] = '\0';
+    register_op(s->r, "e2", TOKEN_ONE);
+    assert_int_equal(claim_as(s->r, "e2", TOKEN_ONE, claimant, NULL, &claim, msg, sizeof(msg)),
+                     FERRY_OK);
+    /* The claim's lease ends: etcd deletes its key, the watch expires it
+     * (this registry has no work queue: at once). */
+    assert_int_equal(etcd_lease_revoke(s->etcd->client, claim.lease), FERRY_OK);
+    await_state(s, "e2", FERRY_OP_ERRORED);
+    assert_int_equal(etcd_record(s, "e2", msg, sizeof(msg)), FERRY_OP_ERRORED);
+    assert_int_equal(rpc__utf8_invalid_at((const uint8_t *)msg, strlen(msg)), strlen(msg));
+    assert_non_null(strstr(msg, claimant));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -348,6 +453,8 @@ int main(void)
         cmocka_unit_test(test_claim_after_a_new_registration_the_view_missed),
         cmocka_unit_test(test_cancel_after_a_new_registration_the_view_missed),
         cmocka_unit_test(test_a_refusal_etcd_confirms_stands),
+        cmocka_unit_test(test_late_claim_end_leaves_a_new_claim_alone),
+        cmocka_unit_test(test_expired_claim_text_is_utf8),
     };
 
     return cmocka_run_group_tests(tests, setup, teardown);

@@ -91,6 +91,8 @@ static fixture_t *stall_fixture; /* set: the next decoding waits for a call to e
 static atomic_int stall_until;   /* ...until this many calls have ended */
 static atomic_int stalls;        /* decodings that began to wait */
 static atomic_int stalls_over;   /* ...and that went on */
+/* set: the next request's length is asked for only once a call has ended */
+static fixture_t *length_stall_fixture;
 
 static bool stall_began(const fixture_t *f)
 {
@@ -109,6 +111,26 @@ static bool stalled_call_ended(const fixture_t *f)
     return f->calls_ended >= atomic_load(&stall_until);
 }
 
+/* Holds this server thread until stall_until calls have ended (f NULL:
+ * goes on at once). */
+static void stall_here(fixture_t *f)
+{
+    if (f == NULL) {
+        return;
+    }
+    pthread_mutex_lock(&f->lock);
+    atomic_fetch_add(&stalls, 1);
+    pthread_cond_broadcast(&f->cond);
+    pthread_mutex_unlock(&f->lock);
+    if (!fixture_wait(f, stalled_call_ended, 10000)) {
+        fprintf(stderr, "the stalled call did not end within 10 s\n");
+    }
+    pthread_mutex_lock(&f->lock);
+    atomic_fetch_add(&stalls_over, 1);
+    pthread_cond_broadcast(&f->cond);
+    pthread_mutex_unlock(&f->lock);
+}
+
 ferry_status_t __real_rpc__unpack_request(const ProtobufCMessageDescriptor *desc,
                                           grpc_byte_buffer *buf, const char *path,
                                           ProtobufCMessage **msg_p, grpc_slice *bytes_p, char *why,
@@ -123,22 +145,19 @@ ferry_status_t __wrap_rpc__unpack_request(const ProtobufCMessageDescriptor *desc
                                           ProtobufCMessage **msg_p, grpc_slice *bytes_p, char *why,
                                           size_t cap)
 {
-    fixture_t *f = __atomic_exchange_n(&stall_fixture, NULL, __ATOMIC_ACQ_REL);
-
-    if (f != NULL) {
-        pthread_mutex_lock(&f->lock);
-        atomic_fetch_add(&stalls, 1);
-        pthread_cond_broadcast(&f->cond);
-        pthread_mutex_unlock(&f->lock);
-        if (!fixture_wait(f, stalled_call_ended, 10000)) {
-            fprintf(stderr, "the stalled call did not end within 10 s\n");
-        }
-        pthread_mutex_lock(&f->lock);
-        atomic_fetch_add(&stalls_over, 1);
-        pthread_cond_broadcast(&f->cond);
-        pthread_mutex_unlock(&f->lock);
-    }
+    stall_here(__atomic_exchange_n(&stall_fixture, NULL, __ATOMIC_ACQ_REL));
     return __real_rpc__unpack_request(desc, buf, path, msg_p, bytes_p, why, cap);
+}
+
+/* The first thing dispatch asks of a request is its length (the size
+ * checks, before the byte budget counts it). */
+size_t __real_grpc_byte_buffer_length(grpc_byte_buffer *buf);
+size_t __wrap_grpc_byte_buffer_length(grpc_byte_buffer *buf);
+
+size_t __wrap_grpc_byte_buffer_length(grpc_byte_buffer *buf)
+{
+    stall_here(__atomic_exchange_n(&length_stall_fixture, NULL, __ATOMIC_ACQ_REL));
+    return __real_grpc_byte_buffer_length(buf);
 }
 
 static ferry_status_t get(fixture_t *f, const char *id, int64_t timeout_ms)
@@ -231,6 +250,46 @@ static void test_call_ended_while_decoding(void **state)
     fixture_stop(&f);
 }
 
+static bool nothing_held(const fixture_t *f)
+{
+    return atomic_load(&f->server->held_request_bytes) == 0;
+}
+
+/* The client goes while its request waits to be counted against the
+ * server's byte budget: another server thread ends the call and it is
+ * done before the count. The count must not be made then (being done, the
+ * call would never give it back): before the fix each such call kept its
+ * request's bytes counted for good, and enough of them refused every
+ * request (RESOURCE_EXHAUSTED) until the server restarted. */
+static void test_call_ended_before_counted(void **state)
+{
+    Ferry__V1__WatchRequest req = FERRY__V1__WATCH_REQUEST__INIT;
+    fixture_t f;
+    (void)state;
+
+    req.request_id_prefix = "count:1";
+    assert_int_equal(fixture_start(&f, 0), 0);
+    for (int i = 0; i < 3; i++) {
+        rpc_stream_t *stream = NULL;
+        atomic_store(&stalls, 0);
+        atomic_store(&stalls_over, 0);
+        atomic_store(&stall_until, 2 * i + 1); /* this round's Watch; each round ends two */
+        __atomic_store_n(&length_stall_fixture, &f, __ATOMIC_RELEASE);
+        assert_int_equal(rpc_stream_open(f.channel, WATCH_PATH, &req.base,
+                                         &ferry__v1__watch_response__descriptor, 20000, &stream),
+                         FERRY_OK);
+        assert_true(fixture_wait(&f, stall_began, 10000));
+        rpc_stream_destroy(stream); /* cancels it */
+        assert_true(fixture_wait(&f, stalled_call_ended, 10000));
+        assert_true(fixture_wait(&f, stall_over, 10000));
+        /* The call went on past the budget and is done: nothing counted. */
+        assert_true(fixture_wait(&f, nothing_held, 10000));
+        assert_int_equal(get(&f, "after", 10000), FERRY_OK);
+        assert_true(fixture_wait(&f, nothing_held, 10000));
+    }
+    fixture_stop(&f);
+}
+
 static void test_server_create_fails_without_locks(void **state)
 {
     rpc_server_params_t params = {.listen_addr = "127.0.0.1:0"};
@@ -263,6 +322,7 @@ int main(void)
         cmocka_unit_test(test_failed_rearm_is_retried),
         cmocka_unit_test(test_repeated_failures_are_paid_later),
         cmocka_unit_test(test_call_ended_while_decoding),
+        cmocka_unit_test(test_call_ended_before_counted),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
