@@ -350,8 +350,14 @@ static ferry_status_t admission(const ferry_op_t *op, const ferry__msg_t *msg)
 {
     bool wants_write = msg->op_kind == FERRY__KIND_WRITE;
 
-    if (op == NULL || op->user_released) {
+    /* Being destroyed counts as destroyed: ferry_op_destroy drops the lock
+     * to tell its listeners, and its caller frees the memory once it
+     * returns, so nobody may be admitted to it meanwhile. */
+    if (op == NULL || op->user_released || op->destroying) {
         return FERRY_ERR_NOT_FOUND; /* destroyed (kept only for its claimant) */
+    }
+    if (msg->op_kind != FERRY__KIND_WRITE && msg->op_kind != FERRY__KIND_READ) {
+        return FERRY_ERR_INVALID_ARGUMENT; /* a claim is a write or a read */
     }
     if (wants_write != (op->kind == FERRY__KIND_WRITABLE)) {
         return FERRY_ERR_INVALID_ARGUMENT;

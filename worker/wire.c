@@ -202,12 +202,16 @@ ferry_status_t ferry__msg_decode(const uint8_t *buf, size_t len, ferry__msg_t *m
     if (msg->type < FERRY__MSG_CLAIM || msg->type > FERRY__MSG_CREDIT) {
         return ferry__fail(FERRY_ERR_PROTOCOL, "wire: unknown message type %u", buf[4]);
     }
-    if (has_chunk(msg->type) != (address_len == WIRE_CHUNK && msg->type != FERRY__MSG_CLAIM)) {
+    /* Each type's tail is exactly what it carries: CHUNK and CREDIT their
+     * 24-byte record, ADMIT and NOTICE nothing (a tail there would only be
+     * queued whole, and fill the inbox's byte bound for everyone). */
+    if (msg->type == FERRY__MSG_CLAIM ? address_len == 0
+                                      : address_len != (has_chunk(msg->type) ? WIRE_CHUNK : 0)) {
+        if (msg->type == FERRY__MSG_CLAIM) {
+            return ferry__fail(FERRY_ERR_PROTOCOL, "wire: claim without a worker address");
+        }
         return ferry__fail(FERRY_ERR_PROTOCOL, "wire: message type %u with a %u-byte tail", buf[4],
                            address_len);
-    }
-    if (msg->type == FERRY__MSG_CLAIM && address_len == 0) {
-        return ferry__fail(FERRY_ERR_PROTOCOL, "wire: claim without a worker address");
     }
     msg->op_kind = buf[5];
     memcpy(msg->key, buf + 8, FERRY__KEY_LEN);

@@ -548,7 +548,8 @@ FERRY_API bool ferry_op_in_region(const ferry_op_t *op, size_t index);
 /* Passive: unregisters the memory (its own registrations; a region it used
  * stays registered, and only lets go of it, once an admitted writer or
  * reader has settled: see ferry_mem_deregister) and forgets the notification
- * key (after this any claim is refused with FERRY_ERR_NOT_FOUND; note that
+ * key (from the call on, while its listeners are told DESTROY too, any
+ * claim is refused with FERRY_ERR_NOT_FOUND; note that
  * on host memory UCX's shm and TCP transports do not enforce remote keys,
  * so the claim step, not the unmap, is what keeps writers out), cancelling
  * the operation if it is not final.

@@ -308,6 +308,57 @@ static void test_wire_round_trip(void **state)
     free(buf);
 }
 
+/* Each type's tail is exactly what it carries: a CLAIM an address (any
+ * length but none), CHUNK and CREDIT their 24-byte record, ADMIT and NOTICE
+ * nothing. An ADMIT or NOTICE with a tail of up to 64 KiB was taken, and
+ * queued whole: a few peers filled the inbox's byte bound for everyone. */
+static void test_wire_tails(void **state)
+{
+    static const ferry__msg_type_t bare[] = {FERRY__MSG_ADMIT, FERRY__MSG_NOTICE};
+    uint8_t tail[100];
+    ferry__msg_t in = {0}, out;
+    uint8_t *buf;
+    size_t len;
+    (void)state;
+
+    memset(tail, 0x5c, sizeof(tail));
+    memset(in.claim_nonce, 0xc1, sizeof(in.claim_nonce));
+    for (size_t i = 0; i < sizeof(bare) / sizeof(bare[0]); i++) {
+        in.type = bare[i];
+        in.address = NULL;
+        in.address_len = 0;
+        assert_int_equal(ferry__msg_encode(&in, &buf, &len), FERRY_OK);
+        assert_int_equal(ferry__msg_decode(buf, len, &out), FERRY_OK);
+        free(buf);
+        in.address = tail;
+        in.address_len = sizeof(tail);
+        assert_int_equal(ferry__msg_encode(&in, &buf, &len), FERRY_OK);
+        assert_int_equal(ferry__msg_decode(buf, len, &out), FERRY_ERR_PROTOCOL);
+        /* 24 bytes, a CHUNK's record, is no tail of theirs either. */
+        buf[36] = 24;
+        assert_int_equal(ferry__msg_decode(buf, 72 + 24, &out), FERRY_ERR_PROTOCOL);
+        free(buf);
+    }
+    /* A CHUNK without its record. */
+    in.type = FERRY__MSG_CHUNK;
+    assert_int_equal(ferry__msg_encode(&in, &buf, &len), FERRY_OK);
+    buf[36] = 0;
+    assert_int_equal(ferry__msg_decode(buf, 72, &out), FERRY_ERR_PROTOCOL);
+    free(buf);
+    /* A CLAIM: an address of any length, but one. */
+    in.type = FERRY__MSG_CLAIM;
+    in.address = tail;
+    in.address_len = 24;
+    assert_int_equal(ferry__msg_encode(&in, &buf, &len), FERRY_OK);
+    assert_int_equal(ferry__msg_decode(buf, len, &out), FERRY_OK);
+    assert_int_equal(out.address_len, 24);
+    free(buf);
+    in.address_len = 0;
+    assert_int_equal(ferry__msg_encode(&in, &buf, &len), FERRY_OK);
+    assert_int_equal(ferry__msg_decode(buf, len, &out), FERRY_ERR_PROTOCOL);
+    free(buf);
+}
+
 /* A message's status is a peer's number: the decoder gives the codes a
  * peer may report as they are, another code of the table as PEER_FAILED,
  * and anything else as PROTOCOL (wire.c: ferry__msg_peer_status). */
@@ -352,6 +403,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_random_bytes, setup, teardown),
         cmocka_unit_test_setup_teardown(test_missing_fields, setup, teardown),
         cmocka_unit_test(test_wire_round_trip),
+        cmocka_unit_test(test_wire_tails),
         cmocka_unit_test(test_wire_peer_status),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

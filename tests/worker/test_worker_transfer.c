@@ -701,6 +701,101 @@ static void test_listeners(void **state)
     ferry_connector_destroy(c);
 }
 
+/* A DESTROY listener that holds the destroy until the test lets it go. */
+typedef struct {
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    bool inside; /* the listener has been called */
+    bool go;     /* ...and may return */
+} held_destroy_t;
+
+static void hold_destroy_cb(ferry_op_t *op, ferry_op_event_t event, ferry_op_status_t status,
+                            void *arg)
+{
+    held_destroy_t *h = arg;
+    int64_t deadline = pair_now_ms() + WAIT_TIMEOUT_MS;
+    (void)op, (void)status;
+
+    if (event != FERRY_OP_EVENT_DESTROY) {
+        return;
+    }
+    pthread_mutex_lock(&h->lock);
+    h->inside = true;
+    pthread_cond_broadcast(&h->cond);
+    while (!h->go && pair_now_ms() < deadline) {
+        struct timespec ts = {0, 0};
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_nsec += 10 * 1000 * 1000;
+        if (ts.tv_nsec >= 1000000000L) {
+            ts.tv_sec++;
+            ts.tv_nsec -= 1000000000L;
+        }
+        pthread_cond_timedwait(&h->cond, &h->lock, &ts);
+    }
+    pthread_mutex_unlock(&h->lock);
+}
+
+static void *destroy_thread(void *arg)
+{
+    ferry_op_destroy(arg);
+    return NULL;
+}
+
+/* A claim that arrives while ferry_op_destroy tells its listeners (the
+ * lock is dropped for them; the coordinator client's listener makes an
+ * RPC there) is refused NOT_FOUND, as after the destroy: the caller frees
+ * the memory once destroy returns. It was admitted, and the writer's bytes
+ * went into memory that was on its way out. */
+static void test_claim_during_destroy_refused(void **state)
+{
+    uint8_t src[4096], dst[4096] = {0}, zero[4096] = {0};
+    ferry_descriptor_t ds = {src, sizeof(src), FERRY_DEVICE_HOST_INIT};
+    ferry_descriptor_t dd = {dst, sizeof(dst), FERRY_DEVICE_HOST_INIT};
+    held_destroy_t held = {.lock = PTHREAD_MUTEX_INITIALIZER, .cond = PTHREAD_COND_INITIALIZER};
+    ferry_connector_t *c;
+    ferry_op_t *passive, *active;
+    const uint8_t *md;
+    uint8_t *md_copy;
+    size_t md_len;
+    pthread_t t;
+    const char *msg;
+    int64_t deadline = pair_now_ms() + WAIT_TIMEOUT_MS;
+    (void)state;
+
+    pair_fill(src, sizeof(src), 6, 0);
+    assert_int_equal(ferry_connector_create(NULL, &c), FERRY_OK);
+    assert_int_equal(ferry_writable_create(c, &dd, 1, &passive), FERRY_OK);
+    assert_int_equal(ferry_op_add_listener(passive, hold_destroy_cb, &held), FERRY_OK);
+    assert_int_equal(ferry_op_metadata(passive, &md, &md_len), FERRY_OK);
+    md_copy = malloc(md_len);
+    assert_non_null(md_copy);
+    memcpy(md_copy, md, md_len);
+    assert_int_equal(pthread_create(&t, NULL, destroy_thread, passive), 0);
+    pthread_mutex_lock(&held.lock);
+    while (!held.inside && pair_now_ms() < deadline) {
+        pthread_mutex_unlock(&held.lock);
+        poll(NULL, 0, 1);
+        pthread_mutex_lock(&held.lock);
+    }
+    assert_true(held.inside);
+    pthread_mutex_unlock(&held.lock);
+
+    assert_int_equal(ferry_write_begin(c, &ds, 1, md_copy, md_len, &active), FERRY_OK);
+    assert_int_equal(ferry_op_wait(active, WAIT_TIMEOUT_MS), FERRY_ERR_NOT_FOUND);
+    assert_int_equal(ferry_op_error(active, &msg), FERRY_ERR_NOT_FOUND);
+    assert_non_null(strstr(msg, "refused"));
+    assert_memory_equal(dst, zero, sizeof(dst));
+
+    pthread_mutex_lock(&held.lock);
+    held.go = true;
+    pthread_cond_broadcast(&held.cond);
+    pthread_mutex_unlock(&held.lock);
+    assert_int_equal(pthread_join(t, NULL), 0);
+    ferry_op_destroy(active);
+    free(md_copy);
+    assert_int_equal(ferry_connector_destroy(c), FERRY_OK);
+}
+
 typedef struct {
     atomic_int destroyed; /* callbacks that destroyed their operation */
     ferry_op_status_t statuses[2];
@@ -1150,6 +1245,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_writer_killed_peer_detection),
         cmocka_unit_test(test_loopback_caller_progress),
         cmocka_unit_test(test_listeners),
+        cmocka_unit_test(test_claim_during_destroy_refused),
         cmocka_unit_test(test_destroy_from_done_callback),
         cmocka_unit_test(test_destroy_from_done_callback_caller),
         cmocka_unit_test(test_connector_destroy_in_callback_refused),
