@@ -36,6 +36,7 @@
 #include <unistd.h>
 
 #include "common/log.h"
+#include "common/text.h"
 #include "worker/errors.h"
 
 /* The optional fields of the claim params (see their field mask). */
@@ -98,6 +99,37 @@ static ferry_status_t claim_read(const ferry_claim_params_t *p, claim_out_t *out
     return FERRY_OK;
 }
 
+/* Whether this client holds its session lease now (a Claim that would
+ * otherwise make it waits for the record first: see claim). */
+static bool session_held(ferry_coordinator_t *coord)
+{
+    pthread_mutex_lock(&coord->lock);
+    bool held = coord->session_lease != 0;
+    pthread_mutex_unlock(&coord->lock);
+    return held;
+}
+
+/* Waits up to wait_ms for p's record to be registered, with a Lookup
+ * (which needs no lease). */
+static ferry_status_t await_record(ferry_coordinator_t *coord, const ferry_claim_params_t *p,
+                                   int wait_ms, rpc_error_t *err)
+{
+    Ferry__V1__LookupRequest req = FERRY__V1__LOOKUP_REQUEST__INIT;
+    Ferry__V1__LookupResponse *resp = NULL;
+    ferry_status_t status;
+
+    req.request_id = (char *)p->request_id;
+    req.access_token = (char *)p->access_token;
+    req.wait_ms = wait_ms;
+    status = rpc_unary(coord->channel, COORD_PATH("Lookup"), &req.base,
+                       &ferry__v1__lookup_response__descriptor, coord->timeout_ms + wait_ms,
+                       (ProtobufCMessage **)&resp, err);
+    if (status == FERRY_OK) {
+        ferry__v1__lookup_response__free_unpacked(resp, NULL);
+    }
+    return status;
+}
+
 /* The coordinator's Claim: the one admission decision for a writer (or
  * reader) by request ID, and the writer's one round trip before any byte
  * moves (see begin_by_id and coordinator.proto). It waits for the record as
@@ -130,6 +162,21 @@ static ferry_status_t claim(ferry_coordinator_t *coord, const ferry_claim_params
     req.wait_ms = claim_wait(p);
     req.n_descriptor_sizes = n;
     req.descriptor_sizes = sizes;
+    /* The Claim that makes the session lease holds every other Register
+     * and Claim of this client until it is answered (they go on that
+     * lease), so it must not be one that waits: a claim-then-publish of the
+     * same ID in one process waited out its own wait, and failed. While the
+     * client has no lease, the wait is a Lookup's, and the Claim after it
+     * waits for nothing. */
+    if (req.wait_ms > 0 && !session_held(coord)) {
+        status = await_record(coord, p, req.wait_ms, &err);
+        if (status != FERRY_OK) {
+            free(sizes);
+            out->lease = 0;
+            return rpc_fail(status, "claim", &err);
+        }
+        req.wait_ms = 0;
+    }
     for (int attempt = 0; attempt < 2; attempt++) {
         bool making;
         uint8_t *packed;
@@ -181,8 +228,8 @@ static void keep_outcome(coord_link_t *link, ferry_op_status_t status)
     link->final_code = status == FERRY_OP_STATUS_COMPLETE ? FERRY_OK
                        : code != FERRY_OK                 ? code
                                                           : FERRY_ERR_CANCELLED;
-    snprintf(link->final_message, sizeof(link->final_message), "%s",
-             message != NULL ? message : "");
+    ferry_utf8_format(link->final_message, sizeof(link->final_message), "%s",
+                      message != NULL ? message : "");
 }
 
 /* ---- binding operations ------------------------------------------------------ */
@@ -624,7 +671,7 @@ static void abandon(ferry_coordinator_t *coord, const ferry_claim_params_t *p, i
     snprintf(link->lease_token, sizeof(link->lease_token), "%s", lease_token);
     snprintf(link->request_id, sizeof(link->request_id), "%s", p->request_id);
     snprintf(link->token, sizeof(link->token), "%s", p->access_token);
-    snprintf(link->final_message, sizeof(link->final_message), "%s", why);
+    ferry_utf8_format(link->final_message, sizeof(link->final_message), "%s", why);
     pthread_mutex_lock(&coord->lock);
     link->next = coord->links;
     coord->links = link;
@@ -686,6 +733,11 @@ static ferry_status_t begin_by_id(ferry_connector_t *connector, ferry_coordinato
             FERRY_ERR_INVALID_ARGUMENT, "params.field_mask: unknown bits 0x%llx",
             (unsigned long long)(p->field_mask & ~(uint64_t)(FERRY_CLAIM_PARAM_FIELD_WAIT |
                                                              FERRY_CLAIM_PARAM_FIELD_TTL)));
+    }
+    if (claim_wait(p) < 0 || claim_ttl(p) < 0) {
+        return ferry__fail(FERRY_ERR_INVALID_ARGUMENT, "params.%s: %d is negative",
+                           claim_wait(p) < 0 ? "wait_ms" : "ttl_s",
+                           claim_wait(p) < 0 ? claim_wait(p) : claim_ttl(p));
     }
     status = ferry_descriptors_validate(local, n);
     if (status != FERRY_OK) {

@@ -217,6 +217,14 @@ static bool look(coord_link_t *link, const coord_link_t *ev)
         ferry_debug("op %s: get failed (%s); trying again", link->request_id, err.message);
         return false;
     }
+    if (record->operation == NULL) {
+        /* An answer without its record (a peer that is not a conforming
+         * coordinator): nothing learned; looked at again after a pause. */
+        ferry_warn("op %s: the coordinator's Get answer has no operation; trying again",
+                   link->request_id);
+        ferry__v1__get_response__free_unpacked(record, NULL);
+        return false;
+    }
     apply_record(link, false, record->operation->state, record->operation->error_message);
     ferry__v1__get_response__free_unpacked(record, NULL);
     return true;

@@ -29,6 +29,7 @@
 #include <unistd.h>
 
 #include "common/log.h"
+#include "common/text.h"
 #include "worker/errors.h"
 
 /* ---- the watch -------------------------------------------------------------- */
@@ -86,8 +87,9 @@ static void mark_look(ferry_coordinator_t *coord, const Ferry__V1__WatchEvent *e
             l->ev_state = ev->operation->state;
             l->ev_gone = ev->type == FERRY__V1__WATCH_EVENT_TYPE__WATCH_EVENT_TYPE_DELETE &&
                          ev->operation->state == FERRY_OP_EXPIRED;
-            snprintf(l->ev_message, sizeof(l->ev_message), "%s",
-                     ev->operation->error_message != NULL ? ev->operation->error_message : "");
+            ferry_utf8_format(l->ev_message, sizeof(l->ev_message), "%s",
+                              ev->operation->error_message != NULL ? ev->operation->error_message
+                                                                   : "");
             if (ferry__op_state_is_final(l->ev_state) ||
                 ev->type == FERRY__V1__WATCH_EVENT_TYPE__WATCH_EVENT_TYPE_DELETE) {
                 l->record_final = true;

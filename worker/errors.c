@@ -8,6 +8,7 @@
 #include <stdarg.h>
 #include <stdio.h>
 
+#include "common/text.h"
 #include "worker/ferry_int.h"
 
 static _Thread_local char last_error[FERRY__MSG_LEN];
@@ -17,7 +18,8 @@ ferry_status_t ferry__fail(ferry_status_t status, const char *fmt, ...)
     va_list ap;
 
     va_start(ap, fmt);
-    vsnprintf(last_error, sizeof(last_error), fmt, ap);
+    /* Cut whole: a message may quote a peer's text (a name, a reason). */
+    ferry_utf8_vformat(last_error, sizeof(last_error), fmt, ap);
     va_end(ap);
     return status;
 }

@@ -31,6 +31,7 @@
 
 /* After ferry/ferry.h (via ferry_int.h): it gives ferry__op_state_status. */
 #include "common/op_state.h"
+#include "common/text.h"
 
 #define CALLER_POLL_MAX_MS 100
 #define QUIESCE_SPINS      1000 /* destroy's rounds of spinning before it sleeps */
@@ -205,7 +206,7 @@ bool ferry__op_move(ferry_op_t *op, ferry__op_state_t to, ferry_status_t code, c
     if (fmt != NULL) {
         op->error_code = code;
         va_start(ap, fmt);
-        vsnprintf(op->error_message, sizeof(op->error_message), fmt, ap);
+        ferry_utf8_vformat(op->error_message, sizeof(op->error_message), fmt, ap);
         va_end(ap);
     }
     if (to == FERRY__OP_ERRORED) {

@@ -67,7 +67,7 @@ typedef struct {
     const char *request_id;   /* 1..128 bytes of [A-Za-z0-9._:-]; required */
     const char *access_token; /* 16..256 printable bytes; NULL: the coordinator picks one */
     /* FIELD_TTL: TTL of the session lease when this call makes it. Unset
-     * (or 0): the coordinator's. */
+     * (or 0): the coordinator's. Negative: FERRY_ERR_INVALID_ARGUMENT. */
     int ttl_s;
 } ferry_publish_params_t;
 
@@ -103,17 +103,20 @@ typedef struct {
     const char *request_id;   /* required */
     const char *access_token; /* required */
     /* FIELD_WAIT: wait this long for the passive side to register. Unset
-     * (or 0): do not wait. */
+     * (or 0): do not wait. Negative: FERRY_ERR_INVALID_ARGUMENT. */
     int wait_ms;
     /* FIELD_TTL: TTL of the session lease when this call makes it. Unset
-     * (or 0): the coordinator's. */
+     * (or 0): the coordinator's. Negative: FERRY_ERR_INVALID_ARGUMENT. */
     int ttl_s;
 } ferry_claim_params_t;
 
 /* Active, by request ID: claims the operation at the coordinator (its
  * Claim, on the client's session lease: the one admission decision, see
  * coordinator.proto), one round trip that waits up to wait_ms for the
- * operation to appear, refuses it unless it is still open and pairs with
+ * operation to appear (while the client has no session lease yet, the wait
+ * is a Lookup's and the Claim follows it: the call that makes the lease
+ * holds the client's other Registers and Claims until it is answered),
+ * refuses it unless it is still open and pairs with
  * local (kind, count, sizes, as ferry_metadata_check), and answers its
  * metadata; only then starts the transfer, as ferry_write_begin /
  * ferry_read_begin do. A refused or failed Claim returns here with nothing

@@ -19,9 +19,17 @@ PyTypeObject *pyferry_region_type;
 /* The package's callable (code, message) -> exception instance. */
 static PyObject *error_factory;
 
+PyObject *pyferry_text(const char *message)
+{
+    if (message == NULL) {
+        message = "";
+    }
+    return PyUnicode_DecodeUTF8(message, (Py_ssize_t)strlen(message), "replace");
+}
+
 PyObject *pyferry_raise(ferry_status_t code, const char *message)
 {
-    PyObject *exc;
+    PyObject *exc, *text;
 
     if (message == NULL || message[0] == '\0') {
         message = ferry_status_string(code);
@@ -30,7 +38,11 @@ PyObject *pyferry_raise(ferry_status_t code, const char *message)
         PyErr_Format(PyExc_RuntimeError, "%s: %s", ferry_status_name(code), message);
         return NULL;
     }
-    exc = PyObject_CallFunction(error_factory, "is", (int)code, message);
+    text = pyferry_text(message);
+    if (text == NULL) {
+        return NULL;
+    }
+    exc = PyObject_CallFunction(error_factory, "iN", (int)code, text);
     if (exc == NULL) {
         return NULL;
     }

@@ -169,16 +169,18 @@ static void op_release(pyferry_op_t *self)
     Py_BEGIN_ALLOW_THREADS ferry_op_cancel(op);
     Py_END_ALLOW_THREADS self->closed_status = ferry_op_status(op);
     self->closed_code = ferry_op_error(op, &msg);
-    self->closed_message = PyUnicode_FromString(msg != NULL ? msg : "");
+    self->closed_message = pyferry_text(msg);
     if (self->closed_message == NULL) {
         PyErr_Clear();
     }
-    /* ferry_op_destroy waits for our own puts and gets, not for an
-     * admitted writer's puts into a writable: unless the operation
-     * completed, its memory outside every region stays held until the
-     * connector is destroyed. Parked before destroy, while libferry still
-     * answers which memory lies in a region. */
-    if (self->closed_status != FERRY_OP_STATUS_COMPLETE && self->descs != NULL) {
+    /* ferry_op_destroy waits for our own puts and gets (a write's or a
+     * read's memory is free once it returns), not for an admitted writer's
+     * puts into a writable: unless a passive operation completed, its
+     * memory outside every region stays held until the connector is
+     * destroyed. Parked before destroy, while libferry still answers which
+     * memory lies in a region. */
+    if ((self->kind == PYFERRY_WRITABLE || self->kind == PYFERRY_READABLE) &&
+        self->closed_status != FERRY_OP_STATUS_COMPLETE && self->descs != NULL) {
         pyferry_connector_park(self->connector, self->descs, op);
     }
     Py_BEGIN_ALLOW_THREADS ferry_op_destroy(op);
@@ -286,7 +288,7 @@ static PyObject *op_error(PyObject *obj, PyObject *unused)
                              self->closed_message != NULL ? self->closed_message : Py_None);
     }
     code = ferry_op_error(self->op, &msg);
-    return Py_BuildValue("(is)", (int)code, msg != NULL ? msg : "");
+    return Py_BuildValue("(iN)", (int)code, pyferry_text(msg));
 }
 
 /* Raises the exception for a final, unsuccessful wait result. */

@@ -159,6 +159,12 @@ extern PyTypeObject *pyferry_region_type;
  * package's factory; a RuntimeError before one is installed). Returns NULL
  * for `return pyferry_raise(...)`. */
 PyObject *pyferry_raise(ferry_status_t code, const char *message);
+/* A message from libferry or a peer as str (new reference; NULL with an
+ * exception set). libferry cuts its messages to a fixed size, which may
+ * fall inside a UTF-8 character, and a peer's text is its own: what does
+ * not decode becomes U+FFFD, never a UnicodeDecodeError in place of the
+ * error the message explains. */
+PyObject *pyferry_text(const char *message);
 /* pyferry_raise with this thread's ferry_last_error_message(). */
 PyObject *pyferry_raise_last(ferry_status_t code);
 

@@ -258,6 +258,29 @@ def test_memory_of_an_unfinished_operation_is_held_until_the_connector_closes():
     assert ref() is None
 
 
+def test_an_unfinished_write_releases_its_memory_at_close(connector, sender):
+    """A write (or read) closed before it completed lets go of its memory
+    at once: libferry's destroy returns only once UCX can no longer touch
+    it. Only a passive operation's memory is parked until the connector
+    closes (an admitted peer's transfer may still land in it); a refused
+    send was parked too, and a long-lived connector grew with every one."""
+    dst = bytearray(64)
+    w = connector.create_writable(ferry.Descriptor(dst))
+    md = w.metadata()
+    w.cancel()
+    src = np.ones(64, np.uint8)
+    ref = weakref.ref(src)
+    a = sender.begin_write(ferry.Descriptor(src), md)
+    with pytest.raises(ferry.Cancelled):
+        a.wait(30)
+    a.close()
+    del src, a
+    gc.collect()
+    assert ref() is None
+    assert bytes(dst) == bytes(64)
+    w.close()
+
+
 def test_completed_operation_releases_its_memory_at_close(connector, sender):
     dst = np.zeros(64, np.uint8)
     ref = weakref.ref(dst)

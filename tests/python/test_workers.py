@@ -169,6 +169,24 @@ class Refusals(unittest.TestCase):
         self.assertEqual(rc, EXIT_OK, err)
         self.assertEqual(finish(p)[0], EXIT_OK)
 
+    def test_an_empty_token_is_none(self):
+        """recv with an empty token (FERRY_TOKEN= in a script) prints the
+        token the coordinator picked, as without one, and the sender with
+        that token gets through; an empty token was sent as it was, and the
+        coordinator's pick was never shown."""
+        size = 4096
+        p = worker("recv", "empty-tok-1", size, token="")
+        line = p.stdout.readline()
+        self.assertTrue(line.startswith("token "), line)
+        picked = line.split()[1]
+        self.assertIn("registered", p.stdout.readline())
+        rc, out, err = finish(worker("send", "empty-tok-1", size, token=picked))
+        self.assertEqual(rc, EXIT_OK, err)
+        self.assertEqual(finish(p)[0], EXIT_OK)
+        rc, out, err = finish(worker("send", "empty-tok-2", size, token=""))
+        self.assertEqual(rc, EXIT_USAGE, err)
+        self.assertIn("needs --token", err)
+
     def test_unknown_id_times_out(self):
         rc, out, err = finish(worker("send", "nobody-here", 4096, timeout=1))
         self.assertEqual(rc, EXIT_TIMEOUT, err)

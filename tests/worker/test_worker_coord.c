@@ -679,6 +679,83 @@ static void test_publish_duplicate_is_refused(void **state)
     ferry_op_destroy(a);
 }
 
+/* A writer thread of test_claim_then_publish_in_one_client. */
+typedef struct {
+    ferry_coordinator_t *client;
+    uint8_t *src;
+    ferry_status_t status;
+} self_writer_t;
+
+static void *self_writer(void *arg)
+{
+    self_writer_t *w = arg;
+    ferry_descriptor_t d = {.ptr = w->src, .size = SIZE, .device = FERRY_DEVICE_HOST_INIT};
+    ferry_claim_params_t p = {.field_mask = FERRY_CLAIM_PARAM_FIELD_WAIT,
+                              .request_id = "selfwait-1",
+                              .access_token = TOKEN,
+                              .wait_ms = 5000};
+    ferry_op_t *op = NULL;
+
+    w->status = ferry_write_begin_by_id(conn, w->client, &p, &d, 1, &op);
+    if (w->status == FERRY_OK) {
+        w->status = ferry_op_wait(op, 20000);
+        ferry_op_destroy(op);
+    }
+    return NULL;
+}
+
+static bool selfwait_parked(void *arg)
+{
+    (void)arg;
+    return test_coord_log_contains(&coord, "op selfwait-1: ");
+}
+
+/* One client, no session lease yet: a thread's writer waits (wait_ms) for
+ * an ID that the same client then publishes. The waiting call made the
+ * session lease, and every other Register and Claim of the client waited
+ * for it: the publish waited out the writer's wait, and the writer failed
+ * (TIMED_OUT). The wait is a Lookup's now; the publish goes at once, and the
+ * writer's bytes arrive. Negative wait_ms or ttl_s are refused, naming the
+ * field (the call would have had no deadline). */
+static void test_claim_then_publish_in_one_client(void **state)
+{
+    ferry_coordinator_params_t cp = {.target = coord.target};
+    ferry_publish_params_t pub = {.request_id = "selfwait-1", .access_token = TOKEN};
+    uint8_t *dst = calloc(1, SIZE);
+    ferry_descriptor_t d = {.ptr = dst, .size = SIZE, .device = FERRY_DEVICE_HOST_INIT};
+    self_writer_t w = {.src = malloc(SIZE)};
+    ferry_op_t *passive, *none = NULL;
+    pthread_t t;
+    (void)state;
+
+    assert_non_null(dst);
+    assert_non_null(w.src);
+    ferry_pattern_fill(w.src, SIZE);
+    assert_int_equal(ferry_coordinator_connect(&cp, &w.client), FERRY_OK);
+    ferry_claim_params_t bad = {.field_mask = FERRY_CLAIM_PARAM_FIELD_WAIT,
+                                .request_id = "selfwait-1",
+                                .access_token = TOKEN,
+                                .wait_ms = -1};
+    assert_int_equal(ferry_write_begin_by_id(conn, w.client, &bad, &d, 1, &none),
+                     FERRY_ERR_INVALID_ARGUMENT);
+    assert_non_null(strstr(ferry_last_error_message(), "wait_ms"));
+    assert_null(none);
+
+    assert_int_equal(pthread_create(&t, NULL, self_writer, &w), 0);
+    /* The writer's wait is parked at the coordinator (its debug line). */
+    assert_true(test_wait_for(selfwait_parked, NULL, 10000));
+    assert_int_equal(ferry_writable_create(conn, &d, 1, &passive), FERRY_OK);
+    assert_int_equal(ferry_op_publish(passive, w.client, &pub), FERRY_OK);
+    assert_int_equal(ferry_op_wait(passive, 20000), FERRY_OK);
+    assert_int_equal(pthread_join(t, NULL), 0);
+    assert_int_equal(w.status, FERRY_OK);
+    assert_true(ferry_pattern_check(dst, SIZE));
+    ferry_op_destroy(passive);
+    assert_int_equal(ferry_coordinator_disconnect(w.client), FERRY_OK);
+    free(w.src);
+    free(dst);
+}
+
 /* The record's state and claimant (claimant may be NULL); -1 when Get fails. */
 static int coord_record(const char *id, char *claimant, size_t cap)
 {
@@ -1538,6 +1615,7 @@ int main(int argc, char **argv)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_destroy_unfinished_cancels_at_coordinator),
         cmocka_unit_test(test_publish_duplicate_is_refused),
+        cmocka_unit_test(test_claim_then_publish_in_one_client),
         cmocka_unit_test(test_disconnect_busy),
         cmocka_unit_test(test_session_lease_is_renewed),
         cmocka_unit_test(test_bound_operation_is_watched_not_polled),

@@ -701,6 +701,41 @@ static void test_listeners(void **state)
     ferry_connector_destroy(c);
 }
 
+/* An operation's error message is kept in a fixed buffer (255 bytes): a
+ * longer one that is not ASCII is cut before the character that would not
+ * fit whole, never inside it (a peer's message, say, from the
+ * coordinator). Cut inside one, the message was not UTF-8, and Python
+ * raised UnicodeDecodeError in place of the error. */
+static void test_error_message_cut_whole(void **state)
+{
+    ferry_connector_params_t params = {.field_mask = FERRY_CONNECTOR_PARAM_FIELD_PROGRESS_MODE,
+                                       .progress_mode = FERRY_PROGRESS_CALLER};
+    char text[301], dst[64];
+    ferry_descriptor_t dd = {dst, sizeof(dst), FERRY_DEVICE_HOST_INIT};
+    ferry_connector_t *c;
+    ferry_op_t *op;
+    const char *msg = NULL;
+    size_t len;
+    (void)state;
+
+    text[0] = 'x'; /* so that 255 bytes end inside a two-byte character */
+    text[1] = 'y';
+    for (size_t i = 2; i + 2 <= sizeof(text); i += 2) {
+        text[i] = (char)0xC3; /* U+00E9 */
+        text[i + 1] = (char)0xA9;
+    }
+    text[sizeof(text) - 1] = '\0';
+    assert_int_equal(ferry_connector_create(&params, &c), FERRY_OK);
+    assert_int_equal(ferry_writable_create(c, &dd, 1, &op), FERRY_OK);
+    assert_int_equal(ferry_op_fail(op, FERRY_ERR_PEER_FAILED, text), FERRY_OK);
+    assert_int_equal(ferry_op_error(op, &msg), FERRY_ERR_PEER_FAILED);
+    len = strlen(msg);
+    assert_int_equal(len, 254); /* "xy" and 126 whole characters */
+    assert_memory_equal(msg, text, len);
+    ferry_op_destroy(op);
+    assert_int_equal(ferry_connector_destroy(c), FERRY_OK);
+}
+
 /* A DESTROY listener that holds the destroy until the test lets it go. */
 typedef struct {
     pthread_mutex_t lock;
@@ -1246,6 +1281,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_loopback_caller_progress),
         cmocka_unit_test(test_listeners),
         cmocka_unit_test(test_claim_during_destroy_refused),
+        cmocka_unit_test(test_error_message_cut_whole),
         cmocka_unit_test(test_destroy_from_done_callback),
         cmocka_unit_test(test_destroy_from_done_callback_caller),
         cmocka_unit_test(test_connector_destroy_in_callback_refused),

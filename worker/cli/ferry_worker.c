@@ -269,6 +269,11 @@ static int parse_options(int argc, char **argv, options_t *o)
             return -1;
         }
     }
+    if (o->token != NULL && o->token[0] == '\0') {
+        /* An empty token is none (FERRY_TOKEN= in a script): recv and serve
+         * then print the one the coordinator picks, as without the flag. */
+        o->token = NULL;
+    }
     if (optind < argc) {
         /* getopt_long moved the operands here; none is taken. */
         fprintf(stderr, "ferry-worker: %s: unexpected argument '%s'\n", o->command, argv[optind]);
