@@ -81,6 +81,23 @@ static size_t json_escape(char *out, size_t cap, const char *in)
     return n;
 }
 
+/* Escapes control bytes (and DEL) as \xNN for a text line: a message may
+ * quote a client's name or reason, and a newline or a terminal escape in
+ * one must not forge a line of its own or reach an operator's terminal. */
+static void text_escape(char *out, size_t cap, const char *in)
+{
+    size_t n = 0;
+    for (; *in != '\0' && n + 5 < cap; in++) {
+        unsigned char c = (unsigned char)*in;
+        if (c < 0x20 || c == 0x7f) {
+            n += (size_t)snprintf(out + n, cap - n, "\\x%02x", c);
+        } else {
+            out[n++] = (char)c;
+        }
+    }
+    out[n] = '\0';
+}
+
 void ferry__log_write(ferry_log_level_t level, const char *fmt, ...)
 {
     char msg[1024];
@@ -115,7 +132,9 @@ void ferry__log_write(ferry_log_level_t level, const char *fmt, ...)
         n = snprintf(line, sizeof(line), "{\"ts\":\"%s\",\"level\":\"%s\",\"msg\":\"%s\"}\n", ts,
                      level_names[level], esc);
     } else {
-        n = snprintf(line, sizeof(line), "%s %-5s %s\n", ts, level_names[level], msg);
+        char esc[2048];
+        text_escape(esc, sizeof(esc), msg);
+        n = snprintf(line, sizeof(line), "%s %-5s %s\n", ts, level_names[level], esc);
     }
     if (n > (int)sizeof(line) - 1) {
         n = (int)sizeof(line) - 1;

@@ -181,19 +181,20 @@ typedef struct {
 /* Frees op and md and clears them. */
 void coord_record_free(coord_record_t *rec);
 
-/* Reads a record. token != NULL: it must match (PERMISSION_DENIED otherwise)
- * and rec->md is kept; token == NULL: rec->md is NULL. Token hash and lease
- * IDs are stripped always. linearizable: read etcd (a quorum read: reflects
- * every change acknowledged anywhere before the call) instead of the view.
- * Free *rec with coord_record_free. */
+/* Reads a record. token != NULL: it must match (PERMISSION_DENIED otherwise,
+ * confirmed by etcd when the view's copy refused it) and rec->md is kept; token == NULL: rec->md is
+ * NULL. Token hash and lease IDs are stripped always. linearizable: read etcd (a quorum read:
+ * reflects every change acknowledged anywhere before the call) instead of the view. Free *rec with
+ * coord_record_free. */
 ferry_status_t coord_lookup(coord_registry_t *registry, const char *request_id, const char *token,
                             bool linearizable, coord_record_t *rec, int64_t *revision_p, char *msg,
                             size_t cap);
 
 /* coord_lookup from the view alone, never waiting on etcd. *answered_p
  * false (and FERRY_OK): the view cannot answer (it lacks the record, its
- * watch is down while etcd answers, or linearizable), and only coord_lookup
- * can, which may wait on etcd. */
+ * watch is down while etcd answers, linearizable, or its copy refuses the
+ * token, which may be an older registration's), and only coord_lookup can,
+ * which may wait on etcd. */
 ferry_status_t coord_lookup_view(coord_registry_t *registry, const char *request_id,
                                  const char *token, bool linearizable, coord_record_t *rec,
                                  int64_t *revision_p, bool *answered_p, char *msg, size_t cap);

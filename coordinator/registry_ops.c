@@ -395,6 +395,16 @@ ferry_status_t coord_lookup(coord_registry_t *r, const char *id, const char *tok
     record_t rec;
     ferry_status_t status = read_record(r, id, linearizable, &rec, msg, cap);
 
+    if (status == FERRY_OK && rec.from_view && token != NULL &&
+        !token_matches(r, rec.data.op, token)) {
+        /* The view may hold an older registration of the ID (released and
+         * registered again with another token, on a replica this one has
+         * not heard from yet): its refusal is confirmed by etcd, as a
+         * write confirms one (answer_stands). */
+        ferry_debug("op %s: lookup refused on the view; checking etcd", id);
+        coord_record_free(&rec.data);
+        status = read_record(r, id, true, &rec, msg, cap);
+    }
     if (status != FERRY_OK) {
         return status;
     }
@@ -417,6 +427,12 @@ ferry_status_t coord_lookup_view(coord_registry_t *r, const char *id, const char
         return status;
     }
     if (!*answered_p) {
+        return FERRY_OK;
+    }
+    if (token != NULL && !token_matches(r, rec.data.op, token)) {
+        /* Not answered: coord_lookup confirms the refusal with etcd. */
+        coord_record_free(&rec.data);
+        *answered_p = false;
         return FERRY_OK;
     }
     return lookup_answer(r, &rec, id, token, out, revision_p, msg, cap);

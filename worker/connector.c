@@ -294,8 +294,15 @@ unsigned ferry__connector_drain(ferry_connector_t *c)
 {
     unsigned work = 0;
 
-    for (;; work++) {
+    for (unsigned items = 0;; work++, items++) {
         unsigned n;
+        if (items == FERRY__DRAIN_ITEMS_MAX) {
+            /* Bounded (FERRY__DRAIN_ITEMS_MAX): work is left; the caller
+             * comes back once it has let the lock go. */
+            c->drain_capped = true;
+            ferry__active_claims_sweep(c);
+            return work;
+        }
         for (unsigned burst = 0;
              burst < FERRY__PROGRESS_BURST && (n = ucp_worker_progress(c->worker)) != 0; burst++) {
             work += n;
@@ -335,6 +342,7 @@ unsigned ferry__connector_drain(ferry_connector_t *c)
             free(req->buf);
             free(req);
         } else if (c->staged == NULL || (n = ferry__staged_progress(c)) == 0) {
+            c->drain_capped = false;
             ferry__active_claims_sweep(c);
             return work;
         } else {
@@ -969,6 +977,15 @@ ferry_status_t ferry_connector_progress(ferry_connector_t *c)
     do {
         unsigned yields = 0;
         ferry__connector_drain(c);
+        if (c->drain_capped) {
+            /* Work is left (a flood, say): let other threads have the lock
+             * and the callbacks run before the next round. */
+            ferry__unlock(c);
+            ferry__connector_deliver(c);
+            ferry__lock(c);
+            status = UCS_ERR_BUSY;
+            continue;
+        }
         if (yield_for_copies(c, &yields)) {
             status = UCS_ERR_BUSY; /* the fd cannot tell when a copy ends */
             continue;

@@ -73,6 +73,12 @@
 /* ucp_worker_progress calls before the loop handles one queued item, so
  * that a flood cannot keep it from ever handling one. */
 #define FERRY__PROGRESS_BURST 64
+/* Queued items (failed peers, watches, messages, requests, staged copies)
+ * one ferry__connector_drain handles at most before it returns: a party
+ * that keeps one message arriving per item handled keeps its queue from
+ * ever emptying, and the drain must still let the lock go (API calls,
+ * deliveries, the claims sweep, a caller's deadline). */
+#define FERRY__DRAIN_ITEMS_MAX 4096
 /* Free staging slot memory a connector keeps for later staged passive ops
  * (staged.c): four sets of the default 4 slots of 4 MiB. */
 #define FERRY__SLOT_POOL_BYTES (64u << 20)
@@ -278,7 +284,8 @@ struct ferry_connector {
     atomic_bool stopping;
 
     /* Everything below: under lock. */
-    bool armed; /* the loop sleeps (or is about to) on efd: wakes must signal */
+    bool armed;        /* the loop sleeps (or is about to) on efd: wakes must signal */
+    bool drain_capped; /* the last drain stopped at FERRY__DRAIN_ITEMS_MAX */
     ferry__peer_t *peers;
     unsigned n_peers;        /* peers in the cache */
     unsigned peer_cache_max; /* FERRY__PEER_CACHE_MAX; tests lower it */

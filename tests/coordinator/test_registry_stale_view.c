@@ -352,6 +352,44 @@ static void test_cancel_after_a_new_registration_the_view_missed(void **state)
     assert_int_equal(etcd_state(s, "c4"), FERRY_OP_CANCELLED);
 }
 
+/* Released and registered again with another token elsewhere, the view
+ * still holds the old record: a Lookup with the new token is answered (it
+ * was PERMISSION_DENIED from the view, which a caller takes as final);
+ * the view alone does not answer it, and a wrong token is still refused,
+ * once etcd confirms. */
+static void test_lookup_after_a_new_registration_the_view_missed(void **state)
+{
+    stale_t *s = *state;
+    snapshot_t old;
+    coord_record_t rec = {0};
+    int64_t revision;
+    bool answered = true;
+    char msg[256];
+
+    register_op(s->r, "l1", TOKEN_ONE);
+    snapshot(s->r, "l1", &old);
+    assert_int_equal(cancel_op(s->r, "l1", TOKEN_ONE, &revision, msg, sizeof(msg)), FERRY_OK);
+    assert_int_equal(release_op(s->r, "l1", TOKEN_ONE, &revision, msg, sizeof(msg)), FERRY_OK);
+    revision = register_op(s->r, "l1", TOKEN_TWO);
+    make_stale(s->r, "l1", &old, revision);
+
+    assert_int_equal(coord_lookup_view(s->r, "l1", TOKEN_TWO, false, &rec, &revision, &answered,
+                                       msg, sizeof(msg)),
+                     FERRY_OK);
+    assert_false(answered);
+    ferry_status_t status =
+        coord_lookup(s->r, "l1", TOKEN_TWO, false, &rec, &revision, msg, sizeof(msg));
+    if (status != FERRY_OK) {
+        fail_msg("lookup on a stale view: %s (%s)", ferry_status_string(status), msg);
+    }
+    assert_int_equal(rec.op->state, FERRY_OP_REGISTERED);
+    assert_non_null(rec.md);
+    coord_record_free(&rec);
+    assert_int_equal(coord_lookup(s->r, "l1", "token-wrong-0123456789", false, &rec, &revision, msg,
+                                  sizeof(msg)),
+                     FERRY_ERR_PERMISSION_DENIED);
+}
+
 /* The view's refusal that etcd confirms still stands, with its message. */
 static void test_a_refusal_etcd_confirms_stands(void **state)
 {
@@ -453,6 +491,7 @@ int main(void)
         cmocka_unit_test(test_claim_after_a_new_registration_the_view_missed),
         cmocka_unit_test(test_cancel_after_a_new_registration_the_view_missed),
         cmocka_unit_test(test_a_refusal_etcd_confirms_stands),
+        cmocka_unit_test(test_lookup_after_a_new_registration_the_view_missed),
         cmocka_unit_test(test_late_claim_end_leaves_a_new_claim_alone),
         cmocka_unit_test(test_expired_claim_text_is_utf8),
     };

@@ -123,6 +123,23 @@ class Ferryctl(unittest.TestCase):
         self.assertEqual(r.returncode, 2, r.stderr)
         self.assertIn("request_id", r.stderr)
 
+    def test_table_escapes_control_bytes(self):
+        """Names and messages are any worker's text: in a table a newline or
+        a terminal escape in one prints as \\xNN, on the one row, and JSON
+        keeps the text as it is."""
+        owner = "w\n2026-01-01 forged-row\x1b[31m"
+        self.stub.Register(self.cpb.RegisterRequest(
+            request_id="esc-1", metadata=metadata(self.pb, self.pb.OPERATION_KIND_WRITE),
+            access_token=TOKEN, owner=owner), timeout=10)
+        r = ferryctl("get", "esc-1")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        lines = r.stdout.splitlines()
+        self.assertEqual(len(lines), 2, r.stdout)  # the header and one row
+        self.assertIn("w\\x0a2026-01-01 forged-row\\x1b[31m", lines[1])
+        self.assertNotIn("\x1b", r.stdout)
+        out = self.json_out(ferryctl("get", "esc-1", "--json"))[0]
+        self.assertEqual(out["operation"]["owner"], owner)
+
     def test_cancel_and_release(self):
         self.register("cr-1")
         r = ferryctl("release", "cr-1", "--token", TOKEN)

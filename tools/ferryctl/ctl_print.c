@@ -120,12 +120,46 @@ static void table_cells(const Ferry__V1__Operation *op, char *time_buf, size_t t
     cells[6] = or_dash(op->error_message);
 }
 
+/* A cell's bytes with the control bytes (and DEL) as \xNN: names, reasons
+ * and messages are any worker's text, and a newline or a terminal escape in
+ * one must not forge a row or reach the operator's terminal. */
+static bool control_byte(unsigned char c)
+{
+    return c < 0x20 || c == 0x7f;
+}
+
+/* How wide cell s prints (escapes included). */
+static int cell_width(const char *s)
+{
+    int n = 0;
+    for (; *s != '\0'; s++) {
+        n += control_byte((unsigned char)*s) ? 4 : 1;
+    }
+    return n;
+}
+
+/* Prints s escaped, padded with spaces to width. */
+static void put_cell(const char *s, int width)
+{
+    int n = cell_width(s);
+    for (; *s != '\0'; s++) {
+        if (control_byte((unsigned char)*s)) {
+            printf("\\x%02x", (unsigned char)*s);
+        } else {
+            putchar(*s);
+        }
+    }
+    printf("%*s", width > n ? width - n : 0, "");
+}
+
 static void table_row(const char *const cells[TABLE_COLUMNS], const int width[TABLE_COLUMNS])
 {
     for (int c = 0; c < TABLE_COLUMNS - 1; c++) {
-        printf("%-*s  ", width[c], cells[c]);
+        put_cell(cells[c], width[c]);
+        fputs("  ", stdout);
     }
-    printf("%s\n", cells[TABLE_COLUMNS - 1]);
+    put_cell(cells[TABLE_COLUMNS - 1], 0);
+    putchar('\n');
 }
 
 void ctl_print_table(Ferry__V1__Operation *const *ops, size_t n)
@@ -140,7 +174,7 @@ void ctl_print_table(Ferry__V1__Operation *const *ops, size_t n)
     for (size_t i = 0; i < n; i++) {
         table_cells(ops[i], when, sizeof(when), cells);
         for (int c = 0; c < TABLE_COLUMNS; c++) {
-            int len = (int)strlen(cells[c]);
+            int len = cell_width(cells[c]);
             width[c] = len > width[c] ? len : width[c];
         }
     }

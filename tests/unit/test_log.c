@@ -1,0 +1,68 @@
+/*
+ * test_log.c: a text log line is one line whatever its message holds: the
+ * control bytes a client's name or reason may carry (a newline that would
+ * forge a line of its own, a terminal escape) are written as \xNN; the
+ * rest of the message is as it was.
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <setjmp.h>
+#include <cmocka.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "common/log.h"
+
+/* Logs msg at info with stderr on a pipe; the bytes written, into out. */
+static void logged(const char *msg, char *out, size_t cap)
+{
+    int fds[2], saved;
+    ssize_t n;
+
+    assert_int_equal(pipe(fds), 0);
+    saved = dup(STDERR_FILENO);
+    assert_true(saved >= 0);
+    assert_true(dup2(fds[1], STDERR_FILENO) >= 0);
+    ferry_log_set_level(FERRY_LOG_INFO);
+    ferry_info("registry: owner '%s' is here", msg);
+    assert_true(dup2(saved, STDERR_FILENO) >= 0);
+    close(saved);
+    close(fds[1]);
+    n = read(fds[0], out, cap - 1);
+    close(fds[0]);
+    assert_true(n > 0);
+    out[n] = '\0';
+}
+
+static void test_control_bytes_are_escaped(void **state)
+{
+    char out[512];
+    (void)state;
+
+    logged("x\n2026-01-01T00:00:00.000Z error forged\x1b[31m\x7f", out, sizeof(out));
+    /* One line: its only newline ends it. */
+    assert_ptr_equal(strchr(out, '\n'), out + strlen(out) - 1);
+    assert_non_null(
+        strstr(out, "owner 'x\\x0a2026-01-01T00:00:00.000Z error forged\\x1b[31m\\x7f' is here"));
+}
+
+static void test_printable_text_is_unchanged(void **state)
+{
+    char out[512];
+    (void)state;
+
+    logged("w\xc3\xa9rker \"7\" \\ tab-free", out, sizeof(out));
+    assert_non_null(
+        strstr(out, "info  registry: owner 'w\xc3\xa9rker \"7\" \\ tab-free' is here\n"));
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_control_bytes_are_escaped),
+        cmocka_unit_test(test_printable_text_is_unchanged),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
