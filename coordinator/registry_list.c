@@ -164,11 +164,12 @@ static char *list_token(int64_t revision, const char *after)
     return token;
 }
 
-/* Appends the wanted records of one range to out and moves start past the
- * last key read. */
+/* Appends the wanted records of one range to out, moves start past the
+ * last key read, and keeps the request ID of the last record read in
+ * last_id (a page token may go on from it). */
 static ferry_status_t list_take(const Ferry__V1__ListRequest *req, const etcd_range_t *range,
                                 uint32_t page, Ferry__V1__ListResponse *out, list_start_t *start,
-                                bool *more_p)
+                                char last_id[COORD_REQUEST_ID_MAX + 1], bool *more_p)
 {
     for (size_t i = 0; i < range->n_kvs; i++) {
         Ferry__V1__Operation *op;
@@ -177,6 +178,9 @@ static ferry_status_t list_take(const Ferry__V1__ListRequest *req, const etcd_ra
             break;
         }
         op = ferry__v1__operation__unpack(NULL, range->kvs[i].value_len, range->kvs[i].value);
+        if (op != NULL && strlen(op->request_id) <= COORD_REQUEST_ID_MAX) {
+            memcpy(last_id, op->request_id, strlen(op->request_id) + 1);
+        }
         if (op == NULL || !list_wants(req, op) || list_append(out, op) != FERRY_OK) {
             if (op != NULL) {
                 ferry__v1__operation__free_unpacked(op, NULL);
@@ -198,6 +202,14 @@ static ferry_status_t list_take(const Ferry__V1__ListRequest *req, const etcd_ra
  * the view is not live); small records are still read a page at a time. At
  * least 2, so that a page still moves on. */
 #define LIST_READ_BYTES ((size_t)2 << 20)
+
+/* etcd reads one List call makes at most. A filter that skips most
+ * records (or large records, read a few at a time) would otherwise make
+ * one call scan the whole store, long after its caller's deadline, on a
+ * read worker every other read waits for: past the bound the page goes
+ * back as it is, shorter than page_size or even empty, with a token that
+ * goes on from the last record read. */
+#define LIST_READS_MAX 64
 
 static int64_t list_read_keys(coord_registry_t *r)
 {
@@ -242,8 +254,12 @@ ferry_status_t coord_list(coord_registry_t *r, const Ferry__V1__ListRequest *req
     }
     from_token = at != 0;
     int64_t read_keys = list_read_keys(r);
-    while (status == FERRY_OK && more && out->n_operations < page) {
+    char last_id[COORD_REQUEST_ID_MAX + 1] = "";
+    for (int reads = 0; status == FERRY_OK && more && out->n_operations < page; reads++) {
         etcd_range_t range = {0};
+        if (reads == LIST_READS_MAX) {
+            break; /* more is still true: a token goes on from last_id */
+        }
         /* One past what the page still takes tells whether there is more. */
         int64_t want = (int64_t)(page - out->n_operations) + 1;
         status = etcd_get(r->etcd, start.bytes, start.len, end, end_len,
@@ -257,7 +273,7 @@ ferry_status_t coord_list(coord_registry_t *r, const Ferry__V1__ListRequest *req
         }
         out->header->revision = at;
         more = range.more;
-        status = list_take(req, &range, page, out, &start, &more);
+        status = list_take(req, &range, page, out, &start, last_id, &more);
         if (status != FERRY_OK) {
             registry_fail(status, msg, cap, "no memory for a list");
         }
@@ -265,8 +281,8 @@ ferry_status_t coord_list(coord_registry_t *r, const Ferry__V1__ListRequest *req
     }
     free(start.bytes);
     free(end);
-    if (status == FERRY_OK && more && out->n_operations > 0) {
-        out->next_page_token = list_token(at, out->operations[out->n_operations - 1]->request_id);
+    if (status == FERRY_OK && more && last_id[0] != '\0') {
+        out->next_page_token = list_token(at, last_id);
         if (out->next_page_token == NULL) {
             out->next_page_token = (char *)protobuf_c_empty_string;
             status = registry_fail(FERRY_ERR_NO_MEMORY, msg, cap, "no memory for a list");

@@ -404,8 +404,12 @@ ferry_status_t etcd__error_status(long http_status, int grpc_code, const char *m
     }
     switch (grpc_code) {
     case ETCD_GRPC_INVALID_ARGUMENT:
-        /* With auth on, a request without a token is "user name is empty". */
-        if (message != NULL && strstr(message, "user name is empty") != NULL) {
+        /* With auth on, a request without a token is "user name is empty";
+         * one whose token predates a change to etcd's users or roles is
+         * "revision of auth store is old" (refused, not applied): a new
+         * token is the cure for both, as for an expired one. */
+        if (message != NULL && (strstr(message, "user name is empty") != NULL ||
+                                strstr(message, "revision of auth store is old") != NULL)) {
             return FERRY_ERR_UNAUTHENTICATED;
         }
         return FERRY_ERR_INVALID_ARGUMENT;

@@ -2,7 +2,8 @@
  * test_etcd_auth.c: etcd user/password auth against a real etcd with auth
  * enabled (through etcdctl): requests and watches with a token, refusals
  * without one or with a bad password, a watch where the user may not read, and a new token fetched
- * by itself when etcd forgot the old one (simple tokens do not survive a restart); against a frozen
+ * by itself when etcd forgot the old one (simple tokens do not survive a restart) or made it old
+ * (a user added: "revision of auth store is old"); against a frozen
  * member, concurrent requests share one authentication attempt (none is made while another is in
  * flight, and the lock is not held across it) instead of each trying in turn.
  */
@@ -157,6 +158,30 @@ static void test_token_renewed_after_restart(void **state)
     etcd_client_destroy(client);
 }
 
+/* With JWT tokens (--auth-token jwt), which carry the auth revision they
+ * were made at, a change to etcd's users or roles makes every token made
+ * before it "old" (etcd: "revision of auth store is old", as
+ * INVALID_ARGUMENT; simple tokens take the current revision, so never):
+ * the client authenticates again and the request goes through. It failed
+ * INVALID_ARGUMENT until the token expired: every write of the
+ * coordinator, after an operator added a user. */
+static void test_token_renewed_after_an_auth_change(void **state)
+{
+    fixture_t *fx = *state;
+    etcd_client_t *client = auth_client(fx, "root", "secret");
+    etcd_range_t range;
+
+    fixture_put(client, "auth/d", "1", 0);
+    etcdctl(fx, "--user=root:secret", "user", "add", "late:pw", NULL);
+    fixture_put(client, "auth/d", "2", 0);
+    assert_int_equal(etcd_get(client, "auth/d", 6, NULL, 0, 0, 0, &range), FERRY_OK);
+    assert_int_equal(range.n_kvs, 1);
+    assert_memory_equal(range.kvs[0].value, "2", 1);
+    etcd_range_free(&range);
+    etcdctl(fx, "--user=root:secret", "user", "delete", "late", NULL);
+    etcd_client_destroy(client);
+}
+
 enum { N_AUTH_THREADS = 4 };
 
 typedef struct {
@@ -211,6 +236,59 @@ static void test_frozen_member_authenticates_once(void **state)
     frozen_etcd_stop(&frozen);
 }
 
+/* Runs a program (argv NULL-terminated); asserts it exits 0. */
+static void run_ok(char *const argv[], const char *log)
+{
+    test_proc_t proc;
+    assert_int_equal(test_proc_start(&proc, argv, log), 0);
+    assert_true(test_proc_wait(&proc, WAIT_MS));
+    if (!WIFEXITED(proc.status) || WEXITSTATUS(proc.status) != 0) {
+        test_proc_dump_log(&proc, 2000);
+        fail_msg("%s failed", argv[0]);
+    }
+    test_proc_cleanup(&proc);
+}
+
+static char *jwt_keys; /* the JWT group's key directory */
+
+/* As auth_setup, on an etcd whose tokens are JWTs (RS256, a key pair made
+ * here with openssl(1)). */
+static int jwt_auth_setup(void **state)
+{
+    char priv[512], pub[512], log[600], token_flag[1200];
+    fixture_t *fx = calloc(1, sizeof(*fx));
+
+    jwt_keys = test_tmpdir_create("jwt");
+    if (fx == NULL || jwt_keys == NULL) {
+        return -1;
+    }
+    snprintf(priv, sizeof(priv), "%s/jwt.key", jwt_keys);
+    snprintf(pub, sizeof(pub), "%s/jwt.pub", jwt_keys);
+    snprintf(log, sizeof(log), "%s/openssl.log", jwt_keys);
+    run_ok((char *const[]){"openssl", "genrsa", "-out", priv, "2048", NULL}, log);
+    run_ok((char *const[]){"openssl", "rsa", "-in", priv, "-pubout", "-out", pub, NULL}, log);
+    snprintf(token_flag, sizeof(token_flag),
+             "--auth-token=jwt,pub-key=%s,priv-key=%s,sign-method=RS256,ttl=10m", pub, priv);
+    const char *extra[] = {token_flag, NULL};
+    if (test_etcd_start(&fx->etcd, extra) != 0) {
+        free(fx);
+        return -1;
+    }
+    fx->client = fixture_client(fx->etcd.endpoint, 10000);
+    *state = fx;
+    etcdctl(fx, "user", "add", "root:secret", NULL);
+    etcdctl(fx, "auth", "enable", NULL);
+    return 0;
+}
+
+static int jwt_auth_teardown(void **state)
+{
+    int rc = fixture_teardown(state);
+    test_tmpdir_remove(jwt_keys);
+    free(jwt_keys);
+    return rc;
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -221,5 +299,9 @@ int main(void)
         cmocka_unit_test(test_token_renewed_after_restart),
         cmocka_unit_test(test_frozen_member_authenticates_once),
     };
-    return cmocka_run_group_tests(tests, auth_setup, fixture_teardown);
+    const struct CMUnitTest jwt_tests[] = {
+        cmocka_unit_test(test_token_renewed_after_an_auth_change),
+    };
+    int failed = cmocka_run_group_tests(tests, auth_setup, fixture_teardown);
+    return failed + cmocka_run_group_tests(jwt_tests, jwt_auth_setup, jwt_auth_teardown);
 }

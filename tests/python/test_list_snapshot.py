@@ -10,6 +10,8 @@ processes:
   to a client that watches from the header revision + 1;
 - a page of large records is read a few records at a time: the
   coordinator's peak memory grows by a fraction of the page's bytes;
+- one List call reads etcd at most 64 times: a filter that skips most
+  records answers page by page (short or empty pages, with a token);
 - a page token is client input: a forged one (a revision that is garbage,
   negative, zero, too large, in the future) is INVALID_ARGUMENT naming
   page_token; one whose revision etcd has compacted is OUT_OF_RANGE naming
@@ -261,6 +263,62 @@ class LargeRecordsAreReadInSmallSteps(unittest.TestCase):
             c.stub.Release(c.cpb.ReleaseRequest(request_id=f"large-{i:02d}",
                                                 access_token=TOKEN), timeout=10)
         c.close()
+
+
+class OneCallReadsEtcdABoundedNumberOfTimes(unittest.TestCase):
+    def test_a_filter_that_skips_everything_answers_page_by_page(self):
+        """One large record makes every List read etcd two keys at a time.
+        A List whose filter matches none of 300 records then needs 150
+        reads: it was one call that scanned them all, however late, on a
+        read worker the other reads wait for. Now each call reads at most 64
+        times and answers an empty page with a token that goes on; following
+        the tokens ends, matching nothing, and an unfiltered List following
+        its tokens returns every record once, in order."""
+        c = Client(CLUSTER.coordinator.target)
+        self.addCleanup(c.close)
+        pb = c.pb
+        big = pb.RdmaMetadata(
+            version=1, kind=pb.OPERATION_KIND_WRITE, worker_address=b"\x01" * 64,
+            descriptors=[pb.Descriptor(address=0x10000 + j * 4096, size=4096,
+                                       device=pb.Device(kind=pb.DEVICE_KIND_HOST),
+                                       rkey=bytes([j % 251 + 1]) * 4000) for j in range(240)],
+            notification_key=os.urandom(16), worker_name="py", hostname="localhost")
+        c.stub.Register(c.cpb.RegisterRequest(request_id="bound-big", metadata=big,
+                                              access_token=TOKEN, owner="py", ttl_seconds=60),
+                        timeout=10)
+        # Gone afterwards: the view's largest record sets every List's reads.
+        self.addCleanup(lambda: c.stub.Release(c.cpb.ReleaseRequest(
+            request_id="bound-big", access_token=TOKEN), timeout=10))
+        self.addCleanup(lambda: c.stub.Cancel(c.cpb.CancelRequest(
+            request_id="bound-big", access_token=TOKEN), timeout=10))
+        ids = [f"bound-{i:03d}" for i in range(300)]
+        for rid in ids:
+            c.register(rid)
+
+        calls, token, found = 0, "", []
+        while True:
+            page = c.list(request_id_prefix="bound-", state=pb.OPERATION_STATE_CLAIMED,
+                          page_size=100, page_token=token)
+            calls += 1
+            found += [op.request_id for op in page.operations]
+            token = page.next_page_token
+            if not token:
+                break
+            self.assertLess(calls, 20, "the tokens do not end")
+        self.assertEqual(found, [])
+        self.assertGreater(calls, 1)  # 151 keys, 2 a read, 64 reads a call
+
+        calls, token, found = 0, "", []
+        while True:
+            page = c.list(request_id_prefix="bound-", page_size=1000, page_token=token)
+            calls += 1
+            found += [op.request_id for op in page.operations]
+            token = page.next_page_token
+            if not token:
+                break
+            self.assertLess(calls, 20, "the tokens do not end")
+        self.assertEqual(found, sorted(ids + ["bound-big"]))
+        self.assertGreater(calls, 1)
 
 
 class PageTokenIsValidated(unittest.TestCase):
