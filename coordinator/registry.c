@@ -197,6 +197,65 @@ static void report_bare_delete(coord_registry_t *r, const char *id, int64_t revi
     report(r, COORD_EVENT_DELETE, &op, revision);
 }
 
+/* The claim key of a record that left etcd CLAIMED (its owner's lease
+ * ended mid-transfer): it lives on the claimant's lease, which libferry
+ * keeps for as long as its process lives, so nothing else would delete it.
+ * Deleted only if it is still that claim's (created with the record's
+ * CLAIMED write, at `claimed`): a key the ID was claimed with again since,
+ * on the same session lease even, is left alone. Every replica tries; the
+ * first one deletes it. */
+typedef struct {
+    coord_registry_t *r;
+    int64_t claimed;
+    char id[]; /* NUL-terminated */
+} claim_key_job_t;
+
+static void claim_key_job_run(void *arg, bool run)
+{
+    claim_key_job_t *job = arg;
+    registry_key_t key;
+    char msg[256];
+
+    if (run && registry_key(job->r->claims_prefix, job->id, &key, msg, sizeof(msg)) == FERRY_OK) {
+        etcd_compare_t cmp = {.target = ETCD_CMP_CREATE,
+                              .result = ETCD_CMP_EQUAL,
+                              .key = key.bytes,
+                              .key_len = key.len,
+                              .number = job->claimed};
+        etcd_op_t del = {.type = ETCD_OP_DELETE, .key = key.bytes, .key_len = key.len};
+        etcd_txn_result_t res = {0};
+        ferry_status_t status = etcd_txn(job->r->etcd, &cmp, 1, &del, 1, NULL, 0, &res);
+
+        if (status != FERRY_OK) {
+            ferry_warn("op %s: could not delete the claim key its expired owner left: %s", job->id,
+                       etcd_client_last_error());
+        } else if (res.succeeded) {
+            ferry_info("op %s: deleted the claim key its expired owner left", job->id);
+        }
+        etcd_txn_result_free(&res);
+    }
+    free(job);
+}
+
+static void delete_claim_key_later(coord_registry_t *r, const char *id, int64_t claimed)
+{
+    size_t len = strlen(id);
+    claim_key_job_t *job = malloc(sizeof(*job) + len + 1);
+
+    if (job == NULL) {
+        return; /* the key then lives as long as its claimant's lease */
+    }
+    job->r = r;
+    job->claimed = claimed;
+    memcpy(job->id, id, len + 1);
+    if (r->params.exec == NULL) {
+        claim_key_job_run(job, true); /* no queue (tests) */
+    } else if (coord_exec_submit(r->params.exec, claim_key_job_run, job, COORD_EXEC_MUST) !=
+               FERRY_OK) {
+        claim_key_job_run(job, false);
+    }
+}
+
 /* A record left etcd. Its event carries the record as it was (prev_kv),
  * except when etcd had compacted that revision away (a lagging watch): the
  * view's copy stands in then, or, when the view has none, the bare ID.
@@ -238,6 +297,11 @@ static void apply_op_delete(coord_registry_t *r, const char *id, const etcd_even
         ferry_debug("op %s: deleted at revision %lld without its previous record (compacted); "
                     "reported from the view's copy",
                     id, (long long)revision);
+    }
+    if (has_prev && op->state == FERRY_OP_CLAIMED) {
+        /* CLAIMED moves only to final states: its last write was the
+         * Claim's, which made the claim key too. */
+        delete_claim_key_later(r, id, ev->prev_kv.mod_revision);
     }
     if (!ferry__op_state_is_final(op->state)) {
         ferry_info("op %s: %s -> EXPIRED (owner lease %lld ended)", id,

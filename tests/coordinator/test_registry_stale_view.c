@@ -483,6 +483,54 @@ static void test_expired_claim_text_is_utf8(void **state)
     assert_non_null(strstr(msg, claimant));
 }
 
+/* Whether PREFIX "claims/<id>" is in etcd. */
+static bool claim_key_exists(const stale_t *s, const char *id)
+{
+    char key[128];
+    etcd_range_t range = {0};
+    bool exists;
+
+    snprintf(key, sizeof(key), PREFIX "claims/%s", id);
+    assert_int_equal(etcd_get(s->etcd->client, key, strlen(key), NULL, 0, 0, 0, &range), FERRY_OK);
+    exists = range.n_kvs > 0;
+    etcd_range_free(&range);
+    return exists;
+}
+
+/* The owner's lease ends while its operation is CLAIMED: the record goes,
+ * and so does its claim key, which lives on the claimant's lease (libferry
+ * keeps that one for as long as its process lives). The key stayed: every
+ * owner that died mid-transfer left one, read at every load. */
+static void test_claim_key_goes_with_an_expired_owner(void **state)
+{
+    stale_t *s = *state;
+    Ferry__V1__RdmaMetadata md = FERRY__V1__RDMA_METADATA__INIT;
+    Ferry__V1__RegisterRequest req = FERRY__V1__REGISTER_REQUEST__INIT;
+    coord_register_out_t out;
+    claim_t claim;
+    uint8_t bytes[64];
+    char msg[256];
+    int64_t until;
+
+    md.kind = FERRY__V1__OPERATION_KIND__OPERATION_KIND_WRITE;
+    req.request_id = "k1";
+    req.access_token = TOKEN_ONE;
+    req.metadata = &md;
+    assert_int_equal(coord_register(s->r, &req, bytes, ferry__v1__rdma_metadata__pack(&md, bytes),
+                                    NULL, NULL, &out, msg, sizeof(msg)),
+                     FERRY_OK);
+    assert_int_equal(claim_op(s->r, "k1", TOKEN_ONE, &claim, msg, sizeof(msg)), FERRY_OK);
+    assert_true(claim_key_exists(s, "k1"));
+    assert_int_equal(etcd_lease_revoke(s->etcd->client, out.lease_id), FERRY_OK);
+    await_state(s, "k1", 0);
+    until = ferry__clock_ms(CLOCK_MONOTONIC) + 10000;
+    while (claim_key_exists(s, "k1") && ferry__clock_ms(CLOCK_MONOTONIC) < until) {
+        struct timespec ts = {0, 5 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+    }
+    assert_false(claim_key_exists(s, "k1"));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -492,6 +540,7 @@ int main(void)
         cmocka_unit_test(test_cancel_after_a_new_registration_the_view_missed),
         cmocka_unit_test(test_a_refusal_etcd_confirms_stands),
         cmocka_unit_test(test_lookup_after_a_new_registration_the_view_missed),
+        cmocka_unit_test(test_claim_key_goes_with_an_expired_owner),
         cmocka_unit_test(test_late_claim_end_leaves_a_new_claim_alone),
         cmocka_unit_test(test_expired_claim_text_is_utf8),
     };
