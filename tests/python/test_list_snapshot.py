@@ -295,28 +295,22 @@ class OneCallReadsEtcdABoundedNumberOfTimes(unittest.TestCase):
         for rid in ids:
             c.register(rid)
 
-        calls, token, found = 0, "", []
-        while True:
-            page = c.list(request_id_prefix="bound-", state=pb.OPERATION_STATE_CLAIMED,
-                          page_size=100, page_token=token)
-            calls += 1
-            found += [op.request_id for op in page.operations]
-            token = page.next_page_token
-            if not token:
-                break
-            self.assertLess(calls, 20, "the tokens do not end")
-        self.assertEqual(found, [])
-        self.assertGreater(calls, 1)  # 151 keys, 2 a read, 64 reads a call
+        def follow(**kw):
+            """Every page of a List, following its tokens: (IDs, calls)."""
+            calls, token, found = 0, "", []
+            while True:
+                page = c.list(request_id_prefix="bound-", page_token=token, **kw)
+                calls += 1
+                found += [op.request_id for op in page.operations]
+                token = page.next_page_token
+                if not token:
+                    return found, calls
+                self.assertLess(calls, 20, "the tokens do not end")
 
-        calls, token, found = 0, "", []
-        while True:
-            page = c.list(request_id_prefix="bound-", page_size=1000, page_token=token)
-            calls += 1
-            found += [op.request_id for op in page.operations]
-            token = page.next_page_token
-            if not token:
-                break
-            self.assertLess(calls, 20, "the tokens do not end")
+        found, calls = follow(state=pb.OPERATION_STATE_CLAIMED, page_size=100)
+        self.assertEqual(found, [])
+        self.assertGreater(calls, 1)  # 301 keys, 2 a read, 64 reads a call
+        found, calls = follow(page_size=1000)
         self.assertEqual(found, sorted(ids + ["bound-big"]))
         self.assertGreater(calls, 1)
 
