@@ -509,6 +509,14 @@ static void *progress_main(void *arg)
             ferry__lock(c);
             continue;
         }
+        if (c->drain_capped) {
+            /* Work is left in our own queues, which the fd does not
+             * signal: let the others have the lock, then go on. */
+            ferry__unlock(c);
+            sched_yield();
+            ferry__lock(c);
+            continue;
+        }
         if (yield_for_copies(c, &yields)) {
             continue;
         }
