@@ -194,7 +194,12 @@ class Cluster:
         self.etcd = Etcd(self.tmp)
         self.etcd.start()
         self.coordinator = Coordinator(self.tmp, self.etcd.endpoint, ttl=ttl, extra=extra)
-        self.coordinator.start()
+        try:
+            self.coordinator.start()
+        except BaseException:
+            self.etcd.stop()  # nothing of a cluster that did not start is left running
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            raise
 
     def close(self):
         rc = self.coordinator.stop()

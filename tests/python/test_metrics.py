@@ -255,10 +255,22 @@ class Metrics(unittest.TestCase):
         # that the claim did not expire is decided there, with no etcd read
         # (before, every finished operation cost each replica one). An
         # expiry is decided by the transition (test_lease_and_claim_expiries).
+        # The health probe reads etcd too (kv/range, about once a second): a
+        # window it fell into counts one more, so up to five windows are
+        # tried, and one must count no read.
         ferry_harness.wait_until(lambda: value(scrape(), "ferry_view_watch_live") == 1, 20,
                                  "the view's watch to be live")
+        for attempt in range(5):
+            reads = self.finish_four(f"m-fin-{attempt}-")
+            if reads == 0:
+                break
+        self.assertEqual(reads, 0)
+
+    def finish_four(self, prefix):
+        """Four claims ended (Complete twice, Complete with an error,
+        Cancel), each end decided on the view; the etcd reads meanwhile."""
         before = self.settled()
-        ids = [f"m-fin-{i}" for i in range(4)]
+        ids = [f"{prefix}{i}" for i in range(4)]
         claims = {}
         for rid in ids:
             self.register(rid)
@@ -284,11 +296,11 @@ class Metrics(unittest.TestCase):
         ferry_harness.wait_until(ended, 20, "the four claims' ends to be checked")
         self.assertEqual(moved(ends, decided="view"), len(ids))
         self.assertEqual(moved(ends, decided="transition"), 0)
-        self.assertEqual(moved("ferry_etcd_requests_total", kind="kv/range", result="ok"), 0)
         for rid, state in zip(ids, ("COMPLETE", "COMPLETE", "ERRORED", "CANCELLED")):
             got = self.stub.Get(self.cpb.GetRequest(request_id=rid), timeout=10)
             self.assertEqual(got.operation.state, self.pb.OperationState.Value(
                 f"OPERATION_STATE_{state}"), rid)
+        return moved("ferry_etcd_requests_total", kind="kv/range", result="ok")
 
     def test_watch_events_sent(self):
         watch = self.stub.Watch(self.cpb.WatchRequest(request_id_prefix="m-ev-"), timeout=30)

@@ -139,11 +139,19 @@ class MetricsLimits(unittest.TestCase):
         """A cluster whose processes start with this soft limit (the
         coordinator may raise its own); then our own soft limit is raised
         to the hard one."""
-        self.metrics_port = ferry_harness.free_port()
         set_soft_limit(coordinator_soft_limit)
         try:
-            self.cluster = ferry_harness.Cluster(
-                ttl=120, extra=("--metrics-listen", f"127.0.0.1:{self.metrics_port}"))
+            # A free port may be taken by another process (the tests run in
+            # parallel) before the coordinator binds it: then another one.
+            for attempt in range(3):
+                self.metrics_port = ferry_harness.free_port()
+                try:
+                    self.cluster = ferry_harness.Cluster(
+                        ttl=120, extra=("--metrics-listen", f"127.0.0.1:{self.metrics_port}"))
+                    break
+                except RuntimeError as e:
+                    if "cannot serve on" not in str(e) or attempt == 2:
+                        raise
         finally:
             set_soft_limit(hard_limit())
         self.pid = self.cluster.coordinator.proc.pid
