@@ -122,8 +122,8 @@ static ferry_status_t await_record(ferry_coordinator_t *coord, const ferry_claim
     req.access_token = (char *)p->access_token;
     req.wait_ms = wait_ms;
     status = rpc_unary(coord->channel, COORD_PATH("Lookup"), &req.base,
-                       &ferry__v1__lookup_response__descriptor, coord->timeout_ms + wait_ms,
-                       (ProtobufCMessage **)&resp, err);
+                       &ferry__v1__lookup_response__descriptor,
+                       (int64_t)coord->timeout_ms + wait_ms, (ProtobufCMessage **)&resp, err);
     if (status == FERRY_OK) {
         ferry__v1__lookup_response__free_unpacked(resp, NULL);
     }
