@@ -393,6 +393,27 @@ static void test_wire_peer_status(void **state)
     }
 }
 
+/* A message that wraps the one it replaces, as the callers that add their
+ * context do (ferry__fail(s, "...: %s", ferry_last_error_message())),
+ * reads whole: it used to be formatted over the buffer it read from, and
+ * came out doubled and cut. */
+static void test_fail_wraps_its_own_message(void **state)
+{
+    char inner[200];
+    (void)state;
+
+    memset(inner, 'k', sizeof(inner) - 1);
+    inner[sizeof(inner) - 1] = '\0';
+    assert_int_equal(ferry__fail(FERRY_ERR_IO, "key %s", inner), FERRY_ERR_IO);
+    assert_int_equal(ferry__fail(FERRY_ERR_INVALID_ARGUMENT, "metadata: descriptors[%d].rkey: %s",
+                                 3, ferry_last_error_message()),
+                     FERRY_ERR_INVALID_ARGUMENT);
+    assert_memory_equal(ferry_last_error_message(), "metadata: descriptors[3].rkey: key kkk",
+                        strlen("metadata: descriptors[3].rkey: key kkk"));
+    /* all of it: 234 bytes fit the buffer */
+    assert_int_equal(strlen(ferry_last_error_message()), 31 + 4 + 199);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -405,6 +426,7 @@ int main(void)
         cmocka_unit_test(test_wire_round_trip),
         cmocka_unit_test(test_wire_tails),
         cmocka_unit_test(test_wire_peer_status),
+        cmocka_unit_test(test_fail_wraps_its_own_message),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
