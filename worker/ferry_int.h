@@ -203,6 +203,11 @@ typedef struct ferry__rkey {
      * is destroyed; counted in connector->rkeys_pinned_bytes. */
     ferry__pin_t pin;
     bool pin_refused; /* an engine could not pin them: not tried again */
+    /* segments.c: UCX maps the key's segment here, at [seg_start, seg_end),
+     * a mapping of file (seg_dev, seg_ino), counted in its table. */
+    bool mapped;
+    uintptr_t seg_start, seg_end;
+    uint64_t seg_dev, seg_ino;
 } ferry__rkey_t;
 
 /* One remote worker: a cached endpoint and the remote keys unpacked on it.
@@ -363,8 +368,13 @@ ferry_status_t ferry__peer_get(ferry_connector_t *c, const uint8_t *address, siz
 void ferry__peer_put(ferry__peer_t *peer);
 void ferry__peer_ref(ferry__peer_t *peer); /* one more reference, put with _put */
 void ferry__peer_ref_for_failure(ferry__peer_t *peer);
+/* The key, unpacked on the peer's endpoint or found in its cache. A key
+ * UCX maps into this process is checked once, when it is unpacked
+ * (ferry__rkey_classify, with probe, an address the metadata names in it);
+ * FERRY_ERR_INVALID_ARGUMENT or FERRY_ERR_UNAVAILABLE, caching nothing,
+ * when that check refuses it. */
 ferry_status_t ferry__peer_rkey_get(ferry__peer_t *peer, const uint8_t *packed, size_t len,
-                                    ferry__rkey_t **rkey_p);
+                                    uint64_t probe, ferry__rkey_t **rkey_p);
 void ferry__peer_rkey_put(ferry__peer_t *peer, ferry__rkey_t *rkey);
 /* Drops every cached peer (connector destroy), closing endpoints. */
 void ferry__peer_cache_clear(ferry_connector_t *c);
@@ -723,9 +733,34 @@ struct ferry_region {
 };
 
 /* ucp_mem_map on the connector's context, counted in c->mem_maps (so tests
- * see that operations on registered memory map nothing). Lock held. */
+ * see that operations on registered memory map nothing); memory it
+ * allocates (UCP_MEM_MAP_ALLOCATE) is recorded as this worker's
+ * (ferry__segment_add_own). Lock held. */
 ucs_status_t ferry__mem_map(ferry_connector_t *c, const ucp_mem_map_params_t *params,
                             ucp_mem_h *memh_p);
+/* ucp_mem_unmap, and the record of memory it allocated dropped. Lock held. */
+void ferry__mem_unmap(ferry_connector_t *c, ucp_mem_h memh);
+
+/* segments.c: remote keys that UCX maps into this process (see there). */
+uint64_t ferry__worker_id(const uint8_t *address, size_t len);
+/* Records the shared-memory segment at address (UCX allocated it for c) as
+ * c's, so that a key of it passes only on c's endpoints; nothing where it
+ * is no shared mapping. */
+void ferry__segment_add_own(ferry_connector_t *c, const void *address);
+void ferry__segment_drop_own(const void *address);
+/* A freshly unpacked key of peer: where UCX maps it into this process,
+ * unpacks it again to find its segment (rk->mapped and seg_*), and refuses
+ * it (FERRY_ERR_INVALID_ARGUMENT) when that segment is one this process
+ * maps already for another worker or itself. probe: an address the
+ * metadata names in it. Lock held; on failure rk->rkey may be NULL. */
+ferry_status_t ferry__rkey_classify(ferry__peer_t *peer, ferry__rkey_t *rk, uint64_t probe);
+/* Undoes the classification's record (the key is destroyed). */
+void ferry__segment_release(ferry__rkey_t *rk);
+/* FERRY_ERR_INVALID_ARGUMENT, with the range in the message, unless
+ * [address, address + length) translates through rk into its segment (or
+ * rk is not mapped here, where the target resolves addresses itself).
+ * Every range an active operation puts to or gets from passes it first. */
+ferry_status_t ferry__rkey_range_check(const ferry__rkey_t *rk, uint64_t address, uint64_t length);
 
 /* Finds the region of each of op's descriptors (op->regions) and takes a
  * reference on each found. FERRY_ERR_INVALID_ARGUMENT, holding nothing, for

@@ -276,10 +276,18 @@ static ferry_status_t connect_op(ferry_op_t *op)
         return ferry__fail(FERRY_ERR_NO_MEMORY, "%s: out of memory", op->label);
     }
     for (size_t i = 0; op->md->staging == NULL && i < op->n; i++) {
-        ProtobufCBinaryData *rk = &op->md->descriptors[i]->rkey;
-        status = ferry__peer_rkey_get(op->peer, rk->data, rk->len, &op->rkeys[i]);
+        const Ferry__V1__Descriptor *d = op->md->descriptors[i];
+        status =
+            ferry__peer_rkey_get(op->peer, d->rkey.data, d->rkey.len, d->address, &op->rkeys[i]);
         if (status != FERRY_OK) {
             return ferry__fail(status, "metadata: descriptors[%zu].rkey: %s", i,
+                               ferry_last_error_message());
+        }
+        /* Before any claim: UCX's shared-memory transports would put
+         * wherever the offset lands (segments.c). */
+        status = ferry__rkey_range_check(op->rkeys[i], d->address, d->size);
+        if (status != FERRY_OK) {
+            return ferry__fail(status, "metadata: descriptors[%zu]: %s", i,
                                ferry_last_error_message());
         }
     }

@@ -165,7 +165,10 @@ static void rkey_destroy(ferry_connector_t *c, ferry__rkey_t *rk)
 {
     c->rkeys_pinned_bytes -= rk->pin.len;
     ferry__unpin(&rk->pin); /* before the unmap */
-    ucp_rkey_destroy(rk->rkey);
+    if (rk->rkey != NULL) {
+        ucp_rkey_destroy(rk->rkey);
+    }
+    ferry__segment_release(rk);
     free(rk->packed);
     free(rk);
 }
@@ -287,11 +290,12 @@ static void rkey_trim(ferry__peer_t *peer)
 }
 
 ferry_status_t ferry__peer_rkey_get(ferry__peer_t *peer, const uint8_t *packed, size_t len,
-                                    ferry__rkey_t **rkey_p)
+                                    uint64_t probe, ferry__rkey_t **rkey_p)
 {
     ferry_connector_t *c = peer->connector;
     ferry__rkey_t *rk;
     ucs_status_t status;
+    ferry_status_t refused;
 
     for (rk = peer->rkeys; rk != NULL; rk = rk->next) {
         if (rk->packed_len == len && memcmp(rk->packed, packed, len) == 0) {
@@ -315,6 +319,11 @@ ferry_status_t ferry__peer_rkey_get(ferry__peer_t *peer, const uint8_t *packed, 
         free(rk);
         return ferry__fail(FERRY_ERR_INVALID_ARGUMENT, "remote key rejected by UCX: %s",
                            ucs_status_string(status));
+    }
+    refused = ferry__rkey_classify(peer, rk, probe);
+    if (refused != FERRY_OK) {
+        rkey_destroy(c, rk); /* the message stays this thread's */
+        return refused;
     }
     c->stats.rkeys_unpacked++;
     rk->refs = 1;

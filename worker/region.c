@@ -42,8 +42,26 @@
 ucs_status_t ferry__mem_map(ferry_connector_t *c, const ucp_mem_map_params_t *params,
                             ucp_mem_h *memh_p)
 {
+    ucp_mem_attr_t attr = {.field_mask = UCP_MEM_ATTR_FIELD_ADDRESS};
+    ucs_status_t status;
+
     c->mem_maps++;
-    return ucp_mem_map(c->context, params, memh_p);
+    status = ucp_mem_map(c->context, params, memh_p);
+    if (status == UCS_OK && (params->field_mask & UCP_MEM_MAP_PARAM_FIELD_FLAGS) &&
+        (params->flags & UCP_MEM_MAP_ALLOCATE) && ucp_mem_query(*memh_p, &attr) == UCS_OK) {
+        ferry__segment_add_own(c, attr.address);
+    }
+    return status;
+}
+
+void ferry__mem_unmap(ferry_connector_t *c, ucp_mem_h memh)
+{
+    ucp_mem_attr_t attr = {.field_mask = UCP_MEM_ATTR_FIELD_ADDRESS};
+
+    if (ucp_mem_query(memh, &attr) == UCS_OK) {
+        ferry__segment_drop_own(attr.address);
+    }
+    ucp_mem_unmap(c->context, memh);
 }
 
 /* Whether [p, p + n) and [b, b + s) share a byte (no overflow). */
@@ -173,7 +191,7 @@ static ferry_status_t region_map(ferry_connector_t *c, ferry_region_t *r, bool a
     return FERRY_OK;
 
 err_unmap:
-    ucp_mem_unmap(c->context, r->memh);
+    ferry__mem_unmap(c, r->memh);
 err:
     ferry_error("connector %s: region of %zu bytes: %s: %s", c->name, r->size, what,
                 ucs_status_string(status));
@@ -374,7 +392,7 @@ ferry_status_t ferry_mem_deregister(ferry_region_t *r)
     }
     *pp = r->next;
     ucp_rkey_buffer_release(r->rkey);
-    ucp_mem_unmap(c->context, r->memh);
+    ferry__mem_unmap(c, r->memh);
     ferry__unlock(c);
     if (r->cuda_owned && ferry__cuda_bind_thread(r->device.id) == FERRY_OK) {
         ferry__cuda_mem_free(r->base);

@@ -270,13 +270,13 @@ static ferry_status_t slot_mem_allocate(ferry_connector_t *c, ferry__copy_engine
     attr.field_mask = UCP_MEM_ATTR_FIELD_ADDRESS;
     us = ucp_mem_query(m->memh, &attr);
     if (us != UCS_OK) {
-        ucp_mem_unmap(c->context, m->memh);
+        ferry__mem_unmap(c, m->memh);
         return ferry__fail(FERRY_ERR_TRANSPORT, "ucp_mem_query: %s", ucs_status_string(us));
     }
     m->base = attr.address;
     status = ferry__pin(e, m->device, m->base, m->size, &m->pin);
     if (status != FERRY_OK) {
-        ucp_mem_unmap(c->context, m->memh);
+        ferry__mem_unmap(c, m->memh);
         return status;
     }
     m->allocated = true;
@@ -316,7 +316,7 @@ static void slot_mem_free(ferry_connector_t *c, struct ferry__slot_mem *m)
         ucp_rkey_buffer_release(m->rkey);
     }
     ferry__unpin(&m->pin);
-    ucp_mem_unmap(c->context, m->memh);
+    ferry__mem_unmap(c, m->memh);
     if (!m->allocated) {
         m->engine->free_pinned(NULL, m->base, m->size, false);
     }
@@ -726,9 +726,14 @@ ferry_status_t ferry__staged_active_prepare(ferry_op_t *op, bool local_staged)
     s = op->stage;
     s->remote = true;
     s->remote_addr = st->address;
-    status = ferry__peer_rkey_get(op->peer, st->rkey.data, st->rkey.len, &s->rkey);
+    status = ferry__peer_rkey_get(op->peer, st->rkey.data, st->rkey.len, st->address, &s->rkey);
     if (status != FERRY_OK) {
         return ferry__fail(status, "metadata: staging.rkey: %s", ferry_last_error_message());
+    }
+    /* The lanes put to (or get from) the first s->lanes slots only. */
+    status = ferry__rkey_range_check(s->rkey, st->address, (uint64_t)s->lanes * s->slot_size);
+    if (status != FERRY_OK) {
+        return ferry__fail(status, "metadata: staging: %s", ferry_last_error_message());
     }
     if (s->engine != NULL && !map_remote(op)) {
         status = s->engine->ops->alloc_pinned(s->engine, (size_t)s->lanes * s->slot_size,

@@ -432,7 +432,17 @@ FERRY_API ferry_status_t ferry_op_notification_key(const ferry_op_t *op, const u
  * readable's memory into local regions. The metadata is decoded and checked
  * at once (a write needs a writable's metadata, a read a readable's; the
  * lists must match one to one with equal sizes); failures return here with
- * no operation. The transfer then runs in the background: ferry_op_wait(). */
+ * no operation. The transfer then runs in the background: ferry_op_wait().
+ *
+ * The metadata is the passive side's word, and UCX 1.13's shared-memory
+ * transports, which map a same-host peer's segment into this process,
+ * translate its addresses without a bounds check. So, before the claim,
+ * every remote range is checked against the segment its key maps here:
+ * FERRY_ERR_INVALID_ARGUMENT naming the descriptor for a range outside it,
+ * or for a key naming a segment this process already maps for itself or
+ * another worker (ferry_mem_alloc memory of its own, UCX's own); nothing is
+ * then written or read. FERRY_ERR_UNAVAILABLE in the rare case that the
+ * process's mappings kept changing while the key was unpacked: try again. */
 FERRY_API ferry_status_t ferry_write_begin(ferry_connector_t *connector,
                                            const ferry_descriptor_t *local, size_t n,
                                            const uint8_t *metadata, size_t metadata_len,

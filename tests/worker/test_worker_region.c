@@ -696,7 +696,159 @@ static void test_many_ops_on_one_region(void **state)
     free(src);
 }
 
+/* ---- a hostile passive side's remote key ------------------------------- */
+
+/* Metadata that a hostile passive side could publish: rx's real metadata
+ * for a writable on md_src, its first descriptor's address replaced by
+ * address and, when rkey is not NULL, its key by rkey. Packed bytes,
+ * free()d by the caller. */
+static uint8_t *forge(const uint8_t *md_src, size_t md_len, uint64_t address, const void *rkey,
+                      size_t rkey_len, size_t *len_p)
+{
+    Ferry__V1__RdmaMetadata *m = ferry__v1__rdma_metadata__unpack(NULL, md_len, md_src);
+    uint8_t *out;
+
+    assert_non_null(m);
+    m->descriptors[0]->address = address;
+    if (rkey != NULL) {
+        m->descriptors[0]->rkey.data = (uint8_t *)rkey; /* not freed: put back below */
+        m->descriptors[0]->rkey.len = rkey_len;
+    }
+    *len_p = ferry__v1__rdma_metadata__get_packed_size(m);
+    out = malloc(*len_p);
+    assert_non_null(out);
+    ferry__v1__rdma_metadata__pack(m, out);
+    if (rkey != NULL) {
+        m->descriptors[0]->rkey.data = NULL;
+        m->descriptors[0]->rkey.len = 0;
+    }
+    ferry__v1__rdma_metadata__free_unpacked(m, NULL);
+    return out;
+}
+
+/* Where tx's copy of rx's key maps remote address addr in this process, or
+ * NULL where the key is not mapped here (TCP: the target's UCX resolves the
+ * address, in its own process). Through tx's own peer and key caches, so
+ * the write below finds the same key. */
+static uint8_t *mapped_here(world_t *w, const uint8_t *md_bytes, size_t md_len, uint64_t addr)
+{
+    Ferry__V1__RdmaMetadata *m = ferry__v1__rdma_metadata__unpack(NULL, md_len, md_bytes);
+    ferry__peer_t *peer = NULL;
+    ferry__rkey_t *rk = NULL;
+    void *local = NULL;
+
+    assert_non_null(m);
+    ferry__lock(w->tx);
+    assert_int_equal(ferry__peer_get(w->tx, m->worker_address.data, m->worker_address.len, &peer),
+                     FERRY_OK);
+    assert_int_equal(ferry__peer_rkey_get(peer, m->descriptors[0]->rkey.data,
+                                          m->descriptors[0]->rkey.len, addr, &rk),
+                     FERRY_OK);
+    if (ucp_rkey_ptr(rk->rkey, addr, &local) != UCS_OK) {
+        local = NULL;
+    }
+    ferry__peer_rkey_put(peer, rk);
+    ferry__peer_put(peer);
+    ferry__unlock(w->tx);
+    ferry__v1__rdma_metadata__free_unpacked(m, NULL);
+    return local;
+}
+
+/* Begins a write of src's 4 KiB with the forged metadata and expects it
+ * refused, naming the descriptor; if it was not, lets it run first, so
+ * that the assertion on the writer's memory that follows sees its bytes. */
+static void assert_forged_write_refused(world_t *w, uint8_t *src, const uint8_t *forged,
+                                        size_t forged_len)
+{
+    ferry_descriptor_t s = desc(src, 4096);
+    ferry_op_t *active = NULL;
+    ferry_status_t status = ferry_write_begin(w->tx, &s, 1, forged, forged_len, &active);
+
+    if (status == FERRY_OK) {
+        ferry_op_wait(active, WAIT_MS);
+        ferry_op_destroy(active);
+    }
+    assert_int_equal(status, FERRY_ERR_INVALID_ARGUMENT);
+    assert_non_null(strstr(ferry_last_error_message(), "descriptors[0]"));
+}
+
+/* A passive side on this host whose memory UCX maps here (Ferry-allocated,
+ * a shared-memory segment) and whose metadata names addresses outside that
+ * segment, or the writer's own segment: UCX's shared-memory transports
+ * translate a remote address by an offset, unchecked, so a put there would
+ * land in the writer's own memory. Each such write is refused before the
+ * claim, and the writer's memory keeps its bytes. An honest write on the
+ * same key then still goes through. */
+static void test_hostile_key_cannot_reach_the_writer(void **state)
+{
+    world_t *w = *state;
+    enum { SEG = 65536 };
+    ferry_region_t *rx_r, *tx_r;
+    ferry_op_t *passive = NULL, *active = NULL;
+    uint8_t *dst, *own, *canary = malloc(SEG), *src = malloc(4096), *forged, *local;
+    const uint8_t *md;
+    size_t md_len, forged_len;
+    void *p;
+    ferry_descriptor_t d, s;
+
+    assert_int_equal(ferry_mem_alloc(w->rx, SEG, (ferry_device_t)FERRY_DEVICE_HOST_INIT, &rx_r, &p),
+                     FERRY_OK);
+    dst = p;
+    assert_int_equal(ferry_mem_alloc(w->tx, SEG, (ferry_device_t)FERRY_DEVICE_HOST_INIT, &tx_r, &p),
+                     FERRY_OK);
+    own = p;
+    memset(canary, 0x5a, SEG);
+    memset(own, 0x5a, SEG);
+    fill(src, 4096, 21);
+    d = desc(dst, 4096);
+    assert_int_equal(ferry_writable_create(w->rx, &d, 1, &passive), FERRY_OK);
+    assert_int_equal(ferry_op_metadata(passive, &md, &md_len), FERRY_OK);
+
+    local = mapped_here(w, md, md_len, (uint64_t)(uintptr_t)dst);
+    if (local == NULL) {
+        print_message("rx's key is not mapped into this process (no shared-memory transport "
+                      "here): nothing a put could reach locally; the attacks are skipped\n");
+    } else {
+        intptr_t delta = (intptr_t)((uintptr_t)local - (uintptr_t)dst);
+
+        /* A heap buffer of the writer's, through the key's offset. */
+        forged = forge(md, md_len, (uint64_t)((uintptr_t)canary - (uintptr_t)delta), NULL, 0,
+                       &forged_len);
+        assert_forged_write_refused(w, src, forged, forged_len);
+        assert_filled(canary, SEG, 0x5a);
+        free(forged);
+
+        /* The segment's last byte and one past it. */
+        forged = forge(md, md_len, (uint64_t)(uintptr_t)dst + SEG - 4095, NULL, 0, &forged_len);
+        assert_forged_write_refused(w, src, forged, forged_len);
+        free(forged);
+
+        /* The writer's own Ferry-allocated segment, named by its own key:
+         * UCX maps it here a second time, and a put would write through
+         * that alias. */
+        forged =
+            forge(md, md_len, (uint64_t)(uintptr_t)own, tx_r->rkey, tx_r->rkey_len, &forged_len);
+        assert_forged_write_refused(w, src, forged, forged_len);
+        assert_filled(own, SEG, 0x5a);
+        free(forged);
+    }
+
+    /* The honest metadata still works on the same (cached) key. */
+    s = desc(src, 4096);
+    assert_int_equal(ferry_write_begin(w->tx, &s, 1, md, md_len, &active), FERRY_OK);
+    assert_int_equal(ferry_op_wait(active, WAIT_MS), FERRY_OK);
+    assert_int_equal(ferry_op_wait(passive, WAIT_MS), FERRY_OK);
+    assert_pattern(dst, 4096, 21);
+    ferry_op_destroy(active);
+    ferry_op_destroy(passive);
+    assert_int_equal(ferry_mem_deregister(tx_r), FERRY_OK);
+    assert_int_equal(ferry_mem_deregister(rx_r), FERRY_OK);
+    free(src);
+    free(canary);
+}
+
 int main(int argc, char **argv)
+
 {
     const struct CMUnitTest all[] = {
         cmocka_unit_test_setup_teardown(test_ops_on_region_map_nothing, setup, teardown),
@@ -711,6 +863,7 @@ int main(int argc, char **argv)
                                         teardown),
         cmocka_unit_test_setup_teardown(test_alloc_transfer, setup, teardown),
         cmocka_unit_test_setup_teardown(test_many_ops_on_one_region, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_hostile_key_cannot_reach_the_writer, setup, teardown),
     };
     (void)argc;
     (void)argv;
