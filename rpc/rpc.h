@@ -121,6 +121,9 @@ typedef struct {
     void *arg;
 } rpc_observer_t;
 
+/* The default of rpc_server_params_t.max_health_watches. */
+#define RPC_DEFAULT_HEALTH_WATCHES 1024
+
 typedef struct {
     const char *listen_addr; /* "127.0.0.1:0" picks a free port */
     int n_threads;           /* completion-queue threads; 0: 2 */
@@ -132,6 +135,10 @@ typedef struct {
      * done. A request that would pass it ends RESOURCE_EXHAUSTED before it
      * is decoded, saying so. 0: no bound. */
     size_t max_held_request_bytes;
+    /* grpc.health.v1.Health Watch streams open at once; one more ends
+     * RESOURCE_EXHAUSTED, saying so (Check is not bounded: it holds
+     * nothing). 0: RPC_DEFAULT_HEALTH_WATCHES. */
+    int max_health_watches;
     const rpc_tls_params_t *tls;    /* NULL: plaintext */
     const rpc_observer_t *observer; /* NULL: none; copied */
 } rpc_server_params_t;

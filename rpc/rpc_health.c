@@ -6,7 +6,8 @@
  * a name it lacks). Watch sends the current status (SERVICE_UNKNOWN for a
  * name it lacks), then one message per change, until the client goes away
  * or the server shuts down; each Watch call is held with a reference on the
- * watcher list.
+ * watcher list, which is bounded (max_watchers: one more Watch ends
+ * RESOURCE_EXHAUSTED).
  *
  * Threads: handlers run on server threads, rpc__health_set on any thread.
  * health->lock guards the table and the watcher list; rpc_call_send is
@@ -159,6 +160,7 @@ void rpc__health_close(rpc_health_t *health)
     }
     list = health->watchers;
     health->watchers = NULL;
+    health->n_watchers = 0;
     pthread_mutex_unlock(&health->lock);
     while (list != NULL) {
         rpc_health_watcher_t *w = list;
@@ -203,6 +205,9 @@ static void health_watch_cancelled(rpc_call_t *call, void *arg)
             break;
         }
     }
+    if (found != NULL) {
+        health->n_watchers--;
+    }
     pthread_mutex_unlock(&health->lock);
     if (found != NULL) {
         rpc_call_fail(call, FERRY_ERR_CANCELLED, "watch cancelled");
@@ -232,6 +237,18 @@ static void health_watch(rpc_call_t *call, const ProtobufCMessage *request, void
         rpc_call_fail(call, FERRY_ERR_UNAVAILABLE, "server shutting down");
         return;
     }
+    if (health->n_watchers >= health->max_watchers) {
+        size_t bound = health->max_watchers;
+        pthread_mutex_unlock(&health->lock);
+        free(w->service);
+        free(w);
+        rpc_call_fail(call, FERRY_ERR_RESOURCE_EXHAUSTED,
+                      "Health.Watch: %zu streams are open, this server's bound; close one, or "
+                      "poll Health.Check",
+                      bound);
+        return;
+    }
+    health->n_watchers++;
     rpc_call_ref(call);
     w->call = call;
     w->next = health->watchers;

@@ -175,7 +175,8 @@ typedef struct {
     rpc_health_entry_t *entries; /* guarded by lock */
     size_t n_entries;
     rpc_health_watcher_t *watchers; /* Watch calls, each holding a call ref */
-    bool closed;                    /* shutting down: no new watchers */
+    size_t n_watchers, max_watchers;
+    bool closed; /* shutting down: no new watchers */
 } rpc_health_t;
 
 /* The largest Health request (a service name) accepted, in bytes. */

@@ -250,6 +250,9 @@ ferry_status_t rpc_server_create(const rpc_server_params_t *params, rpc_server_t
     if (status != FERRY_OK) {
         goto err_creds;
     }
+    server->health.max_watchers = params->max_health_watches > 0
+                                      ? (size_t)params->max_health_watches
+                                      : RPC_DEFAULT_HEALTH_WATCHES;
     status = server_init_sync(server);
     if (status != FERRY_OK) {
         goto err_health;

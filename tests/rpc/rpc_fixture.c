@@ -193,6 +193,7 @@ int fixture_start(fixture_t *f, int calls_armed)
                               .calls_armed = calls_armed,
                               .max_message_bytes = FIXTURE_MAX_MESSAGE,
                               .max_held_request_bytes = FIXTURE_MAX_HELD,
+                              .max_health_watches = FIXTURE_HEALTH_WATCHES,
                               .observer = &observer};
     rpc_channel_params_t cp = {0};
     char target[64];

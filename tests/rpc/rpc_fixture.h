@@ -21,7 +21,8 @@
  *   A Watch request may be FIXTURE_WATCH_MAX_REQUEST bytes at most (its
  *   row's max_request_bytes); Get takes the server's FIXTURE_MAX_MESSAGE.
  *
- * Requests held together are bounded: FIXTURE_MAX_HELD bytes.
+ * Requests held together are bounded: FIXTURE_MAX_HELD bytes; Health.Watch
+ * streams open at once: FIXTURE_HEALTH_WATCHES.
  *
  * The server's observer counts the calls that ended (fixture.calls_ended)
  * and keeps the last one's code (fixture.last_code).
@@ -41,6 +42,7 @@
 #define FIXTURE_WATCH_MAX_REQUEST 1024
 #define FIXTURE_FAT_BYTES         1024
 #define FIXTURE_MAX_HELD          (96 * 1024)
+#define FIXTURE_HEALTH_WATCHES    12
 
 typedef struct {
     pthread_mutex_t lock;

@@ -162,6 +162,49 @@ static void test_many_watchers_cancelled(void **state)
     }
 }
 
+/* Watch streams are bounded (the fixture's server: FIXTURE_HEALTH_WATCHES):
+ * one more ends RESOURCE_EXHAUSTED, saying so, and holds nothing; once one
+ * is closed (its cancel reaches the server), a new one is served again.
+ * Check is not bounded. */
+static void test_watchers_bounded(void **state)
+{
+    fixture_t *f = *state;
+    rpc_stream_t *streams[FIXTURE_HEALTH_WATCHES], *extra;
+    ProtobufCMessage *msg = NULL;
+    rpc_error_t err;
+    long long deadline;
+    int status;
+
+    for (int i = 0; i < FIXTURE_HEALTH_WATCHES; i++) {
+        streams[i] = watch(f, COORD);
+        assert_int_equal(next_status(streams[i]), STATUS(SERVING));
+    }
+    extra = watch(f, COORD);
+    assert_int_equal(rpc_stream_read(extra, 10000, &msg, &err), FERRY_ERR_RESOURCE_EXHAUSTED);
+    assert_null(msg);
+    assert_int_equal(err.grpc_code, 8);
+    assert_non_null(strstr(err.message, "Health.Watch: 12 streams are open"));
+    rpc_stream_destroy(extra);
+    assert_int_equal(check(f, COORD), STATUS(SERVING));
+
+    rpc_stream_destroy(streams[0]);
+    deadline = fixture_now_ms() + 10000;
+    do { /* the cancel reaches the server in its own time */
+        extra = watch(f, COORD);
+        status = next_status(extra);
+        if (status != STATUS(SERVING)) {
+            rpc_stream_destroy(extra);
+        }
+    } while (status != STATUS(SERVING) && fixture_now_ms() < deadline);
+    assert_int_equal(status, STATUS(SERVING));
+    streams[0] = extra;
+    rpc_server_set_serving(f->server, COORD, false);
+    for (int i = 0; i < FIXTURE_HEALTH_WATCHES; i++) {
+        assert_int_equal(next_status(streams[i]), STATUS(NOT_SERVING));
+        rpc_stream_destroy(streams[i]);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -175,6 +218,7 @@ int main(void)
                                         fixture_teardown),
         cmocka_unit_test_setup_teardown(test_many_watchers_cancelled, fixture_setup,
                                         fixture_teardown),
+        cmocka_unit_test_setup_teardown(test_watchers_bounded, fixture_setup, fixture_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
