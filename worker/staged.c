@@ -713,6 +713,14 @@ ferry_status_t ferry__staged_active_prepare(ferry_op_t *op, bool local_staged)
          * many as fit in LOCAL_MAX of our own pinned memory (its metadata
          * must not make us pin gigabytes). */
         unsigned lanes = st->slots;
+        if (local_staged && st->slot_size > LOCAL_MAX) {
+            /* Not even one lane fits: chunks are the passive side's slots,
+             * whole, so a smaller slot of ours would not do. */
+            return ferry__fail(FERRY_ERR_INVALID_ARGUMENT,
+                               "metadata: staging.slot_size is %llu bytes, more than this side "
+                               "pins for one operation (%llu)",
+                               (unsigned long long)st->slot_size, (unsigned long long)LOCAL_MAX);
+        }
         while (local_staged && lanes > 1 && (uint64_t)lanes * st->slot_size > LOCAL_MAX) {
             lanes--;
         }

@@ -1220,6 +1220,50 @@ static void test_mapped_slots_out_of_range_refused(void **state)
     free(b);
 }
 
+/* A passive side's slot larger than a writer pins for one operation
+ * (256 MiB) is refused before anything is pinned: its chunks are its slots,
+ * whole, so the writer would need one local slot that size. Over TCP,
+ * where nothing is mapped to check, too. */
+static void test_huge_slot_refused(void **state)
+{
+    ferry_connector_params_t caller = {.field_mask = FERRY_CONNECTOR_PARAM_FIELD_PROGRESS_MODE,
+                                       .progress_mode = FERRY_PROGRESS_CALLER};
+    const uint64_t size = 1u << 20;
+    uint8_t *a = calloc(1, size), *b = calloc(1, size), *forged;
+    ferry_descriptor_t da = {a, size, FERRY_DEVICE_HOST_INIT};
+    ferry_descriptor_t db = {b, size, FERRY_DEVICE_HOST_INIT};
+    ferry_connector_t *pc, *ac;
+    ferry_op_t *passive, *active = NULL;
+    Ferry__V1__RdmaMetadata *m;
+    const uint8_t *md;
+    size_t md_len, forged_len;
+    (void)state;
+
+    faults_reset();
+    assert_int_equal(ferry_connector_create(&caller, &pc), FERRY_OK);
+    assert_int_equal(ferry_connector_create(NULL, &ac), FERRY_OK);
+    assert_int_equal(ferry_writable_create(pc, &db, 1, &passive), FERRY_OK);
+    assert_int_equal(ferry_op_metadata(passive, &md, &md_len), FERRY_OK);
+    assert_int_equal(ferry__metadata_decode(md, md_len, &m), FERRY_OK);
+    assert_non_null(m->staging);
+    m->staging->slot_size = 512u << 20;
+    m->staging->slots = 1;
+    forged_len = ferry__v1__rdma_metadata__get_packed_size(m);
+    forged = malloc(forged_len);
+    ferry__v1__rdma_metadata__pack(m, forged);
+    ferry__metadata_free(m);
+    assert_int_equal(ferry_write_begin(ac, &da, 1, forged, forged_len, &active),
+                     FERRY_ERR_INVALID_ARGUMENT);
+    assert_non_null(strstr(ferry_last_error_message(), "staging.slot_size is 536870912 bytes"));
+    assert_null(active);
+    free(forged);
+    ferry_op_destroy(passive);
+    assert_int_equal(ferry_connector_destroy(ac), FERRY_OK);
+    assert_int_equal(ferry_connector_destroy(pc), FERRY_OK);
+    free(a);
+    free(b);
+}
+
 /* The pool keeps at most FERRY__SLOT_POOL_BYTES: five writables of the
  * default four 4 MiB slots end, four sets stay (64 MiB) and the fifth is
  * freed; five more then take the four and allocate one. */
@@ -1484,6 +1528,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_slot_pool_bounded),
         cmocka_unit_test(test_mapped_pins_bounded),
         cmocka_unit_test(test_mapped_slots_out_of_range_refused),
+        cmocka_unit_test(test_huge_slot_refused),
     };
     int failed;
 
