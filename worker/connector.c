@@ -914,6 +914,7 @@ ferry_status_t ferry_connector_destroy(ferry_connector_t *c)
     }
     ferry__connector_deliver(c);
     ferry__lock(c);
+    ferry__active_late_claims_drop(c); /* no answer is coming that they would notify */
     drain_for_destroy(c);
     if (c->live_ops > 0 && ferry__peer_cache_force_close(c)) {
         drain_for_destroy(c); /* their peers failed: they end, and what UCX held */

@@ -55,6 +55,11 @@
  * a live passive side answers inside its UCX callback. */
 #define FERRY__CLAIM_TIMEOUT_MS 30000
 #define FERRY__CLAIM_SWEEP_MS   100 /* how often the loop looks for them */
+/* A claim that timed out still waits this many claim timeouts for a late
+ * admission, which it answers with an error notice, so that the passive
+ * side, which admitted it, does not wait for the writer's notice forever;
+ * then its operation is freed. */
+#define FERRY__LATE_ADMIT_FACTOR 10
 /* Messages the loop may have waiting (anyone who can reach the worker can
  * send them); past either bound a message is dropped. */
 #define FERRY__INBOX_MAX       4096
@@ -557,7 +562,8 @@ struct ferry_op {
     ferry__peer_t *peer;
     ferry__rkey_t **rkeys;
     bool awaiting_admit;       /* a claim is out; holds a reference until answered */
-    int64_t claim_deadline_ms; /* monotonic: awaiting_admit ends by then */
+    bool claim_expired;        /* it timed out: waits for a late answer, to notify */
+    int64_t claim_deadline_ms; /* monotonic: the timeout, then (expired) the late wait's end */
 
     /* Listeners (ferry_op_add_listener), in the order added; appended under
      * the lock, freed with the operation. n_final_told of them have had
@@ -621,9 +627,14 @@ void ferry__active_on_req(ferry__req_t *req);
 void ferry__active_release(ferry_op_t *op); /* drop peer and rkeys */
 void ferry__active_cancel(ferry_op_t *op, const char *why);
 /* Ends the claims past their deadline (the passive side never answered):
- * the operation fails UNAVAILABLE and its claim's reference goes, so that
- * a cancelled or destroyed one is freed. Lock held; the loop calls it. */
+ * the operation fails UNAVAILABLE; its claim's reference stays for
+ * FERRY__LATE_ADMIT_FACTOR - 1 more timeouts, so that a late admission is
+ * answered with a notice (the operation is final), then goes, and a
+ * cancelled or destroyed operation is freed. Lock held; the loop calls it. */
 void ferry__active_claims_sweep(ferry_connector_t *c);
+/* Connector destroy: the claims that timed out stop waiting for a late
+ * answer (their references go). Lock held. */
+void ferry__active_late_claims_drop(ferry_connector_t *c);
 void ferry__op_peer_failed(ferry_op_t *op, ferry__peer_t *peer);
 
 /* ---- the staged path (staged.c) --------------------------------------- */

@@ -222,12 +222,33 @@ void ferry__active_claims_sweep(ferry_connector_t *c)
             if (!op->awaiting_admit || now < op->claim_deadline_ms) {
                 continue;
             }
-            op->awaiting_admit = false; /* a late answer is ignored */
+            if (op->claim_expired) {
+                op->awaiting_admit = false; /* no late answer came either */
+                ferry__op_unref(op);        /* the claim's reference */
+                continue;
+            }
+            /* A late admission still gets its notice (ferry__active_on_admit:
+             * the op is final), so the passive side does not stay claimed. */
+            op->claim_expired = true;
+            op->claim_deadline_ms = now + (FERRY__LATE_ADMIT_FACTOR - 1) * c->claim_timeout_ms;
             ferry__op_move(op, FERRY__OP_ERRORED, FERRY_ERR_UNAVAILABLE,
                            "the passive side did not answer the claim within %lld ms (gone, or "
                            "unreachable)",
                            (long long)c->claim_timeout_ms);
-            ferry__op_unref(op); /* the claim's reference */
+        }
+    }
+}
+
+void ferry__active_late_claims_drop(ferry_connector_t *c)
+{
+    for (size_t b = 0; b < FERRY__OP_BUCKETS; b++) {
+        ferry_op_t *next;
+        for (ferry_op_t *op = c->ops[b]; op != NULL; op = next) {
+            next = op->table_next; /* the unref may free op */
+            if (op->awaiting_admit && op->claim_expired) {
+                op->awaiting_admit = false;
+                ferry__op_unref(op); /* the claim's reference */
+            }
         }
     }
 }

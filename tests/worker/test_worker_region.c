@@ -847,8 +847,80 @@ static void test_hostile_key_cannot_reach_the_writer(void **state)
     free(canary);
 }
 
-int main(int argc, char **argv)
+/* The operations a connector holds, freed or not by their owner. */
+static unsigned live_ops(ferry_connector_t *c)
+{
+    unsigned n;
 
+    ferry__lock(c);
+    n = c->live_ops;
+    ferry__unlock(c);
+    return n;
+}
+
+/* A claim answered after the writer's claim timeout (the passive
+ * connector's loop did not run): the writer, failed UNAVAILABLE and
+ * destroyed by then, answers the late admission with an error notice, so
+ * the passive side, which admitted it, ends ERRORED with nothing written,
+ * instead of waiting for a notice that never comes. A claim never answered
+ * stops waiting for a late answer after FERRY__LATE_ADMIT_FACTOR timeouts,
+ * and its operation is freed. */
+static void test_late_admission_gets_a_notice(void **state)
+{
+    enum { SIZE = 4096, TIMEOUT_MS = 200 };
+    ferry_connector_t *pc = connector("pc", FERRY_PROGRESS_CALLER);
+    ferry_connector_t *tx = connector("tx", FERRY_PROGRESS_THREAD);
+    uint8_t *dst = calloc(1, SIZE), *src = malloc(SIZE);
+    ferry_descriptor_t d = desc(dst, SIZE), s = desc(src, SIZE);
+    ferry_op_t *passive, *active, *never;
+    ferry_op_status_t status;
+    const uint8_t *md;
+    const char *msg = NULL;
+    size_t md_len;
+    int64_t deadline;
+    (void)state;
+
+    ferry__lock(tx);
+    tx->claim_timeout_ms = TIMEOUT_MS;
+    ferry__unlock(tx);
+    fill(src, SIZE, 31);
+    assert_int_equal(ferry_writable_create(pc, &d, 1, &passive), FERRY_OK);
+    assert_int_equal(ferry_op_metadata(passive, &md, &md_len), FERRY_OK);
+    assert_int_equal(ferry_write_begin(tx, &s, 1, md, md_len, &active), FERRY_OK);
+    assert_int_equal(ferry_op_wait(active, WAIT_MS), FERRY_ERR_UNAVAILABLE);
+    ferry_op_destroy(active);
+
+    deadline = now_ms() + WAIT_MS;
+    do { /* pc admits the claim now; tx answers with its notice */
+        assert_int_equal(ferry_connector_progress(pc), FERRY_OK);
+        status = ferry_op_status(passive);
+    } while ((status == FERRY_OP_STATUS_INITIALIZED || status == FERRY_OP_STATUS_IN_PROGRESS) &&
+             now_ms() < deadline);
+    assert_int_equal(status, FERRY_OP_STATUS_ERRORED);
+    assert_int_equal(ferry_op_error(passive, &msg), FERRY_ERR_UNAVAILABLE);
+    assert_non_null(strstr(msg, "the active side gave up"));
+    assert_filled(dst, SIZE, 0);
+    ferry_op_destroy(passive);
+
+    /* Never answered: pc's loop no longer runs. */
+    assert_int_equal(ferry_writable_create(pc, &d, 1, &passive), FERRY_OK);
+    assert_int_equal(ferry_op_metadata(passive, &md, &md_len), FERRY_OK);
+    assert_int_equal(ferry_write_begin(tx, &s, 1, md, md_len, &never), FERRY_OK);
+    assert_int_equal(ferry_op_wait(never, WAIT_MS), FERRY_ERR_UNAVAILABLE);
+    ferry_op_destroy(never);
+    deadline = now_ms() + WAIT_MS;
+    while (live_ops(tx) > 0 && now_ms() < deadline) {
+        poll(NULL, 0, 10); /* the sweep runs on tx's own thread */
+    }
+    assert_int_equal(live_ops(tx), 0);
+    ferry_op_destroy(passive);
+    assert_int_equal(ferry_connector_destroy(tx), FERRY_OK);
+    assert_int_equal(ferry_connector_destroy(pc), FERRY_OK);
+    free(dst);
+    free(src);
+}
+
+int main(int argc, char **argv)
 {
     const struct CMUnitTest all[] = {
         cmocka_unit_test_setup_teardown(test_ops_on_region_map_nothing, setup, teardown),
@@ -864,6 +936,7 @@ int main(int argc, char **argv)
         cmocka_unit_test_setup_teardown(test_alloc_transfer, setup, teardown),
         cmocka_unit_test_setup_teardown(test_many_ops_on_one_region, setup, teardown),
         cmocka_unit_test_setup_teardown(test_hostile_key_cannot_reach_the_writer, setup, teardown),
+        cmocka_unit_test(test_late_admission_gets_a_notice),
     };
     (void)argc;
     (void)argv;
