@@ -374,6 +374,24 @@ static ferry__listener_t *listeners_owed(ferry_op_t *op, unsigned *n_p)
  * use, or join the progress thread from itself). */
 static _Thread_local ferry_connector_t *delivering;
 
+/* The operations whose callbacks this thread runs, innermost first (a
+ * callback may drive progress, which delivers again). */
+typedef struct cb_frame {
+    const ferry_op_t *op;
+    struct cb_frame *outer;
+} cb_frame_t;
+static _Thread_local cb_frame_t *cb_frames;
+
+bool ferry__delivering_op(const ferry_op_t *op)
+{
+    for (const cb_frame_t *f = cb_frames; f != NULL; f = f->outer) {
+        if (f->op == op) {
+            return true;
+        }
+    }
+    return false;
+}
+
 void ferry__connector_deliver(ferry_connector_t *c)
 {
     ferry_connector_t *outer = delivering;
@@ -406,11 +424,12 @@ void ferry__connector_deliver(ferry_connector_t *c)
         }
         l = listeners_owed(op, &n_listeners);
         if (cb != NULL || n_listeners > 0) {
-            op->in_done_cb = true; /* destroy waits for us */
-            op->cb_thread = pthread_self();
+            op->cbs_running++; /* destroy waits for us */
         }
         ferry__unlock(c);
         if (cb != NULL || n_listeners > 0) {
+            cb_frame_t frame = {op, cb_frames};
+            cb_frames = &frame;
             status = ferry_op_status(op);
             /* Listeners first: the layers below the caller learn the end
              * before the caller can act on it. */
@@ -422,10 +441,11 @@ void ferry__connector_deliver(ferry_connector_t *c)
             if (cb != NULL) {
                 cb(op, status, arg);
             }
+            cb_frames = frame.outer;
         }
         ferry__lock(c);
         if (cb != NULL || n_listeners > 0) {
-            op->in_done_cb = false;
+            op->cbs_running--;
             pthread_cond_broadcast(&op->cond);
         }
         if (op->destroy_deferred) {

@@ -366,6 +366,9 @@ unsigned ferry__connector_drain(ferry_connector_t *c);
 
 /* Delivers queued completion callbacks; lock NOT held. */
 void ferry__connector_deliver(ferry_connector_t *c);
+/* Whether this thread runs op's done callback or listeners now (destroy
+ * from there is finished by the delivery, once they return). */
+bool ferry__delivering_op(const ferry_op_t *op);
 
 /* Peer cache, lock held. _get returns a peer with a reference taken. */
 ferry_status_t ferry__peer_get(ferry_connector_t *c, const uint8_t *address, size_t len,
@@ -503,8 +506,10 @@ struct ferry_op {
     void *done_arg;
     bool done_queued;
     bool done_delivered;
-    bool in_done_cb;     /* the done callback runs now; destroy waits for it */
-    pthread_t cb_thread; /* ... on this thread */
+    /* Deliveries of its done callback or listeners running now, on any
+     * threads (in caller mode every thread that calls progress delivers);
+     * destroy waits for none to run. */
+    unsigned cbs_running;
     /* The done callback destroyed its own operation: delivery finishes the
      * destroy once the callback has returned. */
     bool destroy_deferred;

@@ -715,7 +715,7 @@ void ferry_op_destroy(ferry_op_t *op)
     c = op->connector;
     ferry__lock(c);
     op->done_cb = NULL;
-    if (op->in_done_cb && pthread_equal(op->cb_thread, pthread_self())) {
+    if (op->cbs_running > 0 && ferry__delivering_op(op)) {
         /* From its own done callback (or a listener's FINAL): waiting for
          * the callback to end would never end. Delivery finishes the
          * destroy once the callback has returned. */
@@ -724,7 +724,7 @@ void ferry_op_destroy(ferry_op_t *op)
         return;
     }
     op->destroying = true;
-    while (op->in_done_cb) {
+    while (op->cbs_running > 0) { /* other threads' deliveries */
         pthread_cond_wait(&op->cond, &c->lock);
     }
     status = public_status(op->state);

@@ -831,6 +831,121 @@ static void test_claim_during_destroy_refused(void **state)
     assert_int_equal(ferry_connector_destroy(c), FERRY_OK);
 }
 
+/* A FINAL listener that holds its delivery until the test lets it go
+ * (DESTROY passes at once). */
+static void hold_final_cb(ferry_op_t *op, ferry_op_event_t event, ferry_op_status_t status,
+                          void *arg)
+{
+    held_destroy_t *h = arg;
+    int64_t deadline = pair_now_ms() + WAIT_TIMEOUT_MS;
+    (void)op, (void)status;
+
+    if (event != FERRY_OP_EVENT_FINAL) {
+        return;
+    }
+    pthread_mutex_lock(&h->lock);
+    h->inside = true;
+    pthread_cond_broadcast(&h->cond);
+    while (!h->go && pair_now_ms() < deadline) {
+        struct timespec ts = {0, 0};
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_nsec += 10 * 1000 * 1000;
+        if (ts.tv_nsec >= 1000000000L) {
+            ts.tv_sec++;
+            ts.tv_nsec -= 1000000000L;
+        }
+        pthread_cond_timedwait(&h->cond, &h->lock, &ts);
+    }
+    h->inside = false;
+    pthread_mutex_unlock(&h->lock);
+}
+
+static void count_final_cb(ferry_op_t *op, ferry_op_event_t event, ferry_op_status_t status,
+                           void *arg)
+{
+    (void)op, (void)status;
+    if (event == FERRY_OP_EVENT_FINAL) {
+        atomic_fetch_add((atomic_int *)arg, 1);
+    }
+}
+
+static void *progress_thread(void *arg)
+{
+    ferry_connector_progress(arg);
+    return NULL;
+}
+
+typedef struct {
+    ferry_op_t *op;
+    atomic_bool returned;
+} destroyer_t;
+
+static void *destroyer(void *arg)
+{
+    destroyer_t *d = arg;
+
+    ferry_op_destroy(d->op);
+    atomic_store(&d->returned, true);
+    return NULL;
+}
+
+/* Caller mode: two threads deliver callbacks of one operation at once
+ * (one runs a listener, another the listener added meanwhile). Destroy
+ * waits for both: once the second delivery had ended, it used to return
+ * while the first listener still ran, and the caller freed what that
+ * listener used. */
+static void test_destroy_waits_for_every_delivery(void **state)
+{
+    ferry_connector_params_t params = {.field_mask = FERRY_CONNECTOR_PARAM_FIELD_PROGRESS_MODE,
+                                       .progress_mode = FERRY_PROGRESS_CALLER};
+    held_destroy_t held = {.lock = PTHREAD_MUTEX_INITIALIZER, .cond = PTHREAD_COND_INITIALIZER};
+    uint8_t dst[64];
+    ferry_descriptor_t dd = {dst, sizeof(dst), FERRY_DEVICE_HOST_INIT};
+    destroyer_t d = {0};
+    atomic_int second = 0;
+    ferry_connector_t *c;
+    pthread_t first_delivery, destroy;
+    int64_t deadline = pair_now_ms() + WAIT_TIMEOUT_MS;
+    (void)state;
+
+    assert_int_equal(ferry_connector_create(&params, &c), FERRY_OK);
+    assert_int_equal(ferry_writable_create(c, &dd, 1, &d.op), FERRY_OK);
+    assert_int_equal(ferry_op_add_listener(d.op, hold_final_cb, &held), FERRY_OK);
+    assert_int_equal(ferry_op_fail(d.op, FERRY_ERR_PEER_FAILED, "gone"), FERRY_OK);
+    assert_int_equal(pthread_create(&first_delivery, NULL, progress_thread, c), 0);
+    pthread_mutex_lock(&held.lock);
+    while (!held.inside && pair_now_ms() < deadline) {
+        pthread_mutex_unlock(&held.lock);
+        poll(NULL, 0, 1);
+        pthread_mutex_lock(&held.lock);
+    }
+    assert_true(held.inside);
+    pthread_mutex_unlock(&held.lock);
+
+    /* The second delivery, on this thread, starts and ends meanwhile. */
+    assert_int_equal(ferry_op_add_listener(d.op, count_final_cb, &second), FERRY_OK);
+    assert_int_equal(ferry_connector_progress(c), FERRY_OK);
+    assert_int_equal(atomic_load(&second), 1);
+
+    assert_int_equal(pthread_create(&destroy, NULL, destroyer, &d), 0);
+    /* Destroy must not return while the first listener runs: give it
+     * time to (wrongly) do so. */
+    deadline = pair_now_ms() + 300;
+    while (!atomic_load(&d.returned) && pair_now_ms() < deadline) {
+        poll(NULL, 0, 5);
+    }
+    pthread_mutex_lock(&held.lock);
+    assert_true(held.inside);
+    assert_false(atomic_load(&d.returned));
+    held.go = true;
+    pthread_cond_broadcast(&held.cond);
+    pthread_mutex_unlock(&held.lock);
+    assert_int_equal(pthread_join(first_delivery, NULL), 0);
+    assert_int_equal(pthread_join(destroy, NULL), 0);
+    assert_true(atomic_load(&d.returned));
+    assert_int_equal(ferry_connector_destroy(c), FERRY_OK);
+}
+
 typedef struct {
     atomic_int destroyed; /* callbacks that destroyed their operation */
     ferry_op_status_t statuses[2];
@@ -1281,6 +1396,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_loopback_caller_progress),
         cmocka_unit_test(test_listeners),
         cmocka_unit_test(test_claim_during_destroy_refused),
+        cmocka_unit_test(test_destroy_waits_for_every_delivery),
         cmocka_unit_test(test_error_message_cut_whole),
         cmocka_unit_test(test_destroy_from_done_callback),
         cmocka_unit_test(test_destroy_from_done_callback_caller),
