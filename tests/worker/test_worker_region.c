@@ -706,22 +706,21 @@ static uint8_t *forge(const uint8_t *md_src, size_t md_len, uint64_t address, co
                       size_t rkey_len, size_t *len_p)
 {
     Ferry__V1__RdmaMetadata *m = ferry__v1__rdma_metadata__unpack(NULL, md_len, md_src);
+    ProtobufCBinaryData own;
     uint8_t *out;
 
     assert_non_null(m);
+    own = m->descriptors[0]->rkey; /* put back before the free */
     m->descriptors[0]->address = address;
     if (rkey != NULL) {
-        m->descriptors[0]->rkey.data = (uint8_t *)rkey; /* not freed: put back below */
+        m->descriptors[0]->rkey.data = (uint8_t *)rkey;
         m->descriptors[0]->rkey.len = rkey_len;
     }
     *len_p = ferry__v1__rdma_metadata__get_packed_size(m);
     out = malloc(*len_p);
     assert_non_null(out);
     ferry__v1__rdma_metadata__pack(m, out);
-    if (rkey != NULL) {
-        m->descriptors[0]->rkey.data = NULL;
-        m->descriptors[0]->rkey.len = 0;
-    }
+    m->descriptors[0]->rkey = own;
     ferry__v1__rdma_metadata__free_unpacked(m, NULL);
     return out;
 }
