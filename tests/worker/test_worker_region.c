@@ -28,6 +28,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "pair.h"
 #include "worker/ferry_int.h"
 
 #define WAIT_MS     20000
@@ -846,17 +847,6 @@ static void test_hostile_key_cannot_reach_the_writer(void **state)
     free(canary);
 }
 
-/* The operations a connector holds, freed or not by their owner. */
-static unsigned live_ops(ferry_connector_t *c)
-{
-    unsigned n;
-
-    ferry__lock(c);
-    n = c->live_ops;
-    ferry__unlock(c);
-    return n;
-}
-
 /* A claim answered after the writer's claim timeout (the passive
  * connector's loop did not run): the writer, failed UNAVAILABLE and
  * destroyed by then, answers the late admission with an error notice, so
@@ -908,10 +898,10 @@ static void test_late_admission_gets_a_notice(void **state)
     assert_int_equal(ferry_op_wait(never, WAIT_MS), FERRY_ERR_UNAVAILABLE);
     ferry_op_destroy(never);
     deadline = now_ms() + WAIT_MS;
-    while (live_ops(tx) > 0 && now_ms() < deadline) {
+    while (pair_live_ops(tx) > 0 && now_ms() < deadline) {
         poll(NULL, 0, 10); /* the sweep runs on tx's own thread */
     }
-    assert_int_equal(live_ops(tx), 0);
+    assert_int_equal(pair_live_ops(tx), 0);
     ferry_op_destroy(passive);
     assert_int_equal(ferry_connector_destroy(tx), FERRY_OK);
     assert_int_equal(ferry_connector_destroy(pc), FERRY_OK);

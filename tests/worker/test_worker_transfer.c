@@ -736,22 +736,28 @@ static void test_error_message_cut_whole(void **state)
     assert_int_equal(ferry_connector_destroy(c), FERRY_OK);
 }
 
-/* A DESTROY listener that holds the destroy until the test lets it go. */
+/* A listener that holds one event's delivery (the other passes at once)
+ * until the test lets it go. */
 typedef struct {
     pthread_mutex_t lock;
     pthread_cond_t cond;
-    bool inside; /* the listener has been called */
-    bool go;     /* ...and may return */
-} held_destroy_t;
+    ferry_op_event_t event; /* the one held */
+    bool inside;            /* the listener is in it */
+    bool go;                /* ...and may return */
+} held_t;
 
-static void hold_destroy_cb(ferry_op_t *op, ferry_op_event_t event, ferry_op_status_t status,
-                            void *arg)
+#define HELD_INIT(ev)                                                                      \
+    {                                                                                      \
+        .lock = PTHREAD_MUTEX_INITIALIZER, .cond = PTHREAD_COND_INITIALIZER, .event = (ev) \
+    }
+
+static void hold_cb(ferry_op_t *op, ferry_op_event_t event, ferry_op_status_t status, void *arg)
 {
-    held_destroy_t *h = arg;
+    held_t *h = arg;
     int64_t deadline = pair_now_ms() + WAIT_TIMEOUT_MS;
     (void)op, (void)status;
 
-    if (event != FERRY_OP_EVENT_DESTROY) {
+    if (event != h->event) {
         return;
     }
     pthread_mutex_lock(&h->lock);
@@ -767,6 +773,31 @@ static void hold_destroy_cb(ferry_op_t *op, ferry_op_event_t event, ferry_op_sta
         }
         pthread_cond_timedwait(&h->cond, &h->lock, &ts);
     }
+    h->inside = false;
+    pthread_mutex_unlock(&h->lock);
+}
+
+/* Waits, with a deadline, until the listener is in the held event. */
+static void wait_inside(held_t *h)
+{
+    int64_t deadline = pair_now_ms() + WAIT_TIMEOUT_MS;
+
+    pthread_mutex_lock(&h->lock);
+    while (!h->inside && pair_now_ms() < deadline) {
+        pthread_mutex_unlock(&h->lock);
+        poll(NULL, 0, 1);
+        pthread_mutex_lock(&h->lock);
+    }
+    assert_true(h->inside);
+    pthread_mutex_unlock(&h->lock);
+}
+
+/* Lets the held listener return. */
+static void let_go(held_t *h)
+{
+    pthread_mutex_lock(&h->lock);
+    h->go = true;
+    pthread_cond_broadcast(&h->cond);
     pthread_mutex_unlock(&h->lock);
 }
 
@@ -786,7 +817,7 @@ static void test_claim_during_destroy_refused(void **state)
     uint8_t src[4096], dst[4096] = {0}, zero[4096] = {0};
     ferry_descriptor_t ds = {src, sizeof(src), FERRY_DEVICE_HOST_INIT};
     ferry_descriptor_t dd = {dst, sizeof(dst), FERRY_DEVICE_HOST_INIT};
-    held_destroy_t held = {.lock = PTHREAD_MUTEX_INITIALIZER, .cond = PTHREAD_COND_INITIALIZER};
+    held_t held = HELD_INIT(FERRY_OP_EVENT_DESTROY);
     ferry_connector_t *c;
     ferry_op_t *passive, *active;
     const uint8_t *md;
@@ -794,26 +825,18 @@ static void test_claim_during_destroy_refused(void **state)
     size_t md_len;
     pthread_t t;
     const char *msg;
-    int64_t deadline = pair_now_ms() + WAIT_TIMEOUT_MS;
     (void)state;
 
     pair_fill(src, sizeof(src), 6, 0);
     assert_int_equal(ferry_connector_create(NULL, &c), FERRY_OK);
     assert_int_equal(ferry_writable_create(c, &dd, 1, &passive), FERRY_OK);
-    assert_int_equal(ferry_op_add_listener(passive, hold_destroy_cb, &held), FERRY_OK);
+    assert_int_equal(ferry_op_add_listener(passive, hold_cb, &held), FERRY_OK);
     assert_int_equal(ferry_op_metadata(passive, &md, &md_len), FERRY_OK);
     md_copy = malloc(md_len);
     assert_non_null(md_copy);
     memcpy(md_copy, md, md_len);
     assert_int_equal(pthread_create(&t, NULL, destroy_thread, passive), 0);
-    pthread_mutex_lock(&held.lock);
-    while (!held.inside && pair_now_ms() < deadline) {
-        pthread_mutex_unlock(&held.lock);
-        poll(NULL, 0, 1);
-        pthread_mutex_lock(&held.lock);
-    }
-    assert_true(held.inside);
-    pthread_mutex_unlock(&held.lock);
+    wait_inside(&held);
 
     assert_int_equal(ferry_write_begin(c, &ds, 1, md_copy, md_len, &active), FERRY_OK);
     assert_int_equal(ferry_op_wait(active, WAIT_TIMEOUT_MS), FERRY_ERR_NOT_FOUND);
@@ -821,43 +844,11 @@ static void test_claim_during_destroy_refused(void **state)
     assert_non_null(strstr(msg, "refused"));
     assert_memory_equal(dst, zero, sizeof(dst));
 
-    pthread_mutex_lock(&held.lock);
-    held.go = true;
-    pthread_cond_broadcast(&held.cond);
-    pthread_mutex_unlock(&held.lock);
+    let_go(&held);
     assert_int_equal(pthread_join(t, NULL), 0);
     ferry_op_destroy(active);
     free(md_copy);
     assert_int_equal(ferry_connector_destroy(c), FERRY_OK);
-}
-
-/* A FINAL listener that holds its delivery until the test lets it go
- * (DESTROY passes at once). */
-static void hold_final_cb(ferry_op_t *op, ferry_op_event_t event, ferry_op_status_t status,
-                          void *arg)
-{
-    held_destroy_t *h = arg;
-    int64_t deadline = pair_now_ms() + WAIT_TIMEOUT_MS;
-    (void)op, (void)status;
-
-    if (event != FERRY_OP_EVENT_FINAL) {
-        return;
-    }
-    pthread_mutex_lock(&h->lock);
-    h->inside = true;
-    pthread_cond_broadcast(&h->cond);
-    while (!h->go && pair_now_ms() < deadline) {
-        struct timespec ts = {0, 0};
-        clock_gettime(CLOCK_REALTIME, &ts);
-        ts.tv_nsec += 10 * 1000 * 1000;
-        if (ts.tv_nsec >= 1000000000L) {
-            ts.tv_sec++;
-            ts.tv_nsec -= 1000000000L;
-        }
-        pthread_cond_timedwait(&h->cond, &h->lock, &ts);
-    }
-    h->inside = false;
-    pthread_mutex_unlock(&h->lock);
 }
 
 static void count_final_cb(ferry_op_t *op, ferry_op_event_t event, ferry_op_status_t status,
@@ -898,29 +889,22 @@ static void test_destroy_waits_for_every_delivery(void **state)
 {
     ferry_connector_params_t params = {.field_mask = FERRY_CONNECTOR_PARAM_FIELD_PROGRESS_MODE,
                                        .progress_mode = FERRY_PROGRESS_CALLER};
-    held_destroy_t held = {.lock = PTHREAD_MUTEX_INITIALIZER, .cond = PTHREAD_COND_INITIALIZER};
+    held_t held = HELD_INIT(FERRY_OP_EVENT_FINAL);
     uint8_t dst[64];
     ferry_descriptor_t dd = {dst, sizeof(dst), FERRY_DEVICE_HOST_INIT};
     destroyer_t d = {0};
     atomic_int second = 0;
     ferry_connector_t *c;
     pthread_t first_delivery, destroy;
-    int64_t deadline = pair_now_ms() + WAIT_TIMEOUT_MS;
+    int64_t deadline;
     (void)state;
 
     assert_int_equal(ferry_connector_create(&params, &c), FERRY_OK);
     assert_int_equal(ferry_writable_create(c, &dd, 1, &d.op), FERRY_OK);
-    assert_int_equal(ferry_op_add_listener(d.op, hold_final_cb, &held), FERRY_OK);
+    assert_int_equal(ferry_op_add_listener(d.op, hold_cb, &held), FERRY_OK);
     assert_int_equal(ferry_op_fail(d.op, FERRY_ERR_PEER_FAILED, "gone"), FERRY_OK);
     assert_int_equal(pthread_create(&first_delivery, NULL, progress_thread, c), 0);
-    pthread_mutex_lock(&held.lock);
-    while (!held.inside && pair_now_ms() < deadline) {
-        pthread_mutex_unlock(&held.lock);
-        poll(NULL, 0, 1);
-        pthread_mutex_lock(&held.lock);
-    }
-    assert_true(held.inside);
-    pthread_mutex_unlock(&held.lock);
+    wait_inside(&held);
 
     /* The second delivery, on this thread, starts and ends meanwhile. */
     assert_int_equal(ferry_op_add_listener(d.op, count_final_cb, &second), FERRY_OK);
@@ -936,10 +920,9 @@ static void test_destroy_waits_for_every_delivery(void **state)
     }
     pthread_mutex_lock(&held.lock);
     assert_true(held.inside);
-    assert_false(atomic_load(&d.returned));
-    held.go = true;
-    pthread_cond_broadcast(&held.cond);
     pthread_mutex_unlock(&held.lock);
+    assert_false(atomic_load(&d.returned));
+    let_go(&held);
     assert_int_equal(pthread_join(first_delivery, NULL), 0);
     assert_int_equal(pthread_join(destroy, NULL), 0);
     assert_true(atomic_load(&d.returned));
