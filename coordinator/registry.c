@@ -497,15 +497,18 @@ static void orphans_free(orphan_t *orphans)
 
 /* Turns the orphaned claims ERRORED, through the one transition (a
  * transaction on mod_revision: whichever replica comes first does it, the
- * others find it ERRORED and leave it). `loaded`: the revision of the
- * snapshot that found their claim keys gone, so a record claimed again
- * since (on the same lease, even) is left alone. */
+ * others find it ERRORED and leave it), on params.exec as the watch's
+ * expiries, so that many orphans after a long outage never hold the
+ * maintenance thread (its health checks, its reloads) for their
+ * transactions. `loaded`: the revision of the snapshot that found their
+ * claim keys gone, so a record claimed again since (on the same lease,
+ * even) is left alone. */
 static void expire_orphans(coord_registry_t *r, const orphan_t *orphans, int64_t loaded)
 {
     for (const orphan_t *o = orphans; o != NULL; o = o->next) {
         ferry_info("op %s: CLAIMED, but claim lease %lld ended while no replica watched", o->id,
                    (long long)o->claim_lease);
-        registry_expire_claim(r, o->id, o->claim_lease, loaded);
+        expire_claim_later(r, o->id, o->claim_lease, loaded);
     }
 }
 
