@@ -128,6 +128,13 @@ ferry_status_t ferry__peer_get(ferry_connector_t *c, const uint8_t *address, siz
 
     for (ferry__peer_t **pp = &c->peers; (peer = *pp) != NULL; pp = &peer->next) {
         if (peer->address_len == len && memcmp(peer->address, address, len) == 0) {
+            if (peer->failure != UCS_OK) {
+                /* Failed, and the loop has not handled it yet (it holds
+                 * its own reference): out of the cache now, and a fresh
+                 * endpoint for this operation. */
+                ferry__peer_uncache(peer);
+                break;
+            }
             c->stats.endpoint_cache_hits++;
             *pp = peer->next; /* most recently used: to the front */
             peer->next = c->peers;

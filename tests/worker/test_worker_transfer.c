@@ -929,6 +929,56 @@ static void test_destroy_waits_for_every_delivery(void **state)
     assert_int_equal(ferry_connector_destroy(c), FERRY_OK);
 }
 
+/* A peer whose endpoint failed, before the loop has handled the failure
+ * (it is held off by the lock here), is not handed out again: the next
+ * operation to that worker gets a fresh endpoint and goes through, where it
+ * used to take the failed one and fail with it. */
+static void test_failed_peer_not_handed_out(void **state)
+{
+    ferry_connector_params_t params = {
+        .field_mask = FERRY_CONNECTOR_PARAM_FIELD_PEER_ERROR_HANDLING, .peer_error_handling = true};
+    uint8_t src[4096], dst[4096] = {0};
+    ferry_descriptor_t ds = {src, sizeof(src), FERRY_DEVICE_HOST_INIT};
+    ferry_descriptor_t dd = {dst, sizeof(dst), FERRY_DEVICE_HOST_INIT};
+    ferry_connector_t *rx, *tx;
+    ferry__peer_t *failed, *fresh;
+    ferry_op_t *passive, *active;
+    const uint8_t *md;
+    size_t md_len;
+    (void)state;
+
+    pair_fill(src, sizeof(src), 8, 0);
+    assert_int_equal(ferry_connector_create(&params, &rx), FERRY_OK);
+    assert_int_equal(ferry_connector_create(&params, &tx), FERRY_OK);
+    ferry__lock(tx);
+    assert_int_equal(ferry__peer_get(tx, (const uint8_t *)rx->address, rx->address_len, &failed),
+                     FERRY_OK);
+    /* What UCX's error callback records (peer.c, ep_err_cb). */
+    failed->failure = UCS_ERR_ENDPOINT_TIMEOUT;
+    ferry__peer_ref_for_failure(failed);
+    failed->failed_next = tx->failed;
+    tx->failed = failed;
+    assert_int_equal(ferry__peer_get(tx, (const uint8_t *)rx->address, rx->address_len, &fresh),
+                     FERRY_OK);
+    assert_ptr_not_equal(fresh, failed);
+    assert_int_equal(fresh->failure, UCS_OK);
+    ferry__peer_put(fresh);
+    ferry__peer_put(failed);
+    ferry__wake(tx);
+    ferry__unlock(tx);
+
+    assert_int_equal(ferry_writable_create(rx, &dd, 1, &passive), FERRY_OK);
+    assert_int_equal(ferry_op_metadata(passive, &md, &md_len), FERRY_OK);
+    assert_int_equal(ferry_write_begin(tx, &ds, 1, md, md_len, &active), FERRY_OK);
+    assert_int_equal(ferry_op_wait(active, WAIT_TIMEOUT_MS), FERRY_OK);
+    assert_int_equal(ferry_op_wait(passive, WAIT_TIMEOUT_MS), FERRY_OK);
+    assert_int_equal(pair_check(dst, sizeof(dst), 8, 0), sizeof(dst));
+    ferry_op_destroy(active);
+    ferry_op_destroy(passive);
+    assert_int_equal(ferry_connector_destroy(tx), FERRY_OK);
+    assert_int_equal(ferry_connector_destroy(rx), FERRY_OK);
+}
+
 typedef struct {
     atomic_int destroyed; /* callbacks that destroyed their operation */
     ferry_op_status_t statuses[2];
@@ -1380,6 +1430,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_listeners),
         cmocka_unit_test(test_claim_during_destroy_refused),
         cmocka_unit_test(test_destroy_waits_for_every_delivery),
+        cmocka_unit_test(test_failed_peer_not_handed_out),
         cmocka_unit_test(test_error_message_cut_whole),
         cmocka_unit_test(test_destroy_from_done_callback),
         cmocka_unit_test(test_destroy_from_done_callback_caller),
