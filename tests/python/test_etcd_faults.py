@@ -126,12 +126,21 @@ class EtcdCluster:
         return None
 
     def wait_healthy(self):
+        last = []
+
         def ok():
             sts = [m.status() for m in self.members]
+            last[:] = [(m.name, None if s is None else (s.get("leader"), s.get("raftTerm")))
+                       for m, s in zip(self.members, sts)]
             return (all(s is not None for s in sts) and
                     len({s.get("leader", "0") for s in sts}) == 1 and
                     sts[0].get("leader", "0") != "0" and self.leader() is not None)
-        wait_until(ok, BOUND, "every etcd member to follow one leader")
+        try:
+            wait_until(ok, BOUND, "every etcd member to follow one leader")
+        except TimeoutError as e:
+            # What each member said last (leader, term; None: no answer
+            # within its 1 s), so that a failure here explains itself.
+            raise TimeoutError(f"{e}; last (leader, term) by member: {last}") from None
 
     def restart(self, m):
         m.start(self.initial)
