@@ -147,6 +147,42 @@ def test_unknown_id(connector, coordinator):
                                     ferry.Descriptor(b"x" * 64), wait=0.3)
 
 
+def test_a_long_wait_by_id_sees_signals(connector, coordinator):
+    """begin_write_by_id's wait runs in slices and sees signals between
+    them: a handler's exception (here SIGALRM's, as Ctrl-C's
+    KeyboardInterrupt) ends a 30 s wait for an ID nobody publishes, long
+    before the wait would have run out; it used to wait all of it. The ID
+    can then be published and claimed as usual: the interrupted wait left
+    nothing behind."""
+    class Interrupted(Exception):
+        pass
+
+    def handler(signum, frame):
+        raise Interrupted()
+
+    request_id = rid("sig")
+    wait = 30
+    old = signal.signal(signal.SIGALRM, handler)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.3)
+        start = time.monotonic()
+        with pytest.raises(Interrupted):
+            connector.begin_write_by_id(coordinator, request_id, TOKEN,
+                                        ferry.Descriptor(b"x" * 64), wait=wait)
+        assert time.monotonic() - start < wait  # ended by the signal, not the wait
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+    dst = bytearray(64)
+    with connector.create_writable(ferry.Descriptor(dst)) as op:
+        op.publish(coordinator, request_id, TOKEN)
+        with connector.begin_write_by_id(coordinator, request_id, TOKEN,
+                                         ferry.Descriptor(b"y" * 64), wait=5) as a:
+            a.wait(30)
+        op.wait(30)
+    assert bytes(dst) == b"y" * 64
+
+
 def test_size_mismatch_by_id_names_both_sizes(connector, coordinator):
     request_id = rid("size")
     with connector.create_writable(ferry.Descriptor(bytearray(4096))) as op:
