@@ -209,6 +209,28 @@ static void exec_etcd(int client_port, int dir_fd, int log_fd)
     _exit(127);
 }
 
+/* Every start: etcd's auth is off until its first start turns it on, and
+ * its client port is on loopback, where a local user who connected in that
+ * window could have added a user of their own (and granted it root). Such a
+ * user stops the start: it could read every operation. */
+static ferry_status_t only_root(const coord_etcd_child_t *child, etcd_client_t *client)
+{
+    char others[256];
+    ferry_status_t status = etcd_auth_only_root(client, others, sizeof(others));
+
+    if (status == FERRY_ERR_PERMISSION_DENIED) {
+        ferry_error("private etcd: it has users besides root (%s), which only someone who "
+                    "reached its port while its auth was off (its first start) could have "
+                    "added, and who may read every operation; not starting: move %s away to "
+                    "start afresh",
+                    others, child->data_dir);
+    } else if (status != FERRY_OK) {
+        ferry_error("private etcd: cannot list its users: %s; see %s", ferry_status_string(status),
+                    child->log_path);
+    }
+    return status;
+}
+
 static ferry_status_t wait_ready(coord_etcd_child_t *child)
 {
     etcd_params_t params = {.endpoints = child->endpoint,
@@ -247,6 +269,8 @@ static ferry_status_t wait_ready(coord_etcd_child_t *child)
         if (status != FERRY_OK) {
             ferry_error("private etcd: cannot turn its auth on: %s; see %s",
                         ferry_status_string(status), child->log_path);
+        } else {
+            status = only_root(child, client);
         }
     }
     etcd_client_destroy(client);

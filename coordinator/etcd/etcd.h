@@ -86,6 +86,11 @@ ferry_status_t etcd_ping(etcd_client_t *client, int64_t *revision_p);
  * password to the client's. */
 ferry_status_t etcd_auth_enable_root(etcd_client_t *client);
 
+/* FERRY_ERR_PERMISSION_DENIED, with the other names in `others` (cut to
+ * cap), when etcd has users besides root: for an etcd whose auth this
+ * process turned on, they can only have been added while it was off. */
+ferry_status_t etcd_auth_only_root(etcd_client_t *client, char *others, size_t cap);
+
 /* --- key-values --------------------------------------------------------- */
 
 typedef struct {

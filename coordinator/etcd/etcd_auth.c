@@ -171,6 +171,37 @@ static ferry_status_t etcd_auth_post(etcd_client_t *client, const char *path, bo
     return status;
 }
 
+ferry_status_t etcd_auth_only_root(etcd_client_t *client, char *others, size_t cap)
+{
+    cJSON *body = cJSON_CreateObject();
+    cJSON *reply = NULL;
+    const cJSON *users, *user;
+    size_t used = 0;
+    ferry_status_t status =
+        body != NULL ? etcd__call(client, "/v3/auth/user/list", body, &reply) : FERRY_ERR_NO_MEMORY;
+
+    cJSON_Delete(body);
+    others[0] = '\0';
+    if (status != FERRY_OK) {
+        return status;
+    }
+    users = cJSON_GetObjectItemCaseSensitive(reply, "users");
+    cJSON_ArrayForEach(user, users)
+    {
+        const char *name = cJSON_IsString(user) ? user->valuestring : "(not a string)";
+        if (strcmp(name, "root") == 0) {
+            continue;
+        }
+        status = FERRY_ERR_PERMISSION_DENIED;
+        if (used < cap) {
+            int n = snprintf(others + used, cap - used, "%s%s", used > 0 ? ", " : "", name);
+            used = n < 0 ? cap : used + (size_t)n;
+        }
+    }
+    cJSON_Delete(reply);
+    return status;
+}
+
 ferry_status_t etcd_auth_enable_root(etcd_client_t *client)
 {
     ferry_status_t status;

@@ -21,7 +21,9 @@
 - a state directory from before (etcd data without auth) is taken over:
   auth turned on, its keys kept; a password file others may read, or one
   etcd refuses (data set up with another), stops the start with a message
-  that names the file.
+  that names the file;
+- a user besides root (one a local user could have added while auth was
+  still off, on the first start) stops every start, naming it.
 """
 import os
 import shutil
@@ -283,6 +285,32 @@ class PrivateEtcd(unittest.TestCase):
         self.assertIn("was refused", out)
         self.assertNotIn("could not start a private etcd: timed out", out)
         self.assertIn(path, out)
+
+    def test_a_user_besides_root_stops_the_start(self):
+        """A user besides root in the private etcd stops every start,
+        naming it: on its first start etcd's auth is off until the
+        coordinator turns it on, and a local user who reached its loopback
+        port then could have added one of their own, with root's role.
+        Planted here with root's token, after the fact."""
+        p, etcd = self.serving()
+        try:
+            argv = cmdline(etcd)
+            endpoint = argv[argv.index("--listen-client-urls") + 1]
+            token = self.token(endpoint)
+            for path, body in (("/v3/auth/user/add", {"name": "mallory",
+                                                      "password": "pw-0123456789"}),
+                               ("/v3/auth/user/grant", {"user": "mallory", "role": "root"})):
+                _, err = etcd_post(endpoint, path, body, token)
+                self.assertIsNone(err, err)
+        finally:
+            self.stop(p)
+        os.remove(self.port_file)
+        p = coordinator(self.state, self.port_file)
+        out, _ = p.communicate(timeout=60)
+        self.assertNotEqual(p.returncode, 0, out)
+        self.assertIn("users besides root (mallory)", out)
+        self.assertIn(os.path.join(self.state, "etcd"), out)
+        self.assertFalse(os.path.exists(self.port_file), out)
 
     def test_a_private_etcd_that_dies_stops_the_coordinator(self):
         p = coordinator(self.state, self.port_file)
