@@ -212,6 +212,28 @@ static void test_repeated_failures_are_paid_later(void **state)
     fixture_stop(&f);
 }
 
+/* One round of the stall tests: round's Watch is held where *where says
+ * (stall_fixture: while decoding; length_stall_fixture: before its bytes
+ * are counted) until the client's cancel has ended it. Returns with the
+ * call ended and the held step about to go on. */
+static void stall_round(fixture_t *f, fixture_t **where, int round)
+{
+    Ferry__V1__WatchRequest req = FERRY__V1__WATCH_REQUEST__INIT;
+    rpc_stream_t *stream = NULL;
+
+    req.request_id_prefix = "count:1";
+    atomic_store(&stalls, 0);
+    atomic_store(&stalls_over, 0);
+    atomic_store(&stall_until, 2 * round + 1); /* this round's Watch; each round ends two */
+    __atomic_store_n(where, f, __ATOMIC_RELEASE);
+    assert_int_equal(rpc_stream_open(f->channel, WATCH_PATH, &req.base,
+                                     &ferry__v1__watch_response__descriptor, 20000, &stream),
+                     FERRY_OK);
+    assert_true(fixture_wait(f, stall_began, 10000));
+    rpc_stream_destroy(stream); /* cancels it */
+    assert_true(fixture_wait(f, stalled_call_ended, 10000));
+}
+
 /* The client cancels a call while the server is still decoding its
  * request (held there until the call has ended): the other server thread
  * ends the call (cancelled) and sends its status; the decoding then goes on
@@ -223,24 +245,12 @@ static void test_repeated_failures_are_paid_later(void **state)
 
 static void test_call_ended_while_decoding(void **state)
 {
-    Ferry__V1__WatchRequest req = FERRY__V1__WATCH_REQUEST__INIT;
     fixture_t f;
     (void)state;
 
-    req.request_id_prefix = "count:1";
     assert_int_equal(fixture_start(&f, 0), 0);
     for (int i = 0; i < STALL_ROUNDS; i++) {
-        rpc_stream_t *stream = NULL;
-        atomic_store(&stalls, 0);
-        atomic_store(&stalls_over, 0);
-        atomic_store(&stall_until, 2 * i + 1);
-        __atomic_store_n(&stall_fixture, &f, __ATOMIC_RELEASE);
-        assert_int_equal(rpc_stream_open(f.channel, WATCH_PATH, &req.base,
-                                         &ferry__v1__watch_response__descriptor, 20000, &stream),
-                         FERRY_OK);
-        assert_true(fixture_wait(&f, stall_began, 10000));
-        rpc_stream_destroy(stream); /* cancels it */
-        assert_true(fixture_wait(&f, stalled_call_ended, 10000));
+        stall_round(&f, &stall_fixture, i);
         assert_int_equal(get(&f, "after", 10000), FERRY_OK);
         /* The held decoding has seen its call end and gone on, before the
          * next round moves stall_until (else it would wait on, for that,
@@ -263,24 +273,12 @@ static bool nothing_held(const fixture_t *f)
  * request (RESOURCE_EXHAUSTED) until the server restarted. */
 static void test_call_ended_before_counted(void **state)
 {
-    Ferry__V1__WatchRequest req = FERRY__V1__WATCH_REQUEST__INIT;
     fixture_t f;
     (void)state;
 
-    req.request_id_prefix = "count:1";
     assert_int_equal(fixture_start(&f, 0), 0);
     for (int i = 0; i < 3; i++) {
-        rpc_stream_t *stream = NULL;
-        atomic_store(&stalls, 0);
-        atomic_store(&stalls_over, 0);
-        atomic_store(&stall_until, 2 * i + 1); /* this round's Watch; each round ends two */
-        __atomic_store_n(&length_stall_fixture, &f, __ATOMIC_RELEASE);
-        assert_int_equal(rpc_stream_open(f.channel, WATCH_PATH, &req.base,
-                                         &ferry__v1__watch_response__descriptor, 20000, &stream),
-                         FERRY_OK);
-        assert_true(fixture_wait(&f, stall_began, 10000));
-        rpc_stream_destroy(stream); /* cancels it */
-        assert_true(fixture_wait(&f, stalled_call_ended, 10000));
+        stall_round(&f, &length_stall_fixture, i);
         assert_true(fixture_wait(&f, stall_over, 10000));
         /* The call went on past the budget and is done: nothing counted. */
         assert_true(fixture_wait(&f, nothing_held, 10000));

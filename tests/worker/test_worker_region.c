@@ -427,14 +427,6 @@ static void test_active_holds_region_until_final(void **state)
     free(src);
 }
 
-static int64_t now_ms(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 /* A caller-mode connector on TCP alone, whatever UCX_TLS the test runs
  * with: UCX then emulates get in software, so a get needs its target's
  * progress, and a test that stops driving the target holds the get in
@@ -483,7 +475,7 @@ static void test_staged_get_in_flight_holds_region(void **state)
     ferry_status_t st;
     const uint8_t *md;
     size_t md_len;
-    int64_t deadline = now_ms() + WAIT_MS;
+    int64_t deadline = pair_now_ms() + WAIT_MS;
     unsigned busy_seen = 0;
     void *p;
     (void)state;
@@ -504,7 +496,7 @@ static void test_staged_get_in_flight_holds_region(void **state)
 
     /* Drive both until the reader's first get is posted; rx, its target,
      * is not driven again before the cancel, so the get stays in flight. */
-    while (lanes_in_xfer(active) == 0 && now_ms() < deadline) {
+    while (lanes_in_xfer(active) == 0 && pair_now_ms() < deadline) {
         assert_int_equal(ferry_connector_progress(rx), FERRY_OK);
         assert_int_equal(ferry_connector_progress(tx), FERRY_OK);
     }
@@ -522,7 +514,7 @@ static void test_staged_get_in_flight_holds_region(void **state)
         }
         assert_int_equal(st, FERRY_ERR_BUSY);
         busy_seen++;
-        assert_true(now_ms() < deadline);
+        assert_true(pair_now_ms() < deadline);
         assert_int_equal(ferry_connector_progress(rx), FERRY_OK);
         assert_int_equal(ferry_connector_progress(tx), FERRY_OK);
     }
@@ -581,8 +573,8 @@ static void test_passive_holds_region_until_writer_settles(void **state)
     /* The writer, cancelled, sends the notice it owes: the region goes. */
     atomic_store(&ferry__test_hold_notice, false);
     assert_int_equal(ferry_op_cancel(active), FERRY_OK);
-    deadline = now_ms() + WAIT_MS;
-    while ((st = ferry_mem_deregister(r)) == FERRY_ERR_BUSY && now_ms() < deadline) {
+    deadline = pair_now_ms() + WAIT_MS;
+    while ((st = ferry_mem_deregister(r)) == FERRY_ERR_BUSY && pair_now_ms() < deadline) {
         poll(NULL, 0, 1); /* a deadline, not a guess: the loop ends on the condition */
     }
     assert_int_equal(st, FERRY_OK);
@@ -879,12 +871,12 @@ static void test_late_admission_gets_a_notice(void **state)
     assert_int_equal(ferry_op_wait(active, WAIT_MS), FERRY_ERR_UNAVAILABLE);
     ferry_op_destroy(active);
 
-    deadline = now_ms() + WAIT_MS;
+    deadline = pair_now_ms() + WAIT_MS;
     do { /* pc admits the claim now; tx answers with its notice */
         assert_int_equal(ferry_connector_progress(pc), FERRY_OK);
         status = ferry_op_status(passive);
     } while ((status == FERRY_OP_STATUS_INITIALIZED || status == FERRY_OP_STATUS_IN_PROGRESS) &&
-             now_ms() < deadline);
+             pair_now_ms() < deadline);
     assert_int_equal(status, FERRY_OP_STATUS_ERRORED);
     assert_int_equal(ferry_op_error(passive, &msg), FERRY_ERR_UNAVAILABLE);
     assert_non_null(strstr(msg, "the active side gave up"));
@@ -897,8 +889,8 @@ static void test_late_admission_gets_a_notice(void **state)
     assert_int_equal(ferry_write_begin(tx, &s, 1, md, md_len, &never), FERRY_OK);
     assert_int_equal(ferry_op_wait(never, WAIT_MS), FERRY_ERR_UNAVAILABLE);
     ferry_op_destroy(never);
-    deadline = now_ms() + WAIT_MS;
-    while (pair_live_ops(tx) > 0 && now_ms() < deadline) {
+    deadline = pair_now_ms() + WAIT_MS;
+    while (pair_live_ops(tx) > 0 && pair_now_ms() < deadline) {
         poll(NULL, 0, 10); /* the sweep runs on tx's own thread */
     }
     assert_int_equal(pair_live_ops(tx), 0);
