@@ -754,7 +754,9 @@ struct ferry_region {
  * (ferry__segment_add_own). Lock held. */
 ucs_status_t ferry__mem_map(ferry_connector_t *c, const ucp_mem_map_params_t *params,
                             ucp_mem_h *memh_p);
-/* ucp_mem_unmap, and the record of memory it allocated dropped. Lock held. */
+/* ucp_mem_unmap, and the record of memory it allocated dropped: for a
+ * handle that may have allocated its memory (regions, slot memory; an
+ * operation's own map of the caller's memory needs none). Lock held. */
 void ferry__mem_unmap(ferry_connector_t *c, ucp_mem_h memh);
 
 /* segments.c: remote keys that UCX maps into this process (see there). */

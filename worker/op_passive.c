@@ -83,7 +83,7 @@ static ferry_status_t map_one(ferry_op_t *op, size_t i, void **rkey_p, size_t *r
     if (status != UCS_OK) {
         ferry_error("%s: ucp_rkey_pack of descriptor %zu: %s", op->label, i,
                     ucs_status_string(status));
-        ferry__mem_unmap(c, op->memh[i]);
+        ucp_mem_unmap(c->context, op->memh[i]); /* the caller's memory: nothing recorded */
         return ferry__fail(FERRY_ERR_TRANSPORT, "%s: cannot pack the key of descriptor %zu: %s",
                            op->label, i, ucs_status_string(status));
     }
@@ -134,7 +134,7 @@ static void unmap_own(ferry_op_t *op, size_t n)
 {
     for (size_t i = 0; i < n; i++) {
         if (own_map(op, i)) {
-            ferry__mem_unmap(op->connector, op->memh[i]);
+            ucp_mem_unmap(op->connector->context, op->memh[i]);
         }
     }
 }
