@@ -5,14 +5,13 @@
 
 #include <errno.h>
 #include <fcntl.h>
-#include <netinet/in.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/file.h>
 #include <sys/random.h>
-#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -26,10 +25,15 @@
  * what is older than this, as deploy/k8s/etcd.yaml's does. */
 #define COMPACTION_RETENTION "1h"
 
-/* Under the state directory, relative: etcd runs there. The peer URL is a
- * unix socket in it ("unix://HOST:PORT" is etcd's form; the file is named
- * HOST:PORT). */
+/* Under the state directory, relative: etcd runs there. Its client and
+ * peer URLs are unix sockets in it ("unix://HOST:PORT" is etcd's form; the
+ * file is named HOST:PORT), which only this user reaches: a loopback port
+ * is open to every local user, and one who bound it first (etcd's command
+ * line, with its port, is public) would have had root's password from the
+ * coordinator's first request. */
 #define DATA_DIR       "etcd"
+#define CLIENT_SOCKET  "etcd-client:1"
+#define CLIENT_URL     "unix://" CLIENT_SOCKET
 #define PEER_URL       "unix://etcd-peer:1"
 #define PASSWORD_FILE  "etcd-password"
 #define PASSWORD_BYTES 32 /* random bytes, written as hex */
@@ -38,24 +42,6 @@
 #define START_TIMEOUT_MS 30000
 #define STOP_TIMEOUT_MS  5000
 #define POLL_MS          50
-
-static int free_port(void)
-{
-    struct sockaddr_in addr = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    socklen_t len = sizeof(addr);
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    int port = -1;
-
-    if (fd < 0) {
-        return -1;
-    }
-    if (bind(fd, (struct sockaddr *)&addr, sizeof(addr)) == 0 &&
-        getsockname(fd, (struct sockaddr *)&addr, &len) == 0) {
-        port = ntohs(addr.sin_port);
-    }
-    close(fd);
-    return port;
-}
 
 static void sleep_ms(int ms)
 {
@@ -182,9 +168,8 @@ static ferry_status_t load_password(coord_etcd_child_t *child, int dir_fd)
 /* In the child: log_fd becomes its stdout and stderr; it runs in the state
  * directory (dir_fd), where its peer socket is, so that only this user
  * reaches it: a single member needs no peer, but etcd listens for them. */
-static void exec_etcd(int client_port, int dir_fd, int log_fd)
+static void exec_etcd(int dir_fd, int log_fd)
 {
-    char client_url[64];
     const char *bin = getenv("FERRY_ETCD_BIN") != NULL ? getenv("FERRY_ETCD_BIN") : "etcd";
     sigset_t none;
 
@@ -199,9 +184,8 @@ static void exec_etcd(int client_port, int dir_fd, int log_fd)
         fprintf(stderr, "fchdir to the state directory: %s\n", strerror(errno));
         _exit(127);
     }
-    snprintf(client_url, sizeof(client_url), "http://127.0.0.1:%d", client_port);
-    execlp(bin, bin, "--name", "ferry", "--data-dir", DATA_DIR, "--listen-client-urls", client_url,
-           "--advertise-client-urls", client_url, "--listen-peer-urls", PEER_URL,
+    execlp(bin, bin, "--name", "ferry", "--data-dir", DATA_DIR, "--listen-client-urls", CLIENT_URL,
+           "--advertise-client-urls", CLIENT_URL, "--listen-peer-urls", PEER_URL,
            "--initial-advertise-peer-urls", PEER_URL, "--initial-cluster", "ferry=" PEER_URL,
            "--auto-compaction-mode", "periodic", "--auto-compaction-retention",
            COMPACTION_RETENTION, (char *)NULL);
@@ -210,9 +194,10 @@ static void exec_etcd(int client_port, int dir_fd, int log_fd)
 }
 
 /* Every start: etcd's auth is off until its first start turns it on, and
- * its client port is on loopback, where a local user who connected in that
- * window could have added a user of their own (and granted it root). Such a
- * user stops the start: it could read every operation. */
+ * before its client port was a socket in the state directory it was on
+ * loopback, where a local user who connected in that window could have
+ * added a user of their own (and granted it root). Such a user stops the
+ * start: it could read every operation. */
 static ferry_status_t only_root(const coord_etcd_child_t *child, etcd_client_t *client)
 {
     char others[256];
@@ -220,8 +205,9 @@ static ferry_status_t only_root(const coord_etcd_child_t *child, etcd_client_t *
 
     if (status == FERRY_ERR_PERMISSION_DENIED) {
         ferry_error("private etcd: it has users besides root (%s), which only someone who "
-                    "reached its port while its auth was off (its first start) could have "
-                    "added, and who may read every operation; not starting: move %s away to "
+                    "reached its port while its auth was off (the first start, when an older "
+                    "version listened on loopback) could have added, and who may read every "
+                    "operation; not starting: move %s away to "
                     "start afresh",
                     others, child->data_dir);
     } else if (status != FERRY_OK) {
@@ -277,30 +263,63 @@ static ferry_status_t wait_ready(coord_etcd_child_t *child)
     return status;
 }
 
+/* One coordinator per state directory: a second one's etcd would find the
+ * first one's data locked, and its start would take the first one's client
+ * socket away. The lock lives as long as dir_fd, which the coordinator
+ * holds until it stops. */
+static ferry_status_t lock_state_dir(const char *state_dir, int dir_fd)
+{
+    if (flock(dir_fd, LOCK_EX | LOCK_NB) == 0) {
+        return FERRY_OK;
+    }
+    if (errno == EWOULDBLOCK) {
+        ferry_error("private etcd: another coordinator uses the state directory %s; refusing to "
+                    "start a second one on it (--state-dir)",
+                    state_dir);
+        return FERRY_ERR_ALREADY_EXISTS;
+    }
+    ferry_error("private etcd: cannot lock %s: %s", state_dir, strerror(errno));
+    return FERRY_ERR_IO;
+}
+
 ferry_status_t coord_etcd_child_start(const char *state_dir, coord_etcd_child_t *child)
 {
-    int client_port = free_port();
     ferry_status_t status;
     int dir_fd, log_fd;
 
     memset(child, 0, sizeof(*child));
-    if (client_port < 0 || mkdir_p(state_dir) != 0) {
-        ferry_error("private etcd: cannot prepare %s or find a free port: %s", state_dir,
-                    strerror(errno));
+    child->dir_fd = -1;
+    if (mkdir_p(state_dir) != 0) {
+        ferry_error("private etcd: cannot make %s: %s", state_dir, strerror(errno));
         return FERRY_ERR_IO;
     }
     dir_fd = open_private_dir(state_dir);
     if (dir_fd < 0) {
         return FERRY_ERR_PERMISSION_DENIED;
     }
+    status = lock_state_dir(state_dir, dir_fd);
+    if (status != FERRY_OK) {
+        close(dir_fd);
+        return status;
+    }
     snprintf(child->state_dir, sizeof(child->state_dir), "%s", state_dir);
     snprintf(child->data_dir, sizeof(child->data_dir), "%s/%s", state_dir, DATA_DIR);
     snprintf(child->log_path, sizeof(child->log_path), "%s/etcd.log", state_dir);
-    snprintf(child->endpoint, sizeof(child->endpoint), "http://127.0.0.1:%d", client_port);
+    /* Through the directory held open, so the socket reached is the one in
+     * the directory checked, and no path is too long for a sockaddr_un. */
+    snprintf(child->endpoint, sizeof(child->endpoint), "unix:///proc/self/fd/%d/%s", dir_fd,
+             CLIENT_SOCKET);
     status = load_password(child, dir_fd);
     if (status != FERRY_OK) {
         close(dir_fd);
         return status;
+    }
+    /* One that etcd left when it was killed: etcd would not listen on it. */
+    if (unlinkat(dir_fd, CLIENT_SOCKET, 0) != 0 && errno != ENOENT) {
+        ferry_error("private etcd: cannot remove the old socket %s/%s: %s", state_dir,
+                    CLIENT_SOCKET, strerror(errno));
+        close(dir_fd);
+        return FERRY_ERR_IO;
     }
     /* Not through a link: the log is ours, where we said. */
     log_fd =
@@ -320,19 +339,19 @@ ferry_status_t coord_etcd_child_start(const char *state_dir, coord_etcd_child_t 
         return FERRY_ERR_IO;
     }
     if (child->pid == 0) {
-        exec_etcd(client_port, dir_fd, log_fd);
+        exec_etcd(dir_fd, log_fd);
     }
     close(log_fd);
-    close(dir_fd);
+    child->dir_fd = dir_fd;
     status = wait_ready(child);
     if (status != FERRY_OK) {
         coord_etcd_child_stop(child);
         return status;
     }
-    ferry_info("started a private etcd at %s (pid %d, data in %s, log %s; auth on, root's "
-               "password in %s/%s)",
-               child->endpoint, (int)child->pid, child->data_dir, child->log_path, state_dir,
-               PASSWORD_FILE);
+    ferry_info("started a private etcd at unix://%s/%s (pid %d, data in %s, log %s; auth on, "
+               "root's password in %s/%s)",
+               state_dir, CLIENT_SOCKET, (int)child->pid, child->data_dir, child->log_path,
+               state_dir, PASSWORD_FILE);
     return FERRY_OK;
 }
 
@@ -357,21 +376,28 @@ bool coord_etcd_child_exited(coord_etcd_child_t *child)
 void coord_etcd_child_stop(coord_etcd_child_t *child)
 {
     int wstatus;
+    bool stopped = child->pid <= 0;
 
-    if (child->pid <= 0) {
-        return;
+    if (!stopped) {
+        kill(child->pid, SIGTERM);
     }
-    kill(child->pid, SIGTERM);
-    for (int waited = 0; waited < STOP_TIMEOUT_MS; waited += POLL_MS) {
-        if (waitpid(child->pid, &wstatus, WNOHANG) == child->pid) {
-            child->pid = 0;
+    for (int waited = 0; !stopped && waited < STOP_TIMEOUT_MS; waited += POLL_MS) {
+        stopped = waitpid(child->pid, &wstatus, WNOHANG) == child->pid;
+        if (stopped) {
             ferry_info("private etcd stopped");
-            return;
+        } else {
+            sleep_ms(POLL_MS);
         }
-        sleep_ms(POLL_MS);
     }
-    ferry_warn("private etcd did not stop in %d ms; killing it", STOP_TIMEOUT_MS);
-    kill(child->pid, SIGKILL);
-    waitpid(child->pid, &wstatus, 0);
+    if (!stopped) {
+        ferry_warn("private etcd did not stop in %d ms; killing it", STOP_TIMEOUT_MS);
+        kill(child->pid, SIGKILL);
+        waitpid(child->pid, &wstatus, 0);
+    }
     child->pid = 0;
+    /* Only now may another coordinator start on the directory. */
+    if (child->dir_fd > 0) {
+        close(child->dir_fd);
+        child->dir_fd = -1;
+    }
 }

@@ -1,12 +1,12 @@
 /*
  * etcd_child.h: the private etcd a coordinator starts when it is given no
- * --etcd: one etcd process, its client port on loopback (a free port), its
- * peer port a unix socket in the state directory, data under the state
+ * --etcd: one etcd process, its client and peer ports unix sockets in the
+ * state directory (only this user reaches them), data under the state
  * directory (so a restarted coordinator finds its operations again), auth
- * on with a root password kept there (mode 0600; every local user can
- * connect to loopback), asked to die with its parent (PR_SET_PDEATHSIG) and
- * stopped on exit. The state directory must be this user's and writable by
- * no one else.
+ * on with a root password kept there (mode 0600), asked to die with its
+ * parent (PR_SET_PDEATHSIG) and stopped on exit. The state directory must
+ * be this user's and writable by no one else, and one coordinator's at a
+ * time (locked while it runs).
  */
 #ifndef FERRY_COORD_ETCD_CHILD_H
 #define FERRY_COORD_ETCD_CHILD_H
@@ -22,7 +22,8 @@
 
 typedef struct {
     pid_t pid;
-    char endpoint[64];        /* "http://127.0.0.1:PORT" */
+    int dir_fd;               /* the state directory, locked; -1 (or 0, zeroed): none */
+    char endpoint[64];        /* "unix:///proc/self/fd/<dir_fd>/etcd-client:1" */
     char state_dir[PATH_MAX]; /* as given */
     char data_dir[PATH_MAX];  /* <state_dir>/etcd */
     char log_path[PATH_MAX];  /* <state_dir>/etcd.log */
@@ -39,7 +40,8 @@ ferry_status_t coord_etcd_child_start(const char *state_dir, coord_etcd_child_t 
  * start both again. */
 bool coord_etcd_child_exited(coord_etcd_child_t *child);
 
-/* SIGTERM, then SIGKILL after 5 s; waits for it. */
+/* SIGTERM, then SIGKILL after 5 s; waits for it; unlocks the state
+ * directory. Safe on one that exited or was never started. */
 void coord_etcd_child_stop(coord_etcd_child_t *child);
 
 #endif /* FERRY_COORD_ETCD_CHILD_H */

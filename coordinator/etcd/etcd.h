@@ -51,7 +51,7 @@ typedef struct {
 } etcd_observer_t;
 
 typedef struct {
-    const char *endpoints; /* "http://127.0.0.1:2379[,https://...]"; required */
+    const char *endpoints; /* "http://127.0.0.1:2379[,https://...][,unix:///path]"; required */
     int timeout_ms;        /* per request; 0: 5000 */
     const char *ca_file;   /* TLS: CA bundle to verify etcd; NULL: system default */
     const char *cert_file; /* TLS client certificate; NULL: none */

@@ -35,6 +35,7 @@
 #include "coordinator/etcd/etcd_int.h"
 
 #include <stdarg.h>
+#include <sys/un.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -89,7 +90,8 @@ static char *etcd_strdup_or_null(const char *text)
 }
 
 /* One endpoint of the comma-separated list, trimmed of spaces and a
- * trailing '/'. */
+ * trailing '/': http://, https://, or unix:// and a socket's absolute path
+ * that fits a sockaddr_un. */
 static char *etcd_endpoint_dup(const char *start, size_t len)
 {
     while (len > 0 && (*start == ' ' || *start == '\t')) {
@@ -99,7 +101,14 @@ static char *etcd_endpoint_dup(const char *start, size_t len)
     while (len > 0 && (start[len - 1] == ' ' || start[len - 1] == '/')) {
         len--;
     }
-    if (len == 0 || (strncmp(start, "http://", 7) != 0 && strncmp(start, "https://", 8) != 0)) {
+    if (len > ETCD_UNIX_PREFIX_LEN && strncmp(start, ETCD_UNIX_PREFIX, ETCD_UNIX_PREFIX_LEN) == 0) {
+        size_t path_len = len - ETCD_UNIX_PREFIX_LEN;
+        if (start[ETCD_UNIX_PREFIX_LEN] != '/' ||
+            path_len >= sizeof(((struct sockaddr_un *)NULL)->sun_path)) {
+            return NULL;
+        }
+    } else if (len == 0 ||
+               (strncmp(start, "http://", 7) != 0 && strncmp(start, "https://", 8) != 0)) {
         return NULL;
     }
     return strndup(start, len);
@@ -121,7 +130,9 @@ static ferry_status_t etcd_split_endpoints(etcd_client_t *client, const char *li
         size_t len = comma != NULL ? (size_t)(comma - start) : strlen(start);
         client->endpoints[i] = etcd_endpoint_dup(start, len);
         if (client->endpoints[i] == NULL) {
-            ferry_error("etcd: bad endpoint '%.*s' in '%s'", (int)len, start, list);
+            ferry_error("etcd: bad endpoint '%.*s' in '%s' (http://HOST:PORT, https://HOST:PORT "
+                        "or unix:///ABSOLUTE/PATH of fewer than %zu bytes)",
+                        (int)len, start, list, sizeof(((struct sockaddr_un *)NULL)->sun_path));
             return FERRY_ERR_INVALID_ARGUMENT;
         }
         client->n_endpoints++;
@@ -327,6 +338,30 @@ void etcd__endpoint_order(etcd_client_t *client, size_t *order)
 
 /* --- one POST ------------------------------------------------------------- */
 
+const char *etcd__unix_path(const char *endpoint)
+{
+    return strncmp(endpoint, ETCD_UNIX_PREFIX, ETCD_UNIX_PREFIX_LEN) == 0
+               ? endpoint + ETCD_UNIX_PREFIX_LEN
+               : NULL;
+}
+
+void etcd__curl_target(etcd_client_t *client, CURL *handle, size_t index, const char *path,
+                       char *shown, size_t size)
+{
+    const char *endpoint = client->endpoints[index];
+    const char *socket_path = etcd__unix_path(endpoint);
+
+    snprintf(shown, size, "%s%s", endpoint, path);
+    if (socket_path != NULL) {
+        char url[512];
+        snprintf(url, sizeof(url), "http://localhost%s", path);
+        curl_easy_setopt(handle, CURLOPT_UNIX_SOCKET_PATH, socket_path);
+        curl_easy_setopt(handle, CURLOPT_URL, url); /* curl copies it */
+    } else {
+        curl_easy_setopt(handle, CURLOPT_URL, shown);
+    }
+}
+
 void etcd__curl_common(etcd_client_t *client, CURL *handle)
 {
     long connect_ms =
@@ -385,20 +420,21 @@ static size_t etcd_buf_write(char *data, size_t size, size_t nmemb, void *arg)
     return n;
 }
 
-/* POSTs body to one URL. The handle keeps its connections across reset.
- * detail (CURL_ERROR_SIZE) is always set: "" when curl said nothing more. */
-static CURLcode etcd_post(etcd_client_t *client, CURL *handle, const char *url, const char *body,
-                          const char *token, long timeout_ms, etcd_buf_t *out, long *http_p,
-                          char *detail)
+/* POSTs body to `path` on the endpoint at `index`; url (url_size) gets
+ * the endpoint and path, for messages. The handle keeps its connections
+ * across reset. detail (CURL_ERROR_SIZE) is always set: "" when curl said nothing more. */
+static CURLcode etcd_post(etcd_client_t *client, CURL *handle, size_t index, const char *path,
+                          char *url, size_t url_size, const char *body, const char *token,
+                          long timeout_ms, etcd_buf_t *out, long *http_p, char *detail)
 {
     detail[0] = '\0';
+    curl_easy_reset(handle);
+    etcd__curl_common(client, handle);
+    etcd__curl_target(client, handle, index, path, url, url_size);
     struct curl_slist *headers = etcd__headers(token);
     if (headers == NULL) {
         return CURLE_OUT_OF_MEMORY;
     }
-    curl_easy_reset(handle);
-    etcd__curl_common(client, handle);
-    curl_easy_setopt(handle, CURLOPT_URL, url);
     curl_easy_setopt(handle, CURLOPT_TIMEOUT_MS, timeout_ms);
     curl_easy_setopt(handle, CURLOPT_HTTPHEADER, headers);
     curl_easy_setopt(handle, CURLOPT_POSTFIELDS, body);
@@ -496,8 +532,8 @@ static ferry_status_t etcd_attempt(etcd_client_t *client, CURL *handle, size_t i
     char detail[CURL_ERROR_SIZE] = "";
     char url[512];
     long http = 0;
-    snprintf(url, sizeof(url), "%s%s", client->endpoints[index], path);
-    CURLcode code = etcd_post(client, handle, url, body, token, timeout_ms, &buf, &http, detail);
+    CURLcode code = etcd_post(client, handle, index, path, url, sizeof(url), body, token,
+                              timeout_ms, &buf, &http, detail);
     ferry_status_t status;
     *next_p = false;
     if (code != CURLE_OK) {

@@ -62,8 +62,10 @@ ferry_status_t etcd__grpc_channels(etcd_client_t *client)
             .cert_file = client->cert_file,
             .key_file = client->key_file,
         };
-        const char *target = url + (tls ? 8 : 7); /* "host:port" */
-        if (strchr(target, '/') != NULL || strrchr(target, ':') == NULL) {
+        /* "host:port"; a unix endpoint is gRPC's target as it is. */
+        const char *target = etcd__unix_path(url) != NULL ? url : url + (tls ? 8 : 7);
+        if (etcd__unix_path(url) == NULL &&
+            (strchr(target, '/') != NULL || strrchr(target, ':') == NULL)) {
             /* gRPC takes no path, and picks another default port than HTTP. */
             ferry_error("etcd: endpoint %s: etcd's gRPC API needs scheme://host:port (no path, "
                         "a port); or send key-values over the JSON gateway (--etcd-kv-api "

@@ -70,7 +70,8 @@ enum {
 };
 
 struct etcd_client {
-    char **endpoints; /* owned; "http://host:port" without a trailing '/' */
+    char **endpoints; /* owned; "http://host:port", "https://host:port" or
+                       * "unix:///path", without a trailing '/' */
     size_t n_endpoints;
     atomic_size_t preferred; /* index of the endpoint that last answered */
     /* Per endpoint: CLOCK_MONOTONIC ms until which it is suspect (it gave
@@ -203,6 +204,20 @@ size_t etcd__endpoint_next(etcd_client_t *client, size_t index);
 /* Sets the options every request and watch shares: timeouts, TLS, no
  * signals, TCP keep-alive. */
 void etcd__curl_common(etcd_client_t *client, CURL *handle);
+
+/* An endpoint "unix:///path" is etcd's client socket at /path (gRPC's form
+ * too); both of etcd's APIs are served there. */
+#define ETCD_UNIX_PREFIX     "unix://"
+#define ETCD_UNIX_PREFIX_LEN 7
+
+/* The socket's path of a unix endpoint; NULL for another. */
+const char *etcd__unix_path(const char *endpoint);
+
+/* Points handle at `path` on the endpoint at `index` (over its socket for a
+ * unix endpoint, as http://localhost); shown (size) gets the endpoint and
+ * path, for messages. */
+void etcd__curl_target(etcd_client_t *client, CURL *handle, size_t index, const char *path,
+                       char *shown, size_t size);
 
 /* Builds the request headers (JSON body, no Expect, the token if any). */
 struct curl_slist *etcd__headers(const char *token);

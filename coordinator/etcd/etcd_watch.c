@@ -353,12 +353,12 @@ static CURLcode etcd_watch_drive(etcd_watch_t *watch)
     return result;
 }
 
-static void etcd_watch_setup(etcd_watch_t *watch, const char *url, const char *body,
+static void etcd_watch_setup(etcd_watch_t *watch, char *url, size_t url_size, const char *body,
                              struct curl_slist *headers, char *detail)
 {
     curl_easy_reset(watch->easy);
     etcd__curl_common(watch->client, watch->easy);
-    curl_easy_setopt(watch->easy, CURLOPT_URL, url);
+    etcd__curl_target(watch->client, watch->easy, watch->endpoint, "/v3/watch", url, url_size);
     curl_easy_setopt(watch->easy, CURLOPT_HTTPHEADER, headers);
     curl_easy_setopt(watch->easy, CURLOPT_COPYPOSTFIELDS, body);
     curl_easy_setopt(watch->easy, CURLOPT_WRITEFUNCTION, etcd_watch_write);
@@ -379,8 +379,7 @@ static ferry_status_t etcd_watch_stream(etcd_watch_t *watch, const char *token)
         curl_slist_free_all(headers);
         return FERRY_ERR_NO_MEMORY;
     }
-    snprintf(url, sizeof(url), "%s/v3/watch", watch->client->endpoints[watch->endpoint]);
-    etcd_watch_setup(watch, url, body, headers, detail);
+    etcd_watch_setup(watch, url, sizeof(url), body, headers, detail);
     free(body);
     watch->created = false;
     watch->heard_ms = etcd_now_ms();

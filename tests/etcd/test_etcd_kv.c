@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "coordinator/etcd/etcd_int.h"
 #include "etcd_fixture.h"
@@ -205,6 +206,37 @@ static void test_misuse(void **state)
     assert_int_equal(etcd_client_create(&path, &client), FERRY_OK);
     etcd_client_destroy(client);
     etcd_client_destroy(NULL);
+    client = NULL;
+    /* A unix socket: an absolute path that fits a sockaddr_un (108 bytes
+     * with its NUL). */
+    char long_path[160] = "unix:///";
+    memset(long_path + 8, 'a', 108);
+    const char *refused[] = {"unix://etcd-client:1", "unix://", long_path};
+    for (size_t i = 0; i < sizeof(refused) / sizeof(refused[0]); i++) {
+        etcd_params_t unix_bad = {.endpoints = refused[i]};
+        assert_int_equal(etcd_client_create(&unix_bad, &client), FERRY_ERR_INVALID_ARGUMENT);
+        assert_null(client);
+    }
+    long_path[8 + 99] = '\0'; /* "/" and 99 bytes */
+    etcd_params_t unix_ok = {.endpoints = long_path};
+    assert_int_equal(etcd_client_create(&unix_ok, &client), FERRY_OK);
+    etcd_client_destroy(client);
+}
+
+static void test_unreachable_socket_is_unavailable(void **state)
+{
+    (void)state;
+    char dir[] = "/tmp/ferry-etcd-sock-XXXXXX";
+    char endpoint[96];
+    assert_non_null(mkdtemp(dir));
+    snprintf(endpoint, sizeof(endpoint), "unix://%s/none:1", dir);
+    etcd_client_t *client = fixture_client(endpoint, 1000);
+    assert_int_equal(etcd_put(client, "k", 1, "v", 1, 0, NULL), FERRY_ERR_UNAVAILABLE);
+    assert_non_null(strstr(etcd_client_last_error(), dir));
+    assert_int_equal(etcd_ping(client, NULL), FERRY_ERR_UNAVAILABLE);
+    assert_non_null(strstr(etcd_client_last_error(), dir));
+    etcd_client_destroy(client);
+    rmdir(dir);
 }
 
 static void test_unreachable_is_unavailable(void **state)
@@ -477,6 +509,7 @@ int main(void)
         cmocka_unit_test(test_txn_compare_mod_revision),
         cmocka_unit_test(test_misuse),
         cmocka_unit_test(test_unreachable_is_unavailable),
+        cmocka_unit_test(test_unreachable_socket_is_unavailable),
         cmocka_unit_test(test_failover_to_second_endpoint),
         cmocka_unit_test(test_connections_are_reused),
         cmocka_unit_test(test_threads_share_a_client),

@@ -13,11 +13,18 @@
 - an etcd that dies takes the coordinator with it (exit 1, saying so), for
   its supervisor to start both again: it used to stay up, NOT_SERVING, with
   etcd a zombie;
-- its client port is on loopback, where any local user can connect, so its
-  auth is on: only root, whose password the coordinator keeps in the state
-  directory (etcd-password, 0600), gets in; a request without a token is
-  refused. Its peer port is a unix socket in the state directory, not a
-  loopback port. Both were open to every local user before;
+- its client and peer ports are unix sockets in the (0700) state
+  directory: etcd listens on no TCP port. Its client port was a free
+  loopback port, open to every local user, and one who bound it first (the
+  port is on etcd's public command line) got root's password from the
+  coordinator's first request. Its auth stays on: only root, whose password
+  the coordinator keeps in the state directory (etcd-password, 0600), gets
+  in; a request without a token is refused;
+- the coordinator's key-values and watch reach it through the socket over
+  etcd's gRPC API and over its JSON gateway (--etcd-kv-api);
+- one coordinator per state directory: a second is refused, naming it, and
+  the first serves on; an etcd killed with its socket left behind starts
+  again on the same directory;
 - a state directory from before (etcd data without auth) is taken over:
   auth turned on, its keys kept; a password file others may read, or one
   etcd refuses (data set up with another), stops the start with a message
@@ -25,12 +32,16 @@
 - a user besides root (one a local user could have added while auth was
   still off, on the first start) stops every start, naming it.
 """
+import base64
+import http.client
+import json
 import os
 import shutil
 import signal
+import socket
+import stat
 import subprocess
 import sys
-import json
 import tempfile
 import unittest
 import urllib.error
@@ -40,11 +51,11 @@ sys.path.insert(0, os.path.dirname(__file__))
 import ferry_harness  # noqa: E402
 
 
-def coordinator(state_dir, port_file):
+def coordinator(state_dir, port_file, extra=()):
     env = {k: v for k, v in os.environ.items() if not k.startswith("FERRY_")}
     env["FERRY_ETCD_BIN"] = shutil.which("etcd") or "/usr/bin/etcd"
     return subprocess.Popen([ferry_harness.COORDINATOR, "--listen", "127.0.0.1:0",
-                             "--state-dir", state_dir, "--port-file", port_file],
+                             "--state-dir", state_dir, "--port-file", port_file, *extra],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
 
 
@@ -67,10 +78,31 @@ def children_of(pid):
     return kids
 
 
+class UnixHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, socket_path):
+        super().__init__("localhost", timeout=10)
+        self.socket_path = socket_path
+
+    def connect(self):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(self.timeout)
+        self.sock.connect(self.socket_path)
+
+
 def etcd_post(endpoint, path, body, token=None):
-    """POSTs to etcd's JSON gateway: (reply, None) or (None, error reply)."""
-    req = urllib.request.Request(endpoint + path, data=json.dumps(body).encode(),
-                                 headers={"Authorization": token} if token else {})
+    """POSTs to etcd's JSON gateway at http://HOST:PORT or unix:///PATH:
+    (reply, None) or (None, error reply)."""
+    headers = {"Authorization": token} if token else {}
+    if endpoint.startswith("unix://"):
+        conn = UnixHTTPConnection(endpoint[len("unix://"):])
+        try:
+            conn.request("POST", path, body=json.dumps(body).encode(), headers=headers)
+            r = conn.getresponse()
+            reply = json.load(r)
+            return (reply, None) if r.status == 200 else (None, reply)
+        finally:
+            conn.close()
+    req = urllib.request.Request(endpoint + path, data=json.dumps(body).encode(), headers=headers)
     try:
         with urllib.request.urlopen(req, timeout=10) as r:
             return json.load(r), None
@@ -78,8 +110,37 @@ def etcd_post(endpoint, path, body, token=None):
         return None, json.load(e)
 
 
+def client_endpoint(state_dir, etcd_pid):
+    """unix:///PATH of the private etcd's client socket, from its command line
+    (unix://NAME, in the directory it runs in: the state directory)."""
+    argv = cmdline(etcd_pid)
+    url = argv[argv.index("--listen-client-urls") + 1]
+    assert url.startswith("unix://") and "/" not in url[len("unix://"):], url
+    return "unix://" + os.path.join(state_dir, url[len("unix://"):])
+
+
+def tcp_listeners(pid):
+    """The local addresses of the TCP sockets pid listens on."""
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            link = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if link.startswith("socket:["):
+            inodes.add(link[len("socket:["):-1])
+    found = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as f:
+            next(f)
+            for line in f:
+                cols = line.split()
+                if cols[3] == "0A" and cols[9] in inodes:  # 0A: LISTEN
+                    found.append(cols[1])
+    return found
+
+
 def b64(text):
-    import base64
     return base64.b64encode(text.encode()).decode()
 
 
@@ -143,11 +204,11 @@ class PrivateEtcd(unittest.TestCase):
         ferry_harness.wait_until(lambda: not os.path.exists(f"/proc/{etcds[0]}"), 10,
                                  "the private etcd to go")
 
-    def serving(self):
+    def serving(self, extra=()):
         """Starts a coordinator; returns it and its etcd's pid once it listens."""
         if os.path.exists(self.port_file):
             os.remove(self.port_file)
-        p = coordinator(self.state, self.port_file)
+        p = coordinator(self.state, self.port_file, extra)
         ferry_harness.wait_until(lambda: os.path.exists(self.port_file) or
                                  p.poll() is not None, 60, "the coordinator to listen")
         if p.poll() is not None:
@@ -172,12 +233,14 @@ class PrivateEtcd(unittest.TestCase):
         self.assertIsNone(err)
         return reply["token"]
 
-    def test_auth_is_on_and_the_peer_port_is_a_socket_in_the_state_directory(self):
+    def test_etcd_listens_only_on_sockets_in_the_state_directory_with_auth_on(self):
         p, etcd = self.serving()
         try:
             argv = cmdline(etcd)
-            endpoint = argv[argv.index("--listen-client-urls") + 1]
-            self.assertTrue(endpoint.startswith("http://127.0.0.1:"), endpoint)
+            endpoint = client_endpoint(self.state, etcd)
+            sock = endpoint[len("unix://"):]
+            self.assertTrue(stat.S_ISSOCK(os.stat(sock).st_mode), sock)
+            self.assertEqual(tcp_listeners(etcd), [])
             st = os.stat(os.path.join(self.state, "etcd-password"))
             self.assertEqual(st.st_mode & 0o777, 0o600)
             self.assertGreaterEqual(len(self.password()), 32)
@@ -205,6 +268,64 @@ class PrivateEtcd(unittest.TestCase):
         finally:
             self.stop(p)
 
+    def test_operations_go_through_the_socket_over_either_api(self):
+        gen = os.path.join(self.tmp, "gen")
+        ferry_harness.generate_stubs(gen)
+        import grpc
+        from ferry.v1 import coordinator_pb2 as cpb, coordinator_pb2_grpc, types_pb2 as pb
+        for api in ("grpc", "gateway"):
+            with self.subTest(api=api):
+                p, etcd = self.serving(("--etcd-kv-api", api))
+                rid = f"private-{api}"
+                try:
+                    with open(self.port_file) as f:
+                        port = int(f.read().strip())
+                    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+                        stub = coordinator_pb2_grpc.CoordinatorStub(channel)
+                        md = pb.RdmaMetadata(
+                            version=1, kind=pb.OPERATION_KIND_WRITE, worker_address=b"\x01" * 64,
+                            descriptors=[pb.Descriptor(address=0x10000, size=4096,
+                                                       device=pb.Device(kind=pb.DEVICE_KIND_HOST),
+                                                       rkey=b"k" * 32)],
+                            notification_key=os.urandom(16), worker_name=rid,
+                            hostname="localhost")
+                        reg = stub.Register(cpb.RegisterRequest(
+                            request_id=rid, metadata=md, owner="py"), timeout=10)
+                        look = stub.Lookup(cpb.LookupRequest(
+                            request_id=rid, access_token=reg.access_token), timeout=10)
+                        self.assertEqual(look.operation.state, pb.OPERATION_STATE_REGISTERED)
+                        self.assertEqual(look.operation.metadata.worker_name, rid)
+                    # In etcd, read through the socket as root.
+                    endpoint = client_endpoint(self.state, etcd)
+                    reply, err = etcd_post(endpoint, "/v3/kv/range",
+                                           {"key": b64("/ferry/"), "range_end": b64("/ferry0"),
+                                            "keys_only": True}, self.token(endpoint))
+                    self.assertIsNone(err, err)
+                    keys = [base64.b64decode(kv["key"]).decode() for kv in reply.get("kvs", [])]
+                    self.assertTrue(any(k.endswith("/" + rid) for k in keys), keys)
+                finally:
+                    self.stop(p)
+
+    def test_a_second_coordinator_on_the_directory_is_refused(self):
+        p, etcd = self.serving()
+        try:
+            other = coordinator(self.state, os.path.join(self.tmp, "port2"))
+            out, _ = other.communicate(timeout=30)
+            self.assertNotEqual(other.returncode, 0, out)
+            self.assertIn(f"another coordinator uses the state directory {self.state}", out)
+            self.assertFalse(os.path.exists(os.path.join(self.tmp, "port2")), out)
+            # The first one's etcd still answers on its socket.
+            self.assertIsNone(p.poll())
+            endpoint = client_endpoint(self.state, etcd)
+            reply, err = etcd_post(endpoint, "/v3/kv/range", {"key": b64("/x")},
+                                   self.token(endpoint))
+            self.assertIsNone(err, err)
+        finally:
+            self.stop(p)
+        # And when it has stopped, the directory is free again.
+        p, _ = self.serving()
+        self.stop(p)
+
     def test_a_state_directory_from_before_auth_is_taken_over(self):
         # What an earlier coordinator left: etcd's data, auth off, a key.
         port, peer = ferry_harness.free_port(), ferry_harness.free_port()
@@ -229,8 +350,7 @@ class PrivateEtcd(unittest.TestCase):
             old.wait(timeout=30)
         p, etcd = self.serving()
         try:
-            argv = cmdline(etcd)
-            endpoint = argv[argv.index("--listen-client-urls") + 1]
+            endpoint = client_endpoint(self.state, etcd)
             _, err = etcd_post(endpoint, "/v3/kv/range", {"key": b64("/kept")})
             self.assertIn("user name is empty", err.get("error", ""))
             reply, err = etcd_post(endpoint, "/v3/kv/range", {"key": b64("/kept")},
@@ -294,8 +414,7 @@ class PrivateEtcd(unittest.TestCase):
         Planted here with root's token, after the fact."""
         p, etcd = self.serving()
         try:
-            argv = cmdline(etcd)
-            endpoint = argv[argv.index("--listen-client-urls") + 1]
+            endpoint = client_endpoint(self.state, etcd)
             token = self.token(endpoint)
             for path, body in (("/v3/auth/user/add", {"name": "mallory",
                                                       "password": "pw-0123456789"}),
@@ -328,6 +447,10 @@ class PrivateEtcd(unittest.TestCase):
                 p.communicate()
         self.assertEqual(p.returncode, 1, out)
         self.assertIn(f"the private etcd (pid {etcds[0]}) was killed by signal 9", out)
+        # Its socket is left behind; the next start takes its place.
+        self.assertTrue(os.path.exists(os.path.join(self.state, "etcd-client:1")))
+        p, _ = self.serving()
+        self.stop(p)
 
 
 if __name__ == "__main__":
