@@ -803,7 +803,11 @@ class Connector(_ferry._Connector):
     or a region is open. A ``with`` block that ends by an exception while
     one is open lets that exception through and leaves the connector open:
     each operation and region keeps it alive, and it is destroyed when
-    collected, after them (an operation is cancelled when collected)."""
+    collected, after them (an operation is cancelled when collected).
+
+    It belongs to the process that made it: in a forked child every use
+    raises Misuse, and close() or collection lets go of it (leaked there)
+    without touching the parent's threads; make a new one in the child."""
 
     def __new__(cls, name: Optional[str] = None, *, peer_error_handling: Optional[bool] = None,
                 spin_us: Optional[int] = None, log_level: Optional[str] = None) -> "Connector":

@@ -95,6 +95,8 @@ static PyObject *connector_new(PyTypeObject *tp, PyObject *args, PyObject *kwarg
         return NULL;
     }
     self->efd = -1;
+    self->generation = pyferry_generation();
+    self->pid = (long)getpid();
     self->done_tail = &self->done_head;
     pthread_mutex_init(&self->done_lock, NULL);
     self->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
@@ -115,14 +117,20 @@ err_self:
     return NULL;
 }
 
+bool pyferry_connector_forked(const pyferry_connector_t *self)
+{
+    return self->generation != pyferry_generation();
+}
+
 /* Destroys the connector; FERRY_ERR_BUSY (nothing changed) while an
- * operation lives. */
+ * operation lives. In a forked child it is abandoned instead. */
 static ferry_status_t connector_close_handle(pyferry_connector_t *self)
 {
     ferry_status_t status = FERRY_OK;
     ferry_connector_t *conn = self->conn;
 
-    if (conn == NULL) {
+    if (conn == NULL || pyferry_connector_forked(self)) {
+        self->conn = NULL;
         return FERRY_OK;
     }
     Py_BEGIN_ALLOW_THREADS status = ferry_connector_destroy(conn);
@@ -138,6 +146,9 @@ void pyferry_connector_reap(pyferry_connector_t *self)
     pyferry_orphan_t *o = self->orphans;
     ferry_status_t status;
 
+    if (pyferry_connector_forked(self)) {
+        return; /* the parent's: left to it */
+    }
     /* Taken whole: another thread reaping while the GIL is released below
      * sees an empty list, never a node in use here. */
     self->orphans = NULL;
@@ -196,7 +207,10 @@ static void connector_dealloc(PyObject *obj)
     if (self->efd >= 0) {
         close(self->efd);
     }
-    pthread_mutex_destroy(&self->done_lock);
+    if (!pyferry_connector_forked(self)) {
+        /* A child's copy may be locked by a thread it does not have. */
+        pthread_mutex_destroy(&self->done_lock);
+    }
     pyferry_free_self(obj);
 }
 
@@ -231,6 +245,11 @@ static PyObject *connector_close(PyObject *obj, PyObject *unused)
     int rc;
 
     (void)unused;
+    if (pyferry_connector_forked(self)) {
+        /* Abandoned, with what is open on it (each abandons its own). */
+        self->conn = NULL;
+        Py_RETURN_NONE;
+    }
     if (self->closing) {
         return pyferry_raise(FERRY_ERR_BUSY, "connector: being closed by another thread");
     }
@@ -254,6 +273,9 @@ static PyObject *connector_close(PyObject *obj, PyObject *unused)
 
 static int connector_check_open(pyferry_connector_t *self)
 {
+    if (pyferry_check_process(self->generation, self->pid, "connector") < 0) {
+        return -1;
+    }
     if (self->conn == NULL) {
         pyferry_raise(FERRY_ERR_MISUSE, "connector: closed");
         return -1;
@@ -354,6 +376,9 @@ static PyObject *connector_drain(PyObject *obj, PyObject *unused)
     uint64_t count;
 
     (void)unused;
+    if (pyferry_check_process(self->generation, self->pid, "connector") < 0) {
+        return NULL; /* the eventfd and the list are the parent's */
+    }
     if (read(self->efd, &count, sizeof(count)) < 0 && errno != EAGAIN) {
         return PyErr_SetFromErrno(PyExc_OSError);
     }

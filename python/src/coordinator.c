@@ -14,6 +14,8 @@
  */
 #include "pyferry.h"
 
+#include <unistd.h>
+
 static PyObject *coordinator_new(PyTypeObject *tp, PyObject *args, PyObject *kwargs)
 {
     static char *kwlist[] = {"target",       "timeout_ms",      "tls_ca_file", "tls_cert_file",
@@ -43,6 +45,8 @@ static PyObject *coordinator_new(PyTypeObject *tp, PyObject *args, PyObject *kwa
     if (self == NULL) {
         return NULL;
     }
+    self->generation = pyferry_generation();
+    self->pid = (long)getpid();
     Py_BEGIN_ALLOW_THREADS status = ferry_coordinator_connect(&params, &self->coord);
     Py_END_ALLOW_THREADS if (status != FERRY_OK)
     {
@@ -58,7 +62,8 @@ static ferry_status_t coordinator_disconnect(pyferry_coordinator_t *self)
     ferry_coordinator_t *coord = self->coord;
     ferry_status_t status;
 
-    if (coord == NULL) {
+    if (coord == NULL || self->generation != pyferry_generation()) {
+        self->coord = NULL; /* in a forked child: abandoned, its threads are the parent's */
         return FERRY_OK;
     }
     Py_BEGIN_ALLOW_THREADS status = ferry_coordinator_disconnect(coord);
@@ -71,6 +76,9 @@ static ferry_status_t coordinator_disconnect(pyferry_coordinator_t *self)
 
 int pyferry_coordinator_check_open(pyferry_coordinator_t *coord)
 {
+    if (pyferry_check_process(coord->generation, coord->pid, "coordinator") < 0) {
+        return -1;
+    }
     if (coord->coord == NULL) {
         pyferry_raise(FERRY_ERR_MISUSE, "coordinator: closed");
         return -1;
@@ -95,6 +103,10 @@ static PyObject *coordinator_close(PyObject *obj, PyObject *unused)
     ferry_status_t status;
 
     (void)unused;
+    if (self->generation != pyferry_generation()) {
+        (void)coordinator_disconnect(self); /* abandoned, with what is bound to it */
+        Py_RETURN_NONE;
+    }
     if (self->closing) {
         return pyferry_raise(FERRY_ERR_BUSY, "coordinator: being closed by another thread");
     }

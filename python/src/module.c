@@ -4,11 +4,12 @@
  * operation status names), the address of a buffer export, and module init.
  *
  * Module state is process-global (the module supports one interpreter):
- * the five types and the exception factory.
+ * the five types, the exception factory and the process generation.
  */
 #include "pyferry.h"
 
 #include <string.h>
+#include <unistd.h>
 
 PyTypeObject *pyferry_desc_type;
 PyTypeObject *pyferry_connector_type;
@@ -54,6 +55,35 @@ PyObject *pyferry_raise(ferry_status_t code, const char *message)
 PyObject *pyferry_raise_last(ferry_status_t code)
 {
     return pyferry_raise(code, ferry_last_error_message());
+}
+
+/* Written only in a forked child's handler, before any other thread of the
+ * child exists. */
+static unsigned generation;
+
+static void on_fork_child(void)
+{
+    generation++;
+}
+
+unsigned pyferry_generation(void)
+{
+    return generation;
+}
+
+int pyferry_check_process(unsigned made_in_generation, long made_in, const char *what)
+{
+    char msg[256];
+
+    if (made_in_generation == generation) {
+        return 0;
+    }
+    snprintf(msg, sizeof(msg),
+             "%s: made in process %ld, before this process (%ld) was forked from it; its "
+             "threads stayed there, so it cannot be used here (make a new one in this process)",
+             what, made_in, (long)getpid());
+    pyferry_raise(FERRY_ERR_MISUSE, msg);
+    return -1;
 }
 
 void pyferry_free_self(PyObject *self)
@@ -225,10 +255,18 @@ PyMODINIT_FUNC PyInit__ferry(void);
 
 PyMODINIT_FUNC PyInit__ferry(void)
 {
+    static bool fork_handler;
     PyObject *m = PyModule_Create(&module_def);
 
     if (m == NULL) {
         return NULL;
+    }
+    if (!fork_handler) {
+        if (pthread_atfork(NULL, NULL, on_fork_child) != 0) {
+            PyErr_SetString(PyExc_RuntimeError, "ferry: pthread_atfork failed");
+            goto err_module;
+        }
+        fork_handler = true;
     }
     pyferry_desc_type = pyferry_desc_type_create(m);
     if (add_type(m, "_Descriptor", pyferry_desc_type) < 0) {

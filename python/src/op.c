@@ -140,13 +140,46 @@ static PyObject *op_new(PyTypeObject *tp, PyObject *args, PyObject *kwargs)
     return (PyObject *)self;
 }
 
+/* -1 with Misuse raised when the operation is open but was made before
+ * this process was forked: libferry's threads that move it are the
+ * parent's. */
+static int check_process(pyferry_op_t *self)
+{
+    pyferry_connector_t *c = self->connector;
+
+    return self->op != NULL ? pyferry_check_process(c->generation, c->pid, "operation") : 0;
+}
+
 static int check_open(pyferry_op_t *self)
 {
+    if (check_process(self) < 0) {
+        return -1;
+    }
     if (self->op == NULL) {
         pyferry_raise(FERRY_ERR_MISUSE, "operation: closed");
         return -1;
     }
     return 0;
+}
+
+/* In a forked child: lets go of the handle without a libferry call (it is
+ * leaked: the parent's threads own it) and of what it held here. */
+static void op_abandon(pyferry_op_t *self)
+{
+    self->op = NULL;
+    self->closed_status = FERRY_OP_STATUS_ERRORED;
+    self->closed_code = FERRY_ERR_MISUSE;
+    Py_CLEAR(self->closed_message);
+    self->closed_message = pyferry_text("operation: made before this process was forked; "
+                                        "abandoned here, unfinished");
+    if (self->closed_message == NULL) {
+        PyErr_Clear();
+    }
+    self->connector->live_ops--;
+    if (self->coordinator != NULL) {
+        self->coordinator->live_ops--;
+    }
+    Py_CLEAR(self->descs);
 }
 
 /* Cancels an unfinished operation, keeps its outcome, destroys the handle
@@ -157,6 +190,10 @@ static void op_release(pyferry_op_t *self)
     const char *msg = "";
 
     if (op == NULL) {
+        return;
+    }
+    if (pyferry_connector_forked(self->connector)) {
+        op_abandon(self);
         return;
     }
     /* Closed from here on for every other thread (they run only while the
@@ -229,6 +266,9 @@ static PyObject *op_get_status(PyObject *obj, void *closure)
     pyferry_op_t *self = (pyferry_op_t *)obj;
 
     (void)closure;
+    if (check_process(self) < 0) {
+        return NULL;
+    }
     return PyLong_FromLong(self->op != NULL ? (long)ferry_op_status(self->op)
                                             : (long)self->closed_status);
 }
@@ -283,6 +323,9 @@ static PyObject *op_error(PyObject *obj, PyObject *unused)
     ferry_status_t code;
 
     (void)unused;
+    if (check_process(self) < 0) {
+        return NULL;
+    }
     if (self->op == NULL) {
         return Py_BuildValue("(iO)", (int)self->closed_code,
                              self->closed_message != NULL ? self->closed_message : Py_None);
@@ -314,7 +357,7 @@ static PyObject *op_wait(PyObject *obj, PyObject *arg)
     long timeout_ms = PyLong_AsLong(arg);
     ferry_status_t status;
 
-    if (timeout_ms == -1 && PyErr_Occurred()) {
+    if ((timeout_ms == -1 && PyErr_Occurred()) || check_process(self) < 0) {
         return NULL;
     }
     for (;;) {
@@ -358,6 +401,9 @@ static PyObject *op_outcome(PyObject *obj, PyObject *unused)
     ferry_op_status_t st;
 
     (void)unused;
+    if (check_process(self) < 0) {
+        return NULL;
+    }
     if (self->op == NULL) {
         if (self->closed_status == FERRY_OP_STATUS_COMPLETE) {
             Py_RETURN_NONE;
@@ -386,6 +432,9 @@ static PyObject *op_cancel(PyObject *obj, PyObject *unused)
     ferry_op_t *op = self->op;
 
     (void)unused;
+    if (check_process(self) < 0) {
+        return NULL;
+    }
     if (op == NULL) {
         Py_RETURN_NONE; /* closed: final already */
     }
@@ -506,6 +555,9 @@ static PyObject *op_get_access_token(PyObject *obj, void *closure)
     const char *token;
 
     (void)closure;
+    if (check_process(self) < 0) {
+        return NULL;
+    }
     token = self->op != NULL ? ferry_op_access_token(self->op) : NULL;
     if (token == NULL) {
         Py_RETURN_NONE;

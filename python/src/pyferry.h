@@ -37,6 +37,15 @@
  * coordinator calls). An operation that is in use with the GIL released
  * (busy > 0) refuses to be closed from another thread.
  *
+ * fork(): libferry's threads (the progress thread, the coordinator
+ * client's) stay in the parent, and a child that used, closed or collected
+ * what the parent made would wait on them for ever, or take the parent's
+ * wake-ups from the shared eventfd. Connectors and coordinators record the
+ * process generation they were made in (pyferry_generation, bumped in every
+ * forked child); in another one every use refuses (Misuse, saying so), and
+ * close or collection abandons the handle, with its operations and regions,
+ * without a libferry call (the child's copy of their memory is leaked).
+ *
  * Errors: libferry's status code and message become an exception through
  * one Python callable the package installs (_set_error_factory), so the
  * exception hierarchy lives in exactly one place (ferry/__init__.py).
@@ -86,8 +95,18 @@ typedef struct pyferry_orphan {
     struct pyferry_orphan *next;
 } pyferry_orphan_t;
 
+/* The process generation: 0 where the module was loaded, one more in each
+ * forked child (pthread_atfork). */
+unsigned pyferry_generation(void);
+
+/* 0 when `generation` is this process's; else -1 with Misuse raised, naming
+ * `what` and the process it was made in. */
+int pyferry_check_process(unsigned generation, long made_in, const char *what);
+
 typedef struct {
-    PyObject_HEAD ferry_connector_t *conn; /* NULL once closed */
+    PyObject_HEAD ferry_connector_t *conn; /* NULL once closed (or abandoned after fork) */
+    unsigned generation;                   /* pyferry_generation() at creation */
+    long pid;                              /* the process it was made in, for messages */
     bool closing;                          /* close() running with the GIL released (GIL) */
     int efd;                               /* eventfd: readable when done_head is not empty */
     pthread_mutex_t done_lock;
@@ -123,7 +142,9 @@ typedef struct {
 } pyferry_region_t;
 
 typedef struct {
-    PyObject_HEAD ferry_coordinator_t *coord; /* NULL once closed */
+    PyObject_HEAD ferry_coordinator_t *coord; /* NULL once closed (or abandoned after fork) */
+    unsigned generation;                      /* pyferry_generation() at creation */
+    long pid;                                 /* the process it was made in */
     bool closing;                             /* close() running, GIL released (GIL) */
     Py_ssize_t live_ops;                      /* operations bound to it, not closed (GIL) */
 } pyferry_coordinator_t;
@@ -218,6 +239,9 @@ int pyferry_coordinator_check_open(pyferry_coordinator_t *coord);
  * now (dropping each one's reference to conn); the others stay. The caller
  * must hold its own reference to conn. */
 void pyferry_connector_reap(pyferry_connector_t *conn);
+
+/* Whether conn was made before this process was forked from its maker. */
+bool pyferry_connector_forked(const pyferry_connector_t *conn);
 
 /* connector.c: keeps the descriptors of keep (a tuple of _Descriptor, in
  * the order given to libferry) of op, closed before it completed and not

@@ -95,6 +95,14 @@ static ferry_status_t region_release(pyferry_region_t *self)
     ferry_region_t *region = self->region;
     ferry_status_t status;
 
+    if (pyferry_connector_forked(self->connector)) {
+        /* Abandoned in a forked child: the parent's threads may still use
+         * the handle (leaked here), and this copy of its memory with it. */
+        self->region = NULL;
+        self->connector->live_regions--;
+        Py_CLEAR(self->owner);
+        return FERRY_OK;
+    }
     self->closing = true;
     Py_BEGIN_ALLOW_THREADS status = ferry_mem_deregister(region);
     Py_END_ALLOW_THREADS self->closing = false;

@@ -4,6 +4,7 @@ its JSON form, and transfers between two operations of one process."""
 import ctypes
 import gc
 import json
+import os
 import signal
 import threading
 import time
@@ -776,3 +777,99 @@ def test_a_tensor_descriptor_holds_the_storage(connector, sender):
     w.close()
     landed = np.frombuffer(ctypes.string_at(d.ptr, size), np.uint8)
     assert np.array_equal(landed, src)
+
+
+def _in_forked_child(fn):
+    """Runs fn() in a forked child; returns what it returned (JSON), or fails
+    when the child raised, died or did not end within 30 s (killed then)."""
+    rfd, wfd = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            os.close(rfd)
+            out = json.dumps({"result": fn()})
+            code = 0
+        except BaseException as e:  # noqa: B902 - reported to the parent
+            out = json.dumps({"error": repr(e)})
+        finally:
+            os.write(wfd, out.encode())
+            os._exit(code)
+    os.close(wfd)
+    deadline = time.monotonic() + 30
+    status = None
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done == pid:
+            break
+        time.sleep(0.02)
+    else:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        os.close(rfd)
+        pytest.fail("the forked child hung")
+    with os.fdopen(rfd) as f:
+        reply = json.loads(f.read() or "{}")
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, (status, reply)
+    return reply["result"]
+
+
+def test_a_forked_child_refuses_its_parents_objects_and_lets_go_of_them(sender):
+    """fork(): libferry's threads (progress, coordinator client) stay in the
+    parent. In a child every use of a connector, operation or coordinator
+    made before refuses (Misuse, naming the process it was made in), and
+    closing or collecting them lets go without waiting on those threads:
+    the child used to hang there (destroy joined a progress thread the
+    child does not have). The parent's objects work on afterwards."""
+    objs = {"c": ferry.Connector("py-fork")}
+    dst = bytearray(4096)
+    objs["w"] = objs["c"].create_writable(ferry.Descriptor(dst))
+    objs["region"] = objs["c"].allocate(4096)
+    objs["coord"] = ferry.Coordinator("127.0.0.1:1", timeout=0.2)  # connects lazily
+    made_in = os.getpid()
+
+    def refusals():
+        c, w, coord = objs["c"], objs["w"], objs["coord"]
+        said = []
+        for call in (lambda: c.create_writable(ferry.Descriptor(bytearray(8))),
+                     lambda: c.allocate(64),
+                     lambda: w.status,
+                     lambda: w.wait(0.1),
+                     lambda: w.metadata(),
+                     lambda: w.publish(coord, "py-fork-id")):
+            try:
+                call()
+                said.append("no error")
+            except ferry.Misuse as e:
+                said.append(str(e))
+        # Explicit closes: each lets go at once.
+        w.close()
+        objs["region"].close()
+        c.close()
+        coord.close()
+        return said, [w.closed, objs["region"].closed, c.closed, coord.closed]
+
+    said, closed = _in_forked_child(refusals)
+    assert len(said) == 6
+    for text in said:
+        assert f"made in process {made_in}, before this process" in text, said
+    assert said[0].startswith("connector:") and said[2].startswith("operation:"), said
+    assert closed == [True, True, True, True]
+
+    def collected():
+        objs.clear()  # the child's only references: each is collected here
+        gc.collect()
+        return "collected"
+
+    assert _in_forked_child(collected) == "collected"
+
+    # The parent's: untouched by either child.
+    src = pattern(4096)
+    with sender.begin_write(ferry.Descriptor(src), objs["w"].metadata()) as a:
+        a.wait(30)
+    objs["w"].wait(30)
+    assert bytes(dst) == src.tobytes()
+    objs["w"].close()
+    objs["region"].close()
+    objs["coord"].close()
+    objs["c"].close()
