@@ -35,10 +35,10 @@
 #include "coordinator/etcd/etcd_int.h"
 
 #include <stdarg.h>
-#include <sys/un.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/un.h>
 #include <time.h>
 
 #include "common/clock.h"
@@ -420,13 +420,51 @@ static size_t etcd_buf_write(char *data, size_t size, size_t nmemb, void *arg)
     return n;
 }
 
+/* A request body that libcurl reads once and cannot rewind. */
+typedef struct {
+    const char *data;
+    size_t len, off;
+} etcd_body_t;
+
+static size_t etcd_body_read(char *dest, size_t size, size_t nmemb, void *arg)
+{
+    etcd_body_t *body = arg;
+    size_t n = body->len - body->off;
+    if (n > size * nmemb) {
+        n = size * nmemb;
+    }
+    memcpy(dest, body->data + body->off, n);
+    body->off += n;
+    return n;
+}
+
+static int etcd_body_seek(void *arg, curl_off_t offset, int origin)
+{
+    etcd_body_t *body = arg;
+    /* Sent already: never again (the request may have been applied). */
+    if (body->off > 0 || offset != 0 || origin != SEEK_SET) {
+        return CURL_SEEKFUNC_FAIL;
+    }
+    return CURL_SEEKFUNC_OK;
+}
+
 /* POSTs body to `path` on the endpoint at `index`; url (url_size) gets
  * the endpoint and path, for messages. The handle keeps its connections
- * across reset. detail (CURL_ERROR_SIZE) is always set: "" when curl said nothing more. */
+ * across reset. detail (CURL_ERROR_SIZE) is always set: "" when curl said
+ * nothing more. Unless `resend`, libcurl may not send it twice: on a reused
+ * connection that dies without an answer it would send the request again
+ * on a new one, to the same URL, which behind a Service or a DNS name
+ * reaches another member and applies a write a second time (the first
+ * member may have committed it). The body is then read through a callback
+ * that cannot rewind, and such a request fails instead
+ * (CURLE_SEND_FAIL_REWIND). */
 static CURLcode etcd_post(etcd_client_t *client, CURL *handle, size_t index, const char *path,
-                          char *url, size_t url_size, const char *body, const char *token,
-                          long timeout_ms, etcd_buf_t *out, long *http_p, char *detail)
+                          char *url, size_t url_size, const char *body_text, bool resend,
+                          const char *token, long timeout_ms, etcd_buf_t *out, long *http_p,
+                          char *detail)
 {
+    etcd_body_t body = {.data = body_text, .len = strlen(body_text)};
+
     detail[0] = '\0';
     curl_easy_reset(handle);
     etcd__curl_common(client, handle);
@@ -437,7 +475,16 @@ static CURLcode etcd_post(etcd_client_t *client, CURL *handle, size_t index, con
     }
     curl_easy_setopt(handle, CURLOPT_TIMEOUT_MS, timeout_ms);
     curl_easy_setopt(handle, CURLOPT_HTTPHEADER, headers);
-    curl_easy_setopt(handle, CURLOPT_POSTFIELDS, body);
+    if (resend) {
+        curl_easy_setopt(handle, CURLOPT_POSTFIELDS, body_text);
+    } else {
+        curl_easy_setopt(handle, CURLOPT_POST, 1L);
+        curl_easy_setopt(handle, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)body.len);
+        curl_easy_setopt(handle, CURLOPT_READFUNCTION, etcd_body_read);
+        curl_easy_setopt(handle, CURLOPT_READDATA, &body);
+        curl_easy_setopt(handle, CURLOPT_SEEKFUNCTION, etcd_body_seek);
+        curl_easy_setopt(handle, CURLOPT_SEEKDATA, &body);
+    }
     curl_easy_setopt(handle, CURLOPT_WRITEFUNCTION, etcd_buf_write);
     curl_easy_setopt(handle, CURLOPT_WRITEDATA, out);
     curl_easy_setopt(handle, CURLOPT_ERRORBUFFER, detail);
@@ -457,7 +504,8 @@ static CURLcode etcd_post(etcd_client_t *client, CURL *handle, size_t index, con
  * so trying the next one cannot apply a write twice. The code alone does
  * not prove it: on a reused connection that dies without an answer (the
  * member died with the request in hand, maybe after forwarding it to the
- * leader) libcurl itself sends the request again on a new connection, and
+ * leader) libcurl tries to send the request again on a new connection
+ * (which etcd_post lets it do only for requests safe to send twice), and
  * that one's "connect refused" is the code we see. CURLINFO_REQUEST_SIZE
  * counts the request bytes written over both tries. */
 static bool etcd_never_sent(CURL *handle, CURLcode code)
@@ -532,8 +580,9 @@ static ferry_status_t etcd_attempt(etcd_client_t *client, CURL *handle, size_t i
     char detail[CURL_ERROR_SIZE] = "";
     char url[512];
     long http = 0;
-    CURLcode code = etcd_post(client, handle, index, path, url, sizeof(url), body, token,
-                              timeout_ms, &buf, &http, detail);
+    CURLcode code =
+        etcd_post(client, handle, index, path, url, sizeof(url), body,
+                  (flags & ETCD_CALL_RETRY) != 0, token, timeout_ms, &buf, &http, detail);
     ferry_status_t status;
     *next_p = false;
     if (code != CURLE_OK) {

@@ -194,7 +194,13 @@ typedef struct {
     void *log_arg;
 } ferry_connector_params_t;
 
-/* Creates the process's connector (a NULL params means all defaults). */
+/* Creates the process's connector (a NULL params means all defaults).
+ * A connector, its operations and regions, and a coordinator client
+ * belong to the process that made them: their threads and UCX's state
+ * (whose file descriptors a forked child shares) stay in the parent. A
+ * forked child must not use, destroy or deregister them (destroying would
+ * remove the parent's UCX handlers from their shared epoll set); it leaves
+ * them alone and makes its own. The Python package enforces this. */
 FERRY_API ferry_status_t ferry_connector_create(const ferry_connector_params_t *params,
                                                 ferry_connector_t **connector_p);
 

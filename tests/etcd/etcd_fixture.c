@@ -121,7 +121,7 @@ void frozen_etcd_start(frozen_etcd_t *f, const char *first_reply)
 void frozen_etcd_stop(frozen_etcd_t *f)
 {
     /* Shutting the listener down ends an accept() still waiting. */
-    if (f->listen_fd >= 0 && !f->has_thread) {
+    if (f->listen_fd >= 0 && (!f->has_thread || f->others_behind)) {
         shutdown(f->listen_fd, SHUT_RDWR);
     }
     if (f->has_thread) {
@@ -180,6 +180,25 @@ static void *dying_etcd_main(void *arg)
         fprintf(stderr, "dying etcd: send failed\n");
     }
     dying_etcd_read(f->conn_fd);
+    if (f->others_behind) {
+        /* Gone, with the second request unanswered; what connects next
+         * reaches another member, until stop shuts the listener down. */
+        close(f->conn_fd);
+        f->conn_fd = -1;
+        for (;;) {
+            int fd = accept(f->listen_fd, NULL, NULL);
+            if (fd < 0) {
+                return NULL;
+            }
+            if (dying_etcd_read(fd)) {
+                atomic_fetch_add(&f->resent, 1);
+                if (send(fd, head, (size_t)n, MSG_NOSIGNAL) != n) {
+                    fprintf(stderr, "dying etcd: send failed\n");
+                }
+            }
+            close(fd);
+        }
+    }
     /* Gone, with the second request unanswered. */
     shutdown(f->listen_fd, SHUT_RDWR);
     close(f->listen_fd);
@@ -189,10 +208,11 @@ static void *dying_etcd_main(void *arg)
     return NULL;
 }
 
-void dying_etcd_start(frozen_etcd_t *f, const char *reply)
+void dying_etcd_start(frozen_etcd_t *f, const char *reply, bool others_behind)
 {
     frozen_etcd_start(f, NULL);
     f->first_reply = reply;
+    f->others_behind = others_behind;
     assert_int_equal(pthread_create(&f->thread, NULL, dying_etcd_main, f), 0);
     f->has_thread = true;
 }

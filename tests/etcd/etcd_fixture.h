@@ -7,6 +7,7 @@
 #define FERRY_TESTS_ETCD_FIXTURE_H
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -45,6 +46,8 @@ typedef struct {
     int listen_fd;
     int conn_fd; /* the first connection, when first_reply; -1 otherwise */
     const char *first_reply;
+    bool others_behind; /* dying_etcd_start's */
+    atomic_int resent;  /* requests on later connections (others_behind) */
     pthread_t thread;
     bool has_thread;
     char url[64];
@@ -55,9 +58,12 @@ void frozen_etcd_stop(frozen_etcd_t *f);
 
 /* A member that dies with a request in flight: on one connection it answers
  * the first request with HTTP 200 `reply`, reads the second and closes the
- * connection and its listener without answering, so a new connection is
- * refused. Stop joins its thread. */
-void dying_etcd_start(frozen_etcd_t *f, const char *reply);
+ * connection without answering. Then its listener closes too, so a new
+ * connection is refused; or, with `others_behind`, its address leads on to
+ * another member, as a Service or a DNS name would: each later connection's
+ * request is counted in f->resent and answered with `reply`. Stop joins
+ * its thread. */
+void dying_etcd_start(frozen_etcd_t *f, const char *reply, bool others_behind);
 
 /* --- watch recorder ------------------------------------------------------ */
 

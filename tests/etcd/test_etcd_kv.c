@@ -421,7 +421,7 @@ static void test_write_in_flight_is_not_replayed(void **state)
     }
     frozen_etcd_t dying;
     char endpoints[160];
-    dying_etcd_start(&dying, "{\"header\":{\"revision\":\"1\"}}");
+    dying_etcd_start(&dying, "{\"header\":{\"revision\":\"1\"}}", false);
     snprintf(endpoints, sizeof(endpoints), "%s,%s", dying.url, fx->etcd.endpoint);
     etcd_client_t *client = fixture_client(endpoints, 3000);
     assert_int_equal(etcd_put(client, "replay/k", 8, "1", 1, 0, NULL), FERRY_OK);
@@ -434,6 +434,42 @@ static void test_write_in_flight_is_not_replayed(void **state)
     assert_int_equal(etcd_put(client, "replay/k", 8, "3", 1, 0, NULL), FERRY_OK);
     etcd_client_destroy(client);
     frozen_etcd_stop(&dying);
+}
+
+/* As above, behind an address that leads to another member on the next
+ * connection (a Service, a DNS name): libcurl used to send the write
+ * again there by itself, so it was applied twice (a create-if-absent then
+ * failed on its own record). It fails instead, sent once; a read is still
+ * sent again. */
+static void test_write_is_not_resent_behind_one_address(void **state)
+{
+    (void)state;
+    if (!fixture_kv_gateway) {
+        print_message("the dying member speaks HTTP/1.1 (libcurl's own retry)\n");
+        skip();
+    }
+    const char *reply = "{\"header\":{\"revision\":\"1\"}}";
+    frozen_etcd_t dying;
+    dying_etcd_start(&dying, reply, true);
+    etcd_client_t *client = fixture_client(dying.url, 3000);
+    assert_int_equal(etcd_put(client, "resend/k", 8, "1", 1, 0, NULL), FERRY_OK);
+    assert_int_equal(etcd_put(client, "resend/k", 8, "2", 1, 0, NULL), FERRY_ERR_UNAVAILABLE);
+    int resent = atomic_load(&dying.resent);
+    etcd_client_destroy(client);
+    frozen_etcd_stop(&dying);
+    assert_int_equal(resent, 0);
+
+    /* A read on a connection that dies the same way: sent again. */
+    dying_etcd_start(&dying, reply, true);
+    client = fixture_client(dying.url, 3000);
+    assert_int_equal(etcd_put(client, "resend/k", 8, "1", 1, 0, NULL), FERRY_OK);
+    etcd_range_t range;
+    assert_int_equal(etcd_get(client, "resend/k", 8, NULL, 0, 0, 0, &range), FERRY_OK);
+    etcd_range_free(&range);
+    resent = atomic_load(&dying.resent);
+    etcd_client_destroy(client);
+    frozen_etcd_stop(&dying);
+    assert_int_equal(resent, 1);
 }
 
 /* A member that stops (SIGSTOP) after the client has a connection to it:
@@ -516,6 +552,7 @@ int main(void)
         cmocka_unit_test(test_hung_etcd_times_out),
         cmocka_unit_test(test_frozen_first_endpoint),
         cmocka_unit_test(test_write_in_flight_is_not_replayed),
+        cmocka_unit_test(test_write_is_not_resent_behind_one_address),
         cmocka_unit_test(test_write_to_stopped_member_is_not_replayed),
         cmocka_unit_test(test_recovers_after_etcd_restart),
     };
