@@ -29,8 +29,13 @@
 
 #define COORD_DEFAULT_TIMEOUT_MS 10000
 #define COORD_DEFAULT_TTL_S      10
-#define COORD_PATH(m)            "/ferry.v1.Coordinator/" m
-#define LEASE_TOKEN_CAP          129 /* the coordinator's are 64 hex characters */
+/* The longest lease TTL the renewals follow: the coordinator's answer names
+ * the TTL, and a broken or hostile one's (up to 2^63 s) would overflow the
+ * period in milliseconds into a renewal loop that never waits. A lease with
+ * a longer TTL is renewed as often as one of this. */
+#define COORD_MAX_TTL_S 86400
+#define COORD_PATH(m)   "/ferry.v1.Coordinator/" m
+#define LEASE_TOKEN_CAP 129 /* the coordinator's are 64 hex characters */
 
 typedef struct coord_link {
     struct coord_link *next;
@@ -123,7 +128,7 @@ static inline int64_t now_ms(void)
 static inline int64_t period_ms(const ferry_coordinator_t *coord)
 {
     int64_t ttl = coord->session_ttl_s > 0 ? coord->session_ttl_s : COORD_DEFAULT_TTL_S;
-    return ttl * 1000 / 3;
+    return (ttl < COORD_MAX_TTL_S ? ttl : COORD_MAX_TTL_S) * 1000 / 3;
 }
 
 /* The pause before try number `tries` + 1 of a report: 50 ms, doubling, at
