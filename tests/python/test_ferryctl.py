@@ -108,6 +108,33 @@ class Ferryctl(unittest.TestCase):
         self.assertEqual(lines[1].split()[:5],
                          ["ls-a-1", "CLAIMED", "WRITE", "py-owner", "py-claimant"])
 
+    def test_list_interrupted_prints_what_it_read_and_where_to_go_on(self):
+        """Ctrl-C during a list of many pages: it used to read every page
+        first. The coordinator is frozen while ferryctl waits for its first
+        page, ferryctl gets SIGINT, then the coordinator goes on: one page
+        printed, the token to go on with, exit 130."""
+        for i in range(3):
+            self.register(f"int-{i}")
+        ferry_harness.freeze(C2.proc)
+        try:
+            proc = subprocess.Popen(
+                [FERRYCTL, "list", "--prefix", "int-", "--page-size", "1", "--json",
+                 "--coordinator", C2.target, "--timeout", "30"],
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            ferry_harness.wait_until(lambda: connected_to(proc.pid, C2.port), 30,
+                                     "ferryctl to connect to the frozen coordinator")
+            proc.send_signal(signal.SIGINT)
+        finally:
+            C2.proc.send_signal(signal.SIGCONT)
+        out, err = proc.communicate(timeout=60)
+        self.assertEqual(proc.returncode, 130, err)
+        self.assertIn("interrupted after 1 page(s)", err)
+        pages = [json.loads(line) for line in out.splitlines()]
+        self.assertEqual([op["request_id"] for op in pages[0]["operations"]], ["int-0"])
+        rest = self.json_out(ferryctl("list", "--prefix", "int-", "--page-size", "1",
+                                      "--page-token", pages[0]["next_page_token"], "--json"))
+        self.assertEqual([op["request_id"] for op in rest[0]["operations"]], ["int-1", "int-2"])
+
     def test_get_and_unknown(self):
         self.register("get-1")
         out = self.json_out(ferryctl("get", "get-1", "--json"))[0]
@@ -237,6 +264,27 @@ def register_on_c2(rid):
     c2.Register(coordinator_pb2.RegisterRequest(
         request_id=rid, metadata=metadata(types_pb2, types_pb2.OPERATION_KIND_WRITE),
         access_token=TOKEN), timeout=10)
+
+
+def connected_to(pid, port):
+    """Whether pid has an established TCP connection to `port`."""
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            link = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if link.startswith("socket:["):
+            inodes.add(link[len("socket:["):-1])
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):  # gRPC may use a v4-mapped socket
+        with open(table) as f:
+            next(f)
+            for line in f:
+                cols = line.split()
+                if (cols[3] == "01" and cols[9] in inodes and
+                        int(cols[2].split(":")[1], 16) == port):
+                    return True
+    return False
 
 
 def stop_watch(proc):

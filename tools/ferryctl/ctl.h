@@ -27,7 +27,8 @@ enum {
     CTL_EXIT_DENIED = 4,       /* PERMISSION_DENIED, UNAUTHENTICATED */
     CTL_EXIT_PRECONDITION = 5, /* FAILED_PRECONDITION, ALREADY_EXISTS */
     CTL_EXIT_UNAVAILABLE = 6,  /* no coordinator answered (UNAVAILABLE, DEADLINE_EXCEEDED) */
-    CTL_EXIT_NOT_SERVING = 7   /* health: a coordinator answered but is not SERVING */
+    CTL_EXIT_NOT_SERVING = 7,  /* health: a coordinator answered but is not SERVING */
+    CTL_EXIT_INTERRUPTED = 130 /* list: SIGINT or SIGTERM before its last page */
 };
 
 /* Set by SIGINT and SIGTERM. */

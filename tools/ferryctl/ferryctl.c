@@ -308,7 +308,12 @@ static int cmd_list(const options_t *o, ctl_conn_t *conn)
         pages[n_pages++] = resp;
         n_ops += resp->n_operations;
         req.page_token = resp->next_page_token;
-    } while (req.page_token[0] != '\0' && (o->pages == 0 || (long)n_pages < o->pages));
+    } while (req.page_token[0] != '\0' && (o->pages == 0 || (long)n_pages < o->pages) && !ctl_stop);
+    /* Interrupted (SIGINT, SIGTERM): what was read, and where to go on. */
+    if (ctl_stop && req.page_token[0] != '\0') {
+        fprintf(stderr, "ferryctl: list: interrupted after %zu page(s)\n", n_pages);
+        rc = CTL_EXIT_INTERRUPTED;
+    }
 
     ops = calloc(n_ops + 1, sizeof(*ops));
     if (ops == NULL) {
