@@ -94,7 +94,8 @@ static const char usage[] =
     "\n"
     "exit: 0 ok, 1 failed, 2 usage or INVALID_ARGUMENT, 3 NOT_FOUND,\n"
     "      4 PERMISSION_DENIED/UNAUTHENTICATED, 5 FAILED_PRECONDITION/ALREADY_EXISTS,\n"
-    "      6 no coordinator answered, 7 health: not SERVING\n";
+    "      6 no coordinator answered, 7 health: not SERVING,\n"
+    "      130 list interrupted before its last page\n";
 
 static bool parse_long_flag(const char *flag, const char *text, long lo, long hi, long *value_p)
 {
