@@ -193,10 +193,25 @@ void pyferry_connector_park(pyferry_connector_t *self, PyObject *keep, const fer
     }
 }
 
+/* The collector's view of the C fields (op.c's op_traverse says why; no
+ * tp_clear either). */
+static int connector_traverse(PyObject *obj, visitproc visit, void *arg)
+{
+    pyferry_connector_t *self = (pyferry_connector_t *)obj;
+
+    Py_VISIT(Py_TYPE(obj));
+    Py_VISIT(self->parked);
+    for (pyferry_orphan_t *o = self->orphans; o != NULL; o = o->next) {
+        Py_VISIT(o->owner);
+    }
+    return 0;
+}
+
 static void connector_dealloc(PyObject *obj)
 {
     pyferry_connector_t *self = (pyferry_connector_t *)obj;
 
+    PyObject_GC_UnTrack(obj);
     /* Every operation, region and orphan holds a reference: none is alive
      * here. Parked memory goes only once libferry's connector is gone (else
      * it is leaked with it rather than freed under a transfer). */
@@ -758,6 +773,7 @@ static PyGetSetDef connector_getset[] = {
 static PyType_Slot connector_slots[] = {
     {Py_tp_new, connector_new},
     {Py_tp_dealloc, connector_dealloc},
+    {Py_tp_traverse, connector_traverse},
     {Py_tp_methods, connector_methods},
     {Py_tp_getset, connector_getset},
     {Py_tp_doc, "_Connector(name=None, peer_error_handling=None, spin_us=-1, log_level=-2)."},
@@ -768,7 +784,7 @@ static PyType_Spec connector_spec = {
     "ferry._ferry._Connector",
     sizeof(pyferry_connector_t),
     0,
-    Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
+    Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
     connector_slots,
 };
 

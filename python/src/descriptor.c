@@ -130,10 +130,23 @@ err_self:
     return NULL;
 }
 
+/* The collector's view of the C fields: the owner and the buffer export's
+ * object (op.c's op_traverse says why; no tp_clear either). */
+static int desc_traverse(PyObject *obj, visitproc visit, void *arg)
+{
+    pyferry_desc_t *self = (pyferry_desc_t *)obj;
+
+    Py_VISIT(Py_TYPE(obj));
+    Py_VISIT(self->owner);
+    Py_VISIT(self->view.obj);
+    return 0;
+}
+
 static void desc_dealloc(PyObject *obj)
 {
     pyferry_desc_t *self = (pyferry_desc_t *)obj;
 
+    PyObject_GC_UnTrack(obj);
     /* A no-op when no export was taken (view.obj NULL). */
     PyBuffer_Release(&self->view);
     Py_CLEAR(self->owner);
@@ -213,6 +226,7 @@ static PyGetSetDef desc_getset[] = {
 static PyType_Slot desc_slots[] = {
     {Py_tp_new, desc_new},
     {Py_tp_dealloc, desc_dealloc},
+    {Py_tp_traverse, desc_traverse},
     {Py_tp_getset, desc_getset},
     {Py_tp_methods, desc_methods},
     {Py_tp_doc, "_Descriptor(ptr, size, kind, id, owner=None, readonly=False): one region."},
@@ -223,7 +237,7 @@ static PyType_Spec desc_spec = {
     "ferry._ferry._Descriptor",
     sizeof(pyferry_desc_t),
     0,
-    Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
+    Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
     desc_slots,
 };
 

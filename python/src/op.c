@@ -232,10 +232,29 @@ static void op_release(pyferry_op_t *self)
      * queue above is the connector's, and a closed operation is cheap. */
 }
 
+/* What the collector must see of an operation: the references in its C
+ * fields (a cycle through op.connector, such as a Connector subclass that
+ * keeps its operations, could never be collected otherwise). No tp_clear:
+ * the fields of a live handle stay until dealloc; a cycle is broken where
+ * it passes through a Python object's own dict. */
+static int op_traverse(PyObject *obj, visitproc visit, void *arg)
+{
+    pyferry_op_t *self = (pyferry_op_t *)obj;
+
+    Py_VISIT(Py_TYPE(obj));
+    Py_VISIT((PyObject *)self->connector);
+    Py_VISIT(self->descs);
+    Py_VISIT((PyObject *)self->coordinator);
+    Py_VISIT(self->closed_message);
+    return 0;
+}
+
 static void op_dealloc(PyObject *obj)
 {
     pyferry_op_t *self = (pyferry_op_t *)obj;
     PyObject *type, *value, *tb;
+
+    PyObject_GC_UnTrack(obj);
 
     /* Dealloc may run while an exception is being raised. */
     PyErr_Fetch(&type, &value, &tb);
@@ -595,6 +614,7 @@ static PyGetSetDef op_getset[] = {
 static PyType_Slot op_slots[] = {
     {Py_tp_new, op_new},
     {Py_tp_dealloc, op_dealloc},
+    {Py_tp_traverse, op_traverse},
     {Py_tp_methods, op_methods},
     {Py_tp_getset, op_getset},
     {Py_tp_doc, "_Operation: one libferry operation (made by a Connector)."},
@@ -605,7 +625,7 @@ static PyType_Spec op_spec = {
     "ferry._ferry._Operation",
     sizeof(pyferry_op_t),
     0,
-    Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
+    Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
     op_slots,
 };
 

@@ -37,6 +37,13 @@
  * coordinator calls). An operation that is in use with the GIL released
  * (busy > 0) refuses to be closed from another thread.
  *
+ * Collection: _Descriptor, _Connector, _Operation and _Region take part in
+ * the cycle collector (tp_traverse reports the references their C fields
+ * hold), so a cycle through one (a Connector subclass keeping its
+ * operations, a buffer keeping its descriptor) is collected. None has a
+ * tp_clear: a live handle keeps its fields until dealloc, and a cycle is
+ * broken where it passes through a Python object's own dict.
+ *
  * fork(): libferry's threads (the progress thread, the coordinator
  * client's) stay in the parent, and a child that used, closed or collected
  * what the parent made would wait on them for ever, or take the parent's

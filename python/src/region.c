@@ -133,11 +133,24 @@ static void region_orphan(pyferry_region_t *self)
     self->connector = NULL;
 }
 
+/* The collector's view of the C fields (op.c's op_traverse says why; no
+ * tp_clear either). */
+static int region_traverse(PyObject *obj, visitproc visit, void *arg)
+{
+    pyferry_region_t *self = (pyferry_region_t *)obj;
+
+    Py_VISIT(Py_TYPE(obj));
+    Py_VISIT((PyObject *)self->connector);
+    Py_VISIT(self->owner);
+    return 0;
+}
+
 static void region_dealloc(PyObject *obj)
 {
     pyferry_region_t *self = (pyferry_region_t *)obj;
     PyObject *type, *value, *tb;
 
+    PyObject_GC_UnTrack(obj);
     /* Dealloc may run while an exception is being raised. */
     PyErr_Fetch(&type, &value, &tb);
     if (self->region != NULL && region_release(self) != FERRY_OK) {
@@ -289,6 +302,7 @@ static PyGetSetDef region_getset[] = {
 static PyType_Slot region_slots[] = {
     {Py_tp_new, region_new},
     {Py_tp_dealloc, region_dealloc},
+    {Py_tp_traverse, region_traverse},
     {Py_tp_methods, region_methods},
     {Py_tp_getset, region_getset},
     {Py_bf_getbuffer, region_getbuffer},
@@ -298,7 +312,10 @@ static PyType_Slot region_slots[] = {
 };
 
 static PyType_Spec region_spec = {
-    "ferry._ferry._Region", sizeof(pyferry_region_t), 0, Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
+    "ferry._ferry._Region",
+    sizeof(pyferry_region_t),
+    0,
+    Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
     region_slots,
 };
 

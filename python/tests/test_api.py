@@ -873,3 +873,30 @@ def test_a_forked_child_refuses_its_parents_objects_and_lets_go_of_them(sender):
     objs["region"].close()
     objs["coord"].close()
     objs["c"].close()
+
+
+def test_cycles_through_c_references_are_collected(sender):
+    """A Connector subclass that keeps its operations, and a buffer that
+    keeps the descriptor made over it: each is a reference cycle through a
+    C field (operation -> connector, descriptor -> owner), which the
+    collector could not see: the connector (its progress thread, its UCX
+    state) and the memory lived until the process ended."""
+    class Keeper(ferry.Connector):
+        pass
+
+    c = Keeper("py-cycle")
+    c.ops = [c.create_writable(ferry.Descriptor(bytearray(64)))]
+    gone = weakref.ref(c)
+    del c
+    gc.collect()
+    assert gone() is None
+
+    class Owner(bytearray):
+        pass
+
+    buf = Owner(64)
+    buf.desc = ferry.Descriptor(buf)
+    gone = weakref.ref(buf)
+    del buf
+    gc.collect()
+    assert gone() is None
