@@ -631,8 +631,15 @@ class _Operation(_ferry._Operation):
         conn._watch(loop)
         handle = loop.call_later(timeout, _expire, fut, timeout) if timeout is not None else None
         try:
-            self._arm()
-            await fut
+            try:
+                self._arm()
+            except Misuse:
+                # Closed by another thread since the check above (the code
+                # between them may let go of the GIL): its outcome, below.
+                if not self.closed:
+                    raise
+            else:
+                await fut
         finally:
             if handle is not None:
                 handle.cancel()

@@ -141,6 +141,26 @@ def test_cancel_wakes_the_async_waiter(connector):
     asyncio.run(main())
 
 
+def test_closed_between_its_check_and_arming(connector):
+    """Another thread may close the operation while wait_for_completion
+    sets up (its code lets go of the GIL): the waiter gets the closed
+    outcome (Cancelled), not Misuse ("operation: closed")."""
+    w = connector.create_writable(ferry.Descriptor(bytearray(64)))
+    watch = connector._watch
+
+    def closing_watch(loop):  # the other thread's close, in that window
+        w.close()
+        watch(loop)
+
+    connector._watch = closing_watch
+    try:
+        with pytest.raises(ferry.Cancelled):
+            asyncio.run(w.wait_for_completion(10))
+    finally:
+        del connector._watch
+    assert w.closed
+
+
 def test_close_under_an_async_waiter(connector):
     async def main():
         w = connector.create_writable(ferry.Descriptor(bytearray(64)))
