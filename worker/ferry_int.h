@@ -798,4 +798,8 @@ void ferry__op_regions_detach(ferry_op_t *op);
 extern atomic_bool ferry__test_hold_notice;
 extern atomic_bool ferry__test_notice_held;
 
+/* When set, the next active operation to start its transfer finds no memory
+ * for its flush (and clears it). */
+extern atomic_bool ferry__test_fail_flush_alloc;
+
 #endif /* FERRY_WORKER_FERRY_INT_H */

@@ -46,6 +46,7 @@
 
 atomic_bool ferry__test_hold_notice;
 atomic_bool ferry__test_notice_held;
+atomic_bool ferry__test_fail_flush_alloc;
 
 /* The status an op that is final without having completed owes the peer. */
 static ferry_status_t owed_status(const ferry_op_t *op)
@@ -77,6 +78,16 @@ static void start_transfer(ferry_op_t *op)
                        "the endpoint to the passive side was closed by force");
         return;
     }
+    /* Before any put: once one is posted only the flush's completion ends
+     * data_in_flight, which destroy waits for (it used to come after the
+     * puts, and without it destroy waited for ever). Nothing moved: the
+     * passive side is told at once. */
+    req = atomic_exchange(&ferry__test_fail_flush_alloc, false) ? NULL : calloc(1, sizeof(*req));
+    if (req == NULL) {
+        ferry__op_move(op, FERRY__OP_ERRORED, FERRY_ERR_NO_MEMORY, "out of memory for a flush");
+        send_notice(op, owed_status(op));
+        return;
+    }
     /* Moved first: on shared memory a put may copy inside ucp_put_nbx. */
     ferry__op_move(op, FERRY__OP_TRANSFERRING, FERRY_OK, NULL);
     for (size_t i = 0; i < op->n; i++) {
@@ -104,11 +115,6 @@ static void start_transfer(ferry_op_t *op)
         if (sp != NULL) {
             ucp_request_free(sp); /* the flush below reports its completion */
         }
-    }
-    req = calloc(1, sizeof(*req));
-    if (req == NULL) {
-        ferry__op_move(op, FERRY__OP_ERRORED, FERRY_ERR_NO_MEMORY, "out of memory for a flush");
-        return;
     }
     req->type = FERRY__REQ_FLUSH;
     req->connector = op->connector;

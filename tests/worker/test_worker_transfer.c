@@ -885,6 +885,41 @@ static void *destroyer(void *arg)
  * waits for both: once the second delivery had ended, it used to return
  * while the first listener still ran, and the caller freed what that
  * listener used. */
+/* No memory for a write's flush: it fails before any put, and the passive
+ * side is told at once (ERRORED, nothing written). The flush used to be
+ * allocated after the puts: without it nothing ended the data in flight,
+ * so destroying the operation waited for ever, and the passive side stayed
+ * claimed. */
+static void test_no_memory_for_the_flush(void **state)
+{
+    uint8_t src[4096], dst[4096] = {0};
+    ferry_descriptor_t ds = {src, sizeof(src), FERRY_DEVICE_HOST_INIT};
+    ferry_descriptor_t dd = {dst, sizeof(dst), FERRY_DEVICE_HOST_INIT};
+    ferry_op_t *passive, *active;
+    const uint8_t *md;
+    const char *msg = NULL;
+    size_t md_len;
+    (void)state;
+
+    pair_fill(src, sizeof(src), 31, 0);
+    assert_int_equal(ferry_writable_create(world.c, &dd, 1, &passive), FERRY_OK);
+    assert_int_equal(ferry_op_metadata(passive, &md, &md_len), FERRY_OK);
+    atomic_store(&ferry__test_fail_flush_alloc, true);
+    assert_int_equal(ferry_write_begin(world.c, &ds, 1, md, md_len, &active), FERRY_OK);
+    assert_int_not_equal(ferry_op_wait(active, WAIT_TIMEOUT_MS), FERRY_OK);
+    assert_int_equal(ferry_op_status(active), FERRY_OP_STATUS_ERRORED);
+    assert_int_equal(ferry_op_error(active, &msg), FERRY_ERR_NO_MEMORY);
+    assert_non_null(strstr(msg, "out of memory for a flush"));
+    assert_false(atomic_load(&ferry__test_fail_flush_alloc)); /* taken by this write */
+    assert_int_not_equal(ferry_op_wait(passive, WAIT_TIMEOUT_MS), FERRY_OK);
+    assert_int_equal(ferry_op_status(passive), FERRY_OP_STATUS_ERRORED);
+    assert_int_equal(ferry_op_error(passive, &msg), FERRY_ERR_NO_MEMORY);
+    static const uint8_t zero[sizeof(dst)];
+    assert_memory_equal(dst, zero, sizeof(dst)); /* nothing written */
+    ferry_op_destroy(active);
+    ferry_op_destroy(passive);
+}
+
 static void test_destroy_waits_for_every_delivery(void **state)
 {
     ferry_connector_params_t params = {.field_mask = FERRY_CONNECTOR_PARAM_FIELD_PROGRESS_MODE,
@@ -1429,6 +1464,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_loopback_caller_progress),
         cmocka_unit_test(test_listeners),
         cmocka_unit_test(test_claim_during_destroy_refused),
+        cmocka_unit_test(test_no_memory_for_the_flush),
         cmocka_unit_test(test_destroy_waits_for_every_delivery),
         cmocka_unit_test(test_failed_peer_not_handed_out),
         cmocka_unit_test(test_error_message_cut_whole),
