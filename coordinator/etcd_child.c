@@ -9,8 +9,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/prctl.h>
 #include <sys/file.h>
+#include <sys/prctl.h>
 #include <sys/random.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -166,8 +166,9 @@ static ferry_status_t load_password(coord_etcd_child_t *child, int dir_fd)
 }
 
 /* In the child: log_fd becomes its stdout and stderr; it runs in the state
- * directory (dir_fd), where its peer socket is, so that only this user
- * reaches it: a single member needs no peer, but etcd listens for them. */
+ * directory (dir_fd), where its client and peer sockets are, so that only
+ * this user reaches them (a single member needs no peer, but etcd listens
+ * for them). */
 static void exec_etcd(int dir_fd, int log_fd)
 {
     const char *bin = getenv("FERRY_ETCD_BIN") != NULL ? getenv("FERRY_ETCD_BIN") : "etcd";

@@ -409,9 +409,10 @@ class PrivateEtcd(unittest.TestCase):
     def test_a_user_besides_root_stops_the_start(self):
         """A user besides root in the private etcd stops every start,
         naming it: on its first start etcd's auth is off until the
-        coordinator turns it on, and a local user who reached its loopback
-        port then could have added one of their own, with root's role.
-        Planted here with root's token, after the fact."""
+        coordinator turns it on, and a local user who reached the loopback
+        port an older version gave it then could have added one of their
+        own, with root's role. Planted here with root's token, after the
+        fact."""
         p, etcd = self.serving()
         try:
             endpoint = client_endpoint(self.state, etcd)
