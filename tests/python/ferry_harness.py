@@ -26,6 +26,30 @@ def free_port():
         return s.getsockname()[1]
 
 
+def tcp_sockets(pid):
+    """pid's TCP sockets, IPv4 and IPv6 (gRPC may use v4-mapped ones), as
+    (state, local port, remote port) with /proc/net/tcp's state codes
+    ("0A" LISTEN, "01" ESTABLISHED)."""
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            link = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if link.startswith("socket:["):
+            inodes.add(link[len("socket:["):-1])
+    found = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as f:
+            next(f)
+            for line in f:
+                cols = line.split()
+                if cols[9] in inodes:
+                    found.append((cols[3], int(cols[1].split(":")[1], 16),
+                                  int(cols[2].split(":")[1], 16)))
+    return found
+
+
 def wait_until(cond, timeout, what):
     """Polls cond() until it is true or the deadline passes."""
     deadline = time.monotonic() + timeout

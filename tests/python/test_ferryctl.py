@@ -268,23 +268,8 @@ def register_on_c2(rid):
 
 def connected_to(pid, port):
     """Whether pid has an established TCP connection to `port`."""
-    inodes = set()
-    for fd in os.listdir(f"/proc/{pid}/fd"):
-        try:
-            link = os.readlink(f"/proc/{pid}/fd/{fd}")
-        except OSError:
-            continue
-        if link.startswith("socket:["):
-            inodes.add(link[len("socket:["):-1])
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):  # gRPC may use a v4-mapped socket
-        with open(table) as f:
-            next(f)
-            for line in f:
-                cols = line.split()
-                if (cols[3] == "01" and cols[9] in inodes and
-                        int(cols[2].split(":")[1], 16) == port):
-                    return True
-    return False
+    return any(state == "01" and remote == port
+               for state, _, remote in ferry_harness.tcp_sockets(pid))
 
 
 def stop_watch(proc):

@@ -120,24 +120,8 @@ def client_endpoint(state_dir, etcd_pid):
 
 
 def tcp_listeners(pid):
-    """The local addresses of the TCP sockets pid listens on."""
-    inodes = set()
-    for fd in os.listdir(f"/proc/{pid}/fd"):
-        try:
-            link = os.readlink(f"/proc/{pid}/fd/{fd}")
-        except OSError:
-            continue
-        if link.startswith("socket:["):
-            inodes.add(link[len("socket:["):-1])
-    found = []
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        with open(table) as f:
-            next(f)
-            for line in f:
-                cols = line.split()
-                if cols[3] == "0A" and cols[9] in inodes:  # 0A: LISTEN
-                    found.append(cols[1])
-    return found
+    """The local ports of the TCP sockets pid listens on."""
+    return [local for state, local, _ in ferry_harness.tcp_sockets(pid) if state == "0A"]
 
 
 def b64(text):
