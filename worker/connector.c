@@ -453,7 +453,7 @@ void ferry__connector_deliver(ferry_connector_t *c)
              * (the done queue's reference keeps it until the unref). */
             op->destroy_deferred = false;
             ferry__unlock(c);
-            ferry_op_destroy(op);
+            ferry__op_destroy_resume(op);
             ferry__lock(c);
         }
         ferry__op_unref(op);

@@ -513,6 +513,11 @@ struct ferry_op {
     /* The done callback destroyed its own operation: delivery finishes the
      * destroy once the callback has returned. */
     bool destroy_deferred;
+    /* Destroyed by ferry_op_destroy_nowait: destroy waits for no data in
+     * flight, and released(released_arg) runs when the op is freed. */
+    bool destroy_nowait;
+    ferry_op_released_cb_t released;
+    void *released_arg;
     unsigned inbox_queued; /* its party's messages in the inbox: FERRY__INBOX_PER_OP */
 
     ferry_descriptor_t *descs;
@@ -547,7 +552,7 @@ struct ferry_op {
      * keeps its region references, its claimant (for its failure), its
      * table entry (destroyed: claims still find NOT_FOUND) and one op
      * reference until the claimant settles (op_passive.c). */
-    bool region_hold;
+    bool claimant_hold;
 
     /* The staged path (staged.c); NULL on the direct path. */
     struct ferry__stage *stage;
@@ -585,6 +590,10 @@ ferry_status_t ferry__op_alloc(ferry_connector_t *c, ferry__op_kind_t kind,
 
 /* Frees an operation that was never published (constructor failure). */
 void ferry__op_free(ferry_op_t *op);
+
+/* The destroy a done callback deferred (destroy_deferred), as its caller
+ * asked for it (ferry_op_destroy or _nowait); no lock held. */
+void ferry__op_destroy_resume(ferry_op_t *op);
 
 /* The one state-change function; lock held. code/fmt only for ERRORED and
  * CANCELLED (code FERRY_OK and fmt NULL otherwise). Logs every change; on a

@@ -293,6 +293,12 @@ static void op_free_locked(ferry_op_t *op)
     if (!op->user_released) {
         c->user_ops--; /* a constructor's failure (ferry__op_free) */
     }
+    if (op->released != NULL) {
+        /* Not told at destroy: nothing of libferry or UCX reaches its
+         * memory any more now (no request holds the op, its claimant has
+         * settled, and it is unmapped). */
+        op->released(op->released_arg);
+    }
     free(op);
 }
 
@@ -701,18 +707,16 @@ static void active_quiesce(ferry_op_t *op)
     }
 }
 
-void ferry_op_destroy(ferry_op_t *op)
+/* ferry_op_destroy and _nowait, as op->destroy_nowait says; from the
+ * deferred destroy too. */
+static void op_destroy(ferry_op_t *op)
 {
-    ferry_connector_t *c;
+    ferry_connector_t *c = op->connector;
     ferry_op_status_t status;
 
-    if (op == NULL) {
-        return;
-    }
     /* No done callback or FINAL starts from here on, and one that is
      * running ends before destroy goes on: what it was given (a listener's
      * state, the user's arg) may be freed once destroy returns. */
-    c = op->connector;
     ferry__lock(c);
     op->done_cb = NULL;
     if (op->cbs_running > 0 && ferry__delivering_op(op)) {
@@ -742,8 +746,44 @@ void ferry_op_destroy(ferry_op_t *op)
     op->role->on_destroy(op);
     op->user_released = true;
     c->user_ops--;
+    if (op->released != NULL && !op->data_in_flight && !op->claimant_hold) {
+        /* Nothing reaches its memory any more (no put or get of its own in
+         * flight, no admitted claimant to wait for): told now, not when
+         * the op is freed, which a queued delivery may put off. */
+        ferry_op_released_cb_t released = op->released;
+        op->released = NULL;
+        released(op->released_arg);
+    }
     ferry__op_unref(op);
     ferry__unlock(c);
+}
+
+void ferry_op_destroy(ferry_op_t *op)
+{
+    if (op == NULL) {
+        return;
+    }
+    op_destroy(op);
+}
+
+void ferry_op_destroy_nowait(ferry_op_t *op, ferry_op_released_cb_t released, void *arg)
+{
+    if (op == NULL) {
+        return;
+    }
+    /* Set before destroy drops the lock anywhere: from here on the op may
+     * be freed on another thread, which then calls released. */
+    ferry__lock(op->connector);
+    op->destroy_nowait = true;
+    op->released = released;
+    op->released_arg = arg;
+    ferry__unlock(op->connector);
+    op_destroy(op);
+}
+
+void ferry__op_destroy_resume(ferry_op_t *op)
+{
+    op_destroy(op);
 }
 
 /* ---- the two sides' roles --------------------------------------------- */
@@ -759,7 +799,7 @@ static void passive_cancel(ferry_op_t *op, const char *why)
 static void passive_destroyed(ferry_op_t *op)
 {
     ferry__passive_release(op);
-    if (op->in_table && !op->region_hold) {
+    if (op->in_table && !op->claimant_hold) {
         ferry__op_table_remove(op);
     }
 }
@@ -776,7 +816,9 @@ static void active_final(ferry_op_t *op)
 static void active_destroyed(ferry_op_t *op)
 {
     ferry__staged_stop(op);
-    active_quiesce(op);
+    if (!op->destroy_nowait) {
+        active_quiesce(op); /* else its caller keeps the memory until released */
+    }
 }
 
 static const ferry__op_role_t passive_role = {

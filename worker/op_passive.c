@@ -15,12 +15,14 @@
  * an old key could still write. The one gap left: an owner that cancels
  * after admitting a writer cannot stop bytes already in flight; they land in
  * the (still allocated, user-owned) buffer, and the op is CANCELLED anyway.
- * Memory in a region is therefore kept (region_hold: the op keeps its
- * region references, its claimant and its table entry) until that claimant
- * settles, by its notice or its endpoint's failure, so deregistration
- * cannot free it under the claimant's puts or gets (staged.c keeps its
- * slots for the same reason). Memory in no region is the caller's, who
- * must keep it allocated until destroy.
+ * So an op that ends before its admitted claimant settled is held
+ * (claimant_hold: it keeps its region references, its claimant, its table
+ * entry and one reference of its own) until that claimant settles, by its
+ * notice or its endpoint's failure: deregistration cannot free a region
+ * under the claimant's puts or gets, and an op destroyed with
+ * ferry_op_destroy_nowait is freed, which is when its caller is told that
+ * its memory may go, only then (staged.c keeps its slots for the same
+ * reason; a staged op's claimant reaches only those).
  *
  * The decision is made before anything is built from the claim: the answer
  * goes back on the endpoint UCX names for the reply (the claimant's own
@@ -286,15 +288,23 @@ ferry_status_t ferry_op_notification_key(const ferry_op_t *op, const uint8_t **k
     return FERRY_OK;
 }
 
-/* Whether an op that ends now must keep its regions: an admitted claimant
- * that has not settled may still have puts or gets in flight into them
- * (UCX emulates them over TCP, copying in this process's worker), and a
- * region that went away under them (ferry_mem_deregister frees what
- * ferry_mem_alloc made) would be written or read after it was freed. */
-static bool claimant_may_touch_regions(const ferry_op_t *op)
+/* Whether an op that ends now must be held for its claimant: an admitted
+ * claimant that has not settled may still have puts or gets in flight into
+ * its memory (UCX emulates them over TCP, copying in this process's worker;
+ * over cma the claimant's process copies), and memory that went away under
+ * them (ferry_mem_deregister frees what ferry_mem_alloc made; a caller of
+ * ferry_op_destroy_nowait frees its own once told) would be written or read
+ * after it was freed. A staged op's claimant reaches its slots (staged.c),
+ * and its memory only through regions it holds. */
+static bool claimant_may_touch_memory(const ferry_op_t *op, bool staged)
 {
-    if (!op->admitted || op->claimant_settled || op->state == FERRY__OP_COMPLETE ||
-        !op->regions_held) {
+    if (!op->admitted || op->claimant_settled || op->state == FERRY__OP_COMPLETE) {
+        return false;
+    }
+    if (!staged) {
+        return true;
+    }
+    if (!op->regions_held) {
         return false;
     }
     for (size_t i = 0; i < op->n; i++) {
@@ -307,20 +317,22 @@ static bool claimant_may_touch_regions(const ferry_op_t *op)
 
 void ferry__passive_release(ferry_op_t *op)
 {
+    bool staged = op->stage != NULL;
+
     ferry__staged_release(op); /* first: it may tell the claimant to stop */
     if (op->mapped) {
         unmap_own(op, op->n);
         op->mapped = false;
-        if (claimant_may_touch_regions(op)) {
-            op->region_hold = true;
-            ferry__op_ref(op); /* dropped by region_hold_end */
-            ferry_debug("%s: regions kept until the admitted claimant settles", op->label);
+        if (claimant_may_touch_memory(op, staged)) {
+            op->claimant_hold = true;
+            ferry__op_ref(op); /* dropped by claimant_hold_end */
+            ferry_debug("%s: held until the admitted claimant settles", op->label);
         } else {
             ferry__op_regions_detach(op);
         }
         ferry_debug("%s: memory unregistered", op->label);
     }
-    if (op->claimant != NULL && !op->region_hold) {
+    if (op->claimant != NULL && !op->claimant_hold) {
         ferry__peer_put(op->claimant);
         op->claimant = NULL;
     }
@@ -328,11 +340,12 @@ void ferry__passive_release(ferry_op_t *op)
 
 /* The claimant of an op that ended before it settled has now settled (its
  * notice came, or its endpoint failed): the regions go, and a destroyed op
- * leaves the table and is freed. Lock held; may free op. */
-static void region_hold_end(ferry_op_t *op, const char *why)
+ * leaves the table and is freed (and its ferry_op_destroy_nowait caller
+ * told). Lock held; may free op. */
+static void claimant_hold_end(ferry_op_t *op, const char *why)
 {
     op->claimant_settled = true;
-    op->region_hold = false;
+    op->claimant_hold = false;
     ferry__op_regions_detach(op);
     if (op->claimant != NULL) {
         ferry__peer_put(op->claimant);
@@ -439,14 +452,14 @@ void ferry__passive_on_claim(ferry_connector_t *c, const ferry__msg_t *msg, ucp_
 
 /* Whether the loop still needs an endpoint to op's admitted claimant. An op
  * that ended meanwhile may still: the claimant has not settled, and its
- * failure is what lets go of the regions (region_hold) or staging slots
+ * failure is what lets go of the regions (claimant_hold) or staging slots
  * (stale) kept for it; a staged one must also be told to stop. */
 static bool claimant_needs_watch(const ferry_op_t *op)
 {
     if (op->claimant_settled || op->claimant != NULL) {
         return false;
     }
-    return !ferry__op_is_final(op) || op->region_hold || ferry__staged_stale_unwatched(op);
+    return !ferry__op_is_final(op) || op->claimant_hold || ferry__staged_stale_unwatched(op);
 }
 
 /* Opens op's endpoint to its admitted claimant; lock held. */
@@ -467,7 +480,7 @@ static void watch_claimant(ferry_op_t *op)
                    ferry_last_error_message());
         return;
     }
-    if (ferry__op_is_final(op) && !op->region_hold) {
+    if (ferry__op_is_final(op) && !op->claimant_hold) {
         /* It ended on the staged path: the slots kept for the claimant
          * take the endpoint; the op has no more use for it. */
         ferry__staged_claimant_late(op);
@@ -496,8 +509,8 @@ void ferry__passive_on_notice(ferry_connector_t *c, const ferry__msg_t *msg)
     if (op == NULL || ferry__op_is_final(op)) {
         c->stats.notices_ignored++;
         ferry_debug("connector %s: notice for no live operation", c->name);
-        if (op != NULL && op->region_hold && ferry__nonce_equal(msg->nonce, op->nonce)) {
-            region_hold_end(op, "settled (its notice came)");
+        if (op != NULL && op->claimant_hold && ferry__nonce_equal(msg->nonce, op->nonce)) {
+            claimant_hold_end(op, "settled (its notice came)");
         }
         return;
     }
@@ -538,8 +551,8 @@ void ferry__op_peer_failed(ferry_op_t *op, ferry__peer_t *peer)
     if (ferry__op_is_passive(op)) {
         /* Nothing more of a failed claimant reaches the memory. */
         op->claimant_settled = true;
-        if (op->region_hold) {
-            region_hold_end(op, "failed");
+        if (op->claimant_hold) {
+            claimant_hold_end(op, "failed");
             return;
         }
         ferry__op_move(op, FERRY__OP_ERRORED, FERRY_ERR_PEER_FAILED,

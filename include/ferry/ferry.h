@@ -580,13 +580,41 @@ FERRY_API bool ferry_op_in_region(const ferry_op_t *op, size_t index);
  * (FERRY_ERR_TRANSPORT) and the next operation opens a new endpoint;
  * without peer error handling UCX 1.13 cannot close an endpoint by force,
  * and destroy keeps waiting for the passive side (a peer that never answers
- * blocks it). Either way, the memory may be freed once destroy returns. It
- * drives the connector's progress itself while it waits (in caller progress
- * mode too). From the operation's own done callback it returns at once and
- * the destroy completes when the callback returns (see
- * ferry_op_set_done_callback). NULL is a no-op. */
+ * blocks it; ferry_op_destroy_nowait never blocks). Either way, the memory
+ * may be freed once destroy returns. It drives the connector's progress
+ * itself while it waits (in caller progress mode too). From the operation's
+ * own done callback it returns at once and the destroy completes when the
+ * callback returns (see ferry_op_set_done_callback). NULL is a no-op. */
 #define FERRY_OP_DESTROY_FLUSH_MS 1000
 FERRY_API void ferry_op_destroy(ferry_op_t *op);
+
+/* Told that nothing can touch an operation's memory any more (see
+ * ferry_op_destroy_nowait). */
+typedef void (*ferry_op_released_cb_t)(void *arg);
+
+/* ferry_op_destroy for a caller that must not block on a peer: it does all
+ * that ferry_op_destroy does, but never waits for data in flight, and
+ * released(arg) tells when the memory of the operation's descriptors that
+ * lie in no region (a region's is held by libferry, as ferry_op_in_region
+ * says) may be freed or reused. Until then the caller keeps it allocated:
+ * an active operation's puts or gets may still read or write it (a passive
+ * side that stopped answering holds them in UCX), and a passive
+ * operation's admitted writer or reader may, until it settles (its notice
+ * came, or with peer error handling its endpoint failed). released is
+ * called once, when the last of them has settled: from inside this call
+ * when none was in flight or admitted, else later from the thread that
+ * drives the connector's progress (the progress thread in thread mode, a
+ * caller of ferry_connector_progress in caller mode, or
+ * ferry_connector_destroy), with the connector's lock held: it must not
+ * call libferry nor block.
+ * It is never called when the peer never settles and the connector is
+ * destroyed first: once ferry_connector_destroy has returned FERRY_OK,
+ * nothing moves data any more and the memory is free to go either way.
+ * released may be NULL (the memory is then kept until the connector is
+ * destroyed). A destroyed operation no longer counts against
+ * ferry_connector_destroy. From the operation's own done callback, as
+ * ferry_op_destroy. NULL op is a no-op. */
+FERRY_API void ferry_op_destroy_nowait(ferry_op_t *op, ferry_op_released_cb_t released, void *arg);
 
 #ifdef __cplusplus
 }

@@ -670,12 +670,17 @@ class _Operation(_ferry._Operation):
 
     def close(self) -> None:
         """Cancels the operation if it is not final, then releases it: a
-        passive operation's memory registration goes at once. Unless it
-        completed, its descriptors' memory is held by the connector until the
-        connector is closed (data may still be in flight), except memory
-        inside one of the connector's Regions, which libferry keeps
+        passive operation's memory registration goes at once. It never waits
+        for a peer: unless it completed, its descriptors' memory is held by
+        the connector while data may still move through it (its own puts or
+        gets, an admitted writer's puts), until libferry says nothing can
+        reach it any more (let go of at the connector's next operation close
+        or region call) or the connector is closed. Memory inside one of the
+        connector's Regions is not held here: libferry keeps the region
         registered itself while data may move (Region.close raises Busy
-        meanwhile). Status and error stay readable. Idempotent."""
+        meanwhile). A write or read over a bare address (nothing to hold)
+        waits for its own data in flight instead. Status and error stay
+        readable. Idempotent."""
         super().close()
         self._wake_waiters()
 
@@ -718,14 +723,15 @@ class WritableOperation(_PassiveOperation):
     """Passive: a remote worker may write into the local descriptors.
     Made by ``Connector.create_writable``. Leaving its ``with`` block
     unfinished cancels it and releases its memory registration (the memory
-    itself is held until the connector is closed)."""
+    itself is held while a writer admitted to it may still write: see
+    close())."""
 
 
 class ReadableOperation(_PassiveOperation):
     """Passive: a remote worker may read the local descriptors. Made by
     ``Connector.create_readable``. Leaving its ``with`` block unfinished
     cancels it and releases its memory registration (the memory itself is
-    held until the connector is closed)."""
+    held while a reader admitted to it may still read: see close())."""
 
 
 class WriteOperation(_Operation):

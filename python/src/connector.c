@@ -29,8 +29,13 @@
  * deregisters the orphans libferry has let go and drops their references.
  *
  * The memory of an operation closed before it completed (its descriptors,
- * which hold it) is parked here until ferry_connector_destroy succeeded:
- * libferry does not wait for data in flight when it destroys an operation.
+ * which hold it) is parked here until libferry releases it, or until
+ * ferry_connector_destroy succeeded: such an operation is destroyed with
+ * ferry_op_destroy_nowait, which waits for no data in flight (an admitted
+ * writer's puts into a writable, a read's gets from a peer that stopped
+ * answering) and calls pyferry_parked_released, on libferry's thread,
+ * once none can land any more; the next reap drops the node. A close()
+ * therefore never blocks on a peer.
  * Memory the operation reaches through a region (ferry_op_in_region: it
  * lies inside one, however the descriptor was made: the region, or a
  * memoryview, numpy array or tensor over it) is not parked: libferry holds
@@ -141,6 +146,29 @@ static ferry_status_t connector_close_handle(pyferry_connector_t *self)
     return status;
 }
 
+void pyferry_parked_released(void *node)
+{
+    atomic_store(&((pyferry_parked_t *)node)->released, true);
+}
+
+/* Frees every parked node (all of them, or only those libferry released),
+ * letting go of their descriptors. GIL held. */
+static void parked_free(pyferry_connector_t *self, bool all)
+{
+    pyferry_parked_t **pp = &self->parked;
+
+    while (*pp != NULL) {
+        pyferry_parked_t *p = *pp;
+        if (!all && !atomic_load(&p->released)) {
+            pp = &p->next;
+            continue;
+        }
+        *pp = p->next;
+        Py_DECREF(p->descs);
+        free(p);
+    }
+}
+
 void pyferry_connector_reap(pyferry_connector_t *self)
 {
     pyferry_orphan_t *o = self->orphans;
@@ -149,6 +177,7 @@ void pyferry_connector_reap(pyferry_connector_t *self)
     if (pyferry_connector_forked(self)) {
         return; /* the parent's: left to it */
     }
+    parked_free(self, false);
     /* Taken whole: another thread reaping while the GIL is released below
      * sees an empty list, never a node in use here. */
     self->orphans = NULL;
@@ -172,25 +201,46 @@ void pyferry_connector_reap(pyferry_connector_t *self)
     }
 }
 
-void pyferry_connector_park(pyferry_connector_t *self, PyObject *keep, const ferry_op_t *op)
+pyferry_parked_t *pyferry_connector_park(pyferry_connector_t *self, PyObject *keep,
+                                         const ferry_op_t *op)
 {
-    Py_ssize_t n = PyTuple_Size(keep);
+    Py_ssize_t n = PyTuple_Size(keep), kept = 0;
+    pyferry_parked_t *p;
+    PyObject *descs;
 
+    for (Py_ssize_t i = 0; i < n; i++) {
+        pyferry_desc_t *d = (pyferry_desc_t *)PyTuple_GetItem(keep, i);
+        kept += d->owner != Py_None && !ferry_op_in_region(op, (size_t)i);
+    }
+    if (kept == 0) {
+        return NULL; /* no memory to hold, or libferry holds its region */
+    }
+    p = calloc(1, sizeof(*p));
+    descs = PyTuple_New(kept);
+    if (p == NULL || descs == NULL) {
+        PyErr_Clear();
+        free(p);
+        Py_XDECREF(descs);
+    }
+    kept = 0;
     for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *item = PyTuple_GetItem(keep, i);
         pyferry_desc_t *d = (pyferry_desc_t *)item;
-
-        if (d->owner == Py_None || ferry_op_in_region(op, (size_t)i)) {
-            continue; /* no memory to hold, or libferry holds its region */
-        }
-        if (self->parked == NULL) {
-            self->parked = PyList_New(0);
-        }
-        if (self->parked == NULL || PyList_Append(self->parked, item) < 0) {
-            PyErr_Clear();
-            Py_INCREF(item); /* leaked rather than freed under a transfer */
+        if (d->owner != Py_None && !ferry_op_in_region(op, (size_t)i)) {
+            Py_INCREF(item); /* with no node: leaked rather than freed under a transfer */
+            if (p != NULL && descs != NULL) {
+                PyTuple_SetItem(descs, kept++, item); /* steals it */
+            }
         }
     }
+    if (p == NULL || descs == NULL) {
+        return NULL;
+    }
+    p->descs = descs;
+    atomic_init(&p->released, false);
+    p->next = self->parked;
+    self->parked = p;
+    return p;
 }
 
 /* The collector's view of the C fields (op.c's op_traverse says why; no
@@ -200,7 +250,9 @@ static int connector_traverse(PyObject *obj, visitproc visit, void *arg)
     pyferry_connector_t *self = (pyferry_connector_t *)obj;
 
     Py_VISIT(Py_TYPE(obj));
-    Py_VISIT(self->parked);
+    for (pyferry_parked_t *p = self->parked; p != NULL; p = p->next) {
+        Py_VISIT(p->descs);
+    }
     for (pyferry_orphan_t *o = self->orphans; o != NULL; o = o->next) {
         Py_VISIT(o->owner);
     }
@@ -217,7 +269,7 @@ static void connector_dealloc(PyObject *obj)
      * it is leaked with it rather than freed under a transfer). */
     (void)connector_close_handle(self);
     if (self->conn == NULL) {
-        Py_CLEAR(self->parked);
+        parked_free(self, true);
     }
     if (self->efd >= 0) {
         close(self->efd);
@@ -281,8 +333,8 @@ static PyObject *connector_close(PyObject *obj, PyObject *unused)
         return NULL;
     }
     /* Nothing moves data any more: the memory of operations closed
-     * unfinished can go. */
-    Py_CLEAR(self->parked);
+     * unfinished can go, released or not. */
+    parked_free(self, true);
     Py_RETURN_NONE;
 }
 

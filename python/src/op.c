@@ -4,12 +4,13 @@
  * completion queue (connector.c).
  *
  * An operation closed before it completed parks its descriptors on its
- * connector (pyferry_connector_park): libferry does not wait for an
- * admitted peer's data in flight into a passive operation's memory, so
- * that memory stays held until the connector is destroyed;
- * memory inside a region is not parked, as libferry holds the region
- * itself. An operation is bound to a coordinator only once publish()
- * succeeded.
+ * connector (pyferry_connector_park) and is destroyed without waiting for
+ * data in flight (ferry_op_destroy_nowait), so close() never blocks on a
+ * peer that stopped answering: the memory stays held until libferry
+ * releases it (no put or get of ours, nor of an admitted peer, can reach
+ * it any more), or until the connector is destroyed; memory inside a
+ * region is not parked, as libferry holds the region itself. An operation is bound to a coordinator
+ * only once publish() succeeded.
  *
  * Life: made by the connector (_create, _begin_by_id): the Python object
  * first (pyferry_op_make), so that the class's own code runs before any
@@ -182,6 +183,20 @@ static void op_abandon(pyferry_op_t *self)
     Py_CLEAR(self->descs);
 }
 
+/* Whether a descriptor of descs (a tuple of _Descriptor, in op's order)
+ * gives memory by address only (no owner: nothing to park) outside every
+ * region. */
+static bool raw_memory(PyObject *descs, const ferry_op_t *op)
+{
+    for (Py_ssize_t i = 0; i < PyTuple_Size(descs); i++) {
+        const pyferry_desc_t *d = (const pyferry_desc_t *)PyTuple_GetItem(descs, i);
+        if (d->owner == Py_None && !ferry_op_in_region(op, (size_t)i)) {
+            return true;
+        }
+    }
+    return false;
+}
+
 /* Cancels an unfinished operation, keeps its outcome, destroys the handle
  * and lets go of what it held. The handle must not be busy. */
 static void op_release(pyferry_op_t *self)
@@ -210,18 +225,26 @@ static void op_release(pyferry_op_t *self)
     if (self->closed_message == NULL) {
         PyErr_Clear();
     }
-    /* ferry_op_destroy waits for our own puts and gets (a write's or a
-     * read's memory is free once it returns), not for an admitted writer's
-     * puts into a writable: unless a passive operation completed, its
-     * memory outside every region stays held until the connector is
-     * destroyed. Parked before destroy, while libferry still answers which
-     * memory lies in a region. */
-    if ((self->kind == PYFERRY_WRITABLE || self->kind == PYFERRY_READABLE) &&
-        self->closed_status != FERRY_OP_STATUS_COMPLETE && self->descs != NULL) {
-        pyferry_connector_park(self->connector, self->descs, op);
+    /* Unless it completed, data may still move through its memory (our own
+     * puts or gets, an admitted writer's puts into a writable), and a peer
+     * that stopped answering would hold a waiting destroy for ever: the
+     * memory outside every region is parked (before destroy, while libferry
+     * still answers which memory lies in a region) and the operation
+     * destroyed without waiting; libferry tells when the memory may go.
+     * Memory given by address (no owner to keep) is the caller's to free
+     * once close() returns: a write or read over it keeps the waiting
+     * destroy (a passive destroy never waits). */
+    if (self->closed_status != FERRY_OP_STATUS_COMPLETE && self->descs != NULL &&
+        !raw_memory(self->descs, op)) {
+        pyferry_parked_t *parked = pyferry_connector_park(self->connector, self->descs, op);
+        Py_BEGIN_ALLOW_THREADS ferry_op_destroy_nowait(
+            op, parked != NULL ? pyferry_parked_released : NULL, parked);
+        Py_END_ALLOW_THREADS
+    } else {
+        Py_BEGIN_ALLOW_THREADS ferry_op_destroy(op);
+        Py_END_ALLOW_THREADS
     }
-    Py_BEGIN_ALLOW_THREADS ferry_op_destroy(op);
-    Py_END_ALLOW_THREADS self->connector->live_ops--;
+    self->connector->live_ops--;
     if (self->coordinator != NULL) {
         self->coordinator->live_ops--;
     }

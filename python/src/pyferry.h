@@ -65,6 +65,7 @@
 #include <Python.h>
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdbool.h>
 
@@ -102,6 +103,15 @@ typedef struct pyferry_orphan {
     struct pyferry_orphan *next;
 } pyferry_orphan_t;
 
+/* The memory of an operation closed before it completed, kept for libferry
+ * (ferry_op_destroy_nowait) until it is released: the connector's parked
+ * list owns the node. */
+typedef struct pyferry_parked {
+    PyObject *descs;             /* strong: tuple of the _Descriptors kept (GIL) */
+    atomic_bool released;        /* set by libferry (pyferry_parked_released), any thread */
+    struct pyferry_parked *next; /* GIL */
+} pyferry_parked_t;
+
 /* The process generation: 0 where the module was loaded, one more in each
  * forked child (pthread_atfork). */
 unsigned pyferry_generation(void);
@@ -122,17 +132,19 @@ typedef struct {
     Py_ssize_t live_ops;       /* operations not closed yet (GIL) */
     Py_ssize_t live_regions;   /* regions registered, orphans and ones being made included (GIL) */
     pyferry_orphan_t *orphans; /* GIL; each holds a reference to this connector */
-    /* strong: list of the _Descriptors of operations closed before they
-     * completed (NULL when none). libferry does not wait for data in flight
-     * when it destroys an operation (an admitted writer's puts, our own
-     * gets), so their memory is held until the connector is destroyed.
-     * Descriptors whose memory lies inside a region (ferry_op_in_region, by
-     * address: made from a _Region, or over a memoryview, numpy array or
-     * tensor of it) are not parked: libferry holds the region while data
-     * may move (deregistering it is refused meanwhile, so its memory
-     * stays), and parking them would keep their exports on the region,
-     * which could then never close, nor the connector. (GIL) */
-    PyObject *parked;
+    /* The _Descriptors of operations closed before they completed, one
+     * node per operation (GIL). They are destroyed without waiting for data
+     * in flight (ferry_op_destroy_nowait: an admitted writer's puts, our
+     * own gets from a peer that stopped answering), so their memory is held
+     * until libferry releases it (reaping frees those nodes) or the
+     * connector is destroyed. Descriptors whose memory lies inside a region
+     * (ferry_op_in_region, by address: made from a _Region, or over a
+     * memoryview, numpy array or tensor of it) are not parked: libferry
+     * holds the region while data may move (deregistering it is refused
+     * meanwhile, so its memory stays), and parking them would keep their
+     * exports on the region, which could then never close, nor the
+     * connector. */
+    pyferry_parked_t *parked;
 } pyferry_connector_t;
 
 typedef struct {
@@ -242,9 +254,10 @@ void pyferry_region_attach(PyObject *region, ferry_region_t *handle, void *ptr, 
  * closed by another thread. */
 int pyferry_coordinator_check_open(pyferry_coordinator_t *coord);
 
-/* connector.c: deregisters the connector's orphans that libferry lets go
- * now (dropping each one's reference to conn); the others stay. The caller
- * must hold its own reference to conn. */
+/* connector.c: lets go of the parked memory libferry has released, and
+ * deregisters the connector's orphans that libferry lets go now (dropping
+ * each one's reference to conn); the others stay. The caller must hold its
+ * own reference to conn. */
 void pyferry_connector_reap(pyferry_connector_t *conn);
 
 /* Whether conn was made before this process was forked from its maker. */
@@ -252,10 +265,18 @@ bool pyferry_connector_forked(const pyferry_connector_t *conn);
 
 /* connector.c: keeps the descriptors of keep (a tuple of _Descriptor, in
  * the order given to libferry) of op, closed before it completed and not
- * destroyed yet, until conn is destroyed; those libferry holds through a
- * region (ferry_op_in_region) and those that own nothing are not kept.
- * Cannot fail: on no memory they are leaked rather than freed. */
-void pyferry_connector_park(pyferry_connector_t *conn, PyObject *keep, const ferry_op_t *op);
+ * destroyed yet, until libferry releases them (pyferry_parked_released) or
+ * conn is destroyed; those libferry holds through a region
+ * (ferry_op_in_region) and those that own nothing are not kept. Returns
+ * the node to hand to ferry_op_destroy_nowait, or NULL when nothing is
+ * kept. Cannot fail: on no memory they are leaked rather than freed (and
+ * NULL returned). */
+pyferry_parked_t *pyferry_connector_park(pyferry_connector_t *conn, PyObject *keep,
+                                         const ferry_op_t *op);
+
+/* libferry's released callback for a parked node (ferry_op_destroy_nowait):
+ * marks it, for the next reap. Any thread, no GIL, no Python API. */
+void pyferry_parked_released(void *node);
 
 /* Allocation and release common to the heap types. */
 void pyferry_free_self(PyObject *self);

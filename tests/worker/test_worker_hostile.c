@@ -1245,7 +1245,13 @@ static bool all_bytes(const uint8_t *buf, size_t len, uint8_t value)
  * here) waits until the fake side has answered, so the bytes have landed
  * before it returns. Before, destroy returned at once and the reply landed
  * in the freed buffer. */
-static void read_from_stalled_peer(bool peer_errors, ferry_progress_mode_t mode)
+/* ferry_op_destroy_nowait's released callback: counts its calls. */
+static void note_released(void *arg)
+{
+    atomic_fetch_add((atomic_uint *)arg, 1);
+}
+
+static void read_from_stalled_peer(bool peer_errors, ferry_progress_mode_t mode, bool nowait)
 {
     ferry_connector_params_t params = {.field_mask =
                                            FERRY_CONNECTOR_PARAM_FIELD_PEER_ERROR_HANDLING |
@@ -1265,6 +1271,7 @@ static void read_from_stalled_peer(bool peer_errors, ferry_progress_mode_t mode)
     ferry_connector_t *c;
     pthread_t thread;
     int64_t deadline;
+    atomic_uint released = 0;
 
     assert_int_equal(setenv("UCX_TLS", "tcp", 1), 0); /* the get needs the target */
     fake_open(&f, FERRY__KIND_READABLE);
@@ -1296,6 +1303,29 @@ static void read_from_stalled_peer(bool peer_errors, ferry_progress_mode_t mode)
          * fake answers one): the forced close ends it (below). */
         assert_int_equal(ferry_read_begin(c, &od, 1, f.md, f.md_len, &second), FERRY_OK);
         ferry_op_destroy(d.op);
+    } else if (nowait) {
+        /* Returns at once; the memory is the caller's to keep until
+         * released, which comes once the get has settled, not before. */
+        ferry_op_destroy_nowait(d.op, note_released, &released);
+        deadline = pair_now_ms() + DESTROY_BLOCKS_MS;
+        while (atomic_load(&released) == 0 && pair_now_ms() < deadline) {
+            poll(NULL, 0, 1);
+            if (mode == FERRY_PROGRESS_CALLER) {
+                assert_int_equal(ferry_connector_progress(c), FERRY_OK);
+            }
+        }
+        assert_int_equal(atomic_load(&released), 0);
+        assert_int_equal(pair_live_ops(c), 1); /* the get's flush holds it */
+        deadline = pair_now_ms() + WAIT_TIMEOUT_MS;
+        while (atomic_load(&released) == 0 && pair_now_ms() < deadline) {
+            ucp_worker_progress(f.worker); /* the fake side answers now */
+            if (mode == FERRY_PROGRESS_CALLER) {
+                assert_int_equal(ferry_connector_progress(c), FERRY_OK);
+            }
+        }
+        assert_int_equal(atomic_load(&released), 1);
+        assert_int_equal(pair_live_ops(c), 0);
+        assert_true(all_bytes(local, sizeof(local), STALL_TARGET)); /* landed before */
     } else {
         assert_int_equal(pthread_create(&thread, NULL, destroyer_main, &d), 0);
         /* It does not return while the fake side stays silent. */
@@ -1320,6 +1350,7 @@ static void read_from_stalled_peer(bool peer_errors, ferry_progress_mode_t mode)
         }
     }
     assert_true(all_bytes(local, sizeof(local), STALL_LOCAL));
+    assert_true(atomic_load(&released) == (nowait ? 1 : 0)); /* once */
     if (peer_errors) {
         assert_int_equal(ferry_op_wait(second, WAIT_TIMEOUT_MS), FERRY_ERR_TRANSPORT);
         ferry_op_destroy(second);
@@ -1339,7 +1370,7 @@ static void read_from_stalled_peer(bool peer_errors, ferry_progress_mode_t mode)
 static void test_destroy_read_from_stalled_peer_forced(void **state)
 {
     (void)state;
-    read_from_stalled_peer(true, FERRY_PROGRESS_THREAD);
+    read_from_stalled_peer(true, FERRY_PROGRESS_THREAD, false);
 }
 
 /* The same in caller progress mode: destroy drives the connector itself
@@ -1347,13 +1378,32 @@ static void test_destroy_read_from_stalled_peer_forced(void **state)
 static void test_destroy_read_from_stalled_peer_forced_caller(void **state)
 {
     (void)state;
-    read_from_stalled_peer(true, FERRY_PROGRESS_CALLER);
+    read_from_stalled_peer(true, FERRY_PROGRESS_CALLER, false);
 }
 
 static void test_destroy_read_from_stalled_peer_waits(void **state)
 {
     (void)state;
-    read_from_stalled_peer(false, FERRY_PROGRESS_THREAD);
+    read_from_stalled_peer(false, FERRY_PROGRESS_THREAD, false);
+}
+
+/* ferry_op_destroy_nowait, without peer error handling: it returns at
+ * once, and tells when the get has settled (the fake side answered, the
+ * bytes landed): from then on nothing writes into the memory. Before it,
+ * the only destroy blocked until the stalled peer answered, for ever if
+ * it never did. */
+static void test_destroy_nowait_read_from_stalled_peer(void **state)
+{
+    (void)state;
+    read_from_stalled_peer(false, FERRY_PROGRESS_THREAD, true);
+}
+
+/* The same in caller progress mode: released comes from the caller's own
+ * ferry_connector_progress. */
+static void test_destroy_nowait_read_from_stalled_peer_caller(void **state)
+{
+    (void)state;
+    read_from_stalled_peer(false, FERRY_PROGRESS_CALLER, true);
 }
 
 static size_t inbox_len(ferry_connector_t *c)
@@ -1504,6 +1554,8 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_destroy_read_from_stalled_peer_forced),
         cmocka_unit_test(test_destroy_read_from_stalled_peer_forced_caller),
         cmocka_unit_test(test_destroy_read_from_stalled_peer_waits),
+        cmocka_unit_test(test_destroy_nowait_read_from_stalled_peer),
+        cmocka_unit_test(test_destroy_nowait_read_from_stalled_peer_caller),
         cmocka_unit_test(test_inbox_bounded),
         cmocka_unit_test(test_inbox_bounded_per_party),
     };

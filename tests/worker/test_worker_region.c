@@ -583,6 +583,82 @@ static void test_passive_holds_region_until_writer_settles(void **state)
     free(src);
 }
 
+/* ferry_op_destroy_nowait's released callback: counts its calls. */
+static void note_released(void *arg)
+{
+    atomic_fetch_add((atomic_uint *)arg, 1);
+}
+
+/* The same hold on memory in no region, for a caller that destroys with
+ * ferry_op_destroy_nowait: released comes only once the admitted writer has
+ * settled (its notice came), never while its puts may still land; with no
+ * writer admitted it comes from inside the destroy. The passive side runs in
+ * caller progress mode here, so each step happens when the test drives it:
+ * after destroy, driving its loop frees whatever nothing holds. Before,
+ * such an op was freed then (only an op in a region was held), and its
+ * caller could only keep the memory until the connector went. */
+static void test_passive_nowait_released_when_writer_settles(void **state)
+{
+    world_t *w = *state;
+    ferry_connector_t *rx = connector("rx-caller", FERRY_PROGRESS_CALLER);
+    uint8_t *src = malloc(8192), *dst = calloc(1, 8192), *md_copy;
+    ferry_op_t *passive, *active, *late, *idle;
+    ferry_descriptor_t d = desc(dst, 8192), s = desc(src, 8192);
+    atomic_uint released = 0, idle_released = 0;
+    const uint8_t *md;
+    size_t md_len;
+    ferry_status_t st;
+    int64_t deadline = pair_now_ms() + WAIT_MS;
+
+    fill(src, 8192, 43);
+    assert_int_equal(ferry_writable_create(rx, &d, 1, &idle), FERRY_OK);
+    ferry_op_destroy_nowait(idle, note_released, &idle_released);
+    assert_int_equal(atomic_load(&idle_released), 1); /* nothing admitted: at once */
+
+    assert_int_equal(ferry_writable_create(rx, &d, 1, &passive), FERRY_OK);
+    assert_false(ferry_op_in_region(passive, 0));
+    assert_int_equal(ferry_op_metadata(passive, &md, &md_len), FERRY_OK);
+    md_copy = malloc(md_len);
+    memcpy(md_copy, md, md_len);
+    atomic_store(&ferry__test_notice_held, false);
+    atomic_store(&ferry__test_hold_notice, true);
+    assert_int_equal(ferry_write_begin(w->tx, &s, 1, md, md_len, &active), FERRY_OK);
+    while (!atomic_load(&ferry__test_notice_held) && pair_now_ms() < deadline) {
+        assert_int_equal(ferry_connector_progress(rx), FERRY_OK); /* admits the claim */
+        (void)ferry_op_wait(active, 1);
+    }
+    assert_true(atomic_load(&ferry__test_notice_held));
+
+    assert_int_equal(ferry_op_cancel(passive), FERRY_OK);
+    ferry_op_destroy_nowait(passive, note_released, &released);
+    assert_int_equal(ferry_connector_progress(rx), FERRY_OK);
+    assert_int_equal(pair_live_ops(rx), 1); /* held for the writer */
+    assert_int_equal(atomic_load(&released), 0);
+    assert_int_equal(ferry_write_begin(w->tx, &s, 1, md_copy, md_len, &late), FERRY_OK);
+    while ((st = ferry_op_wait(late, 1)) == FERRY_ERR_TIMED_OUT && pair_now_ms() < deadline) {
+        assert_int_equal(ferry_connector_progress(rx), FERRY_OK);
+    }
+    assert_int_equal(st, FERRY_ERR_NOT_FOUND); /* destroyed: no new writer */
+    ferry_op_destroy(late);
+    assert_int_equal(atomic_load(&released), 0);
+
+    /* The writer, cancelled, sends the notice it owes: released. */
+    atomic_store(&ferry__test_hold_notice, false);
+    assert_int_equal(ferry_op_cancel(active), FERRY_OK);
+    while (atomic_load(&released) == 0 && pair_now_ms() < deadline) {
+        assert_int_equal(ferry_connector_progress(rx), FERRY_OK);
+        poll(NULL, 0, 1); /* a deadline, not a guess: the loop ends on the condition */
+    }
+    assert_int_equal(atomic_load(&released), 1);
+    assert_int_equal(pair_live_ops(rx), 0);
+    assert_pattern(dst, 8192, 43); /* its puts landed in the memory kept for them */
+    ferry_op_destroy(active);
+    assert_int_equal(ferry_connector_destroy(rx), FERRY_OK);
+    free(md_copy);
+    free(src);
+    free(dst);
+}
+
 /* Memory from ferry_mem_alloc: zeroed, usable on both sides, in both
  * directions, with no ucp_mem_map per operation. */
 static void test_alloc_transfer(void **state)
@@ -913,6 +989,8 @@ int main(int argc, char **argv)
         cmocka_unit_test_setup_teardown(test_active_holds_region_until_final, setup, teardown),
         cmocka_unit_test(test_staged_get_in_flight_holds_region),
         cmocka_unit_test_setup_teardown(test_passive_holds_region_until_writer_settles, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_passive_nowait_released_when_writer_settles, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_alloc_transfer, setup, teardown),
         cmocka_unit_test_setup_teardown(test_many_ops_on_one_region, setup, teardown),
