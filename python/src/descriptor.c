@@ -55,21 +55,22 @@ static int desc_arg_u64(PyObject *arg, const char *what, unsigned long long max,
 static PyObject *desc_new(PyTypeObject *tp, PyObject *args, PyObject *kwargs)
 {
     static char *kwlist[] = {"ptr", "size", "kind", "id", "owner", "readonly", NULL};
-    unsigned long long ptr, size;
+    unsigned long long ptr, size, id;
     int kind, readonly = 0;
-    unsigned int id;
-    PyObject *owner = Py_None, *ptr_obj, *size_obj;
+    PyObject *owner = Py_None, *ptr_obj, *size_obj, *id_obj;
     pyferry_desc_t *self;
     char msg[160];
 
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOiI|Op:_Descriptor", kwlist, &ptr_obj,
-                                     &size_obj, &kind, &id, &owner, &readonly)) {
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOiO|Op:_Descriptor", kwlist, &ptr_obj,
+                                     &size_obj, &kind, &id_obj, &owner, &readonly)) {
         return NULL;
     }
     /* Zero (a null pointer, an empty region) is libferry's to refuse, in
-     * _validate; what cannot be represented is refused here. */
+     * _validate; what cannot be represented is refused here (a device id
+     * of 2**32 is not device 0). */
     if (desc_arg_u64(ptr_obj, "pointer", UINTPTR_MAX, &ptr) < 0 ||
-        desc_arg_u64(size_obj, "size", PY_SSIZE_T_MAX, &size) < 0) {
+        desc_arg_u64(size_obj, "size", PY_SSIZE_T_MAX, &size) < 0 ||
+        desc_arg_u64(id_obj, "device id", UINT32_MAX, &id) < 0) {
         return NULL;
     }
     if (size > UINTPTR_MAX - ptr) {
@@ -88,7 +89,7 @@ static PyObject *desc_new(PyTypeObject *tp, PyObject *args, PyObject *kwargs)
     self->desc.ptr = (void *)(uintptr_t)ptr;
     self->desc.size = (size_t)size;
     self->desc.device.kind = (ferry_device_kind_t)kind;
-    self->desc.device.id = kind == FERRY_DEVICE_HOST ? 0 : id;
+    self->desc.device.id = kind == FERRY_DEVICE_HOST ? 0 : (uint32_t)id;
     Py_INCREF(owner);
     self->owner = owner;
     self->readonly = readonly != 0;

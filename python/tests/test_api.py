@@ -431,6 +431,13 @@ def test_descriptor_tuple_out_of_range():
     with pytest.raises(ferry.InvalidArgument, match="wraps around"):
         ferry.Descriptor((2**64 - 32, 64, "cpu"))
     assert ferry.Descriptor((ptr, 64, "cpu")).size == 64
+    # The extension's own constructor, under the package: a device id that
+    # does not fit libferry's uint32 is refused, not wrapped (2**32 was
+    # device 0, -1 was 4294967295).
+    cuda = int(ferry.Device("cuda:0").kind)
+    for bad in (-1, 2**32, 2**64 + 1):
+        with pytest.raises(ferry.InvalidArgument, match=f"device id {bad} is out of range"):
+            _ferry._Descriptor(ptr, 64, cuda, bad)
 
 
 def test_owner_dropped_while_an_operation_holds_it(connector, sender):
