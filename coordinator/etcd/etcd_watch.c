@@ -619,11 +619,16 @@ static void *etcd_watch_main(void *arg)
             break;
         }
         watch->endpoint = etcd__endpoint_next(watch->client, watch->endpoint);
+        int64_t started = etcd_now_ms();
         status = etcd_watch_attempt(watch);
-        backoff = watch->created
-                      ? ETCD_WATCH_BACKOFF_MIN_MS
-                      : (backoff * 2 > ETCD_WATCH_BACKOFF_MAX_MS ? ETCD_WATCH_BACKOFF_MAX_MS
-                                                                 : backoff * 2);
+        /* Only a stream that lasted starts the backoff over: one that a
+         * member (or a proxy) ends as soon as it is created, by a message
+         * that does not parse, say, counts as a failed try, or the watch
+         * would reconnect every ETCD_WATCH_BACKOFF_MIN_MS for ever. */
+        bool lasted = watch->created && etcd_now_ms() - started >= ETCD_WATCH_BACKOFF_MAX_MS;
+        backoff = lasted ? ETCD_WATCH_BACKOFF_MIN_MS
+                         : (backoff * 2 > ETCD_WATCH_BACKOFF_MAX_MS ? ETCD_WATCH_BACKOFF_MAX_MS
+                                                                    : backoff * 2);
     }
     return NULL;
 }

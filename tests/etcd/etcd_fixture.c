@@ -121,7 +121,7 @@ void frozen_etcd_start(frozen_etcd_t *f, const char *first_reply)
 void frozen_etcd_stop(frozen_etcd_t *f)
 {
     /* Shutting the listener down ends an accept() still waiting. */
-    if (f->listen_fd >= 0 && (!f->has_thread || f->others_behind)) {
+    if (f->listen_fd >= 0 && (!f->has_thread || f->others_behind || f->ends_all)) {
         shutdown(f->listen_fd, SHUT_RDWR);
     }
     if (f->has_thread) {
@@ -214,6 +214,43 @@ void dying_etcd_start(frozen_etcd_t *f, const char *reply, bool others_behind)
     f->first_reply = reply;
     f->others_behind = others_behind;
     assert_int_equal(pthread_create(&f->thread, NULL, dying_etcd_main, f), 0);
+    f->has_thread = true;
+}
+
+static void *ending_etcd_main(void *arg)
+{
+    frozen_etcd_t *f = arg;
+    char head[256];
+    int n = snprintf(head, sizeof(head),
+                     "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                     "Transfer-Encoding: chunked\r\n\r\n%zx\r\n",
+                     strlen(f->first_reply));
+    for (;;) {
+        int fd = accept(f->listen_fd, NULL, NULL);
+        if (fd < 0) {
+            return NULL;
+        }
+        int i = atomic_load(&f->resent);
+        if (i < ENDING_ETCD_TIMES) {
+            f->times_ms[i] = test_now_ms();
+        }
+        atomic_fetch_add(&f->resent, 1);
+        if (dying_etcd_read(fd) &&
+            (send(fd, head, (size_t)n, MSG_NOSIGNAL) != n ||
+             send(fd, f->first_reply, strlen(f->first_reply), MSG_NOSIGNAL) < 0 ||
+             send(fd, "\r\n0\r\n\r\n", 7, MSG_NOSIGNAL) != 7)) {
+            fprintf(stderr, "ending etcd: send failed\n");
+        }
+        close(fd);
+    }
+}
+
+void ending_etcd_start(frozen_etcd_t *f, const char *reply)
+{
+    frozen_etcd_start(f, NULL);
+    f->first_reply = reply;
+    f->ends_all = true;
+    assert_int_equal(pthread_create(&f->thread, NULL, ending_etcd_main, f), 0);
     f->has_thread = true;
 }
 

@@ -42,12 +42,16 @@ int64_t fixture_put(etcd_client_t *client, const char *key, const char *value, i
  * first_reply, the first connection gets that as an HTTP 200 streamed body
  * (e.g. a watch's "created" line) and then silence. url is
  * "http://127.0.0.1:<port>". */
+enum { ENDING_ETCD_TIMES = 16 };
+
 typedef struct {
     int listen_fd;
     int conn_fd; /* the first connection, when first_reply; -1 otherwise */
     const char *first_reply;
     bool others_behind; /* dying_etcd_start's */
     atomic_int resent;  /* requests on later connections (others_behind) */
+    bool ends_all;      /* ending_etcd_start's */
+    long long times_ms[ENDING_ETCD_TIMES];
     pthread_t thread;
     bool has_thread;
     char url[64];
@@ -64,6 +68,13 @@ void frozen_etcd_stop(frozen_etcd_t *f);
  * request is counted in f->resent and answered with `reply`. Stop joins
  * its thread. */
 void dying_etcd_start(frozen_etcd_t *f, const char *reply, bool others_behind);
+
+/* A member whose every stream ends as soon as it began: each connection's
+ * request is answered with HTTP 200 and the chunked body `reply` (a
+ * watch's "created" line and a line that does not parse, say), and the
+ * connection closes. f->resent counts the connections, and f->times_ms
+ * (monotonic) keeps when the first ENDING_ETCD_TIMES came. */
+void ending_etcd_start(frozen_etcd_t *f, const char *reply);
 
 /* --- watch recorder ------------------------------------------------------ */
 

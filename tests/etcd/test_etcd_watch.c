@@ -11,6 +11,8 @@
 #include <stdint.h>
 #include <setjmp.h>
 #include <cmocka.h>
+#include <poll.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -253,6 +255,49 @@ static void test_destroy_is_prompt(void **state)
     free(end);
 }
 
+#ifdef FIXTURE_KV_GATEWAY
+/* A member (or a proxy) that ends every watch stream right after its
+ * "created" line, with a line that does not parse: the watch reconnects
+ * with a growing backoff (100, 200, 400, 800 ms, then each second), where
+ * it used to reconnect every 100 ms for ever, as any created stream
+ * started the backoff over. Only a lower bound on the time between
+ * connections is checked: a slow machine can only make them later. Over
+ * the gateway, whose stream a test can write by hand; the backoff is the
+ * same code for both APIs. */
+static void test_stream_that_ends_at_once_backs_off(void **state)
+{
+    (void)state;
+    frozen_etcd_t f;
+    ending_etcd_start(&f, "{\"result\":{\"header\":{\"revision\":\"5\"},\"created\":true}}\n"
+                          "not json\n");
+    etcd_params_t params = {.endpoints = f.url, .timeout_ms = 2000, .kv_gateway = true};
+    etcd_client_t *client = NULL;
+    assert_int_equal(etcd_client_create(&params, &client), FERRY_OK);
+    recorder_t rec;
+    recorder_init(&rec);
+    uint8_t *end;
+    etcd_watch_t *watch = watch_prefix(client, "ending/", 0, &rec, &end);
+    long long deadline = test_now_ms() + 30000;
+    while (atomic_load(&f.resent) < 6 && test_now_ms() < deadline) {
+        poll(NULL, 0, 10); /* waiting for the condition, with a deadline */
+    }
+    assert_true(atomic_load(&f.resent) >= 6);
+    /* The create's stream, then reconnects after 100, 200, 400, 800 and
+     * 1,000 ms: from the first reconnect to the fifth at least 2,400 ms
+     * (500 when every one waited 100 ms). */
+    long long spent = f.times_ms[5] - f.times_ms[1];
+    if (spent < 2000) {
+        print_error("5 reconnects in %lld ms\n", spent);
+    }
+    assert_true(spent >= 2000);
+    etcd_watch_destroy(watch);
+    recorder_fini(&rec);
+    free(end);
+    etcd_client_destroy(client);
+    frozen_etcd_stop(&f);
+}
+#endif
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -261,6 +306,9 @@ int main(void)
         cmocka_unit_test(test_compacted_start_is_expired),
         cmocka_unit_test(test_unreachable_watch_fails),
         cmocka_unit_test(test_reconnects_after_restart),
+#ifdef FIXTURE_KV_GATEWAY
+        cmocka_unit_test(test_stream_that_ends_at_once_backs_off),
+#endif
         cmocka_unit_test(test_silent_member_is_left),
         cmocka_unit_test(test_destroy_is_prompt),
     };
