@@ -799,6 +799,9 @@ static void passive_cancel(ferry_op_t *op, const char *why)
 static void passive_destroyed(ferry_op_t *op)
 {
     ferry__passive_release(op);
+    if (!op->destroy_nowait) {
+        ferry__passive_hold_drop(op); /* kept for regions only */
+    }
     if (op->in_table && !op->claimant_hold) {
         ferry__op_table_remove(op);
     }

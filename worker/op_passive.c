@@ -288,6 +288,20 @@ ferry_status_t ferry_op_notification_key(const ferry_op_t *op, const uint8_t **k
     return FERRY_OK;
 }
 
+/* Whether op holds a region for one of its descriptors. */
+static bool holds_regions(const ferry_op_t *op)
+{
+    if (!op->regions_held) {
+        return false;
+    }
+    for (size_t i = 0; i < op->n; i++) {
+        if (op->regions[i] != NULL) {
+            return true;
+        }
+    }
+    return false;
+}
+
 /* Whether an op that ends now must be held for its claimant: an admitted
  * claimant that has not settled may still have puts or gets in flight into
  * its memory (UCX emulates them over TCP, copying in this process's worker;
@@ -301,18 +315,7 @@ static bool claimant_may_touch_memory(const ferry_op_t *op, bool staged)
     if (!op->admitted || op->claimant_settled || op->state == FERRY__OP_COMPLETE) {
         return false;
     }
-    if (!staged) {
-        return true;
-    }
-    if (!op->regions_held) {
-        return false;
-    }
-    for (size_t i = 0; i < op->n; i++) {
-        if (op->regions[i] != NULL) {
-            return true;
-        }
-    }
-    return false;
+    return !staged || holds_regions(op);
 }
 
 void ferry__passive_release(ferry_op_t *op)
@@ -336,6 +339,23 @@ void ferry__passive_release(ferry_op_t *op)
         ferry__peer_put(op->claimant);
         op->claimant = NULL;
     }
+}
+
+void ferry__passive_hold_drop(ferry_op_t *op)
+{
+    if (!op->claimant_hold || holds_regions(op)) {
+        return;
+    }
+    /* As before the hold covered memory in no region: the op leaves the
+     * table at destroy, and a late notice finds nothing (it used to hold
+     * every such op, dead claimant or not, until the connector went). */
+    op->claimant_hold = false;
+    if (op->claimant != NULL) {
+        ferry__peer_put(op->claimant);
+        op->claimant = NULL;
+    }
+    ferry_debug("%s: destroyed; its memory is the caller's (not held for the claimant)", op->label);
+    ferry__op_unref(op);
 }
 
 /* The claimant of an op that ended before it settled has now settled (its

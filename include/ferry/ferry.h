@@ -602,18 +602,19 @@ typedef void (*ferry_op_released_cb_t)(void *arg);
  * operation's admitted writer or reader may, until it settles (its notice
  * came, or with peer error handling its endpoint failed). released is
  * called once, when the last of them has settled: from inside this call
- * when none was in flight or admitted, else later from the thread that
- * drives the connector's progress (the progress thread in thread mode, a
- * caller of ferry_connector_progress in caller mode, or
- * ferry_connector_destroy), with the connector's lock held: it must not
- * call libferry nor block.
- * It is never called when the peer never settles and the connector is
- * destroyed first: once ferry_connector_destroy has returned FERRY_OK,
- * nothing moves data any more and the memory is free to go either way.
- * released may be NULL (the memory is then kept until the connector is
- * destroyed). A destroyed operation no longer counts against
- * ferry_connector_destroy. From the operation's own done callback, as
- * ferry_op_destroy. NULL op is a no-op. */
+ * when none was in flight or admitted, else later on whichever thread
+ * drives the connector then (its progress thread, a ferry_op_wait or a
+ * blocking ferry_op_destroy that drives it meanwhile, a caller of
+ * ferry_connector_progress, ferry_connector_destroy), with the connector's
+ * lock held: it must not call libferry nor block.
+ * It is never called when the peer never settles (it died unseen, without
+ * peer error handling) and the connector is destroyed first. Nothing of
+ * this process moves data through the memory once ferry_connector_destroy
+ * has returned, but a peer that has not settled is not known to have
+ * stopped: keeping such memory (leaking it) is the safe choice, which the
+ * Python package makes. released may be NULL. A destroyed operation no
+ * longer counts against ferry_connector_destroy. From the operation's own
+ * done callback, as ferry_op_destroy. NULL op is a no-op. */
 FERRY_API void ferry_op_destroy_nowait(ferry_op_t *op, ferry_op_released_cb_t released, void *arg);
 
 #ifdef __cplusplus

@@ -35,7 +35,9 @@
  * writer's puts into a writable, a read's gets from a peer that stopped
  * answering) and calls pyferry_parked_released, on libferry's thread,
  * once none can land any more; the next reap drops the node. A close()
- * therefore never blocks on a peer.
+ * therefore never blocks on a peer. Memory libferry never released (a
+ * peer that never settled) is leaked when the connector closes, never
+ * freed.
  * Memory the operation reaches through a region (ferry_op_in_region: it
  * lies inside one, however the descriptor was made: the region, or a
  * memoryview, numpy array or tensor over it) is not parked: libferry holds
@@ -151,21 +153,36 @@ void pyferry_parked_released(void *node)
     atomic_store(&((pyferry_parked_t *)node)->released, true);
 }
 
-/* Frees every parked node (all of them, or only those libferry released),
- * letting go of their descriptors. GIL held. */
-static void parked_free(pyferry_connector_t *self, bool all)
+/* Frees the parked nodes libferry released, letting go of their
+ * descriptors. With destroyed (the libferry connector is gone), the others
+ * are left too, but never freed: libferry never said that nothing reaches
+ * them (a peer that never settled; a UCX worker left behind with their
+ * transfers, which on RDMA hardware a NIC could still complete), so their
+ * memory is leaked rather than freed under a transfer. GIL held. */
+static void parked_free(pyferry_connector_t *self, bool destroyed)
 {
-    pyferry_parked_t **pp = &self->parked;
+    pyferry_parked_t **pp = &self->parked, *go = NULL;
 
+    /* Unlinked first, then let go: a descriptor's last reference can run
+     * Python code (a finalizer, the collector, another thread once the GIL
+     * is dropped) that reaps or closes this connector too. */
     while (*pp != NULL) {
         pyferry_parked_t *p = *pp;
-        if (!all && !atomic_load(&p->released)) {
+        if (atomic_load(&p->released) || destroyed) {
+            *pp = p->next;
+            p->next = go;
+            go = p;
+        } else {
             pp = &p->next;
-            continue;
         }
-        *pp = p->next;
-        Py_DECREF(p->descs);
-        free(p);
+    }
+    while (go != NULL) {
+        pyferry_parked_t *p = go;
+        go = p->next;
+        if (atomic_load(&p->released)) {
+            Py_DECREF(p->descs);
+            free(p);
+        }
     }
 }
 
@@ -221,6 +238,8 @@ pyferry_parked_t *pyferry_connector_park(pyferry_connector_t *self, PyObject *ke
         PyErr_Clear();
         free(p);
         Py_XDECREF(descs);
+        p = NULL;
+        descs = NULL;
     }
     kept = 0;
     for (Py_ssize_t i = 0; i < n; i++) {
@@ -332,8 +351,8 @@ static PyObject *connector_close(PyObject *obj, PyObject *unused)
     if (rc < 0) {
         return NULL;
     }
-    /* Nothing moves data any more: the memory of operations closed
-     * unfinished can go, released or not. */
+    /* The memory of operations closed unfinished goes, but what libferry
+     * never released is leaked (parked_free). */
     parked_free(self, true);
     Py_RETURN_NONE;
 }

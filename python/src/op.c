@@ -231,11 +231,13 @@ static void op_release(pyferry_op_t *self)
      * memory outside every region is parked (before destroy, while libferry
      * still answers which memory lies in a region) and the operation
      * destroyed without waiting; libferry tells when the memory may go.
-     * Memory given by address (no owner to keep) is the caller's to free
-     * once close() returns: a write or read over it keeps the waiting
-     * destroy (a passive destroy never waits). */
+     * A write or read over memory given by address (no owner to keep)
+     * keeps the waiting destroy, so that memory is the caller's to free
+     * once close() returns. A passive destroy never waits, so a writable's
+     * or readable's owned memory is parked whatever else it has. */
+    bool active = self->kind != PYFERRY_WRITABLE && self->kind != PYFERRY_READABLE;
     if (self->closed_status != FERRY_OP_STATUS_COMPLETE && self->descs != NULL &&
-        !raw_memory(self->descs, op)) {
+        !(active && raw_memory(self->descs, op))) {
         pyferry_parked_t *parked = pyferry_connector_park(self->connector, self->descs, op);
         Py_BEGIN_ALLOW_THREADS ferry_op_destroy_nowait(
             op, parked != NULL ? pyferry_parked_released : NULL, parked);

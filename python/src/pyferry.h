@@ -136,8 +136,9 @@ typedef struct {
      * node per operation (GIL). They are destroyed without waiting for data
      * in flight (ferry_op_destroy_nowait: an admitted writer's puts, our
      * own gets from a peer that stopped answering), so their memory is held
-     * until libferry releases it (reaping frees those nodes) or the
-     * connector is destroyed. Descriptors whose memory lies inside a region
+     * until libferry releases it (reaping frees those nodes); what it never
+     * released is leaked when the connector is destroyed, not freed.
+     * Descriptors whose memory lies inside a region
      * (ferry_op_in_region, by address: made from a _Region, or over a
      * memoryview, numpy array or tensor of it) are not parked: libferry
      * holds the region while data may move (deregistering it is refused

@@ -417,6 +417,68 @@ def test_close_from_a_signal_handler_during_wait(connector):
     assert w.closed and w.status == ferry.OperationStatus.CANCELLED
 
 
+_STOPPED_WRITER = """
+import sys
+import numpy as np
+import ferry
+size = int(sys.argv[1])
+c = ferry.Connector("stopped-writer")
+md = ferry.RdmaMetadata.from_json(sys.stdin.readline())
+a = c.begin_write([ferry.Descriptor(np.full(size, 7, np.uint8)), ferry.Descriptor(bytes(4096))], md)
+try:
+    a.wait(120)
+except ferry.FerryError:
+    pass
+print(a.status.name, flush=True)
+"""
+
+
+def test_a_writable_keeps_its_memory_for_a_stopped_writer():
+    """The mirror image: a writable closed while its admitted writer is
+    stopped mid-transfer (over TCP its puts land when this process takes
+    them, so they are still coming). Its owned memory stays held until the
+    writer settles (its notice came, once it ran again), then goes, even
+    beside a descriptor given by bare address (which has nothing to hold:
+    such a writable used to take the path that parked nothing)."""
+    size = 256 << 20
+    env = dict(os.environ, UCX_TLS="tcp",
+               PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(ferry.__file__))))
+    child = subprocess.Popen([sys.executable, "-c", _STOPPED_WRITER, str(size)], env=env,
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    c = ferry.Connector("from-a-stopped-writer")
+    bare = bytearray(4096)
+    try:
+        dst = np.zeros(size, np.uint8)
+        ref = weakref.ref(dst)
+        w = c.create_writable([ferry.Descriptor(dst),
+                               ferry.Descriptor((ferry.Descriptor(bare).ptr, 4096, "cpu"))])
+        child.stdin.write(w.metadata().to_json() + "\n")
+        child.stdin.flush()
+        deadline = time.monotonic() + 60
+        while dst[0] == 0 and time.monotonic() < deadline:
+            time.sleep(0.0001)  # polling for the first bytes, with a deadline
+        os.kill(child.pid, signal.SIGSTOP)
+        while not _stopped(child.pid) and time.monotonic() < deadline:
+            time.sleep(0.001)
+        assert _stopped(child.pid)
+        assert dst[-1] == 0  # the rest is still to come
+        w.close()
+        assert w.status == ferry.OperationStatus.CANCELLED
+        del dst
+        gc.collect()
+        assert ref() is not None  # held: the writer's puts may still land
+        os.kill(child.pid, signal.SIGCONT)
+        assert reap_until_gone(c, ref)
+        assert child.stdout.readline().strip() in ("COMPLETE", "CANCELLED", "ERRORED")
+        assert child.wait(60) == 0
+    finally:
+        if child.poll() is None:
+            os.kill(child.pid, signal.SIGCONT)
+            child.kill()
+        child.wait(60)
+        c.close()
+
+
 def test_descriptor_tuple_out_of_range():
     """(ptr, size, device): values that do not fit are refused by name,
     never wrapped around (size -1 is not 2**64 - 1, 2**64 + 8 is not 8)."""
