@@ -36,17 +36,43 @@
 #define CLIENT_URL     "unix://" CLIENT_SOCKET
 #define PEER_URL       "unix://etcd-peer:1"
 #define PASSWORD_FILE  "etcd-password"
+#define LOCK_FILE      "coordinator.lock"
 #define PASSWORD_BYTES 32 /* random bytes, written as hex */
 #define PASSWORD_MIN   16 /* characters, in a file an operator wrote */
 
 #define START_TIMEOUT_MS 30000
 #define STOP_TIMEOUT_MS  5000
+#define REAP_TIMEOUT_MS  5000 /* after SIGKILL */
 #define POLL_MS          50
 
 static void sleep_ms(int ms)
 {
     struct timespec ts = {.tv_sec = ms / 1000, .tv_nsec = (long)(ms % 1000) * 1000000L};
     nanosleep(&ts, NULL);
+}
+
+static int64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Waits up to ms for pid to exit; true once reaped. */
+static bool reap_within(pid_t pid, int ms)
+{
+    int wstatus;
+    int64_t deadline = now_ms() + ms;
+
+    for (;;) {
+        if (waitpid(pid, &wstatus, WNOHANG) == pid) {
+            return true;
+        }
+        if (now_ms() >= deadline) {
+            return false;
+        }
+        sleep_ms(POLL_MS);
+    }
 }
 
 static int mkdir_p(const char *path)
@@ -123,11 +149,17 @@ static ferry_status_t load_password(coord_etcd_child_t *child, int dir_fd)
         for (size_t i = 0; i < sizeof(raw); i++) {
             snprintf(child->password + 2 * i, 3, "%02x", raw[i]);
         }
-        /* Whole or not at all: written aside, then renamed into place. */
+        /* Whole or not at all: written aside, then renamed into place;
+         * into a file made now (one a killed start left may have another
+         * mode). */
+        (void)unlinkat(dir_fd, PASSWORD_FILE ".new", 0);
         fd = openat(dir_fd, PASSWORD_FILE ".new",
-                    O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0600);
+                    O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+        /* The directory synced too: etcd's data, set up with this password
+         * next, must not outlive the file's name after a crash. */
         if (fd < 0 || dprintf(fd, "%s\n", child->password) < 0 || fsync(fd) != 0 ||
-            renameat(dir_fd, PASSWORD_FILE ".new", dir_fd, PASSWORD_FILE) != 0) {
+            renameat(dir_fd, PASSWORD_FILE ".new", dir_fd, PASSWORD_FILE) != 0 ||
+            fsync(dir_fd) != 0) {
             ferry_error("private etcd: cannot write %s/%s: %s", child->state_dir, PASSWORD_FILE,
                         strerror(errno));
             if (fd >= 0) {
@@ -165,11 +197,35 @@ static ferry_status_t load_password(coord_etcd_child_t *child, int dir_fd)
     return FERRY_OK;
 }
 
+/* In the child, before exec: etcd reads ETCD_* variables as flags (and
+ * refuses to start where one shadows a flag given), and the password of
+ * another etcd (--etcd-user) is none of its business. Its flags say all. */
+static void clean_environment(void)
+{
+    extern char **environ;
+    size_t i = 0;
+
+    unsetenv("FERRY_ETCD_PASSWORD");
+    while (environ[i] != NULL) {
+        if (strncmp(environ[i], "ETCD_", 5) == 0) {
+            char name[256];
+            size_t len = strcspn(environ[i], "=");
+            snprintf(name, sizeof(name), "%.*s", (int)(len < sizeof(name) ? len : 0), environ[i]);
+            if (name[0] == '\0' || unsetenv(name) != 0) {
+                i++; /* too long a name to unset: left, not looped on */
+            }
+        } else {
+            i++;
+        }
+    }
+}
+
 /* In the child: log_fd becomes its stdout and stderr; it runs in the state
  * directory (dir_fd), where its client and peer sockets are, so that only
  * this user reaches them (a single member needs no peer, but etcd listens
- * for them). */
-static void exec_etcd(int dir_fd, int log_fd)
+ * for them); it keeps lock_fd open, and so the state directory's lock,
+ * for as long as it runs. parent: the coordinator's pid. */
+static void exec_etcd(int dir_fd, int log_fd, int lock_fd, pid_t parent)
 {
     const char *bin = getenv("FERRY_ETCD_BIN") != NULL ? getenv("FERRY_ETCD_BIN") : "etcd";
     sigset_t none;
@@ -179,6 +235,18 @@ static void exec_etcd(int dir_fd, int log_fd)
     sigemptyset(&none);
     sigprocmask(SIG_SETMASK, &none, NULL);
     prctl(PR_SET_PDEATHSIG, SIGTERM);
+    if (getppid() != parent) {
+        _exit(127); /* the coordinator died before the line above */
+    }
+    /* etcd makes its sockets with bind(), mode 0777 less the umask, and
+     * changes none: with the umask a supervisor left (0002, 0000), a group
+     * or everyone could connect, and etcd's peer port has no auth at all.
+     * Its own files it makes with modes of its own. */
+    umask(077);
+    if (fcntl(lock_fd, F_SETFD, 0) != 0) { /* kept across exec */
+        _exit(127);
+    }
+    clean_environment();
     dup2(log_fd, STDOUT_FILENO);
     dup2(log_fd, STDERR_FILENO);
     if (fchdir(dir_fd) != 0) {
@@ -231,7 +299,10 @@ static ferry_status_t wait_ready(coord_etcd_child_t *child)
         return status;
     }
     status = FERRY_ERR_TIMED_OUT;
-    for (int waited = 0; waited < START_TIMEOUT_MS; waited += POLL_MS) {
+    /* A deadline, not a count of sleeps: each ping may take the client's
+     * timeout (an etcd that has bound its socket but does not answer yet),
+     * and START_TIMEOUT_MS used to mean ten minutes then. */
+    for (int64_t deadline = now_ms() + START_TIMEOUT_MS; now_ms() < deadline;) {
         int wstatus;
         if (waitpid(child->pid, &wstatus, WNOHANG) == child->pid) {
             ferry_error("private etcd exited during start-up; see %s", child->log_path);
@@ -266,30 +337,53 @@ static ferry_status_t wait_ready(coord_etcd_child_t *child)
 
 /* One coordinator per state directory: a second one's etcd would find the
  * first one's data locked, and its start would take the first one's client
- * socket away. The lock lives as long as dir_fd, which the coordinator
- * holds until it stops. */
-static ferry_status_t lock_state_dir(const char *state_dir, int dir_fd)
+ * socket away. The lock is on a file in the directory (a directory cannot
+ * be opened for writing, which flock needs on NFS), held through the
+ * returned descriptor by the coordinator until it stops and by its etcd,
+ * which inherits it, until that exits: an etcd that outlived a killed
+ * coordinator (stopped, or still shutting down) keeps the next one off
+ * instead of having its socket taken. -1 when refused (logged); *status_p
+ * says why. */
+static int lock_state_dir(const char *state_dir, int dir_fd, ferry_status_t *status_p)
 {
-    if (flock(dir_fd, LOCK_EX | LOCK_NB) == 0) {
-        return FERRY_OK;
+    int fd = openat(dir_fd, LOCK_FILE, O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0600);
+    struct stat st;
+
+    if (fd < 0 || fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || st.st_uid != geteuid()) {
+        ferry_error("private etcd: cannot use %s/%s as its lock: %s", state_dir, LOCK_FILE,
+                    fd < 0 ? strerror(errno) : "not a file of this user's");
+        if (fd >= 0) {
+            close(fd);
+        }
+        *status_p = FERRY_ERR_IO;
+        return -1;
+    }
+    if (flock(fd, LOCK_EX | LOCK_NB) == 0) {
+        return fd;
     }
     if (errno == EWOULDBLOCK) {
-        ferry_error("private etcd: another coordinator uses the state directory %s; refusing to "
-                    "start a second one on it (--state-dir)",
+        ferry_error("private etcd: another coordinator, or the etcd of one that stopped, uses "
+                    "the state directory %s; refusing to start a second one on it "
+                    "(--state-dir)",
                     state_dir);
-        return FERRY_ERR_ALREADY_EXISTS;
+        *status_p = FERRY_ERR_ALREADY_EXISTS;
+    } else {
+        ferry_error("private etcd: cannot lock %s/%s: %s", state_dir, LOCK_FILE, strerror(errno));
+        *status_p = FERRY_ERR_IO;
     }
-    ferry_error("private etcd: cannot lock %s: %s", state_dir, strerror(errno));
-    return FERRY_ERR_IO;
+    close(fd);
+    return -1;
 }
 
 ferry_status_t coord_etcd_child_start(const char *state_dir, coord_etcd_child_t *child)
 {
-    ferry_status_t status;
-    int dir_fd, log_fd;
+    ferry_status_t status = FERRY_OK;
+    int dir_fd, log_fd, lock_fd;
+    pid_t self = getpid();
 
     memset(child, 0, sizeof(*child));
     child->dir_fd = -1;
+    child->lock_fd = -1;
     if (mkdir_p(state_dir) != 0) {
         ferry_error("private etcd: cannot make %s: %s", state_dir, strerror(errno));
         return FERRY_ERR_IO;
@@ -298,11 +392,12 @@ ferry_status_t coord_etcd_child_start(const char *state_dir, coord_etcd_child_t 
     if (dir_fd < 0) {
         return FERRY_ERR_PERMISSION_DENIED;
     }
-    status = lock_state_dir(state_dir, dir_fd);
-    if (status != FERRY_OK) {
+    lock_fd = lock_state_dir(state_dir, dir_fd, &status);
+    if (lock_fd < 0) {
         close(dir_fd);
         return status;
     }
+    child->lock_fd = lock_fd;
     snprintf(child->state_dir, sizeof(child->state_dir), "%s", state_dir);
     snprintf(child->data_dir, sizeof(child->data_dir), "%s/%s", state_dir, DATA_DIR);
     snprintf(child->log_path, sizeof(child->log_path), "%s/etcd.log", state_dir);
@@ -312,6 +407,7 @@ ferry_status_t coord_etcd_child_start(const char *state_dir, coord_etcd_child_t 
              CLIENT_SOCKET);
     status = load_password(child, dir_fd);
     if (status != FERRY_OK) {
+        close(lock_fd);
         close(dir_fd);
         return status;
     }
@@ -319,6 +415,7 @@ ferry_status_t coord_etcd_child_start(const char *state_dir, coord_etcd_child_t 
     if (unlinkat(dir_fd, CLIENT_SOCKET, 0) != 0 && errno != ENOENT) {
         ferry_error("private etcd: cannot remove the old socket %s/%s: %s", state_dir,
                     CLIENT_SOCKET, strerror(errno));
+        close(lock_fd);
         close(dir_fd);
         return FERRY_ERR_IO;
     }
@@ -328,6 +425,7 @@ ferry_status_t coord_etcd_child_start(const char *state_dir, coord_etcd_child_t 
     if (log_fd < 0) {
         ferry_error("private etcd: cannot open its log %s: %s%s", child->log_path, strerror(errno),
                     errno == ELOOP ? " (a link: refused)" : "");
+        close(lock_fd);
         close(dir_fd);
         return FERRY_ERR_IO;
     }
@@ -336,11 +434,12 @@ ferry_status_t coord_etcd_child_start(const char *state_dir, coord_etcd_child_t 
     if (child->pid < 0) {
         ferry_error("private etcd: fork: %s", strerror(errno));
         close(log_fd);
+        close(lock_fd);
         close(dir_fd);
         return FERRY_ERR_IO;
     }
     if (child->pid == 0) {
-        exec_etcd(dir_fd, log_fd);
+        exec_etcd(dir_fd, log_fd, lock_fd, self);
     }
     close(log_fd);
     child->dir_fd = dir_fd;
@@ -376,27 +475,31 @@ bool coord_etcd_child_exited(coord_etcd_child_t *child)
 
 void coord_etcd_child_stop(coord_etcd_child_t *child)
 {
-    int wstatus;
     bool stopped = child->pid <= 0;
 
     if (!stopped) {
         kill(child->pid, SIGTERM);
-    }
-    for (int waited = 0; !stopped && waited < STOP_TIMEOUT_MS; waited += POLL_MS) {
-        stopped = waitpid(child->pid, &wstatus, WNOHANG) == child->pid;
+        stopped = reap_within(child->pid, STOP_TIMEOUT_MS);
         if (stopped) {
             ferry_info("private etcd stopped");
-        } else {
-            sleep_ms(POLL_MS);
         }
     }
     if (!stopped) {
         ferry_warn("private etcd did not stop in %d ms; killing it", STOP_TIMEOUT_MS);
         kill(child->pid, SIGKILL);
-        waitpid(child->pid, &wstatus, 0);
+        if (!reap_within(child->pid, REAP_TIMEOUT_MS)) {
+            /* Stuck in the kernel (disk I/O): its lock goes when it does. */
+            ferry_error("private etcd (pid %d) is still there %d ms after SIGKILL; leaving it",
+                        (int)child->pid, REAP_TIMEOUT_MS);
+        }
     }
     child->pid = 0;
-    /* Only now may another coordinator start on the directory. */
+    /* Only now (and once etcd is gone, which holds it too) may another
+     * coordinator start on the directory. */
+    if (child->lock_fd > 0) {
+        close(child->lock_fd);
+        child->lock_fd = -1;
+    }
     if (child->dir_fd > 0) {
         close(child->dir_fd);
         child->dir_fd = -1;

@@ -6,7 +6,9 @@
  * on with a root password kept there (mode 0600), asked to die with its
  * parent (PR_SET_PDEATHSIG) and stopped on exit. The state directory must
  * be this user's and writable by no one else, and one coordinator's at a
- * time (locked while it runs).
+ * time: its lock file is locked while the coordinator or its etcd runs
+ * (etcd inherits the lock, so an etcd that outlived a killed coordinator
+ * keeps the next one off until it is gone).
  */
 #ifndef FERRY_COORD_ETCD_CHILD_H
 #define FERRY_COORD_ETCD_CHILD_H
@@ -22,7 +24,8 @@
 
 typedef struct {
     pid_t pid;
-    int dir_fd;               /* the state directory, locked; -1 (or 0, zeroed): none */
+    int dir_fd;               /* the state directory; -1 (or 0, zeroed): none */
+    int lock_fd;              /* its lock file, locked (etcd inherits it); -1 (or 0): none */
     char endpoint[64];        /* "unix:///proc/self/fd/<dir_fd>/etcd-client:1" */
     char state_dir[PATH_MAX]; /* as given */
     char data_dir[PATH_MAX];  /* <state_dir>/etcd */
@@ -40,8 +43,9 @@ ferry_status_t coord_etcd_child_start(const char *state_dir, coord_etcd_child_t 
  * start both again. */
 bool coord_etcd_child_exited(coord_etcd_child_t *child);
 
-/* SIGTERM, then SIGKILL after 5 s; waits for it; unlocks the state
- * directory. Safe on one that exited or was never started. */
+/* SIGTERM, then SIGKILL after 5 s; waits for it (a few seconds more at
+ * most); unlocks the state directory. Safe on one that exited or was never
+ * started. */
 void coord_etcd_child_stop(coord_etcd_child_t *child);
 
 #endif /* FERRY_COORD_ETCD_CHILD_H */

@@ -91,7 +91,9 @@ static char *etcd_strdup_or_null(const char *text)
 
 /* One endpoint of the comma-separated list, trimmed of spaces and a
  * trailing '/': http://, https://, or unix:// and a socket's absolute path
- * that fits a sockaddr_un. */
+ * that fits a sockaddr_un and has no '%', '?' or '#' (gRPC decodes the
+ * first and ends the path at the others, libcurl takes them as they are:
+ * the two APIs would reach different files). */
 static char *etcd_endpoint_dup(const char *start, size_t len)
 {
     while (len > 0 && (*start == ' ' || *start == '\t')) {
@@ -104,7 +106,8 @@ static char *etcd_endpoint_dup(const char *start, size_t len)
     if (len > ETCD_UNIX_PREFIX_LEN && strncmp(start, ETCD_UNIX_PREFIX, ETCD_UNIX_PREFIX_LEN) == 0) {
         size_t path_len = len - ETCD_UNIX_PREFIX_LEN;
         if (start[ETCD_UNIX_PREFIX_LEN] != '/' ||
-            path_len >= sizeof(((struct sockaddr_un *)NULL)->sun_path)) {
+            path_len >= sizeof(((struct sockaddr_un *)NULL)->sun_path) ||
+            strcspn(start + ETCD_UNIX_PREFIX_LEN, "%?#") < path_len) {
             return NULL;
         }
     } else if (len == 0 ||
@@ -131,7 +134,7 @@ static ferry_status_t etcd_split_endpoints(etcd_client_t *client, const char *li
         client->endpoints[i] = etcd_endpoint_dup(start, len);
         if (client->endpoints[i] == NULL) {
             ferry_error("etcd: bad endpoint '%.*s' in '%s' (http://HOST:PORT, https://HOST:PORT "
-                        "or unix:///ABSOLUTE/PATH of fewer than %zu bytes)",
+                        "or unix:///ABSOLUTE/PATH of fewer than %zu bytes, without %%, ? or #)",
                         (int)len, start, list, sizeof(((struct sockaddr_un *)NULL)->sun_path));
             return FERRY_ERR_INVALID_ARGUMENT;
         }
@@ -354,8 +357,11 @@ void etcd__curl_target(etcd_client_t *client, CURL *handle, size_t index, const 
     snprintf(shown, size, "%s%s", endpoint, path);
     if (socket_path != NULL) {
         char url[512];
-        snprintf(url, sizeof(url), "http://localhost%s", path);
-        curl_easy_setopt(handle, CURLOPT_UNIX_SOCKET_PATH, socket_path);
+        /* Without the socket (a libcurl built without unix sockets, no
+         * memory), http://localhost would go to TCP port 80, with the
+         * token: a URL no handle may fetch fails the request instead. */
+        bool unix_ok = curl_easy_setopt(handle, CURLOPT_UNIX_SOCKET_PATH, socket_path) == CURLE_OK;
+        snprintf(url, sizeof(url), "%s://localhost%s", unix_ok ? "http" : "no-unix-socket", path);
         curl_easy_setopt(handle, CURLOPT_URL, url); /* curl copies it */
     } else {
         curl_easy_setopt(handle, CURLOPT_URL, shown);

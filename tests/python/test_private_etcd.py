@@ -24,7 +24,10 @@
   etcd's gRPC API and over its JSON gateway (--etcd-kv-api);
 - one coordinator per state directory: a second is refused, naming it, and
   the first serves on; an etcd killed with its socket left behind starts
-  again on the same directory;
+  again on the same directory; an etcd that outlived its killed coordinator
+  keeps the next one off (the lock is etcd's too) until it is gone;
+- etcd's sockets are this user's alone whatever the umask, and etcd gets no
+  ETCD_* variable (it refuses to start where one shadows a flag);
 - a state directory from before (etcd data without auth) is taken over:
   auth turned on, its keys kept; a password file others may read, or one
   etcd refuses (data set up with another), stops the start with a message
@@ -51,12 +54,14 @@ sys.path.insert(0, os.path.dirname(__file__))
 import ferry_harness  # noqa: E402
 
 
-def coordinator(state_dir, port_file, extra=()):
+def coordinator(state_dir, port_file, extra=(), umask=None, env_extra=None):
     env = {k: v for k, v in os.environ.items() if not k.startswith("FERRY_")}
     env["FERRY_ETCD_BIN"] = shutil.which("etcd") or "/usr/bin/etcd"
+    env.update(env_extra or {})
     return subprocess.Popen([ferry_harness.COORDINATOR, "--listen", "127.0.0.1:0",
                              "--state-dir", state_dir, "--port-file", port_file, *extra],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                            umask=-1 if umask is None else umask)
 
 
 def cmdline(pid):
@@ -188,11 +193,11 @@ class PrivateEtcd(unittest.TestCase):
         ferry_harness.wait_until(lambda: not os.path.exists(f"/proc/{etcds[0]}"), 10,
                                  "the private etcd to go")
 
-    def serving(self, extra=()):
+    def serving(self, extra=(), umask=None, env_extra=None):
         """Starts a coordinator; returns it and its etcd's pid once it listens."""
         if os.path.exists(self.port_file):
             os.remove(self.port_file)
-        p = coordinator(self.state, self.port_file, extra)
+        p = coordinator(self.state, self.port_file, extra, umask, env_extra)
         ferry_harness.wait_until(lambda: os.path.exists(self.port_file) or
                                  p.poll() is not None, 60, "the coordinator to listen")
         if p.poll() is not None:
@@ -296,7 +301,8 @@ class PrivateEtcd(unittest.TestCase):
             other = coordinator(self.state, os.path.join(self.tmp, "port2"))
             out, _ = other.communicate(timeout=30)
             self.assertNotEqual(other.returncode, 0, out)
-            self.assertIn(f"another coordinator uses the state directory {self.state}", out)
+            self.assertIn(f"another coordinator, or the etcd of one that stopped, uses the "
+                          f"state directory {self.state}", out)
             self.assertFalse(os.path.exists(os.path.join(self.tmp, "port2")), out)
             # The first one's etcd still answers on its socket.
             self.assertIsNone(p.poll())
@@ -307,6 +313,74 @@ class PrivateEtcd(unittest.TestCase):
         finally:
             self.stop(p)
         # And when it has stopped, the directory is free again.
+        p, _ = self.serving()
+        self.stop(p)
+
+    def test_its_sockets_are_ours_alone_whatever_the_umask(self):
+        """etcd makes its sockets with the umask it inherits and changes
+        none: under a supervisor's umask 0 they were 0777, and on a state
+        directory others may search (0755 is accepted) any local user could
+        connect, to the peer port without any auth. The coordinator gives
+        etcd umask 077."""
+        os.chmod(self.state, 0o755)
+        p, etcd = self.serving(umask=0)
+        try:
+            argv = cmdline(etcd)
+            for flag in ("--listen-client-urls", "--listen-peer-urls"):
+                sock = os.path.join(self.state, argv[argv.index(flag) + 1][len("unix://"):])
+                mode = os.stat(sock).st_mode
+                self.assertTrue(stat.S_ISSOCK(mode), sock)
+                self.assertEqual(mode & 0o077, 0, f"{sock}: {oct(mode)}")
+        finally:
+            self.stop(p)
+
+    def test_etcd_variables_of_the_environment_do_not_reach_it(self):
+        """etcd takes ETCD_* variables as flags and refuses to start where
+        one shadows a flag given (an operator's ETCD_NAME, say, made every
+        start fail); the private etcd's flags say all, so it gets none, nor
+        the password of another etcd (FERRY_ETCD_PASSWORD)."""
+        p, etcd = self.serving(env_extra={"ETCD_NAME": "operator", "ETCD_DEBUG": "true",
+                                          "FERRY_ETCD_PASSWORD": "another-etcds"})
+        try:
+            with open(f"/proc/{etcd}/environ") as f:
+                names = [v.split("=", 1)[0] for v in f.read().split("\0") if v]
+            self.assertEqual([n for n in names if n.startswith("ETCD_")], [])
+            self.assertNotIn("FERRY_ETCD_PASSWORD", names)
+        finally:
+            self.stop(p)
+
+    def test_an_etcd_that_outlived_its_coordinator_keeps_the_next_one_off(self):
+        """The lock is etcd's too (it inherits it): a coordinator killed
+        while its etcd cannot act on the signal it gets then (stopped here;
+        still shutting down, in practice) leaves an etcd that keeps its data
+        locked. The next coordinator is refused at once, naming the
+        directory, and leaves that etcd's socket alone; it used to take the
+        lock, remove the live socket, and start an etcd that waited on the
+        data's lock until the start timed out. Once the old etcd is gone,
+        the directory serves again."""
+        p, etcd = self.serving()
+        sock = client_endpoint(self.state, etcd)[len("unix://"):]
+        os.kill(etcd, signal.SIGSTOP)
+        try:
+            p.kill()
+            p.communicate(timeout=30)
+            other = coordinator(self.state, os.path.join(self.tmp, "port2"))
+            out, _ = other.communicate(timeout=30)
+            self.assertNotEqual(other.returncode, 0, out)
+            self.assertIn(f"the etcd of one that stopped, uses the state directory {self.state}",
+                          out)
+            self.assertTrue(stat.S_ISSOCK(os.stat(sock).st_mode), sock)
+        finally:
+            os.kill(etcd, signal.SIGKILL)
+            os.kill(etcd, signal.SIGCONT)
+
+        def gone():
+            try:
+                with open(f"/proc/{etcd}/stat") as f:
+                    return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+            except OSError:
+                return True
+        ferry_harness.wait_until(gone, 30, "the old etcd to go")
         p, _ = self.serving()
         self.stop(p)
 
