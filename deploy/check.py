@@ -250,6 +250,68 @@ def containerfile_instructions(path):
     return out
 
 
+def cmake_needs(repo):
+    """What the image's CMake configure and build read from the source tree
+    (tests, benchmarks and fuzzers off): the folders the top CMakeLists.txt
+    adds outside any if() block, and every ${PROJECT_SOURCE_DIR}/PATH that
+    a CMakeLists.txt under them names (a script, a header folder)."""
+    needs = {"CMakeLists.txt"}
+    depth = 0
+    with open(os.path.join(repo, "CMakeLists.txt"), encoding="utf-8") as f:
+        for line in f:
+            code = line.split("#", 1)[0].strip()
+            if re.match(r"if\s*\(", code, re.I):
+                depth += 1
+            elif re.match(r"endif\s*\(", code, re.I):
+                depth -= 1
+            m = re.match(r"add_subdirectory\s*\(\s*([\w./-]+)", code, re.I)
+            if m and depth == 0:
+                needs.add(m.group(1).rstrip("/"))
+    for top in sorted(n for n in needs if n != "CMakeLists.txt"):
+        for root, _dirs, files in os.walk(os.path.join(repo, top)):
+            for name in files:
+                if name != "CMakeLists.txt":
+                    continue
+                with open(os.path.join(root, name), encoding="utf-8") as f:
+                    for m in re.finditer(r"\$\{PROJECT_SOURCE_DIR\}/([\w./-]+)", f.read()):
+                        needs.add(m.group(1).split("*")[0].rstrip("/"))
+    return needs
+
+
+def check_build_context(repo, where, stages):
+    """The build stage must copy into its source folder everything the
+    configure and build read: a folder added to the CMake project later
+    (python/, a script libferry's link runs) broke the image's build while
+    every COPY source still existed."""
+    src_dir = None
+    copied = []
+    for word, rest in stages[0][1]:
+        if word == "WORKDIR":
+            src_dir = rest.strip().rstrip("/")
+    build_runs = " ; ".join(r for w, r in stages[0][1] if w == "RUN")
+    m = re.search(r"cmake\s+-S\s+(\S+)", build_runs)
+    if m:
+        src_dir = m.group(1).rstrip("/")
+    if not src_dir:
+        return
+    for word, rest in stages[0][1]:
+        if word not in ("COPY", "ADD"):
+            continue
+        toks = [t for t in shlex.split(rest) if not t.startswith("--")]
+        if len(toks) != 2 or any(t.startswith("--from") for t in shlex.split(rest)):
+            continue
+        src, dst = toks[0].rstrip("/"), toks[1]
+        if dst.endswith("/"):
+            dst += os.path.basename(src)
+        dst = os.path.normpath(dst)
+        if dst == src_dir + "/" + src or (src == "." and dst == src_dir):
+            copied.append(src)
+    for need in sorted(cmake_needs(repo)):
+        if not any(c == "." or need == c or need.startswith(c + "/") for c in copied):
+            fail(where, "the build stage does not copy %s into %s, which the CMake build reads"
+                 % (need, src_dir))
+
+
 def check_containerfile(repo, deploy):
     image = Image()
     path = None
@@ -298,6 +360,8 @@ def check_containerfile(repo, deploy):
                     fail(where, "%s source %s does not exist in the repository" % (word, src))
                 elif src.split("/")[0].startswith("build"):
                     fail(where, "%s copies the local build tree %s" % (word, src))
+
+    check_build_context(repo, where, stages)
 
     build_runs = " ; ".join(r for _s, b in stages[:-1] for w, r in b if w == "RUN")
     if "scripts/install-deps.sh" not in build_runs:

@@ -131,6 +131,17 @@ class DeployCheckCatches(unittest.TestCase):
                          r"--endpoints must be a member's https URL",
                          r"`etcdctl .*snapshot save .*`: --key must be /etc/etcd/tls/tls\.key")
 
+    def test_image_build_that_misses_what_cmake_reads(self):
+        """A folder the CMake project added later (python/), or a script a
+        target runs, not copied into the build stage: the image's build
+        fails, though every COPY source exists."""
+        edit(os.path.join(self.repo, "deploy", "Containerfile"),
+             "COPY python /src/python\n", "")
+        edit(os.path.join(self.repo, "deploy", "Containerfile"),
+             "COPY scripts/ferry-api-symbols.sh /src/scripts/ferry-api-symbols.sh\n", "")
+        self.assertFails(r"does not copy python into /src, which the CMake build reads",
+                         r"does not copy scripts/ferry-api-symbols\.sh into /src")
+
     def test_probe_flag_ferryctl_lacks(self):
         edit(os.path.join(self.k8s, "overlays", "prod", "coordinator-tls.yaml"),
              "                - --tls-server-name", "                - --tls-servername")
