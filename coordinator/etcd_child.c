@@ -199,25 +199,32 @@ static ferry_status_t load_password(coord_etcd_child_t *child, int dir_fd)
 
 /* In the child, before exec: etcd reads ETCD_* variables as flags (and
  * refuses to start where one shadows a flag given), and the password of
- * another etcd (--etcd-user) is none of its business. Its flags say all. */
+ * another etcd (--etcd-user) is none of its business. Its flags say all;
+ * ETCD_UNSUPPORTED_ARCH, which upstream etcd needs on arm64 and others,
+ * stays. A filtered copy becomes the environment (unsetenv cannot remove
+ * an entry without '='). */
 static void clean_environment(void)
 {
     extern char **environ;
-    size_t i = 0;
+    size_t n = 0, kept = 0;
+    char **env;
 
-    unsetenv("FERRY_ETCD_PASSWORD");
-    while (environ[i] != NULL) {
-        if (strncmp(environ[i], "ETCD_", 5) == 0) {
-            char name[256];
-            size_t len = strcspn(environ[i], "=");
-            snprintf(name, sizeof(name), "%.*s", (int)(len < sizeof(name) ? len : 0), environ[i]);
-            if (name[0] == '\0' || unsetenv(name) != 0) {
-                i++; /* too long a name to unset: left, not looped on */
-            }
-        } else {
-            i++;
-        }
+    while (environ[n] != NULL) {
+        n++;
     }
+    env = calloc(n + 1, sizeof(*env));
+    if (env == NULL) {
+        _exit(127);
+    }
+    for (size_t i = 0; i < n; i++) {
+        const char *v = environ[i];
+        if ((strncmp(v, "ETCD_", 5) == 0 && strncmp(v, "ETCD_UNSUPPORTED_ARCH=", 22) != 0) ||
+            strncmp(v, "FERRY_ETCD_PASSWORD=", 20) == 0) {
+            continue;
+        }
+        env[kept++] = environ[i];
+    }
+    environ = env;
 }
 
 /* In the child: log_fd becomes its stdout and stderr; it runs in the state
@@ -358,14 +365,31 @@ static int lock_state_dir(const char *state_dir, int dir_fd, ferry_status_t *sta
         *status_p = FERRY_ERR_IO;
         return -1;
     }
+    /* The directory itself, shared: systemd-tmpfiles leaves a locked
+     * directory's files alone (the default /tmp/ferry-<uid> is under its
+     * age-based cleaning), and a coordinator of a version that locked the
+     * directory itself, exclusively, is kept off. Where the file system
+     * cannot lock a directory (NFS), the file's lock below still holds. */
+    if (flock(dir_fd, LOCK_SH | LOCK_NB) != 0 && errno == EWOULDBLOCK) {
+        ferry_error("private etcd: another coordinator uses the state directory %s; refusing to "
+                    "start a second one on it (--state-dir)",
+                    state_dir);
+        close(fd);
+        *status_p = FERRY_ERR_ALREADY_EXISTS;
+        return -1;
+    }
     if (flock(fd, LOCK_EX | LOCK_NB) == 0) {
         return fd;
     }
     if (errno == EWOULDBLOCK) {
+        char holders[96] = "";
+        ssize_t n = pread(fd, holders, sizeof(holders) - 1, 0);
+        holders[n > 0 ? n : 0] = '\0';
+        holders[strcspn(holders, "\n")] = '\0';
         ferry_error("private etcd: another coordinator, or the etcd of one that stopped, uses "
-                    "the state directory %s; refusing to start a second one on it "
+                    "the state directory %s (%s); refusing to start a second one on it "
                     "(--state-dir)",
-                    state_dir);
+                    state_dir, holders[0] != '\0' ? holders : "its lock file names no one");
         *status_p = FERRY_ERR_ALREADY_EXISTS;
     } else {
         ferry_error("private etcd: cannot lock %s/%s: %s", state_dir, LOCK_FILE, strerror(errno));
@@ -373,6 +397,19 @@ static int lock_state_dir(const char *state_dir, int dir_fd, ferry_status_t *sta
     }
     close(fd);
     return -1;
+}
+
+/* Who holds the lock, for the message of a start it refuses (lslocks
+ * names the process that took it, not the etcd that inherited it). */
+static void note_holders(int lock_fd, pid_t coordinator, pid_t etcd)
+{
+    char text[96];
+    int n = snprintf(text, sizeof(text), "coordinator pid %d, its etcd pid %d\n", (int)coordinator,
+                     (int)etcd);
+
+    if (ftruncate(lock_fd, 0) != 0 || pwrite(lock_fd, text, (size_t)n, 0) != n) {
+        ferry_debug("private etcd: cannot note the lock's holders: %s", strerror(errno));
+    }
 }
 
 ferry_status_t coord_etcd_child_start(const char *state_dir, coord_etcd_child_t *child)
@@ -397,7 +434,6 @@ ferry_status_t coord_etcd_child_start(const char *state_dir, coord_etcd_child_t 
         close(dir_fd);
         return status;
     }
-    child->lock_fd = lock_fd;
     snprintf(child->state_dir, sizeof(child->state_dir), "%s", state_dir);
     snprintf(child->data_dir, sizeof(child->data_dir), "%s/%s", state_dir, DATA_DIR);
     snprintf(child->log_path, sizeof(child->log_path), "%s/etcd.log", state_dir);
@@ -443,6 +479,8 @@ ferry_status_t coord_etcd_child_start(const char *state_dir, coord_etcd_child_t 
     }
     close(log_fd);
     child->dir_fd = dir_fd;
+    child->lock_fd = lock_fd;
+    note_holders(lock_fd, self, child->pid);
     status = wait_ready(child);
     if (status != FERRY_OK) {
         coord_etcd_child_stop(child);

@@ -13,6 +13,7 @@
  * accept fails with EMFILE, which the usual soft limit of 1024 invites.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -246,6 +247,27 @@ static ferry_status_t open_server(coordinator_t *c)
 
 /* The soft RLIMIT_NOFILE up to the hard one (the file header says why). A
  * failure is logged and the coordinator runs with what it has. */
+/* What a launcher may have left. A closed 0, 1 or 2 would be the next
+ * file opened (the state directory's lock, say), which the private etcd's
+ * stdout and stderr then replace: they get /dev/null. An ignored SIGTERM,
+ * SIGINT or SIGCHLD (a script's `cmd &` ignores SIGINT) is discarded
+ * before sigwait can take it, and an ignored SIGCHLD has the kernel reap
+ * the private etcd unseen: back to their defaults. */
+static void sane_process_state(void)
+{
+    for (int fd = 0; fd <= 2; fd++) {
+        if (fcntl(fd, F_GETFD) == -1 && errno == EBADF) {
+            int null = open("/dev/null", O_RDWR);
+            if (null >= 0 && null != fd) {
+                close(null); /* a lower one was free after all */
+            }
+        }
+    }
+    signal(SIGTERM, SIG_DFL);
+    signal(SIGINT, SIG_DFL);
+    signal(SIGCHLD, SIG_DFL);
+}
+
 static void raise_fd_limit(void)
 {
     struct rlimit rl;
@@ -378,6 +400,7 @@ int main(int argc, char **argv)
     int rc;
 
     memset(&c, 0, sizeof(c));
+    sane_process_state();
     ferry_log_init_from_env(FERRY_LOG_INFO);
     rc = coord_config_parse(argc, argv, &c.config);
     if (rc != 0) {

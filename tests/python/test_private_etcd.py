@@ -340,14 +340,48 @@ class PrivateEtcd(unittest.TestCase):
         start fail); the private etcd's flags say all, so it gets none, nor
         the password of another etcd (FERRY_ETCD_PASSWORD)."""
         p, etcd = self.serving(env_extra={"ETCD_NAME": "operator", "ETCD_DEBUG": "true",
-                                          "FERRY_ETCD_PASSWORD": "another-etcds"})
+                                          "FERRY_ETCD_PASSWORD": "another-etcds",
+                                          "ETCD_UNSUPPORTED_ARCH": "amd64"})
         try:
             with open(f"/proc/{etcd}/environ") as f:
                 names = [v.split("=", 1)[0] for v in f.read().split("\0") if v]
-            self.assertEqual([n for n in names if n.startswith("ETCD_")], [])
+            # Only the one upstream etcd needs to start on arm64 and others.
+            self.assertEqual([n for n in names if n.startswith("ETCD_")],
+                             ["ETCD_UNSUPPORTED_ARCH"])
             self.assertNotIn("FERRY_ETCD_PASSWORD", names)
         finally:
             self.stop(p)
+
+    def test_etcd_holds_the_lock_even_when_started_without_stdin_and_stdout(self):
+        """etcd holds the state directory's lock file open (it inherits it).
+        A coordinator started with stdin and stdout closed used to open the
+        directory and the lock file onto fds 0 and 1, and etcd's stdout (its
+        log) replaced the lock: etcd ran without it. They get /dev/null
+        first now."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("FERRY_")}
+        env["FERRY_ETCD_BIN"] = shutil.which("etcd") or "/usr/bin/etcd"
+
+        def close_stdin_stdout():
+            os.close(0)
+            os.close(1)
+        p = subprocess.Popen([ferry_harness.COORDINATOR, "--listen", "127.0.0.1:0",
+                              "--state-dir", self.state, "--port-file", self.port_file],
+                             stderr=subprocess.PIPE, text=True, env=env,
+                             preexec_fn=close_stdin_stdout)
+        try:
+            ferry_harness.wait_until(lambda: os.path.exists(self.port_file) or
+                                     p.poll() is not None, 60, "the coordinator to listen")
+            self.assertIsNone(p.poll(), p.stderr.read() if p.poll() is not None else "")
+            etcds = [k for k in children_of(p.pid) if cmdline(k)[0].endswith("etcd")]
+            self.assertEqual(len(etcds), 1)
+            lock = os.path.join(os.path.realpath(self.state), "coordinator.lock")
+            held = [os.readlink(f"/proc/{etcds[0]}/fd/{fd}")
+                    for fd in os.listdir(f"/proc/{etcds[0]}/fd")]
+            self.assertIn(lock, held)
+        finally:
+            p.send_signal(signal.SIGTERM)
+            _, err = p.communicate(timeout=30)
+        self.assertEqual(p.returncode, 0, err)
 
     def test_an_etcd_that_outlived_its_coordinator_keeps_the_next_one_off(self):
         """The lock is etcd's too (it inherits it): a coordinator killed
@@ -369,6 +403,7 @@ class PrivateEtcd(unittest.TestCase):
             self.assertNotEqual(other.returncode, 0, out)
             self.assertIn(f"the etcd of one that stopped, uses the state directory {self.state}",
                           out)
+            self.assertIn(f"its etcd pid {etcd})", out)  # from the lock file
             self.assertTrue(stat.S_ISSOCK(os.stat(sock).st_mode), sock)
         finally:
             os.kill(etcd, signal.SIGKILL)
