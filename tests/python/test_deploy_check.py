@@ -104,9 +104,10 @@ class DeployCheckCatches(unittest.TestCase):
 
     def test_exec_probe_killed_before_its_own_timeout(self):
         edit(os.path.join(self.k8s, "overlays", "prod", "coordinator-tls.yaml"),
-             "            timeoutSeconds: 5\n          readinessProbe:",
-             "          readinessProbe:")
-        self.assertFails(r"startupProbe: timeoutSeconds 1 must exceed the probe's own --timeout 2")
+             "            timeoutSeconds: 5\n          volumeMounts:",
+             "          volumeMounts:")
+        self.assertFails(r"readinessProbe: timeoutSeconds 2 must exceed the probe's own "
+                         r"--timeout 2")
 
     def test_alert_rule_that_misses_its_case(self):
         # FerryCallsStuck as it was: health checks' answers kept it quiet.
