@@ -14,8 +14,16 @@ STATE=$(mktemp -d /tmp/ferry-demo-XXXXXX)
 TOKEN=$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')
 REQUEST_ID="demo-$$"
 COORD_PID=""
+RECV_PID=""
+# The token through the environment, not the command line (/proc/*/cmdline is
+# every local user's to read, and with it the request ID's metadata).
+export FERRY_TOKEN="$TOKEN"
 
 cleanup() {
+    if [ -n "$RECV_PID" ] && kill -0 "$RECV_PID" 2>/dev/null; then
+        kill -TERM "$RECV_PID"
+        wait "$RECV_PID" || true
+    fi
     if [ -n "$COORD_PID" ] && kill -0 "$COORD_PID" 2>/dev/null; then
         kill -TERM "$COORD_PID"
         wait "$COORD_PID" || true
@@ -38,14 +46,18 @@ TARGET="127.0.0.1:$(cat "$STATE/port")"
 echo "demo: coordinator serving on $TARGET"
 
 echo "demo: receiver registers $SIZE under request ID $REQUEST_ID; sender writes it"
-"$WORKER" recv --coordinator "$TARGET" --request-id "$REQUEST_ID" --token "$TOKEN" \
+# Under set -e a failing command would end the script here, before the
+# report below (and the trap removes the coordinator's log): their statuses
+# are taken instead.
+"$WORKER" recv --coordinator "$TARGET" --request-id "$REQUEST_ID" \
     --size "$SIZE" --timeout 120 &
 RECV_PID=$!
-"$WORKER" send --coordinator "$TARGET" --request-id "$REQUEST_ID" --token "$TOKEN" \
-    --size "$SIZE" --timeout 120
-SEND_RC=$?
-wait "$RECV_PID"
-RECV_RC=$?
+SEND_RC=0
+"$WORKER" send --coordinator "$TARGET" --request-id "$REQUEST_ID" \
+    --size "$SIZE" --timeout 120 || SEND_RC=$?
+RECV_RC=0
+wait "$RECV_PID" || RECV_RC=$?
+RECV_PID=""
 if [ "$SEND_RC" -ne 0 ] || [ "$RECV_RC" -ne 0 ]; then
     echo "demo: FAILED (send $SEND_RC, recv $RECV_RC)"
     tail -20 "$STATE/coordinator.log"
