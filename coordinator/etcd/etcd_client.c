@@ -532,6 +532,12 @@ static bool etcd_never_sent(CURL *handle, CURLcode code)
 ferry_status_t etcd__transport_error(const char *what, const char *url, CURLcode code,
                                      const char *detail)
 {
+    if (code == CURLE_COULDNT_CONNECT &&
+        strncmp(url, ETCD_UNIX_PREFIX, ETCD_UNIX_PREFIX_LEN) == 0) {
+        /* libcurl says "Failed to connect to localhost port 80", which
+         * reads as TCP: the request never left for any port. */
+        detail = "cannot connect to the socket (none there, or nothing listens on it)";
+    }
     etcd__set_error("%s %s: %s", what, url,
                     detail != NULL && detail[0] != '\0' ? detail : curl_easy_strerror(code));
     ferry_debug("etcd: %s", etcd_last_error);

@@ -237,6 +237,11 @@ static void test_unreachable_socket_is_unavailable(void **state)
     assert_non_null(strstr(etcd_client_last_error(), dir));
     assert_int_equal(etcd_ping(client, NULL), FERRY_ERR_UNAVAILABLE);
     assert_non_null(strstr(etcd_client_last_error(), dir));
+    /* Not libcurl's "localhost port 80", which reads as TCP. */
+    assert_null(strstr(etcd_client_last_error(), "port 80"));
+#ifdef FIXTURE_KV_GATEWAY
+    assert_non_null(strstr(etcd_client_last_error(), "cannot connect to the socket"));
+#endif
     etcd_client_destroy(client);
     rmdir(dir);
 }
