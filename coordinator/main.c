@@ -242,6 +242,12 @@ static ferry_status_t open_server(coordinator_t *c)
         return status;
     }
     coord_service_on_health(c->service, coord_registry_healthy(c->registry));
+    /* "liveness": SERVING for as long as gRPC answers, whatever etcd does,
+     * for a liveness probe. A TCP probe passes on a server that no longer
+     * accepts (gRPC core stops accepting for good after an EMFILE, and the
+     * kernel still completes handshakes into the backlog), and "" follows
+     * etcd, whose outage a restart does not cure. */
+    rpc_server_set_serving(c->server, "liveness", true);
     return FERRY_OK;
 }
 

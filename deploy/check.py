@@ -16,7 +16,7 @@ cluster:
   coordinator Deployment with 2+ replicas; port 7400 named grpc; readiness
               asks grpc.health.v1 for service "" on 7400 (a native gRPC probe,
               or with TLS `ferryctl health` over TLS with the coordinator's
-              own files), liveness a tcpSocket probe on 7400; every health
+              own files), liveness asks health for service "liveness"; every health
               service a probe asks for is one the coordinator serves; a
               Service port 7400 named grpc; FERRY_LISTEN on 7400 on all
               addresses; FERRY_ETCD URLs name a Service that selects etcd, on
@@ -827,12 +827,13 @@ def check_coordinator(ctx):
         check_coordinator_tls(ctx, where, spec, c)
         check_coordinator_metrics(ctx, where, o, c)
         # Liveness must not follow etcd's health: restarting every replica
-        # during an etcd outage cures nothing. A TCP check on the port asks
-        # only whether the process serves.
-        t = (c.get("livenessProbe") or {}).get("tcpSocket")
-        if not isinstance(t, dict) or t.get("port") not in (7400, "grpc"):
-            fail(where, "livenessProbe must be a tcpSocket probe on port 7400 (has %s)"
-                 % c.get("livenessProbe"))
+        # during an etcd outage cures nothing. The health service "liveness"
+        # asks only whether the process serves gRPC (a TCP check passes on
+        # one that stopped accepting, which a restart does cure).
+        live = c.get("livenessProbe") or {}
+        if probe_health_service(live) != "liveness":
+            fail(where, "livenessProbe must ask grpc.health.v1 for service \"liveness\" on 7400, "
+                 "which does not follow etcd (has %s)" % live)
         env = env_map(c)
         listen = (env.get("FERRY_LISTEN") or {}).get("value")
         if not listen or not re.match(r"^(0\.0\.0\.0|\[::\]):7400$", str(listen)):

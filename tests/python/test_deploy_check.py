@@ -104,8 +104,8 @@ class DeployCheckCatches(unittest.TestCase):
 
     def test_exec_probe_killed_before_its_own_timeout(self):
         edit(os.path.join(self.k8s, "overlays", "prod", "coordinator-tls.yaml"),
-             "            timeoutSeconds: 5\n          volumeMounts:",
-             "          volumeMounts:")
+             "            timeoutSeconds: 5\n          livenessProbe:",
+             "          livenessProbe:")
         self.assertFails(r"readinessProbe: timeoutSeconds 2 must exceed the probe's own "
                          r"--timeout 2")
 
@@ -142,6 +142,13 @@ class DeployCheckCatches(unittest.TestCase):
              "COPY scripts/ferry-api-symbols.sh /src/scripts/ferry-api-symbols.sh\n", "")
         self.assertFails(r"does not copy python into /src, which the CMake build reads",
                          r"does not copy scripts/ferry-api-symbols\.sh into /src")
+
+    def test_liveness_that_follows_etcd(self):
+        """A liveness probe on service "" restarts every replica during an
+        etcd outage, which cures nothing."""
+        edit(os.path.join(self.k8s, "base", "coordinator.yaml"),
+             "              service: liveness", "              service: \"\"")
+        self.assertFails(r"livenessProbe must ask grpc\.health\.v1 for service \"liveness\"")
 
     def test_probe_flag_ferryctl_lacks(self):
         edit(os.path.join(self.k8s, "overlays", "prod", "coordinator-tls.yaml"),

@@ -209,6 +209,10 @@ class Replica:
     def not_serving(self):
         return self.health() == self.hpb.HealthCheckResponse.NOT_SERVING
 
+    def live(self):
+        r = self.check(self.hpb.HealthCheckRequest(service="liveness"), timeout=2)
+        return r.status == self.hpb.HealthCheckResponse.SERVING
+
     def kill(self):
         self.coord.proc.send_signal(signal.SIGKILL)
         self.coord.proc.wait(10)
@@ -467,6 +471,10 @@ class EtcdFaults(unittest.TestCase):
         for r in self.replicas:
             wait_until(r.not_serving, HEALTH_BOUND, f"{r.name} to say NOT_SERVING")
         t_health = time.monotonic() - t0
+        for r in self.replicas:
+            # What a liveness probe asks: the process serves; a restart
+            # would not bring etcd's quorum back.
+            self.assertTrue(r.live(), f"{r.name}: liveness should stay SERVING")
         for i, r in enumerate(self.replicas):
             self.assertEqual(self.register_once(r, f"noquorum-{i}"),
                              grpc.StatusCode.UNAVAILABLE)
