@@ -54,14 +54,14 @@ sys.path.insert(0, os.path.dirname(__file__))
 import ferry_harness  # noqa: E402
 
 
-def coordinator(state_dir, port_file, extra=(), umask=None, env_extra=None):
+def coordinator(state_dir, port_file, extra=(), umask=None, env_extra=None, preexec_fn=None):
     env = {k: v for k, v in os.environ.items() if not k.startswith("FERRY_")}
     env["FERRY_ETCD_BIN"] = shutil.which("etcd") or "/usr/bin/etcd"
     env.update(env_extra or {})
     return subprocess.Popen([ferry_harness.COORDINATOR, "--listen", "127.0.0.1:0",
                              "--state-dir", state_dir, "--port-file", port_file, *extra],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-                            umask=-1 if umask is None else umask)
+                            umask=-1 if umask is None else umask, preexec_fn=preexec_fn)
 
 
 def cmdline(pid):
@@ -193,11 +193,11 @@ class PrivateEtcd(unittest.TestCase):
         ferry_harness.wait_until(lambda: not os.path.exists(f"/proc/{etcds[0]}"), 10,
                                  "the private etcd to go")
 
-    def serving(self, extra=(), umask=None, env_extra=None):
+    def serving(self, extra=(), umask=None, env_extra=None, preexec_fn=None):
         """Starts a coordinator; returns it and its etcd's pid once it listens."""
         if os.path.exists(self.port_file):
             os.remove(self.port_file)
-        p = coordinator(self.state, self.port_file, extra, umask, env_extra)
+        p = coordinator(self.state, self.port_file, extra, umask, env_extra, preexec_fn)
         ferry_harness.wait_until(lambda: os.path.exists(self.port_file) or
                                  p.poll() is not None, 60, "the coordinator to listen")
         if p.poll() is not None:
@@ -358,30 +358,16 @@ class PrivateEtcd(unittest.TestCase):
         directory and the lock file onto fds 0 and 1, and etcd's stdout (its
         log) replaced the lock: etcd ran without it. They get /dev/null
         first now."""
-        env = {k: v for k, v in os.environ.items() if not k.startswith("FERRY_")}
-        env["FERRY_ETCD_BIN"] = shutil.which("etcd") or "/usr/bin/etcd"
-
         def close_stdin_stdout():
             os.close(0)
-            os.close(1)
-        p = subprocess.Popen([ferry_harness.COORDINATOR, "--listen", "127.0.0.1:0",
-                              "--state-dir", self.state, "--port-file", self.port_file],
-                             stderr=subprocess.PIPE, text=True, env=env,
-                             preexec_fn=close_stdin_stdout)
+            os.close(1)  # its output still goes to the pipe through fd 2
+        p, etcd = self.serving(preexec_fn=close_stdin_stdout)
         try:
-            ferry_harness.wait_until(lambda: os.path.exists(self.port_file) or
-                                     p.poll() is not None, 60, "the coordinator to listen")
-            self.assertIsNone(p.poll(), p.stderr.read() if p.poll() is not None else "")
-            etcds = [k for k in children_of(p.pid) if cmdline(k)[0].endswith("etcd")]
-            self.assertEqual(len(etcds), 1)
             lock = os.path.join(os.path.realpath(self.state), "coordinator.lock")
-            held = [os.readlink(f"/proc/{etcds[0]}/fd/{fd}")
-                    for fd in os.listdir(f"/proc/{etcds[0]}/fd")]
+            held = [os.readlink(f"/proc/{etcd}/fd/{fd}") for fd in os.listdir(f"/proc/{etcd}/fd")]
             self.assertIn(lock, held)
         finally:
-            p.send_signal(signal.SIGTERM)
-            _, err = p.communicate(timeout=30)
-        self.assertEqual(p.returncode, 0, err)
+            self.stop(p)
 
     def test_an_etcd_that_outlived_its_coordinator_keeps_the_next_one_off(self):
         """The lock is etcd's too (it inherits it): a coordinator killed

@@ -526,6 +526,26 @@ static void test_staged_get_in_flight_holds_region(void **state)
     free(src);
 }
 
+/* Begins a write from tx into passive whose notice the fault hook holds
+ * back (as far as the passive side knows, its puts may still be in flight
+ * once it is admitted); returns a copy of passive's metadata (*md_len_p
+ * bytes, the caller's to free), for a later claim. */
+static uint8_t *begin_held_write(ferry_connector_t *tx, ferry_op_t *passive,
+                                 const ferry_descriptor_t *s, size_t *md_len_p,
+                                 ferry_op_t **active_p)
+{
+    const uint8_t *md;
+    uint8_t *copy;
+
+    assert_int_equal(ferry_op_metadata(passive, &md, md_len_p), FERRY_OK);
+    copy = malloc(*md_len_p);
+    memcpy(copy, md, *md_len_p);
+    atomic_store(&ferry__test_notice_held, false);
+    atomic_store(&ferry__test_hold_notice, true);
+    assert_int_equal(ferry_write_begin(tx, s, 1, md, *md_len_p, active_p), FERRY_OK);
+    return copy;
+}
+
 /* A writable in a region whose writer was admitted and has not settled
  * (its notice held by the fault hook: as far as the owner knows, its puts
  * may still be in flight, which over TCP this process's worker copies into
@@ -540,7 +560,6 @@ static void test_passive_holds_region_until_writer_settles(void **state)
     ferry_op_t *passive, *active, *late;
     ferry_descriptor_t d, s = desc(src, 8192);
     ferry_status_t st;
-    const uint8_t *md;
     size_t md_len;
     int64_t deadline;
     void *p;
@@ -549,12 +568,7 @@ static void test_passive_holds_region_until_writer_settles(void **state)
     assert_int_equal(ferry_mem_alloc(w->rx, 8192, s.device, &r, &p), FERRY_OK);
     d = desc(p, 8192);
     assert_int_equal(ferry_writable_create(w->rx, &d, 1, &passive), FERRY_OK);
-    assert_int_equal(ferry_op_metadata(passive, &md, &md_len), FERRY_OK);
-    md_copy = malloc(md_len);
-    memcpy(md_copy, md, md_len);
-    atomic_store(&ferry__test_notice_held, false);
-    atomic_store(&ferry__test_hold_notice, true);
-    assert_int_equal(ferry_write_begin(w->tx, &s, 1, md, md_len, &active), FERRY_OK);
+    md_copy = begin_held_write(w->tx, passive, &s, &md_len, &active);
     for (int i = 0; i < WAIT_MS / 10 && !atomic_load(&ferry__test_notice_held); i++) {
         assert_int_equal(ferry_op_wait(active, 10), FERRY_ERR_TIMED_OUT);
     }
@@ -605,7 +619,6 @@ static void test_passive_nowait_released_when_writer_settles(void **state)
     ferry_op_t *passive, *active, *late, *idle;
     ferry_descriptor_t d = desc(dst, 8192), s = desc(src, 8192);
     atomic_uint released = 0, idle_released = 0;
-    const uint8_t *md;
     size_t md_len;
     ferry_status_t st;
     int64_t deadline = pair_now_ms() + WAIT_MS;
@@ -617,12 +630,7 @@ static void test_passive_nowait_released_when_writer_settles(void **state)
 
     assert_int_equal(ferry_writable_create(rx, &d, 1, &passive), FERRY_OK);
     assert_false(ferry_op_in_region(passive, 0));
-    assert_int_equal(ferry_op_metadata(passive, &md, &md_len), FERRY_OK);
-    md_copy = malloc(md_len);
-    memcpy(md_copy, md, md_len);
-    atomic_store(&ferry__test_notice_held, false);
-    atomic_store(&ferry__test_hold_notice, true);
-    assert_int_equal(ferry_write_begin(w->tx, &s, 1, md, md_len, &active), FERRY_OK);
+    md_copy = begin_held_write(w->tx, passive, &s, &md_len, &active);
     while (!atomic_load(&ferry__test_notice_held) && pair_now_ms() < deadline) {
         assert_int_equal(ferry_connector_progress(rx), FERRY_OK); /* admits the claim */
         (void)ferry_op_wait(active, 1);
