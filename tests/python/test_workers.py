@@ -8,6 +8,7 @@ the one operation it ran. Each side frees its buffer only once UCX is gone.
 """
 import json
 import os
+import signal
 import subprocess
 import sys
 import unittest
@@ -223,6 +224,39 @@ class Refusals(unittest.TestCase):
 
 FREE_ORDER = os.path.join(ferry_harness.BUILD_DIR, "tests", "worker", "libferry_free_order.so")
 FREED_AFTER = "free-order: buffer freed after ucp_cleanup"
+
+
+class Signals(unittest.TestCase):
+    """SIGTERM, SIGINT or SIGHUP stop a worker cleanly: its operation is
+    cancelled and its records released before it exits with 128 + the
+    signal. Killed (as it was, having no handler), a receiver's record held
+    its request ID until its lease ran out; as PID 1 in a container SIGTERM
+    did nothing at all."""
+
+    def test_a_waiting_receiver_stops_and_frees_its_request_id(self):
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with self.subTest(signal=sig.name):
+                p = start_passive("recv", "sig-recv", 4096)
+                p.send_signal(sig)
+                rc, out, err = finish(p, timeout=30)
+                self.assertEqual(rc, 128 + sig, err)
+                self.assertIn(f"stopped by signal {int(sig)}", err)
+                # Released before the exit: the ID registers again at once
+                # (ALREADY_EXISTS while a record was left behind).
+                again = start_passive("recv", "sig-recv", 4096)
+                again.send_signal(signal.SIGTERM)
+                self.assertEqual(finish(again, timeout=30)[0], 128 + signal.SIGTERM)
+
+    def test_a_sender_waiting_for_its_id_stops(self):
+        p = worker("send", "sig-nobody", 4096, timeout=600)
+        # Waiting for the ID, in Claims that wait: the process's own
+        # threads are up once it has a connection to the coordinator.
+        ferry_harness.wait_until(lambda: p.poll() is not None or
+                                 ferry_harness.tcp_sockets(p.pid), 30, "the sender to connect")
+        p.send_signal(signal.SIGTERM)
+        rc, out, err = finish(p, timeout=30)
+        self.assertEqual(rc, 128 + signal.SIGTERM, err)
+        self.assertIn("stopped by signal 15 while waiting for sig-nobody", err)
 
 
 class BufferLifetime(unittest.TestCase):

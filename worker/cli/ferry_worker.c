@@ -12,7 +12,9 @@
  *
  * Exit codes, for scripts: 0 done and verified; 1 the transfer failed;
  * 2 bad usage; 3 the bytes did not match; 4 timed out; 5 the coordinator
- * refused (not found, taken, wrong token).
+ * refused (not found, taken, wrong token); 128 + N stopped by signal N
+ * (SIGTERM, SIGINT, SIGHUP), its operation cancelled and its records
+ * released first.
  *
  * Every number a flag takes is range-checked before anything is allocated
  * (FLAG_* below; README's table): a value out of range is refused with exit
@@ -21,6 +23,7 @@
 #include <errno.h>
 #include <getopt.h>
 #include <inttypes.h>
+#include <signal.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -328,8 +331,35 @@ static int exit_code_for(ferry_status_t status)
     }
 }
 
+/* The signal that asked this program to stop (SIGTERM, SIGINT, SIGHUP);
+ * 0 until one came. Handled, so that the operation is cancelled and the
+ * coordinator's records released before the exit (killed, a receiver's
+ * record held its request ID until its lease ran out), and so that SIGTERM
+ * stops it at all as PID 1 in a container, where a signal left at its
+ * default is ignored. Waits run in slices of WAIT_SLICE_MS and look. */
+static volatile sig_atomic_t stop_signal;
+
+#define WAIT_SLICE_MS 250
+
+static void on_stop_signal(int sig)
+{
+    stop_signal = sig;
+}
+
+static void handle_stop_signals(void)
+{
+    /* SA_RESTART: a write of the report is not cut short; the waits look
+     * at stop_signal between their slices. */
+    struct sigaction sa = {.sa_handler = on_stop_signal, .sa_flags = SA_RESTART};
+
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGHUP, &sa, NULL);
+}
+
 /* Waits for the operation, drawing a progress line on a terminal once the
- * wait passes a second. */
+ * wait passes a second; cancels it when a stop signal came. */
 static ferry_status_t wait_op(ferry_op_t *op, const options_t *o, double start)
 {
     bool tty = !o->quiet && isatty(STDERR_FILENO);
@@ -339,8 +369,13 @@ static ferry_status_t wait_op(ferry_op_t *op, const options_t *o, double start)
 
     for (;;) {
         double left = deadline - now_s();
-        int slice = left < 0.25 ? (int)(left * 1000) : 250;
+        int slice = left < WAIT_SLICE_MS / 1000.0 ? (int)(left * 1000) : WAIT_SLICE_MS;
         status = ferry_op_wait(op, slice > 0 ? slice : 0);
+        if (status == FERRY_ERR_TIMED_OUT && stop_signal != 0) {
+            ferry_op_cancel(op);
+            status = ferry_op_wait(op, 0);
+            break;
+        }
         if (status != FERRY_ERR_TIMED_OUT || now_s() >= deadline) {
             break;
         }
@@ -375,6 +410,12 @@ static int fail(const char *what, ferry_status_t status)
 static int op_failed(ferry_op_t *op, ferry_status_t status)
 {
     const char *msg = "";
+
+    if (stop_signal != 0) {
+        fprintf(stderr, "ferry-worker: stopped by signal %d; the operation was cancelled\n",
+                (int)stop_signal);
+        return 128 + stop_signal;
+    }
     ferry_op_error(op, &msg);
     fprintf(stderr, "ferry-worker: operation ended %s: %s (%s)\n",
             ferry_op_status_name(ferry_op_status(op)), msg && msg[0] ? msg : "no detail",
@@ -458,8 +499,22 @@ static int run_active(ferry_connector_t *conn, ferry_coordinator_t *coord, const
         memset(buf, 0, o->size);
     }
     start = now_s();
-    status = write ? ferry_write_begin_by_id(conn, coord, &claim, descs, o->descriptors, &op)
-                   : ferry_read_begin_by_id(conn, coord, &claim, descs, o->descriptors, &op);
+    /* The wait for the request ID, in slices, each one Claim that waits, so
+     * that a stop signal ends it. */
+    for (;;) {
+        double left_ms = o->timeout_ms - (now_s() - start) * 1000.0;
+        claim.wait_ms = left_ms < 1 ? 1 : left_ms > WAIT_SLICE_MS ? WAIT_SLICE_MS : (int)left_ms;
+        status = write ? ferry_write_begin_by_id(conn, coord, &claim, descs, o->descriptors, &op)
+                       : ferry_read_begin_by_id(conn, coord, &claim, descs, o->descriptors, &op);
+        if (status != FERRY_ERR_TIMED_OUT || stop_signal != 0 || left_ms <= WAIT_SLICE_MS) {
+            break;
+        }
+    }
+    if (status != FERRY_OK && stop_signal != 0) {
+        fprintf(stderr, "ferry-worker: stopped by signal %d while waiting for %s\n",
+                (int)stop_signal, o->request_id);
+        return 128 + stop_signal;
+    }
     if (status != FERRY_OK) {
         return fail(write ? "write" : "read", status);
     }
@@ -525,6 +580,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "ferry-worker: unknown command '%s'\n%s", o.command, usage);
         return EXIT_USAGE;
     }
+    handle_stop_signals();
     /* libferry logs only when asked: the program asks, from the
      * environment, at info by default (as it always logged). */
     conn_params.log_level = log_level_from_env();
