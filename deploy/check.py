@@ -1,9 +1,10 @@
 #!/usr/bin/python3
 """deploy/check.py: the checks behind deploy/check.sh (run that, not this).
 
-Renders every overlay under deploy/k8s/overlays with `kubectl kustomize` and
-checks the rendered objects, and checks deploy/Containerfile, without a
-cluster:
+Renders every overlay under deploy/k8s/overlays and every example under
+deploy/k8s/examples with `kubectl kustomize` and checks the rendered objects
+(an example together with the overlay it goes with, EXAMPLES), and checks
+deploy/Containerfile, without a cluster:
   schema      every rendered object against the Kubernetes API schemas, by
               deploy/validate.mjs (npm kubernetes-models, pinned in
               package-lock.json): types, required fields, enums, and no field
@@ -30,21 +31,34 @@ cluster:
               peer port; the headless Service exists (clusterIP None,
               publishNotReadyAddresses); podManagementPolicy Parallel; data on
               a volumeClaimTemplate.
-  workers     FERRY_TOKEN comes from a Secret; FERRY_COORDINATOR names the
-              coordinator Service port; a recv and a send agree on request ID
-              and size.
-  overlays    dev: one etcd member, no TLS. prod: three members; TLS on
+  workers     in each example, with its overlay's objects: FERRY_TOKEN
+              comes from a Secret; FERRY_COORDINATOR names the coordinator
+              Service port; a recv and a send agree on request ID and size;
+              TLS as its overlay has it; the overlay's coordinator image.
+  examples    the directories under deploy/k8s/examples are exactly those
+              EXAMPLES names; each renders into the overlay's namespace, gets
+              the wiring checks above (its references resolved against the
+              overlay's objects too), and replaces none of the overlay's
+              objects.
+  overlays    an overlay ships no Job and no Secret with values (data or
+              stringData): re-applying it (an upgrade) would write the
+              Secret's value back over the operator's, and fail on a Job's
+              immutable pod template or rerun a finished one; such objects
+              belong in deploy/k8s/examples.
+              dev: one etcd member, no TLS. prod: three members; TLS on
               (etcd clients and peers with client certificates, the
-              coordinator with client certificates, workers with theirs;
+              coordinator with client certificates, its examples' workers
+              with theirs;
               the etcdctl commands deploy/README.md gives name an https
               endpoint of a member and the CA, certificate and key etcd
               mounts);
               PodDisruptionBudgets keeping etcd's quorum and a coordinator;
-              NetworkPolicies letting only workers reach the coordinators'
-              port, only coordinators etcd's client port, only etcd members
-              its peer port.
+              NetworkPolicies letting only workers (those of its examples)
+              reach the coordinators' port, only coordinators etcd's client
+              port, only etcd members its peer port.
   kustomize   the base's resources lists exactly the manifests in
-              deploy/k8s/base; every overlay renders, into one namespace.
+              deploy/k8s/base; every overlay and example renders, into one
+              namespace.
   alerts      prometheus/ferry-rules.yaml passes `promtool check rules`, and
               `promtool test rules` on prometheus/ferry-rules-test.yaml: each
               alert fires on the series that should fire it, and only there.
@@ -88,6 +102,9 @@ OVERLAYS = {
     "dev": {"etcd_members": 1, "tls": False, "guarded": False},
     "prod": {"etcd_members": 3, "tls": True, "guarded": True},
 }
+# The examples under deploy/k8s/examples, each applied on its own after the
+# overlay it goes with (and checked together with that overlay's objects).
+EXAMPLES = {"worker": "dev", "worker-tls": "prod"}
 TLS_ENV = ("FERRY_TLS_CA", "FERRY_TLS_CERT", "FERRY_TLS_KEY")
 ETCD_TLS_ENV = ("FERRY_ETCD_CA", "FERRY_ETCD_CERT", "FERRY_ETCD_KEY")
 
@@ -503,11 +520,15 @@ def check_runtime_packages(image, build, where):
 # ---- the manifests --------------------------------------------------------
 
 class Ctx:
-    """One rendered overlay: its objects and what it must be (OVERLAYS)."""
+    """One rendered overlay, or an example with its overlay: the objects
+    (objs, what references resolve against), the ones to report on (own: the
+    example's, or all of an overlay's) and what the overlay must be
+    (OVERLAYS)."""
 
-    def __init__(self, repo, objs, label, kust, image, programs, expect):
+    def __init__(self, repo, objs, label, kust, image, programs, expect, own=None):
         self.repo = repo
         self.objs = objs
+        self.own = objs if own is None else own
         self.label = label
         self.kust = kust or {}
         self.image = image
@@ -565,7 +586,7 @@ def program_of(ctx, c):
 
 
 def check_generic(ctx):
-    for o in ctx.objs:
+    for o in ctx.own:
         where = "%s %s" % (ctx.label, oname(o))
         api, kind = o.get("apiVersion"), o.get("kind")
         if not api or not kind:
@@ -587,6 +608,8 @@ def check_generic(ctx):
     secrets = {o["metadata"]["name"]: o for o in ctx.of_kind("Secret")}
     workloads = [o for o in ctx.objs if o.get("kind") in WORKLOADS]
     for o in workloads:
+        if not any(o is x for x in ctx.own):
+            continue
         where = ctx.w(o)
         spec, labels = pod_spec(o)
         if o["kind"] in ("Deployment", "StatefulSet"):
@@ -683,7 +706,7 @@ def check_generic(ctx):
                 fail(cw, "does not set allowPrivilegeEscalation: false")
             check_program(ctx, cw, c, psc, csc)
 
-    for s in ctx.of_kind("Service"):
+    for s in [s for s in ctx.own if s.get("kind") == "Service"]:
         where = ctx.w(s)
         spec = s.get("spec") or {}
         sel = spec.get("selector") or {}
@@ -702,7 +725,7 @@ def check_generic(ctx):
                 if not ok:
                     fail(where, "targetPort %r is not a port of the pods it selects" % tp)
                     break
-    for pdb in ctx.of_kind("PodDisruptionBudget"):
+    for pdb in [p for p in ctx.own if p.get("kind") == "PodDisruptionBudget"]:
         sel = ((pdb.get("spec") or {}).get("selector") or {}).get("matchLabels") or {}
         if not any(selects(sel, pod_spec(o)[1]) for o in workloads):
             fail(ctx.w(pdb), "selector %s matches no pod template" % sel)
@@ -1191,10 +1214,13 @@ def check_policies(ctx):
 
 
 def check_workers(ctx):
+    """An example's workers, against its overlay's coordinators."""
     found = containers_running(ctx, "ferry-worker")
     if not found:
         fail(ctx.label, "no worker example runs ferry-worker")
         return
+    coordinator_images = sorted({str(c.get("image")) for _o, _s, _l, c
+                                 in containers_running(ctx, "ferry-coordinator")})
     sides = {}
     for o, _spec, _labels, c in found:
         where = "%s container %s" % (ctx.w(o), c.get("name"))
@@ -1217,6 +1243,10 @@ def check_workers(ctx):
                 fail(where, "FERRY_COORDINATOR %s: %s does not select the coordinators"
                      % (coord, oname(svc)))
         check_tls_files(where, spec_of(o), c, TLS_ENV, ctx.expect["tls"])
+        if coordinator_images and str(c.get("image")) not in coordinator_images:
+            fail(where, "image %s is not the one the coordinators run (%s): give the example's "
+                 "kustomization.yaml the base's images: entry" % (c.get("image"),
+                                                                 ", ".join(coordinator_images)))
         if not (env.get("UCX_TLS") or {}).get("value"):
             note("%s: UCX_TLS not set; pods need RDMA devices" % where)
         args = [str(a) for a in c.get("args") or []]
@@ -1228,6 +1258,36 @@ def check_workers(ctx):
             fail(r[0], "no send example with the same --request-id and --size %s" % (r[1:],))
     if "recv" not in sides or "send" not in sides:
         fail(ctx.label, "the worker example needs both a recv and a send (has %s)" % sorted(sides))
+
+
+def check_overlay_contents(label, objs):
+    """An overlay is re-applied as it stands (an upgrade changes images: and
+    applies it): a Secret with values it shipped would overwrite the value
+    the operator set (stringData and data replace the live ones), and a Job
+    cannot be changed (its pod template is immutable), so the apply fails
+    while the Job exists and reruns it once its TTL removed it."""
+    for o in objs:
+        where = "%s %s" % (label, oname(o))
+        if o.get("kind") == "Secret" and (o.get("data") or o.get("stringData")):
+            fail(where, "an overlay must not ship Secret values (re-applying it overwrites the "
+                 "operator's); put it in deploy/k8s/examples")
+        elif o.get("kind") == "Job":
+            fail(where, "an overlay must not ship Jobs (Jobs are immutable: while one exists an "
+                 "upgrade's apply fails, once it is gone every apply reruns it); put it in "
+                 "deploy/k8s/examples")
+
+
+def check_example_overlap(ctx, overlay_label, overlay_objs):
+    """An example adds to its overlay: applying it must not replace (or
+    later fight over) an object the overlay manages."""
+    def key(o):
+        md = o.get("metadata") or {}
+        return (o.get("kind"), md.get("namespace"), md.get("name"))
+    theirs = {key(o) for o in overlay_objs}
+    for o in ctx.own:
+        if key(o) in theirs:
+            fail(ctx.w(o), "%s has it too: applying the example would replace the overlay's"
+                 % overlay_label)
 
 
 def check_kustomization(base, kust):
@@ -1329,14 +1389,22 @@ def spec_of(o):
 
 
 def run_object_checks(ctx):
+    """An overlay's own checks (its workers are in its examples)."""
+    check_overlay_contents(ctx.label, ctx.objs)
     check_generic(ctx)
     check_coordinator(ctx)
     check_etcd(ctx)
-    check_workers(ctx)
-    if ctx.expect["guarded"]:
-        check_policies(ctx)
-    elif ctx.of_kind("NetworkPolicy") or ctx.of_kind("PodDisruptionBudget"):
+    if not ctx.expect["guarded"] and (ctx.of_kind("NetworkPolicy") or
+                                      ctx.of_kind("PodDisruptionBudget")):
         note("%s has NetworkPolicies or PodDisruptionBudgets it does not need" % ctx.label)
+
+
+def run_example_checks(ctx, overlay_label, overlay_objs):
+    """An example's objects, with its overlay's to resolve against: wiring
+    (reported for the example's objects only) and the workers."""
+    check_example_overlap(ctx, overlay_label, overlay_objs)
+    check_generic(ctx)
+    check_workers(ctx)
 
 
 def main():
@@ -1372,7 +1440,15 @@ def main():
     for name in sorted(set(found) ^ set(OVERLAYS)):
         fail("deploy/k8s/overlays", "overlay %s is %s" % (
             name, "not one check.py knows (OVERLAYS)" if name in found else "missing"))
+    examples_dir = os.path.join(k8s, "examples")
+    examples = sorted(d for d in os.listdir(examples_dir)
+                      if os.path.isdir(os.path.join(examples_dir, d))) \
+        if os.path.isdir(examples_dir) else []
+    for name in sorted(set(examples) ^ set(EXAMPLES)):
+        fail("deploy/k8s/examples", "example %s is %s" % (
+            name, "not one check.py knows (EXAMPLES)" if name in examples else "missing"))
     rendered = {}
+    shown = {}    # label in rendered -> how the ok line names it
     why = kubectl_unusable(kubectl)
     if why is not None:
         # Not a defect of the manifests: the machine lacks the renderer.
@@ -1389,8 +1465,29 @@ def main():
         for name in sorted(set(found) & set(OVERLAYS)):
             label = "overlays/" + name
             rendered[label] = render(kubectl, os.path.join(overlays_dir, name), label)
+            shown[label] = label
             run_object_checks(Ctx(repo, rendered[label], label, kust, image, programs,
                                   OVERLAYS[name]))
+        # Each example with the overlay it goes with; the workers the
+        # guarded overlays' NetworkPolicies admit are in their examples.
+        with_examples = {}
+        for name in sorted(set(examples) & set(EXAMPLES)):
+            label = "examples/" + name
+            overlay = "overlays/" + EXAMPLES[name]
+            if overlay not in rendered:
+                continue
+            rendered[label] = render(kubectl, os.path.join(examples_dir, name), label)
+            shown[label] = "%s (with %s)" % (label, overlay)
+            run_example_checks(Ctx(repo, rendered[overlay] + rendered[label], shown[label], kust,
+                                   image, programs, OVERLAYS[EXAMPLES[name]], own=rendered[label]),
+                               overlay, rendered[overlay])
+            with_examples.setdefault(overlay, list(rendered[overlay]))
+            with_examples[overlay] += rendered[label]
+        for name in sorted(set(found) & set(OVERLAYS)):
+            label = "overlays/" + name
+            if OVERLAYS[name]["guarded"]:
+                check_policies(Ctx(repo, with_examples.get(label, rendered[label]), label, kust,
+                                   image, programs, OVERLAYS[name]))
         validate_schemas(repo, rendered)
 
     for n in NOTES:
@@ -1401,7 +1498,7 @@ def main():
         print("deploy/check: %d problem(s)" % len(ERRORS), file=sys.stderr)
         return 1
     print("deploy/check: ok (%s, rendered with kubectl kustomize and validated against the "
-          "Kubernetes API schemas)" % ", ".join("%s: %d objects" % (k, len(v))
+          "Kubernetes API schemas)" % ", ".join("%s: %d objects" % (shown[k], len(v))
                                                 for k, v in rendered.items()))
     return 0
 

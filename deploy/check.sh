@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # deploy/check.sh: checks deploy/ without a cluster (CTest: deploy_check,
-# label lint). Renders every overlay under deploy/k8s/overlays with
-# `kubectl kustomize`, validates each rendered object against the Kubernetes
-# API schemas (deploy/validate.mjs, npm kubernetes-models), checks what Ferry
-# needs of them, and checks deploy/Containerfile against the repository. The
-# checks are in deploy/check.py (Debian's /usr/bin/python3 with python3-yaml;
-# kubectl, node and the npm packages come from scripts/install-deps.sh).
+# label lint). Renders every overlay under deploy/k8s/overlays and every
+# example under deploy/k8s/examples with `kubectl kustomize`, validates each
+# rendered object against the Kubernetes API schemas (deploy/validate.mjs, npm
+# kubernetes-models), checks what Ferry needs of them (each example together
+# with the overlay it goes with), and checks deploy/Containerfile against the
+# repository. The checks are in deploy/check.py (Debian's /usr/bin/python3
+# with python3-yaml; kubectl, node and the npm packages come from
+# scripts/install-deps.sh).
 #
 # KUBECTL names the kubectl to render with. Exit 0: all good; 1: a check
 # failed.

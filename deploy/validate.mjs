@@ -1,7 +1,8 @@
 // deploy/validate.mjs: validates Kubernetes objects against the Kubernetes
 // API schemas, with the npm package kubernetes-models (pinned by the
 // repository's package-lock.json; installed by scripts/install-deps.sh).
-// deploy/check.py runs it on every object each overlay renders to.
+// deploy/check.py runs it on every object each overlay and each example
+// renders to.
 //
 // Two checks per object, both from the library, none hand-written:
 //   schema  the model's validate(): types, required fields, enums, formats,

@@ -1,7 +1,7 @@
 """deploy/check.sh catches what it says it checks: each case copies deploy/
 into a scratch repository (the rest of the tree linked), breaks one thing in
-one overlay, the base or the alert rules, and expects check.py to fail
-naming it. The unbroken copy passes.
+one overlay, the base, an example or the alert rules, and expects check.py to
+fail naming it. The unbroken copy passes.
 
 Run with /usr/bin/python3, from CTest (deploy_check_catches).
 """
@@ -56,6 +56,88 @@ class DeployCheckCatches(unittest.TestCase):
         self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
         self.assertIn("overlays/dev", r.stdout)
         self.assertIn("overlays/prod", r.stdout)
+        self.assertIn("examples/worker (with overlays/dev)", r.stdout)
+        self.assertIn("examples/worker-tls (with overlays/prod)", r.stdout)
+
+    def test_overlay_with_a_secret_value(self):
+        """Re-applying an overlay (an upgrade) would write the value back
+        over the one the operator set."""
+        prod = os.path.join(self.k8s, "overlays", "prod")
+        with open(os.path.join(prod, "extra-secret.yaml"), "w") as f:
+            f.write("apiVersion: v1\nkind: Secret\nmetadata:\n  name: ferry-extra\n"
+                    "type: Opaque\nstringData:\n  token: public\n")
+        edit(os.path.join(prod, "kustomization.yaml"),
+             "  - networkpolicy.yaml\n", "  - networkpolicy.yaml\n  - extra-secret.yaml\n")
+        self.assertFails(r"overlays/prod Secret/ferry-extra: an overlay must not ship Secret "
+                         r"values \(re-applying it overwrites the operator's\); put it in "
+                         r"deploy/k8s/examples")
+
+    def test_worker_example_back_in_the_base(self):
+        """As it was: both overlays shipped the example's Jobs (immutable: an
+        upgrade's apply failed on them) and its public token."""
+        edit(os.path.join(self.k8s, "base", "kustomization.yaml"),
+             "  - coordinator.yaml\n", "  - coordinator.yaml\n  - ../examples/worker\n")
+        self.assertFails(r"overlays/dev Job/ferry-recv: an overlay must not ship Jobs",
+                         r"overlays/prod Job/ferry-send: an overlay must not ship Jobs",
+                         r"overlays/prod Secret/ferry-worker-token: an overlay must not ship "
+                         r"Secret values")
+
+    def test_job_in_an_overlay(self):
+        dev = os.path.join(self.k8s, "overlays", "dev")
+        shutil.copy(os.path.join(self.k8s, "examples", "worker", "worker-example.yaml"),
+                    os.path.join(dev, "jobs.yaml"))
+        path = os.path.join(dev, "jobs.yaml")
+        with open(path) as f:
+            text = f.read()
+        with open(path, "w") as f:   # the Jobs only, under names of their own
+            f.write(re.sub(r"(?s)^.*?---\n.*?---\n", "", text, count=1)
+                    .replace("name: ferry-recv", "name: dev-recv")
+                    .replace("name: ferry-send", "name: dev-send"))
+        edit(os.path.join(dev, "kustomization.yaml"),
+             "  - ../../base\n", "  - ../../base\n  - jobs.yaml\n")
+        self.assertFails(r"overlays/dev Job/dev-recv: an overlay must not ship Jobs \(Jobs are "
+                         r"immutable: .* an upgrade's apply fails")
+
+    def test_prod_example_without_worker_tls(self):
+        edit(os.path.join(self.k8s, "examples", "worker-tls", "kustomization.yaml"),
+             "patches:\n  - path: worker-tls.yaml\n    target:\n      kind: Job\n"
+             "      labelSelector: app.kubernetes.io/name=ferry-worker\n", "")
+        self.assertFails(r"examples/worker-tls \(with overlays/prod\) Job/ferry-recv container "
+                         r"recv: TLS is on but FERRY_TLS_CA is not set")
+
+    def test_example_check_py_does_not_know(self):
+        shutil.copytree(os.path.join(self.k8s, "examples", "worker"),
+                        os.path.join(self.k8s, "examples", "worker-gpu"))
+        self.assertFails(r"deploy/k8s/examples: example worker-gpu is not one check\.py knows")
+
+    def test_example_missing(self):
+        shutil.rmtree(os.path.join(self.k8s, "examples", "worker-tls"))
+        self.assertFails(r"deploy/k8s/examples: example worker-tls is missing")
+
+    def test_example_wiring_reported_once(self):
+        """The wiring checks cover an example's objects, and report its
+        overlay's own objects under the overlay only."""
+        edit(os.path.join(self.k8s, "examples", "worker", "worker-example.yaml"),
+             "            readOnlyRootFilesystem: true\n", "")
+        edit(os.path.join(self.k8s, "base", "coordinator.yaml"),
+             "            readOnlyRootFilesystem: true\n", "")
+        r = self.check()
+        self.assertEqual(r.returncode, 1, r.stdout + r.stderr)
+        self.assertRegex(r.stderr, r"examples/worker \(with overlays/dev\) Job/ferry-recv "
+                                   r"container recv: does not set readOnlyRootFilesystem")
+        self.assertRegex(r.stderr, r"examples/worker-tls \(with overlays/prod\) Job/ferry-recv "
+                                   r"container recv: does not set readOnlyRootFilesystem")
+        coordinator = re.findall(r".*Deployment/ferry-coordinator container coordinator: "
+                                 r"does not set readOnlyRootFilesystem", r.stderr)
+        self.assertEqual(sorted(line.split()[2] for line in coordinator),
+                         ["overlays/dev", "overlays/prod"], r.stderr)
+
+    def test_example_image_not_the_base_one(self):
+        edit(os.path.join(self.k8s, "examples", "worker", "kustomization.yaml"),
+             "    newTag: 0.1.0", "    newTag: 0.2.0")
+        self.assertFails(r"examples/worker \(with overlays/dev\) Job/ferry-send container send: "
+                         r"image ferry:0\.2\.0 is not the one the coordinators run "
+                         r"\(ferry:0\.1\.0\)")
 
     def test_misspelt_field_in_a_patch(self):
         edit(os.path.join(self.k8s, "overlays", "prod", "coordinator-tls.yaml"),
