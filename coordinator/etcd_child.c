@@ -43,6 +43,7 @@
 #define START_TIMEOUT_MS 30000
 #define STOP_TIMEOUT_MS  5000
 #define REAP_TIMEOUT_MS  5000 /* after SIGKILL */
+#define ORPHAN_WAIT_MS   (STOP_TIMEOUT_MS + REAP_TIMEOUT_MS)
 #define POLL_MS          50
 
 static void sleep_ms(int ms)
@@ -342,6 +343,71 @@ static ferry_status_t wait_ready(coord_etcd_child_t *child)
     return status;
 }
 
+/* The first line of the lock file: who holds the lock (note_holders). */
+static void read_holders(int lock_fd, char *holders, size_t cap)
+{
+    ssize_t n = pread(lock_fd, holders, cap - 1, 0);
+
+    holders[n > 0 ? n : 0] = '\0';
+    holders[strcspn(holders, "\n")] = '\0';
+}
+
+/* Whether pid has exited (a zombie has: it only waits to be reaped). A
+ * process of another user answers EPERM: there, alive. */
+static bool process_gone(pid_t pid)
+{
+    char path[64], text[512];
+    char *state;
+    ssize_t n;
+    int fd;
+
+    if (kill(pid, 0) != 0) {
+        return errno == ESRCH;
+    }
+    snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
+    fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        return errno == ENOENT;
+    }
+    n = read(fd, text, sizeof(text) - 1);
+    close(fd);
+    text[n > 0 ? n : 0] = '\0';
+    state = strrchr(text, ')'); /* "pid (comm) S ...": comm may hold anything */
+    return state != NULL && state[1] == ' ' && (state[2] == 'Z' || state[2] == 'X');
+}
+
+/* A coordinator killed (or crashed) leaves its etcd running for a moment:
+ * that etcd got SIGTERM (PR_SET_PDEATHSIG) and holds the lock while it
+ * shuts down. A supervisor that restarts the coordinator at once (systemd's
+ * Restart= after 100 ms) used to have it refused, again and again, until
+ * the unit's start limit gave up on it. When the lock file says the
+ * coordinator that holds it is gone and names its etcd, the lock is waited
+ * for as long as a coordinator's own stop gives its etcd (SIGTERM, then
+ * SIGKILL): true once taken. A live coordinator is refused at once. */
+static bool orphan_gone(int lock_fd, const char *state_dir)
+{
+    int64_t deadline = now_ms() + ORPHAN_WAIT_MS;
+    char holders[96];
+    int coordinator, etcd;
+
+    read_holders(lock_fd, holders, sizeof(holders));
+    if (sscanf(holders, "coordinator pid %d, its etcd pid %d", &coordinator, &etcd) != 2 ||
+        coordinator <= 0 || etcd <= 0 ||
+        (coordinator != (int)getpid() && !process_gone(coordinator))) {
+        return false;
+    }
+    ferry_info("private etcd: the coordinator that used %s (pid %d) is gone and its etcd (pid %d) "
+               "still holds the directory's lock; waiting up to %d ms for it to exit",
+               state_dir, coordinator, etcd, ORPHAN_WAIT_MS);
+    while (now_ms() < deadline) {
+        sleep_ms(POLL_MS);
+        if (flock(lock_fd, LOCK_EX | LOCK_NB) == 0) {
+            return true;
+        }
+    }
+    return false;
+}
+
 /* One coordinator per state directory: a second one's etcd would find the
  * first one's data locked, and its start would take the first one's client
  * socket away. The lock is on a file in the directory (a directory cannot
@@ -349,12 +415,13 @@ static ferry_status_t wait_ready(coord_etcd_child_t *child)
  * returned descriptor by the coordinator until it stops and by its etcd,
  * which inherits it, until that exits: an etcd that outlived a killed
  * coordinator (stopped, or still shutting down) keeps the next one off
- * instead of having its socket taken. -1 when refused (logged); *status_p
- * says why. */
+ * instead of having its socket taken; the next one waits a while for it
+ * (orphan_gone). -1 when refused (logged); *status_p says why. */
 static int lock_state_dir(const char *state_dir, int dir_fd, ferry_status_t *status_p)
 {
     int fd = openat(dir_fd, LOCK_FILE, O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0600);
     struct stat st;
+    int err;
 
     if (fd < 0 || fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || st.st_uid != geteuid()) {
         ferry_error("private etcd: cannot use %s/%s as its lock: %s", state_dir, LOCK_FILE,
@@ -378,21 +445,20 @@ static int lock_state_dir(const char *state_dir, int dir_fd, ferry_status_t *sta
         *status_p = FERRY_ERR_ALREADY_EXISTS;
         return -1;
     }
-    if (flock(fd, LOCK_EX | LOCK_NB) == 0) {
+    err = flock(fd, LOCK_EX | LOCK_NB) == 0 ? 0 : errno;
+    if (err == 0 || (err == EWOULDBLOCK && orphan_gone(fd, state_dir))) {
         return fd;
     }
-    if (errno == EWOULDBLOCK) {
-        char holders[96] = "";
-        ssize_t n = pread(fd, holders, sizeof(holders) - 1, 0);
-        holders[n > 0 ? n : 0] = '\0';
-        holders[strcspn(holders, "\n")] = '\0';
+    if (err == EWOULDBLOCK) {
+        char holders[96];
+        read_holders(fd, holders, sizeof(holders));
         ferry_error("private etcd: another coordinator, or the etcd of one that stopped, uses "
                     "the state directory %s (%s); refusing to start a second one on it "
                     "(--state-dir)",
                     state_dir, holders[0] != '\0' ? holders : "its lock file names no one");
         *status_p = FERRY_ERR_ALREADY_EXISTS;
     } else {
-        ferry_error("private etcd: cannot lock %s/%s: %s", state_dir, LOCK_FILE, strerror(errno));
+        ferry_error("private etcd: cannot lock %s/%s: %s", state_dir, LOCK_FILE, strerror(err));
         *status_p = FERRY_ERR_IO;
     }
     close(fd);

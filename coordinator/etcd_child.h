@@ -8,7 +8,8 @@
  * be this user's and writable by no one else, and one coordinator's at a
  * time: its lock file is locked while the coordinator or its etcd runs
  * (etcd inherits the lock, so an etcd that outlived a killed coordinator
- * keeps the next one off until it is gone).
+ * keeps the next one off until it is gone; the next one waits up to 10 s
+ * for such an etcd to exit, and refuses a live coordinator at once).
  */
 #ifndef FERRY_COORD_ETCD_CHILD_H
 #define FERRY_COORD_ETCD_CHILD_H

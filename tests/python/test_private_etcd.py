@@ -25,7 +25,9 @@
 - one coordinator per state directory: a second is refused, naming it, and
   the first serves on; an etcd killed with its socket left behind starts
   again on the same directory; an etcd that outlived its killed coordinator
-  keeps the next one off (the lock is etcd's too) until it is gone;
+  keeps the next one off (the lock is etcd's too) until it is gone: the next
+  one waits for it up to 10 s (a supervisor's restart at once then works,
+  with the records of before), then is refused, naming it;
 - etcd's sockets are this user's alone whatever the umask, and etcd gets no
   ETCD_* variable (it refuses to start where one shadows a flag);
 - a state directory from before (etcd data without auth) is taken over:
@@ -46,6 +48,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+import threading
 import unittest
 import urllib.error
 import urllib.request
@@ -369,32 +372,19 @@ class PrivateEtcd(unittest.TestCase):
         finally:
             self.stop(p)
 
-    def test_an_etcd_that_outlived_its_coordinator_keeps_the_next_one_off(self):
-        """The lock is etcd's too (it inherits it): a coordinator killed
-        while its etcd cannot act on the signal it gets then (stopped here;
-        still shutting down, in practice) leaves an etcd that keeps its data
-        locked. The next coordinator is refused at once, naming the
-        directory, and leaves that etcd's socket alone; it used to take the
-        lock, remove the live socket, and start an etcd that waited on the
-        data's lock until the start timed out. Once the old etcd is gone,
-        the directory serves again."""
+    def orphan_etcd(self):
+        """A coordinator killed while its etcd cannot act on the SIGTERM it
+        gets then (stopped here; still shutting down, in practice): returns
+        that etcd's pid and client socket, the etcd stopped and holding the
+        state directory's lock (it inherits it)."""
         p, etcd = self.serving()
         sock = client_endpoint(self.state, etcd)[len("unix://"):]
         os.kill(etcd, signal.SIGSTOP)
-        try:
-            p.kill()
-            p.communicate(timeout=30)
-            other = coordinator(self.state, os.path.join(self.tmp, "port2"))
-            out, _ = other.communicate(timeout=30)
-            self.assertNotEqual(other.returncode, 0, out)
-            self.assertIn(f"the etcd of one that stopped, uses the state directory {self.state}",
-                          out)
-            self.assertIn(f"its etcd pid {etcd})", out)  # from the lock file
-            self.assertTrue(stat.S_ISSOCK(os.stat(sock).st_mode), sock)
-        finally:
-            os.kill(etcd, signal.SIGKILL)
-            os.kill(etcd, signal.SIGCONT)
+        p.kill()
+        p.communicate(timeout=30)
+        return etcd, sock
 
+    def wait_etcd_gone(self, etcd):
         def gone():
             try:
                 with open(f"/proc/{etcd}/stat") as f:
@@ -402,8 +392,90 @@ class PrivateEtcd(unittest.TestCase):
             except OSError:
                 return True
         ferry_harness.wait_until(gone, 30, "the old etcd to go")
+
+    def test_an_etcd_that_outlived_its_coordinator_keeps_the_next_one_off(self):
+        """The lock is etcd's too: an etcd that outlived its killed
+        coordinator and does not exit keeps the next coordinator off. That
+        one waits for it as long as a coordinator's own stop gives its etcd
+        (10 s), then is refused, naming the directory and the etcd, and
+        leaves that etcd's socket alone; it used to take the lock, remove
+        the live socket, and start an etcd that waited on the data's lock
+        until the start timed out. Once the old etcd is gone, the directory
+        serves again."""
+        etcd, sock = self.orphan_etcd()
+        try:
+            other = coordinator(self.state, os.path.join(self.tmp, "port2"))
+            out, _ = other.communicate(timeout=60)
+            self.assertNotEqual(other.returncode, 0, out)
+            self.assertIn(f"its etcd (pid {etcd}) still holds the directory's lock; waiting up "
+                          f"to 10000 ms", out)
+            self.assertIn(f"the etcd of one that stopped, uses the state directory {self.state}",
+                          out)
+            self.assertIn(f"its etcd pid {etcd})", out)  # from the lock file
+            self.assertTrue(stat.S_ISSOCK(os.stat(sock).st_mode), sock)
+        finally:
+            os.kill(etcd, signal.SIGKILL)
+            os.kill(etcd, signal.SIGCONT)
+        self.wait_etcd_gone(etcd)
         p, _ = self.serving()
         self.stop(p)
+
+    def test_a_coordinator_restarted_at_once_waits_for_the_old_etcd(self):
+        """A supervisor restarts a coordinator that died at once (systemd's
+        Restart= after 100 ms), while its etcd still shuts down: the new one
+        used to be refused, and each restart again, until the supervisor
+        gave up. It waits for that etcd to exit now, then starts its own on
+        the same data: the records registered before are still there."""
+        gen = os.path.join(self.tmp, "gen")
+        ferry_harness.generate_stubs(gen)
+        import grpc
+        from ferry.v1 import coordinator_pb2 as cpb, coordinator_pb2_grpc, types_pb2 as pb
+
+        def stub():
+            with open(self.port_file) as f:
+                return grpc.insecure_channel(f"127.0.0.1:{int(f.read().strip())}")
+        p, etcd = self.serving()
+        with stub() as channel:
+            md = pb.RdmaMetadata(
+                version=1, kind=pb.OPERATION_KIND_WRITE, worker_address=b"\x01" * 64,
+                descriptors=[pb.Descriptor(address=0x10000, size=4096,
+                                           device=pb.Device(kind=pb.DEVICE_KIND_HOST),
+                                           rkey=b"k" * 32)],
+                notification_key=os.urandom(16), worker_name="w", hostname="localhost")
+            reg = coordinator_pb2_grpc.CoordinatorStub(channel).Register(cpb.RegisterRequest(
+                request_id="before-the-crash", metadata=md, owner="py", ttl_seconds=300),
+                timeout=10)
+        os.kill(etcd, signal.SIGSTOP)
+        p.kill()
+        p.communicate(timeout=30)
+        os.remove(self.port_file)
+        other = coordinator(self.state, self.port_file)
+        lines = []
+        reader = threading.Thread(target=lambda: lines.extend(other.stdout), daemon=True)
+        reader.start()
+        try:
+            ferry_harness.wait_until(
+                lambda: any(f"its etcd (pid {etcd}) still holds" in l for l in lines) or
+                other.poll() is not None, 30, "the new coordinator to wait for the old etcd")
+            self.assertIsNone(other.poll(), "".join(lines))
+            os.kill(etcd, signal.SIGCONT)  # its SIGTERM, pending, now ends it
+            ferry_harness.wait_until(lambda: os.path.exists(self.port_file) or
+                                     other.poll() is not None, 60, "the coordinator to listen")
+            self.assertIsNone(other.poll(), "".join(lines))
+            with stub() as channel:
+                look = coordinator_pb2_grpc.CoordinatorStub(channel).Lookup(cpb.LookupRequest(
+                    request_id="before-the-crash", access_token=reg.access_token), timeout=10)
+                self.assertEqual(look.operation.state, pb.OPERATION_STATE_REGISTERED)
+        finally:
+            try:
+                os.kill(etcd, signal.SIGCONT)
+            except ProcessLookupError:
+                pass  # gone, as it should be
+            other.send_signal(signal.SIGTERM)
+            other.wait(timeout=30)
+            reader.join(timeout=10)
+        self.assertEqual(other.returncode, 0, "".join(lines))
+        self.wait_etcd_gone(etcd)
 
     def test_a_state_directory_from_before_auth_is_taken_over(self):
         # What an earlier coordinator left: etcd's data, auth off, a key.
