@@ -268,18 +268,20 @@ static ferry_status_t etcd_grpc_copy(ProtobufCBinaryData in, uint8_t **out_p, si
     return FERRY_OK;
 }
 
-/* header.revision, 0 without a header; FERRY_ERR_PROTOCOL when negative. */
+/* header.revision, 0 without a header; FERRY_ERR_PROTOCOL where
+ * etcd__revision_ok says etcd could not have sent it. */
 static ferry_status_t etcd_grpc_revision(const Etcdserverpb__ResponseHeader *header,
                                          int64_t *revision_p)
 {
     *revision_p = header != NULL ? header->revision : 0;
-    return *revision_p >= 0 ? FERRY_OK : FERRY_ERR_PROTOCOL;
+    return etcd__revision_ok(*revision_p) ? FERRY_OK : FERRY_ERR_PROTOCOL;
 }
 
 static ferry_status_t etcd_grpc_kv(const Etcdserverpb__KeyValue *in, etcd_kv_t *kv)
 {
     memset(kv, 0, sizeof(*kv));
-    if (in == NULL || in->create_revision < 0 || in->mod_revision < 0) {
+    if (in == NULL || !etcd__revision_ok(in->create_revision) ||
+        !etcd__revision_ok(in->mod_revision)) {
         return FERRY_ERR_PROTOCOL;
     }
     ferry_status_t status = etcd_grpc_copy(in->key, &kv->key, &kv->key_len);

@@ -108,6 +108,15 @@ struct etcd_client {
     etcd_observer_t observer; /* constant; all NULL: none */
 };
 
+/* Whether etcd could have sent this revision (header.revision,
+ * create_revision, mod_revision), whichever API it came over: they start at
+ * 1 (0: none) and only grow, and INT64_MAX is refused so that callers may
+ * add one (a watch resumes at the last revision + 1) without overflow. */
+static inline bool etcd__revision_ok(int64_t revision)
+{
+    return revision >= 0 && revision < INT64_MAX;
+}
+
 /* A growing byte buffer for reply bodies. */
 typedef struct {
     char *data;

@@ -10,8 +10,7 @@
  *     missing bool false, a missing list empty, a missing value "".
  *
  * Revisions (header.revision, create_revision, mod_revision) are refused
- * unless 0 <= r < INT64_MAX, so callers may add one (a watch resumes at the
- * last revision + 1) without overflow.
+ * unless etcd__revision_ok, as over gRPC.
  */
 #include "coordinator/etcd/etcd_int.h"
 
@@ -129,7 +128,7 @@ static ferry_status_t etcd_json_revision_field(const cJSON *obj, const char *nam
     if (status != FERRY_OK) {
         return status;
     }
-    if (revision < 0 || revision == INT64_MAX) {
+    if (!etcd__revision_ok(revision)) {
         return FERRY_ERR_PROTOCOL;
     }
     *revision_p = revision;

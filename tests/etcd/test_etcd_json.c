@@ -300,8 +300,8 @@ static void test_watch_messages(void **state)
 }
 
 /* The same messages as etcd's gRPC Watch sends them (WatchResponse):
- * translated alike, and bad ones (a negative revision, an unknown event
- * type, an event without kv, a kv with a negative revision) refused
+ * translated alike, and bad ones (a revision negative or INT64_MAX, an
+ * unknown event type, an event without kv, a kv with such a revision) refused
  * FERRY_ERR_PROTOCOL with nothing left to free. */
 static void test_grpc_watch_messages(void **state)
 {
@@ -354,7 +354,12 @@ static void test_grpc_watch_messages(void **state)
     kv[1].create_revision = -1;
     assert_int_equal(etcd__grpc_watch_msg(&resp, &msg), FERRY_ERR_PROTOCOL);
     kv[1].create_revision = 0;
+    kv[1].mod_revision = INT64_MAX; /* where the watch would resume: overflow */
+    assert_int_equal(etcd__grpc_watch_msg(&resp, &msg), FERRY_ERR_PROTOCOL);
+    kv[1].mod_revision = 9;
     header.revision = -1;
+    assert_int_equal(etcd__grpc_watch_msg(&resp, &msg), FERRY_ERR_PROTOCOL);
+    header.revision = INT64_MAX;
     assert_int_equal(etcd__grpc_watch_msg(&resp, &msg), FERRY_ERR_PROTOCOL);
 
     header.revision = 9;
