@@ -237,6 +237,19 @@ class DeployCheckCatches(unittest.TestCase):
              "                - --tls-server-name", "                - --tls-servername")
         self.assertFails(r"flag --tls-servername is not in ferryctl's usage text")
 
+    def test_etcd_user_and_log_format_the_readme_names_pass(self):
+        """deploy/README.md offers FERRY_ETCD_USER and FERRY_ETCD_PASSWORD
+        instead of client certificates, and FERRY_LOG_FORMAT=json for a log
+        collector: the coordinator reads them, so the check (whose list of
+        variables is the program's usage text) must take them."""
+        edit(os.path.join(self.k8s, "base", "coordinator.yaml"),
+             "            - name: FERRY_LISTEN\n",
+             "            - name: FERRY_ETCD_USER\n              value: ferry\n"
+             "            - name: FERRY_LOG_FORMAT\n              value: json\n"
+             "            - name: FERRY_LISTEN\n")
+        r = self.check()
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+
 
 if __name__ == "__main__":
     # Without a kubectl that renders the overlays, check.py skips (77), and
