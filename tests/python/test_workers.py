@@ -258,6 +258,50 @@ class Signals(unittest.TestCase):
         self.assertEqual(rc, 128 + signal.SIGTERM, err)
         self.assertIn("stopped by signal 15 while waiting for sig-nobody", err)
 
+    def test_a_sender_whose_receiver_stopped_mid_transfer_stops(self):
+        """A receiver stopped (SIGSTOP: a hung process, a frozen node) while
+        the bytes move over TCP, where UCX emulates the puts and needs the
+        receiver to take them: the sender's SIGTERM cancels, and the sender
+        exits at once, 128 + 15, without claiming success. Its destroy used
+        to wait for the puts' flush, which never came (no peer error
+        handling), so the process could only be killed with SIGKILL."""
+        size = 1 << 30
+        env = dict(os.environ, UCX_TLS="tcp")
+        r = start_passive("recv", "sig-frozen", size, timeout=600, env=env)
+        s = worker("send", "sig-frozen", size, timeout=600, env=env)
+        try:
+            ferry_harness.wait_until(lambda: s.poll() is not None or landed(r.pid, size), 60,
+                                     "the first bytes to land in the receiver")
+            os.kill(r.pid, signal.SIGSTOP)
+            self.assertIsNone(s.poll(), "the transfer ended before the receiver was stopped")
+            s.send_signal(signal.SIGTERM)
+            rc, out, err = finish(s, timeout=30)
+            self.assertEqual(rc, 128 + signal.SIGTERM, err)
+            self.assertIn("stopped by signal 15", err)
+            self.assertNotIn("bytes", out)
+        finally:
+            os.kill(r.pid, signal.SIGCONT)
+            for p in (s, r):
+                if p.poll() is None:
+                    p.kill()
+                p.communicate(timeout=30)
+
+
+def landed(pid, size):
+    """Whether bytes have landed in a receiver's buffer: ferry-worker zeroes
+    it, and every word of the pattern is nonzero. The buffer is the one
+    anonymous mapping of at least size bytes; 1 MiB into it is well inside
+    the buffer (its start is within a page of the mapping's)."""
+    with open(f"/proc/{pid}/maps") as f:
+        for line in f:
+            fields = line.split()
+            lo, hi = (int(x, 16) for x in fields[0].split("-"))
+            if hi - lo >= size and len(fields) == 5:
+                with open(f"/proc/{pid}/mem", "rb") as mem:
+                    mem.seek(lo + (1 << 20))
+                    return any(mem.read(64))
+    return False
+
 
 class BufferLifetime(unittest.TestCase):
     """The buffer outlives UCX: ferry_op_destroy does not wait for data in

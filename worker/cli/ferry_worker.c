@@ -24,6 +24,7 @@
 #include <getopt.h>
 #include <inttypes.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -339,6 +340,31 @@ static int exit_code_for(ferry_status_t status)
  * default is ignored. Waits run in slices of WAIT_SLICE_MS and look. */
 static volatile sig_atomic_t stop_signal;
 
+/* Cleared while libferry may still move data through the buffer (its own
+ * puts or gets, or an admitted peer's), set again when it lets go of it
+ * (ferry_op_destroy_nowait's released). */
+static atomic_bool buffer_released = true;
+
+/* The buffer and its descriptors when they must outlive main: left to the
+ * exit, still reachable (a leak checker does not count them). */
+static void *kept_at_exit[2];
+
+static void on_released(void *arg)
+{
+    (void)arg;
+    atomic_store(&buffer_released, true);
+}
+
+/* Destroys op without waiting on its peer. ferry_op_destroy waited for our
+ * puts or gets in flight, and a receiver stopped over TCP (no peer error
+ * handling) never lets them finish: a stop signal or --timeout then left
+ * the process blocked there for good, killable only with SIGKILL. */
+static void let_go(ferry_op_t *op)
+{
+    atomic_store(&buffer_released, false);
+    ferry_op_destroy_nowait(op, on_released, NULL);
+}
+
 #define WAIT_SLICE_MS 250
 
 static void on_stop_signal(int sig)
@@ -449,7 +475,7 @@ static int run_passive(ferry_connector_t *conn, ferry_coordinator_t *coord, cons
     }
     status = ferry_op_publish(op, coord, &pub);
     if (status != FERRY_OK) {
-        ferry_op_destroy(op);
+        let_go(op);
         return fail("publish", status);
     }
     if (o->token == NULL) {
@@ -469,7 +495,7 @@ static int run_passive(ferry_connector_t *conn, ferry_coordinator_t *coord, cons
     } else {
         report(o, writable ? "received" : "served", now_s() - start);
     }
-    ferry_op_destroy(op);
+    let_go(op);
     return rc;
 }
 
@@ -528,7 +554,7 @@ static int run_active(ferry_connector_t *conn, ferry_coordinator_t *coord, const
     } else {
         report(o, write ? "sent" : "read", now_s() - start);
     }
-    ferry_op_destroy(op);
+    let_go(op);
     return rc;
 }
 
@@ -615,13 +641,16 @@ int main(int argc, char **argv)
     }
     ferry_coordinator_disconnect(coord);
     finish_stats(&o, conn, &rc);
-    /* ferry_op_destroy does not wait for data in flight (an admitted peer's
-     * puts, our own gets cancelled midway): the buffer goes only once the
-     * connector, and UCX with it, is gone, and is left to the exit should
-     * that be refused. */
-    if (ferry_connector_destroy(conn) == FERRY_OK) {
+    /* The operation was destroyed without waiting for data in flight (an
+     * admitted peer's puts, our own puts or gets to a peer that stopped):
+     * the buffer goes only once the connector, and UCX with it, is gone and
+     * libferry has let go of it, and is left to the exit otherwise. */
+    if (ferry_connector_destroy(conn) == FERRY_OK && atomic_load(&buffer_released)) {
         free(descs);
         free(buf);
+    } else {
+        kept_at_exit[0] = buf;
+        kept_at_exit[1] = descs;
     }
     return rc;
 }
