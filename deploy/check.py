@@ -12,7 +12,9 @@ deploy/Containerfile, without a cluster:
               here.
   wiring      every container has an image with a tag; Services, PDBs and
               selectors match pods; named ports and probe ports exist; Secret
-              references resolve; every container runs as non-root with a
+              references resolve; $(VAR) in arguments is defined in env, and
+              in an env value by an env entry before it (Kubernetes expands
+              only those); every container runs as non-root with a
               read-only root filesystem and has resources.
   coordinator Deployment with 2+ replicas; port 7400 named grpc; readiness
               asks grpc.health.v1 for service "" on 7400 (a native gRPC probe,
@@ -20,8 +22,13 @@ deploy/Containerfile, without a cluster:
               own files), liveness asks health for service "liveness"; every health
               service a probe asks for is one the coordinator serves; a
               Service port 7400 named grpc; FERRY_LISTEN on 7400 on all
-              addresses; FERRY_ETCD URLs name a Service that selects etcd, on
-              its port.
+              addresses; FERRY_METRICS_LISTEN on the port its prometheus.io
+              annotations name; FERRY_ETCD lists exactly the overlay's etcd
+              members, each at <pod>.<headless Service>.<namespace>.svc
+              ($(VAR) of the pod's namespace, or the namespace) on etcd's
+              client port, https exactly when TLS is on: not one Service
+              VIP, through which the coordinator's failover between members
+              has nothing to fail over to.
   FERRY_*     every FERRY_* variable and --flag a container or probe uses
               appears in the usage text of the program it runs
               (coordinator/config.c, ferry-worker's under worker/,
@@ -30,7 +37,9 @@ deploy/Containerfile, without a cluster:
               exactly etcd-0..N-1 at their headless-Service DNS names on the
               peer port; the headless Service exists (clusterIP None,
               publishNotReadyAddresses); podManagementPolicy Parallel; data on
-              a volumeClaimTemplate.
+              a volumeClaimTemplate; --listen-metrics-urls plaintext, on the
+              containerPort the pods' prometheus.io/* scrape annotations
+              name.
   workers     in each example, with its overlay's objects: FERRY_TOKEN
               comes from a Secret; FERRY_COORDINATOR names the coordinator
               Service port; a recv and a send agree on request ID and size;
@@ -55,7 +64,9 @@ deploy/Containerfile, without a cluster:
               PodDisruptionBudgets keeping etcd's quorum and a coordinator;
               NetworkPolicies letting only workers (those of its examples)
               reach the coordinators' port, only coordinators etcd's client
-              port, only etcd members its peer port.
+              port, only etcd members its peer port, and letting in (from
+              anywhere: Prometheus) the port each pod's prometheus.io/port
+              names.
   kustomize   the base's resources lists exactly the manifests in
               deploy/k8s/base; every overlay and example renders, into one
               namespace.
@@ -690,6 +701,15 @@ def check_generic(ctx):
                 for var in re.findall(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)", a):
                     if var not in defined:
                         fail(cw, "argument %r uses $(%s), which env does not define" % (a, var))
+            # In an env value Kubernetes expands $(VAR) only from the entries
+            # before it; any other stays the literal text.
+            earlier = set()
+            for e in env:
+                for var in re.findall(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)", str(e.get("value", ""))):
+                    if var not in earlier:
+                        fail(cw, "env %s uses $(%s), which no env entry before it defines "
+                                 "(Kubernetes would leave it unexpanded)" % (e.get("name"), var))
+                earlier.add(e.get("name"))
             for vm in c.get("volumeMounts") or []:
                 if vm.get("name") not in volumes | vcts:
                     fail(cw, "volumeMount %s has no volume" % vm.get("name"))
@@ -831,7 +851,6 @@ def check_coordinator(ctx):
     if not found:
         fail(ctx.label, "no workload runs ferry-coordinator")
         return
-    etcd_pods = [pod_spec(o)[1] for o in ctx.of_kind("StatefulSet")]
     for o, spec, labels, c in found:
         where = "%s container %s" % (ctx.w(o), c.get("name"))
         if o["kind"] != "Deployment":
@@ -861,24 +880,7 @@ def check_coordinator(ctx):
         listen = (env.get("FERRY_LISTEN") or {}).get("value")
         if not listen or not re.match(r"^(0\.0\.0\.0|\[::\]):7400$", str(listen)):
             fail(where, "FERRY_LISTEN must be 0.0.0.0:7400 or [::]:7400 (is %r)" % listen)
-        etcd = (env.get("FERRY_ETCD") or {}).get("value")
-        if not etcd:
-            fail(where, "FERRY_ETCD is not set (the coordinator would start a private etcd)")
-        else:
-            for url in str(etcd).split(","):
-                u = parse_url(url)
-                if not u:
-                    fail(where, "FERRY_ETCD URL %r is not http(s)://host:port" % url)
-                    continue
-                if u[0] != ("https" if ctx.expect["tls"] else "http"):
-                    fail(where, "FERRY_ETCD %s: %s, but this overlay has TLS %s"
-                         % (url, u[0], "on" if ctx.expect["tls"] else "off"))
-                svc, why = service_port(ctx, u[1], u[2])
-                if svc is None:
-                    fail(where, "FERRY_ETCD %s: %s" % (url, why))
-                elif not any(selects((svc.get("spec") or {}).get("selector") or {}, l)
-                             for l in etcd_pods):
-                    fail(where, "FERRY_ETCD %s: %s does not select the etcd pods" % (url, oname(svc)))
+        check_coordinator_etcd(ctx, where, c)
         svcs = [s for s in ctx.of_kind("Service")
                 if selects((s.get("spec") or {}).get("selector") or {}, labels)]
         if not any(p.get("port") == 7400 and p.get("name") == "grpc"
@@ -888,6 +890,97 @@ def check_coordinator(ctx):
                 selects(((p.get("spec") or {}).get("selector") or {}).get("matchLabels") or {},
                         labels) for p in ctx.of_kind("PodDisruptionBudget")):
             fail(where, "no PodDisruptionBudget selects it")
+
+
+def etcd_statefulsets(ctx):
+    return [o for o in ctx.of_kind("StatefulSet")
+            if any("etcd" in os.path.basename(str((c.get("command") or [c.get("image", "")])[0]))
+                   for c in pod_spec(o)[0].get("containers") or [])]
+
+
+def check_coordinator_etcd(ctx, where, c):
+    """FERRY_ETCD lists exactly the overlay's etcd members, each at its own
+    name under the headless Service (<pod>.<service>.<namespace>.svc, the
+    namespace a $(VAR) of the pod's namespace or written out) on etcd's client
+    port, https exactly when TLS is on. The coordinator fails over between
+    the endpoints it is given (a frozen member is suspected, the watch moves
+    to the next, a write goes to another member); through one Service VIP it
+    has nothing to fail over to, its channel pinned by kube-proxy to
+    whichever member the connection reached."""
+    env = env_map(c)
+    etcd = (env.get("FERRY_ETCD") or {}).get("value")
+    if not etcd:
+        fail(where, "FERRY_ETCD is not set (the coordinator would start a private etcd)")
+        return
+    scheme = "https" if ctx.expect["tls"] else "http"
+    stss = etcd_statefulsets(ctx)
+    if len(stss) != 1:
+        return   # check_etcd says why
+    sts = stss[0]
+    name = sts["metadata"]["name"]
+    svc_name = str((sts.get("spec") or {}).get("serviceName"))
+    namespace = sts["metadata"].get("namespace")
+    ec = (pod_spec(sts)[0].get("containers") or [{}])[0]
+    eargs = arg_values([str(a) for a in (ec.get("command") or [])[1:] + (ec.get("args") or [])])
+    client = parse_url(str(eargs.get("--listen-client-urls", "")))
+    client_port = client[2] if client else None
+    ns_vars = {k for k, e in env.items()
+               if ((e.get("valueFrom") or {}).get("fieldRef") or {}).get("fieldPath")
+               == "metadata.namespace"}
+    form = "%s://%s-N.%s.$(POD_NAMESPACE).svc:%s" % (scheme, name, svc_name, client_port)
+    host_re = r"^(?P<pod>[a-z0-9-]+)\.%s\.(?P<ns>\$\([A-Za-z_][A-Za-z0-9_]*\)|[a-z0-9-]+)" \
+        r"\.svc(\.cluster\.local)?$" % re.escape(svc_name)
+    seen = []
+    vip = False
+    for url in str(etcd).split(","):
+        u = parse_url(url)
+        if not u:
+            fail(where, "FERRY_ETCD URL %r is not http(s)://host:port" % url)
+            continue
+        if u[0] != scheme:
+            fail(where, "FERRY_ETCD %s: %s, but this overlay has TLS %s"
+                 % (url, u[0], "on" if ctx.expect["tls"] else "off"))
+        m = re.match(host_re, u[1])
+        if not m:
+            svc = ctx.named("Service", u[1].split(".")[0])
+            if svc is not None and (svc.get("spec") or {}).get("clusterIP") != "None":
+                vip = True
+                fail(where, "FERRY_ETCD %s names %s, one endpoint: the coordinator's failover "
+                     "between etcd members has nothing to fail over to; list every member, "
+                     "%s" % (url, oname(svc), form))
+            else:
+                fail(where, "FERRY_ETCD %s is not an etcd member at its own name under the "
+                     "headless Service %s (%s)" % (url, svc_name, form))
+            continue
+        ns = m.group("ns")
+        if ns.startswith("$("):
+            if ns[2:-1] not in ns_vars:
+                fail(where, "FERRY_ETCD %s: %s is not the pod's namespace (an env entry from "
+                     "fieldRef metadata.namespace)" % (url, ns))
+        elif ns != namespace:
+            fail(where, "FERRY_ETCD %s: namespace %s, but etcd runs in %s" % (url, ns, namespace))
+        if u[2] != client_port:
+            fail(where, "FERRY_ETCD %s: port %s is not etcd's client port %s (--listen-client-urls)"
+                 % (url, u[2], client_port))
+        seen.append(m.group("pod"))
+    want = ["%s-%d" % (name, i) for i in range(ctx.expect["etcd_members"])]
+    for pod in sorted(set(seen)):
+        if pod not in want:
+            fail(where, "FERRY_ETCD names %s, which is not a member (this overlay runs %s)"
+                 % (pod, ", ".join(want)))
+        elif seen.count(pod) > 1:
+            fail(where, "FERRY_ETCD names member %s %d times" % (pod, seen.count(pod)))
+    missing = [pod for pod in want if pod not in seen]
+    if missing and not vip:
+        fail(where, "FERRY_ETCD misses member(s) %s: it must list every member (%s), or the "
+             "coordinator cannot fail over to them" % (", ".join(missing), ", ".join(want)))
+
+
+def pod_annotations(o):
+    """The pod template's annotations (a Pod's own)."""
+    md = (o.get("metadata") if o.get("kind") == "Pod"
+          else ((o.get("spec") or {}).get("template") or {}).get("metadata")) or {}
+    return md.get("annotations") or {}
 
 
 def check_coordinator_metrics(ctx, where, o, c):
@@ -903,8 +996,7 @@ def check_coordinator_metrics(ctx, where, o, c):
     if ports.get("metrics") != port:
         fail(where, "FERRY_METRICS_LISTEN port %d is not the containerPort named metrics (%s)"
              % (port, ports))
-    ann = (((o.get("spec") or {}).get("template") or {}).get("metadata") or {}) \
-        .get("annotations") or {}
+    ann = pod_annotations(o)
     if ann.get("prometheus.io/scrape") != "true" or ann.get("prometheus.io/port") != str(port) \
             or ann.get("prometheus.io/path") != "/metrics":
         fail(where, "the pod template needs prometheus.io/scrape \"true\", prometheus.io/port "
@@ -976,9 +1068,7 @@ def check_coordinator_tls(ctx, where, spec, c):
 
 
 def check_etcd(ctx):
-    stss = [o for o in ctx.of_kind("StatefulSet")
-            if any("etcd" in os.path.basename(str((c.get("command") or [c.get("image", "")])[0]))
-                   for c in pod_spec(o)[0].get("containers") or [])]
+    stss = etcd_statefulsets(ctx)
     if not stss:
         fail(ctx.label, "no etcd StatefulSet")
         return
@@ -1050,6 +1140,7 @@ def check_etcd(ctx):
                                for vm in mounts):
             fail(where, "--data-dir %r is not on a volumeClaimTemplate mount" % data_dir)
         check_etcd_tls(ctx, where, pspec, c, args)
+        check_etcd_metrics(where, o, c, args)
         if ctx.expect["tls"]:
             check_readme_etcdctl(ctx, where, o, c, args)
         if not ctx.expect["guarded"]:
@@ -1097,6 +1188,31 @@ def check_etcd_tls(ctx, where, spec, c, args):
         v = args.get(f)
         if not v or os.path.dirname(str(v)) not in dirs:
             fail(where, "%s %r is not a file in a mounted Secret (%s)" % (f, v, sorted(dirs)))
+
+
+def check_etcd_metrics(where, o, c, args):
+    """etcd serves /metrics on --listen-metrics-urls, plaintext (Prometheus,
+    like the probes, presents no client certificate); the pod's
+    prometheus.io/* annotations name that port, a containerPort."""
+    url = str(args.get("--listen-metrics-urls", ""))
+    u = parse_url(url)
+    if not u or u[0] != "http":
+        fail(where, "--listen-metrics-urls must be one http:// URL (plaintext: Prometheus and "
+             "the probes present no client certificate; is %r)" % url)
+        return
+    ann = pod_annotations(o)
+    if ann.get("prometheus.io/scrape") != "true" or ann.get("prometheus.io/path") != "/metrics" \
+            or "prometheus.io/port" not in ann:
+        fail(where, "the pod template needs prometheus.io/scrape \"true\", prometheus.io/port "
+             "\"%d\" and prometheus.io/path /metrics (has %s)" % (u[2], ann))
+        return
+    port = str(ann["prometheus.io/port"])
+    cports = sorted(p.get("containerPort") for p in c.get("ports") or [])
+    if not port.isdigit() or int(port) not in cports:
+        fail(where, "prometheus.io/port %r is not a containerPort of etcd (%s)" % (port, cports))
+    if port != str(u[2]):
+        fail(where, "prometheus.io/port %r is not the --listen-metrics-urls port %d, where etcd "
+             "serves /metrics" % (port, u[2]))
 
 
 def readme_commands(repo, program):
@@ -1211,6 +1327,22 @@ def check_policies(ctx):
                     admitted |= any(selects(sel, l) for l in allowed)
         if not admitted:
             fail(ctx.label, "no NetworkPolicy lets %s reach port %d of %s" % (who, port, target))
+    # The port a pod's prometheus.io/port names must be let in (from anywhere:
+    # where Prometheus runs is the operator's), or every scrape fails.
+    for o, l in pods:
+        ann = pod_annotations(o)
+        port = str(ann.get("prometheus.io/port", ""))
+        if ann.get("prometheus.io/scrape") != "true" or not port.isdigit():
+            continue
+        policies = [p for p in ctx.of_kind("NetworkPolicy")
+                    if selects(((p.get("spec") or {}).get("podSelector") or {})
+                               .get("matchLabels") or {}, l)
+                    and "Ingress" in ((p.get("spec") or {}).get("policyTypes") or [])]
+        if policies and not any(
+                not rule.get("ports") or int(port) in [q.get("port") for q in rule["ports"]]
+                for p in policies for rule in (p.get("spec") or {}).get("ingress") or []):
+            fail(ctx.w(o), "no NetworkPolicy lets Prometheus reach port %s, which its "
+                 "prometheus.io/port names: every scrape would fail" % port)
 
 
 def check_workers(ctx):

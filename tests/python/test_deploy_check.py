@@ -237,6 +237,90 @@ class DeployCheckCatches(unittest.TestCase):
              "                - --tls-server-name", "                - --tls-servername")
         self.assertFails(r"flag --tls-servername is not in ferryctl's usage text")
 
+    def test_ferry_etcd_one_service_vip(self):
+        """As it was: FERRY_ETCD the etcd-client Service, one endpoint, so the
+        coordinator's failover between members had nothing to fail over to
+        and kube-proxy pinned its channel to one member."""
+        edit(os.path.join(self.k8s, "overlays", "dev", "coordinator-one-member.yaml"),
+             "value: http://etcd-0.etcd.$(POD_NAMESPACE).svc:2379",
+             "value: http://etcd-client:2379")
+        prod = os.path.join(self.k8s, "overlays", "prod", "coordinator-tls.yaml")
+        with open(prod) as f:
+            text = f.read()
+        with open(prod, "w") as f:
+            f.write(re.sub(r"value: https://etcd-0\.\S*", "value: https://etcd-client:2379", text))
+        self.assertFails(r"overlays/dev Deployment/ferry-coordinator container coordinator: "
+                         r"FERRY_ETCD http://etcd-client:2379 names Service/etcd-client, one "
+                         r"endpoint: the coordinator's failover between etcd members has nothing "
+                         r"to fail over to",
+                         r"overlays/prod Deployment/ferry-coordinator container coordinator: "
+                         r"FERRY_ETCD https://etcd-client:2379 names Service/etcd-client, one "
+                         r"endpoint")
+
+    def test_prod_ferry_etcd_over_http(self):
+        edit(os.path.join(self.k8s, "overlays", "prod", "coordinator-tls.yaml"),
+             "value: https://etcd-0.", "value: http://etcd-0.")
+        self.assertFails(r"overlays/prod .*coordinator: FERRY_ETCD "
+                         r"http://etcd-0\.etcd\.\$\(POD_NAMESPACE\)\.svc:2379: http, but this "
+                         r"overlay has TLS on")
+
+    def test_ferry_etcd_missing_a_member(self):
+        edit(os.path.join(self.k8s, "overlays", "prod", "coordinator-tls.yaml"),
+             ",https://etcd-2.etcd.$(POD_NAMESPACE).svc:2379", "")
+        self.assertFails(r"overlays/prod .*coordinator: FERRY_ETCD misses member\(s\) etcd-2: it "
+                         r"must list every member")
+
+    def test_ferry_etcd_member_twice(self):
+        edit(os.path.join(self.k8s, "overlays", "prod", "coordinator-tls.yaml"),
+             ",https://etcd-2.etcd.$(POD_NAMESPACE).svc:2379",
+             ",https://etcd-1.etcd.$(POD_NAMESPACE).svc:2379")
+        self.assertFails(r"overlays/prod .*coordinator: FERRY_ETCD names member etcd-1 2 times",
+                         r"overlays/prod .*coordinator: FERRY_ETCD misses member\(s\) etcd-2")
+
+    def test_ferry_etcd_namespace_defined_after_it(self):
+        """A patch's env entries render before the base's: without its own
+        POD_NAMESPACE first, prod's FERRY_ETCD would keep $(POD_NAMESPACE)
+        unexpanded."""
+        edit(os.path.join(self.k8s, "overlays", "prod", "coordinator-tls.yaml"),
+             "            - name: POD_NAMESPACE\n              valueFrom:\n"
+             "                fieldRef:\n                  fieldPath: metadata.namespace\n", "")
+        self.assertFails(r"overlays/prod .*coordinator: env FERRY_ETCD uses \$\(POD_NAMESPACE\), "
+                         r"which no env entry before it defines")
+
+    def test_etcd_scrape_annotation_on_a_port_etcd_does_not_serve(self):
+        edit(os.path.join(self.k8s, "base", "etcd.yaml"),
+             'prometheus.io/port: "2381"', 'prometheus.io/port: "2390"')
+        self.assertFails(r"overlays/dev StatefulSet/etcd: prometheus\.io/port '2390' is not a "
+                         r"containerPort of etcd",
+                         r"overlays/prod StatefulSet/etcd: prometheus\.io/port '2390' is not the "
+                         r"--listen-metrics-urls port 2381")
+
+    def test_prod_policy_without_etcd_metrics(self):
+        """Prometheus cannot scrape etcd's 2381 under prod's NetworkPolicy."""
+        edit(os.path.join(self.k8s, "overlays", "prod", "networkpolicy.yaml"),
+             "      ports:\n        - protocol: TCP\n          port: 2381\n",
+             "      ports:\n        - protocol: TCP\n          port: 2382\n")
+        self.assertFails(r"overlays/prod StatefulSet/etcd: no NetworkPolicy lets Prometheus reach "
+                         r"port 2381")
+
+    def test_prod_policy_metrics_rule_on_the_client_port(self):
+        """The monitoring namespace let into 2379 is a stranger there."""
+        edit(os.path.join(self.k8s, "overlays", "prod", "networkpolicy.yaml"),
+             "      ports:\n        - protocol: TCP\n          port: 2381\n",
+             "      ports:\n        - protocol: TCP\n          port: 2379\n")
+        self.assertFails(r"NetworkPolicy/etcd: port 2379 of etcd: peer .*namespaceSelector.* is "
+                         r"not a pod selector of coordinators")
+
+    def test_etcd_alert_rule_that_misses_its_case(self):
+        # Matched on a job name of our choosing: the scrape config's is the
+        # operator's, and the test's (pods) is not it.
+        edit(os.path.join(self.repo, "deploy", "prometheus", "ferry-rules.yaml"),
+             "          up == 0\n          and on (job, instance)\n"
+             "          last_over_time(etcd_server_has_leader[1h])",
+             "          up{job=\"etcd\"} == 0")
+        self.assertFails(r"deploy/prometheus: promtool test rules ferry-rules-test.yaml failed",
+                         r"alertname: EtcdMemberUnscraped")
+
     def test_etcd_user_and_log_format_the_readme_names_pass(self):
         """deploy/README.md offers FERRY_ETCD_USER and FERRY_ETCD_PASSWORD
         instead of client certificates, and FERRY_LOG_FORMAT=json for a log
