@@ -13,6 +13,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "common/text.h"
+
 atomic_int ferry__log_level = FERRY_LOG_OFF;
 
 static const char *const level_names[] = {"error", "warn", "info", "debug", "trace"};
@@ -81,23 +83,6 @@ static size_t json_escape(char *out, size_t cap, const char *in)
     return n;
 }
 
-/* Escapes control bytes (and DEL) as \xNN for a text line: a message may
- * quote a client's name or reason, and a newline or a terminal escape in
- * one must not forge a line of its own or reach an operator's terminal. */
-static void text_escape(char *out, size_t cap, const char *in)
-{
-    size_t n = 0;
-    for (; *in != '\0' && n + 5 < cap; in++) {
-        unsigned char c = (unsigned char)*in;
-        if (c < 0x20 || c == 0x7f) {
-            n += (size_t)snprintf(out + n, cap - n, "\\x%02x", c);
-        } else {
-            out[n++] = (char)c;
-        }
-    }
-    out[n] = '\0';
-}
-
 void ferry__log_write(ferry_log_level_t level, const char *fmt, ...)
 {
     char msg[1024];
@@ -133,7 +118,10 @@ void ferry__log_write(ferry_log_level_t level, const char *fmt, ...)
                      level_names[level], esc);
     } else {
         char esc[2048];
-        text_escape(esc, sizeof(esc), msg);
+        /* A message may quote a client's name or reason: a newline or a
+         * terminal control in one must not forge a line of its own or
+         * reach an operator's terminal (common/text.h). */
+        ferry_text_escape(esc, sizeof(esc), msg);
         n = snprintf(line, sizeof(line), "%s %-5s %s\n", ts, level_names[level], esc);
     }
     if (n > (int)sizeof(line) - 1) {

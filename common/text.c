@@ -3,6 +3,8 @@
  */
 #include "common/text.h"
 
+#include <stdbool.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -68,4 +70,76 @@ void ferry_utf8_format(char *dst, size_t cap, const char *fmt, ...)
     va_start(ap, fmt);
     ferry_utf8_vformat(dst, cap, fmt, ap);
     va_end(ap);
+}
+
+/* Whether code point cp acts on a terminal instead of showing (text.h). */
+static bool acts(uint32_t cp)
+{
+    return cp < 0x20 || (cp >= 0x7f && cp <= 0x9f) || (cp >= 0x202a && cp <= 0x202e) ||
+           (cp >= 0x2066 && cp <= 0x2069);
+}
+
+size_t ferry_text_shown(const char *s, size_t len)
+{
+    static const uint32_t least[5] = {0, 0, 0x80, 0x800, 0x10000}; /* no overlong form */
+    const unsigned char *u = (const unsigned char *)s;
+    size_t n = sequence_len(u[0]);
+    uint32_t cp;
+
+    if (n == 0 || n > len) {
+        return 0;
+    }
+    cp = n == 1 ? u[0] : u[0] & (0x7fu >> n);
+    for (size_t i = 1; i < n; i++) {
+        if ((u[i] & 0xC0) != 0x80) {
+            return 0;
+        }
+        cp = cp << 6 | (u[i] & 0x3Fu);
+    }
+    if (cp < least[n] || (cp >= 0xd800 && cp <= 0xdfff) || cp > 0x10ffff || acts(cp)) {
+        return 0;
+    }
+    return n;
+}
+
+size_t ferry_text_escape(char *out, size_t cap, const char *in)
+{
+    size_t len = strlen(in);
+    size_t n = 0;
+
+    while (len > 0) {
+        size_t k = ferry_text_shown(in, len);
+        if (k == 0) {
+            if (n + 4 >= cap) {
+                break;
+            }
+            n += (size_t)snprintf(out + n, cap - n, "\\x%02x", (unsigned char)in[0]);
+            k = 1;
+        } else {
+            if (n + k >= cap) {
+                break;
+            }
+            memcpy(out + n, in, k);
+            n += k;
+        }
+        in += k;
+        len -= k;
+    }
+    out[n] = '\0';
+    return n;
+}
+
+size_t ferry_text_columns(const char *in)
+{
+    size_t len = strlen(in);
+    size_t cols = 0;
+
+    while (len > 0) {
+        size_t k = ferry_text_shown(in, len);
+        cols += k == 0 ? 4 : 1;
+        k = k == 0 ? 1 : k;
+        in += k;
+        len -= k;
+    }
+    return cols;
 }

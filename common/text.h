@@ -1,5 +1,7 @@
 /*
- * text.h: cutting text from outside to a length without breaking it.
+ * text.h: cutting text from outside to a length without breaking it, and
+ * showing it where a control character in it would act (a terminal, a log
+ * line).
  *
  * A name a client sent (a claimant, an owner) or a peer's message may be
  * valid UTF-8 of any length its field allows; a message built around it in
@@ -30,5 +32,27 @@ size_t ferry_utf8_cut(const char *s, size_t max);
 void ferry_utf8_vformat(char *dst, size_t cap, const char *fmt, va_list ap);
 void ferry_utf8_format(char *dst, size_t cap, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
+
+/* Showing text from outside on a terminal or in a log line. A name, reason
+ * or message is any client's valid UTF-8 (the RPC layer refuses the rest),
+ * and a few of its characters act on a terminal rather than show: C0
+ * controls (a newline forges a line; ESC starts a sequence), DEL, C1
+ * controls (U+0080..U+009F: U+009B is CSI to xterm) and the bidirectional
+ * overrides and isolates (U+202A..U+202E, U+2066..U+2069), which reorder
+ * what follows them on screen. Those characters, and bytes that are not
+ * UTF-8 (from a peer that does not check it), are shown as \xNN, byte by
+ * byte; every other character as it is. */
+
+/* Bytes of the next character of s[0..len) (len > 0) when it may be shown
+ * as it is; 0 when s[0] is to be shown as \xNN. */
+size_t ferry_text_shown(const char *s, size_t len);
+
+/* in, shown so, into out[cap] (cap > 0; NUL-terminated; cut at a whole
+ * character or escape). Returns the length written. */
+size_t ferry_text_escape(char *out, size_t cap, const char *in);
+
+/* The columns in shown so takes: one per character (a wide or combining
+ * one counts one too), four per escaped byte. */
+size_t ferry_text_columns(const char *in);
 
 #endif /* FERRY_COMMON_TEXT_H */

@@ -151,10 +151,10 @@ class Ferryctl(unittest.TestCase):
         self.assertIn("request_id", r.stderr)
 
     def test_table_escapes_control_bytes(self):
-        """Names and messages are any worker's text: in a table a newline or
-        a terminal escape in one prints as \\xNN, on the one row, and JSON
-        keeps the text as it is."""
-        owner = "w\n2026-01-01 forged-row\x1b[31m"
+        """Names and messages are any worker's text: in a table a newline, a
+        terminal escape, a C1 control or a bidirectional override in one
+        prints as \\xNN, on the one row, and JSON keeps the text as it is."""
+        owner = "w\n2026-01-01 forged-row\x1b[31m \u009b32m \u202egpj.exe"
         self.stub.Register(self.cpb.RegisterRequest(
             request_id="esc-1", metadata=metadata(self.pb, self.pb.OPERATION_KIND_WRITE),
             access_token=TOKEN, owner=owner), timeout=10)
@@ -162,8 +162,10 @@ class Ferryctl(unittest.TestCase):
         self.assertEqual(r.returncode, 0, r.stderr)
         lines = r.stdout.splitlines()
         self.assertEqual(len(lines), 2, r.stdout)  # the header and one row
-        self.assertIn("w\\x0a2026-01-01 forged-row\\x1b[31m", lines[1])
-        self.assertNotIn("\x1b", r.stdout)
+        self.assertIn("w\\x0a2026-01-01 forged-row\\x1b[31m \\xc2\\x9b32m "
+                      "\\xe2\\x80\\xaegpj.exe", lines[1])
+        for acting in ("\x1b", "\u009b", "\u202e"):  # ESC, C1 CSI, right-to-left override
+            self.assertNotIn(acting, r.stdout)
         out = self.json_out(ferryctl("get", "esc-1", "--json"))[0]
         self.assertEqual(out["operation"]["owner"], owner)
 

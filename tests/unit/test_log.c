@@ -46,6 +46,13 @@ static void test_control_bytes_are_escaped(void **state)
     assert_ptr_equal(strchr(out, '\n'), out + strlen(out) - 1);
     assert_non_null(
         strstr(out, "owner 'x\\x0a2026-01-01T00:00:00.000Z error forged\\x1b[31m\\x7f' is here"));
+    /* C1 (U+009B, CSI to xterm) and a right-to-left override, both valid
+     * UTF-8, act on a terminal too. */
+    logged("y\xC2\x9B"
+           "31m\xE2\x80\xAE"
+           "gpj.exe",
+           out, sizeof(out));
+    assert_non_null(strstr(out, "owner 'y\\xc2\\x9b31m\\xe2\\x80\\xaegpj.exe' is here"));
 }
 
 static void test_printable_text_is_unchanged(void **state)

@@ -68,6 +68,59 @@ static void test_format_keeps_whole_characters(void **state)
     assert_int_equal(ferry_utf8_whole("", 0), 0);
 }
 
+/* What is shown as it is and what as \xNN: printable ASCII and other
+ * characters whole; C0, DEL, C1 (as UTF-8: U+009B is CSI to xterm) and the
+ * bidirectional overrides and isolates escaped byte by byte; bytes that are
+ * not UTF-8 (a lone continuation, a cut sequence, an overlong form, a
+ * surrogate) escaped one at a time. */
+static void test_escape(void **state)
+{
+    static const struct {
+        const char *in, *out;
+    } cases[] = {
+        {"worker-1", "worker-1"},
+        {"caf\xC3\xA9 \xE2\x82\xAC \xF0\x9F\x98\x80", "caf\xC3\xA9 \xE2\x82\xAC \xF0\x9F\x98\x80"},
+        {"a\nb\x1b[2Jc\x7f", "a\\x0ab\\x1b[2Jc\\x7f"},
+        {"x\xC2\x9B"
+         "31mred",
+         "x\\xc2\\x9b31mred"},        /* U+009B, CSI */
+        {"\xC2\xA0ok", "\xC2\xA0ok"}, /* U+00A0: shown */
+        {"ab\xE2\x80\xAE"
+         "fdp.exe",
+         "ab\\xe2\\x80\\xaefdp.exe"}, /* U+202E */
+        {"\xE2\x81\xA6x\xE2\x81\xA9", "\\xe2\\x81\\xa6"
+                                      "x\\xe2\\x81\\xa9"},
+        {"\x9b\xff", "\\x9b\\xff"},          /* not UTF-8 */
+        {"\xC3", "\\xc3"},                   /* cut short */
+        {"\xC0\xAF", "\\xc0\\xaf"},          /* overlong '/' */
+        {"\xED\xA0\x80", "\\xed\\xa0\\x80"}, /* a surrogate */
+    };
+    char out[128];
+    (void)state;
+
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        assert_int_equal(ferry_text_escape(out, sizeof(out), cases[i].in), strlen(cases[i].out));
+        assert_string_equal(out, cases[i].out);
+    }
+    /* Cut at a whole character or escape, never inside one. */
+    assert_int_equal(ferry_text_escape(out, 6, "ab\x1b"), 2);
+    assert_string_equal(out, "ab");
+    assert_int_equal(ferry_text_escape(out, 4, "ab\xE2\x82\xAC"), 2);
+    assert_int_equal(ferry_text_escape(out, 1, "abc"), 0);
+    assert_string_equal(out, "");
+}
+
+/* Columns: one per character shown, four per escaped byte. */
+static void test_columns(void **state)
+{
+    (void)state;
+    assert_int_equal(ferry_text_columns(""), 0);
+    assert_int_equal(ferry_text_columns("abc"), 3);
+    assert_int_equal(ferry_text_columns("caf\xC3\xA9"), 4);
+    assert_int_equal(ferry_text_columns("a\x1b"), 5);
+    assert_int_equal(ferry_text_columns("\xC2\x9B"), 8);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -76,6 +129,8 @@ int main(void)
         cmocka_unit_test(test_never_inside_a_character),
         cmocka_unit_test(test_not_utf8_is_cut_where_asked),
         cmocka_unit_test(test_format_keeps_whole_characters),
+        cmocka_unit_test(test_escape),
+        cmocka_unit_test(test_columns),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -18,6 +18,7 @@
 
 #include <cjson/cJSON.h>
 
+#include "common/text.h"
 #include "ctl.h"
 
 static const char *enum_short(const ProtobufCEnumDescriptor *desc, int value, const char *prefix)
@@ -120,34 +121,25 @@ static void table_cells(const Ferry__V1__Operation *op, char *time_buf, size_t t
     cells[6] = or_dash(op->error_message);
 }
 
-/* A cell's bytes with the control bytes (and DEL) as \xNN: names, reasons
- * and messages are any worker's text, and a newline or a terminal escape in
- * one must not forge a row or reach the operator's terminal. */
-static bool control_byte(unsigned char c)
-{
-    return c < 0x20 || c == 0x7f;
-}
-
-/* How wide cell s prints (escapes included). */
-static int cell_width(const char *s)
-{
-    int n = 0;
-    for (; *s != '\0'; s++) {
-        n += control_byte((unsigned char)*s) ? 4 : 1;
-    }
-    return n;
-}
-
-/* Prints s escaped, padded with spaces to width. */
+/* Prints a cell shown safely (common/text.h: names, reasons and messages
+ * are any worker's text, and a newline or a terminal control in one must
+ * not forge a row or reach the operator's terminal), padded with spaces to
+ * width columns. */
 static void put_cell(const char *s, int width)
 {
-    int n = cell_width(s);
-    for (; *s != '\0'; s++) {
-        if (control_byte((unsigned char)*s)) {
+    size_t len = strlen(s);
+    int n = (int)ferry_text_columns(s);
+
+    while (len > 0) {
+        size_t k = ferry_text_shown(s, len);
+        if (k == 0) {
             printf("\\x%02x", (unsigned char)*s);
+            k = 1;
         } else {
-            putchar(*s);
+            fwrite(s, 1, k, stdout);
         }
+        s += k;
+        len -= k;
     }
     printf("%*s", width > n ? width - n : 0, "");
 }
@@ -174,7 +166,7 @@ void ctl_print_table(Ferry__V1__Operation *const *ops, size_t n)
     for (size_t i = 0; i < n; i++) {
         table_cells(ops[i], when, sizeof(when), cells);
         for (int c = 0; c < TABLE_COLUMNS; c++) {
-            int len = cell_width(cells[c]);
+            int len = (int)ferry_text_columns(cells[c]);
             width[c] = len > width[c] ? len : width[c];
         }
     }
