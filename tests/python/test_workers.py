@@ -8,9 +8,11 @@ the one operation it ran. Each side frees its buffer only once UCX is gone.
 """
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import unittest
 
 sys.path.insert(0, os.path.dirname(__file__))
@@ -228,8 +230,9 @@ FREED_AFTER = "free-order: buffer freed after ucp_cleanup"
 
 class Signals(unittest.TestCase):
     """SIGTERM, SIGINT or SIGHUP stop a worker cleanly: its operation is
-    cancelled and its records released before it exits with 128 + the
-    signal. Killed (as it was, having no handler), a receiver's record held
+    cancelled and its records released, then it dies of the signal (so a
+    shell sees a Ctrl-C as one; it used to exit 128 + N, after which bash
+    went on with its script). Killed (as it was, having no handler), a receiver's record held
     its request ID until its lease ran out; as PID 1 in a container SIGTERM
     did nothing at all."""
 
@@ -239,13 +242,13 @@ class Signals(unittest.TestCase):
                 p = start_passive("recv", "sig-recv", 4096)
                 p.send_signal(sig)
                 rc, out, err = finish(p, timeout=30)
-                self.assertEqual(rc, 128 + sig, err)
+                self.assertEqual(rc, -sig, err)
                 self.assertIn(f"stopped by signal {int(sig)}", err)
                 # Released before the exit: the ID registers again at once
                 # (ALREADY_EXISTS while a record was left behind).
                 again = start_passive("recv", "sig-recv", 4096)
                 again.send_signal(signal.SIGTERM)
-                self.assertEqual(finish(again, timeout=30)[0], 128 + signal.SIGTERM)
+                self.assertEqual(finish(again, timeout=30)[0], -signal.SIGTERM)
 
     def test_a_sender_waiting_for_its_id_stops(self):
         p = worker("send", "sig-nobody", 4096, timeout=600)
@@ -255,14 +258,14 @@ class Signals(unittest.TestCase):
                                  ferry_harness.tcp_sockets(p.pid), 30, "the sender to connect")
         p.send_signal(signal.SIGTERM)
         rc, out, err = finish(p, timeout=30)
-        self.assertEqual(rc, 128 + signal.SIGTERM, err)
+        self.assertEqual(rc, -signal.SIGTERM, err)
         self.assertIn("stopped by signal 15 while waiting for sig-nobody", err)
 
     def test_a_sender_whose_receiver_stopped_mid_transfer_stops(self):
         """A receiver stopped (SIGSTOP: a hung process, a frozen node) while
         the bytes move over TCP, where UCX emulates the puts and needs the
         receiver to take them: the sender's SIGTERM cancels, and the sender
-        exits at once, 128 + 15, without claiming success. Its destroy used
+        exits at once, of the signal, without claiming success. Its destroy used
         to wait for the puts' flush, which never came (no peer error
         handling), so the process could only be killed with SIGKILL."""
         size = 1 << 30
@@ -276,7 +279,7 @@ class Signals(unittest.TestCase):
             self.assertIsNone(s.poll(), "the transfer ended before the receiver was stopped")
             s.send_signal(signal.SIGTERM)
             rc, out, err = finish(s, timeout=30)
-            self.assertEqual(rc, 128 + signal.SIGTERM, err)
+            self.assertEqual(rc, -signal.SIGTERM, err)
             self.assertIn("stopped by signal 15", err)
             self.assertNotIn("bytes", out)
         finally:
@@ -285,6 +288,56 @@ class Signals(unittest.TestCase):
                 if p.poll() is None:
                     p.kill()
                 p.communicate(timeout=30)
+
+
+class Output(unittest.TestCase):
+    """What ferry-worker prints: a reader of its output that leaves does
+    not kill it, and text another client chose reaches the terminal only
+    escaped."""
+
+    def test_a_reader_that_leaves_does_not_kill_the_receiver(self):
+        """`recv | head -1` takes the token the coordinator picked and
+        leaves: the receiver's report line then went to a pipe without a
+        reader, SIGPIPE killed it after the transfer, and its record held
+        the request ID until its lease ran out."""
+        r = worker("recv", "pipe-1", 4096, token=None)
+        line = r.stdout.readline()
+        self.assertTrue(line.startswith("token "), line)
+        r.stdout.close()  # what head -1 does
+        rc, out, err = finish(worker("send", "pipe-1", 4096, token=line.split()[1]))
+        self.assertEqual(rc, EXIT_OK, err)
+        self.assertEqual(r.wait(timeout=60), EXIT_OK, r.stderr.read())
+        r.stderr.close()
+        # Released: the ID registers again at once.
+        again = start_passive("recv", "pipe-1", 4096)
+        again.send_signal(signal.SIGTERM)
+        self.assertEqual(finish(again, timeout=30)[0], -signal.SIGTERM)
+
+    def test_a_message_that_quotes_another_client_is_escaped(self):
+        """The coordinator's refusal quotes the claimant's name, which the
+        claiming client chose: a terminal control in it (ESC, a C1 CSI, a
+        right-to-left override) shows as \\xNN on ferry-worker's stderr."""
+        tmp = tempfile.mkdtemp(prefix="ferry-stubs-")
+        self.addCleanup(shutil.rmtree, tmp, ignore_errors=True)
+        gen = os.path.join(tmp, "gen")
+        ferry_harness.generate_stubs(gen)
+        import grpc
+        from ferry.v1 import coordinator_pb2 as cpb, coordinator_pb2_grpc
+        r = start_passive("recv", "esc-claimed", 4096)
+        try:
+            with grpc.insecure_channel(CLUSTER.coordinator.target) as channel:
+                coordinator_pb2_grpc.CoordinatorStub(channel).Claim(cpb.ClaimRequest(
+                    request_id="esc-claimed", access_token=TOKEN,
+                    claimant="evil\x1b[2J\u009b31m\u202egpj.exe", ttl_seconds=60), timeout=10)
+            rc, out, err = finish(worker("send", "esc-claimed", 4096, timeout=1))
+            self.assertEqual(rc, EXIT_REFUSED, err)
+            self.assertIn("already claimed by 'evil\\x1b[2J\\xc2\\x9b31m\\xe2\\x80\\xaegpj.exe'",
+                          err)
+            for acting in ("\x1b", "\u009b", "\u202e"):
+                self.assertNotIn(acting, err)
+        finally:
+            r.send_signal(signal.SIGTERM)
+            finish(r, timeout=30)
 
 
 def landed(pid, size):

@@ -12,9 +12,9 @@
  *
  * Exit codes, for scripts: 0 done and verified; 1 the transfer failed;
  * 2 bad usage; 3 the bytes did not match; 4 timed out; 5 the coordinator
- * refused (not found, taken, wrong token); 128 + N stopped by signal N
- * (SIGTERM, SIGINT, SIGHUP), its operation cancelled and its records
- * released first.
+ * refused (not found, taken, wrong token). Stopped by signal N (SIGTERM,
+ * SIGINT, SIGHUP), it cancels its operation, releases its records, then
+ * dies of N (stop_exit: 128 + N where the signal is not delivered).
  *
  * Every number a flag takes is range-checked before anything is allocated
  * (FLAG_* below; README's table): a value out of range is refused with exit
@@ -34,6 +34,7 @@
 
 #include <ferry/coordinator.h>
 
+#include "common/text.h"
 #include "pattern.h"
 #include "common/tls_flags.h"
 #include "stats_json.h"
@@ -382,6 +383,25 @@ static void handle_stop_signals(void)
     sigaction(SIGTERM, &sa, NULL);
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGHUP, &sa, NULL);
+    /* Output whose reader left (`recv | head -1`, for the token) is lost,
+     * not a reason to die: killed at the report line, a receiver never
+     * released its record, which then held its request ID until its lease
+     * ran out. The exit code says how the operation went. */
+    signal(SIGPIPE, SIG_IGN);
+}
+
+/* After the clean-up a stop signal asked for, dies of that signal, so that
+ * a shell running the worker sees a Ctrl-C as one (bash ends its script
+ * when a child died of SIGINT, and goes on when it exited 130). As PID 1
+ * the signal is not delivered, and rc (128 + N) is the exit code. */
+static int stop_exit(int rc)
+{
+    if (stop_signal != 0 && rc == 128 + stop_signal) {
+        fflush(NULL);
+        signal(stop_signal, SIG_DFL);
+        raise(stop_signal);
+    }
+    return rc;
 }
 
 /* Waits for the operation, drawing a progress line on a terminal once the
@@ -426,16 +446,28 @@ static void report(const options_t *o, const char *verb, double seconds)
     fflush(stdout);
 }
 
+/* A message from libferry or the coordinator, shown safely: it may quote
+ * another client's text (a claimant's name, a reason), and a terminal
+ * control in it must not reach the operator's terminal (common/text.h). */
+static const char *shown(const char *text, char *buf, size_t cap)
+{
+    ferry_text_escape(buf, cap, text != NULL ? text : "");
+    return buf;
+}
+
 static int fail(const char *what, ferry_status_t status)
 {
-    fprintf(stderr, "ferry-worker: %s: %s (%s)\n", what, ferry_last_error_message(),
-            ferry_status_name(status));
+    char buf[1024];
+
+    fprintf(stderr, "ferry-worker: %s: %s (%s)\n", what,
+            shown(ferry_last_error_message(), buf, sizeof(buf)), ferry_status_name(status));
     return exit_code_for(status);
 }
 
 static int op_failed(ferry_op_t *op, ferry_status_t status)
 {
     const char *msg = "";
+    char buf[1024];
 
     if (stop_signal != 0) {
         fprintf(stderr, "ferry-worker: stopped by signal %d; the operation was cancelled\n",
@@ -444,8 +476,8 @@ static int op_failed(ferry_op_t *op, ferry_status_t status)
     }
     ferry_op_error(op, &msg);
     fprintf(stderr, "ferry-worker: operation ended %s: %s (%s)\n",
-            ferry_op_status_name(ferry_op_status(op)), msg && msg[0] ? msg : "no detail",
-            ferry_status_name(status));
+            ferry_op_status_name(ferry_op_status(op)),
+            msg && msg[0] ? shown(msg, buf, sizeof(buf)) : "no detail", ferry_status_name(status));
     return exit_code_for(status);
 }
 
@@ -652,5 +684,5 @@ int main(int argc, char **argv)
         kept_at_exit[0] = buf;
         kept_at_exit[1] = descs;
     }
-    return rc;
+    return stop_exit(rc);
 }
