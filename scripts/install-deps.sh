@@ -2,7 +2,8 @@
 # Installs every Debian package Ferry needs to build, test and benchmark.
 # This list is the only place the project names its system packages.
 # Idempotent: packages already installed are skipped; apt-get runs only when
-# something is missing. Uses sudo when not run as root.
+# something is missing. Uses sudo when not run as root. Services that
+# packages would start (etcd, prometheus) are not started (DAEMONS).
 #
 # Then the npm packages the suite uses (package.json at the repository root:
 # the Node.js client test in tests/node and the Kubernetes schema validation
@@ -50,9 +51,37 @@ CUDA_UCX_PACKAGES=(
 )
 CUDA_UCX_SOURCES=/etc/apt/sources.list.d/ferry-ucx-cuda.sources
 
+# Packages whose install starts a network service on a systemd host, with
+# that service's unit: etcd-server starts an etcd on 127.0.0.1:2379 without
+# auth (any local user could read and write it) and prometheus one on :9090
+# of every interface, where the suite needs only the binaries (its tests
+# start their own etcd on free ports; the alert rules need only promtool).
+# package:unit. When this script installs them, their start is refused for
+# the install (policy-rc.d) and the units are disabled after it.
+DAEMONS=(etcd-server:etcd.service prometheus:prometheus.service)
+POLICY_RC_D=/usr/sbin/policy-rc.d
+
+case "${1:-}" in
+"" | --cuda-ucx) ;;
+*)
+    echo "install-deps: unknown argument '$1' (usage: install-deps.sh [--cuda-ucx])" >&2
+    exit 2
+    ;;
+esac
+
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then
+    if ! command -v sudo > /dev/null 2>&1; then
+        echo "install-deps: not root and no sudo: run scripts/install-deps.sh as root" >&2
+        exit 1
+    fi
     SUDO="sudo"
+fi
+# Waits for another apt (a second make at once, unattended-upgrades) rather
+# than failing at once on its lock.
+APT=(env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300)
+if [ -n "$SUDO" ]; then
+    APT=("$SUDO" "${APT[@]}")
 fi
 
 need_update=0
@@ -101,15 +130,48 @@ for c in "${COMMANDS[@]}"; do
     fi
 done
 
+# The units of the DAEMONS this run installs.
+units=()
+for d in "${DAEMONS[@]}"; do
+    for m in "${missing[@]}"; do
+        if [ "$m" = "${d%%:*}" ]; then
+            units+=("${d#*:}")
+        fi
+    done
+done
+policy_added=0
+remove_policy() {
+    if [ "$policy_added" = 1 ]; then
+        $SUDO rm -f "$POLICY_RC_D"
+        policy_added=0
+    fi
+}
+trap remove_policy EXIT
+
 if [ ${#missing[@]} -eq 0 ] && [ "$need_update" -eq 0 ]; then
     echo "install-deps: all ${#PACKAGES[@]} packages and ${#COMMANDS[@]} commands present"
 elif [ ${#missing[@]} -eq 0 ]; then
-    $SUDO apt-get update -q
+    "${APT[@]}" update -q
 else
     echo "install-deps: installing ${missing[*]}"
-    $SUDO apt-get update -q
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends \
-        "${missing[@]}"
+    "${APT[@]}" update -q
+    # invoke-rc.d asks policy-rc.d before it starts a service: 101 refuses.
+    # One already there (a container's) is the machine's and is left as it is.
+    if [ ${#units[@]} -gt 0 ] && [ ! -e "$POLICY_RC_D" ]; then
+        printf '#!/bin/sh\n# Ferry install-deps.sh: no service starts during its install.\nexit 101\n' |
+            $SUDO tee "$POLICY_RC_D" > /dev/null
+        $SUDO chmod 755 "$POLICY_RC_D"
+        policy_added=1
+    fi
+    "${APT[@]}" install -y -q --no-install-recommends "${missing[@]}"
+    remove_policy
+    if [ ${#units[@]} -gt 0 ] && [ -d /run/systemd/system ]; then
+        $SUDO systemctl disable --now "${units[@]}" || true
+    fi
+    if [ ${#units[@]} -gt 0 ]; then
+        echo "install-deps: ${units[*]} installed but neither started nor enabled (the suite" \
+            "needs their binaries only)"
+    fi
 fi
 
 if [ "$with_tests" = 0 ]; then
