@@ -457,10 +457,15 @@ static const char *shown(const char *text, char *buf, size_t cap)
 
 static int fail(const char *what, ferry_status_t status)
 {
+    const char *name = ferry_status_name(status);
     char buf[1024];
 
-    fprintf(stderr, "ferry-worker: %s: %s (%s)\n", what,
-            shown(ferry_last_error_message(), buf, sizeof(buf)), ferry_status_name(status));
+    shown(ferry_last_error_message(), buf, sizeof(buf));
+    if (strstr(buf, name) != NULL) { /* a coordinator's refusal ends with its code */
+        fprintf(stderr, "ferry-worker: %s: %s\n", what, buf);
+    } else {
+        fprintf(stderr, "ferry-worker: %s: %s (%s)\n", what, buf, name);
+    }
     return exit_code_for(status);
 }
 
