@@ -46,9 +46,9 @@ def worker(cmd, rid, size, descriptors=1, token=TOKEN, timeout=60, extra=(), env
                             env=env)
 
 
-def start_passive(cmd, rid, size, descriptors=1, timeout=60, extra=(), env=None):
+def start_passive(cmd, rid, size, descriptors=1, timeout=60, extra=(), env=None, token=TOKEN):
     """Starts recv/serve and returns once it says it registered."""
-    p = worker(cmd, rid, size, descriptors, timeout=timeout, extra=extra, env=env)
+    p = worker(cmd, rid, size, descriptors, token=token, timeout=timeout, extra=extra, env=env)
     line = p.stdout.readline()  # blocks until registered (or the process died)
     if "registered" not in line:
         out, err = p.communicate(timeout=30)
@@ -312,6 +312,44 @@ class Output(unittest.TestCase):
         again = start_passive("recv", "pipe-1", 4096)
         again.send_signal(signal.SIGTERM)
         self.assertEqual(finish(again, timeout=30)[0], -signal.SIGTERM)
+
+    def test_the_token_goes_to_a_file_of_its_own(self):
+        """--token-file: the token the coordinator picked goes to a new file
+        (mode 0600) instead of stdout, which a service's log keeps."""
+        tmp = tempfile.mkdtemp(prefix="ferry-token-")
+        self.addCleanup(shutil.rmtree, tmp, ignore_errors=True)
+        path = os.path.join(tmp, "token")
+        r = start_passive("recv", "tokfile-1", 4096, extra=("--token-file", path), token=None)
+        self.assertEqual(os.stat(path).st_mode & 0o777, 0o600)
+        with open(path) as f:
+            token = f.read().strip()
+        self.assertTrue(token)
+        rc, out, err = finish(worker("send", "tokfile-1", 4096, token=token))
+        self.assertEqual(rc, EXIT_OK, err)
+        rc, out, err = finish(r)
+        self.assertEqual(rc, EXIT_OK, err)
+        self.assertNotIn(token, out)
+
+    def test_a_token_file_that_exists_is_refused_before_registering(self):
+        """An existing file (or a link) is not written over: the run stops
+        before anything is registered, and the file is left as it was."""
+        tmp = tempfile.mkdtemp(prefix="ferry-token-")
+        self.addCleanup(shutil.rmtree, tmp, ignore_errors=True)
+        path = os.path.join(tmp, "token")
+        with open(path, "w") as f:
+            f.write("mine\n")
+        rc, out, err = finish(worker("recv", "tokfile-2", 4096, token=None,
+                                     extra=("--token-file", path)))
+        self.assertEqual(rc, EXIT_USAGE, err)
+        self.assertIn(f"--token-file {path}: File exists", err)
+        with open(path) as f:
+            self.assertEqual(f.read(), "mine\n")
+        again = start_passive("recv", "tokfile-2", 4096)  # nothing was registered
+        again.send_signal(signal.SIGTERM)
+        self.assertEqual(finish(again, timeout=30)[0], -signal.SIGTERM)
+        rc, out, err = finish(worker("send", "tokfile-2", 4096, extra=("--token-file", path)))
+        self.assertEqual(rc, EXIT_USAGE, err)
+        self.assertIn("--token-file is for recv and serve without a token", err)
 
     def test_a_message_that_quotes_another_client_is_escaped(self):
         """The coordinator's refusal quotes the claimant's name, which the

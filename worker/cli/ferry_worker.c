@@ -21,6 +21,7 @@
  * 2 and a message naming the flag and the range.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <getopt.h>
 #include <inttypes.h>
 #include <signal.h>
@@ -62,6 +63,7 @@ typedef struct {
     const char *coordinator;
     const char *request_id;
     const char *token;
+    const char *token_file; /* recv/serve: where the coordinator's token goes */
     uint64_t size;
     size_t descriptors;
     ferry_device_t device;
@@ -82,6 +84,9 @@ static const char usage[] =
     "  --request-id ID      the operation's request ID (required)\n"
     "  --token T            access token shared by both sides (FERRY_TOKEN); recv/serve\n"
     "                       without one print the token the coordinator picked\n"
+    "  --token-file PATH    recv/serve without a token: write the coordinator's to\n"
+    "                       PATH (a new file, mode 0600) instead of stdout, which a\n"
+    "                       service's log keeps for anyone who reads it\n"
     "  --size N             bytes to move, 1 B..1 TiB: 4096, 64MiB, 1GiB (default 1MiB)\n"
     "  --descriptors N      split the buffer into N regions, 1..1024 (default 1)\n"
     "  --device D           cpu, the default and the only one: ferry-worker moves host\n"
@@ -170,6 +175,7 @@ static int parse_options(int argc, char **argv, options_t *o)
         {"coordinator", required_argument, NULL, 'c'},
         {"request-id", required_argument, NULL, 'r'},
         {"token", required_argument, NULL, 't'},
+        {"token-file", required_argument, NULL, 'F'},
         {"size", required_argument, NULL, 's'},
         {"descriptors", required_argument, NULL, 'n'},
         {"device", required_argument, NULL, 'd'},
@@ -213,6 +219,9 @@ static int parse_options(int argc, char **argv, options_t *o)
             break;
         case 't':
             o->token = optarg;
+            break;
+        case 'F':
+            o->token_file = optarg;
             break;
         case 's':
             if (!parse_size_flag(optarg, &o->size)) {
@@ -280,6 +289,12 @@ static int parse_options(int argc, char **argv, options_t *o)
         /* An empty token is none (FERRY_TOKEN= in a script): recv and serve
          * then print the one the coordinator picks, as without the flag. */
         o->token = NULL;
+    }
+    if (o->token_file != NULL && (o->token != NULL || (strcmp(o->command, "recv") != 0 &&
+                                                       strcmp(o->command, "serve") != 0))) {
+        fprintf(stderr, "ferry-worker: --token-file is for recv and serve without a token (it "
+                        "receives the one the coordinator picks)\n");
+        return -1;
     }
     if (optind < argc) {
         /* getopt_long moved the operands here; none is taken. */
@@ -488,6 +503,25 @@ static int op_failed(ferry_op_t *op, ferry_status_t status)
     return exit_code_for(status);
 }
 
+/* Writes the token and a newline to fd (a file just made, 0600) and
+ * closes it; EXIT_OK, or EXIT_FAILED with a message. */
+static int write_token_file(int fd, const char *path, const char *token)
+{
+    size_t len = strlen(token);
+    bool ok = write(fd, token, len) == (ssize_t)len && write(fd, "\n", 1) == 1;
+    int err = errno;
+
+    if (close(fd) != 0 && ok) {
+        ok = false;
+        err = errno;
+    }
+    if (!ok) {
+        fprintf(stderr, "ferry-worker: --token-file %s: %s\n", path, strerror(err));
+        return EXIT_FAILED;
+    }
+    return EXIT_OK;
+}
+
 /* recv and serve: the passive side. */
 static int run_passive(ferry_connector_t *conn, ferry_coordinator_t *coord, const options_t *o,
                        uint8_t *buf, ferry_descriptor_t *descs)
@@ -500,8 +534,19 @@ static int run_passive(ferry_connector_t *conn, ferry_coordinator_t *coord, cons
     ferry_op_t *op = NULL;
     ferry_status_t status;
     double start;
+    int token_fd = -1;
     int rc = EXIT_OK;
 
+    /* Made before anything is registered: a file that exists (or cannot
+     * be made) stops the run before a record exists whose token nobody
+     * would get. Not through a link, not over another file. */
+    if (o->token_file != NULL) {
+        token_fd = open(o->token_file, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+        if (token_fd < 0) {
+            fprintf(stderr, "ferry-worker: --token-file %s: %s\n", o->token_file, strerror(errno));
+            return EXIT_USAGE;
+        }
+    }
     if (writable) {
         memset(buf, 0, o->size);
         status = ferry_writable_create(conn, descs, o->descriptors, &op);
@@ -510,14 +555,23 @@ static int run_passive(ferry_connector_t *conn, ferry_coordinator_t *coord, cons
         status = ferry_readable_create(conn, descs, o->descriptors, &op);
     }
     if (status != FERRY_OK) {
-        return fail("create", status);
+        rc = fail("create", status);
+        goto err_token_file;
     }
     status = ferry_op_publish(op, coord, &pub);
     if (status != FERRY_OK) {
         let_go(op);
-        return fail("publish", status);
+        rc = fail("publish", status);
+        goto err_token_file;
     }
-    if (o->token == NULL) {
+    if (token_fd >= 0) {
+        rc = write_token_file(token_fd, o->token_file, ferry_op_access_token(op));
+        token_fd = -1;
+        if (rc != EXIT_OK) {
+            let_go(op);
+            goto err_token_file;
+        }
+    } else if (o->token == NULL) {
         printf("token %s\n", ferry_op_access_token(op));
     }
     printf("%s %s: registered %" PRIu64 " bytes; waiting\n", o->command, o->request_id, o->size);
@@ -535,6 +589,15 @@ static int run_passive(ferry_connector_t *conn, ferry_coordinator_t *coord, cons
         report(o, writable ? "received" : "served", now_s() - start);
     }
     let_go(op);
+    return rc;
+
+err_token_file:
+    if (token_fd >= 0) {
+        close(token_fd);
+    }
+    if (o->token_file != NULL) {
+        unlink(o->token_file); /* ours (O_EXCL), and naming nothing registered */
+    }
     return rc;
 }
 
