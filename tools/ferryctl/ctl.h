@@ -4,7 +4,9 @@
  * ctl_print.c writes what came back, as a table for people or as JSON for
  * scripts.
  *
- * Threads: one. Signals only set ctl_stop (watch polls it).
+ * Threads: one. In list and watch, SIGINT and SIGTERM set ctl_stop (list
+ * looks at it between pages, watch polls it); every other command keeps
+ * their default action, so it ends at once however long its call may wait.
  */
 #ifndef FERRY_CTL_H
 #define FERRY_CTL_H
@@ -13,6 +15,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #include "rpc/rpc.h"
 #include "ferry/v1/coordinator.pb-c.h"
@@ -21,17 +24,19 @@
  * maps to one of them in ctl_exit_code, the one place that decides. */
 enum {
     CTL_EXIT_OK = 0,
-    CTL_EXIT_FAILED = 1,       /* anything else (INTERNAL, UNKNOWN, local errors) */
+    CTL_EXIT_FAILED = 1,       /* anything else (INTERNAL, UNKNOWN, a reply that breaks the
+                                * protocol, local errors, output that could not be written) */
     CTL_EXIT_USAGE = 2,        /* bad flags, or INVALID_ARGUMENT from the coordinator */
     CTL_EXIT_NOT_FOUND = 3,    /* NOT_FOUND */
     CTL_EXIT_DENIED = 4,       /* PERMISSION_DENIED, UNAUTHENTICATED */
     CTL_EXIT_PRECONDITION = 5, /* FAILED_PRECONDITION, ALREADY_EXISTS */
     CTL_EXIT_UNAVAILABLE = 6,  /* no coordinator answered (UNAVAILABLE, DEADLINE_EXCEEDED) */
     CTL_EXIT_NOT_SERVING = 7,  /* health: a coordinator answered but is not SERVING */
-    CTL_EXIT_INTERRUPTED = 130 /* list: SIGINT or SIGTERM before its last page */
+    CTL_EXIT_INTERRUPTED = 130 /* list: SIGINT or SIGTERM before its last page, or it
+                                * stopped at what one list holds */
 };
 
-/* Set by SIGINT and SIGTERM. */
+/* Set by SIGINT and SIGTERM in list and watch. */
 extern volatile sig_atomic_t ctl_stop;
 
 /* --- coordinators (ctl_conn.c) ------------------------------------------ */
@@ -58,9 +63,22 @@ bool ctl_code_is_unreachable(int grpc_code);
 
 /* Calls /ferry.v1.Coordinator/<method> (or any full path starting with '/')
  * on the current coordinator, then on the next ones in order while the
- * answer is ctl_code_is_unreachable; a coordinator that answered becomes the
- * current one. As rpc_unary otherwise. */
+ * answer is ctl_code_is_unreachable and ctl_stop is not set; a coordinator
+ * that answered becomes the current one. As rpc_unary otherwise. For reads:
+ * asking again elsewhere changes nothing. */
 ferry_status_t ctl_conn_unary(ctl_conn_t *conn, const char *method, const ProtobufCMessage *req,
+                              const ProtobufCMessageDescriptor *desc, ProtobufCMessage **resp_p,
+                              rpc_error_t *err);
+
+/* As ctl_conn_unary for a write (Cancel, Release): it goes to the next
+ * coordinator only while a connection to the current one cannot be made
+ * within timeout_ms (rpc_channel_connect: nothing was sent). Once a call
+ * went out, its outcome is the answer, DEADLINE_EXCEEDED and UNAVAILABLE
+ * included: the first coordinator may have applied it, and a second would
+ * then answer for a record that is no longer there (a release that
+ * succeeded would exit 3, NOT_FOUND). The connection and the call share
+ * timeout_ms. */
+ferry_status_t ctl_conn_write(ctl_conn_t *conn, const char *method, const ProtobufCMessage *req,
                               const ProtobufCMessageDescriptor *desc, ProtobufCMessage **resp_p,
                               rpc_error_t *err);
 
@@ -72,7 +90,13 @@ ferry_status_t ctl_conn_unary_at(ctl_conn_t *conn, size_t target, const char *pa
 
 /* Opens a Watch on the current coordinator, or the next ones in order, and
  * reads its first (created) message into *first_p. Each try waits at most
- * timeout_ms for that message. */
+ * timeout_ms for that message (less when ctl_stop is set: it returns
+ * FERRY_ERR_CANCELLED). A coordinator is left for the next when it does not
+ * answer (ctl_code_is_unreachable), is full (RESOURCE_EXHAUSTED: its
+ * --max-watches; another replica may have room) or breaks the protocol
+ * (DATA_LOSS: a message that does not decode, a created message whose
+ * revision is negative or INT64_MAX, which watch's resume could not add one
+ * to). */
 ferry_status_t ctl_conn_watch(ctl_conn_t *conn, const Ferry__V1__WatchRequest *req,
                               rpc_stream_t **stream_p, Ferry__V1__WatchResponse **first_p,
                               rpc_error_t *err);
@@ -80,10 +104,24 @@ ferry_status_t ctl_conn_watch(ctl_conn_t *conn, const Ferry__V1__WatchRequest *r
 /* Moves to the next coordinator (after a stream ended). */
 void ctl_conn_next(ctl_conn_t *conn);
 
+/* True for what ends a Watch on one coordinator but not on the next:
+ * ctl_code_is_unreachable, RESOURCE_EXHAUSTED and DATA_LOSS (as in
+ * ctl_conn_watch). */
+bool ctl_code_tries_next_watch(int grpc_code);
+
 /* The exit code for a call's outcome. */
 int ctl_exit_code(ferry_status_t status, const rpc_error_t *err);
 
 /* --- output (ctl_print.c) ----------------------------------------------- */
+
+/* Text from a coordinator or a client (a status message, a page token, a
+ * name) written where a person reads it: shown as common/text.h shows it,
+ * so a control character in it prints as \xNN instead of acting on the
+ * terminal. ctl_text_shown cuts it to fit buf[cap] and returns buf;
+ * CTL_SHOWN_CAP(n) holds all of n bytes shown so. */
+#define CTL_SHOWN_CAP(n) (4 * (n) + 1)
+const char *ctl_text_shown(char *buf, size_t cap, const char *text);
+void ctl_put_text(FILE *f, const char *text);
 
 /* "REGISTERED" for OPERATION_STATE_REGISTERED; "?" for a value the enum
  * lacks. Static. */
@@ -96,22 +134,28 @@ bool ctl_kind_parse(const char *text, Ferry__V1__OperationKind *kind_p);
 /* A table of operations with a header row, columns as wide as their widest
  * cell. */
 void ctl_print_table(Ferry__V1__Operation *const *ops, size_t n);
+/* The JSON forms below return false, said on stderr, when there was no
+ * memory to build the line (the command then exits CTL_EXIT_FAILED). Their
+ * strings are valid UTF-8 (a byte sequence that is not becomes U+FFFD) and
+ * their 64-bit numbers exact (not rounded to a double). */
+
 /* One JSON object, on one line:
  * {"revision":R,"coordinator":C,"operations":[...],"next_page_token":T}
  * (next_page_token only when set). */
-void ctl_print_list_json(Ferry__V1__Operation *const *ops, size_t n, const char *next_page_token,
+bool ctl_print_list_json(Ferry__V1__Operation *const *ops, size_t n, const char *next_page_token,
                          const Ferry__V1__ResponseHeader *header);
 /* {"revision":R,"coordinator":C,"operation":{...}} on one line. */
-void ctl_print_get_json(const Ferry__V1__Operation *op, const Ferry__V1__ResponseHeader *header);
+bool ctl_print_get_json(const Ferry__V1__Operation *op, const Ferry__V1__ResponseHeader *header);
 /* {"coordinator":T,"status":S} on one line: S is the serving status
  * ("SERVING") or the gRPC code of a failed check ("UNAVAILABLE"). */
-void ctl_print_health_json(const char *target, const char *status);
+bool ctl_print_health_json(const char *target, const char *status);
 /* {"released":ID,"revision":R} on one line. */
-void ctl_print_released_json(const char *request_id, int64_t revision);
+bool ctl_print_released_json(const char *request_id, int64_t revision);
 /* A watch event: one table row (the header row before the first), or one
  * JSON object per line: {"revision":R,"coordinator":C,"type":"PUT",
- * "operation":{...}}. */
-void ctl_print_event(const Ferry__V1__WatchEvent *ev, const Ferry__V1__ResponseHeader *header,
+ * "operation":{...}}. Flushed; false when it could not be built or written
+ * (stdout is full or gone: watching on would print into nothing). */
+bool ctl_print_event(const Ferry__V1__WatchEvent *ev, const Ferry__V1__ResponseHeader *header,
                      bool json);
 
 #endif /* FERRY_CTL_H */

@@ -5,19 +5,29 @@
  * go to any of them. The list is tried from the current one on: a
  * coordinator that does not answer (UNAVAILABLE, DEADLINE_EXCEEDED) is
  * skipped, and the first that answers, with any status, becomes current and
- * is asked first next time. Only one channel is open at a time.
+ * is asked first next time. Only one channel is open at a time. A write
+ * goes to the next one only when it could not be sent (ctl_conn_write).
+ * Messages from a coordinator are shown escaped (ctl_text_shown): they are
+ * its text, or a client's it quotes.
  *
  * Threads: one (ferryctl's main thread).
  */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "ctl.h"
 
-#define COORD_PATH_PREFIX      "/ferry.v1.Coordinator/"
-#define GRPC_DEADLINE_EXCEEDED 4
-#define GRPC_UNAVAILABLE       14
+#define COORD_PATH_PREFIX       "/ferry.v1.Coordinator/"
+#define GRPC_CANCELLED          1
+#define GRPC_DEADLINE_EXCEEDED  4
+#define GRPC_RESOURCE_EXHAUSTED 8
+#define GRPC_UNAVAILABLE        14
+#define GRPC_DATA_LOSS          15
+
+/* How often a wait for a Watch's first message looks at ctl_stop. */
+#define CONN_POLL_MS 200
 
 ferry_status_t ctl_conn_init(ctl_conn_t *conn, const char *list)
 {
@@ -72,6 +82,29 @@ const char *ctl_conn_target(const ctl_conn_t *conn)
 bool ctl_code_is_unreachable(int grpc_code)
 {
     return grpc_code == GRPC_UNAVAILABLE || grpc_code == GRPC_DEADLINE_EXCEEDED;
+}
+
+bool ctl_code_tries_next_watch(int grpc_code)
+{
+    return ctl_code_is_unreachable(grpc_code) || grpc_code == GRPC_RESOURCE_EXHAUSTED ||
+           grpc_code == GRPC_DATA_LOSS;
+}
+
+static int64_t now_ms(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Says on stderr that target i did not answer and the next is tried. */
+static void say_next(const ctl_conn_t *conn, size_t i, const rpc_error_t *err)
+{
+    char shown[CTL_SHOWN_CAP(sizeof(err->message))];
+
+    fprintf(stderr, "ferryctl: %s: %s: %s; trying the next coordinator\n", conn->targets[i],
+            rpc_grpc_code_name(err->grpc_code), ctl_text_shown(shown, sizeof(shown), err->message));
 }
 
 /* Points the channel at targets[i], opening it if it points elsewhere. */
@@ -131,9 +164,52 @@ ferry_status_t ctl_conn_unary(ctl_conn_t *conn, const char *method, const Protob
         if (status == FERRY_OK || !ctl_code_is_unreachable(err->grpc_code)) {
             return status;
         }
+        /* Interrupted (list): the pages read so far are printed, not one
+         * more coordinator's timeout waited out. */
+        if (ctl_stop) {
+            break;
+        }
         if (conn->n_targets > 1) {
-            fprintf(stderr, "ferryctl: %s: %s: %s; trying the next coordinator\n", conn->targets[i],
-                    rpc_grpc_code_name(err->grpc_code), err->message);
+            say_next(conn, i, err);
+        }
+    }
+    return status;
+}
+
+ferry_status_t ctl_conn_write(ctl_conn_t *conn, const char *method, const ProtobufCMessage *req,
+                              const ProtobufCMessageDescriptor *desc, ProtobufCMessage **resp_p,
+                              rpc_error_t *err)
+{
+    ferry_status_t status = FERRY_ERR_UNAVAILABLE;
+    size_t first = conn->current;
+    char path[128];
+
+    path_of(method, path, sizeof(path));
+    for (size_t k = 0; k < conn->n_targets; k++) {
+        size_t i = (first + k) % conn->n_targets;
+        int64_t start = now_ms();
+
+        status = conn_use(conn, i, err);
+        if (status == FERRY_OK) {
+            status = rpc_channel_connect(conn->channel, conn->timeout_ms, err);
+        }
+        if (status == FERRY_OK) {
+            int64_t left = conn->timeout_ms - (now_ms() - start);
+
+            status = rpc_unary(conn->channel, path, req, desc, left > 0 ? left : 1, resp_p, err);
+            if (status != FERRY_OK && ctl_code_is_unreachable(err->grpc_code)) {
+                fprintf(stderr,
+                        "ferryctl: %s: %s did not answer after the request went out; it may "
+                        "have been applied, so it is not sent to another coordinator\n",
+                        method, conn->targets[i]);
+            }
+            return status;
+        }
+        if (!ctl_code_is_unreachable(err->grpc_code)) {
+            return status;
+        }
+        if (conn->n_targets > 1) {
+            say_next(conn, i, err);
         }
     }
     return status;
@@ -146,13 +222,48 @@ void ctl_conn_next(ctl_conn_t *conn)
     conn->current = (conn->current + 1) % conn->n_targets;
 }
 
+/* Reads a Watch's first message, waiting at most timeout_ms in slices of
+ * CONN_POLL_MS: a Ctrl-C while a replica is silent ends the wait in a
+ * moment, not at --timeout. */
+static ferry_status_t read_first(const ctl_conn_t *conn, rpc_stream_t *stream,
+                                 ProtobufCMessage **msg_p, rpc_error_t *err)
+{
+    int64_t deadline = now_ms() + conn->timeout_ms;
+
+    for (;;) {
+        int64_t left = deadline - now_ms();
+        ferry_status_t status;
+
+        if (ctl_stop) {
+            err->grpc_code = GRPC_CANCELLED;
+            snprintf(err->message, sizeof(err->message), "interrupted");
+            return FERRY_ERR_CANCELLED;
+        }
+        if (left <= 0) {
+            err->grpc_code = GRPC_DEADLINE_EXCEEDED;
+            snprintf(err->message, sizeof(err->message), "no first Watch message within %lld ms",
+                     (long long)conn->timeout_ms);
+            return FERRY_ERR_TIMED_OUT;
+        }
+        status = rpc_stream_read(stream, left < CONN_POLL_MS ? left : CONN_POLL_MS, msg_p, err);
+        if (status != FERRY_ERR_TIMED_OUT || err->grpc_code != 0) {
+            return status;
+        }
+    }
+}
+
 /* One Watch on the current coordinator: open it and read the created
- * message. */
+ * message, whose revision the resume after this stream adds one to: one
+ * that is negative or INT64_MAX (a broken or hostile replica) is refused
+ * before it can overflow. 0 is taken: a replica that has not loaded its view
+ * yet (etcd down at its start) answers so, and ends the stream when it
+ * loads. */
 static ferry_status_t watch_once(ctl_conn_t *conn, const Ferry__V1__WatchRequest *req,
                                  rpc_stream_t **stream_p, Ferry__V1__WatchResponse **first_p,
                                  rpc_error_t *err)
 {
     ProtobufCMessage *msg = NULL;
+    Ferry__V1__WatchResponse *first;
     rpc_stream_t *stream;
     ferry_status_t status;
 
@@ -167,23 +278,33 @@ static ferry_status_t watch_once(ctl_conn_t *conn, const Ferry__V1__WatchRequest
         snprintf(err->message, sizeof(err->message), "cannot open a Watch stream");
         return status;
     }
-    status = rpc_stream_read(stream, conn->timeout_ms, &msg, err);
+    status = read_first(conn, stream, &msg, err);
     if (status == FERRY_OK && msg == NULL) {
         status = FERRY_ERR_UNAVAILABLE;
         err->grpc_code = GRPC_UNAVAILABLE;
         snprintf(err->message, sizeof(err->message), "the Watch stream ended at once");
-    } else if (status == FERRY_ERR_TIMED_OUT && err->grpc_code == 0) {
-        err->grpc_code = GRPC_DEADLINE_EXCEEDED;
-        snprintf(err->message, sizeof(err->message), "no first Watch message within %lld ms",
-                 (long long)conn->timeout_ms);
     }
     if (status != FERRY_OK) {
-        rpc_stream_destroy(stream);
-        return status;
+        goto err_stream;
+    }
+    first = (Ferry__V1__WatchResponse *)msg;
+    if (first->header != NULL &&
+        (first->header->revision < 0 || first->header->revision == INT64_MAX)) {
+        status = FERRY_ERR_PROTOCOL;
+        err->grpc_code = GRPC_DATA_LOSS;
+        snprintf(err->message, sizeof(err->message),
+                 "the Watch's first message has revision %lld: not a revision to watch after",
+                 (long long)first->header->revision);
+        protobuf_c_message_free_unpacked(msg, NULL);
+        goto err_stream;
     }
     *stream_p = stream;
-    *first_p = (Ferry__V1__WatchResponse *)msg;
+    *first_p = first;
     return FERRY_OK;
+
+err_stream:
+    rpc_stream_destroy(stream);
+    return status;
 }
 
 ferry_status_t ctl_conn_watch(ctl_conn_t *conn, const Ferry__V1__WatchRequest *req,
@@ -192,13 +313,16 @@ ferry_status_t ctl_conn_watch(ctl_conn_t *conn, const Ferry__V1__WatchRequest *r
 {
     ferry_status_t status = FERRY_ERR_UNAVAILABLE;
 
-    for (size_t k = 0; k < conn->n_targets; k++) {
+    for (size_t k = 0; k < conn->n_targets && !ctl_stop; k++) {
+        char shown[CTL_SHOWN_CAP(sizeof(err->message))];
+
         status = watch_once(conn, req, stream_p, first_p, err);
-        if (status == FERRY_OK || !ctl_code_is_unreachable(err->grpc_code)) {
+        if (status == FERRY_OK || ctl_stop || !ctl_code_tries_next_watch(err->grpc_code)) {
             return status;
         }
         fprintf(stderr, "ferryctl: %s: %s: %s\n", ctl_conn_target(conn),
-                rpc_grpc_code_name(err->grpc_code), err->message);
+                rpc_grpc_code_name(err->grpc_code),
+                ctl_text_shown(shown, sizeof(shown), err->message));
         ctl_conn_next(conn);
     }
     return status;

@@ -4,12 +4,20 @@
  * Two forms of the same records: a table for people (states and kinds
  * without their enum prefix, times in UTC) and JSON for scripts, one object
  * per line, built with cJSON. JSON field names are the .proto's; enums are
- * their short names ("REGISTERED"); times stay Unix milliseconds (they fit
- * a double exactly). Records from Get, List and Watch never carry metadata
- * or lease IDs (coordinator.proto), so neither form has them.
+ * their short names ("REGISTERED"); times stay Unix milliseconds. Records
+ * from Get, List and Watch never carry metadata or lease IDs
+ * (coordinator.proto), so neither form has them.
+ *
+ * JSON keeps text as it came, with two exceptions for a broken or hostile
+ * coordinator (the real one refuses the like at its RPC layer): a byte
+ * sequence that is not UTF-8 becomes U+FFFD, so every line parses with a
+ * strict parser (Python's json.loads on bytes, Go's), and 64-bit numbers go
+ * in as raw integers, since cJSON's numbers are doubles and would round a
+ * revision past 2^53 (as worker/cli/stats_json.c).
  *
  * Threads: one.
  */
+#include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -121,26 +129,38 @@ static void table_cells(const Ferry__V1__Operation *op, char *time_buf, size_t t
     cells[6] = or_dash(op->error_message);
 }
 
+const char *ctl_text_shown(char *buf, size_t cap, const char *text)
+{
+    ferry_text_escape(buf, cap, text);
+    return buf;
+}
+
+void ctl_put_text(FILE *f, const char *text)
+{
+    size_t len = strlen(text);
+
+    while (len > 0) {
+        size_t k = ferry_text_shown(text, len);
+        if (k == 0) {
+            fprintf(f, "\\x%02x", (unsigned char)*text);
+            k = 1;
+        } else {
+            fwrite(text, 1, k, f);
+        }
+        text += k;
+        len -= k;
+    }
+}
+
 /* Prints a cell shown safely (common/text.h: names, reasons and messages
  * are any worker's text, and a newline or a terminal control in one must
  * not forge a row or reach the operator's terminal), padded with spaces to
  * width columns. */
 static void put_cell(const char *s, int width)
 {
-    size_t len = strlen(s);
     int n = (int)ferry_text_columns(s);
 
-    while (len > 0) {
-        size_t k = ferry_text_shown(s, len);
-        if (k == 0) {
-            printf("\\x%02x", (unsigned char)*s);
-            k = 1;
-        } else {
-            fwrite(s, 1, k, stdout);
-        }
-        s += k;
-        len -= k;
-    }
+    ctl_put_text(stdout, s);
     printf("%*s", width > n ? width - n : 0, "");
 }
 
@@ -177,40 +197,144 @@ void ctl_print_table(Ferry__V1__Operation *const *ops, size_t n)
     }
 }
 
+/* The bytes of the UTF-8 character at u[0..len) (len > 0), or 0 when it
+ * is not one; then *bad_p is how many bytes make one U+FFFD: the longest
+ * start of a well-formed sequence there, at least 1 (Unicode's "maximal
+ * subpart", which Python's decoder also follows). */
+static size_t utf8_char(const unsigned char *u, size_t len, size_t *bad_p)
+{
+    unsigned char lo = 0x80, hi = 0xbf; /* the second byte's range */
+    size_t n;
+
+    if (u[0] < 0x80) {
+        return 1;
+    }
+    if (u[0] >= 0xc2 && u[0] <= 0xdf) {
+        n = 2;
+    } else if (u[0] >= 0xe0 && u[0] <= 0xef) {
+        n = 3;
+        lo = u[0] == 0xe0 ? 0xa0 : 0x80; /* not overlong */
+        hi = u[0] == 0xed ? 0x9f : 0xbf; /* not a surrogate */
+    } else if (u[0] >= 0xf0 && u[0] <= 0xf4) {
+        n = 4;
+        lo = u[0] == 0xf0 ? 0x90 : 0x80; /* not overlong */
+        hi = u[0] == 0xf4 ? 0x8f : 0xbf; /* not past U+10FFFF */
+    } else {
+        *bad_p = 1;
+        return 0;
+    }
+    for (size_t i = 1; i < n; i++) {
+        if (i >= len || u[i] < lo || u[i] > hi) {
+            *bad_p = i;
+            return 0;
+        }
+        lo = 0x80;
+        hi = 0xbf;
+    }
+    return n;
+}
+
+/* Adds text as a JSON string, each sequence that is not UTF-8 replaced by
+ * U+FFFD (cJSON copies bytes as they are, and one bad byte would make the
+ * whole line unreadable to a strict parser). False: no memory. */
+static bool add_text(cJSON *o, const char *key, const char *text)
+{
+    static const char replacement[] = "\xef\xbf\xbd";
+    const unsigned char *u = (const unsigned char *)text;
+    size_t len = strlen(text), i = 0, n = 0, bad;
+    char *fixed;
+    bool ok;
+
+    while (i < len) {
+        size_t k = utf8_char(u + i, len - i, &bad);
+        if (k == 0) {
+            break;
+        }
+        i += k;
+    }
+    if (i == len) {
+        return cJSON_AddStringToObject(o, key, text) != NULL;
+    }
+    fixed = malloc(len * 3 + 1); /* at worst each byte becomes three */
+    if (fixed == NULL) {
+        return false;
+    }
+    for (i = 0; i < len;) {
+        size_t k = utf8_char(u + i, len - i, &bad);
+        if (k == 0) {
+            memcpy(fixed + n, replacement, 3);
+            n += 3;
+            i += bad;
+        } else {
+            memcpy(fixed + n, text + i, k);
+            n += k;
+            i += k;
+        }
+    }
+    fixed[n] = '\0';
+    ok = cJSON_AddStringToObject(o, key, fixed) != NULL;
+    free(fixed);
+    return ok;
+}
+
+/* A 64-bit number, exact. False: no memory. */
+static bool add_i64(cJSON *o, const char *key, int64_t value)
+{
+    char text[24];
+
+    snprintf(text, sizeof(text), "%" PRId64, value);
+    return cJSON_AddRawToObject(o, key, text) != NULL;
+}
+
+/* NULL: no memory. */
 static cJSON *op_json(const Ferry__V1__Operation *op)
 {
     cJSON *o = cJSON_CreateObject();
 
-    if (o == NULL) {
+    if (o == NULL || !add_text(o, "request_id", op->request_id) ||
+        !add_text(o, "state", ctl_state_name(op->state)) ||
+        !add_text(o, "kind", ctl_kind_name(op->kind)) || !add_text(o, "owner", op->owner) ||
+        !add_text(o, "claimant", op->claimant) ||
+        !add_i64(o, "created_unix_ms", op->created_unix_ms) ||
+        !add_i64(o, "updated_unix_ms", op->updated_unix_ms) ||
+        cJSON_AddNumberToObject(o, "error_code", op->error_code) == NULL ||
+        !add_text(o, "error_message", op->error_message)) {
+        cJSON_Delete(o);
         return NULL;
     }
-    cJSON_AddStringToObject(o, "request_id", op->request_id);
-    cJSON_AddStringToObject(o, "state", ctl_state_name(op->state));
-    cJSON_AddStringToObject(o, "kind", ctl_kind_name(op->kind));
-    cJSON_AddStringToObject(o, "owner", op->owner);
-    cJSON_AddStringToObject(o, "claimant", op->claimant);
-    cJSON_AddNumberToObject(o, "created_unix_ms", (double)op->created_unix_ms);
-    cJSON_AddNumberToObject(o, "updated_unix_ms", (double)op->updated_unix_ms);
-    cJSON_AddNumberToObject(o, "error_code", op->error_code);
-    cJSON_AddStringToObject(o, "error_message", op->error_message);
     return o;
 }
 
+/* NULL: no memory. */
 static cJSON *envelope(const Ferry__V1__ResponseHeader *header)
 {
     cJSON *o = cJSON_CreateObject();
 
-    if (o != NULL && header != NULL) {
-        cJSON_AddNumberToObject(o, "revision", (double)header->revision);
-        cJSON_AddStringToObject(o, "coordinator", header->coordinator);
+    if (o != NULL && header != NULL &&
+        (!add_i64(o, "revision", header->revision) ||
+         !add_text(o, "coordinator", header->coordinator))) {
+        cJSON_Delete(o);
+        return NULL;
     }
     return o;
 }
 
-/* Prints o on one line and frees it. */
-static void emit(cJSON *o)
+/* Adds item (NULL: it could not be built) to o; false, with item deleted,
+ * when either is missing or there is no memory to add it. */
+static bool add_item(cJSON *o, const char *key, cJSON *item)
 {
-    char *text = o != NULL ? cJSON_PrintUnformatted(o) : NULL;
+    if (o == NULL || item == NULL || !cJSON_AddItemToObject(o, key, item)) {
+        cJSON_Delete(item);
+        return false;
+    }
+    return true;
+}
+
+/* Prints o on one line and frees it. o NULL, or a member found missing
+ * (ok false): the line could not be built; said, and false. */
+static bool emit(cJSON *o, bool ok)
+{
+    char *text = o != NULL && ok ? cJSON_PrintUnformatted(o) : NULL;
 
     if (text == NULL) {
         fprintf(stderr, "ferryctl: no memory for JSON output\n");
@@ -219,47 +343,56 @@ static void emit(cJSON *o)
     }
     cJSON_free(text);
     cJSON_Delete(o);
+    return text != NULL;
 }
 
-void ctl_print_list_json(Ferry__V1__Operation *const *ops, size_t n, const char *next_page_token,
+bool ctl_print_list_json(Ferry__V1__Operation *const *ops, size_t n, const char *next_page_token,
                          const Ferry__V1__ResponseHeader *header)
 {
     cJSON *o = envelope(header);
-    cJSON *arr = cJSON_AddArrayToObject(o, "operations");
+    cJSON *arr = cJSON_CreateArray();
+    bool ok = arr != NULL;
 
-    for (size_t i = 0; arr != NULL && i < n; i++) {
-        cJSON_AddItemToArray(arr, op_json(ops[i]));
+    for (size_t i = 0; ok && i < n; i++) {
+        cJSON *op = op_json(ops[i]);
+
+        ok = op != NULL && cJSON_AddItemToArray(arr, op);
+        if (!ok) {
+            cJSON_Delete(op);
+        }
     }
-    if (next_page_token != NULL && next_page_token[0] != '\0') {
-        cJSON_AddStringToObject(o, "next_page_token", next_page_token);
+    if (!ok) {
+        cJSON_Delete(arr);
+        arr = NULL;
     }
-    emit(o);
+    ok = add_item(o, "operations", arr);
+    if (ok && next_page_token != NULL && next_page_token[0] != '\0') {
+        ok = add_text(o, "next_page_token", next_page_token);
+    }
+    return emit(o, ok);
 }
 
-void ctl_print_get_json(const Ferry__V1__Operation *op, const Ferry__V1__ResponseHeader *header)
+bool ctl_print_get_json(const Ferry__V1__Operation *op, const Ferry__V1__ResponseHeader *header)
 {
     cJSON *o = envelope(header);
 
-    cJSON_AddItemToObject(o, "operation", op_json(op));
-    emit(o);
+    return emit(o, add_item(o, "operation", op_json(op)));
 }
 
-void ctl_print_health_json(const char *target, const char *status)
+bool ctl_print_health_json(const char *target, const char *status)
 {
     cJSON *o = cJSON_CreateObject();
 
-    cJSON_AddStringToObject(o, "coordinator", target);
-    cJSON_AddStringToObject(o, "status", status);
-    emit(o);
+    return emit(o,
+                o != NULL && add_text(o, "coordinator", target) && add_text(o, "status", status));
 }
 
-void ctl_print_released_json(const char *request_id, int64_t revision)
+bool ctl_print_released_json(const char *request_id, int64_t revision)
 {
     cJSON *o = cJSON_CreateObject();
 
-    cJSON_AddStringToObject(o, "released", request_id);
-    cJSON_AddNumberToObject(o, "revision", (double)revision);
-    emit(o);
+    return emit(o, o != NULL && add_text(o, "released", request_id) &&
+                       add_i64(o, "revision", revision));
 }
 
 static const char *event_type_name(Ferry__V1__WatchEventType type)
@@ -267,7 +400,7 @@ static const char *event_type_name(Ferry__V1__WatchEventType type)
     return enum_short(&ferry__v1__watch_event_type__descriptor, type, "WATCH_EVENT_TYPE_");
 }
 
-void ctl_print_event(const Ferry__V1__WatchEvent *ev, const Ferry__V1__ResponseHeader *header,
+bool ctl_print_event(const Ferry__V1__WatchEvent *ev, const Ferry__V1__ResponseHeader *header,
                      bool json)
 {
     static bool header_done;
@@ -279,9 +412,10 @@ void ctl_print_event(const Ferry__V1__WatchEvent *ev, const Ferry__V1__ResponseH
     if (json) {
         cJSON *o = envelope(header);
 
-        cJSON_AddStringToObject(o, "type", event_type_name(ev->type));
-        cJSON_AddItemToObject(o, "operation", op_json(op));
-        emit(o);
+        if (!emit(o, o != NULL && add_text(o, "type", event_type_name(ev->type)) &&
+                         add_item(o, "operation", op_json(op)))) {
+            return false;
+        }
     } else {
         if (!header_done) {
             printf("%-10s %-6s ", "REVISION", "EVENT");
@@ -293,5 +427,5 @@ void ctl_print_event(const Ferry__V1__WatchEvent *ev, const Ferry__V1__ResponseH
                event_type_name(ev->type));
         table_row(cells, (const int[TABLE_COLUMNS]){24, 10, 11, 16, 16, 24, 0});
     }
-    fflush(stdout);
+    return fflush(stdout) == 0 && !ferror(stdout);
 }
