@@ -27,6 +27,57 @@ static size_t sequence_len(unsigned char b)
     return 0;
 }
 
+size_t ferry_utf8_char(const char *s, size_t len, size_t *bad_p)
+{
+    const unsigned char *u = (const unsigned char *)s;
+    unsigned char lo = 0x80, hi = 0xbf; /* the range of the second byte */
+    size_t n, bad = 1;
+
+    if (u[0] < 0x80) {
+        return 1;
+    }
+    if (u[0] >= 0xc2 && u[0] <= 0xdf) {
+        n = 2;
+    } else if (u[0] >= 0xe0 && u[0] <= 0xef) {
+        n = 3;
+        lo = u[0] == 0xe0 ? 0xa0 : 0x80; /* not overlong */
+        hi = u[0] == 0xed ? 0x9f : 0xbf; /* not a surrogate */
+    } else if (u[0] >= 0xf0 && u[0] <= 0xf4) {
+        n = 4;
+        lo = u[0] == 0xf0 ? 0x90 : 0x80; /* not overlong */
+        hi = u[0] == 0xf4 ? 0x8f : 0xbf; /* not past U+10FFFF */
+    } else {
+        n = 0; /* a continuation byte, C0/C1 (overlong) or F5..FF */
+    }
+    for (size_t i = 1; i < n; i++) {
+        if (i >= len || u[i] < lo || u[i] > hi) {
+            n = 0;
+            break;
+        }
+        bad = i + 1;
+        lo = 0x80;
+        hi = 0xbf;
+    }
+    if (n == 0 && bad_p != NULL) {
+        *bad_p = bad;
+    }
+    return n;
+}
+
+size_t ferry_utf8_invalid_at(const char *s, size_t len)
+{
+    size_t i = 0;
+
+    while (i < len) {
+        size_t k = ferry_utf8_char(s + i, len - i, NULL);
+        if (k == 0) {
+            return i;
+        }
+        i += k;
+    }
+    return len;
+}
+
 size_t ferry_utf8_whole(const char *s, size_t len)
 {
     size_t lead, need;
@@ -81,25 +132,18 @@ static bool acts(uint32_t cp)
 
 size_t ferry_text_shown(const char *s, size_t len)
 {
-    static const uint32_t least[5] = {0, 0, 0x80, 0x800, 0x10000}; /* no overlong form */
     const unsigned char *u = (const unsigned char *)s;
-    size_t n = sequence_len(u[0]);
+    size_t n = ferry_utf8_char(s, len, NULL);
     uint32_t cp;
 
-    if (n == 0 || n > len) {
+    if (n == 0) {
         return 0;
     }
     cp = n == 1 ? u[0] : u[0] & (0x7fu >> n);
     for (size_t i = 1; i < n; i++) {
-        if ((u[i] & 0xC0) != 0x80) {
-            return 0;
-        }
-        cp = cp << 6 | (u[i] & 0x3Fu);
+        cp = cp << 6 | (u[i] & 0x3fu);
     }
-    if (cp < least[n] || (cp >= 0xd800 && cp <= 0xdfff) || cp > 0x10ffff || acts(cp)) {
-        return 0;
-    }
-    return n;
+    return acts(cp) ? 0 : n;
 }
 
 size_t ferry_text_escape(char *out, size_t cap, const char *in)

@@ -17,6 +17,19 @@
 #include <stdarg.h>
 #include <stddef.h>
 
+/* The bytes of the well-formed UTF-8 character at s[0..len) (len > 0),
+ * 1..4; 0 when none starts there, and then *bad_p (unless NULL) is how many
+ * bytes make one bad sequence: the longest start of a well-formed one
+ * there, at least 1 (Unicode's "maximal subpart", which Python's decoder
+ * follows too). Well-formed: no overlong form, no UTF-16 surrogate, nothing
+ * past U+10FFFF. The one decoder of the tree: the RPC layer's check, the
+ * escaper below and ferryctl's JSON use it. */
+size_t ferry_utf8_char(const char *s, size_t len, size_t *bad_p);
+
+/* The offset of the first byte of s[0..len) that is not part of
+ * well-formed UTF-8; len when there is none. */
+size_t ferry_utf8_invalid_at(const char *s, size_t len);
+
 /* The length of s[0..len) less a last character that s[0..len) holds only
  * part of (a UTF-8 sequence cut short). Bytes that are not UTF-8 are kept. */
 size_t ferry_utf8_whole(const char *s, size_t len);

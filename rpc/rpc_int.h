@@ -136,10 +136,6 @@ enum { RPC_WIRE_UNKNOWN_MAX = 64, RPC_WIRE_VALUES_MAX = 16384 };
 #define RPC_WIRE_MALFORMED "malformed request" /* how a bad encoding's message starts */
 ferry_status_t rpc__wire_check(const ProtobufCMessageDescriptor *desc, const uint8_t *data,
                                size_t len, char *msg, size_t cap);
-/* The offset of the first byte of s that is not part of valid UTF-8
- * (overlong forms, surrogates and code points past U+10FFFF are not);
- * len when all of s is valid. */
-size_t rpc__utf8_invalid_at(const uint8_t *s, size_t len);
 
 /* --- credentials (rpc_tls.c) --------------------------------------------- */
 

@@ -31,6 +31,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/text.h"
+
 /* Nesting bound: Ferry's messages nest four deep; a request can never make
  * the walk recurse further than its schema allows, but a bound costs
  * nothing. */
@@ -76,47 +78,6 @@ bool rpc__read_varint(const uint8_t **p, const uint8_t *end, uint64_t *value_p)
     return false;
 }
 
-size_t rpc__utf8_invalid_at(const uint8_t *s, size_t len)
-{
-    size_t i = 0;
-
-    while (i < len) {
-        uint8_t c = s[i];
-        uint32_t cp, min;
-        size_t n;
-
-        if (c < 0x80) {
-            i++;
-            continue;
-        }
-        if (c >= 0xc2 && c <= 0xdf) {
-            n = 1, cp = c & 0x1f, min = 0x80;
-        } else if ((c & 0xf0) == 0xe0) {
-            n = 2, cp = c & 0x0f, min = 0x800;
-        } else if (c >= 0xf0 && c <= 0xf4) {
-            n = 3, cp = c & 0x07, min = 0x10000;
-        } else {
-            return i; /* a continuation byte, C0/C1 (overlong) or F5..FF */
-        }
-        if (len - i <= n) {
-            return i; /* cut short */
-        }
-        for (size_t k = 1; k <= n; k++) {
-            if ((s[i + k] & 0xc0) != 0x80) {
-                return i;
-            }
-            cp = (cp << 6) | (s[i + k] & 0x3f);
-        }
-        /* Overlong forms, UTF-16 surrogates and code points past Unicode's
-         * end are not UTF-8. */
-        if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff)) {
-            return i;
-        }
-        i += n + 1;
-    }
-    return len;
-}
-
 /* Appends ".name" (or "name" at the top) and "[index]" for a repeated
  * field; returns the length to restore with path_pop. */
 static size_t path_push(wire_walk_t *w, const ProtobufCFieldDescriptor *f, unsigned index)
@@ -145,7 +106,7 @@ static ferry_status_t check_string(wire_walk_t *w, const uint8_t *s, size_t len)
     if (nul != NULL) {
         return wire_fail(w, "%s has a NUL byte at byte %zu", w->path, (size_t)(nul - s));
     }
-    bad = rpc__utf8_invalid_at(s, len);
+    bad = ferry_utf8_invalid_at((const char *)s, len);
     if (bad < len) {
         return wire_fail(w, "%s is not valid UTF-8 (at byte %zu)", w->path, bad);
     }

@@ -27,6 +27,7 @@
 #include "registry_int.h"
 #include "rpc/rpc_int.h"
 #include "validate.h"
+#include "common/text.h"
 
 #define PREFIX    "/stale/"
 #define TOKEN_ONE "token-one-0123456789"
@@ -479,7 +480,7 @@ static void test_expired_claim_text_is_utf8(void **state)
     assert_int_equal(etcd_lease_revoke(s->etcd->client, claim.lease), FERRY_OK);
     await_state(s, "e2", FERRY_OP_ERRORED);
     assert_int_equal(etcd_record(s, "e2", msg, sizeof(msg)), FERRY_OP_ERRORED);
-    assert_int_equal(rpc__utf8_invalid_at((const uint8_t *)msg, strlen(msg)), strlen(msg));
+    assert_int_equal(ferry_utf8_invalid_at(msg, strlen(msg)), strlen(msg));
     assert_non_null(strstr(msg, claimant));
 }
 

@@ -21,6 +21,7 @@
 
 #include "ferry/v1/coordinator.pb-c.h"
 #include "rpc/rpc_int.h"
+#include "common/text.h"
 
 static char msg[512];
 static uint8_t packed[4096];
@@ -252,12 +253,12 @@ static void test_truncated_bytes_are_malformed(void **state)
 static void test_utf8_offsets(void **state)
 {
     (void)state;
-    assert_int_equal(rpc__utf8_invalid_at((const uint8_t *)"", 0), 0);
-    assert_int_equal(rpc__utf8_invalid_at((const uint8_t *)"abc", 3), 3);
-    assert_int_equal(rpc__utf8_invalid_at((const uint8_t *)"ab\xc3\xa9", 4), 4);
-    assert_int_equal(rpc__utf8_invalid_at((const uint8_t *)"ab\xc3", 3), 2);
-    assert_int_equal(rpc__utf8_invalid_at((const uint8_t *)"\xef\xbf\xbf", 3), 3); /* U+FFFF */
-    assert_int_equal(rpc__utf8_invalid_at((const uint8_t *)"\xf4\x8f\xbf\xbf", 4), 4);
+    assert_int_equal(ferry_utf8_invalid_at("", 0), 0);
+    assert_int_equal(ferry_utf8_invalid_at("abc", 3), 3);
+    assert_int_equal(ferry_utf8_invalid_at("ab\xc3\xa9", 4), 4);
+    assert_int_equal(ferry_utf8_invalid_at("ab\xc3", 3), 2);
+    assert_int_equal(ferry_utf8_invalid_at("\xef\xbf\xbf", 3), 3); /* U+FFFF */
+    assert_int_equal(ferry_utf8_invalid_at("\xf4\x8f\xbf\xbf", 4), 4);
 }
 
 /* --- one field's bytes as they came (rpc_field.c) -------------------------- */

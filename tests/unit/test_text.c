@@ -68,6 +68,45 @@ static void test_format_keeps_whole_characters(void **state)
     assert_int_equal(ferry_utf8_whole("", 0), 0);
 }
 
+/* One decoder: a character's bytes, or the length of one bad sequence
+ * (the longest start of a well-formed one there, at least one byte); the
+ * overlong, surrogate and past-U+10FFFF forms are bad. */
+static void test_utf8_char(void **state)
+{
+    static const struct {
+        const char *s;
+        size_t len, n, bad;
+    } cases[] = {
+        {"a", 1, 1, 0},
+        {"\xC3\xA9", 2, 2, 0},
+        {"\xE2\x82\xAC", 3, 3, 0},
+        {"\xF0\x9F\x98\x80", 4, 4, 0},
+        {"\xF4\x8F\xBF\xBF", 4, 4, 0}, /* U+10FFFF */
+        {"\xE2\x82", 2, 0, 2},         /* cut short: one bad sequence */
+        {"\xE2\x82"
+         "A",
+         3, 0, 2},
+        {"\xE2"
+         "A",
+         2, 0, 1},
+        {"\x80", 1, 0, 1},             /* a lone continuation byte */
+        {"\xC0\xAF", 2, 0, 1},         /* overlong '/' */
+        {"\xE0\x80\x80", 3, 0, 1},     /* overlong */
+        {"\xED\xA0\x80", 3, 0, 1},     /* a surrogate */
+        {"\xF4\x90\x80\x80", 4, 0, 1}, /* past U+10FFFF */
+        {"\xFF", 1, 0, 1},
+    };
+    (void)state;
+
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        size_t bad = 0;
+        assert_int_equal(ferry_utf8_char(cases[i].s, cases[i].len, &bad), cases[i].n);
+        assert_int_equal(bad, cases[i].bad);
+    }
+    assert_int_equal(ferry_utf8_invalid_at("ab\xC3\xA9\xFFz", 6), 4);
+    assert_int_equal(ferry_utf8_invalid_at("ab\xC3\xA9", 4), 4);
+}
+
 /* What is shown as it is and what as \xNN: printable ASCII and other
  * characters whole; C0, DEL, C1 (as UTF-8: U+009B is CSI to xterm) and the
  * bidirectional overrides and isolates escaped byte by byte; bytes that are
@@ -129,6 +168,7 @@ int main(void)
         cmocka_unit_test(test_never_inside_a_character),
         cmocka_unit_test(test_not_utf8_is_cut_where_asked),
         cmocka_unit_test(test_format_keeps_whole_characters),
+        cmocka_unit_test(test_utf8_char),
         cmocka_unit_test(test_escape),
         cmocka_unit_test(test_columns),
     };

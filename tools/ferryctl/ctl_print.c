@@ -197,62 +197,17 @@ void ctl_print_table(Ferry__V1__Operation *const *ops, size_t n)
     }
 }
 
-/* The bytes of the UTF-8 character at u[0..len) (len > 0), or 0 when it
- * is not one; then *bad_p is how many bytes make one U+FFFD: the longest
- * start of a well-formed sequence there, at least 1 (Unicode's "maximal
- * subpart", which Python's decoder also follows). */
-static size_t utf8_char(const unsigned char *u, size_t len, size_t *bad_p)
-{
-    unsigned char lo = 0x80, hi = 0xbf; /* the second byte's range */
-    size_t n;
-
-    if (u[0] < 0x80) {
-        return 1;
-    }
-    if (u[0] >= 0xc2 && u[0] <= 0xdf) {
-        n = 2;
-    } else if (u[0] >= 0xe0 && u[0] <= 0xef) {
-        n = 3;
-        lo = u[0] == 0xe0 ? 0xa0 : 0x80; /* not overlong */
-        hi = u[0] == 0xed ? 0x9f : 0xbf; /* not a surrogate */
-    } else if (u[0] >= 0xf0 && u[0] <= 0xf4) {
-        n = 4;
-        lo = u[0] == 0xf0 ? 0x90 : 0x80; /* not overlong */
-        hi = u[0] == 0xf4 ? 0x8f : 0xbf; /* not past U+10FFFF */
-    } else {
-        *bad_p = 1;
-        return 0;
-    }
-    for (size_t i = 1; i < n; i++) {
-        if (i >= len || u[i] < lo || u[i] > hi) {
-            *bad_p = i;
-            return 0;
-        }
-        lo = 0x80;
-        hi = 0xbf;
-    }
-    return n;
-}
-
 /* Adds text as a JSON string, each sequence that is not UTF-8 replaced by
  * U+FFFD (cJSON copies bytes as they are, and one bad byte would make the
  * whole line unreadable to a strict parser). False: no memory. */
 static bool add_text(cJSON *o, const char *key, const char *text)
 {
     static const char replacement[] = "\xef\xbf\xbd";
-    const unsigned char *u = (const unsigned char *)text;
-    size_t len = strlen(text), i = 0, n = 0, bad;
+    size_t len = strlen(text), i, n = 0, bad;
     char *fixed;
     bool ok;
 
-    while (i < len) {
-        size_t k = utf8_char(u + i, len - i, &bad);
-        if (k == 0) {
-            break;
-        }
-        i += k;
-    }
-    if (i == len) {
+    if (ferry_utf8_invalid_at(text, len) == len) {
         return cJSON_AddStringToObject(o, key, text) != NULL;
     }
     fixed = malloc(len * 3 + 1); /* at worst each byte becomes three */
@@ -260,7 +215,7 @@ static bool add_text(cJSON *o, const char *key, const char *text)
         return false;
     }
     for (i = 0; i < len;) {
-        size_t k = utf8_char(u + i, len - i, &bad);
+        size_t k = ferry_utf8_char(text + i, len - i, &bad);
         if (k == 0) {
             memcpy(fixed + n, replacement, 3);
             n += 3;
