@@ -86,6 +86,15 @@ fi
 
 need_update=0
 if [ "${1:-}" = "--cuda-ucx" ]; then
+    # The sources file below names Debian 12's suite: on another release it
+    # would mix that release's packages with bookworm's.
+    # shellcheck source=/dev/null
+    codename="$(. /etc/os-release && echo "${VERSION_CODENAME:-}")"
+    if [ "$codename" != bookworm ]; then
+        echo "install-deps: --cuda-ucx adds Debian 12 (bookworm) sources; this is" \
+            "'${codename:-unknown}'" >&2
+        exit 1
+    fi
     PACKAGES+=("${CUDA_UCX_PACKAGES[@]}")
     if [ ! -f "$CUDA_UCX_SOURCES" ]; then
         echo "install-deps: adding $CUDA_UCX_SOURCES (deb-src main, contrib, non-free)"
