@@ -315,24 +315,54 @@ class Output(unittest.TestCase):
 
     def test_the_token_goes_to_a_file_of_its_own(self):
         """--token-file: the token the coordinator picked goes to a new file
-        (mode 0600) instead of stdout, which a service's log keeps."""
+        (mode 0600) instead of stdout, which a service's log keeps. It is
+        there whole once the receiver says it registered, and gone when the
+        run ends, so a service restarted on the same path starts again."""
         tmp = tempfile.mkdtemp(prefix="ferry-token-")
         self.addCleanup(shutil.rmtree, tmp, ignore_errors=True)
         path = os.path.join(tmp, "token")
+        for run in range(2):
+            with self.subTest(run=run):
+                r = start_passive("recv", "tokfile-1", 4096, extra=("--token-file", path),
+                                  token=None)
+                self.assertEqual(os.stat(path).st_mode & 0o777, 0o600)
+                with open(path) as f:
+                    text = f.read()
+                self.assertTrue(text.endswith("\n") and len(text) > 1, repr(text))
+                token = text.strip()
+                rc, out, err = finish(worker("send", "tokfile-1", 4096, token=token))
+                self.assertEqual(rc, EXIT_OK, err)
+                rc, out, err = finish(r)
+                self.assertEqual(rc, EXIT_OK, err)
+                self.assertNotIn(token, out)
+                self.assertFalse(os.path.exists(path))
+                self.assertEqual(os.listdir(tmp), [])  # no temporary file left either
+        # Stopped by a signal, too.
         r = start_passive("recv", "tokfile-1", 4096, extra=("--token-file", path), token=None)
-        self.assertEqual(os.stat(path).st_mode & 0o777, 0o600)
-        with open(path) as f:
-            token = f.read().strip()
-        self.assertTrue(token)
-        rc, out, err = finish(worker("send", "tokfile-1", 4096, token=token))
-        self.assertEqual(rc, EXIT_OK, err)
-        rc, out, err = finish(r)
-        self.assertEqual(rc, EXIT_OK, err)
-        self.assertNotIn(token, out)
+        self.assertTrue(os.path.exists(path))
+        r.send_signal(signal.SIGTERM)
+        self.assertEqual(finish(r, timeout=30)[0], -signal.SIGTERM)
+        self.assertEqual(os.listdir(tmp), [])
+
+    def test_a_token_file_is_not_left_when_registering_fails(self):
+        """A registration the coordinator refuses (the request ID is taken)
+        leaves no token file and no temporary file behind."""
+        tmp = tempfile.mkdtemp(prefix="ferry-token-")
+        self.addCleanup(shutil.rmtree, tmp, ignore_errors=True)
+        first = start_passive("recv", "tokfile-3", 4096)
+        try:
+            rc, out, err = finish(worker("recv", "tokfile-3", 4096, token=None,
+                                         extra=("--token-file", os.path.join(tmp, "token"))))
+            self.assertEqual(rc, EXIT_REFUSED, err)
+            self.assertEqual(os.listdir(tmp), [])
+        finally:
+            first.send_signal(signal.SIGTERM)
+            finish(first, timeout=30)
 
     def test_a_token_file_that_exists_is_refused_before_registering(self):
         """An existing file (or a link) is not written over: the run stops
-        before anything is registered, and the file is left as it was."""
+        before anything is registered, and the file is left as it was (and
+        nothing is left beside it)."""
         tmp = tempfile.mkdtemp(prefix="ferry-token-")
         self.addCleanup(shutil.rmtree, tmp, ignore_errors=True)
         path = os.path.join(tmp, "token")
@@ -344,6 +374,12 @@ class Output(unittest.TestCase):
         self.assertIn(f"--token-file {path}: File exists", err)
         with open(path) as f:
             self.assertEqual(f.read(), "mine\n")
+        self.assertEqual(os.listdir(tmp), ["token"])
+        os.symlink(os.path.join(tmp, "elsewhere"), os.path.join(tmp, "link"))
+        rc, out, err = finish(worker("recv", "tokfile-2", 4096, token=None,
+                                     extra=("--token-file", os.path.join(tmp, "link"))))
+        self.assertEqual(rc, EXIT_USAGE, err)
+        self.assertFalse(os.path.exists(os.path.join(tmp, "elsewhere")))
         again = start_passive("recv", "tokfile-2", 4096)  # nothing was registered
         again.send_signal(signal.SIGTERM)
         self.assertEqual(finish(again, timeout=30)[0], -signal.SIGTERM)

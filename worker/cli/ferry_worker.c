@@ -21,9 +21,9 @@
  * 2 and a message naming the flag and the range.
  */
 #include <errno.h>
-#include <fcntl.h>
 #include <getopt.h>
 #include <inttypes.h>
+#include <limits.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdbool.h>
@@ -31,6 +31,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <ferry/coordinator.h>
@@ -85,8 +86,8 @@ static const char usage[] =
     "  --token T            access token shared by both sides (FERRY_TOKEN); recv/serve\n"
     "                       without one print the token the coordinator picked\n"
     "  --token-file PATH    recv/serve without a token: write the coordinator's to\n"
-    "                       PATH (a new file, mode 0600) instead of stdout, which a\n"
-    "                       service's log keeps for anyone who reads it\n"
+    "                       PATH (a new file, mode 0600, removed at the end) instead\n"
+    "                       of stdout, which a service's log keeps for anyone\n"
     "  --size N             bytes to move, 1 B..1 TiB: 4096, 64MiB, 1GiB (default 1MiB)\n"
     "  --descriptors N      split the buffer into N regions, 1..1024 (default 1)\n"
     "  --device D           cpu, the default and the only one: ferry-worker moves host\n"
@@ -503,23 +504,100 @@ static int op_failed(ferry_op_t *op, ferry_status_t status)
     return exit_code_for(status);
 }
 
-/* Writes the token and a newline to fd (a file just made, 0600) and
- * closes it; EXIT_OK, or EXIT_FAILED with a message. */
-static int write_token_file(int fd, const char *path, const char *token)
+/* --token-file: the token the coordinator picked, in a file of its own
+ * that exists only as long as the operation. It appears whole (written to
+ * a temporary file beside it, then linked into place, which fails rather
+ * than replace a file there), so a reader that waits for it never reads it
+ * empty or cut; it is removed when the run ends, so a service restarted on
+ * the same path starts again (the token of an ended operation opens
+ * nothing). */
+typedef struct {
+    const char *path;
+    char tmp[PATH_MAX]; /* path.XXXXXX, made 0600 by mkstemp */
+    int fd;             /* tmp's, until written; -1 */
+    struct stat made;   /* tmp's, to remove path only while it is still ours */
+    bool linked;        /* path names it */
+} token_file_t;
+
+/* Before anything is registered: a path already there (a file, a link)
+ * stops the run before a record exists whose token nobody would get.
+ * EXIT_OK, or EXIT_USAGE said. */
+static int token_file_open(token_file_t *tf, const char *path)
+{
+    struct stat st;
+
+    tf->path = path;
+    tf->fd = -1;
+    tf->linked = false;
+    if (lstat(path, &st) == 0) {
+        errno = EEXIST;
+        goto err;
+    }
+    if (snprintf(tf->tmp, sizeof(tf->tmp), "%s.XXXXXX", path) >= (int)sizeof(tf->tmp)) {
+        errno = ENAMETOOLONG;
+        goto err;
+    }
+    tf->fd = mkstemp(tf->tmp);
+    if (tf->fd < 0 || fstat(tf->fd, &tf->made) != 0) {
+        goto err;
+    }
+    return EXIT_OK;
+
+err:
+    fprintf(stderr, "ferry-worker: --token-file %s: %s\n", path, strerror(errno));
+    if (tf->fd >= 0) {
+        close(tf->fd);
+        unlink(tf->tmp);
+        tf->fd = -1;
+    }
+    return EXIT_USAGE;
+}
+
+/* Writes the token and a newline, then puts the file at its path.
+ * EXIT_OK, or EXIT_FAILED said. */
+static int token_file_write(token_file_t *tf, const char *token)
 {
     size_t len = strlen(token);
-    bool ok = write(fd, token, len) == (ssize_t)len && write(fd, "\n", 1) == 1;
-    int err = errno;
+    bool ok = write(tf->fd, token, len) == (ssize_t)len && write(tf->fd, "\n", 1) == 1;
+    int err = ok ? 0 : errno != 0 ? errno : EIO; /* a short write sets none */
 
-    if (close(fd) != 0 && ok) {
+    if (close(tf->fd) != 0 && ok) {
         ok = false;
         err = errno;
     }
+    tf->fd = -1;
+    if (ok && link(tf->tmp, tf->path) != 0) {
+        ok = false;
+        err = errno;
+    }
+    unlink(tf->tmp);
+    tf->linked = ok;
     if (!ok) {
-        fprintf(stderr, "ferry-worker: --token-file %s: %s\n", path, strerror(err));
+        fprintf(stderr, "ferry-worker: --token-file %s: %s\n", tf->path, strerror(err));
         return EXIT_FAILED;
     }
     return EXIT_OK;
+}
+
+/* Removes what token_file_open and token_file_write made: the path only
+ * while it is still the file made here (not one put there since). */
+static void token_file_remove(token_file_t *tf)
+{
+    struct stat st;
+
+    if (tf->path == NULL) {
+        return;
+    }
+    if (tf->fd >= 0) {
+        close(tf->fd);
+        unlink(tf->tmp);
+        tf->fd = -1;
+    }
+    if (tf->linked && lstat(tf->path, &st) == 0 && st.st_dev == tf->made.st_dev &&
+        st.st_ino == tf->made.st_ino) {
+        unlink(tf->path);
+    }
+    tf->linked = false;
 }
 
 /* recv and serve: the passive side. */
@@ -534,18 +612,11 @@ static int run_passive(ferry_connector_t *conn, ferry_coordinator_t *coord, cons
     ferry_op_t *op = NULL;
     ferry_status_t status;
     double start;
-    int token_fd = -1;
+    token_file_t tf = {0};
     int rc = EXIT_OK;
 
-    /* Made before anything is registered: a file that exists (or cannot
-     * be made) stops the run before a record exists whose token nobody
-     * would get. Not through a link, not over another file. */
-    if (o->token_file != NULL) {
-        token_fd = open(o->token_file, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
-        if (token_fd < 0) {
-            fprintf(stderr, "ferry-worker: --token-file %s: %s\n", o->token_file, strerror(errno));
-            return EXIT_USAGE;
-        }
+    if (o->token_file != NULL && token_file_open(&tf, o->token_file) != EXIT_OK) {
+        return EXIT_USAGE;
     }
     if (writable) {
         memset(buf, 0, o->size);
@@ -556,20 +627,19 @@ static int run_passive(ferry_connector_t *conn, ferry_coordinator_t *coord, cons
     }
     if (status != FERRY_OK) {
         rc = fail("create", status);
-        goto err_token_file;
+        goto out;
     }
     status = ferry_op_publish(op, coord, &pub);
     if (status != FERRY_OK) {
         let_go(op);
         rc = fail("publish", status);
-        goto err_token_file;
+        goto out;
     }
-    if (token_fd >= 0) {
-        rc = write_token_file(token_fd, o->token_file, ferry_op_access_token(op));
-        token_fd = -1;
+    if (o->token_file != NULL) {
+        rc = token_file_write(&tf, ferry_op_access_token(op));
         if (rc != EXIT_OK) {
             let_go(op);
-            goto err_token_file;
+            goto out;
         }
     } else if (o->token == NULL) {
         printf("token %s\n", ferry_op_access_token(op));
@@ -589,15 +659,8 @@ static int run_passive(ferry_connector_t *conn, ferry_coordinator_t *coord, cons
         report(o, writable ? "received" : "served", now_s() - start);
     }
     let_go(op);
-    return rc;
-
-err_token_file:
-    if (token_fd >= 0) {
-        close(token_fd);
-    }
-    if (o->token_file != NULL) {
-        unlink(o->token_file); /* ours (O_EXCL), and naming nothing registered */
-    }
+out:
+    token_file_remove(&tf);
     return rc;
 }
 
