@@ -378,9 +378,10 @@ static bool process_gone(pid_t pid)
 
 /* A coordinator killed (or crashed) leaves its etcd running for a moment:
  * that etcd got SIGTERM (PR_SET_PDEATHSIG) and holds the lock while it
- * shuts down. A supervisor that restarts the coordinator at once (systemd's
- * Restart= after 100 ms) used to have it refused, again and again, until
- * the unit's start limit gave up on it. When the lock file says the
+ * shuts down. A supervisor that restarts the coordinator at once without
+ * first ending its children (a shell loop, runit, systemd with
+ * KillMode=process) used to have it refused, again and again, until it gave
+ * up on it. When the lock file says the
  * coordinator that holds it is gone and names its etcd, the lock is waited
  * for as long as a coordinator's own stop gives its etcd (SIGTERM, then
  * SIGKILL): true once taken. A live coordinator is refused at once. */
@@ -403,6 +404,9 @@ static bool orphan_gone(int lock_fd, const char *state_dir)
         sleep_ms(POLL_MS);
         if (flock(lock_fd, LOCK_EX | LOCK_NB) == 0) {
             return true;
+        }
+        if (errno != EWOULDBLOCK) {
+            break; /* not a holder's: waiting would not change it */
         }
     }
     return false;
@@ -447,6 +451,12 @@ static int lock_state_dir(const char *state_dir, int dir_fd, ferry_status_t *sta
     }
     err = flock(fd, LOCK_EX | LOCK_NB) == 0 ? 0 : errno;
     if (err == 0 || (err == EWOULDBLOCK && orphan_gone(fd, state_dir))) {
+        /* The holders of before are gone: until note_holders names ours,
+         * the file names no one, and a coordinator started meanwhile is
+         * refused at once rather than wait for a stopped one's etcd. */
+        if (ftruncate(fd, 0) != 0) {
+            ferry_debug("private etcd: cannot clear the lock's holders: %s", strerror(errno));
+        }
         return fd;
     }
     if (err == EWOULDBLOCK) {
