@@ -416,14 +416,17 @@ class Output(unittest.TestCase):
 
 def landed(pid, size):
     """Whether bytes have landed in a receiver's buffer: ferry-worker zeroes
-    it, and every word of the pattern is nonzero. The buffer is the one
-    anonymous mapping of at least size bytes; 1 MiB into it is well inside
-    the buffer (its start is within a page of the mapping's)."""
+    it, and every word of the pattern is nonzero. The buffer is the
+    writable anonymous mapping of size bytes and a few pages (an allocator's
+    own, a sanitizer's reservations of many GiB are not); 1 MiB into it is
+    well inside the buffer (its start is within a few pages of the
+    mapping's)."""
     with open(f"/proc/{pid}/maps") as f:
         for line in f:
             fields = line.split()
             lo, hi = (int(x, 16) for x in fields[0].split("-"))
-            if hi - lo >= size and len(fields) == 5:
+            anonymous = len(fields) == 5 or fields[5].startswith("[anon")
+            if size <= hi - lo < size + (16 << 20) and fields[1].startswith("rw") and anonymous:
                 with open(f"/proc/{pid}/mem", "rb") as mem:
                     mem.seek(lo + (1 << 20))
                     return any(mem.read(64))
