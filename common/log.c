@@ -64,19 +64,41 @@ ferry_log_level_t ferry_log_set_level(ferry_log_level_t level)
     return (ferry_log_level_t)atomic_exchange(&ferry__log_level, (int)level);
 }
 
-/* Escapes quotes, backslashes and control bytes for a JSON string. */
+/* A JSON string's body: quotes and backslashes escaped; C0 controls, DEL
+ * and the characters that act on a terminal (common/text.h: C1 controls,
+ * bidirectional overrides) as \uXXXX, since a person may read the line
+ * too; and bytes that are not UTF-8 as U+FFFD, since a line that is not
+ * UTF-8 is not JSON and a collector drops it whole. */
 static size_t json_escape(char *out, size_t cap, const char *in)
 {
-    size_t n = 0;
-    for (; *in != '\0' && n + 7 < cap; in++) {
-        unsigned char c = (unsigned char)*in;
-        if (c == '"' || c == '\\') {
+    const unsigned char *u = (const unsigned char *)in;
+    size_t len = strlen(in), n = 0, i = 0;
+
+    while (i < len && n + 7 < cap) {
+        size_t bad = 1;
+        size_t k = ferry_utf8_char(in + i, len - i, &bad);
+        if (k == 0) {
+            n += (size_t)snprintf(out + n, cap - n, "\\ufffd");
+            i += bad;
+        } else if (k == 1 && (u[i] == '"' || u[i] == '\\')) {
             out[n++] = '\\';
-            out[n++] = (char)c;
-        } else if (c < 0x20) {
-            n += (size_t)snprintf(out + n, cap - n, "\\u%04x", c);
+            out[n++] = (char)u[i++];
+        } else if (ferry_text_shown(in + i, len - i) == 0) {
+            /* One that acts: C0, DEL (one byte), C1 (two) or a bidi
+             * override or isolate (three), all below U+10000. */
+            unsigned cp = k == 1 ? u[i]
+                          : k == 2
+                              ? (u[i] & 0x1fu) << 6 | (u[i + 1] & 0x3fu)
+                              : (u[i] & 0x0fu) << 12 | (u[i + 1] & 0x3fu) << 6 | (u[i + 2] & 0x3fu);
+            n += (size_t)snprintf(out + n, cap - n, "\\u%04x", cp);
+            i += k;
         } else {
-            out[n++] = (char)c;
+            if (n + k + 1 > cap) {
+                break;
+            }
+            memcpy(out + n, in + i, k);
+            n += k;
+            i += k;
         }
     }
     out[n] = '\0';

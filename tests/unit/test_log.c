@@ -10,6 +10,7 @@
 #include <setjmp.h>
 #include <cmocka.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -65,11 +66,33 @@ static void test_printable_text_is_unchanged(void **state)
         strstr(out, "info  registry: owner 'w\xc3\xa9rker \"7\" \\ tab-free' is here\n"));
 }
 
+/* With FERRY_LOG_FORMAT=json the line is one JSON object that a strict
+ * parser takes: control characters, C1 and bidirectional overrides as
+ * \\uXXXX, bytes that are not UTF-8 as U+FFFD, quotes escaped. */
+static void test_json_lines_are_json(void **state)
+{
+    char out[512];
+    (void)state;
+
+    setenv("FERRY_LOG_FORMAT", "json", 1);
+    ferry_log_init_from_env(FERRY_LOG_INFO);
+    logged("a\"b\n\x1b[2J\xC2\x9B"
+           "31m\xE2\x80\xAE"
+           "x\xFF\xC3\xA9",
+           out, sizeof(out));
+    unsetenv("FERRY_LOG_FORMAT");
+    ferry_log_init_from_env(FERRY_LOG_INFO);
+    assert_ptr_equal(strchr(out, '\n'), out + strlen(out) - 1);
+    assert_non_null(strstr(out, "\"msg\":\"registry: owner 'a\\\"b\\u000a\\u001b[2J\\u009b31m"
+                                "\\u202ex\\ufffd\xC3\xA9' is here\"}"));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_control_bytes_are_escaped),
         cmocka_unit_test(test_printable_text_is_unchanged),
+        cmocka_unit_test(test_json_lines_are_json),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
