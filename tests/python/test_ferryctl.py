@@ -387,6 +387,27 @@ class Ferryctl(unittest.TestCase):
                 silent.close()
             self.assertIn(rc, (-signal.SIGINT, 130), args)
 
+    def test_list_interrupted_while_its_first_page_waits_exits_130(self):
+        """Ctrl-C while list waits for a page from a coordinator that never
+        answers: once that call ends (its --timeout) the list is an
+        interrupted one, exit 130, not the call's failure (6)."""
+        silent = Silent()
+        proc = subprocess.Popen([FERRYCTL, "list", "--coordinator", silent.target,
+                                 "--timeout", "1"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            ferry_harness.wait_until(lambda: silent.accepted, 30,
+                                     "list to connect to the silent coordinator")
+            proc.send_signal(signal.SIGINT)
+            out, err = proc.communicate(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+            silent.close()
+        self.assertEqual(proc.returncode, 130, err)
+        self.assertIn("interrupted after 0 page(s)", err)
+
     def test_a_write_goes_to_the_next_coordinator_only_when_unsent(self):
         """release with a first coordinator that takes the call and never
         answers, then the real one: DEADLINE_EXCEEDED and the call is not

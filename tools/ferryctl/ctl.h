@@ -17,6 +17,8 @@
 #include <stdint.h>
 #include <stdio.h>
 
+#include <grpc/status.h>
+
 #include "rpc/rpc.h"
 #include "ferry/v1/coordinator.pb-c.h"
 
@@ -108,6 +110,9 @@ void ctl_conn_next(ctl_conn_t *conn);
  * ctl_code_is_unreachable, RESOURCE_EXHAUSTED and DATA_LOSS (as in
  * ctl_conn_watch). */
 bool ctl_code_tries_next_watch(int grpc_code);
+
+/* CLOCK_MONOTONIC in milliseconds. */
+int64_t ctl_now_ms(void);
 
 /* The exit code for a call's outcome. */
 int ctl_exit_code(ferry_status_t status, const rpc_error_t *err);

@@ -19,12 +19,7 @@
 
 #include "ctl.h"
 
-#define COORD_PATH_PREFIX       "/ferry.v1.Coordinator/"
-#define GRPC_CANCELLED          1
-#define GRPC_DEADLINE_EXCEEDED  4
-#define GRPC_RESOURCE_EXHAUSTED 8
-#define GRPC_UNAVAILABLE        14
-#define GRPC_DATA_LOSS          15
+#define COORD_PATH_PREFIX "/ferry.v1.Coordinator/"
 
 /* How often a wait for a Watch's first message looks at ctl_stop. */
 #define CONN_POLL_MS 200
@@ -81,16 +76,16 @@ const char *ctl_conn_target(const ctl_conn_t *conn)
 
 bool ctl_code_is_unreachable(int grpc_code)
 {
-    return grpc_code == GRPC_UNAVAILABLE || grpc_code == GRPC_DEADLINE_EXCEEDED;
+    return grpc_code == GRPC_STATUS_UNAVAILABLE || grpc_code == GRPC_STATUS_DEADLINE_EXCEEDED;
 }
 
 bool ctl_code_tries_next_watch(int grpc_code)
 {
-    return ctl_code_is_unreachable(grpc_code) || grpc_code == GRPC_RESOURCE_EXHAUSTED ||
-           grpc_code == GRPC_DATA_LOSS;
+    return ctl_code_is_unreachable(grpc_code) || grpc_code == GRPC_STATUS_RESOURCE_EXHAUSTED ||
+           grpc_code == GRPC_STATUS_DATA_LOSS;
 }
 
-static int64_t now_ms(void)
+int64_t ctl_now_ms(void)
 {
     struct timespec ts;
 
@@ -187,14 +182,14 @@ ferry_status_t ctl_conn_write(ctl_conn_t *conn, const char *method, const Protob
     path_of(method, path, sizeof(path));
     for (size_t k = 0; k < conn->n_targets; k++) {
         size_t i = (first + k) % conn->n_targets;
-        int64_t start = now_ms();
+        int64_t start = ctl_now_ms();
 
         status = conn_use(conn, i, err);
         if (status == FERRY_OK) {
             status = rpc_channel_connect(conn->channel, conn->timeout_ms, err);
         }
         if (status == FERRY_OK) {
-            int64_t left = conn->timeout_ms - (now_ms() - start);
+            int64_t left = conn->timeout_ms - (ctl_now_ms() - start);
 
             status = rpc_unary(conn->channel, path, req, desc, left > 0 ? left : 1, resp_p, err);
             if (status != FERRY_OK && ctl_code_is_unreachable(err->grpc_code)) {
@@ -228,19 +223,19 @@ void ctl_conn_next(ctl_conn_t *conn)
 static ferry_status_t read_first(const ctl_conn_t *conn, rpc_stream_t *stream,
                                  ProtobufCMessage **msg_p, rpc_error_t *err)
 {
-    int64_t deadline = now_ms() + conn->timeout_ms;
+    int64_t deadline = ctl_now_ms() + conn->timeout_ms;
 
     for (;;) {
-        int64_t left = deadline - now_ms();
+        int64_t left = deadline - ctl_now_ms();
         ferry_status_t status;
 
         if (ctl_stop) {
-            err->grpc_code = GRPC_CANCELLED;
+            err->grpc_code = GRPC_STATUS_CANCELLED;
             snprintf(err->message, sizeof(err->message), "interrupted");
             return FERRY_ERR_CANCELLED;
         }
         if (left <= 0) {
-            err->grpc_code = GRPC_DEADLINE_EXCEEDED;
+            err->grpc_code = GRPC_STATUS_DEADLINE_EXCEEDED;
             snprintf(err->message, sizeof(err->message), "no first Watch message within %lld ms",
                      (long long)conn->timeout_ms);
             return FERRY_ERR_TIMED_OUT;
@@ -281,7 +276,7 @@ static ferry_status_t watch_once(ctl_conn_t *conn, const Ferry__V1__WatchRequest
     status = read_first(conn, stream, &msg, err);
     if (status == FERRY_OK && msg == NULL) {
         status = FERRY_ERR_UNAVAILABLE;
-        err->grpc_code = GRPC_UNAVAILABLE;
+        err->grpc_code = GRPC_STATUS_UNAVAILABLE;
         snprintf(err->message, sizeof(err->message), "the Watch stream ended at once");
     }
     if (status != FERRY_OK) {
@@ -291,7 +286,7 @@ static ferry_status_t watch_once(ctl_conn_t *conn, const Ferry__V1__WatchRequest
     if (first->header != NULL &&
         (first->header->revision < 0 || first->header->revision == INT64_MAX)) {
         status = FERRY_ERR_PROTOCOL;
-        err->grpc_code = GRPC_DATA_LOSS;
+        err->grpc_code = GRPC_STATUS_DATA_LOSS;
         snprintf(err->message, sizeof(err->message),
                  "the Watch's first message has revision %lld: not a revision to watch after",
                  (long long)first->header->revision);
@@ -334,18 +329,18 @@ int ctl_exit_code(ferry_status_t status, const rpc_error_t *err)
         return CTL_EXIT_OK;
     }
     switch (err->grpc_code) {
-    case 3: /* INVALID_ARGUMENT */
+    case GRPC_STATUS_INVALID_ARGUMENT:
         return CTL_EXIT_USAGE;
-    case 5: /* NOT_FOUND */
+    case GRPC_STATUS_NOT_FOUND:
         return CTL_EXIT_NOT_FOUND;
-    case 7:  /* PERMISSION_DENIED */
-    case 16: /* UNAUTHENTICATED */
+    case GRPC_STATUS_PERMISSION_DENIED:
+    case GRPC_STATUS_UNAUTHENTICATED:
         return CTL_EXIT_DENIED;
-    case 6: /* ALREADY_EXISTS */
-    case 9: /* FAILED_PRECONDITION */
+    case GRPC_STATUS_ALREADY_EXISTS:
+    case GRPC_STATUS_FAILED_PRECONDITION:
         return CTL_EXIT_PRECONDITION;
-    case GRPC_DEADLINE_EXCEEDED:
-    case GRPC_UNAVAILABLE:
+    case GRPC_STATUS_DEADLINE_EXCEEDED:
+    case GRPC_STATUS_UNAVAILABLE:
         return CTL_EXIT_UNAVAILABLE;
     default:
         return CTL_EXIT_FAILED;

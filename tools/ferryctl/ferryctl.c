@@ -42,8 +42,6 @@
 #define WATCH_BACKOFF_MIN_MS 200
 #define WATCH_BACKOFF_MAX_MS 5000
 #define WATCH_STEADY_MS      1000 /* a stream that lasted this long resets the backoff */
-#define GRPC_OUT_OF_RANGE    11
-#define GRPC_DATA_LOSS       15 /* what rpc/ says for a reply that breaks the protocol */
 
 /* What one list holds before it prints (every page is kept until then, for
  * the table's widths and the one JSON object): past any of these it stops
@@ -389,6 +387,7 @@ static int cmd_list(const options_t *o, ctl_conn_t *conn)
     rpc_error_t err = {0};
     ferry_status_t status;
     int rc = CTL_EXIT_OK;
+    bool cut_short = false;
     bool ok;
 
     req.request_id_prefix = (char *)(o->prefix != NULL ? o->prefix : "");
@@ -412,6 +411,10 @@ static int cmd_list(const options_t *o, ctl_conn_t *conn)
         pages = grown;
         status = ctl_conn_unary(conn, "List", &req.base, &ferry__v1__list_response__descriptor,
                                 (ProtobufCMessage **)&resp, &err);
+        if (status != FERRY_OK && ctl_stop) {
+            cut_short = true; /* the page asked for when the signal came: as between pages */
+            break;
+        }
         if (status != FERRY_OK) {
             rc = report("list", status, &err, conn);
             if (n_pages > 0) {
@@ -433,7 +436,7 @@ static int cmd_list(const options_t *o, ctl_conn_t *conn)
             goto out;
         }
         if (added == 0) {
-            err.grpc_code = GRPC_DATA_LOSS;
+            err.grpc_code = GRPC_STATUS_DATA_LOSS;
             snprintf(err.message, sizeof(err.message),
                      "page %zu's next_page_token '%s' was sent before: the pages loop", n_pages,
                      req.page_token);
@@ -451,7 +454,7 @@ static int cmd_list(const options_t *o, ctl_conn_t *conn)
         }
     } while ((o->pages == 0 || (long)n_pages < o->pages) && !ctl_stop);
     /* Interrupted (SIGINT, SIGTERM): what was read, and where to go on. */
-    if (rc == CTL_EXIT_OK && ctl_stop && req.page_token[0] != '\0') {
+    if (rc == CTL_EXIT_OK && ctl_stop && (cut_short || req.page_token[0] != '\0')) {
         fprintf(stderr, "ferryctl: list: interrupted after %zu page(s)\n", n_pages);
         rc = CTL_EXIT_INTERRUPTED;
     }
@@ -642,14 +645,6 @@ static void sleep_ms(int64_t ms)
     nanosleep(&ts, NULL); /* a signal cuts it short, which is what watch wants */
 }
 
-static int64_t now_ms(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 /* Waits *backoff_ms, then doubles it up to WATCH_BACKOFF_MAX_MS. */
 static void watch_backoff(int64_t *backoff_ms)
 {
@@ -690,7 +685,7 @@ static ferry_status_t watch_stream(const options_t *o, rpc_stream_t *stream, int
             return status;
         }
         if (!watch_revision_ok(msg)) {
-            err->grpc_code = GRPC_DATA_LOSS;
+            err->grpc_code = GRPC_STATUS_DATA_LOSS;
             snprintf(err->message, sizeof(err->message),
                      "a message of %zu event(s) has revision %lld", msg->n_events,
                      msg->header != NULL ? (long long)msg->header->revision : 0LL);
@@ -754,7 +749,7 @@ static int cmd_watch(const options_t *o, ctl_conn_t *conn)
             if (ctl_stop) {
                 break;
             }
-            if (err.grpc_code == GRPC_OUT_OF_RANGE && req.start_revision > 0) {
+            if (err.grpc_code == GRPC_STATUS_OUT_OF_RANGE && req.start_revision > 0) {
                 fprintf(stderr,
                         "ferryctl: watch: %s no longer has the changes from revision %" PRId64
                         "; watching from now\n",
@@ -785,7 +780,7 @@ static int cmd_watch(const options_t *o, ctl_conn_t *conn)
         }
         started = true;
         gap = false;
-        opened_ms = now_ms();
+        opened_ms = ctl_now_ms();
         status = watch_stream(o, stream, &revision, &delivered, &err);
         rpc_stream_destroy(stream);
         if (ctl_stop) {
@@ -795,7 +790,7 @@ static int cmd_watch(const options_t *o, ctl_conn_t *conn)
             return CTL_EXIT_FAILED; /* said: emit, or finish_output */
         }
         if (status != FERRY_OK && !ctl_code_tries_next_watch(err.grpc_code) &&
-            err.grpc_code != GRPC_OUT_OF_RANGE) {
+            err.grpc_code != GRPC_STATUS_OUT_OF_RANGE) {
             return report("watch", status, &err, conn);
         }
         /* revision < INT64_MAX: ctl_conn_watch and watch_revision_ok refuse
@@ -810,7 +805,7 @@ static int cmd_watch(const options_t *o, ctl_conn_t *conn)
                 revision + 1);
         req.start_revision = revision + 1;
         ctl_conn_next(conn);
-        if (delivered || now_ms() - opened_ms >= WATCH_STEADY_MS) {
+        if (delivered || ctl_now_ms() - opened_ms >= WATCH_STEADY_MS) {
             backoff_ms = WATCH_BACKOFF_MIN_MS;
         } else {
             watch_backoff(&backoff_ms);
