@@ -22,8 +22,9 @@
  * bytes make one bad sequence: the longest start of a well-formed one
  * there, at least 1 (Unicode's "maximal subpart", which Python's decoder
  * follows too). Well-formed: no overlong form, no UTF-16 surrogate, nothing
- * past U+10FFFF. The one decoder of the tree: the RPC layer's check, the
- * escaper below and ferryctl's JSON use it. */
+ * past U+10FFFF. The one check of well-formed UTF-8 in the tree: the RPC
+ * layer's, the escapers' (below, the log's JSON) and ferryctl's JSON use it
+ * (ferry_utf8_whole only finds where a character starts, to cut text). */
 size_t ferry_utf8_char(const char *s, size_t len, size_t *bad_p);
 
 /* The offset of the first byte of s[0..len) that is not part of

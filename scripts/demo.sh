@@ -58,8 +58,8 @@ SEND_RC=0
 RECV_RC=0
 # A sender that failed never reaches the receiver, which would wait out its
 # --timeout before the report: stopped instead (it releases its record).
-if [ "$SEND_RC" -ne 0 ] && kill -0 "$RECV_PID" 2>/dev/null; then
-    kill -TERM "$RECV_PID"
+if [ "$SEND_RC" -ne 0 ]; then
+    kill -TERM "$RECV_PID" 2>/dev/null || true # it may have ended on its own
 fi
 wait "$RECV_PID" || RECV_RC=$?
 RECV_PID=""

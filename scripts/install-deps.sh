@@ -165,8 +165,9 @@ else
     echo "install-deps: installing ${missing[*]}"
     "${APT[@]}" update -q
     # invoke-rc.d asks policy-rc.d before it starts a service: 101 refuses.
-    # One already there (a container's) is the machine's and is left as it is.
-    if [ ${#units[@]} -gt 0 ] && [ ! -e "$POLICY_RC_D" ]; then
+    # One already there (a container's, even a dangling link) is the
+    # machine's and is left as it is.
+    if [ ${#units[@]} -gt 0 ] && [ ! -e "$POLICY_RC_D" ] && [ ! -L "$POLICY_RC_D" ]; then
         printf '#!/bin/sh\n# Ferry install-deps.sh: no service starts during its install.\nexit 101\n' |
             $SUDO tee "$POLICY_RC_D" > /dev/null
         $SUDO chmod 755 "$POLICY_RC_D"
