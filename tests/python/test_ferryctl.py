@@ -621,6 +621,47 @@ class Ferryctl(unittest.TestCase):
         self.assertEqual(events[0]["coordinator"], "c1")
         self.assertIn("RESOURCE_EXHAUSTED", err)
 
+    def test_watch_json_marks_a_gap_in_the_output(self):
+        """--start-revision past what the replica holds (OUT_OF_RANGE):
+        watch goes on from now, and with --json says so in its output, not
+        only on stderr, where a script reading the lines never looked: a
+        GAP line before the first event after it."""
+        types, cpb = pb()
+
+        def watch(req, ctx):
+            if cpb.WatchRequest.FromString(req).start_revision > 0:
+                ctx.abort(grpc.StatusCode.OUT_OF_RANGE, "start_revision 5 is no longer held")
+            header = types.ResponseHeader(revision=50, coordinator="fake")
+            yield cpb.WatchResponse(header=header, created=True).SerializeToString()
+            yield cpb.WatchResponse(
+                header=types.ResponseHeader(revision=51, coordinator="fake"),
+                events=[cpb.WatchEvent(type=cpb.WATCH_EVENT_TYPE_PUT,
+                                       operation=types.Operation(request_id="gap-1"))]
+            ).SerializeToString()
+            fake.done.wait(30)
+
+        fake = Fake(Watch=watch)
+        proc = subprocess.Popen([FERRYCTL, "watch", "--prefix", "gap-", "--start-revision", "5",
+                                 "--json", "--coordinator", fake.target],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        lines = []
+        threading.Thread(target=lambda: lines.extend(json.loads(l) for l in proc.stdout),
+                         daemon=True).start()
+        try:
+            ferry_harness.wait_until(lambda: len(lines) >= 2 or proc.poll() is not None, 30,
+                                     "the gap and the event")
+        finally:
+            fake.close()
+            if proc.poll() is None:
+                rc, err = stop_watch(proc)
+            else:
+                rc, err = proc.wait(), proc.stderr.read()
+        self.assertTrue(lines, err)
+        self.assertEqual(lines[0], {"revision": 50, "coordinator": "fake", "type": "GAP",
+                                    "after_revision": 4}, err)
+        self.assertEqual(lines[1]["type"], "PUT")
+        self.assertEqual(lines[1]["operation"]["request_id"], "gap-1")
+
     def test_watch_refuses_a_revision_it_cannot_go_on_from(self):
         """A replica whose Watch starts at revision 2^63 - 1 and ends: the
         resume after it computed revision + 1 (signed overflow: the next

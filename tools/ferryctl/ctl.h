@@ -156,6 +156,12 @@ bool ctl_print_get_json(const Ferry__V1__Operation *op, const Ferry__V1__Respons
 bool ctl_print_health_json(const char *target, const char *status);
 /* {"released":ID,"revision":R} on one line. */
 bool ctl_print_released_json(const char *request_id, int64_t revision);
+/* watch --json, when the replica it resumed on no longer held the changes
+ * after the last one printed (OUT_OF_RANGE) and it watches from now:
+ * {"revision":R,"coordinator":C,"type":"GAP","after_revision":A}: the
+ * changes after A up to R were not printed (`list` shows their result).
+ * Flushed; false as ctl_print_event. */
+bool ctl_print_gap_json(const Ferry__V1__ResponseHeader *header, int64_t after_revision);
 /* A watch event: one table row (the header row before the first), or one
  * JSON object per line: {"revision":R,"coordinator":C,"type":"PUT",
  * "operation":{...}}. Flushed; false when it could not be built or written

@@ -355,6 +355,15 @@ static const char *event_type_name(Ferry__V1__WatchEventType type)
     return enum_short(&ferry__v1__watch_event_type__descriptor, type, "WATCH_EVENT_TYPE_");
 }
 
+bool ctl_print_gap_json(const Ferry__V1__ResponseHeader *header, int64_t after_revision)
+{
+    cJSON *o = envelope(header);
+
+    return emit(o, o != NULL && add_text(o, "type", "GAP") &&
+                       add_i64(o, "after_revision", after_revision)) &&
+           fflush(stdout) == 0 && !ferror(stdout);
+}
+
 bool ctl_print_event(const Ferry__V1__WatchEvent *ev, const Ferry__V1__ResponseHeader *header,
                      bool json)
 {

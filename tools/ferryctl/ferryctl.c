@@ -765,14 +765,21 @@ static int cmd_watch(const options_t *o, ctl_conn_t *conn)
             continue;
         }
         created = first->header != NULL ? first->header->revision : 0;
+        if (req.start_revision == 0 && gap) {
+            fprintf(stderr,
+                    "ferryctl: watch: on %s after revision %" PRId64
+                    "; the changes after revision %" PRId64 " up to it were not replayed\n",
+                    ctl_conn_target(conn), created, revision);
+            /* In the output too: a script reading it sees the gap where
+             * it is, not only a person reading stderr. */
+            if (o->json && !ctl_print_gap_json(first->header, revision)) {
+                protobuf_c_message_free_unpacked(&first->base, NULL);
+                rpc_stream_destroy(stream);
+                return CTL_EXIT_FAILED;
+            }
+        }
         protobuf_c_message_free_unpacked(&first->base, NULL);
         if (req.start_revision == 0) {
-            if (gap) {
-                fprintf(stderr,
-                        "ferryctl: watch: on %s after revision %" PRId64
-                        "; the changes after revision %" PRId64 " up to it were not replayed\n",
-                        ctl_conn_target(conn), created, revision);
-            }
             revision = created; /* the stream carries what follows it */
         } else if (started) {
             fprintf(stderr, "ferryctl: watch: resumed on %s from revision %" PRId64 "\n",
