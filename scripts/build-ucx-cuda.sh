@@ -6,8 +6,10 @@
 #
 # PREFIX defaults to $FERRY_UCX_CUDA_PREFIX, else build-ucx-cuda/ in the
 # repository. The build is cached: when PREFIX already holds the libraries,
-# the CUDA transport module, ucx_info and ucx.pc it exits at once; remove
-# PREFIX to rebuild. CUDA_HOME (default /usr/local/cuda) names the toolkit.
+# the CUDA transport module, ucx_info and ucx.pc, built from this UCX and the
+# toolkit there now (its stamp), it exits at once; remove PREFIX to rebuild.
+# Runs on one prefix wait for each other (PREFIX.lock). CUDA_HOME (default
+# /usr/local/cuda) names the toolkit.
 #
 # Debian's libucx0 has host memory only; this is the same release with the
 # same configure flags as debian/rules (--enable-mt, --disable-logging, ...)
@@ -30,15 +32,42 @@ JOBS=${JOBS:-$(nproc)}
 mkdir -p "$PREFIX"
 PREFIX=$(cd "$PREFIX" && pwd)
 
-if [ -e "$PREFIX/lib/libucp.so" ] && [ -e "$PREFIX/lib/ucx/libuct_cuda.so" ] &&
-    [ -x "$PREFIX/bin/ucx_info" ] && [ -e "$PREFIX/lib/pkgconfig/ucx.pc" ]; then
+# One build of a prefix at a time: two CI runs sharing the cache would
+# install into it at once, or one would take a half-installed prefix for a
+# built one. The lock is held (fd 9) until this script exits.
+exec 9>"$PREFIX.lock"
+flock 9
+
+# What the prefix was built from; a prefix is complete once its stamp is
+# written, last. A toolkit upgrade makes the stamp differ, and the prefix is
+# built again (the CUDA transport links against that toolkit).
+STAMP="$PREFIX/.ferry-built-from"
+complete() {
+    [ -e "$PREFIX/lib/libucp.so" ] && [ -e "$PREFIX/lib/ucx/libuct_cuda.so" ] &&
+        [ -x "$PREFIX/bin/ucx_info" ] && [ -e "$PREFIX/lib/pkgconfig/ucx.pc" ]
+}
+if [ ! -x "$CUDA_HOME/bin/nvcc" ] || [ ! -e "$CUDA_HOME/include/cuda.h" ]; then
+    if complete && [ -e "$STAMP" ]; then
+        echo "build-ucx-cuda: UCX $UCX_VERSION with CUDA already in $PREFIX (no toolkit at" \
+            "$CUDA_HOME to compare with its $(cat "$STAMP"))"
+        exit 0
+    fi
+    echo "build-ucx-cuda: no CUDA toolkit at CUDA_HOME=$CUDA_HOME" >&2
+    exit 1
+fi
+want="ucx $DEB_VERSION, $("$CUDA_HOME/bin/nvcc" --version | tail -n 1)"
+if complete && [ ! -e "$STAMP" ]; then
+    # Built by a version of this script that wrote no stamp: taken as built
+    # from the toolkit there now.
+    echo "$want" > "$STAMP"
+fi
+if complete && [ "$(cat "$STAMP")" = "$want" ]; then
     echo "build-ucx-cuda: UCX $UCX_VERSION with CUDA already in $PREFIX"
     exit 0
 fi
-
-if [ ! -x "$CUDA_HOME/bin/nvcc" ] || [ ! -e "$CUDA_HOME/include/cuda.h" ]; then
-    echo "build-ucx-cuda: no CUDA toolkit at CUDA_HOME=$CUDA_HOME" >&2
-    exit 1
+if [ -e "$STAMP" ]; then
+    echo "build-ucx-cuda: $PREFIX was built from $(cat "$STAMP"); building it again from $want"
+    rm -f "$STAMP"
 fi
 
 "$ROOT/scripts/install-deps.sh" --cuda-ucx
@@ -82,5 +111,6 @@ if [ ! -e "$PREFIX/lib/ucx/libuct_cuda.so" ]; then
     exit 1
 fi
 rm -rf "$SRC_PARENT"
+echo "$want" > "$STAMP"
 echo "build-ucx-cuda: UCX $UCX_VERSION with CUDA in $PREFIX ($(($(date +%s) - start)) s)"
 "$PREFIX/bin/ucx_info" -v | head -n 3
