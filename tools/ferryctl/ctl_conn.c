@@ -143,9 +143,41 @@ ferry_status_t ctl_conn_unary_at(ctl_conn_t *conn, size_t target, const char *pa
     return rpc_unary(conn->channel, path, req, desc, conn->timeout_ms, resp_p, err);
 }
 
-ferry_status_t ctl_conn_unary(ctl_conn_t *conn, const char *method, const ProtobufCMessage *req,
-                              const ProtobufCMessageDescriptor *desc, ProtobufCMessage **resp_p,
-                              rpc_error_t *err)
+/* A write on targets[i]: connected first, within the call's timeout, so
+ * that *sent_p says whether the request went out (rpc_channel_connect: no
+ * call has gone out before it returns). */
+static ferry_status_t write_at(ctl_conn_t *conn, size_t i, const char *method, const char *path,
+                               const ProtobufCMessage *req, const ProtobufCMessageDescriptor *desc,
+                               ProtobufCMessage **resp_p, rpc_error_t *err, bool *sent_p)
+{
+    int64_t start = ctl_now_ms();
+    ferry_status_t status = conn_use(conn, i, err);
+    int64_t left;
+
+    if (status == FERRY_OK) {
+        status = rpc_channel_connect(conn->channel, conn->timeout_ms, err);
+    }
+    if (status != FERRY_OK) {
+        return status;
+    }
+    *sent_p = true;
+    left = conn->timeout_ms - (ctl_now_ms() - start);
+    status = rpc_unary(conn->channel, path, req, desc, left > 0 ? left : 1, resp_p, err);
+    if (status != FERRY_OK && ctl_code_is_unreachable(err->grpc_code)) {
+        fprintf(stderr,
+                "ferryctl: %s: %s did not answer after the request went out; it may have been "
+                "applied, so it is not sent to another coordinator\n",
+                method, conn->targets[i]);
+    }
+    return status;
+}
+
+/* The one walk over the targets of ctl_conn_unary and ctl_conn_write: on
+ * to the next while the answer is ctl_code_is_unreachable, ctl_stop is not
+ * set and, for a write, the request did not go out. */
+static ferry_status_t conn_call(ctl_conn_t *conn, const char *method, const ProtobufCMessage *req,
+                                const ProtobufCMessageDescriptor *desc, ProtobufCMessage **resp_p,
+                                rpc_error_t *err, bool write)
 {
     ferry_status_t status = FERRY_ERR_UNAVAILABLE;
     size_t first = conn->current;
@@ -154,9 +186,11 @@ ferry_status_t ctl_conn_unary(ctl_conn_t *conn, const char *method, const Protob
     path_of(method, path, sizeof(path));
     for (size_t k = 0; k < conn->n_targets; k++) {
         size_t i = (first + k) % conn->n_targets;
+        bool sent = false;
 
-        status = ctl_conn_unary_at(conn, i, path, req, desc, resp_p, err);
-        if (status == FERRY_OK || !ctl_code_is_unreachable(err->grpc_code)) {
+        status = write ? write_at(conn, i, method, path, req, desc, resp_p, err, &sent)
+                       : ctl_conn_unary_at(conn, i, path, req, desc, resp_p, err);
+        if (status == FERRY_OK || sent || !ctl_code_is_unreachable(err->grpc_code)) {
             return status;
         }
         /* Interrupted (list): the pages read so far are printed, not one
@@ -171,43 +205,18 @@ ferry_status_t ctl_conn_unary(ctl_conn_t *conn, const char *method, const Protob
     return status;
 }
 
+ferry_status_t ctl_conn_unary(ctl_conn_t *conn, const char *method, const ProtobufCMessage *req,
+                              const ProtobufCMessageDescriptor *desc, ProtobufCMessage **resp_p,
+                              rpc_error_t *err)
+{
+    return conn_call(conn, method, req, desc, resp_p, err, false);
+}
+
 ferry_status_t ctl_conn_write(ctl_conn_t *conn, const char *method, const ProtobufCMessage *req,
                               const ProtobufCMessageDescriptor *desc, ProtobufCMessage **resp_p,
                               rpc_error_t *err)
 {
-    ferry_status_t status = FERRY_ERR_UNAVAILABLE;
-    size_t first = conn->current;
-    char path[128];
-
-    path_of(method, path, sizeof(path));
-    for (size_t k = 0; k < conn->n_targets; k++) {
-        size_t i = (first + k) % conn->n_targets;
-        int64_t start = ctl_now_ms();
-
-        status = conn_use(conn, i, err);
-        if (status == FERRY_OK) {
-            status = rpc_channel_connect(conn->channel, conn->timeout_ms, err);
-        }
-        if (status == FERRY_OK) {
-            int64_t left = conn->timeout_ms - (ctl_now_ms() - start);
-
-            status = rpc_unary(conn->channel, path, req, desc, left > 0 ? left : 1, resp_p, err);
-            if (status != FERRY_OK && ctl_code_is_unreachable(err->grpc_code)) {
-                fprintf(stderr,
-                        "ferryctl: %s: %s did not answer after the request went out; it may "
-                        "have been applied, so it is not sent to another coordinator\n",
-                        method, conn->targets[i]);
-            }
-            return status;
-        }
-        if (!ctl_code_is_unreachable(err->grpc_code)) {
-            return status;
-        }
-        if (conn->n_targets > 1) {
-            say_next(conn, i, err);
-        }
-    }
-    return status;
+    return conn_call(conn, method, req, desc, resp_p, err, true);
 }
 
 void ctl_conn_next(ctl_conn_t *conn)
