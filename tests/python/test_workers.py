@@ -383,6 +383,10 @@ class Output(unittest.TestCase):
         again = start_passive("recv", "tokfile-2", 4096)  # nothing was registered
         again.send_signal(signal.SIGTERM)
         self.assertEqual(finish(again, timeout=30)[0], -signal.SIGTERM)
+        rc, out, err = finish(worker("recv", "tokfile-2", 4096, token=None,
+                                     extra=("--token-file", "")))
+        self.assertEqual(rc, EXIT_USAGE, err)
+        self.assertIn("--token-file needs a path", err)
         rc, out, err = finish(worker("send", "tokfile-2", 4096, extra=("--token-file", path)))
         self.assertEqual(rc, EXIT_USAGE, err)
         self.assertIn("--token-file is for recv and serve without a token", err)

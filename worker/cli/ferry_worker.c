@@ -291,6 +291,10 @@ static int parse_options(int argc, char **argv, options_t *o)
          * then print the one the coordinator picks, as without the flag. */
         o->token = NULL;
     }
+    if (o->token_file != NULL && o->token_file[0] == '\0') {
+        fprintf(stderr, "ferry-worker: --token-file needs a path\n");
+        return -1;
+    }
     if (o->token_file != NULL && (o->token != NULL || (strcmp(o->command, "recv") != 0 &&
                                                        strcmp(o->command, "serve") != 0))) {
         fprintf(stderr, "ferry-worker: --token-file is for recv and serve without a token (it "
