@@ -84,12 +84,9 @@ static size_t json_escape(char *out, size_t cap, const char *in)
             out[n++] = '\\';
             out[n++] = (char)u[i++];
         } else if (ferry_text_shown(in + i, len - i) == 0) {
-            /* One that acts: C0, DEL (one byte), C1 (two) or a bidi
-             * override or isolate (three), all below U+10000. */
-            unsigned cp = k == 1 ? u[i]
-                          : k == 2
-                              ? (u[i] & 0x1fu) << 6 | (u[i + 1] & 0x3fu)
-                              : (u[i] & 0x0fu) << 12 | (u[i + 1] & 0x3fu) << 6 | (u[i + 2] & 0x3fu);
+            /* One that acts: C0, DEL, C1 or a bidi override or isolate,
+             * all below U+10000. */
+            unsigned cp = (unsigned)ferry_utf8_code_point(in + i, k);
             n += (size_t)snprintf(out + n, cap - n, "\\u%04x", cp);
             i += k;
         } else {

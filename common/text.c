@@ -64,6 +64,17 @@ size_t ferry_utf8_char(const char *s, size_t len, size_t *bad_p)
     return n;
 }
 
+uint32_t ferry_utf8_code_point(const char *s, size_t n)
+{
+    const unsigned char *u = (const unsigned char *)s;
+    uint32_t cp = n == 1 ? u[0] : u[0] & (0x7fu >> n);
+
+    for (size_t i = 1; i < n; i++) {
+        cp = cp << 6 | (u[i] & 0x3fu);
+    }
+    return cp;
+}
+
 size_t ferry_utf8_invalid_at(const char *s, size_t len)
 {
     size_t i = 0;
@@ -132,18 +143,9 @@ static bool acts(uint32_t cp)
 
 size_t ferry_text_shown(const char *s, size_t len)
 {
-    const unsigned char *u = (const unsigned char *)s;
     size_t n = ferry_utf8_char(s, len, NULL);
-    uint32_t cp;
 
-    if (n == 0) {
-        return 0;
-    }
-    cp = n == 1 ? u[0] : u[0] & (0x7fu >> n);
-    for (size_t i = 1; i < n; i++) {
-        cp = cp << 6 | (u[i] & 0x3fu);
-    }
-    return acts(cp) ? 0 : n;
+    return n == 0 || acts(ferry_utf8_code_point(s, n)) ? 0 : n;
 }
 
 size_t ferry_text_escape(char *out, size_t cap, const char *in)

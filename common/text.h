@@ -16,6 +16,7 @@
 
 #include <stdarg.h>
 #include <stddef.h>
+#include <stdint.h>
 
 /* The bytes of the well-formed UTF-8 character at s[0..len) (len > 0),
  * 1..4; 0 when none starts there, and then *bad_p (unless NULL) is how many
@@ -26,6 +27,10 @@
  * layer's, the escapers' (below, the log's JSON) and ferryctl's JSON use it
  * (ferry_utf8_whole only finds where a character starts, to cut text). */
 size_t ferry_utf8_char(const char *s, size_t len, size_t *bad_p);
+
+/* The code point of the well-formed character s[0..n), n as
+ * ferry_utf8_char found it (1..4). */
+uint32_t ferry_utf8_code_point(const char *s, size_t n);
 
 /* The offset of the first byte of s[0..len) that is not part of
  * well-formed UTF-8; len when there is none. */
