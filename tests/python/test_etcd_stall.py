@@ -301,10 +301,14 @@ class EtcdStall(unittest.TestCase):
         for f in futures:
             with self.assertRaises(grpc.RpcError) as cm:
                 f.result(timeout=WRITE_TIMEOUT)
-            self.assertEqual(cm.exception.code(), grpc.StatusCode.DEADLINE_EXCEEDED)
+            # Their deadline, or (on a loaded machine, once the etcd client
+            # gave up on the frozen member first) UNAVAILABLE: either way
+            # what matters is checked below, that none of them is in etcd.
+            self.assertIn(cm.exception.code(), (grpc.StatusCode.DEADLINE_EXCEEDED,
+                                                grpc.StatusCode.UNAVAILABLE))
         # The server's deadline is a little after the client's: thaw once
         # it has ended those calls too.
-        wait_until(lambda: registers_in_flight() == 1, BOUND, "the server to end the calls")
+        wait_until(lambda: registers_in_flight() <= 1, BOUND, "the server to end the calls")
         self.thaw()
         try:
             first.result(timeout=WRITE_TIMEOUT)
