@@ -134,11 +134,12 @@ void ferry_utf8_format(char *dst, size_t cap, const char *fmt, ...)
     va_end(ap);
 }
 
-/* Whether code point cp acts on a terminal instead of showing (text.h). */
+/* Whether code point cp acts on a terminal instead of showing, or is the
+ * escape's own backslash (text.h). */
 static bool acts(uint32_t cp)
 {
-    return cp < 0x20 || (cp >= 0x7f && cp <= 0x9f) || (cp >= 0x202a && cp <= 0x202e) ||
-           (cp >= 0x2066 && cp <= 0x2069);
+    return cp < 0x20 || cp == '\\' || (cp >= 0x7f && cp <= 0x9f) || cp == 0x061c || cp == 0x200e ||
+           cp == 0x200f || (cp >= 0x202a && cp <= 0x202e) || (cp >= 0x2066 && cp <= 0x2069);
 }
 
 size_t ferry_text_shown(const char *s, size_t len)

@@ -56,11 +56,14 @@ void ferry_utf8_format(char *dst, size_t cap, const char *fmt, ...)
  * or message is any client's valid UTF-8 (the RPC layer refuses the rest),
  * and a few of its characters act on a terminal rather than show: C0
  * controls (a newline forges a line; ESC starts a sequence), DEL, C1
- * controls (U+0080..U+009F: U+009B is CSI to xterm) and the bidirectional
+ * controls (U+0080..U+009F: U+009B is CSI to xterm), the bidirectional
  * overrides and isolates (U+202A..U+202E, U+2066..U+2069), which reorder
- * what follows them on screen. Those characters, and bytes that are not
- * UTF-8 (from a peer that does not check it), are shown as \xNN, byte by
- * byte; every other character as it is. */
+ * what follows them on screen, and the invisible direction marks (U+061C,
+ * U+200E, U+200F), which move the punctuation around them. Those
+ * characters, a backslash (so that a name typed as "x\x1b" is not read as
+ * an escaped ESC: the shown text reads back to one text only), and bytes
+ * that are not UTF-8 (from a peer that does not check it), are shown as
+ * \xNN, byte by byte; every other character as it is. */
 
 /* Bytes of the next character of s[0..len) (len > 0) when it may be shown
  * as it is; 0 when s[0] is to be shown as \xNN. */

@@ -54,6 +54,10 @@ static void test_control_bytes_are_escaped(void **state)
            "gpj.exe",
            out, sizeof(out));
     assert_non_null(strstr(out, "owner 'y\\xc2\\x9b31m\\xe2\\x80\\xaegpj.exe' is here"));
+    /* A backslash is escaped too, so that a name typed as "\x1b" does not
+     * read as an escaped ESC; and an invisible direction mark (U+200F). */
+    logged("z\\x1b\xE2\x80\x8F", out, sizeof(out));
+    assert_non_null(strstr(out, "owner 'z\\x5cx1b\\xe2\\x80\\x8f' is here"));
 }
 
 static void test_printable_text_is_unchanged(void **state)
@@ -61,14 +65,14 @@ static void test_printable_text_is_unchanged(void **state)
     char out[512];
     (void)state;
 
-    logged("w\xc3\xa9rker \"7\" \\ tab-free", out, sizeof(out));
-    assert_non_null(
-        strstr(out, "info  registry: owner 'w\xc3\xa9rker \"7\" \\ tab-free' is here\n"));
+    logged("w\xc3\xa9rker \"7\" tab-free", out, sizeof(out));
+    assert_non_null(strstr(out, "info  registry: owner 'w\xc3\xa9rker \"7\" tab-free' is here\n"));
 }
 
 /* With FERRY_LOG_FORMAT=json the line is one JSON object that a strict
- * parser takes: control characters, C1 and bidirectional overrides as
- * \\uXXXX, bytes that are not UTF-8 as U+FFFD, quotes escaped. */
+ * parser takes: control characters, C1, bidirectional overrides and marks
+ * as \\uXXXX, bytes that are not UTF-8 as U+FFFD, quotes and backslashes
+ * escaped (JSON's own way). */
 static void test_json_lines_are_json(void **state)
 {
     char out[512];
@@ -78,13 +82,13 @@ static void test_json_lines_are_json(void **state)
     ferry_log_init_from_env(FERRY_LOG_INFO);
     logged("a\"b\n\x1b[2J\xC2\x9B"
            "31m\xE2\x80\xAE"
-           "x\xFF\xC3\xA9",
+           "x\xFF\xC3\xA9\\\xE2\x80\x8F",
            out, sizeof(out));
     unsetenv("FERRY_LOG_FORMAT");
     ferry_log_init_from_env(FERRY_LOG_INFO);
     assert_ptr_equal(strchr(out, '\n'), out + strlen(out) - 1);
     assert_non_null(strstr(out, "\"msg\":\"registry: owner 'a\\\"b\\u000a\\u001b[2J\\u009b31m"
-                                "\\u202ex\\ufffd\xC3\xA9' is here\"}"));
+                                "\\u202ex\\ufffd\xC3\xA9\\\\\\u200f' is here\"}"));
 }
 
 int main(void)

@@ -109,7 +109,8 @@ static void test_utf8_char(void **state)
 
 /* What is shown as it is and what as \xNN: printable ASCII and other
  * characters whole; C0, DEL, C1 (as UTF-8: U+009B is CSI to xterm) and the
- * bidirectional overrides and isolates escaped byte by byte; bytes that are
+ * bidirectional overrides, isolates and marks escaped byte by byte, and a
+ * backslash, so that what is shown reads back one way only; bytes that are
  * not UTF-8 (a lone continuation, a cut sequence, an overlong form, a
  * surrogate) escaped one at a time. */
 static void test_escape(void **state)
@@ -129,6 +130,8 @@ static void test_escape(void **state)
          "ab\\xe2\\x80\\xaefdp.exe"}, /* U+202E */
         {"\xE2\x81\xA6x\xE2\x81\xA9", "\\xe2\\x81\\xa6"
                                       "x\\xe2\\x81\\xa9"},
+        {"\xE2\x80\x8Fx\xD8\x9C", "\\xe2\\x80\\x8fx\\xd8\\x9c"}, /* U+200F, U+061C */
+        {"x\\x1b\\", "x\\x5cx1b\\x5c"},      /* a backslash: no look-alike escape */
         {"\x9b\xff", "\\x9b\\xff"},          /* not UTF-8 */
         {"\xC3", "\\xc3"},                   /* cut short */
         {"\xC0\xAF", "\\xc0\\xaf"},          /* overlong '/' */
