@@ -122,7 +122,7 @@ static int passive_main(int cmd_fd, int res_fd, uint64_t max)
             ferry_op_destroy(op);
         }
     }
-    ferry__cuda_mem_free(buf);
+    ferry__cuda_mem_free(device, buf);
     return ferry_connector_destroy(c) == FERRY_OK ? 0 : 1;
 }
 
@@ -265,8 +265,8 @@ static int writer_main(int cmd_fd, int res_fd, uint64_t min, uint64_t max, int i
            "no CUDA transports)\n");
     e->ops->free_pinned(e, pinned, max, false);
     ferry__copy_engine_destroy(e);
-    ferry__cuda_mem_free(src);
-    ferry__cuda_mem_free(dst);
+    ferry__cuda_mem_free(device, src);
+    ferry__cuda_mem_free(device, dst);
     ferry_connector_destroy(c);
     return rc;
 }

@@ -516,12 +516,18 @@ static void *progress_main(void *arg)
     ucs_status_t status;
     unsigned yields = 0;
 
-    if (c->cuda_available) {
-        ferry__cuda_bind_thread(0); /* UCX's CUDA transports progress here */
-        ferry__clear_error();
-    }
+    int32_t bound = -1;
+
     ferry__lock(c);
     while (!atomic_load(&c->stopping)) {
+        int32_t device = atomic_load(&c->cuda_progress_device);
+        if (device != bound) {
+            /* UCX's CUDA transports progress their copies here (the
+             * direct path): their device's context, once one is known. */
+            ferry__cuda_bind_thread((uint32_t)device);
+            ferry__clear_error();
+            bound = device;
+        }
         ferry__connector_drain(c);
         if (c->done != NULL) {
             ferry__unlock(c);
@@ -793,6 +799,7 @@ ferry_status_t ferry_connector_create(const ferry_connector_params_t *params,
     if (c == NULL) {
         return ferry__fail(FERRY_ERR_NO_MEMORY, "connector: out of memory");
     }
+    atomic_init(&c->cuda_progress_device, -1);
     c->reqs_tail = &c->reqs;
     c->inbox_tail = &c->inbox;
     c->done_tail = &c->done;

@@ -12,14 +12,24 @@
  * unloads the driver.
  *
  * Contexts: libferry uses each device's primary context (the one the CUDA
- * runtime and PyTorch use), retained on first use and never released, and
- * makes it current on the calling thread before each driver call that needs
- * one, so any thread (the progress thread included) may call in.
+ * runtime and PyTorch use), retained on first use and never released. A
+ * driver call that needs one pushes it on the calling thread and pops it
+ * after (ctx_push, ctx_pop), so the caller's thread is left with the
+ * context it had: an application thread that set another device (or its
+ * own context) keeps it, and a process that never hands Ferry CUDA memory
+ * never gets a context from it. Only the progress thread, Ferry's own,
+ * keeps one current (ferry__cuda_bind_thread), and only for the direct
+ * path, whose transports need it there.
  *
- * The engine: one non-blocking stream, and per queued copy one event
- * (recorded after the copy) in a ring; a ticket is done when its event, and
- * so every earlier one, has completed. A failed query or copy makes the
- * engine failed for good (copy_engine.h).
+ * The engine: one stream, and per queued copy one event (recorded after
+ * the copy) in a ring; a ticket is done when its event, and so every
+ * earlier one, has completed. A failed query or copy makes the engine
+ * failed for good (copy_engine.h). The stream is a blocking one (not
+ * CU_STREAM_NON_BLOCKING): its copies wait for work queued before them on
+ * the legacy default stream, where PyTorch and the runtime launch unless
+ * told otherwise, so a tensor a kernel is still producing there is copied
+ * once it is done. Work on other streams is the caller's to finish first
+ * (ferry.h).
  *
  * Threads: the load is once; the context table is guarded by ctx_lock; an
  * engine is used under its connector's lock.
@@ -93,9 +103,20 @@ ferry_status_t ferry__cuda_mem_zero(uint32_t device, void *ptr, size_t size)
     return ferry__cuda_load();
 }
 
-void ferry__cuda_mem_free(void *ptr)
+void ferry__cuda_mem_free(uint32_t device, void *ptr)
 {
+    (void)device;
     (void)ptr;
+}
+
+ferry_status_t ferry__cuda_push(uint32_t device)
+{
+    (void)device;
+    return ferry__cuda_load();
+}
+
+void ferry__cuda_pop(void)
+{
 }
 
 ferry_status_t ferry__cuda_memcpy(uint32_t device, void *dst, const void *src, size_t size)
@@ -116,9 +137,12 @@ ferry_status_t ferry__cuda_memcpy(uint32_t device, void *dst, const void *src, s
 #define SYM_STR(name) #name
 #define SYM(name)     SYM_STR(name)
 
-#define MAX_DEVICES  64
-#define EVENT_RING   128
-#define PINNED_CACHE 4
+#define MAX_DEVICES        64
+#define EVENT_RING         128
+#define PINNED_CACHE       4
+/* What the cache of pinned buffers may hold in all (one default slot set
+ * is 16 MiB; a peer's metadata may ask for up to 256 MiB). */
+#define PINNED_CACHE_BYTES ((size_t)64 << 20)
 
 /* The driver functions libferry calls, each resolved by its ABI name. */
 #define FOREACH_CU_FN(_)        \
@@ -128,6 +152,8 @@ ferry_status_t ferry__cuda_memcpy(uint32_t device, void *dst, const void *src, s
     _(cuDeviceGet)              \
     _(cuDevicePrimaryCtxRetain) \
     _(cuCtxSetCurrent)          \
+    _(cuCtxPushCurrent)         \
+    _(cuCtxPopCurrent)          \
     _(cuPointerGetAttributes)   \
     _(cuStreamCreate)           \
     _(cuStreamDestroy)          \
@@ -232,10 +258,9 @@ static ferry_status_t cu_fail(const char *what, CUresult r)
     return ferry__fail(FERRY_ERR_IO, "cuda: %s: %s", what, cu_name(r));
 }
 
-/* Makes device's primary context current on this thread. */
-static ferry_status_t use_device(uint32_t device)
+/* device's primary context, retained on first use. */
+static ferry_status_t device_context(uint32_t device, CUcontext *ctx_p)
 {
-    CUcontext ctx;
     CUresult r = CUDA_SUCCESS;
 
     if (ferry__cuda_load() != FERRY_OK) {
@@ -253,16 +278,47 @@ static ferry_status_t use_device(uint32_t device)
             r = cu.cuDevicePrimaryCtxRetain(&contexts[device], dev);
         }
     }
-    ctx = contexts[device];
+    *ctx_p = contexts[device];
     pthread_mutex_unlock(&ctx_lock);
-    if (r != CUDA_SUCCESS) {
-        return cu_fail("retaining the primary context", r);
-    }
-    r = cu.cuCtxSetCurrent(ctx);
-    return r == CUDA_SUCCESS ? FERRY_OK : cu_fail("cuCtxSetCurrent", r);
+    return r == CUDA_SUCCESS ? FERRY_OK : cu_fail("retaining the primary context", r);
 }
 
-static ferry_status_t check_one(size_t i, const ferry_descriptor_t *d)
+/* Makes device's primary context current on this thread until ctx_pop,
+ * which puts back the one the thread had (contexts module comment). */
+static ferry_status_t ctx_push(uint32_t device)
+{
+    CUcontext ctx;
+    ferry_status_t status = device_context(device, &ctx);
+    CUresult r;
+
+    if (status != FERRY_OK) {
+        return status;
+    }
+    r = cu.cuCtxPushCurrent(ctx);
+    return r == CUDA_SUCCESS ? FERRY_OK : cu_fail("cuCtxPushCurrent", r);
+}
+
+static void ctx_pop(void)
+{
+    CUcontext ctx;
+    CUresult r = cu.cuCtxPopCurrent(&ctx);
+
+    if (r != CUDA_SUCCESS) {
+        ferry_error("cuda: cuCtxPopCurrent: %s", cu_name(r));
+    }
+}
+
+ferry_status_t ferry__cuda_push(uint32_t device)
+{
+    return ctx_push(device);
+}
+
+void ferry__cuda_pop(void)
+{
+    ctx_pop();
+}
+
+static ferry_status_t check_one(size_t i, const ferry_descriptor_t *d, uint32_t device)
 {
     CUpointer_attribute attrs[] = {
         CU_POINTER_ATTRIBUTE_MEMORY_TYPE, CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL,
@@ -275,6 +331,14 @@ static ferry_status_t check_one(size_t i, const ferry_descriptor_t *d)
     CUdeviceptr p = (CUdeviceptr)(uintptr_t)d->ptr;
     CUresult r;
 
+    if (d->device.id != device) {
+        /* One device per list: the copy engine, the slots and the
+         * progress thread's context are the first descriptor's. */
+        return ferry__fail(FERRY_ERR_INVALID_ARGUMENT,
+                           "descriptor %zu: cuda:%" PRIu32 " in a list of cuda:%" PRIu32
+                           " memory: one operation's descriptors are all on one device",
+                           i, d->device.id, device);
+    }
     r = cu.cuPointerGetAttributes(4, attrs, data, p);
     if (r != CUDA_SUCCESS) {
         return ferry__fail(FERRY_ERR_INVALID_ARGUMENT,
@@ -303,23 +367,49 @@ static ferry_status_t check_one(size_t i, const ferry_descriptor_t *d)
     return FERRY_OK;
 }
 
+/* A host descriptor must not be device memory: UCX's host transports would
+ * read or write it with the CPU, and the process would die of SIGSEGV.
+ * Managed memory (which the CPU may touch) and memory the driver does not
+ * know pass. */
+static ferry_status_t check_host(size_t i, const ferry_descriptor_t *d)
+{
+    CUpointer_attribute attrs[] = {CU_POINTER_ATTRIBUTE_MEMORY_TYPE,
+                                   CU_POINTER_ATTRIBUTE_IS_MANAGED,
+                                   CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL};
+    unsigned int type = 0, managed = 0;
+    int ordinal = -1;
+    void *data[] = {&type, &managed, &ordinal};
+    CUresult r = cu.cuPointerGetAttributes(3, attrs, data, (CUdeviceptr)(uintptr_t)d->ptr);
+
+    if (r == CUDA_SUCCESS && type == CU_MEMORYTYPE_DEVICE && !managed) {
+        return ferry__fail(FERRY_ERR_INVALID_ARGUMENT,
+                           "descriptor %zu: cpu claimed, but %p is device memory of cuda:%d: "
+                           "describe it as cuda:%d",
+                           i, d->ptr, ordinal, ordinal);
+    }
+    return FERRY_OK;
+}
+
 ferry_status_t ferry__cuda_bind_thread(uint32_t device)
 {
-    return use_device(device);
+    CUcontext ctx;
+    ferry_status_t status = device_context(device, &ctx);
+    CUresult r;
+
+    if (status != FERRY_OK) {
+        return status;
+    }
+    r = cu.cuCtxSetCurrent(ctx);
+    return r == CUDA_SUCCESS ? FERRY_OK : cu_fail("cuCtxSetCurrent", r);
 }
 
 ferry_status_t ferry__cuda_check_descriptors(const ferry_descriptor_t *descs, size_t n)
 {
     ferry_status_t status = ferry__cuda_load();
+    bool cuda = n > 0 && descs[0].device.kind == FERRY_DEVICE_CUDA;
 
     for (size_t i = 0; status == FERRY_OK && i < n; i++) {
-        if (descs[i].device.kind == FERRY_DEVICE_CUDA) {
-            status = check_one(i, &descs[i]);
-        }
-    }
-    if (status == FERRY_OK && descs[0].device.kind == FERRY_DEVICE_CUDA) {
-        /* The caller registers this memory with UCX next, on this thread. */
-        status = use_device(descs[0].device.id);
+        status = cuda ? check_one(i, &descs[i], descs[0].device.id) : check_host(i, &descs[i]);
     }
     return status;
 }
@@ -328,12 +418,13 @@ ferry_status_t ferry__cuda_mem_alloc(uint32_t device, size_t size, void **ptr_p)
 {
     CUdeviceptr p;
     CUresult r;
-    ferry_status_t status = use_device(device);
+    ferry_status_t status = ctx_push(device);
 
     if (status != FERRY_OK) {
         return status;
     }
     r = cu.cuMemAlloc(&p, size);
+    ctx_pop();
     if (r == CUDA_ERROR_OUT_OF_MEMORY) {
         return ferry__fail(FERRY_ERR_NO_MEMORY, "cuda:%" PRIu32 ": cannot allocate %zu bytes: %s",
                            device, size, cu_name(r));
@@ -348,7 +439,7 @@ ferry_status_t ferry__cuda_mem_alloc(uint32_t device, size_t size, void **ptr_p)
 ferry_status_t ferry__cuda_mem_zero(uint32_t device, void *ptr, size_t size)
 {
     CUresult r;
-    ferry_status_t status = use_device(device);
+    ferry_status_t status = ctx_push(device);
 
     if (status != FERRY_OK) {
         return status;
@@ -358,25 +449,28 @@ ferry_status_t ferry__cuda_mem_zero(uint32_t device, void *ptr, size_t size)
     if (r == CUDA_SUCCESS) {
         r = cu.cuStreamSynchronize(NULL);
     }
+    ctx_pop();
     return r == CUDA_SUCCESS ? FERRY_OK : cu_fail("cuMemsetD8", r);
 }
 
-void ferry__cuda_mem_free(void *ptr)
+void ferry__cuda_mem_free(uint32_t device, void *ptr)
 {
-    if (ptr != NULL && load_status == FERRY_OK) {
+    if (ptr != NULL && load_status == FERRY_OK && ctx_push(device) == FERRY_OK) {
         cu.cuMemFree((CUdeviceptr)(uintptr_t)ptr);
+        ctx_pop();
     }
 }
 
 ferry_status_t ferry__cuda_memcpy(uint32_t device, void *dst, const void *src, size_t size)
 {
     CUresult r;
-    ferry_status_t status = use_device(device);
+    ferry_status_t status = ctx_push(device);
 
     if (status != FERRY_OK) {
         return status;
     }
     r = cu.cuMemcpy((CUdeviceptr)(uintptr_t)dst, (CUdeviceptr)(uintptr_t)src, size);
+    ctx_pop();
     return r == CUDA_SUCCESS ? FERRY_OK : cu_fail("cuMemcpy", r);
 }
 
@@ -412,7 +506,7 @@ static ferry_status_t engine_copy(ferry__copy_engine_t *base, void *dst, const v
         return ferry__fail(FERRY_ERR_RESOURCE_EXHAUSTED, "cuda:%" PRIu32 ": %d copies in flight",
                            e->device, EVENT_RING);
     }
-    if (use_device(e->device) != FERRY_OK) {
+    if (ctx_push(e->device) != FERRY_OK) {
         return FERRY_ERR_IO;
     }
     ev = &e->ring[(e->queued + 1) % EVENT_RING];
@@ -426,6 +520,7 @@ static ferry_status_t engine_copy(ferry__copy_engine_t *base, void *dst, const v
             cu.cuEventDestroy(*ev);
         }
     }
+    ctx_pop();
     if (r != CUDA_SUCCESS) {
         e->error = r;
         ferry_error("cuda:%" PRIu32 ": queueing a %zu-byte copy: %s", e->device, n, cu_name(r));
@@ -438,10 +533,16 @@ static ferry_status_t engine_copy(ferry__copy_engine_t *base, void *dst, const v
 static ferry_status_t engine_poll(ferry__copy_engine_t *base, uint64_t ticket, bool *done_p)
 {
     cuda_engine_t *e = (cuda_engine_t *)base;
+    bool pushed = false;
 
     while (e->error == CUDA_SUCCESS && e->done < ticket && e->done < e->queued) {
         CUevent ev = e->ring[(e->done + 1) % EVENT_RING];
-        CUresult r = cu.cuEventQuery(ev);
+        CUresult r;
+        if (!pushed && ctx_push(e->device) != FERRY_OK) {
+            return FERRY_ERR_IO;
+        }
+        pushed = true;
+        r = cu.cuEventQuery(ev);
         if (r == CUDA_ERROR_NOT_READY) {
             break;
         }
@@ -451,6 +552,9 @@ static ferry_status_t engine_poll(ferry__copy_engine_t *base, uint64_t ticket, b
             e->error = r;
             ferry_error("cuda:%" PRIu32 ": a staging copy failed: %s", e->device, cu_name(r));
         }
+    }
+    if (pushed) {
+        ctx_pop();
     }
     if (e->error != CUDA_SUCCESS) {
         return engine_failed(e);
@@ -463,23 +567,27 @@ static void engine_sync(ferry__copy_engine_t *base)
 {
     cuda_engine_t *e = (cuda_engine_t *)base;
 
-    if (use_device(e->device) == FERRY_OK) {
-        cu.cuStreamSynchronize(e->stream);
+    if (e->done == e->queued || ctx_push(e->device) != FERRY_OK) {
+        return;
     }
+    cu.cuStreamSynchronize(e->stream);
     while (e->done < e->queued) {
         cu.cuEventDestroy(e->ring[(e->done + 1) % EVENT_RING]);
         e->done++;
     }
+    ctx_pop();
 }
 
 /* Pinned buffers are slow to get (cuMemHostAlloc maps and locks pages:
  * milliseconds for the default 16 MiB) and every staged operation needs
- * one, so a few freed ones are kept for the next operation of that size
- * (active sides' only: see copy_engine.h). */
+ * one, so a few freed ones, PINNED_CACHE_BYTES in all, are kept for the
+ * next operation of that size (active sides' only: see copy_engine.h). */
 static struct {
     void *ptr;
     size_t size;
 } pinned_cache[PINNED_CACHE];
+
+static size_t pinned_cache_bytes; /* ctx_lock */
 
 static void *pinned_cache_take(size_t size)
 {
@@ -490,6 +598,7 @@ static void *pinned_cache_take(size_t size)
         if (pinned_cache[i].ptr != NULL && pinned_cache[i].size == size) {
             p = pinned_cache[i].ptr;
             pinned_cache[i].ptr = NULL;
+            pinned_cache_bytes -= size;
         }
     }
     pthread_mutex_unlock(&ctx_lock);
@@ -501,10 +610,12 @@ static bool pinned_cache_keep(void *ptr, size_t size)
     bool kept = false;
 
     pthread_mutex_lock(&ctx_lock);
-    for (int i = 0; !kept && i < PINNED_CACHE; i++) {
+    for (int i = 0; !kept && size <= PINNED_CACHE_BYTES - pinned_cache_bytes && i < PINNED_CACHE;
+         i++) {
         if (pinned_cache[i].ptr == NULL) {
             pinned_cache[i].ptr = ptr;
             pinned_cache[i].size = size;
+            pinned_cache_bytes += size;
             kept = true;
         }
     }
@@ -520,22 +631,38 @@ static ferry_status_t engine_alloc_pinned(ferry__copy_engine_t *base, size_t siz
     if ((*ptr_p = pinned_cache_take(size)) != NULL) {
         return FERRY_OK;
     }
-    if (use_device(e->device) != FERRY_OK) {
+    if (ctx_push(e->device) != FERRY_OK) {
         return FERRY_ERR_IO;
     }
     r = cu.cuMemHostAlloc(ptr_p, size, CU_MEMHOSTALLOC_PORTABLE);
+    ctx_pop();
     return r == CUDA_SUCCESS ? FERRY_OK : cu_fail("cuMemHostAlloc", r);
 }
 
-/* Without an engine (the slot pool frees memory after its engine is gone,
- * on a thread that may have no context current) the first device's
- * context serves: the memory is portable. */
+/* A device whose context this process retained already: the first, or
+ * device when it has one. */
+static uint32_t retained_device(uint32_t device)
+{
+    uint32_t d = device;
+
+    pthread_mutex_lock(&ctx_lock);
+    for (uint32_t i = 0; contexts[d] == NULL && i < MAX_DEVICES; i++) {
+        d = contexts[i] != NULL ? i : d;
+    }
+    pthread_mutex_unlock(&ctx_lock);
+    return d;
+}
+
+/* Without an engine (the slot pool frees memory after its engine is gone)
+ * any context this process retained serves: the memory is portable, and
+ * it was allocated under one, so this retains none. */
 static void engine_free_pinned(ferry__copy_engine_t *base, void *ptr, size_t size, bool keep)
 {
-    uint32_t device = base != NULL ? ((cuda_engine_t *)base)->device : 0;
+    uint32_t device = base != NULL ? ((cuda_engine_t *)base)->device : retained_device(0);
 
-    if (ptr != NULL && !(keep && pinned_cache_keep(ptr, size)) && use_device(device) == FERRY_OK) {
+    if (ptr != NULL && !(keep && pinned_cache_keep(ptr, size)) && ctx_push(device) == FERRY_OK) {
         cu.cuMemFreeHost(ptr);
+        ctx_pop();
     }
 }
 
@@ -545,10 +672,11 @@ static ferry_status_t engine_pin(ferry__copy_engine_t *base, void *ptr, size_t s
     CUresult r;
 
     *undo_p = false;
-    if (use_device(e->device) != FERRY_OK) {
+    if (ctx_push(e->device) != FERRY_OK) {
         return FERRY_ERR_IO;
     }
     r = cu.cuMemHostRegister(ptr, size, CU_MEMHOSTREGISTER_PORTABLE);
+    ctx_pop();
     if (r == CUDA_ERROR_HOST_MEMORY_ALREADY_REGISTERED) {
         return FERRY_OK; /* by UCX's CUDA support, which undoes it */
     }
@@ -563,17 +691,22 @@ static void engine_unpin(uint32_t device, void *ptr)
 {
     CUresult r;
 
-    if (use_device(device) == FERRY_OK && (r = cu.cuMemHostUnregister(ptr)) != CUDA_SUCCESS) {
+    if (ctx_push(device) != FERRY_OK) {
+        return;
+    }
+    if ((r = cu.cuMemHostUnregister(ptr)) != CUDA_SUCCESS) {
         ferry_error("cuda: cuMemHostUnregister: %s", cu_name(r));
     }
+    ctx_pop();
 }
 
 static void engine_destroy(ferry__copy_engine_t *base)
 {
     cuda_engine_t *e = (cuda_engine_t *)base;
 
-    if (use_device(e->device) == FERRY_OK) {
+    if (ctx_push(e->device) == FERRY_OK) {
         cu.cuStreamDestroy(e->stream);
+        ctx_pop();
     }
     free(e);
 }
@@ -593,7 +726,7 @@ static const ferry__copy_engine_ops_t cuda_engine_ops = {
 ferry_status_t ferry__cuda_engine_create(uint32_t device, ferry__copy_engine_t **engine_p)
 {
     cuda_engine_t *e;
-    ferry_status_t status = use_device(device);
+    ferry_status_t status = ctx_push(device);
     CUresult r;
 
     if (status != FERRY_OK) {
@@ -601,11 +734,14 @@ ferry_status_t ferry__cuda_engine_create(uint32_t device, ferry__copy_engine_t *
     }
     e = calloc(1, sizeof(*e));
     if (e == NULL) {
+        ctx_pop();
         return ferry__fail(FERRY_ERR_NO_MEMORY, "cuda: out of memory for an engine");
     }
     e->base.ops = &cuda_engine_ops;
     e->device = device;
-    r = cu.cuStreamCreate(&e->stream, CU_STREAM_NON_BLOCKING);
+    /* Blocking: ordered after the legacy default stream (module comment). */
+    r = cu.cuStreamCreate(&e->stream, CU_STREAM_DEFAULT);
+    ctx_pop();
     if (r != CUDA_SUCCESS) {
         free(e);
         return cu_fail("cuStreamCreate", r);

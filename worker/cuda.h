@@ -10,8 +10,9 @@
  *
  * Threads: ferry__cuda_load may be called from any thread (pthread_once);
  * the other functions after it succeeded, from any thread (the driver is
- * thread-safe; each call makes the device's primary context current on the
- * calling thread first).
+ * thread-safe; each call pushes the device's primary context on the calling
+ * thread and pops it after, leaving the thread's own current context as it
+ * was; only ferry__cuda_bind_thread leaves one current).
  */
 #ifndef FERRY_WORKER_CUDA_H
 #define FERRY_WORKER_CUDA_H
@@ -32,15 +33,24 @@ ferry_status_t ferry__cuda_load(void);
 const char *ferry__cuda_why(void);
 
 /* Checks that every descriptor is what it claims: device memory of device N
- * for cuda:N, the whole region inside one allocation. The message names the
- * descriptor ("descriptor 3: cuda:1 claimed, but ..."). FERRY_ERR_UNIMPLEMENTED
- * without a driver; FERRY_ERR_INVALID_ARGUMENT on a mismatch. Host
- * descriptors are not looked at. */
+ * for cuda:N, every one on descs[0]'s device, the whole region inside one
+ * allocation; for cpu, not device memory (managed memory passes). The
+ * message names the descriptor ("descriptor 3: cuda:1 claimed, but ...").
+ * FERRY_ERR_UNIMPLEMENTED without a driver; FERRY_ERR_INVALID_ARGUMENT on a
+ * mismatch. */
 ferry_status_t ferry__cuda_check_descriptors(const ferry_descriptor_t *descs, size_t n);
 
-/* Makes device N's primary context current on the calling thread (UCX's
- * CUDA transports expect one where CUDA memory is registered or moved). */
+/* Makes device N's primary context current on the calling thread and
+ * leaves it so: for the progress thread, Ferry's own (UCX's CUDA
+ * transports expect one where CUDA memory is moved). */
 ferry_status_t ferry__cuda_bind_thread(uint32_t device);
+
+/* Makes device N's primary context current on the calling thread until
+ * ferry__cuda_pop, which puts back what the thread had: around UCX calls
+ * on CUDA memory (ucp_mem_map, ucp_rkey_pack, puts) made on a caller's
+ * thread. Every successful push is popped once. */
+ferry_status_t ferry__cuda_push(uint32_t device);
+void ferry__cuda_pop(void);
 
 /* The CUDA copy engine (copy_engine.h) on device N: one stream, one event
  * per copy. */
@@ -52,7 +62,7 @@ int ferry__cuda_device_count(void);
 ferry_status_t ferry__cuda_mem_alloc(uint32_t device, size_t size, void **ptr_p);
 /* Zeroes size bytes of device memory and waits until they are. */
 ferry_status_t ferry__cuda_mem_zero(uint32_t device, void *ptr, size_t size);
-void ferry__cuda_mem_free(void *ptr);
+void ferry__cuda_mem_free(uint32_t device, void *ptr);
 ferry_status_t ferry__cuda_memcpy(uint32_t device, void *dst, const void *src, size_t size);
 
 /* Tests only: when set before the first load, this file is dlopen'd instead

@@ -279,6 +279,10 @@ struct ferry_connector {
     bool cuda_available;   /* the CUDA driver loaded and has a device */
     bool ucx_reports_cuda; /* UCX reports CUDA among its memory types */
     bool ucx_cuda;         /* ... and FERRY_CUDA_DIRECT=1: the direct path (connector.c) */
+    /* The device whose context the progress thread makes current: the
+     * first a direct-path operation's CUDA memory is on; -1 until one is
+     * (set once, by ferry__cuda_admit; read by the progress thread). */
+    _Atomic int32_t cuda_progress_device;
 
     ucp_context_h context;
     ucp_worker_h worker;
@@ -659,9 +663,10 @@ void ferry__op_peer_failed(ferry_op_t *op, ferry__peer_t *peer);
 
 /* The CUDA admission of a local list: CUDA descriptors need a driver
  * (FERRY_ERR_UNIMPLEMENTED with the reason) and must be what they claim
- * (cuda.h: ferry__cuda_check_descriptors). Host lists pass. */
-ferry_status_t ferry__cuda_admit(const ferry_connector_t *c, const ferry_descriptor_t *descs,
-                                 size_t n);
+ * (cuda.h: ferry__cuda_check_descriptors); host descriptors must not be
+ * device memory, where a driver can tell. On the direct path, the first
+ * CUDA list admitted names the progress thread's device. */
+ferry_status_t ferry__cuda_admit(ferry_connector_t *c, const ferry_descriptor_t *descs, size_t n);
 /* The active side's check of the path the metadata declares: CUDA memory
  * registered directly needs this UCX's CUDA transports too. */
 ferry_status_t ferry__staged_check_remote(const ferry_connector_t *c,

@@ -42,6 +42,7 @@
 
 #include "common/clock.h"
 #include "common/log.h"
+#include "worker/cuda.h"
 #include "worker/ferry_int.h"
 
 atomic_bool ferry__test_hold_notice;
@@ -66,7 +67,7 @@ static void send_notice(ferry_op_t *op, ferry_status_t status)
 }
 
 /* Posts every put (or get) and the flush that reports them; lock held. */
-static void start_transfer(ferry_op_t *op)
+static void post_transfer(ferry_op_t *op)
 {
     ucp_ep_h ep = op->peer->ep;
     ucp_request_param_t param = {0};
@@ -122,6 +123,21 @@ static void start_transfer(ferry_op_t *op)
     ferry__op_ref(op);
     ferry__req_param(req, &param);
     ferry__req_posted(req, ucp_ep_flush_nbx(ep, &param));
+}
+
+/* post_transfer with the memory's device context current where it is CUDA
+ * memory (the direct path: UCX's CUDA transports queue the copies on the
+ * posting thread, which may be the caller's), the thread's own put back
+ * after (cuda.h). */
+static void start_transfer(ferry_op_t *op)
+{
+    bool cuda = op->n > 0 && op->descs[0].device.kind == FERRY_DEVICE_CUDA &&
+                ferry__cuda_push(op->descs[0].device.id) == FERRY_OK;
+
+    post_transfer(op);
+    if (cuda) {
+        ferry__cuda_pop();
+    }
 }
 
 void ferry__active_on_admit(ferry_connector_t *c, const ferry__msg_t *msg)

@@ -62,7 +62,7 @@
 #include "worker/cuda.h"
 #include "worker/ferry_int.h"
 
-static ferry_status_t map_one(ferry_op_t *op, size_t i, void **rkey_p, size_t *rkey_len_p)
+static ferry_status_t map_one_current(ferry_op_t *op, size_t i, void **rkey_p, size_t *rkey_len_p)
 {
     ferry_connector_t *c = op->connector;
     ucp_mem_map_params_t params = {0};
@@ -90,6 +90,24 @@ static ferry_status_t map_one(ferry_op_t *op, size_t i, void **rkey_p, size_t *r
                            op->label, i, ucs_status_string(status));
     }
     return FERRY_OK;
+}
+
+/* Maps descriptor i and packs its key: with its device's context current
+ * for CUDA memory (UCX's CUDA modules ask the driver about it), and the
+ * caller's own put back after (cuda.h). */
+static ferry_status_t map_one(ferry_op_t *op, size_t i, void **rkey_p, size_t *rkey_len_p)
+{
+    bool cuda = op->descs[i].device.kind == FERRY_DEVICE_CUDA;
+    ferry_status_t status = cuda ? ferry__cuda_push(op->descs[i].device.id) : FERRY_OK;
+
+    if (status != FERRY_OK) {
+        return status;
+    }
+    status = map_one_current(op, i, rkey_p, rkey_len_p);
+    if (cuda) {
+        ferry__cuda_pop();
+    }
+    return status;
 }
 
 /* The staged path: pinned slots registered instead of the regions (which
@@ -135,8 +153,13 @@ static bool own_map(const ferry_op_t *op, size_t i)
 static void unmap_own(ferry_op_t *op, size_t n)
 {
     for (size_t i = 0; i < n; i++) {
-        if (own_map(op, i)) {
-            ucp_mem_unmap(op->connector->context, op->memh[i]);
+        bool cuda = op->descs[i].device.kind == FERRY_DEVICE_CUDA;
+        if (!own_map(op, i) || (cuda && ferry__cuda_push(op->descs[i].device.id) != FERRY_OK)) {
+            continue;
+        }
+        ucp_mem_unmap(op->connector->context, op->memh[i]);
+        if (cuda) {
+            ferry__cuda_pop();
         }
     }
 }

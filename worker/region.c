@@ -169,6 +169,10 @@ static ferry_status_t region_map(ferry_connector_t *c, ferry_region_t *r, bool a
         params.field_mask |= UCP_MEM_MAP_PARAM_FIELD_ADDRESS;
         params.address = r->base;
     }
+    if (r->device.kind == FERRY_DEVICE_CUDA && ferry__cuda_push(r->device.id) != FERRY_OK) {
+        return ferry__fail(FERRY_ERR_INTERNAL, "connector %s: region: %s", c->name,
+                           ferry_last_error_message());
+    }
     status = ferry__mem_map(c, &params, &r->memh);
     if (status != UCS_OK) {
         what = "ucp_mem_map";
@@ -188,11 +192,17 @@ static ferry_status_t region_map(ferry_connector_t *c, ferry_region_t *r, bool a
         what = "ucp_rkey_pack";
         goto err_unmap;
     }
+    if (r->device.kind == FERRY_DEVICE_CUDA) {
+        ferry__cuda_pop();
+    }
     return FERRY_OK;
 
 err_unmap:
     ferry__mem_unmap(c, r->memh);
 err:
+    if (r->device.kind == FERRY_DEVICE_CUDA) {
+        ferry__cuda_pop();
+    }
     ferry_error("connector %s: region of %zu bytes: %s: %s", c->name, r->size, what,
                 ucs_status_string(status));
     return ferry__fail(
@@ -283,6 +293,15 @@ ferry_status_t ferry_mem_register(ferry_connector_t *c, void *ptr, size_t size,
                            "mem_register: connector and region_p are required");
     }
     status = check_memory(c, ptr, size, device);
+    if (status == FERRY_OK && c->cuda_available) {
+        /* As an operation's descriptors (ferry__cuda_admit): cuda:N is
+         * device memory of N, cpu is not device memory. */
+        ferry_descriptor_t d = {ptr, size, device};
+        status = ferry__cuda_check_descriptors(&d, 1);
+        if (status != FERRY_OK) {
+            status = ferry__fail(status, "region: %s", ferry_last_error_message());
+        }
+    }
     if (status != FERRY_OK) {
         return status;
     }
@@ -325,7 +344,7 @@ static ferry_status_t alloc_cuda(ferry_connector_t *c, size_t size, ferry_device
         status = region_create(c, ptr, size, device, false, &r);
     }
     if (status != FERRY_OK) {
-        ferry__cuda_mem_free(ptr); /* NULL: nothing */
+        ferry__cuda_mem_free(device.id, ptr); /* NULL: nothing */
         return status;
     }
     r->cuda_owned = true;
@@ -392,10 +411,15 @@ ferry_status_t ferry_mem_deregister(ferry_region_t *r)
     }
     *pp = r->next;
     ucp_rkey_buffer_release(r->rkey);
-    ferry__mem_unmap(c, r->memh);
+    if (r->device.kind != FERRY_DEVICE_CUDA) {
+        ferry__mem_unmap(c, r->memh);
+    } else if (ferry__cuda_push(r->device.id) == FERRY_OK) {
+        ferry__mem_unmap(c, r->memh);
+        ferry__cuda_pop();
+    }
     ferry__unlock(c);
-    if (r->cuda_owned && ferry__cuda_bind_thread(r->device.id) == FERRY_OK) {
-        ferry__cuda_mem_free(r->base);
+    if (r->cuda_owned) {
+        ferry__cuda_mem_free(r->device.id, r->base);
     }
     ferry_debug("connector %s: region %" PRIu64 " deregistered", c->name, r->id);
     free(r);

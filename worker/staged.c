@@ -168,17 +168,24 @@ bool ferry__staged_wanted(const ferry_connector_t *c, const ferry_descriptor_t *
     return descs[0].device.kind == FERRY_DEVICE_CUDA && !c->ucx_cuda;
 }
 
-ferry_status_t ferry__cuda_admit(const ferry_connector_t *c, const ferry_descriptor_t *descs,
-                                 size_t n)
+ferry_status_t ferry__cuda_admit(ferry_connector_t *c, const ferry_descriptor_t *descs, size_t n)
 {
+    ferry_status_t status;
+
     if (descs[0].device.kind != FERRY_DEVICE_CUDA) {
-        return FERRY_OK;
+        return c->cuda_available ? ferry__cuda_check_descriptors(descs, n) : FERRY_OK;
     }
     if (!c->cuda_available) {
         return ferry__fail(FERRY_ERR_UNIMPLEMENTED, "connector %s: CUDA descriptors refused: %s",
                            c->name, ferry__cuda_why());
     }
-    return ferry__cuda_check_descriptors(descs, n);
+    status = ferry__cuda_check_descriptors(descs, n);
+    if (status == FERRY_OK && c->ucx_cuda) {
+        int32_t none = -1;
+        atomic_compare_exchange_strong(&c->cuda_progress_device, &none,
+                                       (int32_t)descs[0].device.id);
+    }
+    return status;
 }
 
 ferry_status_t ferry__staged_check_remote(const ferry_connector_t *c,

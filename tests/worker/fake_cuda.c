@@ -50,7 +50,14 @@ typedef struct {
 
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static alloc_t allocs[FAKE_ALLOCS];
-static _Thread_local int current = -1;
+/* The calling thread's context stack, as the driver keeps one: its top
+ * (a device, or -1 for none) is the current context. */
+#define FAKE_STACK 16
+static _Thread_local int stack[FAKE_STACK];
+static _Thread_local int depth;
+#define current (depth > 0 ? stack[depth - 1] : -1)
+static atomic_uint retains[FAKE_DEVICES];
+static atomic_uint stream_flags;
 static atomic_uint copies;
 static atomic_uint fail_at;
 static uintptr_t pins[FAKE_PINS]; /* cuMemHostRegister'd bases (lock) */
@@ -58,6 +65,10 @@ static atomic_bool refuse_pins;
 static atomic_uint pin_calls;
 
 FAKE_API void fake_cuda_fail_copy(unsigned nth);
+FAKE_API int fake_cuda_current(void);
+FAKE_API void fake_cuda_set_current(int device);
+FAKE_API unsigned fake_cuda_retains(int device);
+FAKE_API unsigned fake_cuda_stream_flags(void);
 FAKE_API unsigned fake_cuda_registered(void);
 FAKE_API void fake_cuda_refuse_pins(int on);
 FAKE_API unsigned fake_cuda_pin_calls(void);
@@ -133,14 +144,71 @@ FAKE_API CUresult CUDAAPI cuDeviceGet(CUdevice *device, int ordinal)
 
 FAKE_API CUresult CUDAAPI cuDevicePrimaryCtxRetain(CUcontext *ctx, CUdevice dev)
 {
+    if (dev < 0 || dev >= FAKE_DEVICES) {
+        return CUDA_ERROR_INVALID_DEVICE;
+    }
+    atomic_fetch_add(&retains[dev], 1);
     *ctx = (CUcontext)(uintptr_t)(dev + 1);
     return CUDA_SUCCESS;
 }
 
+/* Replaces the top of the stack (pushes onto an empty one), as the
+ * driver's does. */
 FAKE_API CUresult CUDAAPI cuCtxSetCurrent(CUcontext ctx)
 {
-    current = (int)(uintptr_t)ctx - 1;
+    int device = (int)(uintptr_t)ctx - 1;
+
+    if (depth == 0) {
+        depth = 1;
+    }
+    stack[depth - 1] = device;
     return CUDA_SUCCESS;
+}
+
+FAKE_API CUresult CUDAAPI cuCtxPushCurrent(CUcontext ctx)
+{
+    if (ctx == NULL || depth == FAKE_STACK) {
+        return CUDA_ERROR_INVALID_VALUE;
+    }
+    stack[depth++] = (int)(uintptr_t)ctx - 1;
+    return CUDA_SUCCESS;
+}
+
+FAKE_API CUresult CUDAAPI cuCtxPopCurrent(CUcontext *ctx)
+{
+    if (depth == 0) {
+        return CUDA_ERROR_INVALID_CONTEXT;
+    }
+    depth--;
+    if (ctx != NULL) {
+        *ctx = (CUcontext)(uintptr_t)(stack[depth] + 1);
+    }
+    return CUDA_SUCCESS;
+}
+
+/* The calling thread's current device (-1: none), for tests that check
+ * libferry leaves it as it found it. */
+FAKE_API int fake_cuda_current(void)
+{
+    return current;
+}
+
+/* What an application's cudaSetDevice does to the driver's state. */
+FAKE_API void fake_cuda_set_current(int device)
+{
+    cuCtxSetCurrent(device < 0 ? NULL : (CUcontext)(uintptr_t)(device + 1));
+}
+
+/* Primary contexts retained on device (each activates it: device memory). */
+FAKE_API unsigned fake_cuda_retains(int device)
+{
+    return device >= 0 && device < FAKE_DEVICES ? atomic_load(&retains[device]) : 0;
+}
+
+/* The flags of the last stream created. */
+FAKE_API unsigned fake_cuda_stream_flags(void)
+{
+    return atomic_load(&stream_flags);
 }
 
 static const alloc_t *find(uintptr_t p)
@@ -175,6 +243,9 @@ FAKE_API CUresult CUDAAPI cuPointerGetAttributes(unsigned int n, CUpointer_attri
             break;
         case CU_POINTER_ATTRIBUTE_RANGE_SIZE:
             *(size_t *)data[i] = a == NULL ? 0 : a->size;
+            break;
+        case CU_POINTER_ATTRIBUTE_IS_MANAGED:
+            *(unsigned int *)data[i] = 0;
             break;
         default:
             pthread_mutex_unlock(&lock);
@@ -349,7 +420,7 @@ FAKE_API CUresult CUDAAPI cuMemcpyAsync(CUdeviceptr dst, CUdeviceptr src, size_t
 
 FAKE_API CUresult CUDAAPI cuStreamCreate(CUstream *s, unsigned int flags)
 {
-    (void)flags;
+    atomic_store(&stream_flags, flags);
     if (current < 0) {
         return CUDA_ERROR_INVALID_CONTEXT;
     }

@@ -135,7 +135,7 @@ static void regions_free(regions_t *r)
 {
     for (uint32_t i = 0; i < r->n; i++) {
         if (r->cuda) {
-            ferry__cuda_mem_free(r->ptrs[i]);
+            ferry__cuda_mem_free(0, r->ptrs[i]);
         } else {
             free(r->ptrs[i]);
         }
@@ -255,12 +255,22 @@ static struct {
 
 static int group_setup(void **state)
 {
+    const char *direct = getenv("FERRY_CUDA_DIRECT");
     (void)state;
-    world.passive = pair_spawn(self_exe, "--passive");
-    if (world.passive.pid <= 0 || connector_create(&world.c) != FERRY_OK) {
+
+    if (connector_create(&world.c) != FERRY_OK || !ferry_connector_is_cuda_available(world.c)) {
         return -1;
     }
-    return ferry_connector_is_cuda_available(world.c) ? 0 : -1;
+    if (direct != NULL && strcmp(direct, "1") == 0 && fake_driver == NULL && !world.c->ucx_cuda) {
+        /* Its cases would pass on the staged path and prove nothing. */
+        printf("SKIP: FERRY_CUDA_DIRECT=1, but this UCX reports no CUDA memory type (%s): "
+               "no direct path to test\n",
+               world.c->ucx_reports_cuda ? "reported, not taken" : "ucx_info -d lists no cuda");
+        ferry_connector_destroy(world.c);
+        exit(SKIP_EXIT);
+    }
+    world.passive = pair_spawn(self_exe, "--passive");
+    return world.passive.pid > 0 ? 0 : -1;
 }
 
 static int group_teardown(void **state)
@@ -366,6 +376,75 @@ static void test_d2h_16_staged(void **s) { (void)s; transfer('W', true, false, 1
 static void test_d2d_16_staged(void **s) { (void)s; transfer('W', true, true, 16, SMALL, PATH_STAGED); }
 /* clang-format on */
 
+static void write_into_here(ferry_connector_t *c, uint32_t seed);
+
+/* A function of the fake driver; NULL on the machine's. */
+static void *fake_fn(const char *name)
+{
+    return fake_driver != NULL ? dlsym(dlopen(fake_driver, RTLD_NOW | RTLD_NOLOAD), name) : NULL;
+}
+
+/* First of the group: a connector that has moved only host memory has
+ * retained no device's context (each costs that GPU memory; a host-only
+ * worker on a GPU node took one on GPU 0); device memory of cuda:1 then
+ * retains cuda:1's alone. */
+static void test_no_context_until_cuda_memory(void **state)
+{
+    unsigned (*retains)(int);
+    void *p;
+    ferry_descriptor_t d;
+    ferry_op_t *op;
+    (void)state;
+
+    if ((*(void **)&retains = fake_fn("fake_cuda_retains")) == NULL ||
+        ferry__cuda_device_count() < 2) {
+        skip(); /* counted by the fake driver (two devices) */
+    }
+    transfer('W', false, false, 1, SMALL, PATH_DEFAULT); /* both progress threads ran */
+    assert_int_equal(retains(0), 0);
+    assert_int_equal(retains(1), 0);
+    assert_int_equal(ferry__cuda_mem_alloc(1, 4096, &p), FERRY_OK);
+    d = (ferry_descriptor_t){p, 4096, {FERRY_DEVICE_CUDA, 1}};
+    assert_int_equal(ferry_writable_create(world.c, &d, 1, &op), FERRY_OK);
+    ferry_op_destroy(op);
+    ferry__cuda_mem_free(1, p);
+    assert_int_equal(retains(0), 0);
+    assert_int_equal(retains(1), 1);
+}
+
+/* libferry leaves the calling thread's current context as it found it
+ * (none, or another device's: a PyTorch thread on cuda:1 handing over
+ * cuda:0 memory must stay on cuda:1), through create, begin, wait, the
+ * staged copies and destroy; and its staging stream is ordered after the
+ * legacy default stream (not CU_STREAM_NON_BLOCKING), where work that
+ * produces a tensor runs unless told otherwise. */
+static void test_caller_context_kept(void **state)
+{
+    int (*current)(void);
+    void (*set_current)(int);
+    unsigned (*stream_flags)(void);
+    (void)state;
+
+    if ((*(void **)&current = fake_fn("fake_cuda_current")) == NULL) {
+        skip(); /* the fake driver tells */
+    }
+    *(void **)&set_current = fake_fn("fake_cuda_set_current");
+    *(void **)&stream_flags = fake_fn("fake_cuda_stream_flags");
+    assert_true(set_current != NULL && stream_flags != NULL);
+    set_current(-1);
+    write_into_here(world.c, 41);
+    assert_int_equal(current(), -1);
+    set_current(1);
+    write_into_here(world.c, 42);
+    assert_int_equal(current(), 1);
+    transfer('W', true, true, 1, BIG, PATH_STAGED);
+    assert_int_equal(current(), 1);
+    transfer('R', true, true, 1, BIG, PATH_STAGED);
+    assert_int_equal(current(), 1);
+    assert_int_equal(stream_flags() & 0x1 /* CU_STREAM_NON_BLOCKING */, 0);
+    set_current(-1);
+}
+
 /* Host memory claimed as device memory: refused, naming the descriptor. */
 static void test_host_claimed_as_cuda(void **state)
 {
@@ -389,13 +468,60 @@ static void test_wrong_device(void **state)
     (void)state;
 
     assert_int_equal(ferry__cuda_mem_alloc(0, 8192, &p), FERRY_OK);
-    d[0] = (ferry_descriptor_t){p, 4096, {FERRY_DEVICE_CUDA, 0}};
+    d[0] = (ferry_descriptor_t){p, 4096, {FERRY_DEVICE_CUDA, 1}};
     d[1] = (ferry_descriptor_t){(uint8_t *)p + 4096, 4096, {FERRY_DEVICE_CUDA, 1}};
     assert_int_equal(ferry_writable_create(world.c, d, 2, &op), FERRY_ERR_INVALID_ARGUMENT);
     assert_null(op);
-    assert_non_null(strstr(ferry_last_error_message(), "descriptor 1: cuda:1 claimed"));
+    assert_non_null(strstr(ferry_last_error_message(), "descriptor 0: cuda:1 claimed"));
     assert_non_null(strstr(ferry_last_error_message(), "memory of cuda:0"));
-    ferry__cuda_mem_free(p);
+    ferry__cuda_mem_free(0, p);
+}
+
+/* One list, two devices: refused (the copy engine, the slots and the
+ * progress thread's context are one device's), naming the descriptor. */
+static void test_mixed_devices(void **state)
+{
+    void *p0, *p1;
+    ferry_descriptor_t d[2];
+    ferry_op_t *op = NULL;
+    (void)state;
+
+    if (ferry__cuda_device_count() < 2) {
+        skip(); /* one device: nothing to mix */
+    }
+    assert_int_equal(ferry__cuda_mem_alloc(0, 4096, &p0), FERRY_OK);
+    assert_int_equal(ferry__cuda_mem_alloc(1, 4096, &p1), FERRY_OK);
+    d[0] = (ferry_descriptor_t){p0, 4096, {FERRY_DEVICE_CUDA, 0}};
+    d[1] = (ferry_descriptor_t){p1, 4096, {FERRY_DEVICE_CUDA, 1}};
+    assert_int_equal(ferry_writable_create(world.c, d, 2, &op), FERRY_ERR_INVALID_ARGUMENT);
+    assert_null(op);
+    assert_non_null(strstr(ferry_last_error_message(), "descriptor 1: cuda:1 in a list of cuda:0"));
+    ferry__cuda_mem_free(0, p0);
+    ferry__cuda_mem_free(1, p1);
+}
+
+/* Device memory described as cpu: refused, naming the descriptor and the
+ * device, where UCX's host transports would have touched it with the CPU
+ * (SIGSEGV on a GPU); for an operation and for a region alike. */
+static void test_device_memory_claimed_as_cpu(void **state)
+{
+    void *p;
+    ferry_descriptor_t d;
+    ferry_op_t *op = NULL;
+    ferry_region_t *region = NULL;
+    (void)state;
+
+    assert_int_equal(ferry__cuda_mem_alloc(0, 8192, &p), FERRY_OK);
+    d = (ferry_descriptor_t){p, 8192, FERRY_DEVICE_HOST_INIT};
+    assert_int_equal(ferry_writable_create(world.c, &d, 1, &op), FERRY_ERR_INVALID_ARGUMENT);
+    assert_null(op);
+    assert_non_null(strstr(ferry_last_error_message(), "descriptor 0: cpu claimed"));
+    assert_non_null(strstr(ferry_last_error_message(), "device memory of cuda:0"));
+    assert_int_equal(ferry_mem_register(world.c, p, 8192, d.device, &region),
+                     FERRY_ERR_INVALID_ARGUMENT);
+    assert_null(region);
+    assert_non_null(strstr(ferry_last_error_message(), "cpu claimed"));
+    ferry__cuda_mem_free(0, p);
 }
 
 /* A region that runs past its allocation, on the active side too. */
@@ -420,7 +546,7 @@ static void test_past_allocation(void **state)
     assert_non_null(strstr(ferry_last_error_message(), "descriptor 0"));
     assert_null(op);
     ferry_op_destroy(passive);
-    ferry__cuda_mem_free(p);
+    ferry__cuda_mem_free(0, p);
 }
 
 /* ferry_mem_alloc on cuda:0. Where UCX has CUDA transports: zeroed device
@@ -807,8 +933,12 @@ static void test_no_driver(void **state)
 int main(int argc, char **argv)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_no_context_until_cuda_memory),
         cmocka_unit_test(test_host_claimed_as_cuda),
         cmocka_unit_test(test_wrong_device),
+        cmocka_unit_test(test_mixed_devices),
+        cmocka_unit_test(test_device_memory_claimed_as_cpu),
+        cmocka_unit_test(test_caller_context_kept),
         cmocka_unit_test(test_past_allocation),
         cmocka_unit_test(test_mem_alloc),
         cmocka_unit_test(test_h2d_1),
