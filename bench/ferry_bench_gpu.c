@@ -9,7 +9,8 @@
  * default 1024):
  *   - default: a Ferry write GPU -> GPU between two processes on device N,
  *     on the path the connector picks (direct where UCX has CUDA
- *     transports, cuda_ipc on one node; else staged), beside a
+ *     transports and FERRY_CUDA_DIRECT=1, cuda_ipc on one node; else
+ *     staged), beside a
  *     device-to-device copy of the same size (cuMemcpyAsync on one stream);
  *     the ratio is Ferry / d2d (target: >= 0.9 from 64 MiB);
  *   - staged: the same write forced onto the staged path (GPU -> pinned

@@ -1,6 +1,6 @@
 /*
  * registry.h: the operation registry, the coordinator's whole state, kept in
- * etcd (DESIGN.md, "etcd layout"):
+ * etcd under these keys:
  *
  *   <prefix>ops/<request_id>     ferry.v1.Operation, on the owner's lease;
  *                                its metadata the bytes the passive worker

@@ -1,6 +1,6 @@
 /*
- * registry_lease.c: the lease secret. A lease is a capability (DESIGN.md,
- * "Security model"): whoever keeps it alive keeps its records alive, and a
+ * registry_lease.c: the lease secret. A lease is a capability (README,
+ * "The API in brief", on lease tokens): whoever keeps it alive keeps its records alive, and a
  * claim's lease is the claimant's proof for Complete. So every use of a
  * lease the coordinator granted (KeepAlive, Register or Claim reusing it,
  * Complete on a claim) must present its lease token, which only the

@@ -1,13 +1,16 @@
 """Builds ferry._ferry against libferry (see pyproject.toml).
 
 libferry is found, first match wins:
-  1. LIBFERRY_PREFIX=/opt/ferry: an installed tree, <prefix>/include/ferry/*.h
-     and <prefix>/lib/libferry.so (or lib64/); a prefix without them stops
-     the build, naming the variable and the path. (Not FERRY_PREFIX: that
-     is the coordinator's etcd key prefix, often exported where this runs.)
-  2. pkg-config ferry (a ferry.pc on PKG_CONFIG_PATH).
+  1. LIBFERRY_PREFIX=/opt/ferry: a tree installed by hand (the project has
+     no install rules), <prefix>/include/ferry/*.h and
+     <prefix>/lib/libferry.so (or lib64/); a prefix without them stops the
+     build, naming the variable and the path. (Not FERRY_PREFIX: that is
+     the coordinator's etcd key prefix, often exported where this runs.)
+  2. pkg-config ferry (a ferry.pc of your own on PKG_CONFIG_PATH; the
+     project makes none).
   3. A build tree of this checkout: FERRY_BUILD_DIR (default <repo>/build,
-     made by `make build`), with the headers from <repo>/include.
+     made by `make build`), with the headers from <repo>/include. This is
+     the way the project supports.
 The directory of libferry.so is written into the module's RUNPATH, so it
 loads without LD_LIBRARY_PATH.
 """

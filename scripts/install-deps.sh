@@ -38,7 +38,8 @@ PACKAGES=(
 # prometheus): the Debian package is installed only when the command is
 # missing. command:package. Debian 12's kubernetes-client is kubectl 1.20,
 # whose kustomize (v2) cannot render deploy/'s kustomizations (`labels:`
-# needs kubectl >= 1.22): deploy_check then fails naming kustomize; install
+# needs kubectl >= 1.22): deploy_check then runs the checks that need no
+# rendering and reports itself skipped (exit 77); for the rest, install
 # kubectl from Kubernetes' own repository (pkgs.k8s.io) instead.
 COMMANDS=(
     node:nodejs npm:npm kubectl:kubernetes-client promtool:prometheus

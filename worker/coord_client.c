@@ -1,17 +1,19 @@
 /*
  * coord_client.c: libferry's side of the coordinator. A passive operation is
  * published under a request ID (Register); an active operation is started
- * from a request ID (Lookup, check, Claim) and its outcome reported
- * (Complete). When the owner is done with a passive operation its record is
- * released (Release), after a Cancel if it never finished.
+ * from a request ID (a Claim, which checks the pairing and answers the
+ * metadata; a Lookup waits first while the client holds no session lease:
+ * see claim()) and its outcome reported (Complete). When the owner is done
+ * with a passive operation its record is released (Release), after a Cancel
+ * if it never finished.
  *
- * Admission: a writer's Claim is made on the caller's path after its Lookup
- * and before the data plane starts (begin_by_id), so the coordinator alone
- * decides who writes; see the Claim rpc in coordinator.proto.
+ * Admission: a writer's Claim is made on the caller's path before the data
+ * plane starts (begin_by_id), so the coordinator alone decides who writes;
+ * see the Claim rpc in coordinator.proto.
  *
  * Metadata stays bytes: Register carries the operation's own metadata
  * (ferry_op_metadata) appended as they are, and the writer hands the data
- * plane the metadata of the Lookup's answer as it came; the coordinator
+ * plane the metadata of the Claim's answer as it came; the coordinator
  * stores and answers those same bytes (rpc_pack_with_field, rpc_field_find
  * in rpc.h). Nothing between the two workers decodes and packs them again.
  *

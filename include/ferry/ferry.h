@@ -1,5 +1,6 @@
 /*
- * ferry/ferry.h: libferry, the data plane of Ferry (the one public header).
+ * ferry/ferry.h: libferry, the data plane of Ferry (its public header; the
+ * coordinator client is ferry/coordinator.h, the status codes ferry/status.h).
  *
  * The concepts are those of dynamo.connect, under C names:
  *
@@ -96,8 +97,18 @@ FERRY_API ferry_status_t ferry_device_to_string(ferry_device_t device, char *buf
 /* One contiguous region. The memory is the caller's: it must stay allocated
  * for as long as an operation built on it exists. A "cuda:N" region must be
  * device memory of device N (cuMemAlloc / cudaMalloc), all of it inside one
- * allocation: the operation constructors check that with the driver and
- * refuse a mismatch naming the descriptor. */
+ * allocation, and every region of a list on the same device; a "cpu"
+ * region must not be device memory (managed memory may be either): where
+ * a CUDA driver is loaded the operation constructors check that with it and
+ * refuse a mismatch naming the descriptor.
+ *
+ * GPU memory must be ready when an operation is made on it: libferry's
+ * staging copies wait for work queued before them on the legacy default
+ * stream (stream 0, where the runtime and PyTorch launch unless told
+ * otherwise), and nothing else; UCX's own CUDA transports (the direct path)
+ * wait for nothing. Finish work on other streams first (cudaStreamSynchronize,
+ * or an event), both for memory to be read and for memory to be written.
+ * libferry leaves the calling thread's current CUDA context as it found it. */
 typedef struct {
     void *ptr;
     size_t size;
@@ -227,14 +238,15 @@ FERRY_API ferry_status_t ferry_connector_destroy(ferry_connector_t *connector);
 FERRY_API const char *ferry_connector_name(const ferry_connector_t *connector);
 FERRY_API const char *ferry_connector_hostname(const ferry_connector_t *connector);
 
-/* Whether CUDA descriptors ("cuda:N") are accepted: the CUDA driver
- * (libcuda.so.1, loaded at run time) initialized and has a device. When
+/* Whether CUDA descriptors ("cuda:N") are accepted: libferry was built with
+ * CUDA support and the CUDA driver (libcuda.so.1, loaded at run time)
+ * initialized and has a device. When
  * false, the reason is logged (at info) when the connector is created, and
  * CUDA descriptors are refused with it. Where it is true, CUDA memory moves
- * directly (UCX registers it: UCX reports CUDA among its memory types, never
- * judged from a trial registration) or, where this UCX has no CUDA
- * transports, on the staged path through pinned host buffers (the metadata
- * says which), for writables and readables alike. */
+ * on the staged path through pinned host buffers, or directly (UCX registers
+ * it) where FERRY_CUDA_DIRECT=1 and UCX reports CUDA among its memory types
+ * (never judged from a trial registration); the passive side's metadata says
+ * which, for writables and readables alike. */
 FERRY_API bool ferry_connector_is_cuda_available(const ferry_connector_t *connector);
 
 /* FERRY_PROGRESS_CALLER only: a file descriptor that becomes readable when
@@ -350,8 +362,10 @@ typedef struct ferry_region ferry_region_t;
 /* Registers [ptr, ptr + size) of the caller's memory (ucp_mem_map of that
  * range, its key packed once). The memory stays the caller's: it must stay
  * allocated until ferry_mem_deregister. FERRY_ERR_ALREADY_EXISTS when the
- * range overlaps a region of this connector; FERRY_ERR_UNIMPLEMENTED for
- * CUDA memory on a UCX build without CUDA transports. */
+ * range overlaps a region of this connector; FERRY_ERR_UNIMPLEMENTED, with
+ * the reason, for CUDA memory where the process has no CUDA driver, this UCX
+ * build no CUDA transports, or FERRY_CUDA_DIRECT is not 1 (as
+ * ferry_mem_alloc). */
 FERRY_API ferry_status_t ferry_mem_register(ferry_connector_t *connector, void *ptr, size_t size,
                                             ferry_device_t device, ferry_region_t **region_p);
 

@@ -175,7 +175,9 @@ class NoMemory(FerryError):
 
 
 class Unimplemented(FerryError):
-    """FERRY_ERR_UNIMPLEMENTED: e.g. CUDA memory on a UCX without CUDA."""
+    """FERRY_ERR_UNIMPLEMENTED: e.g. CUDA memory where the connector has no
+    CUDA (is_cuda_available is false), or a CUDA region without the direct
+    path."""
     code = -14
 
 
@@ -323,7 +325,10 @@ class Descriptor(_ferry._Descriptor):
 
     Built from:
       * a torch tensor (``cpu``; ``cuda:N`` tensors give CUDA descriptors,
-        refused by a connector whose UCX has no CUDA),
+        refused (Unimplemented) by a connector whose ``is_cuda_available``
+        is false, moved on the staged path otherwise, or on the direct path
+        where it is turned on: README, "GPU"; an operation on one first
+        waits for the work queued on its device's current stream),
       * a numpy array or any object with the buffer protocol (``bytearray``,
         ``memoryview``, ``bytes``; read-only ones only as a source),
       * a Region (Connector.allocate, register_memory): the whole region;
@@ -400,14 +405,39 @@ class Descriptor(_ferry._Descriptor):
 
 
 def _descs(descs: Any) -> Any:
-    """A Descriptor, or a list of them; plain objects become Descriptors."""
+    """A Descriptor, or a list of them; plain objects become Descriptors.
+    Their CUDA tensors' pending work is waited for first (_cuda_work_done)."""
     if isinstance(descs, _ferry._Descriptor):
-        return descs
-    if isinstance(descs, (list, tuple)):
+        out = descs
+    elif isinstance(descs, (list, tuple)):
         if all(isinstance(d, _ferry._Descriptor) for d in descs):
-            return descs
-        return [d if isinstance(d, _ferry._Descriptor) else Descriptor(d) for d in descs]
-    return Descriptor(descs)
+            out = descs
+        else:
+            out = [d if isinstance(d, _ferry._Descriptor) else Descriptor(d) for d in descs]
+    else:
+        out = Descriptor(descs)
+    _cuda_work_done(out)
+    return out
+
+
+def _cuda_work_done(descs: Any) -> None:
+    """Waits for the work queued on the current stream of each CUDA tensor's
+    device (torch.cuda.current_stream(device).synchronize(), the stream this
+    thread launches on), before an operation is made on the tensors: a
+    tensor a kernel is still producing is read once that kernel is done, and
+    a destination a kernel still uses is written after it. Neither a UCX
+    transport (the direct path) nor the staged path's copies are ordered
+    after torch's streams otherwise. Work on other streams is the caller's
+    to finish first (README, "GPU")."""
+    tensor_type = _torch_tensor_type()
+    if tensor_type is None:
+        return
+    done = set()
+    for d in descs if isinstance(descs, (list, tuple)) else (descs,):
+        t = d.owner
+        if isinstance(t, tensor_type) and t.is_cuda and t.device not in done:
+            done.add(t.device)
+            sys.modules["torch"].cuda.current_stream(t.device).synchronize()
 
 
 # ---- regions --------------------------------------------------------------
@@ -933,6 +963,7 @@ class Connector(_ferry._Connector):
         RPC that may wait); the transfer itself is then awaited
         with wait_for_completion."""
         loop = asyncio.get_running_loop()
+        local_descs = _descs(local_descs)  # this thread's CUDA streams, not the executor's
         return await loop.run_in_executor(None, functools.partial(
             self.begin_write_by_id, coordinator, request_id, access_token, local_descs, wait,
             ttl))
@@ -944,6 +975,7 @@ class Connector(_ferry._Connector):
                                      ttl: Optional[int] = None) -> ReadOperation:
         """begin_read_by_id on the loop's default executor."""
         loop = asyncio.get_running_loop()
+        local_descs = _descs(local_descs)  # this thread's CUDA streams, not the executor's
         return await loop.run_in_executor(None, functools.partial(
             self.begin_read_by_id, coordinator, request_id, access_token, local_descs, wait,
             ttl))

@@ -832,7 +832,9 @@ static PyGetSetDef connector_getset[] = {
     {"name", connector_get_name, NULL, "The worker's name (metadata and logs).", NULL},
     {"hostname", connector_get_hostname, NULL, "The host's name.", NULL},
     {"is_cuda_available", connector_get_cuda, NULL,
-     "Whether this UCX build can register CUDA memory.", NULL},
+     "Whether CUDA descriptors are accepted: libferry has CUDA support and the CUDA "
+     "driver loaded and has a device. When false they are refused (Unimplemented).",
+     NULL},
     {"closed", connector_get_closed, NULL, "True once close() succeeded.", NULL},
     {"_fd", connector_get_fd, NULL, "The completion queue's eventfd.", NULL},
     {"_live_ops", connector_get_live_ops, NULL, "Operations not closed yet.", NULL},

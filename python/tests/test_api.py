@@ -114,9 +114,42 @@ def test_cuda_descriptor_refused_where_libferry_refuses(connector):
     d = ferry.Descriptor((host.ctypes.data, 64, "cuda:0"))
     assert d.device == "cuda:0"
     if connector.is_cuda_available:
-        pytest.skip("this UCX registers CUDA memory")
+        pytest.skip("this connector accepts CUDA descriptors (a CUDA driver with a device)")
     with pytest.raises(ferry.Unimplemented, match="CUDA"):
         connector.create_writable(d)
+
+
+class _CudaLooking(torch.Tensor):
+    """A CPU tensor that says it is on cuda:0: what the binding looks at to
+    decide that a tensor's stream work is to be waited for."""
+    is_cuda = True
+    device = torch.device("cuda", 0)
+
+
+def test_cuda_tensor_work_waited_for_before_the_operation(connector, monkeypatch):
+    """An operation on a CUDA tensor first waits for the work queued on the
+    device's current stream (a kernel still producing it), once per device;
+    a CPU tensor waits for nothing. Stands in for the device (no GPU here):
+    the stream records its synchronize(); libferry then refuses the memory
+    (not device memory, or no CUDA), after the wait."""
+    waited = []
+
+    class Stream:
+        def __init__(self, device):
+            self.device = device
+
+        def synchronize(self):
+            waited.append(str(self.device))
+
+    monkeypatch.setattr(torch.cuda, "current_stream", Stream)
+    host = torch.zeros(4096, dtype=torch.uint8)
+    looks = torch.Tensor._make_subclass(_CudaLooking, host)
+    with pytest.raises((ferry.Unimplemented, ferry.InvalidArgument)):
+        connector.create_writable([ferry.Descriptor(looks), ferry.Descriptor(looks)])
+    assert waited == ["cuda:0"]
+    with connector.create_writable(ferry.Descriptor(host)):
+        pass
+    assert waited == ["cuda:0"]
 
 
 def test_metadata_json_round_trip(connector):

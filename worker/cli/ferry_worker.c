@@ -11,8 +11,10 @@
  * libferry or the Python package with cuda:N descriptors (README, "GPU").
  *
  * Exit codes, for scripts: 0 done and verified; 1 the transfer failed;
- * 2 bad usage; 3 the bytes did not match; 4 timed out; 5 the coordinator
- * refused (not found, taken, wrong token). Stopped by signal N (SIGTERM,
+ * 2 bad usage, or the coordinator refused the pairing (sizes, count or kind
+ * differ); 3 the bytes did not match; 4 timed out (a request ID never
+ * registered included: a sender waits for it); 5 the coordinator refused
+ * (taken, ended, wrong token) (exit_code_for). Stopped by signal N (SIGTERM,
  * SIGINT, SIGHUP), it cancels its operation, releases its records, then
  * dies of N (stop_exit: 128 + N where the signal is not delivered).
  *
