@@ -24,7 +24,8 @@
 #      GPU->GPU reference, with UCX_PROTO_ENABLE=y: UCX 1.13's default
 #      protocols crash on it), each while the time budget lasts
 # Exit status: 0 when every test passed (or skipped) and ferry_bench_gpu
-# (where run) moved every size, 1 otherwise.
+# (where run) moved every size, 1 otherwise; where nvidia-smi lists a GPU,
+# test_worker_cuda or test_worker_cuda_direct skipping is a failure too.
 set -uo pipefail
 
 B=$(cd "$(dirname "$0")" && pwd)
@@ -119,8 +120,13 @@ failed=$(grep -c $'\tFAIL' "$R/tests.txt")
 notrun=$(grep -c $'\tNOT RUN' "$R/tests.txt")
 skipped=$(grep -c $'\tSKIP' "$R/tests.txt")
 say "tests: $total, failed $failed, skipped $skipped, not run $notrun (logs/test-NAME.txt)"
-if [ "$gpu" -eq 1 ] && grep -q $'^test_worker_cuda\tSKIP' "$R/tests.txt"; then
-    say "WARNING: a GPU is listed but test_worker_cuda skipped: libferry could not use it"
+# With a GPU listed, a CUDA test that skipped tested nothing: libferry could
+# not use the GPU (a driver it could not load), or the direct path's UCX has
+# no CUDA transports. That is a failed check, not a passed one.
+gpuskip=0
+if [ "$gpu" -eq 1 ] && grep -qE $'^test_worker_cuda(_direct)?\tSKIP' "$R/tests.txt"; then
+    say "FAILED: a GPU is listed but a CUDA test skipped (its reason above): nothing was tested on it"
+    gpuskip=1
 fi
 
 # --- 3. Reference bandwidths ----------------------------------------------------
@@ -201,4 +207,4 @@ fi
 
 say ""
 say "done in $(($(date +%s) - START)) s; report $REPORT"
-[ "$failed" -eq 0 ] && [ "$notrun" -eq 0 ] && [ "$benchfail" -eq 0 ]
+[ "$failed" -eq 0 ] && [ "$notrun" -eq 0 ] && [ "$benchfail" -eq 0 ] && [ "$gpuskip" -eq 0 ]

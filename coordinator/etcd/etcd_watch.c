@@ -57,6 +57,18 @@ enum {
     ETCD_WATCH_QUIET_MS = 3000, /* silence after which the member is probed */
 };
 
+/* Test seam (test_etcd_watch; never set in production): above 0, the
+ * thread's idle wait and every backoff last this many ms, so that only
+ * destroy's wakeup can end them in time. */
+extern atomic_int ferry__etcd_watch_test_wait_ms;
+atomic_int ferry__etcd_watch_test_wait_ms;
+
+static int etcd_watch_wait_ms(int ms)
+{
+    int test_ms = atomic_load(&ferry__etcd_watch_test_wait_ms);
+    return test_ms > 0 ? test_ms : ms;
+}
+
 struct etcd_watch {
     etcd_client_t *client;
     etcd_watch_params_t params; /* key and range_end point into owned copies */
@@ -348,7 +360,7 @@ static CURLcode etcd_watch_drive(etcd_watch_t *watch)
         if (watch->created && !etcd_watch_alive(watch)) {
             return CURLE_OPERATION_TIMEDOUT;
         }
-        curl_multi_poll(watch->multi, NULL, 0, ETCD_WATCH_POLL_MS, NULL);
+        curl_multi_poll(watch->multi, NULL, 0, etcd_watch_wait_ms(ETCD_WATCH_POLL_MS), NULL);
     }
     return result;
 }
@@ -452,7 +464,8 @@ static ferry_status_t etcd_watch_grpc_read(etcd_watch_t *watch, rpc_stream_t *st
     for (;;) {
         ProtobufCMessage *msg = NULL;
         rpc_error_t err = {0};
-        ferry_status_t status = rpc_stream_read(stream, ETCD_WATCH_POLL_MS, &msg, &err);
+        ferry_status_t status =
+            rpc_stream_read(stream, etcd_watch_wait_ms(ETCD_WATCH_POLL_MS), &msg, &err);
         if (atomic_load(&watch->stop)) {
             if (msg != NULL) {
                 protobuf_c_message_free_unpacked(msg, NULL);
@@ -573,7 +586,7 @@ static ferry_status_t etcd_watch_attempt(etcd_watch_t *watch)
 /* Waits ms or until stop; returns false when stopping. */
 static bool etcd_watch_backoff(etcd_watch_t *watch, int ms)
 {
-    struct timespec deadline = etcd_deadline(ms);
+    struct timespec deadline = etcd_deadline(etcd_watch_wait_ms(ms));
     pthread_mutex_lock(&watch->lock);
     int rc = 0;
     while (!atomic_load(&watch->stop) && rc == 0) {

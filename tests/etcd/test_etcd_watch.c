@@ -2,9 +2,10 @@
  * test_etcd_watch.c: watches against a real etcd: events from a revision in
  * order with prev_kv, one call per transaction, compaction, reconnection
  * after etcd restarts on the same port, a member that freezes under the
- * watch, and a prompt destroy. Every wait is on the recorder's condition
- * variable with a deadline. Built twice: the watch over etcd's gRPC API
- * (test_etcd_watch) and over the JSON gateway (test_etcd_watch_gateway).
+ * watch, and a destroy that wakes the thread. Every wait is on the
+ * recorder's condition variable with a deadline. Built twice: the watch
+ * over etcd's gRPC API (test_etcd_watch) and over the JSON gateway
+ * (test_etcd_watch_gateway).
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -12,6 +13,7 @@
 #include <setjmp.h>
 #include <cmocka.h>
 #include <poll.h>
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -231,25 +233,85 @@ static void test_silent_member_is_left(void **state)
     test_etcd_stop(&frozen);
 }
 
-static void test_destroy_is_prompt(void **state)
+/* The watch thread's waits (etcd_watch.c's test seam): set far beyond the
+ * test's own life, so that a destroy that returns at all woke the thread
+ * and did not wait one out. */
+extern atomic_int ferry__etcd_watch_test_wait_ms;
+enum { SEAM_WAIT_MS = 600000, DESTROY_DEADLINE_MS = 20000 };
+
+typedef struct {
+    etcd_watch_t *watch;
+    atomic_bool done;
+} destroyer_t;
+
+static void *destroyer_main(void *arg)
+{
+    destroyer_t *d = arg;
+    etcd_watch_destroy(d->watch);
+    atomic_store(&d->done, true);
+    return NULL;
+}
+
+static bool destroyer_done(void *arg)
+{
+    return atomic_load(&((destroyer_t *)arg)->done);
+}
+
+/* Destroys the watch on another thread; true once destroy has returned,
+ * false when it still waits after DESTROY_DEADLINE_MS (the thread left
+ * behind then holds `d`, hence static). */
+static bool destroy_wakes_the_thread(etcd_watch_t *watch)
+{
+    static destroyer_t d;
+    pthread_t thread;
+    d.watch = watch;
+    atomic_store(&d.done, false);
+    assert_int_equal(pthread_create(&thread, NULL, destroyer_main, &d), 0);
+    if (!test_wait_for(destroyer_done, &d, DESTROY_DEADLINE_MS)) {
+        print_error("etcd_watch_destroy still waits after %d ms: the watch thread was not woken "
+                    "from its %d ms wait\n",
+                    DESTROY_DEADLINE_MS, SEAM_WAIT_MS);
+        pthread_detach(thread);
+        return false;
+    }
+    pthread_join(thread, NULL);
+    return true;
+}
+
+static int reset_wait_seam(void **state)
+{
+    (void)state;
+    atomic_store(&ferry__etcd_watch_test_wait_ms, 0);
+    return 0;
+}
+
+/* Destroy wakes the watch thread wherever it waits: in the idle stream's
+ * read (the gRPC stream is cancelled; the gateway's curl_multi_poll is
+ * woken) and in the backoff between reconnects (the condition variable).
+ * With every wait lasting SEAM_WAIT_MS, a destroy that did not wake the
+ * thread would block past the deadline (and the test's timeout). Over the
+ * gateway, curl's own timers can still end the first poll after a connect
+ * (one about 200 ms in, seen with curl 7.88), so there the idle case shows
+ * the wakeup only when destroy comes after it; the backoff case does not
+ * depend on curl. */
+static void test_destroy_wakes_the_thread(void **state)
 {
     fixture_t *fx = *state;
     recorder_t rec;
     recorder_init(&rec);
     uint8_t *end;
+    atomic_store(&ferry__etcd_watch_test_wait_ms, SEAM_WAIT_MS);
     etcd_watch_t *watch = watch_prefix(fx->client, "w5/", 0, &rec, &end);
-    long long start = test_now_ms();
-    etcd_watch_destroy(watch); /* idle stream: the thread waits in poll */
-    assert_true(test_now_ms() - start < 1000);
+    assert_true(destroy_wakes_the_thread(watch)); /* idle stream: the thread waits in its read */
     free(end);
 
-    /* While reconnecting with backoff after etcd went away. */
+    /* While waiting out its backoff after etcd went away: the thread says
+     * "down" just before it starts that wait. */
     watch = watch_prefix(fx->client, "w5/", 0, &rec, &end);
     test_etcd_kill(&fx->etcd);
     assert_true(recorder_wait_down(&rec, 1, WAIT_MS));
-    start = test_now_ms();
-    etcd_watch_destroy(watch);
-    assert_true(test_now_ms() - start < 1000);
+    assert_true(destroy_wakes_the_thread(watch));
+    atomic_store(&ferry__etcd_watch_test_wait_ms, 0);
     assert_int_equal(test_etcd_up(&fx->etcd), 0);
     recorder_fini(&rec);
     free(end);
@@ -310,7 +372,7 @@ int main(void)
         cmocka_unit_test(test_stream_that_ends_at_once_backs_off),
 #endif
         cmocka_unit_test(test_silent_member_is_left),
-        cmocka_unit_test(test_destroy_is_prompt),
+        cmocka_unit_test_teardown(test_destroy_wakes_the_thread, reset_wait_seam),
     };
     return cmocka_run_group_tests(tests, fixture_setup, fixture_teardown);
 }

@@ -3,8 +3,15 @@ processes on free loopback ports, and the generated ferry.v1 stubs.
 
 Stubs are generated at test time with grpc_tools from proto/, into a
 temporary directory, so no generated code lives in git.
+
+Processes started here die with the test process (PR_SET_PDEATHSIG, as
+tests/support/testproc.c does), a start that fails kills what it started,
+and stop() kills what does not exit in time: a failed setUp or
+setUpModule, whose tearDown never runs, leaves nothing running.
 """
+import ctypes
 import os
+import re
 import shutil
 import signal
 import socket
@@ -20,7 +27,30 @@ BUILD_DIR = os.environ.get("FERRY_BUILD_DIR", os.path.join(SOURCE_DIR, "build"))
 COORDINATOR = os.path.join(BUILD_DIR, "coordinator", "ferry-coordinator")
 
 
+_libc = ctypes.CDLL(None, use_errno=True)
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent():
+    """For Popen's preexec_fn: the child gets SIGKILL when the thread that
+    started it (the test's main thread) exits. Start children from the main
+    thread."""
+    parent = os.getppid()
+    _libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+    if os.getppid() != parent:  # the parent died before prctl
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def kill(proc):
+    """SIGKILL (which a stopped process cannot hold off) and reap."""
+    if proc is not None and proc.poll() is None:
+        proc.kill()
+        proc.wait()
+
+
 def free_port():
+    """A loopback port that was free a moment ago: another process may take
+    it before it is bound (Etcd.start tries new ports then)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -127,6 +157,8 @@ def make_certs(tmp):
 
 
 class Etcd:
+    START_TRIES = 3  # fresh starts whose ports another process took first
+
     def __init__(self, tmp, extra=()):
         self.tmp = tmp
         self.extra = list(extra)
@@ -136,9 +168,34 @@ class Etcd:
         self.proc = None
 
     def start(self):
-        with open(os.path.join(self.tmp, "etcd.log"), "ab") as log:
-            self.proc = self._spawn(log)
-        wait_until(self.healthy, 20, "etcd to answer")
+        """Starts etcd and waits until it answers. A first start (no data
+        yet) whose port was taken in the meantime is tried again on new
+        ports; a restart keeps its ports. Whatever fails, no etcd is left
+        running."""
+        log_path = os.path.join(self.tmp, "etcd.log")
+        data_dir = os.path.join(self.tmp, "etcd")
+        fresh = not os.path.exists(data_dir)
+        for attempt in range(self.START_TRIES if fresh else 1):
+            offset = os.path.getsize(log_path) if os.path.exists(log_path) else 0
+            with open(log_path, "ab") as log:
+                self.proc = self._spawn(log)
+            try:
+                wait_until(lambda: self.healthy() or self.proc.poll() is not None, 20,
+                           "etcd to answer")
+            except BaseException:
+                kill(self.proc)
+                raise
+            if self.proc.poll() is None:
+                return
+            with open(log_path, errors="replace") as f:
+                f.seek(offset)
+                said = f.read()
+            if fresh and attempt + 1 < self.START_TRIES and "address already in use" in said:
+                shutil.rmtree(data_dir, ignore_errors=True)
+                self.port, self.peer = free_port(), free_port()
+                self.endpoint = f"{self.endpoint.rsplit(':', 1)[0]}:{self.port}"
+                continue
+            raise RuntimeError(f"etcd exited with {self.proc.returncode}: {said[-4000:]}")
 
     def _spawn(self, log):
         return subprocess.Popen(
@@ -147,7 +204,7 @@ class Etcd:
              "--listen-peer-urls", f"http://127.0.0.1:{self.peer}",
              "--initial-advertise-peer-urls", f"http://127.0.0.1:{self.peer}",
              "--initial-cluster", f"t=http://127.0.0.1:{self.peer}", *self.extra],
-            stdout=log, stderr=log)
+            stdout=log, stderr=log, preexec_fn=die_with_parent)
 
     def healthy(self):
         try:
@@ -157,9 +214,15 @@ class Etcd:
             return False
 
     def stop(self):
+        """SIGTERM, then SIGKILL after 10 s (a frozen etcd, say)."""
         if self.proc and self.proc.poll() is None:
             self.proc.terminate()
-            self.proc.wait(10)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                print(f"etcd pid {self.proc.pid} ignored SIGTERM for 10 s: killed",
+                      file=sys.stderr)
+                kill(self.proc)
 
 
 class Coordinator:
@@ -179,10 +242,16 @@ class Coordinator:
     def start(self):
         if os.path.exists(self.port_file):
             os.unlink(self.port_file)
+        self.log_offset = os.path.getsize(self.log_path) if os.path.exists(self.log_path) else 0
         with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(self.args, stdout=log, stderr=log, env=self.env)
-        wait_until(lambda: os.path.exists(self.port_file) or self.proc.poll() is not None, 20,
-                   "the coordinator to listen")
+            self.proc = subprocess.Popen(self.args, stdout=log, stderr=log, env=self.env,
+                                         preexec_fn=die_with_parent)
+        try:
+            wait_until(lambda: os.path.exists(self.port_file) or self.proc.poll() is not None,
+                       20, "the coordinator to listen")
+        except BaseException:
+            kill(self.proc)
+            raise
         if self.proc.poll() is not None:
             with open(self.log_path) as f:
                 raise RuntimeError(f"coordinator exited: {f.read()}")
@@ -194,10 +263,32 @@ class Coordinator:
         with open(self.log_path) as f:
             return needle in f.read()
 
+    def metrics_port(self, timeout=20):
+        """The port that --metrics-listen HOST:0 bound, from this start's
+        log: no free port to race for."""
+        found = []
+
+        def logged():
+            with open(self.log_path, errors="replace") as f:
+                f.seek(self.log_offset)
+                m = re.search(r"metrics on http://\S+/metrics \(port (\d+);", f.read())
+            if m is not None:
+                found.append(int(m.group(1)))
+            return m is not None
+
+        wait_until(logged, timeout, "the coordinator to log its metrics port")
+        return found[0]
+
     def stop(self):
+        """SIGTERM and its exit status; one that has not exited 15 s later is
+        killed, and TimeoutExpired raised."""
         if self.proc and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
-            return self.proc.wait(15)
+            try:
+                return self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                kill(self.proc)
+                raise
         return None
 
 
@@ -207,26 +298,33 @@ class Cluster:
 
     def __init__(self, ttl=3, tls=False, extra=()):
         self.tmp = tempfile.mkdtemp(prefix="ferry-py-")
-        self.gen_dir = os.path.join(self.tmp, "gen")
-        generate_stubs(self.gen_dir)
-        extra = tuple(extra)
-        if tls:
-            self.certs = make_certs(self.tmp)
-            extra += ("--tls-cert", os.path.join(self.certs, "server.pem"),
-                     "--tls-key", os.path.join(self.certs, "server.key"),
-                     "--tls-ca", os.path.join(self.certs, "ca.pem"))
-        self.etcd = Etcd(self.tmp)
-        self.etcd.start()
-        self.coordinator = Coordinator(self.tmp, self.etcd.endpoint, ttl=ttl, extra=extra)
+        self.etcd = None
+        self.coordinator = None
         try:
+            self.gen_dir = os.path.join(self.tmp, "gen")
+            generate_stubs(self.gen_dir)
+            extra = tuple(extra)
+            if tls:
+                self.certs = make_certs(self.tmp)
+                extra += ("--tls-cert", os.path.join(self.certs, "server.pem"),
+                          "--tls-key", os.path.join(self.certs, "server.key"),
+                          "--tls-ca", os.path.join(self.certs, "ca.pem"))
+            self.etcd = Etcd(self.tmp)
+            self.etcd.start()
+            self.coordinator = Coordinator(self.tmp, self.etcd.endpoint, ttl=ttl, extra=extra)
             self.coordinator.start()
         except BaseException:
-            self.etcd.stop()  # nothing of a cluster that did not start is left running
+            # Nothing of a cluster that did not start is left running.
+            if self.coordinator is not None:
+                kill(self.coordinator.proc)
+            if self.etcd is not None:
+                self.etcd.stop()
             shutil.rmtree(self.tmp, ignore_errors=True)
             raise
 
     def close(self):
-        rc = self.coordinator.stop()
-        self.etcd.stop()
-        shutil.rmtree(self.tmp, ignore_errors=True)
-        return rc
+        try:
+            return self.coordinator.stop()
+        finally:
+            self.etcd.stop()
+            shutil.rmtree(self.tmp, ignore_errors=True)

@@ -72,7 +72,7 @@ class Member:
                  "--initial-advertise-peer-urls", self.peer_url,
                  "--initial-cluster", initial_cluster, "--initial-cluster-state", "new",
                  "--initial-cluster-token", os.path.basename(self.tmp)],
-                stdout=log, stderr=log)
+                stdout=log, stderr=log, preexec_fn=ferry_harness.die_with_parent)
         self.stopped = False
 
     def alive(self):
@@ -237,6 +237,7 @@ class Load:
         self.calls = []  # (start, latency, replica index, rpc, ok, code)
         self.lookup_misses = 0
         self.claim_failures = []  # (request_id, code)
+        self.attempted = set()  # every request_id a Register was sent for
         self.stop_ev = threading.Event()
         self.threads = [threading.Thread(target=self.run, args=(w,), daemon=True)
                         for w in range(workers)]
@@ -275,6 +276,8 @@ class Load:
             r = (i + w) % 2
             if avoid.get(r, 0) > time.monotonic():
                 r = 1 - r
+            with self.lock:
+                self.attempted.add(rid)
             ok, reg, code = self.call(r, "register", lambda s: s.Register(
                 self.cpb.RegisterRequest(request_id=rid, metadata=metadata(self.pb),
                                          ttl_seconds=600, owner="fault-load"),
@@ -342,31 +345,41 @@ class Load:
 
 class EtcdFaults(unittest.TestCase):
     def setUp(self):
+        # Cleanups run even when setUp fails (tearDown does not), after
+        # tearDown and last registered first: the replicas stop, then etcd,
+        # then the directory goes.
         self.tmp = tempfile.mkdtemp(prefix="ferry-faults-")
+        self.addCleanup(self.remove_tmp)
+        self.load = None
+        self.figures = []
+        self.sent = set()  # request_ids the test itself registered (register_once)
         self.gen_dir = os.path.join(self.tmp, "gen")
         ferry_harness.generate_stubs(self.gen_dir)
         from ferry.v1 import coordinator_pb2, types_pb2
         self.pb, self.cpb = types_pb2, coordinator_pb2
         self.etcd = EtcdCluster(self.tmp)
+        self.addCleanup(self.etcd.close)
         self.etcd.start()
         self.replicas = [Replica(self.tmp, self.etcd.endpoints, n, self.gen_dir)
                          for n in ("r0", "r1")]
+        self.addCleanup(self.stop_replicas)
         for r in self.replicas:
             r.start()
         for r in self.replicas:
             wait_until(r.serving, BOUND, f"{r.name} to serve")
-        self.figures = []
-        self.load = None
 
     def tearDown(self):
         if self.load is not None:
             self.load.stop()
+
+    def stop_replicas(self):
         for r in self.replicas:
             try:
                 r.stop()
-            except Exception:  # noqa: BLE001 (already killed)
-                pass
-        self.etcd.close()
+            except Exception:  # noqa: BLE001 (already killed, or never started)
+                ferry_harness.kill(r.coord.proc)
+
+    def remove_tmp(self):
         if os.environ.get("FERRY_KEEP_TMP"):
             print(f"kept {self.tmp}")
         else:
@@ -396,6 +409,7 @@ class EtcdFaults(unittest.TestCase):
         return max(load.recovered_at(t0, i) for i in range(2)) - t0
 
     def register_once(self, replica, rid):
+        self.sent.add(rid)
         try:
             replica.stub.Register(self.cpb.RegisterRequest(
                 request_id=rid, metadata=metadata(self.pb), ttl_seconds=600),
@@ -539,7 +553,13 @@ class EtcdFaults(unittest.TestCase):
         acked = dict(load.acked)
         in_etcd = self.etcd.ops()
         lost = [rid for rid in acked if rid not in in_etcd]
-        dup = [rid for rid, ops in in_etcd.items() if len(ops) != 1]
+        # A record's key is its request_id (one key each, so a range cannot
+        # show one ID twice): each record in etcd must carry the ID of its
+        # key, and be one that some Register was sent for.
+        with load.lock:
+            attempted = load.attempted | self.sent
+        stray = [rid for rid in in_etcd if rid not in attempted]
+        mismatched = [rid for rid, ops in in_etcd.items() if ops[0].request_id != rid]
         wrong = [rid for rid in acked if rid in in_etcd and
                  in_etcd[rid][0].state not in acked[rid]]
 
@@ -562,13 +582,15 @@ class EtcdFaults(unittest.TestCase):
         replayed = [c for c in load.calls
                     if c[3] == "register" and c[5] == grpc.StatusCode.ALREADY_EXISTS]
         summary = (f"{self._testMethodName}: acknowledged {len(acked)}, lost {len(lost)}, "
-                   f"duplicated {len(dup)}, replayed {len(replayed)}, "
+                   f"never sent {len(stray)}, under another key {len(mismatched)}, "
+                   f"replayed {len(replayed)}, "
                    f"wrong state {len(wrong)}, calls {n_calls}, lookup misses "
                    f"{load.lookup_misses}, max latency overall {worst:.0f} ms")
         print("FIGURE " + summary, flush=True)
         self.assertEqual(lost, [], "acknowledged registrations missing from etcd")
         self.assertEqual(replayed, [], "a fresh register answered ALREADY_EXISTS")
-        self.assertEqual(dup, [])
+        self.assertEqual(stray, [], "records in etcd for IDs no Register was sent for")
+        self.assertEqual(mismatched, [], "records whose request_id is not their key's")
         for rid in wrong:
             print(f"wrong state: {rid}: in etcd {in_etcd[rid][0].state}, expected {acked[rid]}, "
                   f"claim failures {[c for c in load.claim_failures if c[0] == rid]}")

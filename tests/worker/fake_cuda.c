@@ -14,11 +14,21 @@
  * driver's does, and fake_cuda_registered() counts what is still pinned;
  * fake_cuda_refuse_pins(1) makes it fail, fake_cuda_pin_calls() counts
  * calls);
- * copies happen when queued, and an event reports
- * NOT_READY to its first query, so the engine's polling path runs.
+ * an asynchronous copy is queued on its stream and made only when an event
+ * recorded after it is found complete (each reports NOT_READY to its first
+ * query, so the engine's polling path runs), the stream is synchronized or
+ * destroyed, or a synchronous call (cuMemcpy, cuMemsetD8, a free) waits for
+ * every stream, as the device makes it later: a caller that takes a copy
+ * as done before its event says so sees the old bytes.
  * fake_cuda_fail_copy(N) (found with dlsym) makes the Nth cuMemcpyAsync
- * from then on fail (CUDA_ERROR_LAUNCH_FAILED), for the engine's error
- * path; 0 turns that off. FERRY_FAKE_CUDA_NO_DEVICE makes cuInit fail.
+ * from then on fail (CUDA_ERROR_LAUNCH_FAILED), and fake_cuda_fail_event(N)
+ * the Nth event query that would have found its copies done (a copy that
+ * failed on the device: CUDA_ERROR_ILLEGAL_ADDRESS), for the engine's two
+ * error paths; 0 turns either off. The thread's context stack, the
+ * primary contexts retained (fake_cuda_retains), the current device
+ * (fake_cuda_current, fake_cuda_set_current) and the last stream's flags
+ * (fake_cuda_stream_flags) are there for tests to look at.
+ * FERRY_FAKE_CUDA_NO_DEVICE makes cuInit fail.
  *
  * Only the functions libferry resolves exist (worker/cuda.c's list), under
  * their ABI names (cuda.h's macros map cuMemAlloc to cuMemAlloc_v2 here
@@ -91,13 +101,68 @@ FAKE_API void fake_cuda_fail_copy(unsigned nth)
     atomic_store(&fail_at, nth);
 }
 
-struct CUevent_st {
-    int queries; /* NOT_READY until queried once */
-};
+/* Copies are queued on their stream and made when an event recorded after
+ * them is found complete (or the stream is synchronized, or a synchronous
+ * call waits for every stream), as the device would make them later: a
+ * caller that reuses a buffer before the event says so sees the old bytes.
+ * Streams and their queues are guarded by lock. */
+#define FAKE_STREAMS 64
+#define FAKE_QUEUE   512
+
+typedef struct {
+    void *dst;
+    const void *src;
+    size_t n;
+} copy_t;
 
 struct CUstream_st {
     int device;
+    copy_t queue[FAKE_QUEUE];
+    unsigned long long queued, made; /* copies queued, and made, ever */
 };
+
+struct CUevent_st {
+    CUstream stream;
+    unsigned long long upto; /* the stream's copies before it */
+    int queries;             /* NOT_READY until queried once */
+};
+
+static CUstream streams[FAKE_STREAMS]; /* lock */
+static atomic_uint event_queries;
+static atomic_uint event_fail_at;
+
+/* Makes s's queued copies up to upto; lock held. */
+static void make_copies(CUstream s, unsigned long long upto)
+{
+    while (s->made < upto && s->made < s->queued) {
+        copy_t *c = &s->queue[s->made % FAKE_QUEUE];
+        memmove(c->dst, c->src, c->n);
+        s->made++;
+    }
+}
+
+/* What a synchronous call does first: every stream's copies made. */
+static void make_all_copies(void)
+{
+    pthread_mutex_lock(&lock);
+    for (int i = 0; i < FAKE_STREAMS; i++) {
+        if (streams[i] != NULL) {
+            make_copies(streams[i], streams[i]->queued);
+        }
+    }
+    pthread_mutex_unlock(&lock);
+}
+
+FAKE_API void fake_cuda_fail_event(unsigned nth);
+
+/* The nth event query from now on that would find its copies done reports
+ * CUDA_ERROR_ILLEGAL_ADDRESS instead (a copy that failed on the device,
+ * after it was queued); 0 turns that off. */
+FAKE_API void fake_cuda_fail_event(unsigned nth)
+{
+    atomic_store(&event_queries, 0);
+    atomic_store(&event_fail_at, nth);
+}
 
 FAKE_API CUresult CUDAAPI cuInit(unsigned int flags)
 {
@@ -116,6 +181,9 @@ FAKE_API CUresult CUDAAPI cuGetErrorName(CUresult error, const char **name)
         break;
     case CUDA_ERROR_LAUNCH_FAILED:
         *name = "CUDA_ERROR_LAUNCH_FAILED";
+        break;
+    case CUDA_ERROR_ILLEGAL_ADDRESS:
+        *name = "CUDA_ERROR_ILLEGAL_ADDRESS";
         break;
     case CUDA_ERROR_NOT_READY:
         *name = "CUDA_ERROR_NOT_READY";
@@ -307,6 +375,7 @@ FAKE_API CUresult CUDAAPI cuMemAlloc(CUdeviceptr *dptr, size_t size)
 
 FAKE_API CUresult CUDAAPI cuMemsetD8(CUdeviceptr dptr, unsigned char value, size_t n)
 {
+    make_all_copies();
     if (current < 0) {
         return CUDA_ERROR_INVALID_CONTEXT;
     }
@@ -316,6 +385,7 @@ FAKE_API CUresult CUDAAPI cuMemsetD8(CUdeviceptr dptr, unsigned char value, size
 
 FAKE_API CUresult CUDAAPI cuMemFree(CUdeviceptr dptr)
 {
+    make_all_copies(); /* the driver's synchronizes, and copies may name it */
     return forget((uintptr_t)dptr);
 }
 
@@ -333,6 +403,7 @@ FAKE_API CUresult CUDAAPI cuMemHostAlloc(void **pp, size_t size, unsigned int fl
 
 FAKE_API CUresult CUDAAPI cuMemFreeHost(void *p)
 {
+    make_all_copies();
     return forget((uintptr_t)p);
 }
 
@@ -400,6 +471,7 @@ FAKE_API unsigned fake_cuda_registered(void)
 
 FAKE_API CUresult CUDAAPI cuMemcpy(CUdeviceptr dst, CUdeviceptr src, size_t n)
 {
+    make_all_copies(); /* the legacy default stream waits for blocking ones */
     memmove((void *)(uintptr_t)dst, (const void *)(uintptr_t)src, n);
     return CUDA_SUCCESS;
 }
@@ -414,30 +486,67 @@ FAKE_API CUresult CUDAAPI cuMemcpyAsync(CUdeviceptr dst, CUdeviceptr src, size_t
     if (atomic_load(&fail_at) == nth) {
         return CUDA_ERROR_LAUNCH_FAILED;
     }
-    memmove((void *)(uintptr_t)dst, (const void *)(uintptr_t)src, n);
+    pthread_mutex_lock(&lock);
+    if (s->queued - s->made == FAKE_QUEUE) {
+        make_copies(s, s->made + 1); /* the device got to the oldest */
+    }
+    s->queue[s->queued % FAKE_QUEUE] =
+        (copy_t){(void *)(uintptr_t)dst, (const void *)(uintptr_t)src, n};
+    s->queued++;
+    pthread_mutex_unlock(&lock);
     return CUDA_SUCCESS;
 }
 
 FAKE_API CUresult CUDAAPI cuStreamCreate(CUstream *s, unsigned int flags)
 {
+    int slot = -1;
+
     atomic_store(&stream_flags, flags);
     if (current < 0) {
         return CUDA_ERROR_INVALID_CONTEXT;
     }
     *s = calloc(1, sizeof(**s));
+    if (*s == NULL) {
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    }
     (*s)->device = current;
+    pthread_mutex_lock(&lock);
+    for (int i = 0; slot < 0 && i < FAKE_STREAMS; i++) {
+        slot = streams[i] == NULL ? i : slot;
+    }
+    if (slot >= 0) {
+        streams[slot] = *s;
+    }
+    pthread_mutex_unlock(&lock);
+    if (slot < 0) {
+        free(*s);
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    }
     return CUDA_SUCCESS;
 }
 
+/* Its queued copies still happen, as the driver's do. */
 FAKE_API CUresult CUDAAPI cuStreamDestroy(CUstream s)
 {
+    pthread_mutex_lock(&lock);
+    make_copies(s, s->queued);
+    for (int i = 0; i < FAKE_STREAMS; i++) {
+        streams[i] = streams[i] == s ? NULL : streams[i];
+    }
+    pthread_mutex_unlock(&lock);
     free(s);
     return CUDA_SUCCESS;
 }
 
 FAKE_API CUresult CUDAAPI cuStreamSynchronize(CUstream s)
 {
-    (void)s;
+    if (s == NULL) {
+        make_all_copies();
+        return CUDA_SUCCESS;
+    }
+    pthread_mutex_lock(&lock);
+    make_copies(s, s->queued);
+    pthread_mutex_unlock(&lock);
     return CUDA_SUCCESS;
 }
 
@@ -450,14 +559,30 @@ FAKE_API CUresult CUDAAPI cuEventCreate(CUevent *e, unsigned int flags)
 
 FAKE_API CUresult CUDAAPI cuEventRecord(CUevent e, CUstream s)
 {
-    (void)s;
+    pthread_mutex_lock(&lock);
+    e->stream = s;
+    e->upto = s != NULL ? s->queued : 0;
     e->queries = 0;
+    pthread_mutex_unlock(&lock);
     return CUDA_SUCCESS;
 }
 
+/* NOT_READY to its first query; then the copies before it are made and it
+ * is complete (or fails, fake_cuda_fail_event). */
 FAKE_API CUresult CUDAAPI cuEventQuery(CUevent e)
 {
-    return e->queries++ == 0 ? CUDA_ERROR_NOT_READY : CUDA_SUCCESS;
+    if (e->queries++ == 0) {
+        return CUDA_ERROR_NOT_READY;
+    }
+    if (atomic_load(&event_fail_at) == atomic_fetch_add(&event_queries, 1) + 1) {
+        return CUDA_ERROR_ILLEGAL_ADDRESS;
+    }
+    if (e->stream != NULL) {
+        pthread_mutex_lock(&lock);
+        make_copies(e->stream, e->upto);
+        pthread_mutex_unlock(&lock);
+    }
+    return CUDA_SUCCESS;
 }
 
 FAKE_API CUresult CUDAAPI cuEventDestroy(CUevent e)

@@ -254,15 +254,35 @@ static int group_setup(void **state)
     return 0;
 }
 
+/* How many passive partners ended other than with exit status 0: 3 when its
+ * ferry_connector_destroy still found operations, slots or regions, or a
+ * crash, a hang it was killed for, or under ASan a leak at exit. cmocka
+ * 1.1.5 prints a failed group teardown but does not count it, so main()
+ * adds this to the result. */
+static int passive_failures;
+
 static int group_teardown(void **state)
 {
     cmd_t quit = {.kind = 'Q'};
+    int wstatus;
     (void)state;
 
     pair_write(world.passive.cmd_fd, &quit, sizeof(quit));
     pair_close(&world.passive);
     ferry_connector_destroy(world.c);
-    return pair_reap(world.passive.pid) == 0 ? 0 : -1;
+    wstatus = pair_reap(world.passive.pid);
+    if (wstatus == 0) {
+        return 0;
+    }
+    if (wstatus == -1) {
+        fprintf(stderr, "the passive partner did not exit: killed\n");
+    } else if (WIFEXITED(wstatus)) {
+        fprintf(stderr, "the passive partner exited %d\n", WEXITSTATUS(wstatus));
+    } else if (WIFSIGNALED(wstatus)) {
+        fprintf(stderr, "the passive partner died of signal %d\n", WTERMSIG(wstatus));
+    }
+    passive_failures++;
+    return -1;
 }
 
 typedef struct {
@@ -1552,5 +1572,5 @@ int main(int argc, char **argv)
     failed = cmocka_run_group_tests(tests, group_setup, group_teardown);
     /* The same transfers as a read of a staged readable. */
     failed += cmocka_run_group_tests_name("read", transfers, read_setup, read_teardown);
-    return failed;
+    return failed + passive_failures;
 }
