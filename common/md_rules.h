@@ -42,8 +42,9 @@
 #define FERRY_MD_DESCRIPTORS_MAX    1024
 #define FERRY_MD_RKEY_MAX           4096
 #define FERRY_MD_NAME_MAX           256
-#define FERRY_MD_SLOT_SIZE_MAX      (1ull << 30)
-#define FERRY_MD_SLOTS_MAX          64
+
+#define FERRY_MD_SLOT_SIZE_MAX (1ull << 30)
+#define FERRY_MD_SLOTS_MAX     64
 /* The whole metadata, packed: etcd refuses requests over 1.5 MiB by default
  * (--max-request-bytes), and the record carries more than the metadata. */
 #define FERRY_MD_PACKED_MAX (1024 * 1024)
@@ -58,5 +59,13 @@ ferry_status_t ferry_md_check(const char *field, const Ferry__V1__RdmaMetadata *
  * 48"). md must have passed ferry_md_check. */
 ferry_status_t ferry_md_sizes_pair(const Ferry__V1__RdmaMetadata *md, const uint64_t *sizes,
                                    size_t n, char *msg, size_t cap);
+
+/* Not metadata, but the same one-owner rule: the longest request ID and
+ * access token the coordinator accepts (coordinator/validate.h), which
+ * libferry's coordinator client keeps copies of (worker/coord_client_int.h):
+ * sized from here, a limit raised on one side cannot leave the other
+ * holding a cut ID that names another record. */
+#define FERRY_REQUEST_ID_MAX 128
+#define FERRY_TOKEN_MAX      256
 
 #endif /* FERRY_COMMON_MD_RULES_H */

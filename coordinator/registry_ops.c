@@ -441,15 +441,19 @@ ferry_status_t coord_lookup_view(coord_registry_t *r, const char *id, const char
 /* --- transitions ---------------------------------------------------------- */
 
 /* A change to one record: `apply` checks the record and edits it in place.
- * It returns FERRY_OK to write the edit, COORD_UNCHANGED when the record
- * already says what the caller asked (idempotent repeat), or an error. */
-#define COORD_UNCHANGED 1
-
+ * It returns FERRY_OK to write the edit, or an error. When the record
+ * already says what the caller asked (an idempotent repeat), it returns
+ * FERRY_OK and sets *unchanged_p, which the caller cleared, and nothing is
+ * written. "Nothing changed" travels beside the status, not inside it: it
+ * is no answer a client sees, so it has no place in the public
+ * ferry_status_t, and an int carrying both would let any code through
+ * unchecked (STYLE.md item 17). */
 typedef struct transition transition_t;
 struct transition {
     const char *what;  /* for logs: "claim", "complete", ... */
     const char *token; /* NULL: internal change, no token check */
-    int (*apply)(transition_t *t, Ferry__V1__Operation *op, char *msg, size_t cap);
+    ferry_status_t (*apply)(transition_t *t, Ferry__V1__Operation *op, bool *unchanged_p, char *msg,
+                            size_t cap);
     /* Extra operation in the same transaction (claims/ key); type 0 with
      * key NULL: none. */
     etcd_op_t extra;
@@ -540,7 +544,7 @@ static ferry_status_t registry_transition(coord_registry_t *r, const char *id, t
         record_t rec;
         ferry_op_state_t from;
         bool won = false;
-        int rc;
+        bool unchanged = false;
         ferry_status_t status = read_record(r, id, attempt > 0, &rec, msg, cap);
 
         if (status != FERRY_OK) {
@@ -548,30 +552,33 @@ static ferry_status_t registry_transition(coord_registry_t *r, const char *id, t
         }
         from = rec.data.op->state;
         if (t->token != NULL && !token_matches(r, rec.data.op, t->token)) {
-            rc = registry_fail(FERRY_ERR_PERMISSION_DENIED, msg, cap,
-                               "access_token does not grant access to request_id '%s'", id);
+            status = registry_fail(FERRY_ERR_PERMISSION_DENIED, msg, cap,
+                                   "access_token does not grant access to request_id '%s'", id);
         } else {
             t->md = rec.data.md;
             t->md_len = rec.data.md_len;
             t->mod_revision = rec.mod_revision;
-            rc = t->apply(t, rec.data.op, msg, cap);
+            status = t->apply(t, rec.data.op, &unchanged, msg, cap);
         }
-        if (rc == FERRY_OK && !ferry__op_state_can_move(from, rec.data.op->state)) {
-            rc = registry_fail(
+        if (status == FERRY_OK && !unchanged &&
+            !ferry__op_state_can_move(from, rec.data.op->state)) {
+            status = registry_fail(
                 FERRY_ERR_FAILED_PRECONDITION, msg, cap, "request_id '%s' cannot go from %s to %s",
                 id, ferry__op_state_name(from), ferry__op_state_name(rec.data.op->state));
         }
-        if (rc != FERRY_OK && !answer_stands(&rec, id, t->what)) {
+        /* A refusal and "nothing to change" both answer without a write,
+         * so either one decided on the view waits for etcd's (answer_stands). */
+        if ((status != FERRY_OK || unchanged) && !answer_stands(&rec, id, t->what)) {
             continue;
         }
-        if (rc == COORD_UNCHANGED) {
+        if (status != FERRY_OK) {
+            coord_record_free(&rec.data);
+            return status;
+        }
+        if (unchanged) {
             out->rec = rec.data;
             out->revision = rec.revision;
             return FERRY_OK;
-        }
-        if (rc != FERRY_OK) {
-            coord_record_free(&rec.data);
-            return (ferry_status_t)rc;
         }
         rec.data.op->updated_unix_ms = registry_now_ms();
         status = write_transition(r, &rec, t, &out->revision, &won, msg, cap);
@@ -619,12 +626,12 @@ static const char *kind_name(Ferry__V1__OperationKind kind)
  * pair with the operation's metadata md[md_len]: the pairing rule of
  * common/md_rules.h, which libferry also checks when it is handed metadata
  * directly. The stored metadata passed ferry_md_check at Register. */
-static int claim_sizes_pair(const Ferry__V1__ClaimRequest *req, const char *id, const uint8_t *md,
-                            size_t md_len, char *msg, size_t cap)
+static ferry_status_t claim_sizes_pair(const Ferry__V1__ClaimRequest *req, const char *id,
+                                       const uint8_t *md, size_t md_len, char *msg, size_t cap)
 {
     Ferry__V1__RdmaMetadata *m;
     char rule[256];
-    int rc = FERRY_OK;
+    ferry_status_t status = FERRY_OK;
 
     if (req->n_descriptor_sizes == 0) {
         return FERRY_OK;
@@ -636,18 +643,22 @@ static int claim_sizes_pair(const Ferry__V1__ClaimRequest *req, const char *id, 
     }
     if (ferry_md_sizes_pair(m, req->descriptor_sizes, req->n_descriptor_sizes, rule,
                             sizeof(rule)) != FERRY_OK) {
-        rc = registry_fail(FERRY_ERR_SIZE_MISMATCH, msg, cap,
-                           "descriptor_sizes: %s (request_id '%s')", rule, id);
+        status = registry_fail(FERRY_ERR_SIZE_MISMATCH, msg, cap,
+                               "descriptor_sizes: %s (request_id '%s')", rule, id);
     }
     ferry__v1__rdma_metadata__free_unpacked(m, NULL);
-    return rc;
+    return status;
 }
 
-static int apply_claim(transition_t *t, Ferry__V1__Operation *op, char *msg, size_t cap)
+static ferry_status_t apply_claim(transition_t *t, Ferry__V1__Operation *op, bool *unchanged_p,
+                                  char *msg, size_t cap)
 {
     const Ferry__V1__ClaimRequest *req = t->arg;
-    int rc;
+    ferry_status_t status;
 
+    /* Never set: Claim has no idempotent repeat. A Claim on a CLAIMED
+     * record is refused, one from the same claimant too. */
+    (void)unchanged_p;
     if (req->kind != FERRY__V1__OPERATION_KIND__OPERATION_KIND_UNSPECIFIED &&
         req->kind != op->kind) {
         return registry_fail(
@@ -665,9 +676,9 @@ static int apply_claim(transition_t *t, Ferry__V1__Operation *op, char *msg, siz
         return registry_fail(FERRY_ERR_FAILED_PRECONDITION, msg, cap, "request_id '%s' is %s",
                              op->request_id, ferry__op_state_name(op->state));
     }
-    rc = claim_sizes_pair(req, op->request_id, t->md, t->md_len, msg, cap);
-    if (rc != FERRY_OK) {
-        return rc;
+    status = claim_sizes_pair(req, op->request_id, t->md, t->md_len, msg, cap);
+    if (status != FERRY_OK) {
+        return status;
     }
     do {
         if (RAND_bytes((unsigned char *)&op->claim_id, sizeof(op->claim_id)) != 1) {
@@ -702,9 +713,11 @@ static ferry_status_t claim_precheck(coord_registry_t *r, const Ferry__V1__Claim
                                    "access_token does not grant access to request_id '%s'",
                                    req->request_id);
         } else {
+            bool unchanged = false; /* never set: see apply_claim */
+
             t.md = rec.data.md;
             t.md_len = rec.data.md_len;
-            status = (ferry_status_t)apply_claim(&t, rec.data.op, msg, cap); /* our copy only */
+            status = apply_claim(&t, rec.data.op, &unchanged, msg, cap); /* our copy only */
         }
         if (status == FERRY_OK || answer_stands(&rec, req->request_id, "claim")) {
             coord_record_free(&rec.data);
@@ -764,7 +777,8 @@ ferry_status_t coord_claim(coord_registry_t *r, const Ferry__V1__ClaimRequest *r
     return FERRY_OK;
 }
 
-static int apply_complete(transition_t *t, Ferry__V1__Operation *op, char *msg, size_t cap)
+static ferry_status_t apply_complete(transition_t *t, Ferry__V1__Operation *op, bool *unchanged_p,
+                                     char *msg, size_t cap)
 {
     const Ferry__V1__CompleteRequest *req = t->arg;
     ferry_op_state_t want = req->error_code == 0 ? FERRY_OP_COMPLETE : FERRY_OP_ERRORED;
@@ -783,7 +797,8 @@ static int apply_complete(transition_t *t, Ferry__V1__Operation *op, char *msg, 
                              (unsigned long long)req->claim_id, op->request_id);
     }
     if (op->state == want) {
-        return COORD_UNCHANGED;
+        *unchanged_p = true;
+        return FERRY_OK;
     }
     if (op->state != FERRY_OP_CLAIMED) {
         return registry_fail(FERRY_ERR_FAILED_PRECONDITION, msg, cap,
@@ -827,12 +842,14 @@ ferry_status_t coord_complete(coord_registry_t *r, const Ferry__V1__CompleteRequ
     return registry_transition(r, req->request_id, &t, out, msg, cap);
 }
 
-static int apply_cancel(transition_t *t, Ferry__V1__Operation *op, char *msg, size_t cap)
+static ferry_status_t apply_cancel(transition_t *t, Ferry__V1__Operation *op, bool *unchanged_p,
+                                   char *msg, size_t cap)
 {
     const Ferry__V1__CancelRequest *req = t->arg;
 
     if (op->state == FERRY_OP_CANCELLED) {
-        return COORD_UNCHANGED;
+        *unchanged_p = true;
+        return FERRY_OK;
     }
     if (ferry__op_state_is_final(op->state)) {
         return registry_fail(FERRY_ERR_FAILED_PRECONDITION, msg, cap,
@@ -928,7 +945,8 @@ typedef struct {
  * COORD_NAME_MAX bytes; the text stays whole UTF-8 either way). */
 #define EXPIRY_CLAIMANT_MAX 256
 
-static int apply_claim_expiry(transition_t *t, Ferry__V1__Operation *op, char *msg, size_t cap)
+static ferry_status_t apply_claim_expiry(transition_t *t, Ferry__V1__Operation *op,
+                                         bool *unchanged_p, char *msg, size_t cap)
 {
     const claim_end_t *end = t->arg;
     char text[EXPIRY_CLAIMANT_MAX + 64];
@@ -936,14 +954,16 @@ static int apply_claim_expiry(transition_t *t, Ferry__V1__Operation *op, char *m
     (void)msg;
     (void)cap;
     if (op->state != FERRY_OP_CLAIMED || op->claim_lease_id != end->lease) {
-        return COORD_UNCHANGED;
+        *unchanged_p = true;
+        return FERRY_OK;
     }
     /* A record written at or after the revision that deleted the claim's
      * key is not the claim that ended: CLAIMED moves only to final states,
      * so it was claimed again since (a request ID used again, often on the
      * same session lease), and that claim is alive. */
     if (end->ended > 0 && t->mod_revision >= end->ended) {
-        return COORD_UNCHANGED;
+        *unchanged_p = true;
+        return FERRY_OK;
     }
     op->state = FERRY_OP_ERRORED;
     op->error_code = FERRY_ERR_EXPIRED;

@@ -638,9 +638,22 @@ static void set_log_cb(ferry_log_cb_t cb, void *arg)
     }
 }
 
+/* Every field this libferry knows: a caller built against a newer ferry.h
+ * that sets one it lacks is refused, not given the default silently. */
+#define CONNECTOR_FIELDS                                                                       \
+    ((uint64_t)(FERRY_CONNECTOR_PARAM_FIELD_NAME | FERRY_CONNECTOR_PARAM_FIELD_PROGRESS_MODE | \
+                FERRY_CONNECTOR_PARAM_FIELD_PEER_ERROR_HANDLING |                              \
+                FERRY_CONNECTOR_PARAM_FIELD_SPIN_US | FERRY_CONNECTOR_PARAM_FIELD_LOG_LEVEL |  \
+                FERRY_CONNECTOR_PARAM_FIELD_LOG_CB))
+
 static ferry_status_t apply_params(ferry_connector_t *c, const ferry_connector_params_t *params)
 {
     uint64_t mask = params != NULL ? params->field_mask : 0;
+
+    if (mask & ~CONNECTOR_FIELDS) {
+        return ferry__fail(FERRY_ERR_INVALID_ARGUMENT, "params.field_mask: unknown bits 0x%llx",
+                           (unsigned long long)(mask & ~CONNECTOR_FIELDS));
+    }
 
     if (gethostname(c->hostname, sizeof(c->hostname) - 1) != 0) {
         snprintf(c->hostname, sizeof(c->hostname), "unknown");

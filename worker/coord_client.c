@@ -407,6 +407,10 @@ void ferry__coord_watch_stats(ferry_coordinator_t *coord, ferry__coord_watch_sta
 
 /* ---- public API ----------------------------------------------------------- */
 
+/* Every field this libferry knows (as CONNECTOR_FIELDS in connector.c). */
+#define COORDINATOR_FIELDS \
+    ((uint64_t)(FERRY_COORDINATOR_PARAM_FIELD_TIMEOUT | FERRY_COORDINATOR_PARAM_FIELD_TLS))
+
 ferry_status_t ferry_coordinator_connect(const ferry_coordinator_params_t *params,
                                          ferry_coordinator_t **coord_p)
 {
@@ -419,6 +423,10 @@ ferry_status_t ferry_coordinator_connect(const ferry_coordinator_params_t *param
     ferry__clear_error();
     if (params == NULL || params->target == NULL || params->target[0] == '\0') {
         return ferry__fail(FERRY_ERR_INVALID_ARGUMENT, "params.target is required");
+    }
+    if (params->field_mask & ~COORDINATOR_FIELDS) {
+        return ferry__fail(FERRY_ERR_INVALID_ARGUMENT, "params.field_mask: unknown bits 0x%llx",
+                           (unsigned long long)(params->field_mask & ~COORDINATOR_FIELDS));
     }
     coord = calloc(1, sizeof(*coord));
     if (coord == NULL) {

@@ -19,6 +19,7 @@
 #include <time.h>
 
 #include "common/clock.h"
+#include "common/md_rules.h"
 #include "ferry/coordinator.h"
 #include "ferry/v1/coordinator.pb-c.h"
 #include "rpc/rpc.h"
@@ -42,8 +43,8 @@ typedef struct coord_link {
     ferry_coordinator_t *coord;
     ferry_op_t *op;
     bool passive;
-    char request_id[129];
-    char token[257];
+    char request_id[FERRY_REQUEST_ID_MAX + 1]; /* the coordinator accepted none longer */
+    char token[FERRY_TOKEN_MAX + 1];
     int64_t lease_id;                  /* the lease the record (passive) or claim (active) is on */
     char lease_token[LEASE_TOKEN_CAP]; /* lease_id's (active: Complete shows it) */
     uint64_t claim_id;                 /* active: the claim's, for Complete */

@@ -90,6 +90,13 @@ ferry_status_t ferry_descriptors_validate(const ferry_descriptor_t *descs, size_
         if (d->size == 0) {
             return ferry__fail(FERRY_ERR_INVALID_ARGUMENT, "descriptor %zu: zero size", i);
         }
+        if (d->size > UINTPTR_MAX - (uintptr_t)d->ptr) {
+            /* Past the top of the address space: no memory is there, and
+             * every end computed from it (UCX's, the region lookups') wraps. */
+            return ferry__fail(FERRY_ERR_INVALID_ARGUMENT,
+                               "descriptor %zu: %p + %zu bytes wraps around the address space", i,
+                               d->ptr, d->size);
+        }
         if (d->device.kind != FERRY_DEVICE_HOST && d->device.kind != FERRY_DEVICE_CUDA) {
             return ferry__fail(FERRY_ERR_INVALID_ARGUMENT, "descriptor %zu: unknown device kind %d",
                                i, (int)d->device.kind);

@@ -97,6 +97,19 @@ static void test_descriptors(void **state)
     assert_int_equal(ferry_descriptors_validate(d, 2), FERRY_ERR_INVALID_ARGUMENT);
     assert_non_null(strstr(ferry_last_error_message(), "all host or all cuda"));
 
+    /* An end past the top of the address space (ptr + size wraps to 0 or
+     * beyond) is refused; one that stops short of it is not. */
+    memcpy(d, ok, sizeof(d));
+    d[1].ptr = (void *)(UINTPTR_MAX - 4095);
+    d[1].size = 4096;
+    assert_int_equal(ferry_descriptors_validate(d, 2), FERRY_ERR_INVALID_ARGUMENT);
+    assert_non_null(strstr(ferry_last_error_message(), "descriptor 1: "));
+    assert_non_null(strstr(ferry_last_error_message(), "wraps around the address space"));
+    d[1].size = SIZE_MAX;
+    assert_int_equal(ferry_descriptors_validate(d, 2), FERRY_ERR_INVALID_ARGUMENT);
+    d[1].size = 4095;
+    assert_int_equal(ferry_descriptors_validate(d, 2), FERRY_OK);
+
     memcpy(d, ok, sizeof(d));
     d[0].device = (ferry_device_t){FERRY_DEVICE_CUDA, 1};
     d[1].device = (ferry_device_t){FERRY_DEVICE_CUDA, 0};

@@ -36,6 +36,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "ferry/coordinator.h"
 #include "pair.h"
 #include "worker/ferry_int.h"
 
@@ -1299,6 +1300,28 @@ static void loopback_write(ferry_connector_t *c)
     free(dst);
 }
 
+/* A field_mask bit this libferry does not know (a caller built against a
+ * newer ferry.h) is refused naming the bits, not ignored, for the
+ * connector's and the coordinator client's params alike. */
+static void test_unknown_param_fields(void **state)
+{
+    ferry_connector_params_t params = {.field_mask = FERRY_CONNECTOR_PARAM_FIELD_NAME | 1u << 20,
+                                       .name = "unknown-fields"};
+    ferry_coordinator_params_t cp = {.field_mask = FERRY_COORDINATOR_PARAM_FIELD_TIMEOUT | 1u << 9,
+                                     .target = "127.0.0.1:1",
+                                     .timeout_ms = 1000};
+    ferry_connector_t *c = NULL;
+    ferry_coordinator_t *coord = NULL;
+    (void)state;
+
+    assert_int_equal(ferry_connector_create(&params, &c), FERRY_ERR_INVALID_ARGUMENT);
+    assert_null(c);
+    assert_string_equal(ferry_last_error_message(), "params.field_mask: unknown bits 0x100000");
+    assert_int_equal(ferry_coordinator_connect(&cp, &coord), FERRY_ERR_INVALID_ARGUMENT);
+    assert_null(coord);
+    assert_string_equal(ferry_last_error_message(), "params.field_mask: unknown bits 0x200");
+}
+
 /* spin_us: 0 (sleep at once) and a long spin both move the bytes, in both
  * progress modes; out-of-range values and a malformed FERRY_SPIN_US are
  * refused; a set field wins over the environment. */
@@ -1506,6 +1529,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_claim_timeout_env),
         cmocka_unit_test(test_fail_from_outside),
         cmocka_unit_test(test_spin_param),
+        cmocka_unit_test(test_unknown_param_fields),
         cmocka_unit_test(test_stats_count_transfers),
     };
     const struct CMUnitTest tcp_subset[] = {
