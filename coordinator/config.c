@@ -13,6 +13,13 @@
 #include <unistd.h>
 
 #include "registry.h"
+#include "validate.h"
+
+/* The registry's own defaults and bounds, as text for env_number (one
+ * owner: a bound lowered there cannot leave a value accepted here that the
+ * registry would not use). */
+#define CONFIG_STR_(x) #x
+#define CONFIG_STR(x)  CONFIG_STR_(x)
 
 #define UNSET INT_MIN
 
@@ -256,7 +263,7 @@ static int set_option(coord_config_t *c, int opt, const char *arg)
         c->prefix = arg;
         break;
     case OPT_TTL:
-        return (c->ttl_s = parse_int("--ttl", arg, 1, 3600)) < 0 ? -1 : 0;
+        return (c->ttl_s = parse_int("--ttl", arg, 1, COORD_TTL_MAX)) < 0 ? -1 : 0;
     case OPT_THREADS:
         return (c->threads = parse_int("--threads", arg, 1, 256)) < 0 ? -1 : 0;
     case OPT_ETCD_INFLIGHT:
@@ -264,7 +271,10 @@ static int set_option(coord_config_t *c, int opt, const char *arg)
     case OPT_ETCD_LOAD_PAGE:
         return (c->etcd_load_page = parse_int("--etcd-load-page", arg, 1, 100000)) < 0 ? -1 : 0;
     case OPT_REGISTER_BATCH:
-        return (c->register_batch = parse_int("--register-batch", arg, 1, 128)) < 0 ? -1 : 0;
+        return (c->register_batch =
+                    parse_int("--register-batch", arg, 1, COORD_REGISTER_BATCH_MAX)) < 0
+                   ? -1
+                   : 0;
     case OPT_ETCD_QUEUE:
         return (c->etcd_queue = parse_int("--etcd-queue", arg, 0, 1000000)) < 0 ? -1 : 0;
     case OPT_GRACE:
@@ -332,12 +342,14 @@ static int env_number(int *field, const char *name, const char *fallback, int lo
 
 static int env_numbers(coord_config_t *c)
 {
-    if (env_number(&c->ttl_s, "FERRY_TTL", "10", 1, 3600) != 0 ||
+    if (env_number(&c->ttl_s, "FERRY_TTL", "10", 1, COORD_TTL_MAX) != 0 ||
         env_number(&c->threads, "FERRY_THREADS", "16", 1, 256) != 0 ||
         env_number(&c->etcd_inflight, "FERRY_ETCD_INFLIGHT", "64", 1, 1024) != 0 ||
         env_number(&c->etcd_queue, "FERRY_ETCD_QUEUE", "1024", 0, 1000000) != 0 ||
-        env_number(&c->etcd_load_page, "FERRY_ETCD_LOAD_PAGE", "5000", 1, 100000) != 0 ||
-        env_number(&c->register_batch, "FERRY_REGISTER_BATCH", "64", 1, 128) != 0 ||
+        env_number(&c->etcd_load_page, "FERRY_ETCD_LOAD_PAGE", CONFIG_STR(COORD_LOAD_PAGE), 1,
+                   100000) != 0 ||
+        env_number(&c->register_batch, "FERRY_REGISTER_BATCH", CONFIG_STR(COORD_REGISTER_BATCH), 1,
+                   COORD_REGISTER_BATCH_MAX) != 0 ||
         env_number(&c->grace_ms, "FERRY_GRACE_MS", "5000", 0, 600000) != 0 ||
         env_number(&c->watch_queue_kib, "FERRY_WATCH_QUEUE_KIB", "4096", 16, 1 << 20) != 0 ||
         env_number(&c->max_waits, "FERRY_MAX_WAITS", "10000", 1, 1000000) != 0 ||

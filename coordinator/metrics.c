@@ -58,9 +58,12 @@
 
 #define METRICS_BUCKETS    14
 #define METRICS_MAX_SERIES 48
-#define METRICS_CODES      17 /* gRPC codes 0..16 */
-#define METRICS_STATUSES   32 /* ferry_status_t 0..-31 */
-#define METRICS_STATES     8  /* OperationState values 0..7 */
+#define METRICS_CODES      17 /* gRPC codes 0..16, fixed by gRPC */
+/* Indexed by -status and by state: as many as their tables hold (both run
+ * from 0 without a gap), so a code or state added there is counted here. */
+#define FERRY__METRICS_STATUS_ONE(name, value, msg) +1
+enum { METRICS_STATUSES = 0 FERRY_FOREACH_STATUS(FERRY__METRICS_STATUS_ONE) };
+#define METRICS_STATES FERRY_OP_STATE_COUNT
 
 /* Bounds on the HTTP side (see the header comment). A scrape is one short
  * request, and a few Prometheus servers keep one connection each: 32 in

@@ -144,7 +144,12 @@ typedef enum {
 /* libferry's log: nothing is logged unless the caller asks, through a
  * connector's params (FIELD_LOG_LEVEL, FIELD_LOG_CB). The log is one per
  * process (every connector's lines go to it; the last connector created
- * with the field sets it); the library reads no environment variable for it. */
+ * with the field sets it); the library reads no environment variable for it.
+ * The libraries under it keep their own, which libferry does not take over
+ * (they are the process's, shared with any other user of them): UCX writes
+ * its warnings to stderr (UCX_LOG_LEVEL), and gRPC core, which the
+ * coordinator client uses, its errors (a failed TLS handshake, say;
+ * GRPC_VERBOSITY=NONE silences them). */
 typedef enum {
     FERRY_LOGLEVEL_OFF = -1, /* the default */
     FERRY_LOGLEVEL_ERROR = 0,
