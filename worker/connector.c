@@ -590,13 +590,22 @@ static ferry_status_t apply_spin(ferry_connector_t *c, const ferry_connector_par
     return FERRY_OK;
 }
 
-/* FERRY_CLAIM_TIMEOUT_MS, when set: milliseconds, 1..INT32_MAX. */
-static ferry_status_t apply_claim_timeout(ferry_connector_t *c)
+/* The params' claim_timeout_ms, else FERRY_CLAIM_TIMEOUT_MS when set:
+ * milliseconds, 1..INT32_MAX. */
+static ferry_status_t apply_claim_timeout(ferry_connector_t *c,
+                                          const ferry_connector_params_t *params, uint64_t mask)
 {
     const char *env = getenv("FERRY_CLAIM_TIMEOUT_MS");
     long long ms = FERRY__CLAIM_TIMEOUT_MS;
 
-    if (env != NULL && env[0] != '\0') {
+    if (mask & FERRY_CONNECTOR_PARAM_FIELD_CLAIM_TIMEOUT_MS) {
+        ms = params->claim_timeout_ms;
+        if (ms < 1 || ms > INT32_MAX) {
+            return ferry__fail(FERRY_ERR_INVALID_ARGUMENT,
+                               "connector: claim_timeout_ms %lld is not from 1 to %d", ms,
+                               INT32_MAX);
+        }
+    } else if (env != NULL && env[0] != '\0') {
         char *end;
         errno = 0;
         ms = strtoll(env, &end, 10);
@@ -638,13 +647,35 @@ static void set_log_cb(ferry_log_cb_t cb, void *arg)
     }
 }
 
+/* The direct path, where the params' cuda_direct (or, unset,
+ * FERRY_CUDA_DIRECT=1) asks for it: CUDA memory moves by UCX RMA straight
+ * into and out of GPU memory where UCX reports CUDA among its memory types.
+ * Off by default, and then CUDA memory takes the staged path: UCX 1.13's
+ * default protocols have no RMA lane that reaches CUDA memory in another
+ * process (cuda_ipc serves rendezvous, never ucp_put_nbx or ucp_get_nbx),
+ * so UCX emulates such a put over shared memory with a CPU copy out of or
+ * into GPU memory, and the process dies of SIGSEGV inside UCX. Measured on
+ * an H200 (bench/NOTES.md, "GPU"): Ferry's direct path and ucx_perftest -m
+ * cuda alike; with UCX_PROTO_ENABLE=y both complete, at 0.05-0.6 GB/s. For
+ * a UCX that can (a newer one, or GPUDirect RDMA on InfiniBand), and then
+ * on every worker: a passive side's metadata tells its writers which path
+ * to take. */
+static bool cuda_direct_wanted(void)
+{
+    const char *env = getenv("FERRY_CUDA_DIRECT");
+
+    return env != NULL && strcmp(env, "1") == 0;
+}
+
 /* Every field this libferry knows: a caller built against a newer ferry.h
  * that sets one it lacks is refused, not given the default silently. */
 #define CONNECTOR_FIELDS                                                                       \
     ((uint64_t)(FERRY_CONNECTOR_PARAM_FIELD_NAME | FERRY_CONNECTOR_PARAM_FIELD_PROGRESS_MODE | \
                 FERRY_CONNECTOR_PARAM_FIELD_PEER_ERROR_HANDLING |                              \
                 FERRY_CONNECTOR_PARAM_FIELD_SPIN_US | FERRY_CONNECTOR_PARAM_FIELD_LOG_LEVEL |  \
-                FERRY_CONNECTOR_PARAM_FIELD_LOG_CB))
+                FERRY_CONNECTOR_PARAM_FIELD_LOG_CB |                                           \
+                FERRY_CONNECTOR_PARAM_FIELD_CLAIM_TIMEOUT_MS |                                 \
+                FERRY_CONNECTOR_PARAM_FIELD_CUDA_DIRECT))
 
 static ferry_status_t apply_params(ferry_connector_t *c, const ferry_connector_params_t *params)
 {
@@ -692,7 +723,9 @@ static ferry_status_t apply_params(ferry_connector_t *c, const ferry_connector_p
     if (apply_spin(c, params, mask) != FERRY_OK) {
         return FERRY_ERR_INVALID_ARGUMENT; /* apply_spin said why */
     }
-    return apply_claim_timeout(c);
+    c->cuda_direct = (mask & FERRY_CONNECTOR_PARAM_FIELD_CUDA_DIRECT) ? params->cuda_direct
+                                                                      : cuda_direct_wanted();
+    return apply_claim_timeout(c, params, mask);
 }
 
 static ferry_status_t ucx_fail(ferry_connector_t *c, const char *what, ucs_status_t status)
@@ -700,25 +733,6 @@ static ferry_status_t ucx_fail(ferry_connector_t *c, const char *what, ucs_statu
     ferry_error("connector %s: %s: %s", c->name, what, ucs_status_string(status));
     return ferry__fail(FERRY_ERR_TRANSPORT, "connector %s: %s: %s", c->name, what,
                        ucs_status_string(status));
-}
-
-/* FERRY_CUDA_DIRECT=1: CUDA memory moves by UCX RMA straight into and out
- * of GPU memory (the direct path) where UCX reports CUDA among its memory
- * types. Off by default, and then CUDA memory takes the staged path: UCX
- * 1.13's default protocols have no RMA lane that reaches CUDA memory in
- * another process (cuda_ipc serves rendezvous, never ucp_put_nbx or
- * ucp_get_nbx), so UCX emulates such a put over shared memory with a CPU
- * copy out of or into GPU memory, and the process dies of SIGSEGV inside
- * UCX. Measured on an H200 (bench/NOTES.md, "GPU"): Ferry's direct path and
- * ucx_perftest -m cuda alike; with UCX_PROTO_ENABLE=y both complete, at
- * 0.05-0.6 GB/s. For a UCX that can (a newer one, or GPUDirect RDMA on
- * InfiniBand), and then on every worker: a passive side's metadata tells
- * its writers which path to take. */
-static bool cuda_direct_wanted(void)
-{
-    const char *env = getenv("FERRY_CUDA_DIRECT");
-
-    return env != NULL && strcmp(env, "1") == 0;
 }
 
 static ferry_status_t open_context(ferry_connector_t *c)
@@ -740,7 +754,7 @@ static ferry_status_t open_context(ferry_connector_t *c)
         return ucx_fail(c, "ucp_context_query", status);
     }
     c->ucx_reports_cuda = (attr.memory_types & UCS_BIT(UCS_MEMORY_TYPE_CUDA)) != 0;
-    c->ucx_cuda = c->ucx_reports_cuda && cuda_direct_wanted();
+    c->ucx_cuda = c->ucx_reports_cuda && c->cuda_direct;
     return FERRY_OK;
 }
 

@@ -278,7 +278,8 @@ struct ferry_connector {
     bool peer_error_handling;
     bool cuda_available;   /* the CUDA driver loaded and has a device */
     bool ucx_reports_cuda; /* UCX reports CUDA among its memory types */
-    bool ucx_cuda;         /* ... and FERRY_CUDA_DIRECT=1: the direct path (connector.c) */
+    bool ucx_cuda;         /* ... and cuda_direct: the direct path (connector.c) */
+    bool cuda_direct;      /* params' FIELD_CUDA_DIRECT, else FERRY_CUDA_DIRECT=1 */
     /* The device whose context the progress thread makes current: the
      * first a direct-path operation's CUDA memory is on; -1 until one is
      * (set once, by ferry__cuda_admit; read by the progress thread). */

@@ -139,6 +139,8 @@ typedef enum {
     FERRY_CONNECTOR_PARAM_FIELD_SPIN_US = 1u << 3,
     FERRY_CONNECTOR_PARAM_FIELD_LOG_LEVEL = 1u << 4,
     FERRY_CONNECTOR_PARAM_FIELD_LOG_CB = 1u << 5,
+    FERRY_CONNECTOR_PARAM_FIELD_CLAIM_TIMEOUT_MS = 1u << 6,
+    FERRY_CONNECTOR_PARAM_FIELD_CUDA_DIRECT = 1u << 7,
 } ferry_connector_param_field_t;
 
 /* libferry's log: nothing is logged unless the caller asks, through a
@@ -208,6 +210,16 @@ typedef struct {
      * unchanged (stderr until a connector sets it). */
     ferry_log_cb_t log_cb;
     void *log_arg;
+    /* FIELD_CLAIM_TIMEOUT_MS: how long a write or read waits for the
+     * passive side to answer its claim (admit or refuse) before it fails
+     * FERRY_ERR_TIMED_OUT, 1..INT32_MAX ms. Unset: the environment variable
+     * FERRY_CLAIM_TIMEOUT_MS when set, else 30000. */
+    uint32_t claim_timeout_ms;
+    /* FIELD_CUDA_DIRECT: true takes the direct path for CUDA memory where
+     * UCX reports CUDA among its memory types (README, "GPU"); false the
+     * staged path. Unset: the environment variable FERRY_CUDA_DIRECT=1 turns
+     * it on; off otherwise. */
+    bool cuda_direct;
 } ferry_connector_params_t;
 
 /* Creates the process's connector (a NULL params means all defaults).

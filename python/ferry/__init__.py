@@ -841,6 +841,10 @@ class Connector(_ferry._Connector):
     ``"<hostname>:<pid>"``). ``peer_error_handling``, ``spin_us``: as
     ferry_connector_params_t (both sides must agree on the first).
     ``log_level``: "off" (default), "error" ... "trace", to stderr.
+    ``claim_timeout_ms``: how long a write or read waits for the passive
+    side to answer its claim (default: FERRY_CLAIM_TIMEOUT_MS, else 30000).
+    ``cuda_direct``: the direct path for CUDA memory where UCX can take it
+    (default: FERRY_CUDA_DIRECT=1; README, "GPU").
 
     close() (or leaving its ``with`` block) raises Busy while an operation
     or a region is open. A ``with`` block that ends by an exception while
@@ -853,7 +857,9 @@ class Connector(_ferry._Connector):
     without touching the parent's threads; make a new one in the child."""
 
     def __new__(cls, name: Optional[str] = None, *, peer_error_handling: Optional[bool] = None,
-                spin_us: Optional[int] = None, log_level: Optional[str] = None) -> "Connector":
+                spin_us: Optional[int] = None, log_level: Optional[str] = None,
+                claim_timeout_ms: Optional[int] = None,
+                cuda_direct: Optional[bool] = None) -> "Connector":
         kw: Dict[str, Any] = {}
         if peer_error_handling is not None:
             kw["peer_error_handling"] = bool(peer_error_handling)
@@ -861,10 +867,16 @@ class Connector(_ferry._Connector):
             kw["spin_us"] = int(spin_us)
         if log_level is not None:
             kw["log_level"] = _LOG_LEVELS[log_level]
+        if claim_timeout_ms is not None:
+            kw["claim_timeout_ms"] = int(claim_timeout_ms)
+        if cuda_direct is not None:
+            kw["cuda_direct"] = bool(cuda_direct)
         return super().__new__(cls, name, **kw)
 
     def __init__(self, name: Optional[str] = None, *, peer_error_handling: Optional[bool] = None,
-                 spin_us: Optional[int] = None, log_level: Optional[str] = None) -> None:
+                 spin_us: Optional[int] = None, log_level: Optional[str] = None,
+                 claim_timeout_ms: Optional[int] = None,
+                 cuda_direct: Optional[bool] = None) -> None:
         self._loops: Dict[asyncio.AbstractEventLoop, int] = {}
 
     # passive

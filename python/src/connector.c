@@ -70,15 +70,19 @@ static int64_t connector_now_ms(void)
 
 static PyObject *connector_new(PyTypeObject *tp, PyObject *args, PyObject *kwargs)
 {
-    static char *kwlist[] = {"name", "peer_error_handling", "spin_us", "log_level", NULL};
+    static char *kwlist[] = {"name",      "peer_error_handling", "spin_us",
+                             "log_level", "claim_timeout_ms",    "cuda_direct",
+                             NULL};
     const char *name = NULL;
-    int peer_error_handling = -1, spin_us = -1, log_level = -2;
+    int peer_error_handling = -1, spin_us = -1, log_level = -2, claim_timeout_ms = -1;
+    int cuda_direct = -1;
     ferry_connector_params_t params = {.field_mask = 0};
     pyferry_connector_t *self;
     ferry_status_t status;
 
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|zpii:_Connector", kwlist, &name,
-                                     &peer_error_handling, &spin_us, &log_level)) {
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|zpiiip:_Connector", kwlist, &name,
+                                     &peer_error_handling, &spin_us, &log_level, &claim_timeout_ms,
+                                     &cuda_direct)) {
         return NULL;
     }
     if (name != NULL) {
@@ -96,6 +100,14 @@ static PyObject *connector_new(PyTypeObject *tp, PyObject *args, PyObject *kwarg
     if (log_level >= -1) {
         params.field_mask |= FERRY_CONNECTOR_PARAM_FIELD_LOG_LEVEL;
         params.log_level = (ferry_loglevel_t)log_level;
+    }
+    if (claim_timeout_ms != -1) { /* libferry refuses what is not 1..INT32_MAX */
+        params.field_mask |= FERRY_CONNECTOR_PARAM_FIELD_CLAIM_TIMEOUT_MS;
+        params.claim_timeout_ms = claim_timeout_ms < 0 ? 0 : (uint32_t)claim_timeout_ms;
+    }
+    if (cuda_direct >= 0) {
+        params.field_mask |= FERRY_CONNECTOR_PARAM_FIELD_CUDA_DIRECT;
+        params.cuda_direct = cuda_direct != 0;
     }
     self = (pyferry_connector_t *)((allocfunc)PyType_GetSlot(tp, Py_tp_alloc))(tp, 0);
     if (self == NULL) {
@@ -849,7 +861,8 @@ static PyType_Slot connector_slots[] = {
     {Py_tp_traverse, connector_traverse},
     {Py_tp_methods, connector_methods},
     {Py_tp_getset, connector_getset},
-    {Py_tp_doc, "_Connector(name=None, peer_error_handling=None, spin_us=-1, log_level=-2)."},
+    {Py_tp_doc, "_Connector(name=None, peer_error_handling=None, spin_us=-1, log_level=-2, "
+                "claim_timeout_ms=-1, cuda_direct=None)."},
     {0, NULL},
 };
 

@@ -336,6 +336,44 @@ def _stopped(pid):
         return f.read().rsplit(")", 1)[1].split()[0] in ("T", "t")
 
 
+_SILENT_PEER = """
+import os, signal
+import ferry
+c = ferry.Connector("silent-peer")
+w = c.create_writable(ferry.Descriptor(bytearray(4096)))
+print(w.metadata().to_json(), flush=True)
+os.kill(os.getpid(), signal.SIGSTOP)  # never answers the claim
+"""
+
+
+def test_claim_timeout_ms_and_cuda_direct_are_connector_options():
+    """claim_timeout_ms bounds the wait for a passive side that never
+    answers the claim (a stopped process): the write fails Unavailable well
+    inside a wait that the default (30 s) would have outlasted. 0 is refused
+    naming the field; cuda_direct is taken (there is no CUDA here to move)."""
+    with pytest.raises(ferry.InvalidArgument, match="claim_timeout_ms 0"):
+        ferry.Connector("zero-claim-timeout", claim_timeout_ms=0)
+    ferry.Connector("direct-asked", cuda_direct=True).close()
+    env = dict(os.environ,
+               PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(ferry.__file__))))
+    child = subprocess.Popen([sys.executable, "-c", _SILENT_PEER], env=env,
+                             stdout=subprocess.PIPE, text=True)
+    c = ferry.Connector("short-claim", claim_timeout_ms=300)
+    try:
+        md = ferry.RdmaMetadata.from_json(child.stdout.readline())
+        deadline = time.monotonic() + 60
+        while not _stopped(child.pid) and time.monotonic() < deadline:
+            time.sleep(0.001)  # polling the condition, with a deadline
+        assert _stopped(child.pid)
+        with c.begin_write(ferry.Descriptor(bytearray(4096)), md) as a:
+            with pytest.raises(ferry.Unavailable):
+                a.wait(20)
+    finally:
+        child.kill()
+        child.wait()
+        c.close()
+
+
 def test_closing_a_write_to_a_stopped_peer_does_not_block():
     """A write whose receiver stopped mid-transfer (SIGSTOP) cannot finish
     (over TCP UCX emulates the puts, and the receiver must take them), and

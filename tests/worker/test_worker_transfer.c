@@ -1379,6 +1379,44 @@ static void test_claim_timeout_env(void **state)
     unsetenv("FERRY_CLAIM_TIMEOUT_MS");
 }
 
+/* The params' claim_timeout_ms and cuda_direct: taken over the
+ * environment (garbage there is not even read), 0 ms refused naming the
+ * field; unset, the environment decides as before. */
+static void test_claim_timeout_and_cuda_direct_params(void **state)
+{
+    ferry_connector_params_t params = {.field_mask = FERRY_CONNECTOR_PARAM_FIELD_CLAIM_TIMEOUT_MS |
+                                                     FERRY_CONNECTOR_PARAM_FIELD_CUDA_DIRECT,
+                                       .claim_timeout_ms = 0,
+                                       .cuda_direct = true};
+    ferry_connector_t *c = NULL;
+    (void)state;
+
+    assert_int_equal(ferry_connector_create(&params, &c), FERRY_ERR_INVALID_ARGUMENT);
+    assert_non_null(strstr(ferry_last_error_message(), "claim_timeout_ms 0"));
+    setenv("FERRY_CLAIM_TIMEOUT_MS", "x", 1);
+    setenv("FERRY_CUDA_DIRECT", "1", 1);
+    params.claim_timeout_ms = 300;
+    params.cuda_direct = false;
+    assert_int_equal(ferry_connector_create(&params, &c), FERRY_OK);
+    assert_int_equal(c->claim_timeout_ms, 300);
+    assert_false(c->cuda_direct);
+    ferry_connector_destroy(c);
+    params.field_mask = 0;
+    setenv("FERRY_CLAIM_TIMEOUT_MS", "400", 1);
+    assert_int_equal(ferry_connector_create(&params, &c), FERRY_OK);
+    assert_int_equal(c->claim_timeout_ms, 400);
+    assert_true(c->cuda_direct);
+    ferry_connector_destroy(c);
+    unsetenv("FERRY_CLAIM_TIMEOUT_MS");
+    unsetenv("FERRY_CUDA_DIRECT");
+    params.field_mask = FERRY_CONNECTOR_PARAM_FIELD_CUDA_DIRECT;
+    params.cuda_direct = true;
+    assert_int_equal(ferry_connector_create(&params, &c), FERRY_OK);
+    assert_true(c->cuda_direct);
+    assert_int_equal(c->claim_timeout_ms, 30000);
+    ferry_connector_destroy(c);
+}
+
 static void test_fail_from_outside(void **state)
 {
     uint8_t buf[64];
@@ -1530,6 +1568,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_fail_from_outside),
         cmocka_unit_test(test_spin_param),
         cmocka_unit_test(test_unknown_param_fields),
+        cmocka_unit_test(test_claim_timeout_and_cuda_direct_params),
         cmocka_unit_test(test_stats_count_transfers),
     };
     const struct CMUnitTest tcp_subset[] = {
