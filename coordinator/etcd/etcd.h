@@ -66,6 +66,10 @@ typedef struct {
 } etcd_params_t;
 
 ferry_status_t etcd_client_create(const etcd_params_t *params, etcd_client_t **client_p);
+/* Every watch made on the client must be destroyed first: a watch's thread
+ * reads the client's endpoints and channels until etcd_watch_destroy has
+ * joined it (the registry destroys its watch before the coordinator
+ * destroys the client). */
 void etcd_client_destroy(etcd_client_t *client);
 
 /* The last transport or server error seen by this thread, for messages
