@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "grpc/health/v1/health.pb-c.h"
@@ -95,6 +96,22 @@ int test_coord_restart(test_coord_t *c)
 int test_coord_stop(test_coord_t *c)
 {
     return test_proc_stop(&c->proc, 15000);
+}
+
+bool test_coord_stop_clean(test_coord_t *c)
+{
+    int wstatus = test_coord_stop(c);
+
+    if (wstatus == 0) {
+        return true;
+    }
+    if (WIFEXITED(wstatus)) {
+        fprintf(stderr, "the coordinator exited %d after SIGTERM\n", WEXITSTATUS(wstatus));
+    } else {
+        fprintf(stderr, "the coordinator did not exit 0 after SIGTERM (wait status %d)\n", wstatus);
+    }
+    test_proc_dump_log(&c->proc, 4000);
+    return false;
 }
 
 void test_coord_cleanup(test_coord_t *c)

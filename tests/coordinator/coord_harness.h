@@ -36,6 +36,10 @@ int test_coord_restart(test_coord_t *c);
 
 /* SIGTERM and wait; returns the wait status. */
 int test_coord_stop(test_coord_t *c);
+/* test_coord_stop, saying on stderr how it ended (with the end of its log)
+ * when not with exit status 0 (a crash, a hang it was killed for, or under
+ * ASan a leak at exit); true when it exited 0. */
+bool test_coord_stop_clean(test_coord_t *c);
 
 /* Stops it if running and removes its directory. */
 void test_coord_cleanup(test_coord_t *c);

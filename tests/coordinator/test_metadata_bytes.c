@@ -62,21 +62,10 @@ static bool coord_exit_bad;
 
 static int teardown(void **state)
 {
-    int wstatus;
     (void)state;
     etcd_client_destroy(store);
     rpc_channel_destroy(chan);
-    wstatus = test_coord_stop(&coord);
-    if (wstatus != 0) {
-        if (WIFEXITED(wstatus)) {
-            fprintf(stderr, "the coordinator exited %d after SIGTERM\n", WEXITSTATUS(wstatus));
-        } else {
-            fprintf(stderr, "the coordinator did not exit 0 after SIGTERM (wait status %d)\n",
-                    wstatus);
-        }
-        test_proc_dump_log(&coord.proc, 4000);
-        coord_exit_bad = true;
-    }
+    coord_exit_bad = !test_coord_stop_clean(&coord);
     test_coord_cleanup(&coord);
     test_etcd_stop(&etcd);
     return coord_exit_bad ? -1 : 0;

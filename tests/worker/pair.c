@@ -194,6 +194,20 @@ int pair_reap(pid_t pid)
     }
 }
 
+bool pair_reap_clean(pid_t pid, const char *who)
+{
+    int wstatus = pair_reap(pid);
+
+    if (wstatus == -1) {
+        fprintf(stderr, "%s did not exit: killed\n", who);
+    } else if (WIFEXITED(wstatus) && WEXITSTATUS(wstatus) != 0) {
+        fprintf(stderr, "%s exited %d\n", who, WEXITSTATUS(wstatus));
+    } else if (WIFSIGNALED(wstatus)) {
+        fprintf(stderr, "%s died of signal %d\n", who, WTERMSIG(wstatus));
+    }
+    return wstatus == 0;
+}
+
 void pair_close(pair_partner_t *p)
 {
     close(p->cmd_fd);

@@ -10,6 +10,7 @@
 #ifndef FERRY_TESTS_WORKER_PAIR_H
 #define FERRY_TESTS_WORKER_PAIR_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
@@ -48,6 +49,10 @@ pair_partner_t pair_spawn(const char *exe, const char *role);
 /* Waits (with a deadline, then SIGKILL) for the child; its wait status, -1
  * when it had to be killed. */
 int pair_reap(pid_t pid);
+/* pair_reap, saying on stderr how the partner `who` ended when not with
+ * exit status 0 (an exit code, a signal, or a hang it was killed for);
+ * true when it exited 0. */
+bool pair_reap_clean(pid_t pid, const char *who);
 /* Closes both pipes. */
 void pair_close(pair_partner_t *p);
 

@@ -282,22 +282,13 @@ static int passive_failures;
 static int group_teardown(void **state)
 {
     cmd_t quit = {.kind = 'Q'};
-    int wstatus;
     (void)state;
 
     pair_write(world.passive.cmd_fd, &quit, sizeof(quit));
     pair_close(&world.passive);
     ferry_connector_destroy(world.c);
-    wstatus = pair_reap(world.passive.pid);
-    if (wstatus == 0) {
+    if (pair_reap_clean(world.passive.pid, "the passive partner")) {
         return 0;
-    }
-    if (wstatus == -1) {
-        fprintf(stderr, "the passive partner did not exit: killed\n");
-    } else if (WIFEXITED(wstatus)) {
-        fprintf(stderr, "the passive partner exited %d\n", WEXITSTATUS(wstatus));
-    } else if (WIFSIGNALED(wstatus)) {
-        fprintf(stderr, "the passive partner died of signal %d\n", WTERMSIG(wstatus));
     }
     passive_failures++;
     return -1;
