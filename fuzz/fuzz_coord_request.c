@@ -80,7 +80,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         return 0; /* the RPC layer answers INVALID_ARGUMENT */
     }
     msg[0] = '\0';
-    status = rpc__wire_check(method->input, data + 1, size - 1, msg, sizeof(msg));
+    status = rpc__wire_check(method->input, data + 1, size - 1, msg, sizeof(msg), NULL);
     if (status == FERRY_OK) {
         status = coord_validate_request(req, msg, sizeof(msg));
     }

@@ -68,6 +68,7 @@ ferry_status_t rpc__unpack_request(const ProtobufCMessageDescriptor *desc, grpc_
     ProtobufCMessage *msg = NULL;
     ferry_status_t status;
     grpc_slice slice;
+    bool malformed = false;
 
     if (!buf_flatten(buf, &slice)) {
         snprintf(why, cap, "malformed request for %s", path);
@@ -75,8 +76,9 @@ ferry_status_t rpc__unpack_request(const ProtobufCMessageDescriptor *desc, grpc_
     }
     /* Checked before it is decoded: decoding is what a hostile request
      * would make costly (rpc_wire.c). */
-    status = rpc__wire_check(desc, GRPC_SLICE_START_PTR(slice), GRPC_SLICE_LENGTH(slice), why, cap);
-    if (status != FERRY_OK && strncmp(why, RPC_WIRE_MALFORMED, strlen(RPC_WIRE_MALFORMED)) == 0) {
+    status = rpc__wire_check(desc, GRPC_SLICE_START_PTR(slice), GRPC_SLICE_LENGTH(slice), why, cap,
+                             &malformed);
+    if (status != FERRY_OK && malformed) {
         snprintf(why, cap, RPC_WIRE_MALFORMED " for %s", path); /* the method, not a field */
     }
     if (status == FERRY_OK) {

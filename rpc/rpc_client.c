@@ -237,6 +237,19 @@ void rpc__error_set(rpc_error_t *err, int code, const char *msg)
     }
 }
 
+/* Whether v is one of the status table's codes. */
+static bool status_known(long v)
+{
+    switch (v) {
+#define RPC_STATUS_CASE(name, value, msg) case value:
+        FERRY_FOREACH_STATUS(RPC_STATUS_CASE)
+#undef RPC_STATUS_CASE
+        return true;
+    default:
+        return false;
+    }
+}
+
 /* The ferry_status_t a Ferry server sent beside a failed code (trailing
  * metadata RPC_STATUS_MD), when it is one of the table's codes and agrees
  * with the gRPC code; else the gRPC code's mapping (a server that is not
@@ -256,8 +269,7 @@ static ferry_status_t status_of(grpc_status_code code, const grpc_metadata_array
         }
         rpc__slice_to_str(md->value, text, sizeof(text));
         v = strtol(text, &end, 10);
-        if (end == text || *end != '\0' || v > 0 || v < -1000 ||
-            strcmp(ferry_status_name((ferry_status_t)v), "FERRY_UNKNOWN_STATUS") == 0 ||
+        if (end == text || *end != '\0' || v > 0 || v < -1000 || !status_known(v) ||
             rpc_status_to_grpc((ferry_status_t)v) != (int)code) {
             ferry_debug("rpc: ignoring %s '%s' beside %s", RPC_STATUS_MD, text,
                         rpc_grpc_code_name((int)code));

@@ -131,11 +131,13 @@ int rpc__keepalive_ms(void);
  * skipped, up to RPC_WIRE_UNKNOWN_MAX in all; the request may hold up to
  * RPC_WIRE_VALUES_MAX strings, bytes and messages (each decodes into an
  * allocation of its own; Ferry's largest request, a Register of 1024
- * descriptors, holds about 3,100). A malformed encoding is refused too. */
+ * descriptors, holds about 3,100). A malformed encoding is refused too, and
+ * then *malformed_p (unless NULL) is true: the message names a place in the
+ * encoding, which a caller may replace with the method's name. */
 enum { RPC_WIRE_UNKNOWN_MAX = 64, RPC_WIRE_VALUES_MAX = 16384 };
 #define RPC_WIRE_MALFORMED "malformed request" /* how a bad encoding's message starts */
 ferry_status_t rpc__wire_check(const ProtobufCMessageDescriptor *desc, const uint8_t *data,
-                               size_t len, char *msg, size_t cap);
+                               size_t len, char *msg, size_t cap, bool *malformed_p);
 
 /* --- credentials (rpc_tls.c) --------------------------------------------- */
 

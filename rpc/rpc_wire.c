@@ -46,6 +46,7 @@ typedef struct {
     size_t values;  /* strings, bytes and messages, so far */
     char *msg;      /* the caller's message buffer */
     size_t cap;
+    bool malformed; /* the encoding, not a field's value, was refused */
 } wire_walk_t;
 
 __attribute__((format(printf, 2, 3))) static ferry_status_t wire_fail(wire_walk_t *w,
@@ -60,6 +61,7 @@ __attribute__((format(printf, 2, 3))) static ferry_status_t wire_fail(wire_walk_
 
 static ferry_status_t wire_malformed(wire_walk_t *w)
 {
+    w->malformed = true;
     return wire_fail(w, RPC_WIRE_MALFORMED " (at %s)", w->path_len > 0 ? w->path : "top level");
 }
 
@@ -263,12 +265,14 @@ static ferry_status_t walk_message(wire_walk_t *w, const ProtobufCMessageDescrip
 }
 
 ferry_status_t rpc__wire_check(const ProtobufCMessageDescriptor *desc, const uint8_t *data,
-                               size_t len, char *msg, size_t cap)
+                               size_t len, char *msg, size_t cap, bool *malformed_p)
 {
     wire_walk_t w = {.path = "", .path_len = 0, .msg = msg, .cap = cap};
+    ferry_status_t status = len == 0 ? FERRY_OK /* every field at its default */
+                                     : walk_message(&w, desc, data, data + len, 0);
 
-    if (len == 0) {
-        return FERRY_OK; /* every field at its default */
+    if (malformed_p != NULL) {
+        *malformed_p = w.malformed;
     }
-    return walk_message(&w, desc, data, data + len, 0);
+    return status;
 }

@@ -52,10 +52,12 @@ static int claim_ttl(const ferry_claim_params_t *p)
     return p->field_mask & FERRY_CLAIM_PARAM_FIELD_TTL ? p->ttl_s : 0;
 }
 
-/* The RPC's own message, with its code, for ferry_last_error_message(). */
+/* The RPC's own message, for ferry_last_error_message(); the code is the
+ * returned status (a caller that shows it names it: codes are the
+ * contract, the text is for people). */
 static ferry_status_t rpc_fail(ferry_status_t status, const char *what, const rpc_error_t *err)
 {
-    return ferry__fail(status, "%s: %s (%s)", what, err->message, ferry_status_name(status));
+    return ferry__fail(status, "%s: %s", what, err->message);
 }
 
 /* A granted claim, or (status not OK) the lease it would be on. */

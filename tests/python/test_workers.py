@@ -194,6 +194,9 @@ class Refusals(unittest.TestCase):
         rc, out, err = finish(worker("send", "nobody-here", 4096, timeout=1))
         self.assertEqual(rc, EXIT_TIMEOUT, err)
         self.assertIn("nobody-here", err)
+        # The code, named once: libferry's message is for people, the
+        # returned status names the code (ferry-worker adds it).
+        self.assertEqual(err.count("FERRY_ERR_TIMED_OUT"), 1, err)
 
     def test_size_mismatch_names_both_sizes(self):
         p = start_passive("recv", "size-1", 1 << 20)

@@ -485,13 +485,7 @@ static int fail(const char *what, ferry_status_t status)
     char buf[1024];
 
     shown(ferry_last_error_message(), buf, sizeof(buf));
-    /* The coordinator client's messages name their code already
-     * (coord_client.c: "what: message (FERRY_ERR_...)"). */
-    if (strstr(buf, name) != NULL) {
-        fprintf(stderr, "ferry-worker: %s: %s\n", what, buf);
-    } else {
-        fprintf(stderr, "ferry-worker: %s: %s (%s)\n", what, buf, name);
-    }
+    fprintf(stderr, "ferry-worker: %s: %s (%s)\n", what, buf, name);
     return exit_code_for(status);
 }
 
