@@ -79,6 +79,7 @@ FAKE_API int fake_cuda_current(void);
 FAKE_API void fake_cuda_set_current(int device);
 FAKE_API unsigned fake_cuda_retains(int device);
 FAKE_API unsigned fake_cuda_stream_flags(void);
+FAKE_API size_t fake_cuda_host_alloc_bytes(void);
 FAKE_API unsigned fake_cuda_registered(void);
 FAKE_API void fake_cuda_refuse_pins(int on);
 FAKE_API unsigned fake_cuda_pin_calls(void);
@@ -455,6 +456,19 @@ FAKE_API CUresult CUDAAPI cuMemHostUnregister(void *p)
     }
     pthread_mutex_unlock(&lock);
     return r;
+}
+
+/* Bytes of cuMemHostAlloc'd memory not freed yet. */
+FAKE_API size_t fake_cuda_host_alloc_bytes(void)
+{
+    size_t n = 0;
+
+    pthread_mutex_lock(&lock);
+    for (int i = 0; i < FAKE_ALLOCS; i++) {
+        n += allocs[i].size != 0 && allocs[i].device < 0 ? allocs[i].size : 0;
+    }
+    pthread_mutex_unlock(&lock);
+    return n;
 }
 
 FAKE_API unsigned fake_cuda_registered(void)

@@ -422,6 +422,37 @@ static void test_no_context_until_cuda_memory(void **state)
     assert_int_equal(retains(1), 1);
 }
 
+/* Freed pinned buffers kept for the next operation of their size hold at
+ * most 64 MiB in all (a peer's metadata may ask for buffers of up to 256
+ * MiB, and four used to be kept, whatever their size). Early in the group,
+ * while the cache is empty; what it kept is taken back at the end. */
+static void test_pinned_cache_bounded(void **state)
+{
+    size_t (*host_bytes)(void);
+    const size_t size = (size_t)48 << 20;
+    ferry__copy_engine_t *e;
+    void *a, *b;
+    size_t before;
+    (void)state;
+
+    if ((*(void **)&host_bytes = fake_fn("fake_cuda_host_alloc_bytes")) == NULL) {
+        skip(); /* counted by the fake driver */
+    }
+    assert_int_equal(ferry__cuda_engine_create(0, &e), FERRY_OK);
+    before = host_bytes();
+    assert_int_equal(e->ops->alloc_pinned(e, size, &a), FERRY_OK);
+    assert_int_equal(e->ops->alloc_pinned(e, size, &b), FERRY_OK);
+    assert_int_equal(host_bytes() - before, 2 * size);
+    e->ops->free_pinned(e, a, size, true);
+    e->ops->free_pinned(e, b, size, true);
+    assert_int_equal(host_bytes() - before, size); /* one kept: two are past 64 MiB */
+    assert_int_equal(e->ops->alloc_pinned(e, size, &a), FERRY_OK); /* the kept one */
+    assert_int_equal(host_bytes() - before, size);
+    e->ops->free_pinned(e, a, size, false);
+    assert_int_equal(host_bytes(), before);
+    ferry__copy_engine_destroy(e);
+}
+
 /* libferry leaves the calling thread's current context as it found it
  * (none, or another device's: a PyTorch thread on cuda:1 handing over
  * cuda:0 memory must stay on cuda:1), through create, begin, wait, the
@@ -958,6 +989,7 @@ int main(int argc, char **argv)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_no_context_until_cuda_memory),
+        cmocka_unit_test(test_pinned_cache_bounded),
         cmocka_unit_test(test_host_claimed_as_cuda),
         cmocka_unit_test(test_wrong_device),
         cmocka_unit_test(test_mixed_devices),
