@@ -30,10 +30,17 @@
  * stream's end. GB/s = 10^9 bytes/s, each byte counted once. Output: plain
  * text, one line per (path, size), for the GPU check's report.
  *
+ * Every size's last transfer is checked byte by byte, outside the timed
+ * window: the passive side zeroes its memory before each writable and,
+ * after the last, finds the writer's pattern in all of it; a reader zeroes
+ * its memory before its last read and finds the readable's pattern. A
+ * transfer that reports success early or moves the wrong bytes fails the
+ * run.
+ *
  * Processes: the passive side is forked before any CUDA or UCX state
  * exists (neither survives fork) and serves one writable per iteration.
  * Exit status 2 where there is no usable GPU (the reason is printed), 1 on
- * a failed transfer. FERRY_TEST_FAKE_CUDA=/path/libferry_fakecuda.so runs
+ * a failed transfer or a byte that differs. FERRY_TEST_FAKE_CUDA=/path/libferry_fakecuda.so runs
  * it on the tests' fake driver (to check the program, not to measure).
  */
 #include <getopt.h>
@@ -52,6 +59,7 @@
 #include "worker/ferry_int.h"
 
 #define WAIT_MS 60000
+#define PATTERN 7 /* every source's bytes */
 
 typedef struct {
     uint64_t size; /* 0: quit */
@@ -87,29 +95,59 @@ static int full_io(int fd, void *buf, size_t len, bool out)
     return 0;
 }
 
+/* Whether all size bytes of device memory mem hold PATTERN (host: a
+ * buffer of at least size bytes); says which differs when not. */
+static bool bytes_right(const char *who, const void *mem, uint64_t size, uint8_t *host)
+{
+    if (ferry__cuda_memcpy(device, host, mem, size) != FERRY_OK) {
+        fprintf(stderr, "%s: copying back: %s\n", who, ferry_last_error_message());
+        return false;
+    }
+    for (uint64_t i = 0; i < size; i++) {
+        if (host[i] != PATTERN) {
+            fprintf(stderr, "%s: %" PRIu64 " bytes moved, byte %" PRIu64 " is %u, not %u\n", who,
+                    size, i, host[i], PATTERN);
+            return false;
+        }
+    }
+    return true;
+}
+
 /* ---- the passive process ------------------------------------------------ */
 
 static int passive_main(int cmd_fd, int res_fd, uint64_t max)
 {
     ferry_connector_t *c;
+    uint8_t *host = malloc(max);
     void *buf;
     cmd_t cmd;
 
-    if (ferry__cuda_load() != FERRY_OK || ferry_connector_create(NULL, &c) != FERRY_OK ||
+    if (host == NULL || ferry__cuda_load() != FERRY_OK ||
+        ferry_connector_create(NULL, &c) != FERRY_OK ||
         ferry__cuda_mem_alloc(device, max, &buf) != FERRY_OK) {
-        fprintf(stderr, "passive: %s\n", ferry_last_error_message());
+        fprintf(stderr, "passive: %s\n", host == NULL ? "no memory" : ferry_last_error_message());
         return 2;
     }
     while (full_io(cmd_fd, &cmd, sizeof(cmd), false) == 0 && cmd.size != 0) {
         ferry_descriptor_t d = {buf, cmd.size, {FERRY_DEVICE_CUDA, device}};
         atomic_store(&ferry__test_staging.force, cmd.force != 0);
+        if (cmd.read) { /* what the reader must find */
+            memset(host, PATTERN, cmd.size);
+            ferry__cuda_memcpy(device, buf, host, cmd.size);
+        }
         for (int32_t i = 0; i < cmd.iters; i++) {
             ferry_op_t *op;
             const uint8_t *md;
             size_t md_len;
             uint32_t len;
-            int32_t status = cmd.read ? ferry_readable_create(c, &d, 1, &op)
-                                      : ferry_writable_create(c, &d, 1, &op);
+            int32_t status = FERRY_OK;
+            if (!cmd.read) { /* so that bytes not written show */
+                status = ferry__cuda_mem_zero(device, buf, cmd.size);
+            }
+            if (status == FERRY_OK) {
+                status = cmd.read ? ferry_readable_create(c, &d, 1, &op)
+                                  : ferry_writable_create(c, &d, 1, &op);
+            }
             if (status != FERRY_OK) {
                 fprintf(stderr, "passive: %s\n", ferry_last_error_message());
                 return 1;
@@ -119,10 +157,15 @@ static int passive_main(int cmd_fd, int res_fd, uint64_t max)
             full_io(res_fd, &len, sizeof(len), true);
             full_io(res_fd, (void *)md, len, true);
             status = ferry_op_wait(op, WAIT_MS);
+            if (status == FERRY_OK && !cmd.read && i == cmd.iters - 1 &&
+                !bytes_right("passive", buf, cmd.size, host)) {
+                status = FERRY_ERR_INTERNAL; /* the writer stops the run */
+            }
             full_io(res_fd, &status, sizeof(status), true);
             ferry_op_destroy(op);
         }
     }
+    free(host);
     ferry__cuda_mem_free(device, buf);
     return ferry_connector_destroy(c) == FERRY_OK ? 0 : 1;
 }
@@ -151,10 +194,10 @@ static double copy_gbps(ferry__copy_engine_t *e, void *dst, const void *src, uin
 /* ---- the writer -------------------------------------------------------------- */
 
 /* GB/s of Ferry writes of size bytes from mem (reads into it) (iters timed
- * after one warm-up); 0 on failure. *staged_p: whether the passive side
- * staged. */
+ * after one warm-up); 0 on failure, the bytes of the last transfer checked
+ * (module comment). *staged_p: whether the passive side staged. */
 static double ferry_gbps(ferry_connector_t *c, int cmd_fd, int res_fd, void *mem, uint64_t size,
-                         bool force, bool read, int iters, bool *staged_p)
+                         bool force, bool read, int iters, bool *staged_p, uint8_t *host)
 {
     ferry_descriptor_t d = {mem, size, {FERRY_DEVICE_CUDA, device}};
     cmd_t cmd = {.size = size, .force = force, .iters = iters + 1, .read = read};
@@ -179,6 +222,10 @@ static double ferry_gbps(ferry_connector_t *c, int cmd_fd, int res_fd, void *mem
             *staged_p = m->staging != NULL;
             ferry__metadata_free(m);
         }
+        if (read && i == cmd.iters - 1 && ferry__cuda_mem_zero(device, mem, size) != FERRY_OK) {
+            fprintf(stderr, "reader: %s\n", ferry_last_error_message()); /* bytes not read show */
+            return 0;
+        }
         t0 = now_s();
         st = read ? ferry_read_begin(c, &d, 1, md, len, &op)
                   : ferry_write_begin(c, &d, 1, md, len, &op);
@@ -200,6 +247,9 @@ static double ferry_gbps(ferry_connector_t *c, int cmd_fd, int res_fd, void *mem
             st != FERRY_OK) {
             return 0;
         }
+        if (read && i == cmd.iters - 1 && !bytes_right("reader", mem, size, host)) {
+            return 0;
+        }
     }
     return (double)size * iters / total / 1e9;
 }
@@ -219,7 +269,7 @@ static int writer_main(int cmd_fd, int res_fd, uint64_t min, uint64_t max, int i
         fprintf(stderr, "writer: %s\n", ferry_last_error_message());
         return 2;
     }
-    memset(pinned, 7, max);
+    memset(pinned, PATTERN, max);
     ferry__cuda_memcpy(device, src, pinned, max);
     printf("ferry_bench_gpu: cuda:%" PRIu32
            ", UCX %s CUDA memory (default path: %s); staged transfers %s\n",
@@ -240,11 +290,11 @@ static int writer_main(int cmd_fd, int res_fd, uint64_t min, uint64_t max, int i
         double def = 0, forced;
 
         if (!staged_only) {
-            def = ferry_gbps(c, cmd_fd, res_fd, src, size, false, false, iters, &staged);
+            def = ferry_gbps(c, cmd_fd, res_fd, src, size, false, false, iters, &staged, pinned);
             printf("%-8s %12" PRIu64 " %10.2f %-10s %10.2f %7.3f\n", staged ? "staged*" : "direct",
                    size, def, "d2d", d2d, d2d > 0 ? def / d2d : 0);
         }
-        forced = ferry_gbps(c, cmd_fd, res_fd, src, size, true, false, iters, &staged);
+        forced = ferry_gbps(c, cmd_fd, res_fd, src, size, true, false, iters, &staged, pinned);
         printf("%-8s %12" PRIu64 " %10.2f %-10s %10.2f %7.3f\n", mapped ? "staged" : "staged-p",
                size, forced, h2d < d2h ? "h2d" : "d2h", slower, slower > 0 ? forced / slower : 0);
         fflush(stdout);
@@ -252,7 +302,7 @@ static int writer_main(int cmd_fd, int res_fd, uint64_t min, uint64_t max, int i
             rc = 1;
         }
         if (reads) {
-            double r = ferry_gbps(c, cmd_fd, res_fd, dst, size, true, true, iters, &staged);
+            double r = ferry_gbps(c, cmd_fd, res_fd, dst, size, true, true, iters, &staged, pinned);
             printf("%-8s %12" PRIu64 " %10.2f %-10s %10.2f %7.3f\n",
                    mapped ? "stg-read" : "stg-rd-p", size, r, h2d < d2h ? "h2d" : "d2h", slower,
                    slower > 0 ? r / slower : 0);
@@ -282,6 +332,8 @@ int main(int argc, char **argv)
     uint64_t min = 1u << 20, max = 1u << 30;
     int iters = 20, o, to_child[2], from_child[2], wstatus = 0, rc;
     cmd_t quit = {0};
+    const char *fake;
+    static char fake_path[4096];
     pid_t pid;
 
     while ((o = getopt_long(argc, argv, "", opts, NULL)) != -1) {
@@ -318,8 +370,15 @@ int main(int argc, char **argv)
         return 2;
     }
     /* For checking this program where there is no GPU: the fake driver of
-     * the tests (tests/worker/fake_cuda.c). */
-    ferry__cuda_test_driver = getenv("FERRY_TEST_FAKE_CUDA");
+     * the tests (tests/worker/fake_cuda.c); a relative path is under
+     * FERRY_BUILD_DIR, as test_worker_cuda takes it (the GPU bundle moves
+     * the build tree). */
+    fake = getenv("FERRY_TEST_FAKE_CUDA");
+    if (fake != NULL && fake[0] != '\0' && fake[0] != '/' && getenv("FERRY_BUILD_DIR") != NULL) {
+        snprintf(fake_path, sizeof(fake_path), "%s/%s", getenv("FERRY_BUILD_DIR"), fake);
+        fake = fake_path;
+    }
+    ferry__cuda_test_driver = fake;
     atomic_store(&ferry__test_staging.no_map, staged_puts);
     signal(SIGPIPE, SIG_IGN);
     if (pipe(to_child) != 0 || pipe(from_child) != 0) {
