@@ -421,7 +421,7 @@ static void on_watch_state(void *arg, bool connected, ferry_status_t status)
 
     pthread_mutex_lock(&r->lock);
     r->synced = connected;
-    if (status == FERRY_ERR_EXPIRED) {
+    if (status == FERRY_ERR_OUT_OF_RANGE) {
         ferry_warn("registry: watch revision compacted; reloading the view");
         r->reload = true;
         pthread_cond_signal(&r->maint_cond);

@@ -135,7 +135,7 @@ static ferry_status_t list_first(coord_registry_t *r, const Ferry__V1__ListReque
 static ferry_status_t list_read_fail(ferry_status_t status, int64_t revision, bool from_token,
                                      char *msg, size_t cap)
 {
-    if (status == FERRY_ERR_EXPIRED) {
+    if (status == FERRY_ERR_OUT_OF_RANGE) {
         return registry_fail(FERRY_ERR_OUT_OF_RANGE, msg, cap,
                              "%s revision %lld has been compacted in etcd; start the List "
                              "again with an empty page_token",

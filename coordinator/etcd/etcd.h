@@ -25,8 +25,10 @@
  *
  * Status mapping (etcd -> ferry): unreachable -> FERRY_ERR_UNAVAILABLE;
  * HTTP 400 / gRPC code 3 -> FERRY_ERR_INVALID_ARGUMENT; unknown lease ->
- * FERRY_ERR_NOT_FOUND; compacted revision -> FERRY_ERR_EXPIRED;
- * malformed reply -> FERRY_ERR_PROTOCOL.
+ * FERRY_ERR_NOT_FOUND; compacted revision -> FERRY_ERR_OUT_OF_RANGE (a
+ * future one -> FERRY_ERR_INVALID_ARGUMENT); etcd's own failure (gRPC
+ * UNKNOWN, INTERNAL, DATA_LOSS) -> FERRY_ERR_INTERNAL; a method it lacks ->
+ * FERRY_ERR_UNIMPLEMENTED; malformed reply -> FERRY_ERR_PROTOCOL.
  *
  * Threads: an etcd_client_t may be used from any number of threads at once.
  * Results belong to the caller and are freed with their _free functions.
@@ -231,7 +233,7 @@ typedef struct {
     void (*on_events)(void *arg, const etcd_event_t *events, size_t n_events, int64_t revision);
     /* The watch lost or regained its stream (connected false/true). After a
      * drop it reconnects by itself from the last delivered revision + 1.
-     * `status` is FERRY_ERR_EXPIRED when that revision has been compacted:
+     * `status` is FERRY_ERR_OUT_OF_RANGE when that revision has been compacted:
      * the caller must reread and restart. May be NULL. */
     void (*on_state)(void *arg, bool connected, ferry_status_t status);
     void *arg;

@@ -398,9 +398,6 @@ ferry_status_t etcd__parse_watch_msg(const cJSON *json, etcd_watch_msg_t *msg, c
 
 ferry_status_t etcd__error_status(long http_status, int grpc_code, const char *message)
 {
-    if (message != NULL && strstr(message, "compacted") != NULL) {
-        return FERRY_ERR_EXPIRED;
-    }
     switch (grpc_code) {
     case ETCD_GRPC_INVALID_ARGUMENT:
         /* With auth on, a request without a token is "user name is empty";
@@ -423,7 +420,20 @@ ferry_status_t etcd__error_status(long http_status, int grpc_code, const char *m
     case ETCD_GRPC_FAILED_PRECONDITION:
         return FERRY_ERR_FAILED_PRECONDITION;
     case ETCD_GRPC_OUT_OF_RANGE:
-        return FERRY_ERR_INVALID_ARGUMENT;
+        /* A revision compacted away ("mvcc: required revision has been
+         * compacted"), which a reader cures by reading again; or one etcd
+         * has not reached ("... is a future revision"): the request's own
+         * mistake. */
+        return message != NULL && strstr(message, "compacted") != NULL ? FERRY_ERR_OUT_OF_RANGE
+                                                                       : FERRY_ERR_INVALID_ARGUMENT;
+    case ETCD_GRPC_ABORTED:
+        return FERRY_ERR_ABORTED;
+    case ETCD_GRPC_UNIMPLEMENTED:
+        return FERRY_ERR_UNIMPLEMENTED; /* a method this etcd lacks */
+    case ETCD_GRPC_UNKNOWN:
+    case ETCD_GRPC_INTERNAL:
+    case ETCD_GRPC_DATA_LOSS:
+        return FERRY_ERR_INTERNAL; /* etcd's own failure, not a malformed reply */
     case ETCD_GRPC_UNAVAILABLE:
         return FERRY_ERR_UNAVAILABLE;
     case ETCD_GRPC_UNAUTHENTICATED:

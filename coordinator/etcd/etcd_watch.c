@@ -21,7 +21,7 @@
  * created revision + 1 when the watch started "from now" and nothing came
  * yet, or from a progress notification's revision + 1 when that is later),
  * so no event is lost or repeated. A compacted revision ends the
- * thread's work with on_state(false, FERRY_ERR_EXPIRED).
+ * thread's work with on_state(false, FERRY_ERR_OUT_OF_RANGE).
  *
  * A hung member (SIGSTOP, a hung disk) keeps the connection open and just
  * says nothing, like an idle store. So the stream asks for progress
@@ -113,7 +113,7 @@ static int64_t etcd_now_ms(void)
  * owner. */
 static void etcd_watch_set_connected(etcd_watch_t *watch, bool connected, ferry_status_t status)
 {
-    if (watch->connected == connected && status != FERRY_ERR_EXPIRED) {
+    if (watch->connected == connected && status != FERRY_ERR_OUT_OF_RANGE) {
         return;
     }
     watch->connected = connected;
@@ -158,7 +158,7 @@ static ferry_status_t etcd_watch_canceled(const etcd_watch_msg_t *msg)
     etcd__set_error("watch canceled by etcd: %s%s", text,
                     msg->compact_revision > 0 ? "required revision has been compacted" : "");
     if (msg->compact_revision > 0) {
-        return FERRY_ERR_EXPIRED;
+        return FERRY_ERR_OUT_OF_RANGE;
     }
     if (strstr(text, "Unauthenticated") != NULL || strstr(text, "auth token") != NULL) {
         return FERRY_ERR_UNAUTHENTICATED;
@@ -503,7 +503,7 @@ static ferry_status_t etcd_watch_grpc_read(etcd_watch_t *watch, rpc_stream_t *st
             return FERRY_ERR_UNAVAILABLE;
         }
         status = etcd__error_status(0, err.grpc_code, err.message);
-        return status != FERRY_ERR_EXPIRED && status != FERRY_ERR_UNAUTHENTICATED &&
+        return status != FERRY_ERR_OUT_OF_RANGE && status != FERRY_ERR_UNAUTHENTICATED &&
                        status != FERRY_ERR_PERMISSION_DENIED
                    ? FERRY_ERR_UNAVAILABLE
                    : status;
@@ -623,8 +623,8 @@ static void *etcd_watch_main(void *arg)
     }
     int backoff = ETCD_WATCH_BACKOFF_MIN_MS;
     while (!atomic_load(&watch->stop)) {
-        if (status == FERRY_ERR_EXPIRED) {
-            etcd_watch_set_connected(watch, false, FERRY_ERR_EXPIRED);
+        if (status == FERRY_ERR_OUT_OF_RANGE) {
+            etcd_watch_set_connected(watch, false, FERRY_ERR_OUT_OF_RANGE);
             break;
         }
         etcd_watch_set_connected(watch, false, FERRY_ERR_UNAVAILABLE);
@@ -727,7 +727,7 @@ static ferry_status_t etcd_watch_wait_created(etcd_watch_t *watch)
 /* etcd 3.4 answers a watch from a compacted revision with "created" first
  * and "canceled" right after, so "created" alone does not prove the start
  * revision is still there. A one-key read at that revision does: it fails
- * with "compacted" (FERRY_ERR_EXPIRED) exactly when the watch would. A
+ * with "compacted" (FERRY_ERR_OUT_OF_RANGE) exactly when the watch would. A
  * start revision in the future is fine for a watch (it waits), so that
  * error of the read is not one. */
 static ferry_status_t etcd_watch_check_start(etcd_client_t *client,

@@ -380,7 +380,11 @@ static void test_error_mapping(void **state)
     assert_int_equal(etcd__error_status(400, 11,
                                         "etcdserver: mvcc: required revision has been "
                                         "compacted"),
-                     FERRY_ERR_EXPIRED);
+                     FERRY_ERR_OUT_OF_RANGE);
+    /* "compacted" means compaction only with its code: not in a key's
+     * name quoted by another error. */
+    assert_int_equal(etcd__error_status(400, 3, "key 'compacted' is invalid"),
+                     FERRY_ERR_INVALID_ARGUMENT);
     assert_int_equal(etcd__error_status(400, 11,
                                         "etcdserver: mvcc: required revision is a "
                                         "future revision"),
@@ -395,6 +399,13 @@ static void test_error_mapping(void **state)
     assert_int_equal(etcd__error_status(403, 7, "permission denied"), FERRY_ERR_PERMISSION_DENIED);
     assert_int_equal(etcd__error_status(503, 14, "etcdserver: request timed out"),
                      FERRY_ERR_UNAVAILABLE);
+    /* etcd's own failures and methods it lacks are named as such, not as a
+     * malformed reply. */
+    assert_int_equal(etcd__error_status(500, 13, "etcdserver: corrupt cluster"),
+                     FERRY_ERR_INTERNAL);
+    assert_int_equal(etcd__error_status(500, 2, "etcdserver: unknown"), FERRY_ERR_INTERNAL);
+    assert_int_equal(etcd__error_status(501, 12, "unknown method"), FERRY_ERR_UNIMPLEMENTED);
+    assert_int_equal(etcd__error_status(409, 10, "aborted"), FERRY_ERR_ABORTED);
     assert_int_equal(etcd__error_status(200, 0, NULL), FERRY_ERR_PROTOCOL);
 }
 

@@ -137,12 +137,13 @@ static void test_compacted_start_is_expired(void **state)
     etcd_watch_params_t params = {.key = "w3/a", .key_len = 4, .start_revision = r1};
     recorder_params(&rec, &params);
     etcd_watch_t *watch = NULL;
-    assert_int_equal(etcd_watch_create(fx->client, &params, &watch), FERRY_ERR_EXPIRED);
+    assert_int_equal(etcd_watch_create(fx->client, &params, &watch), FERRY_ERR_OUT_OF_RANGE);
     assert_null(watch);
     assert_non_null(strstr(etcd_client_last_error(), "compacted"));
     /* A range at that revision says the same. */
     etcd_range_t range;
-    assert_int_equal(etcd_get(fx->client, "w3/a", 4, NULL, 0, 0, r1, &range), FERRY_ERR_EXPIRED);
+    assert_int_equal(etcd_get(fx->client, "w3/a", 4, NULL, 0, 0, r1, &range),
+                     FERRY_ERR_OUT_OF_RANGE);
     assert_int_equal(rec.n_calls, 0);
     recorder_fini(&rec);
 }
