@@ -1049,19 +1049,27 @@ void ferry__staged_on_credit(ferry_connector_t *c, const ferry__msg_t *msg)
 
 /* ---- the loop ------------------------------------------------------------- */
 
-/* A lane's copy finished. */
+/* A lane's copy finished. A switch with no default: a kind added to
+ * ferry__op_kind_t is a warning here (-Wswitch), not a read's step. */
 static void copy_done(ferry_op_t *op, unsigned i)
 {
-    if (ferry__op_is_passive(op)) {
+    switch (op->kind) {
+    case FERRY__KIND_WRITABLE:
+    case FERRY__KIND_READABLE:
         passive_landed(op, i);
-    } else if (op->kind == FERRY__KIND_WRITE && op->stage->mapped) {
-        op->stage->lane[i].state = LANE_CREDIT; /* the chunk is in its slot */
-        send_chunk(op, i);
-    } else if (op->kind == FERRY__KIND_WRITE) {
-        lane_xfer(op, i);
-    } else {
+        break;
+    case FERRY__KIND_WRITE:
+        if (op->stage->mapped) {
+            op->stage->lane[i].state = LANE_CREDIT; /* the chunk is in its slot */
+            send_chunk(op, i);
+        } else {
+            lane_xfer(op, i);
+        }
+        break;
+    case FERRY__KIND_READ:
         op->stage->lane[i].state = LANE_IDLE;
         pump(op);
+        break;
     }
 }
 
