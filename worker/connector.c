@@ -290,7 +290,26 @@ static void handle_failed_peer(ferry_connector_t *c, ferry__peer_t *peer)
     ferry__peer_put(peer); /* the failed queue's reference */
 }
 
+static unsigned drain(ferry_connector_t *c);
+
+/* With the direct path's device context current while UCX progresses:
+ * its CUDA transports copy on the thread that progresses them, which is a
+ * caller's (ferry_op_wait, ferry_connector_progress) as well as the
+ * progress thread (bound to it already; a second push of the same context
+ * costs nothing). */
 unsigned ferry__connector_drain(ferry_connector_t *c)
+{
+    int32_t device = atomic_load(&c->cuda_progress_device);
+    bool pushed = device >= 0 && ferry__cuda_push((uint32_t)device) == FERRY_OK;
+    unsigned work = drain(c);
+
+    if (pushed) {
+        ferry__cuda_pop();
+    }
+    return work;
+}
+
+static unsigned drain(ferry_connector_t *c)
 {
     unsigned work = 0;
 
@@ -768,7 +787,8 @@ static void open_cuda(ferry_connector_t *c)
         ferry_info("connector %s: CUDA unavailable: %s", c->name, ferry__cuda_why());
     } else if (!c->ucx_cuda) {
         ferry_info("connector %s: CUDA memory moves on the staged path (%s)", c->name,
-                   c->ucx_reports_cuda ? "FERRY_CUDA_DIRECT is not 1"
+                   c->ucx_reports_cuda ? "the direct path is off (the cuda_direct param, or "
+                                         "FERRY_CUDA_DIRECT=1 where it is unset)"
                                        : "this UCX reports no CUDA memory type");
     }
 }

@@ -567,7 +567,9 @@ static void engine_sync(ferry__copy_engine_t *base)
 {
     cuda_engine_t *e = (cuda_engine_t *)base;
 
-    if (e->done == e->queued || ctx_push(e->device) != FERRY_OK) {
+    /* Nothing in flight, unless a copy was queued and its event could not
+     * be (the engine failed then): that copy has no ticket to wait for. */
+    if ((e->done == e->queued && e->error == CUDA_SUCCESS) || ctx_push(e->device) != FERRY_OK) {
         return;
     }
     cu.cuStreamSynchronize(e->stream);

@@ -356,6 +356,30 @@ static void send_claim(ferry_op_t *op)
     ferry__send_msg(op->peer, &msg, FERRY__REQ_CLAIM, op);
 }
 
+/* The device whose context the direct path's UCX work needs where this
+ * operation moves CUDA memory, either side (cuda_ipc asks the driver for
+ * the current device when it unpacks a key of CUDA memory, and its copies
+ * run on the thread that posts or progresses them); -1 when it moves
+ * none. The local memory's device, else the progress thread's, else 0; the
+ * progress thread takes it when it has none yet (ferry__cuda_admit). */
+static int32_t direct_device(ferry_connector_t *c, const ferry_descriptor_t *local,
+                             const Ferry__V1__RdmaMetadata *md)
+{
+    bool remote_cuda = md->staging == NULL && md->n_descriptors > 0 &&
+                       md->descriptors[0]->device != NULL &&
+                       md->descriptors[0]->device->kind == FERRY__V1__DEVICE_KIND__DEVICE_KIND_CUDA;
+    int32_t device, none = -1;
+
+    if (!c->ucx_cuda || (local[0].device.kind != FERRY_DEVICE_CUDA && !remote_cuda)) {
+        return -1;
+    }
+    device = local[0].device.kind == FERRY_DEVICE_CUDA ? (int32_t)local[0].device.id
+                                                       : atomic_load(&c->cuda_progress_device);
+    device = device < 0 ? 0 : device;
+    atomic_compare_exchange_strong(&c->cuda_progress_device, &none, device);
+    return device;
+}
+
 /* Takes ownership of md in every case. */
 static ferry_status_t active_begin(ferry_connector_t *c, ferry__op_kind_t kind,
                                    const ferry_descriptor_t *local, size_t n,
@@ -389,7 +413,12 @@ static ferry_status_t active_begin(ferry_connector_t *c, ferry__op_kind_t kind,
     ferry__lock(c);
     status = ferry__op_regions_attach(op);
     if (status == FERRY_OK) {
-        status = connect_op(op);
+        int32_t device = direct_device(c, local, md);
+        bool pushed = device >= 0 && ferry__cuda_push((uint32_t)device) == FERRY_OK;
+        status = connect_op(op); /* unpacks the passive side's keys */
+        if (pushed) {
+            ferry__cuda_pop();
+        }
     }
     if (status == FERRY_OK) {
         status = ferry__staged_active_prepare(op, ferry__staged_wanted(c, local));

@@ -276,7 +276,8 @@ static ferry_status_t check_memory(ferry_connector_t *c, void *ptr, size_t size,
                            "regions are refused",
                            c->name,
                            c->ucx_reports_cuda
-                               ? "FERRY_CUDA_DIRECT is not 1"
+                               ? "the direct path is off (the cuda_direct param, or "
+                                 "FERRY_CUDA_DIRECT=1 where it is unset)"
                                : "this UCX build cannot register CUDA memory (no CUDA transports)");
     }
     return FERRY_OK;

@@ -199,7 +199,8 @@ ferry_status_t ferry__staged_check_remote(const ferry_connector_t *c,
                            "metadata: the passive side registered CUDA memory for UCX's CUDA "
                            "transports (the direct path), which this connector does not take "
                            "(%s)",
-                           c->ucx_reports_cuda ? "FERRY_CUDA_DIRECT is not 1"
+                           c->ucx_reports_cuda ? "the direct path is off (the cuda_direct param, "
+                                                 "or FERRY_CUDA_DIRECT=1 where it is unset)"
                                                : "its UCX has no CUDA transports");
     }
     return FERRY_OK;

@@ -404,9 +404,10 @@ class Descriptor(_ferry._Descriptor):
         return f"Descriptor(ptr={self.ptr:#x}, size={self.size}, device={str(self.device)!r})"
 
 
-def _descs(descs: Any) -> Any:
+def _descs(descs: Any, wait: bool = True) -> Any:
     """A Descriptor, or a list of them; plain objects become Descriptors.
-    Their CUDA tensors' pending work is waited for first (_cuda_work_done)."""
+    Their CUDA tensors' pending work is waited for first (_cuda_work_done),
+    unless wait is false (the caller waits for _cuda_streams itself)."""
     if isinstance(descs, _ferry._Descriptor):
         out = descs
     elif isinstance(descs, (list, tuple)):
@@ -416,8 +417,23 @@ def _descs(descs: Any) -> Any:
             out = [d if isinstance(d, _ferry._Descriptor) else Descriptor(d) for d in descs]
     else:
         out = Descriptor(descs)
-    _cuda_work_done(out)
+    if wait:
+        _cuda_work_done(out)
     return out
+
+
+def _cuda_streams(descs: Any) -> List[Any]:
+    """The current stream of each CUDA tensor's device among descs, once
+    per device (this thread's: the streams its work was queued on)."""
+    tensor_type = _torch_tensor_type()
+    if tensor_type is None:
+        return []
+    devices: Dict[Any, Any] = {}
+    for d in descs if isinstance(descs, (list, tuple)) else (descs,):
+        t = d.owner
+        if isinstance(t, tensor_type) and t.is_cuda and t.device not in devices:
+            devices[t.device] = sys.modules["torch"].cuda.current_stream(t.device)
+    return list(devices.values())
 
 
 def _cuda_work_done(descs: Any) -> None:
@@ -429,15 +445,8 @@ def _cuda_work_done(descs: Any) -> None:
     transport (the direct path) nor the staged path's copies are ordered
     after torch's streams otherwise. Work on other streams is the caller's
     to finish first (README, "GPU")."""
-    tensor_type = _torch_tensor_type()
-    if tensor_type is None:
-        return
-    done = set()
-    for d in descs if isinstance(descs, (list, tuple)) else (descs,):
-        t = d.owner
-        if isinstance(t, tensor_type) and t.is_cuda and t.device not in done:
-            done.add(t.device)
-            sys.modules["torch"].cuda.current_stream(t.device).synchronize()
+    for stream in _cuda_streams(descs):
+        stream.synchronize()
 
 
 # ---- regions --------------------------------------------------------------
@@ -868,7 +877,11 @@ class Connector(_ferry._Connector):
         if log_level is not None:
             kw["log_level"] = _LOG_LEVELS[log_level]
         if claim_timeout_ms is not None:
-            kw["claim_timeout_ms"] = int(claim_timeout_ms)
+            ms = operator.index(claim_timeout_ms)
+            if not 1 <= ms <= 2**31 - 1:
+                raise InvalidArgument(
+                    f"connector: claim_timeout_ms {ms} is not from 1 to {2**31 - 1}")
+            kw["claim_timeout_ms"] = ms
         if cuda_direct is not None:
             kw["cuda_direct"] = bool(cuda_direct)
         return super().__new__(cls, name, **kw)
@@ -974,11 +987,8 @@ class Connector(_ferry._Connector):
         """begin_write_by_id on the loop's default executor (its claim is an
         RPC that may wait); the transfer itself is then awaited
         with wait_for_completion."""
-        loop = asyncio.get_running_loop()
-        local_descs = _descs(local_descs)  # this thread's CUDA streams, not the executor's
-        return await loop.run_in_executor(None, functools.partial(
-            self.begin_write_by_id, coordinator, request_id, access_token, local_descs, wait,
-            ttl))
+        return await self._by_id_async(2, WriteOperation, coordinator, request_id, access_token,
+                                       local_descs, wait, ttl)
 
     async def begin_read_by_id_async(self, coordinator: Coordinator, request_id: str,
                                      access_token: str,
@@ -986,11 +996,27 @@ class Connector(_ferry._Connector):
                                      wait: Optional[float] = None,
                                      ttl: Optional[int] = None) -> ReadOperation:
         """begin_read_by_id on the loop's default executor."""
-        loop = asyncio.get_running_loop()
-        local_descs = _descs(local_descs)  # this thread's CUDA streams, not the executor's
-        return await loop.run_in_executor(None, functools.partial(
-            self.begin_read_by_id, coordinator, request_id, access_token, local_descs, wait,
-            ttl))
+        return await self._by_id_async(3, ReadOperation, coordinator, request_id, access_token,
+                                       local_descs, wait, ttl)
+
+    async def _by_id_async(self, kind: int, op_type: type, coordinator: Coordinator,
+                           request_id: str, access_token: str, local_descs: Any,
+                           wait: Optional[float], ttl: Optional[int]) -> Any:
+        """begin_*_by_id on the loop's default executor. A CUDA tensor's work
+        is that of this thread's current stream (the executor's thread has
+        its own): the stream is taken here and waited for there, off the
+        loop, before the claim."""
+        local_descs = _descs(local_descs, wait=False)
+        streams = _cuda_streams(local_descs)
+
+        def begin() -> Any:
+            for stream in streams:
+                stream.synchronize()
+            return self._begin_by_id(kind, coordinator, request_id, access_token,
+                                     0 if wait is None else max(1, _timeout_ms(wait)),
+                                     int(ttl or 0), local_descs, op_type)
+
+        return await asyncio.get_running_loop().run_in_executor(None, begin)
 
     # asyncio: one reader per loop on the completion queue's eventfd
 

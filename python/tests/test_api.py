@@ -1,6 +1,7 @@
 """The package's surface without a coordinator: devices, descriptors (and
 their refusals), status and error tables against libferry's, metadata and
 its JSON form, and transfers between two operations of one process."""
+import asyncio
 import ctypes
 import gc
 import json
@@ -154,6 +155,40 @@ def test_cuda_tensor_work_waited_for_before_the_operation(connector, monkeypatch
     with connector.create_writable(ferry.Descriptor(host)):
         pass
     assert waited == ["cuda:0"]
+
+
+def test_cuda_tensor_work_waited_for_off_the_loop(connector, monkeypatch):
+    """begin_*_by_id_async takes the calling thread's current stream and
+    waits for it on the executor's thread, once, before the claim: the
+    event loop never blocks on the GPU."""
+    waited, began = [], []
+
+    class Stream:
+        def __init__(self, device):
+            self.taken_on = threading.current_thread()
+
+        def synchronize(self):
+            waited.append((self.taken_on, threading.current_thread()))
+
+    def begin_by_id(kind, coordinator, request_id, token, wait_ms, ttl, descs, op_type):
+        began.append((kind, request_id, len(waited)))
+        raise ferry.Unavailable("stub: no coordinator")
+
+    monkeypatch.setattr(torch.cuda, "current_stream", Stream)
+    monkeypatch.setattr(connector, "_begin_by_id", begin_by_id)
+    looks = torch.Tensor._make_subclass(_CudaLooking, torch.zeros(64, dtype=torch.uint8))
+
+    async def main():
+        with pytest.raises(ferry.Unavailable):
+            await connector.begin_write_by_id_async(None, "req-1", "t" * 16,
+                                                    ferry.Descriptor(looks))
+        return threading.current_thread()
+
+    loop_thread = asyncio.run(main())
+    assert len(waited) == 1
+    taken_on, waited_on = waited[0]
+    assert taken_on is loop_thread and waited_on is not loop_thread
+    assert began == [(2, "req-1", 1)]  # the claim after the wait
 
 
 def test_metadata_json_round_trip(connector):
