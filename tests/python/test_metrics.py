@@ -26,9 +26,10 @@ COORD = "/ferry.v1.Coordinator/"
 
 def setUpModule():
     global CLUSTER, METRICS_PORT
-    METRICS_PORT = ferry_harness.free_port()
-    CLUSTER = ferry_harness.Cluster(
-        ttl=120, extra=("--metrics-listen", f"127.0.0.1:{METRICS_PORT}"))
+    # Port 0: the coordinator binds a free one and logs it (no free port to
+    # race another process for).
+    CLUSTER = ferry_harness.Cluster(ttl=120, extra=("--metrics-listen", "127.0.0.1:0"))
+    METRICS_PORT = CLUSTER.coordinator.metrics_port()
 
 
 def tearDownModule():
@@ -332,9 +333,8 @@ class OperationsByState(unittest.TestCase):
     def setUpClass(cls):
         from ferry.v1 import coordinator_pb2, coordinator_pb2_grpc, types_pb2
         cls.pb, cls.cpb = types_pb2, coordinator_pb2
-        cls.port = ferry_harness.free_port()
-        cls.cluster = ferry_harness.Cluster(
-            ttl=120, extra=("--metrics-listen", f"127.0.0.1:{cls.port}"))
+        cls.cluster = ferry_harness.Cluster(ttl=120, extra=("--metrics-listen", "127.0.0.1:0"))
+        cls.port = cls.cluster.coordinator.metrics_port()
         cls.stub = coordinator_pb2_grpc.CoordinatorStub(
             grpc.insecure_channel(cls.cluster.coordinator.target))
 
@@ -394,9 +394,9 @@ class BuildInfoName(unittest.TestCase):
 
     @classmethod
     def setUpClass(cls):
-        cls.port = ferry_harness.free_port()
         cls.cluster = ferry_harness.Cluster(
-            ttl=120, extra=("--metrics-listen", f"127.0.0.1:{cls.port}", "--name", cls.NAME))
+            ttl=120, extra=("--metrics-listen", "127.0.0.1:0", "--name", cls.NAME))
+        cls.port = cls.cluster.coordinator.metrics_port()
 
     @classmethod
     def tearDownClass(cls):
