@@ -57,11 +57,23 @@ class Member:
 
     def __init__(self, tmp, name):
         self.tmp, self.name = tmp, name
+        self.proc = None
+        self.stopped = False
+        self.new_ports()
+
+    def new_ports(self):
+        """Free loopback ports a moment ago: another process may bind one
+        before etcd does (EtcdCluster.start tries again then)."""
         self.port, self.peer = free_port(), free_port()
         self.endpoint = f"http://127.0.0.1:{self.port}"
         self.peer_url = f"http://127.0.0.1:{self.peer}"
-        self.proc = None
-        self.stopped = False
+
+    def log(self):
+        try:
+            with open(os.path.join(self.tmp, f"{self.name}.log"), errors="replace") as f:
+                return f.read()
+        except OSError:
+            return ""
 
     def start(self, initial_cluster):
         with open(os.path.join(self.tmp, f"{self.name}.log"), "ab") as log:
@@ -104,15 +116,44 @@ class Member:
 
 
 class EtcdCluster:
+    START_TRIES = 3  # fresh starts on which another process took a port first
+
     def __init__(self, tmp, n=3):
+        self.tmp = tmp
         self.members = [Member(tmp, f"m{i}") for i in range(n)]
+        self.addresses()
+
+    def addresses(self):
         self.initial = ",".join(f"{m.name}={m.peer_url}" for m in self.members)
         self.endpoints = ",".join(m.endpoint for m in self.members)
 
     def start(self):
-        for m in self.members:
-            m.start(self.initial)
-        self.wait_healthy()
+        """A new cluster, every member following one leader. Where a member
+        exits at once because another process took one of its ports, the
+        cluster starts again, fresh, on new ports (a member's ports are in
+        every member's --initial-cluster); a member that exits for another
+        reason fails the start with its log."""
+        for attempt in range(self.START_TRIES):
+            for m in self.members:
+                m.start(self.initial)
+            try:
+                self.wait_healthy()
+                return
+            except TimeoutError:
+                dead = [m for m in self.members if m.proc.poll() is not None]
+                if not dead:
+                    raise
+                taken = any("address already in use" in m.log() for m in dead)
+                if not taken or attempt + 1 == self.START_TRIES:
+                    raise RuntimeError("etcd member(s) exited at start: " + "; ".join(
+                        f"{m.name} (exit {m.proc.returncode}): {m.log()[-2000:]}"
+                        for m in dead)) from None
+            self.close()
+            for m in self.members:
+                shutil.rmtree(os.path.join(self.tmp, m.name), ignore_errors=True)
+                os.unlink(os.path.join(self.tmp, f"{m.name}.log"))
+                m.new_ports()
+            self.addresses()
 
     def leader(self):
         """The member that leads, by the live members' common answer."""
@@ -129,6 +170,10 @@ class EtcdCluster:
         last = []
 
         def ok():
+            exited = [m.name for m in self.members
+                      if m.proc is not None and m.proc.poll() is not None]
+            if exited:  # none will follow a leader: say so now, not in 30 s
+                raise TimeoutError(f"etcd member(s) {exited} exited")
             sts = [m.status() for m in self.members]
             last[:] = [(m.name, None if s is None else (s.get("leader"), s.get("raftTerm")))
                        for m, s in zip(self.members, sts)]
