@@ -386,8 +386,11 @@ def test_claim_timeout_ms_and_cuda_direct_are_connector_options():
     answers the claim (a stopped process): the write fails Unavailable well
     inside a wait that the default (30 s) would have outlasted. 0 is refused
     naming the field; cuda_direct is taken (there is no CUDA here to move)."""
-    with pytest.raises(ferry.InvalidArgument, match="claim_timeout_ms 0"):
-        ferry.Connector("zero-claim-timeout", claim_timeout_ms=0)
+    for bad in (0, -1, 2**31, -(2**63)):
+        with pytest.raises(ferry.InvalidArgument, match=f"claim_timeout_ms {bad} "):
+            ferry.Connector("bad-claim-timeout", claim_timeout_ms=bad)
+    with pytest.raises(TypeError):
+        ferry.Connector("text-claim-timeout", claim_timeout_ms="300")
     ferry.Connector("direct-asked", cuda_direct=True).close()
     env = dict(os.environ,
                PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(ferry.__file__))))
