@@ -285,17 +285,22 @@ static ferry_status_t device_context(uint32_t device, CUcontext *ctx_p)
 
 /* Makes device's primary context current on this thread until ctx_pop,
  * which puts back the one the thread had (contexts module comment). */
-static ferry_status_t ctx_push(uint32_t device)
+static ferry_status_t make_current(uint32_t device, bool push)
 {
-    CUcontext ctx;
+    CUcontext ctx = NULL;
     ferry_status_t status = device_context(device, &ctx);
     CUresult r;
 
     if (status != FERRY_OK) {
         return status;
     }
-    r = cu.cuCtxPushCurrent(ctx);
-    return r == CUDA_SUCCESS ? FERRY_OK : cu_fail("cuCtxPushCurrent", r);
+    r = push ? cu.cuCtxPushCurrent(ctx) : cu.cuCtxSetCurrent(ctx);
+    return r == CUDA_SUCCESS ? FERRY_OK : cu_fail(push ? "cuCtxPushCurrent" : "cuCtxSetCurrent", r);
+}
+
+static ferry_status_t ctx_push(uint32_t device)
+{
+    return make_current(device, true);
 }
 
 static void ctx_pop(void)
@@ -392,15 +397,7 @@ static ferry_status_t check_host(size_t i, const ferry_descriptor_t *d)
 
 ferry_status_t ferry__cuda_bind_thread(uint32_t device)
 {
-    CUcontext ctx;
-    ferry_status_t status = device_context(device, &ctx);
-    CUresult r;
-
-    if (status != FERRY_OK) {
-        return status;
-    }
-    r = cu.cuCtxSetCurrent(ctx);
-    return r == CUDA_SUCCESS ? FERRY_OK : cu_fail("cuCtxSetCurrent", r);
+    return make_current(device, false); /* left current: Ferry's own thread */
 }
 
 ferry_status_t ferry__cuda_check_descriptors(const ferry_descriptor_t *descs, size_t n)
