@@ -50,6 +50,10 @@ void ferry_log_init_from_env(ferry_log_level_t dflt)
 
 int ferry_log_level_parse(const char *name, ferry_log_level_t *level_p)
 {
+    if (strcmp(name, "off") == 0) {
+        *level_p = FERRY_LOG_OFF;
+        return 0;
+    }
     for (int i = 0; i < (int)(sizeof(level_names) / sizeof(level_names[0])); i++) {
         if (strcmp(name, level_names[i]) == 0) {
             *level_p = (ferry_log_level_t)i;

@@ -66,7 +66,9 @@ void ferry_log_init_from_env(ferry_log_level_t dflt);
 typedef void (*ferry_log_sink_t)(ferry_log_level_t level, const char *msg, void *arg);
 void ferry_log_set_sink(ferry_log_sink_t sink, void *arg);
 
-/* Parses "error".."trace"; returns 0 on success, -1 for an unknown name. */
+/* Parses "off", "error".."trace"; returns 0 on success, -1 for an unknown
+ * name. The one place the names are read (both programs, their flags and
+ * FERRY_LOG_LEVEL). */
 int ferry_log_level_parse(const char *name, ferry_log_level_t *level_p);
 
 #endif /* FERRY_COMMON_LOG_H */

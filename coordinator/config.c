@@ -71,7 +71,7 @@ static const char usage[] =
     "  --metrics-listen A  serve Prometheus metrics on http://A/metrics\n"
     "                      (FERRY_METRICS_LISTEN; none: off; A is a numeric IPv4\n"
     "                      or [IPv6] host and a port 0..65535)\n"
-    "  --log-level L       error|warn|info|debug|trace (FERRY_LOG_LEVEL; info);\n"
+    "  --log-level L       off|error|warn|info|debug|trace (FERRY_LOG_LEVEL; info);\n"
     "                      FERRY_LOG_FORMAT=json: one JSON object per line\n"
     "  --tls-cert PEM      serve TLS with this certificate chain (FERRY_TLS_CERT)\n"
     "  --tls-key PEM       and this key (FERRY_TLS_KEY)\n"
@@ -476,6 +476,14 @@ static int check(coord_config_t *c)
         return -1;
     }
     c->etcd_kv_gateway = strcmp(c->etcd_kv_api, "gateway") == 0;
+    c->log_level_value = FERRY_LOG_INFO;
+    if (c->log_level != NULL && ferry_log_level_parse(c->log_level, &c->log_level_value) != 0) {
+        fprintf(stderr,
+                "ferry-coordinator: --log-level (FERRY_LOG_LEVEL) must be off, error, warn, info, "
+                "debug or trace, not '%s'\n",
+                c->log_level);
+        return -1;
+    }
     if (check_metrics_listen(c->metrics_listen) != 0 || check_tls_files(c) != 0) {
         return -1;
     }

@@ -7,6 +7,8 @@
 
 #include <stdbool.h>
 
+#include "common/log.h"
+
 typedef struct {
     const char *listen;         /* --listen, FERRY_LISTEN; default 127.0.0.1:7400 */
     const char *etcd;           /* --etcd, FERRY_ETCD; NULL: private etcd */
@@ -25,7 +27,7 @@ typedef struct {
     int max_waits;              /* --max-waits, FERRY_MAX_WAITS; default 10000 */
     int request_memory_mib;     /* --request-memory-mib, FERRY_REQUEST_MEMORY_MIB; 1024 */
     int max_watches;            /* --max-watches, FERRY_MAX_WATCHES; default 10000 */
-    const char *log_level;      /* --log-level, FERRY_LOG_LEVEL */
+    const char *log_level;      /* --log-level, FERRY_LOG_LEVEL; default info */
     const char *tls_cert;       /* --tls-cert, FERRY_TLS_CERT */
     const char *tls_key;        /* --tls-key, FERRY_TLS_KEY */
     const char *tls_ca;         /* --tls-ca, FERRY_TLS_CA: require client certs signed by it */
@@ -37,6 +39,8 @@ typedef struct {
     bool etcd_kv_gateway;       /* etcd_kv_api is "gateway" */
     const char *metrics_listen; /* --metrics-listen, FERRY_METRICS_LISTEN; NULL: no metrics */
     const char *etcd_password;  /* FERRY_ETCD_PASSWORD only: never on a command line */
+
+    ferry_log_level_t log_level_value; /* the level log_level names */
 } coord_config_t;
 
 /* 0: run; 1: exit 0 (--help was printed); -1: exit 2 (bad usage, said).

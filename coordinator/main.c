@@ -401,7 +401,6 @@ static int wait_for_signal(coordinator_t *c)
 int main(int argc, char **argv)
 {
     coordinator_t c;
-    ferry_log_level_t level;
     sigset_t set;
     int rc;
 
@@ -412,13 +411,7 @@ int main(int argc, char **argv)
     if (rc != 0) {
         return rc > 0 ? 0 : 2;
     }
-    if (c.config.log_level != NULL) {
-        if (ferry_log_level_parse(c.config.log_level, &level) != 0) {
-            fprintf(stderr, "ferry-coordinator: unknown log level '%s'\n", c.config.log_level);
-            return 2;
-        }
-        ferry_log_set_level(level);
-    }
+    ferry_log_set_level(c.config.log_level_value);
     sigemptyset(&set);
     sigaddset(&set, SIGTERM);
     sigaddset(&set, SIGINT);

@@ -173,6 +173,7 @@ class CoordinatorFlags(unittest.TestCase):
         "--listen": ["127.0.0.1:65536", "127.0.0.1:-1", "127.0.0.1:x", "127.0.0.1:"],
         "--metrics-listen": ["127.0.0.1:65536", "127.0.0.1:-1", "127.0.0.1:x", "nohost"],
         "--prefix": [prefix_of(257), prefix_of(4096), "/ferry", ""],
+        "--log-level": ["OFF", "none", "warning", ""],
     }
     ENV = {
         "FERRY_TTL": ["0", "3601"],
@@ -184,6 +185,7 @@ class CoordinatorFlags(unittest.TestCase):
         "FERRY_MAX_WAITS": ["0", "1000001"],
         "FERRY_MAX_WATCHES": ["0", "1000001"],
         "FERRY_REQUEST_MEMORY_MIB": ["0", "2", "lots"],
+        "FERRY_LOG_LEVEL": ["verbose"],
     }
 
     def test_out_of_range_is_usage_error_naming_flag(self):
@@ -211,12 +213,13 @@ class CoordinatorFlags(unittest.TestCase):
         for args in (["--ttl", "1", "--threads", "1", "--grace-ms", "0",
                       "--etcd-inflight", "1", "--etcd-queue", "0", "--register-batch", "1",
                       "--max-waits", "1", "--max-watches", "1", "--request-memory-mib", "4",
-                      "--listen", "127.0.0.1:0", "--prefix", "/"],
+                      "--listen", "127.0.0.1:0", "--prefix", "/", "--log-level", "off"],
                      ["--ttl", "3600", "--threads", "256", "--grace-ms", "600000",
                       "--etcd-inflight", "1024", "--etcd-queue", "1000000",
                       "--register-batch", "128", "--max-waits", "1000000",
                       "--max-watches", "1000000", "--request-memory-mib", "1048576",
-                      "--listen", "127.0.0.1:65535", "--prefix", prefix_of(256)]):
+                      "--listen", "127.0.0.1:65535", "--prefix", prefix_of(256),
+                      "--log-level", "trace"]):
             with self.subTest(args=args[:12]):
                 rc, err = run([COORDINATOR, *args, "--tls-ca", "ca.pem"])
                 self.assertEqual(rc, EXIT_USAGE, err)

@@ -91,9 +91,29 @@ static void test_json_lines_are_json(void **state)
                                 "\\u202ex\\ufffd\xC3\xA9\\\\\\u200f' is here\"}"));
 }
 
+/* The level names both programs take (their flags, FERRY_LOG_LEVEL), "off"
+ * among them (the coordinator refused it), and nothing else. */
+static void test_level_names(void **state)
+{
+    static const char *const names[] = {"off", "error", "warn", "info", "debug", "trace"};
+    static const char *const bad[] = {"", "OFF", "Info", "none", "warning", "info "};
+    ferry_log_level_t level;
+    (void)state;
+
+    for (int i = 0; i < 6; i++) {
+        level = (ferry_log_level_t)99;
+        assert_int_equal(ferry_log_level_parse(names[i], &level), 0);
+        assert_int_equal(level, FERRY_LOG_OFF + i);
+    }
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        assert_int_equal(ferry_log_level_parse(bad[i], &level), -1);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_level_names),
         cmocka_unit_test(test_control_bytes_are_escaped),
         cmocka_unit_test(test_printable_text_is_unchanged),
         cmocka_unit_test(test_json_lines_are_json),

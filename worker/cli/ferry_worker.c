@@ -38,6 +38,7 @@
 
 #include <ferry/coordinator.h>
 
+#include "common/log.h"
 #include "common/text.h"
 #include "pattern.h"
 #include "common/tls_flags.h"
@@ -725,21 +726,17 @@ static int run_active(ferry_connector_t *conn, ferry_coordinator_t *coord, const
     return rc;
 }
 
-/* FERRY_LOG_LEVEL (error, warn, info, debug, trace, off); info when unset. */
+/* FERRY_LOG_LEVEL (off, error, warn, info, debug, trace); info when unset
+ * or unknown. libferry's levels are the log's (connector.c asserts it). */
 static ferry_loglevel_t log_level_from_env(void)
 {
-    static const char *const names[] = {"error", "warn", "info", "debug", "trace"};
     const char *env = getenv("FERRY_LOG_LEVEL");
+    ferry_log_level_t level = FERRY_LOG_INFO;
 
-    if (env != NULL && strcmp(env, "off") == 0) {
-        return FERRY_LOGLEVEL_OFF;
+    if (env != NULL && ferry_log_level_parse(env, &level) != 0) {
+        level = FERRY_LOG_INFO;
     }
-    for (int i = 0; env != NULL && i < 5; i++) {
-        if (strcmp(env, names[i]) == 0) {
-            return (ferry_loglevel_t)i;
-        }
-    }
-    return FERRY_LOGLEVEL_INFO;
+    return (ferry_loglevel_t)level;
 }
 
 /* --stats-json, once every operation is destroyed (its counts final); a
