@@ -72,9 +72,16 @@ class _Cluster:
     def __init__(self):
         self.tmp = tempfile.mkdtemp(prefix="ferry-pkg-")
         self.etcd = ferry_harness.Etcd(self.tmp)
-        self.etcd.start()
-        self.coordinator = ferry_harness.Coordinator(self.tmp, self.etcd.endpoint, ttl=3)
-        self.coordinator.start()
+        try:
+            self.etcd.start()
+            self.coordinator = ferry_harness.Coordinator(self.tmp, self.etcd.endpoint, ttl=3)
+            self.coordinator.start()
+        except BaseException:
+            # Nothing of a cluster that did not start is left behind (the
+            # coordinator's start kills its own process when it fails).
+            self.etcd.stop()
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            raise
         self.target = self.coordinator.target
 
     def close(self):

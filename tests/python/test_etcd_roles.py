@@ -35,10 +35,14 @@ def etcdctl(*args, user="root:root-pw-0123456789"):
 
 
 def setUpModule():
+    # Module cleanups run, last first, also when setUpModule fails, where
+    # tearDownModule would not: nothing started is left behind.
     global TMP, ETCD, COORD
     TMP = tempfile.mkdtemp(prefix="ferry-roles-")
+    unittest.addModuleCleanup(shutil.rmtree, TMP, ignore_errors=True)
     ferry_harness.generate_stubs(os.path.join(TMP, "gen"))
     ETCD = ferry_harness.Etcd(TMP)
+    unittest.addModuleCleanup(ETCD.stop)
     ETCD.start()
     etcdctl("user", "add", "root:root-pw-0123456789", user=None)
     etcdctl("role", "add", "ferry-partial", user=None)
@@ -52,6 +56,7 @@ def setUpModule():
     etcdctl("auth", "enable", user=None)
     COORD = ferry_harness.Coordinator(TMP, ETCD.endpoint,
                                       extra=("--prefix", PREFIX, "--etcd-user", "ferry"))
+    unittest.addModuleCleanup(stop_coordinator)
     os.environ["FERRY_ETCD_PASSWORD"] = "ferry-pw-0123456789"
     try:
         COORD.start()
@@ -59,12 +64,10 @@ def setUpModule():
         del os.environ["FERRY_ETCD_PASSWORD"]
 
 
-def tearDownModule():
-    rc = COORD.stop() if COORD is not None else 0
-    if ETCD is not None:
-        ETCD.stop()
-    shutil.rmtree(TMP, ignore_errors=True)
-    if rc != 0:
+def stop_coordinator():
+    started = COORD.port is not None  # else its start failed, and said why
+    rc = COORD.stop()
+    if started and rc != 0:
         raise AssertionError(f"coordinator exited with {rc} after SIGTERM")
 
 

@@ -32,15 +32,14 @@ C2 = None
 
 
 def setUpModule():
+    # Module cleanups run, last first, also when setUpModule fails, where
+    # tearDownModule would not: nothing started is left behind.
     global CLUSTER, C2
     CLUSTER = ferry_harness.Cluster(ttl=30)
+    unittest.addModuleCleanup(CLUSTER.close)
     C2 = ferry_harness.Coordinator(CLUSTER.tmp, CLUSTER.etcd.endpoint, name="c2", ttl=30)
+    unittest.addModuleCleanup(C2.stop)
     C2.start()
-
-
-def tearDownModule():
-    C2.stop()
-    CLUSTER.close()
 
 
 def ferryctl(*args, coordinator=None, timeout="5", env=None, run_timeout=60, **kw):
