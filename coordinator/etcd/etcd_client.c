@@ -28,9 +28,9 @@
  * linearizable read, which only a member in a quorum can serve: a cluster
  * that lost quorum fails the ping although its members still answer.
  *
- * Threads: any. The pool has its own mutex; endpoints and settings are
- * read-only after create; `preferred` and `n_connects` are atomics. The
- * last error is thread-local.
+ * Threads: any. The pool has its own mutex; endpoints and settings (the
+ * transport `kv` among them) are read-only after create; `preferred` and
+ * `n_connects` are atomics. The last error is thread-local.
  */
 #include "coordinator/etcd/etcd_int.h"
 
@@ -203,16 +203,15 @@ ferry_status_t etcd_client_create(const etcd_params_t *params, etcd_client_t **c
         status = FERRY_ERR_NO_MEMORY;
         goto err_client;
     }
-    client->kv_gateway = params->kv_gateway;
-    if (!client->kv_gateway) {
-        status = etcd__grpc_channels(client);
-        if (status != FERRY_OK) {
-            goto err_client;
-        }
+    /* Picked before open, so that destroy's close undoes an open that
+     * failed halfway. */
+    client->kv = params->kv_gateway ? &etcd__kv_gateway_ops : &etcd__kv_grpc_ops;
+    status = client->kv->open(client);
+    if (status != FERRY_OK) {
+        goto err_client;
     }
     ferry_debug("etcd: client for %s (%zu endpoints, timeout %d ms, KV and watches over %s)",
-                params->endpoints, client->n_endpoints, client->timeout_ms,
-                client->kv_gateway ? "the JSON gateway" : "gRPC");
+                params->endpoints, client->n_endpoints, client->timeout_ms, client->kv->name);
     *client_p = client;
     return FERRY_OK;
 
@@ -230,7 +229,9 @@ void etcd_client_destroy(etcd_client_t *client)
         curl_easy_cleanup(client->pool[i]);
     }
     free(client->pool);
-    etcd__grpc_channels_destroy(client);
+    if (client->kv != NULL) { /* NULL: create failed before picking one */
+        client->kv->close(client);
+    }
     free(client->suspect_until);
     for (size_t i = 0; i < client->n_endpoints; i++) {
         free(client->endpoints[i]);

@@ -1,16 +1,18 @@
 /*
- * etcd_grpc.c: put, range, delete-range and txn over etcd's native gRPC
- * API (etcdserverpb.KV), the coordinator's hot path; and the translation of
- * etcd's WatchResponse for etcd_watch.c, which streams the watch over the
- * same channels.
+ * etcd_grpc.c: the gRPC transport, etcd__kv_grpc_ops (the client's default,
+ * etcd_int.h): put, range, delete-range and txn over etcd's native gRPC API
+ * (etcdserverpb.KV), the coordinator's hot path; and the translation of
+ * etcd's WatchResponse for etcd_watch.c, whose etcd__watch_stream_grpc
+ * streams the watch over the same channels.
  *
  * Why not the gateway for these: through it every request is HTTP/1.1 with
  * a JSON body of base64 strings on both sides, and etcd turns it into a
  * gRPC call to itself; a native call skips all of that (bench/NOTES.md has
  * the figures).
  *
- * One channel per endpoint, made with the client; gRPC connects on first
- * use and keeps one HTTP/2 connection that the calls of every thread share.
+ * One channel per endpoint, made with the client (the table's open); gRPC
+ * connects on first use and keeps one HTTP/2 connection that the calls of
+ * every thread share.
  *
  * Failover follows etcd_client.c's rules for the gateway: the same endpoint
  * order (the one that answered last first, suspect ones last), budgets and
@@ -41,7 +43,8 @@
 
 /* --- channels ----------------------------------------------------------- */
 
-ferry_status_t etcd__grpc_channels(etcd_client_t *client)
+/* One channel per endpoint (lazy: gRPC connects on first use). */
+static ferry_status_t etcd_grpc_open(etcd_client_t *client)
 {
     client->channels = calloc(client->n_endpoints, sizeof(*client->channels));
     if (client->channels == NULL) {
@@ -88,7 +91,8 @@ ferry_status_t etcd__grpc_channels(etcd_client_t *client)
     return FERRY_OK;
 }
 
-void etcd__grpc_channels_destroy(etcd_client_t *client)
+/* Also after a partial open: channels and poller may be missing. */
+static void etcd_grpc_close(etcd_client_t *client)
 {
     for (size_t i = 0; client->channels != NULL && i < client->n_endpoints; i++) {
         rpc_channel_destroy(client->channels[i]);
@@ -365,9 +369,9 @@ ferry_status_t etcd__grpc_watch_msg(const Etcdserverpb__WatchResponse *in, etcd_
 
 /* --- the four operations ------------------------------------------------------ */
 
-ferry_status_t etcd__grpc_put(etcd_client_t *client, const void *key, size_t key_len,
-                              const void *value, size_t value_len, int64_t lease,
-                              int64_t *revision_p)
+static ferry_status_t etcd_grpc_put(etcd_client_t *client, const void *key, size_t key_len,
+                                    const void *value, size_t value_len, int64_t lease,
+                                    int64_t *revision_p)
 {
     Etcdserverpb__PutRequest req = ETCDSERVERPB__PUT_REQUEST__INIT;
     req.key = etcd_grpc_bin(key, key_len);
@@ -389,9 +393,9 @@ ferry_status_t etcd__grpc_put(etcd_client_t *client, const void *key, size_t key
     return status;
 }
 
-ferry_status_t etcd__grpc_get(etcd_client_t *client, const void *key, size_t key_len,
-                              const void *range_end, size_t range_end_len, int64_t limit,
-                              int64_t revision, etcd_range_t *range_p)
+static ferry_status_t etcd_grpc_get(etcd_client_t *client, const void *key, size_t key_len,
+                                    const void *range_end, size_t range_end_len, int64_t limit,
+                                    int64_t revision, etcd_range_t *range_p)
 {
     Etcdserverpb__RangeRequest req = ETCDSERVERPB__RANGE_REQUEST__INIT;
     req.key = etcd_grpc_bin(key, key_len);
@@ -411,9 +415,9 @@ ferry_status_t etcd__grpc_get(etcd_client_t *client, const void *key, size_t key
     return status;
 }
 
-ferry_status_t etcd__grpc_delete(etcd_client_t *client, const void *key, size_t key_len,
-                                 const void *range_end, size_t range_end_len, int64_t *deleted_p,
-                                 int64_t *revision_p)
+static ferry_status_t etcd_grpc_delete(etcd_client_t *client, const void *key, size_t key_len,
+                                       const void *range_end, size_t range_end_len,
+                                       int64_t *deleted_p, int64_t *revision_p)
 {
     Etcdserverpb__DeleteRangeRequest req = ETCDSERVERPB__DELETE_RANGE_REQUEST__INIT;
     req.key = etcd_grpc_bin(key, key_len);
@@ -551,10 +555,10 @@ static ferry_status_t etcd_grpc_txn_result(const Etcdserverpb__TxnResponse *in,
     return status;
 }
 
-ferry_status_t etcd__grpc_txn(etcd_client_t *client, const etcd_compare_t *compares,
-                              size_t n_compares, const etcd_op_t *success, size_t n_success,
-                              const etcd_op_t *failure, size_t n_failure,
-                              etcd_txn_result_t *result_p)
+static ferry_status_t etcd_grpc_txn(etcd_client_t *client, const etcd_compare_t *compares,
+                                    size_t n_compares, const etcd_op_t *success, size_t n_success,
+                                    const etcd_op_t *failure, size_t n_failure,
+                                    etcd_txn_result_t *result_p)
 {
     size_t n_ops = n_success + n_failure;
     Etcdserverpb__TxnRequest req = ETCDSERVERPB__TXN_REQUEST__INIT;
@@ -596,3 +600,16 @@ out:
     free(cmps);
     return status;
 }
+
+/* --- the transport ---------------------------------------------------- */
+
+const etcd_kv_ops_t etcd__kv_grpc_ops = {
+    .name = "gRPC",
+    .open = etcd_grpc_open,
+    .close = etcd_grpc_close,
+    .put = etcd_grpc_put,
+    .get = etcd_grpc_get,
+    .del = etcd_grpc_delete,
+    .txn = etcd_grpc_txn,
+    .watch_stream = etcd__watch_stream_grpc,
+};

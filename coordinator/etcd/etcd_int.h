@@ -8,13 +8,15 @@
  *   etcd_client.c  the client: endpoints, the handle pool, one POST with
  *                  failover, status mapping, the thread-local last error
  *   etcd_auth.c    the etcd auth token: authenticate, refresh on code 16
- *   etcd_kv.c      put, range, delete-range, txn: each over gRPC or the
- *                  gateway
- *   etcd_grpc.c    the same four over etcd's native gRPC API (KV service):
- *                  a channel per endpoint, one call with failover, the
- *                  messages to and from etcd.h's types
+ *   etcd_kv.c      put, range, delete-range, txn: their argument checks,
+ *                  then the client's transport (etcd_kv_ops_t); and the
+ *                  gateway's transport (etcd__kv_gateway_ops)
+ *   etcd_grpc.c    the gRPC transport (etcd__kv_grpc_ops): the same four
+ *                  over etcd's native gRPC API (KV service), a channel per
+ *                  endpoint, one call with failover, the messages to and
+ *                  from etcd.h's types
  *   etcd_lease.c   grant, keep-alive, revoke
- *   etcd_watch.c   a watch stream on its own thread
+ *   etcd_watch.c   a watch stream on its own thread, over either transport
  *
  * Names: etcd__ for what crosses files here, static for the rest.
  * Buffers decoded from base64 are always malloc'ed with one extra NUL byte
@@ -74,6 +76,44 @@ enum {
     ETCD_SUSPECT_MS = 5000, /* a failed endpoint is tried after all others */
 };
 
+/* A transport for key-value requests and watches, as Redis's
+ * ConnectionType: etcd__kv_grpc_ops (the default) or etcd__kv_gateway_ops
+ * (params.kv_gateway). etcd_client_create picks one and the client keeps
+ * it for its life; etcd.h's functions check their arguments
+ * (FERRY_ERR_MISUSE) and then call through it, so no operation asks which
+ * transport it is on. Leases, auth and the health ping go over the gateway
+ * (etcd__call) with either. Every slot is set: a transport with nothing to
+ * do in one (the gateway's open and close) has a no-op there. */
+typedef struct etcd_kv_ops {
+    const char *name; /* for messages: "gRPC", "the JSON gateway" */
+    /* Makes the transport's per-client resources (gRPC: a channel per
+     * endpoint and a poller), once the endpoints and TLS files are in
+     * place. When it fails, close still runs (etcd_client_destroy), so
+     * close undoes a partial open too. */
+    ferry_status_t (*open)(etcd_client_t *client);
+    void (*close)(etcd_client_t *client);
+    /* etcd.h's etcd_put, etcd_get, etcd_delete and etcd_txn, with the
+     * arguments checked; `del` because `delete` is a C++ keyword. */
+    ferry_status_t (*put)(etcd_client_t *client, const void *key, size_t key_len, const void *value,
+                          size_t value_len, int64_t lease, int64_t *revision_p);
+    ferry_status_t (*get)(etcd_client_t *client, const void *key, size_t key_len,
+                          const void *range_end, size_t range_end_len, int64_t limit,
+                          int64_t revision, etcd_range_t *range_p);
+    ferry_status_t (*del)(etcd_client_t *client, const void *key, size_t key_len,
+                          const void *range_end, size_t range_end_len, int64_t *deleted_p,
+                          int64_t *revision_p);
+    ferry_status_t (*txn)(etcd_client_t *client, const etcd_compare_t *compares, size_t n_compares,
+                          const etcd_op_t *success, size_t n_success, const etcd_op_t *failure,
+                          size_t n_failure, etcd_txn_result_t *result_p);
+    /* One stream of the watch on its current endpoint, with the token
+     * (NULL or "": none), on the watch thread; returns why it ended
+     * (etcd_watch.c). */
+    ferry_status_t (*watch_stream)(etcd_watch_t *watch, const char *token);
+} etcd_kv_ops_t;
+
+extern const etcd_kv_ops_t etcd__kv_gateway_ops; /* etcd_kv.c */
+extern const etcd_kv_ops_t etcd__kv_grpc_ops;    /* etcd_grpc.c */
+
 struct etcd_client {
     char **endpoints; /* owned; "http://host:port", "https://host:port" or
                        * "unix:///path", without a trailing '/' */
@@ -105,8 +145,10 @@ struct etcd_client {
     ferry_status_t auth_status; /* how the last one ended */
     char auth_error[512];       /* and its etcd_client_last_error() */
 
-    bool kv_gateway;          /* KV and watches over the gateway (else gRPC, channels) */
-    rpc_channel_t **channels; /* per endpoint, KV and watches over gRPC; NULL with kv_gateway */
+    /* KV requests and watches go through kv; set once by create (NULL
+     * only while create fails before picking one). */
+    const etcd_kv_ops_t *kv;
+    rpc_channel_t **channels; /* per endpoint, made by etcd__kv_grpc_ops' open; else NULL */
     rpc_poller_t *poller;     /* with channels: reads them while no call is in flight */
 
     atomic_long n_connects;   /* new TCP connections made, for tests */
@@ -260,10 +302,6 @@ void etcd__observe(etcd_client_t *client, const char *path, ferry_status_t statu
 
 /* --- etcd_grpc.c ------------------------------------------------------ */
 
-/* One channel per endpoint (lazy: gRPC connects on first use). */
-ferry_status_t etcd__grpc_channels(etcd_client_t *client);
-void etcd__grpc_channels_destroy(etcd_client_t *client);
-
 /* Calls `method` ("/etcdserverpb.KV/Txn") with `request` on the first
  * endpoint that answers, as etcd__call_flags does over the gateway (same
  * failover, auth and error rules; `path` names the request to the observer
@@ -284,20 +322,12 @@ bool etcd__grpc_transport_code(int code);
  * FERRY_ERR_PROTOCOL. On success, free with etcd__watch_msg_clear. */
 ferry_status_t etcd__grpc_watch_msg(const Etcdserverpb__WatchResponse *in, etcd_watch_msg_t *msg);
 
-/* etcd.h's operations over gRPC; etcd_kv.c has checked the arguments. */
-ferry_status_t etcd__grpc_put(etcd_client_t *client, const void *key, size_t key_len,
-                              const void *value, size_t value_len, int64_t lease,
-                              int64_t *revision_p);
-ferry_status_t etcd__grpc_get(etcd_client_t *client, const void *key, size_t key_len,
-                              const void *range_end, size_t range_end_len, int64_t limit,
-                              int64_t revision, etcd_range_t *range_p);
-ferry_status_t etcd__grpc_delete(etcd_client_t *client, const void *key, size_t key_len,
-                                 const void *range_end, size_t range_end_len, int64_t *deleted_p,
-                                 int64_t *revision_p);
-ferry_status_t etcd__grpc_txn(etcd_client_t *client, const etcd_compare_t *compares,
-                              size_t n_compares, const etcd_op_t *success, size_t n_success,
-                              const etcd_op_t *failure, size_t n_failure,
-                              etcd_txn_result_t *result_p);
+/* --- etcd_watch.c ---------------------------------------------------- */
+
+/* The watch_stream of each transport: one stream from /v3/watch, or over
+ * gRPC on the client's channel to the watch's endpoint. */
+ferry_status_t etcd__watch_stream_gateway(etcd_watch_t *watch, const char *token);
+ferry_status_t etcd__watch_stream_grpc(etcd_watch_t *watch, const char *token);
 
 /* --- etcd_auth.c ------------------------------------------------------ */
 

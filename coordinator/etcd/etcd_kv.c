@@ -1,10 +1,12 @@
 /*
- * etcd_kv.c: put, range, delete-range and txn. Each function checks its
- * arguments and sends the request over gRPC (etcd_grpc.c) or, with
- * kv_gateway, through /v3/kv/...: it builds the request as cJSON (keys and
- * values base64, int64 as strings), sends it with etcd__call, and parses the
- * reply with the functions of etcd_json.c. Output arguments are written only
- * on FERRY_OK.
+ * etcd_kv.c: put, range, delete-range and txn. Each of etcd.h's functions
+ * checks its arguments (FERRY_ERR_MISUSE) and hands the request to the
+ * client's transport (client->kv, etcd_int.h): gRPC (etcd_grpc.c) or, with
+ * params.kv_gateway, the gateway's, which lives here. That one builds the
+ * request as cJSON (keys and values base64, int64 as strings), POSTs it to
+ * /v3/kv/... with etcd__call_flags, and parses the reply with the functions
+ * of etcd_json.c. Output arguments are written only on FERRY_OK, over
+ * either transport.
  *
  * Threads: any; no state of its own.
  */
@@ -12,6 +14,94 @@
 
 #include <stdlib.h>
 #include <string.h>
+
+/* --- argument checks -------------------------------------------------- */
+
+static bool etcd_bytes_ok(const void *data, size_t len)
+{
+    return data != NULL || len == 0;
+}
+
+static bool etcd_compare_ok(const etcd_compare_t *cmp)
+{
+    return (unsigned)cmp->target <= ETCD_CMP_LEASE && (unsigned)cmp->result <= ETCD_CMP_NOT_EQUAL &&
+           cmp->key != NULL && cmp->key_len > 0 && etcd_bytes_ok(cmp->value, cmp->value_len);
+}
+
+static bool etcd_op_ok(const etcd_op_t *op)
+{
+    return (unsigned)op->type <= ETCD_OP_DELETE && op->key != NULL && op->key_len > 0 &&
+           etcd_bytes_ok(op->value, op->value_len) &&
+           etcd_bytes_ok(op->range_end, op->range_end_len);
+}
+
+/* Every compare and op well formed. */
+static bool etcd_txn_ok(const etcd_compare_t *compares, size_t n_compares, const etcd_op_t *success,
+                        size_t n_success, const etcd_op_t *failure, size_t n_failure)
+{
+    if ((n_compares > 0 && compares == NULL) || (n_success > 0 && success == NULL) ||
+        (n_failure > 0 && failure == NULL)) {
+        return false;
+    }
+    for (size_t i = 0; i < n_compares; i++) {
+        if (!etcd_compare_ok(&compares[i])) {
+            return false;
+        }
+    }
+    for (size_t i = 0; i < n_success + n_failure; i++) {
+        if (!etcd_op_ok(i < n_success ? &success[i] : &failure[i - n_success])) {
+            return false;
+        }
+    }
+    return true;
+}
+
+/* --- etcd.h's functions: checked, then the client's transport --------- */
+
+ferry_status_t etcd_put(etcd_client_t *client, const void *key, size_t key_len, const void *value,
+                        size_t value_len, int64_t lease, int64_t *revision_p)
+{
+    if (client == NULL || key_len == 0 || key == NULL || !etcd_bytes_ok(value, value_len)) {
+        return FERRY_ERR_MISUSE;
+    }
+    return client->kv->put(client, key, key_len, value, value_len, lease, revision_p);
+}
+
+ferry_status_t etcd_get(etcd_client_t *client, const void *key, size_t key_len,
+                        const void *range_end, size_t range_end_len, int64_t limit,
+                        int64_t revision, etcd_range_t *range_p)
+{
+    if (client == NULL || key == NULL || key_len == 0 || range_p == NULL ||
+        !etcd_bytes_ok(range_end, range_end_len)) {
+        return FERRY_ERR_MISUSE;
+    }
+    return client->kv->get(client, key, key_len, range_end, range_end_len, limit, revision,
+                           range_p);
+}
+
+ferry_status_t etcd_delete(etcd_client_t *client, const void *key, size_t key_len,
+                           const void *range_end, size_t range_end_len, int64_t *deleted_p,
+                           int64_t *revision_p)
+{
+    if (client == NULL || key == NULL || key_len == 0 || !etcd_bytes_ok(range_end, range_end_len)) {
+        return FERRY_ERR_MISUSE;
+    }
+    return client->kv->del(client, key, key_len, range_end, range_end_len, deleted_p, revision_p);
+}
+
+ferry_status_t etcd_txn(etcd_client_t *client, const etcd_compare_t *compares, size_t n_compares,
+                        const etcd_op_t *success, size_t n_success, const etcd_op_t *failure,
+                        size_t n_failure, etcd_txn_result_t *result_p)
+{
+    if (client == NULL || result_p == NULL ||
+        !etcd_txn_ok(compares, n_compares, success, n_success, failure, n_failure)) {
+        return FERRY_ERR_MISUSE;
+    }
+    return client->kv->txn(client, compares, n_compares, success, n_success, failure, n_failure,
+                           result_p);
+}
+
+/* --- the gateway's transport ------------------------------------------ */
 
 /* Sends body (always deleted) and returns the reply. Only a range may be
  * sent twice (ETCD_CALL_RETRY); writes go out once. */
@@ -53,20 +143,10 @@ static ferry_status_t etcd_build_put(cJSON *obj, const void *key, size_t key_len
     return status;
 }
 
-static bool etcd_bytes_ok(const void *data, size_t len)
+static ferry_status_t etcd_gateway_put(etcd_client_t *client, const void *key, size_t key_len,
+                                       const void *value, size_t value_len, int64_t lease,
+                                       int64_t *revision_p)
 {
-    return data != NULL || len == 0;
-}
-
-ferry_status_t etcd_put(etcd_client_t *client, const void *key, size_t key_len, const void *value,
-                        size_t value_len, int64_t lease, int64_t *revision_p)
-{
-    if (client == NULL || key_len == 0 || key == NULL || !etcd_bytes_ok(value, value_len)) {
-        return FERRY_ERR_MISUSE;
-    }
-    if (!client->kv_gateway) {
-        return etcd__grpc_put(client, key, key_len, value, value_len, lease, revision_p);
-    }
     cJSON *body = cJSON_CreateObject();
     cJSON *reply = NULL;
     ferry_status_t status =
@@ -97,18 +177,10 @@ static ferry_status_t etcd_build_get(cJSON *obj, const void *key, size_t key_len
     return status;
 }
 
-ferry_status_t etcd_get(etcd_client_t *client, const void *key, size_t key_len,
-                        const void *range_end, size_t range_end_len, int64_t limit,
-                        int64_t revision, etcd_range_t *range_p)
+static ferry_status_t etcd_gateway_get(etcd_client_t *client, const void *key, size_t key_len,
+                                       const void *range_end, size_t range_end_len, int64_t limit,
+                                       int64_t revision, etcd_range_t *range_p)
 {
-    if (client == NULL || key == NULL || key_len == 0 || range_p == NULL ||
-        !etcd_bytes_ok(range_end, range_end_len)) {
-        return FERRY_ERR_MISUSE;
-    }
-    if (!client->kv_gateway) {
-        return etcd__grpc_get(client, key, key_len, range_end, range_end_len, limit, revision,
-                              range_p);
-    }
     cJSON *body = cJSON_CreateObject();
     cJSON *reply = NULL;
     ferry_status_t status =
@@ -122,17 +194,10 @@ ferry_status_t etcd_get(etcd_client_t *client, const void *key, size_t key_len,
     return status;
 }
 
-ferry_status_t etcd_delete(etcd_client_t *client, const void *key, size_t key_len,
-                           const void *range_end, size_t range_end_len, int64_t *deleted_p,
-                           int64_t *revision_p)
+static ferry_status_t etcd_gateway_delete(etcd_client_t *client, const void *key, size_t key_len,
+                                          const void *range_end, size_t range_end_len,
+                                          int64_t *deleted_p, int64_t *revision_p)
 {
-    if (client == NULL || key == NULL || key_len == 0 || !etcd_bytes_ok(range_end, range_end_len)) {
-        return FERRY_ERR_MISUSE;
-    }
-    if (!client->kv_gateway) {
-        return etcd__grpc_delete(client, key, key_len, range_end, range_end_len, deleted_p,
-                                 revision_p);
-    }
     cJSON *body = cJSON_CreateObject();
     cJSON *reply = NULL;
     ferry_status_t status =
@@ -156,7 +221,7 @@ ferry_status_t etcd_delete(etcd_client_t *client, const void *key, size_t key_le
     return status;
 }
 
-/* --- transactions ----------------------------------------------------- */
+/* --- transactions over the gateway ------------------------------------ */
 
 static const char *const etcd_cmp_target_names[] = {
     [ETCD_CMP_VERSION] = "VERSION", [ETCD_CMP_CREATE] = "CREATE", [ETCD_CMP_MOD] = "MOD",
@@ -174,40 +239,6 @@ static const char *const etcd_cmp_result_names[] = {
     [ETCD_CMP_LESS] = "LESS",
     [ETCD_CMP_NOT_EQUAL] = "NOT_EQUAL",
 };
-
-static bool etcd_compare_ok(const etcd_compare_t *cmp)
-{
-    return (unsigned)cmp->target <= ETCD_CMP_LEASE && (unsigned)cmp->result <= ETCD_CMP_NOT_EQUAL &&
-           cmp->key != NULL && cmp->key_len > 0 && etcd_bytes_ok(cmp->value, cmp->value_len);
-}
-
-static bool etcd_op_ok(const etcd_op_t *op)
-{
-    return (unsigned)op->type <= ETCD_OP_DELETE && op->key != NULL && op->key_len > 0 &&
-           etcd_bytes_ok(op->value, op->value_len) &&
-           etcd_bytes_ok(op->range_end, op->range_end_len);
-}
-
-/* Every compare and op well formed. */
-static bool etcd_txn_ok(const etcd_compare_t *compares, size_t n_compares, const etcd_op_t *success,
-                        size_t n_success, const etcd_op_t *failure, size_t n_failure)
-{
-    if ((n_compares > 0 && compares == NULL) || (n_success > 0 && success == NULL) ||
-        (n_failure > 0 && failure == NULL)) {
-        return false;
-    }
-    for (size_t i = 0; i < n_compares; i++) {
-        if (!etcd_compare_ok(&compares[i])) {
-            return false;
-        }
-    }
-    for (size_t i = 0; i < n_success + n_failure; i++) {
-        if (!etcd_op_ok(i < n_success ? &success[i] : &failure[i - n_success])) {
-            return false;
-        }
-    }
-    return true;
-}
 
 static ferry_status_t etcd_build_compare(cJSON *array, const etcd_compare_t *cmp)
 {
@@ -277,18 +308,11 @@ static ferry_status_t etcd_build_txn(cJSON *body, const etcd_compare_t *compares
     return status;
 }
 
-ferry_status_t etcd_txn(etcd_client_t *client, const etcd_compare_t *compares, size_t n_compares,
-                        const etcd_op_t *success, size_t n_success, const etcd_op_t *failure,
-                        size_t n_failure, etcd_txn_result_t *result_p)
+static ferry_status_t etcd_gateway_txn(etcd_client_t *client, const etcd_compare_t *compares,
+                                       size_t n_compares, const etcd_op_t *success,
+                                       size_t n_success, const etcd_op_t *failure, size_t n_failure,
+                                       etcd_txn_result_t *result_p)
 {
-    if (client == NULL || result_p == NULL ||
-        !etcd_txn_ok(compares, n_compares, success, n_success, failure, n_failure)) {
-        return FERRY_ERR_MISUSE;
-    }
-    if (!client->kv_gateway) {
-        return etcd__grpc_txn(client, compares, n_compares, success, n_success, failure, n_failure,
-                              result_p);
-    }
     cJSON *body = cJSON_CreateObject();
     cJSON *reply = NULL;
     ferry_status_t status = body != NULL ? etcd_build_txn(body, compares, n_compares, success,
@@ -301,3 +325,29 @@ ferry_status_t etcd_txn(etcd_client_t *client, const etcd_compare_t *compares, s
     cJSON_Delete(reply);
     return status;
 }
+
+/* --- the gateway's table ---------------------------------------------- */
+
+/* The gateway needs nothing of its own: requests and watches take pooled
+ * CURL handles (etcd_client.c) or the watch's own. */
+static ferry_status_t etcd_gateway_open(etcd_client_t *client)
+{
+    (void)client;
+    return FERRY_OK;
+}
+
+static void etcd_gateway_close(etcd_client_t *client)
+{
+    (void)client;
+}
+
+const etcd_kv_ops_t etcd__kv_gateway_ops = {
+    .name = "the JSON gateway",
+    .open = etcd_gateway_open,
+    .close = etcd_gateway_close,
+    .put = etcd_gateway_put,
+    .get = etcd_gateway_get,
+    .del = etcd_gateway_delete,
+    .txn = etcd_gateway_txn,
+    .watch_stream = etcd__watch_stream_gateway,
+};

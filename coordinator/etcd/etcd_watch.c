@@ -1,7 +1,10 @@
 /*
  * etcd_watch.c: one etcd watch, streamed on its own thread, over etcd's
  * native gRPC API (etcdserverpb.Watch, on the client's KV channels) or,
- * with params.kv_gateway, from the gateway's /v3/watch.
+ * with params.kv_gateway, from the gateway's /v3/watch. Each stream goes
+ * through the client's transport (client->kv->watch_stream, etcd_int.h),
+ * whose tables name the two stream functions here: they need the watch's
+ * fields, which no other file sees.
  *
  * Either way etcd sends the same messages: first {created}, then {events}
  * messages, and {canceled, compact_revision: N} when the start revision has
@@ -379,8 +382,9 @@ static void etcd_watch_setup(etcd_watch_t *watch, char *url, size_t url_size, co
     detail[0] = '\0';
 }
 
-/* Runs one stream on the current endpoint. Returns why it ended. */
-static ferry_status_t etcd_watch_stream(etcd_watch_t *watch, const char *token)
+/* Runs one stream on the current endpoint (etcd__kv_gateway_ops).
+ * Returns why it ended. */
+ferry_status_t etcd__watch_stream_gateway(etcd_watch_t *watch, const char *token)
 {
     char url[512];
     char detail[CURL_ERROR_SIZE];
@@ -510,8 +514,9 @@ static ferry_status_t etcd_watch_grpc_read(etcd_watch_t *watch, rpc_stream_t *st
     }
 }
 
-/* Runs one stream over gRPC on the current endpoint. Returns why it ended. */
-static ferry_status_t etcd_watch_stream_grpc(etcd_watch_t *watch, const char *token)
+/* Runs one stream over gRPC on the current endpoint (etcd__kv_grpc_ops).
+ * Returns why it ended. */
+ferry_status_t etcd__watch_stream_grpc(etcd_watch_t *watch, const char *token)
 {
     etcd_client_t *client = watch->client;
     const char *url = client->endpoints[watch->endpoint];
@@ -571,8 +576,7 @@ static ferry_status_t etcd_watch_attempt(etcd_watch_t *watch)
     unsigned long gen = 0;
     ferry_status_t status = etcd__auth_token(watch->client, watch->easy, &token, &gen);
     if (status == FERRY_OK) {
-        status = watch->client->kv_gateway ? etcd_watch_stream(watch, token)
-                                           : etcd_watch_stream_grpc(watch, token);
+        status = watch->client->kv->watch_stream(watch, token);
     }
     free(token);
     if (status == FERRY_ERR_UNAUTHENTICATED) {
