@@ -140,6 +140,8 @@ static ferry_status_t open_etcd(coordinator_t *c)
         .timeout_ms = 5000,
         .observer = c->metrics != NULL ? &c->etcd_observer : NULL,
         .kv_gateway = c->config.etcd_kv_gateway,
+        .keepalive_ms = rpc_env_keepalive_ms(),
+        .tls_refresh_s = rpc_env_tls_refresh_s(),
     };
     ferry_status_t status;
 

@@ -307,11 +307,32 @@ typedef struct {
     char message[512];     /* the status message; "" on success, for people */
 } rpc_error_t;
 
+/* A channel's ping interval while a call is open, and how often a TLS
+ * channel reads its files again (rpc_client.c, rpc_tls.c): 0 in the params
+ * takes the default, another value out of range is refused. */
+enum {
+    RPC_KEEPALIVE_MIN_MS = 1000, /* also the shortest rpc_server.c permits */
+    RPC_KEEPALIVE_DEFAULT_MS = 20000,
+    RPC_KEEPALIVE_MAX_MS = 100 * RPC_KEEPALIVE_DEFAULT_MS,
+    RPC_TLS_REFRESH_DEFAULT_S = 60,
+    RPC_TLS_REFRESH_MAX_S = 86400
+};
+
 typedef struct {
     const char *target;          /* "127.0.0.1:7400", "dns:///ferry:7400" */
     const rpc_tls_params_t *tls; /* NULL: plaintext */
     int max_message_bytes;       /* largest response accepted; 0: 4 MiB */
+    int keepalive_ms;            /* 0: RPC_KEEPALIVE_DEFAULT_MS; else MIN..MAX */
+    int tls_refresh_s;           /* 0: RPC_TLS_REFRESH_DEFAULT_S; else 1..MAX */
 } rpc_channel_params_t;
+
+/* FERRY_RPC_KEEPALIVE_MS and FERRY_TLS_REFRESH_S, for a program (or
+ * libferry, for a field its caller left unset) to put in the params: the
+ * value when it is a whole number in range, else 0 (the default), with a
+ * warning naming the variable when it is set. rpc_channel_create itself
+ * reads no environment. */
+int rpc_env_keepalive_ms(void);
+int rpc_env_tls_refresh_s(void);
 
 ferry_status_t rpc_channel_create(const rpc_channel_params_t *params, rpc_channel_t **channel_p);
 void rpc_channel_destroy(rpc_channel_t *channel);

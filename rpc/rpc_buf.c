@@ -163,20 +163,34 @@ void rpc__slice_to_str(grpc_slice slice, char *out, size_t cap)
     out[len] = '\0';
 }
 
-long rpc__env_long(const char *name, long min, long max, long dflt, const char *unit)
+/* The environment variable `name` when it is a whole number in min..max
+ * (digits only: no sign, space or base), else 0: unset or empty silently,
+ * anything else with a warning naming it, its value and `unit`. */
+static long env_long(const char *name, long min, long max, const char *unit)
 {
     const char *env = getenv(name);
     char *end;
     long v;
 
     if (env == NULL || env[0] == '\0') {
-        return dflt;
+        return 0;
     }
     errno = 0;
     v = strtol(env, &end, 10);
     if (env[0] < '0' || env[0] > '9' || *end != '\0' || errno != 0 || v < min || v > max) {
-        ferry_warn("rpc: %s=%s is not %ld..%ld %s; using %ld", name, env, min, max, unit, dflt);
-        return dflt;
+        ferry_warn("rpc: %s=%s is not %ld..%ld %s; using the default", name, env, min, max, unit);
+        return 0;
     }
     return v;
+}
+
+int rpc_env_keepalive_ms(void)
+{
+    return (int)env_long("FERRY_RPC_KEEPALIVE_MS", RPC_KEEPALIVE_MIN_MS, RPC_KEEPALIVE_MAX_MS,
+                         "ms");
+}
+
+int rpc_env_tls_refresh_s(void)
+{
+    return (int)env_long("FERRY_TLS_REFRESH_S", 1, RPC_TLS_REFRESH_MAX_S, "s");
 }

@@ -6,8 +6,8 @@
  * operations on a call bound to its own pluck completion queue, waited for
  * with no timeout of ours: the call's deadline bounds it.
  *
- * Keepalive: while a call is open the channel pings every
- * RPC_KEEPALIVE_MS (FERRY_RPC_KEEPALIVE_MS overrides, as tests do) and
+ * Keepalive: while a call is open the channel pings every keepalive_ms of
+ * its params (RPC_KEEPALIVE_DEFAULT_MS, 20 s, by default) and
  * drops a connection whose pings go unanswered for as long again, at most
  * RPC_KEEPALIVE_TIMEOUT_MS: a peer that vanished without a reset (a host
  * gone, a partition, a frozen process) otherwise holds a long stream, such
@@ -29,14 +29,7 @@
 #include "common/log.h"
 
 #define RPC_DEFAULT_MAX_MESSAGE  (4 * 1024 * 1024)
-#define RPC_KEEPALIVE_MS         20000
 #define RPC_KEEPALIVE_TIMEOUT_MS 10000
-
-int rpc__keepalive_ms(void)
-{
-    return (int)rpc__env_long("FERRY_RPC_KEEPALIVE_MS", RPC_KEEPALIVE_MIN_MS,
-                              RPC_KEEPALIVE_MS * 100L, RPC_KEEPALIVE_MS, "ms");
-}
 
 /* rpc_channel_connect on a channel whose last attempt failed: how long the
  * fresh attempt may take (a refused loopback connect fails in
@@ -54,20 +47,35 @@ ferry_status_t rpc_channel_create(const rpc_channel_params_t *params, rpc_channe
     grpc_arg args[5];
     grpc_channel_args channel_args = {4, args};
     rpc_channel_t *channel;
-    int ping_ms = rpc__keepalive_ms();
+    int ping_ms;
     ferry_status_t status;
 
     if (params == NULL || params->target == NULL || params->max_message_bytes < 0) {
         ferry_error("rpc: channel params need a target");
         return FERRY_ERR_INVALID_ARGUMENT;
     }
+    if (params->keepalive_ms != 0 && (params->keepalive_ms < RPC_KEEPALIVE_MIN_MS ||
+                                      params->keepalive_ms > RPC_KEEPALIVE_MAX_MS)) {
+        ferry_error("rpc: keepalive_ms %d is not from %d to %d", params->keepalive_ms,
+                    RPC_KEEPALIVE_MIN_MS, RPC_KEEPALIVE_MAX_MS);
+        return FERRY_ERR_INVALID_ARGUMENT;
+    }
+    if (params->tls_refresh_s < 0 || params->tls_refresh_s > RPC_TLS_REFRESH_MAX_S) {
+        ferry_error("rpc: tls_refresh_s %d is not from 1 to %d", params->tls_refresh_s,
+                    RPC_TLS_REFRESH_MAX_S);
+        return FERRY_ERR_INVALID_ARGUMENT;
+    }
+    ping_ms = params->keepalive_ms != 0 ? params->keepalive_ms : RPC_KEEPALIVE_DEFAULT_MS;
     channel = calloc(1, sizeof(*channel));
     if (channel == NULL || (channel->target = strdup(params->target)) == NULL) {
         free(channel);
         return FERRY_ERR_NO_MEMORY;
     }
     grpc_init(); /* before the credentials: a TLS one starts gRPC's file watcher */
-    status = rpc__channel_credentials(params->tls, &creds);
+    status = rpc__channel_credentials(params->tls,
+                                      params->tls_refresh_s != 0 ? (unsigned)params->tls_refresh_s
+                                                                 : RPC_TLS_REFRESH_DEFAULT_S,
+                                      &creds);
     if (status != FERRY_OK) {
         grpc_shutdown();
         goto err_free;

@@ -68,11 +68,6 @@ void rpc__method_table_clear(rpc_method_table_t *table);
 
 /* --- byte buffers, deadlines, files (rpc_buf.c) -------------------------- */
 
-/* The environment variable `name` when it is a whole number in min..max
- * (digits only: no sign, space or base), else dflt: unset or empty
- * silently, anything else with a warning naming it, its value and `unit`. */
-long rpc__env_long(const char *name, long min, long max, long dflt, const char *unit);
-
 /* NULL on allocation failure. */
 grpc_byte_buffer *rpc__pack(const ProtobufCMessage *msg);
 grpc_byte_buffer *rpc__pack_raw(const void *data, size_t len);
@@ -115,14 +110,6 @@ const uint8_t *rpc__msg_bytes(const rpc_msg_t *m);
 /* Writes v as a base-128 varint at out (room for 10 bytes); its length. */
 size_t rpc__put_varint(uint8_t *out, uint64_t v);
 
-/* The shortest ping interval a client may ask for and the server permits
- * (rpc_client.c, rpc_server.c). */
-enum { RPC_KEEPALIVE_MIN_MS = 1000 };
-/* A client's ping interval: FERRY_RPC_KEEPALIVE_MS when it is a whole
- * number of milliseconds from RPC_KEEPALIVE_MIN_MS to 100 times the default
- * (20 s); else, and warned when set, the default. */
-int rpc__keepalive_ms(void);
-
 /* Walks the encoded message `data` of type `desc`, nested messages
  * included, and refuses (FERRY_ERR_INVALID_ARGUMENT, with a message naming
  * the field's path, e.g. "metadata.hostname", written into msg) a string
@@ -141,11 +128,6 @@ ferry_status_t rpc__wire_check(const ProtobufCMessageDescriptor *desc, const uin
 
 /* --- credentials (rpc_tls.c) --------------------------------------------- */
 
-/* How often a client channel's TLS files are looked at again, in seconds
- * (FERRY_TLS_REFRESH_S overrides, 1..RPC_TLS_REFRESH_MAX_S). */
-enum { RPC_TLS_REFRESH_S = 60, RPC_TLS_REFRESH_MAX_S = 86400 };
-unsigned rpc__tls_refresh_s(void);
-
 /* A TLS server's credentials read their files again when any of them
  * changed (rpc_tls.c): *reload_p is what they read with, to free with
  * rpc__tls_reload_free once the gRPC server is destroyed (NULL for
@@ -156,7 +138,9 @@ ferry_status_t rpc__server_credentials(const rpc_tls_params_t *tls,
                                        grpc_server_credentials **creds_p,
                                        rpc_tls_reload_t **reload_p);
 void rpc__tls_reload_free(rpc_tls_reload_t *reload);
-ferry_status_t rpc__channel_credentials(const rpc_tls_params_t *tls,
+/* A client's credentials; a TLS one's files are read again every
+ * refresh_s seconds. */
+ferry_status_t rpc__channel_credentials(const rpc_tls_params_t *tls, unsigned refresh_s,
                                         grpc_channel_credentials **creds_p);
 
 /* --- health (rpc_health.c) ----------------------------------------------- */

@@ -3,8 +3,9 @@
  * into memory here; gRPC copies what it keeps, so the buffers are freed
  * before returning. A NULL params pointer means plaintext. A server's
  * files are read again when they change (rpc_tls_reload_t, below); a
- * client's by gRPC's file watcher, every FERRY_TLS_REFRESH_S seconds (60),
- * so a channel takes renewed ones at its next handshake.
+ * client's by gRPC's file watcher, every tls_refresh_s seconds of its
+ * channel params (60 by default), so a channel takes renewed ones at its
+ * next handshake.
  *
  * Threads: any; a server's reload state is guarded by its own lock (gRPC
  * fetches from its handshake threads).
@@ -271,7 +272,7 @@ ferry_status_t rpc__server_credentials(const rpc_tls_params_t *tls,
     return FERRY_OK;
 }
 
-ferry_status_t rpc__channel_credentials(const rpc_tls_params_t *tls,
+ferry_status_t rpc__channel_credentials(const rpc_tls_params_t *tls, unsigned refresh_s,
                                         grpc_channel_credentials **creds_p)
 {
     grpc_tls_certificate_provider *provider;
@@ -284,7 +285,7 @@ ferry_status_t rpc__channel_credentials(const rpc_tls_params_t *tls,
         return FERRY_OK;
     }
     /* Read once here, so that a file that cannot be read fails now, named;
-     * gRPC's watcher reads them again, then every rpc__tls_refresh_s(). */
+     * gRPC's watcher reads them again, then every refresh_s. */
     status = read_pair(tls, &cert, &key);
     if (status == FERRY_OK) {
         status = read_pem(tls->ca_file, &ca);
@@ -300,8 +301,8 @@ ferry_status_t rpc__channel_credentials(const rpc_tls_params_t *tls,
      * be used leaves the previous ones in use (gRPC logs it). The server's
      * certificate is checked against the CA and the target's (or
      * server_name's) host name: the default verifier. */
-    provider = grpc_tls_certificate_provider_file_watcher_create(
-        tls->key_file, tls->cert_file, tls->ca_file, rpc__tls_refresh_s());
+    provider = grpc_tls_certificate_provider_file_watcher_create(tls->key_file, tls->cert_file,
+                                                                 tls->ca_file, refresh_s);
     options = provider != NULL ? grpc_tls_credentials_options_create() : NULL;
     if (options == NULL) {
         if (provider != NULL) {
@@ -325,10 +326,4 @@ ferry_status_t rpc__channel_credentials(const rpc_tls_params_t *tls,
         return FERRY_ERR_INVALID_ARGUMENT;
     }
     return FERRY_OK;
-}
-
-unsigned rpc__tls_refresh_s(void)
-{
-    return (unsigned)rpc__env_long("FERRY_TLS_REFRESH_S", 1, RPC_TLS_REFRESH_MAX_S,
-                                   RPC_TLS_REFRESH_S, "s");
 }

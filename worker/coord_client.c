@@ -410,8 +410,44 @@ void ferry__coord_watch_stats(ferry_coordinator_t *coord, ferry__coord_watch_sta
 /* ---- public API ----------------------------------------------------------- */
 
 /* Every field this libferry knows (as CONNECTOR_FIELDS in connector.c). */
-#define COORDINATOR_FIELDS \
-    ((uint64_t)(FERRY_COORDINATOR_PARAM_FIELD_TIMEOUT | FERRY_COORDINATOR_PARAM_FIELD_TLS))
+#define COORDINATOR_FIELDS                                                                  \
+    ((uint64_t)(FERRY_COORDINATOR_PARAM_FIELD_TIMEOUT | FERRY_COORDINATOR_PARAM_FIELD_TLS | \
+                FERRY_COORDINATOR_PARAM_FIELD_KEEPALIVE_MS |                                \
+                FERRY_COORDINATOR_PARAM_FIELD_TLS_REFRESH_S))
+
+/* The channel's settings from the params, each unset one from the
+ * environment (rpc_env_*: 0, the default, where that holds no valid value). */
+static ferry_status_t channel_params(const ferry_coordinator_params_t *params,
+                                     rpc_channel_params_t *cparams)
+{
+    uint64_t mask = params->field_mask;
+
+    if ((mask & FERRY_COORDINATOR_PARAM_FIELD_TIMEOUT) && params->timeout_ms < 1) {
+        return ferry__fail(FERRY_ERR_INVALID_ARGUMENT, "params.timeout_ms %d is not >= 1",
+                           params->timeout_ms);
+    }
+    if (!(mask & FERRY_COORDINATOR_PARAM_FIELD_KEEPALIVE_MS)) {
+        cparams->keepalive_ms = rpc_env_keepalive_ms();
+    } else if (params->keepalive_ms < RPC_KEEPALIVE_MIN_MS ||
+               params->keepalive_ms > RPC_KEEPALIVE_MAX_MS) {
+        return ferry__fail(FERRY_ERR_INVALID_ARGUMENT,
+                           "params.keepalive_ms %d is not from %d to %d", params->keepalive_ms,
+                           RPC_KEEPALIVE_MIN_MS, RPC_KEEPALIVE_MAX_MS);
+    } else {
+        cparams->keepalive_ms = params->keepalive_ms;
+    }
+    if (!(mask & FERRY_COORDINATOR_PARAM_FIELD_TLS_REFRESH_S)) {
+        cparams->tls_refresh_s = rpc_env_tls_refresh_s();
+    } else if (params->tls_refresh_s < 1 || params->tls_refresh_s > RPC_TLS_REFRESH_MAX_S) {
+        return ferry__fail(FERRY_ERR_INVALID_ARGUMENT,
+                           "params.tls_refresh_s %d is not from 1 to %d", params->tls_refresh_s,
+                           RPC_TLS_REFRESH_MAX_S);
+    } else {
+        cparams->tls_refresh_s = params->tls_refresh_s;
+    }
+    cparams->target = params->target;
+    return FERRY_OK;
+}
 
 ferry_status_t ferry_coordinator_connect(const ferry_coordinator_params_t *params,
                                          ferry_coordinator_t **coord_p)
@@ -430,15 +466,17 @@ ferry_status_t ferry_coordinator_connect(const ferry_coordinator_params_t *param
         return ferry__fail(FERRY_ERR_INVALID_ARGUMENT, "params.field_mask: unknown bits 0x%llx",
                            (unsigned long long)(params->field_mask & ~COORDINATOR_FIELDS));
     }
+    status = channel_params(params, &cparams);
+    if (status != FERRY_OK) {
+        return status;
+    }
     coord = calloc(1, sizeof(*coord));
     if (coord == NULL) {
         return ferry__fail(FERRY_ERR_NO_MEMORY, "no memory for a coordinator client");
     }
-    coord->timeout_ms =
-        (params->field_mask & FERRY_COORDINATOR_PARAM_FIELD_TIMEOUT) && params->timeout_ms > 0
-            ? params->timeout_ms
-            : COORD_DEFAULT_TIMEOUT_MS;
-    cparams.target = params->target;
+    coord->timeout_ms = (params->field_mask & FERRY_COORDINATOR_PARAM_FIELD_TIMEOUT)
+                            ? params->timeout_ms
+                            : COORD_DEFAULT_TIMEOUT_MS;
     if (params->field_mask & FERRY_COORDINATOR_PARAM_FIELD_TLS) {
         tls.ca_file = params->tls_ca_file;
         tls.cert_file = params->tls_cert_file;

@@ -65,6 +65,11 @@ typedef struct {
      * JSON gateway instead of its native gRPC API (the default). Leases,
      * auth and the health ping always use the gateway. */
     bool kv_gateway;
+    /* The gRPC channels' ping interval while a call or watch is open, and
+     * how often their TLS files are read again: rpc_channel_params_t's
+     * fields of those names (0: rpc's defaults, 20 s and 60 s). */
+    int keepalive_ms;
+    int tls_refresh_s;
 } etcd_params_t;
 
 ferry_status_t etcd_client_create(const etcd_params_t *params, etcd_client_t **client_p);

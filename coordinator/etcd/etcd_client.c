@@ -147,6 +147,8 @@ static ferry_status_t etcd_split_endpoints(etcd_client_t *client, const char *li
 static ferry_status_t etcd_copy_params(etcd_client_t *client, const etcd_params_t *params)
 {
     client->timeout_ms = params->timeout_ms > 0 ? params->timeout_ms : ETCD_DEFAULT_TIMEOUT_MS;
+    client->keepalive_ms = params->keepalive_ms;
+    client->tls_refresh_s = params->tls_refresh_s;
     if (params->observer != NULL) {
         client->observer = *params->observer;
     }

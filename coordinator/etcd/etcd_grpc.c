@@ -80,6 +80,8 @@ static ferry_status_t etcd_grpc_open(etcd_client_t *client)
             .target = target,
             .tls = tls ? &tls_params : NULL,
             .max_message_bytes = INT_MAX, /* as the gateway: a range may be large */
+            .keepalive_ms = client->keepalive_ms,
+            .tls_refresh_s = client->tls_refresh_s,
         };
         ferry_status_t status = rpc_channel_create(&params, &client->channels[i]);
         if (status != FERRY_OK) {

@@ -31,16 +31,31 @@ typedef struct ferry_coordinator ferry_coordinator_t;
 typedef enum {
     FERRY_COORDINATOR_PARAM_FIELD_TIMEOUT = 1u << 0,
     FERRY_COORDINATOR_PARAM_FIELD_TLS = 1u << 1,
+    FERRY_COORDINATOR_PARAM_FIELD_KEEPALIVE_MS = 1u << 2,
+    FERRY_COORDINATOR_PARAM_FIELD_TLS_REFRESH_S = 1u << 3,
 } ferry_coordinator_param_field_t;
 
+/* A field's bit unset takes its default; a value out of range with its bit
+ * set is refused (FERRY_ERR_INVALID_ARGUMENT, naming the field). */
 typedef struct {
     uint64_t field_mask;         /* ferry_coordinator_param_field_t bits */
     const char *target;          /* "127.0.0.1:7400", "dns:///ferry:7400"; required */
-    int timeout_ms;              /* per call; unset: 10000 */
+    int timeout_ms;              /* per call, >= 1; unset: 10000 */
     const char *tls_ca_file;     /* TLS: PEM of the CA that signed the coordinator */
     const char *tls_cert_file;   /* TLS: client certificate (optional) */
     const char *tls_key_file;    /* TLS: its key */
     const char *tls_server_name; /* TLS: name to verify instead of the target's host */
+    /* While a call (the Watch stream included) is open, the channel pings
+     * every keepalive_ms and drops a connection whose ping goes unanswered
+     * for 10 s (or keepalive_ms, if shorter), so a coordinator whose host
+     * vanished or froze is left within that, not after TCP gives up. 1000
+     * to 2000000; unset: FERRY_RPC_KEEPALIVE_MS when it holds such a
+     * number, else 20000. */
+    int keepalive_ms;
+    /* With TLS: how often the certificate, key and CA files are read again
+     * (a renewed one is used from the next handshake). 1 to 86400; unset:
+     * FERRY_TLS_REFRESH_S when it holds such a number, else 60. */
+    int tls_refresh_s;
 } ferry_coordinator_params_t;
 
 FERRY_API ferry_status_t ferry_coordinator_connect(const ferry_coordinator_params_t *params,

@@ -806,22 +806,39 @@ class Coordinator(_ferry._Coordinator):
     operations bound to it: close() raises Busy while one is open. A
     ``with`` block that ends by an exception while one is open lets that
     exception through and leaves the coordinator open; each operation
-    keeps it alive, and it is disconnected when collected after them."""
+    keeps it alive, and it is disconnected when collected after them.
+    ``keepalive_ms``: while a call is open, ping the coordinator this often
+    and drop a connection that does not answer (1000 to 2000000; default:
+    FERRY_RPC_KEEPALIVE_MS, else 20000). ``tls_refresh_s``: how often the
+    TLS files are read again (1 to 86400; default: FERRY_TLS_REFRESH_S,
+    else 60)."""
 
     def __new__(cls, target: str, tls: Union[TlsConfig, Dict[str, str], None] = None,
-                timeout: Optional[float] = None) -> "Coordinator":
+                timeout: Optional[float] = None, *, keepalive_ms: Optional[int] = None,
+                tls_refresh_s: Optional[int] = None) -> "Coordinator":
         if isinstance(tls, dict):
             tls = TlsConfig(**tls)
         kw: Dict[str, Any] = {}
         if timeout is not None:
-            kw["timeout_ms"] = max(1, int(timeout * 1000))
+            if not timeout > 0:
+                raise InvalidArgument(f"coordinator: timeout {timeout} is not > 0 seconds")
+            kw["timeout_ms"] = max(1, min(2**31 - 1, int(timeout * 1000)))
+        for name, value, low, top in (("keepalive_ms", keepalive_ms, 1000, 2000000),
+                                      ("tls_refresh_s", tls_refresh_s, 1, 86400)):
+            if value is not None:
+                n = operator.index(value)
+                if not low <= n <= top:
+                    raise InvalidArgument(
+                        f"coordinator: {name} {n} is not from {low} to {top}")
+                kw[name] = n
         if tls is not None:
             kw.update(tls_ca_file=tls.ca_file, tls_cert_file=tls.cert_file,
                       tls_key_file=tls.key_file, tls_server_name=tls.server_name)
         return super().__new__(cls, target, **kw)
 
     def __init__(self, target: str, tls: Union[TlsConfig, Dict[str, str], None] = None,
-                 timeout: Optional[float] = None) -> None:
+                 timeout: Optional[float] = None, *, keepalive_ms: Optional[int] = None,
+                 tls_refresh_s: Optional[int] = None) -> None:
         self.target = target
 
     def __enter__(self) -> "Coordinator":

@@ -18,21 +18,32 @@
 
 static PyObject *coordinator_new(PyTypeObject *tp, PyObject *args, PyObject *kwargs)
 {
-    static char *kwlist[] = {"target",       "timeout_ms",      "tls_ca_file", "tls_cert_file",
-                             "tls_key_file", "tls_server_name", NULL};
+    static char *kwlist[] = {"target",        "timeout_ms",    "tls_ca_file",
+                             "tls_cert_file", "tls_key_file",  "tls_server_name",
+                             "keepalive_ms",  "tls_refresh_s", NULL};
     ferry_coordinator_params_t params = {.field_mask = 0};
     const char *ca = NULL, *cert = NULL, *key = NULL, *server_name = NULL;
-    int timeout_ms = 0;
+    int timeout_ms = 0, keepalive_ms = 0, tls_refresh_s = 0;
     pyferry_coordinator_t *self;
     ferry_status_t status;
 
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "s|izzzz:_Coordinator", kwlist, &params.target,
-                                     &timeout_ms, &ca, &cert, &key, &server_name)) {
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "s|izzzzii:_Coordinator", kwlist, &params.target,
+                                     &timeout_ms, &ca, &cert, &key, &server_name, &keepalive_ms,
+                                     &tls_refresh_s)) {
         return NULL;
     }
-    if (timeout_ms > 0) {
+    /* 0 leaves a field unset; libferry refuses another value out of range. */
+    if (timeout_ms != 0) {
         params.field_mask |= FERRY_COORDINATOR_PARAM_FIELD_TIMEOUT;
         params.timeout_ms = timeout_ms;
+    }
+    if (keepalive_ms != 0) {
+        params.field_mask |= FERRY_COORDINATOR_PARAM_FIELD_KEEPALIVE_MS;
+        params.keepalive_ms = keepalive_ms;
+    }
+    if (tls_refresh_s != 0) {
+        params.field_mask |= FERRY_COORDINATOR_PARAM_FIELD_TLS_REFRESH_S;
+        params.tls_refresh_s = tls_refresh_s;
     }
     if (ca != NULL || cert != NULL || key != NULL || server_name != NULL) {
         params.field_mask |= FERRY_COORDINATOR_PARAM_FIELD_TLS;
@@ -148,7 +159,8 @@ static PyType_Slot coordinator_slots[] = {
     {Py_tp_methods, coordinator_methods},
     {Py_tp_getset, coordinator_getset},
     {Py_tp_doc, "_Coordinator(target, timeout_ms=0, tls_ca_file=None, tls_cert_file=None, "
-                "tls_key_file=None, tls_server_name=None)."},
+                "tls_key_file=None, tls_server_name=None, keepalive_ms=0, tls_refresh_s=0): "
+                "0 leaves a number unset."},
     {0, NULL},
 };
 

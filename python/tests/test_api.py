@@ -412,6 +412,23 @@ def test_claim_timeout_ms_and_cuda_direct_are_connector_options():
         c.close()
 
 
+def test_coordinator_numbers_in_range_or_refused():
+    """Coordinator's timeout, keepalive_ms and tls_refresh_s: a value out of
+    range is refused naming the field and the value (a timeout of 0 used
+    to become 1 ms); in range, the client is made (it connects lazily)."""
+    for kw, text in (({"timeout": 0}, "timeout 0 "), ({"timeout": -1.5}, "timeout -1.5 "),
+                     ({"keepalive_ms": 999}, "keepalive_ms 999 "),
+                     ({"keepalive_ms": 2000001}, "keepalive_ms 2000001 "),
+                     ({"keepalive_ms": 2**40}, f"keepalive_ms {2**40} "),
+                     ({"tls_refresh_s": 0}, "tls_refresh_s 0 "),
+                     ({"tls_refresh_s": 86401}, "tls_refresh_s 86401 ")):
+        with pytest.raises(ferry.InvalidArgument, match=text):
+            ferry.Coordinator("127.0.0.1:1", **kw)
+    with pytest.raises(TypeError):
+        ferry.Coordinator("127.0.0.1:1", keepalive_ms="1000")
+    ferry.Coordinator("127.0.0.1:1", timeout=0.2, keepalive_ms=1000, tls_refresh_s=86400).close()
+
+
 def test_closing_a_write_to_a_stopped_peer_does_not_block():
     """A write whose receiver stopped mid-transfer (SIGSTOP) cannot finish
     (over TCP UCX emulates the puts, and the receiver must take them), and

@@ -1313,6 +1313,59 @@ static void test_unknown_param_fields(void **state)
     assert_string_equal(ferry_last_error_message(), "params.field_mask: unknown bits 0x200");
 }
 
+/* The coordinator client's numbers: a set field out of range is refused
+ * naming it and its value (a timeout of 0 or less was taken as unset);
+ * in range, or unset with a malformed variable in the environment (the
+ * fallback: warned, the default), the client connects. Nothing is dialled:
+ * gRPC connects lazily. */
+static void test_coordinator_param_ranges(void **state)
+{
+    static const struct {
+        uint64_t field;
+        int timeout_ms, keepalive_ms, tls_refresh_s;
+        const char *message; /* NULL: taken */
+    } cases[] = {
+        {FERRY_COORDINATOR_PARAM_FIELD_TIMEOUT, 0, 0, 0, "params.timeout_ms 0 is not >= 1"},
+        {FERRY_COORDINATOR_PARAM_FIELD_TIMEOUT, -5, 0, 0, "params.timeout_ms -5 is not >= 1"},
+        {FERRY_COORDINATOR_PARAM_FIELD_KEEPALIVE_MS, 0, 999, 0,
+         "params.keepalive_ms 999 is not from 1000 to 2000000"},
+        {FERRY_COORDINATOR_PARAM_FIELD_KEEPALIVE_MS, 0, 2000001, 0,
+         "params.keepalive_ms 2000001 is not from 1000 to 2000000"},
+        {FERRY_COORDINATOR_PARAM_FIELD_TLS_REFRESH_S, 0, 0, 0,
+         "params.tls_refresh_s 0 is not from 1 to 86400"},
+        {FERRY_COORDINATOR_PARAM_FIELD_TLS_REFRESH_S, 0, 0, 86401,
+         "params.tls_refresh_s 86401 is not from 1 to 86400"},
+        {FERRY_COORDINATOR_PARAM_FIELD_KEEPALIVE_MS, 0, 1000, 0, NULL},
+        {FERRY_COORDINATOR_PARAM_FIELD_TLS_REFRESH_S, 0, 0, 86400, NULL},
+        {0, 0, 0, 0, NULL},
+    };
+    (void)state;
+
+    assert_int_equal(setenv("FERRY_RPC_KEEPALIVE_MS", "5", 1), 0);
+    assert_int_equal(setenv("FERRY_TLS_REFRESH_S", "soon", 1), 0);
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        ferry_coordinator_params_t cp = {.field_mask = cases[i].field,
+                                         .target = "127.0.0.1:1",
+                                         .timeout_ms = cases[i].timeout_ms,
+                                         .keepalive_ms = cases[i].keepalive_ms,
+                                         .tls_refresh_s = cases[i].tls_refresh_s};
+        ferry_coordinator_t *coord = NULL;
+        ferry_status_t status = ferry_coordinator_connect(&cp, &coord);
+
+        print_message("case %zu\n", i);
+        if (cases[i].message != NULL) {
+            assert_int_equal(status, FERRY_ERR_INVALID_ARGUMENT);
+            assert_null(coord);
+            assert_string_equal(ferry_last_error_message(), cases[i].message);
+        } else {
+            assert_int_equal(status, FERRY_OK);
+            assert_int_equal(ferry_coordinator_disconnect(coord), FERRY_OK);
+        }
+    }
+    unsetenv("FERRY_RPC_KEEPALIVE_MS");
+    unsetenv("FERRY_TLS_REFRESH_S");
+}
+
 /* spin_us: 0 (sleep at once) and a long spin both move the bytes, in both
  * progress modes; out-of-range values and a malformed FERRY_SPIN_US are
  * refused; a set field wins over the environment. */
@@ -1559,6 +1612,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_fail_from_outside),
         cmocka_unit_test(test_spin_param),
         cmocka_unit_test(test_unknown_param_fields),
+        cmocka_unit_test(test_coordinator_param_ranges),
         cmocka_unit_test(test_claim_timeout_and_cuda_direct_params),
         cmocka_unit_test(test_stats_count_transfers),
     };

@@ -51,9 +51,12 @@ typedef struct {
     rpc_tls_params_t tls;   /* used when use_tls */
     bool use_tls;
     int64_t timeout_ms; /* each unary call's deadline */
+    int keepalive_ms;   /* FERRY_RPC_KEEPALIVE_MS; 0: rpc's default */
+    int tls_refresh_s;  /* FERRY_TLS_REFRESH_S; 0: rpc's default */
 } ctl_conn_t;
 
-/* Splits `list` ("a,b") into targets. FERRY_ERR_INVALID_ARGUMENT (said on
+/* Splits `list` ("a,b") into targets, and takes the channels' keepalive
+ * and TLS refresh from the environment. FERRY_ERR_INVALID_ARGUMENT (said on
  * stderr) for an empty entry. */
 ferry_status_t ctl_conn_init(ctl_conn_t *conn, const char *list);
 void ctl_conn_cleanup(ctl_conn_t *conn);

@@ -54,6 +54,8 @@ ferry_status_t ctl_conn_init(ctl_conn_t *conn, const char *list)
         conn->n_targets = i + 1;
         p += len + (p[len] == ',');
     }
+    conn->keepalive_ms = rpc_env_keepalive_ms();
+    conn->tls_refresh_s = rpc_env_tls_refresh_s();
     return FERRY_OK;
 }
 
@@ -116,6 +118,8 @@ static ferry_status_t conn_use(ctl_conn_t *conn, size_t i, rpc_error_t *err)
     conn->current = i;
     params.target = conn->targets[i];
     params.tls = conn->use_tls ? &conn->tls : NULL;
+    params.keepalive_ms = conn->keepalive_ms;
+    params.tls_refresh_s = conn->tls_refresh_s;
     status = rpc_channel_create(&params, &conn->channel);
     if (status != FERRY_OK) {
         err->grpc_code = rpc_status_to_grpc(status);
