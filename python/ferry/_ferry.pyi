@@ -45,7 +45,8 @@ class _Coordinator:
     closed: bool
     def __new__(cls, target: str, timeout_ms: int = ..., tls_ca_file: Optional[str] = ...,
                 tls_cert_file: Optional[str] = ..., tls_key_file: Optional[str] = ...,
-                tls_server_name: Optional[str] = ...) -> Any: ...
+                tls_server_name: Optional[str] = ..., keepalive_ms: int = ...,
+                tls_refresh_s: int = ...) -> Any: ...
     def close(self) -> None: ...
 
 class _Operation:
