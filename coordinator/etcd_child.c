@@ -38,7 +38,14 @@
 #define PASSWORD_FILE  "etcd-password"
 #define LOCK_FILE      "coordinator.lock"
 #define PASSWORD_BYTES 32 /* random bytes, written as hex */
-#define PASSWORD_MIN   16 /* characters, in a file an operator wrote */
+#define LOG_FILE       "etcd.log"
+#define LOG_PREVIOUS   "etcd.log.1"
+
+/* A log past this at a start is moved aside (one generation kept), so
+ * that restarts over months do not fill the disk. Within one run etcd
+ * writes a few lines an hour (its compaction). */
+#define LOG_MAX_BYTES (16L << 20)
+#define PASSWORD_MIN  16 /* characters, in a file an operator wrote */
 
 #define START_TIMEOUT_MS 30000
 #define STOP_TIMEOUT_MS  5000
@@ -488,6 +495,27 @@ static void note_holders(int lock_fd, pid_t coordinator, pid_t etcd)
     }
 }
 
+/* Moves a log grown past LOG_MAX_BYTES to LOG_PREVIOUS, replacing the
+ * one there (a link is renamed, not followed); one that cannot be moved
+ * is warned about and grows on. */
+static void rotate_log(int dir_fd, const char *state_dir)
+{
+    struct stat st;
+
+    if (fstatat(dir_fd, LOG_FILE, &st, AT_SYMLINK_NOFOLLOW) != 0 || !S_ISREG(st.st_mode) ||
+        st.st_size <= LOG_MAX_BYTES) {
+        return;
+    }
+    if (renameat(dir_fd, LOG_FILE, dir_fd, LOG_PREVIOUS) != 0) {
+        ferry_warn("private etcd: cannot move its %lld-byte log %s/%s aside: %s",
+                   (long long)st.st_size, state_dir, LOG_FILE, strerror(errno));
+        return;
+    }
+    ferry_info("private etcd: its log had %lld bytes; the next one starts afresh, the last "
+               "kept as %s/%s",
+               (long long)st.st_size, state_dir, LOG_PREVIOUS);
+}
+
 ferry_status_t coord_etcd_child_start(const char *state_dir, coord_etcd_child_t *child)
 {
     ferry_status_t status = FERRY_OK;
@@ -512,7 +540,7 @@ ferry_status_t coord_etcd_child_start(const char *state_dir, coord_etcd_child_t 
     }
     snprintf(child->state_dir, sizeof(child->state_dir), "%s", state_dir);
     snprintf(child->data_dir, sizeof(child->data_dir), "%s/%s", state_dir, DATA_DIR);
-    snprintf(child->log_path, sizeof(child->log_path), "%s/etcd.log", state_dir);
+    snprintf(child->log_path, sizeof(child->log_path), "%s/%s", state_dir, LOG_FILE);
     /* Through the directory held open, so the socket reached is the one in
      * the directory checked, and no path is too long for a sockaddr_un. */
     snprintf(child->endpoint, sizeof(child->endpoint), "unix:///proc/self/fd/%d/%s", dir_fd,
@@ -532,8 +560,8 @@ ferry_status_t coord_etcd_child_start(const char *state_dir, coord_etcd_child_t 
         return FERRY_ERR_IO;
     }
     /* Not through a link: the log is ours, where we said. */
-    log_fd =
-        openat(dir_fd, "etcd.log", O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC | O_NOFOLLOW, 0600);
+    rotate_log(dir_fd, state_dir);
+    log_fd = openat(dir_fd, LOG_FILE, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC | O_NOFOLLOW, 0600);
     if (log_fd < 0) {
         ferry_error("private etcd: cannot open its log %s: %s%s", child->log_path, strerror(errno),
                     errno == ELOOP ? " (a link: refused)" : "");

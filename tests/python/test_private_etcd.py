@@ -6,7 +6,8 @@
   one others may write to, is refused before etcd starts, naming the
   directory; its etcd holds the key that mints lease tokens;
 - its log is not opened through a link: an etcd.log that points elsewhere is
-  refused, and the file it points at is left as it was;
+  refused, and the file it points at is left as it was; one grown past
+  16 MiB is moved to etcd.log.1 at a start;
 - a good one starts etcd with periodic compaction (without it, etcd keeps
   every revision until its quota stops every write), the coordinator
   serves, and etcd goes with the coordinator;
@@ -195,6 +196,33 @@ class PrivateEtcd(unittest.TestCase):
         self.assertEqual(p.returncode, 0)
         ferry_harness.wait_until(lambda: not os.path.exists(f"/proc/{etcds[0]}"), 10,
                                  "the private etcd to go")
+
+    def test_a_log_grown_past_16_mib_is_moved_aside_at_start(self):
+        """A log over 16 MiB at a start becomes etcd.log.1 (replacing the
+        one before) and etcd writes a fresh one; a smaller one is appended
+        to. Restarts used to append for ever."""
+        log = os.path.join(self.state, "etcd.log")
+        previous = log + ".1"
+        with open(previous, "w") as f:
+            f.write("the generation before\n")
+        with open(log, "wb") as f:
+            f.write(b"old line\n")
+            f.truncate((16 << 20) + 1)  # sparse: no 16 MiB written
+        os.chmod(log, 0o600)
+        p, _ = self.serving()
+        self.stop(p)
+        self.assertEqual(os.path.getsize(previous), (16 << 20) + 1)
+        with open(previous, "rb") as f:
+            self.assertEqual(f.read(9), b"old line\n")
+        size = os.path.getsize(log)
+        self.assertGreater(size, 0)
+        self.assertLess(size, 1 << 20)
+        with open(log, "rb") as f:
+            self.assertNotIn(b"old line", f.read())
+        p, _ = self.serving()  # under the limit: appended to, nothing moved
+        self.stop(p)
+        self.assertGreater(os.path.getsize(log), size)
+        self.assertEqual(os.path.getsize(previous), (16 << 20) + 1)
 
     def serving(self, extra=(), umask=None, env_extra=None, preexec_fn=None):
         """Starts a coordinator; returns it and its etcd's pid once it listens."""
