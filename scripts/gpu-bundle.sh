@@ -17,7 +17,14 @@
 #   tests.tsv            name, path, timeout, labels, environment, arguments of each C
 #                        test, from CTest (python tests are left out: no
 #                        Debian grpcio there)
-#   src/                 the source-tree files tests read (FERRY_SOURCE_DIR)
+#   build/python/ferry/  the Python package (_ferry.abi3.so: Python's stable ABI,
+#                        so the machine's 3.12 loads it), where the build has it;
+#                        run-gpu-checks.sh runs its CUDA tests with the machine's
+#                        PyTorch
+#   pylib/               Debian's pytest and what it imports (pure Python), for a
+#                        machine without pytest
+#   src/                 the source-tree files tests read (FERRY_SOURCE_DIR), the
+#                        package's tests (python/tests/) and their harness
 #   ucx/                 the CUDA-enabled UCX: bin/ucx_info, bin/ucx_perftest,
 #                        lib/ (libraries; transport modules in lib/ucx/)
 #   lib/                 every other shared library those load (their ldd
@@ -117,6 +124,38 @@ done <"$B/tests.tsv"
 # Source-tree files the tests read through FERRY_SOURCE_DIR.
 (cd "$ROOT" && find tests -name '*.sh' -o -name '*.pem' -o -name '*.json' |
     while read -r f; do mkdir -p "$B/src/$(dirname "$f")" && cp "$f" "$B/src/$f"; done)
+
+# --- The Python package, its tests, and pytest ----------------------------------
+# Its CUDA tests are the only check of torch's CUDA tensors through the
+# binding on a GPU. The module's libraries (libferry and the rest) join the
+# ldd closure below.
+if [ -e "$BUILD/python/ferry/_ferry.abi3.so" ]; then
+    for f in "$BUILD"/python/ferry/*; do
+        put "$f" "$B/build/python/ferry/$(basename "$f")"
+    done
+    mkdir -p "$B/src/python/tests" "$B/src/tests/python"
+    cp "$ROOT"/python/tests/*.py "$B/src/python/tests/"
+    cp "$ROOT/tests/python/ferry_harness.py" "$B/src/tests/python/"
+    /usr/bin/python3 - "$B/pylib" <<'PYEOF'
+import importlib, os, shutil, sys
+dst = sys.argv[1]
+os.makedirs(dst)
+for name in ("pytest", "_pytest", "pluggy", "iniconfig", "attr", "attrs", "packaging"):
+    mod = importlib.import_module(name)
+    path = mod.__file__
+    src = os.path.dirname(path) if os.path.basename(path) == "__init__.py" else path
+    target = os.path.join(dst, os.path.basename(src))
+    if os.path.isdir(src):
+        shutil.copytree(src, target, ignore=shutil.ignore_patterns("__pycache__"))
+    else:
+        shutil.copy(src, target)
+# pytest's own `py` shim (pytest 7.2 imports py.error and py.path from it).
+shutil.copy(os.path.join(os.path.dirname(os.path.dirname(importlib.import_module("_pytest").__file__)),
+                         "py.py"), dst)
+PYEOF
+else
+    echo "gpu-bundle: $BUILD has no Python package (python3-dev): its CUDA tests are left out"
+fi
 
 # --- UCX ----------------------------------------------------------------------
 put "$UCX/bin/ucx_info" "$B/ucx/bin/ucx_info"

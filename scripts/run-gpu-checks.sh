@@ -13,6 +13,10 @@
 #      need a GPU skip themselves where there is none
 #      (exit 77: SKIP, with the test's reason); test_worker_cuda is the GPU
 #      one (host<->GPU, GPU->GPU between two processes, direct and staged)
+#   2b. the Python package's CUDA tests (python/tests/test_api.py -k cuda:
+#      torch CUDA tensors written into and from, one produced on a side
+#      stream), with the machine's Python and PyTorch and its pytest, else
+#      the bundle's
 #   3. where nvidia-smi works: ferry_bench_gpu (Ferry GPU->GPU writes between
 #      two processes, 1 MiB .. 1 GiB, on the default path beside a
 #      device-to-device copy of the same size, and forced onto the staged
@@ -25,7 +29,8 @@
 #      protocols crash on it), each while the time budget lasts
 # Exit status: 0 when every test passed (or skipped) and ferry_bench_gpu
 # (where run) moved every size, 1 otherwise; where nvidia-smi lists a GPU,
-# test_worker_cuda or test_worker_cuda_direct skipping is a failure too.
+# test_worker_cuda or test_worker_cuda_direct skipping is a failure too, and
+# so is a Python CUDA test skipping where torch sees the GPU.
 set -uo pipefail
 
 B=$(cd "$(dirname "$0")" && pwd)
@@ -129,6 +134,39 @@ if [ "$gpu" -eq 1 ] && grep -qE $'^test_worker_cuda(_direct)?\tSKIP' "$R/tests.t
     gpuskip=1
 fi
 
+# --- 2b. The Python package's CUDA tests ------------------------------------------
+say ""
+pyfail=0
+if [ ! -e "$B/build/python/ferry/__init__.py" ]; then
+    say "python: not in this bundle (the build had no Python headers)"
+elif ! python3 -c 'import torch, numpy' >"$R/logs/python-import.txt" 2>&1; then
+    say "python: not run ($(python3 -V 2>&1) has no torch or numpy:" \
+        "$(tail -n 1 "$R/logs/python-import.txt"))"
+elif [ "$(left)" -le 20 ]; then
+    say "python: not run (time budget)"
+else
+    pypath=$B/build/python
+    python3 -c 'import pytest' 2>/dev/null || pypath=$pypath:$B/pylib
+    torch_gpu=$(python3 -c 'import torch; print(torch.__version__, int(torch.cuda.is_available()))' \
+        2>/dev/null)
+    lim=$(($(left) - 10))
+    [ "$lim" -lt 120 ] || lim=120
+    PYTHONPATH=$pypath timeout -k 5 "$lim" python3 -m pytest -q -rs -p no:cacheprovider -k cuda \
+        "$B/src/python/tests/test_api.py" >"$R/logs/python-cuda.txt" 2>&1
+    rc=$?
+    say "python: $(python3 -V 2>&1), torch ${torch_gpu% *} (sees a GPU: ${torch_gpu##* })," \
+        "pytest -k cuda: $(tail -n 1 "$R/logs/python-cuda.txt") (exit $rc; logs/python-cuda.txt)"
+    grep '^SKIPPED' "$R/logs/python-cuda.txt" | cut -c1-160 | sed 's/^/  /' | tee -a "$REPORT"
+    [ $rc -eq 0 ] || pyfail=1
+    # Where torch sees the GPU, a CUDA tensor test that skipped (libferry
+    # without CUDA) tested nothing.
+    if [ "${torch_gpu##* }" = 1 ] && grep -q '^SKIPPED.*\(no CUDA\|has no CUDA\)' \
+        "$R/logs/python-cuda.txt"; then
+        say "FAILED: torch sees a GPU but a Python CUDA test skipped: nothing was tested on it"
+        pyfail=1
+    fi
+fi
+
 # --- 3. Reference bandwidths ----------------------------------------------------
 say ""
 benchfail=0
@@ -207,4 +245,5 @@ fi
 
 say ""
 say "done in $(($(date +%s) - START)) s; report $REPORT"
-[ "$failed" -eq 0 ] && [ "$notrun" -eq 0 ] && [ "$benchfail" -eq 0 ] && [ "$gpuskip" -eq 0 ]
+[ "$failed" -eq 0 ] && [ "$notrun" -eq 0 ] && [ "$benchfail" -eq 0 ] && [ "$gpuskip" -eq 0 ] &&
+    [ "$pyfail" -eq 0 ]

@@ -796,6 +796,42 @@ def test_cuda_tensors_each_way(connector, sender, direction):
         assert np.array_equal(dst, src_host.numpy())
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(),
+                    reason="no CUDA device visible to torch (this torch or machine has none)")
+@pytest.mark.parametrize("side", ["source", "destination"])
+def test_cuda_tensor_made_on_a_side_stream_is_waited_for(connector, sender, side):
+    """A CUDA tensor still being made on the current stream, a side stream
+    (PyTorch's are non-blocking: the staged copies, on a stream that waits
+    only for the legacy default one, do not wait for them): 200 kernels over
+    64 MiB are queued and the operation starts at once. The binding waits
+    for the stream first, so what arrives is the finished tensor (a source
+    of 200s), and the bytes that arrive are not overwritten by the kernels
+    after (a destination zeroed 200 times). Without the wait the copies race
+    the kernels."""
+    if not _cuda_ready(connector):
+        pytest.skip("torch sees a GPU but libferry's connector has no CUDA (see its log)")
+    n, kernels = 64 << 20, 200
+    stream = torch.cuda.Stream()
+    src_host = torch.from_numpy(pattern(n).copy())
+    with torch.cuda.stream(stream):
+        if side == "source":
+            src = torch.zeros(n, dtype=torch.uint8, device="cuda")
+            for _ in range(kernels):
+                src.add_(1)
+            dst = np.zeros(n, np.uint8)
+            write_once(connector, sender, ferry.Descriptor(dst), ferry.Descriptor(src))
+        else:
+            dst_gpu = torch.full((n,), 0xEE, dtype=torch.uint8, device="cuda")
+            for _ in range(kernels):
+                dst_gpu.zero_()
+            write_once(connector, sender, ferry.Descriptor(dst_gpu), ferry.Descriptor(src_host))
+    stream.synchronize()
+    if side == "source":
+        assert np.count_nonzero(dst != kernels) == 0
+    else:
+        assert torch.equal(dst_gpu.cpu(), src_host)
+
+
 # ---- the binding's own safety: memory, threads, subclasses ------------------
 
 

@@ -7,11 +7,15 @@ Where nvidia-smi lists a GPU, a CUDA test that skips (exit 77: libferry could
 not use the GPU, or the direct path's UCX has no CUDA transports) tested
 nothing, and the check fails; where none is listed the same skip is expected
 and the check passes; a CUDA test that passes on a GPU passes the check.
+The Python package's CUDA tests (a stub test file, run by the real pytest;
+a stub python3 says torch sees a GPU): a failure fails the check, and so
+does a skip for want of CUDA in libferry.
 No GPU is needed: nothing here touches one.
 """
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import unittest
 
@@ -43,13 +47,28 @@ class GpuCheckVerdict(unittest.TestCase):
               "test_worker_cuda_direct\ttests/worker/test_worker_cuda\t60\tgpu\t"
               "FERRY_CUDA_DIRECT=1\t-\n")
 
-    def run_check(self, gpu, test_exit):
-        """Runs the check with nvidia-smi listing a GPU (or failing) and the
-        CUDA test exiting test_exit; returns (exit status, report text)."""
+    PY_TESTS = {
+        "pass": "pass",
+        "fail": "assert False, 'stub failure'",
+        "skip": "pytest.skip(\"torch sees a GPU but libferry's connector has no CUDA\")",
+    }
+
+    def run_check(self, gpu, test_exit, py="pass"):
+        """Runs the check with nvidia-smi listing a GPU (or failing), the
+        CUDA test exiting test_exit and the Python CUDA test doing `py`
+        (PY_TESTS); returns (exit status, report text)."""
         write(os.path.join(self.bundle, "build", "tests", "worker", "test_worker_cuda"),
               "#!/bin/sh\n[ %d -ne 77 ] || echo 'SKIP: no usable CUDA GPU here (stub)'\n"
               "exit %d\n" % (test_exit, test_exit), 0o755)
+        write(os.path.join(self.bundle, "build", "python", "ferry", "__init__.py"), "")
+        write(os.path.join(self.bundle, "src", "python", "tests", "test_api.py"),
+              "import pytest\n\n\ndef test_cuda_stub():\n    %s\n" % self.PY_TESTS[py])
         stubs = os.path.join(self.dir, "stubs")
+        write(os.path.join(stubs, "python3"),
+              "#!/bin/sh\ncase \"$2\" in\n"
+              "*cuda.is_available*) echo '9.9.9 1'; exit 0 ;;\n"
+              "'import torch, numpy') exit 0 ;;\nesac\n"
+              "exec %s \"$@\"\n" % sys.executable, 0o755)
         write(os.path.join(stubs, "nvidia-smi"),
               "#!/bin/sh\necho 'GPU 0: stub'\nexit 0\n" if gpu
               else "#!/bin/sh\necho 'NVIDIA-SMI has failed (stub)'\nexit 9\n", 0o755)
@@ -78,6 +97,23 @@ class GpuCheckVerdict(unittest.TestCase):
         rc, report = self.run_check(gpu=True, test_exit=0)
         self.assertEqual(rc, 0, report)
         self.assertIn("failed 0", report)
+
+    def test_a_python_cuda_test_that_fails_fails(self):
+        rc, report = self.run_check(gpu=True, test_exit=0, py="fail")
+        self.assertNotEqual(rc, 0, report)
+        self.assertIn("pytest -k cuda: ", report)
+        self.assertIn("1 failed", report)
+
+    def test_a_python_cuda_test_skipped_where_torch_sees_a_gpu_fails(self):
+        rc, report = self.run_check(gpu=True, test_exit=0, py="skip")
+        self.assertNotEqual(rc, 0, report)
+        self.assertIn("torch sees a GPU but a Python CUDA test skipped", report)
+
+    def test_a_python_cuda_test_that_passes_passes(self):
+        rc, report = self.run_check(gpu=True, test_exit=0, py="pass")
+        self.assertEqual(rc, 0, report)
+        self.assertIn("1 passed", report)
+        self.assertIn("sees a GPU: 1", report)
 
     def test_a_failure_fails(self):
         rc, report = self.run_check(gpu=True, test_exit=1)
