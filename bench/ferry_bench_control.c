@@ -641,7 +641,9 @@ static bool mode_uses_coord(bench_mode_t mode)
 
 static int open_channel(const char *target, rpc_channel_t **channel_p)
 {
-    rpc_channel_params_t params = {.target = target};
+    rpc_channel_params_t params = {.target = target,
+                                   .keepalive_ms = rpc_env_keepalive_ms(),
+                                   .tls_refresh_s = rpc_env_tls_refresh_s()};
     if (rpc_channel_create(&params, channel_p) != FERRY_OK) {
         fprintf(stderr, "cannot open a channel to %s\n", target);
         return -1;
@@ -678,7 +680,9 @@ static int setup(bench_shared_t *sh, bench_client_t *clients)
     if (!mode_uses_coord(cfg->mode)) {
         etcd_params_t ep = {.endpoints = cfg->etcd_endpoint,
                             .timeout_ms = BENCH_CALL_TIMEOUT_MS,
-                            .kv_gateway = !cfg->kv_grpc};
+                            .kv_gateway = !cfg->kv_grpc,
+                            .keepalive_ms = rpc_env_keepalive_ms(),
+                            .tls_refresh_s = rpc_env_tls_refresh_s()};
         if (cfg->etcd_endpoint == NULL || etcd_client_create(&ep, &sh->etcd) != FERRY_OK) {
             fprintf(stderr, "this mode needs --etcd URL\n");
             return -1;

@@ -14,7 +14,7 @@
  * Nothing is logged until a program asks: the level starts at
  * FERRY_LOG_OFF, and nothing reads the environment on its own (no
  * constructor). A program calls ferry_log_init_from_env() (FERRY_LOG_LEVEL:
- * error, warn, info, debug, trace; FERRY_LOG_FORMAT) or
+ * off, error, warn, info, debug, trace; FERRY_LOG_FORMAT) or
  * ferry_log_set_level(); libferry's copy is set only through its
  * connector's params (level, and a sink that takes lines instead of
  * stderr).

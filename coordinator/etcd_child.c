@@ -559,8 +559,8 @@ ferry_status_t coord_etcd_child_start(const char *state_dir, coord_etcd_child_t 
         close(dir_fd);
         return FERRY_ERR_IO;
     }
-    /* Not through a link: the log is ours, where we said. */
     rotate_log(dir_fd, state_dir);
+    /* Not through a link: the log is ours, where we said. */
     log_fd = openat(dir_fd, LOG_FILE, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC | O_NOFOLLOW, 0600);
     if (log_fd < 0) {
         ferry_error("private etcd: cannot open its log %s: %s%s", child->log_path, strerror(errno),

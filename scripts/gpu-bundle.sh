@@ -131,6 +131,7 @@ done <"$B/tests.tsv"
 # ldd closure below.
 if [ -e "$BUILD/python/ferry/_ferry.abi3.so" ]; then
     for f in "$BUILD"/python/ferry/*; do
+        [ -f "$f" ] || continue # a __pycache__ of a run by hand
         put "$f" "$B/build/python/ferry/$(basename "$f")"
     done
     mkdir -p "$B/src/python/tests" "$B/src/tests/python"

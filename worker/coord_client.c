@@ -415,10 +415,11 @@ void ferry__coord_watch_stats(ferry_coordinator_t *coord, ferry__coord_watch_sta
                 FERRY_COORDINATOR_PARAM_FIELD_KEEPALIVE_MS |                                \
                 FERRY_COORDINATOR_PARAM_FIELD_TLS_REFRESH_S))
 
-/* The channel's settings from the params, each unset one from the
- * environment (rpc_env_*: 0, the default, where that holds no valid value). */
-static ferry_status_t channel_params(const ferry_coordinator_params_t *params,
-                                     rpc_channel_params_t *cparams)
+/* Checks the params' numbers and fills the channel's settings, each unset
+ * one from the environment (rpc_env_*: 0, the default, where that holds no
+ * valid value). */
+static ferry_status_t read_params(const ferry_coordinator_params_t *params,
+                                  rpc_channel_params_t *cparams)
 {
     uint64_t mask = params->field_mask;
 
@@ -466,7 +467,7 @@ ferry_status_t ferry_coordinator_connect(const ferry_coordinator_params_t *param
         return ferry__fail(FERRY_ERR_INVALID_ARGUMENT, "params.field_mask: unknown bits 0x%llx",
                            (unsigned long long)(params->field_mask & ~COORDINATOR_FIELDS));
     }
-    status = channel_params(params, &cparams);
+    status = read_params(params, &cparams);
     if (status != FERRY_OK) {
         return status;
     }

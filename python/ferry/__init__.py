@@ -820,16 +820,16 @@ class Coordinator(_ferry._Coordinator):
             tls = TlsConfig(**tls)
         kw: Dict[str, Any] = {}
         if timeout is not None:
-            if not timeout > 0:
+            if not 0 < timeout < math.inf:
                 raise InvalidArgument(f"coordinator: timeout {timeout} is not > 0 seconds")
             kw["timeout_ms"] = max(1, min(2**31 - 1, int(timeout * 1000)))
-        for name, value, low, top in (("keepalive_ms", keepalive_ms, 1000, 2000000),
-                                      ("tls_refresh_s", tls_refresh_s, 1, 86400)):
+        # libferry checks their ranges (and names the field); here only that
+        # they are whole numbers a C int holds.
+        for name, value in (("keepalive_ms", keepalive_ms), ("tls_refresh_s", tls_refresh_s)):
             if value is not None:
                 n = operator.index(value)
-                if not low <= n <= top:
-                    raise InvalidArgument(
-                        f"coordinator: {name} {n} is not from {low} to {top}")
+                if not -(2**31) < n < 2**31:
+                    raise InvalidArgument(f"coordinator: {name} {n} is out of range")
                 kw[name] = n
         if tls is not None:
             kw.update(tls_ca_file=tls.ca_file, tls_cert_file=tls.cert_file,

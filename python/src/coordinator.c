@@ -14,6 +14,7 @@
  */
 #include "pyferry.h"
 
+#include <limits.h>
 #include <unistd.h>
 
 static PyObject *coordinator_new(PyTypeObject *tp, PyObject *args, PyObject *kwargs)
@@ -23,7 +24,7 @@ static PyObject *coordinator_new(PyTypeObject *tp, PyObject *args, PyObject *kwa
                              "keepalive_ms",  "tls_refresh_s", NULL};
     ferry_coordinator_params_t params = {.field_mask = 0};
     const char *ca = NULL, *cert = NULL, *key = NULL, *server_name = NULL;
-    int timeout_ms = 0, keepalive_ms = 0, tls_refresh_s = 0;
+    int timeout_ms = 0, keepalive_ms = INT_MIN, tls_refresh_s = INT_MIN;
     pyferry_coordinator_t *self;
     ferry_status_t status;
 
@@ -32,16 +33,17 @@ static PyObject *coordinator_new(PyTypeObject *tp, PyObject *args, PyObject *kwa
                                      &tls_refresh_s)) {
         return NULL;
     }
-    /* 0 leaves a field unset; libferry refuses another value out of range. */
+    /* A number left out (timeout_ms 0, the others INT_MIN) leaves its field
+     * unset; libferry refuses any value it is given out of range. */
     if (timeout_ms != 0) {
         params.field_mask |= FERRY_COORDINATOR_PARAM_FIELD_TIMEOUT;
         params.timeout_ms = timeout_ms;
     }
-    if (keepalive_ms != 0) {
+    if (keepalive_ms != INT_MIN) {
         params.field_mask |= FERRY_COORDINATOR_PARAM_FIELD_KEEPALIVE_MS;
         params.keepalive_ms = keepalive_ms;
     }
-    if (tls_refresh_s != 0) {
+    if (tls_refresh_s != INT_MIN) {
         params.field_mask |= FERRY_COORDINATOR_PARAM_FIELD_TLS_REFRESH_S;
         params.tls_refresh_s = tls_refresh_s;
     }
@@ -159,8 +161,7 @@ static PyType_Slot coordinator_slots[] = {
     {Py_tp_methods, coordinator_methods},
     {Py_tp_getset, coordinator_getset},
     {Py_tp_doc, "_Coordinator(target, timeout_ms=0, tls_ca_file=None, tls_cert_file=None, "
-                "tls_key_file=None, tls_server_name=None, keepalive_ms=0, tls_refresh_s=0): "
-                "0 leaves a number unset."},
+                "tls_key_file=None, tls_server_name=None, keepalive_ms=None, tls_refresh_s=None)."},
     {0, NULL},
 };
 

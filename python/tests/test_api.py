@@ -5,6 +5,7 @@ import asyncio
 import ctypes
 import gc
 import json
+import math
 import os
 import signal
 import subprocess
@@ -417,6 +418,7 @@ def test_coordinator_numbers_in_range_or_refused():
     range is refused naming the field and the value (a timeout of 0 used
     to become 1 ms); in range, the client is made (it connects lazily)."""
     for kw, text in (({"timeout": 0}, "timeout 0 "), ({"timeout": -1.5}, "timeout -1.5 "),
+                     ({"timeout": math.inf}, "timeout inf "),
                      ({"keepalive_ms": 999}, "keepalive_ms 999 "),
                      ({"keepalive_ms": 2000001}, "keepalive_ms 2000001 "),
                      ({"keepalive_ms": 2**40}, f"keepalive_ms {2**40} "),
@@ -806,14 +808,17 @@ def test_cuda_tensor_made_on_a_side_stream_is_waited_for(connector, sender, side
     64 MiB are queued and the operation starts at once. The binding waits
     for the stream first, so what arrives is the finished tensor (a source
     of 200s), and the bytes that arrive are not overwritten by the kernels
-    after (a destination zeroed 200 times). Without the wait the copies race
-    the kernels."""
+    after (a destination zeroed 200 times). Without the wait the copies run
+    before the kernels, queued behind a spinning one."""
     if not _cuda_ready(connector):
         pytest.skip("torch sees a GPU but libferry's connector has no CUDA (see its log)")
     n, kernels = 64 << 20, 200
     stream = torch.cuda.Stream()
     src_host = torch.from_numpy(pattern(n).copy())
     with torch.cuda.stream(stream):
+        # A kernel that only spins (~0.1 s) ahead of the others, so that
+        # they are still queued when the operation starts.
+        torch.cuda._sleep(100_000_000)
         if side == "source":
             src = torch.zeros(n, dtype=torch.uint8, device="cuda")
             for _ in range(kernels):

@@ -67,7 +67,7 @@ class GpuCheckVerdict(unittest.TestCase):
         write(os.path.join(stubs, "python3"),
               "#!/bin/sh\ncase \"$2\" in\n"
               "*cuda.is_available*) echo '9.9.9 1'; exit 0 ;;\n"
-              "'import torch, numpy') exit 0 ;;\nesac\n"
+              "*find_spec*|'import torch, numpy, ferry') exit 0 ;;\nesac\n"
               "exec %s \"$@\"\n" % sys.executable, 0o755)
         write(os.path.join(stubs, "nvidia-smi"),
               "#!/bin/sh\necho 'GPU 0: stub'\nexit 0\n" if gpu

@@ -1313,11 +1313,25 @@ static void test_unknown_param_fields(void **state)
     assert_string_equal(ferry_last_error_message(), "params.field_mask: unknown bits 0x200");
 }
 
+typedef struct {
+    bool keepalive_env, refresh_env; /* a warning named the variable */
+} env_warned_t;
+
+static void env_warned_cb(ferry_loglevel_t level, const char *message, void *arg)
+{
+    env_warned_t *w = arg;
+    if (level == FERRY_LOGLEVEL_WARN) {
+        w->keepalive_env |= strstr(message, "FERRY_RPC_KEEPALIVE_MS=5") != NULL;
+        w->refresh_env |= strstr(message, "FERRY_TLS_REFRESH_S=soon") != NULL;
+    }
+}
+
 /* The coordinator client's numbers: a set field out of range is refused
  * naming it and its value (a timeout of 0 or less was taken as unset);
  * in range, or unset with a malformed variable in the environment (the
- * fallback: warned, the default), the client connects. Nothing is dialled:
- * gRPC connects lazily. */
+ * fallback: read, warned about, the default), the client connects; a set
+ * field does not read its variable. Nothing is dialled: gRPC connects
+ * lazily. */
 static void test_coordinator_param_ranges(void **state)
 {
     static const struct {
@@ -1339,8 +1353,21 @@ static void test_coordinator_param_ranges(void **state)
         {FERRY_COORDINATOR_PARAM_FIELD_TLS_REFRESH_S, 0, 0, 86400, NULL},
         {0, 0, 0, 0, NULL},
     };
+    env_warned_t warned = {false, false};
+    ferry_connector_params_t logging = {.field_mask = FERRY_CONNECTOR_PARAM_FIELD_LOG_LEVEL |
+                                                      FERRY_CONNECTOR_PARAM_FIELD_LOG_CB,
+                                        .log_level = FERRY_LOGLEVEL_WARN,
+                                        .log_cb = env_warned_cb,
+                                        .log_arg = &warned};
+    ferry_connector_params_t quiet = {.field_mask = FERRY_CONNECTOR_PARAM_FIELD_LOG_LEVEL |
+                                                    FERRY_CONNECTOR_PARAM_FIELD_LOG_CB,
+                                      .log_level = FERRY_LOGLEVEL_OFF};
+    ferry_connector_t *c;
     (void)state;
 
+    /* libferry's log is the process's, set by a connector's params. */
+    assert_int_equal(ferry_connector_create(&logging, &c), FERRY_OK);
+    ferry_connector_destroy(c);
     assert_int_equal(setenv("FERRY_RPC_KEEPALIVE_MS", "5", 1), 0);
     assert_int_equal(setenv("FERRY_TLS_REFRESH_S", "soon", 1), 0);
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
@@ -1360,10 +1387,18 @@ static void test_coordinator_param_ranges(void **state)
         } else {
             assert_int_equal(status, FERRY_OK);
             assert_int_equal(ferry_coordinator_disconnect(coord), FERRY_OK);
+            /* The variable is read where its field is unset, only. */
+            bool keepalive_set = cases[i].field == FERRY_COORDINATOR_PARAM_FIELD_KEEPALIVE_MS;
+            bool refresh_set = cases[i].field == FERRY_COORDINATOR_PARAM_FIELD_TLS_REFRESH_S;
+            assert_int_equal(warned.keepalive_env, !keepalive_set);
+            assert_int_equal(warned.refresh_env, !refresh_set);
         }
+        warned = (env_warned_t){false, false};
     }
     unsetenv("FERRY_RPC_KEEPALIVE_MS");
     unsetenv("FERRY_TLS_REFRESH_S");
+    assert_int_equal(ferry_connector_create(&quiet, &c), FERRY_OK);
+    ferry_connector_destroy(c);
 }
 
 /* spin_us: 0 (sleep at once) and a long spin both move the bytes, in both
