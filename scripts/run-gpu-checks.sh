@@ -141,8 +141,7 @@ fi
 # keep the machine's torch from loading.
 say ""
 pyfail=0
-pyld=$R/python-lib
-mkdir -p "$pyld"
+pyld=$(mktemp -d "$TMPDIR/ferry-python-lib.XXXXXX") # links, kept out of the report
 ldconfig -p 2>/dev/null | awk 'NR > 1 {print $1}' >"$R/logs/machine-sonames.txt"
 for f in "$B"/lib/*; do
     so=$(basename "$f")
@@ -185,6 +184,7 @@ else
         pyfail=1
     fi
 fi
+rm -rf "$pyld"
 
 # --- 3. Reference bandwidths ----------------------------------------------------
 say ""
