@@ -227,6 +227,13 @@ void etcd__watch_msg_clear(etcd_watch_msg_t *msg);
 /* etcd's error object {"error","message","code"} and the HTTP status to a
  * ferry status. */
 ferry_status_t etcd__error_status(long http_status, int grpc_code, const char *message);
+/* Why etcd cancelled a watch, from its cancel_reason: etcd writes a gRPC
+ * status there as text ("rpc error: code = PermissionDenied desc =
+ * etcdserver: permission denied"), mapped as etcd__error_status maps that
+ * code and description; a reason without a code is FERRY_ERR_UNAVAILABLE
+ * (the watch tries again). A compaction is told by compact_revision, not
+ * here. */
+ferry_status_t etcd__cancel_reason_status(const char *reason);
 
 /* --- etcd_client.c ---------------------------------------------------- */
 

@@ -456,6 +456,37 @@ ferry_status_t etcd__error_status(long http_status, int grpc_code, const char *m
     return FERRY_ERR_PROTOCOL;
 }
 
+/* gRPC's code names as etcd's Go server spells them in a status's text,
+ * indexed by code. */
+static const char *const grpc_code_names[] = {
+    "OK",       "Canceled",        "Unknown",          "InvalidArgument",   "DeadlineExceeded",
+    "NotFound", "AlreadyExists",   "PermissionDenied", "ResourceExhausted", "FailedPrecondition",
+    "Aborted",  "OutOfRange",      "Unimplemented",    "Internal",          "Unavailable",
+    "DataLoss", "Unauthenticated",
+};
+_Static_assert(sizeof(grpc_code_names) / sizeof(grpc_code_names[0]) ==
+                   ETCD_GRPC_UNAUTHENTICATED + 1,
+               "one name per gRPC code");
+
+ferry_status_t etcd__cancel_reason_status(const char *reason)
+{
+    static const char code_is[] = "rpc error: code = ", desc_is[] = " desc = ";
+    const char *p = reason != NULL ? strstr(reason, code_is) : NULL;
+
+    if (p == NULL) {
+        return FERRY_ERR_UNAVAILABLE;
+    }
+    p += sizeof(code_is) - 1;
+    for (int code = 1; code <= ETCD_GRPC_UNAUTHENTICATED; code++) {
+        size_t len = strlen(grpc_code_names[code]);
+        if (strncmp(p, grpc_code_names[code], len) == 0 &&
+            strncmp(p + len, desc_is, sizeof(desc_is) - 1) == 0) {
+            return etcd__error_status(0, code, p + len + sizeof(desc_is) - 1);
+        }
+    }
+    return FERRY_ERR_UNAVAILABLE;
+}
+
 ferry_status_t etcd_prefix_end(const void *prefix, size_t prefix_len, uint8_t **end_p,
                                size_t *end_len_p)
 {

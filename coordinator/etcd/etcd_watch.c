@@ -154,7 +154,8 @@ static void etcd_watch_events(etcd_watch_t *watch, const etcd_watch_msg_t *msg)
     }
 }
 
-/* A canceled watch: compaction, auth, or something else. */
+/* A canceled watch: compaction (its revision), or the status etcd wrote
+ * into the reason (auth, permission, anything else). */
 static ferry_status_t etcd_watch_canceled(const etcd_watch_msg_t *msg)
 {
     const char *text = msg->cancel_reason;
@@ -163,13 +164,7 @@ static ferry_status_t etcd_watch_canceled(const etcd_watch_msg_t *msg)
     if (msg->compact_revision > 0) {
         return FERRY_ERR_OUT_OF_RANGE;
     }
-    if (strstr(text, "Unauthenticated") != NULL || strstr(text, "auth token") != NULL) {
-        return FERRY_ERR_UNAUTHENTICATED;
-    }
-    if (strstr(text, "PermissionDenied") != NULL) {
-        return FERRY_ERR_PERMISSION_DENIED;
-    }
-    return FERRY_ERR_UNAVAILABLE;
+    return etcd__cancel_reason_status(text);
 }
 
 static void etcd_watch_on_created(etcd_watch_t *watch, int64_t revision)

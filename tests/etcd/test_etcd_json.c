@@ -409,6 +409,42 @@ static void test_error_mapping(void **state)
     assert_int_equal(etcd__error_status(200, 0, NULL), FERRY_ERR_PROTOCOL);
 }
 
+/* A watch's cancel reason is a gRPC status as etcd's Go server writes it;
+ * its code and description map as an error's do (etcd 3.4 and 3.5's
+ * reasons below); a reason without one is tried again (UNAVAILABLE). */
+static void test_cancel_reasons(void **state)
+{
+    (void)state;
+    assert_int_equal(etcd__cancel_reason_status(
+                         "rpc error: code = PermissionDenied desc = etcdserver: permission denied"),
+                     FERRY_ERR_PERMISSION_DENIED);
+    assert_int_equal(etcd__cancel_reason_status(
+                         "rpc error: code = Unauthenticated desc = etcdserver: invalid auth token"),
+                     FERRY_ERR_UNAUTHENTICATED);
+    /* A token older than a change of users or roles: a new one cures it. */
+    assert_int_equal(etcd__cancel_reason_status("rpc error: code = InvalidArgument desc = "
+                                                "etcdserver: revision of auth store is old"),
+                     FERRY_ERR_UNAUTHENTICATED);
+    assert_int_equal(
+        etcd__cancel_reason_status(
+            "rpc error: code = InvalidArgument desc = etcdserver: key is not provided"),
+        FERRY_ERR_INVALID_ARGUMENT);
+    assert_int_equal(etcd__cancel_reason_status("rpc error: code = Unavailable desc = "
+                                                "etcdserver: no leader"),
+                     FERRY_ERR_UNAVAILABLE);
+    /* Names only as a code: not inside the description, not a prefix of
+     * another name ("Unauthenticated" is not "Unavailable"). */
+    assert_int_equal(
+        etcd__cancel_reason_status("rpc error: code = Unknown desc = PermissionDenied by a plugin"),
+        FERRY_ERR_INTERNAL);
+    assert_int_equal(etcd__cancel_reason_status("rpc error: code = Unauth desc = x"),
+                     FERRY_ERR_UNAVAILABLE);
+    assert_int_equal(etcd__cancel_reason_status("etcdserver: PermissionDenied"),
+                     FERRY_ERR_UNAVAILABLE);
+    assert_int_equal(etcd__cancel_reason_status(""), FERRY_ERR_UNAVAILABLE);
+    assert_int_equal(etcd__cancel_reason_status(NULL), FERRY_ERR_UNAVAILABLE);
+}
+
 static void check_prefix_end(const char *prefix, size_t len, const char *want, size_t want_len)
 {
     uint8_t *end = NULL;
@@ -446,6 +482,7 @@ int main(void)
         cmocka_unit_test(test_watch_messages),
         cmocka_unit_test(test_grpc_watch_messages),
         cmocka_unit_test(test_error_mapping),
+        cmocka_unit_test(test_cancel_reasons),
         cmocka_unit_test(test_prefix_end),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
