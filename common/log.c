@@ -44,7 +44,13 @@ void ferry_log_init_from_env(ferry_log_level_t dflt)
         level = dflt;
     }
     atomic_store(&ferry__log_level, level);
-    env = getenv("FERRY_LOG_FORMAT");
+    ferry_log_format_from_env();
+}
+
+void ferry_log_format_from_env(void)
+{
+    const char *env = getenv("FERRY_LOG_FORMAT");
+
     atomic_store(&log_json, env != NULL && strcmp(env, "json") == 0);
 }
 

@@ -408,7 +408,7 @@ int main(int argc, char **argv)
 
     memset(&c, 0, sizeof(c));
     sane_process_state();
-    ferry_log_init_from_env(FERRY_LOG_INFO);
+    ferry_log_format_from_env(); /* the level: with the other settings, below */
     rc = coord_config_parse(argc, argv, &c.config);
     if (rc != 0) {
         return rc > 0 ? 0 : 2;
