@@ -6,12 +6,13 @@
  * Input: the bytes of one active message, as UCX hands them over.
  *
  * Invariants beyond "no crash": a message that decodes has a known type,
- * a CLAIM carries an address and a claim nonce, the address lies inside the input, a CHUNK
- * or CREDIT carries its chunk record and no address, its status is the
- * peer's number as ferry__msg_peer_status maps it (one a peer may report);
- * and it encodes back to the same bytes (the reserved bytes aside, which
- * the decoder ignores and the encoder writes as zero, and the status, which
- * it writes as mapped).
+ * a CLAIM carries 1..FERRY__CLAIM_RANGES_MAX ranges, then an address, and
+ * a claim nonce, all inside the input; a CHUNK or CREDIT carries its chunk
+ * record and no address; its status is the peer's number as
+ * ferry__msg_peer_status maps it (one a peer may report); and it encodes
+ * back to the same bytes (the reserved bytes of a type other than CLAIM
+ * aside, which the decoder ignores and the encoder writes as zero, and the
+ * status, which it writes as mapped).
  */
 #include <string.h>
 
@@ -37,7 +38,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                 msg.type == FERRY__MSG_NOTICE || msg.type == FERRY__MSG_CHUNK ||
                 msg.type == FERRY__MSG_CREDIT);
     fuzz_assert(msg.type != FERRY__MSG_CLAIM ||
-                (msg.address_len > 0 && !ferry__nonce_is_zero(msg.claim_nonce)));
+                (msg.address_len > 0 && !ferry__nonce_is_zero(msg.claim_nonce) &&
+                 msg.n_ranges >= 1 && msg.n_ranges <= FERRY__CLAIM_RANGES_MAX &&
+                 msg.ranges_wire == data + 72 && msg.address == data + 72 + 16 * msg.n_ranges));
+    fuzz_assert(msg.type == FERRY__MSG_CLAIM || (msg.n_ranges == 0 && msg.ranges_wire == NULL));
     fuzz_assert((msg.type != FERRY__MSG_CHUNK && msg.type != FERRY__MSG_CREDIT) ||
                 (msg.address_len == 0 && size == 72 + 24));
     fuzz_assert(msg.address_len == 0 || (msg.address >= data && msg.address_len <= size &&
@@ -52,7 +56,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     expect = malloc(size);
     fuzz_assert(expect != NULL);
     memcpy(expect, data, size);
-    memset(expect + WIRE_RESERVED_OFF, 0, WIRE_RESERVED_LEN);
+    if (msg.type != FERRY__MSG_CLAIM) {
+        memset(expect + WIRE_RESERVED_OFF, 0, WIRE_RESERVED_LEN);
+    }
     for (int i = 0; i < 4; i++) {
         expect[WIRE_STATUS_OFF + i] = (uint8_t)((uint32_t)msg.status >> (8 * i));
     }

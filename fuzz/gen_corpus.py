@@ -178,15 +178,21 @@ def metadata_seeds(t):
     write("fuzz_metadata", "staged-read-cuda-2", md.SerializeToString())
 
 
-WIRE_MAGIC = 0x33595246  # "FRY3"
+WIRE_MAGIC = 0x34595246  # "FRY4"
 CLAIM_NONCE = bytes(range(100, 116))
+RANGE = struct.pack("<QQ", 0x7f0000100000, 1 << 20)
 
 
 def wire(type_, op_kind=0, key=KEY, op_id=0, status=0, address=b"", address_len=None,
-         nonce=bytes(16), claim_nonce=bytes(16)):
-    n = len(address) if address_len is None else address_len
-    return struct.pack("<IBBH16sQiI16s16s", WIRE_MAGIC, type_, op_kind, 0, key, op_id, status,
-                       n, nonce, claim_nonce) + address
+         nonce=bytes(16), claim_nonce=bytes(16), ranges=None):
+    """A message as worker/wire.c lays it out; a CLAIM's tail is its ranges
+    (one by default), then the address."""
+    if ranges is None:
+        ranges = [RANGE] if type_ == 1 else []
+    tail = b"".join(ranges) + address
+    n = len(tail) if address_len is None else address_len
+    return struct.pack("<IBBH16sQiI16s16s", WIRE_MAGIC, type_, op_kind, len(ranges), key, op_id,
+                       status, n, nonce, claim_nonce) + tail
 
 
 def wire_seeds():
@@ -200,6 +206,13 @@ def wire_seeds():
     write("fuzz_wire", "notice-ok", wire(3, nonce=bytes(range(16))))
     write("fuzz_wire", "notice-error", wire(3, status=-12))
     write("fuzz_wire", "claim-no-address", wire(1, op_kind=3, claim_nonce=CLAIM_NONCE))
+    write("fuzz_wire", "claim-staged", wire(1, op_kind=3, op_id=7, address=b"ucx-address",
+                                            claim_nonce=CLAIM_NONCE, ranges=[RANGE] * 3))
+    write("fuzz_wire", "claim-no-ranges", wire(1, op_kind=2, op_id=7, address=b"ucx-address",
+                                               claim_nonce=CLAIM_NONCE, ranges=[]))
+    write("fuzz_wire", "claim-most-ranges", wire(1, op_kind=2, op_id=7, address=b"a",
+                                                 claim_nonce=CLAIM_NONCE, ranges=[RANGE] * 1025))
+    write("fuzz_wire", "fry3", struct.pack("<I", 0x33595246) + wire(3)[4:])
     write("fuzz_wire", "length-mismatch", wire(3, address=b"x", address_len=2))
     chunk = struct.pack("<IIQQ", 3, 1, 4 << 20, 65543)
     write("fuzz_wire", "chunk", wire(4, nonce=bytes(range(16)), address=chunk))

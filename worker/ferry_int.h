@@ -147,6 +147,17 @@ typedef enum {
     FERRY__MSG_CREDIT = 5, /* passive -> active (staged): slot free / full, or stop */
 } ferry__msg_type_t;
 
+/* A range of the passive side's memory as its metadata names it: a
+ * descriptor, or the staging block (slots * slot_size bytes). */
+typedef struct {
+    uint64_t address;
+    uint64_t length;
+} ferry__range_t;
+
+/* At most this many ranges in a CLAIM: every descriptor, and the staging
+ * block. */
+#define FERRY__CLAIM_RANGES_MAX (FERRY_MD_DESCRIPTORS_MAX + 1)
+
 typedef struct {
     ferry__msg_type_t type;
     uint8_t key[FERRY__KEY_LEN];           /* the passive operation */
@@ -158,6 +169,15 @@ typedef struct {
     uint8_t claim_nonce[FERRY__NONCE_LEN]; /* CLAIM, and echoed: ADMIT, CREDIT */
     const uint8_t *address;                /* CLAIM: the claimant's worker address */
     size_t address_len;
+    /* CLAIM: the ranges the claimant will write or read, as its metadata
+     * names them (every descriptor, then the staging block if any), so
+     * that the passive side admits only metadata that names its own
+     * memory. Encoding reads ranges, or ranges_wire where set; decoding
+     * sets ranges_wire (n_ranges records inside the buffer), read with
+     * ferry__msg_range. */
+    const ferry__range_t *ranges;
+    const uint8_t *ranges_wire;
+    uint32_t n_ranges;
     uint32_t slot;   /* CHUNK, CREDIT: the staging slot */
     uint32_t desc;   /* CHUNK: the descriptor index */
     uint64_t offset; /* CHUNK: where in the descriptor */
@@ -169,6 +189,9 @@ ferry_status_t ferry__msg_encode(const ferry__msg_t *msg, uint8_t **buf_p, size_
 
 /* Decodes; msg->address points into buf. FERRY_ERR_PROTOCOL when malformed. */
 ferry_status_t ferry__msg_decode(const uint8_t *buf, size_t len, ferry__msg_t *msg);
+
+/* A decoded CLAIM's range i (i < msg->n_ranges). */
+ferry__range_t ferry__msg_range(const ferry__msg_t *msg, uint32_t i);
 
 /* The code a peer's status number stands for here, the one mapping of it
  * (the decoder applies it): FERRY_OK and the codes a peer may report about
@@ -681,6 +704,9 @@ bool ferry__staged_wanted(const ferry_connector_t *c, const ferry_descriptor_t *
  * the slots' packed key, the stage's until release. */
 ferry_status_t ferry__staged_passive_create(ferry_op_t *op, Ferry__V1__Staging *staging,
                                             const void **rkey_p, size_t *rkey_len_p);
+/* Passive, lock held: the staging block its metadata names (a claim must
+ * name the same). */
+ferry__range_t ferry__staged_passive_block(const ferry_op_t *op);
 /* Passive, lock held: a CHUNK from the admitted writer; the NOTICE (true:
  * the op completes now; false: it completes when the last copy lands). */
 void ferry__staged_on_chunk(ferry_connector_t *c, const ferry__msg_t *msg);

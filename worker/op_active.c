@@ -140,6 +140,20 @@ static void start_transfer(ferry_op_t *op)
     }
 }
 
+/* What a refused claim tells the caller (op_passive.c's admission). */
+static const char *refusal_reason(ferry_status_t code)
+{
+    switch (code) {
+    case FERRY_ERR_NOT_FOUND:
+        return "no such operation (destroyed?)";
+    case FERRY_ERR_INVALID_ARGUMENT:
+        return "the metadata does not name its operation's memory (edited?), or names an "
+               "operation of the other kind";
+    default:
+        return ferry_status_string(code);
+    }
+}
+
 void ferry__active_on_admit(ferry_connector_t *c, const ferry__msg_t *msg)
 {
     ferry_op_t *op = ferry__op_find_active(c, msg->op_id);
@@ -172,9 +186,7 @@ void ferry__active_on_admit(ferry_connector_t *c, const ferry__msg_t *msg)
         /* A code a peer may report: the decoder mapped the number. */
         ferry_status_t code = msg->status;
         ferry__op_move(op, FERRY__OP_ERRORED, code, "the passive side refused the %s: %s",
-                       op->kind == FERRY__KIND_WRITE ? "write" : "read",
-                       code == FERRY_ERR_NOT_FOUND ? "no such operation (destroyed?)"
-                                                   : ferry_status_string(code));
+                       op->kind == FERRY__KIND_WRITE ? "write" : "read", refusal_reason(code));
     }
     ferry__op_unref(op); /* the claim's reference */
 }
@@ -337,7 +349,30 @@ static ferry_status_t connect_op(ferry_op_t *op)
     return FERRY_OK;
 }
 
-static void send_claim(ferry_op_t *op)
+/* The ranges a claim names (wire.c): the metadata's descriptors, then its
+ * staging block; *ranges_p is malloc'd. md_rules bounds the product. */
+static ferry_status_t claim_ranges(const ferry_op_t *op, ferry__range_t **ranges_p, uint32_t *n_p)
+{
+    const Ferry__V1__RdmaMetadata *md = op->md;
+    uint32_t n = (uint32_t)md->n_descriptors + (md->staging != NULL ? 1 : 0);
+    ferry__range_t *ranges = calloc(n, sizeof(*ranges));
+
+    if (ranges == NULL) {
+        return ferry__fail(FERRY_ERR_NO_MEMORY, "%s: out of memory for the claim", op->label);
+    }
+    for (size_t i = 0; i < md->n_descriptors; i++) {
+        ranges[i] = (ferry__range_t){md->descriptors[i]->address, md->descriptors[i]->size};
+    }
+    if (md->staging != NULL) {
+        ranges[n - 1] =
+            (ferry__range_t){md->staging->address, md->staging->slot_size * md->staging->slots};
+    }
+    *ranges_p = ranges;
+    *n_p = n;
+    return FERRY_OK;
+}
+
+static void send_claim(ferry_op_t *op, const ferry__range_t *ranges, uint32_t n_ranges)
 {
     ferry_connector_t *c = op->connector;
     ferry__msg_t msg = {0};
@@ -349,6 +384,8 @@ static void send_claim(ferry_op_t *op)
     memcpy(msg.claim_nonce, op->claim_nonce, FERRY__NONCE_LEN); /* what the answer must carry */
     msg.address = (const uint8_t *)c->address;
     msg.address_len = c->address_len;
+    msg.ranges = ranges;
+    msg.n_ranges = n_ranges;
     op->awaiting_admit = true;
     op->claim_deadline_ms = ferry__clock_ms(CLOCK_MONOTONIC) + c->claim_timeout_ms;
     ferry__op_ref(op); /* dropped when the admit arrives, cannot, or is too late */
@@ -386,6 +423,8 @@ static ferry_status_t active_begin(ferry_connector_t *c, ferry__op_kind_t kind,
                                    Ferry__V1__RdmaMetadata *md, ferry_op_t **op_p)
 {
     ferry_op_t *op;
+    ferry__range_t *ranges = NULL;
+    uint32_t n_ranges = 0;
     ferry_status_t status;
 
     status = ferry_descriptors_validate(local, n);
@@ -428,12 +467,16 @@ static ferry_status_t active_begin(ferry_connector_t *c, ferry__op_kind_t kind,
         status = ferry__fail(FERRY_ERR_IO, "%s: no randomness for the claim nonce", op->label);
     }
     if (status == FERRY_OK) {
+        status = claim_ranges(op, &ranges, &n_ranges);
+    }
+    if (status == FERRY_OK) {
         ferry__op_table_add(op);
         ferry__op_move(op, FERRY__OP_READY, FERRY_OK, NULL);
-        send_claim(op);
+        send_claim(op, ranges, n_ranges);
         ferry__wake(c);
     }
     ferry__unlock(c);
+    free(ranges);
     if (status != FERRY_OK) {
         ferry__op_free(op);
         return status;

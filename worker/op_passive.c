@@ -401,6 +401,29 @@ static void claimant_hold_end(ferry_op_t *op, const char *why)
     ferry__op_unref(op);
 }
 
+/* Whether a claim names exactly the memory op's metadata names: its
+ * descriptors, then its staging block (wire.c says why). */
+static bool claim_names_own_memory(const ferry_op_t *op, const ferry__msg_t *msg)
+{
+    ferry__range_t r;
+
+    if (msg->n_ranges != op->n + (op->stage != NULL ? 1 : 0)) {
+        return false;
+    }
+    for (uint32_t i = 0; i < op->n; i++) {
+        r = ferry__msg_range(msg, i);
+        if (r.address != (uint64_t)(uintptr_t)op->descs[i].ptr || r.length != op->descs[i].size) {
+            return false;
+        }
+    }
+    if (op->stage != NULL) {
+        ferry__range_t block = ferry__staged_passive_block(op);
+        r = ferry__msg_range(msg, (uint32_t)op->n);
+        return r.address == block.address && r.length == block.length;
+    }
+    return true;
+}
+
 /* Why a claim is refused, or FERRY_OK to admit it. */
 static ferry_status_t admission(const ferry_op_t *op, const ferry__msg_t *msg)
 {
@@ -417,6 +440,9 @@ static ferry_status_t admission(const ferry_op_t *op, const ferry__msg_t *msg)
     }
     if (wants_write != (op->kind == FERRY__KIND_WRITABLE)) {
         return FERRY_ERR_INVALID_ARGUMENT;
+    }
+    if (!claim_names_own_memory(op, msg)) {
+        return FERRY_ERR_INVALID_ARGUMENT; /* metadata that is not op's */
     }
     switch (op->state) {
     case FERRY__OP_READY:

@@ -535,6 +535,13 @@ ferry_status_t ferry__staged_passive_create(ferry_op_t *op, Ferry__V1__Staging *
     return FERRY_OK;
 }
 
+ferry__range_t ferry__staged_passive_block(const ferry_op_t *op)
+{
+    const struct ferry__stage *s = op->stage;
+
+    return (ferry__range_t){(uint64_t)(uintptr_t)s->slots, (uint64_t)s->lanes * s->slot_size};
+}
+
 static void send_credit(ferry_op_t *op, uint32_t slot, ferry_status_t status)
 {
     ferry__msg_t msg = {0};

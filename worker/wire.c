@@ -3,17 +3,19 @@
  * FERRY__AM_ID). One fixed little-endian layout for every type:
  *
  *   offset  size  field
- *   0       4     magic "FRY3" (0x33595246 read as little-endian u32)
+ *   0       4     magic "FRY4" (0x34595246 read as little-endian u32)
  *   4       1     type: 1 CLAIM, 2 ADMIT, 3 NOTICE, 4 CHUNK, 5 CREDIT
  *   5       1     op_kind (CLAIM: 2 write, 3 read; else 0)
- *   6       2     reserved, 0
+ *   6       2     CLAIM: how many ranges (1..FERRY__CLAIM_RANGES_MAX); else 0
  *   8       16    notification key of the passive operation
  *   24      8     active operation id (CLAIM, ADMIT, CREDIT; else 0)
  *   32      4     status, a ferry_status_t (ADMIT, NOTICE, CREDIT; else 0)
- *   36      4     tail length (CLAIM: the address's; CHUNK, CREDIT: 24; else 0)
+ *   36      4     tail length (CLAIM: 16 per range + the address's;
+ *                 CHUNK, CREDIT: 24; else 0)
  *   40      16    admission nonce (ADMIT that admits, NOTICE, CHUNK; else 0)
  *   56      16    claim nonce (CLAIM, ADMIT, CREDIT; else 0)
- *   72      ...   the tail: CLAIM: the claimant's UCX worker address;
+ *   72      ...   the tail: CLAIM: its ranges (u64 address, u64 length
+ *                 each), then the claimant's UCX worker address;
  *                 CHUNK, CREDIT: the chunk record below
  *
  * The chunk record (the staged path, staged.c): u32 slot, u32 descriptor
@@ -34,9 +36,21 @@
  * (anyone holding the metadata) and guesses the active operation's id (they
  * count up) can neither refuse a claim for the passive side nor lend a
  * staging slot that was never filled. Knowing the key is enough to claim,
- * never to complete or to steer a transfer. "FRY1" (no admission nonce)
- * and "FRY2" (no claim nonce) messages are refused as malformed, as is a
- * CLAIM without a claim nonce.
+ * never to complete or to steer a transfer.
+ *
+ * A CLAIM also names the memory the claimant will write or read: the
+ * ranges of the metadata it holds (every descriptor, then the staging
+ * block), and the passive side admits it only when they are exactly its
+ * own. Metadata is its registrar's word, and a writer puts to the
+ * addresses it names: over transports that resolve a remote address in the
+ * target process (TCP, CMA, and UCX's self transport, which a connector
+ * reaches when the metadata names its own worker or another connector of
+ * its process), nothing but this check stops edited metadata from making
+ * an honest writer write into an honest target's memory outside the
+ * operation (its own memory, when the target is itself), or an honest
+ * reader read from there. "FRY1" (no admission nonce), "FRY2" (no claim
+ * nonce) and "FRY3" (no ranges) messages are refused as malformed, as is a
+ * CLAIM without a claim nonce or without ranges.
  *
  * The decoder trusts nothing: every length is checked against the buffer
  * before it is read, the address it returns is opaque bytes (the passive
@@ -53,10 +67,11 @@
 
 #include "worker/ferry_int.h"
 
-#define WIRE_MAGIC  0x33595246u
+#define WIRE_MAGIC  0x34595246u
 #define WIRE_FIXED  72u
 #define WIRE_MAXADR (64u * 1024u)
 #define WIRE_CHUNK  24u
+#define WIRE_RANGE  16u
 
 static void put_u32(uint8_t *p, uint32_t v)
 {
@@ -155,7 +170,9 @@ static bool has_chunk(ferry__msg_type_t type)
 
 ferry_status_t ferry__msg_encode(const ferry__msg_t *msg, uint8_t **buf_p, size_t *len_p)
 {
-    size_t tail = has_chunk(msg->type) ? WIRE_CHUNK : msg->address_len;
+    bool claim = msg->type == FERRY__MSG_CLAIM;
+    size_t ranges = claim ? (size_t)msg->n_ranges * WIRE_RANGE : 0;
+    size_t tail = has_chunk(msg->type) ? WIRE_CHUNK : ranges + msg->address_len;
     size_t len = WIRE_FIXED + tail;
     uint8_t *buf = calloc(1, len);
 
@@ -165,6 +182,10 @@ ferry_status_t ferry__msg_encode(const ferry__msg_t *msg, uint8_t **buf_p, size_
     put_u32(buf, WIRE_MAGIC);
     buf[4] = (uint8_t)msg->type;
     buf[5] = msg->op_kind;
+    if (claim) {
+        buf[6] = (uint8_t)msg->n_ranges;
+        buf[7] = (uint8_t)(msg->n_ranges >> 8);
+    }
     memcpy(buf + 8, msg->key, FERRY__KEY_LEN);
     put_u64(buf + 24, msg->op_id);
     put_u32(buf + 32, (uint32_t)msg->status);
@@ -176,26 +197,64 @@ ferry_status_t ferry__msg_encode(const ferry__msg_t *msg, uint8_t **buf_p, size_
         put_u32(buf + WIRE_FIXED + 4, msg->desc);
         put_u64(buf + WIRE_FIXED + 8, msg->offset);
         put_u64(buf + WIRE_FIXED + 16, msg->len);
-    } else if (msg->address_len > 0) {
-        memcpy(buf + WIRE_FIXED, msg->address, msg->address_len);
+    } else if (msg->ranges_wire != NULL) {
+        memcpy(buf + WIRE_FIXED, msg->ranges_wire, ranges); /* a decoded CLAIM, again */
+    } else {
+        for (size_t i = 0; i < ranges / WIRE_RANGE; i++) {
+            put_u64(buf + WIRE_FIXED + i * WIRE_RANGE, msg->ranges[i].address);
+            put_u64(buf + WIRE_FIXED + i * WIRE_RANGE + 8, msg->ranges[i].length);
+        }
+    }
+    if (!has_chunk(msg->type) && msg->address_len > 0) {
+        memcpy(buf + WIRE_FIXED + ranges, msg->address, msg->address_len);
     }
     *buf_p = buf;
     *len_p = len;
     return FERRY_OK;
 }
 
+/* A CLAIM's tail: its ranges, then an address of 1..WIRE_MAXADR bytes. */
+static ferry_status_t decode_claim_tail(const uint8_t *buf, uint32_t tail, ferry__msg_t *msg)
+{
+    uint32_t n = (uint32_t)buf[6] | (uint32_t)buf[7] << 8;
+
+    if (n == 0 || n > FERRY__CLAIM_RANGES_MAX) {
+        return ferry__fail(FERRY_ERR_PROTOCOL, "wire: claim with %u ranges (1 to %u)", n,
+                           (unsigned)FERRY__CLAIM_RANGES_MAX);
+    }
+    if (tail <= n * WIRE_RANGE) {
+        return ferry__fail(FERRY_ERR_PROTOCOL, "wire: claim without a worker address");
+    }
+    if (tail - n * WIRE_RANGE > WIRE_MAXADR) {
+        return ferry__fail(FERRY_ERR_PROTOCOL, "wire: claim with a %u-byte worker address",
+                           tail - n * WIRE_RANGE);
+    }
+    msg->n_ranges = n;
+    msg->ranges_wire = buf + WIRE_FIXED;
+    msg->address = buf + WIRE_FIXED + n * WIRE_RANGE;
+    msg->address_len = tail - n * WIRE_RANGE;
+    return FERRY_OK;
+}
+
+ferry__range_t ferry__msg_range(const ferry__msg_t *msg, uint32_t i)
+{
+    const uint8_t *p = msg->ranges_wire + (size_t)i * WIRE_RANGE;
+
+    return (ferry__range_t){get_u64(p), get_u64(p + 8)};
+}
+
 ferry_status_t ferry__msg_decode(const uint8_t *buf, size_t len, ferry__msg_t *msg)
 {
-    uint32_t address_len;
+    uint32_t tail;
 
     if (len < WIRE_FIXED || get_u32(buf) != WIRE_MAGIC) {
         return ferry__fail(FERRY_ERR_PROTOCOL, "wire: %zu-byte message without a valid header",
                            len);
     }
-    address_len = get_u32(buf + 36);
-    if (address_len > WIRE_MAXADR || len != WIRE_FIXED + address_len) {
-        return ferry__fail(FERRY_ERR_PROTOCOL, "wire: length %zu does not match address length %u",
-                           len, address_len);
+    tail = get_u32(buf + 36);
+    if (tail > WIRE_MAXADR + WIRE_RANGE * FERRY__CLAIM_RANGES_MAX || len != WIRE_FIXED + tail) {
+        return ferry__fail(FERRY_ERR_PROTOCOL, "wire: length %zu does not match tail length %u",
+                           len, tail);
     }
     memset(msg, 0, sizeof(*msg));
     msg->type = (ferry__msg_type_t)buf[4];
@@ -205,13 +264,9 @@ ferry_status_t ferry__msg_decode(const uint8_t *buf, size_t len, ferry__msg_t *m
     /* Each type's tail is exactly what it carries: CHUNK and CREDIT their
      * 24-byte record, ADMIT and NOTICE nothing (a tail there would only be
      * queued whole, and fill the inbox's byte bound for everyone). */
-    if (msg->type == FERRY__MSG_CLAIM ? address_len == 0
-                                      : address_len != (has_chunk(msg->type) ? WIRE_CHUNK : 0)) {
-        if (msg->type == FERRY__MSG_CLAIM) {
-            return ferry__fail(FERRY_ERR_PROTOCOL, "wire: claim without a worker address");
-        }
+    if (msg->type != FERRY__MSG_CLAIM && tail != (has_chunk(msg->type) ? WIRE_CHUNK : 0)) {
         return ferry__fail(FERRY_ERR_PROTOCOL, "wire: message type %u with a %u-byte tail", buf[4],
-                           address_len);
+                           tail);
     }
     msg->op_kind = buf[5];
     memcpy(msg->key, buf + 8, FERRY__KEY_LEN);
@@ -219,17 +274,17 @@ ferry_status_t ferry__msg_decode(const uint8_t *buf, size_t len, ferry__msg_t *m
     msg->status = ferry__msg_peer_status((int32_t)get_u32(buf + 32));
     memcpy(msg->nonce, buf + 40, FERRY__NONCE_LEN);
     memcpy(msg->claim_nonce, buf + 56, FERRY__NONCE_LEN);
-    if (msg->type == FERRY__MSG_CLAIM && ferry__nonce_is_zero(msg->claim_nonce)) {
-        return ferry__fail(FERRY_ERR_PROTOCOL, "wire: claim without a claim nonce");
+    if (msg->type == FERRY__MSG_CLAIM) {
+        if (ferry__nonce_is_zero(msg->claim_nonce)) {
+            return ferry__fail(FERRY_ERR_PROTOCOL, "wire: claim without a claim nonce");
+        }
+        return decode_claim_tail(buf, tail, msg);
     }
     if (has_chunk(msg->type)) {
         msg->slot = get_u32(buf + WIRE_FIXED);
         msg->desc = get_u32(buf + WIRE_FIXED + 4);
         msg->offset = get_u64(buf + WIRE_FIXED + 8);
         msg->len = get_u64(buf + WIRE_FIXED + 16);
-        return FERRY_OK;
     }
-    msg->address = address_len > 0 ? buf + WIRE_FIXED : NULL;
-    msg->address_len = address_len;
     return FERRY_OK;
 }

@@ -53,8 +53,10 @@
 #define RSS_BOUND       (50u << 20)
 
 /* The wire format, written out here on purpose (see worker/wire.c). */
-#define W_MAGIC      0x33595246u /* "FRY3" */
+#define W_MAGIC      0x34595246u /* "FRY4" */
 #define W_FIXED      72u
+#define W_RANGE      16u /* a CLAIM's range: u64 address, u64 length */
+#define W_RANGES     2u  /* the victim's: its descriptor, and its staging block */
 #define W_CHUNK_TAIL 24u /* u32 slot, u32 descriptor, u64 offset, u64 length */
 enum { W_CLAIM = 1, W_ADMIT = 2, W_NOTICE = 3, W_CHUNK = 4, W_CREDIT = 5 };
 #define STAGED_CHUNK 1024u /* the victim's staged writables: 4 chunks, 2 slots */
@@ -170,6 +172,9 @@ typedef struct {
     uint8_t key[FERRY__KEY_LEN];
     uint8_t *address; /* the victim's worker address, from the metadata */
     size_t address_len;
+    /* The ranges its metadata names, as a CLAIM carries them. */
+    uint8_t ranges[W_RANGES * W_RANGE];
+    uint16_t n_ranges;
 } victim_t;
 
 static void victim_spawn(victim_t *v)
@@ -180,8 +185,18 @@ static void victim_spawn(victim_t *v)
     assert_int_equal(ferry_connector_create(NULL, &honest), FERRY_OK);
 }
 
+static void put_range(victim_t *v, uint64_t address, uint64_t length)
+{
+    uint8_t *p = v->ranges + v->n_ranges++ * W_RANGE;
+
+    for (int i = 0; i < 8; i++) {
+        p[i] = (uint8_t)(address >> (8 * i));
+        p[8 + i] = (uint8_t)(length >> (8 * i));
+    }
+}
+
 /* Asks for a fresh writable (what: 'N', or 'T' staged) and keeps its
- * metadata, key and address. */
+ * metadata, key, address and ranges. */
 static void victim_new_kind(victim_t *v, char what)
 {
     Ferry__V1__RdmaMetadata *md;
@@ -195,6 +210,14 @@ static void victim_new_kind(victim_t *v, char what)
     v->address_len = md->worker_address.len;
     v->address = malloc(v->address_len);
     memcpy(v->address, md->worker_address.data, v->address_len);
+    assert_in_range(md->n_descriptors + (md->staging != NULL), 1, W_RANGES);
+    v->n_ranges = 0;
+    for (size_t i = 0; i < md->n_descriptors; i++) {
+        put_range(v, md->descriptors[i]->address, md->descriptors[i]->size);
+    }
+    if (md->staging != NULL) {
+        put_range(v, md->staging->address, md->staging->slot_size * md->staging->slots);
+    }
     ferry__metadata_free(md);
 }
 
@@ -365,36 +388,41 @@ static void put32(uint8_t *p, uint32_t v)
     }
 }
 
-/* Lays out one message as wire.c documents it; *len_p is its size. */
-static uint8_t *hand_built(uint8_t type, const uint8_t *key, int32_t status, const uint8_t *nonce,
-                           const uint8_t *address, size_t address_len, size_t *len_p)
+/* Lays out one message as wire.c documents it; *len_p is its size. A
+ * CLAIM names v's ranges (those of its latest operation). */
+static uint8_t *hand_built(uint8_t type, const victim_t *v, const uint8_t *key, int32_t status,
+                           const uint8_t *nonce, const uint8_t *address, size_t address_len,
+                           size_t *len_p)
 {
-    uint8_t *m = calloc(1, W_FIXED + address_len);
+    size_t ranges = type == W_CLAIM ? v->n_ranges * W_RANGE : 0;
+    uint8_t *m = calloc(1, W_FIXED + ranges + address_len);
 
     put32(m, W_MAGIC);
     m[4] = type;
     m[5] = type == W_CLAIM ? FERRY__KIND_WRITE : 0;
+    m[6] = type == W_CLAIM ? (uint8_t)v->n_ranges : 0;
     memcpy(m + 8, key, FERRY__KEY_LEN);
     m[24] = type == W_CLAIM ? 0x77 : 0; /* an active op id */
     put32(m + 32, (uint32_t)status);
-    put32(m + 36, (uint32_t)address_len);
+    put32(m + 36, (uint32_t)(ranges + address_len));
     if (nonce != NULL) {
         memcpy(m + 40, nonce, FERRY__NONCE_LEN);
     }
     if (type == W_CLAIM) {
         memset(m + 56, 0xc1, FERRY__NONCE_LEN); /* a claim nonce */
+        memcpy(m + W_FIXED, v->ranges, ranges);
     }
     if (address_len > 0) {
-        memcpy(m + W_FIXED, address, address_len);
+        memcpy(m + W_FIXED + ranges, address, address_len);
     }
-    *len_p = W_FIXED + address_len;
+    *len_p = W_FIXED + ranges + address_len;
     return m;
 }
 
 static void send_notice(hostile_t *h, const uint8_t *key, int32_t status, const uint8_t *nonce)
 {
     size_t len;
-    uint8_t *m = hand_built(W_NOTICE, key, status, nonce, NULL, 0, &len);
+    uint8_t *m = hand_built(W_NOTICE, NULL, key, status, nonce, NULL, 0, &len);
 
     hostile_send(h, m, len, false);
     free(m);
@@ -430,11 +458,11 @@ static void hostile_await_credits(hostile_t *h, unsigned n)
     assert_true(h->credits >= n);
 }
 
-static void send_claim(hostile_t *h, const uint8_t *key, const uint8_t *address, size_t address_len,
-                       bool ask_reply)
+static void send_claim(hostile_t *h, const victim_t *v, const uint8_t *key, const uint8_t *address,
+                       size_t address_len, bool ask_reply)
 {
     size_t len;
-    uint8_t *m = hand_built(W_CLAIM, key, 0, NULL, address, address_len, &len);
+    uint8_t *m = hand_built(W_CLAIM, v, key, 0, NULL, address, address_len, &len);
 
     hostile_send(h, m, len, ask_reply);
     free(m);
@@ -534,9 +562,9 @@ static void test_garbage_address_claim(void **state)
     memset(garbage, 0xa5, sizeof(garbage)); /* trips an assertion in UCX's address parser */
     assert_int_equal(getrandom(stranger_key, sizeof(stranger_key), 0),
                      (ssize_t)sizeof(stranger_key));
-    send_claim(&h, stranger_key, garbage, sizeof(garbage), true);
-    send_claim(&h, stranger_key, garbage, sizeof(garbage), false);
-    send_claim(&h, v.key, garbage, 1, false); /* right key, no reply endpoint */
+    send_claim(&h, &v, stranger_key, garbage, sizeof(garbage), true);
+    send_claim(&h, &v, stranger_key, garbage, sizeof(garbage), false);
+    send_claim(&h, &v, v.key, garbage, 1, false); /* right key, no reply endpoint */
     rep = victim_until(&v, refused_at_least, 3);
     assert_int_equal(rep.claims_refused, 3);
     assert_int_equal(rep.endpoints_created, 0);
@@ -550,7 +578,7 @@ static void test_garbage_address_claim(void **state)
 
     /* The right key with a garbage address: admitted, nothing built. */
     victim_new(&v);
-    send_claim(&h, v.key, garbage, sizeof(garbage), true);
+    send_claim(&h, &v, v.key, garbage, sizeof(garbage), true);
     hostile_await_answers(&h, 2);
     assert_int_equal(h.last_answer[4], W_ADMIT);
     assert_int_equal(h.last_answer[32] | h.last_answer[33] | h.last_answer[34], 0);
@@ -568,10 +596,65 @@ static void test_garbage_address_claim(void **state)
     victim_quit(&v);
 }
 
+/* The status of the latest answer h received. */
+static int32_t answer_status(const hostile_t *h)
+{
+    const uint8_t *p = h->last_answer + 32;
+
+    return (int32_t)(p[0] | p[1] << 8 | p[2] << 16 | (uint32_t)p[3] << 24);
+}
+
+/* A CLAIM with the right key whose ranges are not the operation's (its
+ * metadata was edited: another address, a longer range, a range too many)
+ * is refused INVALID_ARGUMENT and admits nobody; the rightful writer then
+ * completes the operation. Before, any claim with the key was admitted, and
+ * an honest writer holding edited metadata put wherever it said: over TCP
+ * or CMA into the target's process outside the operation, over UCX's self
+ * transport into its own. */
+static void test_claim_naming_other_memory_refused(void **state)
+{
+    victim_t v;
+    hostile_t h;
+    report_t rep;
+    uint8_t right[W_RANGE];
+    (void)state;
+
+    victim_spawn(&v);
+    victim_new(&v);
+    hostile_open(&h, &v);
+    assert_int_equal(v.n_ranges, 1);
+    memcpy(right, v.ranges, W_RANGE);
+    for (unsigned i = 0; i < 3; i++) {
+        memcpy(v.ranges, right, W_RANGE);
+        v.n_ranges = 1;
+        if (i == 0) {
+            v.ranges[1] ^= 0x10; /* the address, 4 KiB off */
+        } else if (i == 1) {
+            v.ranges[8] += 1; /* the length, one byte longer */
+        } else {
+            memcpy(v.ranges + W_RANGE, right, W_RANGE); /* the range twice */
+            v.n_ranges = 2;
+        }
+        send_claim(&h, &v, v.key, (const uint8_t *)h.own_address, h.own_address_len, true);
+        hostile_await_answers(&h, i + 1);
+        assert_int_equal(h.last_answer[4], W_ADMIT);
+        assert_int_equal(answer_status(&h), FERRY_ERR_INVALID_ARGUMENT);
+    }
+    rep = victim_ask(&v, 'S');
+    assert_int_equal(rep.claims_refused, 3);
+    assert_int_equal(rep.op_status, FERRY_OP_STATUS_INITIALIZED); /* nobody admitted */
+    assert_honest_completes(&v);
+    hostile_close(&h);
+    victim_quit(&v);
+}
+
 /* The admitted writer's error NOTICE ends the writable with a code a peer
  * may report: a number outside the status table as PROTOCOL, EXPIRED (the
  * writer's lease, not ours) as PEER_FAILED. Before, -1000 became the
- * writable's error code. */
+ * writable's error code. TIMED_OUT (the writer's own deadline) ends it
+ * PEER_FAILED too: before, the writable ended ERRORED with TIMED_OUT, which
+ * its wait returned at once, the code of a wait whose time ran out, and
+ * the Python binding and ferry-worker waited on it in a busy loop. */
 static void test_notice_status_outside_the_table(void **state)
 {
     static const struct {
@@ -580,6 +663,7 @@ static void test_notice_status_outside_the_table(void **state)
     } cases[] = {
         {-1000, FERRY_ERR_PROTOCOL},
         {FERRY_ERR_EXPIRED, FERRY_ERR_PEER_FAILED},
+        {FERRY_ERR_TIMED_OUT, FERRY_ERR_PEER_FAILED},
         {FERRY_ERR_CANCELLED, FERRY_ERR_CANCELLED}, /* what a writer may report */
     };
     victim_t v;
@@ -594,7 +678,7 @@ static void test_notice_status_outside_the_table(void **state)
         if (i > 0) {
             victim_new(&v);
         }
-        send_claim(&h, v.key, (const uint8_t *)h.own_address, h.own_address_len, true);
+        send_claim(&h, &v, v.key, (const uint8_t *)h.own_address, h.own_address_len, true);
         hostile_await_answers(&h, i + 1);
         assert_int_equal(h.last_answer[32] | h.last_answer[33] | h.last_answer[34], 0); /* OK */
         send_notice(&h, v.key, cases[i].sent, h.last_answer + 40); /* the admitted one's */
@@ -613,7 +697,7 @@ static void claim_staged(victim_t *v, hostile_t *h, uint8_t *nonce)
     unsigned answers = h->answers;
 
     victim_new_kind(v, 'T');
-    send_claim(h, v->key, (const uint8_t *)h->own_address, h->own_address_len, true);
+    send_claim(h, v, v->key, (const uint8_t *)h->own_address, h->own_address_len, true);
     hostile_await_answers(h, answers + 1);
     assert_int_equal(h->last_answer[32] | h->last_answer[33] | h->last_answer[34], 0); /* OK */
     memcpy(nonce, h->last_answer + 40, FERRY__NONCE_LEN);
@@ -670,7 +754,7 @@ static report_t send_bogus_claims(hostile_t *h, victim_t *v, uint32_t first, uin
     for (uint32_t i = first; i < first + n; i++) {
         assert_int_equal(getrandom(key, sizeof(key), 0), (ssize_t)sizeof(key));
         memcpy(address + h->own_address_len, &i, sizeof(i));
-        send_claim(h, key, address, h->own_address_len + sizeof(i), true);
+        send_claim(h, v, key, address, h->own_address_len + sizeof(i), true);
         ucp_worker_progress(h->worker); /* take the refusals as they come */
     }
     hostile_await_answers(h, first + n);
@@ -719,7 +803,8 @@ static void test_unread_refusals_bounded(void **state)
     hostile_open(&h, &v);
     send_bogus_claims(&h, &v, 0, BOGUS_WARMUP);
     before = victim_ask(&v, 'S');
-    m = hand_built(W_CLAIM, key, 0, NULL, (const uint8_t *)h.own_address, h.own_address_len, &len);
+    m = hand_built(W_CLAIM, &v, key, 0, NULL, (const uint8_t *)h.own_address, h.own_address_len,
+                   &len);
     for (uint32_t i = 0; i < UNREAD_CLAIMS; i++) {
         memcpy(m + 8, &i, sizeof(i)); /* a key of its own (never a live one) */
         hostile_send_unread(&h, m, len);
@@ -755,7 +840,7 @@ static void test_forged_flood_takes_no_inbox_slot(void **state)
     victim_spawn(&v);
     victim_new(&v);
     hostile_open(&h, &v);
-    m = hand_built(W_NOTICE, key, FERRY_OK, NULL, NULL, 0, &len);
+    m = hand_built(W_NOTICE, NULL, key, FERRY_OK, NULL, NULL, 0, &len);
     for (uint32_t i = 0; i < FLOOD_NOTICES; i++) {
         memcpy(m + 8, &i, sizeof(i)); /* a key of its own (never a live one) */
         hostile_send_unread(&h, m, len);
@@ -886,6 +971,7 @@ static ucs_status_t fake_passive_am_cb(void *arg, const void *header, size_t hea
     memcpy(f->answer, claim, W_FIXED); /* magic, key, op id, claim nonce */
     f->answer[4] = W_ADMIT;
     f->answer[5] = 0;
+    f->answer[6] = f->answer[7] = 0; /* the claim's range count */
     put32(f->answer + 32, (uint32_t)f->admit_status);
     put32(f->answer + 36, 0);
     if (f->forge_first) {
@@ -1041,9 +1127,11 @@ static void test_admit_without_the_claim_nonce_is_ignored(void **state)
 
 /* A peer's status is a number it chose: one outside the status table ends
  * the write as PROTOCOL, and a real code about the peer's own affairs (its
- * lease expired, its caller misused the API) as PEER_FAILED, never as
- * itself (the coordinator client would report and store it as this side's).
- * Before, any negative number became the operation's error code. */
+ * lease expired, its caller misused the API, its deadline passed) as
+ * PEER_FAILED, never as itself (the coordinator client would report and
+ * store it as this side's, and a TIMED_OUT would pass for a wait whose time
+ * ran out). Before, any negative number became the operation's error
+ * code. */
 static void test_admit_status_outside_the_table(void **state)
 {
     static const struct {
@@ -1054,6 +1142,7 @@ static void test_admit_status_outside_the_table(void **state)
         {INT32_MIN, FERRY_ERR_PROTOCOL},
         {FERRY_ERR_EXPIRED, FERRY_ERR_PEER_FAILED},
         {FERRY_ERR_MISUSE, FERRY_ERR_PEER_FAILED},
+        {FERRY_ERR_TIMED_OUT, FERRY_ERR_PEER_FAILED},
         {FERRY_ERR_NOT_FOUND, FERRY_ERR_NOT_FOUND}, /* a refusal it may give */
     };
     (void)state;
@@ -1539,6 +1628,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_forged_notice_ignored),
         cmocka_unit_test(test_stranger_error_notice_ignored),
         cmocka_unit_test(test_garbage_address_claim),
+        cmocka_unit_test(test_claim_naming_other_memory_refused),
         cmocka_unit_test(test_notice_status_outside_the_table),
         cmocka_unit_test(test_staged_chunks_each_once),
         cmocka_unit_test(test_bogus_claims_bounded),

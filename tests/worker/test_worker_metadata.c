@@ -265,6 +265,7 @@ static void test_missing_fields(void **state)
 
 static void test_wire_round_trip(void **state)
 {
+    static const ferry__range_t ranges[] = {{0x7f0000001000ull, 4096}, {0x7f0000100000ull, 1}};
     uint8_t address[100];
     ferry__msg_t in = {0}, out;
     uint8_t *buf;
@@ -281,9 +282,16 @@ static void test_wire_round_trip(void **state)
     memset(in.claim_nonce, 0xc1, sizeof(in.claim_nonce));
     in.address = address;
     in.address_len = sizeof(address);
+    in.ranges = ranges;
+    in.n_ranges = 2;
     assert_int_equal(ferry__msg_encode(&in, &buf, &len), FERRY_OK);
     assert_int_equal(ferry__msg_decode(buf, len, &out), FERRY_OK);
     assert_int_equal(out.type, FERRY__MSG_CLAIM);
+    assert_int_equal(out.n_ranges, 2);
+    for (uint32_t i = 0; i < 2; i++) {
+        assert_int_equal(ferry__msg_range(&out, i).address, ranges[i].address);
+        assert_int_equal(ferry__msg_range(&out, i).length, ranges[i].length);
+    }
     assert_memory_equal(out.key, in.key, sizeof(in.key));
     assert_int_equal(out.op_id, in.op_id);
     assert_int_equal(out.op_kind, FERRY__KIND_WRITE);
@@ -293,7 +301,8 @@ static void test_wire_round_trip(void **state)
     assert_memory_equal(out.nonce, in.nonce, sizeof(in.nonce));
     assert_memory_equal(out.claim_nonce, in.claim_nonce, sizeof(in.claim_nonce));
     /* Truncation, a bad magic, an unknown type, a claim without a claim
-     * nonce: all PROTOCOL. */
+     * nonce, without ranges or with more than a claim can name: all
+     * PROTOCOL. */
     assert_int_equal(ferry__msg_decode(buf, len - 1, &out), FERRY_ERR_PROTOCOL);
     assert_int_equal(ferry__msg_decode(buf, 10, &out), FERRY_ERR_PROTOCOL);
     buf[4] = 9;
@@ -303,18 +312,26 @@ static void test_wire_round_trip(void **state)
     assert_int_equal(ferry__msg_decode(buf, len, &out), FERRY_ERR_PROTOCOL);
     buf[56] = 1;
     assert_int_equal(ferry__msg_decode(buf, len, &out), FERRY_OK);
+    buf[6] = 0;
+    assert_int_equal(ferry__msg_decode(buf, len, &out), FERRY_ERR_PROTOCOL);
+    buf[6] = (uint8_t)(FERRY__CLAIM_RANGES_MAX + 1);
+    buf[7] = (uint8_t)((FERRY__CLAIM_RANGES_MAX + 1) >> 8);
+    assert_int_equal(ferry__msg_decode(buf, len, &out), FERRY_ERR_PROTOCOL);
+    buf[6] = 2;
+    buf[7] = 0;
     buf[0] ^= 1;
     assert_int_equal(ferry__msg_decode(buf, len, &out), FERRY_ERR_PROTOCOL);
     free(buf);
 }
 
-/* Each type's tail is exactly what it carries: a CLAIM an address (any
- * length but none), CHUNK and CREDIT their 24-byte record, ADMIT and NOTICE
+/* Each type's tail is exactly what it carries: a CLAIM its ranges and an
+ * address (any length but none), CHUNK and CREDIT their 24-byte record, ADMIT and NOTICE
  * nothing. An ADMIT or NOTICE with a tail of up to 64 KiB was taken, and
  * queued whole: a few peers filled the inbox's byte bound for everyone. */
 static void test_wire_tails(void **state)
 {
     static const ferry__msg_type_t bare[] = {FERRY__MSG_ADMIT, FERRY__MSG_NOTICE};
+    static const ferry__range_t range = {0x7f0000001000ull, 4096};
     uint8_t tail[100];
     ferry__msg_t in = {0}, out;
     uint8_t *buf;
@@ -345,13 +362,16 @@ static void test_wire_tails(void **state)
     buf[36] = 0;
     assert_int_equal(ferry__msg_decode(buf, 72, &out), FERRY_ERR_PROTOCOL);
     free(buf);
-    /* A CLAIM: an address of any length, but one. */
+    /* A CLAIM: an address of any length, but one, after its ranges. */
     in.type = FERRY__MSG_CLAIM;
     in.address = tail;
     in.address_len = 24;
+    in.ranges = &range;
+    in.n_ranges = 1;
     assert_int_equal(ferry__msg_encode(&in, &buf, &len), FERRY_OK);
     assert_int_equal(ferry__msg_decode(buf, len, &out), FERRY_OK);
     assert_int_equal(out.address_len, 24);
+    assert_memory_equal(out.address, tail, 24);
     free(buf);
     in.address_len = 0;
     assert_int_equal(ferry__msg_encode(&in, &buf, &len), FERRY_OK);

@@ -848,6 +848,78 @@ static void assert_forged_write_refused(world_t *w, uint8_t *src, const uint8_t 
     assert_non_null(strstr(ferry_last_error_message(), "descriptors[0]"));
 }
 
+/* Begins a write into (or a read from) the forged metadata's operation
+ * with c's local 4 KiB; it must fail INVALID_ARGUMENT, at begin
+ * (segments.c) or at the claim (the passive side's admission). */
+static void assert_edited_refused(ferry_connector_t *c, bool write, uint8_t *local,
+                                  const uint8_t *forged, size_t forged_len)
+{
+    ferry_descriptor_t l = desc(local, 4096);
+    ferry_op_t *active = NULL;
+    ferry_status_t status = write ? ferry_write_begin(c, &l, 1, forged, forged_len, &active)
+                                  : ferry_read_begin(c, &l, 1, forged, forged_len, &active);
+
+    if (status == FERRY_OK) {
+        status = ferry_op_wait(active, WAIT_MS);
+        ferry_op_destroy(active);
+    }
+    assert_int_equal(status, FERRY_ERR_INVALID_ARGUMENT);
+}
+
+/* Metadata edited to name other memory of the target's process than its
+ * operation's: here a heap buffer of this very process, the target being
+ * another connector of it (tx to rx) or the writer's own connector (rx to
+ * rx). Over transports that resolve a remote address in the target's
+ * process (TCP, CMA, UCX's self transport) only the passive side's
+ * admission can stop that put, and it refuses a claim whose ranges are not
+ * its operation's. The buffer and the operation's memory keep their bytes,
+ * and an honest transfer on the same operation then completes. Before, the
+ * buffer was overwritten (or read) and both sides ended COMPLETE. */
+static void test_edited_metadata_cannot_steer_a_transfer(void **state)
+{
+    world_t *w = *state;
+    ferry_connector_t *actives[2] = {w->tx, w->rx};
+    uint8_t *dst = malloc(4096), *canary = malloc(4096), *local = malloc(4096), *forged;
+    ferry_descriptor_t d = desc(dst, 4096), l = desc(local, 4096);
+    ferry_op_t *passive, *active;
+    const uint8_t *md;
+    size_t md_len, forged_len;
+
+    for (int k = 0; k < 2; k++) {
+        for (int write = 0; write < 2; write++) {
+            memset(canary, 0x5a, 4096);
+            memset(dst, 0, 4096);
+            memset(local, 0, 4096);
+            fill(write ? local : dst, 4096, (uint32_t)(31 + k));
+            assert_int_equal(write ? ferry_writable_create(w->rx, &d, 1, &passive)
+                                   : ferry_readable_create(w->rx, &d, 1, &passive),
+                             FERRY_OK);
+            assert_int_equal(ferry_op_metadata(passive, &md, &md_len), FERRY_OK);
+            forged = forge(md, md_len, (uint64_t)(uintptr_t)canary, NULL, 0, &forged_len);
+            assert_edited_refused(actives[k], write, local, forged, forged_len);
+            free(forged);
+            assert_filled(canary, 4096, 0x5a);
+            if (write) {
+                assert_filled(dst, 4096, 0);
+            } else {
+                assert_filled(local, 4096, 0);
+            }
+
+            assert_int_equal(write ? ferry_write_begin(actives[k], &l, 1, md, md_len, &active)
+                                   : ferry_read_begin(actives[k], &l, 1, md, md_len, &active),
+                             FERRY_OK);
+            assert_int_equal(ferry_op_wait(active, WAIT_MS), FERRY_OK);
+            assert_int_equal(ferry_op_wait(passive, WAIT_MS), FERRY_OK);
+            assert_pattern(write ? dst : local, 4096, (uint32_t)(31 + k));
+            ferry_op_destroy(active);
+            ferry_op_destroy(passive);
+        }
+    }
+    free(local);
+    free(canary);
+    free(dst);
+}
+
 /* A passive side on this host whose memory UCX maps here (Ferry-allocated,
  * a shared-memory segment) and whose metadata names addresses outside that
  * segment, or the writer's own segment: UCX's shared-memory transports
@@ -1003,6 +1075,8 @@ int main(int argc, char **argv)
         cmocka_unit_test_setup_teardown(test_alloc_transfer, setup, teardown),
         cmocka_unit_test_setup_teardown(test_many_ops_on_one_region, setup, teardown),
         cmocka_unit_test_setup_teardown(test_hostile_key_cannot_reach_the_writer, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_edited_metadata_cannot_steer_a_transfer, setup,
+                                        teardown),
         cmocka_unit_test(test_late_admission_gets_a_notice),
     };
     (void)argc;
