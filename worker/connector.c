@@ -67,6 +67,11 @@
 #include "worker/ferry_int.h"
 
 #define POLL_SAFETY_MS 100
+/* ferry_connector_progress gives the caller's thread back after this long
+ * even while work keeps coming (a flood of messages, say), with the fd left
+ * readable, so that the caller's poll returns at once and it calls again:
+ * its own work gets a turn between slices. */
+#define PROGRESS_SLICE_NS (10u * 1000u * 1000u)
 
 void ferry__lock(ferry_connector_t *c)
 {
@@ -1049,6 +1054,8 @@ ferry_status_t ferry_connector_get_fd(ferry_connector_t *c, int *fd_p)
 
 ferry_status_t ferry_connector_progress(ferry_connector_t *c)
 {
+    uint64_t end = ferry__now_ns() + PROGRESS_SLICE_NS;
+    const char *what = "ucp_worker_arm";
     ucs_status_t status;
 
     ferry__clear_error();
@@ -1059,6 +1066,11 @@ ferry_status_t ferry_connector_progress(ferry_connector_t *c)
     ferry__lock(c);
     do {
         unsigned yields = 0;
+        if (ferry__now_ns() >= end) {
+            what = "ucp_worker_signal";
+            status = ucp_worker_signal(c->worker); /* the fd reads as work left */
+            break;
+        }
         ferry__connector_drain(c);
         if (c->drain_capped) {
             /* Work is left (a flood, say): let other threads have the lock
@@ -1078,8 +1090,8 @@ ferry_status_t ferry_connector_progress(ferry_connector_t *c)
     ferry__unlock(c);
     ferry__connector_deliver(c);
     if (status != UCS_OK) {
-        ferry_error("connector %s: ucp_worker_arm: %s", c->name, ucs_status_string(status));
-        return ferry__fail(FERRY_ERR_TRANSPORT, "connector %s: ucp_worker_arm: %s", c->name,
+        ferry_error("connector %s: %s: %s", c->name, what, ucs_status_string(status));
+        return ferry__fail(FERRY_ERR_TRANSPORT, "connector %s: %s: %s", c->name, what,
                            ucs_status_string(status));
     }
     return FERRY_OK;

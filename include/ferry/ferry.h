@@ -271,8 +271,11 @@ FERRY_API bool ferry_connector_is_cuda_available(const ferry_connector_t *connec
 FERRY_API ferry_status_t ferry_connector_get_fd(ferry_connector_t *connector, int *fd_p);
 
 /* FERRY_PROGRESS_CALLER only: does all pending UCX and operation work, and
- * returns once the fd is armed (waiting on it is then safe). Completion
- * callbacks run from here. FERRY_ERR_MISUSE in thread mode. */
+ * returns once the fd is armed (waiting on it is then safe), or after about
+ * 10 ms while work keeps coming, with the fd left readable (so a flood
+ * cannot keep the caller's thread: its poll returns at once and it calls
+ * again). Completion callbacks run from here. FERRY_ERR_MISUSE in thread
+ * mode. */
 FERRY_API ferry_status_t ferry_connector_progress(ferry_connector_t *connector);
 
 /* Which way an operation moved bytes, seen from this connector: as the

@@ -10,7 +10,8 @@
  * queues one more completed request (a sent CREDIT: handled by freeing it)
  * and reports work, so the queue never empties. The pass must return
  * within its bound, say so (drain_capped), and a pass after the flood must
- * find the loop idle again.
+ * find the loop idle again; ferry_connector_progress, which runs passes
+ * until the fd is armed, must give the caller's thread back meanwhile.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -111,10 +112,57 @@ static void test_a_pass_is_bounded_under_a_flood(void **state)
     assert_int_equal(ferry_connector_destroy(c), FERRY_OK);
 }
 
+typedef struct {
+    ferry_connector_t *c;
+    ferry_status_t status;
+    atomic_bool done;
+} progress_t;
+
+static void *one_progress(void *arg)
+{
+    progress_t *p = arg;
+
+    p->status = ferry_connector_progress(p->c);
+    atomic_store(&p->done, true);
+    return NULL;
+}
+
+/* ferry_connector_progress under a flood gives the caller's thread back (its
+ * loop never armed the fd while work kept coming: before, it never
+ * returned) and leaves the fd readable, so that a caller that polls it comes
+ * straight back; once the flood stops, progress arms the fd again. */
+static void test_progress_returns_under_a_flood(void **state)
+{
+    ferry_connector_t *c = caller_connector();
+    progress_t p = {.c = c};
+    struct pollfd pfd = {.events = POLLIN};
+    pthread_t t;
+    (void)state;
+
+    assert_int_equal(ferry_connector_get_fd(c, &pfd.fd), FERRY_OK);
+    atomic_store(&flooded, c);
+    assert_int_equal(pthread_create(&t, NULL, one_progress, &p), 0);
+    for (int i = 0; i < WAIT_MS && !atomic_load(&p.done); i++) {
+        poll(NULL, 0, 1);
+    }
+    assert_true(atomic_load(&p.done)); /* before the slice: never */
+    assert_int_equal(pthread_join(t, NULL), 0);
+    assert_int_equal(p.status, FERRY_OK);
+    assert_int_equal(poll(&pfd, 1, 0), 1); /* readable: call again */
+
+    atomic_store(&flooded, NULL);
+    for (int i = 0; i < 1000 && poll(&pfd, 1, 0) == 1; i++) {
+        assert_int_equal(ferry_connector_progress(c), FERRY_OK);
+    }
+    assert_int_equal(poll(&pfd, 1, 0), 0); /* armed, idle */
+    assert_int_equal(ferry_connector_destroy(c), FERRY_OK);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_a_pass_is_bounded_under_a_flood),
+        cmocka_unit_test(test_progress_returns_under_a_flood),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
