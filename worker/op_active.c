@@ -323,6 +323,9 @@ static ferry_status_t connect_op(ferry_op_t *op)
     ferry_status_t status;
 
     status = ferry__peer_get(c, op->md->worker_address.data, op->md->worker_address.len, &op->peer);
+    if (status == FERRY_ERR_INVALID_ARGUMENT) {
+        return ferry__fail(status, "metadata: worker_address: %s", ferry_last_error_message());
+    }
     if (status != FERRY_OK) {
         return status;
     }

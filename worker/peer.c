@@ -30,6 +30,44 @@
 #include "worker/copy_engine.h"
 #include "worker/ferry_int.h"
 
+/* UCX 1.13 reads a packed remote key (ucp_ep_rkey_unpack) and a worker
+ * address (ucp_ep_create) with no length, trusting what the bytes say:
+ * bytes it did not write make it read past the buffer, assert or crash
+ * (measured: 16 bytes of 0xff as a key, a segfault; 8 as an address, an
+ * assertion). Both come from a peer (metadata, a claim), so their framing
+ * is checked first, against the layout UCX 1.13 writes. That stops
+ * truncated and garbage bytes, not bytes crafted to be well framed, which
+ * still reach the transports' own parsers (README, "Admission"). */
+
+/* A packed key: u64 md_map (host order), u8 memory type, then per bit of
+ * md_map a u8 size and that many bytes; what may follow (the memory's
+ * system device) ucp_ep_rkey_unpack does not read. */
+static bool rkey_framed(const uint8_t *packed, size_t len)
+{
+    uint64_t md_map;
+    size_t off = sizeof(md_map) + 1;
+
+    if (len < off || packed[sizeof(md_map)] >= UCS_MEMORY_TYPE_LAST) {
+        return false;
+    }
+    memcpy(&md_map, packed, sizeof(md_map));
+    for (; md_map != 0; md_map &= md_map - 1) {
+        if (off >= len || packed[off] >= len - off) {
+            return false;
+        }
+        off += 1u + packed[off];
+    }
+    return true;
+}
+
+/* A worker address: its first byte's low four bits are the format's
+ * version, 0 or 1 in UCX 1.13 (UCP_OBJECT_VERSION_V1, _V2), which it
+ * asserts before it reads on. */
+static bool address_version_known(const uint8_t *address, size_t len)
+{
+    return len >= 2 && (address[0] & 0xfu) <= 1u;
+}
+
 /* UCX callback (lock held): remember the failure; the loop handles it. */
 static void ep_err_cb(void *arg, ucp_ep_h ep, ucs_status_t status)
 {
@@ -51,6 +89,11 @@ static ferry_status_t peer_open(ferry_connector_t *c, const uint8_t *address, si
     ferry__peer_t *peer;
     ucs_status_t status;
 
+    if (!address_version_known(address, len)) {
+        return ferry__fail(FERRY_ERR_INVALID_ARGUMENT,
+                           "connector %s: %zu bytes that are no UCX worker address (version %u)",
+                           c->name, len, len > 0 ? address[0] & 0xfu : 0u);
+    }
     peer = calloc(1, sizeof(*peer));
     if (peer == NULL || (peer->address = malloc(len)) == NULL) {
         free(peer);
@@ -320,6 +363,12 @@ ferry_status_t ferry__peer_rkey_get(ferry__peer_t *peer, const uint8_t *packed, 
     }
     memcpy(rk->packed, packed, len);
     rk->packed_len = len;
+    if (!rkey_framed(rk->packed, len)) {
+        free(rk->packed);
+        free(rk);
+        return ferry__fail(FERRY_ERR_INVALID_ARGUMENT,
+                           "remote key: %zu bytes not framed as a UCX remote key", len);
+    }
     status = ucp_ep_rkey_unpack(peer->ep, rk->packed, &rk->rkey);
     if (status != UCS_OK) {
         free(rk->packed);

@@ -848,6 +848,98 @@ static void assert_forged_write_refused(world_t *w, uint8_t *src, const uint8_t 
     assert_non_null(strstr(ferry_last_error_message(), "descriptors[0]"));
 }
 
+/* rx's metadata md with its worker address replaced by len bytes of
+ * address; packed, free()d by the caller. */
+static uint8_t *forge_address(const uint8_t *md, size_t md_len, const uint8_t *address, size_t len,
+                              size_t *len_p)
+{
+    Ferry__V1__RdmaMetadata *m = ferry__v1__rdma_metadata__unpack(NULL, md_len, md);
+    ProtobufCBinaryData own;
+    uint8_t *out;
+
+    assert_non_null(m);
+    own = m->worker_address;
+    m->worker_address.data = (uint8_t *)address;
+    m->worker_address.len = len;
+    *len_p = ferry__v1__rdma_metadata__get_packed_size(m);
+    out = malloc(*len_p);
+    assert_non_null(out);
+    ferry__v1__rdma_metadata__pack(m, out);
+    m->worker_address = own;
+    ferry__v1__rdma_metadata__free_unpacked(m, NULL);
+    return out;
+}
+
+/* A write with forged metadata is refused INVALID_ARGUMENT, at begin or
+ * at the latest by its wait, with a message that names field. */
+static void assert_forged_refused_naming(world_t *w, uint8_t *src, const uint8_t *forged,
+                                         size_t forged_len, const char *field)
+{
+    ferry_descriptor_t s = desc(src, 4096);
+    ferry_op_t *active = NULL;
+    ferry_status_t status = ferry_write_begin(w->tx, &s, 1, forged, forged_len, &active);
+
+    if (status == FERRY_OK) {
+        status = ferry_op_wait(active, WAIT_MS);
+        ferry_op_destroy(active);
+    }
+    assert_int_equal(status, FERRY_ERR_INVALID_ARGUMENT);
+    assert_non_null(strstr(ferry_last_error_message(), field));
+}
+
+/* Metadata whose remote key or worker address is not framed as UCX 1.13
+ * writes them (garbage, truncated) is refused INVALID_ARGUMENT, naming the
+ * field, before UCX parses the bytes; an honest write then completes.
+ * Before, UCX crashed on a key of 16 bytes of 0xff (SIGSEGV in
+ * ucp_ep_rkey_unpack), read past the end of a 1-byte key, and aborted on
+ * an address of 8 bytes of 0xff (an assertion in its address parser). */
+static void test_malformed_key_or_address_refused(void **state)
+{
+    world_t *w = *state;
+    uint8_t *dst = calloc(1, 4096), *src = malloc(4096), garbage[16], *forged;
+    ferry_descriptor_t d = desc(dst, 4096);
+    ferry_op_t *passive;
+    const uint8_t *md;
+    size_t md_len, forged_len;
+    Ferry__V1__RdmaMetadata *m;
+    uint8_t first;
+
+    memset(garbage, 0xff, sizeof(garbage));
+    fill(src, 4096, 41);
+    assert_int_equal(ferry_writable_create(w->rx, &d, 1, &passive), FERRY_OK);
+    assert_int_equal(ferry_op_metadata(passive, &md, &md_len), FERRY_OK);
+    m = ferry__v1__rdma_metadata__unpack(NULL, md_len, md);
+    assert_non_null(m);
+    first = m->descriptors[0]->rkey.data[0];
+    ferry__v1__rdma_metadata__free_unpacked(m, NULL);
+
+    const struct {
+        const uint8_t *key;
+        size_t len;
+    } keys[] = {{garbage, 16}, {garbage, 4}, {&first, 1}};
+
+    for (size_t i = 0; i < sizeof(keys) / sizeof(keys[0]); i++) {
+        forged = forge(md, md_len, (uint64_t)(uintptr_t)dst, keys[i].key, keys[i].len, &forged_len);
+        assert_forged_refused_naming(w, src, forged, forged_len, "descriptors[0].rkey");
+        free(forged);
+    }
+    forged = forge_address(md, md_len, garbage, 8, &forged_len);
+    assert_forged_refused_naming(w, src, forged, forged_len, "worker_address");
+    free(forged);
+    assert_filled(dst, 4096, 0);
+
+    ferry_descriptor_t s = desc(src, 4096);
+    ferry_op_t *active;
+    assert_int_equal(ferry_write_begin(w->tx, &s, 1, md, md_len, &active), FERRY_OK);
+    assert_int_equal(ferry_op_wait(active, WAIT_MS), FERRY_OK);
+    assert_int_equal(ferry_op_wait(passive, WAIT_MS), FERRY_OK);
+    assert_pattern(dst, 4096, 41);
+    ferry_op_destroy(active);
+    ferry_op_destroy(passive);
+    free(src);
+    free(dst);
+}
+
 /* Begins a write into (or a read from) the forged metadata's operation
  * with c's local 4 KiB; it must fail INVALID_ARGUMENT, at begin
  * (segments.c) or at the claim (the passive side's admission). */
@@ -1077,6 +1169,7 @@ int main(int argc, char **argv)
         cmocka_unit_test_setup_teardown(test_hostile_key_cannot_reach_the_writer, setup, teardown),
         cmocka_unit_test_setup_teardown(test_edited_metadata_cannot_steer_a_transfer, setup,
                                         teardown),
+        cmocka_unit_test_setup_teardown(test_malformed_key_or_address_refused, setup, teardown),
         cmocka_unit_test(test_late_admission_gets_a_notice),
     };
     (void)argc;
