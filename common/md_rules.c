@@ -30,6 +30,17 @@ static ferry_status_t check_descriptor(const char *field, size_t i, const Ferry_
     if (d->size == 0) {
         return invalid(msg, cap, "%s.descriptors[%zu].size is 0", field, i);
     }
+    if (d->size - 1 > UINT64_MAX - d->address) {
+        /* Past the top of the address space: no memory is there, and every
+         * end computed from it (UCX's, the writer's range checks) wraps.
+         * libferry refuses such a buffer before it registers it; a record
+         * made by another client must be refused here, at Register, and
+         * not after a writer's claim was granted on it. */
+        return invalid(msg, cap,
+                       "%s.descriptors[%zu].size %" PRIu64 " at address 0x%" PRIx64
+                       " wraps around the address space",
+                       field, i, d->size, d->address);
+    }
     if (d->device == NULL) {
         return invalid(msg, cap, "%s.descriptors[%zu].device is required", field, i);
     }
@@ -67,6 +78,14 @@ static ferry_status_t check_staging(const char *field, const Ferry__V1__RdmaMeta
     if (s->slots == 0 || s->slots > FERRY_MD_SLOTS_MAX) {
         return invalid(msg, cap, "%s.staging.slots is %" PRIu32 "; 1 to %d allowed", field,
                        s->slots, FERRY_MD_SLOTS_MAX);
+    }
+    /* slots * slot_size is at most 2^36 (the bounds above), so the
+     * product cannot overflow; only the end of the block can wrap. */
+    if ((uint64_t)s->slots * s->slot_size - 1 > UINT64_MAX - s->address) {
+        return invalid(msg, cap,
+                       "%s.staging.slots %" PRIu32 " of slot_size %" PRIu64 " at address 0x%" PRIx64
+                       " wrap around the address space",
+                       field, s->slots, s->slot_size, s->address);
     }
     if (s->rkey.len == 0 || s->rkey.len > FERRY_MD_RKEY_MAX) {
         return invalid(msg, cap, "%s.staging.rkey is %zu bytes; 1 to %d allowed", field,

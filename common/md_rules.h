@@ -9,13 +9,15 @@
  * The rules: version at most FERRY_MD_VERSION; kind READ or WRITE;
  * worker_address 1..FERRY_MD_WORKER_ADDRESS_MAX bytes; notification_key
  * exactly FERRY_MD_KEY_LEN bytes; 1..FERRY_MD_DESCRIPTORS_MAX descriptors,
- * each with a non-zero address and size, a HOST or CUDA device of the
- * first one's kind, and a 1..FERRY_MD_RKEY_MAX byte rkey; at most
- * FERRY_MD_PACKED_MAX bytes packed; worker_name at most FERRY_MD_NAME_MAX
- * bytes. With staging (the staged path, WRITE only): every descriptor's
- * rkey empty, and the staging block's address non-zero, slot_size
- * 1..FERRY_MD_SLOT_SIZE_MAX, slots 1..FERRY_MD_SLOTS_MAX, rkey
- * 1..FERRY_MD_RKEY_MAX bytes. Errors name the field by its path under `field`
+ * each with a non-zero address and size whose range does not wrap around
+ * 2^64, a HOST or CUDA device of the first one's kind, and a
+ * 1..FERRY_MD_RKEY_MAX byte rkey; at most FERRY_MD_PACKED_MAX bytes
+ * packed; worker_name at most FERRY_MD_NAME_MAX bytes. With staging (the
+ * staged path, WRITE only): every descriptor's rkey empty, and the staging
+ * block's address non-zero, slot_size 1..FERRY_MD_SLOT_SIZE_MAX, slots
+ * 1..FERRY_MD_SLOTS_MAX, the block (slots * slot_size bytes from address)
+ * not wrapping around 2^64, rkey 1..FERRY_MD_RKEY_MAX bytes. Errors name
+ * the field by its path under `field`
  * ("metadata.descriptors[1].size is 0").
  *
  * The pairing rule, the one check between a writer's (reader's) buffers and

@@ -723,6 +723,9 @@ static void *maint_main(void *arg)
             break;
         }
         check_health(r);
+        if (atomic_load(&r->healthy)) {
+            registry_unwrites_retry(r); /* failed Registers' records */
+        }
         if (reload && atomic_load(&r->healthy)) {
             etcd_watch_destroy(r->watch);
             r->watch = NULL;
@@ -876,6 +879,7 @@ void coord_registry_destroy(coord_registry_t *r)
     pthread_mutex_unlock(&r->lock);
     pthread_join(r->maint_thread, NULL);
     etcd_watch_destroy(r->watch);
+    registry_unwrites_free(r); /* params.exec stopped first: none is queued */
     registry_lease_cleanup(r);
     pthread_cond_destroy(&r->batch_cond);
     pthread_mutex_destroy(&r->batch_lock);

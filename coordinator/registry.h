@@ -36,8 +36,10 @@
  *
  * Threads: all functions may be called from any thread. `lock` guards the
  * view, `revision` and `synced`. Callbacks run on the watch thread without
- * `lock` held. A maintenance thread pings etcd (health) and reloads the view
- * when the watch cannot resume (compaction, or etcd down at start).
+ * `lock` held. A maintenance thread pings etcd (health), reloads the view
+ * when the watch cannot resume (compaction, or etcd down at start), and
+ * queues again the removals of failed Registers' records that could not
+ * reach etcd (registry_unwrite.c).
  */
 #ifndef FERRY_COORD_REGISTRY_H
 #define FERRY_COORD_REGISTRY_H
@@ -85,8 +87,9 @@ typedef struct {
     /* Registers per etcd transaction at most (registry_batch.c), up to
      * COORD_REGISTER_BATCH_MAX; 0: COORD_REGISTER_BATCH; 1: each alone. */
     int64_t register_batch;
-    /* Runs claim-expiry transactions (off the watch thread) and the revoke
-     * of a lease a failed call made (off the caller's path); NULL: they run
+    /* Runs claim-expiry transactions (off the watch thread), the revoke
+     * of a lease a failed call made and the removal of a record a failed
+     * Register may have left (off the caller's path); NULL: they run
      * inline. Must outlive the registry's watch (coord_exec_stop first is
      * fine: jobs then are dropped). */
     coord_exec_t *exec;

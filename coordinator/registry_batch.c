@@ -101,7 +101,7 @@ static void write_batch(coord_registry_t *r, registry_write_t *const *ws, size_t
  * member of a shared transaction may have caused: too large, too many
  * operations (INVALID_ARGUMENT; RESOURCE_EXHAUSTED from its gRPC server for
  * a message over its limit), or a lease gone among several. */
-static bool refused_before_apply(ferry_status_t status)
+bool registry_refused_before_apply(ferry_status_t status)
 {
     return status == FERRY_ERR_INVALID_ARGUMENT || status == FERRY_ERR_RESOURCE_EXHAUSTED ||
            status == FERRY_ERR_NOT_FOUND;
@@ -184,7 +184,7 @@ static void write_batch(coord_registry_t *r, registry_write_t *const *ws, size_t
             ws[i]->revision = res.revision;
         } else if (ws[i]->answered || ws[i]->regroup) {
             continue;
-        } else if (status == FERRY_OK || refused_before_apply(status)) {
+        } else if (status == FERRY_OK || registry_refused_before_apply(status)) {
             ws[i]->alone = true; /* FERRY_OK: not applied, but not the answer expected */
         } else {
             ws[i]->status = status;
@@ -193,7 +193,7 @@ static void write_batch(coord_registry_t *r, registry_write_t *const *ws, size_t
     if (again == 0 && status != FERRY_OK && status != FERRY_ERR_NOT_FOUND) {
         ferry_debug("registry: a transaction of %zu Registers failed: %s%s", n,
                     ferry_status_string(status),
-                    refused_before_apply(status) ? "; each goes alone" : "");
+                    registry_refused_before_apply(status) ? "; each goes alone" : "");
     }
     etcd_txn_result_free(&res);
     free(cmps);

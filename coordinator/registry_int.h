@@ -75,7 +75,7 @@ struct coord_registry {
     int64_t default_ttl_s;
     coord_registry_params_t params;
 
-    pthread_mutex_t lock; /* guards view, revision, synced */
+    pthread_mutex_t lock; /* guards view, revision, synced, unwrites */
     view_t view;
     /* The last revision the view applied (the load's, then each watch
      * event's): every change up to it is in the view. Write-throughs at or
@@ -121,6 +121,12 @@ struct coord_registry {
     registry_write_t *batch_head, **batch_tail;
     int batch_in_flight;
 
+    /* Removals of records failed Registers may have left, waiting for etcd
+     * to answer again (registry_unwrite.c); guarded by lock. unwrite_bytes:
+     * what they hold, at most REGISTRY_UNWRITE_BYTES. */
+    struct registry_unwrite *unwrites;
+    size_t unwrite_bytes;
+
     const char *test_gate; /* FERRY_TEST_WRITE_THROUGH_GATE; see registry_view_put */
     int test_load_fails;   /* FERRY_TEST_LOAD_FAILS: so many loads fail first */
 };
@@ -156,6 +162,29 @@ void registry_on_watch_events(void *arg, const etcd_event_t *events, size_t n_ev
  * with the Registers that wait beside it (params.register_batch at most);
  * fills w's out fields. */
 void registry_write(coord_registry_t *r, registry_write_t *w);
+
+/* Whether etcd refused a write before applying any of it (registry_batch.c
+ * says which failures are); any other failure of a write that was sent may
+ * have come after etcd applied it. */
+bool registry_refused_before_apply(ferry_status_t status);
+
+/* --- a failed Register's record (registry_unwrite.c) --- */
+
+/* Removes the record at <ops prefix><id> if it still holds exactly `value`,
+ * the bytes a Register wrote on the caller's lease `lease` before its
+ * transaction failed in a way that may have been applied. Off the caller's
+ * path (params.exec; inline without one), tried again a bounded number of
+ * times while etcd cannot be reached. Takes `value` (malloc'd). */
+void registry_unwrite_later(coord_registry_t *r, const char *id, int64_t lease, uint8_t *value,
+                            size_t value_len);
+
+/* Queues again the removals that could not reach etcd; the maintenance
+ * thread calls it while etcd can commit. */
+void registry_unwrites_retry(coord_registry_t *r);
+
+/* Frees the removals still waiting (registry destroy, once nothing can
+ * queue them again). */
+void registry_unwrites_free(coord_registry_t *r);
 
 /* Applies a record the coordinator itself just wrote (write-through). */
 void registry_view_put(coord_registry_t *r, const char *id, const uint8_t *bytes, size_t len,

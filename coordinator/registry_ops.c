@@ -183,21 +183,29 @@ void coord_strip(Ferry__V1__Operation *op, bool keep_metadata)
 
 /* --- register ------------------------------------------------------------ */
 
+/* The Register's create-if-absent. *unknown_p: it failed in a way that
+ * may have come after etcd applied it (the record may be there). */
 static ferry_status_t register_txn(coord_registry_t *r, const char *id, const uint8_t *bytes,
                                    size_t len, int64_t lease, bool (*gone)(void *arg),
-                                   void *gone_arg, int64_t *revision_p, char *msg, size_t cap)
+                                   void *gone_arg, int64_t *revision_p, bool *unknown_p, char *msg,
+                                   size_t cap)
 {
     registry_key_t key;
     registry_write_t w = {
         .value = bytes, .value_len = len, .lease = lease, .gone = gone, .gone_arg = gone_arg};
     ferry_status_t status = registry_key(r->ops_prefix, id, &key, msg, cap);
 
+    *unknown_p = false;
     if (status != FERRY_OK) {
         return status;
     }
     w.key = key.bytes;
     w.key_len = key.len;
     registry_write(r, &w); /* in a transaction shared with other Registers */
+    /* etcd's refusal of the coordinator's credentials applied nothing
+     * either. */
+    *unknown_p = !w.late && w.status != FERRY_OK && !registry_refused_before_apply(w.status) &&
+                 w.status != FERRY_ERR_PERMISSION_DENIED && w.status != FERRY_ERR_UNAUTHENTICATED;
     if (w.late) {
         return registry_fail(FERRY_ERR_TIMED_OUT, msg, cap,
                              "the deadline passed while waiting for etcd; nothing was written");
@@ -225,6 +233,7 @@ ferry_status_t coord_register(coord_registry_t *r, const Ferry__V1__RegisterRequ
     uint8_t *bytes = NULL;
     size_t len = 0;
     lease_t lease;
+    bool unknown = false;
     ferry_status_t status;
 
     if (req->access_token[0] != '\0') {
@@ -259,9 +268,9 @@ ferry_status_t coord_register(coord_registry_t *r, const Ferry__V1__RegisterRequ
         goto err_revoke;
     }
     status = register_txn(r, req->request_id, bytes, len, out->lease_id, gone, gone_arg,
-                          &out->revision, msg, cap);
+                          &out->revision, &unknown, msg, cap);
     if (status != FERRY_OK) {
-        goto err_free;
+        goto err_unwrite;
     }
     registry_view_put(r, req->request_id, bytes, len, out->revision, op.state);
     free(bytes);
@@ -272,7 +281,20 @@ ferry_status_t coord_register(coord_registry_t *r, const Ferry__V1__RegisterRequ
                (long long)lease.ttl_s);
     return FERRY_OK;
 
-err_free:
+err_unwrite:
+    /* unknown: the record may be in etcd, and only the token in
+     * out->access_token, which the caller is not told, reaches it. On a
+     * lease of our own, revoking the lease (below) removes it. On the
+     * caller's lease, with a token we picked, nobody could ever Lookup,
+     * Claim, Cancel or Release it, and the request ID would stay taken
+     * while the caller keeps its lease: remove it, if it is this call's
+     * (registry_unwrite.c). With the caller's own token it is left: the
+     * caller holds that token, so a Lookup finds the record and Cancel and
+     * Release remove it. */
+    if (unknown && req->lease_id != 0 && req->access_token[0] == '\0') {
+        registry_unwrite_later(r, req->request_id, out->lease_id, bytes, len);
+        bytes = NULL; /* the removal's now */
+    }
     free(bytes);
 err_revoke:
     if (req->lease_id == 0) {
@@ -789,11 +811,14 @@ static ferry_status_t apply_complete(transition_t *t, Ferry__V1__Operation *op, 
                              (long long)req->claim_lease_id, op->request_id);
     }
     if (req->claim_id != 0 && op->state != FERRY_OP_REGISTERED && op->claim_id != req->claim_id) {
-        /* The same lease, a later claim: this Complete was for one that
-         * ended (sent again after it went through). */
+        /* The same lease, another claim_id: this Complete was for a claim
+         * that ended (sent again after it went through, and the request ID
+         * was claimed again since on the same lease), or its claim_id is
+         * wrong. Nothing here tells the two apart, so the message names
+         * both rather than say the claim ended. */
         return registry_fail(FERRY_ERR_FAILED_PRECONDITION, msg, cap,
-                             "claim_id %llu is not the claim on request_id '%s' (it ended; "
-                             "the request ID was claimed again)",
+                             "claim_id %llu is not the current claim on request_id '%s' (the "
+                             "request ID was claimed again since, or claim_id is wrong)",
                              (unsigned long long)req->claim_id, op->request_id);
     }
     if (op->state == want) {

@@ -29,10 +29,16 @@ typedef ferry_status_t (*request_check_fn)(const ProtobufCMessage *m, char *msg,
         }                                \
     } while (0)
 
+/* A positive ID the request must carry. A negative one was sent, so it is
+ * refused as negative (coord_validate_not_negative's words): "is required"
+ * would tell the caller to send a value it did send. */
 static ferry_status_t required(const char *field, int64_t value, char *msg, size_t cap)
 {
     if (value > 0) {
         return FERRY_OK;
+    }
+    if (value < 0) {
+        return coord_validate_not_negative(field, value, msg, cap);
     }
     snprintf(msg, cap, "%s is required", field);
     return FERRY_ERR_INVALID_ARGUMENT;

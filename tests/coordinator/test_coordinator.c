@@ -376,6 +376,23 @@ static void test_validation_names_the_field(void **state)
                      FERRY_ERR_INVALID_ARGUMENT);
     assert_non_null(strstr(err.message, "metadata.descriptors[0].size"));
 
+    /* A range past the top of the address space: refused here, not once a
+     * writer's claim on it was granted (it used to be stored). */
+    req.request_id = "wraps";
+    req.access_token = TOKEN;
+    req.metadata = test_coord_metadata(KIND_WRITE);
+    req.metadata->descriptors[0]->address = 0xFFFFFFFFFFFFF000ull;
+    req.metadata->descriptors[0]->size = 0x2000;
+    assert_int_equal(test_coord_call(chan, "Register", &req.base,
+                                     &ferry__v1__register_response__descriptor,
+                                     (ProtobufCMessage **)&resp, &err),
+                     FERRY_ERR_INVALID_ARGUMENT);
+    assert_non_null(strstr(err.message, "metadata.descriptors[0].size 8192 at address "
+                                        "0xfffffffffffff000 wraps around the address space"));
+    assert_int_equal(get_state("wraps", &err), -1);
+    req.request_id = "no-metadata";
+    req.access_token = "";
+
     req.metadata = test_coord_metadata(KIND_WRITE);
     req.metadata->notification_key.len = 3;
     assert_int_equal(test_coord_call(chan, "Register", &req.base,
@@ -974,6 +991,14 @@ static void test_stale_complete_does_not_end_a_later_claim(void **state)
     assert_int_equal(do_complete_claim("again-1", first, first->claim_id, &err),
                      FERRY_ERR_FAILED_PRECONDITION);
     assert_non_null(strstr(err.message, "claim_id"));
+    assert_int_equal(get_state("again-1", &err),
+                     FERRY__V1__OPERATION_STATE__OPERATION_STATE_CLAIMED);
+    /* A wrong claim_id on the live claim: refused the same way, and the
+     * message does not say the claim ended (it did not; it used to). */
+    assert_int_equal(do_complete_claim("again-1", second, second->claim_id + 1, &err),
+                     FERRY_ERR_FAILED_PRECONDITION);
+    assert_non_null(strstr(err.message, "claim_id is wrong"));
+    assert_null(strstr(err.message, "ended"));
     assert_int_equal(get_state("again-1", &err),
                      FERRY__V1__OPERATION_STATE__OPERATION_STATE_CLAIMED);
     assert_int_equal(do_complete_claim("again-1", second, second->claim_id, &err), FERRY_OK);

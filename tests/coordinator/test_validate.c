@@ -164,6 +164,52 @@ static void test_metadata(void **state)
     assert_non_null(strstr(msg, "rkey"));
 }
 
+/* A range past the top of the address space is refused at Register, naming
+ * the field: a descriptor whose last byte wraps around 2^64, and a staging
+ * block whose slots end past it. The last byte at UINT64_MAX is allowed. */
+static void test_metadata_wraps(void **state)
+{
+    Ferry__V1__RdmaMetadata md;
+    Ferry__V1__Descriptor d[2];
+    Ferry__V1__Descriptor *dp[2];
+    Ferry__V1__Staging staging = FERRY__V1__STAGING__INIT;
+    (void)state;
+
+    fill(&md, d, dp, 2);
+    d[0].address = 0xFFFFFFFFFFFFF000ull;
+    d[0].size = 0x2000;
+    assert_int_equal(coord_validate_metadata("metadata", &md, msg, sizeof(msg)),
+                     FERRY_ERR_INVALID_ARGUMENT);
+    assert_string_equal(msg, "metadata.descriptors[0].size 8192 at address 0xfffffffffffff000 "
+                             "wraps around the address space");
+    d[0].size = 0x1000; /* its last byte is the last of the address space */
+    assert_int_equal(coord_validate_metadata("metadata", &md, msg, sizeof(msg)), FERRY_OK);
+    d[1].address = 2;
+    d[1].size = UINT64_MAX;
+    assert_int_equal(coord_validate_metadata("metadata", &md, msg, sizeof(msg)),
+                     FERRY_ERR_INVALID_ARGUMENT);
+    assert_non_null(strstr(msg, "metadata.descriptors[1].size 18446744073709551615 at address "
+                                "0x2 wraps around"));
+    d[1].address = 1;
+    assert_int_equal(coord_validate_metadata("metadata", &md, msg, sizeof(msg)), FERRY_OK);
+
+    /* 64 slots of 1 GiB (2^36 bytes) from 2^64 - 2^35: past the top. */
+    fill(&md, d, dp, 1);
+    d[0].rkey.len = 0;
+    staging.address = 0xFFFFFFF800000000ull;
+    staging.slots = FERRY_MD_SLOTS_MAX;
+    staging.slot_size = FERRY_MD_SLOT_SIZE_MAX;
+    staging.rkey.data = bytes;
+    staging.rkey.len = 8;
+    md.staging = &staging;
+    assert_int_equal(coord_validate_metadata("metadata", &md, msg, sizeof(msg)),
+                     FERRY_ERR_INVALID_ARGUMENT);
+    assert_string_equal(msg, "metadata.staging.slots 64 of slot_size 1073741824 at address "
+                             "0xfffffff800000000 wrap around the address space");
+    staging.slots = FERRY_MD_SLOTS_MAX / 2; /* ends on the last byte */
+    assert_int_equal(coord_validate_metadata("metadata", &md, msg, sizeof(msg)), FERRY_OK);
+}
+
 /* The pairing rule (common/md_rules.h), which the coordinator's Claim and
  * libferry both apply: count first, then the first size that differs,
  * local before remote. */
@@ -311,6 +357,37 @@ static void test_watch(void **state)
     assert_int_equal(coord_validate_prefix("request_id_prefix", "", msg, sizeof(msg)), FERRY_OK);
 }
 
+/* A lease ID the request must carry: 0 is missing ("is required"), a
+ * negative one was sent and is refused as negative, naming the field. */
+static void test_required_lease_ids(void **state)
+{
+    Ferry__V1__KeepAliveRequest keepalive = FERRY__V1__KEEP_ALIVE_REQUEST__INIT;
+    Ferry__V1__CompleteRequest complete = FERRY__V1__COMPLETE_REQUEST__INIT;
+    (void)state;
+
+    assert_int_equal(coord_validate_request(&keepalive.base, msg, sizeof(msg)),
+                     FERRY_ERR_INVALID_ARGUMENT);
+    assert_string_equal(msg, "lease_id is required");
+    keepalive.lease_id = -5;
+    assert_int_equal(coord_validate_request(&keepalive.base, msg, sizeof(msg)),
+                     FERRY_ERR_INVALID_ARGUMENT);
+    assert_string_equal(msg, "lease_id is negative");
+    keepalive.lease_id = 5;
+    assert_int_equal(coord_validate_request(&keepalive.base, msg, sizeof(msg)), FERRY_OK);
+
+    complete.request_id = "op-1";
+    complete.access_token = "0123456789abcdef";
+    assert_int_equal(coord_validate_request(&complete.base, msg, sizeof(msg)),
+                     FERRY_ERR_INVALID_ARGUMENT);
+    assert_string_equal(msg, "claim_lease_id is required");
+    complete.claim_lease_id = -1;
+    assert_int_equal(coord_validate_request(&complete.base, msg, sizeof(msg)),
+                     FERRY_ERR_INVALID_ARGUMENT);
+    assert_string_equal(msg, "claim_lease_id is negative");
+    complete.claim_lease_id = 1;
+    assert_int_equal(coord_validate_request(&complete.base, msg, sizeof(msg)), FERRY_OK);
+}
+
 static ferry_status_t page_token(const char *text, coord_page_token_t *token)
 {
     msg[0] = '\0';
@@ -361,11 +438,17 @@ static void test_page_token(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_request_id), cmocka_unit_test(test_token),
-        cmocka_unit_test(test_metadata),   cmocka_unit_test(test_metadata_round_trip),
-        cmocka_unit_test(test_ttl),        cmocka_unit_test(test_watch),
-        cmocka_unit_test(test_page_token), cmocka_unit_test(test_register_bytes),
+        cmocka_unit_test(test_request_id),
+        cmocka_unit_test(test_token),
+        cmocka_unit_test(test_metadata),
+        cmocka_unit_test(test_metadata_wraps),
+        cmocka_unit_test(test_metadata_round_trip),
+        cmocka_unit_test(test_ttl),
+        cmocka_unit_test(test_watch),
+        cmocka_unit_test(test_page_token),
+        cmocka_unit_test(test_register_bytes),
         cmocka_unit_test(test_sizes_pair),
+        cmocka_unit_test(test_required_lease_ids),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -184,6 +184,31 @@ static void test_txn_compare_mod_revision(void **state)
     assert_int_equal(etcd_txn(fx->client, &by_value, 1, &del, 1, NULL, 0, &result), FERRY_OK);
     assert_true(result.succeeded);
     etcd_txn_result_free(&result);
+
+    /* A VALUE compare is exact over binary bytes (a Register's record, which
+     * the coordinator deletes only while it holds the bytes it wrote): one
+     * byte past a NUL differs, and an absent key never matches. */
+    static const uint8_t record[] = {0x0a, 0x00, 0xff, 0x00, 0x01};
+    static const uint8_t other[] = {0x0a, 0x00, 0xff, 0x00, 0x02};
+    etcd_op_t put = {.type = ETCD_OP_PUT,
+                     .key = "state",
+                     .key_len = 5,
+                     .value = record,
+                     .value_len = sizeof(record)};
+    assert_int_equal(etcd_txn(fx->client, NULL, 0, &put, 1, NULL, 0, &result), FERRY_OK);
+    etcd_txn_result_free(&result);
+    by_value.value = other;
+    by_value.value_len = sizeof(other);
+    assert_int_equal(etcd_txn(fx->client, &by_value, 1, &del, 1, NULL, 0, &result), FERRY_OK);
+    assert_false(result.succeeded);
+    etcd_txn_result_free(&result);
+    by_value.value = record;
+    assert_int_equal(etcd_txn(fx->client, &by_value, 1, &del, 1, NULL, 0, &result), FERRY_OK);
+    assert_true(result.succeeded);
+    etcd_txn_result_free(&result);
+    assert_int_equal(etcd_txn(fx->client, &by_value, 1, &del, 1, NULL, 0, &result), FERRY_OK);
+    assert_false(result.succeeded);
+    etcd_txn_result_free(&result);
 }
 
 static void test_misuse(void **state)

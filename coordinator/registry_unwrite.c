@@ -1,0 +1,208 @@
+/*
+ * registry_unwrite.c: removing the record a failed Register may have left.
+ *
+ * A Register's create-if-absent transaction can fail after etcd applied it
+ * (etcd unreachable once the request was sent, no answer in time, an
+ * answer that could not be read). When the caller put the record on its
+ * own lease (lease_id set: a worker's session lease, which it keeps alive
+ * for its life) and the coordinator picked the access token, the record
+ * may now sit in etcd under a token nobody was told: no one can Lookup,
+ * Claim, Cancel or Release it, and the request ID stays taken for as long
+ * as the worker keeps its lease. So coord_register hands the bytes it
+ * wrote to registry_unwrite_later, which deletes <ops prefix><id> only if
+ * its value is still exactly those bytes (an etcd VALUE compare). They hold
+ * the hash of a fresh random token, so no other record can match: not a
+ * retry's, not another caller's of the same ID. A record nobody holds the
+ * token of cannot have changed since, so the compare fails only when the
+ * failed transaction was not applied, or the record is already gone.
+ *
+ * Bounds: a removal runs on params.exec at once (COORD_EXEC_MUST, one per
+ * failed Register, as a revoke after a failed call), off the caller's path,
+ * whose answer must not wait for a second etcd timeout. One that cannot
+ * reach etcd waits in r->unwrites, and the maintenance thread queues it
+ * again each time it finds etcd able to commit, REGISTRY_UNWRITE_TRIES
+ * tries in all; at most REGISTRY_UNWRITE_BYTES wait at once. One that gives
+ * up, or finds no room, is logged with its request ID and lease: the record
+ * then lives as long as that lease.
+ *
+ * Threads: any; r->lock guards r->unwrites and r->unwrite_bytes, and is
+ * never held across etcd.
+ */
+#include "registry_int.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "common/log.h"
+
+/* Tries of one removal: the first at once, the others each after the
+ * maintenance thread found etcd able to commit (every MAINT_INTERVAL_MS
+ * at most). */
+#define REGISTRY_UNWRITE_TRIES 5
+
+/* The most that removals waiting for etcd may hold (their records' bytes
+ * and themselves): a record may be 1 MiB. */
+#define REGISTRY_UNWRITE_BYTES (16u << 20)
+
+typedef struct registry_unwrite {
+    coord_registry_t *r;
+    struct registry_unwrite *next; /* in r->unwrites while it waits */
+    int tries_left;
+    int64_t lease;  /* the caller's lease the record is on, for the log */
+    uint8_t *value; /* the record as the failed Register wrote it */
+    size_t value_len;
+    registry_key_t key;
+    char id[COORD_REQUEST_ID_MAX + 1];
+} registry_unwrite_t;
+
+static size_t unwrite_bytes(const registry_unwrite_t *u)
+{
+    return sizeof(*u) + u->value_len;
+}
+
+static void unwrite_free(registry_unwrite_t *u)
+{
+    free(u->value);
+    free(u);
+}
+
+/* Deletes the key if it holds exactly u->value. *removed_p: it did. */
+static ferry_status_t unwrite_txn(registry_unwrite_t *u, bool *removed_p)
+{
+    etcd_compare_t cmp = {.target = ETCD_CMP_VALUE,
+                          .result = ETCD_CMP_EQUAL,
+                          .key = u->key.bytes,
+                          .key_len = u->key.len,
+                          .value = u->value,
+                          .value_len = u->value_len};
+    etcd_op_t del = {.type = ETCD_OP_DELETE, .key = u->key.bytes, .key_len = u->key.len};
+    etcd_txn_result_t res = {0};
+    ferry_status_t status = etcd_txn(u->r->etcd, &cmp, 1, &del, 1, NULL, 0, &res);
+
+    *removed_p = status == FERRY_OK && res.succeeded;
+    etcd_txn_result_free(&res);
+    return status;
+}
+
+/* Keeps u for the maintenance thread to queue again; false when the
+ * removals waiting already hold REGISTRY_UNWRITE_BYTES. */
+static bool unwrite_park(registry_unwrite_t *u)
+{
+    coord_registry_t *r = u->r;
+    bool parked = false;
+
+    pthread_mutex_lock(&r->lock);
+    if (r->unwrite_bytes + unwrite_bytes(u) <= REGISTRY_UNWRITE_BYTES) {
+        u->next = r->unwrites;
+        r->unwrites = u;
+        r->unwrite_bytes += unwrite_bytes(u);
+        parked = true;
+    }
+    pthread_mutex_unlock(&r->lock);
+    return parked;
+}
+
+/* Gives u up at shutdown, saying what stays behind. */
+static void unwrite_drop(registry_unwrite_t *u)
+{
+    ferry_warn("op %s: shutting down before removing the record its failed Register may have "
+               "left; it stays until lease %lld ends",
+               u->id, (long long)u->lease);
+    unwrite_free(u);
+}
+
+static void unwrite_run(void *arg, bool run)
+{
+    registry_unwrite_t *u = arg;
+    bool removed = false;
+    ferry_status_t status;
+
+    if (!run) {
+        unwrite_drop(u);
+        return;
+    }
+    status = unwrite_txn(u, &removed);
+    if (status == FERRY_OK) {
+        if (removed) {
+            ferry_info("op %s: removed the record its failed Register left on lease %lld", u->id,
+                       (long long)u->lease);
+        } else {
+            ferry_debug("op %s: its failed Register left no record of its own", u->id);
+        }
+        unwrite_free(u);
+        return;
+    }
+    if (--u->tries_left > 0 && unwrite_park(u)) {
+        ferry_info("op %s: cannot remove the record its failed Register may have left yet: %s "
+                   "(%s); trying again once etcd can commit",
+                   u->id, ferry_status_string(status), etcd_client_last_error());
+        return;
+    }
+    ferry_warn("op %s: gave up removing the record its failed Register may have left: %s (%s); "
+               "it stays until lease %lld ends",
+               u->id, ferry_status_string(status), etcd_client_last_error(), (long long)u->lease);
+    unwrite_free(u);
+}
+
+static void unwrite_submit(registry_unwrite_t *u)
+{
+    coord_exec_t *exec = u->r->params.exec;
+
+    if (exec == NULL) {
+        unwrite_run(u, true); /* no queue (tests) */
+    } else if (coord_exec_submit(exec, unwrite_run, u, COORD_EXEC_MUST) != FERRY_OK) {
+        unwrite_run(u, false); /* the queue is stopping */
+    }
+}
+
+void registry_unwrite_later(coord_registry_t *r, const char *id, int64_t lease, uint8_t *value,
+                            size_t value_len)
+{
+    registry_unwrite_t *u = calloc(1, sizeof(*u));
+    char msg[256];
+
+    /* The Register built the same key from the same ID, so only memory
+     * can fail here. */
+    if (u == NULL || registry_key(r->ops_prefix, id, &u->key, msg, sizeof(msg)) != FERRY_OK) {
+        ferry_warn("op %s: cannot remove the record its failed Register may have left (no "
+                   "memory); it stays until lease %lld ends",
+                   id, (long long)lease);
+        free(u);
+        free(value);
+        return;
+    }
+    u->r = r;
+    u->tries_left = REGISTRY_UNWRITE_TRIES;
+    u->lease = lease;
+    u->value = value;
+    u->value_len = value_len;
+    snprintf(u->id, sizeof(u->id), "%s", id);
+    unwrite_submit(u);
+}
+
+void registry_unwrites_retry(coord_registry_t *r)
+{
+    registry_unwrite_t *u;
+
+    pthread_mutex_lock(&r->lock);
+    u = r->unwrites;
+    r->unwrites = NULL;
+    r->unwrite_bytes = 0;
+    pthread_mutex_unlock(&r->lock);
+    while (u != NULL) {
+        registry_unwrite_t *next = u->next;
+        u->next = NULL;
+        unwrite_submit(u); /* may wait in r->unwrites again */
+        u = next;
+    }
+}
+
+void registry_unwrites_free(coord_registry_t *r)
+{
+    while (r->unwrites != NULL) {
+        registry_unwrite_t *u = r->unwrites;
+        r->unwrites = u->next;
+        unwrite_drop(u);
+    }
+    r->unwrite_bytes = 0;
+}

@@ -1,0 +1,347 @@
+/*
+ * test_registry_unwrite.c: a Register on the caller's own lease, with a
+ * token the coordinator picked, whose transaction failed in a way that may
+ * have been applied, leaves no record behind (coordinator/
+ * registry_unwrite.c): nobody was told its token, so nobody else could
+ * ever remove it, and the request ID would stay taken for the life of the
+ * caller's lease. etcd_txn is replaced through --wrap by a small in-memory
+ * store: a transaction applied and then unanswered cannot be produced on
+ * demand from a real etcd.
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <setjmp.h>
+#include <cmocka.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/clock.h"
+#include "registry_int.h"
+
+#define LEASE     4242
+#define MAX_KEYS  8
+#define KEY_CAP   64
+#define VALUE_CAP 1024
+
+/* The store and what the test saw, under fake.lock. */
+static struct {
+    pthread_mutex_t lock;
+    struct {
+        char key[KEY_CAP];
+        uint8_t value[VALUE_CAP];
+        size_t value_len;
+    } kvs[MAX_KEYS];
+    size_t n_kvs;
+    int64_t revision;
+    /* A create-if-absent: applied or not, then answered with this status
+     * (FERRY_OK: answered as etcd would). */
+    bool create_applies;
+    ferry_status_t create_status;
+    int unwrites_to_fail; /* VALUE-compare deletes answered UNAVAILABLE first */
+    int unwrites;         /* VALUE-compare deletes seen */
+} fake = {.lock = PTHREAD_MUTEX_INITIALIZER};
+
+static int find(const void *key, size_t len)
+{
+    for (size_t i = 0; i < fake.n_kvs; i++) {
+        if (strlen(fake.kvs[i].key) == len && memcmp(fake.kvs[i].key, key, len) == 0) {
+            return (int)i;
+        }
+    }
+    return -1;
+}
+
+/* A create-if-absent (compare create_revision == 0, put). */
+static ferry_status_t fake_create(const etcd_compare_t *cmp, const etcd_op_t *put,
+                                  etcd_txn_result_t *res)
+{
+    bool absent = find(cmp->key, cmp->key_len) < 0;
+
+    if (absent && fake.create_applies) {
+        size_t i = fake.n_kvs++;
+        assert_true(i < MAX_KEYS && put->key_len < KEY_CAP && put->value_len <= VALUE_CAP);
+        memcpy(fake.kvs[i].key, put->key, put->key_len);
+        fake.kvs[i].key[put->key_len] = '\0';
+        memcpy(fake.kvs[i].value, put->value, put->value_len);
+        fake.kvs[i].value_len = put->value_len;
+        fake.revision++;
+    }
+    if (fake.create_status != FERRY_OK) {
+        return fake.create_status; /* applied or not, the answer was lost */
+    }
+    res->succeeded = absent;
+    res->revision = fake.revision;
+    return FERRY_OK;
+}
+
+/* A delete if the key's value equals cmp's, as etcd's VALUE compare: it
+ * fails on a key that is absent. */
+static ferry_status_t fake_unwrite(const etcd_compare_t *cmp, etcd_txn_result_t *res)
+{
+    int i = find(cmp->key, cmp->key_len);
+
+    fake.unwrites++;
+    if (fake.unwrites_to_fail > 0) {
+        fake.unwrites_to_fail--;
+        return FERRY_ERR_UNAVAILABLE;
+    }
+    res->succeeded = i >= 0 && fake.kvs[i].value_len == cmp->value_len &&
+                     memcmp(fake.kvs[i].value, cmp->value, cmp->value_len) == 0;
+    if (res->succeeded) {
+        fake.kvs[i] = fake.kvs[--fake.n_kvs];
+        fake.revision++;
+    }
+    res->revision = fake.revision;
+    return FERRY_OK;
+}
+
+ferry_status_t __wrap_etcd_txn(etcd_client_t *client, const etcd_compare_t *cmps, size_t n_cmps,
+                               const etcd_op_t *success, size_t n_success, const etcd_op_t *failure,
+                               size_t n_failure, etcd_txn_result_t *res);
+
+ferry_status_t __wrap_etcd_txn(etcd_client_t *client, const etcd_compare_t *cmps, size_t n_cmps,
+                               const etcd_op_t *success, size_t n_success, const etcd_op_t *failure,
+                               size_t n_failure, etcd_txn_result_t *res)
+{
+    ferry_status_t status;
+
+    (void)client;
+    (void)failure;
+    (void)n_failure;
+    *res = (etcd_txn_result_t){0};
+    assert_int_equal(n_cmps, 1);
+    assert_int_equal(n_success, 1);
+    pthread_mutex_lock(&fake.lock);
+    if (cmps[0].target == ETCD_CMP_CREATE) {
+        assert_int_equal(success[0].type, ETCD_OP_PUT);
+        status = fake_create(&cmps[0], &success[0], res);
+    } else {
+        assert_int_equal(cmps[0].target, ETCD_CMP_VALUE);
+        assert_int_equal(cmps[0].result, ETCD_CMP_EQUAL);
+        assert_int_equal(success[0].type, ETCD_OP_DELETE);
+        assert_true(success[0].key_len == cmps[0].key_len &&
+                    memcmp(success[0].key, cmps[0].key, cmps[0].key_len) == 0);
+        status = fake_unwrite(&cmps[0], res);
+    }
+    pthread_mutex_unlock(&fake.lock);
+    return status;
+}
+
+static bool stored(const char *id)
+{
+    char key[KEY_CAP];
+    bool found;
+
+    snprintf(key, sizeof(key), "/ferry/ops/%s", id);
+    pthread_mutex_lock(&fake.lock);
+    found = find(key, strlen(key)) >= 0;
+    pthread_mutex_unlock(&fake.lock);
+    return found;
+}
+
+static size_t waiting(coord_registry_t *r)
+{
+    size_t bytes;
+
+    pthread_mutex_lock(&r->lock);
+    bytes = r->unwrite_bytes;
+    pthread_mutex_unlock(&r->lock);
+    return bytes;
+}
+
+typedef struct {
+    coord_registry_t *r;
+    char lease_token[COORD_LEASE_TOKEN_LEN + 1];
+} fixture_t;
+
+static int setup(void **state)
+{
+    fixture_t *fx = calloc(1, sizeof(*fx));
+    coord_registry_t *r = calloc(1, sizeof(*r));
+
+    assert_non_null(fx);
+    assert_non_null(r);
+    r->prefix = (char *)"/ferry/";
+    r->ops_prefix = (char *)"/ferry/ops/";
+    r->claims_prefix = (char *)"/ferry/claims/";
+    r->default_ttl_s = 30;
+    r->params.register_batch = 1; /* each Register its own transaction */
+    pthread_mutex_init(&r->lock, NULL);
+    pthread_mutex_init(&r->batch_lock, NULL);
+    assert_int_equal(ferry__cond_init_clock(&r->batch_cond, CLOCK_MONOTONIC), 0);
+    r->batch_tail = &r->batch_head;
+    /* A lease key of zeros, as if loaded: lease tokens without etcd. */
+    atomic_store(&r->lease_key_ready, true);
+    atomic_store(&r->healthy, true);
+    assert_int_equal(registry_lease_token(r, LEASE, fx->lease_token), FERRY_OK);
+    fx->r = r;
+
+    pthread_mutex_lock(&fake.lock);
+    fake.n_kvs = 0;
+    fake.create_applies = true;
+    fake.create_status = FERRY_OK;
+    fake.unwrites_to_fail = fake.unwrites = 0;
+    pthread_mutex_unlock(&fake.lock);
+    *state = fx;
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    fixture_t *fx = *state;
+
+    registry_unwrites_free(fx->r);
+    pthread_cond_destroy(&fx->r->batch_cond);
+    pthread_mutex_destroy(&fx->r->batch_lock);
+    pthread_mutex_destroy(&fx->r->lock);
+    free(fx->r);
+    free(fx);
+    return 0;
+}
+
+/* A Register of `id` on the caller's lease; access_token "" lets the
+ * coordinator pick one. */
+static ferry_status_t do_register(fixture_t *fx, const char *id, const char *access_token)
+{
+    static const uint8_t md[] = {0x08, 0x01}; /* version 1 */
+    Ferry__V1__RdmaMetadata metadata = FERRY__V1__RDMA_METADATA__INIT;
+    Ferry__V1__RegisterRequest req = FERRY__V1__REGISTER_REQUEST__INIT;
+    coord_register_out_t out;
+    char msg[256];
+
+    metadata.kind = FERRY__V1__OPERATION_KIND__OPERATION_KIND_WRITE;
+    req.request_id = (char *)id;
+    req.metadata = &metadata;
+    req.owner = "test";
+    req.access_token = (char *)access_token;
+    req.lease_id = LEASE;
+    req.lease_token = fx->lease_token;
+    return coord_register(fx->r, &req, md, sizeof(md), NULL, NULL, &out, msg, sizeof(msg));
+}
+
+/* Applied, then unanswered: the record this call wrote is removed, and the
+ * caller's retry registers the ID. (The record used to stay, under a token
+ * nobody held, and every retry was told ALREADY_EXISTS.) */
+static void test_unanswered_register_leaves_no_record(void **state)
+{
+    fixture_t *fx = *state;
+
+    fake.create_status = FERRY_ERR_UNAVAILABLE;
+    assert_int_equal(do_register(fx, "op-1", ""), FERRY_ERR_UNAVAILABLE);
+    assert_int_equal(fake.unwrites, 1);
+    assert_false(stored("op-1"));
+    assert_int_equal(waiting(fx->r), 0);
+
+    fake.create_status = FERRY_OK;
+    assert_int_equal(do_register(fx, "op-1", ""), FERRY_OK);
+    assert_true(stored("op-1"));
+}
+
+/* Any failure that may have come after the commit counts (no answer in
+ * time, an answer that could not be read); a refusal applied nothing and
+ * sends no removal. */
+static void test_only_a_failure_that_may_be_applied_removes(void **state)
+{
+    fixture_t *fx = *state;
+
+    fake.create_status = FERRY_ERR_TIMED_OUT;
+    assert_int_equal(do_register(fx, "op-1", ""), FERRY_ERR_TIMED_OUT);
+    fake.create_status = FERRY_ERR_PROTOCOL;
+    assert_int_equal(do_register(fx, "op-2", ""), FERRY_ERR_PROTOCOL);
+    assert_false(stored("op-1"));
+    assert_false(stored("op-2"));
+    assert_int_equal(fake.unwrites, 2);
+
+    fake.create_applies = false;
+    fake.create_status = FERRY_ERR_INVALID_ARGUMENT;
+    assert_int_equal(do_register(fx, "op-3", ""), FERRY_ERR_INVALID_ARGUMENT);
+    assert_int_equal(fake.unwrites, 2);
+}
+
+/* With the caller's own token the record is left: the caller holds the
+ * token, so it can Lookup the record and Cancel and Release it. */
+static void test_callers_token_record_is_left(void **state)
+{
+    fixture_t *fx = *state;
+
+    fake.create_status = FERRY_ERR_UNAVAILABLE;
+    assert_int_equal(do_register(fx, "op-1", "0123456789abcdef"), FERRY_ERR_UNAVAILABLE);
+    assert_int_equal(fake.unwrites, 0);
+    assert_true(stored("op-1"));
+}
+
+/* etcd unreachable for the removal too: it waits, and goes again each time
+ * the maintenance thread finds etcd able to commit. */
+static void test_unreachable_removal_goes_again(void **state)
+{
+    fixture_t *fx = *state;
+
+    fake.create_status = FERRY_ERR_UNAVAILABLE;
+    fake.unwrites_to_fail = 2;
+    assert_int_equal(do_register(fx, "op-1", ""), FERRY_ERR_UNAVAILABLE);
+    assert_true(stored("op-1"));
+    assert_true(waiting(fx->r) > 0);
+    registry_unwrites_retry(fx->r);
+    assert_true(stored("op-1"));
+    assert_true(waiting(fx->r) > 0);
+    registry_unwrites_retry(fx->r);
+    assert_false(stored("op-1"));
+    assert_int_equal(waiting(fx->r), 0);
+    assert_int_equal(fake.unwrites, 3);
+}
+
+/* A removal that never reaches etcd gives up after a bounded number of
+ * tries; nothing is left waiting. */
+static void test_removal_tries_are_bounded(void **state)
+{
+    fixture_t *fx = *state;
+
+    fake.create_status = FERRY_ERR_UNAVAILABLE;
+    fake.unwrites_to_fail = 1000;
+    assert_int_equal(do_register(fx, "op-1", ""), FERRY_ERR_UNAVAILABLE);
+    for (int i = 0; i < 100 && waiting(fx->r) > 0; i++) {
+        registry_unwrites_retry(fx->r);
+    }
+    assert_int_equal(waiting(fx->r), 0);
+    assert_true(fake.unwrites > 1 && fake.unwrites < 100);
+    assert_true(stored("op-1"));
+}
+
+/* The removal only takes the bytes its own Register wrote: when that
+ * Register was not applied and another registered the ID meanwhile (a
+ * retry, with a token of its own), the other's record stays. */
+static void test_removal_spares_another_record(void **state)
+{
+    fixture_t *fx = *state;
+
+    fake.create_applies = false;
+    fake.create_status = FERRY_ERR_UNAVAILABLE;
+    fake.unwrites_to_fail = 1;
+    assert_int_equal(do_register(fx, "op-1", ""), FERRY_ERR_UNAVAILABLE);
+    assert_true(waiting(fx->r) > 0);
+
+    fake.create_applies = true;
+    fake.create_status = FERRY_OK;
+    assert_int_equal(do_register(fx, "op-1", ""), FERRY_OK);
+    registry_unwrites_retry(fx->r);
+    assert_int_equal(fake.unwrites, 2);
+    assert_int_equal(waiting(fx->r), 0);
+    assert_true(stored("op-1"));
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_unanswered_register_leaves_no_record, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_only_a_failure_that_may_be_applied_removes, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_callers_token_record_is_left, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_unreachable_removal_goes_again, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_removal_tries_are_bounded, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_removal_spares_another_record, setup, teardown),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
