@@ -2,10 +2,9 @@
  * coord_client.c: libferry's side of the coordinator. A passive operation is
  * published under a request ID (Register); an active operation is started
  * from a request ID (a Claim, which checks the pairing and answers the
- * metadata; a Lookup waits first while the client holds no session lease:
- * see claim()) and its outcome reported (Complete). When the owner is done
- * with a passive operation its record is released (Release), after a Cancel
- * if it never finished.
+ * metadata; a Lookup waits first: see claim()) and its outcome reported
+ * (Complete). When the owner is done with a passive operation its record is
+ * released (Release), after a Cancel if it never finished.
  *
  * Admission: a writer's Claim is made on the caller's path before the data
  * plane starts (begin_by_id), so the coordinator alone decides who writes;
@@ -30,6 +29,7 @@
  */
 #include "worker/coord_client_int.h"
 
+#include <errno.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -103,31 +103,62 @@ static ferry_status_t claim_read(const ferry_claim_params_t *p, claim_out_t *out
     return FERRY_OK;
 }
 
-/* Whether this client holds its session lease now (a Claim that would
- * otherwise make it waits for the record first: see claim). */
-static bool session_held(ferry_coordinator_t *coord)
-{
-    pthread_mutex_lock(&coord->lock);
-    bool held = coord->session_lease != 0;
-    pthread_mutex_unlock(&coord->lock);
-    return held;
-}
+/* How long a wait for a record pauses after an UNAVAILABLE answer before
+ * it asks again: from the first pause to the last, doubling. Short, so that
+ * a wait moves on soon after a coordinator rollout; bounded, so that a wait
+ * on a coordinator that stays away does not call it in a busy loop. */
+#define AWAIT_BACKOFF_MIN_MS 20
+#define AWAIT_BACKOFF_MAX_MS 500
 
 /* Waits up to wait_ms for p's record to be registered, with a Lookup
- * (which needs no lease). */
+ * (which needs no lease). A Lookup only reads, so asking again is always
+ * safe: on UNAVAILABLE (a replica that is shutting down ends its parked
+ * waits so; the channel to it failed) it asks again, through the same
+ * channel, which reconnects (to another replica behind a Service), for as
+ * long as wait_ms lasts. When wait_ms runs out that way, the wait ends as
+ * one that saw no record does, FERRY_ERR_TIMED_OUT (a caller that waits in
+ * slices asks again), naming the last answer. */
 static ferry_status_t await_record(ferry_coordinator_t *coord, const ferry_claim_params_t *p,
                                    int wait_ms, rpc_error_t *err)
 {
     Ferry__V1__LookupRequest req = FERRY__V1__LOOKUP_REQUEST__INIT;
     Ferry__V1__LookupResponse *resp = NULL;
+    int64_t deadline = now_ms() + wait_ms;
+    int64_t backoff = AWAIT_BACKOFF_MIN_MS;
     ferry_status_t status;
 
     req.request_id = (char *)p->request_id;
     req.access_token = (char *)p->access_token;
-    req.wait_ms = wait_ms;
-    status = rpc_unary(coord->channel, COORD_PATH("Lookup"), &req.base,
-                       &ferry__v1__lookup_response__descriptor,
-                       (int64_t)coord->timeout_ms + wait_ms, (ProtobufCMessage **)&resp, err);
+    for (;;) {
+        int64_t left = deadline - now_ms();
+        req.wait_ms = left > 0 ? (int32_t)left : 0;
+        status =
+            rpc_unary(coord->channel, COORD_PATH("Lookup"), &req.base,
+                      &ferry__v1__lookup_response__descriptor,
+                      (int64_t)coord->timeout_ms + req.wait_ms, (ProtobufCMessage **)&resp, err);
+        if (status != FERRY_ERR_UNAVAILABLE) {
+            break;
+        }
+        if (deadline - now_ms() <= backoff) {
+            char last[sizeof(err->message)];
+            snprintf(last, sizeof(last), "%s", err->message);
+            snprintf(err->message, sizeof(err->message),
+                     "request_id '%.64s': no coordinator answered within wait_ms %d (last: "
+                     "%.300s)",
+                     p->request_id, wait_ms, last);
+            err->status = status = FERRY_ERR_TIMED_OUT;
+            break;
+        }
+        struct timespec pause = {0, (long)backoff * 1000000L};
+        nanosleep(&pause, NULL);
+        backoff = backoff * 2 > AWAIT_BACKOFF_MAX_MS ? AWAIT_BACKOFF_MAX_MS : backoff * 2;
+        /* A fresh connection attempt now, rather than at the end of gRPC's
+         * own reconnect backoff (a second and more): its outcome shows in
+         * the Lookup's. */
+        if (deadline - now_ms() > 0) {
+            (void)rpc_channel_connect(coord->channel, deadline - now_ms(), NULL);
+        }
+    }
     if (status == FERRY_OK) {
         ferry__v1__lookup_response__free_unpacked(resp, NULL);
     }
@@ -166,13 +197,16 @@ static ferry_status_t claim(ferry_coordinator_t *coord, const ferry_claim_params
     req.wait_ms = claim_wait(p);
     req.n_descriptor_sizes = n;
     req.descriptor_sizes = sizes;
-    /* The Claim that makes the session lease holds every other Register
+    /* The wait is a Lookup's, and the Claim after it waits for nothing.
+     * The Claim that makes the session lease holds every other Register
      * and Claim of this client until it is answered (they go on that
      * lease), so it must not be one that waits: a claim-then-publish of the
-     * same ID in one process waited out its own wait, and failed. While the
-     * client has no lease, the wait is a Lookup's, and the Claim after it
-     * waits for nothing. */
-    if (req.wait_ms > 0 && !session_held(coord)) {
+     * same ID in one process waited out its own wait, and failed. And a
+     * Claim that fails UNAVAILABLE may have been granted (see begin_by_id),
+     * so it is never asked again, while a Lookup may be: a wait that a
+     * coordinator rollout ends (the replica answers its parked waits
+     * UNAVAILABLE) goes on at another replica (await_record). */
+    if (req.wait_ms > 0) {
         status = await_record(coord, p, req.wait_ms, &err);
         if (status != FERRY_OK) {
             free(sizes);
@@ -196,7 +230,7 @@ static ferry_status_t claim(ferry_coordinator_t *coord, const ferry_claim_params
         /* Sent and answered as bytes (rpc_unary_raw): the answer's metadata
          * is wanted as it came. */
         status = rpc_unary_raw(coord->channel, COORD_PATH("Claim"), packed, len,
-                               coord->timeout_ms + req.wait_ms, &out->answer, &len, &err);
+                               (int64_t)coord->timeout_ms + req.wait_ms, &out->answer, &len, &err);
         free(packed);
         if (status == FERRY_OK) {
             status = claim_read(p, out, len);
@@ -418,6 +452,26 @@ void ferry__coord_watch_stats(ferry_coordinator_t *coord, ferry__coord_watch_sta
 /* Checks the params' numbers and fills the channel's settings, each unset
  * one from the environment (rpc_env_*: 0, the default, where that holds no
  * valid value). */
+/* A TLS file the channel will read (NULL: not set), opened here first: a
+ * missing or unreadable one is then reported naming its field and the
+ * system's reason. The rpc layer only logs its cause, which a library
+ * caller (whose log is off by default) never sees. */
+static ferry_status_t tls_file_check(const char *field, const char *path)
+{
+    FILE *f;
+
+    if (path == NULL) {
+        return FERRY_OK;
+    }
+    f = fopen(path, "rb");
+    if (f == NULL) {
+        return ferry__fail(FERRY_ERR_INVALID_ARGUMENT, "params.%s: cannot open %s: %s", field, path,
+                           strerror(errno));
+    }
+    fclose(f);
+    return FERRY_OK;
+}
+
 static ferry_status_t read_params(const ferry_coordinator_params_t *params,
                                   rpc_channel_params_t *cparams)
 {
@@ -484,11 +538,27 @@ ferry_status_t ferry_coordinator_connect(const ferry_coordinator_params_t *param
         tls.key_file = params->tls_key_file;
         tls.server_name = params->tls_server_name;
         cparams.tls = &tls;
+        status = tls_file_check("tls_ca_file", tls.ca_file);
+        if (status == FERRY_OK) {
+            status = tls_file_check("tls_cert_file", tls.cert_file);
+        }
+        if (status == FERRY_OK) {
+            status = tls_file_check("tls_key_file", tls.key_file);
+        }
+        if (status != FERRY_OK) {
+            free(coord);
+            return status;
+        }
     }
     status = rpc_channel_create(&cparams, &coord->channel);
     if (status != FERRY_OK) {
         free(coord);
-        return ferry__fail(status, "cannot open a channel to coordinator %s", params->target);
+        /* The cause (a file that is not PEM, a certificate that does not
+         * go with its key) is in the rpc layer's log line, at level error. */
+        return ferry__fail(status,
+                           "cannot open a channel to coordinator %s: its settings were refused "
+                           "(the log, at level error, says why)",
+                           params->target);
     }
     rc = pthread_mutex_init(&coord->lock, NULL);
     if (rc != 0) {

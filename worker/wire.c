@@ -131,7 +131,6 @@ ferry_status_t ferry__msg_peer_status(int32_t status)
     case FERRY_ERR_INVALID_ARGUMENT:
     case FERRY_ERR_NOT_FOUND:
     case FERRY_ERR_FAILED_PRECONDITION:
-    case FERRY_ERR_TIMED_OUT:
     case FERRY_ERR_UNAVAILABLE:
     case FERRY_ERR_CANCELLED:
     case FERRY_ERR_RESOURCE_EXHAUSTED:
@@ -146,7 +145,12 @@ ferry_status_t ferry__msg_peer_status(int32_t status)
     /* Real codes, but about the peer's own affairs (its lease, its
      * coordinator, its caller's API use): taken as they came they would
      * pass for this side's own (an EXPIRED counts as this side's claim
-     * expiring at the coordinator). The peer did report an error. */
+     * expiring at the coordinator). The peer did report an error. A
+     * TIMED_OUT is the peer's own deadline: taken as it came, it would end
+     * this side's operation with the code ferry_op_wait returns for a wait
+     * whose time ran out, and a caller that waits in slices would take the
+     * final operation for one still going. */
+    case FERRY_ERR_TIMED_OUT:
     case FERRY_ERR_ALREADY_EXISTS:
     case FERRY_ERR_PERMISSION_DENIED:
     case FERRY_ERR_UNAUTHENTICATED:

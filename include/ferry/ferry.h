@@ -515,7 +515,16 @@ FERRY_API ferry_status_t ferry_op_error(const ferry_op_t *op, const char **messa
 /* Waits until the operation is final or timeout_ms passes (-1: no limit; 0:
  * just look). Returns FERRY_OK for COMPLETE, FERRY_ERR_CANCELLED for
  * CANCELLED, the operation's error code for ERRORED, and FERRY_ERR_TIMED_OUT
- * when the time ran out (the operation goes on; wait again or cancel). */
+ * when the time ran out (the operation goes on; wait again or cancel).
+ *
+ * libferry never ends an operation with FERRY_ERR_TIMED_OUT itself (a
+ * peer's TIMED_OUT arrives as FERRY_ERR_PEER_FAILED, and its own timeouts
+ * end an operation FERRY_ERR_UNAVAILABLE), but its owner may, through
+ * ferry_op_fail. So a caller that gets FERRY_ERR_TIMED_OUT and must tell
+ * "still going" from "ended with that code" asks ferry_op_status: the wait
+ * timed out only while the status is not final (COMPLETE, CANCELLED or
+ * ERRORED). A caller that waits in slices decides from the status to stop,
+ * never from the return code alone. */
 FERRY_API ferry_status_t ferry_op_wait(ferry_op_t *op, int timeout_ms);
 
 /* Cancels. Passive: the memory is released at once and any later writer is
@@ -530,7 +539,9 @@ FERRY_API ferry_status_t ferry_op_cancel(ferry_op_t *op);
  * is final already (then FERRY_ERR_FAILED_PRECONDITION). For coordinator glue
  * that learns of a failure elsewhere: a lease that expired
  * (FERRY_ERR_EXPIRED), a peer the coordinator saw die. A passive operation
- * releases its memory as on cancel. code must be an error (< 0). */
+ * releases its memory as on cancel. code must be an error (< 0). With
+ * FERRY_ERR_TIMED_OUT, the operation's waiters get the code ferry_op_wait
+ * also returns when its own time runs out: see there how they tell. */
 FERRY_API ferry_status_t ferry_op_fail(ferry_op_t *op, ferry_status_t code, const char *message);
 
 /* Called once when the operation becomes final, from the connector's

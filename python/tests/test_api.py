@@ -278,6 +278,83 @@ def test_wait_times_out_and_the_operation_goes_on(connector, sender):
     assert bytes(dst) == b"a" * 64
 
 
+def _libferry_op(op):
+    """The ferry_op_t * under an operation (pyferry_op_t: PyObject_HEAD, then
+    it), and libferry itself through ctypes: the binding offers no way to
+    end an operation with a chosen code, which is what a libferry user or a
+    peer may do."""
+    lib = ctypes.CDLL("libferry.so.0")  # the copy _ferry already loaded
+    lib.ferry_op_fail.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_char_p]
+    lib.ferry_op_status.argtypes = [ctypes.c_void_p]
+    handle = ctypes.c_void_p.from_address(id(op) + object.__basicsize__).value
+    assert lib.ferry_op_status(handle) == op._status
+    return lib, handle
+
+
+class _StillWaiting(Exception):
+    pass
+
+
+def _within(seconds):
+    """Ends a wait that spins (it checks signals between slices) with
+    _StillWaiting after `seconds`, instead of never."""
+    def expire(signum, frame):
+        raise _StillWaiting(f"still waiting after {seconds} s")
+    old = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    return old
+
+
+def _within_end(old):
+    signal.setitimer(signal.ITIMER_REAL, 0)
+    signal.signal(signal.SIGALRM, old)
+
+
+def test_operation_ended_timed_out_is_final_for_every_wait(connector):
+    """An operation its owner ended ERRORED with TIMED_OUT (ferry_op_fail):
+    wait() returns at once with its own message. Before, wait() spun at
+    100% CPU for ever (each slice returned TIMED_OUT at once), and wait(T)
+    and wait_for_completion() raised "the wait timed out (the operation goes
+    on)" on a final operation."""
+    dst = bytearray(64)
+    with connector.create_writable(ferry.Descriptor(dst)) as w:
+        lib, handle = _libferry_op(w)
+        assert lib.ferry_op_fail(handle, ferry.TimedOut.code, b"my deadline passed") == 0
+        assert w.status == ferry.OperationStatus.ERRORED
+        old = _within(3)
+        try:
+            for wait in (lambda: w.wait(), lambda: w.wait(5),
+                         lambda: asyncio.run(w.wait_for_completion())):
+                t0 = time.monotonic()
+                with pytest.raises(ferry.TimedOut) as e:
+                    wait()
+                assert time.monotonic() - t0 < 1.0
+                assert e.value.message == "my deadline passed"
+        finally:
+            _within_end(old)
+
+
+def test_peer_timed_out_ends_the_writable_peer_failed(connector, sender):
+    """A writer that ends its write TIMED_OUT (its own deadline): the
+    writable ends PEER_FAILED, and wait() returns at once. Before, it ended
+    with the writer's TIMED_OUT, and wait() spun for ever."""
+    dst = bytearray(64 << 20)
+    src = bytes(64 << 20)
+    with connector.create_writable(ferry.Descriptor(dst)) as w:
+        with sender.begin_write(ferry.Descriptor(src), w.metadata()) as a:
+            lib, handle = _libferry_op(a)
+            if lib.ferry_op_fail(handle, ferry.TimedOut.code, b"deadline exceeded") != 0:
+                pytest.skip("the write completed before it could be failed")
+            old = _within(10)
+            try:
+                with pytest.raises(ferry.PeerFailed):
+                    w.wait()
+            finally:
+                _within_end(old)
+            assert w.status == ferry.OperationStatus.ERRORED
+            assert w.error()[0] == ferry.PeerFailed.code
+
+
 def test_cancel_passive_refuses_the_writer(connector, sender):
     dst = bytearray(64)
     w = connector.create_writable(ferry.Descriptor(dst))

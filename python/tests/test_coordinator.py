@@ -183,6 +183,57 @@ def test_a_long_wait_by_id_sees_signals(connector, coordinator):
     assert bytes(dst) == b"y" * 64
 
 
+def test_a_wait_by_id_outlives_a_coordinator_restart(connector, sender, tmp_path):
+    """A coordinator rollout: the replica a writer's wait is parked at
+    shuts down (SIGTERM) and answers the wait UNAVAILABLE ("retry on
+    another replica"); a new one comes up on the same port, and the receiver
+    registers there. The writer's wait goes on through the same client,
+    whose channel reconnects, and the write completes. Before, the writer
+    gave up at once with Unavailable, 28 s of its 30 s wait left."""
+    etcd = ferry_harness.Etcd(str(tmp_path))
+    etcd.start()
+    replicas = []
+    try:
+        old = ferry_harness.Coordinator(str(tmp_path), etcd.endpoint, name="old")
+        replicas.append(old)
+        old.start()
+        request_id = rid("rollout")
+        outcome = {}
+
+        def write():
+            try:
+                with ferry.Coordinator(old.target) as coord:
+                    with sender.begin_write_by_id(coord, request_id, TOKEN,
+                                                  ferry.Descriptor(b"r" * 64), wait=30) as a:
+                        a.wait(30)
+                outcome["done"] = True
+            except BaseException as e:  # the thread's outcome, asserted below
+                outcome["error"] = e
+
+        t = threading.Thread(target=write)
+        t.start()
+        ferry_harness.wait_until(lambda: old.log_contains(f"op {request_id}: lookup from"), 20,
+                                 "the writer's wait to park")
+        assert old.stop() == 0
+        new = ferry_harness.Coordinator(str(tmp_path), etcd.endpoint, name="new")
+        new.args[new.args.index("--listen") + 1] = old.target
+        replicas.append(new)
+        new.start()
+        assert "error" not in outcome, outcome
+        dst = bytearray(64)
+        with ferry.Coordinator(new.target) as coord:
+            with connector.create_writable(ferry.Descriptor(dst)) as op:
+                op.publish(coord, request_id, TOKEN)
+                op.wait(30)
+        t.join(60)
+        assert outcome == {"done": True}, outcome
+        assert bytes(dst) == b"r" * 64
+    finally:
+        for c in replicas:
+            c.stop()
+        etcd.stop()
+
+
 def test_size_mismatch_by_id_names_both_sizes(connector, coordinator):
     request_id = rid("size")
     with connector.create_writable(ferry.Descriptor(bytearray(4096))) as op:
@@ -349,6 +400,18 @@ def test_unreachable_coordinator(connector):
     with connector.create_writable(ferry.Descriptor(bytearray(64))) as op:
         with pytest.raises((ferry.Unavailable, ferry.TimedOut)):
             op.publish(coord, rid("down"), TOKEN)
+
+
+def test_missing_tls_file_is_named(tmp_path):
+    """A TLS file that cannot be opened (a Secret not mounted yet, a typo)
+    is named in the exception, with its field and the system's reason.
+    Before, the exception said only "cannot open a channel to coordinator
+    127.0.0.1:7400", and the cause went to a log that is off by default."""
+    missing = str(tmp_path / "nonexistent" / "ca.pem")
+    with pytest.raises(ferry.InvalidArgument) as e:
+        ferry.Coordinator("127.0.0.1:7400", tls=ferry.TlsConfig(ca_file=missing))
+    assert "tls_ca_file" in e.value.message
+    assert missing in e.value.message and "No such file or directory" in e.value.message
 
 
 def test_tls_coordinator(connector, sender):
