@@ -739,7 +739,11 @@ static void *maint_main(void *arg)
             }
             retry_ms = 0;
         }
-        maint_wait(r, MAINT_INTERVAL_MS, false);
+        /* A reload that cannot run (etcd unhealthy) must not cut the wait
+         * short: maint_wait would return at once while it is pending, and
+         * the loop would ping etcd back to back, a full core and a flood
+         * of requests on an etcd that is just coming up. */
+        maint_wait(r, MAINT_INTERVAL_MS, reload && !atomic_load(&r->healthy));
     }
     return NULL;
 }

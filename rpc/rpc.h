@@ -181,13 +181,14 @@ void rpc_call_reply(rpc_call_t *call, const ProtobufCMessage *response);
  * copied): a message built with rpc_pack_with_field, say. */
 void rpc_call_reply_packed(rpc_call_t *call, const void *response, size_t len);
 
-/* How long a streaming call ended (rpc_call_fail, rpc_call_finish) while
- * messages are still queued may wait for its client to take them: the
- * status goes out after the last of them, so a client that reads gets
+/* How long a call ended (rpc_call_reply, rpc_call_fail, rpc_call_finish)
+ * may wait for its client to take its reply or the messages still queued:
+ * the status goes out after the last of them, so a client that reads gets
  * every message and then the status, but one that does not read (its
- * flow-control window stays shut) would hold the call, and the queue, for
- * ever. A call still waiting RPC_DRAIN_MS after its end is cancelled: its
- * queue is freed and its client sees CANCELLED. */
+ * flow-control window stays shut) would hold the call, its queue and its
+ * request's bytes (max_held_request_bytes) for ever. A call still waiting
+ * RPC_DRAIN_MS after its end is cancelled: its queue is freed and its
+ * client sees CANCELLED. */
 enum { RPC_DRAIN_MS = 10000 };
 
 /* Ends the call (unary or streaming) with the gRPC code that `status` maps

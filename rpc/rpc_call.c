@@ -18,8 +18,9 @@
  * (with the last message when one is queued, so a unary reply is one
  * batch).
  *
- * Draining: a streaming call ended with messages still queued (or in
- * flight) is listed on the server's drain list (rpc_drain.c); if it is
+ * Draining: a call ended before its final status has gone out (a unary
+ * reply or a stream's queue still waiting for the client's window) is
+ * listed on the server's drain list (rpc_drain.c) until DONE; if it is
  * not DONE RPC_DRAIN_MS later, its client is not reading, and the call is
  * cancelled: the pending batch fails, the queue is dropped, and the call
  * goes on to DONE as any cancelled call does.
@@ -472,13 +473,6 @@ static bool call_is_streaming(const rpc_call_t *call)
     return call->method != NULL && call->method->kind == RPC_SERVER_STREAMING;
 }
 
-/* True while messages are queued or one is in flight. Caller holds the
- * lock. */
-static bool call_has_unsent(const rpc_call_t *call)
-{
-    return call->queue_head != NULL || call->inflight_buf != NULL;
-}
-
 /* ACTIVE -> ENDING with `buf` (may be NULL) as the last message. Caller
  * holds the lock; the call is ACTIVE. */
 static void call_end_locked(rpc_call_t *call, grpc_byte_buffer *buf, grpc_status_code code,
@@ -514,9 +508,12 @@ static void call_end_locked(rpc_call_t *call, grpc_byte_buffer *buf, grpc_status
                 rpc_grpc_code_name((int)code), msg[0] != '\0' ? ": " : "", msg);
     call_set_state(call, RPC_CALL_ENDING);
     call_pump(call);
-    if (call_is_streaming(call) && call_has_unsent(call)) {
-        /* Its client must take them before the status goes out: not for
-         * ever (RPC_DRAIN_MS). */
+    if (!call->status_done) {
+        /* Its client must take what is queued (a unary call's reply, a
+         * stream's messages) before the status goes out: not for ever
+         * (RPC_DRAIN_MS). A unary call is no exception: a client with a
+         * window of 0 and no deadline would keep it, and its request's
+         * bytes, for as long as its connection lives. */
         rpc__drain_add(&call->server->drain, call);
     }
 }
@@ -555,6 +552,9 @@ static void call_maybe_done_locked(rpc_call_t *call)
     }
     grpc_call_unref(call->gcall);
     call->gcall = NULL;
+    if (rpc__drain_remove(&call->server->drain, call)) {
+        atomic_fetch_sub(&call->refs, 1); /* the list's: the caller holds one */
+    }
     if (call->held_bytes > 0) {
         atomic_fetch_sub(&call->server->held_request_bytes, call->held_bytes);
         call->held_bytes = 0;
@@ -618,14 +618,14 @@ void rpc__call_drain_expired(rpc_call_t *call)
 {
     pthread_mutex_lock(&call->lock);
     if (call->state == RPC_CALL_ENDING && !call->status_done && call->gcall != NULL) {
-        ferry_info("call %" PRIu64 " %s: %s did not take its last %zu bytes within %d ms of "
-                   "the end (%s); cancelled",
+        ferry_info("call %" PRIu64 " %s: %s did not take its last messages (%zu bytes counted) "
+                   "within %d ms of the end (%s); cancelled",
                    call->id, call->path, call->peer, call->queued_bytes, RPC_DRAIN_MS,
                    rpc_grpc_code_name((int)call->final_code));
         /* What the client sees now, for the observer too. */
         call->final_code = GRPC_STATUS_CANCELLED;
         snprintf(call->final_msg, sizeof(call->final_msg),
-                 "the client did not read this stream's last messages within %d ms of its end",
+                 "the client did not read this call's last messages within %d ms of its end",
                  RPC_DRAIN_MS);
         snprintf(call->final_ferry, sizeof(call->final_ferry), "%d",
                  (int)rpc_status_from_grpc(GRPC_STATUS_CANCELLED));

@@ -1,19 +1,23 @@
 /*
- * rpc_drain.c: the drain deadline of ended streaming calls.
+ * rpc_drain.c: the drain deadline of ended calls.
  *
- * A streaming call ended while messages are still queued sends its final
- * status only after its client has taken them, and gRPC's transport takes
- * them only as the client's flow-control window allows: a client that
- * never reads would keep the call, and every byte queued on it, for ever.
- * So such a call is listed here when it ends (rpc__drain_add) and, if it
- * is still not DONE RPC_DRAIN_MS later, cancelled (rpc__call_drain_expired):
- * its queue is freed and the call is over.
+ * A call sends its final status only after its client has taken the
+ * messages before it (a unary call's reply, a stream's queue), and gRPC's
+ * transport takes them only as the client's flow-control window allows: a
+ * client that never reads (a window of 0, and no deadline) would keep the
+ * call for ever, with every byte queued on it and its request's bytes
+ * counted against max_held_request_bytes. So every call whose final send
+ * has not completed when it ends is listed here (rpc__drain_add) and, if
+ * it is still not DONE RPC_DRAIN_MS later, cancelled
+ * (rpc__call_drain_expired): its queue is freed and the call is over.
  *
  * Every deadline lies the same time after its listing, so the list is a
  * FIFO in deadline order: one thread waits for the oldest one, and listing
- * and expiring are O(1). A listed call holds a reference until its deadline
- * has passed, whether or not it drained in time (a call that did costs its
- * rpc_call_t until then, its grpc_call and queue being gone).
+ * and expiring are O(1). A call that reaches DONE in time takes itself off
+ * (rpc__drain_remove, O(1): the list is linked both ways), so that most
+ * unary calls, listed for the moment their reply takes to go out, do not
+ * keep their rpc_call_t for RPC_DRAIN_MS. A listed call holds a reference
+ * until it is taken off.
  *
  * Threads: rpc__drain_add on any thread that ends a call; the drain thread
  * expires calls. drain->lock guards the list, started and stopping; it is
@@ -65,9 +69,12 @@ static rpc_call_t *drain_take_expired_locked(rpc_drain_t *drain)
         return NULL;
     }
     drain->head = call->drain_next;
-    if (drain->head == NULL) {
+    if (drain->head != NULL) {
+        drain->head->drain_prev = NULL;
+    } else {
         drain->tail = NULL;
     }
+    call->drain_listed = false;
     return call;
 }
 
@@ -111,6 +118,8 @@ void rpc__drain_add(rpc_drain_t *drain, rpc_call_t *call)
         rpc_call_ref(call);
         call->drain_at_ms = ferry__clock_ms(CLOCK_MONOTONIC) + RPC_DRAIN_MS;
         call->drain_next = NULL;
+        call->drain_prev = drain->tail;
+        call->drain_listed = true;
         if (drain->tail != NULL) {
             drain->tail->drain_next = call;
         } else {
@@ -120,6 +129,32 @@ void rpc__drain_add(rpc_drain_t *drain, rpc_call_t *call)
         drain->tail = call;
     }
     pthread_mutex_unlock(&drain->lock);
+}
+
+bool rpc__drain_remove(rpc_drain_t *drain, rpc_call_t *call)
+{
+    bool listed;
+
+    pthread_mutex_lock(&drain->lock);
+    listed = call->drain_listed;
+    if (listed) {
+        /* The thread may be waiting for this call's deadline: it wakes then
+         * and finds the next one, which is no earlier. */
+        if (call->drain_prev != NULL) {
+            call->drain_prev->drain_next = call->drain_next;
+        } else {
+            drain->head = call->drain_next;
+        }
+        if (call->drain_next != NULL) {
+            call->drain_next->drain_prev = call->drain_prev;
+        } else {
+            drain->tail = call->drain_prev;
+        }
+        call->drain_prev = call->drain_next = NULL;
+        call->drain_listed = false;
+    }
+    pthread_mutex_unlock(&drain->lock);
+    return listed;
 }
 
 void rpc__drain_stop(rpc_drain_t *drain)
@@ -133,6 +168,9 @@ void rpc__drain_stop(rpc_drain_t *drain)
     }
     drain->stopping = true;
     left = drain->head;
+    for (rpc_call_t *c = left; c != NULL; c = c->drain_next) {
+        c->drain_listed = false; /* its references are dropped below */
+    }
     drain->head = drain->tail = NULL;
     pthread_cond_signal(&drain->cond);
     pthread_mutex_unlock(&drain->lock);

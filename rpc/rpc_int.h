@@ -9,7 +9,7 @@
  *     gRPC call is one heap rpc_call_t whose embedded rpc_tag_t members are
  *     the completion-queue tags of its operations;
  *   - health (rpc_health.c): grpc.health.v1.Health on top of the same server;
- *   - drain deadlines (rpc_drain.c): a streaming call ended with messages
+ *   - drain deadlines (rpc_drain.c): a call ended with a reply or messages
  *     its client does not take is cancelled RPC_DRAIN_MS later;
  *   - helpers for byte buffers, deadlines, PEM files and credentials
  *     (rpc_buf.c, rpc_tls.c);
@@ -188,12 +188,13 @@ void rpc__error_set(rpc_error_t *err, int code, const char *msg);
 
 /* --- drain deadlines (rpc_drain.c) --------------------------------------- */
 
-/* Calls ended with messages still queued, oldest first (each deadline is
- * RPC_DRAIN_MS after its listing, so this order is the deadlines' order). */
+/* Calls ended whose final status has not gone out yet, oldest first (each
+ * deadline is RPC_DRAIN_MS after its listing, so this order is the
+ * deadlines' order). */
 typedef struct {
     pthread_mutex_t lock;
     pthread_cond_t cond;     /* CLOCK_MONOTONIC; a listing, or stop */
-    rpc_call_t *head, *tail; /* linked by drain_next; each holds a call ref */
+    rpc_call_t *head, *tail; /* linked both ways; each holds a call ref */
     bool started;            /* the thread runs: calls are listed */
     bool stopping;           /* no more listings; the thread ends */
     pthread_t thread;
@@ -209,6 +210,9 @@ void rpc__drain_stop(rpc_drain_t *drain);
  * from now; a no-op once stopping (the server cancels every call then).
  * Caller holds call->lock. */
 void rpc__drain_add(rpc_drain_t *drain, rpc_call_t *call);
+/* Takes `call` off the list if it is there: true if it was, and the
+ * caller then drops the list's reference. Caller holds call->lock. */
+bool rpc__drain_remove(rpc_drain_t *drain, rpc_call_t *call);
 
 /* --- server and calls (rpc_server.c, rpc_call.c) ------------------------- */
 
@@ -348,7 +352,8 @@ struct rpc_call {
 
     /* On server->drain's list (guarded by drain.lock, not call->lock). */
     int64_t drain_at_ms; /* CLOCK_MONOTONIC */
-    rpc_call_t *drain_next;
+    rpc_call_t *drain_prev, *drain_next;
+    bool drain_listed; /* on the list now: taken off at DONE or expiry */
 };
 
 /* Allocates an armed call and requests it from gRPC (the server's lock is

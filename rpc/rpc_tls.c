@@ -296,6 +296,19 @@ ferry_status_t rpc__channel_credentials(const rpc_tls_params_t *tls, unsigned re
     if (status != FERRY_OK) {
         return status;
     }
+    if (tls->ca_file == NULL && tls->cert_file == NULL) {
+        /* No file to watch: the server is checked against the system's
+         * roots (gRPC's default store: /etc/ssl/certs first), as the etcd
+         * gateway's curl does. gRPC 1.51's file watcher must not be made
+         * here: with neither a key nor a CA path it asserts, and the whole
+         * process aborts. */
+        *creds_p = grpc_ssl_credentials_create(NULL, NULL, NULL, NULL);
+        if (*creds_p == NULL) {
+            ferry_error("rpc: gRPC refused the client tls settings (system roots)");
+            return FERRY_ERR_INVALID_ARGUMENT;
+        }
+        return FERRY_OK;
+    }
     /* A renewed certificate, key or CA (a Secret's update, cert-manager) is
      * taken by the next handshake after the watcher saw it; one that cannot
      * be used leaves the previous ones in use (gRPC logs it). The server's

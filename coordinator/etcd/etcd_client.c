@@ -411,6 +411,10 @@ static size_t etcd_buf_write(char *data, size_t size, size_t nmemb, void *arg)
 {
     etcd_buf_t *buf = arg;
     size_t n = size * nmemb;
+    if (n > ETCD_REPLY_MAX - buf->len) {
+        buf->too_large = true;
+        return 0; /* ends the transfer with CURLE_WRITE_ERROR */
+    }
     if (buf->len + n + 1 > buf->cap) {
         size_t cap = buf->cap > 0 ? buf->cap : 1024;
         while (cap < buf->len + n + 1) {
@@ -600,6 +604,16 @@ static ferry_status_t etcd_attempt(etcd_client_t *client, CURL *handle, size_t i
                   (flags & ETCD_CALL_RETRY) != 0, token, timeout_ms, &buf, &http, detail);
     ferry_status_t status;
     *next_p = false;
+    if (code != CURLE_OK && buf.too_large) {
+        /* Not a transport fault: another member would likely send as much
+         * (a page of large records), so the request fails here. */
+        etcd__set_error("%s: etcd's reply passed %zu MiB (ETCD_REPLY_MAX); if it is a page of "
+                        "large records, a smaller --etcd-load-page reads fewer at a time",
+                        url, ETCD_REPLY_MAX >> 20);
+        ferry_warn("etcd: %s", etcd_last_error);
+        free(buf.data);
+        return FERRY_ERR_PROTOCOL;
+    }
     if (code != CURLE_OK) {
         status = etcd__transport_error("post", url, code, detail);
         *next_p = (flags & ETCD_CALL_RETRY) != 0 || etcd_never_sent(handle, code);
@@ -656,7 +670,11 @@ ferry_status_t etcd__call_raw(etcd_client_t *client, CURL *handle, const char *p
         status = etcd_attempt(client, handle, order[i], path, body, token, flags, attempt_ms, &next,
                               reply_p);
     }
-    if (status == FERRY_ERR_UNAVAILABLE) {
+    if (status == FERRY_ERR_UNAVAILABLE && (flags & ETCD_CALL_PROBE) != 0) {
+        /* A health probe's caller logs when health changes: a warning per
+         * probe would repeat it every interval while etcd is down. */
+        ferry_debug("etcd: unavailable: %s", etcd_last_error);
+    } else if (status == FERRY_ERR_UNAVAILABLE) {
         ferry_warn("etcd: unavailable: %s", etcd_last_error);
     }
     free(order);

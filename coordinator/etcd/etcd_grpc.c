@@ -79,7 +79,7 @@ static ferry_status_t etcd_grpc_open(etcd_client_t *client)
         rpc_channel_params_t params = {
             .target = target,
             .tls = tls ? &tls_params : NULL,
-            .max_message_bytes = INT_MAX, /* as the gateway: a range may be large */
+            .max_message_bytes = (int)ETCD_REPLY_MAX, /* as the gateway's bodies */
             .keepalive_ms = client->keepalive_ms,
             .tls_refresh_s = client->tls_refresh_s,
         };

@@ -166,11 +166,25 @@ static inline bool etcd__revision_ok(int64_t revision)
     return revision >= 0 && revision < INT64_MAX;
 }
 
-/* A growing byte buffer for reply bodies. */
+/* The most bytes one reply from etcd may take: a gateway reply body, one
+ * watch line, one gRPC message. Without a bound a faulty member or proxy
+ * that streams a body without end took GBs before the request's timeout.
+ * What etcd legitimately sends is far smaller: a value is at most etcd's
+ * --max-request-bytes (1.5 MiB by default), and so are all the values one
+ * transaction writes (one watch message); a List reads about 2 MiB of
+ * records at a time, at least 2 (LIST_READ_BYTES, registry_list.c). The
+ * largest reply is a view load's page, --etcd-load-page keys (5000 by
+ * default): 256 MiB holds one of records averaging 40 KiB as the gateway's
+ * base64 JSON, several times what Ferry's records take. A store of larger
+ * records loads with a smaller --etcd-load-page (the error says so). */
+#define ETCD_REPLY_MAX ((size_t)256 << 20)
+
+/* A growing byte buffer for reply bodies, of ETCD_REPLY_MAX bytes at most. */
 typedef struct {
     char *data;
     size_t len;
     size_t cap;
+    bool too_large; /* a write would have passed ETCD_REPLY_MAX */
 } etcd_buf_t;
 
 /* --- etcd_json.c ------------------------------------------------------ */

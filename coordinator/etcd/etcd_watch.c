@@ -234,15 +234,19 @@ static ferry_status_t etcd_watch_line(etcd_watch_t *watch, const char *line, siz
     return status;
 }
 
-/* Handles each complete line that has arrived and keeps the rest. */
-static ferry_status_t etcd_watch_lines(etcd_watch_t *watch)
+/* Handles each complete line that has arrived and keeps the rest. The
+ * first `kept` bytes are what an earlier call kept, with no newline: the
+ * search starts after them, or a long line, arriving a few KiB a write,
+ * would be scanned from its start on each (quadratic). */
+static ferry_status_t etcd_watch_lines(etcd_watch_t *watch, size_t kept)
 {
     etcd_buf_t *buf = &watch->line;
     size_t done = 0;
     ferry_status_t status = FERRY_OK;
     while (status == FERRY_OK) {
         char *line = buf->data + done;
-        char *newline = memchr(line, '\n', buf->len - done);
+        size_t from = done == 0 ? kept : 0;
+        char *newline = memchr(line + from, '\n', buf->len - done - from);
         if (newline == NULL) {
             break;
         }
@@ -251,6 +255,13 @@ static ferry_status_t etcd_watch_lines(etcd_watch_t *watch)
     }
     memmove(buf->data, buf->data + done, buf->len - done);
     buf->len -= done;
+    if (buf->len == 0 && buf->cap > ((size_t)1 << 20)) {
+        /* One large message must not keep its buffer for the watch's life:
+         * the next write starts a small one. */
+        free(buf->data);
+        buf->data = NULL;
+        buf->cap = 0;
+    }
     return status;
 }
 
@@ -263,6 +274,16 @@ static size_t etcd_watch_write(char *data, size_t size, size_t nmemb, void *arg)
     }
     etcd_buf_t *line = &watch->line;
     watch->heard_ms = etcd_now_ms();
+    if (n > ETCD_REPLY_MAX - line->len) {
+        /* Bytes keep the stream alive, so without this bound a member that
+         * never ends a line would grow it until malloc failed. The watch
+         * thread starts a new stream, as after any other error. */
+        etcd__set_error("watch: a line from etcd passed %zu MiB (ETCD_REPLY_MAX)",
+                        ETCD_REPLY_MAX >> 20);
+        ferry_warn("etcd: %s", etcd_client_last_error());
+        watch->stream_status = FERRY_ERR_PROTOCOL;
+        return 0;
+    }
     if (line->len + n + 1 > line->cap) {
         size_t cap = line->cap > 0 ? line->cap : 4096;
         while (cap < line->len + n + 1) {
@@ -276,9 +297,10 @@ static size_t etcd_watch_write(char *data, size_t size, size_t nmemb, void *arg)
         line->data = grown;
         line->cap = cap;
     }
+    size_t kept = line->len;
     memcpy(line->data + line->len, data, n);
     line->len += n;
-    watch->stream_status = etcd_watch_lines(watch);
+    watch->stream_status = etcd_watch_lines(watch, kept);
     /* A short count ends the transfer. */
     return watch->stream_status == FERRY_OK && !atomic_load(&watch->stop) ? n : 0;
 }

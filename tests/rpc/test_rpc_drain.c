@@ -3,12 +3,15 @@
  * streaming call ended while messages are still queued sends its status
  * after them: a client that reads gets every message, then the status; a
  * client that never reads has the call cancelled once it has waited
- * RPC_DRAIN_MS, its queue freed, instead of holding it for ever.
+ * RPC_DRAIN_MS, its queue freed, instead of holding it for ever. A unary
+ * call whose client never takes the reply is cancelled the same way, and
+ * the bytes its request held against max_held_request_bytes come back.
  *
  * The fixture's Watch "fail:N" queues N messages of about 1 KiB and fails
  * RESOURCE_EXHAUSTED at once. The client that never reads is a raw HTTP/2
  * client on a socket: it announces HTTP/2's default 64 KiB stream window
- * and never widens it, so the transport can never take the 200 KiB queued.
+ * (or, for the unary call, a window of 0) and never widens it, so the
+ * transport can never take the 200 KiB queued (or any reply at all).
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -18,6 +21,7 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -25,11 +29,18 @@
 #include <unistd.h>
 
 #include "ferry/v1/coordinator.pb-c.h"
+#include "rpc/rpc_int.h"
 #include "rpc_fixture.h"
 
 #define WATCH_PATH "/ferry.v1.Coordinator/Watch"
+#define GET_PATH   "/ferry.v1.Coordinator/Get"
 #define FAT_N      200 /* messages of FIXTURE_FAT_BYTES: about 200 KiB */
 #define WAIT_MS    10000
+/* A Get request_id over half of FIXTURE_MAX_HELD: one stuck call holds so
+ * much that a second such request is refused. Its request fits the 64 KiB
+ * HTTP/2 windows a client may fill before it hears the server's. */
+#define BIG_ID_BYTES (FIXTURE_MAX_HELD / 2 + 4096)
+#define H2_MAX_FRAME 16384 /* SETTINGS_MAX_FRAME_SIZE's default */
 
 /* --- a raw HTTP/2 client that never reads ------------------------------- */
 
@@ -65,18 +76,23 @@ static void hpack_literal(uint8_t *out, size_t *n, const char *name, const char 
     *n += vl;
 }
 
-/* Opens Watch(request_id_prefix) on a socket whose owner never reads it. */
-static int stuck_watch_open(int port, const char *prefix)
+/* Opens a call of `path` with request `req` on a socket whose owner never
+ * reads it. The client's SETTINGS announce a stream window of `window`
+ * bytes (-1: HTTP/2's default of 64 KiB), never widened. */
+static int stuck_call_open(int port, const char *path, const ProtobufCMessage *req, long window)
 {
     static const char preface[] = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-    Ferry__V1__WatchRequest req = FERRY__V1__WATCH_REQUEST__INIT;
     struct sockaddr_in addr = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
-    uint8_t out[1024], headers[512];
+    size_t body = protobuf_c_message_get_packed_size(req);
+    size_t cap = 1024 + 5 + body + (5 + body) / H2_MAX_FRAME * 9 + 9;
+    uint8_t *out = malloc(cap), *msg = malloc(5 + body), headers[512];
     char authority[32];
-    size_t n = 0, hn = 0, body;
+    size_t n = 0, hn = 0, sent = 0;
     int rcvbuf = 4096;
     int fd = socket(AF_INET, SOCK_STREAM, 0);
 
+    assert_non_null(out);
+    assert_non_null(msg);
     assert_true(fd >= 0);
     assert_int_equal(setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof(rcvbuf)), 0);
     addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
@@ -84,29 +100,56 @@ static int stuck_watch_open(int port, const char *prefix)
 
     memcpy(out, preface, sizeof(preface) - 1);
     n = sizeof(preface) - 1;
-    h2_frame(out, &n, 4, 0, 0, 0); /* SETTINGS: all defaults */
+    if (window < 0) {
+        h2_frame(out, &n, 4, 0, 0, 0); /* SETTINGS: all defaults */
+    } else {
+        h2_frame(out, &n, 4, 0, 0, 6); /* SETTINGS_INITIAL_WINDOW_SIZE */
+        out[n++] = 0;
+        out[n++] = 4;
+        out[n++] = (uint8_t)(window >> 24);
+        out[n++] = (uint8_t)(window >> 16);
+        out[n++] = (uint8_t)(window >> 8);
+        out[n++] = (uint8_t)window;
+    }
     h2_frame(out, &n, 4, 1, 0, 0); /* ack the server's, unread */
     snprintf(authority, sizeof(authority), "127.0.0.1:%d", port);
     hpack_literal(headers, &hn, ":method", "POST");
     hpack_literal(headers, &hn, ":scheme", "http");
-    hpack_literal(headers, &hn, ":path", WATCH_PATH);
+    hpack_literal(headers, &hn, ":path", path);
     hpack_literal(headers, &hn, ":authority", authority);
     hpack_literal(headers, &hn, "content-type", "application/grpc");
     hpack_literal(headers, &hn, "te", "trailers");
     h2_frame(out, &n, 1, 4, 1, hn); /* HEADERS, END_HEADERS */
     memcpy(out + n, headers, hn);
     n += hn;
-    req.request_id_prefix = (char *)prefix;
-    body = ferry__v1__watch_request__get_packed_size(&req);
-    h2_frame(out, &n, 0, 1, 1, 5 + body); /* DATA, END_STREAM */
-    out[n++] = 0;                         /* not compressed */
-    out[n++] = (uint8_t)(body >> 24);
-    out[n++] = (uint8_t)(body >> 16);
-    out[n++] = (uint8_t)(body >> 8);
-    out[n++] = (uint8_t)body;
-    n += ferry__v1__watch_request__pack(&req, out + n);
+    msg[0] = 0; /* not compressed */
+    msg[1] = (uint8_t)(body >> 24);
+    msg[2] = (uint8_t)(body >> 16);
+    msg[3] = (uint8_t)(body >> 8);
+    msg[4] = (uint8_t)body;
+    protobuf_c_message_pack(req, msg + 5);
+    /* DATA frames of H2_MAX_FRAME at most, END_STREAM on the last. */
+    while (sent < 5 + body) {
+        size_t len = 5 + body - sent < H2_MAX_FRAME ? 5 + body - sent : H2_MAX_FRAME;
+        h2_frame(out, &n, 0, sent + len == 5 + body ? 1 : 0, 1, len);
+        memcpy(out + n, msg + sent, len);
+        n += len;
+        sent += len;
+    }
+    assert_true(n <= cap);
     assert_int_equal(send(fd, out, n, 0), (ssize_t)n);
+    free(msg);
+    free(out);
     return fd;
+}
+
+/* Opens Watch(request_id_prefix) on a socket whose owner never reads it. */
+static int stuck_watch_open(int port, const char *prefix)
+{
+    Ferry__V1__WatchRequest req = FERRY__V1__WATCH_REQUEST__INIT;
+
+    req.request_id_prefix = (char *)prefix;
+    return stuck_call_open(port, WATCH_PATH, &req.base, -1);
 }
 
 /* Plays a client that is alive but never reads its stream: reads the
@@ -168,6 +211,37 @@ static bool one_ended(const fixture_t *f)
     return f->calls_ended >= 1;
 }
 
+static bool some_held(const fixture_t *f)
+{
+    return atomic_load(&f->server->held_request_bytes) > 0;
+}
+
+static bool none_held(const fixture_t *f)
+{
+    return atomic_load(&f->server->held_request_bytes) == 0;
+}
+
+/* Get(request_id: BIG_ID_BYTES of `fill`) through the fixture's channel. */
+static ferry_status_t big_get(fixture_t *f, char fill, rpc_error_t *err)
+{
+    Ferry__V1__GetRequest req = FERRY__V1__GET_REQUEST__INIT;
+    Ferry__V1__GetResponse *resp = NULL;
+    char *id = malloc(BIG_ID_BYTES + 1);
+    ferry_status_t status;
+
+    assert_non_null(id);
+    memset(id, fill, BIG_ID_BYTES);
+    id[BIG_ID_BYTES] = '\0';
+    req.request_id = id;
+    status = rpc_unary(f->channel, GET_PATH, &req.base, &ferry__v1__get_response__descriptor,
+                       WAIT_MS, (ProtobufCMessage **)&resp, err);
+    if (resp != NULL) {
+        protobuf_c_message_free_unpacked(&resp->base, NULL);
+    }
+    free(id);
+    return status;
+}
+
 /* --- tests ----------------------------------------------------------------- */
 
 static void test_a_client_that_never_reads_is_cancelled_after_the_deadline(void **state)
@@ -186,6 +260,34 @@ static void test_a_client_that_never_reads_is_cancelled_after_the_deadline(void 
     pthread_mutex_lock(&f->lock);
     assert_int_equal(f->last_code, 1); /* CANCELLED, as the client saw it */
     pthread_mutex_unlock(&f->lock);
+    close(fd);
+}
+
+/* A unary call answered at once whose client shut its window (0) and set
+ * no deadline: the reply can never go out, so the call stays ENDING, and
+ * its request's bytes stay counted, until the drain deadline cancels it. */
+static void test_a_unary_reply_never_taken_is_cancelled_after_the_deadline(void **state)
+{
+    fixture_t *f = *state;
+    Ferry__V1__GetRequest req = FERRY__V1__GET_REQUEST__INIT;
+    rpc_error_t err;
+    char *id = malloc(BIG_ID_BYTES + 1);
+    char end;
+    int fd;
+
+    assert_non_null(id);
+    memset(id, 's', BIG_ID_BYTES);
+    id[BIG_ID_BYTES] = '\0';
+    req.request_id = id;
+    fd = stuck_call_open(f->port, GET_PATH, &req.base, 0);
+    free(id);
+    assert_true(fixture_wait(f, some_held, WAIT_MS));
+    /* Held: a second request as large passes FIXTURE_MAX_HELD. */
+    assert_int_equal(big_get(f, 'a', &err), FERRY_ERR_RESOURCE_EXHAUSTED);
+    end = stuck_watch_wait_end(fd, RPC_DRAIN_MS + 20000);
+    assert_true(end == 'r' || end == 's');
+    assert_true(fixture_wait(f, none_held, WAIT_MS));
+    assert_int_equal(big_get(f, 'b', &err), FERRY_OK);
     close(fd);
 }
 
@@ -230,6 +332,9 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(
             test_a_client_that_never_reads_is_cancelled_after_the_deadline, fixture_setup,
+            fixture_teardown),
+        cmocka_unit_test_setup_teardown(
+            test_a_unary_reply_never_taken_is_cancelled_after_the_deadline, fixture_setup,
             fixture_teardown),
         cmocka_unit_test_setup_teardown(test_a_reader_gets_every_message_then_the_status,
                                         fixture_setup, fixture_teardown),

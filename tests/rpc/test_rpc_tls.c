@@ -1,8 +1,10 @@
 /*
  * test_rpc_tls.c: TLS on both ends: a server that requires client
  * certificates, one that does not, the name override, and refusals (no
- * client certificate, plaintext, wrong name, missing files). Certificates
- * are made at test time by make_certs.sh in a temporary directory.
+ * client certificate, plaintext, wrong name, missing files); a client with
+ * neither a CA nor a certificate checks the server against gRPC's default
+ * roots. Certificates are made at test time by make_certs.sh in a
+ * temporary directory.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -130,6 +132,23 @@ static void test_server_only_tls(void **state)
     rpc_server_destroy(server);
 }
 
+/* TLS with no file at all (an https etcd with no --etcd-ca, libferry with
+ * FERRY_COORDINATOR_PARAM_FIELD_TLS and no CA): the default roots, which
+ * gRPC reads from GRPC_DEFAULT_SSL_ROOTS_FILE_PATH first, then the
+ * system's. gRPC 1.51's file watcher, made with no path, aborted the
+ * process instead. Runs first: gRPC reads the default roots once. */
+static void test_no_files_uses_the_default_roots(void **state)
+{
+    rpc_tls_params_t none = {.server_name = "ferry.test"};
+    int port;
+    rpc_server_t *server = start_server(false, &port);
+
+    (void)state;
+    assert_int_equal(setenv("GRPC_DEFAULT_SSL_ROOTS_FILE_PATH", ca, 1), 0);
+    assert_int_equal(check(port, &none), 0);
+    rpc_server_destroy(server);
+}
+
 static void test_bad_settings(void **state)
 {
     rpc_tls_params_t missing = {.cert_file = "/nonexistent.pem", .key_file = server_key};
@@ -152,6 +171,7 @@ static void test_bad_settings(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_no_files_uses_the_default_roots),
         cmocka_unit_test(test_mutual_tls),
         cmocka_unit_test(test_server_only_tls),
         cmocka_unit_test(test_bad_settings),
