@@ -407,22 +407,20 @@ struct curl_slist *etcd__headers(const char *token)
     return more;
 }
 
-static size_t etcd_buf_write(char *data, size_t size, size_t nmemb, void *arg)
+ferry_status_t etcd__buf_append(etcd_buf_t *buf, const char *data, size_t n)
 {
-    etcd_buf_t *buf = arg;
-    size_t n = size * nmemb;
     if (n > ETCD_REPLY_MAX - buf->len) {
         buf->too_large = true;
-        return 0; /* ends the transfer with CURLE_WRITE_ERROR */
+        return FERRY_ERR_PROTOCOL;
     }
     if (buf->len + n + 1 > buf->cap) {
-        size_t cap = buf->cap > 0 ? buf->cap : 1024;
+        size_t cap = buf->cap > 0 ? buf->cap : 4096;
         while (cap < buf->len + n + 1) {
             cap *= 2;
         }
         char *grown = realloc(buf->data, cap);
         if (grown == NULL) {
-            return 0; /* ends the transfer with CURLE_WRITE_ERROR */
+            return FERRY_ERR_NO_MEMORY;
         }
         buf->data = grown;
         buf->cap = cap;
@@ -430,7 +428,15 @@ static size_t etcd_buf_write(char *data, size_t size, size_t nmemb, void *arg)
     memcpy(buf->data + buf->len, data, n);
     buf->len += n;
     buf->data[buf->len] = '\0';
-    return n;
+    return FERRY_OK;
+}
+
+static size_t etcd_buf_write(char *data, size_t size, size_t nmemb, void *arg)
+{
+    size_t n = size * nmemb;
+
+    /* A short count ends the transfer with CURLE_WRITE_ERROR. */
+    return etcd__buf_append(arg, data, n) == FERRY_OK ? n : 0;
 }
 
 /* A request body that libcurl reads once and cannot rewind. */

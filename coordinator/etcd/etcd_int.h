@@ -187,6 +187,10 @@ typedef struct {
     bool too_large; /* a write would have passed ETCD_REPLY_MAX */
 } etcd_buf_t;
 
+/* Appends n bytes, keeping a NUL after them: FERRY_ERR_PROTOCOL (and
+ * too_large) past ETCD_REPLY_MAX, FERRY_ERR_NO_MEMORY. */
+ferry_status_t etcd__buf_append(etcd_buf_t *buf, const char *data, size_t n);
+
 /* --- etcd_json.c ------------------------------------------------------ */
 
 /* NUL-terminated base64 of the bytes (malloc'ed), NULL when out of memory. */

@@ -273,33 +273,20 @@ static size_t etcd_watch_write(char *data, size_t size, size_t nmemb, void *arg)
         return 0;
     }
     etcd_buf_t *line = &watch->line;
+    size_t kept = line->len;
     watch->heard_ms = etcd_now_ms();
-    if (n > ETCD_REPLY_MAX - line->len) {
-        /* Bytes keep the stream alive, so without this bound a member that
+    watch->stream_status = etcd__buf_append(line, data, n);
+    if (watch->stream_status == FERRY_ERR_PROTOCOL) {
+        /* Bytes keep the stream alive, so without the bound a member that
          * never ends a line would grow it until malloc failed. The watch
          * thread starts a new stream, as after any other error. */
         etcd__set_error("watch: a line from etcd passed %zu MiB (ETCD_REPLY_MAX)",
                         ETCD_REPLY_MAX >> 20);
         ferry_warn("etcd: %s", etcd_client_last_error());
-        watch->stream_status = FERRY_ERR_PROTOCOL;
+    }
+    if (watch->stream_status != FERRY_OK) {
         return 0;
     }
-    if (line->len + n + 1 > line->cap) {
-        size_t cap = line->cap > 0 ? line->cap : 4096;
-        while (cap < line->len + n + 1) {
-            cap *= 2;
-        }
-        char *grown = realloc(line->data, cap);
-        if (grown == NULL) {
-            watch->stream_status = FERRY_ERR_NO_MEMORY;
-            return 0;
-        }
-        line->data = grown;
-        line->cap = cap;
-    }
-    size_t kept = line->len;
-    memcpy(line->data + line->len, data, n);
-    line->len += n;
     watch->stream_status = etcd_watch_lines(watch, kept);
     /* A short count ends the transfer. */
     return watch->stream_status == FERRY_OK && !atomic_load(&watch->stop) ? n : 0;

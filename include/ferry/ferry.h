@@ -440,6 +440,14 @@ typedef enum {
     FERRY_OP_STATUS_ERRORED = 5,     /* failed: see ferry_op_error() */
 } ferry_op_status_t;
 
+/* Whether a status is final (COMPLETE, CANCELLED or ERRORED): the operation
+ * ended, and its outcome will not change. */
+static inline bool ferry_op_status_is_final(ferry_op_status_t status)
+{
+    return status == FERRY_OP_STATUS_COMPLETE || status == FERRY_OP_STATUS_CANCELLED ||
+           status == FERRY_OP_STATUS_ERRORED;
+}
+
 /* "UNINITIALIZED" ... "ERRORED"; static. */
 FERRY_API const char *ferry_op_status_name(ferry_op_status_t status);
 
@@ -522,8 +530,8 @@ FERRY_API ferry_status_t ferry_op_error(const ferry_op_t *op, const char **messa
  * end an operation FERRY_ERR_UNAVAILABLE), but its owner may, through
  * ferry_op_fail. So a caller that gets FERRY_ERR_TIMED_OUT and must tell
  * "still going" from "ended with that code" asks ferry_op_status: the wait
- * timed out only while the status is not final (COMPLETE, CANCELLED or
- * ERRORED). A caller that waits in slices decides from the status to stop,
+ * timed out only while the status is not final
+ * (ferry_op_status_is_final). A caller that waits in slices decides from the status to stop,
  * never from the return code alone. */
 FERRY_API ferry_status_t ferry_op_wait(ferry_op_t *op, int timeout_ms);
 

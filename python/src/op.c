@@ -378,24 +378,14 @@ static PyObject *op_error(PyObject *obj, PyObject *unused)
     return Py_BuildValue("(iN)", (int)code, pyferry_text(msg));
 }
 
-/* Whether the operation has ended. A wait's FERRY_ERR_TIMED_OUT cannot
- * say: an operation may end ERRORED with that very code (ferry_op_fail),
- * and then every slice returns it at once (ferry_op_wait). */
-static bool op_final(const ferry_op_t *op)
-{
-    ferry_op_status_t st = ferry_op_status(op);
-
-    return st == FERRY_OP_STATUS_COMPLETE || st == FERRY_OP_STATUS_CANCELLED ||
-           st == FERRY_OP_STATUS_ERRORED;
-}
-
 /* Raises the exception for an unsuccessful wait result: the wait's own
  * timeout while the operation goes on, else the operation's outcome. */
 static PyObject *raise_outcome(pyferry_op_t *self, ferry_status_t status)
 {
     const char *msg = "";
 
-    if (self->op == NULL || (status == FERRY_ERR_TIMED_OUT && !op_final(self->op))) {
+    if (self->op == NULL ||
+        (status == FERRY_ERR_TIMED_OUT && !ferry_op_status_is_final(ferry_op_status(self->op)))) {
         return pyferry_raise(status, "operation: the wait timed out (the operation goes on)");
     }
     ferry_op_error(self->op, &msg);
@@ -432,7 +422,7 @@ static PyObject *op_wait(PyObject *obj, PyObject *arg)
         if (status != FERRY_ERR_TIMED_OUT) {
             break;
         }
-        if (op_final(op)) {
+        if (ferry_op_status_is_final(ferry_op_status(op))) {
             /* Ended, with TIMED_OUT as its own code or just after the
              * slice ran out: its outcome, not the slice's. */
             return op_outcome(obj, NULL);

@@ -73,9 +73,8 @@ static void test_public_status(void **state)
     assert_int_equal(ferry__op_state_status(FERRY_OP_EXPIRED), FERRY_OP_STATUS_ERRORED);
     for (size_t i = 0; i < N_STATES; i++) {
         ferry_op_status_t s = ferry__op_state_status(states[i]);
-        bool final = s == FERRY_OP_STATUS_COMPLETE || s == FERRY_OP_STATUS_ERRORED ||
-                     s == FERRY_OP_STATUS_CANCELLED;
-        assert_int_equal(final, ferry__op_state_is_final(states[i]));
+        /* The public header's finality agrees with the state table's. */
+        assert_int_equal(ferry_op_status_is_final(s), ferry__op_state_is_final(states[i]));
     }
 }
 

@@ -429,17 +429,6 @@ static int stop_exit(int rc)
     return rc;
 }
 
-/* Whether the operation has ended. The wait's return cannot say: an
- * operation may end ERRORED with FERRY_ERR_TIMED_OUT, the code a slice
- * whose time ran out returns too (ferry_op_wait). */
-static bool op_final(const ferry_op_t *op)
-{
-    ferry_op_status_t st = ferry_op_status(op);
-
-    return st == FERRY_OP_STATUS_COMPLETE || st == FERRY_OP_STATUS_CANCELLED ||
-           st == FERRY_OP_STATUS_ERRORED;
-}
-
 /* Waits for the operation, drawing a progress line on a terminal once the
  * wait passes a second; cancels it when a stop signal came. */
 static ferry_status_t wait_op(ferry_op_t *op, const options_t *o, double start)
@@ -453,7 +442,7 @@ static ferry_status_t wait_op(ferry_op_t *op, const options_t *o, double start)
         double left = deadline - now_s();
         int slice = left < WAIT_SLICE_MS / 1000.0 ? (int)(left * 1000) : WAIT_SLICE_MS;
         status = ferry_op_wait(op, slice > 0 ? slice : 0);
-        if (op_final(op)) {
+        if (ferry_op_status_is_final(ferry_op_status(op))) {
             /* Asked again: it may have ended after this slice ran out. */
             status = ferry_op_wait(op, 0);
             break;
