@@ -7,6 +7,8 @@
  * name it lacks), then one message per change, until the client goes away
  * or the server shuts down; each Watch call is held with a reference on the
  * watcher list, which is bounded (max_watchers: one more Watch ends
+ * RESOURCE_EXHAUSTED), and so is each one's queue of unsent changes
+ * (HEALTH_WATCH_QUEUE_MAX: a client that does not read them is ended
  * RESOURCE_EXHAUSTED).
  *
  * Threads: handlers run on server threads, rpc__health_set on any thread.
@@ -68,20 +70,56 @@ static int health_status_of(const rpc_health_entry_t *entry)
     return entry->serving ? SERVING_STATUS(SERVING) : SERVING_STATUS(NOT_SERVING);
 }
 
-/* Sends `status` to every watcher of `service`. Caller holds the lock. */
-static void health_notify(rpc_health_t *health, const char *service, int status)
+/* Unsent bytes one Watch stream may hold. A status is 2 bytes packed, so
+ * this is about 128 changes its client has not read (health flapping
+ * beside a client that never reads grew the stream's queue without end);
+ * past it the stream ends RESOURCE_EXHAUSTED, and a client that watches
+ * again hears the current status first. */
+#define HEALTH_WATCH_QUEUE_MAX 256
+
+/* Sends `status` to every watcher of `service`. A watcher whose queue is
+ * full is taken off the list onto *ended_p, for the caller to end once it
+ * has dropped the lock (health_end). Caller holds the lock. */
+static void health_notify(rpc_health_t *health, const char *service, int status,
+                          rpc_health_watcher_t **ended_p)
 {
     Grpc__Health__V1__HealthCheckResponse msg = GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__INIT;
+    rpc_health_watcher_t **pp = &health->watchers, *w;
 
     msg.status = status;
-    for (rpc_health_watcher_t *w = health->watchers; w != NULL; w = w->next) {
-        if (strcmp(w->service, service) == 0) {
-            /* A watcher whose client is gone gets CANCELLED; its cancel
-             * callback takes it off the list. */
-            rpc_call_send(w->call, &msg.base);
+    while ((w = *pp) != NULL) {
+        /* A watcher whose client is gone gets CANCELLED; its cancel
+         * callback takes it off the list. */
+        if (strcmp(w->service, service) == 0 &&
+            rpc_call_send(w->call, &msg.base) == FERRY_ERR_RESOURCE_EXHAUSTED) {
+            *pp = w->next;
+            health->n_watchers--;
+            w->next = *ended_p;
+            *ended_p = w;
+            continue;
         }
+        pp = &w->next;
     }
 }
+
+/* Ends the watchers on list, which are off the watcher list, with status
+ * and message, and frees them. Lock not held (rpc_call_fail). */
+static void health_end(rpc_health_watcher_t *list, ferry_status_t status, const char *message)
+{
+    while (list != NULL) {
+        rpc_health_watcher_t *w = list;
+        list = w->next;
+        rpc_call_fail(w->call, status, "%s", message);
+        rpc_call_unref(w->call);
+        free(w->service);
+        free(w);
+    }
+}
+
+/* What ends a watcher whose queue is full. */
+#define HEALTH_UNREAD_MSG                                                                 \
+    "Health.Watch: the client did not read its status changes; watch again (the current " \
+    "status comes first)"
 
 ferry_status_t rpc__health_init(rpc_health_t *health)
 {
@@ -127,6 +165,7 @@ ferry_status_t rpc__health_add(rpc_health_t *health, const char *service)
 
 void rpc__health_set(rpc_health_t *health, const char *service, bool serving)
 {
+    rpc_health_watcher_t *ended = NULL;
     rpc_health_entry_t *entry;
 
     pthread_mutex_lock(&health->lock);
@@ -141,35 +180,30 @@ void rpc__health_set(rpc_health_t *health, const char *service, bool serving)
     if (entry != NULL && entry->serving != serving) {
         entry->serving = serving;
         ferry_info("rpc: health of \"%s\" is now %s", service, serving ? "serving" : "not serving");
-        health_notify(health, service, health_status_of(entry));
+        health_notify(health, service, health_status_of(entry), &ended);
     }
     pthread_mutex_unlock(&health->lock);
+    health_end(ended, FERRY_ERR_RESOURCE_EXHAUSTED, HEALTH_UNREAD_MSG);
 }
 
 void rpc__health_close(rpc_health_t *health)
 {
-    rpc_health_watcher_t *list;
+    rpc_health_watcher_t *list, *ended = NULL;
 
     pthread_mutex_lock(&health->lock);
     health->closed = true;
     for (size_t i = 0; i < health->n_entries; i++) {
         if (health->entries[i].serving) {
             health->entries[i].serving = false;
-            health_notify(health, health->entries[i].service, SERVING_STATUS(NOT_SERVING));
+            health_notify(health, health->entries[i].service, SERVING_STATUS(NOT_SERVING), &ended);
         }
     }
     list = health->watchers;
     health->watchers = NULL;
     health->n_watchers = 0;
     pthread_mutex_unlock(&health->lock);
-    while (list != NULL) {
-        rpc_health_watcher_t *w = list;
-        list = w->next;
-        rpc_call_fail(w->call, FERRY_ERR_UNAVAILABLE, "server shutting down");
-        rpc_call_unref(w->call);
-        free(w->service);
-        free(w);
-    }
+    health_end(ended, FERRY_ERR_RESOURCE_EXHAUSTED, HEALTH_UNREAD_MSG);
+    health_end(list, FERRY_ERR_UNAVAILABLE, "server shutting down");
 }
 
 /* --- handlers ---------------------------------------------------------------- */
@@ -210,10 +244,8 @@ static void health_watch_cancelled(rpc_call_t *call, void *arg)
     }
     pthread_mutex_unlock(&health->lock);
     if (found != NULL) {
-        rpc_call_fail(call, FERRY_ERR_CANCELLED, "watch cancelled");
-        rpc_call_unref(call);
-        free(found->service);
-        free(found);
+        found->next = NULL;
+        health_end(found, FERRY_ERR_CANCELLED, "watch cancelled");
     }
 }
 
@@ -250,6 +282,7 @@ static void health_watch(rpc_call_t *call, const ProtobufCMessage *request, void
     }
     health->n_watchers++;
     rpc_call_ref(call);
+    rpc_call_set_send_limit(call, HEALTH_WATCH_QUEUE_MAX);
     w->call = call;
     w->next = health->watchers;
     health->watchers = w;

@@ -5,7 +5,9 @@
  * client that never reads has the call cancelled once it has waited
  * RPC_DRAIN_MS, its queue freed, instead of holding it for ever. A unary
  * call whose client never takes the reply is cancelled the same way, and
- * the bytes its request held against max_held_request_bytes come back.
+ * the bytes its request held against max_held_request_bytes come back. A
+ * Health.Watch whose client does not read its changes is ended once they
+ * fill its bounded queue.
  *
  * The fixture's Watch "fail:N" queues N messages of about 1 KiB and fails
  * RESOURCE_EXHAUSTED at once. The client that never reads is a raw HTTP/2
@@ -29,13 +31,16 @@
 #include <unistd.h>
 
 #include "ferry/v1/coordinator.pb-c.h"
+#include "grpc/health/v1/health.pb-c.h"
 #include "rpc/rpc_int.h"
 #include "rpc_fixture.h"
 
-#define WATCH_PATH "/ferry.v1.Coordinator/Watch"
-#define GET_PATH   "/ferry.v1.Coordinator/Get"
-#define FAT_N      200 /* messages of FIXTURE_FAT_BYTES: about 200 KiB */
-#define WAIT_MS    10000
+#define WATCH_PATH   "/ferry.v1.Coordinator/Watch"
+#define GET_PATH     "/ferry.v1.Coordinator/Get"
+#define HEALTH_PATH  "/grpc.health.v1.Health/Watch"
+#define HEALTH_FLIPS 1000 /* an even number: the server ends serving */
+#define FAT_N        200  /* messages of FIXTURE_FAT_BYTES: about 200 KiB */
+#define WAIT_MS      10000
 /* A Get request_id over half of FIXTURE_MAX_HELD: one stuck call holds so
  * much that a second such request is refused. Its request fits the 64 KiB
  * HTTP/2 windows a client may fill before it hears the server's. */
@@ -221,6 +226,26 @@ static bool none_held(const fixture_t *f)
     return atomic_load(&f->server->held_request_bytes) == 0;
 }
 
+static size_t health_watchers(const fixture_t *f)
+{
+    rpc_health_t *health = &f->server->health;
+
+    pthread_mutex_lock(&health->lock);
+    size_t n = health->n_watchers;
+    pthread_mutex_unlock(&health->lock);
+    return n;
+}
+
+static bool one_health_watcher(const fixture_t *f)
+{
+    return health_watchers(f) == 1;
+}
+
+static bool no_health_watcher(const fixture_t *f)
+{
+    return health_watchers(f) == 0;
+}
+
 /* Get(request_id: BIG_ID_BYTES of `fill`) through the fixture's channel. */
 static ferry_status_t big_get(fixture_t *f, char fill, rpc_error_t *err)
 {
@@ -291,6 +316,30 @@ static void test_a_unary_reply_never_taken_is_cancelled_after_the_deadline(void 
     close(fd);
 }
 
+/* A Health.Watch whose client never reads (a window of 0) while health
+ * flaps: its queue of changes is bounded (HEALTH_WATCH_QUEUE_MAX); past it
+ * the stream is ended and taken off the watcher list, and the call is over
+ * by the drain deadline. Before, each change queued one more message for
+ * as long as the connection lived. */
+static void test_an_unread_health_watch_is_ended(void **state)
+{
+    fixture_t *f = *state;
+    Grpc__Health__V1__HealthCheckRequest req = GRPC__HEALTH__V1__HEALTH_CHECK_REQUEST__INIT;
+    char end;
+    int fd;
+
+    req.service = "";
+    fd = stuck_call_open(f->port, HEALTH_PATH, &req.base, 0);
+    assert_true(fixture_wait(f, one_health_watcher, WAIT_MS));
+    for (int i = 0; i < HEALTH_FLIPS; i++) {
+        rpc_server_set_serving(f->server, "", i % 2 != 0);
+    }
+    assert_true(fixture_wait(f, no_health_watcher, WAIT_MS));
+    end = stuck_watch_wait_end(fd, RPC_DRAIN_MS + 20000);
+    assert_true(end == 'r' || end == 's');
+    close(fd);
+}
+
 static void test_a_reader_gets_every_message_then_the_status(void **state)
 {
     fixture_t *f = *state;
@@ -336,6 +385,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(
             test_a_unary_reply_never_taken_is_cancelled_after_the_deadline, fixture_setup,
             fixture_teardown),
+        cmocka_unit_test_setup_teardown(test_an_unread_health_watch_is_ended, fixture_setup,
+                                        fixture_teardown),
         cmocka_unit_test_setup_teardown(test_a_reader_gets_every_message_then_the_status,
                                         fixture_setup, fixture_teardown),
     };
