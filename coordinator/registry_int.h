@@ -170,6 +170,10 @@ bool registry_refused_before_apply(ferry_status_t status);
 
 /* --- a failed Register's record (registry_unwrite.c) --- */
 
+/* The most that removals waiting for etcd may hold (their records' bytes
+ * and themselves): a record may be 1 MiB. */
+#define REGISTRY_UNWRITE_BYTES (16u << 20)
+
 /* Removes the record at <ops prefix><id> if it still holds exactly `value`,
  * the bytes a Register wrote on the caller's lease `lease` before its
  * transaction failed in a way that may have been applied. Off the caller's

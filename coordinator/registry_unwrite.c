@@ -40,10 +40,6 @@
  * at most). */
 #define REGISTRY_UNWRITE_TRIES 5
 
-/* The most that removals waiting for etcd may hold (their records' bytes
- * and themselves): a record may be 1 MiB. */
-#define REGISTRY_UNWRITE_BYTES (16u << 20)
-
 typedef struct registry_unwrite {
     coord_registry_t *r;
     struct registry_unwrite *next; /* in r->unwrites while it waits */
