@@ -321,17 +321,15 @@ def test_operation_ended_timed_out_is_final_for_every_wait(connector):
         lib, handle = _libferry_op(w)
         assert lib.ferry_op_fail(handle, ferry.TimedOut.code, b"my deadline passed") == 0
         assert w.status == ferry.OperationStatus.ERRORED
-        old = _within(3)
-        try:
-            for wait in (lambda: w.wait(), lambda: w.wait(5),
-                         lambda: asyncio.run(w.wait_for_completion())):
-                t0 = time.monotonic()
+        for wait in (lambda: w.wait(), lambda: w.wait(30),
+                     lambda: asyncio.run(w.wait_for_completion())):
+            old = _within(10)  # a deadline for a wait that would spin, not a speed
+            try:
                 with pytest.raises(ferry.TimedOut) as e:
                     wait()
-                assert time.monotonic() - t0 < 1.0
-                assert e.value.message == "my deadline passed"
-        finally:
-            _within_end(old)
+            finally:
+                _within_end(old)
+            assert e.value.message == "my deadline passed"
 
 
 def test_peer_timed_out_ends_the_writable_peer_failed(connector, sender):
