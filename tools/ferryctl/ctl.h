@@ -12,6 +12,7 @@
 #define FERRY_CTL_H
 
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -38,8 +39,11 @@ enum {
                                 * stopped at what one list holds */
 };
 
-/* Set by SIGINT and SIGTERM in list and watch. */
-extern volatile sig_atomic_t ctl_stop;
+/* Set by SIGINT and SIGTERM in list and watch. Atomic, not volatile
+ * sig_atomic_t: the handler may run on one of gRPC's threads (they do not
+ * block the signals), and the main thread reads it; a lock-free atomic is
+ * signal-safe and defined across threads. */
+extern atomic_bool ctl_stop;
 
 /* --- coordinators (ctl_conn.c) ------------------------------------------ */
 

@@ -55,7 +55,7 @@
 #define LIST_MAX_PAGES FLAG_PAGES_MAX
 #define LIST_MAX_BYTES ((size_t)256 << 20)
 
-volatile sig_atomic_t ctl_stop;
+atomic_bool ctl_stop;
 
 typedef struct {
     const char *command;
@@ -824,7 +824,7 @@ static int cmd_watch(const options_t *o, ctl_conn_t *conn)
 static void on_signal(int sig)
 {
     (void)sig;
-    ctl_stop = 1;
+    atomic_store(&ctl_stop, true);
 }
 
 /* Which commands need what: false (said) when the arguments do not fit.

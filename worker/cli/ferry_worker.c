@@ -363,8 +363,13 @@ static int exit_code_for(ferry_status_t status)
  * coordinator's records released before the exit (killed, a receiver's
  * record held its request ID until its lease ran out), and so that SIGTERM
  * stops it at all as PID 1 in a container, where a signal left at its
- * default is ignored. Waits run in slices of WAIT_SLICE_MS and look. */
-static volatile sig_atomic_t stop_signal;
+ * default is ignored. Waits run in slices of WAIT_SLICE_MS and look.
+ * Atomic, not volatile sig_atomic_t: the handler runs on whichever thread
+ * the kernel picks (gRPC's and libferry's threads do not block these
+ * signals), and the main thread reads the flag; a lock-free atomic is
+ * both signal-safe and defined across threads (ThreadSanitizer saw the
+ * volatile one race). */
+static atomic_int stop_signal;
 
 /* Cleared while libferry may still move data through the buffer (its own
  * puts or gets, or an admitted peer's), set again when it lets go of it
@@ -395,7 +400,7 @@ static void let_go(ferry_op_t *op)
 
 static void on_stop_signal(int sig)
 {
-    stop_signal = sig;
+    atomic_store(&stop_signal, sig);
 }
 
 static void handle_stop_signals(void)
@@ -421,10 +426,12 @@ static void handle_stop_signals(void)
  * the signal is not delivered, and rc (128 + N) is the exit code. */
 static int stop_exit(int rc)
 {
-    if (stop_signal != 0 && rc == 128 + stop_signal) {
+    int sig = atomic_load(&stop_signal);
+
+    if (sig != 0 && rc == 128 + sig) {
         fflush(NULL);
-        signal(stop_signal, SIG_DFL);
-        raise(stop_signal);
+        signal(sig, SIG_DFL);
+        raise(sig);
     }
     return rc;
 }
@@ -447,7 +454,7 @@ static ferry_status_t wait_op(ferry_op_t *op, const options_t *o, double start)
             status = ferry_op_wait(op, 0);
             break;
         }
-        if (status == FERRY_ERR_TIMED_OUT && stop_signal != 0) {
+        if (status == FERRY_ERR_TIMED_OUT && atomic_load(&stop_signal) != 0) {
             ferry_op_cancel(op);
             status = ferry_op_wait(op, 0);
             break;
@@ -499,11 +506,11 @@ static int op_failed(ferry_op_t *op, ferry_status_t status)
 {
     const char *msg = "";
     char buf[1024];
+    int sig = atomic_load(&stop_signal);
 
-    if (stop_signal != 0) {
-        fprintf(stderr, "ferry-worker: stopped by signal %d; the operation was cancelled\n",
-                (int)stop_signal);
-        return 128 + stop_signal;
+    if (sig != 0) {
+        fprintf(stderr, "ferry-worker: stopped by signal %d; the operation was cancelled\n", sig);
+        return 128 + sig;
     }
     ferry_op_error(op, &msg);
     fprintf(stderr, "ferry-worker: operation ended %s: %s (%s)\n",
@@ -687,6 +694,7 @@ static int run_active(ferry_connector_t *conn, ferry_coordinator_t *coord, const
     ferry_status_t status;
     double start;
     int rc = EXIT_OK;
+    int sig;
 
     if (o->token == NULL) {
         fprintf(stderr, "ferry-worker: %s needs --token (or FERRY_TOKEN)\n", o->command);
@@ -705,14 +713,16 @@ static int run_active(ferry_connector_t *conn, ferry_coordinator_t *coord, const
         claim.wait_ms = left_ms < 1 ? 1 : left_ms > WAIT_SLICE_MS ? WAIT_SLICE_MS : (int)left_ms;
         status = write ? ferry_write_begin_by_id(conn, coord, &claim, descs, o->descriptors, &op)
                        : ferry_read_begin_by_id(conn, coord, &claim, descs, o->descriptors, &op);
-        if (status != FERRY_ERR_TIMED_OUT || stop_signal != 0 || left_ms <= WAIT_SLICE_MS) {
+        if (status != FERRY_ERR_TIMED_OUT || atomic_load(&stop_signal) != 0 ||
+            left_ms <= WAIT_SLICE_MS) {
             break;
         }
     }
-    if (status != FERRY_OK && stop_signal != 0) {
-        fprintf(stderr, "ferry-worker: stopped by signal %d while waiting for %s\n",
-                (int)stop_signal, o->request_id);
-        return 128 + stop_signal;
+    sig = atomic_load(&stop_signal);
+    if (status != FERRY_OK && sig != 0) {
+        fprintf(stderr, "ferry-worker: stopped by signal %d while waiting for %s\n", sig,
+                o->request_id);
+        return 128 + sig;
     }
     if (status != FERRY_OK) {
         return fail(write ? "write" : "read", status);
