@@ -215,7 +215,12 @@ int fixture_start(fixture_t *f, int calls_armed)
 
 void fixture_stop(fixture_t *f)
 {
-    if (f->later_started) {
+    bool later_started;
+
+    pthread_mutex_lock(&f->lock); /* written under it, by a server thread */
+    later_started = f->later_started;
+    pthread_mutex_unlock(&f->lock);
+    if (later_started) {
         pthread_join(f->later_thread, NULL);
     }
     rpc_channel_destroy(f->channel);

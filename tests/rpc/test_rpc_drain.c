@@ -28,6 +28,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "ferry/v1/coordinator.pb-c.h"
@@ -236,14 +237,23 @@ static size_t health_watchers(const fixture_t *f)
     return n;
 }
 
-static bool one_health_watcher(const fixture_t *f)
+/* Waits until the server's health has n watchers, for up to timeout_ms.
+ * Not through fixture_wait: its predicate runs under the fixture's lock,
+ * which the call-ended observer takes under a call's lock, and the health
+ * lock is taken before a call's (rpc_health.c); polled, with no lock held
+ * but the health lock. */
+static bool wait_health_watchers(const fixture_t *f, size_t n, int timeout_ms)
 {
-    return health_watchers(f) == 1;
-}
+    long long deadline = fixture_now_ms() + timeout_ms;
+    const struct timespec poll_interval = {.tv_nsec = 10 * 1000000L};
 
-static bool no_health_watcher(const fixture_t *f)
-{
-    return health_watchers(f) == 0;
+    while (health_watchers(f) != n) {
+        if (fixture_now_ms() >= deadline) {
+            return false;
+        }
+        nanosleep(&poll_interval, NULL);
+    }
+    return true;
 }
 
 /* Get(request_id: BIG_ID_BYTES of `fill`) through the fixture's channel. */
@@ -330,11 +340,11 @@ static void test_an_unread_health_watch_is_ended(void **state)
 
     req.service = "";
     fd = stuck_call_open(f->port, HEALTH_PATH, &req.base, 0);
-    assert_true(fixture_wait(f, one_health_watcher, WAIT_MS));
+    assert_true(wait_health_watchers(f, 1, WAIT_MS));
     for (int i = 0; i < HEALTH_FLIPS; i++) {
         rpc_server_set_serving(f->server, "", i % 2 != 0);
     }
-    assert_true(fixture_wait(f, no_health_watcher, WAIT_MS));
+    assert_true(wait_health_watchers(f, 0, WAIT_MS));
     end = stuck_watch_wait_end(fd, RPC_DRAIN_MS + 20000);
     assert_true(end == 'r' || end == 's');
     close(fd);
