@@ -7,6 +7,7 @@
 #include <limits.h>
 #include <netdb.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -465,6 +466,39 @@ static int check_tls_files(coord_config_t *c)
     return 0;
 }
 
+/* The etcd TLS files are used for https:// endpoints only: with an
+ * http:// or unix:// one in the list, the coordinator would talk to it in
+ * plaintext (the lease key included) while its operator, having set them,
+ * believes otherwise. Refused, naming the flag and the endpoint. */
+static int check_etcd_tls(coord_config_t *c)
+{
+    const char *start = c->etcd;
+    size_t first = SIZE_MAX;
+
+    for (size_t i = 0; i < N_TLS_FILES && first == SIZE_MAX; i++) {
+        if (strncmp(tls_files[i].flag, "--etcd-", 7) == 0 && *tls_file(c, i) != NULL) {
+            first = i;
+        }
+    }
+    if (first == SIZE_MAX || start == NULL) {
+        return 0;
+    }
+    while (*start != '\0') {
+        size_t len = strcspn(start, ",");
+
+        if (len > 0 && strncmp(start, "https://", 8) != 0) {
+            fprintf(stderr,
+                    "ferry-coordinator: %s (%s) is for https:// etcd endpoints, and '%.*s' in "
+                    "--etcd (FERRY_ETCD) is not one: it would be plaintext (name it https://, or "
+                    "unset the etcd TLS files)\n",
+                    tls_files[first].flag, tls_files[first].env, (int)len, start);
+            return -1;
+        }
+        start += len + (start[len] == ',');
+    }
+    return 0;
+}
+
 static int check(coord_config_t *c)
 {
     if (check_prefix(c->prefix) != 0 || check_listen(c->listen) != 0) {
@@ -497,6 +531,9 @@ static int check(coord_config_t *c)
                 : c->etcd_ca != NULL   ? "--etcd-ca (FERRY_ETCD_CA)"
                 : c->etcd_cert != NULL ? "--etcd-cert (FERRY_ETCD_CERT)"
                                        : "--etcd-key (FERRY_ETCD_KEY)");
+        return -1;
+    }
+    if (check_etcd_tls(c) != 0) {
         return -1;
     }
     if ((c->tls_cert == NULL) != (c->tls_key == NULL)) {

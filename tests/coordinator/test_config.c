@@ -250,7 +250,7 @@ static void test_tls_file_set_but_empty_is_refused(void **state)
                                  "FERRY_ETCD_CA",  "FERRY_ETCD_CERT", "FERRY_ETCD_KEY"};
     (void)state;
 
-    setenv("FERRY_ETCD", "http://127.0.0.1:2379", 1); /* the etcd ones need an etcd */
+    setenv("FERRY_ETCD", "https://127.0.0.1:2379", 1); /* the etcd ones need an etcd */
     /* All six set from the environment, then each in turn empty. */
     for (size_t i = 0; i < sizeof(vars) / sizeof(vars[0]); i++) {
         setenv(vars[i], "f.pem", 1);
@@ -298,7 +298,7 @@ static void test_etcd_credentials_without_etcd_are_refused(void **state)
     char *ca[] = {"ferry-coordinator", "--etcd-ca", "ca.pem", NULL};
     char *with[] = {"ferry-coordinator",
                     "--etcd",
-                    "http://127.0.0.1:2379",
+                    "https://127.0.0.1:2379",
                     "--etcd-user",
                     "ferry",
                     "--etcd-ca",
@@ -320,6 +320,49 @@ static void test_etcd_credentials_without_etcd_are_refused(void **state)
     assert_int_equal(parse(&c, 7, with), 0);
     assert_string_equal(c.etcd_user, "ferry");
     assert_string_equal(c.etcd_ca, "ca.pem");
+}
+
+/* The etcd TLS files are used for https:// endpoints only: with an http://
+ * (or unix://) one in --etcd the coordinator talked to it in plaintext, the
+ * files ignored without a word. Refused, by flag or variable; an https://
+ * list takes them. */
+static void test_etcd_tls_files_need_https(void **state)
+{
+    coord_config_t c;
+    char *http_ca[] = {"ferry-coordinator", "--etcd", "http://127.0.0.1:2379",
+                       "--etcd-ca",         "ca.pem", NULL};
+    char *mixed_cert[] = {"ferry-coordinator",
+                          "--etcd",
+                          "https://10.0.0.1:2379,http://10.0.0.2:2379",
+                          "--etcd-cert",
+                          "c.pem",
+                          "--etcd-key",
+                          "c.key",
+                          NULL};
+    char *unix_ca[] = {"ferry-coordinator", "--etcd", "unix:///run/etcd.sock",
+                       "--etcd-ca",         "ca.pem", NULL};
+    char *https_all[] = {"ferry-coordinator",
+                         "--etcd",
+                         "https://10.0.0.1:2379,https://10.0.0.2:2379",
+                         "--etcd-cert",
+                         "c.pem",
+                         "--etcd-key",
+                         "c.key",
+                         "--etcd-ca",
+                         "ca.pem",
+                         NULL};
+    char *http_only[] = {"ferry-coordinator", "--etcd", "http://127.0.0.1:2379", NULL};
+    (void)state;
+
+    assert_int_equal(parse(&c, 5, http_ca), -1);
+    assert_int_equal(parse(&c, 7, mixed_cert), -1);
+    assert_int_equal(parse(&c, 5, unix_ca), -1);
+    setenv("FERRY_ETCD_KEY", "c.key", 1);
+    assert_int_equal(parse(&c, 3, http_only), -1);
+    unsetenv("FERRY_ETCD_KEY");
+    assert_int_equal(parse(&c, 3, http_only), 0);
+    assert_int_equal(parse(&c, 9, https_all), 0);
+    assert_string_equal(c.etcd_cert, "c.pem");
 }
 
 /* What the metrics server would refuse to bind (after a private etcd had
@@ -419,6 +462,7 @@ int main(void)
         cmocka_unit_test(test_limits),
         cmocka_unit_test(test_tls_file_set_but_empty_is_refused),
         cmocka_unit_test(test_etcd_credentials_without_etcd_are_refused),
+        cmocka_unit_test(test_etcd_tls_files_need_https),
         cmocka_unit_test(test_metrics_listen),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
