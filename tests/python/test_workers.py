@@ -197,6 +197,17 @@ class Refusals(unittest.TestCase):
         # The code, named once: libferry's message is for people, the
         # returned status names the code (ferry-worker adds it).
         self.assertEqual(err.count("FERRY_ERR_TIMED_OUT"), 1, err)
+        # The user's --timeout is named, not the last slice's wait_ms.
+        self.assertIn("--timeout (1 s) ran out", err)
+
+    def test_a_receiver_nobody_wrote_to_says_its_timeout_ran_out(self):
+        """It said "operation ended INITIALIZED: no detail", of an operation
+        that had not ended: the wait had run out."""
+        rc, out, err = finish(start_passive("recv", "nobody-wrote", 4096, timeout=1))
+        self.assertEqual(rc, EXIT_TIMEOUT, err)
+        self.assertIn("--timeout (1 s) ran out with the operation still INITIALIZED: "
+                      "no peer came", err)
+        self.assertNotIn("ended", err)
 
     def test_size_mismatch_names_both_sizes(self):
         p = start_passive("recv", "size-1", 1 << 20)

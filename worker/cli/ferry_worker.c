@@ -502,15 +502,27 @@ static int fail(const char *what, ferry_status_t status)
     return exit_code_for(status);
 }
 
-static int op_failed(ferry_op_t *op, ferry_status_t status)
+static int op_failed(const options_t *o, ferry_op_t *op, ferry_status_t status)
 {
     const char *msg = "";
     char buf[1024];
     int sig = atomic_load(&stop_signal);
+    ferry_op_status_t now = ferry_op_status(op);
 
     if (sig != 0) {
         fprintf(stderr, "ferry-worker: stopped by signal %d; the operation was cancelled\n", sig);
         return 128 + sig;
+    }
+    if (!ferry_op_status_is_final(now)) {
+        /* The wait ran out, not the operation: it said "operation ended
+         * INITIALIZED: no detail". */
+        fprintf(stderr,
+                "ferry-worker: %s %s: --timeout (%g s) ran out with the operation still %s%s "
+                "(%s)\n",
+                o->command, o->request_id, o->timeout_ms / 1000.0, ferry_op_status_name(now),
+                now == FERRY_OP_STATUS_INITIALIZED ? ": no peer came" : "",
+                ferry_status_name(status));
+        return exit_code_for(status);
     }
     ferry_op_error(op, &msg);
     fprintf(stderr, "ferry-worker: operation ended %s: %s (%s)\n",
@@ -664,7 +676,7 @@ static int run_passive(ferry_connector_t *conn, ferry_coordinator_t *coord, cons
     start = now_s();
     status = wait_op(op, o, start);
     if (status != FERRY_OK) {
-        rc = op_failed(op, status);
+        rc = op_failed(o, op, status);
     } else if (writable && !ferry_pattern_check(buf, o->size)) {
         fprintf(stderr,
                 "ferry-worker: received bytes do not match the pattern at offset %" PRIu64 "\n",
@@ -724,12 +736,20 @@ static int run_active(ferry_connector_t *conn, ferry_coordinator_t *coord, const
                 o->request_id);
         return 128 + sig;
     }
+    if (status == FERRY_ERR_TIMED_OUT) {
+        /* libferry names its last slice's wait_ms; the user gave --timeout. */
+        char last[1024];
+        shown(ferry_last_error_message(), last, sizeof(last));
+        fprintf(stderr, "ferry-worker: %s %s: --timeout (%g s) ran out; last: %s (%s)\n",
+                o->command, o->request_id, o->timeout_ms / 1000.0, last, ferry_status_name(status));
+        return exit_code_for(status);
+    }
     if (status != FERRY_OK) {
         return fail(write ? "write" : "read", status);
     }
     status = wait_op(op, o, start);
     if (status != FERRY_OK) {
-        rc = op_failed(op, status);
+        rc = op_failed(o, op, status);
     } else if (!write && !ferry_pattern_check(buf, o->size)) {
         fprintf(stderr, "ferry-worker: read bytes do not match the pattern at offset %" PRIu64 "\n",
                 ferry_pattern_first_mismatch(buf, o->size));
