@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include "common/log.h"
+#include "common/text.h"
 #include "etcd/etcd.h"
 
 /* etcd keeps every revision until it is compacted, and refuses every write
@@ -301,6 +302,36 @@ static ferry_status_t only_root(const coord_etcd_child_t *child, etcd_client_t *
     return status;
 }
 
+/* The last line of etcd's log, escaped, into out ("" if none): when etcd
+ * dies starting, what it (or exec_etcd, for a binary that is not there)
+ * said last, so that the cause is in the coordinator's own log. Read
+ * through the state directory, as the log was made. */
+static void log_last_line(const coord_etcd_child_t *child, char *out, size_t cap)
+{
+    char tail[512];
+    ssize_t n = 0;
+    int fd = openat(child->dir_fd, LOG_FILE, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+    off_t size = fd >= 0 ? lseek(fd, 0, SEEK_END) : -1;
+
+    out[0] = '\0';
+    if (size > 0) {
+        off_t from = size > (off_t)sizeof(tail) - 1 ? size - (off_t)sizeof(tail) + 1 : 0;
+        n = pread(fd, tail, sizeof(tail) - 1, from);
+    }
+    if (fd >= 0) {
+        close(fd);
+    }
+    if (n <= 0) {
+        return;
+    }
+    while (n > 0 && (tail[n - 1] == '\n' || tail[n - 1] == '\r')) {
+        n--;
+    }
+    tail[n] = '\0';
+    char *line = strrchr(tail, '\n');
+    ferry_text_escape(out, cap, line != NULL ? line + 1 : tail);
+}
+
 static ferry_status_t wait_ready(coord_etcd_child_t *child)
 {
     etcd_params_t params = {.endpoints = child->endpoint,
@@ -320,7 +351,12 @@ static ferry_status_t wait_ready(coord_etcd_child_t *child)
     for (int64_t deadline = now_ms() + START_TIMEOUT_MS; now_ms() < deadline;) {
         int wstatus;
         if (waitpid(child->pid, &wstatus, WNOHANG) == child->pid) {
-            ferry_error("private etcd exited during start-up; see %s", child->log_path);
+            char last[512];
+            log_last_line(child, last, sizeof(last));
+            ferry_error("private etcd exited during start-up (%s %d)%s%s; see %s",
+                        WIFEXITED(wstatus) ? "exit" : "signal",
+                        WIFEXITED(wstatus) ? WEXITSTATUS(wstatus) : WTERMSIG(wstatus),
+                        last[0] != '\0' ? ": " : "", last, child->log_path);
             child->pid = 0;
             status = FERRY_ERR_UNAVAILABLE;
             break;

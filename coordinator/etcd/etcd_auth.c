@@ -47,7 +47,7 @@ static ferry_status_t etcd_authenticate(etcd_client_t *client, CURL *handle, cha
     }
     cJSON *reply = NULL;
     ferry_status_t status = etcd__call_raw(client, handle, "/v3/auth/authenticate", text, NULL,
-                                           ETCD_CALL_RETRY, &reply);
+                                           ETCD_CALL_RETRY | ETCD_CALL_INNER, &reply);
     free(text);
     const cJSON *token = cJSON_GetObjectItemCaseSensitive(reply, "token");
     if (status == FERRY_ERR_FAILED_PRECONDITION) {

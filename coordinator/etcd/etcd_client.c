@@ -676,9 +676,10 @@ ferry_status_t etcd__call_raw(etcd_client_t *client, CURL *handle, const char *p
         status = etcd_attempt(client, handle, order[i], path, body, token, flags, attempt_ms, &next,
                               reply_p);
     }
-    if (status == FERRY_ERR_UNAVAILABLE && (flags & ETCD_CALL_PROBE) != 0) {
+    if (status == FERRY_ERR_UNAVAILABLE && (flags & (ETCD_CALL_PROBE | ETCD_CALL_INNER)) != 0) {
         /* A health probe's caller logs when health changes: a warning per
-         * probe would repeat it every interval while etcd is down. */
+         * probe would repeat it every interval while etcd is down. An inner
+         * call's request logs its own outcome. */
         ferry_debug("etcd: unavailable: %s", etcd_last_error);
     } else if (status == FERRY_ERR_UNAVAILABLE) {
         ferry_warn("etcd: unavailable: %s", etcd_last_error);

@@ -66,6 +66,10 @@ enum {
     /* /v3/maintenance/status: an answer from a member that knows no leader
      * (it cannot commit) counts as no answer. */
     ETCD_CALL_LEADER = 1u << 2,
+    /* Made for another request (authenticate, for the token it needs),
+     * whose caller logs the outcome: an unavailable etcd is logged here at
+     * debug, not warned of twice (or, under a probe, at all). */
+    ETCD_CALL_INNER = 1u << 3,
 };
 
 /* Fault budgets. A member that is frozen (SIGSTOP, a hung disk) still

@@ -192,10 +192,25 @@ class PrivateEtcd(unittest.TestCase):
             self.assertEqual(os.stat(os.path.join(self.state, "etcd.log")).st_mode & 0o777, 0o600)
         finally:
             p.send_signal(signal.SIGTERM)
-            p.communicate(timeout=30)
+            out, _ = p.communicate(timeout=30)
         self.assertEqual(p.returncode, 0)
         ferry_harness.wait_until(lambda: not os.path.exists(f"/proc/{etcds[0]}"), 10,
                                  "the private etcd to go")
+        # A clean start and stop warns of nothing: the first probes, before
+        # etcd listened, warned "etcd: unavailable" on every start.
+        self.assertNotIn(" warn ", out)
+        self.assertNotIn(" error ", out)
+
+    def test_an_etcd_binary_that_is_not_there_is_named(self):
+        """The cause is in the coordinator's own log: it said only "exited
+        during start-up; see etcd.log"."""
+        missing = os.path.join(self.tmp, "no-such-etcd")
+        p = coordinator(self.state, self.port_file, env_extra={"FERRY_ETCD_BIN": missing})
+        out, _ = p.communicate(timeout=30)
+        self.assertEqual(p.returncode, 1, out)
+        self.assertIn(f"exited during start-up (exit 127): exec {missing}: "
+                      "No such file or directory", out)
+        self.assertFalse(os.path.exists(self.port_file), out)
 
     def test_a_log_grown_past_16_mib_is_moved_aside_at_start(self):
         """A log over 16 MiB at a start becomes etcd.log.1 (replacing the
