@@ -14,6 +14,7 @@ import os
 import signal
 import socket
 import subprocess
+import tempfile
 import sys
 import threading
 import time
@@ -322,6 +323,19 @@ class Ferryctl(unittest.TestCase):
                      ["watch", "x", "--prefix", "y"]):
             r = ferryctl(*args)
             self.assertEqual(r.returncode, 2, f"{args}: {r.stderr}")
+
+    def test_warnings_and_causes_of_the_layers_below_reach_stderr(self):
+        """A FERRY_RPC_KEEPALIVE_MS out of range is named (it was ignored
+        without a word: ferryctl set no log level), and so is the cause of a
+        TLS file that cannot be used (it said only "invalid argument")."""
+        env = dict(os.environ, FERRY_RPC_KEEPALIVE_MS="5")
+        r = ferryctl("health", env=env)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("FERRY_RPC_KEEPALIVE_MS=5 is not 1000..2000000 ms", r.stderr)
+        missing = os.path.join(tempfile.mkdtemp(prefix="ferryctl-"), "ca.pem")
+        r = ferryctl("health", "--tls-ca", missing)
+        self.assertEqual(r.returncode, 2, r.stderr)
+        self.assertIn(f"{missing}: No such file or directory", r.stderr)
 
     def test_empty_token_is_none_and_other_commands_flags_are_refused(self):
         """FERRY_TOKEN="" is no token, as ferry-worker has it (it was sent,

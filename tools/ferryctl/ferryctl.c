@@ -30,6 +30,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "common/log.h"
 #include "common/tls_flags.h"
 #include "ctl.h"
 #include "grpc/health/v1/health.pb-c.h"
@@ -900,7 +901,15 @@ int main(int argc, char **argv)
     struct sigaction sa = {0};
     ctl_conn_t conn = {0};
     options_t o;
-    int rc = parse_options(argc, argv, &o);
+    int rc;
+
+    /* Warnings and errors of the layers below (a FERRY_RPC_KEEPALIVE_MS out
+     * of range, a TLS file gRPC cannot use) on stderr, as the other
+     * programs': without a level they were dropped. FERRY_LOG_LEVEL and
+     * FERRY_LOG_FORMAT as everywhere. */
+    ferry_log_init_from_env(FERRY_LOG_WARN);
+    ferry_log_format_from_env();
+    rc = parse_options(argc, argv, &o);
 
     if (rc != 0) {
         return rc > 0 ? finish_output(CTL_EXIT_OK) : CTL_EXIT_USAGE;
