@@ -1315,7 +1315,11 @@ def check_policies(ctx):
                     fail(ctx.w(p), "lets anyone reach port %d of %s" % (port, target))
                 for peer in peers:
                     sel = (peer.get("podSelector") or {}).get("matchLabels") or {}
-                    if set(peer) != {"podSelector"} or not sel:
+                    # Workers may be in any namespace (the coordinators'
+                    # rule); the others' peers are pods of this one.
+                    kinds = ({"podSelector"}, {"podSelector", "namespaceSelector"}) \
+                        if port == 7400 else ({"podSelector"},)
+                    if set(peer) not in kinds or not sel:
                         fail(ctx.w(p), "port %d of %s: peer %s is not a pod selector of %s"
                              % (port, target, peer, who))
                         continue

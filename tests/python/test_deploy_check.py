@@ -169,10 +169,8 @@ class DeployCheckCatches(unittest.TestCase):
 
     def test_policy_letting_workers_reach_etcd(self):
         edit(os.path.join(self.k8s, "overlays", "prod", "networkpolicy.yaml"),
-             "              app.kubernetes.io/name: ferry-coordinator\n      ports:\n"
-             "        - protocol: TCP\n          port: 2379",
-             "              app.kubernetes.io/name: ferry-worker\n      ports:\n"
-             "        - protocol: TCP\n          port: 2379")
+             "              app.kubernetes.io/name: ferry-coordinator\n        - podSelector:",
+             "              app.kubernetes.io/name: ferry-worker\n        - podSelector:")
         self.assertFails(r"NetworkPolicy/etcd: port 2379 of etcd: .* also lets in .*Job/ferry-recv",
                          r"no NetworkPolicy lets coordinators reach port 2379 of etcd")
 
