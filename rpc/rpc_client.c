@@ -227,8 +227,21 @@ void rpc_poller_stop(rpc_poller_t *poller)
 /* --- shared with rpc_stream.c -------------------------------------------------- */
 
 grpc_call *rpc__channel_call(rpc_channel_t *channel, const char *path, grpc_completion_queue *cq,
-                             gpr_timespec deadline)
+                             int64_t timeout_ms)
 {
+    gpr_timespec deadline = rpc__deadline_after_ms(timeout_ms);
+
+    /* A channel whose last connection attempt failed fails every call at
+     * once until gRPC's reconnect backoff (1 s, growing 1.6x up to 2 min)
+     * runs out: after its server was down for a while, calls kept failing
+     * for about as long again once it was back (a coordinator restarted in
+     * 2 s cost workers their session leases, 10 s of KeepAlives failing
+     * here). Such a call first makes one fresh attempt, with
+     * RPC_RECONNECT_MS of its own time at most (rpc_channel_connect). */
+    if (grpc_channel_check_connectivity_state(channel->channel, 0) ==
+        GRPC_CHANNEL_TRANSIENT_FAILURE) {
+        (void)rpc_channel_connect(channel, timeout_ms, NULL);
+    }
     grpc_slice method = grpc_slice_from_copied_string(path);
     grpc_call *call = grpc_channel_create_call(channel->channel, NULL, GRPC_PROPAGATE_DEFAULTS, cq,
                                                method, NULL, deadline, NULL);
@@ -351,7 +364,7 @@ static ferry_status_t unary_bytes(rpc_channel_t *channel, const char *path,
                                   rpc_error_t *err)
 {
     grpc_completion_queue *cq = grpc_completion_queue_create_for_pluck(NULL);
-    grpc_call *call = rpc__channel_call(channel, path, cq, rpc__deadline_after_ms(timeout_ms));
+    grpc_call *call = rpc__channel_call(channel, path, cq, timeout_ms);
     unary_recv_t recv = {.details = grpc_empty_slice()};
     grpc_metadata sent[RPC_MAX_MD];
     ferry_status_t status = FERRY_ERR_INTERNAL;

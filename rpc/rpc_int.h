@@ -176,9 +176,12 @@ ferry_status_t rpc__health_add_service(rpc_server_t *server);
 
 /* --- client (rpc_client.c, used by rpc_stream.c) ------------------------- */
 
-/* A call on `channel` bound to `cq`. */
+/* A call on `channel` bound to `cq`, with a deadline timeout_ms from now
+ * (<= 0: none). On a channel in TRANSIENT_FAILURE it first makes a fresh
+ * connection attempt (rpc_client.c), so that a server back from an outage
+ * is reached by the next call, not at the end of gRPC's backoff. */
 grpc_call *rpc__channel_call(rpc_channel_t *channel, const char *path, grpc_completion_queue *cq,
-                             gpr_timespec deadline);
+                             int64_t timeout_ms);
 /* Fills `err` (may be NULL) from a call's final status; returns the mapped
  * status. */
 ferry_status_t rpc__client_status(grpc_status_code code, grpc_slice details,

@@ -115,7 +115,7 @@ ferry_status_t rpc_stream_open_md(rpc_channel_t *channel, const char *path,
     grpc_metadata_array_init(&s->initial_md);
     grpc_metadata_array_init(&s->trailing_md);
     s->cq = grpc_completion_queue_create_for_pluck(NULL);
-    s->call = rpc__channel_call(channel, path, s->cq, rpc__deadline_after_ms(timeout_ms));
+    s->call = rpc__channel_call(channel, path, s->cq, timeout_ms);
     rc = stream_start(s);
     if (rc != GRPC_CALL_OK) {
         ferry_error("rpc: %s: cannot start the stream: grpc_call_error %d", path, (int)rc);

@@ -16,6 +16,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 
 #include "ferry/v1/coordinator.pb-c.h"
 #include "rpc_fixture.h"
@@ -131,6 +135,75 @@ static void test_channel_connect(void **state)
         assert_string_equal(err.message, "failed to connect");
     }
     rpc_channel_destroy(dead);
+}
+
+/* A port nobody listens on (bound to learn it, then closed). */
+static int free_port(void)
+{
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t len = sizeof(a);
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    int port = -1;
+
+    if (fd >= 0 && bind(fd, (struct sockaddr *)&a, sizeof(a)) == 0 &&
+        getsockname(fd, (struct sockaddr *)&a, &len) == 0) {
+        port = ntohs(a.sin_port);
+    }
+    if (fd >= 0) {
+        close(fd);
+    }
+    return port;
+}
+
+/* A server that comes back after its channel's calls failed for a while
+ * is reached by the next call. gRPC's reconnect backoff had grown with the
+ * outage (1 s, 2.6 s, 5.2 s ... from the first failure), and until it ran
+ * out every call failed UNAVAILABLE at once, without trying: a coordinator
+ * restarted in 2 s cost workers their session leases. */
+static void test_a_server_back_from_an_outage_is_reached_at_once(void **state)
+{
+    fixture_t back = {0};
+    int port = free_port();
+    char target[64], listen_addr[64];
+    rpc_channel_params_t cp = {.target = target};
+    rpc_server_params_t sp = {.listen_addr = listen_addr,
+                              .max_message_bytes = FIXTURE_MAX_MESSAGE,
+                              .max_held_request_bytes = FIXTURE_MAX_HELD};
+    Ferry__V1__GetRequest req = FERRY__V1__GET_REQUEST__INIT;
+    Ferry__V1__GetResponse *resp = NULL;
+    rpc_error_t err;
+    (void)state;
+
+    assert_true(port > 0);
+    snprintf(target, sizeof(target), "127.0.0.1:%d", port);
+    snprintf(listen_addr, sizeof(listen_addr), "127.0.0.1:%d", port);
+    req.request_id = "missing";
+    assert_int_equal(rpc_channel_create(&cp, &back.channel), FERRY_OK);
+    /* 3.5 s of calls that fail: gRPC's next attempt is then 4.1-6.2 s
+     * after the first (its backoff, jitter included). Not a wait for a
+     * condition: the outage itself. */
+    for (long long end = now_ms() + 3500; now_ms() < end;) {
+        const struct timespec pause = {.tv_nsec = 50 * 1000000L};
+        assert_int_equal(rpc_unary(back.channel, GET_PATH, &req.base,
+                                   &ferry__v1__get_response__descriptor, 1000,
+                                   (ProtobufCMessage **)&resp, &err),
+                         FERRY_ERR_UNAVAILABLE);
+        nanosleep(&pause, NULL);
+    }
+    assert_int_equal(pthread_mutex_init(&back.lock, NULL), 0);
+    assert_int_equal(pthread_cond_init(&back.cond, NULL), 0);
+    assert_int_equal(rpc_server_create(&sp, &back.server), FERRY_OK);
+    assert_int_equal(rpc_server_add_service(back.server, &ferry__v1__coordinator__descriptor,
+                                            fixture_methods, fixture_n_methods, &back),
+                     FERRY_OK);
+    assert_int_equal(rpc_server_start(back.server, &back.port), FERRY_OK);
+    /* The first call after the server is back reaches it. */
+    assert_int_equal(rpc_unary(back.channel, GET_PATH, &req.base,
+                               &ferry__v1__get_response__descriptor, 5000,
+                               (ProtobufCMessage **)&resp, &err),
+                     FERRY_ERR_NOT_FOUND);
+    assert_string_equal(err.message, "operation missing not found");
+    fixture_stop(&back);
 }
 
 static void test_unary_not_found(void **state)
@@ -648,6 +721,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_unary_status_by_code, fixture_setup, fixture_teardown),
         cmocka_unit_test_setup_teardown(test_unary_metadata, fixture_setup, fixture_teardown),
         cmocka_unit_test_setup_teardown(test_channel_connect, fixture_setup, fixture_teardown),
+        cmocka_unit_test(test_a_server_back_from_an_outage_is_reached_at_once),
         cmocka_unit_test_setup_teardown(test_unary_not_found, fixture_setup, fixture_teardown),
         cmocka_unit_test_setup_teardown(test_unary_reply_from_other_thread, fixture_setup,
                                         fixture_teardown),
