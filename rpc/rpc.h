@@ -342,7 +342,10 @@ void rpc_channel_destroy(rpc_channel_t *channel);
  * to timeout_ms (<= 0: no deadline). On OK, *response_p is the decoded
  * response (free with protobuf_c_message_free_unpacked(m, NULL)). Otherwise
  * returns the status mapped from the gRPC code; `err` (may be NULL) gets the
- * exact code and message. */
+ * exact code and message. On a channel whose last connection attempt
+ * failed, this call (and every other, streams too) first makes one fresh
+ * attempt, 250 ms of its time at most, rather than fail at once until
+ * gRPC's reconnect backoff runs out. */
 ferry_status_t rpc_unary(rpc_channel_t *channel, const char *path, const ProtobufCMessage *request,
                          const ProtobufCMessageDescriptor *response_desc, int64_t timeout_ms,
                          ProtobufCMessage **response_p, rpc_error_t *err);

@@ -152,12 +152,8 @@ static ferry_status_t await_record(ferry_coordinator_t *coord, const ferry_claim
         struct timespec pause = {0, (long)backoff * 1000000L};
         nanosleep(&pause, NULL);
         backoff = backoff * 2 > AWAIT_BACKOFF_MAX_MS ? AWAIT_BACKOFF_MAX_MS : backoff * 2;
-        /* A fresh connection attempt now, rather than at the end of gRPC's
-         * own reconnect backoff (a second and more): its outcome shows in
-         * the Lookup's. */
-        if (deadline - now_ms() > 0) {
-            (void)rpc_channel_connect(coord->channel, deadline - now_ms(), NULL);
-        }
+        /* The next Lookup connects afresh first where the last attempt
+         * failed (rpc_unary), not at the end of gRPC's reconnect backoff. */
     }
     if (status == FERRY_OK) {
         ferry__v1__lookup_response__free_unpacked(resp, NULL);
