@@ -149,6 +149,7 @@ static ferry_status_t open_etcd(coordinator_t *c)
         .kv_gateway = c->config.etcd_kv_gateway,
         .keepalive_ms = rpc_env_keepalive_ms(),
         .tls_refresh_s = rpc_env_tls_refresh_s(),
+        .check_version = c->config.etcd != NULL, /* a private etcd is one member */
     };
     ferry_status_t status;
 

@@ -70,7 +70,19 @@ typedef struct {
      * fields of those names (0: rpc's defaults, 20 s and 60 s). */
     int keepalive_ms;
     int tls_refresh_s;
+    /* An etcd the operator runs (not the coordinator's private one): the
+     * first health ping that answers checks its version, and a version
+     * with a known defect that costs Ferry's records is warned of once
+     * (etcd_version_revokes_live_leases). */
+    bool check_version;
 } etcd_params_t;
+
+/* Whether etcd `version` ("3.4.23") has the defect of etcd-io/etcd#15247:
+ * a leader frozen longer than a lease's TTL revokes it on waking, though
+ * its holder kept it alive through the new leader (fixed in 3.4.28 and
+ * 3.5.11). Versions before 3.4 count as affected; text that is not a
+ * version does not. */
+bool etcd_version_revokes_live_leases(const char *version);
 
 ferry_status_t etcd_client_create(const etcd_params_t *params, etcd_client_t **client_p);
 /* Every watch made on the client must be destroyed first: a watch's thread

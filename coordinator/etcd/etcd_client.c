@@ -207,6 +207,7 @@ ferry_status_t etcd_client_create(const etcd_params_t *params, etcd_client_t **c
     }
     /* Picked before open, so that destroy's close undoes an open that
      * failed halfway. */
+    client->check_version = params->check_version;
     client->kv = params->kv_gateway ? &etcd__kv_gateway_ops : &etcd__kv_grpc_ops;
     status = client->kv->open(client);
     if (status != FERRY_OK) {
@@ -824,6 +825,40 @@ static ferry_status_t etcd_ping_quorum(etcd_client_t *client, int64_t *revision_
     return status;
 }
 
+bool etcd_version_revokes_live_leases(const char *version)
+{
+    unsigned major, minor, patch;
+
+    if (version == NULL || sscanf(version, "%u.%u.%u", &major, &minor, &patch) != 3) {
+        return false;
+    }
+    if (major != 3) {
+        return major < 3;
+    }
+    return minor < 4 || (minor == 4 && patch < 28) || (minor == 5 && patch < 11);
+}
+
+/* Once, from the first status an etcd the operator runs answered: warns of
+ * a version that revokes live leases (etcd_version_revokes_live_leases). */
+static void etcd_check_version(etcd_client_t *client, const cJSON *status)
+{
+    const cJSON *version = cJSON_GetObjectItemCaseSensitive(status, "version");
+
+    if (!client->check_version || !cJSON_IsString(version) ||
+        atomic_exchange(&client->version_checked, true)) {
+        return;
+    }
+    if (etcd_version_revokes_live_leases(version->valuestring)) {
+        ferry_warn("etcd: version %.32s revokes live leases when a leader frozen longer than "
+                   "their TTL (a VM pause, a stuck disk) wakes (etcd-io/etcd#15247, fixed in "
+                   "3.4.28 and 3.5.11): every record of workers alive through the stall goes; "
+                   "run a fixed etcd, or a --ttl above the stalls you expect",
+                   version->valuestring);
+    } else {
+        ferry_debug("etcd: version %.32s", version->valuestring);
+    }
+}
+
 ferry_status_t etcd_ping(etcd_client_t *client, int64_t *revision_p)
 {
     if (client == NULL) {
@@ -838,6 +873,7 @@ ferry_status_t etcd_ping(etcd_client_t *client, int64_t *revision_p)
             : FERRY_ERR_NO_MEMORY;
     int64_t revision = 0;
     if (status == FERRY_OK) {
+        etcd_check_version(client, reply);
         status = etcd__json_revision(reply, &revision);
     }
     if (status == FERRY_OK) {

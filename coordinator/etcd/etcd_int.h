@@ -128,9 +128,11 @@ struct etcd_client {
      * and it is never `preferred`. 0: not suspect. */
     atomic_llong *suspect_until;
     int timeout_ms;
-    int keepalive_ms;  /* params' for the gRPC channels (0: rpc's default) */
-    int tls_refresh_s; /* likewise */
-    char *ca_file;     /* owned copies of the params; NULL when absent */
+    bool check_version;          /* params' */
+    atomic_bool version_checked; /* the first answered ping looked */
+    int keepalive_ms;            /* params' for the gRPC channels (0: rpc's default) */
+    int tls_refresh_s;           /* likewise */
+    char *ca_file;               /* owned copies of the params; NULL when absent */
     char *cert_file;
     char *key_file;
     char *username;

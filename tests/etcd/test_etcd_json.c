@@ -466,6 +466,28 @@ static void test_prefix_end(void **state)
     check_prefix_end("", 0, "\x00", 1);
 }
 
+/* etcd-io/etcd#15247, fixed in 3.4.28 and 3.5.11: the versions the
+ * coordinator warns of (a frozen leader revokes live leases on waking). */
+static void test_versions_that_revoke_live_leases(void **state)
+{
+    static const char *affected[] = {"3.4.23", "3.4.0",  "3.4.27", "3.5.0",
+                                     "3.5.10", "3.3.25", "2.3.8"};
+    static const char *fixed[] = {"3.4.28", "3.4.35", "3.5.11", "3.5.17", "3.6.0", "4.0.0"};
+    static const char *not_versions[] = {"", "3", "3.5", "v3.5.1", "abc", "3.x.1"};
+    (void)state;
+
+    for (size_t i = 0; i < sizeof(affected) / sizeof(affected[0]); i++) {
+        assert_true(etcd_version_revokes_live_leases(affected[i]));
+    }
+    for (size_t i = 0; i < sizeof(fixed) / sizeof(fixed[0]); i++) {
+        assert_false(etcd_version_revokes_live_leases(fixed[i]));
+    }
+    for (size_t i = 0; i < sizeof(not_versions) / sizeof(not_versions[0]); i++) {
+        assert_false(etcd_version_revokes_live_leases(not_versions[i]));
+    }
+    assert_false(etcd_version_revokes_live_leases(NULL));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -484,6 +506,7 @@ int main(void)
         cmocka_unit_test(test_error_mapping),
         cmocka_unit_test(test_cancel_reasons),
         cmocka_unit_test(test_prefix_end),
+        cmocka_unit_test(test_versions_that_revoke_live_leases),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

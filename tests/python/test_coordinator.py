@@ -3,6 +3,7 @@ is not C-specific. Run with /usr/bin/python3 (the Debian interpreter that
 has grpcio), from CTest.
 """
 import os
+import subprocess
 import sys
 import threading
 import unittest
@@ -100,6 +101,25 @@ class CoordinatorFromPython(unittest.TestCase):
         got = self.stub.Get(self.cpb.GetRequest(request_id=rid), timeout=10)
         self.assertEqual(got.operation.state, self.pb.OPERATION_STATE_COMPLETE)
         self.assertFalse(got.operation.HasField("metadata"))
+
+    def test_an_etcd_version_that_revokes_live_leases_is_warned_of(self):
+        """etcd before 3.4.28 (3.5 before 3.5.11) revokes live leases when a
+        leader frozen past their TTL wakes (etcd-io/etcd#15247; Debian 12's
+        is 3.4.23): the coordinator says so once, naming the version."""
+        out = subprocess.run(["etcd", "--version"], capture_output=True, text=True,
+                             timeout=30).stdout
+        version = out.split("etcd Version:")[1].split()[0]
+        major, minor, patch = (int(x) for x in version.split(".")[:3])
+        affected = (major, minor) < (3, 4) or (minor == 4 and patch < 28) or \
+            (minor == 5 and patch < 11)
+        warning = f"etcd: version {version} revokes live leases"
+        ferry_harness.wait_until(lambda: CLUSTER.coordinator.log_contains("serving on"), 30,
+                                 "the coordinator to serve")
+        if affected:
+            ferry_harness.wait_until(lambda: CLUSTER.coordinator.log_contains(warning), 30,
+                                     "the version warning")
+        else:
+            self.assertFalse(CLUSTER.coordinator.log_contains(warning))
 
     def test_health_unknown_service_is_not_found(self):
         with self.assertRaises(grpc.RpcError) as cm:
