@@ -19,6 +19,18 @@
  * keep their rpc_call_t for RPC_DRAIN_MS. A listed call holds a reference
  * until it is taken off.
  *
+ * The thread waits for the oldest deadline listed, or, the list empty, for
+ * the last listing's (that call went off the list in time); only when that
+ * too has passed does it wait without a deadline, and only then does a
+ * listing wake it. No listing's deadline is earlier than the one the
+ * thread waits for, so it finds each in time when its wait ends, and it
+ * wakes about once per RPC_DRAIN_MS however many calls come. Woken at
+ * every listing into an empty list instead, it cost most unary calls a
+ * context switch and a turn on drain->lock against the completion-queue
+ * threads (Lookup at 8 clients: 1.96 voluntary switches of the
+ * coordinator's per call against 1.14, and 15-25% of its throughput;
+ * bench/NOTES.md).
+ *
  * Threads: rpc__drain_add on any thread that ends a call; the drain thread
  * expires calls. drain->lock guards the list, started and stopping; it is
  * taken after call->lock (rpc__drain_add runs under it), and the drain
@@ -51,21 +63,26 @@ void rpc__drain_destroy(rpc_drain_t *drain)
 }
 
 /* Takes the oldest call off the list once its deadline has passed; NULL
- * (having waited for the deadline, or for a listing, or for stop) when
- * there is none yet. Caller holds drain->lock. */
+ * (having waited for that deadline, or the last listing's, or for a
+ * listing, or for stop) when there is none yet. Caller holds drain->lock. */
 static rpc_call_t *drain_take_expired_locked(rpc_drain_t *drain)
 {
     rpc_call_t *call = drain->head;
     int64_t now_ms = ferry__clock_ms(CLOCK_MONOTONIC);
+    int64_t at_ms = call != NULL ? call->drain_at_ms : drain->last_at_ms;
     struct timespec until;
 
-    if (call == NULL) {
+    if (call == NULL && at_ms <= now_ms) {
+        drain->idle = true;
         pthread_cond_wait(&drain->cond, &drain->lock);
+        drain->idle = false;
+        drain->wakes++;
         return NULL;
     }
-    if (call->drain_at_ms > now_ms) {
-        until = ferry__clock_in_ms(CLOCK_MONOTONIC, call->drain_at_ms - now_ms);
+    if (at_ms > now_ms) {
+        until = ferry__clock_in_ms(CLOCK_MONOTONIC, at_ms - now_ms);
         pthread_cond_timedwait(&drain->cond, &drain->lock, &until);
+        drain->wakes++;
         return NULL;
     }
     drain->head = call->drain_next;
@@ -117,6 +134,7 @@ void rpc__drain_add(rpc_drain_t *drain, rpc_call_t *call)
     if (drain->started && !drain->stopping) {
         rpc_call_ref(call);
         call->drain_at_ms = ferry__clock_ms(CLOCK_MONOTONIC) + RPC_DRAIN_MS;
+        drain->last_at_ms = call->drain_at_ms;
         call->drain_next = NULL;
         call->drain_prev = drain->tail;
         call->drain_listed = true;
@@ -124,7 +142,10 @@ void rpc__drain_add(rpc_drain_t *drain, rpc_call_t *call)
             drain->tail->drain_next = call;
         } else {
             drain->head = call;
-            pthread_cond_signal(&drain->cond); /* the thread waits for a listing */
+        }
+        if (drain->idle) {
+            drain->idle = false; /* one signal, however many listings */
+            pthread_cond_signal(&drain->cond);
         }
         drain->tail = call;
     }

@@ -200,6 +200,9 @@ typedef struct {
     rpc_call_t *head, *tail; /* linked both ways; each holds a call ref */
     bool started;            /* the thread runs: calls are listed */
     bool stopping;           /* no more listings; the thread ends */
+    int64_t last_at_ms;      /* the last listing's deadline */
+    bool idle;               /* the thread waits with no deadline */
+    uint64_t wakes;          /* the thread's waits ended (tests) */
     pthread_t thread;
 } rpc_drain_t;
 

@@ -7,7 +7,9 @@
  * call whose client never takes the reply is cancelled the same way, and
  * the bytes its request held against max_held_request_bytes come back. A
  * Health.Watch whose client does not read its changes is ended once they
- * fill its bounded queue.
+ * fill its bounded queue. Replies that go out do not wake the drain
+ * thread, and a call listed while it waits for an earlier deadline is
+ * still cancelled at its own.
  *
  * The fixture's Watch "fail:N" queues N messages of about 1 KiB and fails
  * RESOURCE_EXHAUSTED at once. The client that never reads is a raw HTTP/2
@@ -42,6 +44,7 @@
 #define HEALTH_FLIPS 1000 /* an even number: the server ends serving */
 #define FAT_N        200  /* messages of FIXTURE_FAT_BYTES: about 200 KiB */
 #define WAIT_MS      10000
+#define SMALL_GETS   200
 /* A Get request_id over half of FIXTURE_MAX_HELD: one stuck call holds so
  * much that a second such request is refused. Its request fits the 64 KiB
  * HTTP/2 windows a client may fill before it hears the server's. */
@@ -277,6 +280,33 @@ static ferry_status_t big_get(fixture_t *f, char fill, rpc_error_t *err)
     return status;
 }
 
+static uint64_t drain_wakes(const fixture_t *f)
+{
+    rpc_drain_t *drain = &f->server->drain;
+
+    pthread_mutex_lock(&drain->lock);
+    uint64_t n = drain->wakes;
+    pthread_mutex_unlock(&drain->lock);
+    return n;
+}
+
+/* A Get(request_id) of a few bytes through the fixture's channel. */
+static void small_get(fixture_t *f, int i)
+{
+    Ferry__V1__GetRequest req = FERRY__V1__GET_REQUEST__INIT;
+    Ferry__V1__GetResponse *resp = NULL;
+    rpc_error_t err;
+    char id[32];
+
+    snprintf(id, sizeof(id), "small-%d", i);
+    req.request_id = id;
+    assert_int_equal(rpc_unary(f->channel, GET_PATH, &req.base,
+                               &ferry__v1__get_response__descriptor, WAIT_MS,
+                               (ProtobufCMessage **)&resp, &err),
+                     FERRY_OK);
+    protobuf_c_message_free_unpacked(&resp->base, NULL);
+}
+
 /* --- tests ----------------------------------------------------------------- */
 
 static void test_a_client_that_never_reads_is_cancelled_after_the_deadline(void **state)
@@ -323,6 +353,35 @@ static void test_a_unary_reply_never_taken_is_cancelled_after_the_deadline(void 
     assert_true(end == 'r' || end == 's');
     assert_true(fixture_wait(f, none_held, WAIT_MS));
     assert_int_equal(big_get(f, 'b', &err), FERRY_OK);
+    close(fd);
+}
+
+/* Each unary call is listed until its reply has gone out; the drain thread,
+ * waiting for the first listing's deadline, is not woken for the others
+ * (it was, once per call: a context switch and a turn on the drain lock
+ * each). A call that never drains, listed while the thread waits for an
+ * earlier deadline, is still cancelled at its own. */
+static void test_replies_that_go_out_do_not_wake_the_drain_thread(void **state)
+{
+    fixture_t *f = *state;
+    Ferry__V1__GetRequest req = FERRY__V1__GET_REQUEST__INIT;
+    uint64_t before;
+    char end;
+    int fd;
+
+    small_get(f, 0); /* the thread now waits for its deadline, or none */
+    before = drain_wakes(f);
+    for (int i = 1; i <= SMALL_GETS; i++) {
+        small_get(f, i);
+    }
+    /* One wake-up at most: the thread may have been idle at the start. */
+    assert_true(drain_wakes(f) - before <= 1);
+
+    req.request_id = "never-taken";
+    fd = stuck_call_open(f->port, GET_PATH, &req.base, 0);
+    end = stuck_watch_wait_end(fd, 2 * RPC_DRAIN_MS + 20000);
+    assert_true(end == 'r' || end == 's');
+    assert_true(fixture_wait(f, none_held, WAIT_MS));
     close(fd);
 }
 
@@ -395,6 +454,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(
             test_a_unary_reply_never_taken_is_cancelled_after_the_deadline, fixture_setup,
             fixture_teardown),
+        cmocka_unit_test_setup_teardown(test_replies_that_go_out_do_not_wake_the_drain_thread,
+                                        fixture_setup, fixture_teardown),
         cmocka_unit_test_setup_teardown(test_an_unread_health_watch_is_ended, fixture_setup,
                                         fixture_teardown),
         cmocka_unit_test_setup_teardown(test_a_reader_gets_every_message_then_the_status,
