@@ -686,6 +686,7 @@ static void check_health(coord_registry_t *r)
             ferry_info("registry: etcd is reachable and has a quorum");
         } else {
             ferry_warn("registry: etcd cannot commit: %s", etcd_client_last_error());
+            etcd_client_check_cert(r->etcd); /* etcd says only "bad certificate" */
         }
         if (r->params.on_health != NULL) {
             r->params.on_health(r->params.arg, ok);
@@ -833,6 +834,7 @@ ferry_status_t coord_registry_create(const coord_registry_params_t *params,
     if (!atomic_load(&r->healthy) || load_view(r) != FERRY_OK) {
         ferry_warn("registry: etcd not ready (%s); serving from etcd reads until it is",
                    etcd_client_last_error());
+        etcd_client_check_cert(r->etcd);
         r->reload = true;
     }
     /* Best effort: while it is missing, a call that needs the lease key

@@ -95,6 +95,14 @@ void etcd_client_destroy(etcd_client_t *client);
  * ("connect to http://127.0.0.1:2379 refused"); "" if none. */
 const char *etcd_client_last_error(void);
 
+/* Logs a warning naming the client certificate (params.cert_file) when it
+ * has expired or is not valid yet, with the time, so that an etcd that
+ * refuses the coordinator's handshakes for that reason says why (etcd and
+ * the TLS libraries say only "bad certificate"); silent when it is valid,
+ * when there is none, or when it cannot be read (etcd's answer says that).
+ * True when it warned. */
+bool etcd_client_check_cert(etcd_client_t *client);
+
 /* Whether etcd can commit: FERRY_OK when some member answers its status
  * (/v3/maintenance/status) with a leader and a linearizable read goes
  * through; FERRY_ERR_UNAVAILABLE when no member answers, none knows a

@@ -41,6 +41,10 @@
 #include <sys/un.h>
 #include <time.h>
 
+#include <openssl/asn1.h>
+#include <openssl/pem.h>
+#include <openssl/x509.h>
+
 #include "common/clock.h"
 #include "common/log.h"
 
@@ -62,6 +66,47 @@ static void etcd_curl_global_init(void)
 const char *etcd_client_last_error(void)
 {
     return etcd_last_error;
+}
+
+/* `t` as "2026-12-06 01:00:04 UTC" into buf; false if it cannot be read. */
+static bool asn1_time_text(const ASN1_TIME *t, char *buf, size_t cap)
+{
+    struct tm tm;
+
+    if (t == NULL || ASN1_TIME_to_tm(t, &tm) != 1) {
+        return false;
+    }
+    return strftime(buf, cap, "%Y-%m-%d %H:%M:%S UTC", &tm) > 0;
+}
+
+bool etcd_client_check_cert(etcd_client_t *client)
+{
+    FILE *f = client->cert_file != NULL ? fopen(client->cert_file, "r") : NULL;
+    X509 *cert = f != NULL ? PEM_read_X509(f, NULL, NULL, NULL) : NULL;
+    const ASN1_TIME *not_after = cert != NULL ? X509_get0_notAfter(cert) : NULL;
+    const ASN1_TIME *not_before = cert != NULL ? X509_get0_notBefore(cert) : NULL;
+    char when[64];
+    bool warned = false;
+
+    if (f != NULL) {
+        fclose(f);
+    }
+    if (not_after != NULL && X509_cmp_current_time(not_after) < 0 &&
+        asn1_time_text(not_after, when, sizeof(when))) {
+        ferry_warn(
+            "etcd: the client certificate %s (--etcd-cert) expired at %s, and etcd "
+            "refuses it; a renewed one at that path is read within FERRY_TLS_REFRESH_S (60 s)",
+            client->cert_file, when);
+        warned = true;
+    } else if (not_before != NULL && X509_cmp_current_time(not_before) > 0 &&
+               asn1_time_text(not_before, when, sizeof(when))) {
+        ferry_warn("etcd: the client certificate %s (--etcd-cert) is not valid until %s "
+                   "(is this host's clock right?), and etcd refuses it",
+                   client->cert_file, when);
+        warned = true;
+    }
+    X509_free(cert);
+    return warned;
 }
 
 void etcd__set_error(const char *fmt, ...)

@@ -1,6 +1,7 @@
 """The coordinator over an etcd that requires TLS and client certificates:
 with --etcd-ca/--etcd-cert/--etcd-key it serves; without a client
-certificate etcd refuses it, and it says UNAVAILABLE and NOT_SERVING.
+certificate etcd refuses it, and it says UNAVAILABLE and NOT_SERVING; with
+an expired one, its log says so, naming the file and the time.
 Certificates are made at test time with openssl (a throwaway CA; etcd's
 certificate names 127.0.0.1).
 """
@@ -45,6 +46,16 @@ def make_certs(d):
         openssl("x509", "-req", "-in", f"{who}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
                 "-CAcreateserial", "-out", f"{who}.pem", "-days", "2", "-extfile", f"{who}.ext",
                 cwd=d)
+    # The client's key again, in a certificate that ends as it is made.
+    openssl("x509", "-req", "-in", "client.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+            "-CAcreateserial", "-out", "expired.pem", "-days", "0", "-extfile", "client.ext",
+            cwd=d)
+
+
+def expired(path):
+    """Whether the certificate at path has expired (openssl's -checkend 0)."""
+    return subprocess.run(["openssl", "x509", "-in", path, "-noout", "-checkend", "0"],
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode != 0
 
 
 class TlsEtcd(ferry_harness.Etcd):
@@ -99,17 +110,18 @@ class CoordinatorOverTlsEtcd(unittest.TestCase):
         cls.etcd.stop()
         shutil.rmtree(cls.tmp, ignore_errors=True)
 
-    def coordinator(self, name, with_cert):
+    def coordinator(self, name, with_cert, cert="client.pem"):
         c = lambda f: os.path.join(self.certs, f)  # noqa: E731
         extra = ["--etcd-ca", c("ca.pem")]
         if with_cert:
-            extra += ["--etcd-cert", c("client.pem"), "--etcd-key", c("client.key")]
+            extra += ["--etcd-cert", c(cert), "--etcd-key", c("client.key")]
         coord = ferry_harness.Coordinator(self.tmp, self.etcd.endpoint, name=name, extra=extra)
         coord.start()
         self.addCleanup(coord.stop)
         channel = grpc.insecure_channel(coord.target)
         self.addCleanup(channel.close)
         _, check = ferry_harness.health_client(channel, self.gen)
+        self.coord = coord
         return self.stubs.CoordinatorStub(channel), check
 
     def register(self, stub, rid):
@@ -134,6 +146,19 @@ class CoordinatorOverTlsEtcd(unittest.TestCase):
         self.assertIn("etcd", cm.exception.details())
         r = check(self.hpb.HealthCheckRequest(service=""), timeout=10)
         self.assertEqual(r.status, self.hpb.HealthCheckResponse.NOT_SERVING)
+
+    def test_expired_client_certificate_is_named(self):
+        path = os.path.join(self.certs, "expired.pem")
+        ferry_harness.wait_until(lambda: expired(path), 10, "the certificate to expire")
+        stub, check = self.coordinator("tls-expired", with_cert=True, cert="expired.pem")
+        with self.assertRaises(grpc.RpcError) as cm:
+            self.register(stub, "etcd-tls-3")
+        self.assertEqual(cm.exception.code(), grpc.StatusCode.UNAVAILABLE)
+        r = check(self.hpb.HealthCheckRequest(service=""), timeout=10)
+        self.assertEqual(r.status, self.hpb.HealthCheckResponse.NOT_SERVING)
+        ferry_harness.wait_until(
+            lambda: self.coord.log_contains(f"client certificate {path} (--etcd-cert) expired at"),
+            10, "the log to name the expired certificate")
 
 
 if __name__ == "__main__":
