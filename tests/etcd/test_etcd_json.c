@@ -11,6 +11,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
+
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+#include <openssl/x509.h>
 
 #include "coordinator/etcd/etcd_int.h"
 
@@ -488,6 +493,98 @@ static void test_versions_that_revoke_live_leases(void **state)
     assert_false(etcd_version_revokes_live_leases(NULL));
 }
 
+/* Writes a self-signed certificate valid from now + from_s to now + to_s
+ * (seconds) to a fresh file; returns its path (free it, unlink it). */
+static char *cert_file(long from_s, long to_s)
+{
+    char *path = strdup("/tmp/ferry-cert-XXXXXX");
+    EVP_PKEY *key = EVP_EC_gen("P-256");
+    X509 *x = X509_new();
+    FILE *f;
+    int fd;
+
+    assert_non_null(path);
+    assert_non_null(key);
+    assert_non_null(x);
+    assert_int_equal(X509_set_version(x, 2), 1);
+    assert_non_null(X509_gmtime_adj(X509_getm_notBefore(x), from_s));
+    assert_non_null(X509_gmtime_adj(X509_getm_notAfter(x), to_s));
+    assert_int_equal(X509_set_pubkey(x, key), 1);
+    assert_int_equal(X509_NAME_add_entry_by_txt(X509_get_subject_name(x), "CN", MBSTRING_ASC,
+                                                (const unsigned char *)"ferry test", -1, -1, 0),
+                     1);
+    assert_int_equal(X509_set_issuer_name(x, X509_get_subject_name(x)), 1);
+    assert_true(X509_sign(x, key, EVP_sha256()) > 0);
+    fd = mkstemp(path);
+    assert_true(fd >= 0);
+    f = fdopen(fd, "w");
+    assert_non_null(f);
+    assert_int_equal(PEM_write_X509(f, x), 1);
+    fclose(f);
+    X509_free(x);
+    EVP_PKEY_free(key);
+    return path;
+}
+
+/* A file of `len` bytes of `text` (garbage, empty, a NUL inside). */
+static char *text_file(const char *text, size_t len)
+{
+    char *path = strdup("/tmp/ferry-cert-XXXXXX");
+    int fd;
+
+    assert_non_null(path);
+    fd = mkstemp(path);
+    assert_true(fd >= 0);
+    assert_int_equal(write(fd, text, len), (ssize_t)len);
+    close(fd);
+    return path;
+}
+
+/* Whether etcd_client_check_cert warns for a client with cert_file `path`. */
+static bool warns_for(const char *path)
+{
+    etcd_params_t params = {.endpoints = "https://127.0.0.1:1",
+                            .cert_file = path,
+                            .key_file = path,
+                            .kv_gateway = true};
+    etcd_client_t *client = NULL;
+    bool warned;
+
+    assert_int_equal(etcd_client_create(&params, &client), FERRY_OK);
+    warned = etcd_client_check_cert(client);
+    etcd_client_destroy(client);
+    return warned;
+}
+
+/* The client certificate is named when it has expired or is not valid
+ * yet, and never when it is valid, absent, unreadable or not a PEM. */
+static void test_client_certificate_times(void **state)
+{
+    static const char garbage[] = "-----BEGIN CERTIFICATE-----\n\x80\xff\0zz\n-----END";
+    char *expired = cert_file(-7200, -3600);
+    char *valid = cert_file(-3600, 3600);
+    char *later = cert_file(3600, 7200);
+    char *junk = text_file(garbage, sizeof(garbage) - 1);
+    char *empty = text_file("", 0);
+    etcd_params_t none = {.endpoints = "https://127.0.0.1:1", .kv_gateway = true};
+    etcd_client_t *client = NULL;
+
+    (void)state;
+    assert_true(warns_for(expired));
+    assert_true(warns_for(later));
+    assert_false(warns_for(valid));
+    assert_false(warns_for(junk));
+    assert_false(warns_for(empty));
+    assert_false(warns_for("/nonexistent/ferry-cert.pem"));
+    assert_int_equal(etcd_client_create(&none, &client), FERRY_OK);
+    assert_false(etcd_client_check_cert(client));
+    etcd_client_destroy(client);
+    for (char **p = (char *[]){expired, valid, later, junk, empty, NULL}; *p != NULL; p++) {
+        unlink(*p);
+        free(*p);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -507,6 +604,7 @@ int main(void)
         cmocka_unit_test(test_cancel_reasons),
         cmocka_unit_test(test_prefix_end),
         cmocka_unit_test(test_versions_that_revoke_live_leases),
+        cmocka_unit_test(test_client_certificate_times),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
