@@ -44,6 +44,12 @@
  * slices and asks its gone() after each), not when the transaction in
  * flight ends, so it never holds its etcd worker for the etcd timeout. A
  * write already taken into a transaction waits for that transaction.
+ * A transaction ends by the latest of its members' deadlines (deadline_ms:
+ * the thread's etcd deadline, which the service sets from each call's
+ * deadline), and by etcd's timeout: so a Register queued behind a
+ * transaction that etcd held for that whole timeout has only what is left
+ * of its own time for its own, and its caller hears UNAVAILABLE (etcd did
+ * not answer) before its deadline, not DEADLINE_EXCEEDED.
  *
  * The members of a batch share its revision (etcd gives one revision to
  * all the changes of a transaction); a Watch carries a revision's changes
@@ -81,18 +87,34 @@ static void write_ops(const registry_write_t *w, etcd_compare_t *cmp, etcd_op_t 
     *get = (etcd_op_t){.type = ETCD_OP_GET, .key = w->key, .key_len = w->key_len};
 }
 
+/* The deadline of a transaction for ws[0..n): the latest of its members'
+ * (etcd_set_deadline), none when one has none. A member whose caller goes
+ * sooner hears its own deadline, as it would waiting behind it alone. */
+static int64_t batch_deadline(registry_write_t *const *ws, size_t n)
+{
+    int64_t latest = ws[0]->deadline_ms;
+
+    for (size_t i = 1; i < n && latest != 0; i++) {
+        latest =
+            ws[i]->deadline_ms == 0 || ws[i]->deadline_ms > latest ? ws[i]->deadline_ms : latest;
+    }
+    return latest;
+}
+
 /* Runs w alone: its own create-if-absent transaction. */
 static void write_alone(coord_registry_t *r, registry_write_t *w)
 {
     etcd_compare_t cmp;
     etcd_op_t put, get;
     etcd_txn_result_t res = {0};
+    int64_t prev = etcd_set_deadline(w->deadline_ms);
 
     write_ops(w, &cmp, &put, &get);
     w->status = etcd_txn(r->etcd, &cmp, 1, &put, 1, NULL, 0, &res);
     w->created = w->status == FERRY_OK && res.succeeded;
     w->revision = res.revision;
     etcd_txn_result_free(&res);
+    etcd_set_deadline(prev);
 }
 
 static void write_batch(coord_registry_t *r, registry_write_t *const *ws, size_t n);
@@ -137,7 +159,9 @@ static void write_batch(coord_registry_t *r, registry_write_t *const *ws, size_t
         for (size_t i = 0; i < n; i++) {
             write_ops(ws[i], &cmps[i], &puts[i], &gets[i]);
         }
+        int64_t prev = etcd_set_deadline(batch_deadline(ws, n));
         status = etcd_txn(r->etcd, cmps, n, puts, n, gets, n, &res);
+        etcd_set_deadline(prev);
     }
     if (status == FERRY_OK && !res.succeeded && res.n_results == n) {
         /* Answer the taken ones; the others go again, rest[0..again). */

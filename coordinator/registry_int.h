@@ -52,6 +52,10 @@ typedef struct registry_write {
      * on the owner's thread or a leader's; true means late (below). */
     bool (*gone)(void *arg);
     void *gone_arg;
+    /* When its caller's etcd requests must end (etcd_set_deadline; 0:
+     * none): the transaction it goes in ends by the latest of its
+     * members'. */
+    int64_t deadline_ms;
     /* Out: etcd_txn's status (FERRY_ERR_TIMED_OUT with late: never sent); created: the key was
      * absent and now holds value (false with FERRY_OK: it exists); revision: the transaction's. */
     ferry_status_t status;

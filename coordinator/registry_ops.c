@@ -191,8 +191,12 @@ static ferry_status_t register_txn(coord_registry_t *r, const char *id, const ui
                                    size_t cap)
 {
     registry_key_t key;
-    registry_write_t w = {
-        .value = bytes, .value_len = len, .lease = lease, .gone = gone, .gone_arg = gone_arg};
+    registry_write_t w = {.value = bytes,
+                          .value_len = len,
+                          .lease = lease,
+                          .gone = gone,
+                          .gone_arg = gone_arg,
+                          .deadline_ms = etcd_get_deadline()};
     ferry_status_t status = registry_key(r->ops_prefix, id, &key, msg, cap);
 
     *unknown_p = false;

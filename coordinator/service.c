@@ -23,6 +23,7 @@
 #include <string.h>
 
 #include "common/log.h"
+#include "etcd/etcd.h"
 #include "validate.h"
 
 #define MSG_CAP 512
@@ -115,6 +116,7 @@ static void fail_stopping(coord_service_t *svc, rpc_call_t *call)
 static void service_job_run(void *arg, bool run)
 {
     service_job_t *job = arg;
+    int64_t prev;
 
     if (!run || rpc_call_is_stopping(job->call)) {
         fail_stopping(job->svc, job->call);
@@ -124,7 +126,11 @@ static void service_job_run(void *arg, bool run)
         rpc_call_fail(job->call, FERRY_ERR_TIMED_OUT,
                       "the deadline passed while waiting for etcd; nothing was written");
     } else {
+        /* Every etcd request the work makes ends before the caller does. */
+        prev = etcd_set_deadline(
+            service_etcd_deadline(service_now_ms(), rpc_call_deadline_left_ms(job->call)));
         job->fn(job->svc, job->call, job->request, job->deadline_ms);
+        etcd_set_deadline(prev);
     }
     rpc_call_unref(job->call);
     free(job);
@@ -194,6 +200,20 @@ int64_t service_wait_deadline(int64_t now_ms, int64_t wait_ms, int64_t left_ms)
         wait = 0; /* the caller's deadline has passed */
     }
     return wait > INT64_MAX - now_ms ? INT64_MAX : now_ms + wait;
+}
+
+int64_t service_etcd_deadline(int64_t now_ms, int64_t left_ms)
+{
+    int64_t margin =
+        left_ms / 10 < SERVICE_ANSWER_MARGIN_MS ? left_ms / 10 : SERVICE_ANSWER_MARGIN_MS;
+
+    if (left_ms == INT64_MAX || left_ms > INT64_MAX - now_ms) {
+        return 0;
+    }
+    if (left_ms < 0) {
+        margin = left_ms = 0;
+    }
+    return now_ms + left_ms - margin > 0 ? now_ms + left_ms - margin : 1;
 }
 
 static int64_t wait_deadline(rpc_call_t *call, int64_t wait_ms)

@@ -35,6 +35,10 @@ typedef struct wait_entry {
  * one look: it looks again. */
 #define SERVICE_WAKE_HISTORY 4096
 
+/* At most this much of the time left before a caller's deadline is kept
+ * from its etcd requests for its answer to reach it (service_etcd_deadline). */
+#define SERVICE_ANSWER_MARGIN_MS 100
+
 /* The default bound of parked waits (--max-waits). */
 #define SERVICE_MAX_WAITS   10000
 #define SERVICE_MAX_WATCHES 10000
@@ -149,6 +153,14 @@ void service_header(coord_service_t *svc, Ferry__V1__ResponseHeader *header, int
  * left_ms until its deadline (INT64_MAX: none): 0 for no wait (wait_ms <= 0),
  * INT64_MAX when nothing bounds it; never overflows. */
 int64_t service_wait_deadline(int64_t now_ms, int64_t wait_ms, int64_t left_ms);
+
+/* The deadline for the etcd requests of a call with left_ms until its
+ * deadline (INT64_MAX: none), at now_ms: a tenth of the time left before
+ * the caller's deadline, at most SERVICE_ANSWER_MARGIN_MS, is kept for the
+ * answer to reach it, so that a caller hears etcd's failure (UNAVAILABLE:
+ * retry) and not its own deadline. 0 (etcd_set_deadline's "none") when the
+ * caller has none; never 0 otherwise. */
+int64_t service_etcd_deadline(int64_t now_ms, int64_t left_ms);
 
 /* Runs Lookup or Claim once; on NOT_FOUND with time left, parks the call as a
  * wait (the call keeps its reference) instead of answering. */

@@ -20,7 +20,8 @@
  * and the ping give each endpoint a short time and move on. An endpoint that
  * failed is tried after the others for a while (etcd_client.c says how). Requests reuse connections
  * (no new TCP connection per request; over gRPC one HTTP/2 connection per endpoint carries all).
- * Every request has a timeout (params.timeout_ms). With username/password the client authenticates
+ * Every request has a timeout (params.timeout_ms; sooner where the calling thread has a deadline,
+ * etcd_set_deadline). With username/password the client authenticates
  * and re-authenticates when the token expires.
  *
  * Status mapping (etcd -> ferry): unreachable -> FERRY_ERR_UNAVAILABLE;
@@ -94,6 +95,16 @@ void etcd_client_destroy(etcd_client_t *client);
 /* The last transport or server error seen by this thread, for messages
  * ("connect to http://127.0.0.1:2379 refused"); "" if none. */
 const char *etcd_client_last_error(void);
+
+/* The calling thread's requests end by deadline_ms (CLOCK_MONOTONIC
+ * milliseconds) when that comes before params.timeout_ms would end them:
+ * for requests made for a caller who stops waiting then, so that it hears
+ * etcd's failure (FERRY_ERR_UNAVAILABLE) rather than its own deadline. A
+ * request with no time left is not sent. 0: none, the timeout alone.
+ * Returns the thread's previous deadline, for the caller to put back. */
+int64_t etcd_set_deadline(int64_t deadline_ms);
+/* The calling thread's deadline (etcd_set_deadline); 0: none. */
+int64_t etcd_get_deadline(void);
 
 /* Logs a warning naming the client certificate (params.cert_file) when it
  * has expired or is not valid yet, with the time, so that an etcd that

@@ -55,6 +55,8 @@ enum {
 };
 
 static _Thread_local char etcd_last_error[512];
+static _Thread_local int64_t etcd_deadline_ms; /* etcd_set_deadline's; 0: none */
+static int64_t etcd_now_ms(void);
 static pthread_once_t etcd_curl_once = PTHREAD_ONCE_INIT;
 static CURLcode etcd_curl_init_code;
 
@@ -66,6 +68,27 @@ static void etcd_curl_global_init(void)
 const char *etcd_client_last_error(void)
 {
     return etcd_last_error;
+}
+
+int64_t etcd_set_deadline(int64_t deadline_ms)
+{
+    int64_t prev = etcd_deadline_ms;
+
+    etcd_deadline_ms = deadline_ms;
+    return prev;
+}
+
+int64_t etcd_get_deadline(void)
+{
+    return etcd_deadline_ms;
+}
+
+int64_t etcd__budget_ms(int64_t budget_ms, bool *cut_p)
+{
+    int64_t left = etcd_deadline_ms != 0 ? etcd_deadline_ms - etcd_now_ms() : INT64_MAX;
+
+    *cut_p = left < budget_ms;
+    return *cut_p ? left : budget_ms;
 }
 
 /* `t` as "2026-12-06 01:00:04 UTC" into buf; false if it cannot be read. */
@@ -115,6 +138,14 @@ void etcd__set_error(const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(etcd_last_error, sizeof(etcd_last_error), fmt, ap);
     va_end(ap);
+}
+
+void etcd__error_cut(void)
+{
+    char was[sizeof(etcd_last_error)];
+
+    snprintf(was, sizeof(was), "%s", etcd_last_error);
+    etcd__set_error("%s (the time left before the caller's deadline)", was);
 }
 
 void etcd__clear_error(void)
@@ -701,17 +732,19 @@ ferry_status_t etcd__call_raw(etcd_client_t *client, CURL *handle, const char *p
         return FERRY_ERR_NO_MEMORY;
     }
     etcd__endpoint_order(client, order);
-    int budget = client->timeout_ms;
-    if ((flags & ETCD_CALL_PROBE) != 0 && budget > ETCD_PROBE_MS) {
-        budget = ETCD_PROBE_MS;
-    }
+    bool cut;
+    int64_t budget = etcd__budget_ms(
+        (flags & ETCD_CALL_PROBE) != 0 && client->timeout_ms > ETCD_PROBE_MS ? ETCD_PROBE_MS
+                                                                             : client->timeout_ms,
+        &cut);
     int64_t deadline = etcd_now_ms() + budget;
     ferry_status_t status = FERRY_ERR_UNAVAILABLE;
     bool next = true;
     for (size_t i = 0; i < client->n_endpoints && next; i++) {
         int64_t left = deadline - etcd_now_ms();
         if (left <= 0) {
-            etcd__set_error("no etcd endpoint answered %s within %d ms", path, budget);
+            etcd__set_error("no etcd endpoint answered %s within %lld ms", path,
+                            (long long)(budget > 0 ? budget : 0));
             break;
         }
         /* The last endpoint gets all the time that is left. */
@@ -721,6 +754,9 @@ ferry_status_t etcd__call_raw(etcd_client_t *client, CURL *handle, const char *p
                               : (long)left;
         status = etcd_attempt(client, handle, order[i], path, body, token, flags, attempt_ms, &next,
                               reply_p);
+    }
+    if (status == FERRY_ERR_UNAVAILABLE && cut) {
+        etcd__error_cut();
     }
     if (status == FERRY_ERR_UNAVAILABLE && (flags & (ETCD_CALL_PROBE | ETCD_CALL_INNER)) != 0) {
         /* A health probe's caller logs when health changes: a warning per

@@ -167,8 +167,8 @@ static ferry_status_t etcd_grpc_attempt(etcd_client_t *client, size_t index, con
     return status;
 }
 
-/* Every endpoint in turn within the client's timeout, with the token (NULL:
- * none). */
+/* Every endpoint in turn within the client's timeout (or the thread's
+ * deadline, when sooner: etcd__budget_ms), with the token (NULL: none). */
 static ferry_status_t etcd_grpc_call_token(etcd_client_t *client, const char *path,
                                            const char *method, const ProtobufCMessage *request,
                                            const ProtobufCMessageDescriptor *reply_desc,
@@ -182,14 +182,16 @@ static ferry_status_t etcd_grpc_call_token(etcd_client_t *client, const char *pa
         return FERRY_ERR_NO_MEMORY;
     }
     etcd__endpoint_order(client, order);
-    int64_t budget = client->timeout_ms;
+    bool cut;
+    int64_t budget = etcd__budget_ms(client->timeout_ms, &cut);
     int64_t deadline = etcd__now_ns() / 1000000 + budget;
     ferry_status_t status = FERRY_ERR_UNAVAILABLE;
     bool next = true;
     for (size_t i = 0; i < client->n_endpoints && next; i++) {
         int64_t left = deadline - etcd__now_ns() / 1000000;
         if (left <= 0) {
-            etcd__set_error("no etcd endpoint answered %s within %lld ms", path, (long long)budget);
+            etcd__set_error("no etcd endpoint answered %s within %lld ms", path,
+                            (long long)(budget > 0 ? budget : 0));
             break;
         }
         /* The last endpoint gets all the time that is left; the others give
@@ -199,6 +201,9 @@ static ferry_status_t etcd_grpc_call_token(etcd_client_t *client, const char *pa
         int64_t attempt_ms = (flags & ETCD_CALL_RETRY) != 0 ? short_ms : left;
         status = etcd_grpc_attempt(client, order[i], path, method, request, reply_desc, &md, n_md,
                                    flags, short_ms, attempt_ms, &next, reply_p);
+    }
+    if (status == FERRY_ERR_UNAVAILABLE && cut) {
+        etcd__error_cut();
     }
     if (status == FERRY_ERR_UNAVAILABLE) {
         ferry_warn("etcd: unavailable: %s", etcd_client_last_error());

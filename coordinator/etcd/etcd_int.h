@@ -333,6 +333,14 @@ int64_t etcd__now_ns(void);
 void etcd__observe(etcd_client_t *client, const char *path, ferry_status_t status,
                    int64_t start_ns);
 
+/* budget_ms, a request's time, cut to what is left of the calling
+ * thread's deadline (etcd_set_deadline) when that is sooner: <= 0 when
+ * nothing is, and the request is not sent. *cut_p: it was cut. */
+int64_t etcd__budget_ms(int64_t budget_ms, bool *cut_p);
+/* Adds to the thread's error that the request had only the time left
+ * before the caller's deadline (a request etcd__budget_ms cut). */
+void etcd__error_cut(void);
+
 /* --- etcd_grpc.c ------------------------------------------------------ */
 
 /* Calls `method` ("/etcdserverpb.KV/Txn") with `request` on the first

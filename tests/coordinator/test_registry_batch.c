@@ -47,7 +47,8 @@ static struct {
     bool gate;    /* the first call waits here until the gate opens */
     bool holding; /* the first call is at the gate */
     int calls, shared_calls, not_found_calls, largest;
-    size_t largest_bytes; /* values and keys of the largest shared call */
+    int64_t deadlines[MAX_KEYS]; /* the thread's etcd deadline at each call */
+    size_t largest_bytes;        /* values and keys of the largest shared call */
 } fake = {.lock = PTHREAD_MUTEX_INITIALIZER, .cond = PTHREAD_COND_INITIALIZER};
 
 static atomic_bool shared_seen; /* a shared transaction has been sent */
@@ -92,7 +93,7 @@ ferry_status_t __wrap_etcd_txn(etcd_client_t *client, const etcd_compare_t *cmps
             pthread_cond_wait(&fake.cond, &fake.lock);
         }
     }
-    fake.calls++;
+    fake.deadlines[fake.calls++ % MAX_KEYS] = etcd_get_deadline();
     for (size_t i = 0; i < n_puts; i++) {
         bytes += puts[i].key_len + puts[i].value_len;
         if (puts[i].lease == DEAD_LEASE) {
@@ -143,6 +144,7 @@ typedef struct {
     bool gone_once_shared; /* its caller leaves once a shared transaction was sent */
     atomic_bool leaves;    /* its caller leaves now (the test says when) */
     atomic_bool returned;  /* registry_write returned */
+    int64_t own_deadline;  /* its thread's etcd deadline, before and (out) after */
 } member_t;
 
 static bool member_gone(void *arg)
@@ -154,7 +156,9 @@ static bool member_gone(void *arg)
 static void *member_main(void *arg)
 {
     member_t *m = arg;
+    etcd_set_deadline(m->own_deadline);
     registry_write(m->r, &m->w);
+    m->own_deadline = etcd_get_deadline();
     atomic_store(&m->returned, true);
     return NULL;
 }
@@ -164,6 +168,7 @@ static void member_init(member_t *m, coord_registry_t *r, int i, int64_t lease, 
     static const uint8_t small[16];
 
     m->r = r;
+    m->own_deadline = 0;
     m->gone_once_shared = false;
     atomic_store(&m->leaves, false);
     atomic_store(&m->returned, false);
@@ -248,6 +253,19 @@ static void run_together(coord_registry_t *r, member_t *members, size_t n)
     open_gate(threads, n);
 }
 
+/* An empty store, nothing seen. */
+static void fake_reset(void)
+{
+    pthread_mutex_lock(&fake.lock);
+    fake.mode = FAKE_NORMAL;
+    fake.n_keys = 0;
+    fake.gate = fake.holding = false;
+    fake.calls = fake.shared_calls = fake.not_found_calls = fake.largest = 0;
+    fake.largest_bytes = 0;
+    pthread_mutex_unlock(&fake.lock);
+    atomic_store(&shared_seen, false);
+}
+
 static int setup(void **state)
 {
     coord_registry_t *r = calloc(1, sizeof(*r));
@@ -257,14 +275,7 @@ static int setup(void **state)
     pthread_mutex_init(&r->batch_lock, NULL);
     assert_int_equal(ferry__cond_init_clock(&r->batch_cond, CLOCK_MONOTONIC), 0);
     r->batch_tail = &r->batch_head;
-    pthread_mutex_lock(&fake.lock);
-    fake.mode = FAKE_NORMAL;
-    fake.n_keys = 0;
-    fake.gate = fake.holding = false;
-    fake.calls = fake.shared_calls = fake.not_found_calls = fake.largest = 0;
-    fake.largest_bytes = 0;
-    pthread_mutex_unlock(&fake.lock);
-    atomic_store(&shared_seen, false);
+    fake_reset();
     *state = r;
     return 0;
 }
@@ -511,6 +522,40 @@ static void test_last_queued_write_leaves_and_the_tail_follows(void **state)
     pthread_mutex_unlock(&fake.lock);
 }
 
+/* A transaction ends by its members' deadlines (each write's deadline_ms,
+ * its caller's etcd deadline): alone, by its own; shared, by the latest of
+ * them, so that no member hears a failure before its own deadline because
+ * another's was sooner; with no deadline at all when a member has none.
+ * Each member's thread has its own deadline back afterwards. */
+static void test_a_transaction_ends_by_its_members_deadlines(void **state)
+{
+    coord_registry_t *r = *state;
+    static const int64_t deadlines[][4] = {
+        {1000, 5000, 7000, 3000}, /* the shared one: 7000 */
+        {1000, 5000, 0, 3000},    /* one without: none */
+    };
+
+    for (size_t round = 0; round < 2; round++) {
+        member_t m[4];
+
+        for (size_t i = 0; i < 4; i++) {
+            member_init(&m[i], r, (int)(10 * round + i), 100, 0);
+            m[i].w.deadline_ms = deadlines[round][i];
+            m[i].own_deadline = 42 + (int64_t)i;
+        }
+        fake_reset();
+        run_together(r, m, 4);
+        for (size_t i = 0; i < 4; i++) {
+            assert_int_equal(m[i].w.status, FERRY_OK);
+            assert_int_equal(m[i].own_deadline, 42 + (int64_t)i);
+        }
+        assert_int_equal(fake.calls, 2);
+        assert_int_equal(fake.shared_calls, 1);
+        assert_int_equal(fake.deadlines[0], 1000); /* the held one, alone */
+        assert_int_equal(fake.deadlines[1], round == 0 ? 7000 : 0);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -526,6 +571,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_queued_write_leaves_when_its_caller_goes, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_last_queued_write_leaves_and_the_tail_follows, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_a_transaction_ends_by_its_members_deadlines, setup,
                                         teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -57,6 +57,23 @@ static void test_caller_deadline_bounds_it(void **state)
     assert_true(service_wait_deadline(NOW, 300, -20) == NOW);
 }
 
+/* The etcd deadline of a call's work (service_etcd_deadline): none without
+ * a caller deadline; otherwise before it by a tenth of the time left, at
+ * most SERVICE_ANSWER_MARGIN_MS, for the answer to reach the caller; never
+ * 0 ("none") for a caller that has one, even one already past. */
+static void test_etcd_deadline_keeps_time_for_the_answer(void **state)
+{
+    (void)state;
+    assert_true(service_etcd_deadline(NOW, INT64_MAX) == 0);
+    assert_true(service_etcd_deadline(NOW, INT64_MAX - NOW / 2) == 0); /* no wrap */
+    assert_true(service_etcd_deadline(NOW, 10000) == NOW + 10000 - SERVICE_ANSWER_MARGIN_MS);
+    assert_true(service_etcd_deadline(NOW, 500) == NOW + 450);
+    assert_true(service_etcd_deadline(NOW, 5) == NOW + 5);
+    assert_true(service_etcd_deadline(NOW, 0) == NOW);
+    assert_true(service_etcd_deadline(NOW, -20) == NOW);
+    assert_true(service_etcd_deadline(0, 0) == 1);
+}
+
 /* What happened to each fake call, under rec.lock. */
 #define N_CALLS 2048
 
@@ -412,6 +429,7 @@ int main(void)
         cmocka_unit_test(test_no_wait),
         cmocka_unit_test(test_extremes_saturate),
         cmocka_unit_test(test_caller_deadline_bounds_it),
+        cmocka_unit_test(test_etcd_deadline_keeps_time_for_the_answer),
         cmocka_unit_test_setup_teardown(test_wake_runs_only_its_own_waits, setup, teardown),
         cmocka_unit_test_setup_teardown(test_waits_expire_at_their_deadlines, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cancelled_wait_leaves, setup, teardown),

@@ -389,6 +389,52 @@ static void test_hung_etcd_times_out(void **state)
     fixture_put(fx->client, "hung", "after", 0);
 }
 
+/* A thread's deadline (etcd_set_deadline: the coordinator's caller's)
+ * ends its requests sooner than the client's timeout: one with no time
+ * left is not sent at all (the key is not in etcd after), one to a hung
+ * etcd fails UNAVAILABLE by the deadline, naming it, not the 30 s timeout;
+ * a deadline later than the timeout changes nothing; and it is the
+ * calling thread's alone, handed back by the next set. */
+static void test_thread_deadline_ends_requests(void **state)
+{
+    fixture_t *fx = *state;
+    etcd_client_t *client = fixture_client(fx->etcd.endpoint, 30000);
+    etcd_compare_t absent = {
+        .target = ETCD_CMP_CREATE, .result = ETCD_CMP_EQUAL, .key = "dl/txn", .key_len = 6};
+    etcd_op_t put = {
+        .type = ETCD_OP_PUT, .key = "dl/txn", .key_len = 6, .value = "v", .value_len = 1};
+    etcd_txn_result_t result = {0};
+    etcd_range_t range;
+
+    assert_int_equal(etcd_get_deadline(), 0);
+    assert_int_equal(etcd_set_deadline(test_now_ms() - 1), 0);
+    assert_int_equal(etcd_put(client, "dl/put", 6, "v", 1, 0, NULL), FERRY_ERR_UNAVAILABLE);
+    assert_non_null(strstr(etcd_client_last_error(), "caller's deadline"));
+    assert_int_equal(etcd_txn(client, &absent, 1, &put, 1, NULL, 0, &result),
+                     FERRY_ERR_UNAVAILABLE);
+    etcd_txn_result_free(&result);
+    assert_true(etcd_set_deadline(0) != 0);
+    assert_int_equal(etcd_get(client, "dl/", 3, "dl0", 3, 0, 0, &range), FERRY_OK);
+    assert_int_equal(range.n_kvs, 0); /* neither was sent */
+    etcd_range_free(&range);
+
+    etcd_set_deadline(test_now_ms() + 60000);
+    assert_int_equal(etcd_put(client, "dl/put", 6, "v", 1, 0, NULL), FERRY_OK);
+
+    fixture_put(client, "dl/hung", "before", 0);
+    assert_int_equal(test_proc_pause(&fx->etcd.proc), 0);
+    long long start = test_now_ms();
+    etcd_set_deadline(start + 300);
+    ferry_status_t st = etcd_put(client, "dl/hung", 7, "during", 6, 0, NULL);
+    long long took = test_now_ms() - start;
+    etcd_set_deadline(0);
+    assert_int_equal(test_proc_resume(&fx->etcd.proc), 0);
+    assert_int_equal(st, FERRY_ERR_UNAVAILABLE);
+    assert_true(took < 15000); /* by the deadline, not the client's 30 s */
+    assert_non_null(strstr(etcd_client_last_error(), "caller's deadline"));
+    etcd_client_destroy(client);
+}
+
 /* The first endpoint accepts connections and never answers (a frozen
  * member). Reads and the ping move on to the next endpoint within the
  * timeout; a write that went to it fails (it is never sent twice), and the
@@ -582,6 +628,7 @@ int main(void)
         cmocka_unit_test(test_connections_are_reused),
         cmocka_unit_test(test_threads_share_a_client),
         cmocka_unit_test(test_hung_etcd_times_out),
+        cmocka_unit_test(test_thread_deadline_ends_requests),
         cmocka_unit_test(test_frozen_first_endpoint),
         cmocka_unit_test(test_write_in_flight_is_not_replayed),
         cmocka_unit_test(test_write_is_not_resent_behind_one_address),
