@@ -700,7 +700,8 @@ static ferry_status_t etcd_attempt(etcd_client_t *client, CURL *handle, size_t i
     if (code != CURLE_OK) {
         status = etcd__transport_error("post", url, code, detail);
         *next_p = (flags & ETCD_CALL_RETRY) != 0 || etcd_never_sent(handle, code);
-        if (code != CURLE_OUT_OF_MEMORY && code != CURLE_WRITE_ERROR) {
+        if (code != CURLE_OUT_OF_MEMORY && code != CURLE_WRITE_ERROR &&
+            (code != CURLE_OPERATION_TIMEDOUT || (flags & ETCD_CALL_CUT) == 0)) {
             etcd__endpoint_suspect(client, index);
         }
         free(buf.data);
@@ -737,6 +738,7 @@ ferry_status_t etcd__call_raw(etcd_client_t *client, CURL *handle, const char *p
         (flags & ETCD_CALL_PROBE) != 0 && client->timeout_ms > ETCD_PROBE_MS ? ETCD_PROBE_MS
                                                                              : client->timeout_ms,
         &cut);
+    flags |= cut ? ETCD_CALL_CUT : 0;
     int64_t deadline = etcd_now_ms() + budget;
     ferry_status_t status = FERRY_ERR_UNAVAILABLE;
     bool next = true;

@@ -127,13 +127,17 @@ static ferry_status_t etcd_grpc_attempt(etcd_client_t *client, size_t index, con
     rpc_channel_t *channel = client->channels[index];
     rpc_error_t err = {0};
     int64_t start = etcd__now_ns();
+    /* Out of the time its caller had left: not the endpoint's fault. */
+    bool cut_short = (flags & ETCD_CALL_CUT) != 0;
 
     *next_p = false;
     ferry_status_t status = rpc_channel_connect(channel, connect_ms, &err);
     if (status != FERRY_OK) {
         etcd__set_error("connect %s (gRPC): %s", url, err.message);
         ferry_debug("etcd: %s", etcd_client_last_error());
-        etcd__endpoint_suspect(client, index);
+        if (!cut_short || err.grpc_code != ETCD_GRPC_DEADLINE_EXCEEDED) {
+            etcd__endpoint_suspect(client, index);
+        }
         *next_p = true; /* nothing was sent */
         return FERRY_ERR_UNAVAILABLE;
     }
@@ -154,7 +158,9 @@ static ferry_status_t etcd_grpc_attempt(etcd_client_t *client, size_t index, con
                             err.message);
         }
         ferry_debug("etcd: %s", etcd_client_last_error());
-        etcd__endpoint_suspect(client, index);
+        if (!cut_short || err.grpc_code != ETCD_GRPC_DEADLINE_EXCEEDED) {
+            etcd__endpoint_suspect(client, index);
+        }
         *next_p = (flags & ETCD_CALL_RETRY) != 0;
         return FERRY_ERR_UNAVAILABLE;
     }
@@ -184,6 +190,7 @@ static ferry_status_t etcd_grpc_call_token(etcd_client_t *client, const char *pa
     etcd__endpoint_order(client, order);
     bool cut;
     int64_t budget = etcd__budget_ms(client->timeout_ms, &cut);
+    flags |= cut ? ETCD_CALL_CUT : 0;
     int64_t deadline = etcd__now_ns() / 1000000 + budget;
     ferry_status_t status = FERRY_ERR_UNAVAILABLE;
     bool next = true;

@@ -70,6 +70,12 @@ enum {
      * whose caller logs the outcome: an unavailable etcd is logged here at
      * debug, not warned of twice (or, under a probe, at all). */
     ETCD_CALL_INNER = 1u << 3,
+    /* Set by the call itself: the request has only the time left before
+     * its caller's deadline (etcd__budget_ms cut it). Running out of it
+     * says nothing of the endpoint, which is not marked suspect for that:
+     * a caller with a short deadline does not move every request off a
+     * member that answers in its usual time. */
+    ETCD_CALL_CUT = 1u << 4,
 };
 
 /* Fault budgets. A member that is frozen (SIGSTOP, a hung disk) still

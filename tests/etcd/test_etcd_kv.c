@@ -384,6 +384,7 @@ static void test_hung_etcd_times_out(void **state)
     assert_int_equal(st, FERRY_ERR_UNAVAILABLE);
     assert_true(took < 5000); /* bounded by the request timeout, not forever */
     assert_non_null(strstr(etcd_client_last_error(), "timed out"));
+    assert_true(atomic_load(&client->suspect_until[0]) != 0);
     etcd_client_destroy(client);
     /* The write may or may not have landed; either way etcd serves again. */
     fixture_put(fx->client, "hung", "after", 0);
@@ -394,7 +395,8 @@ static void test_hung_etcd_times_out(void **state)
  * left is not sent at all (the key is not in etcd after), one to a hung
  * etcd fails UNAVAILABLE by the deadline, naming it, not the 30 s timeout;
  * a deadline later than the timeout changes nothing; and it is the
- * calling thread's alone, handed back by the next set. */
+ * calling thread's alone, handed back by the next set. A request that ran
+ * out of its caller's time leaves the endpoint unsuspected. */
 static void test_thread_deadline_ends_requests(void **state)
 {
     fixture_t *fx = *state;
@@ -432,6 +434,9 @@ static void test_thread_deadline_ends_requests(void **state)
     assert_int_equal(st, FERRY_ERR_UNAVAILABLE);
     assert_true(took < 15000); /* by the deadline, not the client's 30 s */
     assert_non_null(strstr(etcd_client_last_error(), "caller's deadline"));
+    /* The caller's time ran out, not the endpoint's: not suspect for it
+     * (test_hung_etcd_times_out: with the client's own time, it is). */
+    assert_true(atomic_load(&client->suspect_until[0]) == 0);
     etcd_client_destroy(client);
 }
 
