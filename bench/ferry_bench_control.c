@@ -390,7 +390,7 @@ static int call_etcd_txn(bench_client_t *cl, const char *id, bool with_lease)
     ferry_status_t status;
 
     if (with_lease) {
-        status = etcd_lease_grant(cl->shared->etcd, 3600, &lease, &ttl);
+        status = etcd_lease_grant(cl->shared->etcd, 3600, 0, &lease, &ttl);
         if (status != FERRY_OK) {
             note_error(cl, "etcd lease grant", status, NULL);
             return -1;

@@ -158,9 +158,14 @@ ferry_status_t registry_lease_key_load(coord_registry_t *r)
             status = r->lease_key_status != FERRY_OK ? r->lease_key_status : FERRY_ERR_UNAVAILABLE;
         }
     } else if (!atomic_load_explicit(&r->lease_key_ready, memory_order_acquire)) {
+        /* The outcome is every waiting thread's: the load has etcd's
+         * whole timeout, not what is left of this caller's. */
+        int64_t caller = etcd_set_deadline(0);
+
         r->lease_key_loading = true;
         pthread_mutex_unlock(&r->lease_key_lock);
         status = lease_key_txn(r, path, fresh, key);
+        etcd_set_deadline(caller);
         if (status == FERRY_OK) {
             memcpy(r->lease_key, key, sizeof(key));
             r->lease_mac = lease_mac_new(key);

@@ -67,6 +67,45 @@ static ferry_status_t new_token(char *out, size_t cap)
     return FERRY_OK;
 }
 
+typedef struct {
+    coord_registry_t *r;
+    int64_t lease;
+} revoke_job_t;
+
+static void revoke_job_run(void *arg, bool run)
+{
+    revoke_job_t *job = arg;
+
+    if (run) {
+        etcd_lease_revoke(job->r->etcd, job->lease);
+    }
+    free(job);
+}
+
+/* Revokes a lease this call granted (or may have: a grant whose answer
+ * never came) and no longer needs, off the caller's path: after a failed
+ * transaction etcd may be slow or gone, and the caller's answer must not
+ * wait for a second timeout. A revoke that never happens costs only the
+ * lease's TTL. Without workers it revokes here, with etcd's whole timeout,
+ * not what is left of the caller's. */
+static void revoke_later(coord_registry_t *r, int64_t lease)
+{
+    revoke_job_t *job = r->params.exec != NULL ? malloc(sizeof(*job)) : NULL;
+
+    if (job == NULL) {
+        int64_t caller = etcd_set_deadline(0);
+        etcd_lease_revoke(r->etcd, lease);
+        etcd_set_deadline(caller);
+        return;
+    }
+    *job = (revoke_job_t){.r = r, .lease = lease};
+    if (coord_exec_submit(r->params.exec, revoke_job_run, job, COORD_EXEC_MUST) != FERRY_OK) {
+        ferry_debug("lease %lld: revoke dropped (shutting down); it expires with its ttl",
+                    (long long)lease);
+        free(job);
+    }
+}
+
 /* The lease a record or claim goes on, and what its grantee is told. */
 typedef struct {
     int64_t id;
@@ -85,14 +124,34 @@ static void own_lease(int64_t lease_id, const char *lease_token, lease_t *lease)
     snprintf(lease->token, sizeof(lease->token), "%s", lease_token);
 }
 
+/* A new lease's ID, 1..INT64_MAX, from the CSPRNG. */
+static ferry_status_t new_lease_id(int64_t *id_p)
+{
+    uint64_t raw = 0;
+
+    do {
+        if (RAND_bytes((unsigned char *)&raw, sizeof(raw)) != 1) {
+            return FERRY_ERR_INTERNAL;
+        }
+        raw &= (uint64_t)INT64_MAX;
+    } while (raw == 0);
+    *id_p = (int64_t)raw;
+    return FERRY_OK;
+}
+
 /* The lease a new record or claim goes on: the caller's own (lease_id != 0,
  * shown with its token; no etcd write) or a new one of ttl_s (0: the
  * default). The lease key is loaded before a grant, so that no lease is
- * made whose token cannot be handed out. */
+ * made whose token cannot be handed out. The coordinator picks the new
+ * lease's ID, so that a grant whose answer never came (etcd slow past the
+ * call's time, a lost reply: it may have been applied) is revoked by that
+ * ID, rather than left to live its TTL holding nothing; an ID that exists
+ * (FAILED_PRECONDITION) is picked again. */
 static ferry_status_t lease_for(coord_registry_t *r, int64_t lease_id, const char *lease_token,
                                 int64_t ttl_s, lease_t *lease, char *msg, size_t cap)
 {
     ferry_status_t status;
+    int64_t id = 0;
 
     if (lease_id != 0) {
         status = registry_lease_check(r, "lease_id", lease_id, lease_token, msg, cap);
@@ -105,8 +164,17 @@ static ferry_status_t lease_for(coord_registry_t *r, int64_t lease_id, const cha
     if (status != FERRY_OK) {
         return status;
     }
-    status = etcd_lease_grant(r->etcd, ttl_or_default(r, ttl_s), &lease->id, &lease->ttl_s);
+    status = FERRY_ERR_FAILED_PRECONDITION;
+    for (int tries = 0; tries < 3 && status == FERRY_ERR_FAILED_PRECONDITION; tries++) {
+        if (new_lease_id(&id) != FERRY_OK) {
+            return registry_fail(FERRY_ERR_INTERNAL, msg, cap, "no randomness for a lease ID");
+        }
+        status = etcd_lease_grant(r->etcd, ttl_or_default(r, ttl_s), id, &lease->id, &lease->ttl_s);
+    }
     if (status != FERRY_OK) {
+        if (status != FERRY_ERR_FAILED_PRECONDITION) {
+            revoke_later(r, id); /* it may have been granted; if not, etcd says NOT_FOUND */
+        }
         return registry_etcd_fail(status, msg, cap, "lease grant");
     }
     if (registry_lease_token(r, lease->id, lease->token) != FERRY_OK) {
@@ -126,41 +194,6 @@ static ferry_status_t lease_gone(int64_t lease_id, char *msg, size_t cap)
 {
     return registry_fail(FERRY_ERR_LEASE_NOT_FOUND, msg, cap,
                          "lease_id %lld has expired or never existed", (long long)lease_id);
-}
-
-typedef struct {
-    coord_registry_t *r;
-    int64_t lease;
-} revoke_job_t;
-
-static void revoke_job_run(void *arg, bool run)
-{
-    revoke_job_t *job = arg;
-
-    if (run) {
-        etcd_lease_revoke(job->r->etcd, job->lease);
-    }
-    free(job);
-}
-
-/* Revokes a lease this call granted and no longer needs, off the caller's
- * path: after a failed transaction etcd may be slow or gone, and the
- * caller's answer must not wait for a second timeout. A revoke that never
- * happens costs only the lease's TTL. */
-static void revoke_later(coord_registry_t *r, int64_t lease)
-{
-    revoke_job_t *job = r->params.exec != NULL ? malloc(sizeof(*job)) : NULL;
-
-    if (job == NULL) {
-        etcd_lease_revoke(r->etcd, lease);
-        return;
-    }
-    *job = (revoke_job_t){.r = r, .lease = lease};
-    if (coord_exec_submit(r->params.exec, revoke_job_run, job, COORD_EXEC_MUST) != FERRY_OK) {
-        ferry_debug("lease %lld: revoke dropped (shutting down); it expires with its ttl",
-                    (long long)lease);
-        free(job);
-    }
 }
 
 void coord_strip(Ferry__V1__Operation *op, bool keep_metadata)

@@ -70,14 +70,19 @@ static ferry_status_t etcd_authenticate(etcd_client_t *client, CURL *handle, cha
 
 /* Authenticates as the one thread doing so: auth_lock is dropped for the
  * request and taken again to publish the outcome. Called with auth_lock
- * held and auth_busy clear; returns with auth_lock held. */
+ * held and auth_busy clear; returns with auth_lock held. The outcome is
+ * every waiting thread's, so the request has the client's whole timeout,
+ * not what is left of this thread's caller's (etcd_set_deadline): one
+ * caller with a short deadline would fail them all. */
 static ferry_status_t etcd_auth_round(etcd_client_t *client, CURL *handle)
 {
     char *token = NULL;
+    int64_t caller = etcd_set_deadline(0);
 
     client->auth_busy = true;
     pthread_mutex_unlock(&client->auth_lock);
     ferry_status_t status = etcd_authenticate(client, handle, &token);
+    etcd_set_deadline(caller);
     pthread_mutex_lock(&client->auth_lock);
     client->auth_busy = false;
     client->auth_round++;

@@ -20,7 +20,9 @@
  *     leader" from a status) is suspect for ETCD_SUSPECT_MS: requests try
  *     it after every other endpoint, and `preferred` moves off it at once.
  *     So after a write times out (it fails: it may have been applied), the
- *     next request, a lease revoke included, goes to another member.
+ *     next request, a lease revoke included, goes to another member. Not
+ *     for an attempt that its caller's deadline cut to under
+ *     ETCD_ATTEMPT_MS (etcd__ran_out): that timeout is the caller's.
  *   - A request that is safe to send twice (ETCD_CALL_RETRY: reads, status,
  *     keep-alive, revoke) gives each endpoint ETCD_ATTEMPT_MS to answer and
  *     then tries the next, within the whole timeout.
@@ -30,7 +32,8 @@
  *
  * Threads: any. The pool has its own mutex; endpoints and settings (the
  * transport `kv` among them) are read-only after create; `preferred` and
- * `n_connects` are atomics. The last error is thread-local.
+ * `n_connects` are atomics. The last error, etcd__ran_out and the deadline
+ * (etcd_set_deadline) are thread-local.
  */
 #include "coordinator/etcd/etcd_int.h"
 
@@ -56,6 +59,7 @@ enum {
 
 static _Thread_local char etcd_last_error[512];
 static _Thread_local int64_t etcd_deadline_ms; /* etcd_set_deadline's; 0: none */
+_Thread_local bool etcd__ran_out;
 static int64_t etcd_now_ms(void);
 static pthread_once_t etcd_curl_once = PTHREAD_ONCE_INIT;
 static CURLcode etcd_curl_init_code;
@@ -151,6 +155,7 @@ void etcd__error_cut(void)
 void etcd__clear_error(void)
 {
     etcd_last_error[0] = '\0';
+    etcd__ran_out = false;
 }
 
 long etcd__client_connects(etcd_client_t *client)
@@ -682,6 +687,8 @@ static ferry_status_t etcd_attempt(etcd_client_t *client, CURL *handle, size_t i
     char detail[CURL_ERROR_SIZE] = "";
     char url[512];
     long http = 0;
+    bool cut_short = (flags & ETCD_CALL_CUT) != 0 && timeout_ms < ETCD_ATTEMPT_MS;
+    etcd__ran_out = false;
     CURLcode code =
         etcd_post(client, handle, index, path, url, sizeof(url), body,
                   (flags & ETCD_CALL_RETRY) != 0, token, timeout_ms, &buf, &http, detail);
@@ -700,8 +707,8 @@ static ferry_status_t etcd_attempt(etcd_client_t *client, CURL *handle, size_t i
     if (code != CURLE_OK) {
         status = etcd__transport_error("post", url, code, detail);
         *next_p = (flags & ETCD_CALL_RETRY) != 0 || etcd_never_sent(handle, code);
-        if (code != CURLE_OUT_OF_MEMORY && code != CURLE_WRITE_ERROR &&
-            (code != CURLE_OPERATION_TIMEDOUT || (flags & ETCD_CALL_CUT) == 0)) {
+        etcd__ran_out = cut_short && code == CURLE_OPERATION_TIMEDOUT;
+        if (code != CURLE_OUT_OF_MEMORY && code != CURLE_WRITE_ERROR && !etcd__ran_out) {
             etcd__endpoint_suspect(client, index);
         }
         free(buf.data);
@@ -742,11 +749,13 @@ ferry_status_t etcd__call_raw(etcd_client_t *client, CURL *handle, const char *p
     int64_t deadline = etcd_now_ms() + budget;
     ferry_status_t status = FERRY_ERR_UNAVAILABLE;
     bool next = true;
+    etcd__ran_out = false;
     for (size_t i = 0; i < client->n_endpoints && next; i++) {
         int64_t left = deadline - etcd_now_ms();
         if (left <= 0) {
             etcd__set_error("no etcd endpoint answered %s within %lld ms", path,
                             (long long)(budget > 0 ? budget : 0));
+            etcd__ran_out = cut;
             break;
         }
         /* The last endpoint gets all the time that is left. */
@@ -760,7 +769,11 @@ ferry_status_t etcd__call_raw(etcd_client_t *client, CURL *handle, const char *p
     if (status == FERRY_ERR_UNAVAILABLE && cut) {
         etcd__error_cut();
     }
-    if (status == FERRY_ERR_UNAVAILABLE && (flags & (ETCD_CALL_PROBE | ETCD_CALL_INNER)) != 0) {
+    etcd__ran_out = etcd__ran_out && status == FERRY_ERR_UNAVAILABLE;
+    if (etcd__ran_out) {
+        ferry_debug("etcd: no answer in the caller's time: %s", etcd_last_error);
+    } else if (status == FERRY_ERR_UNAVAILABLE &&
+               (flags & (ETCD_CALL_PROBE | ETCD_CALL_INNER)) != 0) {
         /* A health probe's caller logs when health changes: a warning per
          * probe would repeat it every interval while etcd is down. An inner
          * call's request logs its own outcome. */
@@ -849,7 +862,7 @@ ferry_status_t etcd__call_flags(etcd_client_t *client, const char *path, const c
     int64_t start = etcd_now_ns();
     ferry_status_t status = etcd_call_unobserved(client, path, body, flags, reply_p);
 
-    etcd__observe(client, path, status, start);
+    etcd__observe(client, path, etcd__ran_out ? FERRY_ERR_TIMED_OUT : status, start);
     return status;
 }
 

@@ -127,15 +127,17 @@ static ferry_status_t etcd_grpc_attempt(etcd_client_t *client, size_t index, con
     rpc_channel_t *channel = client->channels[index];
     rpc_error_t err = {0};
     int64_t start = etcd__now_ns();
-    /* Out of the time its caller had left: not the endpoint's fault. */
-    bool cut_short = (flags & ETCD_CALL_CUT) != 0;
+    bool cut = (flags & ETCD_CALL_CUT) != 0;
 
     *next_p = false;
+    etcd__ran_out = false;
     ferry_status_t status = rpc_channel_connect(channel, connect_ms, &err);
     if (status != FERRY_OK) {
         etcd__set_error("connect %s (gRPC): %s", url, err.message);
         ferry_debug("etcd: %s", etcd_client_last_error());
-        if (!cut_short || err.grpc_code != ETCD_GRPC_DEADLINE_EXCEEDED) {
+        etcd__ran_out =
+            cut && connect_ms < ETCD_ATTEMPT_MS && err.grpc_code == ETCD_GRPC_DEADLINE_EXCEEDED;
+        if (!etcd__ran_out) {
             etcd__endpoint_suspect(client, index);
         }
         *next_p = true; /* nothing was sent */
@@ -158,7 +160,9 @@ static ferry_status_t etcd_grpc_attempt(etcd_client_t *client, size_t index, con
                             err.message);
         }
         ferry_debug("etcd: %s", etcd_client_last_error());
-        if (!cut_short || err.grpc_code != ETCD_GRPC_DEADLINE_EXCEEDED) {
+        etcd__ran_out =
+            cut && attempt_ms < ETCD_ATTEMPT_MS && err.grpc_code == ETCD_GRPC_DEADLINE_EXCEEDED;
+        if (!etcd__ran_out) {
             etcd__endpoint_suspect(client, index);
         }
         *next_p = (flags & ETCD_CALL_RETRY) != 0;
@@ -194,11 +198,13 @@ static ferry_status_t etcd_grpc_call_token(etcd_client_t *client, const char *pa
     int64_t deadline = etcd__now_ns() / 1000000 + budget;
     ferry_status_t status = FERRY_ERR_UNAVAILABLE;
     bool next = true;
+    etcd__ran_out = false;
     for (size_t i = 0; i < client->n_endpoints && next; i++) {
         int64_t left = deadline - etcd__now_ns() / 1000000;
         if (left <= 0) {
             etcd__set_error("no etcd endpoint answered %s within %lld ms", path,
                             (long long)(budget > 0 ? budget : 0));
+            etcd__ran_out = cut;
             break;
         }
         /* The last endpoint gets all the time that is left; the others give
@@ -212,7 +218,10 @@ static ferry_status_t etcd_grpc_call_token(etcd_client_t *client, const char *pa
     if (status == FERRY_ERR_UNAVAILABLE && cut) {
         etcd__error_cut();
     }
-    if (status == FERRY_ERR_UNAVAILABLE) {
+    etcd__ran_out = etcd__ran_out && status == FERRY_ERR_UNAVAILABLE;
+    if (etcd__ran_out) {
+        ferry_debug("etcd: no answer in the caller's time: %s", etcd_client_last_error());
+    } else if (status == FERRY_ERR_UNAVAILABLE) {
         ferry_warn("etcd: unavailable: %s", etcd_client_last_error());
     }
     free(order);
@@ -259,7 +268,7 @@ ferry_status_t etcd__grpc_call(etcd_client_t *client, const char *path, const ch
         status = etcd_grpc_call_once(client, path, method, request, reply_desc, flags, &gen, &sent,
                                      reply_p);
     }
-    etcd__observe(client, path, status, start);
+    etcd__observe(client, path, etcd__ran_out ? FERRY_ERR_TIMED_OUT : status, start);
     return status;
 }
 

@@ -71,12 +71,22 @@ enum {
      * debug, not warned of twice (or, under a probe, at all). */
     ETCD_CALL_INNER = 1u << 3,
     /* Set by the call itself: the request has only the time left before
-     * its caller's deadline (etcd__budget_ms cut it). Running out of it
-     * says nothing of the endpoint, which is not marked suspect for that:
-     * a caller with a short deadline does not move every request off a
-     * member that answers in its usual time. */
+     * its caller's deadline (etcd__budget_ms cut it). An attempt cut to
+     * under ETCD_ATTEMPT_MS that runs out of it says nothing of etcd
+     * (etcd__ran_out). */
     ETCD_CALL_CUT = 1u << 4,
 };
+
+/* Whether the thread's last request failed for want of its caller's time:
+ * an attempt its caller's deadline cut to under ETCD_ATTEMPT_MS timed out,
+ * or there was no time left to try. Such a failure marks no endpoint
+ * suspect, is logged at debug, not warned of, and reaches the observer
+ * (metrics) as FERRY_ERR_TIMED_OUT: a caller with a short deadline neither
+ * moves every request off a member that answers in its usual time nor
+ * makes a healthy etcd look failing. Its caller still gets
+ * FERRY_ERR_UNAVAILABLE. An attempt that had ETCD_ATTEMPT_MS or more and
+ * got no answer is etcd's, whatever the caller's deadline. */
+extern _Thread_local bool etcd__ran_out;
 
 /* Fault budgets. A member that is frozen (SIGSTOP, a hung disk) still
  * accepts TCP connections, so only silence shows it. */
@@ -267,7 +277,8 @@ ferry_status_t etcd__cancel_reason_status(const char *reason);
 
 /* --- etcd_client.c ---------------------------------------------------- */
 
-/* Records the cause of a failure for etcd_client_last_error(). */
+/* Records the cause of a failure for etcd_client_last_error(). Clearing
+ * it, at the start of a request, clears etcd__ran_out too. */
 void etcd__set_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 void etcd__clear_error(void);
 

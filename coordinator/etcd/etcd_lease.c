@@ -30,14 +30,23 @@ static ferry_status_t etcd_lease_call(etcd_client_t *client, const char *path, c
     return status;
 }
 
-ferry_status_t etcd_lease_grant(etcd_client_t *client, int64_t ttl_s, int64_t *lease_p,
+ferry_status_t etcd_lease_grant(etcd_client_t *client, int64_t ttl_s, int64_t id, int64_t *lease_p,
                                 int64_t *granted_ttl_p)
 {
-    if (client == NULL || ttl_s <= 0 || lease_p == NULL) {
+    if (client == NULL || ttl_s <= 0 || id < 0 || lease_p == NULL) {
         return FERRY_ERR_MISUSE;
     }
     cJSON *reply = NULL;
-    ferry_status_t status = etcd_lease_call(client, "/v3/lease/grant", "TTL", ttl_s, 0, &reply);
+    cJSON *body = cJSON_CreateObject();
+    ferry_status_t status =
+        body != NULL ? etcd__json_add_int64(body, "TTL", ttl_s) : FERRY_ERR_NO_MEMORY;
+    if (status == FERRY_OK && id != 0) {
+        status = etcd__json_add_int64(body, "ID", id);
+    }
+    if (status == FERRY_OK) {
+        status = etcd__call_flags(client, "/v3/lease/grant", body, 0, &reply);
+    }
+    cJSON_Delete(body);
     int64_t lease = 0;
     int64_t ttl = 0;
     if (status == FERRY_OK) {
@@ -46,8 +55,8 @@ ferry_status_t etcd_lease_grant(etcd_client_t *client, int64_t ttl_s, int64_t *l
     if (status == FERRY_OK) {
         status = etcd__json_int64(reply, "TTL", &ttl);
     }
-    if (status == FERRY_OK && lease == 0) {
-        etcd__set_error("lease grant: reply without ID");
+    if (status == FERRY_OK && (lease == 0 || (id != 0 && lease != id))) {
+        etcd__set_error("lease grant: reply without the ID asked for");
         status = FERRY_ERR_PROTOCOL;
     }
     if (status == FERRY_OK) {

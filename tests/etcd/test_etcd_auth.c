@@ -5,7 +5,8 @@
  * by itself when etcd forgot the old one (simple tokens do not survive a restart) or made it old
  * (a user added: "revision of auth store is old"); against a frozen
  * member, concurrent requests share one authentication attempt (none is made while another is in
- * flight, and the lock is not held across it) instead of each trying in turn.
+ * flight, and the lock is not held across it) instead of each trying in turn; and that attempt has
+ * the client's whole timeout, whatever the deadline of the caller that makes it.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -202,6 +203,27 @@ static void *auth_get(void *arg)
     return NULL;
 }
 
+/* A request's authentication is every waiting thread's (they take its
+ * outcome), so it has the client's whole timeout, not what is left of one
+ * caller's deadline (etcd_set_deadline): a caller with a millisecond left
+ * does not fail it for the others, where etcd checks the password with
+ * bcrypt for tens of milliseconds. The request itself gets what is left. */
+static void test_authentication_has_the_clients_time(void **state)
+{
+    fixture_t *fx = *state;
+    etcd_client_t *client = auth_client(fx, "root", "secret");
+
+    etcd_set_deadline(test_now_ms() + 1);
+    (void)etcd_put(client, "auth/short", 10, "1", 1, 0, NULL);
+    etcd_set_deadline(0);
+    pthread_mutex_lock(&client->auth_lock);
+    assert_int_equal(client->auth_status, FERRY_OK);
+    assert_non_null(client->token);
+    pthread_mutex_unlock(&client->auth_lock);
+    fixture_put(client, "auth/short", "2", 0);
+    etcd_client_destroy(client);
+}
+
 static void test_frozen_member_authenticates_once(void **state)
 {
     frozen_etcd_t frozen;
@@ -298,6 +320,7 @@ int main(void)
         cmocka_unit_test(test_watch_without_permission),
         cmocka_unit_test(test_token_renewed_after_restart),
         cmocka_unit_test(test_frozen_member_authenticates_once),
+        cmocka_unit_test(test_authentication_has_the_clients_time),
     };
     const struct CMUnitTest jwt_tests[] = {
         cmocka_unit_test(test_token_renewed_after_an_auth_change),

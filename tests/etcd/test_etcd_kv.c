@@ -397,10 +397,26 @@ static void test_hung_etcd_times_out(void **state)
  * a deadline later than the timeout changes nothing; and it is the
  * calling thread's alone, handed back by the next set. A request that ran
  * out of its caller's time leaves the endpoint unsuspected. */
+static ferry_status_t observed; /* the last request's outcome, as the observer saw it */
+
+static void observe_last(void *arg, const char *path, ferry_status_t status, int64_t duration_ns)
+{
+    (void)arg;
+    (void)path;
+    (void)duration_ns;
+    observed = status;
+}
+
 static void test_thread_deadline_ends_requests(void **state)
 {
     fixture_t *fx = *state;
-    etcd_client_t *client = fixture_client(fx->etcd.endpoint, 30000);
+    etcd_observer_t observer = {.request_done = observe_last};
+    etcd_params_t params = {.endpoints = fx->etcd.endpoint,
+                            .timeout_ms = 30000,
+                            .kv_gateway = fixture_kv_gateway,
+                            .observer = &observer};
+    etcd_client_t *client = NULL;
+    assert_int_equal(etcd_client_create(&params, &client), FERRY_OK);
     etcd_compare_t absent = {
         .target = ETCD_CMP_CREATE, .result = ETCD_CMP_EQUAL, .key = "dl/txn", .key_len = 6};
     etcd_op_t put = {
@@ -412,6 +428,7 @@ static void test_thread_deadline_ends_requests(void **state)
     assert_int_equal(etcd_set_deadline(test_now_ms() - 1), 0);
     assert_int_equal(etcd_put(client, "dl/put", 6, "v", 1, 0, NULL), FERRY_ERR_UNAVAILABLE);
     assert_non_null(strstr(etcd_client_last_error(), "caller's deadline"));
+    assert_int_equal(observed, FERRY_ERR_TIMED_OUT); /* the caller's time, not etcd's failure */
     assert_int_equal(etcd_txn(client, &absent, 1, &put, 1, NULL, 0, &result),
                      FERRY_ERR_UNAVAILABLE);
     etcd_txn_result_free(&result);
@@ -422,6 +439,7 @@ static void test_thread_deadline_ends_requests(void **state)
 
     etcd_set_deadline(test_now_ms() + 60000);
     assert_int_equal(etcd_put(client, "dl/put", 6, "v", 1, 0, NULL), FERRY_OK);
+    assert_int_equal(observed, FERRY_OK);
 
     fixture_put(client, "dl/hung", "before", 0);
     assert_int_equal(test_proc_pause(&fx->etcd.proc), 0);
@@ -435,8 +453,21 @@ static void test_thread_deadline_ends_requests(void **state)
     assert_true(took < 15000); /* by the deadline, not the client's 30 s */
     assert_non_null(strstr(etcd_client_last_error(), "caller's deadline"));
     /* The caller's time ran out, not the endpoint's: not suspect for it
-     * (test_hung_etcd_times_out: with the client's own time, it is). */
+     * (test_hung_etcd_times_out: with the client's own time, it is), and
+     * not counted as etcd's failure. */
     assert_true(atomic_load(&client->suspect_until[0]) == 0);
+    assert_int_equal(observed, FERRY_ERR_TIMED_OUT);
+
+    /* A caller's deadline that still leaves an attempt ETCD_ATTEMPT_MS or
+     * more: no answer in that time is etcd's. */
+    assert_int_equal(test_proc_pause(&fx->etcd.proc), 0);
+    etcd_set_deadline(test_now_ms() + ETCD_ATTEMPT_MS + 200);
+    st = etcd_put(client, "dl/hung", 7, "during", 6, 0, NULL);
+    etcd_set_deadline(0);
+    assert_int_equal(test_proc_resume(&fx->etcd.proc), 0);
+    assert_int_equal(st, FERRY_ERR_UNAVAILABLE);
+    assert_true(atomic_load(&client->suspect_until[0]) != 0);
+    assert_int_equal(observed, FERRY_ERR_UNAVAILABLE);
     etcd_client_destroy(client);
 }
 
@@ -480,7 +511,7 @@ static void test_frozen_first_endpoint(void **state)
         etcd_range_free(&range);
     }
     int64_t lease = 0;
-    assert_int_equal(etcd_lease_grant(writer, 60, &lease, NULL), FERRY_OK);
+    assert_int_equal(etcd_lease_grant(writer, 60, 0, &lease, NULL), FERRY_OK);
     assert_int_equal(etcd_put(writer, "frozen/w", 8, "2", 1, lease, NULL), FERRY_OK);
     assert_int_equal(etcd_lease_revoke(writer, lease), FERRY_OK);
     assert_int_equal(etcd_get(fx->client, "frozen/w", 8, NULL, 0, 0, 0, &range), FERRY_OK);

@@ -33,12 +33,33 @@ static bool key_is_gone(void *arg)
     return gone;
 }
 
+/* A lease of an ID the caller picks: granted with it (above 2^53, kept
+ * exact), refused FAILED_PRECONDITION while it exists, and free again once
+ * revoked; a negative ID is the caller's mistake. */
+static void test_grant_with_an_id(void **state)
+{
+    fixture_t *fx = *state;
+    const int64_t id = INT64_C(0x7123456789abcdef);
+    int64_t lease = 0, ttl = 0;
+
+    assert_int_equal(etcd_lease_grant(fx->client, 30, id, &lease, &ttl), FERRY_OK);
+    assert_true(lease == id && ttl == 30);
+    lease = 0;
+    assert_int_equal(etcd_lease_grant(fx->client, 30, id, &lease, NULL),
+                     FERRY_ERR_FAILED_PRECONDITION);
+    assert_true(lease == 0);
+    assert_int_equal(etcd_lease_revoke(fx->client, id), FERRY_OK);
+    assert_int_equal(etcd_lease_grant(fx->client, 30, id, &lease, NULL), FERRY_OK);
+    assert_int_equal(etcd_lease_revoke(fx->client, id), FERRY_OK);
+    assert_int_equal(etcd_lease_grant(fx->client, 30, -1, &lease, NULL), FERRY_ERR_MISUSE);
+}
+
 static void test_grant_keepalive_revoke(void **state)
 {
     fixture_t *fx = *state;
     int64_t lease = 0;
     int64_t ttl = 0;
-    assert_int_equal(etcd_lease_grant(fx->client, 30, &lease, &ttl), FERRY_OK);
+    assert_int_equal(etcd_lease_grant(fx->client, 30, 0, &lease, &ttl), FERRY_OK);
     assert_true(lease != 0);
     assert_true(ttl == 30);
     int64_t left = 0;
@@ -72,7 +93,7 @@ static void test_expiry_by_ttl(void **state)
 {
     fixture_t *fx = *state;
     int64_t lease = 0;
-    assert_int_equal(etcd_lease_grant(fx->client, 2, &lease, NULL), FERRY_OK);
+    assert_int_equal(etcd_lease_grant(fx->client, 2, 0, &lease, NULL), FERRY_OK);
     int64_t rev = fixture_put(fx->client, "lease/ttl", "short", lease);
 
     recorder_t rec;
@@ -99,6 +120,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_grant_keepalive_revoke),
+        cmocka_unit_test(test_grant_with_an_id),
         cmocka_unit_test(test_put_with_unknown_lease),
         cmocka_unit_test(test_expiry_by_ttl),
     };

@@ -332,6 +332,63 @@ class RefusedCallsWriteNothing(LeaseTestCase):
         self.assertEqual(c.state("w-1"), c.pb.OPERATION_STATE_REGISTERED)
 
 
+def etcd_post(endpoint, path, body):
+    req = urllib.request.Request(endpoint + path, data=json.dumps(body).encode(), method="POST")
+    with urllib.request.urlopen(req, timeout=5) as r:
+        return json.load(r)
+
+
+def keyless_leases(endpoint):
+    """The IDs of etcd's leases that hold no key."""
+    ids = [int(le["ID"]) for le in etcd_post(endpoint, "/v3/lease/leases", {}).get("leases", [])]
+    return {i for i in ids
+            if not etcd_post(endpoint, "/v3/lease/timetolive", {"ID": i, "keys": True}).get("keys")}
+
+
+def metric(port, line_start):
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        for line in r.read().decode().splitlines():
+            if line.startswith(line_start):
+                return float(line.split()[-1])
+    return 0.0
+
+
+class CutGrantsLeaveNoLease(LeaseTestCase):
+    """A Register whose caller's time runs out while the coordinator grants
+    its lease (the coordinator's etcd requests end with the caller's
+    deadline): the grant may have been applied after the coordinator gave
+    up on it. The coordinator picked the lease's ID, so it revokes it; no
+    lease is left holding nothing for the hour its caller asked for. (The
+    ID was etcd's, and such a lease lived its TTL.)"""
+
+    def test_grants_cut_short_are_revoked(self):
+        cluster = ferry_harness.Cluster(ttl=TTL, extra=("--metrics-listen", "127.0.0.1:0"))
+        self.addCleanup(cluster.close)
+        c = Client(cluster.coordinator.target)
+        self.addCleanup(c.close)
+        port = cluster.coordinator.metrics_port()
+        endpoint = cluster.etcd.endpoint
+        before = keyless_leases(endpoint)
+        cut = 'ferry_etcd_requests_total{kind="lease/grant",result="timed_out"}'
+        # Deadlines of a few milliseconds: some grants reach etcd and are
+        # answered after their caller's time (counted as timed_out). Until
+        # a few have been, within a bound.
+        for i in range(1000):
+            if i % 30 == 0 and metric(port, cut) >= 3:
+                break
+            try:
+                c.stub.Register(c.cpb.RegisterRequest(
+                    request_id=f"cut-{i}", metadata=metadata(c.pb, c.pb.OPERATION_KIND_WRITE),
+                    access_token=TOKEN, owner="py", ttl_seconds=3600),
+                    timeout=(0.002, 0.003, 0.004, 0.006)[i % 4])
+            except grpc.RpcError as e:
+                self.assertIn(e.code(), (grpc.StatusCode.DEADLINE_EXCEEDED,
+                                         grpc.StatusCode.UNAVAILABLE), e.details())
+        self.assertGreater(metric(port, cut), 0, "no grant was cut by its caller's deadline")
+        ferry_harness.wait_until(lambda: not (keyless_leases(endpoint) - before), 30,
+                   "the leases of grants cut short to be revoked")
+
+
 class LeaseKeyWaitsForEtcd(LeaseTestCase):
     """A replica that starts while etcd is down has no lease key yet: the
     calls that need it answer UNAVAILABLE, and work once etcd is back."""
