@@ -186,6 +186,11 @@ bool registry_refused_before_apply(ferry_status_t status);
 void registry_unwrite_later(coord_registry_t *r, const char *id, int64_t lease, uint8_t *value,
                             size_t value_len);
 
+/* Revokes `lease`, which the failed call for request ID `id` granted for
+ * itself, or may have (a grant whose answer never came), the same way:
+ * off the caller's path, tried again while etcd cannot be reached. */
+void registry_revoke_later(coord_registry_t *r, const char *id, int64_t lease);
+
 /* Queues again the removals that could not reach etcd; the maintenance
  * thread calls it while etcd can commit. */
 void registry_unwrites_retry(coord_registry_t *r);

@@ -15,6 +15,7 @@
 #include <openssl/rand.h>
 #include <openssl/sha.h>
 
+#include "common/clock.h"
 #include "common/log.h"
 #include "common/md_rules.h"
 #include "common/op_state.h"
@@ -67,45 +68,6 @@ static ferry_status_t new_token(char *out, size_t cap)
     return FERRY_OK;
 }
 
-typedef struct {
-    coord_registry_t *r;
-    int64_t lease;
-} revoke_job_t;
-
-static void revoke_job_run(void *arg, bool run)
-{
-    revoke_job_t *job = arg;
-
-    if (run) {
-        etcd_lease_revoke(job->r->etcd, job->lease);
-    }
-    free(job);
-}
-
-/* Revokes a lease this call granted (or may have: a grant whose answer
- * never came) and no longer needs, off the caller's path: after a failed
- * transaction etcd may be slow or gone, and the caller's answer must not
- * wait for a second timeout. A revoke that never happens costs only the
- * lease's TTL. Without workers it revokes here, with etcd's whole timeout,
- * not what is left of the caller's. */
-static void revoke_later(coord_registry_t *r, int64_t lease)
-{
-    revoke_job_t *job = r->params.exec != NULL ? malloc(sizeof(*job)) : NULL;
-
-    if (job == NULL) {
-        int64_t caller = etcd_set_deadline(0);
-        etcd_lease_revoke(r->etcd, lease);
-        etcd_set_deadline(caller);
-        return;
-    }
-    *job = (revoke_job_t){.r = r, .lease = lease};
-    if (coord_exec_submit(r->params.exec, revoke_job_run, job, COORD_EXEC_MUST) != FERRY_OK) {
-        ferry_debug("lease %lld: revoke dropped (shutting down); it expires with its ttl",
-                    (long long)lease);
-        free(job);
-    }
-}
-
 /* The lease a record or claim goes on, and what its grantee is told. */
 typedef struct {
     int64_t id;
@@ -139,16 +101,26 @@ static ferry_status_t new_lease_id(int64_t *id_p)
     return FERRY_OK;
 }
 
+/* Whether a grant that failed so may have been applied: no answer (in
+ * time), or one that could not be read. etcd's refusals applied nothing. */
+static bool grant_unknown(ferry_status_t status)
+{
+    return status == FERRY_ERR_UNAVAILABLE || status == FERRY_ERR_PROTOCOL ||
+           status == FERRY_ERR_INTERNAL;
+}
+
 /* The lease a new record or claim goes on: the caller's own (lease_id != 0,
  * shown with its token; no etcd write) or a new one of ttl_s (0: the
- * default). The lease key is loaded before a grant, so that no lease is
- * made whose token cannot be handed out. The coordinator picks the new
- * lease's ID, so that a grant whose answer never came (etcd slow past the
- * call's time, a lost reply: it may have been applied) is revoked by that
- * ID, rather than left to live its TTL holding nothing; an ID that exists
- * (FAILED_PRECONDITION) is picked again. */
-static ferry_status_t lease_for(coord_registry_t *r, int64_t lease_id, const char *lease_token,
-                                int64_t ttl_s, lease_t *lease, char *msg, size_t cap)
+ * default), for request ID `id`. The lease key is loaded before a grant,
+ * so that no lease is made whose token cannot be handed out. The
+ * coordinator picks the new lease's ID, so that a grant whose answer never
+ * came (etcd slow past the call's time, a lost reply: it may have been
+ * applied) is revoked by that ID (registry_revoke_later), rather than left
+ * to live its TTL holding nothing; an ID that exists (FAILED_PRECONDITION)
+ * is picked again. */
+static ferry_status_t lease_for(coord_registry_t *r, const char *id_for, int64_t lease_id,
+                                const char *lease_token, int64_t ttl_s, lease_t *lease, char *msg,
+                                size_t cap)
 {
     ferry_status_t status;
     int64_t id = 0;
@@ -164,6 +136,11 @@ static ferry_status_t lease_for(coord_registry_t *r, int64_t lease_id, const cha
     if (status != FERRY_OK) {
         return status;
     }
+    if (etcd_get_deadline() != 0 && etcd_get_deadline() <= ferry__clock_ms(CLOCK_MONOTONIC)) {
+        /* Nothing is sent, so there is nothing to revoke. */
+        return registry_fail(FERRY_ERR_TIMED_OUT, msg, cap,
+                             "the deadline passed while waiting for etcd; nothing was written");
+    }
     status = FERRY_ERR_FAILED_PRECONDITION;
     for (int tries = 0; tries < 3 && status == FERRY_ERR_FAILED_PRECONDITION; tries++) {
         if (new_lease_id(&id) != FERRY_OK) {
@@ -172,14 +149,14 @@ static ferry_status_t lease_for(coord_registry_t *r, int64_t lease_id, const cha
         status = etcd_lease_grant(r->etcd, ttl_or_default(r, ttl_s), id, &lease->id, &lease->ttl_s);
     }
     if (status != FERRY_OK) {
-        if (status != FERRY_ERR_FAILED_PRECONDITION) {
-            revoke_later(r, id); /* it may have been granted; if not, etcd says NOT_FOUND */
+        if (grant_unknown(status)) {
+            registry_revoke_later(r, id_for, id);
         }
         return registry_etcd_fail(status, msg, cap, "lease grant");
     }
     if (registry_lease_token(r, lease->id, lease->token) != FERRY_OK) {
-        /* A lease nobody can renew or revoke: give it back now. */
-        etcd_lease_revoke(r->etcd, lease->id);
+        /* A lease nobody can renew or revoke: give it back. */
+        registry_revoke_later(r, id_for, lease->id);
         return registry_fail(FERRY_ERR_UNAVAILABLE, msg, cap,
                              "cannot make the lease's token now (the coordinator is out of "
                              "memory); retry");
@@ -278,7 +255,8 @@ ferry_status_t coord_register(coord_registry_t *r, const Ferry__V1__RegisterRequ
     } else if (new_token(out->access_token, sizeof(out->access_token)) != FERRY_OK) {
         return registry_fail(FERRY_ERR_INTERNAL, msg, cap, "no randomness for an access token");
     }
-    status = lease_for(r, req->lease_id, req->lease_token, req->ttl_seconds, &lease, msg, cap);
+    status = lease_for(r, req->request_id, req->lease_id, req->lease_token, req->ttl_seconds,
+                       &lease, msg, cap);
     if (status != FERRY_OK) {
         return status;
     }
@@ -335,7 +313,7 @@ err_unwrite:
     free(bytes);
 err_revoke:
     if (req->lease_id == 0) {
-        revoke_later(r, out->lease_id); /* ours, and now useless */
+        registry_revoke_later(r, req->request_id, out->lease_id); /* ours, and now useless */
     }
     return status;
 }
@@ -810,7 +788,7 @@ ferry_status_t coord_claim(coord_registry_t *r, const Ferry__V1__ClaimRequest *r
     if (req->lease_id != 0) {
         own_lease(req->lease_id, req->lease_token, &lease); /* checked above */
     } else {
-        status = lease_for(r, 0, NULL, req->ttl_seconds, &lease, msg, cap);
+        status = lease_for(r, req->request_id, 0, NULL, req->ttl_seconds, &lease, msg, cap);
         if (status != FERRY_OK) {
             return status;
         }
@@ -826,7 +804,7 @@ ferry_status_t coord_claim(coord_registry_t *r, const Ferry__V1__ClaimRequest *r
     status = registry_transition(r, req->request_id, &t, out, msg, cap);
     if (status != FERRY_OK) {
         if (req->lease_id == 0) {
-            revoke_later(r, lease.id); /* ours, and now useless */
+            registry_revoke_later(r, req->request_id, lease.id); /* ours, and now useless */
         }
         return status;
     }

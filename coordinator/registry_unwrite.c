@@ -1,5 +1,6 @@
 /*
- * registry_unwrite.c: removing the record a failed Register may have left.
+ * registry_unwrite.c: removing the record a failed Register may have left,
+ * and the leases failed calls granted (or may have).
  *
  * A Register's create-if-absent transaction can fail after etcd applied it
  * (etcd unreachable once the request was sent, no answer in time, an
@@ -25,6 +26,12 @@
  * up, or finds no room, is logged with its request ID and lease: the record
  * then lives as long as that lease.
  *
+ * A lease a failed Register or Claim granted for itself, or a grant whose
+ * answer never came (the coordinator picked its ID: registry_ops.c), goes
+ * the same way with no record (value NULL): the removal is the lease's
+ * revoke, done when etcd revokes it or says it has no such lease. Else it
+ * lives its TTL holding nothing (up to the hour a caller may ask for).
+ *
  * Threads: any; r->lock guards r->unwrites and r->unwrite_bytes, and is
  * never held across etcd.
  */
@@ -44,8 +51,8 @@ typedef struct registry_unwrite {
     coord_registry_t *r;
     struct registry_unwrite *next; /* in r->unwrites while it waits */
     int tries_left;
-    int64_t lease;  /* the caller's lease the record is on, for the log */
-    uint8_t *value; /* the record as the failed Register wrote it */
+    int64_t lease;  /* the caller's lease the record is on, for the log; or the lease to revoke */
+    uint8_t *value; /* the record as the failed Register wrote it; NULL: revoke `lease` */
     size_t value_len;
     registry_key_t key;
     char id[COORD_REQUEST_ID_MAX + 1];
@@ -98,13 +105,30 @@ static bool unwrite_park(registry_unwrite_t *u)
     return parked;
 }
 
+/* What u removes, for the log: "the record its failed Register may have
+ * left", "the lease its failed call granted". */
+static const char *unwrite_what(const registry_unwrite_t *u)
+{
+    return u->value != NULL ? "the record its failed Register may have left"
+                            : "the lease its failed call granted (or may have)";
+}
+
 /* Gives u up at shutdown, saying what stays behind. */
 static void unwrite_drop(registry_unwrite_t *u)
 {
-    ferry_warn("op %s: shutting down before removing the record its failed Register may have "
-               "left; it stays until lease %lld ends",
-               u->id, (long long)u->lease);
+    ferry_warn("op %s: shutting down before removing %s; it stays until lease %lld ends", u->id,
+               unwrite_what(u), (long long)u->lease);
     unwrite_free(u);
+}
+
+/* Revokes u->lease; *removed_p: etcd had it. No such lease (never granted,
+ * or already gone) is done too. */
+static ferry_status_t unwrite_revoke(registry_unwrite_t *u, bool *removed_p)
+{
+    ferry_status_t status = etcd_lease_revoke(u->r->etcd, u->lease);
+
+    *removed_p = status == FERRY_OK;
+    return status == FERRY_ERR_NOT_FOUND ? FERRY_OK : status;
 }
 
 static void unwrite_run(void *arg, bool run)
@@ -117,7 +141,13 @@ static void unwrite_run(void *arg, bool run)
         unwrite_drop(u);
         return;
     }
-    status = unwrite_txn(u, &removed);
+    status = u->value != NULL ? unwrite_txn(u, &removed) : unwrite_revoke(u, &removed);
+    if (status == FERRY_OK && u->value == NULL) {
+        ferry_debug("op %s: lease %lld of its failed call %s", u->id, (long long)u->lease,
+                    removed ? "revoked" : "was not in etcd");
+        unwrite_free(u);
+        return;
+    }
     if (status == FERRY_OK) {
         if (removed) {
             ferry_info("op %s: removed the record its failed Register left on lease %lld", u->id,
@@ -129,14 +159,13 @@ static void unwrite_run(void *arg, bool run)
         return;
     }
     if (--u->tries_left > 0 && unwrite_park(u)) {
-        ferry_info("op %s: cannot remove the record its failed Register may have left yet: %s "
-                   "(%s); trying again once etcd can commit",
-                   u->id, ferry_status_string(status), etcd_client_last_error());
+        ferry_info("op %s: cannot remove %s yet: %s (%s); trying again once etcd can commit", u->id,
+                   unwrite_what(u), ferry_status_string(status), etcd_client_last_error());
         return;
     }
-    ferry_warn("op %s: gave up removing the record its failed Register may have left: %s (%s); "
-               "it stays until lease %lld ends",
-               u->id, ferry_status_string(status), etcd_client_last_error(), (long long)u->lease);
+    ferry_warn("op %s: gave up removing %s: %s (%s); it stays until lease %lld ends", u->id,
+               unwrite_what(u), ferry_status_string(status), etcd_client_last_error(),
+               (long long)u->lease);
     unwrite_free(u);
 }
 
@@ -145,7 +174,11 @@ static void unwrite_submit(registry_unwrite_t *u)
     coord_exec_t *exec = u->r->params.exec;
 
     if (exec == NULL) {
-        unwrite_run(u, true); /* no queue (tests) */
+        /* No queue (tests): here, with etcd's whole time, not what is
+         * left of the failed call's. */
+        int64_t caller = etcd_set_deadline(0);
+        unwrite_run(u, true);
+        etcd_set_deadline(caller);
     } else if (coord_exec_submit(exec, unwrite_run, u, COORD_EXEC_MUST) != FERRY_OK) {
         unwrite_run(u, false); /* the queue is stopping */
     }
@@ -172,6 +205,23 @@ void registry_unwrite_later(coord_registry_t *r, const char *id, int64_t lease, 
     u->lease = lease;
     u->value = value;
     u->value_len = value_len;
+    snprintf(u->id, sizeof(u->id), "%s", id);
+    unwrite_submit(u);
+}
+
+void registry_revoke_later(coord_registry_t *r, const char *id, int64_t lease)
+{
+    registry_unwrite_t *u = calloc(1, sizeof(*u));
+
+    if (u == NULL) {
+        ferry_warn("op %s: cannot revoke lease %lld of its failed call (no memory); it lives "
+                   "its TTL",
+                   id, (long long)lease);
+        return;
+    }
+    u->r = r;
+    u->tries_left = REGISTRY_UNWRITE_TRIES;
+    u->lease = lease;
     snprintf(u->id, sizeof(u->id), "%s", id);
     unwrite_submit(u);
 }

@@ -749,6 +749,7 @@ ferry_status_t etcd__call_raw(etcd_client_t *client, CURL *handle, const char *p
     int64_t deadline = etcd_now_ms() + budget;
     ferry_status_t status = FERRY_ERR_UNAVAILABLE;
     bool next = true;
+    bool etcds = false; /* an attempt that had the time to be answered failed */
     etcd__ran_out = false;
     for (size_t i = 0; i < client->n_endpoints && next; i++) {
         int64_t left = deadline - etcd_now_ms();
@@ -765,11 +766,12 @@ ferry_status_t etcd__call_raw(etcd_client_t *client, CURL *handle, const char *p
                               : (long)left;
         status = etcd_attempt(client, handle, order[i], path, body, token, flags, attempt_ms, &next,
                               reply_p);
+        etcds = etcds || (status != FERRY_OK && !etcd__ran_out);
     }
     if (status == FERRY_ERR_UNAVAILABLE && cut) {
         etcd__error_cut();
     }
-    etcd__ran_out = etcd__ran_out && status == FERRY_ERR_UNAVAILABLE;
+    etcd__ran_out = etcd__ran_out && !etcds && status == FERRY_ERR_UNAVAILABLE;
     if (etcd__ran_out) {
         ferry_debug("etcd: no answer in the caller's time: %s", etcd_last_error);
     } else if (status == FERRY_ERR_UNAVAILABLE &&

@@ -198,6 +198,7 @@ static ferry_status_t etcd_grpc_call_token(etcd_client_t *client, const char *pa
     int64_t deadline = etcd__now_ns() / 1000000 + budget;
     ferry_status_t status = FERRY_ERR_UNAVAILABLE;
     bool next = true;
+    bool etcds = false; /* an attempt that had the time to be answered failed */
     etcd__ran_out = false;
     for (size_t i = 0; i < client->n_endpoints && next; i++) {
         int64_t left = deadline - etcd__now_ns() / 1000000;
@@ -214,11 +215,12 @@ static ferry_status_t etcd_grpc_call_token(etcd_client_t *client, const char *pa
         int64_t attempt_ms = (flags & ETCD_CALL_RETRY) != 0 ? short_ms : left;
         status = etcd_grpc_attempt(client, order[i], path, method, request, reply_desc, &md, n_md,
                                    flags, short_ms, attempt_ms, &next, reply_p);
+        etcds = etcds || (status != FERRY_OK && !etcd__ran_out);
     }
     if (status == FERRY_ERR_UNAVAILABLE && cut) {
         etcd__error_cut();
     }
-    etcd__ran_out = etcd__ran_out && status == FERRY_ERR_UNAVAILABLE;
+    etcd__ran_out = etcd__ran_out && !etcds && status == FERRY_ERR_UNAVAILABLE;
     if (etcd__ran_out) {
         ferry_debug("etcd: no answer in the caller's time: %s", etcd_client_last_error());
     } else if (status == FERRY_ERR_UNAVAILABLE) {

@@ -79,7 +79,8 @@ enum {
 
 /* Whether the thread's last request failed for want of its caller's time:
  * an attempt its caller's deadline cut to under ETCD_ATTEMPT_MS timed out,
- * or there was no time left to try. Such a failure marks no endpoint
+ * or there was no time left to try, and no attempt before it that had the
+ * time to be answered failed. Such a failure marks no endpoint
  * suspect, is logged at debug, not warned of, and reaches the observer
  * (metrics) as FERRY_ERR_TIMED_OUT: a caller with a short deadline neither
  * moves every request off a member that answers in its usual time nor

@@ -6,7 +6,8 @@
  * ever remove it, and the request ID would stay taken for the life of the
  * caller's lease. etcd_txn is replaced through --wrap by a small in-memory
  * store: a transaction applied and then unanswered cannot be produced on
- * demand from a real etcd.
+ * demand from a real etcd. And a lease a failed call granted (or may have)
+ * is revoked the same way, with etcd_lease_revoke replaced too.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -40,9 +41,65 @@ static struct {
      * (FERRY_OK: answered as etcd would). */
     bool create_applies;
     ferry_status_t create_status;
-    int unwrites_to_fail; /* VALUE-compare deletes answered UNAVAILABLE first */
-    int unwrites;         /* VALUE-compare deletes seen */
+    int unwrites_to_fail;           /* VALUE-compare deletes answered UNAVAILABLE first */
+    int unwrites;                   /* VALUE-compare deletes seen */
+    ferry_status_t grant_status[4]; /* the first grants' answers (0: FERRY_OK) */
+    int grants;                     /* lease grants seen */
+    int64_t granted[4];             /* the IDs the first grants asked for */
+    int revokes_to_fail;            /* lease revokes answered UNAVAILABLE first */
+    int revokes;                    /* lease revokes seen */
+    int64_t revoked;                /* the last lease revoked */
+    int64_t revoke_deadline;        /* the thread's etcd deadline at the last revoke */
 } fake = {.lock = PTHREAD_MUTEX_INITIALIZER};
+
+#define UNKNOWN_LEASE 778 /* a lease etcd does not have */
+
+ferry_status_t __wrap_etcd_lease_grant(etcd_client_t *client, int64_t ttl_s, int64_t id,
+                                       int64_t *lease_p, int64_t *granted_ttl_p);
+
+ferry_status_t __wrap_etcd_lease_grant(etcd_client_t *client, int64_t ttl_s, int64_t id,
+                                       int64_t *lease_p, int64_t *granted_ttl_p)
+{
+    ferry_status_t status;
+
+    (void)client;
+    pthread_mutex_lock(&fake.lock);
+    status = fake.grants < 4 ? fake.grant_status[fake.grants] : FERRY_OK;
+    if (fake.grants < 4) {
+        fake.granted[fake.grants] = id;
+    }
+    fake.grants++;
+    pthread_mutex_unlock(&fake.lock);
+    if (status == FERRY_OK) {
+        *lease_p = id;
+        if (granted_ttl_p != NULL) {
+            *granted_ttl_p = ttl_s;
+        }
+    }
+    return status;
+}
+
+ferry_status_t __wrap_etcd_lease_revoke(etcd_client_t *client, int64_t lease);
+
+ferry_status_t __wrap_etcd_lease_revoke(etcd_client_t *client, int64_t lease)
+{
+    ferry_status_t status = FERRY_OK;
+
+    (void)client;
+    pthread_mutex_lock(&fake.lock);
+    fake.revokes++;
+    fake.revoke_deadline = etcd_get_deadline();
+    if (fake.revokes_to_fail > 0) {
+        fake.revokes_to_fail--;
+        status = FERRY_ERR_UNAVAILABLE;
+    } else if (lease == UNKNOWN_LEASE) {
+        status = FERRY_ERR_NOT_FOUND;
+    } else {
+        fake.revoked = lease;
+    }
+    pthread_mutex_unlock(&fake.lock);
+    return status;
+}
 
 static int find(const void *key, size_t len)
 {
@@ -184,6 +241,11 @@ static int setup(void **state)
     fake.create_applies = true;
     fake.create_status = FERRY_OK;
     fake.unwrites_to_fail = fake.unwrites = 0;
+    fake.revokes_to_fail = fake.revokes = 0;
+    memset(fake.grant_status, 0, sizeof(fake.grant_status));
+    memset(fake.granted, 0, sizeof(fake.granted));
+    fake.grants = 0;
+    fake.revoked = fake.revoke_deadline = 0;
     pthread_mutex_unlock(&fake.lock);
     *state = fx;
     return 0;
@@ -300,6 +362,89 @@ static void test_unreachable_removal_goes_again(void **state)
     assert_int_equal(fake.unwrites, 3);
 }
 
+/* A lease a failed call granted, or may have (its grant unanswered), goes
+ * the same way: tried again while etcd cannot be reached, with etcd's whole
+ * time, not what was left of the failed call's (here, inline: no workers);
+ * a lease etcd does not have (never granted) is done at once. */
+static void test_failed_calls_lease_is_revoked_again(void **state)
+{
+    fixture_t *fx = *state;
+    int64_t caller;
+
+    fake.revokes_to_fail = 2;
+    caller = etcd_set_deadline(1); /* long past */
+    registry_revoke_later(fx->r, "op-1", 777);
+    etcd_set_deadline(caller);
+    assert_int_equal(fake.revoke_deadline, 0);
+    assert_true(waiting(fx->r) > 0);
+    registry_unwrites_retry(fx->r);
+    assert_true(waiting(fx->r) > 0);
+    registry_unwrites_retry(fx->r);
+    assert_int_equal(waiting(fx->r), 0);
+    assert_int_equal(fake.revokes, 3);
+    assert_true(fake.revoked == 777);
+
+    registry_revoke_later(fx->r, "op-2", UNKNOWN_LEASE);
+    assert_int_equal(waiting(fx->r), 0);
+    assert_int_equal(fake.revokes, 4);
+}
+
+/* A Register that asks for a new lease (no lease_id). */
+static ferry_status_t register_new_lease(fixture_t *fx, const char *id)
+{
+    static const uint8_t md[] = {0x08, 0x01};
+    Ferry__V1__RdmaMetadata metadata = FERRY__V1__RDMA_METADATA__INIT;
+    Ferry__V1__RegisterRequest req = FERRY__V1__REGISTER_REQUEST__INIT;
+    coord_register_out_t out;
+    char msg[256];
+
+    metadata.kind = FERRY__V1__OPERATION_KIND__OPERATION_KIND_WRITE;
+    req.request_id = (char *)id;
+    req.metadata = &metadata;
+    req.owner = "test";
+    req.access_token = "";
+    req.lease_token = "";
+    return coord_register(fx->r, &req, md, sizeof(md), NULL, NULL, &out, msg, sizeof(msg));
+}
+
+/* The coordinator picks a new lease's ID: one that exists is picked again
+ * (a fresh one each time); a grant with no answer (it may have been
+ * applied) is revoked by the ID it asked for, and one etcd refused is not
+ * (it applied nothing); with no time left before the caller's deadline no
+ * grant is sent at all, and there is nothing to revoke. */
+static void test_new_leases_ids_and_failed_grants(void **state)
+{
+    fixture_t *fx = *state;
+    int64_t caller;
+
+    fake.grant_status[0] = fake.grant_status[1] = FERRY_ERR_FAILED_PRECONDITION;
+    assert_int_equal(register_new_lease(fx, "op-1"), FERRY_OK);
+    assert_int_equal(fake.grants, 3);
+    assert_true(fake.granted[0] > 0 && fake.granted[1] > 0 && fake.granted[2] > 0);
+    assert_true(fake.granted[0] != fake.granted[1] && fake.granted[1] != fake.granted[2]);
+    assert_int_equal(fake.revokes, 0);
+
+    memset(fake.grant_status, 0, sizeof(fake.grant_status));
+    fake.grants = 0;
+    fake.grant_status[0] = FERRY_ERR_UNAVAILABLE;
+    assert_int_equal(register_new_lease(fx, "op-2"), FERRY_ERR_UNAVAILABLE);
+    assert_int_equal(fake.revokes, 1);
+    assert_true(fake.revoked == fake.granted[0]);
+
+    fake.grants = 0;
+    fake.grant_status[0] = FERRY_ERR_RESOURCE_EXHAUSTED; /* etcd: too many requests */
+    assert_int_not_equal(register_new_lease(fx, "op-3"), FERRY_OK);
+    assert_int_equal(fake.revokes, 1);
+
+    fake.grants = 0;
+    caller = etcd_set_deadline(1); /* long past */
+    assert_int_equal(register_new_lease(fx, "op-4"), FERRY_ERR_TIMED_OUT);
+    etcd_set_deadline(caller);
+    assert_int_equal(fake.grants, 0);
+    assert_int_equal(fake.revokes, 1);
+    assert_false(stored("op-4"));
+}
+
 /* A removal that never reaches etcd gives up after a bounded number of
  * tries; nothing is left waiting. */
 static void test_removal_tries_are_bounded(void **state)
@@ -374,6 +519,8 @@ int main(void)
                                         teardown),
         cmocka_unit_test_setup_teardown(test_callers_token_record_is_left, setup, teardown),
         cmocka_unit_test_setup_teardown(test_unreachable_removal_goes_again, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_failed_calls_lease_is_revoked_again, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_new_leases_ids_and_failed_grants, setup, teardown),
         cmocka_unit_test_setup_teardown(test_removal_tries_are_bounded, setup, teardown),
         cmocka_unit_test_setup_teardown(test_waiting_removals_are_bounded, setup, teardown),
         cmocka_unit_test_setup_teardown(test_removal_spares_another_record, setup, teardown),

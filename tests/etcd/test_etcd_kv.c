@@ -471,6 +471,37 @@ static void test_thread_deadline_ends_requests(void **state)
     etcd_client_destroy(client);
 }
 
+/* A read over two members that never answer, with 1.5 s left to its
+ * caller: the first attempt has its full ETCD_ATTEMPT_MS and gets no
+ * answer, which is etcd's failure (counted so, and the member suspect),
+ * though the second attempt then runs out of the caller's time. */
+static void test_a_full_attempt_that_failed_is_etcds(void **state)
+{
+    frozen_etcd_t a, b;
+    char endpoints[160];
+    etcd_observer_t observer = {.request_done = observe_last};
+    etcd_range_t range;
+    (void)state;
+
+    frozen_etcd_start(&a, NULL);
+    frozen_etcd_start(&b, NULL);
+    snprintf(endpoints, sizeof(endpoints), "%s,%s", a.url, b.url);
+    etcd_params_t params = {.endpoints = endpoints,
+                            .timeout_ms = 30000,
+                            .kv_gateway = fixture_kv_gateway,
+                            .observer = &observer};
+    etcd_client_t *client = NULL;
+    assert_int_equal(etcd_client_create(&params, &client), FERRY_OK);
+    etcd_set_deadline(test_now_ms() + ETCD_ATTEMPT_MS + 500);
+    assert_int_equal(etcd_get(client, "k", 1, NULL, 0, 0, 0, &range), FERRY_ERR_UNAVAILABLE);
+    etcd_set_deadline(0);
+    assert_int_equal(observed, FERRY_ERR_UNAVAILABLE);
+    assert_true(atomic_load(&client->suspect_until[0]) != 0);
+    etcd_client_destroy(client);
+    frozen_etcd_stop(&b);
+    frozen_etcd_stop(&a);
+}
+
 /* The first endpoint accepts connections and never answers (a frozen
  * member). Reads and the ping move on to the next endpoint within the
  * timeout; a write that went to it fails (it is never sent twice), and the
@@ -665,6 +696,7 @@ int main(void)
         cmocka_unit_test(test_threads_share_a_client),
         cmocka_unit_test(test_hung_etcd_times_out),
         cmocka_unit_test(test_thread_deadline_ends_requests),
+        cmocka_unit_test(test_a_full_attempt_that_failed_is_etcds),
         cmocka_unit_test(test_frozen_first_endpoint),
         cmocka_unit_test(test_write_in_flight_is_not_replayed),
         cmocka_unit_test(test_write_is_not_resent_behind_one_address),
