@@ -266,8 +266,9 @@ static int teardown(void **state)
 
 /* A Register of `id` on the caller's lease; access_token "" lets the
  * coordinator pick one. */
-static ferry_status_t do_register_md(fixture_t *fx, const char *id, const char *access_token,
-                                     const uint8_t *md, size_t md_len)
+static ferry_status_t register_on(fixture_t *fx, const char *id, const char *access_token,
+                                  const uint8_t *md, size_t md_len, int64_t lease_id,
+                                  const char *lease_token)
 {
     Ferry__V1__RdmaMetadata metadata = FERRY__V1__RDMA_METADATA__INIT;
     Ferry__V1__RegisterRequest req = FERRY__V1__REGISTER_REQUEST__INIT;
@@ -279,9 +280,15 @@ static ferry_status_t do_register_md(fixture_t *fx, const char *id, const char *
     req.metadata = &metadata;
     req.owner = "test";
     req.access_token = (char *)access_token;
-    req.lease_id = LEASE;
-    req.lease_token = fx->lease_token;
+    req.lease_id = lease_id;
+    req.lease_token = (char *)lease_token;
     return coord_register(fx->r, &req, md, md_len, NULL, NULL, &out, msg, sizeof(msg));
+}
+
+static ferry_status_t do_register_md(fixture_t *fx, const char *id, const char *access_token,
+                                     const uint8_t *md, size_t md_len)
+{
+    return register_on(fx, id, access_token, md, md_len, LEASE, fx->lease_token);
 }
 
 static ferry_status_t do_register(fixture_t *fx, const char *id, const char *access_token)
@@ -392,19 +399,9 @@ static void test_failed_calls_lease_is_revoked_again(void **state)
 /* A Register that asks for a new lease (no lease_id). */
 static ferry_status_t register_new_lease(fixture_t *fx, const char *id)
 {
-    static const uint8_t md[] = {0x08, 0x01};
-    Ferry__V1__RdmaMetadata metadata = FERRY__V1__RDMA_METADATA__INIT;
-    Ferry__V1__RegisterRequest req = FERRY__V1__REGISTER_REQUEST__INIT;
-    coord_register_out_t out;
-    char msg[256];
+    static const uint8_t md[] = {0x08, 0x01}; /* version 1 */
 
-    metadata.kind = FERRY__V1__OPERATION_KIND__OPERATION_KIND_WRITE;
-    req.request_id = (char *)id;
-    req.metadata = &metadata;
-    req.owner = "test";
-    req.access_token = "";
-    req.lease_token = "";
-    return coord_register(fx->r, &req, md, sizeof(md), NULL, NULL, &out, msg, sizeof(msg));
+    return register_on(fx, id, "", md, sizeof(md), 0, "");
 }
 
 /* The coordinator picks a new lease's ID: one that exists is picked again

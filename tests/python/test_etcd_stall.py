@@ -257,7 +257,7 @@ class EtcdStall(unittest.TestCase):
         stub.Register(self.register_req("known"), timeout=WRITE_TIMEOUT)
         self.freeze()
         held = stub.Register.future(self.register_req("held"), timeout=WRITE_TIMEOUT)
-        wait_until(lambda: self.registers_in_flight(port) == 1, BOUND,
+        wait_until(lambda: self._registers_in_flight(port) == 1, BOUND,
                    "the held Register in flight")
         ids = [f"late{i}" for i in range(4)]
         futures = [stub.Register.future(self.register_req(rid), timeout=1) for rid in ids]
@@ -276,14 +276,6 @@ class EtcdStall(unittest.TestCase):
                 stub.Get(self.cpb.GetRequest(request_id=rid, linearizable=True),
                          timeout=WRITE_TIMEOUT)
             self.assertEqual(cm.exception.code(), grpc.StatusCode.NOT_FOUND, rid)
-
-    def registers_in_flight(self, port):
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
-            for line in r.read().decode().splitlines():
-                if line.startswith('ferry_rpc_in_flight{method="/ferry.v1.Coordinator/'
-                                   'Register"}'):
-                    return int(float(line.split()[-1]))
-        return 0
 
     def test_register_behind_a_stuck_transaction_hears_unavailable_in_its_time(self):
         """With etcd frozen, a Register leads a transaction that etcd holds
@@ -306,7 +298,7 @@ class EtcdStall(unittest.TestCase):
 
         self.freeze()
         first = stub.Register.future(on_lease("first"), timeout=WRITE_TIMEOUT)
-        wait_until(lambda: self.registers_in_flight(port) == 1, BOUND,
+        wait_until(lambda: self._registers_in_flight(port) == 1, BOUND,
                    "the first Register in flight")
         second = stub.Register.future(on_lease("second"), timeout=7)
         with self.assertRaises(grpc.RpcError) as cm:
@@ -333,14 +325,12 @@ class EtcdStall(unittest.TestCase):
             return self.cpb.RegisterRequest(request_id=rid, metadata=metadata(self.pb),
                                             access_token=TOKEN, owner="stall", **lease)
 
-        def registers_in_flight():
-            return self.registers_in_flight(port)
-
         self.freeze()
         first = stub.Register.future(on_lease("first"), timeout=WRITE_TIMEOUT)
         # "first" leads a transaction that frozen etcd holds; the next ones
         # queue behind it.
-        wait_until(lambda: registers_in_flight() == 1, BOUND, "the first Register in flight")
+        wait_until(lambda: self._registers_in_flight(port) == 1, BOUND,
+                   "the first Register in flight")
         ids = [f"queued{i}" for i in range(4)]
         futures = [stub.Register.future(on_lease(rid), timeout=1) for rid in ids]
         for f in futures:
@@ -353,7 +343,8 @@ class EtcdStall(unittest.TestCase):
                                                 grpc.StatusCode.UNAVAILABLE))
         # The server's deadline is a little after the client's: thaw once
         # it has ended those calls too.
-        wait_until(lambda: registers_in_flight() <= 1, BOUND, "the server to end the calls")
+        wait_until(lambda: self._registers_in_flight(port) <= 1, BOUND,
+                   "the server to end the calls")
         self.thaw()
         try:
             first.result(timeout=WRITE_TIMEOUT)
