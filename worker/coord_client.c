@@ -103,8 +103,8 @@ static ferry_status_t claim_read(const ferry_claim_params_t *p, claim_out_t *out
     return FERRY_OK;
 }
 
-/* How long a wait for a record pauses after an UNAVAILABLE answer before
- * it asks again: from the first pause to the last, doubling. Short, so that
+/* How long a wait for a record pauses after an UNAVAILABLE (or CANCELLED)
+ * answer before it asks again: from the first pause to the last, doubling. Short, so that
  * a wait moves on soon after a coordinator rollout; bounded, so that a wait
  * on a coordinator that stays away does not call it in a busy loop. */
 #define AWAIT_BACKOFF_MIN_MS 20
@@ -113,9 +113,12 @@ static ferry_status_t claim_read(const ferry_claim_params_t *p, claim_out_t *out
 /* Waits up to wait_ms for p's record to be registered, with a Lookup
  * (which needs no lease). A Lookup only reads, so asking again is always
  * safe: on UNAVAILABLE (a replica that is shutting down ends its parked
- * waits so; the channel to it failed) it asks again, through the same
- * channel, which reconnects (to another replica behind a Service), for as
- * long as wait_ms lasts. When wait_ms runs out that way, the wait ends as
+ * waits so; the channel to it failed), and on CANCELLED (gRPC's server
+ * cancels a call that reaches it after its shutdown began, as the wait's
+ * next Lookup may; a Lookup is never answered so otherwise, and this
+ * client never cancels one), it asks again, through the same channel,
+ * which reconnects (to another replica behind a Service), for as long as
+ * wait_ms lasts. When wait_ms runs out that way, the wait ends as
  * one that saw no record does, FERRY_ERR_TIMED_OUT (a caller that waits in
  * slices asks again), naming the last answer. */
 static ferry_status_t await_record(ferry_coordinator_t *coord, const ferry_claim_params_t *p,
@@ -136,7 +139,7 @@ static ferry_status_t await_record(ferry_coordinator_t *coord, const ferry_claim
             rpc_unary(coord->channel, COORD_PATH("Lookup"), &req.base,
                       &ferry__v1__lookup_response__descriptor,
                       (int64_t)coord->timeout_ms + req.wait_ms, (ProtobufCMessage **)&resp, err);
-        if (status != FERRY_ERR_UNAVAILABLE) {
+        if (status != FERRY_ERR_UNAVAILABLE && status != FERRY_ERR_CANCELLED) {
             break;
         }
         if (deadline - now_ms() <= backoff) {

@@ -6,6 +6,7 @@ Sizes 1 B to 64 MiB, 1 and 16 descriptors, numpy and torch. Then the
 coordinator's refusals: wrong token, unknown ID, a taken ID, cancel from
 either side."""
 import base64
+import concurrent.futures
 import json
 import os
 import signal
@@ -181,6 +182,40 @@ def test_a_long_wait_by_id_sees_signals(connector, coordinator):
             a.wait(30)
         op.wait(30)
     assert bytes(dst) == b"y" * 64
+
+
+def test_a_wait_by_id_goes_on_after_a_cancelled_lookup(sender):
+    """A wait's Lookup that the server cancels is tried again within the
+    wait, as an UNAVAILABLE one is (a Lookup is a read): gRPC's server
+    cancels a call that reaches a replica after its shutdown began, so a
+    writer's wait by ID ended Cancelled during a rollout, now and then
+    (test_a_wait_by_id_outlives_a_coordinator_restart under ASan). A
+    grpcio server stands in for the coordinator here, since no real one
+    cancels on cue: the first Lookup CANCELLED, the next NOT_FOUND."""
+    import grpc
+
+    lookups = []
+
+    def lookup(request, context):
+        lookups.append(request)
+        if len(lookups) == 1:
+            context.abort(grpc.StatusCode.CANCELLED, "server shutting down")
+        context.abort(grpc.StatusCode.NOT_FOUND, "no such request ID")
+
+    server = grpc.server(concurrent.futures.ThreadPoolExecutor(max_workers=2))
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+        "ferry.v1.Coordinator", {"Lookup": grpc.unary_unary_rpc_method_handler(
+            lookup, request_deserializer=bytes, response_serializer=bytes)}),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        with ferry.Coordinator(f"127.0.0.1:{port}") as coord:
+            with pytest.raises(ferry.NotFound):
+                sender.begin_write_by_id(coord, rid("cancelled"), TOKEN,
+                                         ferry.Descriptor(b"c" * 64), wait=10)
+    finally:
+        server.stop(None)
+    assert len(lookups) == 2
 
 
 def test_a_wait_by_id_outlives_a_coordinator_restart(connector, sender, tmp_path):
