@@ -54,6 +54,33 @@ static void test_grant_with_an_id(void **state)
     assert_int_equal(etcd_lease_grant(fx->client, 30, -1, &lease, NULL), FERRY_ERR_MISUSE);
 }
 
+/* A grant's reply is etcd's, or whatever answers at its address (here a
+ * member that answers once, then dies): one that names another lease than
+ * the ID asked for, none, 0 or not a number is refused as malformed, and
+ * the caller is given no lease. */
+static void test_grant_reply_without_the_id_asked_for(void **state)
+{
+    static const char *const replies[] = {
+        "{\"ID\":\"5\",\"TTL\":\"30\"}",  /* another lease */
+        "{\"TTL\":\"30\"}",               /* none */
+        "{\"ID\":\"0\",\"TTL\":\"30\"}",  /* no lease */
+        "{\"ID\":\"x7\",\"TTL\":\"30\"}", /* not a number */
+    };
+    (void)state;
+
+    for (size_t i = 0; i < sizeof(replies) / sizeof(replies[0]); i++) {
+        frozen_etcd_t f;
+        int64_t lease = -1;
+
+        dying_etcd_start(&f, replies[i], false);
+        etcd_client_t *client = fixture_client(f.url, 2000);
+        assert_int_equal(etcd_lease_grant(client, 30, 7, &lease, NULL), FERRY_ERR_PROTOCOL);
+        assert_true(lease == -1);
+        etcd_client_destroy(client);
+        frozen_etcd_stop(&f);
+    }
+}
+
 static void test_grant_keepalive_revoke(void **state)
 {
     fixture_t *fx = *state;
@@ -121,6 +148,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_grant_keepalive_revoke),
         cmocka_unit_test(test_grant_with_an_id),
+        cmocka_unit_test(test_grant_reply_without_the_id_asked_for),
         cmocka_unit_test(test_put_with_unknown_lease),
         cmocka_unit_test(test_expiry_by_ttl),
     };
