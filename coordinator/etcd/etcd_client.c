@@ -144,12 +144,23 @@ void etcd__set_error(const char *fmt, ...)
     va_end(ap);
 }
 
-void etcd__error_cut(void)
+bool etcd__tries_end(ferry_status_t status, bool cut, bool etcds)
 {
     char was[sizeof(etcd_last_error)];
 
-    snprintf(was, sizeof(was), "%s", etcd_last_error);
-    etcd__set_error("%s (the time left before the caller's deadline)", was);
+    if (status != FERRY_ERR_UNAVAILABLE) {
+        etcd__ran_out = false;
+        return false;
+    }
+    if (cut) {
+        snprintf(was, sizeof(was), "%s", etcd_last_error);
+        etcd__set_error("%s (the time left before the caller's deadline)", was);
+    }
+    etcd__ran_out = etcd__ran_out && !etcds;
+    if (etcd__ran_out) {
+        ferry_debug("etcd: no answer in the caller's time: %s", etcd_last_error);
+    }
+    return !etcd__ran_out;
 }
 
 void etcd__clear_error(void)
@@ -768,20 +779,15 @@ ferry_status_t etcd__call_raw(etcd_client_t *client, CURL *handle, const char *p
                               reply_p);
         etcds = etcds || (status != FERRY_OK && !etcd__ran_out);
     }
-    if (status == FERRY_ERR_UNAVAILABLE && cut) {
-        etcd__error_cut();
-    }
-    etcd__ran_out = etcd__ran_out && !etcds && status == FERRY_ERR_UNAVAILABLE;
-    if (etcd__ran_out) {
-        ferry_debug("etcd: no answer in the caller's time: %s", etcd_last_error);
-    } else if (status == FERRY_ERR_UNAVAILABLE &&
-               (flags & (ETCD_CALL_PROBE | ETCD_CALL_INNER)) != 0) {
+    if (etcd__tries_end(status, cut, etcds)) {
         /* A health probe's caller logs when health changes: a warning per
          * probe would repeat it every interval while etcd is down. An inner
          * call's request logs its own outcome. */
-        ferry_debug("etcd: unavailable: %s", etcd_last_error);
-    } else if (status == FERRY_ERR_UNAVAILABLE) {
-        ferry_warn("etcd: unavailable: %s", etcd_last_error);
+        if ((flags & (ETCD_CALL_PROBE | ETCD_CALL_INNER)) != 0) {
+            ferry_debug("etcd: unavailable: %s", etcd_last_error);
+        } else {
+            ferry_warn("etcd: unavailable: %s", etcd_last_error);
+        }
     }
     free(order);
     return status;

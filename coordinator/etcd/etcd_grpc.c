@@ -217,13 +217,7 @@ static ferry_status_t etcd_grpc_call_token(etcd_client_t *client, const char *pa
                                    flags, short_ms, attempt_ms, &next, reply_p);
         etcds = etcds || (status != FERRY_OK && !etcd__ran_out);
     }
-    if (status == FERRY_ERR_UNAVAILABLE && cut) {
-        etcd__error_cut();
-    }
-    etcd__ran_out = etcd__ran_out && !etcds && status == FERRY_ERR_UNAVAILABLE;
-    if (etcd__ran_out) {
-        ferry_debug("etcd: no answer in the caller's time: %s", etcd_client_last_error());
-    } else if (status == FERRY_ERR_UNAVAILABLE) {
+    if (etcd__tries_end(status, cut, etcds)) {
         ferry_warn("etcd: unavailable: %s", etcd_client_last_error());
     }
     free(order);

@@ -355,9 +355,14 @@ void etcd__observe(etcd_client_t *client, const char *path, ferry_status_t statu
  * thread's deadline (etcd_set_deadline) when that is sooner: <= 0 when
  * nothing is, and the request is not sent. *cut_p: it was cut. */
 int64_t etcd__budget_ms(int64_t budget_ms, bool *cut_p);
-/* Adds to the thread's error that the request had only the time left
- * before the caller's deadline (a request etcd__budget_ms cut). */
-void etcd__error_cut(void);
+/* Ends a request's tries with `status`: when it is FERRY_ERR_UNAVAILABLE,
+ * adds to the thread's error that the request had only the time left before
+ * its caller's deadline (cut: etcd__budget_ms cut it), and settles
+ * etcd__ran_out (its last attempt ran out of that time, and no attempt that
+ * had the time to be answered failed: `etcds` false), logging such a
+ * failure at debug. True when the failure is etcd's, for the caller to warn
+ * of; false for success, any other status, or the caller's time. */
+bool etcd__tries_end(ferry_status_t status, bool cut, bool etcds);
 
 /* --- etcd_grpc.c ------------------------------------------------------ */
 
