@@ -807,7 +807,7 @@ ferry_status_t coord_registry_create(const coord_registry_params_t *params,
         status = FERRY_ERR_NO_MEMORY;
         goto err_cond;
     }
-    if (pthread_cond_init(&r->lease_key_cond, NULL) != 0) {
+    if (ferry__cond_init_clock(&r->lease_key_cond, CLOCK_MONOTONIC) != 0) {
         ferry_error("registry: pthread_cond_init failed");
         pthread_mutex_destroy(&r->lease_key_lock);
         status = FERRY_ERR_NO_MEMORY;

@@ -218,7 +218,8 @@ int64_t registry_now_ms(void);
 
 /* Loads (or, first of all replicas, makes) the key lease tokens derive from.
  * FERRY_OK at once when it is loaded; FERRY_ERR_UNAVAILABLE while etcd is
- * unreachable. */
+ * unreachable; FERRY_ERR_TIMED_OUT when the thread's etcd deadline passed
+ * while it waited for another thread's load. */
 ferry_status_t registry_lease_key_load(coord_registry_t *r);
 
 /* registry_lease_key_load for a call that needs the key: UNAVAILABLE with a

@@ -34,7 +34,8 @@
  * Threads: any. One thread loads at a time, without `lease_key_lock` held
  * across the etcd transaction; others that need the key meanwhile wait on
  * `lease_key_cond` for that load's outcome (so a frozen etcd costs them one
- * timeout, not one each in turn). `lease_key_ready` (release/acquire)
+ * timeout, not one each in turn), or until their own etcd deadline
+ * (etcd_set_deadline) when that comes first. `lease_key_ready` (release/acquire)
  * publishes `lease_key` and `lease_mac`, which are never written after;
  * `lease_mac` is only duplicated (OpenSSL's const, read-only use, which
  * any number of threads may make at once).
@@ -151,10 +152,14 @@ ferry_status_t registry_lease_key_load(coord_registry_t *r)
     if (r->lease_key_loading) {
         /* Another thread is asking etcd: take its outcome. */
         unsigned long round = r->lease_key_round;
-        while (r->lease_key_loading && r->lease_key_round == round) {
-            pthread_cond_wait(&r->lease_key_cond, &r->lease_key_lock);
+        bool waited = true;
+        while (r->lease_key_loading && r->lease_key_round == round && waited) {
+            waited = etcd_cond_wait(&r->lease_key_cond, &r->lease_key_lock);
         }
-        if (!atomic_load_explicit(&r->lease_key_ready, memory_order_acquire)) {
+        if (!waited) {
+            /* The load goes on for the others; this caller stops waiting. */
+            status = FERRY_ERR_TIMED_OUT;
+        } else if (!atomic_load_explicit(&r->lease_key_ready, memory_order_acquire)) {
             status = r->lease_key_status != FERRY_OK ? r->lease_key_status : FERRY_ERR_UNAVAILABLE;
         }
     } else if (!atomic_load_explicit(&r->lease_key_ready, memory_order_acquire)) {
@@ -190,6 +195,11 @@ ferry_status_t registry_lease_ready(coord_registry_t *r, char *msg, size_t cap)
 
     if (status == FERRY_ERR_UNAVAILABLE) {
         return registry_etcd_fail(status, msg, cap, "read of the lease key");
+    }
+    if (status == FERRY_ERR_TIMED_OUT) {
+        return registry_fail(FERRY_ERR_UNAVAILABLE, msg, cap,
+                             "etcd read of the lease key (another call's) did not end in the time "
+                             "left before this call's deadline; retry");
     }
     if (status != FERRY_OK) {
         return registry_fail(FERRY_ERR_UNAVAILABLE, msg, cap,

@@ -37,6 +37,7 @@
 #ifndef FERRY_COORD_ETCD_H
 #define FERRY_COORD_ETCD_H
 
+#include <pthread.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -105,6 +106,12 @@ const char *etcd_client_last_error(void);
 int64_t etcd_set_deadline(int64_t deadline_ms);
 /* The calling thread's deadline (etcd_set_deadline); 0: none. */
 int64_t etcd_get_deadline(void);
+/* Waits on `cond` (made with CLOCK_MONOTONIC), `lock` held, until it is
+ * signalled or the calling thread's deadline passes: for a call that waits
+ * on another thread's request to etcd, which has no such deadline. False:
+ * the deadline had passed (the caller gives up). Wakes spuriously, as
+ * pthread_cond_wait: the caller checks its condition in a loop. */
+bool etcd_cond_wait(pthread_cond_t *cond, pthread_mutex_t *lock);
 
 /* Logs a warning naming the client certificate (params.cert_file) when it
  * has expired or is not valid yet, with the time, so that an etcd that

@@ -17,7 +17,8 @@
  * meanwhile wait on auth_cond for that one's result (a token, or its
  * failure, which they return too), so a burst of requests with an expired
  * token authenticates once, and a frozen etcd holds only the threads that
- * need a token, never one that only reads the client's state.
+ * need a token, never one that only reads the client's state. A waiting
+ * thread waits no longer than its own deadline (etcd_set_deadline).
  */
 #include "coordinator/etcd/etcd_int.h"
 
@@ -110,10 +111,17 @@ ferry_status_t etcd__auth_token(etcd_client_t *client, CURL *handle, char **toke
     if (client->token == NULL && client->auth_busy) {
         /* Another thread is asking etcd: take its outcome. */
         unsigned long round = client->auth_round;
-        while (client->auth_busy && client->auth_round == round) {
-            pthread_cond_wait(&client->auth_cond, &client->auth_lock);
+        bool waited = true;
+        while (client->auth_busy && client->auth_round == round && waited) {
+            waited = etcd_cond_wait(&client->auth_cond, &client->auth_lock);
         }
-        if (client->token == NULL) {
+        if (!waited) {
+            /* The login goes on for the others; this caller stops waiting. */
+            status = FERRY_ERR_UNAVAILABLE;
+            etcd__set_error("etcd's authentication, which another request started, did not end "
+                            "in the time left before the caller's deadline");
+            etcd__ran_out = true;
+        } else if (client->token == NULL) {
             status = client->auth_status != FERRY_OK ? client->auth_status : FERRY_ERR_UNAVAILABLE;
             etcd__set_error("%s", client->auth_error);
         }

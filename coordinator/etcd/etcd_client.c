@@ -87,6 +87,21 @@ int64_t etcd_get_deadline(void)
     return etcd_deadline_ms;
 }
 
+bool etcd_cond_wait(pthread_cond_t *cond, pthread_mutex_t *lock)
+{
+    if (etcd_deadline_ms == 0) {
+        pthread_cond_wait(cond, lock);
+        return true;
+    }
+    int64_t left = etcd_deadline_ms - etcd_now_ms();
+    if (left <= 0) {
+        return false;
+    }
+    struct timespec until = ferry__clock_in_ms(CLOCK_MONOTONIC, left);
+    pthread_cond_timedwait(cond, lock, &until);
+    return true;
+}
+
 int64_t etcd__budget_ms(int64_t budget_ms, bool *cut_p)
 {
     int64_t left = etcd_deadline_ms != 0 ? etcd_deadline_ms - etcd_now_ms() : INT64_MAX;
@@ -281,7 +296,7 @@ ferry_status_t etcd_client_create(const etcd_params_t *params, etcd_client_t **c
         free(client);
         return FERRY_ERR_NO_MEMORY;
     }
-    if (pthread_cond_init(&client->auth_cond, NULL) != 0) {
+    if (ferry__cond_init_clock(&client->auth_cond, CLOCK_MONOTONIC) != 0) {
         pthread_mutex_destroy(&client->auth_lock);
         pthread_mutex_destroy(&client->pool_lock);
         free(client);

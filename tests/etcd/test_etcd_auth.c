@@ -13,6 +13,7 @@
 #include <stdint.h>
 #include <setjmp.h>
 #include <cmocka.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -258,6 +259,71 @@ static void test_frozen_member_authenticates_once(void **state)
     frozen_etcd_stop(&frozen);
 }
 
+static void *auth_get_alone(void *arg)
+{
+    auth_thread_t *t = arg;
+    etcd_range_t range;
+
+    t->status = etcd_get(t->client, "auth/x", 6, NULL, 0, 0, 0, &range);
+    if (t->status == FERRY_OK) {
+        etcd_range_free(&range);
+    }
+    return NULL;
+}
+
+/* A request that needs a token while another thread authenticates waits
+ * for that one's outcome only until its own deadline: here the login
+ * would take the client's whole 30 s (a frozen member), and the second
+ * request ends with the login still going on, UNAVAILABLE and counted as
+ * the caller's time (etcd__ran_out), not etcd's failure. It used to wait
+ * for the login's end. */
+static void test_waiting_for_a_login_ends_by_the_deadline(void **state)
+{
+    frozen_etcd_t frozen;
+    pthread_t first;
+    auth_thread_t arg;
+    etcd_range_t range;
+    (void)state;
+
+    frozen_etcd_start(&frozen, NULL);
+    etcd_params_t params = {.endpoints = frozen.url,
+                            .timeout_ms = 30000,
+                            .username = "root",
+                            .password = "secret",
+                            .kv_gateway = fixture_kv_gateway};
+    etcd_client_t *client = NULL;
+    assert_int_equal(etcd_client_create(&params, &client), FERRY_OK);
+    arg = (auth_thread_t){.client = client};
+    assert_int_equal(pthread_create(&first, NULL, auth_get_alone, &arg), 0);
+    long long until = test_now_ms() + WAIT_MS;
+    bool busy = false;
+    while (!busy && test_now_ms() < until) {
+        pthread_mutex_lock(&client->auth_lock);
+        busy = client->auth_busy;
+        pthread_mutex_unlock(&client->auth_lock);
+        if (!busy) {
+            poll(NULL, 0, 5); /* waiting for the condition, with a deadline */
+        }
+    }
+    assert_true(busy);
+
+    etcd_set_deadline(test_now_ms() + 200);
+    ferry_status_t status = etcd_get(client, "auth/x", 6, NULL, 0, 0, 0, &range);
+    etcd_set_deadline(0);
+    pthread_mutex_lock(&client->auth_lock);
+    busy = client->auth_busy;
+    pthread_mutex_unlock(&client->auth_lock);
+    assert_int_equal(status, FERRY_ERR_UNAVAILABLE);
+    assert_true(busy); /* the first thread's login goes on */
+    assert_true(etcd__ran_out);
+    assert_non_null(strstr(etcd_client_last_error(), "deadline"));
+
+    frozen_etcd_stop(&frozen); /* resets the login's connection */
+    pthread_join(first, NULL);
+    assert_int_equal(arg.status, FERRY_ERR_UNAVAILABLE);
+    etcd_client_destroy(client);
+}
+
 /* Runs a program (argv NULL-terminated); asserts it exits 0. */
 static void run_ok(char *const argv[], const char *log)
 {
@@ -321,6 +387,7 @@ int main(void)
         cmocka_unit_test(test_token_renewed_after_restart),
         cmocka_unit_test(test_frozen_member_authenticates_once),
         cmocka_unit_test(test_authentication_has_the_clients_time),
+        cmocka_unit_test(test_waiting_for_a_login_ends_by_the_deadline),
     };
     const struct CMUnitTest jwt_tests[] = {
         cmocka_unit_test(test_token_renewed_after_an_auth_change),
