@@ -734,24 +734,32 @@ static ferry_status_t etcd_watch_wait_created(etcd_watch_t *watch)
 
 /* etcd 3.4 answers a watch from a compacted revision with "created" first
  * and "canceled" right after, so "created" alone does not prove the start
- * revision is still there. A one-key read at that revision does: it fails
- * with "compacted" (FERRY_ERR_OUT_OF_RANGE) exactly when the watch would. A
- * start revision in the future is fine for a watch (it waits), so that
- * error of the read is not one. */
+ * revision is still there. A one-key read does. It reads at the revision
+ * before the start (the caller's last read, so etcd has reached it): the
+ * start itself is in the future when nothing was written since, which etcd
+ * refuses as a read (INVALID_ARGUMENT, a request error in the metrics at
+ * every watch start) though a watch from it is fine (it waits). Only when
+ * the revision before is compacted ("compacted", FERRY_ERR_OUT_OF_RANGE)
+ * does the start decide: a compaction at exactly the start leaves it, and
+ * the watch, good. */
 static ferry_status_t etcd_watch_check_start(etcd_client_t *client,
                                              const etcd_watch_params_t *params)
 {
-    if (params->start_revision == 0) {
+    if (params->start_revision <= 1) {
         return FERRY_OK;
     }
     etcd_range_t range;
-    ferry_status_t status = etcd_get(client, params->key, params->key_len, params->range_end,
-                                     params->range_end_len, 1, params->start_revision, &range);
-    if (status == FERRY_OK) {
-        etcd_range_free(&range);
+    ferry_status_t status = FERRY_ERR_OUT_OF_RANGE;
+    for (int64_t at = params->start_revision - 1;
+         status == FERRY_ERR_OUT_OF_RANGE && at <= params->start_revision; at++) {
+        status = etcd_get(client, params->key, params->key_len, params->range_end,
+                          params->range_end_len, 1, at, &range);
+        if (status == FERRY_OK) {
+            etcd_range_free(&range);
+        }
     }
     if (status == FERRY_ERR_INVALID_ARGUMENT) {
-        etcd__clear_error();
+        etcd__clear_error(); /* a future start after all (etcd went back?) */
         return FERRY_OK;
     }
     return status;

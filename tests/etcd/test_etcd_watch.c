@@ -148,6 +148,68 @@ static void test_compacted_start_is_expired(void **state)
     recorder_fini(&rec);
 }
 
+static int request_errors; /* requests the observer saw fail */
+
+static void count_errors(void *arg, const char *path, ferry_status_t status, int64_t duration_ns)
+{
+    (void)arg;
+    (void)path;
+    (void)duration_ns;
+    request_errors += status != FERRY_OK;
+}
+
+/* A watch from the revision after the last write (the view's start, when
+ * nothing was written since its load) starts without a failed request: its
+ * start check used to read at that future revision, which etcd refuses,
+ * and the metrics counted an `invalid_argument` at every watch start. A
+ * compaction at exactly the start revision leaves the watch good; one past
+ * it does not. */
+static void test_start_checks_fail_no_request(void **state)
+{
+    fixture_t *fx = *state;
+    etcd_observer_t observer = {.request_done = count_errors};
+    etcd_params_t params = {.endpoints = fx->etcd.endpoint,
+                            .timeout_ms = 10000,
+                            .kv_gateway = fixture_kv_gateway,
+                            .observer = &observer};
+    etcd_client_t *client = NULL;
+    assert_int_equal(etcd_client_create(&params, &client), FERRY_OK);
+    int64_t r1 = fixture_put(client, "w5/a", "1", 0);
+
+    recorder_t rec;
+    recorder_init(&rec);
+    uint8_t *end;
+    request_errors = 0;
+    etcd_watch_t *watch = watch_prefix(client, "w5/", r1 + 1, &rec, &end);
+    assert_int_equal(request_errors, 0);
+    int64_t r2 = fixture_put(client, "w5/a", "2", 0);
+    assert_true(recorder_wait_events(&rec, 1, WAIT_MS));
+    assert_int_equal(rec.events[0].mod_revision, r2);
+    etcd_watch_destroy(watch);
+    recorder_fini(&rec);
+    free(end);
+
+    /* Compacted at the start itself: the watch starts and sees r3. */
+    int64_t r3 = fixture_put(client, "w5/a", "3", 0);
+    compact(fx->etcd.endpoint, r3);
+    recorder_init(&rec);
+    watch = watch_prefix(client, "w5/", r3, &rec, &end);
+    assert_true(recorder_wait_events(&rec, 1, WAIT_MS));
+    assert_int_equal(rec.events[0].mod_revision, r3);
+    etcd_watch_destroy(watch);
+    recorder_fini(&rec);
+    free(end);
+    /* Compacted past it: expired. */
+    etcd_watch_params_t past = {.key = "w5/a", .key_len = 4, .start_revision = r2};
+    recorder_init(&rec);
+    recorder_params(&rec, &past);
+    watch = NULL;
+    assert_int_equal(etcd_watch_create(client, &past, &watch), FERRY_ERR_OUT_OF_RANGE);
+    assert_null(watch);
+    recorder_fini(&rec);
+    etcd_client_destroy(client);
+}
+
 static void test_unreachable_watch_fails(void **state)
 {
     (void)state;
@@ -367,6 +429,7 @@ int main(void)
         cmocka_unit_test(test_events_from_revision_in_order),
         cmocka_unit_test(test_txn_is_one_call),
         cmocka_unit_test(test_compacted_start_is_expired),
+        cmocka_unit_test(test_start_checks_fail_no_request),
         cmocka_unit_test(test_unreachable_watch_fails),
         cmocka_unit_test(test_reconnects_after_restart),
 #ifdef FIXTURE_KV_GATEWAY
