@@ -491,7 +491,9 @@ class Region(_ferry._Region):
     def descriptor(self, offset: int = 0, size: Optional[int] = None) -> Descriptor:
         """A Descriptor of ``size`` bytes at ``offset`` (default: the rest of
         the region). It keeps the region alive; an operation on it after
-        the region is closed is refused (Misuse)."""
+        the region is closed is refused (Misuse), and so is one of another
+        connector, or a register_memory (InvalidArgument: give those
+        ``memoryview(region)``, which keeps the region open)."""
         offset = int(offset)
         size = self.size - offset if size is None else int(size)
         if offset < 0 or offset > self.size:
@@ -951,7 +953,8 @@ class Connector(_ferry._Connector):
         buffer exported, so a bytearray cannot resize) until it is closed.
         Every operation on memory inside it then registers nothing of its
         own. AlreadyExists when it overlaps a region of this connector;
-        read-only memory is refused (InvalidArgument)."""
+        read-only memory, and a Region's descriptor, are refused
+        (InvalidArgument)."""
         desc = buffer if isinstance(buffer, _ferry._Descriptor) else Descriptor(buffer)
         return self._register(desc, Region)
 

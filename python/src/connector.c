@@ -506,8 +506,9 @@ static PyObject *connector_drain(PyObject *obj, PyObject *unused)
  * array of stack_n when it holds them, else one PyMem_Malloc'd in its place,
  * which the caller frees) and pinned, *keep_p getting the tuple of
  * descriptors. Returns -1 with an exception set, having pinned nothing. */
-static int connector_descs_take(PyObject *seq, bool need_writable, Py_ssize_t stack_n,
-                                ferry_descriptor_t **descs_p, Py_ssize_t *n_p, PyObject **keep_p)
+static int connector_descs_take(pyferry_connector_t *self, PyObject *seq, bool need_writable,
+                                Py_ssize_t stack_n, ferry_descriptor_t **descs_p, Py_ssize_t *n_p,
+                                PyObject **keep_p)
 {
     Py_ssize_t n = pyferry_descs_count(seq);
 
@@ -524,7 +525,7 @@ static int connector_descs_take(PyObject *seq, bool need_writable, Py_ssize_t st
     if (pyferry_descs_fill(seq, need_writable, *descs_p, n, keep_p) < 0) {
         return -1;
     }
-    if (pyferry_descs_pin(*keep_p) < 0) {
+    if (pyferry_descs_pin(*keep_p, self, false) < 0) {
         Py_CLEAR(*keep_p);
         return -1;
     }
@@ -558,7 +559,7 @@ static PyObject *connector_create(PyObject *obj, PyObject *args)
     }
     result = pyferry_op_make(cls, self);
     if (result == NULL ||
-        connector_descs_take(seq, kind == PYFERRY_WRITABLE || kind == PYFERRY_READ,
+        connector_descs_take(self, seq, kind == PYFERRY_WRITABLE || kind == PYFERRY_READ,
                              CONNECTOR_STACK_DESCS, &descs, &n, &keep) < 0) {
         goto err_result;
     }
@@ -657,8 +658,8 @@ static PyObject *connector_begin_by_id(PyObject *obj, PyObject *args)
         return NULL;
     }
     result = pyferry_op_make(cls, self);
-    if (result == NULL || connector_descs_take(seq, kind == PYFERRY_READ, CONNECTOR_STACK_DESCS,
-                                               &descs, &n, &keep) < 0) {
+    if (result == NULL || connector_descs_take(self, seq, kind == PYFERRY_READ,
+                                               CONNECTOR_STACK_DESCS, &descs, &n, &keep) < 0) {
         goto err_result;
     }
     params.request_id = request_id;
@@ -801,7 +802,7 @@ static PyObject *connector_register(PyObject *obj, PyObject *args)
     pyferry_connector_reap(self);
     /* Checked again after the Python code and the GIL let go of above, then
      * pinned and counted at once. */
-    if (connector_check_open(self) < 0 || pyferry_descs_pin(keep) < 0) {
+    if (connector_check_open(self) < 0 || pyferry_descs_pin(keep, self, true) < 0) {
         goto err_keep;
     }
     self->live_regions++;

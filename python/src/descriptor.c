@@ -327,10 +327,10 @@ static pyferry_region_t *desc_region(PyObject *item)
     return PyObject_TypeCheck(owner, pyferry_region_type) ? (pyferry_region_t *)owner : NULL;
 }
 
-int pyferry_descs_pin(PyObject *keep)
+int pyferry_descs_pin(PyObject *keep, pyferry_connector_t *conn, bool to_register)
 {
     Py_ssize_t n = PyTuple_Size(keep);
-    char msg[160];
+    char msg[320];
 
     for (Py_ssize_t i = 0; i < n; i++) {
         pyferry_region_t *r = desc_region(PyTuple_GetItem(keep, i));
@@ -338,6 +338,14 @@ int pyferry_descs_pin(PyObject *keep)
             snprintf(msg, sizeof(msg),
                      "descriptor %zd: its region is closed (its memory is deregistered)", i);
             pyferry_raise(FERRY_ERR_MISUSE, msg);
+            return -1;
+        }
+        if (r != NULL && (r->connector != conn || to_register)) {
+            snprintf(msg, sizeof(msg),
+                     "descriptor %zd: its memory is a Region of %s Connector; pass a view of "
+                     "the region (memoryview(region)), which keeps it open while in use",
+                     i, r->connector != conn ? "another" : "this");
+            pyferry_raise(FERRY_ERR_INVALID_ARGUMENT, msg);
             return -1;
         }
     }

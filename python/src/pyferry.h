@@ -218,11 +218,15 @@ int pyferry_descs_fill(PyObject *seq, bool need_writable, ferry_descriptor_t *ou
                        PyObject **keep_p);
 
 /* Around a libferry call with the GIL released that takes the descriptors
- * of keep (a tuple of _Descriptor): refuses (Misuse, naming the descriptor)
- * when one's region is closed, else pins every region so that close() from
- * another thread refuses meanwhile. Returns -1 with an exception set, and
- * then pins nothing. */
-int pyferry_descs_pin(PyObject *keep);
+ * of keep (a tuple of _Descriptor) for connector `conn`: refuses (Misuse,
+ * naming the descriptor) when one's region is closed, and (InvalidArgument)
+ * when it is another connector's, or any region's where `conn` is to
+ * register the memory as a region of its own: libferry holds a region only
+ * for its own connector's operations, so the other's close() would free the
+ * memory under them. Else pins every region so that close() from another
+ * thread refuses meanwhile. Returns -1 with an exception set, and then pins
+ * nothing. */
+int pyferry_descs_pin(PyObject *keep, pyferry_connector_t *conn, bool to_register);
 void pyferry_descs_unpin(PyObject *keep);
 
 /* Spec-building entry points, one per file. */

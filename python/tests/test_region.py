@@ -313,6 +313,44 @@ def test_use_after_close(connector, sender):
     assert "closed" in repr(r)
 
 
+def test_a_region_of_another_connector_is_refused(connector, sender):
+    """libferry holds a region for its own connector's operations only: an
+    operation of another connector over a Region's descriptor, or a region
+    made over it, would leave the owner's close() free to free the memory
+    under them (a peer's write then landed in unmapped memory, a segfault).
+    Both are refused, naming the descriptor and what to pass instead; a
+    memoryview of the region works there, and keeps the region open while
+    the operation lives. Registering a Region's memory as a region again is
+    refused on its own connector too."""
+    r = connector.allocate(8192)
+    with pytest.raises(ferry.InvalidArgument, match="descriptor 0: .*Region of another "
+                       "Connector.*memoryview"):
+        sender.create_writable(r.descriptor())
+    with pytest.raises(ferry.InvalidArgument, match="descriptor 1: .*another Connector"):
+        sender.create_readable([ferry.Descriptor(bytearray(8)), ferry.Descriptor(r)])
+    theirs = sender.allocate(4096)
+    with connector.create_writable(ferry.Descriptor(bytearray(4096))) as w:
+        with pytest.raises(ferry.InvalidArgument, match="another Connector"):
+            connector.begin_write(theirs, w.metadata())
+    theirs.close()
+    for c, whose in ((sender, "another"), (connector, "this")):
+        with pytest.raises(ferry.InvalidArgument, match=f"Region of {whose} Connector"):
+            c.register_memory(r.descriptor(0, 4096))
+    # Through a view: the operation's descriptor holds an export of the
+    # region, which refuses to close meanwhile, and the bytes land in it.
+    with sender.create_writable(ferry.Descriptor(memoryview(r)[:4096])) as w:
+        with pytest.raises(BufferError):
+            r.close()
+        with connector.begin_write(ferry.Descriptor(b"x" * 4096), w.metadata()) as a:
+            a.wait(30)
+        w.wait(30)
+    del w
+    gc.collect()
+    assert bytes(memoryview(r)[:4096]) == b"x" * 4096
+    r.close()
+    assert r.closed
+
+
 def test_connector_kept_alive_and_refuses_to_close_before_regions():
     c = ferry.Connector("region-owner")
     ref = weakref.ref(c)
