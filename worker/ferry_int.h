@@ -521,6 +521,12 @@ struct ferry_op {
     /* Set (under connector->lock) when state becomes final; read without
      * the lock by a waiter that spins before it sleeps on cond. */
     atomic_bool final;
+    /* `state` as last moved (release, after error_code and error_message),
+     * for ferry_op_status and ferry_op_error, which read it without the
+     * lock: the lock may be held across a long ucp_mem_map or unmap (a
+     * large region's), and a caller polling the status (Python, with the
+     * GIL held) would wait that long. A final state is the last. */
+    _Atomic int public_state;
 
     /* Under connector->lock. */
     ferry__op_state_t state;

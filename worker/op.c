@@ -209,6 +209,7 @@ bool ferry__op_move(ferry_op_t *op, ferry__op_state_t to, ferry_status_t code, c
         ferry_utf8_vformat(op->error_message, sizeof(op->error_message), fmt, ap);
         va_end(ap);
     }
+    atomic_store_explicit(&op->public_state, (int)to, memory_order_release);
     if (to == FERRY__OP_ERRORED) {
         ferry_warn("%s: %s -> ERRORED: %s (%s)", op->label, ferry__op_step_name(from),
                    op->error_message, ferry_status_name(op->error_code));
@@ -252,6 +253,7 @@ ferry_status_t ferry__op_alloc(ferry_connector_t *c, ferry__op_kind_t kind,
         kind == FERRY__KIND_WRITABLE || kind == FERRY__KIND_READABLE ? &passive_role : &active_role;
     op->refs = 1;
     op->state = FERRY__OP_NEW;
+    atomic_init(&op->public_state, (int)FERRY__OP_NEW);
     op->listeners_tail = &op->listeners;
     ferry__lock(c);
     op->id = c->next_op_id++;
@@ -373,27 +375,27 @@ static ferry_op_status_t public_status(ferry__op_state_t s)
     return ferry__op_state_status(phase_of(s));
 }
 
+/* The state as last moved, without the lock (public_state). */
+static ferry__op_state_t published_state(const ferry_op_t *op)
+{
+    return (ferry__op_state_t)atomic_load_explicit(&op->public_state, memory_order_acquire);
+}
+
 ferry_op_status_t ferry_op_status(const ferry_op_t *op)
 {
-    ferry_connector_t *c = op->connector;
-    ferry_op_status_t status;
-
-    ferry__lock(c);
-    status = public_status(op->state);
-    ferry__unlock(c);
-    return status;
+    return public_status(published_state(op));
 }
 
 ferry_status_t ferry_op_error(const ferry_op_t *op, const char **message_p)
 {
-    ferry_connector_t *c = op->connector;
+    ferry__op_state_t state = published_state(op);
     ferry_status_t code = FERRY_OK;
 
-    ferry__lock(c);
-    if (op->state == FERRY__OP_ERRORED || op->state == FERRY__OP_CANCELLED) {
+    /* Final: error_code and error_message were written before, and never
+     * are again. */
+    if (state == FERRY__OP_ERRORED || state == FERRY__OP_CANCELLED) {
         code = op->error_code;
     }
-    ferry__unlock(c);
     if (message_p != NULL) {
         *message_p = code == FERRY_OK ? "" : op->error_message;
     }

@@ -513,7 +513,8 @@ FERRY_API ferry_status_t ferry_metadata_check(const uint8_t *metadata, size_t me
                                               bool write, const ferry_descriptor_t *local,
                                               size_t n);
 
-/* The current status. */
+/* The current status. Takes no lock, so it answers at once while another
+ * thread registers or deregisters a large region (and ferry_op_error). */
 FERRY_API ferry_op_status_t ferry_op_status(const ferry_op_t *op);
 
 /* On ERRORED (or CANCELLED): the code and a message; the message is valid

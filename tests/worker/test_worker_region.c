@@ -22,12 +22,14 @@
 #include <cmocka.h>
 
 #include <poll.h>
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
+#include "common/clock.h"
 #include "pair.h"
 #include "worker/ferry_int.h"
 
@@ -301,6 +303,85 @@ static void test_op_in_region(void **state)
     assert_int_equal(ferry_mem_deregister(tx_r), FERRY_OK);
     free(dst);
     free(src);
+}
+
+typedef struct {
+    ferry_connector_t *c;
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    bool held;     /* the thread holds c's lock */
+    bool let_go;   /* told to let it go */
+    bool released; /* it did */
+} lock_holder_t;
+
+/* Holds the connector's lock, as a deregistration does across a large
+ * region's ucp_mem_unmap, until told to let go or 10 s passed. */
+static void *hold_connector_lock(void *arg)
+{
+    lock_holder_t *h = arg;
+    struct timespec until = ferry__clock_in_ms(CLOCK_MONOTONIC, 10000);
+
+    ferry__lock(h->c);
+    pthread_mutex_lock(&h->lock);
+    h->held = true;
+    pthread_cond_broadcast(&h->cond);
+    while (!h->let_go && pthread_cond_timedwait(&h->cond, &h->lock, &until) == 0) {
+    }
+    pthread_mutex_unlock(&h->lock);
+    ferry__unlock(h->c);
+    pthread_mutex_lock(&h->lock);
+    h->released = true;
+    pthread_mutex_unlock(&h->lock);
+    return NULL;
+}
+
+/* An operation's status and error are read without the connector's lock,
+ * which a deregistration holds across ucp_mem_unmap (half a second for
+ * 2 GiB): Python reads the status with the GIL held, so a poll during a
+ * large region's close stopped every Python thread that long. The reads
+ * answer while another thread holds the lock, and say what the lock's
+ * holders last wrote. */
+static void test_status_read_while_the_lock_is_held(void **state)
+{
+    world_t *w = *state;
+    uint8_t *dst = calloc(1, 4096);
+    ferry_descriptor_t d = desc(dst, 4096);
+    lock_holder_t h = {.c = w->rx};
+    ferry_op_t *op;
+    pthread_t thread;
+    const char *msg = NULL;
+
+    assert_int_equal(ferry_writable_create(w->rx, &d, 1, &op), FERRY_OK);
+    assert_int_equal(ferry_op_status(op), FERRY_OP_STATUS_INITIALIZED);
+    assert_int_equal(ferry_op_cancel(op), FERRY_OK);
+    pthread_mutex_init(&h.lock, NULL);
+    ferry__cond_init_clock(&h.cond, CLOCK_MONOTONIC);
+    assert_int_equal(pthread_create(&thread, NULL, hold_connector_lock, &h), 0);
+    struct timespec until = ferry__clock_in_ms(CLOCK_MONOTONIC, WAIT_MS);
+    pthread_mutex_lock(&h.lock);
+    while (!h.held && pthread_cond_timedwait(&h.cond, &h.lock, &until) == 0) {
+    }
+    assert_true(h.held);
+    pthread_mutex_unlock(&h.lock);
+
+    ferry_op_status_t status = ferry_op_status(op);
+    ferry_status_t code = ferry_op_error(op, &msg);
+    pthread_mutex_lock(&h.lock);
+    bool released = h.released;
+    h.let_go = true;
+    pthread_cond_broadcast(&h.cond);
+    pthread_mutex_unlock(&h.lock);
+    pthread_join(thread, NULL);
+
+    assert_false(released); /* answered with the lock held elsewhere */
+    assert_int_equal(status, FERRY_OP_STATUS_CANCELLED);
+    assert_int_equal(code, FERRY_ERR_CANCELLED);
+    assert_non_null(msg);
+    assert_true(msg[0] != '\0');
+    ferry_op_destroy(op);
+    pthread_cond_destroy(&h.cond);
+    pthread_mutex_destroy(&h.lock);
+    free(dst);
 }
 
 /* Regions never overlap; a connector with a region left refuses to go. */
@@ -1156,6 +1237,7 @@ int main(int argc, char **argv)
         cmocka_unit_test_setup_teardown(test_unregistered_memory_maps_per_op, setup, teardown),
         cmocka_unit_test_setup_teardown(test_straddling_descriptor_refused, setup, teardown),
         cmocka_unit_test_setup_teardown(test_op_in_region, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_status_read_while_the_lock_is_held, setup, teardown),
         cmocka_unit_test_setup_teardown(test_overlap_and_connector_busy, setup, teardown),
         cmocka_unit_test_setup_teardown(test_deregister_busy_while_used, setup, teardown),
         cmocka_unit_test_setup_teardown(test_active_holds_region_until_final, setup, teardown),
