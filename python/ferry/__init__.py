@@ -622,11 +622,30 @@ def _metadata_bytes(md: Any) -> bytes:
 
 
 def _timeout_ms(timeout: Optional[float]) -> int:
-    if timeout is None:
+    if timeout is None or timeout == math.inf:
         return -1
-    if timeout < 0:
+    if not timeout >= 0:  # NaN too
         raise ValueError("timeout must be >= 0 seconds or None")
     return min(int(math.ceil(timeout * 1000)), 2**31 - 1)
+
+
+def _wait_ms(wait: Optional[float]) -> int:
+    """A by-ID call's wait for the record: 0 (None) looks once; infinity is
+    the longest a wait_ms holds."""
+    if wait is None:
+        return 0
+    ms = _timeout_ms(wait)
+    return 2**31 - 1 if ms < 0 else max(1, ms)
+
+
+def _ttl_s(ttl: Optional[int]) -> int:
+    """A lease TTL argument in seconds; 0: the coordinator's default."""
+    if ttl is None:
+        return 0
+    s = operator.index(ttl)
+    if not 0 <= s <= 2**31 - 1:
+        raise InvalidArgument(f"ttl {s} is not from 0 (the default) to {2**31 - 1} seconds")
+    return s
 
 
 def _expire(fut: "asyncio.Future[None]", timeout: float) -> None:
@@ -707,7 +726,10 @@ class _Operation(_ferry._Operation):
             if loop is running:
                 _wake(fut)
             elif not loop.is_closed():
-                loop.call_soon_threadsafe(_wake, fut)
+                try:
+                    loop.call_soon_threadsafe(_wake, fut)
+                except RuntimeError:
+                    pass  # closed since the check: nothing runs there any more
 
     def close(self) -> None:
         """Cancels the operation if it is not final, then releases it: a
@@ -749,7 +771,7 @@ class _PassiveOperation(_Operation):
         lives as long as the operation; cancelling or closing it unfinished
         tells the peer. ``ttl``: seconds of the session lease, when this call
         makes it. Raises AlreadyExists when the ID is taken."""
-        return self._publish(coordinator, request_id, access_token, int(ttl or 0))
+        return self._publish(coordinator, request_id, access_token, _ttl_s(ttl))
 
     async def publish_async(self, coordinator: "Coordinator", request_id: str,
                             access_token: Optional[str] = None,
@@ -892,7 +914,10 @@ class Connector(_ferry._Connector):
         if peer_error_handling is not None:
             kw["peer_error_handling"] = bool(peer_error_handling)
         if spin_us is not None:
-            kw["spin_us"] = int(spin_us)
+            us = operator.index(spin_us)
+            if not 0 <= us <= 2**31 - 1:
+                raise InvalidArgument(f"connector: spin_us {us} is not from 0 to {2**31 - 1}")
+            kw["spin_us"] = us
         if log_level is not None:
             kw["log_level"] = _LOG_LEVELS[log_level]
         if claim_timeout_ms is not None:
@@ -987,7 +1012,7 @@ class Connector(_ferry._Connector):
         FailedPrecondition (taken or no longer open), TimedOut, Unavailable,
         or the pairing errors of begin_write; nothing is written then."""
         return self._begin_by_id(2, coordinator, request_id, access_token,
-                                 0 if wait is None else max(1, _timeout_ms(wait)), int(ttl or 0),
+                                 _wait_ms(wait), _ttl_s(ttl),
                                  _descs(local_descs), WriteOperation)
 
     def begin_read_by_id(self, coordinator: Coordinator, request_id: str, access_token: str,
@@ -996,7 +1021,7 @@ class Connector(_ferry._Connector):
                          ) -> ReadOperation:
         """The read mirror of begin_write_by_id."""
         return self._begin_by_id(3, coordinator, request_id, access_token,
-                                 0 if wait is None else max(1, _timeout_ms(wait)), int(ttl or 0),
+                                 _wait_ms(wait), _ttl_s(ttl),
                                  _descs(local_descs), ReadOperation)
 
     async def begin_write_by_id_async(self, coordinator: Coordinator, request_id: str,
@@ -1006,7 +1031,10 @@ class Connector(_ferry._Connector):
                                       ttl: Optional[int] = None) -> WriteOperation:
         """begin_write_by_id on the loop's default executor (its claim is an
         RPC that may wait); the transfer itself is then awaited
-        with wait_for_completion."""
+        with wait_for_completion. Cancelling the awaiting task does not stop
+        a lookup or claim already under way on the executor's thread: an
+        operation it then begins is dropped, and so cancelled and released,
+        but bytes it moved before are not undone."""
         return await self._by_id_async(2, WriteOperation, coordinator, request_id, access_token,
                                        local_descs, wait, ttl)
 
@@ -1033,14 +1061,16 @@ class Connector(_ferry._Connector):
             for stream in streams:
                 stream.synchronize()
             return self._begin_by_id(kind, coordinator, request_id, access_token,
-                                     0 if wait is None else max(1, _timeout_ms(wait)),
-                                     int(ttl or 0), local_descs, op_type)
+                                     _wait_ms(wait),
+                                     _ttl_s(ttl), local_descs, op_type)
 
         return await asyncio.get_running_loop().run_in_executor(None, begin)
 
     # asyncio: one reader per loop on the completion queue's eventfd
 
     def _watch(self, loop: asyncio.AbstractEventLoop) -> None:
+        for closed in [other for other in self._loops if other.is_closed()]:
+            del self._loops[closed]  # closed under a waiter that never ended
         n = self._loops.get(loop, 0)
         if n == 0:
             loop.add_reader(self._fd, self._on_readable)
@@ -1056,8 +1086,17 @@ class Connector(_ferry._Connector):
             loop.remove_reader(self._fd)
 
     def _on_readable(self) -> None:
+        # The drain takes every finished operation off the queue at once,
+        # and each is queued only once: one failure must not lose the
+        # others' wake-ups (their waiters would wait for good).
         for op in self._drain():
-            op._wake_waiters()
+            try:
+                op._wake_waiters()
+            except Exception as e:  # noqa: BLE001 (reported, as asyncio does)
+                asyncio.get_running_loop().call_exception_handler({
+                    "message": f"ferry: waking the waiters of {op!r} failed",
+                    "exception": e,
+                })
 
     def __enter__(self) -> "Connector":
         return self

@@ -135,12 +135,30 @@ static PyObject *status_codes(PyObject *module, PyObject *unused)
     return list;
 }
 
+/* An int argument that a C int holds (OverflowError otherwise), so that a
+ * large value is not taken for a small one; -1 with the error set. */
+static int int_arg(PyObject *arg, int *value_p)
+{
+    int overflow = 0;
+    long value = PyLong_AsLongAndOverflow(arg, &overflow);
+
+    if (value == -1 && PyErr_Occurred()) {
+        return -1;
+    }
+    if (overflow != 0 || value < INT_MIN || value > INT_MAX) {
+        PyErr_SetString(PyExc_OverflowError, "the code does not fit a C int");
+        return -1;
+    }
+    *value_p = (int)value;
+    return 0;
+}
+
 static PyObject *status_name(PyObject *module, PyObject *arg)
 {
-    long code = PyLong_AsLong(arg);
+    int code;
 
     (void)module;
-    if (code == -1 && PyErr_Occurred()) {
+    if (int_arg(arg, &code) < 0) {
         return NULL;
     }
     return PyUnicode_FromString(ferry_status_name((ferry_status_t)code));
@@ -148,13 +166,30 @@ static PyObject *status_name(PyObject *module, PyObject *arg)
 
 static PyObject *op_status_name(PyObject *module, PyObject *arg)
 {
-    long status = PyLong_AsLong(arg);
+    int status;
 
     (void)module;
-    if (status == -1 && PyErr_Occurred()) {
+    if (int_arg(arg, &status) < 0) {
         return NULL;
     }
     return PyUnicode_FromString(ferry_op_status_name((ferry_op_status_t)status));
+}
+
+/* The UTF-8 of a str argument with no NUL inside (InvalidArgument: the C
+ * parser would stop there, and silently drop what follows); NULL with the
+ * error set. */
+static const char *text_arg(PyObject *arg, const char *what)
+{
+    Py_ssize_t len;
+    const char *text = PyUnicode_AsUTF8AndSize(arg, &len);
+    char msg[96];
+
+    if (text != NULL && strlen(text) != (size_t)len) {
+        snprintf(msg, sizeof(msg), "%s: a NUL character at offset %zu", what, strlen(text));
+        pyferry_raise(FERRY_ERR_INVALID_ARGUMENT, msg);
+        return NULL;
+    }
+    return text;
 }
 
 /* "cuda:1" -> (2, 1) through libferry's own parser. */
@@ -165,7 +200,7 @@ static PyObject *device_parse(PyObject *module, PyObject *arg)
     ferry_status_t status;
 
     (void)module;
-    text = PyUnicode_AsUTF8AndSize(arg, NULL);
+    text = text_arg(arg, "device");
     if (text == NULL) {
         return NULL;
     }
@@ -183,7 +218,7 @@ static PyObject *parse_size(PyObject *module, PyObject *arg)
     ferry_status_t status;
 
     (void)module;
-    text = PyUnicode_AsUTF8AndSize(arg, NULL);
+    text = text_arg(arg, "size");
     if (text == NULL) {
         return NULL;
     }

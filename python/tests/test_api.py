@@ -506,6 +506,40 @@ def test_coordinator_numbers_in_range_or_refused():
     ferry.Coordinator("127.0.0.1:1", timeout=0.2, keepalive_ms=1000, tls_refresh_s=86400).close()
 
 
+def test_numbers_and_text_are_refused_rather_than_bent(connector):
+    """An argument C cannot hold as given is refused, naming it, where it
+    used to be cut or wrapped silently: text after a NUL (64 of
+    "64\\0MiB"), a negative spin_us or ttl (taken as "not given"), a code
+    beyond a C int (2**40 named FERRY_OK). An infinite wait is a wait
+    without a limit, as None, not an OverflowError; NaN is refused."""
+    with pytest.raises(ferry.InvalidArgument, match="size: a NUL"):
+        ferry.parse_size("64\x00MiB")
+    with pytest.raises(ferry.InvalidArgument, match="device: a NUL"):
+        ferry.Device("cuda:1\x00junk")
+    assert ferry.parse_size("64MiB") == 64 << 20
+    for code in (2**40, -(2**40)):
+        with pytest.raises(OverflowError):
+            _ferry.status_name(code)
+        with pytest.raises(OverflowError):
+            _ferry.op_status_name(code)
+    for bad in (-5, 2**31):
+        with pytest.raises(ferry.InvalidArgument, match=f"spin_us {bad} "):
+            ferry.Connector("bad-spin", spin_us=bad)
+    ferry.Connector("spin-0", spin_us=0).close()
+    with connector.create_writable(ferry.Descriptor(bytearray(64))) as w:
+        for bad in (-1, 2**31):
+            with pytest.raises(ferry.InvalidArgument, match=f"ttl {bad} "):
+                w.publish(None, "never-sent", ttl=bad)
+            with pytest.raises(ferry.InvalidArgument, match=f"ttl {bad} "):
+                connector.begin_write_by_id(None, "never-sent", "t" * 16,
+                                            ferry.Descriptor(bytearray(64)), ttl=bad)
+        w.cancel()
+        with pytest.raises(ferry.Cancelled):
+            w.wait(math.inf)
+        with pytest.raises(ValueError):
+            w.wait(math.nan)
+
+
 def test_closing_a_write_to_a_stopped_peer_does_not_block():
     """A write whose receiver stopped mid-transfer (SIGSTOP) cannot finish
     (over TCP UCX emulates the puts, and the receiver must take them), and

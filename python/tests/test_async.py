@@ -161,6 +161,63 @@ def test_closed_between_its_check_and_arming(connector):
     assert w.closed
 
 
+def test_one_failed_wake_up_loses_no_other(connector):
+    """Operations that end together are drained from the completion queue
+    at once, and each is queued once: when waking one's waiters fails, the
+    others' still wake (their waits would otherwise never return), and the
+    failure goes to the loop's exception handler."""
+    async def main():
+        loop = asyncio.get_running_loop()
+        reported = []
+        loop.set_exception_handler(lambda _loop, ctx: reported.append(ctx))
+        ops = [connector.create_writable(ferry.Descriptor(bytearray(64))) for _ in range(3)]
+        waiters = [asyncio.ensure_future(op.wait_for_completion()) for op in ops]
+        await asyncio.sleep(0)
+
+        def failing():
+            raise RuntimeError("a wake-up that fails")
+
+        ops[0]._wake_waiters = failing
+        ended = threading.Thread(target=lambda: [op.cancel() for op in ops])
+        ended.start()  # libferry's own cancels, from another thread
+        ended.join(10)
+        for w in waiters[1:]:
+            with pytest.raises(ferry.Cancelled):
+                await asyncio.wait_for(w, 10)
+        assert any("a wake-up that fails" in str(c.get("exception")) for c in reported)
+        waiters[0].cancel()
+        del ops[0]._wake_waiters
+        for op in ops:
+            op.close()
+
+    asyncio.run(main())
+
+
+def test_a_loop_closed_under_a_waiter_is_let_go(connector):
+    """A loop closed while a wait_for_completion was pending on it is
+    dropped from the connector's loops at the next wait on any loop, not
+    kept (with its reader) until the abandoned task is collected."""
+    w = connector.create_writable(ferry.Descriptor(bytearray(64)))
+    old = asyncio.new_event_loop()
+    task = old.create_task(w.wait_for_completion())
+    task._log_destroy_pending = False  # abandoned on purpose: its loop closes
+    old.run_until_complete(asyncio.sleep(0))
+    assert old in connector._loops
+    old.close()
+
+    async def main():
+        waiter = asyncio.ensure_future(w.wait_for_completion())
+        await asyncio.sleep(0)
+        assert old not in connector._loops
+        w.cancel()
+        with pytest.raises(ferry.Cancelled):
+            await asyncio.wait_for(waiter, 10)
+
+    asyncio.run(main())
+    w.close()
+    del task
+
+
 def test_close_under_an_async_waiter(connector):
     async def main():
         w = connector.create_writable(ferry.Descriptor(bytearray(64)))
