@@ -3,6 +3,8 @@
  */
 #include "config.h"
 
+#include "etcd/etcd.h"
+
 #include <getopt.h>
 #include <limits.h>
 #include <netdb.h>
@@ -485,13 +487,16 @@ static int check_etcd_tls(coord_config_t *c)
     }
     while (*start != '\0') {
         size_t len = strcspn(start, ",");
+        const char *entry = start;
+        size_t entry_len = len;
 
-        if (len > 0 && strncmp(start, "https://", 8) != 0) {
+        etcd_endpoint_trim(&entry, &entry_len); /* as the client reads it */
+        if (entry_len > 0 && strncmp(entry, "https://", 8) != 0) {
             fprintf(stderr,
                     "ferry-coordinator: %s (%s) is for https:// etcd endpoints, and '%.*s' in "
                     "--etcd (FERRY_ETCD) is not one: it would be plaintext (name it https://, or "
                     "unset the etcd TLS files)\n",
-                    tls_files[first].flag, tls_files[first].env, (int)len, start);
+                    tls_files[first].flag, tls_files[first].env, (int)entry_len, entry);
             return -1;
         }
         start += len + (start[len] == ',');

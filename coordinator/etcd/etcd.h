@@ -93,6 +93,11 @@ ferry_status_t etcd_client_create(const etcd_params_t *params, etcd_client_t **c
  * destroys the client). */
 void etcd_client_destroy(etcd_client_t *client);
 
+/* One entry of an endpoint list (params.endpoints), [*start_p, +*len_p),
+ * trimmed in place as the client reads it: spaces and tabs around it, and
+ * a trailing '/'. */
+void etcd_endpoint_trim(const char **start_p, size_t *len_p);
+
 /* The last transport or server error seen by this thread, for messages
  * ("connect to http://127.0.0.1:2379 refused"); "" if none. */
 const char *etcd_client_last_error(void);

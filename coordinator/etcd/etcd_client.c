@@ -201,15 +201,25 @@ static char *etcd_strdup_or_null(const char *text)
  * that fits a sockaddr_un and has no '%', '?' or '#' (gRPC decodes the
  * first and ends the path at the others, libcurl takes them as they are:
  * the two APIs would reach different files). */
-static char *etcd_endpoint_dup(const char *start, size_t len)
+void etcd_endpoint_trim(const char **start_p, size_t *len_p)
 {
+    const char *start = *start_p;
+    size_t len = *len_p;
+
     while (len > 0 && (*start == ' ' || *start == '\t')) {
         start++;
         len--;
     }
-    while (len > 0 && (start[len - 1] == ' ' || start[len - 1] == '/')) {
+    while (len > 0 && (start[len - 1] == ' ' || start[len - 1] == '\t' || start[len - 1] == '/')) {
         len--;
     }
+    *start_p = start;
+    *len_p = len;
+}
+
+static char *etcd_endpoint_dup(const char *start, size_t len)
+{
+    etcd_endpoint_trim(&start, &len);
     if (len > ETCD_UNIX_PREFIX_LEN && strncmp(start, ETCD_UNIX_PREFIX, ETCD_UNIX_PREFIX_LEN) == 0) {
         size_t path_len = len - ETCD_UNIX_PREFIX_LEN;
         if (start[ETCD_UNIX_PREFIX_LEN] != '/' ||

@@ -352,6 +352,14 @@ static void test_etcd_tls_files_need_https(void **state)
                          "ca.pem",
                          NULL};
     char *http_only[] = {"ferry-coordinator", "--etcd", "http://127.0.0.1:2379", NULL};
+    /* Spaces and tabs around an entry, and a trailing '/', as the etcd
+     * client reads the list: all https://, so taken (it was refused, exit
+     * 2, "would be plaintext", a crash loop on upgrade). */
+    char *https_spaced[] = {
+        "ferry-coordinator", "--etcd", " https://10.0.0.1:2379/, \thttps://10.0.0.2:2379 ,",
+        "--etcd-ca",         "ca.pem", NULL};
+    char *http_spaced[] = {"ferry-coordinator", "--etcd", "https://10.0.0.1:2379,  http://10.0.0.2",
+                           "--etcd-ca",         "ca.pem", NULL};
     (void)state;
 
     assert_int_equal(parse(&c, 5, http_ca), -1);
@@ -363,6 +371,8 @@ static void test_etcd_tls_files_need_https(void **state)
     assert_int_equal(parse(&c, 3, http_only), 0);
     assert_int_equal(parse(&c, 9, https_all), 0);
     assert_string_equal(c.etcd_cert, "c.pem");
+    assert_int_equal(parse(&c, 5, https_spaced), 0);
+    assert_int_equal(parse(&c, 5, http_spaced), -1);
 }
 
 /* What the metrics server would refuse to bind (after a private etcd had
