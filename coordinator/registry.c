@@ -538,6 +538,16 @@ static ferry_status_t read_pages(coord_registry_t *r, const char *prefix, etcd_r
         bool more;
 
         status = etcd_get(r->etcd, from, from_len, end, end_len, limit, all->revision, &page);
+        if (status == FERRY_ERR_RESOURCE_EXHAUSTED && etcd_reply_too_large() && limit > 1) {
+            /* Records too large for a page of this many: fewer, from the
+             * same key, for the rest of this load. */
+            limit /= 2;
+            ferry_warn("registry: a page of the view's load passed the largest reply etcd may "
+                       "send; reading %lld keys at a time",
+                       (long long)limit);
+            status = FERRY_OK;
+            continue;
+        }
         if (status != FERRY_OK) {
             break;
         }

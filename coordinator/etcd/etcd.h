@@ -109,6 +109,11 @@ const char *etcd_client_last_error(void);
  * request with no time left is not sent. 0: none, the timeout alone.
  * Returns the thread's previous deadline, for the caller to put back. */
 int64_t etcd_set_deadline(int64_t deadline_ms);
+/* Whether the calling thread's last request failed (then
+ * FERRY_ERR_RESOURCE_EXHAUSTED) because etcd's reply was larger than the
+ * client takes in one piece (256 MiB): a read of fewer keys may go. */
+bool etcd_reply_too_large(void);
+
 /* The calling thread's deadline (etcd_set_deadline); 0: none. */
 int64_t etcd_get_deadline(void);
 /* Waits on `cond` (made with CLOCK_MONOTONIC), `lock` held, until it is

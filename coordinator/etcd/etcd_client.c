@@ -60,6 +60,7 @@ enum {
 static _Thread_local char etcd_last_error[512];
 static _Thread_local int64_t etcd_deadline_ms; /* etcd_set_deadline's; 0: none */
 _Thread_local bool etcd__ran_out;
+_Thread_local bool etcd__too_large;
 static int64_t etcd_now_ms(void);
 static pthread_once_t etcd_curl_once = PTHREAD_ONCE_INIT;
 static CURLcode etcd_curl_init_code;
@@ -182,6 +183,20 @@ void etcd__clear_error(void)
 {
     etcd_last_error[0] = '\0';
     etcd__ran_out = false;
+    etcd__too_large = false;
+}
+
+void etcd__set_too_large(const char *url)
+{
+    etcd__set_error("%s: etcd's reply passed %zu MiB (ETCD_REPLY_MAX); if it is a page of "
+                    "large records, a smaller --etcd-load-page reads fewer at a time",
+                    url, ETCD_REPLY_MAX >> 20);
+    etcd__too_large = true;
+}
+
+bool etcd_reply_too_large(void)
+{
+    return etcd__too_large;
 }
 
 long etcd__client_connects(etcd_client_t *client)
@@ -733,12 +748,10 @@ static ferry_status_t etcd_attempt(etcd_client_t *client, CURL *handle, size_t i
     if (code != CURLE_OK && buf.too_large) {
         /* Not a transport fault: another member would likely send as much
          * (a page of large records), so the request fails here. */
-        etcd__set_error("%s: etcd's reply passed %zu MiB (ETCD_REPLY_MAX); if it is a page of "
-                        "large records, a smaller --etcd-load-page reads fewer at a time",
-                        url, ETCD_REPLY_MAX >> 20);
+        etcd__set_too_large(url);
         ferry_warn("etcd: %s", etcd_last_error);
         free(buf.data);
-        return FERRY_ERR_PROTOCOL;
+        return FERRY_ERR_RESOURCE_EXHAUSTED;
     }
     if (code != CURLE_OK) {
         status = etcd__transport_error("post", url, code, detail);

@@ -172,6 +172,12 @@ static ferry_status_t etcd_grpc_attempt(etcd_client_t *client, size_t index, con
         status = etcd__error_status(0, err.grpc_code, err.message);
     }
     etcd__set_error("%s%s: code %d: %s", url, path, err.grpc_code, err.message);
+    if (err.grpc_code == ETCD_GRPC_RESOURCE_EXHAUSTED &&
+        strstr(err.message, "larger than max") != NULL) {
+        /* gRPC's own words for a reply over max_message_bytes. */
+        etcd__set_too_large(url);
+        ferry_warn("etcd: %s", etcd_client_last_error());
+    }
     ferry_debug("etcd: %s", etcd_client_last_error());
     etcd__endpoint_answered(client, index);
     return status;
@@ -369,6 +375,7 @@ ferry_status_t etcd__grpc_watch_msg(const Etcdserverpb__WatchResponse *in, etcd_
     memset(msg, 0, sizeof(*msg));
     msg->created = in->created;
     msg->canceled = in->canceled;
+    msg->fragment = in->fragment;
     msg->compact_revision = in->compact_revision;
     msg->cancel_reason = in->cancel_reason != NULL ? in->cancel_reason : "";
     ferry_status_t status = etcd_grpc_revision(in->header, &msg->revision);

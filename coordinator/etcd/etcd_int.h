@@ -89,6 +89,13 @@ enum {
  * got no answer is etcd's, whatever the caller's deadline. */
 extern _Thread_local bool etcd__ran_out;
 
+/* The calling thread's last request failed because etcd's reply passed
+ * ETCD_REPLY_MAX (etcd_reply_too_large); cleared with the error. */
+extern _Thread_local bool etcd__too_large;
+/* Records that failure, naming the bound and what to do (both transports'
+ * words, so that the log reads the same). */
+void etcd__set_too_large(const char *url);
+
 /* Fault budgets. A member that is frozen (SIGSTOP, a hung disk) still
  * accepts TCP connections, so only silence shows it. */
 enum {
@@ -193,14 +200,19 @@ static inline bool etcd__revision_ok(int64_t revision)
  * watch line, one gRPC message. Without a bound a faulty member or proxy
  * that streams a body without end took GBs before the request's timeout.
  * What etcd legitimately sends is far smaller: a value is at most etcd's
- * --max-request-bytes (1.5 MiB by default), and so are all the values one
- * transaction writes (one watch message); a List reads about 2 MiB of
- * records at a time, at least 2 (LIST_READ_BYTES, registry_list.c). The
- * largest reply is a view load's page, --etcd-load-page keys (5000 by
- * default): 256 MiB holds one of records averaging 40 KiB as the gateway's
- * base64 JSON, several times what Ferry's records take. A store of larger
- * records loads with a smaller --etcd-load-page (the error says so). */
-#define ETCD_REPLY_MAX ((size_t)256 << 20)
+ * --max-request-bytes (1.5 MiB by default); a watch message is about that
+ * too, since the watch asks etcd to fragment larger ones (one revision may
+ * carry any number of values: the deletes of a lease that ended, each with
+ * its value); a List reads about 2 MiB of records at a time, at least 2
+ * (LIST_READ_BYTES, registry_list.c). The largest reply is a view load's
+ * page, --etcd-load-page keys (5000 by default): 64 MiB holds one of
+ * records averaging 10 KiB as the gateway's base64 JSON, several times what
+ * Ferry's records take; a page that passes it is read again in halves
+ * (read_pages, registry.c), so a store of larger records loads too. A reply
+ * is held two or three times over while it is parsed, so the bound keeps
+ * one within the coordinator's container limit (512 MiB in deploy/k8s;
+ * 256 MiB took a replica to 770 MiB). */
+#define ETCD_REPLY_MAX ((size_t)64 << 20)
 
 /* A growing byte buffer for reply bodies, of ETCD_REPLY_MAX bytes at most. */
 typedef struct {
@@ -255,6 +267,7 @@ typedef struct {
     const char *cancel_reason; /* canceled: points into the JSON; "" if absent */
     etcd_event_t *events;      /* malloc'ed, n_events of them, all parsed */
     size_t n_events;
+    bool fragment; /* more of this response's events follow (etcd split it) */
 } etcd_watch_msg_t;
 
 /* A line without "result" is etcd's error ({"error": {"grpc_code",

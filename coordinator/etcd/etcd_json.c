@@ -386,6 +386,7 @@ ferry_status_t etcd__parse_watch_msg(const cJSON *json, etcd_watch_msg_t *msg, c
     }
     ferry_status_t status = etcd__json_revision(result, &msg->revision);
     msg->created = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(result, "created"));
+    msg->fragment = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(result, "fragment"));
     const cJSON *events = cJSON_GetObjectItemCaseSensitive(result, "events");
     if (status == FERRY_OK && events != NULL) {
         status = cJSON_IsArray(events) ? etcd_parse_watch_events(events, msg) : FERRY_ERR_PROTOCOL;

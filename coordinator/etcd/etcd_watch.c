@@ -26,6 +26,16 @@
  * so no event is lost or repeated. A compacted revision ends the
  * thread's work with on_state(false, FERRY_ERR_OUT_OF_RANGE).
  *
+ * The watch asks etcd to fragment: a response over etcd's
+ * --max-request-bytes comes in several messages. One revision can be far
+ * larger than any one request: a lease that ends deletes every key on it
+ * at one revision, and with prev_kv each delete carries its value, so a
+ * worker's session lease with 300 records of 1 MiB made one ~300 MB
+ * message, over ETCD_REPLY_MAX; the stream failed on it and resumed at
+ * the same revision for good. Each fragment's events are delivered as it
+ * comes; a stream that ends between fragments resumes at the unfinished
+ * revision and skips its events delivered already (part_rev).
+ *
  * A hung member (SIGSTOP, a hung disk) keeps the connection open and just
  * says nothing, like an idle store. So the stream asks for progress
  * notifications (progress_notify), and after ETCD_WATCH_QUIET_MS without a
@@ -90,8 +100,17 @@ struct etcd_watch {
 
     /* Watch thread only. */
     CURL *easy;
-    etcd_buf_t line;              /* bytes of the line not yet complete */
-    int64_t next_rev;             /* where a reconnect starts; 0: from now */
+    etcd_buf_t line;  /* bytes of the line not yet complete */
+    int64_t next_rev; /* where a reconnect starts; 0: from now */
+    /* A response that came in fragments and ended before its last: its
+     * last revision so far, part_rev, may have more events, so a reconnect
+     * starts at it (next_rev == part_rev), and of the events etcd sends
+     * again from that revision's first, the part_n delivered already are
+     * skipped (`skip` counts them down on each new stream): events of one
+     * revision always come in the same order (by their sub-revision). */
+    int64_t part_rev;
+    size_t part_n;
+    size_t skip;
     bool created;                 /* the current stream said "created" */
     int64_t heard_ms;             /* CLOCK_MONOTONIC ms of the last byte or probe */
     bool connected;               /* as last told to on_state */
@@ -147,11 +166,39 @@ static void etcd_watch_created(etcd_watch_t *watch, ferry_status_t status)
 
 static void etcd_watch_events(etcd_watch_t *watch, const etcd_watch_msg_t *msg)
 {
-    if (msg->n_events > 0) {
-        watch->params.on_events(watch->params.arg, msg->events, msg->n_events, msg->revision);
-        /* Parsed revisions are below INT64_MAX (etcd_json.c). */
-        watch->next_rev = msg->events[msg->n_events - 1].kv.mod_revision + 1;
+    const etcd_event_t *events = msg->events;
+    size_t n = msg->n_events;
+
+    if (n == 0) {
+        return;
     }
+    /* Again from the first of a revision some of whose events were
+     * delivered before the last stream ended: those are skipped. */
+    while (n > 0 && watch->skip > 0 && events->kv.mod_revision == watch->part_rev) {
+        events++;
+        n--;
+        watch->skip--;
+    }
+    if (n > 0) {
+        watch->skip = 0;
+        watch->params.on_events(watch->params.arg, events, n, msg->revision);
+    }
+    /* Parsed revisions are below INT64_MAX (etcd_json.c). */
+    int64_t last = msg->events[msg->n_events - 1].kv.mod_revision;
+    if (!msg->fragment) {
+        watch->next_rev = last + 1;
+        watch->part_rev = 0;
+        watch->part_n = 0;
+        watch->skip = 0;
+        return;
+    }
+    size_t of_last = 0; /* delivered now, of revision `last` */
+    for (size_t i = n; i > 0 && events[i - 1].kv.mod_revision == last; i--) {
+        of_last++;
+    }
+    watch->part_n = watch->part_rev == last ? watch->part_n + of_last : of_last;
+    watch->part_rev = last;
+    watch->next_rev = last;
 }
 
 /* A canceled watch: compaction (its revision), or the status etcd wrote
@@ -198,6 +245,9 @@ static ferry_status_t etcd_watch_handle(etcd_watch_t *watch, const etcd_watch_ms
          * event's revision would otherwise fall behind compaction, and a
          * mere reconnect would find it compacted and reload the view. */
         watch->next_rev = msg->revision + 1;
+        watch->part_rev = 0; /* etcd sent every event up to the revision */
+        watch->part_n = 0;
+        watch->skip = 0;
         ferry_debug("etcd watch: progress; resumes at revision %" PRId64, watch->next_rev);
     }
     etcd_watch_events(watch, msg);
@@ -316,6 +366,9 @@ static char *etcd_watch_body(const etcd_watch_t *watch)
         status =
             cJSON_AddTrueToObject(req, "progress_notify") != NULL ? FERRY_OK : FERRY_ERR_NO_MEMORY;
     }
+    if (status == FERRY_OK) {
+        status = cJSON_AddTrueToObject(req, "fragment") != NULL ? FERRY_OK : FERRY_ERR_NO_MEMORY;
+    }
     char *text = status == FERRY_OK ? cJSON_PrintUnformatted(body) : NULL;
     cJSON_Delete(body);
     return text;
@@ -402,6 +455,7 @@ ferry_status_t etcd__watch_stream_gateway(etcd_watch_t *watch, const char *token
     etcd_watch_setup(watch, url, sizeof(url), body, headers, detail);
     free(body);
     watch->created = false;
+    watch->skip = watch->part_n; /* resent from part_rev's first event */
     watch->heard_ms = etcd_now_ms();
     watch->stream_status = FERRY_OK;
     watch->line.len = 0;
@@ -539,9 +593,11 @@ ferry_status_t etcd__watch_stream_grpc(etcd_watch_t *watch, const char *token)
     create.start_revision = watch->next_rev > 0 ? watch->next_rev : 0;
     create.progress_notify = true;
     create.prev_kv = watch->params.prev_kv;
+    create.fragment = true;
     req.request_union_case = ETCDSERVERPB__WATCH_REQUEST__REQUEST_UNION_CREATE_REQUEST;
     req.create_request = &create;
     watch->created = false;
+    watch->skip = watch->part_n; /* resent from part_rev's first event */
     watch->heard_ms = etcd_now_ms();
 
     /* A channel whose last attempt failed would fail the stream at once

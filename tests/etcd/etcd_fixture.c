@@ -136,11 +136,12 @@ void frozen_etcd_stop(frozen_etcd_t *f)
 }
 
 /* Reads one HTTP request (headers and a Content-Length body); false when
- * the connection ends first. */
-static bool dying_etcd_read(int fd)
+ * the connection ends first. With `copy`, keeps its first cap - 1 bytes
+ * there, NUL-terminated. */
+static bool request_read(int fd, char *copy, size_t cap)
 {
     char buf[8192];
-    size_t len = 0;
+    size_t len = 0, kept = 0;
     char *end = NULL;
     while (end == NULL) {
         ssize_t n = recv(fd, buf + len, sizeof(buf) - 1 - len, 0);
@@ -154,14 +155,29 @@ static bool dying_etcd_read(int fd)
     const char *cl = strcasestr(buf, "content-length:");
     size_t body = cl != NULL ? strtoul(cl + 15, NULL, 10) : 0;
     size_t have = len - (size_t)(end + 4 - buf);
-    while (have < body) {
+    size_t n_got = len;
+    for (;;) {
+        if (copy != NULL && kept + 1 < cap) {
+            size_t take = n_got < cap - 1 - kept ? n_got : cap - 1 - kept;
+            memcpy(copy + kept, buf, take);
+            kept += take;
+            copy[kept] = '\0';
+        }
+        if (have >= body) {
+            return true;
+        }
         ssize_t n = recv(fd, buf, sizeof(buf), 0);
         if (n <= 0) {
             return false;
         }
+        n_got = (size_t)n;
         have += (size_t)n;
     }
-    return true;
+}
+
+static bool dying_etcd_read(int fd)
+{
+    return request_read(fd, NULL, 0);
 }
 
 static void *dying_etcd_main(void *arg)
@@ -234,11 +250,13 @@ static void *ending_etcd_main(void *arg)
         if (i < ENDING_ETCD_TIMES) {
             f->times_ms[i] = test_now_ms();
         }
+        pthread_mutex_lock(&f->request_lock);
+        bool read = request_read(fd, f->last_request, sizeof(f->last_request));
+        pthread_mutex_unlock(&f->request_lock);
         atomic_fetch_add(&f->resent, 1);
-        if (dying_etcd_read(fd) &&
-            (send(fd, head, (size_t)n, MSG_NOSIGNAL) != n ||
-             send(fd, f->first_reply, strlen(f->first_reply), MSG_NOSIGNAL) < 0 ||
-             send(fd, "\r\n0\r\n\r\n", 7, MSG_NOSIGNAL) != 7)) {
+        if (read && (send(fd, head, (size_t)n, MSG_NOSIGNAL) != n ||
+                     send(fd, f->first_reply, strlen(f->first_reply), MSG_NOSIGNAL) < 0 ||
+                     send(fd, "\r\n0\r\n\r\n", 7, MSG_NOSIGNAL) != 7)) {
             fprintf(stderr, "ending etcd: send failed\n");
         }
         close(fd);
@@ -248,6 +266,7 @@ static void *ending_etcd_main(void *arg)
 void ending_etcd_start(frozen_etcd_t *f, const char *reply)
 {
     frozen_etcd_start(f, NULL);
+    pthread_mutex_init(&f->request_lock, NULL);
     f->first_reply = reply;
     f->ends_all = true;
     assert_int_equal(pthread_create(&f->thread, NULL, ending_etcd_main, f), 0);

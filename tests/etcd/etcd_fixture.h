@@ -52,6 +52,8 @@ typedef struct {
     atomic_int resent;  /* requests on later connections (others_behind) */
     bool ends_all;      /* ending_etcd_start's */
     long long times_ms[ENDING_ETCD_TIMES];
+    pthread_mutex_t request_lock; /* ending_etcd_start's: guards last_request */
+    char last_request[4096];      /* its last request's first bytes, headers and body */
     pthread_t thread;
     bool has_thread;
     char url[64];
@@ -72,8 +74,10 @@ void dying_etcd_start(frozen_etcd_t *f, const char *reply, bool others_behind);
 /* A member whose every stream ends as soon as it began: each connection's
  * request is answered with HTTP 200 and the chunked body `reply` (a
  * watch's "created" line and a line that does not parse, say), and the
- * connection closes. f->resent counts the connections, and f->times_ms
- * (monotonic) keeps when the first ENDING_ETCD_TIMES came. */
+ * connection closes. f->resent counts the connections (each counted once
+ * its request has been read, into f->last_request under
+ * f->request_lock), and f->times_ms (monotonic) keeps when the first
+ * ENDING_ETCD_TIMES came. */
 void ending_etcd_start(frozen_etcd_t *f, const char *reply);
 
 /* --- watch recorder ------------------------------------------------------ */

@@ -210,6 +210,55 @@ static void test_start_checks_fail_no_request(void **state)
     etcd_client_destroy(client);
 }
 
+enum { FRAG_KEYS = 12, FRAG_VALUE = 200 << 10 };
+
+/* A lease that ends deletes every key on it at one revision, and with
+ * prev_kv each delete carries its value: 12 keys of 200 KiB make one
+ * 2.4 MB revision, over etcd's --max-request-bytes (1.5 MiB). The watch
+ * asks etcd to fragment, so the revision comes in several messages (a
+ * worker's 300 records of 1 MiB made one ~300 MB message that no reply
+ * bound takes, and the watch failed on it and resumed at the same revision
+ * for good); every delete arrives once, with its previous value. */
+static void test_a_revision_larger_than_a_message_comes_in_fragments(void **state)
+{
+    fixture_t *fx = *state;
+    char *value = malloc(FRAG_VALUE);
+    int64_t lease = 0;
+
+    memset(value, 'v', FRAG_VALUE);
+    assert_int_equal(etcd_lease_grant(fx->client, 60, 0, &lease, NULL), FERRY_OK);
+    for (int i = 0; i < FRAG_KEYS; i++) {
+        char key[32];
+        snprintf(key, sizeof(key), "w6/%02d", i);
+        assert_int_equal(etcd_put(fx->client, key, strlen(key), value, FRAG_VALUE, lease, NULL),
+                         FERRY_OK);
+    }
+    recorder_t rec;
+    recorder_init(&rec);
+    uint8_t *end;
+    etcd_watch_t *watch = watch_prefix(fx->client, "w6/", 0, &rec, &end);
+    assert_int_equal(etcd_lease_revoke(fx->client, lease), FERRY_OK);
+    assert_true(recorder_wait_events(&rec, FRAG_KEYS, WAIT_MS));
+    int64_t marker = fixture_put(fx->client, "w6/zz", "after", 0);
+    assert_true(recorder_wait_events(&rec, FRAG_KEYS + 1, WAIT_MS));
+    etcd_watch_destroy(watch);
+
+    assert_int_equal(rec.n_events, FRAG_KEYS + 1);
+    assert_true(rec.n_calls > 2); /* the revision in two or more, then the marker */
+    for (int i = 0; i < FRAG_KEYS; i++) {
+        char key[32];
+        snprintf(key, sizeof(key), "w6/%02d", i);
+        assert_int_equal(rec.events[i].type, ETCD_EVENT_DELETE);
+        assert_string_equal(rec.events[i].key, key); /* each once, in order */
+        assert_true(rec.events[i].has_prev);
+        assert_int_equal(rec.events[i].mod_revision, rec.events[0].mod_revision);
+    }
+    assert_int_equal(rec.events[FRAG_KEYS].mod_revision, marker);
+    recorder_fini(&rec);
+    free(end);
+    free(value);
+}
+
 static void test_unreachable_watch_fails(void **state)
 {
     (void)state;
@@ -421,6 +470,52 @@ static void test_stream_that_ends_at_once_backs_off(void **state)
     etcd_client_destroy(client);
     frozen_etcd_stop(&f);
 }
+
+/* A stream that ends between the fragments of one revision: the watch
+ * starts again at that revision (not after it, which lost the rest of its
+ * events), asking for fragments, and of the events etcd sends again from
+ * the revision's first, those delivered already are skipped. Here every
+ * stream ends after the same first fragment, so after many streams its
+ * two events have been delivered once. */
+static void test_a_stream_ended_inside_a_revision_resumes_at_it(void **state)
+{
+    (void)state;
+    frozen_etcd_t f;
+    ending_etcd_start(&f, "{\"result\":{\"header\":{\"revision\":\"4\"},\"created\":true}}\n"
+                          "{\"result\":{\"header\":{\"revision\":\"5\"},\"fragment\":true,"
+                          "\"events\":[{\"type\":\"DELETE\",\"kv\":{\"key\":\"Zi9h\","
+                          "\"mod_revision\":\"5\"}},{\"type\":\"DELETE\",\"kv\":{\"key\":"
+                          "\"Zi9i\",\"mod_revision\":\"5\"}}]}}\n");
+    etcd_params_t params = {.endpoints = f.url, .timeout_ms = 2000, .kv_gateway = true};
+    etcd_client_t *client = NULL;
+    assert_int_equal(etcd_client_create(&params, &client), FERRY_OK);
+    recorder_t rec;
+    recorder_init(&rec);
+    uint8_t *end;
+    etcd_watch_t *watch = watch_prefix(client, "f/", 0, &rec, &end);
+    long long deadline = test_now_ms() + 30000;
+    while (atomic_load(&f.resent) < 4 && test_now_ms() < deadline) {
+        poll(NULL, 0, 10); /* waiting for the condition, with a deadline */
+    }
+    assert_true(atomic_load(&f.resent) >= 4);
+    pthread_mutex_lock(&f.request_lock);
+    bool at_the_revision = strstr(f.last_request, "\"start_revision\":\"5\"") != NULL;
+    bool fragments = strstr(f.last_request, "\"fragment\":true") != NULL;
+    pthread_mutex_unlock(&f.request_lock);
+    etcd_watch_destroy(watch);
+    frozen_etcd_stop(&f);
+
+    assert_true(at_the_revision);
+    assert_true(fragments);
+    pthread_mutex_lock(&rec.lock);
+    assert_int_equal(rec.n_events, 2);
+    assert_string_equal(rec.events[0].key, "f/a");
+    assert_string_equal(rec.events[1].key, "f/b");
+    pthread_mutex_unlock(&rec.lock);
+    recorder_fini(&rec);
+    free(end);
+    etcd_client_destroy(client);
+}
 #endif
 
 int main(void)
@@ -430,10 +525,12 @@ int main(void)
         cmocka_unit_test(test_txn_is_one_call),
         cmocka_unit_test(test_compacted_start_is_expired),
         cmocka_unit_test(test_start_checks_fail_no_request),
+        cmocka_unit_test(test_a_revision_larger_than_a_message_comes_in_fragments),
         cmocka_unit_test(test_unreachable_watch_fails),
         cmocka_unit_test(test_reconnects_after_restart),
 #ifdef FIXTURE_KV_GATEWAY
         cmocka_unit_test(test_stream_that_ends_at_once_backs_off),
+        cmocka_unit_test(test_a_stream_ended_inside_a_revision_resumes_at_it),
 #endif
         cmocka_unit_test(test_silent_member_is_left),
         cmocka_unit_test_teardown(test_destroy_wakes_the_thread, reset_wait_seam),

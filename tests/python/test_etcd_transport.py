@@ -8,7 +8,7 @@ the fault is in how it reaches etcd rather than in etcd's answers:
     system's roots, on both KV APIs (gRPC 1.51 aborted the process);
   - a fake JSON gateway whose replies never end (a body, or one watch
     line, that streams without end): the request fails, or the watch
-    stream ends and is started again, once ETCD_REPLY_MAX (256 MiB) has
+    stream ends and is started again, once ETCD_REPLY_MAX (64 MiB) has
     come, instead of buffering GBs.
 
 Correctness only: the one bound on the coordinator itself is the CPU time
@@ -33,7 +33,7 @@ import ferry_harness  # noqa: E402
 IDLE_WINDOW = 2.0  # seconds over which an idle coordinator's CPU is read
 IDLE_CPU_MAX = 0.5  # seconds of CPU it may take in that window
 WARN_MAX = 5  # "etcd" warnings it may log in that window
-REPLY_MAX_MIB = 256  # ETCD_REPLY_MAX (coordinator/etcd/etcd_int.h)
+REPLY_MAX_MIB = 64  # ETCD_REPLY_MAX (coordinator/etcd/etcd_int.h)
 RSS_MAX_KB = 3 * REPLY_MAX_MIB * 1024  # a capped reply, with room for the rest
 BOUND = 60  # seconds: what "in a bounded time" means here
 
