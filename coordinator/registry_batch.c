@@ -71,13 +71,21 @@
 /* How often a queued write whose caller may go asks whether it has. */
 #define REGISTRY_BATCH_POLL_MS 20
 
-/* w's create-if-absent: the compare (key absent) and the put; and, for a
+/* w's create-if-absent: the compares (key absent; and its fence, when it
+ * has one: cmp has room for two), *n_cmp_p of them, and the put; and, for a
  * shared transaction's failure branch, the read of its key. */
-static void write_ops(const registry_write_t *w, etcd_compare_t *cmp, etcd_op_t *put,
-                      etcd_op_t *get)
+static void write_ops(const registry_write_t *w, etcd_compare_t *cmp, size_t *n_cmp_p,
+                      etcd_op_t *put, etcd_op_t *get)
 {
-    *cmp = (etcd_compare_t){
+    cmp[0] = (etcd_compare_t){
         .target = ETCD_CMP_CREATE, .result = ETCD_CMP_EQUAL, .key = w->key, .key_len = w->key_len};
+    *n_cmp_p = 1;
+    if (w->fence != NULL) {
+        cmp[(*n_cmp_p)++] = (etcd_compare_t){.target = ETCD_CMP_CREATE,
+                                             .result = ETCD_CMP_EQUAL,
+                                             .key = w->fence,
+                                             .key_len = w->fence_len};
+    }
     *put = (etcd_op_t){.type = ETCD_OP_PUT,
                        .key = w->key,
                        .key_len = w->key_len,
@@ -104,13 +112,14 @@ static int64_t batch_deadline(registry_write_t *const *ws, size_t n)
 /* Runs w alone: its own create-if-absent transaction. */
 static void write_alone(coord_registry_t *r, registry_write_t *w)
 {
-    etcd_compare_t cmp;
+    etcd_compare_t cmp[2];
+    size_t n_cmp;
     etcd_op_t put, get;
     etcd_txn_result_t res = {0};
     int64_t prev = etcd_set_deadline(w->deadline_ms);
 
-    write_ops(w, &cmp, &put, &get);
-    w->status = etcd_txn(r->etcd, &cmp, 1, &put, 1, NULL, 0, &res);
+    write_ops(w, cmp, &n_cmp, &put, &get);
+    w->status = etcd_txn(r->etcd, cmp, n_cmp, &put, 1, NULL, 0, &res);
     w->created = w->status == FERRY_OK && res.succeeded;
     w->revision = res.revision;
     etcd_txn_result_free(&res);
@@ -147,7 +156,8 @@ static void write_again(coord_registry_t *r, registry_write_t *const *ws, size_t
  * is left as it is (the caller marks each done). */
 static void write_batch(coord_registry_t *r, registry_write_t *const *ws, size_t n)
 {
-    etcd_compare_t *cmps = calloc(n, sizeof(*cmps));
+    etcd_compare_t *cmps = calloc(2 * n, sizeof(*cmps));
+    size_t n_cmps = 0;
     etcd_op_t *puts = calloc(n, sizeof(*puts));
     etcd_op_t *gets = calloc(n, sizeof(*gets));
     registry_write_t **rest = calloc(n, sizeof(*rest));
@@ -157,10 +167,12 @@ static void write_batch(coord_registry_t *r, registry_write_t *const *ws, size_t
 
     if (cmps != NULL && puts != NULL && gets != NULL && rest != NULL) {
         for (size_t i = 0; i < n; i++) {
-            write_ops(ws[i], &cmps[i], &puts[i], &gets[i]);
+            size_t k;
+            write_ops(ws[i], &cmps[n_cmps], &k, &puts[i], &gets[i]);
+            n_cmps += k;
         }
         int64_t prev = etcd_set_deadline(batch_deadline(ws, n));
-        status = etcd_txn(r->etcd, cmps, n, puts, n, gets, n, &res);
+        status = etcd_txn(r->etcd, cmps, n_cmps, puts, n, gets, n, &res);
         etcd_set_deadline(prev);
     }
     if (status == FERRY_OK && !res.succeeded && res.n_results == n) {
@@ -179,6 +191,12 @@ static void write_batch(coord_registry_t *r, registry_write_t *const *ws, size_t
         ferry_debug("registry: %zu of a transaction of %zu Registers found their key taken; "
                     "the others go again",
                     n - again, n);
+        if (again == n) {
+            /* No key taken: a fence's compare failed, which only a write
+             * applied late can meet (its caller has its answer). Each
+             * goes alone rather than again together, for good. */
+            again = 0;
+        }
     } else if (status == FERRY_ERR_NOT_FOUND) {
         /* A lease named is gone (etcd does not say which). On one lease
          * (a worker's session lease: the usual batch) it is every
@@ -233,10 +251,11 @@ static bool same_key(const registry_write_t *a, const registry_write_t *b)
 }
 
 /* What w adds to a shared transaction: its key three times (the compare,
- * the put, the failure branch's read), its value, and framing. */
+ * the put, the failure branch's read), its fence's compare, its value, and
+ * framing. */
 static size_t write_bytes(const registry_write_t *w)
 {
-    return 3 * w->key_len + w->value_len + 64;
+    return 3 * w->key_len + w->fence_len + w->value_len + 96;
 }
 
 /* Whether w may join ws[0..n) (n > 0): not when one taken already has its

@@ -46,6 +46,12 @@ typedef struct registry_write {
     const uint8_t *value;
     size_t value_len;
     int64_t lease;
+    /* A key that must be absent for the write to apply (NULL: none): the
+     * fence a removal of the record puts first when the write's outcome was
+     * unknown (registry_unwrite.c), so that etcd applying the write only
+     * later (a member that held it, frozen) fails it then. */
+    const void *fence;
+    size_t fence_len;
     /* Whether the caller has stopped waiting for the answer (NULL: it
      * never does): a write still queued then is not sent. Asked every
      * REGISTRY_BATCH_POLL_MS while the write is queued, under batch_lock,
@@ -184,7 +190,12 @@ bool registry_refused_before_apply(ferry_status_t status);
  * path (params.exec; inline without one), tried again a bounded number of
  * times while etcd cannot be reached. Takes `value` (malloc'd). */
 void registry_unwrite_later(coord_registry_t *r, const char *id, int64_t lease, uint8_t *value,
-                            size_t value_len);
+                            size_t value_len, const registry_key_t *fence);
+
+/* A new fence key, "<prefix>fences/<32 hex digits, random>", for a Register
+ * whose record a removal may have to take back (registry_write_t.fence).
+ * False: no randomness. */
+bool registry_fence_new(coord_registry_t *r, registry_key_t *fence);
 
 /* Revokes `lease`, which the failed call for request ID `id` granted for
  * itself, or may have (a grant whose answer never came), the same way:

@@ -196,14 +196,16 @@ void coord_strip(Ferry__V1__Operation *op, bool keep_metadata)
 /* The Register's create-if-absent. *unknown_p: it failed in a way that
  * may have come after etcd applied it (the record may be there). */
 static ferry_status_t register_txn(coord_registry_t *r, const char *id, const uint8_t *bytes,
-                                   size_t len, int64_t lease, bool (*gone)(void *arg),
-                                   void *gone_arg, int64_t *revision_p, bool *unknown_p, char *msg,
-                                   size_t cap)
+                                   size_t len, int64_t lease, const registry_key_t *fence,
+                                   bool (*gone)(void *arg), void *gone_arg, int64_t *revision_p,
+                                   bool *unknown_p, char *msg, size_t cap)
 {
     registry_key_t key;
     registry_write_t w = {.value = bytes,
                           .value_len = len,
                           .lease = lease,
+                          .fence = fence != NULL ? fence->bytes : NULL,
+                          .fence_len = fence != NULL ? fence->len : 0,
                           .gone = gone,
                           .gone_arg = gone_arg,
                           .deadline_ms = etcd_get_deadline()};
@@ -248,8 +250,15 @@ ferry_status_t coord_register(coord_registry_t *r, const Ferry__V1__RegisterRequ
     size_t len = 0;
     lease_t lease;
     bool unknown = false;
+    /* A record on the caller's lease under a token we pick is taken back
+     * if the write's outcome is unknown (err_unwrite): it is fenced. */
+    bool fenced = req->lease_id != 0 && req->access_token[0] == '\0';
+    registry_key_t fence;
     ferry_status_t status;
 
+    if (fenced && !registry_fence_new(r, &fence)) {
+        return registry_fail(FERRY_ERR_INTERNAL, msg, cap, "no randomness for the write's fence");
+    }
     if (req->access_token[0] != '\0') {
         snprintf(out->access_token, sizeof(out->access_token), "%s", req->access_token);
     } else if (new_token(out->access_token, sizeof(out->access_token)) != FERRY_OK) {
@@ -282,8 +291,8 @@ ferry_status_t coord_register(coord_registry_t *r, const Ferry__V1__RegisterRequ
         registry_fail(status, msg, cap, "no memory to store the record");
         goto err_revoke;
     }
-    status = register_txn(r, req->request_id, bytes, len, out->lease_id, gone, gone_arg,
-                          &out->revision, &unknown, msg, cap);
+    status = register_txn(r, req->request_id, bytes, len, out->lease_id, fenced ? &fence : NULL,
+                          gone, gone_arg, &out->revision, &unknown, msg, cap);
     if (status != FERRY_OK) {
         goto err_unwrite;
     }
@@ -306,8 +315,8 @@ err_unwrite:
      * (registry_unwrite.c). With the caller's own token it is left: the
      * caller holds that token, so a Lookup finds the record and Cancel and
      * Release remove it. */
-    if (unknown && req->lease_id != 0 && req->access_token[0] == '\0') {
-        registry_unwrite_later(r, req->request_id, out->lease_id, bytes, len);
+    if (unknown && fenced) {
+        registry_unwrite_later(r, req->request_id, out->lease_id, bytes, len, &fence);
         bytes = NULL; /* the removal's now */
     }
     free(bytes);

@@ -17,6 +17,17 @@
  * token of cannot have changed since, so the compare fails only when the
  * failed transaction was not applied, or the record is already gone.
  *
+ * Not applied yet is not never applied: a member that held the request
+ * (frozen, a stuck disk) may hand it to the leader after the removal found
+ * nothing, and the record then appeared for good (3 of 12 trials with a
+ * follower frozen under the Register). So such a Register's transaction
+ * also asks that a fence key of its own, "<prefix>fences/<random>", be
+ * absent (registry_write_t.fence), and the removal puts that key, on the
+ * caller's lease, in the same transaction as the delete, whichever way its
+ * compare goes: once that is committed, the Register's transaction fails
+ * whenever it comes. The fence goes with the lease; a lease already gone
+ * took the record with it, and refuses the write too.
+ *
  * Bounds: a removal runs on params.exec at once (COORD_EXEC_MUST, one per
  * failed Register, as a revoke after a failed call), off the caller's path,
  * whose answer must not wait for a second etcd timeout. One that cannot
@@ -40,6 +51,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 
+#include <openssl/rand.h>
+
 #include "common/log.h"
 
 /* Tries of one removal: the first at once, the others each after the
@@ -55,8 +68,31 @@ typedef struct registry_unwrite {
     uint8_t *value; /* the record as the failed Register wrote it; NULL: revoke `lease` */
     size_t value_len;
     registry_key_t key;
+    registry_key_t fence; /* with value: the Register's fence */
     char id[COORD_REQUEST_ID_MAX + 1];
 } registry_unwrite_t;
+
+bool registry_fence_new(coord_registry_t *r, registry_key_t *fence)
+{
+    static const char hex[] = "0123456789abcdef";
+    unsigned char raw[16];
+    char text[2 * sizeof(raw) + 1];
+    char msg[64];
+
+    if (RAND_bytes(raw, sizeof(raw)) != 1) {
+        return false;
+    }
+    for (size_t i = 0; i < sizeof(raw); i++) {
+        text[2 * i] = hex[raw[i] >> 4];
+        text[2 * i + 1] = hex[raw[i] & 15];
+    }
+    text[sizeof(text) - 1] = '\0';
+    /* "fences/" is as long as "claims/", for which REGISTRY_KEY_MAX has
+     * room with the longest prefix, and the name is shorter than an ID. */
+    char sub[COORD_PREFIX_MAX + sizeof("fences/")];
+    snprintf(sub, sizeof(sub), "%sfences/", r->prefix);
+    return registry_key(sub, text, fence, msg, sizeof(msg)) == FERRY_OK;
+}
 
 static size_t unwrite_bytes(const registry_unwrite_t *u)
 {
@@ -69,7 +105,10 @@ static void unwrite_free(registry_unwrite_t *u)
     free(u);
 }
 
-/* Deletes the key if it holds exactly u->value. *removed_p: it did. */
+/* Puts the Register's fence and deletes the key if it holds exactly
+ * u->value, in one transaction. *removed_p: it deleted. A lease gone
+ * (NOT_FOUND: etcd refused the fence's put) took the record with it and
+ * refuses the Register's put too: done. */
 static ferry_status_t unwrite_txn(registry_unwrite_t *u, bool *removed_p)
 {
     etcd_compare_t cmp = {.target = ETCD_CMP_VALUE,
@@ -78,13 +117,20 @@ static ferry_status_t unwrite_txn(registry_unwrite_t *u, bool *removed_p)
                           .key_len = u->key.len,
                           .value = u->value,
                           .value_len = u->value_len};
-    etcd_op_t del = {.type = ETCD_OP_DELETE, .key = u->key.bytes, .key_len = u->key.len};
+    etcd_op_t fence = {.type = ETCD_OP_PUT,
+                       .key = u->fence.bytes,
+                       .key_len = u->fence.len,
+                       .value = (const uint8_t *)"",
+                       .value_len = 0,
+                       .lease = u->lease};
+    etcd_op_t success[2] = {fence,
+                            {.type = ETCD_OP_DELETE, .key = u->key.bytes, .key_len = u->key.len}};
     etcd_txn_result_t res = {0};
-    ferry_status_t status = etcd_txn(u->r->etcd, &cmp, 1, &del, 1, NULL, 0, &res);
+    ferry_status_t status = etcd_txn(u->r->etcd, &cmp, 1, success, 2, &fence, 1, &res);
 
     *removed_p = status == FERRY_OK && res.succeeded;
     etcd_txn_result_free(&res);
-    return status;
+    return status == FERRY_ERR_NOT_FOUND ? FERRY_OK : status;
 }
 
 /* Keeps u for the maintenance thread to queue again; false when the
@@ -185,7 +231,7 @@ static void unwrite_submit(registry_unwrite_t *u)
 }
 
 void registry_unwrite_later(coord_registry_t *r, const char *id, int64_t lease, uint8_t *value,
-                            size_t value_len)
+                            size_t value_len, const registry_key_t *fence)
 {
     registry_unwrite_t *u = calloc(1, sizeof(*u));
     char msg[256];
@@ -205,6 +251,7 @@ void registry_unwrite_later(coord_registry_t *r, const char *id, int64_t lease, 
     u->lease = lease;
     u->value = value;
     u->value_len = value_len;
+    u->fence = *fence;
     snprintf(u->id, sizeof(u->id), "%s", id);
     unwrite_submit(u);
 }

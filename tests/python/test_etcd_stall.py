@@ -25,6 +25,7 @@ still answers what it can answer without etcd.
 Correctness only: "answers" means within the call's own gRPC deadline; no
 timing is asserted beyond that. Run with /usr/bin/python3 from CTest.
 """
+import base64
 import json
 import os
 import shutil
@@ -427,6 +428,60 @@ class EtcdStall(unittest.TestCase):
             self.assertEqual(cm.exception.code(), grpc.StatusCode.ALREADY_EXISTS)
         wait_until(lambda: self._leases() == before, BOUND,
                    "the failed registrations' leases to be revoked")
+
+    def test_unanswered_register_on_the_callers_lease_is_taken_back_and_fenced(self):
+        """A Register on the caller's own lease, the token left to the
+        coordinator, that frozen etcd does not answer: its caller hears
+        UNAVAILABLE, and once etcd is back the coordinator's removal leaves
+        no record (whether etcd applied the write or not) and a fence key
+        on the caller's lease, which the write's transaction asks to be
+        absent, so that a member that held the write and applies it later
+        writes nothing. Both KV APIs, each with its own coordinator."""
+        for api in ("grpc", "gateway"):
+            with self.subTest(kv_api=api):
+                if self.coord is not None:
+                    self.coord.stop()
+                self.start_coordinator(extra=("--etcd-kv-api", api))
+                stub, _ = self.stub()
+                session = stub.Register(self.register_req(f"session-{api}"),
+                                        timeout=WRITE_TIMEOUT)
+                req = self.cpb.RegisterRequest(
+                    request_id=f"unanswered-{api}", metadata=metadata(self.pb), owner="stall",
+                    lease_id=session.lease_id, lease_token=session.lease_token)
+                self.freeze()
+                with self.assertRaises(grpc.RpcError) as cm:
+                    stub.Register(req, timeout=3)
+                self.assertIn(cm.exception.code(), CLEAR_CODES, cm.exception.details())
+                self.thaw()
+                wait_until(lambda: self._keys("/ferry/fences/"), BOUND,
+                           "the removal's fence in etcd")
+                fences = self._keys("/ferry/fences/")
+                self.assertEqual(len(fences), 1)
+                self.assertEqual(fences[0]["lease"], str(session.lease_id))
+                self.assertEqual(self._keys(f"/ferry/ops/unanswered-{api}"), [])
+                # The ID is free: the caller's retry registers it.
+                stub.Register(req, timeout=WRITE_TIMEOUT)
+                self.assertEqual(len(self._keys(f"/ferry/ops/unanswered-{api}")), 1)
+                self._delete("/ferry/fences/")
+
+    def _keys(self, prefix):
+        """The kvs under prefix (base64 fields as etcd's gateway gives them,
+        key decoded)."""
+        end = prefix[:-1] + chr(ord(prefix[-1]) + 1)
+        body = json.dumps({"key": base64.b64encode(prefix.encode()).decode(),
+                           "range_end": base64.b64encode(end.encode()).decode()}).encode()
+        req = urllib.request.Request(self.etcd.endpoint + "/v3/kv/range", data=body)
+        with urllib.request.urlopen(req, timeout=5) as r:
+            return [dict(kv, key=base64.b64decode(kv["key"]).decode())
+                    for kv in json.loads(r.read()).get("kvs", [])]
+
+    def _delete(self, prefix):
+        end = prefix[:-1] + chr(ord(prefix[-1]) + 1)
+        body = json.dumps({"key": base64.b64encode(prefix.encode()).decode(),
+                           "range_end": base64.b64encode(end.encode()).decode()}).encode()
+        req = urllib.request.Request(self.etcd.endpoint + "/v3/kv/deleterange", data=body)
+        with urllib.request.urlopen(req, timeout=5):
+            pass
 
     def _leases(self):
         req = urllib.request.Request(self.etcd.endpoint + "/v3/lease/leases", data=b"{}",
