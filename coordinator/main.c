@@ -388,21 +388,49 @@ static void close_all(coordinator_t *c)
 #define TRIM_INTERVAL_S  10
 #define TRIM_ABOVE_BYTES ((size_t)32 << 20) /* free in the arenas */
 
+/* The process's resident bytes (/proc/self/statm); 0 if unreadable. */
+static size_t resident_bytes(void)
+{
+    unsigned long size = 0, resident = 0;
+    FILE *f = fopen("/proc/self/statm", "r");
+
+    if (f != NULL) {
+        if (fscanf(f, "%lu %lu", &size, &resident) != 2) {
+            resident = 0;
+        }
+        fclose(f);
+    }
+    return (size_t)resident * (size_t)sysconf(_SC_PAGESIZE);
+}
+
 /* Hands the heap's free pages back (malloc_trim) when the arenas hold more
- * than TRIM_ABOVE_BYTES free: a few milliseconds, at most every
- * TRIM_INTERVAL_S, where a burst of 1 MiB Registers had left 600-750 MB
- * resident after every record was gone, and thousands of parked waits
- * whose clients died 100 MB. */
+ * than TRIM_ABOVE_BYTES free and the process grew by as much since the
+ * last trim: a few milliseconds, at most every TRIM_INTERVAL_S, where a
+ * burst of 1 MiB Registers had left 600-750 MB resident after every record
+ * was gone, and thousands of parked waits whose clients died 100 MB. The
+ * free bytes alone do not tell: a trim gives the pages back but keeps the
+ * chunks free, so they stayed over the mark, and every interval trimmed
+ * again for nothing. Growth since the last trim is what freed memory
+ * touched again looks like. */
 static void give_back_free_memory(void)
 {
-    struct mallinfo2 before = mallinfo2();
+    static size_t after_last; /* resident bytes after the last trim */
+    struct mallinfo2 info = mallinfo2();
+    size_t before;
 
-    if (before.fordblks <= TRIM_ABOVE_BYTES) {
+    if (info.fordblks <= TRIM_ABOVE_BYTES) {
+        return;
+    }
+    before = resident_bytes();
+    if (before != 0 && before <= after_last + TRIM_ABOVE_BYTES) {
         return;
     }
     malloc_trim(0);
-    ferry_debug("memory: gave back free heap pages (%zu MiB free in the arenas)",
-                before.fordblks >> 20);
+    after_last = resident_bytes();
+    if (after_last < before) {
+        ferry_debug("memory: gave back %zu MiB of free heap pages (%zu MiB free in the arenas)",
+                    (before - after_last) >> 20, info.fordblks >> 20);
+    }
 }
 
 /* Waits for SIGTERM or SIGINT (returns it), or for the private etcd to
