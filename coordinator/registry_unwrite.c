@@ -33,9 +33,12 @@
  * whose answer must not wait for a second etcd timeout. One that cannot
  * reach etcd waits in r->unwrites, and the maintenance thread queues it
  * again each time it finds etcd able to commit, REGISTRY_UNWRITE_TRIES
- * tries in all; at most REGISTRY_UNWRITE_BYTES wait at once. One that gives
- * up, or finds no room, is logged with its request ID and lease: the record
- * then lives as long as that lease.
+ * tries in all. At most REGISTRY_UNWRITE_BYTES of removals (each with the
+ * record it compares) exist at once, queued or waiting: during an etcd
+ * outage every failed Register makes one, and queued ones counted nowhere
+ * could hold the queue's length in records. One that gives up, or finds
+ * no room, is logged with its request ID and lease: the record then lives
+ * as long as that lease.
  *
  * A lease a failed Register or Claim granted for itself, or a grant whose
  * answer never came (the coordinator picked its ID: registry_ops.c), goes
@@ -99,10 +102,33 @@ static size_t unwrite_bytes(const registry_unwrite_t *u)
     return sizeof(*u) + u->value_len;
 }
 
+/* Frees u, and what it counted in r->unwrite_bytes. */
 static void unwrite_free(registry_unwrite_t *u)
 {
+    coord_registry_t *r = u->r;
+
+    pthread_mutex_lock(&r->lock);
+    r->unwrite_bytes -= unwrite_bytes(u);
+    pthread_mutex_unlock(&r->lock);
     free(u->value);
     free(u);
+}
+
+/* Counts u in r->unwrite_bytes from now until it is freed, queued or
+ * waiting; false, counting nothing, when that would pass
+ * REGISTRY_UNWRITE_BYTES. */
+static bool unwrite_admit(registry_unwrite_t *u)
+{
+    coord_registry_t *r = u->r;
+    bool admitted = false;
+
+    pthread_mutex_lock(&r->lock);
+    if (r->unwrite_bytes + unwrite_bytes(u) <= REGISTRY_UNWRITE_BYTES) {
+        r->unwrite_bytes += unwrite_bytes(u);
+        admitted = true;
+    }
+    pthread_mutex_unlock(&r->lock);
+    return admitted;
 }
 
 /* Puts the Register's fence and deletes the key if it holds exactly
@@ -133,22 +159,16 @@ static ferry_status_t unwrite_txn(registry_unwrite_t *u, bool *removed_p)
     return status == FERRY_ERR_NOT_FOUND ? FERRY_OK : status;
 }
 
-/* Keeps u for the maintenance thread to queue again; false when the
- * removals waiting already hold REGISTRY_UNWRITE_BYTES. */
-static bool unwrite_park(registry_unwrite_t *u)
+/* Keeps u (counted since it was admitted) for the maintenance thread to
+ * queue again. */
+static void unwrite_park(registry_unwrite_t *u)
 {
     coord_registry_t *r = u->r;
-    bool parked = false;
 
     pthread_mutex_lock(&r->lock);
-    if (r->unwrite_bytes + unwrite_bytes(u) <= REGISTRY_UNWRITE_BYTES) {
-        u->next = r->unwrites;
-        r->unwrites = u;
-        r->unwrite_bytes += unwrite_bytes(u);
-        parked = true;
-    }
+    u->next = r->unwrites;
+    r->unwrites = u;
     pthread_mutex_unlock(&r->lock);
-    return parked;
 }
 
 /* What u removes, for the log: "the record its failed Register may have
@@ -204,7 +224,8 @@ static void unwrite_run(void *arg, bool run)
         unwrite_free(u);
         return;
     }
-    if (--u->tries_left > 0 && unwrite_park(u)) {
+    if (--u->tries_left > 0) {
+        unwrite_park(u);
         ferry_info("op %s: cannot remove %s yet: %s (%s); trying again once etcd can commit", u->id,
                    unwrite_what(u), ferry_status_string(status), etcd_client_last_error());
         return;
@@ -219,6 +240,15 @@ static void unwrite_submit(registry_unwrite_t *u)
 {
     coord_exec_t *exec = u->r->params.exec;
 
+    if (u->tries_left == REGISTRY_UNWRITE_TRIES && !unwrite_admit(u)) {
+        ferry_warn("op %s: no room to remove %s (%zu MiB of removals wait already); it stays "
+                   "until lease %lld ends",
+                   u->id, unwrite_what(u), (size_t)REGISTRY_UNWRITE_BYTES >> 20,
+                   (long long)u->lease);
+        free(u->value);
+        free(u);
+        return;
+    }
     if (exec == NULL) {
         /* No queue (tests): here, with etcd's whole time, not what is
          * left of the failed call's. */
@@ -280,7 +310,6 @@ void registry_unwrites_retry(coord_registry_t *r)
     pthread_mutex_lock(&r->lock);
     u = r->unwrites;
     r->unwrites = NULL;
-    r->unwrite_bytes = 0;
     pthread_mutex_unlock(&r->lock);
     while (u != NULL) {
         registry_unwrite_t *next = u->next;
@@ -297,5 +326,4 @@ void registry_unwrites_free(coord_registry_t *r)
         r->unwrites = u->next;
         unwrite_drop(u);
     }
-    r->unwrite_bytes = 0;
 }
