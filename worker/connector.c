@@ -759,11 +759,30 @@ static ferry_status_t ucx_fail(ferry_connector_t *c, const char *what, ucs_statu
                        ucs_status_string(status));
 }
 
+/* The framing checks of peers' addresses and keys (peer.c) know UCX
+ * 1.13's layout: another UCX, loaded at run time, may write another, and
+ * honest peers' metadata would then be refused as malformed. Said once. */
+static void check_ucx_version(void)
+{
+    static atomic_bool said;
+    unsigned major = 0, minor = 0, release = 0;
+
+    ucp_get_version(&major, &minor, &release);
+    if ((major != 1 || minor != 13) && !atomic_exchange(&said, true)) {
+        ferry_warn("UCX %u.%u.%u: libferry checks peers' UCX addresses and keys against UCX "
+                   "1.13's layout, which this UCX may not write; metadata of honest peers may "
+                   "be refused as malformed",
+                   major, minor, release);
+    }
+}
+
 static ferry_status_t open_context(ferry_connector_t *c)
 {
     ucp_params_t params = {0};
     ucp_context_attr_t attr = {0};
     ucs_status_t status;
+
+    check_ucx_version();
 
     params.field_mask = UCP_PARAM_FIELD_FEATURES;
     params.features = UCP_FEATURE_RMA | UCP_FEATURE_AM | UCP_FEATURE_WAKEUP;
