@@ -375,7 +375,7 @@ static void apply_claim_delete(coord_registry_t *r, const char *id, const etcd_e
  * message's header revision: etcd may send a header revision ahead of the
  * events still to come (a catching-up watch gets them in batches). */
 void registry_on_watch_events(void *arg, const etcd_event_t *events, size_t n_events,
-                              int64_t revision)
+                              int64_t revision, bool more)
 {
     coord_registry_t *r = arg;
     char id[256];
@@ -406,6 +406,11 @@ void registry_on_watch_events(void *arg, const etcd_event_t *events, size_t n_ev
             id_of_key(r->claims_prefix, &ev->kv, id, sizeof(id)) != NULL) {
             apply_claim_delete(r, id, ev);
         }
+    }
+    if (more) {
+        /* etcd split the message: the rest of its last revision follows,
+         * and a revision is published whole (service_watch.c). */
+        return;
     }
     pthread_mutex_lock(&r->lock);
     view_prune(&r->view, r->revision);

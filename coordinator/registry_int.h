@@ -166,7 +166,7 @@ ferry_status_t registry_record_decode(const uint8_t *bytes, size_t len, coord_re
  * previous record etcd did not send included. Runs on the watch thread;
  * takes r->lock. Not static so that tests can feed it events. */
 void registry_on_watch_events(void *arg, const etcd_event_t *events, size_t n_events,
-                              int64_t revision);
+                              int64_t revision, bool more);
 
 /* Writes w->value at w->key if the key is absent, in a transaction shared
  * with the Registers that wait beside it (params.register_batch at most);

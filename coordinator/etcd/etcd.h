@@ -285,9 +285,13 @@ typedef struct {
     bool prev_kv;
     /* Events, in revision order; one call per etcd watch message (a
      * transaction touching two keys arrives as one call). `revision` is the
-     * message's header revision. Runs on the watch's own thread; the
-     * arrays are valid only during the call. */
-    void (*on_events)(void *arg, const etcd_event_t *events, size_t n_events, int64_t revision);
+     * message's header revision. `more`: etcd split a large message
+     * (fragments) and more of it follows, maybe of the last event's
+     * revision: a caller that acts once per revision (whole) waits for the
+     * call without `more`, which may carry no events. Runs on the watch's
+     * own thread; the arrays are valid only during the call. */
+    void (*on_events)(void *arg, const etcd_event_t *events, size_t n_events, int64_t revision,
+                      bool more);
     /* The watch lost or regained its stream (connected false/true). After a
      * drop it reconnects by itself from the last delivered revision + 1.
      * `status` is FERRY_ERR_OUT_OF_RANGE when that revision has been compacted:

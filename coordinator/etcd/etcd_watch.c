@@ -179,9 +179,9 @@ static void etcd_watch_events(etcd_watch_t *watch, const etcd_watch_msg_t *msg)
         n--;
         watch->skip--;
     }
-    if (n > 0) {
+    if (n > 0 || !msg->fragment) {
         watch->skip = 0;
-        watch->params.on_events(watch->params.arg, events, n, msg->revision);
+        watch->params.on_events(watch->params.arg, events, n, msg->revision, msg->fragment);
     }
     /* Parsed revisions are below INT64_MAX (etcd_json.c). */
     int64_t last = msg->events[msg->n_events - 1].kv.mod_revision;

@@ -98,7 +98,7 @@ static void put(fixture_t *f, const char *id, int state, int64_t revision)
                         .mod_revision = revision};
     ev.prev_kv = ev.kv;
     ev.prev_kv.key_len = 0;
-    registry_on_watch_events(&f->r, &ev, 1, revision);
+    registry_on_watch_events(&f->r, &ev, 1, revision, false);
     free(bytes);
 }
 
@@ -110,7 +110,7 @@ static void delete_bare(fixture_t *f, const char *id, int64_t revision)
 
     strcat(key, id);
     ev.kv = (etcd_kv_t){.key = (uint8_t *)key, .key_len = strlen(key), .mod_revision = revision};
-    registry_on_watch_events(&f->r, &ev, 1, revision);
+    registry_on_watch_events(&f->r, &ev, 1, revision, false);
 }
 
 /* The view held the record: its delete is reported from that copy, a

@@ -283,10 +283,13 @@ static void recorder_copy(char *out, size_t cap, const uint8_t *data, size_t len
 }
 
 static void recorder_on_events(void *arg, const etcd_event_t *events, size_t n_events,
-                               int64_t revision)
+                               int64_t revision, bool more)
 {
     recorder_t *rec = arg;
     (void)revision;
+    if (rec->n_calls < RECORDER_MAX) {
+        rec->call_more[rec->n_calls] = more;
+    }
     pthread_mutex_lock(&rec->lock);
     for (size_t i = 0; i < n_events && rec->n_events < RECORDER_MAX; i++) {
         recorded_event_t *out = &rec->events[rec->n_events++];

@@ -99,6 +99,7 @@ typedef struct {
     recorded_event_t events[RECORDER_MAX];
     size_t n_events;
     size_t call_sizes[RECORDER_MAX]; /* events per on_events call */
+    bool call_more[RECORDER_MAX];    /* each call's `more` */
     size_t n_calls;
     int n_up;   /* on_state(true) */
     int n_down; /* on_state(false) */

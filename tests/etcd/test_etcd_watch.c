@@ -244,7 +244,10 @@ static void test_a_revision_larger_than_a_message_comes_in_fragments(void **stat
     etcd_watch_destroy(watch);
 
     assert_int_equal(rec.n_events, FRAG_KEYS + 1);
-    assert_true(rec.n_calls > 2); /* the revision in two or more, then the marker */
+    assert_true(rec.n_calls > 2);  /* the revision in two or more, then the marker */
+    assert_true(rec.call_more[0]); /* more of the revision follows */
+    assert_false(rec.call_more[rec.n_calls - 2]);
+    assert_false(rec.call_more[rec.n_calls - 1]);
     for (int i = 0; i < FRAG_KEYS; i++) {
         char key[32];
         snprintf(key, sizeof(key), "w6/%02d", i);
