@@ -66,8 +66,10 @@ typedef struct coord_registry coord_registry_t;
 #define COORD_LOAD_PAGE 5000
 
 /* Registers per etcd transaction (--register-batch): the default, and the
- * most (a batch of n is n compares and n puts; etcd refuses a transaction
- * of more than --max-txn-ops, 128 by default, of either). */
+ * most. A Register is one compare and one put, or two compares when it is
+ * fenced (registry_unwrite.c); etcd refuses a transaction of more than
+ * --max-txn-ops, 128 by default, of either, so a transaction also holds at
+ * most COORD_REGISTER_BATCH_MAX compares (registry_batch.c, take_batch). */
 #define COORD_REGISTER_BATCH     64
 #define COORD_REGISTER_BATCH_MAX 128
 

@@ -250,6 +250,12 @@ static bool same_key(const registry_write_t *a, const registry_write_t *b)
     return a->key_len == b->key_len && memcmp(a->key, b->key, a->key_len) == 0;
 }
 
+/* The compares w adds to a transaction: its key's, and its fence's. */
+static size_t write_cmps(const registry_write_t *w)
+{
+    return w->fence != NULL ? 2 : 1;
+}
+
 /* What w adds to a shared transaction: its key three times (the compare,
  * the put, the failure branch's read), its fence's compare, its value, and
  * framing. */
@@ -278,14 +284,16 @@ static bool may_join(registry_write_t *const *ws, size_t n, const registry_write
 
 /* Takes up to max writes off the queue into ws[0..*n_p), in order, while
  * their bytes stay within REGISTRY_BATCH_BYTES (the first is taken
- * whatever its size), leaving those that may not join (may_join) for a
- * later one. A write whose caller has stopped waiting (its deadline
+ * whatever its size) and their compares within COORD_REGISTER_BATCH_MAX
+ * (etcd's --max-txn-ops: a fenced write has two, and 128 fenced writes were
+ * refused whole, then each sent alone), leaving those that may not join
+ * (may_join) for a later one. A write whose caller has stopped waiting (its deadline
  * passed, or it went away) leaves the queue unsent (late): nothing is
  * written that its caller will not hear of. Caller holds batch_lock. */
 static void take_batch(coord_registry_t *r, registry_write_t **ws, size_t *n_p, size_t max)
 {
     registry_write_t **p = &r->batch_head;
-    size_t n = 0, bytes = 0;
+    size_t n = 0, bytes = 0, cmps = 0;
     bool late = false;
 
     while (n < max && *p != NULL) {
@@ -300,11 +308,13 @@ static void take_batch(coord_registry_t *r, registry_write_t **ws, size_t *n_p, 
             p = &w->next;
             continue;
         }
-        if (n > 0 && write_bytes(w) > REGISTRY_BATCH_BYTES - bytes) {
+        if (n > 0 && (write_bytes(w) > REGISTRY_BATCH_BYTES - bytes ||
+                      cmps + write_cmps(w) > COORD_REGISTER_BATCH_MAX)) {
             break; /* the next transaction takes it */
         }
         *p = w->next;
         ws[n++] = w;
+        cmps += write_cmps(w);
         bytes += write_bytes(w) < REGISTRY_BATCH_BYTES ? write_bytes(w) : REGISTRY_BATCH_BYTES;
     }
     if (late) {

@@ -111,7 +111,7 @@ const char *etcd_client_last_error(void);
 int64_t etcd_set_deadline(int64_t deadline_ms);
 /* Whether the calling thread's last request failed (then
  * FERRY_ERR_RESOURCE_EXHAUSTED) because etcd's reply was larger than the
- * client takes in one piece (256 MiB): a read of fewer keys may go. */
+ * client takes in one piece (ETCD_REPLY_MAX, 64 MiB): a read of fewer keys may go. */
 bool etcd_reply_too_large(void);
 
 /* The calling thread's deadline (etcd_set_deadline); 0: none. */

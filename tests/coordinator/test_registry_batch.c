@@ -47,6 +47,7 @@ static struct {
     bool gate;    /* the first call waits here until the gate opens */
     bool holding; /* the first call is at the gate */
     int calls, shared_calls, not_found_calls, largest;
+    size_t largest_cmps;         /* compares of the call with the most */
     int64_t deadlines[MAX_KEYS]; /* the thread's etcd deadline at each call */
     size_t largest_bytes;        /* values and keys of the largest shared call */
 } fake = {.lock = PTHREAD_MUTEX_INITIALIZER, .cond = PTHREAD_COND_INITIALIZER};
@@ -83,7 +84,6 @@ ferry_status_t __wrap_etcd_txn(etcd_client_t *client, const etcd_compare_t *cmps
     size_t bytes = 0;
 
     (void)client;
-    (void)n_cmps;
     *res = (etcd_txn_result_t){0};
     pthread_mutex_lock(&fake.lock);
     if (fake.gate && !fake.holding) {
@@ -99,8 +99,10 @@ ferry_status_t __wrap_etcd_txn(etcd_client_t *client, const etcd_compare_t *cmps
         if (puts[i].lease == DEAD_LEASE) {
             status = FERRY_ERR_NOT_FOUND;
         }
-        taken = taken || stored(cmps[i].key, cmps[i].key_len);
+        taken = taken || stored(puts[i].key, puts[i].key_len);
     }
+    (void)cmps; /* a put's compare is of its own key (and of its fence: never stored) */
+    fake.largest_cmps = n_cmps > fake.largest_cmps ? n_cmps : fake.largest_cmps;
     if (n_puts > 1) {
         fake.shared_calls++;
         atomic_store(&shared_seen, true);
@@ -262,6 +264,7 @@ static void fake_reset(void)
     fake.gate = fake.holding = false;
     fake.calls = fake.shared_calls = fake.not_found_calls = fake.largest = 0;
     fake.largest_bytes = 0;
+    fake.largest_cmps = 0;
     pthread_mutex_unlock(&fake.lock);
     atomic_store(&shared_seen, false);
 }
@@ -434,6 +437,37 @@ static void test_shared_transaction_bytes_are_bounded(void **state)
     assert_int_equal(fake.calls, 1 + N_QUEUED / 2);
 }
 
+/* A fenced Register (registry_unwrite.c) brings two compares, and etcd
+ * refuses a transaction of more than --max-txn-ops (128) of them: with
+ * --register-batch 128, 100 fenced Registers queued together go in
+ * transactions of 64, each within 128 compares. (They went as one of 200
+ * compares, which etcd refused whole, and then each alone.) */
+static void test_fenced_writes_keep_a_transaction_within_etcds_ops(void **state)
+{
+    enum { N = 100 };
+    coord_registry_t *r = *state;
+    static member_t m[1 + N];
+    static pthread_t threads[1 + N];
+    static char fences[1 + N][KEY_CAP];
+
+    r->params.register_batch = COORD_REGISTER_BATCH_MAX;
+    for (size_t i = 0; i <= N; i++) {
+        member_init(&m[i], r, (int)i, 100, 0);
+        snprintf(fences[i], KEY_CAP, "/ferry/fences/f-%zu", i);
+        m[i].w.fence = fences[i];
+        m[i].w.fence_len = strlen(fences[i]);
+    }
+    queue_at_gate(r, m, 1 + N, threads);
+    open_gate(threads, 1 + N);
+    for (size_t i = 0; i <= N; i++) {
+        assert_int_equal(m[i].w.status, FERRY_OK);
+        assert_true(m[i].w.created);
+    }
+    assert_true(fake.largest_cmps <= COORD_REGISTER_BATCH_MAX);
+    assert_int_equal(fake.largest, COORD_REGISTER_BATCH_MAX / 2);
+    assert_int_equal(fake.calls, 1 + 2); /* the one at the gate, then 64 + 36 */
+}
+
 /* A queued Register whose caller goes while a transaction is in flight
  * leaves the queue at once, unsent (TIMED_OUT, late), without waiting for
  * that transaction to end; the others queued beside it are unaffected.
@@ -567,6 +601,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_failure_after_apply_is_every_members_answer, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_refused_transaction_runs_each_alone, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_fenced_writes_keep_a_transaction_within_etcds_ops,
+                                        setup, teardown),
         cmocka_unit_test_setup_teardown(test_shared_transaction_bytes_are_bounded, setup, teardown),
         cmocka_unit_test_setup_teardown(test_queued_write_leaves_when_its_caller_goes, setup,
                                         teardown),
