@@ -404,32 +404,39 @@ static size_t resident_bytes(void)
 }
 
 /* Hands the heap's free pages back (malloc_trim) when the arenas hold more
- * than TRIM_ABOVE_BYTES free and the process grew by as much since the
- * last trim: a few milliseconds, at most every TRIM_INTERVAL_S, where a
- * burst of 1 MiB Registers had left 600-750 MB resident after every record
- * was gone, and thousands of parked waits whose clients died 100 MB. The
- * free bytes alone do not tell: a trim gives the pages back but keeps the
- * chunks free, so they stayed over the mark, and every interval trimmed
- * again for nothing. Growth since the last trim is what freed memory
- * touched again looks like. */
+ * than TRIM_ABOVE_BYTES free and, since the last trim, either the free
+ * bytes grew by as much (memory freed: records that went) or the process
+ * did (free memory touched again and freed, which leaves the free bytes
+ * where they were): a few milliseconds, at most every TRIM_INTERVAL_S,
+ * where a burst of 1 MiB Registers had left 600-750 MB resident after every
+ * record was gone, and thousands of parked waits whose clients died 100 MB.
+ * The free bytes alone do not tell: a trim gives the pages back but keeps
+ * the chunks free, so they stayed over the mark and every interval trimmed
+ * again for nothing; resident growth alone missed records freed after a
+ * trim that ran while they were held. */
 static void give_back_free_memory(void)
 {
-    static size_t after_last; /* resident bytes after the last trim */
+    static size_t rss_after, free_after; /* as the last trim left them */
     struct mallinfo2 info = mallinfo2();
     size_t before;
 
+    if (info.fordblks < free_after) {
+        free_after = info.fordblks; /* used again: what is freed next counts */
+    }
     if (info.fordblks <= TRIM_ABOVE_BYTES) {
         return;
     }
     before = resident_bytes();
-    if (before != 0 && before <= after_last + TRIM_ABOVE_BYTES) {
+    if (info.fordblks <= free_after + TRIM_ABOVE_BYTES && before != 0 &&
+        before <= rss_after + TRIM_ABOVE_BYTES) {
         return;
     }
     malloc_trim(0);
-    after_last = resident_bytes();
-    if (after_last < before) {
+    rss_after = resident_bytes();
+    free_after = mallinfo2().fordblks;
+    if (rss_after < before) {
         ferry_debug("memory: gave back %zu MiB of free heap pages (%zu MiB free in the arenas)",
-                    (before - after_last) >> 20, info.fordblks >> 20);
+                    (before - rss_after) >> 20, info.fordblks >> 20);
     }
 }
 
