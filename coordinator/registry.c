@@ -146,9 +146,17 @@ static void report(coord_registry_t *r, coord_event_type_t type, Ferry__V1__Oper
 
 /* Marks `revision` applied. Caller holds the lock; the watch applies events
  * in revision order, so everything up to it is in the view. */
+int64_t registry_whole_revision_locked(const coord_registry_t *r)
+{
+    return r->partial ? r->whole : r->revision;
+}
+
+/* A change at `revision` is in the view. One of a later revision than the
+ * last means that one is whole. */
 static void applied_locked(coord_registry_t *r, int64_t revision)
 {
     if (revision > r->revision) {
+        r->whole = r->revision;
         r->revision = revision;
     }
 }
@@ -381,6 +389,12 @@ void registry_on_watch_events(void *arg, const etcd_event_t *events, size_t n_ev
     char id[256];
 
     (void)revision;
+    pthread_mutex_lock(&r->lock);
+    if (!r->partial) {
+        r->whole = r->revision;
+        r->partial = true;
+    }
+    pthread_mutex_unlock(&r->lock);
     for (size_t i = 0; i < n_events; i++) {
         const etcd_event_t *ev = &events[i];
         if (id_of_key(r->ops_prefix, &ev->kv, id, sizeof(id)) != NULL) {
@@ -407,6 +421,10 @@ void registry_on_watch_events(void *arg, const etcd_event_t *events, size_t n_ev
             apply_claim_delete(r, id, ev);
         }
     }
+    pthread_mutex_lock(&r->lock);
+    r->partial = more;
+    r->whole = more ? r->whole : r->revision;
+    pthread_mutex_unlock(&r->lock);
     if (more) {
         /* etcd split the message: the rest of its last revision follows,
          * and a revision is published whole (service_watch.c). */
@@ -638,6 +656,8 @@ static ferry_status_t load_view(coord_registry_t *r)
     pthread_mutex_lock(&r->lock);
     status = fill_view_locked(r, &range, &orphans);
     r->revision = range.revision;
+    r->whole = range.revision;
+    r->partial = false;
     n_ops = r->view.n_entries;
     pthread_mutex_unlock(&r->lock);
     if (status != FERRY_OK) {
@@ -951,7 +971,7 @@ int64_t coord_registry_revision(coord_registry_t *r)
 {
     int64_t rev;
     pthread_mutex_lock(&r->lock);
-    rev = r->revision;
+    rev = registry_whole_revision_locked(r);
     pthread_mutex_unlock(&r->lock);
     return rev;
 }

@@ -127,8 +127,8 @@ void coord_registry_destroy(coord_registry_t *registry);
 
 bool coord_registry_healthy(coord_registry_t *registry);
 
-/* The revision of the last change the view applied (or of its load); 0
- * before the first load. */
+/* The last revision the view applied whole (or of its load): every change
+ * up to it, none missing; 0 before the first load. */
 int64_t coord_registry_revision(coord_registry_t *registry);
 
 /* Whether the view holds a record of `request_id` (deleted ones not), as

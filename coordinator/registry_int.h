@@ -91,6 +91,13 @@ struct coord_registry {
      * event's): every change up to it is in the view. Write-throughs at or
      * below it are dropped (registry_view_put). */
     int64_t revision;
+    /* The watch is applying `revision` (its events come one at a time, and
+     * a revision etcd sent in fragments over several calls): reads of the
+     * view answer `whole`, the last revision applied whole, as their
+     * header (registry_whole_revision_locked), so that a client that
+     * watches from after it still gets the rest of `revision`. */
+    bool partial;
+    int64_t whole;
     bool synced; /* the view is loaded and its watch is connected */
     bool reload; /* the watch cannot resume: reload the view */
 
@@ -160,6 +167,10 @@ ferry_status_t registry_record_pack(const Ferry__V1__Operation *op, const uint8_
  * FERRY_ERR_INVALID_ARGUMENT for a malformed record (its metadata field
  * repeated, among others). */
 ferry_status_t registry_record_decode(const uint8_t *bytes, size_t len, coord_record_t *rec);
+
+/* The last revision the view holds whole: `revision`, or the one before
+ * while it is partial. Caller holds r->lock. */
+int64_t registry_whole_revision_locked(const coord_registry_t *r);
 
 /* The registry's watch handler (etcd_watch_params_t.on_events): applies
  * each event to the view and reports it (params.on_event), a DELETE whose

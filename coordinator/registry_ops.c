@@ -367,7 +367,8 @@ static ferry_status_t read_view(coord_registry_t *r, const char *id, record_t *r
         status = registry_record_decode(e->bytes, e->len, &rec->data);
         rec->from_view = true;
         rec->mod_revision = e->mod_revision;
-        rec->revision = r->revision > e->mod_revision ? r->revision : e->mod_revision;
+        int64_t whole = registry_whole_revision_locked(r);
+        rec->revision = whole > e->mod_revision ? whole : e->mod_revision;
     }
     pthread_mutex_unlock(&r->lock);
     *hit_p = e != NULL;

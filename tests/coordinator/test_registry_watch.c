@@ -160,6 +160,45 @@ static void test_delete_unknown_to_the_view_is_reported_by_id(void **state)
     assert_int_equal(f->seen.revision, 30);
 }
 
+/* A revision etcd sent in fragments (more) is in the view only in part
+ * until its last: a read of the view meanwhile answers the revision
+ * before it as its header, so a client that reads a record that revision
+ * deletes in a later fragment, then watches from after the header, still
+ * gets that delete. (It answered the partial revision: the client's Watch
+ * started after it and missed the delete for good.) */
+static void test_a_partial_revision_is_not_a_reads_header(void **state)
+{
+    fixture_t *f = *state;
+    coord_record_t rec;
+    int64_t header = 0;
+    bool answered = false;
+    char msg[256];
+
+    put(f, "op-a", FERRY_OP_REGISTERED, 40);
+    put(f, "op-b", FERRY_OP_REGISTERED, 41);
+    assert_int_equal(coord_registry_revision(&f->r), 41);
+
+    /* A lease's end at 42: op-a's delete in a first fragment, op-b's to come. */
+    char key[64] = OPS_PREFIX "op-a";
+    etcd_event_t ev = {.type = ETCD_EVENT_DELETE};
+    ev.kv = (etcd_kv_t){.key = (uint8_t *)key, .key_len = strlen(key), .mod_revision = 42};
+    registry_on_watch_events(&f->r, &ev, 1, 42, true);
+    assert_int_equal(f->r.revision, 42);
+    assert_int_equal(coord_registry_revision(&f->r), 41);
+    assert_int_equal(
+        coord_lookup_view(&f->r, "op-b", NULL, false, &rec, &header, &answered, msg, sizeof(msg)),
+        FERRY_OK);
+    assert_true(answered);
+    assert_int_equal(header, 41); /* watching from 42 gets op-b's delete */
+    coord_record_free(&rec);
+
+    char key_b[64] = OPS_PREFIX "op-b";
+    ev.kv = (etcd_kv_t){.key = (uint8_t *)key_b, .key_len = strlen(key_b), .mod_revision = 42};
+    registry_on_watch_events(&f->r, &ev, 1, 42, false);
+    assert_int_equal(coord_registry_revision(&f->r), 42);
+    assert_null(view_find(&f->r.view, "op-b"));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -168,6 +207,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_delete_without_prev_kv_keeps_a_final_state, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_delete_unknown_to_the_view_is_reported_by_id, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_a_partial_revision_is_not_a_reads_header, setup,
                                         teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
