@@ -209,7 +209,6 @@ bool ferry__op_move(ferry_op_t *op, ferry__op_state_t to, ferry_status_t code, c
         ferry_utf8_vformat(op->error_message, sizeof(op->error_message), fmt, ap);
         va_end(ap);
     }
-    atomic_store_explicit(&op->public_state, (int)to, memory_order_release);
     if (to == FERRY__OP_ERRORED) {
         ferry_warn("%s: %s -> ERRORED: %s (%s)", op->label, ferry__op_step_name(from),
                    op->error_message, ferry_status_name(op->error_code));
@@ -225,6 +224,9 @@ bool ferry__op_move(ferry_op_t *op, ferry__op_state_t to, ferry_status_t code, c
         pthread_cond_broadcast(&op->cond);
         queue_done(op);
     }
+    /* Last: a final status read without the lock finds the move's effects
+     * done (the counters, a passive side's unmap). */
+    atomic_store_explicit(&op->public_state, (int)to, memory_order_release);
     return true;
 }
 

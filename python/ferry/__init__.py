@@ -626,7 +626,16 @@ def _timeout_ms(timeout: Optional[float]) -> int:
         return -1
     if not timeout >= 0:  # NaN too
         raise ValueError("timeout must be >= 0 seconds or None")
-    return min(int(math.ceil(timeout * 1000)), 2**31 - 1)
+    if timeout >= (2**31 - 1) / 1000:
+        return 2**31 - 1
+    return int(math.ceil(timeout * 1000))
+
+
+def _whole(value: Any) -> int:
+    """An int argument: an int, or a float with no fraction (30.0)."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return operator.index(value)
 
 
 def _wait_ms(wait: Optional[float]) -> int:
@@ -642,7 +651,7 @@ def _ttl_s(ttl: Optional[int]) -> int:
     """A lease TTL argument in seconds; 0: the coordinator's default."""
     if ttl is None:
         return 0
-    s = operator.index(ttl)
+    s = _whole(ttl)
     if not 0 <= s <= 2**31 - 1:
         raise InvalidArgument(f"ttl {s} is not from 0 (the default) to {2**31 - 1} seconds")
     return s
@@ -914,7 +923,7 @@ class Connector(_ferry._Connector):
         if peer_error_handling is not None:
             kw["peer_error_handling"] = bool(peer_error_handling)
         if spin_us is not None:
-            us = operator.index(spin_us)
+            us = _whole(spin_us)
             if not 0 <= us <= 2**31 - 1:
                 raise InvalidArgument(f"connector: spin_us {us} is not from 0 to {2**31 - 1}")
             kw["spin_us"] = us
@@ -1069,7 +1078,9 @@ class Connector(_ferry._Connector):
     # asyncio: one reader per loop on the completion queue's eventfd
 
     def _watch(self, loop: asyncio.AbstractEventLoop) -> None:
-        for closed in [other for other in self._loops if other.is_closed()]:
+        # list() copies in C, under the GIL: another thread's loop may
+        # change the dict while is_closed() runs Python code.
+        for closed in [other for other in list(self._loops) if other.is_closed()]:
             del self._loops[closed]  # closed under a waiter that never ended
         n = self._loops.get(loop, 0)
         if n == 0:

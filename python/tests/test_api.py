@@ -534,10 +534,14 @@ def test_numbers_and_text_are_refused_rather_than_bent(connector):
                 connector.begin_write_by_id(None, "never-sent", "t" * 16,
                                             ferry.Descriptor(bytearray(64)), ttl=bad)
         w.cancel()
-        with pytest.raises(ferry.Cancelled):
-            w.wait(math.inf)
+        for forever in (math.inf, 1e306):
+            with pytest.raises(ferry.Cancelled):
+                w.wait(forever)
         with pytest.raises(ValueError):
             w.wait(math.nan)
+    ferry.Connector("spin-float", spin_us=50.0).close()  # a whole float, as before
+    with pytest.raises(TypeError):
+        ferry.Connector("spin-fraction", spin_us=50.5)
 
 
 def test_closing_a_write_to_a_stopped_peer_does_not_block():
