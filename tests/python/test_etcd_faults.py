@@ -170,10 +170,10 @@ class EtcdCluster:
         last = []
 
         def ok():
-            exited = [m.name for m in self.members
-                      if m.proc is not None and m.proc.poll() is not None]
+            exited = [m for m in self.members if m.proc is not None and m.proc.poll() is not None]
             if exited:  # none will follow a leader: say so now, not in 30 s
-                raise TimeoutError(f"etcd member(s) {exited} exited")
+                raise TimeoutError("etcd member(s) exited: " + "; ".join(
+                    f"{m.name} (exit {m.proc.returncode}): {m.log()[-1500:]}" for m in exited))
             sts = [m.status() for m in self.members]
             last[:] = [(m.name, None if s is None else (s.get("leader"), s.get("raftTerm")))
                        for m, s in zip(self.members, sts)]
