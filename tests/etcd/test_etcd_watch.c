@@ -433,6 +433,24 @@ static void test_destroy_wakes_the_thread(void **state)
 }
 
 #ifdef FIXTURE_KV_GATEWAY
+/* A gateway client of f and a watch of `prefix` from now through it, then
+ * waits (with a deadline) until f has served `streams` streams. */
+static etcd_watch_t *watch_ending(frozen_etcd_t *f, const char *prefix, int streams,
+                                  etcd_client_t **client_p, recorder_t *rec, uint8_t **end_p)
+{
+    etcd_params_t params = {.endpoints = f->url, .timeout_ms = 2000, .kv_gateway = true};
+
+    assert_int_equal(etcd_client_create(&params, client_p), FERRY_OK);
+    recorder_init(rec);
+    etcd_watch_t *watch = watch_prefix(*client_p, prefix, 0, rec, end_p);
+    long long deadline = test_now_ms() + 30000;
+    while (atomic_load(&f->resent) < streams && test_now_ms() < deadline) {
+        poll(NULL, 0, 10); /* waiting for the condition, with a deadline */
+    }
+    assert_true(atomic_load(&f->resent) >= streams);
+    return watch;
+}
+
 /* A member (or a proxy) that ends every watch stream right after its
  * "created" line, with a line that does not parse: the watch reconnects
  * with a growing backoff (100, 200, 400, 800 ms, then each second), where
@@ -447,18 +465,10 @@ static void test_stream_that_ends_at_once_backs_off(void **state)
     frozen_etcd_t f;
     ending_etcd_start(&f, "{\"result\":{\"header\":{\"revision\":\"5\"},\"created\":true}}\n"
                           "not json\n");
-    etcd_params_t params = {.endpoints = f.url, .timeout_ms = 2000, .kv_gateway = true};
     etcd_client_t *client = NULL;
-    assert_int_equal(etcd_client_create(&params, &client), FERRY_OK);
     recorder_t rec;
-    recorder_init(&rec);
     uint8_t *end;
-    etcd_watch_t *watch = watch_prefix(client, "ending/", 0, &rec, &end);
-    long long deadline = test_now_ms() + 30000;
-    while (atomic_load(&f.resent) < 6 && test_now_ms() < deadline) {
-        poll(NULL, 0, 10); /* waiting for the condition, with a deadline */
-    }
-    assert_true(atomic_load(&f.resent) >= 6);
+    etcd_watch_t *watch = watch_ending(&f, "ending/", 6, &client, &rec, &end);
     /* The create's stream, then reconnects after 100, 200, 400, 800 and
      * 1,000 ms: from the first reconnect to the fifth at least 2,400 ms
      * (500 when every one waited 100 ms). */
@@ -489,18 +499,10 @@ static void test_a_stream_ended_inside_a_revision_resumes_at_it(void **state)
                           "\"events\":[{\"type\":\"DELETE\",\"kv\":{\"key\":\"Zi9h\","
                           "\"mod_revision\":\"5\"}},{\"type\":\"DELETE\",\"kv\":{\"key\":"
                           "\"Zi9i\",\"mod_revision\":\"5\"}}]}}\n");
-    etcd_params_t params = {.endpoints = f.url, .timeout_ms = 2000, .kv_gateway = true};
     etcd_client_t *client = NULL;
-    assert_int_equal(etcd_client_create(&params, &client), FERRY_OK);
     recorder_t rec;
-    recorder_init(&rec);
     uint8_t *end;
-    etcd_watch_t *watch = watch_prefix(client, "f/", 0, &rec, &end);
-    long long deadline = test_now_ms() + 30000;
-    while (atomic_load(&f.resent) < 4 && test_now_ms() < deadline) {
-        poll(NULL, 0, 10); /* waiting for the condition, with a deadline */
-    }
-    assert_true(atomic_load(&f.resent) >= 4);
+    etcd_watch_t *watch = watch_ending(&f, "f/", 4, &client, &rec, &end);
     pthread_mutex_lock(&f.request_lock);
     bool at_the_revision = strstr(f.last_request, "\"start_revision\":\"5\"") != NULL;
     bool fragments = strstr(f.last_request, "\"fragment\":true") != NULL;

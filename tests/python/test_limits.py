@@ -165,6 +165,24 @@ def status_kib(pid, field):
     raise AssertionError(f"no {field} in /proc/{pid}/status")
 
 
+def large_metadata(pb, name):
+    """Metadata of about 1 MiB (1,024 descriptors with 900-byte keys)."""
+    return pb.RdmaMetadata(
+        version=1, kind=pb.OPERATION_KIND_WRITE, worker_address=b"\x01" * 64,
+        descriptors=[pb.Descriptor(address=0x10000 + i * 4096, size=4096,
+                                   device=pb.Device(kind=pb.DEVICE_KIND_HOST),
+                                   rkey=os.urandom(900)) for i in range(1024)],
+        notification_key=os.urandom(16), worker_name=name, hostname="localhost")
+
+
+def revoke(lease_id):
+    """Ends a lease in etcd (its records go with it)."""
+    req = json.dumps({"ID": str(lease_id)}).encode()
+    with urllib.request.urlopen(urllib.request.Request(
+            ETCD.endpoint + "/v3/lease/revoke", data=req, method="POST"), timeout=30):
+        pass
+
+
 class MemoryAfterABurst(unittest.TestCase):
     BURST = 192  # Registers in flight at once, of ~1 MiB each
 
@@ -179,12 +197,7 @@ class MemoryAfterABurst(unittest.TestCase):
         self.addCleanup(coord.stop)
         pid = coord.proc.pid
         baseline = status_kib(pid, "VmRSS")
-        md = pb.RdmaMetadata(
-            version=1, kind=pb.OPERATION_KIND_WRITE, worker_address=b"\x01" * 64,
-            descriptors=[pb.Descriptor(address=0x10000 + i * 4096, size=4096,
-                                       device=pb.Device(kind=pb.DEVICE_KIND_HOST),
-                                       rkey=os.urandom(900)) for i in range(1024)],
-            notification_key=os.urandom(16), worker_name="mem", hostname="localhost")
+        md = large_metadata(pb, "mem")
         with grpc.insecure_channel(coord.target) as channel:
             stub = coordinator_pb2_grpc.CoordinatorStub(channel)
             futures = [stub.Register.future(cpb.RegisterRequest(
@@ -215,12 +228,7 @@ class MemoryAfterABurst(unittest.TestCase):
         self.addCleanup(coord.stop)
         pid = coord.proc.pid
         baseline = status_kib(pid, "VmRSS")
-        md = pb.RdmaMetadata(
-            version=1, kind=pb.OPERATION_KIND_WRITE, worker_address=b"\x01" * 64,
-            descriptors=[pb.Descriptor(address=0x10000 + i * 4096, size=4096,
-                                       device=pb.Device(kind=pb.DEVICE_KIND_HOST),
-                                       rkey=os.urandom(900)) for i in range(1024)],
-            notification_key=os.urandom(16), worker_name="mem2", hostname="localhost")
+        md = large_metadata(pb, "mem2")
         with grpc.insecure_channel(coord.target) as channel:
             stub = coordinator_pb2_grpc.CoordinatorStub(channel)
             first = stub.Register(cpb.RegisterRequest(
@@ -234,10 +242,7 @@ class MemoryAfterABurst(unittest.TestCase):
                 f.result()
         ferry_harness.wait_until(lambda: coord.log_contains("of free heap pages"), 60,
                                  "a trim while the records are held")
-        req = json.dumps({"ID": str(first.lease_id)}).encode()
-        with urllib.request.urlopen(urllib.request.Request(
-                ETCD.endpoint + "/v3/lease/revoke", data=req, method="POST"), timeout=30):
-            pass
+        revoke(first.lease_id)
         ferry_harness.wait_until(lambda: not etcd_keys("/mem2/ops/"), 60, "the records to go")
         ferry_harness.wait_until(lambda: status_kib(pid, "VmRSS") < baseline + (64 << 10), 60,
                                  f"RSS back near its {baseline} KiB at start")
@@ -267,12 +272,7 @@ class LargeStore(unittest.TestCase):
                                       extra=("--prefix", "/big/"))
         a.start()
         self.addCleanup(a.stop)
-        md = pb.RdmaMetadata(
-            version=1, kind=pb.OPERATION_KIND_WRITE, worker_address=b"\x01" * 64,
-            descriptors=[pb.Descriptor(address=0x10000 + i * 4096, size=4096,
-                                       device=pb.Device(kind=pb.DEVICE_KIND_HOST),
-                                       rkey=os.urandom(900)) for i in range(1024)],
-            notification_key=os.urandom(16), worker_name="big", hostname="localhost")
+        md = large_metadata(pb, "big")
         with grpc.insecure_channel(a.target) as channel:
             stub = coordinator_pb2_grpc.CoordinatorStub(channel)
             first = stub.Register(cpb.RegisterRequest(
@@ -300,10 +300,7 @@ class LargeStore(unittest.TestCase):
             self.assertTrue(next(watch).created)
             # The lease ends with its 80 records (one revision), then a
             # record registered after it, which b waits for.
-            req = json.dumps({"ID": str(first.lease_id)}).encode()
-            with urllib.request.urlopen(urllib.request.Request(
-                    ETCD.endpoint + "/v3/lease/revoke", data=req, method="POST"), timeout=30):
-                pass
+            revoke(first.lease_id)
             waiting = sb.Lookup.future(cpb.LookupRequest(
                 request_id="big-after", access_token=TOKEN, wait_ms=60000), timeout=90)
             sa.Register(cpb.RegisterRequest(request_id="big-after", metadata=md,
