@@ -471,7 +471,8 @@ def test_claim_timeout_ms_and_cuda_direct_are_connector_options():
     env = dict(os.environ,
                PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(ferry.__file__))))
     child = subprocess.Popen([sys.executable, "-c", _SILENT_PEER], env=env,
-                             stdout=subprocess.PIPE, text=True)
+                             stdout=subprocess.PIPE, text=True,
+                             start_new_session=True)  # it stops itself: a group of its own
     c = ferry.Connector("short-claim", claim_timeout_ms=300)
     try:
         md = ferry.RdmaMetadata.from_json(child.stdout.readline())
@@ -557,7 +558,8 @@ def test_closing_a_write_to_a_stopped_peer_does_not_block():
     env = dict(os.environ, UCX_TLS="tcp",
                PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(ferry.__file__))))
     child = subprocess.Popen([sys.executable, "-c", _STOPPED_PEER, str(size)], env=env,
-                             stdout=subprocess.PIPE, text=True)
+                             stdout=subprocess.PIPE, text=True,
+                             start_new_session=True)  # it stops itself: a group of its own
     c = ferry.Connector("to-a-stopped-peer")
     registered = np.full(8192, 5, np.uint8)
     region = c.register_memory(registered)

@@ -109,7 +109,11 @@ def _all_threads_stopped(pid):
 
 def freeze(proc):
     """SIGSTOP, then waits until every thread is stopped: the signal is only
-    queued by kill(), and a thread on another core can still answer."""
+    queued by kill(), and a thread on another core can still answer. A
+    process to freeze runs in a session of its own (start_new_session): in
+    a process group that is orphaned (a test run started in the background,
+    whose shell has gone), the kernel sends a stopped member SIGHUP and
+    SIGCONT whenever another member exits, and etcd died of it."""
     proc.send_signal(signal.SIGSTOP)
     wait_until(lambda: _all_threads_stopped(proc.pid), 5, f"pid {proc.pid} to stop")
 
@@ -204,6 +208,7 @@ class Etcd:
              "--listen-peer-urls", f"http://127.0.0.1:{self.peer}",
              "--initial-advertise-peer-urls", f"http://127.0.0.1:{self.peer}",
              "--initial-cluster", f"t=http://127.0.0.1:{self.peer}", *self.extra],
+            start_new_session=True,  # see freeze()
             stdout=log, stderr=log, preexec_fn=die_with_parent)
 
     def healthy(self):
@@ -245,7 +250,8 @@ class Coordinator:
         self.log_offset = os.path.getsize(self.log_path) if os.path.exists(self.log_path) else 0
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(self.args, stdout=log, stderr=log, env=self.env,
-                                         preexec_fn=die_with_parent)
+                                         preexec_fn=die_with_parent,
+                                         start_new_session=True)  # see freeze()
         try:
             wait_until(lambda: os.path.exists(self.port_file) or self.proc.poll() is not None,
                        20, "the coordinator to listen")

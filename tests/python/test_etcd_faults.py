@@ -84,7 +84,8 @@ class Member:
                  "--initial-advertise-peer-urls", self.peer_url,
                  "--initial-cluster", initial_cluster, "--initial-cluster-state", "new",
                  "--initial-cluster-token", os.path.basename(self.tmp)],
-                stdout=log, stderr=log, preexec_fn=ferry_harness.die_with_parent)
+                stdout=log, stderr=log, preexec_fn=ferry_harness.die_with_parent,
+                start_new_session=True)  # frozen: see ferry_harness.freeze
         self.stopped = False
 
     def alive(self):
