@@ -144,15 +144,14 @@ static void report(coord_registry_t *r, coord_event_type_t type, Ferry__V1__Oper
     }
 }
 
-/* Marks `revision` applied. Caller holds the lock; the watch applies events
- * in revision order, so everything up to it is in the view. */
 int64_t registry_whole_revision_locked(const coord_registry_t *r)
 {
     return r->partial ? r->whole : r->revision;
 }
 
-/* A change at `revision` is in the view. One of a later revision than the
- * last means that one is whole. */
+/* Marks `revision` applied. Caller holds the lock; the watch applies events
+ * in revision order, so everything up to it is in the view, and a change of
+ * a later revision than the last means that one is whole. */
 static void applied_locked(coord_registry_t *r, int64_t revision)
 {
     if (revision > r->revision) {
@@ -423,16 +422,16 @@ void registry_on_watch_events(void *arg, const etcd_event_t *events, size_t n_ev
     }
     pthread_mutex_lock(&r->lock);
     r->partial = more;
-    r->whole = more ? r->whole : r->revision;
+    if (!more) {
+        r->whole = r->revision;
+        view_prune(&r->view, r->revision);
+    }
     pthread_mutex_unlock(&r->lock);
     if (more) {
         /* etcd split the message: the rest of its last revision follows,
          * and a revision is published whole (service_watch.c). */
         return;
     }
-    pthread_mutex_lock(&r->lock);
-    view_prune(&r->view, r->revision);
-    pthread_mutex_unlock(&r->lock);
     if (r->params.on_events_done != NULL) {
         r->params.on_events_done(r->params.arg);
     }
