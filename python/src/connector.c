@@ -451,7 +451,12 @@ static PyObject *connector_stats(PyObject *obj, PyObject *unused)
     if (connector_check_open(self) < 0) {
         return NULL;
     }
-    ferry_connector_get_stats(self->conn, &s);
+    /* Counted as an operation while the GIL is let go (close() refuses
+     * meanwhile): the read takes the connector's lock, which a region's
+     * close holds across ucp_mem_unmap. */
+    self->live_ops++;
+    Py_BEGIN_ALLOW_THREADS ferry_connector_get_stats(self->conn, &s);
+    Py_END_ALLOW_THREADS self->live_ops--;
     return Py_BuildValue("{sKsKsKsKsKsKsKsKsKsK}", "mem_maps", (unsigned long long)s.mem_maps,
                          "messages_dropped", (unsigned long long)s.messages_dropped,
                          "endpoints_created", (unsigned long long)s.endpoints_created,

@@ -506,11 +506,18 @@ static PyObject *op_arm(PyObject *obj, PyObject *unused)
         return NULL;
     }
     if (!self->armed) {
-        status = ferry_op_set_done_callback(self->op, on_done, self);
+        /* It takes the connector's lock, which a region's close holds
+         * across ucp_mem_unmap: without the GIL, so that the other threads
+         * (an event loop) run meanwhile; busy > 0, so close() refuses. */
+        ferry_op_t *op = self->op;
+        self->armed = true; /* before: another thread's _arm has nothing to do */
+        self->busy++;
+        Py_BEGIN_ALLOW_THREADS status = ferry_op_set_done_callback(op, on_done, self);
+        Py_END_ALLOW_THREADS self->busy--;
         if (status != FERRY_OK) {
+            self->armed = false;
             return pyferry_raise_last(status);
         }
-        self->armed = true;
     }
     Py_RETURN_NONE;
 }

@@ -34,8 +34,11 @@
  *
  * GIL: held for every Python object access; released around every libferry
  * call that can block (create, begin, wait, cancel, destroy, publish,
- * coordinator calls). An operation that is in use with the GIL released
- * (busy > 0) refuses to be closed from another thread.
+ * coordinator calls) or takes the connector's lock (arming an operation's
+ * done callback, stats: a region's close holds that lock across
+ * ucp_mem_unmap). An operation that is in use with the GIL released
+ * (busy > 0) refuses to be closed from another thread; a connector whose
+ * stats are being read (live_ops) too.
  *
  * Collection: _Descriptor, _Connector, _Operation and _Region take part in
  * the cycle collector (tp_traverse reports the references their C fields

@@ -13,6 +13,8 @@ connector kept alive and refusing to close before its regions, release at
 garbage collection (deferred while libferry still uses the memory)."""
 import ctypes
 import gc
+import os
+import subprocess
 import sys
 import weakref
 
@@ -23,7 +25,7 @@ import torch
 import ferry
 from ferry import _ferry
 
-from conftest import TOKEN, pattern, split
+from conftest import BUILD_DIR, TOKEN, pattern, split
 from test_coordinator import finish, rid, start_passive, worker
 
 
@@ -560,3 +562,84 @@ def test_async_wait_on_an_allocation(connector, sender):
             assert bytes(memoryview(r)) == b"z" * 4096
 
     asyncio.run(main())
+
+
+# ---- the GIL while a region closes ------------------------------------------------
+
+UNMAP_GATE = os.path.join(BUILD_DIR, "tests", "worker", "libferry_unmap_gate.so")
+GATE_BYTES = 3 << 20
+
+# Run in a child with libferry_unmap_gate.so preloaded (tests/worker/
+# unmap_gate.c): each close of a GATE_BYTES region stops inside
+# ucp_mem_unmap, with the connector's lock held, until this script lets it
+# go. Meanwhile a thread makes a call that takes that lock, and this
+# thread must see it in flight (it let go of the GIL) before it lets the
+# unmap go; with the GIL held the script cannot run until the gate's own
+# deadline, after the call has returned.
+GIL_SCRIPT = r"""
+import os, sys, threading, time
+import ferry
+
+entered, release = int(sys.argv[2]), int(sys.argv[3])  # the ends the gate does not use
+c = ferry.Connector("region-gil")
+buf = bytearray(4096)
+
+
+def seen_in_flight(what, call, in_flight):
+    region = c.allocate(int(sys.argv[1]))
+    closer = threading.Thread(target=region.close)
+    closer.start()
+    assert os.read(entered, 1) == b"e"  # the lock is held from here
+    caller = threading.Thread(target=call)
+    caller.start()
+    deadline = time.monotonic() + 20
+    seen = False
+    while not seen and time.monotonic() < deadline:
+        seen = in_flight()
+        time.sleep(0.001)
+    os.write(release, b"r")
+    closer.join(30)
+    caller.join(30)
+    assert not closer.is_alive() and not caller.is_alive() and region.closed
+    print(f"{what}: {'in flight while the lock was held' if seen else 'never seen in flight'}",
+          flush=True)
+
+
+op = c.create_writable(ferry.Descriptor(buf))
+seen_in_flight("arm", op._arm, lambda: op._busy > 0)
+stats = []
+seen_in_flight("stats", lambda: stats.append(c.stats()), lambda: c._live_ops > 1)
+assert stats and stats[0]["mem_maps"] >= 1
+op.close()
+c.close()
+"""
+
+
+@pytest.mark.skipif(not os.path.exists(UNMAP_GATE),
+                    reason=f"no {UNMAP_GATE} (a sanitizer build does not make it)")
+def test_lock_taking_calls_let_go_of_the_gil():
+    """A region's close holds the connector's lock across ucp_mem_unmap
+    (half a second for 2 GiB). The first wait_for_completion of an operation
+    (_arm) and Connector.stats() take that lock: they let go of the GIL
+    first, so every other thread (an event loop) runs meanwhile, where they
+    stopped the whole interpreter for as long as the unmap took. Their
+    in-flight counts (the operation's busy, the connector's live_ops) keep
+    close() away while they run."""
+    entered_r, entered_w = os.pipe()
+    release_r, release_w = os.pipe()
+    env = dict(os.environ, LD_PRELOAD=UNMAP_GATE, FERRY_TEST_GATE_BYTES=str(GATE_BYTES),
+               FERRY_TEST_GATE_ENTERED=str(entered_w), FERRY_TEST_GATE_RELEASE=str(release_r),
+               FERRY_TEST_GATE_MS="30000")
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-c", GIL_SCRIPT, str(GATE_BYTES), str(entered_r), str(release_w)],
+            env=env, pass_fds=(entered_r, entered_w, release_r, release_w),
+            capture_output=True, text=True, timeout=120)
+    finally:
+        for fd in (entered_r, entered_w, release_r, release_w):
+            os.close(fd)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out
+    assert "arm: in flight while the lock was held" in proc.stdout, out
+    assert "stats: in flight while the lock was held" in proc.stdout, out
+    assert proc.stderr.count("unmap-gate: released by the test") == 2, out
