@@ -657,10 +657,12 @@ ferry_op_t *ferry__op_find_active(ferry_connector_t *c, uint64_t id);
 
 /* Kind-specific steps, lock held. */
 void ferry__passive_release(ferry_op_t *op); /* unmap memory, drop claimant */
-/* At a blocking destroy: a hold kept only for the caller's own memory
- * (no region), which nobody is to be told about, ends now. Lock held; op
- * not freed (the caller's reference). */
+/* At a blocking destroy whose claimant did not settle in time: a hold
+ * kept only for the caller's own memory (no region), which nobody is to be
+ * told about, ends now. Lock held; op not freed (the caller's reference). */
 void ferry__passive_hold_drop(ferry_op_t *op);
+/* Whether the op holds a region for one of its descriptors. Lock held. */
+bool ferry__passive_holds_regions(const ferry_op_t *op);
 /* Runs inside the AM callback (the reply endpoint lives only that long):
  * decides admission from the key alone and answers on reply_ep. An
  * admitted claim whose claimant the loop must reach (peer error handling,

@@ -711,6 +711,50 @@ static void active_quiesce(ferry_op_t *op)
     }
 }
 
+/* Returns once an admitted claimant that has not settled can no longer
+ * reach a destroyed passive op's memory in no region (the guarantee in
+ * ferry.h): its notice came, or its endpoint failed. UCX applies a put into
+ * user memory over TCP or shared memory in this process's worker (emulated
+ * over active messages), so this thread drives the loop for it, as a
+ * flush would. Past FERRY_OP_DESTROY_FLUSH_MS the endpoint to the claimant
+ * is closed by force (peer error handling on), which settles it as a
+ * failure; without peer error handling, or if even that does not settle
+ * it, the op is let go as before with a warning: a claimant that died
+ * unseen would otherwise hold destroy for ever. Memory in a region is not
+ * waited for: libferry holds the region itself. Lock held; dropped between
+ * rounds. */
+static void passive_quiesce(ferry_op_t *op)
+{
+    ferry_connector_t *c = op->connector;
+    int64_t deadline = now_ms() + FERRY_OP_DESTROY_FLUSH_MS;
+    unsigned round = 0;
+
+    while (op->claimant_hold && !ferry__passive_holds_regions(op) && now_ms() < deadline) {
+        quiesce_round(c, &round);
+    }
+    if (!op->claimant_hold || ferry__passive_holds_regions(op)) {
+        return;
+    }
+    if (op->claimant != NULL && ferry__peer_force_close(op->claimant)) {
+        ferry_warn("%s: its admitted writer or reader did not settle within %d ms of destroy: "
+                   "the endpoint to it was closed by force",
+                   op->label, FERRY_OP_DESTROY_FLUSH_MS);
+        deadline = now_ms() + FERRY_OP_DESTROY_FLUSH_MS;
+        while (op->claimant_hold && now_ms() < deadline) {
+            quiesce_round(c, &round); /* the loop hands it the endpoint's failure */
+        }
+    }
+    if (op->claimant_hold) {
+        ferry_warn("%s: its admitted writer or reader has not settled %d ms after destroy%s; "
+                   "it may still reach the memory",
+                   op->label, FERRY_OP_DESTROY_FLUSH_MS,
+                   c->peer_error_handling ? ""
+                                          : " (without peer error handling it cannot be "
+                                            "stopped)");
+        ferry__passive_hold_drop(op);
+    }
+}
+
 /* ferry_op_destroy and _nowait, as op->destroy_nowait says; from the
  * deferred destroy too. */
 static void op_destroy(ferry_op_t *op)
@@ -804,7 +848,7 @@ static void passive_destroyed(ferry_op_t *op)
 {
     ferry__passive_release(op);
     if (!op->destroy_nowait) {
-        ferry__passive_hold_drop(op); /* kept for regions only */
+        passive_quiesce(op); /* else its caller keeps the memory until released */
     }
     if (op->in_table && !op->claimant_hold) {
         ferry__op_table_remove(op);

@@ -610,7 +610,8 @@ FERRY_API ferry_connector_t *ferry_op_connector(const ferry_op_t *op);
  * ferry_op_destroy too (ferry_mem_deregister refuses meanwhile). false
  * otherwise (memory in no region; a passive operation on the staged path,
  * whose copies end at destroy): that memory is the caller's to keep
- * allocated, and ferry_op_destroy does not wait for data in flight. false
+ * allocated until ferry_op_destroy returns (which waits for data in flight
+ * within its bound) or ferry_op_destroy_nowait's released is called. false
  * for an index out of range. Fixed when the operation is made; ask before
  * destroying it. Any thread. */
 FERRY_API bool ferry_op_in_region(const ferry_op_t *op, size_t index);
@@ -622,7 +623,20 @@ FERRY_API bool ferry_op_in_region(const ferry_op_t *op, size_t index);
  * claim is refused with FERRY_ERR_NOT_FOUND; note that
  * on host memory UCX's shm and TCP transports do not enforce remote keys,
  * so the claim step, not the unmap, is what keeps writers out), cancelling
- * the operation if it is not final.
+ * the operation if it is not final. A writer or reader it admitted that has
+ * not settled (its notice has not come: its puts or gets may still be in
+ * flight, and over TCP or shared memory UCX applies them in this process)
+ * is waited for, driving the connector's progress, for at most
+ * FERRY_OP_DESTROY_FLUSH_MS; then, with peer error handling on, the
+ * endpoint to it is closed by force (its transfer fails) and waited for
+ * as long again. A writer or reader that has settled cannot reach the
+ * memory any more: the memory may be freed once destroy returns. One that
+ * has still not settled then (it died unseen without peer error handling,
+ * or stopped answering) is let go with a warning ("has not settled"): it
+ * may still reach memory in no region, which the caller should then keep
+ * (or destroy with ferry_op_destroy_nowait, whose released says exactly
+ * when). Before this wait, destroy returned at once, and an admitted
+ * writer's puts landed in memory its caller had freed.
  * Active: cancels if not final, and returns only once UCX can no longer
  * read or write the local memory: puts or gets already posted are waited
  * for (their flush), since a get cancelled midway still writes into that

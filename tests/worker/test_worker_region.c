@@ -748,6 +748,115 @@ static void test_passive_nowait_released_when_writer_settles(void **state)
     free(dst);
 }
 
+/* A blocking ferry_op_destroy of a writable on memory in no region returns
+ * only once its admitted writer has settled: the caller may free the
+ * memory then (ferry.h), so nothing may land in it afterwards. The passive
+ * side runs in caller progress mode, so over TCP, where this process's
+ * worker copies the emulated puts, no byte lands unless a thread drives
+ * its loop: the destroy is called right after the admission, with the
+ * bytes still to come. Before, it returned at once and the writer's puts
+ * landed in memory its caller had been told was free (an audit's probe:
+ * 520 of 537 MB after destroy returned), and the writer still ended
+ * COMPLETE. On shared memory the bytes may land without this side's loop;
+ * the check (nothing changes after destroy) holds there too. */
+static void test_passive_destroy_waits_for_its_writer(void **state)
+{
+    world_t *w = *state;
+    ferry_connector_t *rx = connector("rx-caller", FERRY_PROGRESS_CALLER);
+    size_t size = 4u << 20;
+    uint8_t *src = malloc(size), *dst = calloc(1, size), *seen = malloc(size);
+    ferry_descriptor_t d = desc(dst, size), s = desc(src, size);
+    ferry_op_t *passive, *active;
+    const uint8_t *md;
+    size_t md_len;
+    ferry_status_t st;
+    int64_t deadline = pair_now_ms() + WAIT_MS;
+
+    fill(src, size, 47);
+    assert_int_equal(ferry_writable_create(rx, &d, 1, &passive), FERRY_OK);
+    assert_int_equal(ferry_op_metadata(passive, &md, &md_len), FERRY_OK);
+    assert_int_equal(ferry_write_begin(w->tx, &s, 1, md, md_len, &active), FERRY_OK);
+    while (ferry_op_status(passive) != FERRY_OP_STATUS_IN_PROGRESS && pair_now_ms() < deadline) {
+        assert_int_equal(ferry_connector_progress(rx), FERRY_OK); /* admits the claim */
+    }
+    assert_int_equal(ferry_op_status(passive), FERRY_OP_STATUS_IN_PROGRESS);
+
+    ferry_op_destroy(passive);
+    memcpy(seen, dst, size);
+    while ((st = ferry_op_wait(active, 1)) == FERRY_ERR_TIMED_OUT && pair_now_ms() < deadline) {
+        assert_int_equal(ferry_connector_progress(rx), FERRY_OK);
+    }
+    assert_int_not_equal(st, FERRY_ERR_TIMED_OUT); /* the writer has ended */
+    assert_int_equal(ferry_connector_progress(rx), FERRY_OK);
+    assert_int_equal(pair_live_ops(rx), 0);
+    assert_memory_equal(dst, seen, size); /* nothing landed after destroy returned */
+    ferry_op_destroy(active);
+    assert_int_equal(ferry_connector_destroy(rx), FERRY_OK);
+    free(seen);
+    free(dst);
+    free(src);
+}
+
+typedef struct {
+    atomic_uint warns;
+    atomic_uint unsettled; /* warnings that a claimant had not settled */
+} warn_count_t;
+
+static void count_warns(ferry_loglevel_t level, const char *message, void *arg)
+{
+    warn_count_t *n = arg;
+
+    if (level == FERRY_LOGLEVEL_WARN) {
+        atomic_fetch_add(&n->warns, 1);
+        atomic_fetch_add(&n->unsettled, strstr(message, "has not settled") != NULL);
+    }
+}
+
+/* A writer that never settles (its notice held back by the fault hook; a
+ * peer that died unseen, without peer error handling, is the same to this
+ * side) holds a blocking destroy for FERRY_OP_DESTROY_FLUSH_MS, no more:
+ * destroy then lets go of the operation and says so, as a warning. */
+static void test_passive_destroy_bounded_by_an_unsettled_writer(void **state)
+{
+    world_t *w = *state;
+    static warn_count_t logged; /* static: the callback outlives a failed check */
+    ferry_connector_params_t params = {
+        .field_mask = FERRY_CONNECTOR_PARAM_FIELD_NAME | FERRY_CONNECTOR_PARAM_FIELD_LOG_LEVEL |
+                      FERRY_CONNECTOR_PARAM_FIELD_LOG_CB,
+        .name = "rx-logged",
+        .log_level = FERRY_LOGLEVEL_WARN,
+        .log_cb = count_warns,
+        .log_arg = &logged,
+    };
+    ferry_connector_t *rx;
+    uint8_t *src = malloc(8192), *dst = calloc(1, 8192), *md_copy;
+    ferry_descriptor_t d = desc(dst, 8192), s = desc(src, 8192);
+    ferry_op_t *passive, *active;
+    size_t md_len;
+    int64_t deadline = pair_now_ms() + WAIT_MS;
+
+    fill(src, 8192, 49);
+    assert_int_equal(ferry_connector_create(&params, &rx), FERRY_OK);
+    assert_int_equal(ferry_writable_create(rx, &d, 1, &passive), FERRY_OK);
+    md_copy = begin_held_write(w->tx, passive, &s, &md_len, &active);
+    while (!atomic_load(&ferry__test_notice_held) && pair_now_ms() < deadline) {
+        (void)ferry_op_wait(active, 1);
+    }
+    assert_true(atomic_load(&ferry__test_notice_held));
+
+    ferry_op_destroy(passive); /* returns: bounded */
+    assert_int_equal(atomic_load(&logged.unsettled), 1);
+    assert_int_equal(pair_live_ops(rx), 0);
+    atomic_store(&ferry__test_hold_notice, false);
+    assert_int_equal(ferry_op_cancel(active), FERRY_OK);
+    (void)ferry_op_wait(active, WAIT_MS);
+    ferry_op_destroy(active);
+    assert_int_equal(ferry_connector_destroy(rx), FERRY_OK);
+    free(md_copy);
+    free(dst);
+    free(src);
+}
+
 /* Memory from ferry_mem_alloc: zeroed, usable on both sides, in both
  * directions, with no ucp_mem_map per operation. */
 static void test_alloc_transfer(void **state)
@@ -1245,6 +1354,9 @@ int main(int argc, char **argv)
         cmocka_unit_test_setup_teardown(test_passive_holds_region_until_writer_settles, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_passive_nowait_released_when_writer_settles, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_passive_destroy_waits_for_its_writer, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_passive_destroy_bounded_by_an_unsettled_writer, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_alloc_transfer, setup, teardown),
         cmocka_unit_test_setup_teardown(test_many_ops_on_one_region, setup, teardown),
