@@ -20,6 +20,8 @@
  */
 #include "rpc/rpc_int.h"
 
+#include <grpc/compression.h>
+
 #include <pthread.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -44,8 +46,8 @@ struct rpc_channel {
 ferry_status_t rpc_channel_create(const rpc_channel_params_t *params, rpc_channel_t **channel_p)
 {
     grpc_channel_credentials *creds;
-    grpc_arg args[5];
-    grpc_channel_args channel_args = {4, args};
+    grpc_arg args[6];
+    grpc_channel_args channel_args = {5, args};
     rpc_channel_t *channel;
     int ping_ms;
     ferry_status_t status;
@@ -93,11 +95,16 @@ ferry_status_t rpc_channel_create(const rpc_channel_params_t *params, rpc_channe
     args[3].type = GRPC_ARG_INTEGER;
     args[3].key = GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA; /* an idle Watch sends none */
     args[3].value.integer = 0;
+    /* Uncompressed answers only, as the server takes (rpc_server.c): gRPC
+     * core inflates a compressed message whole before it checks its size. */
+    args[4].type = GRPC_ARG_INTEGER;
+    args[4].key = GRPC_COMPRESSION_CHANNEL_ENABLED_ALGORITHMS_BITSET;
+    args[4].value.integer = 1 << GRPC_COMPRESS_NONE;
     if (params->tls != NULL && params->tls->server_name != NULL) {
-        args[4].type = GRPC_ARG_STRING;
-        args[4].key = GRPC_SSL_TARGET_NAME_OVERRIDE_ARG;
-        args[4].value.string = (char *)params->tls->server_name;
-        channel_args.num_args = 5;
+        args[5].type = GRPC_ARG_STRING;
+        args[5].key = GRPC_SSL_TARGET_NAME_OVERRIDE_ARG;
+        args[5].value.string = (char *)params->tls->server_name;
+        channel_args.num_args = 6;
     }
     channel->channel = grpc_channel_create(params->target, creds, &channel_args);
     grpc_channel_credentials_release(creds);

@@ -26,6 +26,8 @@
  */
 #include "rpc/rpc_int.h"
 
+#include <grpc/compression.h>
+
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
@@ -41,6 +43,10 @@
 #define RPC_SERVER_KEEPALIVE_TIMEOUT_MS 20000
 #define RPC_MAX_STREAMS_PER_CONNECTION  1024
 #define RPC_REARM_RETRY_MS              100
+/* The smallest gRPC resource quota a server gets: below it gRPC's own read
+ * and write buffers for a few connections pass it, and gRPC resets calls
+ * before the held-request bound (rpc_call.c) can answer them. */
+#define RPC_QUOTA_MIN ((size_t)4 << 20)
 
 /* --- completion-queue threads ---------------------------------------------- */
 
@@ -180,8 +186,9 @@ err_say:
 /* The grpc_server and its queue, with the message size limit. */
 static void server_create_grpc(rpc_server_t *server)
 {
-    grpc_arg args[6];
-    grpc_channel_args channel_args = {6, args};
+    grpc_arg args[8];
+    grpc_channel_args channel_args = {7, args};
+    grpc_resource_quota *quota = NULL;
 
     args[0].type = GRPC_ARG_INTEGER;
     args[0].key = GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH;
@@ -208,8 +215,36 @@ static void server_create_grpc(rpc_server_t *server)
     args[5].type = GRPC_ARG_INTEGER;
     args[5].key = GRPC_ARG_MAX_CONCURRENT_STREAMS;
     args[5].value.integer = RPC_MAX_STREAMS_PER_CONNECTION;
+    /* Requests arrive uncompressed, or are refused UNIMPLEMENTED at their
+     * headers: gRPC core inflates a compressed message whole before it
+     * checks its size, so 1.5 MB of gzip made a replica allocate 1.5 GB
+     * before any bound of ours ran. Ferry's clients never compress. */
+    args[6].type = GRPC_ARG_INTEGER;
+    args[6].key = GRPC_COMPRESSION_CHANNEL_ENABLED_ALGORITHMS_BITSET;
+    args[6].value.integer = 1 << GRPC_COMPRESS_NONE;
     grpc_init();
+    if (server->max_held_request_bytes > 0) {
+        /* gRPC core's own buffers (a request's bytes before the whole
+         * message has come, so before the call reaches us and our
+         * held-request count) under the same bound: past it gRPC shrinks
+         * the windows it grants and then closes the connections that hold
+         * the most. Without it a client that sends all of a 2 MB message
+         * but its last byte, on a thousand streams per connection, held 2 GB
+         * per connection, never counted. At least RPC_QUOTA_MIN, which
+         * gRPC's own buffers for a few connections need. */
+        size_t bytes = server->max_held_request_bytes;
+        quota = grpc_resource_quota_create("ferry-rpc-server");
+        grpc_resource_quota_resize(quota, bytes > RPC_QUOTA_MIN ? bytes : RPC_QUOTA_MIN);
+        args[7].type = GRPC_ARG_POINTER;
+        args[7].key = GRPC_ARG_RESOURCE_QUOTA;
+        args[7].value.pointer.p = quota;
+        args[7].value.pointer.vtable = grpc_resource_quota_arg_vtable();
+        channel_args.num_args = 8;
+    }
     server->server = grpc_server_create(&channel_args, NULL);
+    if (quota != NULL) {
+        grpc_resource_quota_unref(quota); /* the server holds its own */
+    }
     server->cq = grpc_completion_queue_create_for_next(NULL);
     grpc_server_register_completion_queue(server->server, server->cq, NULL);
 }

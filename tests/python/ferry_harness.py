@@ -15,6 +15,7 @@ import re
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -334,3 +335,15 @@ class Cluster:
         finally:
             self.etcd.stop()
             shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def h2_frame(ftype, flags, stream, payload):
+    """One HTTP/2 frame (RFC 9113 4.1), for tests that speak it raw."""
+    return (struct.pack(">I", len(payload))[1:] + bytes([ftype, flags]) +
+            struct.pack(">I", stream) + payload)
+
+
+def hpack_literal(name, value):
+    """A header field without indexing or Huffman (RFC 7541 6.2.2)."""
+    n, v = name.encode(), value.encode()
+    return b"\x00" + bytes([len(n)]) + n + bytes([len(v)]) + v

@@ -7,7 +7,8 @@ Before issue 9 the key was built into 512-byte stack buffers with
 snprintf's untruncated length: a prefix that did not leave room made keys
 whose tail was stack bytes, and List copied past its buffer.
 
-Requests at their largest: metadata just over its 1 MiB bound is refused
+Requests at their largest: a compressed request is refused at its headers
+(gRPC would inflate it whole first); metadata just over its 1 MiB bound is refused
 INVALID_ARGUMENT naming the field; a request over 2 MiB (the coordinator's
 receive bound: a Register's metadata is at most 1 MiB) is refused by gRPC
 RESOURCE_EXHAUSTED before anything decodes it; a Register with metadata of
@@ -36,6 +37,8 @@ import os
 import sys
 import tempfile
 import shutil
+import socket
+import struct
 import subprocess
 import threading
 import time
@@ -421,6 +424,21 @@ class LargestRequests(unittest.TestCase):
         # The replica is unharmed: a normal Register still works.
         LongestKeys.register(self, "x-after-big")
 
+    def test_compressed_request_is_refused_at_its_headers(self):
+        """Requests must come uncompressed: gRPC core inflates a compressed
+        message whole before it checks its size, so 1.5 MB of gzip made a
+        replica allocate 1.5 GB before any bound of Ferry's ran. Such a call
+        is refused UNIMPLEMENTED when its headers arrive, whatever its size,
+        and the same request uncompressed is served."""
+        req = self.cpb.GetRequest(request_id="no-such-id")
+        with self.assertRaises(grpc.RpcError) as e:
+            self.stub.Get(req, timeout=10, compression=grpc.Compression.Gzip)
+        self.assertEqual(e.exception.code(), grpc.StatusCode.UNIMPLEMENTED, e.exception.details())
+        self.assertIn("gzip", e.exception.details())
+        with self.assertRaises(grpc.RpcError) as e:
+            self.stub.Get(req, timeout=10)
+        self.assertEqual(e.exception.code(), grpc.StatusCode.NOT_FOUND)
+
 
 class RequestsHeldTogether(unittest.TestCase):
     """--request-memory-mib bounds what the calls in progress hold together:
@@ -499,6 +517,154 @@ class RequestsHeldTogether(unittest.TestCase):
         self.assertIn("bound of 4194304", refused[0])
         # Once they are answered, the bytes are free again.
         self.assertEqual(lookup(body, timeout=30).operation.request_id, "held-1")
+
+
+class HalfSentClient:
+    """A raw HTTP/2 client that opens `streams` Register calls on one
+    connection, declares a gRPC message of `length` bytes in each, and sends
+    all of it but the last byte, as flow control allows, never ending the
+    stream: gRPC core buffers such a message before the call reaches
+    Ferry's code. `closed` turns true once the server has closed the
+    connection (EOF, reset, or GOAWAY); `reset` holds the streams it reset
+    (RST_STREAM)."""
+
+    def __init__(self, port, streams, length):
+        self.sock = socket.create_connection(("127.0.0.1", port))
+        self.cv = threading.Condition()
+        self.conn_window, self.initial, self.windows = 65535, 65535, {}
+        self.closed, self.sent, self.reset = False, 0, set()
+        self.todo = {1 + 2 * i: 5 + length - 1 for i in range(streams)}
+        self.length = length
+        headers = b"".join(ferry_harness.hpack_literal(k, v) for k, v in [
+            (":method", "POST"), (":scheme", "http"), (":path", "/ferry.v1.Coordinator/Register"),
+            (":authority", f"127.0.0.1:{port}"), ("content-type", "application/grpc"),
+            ("te", "trailers")])
+        out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + ferry_harness.h2_frame(4, 0, 0, b"")
+        for sid in self.todo:
+            self.windows[sid] = self.initial
+            out += ferry_harness.h2_frame(1, 4, sid, headers)  # HEADERS, END_HEADERS, no END_STREAM
+        self.sock.sendall(out)
+        threading.Thread(target=self.read, daemon=True).start()
+        threading.Thread(target=self.send, daemon=True).start()
+
+    def recv_exactly(self, n):
+        data = b""
+        while len(data) < n:
+            chunk = self.sock.recv(n - len(data))
+            if not chunk:
+                raise EOFError
+            data += chunk
+        return data
+
+    def read(self):
+        try:
+            while True:
+                head = self.recv_exactly(9)
+                ftype, flags = head[3], head[4]
+                sid = int.from_bytes(head[5:9], "big") & 0x7fffffff
+                payload = self.recv_exactly(int.from_bytes(head[:3], "big"))
+                with self.cv:
+                    if ftype == 4 and not flags & 1:  # SETTINGS: ack, take the window
+                        for i in range(0, len(payload), 6):
+                            key, value = struct.unpack(">HI", payload[i:i + 6])
+                            if key == 4:
+                                for w in self.windows:
+                                    self.windows[w] += value - self.initial
+                                self.initial = value
+                        self.sock.sendall(ferry_harness.h2_frame(4, 1, 0, b""))
+                    elif ftype == 6 and not flags & 1:  # PING: answer it
+                        self.sock.sendall(ferry_harness.h2_frame(6, 1, 0, payload))
+                    elif ftype == 8:  # WINDOW_UPDATE
+                        inc = int.from_bytes(payload, "big") & 0x7fffffff
+                        if sid == 0:
+                            self.conn_window += inc
+                        elif sid in self.windows:
+                            self.windows[sid] += inc
+                    elif ftype == 3:  # RST_STREAM
+                        self.reset.add(sid)
+                        self.todo.pop(sid, None)
+                    elif ftype == 7:  # GOAWAY
+                        self.closed = True
+                    self.cv.notify_all()
+        except (EOFError, OSError):
+            pass
+        with self.cv:
+            self.closed = True
+            self.cv.notify_all()
+
+    def send(self):
+        try:
+            with self.cv:
+                while self.todo and not self.closed:
+                    progressed = False
+                    for sid in list(self.todo):
+                        n = min(self.todo[sid], self.windows[sid], self.conn_window, 16384)
+                        if n <= 0:
+                            continue
+                        first = self.todo[sid] == 5 + self.length - 1
+                        payload = (b"\x00" + struct.pack(">I", self.length) if first else b"")
+                        payload += b"\x00" * (n - len(payload))
+                        self.sock.sendall(ferry_harness.h2_frame(0, 0, sid, payload))
+                        self.windows[sid] -= n
+                        self.conn_window -= n
+                        self.todo[sid] -= n
+                        self.sent += n
+                        if self.todo[sid] == 0:
+                            del self.todo[sid]
+                        progressed = True
+                    if not progressed:
+                        self.cv.wait(1)  # woken by a window update or the close
+        except OSError:
+            pass
+
+    def refused_any(self):
+        """Whether the server reset a stream or closed the connection."""
+        with self.cv:
+            return self.closed or bool(self.reset)
+
+    def close(self):
+        self.sock.close()
+
+
+class HalfSentRequests(unittest.TestCase):
+    """A request gRPC core holds before the call reaches Ferry's code (all of
+    a declared 2 MB message but its last byte, never ended) counts against
+    --request-memory-mib too: the server has a gRPC resource quota of that
+    size, and past it gRPC resets the streams that hold such bytes (or
+    closes their connections), so a client cannot hold more than the bound
+    and what gRPC takes in before it acts. Before, 160 such streams per connection held 320 MB of the
+    replica's memory each, for as long as the client liked, with no call
+    counted anywhere; the replica serves on afterwards."""
+
+    def test_half_sent_requests_are_bounded(self):
+        from ferry.v1 import types_pb2, coordinator_pb2 as cpb
+        coord = ferry_harness.Coordinator(TMP, ETCD.endpoint, name="halfsent",
+                                          extra=("--prefix", "/halfsent/",
+                                                 "--request-memory-mib", "8"))
+        coord.start()
+        clients = []
+        try:
+            port = int(coord.target.rsplit(":", 1)[1])
+            base = status_kib(coord.proc.pid, "VmRSS")
+            clients = [HalfSentClient(port, 100, 2_000_000) for _ in range(2)]
+            ferry_harness.wait_until(lambda: all(c.refused_any() for c in clients), 60,
+                                     "the server to reset streams holding half-sent requests, "
+                                     "or close their connections")
+            if not os.environ.get("FERRY_SANITIZED"):  # ASan keeps freed memory by design
+                # While the clients still hold their connections open.
+                ferry_harness.wait_until(
+                    lambda: status_kib(coord.proc.pid, "VmRSS") < base + (64 << 10), 60,
+                    "the replica to let go of the half-sent bytes")
+            with grpc.insecure_channel(coord.target) as channel:
+                stub = coordinator_pb2_grpc_stub(channel)
+                self.pb = types_pb2
+                stub.Register(cpb.RegisterRequest(
+                    request_id="after-half-sent", access_token=TOKEN,
+                    metadata=LargestRequests.metadata(self, 1), owner="limits"), timeout=30)
+        finally:
+            for c in clients:
+                c.close()
+            self.assertEqual(coord.stop(), 0)
 
 
 def coordinator_pb2_grpc_stub(channel):

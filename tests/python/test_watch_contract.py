@@ -324,17 +324,6 @@ def rss_kib(pid):
     return 0
 
 
-def h2_frame(ftype, flags, stream, payload):
-    return (struct.pack(">I", len(payload))[1:] + bytes([ftype, flags]) +
-            struct.pack(">I", stream) + payload)
-
-
-def hpack_literal(name, value):
-    """A header field without indexing or Huffman (RFC 7541 6.2.2)."""
-    n, v = name.encode(), value.encode()
-    return b"\x00" + bytes([len(n)]) + n + bytes([len(v)]) + v
-
-
 def open_stuck_watch(port, request):
     """A raw HTTP/2 client that opens a Watch and then never reads its
     socket: it announces HTTP/2's default 64 KiB stream window and never
@@ -342,15 +331,16 @@ def open_stuck_watch(port, request):
     sock = socket.create_connection(("127.0.0.1", port))
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-    out += h2_frame(4, 0, 0, b"")  # SETTINGS: all defaults
-    out += h2_frame(4, 1, 0, b"")  # ack the server's, unread
-    headers = b"".join(hpack_literal(k, v) for k, v in [
+    out += ferry_harness.h2_frame(4, 0, 0, b"")  # SETTINGS: all defaults
+    out += ferry_harness.h2_frame(4, 1, 0, b"")  # ack the server's, unread
+    headers = b"".join(ferry_harness.hpack_literal(k, v) for k, v in [
         (":method", "POST"), (":scheme", "http"), (":path", "/ferry.v1.Coordinator/Watch"),
         (":authority", f"127.0.0.1:{port}"), ("content-type", "application/grpc"),
         ("te", "trailers")])
-    out += h2_frame(1, 4, 1, headers)  # HEADERS, END_HEADERS
+    out += ferry_harness.h2_frame(1, 4, 1, headers)  # HEADERS, END_HEADERS
     body = request.SerializeToString()
-    out += h2_frame(0, 1, 1, b"\x00" + struct.pack(">I", len(body)) + body)  # DATA, END_STREAM
+    # DATA, END_STREAM
+    out += ferry_harness.h2_frame(0, 1, 1, b"\x00" + struct.pack(">I", len(body)) + body)
     sock.sendall(out)
     return sock
 
@@ -538,7 +528,7 @@ def read_until_stream_ends(sock, timeout):
             if stream == 1 and ftype == 1 and flags & 1:
                 return "status"
             if ftype == 6 and not flags & 1:
-                sock.sendall(h2_frame(6, 1, 0, payload))  # PING ACK
+                sock.sendall(ferry_harness.h2_frame(6, 1, 0, payload))  # PING ACK
         left = deadline - time.monotonic()
         if left <= 0:
             return None
