@@ -58,6 +58,7 @@
 #include <string.h>
 #include <sys/random.h>
 
+#include "common/md_rules.h"
 #include "common/log.h"
 #include "worker/cuda.h"
 #include "worker/ferry_int.h"
@@ -244,6 +245,14 @@ static ferry_status_t passive_create(ferry_connector_t *c, ferry__op_kind_t kind
     status = ferry_descriptors_validate(descs, n);
     if (status != FERRY_OK) {
         return status;
+    }
+    if (n > FERRY_MD_DESCRIPTORS_MAX) {
+        /* Refused here, before anything is mapped: past it every writer and
+         * the coordinator refuse the metadata, far from the cause. */
+        return ferry__fail(FERRY_ERR_INVALID_ARGUMENT,
+                           "descriptors: %zu given; an operation has at most %d (its metadata's "
+                           "bound)",
+                           n, FERRY_MD_DESCRIPTORS_MAX);
     }
     status = ferry__cuda_admit(c, descs, n);
     if (status != FERRY_OK) {

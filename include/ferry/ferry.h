@@ -455,7 +455,8 @@ FERRY_API const char *ferry_op_status_name(ferry_op_status_t status);
  * none for a descriptor inside a registered region, see ferry_mem_register)
  * so that the holder of this operation's metadata may write into them
  * (writable) or read them (readable). The memory must stay allocated until
- * destroy. */
+ * destroy. At most 1024 descriptors, the metadata's bound
+ * (FERRY_ERR_INVALID_ARGUMENT past it, before anything is mapped). */
 FERRY_API ferry_status_t ferry_writable_create(ferry_connector_t *connector,
                                                const ferry_descriptor_t *descs, size_t n,
                                                ferry_op_t **op_p);

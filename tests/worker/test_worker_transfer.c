@@ -445,6 +445,35 @@ static void test_bad_descriptors_refused(void **state)
     assert_null(op);
 }
 
+/* At most 1024 descriptors (the metadata's bound): one more is refused at
+ * create, naming the bound, before anything is mapped. It used to be
+ * mapped and its metadata made, which every writer and the coordinator
+ * then refused, far from the cause. */
+static void test_too_many_descriptors_refused(void **state)
+{
+    enum { MAX = 1024 };
+    uint8_t *buf = calloc(MAX + 1, 64);
+    ferry_descriptor_t *d = calloc(MAX + 1, sizeof(*d));
+    ferry_connector_stats_t before, after;
+    ferry_op_t *op = NULL;
+    (void)state;
+
+    for (size_t i = 0; i <= MAX; i++) {
+        d[i] = (ferry_descriptor_t){buf + i * 64, 64, FERRY_DEVICE_HOST_INIT};
+    }
+    ferry_connector_get_stats(world.c, &before);
+    assert_int_equal(ferry_writable_create(world.c, d, MAX + 1, &op), FERRY_ERR_INVALID_ARGUMENT);
+    assert_non_null(strstr(ferry_last_error_message(), "at most 1024"));
+    assert_int_equal(ferry_readable_create(world.c, d, MAX + 1, &op), FERRY_ERR_INVALID_ARGUMENT);
+    assert_null(op);
+    ferry_connector_get_stats(world.c, &after);
+    assert_int_equal(after.mem_maps, before.mem_maps);
+    assert_int_equal(ferry_writable_create(world.c, d, MAX, &op), FERRY_OK);
+    ferry_op_destroy(op);
+    free(d);
+    free(buf);
+}
+
 /* Runs the writer partner (role) on op's metadata until its data moved
  * into buf (it flushed) with the notice held back, then kills it. */
 static void writer_killed_after_data(const char *role, ferry_op_t *op, const uint8_t *buf,
@@ -1627,6 +1656,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_passive_wait_times_out),
         cmocka_unit_test(test_cuda_refused_without_support),
         cmocka_unit_test(test_bad_descriptors_refused),
+        cmocka_unit_test(test_too_many_descriptors_refused),
         cmocka_unit_test(test_writer_killed_before_notice),
         cmocka_unit_test(test_writer_killed_peer_detection),
         cmocka_unit_test(test_loopback_caller_progress),
