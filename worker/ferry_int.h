@@ -663,6 +663,11 @@ void ferry__passive_release(ferry_op_t *op); /* unmap memory, drop claimant */
 void ferry__passive_hold_drop(ferry_op_t *op);
 /* Whether the op holds a region for one of its descriptors. Lock held. */
 bool ferry__passive_holds_regions(const ferry_op_t *op);
+/* The memory limit of this process's cgroups (v2 memory.max, v1
+ * memory.limit_in_bytes; the smallest), read from proc_cgroup
+ * ("/proc/self/cgroup") and the hierarchy under root ("/sys/fs/cgroup"); 0
+ * when none is set or known. region.c, for ferry_mem_alloc. */
+uint64_t ferry__cgroup_memory_limit(const char *proc_cgroup, const char *root);
 /* Runs inside the AM callback (the reply endpoint lives only that long):
  * decides admission from the key alone and answers on reply_ep. An
  * admitted claim whose claimant the loop must reach (peer error handling,

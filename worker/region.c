@@ -309,20 +309,91 @@ ferry_status_t ferry_mem_register(ferry_connector_t *c, void *ptr, size_t size,
     return region_create(c, ptr, size, device, false, region_p);
 }
 
-/* More than the machine's memory can never be had, and asking UCX for it
- * is harmful: UCX 1.13 takes such memory from a shared-memory file
- * (/dev/shm) that it fills page by page, so the request exhausts RAM and
- * the OOM killer ends the process (or another one) before UCX fails and
- * removes the file, which then stays behind holding the memory. */
+/* The number in `dir`/`name` (a cgroup's limit file), or 0 when it cannot
+ * be read or says "max" (no limit). */
+static uint64_t cgroup_number(const char *root, const char *path, const char *name)
+{
+    char file[4096], text[64];
+    FILE *f;
+    uint64_t v = 0;
+
+    if ((size_t)snprintf(file, sizeof(file), "%s%s/%s", root, strcmp(path, "/") == 0 ? "" : path,
+                         name) >= sizeof(file) ||
+        (f = fopen(file, "re")) == NULL) {
+        return 0;
+    }
+    if (fgets(text, sizeof(text), f) != NULL && text[0] >= '0' && text[0] <= '9') {
+        v = strtoull(text, NULL, 10);
+    }
+    fclose(f);
+    return v;
+}
+
+uint64_t ferry__cgroup_memory_limit(const char *proc_cgroup, const char *root)
+{
+    char line[4096], v1_root[4096];
+    uint64_t limit = 0;
+    FILE *f = fopen(proc_cgroup, "re");
+
+    if (f == NULL) {
+        return 0;
+    }
+    snprintf(v1_root, sizeof(v1_root), "%s/memory", root);
+    while (fgets(line, sizeof(line), f) != NULL) {
+        /* "0::<path>" (v2), or "<n>:<controllers>:<path>" with memory among
+         * the controllers (v1). Inside a container's cgroup namespace the
+         * path is "/" and its own cgroup is at the root. */
+        char *ctrl = strchr(line, ':'), *path = ctrl != NULL ? strchr(ctrl + 1, ':') : NULL;
+        uint64_t v = 0;
+
+        if (path == NULL) {
+            continue;
+        }
+        *path++ = '\0';
+        path[strcspn(path, "\n")] = '\0';
+        ctrl++;
+        if (ctrl[0] == '\0') {
+            v = cgroup_number(root, path, "memory.max");
+            if (v == 0) {
+                v = cgroup_number(root, "/", "memory.max");
+            }
+        } else if (strcmp(ctrl, "memory") == 0 || strstr(ctrl, "memory,") == ctrl ||
+                   strstr(ctrl, ",memory") != NULL) {
+            v = cgroup_number(v1_root, path, "memory.limit_in_bytes");
+            if (v == 0) {
+                v = cgroup_number(v1_root, "/", "memory.limit_in_bytes");
+            }
+        }
+        if (v > 0 && v < ((uint64_t)1 << 62) && (limit == 0 || v < limit)) {
+            limit = v; /* v1 says "no limit" with a number near 2^63 */
+        }
+    }
+    fclose(f);
+    return limit;
+}
+
+/* More than the machine's memory, or the process's cgroup's limit (a
+ * container's), can never be had, and asking UCX for it is harmful: UCX
+ * 1.13 takes such memory from a shared-memory file (/dev/shm) that it
+ * fills page by page, so the request exhausts memory and the OOM killer
+ * ends the process (or another one) before UCX fails and removes the
+ * file, which then stays behind holding the memory. */
 static ferry_status_t check_alloc_size(size_t size)
 {
     long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+    uint64_t limit = ferry__cgroup_memory_limit("/proc/self/cgroup", "/sys/fs/cgroup");
 
     if (pages > 0 && page > 0 && size / (size_t)page >= (size_t)pages) {
         return ferry__fail(FERRY_ERR_NO_MEMORY,
                            "mem_alloc: %zu bytes is not less than the machine's memory (%zu "
                            "bytes)",
                            size, (size_t)pages * (size_t)page);
+    }
+    if (limit > 0 && size >= limit) {
+        return ferry__fail(FERRY_ERR_NO_MEMORY,
+                           "mem_alloc: %zu bytes is not less than this process's memory limit "
+                           "(its cgroup's: %" PRIu64 " bytes)",
+                           size, limit);
     }
     return FERRY_OK;
 }

@@ -396,8 +396,9 @@ FERRY_API ferry_status_t ferry_mem_register(ferry_connector_t *connector, void *
  * or posix) when it can, and its shared-memory transports then write and
  * read it directly (one copy) instead of through bounce buffers: the fast
  * path for host memory. FERRY_ERR_NO_MEMORY, before UCX is asked, for a
- * size not less than the machine's physical memory (UCX would fill /dev/shm
- * with it until the OOM killer struck). On a CUDA device: device memory
+ * size not less than the machine's physical memory or the process's cgroup
+ * memory limit (a container's; UCX would fill /dev/shm with it until the
+ * OOM killer struck). On a CUDA device: device memory
  * (cuMemAlloc on its primary context), zeroed, which UCX's CUDA transports
  * read and write directly; FERRY_ERR_UNIMPLEMENTED, with the reason, where
  * the process has no CUDA driver, this UCX build no CUDA transports, or

@@ -28,6 +28,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <sys/stat.h>
 
 #include "common/clock.h"
 #include "pair.h"
@@ -857,6 +858,65 @@ static void test_passive_destroy_bounded_by_an_unsettled_writer(void **state)
     free(src);
 }
 
+/* Writes text to root/rel, making its directories. */
+static void put_file(const char *root, const char *rel, const char *text)
+{
+    char path[512];
+    FILE *f;
+
+    for (const char *p = strchr(rel, '/'); p != NULL; p = strchr(p + 1, '/')) {
+        snprintf(path, sizeof(path), "%s/%.*s", root, (int)(p - rel), rel);
+        (void)mkdir(path, 0700);
+    }
+    snprintf(path, sizeof(path), "%s/%s", root, rel);
+    f = fopen(path, "w");
+    assert_non_null(f);
+    fputs(text, f);
+    fclose(f);
+}
+
+/* ferry_mem_alloc's size check knows a container's memory limit, not only
+ * the machine's memory: the process's cgroups as /proc/self/cgroup names
+ * them (v2 "0::<path>", v1 "<n>:...memory...:<path>"), each one's limit
+ * file under the hierarchy (or at its root, inside a cgroup namespace),
+ * "max" and v1's near-2^63 meaning none, the smallest taken. Before, an
+ * allocation between the limit and the machine's memory was asked of UCX,
+ * and the OOM killer ended the process while it zeroed the memory. */
+static void test_cgroup_memory_limit(void **state)
+{
+    char root[] = "/tmp/ferry-cgroup-XXXXXX", proc[600], cmd[700];
+    (void)state;
+
+    assert_non_null(mkdtemp(root));
+    snprintf(proc, sizeof(proc), "%s/proc-cgroup", root);
+    assert_int_equal(ferry__cgroup_memory_limit("/nonexistent", root), 0);
+
+    put_file(root, "proc-cgroup", "0::/kube/pod1\n");
+    assert_int_equal(ferry__cgroup_memory_limit(proc, root), 0); /* no file: none known */
+    put_file(root, "kube/pod1/memory.max", "max\n");
+    assert_int_equal(ferry__cgroup_memory_limit(proc, root), 0);
+    put_file(root, "kube/pod1/memory.max", "1073741824\n");
+    assert_int_equal(ferry__cgroup_memory_limit(proc, root), 1073741824);
+
+    put_file(root, "proc-cgroup", "0::/\n");
+    put_file(root, "memory.max", "805306368\n"); /* inside a cgroup namespace */
+    assert_int_equal(ferry__cgroup_memory_limit(proc, root), 805306368);
+
+    put_file(root, "proc-cgroup", "5:cpu,cpuacct:/x\n4:memory:/docker/abc\n");
+    put_file(root, "memory/docker/abc/memory.limit_in_bytes", "9223372036854771712\n");
+    assert_int_equal(ferry__cgroup_memory_limit(proc, root), 0); /* v1's "no limit" */
+    put_file(root, "memory/docker/abc/memory.limit_in_bytes", "536870912\n");
+    assert_int_equal(ferry__cgroup_memory_limit(proc, root), 536870912);
+
+    put_file(root, "proc-cgroup", "4:memory:/docker/abc\n0::/\n"); /* both: the smaller */
+    assert_int_equal(ferry__cgroup_memory_limit(proc, root), 536870912);
+    put_file(root, "memory.max", "268435456\n");
+    assert_int_equal(ferry__cgroup_memory_limit(proc, root), 268435456);
+
+    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", root);
+    assert_int_equal(system(cmd), 0);
+}
+
 /* Memory from ferry_mem_alloc: zeroed, usable on both sides, in both
  * directions, with no ucp_mem_map per operation. */
 static void test_alloc_transfer(void **state)
@@ -1358,6 +1418,7 @@ int main(int argc, char **argv)
         cmocka_unit_test_setup_teardown(test_passive_destroy_waits_for_its_writer, setup, teardown),
         cmocka_unit_test_setup_teardown(test_passive_destroy_bounded_by_an_unsettled_writer, setup,
                                         teardown),
+        cmocka_unit_test(test_cgroup_memory_limit),
         cmocka_unit_test_setup_teardown(test_alloc_transfer, setup, teardown),
         cmocka_unit_test_setup_teardown(test_many_ops_on_one_region, setup, teardown),
         cmocka_unit_test_setup_teardown(test_hostile_key_cannot_reach_the_writer, setup, teardown),
