@@ -209,9 +209,10 @@ void registry_unwrite_later(coord_registry_t *r, const char *id, int64_t lease, 
 bool registry_fence_new(coord_registry_t *r, registry_key_t *fence);
 
 /* Revokes `lease`, which the failed call for request ID `id` granted for
- * itself, or may have (a grant whose answer never came), the same way:
+ * itself, or may have (unsure: a grant whose answer never came, which etcd
+ * may still apply, so a "no such lease" is tried again too), the same way:
  * off the caller's path, tried again while etcd cannot be reached. */
-void registry_revoke_later(coord_registry_t *r, const char *id, int64_t lease);
+void registry_revoke_later(coord_registry_t *r, const char *id, int64_t lease, bool unsure);
 
 /* Queues again the removals that could not reach etcd; the maintenance
  * thread calls it while etcd can commit. */

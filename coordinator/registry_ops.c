@@ -150,13 +150,13 @@ static ferry_status_t lease_for(coord_registry_t *r, const char *id_for, int64_t
     }
     if (status != FERRY_OK) {
         if (grant_unknown(status)) {
-            registry_revoke_later(r, id_for, id);
+            registry_revoke_later(r, id_for, id, true); /* it may be applied later */
         }
         return registry_etcd_fail(status, msg, cap, "lease grant");
     }
     if (registry_lease_token(r, lease->id, lease->token) != FERRY_OK) {
         /* A lease nobody can renew or revoke: give it back. */
-        registry_revoke_later(r, id_for, lease->id);
+        registry_revoke_later(r, id_for, lease->id, false);
         return registry_fail(FERRY_ERR_UNAVAILABLE, msg, cap,
                              "cannot make the lease's token now (the coordinator is out of "
                              "memory); retry");
@@ -322,7 +322,7 @@ err_unwrite:
     free(bytes);
 err_revoke:
     if (req->lease_id == 0) {
-        registry_revoke_later(r, req->request_id, out->lease_id); /* ours, and now useless */
+        registry_revoke_later(r, req->request_id, out->lease_id, false); /* ours, now useless */
     }
     return status;
 }
@@ -814,7 +814,7 @@ ferry_status_t coord_claim(coord_registry_t *r, const Ferry__V1__ClaimRequest *r
     status = registry_transition(r, req->request_id, &t, out, msg, cap);
     if (status != FERRY_OK) {
         if (req->lease_id == 0) {
-            registry_revoke_later(r, req->request_id, lease.id); /* ours, and now useless */
+            registry_revoke_later(r, req->request_id, lease.id, false); /* ours, now useless */
         }
         return status;
     }

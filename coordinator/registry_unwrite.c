@@ -43,8 +43,10 @@
  * A lease a failed Register or Claim granted for itself, or a grant whose
  * answer never came (the coordinator picked its ID: registry_ops.c), goes
  * the same way with no record (value NULL): the removal is the lease's
- * revoke, done when etcd revokes it or says it has no such lease. Else it
- * lives its TTL holding nothing (up to the hour a caller may ask for).
+ * revoke, done when etcd revokes it or says it has no such lease; for a
+ * grant whose answer never came, only once it has said so on every try
+ * (etcd may apply the grant after a first revoke). Else it lives its TTL
+ * holding nothing (up to the hour a caller may ask for).
  *
  * Threads: any; r->lock guards r->unwrites and r->unwrite_bytes, and is
  * never held across etcd.
@@ -69,6 +71,7 @@ typedef struct registry_unwrite {
     int tries_left;
     int64_t lease;  /* the caller's lease the record is on, for the log; or the lease to revoke */
     uint8_t *value; /* the record as the failed Register wrote it; NULL: revoke `lease` */
+    bool unsure;    /* revoke of a grant whose answer never came: it may yet be applied */
     size_t value_len;
     registry_key_t key;
     registry_key_t fence; /* with value: the Register's fence */
@@ -188,13 +191,19 @@ static void unwrite_drop(registry_unwrite_t *u)
 }
 
 /* Revokes u->lease; *removed_p: etcd had it. No such lease (never granted,
- * or already gone) is done too. */
+ * or already gone) is done too, except for a grant whose answer never came:
+ * etcd may apply it after this revoke (a member held it), and the lease
+ * would then live its TTL holding nothing, so such a revoke goes again
+ * while it has tries left (FERRY_ERR_NOT_FOUND: not yet). */
 static ferry_status_t unwrite_revoke(registry_unwrite_t *u, bool *removed_p)
 {
     ferry_status_t status = etcd_lease_revoke(u->r->etcd, u->lease);
 
     *removed_p = status == FERRY_OK;
-    return status == FERRY_ERR_NOT_FOUND ? FERRY_OK : status;
+    if (status == FERRY_ERR_NOT_FOUND && !(u->unsure && u->tries_left > 1)) {
+        return FERRY_OK;
+    }
+    return status;
 }
 
 static void unwrite_run(void *arg, bool run)
@@ -226,6 +235,12 @@ static void unwrite_run(void *arg, bool run)
     }
     if (--u->tries_left > 0) {
         unwrite_park(u);
+        if (status == FERRY_ERR_NOT_FOUND) {
+            ferry_debug("op %s: lease %lld of its failed call is not in etcd (yet?); revoking it "
+                        "again later",
+                        u->id, (long long)u->lease);
+            return;
+        }
         ferry_info("op %s: cannot remove %s yet: %s (%s); trying again once etcd can commit", u->id,
                    unwrite_what(u), ferry_status_string(status), etcd_client_last_error());
         return;
@@ -286,7 +301,7 @@ void registry_unwrite_later(coord_registry_t *r, const char *id, int64_t lease, 
     unwrite_submit(u);
 }
 
-void registry_revoke_later(coord_registry_t *r, const char *id, int64_t lease)
+void registry_revoke_later(coord_registry_t *r, const char *id, int64_t lease, bool unsure)
 {
     registry_unwrite_t *u = calloc(1, sizeof(*u));
 
@@ -299,6 +314,7 @@ void registry_revoke_later(coord_registry_t *r, const char *id, int64_t lease)
     u->r = r;
     u->tries_left = REGISTRY_UNWRITE_TRIES;
     u->lease = lease;
+    u->unsure = unsure;
     snprintf(u->id, sizeof(u->id), "%s", id);
     unwrite_submit(u);
 }
