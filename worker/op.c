@@ -716,12 +716,13 @@ static void active_quiesce(ferry_op_t *op)
  * ferry.h): its notice came, or its endpoint failed. UCX applies a put into
  * user memory over TCP or shared memory in this process's worker (emulated
  * over active messages), so this thread drives the loop for it, as a
- * flush would. Past FERRY_OP_DESTROY_FLUSH_MS the endpoint to the claimant
- * is closed by force (peer error handling on), which settles it as a
- * failure; without peer error handling, or if even that does not settle
- * it, the op is let go as before with a warning: a claimant that died
- * unseen would otherwise hold destroy for ever. Memory in a region is not
- * waited for: libferry holds the region itself. Lock held; dropped between
+ * flush would. Past FERRY_OP_DESTROY_FLUSH_MS the op is let go with a
+ * warning: a claimant that died unseen (no peer error handling) or stopped
+ * answering would otherwise hold destroy for ever. Its endpoint is not
+ * closed by force, as an active destroy's is: that would not settle it
+ * (the notice it owes would never come), and every other transfer with that
+ * peer would fail. An op whose every descriptor lies in a region is not
+ * waited for: libferry holds the regions itself. Lock held; dropped between
  * rounds. */
 static void passive_quiesce(ferry_op_t *op)
 {
@@ -729,29 +730,17 @@ static void passive_quiesce(ferry_op_t *op)
     int64_t deadline = now_ms() + FERRY_OP_DESTROY_FLUSH_MS;
     unsigned round = 0;
 
-    while (op->claimant_hold && !ferry__passive_holds_regions(op) && now_ms() < deadline) {
-        quiesce_round(c, &round);
-    }
-    if (!op->claimant_hold || ferry__passive_holds_regions(op)) {
+    if (!op->claimant_hold || ferry__passive_all_in_regions(op)) {
         return;
     }
-    if (op->claimant != NULL && ferry__peer_force_close(op->claimant)) {
-        ferry_warn("%s: its admitted writer or reader did not settle within %d ms of destroy: "
-                   "the endpoint to it was closed by force",
-                   op->label, FERRY_OP_DESTROY_FLUSH_MS);
-        deadline = now_ms() + FERRY_OP_DESTROY_FLUSH_MS;
-        while (op->claimant_hold && now_ms() < deadline) {
-            quiesce_round(c, &round); /* the loop hands it the endpoint's failure */
-        }
+    while (op->claimant_hold && now_ms() < deadline) {
+        quiesce_round(c, &round);
     }
     if (op->claimant_hold) {
-        ferry_warn("%s: its admitted writer or reader has not settled %d ms after destroy%s; "
-                   "it may still reach the memory",
-                   op->label, FERRY_OP_DESTROY_FLUSH_MS,
-                   c->peer_error_handling ? ""
-                                          : " (without peer error handling it cannot be "
-                                            "stopped)");
-        ferry__passive_hold_drop(op);
+        ferry_warn("%s: its admitted writer or reader has not settled %d ms after destroy; it "
+                   "may still reach the memory of the descriptors in no region",
+                   op->label, FERRY_OP_DESTROY_FLUSH_MS);
+        ferry__passive_hold_drop(op); /* a region's hold stays */
     }
 }
 

@@ -320,6 +320,19 @@ ferry_status_t ferry_op_notification_key(const ferry_op_t *op, const uint8_t **k
     return FERRY_OK;
 }
 
+bool ferry__passive_all_in_regions(const ferry_op_t *op)
+{
+    if (!op->regions_held) {
+        return false;
+    }
+    for (size_t i = 0; i < op->n; i++) {
+        if (op->regions[i] == NULL) {
+            return false;
+        }
+    }
+    return true;
+}
+
 /* Whether op holds a region for one of its descriptors. */
 bool ferry__passive_holds_regions(const ferry_op_t *op)
 {

@@ -329,6 +329,27 @@ static uint64_t cgroup_number(const char *root, const char *path, const char *na
     return v;
 }
 
+/* The smallest limit in `name` of the cgroup at `path` (cut in place) and
+ * of its ancestors, up to the hierarchy's root: a parent's limit bounds its
+ * children too. 0: none. */
+static uint64_t cgroup_limit_up(const char *root, char *path, const char *name)
+{
+    uint64_t limit = 0;
+
+    for (;;) {
+        uint64_t v = cgroup_number(root, path, name);
+        char *slash = strrchr(path, '/');
+
+        if (v > 0 && v < ((uint64_t)1 << 62) && (limit == 0 || v < limit)) {
+            limit = v; /* v1 says "no limit" with a number near 2^63 */
+        }
+        if (slash == NULL || (slash == path && path[1] == '\0')) {
+            return limit;
+        }
+        slash[slash == path ? 1 : 0] = '\0';
+    }
+}
+
 uint64_t ferry__cgroup_memory_limit(const char *proc_cgroup, const char *root)
 {
     char line[4096], v1_root[4096];
@@ -352,20 +373,17 @@ uint64_t ferry__cgroup_memory_limit(const char *proc_cgroup, const char *root)
         *path++ = '\0';
         path[strcspn(path, "\n")] = '\0';
         ctrl++;
+        if (path[0] != '/') {
+            continue;
+        }
         if (ctrl[0] == '\0') {
-            v = cgroup_number(root, path, "memory.max");
-            if (v == 0) {
-                v = cgroup_number(root, "/", "memory.max");
-            }
+            v = cgroup_limit_up(root, path, "memory.max");
         } else if (strcmp(ctrl, "memory") == 0 || strstr(ctrl, "memory,") == ctrl ||
                    strstr(ctrl, ",memory") != NULL) {
-            v = cgroup_number(v1_root, path, "memory.limit_in_bytes");
-            if (v == 0) {
-                v = cgroup_number(v1_root, "/", "memory.limit_in_bytes");
-            }
+            v = cgroup_limit_up(v1_root, path, "memory.limit_in_bytes");
         }
-        if (v > 0 && v < ((uint64_t)1 << 62) && (limit == 0 || v < limit)) {
-            limit = v; /* v1 says "no limit" with a number near 2^63 */
+        if (v > 0 && (limit == 0 || v < limit)) {
+            limit = v;
         }
     }
     fclose(f);

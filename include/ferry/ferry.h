@@ -629,16 +629,17 @@ FERRY_API bool ferry_op_in_region(const ferry_op_t *op, size_t index);
  * not settled (its notice has not come: its puts or gets may still be in
  * flight, and over TCP or shared memory UCX applies them in this process)
  * is waited for, driving the connector's progress, for at most
- * FERRY_OP_DESTROY_FLUSH_MS; then, with peer error handling on, the
- * endpoint to it is closed by force (its transfer fails) and waited for
- * as long again. A writer or reader that has settled cannot reach the
- * memory any more: the memory may be freed once destroy returns. One that
- * has still not settled then (it died unseen without peer error handling,
- * or stopped answering) is let go with a warning ("has not settled"): it
- * may still reach memory in no region, which the caller should then keep
- * (or destroy with ferry_op_destroy_nowait, whose released says exactly
- * when). Before this wait, destroy returned at once, and an admitted
- * writer's puts landed in memory its caller had freed.
+ * FERRY_OP_DESTROY_FLUSH_MS, when any descriptor lies in no region (a
+ * region's memory libferry holds itself). One that has settled cannot reach
+ * the memory any more: the memory may be freed once destroy returns. One
+ * that has not settled by then (it died unseen without peer error handling,
+ * stopped answering, or its transfer takes longer) is let go with a
+ * warning ("has not settled"), and may still reach the memory in no
+ * region, which the caller should then keep (ferry_op_destroy_nowait's
+ * released says exactly when it may go). Its endpoint is not closed: that
+ * would fail every other transfer with that peer. Before this wait, destroy
+ * returned at once, and an admitted writer's puts landed in memory its
+ * caller had freed.
  * Active: cancels if not final, and returns only once UCX can no longer
  * read or write the local memory: puts or gets already posted are waited
  * for (their flush), since a get cancelled midway still writes into that

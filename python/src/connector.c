@@ -353,7 +353,8 @@ static PyObject *connector_close(PyObject *obj, PyObject *unused)
     }
     if (self->live_ops > 0) {
         char msg[128];
-        snprintf(msg, sizeof(msg), "connector: %zd operation(s) still open; close them first",
+        snprintf(msg, sizeof(msg),
+                 "connector: %zd operation(s) still open or calls in flight; close them first",
                  self->live_ops);
         return pyferry_raise(FERRY_ERR_BUSY, msg);
     }

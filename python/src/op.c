@@ -233,8 +233,10 @@ static void op_release(pyferry_op_t *self)
      * destroyed without waiting; libferry tells when the memory may go.
      * A write or read over memory given by address (no owner to keep)
      * keeps the waiting destroy, so that memory is the caller's to free
-     * once close() returns. A passive destroy never waits, so a writable's
-     * or readable's owned memory is parked whatever else it has. */
+     * once close() returns. A passive destroy waits for an admitted peer
+     * only within a bound (then it may still reach the memory), so a
+     * writable's or readable's owned memory is parked whatever else it
+     * has. */
     bool active = self->kind != PYFERRY_WRITABLE && self->kind != PYFERRY_READABLE;
     if (self->closed_status != FERRY_OP_STATUS_COMPLETE && self->descs != NULL &&
         !(active && raw_memory(self->descs, op))) {

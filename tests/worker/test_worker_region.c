@@ -760,42 +760,64 @@ static void test_passive_nowait_released_when_writer_settles(void **state)
  * 520 of 537 MB after destroy returned), and the writer still ended
  * COMPLETE. On shared memory the bytes may land without this side's loop;
  * the check (nothing changes after destroy) holds there too. */
-static void test_passive_destroy_waits_for_its_writer(void **state)
+static void destroy_waits_case(world_t *w, bool mixed)
 {
-    world_t *w = *state;
     ferry_connector_t *rx = connector("rx-caller", FERRY_PROGRESS_CALLER);
-    size_t size = 4u << 20;
-    uint8_t *src = malloc(size), *dst = calloc(1, size), *seen = malloc(size);
-    ferry_descriptor_t d = desc(dst, size), s = desc(src, size);
+    size_t size = 1u << 20; /* many TCP segments, settled well within the bound */
+    uint8_t *src = malloc(2 * size), *dst = calloc(2, size), *seen = malloc(size);
+    /* Mixed: the first descriptor in a region, the second in none. */
+    ferry_descriptor_t d[2] = {desc(dst, size), desc(dst + size, size)};
+    ferry_descriptor_t s[2] = {desc(src, size), desc(src + size, size)};
+    size_t n = mixed ? 2 : 1;
+    uint8_t *plain = dst + (n - 1) * size; /* the memory in no region */
+    ferry_region_t *r = NULL;
     ferry_op_t *passive, *active;
     const uint8_t *md;
     size_t md_len;
     ferry_status_t st;
     int64_t deadline = pair_now_ms() + WAIT_MS;
 
-    fill(src, size, 47);
-    assert_int_equal(ferry_writable_create(rx, &d, 1, &passive), FERRY_OK);
+    fill(src, 2 * size, 47);
+    if (mixed) {
+        assert_int_equal(ferry_mem_register(rx, dst, size, d[0].device, &r), FERRY_OK);
+    }
+    assert_int_equal(ferry_writable_create(rx, d, n, &passive), FERRY_OK);
+    assert_int_equal(ferry_op_in_region(passive, 0), mixed);
     assert_int_equal(ferry_op_metadata(passive, &md, &md_len), FERRY_OK);
-    assert_int_equal(ferry_write_begin(w->tx, &s, 1, md, md_len, &active), FERRY_OK);
+    assert_int_equal(ferry_write_begin(w->tx, s, n, md, md_len, &active), FERRY_OK);
     while (ferry_op_status(passive) != FERRY_OP_STATUS_IN_PROGRESS && pair_now_ms() < deadline) {
         assert_int_equal(ferry_connector_progress(rx), FERRY_OK); /* admits the claim */
     }
     assert_int_equal(ferry_op_status(passive), FERRY_OP_STATUS_IN_PROGRESS);
 
     ferry_op_destroy(passive);
-    memcpy(seen, dst, size);
+    memcpy(seen, plain, size);
     while ((st = ferry_op_wait(active, 1)) == FERRY_ERR_TIMED_OUT && pair_now_ms() < deadline) {
         assert_int_equal(ferry_connector_progress(rx), FERRY_OK);
     }
     assert_int_not_equal(st, FERRY_ERR_TIMED_OUT); /* the writer has ended */
     assert_int_equal(ferry_connector_progress(rx), FERRY_OK);
     assert_int_equal(pair_live_ops(rx), 0);
-    assert_memory_equal(dst, seen, size); /* nothing landed after destroy returned */
+    assert_memory_equal(plain, seen, size); /* nothing landed after destroy returned */
     ferry_op_destroy(active);
+    assert_int_equal(ferry_mem_deregister(r), FERRY_OK);
     assert_int_equal(ferry_connector_destroy(rx), FERRY_OK);
     free(seen);
     free(dst);
     free(src);
+}
+
+static void test_passive_destroy_waits_for_its_writer(void **state)
+{
+    destroy_waits_case(*state, false);
+}
+
+/* The same for an operation with a descriptor in a region and one in none:
+ * the one in none is waited for (the first version of the wait skipped any
+ * operation holding a region). */
+static void test_passive_destroy_waits_for_its_writer_mixed(void **state)
+{
+    destroy_waits_case(*state, true);
 }
 
 typedef struct {
@@ -897,8 +919,11 @@ static void test_cgroup_memory_limit(void **state)
     assert_int_equal(ferry__cgroup_memory_limit(proc, root), 0);
     put_file(root, "kube/pod1/memory.max", "1073741824\n");
     assert_int_equal(ferry__cgroup_memory_limit(proc, root), 1073741824);
+    put_file(root, "kube/memory.max", "536870912\n"); /* a parent's bounds it too */
+    assert_int_equal(ferry__cgroup_memory_limit(proc, root), 536870912);
+    put_file(root, "kube/memory.max", "max\n");
 
-    put_file(root, "proc-cgroup", "0::/\n");
+    put_file(root, "proc-cgroup", "garbage\n1:name=systemd:/\n0::/\n");
     put_file(root, "memory.max", "805306368\n"); /* inside a cgroup namespace */
     assert_int_equal(ferry__cgroup_memory_limit(proc, root), 805306368);
 
@@ -1416,6 +1441,8 @@ int main(int argc, char **argv)
         cmocka_unit_test_setup_teardown(test_passive_nowait_released_when_writer_settles, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_passive_destroy_waits_for_its_writer, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_passive_destroy_waits_for_its_writer_mixed, setup,
+                                        teardown),
         cmocka_unit_test_setup_teardown(test_passive_destroy_bounded_by_an_unsettled_writer, setup,
                                         teardown),
         cmocka_unit_test(test_cgroup_memory_limit),
