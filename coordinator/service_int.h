@@ -106,6 +106,9 @@ struct coord_service {
     size_t n_id_buckets;
     size_t n_waits;   /* parked; for metrics and the bound */
     size_t max_waits; /* constant: a wait past it is refused */
+    /* constant: the longest the wait thread sleeps with nothing due
+     * (0: WAIT_IDLE_MS, service_wait.c; tests set more) */
+    int64_t wait_idle_ms;
     bool stopping;
     uint64_t wake_seq; /* bumped by every wake; see service_wait_add */
     /* The wake number of the last time the view came back (on_synced): a

@@ -263,7 +263,10 @@ void service_wait_add(coord_service_t *svc, rpc_call_t *call, wait_kind_t kind,
      * been the one it waits for: look once more rather than miss it. */
     w->ready = woken_since(svc, request_id, seen_seq);
     wait_link(svc, w);
-    if (w->ready) {
+    if (w->ready || w->heap_at == 0) {
+        /* Ready, or due before anything the wait thread sleeps for: a wait
+         * of 50 ms used to end when the thread next woke on its own, up to
+         * WAIT_IDLE_MS later (732 ms in a soak). */
         pthread_cond_signal(&svc->waits_cond);
     }
     pthread_mutex_unlock(&svc->waits_lock);
@@ -363,11 +366,11 @@ static void run_wait(coord_service_t *svc, wait_entry_t *w)
 }
 
 /* Takes the ready and expired waits off the heap, into a list; returns
- * when the next of those left is due (at most WAIT_IDLE_MS from now). */
+ * when the next of those left is due (at most svc->wait_idle_ms from now). */
 static wait_entry_t *take_due(coord_service_t *svc, int64_t now, int64_t *next_deadline_p)
 {
     wait_entry_t *due = NULL;
-    int64_t next = now + WAIT_IDLE_MS;
+    int64_t next = now + svc->wait_idle_ms;
 
     while (svc->n_waits > 0) {
         wait_entry_t *w = svc->waits_heap[0];
@@ -415,6 +418,9 @@ ferry_status_t service_waits_start(coord_service_t *svc)
 {
     int rc;
 
+    if (svc->wait_idle_ms <= 0) {
+        svc->wait_idle_ms = WAIT_IDLE_MS;
+    }
     svc->n_id_buckets = WAIT_MIN_SLOTS;
     svc->waits_by_id = calloc(svc->n_id_buckets, sizeof(*svc->waits_by_id));
     if (svc->waits_by_id == NULL) {

@@ -193,6 +193,23 @@ static int setup(void **state)
     return 0;
 }
 
+/* As setup, with a wait thread that sleeps an hour when nothing is due:
+ * only a signal ends its sleep early. */
+static int setup_long_idle(void **state)
+{
+    coord_service_t *svc = calloc(1, sizeof(*svc));
+
+    assert_non_null(svc);
+    svc->max_waits = SERVICE_MAX_WAITS;
+    svc->wait_idle_ms = 3600000;
+    assert_int_equal(service_waits_start(svc), FERRY_OK);
+    pthread_mutex_lock(&rec.lock);
+    memset(rec.calls, 0, sizeof(rec.calls));
+    pthread_mutex_unlock(&rec.lock);
+    *state = svc;
+    return 0;
+}
+
 static int teardown(void **state)
 {
     coord_service_t *svc = *state;
@@ -305,6 +322,29 @@ static void test_waits_expire_at_their_deadlines(void **state)
     assert_int_equal(rec.calls[n].fails, 1);
     assert_int_equal(rec.calls[n].status, FERRY_ERR_UNAVAILABLE);
     assert_int_equal(rec.calls[n].refs, 0);
+}
+
+/* A wait due before everything parked wakes the wait thread, which would
+ * otherwise sleep until what it last saw was due (here ten minutes off, with
+ * an idle sleep of an hour): a wait of 50 ms ended up to the idle second
+ * late in a soak of a real coordinator. */
+static void test_sooner_wait_wakes_the_thread(void **state)
+{
+    coord_service_t *svc = *state;
+
+    park(svc, 0, "never", 600000);
+    /* A wait woken and run, so that the thread has looked at the heap since
+     * the far one parked, and sleeps for it. */
+    park(svc, 2, "woken", 600000);
+    service_waits_wake(svc, "woken");
+    await_ended(3, 1);
+    assert_int_equal(rec.calls[2].runs, 1);
+    park(svc, 1, "never", 20);
+    await_ended(3, 2); /* its 10 s bound: the thread slept through it before */
+    assert_int_equal(rec.calls[1].fails, 1);
+    assert_int_equal(rec.calls[1].status, FERRY_ERR_TIMED_OUT);
+    assert_int_equal(rec.calls[0].fails, 0);
+    assert_int_equal(coord_service_parked_waits(svc), 1);
 }
 
 /* A cancelled wait leaves at once (CANCELLED), from among many, and a wake
@@ -432,6 +472,8 @@ int main(void)
         cmocka_unit_test(test_etcd_deadline_keeps_time_for_the_answer),
         cmocka_unit_test_setup_teardown(test_wake_runs_only_its_own_waits, setup, teardown),
         cmocka_unit_test_setup_teardown(test_waits_expire_at_their_deadlines, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_sooner_wait_wakes_the_thread, setup_long_idle,
+                                        teardown),
         cmocka_unit_test_setup_teardown(test_cancelled_wait_leaves, setup, teardown),
         cmocka_unit_test_setup_teardown(test_wake_before_parking_is_not_missed, setup, teardown),
         cmocka_unit_test_setup_teardown(test_bound_refuses_past_it, setup, teardown),
