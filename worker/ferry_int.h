@@ -661,9 +661,8 @@ void ferry__passive_release(ferry_op_t *op); /* unmap memory, drop claimant */
  * kept only for the caller's own memory (no region), which nobody is to be
  * told about, ends now. Lock held; op not freed (the caller's reference). */
 void ferry__passive_hold_drop(ferry_op_t *op);
-/* Whether the op holds a region for one of its descriptors; for every one
- * (nothing of its memory is the caller's to keep). Lock held. */
-bool ferry__passive_holds_regions(const ferry_op_t *op);
+/* Whether the op holds a region for every one of its descriptors (nothing
+ * of its memory is the caller's to keep). Lock held. */
 bool ferry__passive_all_in_regions(const ferry_op_t *op);
 /* The memory limit of this process's cgroups (v2 memory.max, v1
  * memory.limit_in_bytes; the smallest), read from proc_cgroup

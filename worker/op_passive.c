@@ -334,7 +334,7 @@ bool ferry__passive_all_in_regions(const ferry_op_t *op)
 }
 
 /* Whether op holds a region for one of its descriptors. */
-bool ferry__passive_holds_regions(const ferry_op_t *op)
+static bool holds_regions(const ferry_op_t *op)
 {
     if (!op->regions_held) {
         return false;
@@ -360,7 +360,7 @@ static bool claimant_may_touch_memory(const ferry_op_t *op, bool staged)
     if (!op->admitted || op->claimant_settled || op->state == FERRY__OP_COMPLETE) {
         return false;
     }
-    return !staged || ferry__passive_holds_regions(op);
+    return !staged || holds_regions(op);
 }
 
 void ferry__passive_release(ferry_op_t *op)
@@ -388,7 +388,7 @@ void ferry__passive_release(ferry_op_t *op)
 
 void ferry__passive_hold_drop(ferry_op_t *op)
 {
-    if (!op->claimant_hold || ferry__passive_holds_regions(op)) {
+    if (!op->claimant_hold || holds_regions(op)) {
         return;
     }
     /* As before the hold covered memory in no region: the op leaves the
