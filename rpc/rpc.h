@@ -133,7 +133,9 @@ typedef struct {
      * call's request as it arrived (twice for a method that keeps its
      * bytes, which its decoded copy doubles), from its dispatch until it is
      * done. A request that would pass it ends RESOURCE_EXHAUSTED before it
-     * is decoded, saying so. 0: no bound. */
+     * is decoded, saying so. gRPC's own buffers (requests not yet whole)
+     * get a resource quota of this plus 32 MiB, past which gRPC resets
+     * streams. 0: no bound, and no quota. */
     size_t max_held_request_bytes;
     /* grpc.health.v1.Health Watch streams open at once; one more ends
      * RESOURCE_EXHAUSTED, saying so (Check is not bounded: it holds

@@ -43,10 +43,13 @@
 #define RPC_SERVER_KEEPALIVE_TIMEOUT_MS 20000
 #define RPC_MAX_STREAMS_PER_CONNECTION  1024
 #define RPC_REARM_RETRY_MS              100
-/* The smallest gRPC resource quota a server gets: below it gRPC's own read
- * and write buffers for a few connections pass it, and gRPC resets calls
- * before the held-request bound (rpc_call.c) can answer them. */
-#define RPC_QUOTA_MIN ((size_t)4 << 20)
+/* What a server's gRPC resource quota allows beyond its held-request
+ * bound: gRPC counts the requests the bound counts too (a delivered one
+ * until it is read, and every one it is reading), so a quota of the bound
+ * alone would have gRPC reset calls before the bound's own answer
+ * (RESOURCE_EXHAUSTED, saying so) could refuse them: under ASan, with
+ * parked Lookups filling a 4 MiB bound, it did. */
+#define RPC_QUOTA_SLACK ((size_t)32 << 20)
 
 /* --- completion-queue threads ---------------------------------------------- */
 
@@ -226,15 +229,14 @@ static void server_create_grpc(rpc_server_t *server)
     if (server->max_held_request_bytes > 0) {
         /* gRPC core's own buffers (a request's bytes before the whole
          * message has come, so before the call reaches us and our
-         * held-request count) under the same bound: past it gRPC shrinks
-         * the windows it grants and then closes the connections that hold
-         * the most. Without it a client that sends all of a 2 MB message
+         * held-request count) under the same bound, plus RPC_QUOTA_SLACK:
+         * past it gRPC resets streams and closes idle connections (any
+         * client's: gRPC 1.51 does not pick the one that holds the
+         * memory). Without it a client that sends all of a 2 MB message
          * but its last byte, on a thousand streams per connection, held 2 GB
-         * per connection, never counted. At least RPC_QUOTA_MIN, which
-         * gRPC's own buffers for a few connections need. */
-        size_t bytes = server->max_held_request_bytes;
+         * per connection, never counted. */
         quota = grpc_resource_quota_create("ferry-rpc-server");
-        grpc_resource_quota_resize(quota, bytes > RPC_QUOTA_MIN ? bytes : RPC_QUOTA_MIN);
+        grpc_resource_quota_resize(quota, server->max_held_request_bytes + RPC_QUOTA_SLACK);
         args[7].type = GRPC_ARG_POINTER;
         args[7].key = GRPC_ARG_RESOURCE_QUOTA;
         args[7].value.pointer.p = quota;

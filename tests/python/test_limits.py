@@ -630,11 +630,11 @@ class HalfSentRequests(unittest.TestCase):
     """A request gRPC core holds before the call reaches Ferry's code (all of
     a declared 2 MB message but its last byte, never ended) counts against
     --request-memory-mib too: the server has a gRPC resource quota of that
-    size, and past it gRPC resets the streams that hold such bytes (or
-    closes their connections), so a client cannot hold more than the bound
-    and what gRPC takes in before it acts. Before, 160 such streams per connection held 320 MB of the
+    size plus 32 MiB, and past it gRPC resets streams (any client's: README),
+    so a client cannot hold more than that and what gRPC takes in before it
+    acts. Before, 160 such streams per connection held 320 MB of the
     replica's memory each, for as long as the client liked, with no call
-    counted anywhere; the replica serves on afterwards."""
+    counted anywhere. The replica serves on once the client has gone."""
 
     def test_half_sent_requests_are_bounded(self):
         from ferry.v1 import types_pb2, coordinator_pb2 as cpb
@@ -655,6 +655,10 @@ class HalfSentRequests(unittest.TestCase):
                 ferry_harness.wait_until(
                     lambda: status_kib(coord.proc.pid, "VmRSS") < base + (64 << 10), 60,
                     "the replica to let go of the half-sent bytes")
+            # While they hold on, gRPC may reset anyone's calls (README);
+            # once they are gone the replica serves as before.
+            for c in clients:
+                c.close()
             with grpc.insecure_channel(coord.target) as channel:
                 stub = coordinator_pb2_grpc_stub(channel)
                 self.pb = types_pb2
