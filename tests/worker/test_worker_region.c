@@ -785,10 +785,16 @@ static void destroy_waits_case(world_t *w, bool mixed)
     assert_int_equal(ferry_op_in_region(passive, 0), mixed);
     assert_int_equal(ferry_op_metadata(passive, &md, &md_len), FERRY_OK);
     assert_int_equal(ferry_write_begin(w->tx, s, n, md, md_len, &active), FERRY_OK);
-    while (ferry_op_status(passive) != FERRY_OP_STATUS_IN_PROGRESS && pair_now_ms() < deadline) {
+    while (ferry_op_status(passive) != FERRY_OP_STATUS_IN_PROGRESS &&
+           !ferry_op_status_is_final(ferry_op_status(passive)) && pair_now_ms() < deadline) {
         assert_int_equal(ferry_connector_progress(rx), FERRY_OK); /* admits the claim */
     }
-    assert_int_equal(ferry_op_status(passive), FERRY_OP_STATUS_IN_PROGRESS);
+    /* Admitted, the bytes still to come; or, where the writer's puts land
+     * without this side's loop (shared memory) and its notice came within
+     * the same progress call, already COMPLETE: destroy has nothing to wait
+     * for then, and nothing may change after it either. */
+    assert_true(ferry_op_status(passive) == FERRY_OP_STATUS_IN_PROGRESS ||
+                ferry_op_status(passive) == FERRY_OP_STATUS_COMPLETE);
 
     ferry_op_destroy(passive);
     memcpy(seen, plain, size);
