@@ -103,7 +103,8 @@ static void sample_metrics(void *arg, coord_metrics_sample_t *out)
         out->healthy = coord_registry_healthy(c->registry);
         coord_registry_view_stats(c->registry, &out->view_size, &out->view_live,
                                   out->view_by_state);
-        coord_registry_claim_ends(c->registry, &out->claim_ends_on_view, &out->claim_ends_checked);
+        coord_registry_claim_ends(c->registry, &out->claim_ends_on_view, &out->claim_ends_checked,
+                                  &out->claim_ends_waiting);
     }
     if (c->service != NULL) {
         out->watch_events_sent = coord_service_watch_events_sent(c->service);

@@ -18,6 +18,8 @@
  *   ferry_claim_expiries_total                   counter, claims whose lease ran out
  *   ferry_claim_ends_total{decided}              counter, claims whose key went, by where
  *                                                the expiry check was decided (view|transition)
+ *   ferry_claim_ends_waiting                     gauge, a claim end's writes etcd refused, to be
+ *                                                tried again (an expiry, a claim key's deletion)
  *   ferry_build_info{version,name}               gauge, always 1
  * method is the gRPC path ("/ferry.v1.Coordinator/Get", "unknown" for
  * methods not served); code the gRPC status name; kind the etcd gateway path
@@ -401,6 +403,12 @@ char *coord_metrics_render(coord_metrics_t *m)
             "ferry_claim_ends_total{decided=\"view\"} %" PRIu64 "\n"
             "ferry_claim_ends_total{decided=\"transition\"} %" PRIu64 "\n",
             sample.claim_ends_on_view, sample.claim_ends_checked);
+    fprintf(f,
+            "# HELP ferry_claim_ends_waiting Writes a claim's end left (marking an expired claim "
+            "ERRORED, deleting a claim key an expired owner left) that etcd refused, waiting to "
+            "be tried again.\n# TYPE ferry_claim_ends_waiting gauge\n"
+            "ferry_claim_ends_waiting %zu\n",
+            sample.claim_ends_waiting);
     fprintf(f,
             "# HELP ferry_build_info The running ferry-coordinator.\n"
             "# TYPE ferry_build_info gauge\nferry_build_info{version=\"%s\",name=\"%s\"} 1\n",

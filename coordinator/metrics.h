@@ -35,6 +35,7 @@ typedef struct {
     size_t parked_waits;                        /* Lookup/Claim calls parked (wait_ms) */
     uint64_t claim_ends_on_view; /* claims ended, settled on the view (coord_registry_claim_ends) */
     uint64_t claim_ends_checked; /* claims ended, checked by a transition */
+    size_t claim_ends_waiting;   /* claim ends' writes waiting to be tried again */
 } coord_metrics_sample_t;
 
 typedef struct {

@@ -39,6 +39,12 @@ ferry_status_t registry_fail(ferry_status_t status, char *msg, size_t cap, const
  * warn; everything else is first seen here. */
 ferry_status_t registry_etcd_fail(ferry_status_t status, char *msg, size_t cap, const char *what)
 {
+    return registry_etcd_fail_as(status, etcd_no_space(), msg, cap, what);
+}
+
+ferry_status_t registry_etcd_fail_as(ferry_status_t status, bool no_space, char *msg, size_t cap,
+                                     const char *what)
+{
     if (status == FERRY_ERR_PERMISSION_DENIED || status == FERRY_ERR_UNAUTHENTICATED) {
         /* etcd refused the coordinator's own user, role or certificate: not
          * the client's token, so not the client's status (it would give up
@@ -49,6 +55,17 @@ ferry_status_t registry_etcd_fail(ferry_status_t status, char *msg, size_t cap, 
         return registry_fail(FERRY_ERR_UNAVAILABLE, msg, cap,
                              "etcd %s failed: etcd refused this coordinator's credentials (see "
                              "its log); retry",
+                             what);
+    }
+    if (status == FERRY_ERR_RESOURCE_EXHAUSTED && no_space) {
+        /* Not this call's doing, nor the coordinator's own back-pressure
+         * (which shares the code): said so, for the caller to tell an
+         * operator rather than retry for ever. */
+        ferry_warn("registry: etcd %s failed: etcd is out of space (NOSPACE alarm): %s", what,
+                   etcd_client_last_error());
+        return registry_fail(status, msg, cap,
+                             "etcd %s failed: etcd is out of space (its NOSPACE alarm is raised: "
+                             "an operator must free space and disarm it); retry later",
                              what);
     }
     if (status != FERRY_ERR_UNAVAILABLE) {
@@ -204,65 +221,6 @@ static void report_bare_delete(coord_registry_t *r, const char *id, int64_t revi
     report(r, COORD_EVENT_DELETE, &op, revision);
 }
 
-/* The claim key of a record that left etcd CLAIMED (its owner's lease
- * ended mid-transfer): it lives on the claimant's lease, which libferry
- * keeps for as long as its process lives, so nothing else would delete it.
- * Deleted only if it is still that claim's (created with the record's
- * CLAIMED write, at `claimed`): a key the ID was claimed with again since,
- * on the same session lease even, is left alone. Every replica tries; the
- * first one deletes it. */
-typedef struct {
-    coord_registry_t *r;
-    int64_t claimed;
-    char id[]; /* NUL-terminated */
-} claim_key_job_t;
-
-static void claim_key_job_run(void *arg, bool run)
-{
-    claim_key_job_t *job = arg;
-    registry_key_t key;
-    char msg[256];
-
-    if (run && registry_key(job->r->claims_prefix, job->id, &key, msg, sizeof(msg)) == FERRY_OK) {
-        etcd_compare_t cmp = {.target = ETCD_CMP_CREATE,
-                              .result = ETCD_CMP_EQUAL,
-                              .key = key.bytes,
-                              .key_len = key.len,
-                              .number = job->claimed};
-        etcd_op_t del = {.type = ETCD_OP_DELETE, .key = key.bytes, .key_len = key.len};
-        etcd_txn_result_t res = {0};
-        ferry_status_t status = etcd_txn(job->r->etcd, &cmp, 1, &del, 1, NULL, 0, &res);
-
-        if (status != FERRY_OK) {
-            ferry_warn("op %s: could not delete the claim key its expired owner left: %s", job->id,
-                       etcd_client_last_error());
-        } else if (res.succeeded) {
-            ferry_info("op %s: deleted the claim key its expired owner left", job->id);
-        }
-        etcd_txn_result_free(&res);
-    }
-    free(job);
-}
-
-static void delete_claim_key_later(coord_registry_t *r, const char *id, int64_t claimed)
-{
-    size_t len = strlen(id);
-    claim_key_job_t *job = malloc(sizeof(*job) + len + 1);
-
-    if (job == NULL) {
-        return; /* the key then lives as long as its claimant's lease */
-    }
-    job->r = r;
-    job->claimed = claimed;
-    memcpy(job->id, id, len + 1);
-    if (r->params.exec == NULL) {
-        claim_key_job_run(job, true); /* no queue (tests) */
-    } else if (coord_exec_submit(r->params.exec, claim_key_job_run, job, COORD_EXEC_MUST) !=
-               FERRY_OK) {
-        claim_key_job_run(job, false);
-    }
-}
-
 /* A record left etcd. Its event carries the record as it was (prev_kv),
  * except when etcd had compacted that revision away (a lagging watch): the
  * view's copy stands in then, or, when the view has none, the bare ID.
@@ -308,7 +266,7 @@ static void apply_op_delete(coord_registry_t *r, const char *id, const etcd_even
     if (has_prev && op->state == FERRY_OP_CLAIMED) {
         /* CLAIMED moves only to final states: its last write was the
          * Claim's, which made the claim key too. */
-        delete_claim_key_later(r, id, ev->prev_kv.mod_revision);
+        registry_delete_claim_key_later(r, id, ev->prev_kv.mod_revision);
     }
     if (!ferry__op_state_is_final(op->state)) {
         ferry_info("op %s: %s -> EXPIRED (owner lease %lld ended)", id,
@@ -318,49 +276,6 @@ static void apply_op_delete(coord_registry_t *r, const char *id, const etcd_even
     }
     report(r, COORD_EVENT_DELETE, op, revision);
     ferry__v1__operation__free_unpacked(op, NULL);
-}
-
-/* A claim expiry handed to params.exec, so that its transaction (up to
- * the etcd timeout, times its retries) never holds the watch thread. */
-typedef struct {
-    coord_registry_t *r;
-    int64_t claim_lease;
-    int64_t ended; /* the revision that deleted the claim's key */
-    char id[];     /* NUL-terminated */
-} expiry_job_t;
-
-static void expiry_job_run(void *arg, bool run)
-{
-    expiry_job_t *job = arg;
-
-    if (run) {
-        registry_expire_claim(job->r, job->id, job->claim_lease, job->ended);
-    } else {
-        ferry_info("op %s: claim expiry dropped at shutdown; another replica, or the next "
-                   "start, marks it",
-                   job->id);
-    }
-    free(job);
-}
-
-static void expire_claim_later(coord_registry_t *r, const char *id, int64_t claim_lease,
-                               int64_t ended)
-{
-    size_t len = strlen(id);
-    expiry_job_t *job = r->params.exec != NULL ? malloc(sizeof(*job) + len + 1) : NULL;
-
-    if (job != NULL) {
-        job->r = r;
-        job->claim_lease = claim_lease;
-        job->ended = ended;
-        memcpy(job->id, id, len + 1);
-        if (coord_exec_submit(r->params.exec, expiry_job_run, job, COORD_EXEC_MUST) == FERRY_OK) {
-            return;
-        }
-        expiry_job_run(job, false);
-        return;
-    }
-    registry_expire_claim(r, id, claim_lease, ended); /* no queue (tests), or no memory */
 }
 
 static void apply_claim_delete(coord_registry_t *r, const char *id, const etcd_event_t *ev)
@@ -375,7 +290,7 @@ static void apply_claim_delete(coord_registry_t *r, const char *id, const etcd_e
                                                       : sizeof(lease_buf) - 1;
     memcpy(lease_buf, ev->prev_kv.value, n);
     lease_buf[n] = '\0';
-    expire_claim_later(r, id, strtoll(lease_buf, NULL, 10), ev->kv.mod_revision);
+    registry_expire_claim_later(r, id, strtoll(lease_buf, NULL, 10), ev->kv.mod_revision);
 }
 
 /* The view's revision advances with the events it applies, never with a
@@ -530,7 +445,7 @@ static void expire_orphans(coord_registry_t *r, const orphan_t *orphans, int64_t
     for (const orphan_t *o = orphans; o != NULL; o = o->next) {
         ferry_info("op %s: CLAIMED, but claim lease %lld ended while no replica watched", o->id,
                    (long long)o->claim_lease);
-        expire_claim_later(r, o->id, o->claim_lease, loaded);
+        registry_expire_claim_later(r, o->id, o->claim_lease, loaded);
     }
 }
 
@@ -760,6 +675,7 @@ static void *maint_main(void *arg)
         check_health(r);
         if (atomic_load(&r->healthy)) {
             registry_unwrites_retry(r); /* failed Registers' records */
+            registry_claim_ends_retry(r);
         }
         if (reload && atomic_load(&r->healthy)) {
             etcd_watch_destroy(r->watch);
@@ -920,6 +836,7 @@ void coord_registry_destroy(coord_registry_t *r)
     pthread_join(r->maint_thread, NULL);
     etcd_watch_destroy(r->watch);
     registry_unwrites_free(r); /* params.exec stopped first: none is queued */
+    registry_claim_ends_free(r);
     registry_lease_cleanup(r);
     pthread_cond_destroy(&r->batch_cond);
     pthread_mutex_destroy(&r->batch_lock);
@@ -950,10 +867,12 @@ void coord_registry_view_stats(coord_registry_t *r, size_t *n_records_p, bool *l
     pthread_mutex_unlock(&r->lock);
 }
 
-void coord_registry_claim_ends(coord_registry_t *r, uint64_t *on_view_p, uint64_t *checked_p)
+void coord_registry_claim_ends(coord_registry_t *r, uint64_t *on_view_p, uint64_t *checked_p,
+                               size_t *waiting_p)
 {
     *on_view_p = atomic_load(&r->claim_ends[0]);
     *checked_p = atomic_load(&r->claim_ends[1]);
+    *waiting_p = registry_claim_ends_waiting(r);
 }
 
 bool coord_registry_view_holds(coord_registry_t *r, const char *request_id)

@@ -145,9 +145,11 @@ void coord_registry_view_stats(coord_registry_t *registry, size_t *n_records_p, 
 /* For metrics: the claims whose key went (finished, cancelled or expired)
  * whose end the view settled (the record was past CLAIMED at that revision:
  * no etcd read), and those checked by a transition (an expiry, or a view
- * that could not tell). Counted once the check is made. */
-void coord_registry_claim_ends(coord_registry_t *registry, uint64_t *on_view_p,
-                               uint64_t *checked_p);
+ * that could not tell). Counted once the check is made. *waiting_p: the
+ * writes a claim's end left (an expiry, a claim key's deletion) that etcd
+ * refused, waiting to be tried again. */
+void coord_registry_claim_ends(coord_registry_t *registry, uint64_t *on_view_p, uint64_t *checked_p,
+                               size_t *waiting_p);
 
 /* Every call below writes a message naming the cause into msg (cap bytes)
  * when it fails. */

@@ -31,8 +31,9 @@
  * INVALID_ARGUMENT or RESOURCE_EXHAUSTED), every member runs its own
  * transaction instead, alone, so each gets its own answer exactly as
  * without batching; a member whose caller has stopped waiting by then is
- * not sent. Any other failure (etcd unreachable, no answer in time, an
- * answer that could not be read) may have come after etcd applied the
+ * not sent. etcd out of space (its NOSPACE alarm) refuses every write
+ * alike, so then every member gets that refusal at once. Any other failure (etcd unreachable, no
+ * answer in time, an answer that could not be read) may have come after etcd applied the
  * transaction, and every member gets it, as it would have alone: sent
  * again, a member would find its own record and be told the ID is taken.
  *
@@ -120,6 +121,7 @@ static void write_alone(coord_registry_t *r, registry_write_t *w)
 
     write_ops(w, cmp, &n_cmp, &put, &get);
     w->status = etcd_txn(r->etcd, cmp, n_cmp, &put, 1, NULL, 0, &res);
+    w->no_space = etcd_no_space();
     w->created = w->status == FERRY_OK && res.succeeded;
     w->revision = res.revision;
     etcd_txn_result_free(&res);
@@ -226,10 +228,12 @@ static void write_batch(coord_registry_t *r, registry_write_t *const *ws, size_t
             ws[i]->revision = res.revision;
         } else if (ws[i]->answered || ws[i]->regroup) {
             continue;
-        } else if (status == FERRY_OK || registry_refused_before_apply(status)) {
+        } else if (status == FERRY_OK ||
+                   (registry_refused_before_apply(status) && !etcd_no_space())) {
             ws[i]->alone = true; /* FERRY_OK: not applied, but not the answer expected */
         } else {
             ws[i]->status = status;
+            ws[i]->no_space = etcd_no_space();
         }
     }
     if (again == 0 && status != FERRY_OK && status != FERRY_ERR_NOT_FOUND) {

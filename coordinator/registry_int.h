@@ -67,6 +67,7 @@ typedef struct registry_write {
     ferry_status_t status;
     bool created;
     int64_t revision;
+    bool no_space;    /* status is etcd out of space (etcd_no_space, of the thread that sent it) */
     bool answered;    /* found its key taken in a shared transaction */
     bool late;        /* its caller was gone while it was queued: not sent */
     bool done, alone; /* under batch_lock: ran; to run alone */
@@ -85,7 +86,7 @@ struct coord_registry {
     int64_t default_ttl_s;
     coord_registry_params_t params;
 
-    pthread_mutex_t lock; /* guards view, revision, synced, unwrites */
+    pthread_mutex_t lock; /* guards view, revision, synced, unwrites, claim_ends_waiting */
     view_t view;
     /* The last revision the view applied (the load's, then each watch
      * event's): every change up to it is in the view. Write-throughs at or
@@ -143,6 +144,11 @@ struct coord_registry {
      * what they hold, at most REGISTRY_UNWRITE_BYTES. */
     struct registry_unwrite *unwrites;
     size_t unwrite_bytes;
+
+    /* Claim ends whose write failed, waiting to be tried again
+     * (registry_claim_end.c); guarded by lock. */
+    struct claim_end_job *claim_ends_waiting;
+    size_t n_claim_ends_waiting;
 
     const char *test_gate; /* FERRY_TEST_WRITE_THROUGH_GATE; see registry_view_put */
     int test_load_fails;   /* FERRY_TEST_LOAD_FAILS: so many loads fail first */
@@ -232,8 +238,38 @@ void registry_view_remove(coord_registry_t *r, const char *id, int64_t mod_revis
 /* Turns an operation ERRORED when its claim (lease `claim_lease`) expired;
  * `ended`: the revision that deleted the claim's key, or one at which it
  * was already gone (a load's snapshot); only a record CLAIMED before it is
- * that claim (one written since was claimed again). 0: not known. */
-void registry_expire_claim(coord_registry_t *r, const char *id, int64_t claim_lease, int64_t ended);
+ * that claim (one written since was claimed again). 0: not known.
+ * FERRY_OK when nothing is left to do: marked, or not that claim's record
+ * any more, or the record (or its owner's lease) gone; otherwise the
+ * failure, with msg. */
+ferry_status_t registry_expire_claim(coord_registry_t *r, const char *id, int64_t claim_lease,
+                                     int64_t ended, char *msg, size_t cap);
+
+/* Whether the view settles a claim key's deletion at revision `ended`
+ * without etcd (registry_ops.c says when). */
+bool registry_claim_end_settled(coord_registry_t *r, const char *id, int64_t ended);
+
+/* --- what a claim's end leaves to do (registry_claim_end.c) --- */
+
+/* registry_expire_claim, off the caller's thread (params.exec; inline
+ * without one), tried again until it is done. */
+void registry_expire_claim_later(coord_registry_t *r, const char *id, int64_t claim_lease,
+                                 int64_t ended);
+
+/* Deletes the claim key of a record that left etcd CLAIMED, if the key was
+ * created at `claimed` (that claim's), the same way. */
+void registry_delete_claim_key_later(coord_registry_t *r, const char *id, int64_t claimed);
+
+/* Submits again the claim ends whose wait has passed; the maintenance
+ * thread calls it while etcd can commit. */
+void registry_claim_ends_retry(coord_registry_t *r);
+
+/* How many claim ends wait to be tried again. */
+size_t registry_claim_ends_waiting(coord_registry_t *r);
+
+/* Gives up those still waiting (registry destroy, once nothing can submit
+ * them again), with a warning each. */
+void registry_claim_ends_free(coord_registry_t *r);
 
 int64_t registry_now_ms(void);
 
@@ -272,5 +308,9 @@ ferry_status_t registry_fail(ferry_status_t status, char *msg, size_t cap, const
 /* The same for a failed etcd call: names etcd and what failed, without
  * internal detail (endpoints), which goes to the log. */
 ferry_status_t registry_etcd_fail(ferry_status_t status, char *msg, size_t cap, const char *what);
+/* registry_etcd_fail for a call another thread sent (a shared
+ * transaction's): no_space is that thread's etcd_no_space(). */
+ferry_status_t registry_etcd_fail_as(ferry_status_t status, bool no_space, char *msg, size_t cap,
+                                     const char *what);
 
 #endif /* FERRY_COORD_REGISTRY_INT_H */

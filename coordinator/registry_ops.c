@@ -230,7 +230,9 @@ static ferry_status_t register_txn(coord_registry_t *r, const char *id, const ui
         return lease_gone(lease, msg, cap);
     }
     if (w.status != FERRY_OK) {
-        return registry_etcd_fail(w.status, msg, cap, "registration transaction");
+        /* Sent by whichever thread led its transaction: etcd_no_space is
+         * that thread's. */
+        return registry_etcd_fail_as(w.status, w.no_space, msg, cap, "registration transaction");
     }
     *revision_p = w.revision;
     if (!w.created) {
@@ -1037,7 +1039,7 @@ static ferry_status_t apply_claim_expiry(transition_t *t, Ferry__V1__Operation *
  * Anything else (the view lags or lacks the record, CLAIMED again since, no
  * revision known) goes to the transition, whose refusal on the view costs
  * an etcd read: one per finished operation on every replica, before this. */
-static bool claim_end_settled(coord_registry_t *r, const char *id, int64_t ended)
+bool registry_claim_end_settled(coord_registry_t *r, const char *id, int64_t ended)
 {
     bool settled = false;
 
@@ -1051,25 +1053,17 @@ static bool claim_end_settled(coord_registry_t *r, const char *id, int64_t ended
     return settled;
 }
 
-void registry_expire_claim(coord_registry_t *r, const char *id, int64_t claim_lease, int64_t ended)
+ferry_status_t registry_expire_claim(coord_registry_t *r, const char *id, int64_t claim_lease,
+                                     int64_t ended, char *msg, size_t cap)
 {
     claim_end_t end = {.lease = claim_lease, .ended = ended};
     transition_t t = {.what = "claim expired", .apply = apply_claim_expiry, .arg = &end};
     coord_change_out_t out = {0};
-    char msg[256];
-    ferry_status_t status;
-
-    bool settled = claim_end_settled(r, id, ended);
-
-    atomic_fetch_add(&r->claim_ends[!settled], 1);
-    if (settled) {
-        return;
-    }
-    status = registry_transition(r, id, &t, &out, msg, sizeof(msg));
+    ferry_status_t status = registry_transition(r, id, &t, &out, msg, cap);
 
     if (status == FERRY_OK) {
         coord_record_free(&out.rec);
-    } else if (status != FERRY_ERR_NOT_FOUND) {
-        ferry_warn("op %s: could not mark the expired claim: %s", id, msg);
     }
+    /* The record is gone, or its owner's lease (which took the record). */
+    return status == FERRY_ERR_NOT_FOUND || status == FERRY_ERR_LEASE_NOT_FOUND ? FERRY_OK : status;
 }

@@ -113,6 +113,11 @@ int64_t etcd_set_deadline(int64_t deadline_ms);
  * FERRY_ERR_RESOURCE_EXHAUSTED) because etcd's reply was larger than the
  * client takes in one piece (ETCD_REPLY_MAX, 64 MiB): a read of fewer keys may go. */
 bool etcd_reply_too_large(void);
+/* Whether the calling thread's last request failed (then
+ * FERRY_ERR_RESOURCE_EXHAUSTED) because etcd is out of space: its NOSPACE
+ * alarm is raised, and it refuses every write of every client until an
+ * operator frees space and disarms the alarm. Not one request's doing. */
+bool etcd_no_space(void);
 
 /* The calling thread's deadline (etcd_set_deadline); 0: none. */
 int64_t etcd_get_deadline(void);

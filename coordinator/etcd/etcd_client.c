@@ -61,6 +61,7 @@ static _Thread_local char etcd_last_error[512];
 static _Thread_local int64_t etcd_deadline_ms; /* etcd_set_deadline's; 0: none */
 _Thread_local bool etcd__ran_out;
 _Thread_local bool etcd__too_large;
+_Thread_local bool etcd__no_space;
 static int64_t etcd_now_ms(void);
 static pthread_once_t etcd_curl_once = PTHREAD_ONCE_INIT;
 static CURLcode etcd_curl_init_code;
@@ -184,6 +185,7 @@ void etcd__clear_error(void)
     etcd_last_error[0] = '\0';
     etcd__ran_out = false;
     etcd__too_large = false;
+    etcd__no_space = false;
 }
 
 void etcd__set_too_large(const char *url)
@@ -197,6 +199,11 @@ void etcd__set_too_large(const char *url)
 bool etcd_reply_too_large(void)
 {
     return etcd__too_large;
+}
+
+bool etcd_no_space(void)
+{
+    return etcd__no_space;
 }
 
 long etcd__client_connects(etcd_client_t *client)

@@ -95,6 +95,9 @@ extern _Thread_local bool etcd__too_large;
 /* Records that failure, naming the bound and what to do (both transports'
  * words, so that the log reads the same). */
 void etcd__set_too_large(const char *url);
+/* The calling thread's last request failed because etcd is out of space
+ * (etcd_no_space); set by etcd__error_status, cleared with the error. */
+extern _Thread_local bool etcd__no_space;
 
 /* Fault budgets. A member that is frozen (SIGSTOP, a hung disk) still
  * accepts TCP connections, so only silence shows it. */

@@ -416,7 +416,10 @@ ferry_status_t etcd__error_status(long http_status, int grpc_code, const char *m
         return FERRY_ERR_PERMISSION_DENIED;
     case ETCD_GRPC_RESOURCE_EXHAUSTED:
         /* A request over its gRPC server's limit, too many requests, or
-         * no space left: refused, nothing applied. */
+         * no space left ("etcdserver: mvcc: database space exceeded", the
+         * NOSPACE alarm: every write refused, whoever sends it): refused,
+         * nothing applied. */
+        etcd__no_space = message != NULL && strstr(message, "database space exceeded") != NULL;
         return FERRY_ERR_RESOURCE_EXHAUSTED;
     case ETCD_GRPC_FAILED_PRECONDITION:
         return FERRY_ERR_FAILED_PRECONDITION;

@@ -444,8 +444,11 @@ static void test_late_claim_end_leaves_a_new_claim_alone(void **state)
     assert_int_equal(again.lease, first.lease);
     await_view(s->r, again.revision);
 
-    registry_expire_claim(s->r, "e1", first.lease, ended);          /* the Complete's deletion */
-    registry_expire_claim(s->r, "e1", first.lease, again.revision); /* a load at the claim */
+    /* the Complete's deletion, then a load at the claim */
+    assert_int_equal(registry_expire_claim(s->r, "e1", first.lease, ended, msg, sizeof(msg)),
+                     FERRY_OK);
+    assert_int_equal(
+        registry_expire_claim(s->r, "e1", first.lease, again.revision, msg, sizeof(msg)), FERRY_OK);
     assert_int_equal(etcd_state(s, "e1"), FERRY_OP_CLAIMED);
     assert_int_equal(complete_op(s->r, "e1", &again, &revision, msg, sizeof(msg)), FERRY_OK);
     assert_int_equal(etcd_state(s, "e1"), FERRY_OP_COMPLETE);

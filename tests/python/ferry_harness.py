@@ -301,9 +301,9 @@ class Coordinator:
 
 class Cluster:
     """One etcd and one coordinator in a temporary directory; extra: more
-    coordinator flags."""
+    coordinator flags, etcd_extra: more etcd flags."""
 
-    def __init__(self, ttl=3, tls=False, extra=()):
+    def __init__(self, ttl=3, tls=False, extra=(), etcd_extra=()):
         self.tmp = tempfile.mkdtemp(prefix="ferry-py-")
         self.etcd = None
         self.coordinator = None
@@ -316,7 +316,7 @@ class Cluster:
                 extra += ("--tls-cert", os.path.join(self.certs, "server.pem"),
                           "--tls-key", os.path.join(self.certs, "server.key"),
                           "--tls-ca", os.path.join(self.certs, "ca.pem"))
-            self.etcd = Etcd(self.tmp)
+            self.etcd = Etcd(self.tmp, extra=etcd_extra)
             self.etcd.start()
             self.coordinator = Coordinator(self.tmp, self.etcd.endpoint, ttl=ttl, extra=extra)
             self.coordinator.start()
