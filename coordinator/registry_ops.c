@@ -193,6 +193,23 @@ void coord_strip(Ferry__V1__Operation *op, bool keep_metadata)
 
 /* --- register ------------------------------------------------------------ */
 
+/* A record as read, from etcd or the view (read_record, below). */
+typedef struct record record_t;
+struct record {
+    coord_record_t data; /* the record; its metadata as stored */
+    int64_t mod_revision;
+    int64_t revision; /* the revision the answer reflects */
+    bool from_view;   /* read from this replica's view, which may lag etcd */
+};
+
+static void record_free(record_t *rec)
+{
+    coord_record_free(&rec->data);
+}
+
+static ferry_status_t read_record(coord_registry_t *r, const char *id, bool from_etcd,
+                                  record_t *rec, char *msg, size_t cap);
+
 /* The Register's create-if-absent. *unknown_p: it failed in a way that
  * may have come after etcd applied it (the record may be there). */
 static ferry_status_t register_txn(coord_registry_t *r, const char *id, const uint8_t *bytes,
@@ -240,6 +257,52 @@ static ferry_status_t register_txn(coord_registry_t *r, const char *id, const ui
                              "request_id '%s' is already registered", id);
     }
     return FERRY_OK;
+}
+
+/* A Register that found its request ID taken is its caller's repeat of a
+ * Register that was applied when the record in etcd is the one it would
+ * write: on the caller's own lease (which it showed the token of), under
+ * the caller's own access token, with the same metadata bytes (which hold
+ * the operation's random notification key: the same operation) and owner.
+ * A repeat is what a client sends when the answer to its first try never
+ * came (a replica killed after etcd applied it, a reply lost): refused
+ * ALREADY_EXISTS, it could neither use the record (a token it picked
+ * itself is the only way in) nor register again while it kept its lease.
+ * Answered as registered, at the record's revision, whatever its state now
+ * (a writer may have claimed it since). Nothing is written. FERRY_OK: a
+ * repeat; otherwise the status to answer, with msg. */
+static ferry_status_t register_repeat(coord_registry_t *r, const Ferry__V1__RegisterRequest *req,
+                                      const uint8_t *md, size_t md_len, const uint8_t *hash,
+                                      int64_t *revision_p, char *msg, size_t cap)
+{
+    record_t rec;
+    ferry_status_t status = read_record(r, req->request_id, true, &rec, msg, cap);
+    bool same;
+
+    if (status == FERRY_ERR_NOT_FOUND) {
+        /* Gone since its transaction saw it: a Register again decides. */
+        return registry_fail(FERRY_ERR_ALREADY_EXISTS, msg, cap,
+                             "request_id '%s' was registered until a moment ago; retry",
+                             req->request_id);
+    }
+    if (status != FERRY_OK) {
+        return status;
+    }
+    const Ferry__V1__Operation *op = rec.data.op;
+    same = op->lease_id == req->lease_id && op->token_sha256.len == SHA256_DIGEST_LENGTH &&
+           CRYPTO_memcmp(op->token_sha256.data, hash, SHA256_DIGEST_LENGTH) == 0 &&
+           rec.data.md_len == md_len && memcmp(rec.data.md, md, md_len) == 0 &&
+           strcmp(op->owner, req->owner) == 0;
+    if (same) {
+        *revision_p = rec.revision;
+        ferry_info("op %s: Register repeated by its owner (same lease, token and metadata); "
+                   "answered as registered (%s)",
+                   req->request_id, ferry__op_state_name(op->state));
+    }
+    record_free(&rec);
+    return same ? FERRY_OK
+                : registry_fail(FERRY_ERR_ALREADY_EXISTS, msg, cap,
+                                "request_id '%s' is already registered", req->request_id);
 }
 
 ferry_status_t coord_register(coord_registry_t *r, const Ferry__V1__RegisterRequest *req,
@@ -295,6 +358,13 @@ ferry_status_t coord_register(coord_registry_t *r, const Ferry__V1__RegisterRequ
     }
     status = register_txn(r, req->request_id, bytes, len, out->lease_id, fenced ? &fence : NULL,
                           gone, gone_arg, &out->revision, &unknown, msg, cap);
+    if (status == FERRY_ERR_ALREADY_EXISTS && req->lease_id != 0 && req->access_token[0] != '\0') {
+        status = register_repeat(r, req, md, md_len, hash, &out->revision, msg, cap);
+        if (status == FERRY_OK) {
+            free(bytes);
+            return FERRY_OK;
+        }
+    }
     if (status != FERRY_OK) {
         goto err_unwrite;
     }
@@ -330,13 +400,6 @@ err_revoke:
 }
 
 /* --- reads ---------------------------------------------------------------- */
-
-typedef struct {
-    coord_record_t data; /* the record; its metadata as stored */
-    int64_t mod_revision;
-    int64_t revision; /* the revision the answer reflects */
-    bool from_view;   /* read from this replica's view, which may lag etcd */
-} record_t;
 
 /* The message for a record that did not decode. */
 static ferry_status_t record_decoded(ferry_status_t status, char *msg, size_t cap)
