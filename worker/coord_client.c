@@ -37,6 +37,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <sys/random.h>
+
 #include "common/log.h"
 #include "common/text.h"
 #include "worker/errors.h"
@@ -689,6 +691,159 @@ ferry_status_t ferry_coordinator_disconnect(ferry_coordinator_t *coord)
     return FERRY_OK;
 }
 
+/* Whether a Register that failed so may have been applied: no answer (a
+ * replica gone mid-call, the call's time out), or the coordinator's own
+ * UNAVAILABLE (etcd did not answer it in time). */
+static bool register_unsure(ferry_status_t status)
+{
+    return status == FERRY_ERR_UNAVAILABLE || status == FERRY_ERR_TIMED_OUT;
+}
+
+/* An access token nobody but this client knows, for a publish whose caller
+ * left the choice to the client: drawn here rather than by the coordinator,
+ * so that a Register sent again carries the token of the first, and the
+ * coordinator answers its repeat (coordinator.proto, Register). */
+static ferry_status_t draw_token(char *out, size_t cap)
+{
+    static const char hex[] = "0123456789abcdef";
+    uint8_t raw[24];
+
+    if (cap < 2 * sizeof(raw) + 1 || getrandom(raw, sizeof(raw), 0) != (ssize_t)sizeof(raw)) {
+        return FERRY_ERR_IO;
+    }
+    for (size_t i = 0; i < sizeof(raw); i++) {
+        out[2 * i] = hex[raw[i] >> 4];
+        out[2 * i + 1] = hex[raw[i] & 0xf];
+    }
+    out[2 * sizeof(raw)] = '\0';
+    return FERRY_OK;
+}
+
+/* Takes back the record a publish that failed unsure may have left, under
+ * a token this client drew and told nobody: the session thread cancels and
+ * releases it, as a destroyed unfinished operation's (tried again while
+ * the coordinator cannot be reached; a record that is not there, or not
+ * this token's, is quietly done), so the request ID does not stay taken
+ * for as long as the client lives. */
+static void take_back(ferry_coordinator_t *coord, const char *request_id, const char *token,
+                      int64_t lease)
+{
+    coord_link_t *link = calloc(1, sizeof(*link));
+
+    if (link == NULL) {
+        ferry_warn("op %s: no memory to take back what its failed publish may have left; the "
+                   "request ID may stay taken until this client disconnects",
+                   request_id);
+        return;
+    }
+    link->coord = coord;
+    link->passive = true;
+    link->lease_id = lease;
+    link->told = true;
+    link->reported = true;
+    link->abandoned = true;
+    link->releasing = true;
+    link->cancel_due = true;
+    link->cancel_reason =
+        "its owner's publish failed before it learned that the record was written";
+    snprintf(link->request_id, sizeof(link->request_id), "%s", request_id);
+    snprintf(link->token, sizeof(link->token), "%s", token);
+    pthread_mutex_lock(&coord->lock);
+    link->destroyed_ms = now_ms();
+    link->due_ms = link->destroyed_ms;
+    link->next = coord->links;
+    coord->links = link;
+    pthread_cond_broadcast(&coord->cond);
+    pthread_mutex_unlock(&coord->lock);
+}
+
+/* One Register of req (lease_id and lease_token filled here, from the
+ * session: the one it makes, or one made meanwhile) with the operation's
+ * metadata bytes as packed; *lease_p: the lease it named (0: it would make
+ * the session's). */
+static ferry_status_t register_once(ferry_coordinator_t *coord, Ferry__V1__RegisterRequest *req,
+                                    const uint8_t *bytes, size_t len, int timeout_ms,
+                                    Ferry__V1__RegisterResponse **resp_p, int64_t *lease_p,
+                                    rpc_error_t *err)
+{
+    ferry_status_t status = FERRY_OK;
+
+    for (int attempt = 0; attempt < 2; attempt++) {
+        uint8_t *packed = NULL;
+        size_t packed_len = 0;
+        bool making;
+        req->lease_id = ferry__coord_session_take(coord, &making, req->lease_token);
+        *lease_p = req->lease_id;
+        /* The metadata goes as the operation packed it: the coordinator
+         * stores these bytes and the writer decodes them (rpc.h). */
+        status = rpc_pack_with_field(
+            &req->base, rpc_field_number(&ferry__v1__register_request__descriptor, "metadata"),
+            bytes, len, &packed, &packed_len);
+        if (status != FERRY_OK) {
+            ferry__coord_session_made(coord, making, 0, 0, "");
+            snprintf(err->message, sizeof(err->message), "cannot pack the request");
+            return status;
+        }
+        status = rpc_unary_packed(coord->channel, COORD_PATH("Register"), packed, packed_len,
+                                  &ferry__v1__register_response__descriptor, timeout_ms,
+                                  (ProtobufCMessage **)resp_p, err);
+        free(packed);
+        ferry__coord_session_made(coord, making, status == FERRY_OK ? (*resp_p)->lease_id : 0,
+                                  status == FERRY_OK ? (*resp_p)->ttl_seconds : 0,
+                                  status == FERRY_OK ? (*resp_p)->lease_token : "");
+        if (!ferry__coord_session_was_lost(coord, req->lease_id, status)) {
+            break;
+        }
+    }
+    return status;
+}
+
+/* Sends the Register, and again while the answer is UNAVAILABLE (a replica
+ * that went mid-call, a coordinator rollout, etcd not answering the
+ * coordinator), pausing AWAIT_BACKOFF_MIN_MS doubling to
+ * AWAIT_BACKOFF_MAX_MS, within the client's timeout. A try whose answer
+ * never came may have been applied: the next one, with the same token,
+ * lease and metadata, is its repeat, which the coordinator answers as
+ * registered. *unsure_p: the publish failed, and some try may have been
+ * applied. */
+static ferry_status_t register_until(ferry_coordinator_t *coord, Ferry__V1__RegisterRequest *req,
+                                     const uint8_t *bytes, size_t len,
+                                     Ferry__V1__RegisterResponse **resp_p, int64_t *lease_p,
+                                     bool *unsure_p, rpc_error_t *err)
+{
+    int64_t deadline = now_ms() + coord->timeout_ms;
+    int64_t backoff = AWAIT_BACKOFF_MIN_MS;
+    int64_t unsure_lease = -1; /* the lease of the last try that may have been applied */
+    ferry_status_t status;
+
+    for (;;) {
+        int64_t left = deadline - now_ms();
+        status =
+            register_once(coord, req, bytes, len, left > 1 ? (int)left : 1, resp_p, lease_p, err);
+        if (register_unsure(status)) {
+            unsure_lease = *lease_p;
+        }
+        if (status != FERRY_ERR_UNAVAILABLE || deadline - now_ms() <= backoff) {
+            break;
+        }
+        struct timespec pause = {0, (long)backoff * 1000000L};
+        nanosleep(&pause, NULL);
+        backoff = backoff * 2 > AWAIT_BACKOFF_MAX_MS ? AWAIT_BACKOFF_MAX_MS : backoff * 2;
+    }
+    /* A try that made the session lease is not repeatable (a record on a
+     * lease nobody was told of is no caller's): its record, if etcd took
+     * it, is what refuses the next try. Its cause is the answer. */
+    if (status == FERRY_ERR_ALREADY_EXISTS && unsure_lease >= 0 && unsure_lease != *lease_p) {
+        snprintf(err->message, sizeof(err->message),
+                 "request_id '%.128s' is taken, most likely by this publish's earlier try, whose "
+                 "answer never came (on a session lease made by that try)",
+                 req->request_id);
+        status = FERRY_ERR_UNAVAILABLE;
+    }
+    *unsure_p = status != FERRY_OK && unsure_lease >= 0;
+    return status;
+}
+
 ferry_status_t ferry_op_publish(ferry_op_t *op, ferry_coordinator_t *coord,
                                 const ferry_publish_params_t *params)
 {
@@ -696,11 +851,12 @@ ferry_status_t ferry_op_publish(ferry_op_t *op, ferry_coordinator_t *coord,
     Ferry__V1__RegisterResponse *resp = NULL;
     const uint8_t *bytes;
     size_t len;
-    uint8_t *packed = NULL;
-    size_t packed_len = 0;
     rpc_error_t err;
     ferry_status_t status;
     char lease_token[LEASE_TOKEN_CAP];
+    char drawn[FERRY_TOKEN_MAX + 1];
+    int64_t lease = 0;
+    bool unsure = false;
 
     ferry__clear_error();
     if (op == NULL || coord == NULL || params == NULL || params->request_id == NULL) {
@@ -719,35 +875,22 @@ ferry_status_t ferry_op_publish(ferry_op_t *op, ferry_coordinator_t *coord,
     if (op_link(op) != NULL) {
         return ferry__fail(FERRY_ERR_MISUSE, "operation is already published");
     }
+    if (params->access_token == NULL && draw_token(drawn, sizeof(drawn)) != FERRY_OK) {
+        return ferry__fail(FERRY_ERR_IO, "register: getrandom failed drawing an access token");
+    }
     req.request_id = (char *)params->request_id;
-    req.access_token = (char *)(params->access_token != NULL ? params->access_token : "");
+    req.access_token = (char *)(params->access_token != NULL ? params->access_token : drawn);
     req.ttl_seconds = params->field_mask & FERRY_PUBLISH_PARAM_FIELD_TTL ? params->ttl_s : 0;
     req.owner = (char *)ferry_connector_name(ferry_op_connector(op));
     req.lease_token = lease_token;
-    for (int attempt = 0; attempt < 2; attempt++) {
-        bool making;
-        req.lease_id = ferry__coord_session_take(coord, &making, lease_token);
-        /* The metadata goes as the operation packed it: the coordinator
-         * stores these bytes and the writer decodes them (rpc.h). */
-        status = rpc_pack_with_field(
-            &req.base, rpc_field_number(&ferry__v1__register_request__descriptor, "metadata"),
-            bytes, len, &packed, &packed_len);
-        if (status != FERRY_OK) {
-            ferry__coord_session_made(coord, making, 0, 0, "");
-            return ferry__fail(status, "register: cannot pack the request");
-        }
-        status = rpc_unary_packed(coord->channel, COORD_PATH("Register"), packed, packed_len,
-                                  &ferry__v1__register_response__descriptor, coord->timeout_ms,
-                                  (ProtobufCMessage **)&resp, &err);
-        free(packed);
-        ferry__coord_session_made(coord, making, status == FERRY_OK ? resp->lease_id : 0,
-                                  status == FERRY_OK ? resp->ttl_seconds : 0,
-                                  status == FERRY_OK ? resp->lease_token : "");
-        if (!ferry__coord_session_was_lost(coord, req.lease_id, status)) {
-            break;
-        }
-    }
+    status = register_until(coord, &req, bytes, len, &resp, &lease, &unsure, &err);
     if (status != FERRY_OK) {
+        /* A token the caller chose is the caller's to use: publishing the
+         * operation again with it takes the record over (a repeat). One
+         * drawn here dies with this call, and so would the record. */
+        if (unsure && params->access_token == NULL) {
+            take_back(coord, params->request_id, drawn, lease);
+        }
         return rpc_fail(status, "register", &err);
     }
     status = link_add(coord, op, true, params->request_id, resp->access_token, resp->lease_id,

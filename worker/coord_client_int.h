@@ -81,7 +81,9 @@ typedef struct coord_link {
      * then); a report the coordinator could not take is tried again
      * (report_tries: how often, for the back-off). */
     int report_tries;
-    bool abandoned; /* a claim nobody follows (abandon): refusals are quiet */
+    /* A claim nobody follows (abandon), or a failed publish's record to take
+     * back (take_back): refusals are quiet. */
+    bool abandoned;
     ferry_status_t final_code;
     char final_message[256];
 } coord_link_t;

@@ -248,7 +248,7 @@ static ferry_status_t cancel_passive(coord_link_t *link, const char *reason)
         ferry__v1__cancel_response__free_unpacked(resp, NULL);
     } else if (status == FERRY_ERR_FAILED_PRECONDITION || status == FERRY_ERR_NOT_FOUND) {
         status = FERRY_OK;
-    } else {
+    } else if (!(link->abandoned && status == FERRY_ERR_PERMISSION_DENIED)) {
         ferry_warn("op %s: cancel at the coordinator failed: %s", link->request_id, err.message);
     }
     return status;
@@ -283,6 +283,9 @@ bool ferry__coord_release_passive(coord_link_t *link)
         if (retryable(status)) {
             link->release_tries++;
             return false;
+        }
+        if (link->abandoned && status == FERRY_ERR_PERMISSION_DENIED) {
+            return true; /* a failed publish's take-back: the ID is someone else's record */
         }
         link->cancel_due = false;
     }

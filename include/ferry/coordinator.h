@@ -80,7 +80,7 @@ typedef enum {
 typedef struct {
     uint64_t field_mask;      /* ferry_publish_param_field_t bits */
     const char *request_id;   /* 1..128 bytes of [A-Za-z0-9._:-]; required */
-    const char *access_token; /* 16..256 printable bytes; NULL: the coordinator picks one */
+    const char *access_token; /* 16..256 printable bytes; NULL: libferry draws one */
     /* FIELD_TTL: TTL of the session lease when this call makes it. Unset
      * (or 0): the coordinator's. Negative: FERRY_ERR_INVALID_ARGUMENT. */
     int ttl_s;
@@ -98,12 +98,24 @@ typedef struct {
  * cancelled, then released). The client's own thread sends both, so
  * destroy waits for no coordinator call (only for one of that thread on
  * this operation already in flight). FERRY_ERR_ALREADY_EXISTS when the
- * request ID is taken. The done callback stays the caller's (the client listens). */
+ * request ID is taken. The done callback stays the caller's (the client listens).
+ * A Register whose answer is UNAVAILABLE (a replica that went mid-call, a
+ * coordinator rollout) is sent again within the client's timeout, pausing
+ * 20 ms doubling to 500 ms; a try whose answer never came may have been
+ * applied, and the coordinator answers the next one, which carries the same
+ * access token, lease and metadata, as registered (coordinator.proto,
+ * Register). So the access token is the caller's, or one libferry draws
+ * (never the coordinator's pick, which a lost answer would take with it).
+ * When publish still fails without knowing whether the record was written
+ * (UNAVAILABLE, FERRY_ERR_TIMED_OUT), the record it may have left is taken
+ * back by the client's thread (Cancel, Release) when libferry drew the
+ * token; with the caller's token it is the caller's: publishing the
+ * operation again with that token takes it over. */
 FERRY_API ferry_status_t ferry_op_publish(ferry_op_t *op, ferry_coordinator_t *coordinator,
                                           const ferry_publish_params_t *params);
 
 /* The access token of a published operation (the caller's or the one the
- * coordinator picked); NULL when not published. Valid until destroy. */
+ * one libferry drew); NULL when not published. Valid until destroy. */
 FERRY_API const char *ferry_op_access_token(const ferry_op_t *op);
 
 /* Which optional fields of ferry_claim_params_t are set; request_id and

@@ -775,11 +775,13 @@ class _PassiveOperation(_Operation):
     def publish(self, coordinator: "Coordinator", request_id: str,
                 access_token: Optional[str] = None, ttl: Optional[int] = None) -> str:
         """Registers this operation at the coordinator under ``request_id``
-        and returns the access token (``access_token``, or one the
-        coordinator picked) that the peer must present. The registration
-        lives as long as the operation; cancelling or closing it unfinished
-        tells the peer. ``ttl``: seconds of the session lease, when this call
-        makes it. Raises AlreadyExists when the ID is taken."""
+        and returns the access token (``access_token``, or one libferry
+        drew) that the peer must present. The registration lives as long as
+        the operation; cancelling or closing it unfinished tells the peer.
+        ``ttl``: seconds of the session lease, when this call makes it.
+        Raises AlreadyExists when the ID is taken. A coordinator that went
+        mid-call (a rollout) is asked again within the client's timeout;
+        see ferry_op_publish in ferry/coordinator.h."""
         return self._publish(coordinator, request_id, access_token, _ttl_s(ttl))
 
     async def publish_async(self, coordinator: "Coordinator", request_id: str,

@@ -115,7 +115,7 @@ def test_c_reads_from_python_server(connector, coordinator, cluster, size, n):
     t = torch.from_numpy(pattern(size).copy())
     request_id = rid("py-serve")
     with connector.create_readable(descriptors(t, n)) as op:
-        token = op.publish(coordinator, request_id)  # the coordinator picks the token
+        token = op.publish(coordinator, request_id)  # libferry draws the token
         assert token and op.access_token == token
         reader = worker(cluster, "read", request_id, size, n, token=token)
         op.wait(120)

@@ -174,7 +174,7 @@ class Refusals(unittest.TestCase):
 
     def test_an_empty_token_is_none(self):
         """recv with an empty token (FERRY_TOKEN= in a script) prints the
-        token the coordinator picked, as without one, and the sender with
+        token libferry drew, as without one, and the sender with
         that token gets through; an empty token was sent as it was, and the
         coordinator's pick was never shown."""
         size = 4096
@@ -310,7 +310,7 @@ class Output(unittest.TestCase):
     escaped."""
 
     def test_a_reader_that_leaves_does_not_kill_the_receiver(self):
-        """`recv | head -1` takes the token the coordinator picked and
+        """`recv | head -1` takes the token libferry drew and
         leaves: the receiver's report line then went to a pipe without a
         reader, SIGPIPE killed it after the transfer, and its record held
         the request ID until its lease ran out."""
@@ -328,7 +328,7 @@ class Output(unittest.TestCase):
         self.assertEqual(finish(again, timeout=30)[0], -signal.SIGTERM)
 
     def test_the_token_goes_to_a_file_of_its_own(self):
-        """--token-file: the token the coordinator picked goes to a new file
+        """--token-file: the token libferry drew goes to a new file
         (mode 0600) instead of stdout, which a service's log keeps. It is
         there whole once the receiver says it registered, and gone when the
         run ends, so a service restarted on the same path starts again."""

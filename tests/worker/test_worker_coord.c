@@ -593,7 +593,7 @@ static void test_destroy_unfinished_cancels_at_coordinator(void **state)
 
     assert_int_equal(ferry_writable_create(conn, &d, 1, &op), FERRY_OK);
     assert_int_equal(ferry_op_publish(op, client, &p), FERRY_OK);
-    assert_true(strlen(ferry_op_access_token(op)) >= 16); /* the coordinator picked one */
+    assert_true(strlen(ferry_op_access_token(op)) >= 16); /* libferry drew one */
     assert_int_equal(coord_state("gone-1"), ST(REGISTERED));
     ferry_op_destroy(op);
     /* Cancelled at the coordinator, then released: it left as CANCELLED, not
@@ -1622,6 +1622,168 @@ static void test_failed_reget_is_tried_again(void **state)
     test_coord_cleanup(&a);
 }
 
+/* ---- a publish whose answer never came ----------------------------------- */
+
+typedef struct {
+    ferry_op_t *op;
+    ferry_coordinator_t *client;
+    const char *request_id;
+    ferry_status_t status;
+} publisher_t;
+
+static void *publisher_main(void *arg)
+{
+    publisher_t *p = arg;
+    ferry_publish_params_t params = {.request_id = p->request_id}; /* libferry draws the token */
+
+    p->status = ferry_op_publish(p->op, p->client, &params);
+    return NULL;
+}
+
+/* A replica whose write-throughs wait for `gate` to exist (the
+ * FERRY_TEST_WRITE_THROUGH_GATE seam): its Registers are applied in etcd,
+ * and answered only once the gate opens. A client on it, with its session
+ * lease made (the gate open meanwhile). */
+static void start_gated(test_coord_t *a, const char *gate, const char *name, int timeout_ms,
+                        ferry_coordinator_t **cl, ferry_op_t **session_op, void *buf)
+{
+    ferry_descriptor_t d = {.ptr = buf, .size = 64, .device = FERRY_DEVICE_HOST_INIT};
+    ferry_coordinator_params_t cp = {.field_mask = FERRY_COORDINATOR_PARAM_FIELD_TIMEOUT,
+                                     .timeout_ms = timeout_ms};
+    char id[64];
+    int rc;
+
+    assert_int_equal(setenv("FERRY_TEST_WRITE_THROUGH_GATE", gate, 1), 0);
+    rc = test_coord_start(a, etcd.endpoint, name, RESUME_TTL);
+    unsetenv("FERRY_TEST_WRITE_THROUGH_GATE");
+    assert_int_equal(rc, 0);
+    cp.target = a->target;
+    assert_int_equal(ferry_coordinator_connect(&cp, cl), FERRY_OK);
+    snprintf(id, sizeof(id), "%s-session", name);
+    ferry_publish_params_t p = {.request_id = id};
+    FILE *f = fopen(gate, "w");
+    assert_non_null(f);
+    fclose(f);
+    assert_int_equal(ferry_writable_create(conn, &d, 1, session_op), FERRY_OK);
+    assert_int_equal(ferry_op_publish(*session_op, *cl, &p), FERRY_OK);
+    assert_int_equal(unlink(gate), 0);
+}
+
+/* Publishes pub->op in a thread on a gated replica, waits until etcd holds
+ * its record (the answer held at the gate), and kills the replica. */
+static void publish_and_kill(test_coord_t *a, publisher_t *pub, pthread_t *thread)
+{
+    assert_int_equal(pthread_create(thread, NULL, publisher_main, pub), 0);
+    for (long long until = test_now_ms() + 20000; coord_state(pub->request_id) != ST(REGISTERED);
+         poll(NULL, 0, 10)) {
+        assert_true(test_now_ms() < until);
+    }
+    test_proc_kill(&a->proc);
+}
+
+/* The replica answering a publish is killed after etcd applied its
+ * Register: the answer never comes. The publish goes again (UNAVAILABLE,
+ * within its timeout) to the replica back on that address, with the token
+ * libferry drew for it, and the coordinator answers that repeat as
+ * registered: publish returns FERRY_OK, and the record its first try made
+ * is the operation's (a Lookup with its token finds it). Before, the
+ * coordinator picked the token, publish failed, and the record stayed,
+ * under a token nobody knew, its request ID taken while the client lived. */
+static void test_publish_goes_again_when_its_answer_never_came(void **state)
+{
+    test_coord_t a;
+    char *dir = test_tmpdir_create("gate");
+    char gate[PATH_MAX];
+    uint8_t buf[64], session_buf[64];
+    ferry_descriptor_t d = {.ptr = buf, .size = sizeof(buf), .device = FERRY_DEVICE_HOST_INIT};
+    ferry_coordinator_t *cl;
+    ferry_op_t *session_op, *op;
+    publisher_t pub = {.request_id = "again-1"};
+    pthread_t thread;
+    (void)state;
+
+    assert_non_null(dir);
+    snprintf(gate, sizeof(gate), "%s/open", dir);
+    start_gated(&a, gate, "again-a", 20000, &cl, &session_op, session_buf);
+    assert_int_equal(ferry_writable_create(conn, &d, 1, &op), FERRY_OK);
+    pub.op = op;
+    pub.client = cl;
+    publish_and_kill(&a, &pub, &thread);
+    a.listen_port = a.port;
+    assert_int_equal(test_coord_restart(&a), 0);
+    assert_int_equal(pthread_join(thread, NULL), 0);
+    assert_int_equal(pub.status, FERRY_OK);
+
+    const char *token = ferry_op_access_token(op);
+    assert_non_null(token);
+    Ferry__V1__LookupRequest req = FERRY__V1__LOOKUP_REQUEST__INIT;
+    Ferry__V1__LookupResponse *resp = NULL;
+    rpc_error_t err;
+    req.request_id = "again-1";
+    req.access_token = (char *)token;
+    assert_int_equal(test_coord_call(chan, "Lookup", &req.base,
+                                     &ferry__v1__lookup_response__descriptor,
+                                     (ProtobufCMessage **)&resp, &err),
+                     FERRY_OK);
+    ferry__v1__lookup_response__free_unpacked(resp, NULL);
+    assert_true(test_coord_log_contains(&a, "op again-1: Register repeated by its owner"));
+
+    ferry_op_destroy(op);
+    ferry_op_destroy(session_op);
+    assert_int_equal(ferry_coordinator_disconnect(cl), FERRY_OK);
+    test_coord_stop(&a);
+    test_coord_cleanup(&a);
+    test_tmpdir_remove(dir);
+}
+
+/* The same, with the replica away for longer than the publish's timeout:
+ * publish fails (UNAVAILABLE), and the record its first try made, under the
+ * token libferry drew and told nobody, is taken back by the session thread
+ * once a replica answers (Cancel, Release), so the request ID is free
+ * again: another operation publishes it. Before, it stayed taken for as
+ * long as the client lived. */
+static void test_failed_publish_takes_its_record_back(void **state)
+{
+    test_coord_t a;
+    char *dir = test_tmpdir_create("gate");
+    char gate[PATH_MAX];
+    uint8_t buf[64], session_buf[64];
+    ferry_descriptor_t d = {.ptr = buf, .size = sizeof(buf), .device = FERRY_DEVICE_HOST_INIT};
+    ferry_coordinator_t *cl;
+    ferry_op_t *session_op, *op, *next;
+    publisher_t pub = {.request_id = "back-1"};
+    ferry_publish_params_t p = {.request_id = "back-1"};
+    pthread_t thread;
+    (void)state;
+
+    assert_non_null(dir);
+    snprintf(gate, sizeof(gate), "%s/open", dir);
+    start_gated(&a, gate, "back-a", 3000, &cl, &session_op, session_buf);
+    assert_int_equal(ferry_writable_create(conn, &d, 1, &op), FERRY_OK);
+    pub.op = op;
+    pub.client = cl;
+    publish_and_kill(&a, &pub, &thread);
+    assert_int_equal(pthread_join(thread, NULL), 0);
+    assert_int_equal(pub.status, FERRY_ERR_UNAVAILABLE);
+    assert_null(ferry_op_access_token(op));
+    assert_int_equal(coord_state("back-1"), ST(REGISTERED));
+
+    a.listen_port = a.port;
+    assert_int_equal(test_coord_restart(&a), 0);
+    assert_true(record_gone("back-1", 20000));
+    assert_int_equal(ferry_writable_create(conn, &d, 1, &next), FERRY_OK);
+    assert_int_equal(ferry_op_publish(next, cl, &p), FERRY_OK);
+    assert_int_equal(coord_state("back-1"), ST(REGISTERED));
+
+    ferry_op_destroy(next);
+    ferry_op_destroy(op);
+    ferry_op_destroy(session_op);
+    assert_int_equal(ferry_coordinator_disconnect(cl), FERRY_OK);
+    test_coord_stop(&a);
+    test_coord_cleanup(&a);
+    test_tmpdir_remove(dir);
+}
+
 int main(int argc, char **argv)
 {
     const struct CMUnitTest tests[] = {
@@ -1647,6 +1809,8 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_failed_reget_is_tried_again),
         cmocka_unit_test(test_disconnect_last_tries_share_one_timeout),
         cmocka_unit_test(test_session_lease_survives_an_outage),
+        cmocka_unit_test(test_publish_goes_again_when_its_answer_never_came),
+        cmocka_unit_test(test_failed_publish_takes_its_record_back),
     };
 
     self_exe = argv[0];

@@ -87,8 +87,8 @@ static const char usage[] =
     "  --coordinator ADDR   ferry-coordinator address (FERRY_COORDINATOR; 127.0.0.1:7400)\n"
     "  --request-id ID      the operation's request ID (required)\n"
     "  --token T            access token shared by both sides (FERRY_TOKEN); recv/serve\n"
-    "                       without one print the token the coordinator picked\n"
-    "  --token-file PATH    recv/serve without a token: write the coordinator's to\n"
+    "                       without one print the token libferry drew\n"
+    "  --token-file PATH    recv/serve without a token: write the drawn one to\n"
     "                       PATH (a new file, mode 0600, removed at the end) instead\n"
     "                       of stdout, which a service's log keeps for anyone\n"
     "  --size N             bytes to move, 1 B..1 TiB: 4096, 64MiB, 1GiB (default 1MiB)\n"
@@ -291,7 +291,7 @@ static int parse_options(int argc, char **argv, options_t *o)
     }
     if (o->token != NULL && o->token[0] == '\0') {
         /* An empty token is none (FERRY_TOKEN= in a script): recv and serve
-         * then print the one the coordinator picks, as without the flag. */
+         * then print the one libferry draws, as without the flag. */
         o->token = NULL;
     }
     if (o->token_file != NULL && o->token_file[0] == '\0') {
@@ -301,7 +301,7 @@ static int parse_options(int argc, char **argv, options_t *o)
     if (o->token_file != NULL && (o->token != NULL || (strcmp(o->command, "recv") != 0 &&
                                                        strcmp(o->command, "serve") != 0))) {
         fprintf(stderr, "ferry-worker: --token-file is for recv and serve without a token (it "
-                        "receives the one the coordinator picks)\n");
+                        "receives the one libferry draws)\n");
         return -1;
     }
     if (optind < argc) {
@@ -531,7 +531,7 @@ static int op_failed(const options_t *o, ferry_op_t *op, ferry_status_t status)
     return exit_code_for(status);
 }
 
-/* --token-file: the token the coordinator picked, in a file of its own
+/* --token-file: the token libferry drew, in a file of its own
  * that exists only as long as the operation. It appears whole (written to
  * a temporary file beside it, then linked into place, which fails rather
  * than replace a file there), so a reader that waits for it never reads it
