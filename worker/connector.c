@@ -65,6 +65,7 @@
 #include "common/log.h"
 #include "worker/cuda.h"
 #include "worker/ferry_int.h"
+#include "worker/fork.h"
 
 #define POLL_SAFETY_MS 100
 /* ferry_connector_progress gives the caller's thread back after this long
@@ -866,6 +867,10 @@ ferry_status_t ferry_connector_create(const ferry_connector_params_t *params,
     ferry_status_t status;
 
     ferry__clear_error();
+    status = ferry__fork_start("connector");
+    if (status != FERRY_OK) {
+        return status;
+    }
     c = calloc(1, sizeof(*c));
     if (c == NULL) {
         return ferry__fail(FERRY_ERR_NO_MEMORY, "connector: out of memory");

@@ -42,6 +42,7 @@
 #include "common/log.h"
 #include "common/text.h"
 #include "worker/errors.h"
+#include "worker/fork.h"
 
 /* The optional fields of the claim params (see their field mask). */
 static int claim_wait(const ferry_claim_params_t *p)
@@ -523,6 +524,10 @@ ferry_status_t ferry_coordinator_connect(const ferry_coordinator_params_t *param
                            (unsigned long long)(params->field_mask & ~COORDINATOR_FIELDS));
     }
     status = read_params(params, &cparams);
+    if (status != FERRY_OK) {
+        return status;
+    }
+    status = ferry__fork_start("coordinator client");
     if (status != FERRY_OK) {
         return status;
     }

@@ -228,7 +228,12 @@ typedef struct {
  * (whose file descriptors a forked child shares) stay in the parent. A
  * forked child must not use, destroy or deregister them (destroying would
  * remove the parent's UCX handlers from their shared epoll set); it leaves
- * them alone and makes its own. The Python package enforces this. */
+ * them alone (the Python package enforces this). Nor can it make its own:
+ * in a process forked after libferry started (a connector or coordinator
+ * client made), creating either returns FERRY_ERR_MISUSE, since UCX's and
+ * gRPC's state do not survive the fork (starting them again hung, and broke
+ * the parent's session). Start libferry in a process that exec'd, or
+ * before forking. */
 FERRY_API ferry_status_t ferry_connector_create(const ferry_connector_params_t *params,
                                                 ferry_connector_t **connector_p);
 

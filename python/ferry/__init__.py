@@ -915,7 +915,9 @@ class Connector(_ferry._Connector):
 
     It belongs to the process that made it: in a forked child every use
     raises Misuse, and close() or collection lets go of it (leaked there)
-    without touching the parent's threads; make a new one in the child."""
+    without touching the parent's threads. A child forked after Ferry
+    started cannot make a new one either (Misuse: UCX and gRPC do not start
+    again after a fork); use the spawn or forkserver start method."""
 
     def __new__(cls, name: Optional[str] = None, *, peer_error_handling: Optional[bool] = None,
                 spin_us: Optional[int] = None, log_level: Optional[str] = None,

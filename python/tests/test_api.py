@@ -1333,6 +1333,41 @@ def test_a_forked_child_refuses_its_parents_objects_and_lets_go_of_them(sender):
     objs["c"].close()
 
 
+def test_a_forked_child_cannot_start_ferry_again(sender):
+    """A child forked after Ferry started (here the sender fixture's
+    connector) cannot make a Connector or a Coordinator of its own: each
+    raises Misuse at once, saying to spawn or exec. UCX's and gRPC's state
+    do not survive the fork: the child's Connector() hung on a UCX lock a
+    parent thread held, its first coordinator call in epoll_wait on the
+    parent's epoll set, where it took the parent's events (the parent's
+    session lease expired). The parent works on."""
+    def start():
+        said = []
+        for make in (lambda: ferry.Connector("py-fork-child"),
+                     lambda: ferry.Coordinator("127.0.0.1:1", timeout=0.2)):
+            try:
+                make()
+                said.append("no error")
+            except ferry.Misuse as e:
+                said.append(str(e))
+        return said
+
+    said = _in_forked_child(start)
+    assert said[0].startswith("connector: this process was forked from one where libferry "
+                              "had started"), said
+    assert said[1].startswith("coordinator client: this process was forked"), said
+    assert all("'spawn' or 'forkserver'" in text for text in said), said
+
+    dst = bytearray(4096)
+    with ferry.Connector("py-fork-parent") as c, \
+            c.create_writable(ferry.Descriptor(dst)) as w:
+        src = pattern(4096)
+        with sender.begin_write(ferry.Descriptor(src), w.metadata()) as a:
+            a.wait(30)
+        w.wait(30)
+    assert bytes(dst) == src.tobytes()
+
+
 def test_cycles_through_c_references_are_collected(sender):
     """A Connector subclass that keeps its operations, and a buffer that
     keeps the descriptor made over it: each is a reference cycle through a

@@ -1622,6 +1622,69 @@ static void test_failed_reget_is_tried_again(void **state)
     test_coord_cleanup(&a);
 }
 
+/* ---- fork ------------------------------------------------------------------ */
+
+/* A child forked after libferry started (this process has a connector and
+ * a coordinator client, with a session lease) cannot start it again:
+ * ferry_connector_create and ferry_coordinator_connect return
+ * FERRY_ERR_MISUSE at once, naming the fork. Starting UCX and gRPC there
+ * hung (a UCX hook lock a parent thread held; gRPC's first call waiting on
+ * the parent's epoll set, with no timer to end it) and broke the parent:
+ * the child's poller took the parent's socket events, the parent's
+ * KeepAlive missed its answer, and its session lease expired with every
+ * record on it. The parent's client works on: a publish, and its record. */
+static void test_forked_child_cannot_start_libferry(void **state)
+{
+    uint8_t buf[64];
+    ferry_descriptor_t d = {.ptr = buf, .size = sizeof(buf), .device = FERRY_DEVICE_HOST_INIT};
+    ferry_publish_params_t p = {.request_id = "fork-1", .access_token = TOKEN};
+    ferry_op_t *op;
+    int status = 0;
+    pid_t pid;
+    (void)state;
+
+    assert_int_equal(ferry_writable_create(conn, &d, 1, &op), FERRY_OK);
+    assert_int_equal(ferry_op_publish(op, client, &p), FERRY_OK); /* a session lease */
+    pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        ferry_coordinator_params_t cp = {.target = coord.target};
+        ferry_connector_t *c = NULL;
+        ferry_coordinator_t *cl = NULL;
+        int code = 0;
+        if (ferry_connector_create(NULL, &c) != FERRY_ERR_MISUSE ||
+            strstr(ferry_last_error_message(), "forked from one where libferry had started") ==
+                NULL) {
+            code |= 1;
+        }
+        if (ferry_coordinator_connect(&cp, &cl) != FERRY_ERR_MISUSE ||
+            strstr(ferry_last_error_message(), "coordinator client: this process was forked") ==
+                NULL) {
+            code |= 2;
+        }
+        _exit(code);
+    }
+    for (long long until = test_now_ms() + 20000; waitpid(pid, &status, WNOHANG) == 0;
+         poll(NULL, 0, 10)) {
+        if (test_now_ms() > until) {
+            kill(pid, SIGKILL);
+            waitpid(pid, &status, 0);
+            fail_msg("the forked child hung");
+        }
+    }
+    assert_true(WIFEXITED(status));
+    assert_int_equal(WEXITSTATUS(status), 0);
+
+    ferry_op_t *next;
+    ferry_publish_params_t q = {.request_id = "fork-2", .access_token = TOKEN};
+    assert_int_equal(ferry_writable_create(conn, &d, 1, &next), FERRY_OK);
+    assert_int_equal(ferry_op_publish(next, client, &q), FERRY_OK);
+    assert_int_equal(coord_state("fork-1"), ST(REGISTERED));
+    assert_int_equal(coord_state("fork-2"), ST(REGISTERED));
+    ferry_op_destroy(next);
+    ferry_op_destroy(op);
+}
+
 /* ---- a publish whose answer never came ----------------------------------- */
 
 typedef struct {
@@ -1809,6 +1872,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_failed_reget_is_tried_again),
         cmocka_unit_test(test_disconnect_last_tries_share_one_timeout),
         cmocka_unit_test(test_session_lease_survives_an_outage),
+        cmocka_unit_test(test_forked_child_cannot_start_libferry),
         cmocka_unit_test(test_publish_goes_again_when_its_answer_never_came),
         cmocka_unit_test(test_failed_publish_takes_its_record_back),
     };
