@@ -752,7 +752,13 @@ class _Operation(_ferry._Operation):
         registered itself while data may move (Region.close raises Busy
         meanwhile). A write or read over a bare address (nothing to hold)
         waits for its own data in flight instead. Status and error stay
-        readable. Idempotent."""
+        readable. Idempotent.
+
+        While another thread's publish() of this operation is in flight
+        (publish_async's, on its executor), close() returns at once and the
+        operation reads as closed; that publish releases it when its call
+        returns (cancelling the registration it made) and raises Cancelled.
+        While another call is in flight (a wait), it raises Busy."""
         super().close()
         self._wake_waiters()
 
@@ -779,15 +785,21 @@ class _PassiveOperation(_Operation):
         drew) that the peer must present. The registration lives as long as
         the operation; cancelling or closing it unfinished tells the peer.
         ``ttl``: seconds of the session lease, when this call makes it.
-        Raises AlreadyExists when the ID is taken. A coordinator that went
-        mid-call (a rollout) is asked again within the client's timeout;
-        see ferry_op_publish in ferry/coordinator.h."""
+        Raises AlreadyExists when the ID is taken, and Cancelled when the
+        operation was closed while the call was in flight (it is released
+        then, its registration cancelled: see close()). A coordinator that
+        went mid-call (a rollout) is asked again within the client's
+        timeout; see ferry_op_publish in ferry/coordinator.h."""
         return self._publish(coordinator, request_id, access_token, _ttl_s(ttl))
 
     async def publish_async(self, coordinator: "Coordinator", request_id: str,
                             access_token: Optional[str] = None,
                             ttl: Optional[int] = None) -> str:
-        """publish() on the loop's default executor (it makes one RPC)."""
+        """publish() on the loop's default executor (it makes one RPC).
+        Cancelled, or timed out by asyncio.wait_for, it leaves that call
+        running; closing the operation meanwhile (leaving its with block)
+        is finished by the call when it returns, so nothing stays
+        published (see close())."""
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(
             None, functools.partial(self.publish, coordinator, request_id, access_token, ttl))

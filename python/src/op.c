@@ -24,9 +24,24 @@
  * libferry's threads names the operation again.
  *
  * Threads: every function here runs with the GIL, except inside
- * Py_BEGIN/END_ALLOW_THREADS (where only the handle is used, and busy > 0
- * keeps close() from another thread away) and on_done, which runs on
- * libferry's progress thread and touches only the queue, under done_lock.
+ * Py_BEGIN/END_ALLOW_THREADS (where only the handle is used, and the call
+ * counted in in_flight keeps close() from another thread away) and on_done,
+ * which runs on libferry's progress thread and touches only the queue,
+ * under done_lock.
+ *
+ * close() during a publish: libferry cannot cut a publish short (its
+ * Register runs to the coordinator's answer or the client's timeout), and
+ * refusing the close would leave the operation open, to be published a
+ * moment later for a caller that gave up on it (an asyncio task cancelled
+ * or timed out inside the operation's with block). So when a publish is
+ * the only call in flight, close() takes the handle away from Python at
+ * once (the operation reads as closed) and the publishing thread, which
+ * holds the handle in its own variable, releases it when its call returns,
+ * cancelling a registration just made, and raises Cancelled. Other calls in
+ * flight (a wait, a cancel, arming) still make close() refuse (Busy): a
+ * wait ends on cancel(), the others at once, so the caller can close after
+ * them, and a handle freed by one thread while another's call used it
+ * would be a use after free.
  */
 #include "pyferry.h"
 
@@ -197,12 +212,25 @@ static bool raw_memory(PyObject *descs, const ferry_op_t *op)
     return false;
 }
 
+/* Keeps op's status and error as the closed operation's. */
+static void keep_outcome(pyferry_op_t *self, ferry_op_t *op)
+{
+    const char *msg = "";
+
+    self->closed_status = ferry_op_status(op);
+    self->closed_code = ferry_op_error(op, &msg);
+    Py_CLEAR(self->closed_message);
+    self->closed_message = pyferry_text(msg);
+    if (self->closed_message == NULL) {
+        PyErr_Clear();
+    }
+}
+
 /* Cancels an unfinished operation, keeps its outcome, destroys the handle
- * and lets go of what it held. The handle must not be busy. */
+ * and lets go of what it held. No call may be in flight on the handle. */
 static void op_release(pyferry_op_t *self)
 {
     ferry_op_t *op = self->op;
-    const char *msg = "";
 
     if (op == NULL) {
         return;
@@ -219,12 +247,7 @@ static void op_release(pyferry_op_t *self)
     self->closed_status = ferry_op_status(op);
     leave_queue(self);
     Py_BEGIN_ALLOW_THREADS ferry_op_cancel(op);
-    Py_END_ALLOW_THREADS self->closed_status = ferry_op_status(op);
-    self->closed_code = ferry_op_error(op, &msg);
-    self->closed_message = pyferry_text(msg);
-    if (self->closed_message == NULL) {
-        PyErr_Clear();
-    }
+    Py_END_ALLOW_THREADS keep_outcome(self, op);
     /* Unless it completed, data may still move through its memory (our own
      * puts or gets, an admitted writer's puts into a writable), and a peer
      * that stopped answering would hold a waiting destroy for ever: the
@@ -294,14 +317,83 @@ static void op_dealloc(PyObject *obj)
     pyferry_free_self(obj);
 }
 
+/* What the calls in flight are: how many, and the name of one that is not
+ * a publish (NULL when only publishes are). */
+static int op_calls(const pyferry_op_t *self, const char **other_p)
+{
+    static const char *const names[PYFERRY_OP_CALLS] = {
+        [PYFERRY_OP_CALL_WAIT] = "a wait",
+        [PYFERRY_OP_CALL_CANCEL] = "a cancel",
+        [PYFERRY_OP_CALL_ARM] = "arming its done callback",
+        [PYFERRY_OP_CALL_PUBLISH] = "a publish",
+    };
+    int n = 0;
+
+    *other_p = NULL;
+    for (int i = 0; i < PYFERRY_OP_CALLS; i++) {
+        n += self->in_flight[i];
+        if (self->in_flight[i] > 0 && i != PYFERRY_OP_CALL_PUBLISH && *other_p == NULL) {
+            *other_p = names[i];
+        }
+    }
+    return n;
+}
+
+/* close() while a publish is the only call in flight (see the file's
+ * header): closed for Python from here on, with its outcome as it is now,
+ * and out of the queue; the publishing thread releases the handle
+ * (finish_deferred_close). */
+static void defer_close(pyferry_op_t *self)
+{
+    keep_outcome(self, self->op);
+    leave_queue(self);
+    self->op = NULL;
+    self->close_deferred = true;
+}
+
+/* The publishing thread's end of a deferred close: releases the handle (a
+ * published operation is cancelled at the coordinator, and its record
+ * released, by the destroy) and raises Cancelled for the publish. status is
+ * the publish's. */
+static PyObject *finish_deferred_close(pyferry_op_t *self, ferry_op_t *op, ferry_status_t status)
+{
+    char msg[512];
+
+    if (status == FERRY_OK) {
+        snprintf(msg, sizeof(msg),
+                 "operation: closed while its publish was in flight; its registration is "
+                 "cancelled");
+    } else {
+        snprintf(msg, sizeof(msg),
+                 "operation: closed while its publish was in flight (which failed: %s)",
+                 ferry_last_error_message());
+    }
+    self->close_deferred = false;
+    self->op = op;
+    op_release(self);
+    return pyferry_raise(FERRY_ERR_CANCELLED, msg);
+}
+
 static PyObject *op_close(PyObject *obj, PyObject *unused)
 {
     pyferry_op_t *self = (pyferry_op_t *)obj;
+    const char *other;
+    int calls = op_calls(self, &other);
 
     (void)unused;
-    if (self->busy > 0) {
-        return pyferry_raise(FERRY_ERR_BUSY,
-                             "operation: in use by another thread (a wait); cancel it first");
+    /* In a forked child the calls counted are the parent's threads', which
+     * this process does not have: op_release lets go at once. */
+    if (calls > 0 && self->op != NULL && !pyferry_connector_forked(self->connector)) {
+        if (other != NULL) {
+            char msg[256];
+            snprintf(msg, sizeof(msg),
+                     "operation: in use by another thread (%s in flight); close it once that "
+                     "returns (cancel() ends a wait)",
+                     other);
+            return pyferry_raise(FERRY_ERR_BUSY, msg);
+        }
+        defer_close(self);
+        Py_RETURN_NONE;
     }
     op_release(self);
     Py_RETURN_NONE;
@@ -327,8 +419,10 @@ static PyObject *op_get_closed(PyObject *obj, void *closure)
 
 static PyObject *op_get_busy(PyObject *obj, void *closure)
 {
+    const char *other;
+
     (void)closure;
-    return PyLong_FromLong(((pyferry_op_t *)obj)->busy);
+    return PyLong_FromLong(op_calls((pyferry_op_t *)obj, &other));
 }
 
 static PyObject *op_get_kind(PyObject *obj, void *closure)
@@ -412,15 +506,15 @@ static PyObject *op_wait(PyObject *obj, PyObject *arg)
         int slice = timeout_ms < 0 || timeout_ms > 200 ? 200 : (int)timeout_ms;
         /* Read again at each slice: between slices (signal handlers, other
          * threads taking the GIL) the operation may have been closed. While
-         * a slice runs busy > 0, so close() refuses. */
+         * a slice runs it counts in in_flight, so close() refuses. */
         ferry_op_t *op = self->op;
 
         if (op == NULL) {
             return op_outcome(obj, NULL); /* closed: final, its outcome kept */
         }
-        self->busy++;
+        self->in_flight[PYFERRY_OP_CALL_WAIT]++;
         Py_BEGIN_ALLOW_THREADS status = ferry_op_wait(op, slice);
-        Py_END_ALLOW_THREADS self->busy--;
+        Py_END_ALLOW_THREADS self->in_flight[PYFERRY_OP_CALL_WAIT]--;
         if (status != FERRY_ERR_TIMED_OUT) {
             break;
         }
@@ -491,9 +585,9 @@ static PyObject *op_cancel(PyObject *obj, PyObject *unused)
     if (op == NULL) {
         Py_RETURN_NONE; /* closed: final already */
     }
-    self->busy++;
+    self->in_flight[PYFERRY_OP_CALL_CANCEL]++;
     Py_BEGIN_ALLOW_THREADS ferry_op_cancel(op);
-    Py_END_ALLOW_THREADS self->busy--;
+    Py_END_ALLOW_THREADS self->in_flight[PYFERRY_OP_CALL_CANCEL]--;
     Py_RETURN_NONE;
 }
 
@@ -510,12 +604,12 @@ static PyObject *op_arm(PyObject *obj, PyObject *unused)
     if (!self->armed) {
         /* It takes the connector's lock, which a region's close holds
          * across ucp_mem_unmap: without the GIL, so that the other threads
-         * (an event loop) run meanwhile; busy > 0, so close() refuses. */
+         * (an event loop) run meanwhile, and close() refuses. */
         ferry_op_t *op = self->op;
         self->armed = true; /* before: another thread's _arm has nothing to do */
-        self->busy++;
+        self->in_flight[PYFERRY_OP_CALL_ARM]++;
         Py_BEGIN_ALLOW_THREADS status = ferry_op_set_done_callback(op, on_done, self);
-        Py_END_ALLOW_THREADS self->busy--;
+        Py_END_ALLOW_THREADS self->in_flight[PYFERRY_OP_CALL_ARM]--;
         if (status != FERRY_OK) {
             self->armed = false;
             return pyferry_raise_last(status);
@@ -569,6 +663,7 @@ static PyObject *op_publish(PyObject *obj, PyObject *args)
     const char *request_id, *token;
     ferry_op_t *op = self->op;
     ferry_status_t status;
+    PyObject *result;
     int ttl_s;
 
     if (!PyArg_ParseTuple(args, "O!szi:_publish", pyferry_coordinator_type, &coord_obj, &request_id,
@@ -594,19 +689,24 @@ static PyObject *op_publish(PyObject *obj, PyObject *args)
      * Unavailable) leaves it free for another coordinator, and the
      * coordinator free to close. */
     coord->live_ops++;
-    self->busy++;
+    self->in_flight[PYFERRY_OP_CALL_PUBLISH]++;
     Py_BEGIN_ALLOW_THREADS status = ferry_op_publish(op, coord->coord, &params);
-    Py_END_ALLOW_THREADS self->busy--;
-    coord->live_ops--;
-    if (status != FERRY_OK) {
-        return pyferry_raise_last(status);
-    }
-    if (self->coordinator == NULL) {
+    Py_END_ALLOW_THREADS self->in_flight[PYFERRY_OP_CALL_PUBLISH]--;
+    if (status == FERRY_OK && self->coordinator == NULL) {
         Py_INCREF((PyObject *)coord);
         self->coordinator = coord;
         coord->live_ops++;
     }
-    return PyUnicode_FromString(ferry_op_access_token(op));
+    if (self->close_deferred) {
+        /* Released while the call still counts as the coordinator's. */
+        result = finish_deferred_close(self, op, status);
+    } else if (status != FERRY_OK) {
+        result = pyferry_raise_last(status);
+    } else {
+        result = PyUnicode_FromString(ferry_op_access_token(op));
+    }
+    coord->live_ops--;
+    return result;
 }
 
 static PyObject *op_get_access_token(PyObject *obj, void *closure)

@@ -37,8 +37,9 @@
  * coordinator calls) or takes the connector's lock (arming an operation's
  * done callback, stats: a region's close holds that lock across
  * ucp_mem_unmap). An operation that is in use with the GIL released
- * (busy > 0) refuses to be closed from another thread; a connector whose
- * stats are being read (live_ops) too.
+ * (in_flight) refuses to be closed from another thread, except during a
+ * lone publish, whose thread releases it when the call returns (op.c); a
+ * connector whose stats are being read (live_ops) refuses too.
  *
  * Collection: _Descriptor, _Connector, _Operation and _Region take part in
  * the cycle collector (tp_traverse reports the references their C fields
@@ -92,6 +93,15 @@ typedef struct {
 } pyferry_desc_t;
 
 typedef struct pyferry_op pyferry_op_t;
+
+/* The calls that use an operation's handle with the GIL released. */
+typedef enum {
+    PYFERRY_OP_CALL_WAIT = 0,
+    PYFERRY_OP_CALL_CANCEL = 1,
+    PYFERRY_OP_CALL_ARM = 2,
+    PYFERRY_OP_CALL_PUBLISH = 3,
+    PYFERRY_OP_CALLS = 4,
+} pyferry_op_call_t;
 
 /* A region whose Python object went away while libferry still used it
  * (FERRY_ERR_BUSY: an operation cancelled mid-transfer whose flush has not
@@ -178,7 +188,11 @@ struct pyferry_op {
     PyObject *descs;                    /* strong: tuple of _Descriptor */
     pyferry_coordinator_t *coordinator; /* strong once published or claimed */
     int kind;                           /* pyferry_kind_t */
-    int busy;                           /* calls in flight with the GIL released (GIL) */
+    /* Calls in flight with the GIL released, by pyferry_op_call_t (GIL). */
+    int in_flight[PYFERRY_OP_CALLS];
+    /* close() came during a publish: op is NULL already, and the thread of
+     * that publish releases the handle when its call returns (GIL). */
+    bool close_deferred;
     /* Done callback set (GIL). It holds no reference to self: op_release
      * sets releasing before it lets go of the GIL, so the callback never
      * queues an operation being closed or freed. */

@@ -847,7 +847,7 @@ def test_close_refused_while_another_thread_waits(connector, sender):
     while w._busy == 0:  # until the other thread is inside wait(), the GIL released
         assert time.monotonic() < deadline, "the waiter never got into wait()"
         time.sleep(0.001)
-    with pytest.raises(ferry.Busy):
+    with pytest.raises(ferry.Busy, match=r"\(a wait in flight\)"):
         w.close()
     assert not w.closed
     w.cancel()  # wakes the waiter

@@ -5,11 +5,13 @@ side against the pattern, by ferry-worker itself (its exit code says).
 Sizes 1 B to 64 MiB, 1 and 16 descriptors, numpy and torch. Then the
 coordinator's refusals: wrong token, unknown ID, a taken ID, cancel from
 either side."""
+import asyncio
 import base64
 import concurrent.futures
 import json
 import os
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -543,3 +545,178 @@ def test_metadata_is_stored_as_the_receiver_packed_it(connector, coordinator, cl
         rc, out, err = finish(sender)
         assert rc == 0, err
     assert np.array_equal(buf, pattern(4096))
+
+
+def wait_until(condition, what, timeout=10):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.001)
+
+
+class GatedProxy:
+    """A TCP proxy to `target` that holds every connection, unanswered,
+    until open(): a coordinator call made through it stays in flight for
+    as long as the test needs it to (no timing involved), then goes
+    through to the real coordinator."""
+
+    def __init__(self, target):
+        host, port = target.rsplit(":", 1)
+        self._upstream = (host, int(port))
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.target = f"127.0.0.1:{self._listener.getsockname()[1]}"
+        self._gate = threading.Event()
+        self._closed = False
+        self._sockets = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return  # closed
+            self._sockets.append(client)
+            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
+
+    def _serve(self, client):
+        self._gate.wait()
+        if self._closed:
+            return
+        upstream = socket.create_connection(self._upstream)
+        self._sockets.append(upstream)
+        threading.Thread(target=self._pump, args=(upstream, client), daemon=True).start()
+        self._pump(client, upstream)
+
+    @staticmethod
+    def _pump(src, dst):
+        try:
+            while True:
+                data = src.recv(65536)
+                if not data:
+                    break
+                dst.sendall(data)
+            dst.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass  # the other side or close() ended it
+
+    def open(self):
+        self._gate.set()
+
+    def close(self):
+        self._closed = True
+        self._gate.set()
+        self._listener.close()
+        for s in self._sockets:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            s.close()
+
+
+def assert_unclaimable(sender, coordinator, request_id, dst):
+    """A claim of request_id is refused by the coordinator or, if it came
+    before the cancel reached the coordinator, its write fails: no byte of
+    dst (zeros) changes."""
+    try:
+        a = sender.begin_write_by_id(coordinator, request_id, TOKEN,
+                                     ferry.Descriptor(b"x" * len(dst)))
+    except (ferry.NotFound, ferry.FailedPrecondition, ferry.Cancelled):
+        pass
+    else:
+        with a, pytest.raises(ferry.FerryError):
+            a.wait(30)
+    assert bytes(dst) == bytes(len(dst))
+
+
+def test_close_during_a_publish_is_finished_by_the_publish(connector, sender, coordinator,
+                                                           cluster):
+    """close() while another thread's publish is in flight (held at a
+    gated proxy) returns at once and the operation reads as closed; it used
+    to raise Busy, and the publish then completed, leaving a published
+    operation that a writer could write into. The publishing thread
+    releases the operation when its call returns (the registration it made
+    is cancelled) and raises Cancelled; a claim of the ID lands nothing."""
+    proxy = GatedProxy(cluster.target)
+    coord = ferry.Coordinator(proxy.target)
+    request_id = rid("close-publish")
+    dst = bytearray(4096)
+    w = connector.create_writable(ferry.Descriptor(dst))
+    result = {}
+
+    def publish():
+        try:
+            result["token"] = w.publish(coord, request_id, TOKEN)
+        except BaseException as e:  # reported by the main thread
+            result["error"] = e
+
+    t = threading.Thread(target=publish)
+    t.start()
+    try:
+        wait_until(lambda: w._busy == 1, "the publish never got in flight")
+        w.close()
+        assert w.closed and w.access_token is None
+        with pytest.raises(ferry.Misuse, match="closed"):
+            w.metadata()
+        with pytest.raises(ferry.Misuse, match="closed"):
+            w.publish(coord, rid("again"), TOKEN)
+        w.close()  # idempotent
+    finally:
+        proxy.open()
+        t.join(30)
+    assert not t.is_alive()
+    assert isinstance(result.get("error"), ferry.Cancelled), result
+    assert "closed while its publish was in flight" in str(result["error"])
+    assert w.closed and w._busy == 0
+    assert w.status in (ferry.OperationStatus.CANCELLED, ferry.OperationStatus.ERRORED)
+    assert_unclaimable(sender, coordinator, request_id, dst)
+    coord.close()  # nothing stays bound to it
+    proxy.close()
+
+
+@pytest.mark.parametrize("how", ["wait_for", "cancel"])
+def test_publish_async_given_up_in_a_with_block_closes_the_operation(connector, sender,
+                                                                      coordinator, cluster, how):
+    """asyncio.wait_for timing out (or the task cancelled) while
+    publish_async is in flight inside the operation's with block: the
+    TimeoutError (CancelledError) leaves the block, where Busy from
+    __exit__'s close() used to replace it and leave the operation open, to
+    be published and written into. The operation ends closed, and once the
+    executor's publish returned, nothing is left to claim."""
+    proxy = GatedProxy(cluster.target)
+    coord = ferry.Coordinator(proxy.target)
+    request_id = rid("async-given-up")
+    dst = bytearray(4096)
+    ops = []
+
+    async def until_in_flight(w):
+        deadline = time.monotonic() + 10
+        while w._busy != 1:
+            assert time.monotonic() < deadline, "the publish never got in flight"
+            await asyncio.sleep(0.001)
+
+    async def main():
+        expected = asyncio.TimeoutError if how == "wait_for" else asyncio.CancelledError
+        try:
+            with pytest.raises(expected):
+                with connector.create_writable(ferry.Descriptor(dst)) as w:
+                    ops.append(w)
+                    task = asyncio.ensure_future(w.publish_async(coord, request_id, TOKEN))
+                    await until_in_flight(w)
+                    if how == "wait_for":
+                        # The publish cannot end while the proxy holds it:
+                        # this bound only decides when to give up.
+                        await asyncio.wait_for(task, 0.05)
+                    else:
+                        task.cancel()
+                        await task
+            assert w.closed
+        finally:
+            proxy.open()  # asyncio.run waits for the executor's publish
+
+    asyncio.run(main())
+    assert ops[0].closed and ops[0]._busy == 0
+    assert_unclaimable(sender, coordinator, request_id, dst)
+    coord.close()
+    proxy.close()
