@@ -677,6 +677,13 @@ static PyObject *op_publish(PyObject *obj, PyObject *args)
     if (self->coordinator != NULL && self->coordinator != coord) {
         return pyferry_raise(FERRY_ERR_MISUSE, "operation: bound to another coordinator");
     }
+    /* Decided here, with the GIL, as the binding above: libferry's own
+     * "already published" check and its update are apart, so two publishes
+     * at once both went through (one operation under two request IDs), and
+     * a close deferred to a publish has one thread to finish it. */
+    if (self->in_flight[PYFERRY_OP_CALL_PUBLISH] > 0) {
+        return pyferry_raise(FERRY_ERR_MISUSE, "operation: a publish is already in flight");
+    }
     params.request_id = request_id;
     params.access_token = token;
     if (ttl_s > 0) {

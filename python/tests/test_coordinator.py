@@ -720,3 +720,35 @@ def test_publish_async_given_up_in_a_with_block_closes_the_operation(connector, 
     assert_unclaimable(sender, coordinator, request_id, dst)
     coord.close()
     proxy.close()
+
+
+def test_a_second_publish_while_one_is_in_flight_is_refused(connector, cluster):
+    """Two publishes of one operation at once used to both succeed (one
+    operation under two request IDs, with one token). While one is in
+    flight (held at a gated proxy) another is refused at once, Misuse,
+    before it reaches the coordinator; the first then completes."""
+    proxy = GatedProxy(cluster.target)
+    coord = ferry.Coordinator(proxy.target)
+    w = connector.create_writable(ferry.Descriptor(bytearray(64)))
+    result = {}
+
+    def publish():
+        try:
+            result["token"] = w.publish(coord, rid("first"), TOKEN)
+        except BaseException as e:  # reported by the main thread
+            result["error"] = e
+
+    t = threading.Thread(target=publish)
+    t.start()
+    try:
+        wait_until(lambda: w._busy == 1, "the publish never got in flight")
+        with pytest.raises(ferry.Misuse, match="a publish is already in flight"):
+            w.publish(coord, rid("second"), TOKEN)
+        assert w._busy == 1
+    finally:
+        proxy.open()
+        t.join(30)
+    assert not t.is_alive() and result == {"token": TOKEN}
+    w.close()
+    coord.close()
+    proxy.close()
