@@ -40,6 +40,7 @@
 #include "pyferry.h"
 
 #include <stdlib.h>
+#include <unistd.h>
 
 PyObject *pyferry_region_make(PyObject *cls, pyferry_connector_t *conn)
 {
@@ -205,6 +206,16 @@ static int region_getbuffer(PyObject *obj, Py_buffer *view, int flags)
     }
     if (self->device.kind != FERRY_DEVICE_HOST) {
         PyErr_SetString(PyExc_BufferError, "region: CUDA memory has no buffer interface");
+        return -1;
+    }
+    if (pyferry_connector_forked(self->connector)) {
+        /* The memory is the parent's registered memory, and UCX may have
+         * allocated it shared: a view made here could write under the
+         * parent's transfers. Views made before the fork are out of reach. */
+        PyErr_Format(PyExc_BufferError,
+                     "region: made in process %ld, before this process (%ld) was forked from "
+                     "it; its memory stays the parent's, so no new view of it is made here",
+                     self->connector->pid, (long)getpid());
         return -1;
     }
     if (PyBuffer_FillInfo(view, obj, self->ptr, (Py_ssize_t)self->size, 0, flags) < 0) {

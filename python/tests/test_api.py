@@ -1272,6 +1272,30 @@ def _in_forked_child(fn):
     return reply["result"]
 
 
+def test_a_forked_child_makes_no_view_of_a_region(connector):
+    """A region's memory is the parent's registered memory (and may be
+    shared with the child: UCX can allocate it as shared memory), so in a
+    forked child memoryview(region) refuses (BufferError, naming the fork)
+    where it used to give a writable view whose writes landed in the
+    parent's region. The parent's bytes stay as they were."""
+    region = connector.allocate(4096)
+    memoryview(region)[:] = b"\x01" * 4096
+    made_in = os.getpid()
+
+    def write_through_a_new_view():
+        try:
+            view = memoryview(region)
+        except BufferError as e:
+            return str(e)
+        view[0] = 0xBB
+        return "no error"
+
+    said = _in_forked_child(write_through_a_new_view)
+    assert f"made in process {made_in}, before this process" in said, said
+    assert bytes(memoryview(region)) == b"\x01" * 4096
+    region.close()
+
+
 def test_a_forked_child_refuses_its_parents_objects_and_lets_go_of_them(sender):
     """fork(): libferry's threads (progress, coordinator client) stay in the
     parent. In a child every use of a connector, operation or coordinator
