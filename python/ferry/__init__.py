@@ -385,6 +385,11 @@ class Descriptor(_ferry._Descriptor):
             with view:  # only to check: the descriptor takes its own export
                 if not view.c_contiguous:
                     raise _not_contiguous(type(data).__name__)
+                # Said here: libferry would see an empty buffer's pointer,
+                # which may be NULL, and call it a null pointer.
+                if view.nbytes == 0:
+                    raise InvalidArgument(
+                        f"descriptor: the {type(data).__name__} is empty (size 0)")
             if device is not None and Device(device) != _HOST:
                 raise InvalidArgument(
                     f"descriptor: a {type(data).__name__} is host memory, not {device}")
@@ -596,7 +601,10 @@ class RdmaMetadata:
     @classmethod
     def from_json(cls, text: Union[str, bytes, Dict[str, Any]]) -> "RdmaMetadata":
         """Parses the JSON form (a str, bytes or an already decoded dict)."""
-        obj = json.loads(text) if isinstance(text, (str, bytes, bytearray)) else text
+        try:
+            obj = json.loads(text) if isinstance(text, (str, bytes, bytearray)) else text
+        except ValueError as e:  # JSONDecodeError, or bytes that are not UTF-8
+            raise InvalidArgument(f"metadata JSON: {e}") from None
         if not isinstance(obj, dict) or obj.get("format") != _JSON_FORMAT or not isinstance(
                 obj.get("base64"), str):
             raise InvalidArgument(
@@ -621,11 +629,18 @@ def _metadata_bytes(md: Any) -> bytes:
 # ---- operations -----------------------------------------------------------
 
 
-def _timeout_ms(timeout: Optional[float]) -> int:
+def _timeout_ms(timeout: Optional[float], name: str = "timeout") -> int:
+    """Seconds (None or infinity: no limit) as the milliseconds libferry
+    takes; errors name the argument, `name`."""
     if timeout is None or timeout == math.inf:
         return -1
-    if not timeout >= 0:  # NaN too
-        raise ValueError("timeout must be >= 0 seconds or None")
+    try:
+        at_least_zero = timeout >= 0  # false for NaN
+    except TypeError:
+        raise TypeError(f"{name} must be a number of seconds or None, got "
+                        f"{type(timeout).__name__}") from None
+    if not at_least_zero:
+        raise ValueError(f"{name} must be >= 0 seconds or None")
     if timeout >= (2**31 - 1) / 1000:
         return 2**31 - 1
     return int(math.ceil(timeout * 1000))
@@ -643,7 +658,7 @@ def _wait_ms(wait: Optional[float]) -> int:
     the longest a wait_ms holds."""
     if wait is None:
         return 0
-    ms = _timeout_ms(wait)
+    ms = _timeout_ms(wait, "wait")
     return 2**31 - 1 if ms < 0 else max(1, ms)
 
 
@@ -944,6 +959,9 @@ class Connector(_ferry._Connector):
                 raise InvalidArgument(f"connector: spin_us {us} is not from 0 to {2**31 - 1}")
             kw["spin_us"] = us
         if log_level is not None:
+            if not isinstance(log_level, str) or log_level not in _LOG_LEVELS:
+                raise InvalidArgument(f"connector: log_level {log_level!r} is not one of "
+                                      f"{', '.join(map(repr, _LOG_LEVELS))}")
             kw["log_level"] = _LOG_LEVELS[log_level]
         if claim_timeout_ms is not None:
             ms = operator.index(claim_timeout_ms)

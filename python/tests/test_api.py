@@ -7,6 +7,7 @@ import gc
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -94,6 +95,49 @@ def test_descriptor_refusals():
         ferry.Descriptor(12345)
     with pytest.raises(ferry.InvalidArgument):
         ferry.Descriptor(bytearray(10), device="cuda:0")
+
+
+def test_bad_arguments_are_named(connector):
+    """Each bad argument gets the package's error for it, naming the
+    argument: they used to give a message about `timeout` for `wait`, a
+    TypeError about '>=', a bare KeyError, a JSONDecodeError where the
+    neighbouring cases say InvalidArgument("metadata JSON: ..."), and
+    "null pointer" for an empty buffer."""
+    coord = ferry.Coordinator("127.0.0.1:1", timeout=0.2)  # connects lazily: never here
+    w = connector.create_writable(ferry.Descriptor(bytearray(64)))
+    src = ferry.Descriptor(bytearray(64))
+    cases = [
+        (lambda: connector.begin_write_by_id(coord, "id", "t" * 16, src, wait=-1),
+         ValueError, r"^wait must be >= 0 seconds"),
+        (lambda: connector.begin_write_by_id(coord, "id", "t" * 16, src, wait=math.nan),
+         ValueError, r"^wait must be >= 0 seconds"),
+        (lambda: connector.begin_read_by_id(coord, "id", "t" * 16, src, wait="1"),
+         TypeError, r"^wait must be a number of seconds or None, got str"),
+        (lambda: w.wait("1"), TypeError, r"^timeout must be a number of seconds or None, got str"),
+        (lambda: w.wait(-1), ValueError, r"^timeout must be >= 0 seconds"),
+        (lambda: ferry.Connector(log_level="loud"), ferry.InvalidArgument,
+         r"log_level 'loud' is not one of 'off', 'error', 'warn', 'info', 'debug', 'trace'"),
+        (lambda: ferry.RdmaMetadata.from_json("notjson"), ferry.InvalidArgument,
+         r"^metadata JSON: Expecting value"),
+        (lambda: ferry.RdmaMetadata.from_json(b"\xff"), ferry.InvalidArgument,
+         r"^metadata JSON: "),
+        (lambda: connector.begin_write(src, "notjson"), ferry.InvalidArgument,
+         r"^metadata JSON: Expecting value"),
+        (lambda: ferry.Descriptor(bytearray(0)), ferry.InvalidArgument,
+         r"the bytearray is empty \(size 0\)"),
+        (lambda: ferry.Descriptor(b""), ferry.InvalidArgument, r"the bytes is empty \(size 0\)"),
+    ]
+    wrong = []
+    for i, (call, exc, match) in enumerate(cases):
+        try:
+            call()
+            wrong.append((i, "no error"))
+        except Exception as e:  # noqa: BLE001 - each is checked below
+            if type(e) is not exc or not re.search(match, str(e)):
+                wrong.append((i, repr(e)))
+    w.close()
+    coord.close()
+    assert wrong == []
 
 
 def test_read_only_refused_for_writable_and_read(connector, sender):
