@@ -378,7 +378,13 @@ static void on_destroy(coord_link_t *link, ferry_op_status_t status)
         }
         return;
     }
-    while (link->busy) {
+    /* Only while the session thread applies what it learned to the
+     * operation (looking), never across its coordinator call (busy): a
+     * destroy while a Get was in flight to a coordinator that stopped
+     * answering waited out the call's timeout (10 s by default), on an
+     * event loop's thread too. The call's end leaves what this sets alone
+     * (ferry__coord_session_main). */
+    while (link->looking) {
         pthread_cond_wait(&coord->cond, &coord->lock);
     }
     report_now = !link->reported;
@@ -436,7 +442,7 @@ void ferry__coord_watch_stats(ferry_coordinator_t *coord, ferry__coord_watch_sta
     stats_p->revision = coord->watch_rev;
     stats_p->settled = true;
     for (const coord_link_t *l = coord->links; l != NULL; l = l->next) {
-        if (l->look_due || l->looking) {
+        if (l->look_due || l->looking_up) {
             stats_p->settled = false;
         }
     }
@@ -819,14 +825,20 @@ static ferry_status_t register_until(ferry_coordinator_t *coord, Ferry__V1__Regi
     int64_t deadline = now_ms() + coord->timeout_ms;
     int64_t backoff = AWAIT_BACKOFF_MIN_MS;
     int64_t unsure_lease = -1; /* the lease of the last try that may have been applied */
+    char unavailable[sizeof(err->message)] = ""; /* why the last UNAVAILABLE try failed */
+    int tries = 0;
     ferry_status_t status;
 
     for (;;) {
         int64_t left = deadline - now_ms();
         status =
             register_once(coord, req, bytes, len, left > 1 ? (int)left : 1, resp_p, lease_p, err);
+        tries++;
         if (register_unsure(status)) {
             unsure_lease = *lease_p;
+        }
+        if (status == FERRY_ERR_UNAVAILABLE) {
+            snprintf(unavailable, sizeof(unavailable), "%s", err->message);
         }
         if (status != FERRY_ERR_UNAVAILABLE || deadline - now_ms() <= backoff) {
             break;
@@ -834,6 +846,15 @@ static ferry_status_t register_until(ferry_coordinator_t *coord, Ferry__V1__Regi
         struct timespec pause = {0, (long)backoff * 1000000L};
         nanosleep(&pause, NULL);
         backoff = backoff * 2 > AWAIT_BACKOFF_MAX_MS ? AWAIT_BACKOFF_MAX_MS : backoff * 2;
+    }
+    /* Tried again until the timeout: the cause is the UNAVAILABLE that
+     * made it go again (a coordinator that cannot be reached, a TLS
+     * handshake refused), not the last try's cut-short deadline. */
+    if (tries > 1 && (status == FERRY_ERR_UNAVAILABLE || status == FERRY_ERR_TIMED_OUT)) {
+        snprintf(err->message, sizeof(err->message),
+                 "no coordinator answered within %d ms (%d tries; last: %.400s)", coord->timeout_ms,
+                 tries, unavailable);
+        status = FERRY_ERR_UNAVAILABLE;
     }
     /* A try that made the session lease is not repeatable (a record on a
      * lease nobody was told of is no caller's): its record, if etcd took

@@ -61,9 +61,10 @@ typedef struct coord_link {
     /* The record is final (or gone), as the watch told it; kept across
      * streams. A releasing link waits for it (on_destroy). */
     bool record_final;
-    bool busy;    /* the session thread is using it outside the lock */
-    bool looking; /* ... and its operation (look): destroy waits for that */
-    bool told;    /* the end is known here (FINAL, or DESTROY first) */
+    bool busy;       /* the session thread is using it outside the lock */
+    bool looking_up; /* ... for a look (its Get, or the event it applies) */
+    bool looking;    /* ... and its operation (the look's apply): destroy waits for that */
+    bool told;       /* the end is known here (FINAL, or DESTROY first) */
     bool report_due;
     bool reported;
     ferry_op_status_t final_status;

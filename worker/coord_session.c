@@ -186,20 +186,26 @@ static void apply_record(coord_link_t *link, bool gone, ferry_op_state_t state, 
     }
 }
 
-/* The record as the watch last told it (ev), or read with a Get (ev NULL:
- * once bound, and after a new stream). False when the Get failed for a
- * reason other than NOT_FOUND: the look is to be made again (look_done). */
-static bool look(coord_link_t *link, const coord_link_t *ev)
+/* What a look learned of the record, to apply to the operation. */
+typedef struct {
+    bool gone;
+    ferry_op_state_t state;
+    char message[256];
+} look_seen_t;
+
+/* The record read with a Get (once bound, and after a new stream; what
+ * the watch told comes without one), into *seen; the operation is not
+ * touched (the session loop applies *seen with `looking` set), so a
+ * destroy waits for no Get. False when the Get failed for a reason other
+ * than NOT_FOUND, or answered no record: the look is to be made again
+ * (look_done), and there is nothing to apply. */
+static bool look(coord_link_t *link, look_seen_t *seen)
 {
     Ferry__V1__GetRequest get = FERRY__V1__GET_REQUEST__INIT;
     Ferry__V1__GetResponse *record = NULL;
     rpc_error_t err;
     ferry_status_t status;
 
-    if (ev != NULL) {
-        apply_record(link, ev->ev_gone, ev->ev_state, ev->ev_message);
-        return true;
-    }
     get.request_id = link->request_id;
     if (atomic_fetch_sub(&ferry__coord_test_fail_gets, 1) > 0) {
         status = FERRY_ERR_UNAVAILABLE;
@@ -211,7 +217,7 @@ static bool look(coord_link_t *link, const coord_link_t *ev)
     }
     if (status != FERRY_OK) {
         if (status == FERRY_ERR_NOT_FOUND) {
-            apply_record(link, true, 0, "");
+            seen->gone = true;
             return true;
         }
         ferry_debug("op %s: get failed (%s); trying again", link->request_id, err.message);
@@ -225,7 +231,9 @@ static bool look(coord_link_t *link, const coord_link_t *ev)
         ferry__v1__get_response__free_unpacked(record, NULL);
         return false;
     }
-    apply_record(link, false, record->operation->state, record->operation->error_message);
+    seen->gone = false;
+    seen->state = record->operation->state;
+    snprintf(seen->message, sizeof(seen->message), "%s", record->operation->error_message);
     ferry__v1__get_response__free_unpacked(record, NULL);
     return true;
 }
@@ -504,19 +512,20 @@ void *ferry__coord_session_main(void *arg)
         }
         bool reporting = link->report_due;
         bool releasing = link->releasing;
+        bool looking = !releasing && !reporting;
         bool done = false, reported = true, looked = true;
         ferry_op_status_t outcome = link->final_status;
         link->report_due = false;
-        link->looking = !releasing && !reporting;
-        coord_link_t ev;
+        look_seen_t seen = {0};
         bool have_ev = false;
-        if (link->looking) {
+        link->looking_up = looking;
+        if (looking) {
             link->look_due = false; /* an event from now on asks again */
             have_ev = link->ev_valid;
             if (have_ev) {
-                ev.ev_gone = link->ev_gone;
-                ev.ev_state = link->ev_state;
-                memcpy(ev.ev_message, link->ev_message, sizeof(ev.ev_message));
+                seen.gone = link->ev_gone;
+                seen.state = link->ev_state;
+                memcpy(seen.message, link->ev_message, sizeof(seen.message));
                 link->ev_valid = false;
             } else {
                 coord->gets++;
@@ -529,23 +538,38 @@ void *ferry__coord_session_main(void *arg)
         } else if (reporting) {
             reported = report(link, outcome);
         } else {
-            looked = look(link, have_ev ? &ev : NULL);
+            looked = have_ev || look(link, &seen);
         }
         pthread_mutex_lock(&coord->lock);
-        if (link->looking) {
+        if (looking && looked && link->op != NULL) {
+            /* The operation is used only here, with `looking` set, which a
+             * destroy waits for (on_destroy): never across the Get. One
+             * destroyed meanwhile has nothing left to learn. */
+            link->looking = true;
+            pthread_mutex_unlock(&coord->lock);
+            apply_record(link, seen.gone, seen.state, seen.message);
+            pthread_mutex_lock(&coord->lock);
+            link->looking = false;
+        }
+        if (looking) {
             look_done(coord, link, looked);
         }
-        link->looking = false;
+        link->looking_up = false;
         if (reporting && reported) {
             link->reported = true;
-            /* A destroyed active operation's last duty. */
-            done = !link->passive && link->op == NULL;
         } else if (reporting) {
             link->report_due = true; /* again, after a pause */
         }
-        link->due_ms = now_ms() + (releasing   ? retry_ms(coord, link->release_tries)
-                                   : !reported ? retry_ms(coord, link->report_tries)
-                                               : period_ms(coord));
+        /* A destroyed active operation's report was its last duty (made by
+         * this call, or before a destroy that came during a look). */
+        done = done || (!link->passive && link->op == NULL && link->reported);
+        /* A destroy during this call made the link a releasing one, due
+         * when on_destroy said: its schedule stands. */
+        if (releasing || !link->releasing) {
+            link->due_ms = now_ms() + (releasing   ? retry_ms(coord, link->release_tries)
+                                       : !reported ? retry_ms(coord, link->report_tries)
+                                                   : period_ms(coord));
+        }
         link->busy = false;
         if (done) {
             ferry__coord_link_remove(coord, link);

@@ -96,8 +96,9 @@ typedef struct {
  * while the coordinator refuses, because the writer has not reported yet,
  * or does not answer; a record still open 2 x TTL after the destroy is
  * cancelled, then released). The client's own thread sends both, so
- * destroy waits for no coordinator call (only for one of that thread on
- * this operation already in flight). FERRY_ERR_ALREADY_EXISTS when the
+ * destroy waits for no coordinator call (not even one of that thread
+ * on this operation already in flight: only while the thread applies what
+ * it learned to the operation). FERRY_ERR_ALREADY_EXISTS when the
  * request ID is taken. The done callback stays the caller's (the client listens).
  * A Register whose answer is UNAVAILABLE (a replica that went mid-call, a
  * coordinator rollout) is sent again within the client's timeout, pausing
@@ -110,7 +111,9 @@ typedef struct {
  * (UNAVAILABLE, FERRY_ERR_TIMED_OUT), the record it may have left is taken
  * back by the client's thread (Cancel, Release) when libferry drew the
  * token; with the caller's token it is the caller's: publishing the
- * operation again with that token takes it over. */
+ * operation again with that token takes it over. One publish of an
+ * operation at a time: two at once from two threads may both register it
+ * (the Python binding refuses the second). */
 FERRY_API ferry_status_t ferry_op_publish(ferry_op_t *op, ferry_coordinator_t *coordinator,
                                           const ferry_publish_params_t *params);
 

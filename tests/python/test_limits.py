@@ -203,9 +203,12 @@ class MemoryAfterABurst(unittest.TestCase):
         md = large_metadata(pb, "mem")
         with grpc.insecure_channel(coord.target) as channel:
             stub = coordinator_pb2_grpc.CoordinatorStub(channel)
+            # Each on a lease of its own, granted before its transaction:
+            # 10 s, so that a transaction queued behind the burst on a
+            # loaded machine still finds it (2 s did not, under ctest -j2).
             futures = [stub.Register.future(cpb.RegisterRequest(
                 request_id=f"mem-{i}", metadata=md, access_token=TOKEN, owner="mem",
-                ttl_seconds=2), timeout=120) for i in range(self.BURST)]
+                ttl_seconds=10), timeout=120) for i in range(self.BURST)]
             for f in futures:
                 f.result()
         peak = status_kib(pid, "VmHWM")
