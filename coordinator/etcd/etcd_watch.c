@@ -66,8 +66,14 @@
 enum {
     ETCD_WATCH_BACKOFF_MIN_MS = 100,
     ETCD_WATCH_BACKOFF_MAX_MS = 1000,
-    ETCD_WATCH_POLL_MS = 1000,
-    ETCD_WATCH_QUIET_MS = 3000, /* silence after which the member is probed */
+    ETCD_WATCH_POLL_MS = 500,
+    /* Silence after which the member is probed. Until a hung member is
+     * found out, the view it feeds is served as live while it misses every
+     * change (a released record answered REGISTERED; a parked wait missing
+     * its Register): at most this, a poll, and the probe's ETCD_ATTEMPT_MS.
+     * At 3000 that was about 4 s; a probe a second on an idle store costs
+     * etcd nothing to speak of. */
+    ETCD_WATCH_QUIET_MS = 1000,
 };
 
 /* Test seam (test_etcd_watch; never set in production): above 0, the
