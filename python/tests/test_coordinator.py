@@ -630,6 +630,23 @@ def assert_unclaimable(sender, coordinator, request_id, dst):
     assert bytes(dst) == bytes(len(dst))
 
 
+def publish_in_thread(w, coord, request_id):
+    """Starts w.publish(coord, request_id, TOKEN) on a thread; returns the
+    thread and the dict its token ("token") or exception ("error") lands
+    in."""
+    result = {}
+
+    def publish():
+        try:
+            result["token"] = w.publish(coord, request_id, TOKEN)
+        except BaseException as e:  # reported by the main thread
+            result["error"] = e
+
+    t = threading.Thread(target=publish)
+    t.start()
+    return t, result
+
+
 def test_close_during_a_publish_is_finished_by_the_publish(connector, sender, coordinator,
                                                            cluster):
     """close() while another thread's publish is in flight (held at a
@@ -643,16 +660,7 @@ def test_close_during_a_publish_is_finished_by_the_publish(connector, sender, co
     request_id = rid("close-publish")
     dst = bytearray(4096)
     w = connector.create_writable(ferry.Descriptor(dst))
-    result = {}
-
-    def publish():
-        try:
-            result["token"] = w.publish(coord, request_id, TOKEN)
-        except BaseException as e:  # reported by the main thread
-            result["error"] = e
-
-    t = threading.Thread(target=publish)
-    t.start()
+    t, result = publish_in_thread(w, coord, request_id)
     try:
         wait_until(lambda: w._busy == 1, "the publish never got in flight")
         w.close()
@@ -730,16 +738,7 @@ def test_a_second_publish_while_one_is_in_flight_is_refused(connector, cluster):
     proxy = GatedProxy(cluster.target)
     coord = ferry.Coordinator(proxy.target)
     w = connector.create_writable(ferry.Descriptor(bytearray(64)))
-    result = {}
-
-    def publish():
-        try:
-            result["token"] = w.publish(coord, rid("first"), TOKEN)
-        except BaseException as e:  # reported by the main thread
-            result["error"] = e
-
-    t = threading.Thread(target=publish)
-    t.start()
+    t, result = publish_in_thread(w, coord, rid("first"))
     try:
         wait_until(lambda: w._busy == 1, "the publish never got in flight")
         with pytest.raises(ferry.Misuse, match="a publish is already in flight"):

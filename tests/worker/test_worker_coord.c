@@ -1773,16 +1773,49 @@ static void start_gated(test_coord_t *a, const char *gate, const char *name, int
     assert_int_equal(unlink(gate), 0);
 }
 
-/* Publishes pub->op in a thread on a gated replica, waits until etcd holds
- * its record (the answer held at the gate), and kills the replica. */
-static void publish_and_kill(test_coord_t *a, publisher_t *pub, pthread_t *thread)
+/* A publish on a gated replica (start_gated) whose replica is killed after
+ * etcd applied its Register: the answer never comes. */
+typedef struct {
+    test_coord_t a;
+    char *dir;
+    char gate[PATH_MAX];
+    uint8_t buf[64], session_buf[64];
+    ferry_coordinator_t *cl;
+    ferry_op_t *session_op;
+    publisher_t pub;
+    pthread_t thread;
+} gated_t;
+
+/* Publishes a new operation as request ID `id` in a thread on a gated
+ * replica `name` (client timeout timeout_ms), waits until etcd holds its
+ * record (the answer held at the gate), and kills the replica. */
+static void publish_and_kill(gated_t *g, const char *name, int timeout_ms, const char *id)
 {
-    assert_int_equal(pthread_create(thread, NULL, publisher_main, pub), 0);
-    for (long long until = test_now_ms() + 20000; coord_state(pub->request_id) != ST(REGISTERED);
+    ferry_descriptor_t d = {
+        .ptr = g->buf, .size = sizeof(g->buf), .device = FERRY_DEVICE_HOST_INIT};
+
+    g->dir = test_tmpdir_create("gate");
+    assert_non_null(g->dir);
+    snprintf(g->gate, sizeof(g->gate), "%s/open", g->dir);
+    start_gated(&g->a, g->gate, name, timeout_ms, &g->cl, &g->session_op, g->session_buf);
+    g->pub = (publisher_t){.request_id = id, .client = g->cl};
+    assert_int_equal(ferry_writable_create(conn, &d, 1, &g->pub.op), FERRY_OK);
+    assert_int_equal(pthread_create(&g->thread, NULL, publisher_main, &g->pub), 0);
+    for (long long until = test_now_ms() + 20000; coord_state(id) != ST(REGISTERED);
          poll(NULL, 0, 10)) {
         assert_true(test_now_ms() < until);
     }
-    test_proc_kill(&a->proc);
+    test_proc_kill(&g->a.proc);
+}
+
+static void gated_end(gated_t *g)
+{
+    ferry_op_destroy(g->pub.op);
+    ferry_op_destroy(g->session_op);
+    assert_int_equal(ferry_coordinator_disconnect(g->cl), FERRY_OK);
+    test_coord_stop(&g->a);
+    test_coord_cleanup(&g->a);
+    test_tmpdir_remove(g->dir);
 }
 
 /* The replica answering a publish is killed after etcd applied its
@@ -1795,49 +1828,28 @@ static void publish_and_kill(test_coord_t *a, publisher_t *pub, pthread_t *threa
  * under a token nobody knew, its request ID taken while the client lived. */
 static void test_publish_goes_again_when_its_answer_never_came(void **state)
 {
-    test_coord_t a;
-    char *dir = test_tmpdir_create("gate");
-    char gate[PATH_MAX];
-    uint8_t buf[64], session_buf[64];
-    ferry_descriptor_t d = {.ptr = buf, .size = sizeof(buf), .device = FERRY_DEVICE_HOST_INIT};
-    ferry_coordinator_t *cl;
-    ferry_op_t *session_op, *op;
-    publisher_t pub = {.request_id = "again-1"};
-    pthread_t thread;
-    (void)state;
-
-    assert_non_null(dir);
-    snprintf(gate, sizeof(gate), "%s/open", dir);
-    start_gated(&a, gate, "again-a", 20000, &cl, &session_op, session_buf);
-    assert_int_equal(ferry_writable_create(conn, &d, 1, &op), FERRY_OK);
-    pub.op = op;
-    pub.client = cl;
-    publish_and_kill(&a, &pub, &thread);
-    a.listen_port = a.port;
-    assert_int_equal(test_coord_restart(&a), 0);
-    assert_int_equal(pthread_join(thread, NULL), 0);
-    assert_int_equal(pub.status, FERRY_OK);
-
-    const char *token = ferry_op_access_token(op);
-    assert_non_null(token);
+    gated_t g;
     Ferry__V1__LookupRequest req = FERRY__V1__LOOKUP_REQUEST__INIT;
     Ferry__V1__LookupResponse *resp = NULL;
     rpc_error_t err;
+    (void)state;
+
+    publish_and_kill(&g, "again-a", 20000, "again-1");
+    g.a.listen_port = g.a.port;
+    assert_int_equal(test_coord_restart(&g.a), 0);
+    assert_int_equal(pthread_join(g.thread, NULL), 0);
+    assert_int_equal(g.pub.status, FERRY_OK);
+
     req.request_id = "again-1";
-    req.access_token = (char *)token;
+    req.access_token = (char *)ferry_op_access_token(g.pub.op);
+    assert_non_null(req.access_token);
     assert_int_equal(test_coord_call(chan, "Lookup", &req.base,
                                      &ferry__v1__lookup_response__descriptor,
                                      (ProtobufCMessage **)&resp, &err),
                      FERRY_OK);
     ferry__v1__lookup_response__free_unpacked(resp, NULL);
-    assert_true(test_coord_log_contains(&a, "op again-1: Register repeated by its owner"));
-
-    ferry_op_destroy(op);
-    ferry_op_destroy(session_op);
-    assert_int_equal(ferry_coordinator_disconnect(cl), FERRY_OK);
-    test_coord_stop(&a);
-    test_coord_cleanup(&a);
-    test_tmpdir_remove(dir);
+    assert_true(test_coord_log_contains(&g.a, "op again-1: Register repeated by its owner"));
+    gated_end(&g);
 }
 
 /* The same, with the replica away for longer than the publish's timeout:
@@ -1848,46 +1860,28 @@ static void test_publish_goes_again_when_its_answer_never_came(void **state)
  * long as the client lived. */
 static void test_failed_publish_takes_its_record_back(void **state)
 {
-    test_coord_t a;
-    char *dir = test_tmpdir_create("gate");
-    char gate[PATH_MAX];
-    uint8_t buf[64], session_buf[64];
-    ferry_descriptor_t d = {.ptr = buf, .size = sizeof(buf), .device = FERRY_DEVICE_HOST_INIT};
-    ferry_coordinator_t *cl;
-    ferry_op_t *session_op, *op, *next;
-    publisher_t pub = {.request_id = "back-1"};
+    gated_t g;
+    ferry_descriptor_t d = {.ptr = g.buf, .size = sizeof(g.buf), .device = FERRY_DEVICE_HOST_INIT};
     ferry_publish_params_t p = {.request_id = "back-1"};
-    pthread_t thread;
+    ferry_op_t *next;
     (void)state;
 
-    assert_non_null(dir);
-    snprintf(gate, sizeof(gate), "%s/open", dir);
-    start_gated(&a, gate, "back-a", 3000, &cl, &session_op, session_buf);
-    assert_int_equal(ferry_writable_create(conn, &d, 1, &op), FERRY_OK);
-    pub.op = op;
-    pub.client = cl;
-    publish_and_kill(&a, &pub, &thread);
-    assert_int_equal(pthread_join(thread, NULL), 0);
+    publish_and_kill(&g, "back-a", 3000, "back-1");
+    assert_int_equal(pthread_join(g.thread, NULL), 0);
     /* Its last try refused (UNAVAILABLE), or cut by the timeout (TIMED_OUT)
      * on a loaded machine: unsure either way. */
-    assert_true(pub.status == FERRY_ERR_UNAVAILABLE || pub.status == FERRY_ERR_TIMED_OUT);
-    assert_null(ferry_op_access_token(op));
+    assert_true(g.pub.status == FERRY_ERR_UNAVAILABLE || g.pub.status == FERRY_ERR_TIMED_OUT);
+    assert_null(ferry_op_access_token(g.pub.op));
     assert_int_equal(coord_state("back-1"), ST(REGISTERED));
 
-    a.listen_port = a.port;
-    assert_int_equal(test_coord_restart(&a), 0);
+    g.a.listen_port = g.a.port;
+    assert_int_equal(test_coord_restart(&g.a), 0);
     assert_true(record_gone("back-1", 20000));
     assert_int_equal(ferry_writable_create(conn, &d, 1, &next), FERRY_OK);
-    assert_int_equal(ferry_op_publish(next, cl, &p), FERRY_OK);
+    assert_int_equal(ferry_op_publish(next, g.cl, &p), FERRY_OK);
     assert_int_equal(coord_state("back-1"), ST(REGISTERED));
-
     ferry_op_destroy(next);
-    ferry_op_destroy(op);
-    ferry_op_destroy(session_op);
-    assert_int_equal(ferry_coordinator_disconnect(cl), FERRY_OK);
-    test_coord_stop(&a);
-    test_coord_cleanup(&a);
-    test_tmpdir_remove(dir);
+    gated_end(&g);
 }
 
 int main(int argc, char **argv)
