@@ -61,7 +61,6 @@ static _Thread_local char etcd_last_error[512];
 static _Thread_local int64_t etcd_deadline_ms; /* etcd_set_deadline's; 0: none */
 _Thread_local bool etcd__ran_out;
 _Thread_local bool etcd__too_large;
-_Thread_local bool etcd__no_space;
 static int64_t etcd_now_ms(void);
 static pthread_once_t etcd_curl_once = PTHREAD_ONCE_INIT;
 static CURLcode etcd_curl_init_code;

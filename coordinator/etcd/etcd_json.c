@@ -397,6 +397,10 @@ ferry_status_t etcd__parse_watch_msg(const cJSON *json, etcd_watch_msg_t *msg, c
     return status;
 }
 
+/* Defined here, beside the one function that sets it, so that this file
+ * links without etcd_client.c (the fuzz targets compile it alone). */
+_Thread_local bool etcd__no_space;
+
 ferry_status_t etcd__error_status(long http_status, int grpc_code, const char *message)
 {
     switch (grpc_code) {
