@@ -1816,6 +1816,7 @@ static void gated_end(gated_t *g)
     test_coord_stop(&g->a);
     test_coord_cleanup(&g->a);
     test_tmpdir_remove(g->dir);
+    free(g->dir);
 }
 
 /* The replica answering a publish is killed after etcd applied its
