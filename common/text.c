@@ -190,3 +190,14 @@ size_t ferry_text_columns(const char *in)
     }
     return cols;
 }
+
+void ferry_hex(char *out, const uint8_t *in, size_t n)
+{
+    static const char digit[] = "0123456789abcdef";
+
+    for (size_t i = 0; i < n; i++) {
+        out[2 * i] = digit[in[i] >> 4];
+        out[2 * i + 1] = digit[in[i] & 0xf];
+    }
+    out[2 * n] = '\0';
+}

@@ -77,4 +77,9 @@ size_t ferry_text_escape(char *out, size_t cap, const char *in);
  * one counts one too), four per escaped byte. */
 size_t ferry_text_columns(const char *in);
 
+/* The n bytes at in as 2n lower-case hex digits into out, NUL-terminated:
+ * out has room for 2n + 1 bytes. Tokens, fence names and passwords are
+ * random or MAC bytes written so. */
+void ferry_hex(char *out, const uint8_t *in, size_t n);
+
 #endif /* FERRY_COMMON_TEXT_H */

@@ -155,9 +155,7 @@ static ferry_status_t load_password(coord_etcd_child_t *child, int dir_fd)
             ferry_error("private etcd: getrandom: %s", strerror(errno));
             return FERRY_ERR_IO;
         }
-        for (size_t i = 0; i < sizeof(raw); i++) {
-            snprintf(child->password + 2 * i, 3, "%02x", raw[i]);
-        }
+        ferry_hex(child->password, raw, sizeof(raw));
         /* Whole or not at all: written aside, then renamed into place;
          * into a file made now (one a killed start left may have another
          * mode). */

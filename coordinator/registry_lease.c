@@ -56,6 +56,7 @@
 #include <openssl/rand.h>
 
 #include "common/log.h"
+#include "common/text.h"
 
 #define LEASE_KEY_SUFFIX "keys/lease"
 
@@ -213,7 +214,6 @@ ferry_status_t registry_lease_ready(coord_registry_t *r, char *msg, size_t cap)
 ferry_status_t registry_lease_token(coord_registry_t *r, int64_t lease_id,
                                     char token[COORD_LEASE_TOKEN_LEN + 1])
 {
-    static const char hex[] = "0123456789abcdef";
     uint8_t mac[EVP_MAX_MD_SIZE];
     size_t mac_len = 0;
     char data[48];
@@ -237,11 +237,7 @@ ferry_status_t registry_lease_token(coord_registry_t *r, int64_t lease_id,
         ferry_error("lease token: HMAC-SHA256 failed (%zu bytes)", mac_len);
         return FERRY_ERR_NO_MEMORY;
     }
-    for (size_t i = 0; i < mac_len; i++) {
-        token[2 * i] = hex[mac[i] >> 4];
-        token[2 * i + 1] = hex[mac[i] & 0xf];
-    }
-    token[COORD_LEASE_TOKEN_LEN] = '\0';
+    ferry_hex(token, mac, mac_len);
     OPENSSL_cleanse(mac, sizeof(mac));
     return FERRY_OK;
 }

@@ -55,16 +55,11 @@ static bool token_matches(const coord_registry_t *r, const Ferry__V1__Operation 
 static ferry_status_t new_token(char *out, size_t cap)
 {
     uint8_t raw[24];
-    static const char hex[] = "0123456789abcdef";
 
     if (cap < 2 * sizeof(raw) + 1 || RAND_bytes(raw, sizeof(raw)) != 1) {
         return FERRY_ERR_INTERNAL;
     }
-    for (size_t i = 0; i < sizeof(raw); i++) {
-        out[2 * i] = hex[raw[i] >> 4];
-        out[2 * i + 1] = hex[raw[i] & 0xf];
-    }
-    out[2 * sizeof(raw)] = '\0';
+    ferry_hex(out, raw, sizeof(raw));
     return FERRY_OK;
 }
 

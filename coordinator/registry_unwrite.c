@@ -59,6 +59,7 @@
 #include <openssl/rand.h>
 
 #include "common/log.h"
+#include "common/text.h"
 
 /* Tries of one removal: the first at once, the others each after the
  * maintenance thread found etcd able to commit (every MAINT_INTERVAL_MS
@@ -80,19 +81,14 @@ typedef struct registry_unwrite {
 
 bool registry_fence_new(coord_registry_t *r, registry_key_t *fence)
 {
-    static const char hex[] = "0123456789abcdef";
-    unsigned char raw[16];
+    uint8_t raw[16];
     char text[2 * sizeof(raw) + 1];
     char msg[64];
 
     if (RAND_bytes(raw, sizeof(raw)) != 1) {
         return false;
     }
-    for (size_t i = 0; i < sizeof(raw); i++) {
-        text[2 * i] = hex[raw[i] >> 4];
-        text[2 * i + 1] = hex[raw[i] & 15];
-    }
-    text[sizeof(text) - 1] = '\0';
+    ferry_hex(text, raw, sizeof(raw));
     /* "fences/" is as long as "claims/", for which REGISTRY_KEY_MAX has
      * room with the longest prefix, and the name is shorter than an ID. */
     char sub[COORD_PREFIX_MAX + sizeof("fences/")];

@@ -716,17 +716,12 @@ static bool register_unsure(ferry_status_t status)
  * coordinator answers its repeat (coordinator.proto, Register). */
 static ferry_status_t draw_token(char *out, size_t cap)
 {
-    static const char hex[] = "0123456789abcdef";
     uint8_t raw[24];
 
     if (cap < 2 * sizeof(raw) + 1 || getrandom(raw, sizeof(raw), 0) != (ssize_t)sizeof(raw)) {
         return FERRY_ERR_IO;
     }
-    for (size_t i = 0; i < sizeof(raw); i++) {
-        out[2 * i] = hex[raw[i] >> 4];
-        out[2 * i + 1] = hex[raw[i] & 0xf];
-    }
-    out[2 * sizeof(raw)] = '\0';
+    ferry_hex(out, raw, sizeof(raw));
     return FERRY_OK;
 }
 

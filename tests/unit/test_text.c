@@ -163,6 +163,23 @@ static void test_columns(void **state)
     assert_int_equal(ferry_text_columns("\xC2\x9B"), 8);
 }
 
+/* Every byte value, both nibbles, lower case, NUL-terminated at 2n; the
+ * byte past it untouched. */
+static void test_hex(void **state)
+{
+    (void)state;
+    const uint8_t in[] = {0x00, 0x09, 0xa0, 0xff, 0x5c};
+    char out[2 * sizeof(in) + 2];
+
+    memset(out, 'Z', sizeof(out));
+    ferry_hex(out, in, sizeof(in));
+    assert_string_equal(out, "0009a0ff5c");
+    assert_int_equal(out[sizeof(out) - 1], 'Z');
+
+    ferry_hex(out, in, 0);
+    assert_string_equal(out, "");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -174,6 +191,7 @@ int main(void)
         cmocka_unit_test(test_utf8_char),
         cmocka_unit_test(test_escape),
         cmocka_unit_test(test_columns),
+        cmocka_unit_test(test_hex),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
