@@ -352,6 +352,39 @@ ferry_status_t rpc_unary(rpc_channel_t *channel, const char *path, const Protobu
                          const ProtobufCMessageDescriptor *response_desc, int64_t timeout_ms,
                          ProtobufCMessage **response_p, rpc_error_t *err);
 
+/* Interrupting a thread's wait. A thread may name a check
+ * (rpc_interrupt_set, per thread): while it waits for a unary call (every
+ * rpc_unary*), it polls the call every RPC_INTERRUPT_POLL_MS and calls the
+ * check, holding no lock of this layer. The first time the check returns
+ * true the thread is interrupted: the call in flight is cancelled and ends
+ * FERRY_ERR_CANCELLED ("interrupted"), and so does at once every unary call
+ * the thread makes until its check is set again. A thread without a check
+ * waits as before, with no poll. The check of libferry's callers
+ * (ferry_interrupt_check_set) and of its own threads at disconnect are
+ * these. */
+enum { RPC_INTERRUPT_POLL_MS = 100 };
+
+typedef bool (*rpc_interrupt_fn)(void *arg);
+
+/* Names this thread's check (fn NULL: none) and clears its trip. */
+void rpc_interrupt_set(rpc_interrupt_fn fn, void *arg);
+
+/* Clears this thread's trip, keeping its check: a caller's next call is
+ * not interrupted by the last one's check. */
+void rpc_interrupt_rearm(void);
+
+/* Whether this thread is interrupted: tripped before, or its check says so
+ * now (which trips it). False without a check. */
+bool rpc_interrupted(void);
+
+/* Whether this thread has a check, and whether it tripped (no new poll). */
+bool rpc_interrupt_armed(void);
+bool rpc_interrupt_tripped(void);
+
+/* Sleeps ms, polling the check as a call does; false when interrupted
+ * (at once, or during the sleep). */
+bool rpc_interrupt_sleep(int64_t ms);
+
 /* Metadata sent with a call: key in lower case, value text. */
 typedef struct {
     const char *key;

@@ -4,7 +4,8 @@
  * A channel wraps one grpc_channel, created once and shared by every call
  * (gRPC reconnects it as needed). A unary call is one batch of six
  * operations on a call bound to its own pluck completion queue, waited for
- * with no timeout of ours: the call's deadline bounds it.
+ * with no timeout of ours: the call's deadline bounds it (and the calling
+ * thread's interrupt check, when it has one: rpc_interrupt_set).
  *
  * Keepalive: while a call is open the channel pings every keepalive_ms of
  * its params (RPC_KEEPALIVE_DEFAULT_MS, 20 s, by default) and
@@ -27,7 +28,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
+#include "common/clock.h"
 #include "common/log.h"
 
 #define RPC_DEFAULT_MAX_MESSAGE  (4 * 1024 * 1024)
@@ -329,6 +332,83 @@ ferry_status_t rpc__client_status(grpc_status_code code, grpc_slice details,
     return status;
 }
 
+/* --- interrupting a wait (rpc.h) --------------------------------------------------- */
+
+static _Thread_local struct {
+    rpc_interrupt_fn fn;
+    void *arg;
+    bool tripped; /* the check returned true */
+} interrupt;
+
+void rpc_interrupt_set(rpc_interrupt_fn fn, void *arg)
+{
+    interrupt.fn = fn;
+    interrupt.arg = arg;
+    interrupt.tripped = false;
+}
+
+void rpc_interrupt_rearm(void)
+{
+    interrupt.tripped = false;
+}
+
+bool rpc_interrupted(void)
+{
+    if (!interrupt.tripped && interrupt.fn != NULL && interrupt.fn(interrupt.arg)) {
+        interrupt.tripped = true;
+    }
+    return interrupt.tripped;
+}
+
+bool rpc_interrupt_armed(void)
+{
+    return interrupt.fn != NULL;
+}
+
+bool rpc_interrupt_tripped(void)
+{
+    return interrupt.tripped;
+}
+
+bool rpc_interrupt_sleep(int64_t ms)
+{
+    int64_t until = ferry__clock_ms(CLOCK_MONOTONIC) + ms;
+
+    for (int64_t left = ms; left > 0; left = until - ferry__clock_ms(CLOCK_MONOTONIC)) {
+        if (rpc_interrupted()) {
+            return false;
+        }
+        int64_t slice =
+            interrupt.fn != NULL && left > RPC_INTERRUPT_POLL_MS ? RPC_INTERRUPT_POLL_MS : left;
+        struct timespec pause = {slice / 1000, (long)(slice % 1000) * 1000000L};
+        nanosleep(&pause, NULL);
+    }
+    return !rpc_interrupted();
+}
+
+/* Waits for the call's batch (tag) on cq: with no check, until it ends
+ * (its deadline bounds it); with one, in slices, and once the thread is
+ * interrupted cancels the call, whose batch then ends at once. */
+static void unary_wait(grpc_call *call, grpc_completion_queue *cq, void *tag)
+{
+    if (interrupt.fn == NULL || interrupt.tripped) {
+        grpc_completion_queue_pluck(cq, tag, gpr_inf_future(GPR_CLOCK_REALTIME), NULL);
+        return;
+    }
+    for (;;) {
+        grpc_event ev = grpc_completion_queue_pluck(
+            cq, tag, rpc__deadline_after_ms(RPC_INTERRUPT_POLL_MS), NULL);
+        if (ev.type != GRPC_QUEUE_TIMEOUT) {
+            return;
+        }
+        if (rpc_interrupted()) {
+            grpc_call_cancel_with_status(call, GRPC_STATUS_CANCELLED, "interrupted", NULL);
+            grpc_completion_queue_pluck(cq, tag, gpr_inf_future(GPR_CLOCK_REALTIME), NULL);
+            return;
+        }
+    }
+}
+
 /* --- unary ---------------------------------------------------------------------- */
 
 typedef struct {
@@ -370,8 +450,8 @@ static ferry_status_t unary_bytes(rpc_channel_t *channel, const char *path,
                                   int64_t timeout_ms, grpc_byte_buffer **response_p,
                                   rpc_error_t *err)
 {
-    grpc_completion_queue *cq = grpc_completion_queue_create_for_pluck(NULL);
-    grpc_call *call = rpc__channel_call(channel, path, cq, timeout_ms);
+    grpc_completion_queue *cq;
+    grpc_call *call;
     unary_recv_t recv = {.details = grpc_empty_slice()};
     grpc_metadata sent[RPC_MAX_MD];
     ferry_status_t status = FERRY_ERR_INTERNAL;
@@ -379,6 +459,12 @@ static ferry_status_t unary_bytes(rpc_channel_t *channel, const char *path,
     int tag;
 
     *response_p = NULL;
+    if (interrupt.tripped) {
+        rpc__error_set(err, GRPC_STATUS_CANCELLED, "interrupted");
+        return FERRY_ERR_CANCELLED;
+    }
+    cq = grpc_completion_queue_create_for_pluck(NULL);
+    call = rpc__channel_call(channel, path, cq, timeout_ms);
     n_md = n_md < RPC_MAX_MD ? n_md : RPC_MAX_MD;
     memset(sent, 0, sizeof(sent));
     for (size_t i = 0; i < n_md; i++) {
@@ -392,7 +478,7 @@ static ferry_status_t unary_bytes(rpc_channel_t *channel, const char *path,
         ferry_error("rpc: %s: cannot start the call: grpc_call_error %d", path, (int)rc);
         rpc__error_set(err, GRPC_STATUS_INTERNAL, "cannot start the call");
     } else {
-        grpc_completion_queue_pluck(cq, &tag, gpr_inf_future(GPR_CLOCK_REALTIME), NULL);
+        unary_wait(call, cq, &tag);
         status = rpc__client_status(recv.code, recv.details, &recv.trailing_md, path, err);
     }
     if (status != FERRY_OK && *response_p != NULL) {

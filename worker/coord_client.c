@@ -63,6 +63,21 @@ static ferry_status_t rpc_fail(ferry_status_t status, const char *what, const rp
     return ferry__fail(status, "%s: %s", what, err->message);
 }
 
+/* A wait that the thread's interrupt check ended between calls (a call it
+ * ends says so itself: rpc.h). */
+static ferry_status_t interrupted(rpc_error_t *err)
+{
+    err->grpc_code = rpc_status_to_grpc(FERRY_ERR_CANCELLED);
+    err->status = FERRY_ERR_CANCELLED;
+    snprintf(err->message, sizeof(err->message), "interrupted");
+    return FERRY_ERR_CANCELLED;
+}
+
+void ferry_interrupt_check_set(ferry_interrupt_check_t check, void *arg)
+{
+    rpc_interrupt_set(check, arg);
+}
+
 /* A granted claim, or (status not OK) the lease it would be on. */
 typedef struct {
     int64_t lease;               /* the claim's lease (failed: the session's, 0 if none yet) */
@@ -142,7 +157,8 @@ static ferry_status_t await_record(ferry_coordinator_t *coord, const ferry_claim
             rpc_unary(coord->channel, COORD_PATH("Lookup"), &req.base,
                       &ferry__v1__lookup_response__descriptor,
                       (int64_t)coord->timeout_ms + req.wait_ms, (ProtobufCMessage **)&resp, err);
-        if (status != FERRY_ERR_UNAVAILABLE && status != FERRY_ERR_CANCELLED) {
+        if ((status != FERRY_ERR_UNAVAILABLE && status != FERRY_ERR_CANCELLED) ||
+            rpc_interrupt_tripped()) {
             break;
         }
         if (deadline - now_ms() <= backoff) {
@@ -155,8 +171,10 @@ static ferry_status_t await_record(ferry_coordinator_t *coord, const ferry_claim
             err->status = status = FERRY_ERR_TIMED_OUT;
             break;
         }
-        struct timespec pause = {0, (long)backoff * 1000000L};
-        nanosleep(&pause, NULL);
+        if (!rpc_interrupt_sleep(backoff)) {
+            status = interrupted(err);
+            break;
+        }
         backoff = backoff * 2 > AWAIT_BACKOFF_MAX_MS ? AWAIT_BACKOFF_MAX_MS : backoff * 2;
         /* The next Lookup connects afresh first where the last attempt
          * failed (rpc_unary), not at the end of gRPC's reconnect backoff. */
@@ -641,11 +659,45 @@ static bool links_untried(const ferry_coordinator_t *coord)
     return false;
 }
 
+/* The caller's interrupt check, polled while disconnect waits: once it
+ * trips, every wait of the client's threads ends (aborting) and nothing
+ * more is tried (the final deadline is now). Lock NOT held. */
+static bool disconnect_interrupted(ferry_coordinator_t *coord, int64_t *deadline_p)
+{
+    if (!rpc_interrupted()) {
+        return false;
+    }
+    if (!atomic_load(&coord->aborting)) {
+        *deadline_p = now_ms();
+        atomic_store(&coord->final_deadline_ms, *deadline_p);
+        atomic_store(&coord->aborting, true);
+    }
+    return true;
+}
+
+/* Joins one of the client's threads; a caller with an interrupt check
+ * polls it meanwhile, and an interrupt ends the thread's call in flight. */
+static void disconnect_join(ferry_coordinator_t *coord, pthread_t thread, int64_t *deadline_p)
+{
+    if (!rpc_interrupt_armed()) {
+        pthread_join(thread, NULL);
+        return;
+    }
+    for (;;) {
+        struct timespec until = ferry__clock_in_ms(CLOCK_REALTIME, RPC_INTERRUPT_POLL_MS);
+        if (pthread_timedjoin_np(thread, NULL, &until) == 0) {
+            return;
+        }
+        (void)disconnect_interrupted(coord, deadline_p);
+    }
+}
+
 ferry_status_t ferry_coordinator_disconnect(ferry_coordinator_t *coord)
 {
     unsigned bound = 0;
 
     ferry__clear_error();
+    rpc_interrupt_rearm();
     if (coord == NULL) {
         return FERRY_OK;
     }
@@ -669,14 +721,26 @@ ferry_status_t ferry_coordinator_disconnect(ferry_coordinator_t *coord)
     int64_t deadline = now_ms() + coord->timeout_ms;
     atomic_store(&coord->final_deadline_ms, deadline);
     while (links_untried(coord) && now_ms() < deadline) {
-        timed_wait(&coord->cond, &coord->lock, deadline - now_ms());
+        int64_t left = deadline - now_ms();
+        if (!rpc_interrupt_armed()) {
+            timed_wait(&coord->cond, &coord->lock, left);
+            continue;
+        }
+        timed_wait(&coord->cond, &coord->lock,
+                   left < RPC_INTERRUPT_POLL_MS ? left : RPC_INTERRUPT_POLL_MS);
+        pthread_mutex_unlock(&coord->lock);
+        bool stop = disconnect_interrupted(coord, &deadline);
+        pthread_mutex_lock(&coord->lock);
+        if (stop) {
+            break;
+        }
     }
     coord->stopping = true;
     pthread_cond_broadcast(&coord->cond);
     pthread_mutex_unlock(&coord->lock);
-    pthread_join(coord->watcher, NULL);
-    pthread_join(coord->renewer, NULL);
-    pthread_join(coord->thread, NULL);
+    disconnect_join(coord, coord->watcher, &deadline);
+    disconnect_join(coord, coord->renewer, &deadline);
+    disconnect_join(coord, coord->thread, &deadline);
     unsigned left = 0;
     while (coord->links != NULL) {
         coord_link_t *link = coord->links;
@@ -829,23 +893,30 @@ static ferry_status_t register_until(ferry_coordinator_t *coord, Ferry__V1__Regi
         status =
             register_once(coord, req, bytes, len, left > 1 ? (int)left : 1, resp_p, lease_p, err);
         tries++;
-        if (register_unsure(status)) {
+        /* A call the caller's check cut may have reached the coordinator. */
+        if (register_unsure(status) || (status != FERRY_OK && rpc_interrupt_tripped())) {
             unsure_lease = *lease_p;
         }
         if (status == FERRY_ERR_UNAVAILABLE) {
             snprintf(unavailable, sizeof(unavailable), "%s", err->message);
         }
-        if (status != FERRY_ERR_UNAVAILABLE || deadline - now_ms() <= backoff) {
+        if (status != FERRY_ERR_UNAVAILABLE || rpc_interrupt_tripped() ||
+            deadline - now_ms() <= backoff) {
             break;
         }
-        struct timespec pause = {0, (long)backoff * 1000000L};
-        nanosleep(&pause, NULL);
+        if (!rpc_interrupt_sleep(backoff)) {
+            status = interrupted(err);
+            break;
+        }
         backoff = backoff * 2 > AWAIT_BACKOFF_MAX_MS ? AWAIT_BACKOFF_MAX_MS : backoff * 2;
     }
     /* Tried again until the timeout: the cause is the UNAVAILABLE that
      * made it go again (a coordinator that cannot be reached, a TLS
      * handshake refused), not the last try's cut-short deadline. */
-    if (tries > 1 && (status == FERRY_ERR_UNAVAILABLE || status == FERRY_ERR_TIMED_OUT)) {
+    if (status != FERRY_OK && rpc_interrupt_tripped()) {
+        snprintf(err->message, sizeof(err->message), "interrupted (%d tries)", tries);
+        status = FERRY_ERR_CANCELLED;
+    } else if (tries > 1 && (status == FERRY_ERR_UNAVAILABLE || status == FERRY_ERR_TIMED_OUT)) {
         snprintf(err->message, sizeof(err->message),
                  "no coordinator answered within %d ms (%d tries; last: %.400s)", coord->timeout_ms,
                  tries, unavailable);
@@ -880,6 +951,7 @@ ferry_status_t ferry_op_publish(ferry_op_t *op, ferry_coordinator_t *coord,
     bool unsure = false;
 
     ferry__clear_error();
+    rpc_interrupt_rearm();
     if (op == NULL || coord == NULL || params == NULL || params->request_id == NULL) {
         return ferry__fail(FERRY_ERR_INVALID_ARGUMENT,
                            "op, coordinator and request_id are required");
@@ -1007,6 +1079,7 @@ static ferry_status_t begin_by_id(ferry_connector_t *connector, ferry_coordinato
     claim_out_t got = {0};
 
     ferry__clear_error();
+    rpc_interrupt_rearm();
     if (connector == NULL || coord == NULL || p == NULL || p->request_id == NULL ||
         p->access_token == NULL) {
         return ferry__fail(FERRY_ERR_INVALID_ARGUMENT,
@@ -1037,10 +1110,13 @@ static ferry_status_t begin_by_id(ferry_connector_t *connector, ferry_coordinato
             /* Granted, but its answer did not read. */
             free(got.answer);
             abandon(coord, p, got.lease, got.token, status, ferry_last_error_message());
-        } else if (status == FERRY_ERR_TIMED_OUT || status == FERRY_ERR_UNAVAILABLE) {
+        } else if (status == FERRY_ERR_TIMED_OUT || status == FERRY_ERR_UNAVAILABLE ||
+                   rpc_interrupt_tripped()) {
             /* No answer is not no: the claim may have been granted. */
             abandon(coord, p, got.lease, got.token, status,
-                    "the writer gave up its claim: the coordinator did not answer");
+                    rpc_interrupt_tripped()
+                        ? "the writer gave up its claim: its caller interrupted the wait"
+                        : "the writer gave up its claim: the coordinator did not answer");
         }
         return status;
     }

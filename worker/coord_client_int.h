@@ -122,7 +122,16 @@ struct ferry_coordinator {
      * last ones, then the final tries) ends by it (monotonic; 0: no such
      * bound). */
     _Atomic int64_t final_deadline_ms;
+    /* Set by an interrupted disconnect: the client's own threads' calls
+     * end (their interrupt check, ferry__coord_aborting). */
+    _Atomic bool aborting;
 };
+
+/* The interrupt check (rpc_interrupt_set) of the client's own threads. */
+static inline bool ferry__coord_aborting(void *arg)
+{
+    return atomic_load(&((ferry_coordinator_t *)arg)->aborting);
+}
 
 static inline int64_t now_ms(void)
 {

@@ -50,14 +50,31 @@
 /* The lease for a new record or claim: the session's, with its token copied
  * into token (LEASE_TOKEN_CAP bytes), or 0 when this caller is to make it
  * (its RPC asks for a new lease; ferry__coord_session_made adopts it). Only one caller
- * makes it at a time; the others wait for it. */
+ * makes it at a time; the others wait for it (an interrupted one stops
+ * waiting, is told 0 and not to make it, and its call ends CANCELLED). */
 int64_t ferry__coord_session_take(ferry_coordinator_t *coord, bool *making_p, char *token)
 {
     int64_t lease;
 
     pthread_mutex_lock(&coord->lock);
     while (coord->session_lease == 0 && coord->session_making) {
-        pthread_cond_wait(&coord->cond, &coord->lock);
+        if (!rpc_interrupt_armed()) {
+            pthread_cond_wait(&coord->cond, &coord->lock);
+            continue;
+        }
+        /* The check is called without the lock (its caller may take
+         * locks of its own: a binding's interpreter lock). Interrupted, the
+         * caller makes nothing: its call ends at once (rpc.h). */
+        timed_wait(&coord->cond, &coord->lock, RPC_INTERRUPT_POLL_MS);
+        pthread_mutex_unlock(&coord->lock);
+        bool stop = rpc_interrupted();
+        pthread_mutex_lock(&coord->lock);
+        if (stop) {
+            pthread_mutex_unlock(&coord->lock);
+            *making_p = false;
+            token[0] = '\0';
+            return 0;
+        }
     }
     lease = coord->session_lease;
     memcpy(token, coord->session_token, LEASE_TOKEN_CAP);
@@ -502,6 +519,7 @@ void *ferry__coord_session_main(void *arg)
 {
     ferry_coordinator_t *coord = arg;
 
+    rpc_interrupt_set(ferry__coord_aborting, coord);
     pthread_mutex_lock(&coord->lock);
     while (!coord->stopping) {
         int64_t wait_ms = 0;
@@ -588,6 +606,7 @@ void *ferry__coord_renew_main(void *arg)
 {
     ferry_coordinator_t *coord = arg;
 
+    rpc_interrupt_set(ferry__coord_aborting, coord);
     pthread_mutex_lock(&coord->lock);
     while (!coord->stopping) {
         int64_t wait_ms = period_ms(coord);

@@ -54,8 +54,17 @@ static rpc_stream_t *watch_open(ferry_coordinator_t *coord, int64_t start_revisi
     req.start_revision = start_revision;
     status = rpc_stream_open(coord->channel, COORD_PATH("Watch"), &req.base,
                              &ferry__v1__watch_response__descriptor, 0, &stream);
-    if (status == FERRY_OK) {
-        status = rpc_stream_read(stream, coord->timeout_ms, (ProtobufCMessage **)&first, &err);
+    /* Read in slices, so that an interrupted disconnect (aborting) does not
+     * wait for a frozen replica's timeout. */
+    for (int64_t until = now_ms() + coord->timeout_ms; status == FERRY_OK;) {
+        int64_t left = until - now_ms();
+        status =
+            rpc_stream_read(stream, left < WATCH_READ_MS ? (left > 1 ? left : 1) : WATCH_READ_MS,
+                            (ProtobufCMessage **)&first, &err);
+        if (status != FERRY_ERR_TIMED_OUT || now_ms() >= until || atomic_load(&coord->aborting)) {
+            break;
+        }
+        status = FERRY_OK;
     }
     if (status != FERRY_OK || first == NULL || !first->created) {
         ferry_debug("coordinator watch: not created (from revision %" PRId64 "): %s",

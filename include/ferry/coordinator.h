@@ -67,8 +67,28 @@ FERRY_API ferry_status_t ferry_coordinator_connect(const ferry_coordinator_param
  * try first (a received operation's release waits for its writer's report,
  * at most a third of the session TTL) and, if refused, one more, all
  * within one timeout_ms; what is left then leaves with the session lease
- * when it expires. NULL is a no-op (FERRY_OK). */
+ * when it expires (at once when the thread's interrupt check stops the
+ * wait: ferry_interrupt_check_set). NULL is a no-op (FERRY_OK). */
 FERRY_API ferry_status_t ferry_coordinator_disconnect(ferry_coordinator_t *coordinator);
+
+/* Interrupting a wait on the coordinator. The calling thread's check
+ * (check NULL: none; per thread, as ferry_last_error_message): while the
+ * thread waits on the coordinator in ferry_op_publish,
+ * ferry_write_begin_by_id, ferry_read_begin_by_id or
+ * ferry_coordinator_disconnect, libferry calls check(arg) on it every
+ * 100 ms or so, holding none of its locks. When it returns true the wait
+ * ends: the call in flight is cancelled, and the function returns
+ * FERRY_ERR_CANCELLED ("interrupted"), except disconnect, which then stops
+ * waiting for the last duties of destroyed operations (they leave with the
+ * session lease), stops its threads within about as long, and returns
+ * FERRY_OK (the client is gone). What an interrupted publish or claim may
+ * have left at the coordinator is handled as for a timeout (see those).
+ * Without a check a call waits up to timeout_ms. A signal handler cannot
+ * cancel a call, but it can set a flag the check reads (Ctrl-C in the
+ * Python binding is this). The check should not call libferry. */
+typedef bool (*ferry_interrupt_check_t)(void *arg);
+
+FERRY_API void ferry_interrupt_check_set(ferry_interrupt_check_t check, void *arg);
 
 /* Which optional fields of ferry_publish_params_t are set; request_id and
  * access_token are always read. Unset fields take their defaults; a bit
@@ -108,7 +128,8 @@ typedef struct {
  * Register). So the access token is the caller's, or one libferry draws
  * (never the coordinator's pick, which a lost answer would take with it).
  * When publish still fails without knowing whether the record was written
- * (UNAVAILABLE, FERRY_ERR_TIMED_OUT), the record it may have left is taken
+ * (UNAVAILABLE, FERRY_ERR_TIMED_OUT, or CANCELLED by the thread's interrupt
+ * check), the record it may have left is taken
  * back by the client's thread (Cancel, Release) when libferry drew the
  * token; with the caller's token it is the caller's: publishing the
  * operation again with that token takes it over. One publish of an

@@ -804,7 +804,9 @@ class _PassiveOperation(_Operation):
         operation was closed while the call was in flight (it is released
         then, its registration cancelled: see close()). A coordinator that
         went mid-call (a rollout) is asked again within the client's
-        timeout; see ferry_op_publish in ferry/coordinator.h."""
+        timeout; see ferry_op_publish in ferry/coordinator.h. Ctrl-C ends
+        the call at once (KeyboardInterrupt; the operation stays
+        unpublished)."""
         return self._publish(coordinator, request_id, access_token, _ttl_s(ttl))
 
     async def publish_async(self, coordinator: "Coordinator", request_id: str,
@@ -865,7 +867,9 @@ class Coordinator(_ferry._Coordinator):
     ``Coordinator(target, tls=TlsConfig(ca_file=...))`` (``tls`` may also be
     a dict of TlsConfig's fields). ``timeout``: seconds per call. One per
     process is plenty; close it (or leave its ``with`` block) after the
-    operations bound to it: close() raises Busy while one is open. A
+    operations bound to it: close() raises Busy while one is open (and
+    Ctrl-C during close() leaves it closed, the last duties of its closed
+    operations to its session lease). A
     ``with`` block that ends by an exception while one is open lets that
     exception through and leaves the coordinator open; each operation
     keeps it alive, and it is disconnected when collected after them.

@@ -55,18 +55,6 @@
 
 /* Descriptors a constructor lists on its stack; longer lists are allocated. */
 #define CONNECTOR_STACK_DESCS 16
-/* A by-ID begin's wait runs in slices of at most this many ms, each one
- * Claim (or Lookup) that waits, with signals seen between them: Ctrl-C
- * ends a long wait, as it ends wait()'s. */
-#define CONNECTOR_WAIT_SLICE_MS 200
-
-static int64_t connector_now_ms(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 static PyObject *connector_new(PyTypeObject *tp, PyObject *args, PyObject *kwargs)
 {
@@ -616,23 +604,24 @@ out:
     return result;
 }
 
-/* One ferry_write_begin_by_id or ferry_read_begin_by_id, the GIL let go. */
+/* One ferry_write_begin_by_id or ferry_read_begin_by_id, the GIL let go,
+ * ended by a signal (pyferry_wait_begin). */
 static ferry_status_t begin_by_id_once(int kind, pyferry_connector_t *self,
                                        pyferry_coordinator_t *coord,
                                        const ferry_claim_params_t *params,
                                        const ferry_descriptor_t *descs, size_t n, ferry_op_t **op_p)
 {
     ferry_status_t status;
+    pyferry_wait_t w;
 
-    Py_BEGIN_ALLOW_THREADS if (kind == PYFERRY_WRITE)
-    {
+    pyferry_wait_begin(&w);
+    if (kind == PYFERRY_WRITE) {
         status = ferry_write_begin_by_id(self->conn, coord->coord, params, descs, n, op_p);
-    }
-    else
-    {
+    } else {
         status = ferry_read_begin_by_id(self->conn, coord->coord, params, descs, n, op_p);
     }
-    Py_END_ALLOW_THREADS return status;
+    pyferry_wait_end(&w);
+    return status;
 }
 
 /* _begin_by_id(kind, coordinator, request_id, token, wait_ms, ttl_s, descs, cls) */
@@ -648,8 +637,6 @@ static PyObject *connector_begin_by_id(PyObject *obj, PyObject *args)
     ferry_op_t *op = NULL;
     ferry_status_t status;
     Py_ssize_t n = 0;
-    int64_t deadline;
-    bool interrupted = false;
 
     if (!PyArg_ParseTuple(args, "iO!ssiiOO:_begin_by_id", &kind, pyferry_coordinator_type,
                           &coord_obj, &request_id, &token, &wait_ms, &ttl_s, &seq, &cls)) {
@@ -674,6 +661,10 @@ static PyObject *connector_begin_by_id(PyObject *obj, PyObject *args)
         params.field_mask |= FERRY_CLAIM_PARAM_FIELD_TTL;
         params.ttl_s = ttl_s;
     }
+    if (wait_ms > 0) {
+        params.field_mask |= FERRY_CLAIM_PARAM_FIELD_WAIT;
+        params.wait_ms = wait_ms;
+    }
     /* Neither the connector nor the coordinator can be closed meanwhile
      * (the lookup and claim may wait for seconds): both are checked again
      * after the Python code above, and the call counts at once in each's
@@ -683,28 +674,17 @@ static PyObject *connector_begin_by_id(PyObject *obj, PyObject *args)
     }
     self->live_ops++;
     coord->live_ops++;
-    deadline = connector_now_ms() + (wait_ms > 0 ? wait_ms : 0);
-    for (;;) {
-        int64_t left = deadline - connector_now_ms();
-        if (wait_ms > 0) {
-            params.field_mask |= FERRY_CLAIM_PARAM_FIELD_WAIT;
-            params.wait_ms = left <= 0                        ? 1
-                             : left > CONNECTOR_WAIT_SLICE_MS ? CONNECTOR_WAIT_SLICE_MS
-                                                              : (int)left;
-        }
-        status = begin_by_id_once(kind, self, coord, &params, descs, (size_t)n, &op);
-        if (status != FERRY_ERR_TIMED_OUT || wait_ms <= 0 || connector_now_ms() >= deadline) {
-            break;
-        }
-        if (PyErr_CheckSignals() < 0) {
-            interrupted = true; /* the handler's exception stands */
-            break;
-        }
-    }
+    status = begin_by_id_once(kind, self, coord, &params, descs, (size_t)n, &op);
     coord->live_ops--;
     self->live_ops--;
     pyferry_descs_unpin(keep);
-    if (interrupted) {
+    if (PyErr_Occurred()) {
+        /* A signal handler raised during the wait (Ctrl-C): its exception
+         * stands. An operation begun as it came is closed as any other
+         * when result goes (its memory parked while it may still move). */
+        if (status == FERRY_OK) {
+            pyferry_op_attach(result, op, kind, keep, coord);
+        }
         goto err_result;
     }
     if (status != FERRY_OK) {

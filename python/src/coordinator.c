@@ -70,7 +70,9 @@ static PyObject *coordinator_new(PyTypeObject *tp, PyObject *args, PyObject *kwa
     return (PyObject *)self;
 }
 
-static ferry_status_t coordinator_disconnect(pyferry_coordinator_t *self)
+/* interruptible: a signal ends the wait for the last duties (close(); not
+ * dealloc, where a handler's exception could not be raised). */
+static ferry_status_t coordinator_disconnect(pyferry_coordinator_t *self, bool interruptible)
 {
     ferry_coordinator_t *coord = self->coord;
     ferry_status_t status;
@@ -79,9 +81,16 @@ static ferry_status_t coordinator_disconnect(pyferry_coordinator_t *self)
         self->coord = NULL; /* in a forked child: abandoned, its threads are the parent's */
         return FERRY_OK;
     }
-    Py_BEGIN_ALLOW_THREADS status = ferry_coordinator_disconnect(coord);
-    Py_END_ALLOW_THREADS if (status == FERRY_OK)
-    {
+    if (interruptible) {
+        pyferry_wait_t w;
+        pyferry_wait_begin(&w);
+        status = ferry_coordinator_disconnect(coord);
+        pyferry_wait_end(&w);
+    } else {
+        Py_BEGIN_ALLOW_THREADS status = ferry_coordinator_disconnect(coord);
+        Py_END_ALLOW_THREADS
+    }
+    if (status == FERRY_OK) {
         self->coord = NULL;
     }
     return status;
@@ -106,7 +115,7 @@ int pyferry_coordinator_check_open(pyferry_coordinator_t *coord)
 static void coordinator_dealloc(PyObject *obj)
 {
     /* Bound operations hold references: none is alive here. */
-    (void)coordinator_disconnect((pyferry_coordinator_t *)obj);
+    (void)coordinator_disconnect((pyferry_coordinator_t *)obj, false);
     pyferry_free_self(obj);
 }
 
@@ -117,7 +126,7 @@ static PyObject *coordinator_close(PyObject *obj, PyObject *unused)
 
     (void)unused;
     if (self->generation != pyferry_generation()) {
-        (void)coordinator_disconnect(self); /* abandoned, with what is bound to it */
+        (void)coordinator_disconnect(self, false); /* abandoned, with what is bound to it */
         Py_RETURN_NONE;
     }
     if (self->closing) {
@@ -130,8 +139,11 @@ static PyObject *coordinator_close(PyObject *obj, PyObject *unused)
         return pyferry_raise(FERRY_ERR_BUSY, msg);
     }
     self->closing = true;
-    status = coordinator_disconnect(self);
+    status = coordinator_disconnect(self, true);
     self->closing = false;
+    if (PyErr_Occurred()) {
+        return NULL; /* a signal handler raised (Ctrl-C): closed all the same */
+    }
     if (status != FERRY_OK) {
         return pyferry_raise_last(status);
     }
@@ -150,8 +162,15 @@ static PyMethodDef coordinator_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
+static PyObject *coordinator_get_closing(PyObject *obj, void *closure)
+{
+    (void)closure;
+    return PyBool_FromLong(((pyferry_coordinator_t *)obj)->closing);
+}
+
 static PyGetSetDef coordinator_getset[] = {
     {"closed", coordinator_get_closed, NULL, "True once close() succeeded.", NULL},
+    {"_closing", coordinator_get_closing, NULL, "A close() in flight with the GIL released.", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 

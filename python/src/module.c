@@ -86,6 +86,34 @@ int pyferry_check_process(unsigned made_in_generation, long made_in, const char 
     return -1;
 }
 
+static _Thread_local pyferry_wait_t *current_wait;
+
+static bool wait_check(void *arg)
+{
+    pyferry_wait_t *w = arg;
+    bool stop;
+
+    PyEval_RestoreThread(w->ts);
+    stop = PyErr_Occurred() != NULL || PyErr_CheckSignals() < 0;
+    w->ts = PyEval_SaveThread();
+    return stop;
+}
+
+void pyferry_wait_begin(pyferry_wait_t *w)
+{
+    w->outer = current_wait;
+    current_wait = w;
+    ferry_interrupt_check_set(wait_check, w);
+    w->ts = PyEval_SaveThread();
+}
+
+void pyferry_wait_end(pyferry_wait_t *w)
+{
+    PyEval_RestoreThread(w->ts);
+    current_wait = w->outer;
+    ferry_interrupt_check_set(w->outer != NULL ? wait_check : NULL, w->outer);
+}
+
 void pyferry_free_self(PyObject *self)
 {
     PyTypeObject *tp = Py_TYPE(self);

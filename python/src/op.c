@@ -664,6 +664,7 @@ static PyObject *op_publish(PyObject *obj, PyObject *args)
     ferry_op_t *op = self->op;
     ferry_status_t status;
     PyObject *result;
+    pyferry_wait_t w;
     int ttl_s;
 
     if (!PyArg_ParseTuple(args, "O!szi:_publish", pyferry_coordinator_type, &coord_obj, &request_id,
@@ -697,16 +698,31 @@ static PyObject *op_publish(PyObject *obj, PyObject *args)
      * coordinator free to close. */
     coord->live_ops++;
     self->in_flight[PYFERRY_OP_CALL_PUBLISH]++;
-    Py_BEGIN_ALLOW_THREADS status = ferry_op_publish(op, coord->coord, &params);
-    Py_END_ALLOW_THREADS self->in_flight[PYFERRY_OP_CALL_PUBLISH]--;
+    /* A signal ends the wait (Ctrl-C). A close() from another thread does
+     * not: the publish finishes it (close_deferred), and the destroy then
+     * cancels the registration the publish made, which a publish cut short
+     * with the caller's token could leave (ferry_op_publish). */
+    pyferry_wait_begin(&w);
+    status = ferry_op_publish(op, coord->coord, &params);
+    pyferry_wait_end(&w);
+    self->in_flight[PYFERRY_OP_CALL_PUBLISH]--;
     if (status == FERRY_OK && self->coordinator == NULL) {
         Py_INCREF((PyObject *)coord);
         self->coordinator = coord;
         coord->live_ops++;
     }
     if (self->close_deferred) {
-        /* Released while the call still counts as the coordinator's. */
+        /* Released while the call still counts as the coordinator's; a
+         * signal handler's exception stands over Cancelled. */
+        PyObject *type, *value, *tb;
+        PyErr_Fetch(&type, &value, &tb);
         result = finish_deferred_close(self, op, status);
+        if (type != NULL) {
+            PyErr_Clear();
+            PyErr_Restore(type, value, tb);
+        }
+    } else if (PyErr_Occurred()) {
+        result = NULL; /* a signal handler raised (Ctrl-C) */
     } else if (status != FERRY_OK) {
         result = pyferry_raise_last(status);
     } else {

@@ -133,6 +133,23 @@ unsigned pyferry_generation(void);
  * `what` and the process it was made in. */
 int pyferry_check_process(unsigned generation, long made_in, const char *what);
 
+/* A wait on the coordinator (a publish, a by-ID begin, a close), made with
+ * the GIL released between pyferry_wait_begin and pyferry_wait_end, that a
+ * signal ends: libferry calls this thread's interrupt check
+ * (ferry_interrupt_check_set) every 100 ms or so, which takes the GIL back
+ * to run the signal handlers (in the main thread; Ctrl-C's
+ * KeyboardInterrupt) and ends the wait when one raised. A handler's exception is
+ * set when pyferry_wait_end returns: it stands over the call's status
+ * (CANCELLED, "interrupted"). Nested waits (a handler's own call) restore
+ * the outer one's check. */
+typedef struct pyferry_wait {
+    PyThreadState *ts;
+    struct pyferry_wait *outer;
+} pyferry_wait_t;
+
+void pyferry_wait_begin(pyferry_wait_t *w);
+void pyferry_wait_end(pyferry_wait_t *w);
+
 typedef struct {
     PyObject_HEAD ferry_connector_t *conn; /* NULL once closed (or abandoned after fork) */
     unsigned generation;                   /* pyferry_generation() at creation */

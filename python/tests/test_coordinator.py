@@ -8,6 +8,7 @@ either side."""
 import asyncio
 import base64
 import concurrent.futures
+import contextlib
 import json
 import os
 import signal
@@ -751,3 +752,73 @@ def test_a_second_publish_while_one_is_in_flight_is_refused(connector, cluster):
     w.close()
     coord.close()
     proxy.close()
+
+
+@contextlib.contextmanager
+def interrupted_when(condition, what):
+    """The block must end in KeyboardInterrupt: a thread sends SIGINT (as
+    Ctrl-C) to this, the main, thread once condition() holds (the call is
+    in flight), then waits up to 30 s for the block to end. A call that
+    only its timeout ended fails the test on that deadline (not passes it
+    slowly)."""
+    main = threading.get_ident()
+    ended = threading.Event()
+    state = {}
+
+    def run():
+        deadline = time.monotonic() + 30
+        while not condition():
+            if time.monotonic() > deadline:
+                return
+            time.sleep(0.001)
+        state["sent"] = True
+        signal.pthread_kill(main, signal.SIGINT)
+        state["ended"] = ended.wait(30)
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    with pytest.raises(KeyboardInterrupt):
+        try:
+            yield
+        finally:
+            ended.set()
+    t.join()
+    assert state.get("sent"), what
+    assert state.get("ended"), "the call went on for 30 s after Ctrl-C"
+
+
+def test_ctrl_c_ends_calls_a_frozen_coordinator_does_not_answer():
+    """Ctrl-C while publish(), begin_write_by_id(wait=...) or
+    Coordinator.close() waits on a coordinator that does not answer (its
+    process stopped) raises KeyboardInterrupt at once: libferry calls the
+    binding's interrupt check every 100 ms, which runs the signal handlers.
+    Each used to wait for the client's timeout (120 s here). After each the
+    state is sane: the operation is unpublished and closes, the connector
+    holds nothing of the claim, the coordinator is closed."""
+    cluster = ferry_harness.Cluster()
+    c = ferry.Connector("ctrl-c")
+    try:
+        coord = ferry.Coordinator(cluster.coordinator.target, timeout=120)
+        session = c.create_writable(ferry.Descriptor(bytearray(64)))
+        session.publish(coord, rid("ctrl-c-session"), TOKEN)
+        ferry_harness.freeze(cluster.coordinator.proc)
+
+        w = c.create_writable(ferry.Descriptor(bytearray(64)))
+        with interrupted_when(lambda: w._busy == 1, "the publish never got in flight"):
+            w.publish(coord, rid("ctrl-c-publish"))
+        assert w.access_token is None and w._busy == 0
+        w.close()
+
+        with interrupted_when(lambda: c._live_ops == 2, "the claim never got in flight"):
+            c.begin_write_by_id(coord, rid("ctrl-c-claim"), TOKEN,
+                                ferry.Descriptor(b"x" * 64), wait=120)
+        assert c._live_ops == 1  # the session operation only
+
+        session.close()  # its release cannot go: close() waits for it
+        with interrupted_when(lambda: coord._closing, "close() never got in flight"):
+            coord.close()
+        assert coord.closed
+    finally:
+        cluster.coordinator.proc.send_signal(signal.SIGCONT)
+        c.close()
+        cluster.close()

@@ -1885,6 +1885,82 @@ static void test_failed_publish_takes_its_record_back(void **state)
     gated_end(&g);
 }
 
+/* The tests' interrupt check: true from its `after`-th call on. */
+typedef struct {
+    atomic_int calls;
+    int after;
+} trip_t;
+
+static bool trip_check(void *arg)
+{
+    trip_t *t = arg;
+    return atomic_fetch_add(&t->calls, 1) + 1 >= t->after;
+}
+
+/* Ten minutes, beyond the test's own timeout: a wait that the interrupt
+ * check did not end fails the run instead of passing slowly. */
+#define INTERRUPT_CALL_MS 600000
+
+/* A caller's interrupt check (ferry_interrupt_check_set) ends its waits
+ * on a coordinator that does not answer (SIGSTOPped): a publish and a
+ * write by ID end FERRY_ERR_CANCELLED ("interrupted"), and disconnect
+ * returns, leaving a destroyed operation's release to the session lease.
+ * Each used to wait for its timeout (Ctrl-C in Python waited with it).
+ * The interrupted publish leaves the operation unpublished, and the next
+ * call of the thread is not interrupted by the last one's check. */
+static void test_interrupt_check_ends_waits_on_a_frozen_coordinator(void **state)
+{
+    test_coord_t a;
+    uint8_t buf[64], session_buf[64];
+    ferry_descriptor_t d = {.ptr = buf, .size = sizeof(buf), .device = FERRY_DEVICE_HOST_INIT};
+    ferry_descriptor_t sd = {
+        .ptr = session_buf, .size = sizeof(session_buf), .device = FERRY_DEVICE_HOST_INIT};
+    ferry_coordinator_params_t cp = {.field_mask = FERRY_COORDINATOR_PARAM_FIELD_TIMEOUT,
+                                     .timeout_ms = INTERRUPT_CALL_MS};
+    ferry_publish_params_t sp = {.request_id = "intr-session", .access_token = TOKEN};
+    ferry_publish_params_t p = {.request_id = "intr-1"};
+    ferry_claim_params_t claim = {.field_mask = FERRY_CLAIM_PARAM_FIELD_WAIT,
+                                  .request_id = "intr-session",
+                                  .access_token = TOKEN,
+                                  .wait_ms = INTERRUPT_CALL_MS};
+    ferry_coordinator_t *cl;
+    ferry_op_t *session_op, *op, *writer = NULL;
+    trip_t t = {.after = 3};
+    (void)state;
+
+    assert_int_equal(test_coord_start(&a, etcd.endpoint, "intr-a", RESUME_TTL), 0);
+    cp.target = a.target;
+    assert_int_equal(ferry_coordinator_connect(&cp, &cl), FERRY_OK);
+    assert_int_equal(ferry_writable_create(conn, &sd, 1, &session_op), FERRY_OK);
+    assert_int_equal(ferry_op_publish(session_op, cl, &sp), FERRY_OK);
+    assert_int_equal(ferry_writable_create(conn, &d, 1, &op), FERRY_OK);
+    assert_int_equal(kill(a.proc.pid, SIGSTOP), 0);
+
+    ferry_interrupt_check_set(trip_check, &t);
+    assert_int_equal(ferry_op_publish(op, cl, &p), FERRY_ERR_CANCELLED);
+    assert_non_null(strstr(ferry_last_error_message(), "interrupted"));
+    assert_true(atomic_load(&t.calls) >= t.after);
+    assert_null(ferry_op_access_token(op));
+
+    atomic_store(&t.calls, 0);
+    assert_int_equal(ferry_write_begin_by_id(conn, cl, &claim, &d, 1, &writer),
+                     FERRY_ERR_CANCELLED);
+    assert_non_null(strstr(ferry_last_error_message(), "interrupted"));
+    assert_null(writer);
+    assert_true(atomic_load(&t.calls) >= t.after);
+
+    ferry_op_destroy(op);
+    ferry_op_destroy(session_op); /* its release cannot go: disconnect waits for it */
+    atomic_store(&t.calls, 0);
+    assert_int_equal(ferry_coordinator_disconnect(cl), FERRY_OK);
+    assert_true(atomic_load(&t.calls) >= t.after);
+    ferry_interrupt_check_set(NULL, NULL);
+
+    assert_int_equal(kill(a.proc.pid, SIGCONT), 0);
+    test_coord_stop(&a);
+    test_coord_cleanup(&a);
+}
+
 int main(int argc, char **argv)
 {
     const struct CMUnitTest tests[] = {
@@ -1914,6 +1990,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_forked_child_cannot_start_libferry),
         cmocka_unit_test(test_publish_goes_again_when_its_answer_never_came),
         cmocka_unit_test(test_failed_publish_takes_its_record_back),
+        cmocka_unit_test(test_interrupt_check_ends_waits_on_a_frozen_coordinator),
     };
 
     self_exe = argv[0];
