@@ -662,6 +662,16 @@ def _wait_ms(wait: Optional[float]) -> int:
     return 2**31 - 1 if ms < 0 else max(1, ms)
 
 
+def _text(value: Any, field: str) -> Any:
+    """A text argument bound for a C string: one with a NUL in it would
+    be cut there, so it is refused naming the field (the C layer's own
+    ValueError names none). Other types are left to the C layer's
+    TypeError."""
+    if isinstance(value, str) and "\0" in value:
+        raise InvalidArgument(f"{field}: contains a NUL character (at {value.index(chr(0))})")
+    return value
+
+
 def _ttl_s(ttl: Optional[int]) -> int:
     """A lease TTL argument in seconds; 0: the coordinator's default."""
     if ttl is None:
@@ -807,7 +817,8 @@ class _PassiveOperation(_Operation):
         timeout; see ferry_op_publish in ferry/coordinator.h. Ctrl-C ends
         the call at once (KeyboardInterrupt; the operation stays
         unpublished)."""
-        return self._publish(coordinator, request_id, access_token, _ttl_s(ttl))
+        return self._publish(coordinator, _text(request_id, "request_id"),
+                             _text(access_token, "access_token"), _ttl_s(ttl))
 
     async def publish_async(self, coordinator: "Coordinator", request_id: str,
                             access_token: Optional[str] = None,
@@ -898,9 +909,11 @@ class Coordinator(_ferry._Coordinator):
                     raise InvalidArgument(f"coordinator: {name} {n} is out of range")
                 kw[name] = n
         if tls is not None:
-            kw.update(tls_ca_file=tls.ca_file, tls_cert_file=tls.cert_file,
-                      tls_key_file=tls.key_file, tls_server_name=tls.server_name)
-        return super().__new__(cls, target, **kw)
+            kw.update(tls_ca_file=_text(tls.ca_file, "tls.ca_file"),
+                      tls_cert_file=_text(tls.cert_file, "tls.cert_file"),
+                      tls_key_file=_text(tls.key_file, "tls.key_file"),
+                      tls_server_name=_text(tls.server_name, "tls.server_name"))
+        return super().__new__(cls, _text(target, "target"), **kw)
 
     def __init__(self, target: str, tls: Union[TlsConfig, Dict[str, str], None] = None,
                  timeout: Optional[float] = None, *, keepalive_ms: Optional[int] = None,
@@ -975,7 +988,7 @@ class Connector(_ferry._Connector):
             kw["claim_timeout_ms"] = ms
         if cuda_direct is not None:
             kw["cuda_direct"] = bool(cuda_direct)
-        return super().__new__(cls, name, **kw)
+        return super().__new__(cls, _text(name, "name"), **kw)
 
     def __init__(self, name: Optional[str] = None, *, peer_error_handling: Optional[bool] = None,
                  spin_us: Optional[int] = None, log_level: Optional[str] = None,
@@ -1058,18 +1071,18 @@ class Connector(_ferry._Connector):
         starts the write. Raises NotFound, PermissionDenied,
         FailedPrecondition (taken or no longer open), TimedOut, Unavailable,
         or the pairing errors of begin_write; nothing is written then."""
-        return self._begin_by_id(2, coordinator, request_id, access_token,
-                                 _wait_ms(wait), _ttl_s(ttl),
-                                 _descs(local_descs), WriteOperation)
+        return self._begin_by_id(2, coordinator, _text(request_id, "request_id"),
+                                 _text(access_token, "access_token"), _wait_ms(wait),
+                                 _ttl_s(ttl), _descs(local_descs), WriteOperation)
 
     def begin_read_by_id(self, coordinator: Coordinator, request_id: str, access_token: str,
                          local_descs: Union[Descriptor, Sequence[Descriptor]],
                          wait: Optional[float] = None, ttl: Optional[int] = None
                          ) -> ReadOperation:
         """The read mirror of begin_write_by_id."""
-        return self._begin_by_id(3, coordinator, request_id, access_token,
-                                 _wait_ms(wait), _ttl_s(ttl),
-                                 _descs(local_descs), ReadOperation)
+        return self._begin_by_id(3, coordinator, _text(request_id, "request_id"),
+                                 _text(access_token, "access_token"), _wait_ms(wait),
+                                 _ttl_s(ttl), _descs(local_descs), ReadOperation)
 
     async def begin_write_by_id_async(self, coordinator: Coordinator, request_id: str,
                                       access_token: str,
@@ -1101,6 +1114,8 @@ class Connector(_ferry._Connector):
         is that of this thread's current stream (the executor's thread has
         its own): the stream is taken here and waited for there, off the
         loop, before the claim."""
+        _text(request_id, "request_id")
+        _text(access_token, "access_token")
         local_descs = _descs(local_descs, wait=False)
         streams = _cuda_streams(local_descs)
 

@@ -102,7 +102,8 @@ def test_bad_arguments_are_named(connector):
     argument: they used to give a message about `timeout` for `wait`, a
     TypeError about '>=', a bare KeyError, a JSONDecodeError where the
     neighbouring cases say InvalidArgument("metadata JSON: ..."), and
-    "null pointer" for an empty buffer."""
+    "null pointer" for an empty buffer, and "embedded null character" for
+    a text argument with a NUL in it."""
     coord = ferry.Coordinator("127.0.0.1:1", timeout=0.2)  # connects lazily: never here
     w = connector.create_writable(ferry.Descriptor(bytearray(64)))
     src = ferry.Descriptor(bytearray(64))
@@ -126,6 +127,19 @@ def test_bad_arguments_are_named(connector):
         (lambda: ferry.Descriptor(bytearray(0)), ferry.InvalidArgument,
          r"the bytearray is empty \(size 0\)"),
         (lambda: ferry.Descriptor(b""), ferry.InvalidArgument, r"the bytes is empty \(size 0\)"),
+        (lambda: w.publish(coord, "a\0b"), ferry.InvalidArgument,
+         r"^request_id: contains a NUL character \(at 1\)"),
+        (lambda: w.publish(coord, "id", "t" * 16 + "\0"), ferry.InvalidArgument,
+         r"^access_token: contains a NUL character \(at 16\)"),
+        (lambda: connector.begin_read_by_id(coord, "\0", "t" * 16, src), ferry.InvalidArgument,
+         r"^request_id: contains a NUL character \(at 0\)"),
+        (lambda: asyncio.run(connector.begin_write_by_id_async(coord, "id", "t\0", src)),
+         ferry.InvalidArgument, r"^access_token: contains a NUL character \(at 1\)"),
+        (lambda: ferry.Coordinator("127.0.0.1:1\0"), ferry.InvalidArgument,
+         r"^target: contains a NUL character"),
+        (lambda: ferry.Coordinator("127.0.0.1:1", tls={"ca_file": "x\0"}), ferry.InvalidArgument,
+         r"^tls.ca_file: contains a NUL character"),
+        (lambda: ferry.Connector("n\0"), ferry.InvalidArgument, r"^name: contains a NUL character"),
     ]
     wrong = []
     for i, (call, exc, match) in enumerate(cases):
