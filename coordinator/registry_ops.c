@@ -787,12 +787,15 @@ static ferry_status_t apply_claim(transition_t *t, Ferry__V1__Operation *op, boo
     if (status != FERRY_OK) {
         return status;
     }
-    do {
+    /* The caller's pick when it made one (it then knows the claim even if
+     * this answer is lost: ClaimRequest.claim_id). */
+    op->claim_id = req->claim_id;
+    while (op->claim_id == 0) {
         if (RAND_bytes((unsigned char *)&op->claim_id, sizeof(op->claim_id)) != 1) {
             return registry_fail(FERRY_ERR_UNAVAILABLE, msg, cap,
                                  "no randomness for the claim's identity; retry");
         }
-    } while (op->claim_id == 0);
+    }
     op->state = FERRY_OP_CLAIMED;
     op->claim_lease_id = t->extra.lease;
     set_string(&op->claimant, req->claimant);

@@ -205,6 +205,17 @@ static ferry_status_t claim(ferry_coordinator_t *coord, const ferry_claim_params
     if (sizes == NULL) {
         return ferry__fail(FERRY_ERR_NO_MEMORY, "claim: out of memory");
     }
+    /* The claim's identity, drawn here: a claim whose answer never comes
+     * is given up by it (abandon), which cannot then end this client's
+     * next claim of the same ID on the same session lease. */
+    out->id = 0;
+    while (out->id == 0) {
+        if (getrandom(&out->id, sizeof(out->id), 0) != (ssize_t)sizeof(out->id)) {
+            free(sizes);
+            out->lease = 0;
+            return ferry__fail(FERRY_ERR_IO, "claim: getrandom failed drawing a claim_id");
+        }
+    }
     for (size_t i = 0; i < n; i++) {
         sizes[i] = local[i].size;
     }
@@ -217,6 +228,7 @@ static ferry_status_t claim(ferry_coordinator_t *coord, const ferry_claim_params
     req.wait_ms = claim_wait(p);
     req.n_descriptor_sizes = n;
     req.descriptor_sizes = sizes;
+    req.claim_id = out->id;
     /* The wait is a Lookup's, and the Claim after it waits for nothing.
      * The Claim that makes the session lease holds every other Register
      * and Claim of this client until it is answered (they go on that
@@ -1006,11 +1018,15 @@ const char *ferry_op_access_token(const ferry_op_t *op)
  * follow: the session thread completes it as failed (tried again while the
  * coordinator cannot be reached), so that the record turns ERRORED at once
  * instead of when this client's lease expires, and the receiver learns it.
- * A claim that never arrived is refused that Complete, quietly. lease 0 (the
+ * A claim that never arrived is refused that Complete, quietly, and so is
+ * one that did not become the record's claim: the Complete names the
+ * claim_id this client drew for it, so it cannot end a later claim of the
+ * same ID on the same session lease (this client's retry). lease 0 (the
  * claim would have made its own lease): nothing to complete with; it
  * expires. */
 static void abandon(ferry_coordinator_t *coord, const ferry_claim_params_t *p, int64_t lease,
-                    const char *lease_token, ferry_status_t code, const char *why)
+                    const char *lease_token, uint64_t claim_id, ferry_status_t code,
+                    const char *why)
 {
     coord_link_t *link;
 
@@ -1019,6 +1035,7 @@ static void abandon(ferry_coordinator_t *coord, const ferry_claim_params_t *p, i
     }
     link->coord = coord;
     link->lease_id = lease;
+    link->claim_id = claim_id;
     link->told = true;
     link->report_due = true;
     link->abandoned = true;
@@ -1109,11 +1126,11 @@ static ferry_status_t begin_by_id(ferry_connector_t *connector, ferry_coordinato
         if (got.answer != NULL) {
             /* Granted, but its answer did not read. */
             free(got.answer);
-            abandon(coord, p, got.lease, got.token, status, ferry_last_error_message());
+            abandon(coord, p, got.lease, got.token, got.id, status, ferry_last_error_message());
         } else if (status == FERRY_ERR_TIMED_OUT || status == FERRY_ERR_UNAVAILABLE ||
                    rpc_interrupt_tripped()) {
             /* No answer is not no: the claim may have been granted. */
-            abandon(coord, p, got.lease, got.token, status,
+            abandon(coord, p, got.lease, got.token, got.id, status,
                     rpc_interrupt_tripped()
                         ? "the writer gave up its claim: its caller interrupted the wait"
                         : "the writer gave up its claim: the coordinator did not answer");
@@ -1136,7 +1153,7 @@ static ferry_status_t begin_by_id(ferry_connector_t *connector, ferry_coordinato
         ferry__fail(status, "cannot bind the operation to the coordinator");
     }
     /* Claimed, but nothing follows it. */
-    abandon(coord, p, got.lease, got.token, status, ferry_last_error_message());
+    abandon(coord, p, got.lease, got.token, got.id, status, ferry_last_error_message());
     return status;
 }
 

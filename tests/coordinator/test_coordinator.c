@@ -959,6 +959,39 @@ static ferry_status_t do_complete_claim(const char *id, const Ferry__V1__ClaimRe
     return status;
 }
 
+/* The caller may choose the claim's identity (ClaimRequest.claim_id), so
+ * that it knows it when the answer is lost: the claim takes it, and a
+ * Complete naming another identity is refused, the claim untouched. */
+static void test_claim_id_chosen_by_the_caller(void **state)
+{
+    Ferry__V1__ClaimRequest req = FERRY__V1__CLAIM_REQUEST__INIT;
+    Ferry__V1__ClaimResponse *claim = NULL;
+    const uint64_t chosen = 0x8badf00d12345678ull;
+    rpc_error_t err;
+    (void)state;
+
+    ferry__v1__register_response__free_unpacked(
+        do_register("chosen-1", TOKEN, KIND_WRITE, FERRY_OK, NULL), NULL);
+    req.request_id = "chosen-1";
+    req.access_token = TOKEN;
+    req.kind = KIND_WRITE;
+    req.claim_id = chosen;
+    assert_int_equal(test_coord_call(chan, "Claim", &req.base,
+                                     &ferry__v1__claim_response__descriptor,
+                                     (ProtobufCMessage **)&claim, &err),
+                     FERRY_OK);
+    assert_true(claim->claim_id == chosen);
+    assert_int_equal(do_complete_claim("chosen-1", claim, chosen ^ 1, &err),
+                     FERRY_ERR_FAILED_PRECONDITION);
+    assert_int_equal(get_state("chosen-1", &err),
+                     FERRY__V1__OPERATION_STATE__OPERATION_STATE_CLAIMED);
+    assert_int_equal(do_complete_claim("chosen-1", claim, chosen, &err), FERRY_OK);
+    assert_int_equal(get_state("chosen-1", &err),
+                     FERRY__V1__OPERATION_STATE__OPERATION_STATE_COMPLETE);
+    assert_int_equal(do_release("chosen-1", TOKEN, &err), FERRY_OK);
+    ferry__v1__claim_response__free_unpacked(claim, NULL);
+}
+
 /* A Complete sent again (a retry after a lost answer) once its claim has
  * ended, the record been released and registered again, and the ID claimed
  * anew on the same lease (libferry puts every claim of a process on its one
@@ -1470,6 +1503,7 @@ int main(void)
         cmocka_unit_test(test_health_serving),
         cmocka_unit_test(test_register_lookup_claim_complete),
         cmocka_unit_test(test_stale_complete_does_not_end_a_later_claim),
+        cmocka_unit_test(test_claim_id_chosen_by_the_caller),
         cmocka_unit_test(test_lookup_served_from_view),
         cmocka_unit_test(test_complete_with_error),
         cmocka_unit_test(test_complete_refusals),

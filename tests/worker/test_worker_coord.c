@@ -1961,6 +1961,84 @@ static void test_interrupt_check_ends_waits_on_a_frozen_coordinator(void **state
     test_coord_cleanup(&a);
 }
 
+/* A claim whose answer never came (the replica down: UNAVAILABLE) is
+ * given up by the session thread (a Complete, as failed), held here until
+ * the client's retry of the same ID was granted on the same session
+ * lease. The Complete names the claim_id the client drew for the first
+ * claim, so the coordinator refuses it as another claim's, and the retry's
+ * claim stands. It used to carry claim_id 0, which the coordinator checks
+ * only by lease: it ended the retry's claim (ERRORED, "the writer gave up
+ * its claim"), and the receiver failed while the writer went on. The
+ * receiver never progresses (so the writer's transfer never ends, and no
+ * other Complete goes), and the writer waits for it for ten minutes. */
+static void test_an_abandoned_claim_cannot_end_the_retry(void **state)
+{
+    test_coord_t a;
+    uint8_t rbuf[64], wbuf[64], sbuf[64];
+    ferry_descriptor_t rd = {.ptr = rbuf, .size = sizeof(rbuf), .device = FERRY_DEVICE_HOST_INIT};
+    ferry_descriptor_t wd = {.ptr = wbuf, .size = sizeof(wbuf), .device = FERRY_DEVICE_HOST_INIT};
+    ferry_descriptor_t sd = {.ptr = sbuf, .size = sizeof(sbuf), .device = FERRY_DEVICE_HOST_INIT};
+    ferry_connector_params_t rp = {.field_mask = FERRY_CONNECTOR_PARAM_FIELD_PROGRESS_MODE,
+                                   .progress_mode = FERRY_PROGRESS_CALLER};
+    ferry_connector_params_t wp = {.field_mask = FERRY_CONNECTOR_PARAM_FIELD_CLAIM_TIMEOUT_MS,
+                                   .claim_timeout_ms = 600000};
+    ferry_coordinator_params_t cp = {.field_mask = FERRY_COORDINATOR_PARAM_FIELD_TIMEOUT,
+                                     .timeout_ms = 5000};
+    ferry_publish_params_t rpub = {.request_id = "abandon-1", .access_token = TOKEN};
+    ferry_publish_params_t spub = {.request_id = "abandon-session", .access_token = TOKEN};
+    ferry_claim_params_t claim = {.request_id = "abandon-1", .access_token = TOKEN};
+    ferry_connector_t *rconn, *wconn;
+    ferry_coordinator_t *cl;
+    ferry_op_t *recv_op, *session_op, *writer = NULL;
+    ferry_status_t first;
+    bool refused = false;
+    (void)state;
+
+    assert_int_equal(ferry_connector_create(&rp, &rconn), FERRY_OK);
+    assert_int_equal(ferry_connector_create(&wp, &wconn), FERRY_OK);
+    assert_int_equal(ferry_writable_create(rconn, &rd, 1, &recv_op), FERRY_OK);
+    assert_int_equal(ferry_op_publish(recv_op, client, &rpub), FERRY_OK);
+
+    assert_int_equal(test_coord_start(&a, etcd.endpoint, "abandon-a", RESUME_TTL), 0);
+    cp.target = a.target;
+    assert_int_equal(ferry_coordinator_connect(&cp, &cl), FERRY_OK);
+    assert_int_equal(ferry_writable_create(conn, &sd, 1, &session_op), FERRY_OK);
+    assert_int_equal(ferry_op_publish(session_op, cl, &spub), FERRY_OK); /* the session lease */
+
+    atomic_store(&ferry__coord_test_links_held, false);
+    atomic_store(&ferry__coord_test_hold_links, true);
+    assert_int_equal(test_coord_stop(&a), 0);
+    first = ferry_write_begin_by_id(wconn, cl, &claim, &wd, 1, &writer);
+    assert_true(first == FERRY_ERR_UNAVAILABLE || first == FERRY_ERR_TIMED_OUT);
+    for (long long until = test_now_ms() + 20000;
+         !atomic_load(&ferry__coord_test_links_held) && test_now_ms() < until;) {
+        poll(NULL, 0, 5);
+    }
+    assert_true(atomic_load(&ferry__coord_test_links_held));
+
+    a.listen_port = a.port;
+    assert_int_equal(test_coord_restart(&a), 0);
+    assert_int_equal(ferry_write_begin_by_id(wconn, cl, &claim, &wd, 1, &writer), FERRY_OK);
+    assert_int_equal(coord_state("abandon-1"), ST(CLAIMED));
+    atomic_store(&ferry__coord_test_hold_links, false);
+    for (long long until = test_now_ms() + 20000; !refused && test_now_ms() < until;
+         poll(NULL, 0, 20)) {
+        refused = test_coord_log_contains(&a, "is not the current claim on request_id 'abandon-1'");
+    }
+    assert_true(refused);
+    assert_int_equal(coord_state("abandon-1"), ST(CLAIMED));
+    assert_false(ferry_op_status_is_final(ferry_op_status(recv_op)));
+
+    ferry_op_destroy(writer);
+    ferry_op_destroy(session_op);
+    assert_int_equal(ferry_coordinator_disconnect(cl), FERRY_OK);
+    ferry_op_destroy(recv_op);
+    assert_int_equal(ferry_connector_destroy(wconn), FERRY_OK);
+    assert_int_equal(ferry_connector_destroy(rconn), FERRY_OK);
+    test_coord_stop(&a);
+    test_coord_cleanup(&a);
+}
+
 int main(int argc, char **argv)
 {
     const struct CMUnitTest tests[] = {
@@ -1991,6 +2069,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_publish_goes_again_when_its_answer_never_came),
         cmocka_unit_test(test_failed_publish_takes_its_record_back),
         cmocka_unit_test(test_interrupt_check_ends_waits_on_a_frozen_coordinator),
+        cmocka_unit_test(test_an_abandoned_claim_cannot_end_the_retry),
     };
 
     self_exe = argv[0];
