@@ -275,6 +275,32 @@ class Signals(unittest.TestCase):
         self.assertEqual(rc, -signal.SIGTERM, err)
         self.assertIn("stopped by signal 15 while waiting for sig-nobody", err)
 
+    def test_a_receiver_registering_with_a_frozen_coordinator_stops(self):
+        """SIGTERM while a receiver's registration waits on a coordinator
+        that does not answer (its process stopped): it stops at once, as
+        stopped by the signal (libferry's interrupt check ends the call).
+        It used to wait for the call's 10 s, then exit 1 ("publish: ...")
+        as if the coordinator had failed it."""
+        cluster = ferry_harness.Cluster(ttl=3)
+        try:
+            ferry_harness.freeze(cluster.coordinator.proc)
+            p = subprocess.Popen(
+                [WORKER, "recv", "--coordinator", cluster.coordinator.target, "--request-id",
+                 "sig-frozen", "--size", "4096", "--timeout", "600", "--token", TOKEN,
+                 "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            # Its signal handlers are in place once it has a connection.
+            ferry_harness.wait_until(lambda: p.poll() is not None or
+                                     ferry_harness.tcp_sockets(p.pid), 30,
+                                     "the receiver to connect")
+            p.send_signal(signal.SIGTERM)
+            rc, out, err = finish(p, timeout=30)
+            self.assertEqual(rc, -signal.SIGTERM, err)
+            self.assertIn("stopped by signal 15 while registering sig-frozen", err)
+            self.assertNotIn("registered", out)
+        finally:
+            cluster.coordinator.proc.send_signal(signal.SIGCONT)
+            cluster.close()
+
     def test_a_sender_whose_receiver_stopped_mid_transfer_stops(self):
         """A receiver stopped (SIGSTOP: a hung process, a frozen node) while
         the bytes move over TCP, where UCX emulates the puts and needs the

@@ -363,13 +363,17 @@ static int exit_code_for(ferry_status_t status)
  * coordinator's records released before the exit (killed, a receiver's
  * record held its request ID until its lease ran out), and so that SIGTERM
  * stops it at all as PID 1 in a container, where a signal left at its
- * default is ignored. Waits run in slices of WAIT_SLICE_MS and look.
- * Atomic, not volatile sig_atomic_t: the handler runs on whichever thread
- * the kernel picks (gRPC's and libferry's threads do not block these
- * signals), and the main thread reads the flag; a lock-free atomic is
- * both signal-safe and defined across threads (ThreadSanitizer saw the
- * volatile one race). */
+ * default is ignored. Waits on an operation run in slices of WAIT_SLICE_MS
+ * and look; waits on the coordinator look through libferry's interrupt
+ * check (stop_reached): the registration and the claim end at the first
+ * stop signal, the last duties of disconnect (the releases that free the
+ * request ID) at the second. Atomic, not volatile sig_atomic_t: the
+ * handler runs on whichever thread the kernel picks (gRPC's and libferry's
+ * threads do not block these signals), and the main thread reads the flag;
+ * a lock-free atomic is both signal-safe and defined across threads
+ * (ThreadSanitizer saw the volatile one race). */
 static atomic_int stop_signal;
+static atomic_int stop_count; /* stop signals received */
 
 /* Cleared while libferry may still move data through the buffer (its own
  * puts or gets, or an admitted peer's), set again when it lets go of it
@@ -401,7 +405,16 @@ static void let_go(ferry_op_t *op)
 static void on_stop_signal(int sig)
 {
     atomic_store(&stop_signal, sig);
+    atomic_fetch_add(&stop_count, 1);
 }
+
+/* libferry's interrupt check: true once *arg stop signals came. */
+static bool stop_reached(void *arg)
+{
+    return atomic_load(&stop_count) >= *(const int *)arg;
+}
+
+static const int first_stop = 1, second_stop = 2;
 
 static void handle_stop_signals(void)
 {
@@ -659,7 +672,13 @@ static int run_passive(ferry_connector_t *conn, ferry_coordinator_t *coord, cons
     status = ferry_op_publish(op, coord, &pub);
     if (status != FERRY_OK) {
         let_go(op);
-        rc = fail("publish", status);
+        if (atomic_load(&stop_signal) != 0) {
+            fprintf(stderr, "ferry-worker: stopped by signal %d while registering %s\n",
+                    atomic_load(&stop_signal), o->request_id);
+            rc = 128 + atomic_load(&stop_signal);
+        } else {
+            rc = fail("publish", status);
+        }
         goto out;
     }
     if (o->token_file != NULL) {
@@ -718,18 +737,10 @@ static int run_active(ferry_connector_t *conn, ferry_coordinator_t *coord, const
         memset(buf, 0, o->size);
     }
     start = now_s();
-    /* The wait for the request ID, in slices, each one Claim that waits, so
-     * that a stop signal ends it. */
-    for (;;) {
-        double left_ms = o->timeout_ms - (now_s() - start) * 1000.0;
-        claim.wait_ms = left_ms < 1 ? 1 : left_ms > WAIT_SLICE_MS ? WAIT_SLICE_MS : (int)left_ms;
-        status = write ? ferry_write_begin_by_id(conn, coord, &claim, descs, o->descriptors, &op)
-                       : ferry_read_begin_by_id(conn, coord, &claim, descs, o->descriptors, &op);
-        if (status != FERRY_ERR_TIMED_OUT || atomic_load(&stop_signal) != 0 ||
-            left_ms <= WAIT_SLICE_MS) {
-            break;
-        }
-    }
+    /* The wait for the request ID and the claim: a stop signal ends them
+     * (stop_reached). */
+    status = write ? ferry_write_begin_by_id(conn, coord, &claim, descs, o->descriptors, &op)
+                   : ferry_read_begin_by_id(conn, coord, &claim, descs, o->descriptors, &op);
     sig = atomic_load(&stop_signal);
     if (status != FERRY_OK && sig != 0) {
         fprintf(stderr, "ferry-worker: stopped by signal %d while waiting for %s\n", sig,
@@ -737,7 +748,7 @@ static int run_active(ferry_connector_t *conn, ferry_coordinator_t *coord, const
         return 128 + sig;
     }
     if (status == FERRY_ERR_TIMED_OUT) {
-        /* libferry names its last slice's wait_ms; the user gave --timeout. */
+        /* libferry names the wait_ms; the user gave --timeout. */
         char last[1024];
         shown(ferry_last_error_message(), last, sizeof(last));
         fprintf(stderr, "ferry-worker: %s %s: --timeout (%g s) ran out; last: %s (%s)\n",
@@ -806,6 +817,7 @@ int main(int argc, char **argv)
         return EXIT_USAGE;
     }
     handle_stop_signals();
+    ferry_interrupt_check_set(stop_reached, (void *)&first_stop);
     /* libferry logs only when asked: the program asks, from the
      * environment, at info by default (as it always logged). */
     conn_params.log_level = log_level_from_env();
@@ -838,6 +850,9 @@ int main(int argc, char **argv)
     } else {
         rc = run_active(conn, coord, &o, buf, descs);
     }
+    /* A stop signal asks for the clean-up, which disconnect finishes
+     * (within the client's timeout); a second one ends it. */
+    ferry_interrupt_check_set(stop_reached, (void *)&second_stop);
     ferry_coordinator_disconnect(coord);
     finish_stats(&o, conn, &rc);
     /* The operation was destroyed without waiting for data in flight (an
