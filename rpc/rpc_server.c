@@ -189,8 +189,8 @@ err_say:
 /* The grpc_server and its queue, with the message size limit. */
 static void server_create_grpc(rpc_server_t *server)
 {
-    grpc_arg args[8];
-    grpc_channel_args channel_args = {7, args};
+    grpc_arg args[9];
+    grpc_channel_args channel_args = {8, args};
     grpc_resource_quota *quota = NULL;
 
     args[0].type = GRPC_ARG_INTEGER;
@@ -225,6 +225,14 @@ static void server_create_grpc(rpc_server_t *server)
     args[6].type = GRPC_ARG_INTEGER;
     args[6].key = GRPC_COMPRESSION_CHANNEL_ENABLED_ALGORITHMS_BITSET;
     args[6].value.integer = 1 << GRPC_COMPRESS_NONE;
+    /* The port is this server's alone: gRPC sets SO_REUSEPORT by default,
+     * and a second coordinator started on the same port (another prefix or
+     * etcd, a stale process) then bound it too and the kernel split new
+     * connections between the two, half the workers registering where the
+     * other half never looked. Now the second one's bind fails. */
+    args[7].type = GRPC_ARG_INTEGER;
+    args[7].key = GRPC_ARG_ALLOW_REUSEPORT;
+    args[7].value.integer = 0;
     grpc_init();
     if (server->max_held_request_bytes > 0) {
         /* gRPC core's own buffers (a request's bytes before the whole
@@ -237,11 +245,11 @@ static void server_create_grpc(rpc_server_t *server)
          * per connection, never counted. */
         quota = grpc_resource_quota_create("ferry-rpc-server");
         grpc_resource_quota_resize(quota, server->max_held_request_bytes + RPC_QUOTA_SLACK);
-        args[7].type = GRPC_ARG_POINTER;
-        args[7].key = GRPC_ARG_RESOURCE_QUOTA;
-        args[7].value.pointer.p = quota;
-        args[7].value.pointer.vtable = grpc_resource_quota_arg_vtable();
-        channel_args.num_args = 8;
+        args[8].type = GRPC_ARG_POINTER;
+        args[8].key = GRPC_ARG_RESOURCE_QUOTA;
+        args[8].value.pointer.p = quota;
+        args[8].value.pointer.vtable = grpc_resource_quota_arg_vtable();
+        channel_args.num_args = 9;
     }
     server->server = grpc_server_create(&channel_args, NULL);
     if (quota != NULL) {

@@ -206,6 +206,33 @@ static void test_a_server_back_from_an_outage_is_reached_at_once(void **state)
     fixture_stop(&back);
 }
 
+/* A second server on a port one already serves fails to start: gRPC set
+ * SO_REUSEPORT, and a second coordinator on the same port (another prefix,
+ * a stale process) bound it too, the kernel splitting new connections
+ * between the two. The first server goes on answering. */
+static void test_a_second_server_cannot_share_the_port(void **state)
+{
+    fixture_t *f = *state;
+    char listen_addr[64];
+    rpc_server_params_t sp = {.listen_addr = listen_addr,
+                              .max_message_bytes = FIXTURE_MAX_MESSAGE,
+                              .max_held_request_bytes = FIXTURE_MAX_HELD};
+    rpc_server_t *second = NULL;
+    Ferry__V1__GetResponse *resp = NULL;
+    rpc_error_t err;
+    int port = 0;
+
+    snprintf(listen_addr, sizeof(listen_addr), "127.0.0.1:%d", f->port);
+    assert_int_equal(rpc_server_create(&sp, &second), FERRY_OK);
+    assert_int_equal(rpc_server_add_service(second, &ferry__v1__coordinator__descriptor,
+                                            fixture_methods, fixture_n_methods, f),
+                     FERRY_OK);
+    assert_int_not_equal(rpc_server_start(second, &port), FERRY_OK);
+    rpc_server_destroy(second);
+    assert_int_equal(get(f, "op-1", 5000, &resp, &err), FERRY_OK);
+    protobuf_c_message_free_unpacked(&resp->base, NULL);
+}
+
 static void test_unary_not_found(void **state)
 {
     Ferry__V1__GetResponse *resp = NULL;
@@ -729,6 +756,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_unary_metadata, fixture_setup, fixture_teardown),
         cmocka_unit_test_setup_teardown(test_channel_connect, fixture_setup, fixture_teardown),
         cmocka_unit_test(test_a_server_back_from_an_outage_is_reached_at_once),
+        cmocka_unit_test_setup_teardown(test_a_second_server_cannot_share_the_port, fixture_setup,
+                                        fixture_teardown),
         cmocka_unit_test_setup_teardown(test_unary_not_found, fixture_setup, fixture_teardown),
         cmocka_unit_test_setup_teardown(test_unary_reply_from_other_thread, fixture_setup,
                                         fixture_teardown),
