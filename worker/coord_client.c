@@ -723,6 +723,16 @@ ferry_status_t ferry_coordinator_disconnect(ferry_coordinator_t *coord)
                            "coordinator client: %u operations still bound; destroy them first",
                            bound);
     }
+    if (coord->callers > 0) {
+        unsigned callers = coord->callers;
+        pthread_mutex_unlock(&coord->lock);
+        return ferry__fail(FERRY_ERR_BUSY,
+                           "coordinator client: %u calls in flight on other threads (a publish, "
+                           "a by-ID begin); disconnect once they return (an interrupt check ends "
+                           "them: ferry_interrupt_check_set)",
+                           callers);
+    }
+    coord->closing = true;
     /* Destroyed operations' last duties (a release, a claim's report) are
      * the session thread's while it runs, with its watch: a received
      * operation's Release waits for its writer's Complete, which the watch
@@ -948,8 +958,53 @@ static ferry_status_t register_until(ferry_coordinator_t *coord, Ferry__V1__Regi
     return status;
 }
 
+/* A caller's call of the client's API begins (coord not NULL): counted,
+ * so that disconnect refuses meanwhile; refused once disconnect began. */
+static ferry_status_t caller_enter(ferry_coordinator_t *coord)
+{
+    ferry_status_t status = FERRY_OK;
+
+    pthread_mutex_lock(&coord->lock);
+    if (coord->closing) {
+        status = FERRY_ERR_MISUSE;
+    } else {
+        coord->callers++;
+    }
+    pthread_mutex_unlock(&coord->lock);
+    return status == FERRY_OK ? FERRY_OK
+                              : ferry__fail(status, "coordinator client: being disconnected");
+}
+
+static void caller_leave(ferry_coordinator_t *coord)
+{
+    pthread_mutex_lock(&coord->lock);
+    coord->callers--;
+    pthread_mutex_unlock(&coord->lock);
+}
+
+static ferry_status_t op_publish(ferry_op_t *op, ferry_coordinator_t *coord,
+                                 const ferry_publish_params_t *params);
+
 ferry_status_t ferry_op_publish(ferry_op_t *op, ferry_coordinator_t *coord,
                                 const ferry_publish_params_t *params)
+{
+    ferry_status_t status;
+
+    ferry__clear_error();
+    if (coord == NULL) {
+        return ferry__fail(FERRY_ERR_INVALID_ARGUMENT,
+                           "op, coordinator and request_id are required");
+    }
+    status = caller_enter(coord);
+    if (status == FERRY_OK) {
+        status = op_publish(op, coord, params);
+        caller_leave(coord);
+    }
+    return status;
+}
+
+static ferry_status_t op_publish(ferry_op_t *op, ferry_coordinator_t *coord,
+                                 const ferry_publish_params_t *params)
 {
     Ferry__V1__RegisterRequest req = FERRY__V1__REGISTER_REQUEST__INIT;
     Ferry__V1__RegisterResponse *resp = NULL;
@@ -1157,16 +1212,37 @@ static ferry_status_t begin_by_id(ferry_connector_t *connector, ferry_coordinato
     return status;
 }
 
+/* begin_by_id, counted as a caller's call (caller_enter). */
+static ferry_status_t begin_by_id_counted(ferry_connector_t *connector, ferry_coordinator_t *coord,
+                                          const ferry_claim_params_t *p, bool write,
+                                          const ferry_descriptor_t *local, size_t n,
+                                          ferry_op_t **op_p)
+{
+    ferry_status_t status;
+
+    ferry__clear_error();
+    if (coord == NULL) {
+        return ferry__fail(FERRY_ERR_INVALID_ARGUMENT,
+                           "connector, coordinator, request_id and access_token are required");
+    }
+    status = caller_enter(coord);
+    if (status == FERRY_OK) {
+        status = begin_by_id(connector, coord, p, write, local, n, op_p);
+        caller_leave(coord);
+    }
+    return status;
+}
+
 ferry_status_t ferry_write_begin_by_id(ferry_connector_t *connector, ferry_coordinator_t *coord,
                                        const ferry_claim_params_t *params,
                                        const ferry_descriptor_t *local, size_t n, ferry_op_t **op_p)
 {
-    return begin_by_id(connector, coord, params, true, local, n, op_p);
+    return begin_by_id_counted(connector, coord, params, true, local, n, op_p);
 }
 
 ferry_status_t ferry_read_begin_by_id(ferry_connector_t *connector, ferry_coordinator_t *coord,
                                       const ferry_claim_params_t *params,
                                       const ferry_descriptor_t *local, size_t n, ferry_op_t **op_p)
 {
-    return begin_by_id(connector, coord, params, false, local, n, op_p);
+    return begin_by_id_counted(connector, coord, params, false, local, n, op_p);
 }

@@ -96,6 +96,12 @@ struct ferry_coordinator {
     pthread_cond_t cond; /* wakes the session thread; busy -> idle; session made */
     coord_link_t *links;
     bool stopping;
+    /* Under lock: calls of the API in flight on callers' threads (publish,
+     * a by-ID begin), which disconnect refuses to free the client under
+     * (FERRY_ERR_BUSY); closing: disconnect has begun, and they are
+     * refused. */
+    unsigned callers;
+    bool closing;
     pthread_t thread;
     pthread_t renewer; /* renews the session lease, and does nothing else */
     pthread_t watcher;

@@ -61,8 +61,11 @@ typedef struct {
 FERRY_API ferry_status_t ferry_coordinator_connect(const ferry_coordinator_params_t *params,
                                                    ferry_coordinator_t **coordinator_p);
 
-/* Closes the client once every operation bound to it has been destroyed:
- * with one still bound it returns FERRY_ERR_BUSY and changes nothing. The
+/* Closes the client once every operation bound to it has been destroyed
+ * and no other thread is inside ferry_op_publish or a by-ID begin with it:
+ * otherwise it returns FERRY_ERR_BUSY and changes nothing (a call made
+ * once disconnect began is refused, FERRY_ERR_MISUSE; one made after it
+ * returned uses freed memory, as with any freed handle). The
  * last duties of destroyed operations (a release, a report) each get their
  * try first (a received operation's release waits for its writer's report,
  * at most a third of the session TTL) and, if refused, one more, all

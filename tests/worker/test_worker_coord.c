@@ -34,6 +34,7 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <pthread.h>
+#include <limits.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -1885,16 +1886,34 @@ static void test_failed_publish_takes_its_record_back(void **state)
     gated_end(&g);
 }
 
-/* The tests' interrupt check: true from its `after`-th call on. */
+/* The tests' interrupt check: true from its `after`-th call on, or once
+ * `stop` is set. */
 typedef struct {
     atomic_int calls;
     int after;
+    atomic_bool stop;
 } trip_t;
 
 static bool trip_check(void *arg)
 {
     trip_t *t = arg;
-    return atomic_fetch_add(&t->calls, 1) + 1 >= t->after;
+    return atomic_fetch_add(&t->calls, 1) + 1 >= t->after || atomic_load(&t->stop);
+}
+
+/* A publish in a thread of its own, with an interrupt check. */
+typedef struct {
+    publisher_t pub;
+    trip_t *trip;
+} tripped_publisher_t;
+
+static void *tripped_publisher_main(void *arg)
+{
+    tripped_publisher_t *t = arg;
+
+    ferry_interrupt_check_set(trip_check, t->trip);
+    publisher_main(&t->pub);
+    ferry_interrupt_check_set(NULL, NULL);
+    return NULL;
 }
 
 /* Ten minutes, beyond the test's own timeout: a wait that the interrupt
@@ -1926,6 +1945,9 @@ static void test_interrupt_check_ends_waits_on_a_frozen_coordinator(void **state
     ferry_coordinator_t *cl;
     ferry_op_t *session_op, *op, *writer = NULL;
     trip_t t = {.after = 3};
+    trip_t other = {.after = INT_MAX};
+    tripped_publisher_t tp = {.pub = {.request_id = "intr-2"}, .trip = &other};
+    pthread_t thread;
     (void)state;
 
     assert_int_equal(test_coord_start(&a, etcd.endpoint, "intr-a", RESUME_TTL), 0);
@@ -1951,6 +1973,23 @@ static void test_interrupt_check_ends_waits_on_a_frozen_coordinator(void **state
 
     ferry_op_destroy(op);
     ferry_op_destroy(session_op); /* its release cannot go: disconnect waits for it */
+    /* Another thread's publish in flight: disconnect refuses (it used to
+     * free the client under it), until the publish returns. */
+    tp.pub.client = cl;
+    assert_int_equal(ferry_writable_create(conn, &d, 1, &tp.pub.op), FERRY_OK);
+    assert_int_equal(pthread_create(&thread, NULL, tripped_publisher_main, &tp), 0);
+    for (long long until = test_now_ms() + 20000;
+         atomic_load(&other.calls) == 0 && test_now_ms() < until;) {
+        poll(NULL, 0, 5);
+    }
+    assert_true(atomic_load(&other.calls) > 0);
+    assert_int_equal(ferry_coordinator_disconnect(cl), FERRY_ERR_BUSY);
+    assert_non_null(strstr(ferry_last_error_message(), "calls in flight"));
+    atomic_store(&other.stop, true);
+    assert_int_equal(pthread_join(thread, NULL), 0);
+    assert_int_equal(tp.pub.status, FERRY_ERR_CANCELLED);
+    ferry_op_destroy(tp.pub.op);
+
     atomic_store(&t.calls, 0);
     assert_int_equal(ferry_coordinator_disconnect(cl), FERRY_OK);
     assert_true(atomic_load(&t.calls) >= t.after);
