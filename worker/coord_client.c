@@ -555,6 +555,9 @@ ferry_status_t ferry_coordinator_connect(const ferry_coordinator_params_t *param
     if (params == NULL || params->target == NULL || params->target[0] == '\0') {
         return ferry__fail(FERRY_ERR_INVALID_ARGUMENT, "params.target is required");
     }
+    if (coord_p == NULL) {
+        return ferry__fail(FERRY_ERR_INVALID_ARGUMENT, "coordinator_p is required");
+    }
     if (params->field_mask & ~COORDINATOR_FIELDS) {
         return ferry__fail(FERRY_ERR_INVALID_ARGUMENT, "params.field_mask: unknown bits 0x%llx",
                            (unsigned long long)(params->field_mask & ~COORDINATOR_FIELDS));
@@ -1035,6 +1038,12 @@ static ferry_status_t op_publish(ferry_op_t *op, ferry_coordinator_t *coord,
     if (op_link(op) != NULL) {
         return ferry__fail(FERRY_ERR_MISUSE, "operation is already published");
     }
+    if (params->access_token != NULL && params->access_token[0] == '\0') {
+        /* Sent so, the coordinator would pick the token, which a lost
+         * answer takes with it (draw_token). */
+        return ferry__fail(FERRY_ERR_INVALID_ARGUMENT,
+                           "params.access_token: empty (NULL lets libferry draw one)");
+    }
     if (params->access_token == NULL && draw_token(drawn, sizeof(drawn)) != FERRY_OK) {
         return ferry__fail(FERRY_ERR_IO, "register: getrandom failed drawing an access token");
     }
@@ -1153,9 +1162,10 @@ static ferry_status_t begin_by_id(ferry_connector_t *connector, ferry_coordinato
     ferry__clear_error();
     rpc_interrupt_rearm();
     if (connector == NULL || coord == NULL || p == NULL || p->request_id == NULL ||
-        p->access_token == NULL) {
+        p->access_token == NULL || op_p == NULL) {
         return ferry__fail(FERRY_ERR_INVALID_ARGUMENT,
-                           "connector, coordinator, request_id and access_token are required");
+                           "connector, coordinator, request_id, access_token and op_p are "
+                           "required");
     }
     if (p->field_mask & ~(uint64_t)(FERRY_CLAIM_PARAM_FIELD_WAIT | FERRY_CLAIM_PARAM_FIELD_TTL)) {
         return ferry__fail(

@@ -131,9 +131,14 @@ static bool session_renew(ferry_coordinator_t *coord, int64_t lease, char *token
     Ferry__V1__KeepAliveResponse *resp = NULL;
     int64_t timeout_ms =
         coord->timeout_ms < period_ms(coord) ? coord->timeout_ms : period_ms(coord);
+    int64_t final = atomic_load(&coord->final_deadline_ms);
     rpc_error_t err;
     ferry_status_t status;
 
+    /* After disconnect, within what is left of its deadline, as every call. */
+    if (final != 0 && final - now_ms() < timeout_ms) {
+        timeout_ms = final - now_ms() > 1 ? final - now_ms() : 1;
+    }
     req.lease_id = lease;
     req.lease_token = token;
     status = rpc_unary(coord->channel, COORD_PATH("KeepAlive"), &req.base,

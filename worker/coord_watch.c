@@ -37,6 +37,15 @@
 #define WATCH_READ_MS    200 /* how often the watch thread looks at stopping */
 #define WATCH_BACKOFF_MS 100 /* first pause after a failed or ended stream */
 
+/* Whether disconnect has begun (its threads are to stop). */
+static bool watch_stopping(ferry_coordinator_t *coord)
+{
+    pthread_mutex_lock(&coord->lock);
+    bool stopping = coord->stopping;
+    pthread_mutex_unlock(&coord->lock);
+    return stopping;
+}
+
 /* A Watch stream over every record from start_revision (0: fresh),
  * created (its first message read); *created_rev_p: that message's header
  * revision. NULL on failure, *status_p saying why (FERRY_ERR_OUT_OF_RANGE:
@@ -54,14 +63,15 @@ static rpc_stream_t *watch_open(ferry_coordinator_t *coord, int64_t start_revisi
     req.start_revision = start_revision;
     status = rpc_stream_open(coord->channel, COORD_PATH("Watch"), &req.base,
                              &ferry__v1__watch_response__descriptor, 0, &stream);
-    /* Read in slices, so that an interrupted disconnect (aborting) does not
-     * wait for a frozen replica's timeout. */
+    /* Read in slices, so that disconnect (stopping; interrupted: aborting)
+     * does not wait for a frozen replica's timeout. */
     for (int64_t until = now_ms() + coord->timeout_ms; status == FERRY_OK;) {
         int64_t left = until - now_ms();
         status =
             rpc_stream_read(stream, left < WATCH_READ_MS ? (left > 1 ? left : 1) : WATCH_READ_MS,
                             (ProtobufCMessage **)&first, &err);
-        if (status != FERRY_ERR_TIMED_OUT || now_ms() >= until || atomic_load(&coord->aborting)) {
+        if (status != FERRY_ERR_TIMED_OUT || now_ms() >= until || atomic_load(&coord->aborting) ||
+            watch_stopping(coord)) {
             break;
         }
         status = FERRY_OK;
@@ -187,7 +197,11 @@ void *ferry__coord_watch_main(void *arg)
             continue;
         }
         if (stream == NULL) {
-            timed_wait(&coord->cond, &coord->lock, backoff);
+            /* Not once disconnect began: its wake-up may have come while
+             * the lock was let go above, and the pause would outlast it. */
+            if (!coord->stopping) {
+                timed_wait(&coord->cond, &coord->lock, backoff);
+            }
             backoff = backoff * 2 < period_ms(coord) ? backoff * 2 : period_ms(coord);
             continue;
         }

@@ -537,6 +537,12 @@ ferry_status_t ferry_op_wait(ferry_op_t *op, int timeout_ms)
     int rc = 0;
 
     ferry__clear_error();
+    if (timeout_ms < -1) {
+        /* A computed `deadline - now` gone negative is a bug of the
+         * caller's, not "no limit" (which waited for ever). */
+        return ferry__fail(FERRY_ERR_INVALID_ARGUMENT,
+                           "timeout_ms: %d is neither -1 (no limit) nor >= 0", timeout_ms);
+    }
     if (c->mode == FERRY_PROGRESS_CALLER) {
         return wait_driving(op, timeout_ms);
     }

@@ -103,7 +103,8 @@ typedef enum {
 typedef struct {
     uint64_t field_mask;      /* ferry_publish_param_field_t bits */
     const char *request_id;   /* 1..128 bytes of [A-Za-z0-9._:-]; required */
-    const char *access_token; /* 16..256 printable bytes; NULL: libferry draws one */
+    const char *access_token; /* 16..256 printable bytes; NULL: libferry draws one ("":
+                                 FERRY_ERR_INVALID_ARGUMENT) */
     /* FIELD_TTL: TTL of the session lease when this call makes it. Unset
      * (or 0): the coordinator's. Negative: FERRY_ERR_INVALID_ARGUMENT. */
     int ttl_s;

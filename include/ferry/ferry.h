@@ -529,9 +529,9 @@ FERRY_API ferry_op_status_t ferry_op_status(const ferry_op_t *op);
 FERRY_API ferry_status_t ferry_op_error(const ferry_op_t *op, const char **message_p);
 
 /* Waits until the operation is final or timeout_ms passes (-1: no limit; 0:
- * just look). Returns FERRY_OK for COMPLETE, FERRY_ERR_CANCELLED for
- * CANCELLED, the operation's error code for ERRORED, and FERRY_ERR_TIMED_OUT
- * when the time ran out (the operation goes on; wait again or cancel).
+ * just look; below -1: FERRY_ERR_INVALID_ARGUMENT, at once). Returns FERRY_OK for COMPLETE,
+ * FERRY_ERR_CANCELLED for CANCELLED, the operation's error code for ERRORED, and
+ * FERRY_ERR_TIMED_OUT when the time ran out (the operation goes on; wait again or cancel).
  *
  * libferry never ends an operation with FERRY_ERR_TIMED_OUT itself (a
  * peer's TIMED_OUT arrives as FERRY_ERR_PEER_FAILED, and its own timeouts

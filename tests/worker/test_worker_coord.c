@@ -2078,6 +2078,43 @@ static void test_an_abandoned_claim_cannot_end_the_retry(void **state)
     test_coord_cleanup(&a);
 }
 
+/* Arguments refused before any work (audit-s25-capi M4, L1, L2): a wait
+ * of -5 ms (a computed deadline gone negative) waited for ever; an empty
+ * access token let the coordinator pick the token, which a lost answer
+ * takes with it; a NULL op_p crashed after the claim was granted and the
+ * transfer begun, and a NULL coordinator_p after the client's threads
+ * started. */
+static void test_bad_arguments_are_refused_before_any_work(void **state)
+{
+    uint8_t buf[64];
+    ferry_descriptor_t d = {.ptr = buf, .size = sizeof(buf), .device = FERRY_DEVICE_HOST_INIT};
+    ferry_publish_params_t empty = {.request_id = "bad-args-1", .access_token = ""};
+    ferry_publish_params_t p = {.request_id = "bad-args-1", .access_token = TOKEN};
+    ferry_claim_params_t claim = {.request_id = "bad-args-1", .access_token = TOKEN};
+    ferry_coordinator_params_t cp = {.target = coord.target};
+    ferry_op_t *op;
+    (void)state;
+
+    assert_int_equal(ferry_writable_create(conn, &d, 1, &op), FERRY_OK);
+    assert_int_equal(ferry_op_wait(op, -5), FERRY_ERR_INVALID_ARGUMENT);
+    assert_non_null(strstr(ferry_last_error_message(), "timeout_ms"));
+    assert_int_equal(ferry_op_wait(op, INT_MIN), FERRY_ERR_INVALID_ARGUMENT);
+    assert_int_equal(ferry_op_wait(op, 0), FERRY_ERR_TIMED_OUT);
+
+    assert_int_equal(ferry_op_publish(op, client, &empty), FERRY_ERR_INVALID_ARGUMENT);
+    assert_non_null(strstr(ferry_last_error_message(), "params.access_token"));
+    assert_int_equal(coord_state("bad-args-1"), -1); /* nothing registered */
+
+    assert_int_equal(ferry_op_publish(op, client, &p), FERRY_OK);
+    assert_int_equal(ferry_write_begin_by_id(conn, client, &claim, &d, 1, NULL),
+                     FERRY_ERR_INVALID_ARGUMENT);
+    assert_non_null(strstr(ferry_last_error_message(), "op_p"));
+    assert_int_equal(coord_state("bad-args-1"), ST(REGISTERED)); /* not claimed */
+    assert_int_equal(ferry_coordinator_connect(&cp, NULL), FERRY_ERR_INVALID_ARGUMENT);
+    assert_non_null(strstr(ferry_last_error_message(), "coordinator_p"));
+    ferry_op_destroy(op);
+}
+
 int main(int argc, char **argv)
 {
     const struct CMUnitTest tests[] = {
@@ -2109,6 +2146,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_failed_publish_takes_its_record_back),
         cmocka_unit_test(test_interrupt_check_ends_waits_on_a_frozen_coordinator),
         cmocka_unit_test(test_an_abandoned_claim_cannot_end_the_retry),
+        cmocka_unit_test(test_bad_arguments_are_refused_before_any_work),
     };
 
     self_exe = argv[0];
