@@ -37,7 +37,8 @@ deploy/Containerfile, without a cluster:
               exactly etcd-0..N-1 at their headless-Service DNS names on the
               peer port; the headless Service exists (clusterIP None,
               publishNotReadyAddresses); podManagementPolicy Parallel; data on
-              a volumeClaimTemplate; --listen-metrics-urls plaintext, on the
+              a volumeClaimTemplate of at least twice the backend quota
+              (--quota-backend-bytes, else etcd's 2 GiB); --listen-metrics-urls plaintext, on the
               containerPort the pods' prometheus.io/* scrape annotations
               name.
   workers     in each example, with its overlay's objects: FERRY_TOKEN
@@ -1139,6 +1140,7 @@ def check_etcd(ctx):
                                data_dir.startswith(vm.get("mountPath", "").rstrip("/") + "/")
                                for vm in mounts):
             fail(where, "--data-dir %r is not on a volumeClaimTemplate mount" % data_dir)
+        check_etcd_quota(where, spec, args)
         check_etcd_tls(ctx, where, pspec, c, args)
         check_etcd_metrics(where, o, c, args)
         if ctx.expect["tls"]:
@@ -1156,6 +1158,35 @@ def check_etcd(ctx):
             if ps.get("minAvailable") != quorum and ps.get("maxUnavailable") != (n - quorum):
                 fail(ctx.w(p), "must keep quorum: minAvailable %s or maxUnavailable %s"
                      % (quorum, n - quorum))
+
+
+def quantity_bytes(q):
+    """A Kubernetes storage quantity ("4Gi", "500M", "1073741824") in bytes;
+    None when it does not parse."""
+    m = re.match(r"^([0-9]+)(Ki|Mi|Gi|Ti|k|M|G|T)?$", str(q))
+    if not m:
+        return None
+    units = {None: 1, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40,
+             "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
+    return int(m.group(1)) * units[m.group(2)]
+
+
+def check_etcd_quota(where, spec, args):
+    """The member's volume holds at least twice its backend quota (etcd's
+    default, 2 GiB, when --quota-backend-bytes is unset): the database, the
+    WAL and a snapshot beside them must not fill the disk before the
+    quota's clean NOSPACE alarm (a failed WAL write stops the member)."""
+    quota = int(args.get("--quota-backend-bytes") or 2 * 2**30)
+    for t in spec.get("volumeClaimTemplates") or []:
+        req = (((t.get("spec") or {}).get("resources") or {}).get("requests") or {})
+        size = quantity_bytes(req.get("storage"))
+        if size is None:
+            fail(where, "volumeClaimTemplate %r: storage %r does not parse"
+                 % ((t.get("metadata") or {}).get("name"), req.get("storage")))
+        elif size < 2 * quota:
+            fail(where, "volumeClaimTemplate %r: %s is under twice the backend quota (%d bytes): "
+                 "the disk fills before etcd's NOSPACE alarm" %
+                 ((t.get("metadata") or {}).get("name"), req.get("storage"), quota))
 
 
 def check_etcd_tls(ctx, where, spec, c, args):

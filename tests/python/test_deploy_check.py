@@ -285,6 +285,20 @@ class DeployCheckCatches(unittest.TestCase):
         self.assertFails(r"overlays/prod .*coordinator: env FERRY_ETCD uses \$\(POD_NAMESPACE\), "
                          r"which no env entry before it defines")
 
+    def test_etcd_volume_not_twice_its_quota(self):
+        """A volume the database, its WAL and a snapshot fill before etcd's
+        NOSPACE alarm: 1536Mi with the 1 GiB quota, or a 2Gi volume with
+        the quota left at etcd's 2 GiB default (as the manifests shipped)."""
+        etcd = os.path.join(self.k8s, "base", "etcd.yaml")
+        edit(etcd, "storage: 4Gi", "storage: 1536Mi")
+        self.assertFails(r"overlays/dev StatefulSet/etcd: volumeClaimTemplate 'data': 1536Mi is "
+                         r"under twice the backend quota \(1073741824 bytes\)")
+        edit(etcd, "storage: 1536Mi", "storage: 2Gi")
+        edit(os.path.join(self.k8s, "overlays", "dev", "etcd-one-member.yaml"),
+             "            - --quota-backend-bytes=1073741824\n", "")
+        self.assertFails(r"overlays/dev StatefulSet/etcd: volumeClaimTemplate 'data': 2Gi is "
+                         r"under twice the backend quota \(2147483648 bytes\)")
+
     def test_etcd_scrape_annotation_on_a_port_etcd_does_not_serve(self):
         edit(os.path.join(self.k8s, "base", "etcd.yaml"),
              'prometheus.io/port: "2381"', 'prometheus.io/port: "2390"')
