@@ -441,7 +441,10 @@ static void give_back_free_memory(void)
     }
 }
 
-/* Waits for SIGTERM or SIGINT (returns it), or for the private etcd to
+/* Waits for SIGTERM, SIGINT or SIGHUP (returns it; a closed terminal or a
+ * supervisor's reload signal drains as SIGTERM does, where SIGHUP's
+ * default killed the process mid-call; one started ignoring it, as nohup
+ * does, keeps ignoring it), or for the private etcd to
  * exit (returns 0): a coordinator without its etcd can only answer
  * UNAVAILABLE, so it stops, and its supervisor starts both again. Between
  * signals, every TRIM_INTERVAL_S, gives free memory back. */
@@ -454,6 +457,7 @@ static int wait_for_signal(coordinator_t *c)
     sigemptyset(&set);
     sigaddset(&set, SIGTERM);
     sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGHUP);
     sigaddset(&set, SIGCHLD);
     for (;;) {
         sig = sigtimedwait(&set, NULL, &interval);
@@ -487,6 +491,7 @@ int main(int argc, char **argv)
     sigemptyset(&set);
     sigaddset(&set, SIGTERM);
     sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGHUP);
     sigaddset(&set, SIGPIPE);
     sigaddset(&set, SIGCHLD); /* the private etcd's end, taken by wait_for_signal */
     pthread_sigmask(SIG_BLOCK, &set, NULL);

@@ -632,7 +632,8 @@ static void check_health(coord_registry_t *r)
 
     if (ok != was_ok) {
         if (ok) {
-            ferry_info("registry: etcd is reachable and has a quorum");
+            /* At warn, as the outage was: a log kept at warn shows its end. */
+            ferry_warn("registry: etcd is reachable and has a quorum again");
         } else {
             ferry_warn("registry: etcd cannot commit: %s", etcd_client_last_error());
             etcd_client_check_cert(r->etcd); /* etcd says only "bad certificate" */

@@ -3,6 +3,7 @@ is not C-specific. Run with /usr/bin/python3 (the Debian interpreter that
 has grpcio), from CTest.
 """
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -246,6 +247,23 @@ class CoordinatorFromPython(unittest.TestCase):
         with self.assertRaises(grpc.RpcError) as cm:
             self.stub.Get(self.cpb.GetRequest(request_id="py-storm-0-0"), timeout=10)
         self.assertEqual(cm.exception.code(), grpc.StatusCode.NOT_FOUND)
+
+
+class Signals(unittest.TestCase):
+    def test_sighup_drains_as_sigterm_does(self):
+        """SIGHUP (a closed terminal, a supervisor's reload) drains and
+        exits 0, as SIGTERM does: its default action killed the coordinator
+        mid-call (exit 129, no drain, no log line)."""
+        cluster = ferry_harness.Cluster(ttl=3)
+        try:
+            proc = cluster.coordinator.proc
+            proc.send_signal(signal.SIGHUP)
+            rc = proc.wait(30)
+            self.assertEqual(rc, 0)
+            self.assertTrue(cluster.coordinator.log_contains(
+                f"signal {int(signal.SIGHUP)}: draining in-flight calls"))
+        finally:
+            cluster.close()
 
 
 if __name__ == "__main__":
