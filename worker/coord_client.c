@@ -674,6 +674,8 @@ static bool links_untried(const ferry_coordinator_t *coord)
     return false;
 }
 
+static void unsure_take_all(ferry_coordinator_t *coord);
+
 /* The caller's interrupt check, polled while disconnect waits: once it
  * trips, every wait of the client's threads ends (aborting) and nothing
  * more is tried (the final deadline is now). Lock NOT held. */
@@ -736,6 +738,9 @@ ferry_status_t ferry_coordinator_disconnect(ferry_coordinator_t *coord)
                            callers);
     }
     coord->closing = true;
+    pthread_mutex_unlock(&coord->lock);
+    unsure_take_all(coord); /* queued as last duties, tried below */
+    pthread_mutex_lock(&coord->lock);
     /* Destroyed operations' last duties (a release, a claim's report) are
      * the session thread's while it runs, with its watch: a received
      * operation's Release waits for its writer's Complete, which the watch
@@ -850,6 +855,137 @@ static void take_back(ferry_coordinator_t *coord, const char *request_id, const 
     coord->links = link;
     pthread_cond_broadcast(&coord->cond);
     pthread_mutex_unlock(&coord->lock);
+}
+
+/* A record that a publish which failed unsure may have left under the
+ * caller's token (a drawn token's is taken back at once). The caller may
+ * publish the operation again with that token and take it over (the
+ * coordinator answers the repeat); so it is taken back only when the
+ * operation is destroyed without having done so, and at disconnect. One
+ * per operation (its latest failed request ID; an earlier one is taken
+ * back when a later one replaces it), found from the operation by its
+ * listener. */
+typedef struct coord_unsure {
+    ferry_coordinator_t *coord; /* NULL once disconnect took it over */
+    struct coord_unsure *next;  /* on coord->unsure */
+    char request_id[FERRY_REQUEST_ID_MAX + 1];
+    char token[FERRY_TOKEN_MAX + 1];
+    int64_t lease;
+    bool settled; /* published after all, or taken back already */
+} coord_unsure_t;
+
+/* Guards every coord_unsure_t and each client's list of them. Taken before
+ * a client's lock (take_back), never after. */
+static pthread_mutex_t unsure_lock = PTHREAD_MUTEX_INITIALIZER;
+
+/* Takes u off its client's list. unsure_lock held. */
+static void unsure_unlink(coord_unsure_t *u)
+{
+    for (coord_unsure_t **pp = &u->coord->unsure; *pp != NULL; pp = &(*pp)->next) {
+        if (*pp == u) {
+            *pp = u->next;
+            break;
+        }
+    }
+    u->coord = NULL;
+}
+
+static void unsure_on_event(ferry_op_t *op, ferry_op_event_t event, ferry_op_status_t status,
+                            void *arg)
+{
+    coord_unsure_t *u = arg;
+    (void)op;
+    (void)status;
+
+    if (event != FERRY_OP_EVENT_DESTROY) {
+        return;
+    }
+    pthread_mutex_lock(&unsure_lock);
+    if (u->coord != NULL) {
+        if (!u->settled) {
+            take_back(u->coord, u->request_id, u->token, u->lease);
+        }
+        unsure_unlink(u);
+    }
+    pthread_mutex_unlock(&unsure_lock);
+    free(u);
+}
+
+static coord_unsure_t *unsure_of(const ferry_op_t *op)
+{
+    void *arg = NULL;
+    return ferry_op_listener_arg(op, unsure_on_event, &arg) == FERRY_OK ? arg : NULL;
+}
+
+/* After a publish of op that failed unsure under the caller's token. */
+static void unsure_keep(ferry_coordinator_t *coord, ferry_op_t *op, const char *request_id,
+                        const char *token, int64_t lease)
+{
+    coord_unsure_t *u = unsure_of(op);
+
+    pthread_mutex_lock(&unsure_lock);
+    if (u != NULL && u->coord != NULL && !u->settled &&
+        (u->coord != coord || strcmp(u->request_id, request_id) != 0 ||
+         strcmp(u->token, token) != 0)) {
+        take_back(u->coord, u->request_id, u->token, u->lease); /* this one replaces it */
+    }
+    if (u != NULL && u->coord != coord) {
+        if (u->coord != NULL) {
+            unsure_unlink(u);
+        }
+        u->coord = coord;
+        u->next = coord->unsure;
+        coord->unsure = u;
+    }
+    if (u == NULL && (u = calloc(1, sizeof(*u))) != NULL) {
+        if (ferry_op_add_listener(op, unsure_on_event, u) == FERRY_OK) {
+            u->coord = coord;
+            u->next = coord->unsure;
+            coord->unsure = u;
+        } else {
+            free(u);
+            u = NULL;
+        }
+    }
+    if (u == NULL) {
+        take_back(coord, request_id, token, lease); /* no memory, or being destroyed */
+    } else {
+        snprintf(u->request_id, sizeof(u->request_id), "%s", request_id);
+        snprintf(u->token, sizeof(u->token), "%s", token);
+        u->lease = lease;
+        u->settled = false;
+    }
+    pthread_mutex_unlock(&unsure_lock);
+}
+
+/* After op published request_id: a record its failed try left there is
+ * now the operation's (its repeat was answered as registered). */
+static void unsure_settle(ferry_coordinator_t *coord, ferry_op_t *op, const char *request_id)
+{
+    coord_unsure_t *u = unsure_of(op);
+
+    pthread_mutex_lock(&unsure_lock);
+    if (u != NULL && u->coord == coord && strcmp(u->request_id, request_id) == 0) {
+        u->settled = true;
+    }
+    pthread_mutex_unlock(&unsure_lock);
+}
+
+/* Disconnect: what failed publishes may have left is taken back now, by
+ * the client's last duties; their operations may outlive the client. */
+static void unsure_take_all(ferry_coordinator_t *coord)
+{
+    pthread_mutex_lock(&unsure_lock);
+    while (coord->unsure != NULL) {
+        coord_unsure_t *u = coord->unsure;
+        coord->unsure = u->next;
+        if (!u->settled) {
+            take_back(coord, u->request_id, u->token, u->lease);
+        }
+        u->settled = true;
+        u->coord = NULL;
+    }
+    pthread_mutex_unlock(&unsure_lock);
 }
 
 /* One Register of req (lease_id and lease_token filled here, from the
@@ -1059,9 +1195,12 @@ static ferry_status_t op_publish(ferry_op_t *op, ferry_coordinator_t *coord,
          * drawn here dies with this call, and so would the record. */
         if (unsure && params->access_token == NULL) {
             take_back(coord, params->request_id, drawn, lease);
+        } else if (unsure) {
+            unsure_keep(coord, op, params->request_id, params->access_token, lease);
         }
         return rpc_fail(status, "register", &err);
     }
+    unsure_settle(coord, op, params->request_id);
     status = link_add(coord, op, true, params->request_id, resp->access_token, resp->lease_id,
                       resp->lease_token, 0);
     ferry__v1__register_response__free_unpacked(resp, NULL);

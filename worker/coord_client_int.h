@@ -95,6 +95,10 @@ struct ferry_coordinator {
     pthread_mutex_t lock;
     pthread_cond_t cond; /* wakes the session thread; busy -> idle; session made */
     coord_link_t *links;
+    /* Records failed publishes may have left under their callers' tokens,
+     * taken back when their operations are destroyed (coord_client.c,
+     * unsure_keep); guarded by that file's unsure_lock, not by lock. */
+    struct coord_unsure *unsure;
     bool stopping;
     /* Under lock: calls of the API in flight on callers' threads (publish,
      * a by-ID begin), which disconnect refuses to free the client under

@@ -136,7 +136,8 @@ typedef struct {
  * check), the record it may have left is taken
  * back by the client's thread (Cancel, Release) when libferry drew the
  * token; with the caller's token it is the caller's: publishing the
- * operation again with that token takes it over. One publish of an
+ * operation again with that token takes it over, and it is taken back when
+ * the operation is destroyed without having done so (or at disconnect). One publish of an
  * operation at a time: two at once from two threads may both register it
  * (the Python binding refuses the second). */
 FERRY_API ferry_status_t ferry_op_publish(ferry_op_t *op, ferry_coordinator_t *coordinator,

@@ -1733,13 +1733,14 @@ typedef struct {
     ferry_op_t *op;
     ferry_coordinator_t *client;
     const char *request_id;
+    const char *token; /* NULL: libferry draws one */
     ferry_status_t status;
 } publisher_t;
 
 static void *publisher_main(void *arg)
 {
     publisher_t *p = arg;
-    ferry_publish_params_t params = {.request_id = p->request_id}; /* libferry draws the token */
+    ferry_publish_params_t params = {.request_id = p->request_id, .access_token = p->token};
 
     p->status = ferry_op_publish(p->op, p->client, &params);
     return NULL;
@@ -2078,6 +2079,72 @@ static void test_an_abandoned_claim_cannot_end_the_retry(void **state)
     test_coord_cleanup(&a);
 }
 
+/* A publish with the caller's token interrupted after etcd applied its
+ * Register (the answer held at a gated replica) fails unsure: the record
+ * is the caller's to take over by publishing the operation again. The
+ * operation destroyed instead, the client takes the record back (Cancel,
+ * Release) and the request ID is free: another operation publishes it with
+ * the same token. It used to stay taken for as long as the client lived
+ * (ALREADY_EXISTS; audit-s25-capi M2). */
+static void test_failed_publish_with_its_own_token_is_taken_back_at_destroy(void **state)
+{
+    gated_t g;
+    ferry_descriptor_t d = {.ptr = g.buf, .size = sizeof(g.buf), .device = FERRY_DEVICE_HOST_INIT};
+    ferry_publish_params_t p = {.request_id = "own-1", .access_token = TOKEN};
+    trip_t trip = {.after = INT_MAX};
+    tripped_publisher_t tp = {.pub = {.request_id = "own-1", .token = TOKEN}, .trip = &trip};
+    ferry_op_t *next;
+    FILE *f;
+    (void)state;
+
+    g.dir = test_tmpdir_create("gate");
+    assert_non_null(g.dir);
+    snprintf(g.gate, sizeof(g.gate), "%s/open", g.dir);
+    start_gated(&g.a, g.gate, "own-a", 600000, &g.cl, &g.session_op, g.session_buf);
+    tp.pub.client = g.cl;
+    assert_int_equal(ferry_writable_create(conn, &d, 1, &tp.pub.op), FERRY_OK);
+    assert_int_equal(pthread_create(&g.thread, NULL, tripped_publisher_main, &tp), 0);
+    for (long long until = test_now_ms() + 20000; coord_state("own-1") != ST(REGISTERED);
+         poll(NULL, 0, 10)) {
+        assert_true(test_now_ms() < until);
+    }
+    atomic_store(&trip.stop, true);
+    assert_int_equal(pthread_join(g.thread, NULL), 0);
+    assert_int_equal(tp.pub.status, FERRY_ERR_CANCELLED);
+    f = fopen(g.gate, "w"); /* the replica answers again */
+    assert_non_null(f);
+    fclose(f);
+
+    ferry_op_destroy(tp.pub.op);
+    assert_true(record_gone("own-1", 20000));
+    assert_int_equal(ferry_writable_create(conn, &d, 1, &next), FERRY_OK);
+    assert_int_equal(ferry_op_publish(next, g.cl, &p), FERRY_OK);
+    ferry_op_destroy(next);
+
+    /* The same with the client disconnected before the operation is
+     * destroyed: disconnect takes the record back, and the operation
+     * outlives the client. */
+    assert_int_equal(unlink(g.gate), 0);
+    trip = (trip_t){.after = INT_MAX};
+    tp.pub.request_id = "own-2";
+    assert_int_equal(ferry_writable_create(conn, &d, 1, &tp.pub.op), FERRY_OK);
+    assert_int_equal(pthread_create(&g.thread, NULL, tripped_publisher_main, &tp), 0);
+    for (long long until = test_now_ms() + 20000; coord_state("own-2") != ST(REGISTERED);
+         poll(NULL, 0, 10)) {
+        assert_true(test_now_ms() < until);
+    }
+    atomic_store(&trip.stop, true);
+    assert_int_equal(pthread_join(g.thread, NULL), 0);
+    assert_int_equal(tp.pub.status, FERRY_ERR_CANCELLED);
+    f = fopen(g.gate, "w");
+    assert_non_null(f);
+    fclose(f);
+    g.pub.op = NULL;
+    gated_end(&g);
+    assert_true(record_gone("own-2", 20000));
+    ferry_op_destroy(tp.pub.op);
+}
+
 /* Arguments refused before any work (audit-s25-capi M4, L1, L2): a wait
  * of -5 ms (a computed deadline gone negative) waited for ever; an empty
  * access token let the coordinator pick the token, which a lost answer
@@ -2147,6 +2214,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_interrupt_check_ends_waits_on_a_frozen_coordinator),
         cmocka_unit_test(test_an_abandoned_claim_cannot_end_the_retry),
         cmocka_unit_test(test_bad_arguments_are_refused_before_any_work),
+        cmocka_unit_test(test_failed_publish_with_its_own_token_is_taken_back_at_destroy),
     };
 
     self_exe = argv[0];
