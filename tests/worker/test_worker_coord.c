@@ -2069,6 +2069,17 @@ static void test_an_abandoned_claim_cannot_end_the_retry(void **state)
     assert_int_equal(coord_state("abandon-1"), ST(CLAIMED));
     assert_false(ferry_op_status_is_final(ferry_op_status(recv_op)));
 
+    /* Now the receiver answers: the retry's transfer ends as it should,
+     * and nothing is left in flight inside UCX when the connectors close. */
+    for (long long until = test_now_ms() + 20000;
+         !(ferry_op_status_is_final(ferry_op_status(writer)) &&
+           ferry_op_status_is_final(ferry_op_status(recv_op))) &&
+         test_now_ms() < until;) {
+        assert_int_equal(ferry_connector_progress(rconn), FERRY_OK);
+        poll(NULL, 0, 1);
+    }
+    assert_int_equal(ferry_op_status(writer), FERRY_OP_STATUS_COMPLETE);
+    assert_int_equal(ferry_op_status(recv_op), FERRY_OP_STATUS_COMPLETE);
     ferry_op_destroy(writer);
     ferry_op_destroy(session_op);
     assert_int_equal(ferry_coordinator_disconnect(cl), FERRY_OK);
