@@ -2090,6 +2090,28 @@ static void test_an_abandoned_claim_cannot_end_the_retry(void **state)
     test_coord_cleanup(&a);
 }
 
+/* Publishes a new operation over d as tp says, in a thread, on g's gated
+ * replica (its gate shut), until etcd holds the record; then the thread's
+ * interrupt check ends the publish (CANCELLED: unsure) and the gate opens. */
+static void publish_interrupted_at_the_gate(gated_t *g, tripped_publisher_t *tp,
+                                            const ferry_descriptor_t *d)
+{
+    FILE *f;
+
+    assert_int_equal(ferry_writable_create(conn, d, 1, &tp->pub.op), FERRY_OK);
+    assert_int_equal(pthread_create(&g->thread, NULL, tripped_publisher_main, tp), 0);
+    for (long long until = test_now_ms() + 20000; coord_state(tp->pub.request_id) != ST(REGISTERED);
+         poll(NULL, 0, 10)) {
+        assert_true(test_now_ms() < until);
+    }
+    atomic_store(&tp->trip->stop, true);
+    assert_int_equal(pthread_join(g->thread, NULL), 0);
+    assert_int_equal(tp->pub.status, FERRY_ERR_CANCELLED);
+    f = fopen(g->gate, "w"); /* the replica answers again */
+    assert_non_null(f);
+    fclose(f);
+}
+
 /* A publish with the caller's token interrupted after etcd applied its
  * Register (the answer held at a gated replica) fails unsure: the record
  * is the caller's to take over by publishing the operation again. The
@@ -2105,7 +2127,6 @@ static void test_failed_publish_with_its_own_token_is_taken_back_at_destroy(void
     trip_t trip = {.after = INT_MAX};
     tripped_publisher_t tp = {.pub = {.request_id = "own-1", .token = TOKEN}, .trip = &trip};
     ferry_op_t *next;
-    FILE *f;
     (void)state;
 
     g.dir = test_tmpdir_create("gate");
@@ -2113,19 +2134,7 @@ static void test_failed_publish_with_its_own_token_is_taken_back_at_destroy(void
     snprintf(g.gate, sizeof(g.gate), "%s/open", g.dir);
     start_gated(&g.a, g.gate, "own-a", 600000, &g.cl, &g.session_op, g.session_buf);
     tp.pub.client = g.cl;
-    assert_int_equal(ferry_writable_create(conn, &d, 1, &tp.pub.op), FERRY_OK);
-    assert_int_equal(pthread_create(&g.thread, NULL, tripped_publisher_main, &tp), 0);
-    for (long long until = test_now_ms() + 20000; coord_state("own-1") != ST(REGISTERED);
-         poll(NULL, 0, 10)) {
-        assert_true(test_now_ms() < until);
-    }
-    atomic_store(&trip.stop, true);
-    assert_int_equal(pthread_join(g.thread, NULL), 0);
-    assert_int_equal(tp.pub.status, FERRY_ERR_CANCELLED);
-    f = fopen(g.gate, "w"); /* the replica answers again */
-    assert_non_null(f);
-    fclose(f);
-
+    publish_interrupted_at_the_gate(&g, &tp, &d);
     ferry_op_destroy(tp.pub.op);
     assert_true(record_gone("own-1", 20000));
     assert_int_equal(ferry_writable_create(conn, &d, 1, &next), FERRY_OK);
@@ -2138,18 +2147,7 @@ static void test_failed_publish_with_its_own_token_is_taken_back_at_destroy(void
     assert_int_equal(unlink(g.gate), 0);
     trip = (trip_t){.after = INT_MAX};
     tp.pub.request_id = "own-2";
-    assert_int_equal(ferry_writable_create(conn, &d, 1, &tp.pub.op), FERRY_OK);
-    assert_int_equal(pthread_create(&g.thread, NULL, tripped_publisher_main, &tp), 0);
-    for (long long until = test_now_ms() + 20000; coord_state("own-2") != ST(REGISTERED);
-         poll(NULL, 0, 10)) {
-        assert_true(test_now_ms() < until);
-    }
-    atomic_store(&trip.stop, true);
-    assert_int_equal(pthread_join(g.thread, NULL), 0);
-    assert_int_equal(tp.pub.status, FERRY_ERR_CANCELLED);
-    f = fopen(g.gate, "w");
-    assert_non_null(f);
-    fclose(f);
+    publish_interrupted_at_the_gate(&g, &tp, &d);
     g.pub.op = NULL;
     gated_end(&g);
     assert_true(record_gone("own-2", 20000));
