@@ -167,3 +167,49 @@ ferry_status_t ferry_md_sizes_pair(const Ferry__V1__RdmaMetadata *md, const uint
     }
     return FERRY_OK;
 }
+
+static int id_char_ok(char c)
+{
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' ||
+           c == '_' || c == ':' || c == '-';
+}
+
+ferry_status_t ferry_request_id_check(const char *field, const char *id, char *msg, size_t cap)
+{
+    size_t len = id == NULL ? 0 : strlen(id);
+
+    if (len == 0) {
+        return invalid(msg, cap, "%s is required", field);
+    }
+    if (len > FERRY_REQUEST_ID_MAX) {
+        return invalid(msg, cap, "%s is %zu bytes; at most %d allowed", field, len,
+                       FERRY_REQUEST_ID_MAX);
+    }
+    for (size_t i = 0; i < len; i++) {
+        if (!id_char_ok(id[i])) {
+            return invalid(msg, cap, "%s has a character outside [A-Za-z0-9._:-] at byte %zu",
+                           field, i);
+        }
+    }
+    return FERRY_OK;
+}
+
+ferry_status_t ferry_token_check(const char *field, const char *token, int required, char *msg,
+                                 size_t cap)
+{
+    size_t len = token == NULL ? 0 : strlen(token);
+
+    if (len == 0) {
+        return required ? invalid(msg, cap, "%s is required", field) : FERRY_OK;
+    }
+    if (len < FERRY_TOKEN_MIN || len > FERRY_TOKEN_MAX) {
+        return invalid(msg, cap, "%s is %zu bytes; it must be %d to %d", field, len,
+                       FERRY_TOKEN_MIN, FERRY_TOKEN_MAX);
+    }
+    for (size_t i = 0; i < len; i++) {
+        if (token[i] < 0x21 || token[i] > 0x7e) {
+            return invalid(msg, cap, "%s has a non-printable byte at %zu", field, i);
+        }
+    }
+    return FERRY_OK;
+}

@@ -68,6 +68,18 @@ ferry_status_t ferry_md_sizes_pair(const Ferry__V1__RdmaMetadata *md, const uint
  * sized from here, a limit raised on one side cannot leave the other
  * holding a cut ID that names another record. */
 #define FERRY_REQUEST_ID_MAX 128
+#define FERRY_TOKEN_MIN      16
 #define FERRY_TOKEN_MAX      256
+
+/* The rules themselves, the coordinator's (coordinator/validate.h) and
+ * libferry's, which refuses a bad ID or token at once rather than after a
+ * coordinator that cannot be reached has cost the call its timeout. Each
+ * returns FERRY_OK or FERRY_ERR_INVALID_ARGUMENT, msg naming `field`.
+ * request ID: 1..FERRY_REQUEST_ID_MAX bytes of [A-Za-z0-9._:-]. token:
+ * FERRY_TOKEN_MIN..FERRY_TOKEN_MAX printable ASCII bytes; empty (or NULL)
+ * refused when required, allowed otherwise. */
+ferry_status_t ferry_request_id_check(const char *field, const char *id, char *msg, size_t cap);
+ferry_status_t ferry_token_check(const char *field, const char *token, int required, char *msg,
+                                 size_t cap);
 
 #endif /* FERRY_COMMON_MD_RULES_H */

@@ -21,50 +21,15 @@ __attribute__((format(printf, 3, 4))) static ferry_status_t invalid(char *msg, s
     return FERRY_ERR_INVALID_ARGUMENT;
 }
 
-static int id_char_ok(char c)
-{
-    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' ||
-           c == '_' || c == ':' || c == '-';
-}
-
 ferry_status_t coord_validate_request_id(const char *field, const char *id, char *msg, size_t cap)
 {
-    size_t len = id == NULL ? 0 : strlen(id);
-
-    if (len == 0) {
-        return invalid(msg, cap, "%s is required", field);
-    }
-    if (len > COORD_REQUEST_ID_MAX) {
-        return invalid(msg, cap, "%s is %zu bytes; at most %d allowed", field, len,
-                       COORD_REQUEST_ID_MAX);
-    }
-    for (size_t i = 0; i < len; i++) {
-        if (!id_char_ok(id[i])) {
-            return invalid(msg, cap, "%s has a character outside [A-Za-z0-9._:-] at byte %zu",
-                           field, i);
-        }
-    }
-    return FERRY_OK;
+    return ferry_request_id_check(field, id, msg, cap);
 }
 
 ferry_status_t coord_validate_token(const char *field, const char *token, int required, char *msg,
                                     size_t cap)
 {
-    size_t len = token == NULL ? 0 : strlen(token);
-
-    if (len == 0) {
-        return required ? invalid(msg, cap, "%s is required", field) : FERRY_OK;
-    }
-    if (len < COORD_TOKEN_MIN || len > COORD_TOKEN_MAX) {
-        return invalid(msg, cap, "%s is %zu bytes; it must be %d to %d", field, len,
-                       COORD_TOKEN_MIN, COORD_TOKEN_MAX);
-    }
-    for (size_t i = 0; i < len; i++) {
-        if (token[i] < 0x21 || token[i] > 0x7e) {
-            return invalid(msg, cap, "%s has a non-printable byte at %zu", field, i);
-        }
-    }
-    return FERRY_OK;
+    return ferry_token_check(field, token, required, msg, cap);
 }
 
 /* protobuf-c keeps the unknown fields of what it unpacks and packs them

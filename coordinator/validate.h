@@ -35,7 +35,7 @@
 #include "ferry/v1/coordinator.pb-c.h"
 
 #define COORD_REQUEST_ID_MAX FERRY_REQUEST_ID_MAX
-#define COORD_TOKEN_MIN      16
+#define COORD_TOKEN_MIN      FERRY_TOKEN_MIN
 #define COORD_TOKEN_MAX      FERRY_TOKEN_MAX
 /* The metadata's limits are common/md_rules.h's (one owner). */
 #define COORD_DESCRIPTORS_MAX    FERRY_MD_DESCRIPTORS_MAX

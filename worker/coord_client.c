@@ -1180,6 +1180,16 @@ static ferry_status_t op_publish(ferry_op_t *op, ferry_coordinator_t *coord,
         return ferry__fail(FERRY_ERR_INVALID_ARGUMENT,
                            "params.access_token: empty (NULL lets libferry draw one)");
     }
+    /* The coordinator's rules, here too: a bad ID is refused at once, not
+     * after an unreachable coordinator cost the call its timeout. */
+    char why[256];
+    if (ferry_request_id_check("params.request_id", params->request_id, why, sizeof(why)) !=
+            FERRY_OK ||
+        (params->access_token != NULL &&
+         ferry_token_check("params.access_token", params->access_token, 1, why, sizeof(why)) !=
+             FERRY_OK)) {
+        return ferry__fail(FERRY_ERR_INVALID_ARGUMENT, "%s", why);
+    }
     if (params->access_token == NULL && draw_token(drawn, sizeof(drawn)) != FERRY_OK) {
         return ferry__fail(FERRY_ERR_IO, "register: getrandom failed drawing an access token");
     }
@@ -1311,6 +1321,12 @@ static ferry_status_t begin_by_id(ferry_connector_t *connector, ferry_coordinato
             FERRY_ERR_INVALID_ARGUMENT, "params.field_mask: unknown bits 0x%llx",
             (unsigned long long)(p->field_mask & ~(uint64_t)(FERRY_CLAIM_PARAM_FIELD_WAIT |
                                                              FERRY_CLAIM_PARAM_FIELD_TTL)));
+    }
+    char why[256];
+    if (ferry_request_id_check("params.request_id", p->request_id, why, sizeof(why)) != FERRY_OK ||
+        ferry_token_check("params.access_token", p->access_token, 1, why, sizeof(why)) !=
+            FERRY_OK) {
+        return ferry__fail(FERRY_ERR_INVALID_ARGUMENT, "%s", why);
     }
     if (claim_wait(p) < 0 || claim_ttl(p) < 0) {
         return ferry__fail(FERRY_ERR_INVALID_ARGUMENT, "params.%s: %d is negative",

@@ -100,6 +100,9 @@ typedef enum {
     FERRY_PUBLISH_PARAM_FIELD_TTL = 1u << 0,
 } ferry_publish_param_field_t;
 
+/* A request ID or token that breaks its rule (below) is refused at once,
+ * FERRY_ERR_INVALID_ARGUMENT naming the field, as the coordinator would
+ * refuse it, by publish and a by-ID begin alike. */
 typedef struct {
     uint64_t field_mask;      /* ferry_publish_param_field_t bits */
     const char *request_id;   /* 1..128 bytes of [A-Za-z0-9._:-]; required */

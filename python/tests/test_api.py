@@ -1198,7 +1198,7 @@ def test_constructors_check_the_connector_after_running_python_code(connector, s
 
     k = ferry.Coordinator("127.0.0.1:1", timeout=0.2)
     try:
-        op = connector.begin_write_by_id(k, "rid-python-code", "token",
+        op = connector.begin_write_by_id(k, "rid-python-code", "token-0123456789",
                                          _ClosingList([d], k.close))
     except ferry.FerryError as e:  # Misuse (closed), or the lookup failing
         assert isinstance(e, (ferry.Misuse, ferry.Unavailable, ferry.TimedOut)), repr(e)
@@ -1213,7 +1213,8 @@ def test_constructors_check_the_connector_after_running_python_code(connector, s
             k.close()
 
     with pytest.raises(ferry.Misuse, match="coordinator: closed"):
-        connector._begin_by_id(2, k, "rid-init-closes", "token", 0, 0, d, ClosingWrite)
+        connector._begin_by_id(2, k, "rid-init-closes", "token-0123456789", 0, 0, d,
+                               ClosingWrite)
     assert k.closed and connector._live_ops == 0
 
 

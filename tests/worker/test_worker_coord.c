@@ -2168,7 +2168,7 @@ static void test_bad_arguments_are_refused_before_any_work(void **state)
     ferry_publish_params_t p = {.request_id = "bad-args-1", .access_token = TOKEN};
     ferry_claim_params_t claim = {.request_id = "bad-args-1", .access_token = TOKEN};
     ferry_coordinator_params_t cp = {.target = coord.target};
-    ferry_op_t *op;
+    ferry_op_t *op, *op2 = NULL;
     (void)state;
 
     assert_int_equal(ferry_writable_create(conn, &d, 1, &op), FERRY_OK);
@@ -2189,6 +2189,26 @@ static void test_bad_arguments_are_refused_before_any_work(void **state)
     assert_int_equal(ferry_coordinator_connect(&cp, NULL), FERRY_ERR_INVALID_ARGUMENT);
     assert_non_null(strstr(ferry_last_error_message(), "coordinator_p"));
     ferry_op_destroy(op);
+
+    /* A bad request ID or token is refused at once, by the coordinator's
+     * rules (common/md_rules.h), not after a coordinator that cannot be
+     * reached cost the call its timeout (ten minutes here, past the
+     * test's own). */
+    ferry_coordinator_t *away;
+    ferry_publish_params_t bad_id = {.request_id = "bad id", .access_token = TOKEN};
+    ferry_claim_params_t short_token = {.request_id = "bad-args-2", .access_token = "short"};
+    cp = (ferry_coordinator_params_t){.field_mask = FERRY_COORDINATOR_PARAM_FIELD_TIMEOUT,
+                                      .target = "127.0.0.1:1",
+                                      .timeout_ms = INTERRUPT_CALL_MS};
+    assert_int_equal(ferry_coordinator_connect(&cp, &away), FERRY_OK);
+    assert_int_equal(ferry_writable_create(conn, &d, 1, &op), FERRY_OK);
+    assert_int_equal(ferry_op_publish(op, away, &bad_id), FERRY_ERR_INVALID_ARGUMENT);
+    assert_non_null(strstr(ferry_last_error_message(), "params.request_id has a character"));
+    assert_int_equal(ferry_write_begin_by_id(conn, away, &short_token, &d, 1, &op2),
+                     FERRY_ERR_INVALID_ARGUMENT);
+    assert_non_null(strstr(ferry_last_error_message(), "params.access_token is 5 bytes"));
+    ferry_op_destroy(op);
+    assert_int_equal(ferry_coordinator_disconnect(away), FERRY_OK);
 }
 
 int main(int argc, char **argv)
