@@ -538,6 +538,13 @@ static int check(coord_config_t *c)
                                        : "--etcd-key (FERRY_ETCD_KEY)");
         return -1;
     }
+    if (c->etcd_user != NULL && (c->etcd_password == NULL || c->etcd_password[0] == '\0')) {
+        /* Authentication would fail on every start, the replica serving
+         * nothing and never ready, with the cause only in its log. */
+        fprintf(stderr, "ferry-coordinator: --etcd-user (FERRY_ETCD_USER) needs its password in "
+                        "FERRY_ETCD_PASSWORD, which is empty or unset\n");
+        return -1;
+    }
     if (check_etcd_tls(c) != 0) {
         return -1;
     }

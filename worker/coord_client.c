@@ -1174,6 +1174,13 @@ static ferry_status_t op_publish(ferry_op_t *op, ferry_coordinator_t *coord,
     if (op_link(op) != NULL) {
         return ferry__fail(FERRY_ERR_MISUSE, "operation is already published");
     }
+    if (ferry_op_status_is_final(ferry_op_status(op))) {
+        /* Its record would be REGISTERED with no operation behind it: a
+         * writer's claim granted, then refused by the data plane. */
+        return ferry__fail(FERRY_ERR_FAILED_PRECONDITION,
+                           "operation is %s: a final operation cannot be published",
+                           ferry_op_status_name(ferry_op_status(op)));
+    }
     if (params->access_token != NULL && params->access_token[0] == '\0') {
         /* Sent so, the coordinator would pick the token, which a lost
          * answer takes with it (draw_token). */

@@ -126,7 +126,8 @@ typedef struct {
  * destroy waits for no coordinator call (not even one of that thread
  * on this operation already in flight: only while the thread applies what
  * it learned to the operation). FERRY_ERR_ALREADY_EXISTS when the
- * request ID is taken. The done callback stays the caller's (the client listens).
+ * request ID is taken; FERRY_ERR_FAILED_PRECONDITION for an operation that
+ * is final already (cancelled, say). The done callback stays the caller's (the client listens).
  * A Register whose answer is UNAVAILABLE (a replica that went mid-call, a
  * coordinator rollout) is sent again within the client's timeout, pausing
  * 20 ms doubling to 500 ms; a try whose answer never came may have been

@@ -204,6 +204,20 @@ class CoordinatorFlags(unittest.TestCase):
                     self.assertEqual(rc, EXIT_USAGE, err)
                     self.assertIn(name, err)
 
+    def test_etcd_user_without_its_password_is_usage_error(self):
+        """A user without FERRY_ETCD_PASSWORD (unset or empty) is refused at
+        once: it started, failed authentication on every try, and served
+        nothing, never ready, with the cause only in its log."""
+        for env in ({"FERRY_ETCD_USER": "ferry"},
+                    {"FERRY_ETCD_USER": "ferry", "FERRY_ETCD_PASSWORD": ""}):
+            with self.subTest(env=env):
+                rc, err = run([COORDINATOR], env=env)
+                self.assertEqual(rc, EXIT_USAGE, err)
+                self.assertIn("FERRY_ETCD_PASSWORD", err)
+        rc, err = run([COORDINATOR, "--etcd-user", "ferry"])
+        self.assertEqual(rc, EXIT_USAGE, err)
+        self.assertIn("--etcd-user (FERRY_ETCD_USER) needs its password", err)
+
     def test_prefix_message_says_the_limit(self):
         rc, err = run([COORDINATOR, "--prefix", prefix_of(300)])
         self.assertEqual(rc, EXIT_USAGE, err)

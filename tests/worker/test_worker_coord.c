@@ -2201,6 +2201,12 @@ static void test_bad_arguments_are_refused_before_any_work(void **state)
                                       .target = "127.0.0.1:1",
                                       .timeout_ms = INTERRUPT_CALL_MS};
     assert_int_equal(ferry_coordinator_connect(&cp, &away), FERRY_OK);
+    /* A final operation is not published (audit-s25-capi I1). */
+    assert_int_equal(ferry_writable_create(conn, &d, 1, &op), FERRY_OK);
+    assert_int_equal(ferry_op_cancel(op), FERRY_OK);
+    assert_int_equal(ferry_op_publish(op, away, &p), FERRY_ERR_FAILED_PRECONDITION);
+    assert_non_null(strstr(ferry_last_error_message(), "CANCELLED"));
+    ferry_op_destroy(op);
     assert_int_equal(ferry_writable_create(conn, &d, 1, &op), FERRY_OK);
     assert_int_equal(ferry_op_publish(op, away, &bad_id), FERRY_ERR_INVALID_ARGUMENT);
     assert_non_null(strstr(ferry_last_error_message(), "params.request_id has a character"));
