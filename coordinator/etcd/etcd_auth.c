@@ -52,11 +52,7 @@ static ferry_status_t etcd_authenticate(etcd_client_t *client, CURL *handle, cha
     free(text);
     const cJSON *token = cJSON_GetObjectItemCaseSensitive(reply, "token");
     if (status == FERRY_ERR_FAILED_PRECONDITION) {
-        /* At warn: the operator configured a user, and believes etcd
-         * checks it; it does not, and anyone who reaches it may write. */
-        ferry_warn("etcd: auth is not enabled on the server, though user '%s' is configured; "
-                   "sending no token (anyone who reaches etcd reads and writes the prefix)",
-                   client->username);
+        ferry_info("etcd: auth is not enabled on the server; sending no token");
         token = NULL;
         status = FERRY_OK;
     } else if (status == FERRY_ERR_INVALID_ARGUMENT) {
