@@ -317,7 +317,12 @@ static void test_etcd_credentials_without_etcd_are_refused(void **state)
         unsetenv(vars[i]);
     }
     assert_int_equal(parse(&c, 1, none), 0);
+    /* A user needs its password (FERRY_ETCD_PASSWORD): without it every
+     * authentication failed, the replica never ready. */
+    assert_int_equal(parse(&c, 7, with), -1);
+    setenv("FERRY_ETCD_PASSWORD", "pw", 1);
     assert_int_equal(parse(&c, 7, with), 0);
+    unsetenv("FERRY_ETCD_PASSWORD");
     assert_string_equal(c.etcd_user, "ferry");
     assert_string_equal(c.etcd_ca, "ca.pem");
 }
