@@ -34,6 +34,7 @@
  * Locking: see coord_client_int.h.
  */
 #include "worker/coord_client_int.h"
+#include "worker/ferry_int.h"
 
 #include <inttypes.h>
 #include <stdio.h>
@@ -197,7 +198,11 @@ static void apply_record(coord_link_t *link, bool gone, ferry_op_state_t state, 
         break;
     case FERRY_OP_STATUS_CANCELLED:
         if (link->passive) {
-            ferry_op_cancel(link->op);
+            /* An operator's `ferryctl cancel --reason`, or the coordinator's
+             * own; the worker's log must not blame its owner. */
+            snprintf(msg, sizeof(msg), "cancelled at the coordinator: %s",
+                     message[0] != '\0' ? message : "no reason given");
+            ferry__op_cancel_why(link->op, msg);
         } else {
             snprintf(msg, sizeof(msg), "cancelled by the passive side: %s", message);
             ferry_op_fail(link->op, FERRY_ERR_CANCELLED, msg);

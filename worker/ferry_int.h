@@ -629,6 +629,11 @@ void ferry__op_free(ferry_op_t *op);
  * asked for it (ferry_op_destroy or _nowait); no lock held. */
 void ferry__op_destroy_resume(ferry_op_t *op);
 
+/* ferry_op_cancel with `why` (copied) as the operation's message: the
+ * coordinator client's, where the record was cancelled at the coordinator.
+ * Takes the lock. */
+void ferry__op_cancel_why(ferry_op_t *op, const char *why);
+
 /* The one state-change function; lock held. code/fmt only for ERRORED and
  * CANCELLED (code FERRY_OK and fmt NULL otherwise). Logs every change; on a
  * final state wakes waiters and queues the completion callback. Returns

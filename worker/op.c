@@ -563,15 +563,20 @@ ferry_status_t ferry_op_wait(ferry_op_t *op, int timeout_ms)
 
 ferry_status_t ferry_op_cancel(ferry_op_t *op)
 {
+    ferry__clear_error();
+    ferry__op_cancel_why(op, "cancelled by its owner");
+    return FERRY_OK;
+}
+
+void ferry__op_cancel_why(ferry_op_t *op, const char *why)
+{
     ferry_connector_t *c = op->connector;
 
-    ferry__clear_error();
     ferry__lock(c);
     if (!ferry__op_is_final(op)) {
-        op->role->cancel(op, "cancelled by its owner");
+        op->role->cancel(op, why);
     }
     ferry__unlock(c);
-    return FERRY_OK;
 }
 
 ferry_status_t ferry_op_fail(ferry_op_t *op, ferry_status_t code, const char *message)

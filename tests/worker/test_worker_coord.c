@@ -1066,6 +1066,7 @@ static void test_bound_operation_is_watched_not_polled(void **state)
     Ferry__V1__CancelResponse *cancelled = NULL;
     rpc_error_t err;
     ferry_op_t *op;
+    const char *message;
     int gets, keepalives;
     long long until;
     (void)state;
@@ -1099,6 +1100,9 @@ static void test_bound_operation_is_watched_not_polled(void **state)
                      FERRY_OK);
     ferry__v1__cancel_response__free_unpacked(cancelled, NULL);
     assert_int_equal(ferry_op_wait(op, 10000), FERRY_ERR_CANCELLED);
+    /* The canceller's reason, not "cancelled by its owner". */
+    assert_int_equal(ferry_op_error(op, &message), FERRY_ERR_CANCELLED);
+    assert_string_equal(message, "cancelled at the coordinator: cancelled from elsewhere");
     ferry_op_destroy(op);
 }
 
