@@ -538,6 +538,17 @@ static ferry_status_t read_params(const ferry_coordinator_params_t *params,
     } else {
         cparams->tls_refresh_s = params->tls_refresh_s;
     }
+    if (strchr(params->target, ',') != NULL && strncmp(params->target, "ipv4:", 5) != 0 &&
+        strncmp(params->target, "ipv6:", 5) != 0) {
+        /* ferryctl's replica list: gRPC's resolver took it as one DNS name,
+         * and every call failed UNAVAILABLE after its timeout. */
+        return ferry__fail(FERRY_ERR_INVALID_ARGUMENT,
+                           "params.target '%s' lists several addresses; a client connects to "
+                           "one target: a name that resolves to every replica "
+                           "(dns:///ferry-coordinator:7400), or IP addresses as "
+                           "ipv4:10.0.0.1:7400,10.0.0.2:7400 (tried in order)",
+                           params->target);
+    }
     cparams->target = params->target;
     return FERRY_OK;
 }

@@ -38,8 +38,11 @@ typedef enum {
 /* A field's bit unset takes its default; a value out of range with its bit
  * set is refused (FERRY_ERR_INVALID_ARGUMENT, naming the field). */
 typedef struct {
-    uint64_t field_mask;         /* ferry_coordinator_param_field_t bits */
-    const char *target;          /* "127.0.0.1:7400", "dns:///ferry:7400"; required */
+    uint64_t field_mask; /* ferry_coordinator_param_field_t bits */
+    /* One gRPC target, required: "127.0.0.1:7400", "dns:///ferry:7400", or
+     * "ipv4:10.0.0.1:7400,10.0.0.2:7400" (addresses tried in order); a list
+     * without the ipv4:/ipv6: scheme ("a:7400,b:7400") is refused. */
+    const char *target;
     int timeout_ms;              /* per call, >= 1; unset: 10000 */
     const char *tls_ca_file;     /* TLS: PEM of the CA that signed the coordinator */
     const char *tls_cert_file;   /* TLS: client certificate (optional) */

@@ -36,8 +36,10 @@ def tearDownModule():
         raise AssertionError(f"coordinator exited with {rc} after SIGTERM")
 
 
-def worker(cmd, rid, size, descriptors=1, token=TOKEN, timeout=60, extra=(), env=None):
-    args = [WORKER, cmd, "--coordinator", CLUSTER.coordinator.target, "--request-id", rid,
+def worker(cmd, rid, size, descriptors=1, token=TOKEN, timeout=60, extra=(), env=None,
+           coordinator=None):
+    args = [WORKER, cmd, "--coordinator", coordinator or CLUSTER.coordinator.target,
+            "--request-id", rid,
             "--size", str(size), "--descriptors", str(descriptors), "--timeout", str(timeout),
             "--quiet", *extra]
     if token is not None:
@@ -46,9 +48,11 @@ def worker(cmd, rid, size, descriptors=1, token=TOKEN, timeout=60, extra=(), env
                             env=env)
 
 
-def start_passive(cmd, rid, size, descriptors=1, timeout=60, extra=(), env=None, token=TOKEN):
+def start_passive(cmd, rid, size, descriptors=1, timeout=60, extra=(), env=None, token=TOKEN,
+                  coordinator=None):
     """Starts recv/serve and returns once it says it registered."""
-    p = worker(cmd, rid, size, descriptors, token=token, timeout=timeout, extra=extra, env=env)
+    p = worker(cmd, rid, size, descriptors, token=token, timeout=timeout, extra=extra, env=env,
+               coordinator=coordinator)
     line = p.stdout.readline()  # blocks until registered (or the process died)
     if "registered" not in line:
         out, err = p.communicate(timeout=30)
@@ -102,6 +106,36 @@ class Transfers(unittest.TestCase):
         for i, p in enumerate(senders + receivers):
             rc, out, err = finish(p)
             self.assertEqual(rc, EXIT_OK, f"process {i}: {err}")
+
+
+class Targets(unittest.TestCase):
+    """--coordinator names one gRPC target. ferryctl's replica list
+    (`a,b`, also from FERRY_COORDINATOR) was taken as one DNS name: every
+    call failed UNAVAILABLE once the timeout ran out. It is refused at once,
+    saying the forms that work; ipv4:a,b is one of them, and it tries the
+    addresses in order."""
+
+    def test_a_replica_list_is_refused_at_once(self):
+        dead = f"127.0.0.1:{ferry_harness.free_port()}"
+        for target in (f"{dead},{CLUSTER.coordinator.target}", "ferry-0:7400,ferry-1:7400"):
+            with self.subTest(target=target):
+                rc, _, err = finish(worker("recv", "list-1", 64, timeout=600,
+                                           coordinator=target), timeout=30)
+                self.assertEqual(rc, EXIT_USAGE, err)
+                self.assertIn(f"'{target}' lists several addresses", err)
+                self.assertIn("ipv4:10.0.0.1:7400,10.0.0.2:7400", err)
+
+    def test_ipv4_addresses_are_tried_in_order(self):
+        host, port = CLUSTER.coordinator.target.rsplit(":", 1)
+        self.assertEqual(host, "127.0.0.1")
+        dead = ferry_harness.free_port()
+        target = f"ipv4:127.0.0.1:{dead},127.0.0.1:{port}"
+        p = start_passive("recv", "ipv4-list-1", 4096, coordinator=target)
+        rc_a, _, err_a = finish(worker("send", "ipv4-list-1", 4096, coordinator=target))
+        rc_p, out_p, err_p = finish(p)
+        self.assertEqual(rc_a, EXIT_OK, err_a)
+        self.assertEqual(rc_p, EXIT_OK, err_p)
+        self.assertIn("4096 bytes", out_p)
 
 
 class StatsJson(unittest.TestCase):
