@@ -824,7 +824,7 @@ int main(int argc, char **argv)
     long errors = 0;
     int rc = 1;
 
-    ferry_log_init_from_env(FERRY_LOG_WARN);
+    (void)ferry_log_init_from_env("ferry_bench_control", FERRY_LOG_WARN);
 
     if (parse_args(argc, argv, &cfg) != 0) {
         usage();

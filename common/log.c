@@ -35,23 +35,36 @@ void ferry_log_set_sink(ferry_log_sink_t fn, void *arg)
     pthread_mutex_unlock(&sink_lock);
 }
 
-void ferry_log_init_from_env(ferry_log_level_t dflt)
+int ferry_log_init_from_env(const char *program, ferry_log_level_t dflt)
 {
     ferry_log_level_t level = dflt;
     const char *env = getenv("FERRY_LOG_LEVEL");
+    int rc = 0;
 
     if (env != NULL && ferry_log_level_parse(env, &level) != 0) {
         level = dflt;
+        fprintf(stderr,
+                "%s: FERRY_LOG_LEVEL '%s' is not off, error, warn, info, debug or trace; "
+                "logging at %s\n",
+                program, env, dflt == FERRY_LOG_OFF ? "off" : level_names[dflt]);
+        rc = -1;
     }
     atomic_store(&ferry__log_level, level);
-    ferry_log_format_from_env();
+    if (ferry_log_format_from_env() != 0) {
+        fprintf(stderr, "%s: FERRY_LOG_FORMAT '%s' is neither json nor text; writing text\n",
+                program, getenv("FERRY_LOG_FORMAT"));
+        rc = -1;
+    }
+    return rc;
 }
 
-void ferry_log_format_from_env(void)
+int ferry_log_format_from_env(void)
 {
     const char *env = getenv("FERRY_LOG_FORMAT");
+    bool json = env != NULL && strcmp(env, "json") == 0;
 
-    atomic_store(&log_json, env != NULL && strcmp(env, "json") == 0);
+    atomic_store(&log_json, json);
+    return json || env == NULL || env[0] == '\0' || strcmp(env, "text") == 0 ? 0 : -1;
 }
 
 int ferry_log_level_parse(const char *name, ferry_log_level_t *level_p)

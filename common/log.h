@@ -58,12 +58,15 @@ void ferry__log_write(ferry_log_level_t level, const char *fmt, ...)
 ferry_log_level_t ferry_log_set_level(ferry_log_level_t level);
 
 /* For programs: the level from FERRY_LOG_LEVEL (dflt when unset or
- * unknown) and the format from FERRY_LOG_FORMAT. */
-void ferry_log_init_from_env(ferry_log_level_t dflt);
+ * unknown) and the format from FERRY_LOG_FORMAT. A value it does not know
+ * is warned of on stderr, as "program: FERRY_LOG_...", and returns -1 (the
+ * default applied); 0 otherwise. */
+int ferry_log_init_from_env(const char *program, ferry_log_level_t dflt);
 /* The format alone, for a program that checks its level with its other
  * settings (the coordinator: a FERRY_LOG_LEVEL it does not know is
- * refused there, not taken as the default here). */
-void ferry_log_format_from_env(void);
+ * refused there, not taken as the default here): json for "json"; text for
+ * "text", "" or unset; text and -1 for anything else (the caller says so). */
+int ferry_log_format_from_env(void);
 
 /* Lines go to sink (level, the message without time stamp) instead of
  * stderr; NULL: back to stderr. */

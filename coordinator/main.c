@@ -478,14 +478,21 @@ int main(int argc, char **argv)
 {
     coordinator_t c;
     sigset_t set;
+    bool bad_format;
     int rc;
 
     memset(&c, 0, sizeof(c));
     sane_process_state();
-    ferry_log_format_from_env(); /* the level: with the other settings, below */
+    /* The level: with the other settings, below. */
+    bad_format = ferry_log_format_from_env() != 0;
     rc = coord_config_parse(argc, argv, &c.config);
     if (rc != 0) {
         return rc > 0 ? 0 : 2;
+    }
+    if (bad_format) {
+        fprintf(stderr, "ferry-coordinator: FERRY_LOG_FORMAT must be json or text, not '%s'\n",
+                getenv("FERRY_LOG_FORMAT"));
+        return 2;
     }
     ferry_log_set_level(c.config.log_level_value);
     sigemptyset(&set);

@@ -105,6 +105,40 @@ class WorkerFlags(unittest.TestCase):
         self.assertIn("unknown command", err)
 
 
+class ClientLogVariables(unittest.TestCase):
+    """A FERRY_LOG_LEVEL or FERRY_LOG_FORMAT the clients do not know was
+    ignored without a word (a log pipeline set up for JSON got text); it is
+    warned of on stderr, naming the variable and what is used instead. The
+    coordinator refuses them (CoordinatorFlags)."""
+
+    def test_unknown_values_are_warned_of(self):
+        env = {"FERRY_LOG_LEVEL": "verbose", "FERRY_LOG_FORMAT": "yaml"}
+        rc, err = run([FERRYCTL, "bogus"], env=env)
+        self.assertEqual(rc, EXIT_USAGE, err)
+        self.assertIn("ferryctl: FERRY_LOG_LEVEL 'verbose' is not off, error, warn, info, debug "
+                      "or trace; logging at warn", err)
+        self.assertIn("ferryctl: FERRY_LOG_FORMAT 'yaml' is neither json nor text", err)
+        # The refused target ends ferry-worker right after its connector
+        # (where it reads the level) is made.
+        rc, err = run([WORKER, "recv", "--request-id", "r1", "--coordinator",
+                       "127.0.0.1:9,127.0.0.1:10"], env=env)
+        self.assertEqual(rc, EXIT_USAGE, err)
+        self.assertIn("ferry-worker: FERRY_LOG_LEVEL 'verbose' is not off, error, warn, info, "
+                      "debug or trace; logging at info", err)
+
+    def test_known_values_are_quiet(self):
+        for env in ({"FERRY_LOG_LEVEL": "debug", "FERRY_LOG_FORMAT": "text"},
+                    {"FERRY_LOG_LEVEL": "off", "FERRY_LOG_FORMAT": "json"},
+                    {"FERRY_LOG_FORMAT": ""}):
+            with self.subTest(env=env):
+                rc, err = run([FERRYCTL, "bogus"], env=env)
+                self.assertEqual(rc, EXIT_USAGE, err)
+                self.assertNotIn("FERRY_LOG", err)
+                rc, err = run([COORDINATOR, "--tls-ca", "ca.pem"], env=env)
+                self.assertEqual(rc, EXIT_USAGE, err)
+                self.assertNotIn("FERRY_LOG", err)
+
+
 class ClientTlsFlags(unittest.TestCase):
     """--tls-ca turns TLS to the coordinator on, in ferry-worker and ferryctl
     alike: a certificate, key or server name without it was dropped, and the
@@ -186,6 +220,7 @@ class CoordinatorFlags(unittest.TestCase):
         "FERRY_MAX_WATCHES": ["0", "1000001"],
         "FERRY_REQUEST_MEMORY_MIB": ["0", "2", "lots"],
         "FERRY_LOG_LEVEL": ["verbose"],
+        "FERRY_LOG_FORMAT": ["yaml", "JSON"],
     }
 
     def test_out_of_range_is_usage_error_naming_flag(self):

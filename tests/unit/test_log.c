@@ -79,13 +79,13 @@ static void test_json_lines_are_json(void **state)
     (void)state;
 
     setenv("FERRY_LOG_FORMAT", "json", 1);
-    ferry_log_init_from_env(FERRY_LOG_INFO);
+    assert_int_equal(ferry_log_init_from_env("test_log", FERRY_LOG_INFO), 0);
     logged("a\"b\n\x1b[2J\xC2\x9B"
            "31m\xE2\x80\xAE"
            "x\xFF\xC3\xA9\\\xE2\x80\x8F",
            out, sizeof(out));
     unsetenv("FERRY_LOG_FORMAT");
-    ferry_log_init_from_env(FERRY_LOG_INFO);
+    assert_int_equal(ferry_log_init_from_env("test_log", FERRY_LOG_INFO), 0);
     assert_ptr_equal(strchr(out, '\n'), out + strlen(out) - 1);
     assert_non_null(strstr(out, "\"msg\":\"registry: owner 'a\\\"b\\u000a\\u001b[2J\\u009b31m"
                                 "\\u202ex\\ufffd\xC3\xA9\\\\\\u200f' is here\"}"));

@@ -906,9 +906,8 @@ int main(int argc, char **argv)
     /* Warnings and errors of the layers below (a FERRY_RPC_KEEPALIVE_MS out
      * of range, a TLS file gRPC cannot use) on stderr, as the other
      * programs': without a level they were dropped. FERRY_LOG_LEVEL and
-     * FERRY_LOG_FORMAT as everywhere. */
-    ferry_log_init_from_env(FERRY_LOG_WARN);
-    ferry_log_format_from_env();
+     * FERRY_LOG_FORMAT as everywhere (a value it does not know: warned of). */
+    (void)ferry_log_init_from_env("ferryctl", FERRY_LOG_WARN);
     rc = parse_options(argc, argv, &o);
 
     if (rc != 0) {

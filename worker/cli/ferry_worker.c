@@ -772,14 +772,19 @@ static int run_active(ferry_connector_t *conn, ferry_coordinator_t *coord, const
     return rc;
 }
 
-/* FERRY_LOG_LEVEL (off, error, warn, info, debug, trace); info when unset
- * or unknown. libferry's levels are the log's (connector.c asserts it). */
+/* FERRY_LOG_LEVEL (off, error, warn, info, debug, trace); info when unset,
+ * and when unknown (warned of). libferry's levels are the log's
+ * (connector.c asserts it). */
 static ferry_loglevel_t log_level_from_env(void)
 {
     const char *env = getenv("FERRY_LOG_LEVEL");
     ferry_log_level_t level = FERRY_LOG_INFO;
 
     if (env != NULL && ferry_log_level_parse(env, &level) != 0) {
+        fprintf(stderr,
+                "ferry-worker: FERRY_LOG_LEVEL '%s' is not off, error, warn, info, debug or "
+                "trace; logging at info\n",
+                env);
         level = FERRY_LOG_INFO;
     }
     return (ferry_loglevel_t)level;
