@@ -185,9 +185,9 @@ class ParkedWaits(unittest.TestCase):
         ranges = self.metric("ferry_etcd_requests_total", kind="kv/range") - range_before
         self.assertEqual(self.parked(), n_lookups)
         # The parked Lookups' reads of etcd, from the coordinator's debug
-        # log (ferry_etcd_requests_total{kind="kv/range"} counts the health
-        # probe's linearizable reads too, one a second): one each for the
-        # first look, and a couple to spare.
+        # log (ferry_etcd_requests_total{kind="kv/range"} counts every
+        # read of the replica's, not only theirs): one each for the first
+        # look, and a couple to spare.
         with open(self.coord.log_path) as f:
             log = f.read()
         reads = sum(log.count(f"op pw-target-{i}: not in the view; reading etcd\n")
