@@ -882,6 +882,7 @@ def check_coordinator(ctx):
         if not listen or not re.match(r"^(0\.0\.0\.0|\[::\]):7400$", str(listen)):
             fail(where, "FERRY_LISTEN must be 0.0.0.0:7400 or [::]:7400 (is %r)" % listen)
         check_coordinator_etcd(ctx, where, c)
+        check_coordinator_grace(where, spec, c, env)
         svcs = [s for s in ctx.of_kind("Service")
                 if selects((s.get("spec") or {}).get("selector") or {}, labels)]
         if not any(p.get("port") == 7400 and p.get("name") == "grpc"
@@ -891,6 +892,36 @@ def check_coordinator(ctx):
                 selects(((p.get("spec") or {}).get("selector") or {}).get("matchLabels") or {},
                         labels) for p in ctx.of_kind("PodDisruptionBudget")):
             fail(where, "no PodDisruptionBudget selects it")
+
+
+# What the coordinator's exit may take beyond FERRY_GRACE_MS: the etcd
+# request that removes its lease, at its longest (README, --grace-ms).
+COORDINATOR_EXIT_MS = 5000
+
+
+def check_coordinator_grace(where, spec, c, env):
+    """terminationGracePeriodSeconds covers the preStop pause, the drain
+    (FERRY_GRACE_MS, 5000 when unset) and the exit's last etcd request: a
+    shorter one SIGKILLs the replica mid-drain, its calls cut and its lease
+    left to expire."""
+    grace = (env.get("FERRY_GRACE_MS") or {}).get("value", "5000")
+    if not re.match(r"^[0-9]+$", str(grace)):
+        fail(where, "FERRY_GRACE_MS %r is not a number of milliseconds" % grace)
+        return
+    pause_ms = 0
+    cmd = ((((c.get("lifecycle") or {}).get("preStop") or {}).get("exec") or {})
+           .get("command") or [])
+    if len(cmd) == 2 and os.path.basename(str(cmd[0])) == "sleep":
+        if not re.match(r"^[0-9]+$", str(cmd[1])):
+            fail(where, "preStop sleeps %r, not a number of seconds" % cmd[1])
+            return
+        pause_ms = int(cmd[1]) * 1000
+    need_ms = pause_ms + int(grace) + COORDINATOR_EXIT_MS
+    have_s = spec.get("terminationGracePeriodSeconds", 30)
+    if int(have_s) * 1000 <= need_ms:
+        fail(where, "terminationGracePeriodSeconds %s is not above the preStop pause (%d ms) "
+             "+ FERRY_GRACE_MS (%s) + %d ms for the exit's etcd request: the replica is killed "
+             "mid-drain" % (have_s, pause_ms, grace, COORDINATOR_EXIT_MS))
 
 
 def etcd_statefulsets(ctx):
