@@ -158,7 +158,9 @@ static ferry_status_t open_etcd(coordinator_t *c)
         ferry_info("no --etcd given: starting a private etcd under %s", c->config.state_dir);
         status = coord_etcd_child_start(c->config.state_dir, &c->child);
         if (status != FERRY_OK) {
-            ferry_error("could not start a private etcd: %s", ferry_status_string(status));
+            ferry_error("could not start a private etcd (no --etcd or FERRY_ETCD given): %s; "
+                        "the line above says why",
+                        ferry_status_string(status));
             return status;
         }
         params.endpoints = c->child.endpoint;
