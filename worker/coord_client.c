@@ -763,16 +763,10 @@ ferry_status_t ferry_coordinator_disconnect(ferry_coordinator_t *coord)
     atomic_store(&coord->final_deadline_ms, deadline);
     while (links_untried(coord) && now_ms() < deadline) {
         int64_t left = deadline - now_ms();
-        if (!rpc_interrupt_armed()) {
-            timed_wait(&coord->cond, &coord->lock, left);
-            continue;
-        }
-        timed_wait(&coord->cond, &coord->lock,
-                   left < RPC_INTERRUPT_POLL_MS ? left : RPC_INTERRUPT_POLL_MS);
-        pthread_mutex_unlock(&coord->lock);
-        bool stop = disconnect_interrupted(coord, &deadline);
-        pthread_mutex_lock(&coord->lock);
-        if (stop) {
+        if (interruptible_wait(&coord->cond, &coord->lock, left > 0 ? left : 0)) {
+            pthread_mutex_unlock(&coord->lock);
+            (void)disconnect_interrupted(coord, &deadline);
+            pthread_mutex_lock(&coord->lock);
             break;
         }
     }

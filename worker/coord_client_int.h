@@ -189,6 +189,30 @@ static inline void timed_wait(pthread_cond_t *cond, pthread_mutex_t *lock, int64
     pthread_cond_timedwait(cond, lock, &until);
 }
 
+/* A caller's wait on the client's cond (lock held; ms < 0: no limit) that
+ * its interrupt check can end: with a check, at most RPC_INTERRUPT_POLL_MS,
+ * then the check is called without the lock (its caller may take locks of
+ * its own: a binding's interpreter lock). True once it tripped (rpc.h: it
+ * stays tripped); the caller looks at its condition again either way. */
+static inline bool interruptible_wait(pthread_cond_t *cond, pthread_mutex_t *lock, int64_t ms)
+{
+    bool stop;
+
+    if (!rpc_interrupt_armed()) {
+        if (ms < 0) {
+            pthread_cond_wait(cond, lock);
+        } else {
+            timed_wait(cond, lock, ms);
+        }
+        return false;
+    }
+    timed_wait(cond, lock, ms >= 0 && ms < RPC_INTERRUPT_POLL_MS ? ms : RPC_INTERRUPT_POLL_MS);
+    pthread_mutex_unlock(lock);
+    stop = rpc_interrupted();
+    pthread_mutex_lock(lock);
+    return stop;
+}
+
 /* ---- coord_session.c ---- */
 
 /* The session lease (see coord_session.c): the lease for a new record or

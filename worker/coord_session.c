@@ -59,18 +59,9 @@ int64_t ferry__coord_session_take(ferry_coordinator_t *coord, bool *making_p, ch
 
     pthread_mutex_lock(&coord->lock);
     while (coord->session_lease == 0 && coord->session_making) {
-        if (!rpc_interrupt_armed()) {
-            pthread_cond_wait(&coord->cond, &coord->lock);
-            continue;
-        }
-        /* The check is called without the lock (its caller may take
-         * locks of its own: a binding's interpreter lock). Interrupted, the
-         * caller makes nothing: its call ends at once (rpc.h). */
-        timed_wait(&coord->cond, &coord->lock, RPC_INTERRUPT_POLL_MS);
-        pthread_mutex_unlock(&coord->lock);
-        bool stop = rpc_interrupted();
-        pthread_mutex_lock(&coord->lock);
-        if (stop) {
+        /* Interrupted, the caller makes nothing: its call ends at once
+         * (rpc.h). */
+        if (interruptible_wait(&coord->cond, &coord->lock, -1)) {
             pthread_mutex_unlock(&coord->lock);
             *making_p = false;
             token[0] = '\0';
