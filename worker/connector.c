@@ -652,7 +652,12 @@ _Static_assert((int)FERRY_LOGLEVEL_OFF == (int)FERRY_LOG_OFF &&
                "ferry_loglevel_t and ferry_log_level_t differ");
 
 /* The caller's log callback (process-wide, as the log is), behind the
- * common log's sink; set only through connector params. */
+ * common log's sink; set only through connector params. log_cb_lock makes
+ * two connectors created at once swap the pair one after the other (a
+ * callback never gets another's argument); a line being logged reads the
+ * pair under the sink's lock, and the pair changes only while no sink is
+ * set. */
+static pthread_mutex_t log_cb_lock = PTHREAD_MUTEX_INITIALIZER;
 static ferry_log_cb_t log_cb;
 static void *log_arg;
 
@@ -664,12 +669,14 @@ static void log_to_cb(ferry_log_level_t level, const char *msg, void *arg)
 
 static void set_log_cb(ferry_log_cb_t cb, void *arg)
 {
+    pthread_mutex_lock(&log_cb_lock);
     ferry_log_set_sink(NULL, NULL); /* no line reaches the old one from here */
     log_cb = cb;
     log_arg = arg;
     if (cb != NULL) {
         ferry_log_set_sink(log_to_cb, NULL);
     }
+    pthread_mutex_unlock(&log_cb_lock);
 }
 
 /* The direct path, where the params' cuda_direct (or, unset,

@@ -123,7 +123,9 @@ struct ferry_coordinator {
     /* The session lease, under lock. 0: none yet (or lost). */
     int64_t session_lease;
     char session_token[LEASE_TOKEN_CAP]; /* its lease token */
-    int64_t session_ttl_s;
+    /* Written under lock, but read without it too (period_ms: by the
+     * renewer and the session thread between their calls). */
+    _Atomic int64_t session_ttl_s;
     int64_t session_due_ms;
     int session_renew_tries; /* keep-alives failed in a row */
     bool session_making;     /* an RPC that will make it is in flight */
@@ -150,7 +152,9 @@ static inline int64_t now_ms(void)
 
 static inline int64_t period_ms(const ferry_coordinator_t *coord)
 {
-    int64_t ttl = coord->session_ttl_s > 0 ? coord->session_ttl_s : COORD_DEFAULT_TTL_S;
+    int64_t ttl = atomic_load_explicit(&coord->session_ttl_s, memory_order_relaxed);
+
+    ttl = ttl > 0 ? ttl : COORD_DEFAULT_TTL_S;
     return (ttl < COORD_MAX_TTL_S ? ttl : COORD_MAX_TTL_S) * 1000 / 3;
 }
 

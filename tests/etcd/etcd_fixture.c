@@ -120,8 +120,10 @@ void frozen_etcd_start(frozen_etcd_t *f, const char *first_reply)
 
 void frozen_etcd_stop(frozen_etcd_t *f)
 {
-    /* Shutting the listener down ends an accept() still waiting. */
-    if (f->listen_fd >= 0 && (!f->has_thread || f->others_behind || f->ends_all)) {
+    /* Shutting the listener down ends an accept() still waiting. A dying
+     * etcd's thread closes it itself (and sets listen_fd), so the modes go
+     * first: listen_fd is read only where that thread leaves it alone. */
+    if ((!f->has_thread || f->others_behind || f->ends_all) && f->listen_fd >= 0) {
         shutdown(f->listen_fd, SHUT_RDWR);
     }
     if (f->has_thread) {
