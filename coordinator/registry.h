@@ -230,12 +230,17 @@ ferry_status_t coord_release(coord_registry_t *registry, const Ferry__V1__Releas
 ferry_status_t coord_keepalive(coord_registry_t *registry, int64_t lease_id,
                                const char *lease_token, int64_t *ttl_p, char *msg, size_t cap);
 
-/* coord_keepalive's token check alone, without waiting on anything: FERRY_OK
- * when the token grants lease_id, or when the lease key is not loaded yet
- * (coord_keepalive checks then); PERMISSION_DENIED otherwise. For a
- * completion-queue thread. */
-ferry_status_t coord_keepalive_precheck(coord_registry_t *registry, int64_t lease_id,
-                                        const char *lease_token, char *msg, size_t cap);
+/* Ends a lease whose token the caller presents (PERMISSION_DENIED, with no
+ * etcd call, otherwise): every key on it goes, as at its expiry. */
+ferry_status_t coord_revoke(coord_registry_t *registry, int64_t lease_id, const char *lease_token,
+                            char *msg, size_t cap);
+
+/* The token check of coord_keepalive and coord_revoke alone, without
+ * waiting on anything: FERRY_OK when the token grants lease_id, or when the
+ * lease key is not loaded yet (they check then); PERMISSION_DENIED
+ * otherwise. For a completion-queue thread. */
+ferry_status_t coord_lease_precheck(coord_registry_t *registry, int64_t lease_id,
+                                    const char *lease_token, char *msg, size_t cap);
 
 /* One page of records (stripped), filtered; out->next_page_token is set
  * when more may follow. Every page of one List is read at its first page's

@@ -1,6 +1,6 @@
 /*
- * registry_list.c: the registry's reads that are not about one operation:
- * keeping a lease alive (its grantee only: registry_lease.c), and listing
+ * registry_list.c: the registry's calls that are not about one operation:
+ * keeping a lease alive or ending it (its grantee only: registry_lease.c), and listing
  * records (paged, filtered) straight from etcd, so a page is never older
  * than the store. See registry.h.
  *
@@ -40,8 +40,27 @@ ferry_status_t coord_keepalive(coord_registry_t *r, int64_t lease_id, const char
     return FERRY_OK;
 }
 
-ferry_status_t coord_keepalive_precheck(coord_registry_t *r, int64_t lease_id,
-                                        const char *lease_token, char *msg, size_t cap)
+ferry_status_t coord_revoke(coord_registry_t *r, int64_t lease_id, const char *lease_token,
+                            char *msg, size_t cap)
+{
+    ferry_status_t status = registry_lease_check(r, "lease_id", lease_id, lease_token, msg, cap);
+
+    if (status != FERRY_OK) {
+        return status; /* not the grantee: etcd never hears of it */
+    }
+    status = etcd_lease_revoke(r->etcd, lease_id);
+    if (status == FERRY_ERR_NOT_FOUND) {
+        return registry_fail(FERRY_ERR_LEASE_NOT_FOUND, msg, cap,
+                             "lease_id %lld has expired or never existed", (long long)lease_id);
+    }
+    if (status != FERRY_OK) {
+        return registry_etcd_fail(status, msg, cap, "lease revoke");
+    }
+    return FERRY_OK;
+}
+
+ferry_status_t coord_lease_precheck(coord_registry_t *r, int64_t lease_id, const char *lease_token,
+                                    char *msg, size_t cap)
 {
     if (!atomic_load_explicit(&r->lease_key_ready, memory_order_acquire)) {
         return FERRY_OK; /* loading it means etcd: the worker's job */

@@ -546,14 +546,49 @@ static void handle_keepalive(rpc_call_t *call, const ProtobufCMessage *request, 
     const Ferry__V1__KeepAliveRequest *req = (const Ferry__V1__KeepAliveRequest *)request;
     char msg[MSG_CAP];
 
-    if (refused(call, request) ||
-        failed(call,
-               coord_keepalive_precheck(svc->registry, req->lease_id, req->lease_token, msg,
-                                        sizeof(msg)),
-               msg)) {
+    if (refused(call, request) || failed(call,
+                                         coord_lease_precheck(svc->registry, req->lease_id,
+                                                              req->lease_token, msg, sizeof(msg)),
+                                         msg)) {
         return;
     }
     submit_to(svc, svc->exec, call, request, do_keepalive, 0, COORD_EXEC_URGENT);
+}
+
+static void do_revoke(coord_service_t *svc, rpc_call_t *call, const ProtobufCMessage *request,
+                      int64_t deadline_ms)
+{
+    const Ferry__V1__RevokeRequest *req = (const Ferry__V1__RevokeRequest *)request;
+    Ferry__V1__RevokeResponse resp = FERRY__V1__REVOKE_RESPONSE__INIT;
+    Ferry__V1__ResponseHeader header = FERRY__V1__RESPONSE_HEADER__INIT;
+    char msg[MSG_CAP];
+    ferry_status_t status =
+        coord_revoke(svc->registry, req->lease_id, req->lease_token, msg, sizeof(msg));
+
+    (void)deadline_ms;
+    if (failed(call, status, msg)) {
+        return;
+    }
+    service_header(svc, &header, 0);
+    resp.header = &header;
+    rpc_call_reply(call, &resp.base);
+}
+
+/* A wrong token is refused here, before the call waits for an etcd
+ * worker. */
+static void handle_revoke(rpc_call_t *call, const ProtobufCMessage *request, void *arg)
+{
+    coord_service_t *svc = arg;
+    const Ferry__V1__RevokeRequest *req = (const Ferry__V1__RevokeRequest *)request;
+    char msg[MSG_CAP];
+
+    if (refused(call, request) || failed(call,
+                                         coord_lease_precheck(svc->registry, req->lease_id,
+                                                              req->lease_token, msg, sizeof(msg)),
+                                         msg)) {
+        return;
+    }
+    service_submit(svc, call, request, do_revoke, 0);
 }
 
 static void get_answer(coord_service_t *svc, rpc_call_t *call, ferry_status_t status,
@@ -657,6 +692,7 @@ static const rpc_method_t coordinator_methods[] = {
     {"Cancel", RPC_UNARY, handle_cancel, SERVICE_REQUEST_MAX},
     {"Release", RPC_UNARY, handle_release, SERVICE_REQUEST_MAX},
     {"KeepAlive", RPC_UNARY, handle_keepalive, SERVICE_REQUEST_MAX},
+    {"Revoke", RPC_UNARY, handle_revoke, SERVICE_REQUEST_MAX},
     {"Get", RPC_UNARY, handle_get, SERVICE_REQUEST_MAX},
     {"List", RPC_UNARY, handle_list, SERVICE_REQUEST_MAX},
     {"Watch", RPC_SERVER_STREAMING, service_watch, SERVICE_REQUEST_MAX},

@@ -111,6 +111,13 @@ static ferry_status_t check_keepalive(const ProtobufCMessage *m, char *msg, size
     return required("lease_id", req->lease_id, msg, cap);
 }
 
+static ferry_status_t check_revoke(const ProtobufCMessage *m, char *msg, size_t cap)
+{
+    const Ferry__V1__RevokeRequest *req = (const Ferry__V1__RevokeRequest *)m;
+
+    return required("lease_id", req->lease_id, msg, cap);
+}
+
 static ferry_status_t check_get(const ProtobufCMessage *m, char *msg, size_t cap)
 {
     const Ferry__V1__GetRequest *req = (const Ferry__V1__GetRequest *)m;
@@ -151,6 +158,7 @@ static const struct {
     {&ferry__v1__cancel_request__descriptor, check_cancel},
     {&ferry__v1__release_request__descriptor, check_release},
     {&ferry__v1__keep_alive_request__descriptor, check_keepalive},
+    {&ferry__v1__revoke_request__descriptor, check_revoke},
     {&ferry__v1__get_request__descriptor, check_get},
     {&ferry__v1__list_request__descriptor, check_list},
     {&ferry__v1__watch_request__descriptor, check_watch},

@@ -122,6 +122,10 @@ def coord_requests(c, t):
             "forged-token": c.ListRequest(page_token="-7@req-5"),
             "all": c.ListRequest(),
         },
+        "Revoke": {
+            "valid": c.RevokeRequest(lease_id=7, lease_token="t" * 64),
+            "zero": c.RevokeRequest(),
+        },
         "Watch": {
             "by-id": c.WatchRequest(request_id="req-1"),
             "all": c.WatchRequest(request_id_prefix="*"),

@@ -777,22 +777,25 @@ ferry_status_t ferry_coordinator_disconnect(ferry_coordinator_t *coord)
     disconnect_join(coord, coord->renewer, &deadline);
     disconnect_join(coord, coord->thread, &deadline);
     unsigned left = 0;
+    bool done = true;
     while (coord->links != NULL) {
         coord_link_t *link = coord->links;
         coord->links = link->next;
         if (now_ms() >= deadline) {
             left++;
         } else if (link->releasing) {
-            ferry__coord_release_passive(link);
+            done = ferry__coord_release_passive(link) && done;
         } else {
             /* A destroyed active operation whose report is still to go. */
-            ferry__coord_report_active(link);
+            done = ferry__coord_report_active(link) && done;
         }
         free(link);
     }
     if (left > 0) {
         ferry_warn("coordinator client: %u records or reports left to the session lease's expiry",
                    left);
+    } else if (done) {
+        ferry__coord_session_end(coord); /* nothing is on it any more */
     }
     pthread_cond_destroy(&coord->cond);
     pthread_mutex_destroy(&coord->lock);

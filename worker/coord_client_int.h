@@ -226,6 +226,10 @@ static inline bool interruptible_wait(pthread_cond_t *cond, pthread_mutex_t *loc
 int64_t ferry__coord_session_take(ferry_coordinator_t *coord, bool *making_p, char *token);
 void ferry__coord_session_made(ferry_coordinator_t *coord, bool making, int64_t lease,
                                int64_t ttl_s, const char *token);
+/* Disconnect, once the client's threads are gone and nothing is left on the
+ * session lease: ends the lease at the coordinator (Revoke) within the
+ * final deadline, rather than leave it to expire. A failure is logged. */
+void ferry__coord_session_end(ferry_coordinator_t *coord);
 bool ferry__coord_session_was_lost(ferry_coordinator_t *coord, int64_t lease,
                                    ferry_status_t status);
 

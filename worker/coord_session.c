@@ -113,6 +113,34 @@ static void session_lost(ferry_coordinator_t *coord, int64_t lease)
     pthread_mutex_unlock(&coord->lock);
 }
 
+void ferry__coord_session_end(ferry_coordinator_t *coord)
+{
+    Ferry__V1__RevokeRequest req = FERRY__V1__REVOKE_REQUEST__INIT;
+    Ferry__V1__RevokeResponse *resp = NULL;
+    char token[LEASE_TOKEN_CAP];
+    rpc_error_t err;
+    ferry_status_t status;
+
+    pthread_mutex_lock(&coord->lock);
+    req.lease_id = coord->session_lease;
+    memcpy(token, coord->session_token, sizeof(token));
+    coord->session_lease = 0;
+    pthread_mutex_unlock(&coord->lock);
+    if (req.lease_id == 0 || now_ms() >= atomic_load(&coord->final_deadline_ms)) {
+        return;
+    }
+    req.lease_token = token;
+    status = call(coord, COORD_PATH("Revoke"), &req.base, &ferry__v1__revoke_response__descriptor,
+                  0, &resp, &err);
+    if (status == FERRY_OK) {
+        ferry__v1__revoke_response__free_unpacked(resp, NULL);
+        ferry_debug("coordinator session: lease %lld revoked", (long long)req.lease_id);
+    } else {
+        ferry_info("coordinator session: lease %lld left to expire within its TTL (revoke: %s)",
+                   (long long)req.lease_id, err.message);
+    }
+}
+
 /* One KeepAlive of the session lease. False when it failed for a reason
  * that may pass (the coordinator unreachable or slow): then the caller tries
  * again soon, not a period later. The call waits at most a period: a later

@@ -689,6 +689,80 @@ static void test_keepalive_keeps_it(void **state)
     ferry__v1__register_response__free_unpacked(reg, NULL);
 }
 
+/* KeepAlive on reg's lease: its status. */
+static ferry_status_t keep_alive(const Ferry__V1__RegisterResponse *reg, rpc_error_t *err)
+{
+    Ferry__V1__KeepAliveRequest req = FERRY__V1__KEEP_ALIVE_REQUEST__INIT;
+    Ferry__V1__KeepAliveResponse *resp = NULL;
+    ferry_status_t status;
+
+    req.lease_id = reg->lease_id;
+    req.lease_token = reg->lease_token;
+    status =
+        test_coord_call(chan, "KeepAlive", &req.base, &ferry__v1__keep_alive_response__descriptor,
+                        (ProtobufCMessage **)&resp, err);
+    if (resp != NULL) {
+        ferry__v1__keep_alive_response__free_unpacked(resp, NULL);
+    }
+    return status;
+}
+
+static ferry_status_t revoke_lease(int64_t lease_id, const char *lease_token, rpc_error_t *err)
+{
+    Ferry__V1__RevokeRequest req = FERRY__V1__REVOKE_REQUEST__INIT;
+    Ferry__V1__RevokeResponse *resp = NULL;
+    ferry_status_t status;
+
+    req.lease_id = lease_id;
+    req.lease_token = (char *)lease_token;
+    status = test_coord_call(chan, "Revoke", &req.base, &ferry__v1__revoke_response__descriptor,
+                             (ProtobufCMessage **)&resp, err);
+    if (resp != NULL) {
+        ferry__v1__revoke_response__free_unpacked(resp, NULL);
+    }
+    return status;
+}
+
+/* Revoke ends a lease at once, for its grantee only: the record on it goes
+ * as at its expiry (watchers see EXPIRED), and the lease is gone from etcd
+ * (a KeepAlive just before had renewed it for a TTL). */
+static void test_revoke_ends_the_lease_for_its_grantee_only(void **state)
+{
+    rpc_stream_t *stream = open_watch("revoke-1", NULL);
+    Ferry__V1__RegisterResponse *reg = do_register("revoke-1", TOKEN, KIND_WRITE, FERRY_OK, NULL);
+    Ferry__V1__RegisterResponse *other = do_register("revoke-2", TOKEN, KIND_WRITE, FERRY_OK, NULL);
+    rpc_error_t err;
+    (void)state;
+
+    /* Another lease's token, none, no lease: refused, nothing revoked. */
+    assert_int_equal(revoke_lease(reg->lease_id, other->lease_token, &err),
+                     FERRY_ERR_PERMISSION_DENIED);
+    assert_int_equal(err.grpc_code, 7);
+    assert_non_null(strstr(err.message, "lease_token"));
+    assert_int_equal(revoke_lease(reg->lease_id, "", &err), FERRY_ERR_PERMISSION_DENIED);
+    assert_int_equal(revoke_lease(0, reg->lease_token, &err), FERRY_ERR_INVALID_ARGUMENT);
+    assert_non_null(strstr(err.message, "lease_id"));
+    assert_int_equal(keep_alive(reg, &err), FERRY_OK);
+    assert_int_equal(get_state("revoke-1", &err),
+                     FERRY__V1__OPERATION_STATE__OPERATION_STATE_REGISTERED);
+
+    assert_int_equal(revoke_lease(reg->lease_id, reg->lease_token, &err), FERRY_OK);
+    assert_int_equal(keep_alive(reg, &err), FERRY_ERR_LEASE_NOT_FOUND);
+    assert_int_equal(err.grpc_code, 5);
+    assert_true(watch_until(stream, FERRY__V1__OPERATION_STATE__OPERATION_STATE_EXPIRED,
+                            FERRY__V1__WATCH_EVENT_TYPE__WATCH_EVENT_TYPE_DELETE, 10000));
+    assert_int_equal(get_state("revoke-1", &err), -1);
+    assert_int_equal(err.grpc_code, 5);
+    /* Gone: a second Revoke is NOT_FOUND. The other lease lives on. */
+    assert_int_equal(revoke_lease(reg->lease_id, reg->lease_token, &err),
+                     FERRY_ERR_LEASE_NOT_FOUND);
+    assert_int_equal(err.grpc_code, 5);
+    assert_int_equal(keep_alive(other, &err), FERRY_OK);
+    rpc_stream_destroy(stream);
+    ferry__v1__register_response__free_unpacked(reg, NULL);
+    ferry__v1__register_response__free_unpacked(other, NULL);
+}
+
 static void test_claim_expiry_errors_the_operation(void **state)
 {
     Ferry__V1__RegisterResponse *reg = do_register("claimx-1", TOKEN, KIND_WRITE, FERRY_OK, NULL);
@@ -1519,6 +1593,7 @@ int main(void)
         cmocka_unit_test(test_claim_race_one_winner),
         cmocka_unit_test(test_owner_lease_expiry_seen_as_expired),
         cmocka_unit_test(test_keepalive_keeps_it),
+        cmocka_unit_test(test_revoke_ends_the_lease_for_its_grantee_only),
         cmocka_unit_test(test_claim_expiry_errors_the_operation),
         cmocka_unit_test(test_cancel_seen_by_the_other_side),
         cmocka_unit_test(test_list_filters_and_pages),

@@ -6,6 +6,7 @@ byte against the pattern; its exit code says whether they matched. With
 --stats-json each side writes libferry's counters, and each moved by exactly
 the one operation it ran. Each side frees its buffer only once UCX is gone.
 """
+import base64
 import json
 import os
 import shutil
@@ -14,6 +15,7 @@ import subprocess
 import sys
 import tempfile
 import unittest
+import urllib.request
 
 sys.path.insert(0, os.path.dirname(__file__))
 import ferry_harness  # noqa: E402
@@ -136,6 +138,40 @@ class Targets(unittest.TestCase):
         self.assertEqual(rc_a, EXIT_OK, err_a)
         self.assertEqual(rc_p, EXIT_OK, err_p)
         self.assertIn("4096 bytes", out_p)
+
+
+def etcd_post(path, body):
+    req = urllib.request.Request(CLUSTER.etcd.endpoint + path, data=json.dumps(body).encode(),
+                                 method="POST")
+    with urllib.request.urlopen(req, timeout=5) as r:
+        return json.load(r)
+
+
+def record_lease(rid):
+    """The etcd lease of rid's record, read from etcd itself (the
+    coordinator shows lease IDs to their grantees only)."""
+    everything = {"key": base64.b64encode(b"\0").decode(),
+                  "range_end": base64.b64encode(b"\0").decode()}
+    for kv in etcd_post("/v3/kv/range", everything).get("kvs", []):
+        if base64.b64decode(kv["key"]).endswith(b"/" + rid.encode()) and "lease" in kv:
+            return int(kv["lease"])
+    raise AssertionError(f"no record of {rid} on a lease in etcd")
+
+
+class SessionLease(unittest.TestCase):
+    def test_a_clean_exit_ends_the_session_lease(self):
+        """A worker that exits cleanly has released everything on its
+        session lease, and ends it (Revoke) rather than leave it in etcd for
+        a TTL (--ttl, 10 s here) with nothing on it."""
+        p = start_passive("recv", "lease-end-1", 4096, extra=("--ttl", "10"))
+        lease = record_lease("lease-end-1")
+        self.assertGreater(int(etcd_post("/v3/lease/timetolive", {"ID": lease})["TTL"]), 0)
+        rc_a, _, err_a = finish(worker("send", "lease-end-1", 4096))
+        rc_p, _, err_p = finish(p)
+        self.assertEqual(rc_a, EXIT_OK, err_a)
+        self.assertEqual(rc_p, EXIT_OK, err_p)
+        self.assertEqual(int(etcd_post("/v3/lease/timetolive", {"ID": lease})["TTL"]), -1,
+                         "the receiver's session lease outlived its clean exit")
 
 
 class StatsJson(unittest.TestCase):
