@@ -358,6 +358,7 @@ static void on_watch_state(void *arg, bool connected, ferry_status_t status)
 
     pthread_mutex_lock(&r->lock);
     r->synced = connected;
+    r->watch_state_seen = true;
     if (status == FERRY_ERR_OUT_OF_RANGE) {
         ferry_warn("registry: watch revision compacted; reloading the view");
         r->reload = true;
@@ -597,15 +598,25 @@ static ferry_status_t load_view(coord_registry_t *r)
         .on_state = on_watch_state,
         .arg = r,
     };
+    /* Cleared before the watch starts: a compaction it reports from its
+     * first moment (etcd's "created" then "canceled") asks again. */
+    pthread_mutex_lock(&r->lock);
+    r->reload = false;
+    r->watch_state_seen = false;
+    pthread_mutex_unlock(&r->lock);
     status = etcd_watch_create(r->etcd, &wp, &r->watch);
     if (status != FERRY_OK) {
+        pthread_mutex_lock(&r->lock);
+        r->reload = true;
+        pthread_mutex_unlock(&r->lock);
         goto err_range;
     }
     free(end);
     etcd_range_free(&range);
     pthread_mutex_lock(&r->lock);
-    r->synced = true;
-    r->reload = false;
+    if (!r->watch_state_seen) {
+        r->synced = true; /* else the watch already said it is lost (or back) */
+    }
     pthread_mutex_unlock(&r->lock);
     /* Only now: a look before it would have gone to etcd, not the view. */
     if (r->params.on_synced != NULL) {

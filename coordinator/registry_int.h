@@ -101,6 +101,10 @@ struct coord_registry {
     int64_t whole;
     bool synced; /* the view is loaded and its watch is connected */
     bool reload; /* the watch cannot resume: reload the view */
+    /* on_watch_state ran since load_view started the current watch: it, not
+     * load_view, says whether the view is synced (the first stream's
+     * "created" calls no on_state, so the first call is a loss). */
+    bool watch_state_seen;
 
     etcd_watch_t *watch; /* touched by the maintenance thread only */
     atomic_bool healthy;
