@@ -530,20 +530,23 @@ class Output(unittest.TestCase):
 
 def landed(pid, size):
     """Whether bytes have landed in a receiver's buffer: ferry-worker zeroes
-    it, and every word of the pattern is nonzero. The buffer is the
-    writable anonymous mapping of size bytes and a few pages (an allocator's
-    own, a sanitizer's reservations of many GiB are not); 1 MiB into it is
-    well inside the buffer (its start is within a few pages of the
-    mapping's)."""
+    it, and every word of the pattern is nonzero. The buffer is in a
+    writable anonymous mapping of at least size bytes: its own (size and a
+    few pages), or one the kernel merged with a neighbour of the same
+    flags, so not more than twice its size (a sanitizer's reservations of
+    many GiB are not looked at). Windows every 16 MiB, from 1 MiB in, cover
+    wherever in the mapping the buffer begins."""
     with open(f"/proc/{pid}/maps") as f:
         for line in f:
             fields = line.split()
             lo, hi = (int(x, 16) for x in fields[0].split("-"))
             anonymous = len(fields) == 5 or fields[5].startswith("[anon")
-            if size <= hi - lo < size + (16 << 20) and fields[1].startswith("rw") and anonymous:
+            if size <= hi - lo < 2 * size + (64 << 20) and fields[1].startswith("rw") and anonymous:
                 with open(f"/proc/{pid}/mem", "rb") as mem:
-                    mem.seek(lo + (1 << 20))
-                    return any(mem.read(64))
+                    for at in range(lo + (1 << 20), hi - 64, 16 << 20):
+                        mem.seek(at)
+                        if any(mem.read(64)):
+                            return True
     return False
 
 
