@@ -1,7 +1,8 @@
 # Ferry's two commands (see README.md):
 #   make demo   install what is missing, build, run Ferry's main job
 #   make test   install what is missing, build, run the whole test suite
-# Other targets: deps, build, asan (test under ASan+UBSan), fuzz (libFuzzer,
+# Other targets: deps, build, asan (test under ASan+UBSan), tsan (the C tests
+# under ThreadSanitizer), fuzz (libFuzzer,
 # FUZZ_SECONDS per target; fuzz/README.md), bench, format, clean.
 # GPU (README "GPU"): ucx-cuda (UCX with CUDA transports into FERRY_UCX_CUDA_PREFIX,
 # cached), test-cuda-ucx (the suite built against it, in build-cuda-ucx),
@@ -16,7 +17,7 @@ FUZZ_SECONDS ?= 30
 FERRY_UCX_CUDA_PREFIX ?= $(CURDIR)/build-ucx-cuda
 CUDA_UCX_BUILD_DIR ?= build-cuda-ucx
 
-.PHONY: all deps build test demo asan fuzz bench format clean \
+.PHONY: all deps build test demo asan tsan fuzz bench format clean \
 	ucx-cuda build-cuda-ucx test-cuda-ucx gpu-bundle
 
 all: build
@@ -36,6 +37,17 @@ demo: build
 
 asan:
 	$(MAKE) test BUILD_DIR=build-asan CMAKE_ARGS="-DFERRY_SANITIZE=ON -DCMAKE_BUILD_TYPE=Debug"
+
+# The C tests (test_*, their coordinator and etcd included) under
+# ThreadSanitizer; a report fails the test (halt_on_error). UCX's memory
+# hooks crash under TSAN (UCX_MEM_EVENTS=no); tests/tsan.supp says what the
+# rest of the settings leave out, and why. test_rpc_python drives Python.
+tsan: deps
+	cmake -S . -B build-tsan -DFERRY_TSAN=ON -DCMAKE_BUILD_TYPE=Debug -DFERRY_BUILD_BENCH=OFF $(CMAKE_ARGS)
+	cmake --build build-tsan -j $(JOBS)
+	UCX_MEM_EVENTS=no TSAN_OPTIONS="ignore_noninstrumented_modules=1 halt_on_error=1 \
+	  second_deadlock_stack=1 suppressions=$(CURDIR)/tests/tsan.supp" \
+	  ctest --test-dir build-tsan --output-on-failure -j $(JOBS) -R '^test_' -E '^test_rpc_python$$'
 
 fuzz: deps
 	cmake -S . -B build-fuzz -DCMAKE_C_COMPILER=clang -DFERRY_FUZZ=ON
@@ -62,4 +74,4 @@ format:
 	clang-format -i $$(find include common rpc coordinator worker tools tests bench fuzz python -name '*.[ch]')
 
 clean:
-	rm -rf $(BUILD_DIR) build-asan build-fuzz $(CUDA_UCX_BUILD_DIR) build-gpu-bundle
+	rm -rf $(BUILD_DIR) build-asan build-tsan build-fuzz $(CUDA_UCX_BUILD_DIR) build-gpu-bundle
