@@ -21,6 +21,22 @@
 
 #include "common/log.h"
 
+/* What etcd answered a call on the lease: one it no longer knows is
+ * LEASE_NOT_FOUND (a code of its own on the wire: libferry makes a new
+ * session lease on it). */
+static ferry_status_t lease_answer(ferry_status_t status, int64_t lease_id, const char *what,
+                                   char *msg, size_t cap)
+{
+    if (status == FERRY_ERR_NOT_FOUND) {
+        return registry_fail(FERRY_ERR_LEASE_NOT_FOUND, msg, cap,
+                             "lease_id %lld has expired or never existed", (long long)lease_id);
+    }
+    if (status != FERRY_OK) {
+        return registry_etcd_fail(status, msg, cap, what);
+    }
+    return FERRY_OK;
+}
+
 ferry_status_t coord_keepalive(coord_registry_t *r, int64_t lease_id, const char *lease_token,
                                int64_t *ttl_p, char *msg, size_t cap)
 {
@@ -29,15 +45,8 @@ ferry_status_t coord_keepalive(coord_registry_t *r, int64_t lease_id, const char
     if (status != FERRY_OK) {
         return status; /* not the grantee: etcd never hears of it */
     }
-    status = etcd_lease_keepalive(r->etcd, lease_id, ttl_p);
-    if (status == FERRY_ERR_NOT_FOUND) {
-        return registry_fail(FERRY_ERR_LEASE_NOT_FOUND, msg, cap,
-                             "lease_id %lld has expired or never existed", (long long)lease_id);
-    }
-    if (status != FERRY_OK) {
-        return registry_etcd_fail(status, msg, cap, "lease keep-alive");
-    }
-    return FERRY_OK;
+    return lease_answer(etcd_lease_keepalive(r->etcd, lease_id, ttl_p), lease_id,
+                        "lease keep-alive", msg, cap);
 }
 
 ferry_status_t coord_revoke(coord_registry_t *r, int64_t lease_id, const char *lease_token,
@@ -48,15 +57,7 @@ ferry_status_t coord_revoke(coord_registry_t *r, int64_t lease_id, const char *l
     if (status != FERRY_OK) {
         return status; /* not the grantee: etcd never hears of it */
     }
-    status = etcd_lease_revoke(r->etcd, lease_id);
-    if (status == FERRY_ERR_NOT_FOUND) {
-        return registry_fail(FERRY_ERR_LEASE_NOT_FOUND, msg, cap,
-                             "lease_id %lld has expired or never existed", (long long)lease_id);
-    }
-    if (status != FERRY_OK) {
-        return registry_etcd_fail(status, msg, cap, "lease revoke");
-    }
-    return FERRY_OK;
+    return lease_answer(etcd_lease_revoke(r->etcd, lease_id), lease_id, "lease revoke", msg, cap);
 }
 
 ferry_status_t coord_lease_precheck(coord_registry_t *r, int64_t lease_id, const char *lease_token,

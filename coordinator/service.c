@@ -516,6 +516,21 @@ static void handle_release(rpc_call_t *call, const ProtobufCMessage *request, vo
     service_submit(arg, call, request, do_release, 0);
 }
 
+/* A call on a lease (KeepAlive, Revoke): refused (answered, true) when the
+ * request is invalid or does not hold the lease: its token is checked here,
+ * before the call waits for an etcd worker (one HMAC, once the lease key is
+ * loaded; before that the worker checks). */
+static bool lease_refused(coord_service_t *svc, rpc_call_t *call, const ProtobufCMessage *request,
+                          int64_t lease_id, const char *lease_token)
+{
+    char msg[MSG_CAP];
+
+    return refused(call, request) ||
+           failed(call,
+                  coord_lease_precheck(svc->registry, lease_id, lease_token, msg, sizeof(msg)),
+                  msg);
+}
+
 static void do_keepalive(coord_service_t *svc, rpc_call_t *call, const ProtobufCMessage *request,
                          int64_t deadline_ms)
 {
@@ -538,21 +553,15 @@ static void do_keepalive(coord_service_t *svc, rpc_call_t *call, const ProtobufC
 /* A renewal keeps every record of a worker alive: it goes ahead of the
  * Registers and Claims waiting for an etcd worker, with a bound of its own
  * (COORD_EXEC_URGENT), so a burst of writes that fills the queue does not
- * let leases expire. Only the lease's holder gets there: its token is
- * checked here first (one HMAC, once the lease key is loaded). */
+ * let leases expire. Only the lease's holder gets there (lease_refused). */
 static void handle_keepalive(rpc_call_t *call, const ProtobufCMessage *request, void *arg)
 {
-    coord_service_t *svc = arg;
     const Ferry__V1__KeepAliveRequest *req = (const Ferry__V1__KeepAliveRequest *)request;
-    char msg[MSG_CAP];
 
-    if (refused(call, request) || failed(call,
-                                         coord_lease_precheck(svc->registry, req->lease_id,
-                                                              req->lease_token, msg, sizeof(msg)),
-                                         msg)) {
-        return;
+    if (!lease_refused(arg, call, request, req->lease_id, req->lease_token)) {
+        submit_to(arg, ((coord_service_t *)arg)->exec, call, request, do_keepalive, 0,
+                  COORD_EXEC_URGENT);
     }
-    submit_to(svc, svc->exec, call, request, do_keepalive, 0, COORD_EXEC_URGENT);
 }
 
 static void do_revoke(coord_service_t *svc, rpc_call_t *call, const ProtobufCMessage *request,
@@ -574,21 +583,13 @@ static void do_revoke(coord_service_t *svc, rpc_call_t *call, const ProtobufCMes
     rpc_call_reply(call, &resp.base);
 }
 
-/* A wrong token is refused here, before the call waits for an etcd
- * worker. */
 static void handle_revoke(rpc_call_t *call, const ProtobufCMessage *request, void *arg)
 {
-    coord_service_t *svc = arg;
     const Ferry__V1__RevokeRequest *req = (const Ferry__V1__RevokeRequest *)request;
-    char msg[MSG_CAP];
 
-    if (refused(call, request) || failed(call,
-                                         coord_lease_precheck(svc->registry, req->lease_id,
-                                                              req->lease_token, msg, sizeof(msg)),
-                                         msg)) {
-        return;
+    if (!lease_refused(arg, call, request, req->lease_id, req->lease_token)) {
+        service_submit(arg, call, request, do_revoke, 0);
     }
-    service_submit(svc, call, request, do_revoke, 0);
 }
 
 static void get_answer(coord_service_t *svc, rpc_call_t *call, ferry_status_t status,
