@@ -224,7 +224,7 @@ static ferry_status_t etcd_grpc_call_token(etcd_client_t *client, const char *pa
         etcds = etcds || (status != FERRY_OK && !etcd__ran_out);
     }
     if (etcd__tries_end(status, cut, etcds)) {
-        ferry_warn("etcd: unavailable: %s", etcd_client_last_error());
+        etcd__warn_unavailable();
     }
     free(order);
     return status;

@@ -266,5 +266,41 @@ class Signals(unittest.TestCase):
             cluster.close()
 
 
+class EtcdDownLog(unittest.TestCase):
+    def test_an_outage_is_warned_of_not_once_per_request(self):
+        """With etcd gone every request made for a client fails: a warning
+        each flooded the log (40 lines a second in a soak). One every 5 s
+        now; the rest go at debug, and the next warning counts them."""
+        from ferry.v1 import coordinator_pb2, coordinator_pb2_grpc, types_pb2
+        cluster = ferry_harness.Cluster(ttl=3)
+        channel = grpc.insecure_channel(cluster.coordinator.target)
+        try:
+            stub = coordinator_pb2_grpc.CoordinatorStub(channel)
+            with open(cluster.coordinator.log_path) as f:
+                offset = len(f.read())
+            cluster.etcd.stop()
+            failed = 0
+            for i in range(20):
+                try:
+                    stub.Register(coordinator_pb2.RegisterRequest(
+                        request_id=f"down-{i}", metadata=metadata(types_pb2), owner="py"),
+                        timeout=10)
+                except grpc.RpcError as e:
+                    self.assertEqual(e.code(), grpc.StatusCode.UNAVAILABLE, e.details())
+                    failed += 1
+            self.assertEqual(failed, 20)
+            with open(cluster.coordinator.log_path) as f:
+                lines = f.read()[offset:].splitlines()
+            warned = [ln for ln in lines if " warn  etcd: unavailable: " in ln]
+            quiet = [ln for ln in lines if " debug etcd: unavailable: " in ln]
+            self.assertGreaterEqual(len(warned), 1, "the outage was not warned of")
+            self.assertGreaterEqual(len(warned) + len(quiet), 20, "\n".join(lines[-20:]))
+            # At most one per started 5 s (the Registers took far less).
+            self.assertLessEqual(len(warned), 2, "\n".join(warned))
+        finally:
+            channel.close()
+            cluster.close()
+
+
 if __name__ == "__main__":
     unittest.main(verbosity=2)
