@@ -689,15 +689,15 @@ static void test_keepalive_keeps_it(void **state)
     ferry__v1__register_response__free_unpacked(reg, NULL);
 }
 
-/* KeepAlive on reg's lease: its status. */
-static ferry_status_t keep_alive(const Ferry__V1__RegisterResponse *reg, rpc_error_t *err)
+/* KeepAlive on a lease: its status. */
+static ferry_status_t keep_alive(int64_t lease_id, const char *lease_token, rpc_error_t *err)
 {
     Ferry__V1__KeepAliveRequest req = FERRY__V1__KEEP_ALIVE_REQUEST__INIT;
     Ferry__V1__KeepAliveResponse *resp = NULL;
     ferry_status_t status;
 
-    req.lease_id = reg->lease_id;
-    req.lease_token = reg->lease_token;
+    req.lease_id = lease_id;
+    req.lease_token = (char *)lease_token;
     status =
         test_coord_call(chan, "KeepAlive", &req.base, &ferry__v1__keep_alive_response__descriptor,
                         (ProtobufCMessage **)&resp, err);
@@ -742,12 +742,12 @@ static void test_revoke_ends_the_lease_for_its_grantee_only(void **state)
     assert_int_equal(revoke_lease(reg->lease_id, "", &err), FERRY_ERR_PERMISSION_DENIED);
     assert_int_equal(revoke_lease(0, reg->lease_token, &err), FERRY_ERR_INVALID_ARGUMENT);
     assert_non_null(strstr(err.message, "lease_id"));
-    assert_int_equal(keep_alive(reg, &err), FERRY_OK);
+    assert_int_equal(keep_alive(reg->lease_id, reg->lease_token, &err), FERRY_OK);
     assert_int_equal(get_state("revoke-1", &err),
                      FERRY__V1__OPERATION_STATE__OPERATION_STATE_REGISTERED);
 
     assert_int_equal(revoke_lease(reg->lease_id, reg->lease_token, &err), FERRY_OK);
-    assert_int_equal(keep_alive(reg, &err), FERRY_ERR_LEASE_NOT_FOUND);
+    assert_int_equal(keep_alive(reg->lease_id, reg->lease_token, &err), FERRY_ERR_LEASE_NOT_FOUND);
     assert_int_equal(err.grpc_code, 5);
     assert_true(watch_until(stream, FERRY__V1__OPERATION_STATE__OPERATION_STATE_EXPIRED,
                             FERRY__V1__WATCH_EVENT_TYPE__WATCH_EVENT_TYPE_DELETE, 10000));
@@ -757,8 +757,24 @@ static void test_revoke_ends_the_lease_for_its_grantee_only(void **state)
     assert_int_equal(revoke_lease(reg->lease_id, reg->lease_token, &err),
                      FERRY_ERR_LEASE_NOT_FOUND);
     assert_int_equal(err.grpc_code, 5);
-    assert_int_equal(keep_alive(other, &err), FERRY_OK);
+    assert_int_equal(keep_alive(other->lease_id, other->lease_token, &err), FERRY_OK);
     rpc_stream_destroy(stream);
+
+    /* A claim's lease revoked by its claimant: the claimed operation turns
+     * ERRORED, as when the claim expires; its owner's record stays. */
+    Ferry__V1__ClaimResponse *claim = NULL;
+    stream = open_watch("revoke-2", NULL);
+    assert_int_equal(do_claim("revoke-2", TOKEN, KIND_WRITE, &claim, &err), FERRY_OK);
+    assert_int_equal(keep_alive(claim->claim_lease_id, claim->lease_token, &err), FERRY_OK);
+    assert_int_equal(revoke_lease(claim->claim_lease_id, claim->lease_token, &err), FERRY_OK);
+    assert_int_equal(keep_alive(claim->claim_lease_id, claim->lease_token, &err),
+                     FERRY_ERR_LEASE_NOT_FOUND);
+    assert_true(watch_until(stream, FERRY__V1__OPERATION_STATE__OPERATION_STATE_ERRORED,
+                            FERRY__V1__WATCH_EVENT_TYPE__WATCH_EVENT_TYPE_PUT, 10000));
+    assert_int_equal(get_state("revoke-2", &err),
+                     FERRY__V1__OPERATION_STATE__OPERATION_STATE_ERRORED);
+    rpc_stream_destroy(stream);
+    ferry__v1__claim_response__free_unpacked(claim, NULL);
     ferry__v1__register_response__free_unpacked(reg, NULL);
     ferry__v1__register_response__free_unpacked(other, NULL);
 }
