@@ -26,6 +26,8 @@
 
 #define UNSET INT_MIN
 
+#define CONNECTION_AGE_MAX_MS 86400000 /* a day */
+
 static const char usage[] =
     "usage: ferry-coordinator [options]\n"
     "\n"
@@ -59,6 +61,15 @@ static const char usage[] =
     "  --grace-ms MS       drain time for in-flight calls on SIGTERM, 0..600000\n"
     "                      (FERRY_GRACE_MS; 5000); the exit may take up to 5 s\n"
     "                      more, removing the replica's lease from etcd\n"
+    "  --max-connection-age-ms MS  send a client's connection a GOAWAY once it\n"
+    "                      is this old (+-10%), so that its new calls reconnect\n"
+    "                      and a load balancer can spread clients over replicas\n"
+    "                      added since, 0..86400000 (FERRY_MAX_CONNECTION_AGE_MS;\n"
+    "                      0: never)\n"
+    "  --max-connection-age-grace-ms MS  then close it after this long; calls\n"
+    "                      still on it fail UNAVAILABLE and libferry resumes them\n"
+    "                      (watches, waits), 0..86400000\n"
+    "                      (FERRY_MAX_CONNECTION_AGE_GRACE_MS; 30000)\n"
     "  --watch-queue-kib N unsent KiB a Watch stream may hold before it ends with\n"
     "                      RESOURCE_EXHAUSTED, 16..1048576 (FERRY_WATCH_QUEUE_KIB;\n"
     "                      4096)\n"
@@ -104,6 +115,8 @@ enum {
     OPT_ETCD_QUEUE,
     OPT_NAME,
     OPT_GRACE,
+    OPT_MAX_CONNECTION_AGE,
+    OPT_MAX_CONNECTION_AGE_GRACE,
     OPT_WATCH_QUEUE,
     OPT_MAX_WAITS,
     OPT_REQUEST_MEMORY,
@@ -135,6 +148,8 @@ static const struct option options[] = {
     {"etcd-queue", required_argument, NULL, OPT_ETCD_QUEUE},
     {"name", required_argument, NULL, OPT_NAME},
     {"grace-ms", required_argument, NULL, OPT_GRACE},
+    {"max-connection-age-ms", required_argument, NULL, OPT_MAX_CONNECTION_AGE},
+    {"max-connection-age-grace-ms", required_argument, NULL, OPT_MAX_CONNECTION_AGE_GRACE},
     {"watch-queue-kib", required_argument, NULL, OPT_WATCH_QUEUE},
     {"max-waits", required_argument, NULL, OPT_MAX_WAITS},
     {"request-memory-mib", required_argument, NULL, OPT_REQUEST_MEMORY},
@@ -232,6 +247,8 @@ static void config_defaults(coord_config_t *c)
     c->register_batch = UNSET;
     c->etcd_queue = UNSET;
     c->grace_ms = UNSET;
+    c->max_connection_age_ms = UNSET;
+    c->max_connection_age_grace_ms = UNSET;
     c->watch_queue_kib = UNSET;
     c->max_waits = UNSET;
     c->request_memory_mib = UNSET;
@@ -283,6 +300,16 @@ static int set_option(coord_config_t *c, int opt, const char *arg)
         return (c->etcd_queue = parse_int("--etcd-queue", arg, 0, 1000000)) < 0 ? -1 : 0;
     case OPT_GRACE:
         return (c->grace_ms = parse_int("--grace-ms", arg, 0, 600000)) < 0 ? -1 : 0;
+    case OPT_MAX_CONNECTION_AGE:
+        return (c->max_connection_age_ms =
+                    parse_int("--max-connection-age-ms", arg, 0, CONNECTION_AGE_MAX_MS)) < 0
+                   ? -1
+                   : 0;
+    case OPT_MAX_CONNECTION_AGE_GRACE:
+        return (c->max_connection_age_grace_ms =
+                    parse_int("--max-connection-age-grace-ms", arg, 0, CONNECTION_AGE_MAX_MS)) < 0
+                   ? -1
+                   : 0;
     case OPT_MAX_WAITS:
         return (c->max_waits = parse_int("--max-waits", arg, 1, 1000000)) < 0 ? -1 : 0;
     case OPT_REQUEST_MEMORY:
@@ -355,6 +382,10 @@ static int env_numbers(coord_config_t *c)
         env_number(&c->register_batch, "FERRY_REGISTER_BATCH", CONFIG_STR(COORD_REGISTER_BATCH), 1,
                    COORD_REGISTER_BATCH_MAX) != 0 ||
         env_number(&c->grace_ms, "FERRY_GRACE_MS", "5000", 0, 600000) != 0 ||
+        env_number(&c->max_connection_age_ms, "FERRY_MAX_CONNECTION_AGE_MS", "0", 0,
+                   CONNECTION_AGE_MAX_MS) != 0 ||
+        env_number(&c->max_connection_age_grace_ms, "FERRY_MAX_CONNECTION_AGE_GRACE_MS", "30000", 0,
+                   CONNECTION_AGE_MAX_MS) != 0 ||
         env_number(&c->watch_queue_kib, "FERRY_WATCH_QUEUE_KIB", "4096", 16, 1 << 20) != 0 ||
         env_number(&c->max_waits, "FERRY_MAX_WAITS", "10000", 1, 1000000) != 0 ||
         env_number(&c->request_memory_mib, "FERRY_REQUEST_MEMORY_MIB", "1024", 4, 1048576) != 0 ||

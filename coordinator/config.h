@@ -40,6 +40,10 @@ typedef struct {
     const char *metrics_listen; /* --metrics-listen, FERRY_METRICS_LISTEN; NULL: no metrics */
     const char *etcd_password;  /* FERRY_ETCD_PASSWORD only: never on a command line */
 
+    /* --max-connection-age-ms (FERRY_MAX_CONNECTION_AGE_MS; default 0: none)
+     * and --max-connection-age-grace-ms (..._GRACE_MS; default 30000) */
+    int max_connection_age_ms;
+    int max_connection_age_grace_ms;
     ferry_log_level_t log_level_value; /* the level log_level names */
 } coord_config_t;
 

@@ -192,6 +192,8 @@ static ferry_status_t open_server(coordinator_t *c)
          * streams) may hold together; each method's own bound is below it. */
         .max_held_request_bytes = (size_t)c->config.request_memory_mib << 20,
         .n_threads = c->config.threads,
+        .max_connection_age_ms = c->config.max_connection_age_ms,
+        .max_connection_age_grace_ms = c->config.max_connection_age_grace_ms,
         .tls = c->config.tls_cert != NULL ? &tls : NULL,
         .observer = c->metrics != NULL ? &c->rpc_observer : NULL,
     };

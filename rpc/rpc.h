@@ -141,6 +141,16 @@ typedef struct {
      * RESOURCE_EXHAUSTED, saying so (Check is not bounded: it holds
      * nothing). 0: RPC_DEFAULT_HEALTH_WATCHES. */
     int max_health_watches;
+    /* A connection older than max_connection_age_ms (gRPC adds +-10%
+     * jitter) is sent a GOAWAY: its client makes new calls on a new
+     * connection, which a load balancer in front of several servers may
+     * send elsewhere. Calls still running on the old one have
+     * max_connection_age_grace_ms to end before it is closed under them
+     * (they fail UNAVAILABLE; a stream or a parked wait is then the
+     * client's to resume). 0: no maximum age (gRPC's default); a grace of 0
+     * with an age: calls are cut at once. */
+    int max_connection_age_ms;
+    int max_connection_age_grace_ms;
     const rpc_tls_params_t *tls;    /* NULL: plaintext */
     const rpc_observer_t *observer; /* NULL: none; copied */
 } rpc_server_params_t;

@@ -264,6 +264,8 @@ struct rpc_server {
     int max_message_bytes;
     size_t max_held_request_bytes;    /* 0: none */
     atomic_size_t held_request_bytes; /* by calls dispatched, not yet done */
+    int max_connection_age_ms;        /* 0: none */
+    int max_connection_age_grace_ms;
 
     rpc_method_table_t methods; /* frozen once running */
     rpc_health_t health;

@@ -189,7 +189,7 @@ err_say:
 /* The grpc_server and its queue, with the message size limit. */
 static void server_create_grpc(rpc_server_t *server)
 {
-    grpc_arg args[9];
+    grpc_arg args[11];
     grpc_channel_args channel_args = {8, args};
     grpc_resource_quota *quota = NULL;
 
@@ -233,6 +233,16 @@ static void server_create_grpc(rpc_server_t *server)
     args[7].type = GRPC_ARG_INTEGER;
     args[7].key = GRPC_ARG_ALLOW_REUSEPORT;
     args[7].value.integer = 0;
+    if (server->max_connection_age_ms > 0) {
+        args[channel_args.num_args].type = GRPC_ARG_INTEGER;
+        args[channel_args.num_args].key = GRPC_ARG_MAX_CONNECTION_AGE_MS;
+        args[channel_args.num_args].value.integer = server->max_connection_age_ms;
+        channel_args.num_args++;
+        args[channel_args.num_args].type = GRPC_ARG_INTEGER;
+        args[channel_args.num_args].key = GRPC_ARG_MAX_CONNECTION_AGE_GRACE_MS;
+        args[channel_args.num_args].value.integer = server->max_connection_age_grace_ms;
+        channel_args.num_args++;
+    }
     grpc_init();
     if (server->max_held_request_bytes > 0) {
         /* gRPC core's own buffers (a request's bytes before the whole
@@ -245,11 +255,11 @@ static void server_create_grpc(rpc_server_t *server)
          * per connection, never counted. */
         quota = grpc_resource_quota_create("ferry-rpc-server");
         grpc_resource_quota_resize(quota, server->max_held_request_bytes + RPC_QUOTA_SLACK);
-        args[8].type = GRPC_ARG_POINTER;
-        args[8].key = GRPC_ARG_RESOURCE_QUOTA;
-        args[8].value.pointer.p = quota;
-        args[8].value.pointer.vtable = grpc_resource_quota_arg_vtable();
-        channel_args.num_args = 9;
+        grpc_arg *arg = &args[channel_args.num_args++];
+        arg->type = GRPC_ARG_POINTER;
+        arg->key = GRPC_ARG_RESOURCE_QUOTA;
+        arg->value.pointer.p = quota;
+        arg->value.pointer.vtable = grpc_resource_quota_arg_vtable();
     }
     server->server = grpc_server_create(&channel_args, NULL);
     if (quota != NULL) {
@@ -265,7 +275,8 @@ ferry_status_t rpc_server_create(const rpc_server_params_t *params, rpc_server_t
     ferry_status_t status = FERRY_ERR_NO_MEMORY;
 
     if (params == NULL || params->listen_addr == NULL || params->n_threads < 0 ||
-        params->calls_armed < 0 || params->max_message_bytes < 0) {
+        params->calls_armed < 0 || params->max_message_bytes < 0 ||
+        params->max_connection_age_ms < 0 || params->max_connection_age_grace_ms < 0) {
         ferry_error("rpc: server params need listen_addr and non-negative counts");
         return FERRY_ERR_INVALID_ARGUMENT;
     }
@@ -286,6 +297,8 @@ ferry_status_t rpc_server_create(const rpc_server_params_t *params, rpc_server_t
     server->max_message_bytes =
         params->max_message_bytes > 0 ? params->max_message_bytes : RPC_DEFAULT_MAX_MESSAGE;
     server->max_held_request_bytes = params->max_held_request_bytes;
+    server->max_connection_age_ms = params->max_connection_age_ms;
+    server->max_connection_age_grace_ms = params->max_connection_age_grace_ms;
     atomic_init(&server->held_request_bytes, 0);
     status = rpc__server_credentials(params->tls, &server->creds, &server->tls_reload);
     if (status != FERRY_OK) {

@@ -11,6 +11,7 @@ import concurrent.futures
 import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -269,6 +270,75 @@ def test_a_wait_by_id_outlives_a_coordinator_restart(connector, sender, tmp_path
     finally:
         for c in replicas:
             c.stop()
+        etcd.stop()
+
+
+def test_connections_past_their_max_age_move_and_lose_nothing(connector, sender, tmp_path):
+    """--max-connection-age-ms: a replica sends each connection a GOAWAY
+    once it is that old and closes it after --max-connection-age-grace-ms,
+    cutting what still runs on it, so that clients reconnect (through a
+    load balancer, to replicas added since). Through several such cuts the
+    same clients lose nothing: a writer's wait by ID is parked again from
+    each new connection (a new client port in the replica's log each time)
+    and completes once the receiver publishes; a published operation's
+    watch, cut with its connection, resumes, so an operator's cancel after
+    the cuts still reaches the owner."""
+    etcd = ferry_harness.Etcd(str(tmp_path))
+    etcd.start()
+    replica = ferry_harness.Coordinator(
+        str(tmp_path), etcd.endpoint,
+        extra=("--max-connection-age-ms", "1000", "--max-connection-age-grace-ms", "200"))
+    try:
+        replica.start()
+        written, watched = rid("aged-w"), rid("aged-c")
+        outcome = {}
+
+        def write():
+            try:
+                with ferry.Coordinator(replica.target) as coord:
+                    with sender.begin_write_by_id(coord, written, TOKEN,
+                                                  ferry.Descriptor(b"a" * 64), wait=60) as a:
+                        a.wait(30)
+                outcome["done"] = True
+            except BaseException as e:  # the thread's outcome, asserted below
+                outcome["error"] = e
+
+        def peers(pattern):
+            with open(replica.log_path, errors="replace") as f:
+                return set(re.findall(pattern, f.read()))
+
+        def cut_and_resumed():
+            # Three connections each: the writer's wait and the receiver's
+            # watch (no other client watches before the cancel) were each
+            # cut twice and came back.
+            return (len(peers(rf"op {written}: (?:lookup|claim) from (\S+) waits")) >= 3
+                    and len(peers(r"/ferry.v1.Coordinator/Watch: from (\S+)")) >= 3)
+
+        with ferry.Coordinator(replica.target) as coord, \
+                connector.create_writable(ferry.Descriptor(bytearray(64))) as op:
+            op.publish(coord, watched, TOKEN)
+            t = threading.Thread(target=write)
+            t.start()
+            ferry_harness.wait_until(cut_and_resumed, 30,
+                                     "the writer's wait and the receiver's watch to come back "
+                                     "on three connections each")
+            assert "error" not in outcome, outcome
+            cancel = subprocess.run(
+                [os.path.join(os.path.dirname(WORKER), "..", "tools", "ferryctl"), "cancel",
+                 watched, "--coordinator", replica.target, "--token", TOKEN, "--reason",
+                 "aged out"], capture_output=True, text=True, timeout=30)
+            assert cancel.returncode == 0, cancel.stderr
+            with pytest.raises(ferry.Cancelled, match="cancelled at the coordinator: aged out"):
+                op.wait(20)
+            dst = bytearray(64)
+            with connector.create_writable(ferry.Descriptor(dst)) as target:
+                target.publish(coord, written, TOKEN)
+                target.wait(30)
+        t.join(60)
+        assert outcome == {"done": True}, outcome
+        assert bytes(dst) == b"a" * 64
+    finally:
+        replica.stop()
         etcd.stop()
 
 
