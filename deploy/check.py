@@ -65,9 +65,10 @@ deploy/Containerfile, without a cluster:
               PodDisruptionBudgets keeping etcd's quorum and a coordinator;
               NetworkPolicies letting only workers (those of its examples)
               reach the coordinators' port, only coordinators etcd's client
-              port, only etcd members its peer port, and letting in (from
-              anywhere: Prometheus) the port each pod's prometheus.io/port
-              names.
+              port, only etcd members its peer port, only workers of their
+              namespace the workers (every port: UCX picks them), and
+              letting in (from anywhere: Prometheus) the port each pod's
+              prometheus.io/port names.
   kustomize   the base's resources lists exactly the manifests in
               deploy/k8s/base; every overlay and example renders, into one
               namespace.
@@ -1339,9 +1340,17 @@ def check_readme_etcdctl(ctx, where, o, c, args):
             fail("deploy/README.md", "`%s`: --peer-urls must be https:// (%s)" % (shown, where))
 
 
+def where(port):
+    """A rule's port as check_policies names it; None: every port."""
+    return "every port" if port is None else "port %d" % port
+
+
 def check_policies(ctx):
     """Only workers reach the coordinators' port, only coordinators etcd's
-    client port, only etcd members its peer port. Each target's pods must be
+    client port, only etcd members its peer port, and only workers of their
+    own namespace the workers, on any port (UCX picks its ports, and a peer
+    that reaches a worker can read and write its memory: README.md, "The
+    data plane trusts its peers"). Each target's pods must be
     selected by a NetworkPolicy with Ingress; every peer of every rule that
     opens the port must select only the allowed pods (among the manifests'
     pod templates), and some rule must let them in."""
@@ -1355,7 +1364,9 @@ def check_policies(ctx):
     rules = [("the coordinators", labels_of("ferry-coordinator"), 7400,
               labels_of("ferry-worker"), "workers"),
              ("etcd", etcd_labels, 2379, labels_of("ferry-coordinator"), "coordinators"),
-             ("etcd", etcd_labels, 2380, etcd_labels, "etcd members")]
+             ("etcd", etcd_labels, 2380, etcd_labels, "etcd members"),
+             ("the workers", labels_of("ferry-worker"), None, labels_of("ferry-worker"),
+              "workers")]
     for target, target_labels, port, allowed, who in rules:
         if not target_labels:
             continue
@@ -1374,7 +1385,7 @@ def check_policies(ctx):
                     continue
                 peers = rule.get("from") or []
                 if not peers:
-                    fail(ctx.w(p), "lets anyone reach port %d of %s" % (port, target))
+                    fail(ctx.w(p), "lets anyone reach %s of %s" % (where(port), target))
                 for peer in peers:
                     sel = (peer.get("podSelector") or {}).get("matchLabels") or {}
                     # Workers may be in any namespace (the coordinators'
@@ -1382,17 +1393,19 @@ def check_policies(ctx):
                     kinds = ({"podSelector"}, {"podSelector", "namespaceSelector"}) \
                         if port == 7400 else ({"podSelector"},)
                     if set(peer) not in kinds or not sel:
-                        fail(ctx.w(p), "port %d of %s: peer %s is not a pod selector of %s"
-                             % (port, target, peer, who))
+                        fail(ctx.w(p), "%s of %s: peer %s is not a pod selector of %s"
+                             % (where(port), target, peer, who))
                         continue
                     strangers = [oname(o) for o, l in pods
                                  if selects(sel, l) and l not in allowed]
                     if strangers:
-                        fail(ctx.w(p), "port %d of %s: %s also lets in %s"
-                             % (port, target, sel, strangers))
-                    admitted |= any(selects(sel, l) for l in allowed)
+                        fail(ctx.w(p), "%s of %s: %s also lets in %s"
+                             % (where(port), target, sel, strangers))
+                    admitted |= any(selects(sel, l) for l in allowed) and \
+                        (port is not None or not ports)
         if not admitted:
-            fail(ctx.label, "no NetworkPolicy lets %s reach port %d of %s" % (who, port, target))
+            fail(ctx.label, "no NetworkPolicy lets %s reach %s of %s"
+                 % (who, where(port), target))
     # The port a pod's prometheus.io/port names must be let in (from anywhere:
     # where Prometheus runs is the operator's), or every scrape fails.
     for o, l in pods:

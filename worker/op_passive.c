@@ -12,7 +12,10 @@
  * a refusal, so no byte is written into memory its owner gave up. This
  * matters because on host memory UCX 1.13's shared-memory (cma) and TCP
  * transports do not enforce remote keys: after ucp_mem_unmap a peer holding
- * an old key could still write. The one gap left: an owner that cancels
+ * an old key could still write. (That is a peer running libferry; one that
+ * posts UCX puts of its own is not held by admission at all on those
+ * transports, whose emulated puts UCX applies in this process without
+ * asking us: ferry.h, "Trust".) The one gap left: an owner that cancels
  * after admitting a writer cannot stop bytes already in flight; they land in
  * the (still allocated, user-owned) buffer, and the op is CANCELLED anyway.
  * So an op that ends before its admitted claimant settled is held

@@ -239,7 +239,7 @@ static size_t chunk_for(const ferry_descriptor_t *descs, size_t n)
  * operation's peer, who may read any slot with the key, finds nothing of
  * this one's data. A peer once admitted may still write into a set after
  * it returned to the pool, as into a region (ferry.h: on shared memory and
- * TCP the claim step, not the key, keeps writers out); the packed key is
+ * TCP the claim step, not the key, keeps Ferry's writers out); the packed key is
  * the same for every operation on the set, so the writer's key cache
  * unpacks it once (and, where the set is mapped into the writer, the
  * writer pins it once: map_remote). */

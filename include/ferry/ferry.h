@@ -26,6 +26,18 @@
  * only then the completion notice, which carries the operation's notification
  * key. Without the flush the notice could overtake the data.
  *
+ * Trust: admission holds the peers that follow this protocol (libferry's),
+ * not a process that speaks UCX itself. Where a transport cannot put or get
+ * in hardware (TCP; CMA and UCX's self transport on one host), UCX 1.13
+ * serves a peer's puts and gets in this process, in handlers of its own that
+ * copy to or from any address the peer names, with no key, registration or
+ * bounds check and without calling libferry. So a peer that holds this
+ * worker's UCX address (every metadata it published, every claim it sent,
+ * carries it) can read and write any memory of the process, or crash it,
+ * claim or no claim, and can make UCX allocate memory and hold descriptors
+ * for it. Run workers where every process that can reach them is trusted as
+ * the workers are (README.md, "The data plane trusts its peers").
+ *
  * Ownership: every handle is created by a *_create / *_begin function and
  * released by its *_destroy, which accepts NULL. Operations must be destroyed
  * before their connector. Output arguments (ending _p) are written only on
@@ -368,16 +380,17 @@ FERRY_API void ferry_connector_get_stats(ferry_connector_t *connector,
  * deregistered, not only until the operation ends. The metadata still
  * names only the operation's descriptors and Ferry's active side writes (or
  * reads) only those, and only once the passive side admitted its claim:
- * admission, not the key, is what keeps writers out. That was already so on
- * shared memory and TCP, where UCX does not enforce keys on host memory
- * (see ferry_op_destroy). On transports that do enforce keys (RDMA NICs), a
- * peer that holds an operation's metadata and skips Ferry's protocol could
- * reach the rest of the region, after the operation ended too; Ferry-
- * allocated memory on shared memory is likewise mapped whole by every peer
- * that unpacked its key. So put into one region only memory that every
- * holder of any of its operations' metadata may reach, and keep memory that
- * needs per-operation revocation out of regions (its operations then
- * register it themselves, as before).
+ * admission, not the key, is what keeps Ferry's writers out. That was
+ * already so on shared memory and TCP, where UCX does not enforce keys on
+ * host memory (see ferry_op_destroy; against a peer that skips Ferry's
+ * protocol nothing holds there, see "Trust" above). On transports that do
+ * enforce keys (RDMA NICs), a peer that holds an operation's metadata and
+ * skips Ferry's protocol could reach the rest of the region, after the
+ * operation ended too; Ferry-allocated memory on shared memory is likewise
+ * mapped whole by every peer that unpacked its key. So put into one region
+ * only memory that every holder of any of its operations' metadata may
+ * reach, and keep memory that needs per-operation revocation out of regions
+ * (its operations then register it themselves, as before).
  *
  * Threads: any thread; a region must not be deregistered while another
  * thread still creates operations on it (deregistration refuses while
@@ -629,7 +642,8 @@ FERRY_API bool ferry_op_in_region(const ferry_op_t *op, size_t index);
  * key (from the call on, while its listeners are told DESTROY too, any
  * claim is refused with FERRY_ERR_NOT_FOUND; note that
  * on host memory UCX's shm and TCP transports do not enforce remote keys,
- * so the claim step, not the unmap, is what keeps writers out), cancelling
+ * so the claim step, not the unmap, is what keeps Ferry's writers out;
+ * "Trust" above says what does not), cancelling
  * the operation if it is not final. A writer or reader it admitted that has
  * not settled (its notice has not come: its puts or gets may still be in
  * flight, and over TCP or shared memory UCX applies them in this process)

@@ -174,6 +174,28 @@ class DeployCheckCatches(unittest.TestCase):
         self.assertFails(r"NetworkPolicy/etcd: port 2379 of etcd: .* also lets in .*Job/ferry-recv",
                          r"no NetworkPolicy lets coordinators reach port 2379 of etcd")
 
+    def test_prod_workers_anyone_may_reach(self):
+        """A peer that reaches a worker over UCX can read and write its
+        memory (README, "The data plane trusts its peers"): the prod example
+        must let only workers reach the workers, on every port."""
+        kust = os.path.join(self.k8s, "examples", "worker-tls", "kustomization.yaml")
+        edit(kust, "  - networkpolicy.yaml\n", "")
+        self.assertFails(r"no NetworkPolicy restricts who reaches the workers")
+
+    def test_prod_workers_reachable_from_any_namespace(self):
+        edit(os.path.join(self.k8s, "examples", "worker-tls", "networkpolicy.yaml"),
+             "        - podSelector:\n", "        - namespaceSelector: {}\n          podSelector:\n")
+        self.assertFails(r"NetworkPolicy/ferry-worker: every port of the workers: peer .* is not "
+                         r"a pod selector of workers")
+
+    def test_prod_workers_reachable_on_one_port_only(self):
+        """A rule for one port does not let the workers' UCX in (it picks its
+        ports)."""
+        path = os.path.join(self.k8s, "examples", "worker-tls", "networkpolicy.yaml")
+        with open(path, "a") as f:
+            f.write("      ports:\n        - protocol: TCP\n          port: 7400\n")
+        self.assertFails(r"no NetworkPolicy lets workers reach every port of the workers")
+
     def test_prod_without_pdb_for_etcd(self):
         path = os.path.join(self.k8s, "overlays", "prod", "pdb.yaml")
         with open(path) as f:
