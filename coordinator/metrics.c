@@ -5,7 +5,7 @@
  *   ferry_rpc_requests_total{method,code}        counter, per finished call
  *   ferry_rpc_request_duration_seconds{method}   histogram, accepted to status sent
  *   ferry_rpc_in_flight{method}                  gauge; Watch's is the open streams
- *   ferry_etcd_requests_total{kind,result}       counter, per etcd gateway request
+ *   ferry_etcd_requests_total{kind,result}       counter, per etcd request
  *   ferry_etcd_request_duration_seconds{kind}    histogram
  *   ferry_healthy                                gauge, 1 while etcd answers (Health)
  *   ferry_view_watch_live                        gauge, 1 while the view's etcd watch is up
@@ -299,7 +299,8 @@ static void render_etcd(FILE *f, const coord_metrics_t *m)
 {
     char result[48];
 
-    fputs("# HELP ferry_etcd_requests_total etcd gateway requests, by kind and result.\n"
+    fputs("# HELP ferry_etcd_requests_total etcd requests (gRPC or JSON gateway), by kind and "
+          "result.\n"
           "# TYPE ferry_etcd_requests_total counter\n",
           f);
     for (size_t i = 0; i < m->n_etcd; i++) {
@@ -311,7 +312,8 @@ static void render_etcd(FILE *f, const coord_metrics_t *m)
             }
         }
     }
-    fputs("# HELP ferry_etcd_request_duration_seconds etcd gateway request latency.\n"
+    fputs("# HELP ferry_etcd_request_duration_seconds etcd request latency (gRPC or JSON "
+          "gateway).\n"
           "# TYPE ferry_etcd_request_duration_seconds histogram\n",
           f);
     for (size_t i = 0; i < m->n_etcd; i++) {
