@@ -24,8 +24,9 @@
  * claim's follow-up never waits there, see op_passive.c), and at most
  * FERRY__INBOX_PER_OP from the party to one operation (each holds a
  * reference to it until handled), so that one party cannot fill it and
- * crowd the others' messages out (a NOTICE that settles stale slots counts
- * against the whole only). A malformed message is dropped in the callback,
+ * crowd the others' messages out (a NOTICE that settles stale slots, which
+ * names no live operation, takes a slot only when no copy of it waits
+ * already: ferry__staged_stale_notice). A malformed message is dropped in the callback,
  * and so is one from no party to an operation of ours
  * (ferry__msg_from_a_party: it must name one and carry the nonce that party
  * was given, so a flood needs a key and a nonce to take a slot), and the
@@ -192,7 +193,7 @@ bool ferry__msg_from_a_party(ferry_connector_t *c, const ferry__msg_t *msg, ferr
             *op_p = op;
             return true;
         }
-        return msg->type == FERRY__MSG_NOTICE && ferry__staged_stale_holds(c, msg);
+        return msg->type == FERRY__MSG_NOTICE && ferry__staged_stale_notice(c, msg);
     case FERRY__MSG_CLAIM:
         break;
     }

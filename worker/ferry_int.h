@@ -757,8 +757,11 @@ void ferry__staged_release(ferry_op_t *op);
 /* A notice for no live passive op: frees the stale slots it settles (true
  * if any); lock held. */
 bool ferry__staged_stale_settled(ferry_connector_t *c, const ferry__msg_t *msg);
-/* Whether a notice would settle stale slots (nothing freed); lock held. */
-bool ferry__staged_stale_holds(const ferry_connector_t *c, const ferry__msg_t *msg);
+/* Whether a notice would settle stale slots and is the first such notice
+ * to reach the inbox (nothing freed; the stale stage remembers it, so its
+ * claimant's copies cannot crowd the inbox: the first one settles it);
+ * lock held. */
+bool ferry__staged_stale_notice(ferry_connector_t *c, const ferry__msg_t *msg);
 /* Frees the stale stages whose claimant was peer, whose endpoint failed:
  * nothing more of it reaches their slots. */
 void ferry__staged_stale_peer_failed(ferry_connector_t *c, const ferry__peer_t *peer);

@@ -134,6 +134,7 @@ struct ferry__stage {
     uint8_t nonce[FERRY__NONCE_LEN];
     ferry__peer_t *claimant;         /* stale: its endpoint (a reference), or NULL */
     struct ferry__stage *stale_next; /* connector->stale */
+    bool notice_queued;              /* stale: a notice that settles it is in the inbox */
     /* Active. */
     bool remote;          /* the passive side stages: lanes map to its slots */
     bool mapped;          /* slots are the passive side's, mapped here */
@@ -1261,11 +1262,15 @@ static void stale_drop(ferry_connector_t *c, struct ferry__stage **pp)
     stage_free(c, s, false);
 }
 
-bool ferry__staged_stale_holds(const ferry_connector_t *c, const ferry__msg_t *msg)
+bool ferry__staged_stale_notice(ferry_connector_t *c, const ferry__msg_t *msg)
 {
-    for (const struct ferry__stage *s = c->stale; s != NULL; s = s->stale_next) {
+    for (struct ferry__stage *s = c->stale; s != NULL; s = s->stale_next) {
         if (memcmp(s->key, msg->key, FERRY__KEY_LEN) == 0 &&
-            memcmp(s->nonce, msg->nonce, FERRY__NONCE_LEN) == 0) {
+            ferry__nonce_equal(s->nonce, msg->nonce)) {
+            if (s->notice_queued) {
+                return false;
+            }
+            s->notice_queued = true;
             return true;
         }
     }
@@ -1277,7 +1282,7 @@ bool ferry__staged_stale_settled(ferry_connector_t *c, const ferry__msg_t *msg)
     for (struct ferry__stage **pp = &c->stale; *pp != NULL; pp = &(*pp)->stale_next) {
         struct ferry__stage *s = *pp;
         if (memcmp(s->key, msg->key, FERRY__KEY_LEN) == 0 &&
-            memcmp(s->nonce, msg->nonce, FERRY__NONCE_LEN) == 0) {
+            ferry__nonce_equal(s->nonce, msg->nonce)) {
             stale_drop(c, pp);
             ferry_debug("connector %s: stale staging slots released", c->name);
             return true;

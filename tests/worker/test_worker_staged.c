@@ -994,6 +994,74 @@ static void test_stale_slots_released_when_claimant_dies(void **state)
     free(buf);
 }
 
+/* The claimant of stale slots holds the operation's key and admission
+ * nonce, so its NOTICE passes the callback's check although it names no
+ * live operation, and each copy took a slot of the inbox (counted against
+ * the whole only): a claimant that sent thousands could fill it, crowding
+ * out every other party's messages until the loop drained it
+ * (audit-s27-dataplane F6). Now the first copy is queued and the rest are
+ * dropped in the callback, and that one still settles the slots. Injected
+ * as the callback does it: ferry__msg_from_a_party, then the inbox, with
+ * the loop held off by the lock. */
+static void test_stale_notice_copies_take_one_slot(void **state)
+{
+    ferry_connector_params_t params = {
+        .field_mask = FERRY_CONNECTOR_PARAM_FIELD_PEER_ERROR_HANDLING, .peer_error_handling = true};
+    uint64_t size = 1u << 20;
+    uint8_t *buf = calloc(1, size);
+    ferry_descriptor_t d = {buf, size, FERRY_DEVICE_HOST_INIT};
+    ferry__msg_t notice = {.type = FERRY__MSG_NOTICE, .status = FERRY_OK};
+    pair_partner_t writer;
+    ferry_connector_t *c;
+    ferry_op_t *op, *party;
+    const uint8_t *md;
+    uint8_t *wire;
+    size_t md_len, wire_len, inbox_before;
+    unsigned taken = 0;
+    int wstatus;
+    char ready;
+    (void)state;
+
+    atomic_store(&ferry__test_staging.chunk, 65536);
+    atomic_store(&ferry__test_staging.slots, 2);
+    assert_int_equal(ferry_connector_create(&params, &c), FERRY_OK);
+    assert_int_equal(ferry_writable_create(c, &d, 1, &op), FERRY_OK);
+    assert_int_equal(ferry_op_metadata(op, &md, &md_len), FERRY_OK);
+    writer = pair_spawn(self_exe, "--writer-peer-errors");
+    assert_int_equal(pair_write(writer.cmd_fd, &size, sizeof(size)), 0);
+    assert_int_equal(pair_send_blob(writer.cmd_fd, md, (uint32_t)md_len), 0);
+    assert_int_equal(pair_read(writer.res_fd, &ready, 1, PAIR_IO_TIMEOUT_MS), 0);
+    kill(writer.pid, SIGSTOP); /* admitted, midway: it cannot settle */
+    assert_int_equal(waitpid(writer.pid, &wstatus, WUNTRACED), writer.pid);
+    assert_int_equal(ferry_op_cancel(op), FERRY_OK);
+    memcpy(notice.key, op->key, FERRY__KEY_LEN);
+    memcpy(notice.nonce, op->nonce, FERRY__NONCE_LEN);
+    ferry_op_destroy(op); /* gone from the table; its slots wait for the claimant */
+    ferry__lock(c);
+    assert_non_null(c->stale);
+    assert_null(ferry__op_find_passive(c, notice.key));
+    assert_int_equal(ferry__msg_encode(&notice, &wire, &wire_len), FERRY_OK);
+    inbox_before = c->inbox_len;
+    for (int i = 0; i < 1000; i++) {
+        if (ferry__msg_from_a_party(c, &notice, &party)) {
+            assert_null(party); /* no live operation: the stale slots' */
+            taken += ferry__inbox_push(c, party, wire, wire_len);
+        }
+    }
+    assert_int_equal(taken, 1);
+    assert_int_equal(c->inbox_len, inbox_before + 1);
+    ferry__unlock(c);
+    free(wire);
+    assert_true(stale_gone(c)); /* the one queued settled them */
+    kill(writer.pid, SIGKILL);
+    assert_true(WIFSIGNALED(pair_reap(writer.pid)));
+    pair_close(&writer);
+    assert_int_equal(ferry_connector_destroy(c), FERRY_OK);
+    atomic_store(&ferry__test_staging.chunk, 0);
+    atomic_store(&ferry__test_staging.slots, 0);
+    free(buf);
+}
+
 /* A passive op's slots go back to its connector's pool when it ends and
  * serve the next staged op of that size: ten operations, both sides on
  * one connector, make one ucp_mem_map, every op's slots are at the same
@@ -1535,6 +1603,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_claimant_stopped_when_cancelled_before_watched),
         cmocka_unit_test(test_readable_staged),
         cmocka_unit_test(test_stale_slots_released),
+        cmocka_unit_test(test_stale_notice_copies_take_one_slot),
         cmocka_unit_test(test_forged_credit_ignored),
         cmocka_unit_test(test_slot_pool_bounded),
         cmocka_unit_test(test_mapped_pins_bounded),
