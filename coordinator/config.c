@@ -26,6 +26,7 @@
 
 #define UNSET INT_MIN
 
+#define CONNECTION_AGE_MIN_MS 1000     /* when not 0 */
 #define CONNECTION_AGE_MAX_MS 86400000 /* a day */
 
 static const char usage[] =
@@ -64,11 +65,12 @@ static const char usage[] =
     "  --max-connection-age-ms MS  send a client's connection a GOAWAY once it\n"
     "                      is this old (+-10%), so that its new calls reconnect\n"
     "                      and a load balancer can spread clients over replicas\n"
-    "                      added since, 0..86400000 (FERRY_MAX_CONNECTION_AGE_MS;\n"
-    "                      0: never)\n"
+    "                      added since, 0 or 1000..86400000\n"
+    "                      (FERRY_MAX_CONNECTION_AGE_MS; 0: never)\n"
     "  --max-connection-age-grace-ms MS  then close it after this long; calls\n"
-    "                      still on it fail UNAVAILABLE and libferry resumes them\n"
-    "                      (watches, waits), 0..86400000\n"
+    "                      still on it fail UNAVAILABLE (libferry resumes watches\n"
+    "                      and waits; a Claim cut so fails its writer: keep it\n"
+    "                      above the clients' call timeout), 0..86400000\n"
     "                      (FERRY_MAX_CONNECTION_AGE_GRACE_MS; 30000)\n"
     "  --watch-queue-kib N unsent KiB a Watch stream may hold before it ends with\n"
     "                      RESOURCE_EXHAUSTED, 16..1048576 (FERRY_WATCH_QUEUE_KIB;\n"
@@ -539,6 +541,14 @@ static int check_etcd_tls(coord_config_t *c)
 static int check(coord_config_t *c)
 {
     if (check_prefix(c->prefix) != 0 || check_listen(c->listen) != 0) {
+        return -1;
+    }
+    if (c->max_connection_age_ms > 0 && c->max_connection_age_ms < CONNECTION_AGE_MIN_MS) {
+        /* Every client would reconnect (a TLS handshake too) all the time. */
+        fprintf(stderr,
+                "ferry-coordinator: --max-connection-age-ms (FERRY_MAX_CONNECTION_AGE_MS) must "
+                "be 0 (never) or from %d to %d, not %d\n",
+                CONNECTION_AGE_MIN_MS, CONNECTION_AGE_MAX_MS, c->max_connection_age_ms);
         return -1;
     }
     if (strcmp(c->etcd_kv_api, "grpc") != 0 && strcmp(c->etcd_kv_api, "gateway") != 0) {

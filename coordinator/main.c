@@ -38,6 +38,11 @@
 #include "rpc/rpc.h"
 #include "service.h"
 
+/* libferry's call timeout when its caller sets none (ferry/coordinator.h,
+ * timeout_ms): a connection's grace shorter than it can cut a call that a
+ * client still waits for. */
+#define LIBFERRY_CALL_TIMEOUT_MS 10000
+
 typedef struct {
     coord_config_t config;
     coord_etcd_child_t child;
@@ -315,6 +320,23 @@ static void raise_fd_limit(void)
 
 /* Said once at startup, so a setting that turned TLS off does not go
  * unnoticed (config.c refuses an empty one). */
+/* Says what --max-connection-age-ms does, and warns of a grace that cuts
+ * calls libferry does not repeat. */
+static void log_connection_age(const coord_config_t *config)
+{
+    if (config->max_connection_age_ms == 0) {
+        return;
+    }
+    ferry_info("a client connection gets a GOAWAY after %d ms (+-10%%) and is closed %d ms later",
+               config->max_connection_age_ms, config->max_connection_age_grace_ms);
+    if (config->max_connection_age_grace_ms < LIBFERRY_CALL_TIMEOUT_MS) {
+        ferry_warn("--max-connection-age-grace-ms %d is below libferry's call timeout (%d ms): "
+                   "a call still running then is cut, and a writer whose Claim is cut fails "
+                   "(a Claim is never sent twice)",
+                   config->max_connection_age_grace_ms, LIBFERRY_CALL_TIMEOUT_MS);
+    }
+}
+
 static void log_tls_mode(const coord_config_t *config)
 {
     if (config->tls_cert == NULL) {
@@ -508,6 +530,7 @@ int main(int argc, char **argv)
     pthread_sigmask(SIG_BLOCK, &set, NULL);
     raise_fd_limit();
     log_tls_mode(&c.config);
+    log_connection_age(&c.config);
 
     if (open_metrics(&c) != FERRY_OK || open_etcd(&c) != FERRY_OK || open_server(&c) != FERRY_OK) {
         close_all(&c);

@@ -1340,9 +1340,30 @@ def check_readme_etcdctl(ctx, where, o, c, args):
             fail("deploy/README.md", "`%s`: --peer-urls must be https:// (%s)" % (shown, where))
 
 
-def where(port):
-    """A rule's port as check_policies names it; None: every port."""
+def port_text(port):
+    """A port as check_policies names it; None: every port."""
     return "every port" if port is None else "port %d" % port
+
+
+def rule_opens(rule, port):
+    """Whether an ingress rule lets in port (None: any port at all). A rule
+    without ports, or an entry without a port, opens every port; an entry
+    with endPort a range; a named port is taken to open it (it names a
+    containerPort this check does not resolve)."""
+    entries = rule.get("ports") or []
+    if not entries or port is None:
+        return True
+    for q in entries:
+        p = q.get("port")
+        if p is None or isinstance(p, str):
+            return True
+        if p == port or (q.get("endPort") is not None and p <= port <= int(q["endPort"])):
+            return True
+    return False
+
+
+def rule_opens_every_port(rule):
+    return not rule.get("ports") or any(q.get("port") is None for q in rule["ports"])
 
 
 def check_policies(ctx):
@@ -1352,8 +1373,9 @@ def check_policies(ctx):
     that reaches a worker can read and write its memory: README.md, "The
     data plane trusts its peers"). Each target's pods must be
     selected by a NetworkPolicy with Ingress; every peer of every rule that
-    opens the port must select only the allowed pods (among the manifests'
-    pod templates), and some rule must let them in."""
+    opens the port (for the workers: any port) must select only the allowed
+    pods (among the manifests' pod templates), and some rule must let them
+    in (for the workers: on every port)."""
     pods = [(o, pod_spec(o)[1]) for o in ctx.objs if o.get("kind") in WORKLOADS]
 
     def labels_of(program):
@@ -1380,32 +1402,36 @@ def check_policies(ctx):
         admitted = False
         for p in policies:
             for rule in (p.get("spec") or {}).get("ingress") or []:
-                ports = [q.get("port") for q in rule.get("ports") or []]
-                if ports and port not in ports:
+                if not rule_opens(rule, port):
                     continue
                 peers = rule.get("from") or []
                 if not peers:
-                    fail(ctx.w(p), "lets anyone reach %s of %s" % (where(port), target))
+                    fail(ctx.w(p), "lets anyone reach %s of %s" % (port_text(port), target))
                 for peer in peers:
                     sel = (peer.get("podSelector") or {}).get("matchLabels") or {}
-                    # Workers may be in any namespace (the coordinators'
-                    # rule); the others' peers are pods of this one.
-                    kinds = ({"podSelector"}, {"podSelector", "namespaceSelector"}) \
-                        if port == 7400 else ({"podSelector"},)
-                    if set(peer) not in kinds or not sel:
+                    ns = peer.get("namespaceSelector")
+                    # Workers may be in any namespace for the coordinators'
+                    # port; for the workers' own, only in namespaces a
+                    # selector names (not {}: any tenant can label a pod);
+                    # the others' peers are pods of this one.
+                    ok = set(peer) == {"podSelector"} or (
+                        set(peer) == {"podSelector", "namespaceSelector"} and
+                        (port == 7400 or (port is None and ns and
+                                          (ns.get("matchLabels") or ns.get("matchExpressions")))))
+                    if not ok or not sel:
                         fail(ctx.w(p), "%s of %s: peer %s is not a pod selector of %s"
-                             % (where(port), target, peer, who))
+                             % (port_text(port), target, peer, who))
                         continue
                     strangers = [oname(o) for o, l in pods
                                  if selects(sel, l) and l not in allowed]
                     if strangers:
                         fail(ctx.w(p), "%s of %s: %s also lets in %s"
-                             % (where(port), target, sel, strangers))
+                             % (port_text(port), target, sel, strangers))
                     admitted |= any(selects(sel, l) for l in allowed) and \
-                        (port is not None or not ports)
+                        (port is not None or rule_opens_every_port(rule))
         if not admitted:
             fail(ctx.label, "no NetworkPolicy lets %s reach %s of %s"
-                 % (who, where(port), target))
+                 % (who, port_text(port), target))
     # The port a pod's prometheus.io/port names must be let in (from anywhere:
     # where Prometheus runs is the operator's), or every scrape fails.
     for o, l in pods:

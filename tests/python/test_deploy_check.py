@@ -188,6 +188,32 @@ class DeployCheckCatches(unittest.TestCase):
         self.assertFails(r"NetworkPolicy/ferry-worker: every port of the workers: peer .* is not "
                          r"a pod selector of workers")
 
+    def test_prod_workers_open_to_anyone_by_a_second_policy(self):
+        """Every rule of every policy that selects the workers is checked,
+        whatever ports it names (a range with endPort too)."""
+        path = os.path.join(self.k8s, "examples", "worker-tls", "networkpolicy.yaml")
+        with open(path, "a") as f:
+            f.write("---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\n"
+                    "metadata:\n  name: high-ports\nspec:\n  podSelector:\n"
+                    "    matchLabels:\n      app.kubernetes.io/name: ferry-worker\n"
+                    "  policyTypes: [\"Ingress\"]\n  ingress:\n    - ports:\n"
+                    "        - protocol: TCP\n          port: 1024\n          endPort: 65535\n")
+        self.assertFails(r"NetworkPolicy/high-ports: lets anyone reach every port of the workers")
+
+    def test_prod_workers_of_named_namespaces_on_every_tcp_port_pass(self):
+        """What networkpolicy.yaml's comment advises for workers in other
+        namespaces (a namespaceSelector with labels), on every TCP port
+        (an entry without a port), passes."""
+        edit(os.path.join(self.k8s, "examples", "worker-tls", "networkpolicy.yaml"),
+             "        - podSelector:\n",
+             "        - namespaceSelector:\n            matchLabels:\n              team: ml\n"
+             "          podSelector:\n")
+        path = os.path.join(self.k8s, "examples", "worker-tls", "networkpolicy.yaml")
+        with open(path, "a") as f:
+            f.write("      ports:\n        - protocol: TCP\n")
+        r = self.check()
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+
     def test_prod_workers_reachable_on_one_port_only(self):
         """A rule for one port does not let the workers' UCX in (it picks its
         ports)."""
