@@ -283,14 +283,15 @@ def test_connections_past_their_max_age_move_and_lose_nothing(connector, sender,
     completes once the receiver publishes; a published operation's watch,
     cut with its connection, is opened again, and an operator's cancel
     after the cuts still reaches the owner. (The two clients share one
-    connection: gRPC pools them per target in a process.) The grace (1 s)
+    connection: gRPC pools them per target in a process.) The grace (3 s)
     is far longer than any unary call here, so only the parked wait and
-    the watch are cut."""
+    the watch are cut (a Claim cut would fail its writer: libferry never
+    sends one twice)."""
     etcd = ferry_harness.Etcd(str(tmp_path))
     etcd.start()
     replica = ferry_harness.Coordinator(
         str(tmp_path), etcd.endpoint,
-        extra=("--max-connection-age-ms", "1000", "--max-connection-age-grace-ms", "1000"))
+        extra=("--max-connection-age-ms", "1000", "--max-connection-age-grace-ms", "3000"))
     try:
         replica.start()
         # A grace under libferry's call timeout can cut a Claim: said at start.
@@ -324,7 +325,7 @@ def test_connections_past_their_max_age_move_and_lose_nothing(connector, sender,
             op.publish(coord, watched, TOKEN)
             t = threading.Thread(target=write)
             t.start()
-            ferry_harness.wait_until(cut_and_resumed, 30,
+            ferry_harness.wait_until(cut_and_resumed, 60,
                                      "the writer's wait and the receiver's watch to come back "
                                      "on three connections each")
             assert "error" not in outcome, outcome
