@@ -805,11 +805,14 @@ ferry_status_t ferry_coordinator_disconnect(ferry_coordinator_t *coord)
 }
 
 /* Whether a Register that failed so may have been applied: no answer (a
- * replica gone mid-call, the call's time out), or the coordinator's own
- * UNAVAILABLE (etcd did not answer it in time). */
+ * replica gone mid-call, the call's time out), the coordinator's own
+ * UNAVAILABLE (etcd did not answer it in time), or the server's CANCELLED
+ * (a replica shutting down cancels the calls that reach it late, and ends
+ * those its grace did not see through). */
 static bool register_unsure(ferry_status_t status)
 {
-    return status == FERRY_ERR_UNAVAILABLE || status == FERRY_ERR_TIMED_OUT;
+    return status == FERRY_ERR_UNAVAILABLE || status == FERRY_ERR_TIMED_OUT ||
+           status == FERRY_ERR_CANCELLED;
 }
 
 /* An access token nobody but this client knows, for a publish whose caller
@@ -1039,7 +1042,8 @@ static ferry_status_t register_once(ferry_coordinator_t *coord, Ferry__V1__Regis
 
 /* Sends the Register, and again while the answer is UNAVAILABLE (a replica
  * that went mid-call, a coordinator rollout, etcd not answering the
- * coordinator), pausing AWAIT_BACKOFF_MIN_MS doubling to
+ * coordinator) or the server's CANCELLED (a replica shutting down; not the
+ * caller's interrupt, which ends it), pausing AWAIT_BACKOFF_MIN_MS doubling to
  * AWAIT_BACKOFF_MAX_MS, within the client's timeout. A try whose answer
  * never came may have been applied: the next one, with the same token,
  * lease and metadata, is its repeat, which the coordinator answers as
@@ -1066,11 +1070,11 @@ static ferry_status_t register_until(ferry_coordinator_t *coord, Ferry__V1__Regi
         if (register_unsure(status) || (status != FERRY_OK && rpc_interrupt_tripped())) {
             unsure_lease = *lease_p;
         }
-        if (status == FERRY_ERR_UNAVAILABLE) {
+        if (status == FERRY_ERR_UNAVAILABLE || status == FERRY_ERR_CANCELLED) {
             snprintf(unavailable, sizeof(unavailable), "%s", err->message);
         }
-        if (status != FERRY_ERR_UNAVAILABLE || rpc_interrupt_tripped() ||
-            deadline - now_ms() <= backoff) {
+        if ((status != FERRY_ERR_UNAVAILABLE && status != FERRY_ERR_CANCELLED) ||
+            rpc_interrupt_tripped() || deadline - now_ms() <= backoff) {
             break;
         }
         if (!rpc_interrupt_sleep(backoff)) {
@@ -1085,7 +1089,10 @@ static ferry_status_t register_until(ferry_coordinator_t *coord, Ferry__V1__Regi
     if (status != FERRY_OK && rpc_interrupt_tripped()) {
         snprintf(err->message, sizeof(err->message), "interrupted (%d tries)", tries);
         status = FERRY_ERR_CANCELLED;
-    } else if (tries > 1 && (status == FERRY_ERR_UNAVAILABLE || status == FERRY_ERR_TIMED_OUT)) {
+    } else if (status == FERRY_ERR_CANCELLED ||
+               (tries > 1 && (status == FERRY_ERR_UNAVAILABLE || status == FERRY_ERR_TIMED_OUT))) {
+        /* The server's CANCELLED is a replica that went, not the caller's
+         * FERRY_ERR_CANCELLED ("interrupted", above). */
         snprintf(err->message, sizeof(err->message),
                  "no coordinator answered within %d ms (%d tries; last: %.400s)", coord->timeout_ms,
                  tries, unavailable);
@@ -1363,12 +1370,22 @@ static ferry_status_t begin_by_id(ferry_connector_t *connector, ferry_coordinato
             free(got.answer);
             abandon(coord, p, got.lease, got.token, got.id, status, ferry_last_error_message());
         } else if (status == FERRY_ERR_TIMED_OUT || status == FERRY_ERR_UNAVAILABLE ||
-                   rpc_interrupt_tripped()) {
-            /* No answer is not no: the claim may have been granted. */
+                   status == FERRY_ERR_CANCELLED || rpc_interrupt_tripped()) {
+            /* No answer is not no: the claim may have been granted (the
+             * server's CANCELLED too: a replica shutting down ends the
+             * calls its grace did not see through). */
             abandon(coord, p, got.lease, got.token, got.id, status,
                     rpc_interrupt_tripped()
                         ? "the writer gave up its claim: its caller interrupted the wait"
                         : "the writer gave up its claim: the coordinator did not answer");
+            if (status == FERRY_ERR_CANCELLED && !rpc_interrupt_tripped()) {
+                /* Not the caller's cancel: say what it was. */
+                status = ferry__fail(FERRY_ERR_UNAVAILABLE,
+                                     "claim: the coordinator cancelled the call (a replica "
+                                     "shutting down?); the claim, if it was granted, is given "
+                                     "up: %s",
+                                     ferry_last_error_message());
+            }
         }
         return status;
     }

@@ -309,9 +309,15 @@ static ferry_status_t cancel_passive(coord_link_t *link, const char *reason)
 }
 
 /* An answer that may change if the call is made again later. */
+/* A call whose answer did not come, which may be sent again: no answer (the
+ * deadline), UNAVAILABLE, or the server's CANCELLED (a replica shutting
+ * down cancels the calls that reach it late). These calls are the session
+ * thread's, which has no interrupt check, or disconnect's last tries, where
+ * an interrupt ends the loop before any retry. */
 static bool retryable(ferry_status_t status)
 {
-    return status == FERRY_ERR_UNAVAILABLE || status == FERRY_ERR_TIMED_OUT;
+    return status == FERRY_ERR_UNAVAILABLE || status == FERRY_ERR_TIMED_OUT ||
+           status == FERRY_ERR_CANCELLED;
 }
 
 /* The owner is done with a passive operation: its record goes, after the
@@ -398,7 +404,7 @@ bool ferry__coord_report_active(coord_link_t *link)
         ferry__v1__complete_response__free_unpacked(resp, NULL);
         return true;
     }
-    if (status == FERRY_ERR_UNAVAILABLE || status == FERRY_ERR_TIMED_OUT) {
+    if (retryable(status)) {
         link->report_tries++;
         ferry_debug("op %s: report not taken (%s); trying again", link->request_id, err.message);
         return false;

@@ -132,7 +132,9 @@ typedef struct {
  * request ID is taken; FERRY_ERR_FAILED_PRECONDITION for an operation that
  * is final already (cancelled, say). The done callback stays the caller's (the client listens).
  * A Register whose answer is UNAVAILABLE (a replica that went mid-call, a
- * coordinator rollout) is sent again within the client's timeout, pausing
+ * coordinator rollout), or the server's CANCELLED (a replica shutting down
+ * cancels the calls that reach it late), is sent again within the client's
+ * timeout, pausing
  * 20 ms doubling to 500 ms; a try whose answer never came may have been
  * applied, and the coordinator answers the next one, which carries the same
  * access token, lease and metadata, as registered (coordinator.proto,
@@ -140,7 +142,8 @@ typedef struct {
  * (never the coordinator's pick, which a lost answer would take with it).
  * When publish still fails without knowing whether the record was written
  * (UNAVAILABLE, FERRY_ERR_TIMED_OUT, or CANCELLED by the thread's interrupt
- * check), the record it may have left is taken
+ * check: FERRY_ERR_CANCELLED means only that; a server's is UNAVAILABLE),
+ * the record it may have left is taken
  * back by the client's thread (Cancel, Release) when libferry drew the
  * token; with the caller's token it is the caller's: publishing the
  * operation again with that token takes it over, and it is taken back when
@@ -183,10 +186,13 @@ typedef struct {
  * local (kind, count, sizes, as ferry_metadata_check), and answers its
  * metadata; only then starts the transfer, as ferry_write_begin /
  * ferry_read_begin do. A refused or failed Claim returns here with nothing
- * written. Complete goes out from the session thread when
+ * written; a Claim is never sent twice, and one whose answer did not come
+ * (FERRY_ERR_TIMED_OUT, FERRY_ERR_UNAVAILABLE, which is also what a
+ * server's CANCELLED becomes) may have been granted and is given up in the
+ * background. Complete goes out from the session thread when
  * the operation ends (or is destroyed), tried again while the coordinator
- * cannot be reached, so destroy does not wait for it. Errors: those of the
- * coordinator (FERRY_ERR_NOT_FOUND, FERRY_ERR_PERMISSION_DENIED,
+ * cannot be reached (or cancels it, shutting down), so destroy does not wait for it. Errors: those
+ * of the coordinator (FERRY_ERR_NOT_FOUND, FERRY_ERR_PERMISSION_DENIED,
  * FERRY_ERR_FAILED_PRECONDITION when the operation is taken or no longer
  * open, FERRY_ERR_KIND_MISMATCH, FERRY_ERR_SIZE_MISMATCH,
  * FERRY_ERR_TIMED_OUT, FERRY_ERR_UNAVAILABLE), and those of the begin

@@ -222,6 +222,77 @@ def test_a_wait_by_id_goes_on_after_a_cancelled_lookup(sender):
     assert len(lookups) == 2
 
 
+def standin(handlers):
+    """A grpcio server standing in for the coordinator (no real one cancels
+    on cue), with bytes handlers for the named methods; (server, target)."""
+    import grpc
+
+    server = grpc.server(concurrent.futures.ThreadPoolExecutor(max_workers=2))
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+        "ferry.v1.Coordinator", {name: grpc.unary_unary_rpc_method_handler(
+            fn, request_deserializer=bytes, response_serializer=bytes)
+            for name, fn in handlers.items()}),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    return server, f"127.0.0.1:{port}"
+
+
+def test_a_publish_goes_on_after_a_cancelled_register(connector):
+    """A Register that the server cancels (gRPC's server cancels a call that
+    reaches a replica after its shutdown began: audit-s27-soak F1, 2 of
+    7,084 publishes during rolling restarts) is sent again within the
+    client's timeout, as an UNAVAILABLE one is (a repeat with the same
+    token is the first one's, for the coordinator), and is not reported
+    as Cancelled, which says the caller cancelled. Here the second try is
+    refused ALREADY_EXISTS; before, the first try's CANCELLED was the
+    answer."""
+    import grpc
+
+    registers = []
+
+    def register(request, context):
+        registers.append(request)
+        if len(registers) == 1:
+            context.abort(grpc.StatusCode.CANCELLED, "server shutting down")
+        context.abort(grpc.StatusCode.ALREADY_EXISTS, "request_id is taken")
+
+    server, target = standin({"Register": register})
+    try:
+        with ferry.Coordinator(target) as coord, \
+                connector.create_writable(ferry.Descriptor(bytearray(64))) as op:
+            with pytest.raises(ferry.AlreadyExists):
+                op.publish(coord, rid("cancelled-register"), TOKEN)
+    finally:
+        server.stop(None)
+    assert len(registers) == 2
+    assert registers[0] == registers[1]  # the same request: a repeat
+
+
+def test_a_claim_the_server_cancels_is_given_up_not_reported_cancelled(sender):
+    """A Claim that the server cancels may have been granted (a replica
+    shutting down ends the calls its grace did not see through): the writer
+    fails Unavailable, not Cancelled (which says its caller cancelled), and
+    the claim is given up as one whose answer never came (on its lease;
+    this stand-in grants none)."""
+    import grpc
+
+    claims = []
+
+    def claim(request, context):
+        claims.append(request)
+        context.abort(grpc.StatusCode.CANCELLED, "server shutting down")
+
+    server, target = standin({"Claim": claim})
+    try:
+        with ferry.Coordinator(target) as coord:
+            with pytest.raises(ferry.Unavailable, match="cancelled the call"):
+                sender.begin_write_by_id(coord, rid("cancelled-claim"), TOKEN,
+                                         ferry.Descriptor(b"c" * 64))
+    finally:
+        server.stop(None)
+    assert len(claims) == 1  # a Claim is never sent twice
+
+
 def test_a_wait_by_id_outlives_a_coordinator_restart(connector, sender, tmp_path):
     """A coordinator rollout: the replica a writer's wait is parked at
     shuts down (SIGTERM) and answers the wait UNAVAILABLE ("retry on
