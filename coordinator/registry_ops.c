@@ -365,11 +365,15 @@ ferry_status_t coord_register(coord_registry_t *r, const Ferry__V1__RegisterRequ
     }
     registry_view_put(r, req->request_id, bytes, len, out->revision, op.state);
     free(bytes);
-    ferry_info("op %s: REGISTERED (%s, %zu descriptors, owner '%s', lease %lld, ttl %llds)",
+    /* ttl_s 0: the caller's own lease, whose TTL its grant said. */
+    char ttl[32] = "the caller's";
+    if (lease.ttl_s > 0) {
+        snprintf(ttl, sizeof(ttl), "ttl %llds", (long long)lease.ttl_s);
+    }
+    ferry_info("op %s: REGISTERED (%s, %zu descriptors, owner '%s', lease %lld, %s)",
                req->request_id,
                op.kind == FERRY__V1__OPERATION_KIND__OPERATION_KIND_READ ? "read" : "write",
-               req->metadata->n_descriptors, req->owner, (long long)out->lease_id,
-               (long long)lease.ttl_s);
+               req->metadata->n_descriptors, req->owner, (long long)out->lease_id, ttl);
     return FERRY_OK;
 
 err_unwrite:

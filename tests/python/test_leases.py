@@ -155,6 +155,13 @@ class LeaseIsACapability(LeaseTestCase):
         mine = c.register("reuse-2", lease_id=victim.lease_id, lease_token=victim.lease_token)
         self.assertEqual(mine.lease_id, victim.lease_id)
         self.assertEqual(mine.lease_token, victim.lease_token)
+        # Its log line says whose lease, not "ttl 0s" (audit-s27-soak F3).
+        log = self.cluster.coordinator
+        self.assertTrue(log.log_contains("op reuse-victim: REGISTERED"))
+        self.assertTrue(log.log_contains(f"lease {victim.lease_id}, ttl 60s)"))
+        self.assertTrue(log.log_contains("op reuse-2: REGISTERED"))
+        self.assertTrue(log.log_contains(f"lease {mine.lease_id}, the caller's)"))
+        self.assertFalse(log.log_contains("ttl 0s"))
 
     def test_claim_on_a_lease_takes_its_token(self):
         c = self.c
