@@ -188,6 +188,21 @@ def test_a_long_wait_by_id_sees_signals(connector, coordinator):
     assert bytes(dst) == b"y" * 64
 
 
+def standin(handlers):
+    """A grpcio server standing in for the coordinator (no real one cancels
+    on cue), with bytes handlers for the named methods; (server, target)."""
+    import grpc
+
+    server = grpc.server(concurrent.futures.ThreadPoolExecutor(max_workers=2))
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+        "ferry.v1.Coordinator", {name: grpc.unary_unary_rpc_method_handler(
+            fn, request_deserializer=bytes, response_serializer=bytes)
+            for name, fn in handlers.items()}),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    return server, f"127.0.0.1:{port}"
+
+
 def test_a_wait_by_id_goes_on_after_a_cancelled_lookup(sender):
     """A wait's Lookup that the server cancels is tried again within the
     wait, as an UNAVAILABLE one is (a Lookup is a read): gRPC's server
@@ -206,35 +221,15 @@ def test_a_wait_by_id_goes_on_after_a_cancelled_lookup(sender):
             context.abort(grpc.StatusCode.CANCELLED, "server shutting down")
         context.abort(grpc.StatusCode.NOT_FOUND, "no such request ID")
 
-    server = grpc.server(concurrent.futures.ThreadPoolExecutor(max_workers=2))
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
-        "ferry.v1.Coordinator", {"Lookup": grpc.unary_unary_rpc_method_handler(
-            lookup, request_deserializer=bytes, response_serializer=bytes)}),))
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
+    server, target = standin({"Lookup": lookup})
     try:
-        with ferry.Coordinator(f"127.0.0.1:{port}") as coord:
+        with ferry.Coordinator(target) as coord:
             with pytest.raises(ferry.NotFound):
                 sender.begin_write_by_id(coord, rid("cancelled"), TOKEN,
                                          ferry.Descriptor(b"c" * 64), wait=10)
     finally:
         server.stop(None)
     assert len(lookups) == 2
-
-
-def standin(handlers):
-    """A grpcio server standing in for the coordinator (no real one cancels
-    on cue), with bytes handlers for the named methods; (server, target)."""
-    import grpc
-
-    server = grpc.server(concurrent.futures.ThreadPoolExecutor(max_workers=2))
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
-        "ferry.v1.Coordinator", {name: grpc.unary_unary_rpc_method_handler(
-            fn, request_deserializer=bytes, response_serializer=bytes)
-            for name, fn in handlers.items()}),))
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    return server, f"127.0.0.1:{port}"
 
 
 def test_a_publish_goes_on_after_a_cancelled_register(connector):
@@ -293,6 +288,26 @@ def test_a_claim_the_server_cancels_is_given_up_not_reported_cancelled(sender):
     assert len(claims) == 1  # a Claim is never sent twice
 
 
+def write_in_thread(sender, target, request_id, payload, wait):
+    """A writer by ID on a thread of its own (its own coordinator client):
+    (thread, outcome), outcome {"done": True} or {"error": exception}."""
+    outcome = {}
+
+    def write():
+        try:
+            with ferry.Coordinator(target) as coord:
+                with sender.begin_write_by_id(coord, request_id, TOKEN,
+                                              ferry.Descriptor(payload), wait=wait) as a:
+                    a.wait(30)
+            outcome["done"] = True
+        except BaseException as e:  # the thread's outcome, asserted by the caller
+            outcome["error"] = e
+
+    t = threading.Thread(target=write)
+    t.start()
+    return t, outcome
+
+
 def test_a_wait_by_id_outlives_a_coordinator_restart(connector, sender, tmp_path):
     """A coordinator rollout: the replica a writer's wait is parked at
     shuts down (SIGTERM) and answers the wait UNAVAILABLE ("retry on
@@ -308,20 +323,7 @@ def test_a_wait_by_id_outlives_a_coordinator_restart(connector, sender, tmp_path
         replicas.append(old)
         old.start()
         request_id = rid("rollout")
-        outcome = {}
-
-        def write():
-            try:
-                with ferry.Coordinator(old.target) as coord:
-                    with sender.begin_write_by_id(coord, request_id, TOKEN,
-                                                  ferry.Descriptor(b"r" * 64), wait=30) as a:
-                        a.wait(30)
-                outcome["done"] = True
-            except BaseException as e:  # the thread's outcome, asserted below
-                outcome["error"] = e
-
-        t = threading.Thread(target=write)
-        t.start()
+        t, outcome = write_in_thread(sender, old.target, request_id, b"r" * 64, wait=30)
         ferry_harness.wait_until(lambda: old.log_contains(f"op {request_id}: lookup from"), 20,
                                  "the writer's wait to park")
         assert old.stop() == 0
@@ -368,17 +370,6 @@ def test_connections_past_their_max_age_move_and_lose_nothing(connector, sender,
         # A grace under libferry's call timeout can cut a Claim: said at start.
         assert replica.log_contains("below libferry's call timeout")
         written, watched = rid("aged-w"), rid("aged-c")
-        outcome = {}
-
-        def write():
-            try:
-                with ferry.Coordinator(replica.target) as coord:
-                    with sender.begin_write_by_id(coord, written, TOKEN,
-                                                  ferry.Descriptor(b"a" * 64), wait=60) as a:
-                        a.wait(30)
-                outcome["done"] = True
-            except BaseException as e:  # the thread's outcome, asserted below
-                outcome["error"] = e
 
         def peers(pattern):
             with open(replica.log_path, errors="replace") as f:
@@ -394,8 +385,7 @@ def test_connections_past_their_max_age_move_and_lose_nothing(connector, sender,
         with ferry.Coordinator(replica.target) as coord, \
                 connector.create_writable(ferry.Descriptor(bytearray(64))) as op:
             op.publish(coord, watched, TOKEN)
-            t = threading.Thread(target=write)
-            t.start()
+            t, outcome = write_in_thread(sender, replica.target, written, b"a" * 64, wait=60)
             ferry_harness.wait_until(cut_and_resumed, 60,
                                      "the writer's wait and the receiver's watch to come back "
                                      "on three connections each")
