@@ -318,8 +318,6 @@ static void raise_fd_limit(void)
                (unsigned long long)rl.rlim_max);
 }
 
-/* Said once at startup, so a setting that turned TLS off does not go
- * unnoticed (config.c refuses an empty one). */
 /* Says what --max-connection-age-ms does, and warns of a grace that cuts
  * calls libferry does not repeat. */
 static void log_connection_age(const coord_config_t *config)
@@ -337,6 +335,8 @@ static void log_connection_age(const coord_config_t *config)
     }
 }
 
+/* Said once at startup, so a setting that turned TLS off does not go
+ * unnoticed (config.c refuses an empty one). */
 static void log_tls_mode(const coord_config_t *config)
 {
     if (config->tls_cert == NULL) {

@@ -128,6 +128,16 @@ static ferry_status_t claim_read(const ferry_claim_params_t *p, claim_out_t *out
 #define AWAIT_BACKOFF_MIN_MS 20
 #define AWAIT_BACKOFF_MAX_MS 500
 
+/* An answer after which a call that may be repeated is asked again: no
+ * replica answered it (UNAVAILABLE), or the server cancelled it (a replica
+ * shutting down cancels the calls that reach it late). Not the caller's own
+ * interrupt, which also ends a call FERRY_ERR_CANCELLED: callers check
+ * rpc_interrupt_tripped() first. */
+static bool ask_again(ferry_status_t status)
+{
+    return status == FERRY_ERR_UNAVAILABLE || status == FERRY_ERR_CANCELLED;
+}
+
 /* Waits up to wait_ms for p's record to be registered, with a Lookup
  * (which needs no lease). A Lookup only reads, so asking again is always
  * safe: on UNAVAILABLE (a replica that is shutting down ends its parked
@@ -157,8 +167,7 @@ static ferry_status_t await_record(ferry_coordinator_t *coord, const ferry_claim
             rpc_unary(coord->channel, COORD_PATH("Lookup"), &req.base,
                       &ferry__v1__lookup_response__descriptor,
                       (int64_t)coord->timeout_ms + req.wait_ms, (ProtobufCMessage **)&resp, err);
-        if ((status != FERRY_ERR_UNAVAILABLE && status != FERRY_ERR_CANCELLED) ||
-            rpc_interrupt_tripped()) {
+        if (!ask_again(status) || rpc_interrupt_tripped()) {
             break;
         }
         if (deadline - now_ms() <= backoff) {
@@ -1070,11 +1079,10 @@ static ferry_status_t register_until(ferry_coordinator_t *coord, Ferry__V1__Regi
         if (register_unsure(status) || (status != FERRY_OK && rpc_interrupt_tripped())) {
             unsure_lease = *lease_p;
         }
-        if (status == FERRY_ERR_UNAVAILABLE || status == FERRY_ERR_CANCELLED) {
+        if (ask_again(status)) {
             snprintf(unavailable, sizeof(unavailable), "%s", err->message);
         }
-        if ((status != FERRY_ERR_UNAVAILABLE && status != FERRY_ERR_CANCELLED) ||
-            rpc_interrupt_tripped() || deadline - now_ms() <= backoff) {
+        if (!ask_again(status) || rpc_interrupt_tripped() || deadline - now_ms() <= backoff) {
             break;
         }
         if (!rpc_interrupt_sleep(backoff)) {

@@ -308,7 +308,6 @@ static ferry_status_t cancel_passive(coord_link_t *link, const char *reason)
     return status;
 }
 
-/* An answer that may change if the call is made again later. */
 /* A call whose answer did not come, which may be sent again: no answer (the
  * deadline), UNAVAILABLE, or the server's CANCELLED (a replica shutting
  * down cancels the calls that reach it late). These calls are the session

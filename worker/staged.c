@@ -1262,11 +1262,17 @@ static void stale_drop(ferry_connector_t *c, struct ferry__stage **pp)
     stage_free(c, s, false);
 }
 
+/* Whether msg is the notice of stale stage s's claimant. */
+static bool stale_notice_of(const struct ferry__stage *s, const ferry__msg_t *msg)
+{
+    return memcmp(s->key, msg->key, FERRY__KEY_LEN) == 0 &&
+           ferry__nonce_equal(s->nonce, msg->nonce);
+}
+
 bool ferry__staged_stale_notice(ferry_connector_t *c, const ferry__msg_t *msg)
 {
     for (struct ferry__stage *s = c->stale; s != NULL; s = s->stale_next) {
-        if (memcmp(s->key, msg->key, FERRY__KEY_LEN) == 0 &&
-            ferry__nonce_equal(s->nonce, msg->nonce)) {
+        if (stale_notice_of(s, msg)) {
             if (s->notice_queued) {
                 return false;
             }
@@ -1280,9 +1286,7 @@ bool ferry__staged_stale_notice(ferry_connector_t *c, const ferry__msg_t *msg)
 bool ferry__staged_stale_settled(ferry_connector_t *c, const ferry__msg_t *msg)
 {
     for (struct ferry__stage **pp = &c->stale; *pp != NULL; pp = &(*pp)->stale_next) {
-        struct ferry__stage *s = *pp;
-        if (memcmp(s->key, msg->key, FERRY__KEY_LEN) == 0 &&
-            ferry__nonce_equal(s->nonce, msg->nonce)) {
+        if (stale_notice_of(*pp, msg)) {
             stale_drop(c, pp);
             ferry_debug("connector %s: stale staging slots released", c->name);
             return true;
