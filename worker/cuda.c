@@ -323,6 +323,22 @@ void ferry__cuda_pop(void)
     ctx_pop();
 }
 
+/* Whether the driver says p is backed by memory (MAPPED): 1 or 0, or -1
+ * where it cannot say (a driver that predates the attribute). In a
+ * virtual-memory reservation (cuMemAddressReserve: PyTorch's expandable
+ * segments, cudaMallocAsync's pools) the allocation's range is the whole
+ * reservation, of which only parts may be mapped: a copy that touches the
+ * rest faults on the device, and such a fault poisons the process's context
+ * (the application's too). */
+static int mapped_at(CUdeviceptr p)
+{
+    CUpointer_attribute attr = CU_POINTER_ATTRIBUTE_MAPPED;
+    int mapped = 0;
+    void *data = &mapped;
+
+    return cu.cuPointerGetAttributes(1, &attr, &data, p) == CUDA_SUCCESS ? mapped != 0 : -1;
+}
+
 static ferry_status_t check_one(size_t i, const ferry_descriptor_t *d, uint32_t device)
 {
     CUpointer_attribute attrs[] = {
@@ -368,6 +384,16 @@ static ferry_status_t check_one(size_t i, const ferry_descriptor_t *d, uint32_t 
                            "descriptor %zu: %zu bytes at %p run past the end of its allocation "
                            "(%zu bytes from %p)",
                            i, d->size, d->ptr, range, (void *)(uintptr_t)start);
+    }
+    /* Both ends: a descriptor longer than its tensor reaches past what is
+     * mapped. A hole between mapped pieces is not looked for. */
+    if (d->size > 0 && (mapped_at(p) == 0 || mapped_at(p + d->size - 1) == 0)) {
+        return ferry__fail(FERRY_ERR_INVALID_ARGUMENT,
+                           "descriptor %zu: %zu bytes at %p reach device address space that is "
+                           "reserved but not mapped to memory (a virtual-memory allocation's "
+                           "range, as PyTorch's expandable segments use): describe only memory "
+                           "that was allocated",
+                           i, d->size, d->ptr);
     }
     return FERRY_OK;
 }
@@ -466,7 +492,13 @@ ferry_status_t ferry__cuda_memcpy(uint32_t device, void *dst, const void *src, s
     if (status != FERRY_OK) {
         return status;
     }
+    /* cuMemcpy may return before the bytes land (from pageable host
+     * memory, and device to device): wait, so that another process's
+     * transport (cuda_ipc) that reads or writes them next sees them. */
     r = cu.cuMemcpy((CUdeviceptr)(uintptr_t)dst, (CUdeviceptr)(uintptr_t)src, size);
+    if (r == CUDA_SUCCESS) {
+        r = cu.cuStreamSynchronize(NULL);
+    }
     ctx_pop();
     return r == CUDA_SUCCESS ? FERRY_OK : cu_fail("cuMemcpy", r);
 }

@@ -8,7 +8,11 @@
  * What it models: FAKE_DEVICES devices; cuMemAlloc returns page-aligned host
  * memory it remembers as device memory of the current context's device, so
  * cuPointerGetAttributes answers as the driver does (memory type, ordinal,
- * allocation range; zeros for memory it does not know); cuMemHostAlloc is
+ * allocation range, whether mapped; zeros for memory it does not know);
+ * fake_cuda_map_only(base, n) leaves only an allocation's first n bytes
+ * mapped, as a virtual-memory reservation larger than what is mapped into
+ * it (PyTorch's expandable segments), whose other attributes are still the
+ * reservation's everywhere in it; cuMemHostAlloc is
  * "pinned host" memory; cuMemHostRegister pins host memory allocated
  * elsewhere (remembered, so that a second registration of it fails as the
  * driver's does, and fake_cuda_registered() counts what is still pinned;
@@ -54,8 +58,9 @@
 
 typedef struct {
     uintptr_t base;
-    size_t size;
-    int device; /* -1: pinned host memory */
+    size_t size;   /* the address range: RANGE_SIZE */
+    size_t mapped; /* the bytes from base backed by memory: MAPPED */
+    int device;    /* -1: pinned host memory */
 } alloc_t;
 
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
@@ -83,6 +88,7 @@ FAKE_API size_t fake_cuda_host_alloc_bytes(void);
 FAKE_API unsigned fake_cuda_registered(void);
 FAKE_API void fake_cuda_refuse_pins(int on);
 FAKE_API unsigned fake_cuda_pin_calls(void);
+FAKE_API int fake_cuda_map_only(void *base, size_t bytes);
 
 /* While on, cuMemHostRegister fails (CUDA_ERROR_NOT_PERMITTED); calls are
  * counted either way. */
@@ -316,6 +322,9 @@ FAKE_API CUresult CUDAAPI cuPointerGetAttributes(unsigned int n, CUpointer_attri
         case CU_POINTER_ATTRIBUTE_IS_MANAGED:
             *(unsigned int *)data[i] = 0;
             break;
+        case CU_POINTER_ATTRIBUTE_MAPPED:
+            *(int *)data[i] = a != NULL && (uintptr_t)ptr - a->base < a->mapped;
+            break;
         default:
             pthread_mutex_unlock(&lock);
             return CUDA_ERROR_INVALID_VALUE;
@@ -330,7 +339,7 @@ static CUresult remember(void *p, size_t size, int device)
     pthread_mutex_lock(&lock);
     for (int i = 0; i < FAKE_ALLOCS; i++) {
         if (allocs[i].size == 0) {
-            allocs[i] = (alloc_t){(uintptr_t)p, size, device};
+            allocs[i] = (alloc_t){(uintptr_t)p, size, size, device};
             pthread_mutex_unlock(&lock);
             return CUDA_SUCCESS;
         }
@@ -352,6 +361,24 @@ static CUresult forget(uintptr_t p)
     }
     pthread_mutex_unlock(&lock);
     return CUDA_ERROR_INVALID_VALUE;
+}
+
+/* Leaves the first bytes of the allocation at base mapped (the rest only
+ * reserved address space); CUDA_ERROR_INVALID_VALUE if base is none. */
+FAKE_API int fake_cuda_map_only(void *base, size_t bytes)
+{
+    CUresult r = CUDA_ERROR_INVALID_VALUE;
+
+    pthread_mutex_lock(&lock);
+    for (int i = 0; i < FAKE_ALLOCS; i++) {
+        if (allocs[i].size != 0 && allocs[i].base == (uintptr_t)base && bytes <= allocs[i].size) {
+            allocs[i].mapped = bytes;
+            r = CUDA_SUCCESS;
+            break;
+        }
+    }
+    pthread_mutex_unlock(&lock);
+    return r;
 }
 
 static void *map(size_t size)

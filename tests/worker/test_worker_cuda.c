@@ -590,6 +590,50 @@ static void test_past_allocation(void **state)
     ferry__cuda_mem_free(0, p);
 }
 
+/* A descriptor that stays inside its allocation's range but reaches past
+ * what is mapped into it (a virtual-memory reservation: PyTorch's
+ * expandable segments): refused, for a passive operation and the active
+ * side alike, where a copy into the unmapped part would fault on the
+ * device (a CUDA region takes the same check, on the direct path only);
+ * the mapped part is accepted. Fake driver only (it models the
+ * reservation: fake_cuda_map_only). */
+static void test_past_mapping(void **state)
+{
+    int (*map_only)(void *, size_t) = NULL;
+    static uint8_t buf[8192];
+    ferry_descriptor_t d, h = {buf, sizeof(buf), FERRY_DEVICE_HOST_INIT};
+    ferry_op_t *op = NULL, *passive;
+    const uint8_t *md;
+    size_t md_len;
+    void *p;
+    (void)state;
+
+    *(void **)&map_only = fake_fn("fake_cuda_map_only");
+    if (map_only == NULL) {
+        skip(); /* needs a reservation larger than its mapping */
+    }
+    assert_int_equal(ferry__cuda_mem_alloc(0, 8192, &p), FERRY_OK);
+    assert_int_equal(map_only(p, 4096), 0);
+    d = (ferry_descriptor_t){p, 8192, {FERRY_DEVICE_CUDA, 0}};
+    assert_int_equal(ferry_writable_create(world.c, &d, 1, &op), FERRY_ERR_INVALID_ARGUMENT);
+    assert_null(op);
+    assert_non_null(strstr(ferry_last_error_message(), "descriptor 0: 8192 bytes"));
+    assert_non_null(strstr(ferry_last_error_message(), "reserved but not mapped"));
+    assert_int_equal(ferry_writable_create(world.c, &h, 1, &passive), FERRY_OK);
+    assert_int_equal(ferry_op_metadata(passive, &md, &md_len), FERRY_OK);
+    assert_int_equal(ferry_write_begin(world.c, &d, 1, md, md_len, &op),
+                     FERRY_ERR_INVALID_ARGUMENT);
+    assert_non_null(strstr(ferry_last_error_message(), "not mapped"));
+    assert_null(op);
+    ferry_op_destroy(passive);
+    /* What is mapped is accepted. */
+    d.size = 4096;
+    assert_int_equal(ferry_writable_create(world.c, &d, 1, &op), FERRY_OK);
+    ferry_op_destroy(op);
+    assert_int_equal(map_only(p, 8192), 0);
+    ferry__cuda_mem_free(0, p);
+}
+
 /* ferry_mem_alloc on cuda:0. Where UCX has CUDA transports: zeroed device
  * memory as one region, which a write from host memory fills (every byte
  * checked after copying it back) with no mapping on the region's side,
@@ -996,6 +1040,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_device_memory_claimed_as_cpu),
         cmocka_unit_test(test_caller_context_kept),
         cmocka_unit_test(test_past_allocation),
+        cmocka_unit_test(test_past_mapping),
         cmocka_unit_test(test_mem_alloc),
         cmocka_unit_test(test_h2d_1),
         cmocka_unit_test(test_d2h_1),
