@@ -179,6 +179,17 @@ static ferry_status_t etcd_grpc_attempt(etcd_client_t *client, size_t index, con
         ferry_warn("etcd: %s", etcd_client_last_error());
     }
     ferry_debug("etcd: %s", etcd_client_last_error());
+    if (status == FERRY_ERR_UNAVAILABLE) {
+        /* etcd's own "did not finish in time" (etcd__error_status): as a
+         * timeout, the request may have been applied, and another member
+         * may do better; unless the time was the caller's, cut short. */
+        etcd__ran_out = cut && attempt_ms < ETCD_ATTEMPT_MS;
+        if (!etcd__ran_out) {
+            etcd__endpoint_suspect(client, index);
+        }
+        *next_p = (flags & ETCD_CALL_RETRY) != 0;
+        return status;
+    }
     etcd__endpoint_answered(client, index);
     return status;
 }

@@ -438,7 +438,19 @@ ferry_status_t etcd__error_status(long http_status, int grpc_code, const char *m
         return FERRY_ERR_ABORTED;
     case ETCD_GRPC_UNIMPLEMENTED:
         return FERRY_ERR_UNIMPLEMENTED; /* a method this etcd lacks */
+    case ETCD_GRPC_CANCELLED:
+    case ETCD_GRPC_DEADLINE_EXCEEDED:
+        return FERRY_ERR_UNAVAILABLE; /* the member did not finish in time */
     case ETCD_GRPC_UNKNOWN:
+        /* etcd 3.4 answers some requests that outlive their context (a
+         * linearizable read or a write with no quorum to finish it) with
+         * Go's own error and no code: a member that did not finish in
+         * time, as a timeout is; another member may do better. */
+        if (message != NULL && (strcmp(message, "context deadline exceeded") == 0 ||
+                                strcmp(message, "context canceled") == 0)) {
+            return FERRY_ERR_UNAVAILABLE;
+        }
+        return FERRY_ERR_INTERNAL;
     case ETCD_GRPC_INTERNAL:
     case ETCD_GRPC_DATA_LOSS:
         return FERRY_ERR_INTERNAL; /* etcd's own failure, not a malformed reply */

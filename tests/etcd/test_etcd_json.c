@@ -409,6 +409,14 @@ static void test_error_mapping(void **state)
     assert_int_equal(etcd__error_status(500, 13, "etcdserver: corrupt cluster"),
                      FERRY_ERR_INTERNAL);
     assert_int_equal(etcd__error_status(500, 2, "etcdserver: unknown"), FERRY_ERR_INTERNAL);
+    /* A member that did not finish in time, in etcd 3.4's words for it (a
+     * linearizable read with no quorum): tried again, as a timeout is. */
+    assert_int_equal(etcd__error_status(500, 2, "context deadline exceeded"),
+                     FERRY_ERR_UNAVAILABLE);
+    assert_int_equal(etcd__error_status(500, 2, "context canceled"), FERRY_ERR_UNAVAILABLE);
+    assert_int_equal(etcd__error_status(504, 4, "context deadline exceeded"),
+                     FERRY_ERR_UNAVAILABLE);
+    assert_int_equal(etcd__error_status(408, 1, "context canceled"), FERRY_ERR_UNAVAILABLE);
     assert_int_equal(etcd__error_status(501, 12, "unknown method"), FERRY_ERR_UNIMPLEMENTED);
     assert_int_equal(etcd__error_status(409, 10, "aborted"), FERRY_ERR_ABORTED);
     assert_int_equal(etcd__error_status(200, 0, NULL), FERRY_ERR_PROTOCOL);
