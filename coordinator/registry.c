@@ -787,6 +787,7 @@ ferry_status_t coord_registry_create(const coord_registry_params_t *params,
         goto err_lease_cond;
     }
     r->batch_tail = &r->batch_head;
+    r->batch_stall_ms = REGISTRY_BATCH_STALL_MS;
     r->token_md = EVP_MD_fetch(NULL, "SHA256", NULL);
     r->test_gate = getenv("FERRY_TEST_WRITE_THROUGH_GATE");
     const char *load_fails = getenv("FERRY_TEST_LOAD_FAILS");

@@ -5,13 +5,19 @@
  * == 0, put the record on its lease. What a transaction costs etcd and the
  * coordinator is mostly per request (a gRPC call each way, a raft proposal,
  * a watch message), not per key, so Registers that arrive together go in
- * one transaction: all the compares, all the puts. REGISTRY_BATCH_INFLIGHT
- * transactions (one) are in flight at once; a Register that finds them
- * busy queues, and the first of the queued to find one free takes the
- * queue (up to register_batch writes) and runs it for them all. So a lone
- * Register goes at once, as before, and under load the waiting is what
- * builds the batch. Registers run on the etcd workers (--etcd-inflight, 64),
- * so a batch holds at most that many.
+ * one transaction: all the compares, all the puts. One transaction is in
+ * flight at a time; a Register that finds one in flight queues, and the
+ * first of the queued to find none takes the queue (up to register_batch
+ * writes) and runs it for them all. So a lone Register goes at once, as
+ * before, and under load the waiting is what builds the batch. Registers
+ * run on the etcd workers (--etcd-inflight, 64), so a batch holds at most
+ * that many. A transaction that etcd holds (a frozen member, a follower
+ * whose leader died: etcd's timeout, 5 s) would hold every Register behind
+ * it: once the newest in flight has been out REGISTRY_BATCH_STALL_MS, the
+ * queue may lead another (up to REGISTRY_BATCH_INFLIGHT_MAX), which the
+ * etcd client sends to a member that answers, the held one being suspect
+ * by then. Transactions in flight together may hold the same ID (a caller
+ * that asked again): etcd orders them, as it orders two replicas'.
  *
  * A batch is all or nothing in etcd, and carries at most
  * REGISTRY_BATCH_BYTES of keys and values (etcd refuses a request over
@@ -37,14 +43,18 @@
  * transaction, and every member gets it, as it would have alone: sent
  * again, a member would find its own record and be told the ID is taken.
  *
- * A Register still queued when its caller stops waiting (its deadline
- * passed, or it went away) is taken out unsent and fails TIMED_OUT, as a
- * call that waited past its deadline for an etcd worker does: nothing is
- * written that its caller will not hear of. It leaves the queue within
- * REGISTRY_BATCH_POLL_MS of its caller going (a queued write waits in
- * slices and asks its gone() after each), not when the transaction in
- * flight ends, so it never holds its etcd worker for the etcd timeout. A
- * write already taken into a transaction waits for that transaction.
+ * A Register still queued when its caller stops waiting (it went away, or
+ * gRPC ended the call) is taken out unsent and fails TIMED_OUT, as a call
+ * that waited past its deadline for an etcd worker does: nothing is written
+ * that its caller will not hear of. One still queued when its own etcd
+ * deadline comes (deadline_ms: its call's, less the margin the answer needs)
+ * is taken out unsent too and fails UNAVAILABLE, which its caller, still
+ * waiting, hears before its deadline: nothing was written, ask again. It
+ * leaves the queue within REGISTRY_BATCH_POLL_MS of its caller going and at
+ * its deadline (a queued write waits in slices and asks its gone() after
+ * each), not when the transaction in flight ends, so it never holds its
+ * etcd worker for the etcd timeout. A write already taken into a
+ * transaction waits for that transaction.
  * A transaction ends by the latest of its members' deadlines (deadline_ms:
  * the thread's etcd deadline, which the service sets from each call's
  * deadline), and by etcd's timeout: so a Register queued behind a
@@ -286,6 +296,25 @@ static bool may_join(registry_write_t *const *ws, size_t n, const registry_write
     return true;
 }
 
+/* Whether w, queued, leaves unsent: its caller has stopped waiting (late:
+ * TIMED_OUT, which nobody hears), or its deadline_ms has come (expired:
+ * UNAVAILABLE, which its caller hears before its deadline rather than
+ * gRPC's DEADLINE_EXCEEDED). Marks it so. Caller holds batch_lock. */
+static bool must_leave(registry_write_t *w, int64_t now)
+{
+    if (w->gone != NULL && w->gone(w->gone_arg)) {
+        w->status = FERRY_ERR_TIMED_OUT;
+        w->late = true;
+    } else if (w->deadline_ms > 0 && now >= w->deadline_ms) {
+        w->status = FERRY_ERR_UNAVAILABLE;
+        w->expired = true;
+    } else {
+        return false;
+    }
+    w->done = true;
+    return true;
+}
+
 /* Takes up to max writes off the queue into ws[0..*n_p), in order, while
  * their bytes stay within REGISTRY_BATCH_BYTES (the first is taken
  * whatever its size) and their compares within COORD_REGISTER_BATCH_MAX
@@ -294,18 +323,18 @@ static bool may_join(registry_write_t *const *ws, size_t n, const registry_write
  * (may_join) for a later one. A write whose caller has stopped waiting (its deadline
  * passed, or it went away) leaves the queue unsent (late): nothing is
  * written that its caller will not hear of. Caller holds batch_lock. */
-static void take_batch(coord_registry_t *r, registry_write_t **ws, size_t *n_p, size_t max)
+static void take_batch(coord_registry_t *r, registry_write_t **ws, size_t *n_p, size_t max,
+                       int64_t now)
 {
     registry_write_t **p = &r->batch_head;
     size_t n = 0, bytes = 0, cmps = 0;
-    bool late = false;
+    bool left = false;
 
     while (n < max && *p != NULL) {
         registry_write_t *w = *p;
-        if (w->gone != NULL && w->gone(w->gone_arg)) {
+        if (must_leave(w, now)) {
             *p = w->next;
-            w->status = FERRY_ERR_TIMED_OUT;
-            w->late = w->done = late = true;
+            left = true;
             continue;
         }
         if (n > 0 && !may_join(ws, n, w)) {
@@ -321,7 +350,7 @@ static void take_batch(coord_registry_t *r, registry_write_t **ws, size_t *n_p, 
         cmps += write_cmps(w);
         bytes += write_bytes(w) < REGISTRY_BATCH_BYTES ? write_bytes(w) : REGISTRY_BATCH_BYTES;
     }
-    if (late) {
+    if (left) {
         pthread_cond_broadcast(&r->batch_cond);
     }
     r->batch_tail = &r->batch_head;
@@ -371,14 +400,15 @@ static registry_write_t **queued_link(coord_registry_t *r, const registry_write_
     return NULL;
 }
 
-/* Takes w out of the queue, unsent, when it is still queued and its caller
- * is gone: it fails late, as take_batch fails it. True if it did. Caller
- * holds batch_lock. */
-static bool leave_if_gone(coord_registry_t *r, registry_write_t *w)
+/* Takes w out of the queue, unsent, when it is still queued and must leave
+ * (must_leave). True if it did; *queued_p: w is still queued. Caller holds
+ * batch_lock. */
+static bool leave_if_due(coord_registry_t *r, registry_write_t *w, int64_t now, bool *queued_p)
 {
-    registry_write_t **p = w->gone != NULL ? queued_link(r, w) : NULL;
+    registry_write_t **p = queued_link(r, w);
 
-    if (p == NULL || !w->gone(w->gone_arg)) {
+    *queued_p = p != NULL;
+    if (p == NULL || !must_leave(w, now)) {
         return false;
     }
     *p = w->next;
@@ -386,23 +416,46 @@ static bool leave_if_gone(coord_registry_t *r, registry_write_t *w)
         r->batch_tail = p;
     }
     w->next = NULL;
-    w->status = FERRY_ERR_TIMED_OUT;
-    w->late = w->done = true;
+    *queued_p = false;
     return true;
 }
 
-/* Waits for a transaction to end: at most REGISTRY_BATCH_POLL_MS when w's
- * caller may go, so that a queued w notices. Caller holds batch_lock. */
-static void wait_turn(coord_registry_t *r, const registry_write_t *w)
+/* Whether a transaction may be led now: none is in flight, or the newest
+ * has been out batch_stall_ms (etcd holds it) and fewer than
+ * REGISTRY_BATCH_INFLIGHT_MAX are. Caller holds batch_lock. */
+static bool may_lead(const coord_registry_t *r, int64_t now)
 {
-    struct timespec until;
+    return r->batch_in_flight == 0 || (r->batch_in_flight < REGISTRY_BATCH_INFLIGHT_MAX &&
+                                       now - r->batch_led_ms >= r->batch_stall_ms);
+}
 
-    if (w->gone == NULL) {
+/* Waits for a transaction to end; while w is queued, at most until the
+ * next moment something else may change its fate: REGISTRY_BATCH_POLL_MS
+ * when its caller may go, its deadline, and when the transaction in flight
+ * counts as held (may_lead). Caller holds batch_lock. */
+static void wait_turn(coord_registry_t *r, const registry_write_t *w, int64_t now, bool queued)
+{
+    int64_t until = INT64_MAX;
+    struct timespec ts;
+
+    if (queued) {
+        if (w->gone != NULL) {
+            until = now + REGISTRY_BATCH_POLL_MS;
+        }
+        if (w->deadline_ms > 0 && w->deadline_ms < until) {
+            until = w->deadline_ms;
+        }
+        if (r->batch_in_flight > 0 && r->batch_in_flight < REGISTRY_BATCH_INFLIGHT_MAX &&
+            r->batch_led_ms + r->batch_stall_ms < until) {
+            until = r->batch_led_ms + r->batch_stall_ms;
+        }
+    }
+    if (until == INT64_MAX) {
         pthread_cond_wait(&r->batch_cond, &r->batch_lock);
         return;
     }
-    until = ferry__clock_in_ms(CLOCK_MONOTONIC, REGISTRY_BATCH_POLL_MS);
-    pthread_cond_timedwait(&r->batch_cond, &r->batch_lock, &until);
+    ts = ferry__clock_in_ms(CLOCK_MONOTONIC, until - now > 1 ? until - now : 1);
+    pthread_cond_timedwait(&r->batch_cond, &r->batch_lock, &ts);
 }
 
 void registry_write(coord_registry_t *r, registry_write_t *w)
@@ -420,21 +473,24 @@ void registry_write(coord_registry_t *r, registry_write_t *w)
     *r->batch_tail = w;
     r->batch_tail = &w->next;
     while (!w->done) {
+        int64_t now = ferry__clock_ms(CLOCK_MONOTONIC);
         size_t n = 0;
+        bool queued;
 
-        if (r->batch_in_flight >= REGISTRY_BATCH_INFLIGHT || r->batch_head == NULL) {
-            if (!leave_if_gone(r, w)) {
-                wait_turn(r, w);
+        if (r->batch_head == NULL || !may_lead(r, now)) {
+            if (!leave_if_due(r, w, now, &queued)) {
+                wait_turn(r, w, now, queued);
             }
             continue;
         }
         /* Lead: take up to max queued writes (ours among them, unless the
          * queue is longer; then we lead this one and wait on). */
-        take_batch(r, ws, &n, max);
+        take_batch(r, ws, &n, max, now);
         if (n == 0) {
-            continue; /* all late (ours among them) */
+            continue; /* all left unsent (ours among them) */
         }
         r->batch_in_flight++;
+        r->batch_led_ms = now;
         pthread_mutex_unlock(&r->batch_lock);
 
         if (n == 1) {

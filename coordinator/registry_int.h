@@ -25,11 +25,18 @@ typedef struct {
     size_t len;
 } registry_key_t;
 
-/* Transactions of Registers in flight at once; Registers that come while
- * they are wait and go together in the next (registry_batch.c). One batched
- * most and cost the least CPU per Register at 8 clients (bench/NOTES.md:
- * against 2, 4, and no batching). */
-#define REGISTRY_BATCH_INFLIGHT 1
+/* Transactions of Registers in flight at once: one; Registers that come
+ * while it is wait and go together in the next (registry_batch.c). One
+ * batched most and cost the least CPU per Register at 8 clients
+ * (bench/NOTES.md: against 2, 4, and no batching). Another may start only
+ * while the newest in flight has been out REGISTRY_BATCH_STALL_MS (as long
+ * as the etcd client gives a read on one member: a member that holds a
+ * write for etcd's whole timeout, frozen or a follower whose leader died),
+ * up to REGISTRY_BATCH_INFLIGHT_MAX in all, so that the Registers behind a
+ * held transaction go to a member that answers (the etcd client tries a
+ * suspect member last) rather than wait out its timeout. */
+#define REGISTRY_BATCH_STALL_MS     1000
+#define REGISTRY_BATCH_INFLIGHT_MAX 4
 
 /* The most bytes of keys and values one shared transaction carries (each
  * write counted as registry_write_bytes). etcd refuses a request over its
@@ -62,14 +69,16 @@ typedef struct registry_write {
      * none): the transaction it goes in ends by the latest of its
      * members'. */
     int64_t deadline_ms;
-    /* Out: etcd_txn's status (FERRY_ERR_TIMED_OUT with late: never sent); created: the key was
-     * absent and now holds value (false with FERRY_OK: it exists); revision: the transaction's. */
+    /* Out: etcd_txn's status (FERRY_ERR_TIMED_OUT with late, FERRY_ERR_UNAVAILABLE with
+     * expired: never sent); created: the key was absent and now holds value (false with
+     * FERRY_OK: it exists); revision: the transaction's. */
     ferry_status_t status;
     bool created;
     int64_t revision;
     bool no_space;    /* status is etcd out of space (etcd_no_space, of the thread that sent it) */
     bool answered;    /* found its key taken in a shared transaction */
     bool late;        /* its caller was gone while it was queued: not sent */
+    bool expired;     /* its deadline_ms came while it was queued: not sent */
     bool done, alone; /* under batch_lock: ran; to run alone */
     /* A lease named in its shared transaction was gone, among several: it
      * goes again with the others of its lease (regroup, cleared when it is
@@ -142,6 +151,8 @@ struct coord_registry {
     pthread_cond_t batch_cond; /* a transaction ended */
     registry_write_t *batch_head, **batch_tail;
     int batch_in_flight;
+    int64_t batch_led_ms;   /* when the newest transaction was led (monotonic) */
+    int64_t batch_stall_ms; /* REGISTRY_BATCH_STALL_MS (tests set their own) */
 
     /* Removals of records failed Registers may have left, waiting for etcd
      * to answer again (registry_unwrite.c); guarded by lock. unwrite_bytes:

@@ -232,11 +232,17 @@ static ferry_status_t register_txn(coord_registry_t *r, const char *id, const ui
     registry_write(r, &w); /* in a transaction shared with other Registers */
     /* etcd's refusal of the coordinator's credentials applied nothing
      * either. */
-    *unknown_p = !w.late && w.status != FERRY_OK && !registry_refused_before_apply(w.status) &&
+    *unknown_p = !w.late && !w.expired && w.status != FERRY_OK &&
+                 !registry_refused_before_apply(w.status) &&
                  w.status != FERRY_ERR_PERMISSION_DENIED && w.status != FERRY_ERR_UNAUTHENTICATED;
     if (w.late) {
         return registry_fail(FERRY_ERR_TIMED_OUT, msg, cap,
                              "the deadline passed while waiting for etcd; nothing was written");
+    }
+    if (w.expired) {
+        return registry_fail(FERRY_ERR_UNAVAILABLE, msg, cap,
+                             "etcd has not answered the Register transaction ahead of this one "
+                             "before this call's deadline; nothing was written (retry)");
     }
     if (w.status == FERRY_ERR_NOT_FOUND) {
         return lease_gone(lease, msg, cap);

@@ -278,6 +278,9 @@ static int setup(void **state)
     pthread_mutex_init(&r->batch_lock, NULL);
     assert_int_equal(ferry__cond_init_clock(&r->batch_cond, CLOCK_MONOTONIC), 0);
     r->batch_tail = &r->batch_head;
+    /* A transaction held at the gate counts as held by etcd only in the
+     * cases that say so: others hold it as long as they need. */
+    r->batch_stall_ms = 600000;
     fake_reset();
     *state = r;
     return 0;
@@ -568,13 +571,15 @@ static void test_a_transaction_ends_by_its_members_deadlines(void **state)
         {1000, 5000, 7000, 3000}, /* the shared one: 7000 */
         {1000, 5000, 0, 3000},    /* one without: none */
     };
+    /* Deadlines to come (a queued write whose deadline passed leaves). */
+    int64_t base = now_ms() + 60000;
 
     for (size_t round = 0; round < 2; round++) {
         member_t m[4];
 
         for (size_t i = 0; i < 4; i++) {
             member_init(&m[i], r, (int)(10 * round + i), 100, 0);
-            m[i].w.deadline_ms = deadlines[round][i];
+            m[i].w.deadline_ms = deadlines[round][i] != 0 ? base + deadlines[round][i] : 0;
             m[i].own_deadline = 42 + (int64_t)i;
         }
         fake_reset();
@@ -585,9 +590,96 @@ static void test_a_transaction_ends_by_its_members_deadlines(void **state)
         }
         assert_int_equal(fake.calls, 2);
         assert_int_equal(fake.shared_calls, 1);
-        assert_int_equal(fake.deadlines[0], 1000); /* the held one, alone */
-        assert_int_equal(fake.deadlines[1], round == 0 ? 7000 : 0);
+        assert_int_equal(fake.deadlines[0], base + 1000); /* the held one, alone */
+        assert_int_equal(fake.deadlines[1], round == 0 ? base + 7000 : 0);
     }
+}
+
+/* Waits (polling, with a deadline) until every one of m[from..n) has
+ * returned; true if they all did. */
+static bool all_returned(member_t *m, size_t from, size_t n, int64_t within_ms)
+{
+    int64_t deadline = now_ms() + within_ms;
+
+    for (;;) {
+        size_t done = 0;
+        for (size_t i = from; i < n; i++) {
+            done += atomic_load(&m[i].returned) ? 1 : 0;
+        }
+        if (done == n - from) {
+            return true;
+        }
+        if (now_ms() >= deadline) {
+            return false;
+        }
+        struct timespec pause = {0, 1000000};
+        nanosleep(&pause, NULL); /* polling the condition, with a deadline */
+    }
+}
+
+/* A transaction that etcd holds (a frozen member: here the gate, which
+ * never opens while the test looks) does not hold the Registers queued
+ * behind it: once it has been out batch_stall_ms, they go in a transaction
+ * of their own and are answered, created, while it is still in flight.
+ * (They waited for it to end: etcd's whole timeout.) */
+static void test_a_held_transaction_does_not_hold_the_queue(void **state)
+{
+    coord_registry_t *r = *state;
+    member_t m[1 + N_QUEUED];
+    pthread_t threads[1 + N_QUEUED];
+    size_t n = 1 + N_QUEUED;
+    bool answered, held;
+    int calls;
+
+    r->batch_stall_ms = 50;
+    for (size_t i = 0; i < n; i++) {
+        member_init(&m[i], r, (int)i, 100, 0);
+    }
+    queue_at_gate(r, m, n, threads);
+    answered = all_returned(m, 1, n, 20000);
+    held = !atomic_load(&m[0].returned);
+    pthread_mutex_lock(&fake.lock);
+    calls = fake.calls;
+    pthread_mutex_unlock(&fake.lock);
+    open_gate(threads, n);
+    assert_true(answered);
+    assert_true(held);
+    assert_int_equal(calls, 1); /* the held one is counted when the gate opens */
+    for (size_t i = 0; i < n; i++) {
+        assert_int_equal(m[i].w.status, FERRY_OK);
+        assert_true(m[i].w.created);
+    }
+    assert_int_equal(fake.calls, 2);
+    assert_int_equal(fake.shared_calls, 1); /* the queued ones, together */
+}
+
+/* A queued Register whose own deadline (deadline_ms: its caller's, less the
+ * answer's margin) comes while the transaction ahead of it is held leaves
+ * unsent at that deadline, UNAVAILABLE (expired), and not TIMED_OUT: its
+ * caller, still waiting, hears that nothing was written and asks again. */
+static void test_a_queued_write_expires_unsent_at_its_deadline(void **state)
+{
+    coord_registry_t *r = *state;
+    member_t m[2];
+    pthread_t threads[2];
+    bool left_at_gate;
+
+    for (size_t i = 0; i < 2; i++) {
+        member_init(&m[i], r, (int)i, 100, 0);
+    }
+    m[1].w.deadline_ms = now_ms() + 300;
+    queue_at_gate(r, m, 2, threads);
+    left_at_gate = all_returned(m, 1, 2, 20000);
+    open_gate(threads, 2);
+    assert_true(left_at_gate);
+    assert_true(m[1].w.expired);
+    assert_false(m[1].w.late);
+    assert_int_equal(m[1].w.status, FERRY_ERR_UNAVAILABLE);
+    assert_int_equal(m[0].w.status, FERRY_OK);
+    pthread_mutex_lock(&fake.lock);
+    assert_false(stored(m[1].key, strlen(m[1].key)));
+    pthread_mutex_unlock(&fake.lock);
+    assert_int_equal(fake.calls, 1);
 }
 
 int main(void)
@@ -609,6 +701,10 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_last_queued_write_leaves_and_the_tail_follows, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_a_transaction_ends_by_its_members_deadlines, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_a_held_transaction_does_not_hold_the_queue, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_a_queued_write_expires_unsent_at_its_deadline, setup,
                                         teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

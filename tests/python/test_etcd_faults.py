@@ -519,6 +519,50 @@ class EtcdFaults(unittest.TestCase):
         self.etcd.wait_healthy()
         self.finish(load)
 
+    def test_a_held_write_does_not_hold_the_registers_after_it(self):
+        """A Register whose transaction went to the first endpoint just as
+        it froze waits for etcd's timeout; the Registers after it do not
+        wait for it: once the replica suspects the member, they go to
+        another in a transaction of their own and are answered while the
+        first is still out. (They queued behind it for the whole 5 s.)"""
+        r = self.replicas[0]
+        # A lease of the caller's, while every member answers: the Registers
+        # below grant none, so each is only its transaction.
+        reply = r.stub.Register(self.cpb.RegisterRequest(
+            request_id="held-lease", metadata=metadata(self.pb), ttl_seconds=600),
+            timeout=RPC_TIMEOUT)
+        self.sent.add("held-lease")
+        first = self.etcd.members[0]
+        with open(r.coord.log_path, "rb") as f:
+            offset = len(f.read())
+
+        def suspected():
+            with open(r.coord.log_path, "rb") as f:
+                f.seek(offset)
+                return f"{first.endpoint} is suspect".encode() in f.read()
+
+        def on_lease(rid):
+            self.sent.add(rid)
+            return self.cpb.RegisterRequest(request_id=rid, metadata=metadata(self.pb),
+                                            lease_id=reply.lease_id,
+                                            lease_token=reply.lease_token)
+
+        first.freeze()
+        held = r.stub.Register.future(on_lease("held-a"), timeout=RPC_TIMEOUT)
+        wait_until(suspected, BOUND, f"{r.name} to suspect {first.name}")
+        r.stub.Register(on_lease("held-b"), timeout=RPC_TIMEOUT)
+        # Read now, asserted after the thaw, so that a failure leaves etcd
+        # whole for the cleanup.
+        held_out = not held.done()
+        first.thaw()
+        self.etcd.wait_healthy()
+        self.assertTrue(held_out, "the Register after the held one waited for it to end")
+        try:
+            held.result()
+        except grpc.RpcError as e:
+            # etcd's timeout: the transaction may still be applied.
+            self.assertEqual(e.code(), grpc.StatusCode.UNAVAILABLE, e.details())
+
     def test_quorum_loss(self):
         """Two of three members frozen: writes fail UNAVAILABLE and health
         says NOT_SERVING; once they run again, service resumes without a
