@@ -259,7 +259,10 @@ ferry_status_t etcd_txn(etcd_client_t *client, const etcd_compare_t *compares, s
 /* A lease of ttl_s seconds. id 0: etcd picks its ID; otherwise the lease
  * gets `id` (1..INT64_MAX), and FERRY_ERR_FAILED_PRECONDITION says one of
  * that ID exists. A caller that picks the ID can revoke a grant whose
- * answer never came (it may have been applied). */
+ * answer never came (it may have been applied). A grant with an ID goes on
+ * to the next endpoint when one does not answer in ETCD_ATTEMPT_MS; when
+ * the next finds the ID taken, the lease is the earlier try's (taken as
+ * granted, with its TTL left, if it has at least ttl_s). */
 ferry_status_t etcd_lease_grant(etcd_client_t *client, int64_t ttl_s, int64_t id, int64_t *lease_p,
                                 int64_t *granted_ttl_p);
 /* FERRY_ERR_NOT_FOUND when the lease is gone (expired or revoked). */

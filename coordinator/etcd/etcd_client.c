@@ -60,6 +60,7 @@ enum {
 static _Thread_local char etcd_last_error[512];
 static _Thread_local int64_t etcd_deadline_ms; /* etcd_set_deadline's; 0: none */
 _Thread_local bool etcd__ran_out;
+_Thread_local int etcd__tries;
 _Thread_local bool etcd__too_large;
 static int64_t etcd_now_ms(void);
 static pthread_once_t etcd_curl_once = PTHREAD_ONCE_INIT;
@@ -834,6 +835,7 @@ ferry_status_t etcd__call_raw(etcd_client_t *client, CURL *handle, const char *p
     bool next = true;
     bool etcds = false; /* an attempt that had the time to be answered failed */
     etcd__ran_out = false;
+    etcd__tries = 0;
     for (size_t i = 0; i < client->n_endpoints && next; i++) {
         int64_t left = deadline - etcd_now_ms();
         if (left <= 0) {
@@ -847,6 +849,7 @@ ferry_status_t etcd__call_raw(etcd_client_t *client, CURL *handle, const char *p
         long attempt_ms = (flags & ETCD_CALL_RETRY) != 0 && !last && left > ETCD_ATTEMPT_MS
                               ? ETCD_ATTEMPT_MS
                               : (long)left;
+        etcd__tries++;
         status = etcd_attempt(client, handle, order[i], path, body, token, flags, attempt_ms, &next,
                               reply_p);
         etcds = etcds || (status != FERRY_OK && !etcd__ran_out);

@@ -89,6 +89,11 @@ enum {
  * got no answer is etcd's, whatever the caller's deadline. */
 extern _Thread_local bool etcd__ran_out;
 
+/* How many endpoints the calling thread's last gateway request was sent to
+ * (etcd__call_raw): more than one only for a RETRY request that an endpoint
+ * did not answer, so that one of its earlier tries may have been applied. */
+extern _Thread_local int etcd__tries;
+
 /* The calling thread's last request failed because etcd's reply passed
  * ETCD_REPLY_MAX (etcd_reply_too_large); cleared with the error. */
 extern _Thread_local bool etcd__too_large;

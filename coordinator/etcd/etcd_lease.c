@@ -30,6 +30,23 @@ static ferry_status_t etcd_lease_call(etcd_client_t *client, const char *path, c
     return status;
 }
 
+/* Whether lease `id` exists now with at least ttl_s granted (etcd may
+ * grant more than asked, never less); *left_p: its TTL left. */
+static bool lease_granted(etcd_client_t *client, int64_t id, int64_t ttl_s, int64_t *left_p)
+{
+    cJSON *reply = NULL;
+    int64_t left = -1, granted = 0;
+    bool ok = etcd_lease_call(client, "/v3/lease/timetolive", "ID", id, ETCD_CALL_RETRY, &reply) ==
+                  FERRY_OK &&
+              etcd__json_int64(reply, "TTL", &left) == FERRY_OK &&
+              etcd__json_int64(reply, "grantedTTL", &granted) == FERRY_OK && left > 0 &&
+              granted >= ttl_s;
+
+    cJSON_Delete(reply);
+    *left_p = left;
+    return ok;
+}
+
 ferry_status_t etcd_lease_grant(etcd_client_t *client, int64_t ttl_s, int64_t id, int64_t *lease_p,
                                 int64_t *granted_ttl_p)
 {
@@ -43,12 +60,25 @@ ferry_status_t etcd_lease_grant(etcd_client_t *client, int64_t ttl_s, int64_t id
     if (status == FERRY_OK && id != 0) {
         status = etcd__json_add_int64(body, "ID", id);
     }
+    /* With its ID chosen, a grant may be sent again: to the next member
+     * when one does not answer within ETCD_ATTEMPT_MS (frozen, or a
+     * follower whose leader died), as a read is. A try that found the ID
+     * taken after one that got no answer found that try's lease. */
     if (status == FERRY_OK) {
-        status = etcd__call_flags(client, "/v3/lease/grant", body, 0, &reply);
+        status = etcd__call_flags(client, "/v3/lease/grant", body, id != 0 ? ETCD_CALL_RETRY : 0,
+                                  &reply);
     }
     cJSON_Delete(body);
     int64_t lease = 0;
     int64_t ttl = 0;
+    if (status == FERRY_ERR_FAILED_PRECONDITION && id != 0 && etcd__tries > 1 &&
+        lease_granted(client, id, ttl_s, &ttl)) {
+        *lease_p = id;
+        if (granted_ttl_p != NULL) {
+            *granted_ttl_p = ttl;
+        }
+        return FERRY_OK;
+    }
     if (status == FERRY_OK) {
         status = etcd__json_int64(reply, "ID", &lease);
     }

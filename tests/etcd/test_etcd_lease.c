@@ -8,6 +8,7 @@
 #include <stdint.h>
 #include <setjmp.h>
 #include <cmocka.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -52,6 +53,50 @@ static void test_grant_with_an_id(void **state)
     assert_int_equal(etcd_lease_grant(fx->client, 30, id, &lease, NULL), FERRY_OK);
     assert_int_equal(etcd_lease_revoke(fx->client, id), FERRY_OK);
     assert_int_equal(etcd_lease_grant(fx->client, 30, -1, &lease, NULL), FERRY_ERR_MISUSE);
+}
+
+/* A grant with its ID chosen goes on past a member that does not answer
+ * (frozen) to the next; when the next finds the ID taken, the lease is the
+ * unanswered try's (made here beforehand on the real member, as a frozen
+ * member that had passed it on would have): granted, with the TTL it has
+ * left, when it has at least the TTL asked; one of less is someone else's,
+ * and refused. */
+static void test_grant_goes_on_past_a_frozen_member(void **state)
+{
+    fixture_t *fx = *state;
+    const int64_t id = INT64_C(0x7123456789abcd01), fresh = INT64_C(0x7123456789abcd02),
+                  short_id = INT64_C(0x7123456789abcd03);
+    char endpoints[256];
+    frozen_etcd_t f;
+    int64_t lease = 0, ttl = 0;
+    etcd_client_t *client;
+
+    frozen_etcd_start(&f, NULL);
+    snprintf(endpoints, sizeof(endpoints), "%s,%s", f.url, fx->etcd.endpoint);
+    client = fixture_client(endpoints, 5000);
+    assert_int_equal(etcd_lease_grant(client, 30, fresh, &lease, &ttl), FERRY_OK);
+    assert_true(lease == fresh && ttl == 30);
+    etcd_client_destroy(client);
+
+    assert_int_equal(etcd_lease_grant(fx->client, 30, id, &lease, NULL), FERRY_OK);
+    lease = ttl = 0;
+    client = fixture_client(endpoints, 5000); /* the frozen member first again */
+    assert_int_equal(etcd_lease_grant(client, 30, id, &lease, &ttl), FERRY_OK);
+    assert_true(lease == id && ttl > 0 && ttl <= 30);
+    etcd_client_destroy(client);
+
+    assert_int_equal(etcd_lease_grant(fx->client, 10, short_id, &lease, NULL), FERRY_OK);
+    lease = 0;
+    client = fixture_client(endpoints, 5000);
+    assert_int_equal(etcd_lease_grant(client, 30, short_id, &lease, NULL),
+                     FERRY_ERR_FAILED_PRECONDITION);
+    assert_true(lease == 0);
+    etcd_client_destroy(client);
+    frozen_etcd_stop(&f);
+    for (size_t i = 0; i < 3; i++) {
+        assert_int_equal(etcd_lease_revoke(fx->client, (int64_t[]){id, fresh, short_id}[i]),
+                         FERRY_OK);
+    }
 }
 
 /* A grant's reply is etcd's, or whatever answers at its address (here a
@@ -148,6 +193,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_grant_keepalive_revoke),
         cmocka_unit_test(test_grant_with_an_id),
+        cmocka_unit_test(test_grant_goes_on_past_a_frozen_member),
         cmocka_unit_test(test_grant_reply_without_the_id_asked_for),
         cmocka_unit_test(test_put_with_unknown_lease),
         cmocka_unit_test(test_expiry_by_ttl),

@@ -563,6 +563,17 @@ class EtcdFaults(unittest.TestCase):
             # etcd's timeout: the transaction may still be applied.
             self.assertEqual(e.code(), grpc.StatusCode.UNAVAILABLE, e.details())
 
+    def test_a_register_with_a_new_lease_goes_on_past_a_frozen_member(self):
+        """The first Register after the first endpoint froze, on a lease of
+        its own: its grant (and then its transaction) goes on to another
+        member after 1 s, and it is answered OK at its first try. (The
+        grant waited out etcd's 5 s and the Register failed UNAVAILABLE.)"""
+        r = self.replicas[0]
+        self.etcd.members[0].freeze()
+        self.assertEqual(self.register_once(r, "fresh-lease"), grpc.StatusCode.OK)
+        self.etcd.members[0].thaw()
+        self.etcd.wait_healthy()
+
     def test_quorum_loss(self):
         """Two of three members frozen: writes fail UNAVAILABLE and health
         says NOT_SERVING; once they run again, service resumes without a
