@@ -1026,8 +1026,86 @@ bool etcd_version_revokes_live_leases(const char *version)
     return minor < 4 || (minor == 4 && patch < 28) || (minor == 5 && patch < 11);
 }
 
+/* Whether url (a member's client URL) is one of the client's endpoints. */
+static bool etcd_names_url(const etcd_client_t *client, const char *url)
+{
+    size_t len = strlen(url);
+
+    while (len > 0 && url[len - 1] == '/') {
+        len--;
+    }
+    for (size_t i = 0; i < client->n_endpoints; i++) {
+        if (strlen(client->endpoints[i]) == len && strncmp(client->endpoints[i], url, len) == 0) {
+            return true;
+        }
+    }
+    return false;
+}
+
+/* Once, with the version check: warns when the cluster has members none of
+ * whose client URLs the endpoints name. A replica keeps its workers' leases
+ * alive only through the members it names: where those fail, every lease
+ * kept through it expires although the others keep etcd's quorum (one
+ * endpoint is one member, unless it is a load balancer over them all). */
+static void etcd_check_members(etcd_client_t *client)
+{
+    cJSON *body = cJSON_CreateObject();
+    cJSON *reply = NULL;
+    ferry_status_t status = body != NULL
+                                ? etcd__call_flags(client, "/v3/cluster/member/list", body,
+                                                   ETCD_CALL_RETRY | ETCD_CALL_PROBE, &reply)
+                                : FERRY_ERR_NO_MEMORY;
+    const cJSON *members = cJSON_GetObjectItemCaseSensitive(reply, "members");
+    const cJSON *list = cJSON_IsArray(members) ? members : NULL;
+    const cJSON *m;
+    char unnamed[256] = "";
+    size_t used = 0;
+    int started = 0, missing = 0;
+
+    cJSON_ArrayForEach(m, list)
+    {
+        const cJSON *urls = cJSON_GetObjectItemCaseSensitive(m, "clientURLs");
+        const cJSON *url_list = cJSON_IsArray(urls) ? urls : NULL;
+        const cJSON *u;
+        const char *first = NULL;
+        bool named = false;
+
+        cJSON_ArrayForEach(u, url_list)
+        {
+            if (cJSON_IsString(u)) {
+                first = first != NULL ? first : u->valuestring;
+                named = named || etcd_names_url(client, u->valuestring);
+            }
+        }
+        if (first == NULL) {
+            continue; /* a member not started yet has no client URL */
+        }
+        started++;
+        if (!named) {
+            missing++;
+            if (used < sizeof(unnamed)) {
+                int n = snprintf(unnamed + used, sizeof(unnamed) - used, "%s%.100s",
+                                 missing > 1 ? ", " : "", first);
+                used += n > 0 ? (size_t)n : 0;
+            }
+        }
+    }
+    if (status != FERRY_OK) {
+        ferry_debug("etcd: member list: %s", etcd_last_error);
+    } else if (missing > 0 && started > 1) {
+        ferry_warn("etcd: the cluster has %d members and --etcd (FERRY_ETCD) names %d of them "
+                   "(not %s): unless an endpoint is a load balancer over them all, the workers "
+                   "whose leases this replica keeps lose them when the members it names fail, "
+                   "though etcd keeps its quorum; name every member",
+                   started, started - missing, unnamed);
+    }
+    cJSON_Delete(reply);
+    cJSON_Delete(body);
+}
+
 /* Once, from the first status an etcd the operator runs answered: warns of
- * a version that revokes live leases (etcd_version_revokes_live_leases). */
+ * a version that revokes live leases (etcd_version_revokes_live_leases),
+ * and of members the endpoints do not name (etcd_check_members). */
 static void etcd_check_version(etcd_client_t *client, const cJSON *status)
 {
     const cJSON *version = cJSON_GetObjectItemCaseSensitive(status, "version");
@@ -1036,6 +1114,7 @@ static void etcd_check_version(etcd_client_t *client, const cJSON *status)
         atomic_exchange(&client->version_checked, true)) {
         return;
     }
+    etcd_check_members(client);
     if (etcd_version_revokes_live_leases(version->valuestring)) {
         ferry_warn("etcd: version %.32s revokes live leases when a leader frozen longer than "
                    "their TTL (a VM pause, a stuck disk) wakes (etcd-io/etcd#15247, fixed in "

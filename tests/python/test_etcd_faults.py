@@ -574,6 +574,28 @@ class EtcdFaults(unittest.TestCase):
         self.etcd.members[0].thaw()
         self.etcd.wait_healthy()
 
+    def test_an_endpoint_list_short_of_the_cluster_is_warned_of(self):
+        """A replica given one of the three members is warned at its first
+        look at etcd, naming the two it does not name (the workers whose
+        leases it keeps lose them when its one member fails, though etcd
+        keeps its quorum); the replicas given all three are not."""
+        warning = "names 1 of them"
+        single = Replica(self.tmp, self.etcd.members[0].endpoint, "single", self.gen_dir)
+        self.replicas.append(single)  # stopped with the others
+        single.start()
+        wait_until(lambda: single.coord.log_contains(warning), BOUND,
+                   "the single-endpoint replica to warn of the members it does not name")
+        with open(single.coord.log_path, errors="replace") as f:
+            line = next(x for x in f if warning in x)
+        self.assertIn("the cluster has 3 members", line)
+        unnamed = line.split("(not ", 1)[1].split(")", 1)[0].split(", ")
+        self.assertEqual(sorted(unnamed), sorted(m.endpoint for m in self.etcd.members[1:]))
+        for r in self.replicas[:2]:
+            # They serve: their first look at etcd, which warns, is done.
+            self.assertTrue(r.serving())
+            self.assertFalse(r.coord.log_contains("the cluster has 3 members"),
+                             f"{r.name} names every member, yet was warned")
+
     def test_quorum_loss(self):
         """Two of three members frozen: writes fail UNAVAILABLE and health
         says NOT_SERVING; once they run again, service resumes without a
