@@ -5,19 +5,22 @@
  * == 0, put the record on its lease. What a transaction costs etcd and the
  * coordinator is mostly per request (a gRPC call each way, a raft proposal,
  * a watch message), not per key, so Registers that arrive together go in
- * one transaction: all the compares, all the puts. One transaction is in
- * flight at a time; a Register that finds one in flight queues, and the
- * first of the queued to find none takes the queue (up to register_batch
- * writes) and runs it for them all. So a lone Register goes at once, as
- * before, and under load the waiting is what builds the batch. Registers
- * run on the etcd workers (--etcd-inflight, 64), so a batch holds at most
- * that many. A transaction that etcd holds (a frozen member, a follower
- * whose leader died: etcd's timeout, 5 s) would hold every Register behind
- * it: once the newest in flight has been out REGISTRY_BATCH_STALL_MS, the
- * queue may lead another (up to REGISTRY_BATCH_INFLIGHT_MAX), which the
- * etcd client sends to a member that answers, the held one being suspect
- * by then. Transactions in flight together may hold the same ID (a caller
- * that asked again): etcd orders them, as it orders two replicas'.
+ * one transaction: all the compares, all the puts. Normally one
+ * transaction is in flight at a time; a Register that finds one in flight
+ * queues, and the first of the queued to find none takes the queue (up to
+ * register_batch writes) and runs it for them all. So a lone Register goes
+ * at once, as before, and under load the waiting is what builds the batch.
+ * Registers run on the etcd workers (--etcd-inflight, 64), so a batch
+ * holds at most that many. A transaction that etcd holds (a frozen member,
+ * a follower whose leader died: etcd's timeout, 5 s) would hold every
+ * Register behind it: once the youngest in flight has been out
+ * REGISTRY_BATCH_STALL_MS while the etcd client suspects a member (the
+ * health probe finds a frozen one within about 1.5 s), the queue leads
+ * another (up to REGISTRY_BATCH_INFLIGHT_MAX in flight), which the client
+ * sends to the members it does not suspect first. Only a thread whose
+ * write is still queued leads. Transactions in flight together may hold
+ * the same ID (a caller that asked again): etcd orders them, as it orders
+ * two replicas'; each has its own token and fence (registry_unwrite.c).
  *
  * A batch is all or nothing in etcd, and carries at most
  * REGISTRY_BATCH_BYTES of keys and values (etcd refuses a request over
@@ -320,8 +323,8 @@ static bool must_leave(registry_write_t *w, int64_t now)
  * whatever its size) and their compares within COORD_REGISTER_BATCH_MAX
  * (etcd's --max-txn-ops: a fenced write has two, and 128 fenced writes were
  * refused whole, then each sent alone), leaving those that may not join
- * (may_join) for a later one. A write whose caller has stopped waiting (its deadline
- * passed, or it went away) leaves the queue unsent (late): nothing is
+ * (may_join) for a later one. A write that must leave (must_leave: its
+ * caller went, or its deadline came) leaves the queue unsent: nothing is
  * written that its caller will not hear of. Caller holds batch_lock. */
 static void take_batch(coord_registry_t *r, registry_write_t **ws, size_t *n_p, size_t max,
                        int64_t now)
@@ -420,19 +423,36 @@ static bool leave_if_due(coord_registry_t *r, registry_write_t *w, int64_t now, 
     return true;
 }
 
-/* Whether a transaction may be led now: none is in flight, or the newest
- * has been out batch_stall_ms (etcd holds it) and fewer than
- * REGISTRY_BATCH_INFLIGHT_MAX are. Caller holds batch_lock. */
-static bool may_lead(const coord_registry_t *r, int64_t now)
+/* When the youngest transaction in flight was led (0: none is). Caller
+ * holds batch_lock. */
+static int64_t youngest_led(const coord_registry_t *r)
 {
-    return r->batch_in_flight == 0 || (r->batch_in_flight < REGISTRY_BATCH_INFLIGHT_MAX &&
-                                       now - r->batch_led_ms >= r->batch_stall_ms);
+    int64_t youngest = 0;
+
+    for (size_t i = 0; i < REGISTRY_BATCH_INFLIGHT_MAX; i++) {
+        youngest = r->batch_led[i] > youngest ? r->batch_led[i] : youngest;
+    }
+    return youngest;
+}
+
+/* Whether a transaction may be led now: none is in flight; or fewer than
+ * REGISTRY_BATCH_INFLIGHT_MAX are, the youngest has been out
+ * batch_stall_ms, and the etcd client suspects a member (the one that
+ * holds them, likely, so the new one goes elsewhere; with none suspect,
+ * etcd is slow everywhere, and another transaction would only add to its
+ * load). Caller holds batch_lock. */
+static bool may_lead(coord_registry_t *r, int64_t now)
+{
+    return r->batch_in_flight == 0 ||
+           (r->batch_in_flight < REGISTRY_BATCH_INFLIGHT_MAX &&
+            now - youngest_led(r) >= r->batch_stall_ms && etcd_suspects_a_member(r->etcd));
 }
 
 /* Waits for a transaction to end; while w is queued, at most until the
  * next moment something else may change its fate: REGISTRY_BATCH_POLL_MS
- * when its caller may go, its deadline, and when the transaction in flight
- * counts as held (may_lead). Caller holds batch_lock. */
+ * when its caller may go, its deadline, and when the transactions in
+ * flight count as held (may_lead; then every REGISTRY_BATCH_POLL_MS until
+ * a member is suspect). Caller holds batch_lock. */
 static void wait_turn(coord_registry_t *r, const registry_write_t *w, int64_t now, bool queued)
 {
     int64_t until = INT64_MAX;
@@ -445,9 +465,10 @@ static void wait_turn(coord_registry_t *r, const registry_write_t *w, int64_t no
         if (w->deadline_ms > 0 && w->deadline_ms < until) {
             until = w->deadline_ms;
         }
-        if (r->batch_in_flight > 0 && r->batch_in_flight < REGISTRY_BATCH_INFLIGHT_MAX &&
-            r->batch_led_ms + r->batch_stall_ms < until) {
-            until = r->batch_led_ms + r->batch_stall_ms;
+        if (r->batch_in_flight > 0 && r->batch_in_flight < REGISTRY_BATCH_INFLIGHT_MAX) {
+            int64_t held = youngest_led(r) + r->batch_stall_ms;
+            held = held > now ? held : now + REGISTRY_BATCH_POLL_MS;
+            until = held < until ? held : until;
         }
     }
     if (until == INT64_MAX) {
@@ -474,13 +495,17 @@ void registry_write(coord_registry_t *r, registry_write_t *w)
     r->batch_tail = &w->next;
     while (!w->done) {
         int64_t now = ferry__clock_ms(CLOCK_MONOTONIC);
-        size_t n = 0;
+        size_t n = 0, slot = 0;
         bool queued;
 
-        if (r->batch_head == NULL || !may_lead(r, now)) {
-            if (!leave_if_due(r, w, now, &queued)) {
-                wait_turn(r, w, now, queued);
-            }
+        if (leave_if_due(r, w, now, &queued)) {
+            continue; /* done: left unsent */
+        }
+        /* Only a thread whose write is still queued leads: one whose write
+         * is in a transaction in flight waits for that transaction's
+         * answer, not for another's. */
+        if (!queued || !may_lead(r, now)) {
+            wait_turn(r, w, now, queued);
             continue;
         }
         /* Lead: take up to max queued writes (ours among them, unless the
@@ -489,8 +514,11 @@ void registry_write(coord_registry_t *r, registry_write_t *w)
         if (n == 0) {
             continue; /* all left unsent (ours among them) */
         }
+        while (r->batch_led[slot] != 0) {
+            slot++; /* fewer than REGISTRY_BATCH_INFLIGHT_MAX are in flight */
+        }
+        r->batch_led[slot] = now;
         r->batch_in_flight++;
-        r->batch_led_ms = now;
         pthread_mutex_unlock(&r->batch_lock);
 
         if (n == 1) {
@@ -501,6 +529,7 @@ void registry_write(coord_registry_t *r, registry_write_t *w)
 
         pthread_mutex_lock(&r->batch_lock);
         r->batch_in_flight--;
+        r->batch_led[slot] = 0;
         end_batch(r, ws, n);
         pthread_cond_broadcast(&r->batch_cond);
     }

@@ -25,16 +25,17 @@ typedef struct {
     size_t len;
 } registry_key_t;
 
-/* Transactions of Registers in flight at once: one; Registers that come
- * while it is wait and go together in the next (registry_batch.c). One
- * batched most and cost the least CPU per Register at 8 clients
- * (bench/NOTES.md: against 2, 4, and no batching). Another may start only
- * while the newest in flight has been out REGISTRY_BATCH_STALL_MS (as long
- * as the etcd client gives a read on one member: a member that holds a
- * write for etcd's whole timeout, frozen or a follower whose leader died),
- * up to REGISTRY_BATCH_INFLIGHT_MAX in all, so that the Registers behind a
- * held transaction go to a member that answers (the etcd client tries a
- * suspect member last) rather than wait out its timeout. */
+/* Transactions of Registers in flight at once: normally one; Registers
+ * that come while it is wait and go together in the next
+ * (registry_batch.c). One batched most and cost the least CPU per Register
+ * at 8 clients (bench/NOTES.md: against 2, 4, and no batching). Another
+ * may start only while the youngest in flight has been out
+ * REGISTRY_BATCH_STALL_MS (as long as the etcd client gives a read on one
+ * member) and the etcd client suspects a member (one that holds writes for
+ * etcd's whole timeout: frozen, or a follower whose leader died), up to
+ * REGISTRY_BATCH_INFLIGHT_MAX in all, so that the Registers behind a held
+ * transaction go to a member that answers rather than wait out its
+ * timeout. */
 #define REGISTRY_BATCH_STALL_MS     1000
 #define REGISTRY_BATCH_INFLIGHT_MAX 4
 
@@ -151,7 +152,8 @@ struct coord_registry {
     pthread_cond_t batch_cond; /* a transaction ended */
     registry_write_t *batch_head, **batch_tail;
     int batch_in_flight;
-    int64_t batch_led_ms;   /* when the newest transaction was led (monotonic) */
+    /* When each transaction in flight was led (monotonic ms; 0: a free slot). */
+    int64_t batch_led[REGISTRY_BATCH_INFLIGHT_MAX];
     int64_t batch_stall_ms; /* REGISTRY_BATCH_STALL_MS (tests set their own) */
 
     /* Removals of records failed Registers may have left, waiting for etcd

@@ -143,6 +143,11 @@ bool etcd_client_check_cert(etcd_client_t *client);
  * does. *revision_p (may be NULL) gets the store revision. */
 ferry_status_t etcd_ping(etcd_client_t *client, int64_t *revision_p);
 
+/* Whether the client suspects one of its endpoints now (it gave no answer
+ * in time, or a transport error, lately: requests try it last) and not
+ * another, which a request would try first. False for NULL. */
+bool etcd_suspects_a_member(etcd_client_t *client);
+
 /* Makes the client's user, which must be "root", etcd's root with the
  * client's password, and turns etcd's auth on; each step is a no-op where
  * it was done before, so a restart may call it again. For an etcd this
@@ -257,12 +262,12 @@ ferry_status_t etcd_txn(etcd_client_t *client, const etcd_compare_t *compares, s
 /* --- leases ------------------------------------------------------------ */
 
 /* A lease of ttl_s seconds. id 0: etcd picks its ID; otherwise the lease
- * gets `id` (1..INT64_MAX), and FERRY_ERR_FAILED_PRECONDITION says one of
- * that ID exists. A caller that picks the ID can revoke a grant whose
- * answer never came (it may have been applied). A grant with an ID goes on
- * to the next endpoint when one does not answer in ETCD_ATTEMPT_MS; when
- * the next finds the ID taken, the lease is the earlier try's (taken as
- * granted, with its TTL left, if it has at least ttl_s). */
+ * gets `id` (1..INT64_MAX; draw it at random), the grant may be sent again
+ * (to the next endpoint when one does not answer in ETCD_ATTEMPT_MS), and
+ * a lease of that ID found existing is taken as an earlier try's: granted,
+ * with the TTL it has left, when it has at least ttl_s, else
+ * FERRY_ERR_FAILED_PRECONDITION. A caller that picks the ID can revoke a
+ * grant whose answer never came (it may have been applied). */
 ferry_status_t etcd_lease_grant(etcd_client_t *client, int64_t ttl_s, int64_t id, int64_t *lease_p,
                                 int64_t *granted_ttl_p);
 /* FERRY_ERR_NOT_FOUND when the lease is gone (expired or revoked). */

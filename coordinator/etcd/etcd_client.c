@@ -14,7 +14,7 @@
  * ends the request with FERRY_ERR_UNAVAILABLE.
  *
  * Faults. A frozen member (SIGSTOP, a hung disk) still accepts connections
- * and requests, so a request to it only ever times out. Two things keep one
+ * and requests, so a request to it only ever times out. These keep one
  * such member from stalling every request:
  *   - An endpoint that failed (transport error, no answer in time, or "no
  *     leader" from a status) is suspect for ETCD_SUSPECT_MS: requests try
@@ -24,8 +24,12 @@
  *     for an attempt that its caller's deadline cut to under
  *     ETCD_ATTEMPT_MS (etcd__ran_out): that timeout is the caller's.
  *   - A request that is safe to send twice (ETCD_CALL_RETRY: reads, status,
- *     keep-alive, revoke) gives each endpoint ETCD_ATTEMPT_MS to answer and
- *     then tries the next, within the whole timeout.
+ *     keep-alive, revoke, time-to-live, a grant with its ID) gives each
+ *     endpoint ETCD_ATTEMPT_MS to answer and then tries the next, within
+ *     the whole timeout.
+ *   - A member that answers UNAVAILABLE (no leader, a request timed out,
+ *     etcd's own "context deadline exceeded") is suspect as one that did
+ *     not answer, whatever the request.
  * The health ping (etcd_ping) asks for status with a leader and then does a
  * linearizable read, which only a member in a quorum can serve: a cluster
  * that lost quorum fails the ping although its members still answer.
@@ -60,8 +64,10 @@ enum {
 static _Thread_local char etcd_last_error[512];
 static _Thread_local int64_t etcd_deadline_ms; /* etcd_set_deadline's; 0: none */
 _Thread_local bool etcd__ran_out;
-_Thread_local int etcd__tries;
 _Thread_local bool etcd__too_large;
+/* Health pings that may list the members, until one does (etcd_ping). */
+#define ETCD_MEMBER_CHECKS 5
+
 static int64_t etcd_now_ms(void);
 static pthread_once_t etcd_curl_once = PTHREAD_ONCE_INIT;
 static CURLcode etcd_curl_init_code;
@@ -375,6 +381,7 @@ ferry_status_t etcd_client_create(const etcd_params_t *params, etcd_client_t **c
     /* Picked before open, so that destroy's close undoes an open that
      * failed halfway. */
     client->check_version = params->check_version;
+    atomic_init(&client->member_checks_left, ETCD_MEMBER_CHECKS);
     client->kv = params->kv_gateway ? &etcd__kv_gateway_ops : &etcd__kv_grpc_ops;
     status = client->kv->open(client);
     if (status != FERRY_OK) {
@@ -455,6 +462,21 @@ static int64_t etcd_now_ms(void)
 static bool etcd_is_suspect(etcd_client_t *client, size_t index, int64_t now)
 {
     return atomic_load(&client->suspect_until[index]) > now;
+}
+
+bool etcd_suspects_a_member(etcd_client_t *client)
+{
+    int64_t now = etcd_now_ms();
+    bool suspect = false, trusted = false;
+
+    for (size_t i = 0; client != NULL && i < client->n_endpoints; i++) {
+        if (etcd_is_suspect(client, i, now)) {
+            suspect = true;
+        } else {
+            trusted = true;
+        }
+    }
+    return suspect && trusted;
 }
 
 size_t etcd__endpoint_next(etcd_client_t *client, size_t index)
@@ -806,11 +828,12 @@ static ferry_status_t etcd_attempt(etcd_client_t *client, CURL *handle, size_t i
         etcd__set_error("%s: etcd member has no leader", url);
         status = FERRY_ERR_UNAVAILABLE;
     }
-    if (status == FERRY_ERR_UNAVAILABLE && (flags & ETCD_CALL_RETRY) != 0) {
-        /* "no leader", "request timed out": another member may do better. */
+    if (status == FERRY_ERR_UNAVAILABLE) {
+        /* "no leader", "request timed out", "context deadline exceeded":
+         * another member may do better (a write is still not sent twice). */
         etcd__endpoint_suspect(client, index);
-        *next_p = true;
-    } else if (status != FERRY_ERR_UNAVAILABLE) {
+        *next_p = (flags & ETCD_CALL_RETRY) != 0;
+    } else {
         etcd__endpoint_answered(client, index);
     }
     return status;
@@ -835,7 +858,6 @@ ferry_status_t etcd__call_raw(etcd_client_t *client, CURL *handle, const char *p
     bool next = true;
     bool etcds = false; /* an attempt that had the time to be answered failed */
     etcd__ran_out = false;
-    etcd__tries = 0;
     for (size_t i = 0; i < client->n_endpoints && next; i++) {
         int64_t left = deadline - etcd_now_ms();
         if (left <= 0) {
@@ -849,7 +871,6 @@ ferry_status_t etcd__call_raw(etcd_client_t *client, CURL *handle, const char *p
         long attempt_ms = (flags & ETCD_CALL_RETRY) != 0 && !last && left > ETCD_ATTEMPT_MS
                               ? ETCD_ATTEMPT_MS
                               : (long)left;
-        etcd__tries++;
         status = etcd_attempt(client, handle, order[i], path, body, token, flags, attempt_ms, &next,
                               reply_p);
         etcds = etcds || (status != FERRY_OK && !etcd__ran_out);
@@ -1026,7 +1047,8 @@ bool etcd_version_revokes_live_leases(const char *version)
     return minor < 4 || (minor == 4 && patch < 28) || (minor == 5 && patch < 11);
 }
 
-/* Whether url (a member's client URL) is one of the client's endpoints. */
+/* Whether url (a member's client URL) is one of the client's endpoints, as
+ * text (another spelling of the same address is another URL). */
 static bool etcd_names_url(const etcd_client_t *client, const char *url)
 {
     size_t len = strlen(url);
@@ -1047,7 +1069,7 @@ static bool etcd_names_url(const etcd_client_t *client, const char *url)
  * alive only through the members it names: where those fail, every lease
  * kept through it expires although the others keep etcd's quorum (one
  * endpoint is one member, unless it is a load balancer over them all). */
-static void etcd_check_members(etcd_client_t *client)
+static bool etcd_check_members(etcd_client_t *client)
 {
     cJSON *body = cJSON_CreateObject();
     cJSON *reply = NULL;
@@ -1077,8 +1099,8 @@ static void etcd_check_members(etcd_client_t *client)
                 named = named || etcd_names_url(client, u->valuestring);
             }
         }
-        if (first == NULL) {
-            continue; /* a member not started yet has no client URL */
+        if (first == NULL || cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(m, "isLearner"))) {
+            continue; /* not started yet (no client URL), or a learner (no vote, no leases) */
         }
         started++;
         if (!named) {
@@ -1101,20 +1123,26 @@ static void etcd_check_members(etcd_client_t *client)
     }
     cJSON_Delete(reply);
     cJSON_Delete(body);
+    return status == FERRY_OK;
 }
 
 /* Once, from the first status an etcd the operator runs answered: warns of
- * a version that revokes live leases (etcd_version_revokes_live_leases),
- * and of members the endpoints do not name (etcd_check_members). */
+ * a version that revokes live leases (etcd_version_revokes_live_leases).
+ * And from each status, until the member list has answered (at most
+ * ETCD_MEMBER_CHECKS tries): of members the endpoints do not name
+ * (etcd_check_members). */
 static void etcd_check_version(etcd_client_t *client, const cJSON *status)
 {
     const cJSON *version = cJSON_GetObjectItemCaseSensitive(status, "version");
 
+    if (client->check_version && atomic_load(&client->member_checks_left) > 0) {
+        atomic_store(&client->member_checks_left,
+                     etcd_check_members(client) ? 0 : atomic_load(&client->member_checks_left) - 1);
+    }
     if (!client->check_version || !cJSON_IsString(version) ||
         atomic_exchange(&client->version_checked, true)) {
         return;
     }
-    etcd_check_members(client);
     if (etcd_version_revokes_live_leases(version->valuestring)) {
         ferry_warn("etcd: version %.32s revokes live leases when a leader frozen longer than "
                    "their TTL (a VM pause, a stuck disk) wakes (etcd-io/etcd#15247, fixed in "

@@ -89,11 +89,6 @@ enum {
  * got no answer is etcd's, whatever the caller's deadline. */
 extern _Thread_local bool etcd__ran_out;
 
-/* How many endpoints the calling thread's last gateway request was sent to
- * (etcd__call_raw): more than one only for a RETRY request that an endpoint
- * did not answer, so that one of its earlier tries may have been applied. */
-extern _Thread_local int etcd__tries;
-
 /* The calling thread's last request failed because etcd's reply passed
  * ETCD_REPLY_MAX (etcd_reply_too_large); cleared with the error. */
 extern _Thread_local bool etcd__too_large;
@@ -160,11 +155,12 @@ struct etcd_client {
      * and it is never `preferred`. 0: not suspect. */
     atomic_llong *suspect_until;
     int timeout_ms;
-    bool check_version;          /* params' */
-    atomic_bool version_checked; /* the first answered ping looked */
-    int keepalive_ms;            /* params' for the gRPC channels (0: rpc's default) */
-    int tls_refresh_s;           /* likewise */
-    char *ca_file;               /* owned copies of the params; NULL when absent */
+    bool check_version;            /* params' */
+    atomic_bool version_checked;   /* the first answered ping looked */
+    atomic_int member_checks_left; /* tries of the member list left (ETCD_MEMBER_CHECKS) */
+    int keepalive_ms;              /* params' for the gRPC channels (0: rpc's default) */
+    int tls_refresh_s;             /* likewise */
+    char *ca_file;                 /* owned copies of the params; NULL when absent */
     char *cert_file;
     char *key_file;
     char *username;

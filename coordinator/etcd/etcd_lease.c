@@ -14,9 +14,10 @@
 
 #include "common/log.h"
 
-/* Sends {"<field>": "<number>"} to path; returns the reply. Keep-alive and
- * revoke may be sent twice (flags ETCD_CALL_RETRY): a second keep-alive
- * only renews again, and a second revoke finds the lease gone. */
+/* Sends {"<field>": "<number>"} to path; returns the reply. Keep-alive,
+ * revoke and time-to-live may be sent twice (flags ETCD_CALL_RETRY): a
+ * second keep-alive only renews again, and a second revoke finds the lease
+ * gone; so may a grant with its ID (etcd_lease_grant). */
 static ferry_status_t etcd_lease_call(etcd_client_t *client, const char *path, const char *field,
                                       int64_t number, unsigned flags, cJSON **reply_p)
 {
@@ -62,8 +63,11 @@ ferry_status_t etcd_lease_grant(etcd_client_t *client, int64_t ttl_s, int64_t id
     }
     /* With its ID chosen, a grant may be sent again: to the next member
      * when one does not answer within ETCD_ATTEMPT_MS (frozen, or a
-     * follower whose leader died), as a read is. A try that found the ID
-     * taken after one that got no answer found that try's lease. */
+     * follower whose leader died), as a read is, and by libcurl on a
+     * connection that broke. A try that finds the ID taken has found an
+     * earlier try's lease (the caller draws the ID at random from 2^63:
+     * another's is not to be expected), which it takes when it has at
+     * least the TTL asked. */
     if (status == FERRY_OK) {
         status = etcd__call_flags(client, "/v3/lease/grant", body, id != 0 ? ETCD_CALL_RETRY : 0,
                                   &reply);
@@ -71,7 +75,7 @@ ferry_status_t etcd_lease_grant(etcd_client_t *client, int64_t ttl_s, int64_t id
     cJSON_Delete(body);
     int64_t lease = 0;
     int64_t ttl = 0;
-    if (status == FERRY_ERR_FAILED_PRECONDITION && id != 0 && etcd__tries > 1 &&
+    if (status == FERRY_ERR_FAILED_PRECONDITION && id != 0 &&
         lease_granted(client, id, ttl_s, &ttl)) {
         *lease_p = id;
         if (granted_ttl_p != NULL) {

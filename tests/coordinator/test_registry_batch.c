@@ -44,8 +44,11 @@ static struct {
     char keys[MAX_KEYS][KEY_CAP];
     size_t n_keys;
     int64_t revision;
-    bool gate;    /* the first call waits here until the gate opens */
-    bool holding; /* the first call is at the gate */
+    bool gate;     /* the first call waits here until the gate opens */
+    bool holding;  /* the first call is at the gate */
+    bool hold_all; /* every call waits at the gate, not only the first */
+    int held;      /* calls that have come to the gate */
+    int foreign;   /* calls whose caller's own write was not among their puts */
     int calls, shared_calls, not_found_calls, largest;
     size_t largest_cmps;         /* compares of the call with the most */
     int64_t deadlines[MAX_KEYS]; /* the thread's etcd deadline at each call */
@@ -53,6 +56,17 @@ static struct {
 } fake = {.lock = PTHREAD_MUTEX_INITIALIZER, .cond = PTHREAD_COND_INITIALIZER};
 
 static atomic_bool shared_seen; /* a shared transaction has been sent */
+static atomic_bool suspect;     /* what etcd_suspects_a_member answers */
+/* The key of the write the calling member thread registers (member_main). */
+static _Thread_local const char *own_key;
+
+bool __wrap_etcd_suspects_a_member(etcd_client_t *client);
+
+bool __wrap_etcd_suspects_a_member(etcd_client_t *client)
+{
+    (void)client;
+    return atomic_load(&suspect);
+}
 
 static bool stored(const void *key, size_t len)
 {
@@ -86,8 +100,17 @@ ferry_status_t __wrap_etcd_txn(etcd_client_t *client, const etcd_compare_t *cmps
     (void)client;
     *res = (etcd_txn_result_t){0};
     pthread_mutex_lock(&fake.lock);
-    if (fake.gate && !fake.holding) {
+    if (own_key != NULL) {
+        bool own = false;
+        for (size_t i = 0; i < n_puts; i++) {
+            own = own || (puts[i].key_len == strlen(own_key) &&
+                          memcmp(puts[i].key, own_key, puts[i].key_len) == 0);
+        }
+        fake.foreign += own ? 0 : 1;
+    }
+    if (fake.gate && (fake.hold_all || !fake.holding)) {
         fake.holding = true;
+        fake.held++;
         pthread_cond_broadcast(&fake.cond);
         while (fake.gate) {
             pthread_cond_wait(&fake.cond, &fake.lock);
@@ -158,6 +181,7 @@ static bool member_gone(void *arg)
 static void *member_main(void *arg)
 {
     member_t *m = arg;
+    own_key = m->key;
     etcd_set_deadline(m->own_deadline);
     registry_write(m->r, &m->w);
     m->own_deadline = etcd_get_deadline();
@@ -261,12 +285,14 @@ static void fake_reset(void)
     pthread_mutex_lock(&fake.lock);
     fake.mode = FAKE_NORMAL;
     fake.n_keys = 0;
-    fake.gate = fake.holding = false;
+    fake.gate = fake.holding = fake.hold_all = false;
+    fake.held = fake.foreign = 0;
     fake.calls = fake.shared_calls = fake.not_found_calls = fake.largest = 0;
     fake.largest_bytes = 0;
     fake.largest_cmps = 0;
     pthread_mutex_unlock(&fake.lock);
     atomic_store(&shared_seen, false);
+    atomic_store(&suspect, false);
 }
 
 static int setup(void **state)
@@ -617,31 +643,64 @@ static bool all_returned(member_t *m, size_t from, size_t n, int64_t within_ms)
     }
 }
 
+/* Sets the stall after which a held transaction lets the queue lead
+ * another, and wakes the queue to look again (tests queue with it huge). */
+static void set_stall(coord_registry_t *r, int64_t ms)
+{
+    pthread_mutex_lock(&r->batch_lock);
+    r->batch_stall_ms = ms;
+    pthread_cond_broadcast(&r->batch_cond);
+    pthread_mutex_unlock(&r->batch_lock);
+}
+
+/* Waits (with a deadline) until n calls have come to the gate. */
+static bool held_calls(int n)
+{
+    int64_t deadline = now_ms() + 20000;
+    bool ok;
+
+    pthread_mutex_lock(&fake.lock);
+    while (fake.held < n && now_ms() < deadline) {
+        struct timespec until = ferry__clock_in_ms(CLOCK_REALTIME, 10);
+        pthread_cond_timedwait(&fake.cond, &fake.lock, &until);
+    }
+    ok = fake.held >= n;
+    pthread_mutex_unlock(&fake.lock);
+    return ok;
+}
+
 /* A transaction that etcd holds (a frozen member: here the gate, which
- * never opens while the test looks) does not hold the Registers queued
- * behind it: once it has been out batch_stall_ms, they go in a transaction
- * of their own and are answered, created, while it is still in flight.
- * (They waited for it to end: etcd's whole timeout.) */
+ * stays shut while the test looks) does not hold the Registers queued
+ * behind it once it has been out batch_stall_ms and the etcd client
+ * suspects a member: they go in a transaction of their own and are
+ * answered, created, while it is still in flight. (They waited for it to
+ * end: etcd's whole timeout.) With no member suspect (etcd slow
+ * everywhere), they wait for it, as one transaction at a time does. */
 static void test_a_held_transaction_does_not_hold_the_queue(void **state)
 {
     coord_registry_t *r = *state;
     member_t m[1 + N_QUEUED];
     pthread_t threads[1 + N_QUEUED];
     size_t n = 1 + N_QUEUED;
-    bool answered, held;
+    bool waited, answered, held;
     int calls;
 
-    r->batch_stall_ms = 50;
     for (size_t i = 0; i < n; i++) {
         member_init(&m[i], r, (int)i, 100, 0);
     }
     queue_at_gate(r, m, n, threads);
+    set_stall(r, 10);
+    /* None suspect: none is answered (a negative, so its window only
+     * bounds how long the test looks). */
+    waited = !all_returned(m, 1, n, 300) && queued(r) == n - 1;
+    atomic_store(&suspect, true);
     answered = all_returned(m, 1, n, 20000);
     held = !atomic_load(&m[0].returned);
     pthread_mutex_lock(&fake.lock);
     calls = fake.calls;
     pthread_mutex_unlock(&fake.lock);
     open_gate(threads, n);
+    assert_true(waited);
     assert_true(answered);
     assert_true(held);
     assert_int_equal(calls, 1); /* the held one is counted when the gate opens */
@@ -651,6 +710,51 @@ static void test_a_held_transaction_does_not_hold_the_queue(void **state)
     }
     assert_int_equal(fake.calls, 2);
     assert_int_equal(fake.shared_calls, 1); /* the queued ones, together */
+}
+
+/* Only a thread whose write is still queued leads a transaction: one
+ * whose write is in a transaction in flight (a member of a batch another
+ * thread leads) waits for that one's answer, and never leads the next,
+ * which would keep its caller's answer until that next one ended (etcd's
+ * timeout, if etcd holds it too). Every transaction's leader is here
+ * among its writes. Two rounds in which the members of a held batch and
+ * a newly queued write are woken together to lead. */
+static void test_a_write_in_flight_never_leads_another(void **state)
+{
+    coord_registry_t *r = *state;
+    enum { N = 9 };
+    member_t m[N];
+    pthread_t threads[N];
+    bool started[3];
+
+    for (size_t i = 0; i < N; i++) {
+        member_init(&m[i], r, (int)i, 100, 0);
+    }
+    pthread_mutex_lock(&fake.lock);
+    fake.hold_all = true;
+    pthread_mutex_unlock(&fake.lock);
+    atomic_store(&suspect, true);
+    queue_at_gate(r, m, 1 + 6, threads); /* T1: m0, held; m1..m6 queued */
+    set_stall(r, 0);
+    started[0] = held_calls(2); /* T2: m1..m6, held */
+    for (size_t k = 0; k < 2; k++) {
+        size_t i = 7 + k;
+        set_stall(r, 600000);
+        assert_int_equal(pthread_create(&threads[i], NULL, member_main, &m[i]), 0);
+        for (int64_t deadline = now_ms() + 10000; queued(r) < 1 && now_ms() < deadline;) {
+            struct timespec pause = {0, 1000000};
+            nanosleep(&pause, NULL); /* polling the condition, with a deadline */
+        }
+        set_stall(r, 0); /* m2..m6 and m[i] woken together */
+        started[1 + k] = held_calls(3 + (int)k);
+    }
+    open_gate(threads, N);
+    assert_true(started[0] && started[1] && started[2]);
+    assert_int_equal(fake.foreign, 0);
+    for (size_t i = 0; i < N; i++) {
+        assert_int_equal(m[i].w.status, FERRY_OK);
+        assert_true(m[i].w.created);
+    }
 }
 
 /* A queued Register whose own deadline (deadline_ms: its caller's, less the
@@ -667,8 +771,11 @@ static void test_a_queued_write_expires_unsent_at_its_deadline(void **state)
     for (size_t i = 0; i < 2; i++) {
         member_init(&m[i], r, (int)i, 100, 0);
     }
-    m[1].w.deadline_ms = now_ms() + 300;
+    m[1].w.deadline_ms = now_ms() + 600000;
     queue_at_gate(r, m, 2, threads);
+    pthread_mutex_lock(&r->batch_lock);
+    m[1].w.deadline_ms = now_ms() + 50;
+    pthread_mutex_unlock(&r->batch_lock);
     left_at_gate = all_returned(m, 1, 2, 20000);
     open_gate(threads, 2);
     assert_true(left_at_gate);
@@ -703,6 +810,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_a_transaction_ends_by_its_members_deadlines, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_a_held_transaction_does_not_hold_the_queue, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_a_write_in_flight_never_leads_another, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_a_queued_write_expires_unsent_at_its_deadline, setup,
                                         teardown),

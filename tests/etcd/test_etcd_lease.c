@@ -35,8 +35,10 @@ static bool key_is_gone(void *arg)
 }
 
 /* A lease of an ID the caller picks: granted with it (above 2^53, kept
- * exact), refused FAILED_PRECONDITION while it exists, and free again once
- * revoked; a negative ID is the caller's mistake. */
+ * exact); while it exists, a grant of it is refused FAILED_PRECONDITION
+ * when the lease has less than the TTL asked, and taken as the caller's
+ * earlier try when it has as much; free again once revoked; a negative ID
+ * is the caller's mistake. */
 static void test_grant_with_an_id(void **state)
 {
     fixture_t *fx = *state;
@@ -45,10 +47,14 @@ static void test_grant_with_an_id(void **state)
 
     assert_int_equal(etcd_lease_grant(fx->client, 30, id, &lease, &ttl), FERRY_OK);
     assert_true(lease == id && ttl == 30);
+    /* Found existing with less than the TTL asked: not this caller's. */
     lease = 0;
-    assert_int_equal(etcd_lease_grant(fx->client, 30, id, &lease, NULL),
+    assert_int_equal(etcd_lease_grant(fx->client, 60, id, &lease, NULL),
                      FERRY_ERR_FAILED_PRECONDITION);
     assert_true(lease == 0);
+    /* With at least the TTL: an earlier try's (the caller's random ID). */
+    assert_int_equal(etcd_lease_grant(fx->client, 30, id, &lease, &ttl), FERRY_OK);
+    assert_true(lease == id && ttl > 0 && ttl <= 30);
     assert_int_equal(etcd_lease_revoke(fx->client, id), FERRY_OK);
     assert_int_equal(etcd_lease_grant(fx->client, 30, id, &lease, NULL), FERRY_OK);
     assert_int_equal(etcd_lease_revoke(fx->client, id), FERRY_OK);

@@ -519,20 +519,36 @@ class EtcdFaults(unittest.TestCase):
         self.etcd.wait_healthy()
         self.finish(load)
 
+    def follower_first(self, name):
+        """A third replica whose first --etcd endpoint is a follower, and that
+        member: freezing it holds what is sent to it without costing the
+        cluster its leader (whose loss fails every write until an election,
+        whatever the coordinator does)."""
+        leader = self.etcd.leader()
+        self.assertIsNotNone(leader, "no etcd leader")
+        first = next(m for m in self.etcd.members if m is not leader)
+        endpoints = ",".join([first.endpoint] + [m.endpoint for m in self.etcd.members
+                                                 if m is not first])
+        replica = Replica(self.tmp, endpoints, name, self.gen_dir)
+        self.replicas.append(replica)  # stopped with the others
+        replica.start()
+        wait_until(replica.serving, BOUND, f"{name} to serve")
+        return replica, first
+
     def test_a_held_write_does_not_hold_the_registers_after_it(self):
-        """A Register whose transaction went to the first endpoint just as
-        it froze waits for etcd's timeout; the Registers after it do not
-        wait for it: once the replica suspects the member, they go to
-        another in a transaction of their own and are answered while the
-        first is still out. (They queued behind it for the whole 5 s.)"""
-        r = self.replicas[0]
+        """A Register whose transaction went to the first endpoint (a
+        follower) just as it froze waits for etcd's timeout; the Registers
+        after it do not wait for it: once the replica suspects the member,
+        they go to another in a transaction of their own and are answered
+        while the first is still out. (They queued behind it for the whole
+        5 s.)"""
+        r, first = self.follower_first("held")
         # A lease of the caller's, while every member answers: the Registers
         # below grant none, so each is only its transaction.
         reply = r.stub.Register(self.cpb.RegisterRequest(
             request_id="held-lease", metadata=metadata(self.pb), ttl_seconds=600),
             timeout=RPC_TIMEOUT)
         self.sent.add("held-lease")
-        first = self.etcd.members[0]
         with open(r.coord.log_path, "rb") as f:
             offset = len(f.read())
 
@@ -564,14 +580,15 @@ class EtcdFaults(unittest.TestCase):
             self.assertEqual(e.code(), grpc.StatusCode.UNAVAILABLE, e.details())
 
     def test_a_register_with_a_new_lease_goes_on_past_a_frozen_member(self):
-        """The first Register after the first endpoint froze, on a lease of
-        its own: its grant (and then its transaction) goes on to another
-        member after 1 s, and it is answered OK at its first try. (The
-        grant waited out etcd's 5 s and the Register failed UNAVAILABLE.)"""
-        r = self.replicas[0]
-        self.etcd.members[0].freeze()
+        """The first Register after the first endpoint (a follower) froze, on
+        a lease of its own: its grant (and then its transaction) goes on to
+        another member after 1 s, and it is answered OK at its first try.
+        (The grant waited out etcd's 5 s and the Register failed
+        UNAVAILABLE.)"""
+        r, first = self.follower_first("fresh")
+        first.freeze()
         self.assertEqual(self.register_once(r, "fresh-lease"), grpc.StatusCode.OK)
-        self.etcd.members[0].thaw()
+        first.thaw()
         self.etcd.wait_healthy()
 
     def test_an_endpoint_list_short_of_the_cluster_is_warned_of(self):
