@@ -77,6 +77,31 @@ ferry_status_t registry_etcd_fail_as(ferry_status_t status, bool no_space, char 
                          status == FERRY_ERR_UNAVAILABLE ? "; retry" : "");
 }
 
+/* A write while the maintenance thread's last check found etcd unable to
+ * commit (unreachable, no leader, no quorum: health says NOT_SERVING) is
+ * refused before it is sent. Sent, it would hold an etcd worker for etcd's
+ * whole timeout and fail, and a failed Register's lease adds a revoke, so
+ * that during a quorum loss a few dozen Registers a second filled
+ * --etcd-inflight and callers learned nothing in 5 s but "unavailable"
+ * (audit-s28-etcd F4). The check runs every MAINT_INTERVAL_MS, so writes go
+ * again as soon as health says SERVING. */
+ferry_status_t registry_writable(coord_registry_t *r, const char *what, char *msg, size_t cap)
+{
+    if (atomic_load(&r->healthy)) {
+        return FERRY_OK;
+    }
+    time_t since = (time_t)(atomic_load(&r->unhealthy_since_ms) / 1000);
+    struct tm tm;
+    char at[16] = "?";
+    if (gmtime_r(&since, &tm) != NULL) {
+        strftime(at, sizeof(at), "%H:%M:%S", &tm);
+    }
+    return registry_fail(FERRY_ERR_UNAVAILABLE, msg, cap,
+                         "etcd %s not sent: etcd cannot commit (unreachable, or without a leader "
+                         "or a quorum) since %s UTC; nothing was written; retry",
+                         what, at);
+}
+
 int64_t registry_now_ms(void)
 {
     return ferry__clock_ms(CLOCK_REALTIME);
@@ -639,6 +664,10 @@ err_range:
 static void check_health(coord_registry_t *r)
 {
     bool ok = etcd_ping(r->etcd, NULL) == FERRY_OK;
+
+    if (!ok && atomic_load(&r->healthy)) {
+        atomic_store(&r->unhealthy_since_ms, registry_now_ms()); /* before writes see it */
+    }
     bool was_ok = atomic_exchange(&r->healthy, ok);
 
     if (ok != was_ok) {
@@ -793,6 +822,7 @@ ferry_status_t coord_registry_create(const coord_registry_params_t *params,
     const char *load_fails = getenv("FERRY_TEST_LOAD_FAILS");
     r->test_load_fails = load_fails != NULL ? atoi(load_fails) : 0;
 
+    atomic_store(&r->unhealthy_since_ms, registry_now_ms());
     atomic_store(&r->healthy, etcd_ping(r->etcd, NULL) == FERRY_OK);
     if (!atomic_load(&r->healthy) || load_view(r) != FERRY_OK) {
         ferry_warn("registry: etcd not ready (%s); serving from etcd reads until it is",

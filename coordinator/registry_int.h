@@ -117,7 +117,12 @@ struct coord_registry {
     bool watch_state_seen;
 
     etcd_watch_t *watch; /* touched by the maintenance thread only */
+    /* etcd can commit, as the maintenance thread last found (health's
+     * SERVING); while not, writes are refused unsent (registry_writable).
+     * unhealthy_since_ms: when it last found it could not (CLOCK_REALTIME
+     * ms), for their message. */
     atomic_bool healthy;
+    _Atomic int64_t unhealthy_since_ms;
     /* Claims whose key went, by where the expiry check was decided: [0] on
      * the view (finished: nothing to expire), [1] by the transition (an
      * expiry, or a view that could not tell). */
@@ -321,6 +326,11 @@ ferry_status_t registry_lease_check(coord_registry_t *r, const char *field, int6
  * reads as one step: return registry_fail(FERRY_ERR_X, msg, cap, "..."). */
 ferry_status_t registry_fail(ferry_status_t status, char *msg, size_t cap, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
+
+/* FERRY_OK when etcd can commit (r->healthy); else UNAVAILABLE, saying
+ * since when it cannot, that nothing was written, and to retry: the etcd
+ * `what` (a write) is then not sent. */
+ferry_status_t registry_writable(coord_registry_t *r, const char *what, char *msg, size_t cap);
 
 /* The same for a failed etcd call: names etcd and what failed, without
  * internal detail (endpoints), which goes to the log. */

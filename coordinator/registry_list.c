@@ -45,6 +45,10 @@ ferry_status_t coord_keepalive(coord_registry_t *r, int64_t lease_id, const char
     if (status != FERRY_OK) {
         return status; /* not the grantee: etcd never hears of it */
     }
+    status = registry_writable(r, "lease keep-alive", msg, cap);
+    if (status != FERRY_OK) {
+        return status;
+    }
     return lease_answer(etcd_lease_keepalive(r->etcd, lease_id, ttl_p), lease_id,
                         "lease keep-alive", msg, cap);
 }
@@ -56,6 +60,10 @@ ferry_status_t coord_revoke(coord_registry_t *r, int64_t lease_id, const char *l
 
     if (status != FERRY_OK) {
         return status; /* not the grantee: etcd never hears of it */
+    }
+    status = registry_writable(r, "lease revoke", msg, cap);
+    if (status != FERRY_OK) {
+        return status;
     }
     return lease_answer(etcd_lease_revoke(r->etcd, lease_id), lease_id, "lease revoke", msg, cap);
 }

@@ -127,7 +127,10 @@ static ferry_status_t lease_for(coord_registry_t *r, const char *id_for, int64_t
         }
         return status;
     }
-    status = registry_lease_ready(r, msg, cap);
+    status = registry_writable(r, "lease grant", msg, cap);
+    if (status == FERRY_OK) {
+        status = registry_lease_ready(r, msg, cap);
+    }
     if (status != FERRY_OK) {
         return status;
     }
@@ -224,6 +227,9 @@ static ferry_status_t register_txn(coord_registry_t *r, const char *id, const ui
     ferry_status_t status = registry_key(r->ops_prefix, id, &key, msg, cap);
 
     *unknown_p = false;
+    if (status == FERRY_OK) {
+        status = registry_writable(r, "registration transaction", msg, cap);
+    }
     if (status != FERRY_OK) {
         return status;
     }
@@ -593,8 +599,11 @@ static ferry_status_t write_transition(coord_registry_t *r, const record_t *rec,
         .target = ETCD_CMP_MOD, .result = ETCD_CMP_EQUAL, .number = rec->mod_revision};
     etcd_op_t ops[2];
     etcd_txn_result_t res = {0};
-    ferry_status_t status = registry_key(r->ops_prefix, rec->data.op->request_id, &key, msg, cap);
+    ferry_status_t status = registry_writable(r, "state change transaction", msg, cap);
 
+    if (status == FERRY_OK) {
+        status = registry_key(r->ops_prefix, rec->data.op->request_id, &key, msg, cap);
+    }
     if (status == FERRY_OK) {
         status = registry_record_pack(rec->data.op, rec->data.md, rec->data.md_len, &bytes, &len);
         if (status != FERRY_OK) {
@@ -1035,6 +1044,10 @@ ferry_status_t coord_release(coord_registry_t *r, const Ferry__V1__ReleaseReques
             continue;
         }
         coord_record_free(&rec.data);
+        if (status != FERRY_OK) {
+            return status;
+        }
+        status = registry_writable(r, "release transaction", msg, cap);
         if (status != FERRY_OK) {
             return status;
         }

@@ -30,8 +30,9 @@
  *
  * Bounds: a removal runs on params.exec at once (COORD_EXEC_MUST, one per
  * failed Register, as a revoke after a failed call), off the caller's path,
- * whose answer must not wait for a second etcd timeout. One that cannot
- * reach etcd waits in r->unwrites, and the maintenance thread queues it
+ * whose answer must not wait for a second etcd timeout; while etcd cannot
+ * commit (r->healthy false), not at once. One that cannot reach etcd, or
+ * made then, waits in r->unwrites, and the maintenance thread queues it
  * again each time it finds etcd able to commit, REGISTRY_UNWRITE_TRIES
  * tries in all. At most REGISTRY_UNWRITE_BYTES of removals (each with the
  * record it compares) exist at once, queued or waiting: during an etcd
@@ -70,6 +71,7 @@ typedef struct registry_unwrite {
     coord_registry_t *r;
     struct registry_unwrite *next; /* in r->unwrites while it waits */
     int tries_left;
+    bool counted;   /* in r->unwrite_bytes (unwrite_admit) */
     int64_t lease;  /* the caller's lease the record is on, for the log; or the lease to revoke */
     uint8_t *value; /* the record as the failed Register wrote it; NULL: revoke `lease` */
     bool unsure;    /* revoke of a grant whose answer never came: it may yet be applied */
@@ -124,7 +126,7 @@ static bool unwrite_admit(registry_unwrite_t *u)
     pthread_mutex_lock(&r->lock);
     if (r->unwrite_bytes + unwrite_bytes(u) <= REGISTRY_UNWRITE_BYTES) {
         r->unwrite_bytes += unwrite_bytes(u);
-        admitted = true;
+        admitted = u->counted = true;
     }
     pthread_mutex_unlock(&r->lock);
     return admitted;
@@ -251,13 +253,21 @@ static void unwrite_submit(registry_unwrite_t *u)
 {
     coord_exec_t *exec = u->r->params.exec;
 
-    if (u->tries_left == REGISTRY_UNWRITE_TRIES && !unwrite_admit(u)) {
+    if (!u->counted && !unwrite_admit(u)) {
         ferry_warn("op %s: no room to remove %s (%zu MiB of removals wait already); it stays "
                    "until lease %lld ends",
                    u->id, unwrite_what(u), (size_t)REGISTRY_UNWRITE_BYTES >> 20,
                    (long long)u->lease);
         free(u->value);
         free(u);
+        return;
+    }
+    if (!atomic_load(&u->r->healthy)) {
+        /* etcd cannot commit (a quorum loss, where every failed Register
+         * makes one): a try now would hold an etcd worker for etcd's whole
+         * timeout and fail. It waits for the maintenance thread to find
+         * etcd able to commit, without spending a try. */
+        unwrite_park(u);
         return;
     }
     if (exec == NULL) {

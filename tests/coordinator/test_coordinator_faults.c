@@ -280,7 +280,8 @@ static void test_etcd_outage(void **state)
     assert_true(test_wait_for(health_is, &h, 10000));
     assert_int_equal(reg(chan, "during-1", &err), FERRY_ERR_UNAVAILABLE);
     assert_int_equal(err.grpc_code, 14);
-    assert_non_null(strstr(err.message, "etcd"));
+    /* Refused unsent while health says NOT_SERVING, saying why. */
+    assert_non_null(strstr(err.message, "etcd cannot commit"));
     /* Any client reads the message: it says what failed, not where etcd
      * lives; the server's log has the detail. */
     assert_null(strstr(err.message, "127.0.0.1"));
@@ -298,6 +299,7 @@ static void test_etcd_outage(void **state)
     assert_int_equal(lookup(chan, "before-1", &err), FERRY_OK);
     assert_int_equal(reg(chan, "after-1", &err), FERRY_OK);
     assert_int_equal(lookup(chan, "after-1", &err), FERRY_OK);
+    assert_int_equal(lookup(chan, "during-1", &err), FERRY_ERR_NOT_FOUND);
 
     rpc_channel_destroy(chan);
     assert_int_equal(test_coord_stop(&c), 0);

@@ -61,7 +61,9 @@ static struct {
         uint8_t value[VALUE_CAP];
         size_t value_len;
     } deferred;
-    size_t create_cmps; /* the compares of the last create */
+    int creates;         /* create-if-absent transactions seen */
+    bool create_sickens; /* the check finds etcd unable to commit while a create is out */
+    size_t create_cmps;  /* the compares of the last create */
     char create_fence[KEY_CAP];
     coord_registry_t *r;         /* the test's registry */
     size_t bytes_during_unwrite; /* its unwrite_bytes while the last removal ran */
@@ -156,6 +158,10 @@ static ferry_status_t fake_create(const etcd_compare_t *cmps, size_t n_cmps, con
 {
     bool absent = true;
 
+    fake.creates++;
+    if (fake.create_sickens) {
+        atomic_store(&fake.r->healthy, false);
+    }
     fake.create_cmps = n_cmps;
     fake.create_fence[0] = '\0';
     for (size_t c = 0; c < n_cmps; c++) {
@@ -332,6 +338,8 @@ static int setup(void **state)
     fake.create_defers = false;
     fake.deferred.held = false;
     fake.create_cmps = 0;
+    fake.creates = 0;
+    fake.create_sickens = false;
     fake.r = r;
     fake.bytes_during_unwrite = 0;
     pthread_mutex_unlock(&fake.lock);
@@ -352,6 +360,8 @@ static int teardown(void **state)
     return 0;
 }
 
+static char register_msg[256]; /* the last Register's message */
+
 /* A Register of `id` on the caller's lease; access_token "" lets the
  * coordinator pick one. */
 static ferry_status_t register_on(fixture_t *fx, const char *id, const char *access_token,
@@ -361,7 +371,6 @@ static ferry_status_t register_on(fixture_t *fx, const char *id, const char *acc
     Ferry__V1__RdmaMetadata metadata = FERRY__V1__RDMA_METADATA__INIT;
     Ferry__V1__RegisterRequest req = FERRY__V1__REGISTER_REQUEST__INIT;
     coord_register_out_t out;
-    char msg[256];
 
     metadata.kind = FERRY__V1__OPERATION_KIND__OPERATION_KIND_WRITE;
     req.request_id = (char *)id;
@@ -370,7 +379,9 @@ static ferry_status_t register_on(fixture_t *fx, const char *id, const char *acc
     req.access_token = (char *)access_token;
     req.lease_id = lease_id;
     req.lease_token = (char *)lease_token;
-    return coord_register(fx->r, &req, md, md_len, NULL, NULL, &out, msg, sizeof(msg));
+    register_msg[0] = '\0';
+    return coord_register(fx->r, &req, md, md_len, NULL, NULL, &out, register_msg,
+                          sizeof(register_msg));
 }
 
 static ferry_status_t do_register_md(fixture_t *fx, const char *id, const char *access_token,
@@ -645,6 +656,51 @@ static void test_waiting_removals_are_bounded(void **state)
     free(md);
 }
 
+/* While etcd cannot commit, as the maintenance thread last found (health
+ * NOT_SERVING), nothing is sent: a Register is refused before its lease
+ * grant or transaction, saying why, and a removal made then (of a Register
+ * that failed as the check found etcd gone) waits, holding no etcd worker
+ * for etcd's whole timeout, until etcd can commit; then it goes, counted
+ * once. During a quorum loss every Register used to wait 5 s and fail,
+ * each adding a revoke that held a worker 5 s more (audit-s28-etcd F4). */
+static void test_nothing_is_sent_while_etcd_cannot_commit(void **state)
+{
+    static const uint8_t md[] = {0x08, 0x01};
+    fixture_t *fx = *state;
+
+    fake.create_status = FERRY_ERR_UNAVAILABLE;
+    fake.create_sickens = true;
+    assert_int_equal(do_register(fx, "op-1", ""), FERRY_ERR_UNAVAILABLE);
+    registry_revoke_later(fx->r, "op-1", 777, true);
+    assert_int_equal(fake.unwrites, 0);
+    assert_int_equal(fake.revokes, 0);
+    assert_true(stored("op-1"));
+    size_t parked = waiting(fx->r);
+    assert_true(parked > 0);
+
+    fake.create_sickens = false;
+    fake.create_status = FERRY_OK;
+    assert_int_equal(do_register(fx, "op-2", ""), FERRY_ERR_UNAVAILABLE);
+    assert_non_null(strstr(register_msg, "etcd cannot commit"));
+    assert_non_null(strstr(register_msg, "nothing was written"));
+    assert_int_equal(register_on(fx, "op-3", "", md, sizeof(md), 0, NULL), FERRY_ERR_UNAVAILABLE);
+    assert_non_null(strstr(register_msg, "lease grant not sent"));
+    assert_int_equal(fake.creates, 1);
+    assert_int_equal(fake.grants, 0);
+    assert_false(stored("op-2"));
+    assert_int_equal(waiting(fx->r), parked); /* a refusal leaves nothing to remove */
+
+    atomic_store(&fx->r->healthy, true);
+    registry_unwrites_retry(fx->r);
+    assert_false(stored("op-1"));
+    assert_int_equal(fake.unwrites, 1);
+    assert_int_equal(fake.revokes, 1);
+    assert_int_equal(fake.revoked, 777);
+    assert_int_equal(waiting(fx->r), 0);
+    assert_int_equal(do_register(fx, "op-2", ""), FERRY_OK);
+    assert_true(stored("op-2"));
+}
+
 /* The removal only takes the bytes its own Register wrote: when that
  * Register was not applied and another registered the ID meanwhile (a
  * retry, with a token of its own), the other's record stays. */
@@ -684,6 +740,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_removal_tries_are_bounded, setup, teardown),
         cmocka_unit_test_setup_teardown(test_waiting_removals_are_bounded, setup, teardown),
         cmocka_unit_test_setup_teardown(test_removal_spares_another_record, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_nothing_is_sent_while_etcd_cannot_commit, setup,
+                                        teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

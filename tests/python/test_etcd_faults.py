@@ -455,14 +455,18 @@ class EtcdFaults(unittest.TestCase):
         return max(load.recovered_at(t0, i) for i in range(2)) - t0
 
     def register_once(self, replica, rid):
+        return self.register_answer(replica, rid)[0]
+
+    def register_answer(self, replica, rid):
+        """Registers rid once: (the status code, its details)."""
         self.sent.add(rid)
         try:
             replica.stub.Register(self.cpb.RegisterRequest(
                 request_id=rid, metadata=metadata(self.pb), ttl_seconds=600),
                 timeout=RPC_TIMEOUT)
-            return grpc.StatusCode.OK
+            return grpc.StatusCode.OK, ""
         except grpc.RpcError as e:
-            return e.code()
+            return e.code(), e.details()
 
     def start_load(self):
         load = Load(self.replicas, self.pb, self.cpb)
@@ -630,8 +634,13 @@ class EtcdFaults(unittest.TestCase):
             # would not bring etcd's quorum back.
             self.assertTrue(r.live(), f"{r.name}: liveness should stay SERVING")
         for i, r in enumerate(self.replicas):
-            self.assertEqual(self.register_once(r, f"noquorum-{i}"),
-                             grpc.StatusCode.UNAVAILABLE)
+            # Refused unsent while health says NOT_SERVING, saying why: it
+            # used to be sent, wait etcd's 5 s and fail, holding an etcd
+            # worker, its lease's revoke another 5 s.
+            code, details = self.register_answer(r, f"noquorum-{i}")
+            self.assertEqual(code, grpc.StatusCode.UNAVAILABLE)
+            self.assertIn("etcd cannot commit", details)
+            self.assertIn("nothing was written", details)
         t_thaw = time.monotonic()
         for m in lost:
             m.thaw()
@@ -644,6 +653,9 @@ class EtcdFaults(unittest.TestCase):
         print("FIGURE " + self.figures[-1], flush=True)
         self.etcd.wait_healthy()
         self.finish(load)
+        in_etcd = self.etcd.ops()
+        for i in range(len(self.replicas)):
+            self.assertNotIn(f"noquorum-{i}", in_etcd)
 
     def test_member_and_replica_kills(self):
         """SIGKILL a follower, then the leader (each restarted), then one
