@@ -50,6 +50,7 @@ static struct {
     int held;      /* calls that have come to the gate */
     int foreign;   /* calls whose caller's own write was not among their puts */
     int calls, shared_calls, not_found_calls, largest;
+    int in_txn, most_in_txn;     /* calls in etcd_txn now, and the most at once */
     size_t largest_cmps;         /* compares of the call with the most */
     int64_t deadlines[MAX_KEYS]; /* the thread's etcd deadline at each call */
     size_t largest_bytes;        /* values and keys of the largest shared call */
@@ -100,6 +101,8 @@ ferry_status_t __wrap_etcd_txn(etcd_client_t *client, const etcd_compare_t *cmps
     (void)client;
     *res = (etcd_txn_result_t){0};
     pthread_mutex_lock(&fake.lock);
+    fake.in_txn++;
+    fake.most_in_txn = fake.in_txn > fake.most_in_txn ? fake.in_txn : fake.most_in_txn;
     if (own_key != NULL) {
         bool own = false;
         for (size_t i = 0; i < n_puts; i++) {
@@ -158,6 +161,7 @@ ferry_status_t __wrap_etcd_txn(etcd_client_t *client, const etcd_compare_t *cmps
             status = FERRY_ERR_PROTOCOL; /* applied, but the answer was lost */
         }
     }
+    fake.in_txn--;
     pthread_mutex_unlock(&fake.lock);
     return status;
 }
@@ -287,6 +291,7 @@ static void fake_reset(void)
     fake.n_keys = 0;
     fake.gate = fake.holding = fake.hold_all = false;
     fake.held = fake.foreign = 0;
+    fake.in_txn = fake.most_in_txn = 0;
     fake.calls = fake.shared_calls = fake.not_found_calls = fake.largest = 0;
     fake.largest_bytes = 0;
     fake.largest_cmps = 0;
@@ -757,6 +762,65 @@ static void test_a_write_in_flight_never_leads_another(void **state)
     }
 }
 
+/* Transactions held while a member is suspect lead others only up to
+ * REGISTRY_BATCH_INFLIGHT_MAX in flight: with four held (each led by the
+ * write that queued alone after the one before was held), the writes
+ * queued after them wait, none leads a fifth, and they are written once
+ * the held ones end. (Without the bound a fifth would start, and its slot
+ * would lie past batch_led.) */
+static void test_held_transactions_stop_at_the_in_flight_bound(void **state)
+{
+    coord_registry_t *r = *state;
+    enum { N = REGISTRY_BATCH_INFLIGHT_MAX + 4 };
+    member_t m[N];
+    pthread_t threads[N];
+    bool started = true, waited, capped;
+    int most;
+
+    for (size_t i = 0; i < N; i++) {
+        member_init(&m[i], r, (int)i, 100, 0);
+    }
+    pthread_mutex_lock(&fake.lock);
+    fake.hold_all = true;
+    pthread_mutex_unlock(&fake.lock);
+    atomic_store(&suspect, true);
+    queue_at_gate(r, m, 1, threads); /* m0, held */
+    set_stall(r, 0);
+    for (size_t i = 1; i < REGISTRY_BATCH_INFLIGHT_MAX; i++) {
+        assert_int_equal(pthread_create(&threads[i], NULL, member_main, &m[i]), 0);
+        started = started && held_calls(1 + (int)i); /* m[i] leads its own, held */
+    }
+    for (size_t i = REGISTRY_BATCH_INFLIGHT_MAX; i < N; i++) {
+        assert_int_equal(pthread_create(&threads[i], NULL, member_main, &m[i]), 0);
+    }
+    /* Each queued write looks again every REGISTRY_BATCH_POLL_MS (its
+     * caller may go): none leads (a negative, so the window only bounds
+     * how long the test looks). */
+    for (int64_t deadline = now_ms() + 10000;
+         queued(r) < N - REGISTRY_BATCH_INFLIGHT_MAX && now_ms() < deadline;) {
+        struct timespec pause = {0, 1000000};
+        nanosleep(&pause, NULL); /* polling the condition, with a deadline */
+    }
+    waited = !all_returned(m, REGISTRY_BATCH_INFLIGHT_MAX, N, 300) &&
+             queued(r) == N - REGISTRY_BATCH_INFLIGHT_MAX;
+    pthread_mutex_lock(&fake.lock);
+    capped = fake.held == REGISTRY_BATCH_INFLIGHT_MAX;
+    most = fake.most_in_txn;
+    pthread_mutex_unlock(&fake.lock);
+    open_gate(threads, N);
+    assert_true(started);
+    assert_int_equal(most, REGISTRY_BATCH_INFLIGHT_MAX);
+    assert_true(capped);
+    assert_true(waited);
+    assert_true(fake.most_in_txn <= REGISTRY_BATCH_INFLIGHT_MAX);
+    assert_int_equal(fake.foreign, 0);
+    assert_int_equal(queued(r), 0);
+    for (size_t i = 0; i < N; i++) {
+        assert_int_equal(m[i].w.status, FERRY_OK);
+        assert_true(m[i].w.created);
+    }
+}
+
 /* A queued Register whose own deadline (deadline_ms: its caller's, less the
  * answer's margin) comes while the transaction ahead of it is held leaves
  * unsent at that deadline, UNAVAILABLE (expired), and not TIMED_OUT: its
@@ -814,6 +878,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_a_write_in_flight_never_leads_another, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_a_queued_write_expires_unsent_at_its_deadline, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_held_transactions_stop_at_the_in_flight_bound, setup,
                                         teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

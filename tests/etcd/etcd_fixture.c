@@ -275,6 +275,119 @@ void ending_etcd_start(frozen_etcd_t *f, const char *reply)
     f->has_thread = true;
 }
 
+/* --- a scripted member --------------------------------------------------- */
+
+/* The answer set for path, or NULL. Caller holds s->lock. */
+static scripted_answer_t *scripted_find(scripted_etcd_t *s, const char *path, size_t len)
+{
+    for (size_t i = 0; i < s->n_answers; i++) {
+        if (strlen(s->answers[i].path) == len && strncmp(s->answers[i].path, path, len) == 0) {
+            return &s->answers[i];
+        }
+    }
+    return NULL;
+}
+
+static bool send_all(int fd, const char *data, size_t len)
+{
+    while (len > 0) {
+        ssize_t n = send(fd, data, len, MSG_NOSIGNAL);
+        if (n <= 0) {
+            return false;
+        }
+        data += n;
+        len -= (size_t)n;
+    }
+    return true;
+}
+
+/* Answers one request on fd by its path ("POST <path> HTTP/1.1"). */
+static void scripted_etcd_serve(scripted_etcd_t *s, int fd)
+{
+    static const char not_found[] = "404 page not found";
+    char request[512];
+    char head[256];
+    const char *body = not_found;
+    int http = 404;
+
+    if (!request_read(fd, request, sizeof(request))) {
+        return;
+    }
+    const char *path = strchr(request, ' ');
+    path = path != NULL ? path + 1 : request;
+    pthread_mutex_lock(&s->lock);
+    scripted_answer_t *a = scripted_find(s, path, strcspn(path, " "));
+    if (a != NULL) {
+        a->hits++;
+        body = a->body;
+        http = a->http;
+    }
+    pthread_mutex_unlock(&s->lock);
+    int n = snprintf(head, sizeof(head),
+                     "HTTP/1.1 %d %s\r\nContent-Type: application/json\r\n"
+                     "Content-Length: %zu\r\nConnection: close\r\n\r\n",
+                     http, http == 200 ? "OK" : "Error", strlen(body));
+    if (!send_all(fd, head, (size_t)n) || !send_all(fd, body, strlen(body))) {
+        fprintf(stderr, "scripted etcd: send failed\n");
+    }
+}
+
+static void *scripted_etcd_main(void *arg)
+{
+    scripted_etcd_t *s = arg;
+    for (;;) {
+        int fd = accept(s->listen_fd, NULL, NULL);
+        if (fd < 0) {
+            return NULL;
+        }
+        scripted_etcd_serve(s, fd);
+        close(fd);
+    }
+}
+
+void scripted_etcd_start(scripted_etcd_t *s)
+{
+    frozen_etcd_t f;
+
+    frozen_etcd_start(&f, NULL); /* its listener */
+    memset(s, 0, sizeof(*s));
+    s->listen_fd = f.listen_fd;
+    memcpy(s->url, f.url, sizeof(s->url));
+    assert_int_equal(pthread_mutex_init(&s->lock, NULL), 0);
+    assert_int_equal(pthread_create(&s->thread, NULL, scripted_etcd_main, s), 0);
+}
+
+void scripted_etcd_answer(scripted_etcd_t *s, const char *path, int http, const char *body)
+{
+    pthread_mutex_lock(&s->lock);
+    scripted_answer_t *a = scripted_find(s, path, strlen(path));
+    if (a == NULL) {
+        assert_true(s->n_answers < SCRIPTED_ETCD_PATHS);
+        a = &s->answers[s->n_answers++];
+        a->path = path;
+    }
+    a->http = http;
+    a->body = body;
+    pthread_mutex_unlock(&s->lock);
+}
+
+int scripted_etcd_hits(scripted_etcd_t *s, const char *path)
+{
+    pthread_mutex_lock(&s->lock);
+    scripted_answer_t *a = scripted_find(s, path, strlen(path));
+    int hits = a != NULL ? a->hits : 0;
+    pthread_mutex_unlock(&s->lock);
+    return hits;
+}
+
+void scripted_etcd_stop(scripted_etcd_t *s)
+{
+    shutdown(s->listen_fd, SHUT_RDWR); /* ends its accept() */
+    pthread_join(s->thread, NULL);
+    close(s->listen_fd);
+    pthread_mutex_destroy(&s->lock);
+}
+
 static void recorder_copy(char *out, size_t cap, const uint8_t *data, size_t len)
 {
     size_t n = len < cap - 1 ? len : cap - 1;

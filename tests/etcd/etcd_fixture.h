@@ -80,6 +80,38 @@ void dying_etcd_start(frozen_etcd_t *f, const char *reply, bool others_behind);
  * ENDING_ETCD_TIMES came. */
 void ending_etcd_start(frozen_etcd_t *f, const char *reply);
 
+/* --- a scripted member --------------------------------------------------- */
+
+/* A member that answers each request by its path, with what the test set
+ * for it (scripted_etcd_answer; a path without one is answered HTTP 404),
+ * one request per connection: replies no etcd gives (a member list that is
+ * not one, a time-to-live without its TTL). Every request it answered is
+ * counted by path. url is "http://127.0.0.1:<port>". */
+enum { SCRIPTED_ETCD_PATHS = 8 };
+
+typedef struct {
+    const char *path;
+    const char *body; /* the test's; it outlives the member */
+    int http;
+    int hits; /* requests answered with it */
+} scripted_answer_t;
+
+typedef struct {
+    int listen_fd;
+    pthread_mutex_t lock; /* guards answers and n_answers */
+    scripted_answer_t answers[SCRIPTED_ETCD_PATHS];
+    size_t n_answers;
+    pthread_t thread;
+    char url[64];
+} scripted_etcd_t;
+
+void scripted_etcd_start(scripted_etcd_t *s);
+/* Requests for path are answered HTTP `http` with body from now on. */
+void scripted_etcd_answer(scripted_etcd_t *s, const char *path, int http, const char *body);
+/* How many requests for path have been answered. */
+int scripted_etcd_hits(scripted_etcd_t *s, const char *path);
+void scripted_etcd_stop(scripted_etcd_t *s);
+
 /* --- watch recorder ------------------------------------------------------ */
 
 enum { RECORDER_MAX = 256 };

@@ -132,6 +132,66 @@ static void test_grant_reply_without_the_id_asked_for(void **state)
     }
 }
 
+/* A grant of its ID that finds the ID taken takes the lease as its earlier
+ * try's only on a time-to-live that says the lease lives, granted at least
+ * the TTL asked. Here a member that answers so (scripted): a time-to-live
+ * without a TTL, with one that is not a number, negative (etcd's for a
+ * lease gone) or 0, granted less than asked or without saying, one that is
+ * not JSON or not an object, is no such proof: the grant is refused
+ * FAILED_PRECONDITION, as for another's lease, and the caller is given no
+ * lease. The one that says so is granted, with the TTL left. */
+static void test_grant_of_a_taken_id_needs_a_time_to_live_that_says_so(void **state)
+{
+    static const char taken[] = "{\"error\":\"etcdserver: lease already exists\",\"code\":9,"
+                                "\"message\":\"etcdserver: lease already exists\"}";
+    static const char *const replies[] = {
+        "{\"ID\":\"7\",\"grantedTTL\":\"30\"}",                  /* no TTL */
+        "{\"ID\":\"7\",\"TTL\":\"soon\",\"grantedTTL\":\"30\"}", /* not a number */
+        "{\"ID\":\"7\",\"TTL\":true,\"grantedTTL\":\"30\"}",     /* not a number */
+        "{\"ID\":\"7\",\"TTL\":\"-1\",\"grantedTTL\":\"30\"}",   /* gone */
+        "{\"ID\":\"7\",\"TTL\":-5,\"grantedTTL\":30}",           /* negative */
+        "{\"ID\":\"7\",\"TTL\":\"0\",\"grantedTTL\":\"30\"}",    /* expiring */
+        "{\"ID\":\"7\",\"TTL\":\"20\",\"grantedTTL\":\"29\"}",   /* less than asked */
+        "{\"ID\":\"7\",\"TTL\":\"20\"}",                         /* granted unsaid */
+        "{\"ID\":\"7\",\"TTL\":\"20\",\"grantedTTL\":\"lots\"}", /* not a number */
+        "{\"ID\":\"7\",\"TTL\":\"20\",\"grantedTTL\":\"30\"",    /* not JSON */
+        "[\"20\",\"30\"]",                                       /* not an object */
+        "",                                                      /* nothing */
+    };
+    (void)state;
+
+    for (size_t i = 0; i <= sizeof(replies) / sizeof(replies[0]); i++) {
+        bool last = i == sizeof(replies) / sizeof(replies[0]);
+        scripted_etcd_t s;
+        int64_t lease = -1, ttl = -1;
+        ferry_status_t status;
+        int asked;
+
+        scripted_etcd_start(&s);
+        scripted_etcd_answer(&s, "/v3/lease/grant", 400, taken);
+        scripted_etcd_answer(&s, "/v3/lease/timetolive", 200,
+                             last ? "{\"ID\":\"7\",\"TTL\":\"20\",\"grantedTTL\":\"30\"}"
+                                  : replies[i]);
+        etcd_client_t *client = fixture_client(s.url, 2000);
+        status = etcd_lease_grant(client, 30, 7, &lease, &ttl);
+        asked = scripted_etcd_hits(&s, "/v3/lease/timetolive");
+        etcd_client_destroy(client);
+        scripted_etcd_stop(&s);
+        if (status != (last ? FERRY_OK : FERRY_ERR_FAILED_PRECONDITION)) {
+            print_error("time-to-live %s: %s\n", last ? "(well-formed)" : replies[i],
+                        ferry_status_name(status));
+        }
+        assert_int_equal(asked, 1);
+        if (last) {
+            assert_int_equal(status, FERRY_OK);
+            assert_true(lease == 7 && ttl == 20);
+        } else {
+            assert_int_equal(status, FERRY_ERR_FAILED_PRECONDITION);
+            assert_true(lease == -1 && ttl == -1);
+        }
+    }
+}
+
 static void test_grant_keepalive_revoke(void **state)
 {
     fixture_t *fx = *state;
@@ -201,6 +261,7 @@ int main(void)
         cmocka_unit_test(test_grant_with_an_id),
         cmocka_unit_test(test_grant_goes_on_past_a_frozen_member),
         cmocka_unit_test(test_grant_reply_without_the_id_asked_for),
+        cmocka_unit_test(test_grant_of_a_taken_id_needs_a_time_to_live_that_says_so),
         cmocka_unit_test(test_put_with_unknown_lease),
         cmocka_unit_test(test_expiry_by_ttl),
     };
