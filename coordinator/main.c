@@ -156,6 +156,7 @@ static ferry_status_t open_etcd(coordinator_t *c)
         .keepalive_ms = rpc_env_keepalive_ms(),
         .tls_refresh_s = rpc_env_tls_refresh_s(),
         .check_version = c->config.etcd != NULL, /* a private etcd is one member */
+        .health_key = c->config.prefix,          /* every role Ferry needs reads it */
     };
     ferry_status_t status;
 

@@ -32,18 +32,39 @@ ferry_status_t registry_fail(ferry_status_t status, char *msg, size_t cap, const
     return status;
 }
 
+/* Why the coordinator cannot write to etcd, from etcd_ping's answer. */
+static const char *unhealthy_cause(ferry_status_t status)
+{
+    switch (status) {
+    case FERRY_ERR_PERMISSION_DENIED:
+        return "etcd does not let this coordinator's user read its prefix";
+    case FERRY_ERR_UNAUTHENTICATED:
+        return "etcd refuses this coordinator's credentials";
+    default:
+        return "etcd cannot commit (unreachable, or without a leader or a quorum)";
+    }
+}
+
 /* The message for a failed etcd call: says that etcd was the cause and what
  * failed, never how etcd is reached. Any client reads the message, so the
  * detail (etcd_client_last_error: endpoint URLs, etcd's own text) goes to
  * the server's log only. The etcd client already logs an unreachable etcd at
- * warn; everything else is first seen here. */
-ferry_status_t registry_etcd_fail(ferry_status_t status, char *msg, size_t cap, const char *what)
+ * warn; everything else is first seen here. An UNAVAILABLE while the
+ * maintenance thread's last check found etcd unable to take writes also
+ * says why (its check knows: no quorum, the coordinator's user refused),
+ * and since when: "service unavailable" alone, 5 s into a quorum loss, told
+ * the caller nothing (audit-s28-etcd F4). The write is still sent: the
+ * check can be seconds stale, or stricter than the write (a slow read), and
+ * refusing unsent on it would fail writes, lease keep-alives among them,
+ * that etcd would take (review-s29 H1). */
+ferry_status_t registry_etcd_fail(coord_registry_t *r, ferry_status_t status, char *msg, size_t cap,
+                                  const char *what)
 {
-    return registry_etcd_fail_as(status, etcd_no_space(), msg, cap, what);
+    return registry_etcd_fail_as(r, status, etcd_no_space(), msg, cap, what);
 }
 
-ferry_status_t registry_etcd_fail_as(ferry_status_t status, bool no_space, char *msg, size_t cap,
-                                     const char *what)
+ferry_status_t registry_etcd_fail_as(coord_registry_t *r, ferry_status_t status, bool no_space,
+                                     char *msg, size_t cap, const char *what)
 {
     if (status == FERRY_ERR_PERMISSION_DENIED || status == FERRY_ERR_UNAUTHENTICATED) {
         /* etcd refused the coordinator's own user, role or certificate: not
@@ -68,6 +89,17 @@ ferry_status_t registry_etcd_fail_as(ferry_status_t status, bool no_space, char 
                              "an operator must free space and disarm it); retry later",
                              what);
     }
+    if (status == FERRY_ERR_UNAVAILABLE && !atomic_load(&r->healthy)) {
+        time_t since = (time_t)(atomic_load(&r->unhealthy_since_ms) / 1000);
+        struct tm tm;
+        char at[32] = "?";
+        if (gmtime_r(&since, &tm) != NULL) {
+            strftime(at, sizeof(at), "%Y-%m-%d %H:%M:%S", &tm);
+        }
+        return registry_fail(status, msg, cap,
+                             "etcd %s failed: %s, since %s UTC (see the coordinator's log); retry",
+                             what, unhealthy_cause(atomic_load(&r->unhealthy_status)), at);
+    }
     if (status != FERRY_ERR_UNAVAILABLE) {
         ferry_warn("registry: etcd %s failed: %s (%s)", what, ferry_status_string(status),
                    etcd_client_last_error());
@@ -75,31 +107,6 @@ ferry_status_t registry_etcd_fail_as(ferry_status_t status, bool no_space, char 
     return registry_fail(status, msg, cap, "etcd %s failed: %s%s", what,
                          ferry_status_string(status),
                          status == FERRY_ERR_UNAVAILABLE ? "; retry" : "");
-}
-
-/* A write while the maintenance thread's last check found etcd unable to
- * commit (unreachable, no leader, no quorum: health says NOT_SERVING) is
- * refused before it is sent. Sent, it would hold an etcd worker for etcd's
- * whole timeout and fail, and a failed Register's lease adds a revoke, so
- * that during a quorum loss a few dozen Registers a second filled
- * --etcd-inflight and callers learned nothing in 5 s but "unavailable"
- * (audit-s28-etcd F4). The check runs every MAINT_INTERVAL_MS, so writes go
- * again as soon as health says SERVING. */
-ferry_status_t registry_writable(coord_registry_t *r, const char *what, char *msg, size_t cap)
-{
-    if (atomic_load(&r->healthy)) {
-        return FERRY_OK;
-    }
-    time_t since = (time_t)(atomic_load(&r->unhealthy_since_ms) / 1000);
-    struct tm tm;
-    char at[16] = "?";
-    if (gmtime_r(&since, &tm) != NULL) {
-        strftime(at, sizeof(at), "%H:%M:%S", &tm);
-    }
-    return registry_fail(FERRY_ERR_UNAVAILABLE, msg, cap,
-                         "etcd %s not sent: etcd cannot commit (unreachable, or without a leader "
-                         "or a quorum) since %s UTC; nothing was written; retry",
-                         what, at);
 }
 
 int64_t registry_now_ms(void)
@@ -658,15 +665,28 @@ err_range:
     return status;
 }
 
-/* Healthy means etcd can commit: etcd_ping fails when no endpoint answers
- * in time, when the members that answer know no leader, and when a
- * linearizable read does not go through (quorum lost). */
+/* Records etcd_ping's failure (status), before writes can see the flag
+ * that it sets. */
+static void note_unhealthy(coord_registry_t *r, ferry_status_t status)
+{
+    atomic_store(&r->unhealthy_status, (int)status);
+    if (atomic_load(&r->healthy)) {
+        atomic_store(&r->unhealthy_since_ms, registry_now_ms());
+    }
+}
+
+/* Healthy means etcd can take the coordinator's writes: etcd_ping fails
+ * when no endpoint answers in time, when the members that answer know no
+ * leader, when a linearizable read does not go through (quorum lost), and
+ * when etcd refuses the coordinator's user or does not let it read its
+ * prefix (the read's key). */
 static void check_health(coord_registry_t *r)
 {
-    bool ok = etcd_ping(r->etcd, NULL) == FERRY_OK;
+    ferry_status_t status = etcd_ping(r->etcd, NULL);
+    bool ok = status == FERRY_OK;
 
-    if (!ok && atomic_load(&r->healthy)) {
-        atomic_store(&r->unhealthy_since_ms, registry_now_ms()); /* before writes see it */
+    if (!ok) {
+        note_unhealthy(r, status);
     }
     bool was_ok = atomic_exchange(&r->healthy, ok);
 
@@ -675,7 +695,8 @@ static void check_health(coord_registry_t *r)
             /* At warn, as the outage was: a log kept at warn shows its end. */
             ferry_warn("registry: etcd is reachable and has a quorum again");
         } else {
-            ferry_warn("registry: etcd cannot commit: %s", etcd_client_last_error());
+            ferry_warn("registry: %s (prefix %s): %s", unhealthy_cause(status), r->prefix,
+                       etcd_client_last_error());
             etcd_client_check_cert(r->etcd); /* etcd says only "bad certificate" */
         }
         if (r->params.on_health != NULL) {
@@ -822,11 +843,20 @@ ferry_status_t coord_registry_create(const coord_registry_params_t *params,
     const char *load_fails = getenv("FERRY_TEST_LOAD_FAILS");
     r->test_load_fails = load_fails != NULL ? atoi(load_fails) : 0;
 
+    status = etcd_ping(r->etcd, NULL);
+    atomic_store(&r->unhealthy_status, (int)status);
     atomic_store(&r->unhealthy_since_ms, registry_now_ms());
-    atomic_store(&r->healthy, etcd_ping(r->etcd, NULL) == FERRY_OK);
-    if (!atomic_load(&r->healthy) || load_view(r) != FERRY_OK) {
-        ferry_warn("registry: etcd not ready (%s); serving from etcd reads until it is",
-                   etcd_client_last_error());
+    atomic_store(&r->healthy, status == FERRY_OK);
+    if (status != FERRY_OK) {
+        ferry_warn("registry: etcd not ready: %s (prefix %s): %s; serving from etcd reads until it "
+                   "is",
+                   unhealthy_cause(status), r->prefix, etcd_client_last_error());
+    }
+    if (status != FERRY_OK || load_view(r) != FERRY_OK) {
+        if (status == FERRY_OK) {
+            ferry_warn("registry: etcd not ready (%s); serving from etcd reads until it is",
+                       etcd_client_last_error());
+        }
         etcd_client_check_cert(r->etcd);
         r->reload = true;
     }

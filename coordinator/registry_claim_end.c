@@ -107,7 +107,7 @@ static ferry_status_t claim_key_write(claim_end_job_t *e, char *msg, size_t cap)
 
     status = etcd_txn(r->etcd, &cmp, 1, &del, 1, NULL, 0, &res);
     if (status != FERRY_OK) {
-        return registry_etcd_fail(status, msg, cap, "claim key deletion");
+        return registry_etcd_fail(r, status, msg, cap, "claim key deletion");
     }
     if (res.succeeded) {
         ferry_info("op %s: deleted the claim key its expired owner left", e->id);

@@ -117,12 +117,14 @@ struct coord_registry {
     bool watch_state_seen;
 
     etcd_watch_t *watch; /* touched by the maintenance thread only */
-    /* etcd can commit, as the maintenance thread last found (health's
-     * SERVING); while not, writes are refused unsent (registry_writable).
-     * unhealthy_since_ms: when it last found it could not (CLOCK_REALTIME
-     * ms), for their message. */
+    /* etcd can take the coordinator's writes, as the maintenance thread
+     * last found (health's SERVING). While not, the removals failed calls
+     * leave wait (registry_unwrite.c), and calls that etcd fails say why
+     * (registry_etcd_fail): unhealthy_status, etcd_ping's answer, since
+     * unhealthy_since_ms (CLOCK_REALTIME ms). */
     atomic_bool healthy;
     _Atomic int64_t unhealthy_since_ms;
+    _Atomic int unhealthy_status; /* why (ferry_status_t): etcd_ping's answer */
     /* Claims whose key went, by where the expiry check was decided: [0] on
      * the view (finished: nothing to expire), [1] by the transition (an
      * expiry, or a view that could not tell). */
@@ -327,17 +329,15 @@ ferry_status_t registry_lease_check(coord_registry_t *r, const char *field, int6
 ferry_status_t registry_fail(ferry_status_t status, char *msg, size_t cap, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 
-/* FERRY_OK when etcd can commit (r->healthy); else UNAVAILABLE, saying
- * since when it cannot, that nothing was written, and to retry: the etcd
- * `what` (a write) is then not sent. */
-ferry_status_t registry_writable(coord_registry_t *r, const char *what, char *msg, size_t cap);
-
 /* The same for a failed etcd call: names etcd and what failed, without
- * internal detail (endpoints), which goes to the log. */
-ferry_status_t registry_etcd_fail(ferry_status_t status, char *msg, size_t cap, const char *what);
+ * internal detail (endpoints), which goes to the log; an UNAVAILABLE while
+ * the maintenance thread's last check found etcd unable to take writes
+ * (health NOT_SERVING) also says why and since when. */
+ferry_status_t registry_etcd_fail(coord_registry_t *r, ferry_status_t status, char *msg, size_t cap,
+                                  const char *what);
 /* registry_etcd_fail for a call another thread sent (a shared
  * transaction's): no_space is that thread's etcd_no_space(). */
-ferry_status_t registry_etcd_fail_as(ferry_status_t status, bool no_space, char *msg, size_t cap,
-                                     const char *what);
+ferry_status_t registry_etcd_fail_as(coord_registry_t *r, ferry_status_t status, bool no_space,
+                                     char *msg, size_t cap, const char *what);
 
 #endif /* FERRY_COORD_REGISTRY_INT_H */

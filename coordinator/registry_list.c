@@ -24,15 +24,15 @@
 /* What etcd answered a call on the lease: one it no longer knows is
  * LEASE_NOT_FOUND (a code of its own on the wire: libferry makes a new
  * session lease on it). */
-static ferry_status_t lease_answer(ferry_status_t status, int64_t lease_id, const char *what,
-                                   char *msg, size_t cap)
+static ferry_status_t lease_answer(coord_registry_t *r, ferry_status_t status, int64_t lease_id,
+                                   const char *what, char *msg, size_t cap)
 {
     if (status == FERRY_ERR_NOT_FOUND) {
         return registry_fail(FERRY_ERR_LEASE_NOT_FOUND, msg, cap,
                              "lease_id %lld has expired or never existed", (long long)lease_id);
     }
     if (status != FERRY_OK) {
-        return registry_etcd_fail(status, msg, cap, what);
+        return registry_etcd_fail(r, status, msg, cap, what);
     }
     return FERRY_OK;
 }
@@ -45,11 +45,7 @@ ferry_status_t coord_keepalive(coord_registry_t *r, int64_t lease_id, const char
     if (status != FERRY_OK) {
         return status; /* not the grantee: etcd never hears of it */
     }
-    status = registry_writable(r, "lease keep-alive", msg, cap);
-    if (status != FERRY_OK) {
-        return status;
-    }
-    return lease_answer(etcd_lease_keepalive(r->etcd, lease_id, ttl_p), lease_id,
+    return lease_answer(r, etcd_lease_keepalive(r->etcd, lease_id, ttl_p), lease_id,
                         "lease keep-alive", msg, cap);
 }
 
@@ -61,11 +57,8 @@ ferry_status_t coord_revoke(coord_registry_t *r, int64_t lease_id, const char *l
     if (status != FERRY_OK) {
         return status; /* not the grantee: etcd never hears of it */
     }
-    status = registry_writable(r, "lease revoke", msg, cap);
-    if (status != FERRY_OK) {
-        return status;
-    }
-    return lease_answer(etcd_lease_revoke(r->etcd, lease_id), lease_id, "lease revoke", msg, cap);
+    return lease_answer(r, etcd_lease_revoke(r->etcd, lease_id), lease_id, "lease revoke", msg,
+                        cap);
 }
 
 ferry_status_t coord_lease_precheck(coord_registry_t *r, int64_t lease_id, const char *lease_token,
@@ -160,8 +153,8 @@ static ferry_status_t list_first(coord_registry_t *r, const Ferry__V1__ListReque
  * token, or one from another etcd), is the client's to fix by starting
  * again; one this call took from its own first read can only have been
  * compacted meanwhile. */
-static ferry_status_t list_read_fail(ferry_status_t status, int64_t revision, bool from_token,
-                                     char *msg, size_t cap)
+static ferry_status_t list_read_fail(coord_registry_t *r, ferry_status_t status, int64_t revision,
+                                     bool from_token, char *msg, size_t cap)
 {
     if (status == FERRY_ERR_OUT_OF_RANGE) {
         return registry_fail(FERRY_ERR_OUT_OF_RANGE, msg, cap,
@@ -176,7 +169,7 @@ static ferry_status_t list_read_fail(ferry_status_t status, int64_t revision, bo
                              "page_token",
                              (long long)revision);
     }
-    return registry_etcd_fail(status, msg, cap, "list range");
+    return registry_etcd_fail(r, status, msg, cap, "list range");
 }
 
 /* "<revision>@<last request ID listed>", as validate.h describes it. */
@@ -293,7 +286,7 @@ ferry_status_t coord_list(coord_registry_t *r, const Ferry__V1__ListRequest *req
         status = etcd_get(r->etcd, start.bytes, start.len, end, end_len,
                           want < read_keys ? want : read_keys, at, &range);
         if (status != FERRY_OK) {
-            status = list_read_fail(status, at, from_token, msg, cap);
+            status = list_read_fail(r, status, at, from_token, msg, cap);
             break;
         }
         if (at == 0) {

@@ -127,10 +127,7 @@ static ferry_status_t lease_for(coord_registry_t *r, const char *id_for, int64_t
         }
         return status;
     }
-    status = registry_writable(r, "lease grant", msg, cap);
-    if (status == FERRY_OK) {
-        status = registry_lease_ready(r, msg, cap);
-    }
+    status = registry_lease_ready(r, msg, cap);
     if (status != FERRY_OK) {
         return status;
     }
@@ -150,7 +147,7 @@ static ferry_status_t lease_for(coord_registry_t *r, const char *id_for, int64_t
         if (grant_unknown(status)) {
             registry_revoke_later(r, id_for, id, true); /* it may be applied later */
         }
-        return registry_etcd_fail(status, msg, cap, "lease grant");
+        return registry_etcd_fail(r, status, msg, cap, "lease grant");
     }
     if (registry_lease_token(r, lease->id, lease->token) != FERRY_OK) {
         /* A lease nobody can renew or revoke: give it back. */
@@ -227,9 +224,6 @@ static ferry_status_t register_txn(coord_registry_t *r, const char *id, const ui
     ferry_status_t status = registry_key(r->ops_prefix, id, &key, msg, cap);
 
     *unknown_p = false;
-    if (status == FERRY_OK) {
-        status = registry_writable(r, "registration transaction", msg, cap);
-    }
     if (status != FERRY_OK) {
         return status;
     }
@@ -256,7 +250,7 @@ static ferry_status_t register_txn(coord_registry_t *r, const char *id, const ui
     if (w.status != FERRY_OK) {
         /* Sent by whichever thread led its transaction: etcd_no_space is
          * that thread's. */
-        return registry_etcd_fail_as(w.status, w.no_space, msg, cap, "registration transaction");
+        return registry_etcd_fail_as(r, w.status, w.no_space, msg, cap, "registration transaction");
     }
     *revision_p = w.revision;
     if (!w.created) {
@@ -474,7 +468,7 @@ static ferry_status_t read_record(coord_registry_t *r, const char *id, bool from
     }
     status = etcd_get(r->etcd, key.bytes, key.len, NULL, 0, 0, 0, &range);
     if (status != FERRY_OK) {
-        return registry_etcd_fail(status, msg, cap, "read");
+        return registry_etcd_fail(r, status, msg, cap, "read");
     }
     if (range.n_kvs == 0) {
         etcd_range_free(&range);
@@ -599,11 +593,8 @@ static ferry_status_t write_transition(coord_registry_t *r, const record_t *rec,
         .target = ETCD_CMP_MOD, .result = ETCD_CMP_EQUAL, .number = rec->mod_revision};
     etcd_op_t ops[2];
     etcd_txn_result_t res = {0};
-    ferry_status_t status = registry_writable(r, "state change transaction", msg, cap);
+    ferry_status_t status = registry_key(r->ops_prefix, rec->data.op->request_id, &key, msg, cap);
 
-    if (status == FERRY_OK) {
-        status = registry_key(r->ops_prefix, rec->data.op->request_id, &key, msg, cap);
-    }
     if (status == FERRY_OK) {
         status = registry_record_pack(rec->data.op, rec->data.md, rec->data.md_len, &bytes, &len);
         if (status != FERRY_OK) {
@@ -630,7 +621,7 @@ static ferry_status_t write_transition(coord_registry_t *r, const record_t *rec,
         return status == FERRY_ERR_NOT_FOUND
                    ? lease_gone(t->extra.lease != 0 ? t->extra.lease : rec->data.op->lease_id, msg,
                                 cap)
-                   : registry_etcd_fail(status, msg, cap, "state change transaction");
+                   : registry_etcd_fail(r, status, msg, cap, "state change transaction");
     }
     *won_p = res.succeeded;
     *revision_p = res.revision;
@@ -1047,16 +1038,12 @@ ferry_status_t coord_release(coord_registry_t *r, const Ferry__V1__ReleaseReques
         if (status != FERRY_OK) {
             return status;
         }
-        status = registry_writable(r, "release transaction", msg, cap);
-        if (status != FERRY_OK) {
-            return status;
-        }
         cmp.key = del.key = key.bytes;
         cmp.key_len = del.key_len = key.len;
         cmp.number = rec.mod_revision;
         status = etcd_txn(r->etcd, &cmp, 1, &del, 1, NULL, 0, &res);
         if (status != FERRY_OK) {
-            return registry_etcd_fail(status, msg, cap, "release transaction");
+            return registry_etcd_fail(r, status, msg, cap, "release transaction");
         }
         bool released = res.succeeded;
         *revision_p = res.revision;

@@ -77,6 +77,12 @@ typedef struct {
      * with a known defect that costs Ferry's records is warned of once
      * (etcd_version_revokes_live_leases). */
     bool check_version;
+    /* The key the health ping reads (etcd_ping: linearizable, count only),
+     * one the caller's user must be able to read (the coordinator's
+     * prefix), so that a user etcd does not let read it fails the ping
+     * (PERMISSION_DENIED). NULL: a key outside every prefix, whose
+     * PERMISSION_DENIED still proves the quorum. */
+    const char *health_key;
 } etcd_params_t;
 
 /* Whether etcd `version` ("3.4.23") has the defect of etcd-io/etcd#15247:
@@ -139,8 +145,10 @@ bool etcd_client_check_cert(etcd_client_t *client);
 /* Whether etcd can commit: FERRY_OK when some member answers its status
  * (/v3/maintenance/status) with a leader and a linearizable read goes
  * through; FERRY_ERR_UNAVAILABLE when no member answers, none knows a
- * leader, or the quorum is lost. Takes at most a few seconds whatever etcd
- * does. *revision_p (may be NULL) gets the store revision. */
+ * leader, or the quorum is lost; PERMISSION_DENIED when the user may not
+ * read params.health_key, UNAUTHENTICATED when etcd refuses its password.
+ * Takes at most a few seconds whatever etcd does. *revision_p (may be
+ * NULL) gets the store revision. */
 ferry_status_t etcd_ping(etcd_client_t *client, int64_t *revision_p);
 
 /* Whether the client suspects one of its endpoints now (it gave no answer

@@ -330,7 +330,9 @@ static ferry_status_t etcd_copy_params(etcd_client_t *client, const etcd_params_
     client->key_file = etcd_strdup_or_null(params->key_file);
     client->username = etcd_strdup_or_null(params->username);
     client->password = etcd_strdup_or_null(params->password != NULL ? params->password : "");
-    if ((params->ca_file != NULL && client->ca_file == NULL) ||
+    client->health_key = etcd_strdup_or_null(params->health_key);
+    if ((params->health_key != NULL && client->health_key == NULL) ||
+        (params->ca_file != NULL && client->ca_file == NULL) ||
         (params->cert_file != NULL && client->cert_file == NULL) ||
         (params->key_file != NULL && client->key_file == NULL) ||
         (params->username != NULL && client->username == NULL) || client->password == NULL) {
@@ -419,6 +421,7 @@ void etcd_client_destroy(etcd_client_t *client)
     free(client->key_file);
     free(client->username);
     free(client->password);
+    free(client->health_key);
     free(client->token);
     pthread_mutex_destroy(&client->pool_lock);
     pthread_cond_destroy(&client->auth_cond);
@@ -1004,18 +1007,24 @@ static ferry_status_t etcd_call_unobserved(etcd_client_t *client, const char *pa
     return status;
 }
 
-/* A linearizable read of one key that does not exist: etcd serves it only
- * after the leader has confirmed it still leads a quorum (ReadIndex), so
- * it proves that the cluster can commit. etcd checks that before the
- * permission, so PERMISSION_DENIED (a user limited to its prefix) proves it
- * as well. */
+/* A linearizable read of one key, count only: etcd serves it only after
+ * the leader has confirmed it still leads a quorum (ReadIndex), so it
+ * proves that the cluster can commit. etcd checks that before the
+ * permission, so PERMISSION_DENIED proves it as well: for the key outside
+ * every prefix read without params.health_key (a user limited to its
+ * prefix) it passes; for the caller's own key it fails, the user being
+ * unable to read where it must (a role on another prefix, a grant
+ * revoked), which nothing else would show before every call failed. */
 static ferry_status_t etcd_ping_quorum(etcd_client_t *client, int64_t *revision_p)
 {
     static const uint8_t probe_key[] = "\0ferry-health-probe";
+    const uint8_t *key =
+        client->health_key != NULL ? (const uint8_t *)client->health_key : probe_key;
+    size_t key_len =
+        client->health_key != NULL ? strlen(client->health_key) : sizeof(probe_key) - 1;
     cJSON *body = cJSON_CreateObject();
     ferry_status_t status =
-        body != NULL ? etcd__json_add_bytes(body, "key", probe_key, sizeof(probe_key) - 1)
-                     : FERRY_ERR_NO_MEMORY;
+        body != NULL ? etcd__json_add_bytes(body, "key", key, key_len) : FERRY_ERR_NO_MEMORY;
     if (status == FERRY_OK && cJSON_AddTrueToObject(body, "count_only") == NULL) {
         status = FERRY_ERR_NO_MEMORY;
     }
@@ -1026,7 +1035,7 @@ static ferry_status_t etcd_ping_quorum(etcd_client_t *client, int64_t *revision_
     }
     if (status == FERRY_OK) {
         status = etcd__json_revision(reply, revision_p);
-    } else if (status == FERRY_ERR_PERMISSION_DENIED) {
+    } else if (status == FERRY_ERR_PERMISSION_DENIED && client->health_key == NULL) {
         status = FERRY_OK;
     }
     cJSON_Delete(reply);

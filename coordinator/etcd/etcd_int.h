@@ -156,6 +156,7 @@ struct etcd_client {
     atomic_llong *suspect_until;
     int timeout_ms;
     bool check_version;            /* params' */
+    char *health_key;              /* params'; NULL: none */
     atomic_bool version_checked;   /* the first answered ping looked */
     atomic_int member_checks_left; /* tries of the member list left (ETCD_MEMBER_CHECKS) */
     int keepalive_ms;              /* params' for the gRPC channels (0: rpc's default) */

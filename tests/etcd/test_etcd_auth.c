@@ -147,6 +147,44 @@ static void test_watch_without_permission(void **state)
     etcd_client_destroy(client);
 }
 
+/* The health ping reads params.health_key: a user that may not read it
+ * (a role on another prefix) fails the ping PERMISSION_DENIED, so that its
+ * coordinator says NOT_SERVING rather than failing every call while
+ * saying SERVING; one that may, passes. Without a health key the ping
+ * reads a key outside every prefix, and its refusal still proves the
+ * quorum. A bad password fails it UNAUTHENTICATED. */
+static void test_health_ping_reads_the_health_key(void **state)
+{
+    fixture_t *fx = *state;
+    etcd_params_t params = {.endpoints = fx->etcd.endpoint,
+                            .timeout_ms = 2000,
+                            .username = "reader",
+                            .password = "pw",
+                            .kv_gateway = fixture_kv_gateway};
+    etcd_client_t *client = NULL;
+
+    assert_int_equal(etcd_client_create(&params, &client), FERRY_OK);
+    assert_int_equal(etcd_ping(client, NULL), FERRY_OK);
+    etcd_client_destroy(client);
+
+    params.health_key = "auth/open";
+    assert_int_equal(etcd_client_create(&params, &client), FERRY_OK);
+    assert_int_equal(etcd_ping(client, NULL), FERRY_OK);
+    etcd_client_destroy(client);
+
+    params.health_key = "ferry/";
+    assert_int_equal(etcd_client_create(&params, &client), FERRY_OK);
+    assert_int_equal(etcd_ping(client, NULL), FERRY_ERR_PERMISSION_DENIED);
+    assert_non_null(strstr(etcd_client_last_error(), "permission denied"));
+    etcd_client_destroy(client);
+
+    params.health_key = "auth/open";
+    params.password = "wrong";
+    assert_int_equal(etcd_client_create(&params, &client), FERRY_OK);
+    assert_int_equal(etcd_ping(client, NULL), FERRY_ERR_UNAUTHENTICATED);
+    etcd_client_destroy(client);
+}
+
 static void test_token_renewed_after_restart(void **state)
 {
     fixture_t *fx = *state;
@@ -384,6 +422,7 @@ int main(void)
         cmocka_unit_test(test_refused_without_credentials),
         cmocka_unit_test(test_watch_with_token),
         cmocka_unit_test(test_watch_without_permission),
+        cmocka_unit_test(test_health_ping_reads_the_health_key),
         cmocka_unit_test(test_token_renewed_after_restart),
         cmocka_unit_test(test_frozen_member_authenticates_once),
         cmocka_unit_test(test_authentication_has_the_clients_time),

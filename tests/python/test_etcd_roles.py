@@ -4,7 +4,9 @@ leaves it), with the real binaries: etcd refuses the coordinator's own
 credentials, which is not the client's fault, so a Register is answered
 UNAVAILABLE, saying so, and nothing is written. It was PERMISSION_DENIED,
 which a client reads as "your token does not grant this" and gives up
-on (libferry does; ferryctl exits 4).
+on (libferry does; ferryctl exits 4). And one whose user may not even read
+its prefix (a role on another prefix) says NOT_SERVING, so that readiness
+probes and alerts see it: it said SERVING while failing every call.
 """
 import os
 import shutil
@@ -53,6 +55,11 @@ def setUpModule():
             user=None)
     etcdctl("user", "add", "ferry:ferry-pw-0123456789", user=None)
     etcdctl("user", "grant-role", "ferry", "ferry-partial", user=None)
+    etcdctl("role", "add", "elsewhere", user=None)
+    etcdctl("role", "grant-permission", "elsewhere", "readwrite", "/other/", "--prefix=true",
+            user=None)
+    etcdctl("user", "add", "lost:lost-pw-0123456789", user=None)
+    etcdctl("user", "grant-role", "lost", "elsewhere", user=None)
     etcdctl("auth", "enable", user=None)
     COORD = ferry_harness.Coordinator(TMP, ETCD.endpoint,
                                       extra=("--prefix", PREFIX, "--etcd-user", "ferry"))
@@ -98,6 +105,46 @@ class RefusedByEtcd(unittest.TestCase):
         self.assertIn("etcd refused this coordinator's credentials", caught.exception.details())
         self.assertTrue(COORD.log_contains("refused the coordinator's credentials"))
         self.assertEqual(etcdctl("get", PREFIX + "ops/", "--prefix", "--keys-only").strip(), "")
+
+
+class PrefixOutOfReach(unittest.TestCase):
+    """A replica whose etcd user's role is on another prefix."""
+
+    def setUp(self):
+        self.coord = ferry_harness.Coordinator(
+            TMP, ETCD.endpoint, name="lost",
+            extra=("--prefix", PREFIX, "--etcd-user", "lost"),
+            env={"FERRY_ETCD_PASSWORD": "lost-pw-0123456789"})
+        self.coord.start()
+        self.addCleanup(self.coord.stop)
+        self.channel = grpc.insecure_channel(self.coord.target)
+        self.addCleanup(self.channel.close)
+
+    def test_not_serving_and_saying_why(self):
+        from ferry.v1 import coordinator_pb2, coordinator_pb2_grpc, types_pb2
+        hpb, check = ferry_harness.health_client(self.channel, os.path.join(TMP, "gen"))
+
+        def status(service):
+            return check(hpb.HealthCheckRequest(service=service), timeout=5).status
+
+        ferry_harness.wait_until(lambda: status("") == hpb.HealthCheckResponse.NOT_SERVING, 15,
+                                 "the replica to say NOT_SERVING")
+        self.assertEqual(status("liveness"), hpb.HealthCheckResponse.SERVING)
+        self.assertTrue(self.coord.log_contains("read its prefix (prefix " + PREFIX))
+        stub = coordinator_pb2_grpc.CoordinatorStub(self.channel)
+        md = types_pb2.RdmaMetadata(
+            version=1, kind=types_pb2.OPERATION_KIND_WRITE, worker_address=b"\x01" * 64,
+            descriptors=[types_pb2.Descriptor(address=0x10000, size=4096,
+                                              device=types_pb2.Device(
+                                                  kind=types_pb2.DEVICE_KIND_HOST),
+                                              rkey=b"k" * 32)],
+            notification_key=os.urandom(16), worker_name="lost", hostname="localhost")
+        with self.assertRaises(grpc.RpcError) as caught:
+            stub.Register(coordinator_pb2.RegisterRequest(
+                request_id="lost-1", metadata=md, access_token=TOKEN, owner="lost"), timeout=10)
+        self.assertEqual(caught.exception.code(), grpc.StatusCode.UNAVAILABLE,
+                         caught.exception.details())
+        self.assertIn("etcd refused this coordinator's credentials", caught.exception.details())
 
 
 if __name__ == "__main__":
