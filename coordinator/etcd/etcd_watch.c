@@ -24,7 +24,10 @@
  * created revision + 1 when the watch started "from now" and nothing came
  * yet, or from a progress notification's revision + 1 when that is later),
  * so no event is lost or repeated. A compacted revision ends the
- * thread's work with on_state(false, FERRY_ERR_OUT_OF_RANGE).
+ * thread's work with on_state(false, FERRY_ERR_OUT_OF_RANGE). A
+ * reconnect's "created" is taken as connected only once a read at its
+ * start revision has shown that etcd still has it (etcd_watch_on_created);
+ * that read, on the watch thread, is bounded as any of the client's.
  *
  * The watch asks etcd to fragment: a response over etcd's
  * --max-request-bytes comes in several messages. One revision can be far
@@ -168,6 +171,38 @@ static void etcd_watch_created(etcd_watch_t *watch, ferry_status_t status)
     watch->ever_created = status == FERRY_OK;
 }
 
+/* etcd 3.4 answers a watch from a compacted revision with "created" first
+ * and "canceled" right after, so "created" alone does not prove the start
+ * revision is still there. A one-key read does. It reads at the revision
+ * before the start (the caller's last read, so etcd has reached it): the
+ * start itself is in the future when nothing was written since, which etcd
+ * refuses as a read (INVALID_ARGUMENT, a request error in the metrics at
+ * every watch start) though a watch from it is fine (it waits). Only when
+ * the revision before is compacted ("compacted", FERRY_ERR_OUT_OF_RANGE)
+ * does the start decide: a compaction at exactly the start leaves it, and
+ * the watch, good. */
+static ferry_status_t etcd_watch_check_start(etcd_client_t *client,
+                                             const etcd_watch_params_t *params, int64_t start)
+{
+    if (start <= 1) {
+        return FERRY_OK;
+    }
+    etcd_range_t range;
+    ferry_status_t status = FERRY_ERR_OUT_OF_RANGE;
+    for (int64_t at = start - 1; status == FERRY_ERR_OUT_OF_RANGE && at <= start; at++) {
+        status = etcd_get(client, params->key, params->key_len, params->range_end,
+                          params->range_end_len, 1, at, &range);
+        if (status == FERRY_OK) {
+            etcd_range_free(&range);
+        }
+    }
+    if (status == FERRY_ERR_INVALID_ARGUMENT) {
+        etcd__clear_error(); /* a future start after all (etcd went back?) */
+        return FERRY_OK;
+    }
+    return status;
+}
+
 /* --- one message --------------------------------------------------------- */
 
 static void etcd_watch_events(etcd_watch_t *watch, const etcd_watch_msg_t *msg)
@@ -220,19 +255,33 @@ static ferry_status_t etcd_watch_canceled(const etcd_watch_msg_t *msg)
     return etcd__cancel_reason_status(text);
 }
 
-static void etcd_watch_on_created(etcd_watch_t *watch, int64_t revision)
+/* A reconnect's "created" is not yet "connected": from a compacted
+ * revision etcd 3.4 sends "canceled" only up to ~100 ms after it (when it
+ * first syncs the new watcher), and the owner told "connected" would serve
+ * as live a view that missed the gap's changes until then (audit-s29-etcd2
+ * F5). So the start is checked as create checks the first one, but after
+ * "created" rather than before the stream: a compaction etcd applied before
+ * the check, even one that came while the stream was being opened, fails
+ * it. A check that cannot be made ends the stream, as a lost one would. */
+static ferry_status_t etcd_watch_on_created(etcd_watch_t *watch, int64_t revision)
 {
     watch->created = true;
     if (watch->next_rev == 0) {
         watch->next_rev = revision + 1;
     }
-    if (watch->ever_created) {
-        etcd_watch_set_connected(watch, true, FERRY_OK);
-    } else {
-        /* The first stream is create's result, not a state change. */
+    if (!watch->ever_created) {
+        /* The first stream is create's result, not a state change; create
+         * checked its start. */
         watch->connected = true;
         etcd_watch_created(watch, FERRY_OK);
+        return FERRY_OK;
     }
+    ferry_status_t status = etcd_watch_check_start(watch->client, &watch->params, watch->next_rev);
+    if (status != FERRY_OK) {
+        return status == FERRY_ERR_OUT_OF_RANGE ? status : FERRY_ERR_UNAVAILABLE;
+    }
+    etcd_watch_set_connected(watch, true, FERRY_OK);
+    return FERRY_OK;
 }
 
 /* Acts on one message of either API. Anything but FERRY_OK ends the
@@ -243,7 +292,10 @@ static ferry_status_t etcd_watch_handle(etcd_watch_t *watch, const etcd_watch_ms
         return etcd_watch_canceled(msg);
     }
     if (msg->created) {
-        etcd_watch_on_created(watch, msg->revision);
+        ferry_status_t status = etcd_watch_on_created(watch, msg->revision);
+        if (status != FERRY_OK) {
+            return status;
+        }
     } else if (msg->n_events == 0 && msg->revision >= watch->next_rev) {
         /* Progress: etcd notifies only a watcher it has sent every event
          * up to the header's revision, so a reconnect may start after it.
@@ -794,39 +846,6 @@ static ferry_status_t etcd_watch_wait_created(etcd_watch_t *watch)
     return status;
 }
 
-/* etcd 3.4 answers a watch from a compacted revision with "created" first
- * and "canceled" right after, so "created" alone does not prove the start
- * revision is still there. A one-key read does. It reads at the revision
- * before the start (the caller's last read, so etcd has reached it): the
- * start itself is in the future when nothing was written since, which etcd
- * refuses as a read (INVALID_ARGUMENT, a request error in the metrics at
- * every watch start) though a watch from it is fine (it waits). Only when
- * the revision before is compacted ("compacted", FERRY_ERR_OUT_OF_RANGE)
- * does the start decide: a compaction at exactly the start leaves it, and
- * the watch, good. */
-static ferry_status_t etcd_watch_check_start(etcd_client_t *client,
-                                             const etcd_watch_params_t *params)
-{
-    if (params->start_revision <= 1) {
-        return FERRY_OK;
-    }
-    etcd_range_t range;
-    ferry_status_t status = FERRY_ERR_OUT_OF_RANGE;
-    for (int64_t at = params->start_revision - 1;
-         status == FERRY_ERR_OUT_OF_RANGE && at <= params->start_revision; at++) {
-        status = etcd_get(client, params->key, params->key_len, params->range_end,
-                          params->range_end_len, 1, at, &range);
-        if (status == FERRY_OK) {
-            etcd_range_free(&range);
-        }
-    }
-    if (status == FERRY_ERR_INVALID_ARGUMENT) {
-        etcd__clear_error(); /* a future start after all (etcd went back?) */
-        return FERRY_OK;
-    }
-    return status;
-}
-
 ferry_status_t etcd_watch_create(etcd_client_t *client, const etcd_watch_params_t *params,
                                  etcd_watch_t **watch_p)
 {
@@ -835,7 +854,7 @@ ferry_status_t etcd_watch_create(etcd_client_t *client, const etcd_watch_params_
         return FERRY_ERR_MISUSE;
     }
     etcd__clear_error();
-    ferry_status_t status = etcd_watch_check_start(client, params);
+    ferry_status_t status = etcd_watch_check_start(client, params, params->start_revision);
     if (status != FERRY_OK) {
         return status;
     }

@@ -77,7 +77,9 @@ void dying_etcd_start(frozen_etcd_t *f, const char *reply, bool others_behind);
  * connection closes. f->resent counts the connections (each counted once
  * its request has been read, into f->last_request under
  * f->request_lock), and f->times_ms (monotonic) keeps when the first
- * ENDING_ETCD_TIMES came. */
+ * ENDING_ETCD_TIMES came. A request that is not a watch (the start check
+ * of a reconnect, a range) is answered with an empty range and not
+ * counted. */
 void ending_etcd_start(frozen_etcd_t *f, const char *reply);
 
 /* --- a scripted member --------------------------------------------------- */

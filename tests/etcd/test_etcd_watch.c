@@ -348,6 +348,59 @@ static void test_silent_member_is_left(void **state)
     test_etcd_stop(&frozen);
 }
 
+/* A watch whose reconnect finds its next revision compacted says so
+ * (FERRY_ERR_OUT_OF_RANGE) without saying it is back first. etcd 3.4
+ * answers a watch from a compacted revision with "created" and, up to
+ * ~100 ms later, "canceled"; taken at its "created", the reconnect told its
+ * owner the watch was live, and the registry served its view, which had
+ * missed the gap's changes, until the cancel came (audit-s29-etcd2 F5: a
+ * deleted record found again for 40-110 ms). The watch starts on a member
+ * of its own store, which then dies; the other endpoint is the fixture's
+ * etcd, compacted past the watch's next revision before the watch gets
+ * there, as a cluster that compacted while the watch was away (two stores,
+ * as in test_silent_member_is_left). */
+static void test_a_reconnect_into_compaction_never_says_connected(void **state)
+{
+    fixture_t *fx = *state;
+    test_etcd_t first;
+    char endpoints[160];
+    assert_int_equal(test_etcd_start(&first, NULL), 0);
+    snprintf(endpoints, sizeof(endpoints), "%s,%s", first.endpoint, fx->etcd.endpoint);
+    etcd_client_t *client = fixture_client(endpoints, 2000);
+    etcd_client_t *direct = fixture_client(first.endpoint, 2000);
+    int64_t at = fixture_put(direct, "gap/a", "1", 0);
+
+    recorder_t rec;
+    recorder_init(&rec);
+    uint8_t *end;
+    etcd_watch_t *watch = watch_prefix(client, "gap/", at, &rec, &end);
+    assert_true(recorder_wait_events(&rec, 1, WAIT_MS));
+    /* The gap: writes past the watch's next revision, then a compaction
+     * of them, on the store it will reconnect to. */
+    for (int i = 0; i < 4; i++) {
+        fixture_put(fx->client, "gap/b", "2", 0);
+    }
+    int64_t last = fixture_put(fx->client, "gap/b", "3", 0);
+    assert_true(last > at + 2);
+    compact(fx->etcd.endpoint, last);
+    test_etcd_kill(&first);
+    bool down = recorder_wait_down(&rec, 2, WAIT_MS);
+    etcd_watch_destroy(watch);
+
+    assert_true(down);
+    pthread_mutex_lock(&rec.lock);
+    assert_int_equal(rec.last_status, FERRY_ERR_OUT_OF_RANGE);
+    assert_int_equal(rec.n_up, 0);
+    assert_int_equal(rec.n_down, 2); /* the member's loss, then the compaction */
+    assert_int_equal(rec.n_events, 1);
+    pthread_mutex_unlock(&rec.lock);
+    recorder_fini(&rec);
+    free(end);
+    etcd_client_destroy(direct);
+    etcd_client_destroy(client);
+    test_etcd_stop(&first);
+}
+
 /* The watch thread's waits (etcd_watch.c's test seam): set far beyond the
  * test's own life, so that a destroy that returns at all woke the thread
  * and did not wait one out. */
@@ -538,6 +591,7 @@ int main(void)
         cmocka_unit_test(test_a_stream_ended_inside_a_revision_resumes_at_it),
 #endif
         cmocka_unit_test(test_silent_member_is_left),
+        cmocka_unit_test(test_a_reconnect_into_compaction_never_says_connected),
         cmocka_unit_test_teardown(test_destroy_wakes_the_thread, reset_wait_seam),
     };
     return cmocka_run_group_tests(tests, fixture_setup, fixture_teardown);
