@@ -5,6 +5,7 @@
 
 #include "etcd/etcd.h"
 
+#include <errno.h>
 #include <getopt.h>
 #include <limits.h>
 #include <netdb.h>
@@ -14,6 +15,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+
+#include <openssl/err.h>
+#include <openssl/pem.h>
+#include <openssl/x509.h>
 
 #include "registry.h"
 #include "validate.h"
@@ -590,12 +595,90 @@ static int check(coord_config_t *c)
     if (check_etcd_tls(c) != 0) {
         return -1;
     }
+    if ((c->etcd_cert == NULL) != (c->etcd_key == NULL)) {
+        fprintf(stderr, "ferry-coordinator: --etcd-cert (FERRY_ETCD_CERT) and --etcd-key "
+                        "(FERRY_ETCD_KEY) go together\n");
+        return -1;
+    }
     if ((c->tls_cert == NULL) != (c->tls_key == NULL)) {
         fprintf(stderr, "ferry-coordinator: --tls-cert and --tls-key go together\n");
         return -1;
     }
     if (c->tls_ca != NULL && c->tls_cert == NULL) {
         fprintf(stderr, "ferry-coordinator: --tls-ca needs --tls-cert and --tls-key\n");
+        return -1;
+    }
+    return 0;
+}
+
+/* No passphrase: an encrypted key, which neither curl nor gRPC is given
+ * one for, is refused here rather than asked for on the terminal. */
+static int no_passphrase(char *buf, int size, int rwflag, void *arg)
+{
+    (void)buf, (void)size, (void)rwflag, (void)arg;
+    return 0;
+}
+
+/* The first PEM certificate (key false) or private key (key true) in
+ * `path`, or NULL with *why_p saying why. */
+static void *read_pem_first(const char *path, bool key, const char **why_p)
+{
+    FILE *f = fopen(path, "r");
+    void *out = NULL;
+
+    if (f == NULL) {
+        *why_p = strerror(errno);
+        return NULL;
+    }
+    out = key ? (void *)PEM_read_PrivateKey(f, NULL, no_passphrase, NULL)
+              : (void *)PEM_read_X509(f, NULL, no_passphrase, NULL);
+    fclose(f);
+    ERR_clear_error();
+    *why_p = out != NULL ? NULL
+             : key       ? "holds no PEM private key (or an encrypted one: give it unencrypted)"
+                         : "holds no PEM certificate";
+    return out;
+}
+
+/* cert_file and key_file, named by their flags for messages: both read,
+ * and the key the certificate's. */
+static int check_tls_pair(const char *cert_flag, const char *cert_file, const char *key_flag,
+                          const char *key_file)
+{
+    const char *cert_why = NULL, *key_why = NULL;
+    X509 *cert;
+    EVP_PKEY *key;
+    int rc = -1;
+
+    if (cert_file == NULL || key_file == NULL) {
+        return 0;
+    }
+    cert = read_pem_first(cert_file, false, &cert_why);
+    key = read_pem_first(key_file, true, &key_why);
+    if (cert == NULL) {
+        fprintf(stderr, "ferry-coordinator: %s '%s': %s\n", cert_flag, cert_file, cert_why);
+    } else if (key == NULL) {
+        fprintf(stderr, "ferry-coordinator: %s '%s': %s\n", key_flag, key_file, key_why);
+    } else if (X509_check_private_key(cert, key) != 1) {
+        fprintf(stderr,
+                "ferry-coordinator: %s '%s' is not the key of %s '%s': every handshake would "
+                "fail\n",
+                key_flag, key_file, cert_flag, cert_file);
+    } else {
+        rc = 0;
+    }
+    ERR_clear_error();
+    X509_free(cert);
+    EVP_PKEY_free(key);
+    return rc;
+}
+
+int coord_config_check_tls_pairs(const coord_config_t *c)
+{
+    if (check_tls_pair("--tls-cert (FERRY_TLS_CERT)", c->tls_cert, "--tls-key (FERRY_TLS_KEY)",
+                       c->tls_key) != 0 ||
+        check_tls_pair("--etcd-cert (FERRY_ETCD_CERT)", c->etcd_cert, "--etcd-key (FERRY_ETCD_KEY)",
+                       c->etcd_key) != 0) {
         return -1;
     }
     return 0;

@@ -52,6 +52,14 @@ typedef struct {
  * is refused, not taken as unset. */
 int coord_config_parse(int argc, char **argv, coord_config_t *config);
 
+/* 0, or -1 (exit 2, said) when a certificate and key pair given
+ * (--tls-cert/--tls-key, --etcd-cert/--etcd-key) cannot be read or do not
+ * match: every handshake would fail, the replica running on, NOT_SERVING,
+ * with the cause in a TLS library's words or none (a refused client
+ * certificate reads as "failed to connect"). Reads the files: after
+ * coord_config_parse, at start. */
+int coord_config_check_tls_pairs(const coord_config_t *config);
+
 struct addrinfo;
 
 /* The one rule for a --metrics-listen address: a numeric IPv4 host or a

@@ -516,6 +516,9 @@ int main(int argc, char **argv)
     if (rc != 0) {
         return rc > 0 ? 0 : 2;
     }
+    if (coord_config_check_tls_pairs(&c.config) != 0) {
+        return 2;
+    }
     if (bad_format) {
         fprintf(stderr, "ferry-coordinator: FERRY_LOG_FORMAT must be json or text, not '%s'\n",
                 getenv("FERRY_LOG_FORMAT"));

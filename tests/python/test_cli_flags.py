@@ -257,6 +257,37 @@ class CoordinatorFlags(unittest.TestCase):
         self.assertEqual(rc, EXIT_USAGE, err)
         self.assertIn("--etcd-user (FERRY_ETCD_USER) needs its password", err)
 
+    def test_tls_pairs_are_checked_at_start(self):
+        """A certificate and key that do not match, or do not read, exit 2
+        naming the flags and files: the replica started, failed every
+        handshake, and ran NOT_SERVING with the cause in TLS words or none
+        (etcd refusing a client certificate read as "failed to connect");
+        an etcd certificate without its key too. (Matching pairs start:
+        python_etcd_tls, the TLS clusters.)"""
+        certs = ferry_harness.make_certs(STATE.name)
+        pem = {n: os.path.join(certs, n) for n in ("server.pem", "server.key", "client.pem",
+                                                     "client.key")}
+        etcd = ["--etcd", "https://127.0.0.1:9"]
+        for args, want in (
+                (["--tls-cert", pem["server.pem"], "--tls-key", pem["client.key"]],
+                 f"--tls-key (FERRY_TLS_KEY) '{pem['client.key']}' is not the key of "
+                 f"--tls-cert (FERRY_TLS_CERT) '{pem['server.pem']}'"),
+                (etcd + ["--etcd-cert", pem["client.pem"], "--etcd-key", pem["server.key"]],
+                 f"--etcd-key (FERRY_ETCD_KEY) '{pem['server.key']}' is not the key of "
+                 f"--etcd-cert (FERRY_ETCD_CERT) '{pem['client.pem']}'"),
+                (etcd + ["--etcd-cert", pem["client.pem"]],
+                 "--etcd-cert (FERRY_ETCD_CERT) and --etcd-key (FERRY_ETCD_KEY) go together"),
+                (["--tls-cert", pem["server.key"], "--tls-key", pem["server.key"]],
+                 f"--tls-cert (FERRY_TLS_CERT) '{pem['server.key']}': holds no PEM certificate"),
+                (etcd + ["--etcd-cert", pem["client.pem"], "--etcd-key", pem["client.pem"]],
+                 f"--etcd-key (FERRY_ETCD_KEY) '{pem['client.pem']}': holds no PEM private key"),
+                (["--tls-cert", pem["server.pem"], "--tls-key", certs + "/absent.key"],
+                 f"--tls-key (FERRY_TLS_KEY) '{certs}/absent.key': No such file")):
+            with self.subTest(args=args):
+                rc, err = run([COORDINATOR, *args])
+                self.assertEqual(rc, EXIT_USAGE, err)
+                self.assertIn(want, err)
+
     def test_prefix_message_says_the_limit(self):
         rc, err = run([COORDINATOR, "--prefix", prefix_of(300)])
         self.assertEqual(rc, EXIT_USAGE, err)
