@@ -397,7 +397,10 @@ static void on_watch_state(void *arg, bool connected, ferry_status_t status)
         pthread_cond_signal(&r->maint_cond);
     }
     pthread_mutex_unlock(&r->lock);
-    ferry_info("registry: watch %s", connected ? "resumed" : "lost; reads go to etcd");
+    /* A read finds the view again while etcd cannot commit (read_view). */
+    ferry_info("registry: watch %s", connected ? "resumed"
+                                               : "lost; reads go to etcd (to the view, as last "
+                                                 "seen, while etcd cannot commit)");
 }
 
 /* A record CLAIMED by a claim whose key is gone. */
