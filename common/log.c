@@ -13,6 +13,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "common/clock.h"
 #include "common/text.h"
 
 atomic_int ferry__log_level = FERRY_LOG_OFF;
@@ -173,4 +174,18 @@ void ferry__log_write(ferry_log_level_t level, const char *fmt, ...)
     /* One write per line keeps lines from concurrent threads whole. */
     ssize_t rc = write(STDERR_FILENO, line, (size_t)n);
     (void)rc;
+}
+
+bool ferry_log_due(ferry_log_limit_t *limit, unsigned *quiet_p)
+{
+    long long now = (long long)ferry__clock_ms(CLOCK_MONOTONIC);
+    long long last = atomic_load(&limit->last_ms);
+
+    if ((last != 0 && now - last < FERRY_LOG_REPEAT_MS) ||
+        !atomic_compare_exchange_strong(&limit->last_ms, &last, now)) {
+        atomic_fetch_add(&limit->quiet, 1);
+        return false;
+    }
+    *quiet_p = atomic_exchange(&limit->quiet, 0);
+    return true;
 }

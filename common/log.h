@@ -25,6 +25,7 @@
 #define FERRY_COMMON_LOG_H
 
 #include <stdatomic.h>
+#include <stdbool.h>
 
 typedef enum {
     FERRY_LOG_OFF = -1, /* nothing (the default) */
@@ -72,6 +73,20 @@ int ferry_log_format_from_env(void);
  * stderr; NULL: back to stderr. */
 typedef void (*ferry_log_sink_t)(ferry_log_level_t level, const char *msg, void *arg);
 void ferry_log_set_sink(ferry_log_sink_t sink, void *arg);
+
+/* A line that a failure repeats while it lasts (etcd down, a password etcd
+ * refuses: one per call flooded the log), at most once every
+ * FERRY_LOG_REPEAT_MS in the process: the others go at debug, and the next
+ * one counts them. Zeroed static storage; last_ms 0: never. */
+#define FERRY_LOG_REPEAT_MS 5000
+typedef struct {
+    _Atomic long long last_ms;
+    atomic_uint quiet;
+} ferry_log_limit_t;
+
+/* Whether the line is due now; when not, counts it. *quiet_p (when due):
+ * how many were not since the last. */
+bool ferry_log_due(ferry_log_limit_t *limit, unsigned *quiet_p);
 
 /* Parses "off", "error".."trace"; returns 0 on success, -1 for an unknown
  * name. The one place the names are read (both programs, their flags and

@@ -595,9 +595,9 @@ static int check(coord_config_t *c)
     if (check_etcd_tls(c) != 0) {
         return -1;
     }
-    if ((c->etcd_cert == NULL) != (c->etcd_key == NULL)) {
-        fprintf(stderr, "ferry-coordinator: --etcd-cert (FERRY_ETCD_CERT) and --etcd-key "
-                        "(FERRY_ETCD_KEY) go together\n");
+    if (c->etcd_key != NULL && c->etcd_cert == NULL) {
+        fprintf(stderr, "ferry-coordinator: --etcd-key (FERRY_ETCD_KEY) needs --etcd-cert "
+                        "(FERRY_ETCD_CERT)\n");
         return -1;
     }
     if ((c->tls_cert == NULL) != (c->tls_key == NULL)) {
@@ -673,8 +673,24 @@ static int check_tls_pair(const char *cert_flag, const char *cert_file, const ch
     return rc;
 }
 
-int coord_config_check_tls_pairs(const coord_config_t *c)
+int coord_config_check_tls_pairs(coord_config_t *c)
 {
+    if (c->etcd_cert != NULL && c->etcd_key == NULL) {
+        /* One file that holds both, as curl takes it: named as the key
+         * too, so that gRPC's channels read it as well. */
+        const char *why = NULL;
+        EVP_PKEY *key = read_pem_first(c->etcd_cert, true, &why);
+        if (key == NULL) {
+            fprintf(stderr,
+                    "ferry-coordinator: --etcd-cert (FERRY_ETCD_CERT) '%s' holds no private key "
+                    "and no --etcd-key (FERRY_ETCD_KEY) is given: they go together (a file that "
+                    "holds both may be named alone)\n",
+                    c->etcd_cert);
+            return -1;
+        }
+        EVP_PKEY_free(key);
+        c->etcd_key = c->etcd_cert;
+    }
     if (check_tls_pair("--tls-cert (FERRY_TLS_CERT)", c->tls_cert, "--tls-key (FERRY_TLS_KEY)",
                        c->tls_key) != 0 ||
         check_tls_pair("--etcd-cert (FERRY_ETCD_CERT)", c->etcd_cert, "--etcd-key (FERRY_ETCD_KEY)",

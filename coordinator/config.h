@@ -53,12 +53,13 @@ typedef struct {
 int coord_config_parse(int argc, char **argv, coord_config_t *config);
 
 /* 0, or -1 (exit 2, said) when a certificate and key pair given
- * (--tls-cert/--tls-key, --etcd-cert/--etcd-key) cannot be read or do not
- * match: every handshake would fail, the replica running on, NOT_SERVING,
+ * (--tls-cert/--tls-key, --etcd-cert/--etcd-key; an --etcd-cert alone
+ * whose file holds the key too, which then becomes --etcd-key as well)
+ * cannot be read or do not match: every handshake would fail, the replica running on, NOT_SERVING,
  * with the cause in a TLS library's words or none (a refused client
  * certificate reads as "failed to connect"). Reads the files: after
  * coord_config_parse, at start. */
-int coord_config_check_tls_pairs(const coord_config_t *config);
+int coord_config_check_tls_pairs(coord_config_t *config);
 
 struct addrinfo;
 

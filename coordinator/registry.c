@@ -41,7 +41,8 @@ static const char *unhealthy_cause(ferry_status_t status)
     case FERRY_ERR_UNAUTHENTICATED:
         return "etcd refuses this coordinator's credentials";
     default:
-        return "etcd cannot commit (unreachable, or without a leader or a quorum)";
+        return "etcd cannot commit (unreachable, its TLS refused, or without a leader or a "
+               "quorum)";
     }
 }
 
@@ -71,8 +72,16 @@ ferry_status_t registry_etcd_fail_as(coord_registry_t *r, ferry_status_t status,
          * the client's token, so not the client's status (it would give up
          * on a record it may use). UNAVAILABLE, as for any etcd the
          * coordinator cannot use; the operator fixes it from the log. */
-        ferry_error("registry: etcd %s refused the coordinator's credentials: %s (%s)", what,
-                    ferry_status_string(status), etcd_client_last_error());
+        static ferry_log_limit_t limit; /* every call fails so */
+        unsigned quiet;
+        if (ferry_log_due(&limit, &quiet)) {
+            ferry_error("registry: etcd %s refused the coordinator's credentials: %s (%s; %u "
+                        "more such refusals since the last such line, logged at debug)",
+                        what, ferry_status_string(status), etcd_client_last_error(), quiet);
+        } else {
+            ferry_debug("registry: etcd %s refused the coordinator's credentials: %s (%s)", what,
+                        ferry_status_string(status), etcd_client_last_error());
+        }
         return registry_fail(FERRY_ERR_UNAVAILABLE, msg, cap,
                              "etcd %s failed: etcd refused this coordinator's credentials (see "
                              "its log); retry",
@@ -668,14 +677,20 @@ err_range:
     return status;
 }
 
-/* Records etcd_ping's failure (status), before writes can see the flag
- * that it sets. */
-static void note_unhealthy(coord_registry_t *r, ferry_status_t status)
+/* Records etcd_ping's failure (status), before calls can see the flag
+ * that it sets. True when its cause is news: etcd was healthy, or failed
+ * for another cause (a quorum loss, then a password changed), whose time
+ * the messages then give. */
+static bool note_unhealthy(coord_registry_t *r, ferry_status_t status)
 {
+    bool news = atomic_load(&r->healthy) ||
+                unhealthy_cause(atomic_load(&r->unhealthy_status)) != unhealthy_cause(status);
+
     atomic_store(&r->unhealthy_status, (int)status);
-    if (atomic_load(&r->healthy)) {
+    if (news) {
         atomic_store(&r->unhealthy_since_ms, registry_now_ms());
     }
+    return news;
 }
 
 /* Healthy means etcd can take the coordinator's writes: etcd_ping fails
@@ -687,24 +702,19 @@ static void check_health(coord_registry_t *r)
 {
     ferry_status_t status = etcd_ping(r->etcd, NULL);
     bool ok = status == FERRY_OK;
-
-    if (!ok) {
-        note_unhealthy(r, status);
-    }
+    bool news = !ok && note_unhealthy(r, status);
     bool was_ok = atomic_exchange(&r->healthy, ok);
 
-    if (ok != was_ok) {
-        if (ok) {
-            /* At warn, as the outage was: a log kept at warn shows its end. */
-            ferry_warn("registry: etcd is reachable and has a quorum again");
-        } else {
-            ferry_warn("registry: %s (prefix %s): %s", unhealthy_cause(status), r->prefix,
-                       etcd_client_last_error());
-            etcd_client_check_cert(r->etcd); /* etcd says only "bad certificate" */
-        }
-        if (r->params.on_health != NULL) {
-            r->params.on_health(r->params.arg, ok);
-        }
+    if (ok && !was_ok) {
+        /* At warn, as the outage was: a log kept at warn shows its end. */
+        ferry_warn("registry: etcd is reachable and has a quorum again");
+    } else if (news) {
+        ferry_warn("registry: %s (prefix %s): %s", unhealthy_cause(status), r->prefix,
+                   etcd_client_last_error());
+        etcd_client_check_cert(r->etcd); /* etcd says only "bad certificate" */
+    }
+    if (ok != was_ok && r->params.on_health != NULL) {
+        r->params.on_health(r->params.arg, ok);
     }
 }
 

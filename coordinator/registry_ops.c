@@ -429,8 +429,12 @@ static ferry_status_t read_view(coord_registry_t *r, const char *id, record_t *r
      * etcd answers, etcd is read instead (it is newer). While etcd cannot
      * commit, nothing newer can be read anywhere this replica reaches: the
      * view answers what it last saw, rather than hold the call for an etcd
-     * timeout and say UNAVAILABLE. */
-    const view_entry_t *e = r->synced || !atomic_load(&r->healthy) ? view_find(&r->view, id) : NULL;
+     * timeout and say UNAVAILABLE. Not while etcd refuses this replica
+     * alone (its credentials, its prefix): other replicas write on. */
+    bool etcd_stuck = !atomic_load(&r->healthy) &&
+                      atomic_load(&r->unhealthy_status) != (int)FERRY_ERR_PERMISSION_DENIED &&
+                      atomic_load(&r->unhealthy_status) != (int)FERRY_ERR_UNAUTHENTICATED;
+    const view_entry_t *e = r->synced || etcd_stuck ? view_find(&r->view, id) : NULL;
     ferry_status_t status = FERRY_OK;
 
     if (e != NULL) {

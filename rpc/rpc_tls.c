@@ -151,7 +151,11 @@ static grpc_ssl_server_certificate_config *read_config(const rpc_tls_reload_t *r
         read_pem(r->files[2], &ca) == FERRY_OK) {
         pair.private_key = key;
         pair.cert_chain = cert;
-        config = grpc_ssl_server_certificate_config_create(ca, &pair, 1);
+        /* gRPC 1.51 asserts that a fetched config has root certificates
+         * (ssl_security_connector.cc), and a server without a CA aborted at
+         * start. Without one it requests no client certificate, so the
+         * roots are never used: its own chain stands in, a PEM it takes. */
+        config = grpc_ssl_server_certificate_config_create(ca != NULL ? ca : cert, &pair, 1);
     }
     free(cert);
     free(key);

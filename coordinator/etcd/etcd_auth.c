@@ -56,7 +56,18 @@ static ferry_status_t etcd_authenticate(etcd_client_t *client, CURL *handle, cha
         token = NULL;
         status = FERRY_OK;
     } else if (status == FERRY_ERR_INVALID_ARGUMENT) {
-        ferry_error("etcd: authentication of user '%s' failed", client->username);
+        /* Once a period: every call tries again (44 lines in 10 s,
+         * audit-s29-etcd2 F2). */
+        static ferry_log_limit_t limit;
+        unsigned quiet;
+        if (ferry_log_due(&limit, &quiet)) {
+            ferry_error("etcd: authentication of user '%s' failed (etcd refuses its password, "
+                        "which is read once, at start; %u more such failures since the last "
+                        "such line, logged at debug)",
+                        client->username, quiet);
+        } else {
+            ferry_debug("etcd: authentication of user '%s' failed", client->username);
+        }
         status = FERRY_ERR_UNAUTHENTICATED;
     } else if (status == FERRY_OK && !cJSON_IsString(token)) {
         status = FERRY_ERR_PROTOCOL;

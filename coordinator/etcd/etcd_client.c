@@ -170,22 +170,15 @@ void etcd__set_error(const char *fmt, ...)
 /* While etcd is down every request made for a client fails: a warning
  * each flooded the log (about 40 lines a second at 270 calls a second, the
  * soak of audit-s26). One a period, the others at debug and counted in it. */
-#define ETCD_UNAVAILABLE_LOG_MS 5000
-static _Atomic int64_t unavailable_logged_ms = INT64_MIN;
-static atomic_uint unavailable_quiet;
-
 void etcd__warn_unavailable(void)
 {
-    int64_t now = etcd_now_ms();
-    int64_t last = atomic_load(&unavailable_logged_ms);
+    static ferry_log_limit_t limit;
+    unsigned quiet;
 
-    if ((last != INT64_MIN && now - last < ETCD_UNAVAILABLE_LOG_MS) ||
-        !atomic_compare_exchange_strong(&unavailable_logged_ms, &last, now)) {
-        atomic_fetch_add(&unavailable_quiet, 1);
+    if (!ferry_log_due(&limit, &quiet)) {
         ferry_debug("etcd: unavailable: %s", etcd_last_error);
         return;
     }
-    unsigned quiet = atomic_exchange(&unavailable_quiet, 0);
     if (quiet > 0) {
         ferry_warn("etcd: unavailable: %s (and %u more failed so since the last such line, "
                    "logged at debug)",

@@ -381,9 +381,8 @@ int64_t etcd__budget_ms(int64_t budget_ms, bool *cut_p);
  * failure at debug. True when the failure is etcd's, for the caller to warn
  * of; false for success, any other status, or the caller's time. */
 bool etcd__tries_end(ferry_status_t status, bool cut, bool etcds);
-/* "etcd: unavailable: <the thread's error>" at warn, at most once every 5 s
- * in the process; the failures between go at debug, and the next warning
- * counts them. */
+/* "etcd: unavailable: <the thread's error>" at warn, at most once every
+ * FERRY_LOG_REPEAT_MS in the process (ferry_log_due). */
 void etcd__warn_unavailable(void);
 
 /* --- etcd_grpc.c ------------------------------------------------------ */

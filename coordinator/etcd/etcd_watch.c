@@ -77,6 +77,9 @@ enum {
      * At 3000 that was about 4 s; a probe a second on an idle store costs
      * etcd nothing to speak of. */
     ETCD_WATCH_QUIET_MS = 1000,
+    /* A reconnect's start check (etcd_watch_on_created): two endpoints'
+     * attempts. */
+    ETCD_CHECK_MS = 2 * ETCD_ATTEMPT_MS,
 };
 
 /* Test seam (test_etcd_watch; never set in production): above 0, the
@@ -180,7 +183,8 @@ static void etcd_watch_created(etcd_watch_t *watch, ferry_status_t status)
  * every watch start) though a watch from it is fine (it waits). Only when
  * the revision before is compacted ("compacted", FERRY_ERR_OUT_OF_RANGE)
  * does the start decide: a compaction at exactly the start leaves it, and
- * the watch, good. */
+ * the watch, good. A point read of the watch's first key: etcd checks the
+ * revision before the key (a range would walk its whole index first). */
 static ferry_status_t etcd_watch_check_start(etcd_client_t *client,
                                              const etcd_watch_params_t *params, int64_t start)
 {
@@ -190,8 +194,7 @@ static ferry_status_t etcd_watch_check_start(etcd_client_t *client,
     etcd_range_t range;
     ferry_status_t status = FERRY_ERR_OUT_OF_RANGE;
     for (int64_t at = start - 1; status == FERRY_ERR_OUT_OF_RANGE && at <= start; at++) {
-        status = etcd_get(client, params->key, params->key_len, params->range_end,
-                          params->range_end_len, 1, at, &range);
+        status = etcd_get(client, params->key, params->key_len, NULL, 0, 1, at, &range);
         if (status == FERRY_OK) {
             etcd_range_free(&range);
         }
@@ -262,7 +265,9 @@ static ferry_status_t etcd_watch_canceled(const etcd_watch_msg_t *msg)
  * F5). So the start is checked as create checks the first one, but after
  * "created" rather than before the stream: a compaction etcd applied before
  * the check, even one that came while the stream was being opened, fails
- * it. A check that cannot be made ends the stream, as a lost one would. */
+ * it. A check that cannot be made ends the stream, as a lost one would.
+ * It has ETCD_CHECK_MS, not the client's whole timeout: destroy cannot
+ * interrupt it (a call of its own), and a reload or a stop waits for it. */
 static ferry_status_t etcd_watch_on_created(etcd_watch_t *watch, int64_t revision)
 {
     watch->created = true;
@@ -276,7 +281,9 @@ static ferry_status_t etcd_watch_on_created(etcd_watch_t *watch, int64_t revisio
         etcd_watch_created(watch, FERRY_OK);
         return FERRY_OK;
     }
+    int64_t caller = etcd_set_deadline(ferry__clock_ms(CLOCK_MONOTONIC) + ETCD_CHECK_MS);
     ferry_status_t status = etcd_watch_check_start(watch->client, &watch->params, watch->next_rev);
+    etcd_set_deadline(caller);
     if (status != FERRY_OK) {
         return status == FERRY_ERR_OUT_OF_RANGE ? status : FERRY_ERR_UNAVAILABLE;
     }

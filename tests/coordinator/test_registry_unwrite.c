@@ -50,6 +50,7 @@ static struct {
     int revokes_not_yet;            /* lease revokes answered NOT_FOUND first (a grant not
                                      * applied yet) */
     int revokes;                    /* lease revokes seen */
+    int keepalives;                 /* lease keep-alives seen */
     int64_t revoked;                /* the last lease revoked */
     int64_t revoke_deadline;        /* the thread's etcd deadline at the last revoke */
     /* create_defers: a create is not applied but kept here, for the test to
@@ -94,6 +95,18 @@ ferry_status_t __wrap_etcd_lease_grant(etcd_client_t *client, int64_t ttl_s, int
         }
     }
     return status;
+}
+
+ferry_status_t __wrap_etcd_lease_keepalive(etcd_client_t *client, int64_t lease, int64_t *ttl_p);
+
+ferry_status_t __wrap_etcd_lease_keepalive(etcd_client_t *client, int64_t lease, int64_t *ttl_p)
+{
+    (void)client, (void)lease;
+    pthread_mutex_lock(&fake.lock);
+    fake.keepalives++;
+    pthread_mutex_unlock(&fake.lock);
+    *ttl_p = 30;
+    return FERRY_OK;
 }
 
 ferry_status_t __wrap_etcd_lease_revoke(etcd_client_t *client, int64_t lease);
@@ -331,6 +344,7 @@ static int setup(void **state)
     fake.create_status = FERRY_OK;
     fake.unwrites_to_fail = fake.unwrites = 0;
     fake.revokes_to_fail = fake.revokes_not_yet = fake.revokes = 0;
+    fake.keepalives = 0;
     memset(fake.grant_status, 0, sizeof(fake.grant_status));
     memset(fake.granted, 0, sizeof(fake.granted));
     fake.grants = 0;
@@ -689,6 +703,14 @@ static void test_removals_wait_while_etcd_cannot_commit(void **state)
     assert_int_equal(do_register(fx, "op-3", ""), FERRY_ERR_UNAVAILABLE);
     assert_non_null(strstr(register_msg, "does not let this coordinator's user read its prefix"));
     assert_int_equal(fake.unwrites, 0);
+    /* A worker's keep-alive goes to etcd too: the check can lag etcd, and
+     * a lease not renewed past its TTL takes every record on it. */
+    int64_t ttl = 0;
+    char msg[256];
+    assert_int_equal(coord_keepalive(fx->r, LEASE, fx->lease_token, &ttl, msg, sizeof(msg)),
+                     FERRY_OK);
+    assert_int_equal(fake.keepalives, 1);
+    assert_int_equal(ttl, 30);
 
     atomic_store(&fx->r->healthy, true);
     registry_unwrites_retry(fx->r);

@@ -276,7 +276,10 @@ class CoordinatorFlags(unittest.TestCase):
                  f"--etcd-key (FERRY_ETCD_KEY) '{pem['server.key']}' is not the key of "
                  f"--etcd-cert (FERRY_ETCD_CERT) '{pem['client.pem']}'"),
                 (etcd + ["--etcd-cert", pem["client.pem"]],
-                 "--etcd-cert (FERRY_ETCD_CERT) and --etcd-key (FERRY_ETCD_KEY) go together"),
+                 f"--etcd-cert (FERRY_ETCD_CERT) '{pem['client.pem']}' holds no private key and "
+                 "no --etcd-key (FERRY_ETCD_KEY) is given"),
+                (etcd + ["--etcd-key", pem["client.key"]],
+                 "--etcd-key (FERRY_ETCD_KEY) needs --etcd-cert (FERRY_ETCD_CERT)"),
                 (["--tls-cert", pem["server.key"], "--tls-key", pem["server.key"]],
                  f"--tls-cert (FERRY_TLS_CERT) '{pem['server.key']}': holds no PEM certificate"),
                 (etcd + ["--etcd-cert", pem["client.pem"], "--etcd-key", pem["client.pem"]],

@@ -110,11 +110,11 @@ class CoordinatorOverTlsEtcd(unittest.TestCase):
         cls.etcd.stop()
         shutil.rmtree(cls.tmp, ignore_errors=True)
 
-    def coordinator(self, name, with_cert, cert="client.pem"):
+    def coordinator(self, name, with_cert, cert="client.pem", key="client.key", more=()):
         c = lambda f: os.path.join(self.certs, f)  # noqa: E731
-        extra = ["--etcd-ca", c("ca.pem")]
+        extra = ["--etcd-ca", c("ca.pem"), *more]
         if with_cert:
-            extra += ["--etcd-cert", c(cert), "--etcd-key", c("client.key")]
+            extra += ["--etcd-cert", c(cert)] + (["--etcd-key", c(key)] if key else [])
         coord = ferry_harness.Coordinator(self.tmp, self.etcd.endpoint, name=name, extra=extra)
         coord.start()
         self.addCleanup(coord.stop)
@@ -137,6 +137,21 @@ class CoordinatorOverTlsEtcd(unittest.TestCase):
         self.assertEqual(got.operation.request_id, "etcd-tls-1")
         r = check(self.hpb.HealthCheckRequest(service=""), timeout=10)
         self.assertEqual(r.status, self.hpb.HealthCheckResponse.SERVING)
+
+    def test_one_file_with_the_certificate_and_its_key(self):
+        """--etcd-cert alone, naming a file that holds the key too (curl
+        takes one; gRPC is given it as the key): both APIs serve."""
+        with open(os.path.join(self.certs, "both.pem"), "wb") as out:
+            for name in ("client.pem", "client.key"):
+                with open(os.path.join(self.certs, name), "rb") as f:
+                    out.write(f.read())
+        for api in ("grpc", "gateway"):
+            with self.subTest(api=api):
+                stub, check = self.coordinator(f"tls-both-{api}", with_cert=True, cert="both.pem",
+                                               key=None, more=("--etcd-kv-api", api))
+                self.register(stub, f"etcd-tls-both-{api}")
+                r = check(self.hpb.HealthCheckRequest(service=""), timeout=10)
+                self.assertEqual(r.status, self.hpb.HealthCheckResponse.SERVING)
 
     def test_without_client_certificate(self):
         stub, check = self.coordinator("tls-nocert", with_cert=False)

@@ -108,6 +108,32 @@ class Tls(unittest.TestCase):
         self.assertIn("UNAVAILABLE", err)
 
 
+class ServerOnlyTls(unittest.TestCase):
+    """--tls-cert and --tls-key without --tls-ca: TLS, no client
+    certificates asked for. The coordinator aborted at its first handshake
+    (gRPC 1.51 asserts that a reloadable server config has roots)."""
+
+    def test_serves_without_a_ca(self):
+        from ferry.v1 import coordinator_pb2, coordinator_pb2_grpc
+        coord = ferry_harness.Coordinator(
+            CLUSTER.tmp, CLUSTER.etcd.endpoint, name="noca",
+            extra=("--tls-cert", os.path.join(CLUSTER.certs, "server.pem"),
+                   "--tls-key", os.path.join(CLUSTER.certs, "server.key")))
+        coord.start()
+        self.addCleanup(coord.stop)
+        creds = grpc.ssl_channel_credentials(root_certificates=read("ca.pem"))
+        channel = grpc.secure_channel(coord.target, creds,
+                                      options=[("grpc.ssl_target_name_override", "ferry.test")])
+        self.addCleanup(channel.close)
+        with self.assertRaises(grpc.RpcError) as caught:
+            coordinator_pb2_grpc.CoordinatorStub(channel).Get(
+                coordinator_pb2.GetRequest(request_id="noca-nobody"), timeout=10)
+        self.assertEqual(caught.exception.code(), grpc.StatusCode.NOT_FOUND,
+                         caught.exception.details())
+        self.assertIsNone(coord.proc.poll())
+        self.assertEqual(coord.stop(), 0)
+
+
 class Renewal(unittest.TestCase):
     """One coordinator of its own, on files in a directory the test swaps."""
 

@@ -58,9 +58,9 @@ static int remove_certs(void **state)
     return system(cmd) == 0 ? 0 : -1;
 }
 
-static rpc_server_t *start_server(bool require_client_cert, int *port_p)
+static rpc_server_t *start_server_ca(const char *server_ca, bool require_client_cert, int *port_p)
 {
-    rpc_tls_params_t tls = {.ca_file = ca,
+    rpc_tls_params_t tls = {.ca_file = server_ca,
                             .cert_file = server_cert,
                             .key_file = server_key,
                             .require_client_cert = require_client_cert};
@@ -70,6 +70,11 @@ static rpc_server_t *start_server(bool require_client_cert, int *port_p)
     assert_int_equal(rpc_server_create(&params, &server), FERRY_OK);
     assert_int_equal(rpc_server_start(server, port_p), FERRY_OK);
     return server;
+}
+
+static rpc_server_t *start_server(bool require_client_cert, int *port_p)
+{
+    return start_server_ca(ca, require_client_cert, port_p);
 }
 
 /* Health.Check("") through a new channel; returns the gRPC code. */
@@ -132,6 +137,27 @@ static void test_server_only_tls(void **state)
     rpc_server_destroy(server);
 }
 
+/* A server with its certificate and key and no CA (--tls-cert/--tls-key
+ * without --tls-ca: clients' certificates not asked for) serves, to a
+ * client that presents one and to one that does not; it aborted at its
+ * first handshake (gRPC asserts that a fetched config has roots). */
+static void test_server_without_a_ca(void **state)
+{
+    rpc_tls_params_t client = {.ca_file = ca, .server_name = "ferry.test"};
+    rpc_tls_params_t with_cert = {.ca_file = ca,
+                                  .cert_file = client_cert,
+                                  .key_file = client_key,
+                                  .server_name = "ferry.test"};
+    int port;
+    rpc_server_t *server = start_server_ca(NULL, false, &port);
+
+    (void)state;
+    assert_int_equal(check(port, &client), 0);
+    assert_int_equal(check(port, &with_cert), 0);
+    assert_int_not_equal(check(port, NULL), 0);
+    rpc_server_destroy(server);
+}
+
 /* TLS with no file at all (an https etcd with no --etcd-ca, libferry with
  * FERRY_COORDINATOR_PARAM_FIELD_TLS and no CA): the default roots, which
  * gRPC reads from GRPC_DEFAULT_SSL_ROOTS_FILE_PATH first, then the
@@ -174,6 +200,7 @@ int main(void)
         cmocka_unit_test(test_no_files_uses_the_default_roots),
         cmocka_unit_test(test_mutual_tls),
         cmocka_unit_test(test_server_only_tls),
+        cmocka_unit_test(test_server_without_a_ca),
         cmocka_unit_test(test_bad_settings),
     };
     return cmocka_run_group_tests(tests, make_certs, remove_certs);

@@ -110,6 +110,24 @@ static void test_level_names(void **state)
     }
 }
 
+/* A repeated line: the first is due, the next ones within the period are
+ * not (counted), and the first after it is, with their count. */
+static void test_repeated_lines_are_limited(void **state)
+{
+    static ferry_log_limit_t limit;
+    unsigned quiet = 99;
+
+    (void)state;
+    assert_true(ferry_log_due(&limit, &quiet));
+    assert_int_equal(quiet, 0);
+    assert_false(ferry_log_due(&limit, &quiet));
+    assert_false(ferry_log_due(&limit, &quiet));
+    atomic_fetch_sub(&limit.last_ms, FERRY_LOG_REPEAT_MS + 1); /* the period is over */
+    assert_true(ferry_log_due(&limit, &quiet));
+    assert_int_equal(quiet, 2);
+    assert_false(ferry_log_due(&limit, &quiet));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -117,6 +135,7 @@ int main(void)
         cmocka_unit_test(test_control_bytes_are_escaped),
         cmocka_unit_test(test_printable_text_is_unchanged),
         cmocka_unit_test(test_json_lines_are_json),
+        cmocka_unit_test(test_repeated_lines_are_limited),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
