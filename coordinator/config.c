@@ -641,9 +641,10 @@ static void *read_pem_first(const char *path, bool key, const char **why_p)
 }
 
 /* cert_file and key_file, named by their flags for messages: both read,
- * and the key the certificate's. */
+ * and the key the certificate's. key_in_cert: key_file is cert_file, named
+ * alone, so a key missing from it is the missing flag's fault. */
 static int check_tls_pair(const char *cert_flag, const char *cert_file, const char *key_flag,
-                          const char *key_file)
+                          const char *key_file, bool key_in_cert)
 {
     const char *cert_why = NULL, *key_why = NULL;
     X509 *cert;
@@ -657,6 +658,11 @@ static int check_tls_pair(const char *cert_flag, const char *cert_file, const ch
     key = read_pem_first(key_file, true, &key_why);
     if (cert == NULL) {
         fprintf(stderr, "ferry-coordinator: %s '%s': %s\n", cert_flag, cert_file, cert_why);
+    } else if (key == NULL && key_in_cert) {
+        fprintf(stderr,
+                "ferry-coordinator: %s '%s' holds no private key and no %s is given: they go "
+                "together (a file that holds both may be named alone)\n",
+                cert_flag, cert_file, key_flag);
     } else if (key == NULL) {
         fprintf(stderr, "ferry-coordinator: %s '%s': %s\n", key_flag, key_file, key_why);
     } else if (X509_check_private_key(cert, key) != 1) {
@@ -675,26 +681,17 @@ static int check_tls_pair(const char *cert_flag, const char *cert_file, const ch
 
 int coord_config_check_tls_pairs(coord_config_t *c)
 {
-    if (c->etcd_cert != NULL && c->etcd_key == NULL) {
-        /* One file that holds both, as curl takes it: named as the key
-         * too, so that gRPC's channels read it as well. */
-        const char *why = NULL;
-        EVP_PKEY *key = read_pem_first(c->etcd_cert, true, &why);
-        if (key == NULL) {
-            fprintf(stderr,
-                    "ferry-coordinator: --etcd-cert (FERRY_ETCD_CERT) '%s' holds no private key "
-                    "and no --etcd-key (FERRY_ETCD_KEY) is given: they go together (a file that "
-                    "holds both may be named alone)\n",
-                    c->etcd_cert);
-            return -1;
-        }
-        EVP_PKEY_free(key);
+    /* One file that holds both, as curl takes it: named as the key too,
+     * so that gRPC's channels read it as well. */
+    bool etcd_key_in_cert = c->etcd_cert != NULL && c->etcd_key == NULL;
+
+    if (etcd_key_in_cert) {
         c->etcd_key = c->etcd_cert;
     }
     if (check_tls_pair("--tls-cert (FERRY_TLS_CERT)", c->tls_cert, "--tls-key (FERRY_TLS_KEY)",
-                       c->tls_key) != 0 ||
+                       c->tls_key, false) != 0 ||
         check_tls_pair("--etcd-cert (FERRY_ETCD_CERT)", c->etcd_cert, "--etcd-key (FERRY_ETCD_KEY)",
-                       c->etcd_key) != 0) {
+                       c->etcd_key, etcd_key_in_cert) != 0) {
         return -1;
     }
     return 0;

@@ -32,6 +32,18 @@ ferry_status_t registry_fail(ferry_status_t status, char *msg, size_t cap, const
     return status;
 }
 
+/* etcd_ping's answers that refuse this coordinator alone, where others
+ * (other credentials, other prefixes) may still write. */
+static bool refused_alone(ferry_status_t status)
+{
+    return status == FERRY_ERR_PERMISSION_DENIED || status == FERRY_ERR_UNAUTHENTICATED;
+}
+
+bool registry_etcd_stuck(coord_registry_t *r)
+{
+    return !atomic_load(&r->healthy) && !refused_alone(atomic_load(&r->unhealthy_status));
+}
+
 /* Why the coordinator cannot write to etcd, from etcd_ping's answer. */
 static const char *unhealthy_cause(ferry_status_t status)
 {

@@ -339,5 +339,10 @@ ferry_status_t registry_etcd_fail(coord_registry_t *r, ferry_status_t status, ch
  * transaction's): no_space is that thread's etcd_no_space(). */
 ferry_status_t registry_etcd_fail_as(coord_registry_t *r, ferry_status_t status, bool no_space,
                                      char *msg, size_t cap, const char *what);
+/* True while the maintenance thread's last check found that etcd cannot
+ * commit for anyone (unreachable, no leader or quorum); false while healthy
+ * and while etcd refuses this replica alone (its credentials, its prefix),
+ * when other replicas write on. */
+bool registry_etcd_stuck(coord_registry_t *r);
 
 #endif /* FERRY_COORD_REGISTRY_INT_H */

@@ -431,10 +431,7 @@ static ferry_status_t read_view(coord_registry_t *r, const char *id, record_t *r
      * view answers what it last saw, rather than hold the call for an etcd
      * timeout and say UNAVAILABLE. Not while etcd refuses this replica
      * alone (its credentials, its prefix): other replicas write on. */
-    bool etcd_stuck = !atomic_load(&r->healthy) &&
-                      atomic_load(&r->unhealthy_status) != (int)FERRY_ERR_PERMISSION_DENIED &&
-                      atomic_load(&r->unhealthy_status) != (int)FERRY_ERR_UNAUTHENTICATED;
-    const view_entry_t *e = r->synced || etcd_stuck ? view_find(&r->view, id) : NULL;
+    const view_entry_t *e = r->synced || registry_etcd_stuck(r) ? view_find(&r->view, id) : NULL;
     ferry_status_t status = FERRY_OK;
 
     if (e != NULL) {

@@ -145,12 +145,21 @@ static etcd_client_t *member_check_start(scripted_etcd_t *s, const char *members
     return client;
 }
 
-static void member_check_stop(scripted_etcd_t *s, etcd_client_t *client)
+/* Stops what member_check_start started. Returns the warnings logged,
+ * and in *asked_p how often the member list was asked. */
+static int member_check_stop(scripted_etcd_t *s, etcd_client_t *client, int *asked_p)
 {
+    int n;
+
     ferry_log_set_sink(NULL, NULL);
     ferry_log_set_level(FERRY_LOG_OFF);
+    pthread_mutex_lock(&warned.lock);
+    n = warned.n;
+    pthread_mutex_unlock(&warned.lock);
+    *asked_p = scripted_etcd_hits(s, "/v3/cluster/member/list");
     etcd_client_destroy(client);
     scripted_etcd_stop(s);
+    return n;
 }
 
 /* A member list with entries no etcd gives (not an object, client URLs
@@ -187,11 +196,7 @@ static void test_member_check_names_only_real_members(void **state)
     scripted_etcd_answer(&s, "/v3/cluster/member/list", 200, members);
     assert_int_equal(etcd_ping(client, NULL), FERRY_OK);
     assert_int_equal(etcd_ping(client, NULL), FERRY_OK);
-    pthread_mutex_lock(&warned.lock);
-    n = warned.n;
-    pthread_mutex_unlock(&warned.lock);
-    asked = scripted_etcd_hits(&s, "/v3/cluster/member/list");
-    member_check_stop(&s, client);
+    n = member_check_stop(&s, client, &asked);
     assert_int_equal(asked, 1);
     assert_int_equal(n, 1);
     assert_non_null(strstr(warned.text[0], "has 3 members"));
@@ -219,11 +224,7 @@ static void test_member_check_reads_members_from_a_list_only(void **state)
 
         assert_int_equal(etcd_ping(client, NULL), FERRY_OK);
         assert_int_equal(etcd_ping(client, NULL), FERRY_OK);
-        pthread_mutex_lock(&warned.lock);
-        n = warned.n;
-        pthread_mutex_unlock(&warned.lock);
-        asked = scripted_etcd_hits(&s, "/v3/cluster/member/list");
-        member_check_stop(&s, client);
+        n = member_check_stop(&s, client, &asked);
         assert_int_equal(asked, 1);
         assert_int_equal(n, 0);
     }
@@ -241,7 +242,7 @@ static void test_member_check_warning_is_bounded(void **state)
     etcd_client_t *client;
     size_t used = 0;
     const char *from, *to;
-    int n;
+    int n, asked;
     (void)state;
 
     used += (size_t)snprintf(members, sizeof(members), "{\"members\":[");
@@ -255,10 +256,8 @@ static void test_member_check_warning_is_bounded(void **state)
     snprintf(members + used, sizeof(members) - used, "]}");
     client = member_check_start(&s, members);
     assert_int_equal(etcd_ping(client, NULL), FERRY_OK);
-    pthread_mutex_lock(&warned.lock);
-    n = warned.n;
-    pthread_mutex_unlock(&warned.lock);
-    member_check_stop(&s, client);
+    n = member_check_stop(&s, client, &asked);
+    assert_int_equal(asked, 1);
     assert_int_equal(n, 1);
     assert_non_null(strstr(warned.text[0], "has 24 members"));
     from = strstr(warned.text[0], "(not ");
@@ -290,12 +289,8 @@ static void test_member_check_stops_after_five_pings(void **state)
     for (int i = 0; i < 8; i++) {
         assert_int_equal(etcd_ping(client, NULL), FERRY_OK);
     }
-    pthread_mutex_lock(&warned.lock);
-    n = warned.n;
-    pthread_mutex_unlock(&warned.lock);
-    asked = scripted_etcd_hits(&s, "/v3/cluster/member/list");
     pinged = scripted_etcd_hits(&s, "/v3/maintenance/status");
-    member_check_stop(&s, client);
+    n = member_check_stop(&s, client, &asked);
     assert_int_equal(asked, 5);
     assert_int_equal(pinged, 8);
     assert_int_equal(n, 0);
@@ -311,11 +306,7 @@ static void test_member_check_stops_after_five_pings(void **state)
         }
         assert_int_equal(etcd_ping(client, NULL), FERRY_OK);
     }
-    pthread_mutex_lock(&warned.lock);
-    n = warned.n;
-    pthread_mutex_unlock(&warned.lock);
-    asked = scripted_etcd_hits(&s, "/v3/cluster/member/list");
-    member_check_stop(&s, client);
+    n = member_check_stop(&s, client, &asked);
     assert_int_equal(asked, 3);
     assert_int_equal(n, 1);
     assert_non_null(strstr(warned.text[0], "(not http://10.0.0.2:2379)"));
