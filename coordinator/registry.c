@@ -32,30 +32,41 @@ ferry_status_t registry_fail(ferry_status_t status, char *msg, size_t cap, const
     return status;
 }
 
-/* etcd_ping's answers that refuse this coordinator alone, where others
- * (other credentials, other prefixes) may still write. */
-static bool refused_alone(ferry_status_t status)
+/* What a failed etcd_ping says of etcd. */
+static registry_unhealthy_t cause_of(ferry_status_t ping)
 {
-    return status == FERRY_ERR_PERMISSION_DENIED || status == FERRY_ERR_UNAUTHENTICATED;
-}
-
-bool registry_etcd_stuck(coord_registry_t *r)
-{
-    return !atomic_load(&r->healthy) && !refused_alone(atomic_load(&r->unhealthy_status));
-}
-
-/* Why the coordinator cannot write to etcd, from etcd_ping's answer. */
-static const char *unhealthy_cause(ferry_status_t status)
-{
-    switch (status) {
+    switch (ping) {
     case FERRY_ERR_PERMISSION_DENIED:
-        return "etcd does not let this coordinator's user read its prefix";
+        return REGISTRY_ETCD_CANNOT_READ;
     case FERRY_ERR_UNAUTHENTICATED:
+        return REGISTRY_ETCD_REFUSES_USER;
+    default:
+        return REGISTRY_ETCD_CANNOT_COMMIT;
+    }
+}
+
+static const char *cause_text(registry_unhealthy_t cause)
+{
+    switch (cause) {
+    case REGISTRY_ETCD_CANNOT_READ:
+        return "etcd does not let this coordinator's user read its prefix";
+    case REGISTRY_ETCD_CANNOT_WRITE:
+        return "etcd does not let this coordinator's user write its prefix";
+    case REGISTRY_ETCD_REFUSES_USER:
         return "etcd refuses this coordinator's credentials";
+    case REGISTRY_ETCD_CANNOT_COMMIT:
     default:
         return "etcd cannot commit (unreachable, its TLS refused, or without a leader or a "
                "quorum)";
     }
+}
+
+bool registry_etcd_stuck(coord_registry_t *r)
+{
+    /* The other causes refuse this coordinator alone (its credentials, its
+     * prefix), where others may write on. */
+    return !atomic_load(&r->healthy) &&
+           atomic_load(&r->unhealthy_cause) == (int)REGISTRY_ETCD_CANNOT_COMMIT;
 }
 
 /* The message for a failed etcd call: says that etcd was the cause and what
@@ -70,6 +81,22 @@ static const char *unhealthy_cause(ferry_status_t status)
  * check can be seconds stale, or stricter than the write (a slow read), and
  * refusing unsent on it would fail writes, lease keep-alives among them,
  * that etcd would take (review-s29 H1). */
+/* UNAVAILABLE for a call etcd failed while the last check found it
+ * unable to take this coordinator's writes: why, and since when. */
+static ferry_status_t fail_unhealthy(coord_registry_t *r, char *msg, size_t cap, const char *what)
+{
+    time_t since = (time_t)(atomic_load(&r->unhealthy_since_ms) / 1000);
+    struct tm tm;
+    char at[32] = "?";
+
+    if (gmtime_r(&since, &tm) != NULL) {
+        strftime(at, sizeof(at), "%Y-%m-%d %H:%M:%S", &tm);
+    }
+    return registry_fail(FERRY_ERR_UNAVAILABLE, msg, cap,
+                         "etcd %s failed: %s, since %s UTC (see the coordinator's log); retry",
+                         what, cause_text(atomic_load(&r->unhealthy_cause)), at);
+}
+
 ferry_status_t registry_etcd_fail(coord_registry_t *r, ferry_status_t status, char *msg, size_t cap,
                                   const char *what)
 {
@@ -83,9 +110,14 @@ ferry_status_t registry_etcd_fail_as(coord_registry_t *r, ferry_status_t status,
         /* etcd refused the coordinator's own user, role or certificate: not
          * the client's token, so not the client's status (it would give up
          * on a record it may use). UNAVAILABLE, as for any etcd the
-         * coordinator cannot use; the operator fixes it from the log. */
+         * coordinator cannot use; the operator fixes it from the log, and
+         * health says it once the next check has probed a write. */
         static ferry_log_limit_t limit; /* every call fails so */
         unsigned quiet;
+
+        if (status == FERRY_ERR_PERMISSION_DENIED) {
+            atomic_store(&r->write_unproven, true);
+        }
         if (ferry_log_due(&limit, &quiet)) {
             ferry_error("registry: etcd %s refused the coordinator's credentials: %s (%s; %u "
                         "more such refusals since the last such line, logged at debug)",
@@ -93,6 +125,10 @@ ferry_status_t registry_etcd_fail_as(coord_registry_t *r, ferry_status_t status,
         } else {
             ferry_debug("registry: etcd %s refused the coordinator's credentials: %s (%s)", what,
                         ferry_status_string(status), etcd_client_last_error());
+        }
+        if (!atomic_load(&r->healthy) &&
+            atomic_load(&r->unhealthy_cause) != (int)REGISTRY_ETCD_CANNOT_COMMIT) {
+            return fail_unhealthy(r, msg, cap, what); /* the check knows which refusal */
         }
         return registry_fail(FERRY_ERR_UNAVAILABLE, msg, cap,
                              "etcd %s failed: etcd refused this coordinator's credentials (see "
@@ -111,15 +147,7 @@ ferry_status_t registry_etcd_fail_as(coord_registry_t *r, ferry_status_t status,
                              what);
     }
     if (status == FERRY_ERR_UNAVAILABLE && !atomic_load(&r->healthy)) {
-        time_t since = (time_t)(atomic_load(&r->unhealthy_since_ms) / 1000);
-        struct tm tm;
-        char at[32] = "?";
-        if (gmtime_r(&since, &tm) != NULL) {
-            strftime(at, sizeof(at), "%Y-%m-%d %H:%M:%S", &tm);
-        }
-        return registry_fail(status, msg, cap,
-                             "etcd %s failed: %s, since %s UTC (see the coordinator's log); retry",
-                             what, unhealthy_cause(atomic_load(&r->unhealthy_status)), at);
+        return fail_unhealthy(r, msg, cap, what);
     }
     if (status != FERRY_ERR_UNAVAILABLE) {
         ferry_warn("registry: etcd %s failed: %s (%s)", what, ferry_status_string(status),
@@ -689,39 +717,85 @@ err_range:
     return status;
 }
 
-/* Records etcd_ping's failure (status), before calls can see the flag
- * that it sets. True when its cause is news: etcd was healthy, or failed
- * for another cause (a quorum loss, then a password changed), whose time
- * the messages then give. */
-static bool note_unhealthy(coord_registry_t *r, ferry_status_t status)
+/* Records a failed check's cause, before calls can see the flag that the
+ * check sets. True when the cause is news: etcd was healthy, or failed for
+ * another cause (a quorum loss, then a password changed), whose time the
+ * messages then give. */
+static bool note_unhealthy(coord_registry_t *r, registry_unhealthy_t cause)
 {
-    bool news = atomic_load(&r->healthy) ||
-                unhealthy_cause(atomic_load(&r->unhealthy_status)) != unhealthy_cause(status);
+    bool news = atomic_load(&r->healthy) || atomic_load(&r->unhealthy_cause) != (int)cause;
 
-    atomic_store(&r->unhealthy_status, (int)status);
+    atomic_store(&r->unhealthy_cause, (int)cause);
     if (news) {
         atomic_store(&r->unhealthy_since_ms, registry_now_ms());
     }
     return news;
 }
 
+/* Whether etcd lets this coordinator's user write its prefix, without
+ * writing: a transaction whose compare never holds (no key's
+ * create_revision is below 0) and whose success branch puts the prefix's
+ * own key. etcd checks the permission of both branches before it applies
+ * either, so a user that may not write is refused PERMISSION_DENIED, and
+ * one that may changes nothing (not even the revision). A raft round, so
+ * sent only while write_unproven. */
+static ferry_status_t probe_write(coord_registry_t *r)
+{
+    size_t len = strlen(r->prefix);
+    etcd_compare_t never = {
+        .target = ETCD_CMP_CREATE, .result = ETCD_CMP_LESS, .key = r->prefix, .key_len = len};
+    etcd_op_t put = {.type = ETCD_OP_PUT, .key = r->prefix, .key_len = len, .value = ""};
+    etcd_txn_result_t result = {0};
+    ferry_status_t status = etcd_txn(r->etcd, &never, 1, &put, 1, NULL, 0, &result);
+
+    if (status == FERRY_OK && result.succeeded) {
+        ferry_error("registry: etcd applied the write probe's put of '%s' (its compare should "
+                    "never hold)",
+                    r->prefix);
+    }
+    etcd_txn_result_free(&result);
+    return status;
+}
+
 /* Healthy means etcd can take the coordinator's writes: etcd_ping fails
  * when no endpoint answers in time, when the members that answer know no
  * leader, when a linearizable read does not go through (quorum lost), and
  * when etcd refuses the coordinator's user or does not let it read its
- * prefix (the read's key). */
-static void check_health(coord_registry_t *r)
+ * prefix (the read's key); while write_unproven, a write probe that etcd
+ * refuses PERMISSION_DENIED fails it too. A probe that fails otherwise
+ * (slow, a member lost) proves nothing either way: the ping stands, and
+ * the next check probes again (stricter than a write, it could make a
+ * replica NOT_SERVING that etcd would serve: review-s29 H1). */
+static ferry_status_t probe_health(coord_registry_t *r, registry_unhealthy_t *cause_p)
 {
     ferry_status_t status = etcd_ping(r->etcd, NULL);
+
+    *cause_p = cause_of(status);
+    if (status == FERRY_OK && atomic_load(&r->write_unproven)) {
+        ferry_status_t wrote = probe_write(r);
+        if (wrote == FERRY_OK) {
+            atomic_store(&r->write_unproven, false);
+        } else if (wrote == FERRY_ERR_PERMISSION_DENIED) {
+            *cause_p = REGISTRY_ETCD_CANNOT_WRITE;
+            status = wrote;
+        }
+    }
+    return status;
+}
+
+static void check_health(coord_registry_t *r)
+{
+    registry_unhealthy_t cause;
+    ferry_status_t status = probe_health(r, &cause);
     bool ok = status == FERRY_OK;
-    bool news = !ok && note_unhealthy(r, status);
+    bool news = !ok && note_unhealthy(r, cause);
     bool was_ok = atomic_exchange(&r->healthy, ok);
 
     if (ok && !was_ok) {
         /* At warn, as the outage was: a log kept at warn shows its end. */
-        ferry_warn("registry: etcd is reachable and has a quorum again");
+        ferry_warn("registry: etcd takes this coordinator's writes again");
     } else if (news) {
-        ferry_warn("registry: %s (prefix %s): %s", unhealthy_cause(status), r->prefix,
+        ferry_warn("registry: %s (prefix %s): %s", cause_text(cause), r->prefix,
                    etcd_client_last_error());
         etcd_client_check_cert(r->etcd); /* etcd says only "bad certificate" */
     }
@@ -868,14 +942,16 @@ ferry_status_t coord_registry_create(const coord_registry_params_t *params,
     const char *load_fails = getenv("FERRY_TEST_LOAD_FAILS");
     r->test_load_fails = load_fails != NULL ? atoi(load_fails) : 0;
 
-    status = etcd_ping(r->etcd, NULL);
-    atomic_store(&r->unhealthy_status, (int)status);
+    registry_unhealthy_t cause;
+    atomic_store(&r->write_unproven, true);
+    status = probe_health(r, &cause);
+    atomic_store(&r->unhealthy_cause, (int)cause);
     atomic_store(&r->unhealthy_since_ms, registry_now_ms());
     atomic_store(&r->healthy, status == FERRY_OK);
     if (status != FERRY_OK) {
         ferry_warn("registry: etcd not ready: %s (prefix %s): %s; serving from etcd reads until it "
                    "is",
-                   unhealthy_cause(status), r->prefix, etcd_client_last_error());
+                   cause_text(cause), r->prefix, etcd_client_last_error());
     }
     if (status != FERRY_OK || load_view(r) != FERRY_OK) {
         if (status == FERRY_OK) {

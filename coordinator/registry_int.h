@@ -88,6 +88,14 @@ typedef struct registry_write {
     struct registry_write *next;
 } registry_write_t;
 
+/* Why health says NOT_SERVING, as the maintenance thread last found. */
+typedef enum {
+    REGISTRY_ETCD_CANNOT_COMMIT, /* unreachable, its TLS refused, no leader or quorum */
+    REGISTRY_ETCD_REFUSES_USER,  /* the coordinator's credentials (UNAUTHENTICATED) */
+    REGISTRY_ETCD_CANNOT_READ,   /* the coordinator's user may not read its prefix */
+    REGISTRY_ETCD_CANNOT_WRITE,  /* ... may read its prefix but not write it */
+} registry_unhealthy_t;
+
 struct coord_registry {
     etcd_client_t *etcd;
     char *prefix;        /* "/ferry/" */
@@ -120,11 +128,16 @@ struct coord_registry {
     /* etcd can take the coordinator's writes, as the maintenance thread
      * last found (health's SERVING). While not, the removals failed calls
      * leave wait (registry_unwrite.c), and calls that etcd fails say why
-     * (registry_etcd_fail): unhealthy_status, etcd_ping's answer, since
-     * unhealthy_since_ms (CLOCK_REALTIME ms). */
+     * (registry_etcd_fail): unhealthy_cause, since unhealthy_since_ms
+     * (CLOCK_REALTIME ms). */
     atomic_bool healthy;
     _Atomic int64_t unhealthy_since_ms;
-    _Atomic int unhealthy_status; /* why (ferry_status_t): etcd_ping's answer */
+    _Atomic int unhealthy_cause; /* registry_unhealthy_t */
+    /* The next health check also proves that etcd lets this coordinator's
+     * user write its prefix (probe_write, a raft round): true from create
+     * until a probe passes, and again once etcd refuses a call
+     * PERMISSION_DENIED (a grant revoked, a read-only role). */
+    atomic_bool write_unproven;
     /* Claims whose key went, by where the expiry check was decided: [0] on
      * the view (finished: nothing to expire), [1] by the transition (an
      * expiry, or a view that could not tell). */

@@ -694,12 +694,12 @@ static void test_removals_wait_while_etcd_cannot_commit(void **state)
 
     fake.create_sickens = false;
     fake.create_applies = false;
-    atomic_store(&fx->r->unhealthy_status, (int)FERRY_ERR_UNAVAILABLE);
+    atomic_store(&fx->r->unhealthy_cause, (int)REGISTRY_ETCD_CANNOT_COMMIT);
     assert_int_equal(do_register(fx, "op-2", ""), FERRY_ERR_UNAVAILABLE);
     assert_int_equal(fake.creates, 2);
     assert_non_null(strstr(register_msg, "etcd cannot commit"));
     assert_non_null(strstr(register_msg, " UTC"));
-    atomic_store(&fx->r->unhealthy_status, (int)FERRY_ERR_PERMISSION_DENIED);
+    atomic_store(&fx->r->unhealthy_cause, (int)REGISTRY_ETCD_CANNOT_READ);
     assert_int_equal(do_register(fx, "op-3", ""), FERRY_ERR_UNAVAILABLE);
     assert_non_null(strstr(register_msg, "does not let this coordinator's user read its prefix"));
     assert_int_equal(fake.unwrites, 0);

@@ -2,7 +2,8 @@
 lacks the prefix's ops/, as an operator's mistake or a revoked grant
 leaves it), with the real binaries: etcd refuses the coordinator's own
 credentials, which is not the client's fault, so a Register is answered
-UNAVAILABLE, saying so, and nothing is written. It was PERMISSION_DENIED,
+UNAVAILABLE, saying so, and nothing is written; the replica's health check
+probes a write, so it says NOT_SERVING too. It was PERMISSION_DENIED,
 which a client reads as "your token does not grant this" and gives up
 on (libferry does; ferryctl exits 4). And one whose user may not even read
 its prefix (a role on another prefix) says NOT_SERVING, so that readiness
@@ -60,6 +61,11 @@ def setUpModule():
             user=None)
     etcdctl("user", "add", "lost:lost-pw-0123456789", user=None)
     etcdctl("user", "grant-role", "lost", "elsewhere", user=None)
+    etcdctl("role", "add", "ferry-reader", user=None)
+    etcdctl("role", "grant-permission", "ferry-reader", "read", PREFIX, "--prefix=true",
+            user=None)
+    etcdctl("user", "add", "reader:reader-pw-0123456789", user=None)
+    etcdctl("user", "grant-role", "reader", "ferry-reader", user=None)
     etcdctl("auth", "enable", user=None)
     COORD = ferry_harness.Coordinator(TMP, ETCD.endpoint,
                                       extra=("--prefix", PREFIX, "--etcd-user", "ferry"))
@@ -102,7 +108,9 @@ class RefusedByEtcd(unittest.TestCase):
                 request_id="roles-1", metadata=md, access_token=TOKEN, owner="roles"), timeout=10)
         self.assertEqual(caught.exception.code(), grpc.StatusCode.UNAVAILABLE,
                          caught.exception.details())
-        self.assertIn("etcd refused this coordinator's credentials", caught.exception.details())
+        # Its write probe found this at start: said as health's cause.
+        self.assertIn("etcd does not let this coordinator's user write its prefix, since ",
+                      caught.exception.details())
         self.assertTrue(COORD.log_contains("refused the coordinator's credentials"))
         self.assertEqual(etcdctl("get", PREFIX + "ops/", "--prefix", "--keys-only").strip(), "")
 
@@ -144,7 +152,80 @@ class PrefixOutOfReach(unittest.TestCase):
                 request_id="lost-1", metadata=md, access_token=TOKEN, owner="lost"), timeout=10)
         self.assertEqual(caught.exception.code(), grpc.StatusCode.UNAVAILABLE,
                          caught.exception.details())
+        self.assertIn("etcd does not let this coordinator's user read its prefix, since ",
+                      caught.exception.details())
+
+
+
+class WriteRefused(unittest.TestCase):
+    """A replica whose etcd user may read its prefix but not write it: a
+    read-only role, then the write grant given, then taken back. It said
+    SERVING throughout, its health check being a read, while every Register
+    failed."""
+
+    def setUp(self):
+        self.coord = ferry_harness.Coordinator(
+            TMP, ETCD.endpoint, name="reader",
+            extra=("--prefix", PREFIX, "--etcd-user", "reader"),
+            env={"FERRY_ETCD_PASSWORD": "reader-pw-0123456789"})
+        self.coord.start()
+        self.addCleanup(self.coord.stop)
+        self.channel = grpc.insecure_channel(self.coord.target)
+        self.addCleanup(self.channel.close)
+        self.addCleanup(etcdctl, "role", "grant-permission", "ferry-reader", "read", PREFIX,
+                        "--prefix=true")
+
+    def test_not_serving_while_etcd_refuses_its_writes(self):
+        from ferry.v1 import coordinator_pb2, coordinator_pb2_grpc, types_pb2
+        hpb, check = ferry_harness.health_client(self.channel, os.path.join(TMP, "gen"))
+        stub = coordinator_pb2_grpc.CoordinatorStub(self.channel)
+
+        def status():
+            return check(hpb.HealthCheckRequest(service=""), timeout=5).status
+
+        def register(request_id):
+            md = types_pb2.RdmaMetadata(
+                version=1, kind=types_pb2.OPERATION_KIND_WRITE, worker_address=b"\x01" * 64,
+                descriptors=[types_pb2.Descriptor(address=0x10000, size=4096,
+                                                  device=types_pb2.Device(
+                                                      kind=types_pb2.DEVICE_KIND_HOST),
+                                                  rkey=b"k" * 32)],
+                notification_key=os.urandom(16), worker_name="reader", hostname="localhost")
+            return stub.Register(coordinator_pb2.RegisterRequest(
+                request_id=request_id, metadata=md, access_token=TOKEN, owner="reader"),
+                timeout=10)
+
+        serving, not_serving = hpb.HealthCheckResponse.SERVING, hpb.HealthCheckResponse.NOT_SERVING
+        ferry_harness.wait_until(lambda: status() == not_serving, 15,
+                                 "the read-only replica to say NOT_SERVING")
+        self.assertTrue(self.coord.log_contains(
+            "etcd does not let this coordinator's user write its prefix (prefix " + PREFIX))
+        with self.assertRaises(grpc.RpcError) as caught:
+            register("reader-1")
+        self.assertEqual(caught.exception.code(), grpc.StatusCode.UNAVAILABLE,
+                         caught.exception.details())
+        self.assertIn("write its prefix", caught.exception.details())
+
+        # The grant given: SERVING, and a Register is written.
+        etcdctl("role", "grant-permission", "ferry-reader", "readwrite", PREFIX, "--prefix=true")
+        ferry_harness.wait_until(lambda: status() == serving, 15,
+                                 "the replica to say SERVING once it may write")
+        register("reader-2")
+        self.assertIn(PREFIX + "ops/reader-2",
+                      etcdctl("get", PREFIX + "ops/", "--prefix", "--keys-only"))
+
+        # Taken back: the next Register etcd refuses makes it NOT_SERVING.
+        etcdctl("role", "grant-permission", "ferry-reader", "read", PREFIX, "--prefix=true")
+        self.assertEqual(status(), serving)
+        with self.assertRaises(grpc.RpcError) as caught:
+            register("reader-3")
+        self.assertEqual(caught.exception.code(), grpc.StatusCode.UNAVAILABLE,
+                         caught.exception.details())
         self.assertIn("etcd refused this coordinator's credentials", caught.exception.details())
+        ferry_harness.wait_until(lambda: status() == not_serving, 15,
+                                 "the replica to say NOT_SERVING once etcd refused a write")
+        self.assertNotIn(PREFIX + "ops/reader-3",
+                         etcdctl("get", PREFIX + "ops/", "--prefix", "--keys-only"))
 
 
 if __name__ == "__main__":
