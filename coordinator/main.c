@@ -180,6 +180,17 @@ static ferry_status_t open_etcd(coordinator_t *c)
     return status;
 }
 
+/* A test seam's count from the environment: 0 when unset or not a
+ * number from 0 to 1000. */
+static int test_count(const char *name)
+{
+    const char *text = getenv(name);
+    char *end = NULL;
+    long n = text != NULL ? strtol(text, &end, 10) : 0;
+
+    return text != NULL && end != text && *end == '\0' && n >= 0 && n <= 1000 ? (int)n : 0;
+}
+
 static ferry_status_t open_server(coordinator_t *c)
 {
     rpc_tls_params_t tls = {
@@ -223,6 +234,8 @@ static ferry_status_t open_server(coordinator_t *c)
         .on_reload = on_registry_reload,
         .on_synced = on_registry_synced,
         .on_health = on_registry_health,
+        .test_write_through_gate = getenv("FERRY_TEST_WRITE_THROUGH_GATE"),
+        .test_load_fails = test_count("FERRY_TEST_LOAD_FAILS"),
     };
     ferry_status_t status = coord_exec_create(&eparams, &c->exec);
 

@@ -32,6 +32,11 @@ ferry_status_t registry_fail(ferry_status_t status, char *msg, size_t cap, const
     return status;
 }
 
+bool registry_etcd_refused(ferry_status_t status)
+{
+    return status == FERRY_ERR_PERMISSION_DENIED || status == FERRY_ERR_UNAUTHENTICATED;
+}
+
 /* What a failed etcd_ping says of etcd. */
 static registry_unhealthy_t cause_of(ferry_status_t ping)
 {
@@ -106,7 +111,7 @@ ferry_status_t registry_etcd_fail(coord_registry_t *r, ferry_status_t status, ch
 ferry_status_t registry_etcd_fail_as(coord_registry_t *r, ferry_status_t status, bool no_space,
                                      char *msg, size_t cap, const char *what)
 {
-    if (status == FERRY_ERR_PERMISSION_DENIED || status == FERRY_ERR_UNAUTHENTICATED) {
+    if (registry_etcd_refused(status)) {
         /* etcd refused the coordinator's own user, role or certificate: not
          * the client's token, so not the client's status (it would give up
          * on a record it may use). UNAVAILABLE, as for any etcd the
@@ -180,15 +185,13 @@ ferry_status_t registry_key(const char *sub_prefix, const char *id, registry_key
     return FERRY_OK;
 }
 
-/* Test seam: with FERRY_TEST_WRITE_THROUGH_GATE set to a path, every
- * write-through waits (at most 30 s) until that file exists, so a test can
- * let the watch apply later changes first. Read once, at create. */
+/* Test seam: params.test_write_through_gate. */
 static void test_gate_wait(const coord_registry_t *r)
 {
+    const char *gate = r->params.test_write_through_gate;
     int64_t until = ferry__clock_ms(CLOCK_MONOTONIC) + 30000;
 
-    while (r->test_gate != NULL && access(r->test_gate, F_OK) != 0 &&
-           ferry__clock_ms(CLOCK_MONOTONIC) < until) {
+    while (gate != NULL && access(gate, F_OK) != 0 && ferry__clock_ms(CLOCK_MONOTONIC) < until) {
         struct timespec ts = {0, 10 * 1000 * 1000};
         nanosleep(&ts, NULL);
     }
@@ -632,7 +635,7 @@ static ferry_status_t load_view(coord_registry_t *r)
     if (status != FERRY_OK) {
         return status;
     }
-    if (r->test_load_fails > 0) { /* test seam: FERRY_TEST_LOAD_FAILS */
+    if (r->test_load_fails > 0) { /* test seam: params.test_load_fails */
         r->test_load_fails--;
         free(end);
         ferry_warn("registry: load failed on purpose (FERRY_TEST_LOAD_FAILS)");
@@ -938,9 +941,7 @@ ferry_status_t coord_registry_create(const coord_registry_params_t *params,
     r->batch_tail = &r->batch_head;
     r->batch_stall_ms = REGISTRY_BATCH_STALL_MS;
     r->token_md = EVP_MD_fetch(NULL, "SHA256", NULL);
-    r->test_gate = getenv("FERRY_TEST_WRITE_THROUGH_GATE");
-    const char *load_fails = getenv("FERRY_TEST_LOAD_FAILS");
-    r->test_load_fails = load_fails != NULL ? atoi(load_fails) : 0;
+    r->test_load_fails = params->test_load_fails;
 
     registry_unhealthy_t cause;
     atomic_store(&r->write_unproven, true);

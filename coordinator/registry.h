@@ -11,7 +11,7 @@
  *                                registry_lease.c)
  *
  * Registration is a create-if-absent transaction. Every state change goes
- * through one function (registry_transition in registry.c): read, check the
+ * through one function (registry_transition in registry_ops.c): read, check the
  * state machine (common/op_state.h), write back in a transaction on the
  * record's mod_revision, retry on conflict, so two replicas never overwrite
  * each other.
@@ -119,6 +119,13 @@ typedef struct {
     /* etcd became reachable (true) or unreachable (false). */
     void (*on_health)(void *arg, bool healthy);
     void *arg;
+    /* Test seams (main.c fills them from FERRY_TEST_WRITE_THROUGH_GATE and
+     * FERRY_TEST_LOAD_FAILS; NULL and 0 otherwise). test_write_through_gate:
+     * a path; every write-through to the view waits (at most 30 s) until it
+     * exists, so a test can let the watch apply later changes first.
+     * test_load_fails: so many view loads fail first. */
+    const char *test_write_through_gate;
+    int test_load_fails;
 } coord_registry_params_t;
 
 ferry_status_t coord_registry_create(const coord_registry_params_t *params,

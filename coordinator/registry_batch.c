@@ -423,16 +423,18 @@ static bool leave_if_due(coord_registry_t *r, registry_write_t *w, int64_t now, 
     return true;
 }
 
-/* When the youngest transaction in flight was led (0: none is). Caller
- * holds batch_lock. */
-static int64_t youngest_led(const coord_registry_t *r)
+/* How many transactions are in flight (their batch_led slots), and when
+ * the youngest was led. Caller holds batch_lock. */
+static size_t led_now(const coord_registry_t *r, int64_t *youngest_p)
 {
-    int64_t youngest = 0;
+    size_t n = 0;
 
+    *youngest_p = 0;
     for (size_t i = 0; i < REGISTRY_BATCH_INFLIGHT_MAX; i++) {
-        youngest = r->batch_led[i] > youngest ? r->batch_led[i] : youngest;
+        n += r->batch_led[i] != 0;
+        *youngest_p = r->batch_led[i] > *youngest_p ? r->batch_led[i] : *youngest_p;
     }
-    return youngest;
+    return n;
 }
 
 /* Whether a transaction may be led now: none is in flight; or fewer than
@@ -443,9 +445,11 @@ static int64_t youngest_led(const coord_registry_t *r)
  * load). Caller holds batch_lock. */
 static bool may_lead(coord_registry_t *r, int64_t now)
 {
-    return r->batch_in_flight == 0 ||
-           (r->batch_in_flight < REGISTRY_BATCH_INFLIGHT_MAX &&
-            now - youngest_led(r) >= r->batch_stall_ms && etcd_suspects_a_member(r->etcd));
+    int64_t youngest;
+    size_t n = led_now(r, &youngest);
+
+    return n == 0 || (n < REGISTRY_BATCH_INFLIGHT_MAX && now - youngest >= r->batch_stall_ms &&
+                      etcd_suspects_a_member(r->etcd));
 }
 
 /* Waits for a transaction to end; while w is queued, at most until the
@@ -465,8 +469,10 @@ static void wait_turn(coord_registry_t *r, const registry_write_t *w, int64_t no
         if (w->deadline_ms > 0 && w->deadline_ms < until) {
             until = w->deadline_ms;
         }
-        if (r->batch_in_flight > 0 && r->batch_in_flight < REGISTRY_BATCH_INFLIGHT_MAX) {
-            int64_t held = youngest_led(r) + r->batch_stall_ms;
+        int64_t youngest;
+        size_t n = led_now(r, &youngest);
+        if (n > 0 && n < REGISTRY_BATCH_INFLIGHT_MAX) {
+            int64_t held = youngest + r->batch_stall_ms;
             held = held > now ? held : now + REGISTRY_BATCH_POLL_MS;
             until = held < until ? held : until;
         }
@@ -518,7 +524,6 @@ void registry_write(coord_registry_t *r, registry_write_t *w)
             slot++; /* fewer than REGISTRY_BATCH_INFLIGHT_MAX are in flight */
         }
         r->batch_led[slot] = now;
-        r->batch_in_flight++;
         pthread_mutex_unlock(&r->batch_lock);
 
         if (n == 1) {
@@ -528,7 +533,6 @@ void registry_write(coord_registry_t *r, registry_write_t *w)
         }
 
         pthread_mutex_lock(&r->batch_lock);
-        r->batch_in_flight--;
         r->batch_led[slot] = 0;
         end_batch(r, ws, n);
         pthread_cond_broadcast(&r->batch_cond);

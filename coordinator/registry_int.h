@@ -1,6 +1,10 @@
 /*
- * registry_int.h: the registry's insides, shared by registry.c (view, watch,
- * maintenance) and registry_ops.c (the RPC-facing operations).
+ * registry_int.h: the registry's insides, shared by its files: registry.c
+ * (create, view, watch, health, maintenance), registry_ops.c (register,
+ * reads, the transition), registry_batch.c (shared Register transactions),
+ * registry_lease.c (lease tokens), registry_list.c (keep-alive, list),
+ * registry_record.c (the stored record), registry_claim_end.c (claims that
+ * end) and registry_unwrite.c (removals failed calls leave).
  */
 #ifndef FERRY_COORD_REGISTRY_INT_H
 #define FERRY_COORD_REGISTRY_INT_H
@@ -171,8 +175,8 @@ struct coord_registry {
     pthread_mutex_t batch_lock;
     pthread_cond_t batch_cond; /* a transaction ended */
     registry_write_t *batch_head, **batch_tail;
-    int batch_in_flight;
-    /* When each transaction in flight was led (monotonic ms; 0: a free slot). */
+    /* When each transaction in flight was led (CLOCK_MONOTONIC ms, never 0
+     * on Linux, which counts from boot; 0: a free slot). */
     int64_t batch_led[REGISTRY_BATCH_INFLIGHT_MAX];
     int64_t batch_stall_ms; /* REGISTRY_BATCH_STALL_MS (tests set their own) */
 
@@ -187,8 +191,7 @@ struct coord_registry {
     struct claim_end_job *claim_ends_waiting;
     size_t n_claim_ends_waiting;
 
-    const char *test_gate; /* FERRY_TEST_WRITE_THROUGH_GATE; see registry_view_put */
-    int test_load_fails;   /* FERRY_TEST_LOAD_FAILS: so many loads fail first */
+    int test_load_fails; /* params'; the maintenance thread counts it down */
 };
 
 /* Builds "<sub_prefix><id>" (sub_prefix: r->ops_prefix or r->claims_prefix)
@@ -352,6 +355,10 @@ ferry_status_t registry_etcd_fail(coord_registry_t *r, ferry_status_t status, ch
  * transaction's): no_space is that thread's etcd_no_space(). */
 ferry_status_t registry_etcd_fail_as(coord_registry_t *r, ferry_status_t status, bool no_space,
                                      char *msg, size_t cap, const char *what);
+/* etcd refused the coordinator's own user, role or certificate
+ * (PERMISSION_DENIED, UNAUTHENTICATED): nothing of the call was applied,
+ * and it is not the client's doing. */
+bool registry_etcd_refused(ferry_status_t status);
 /* True while the maintenance thread's last check found that etcd cannot
  * commit for anyone (unreachable, no leader or quorum); false while healthy
  * and while etcd refuses this replica alone (its credentials, its prefix),

@@ -194,8 +194,7 @@ ferry_status_t registry_lease_ready(coord_registry_t *r, char *msg, size_t cap)
 {
     ferry_status_t status = registry_lease_key_load(r);
 
-    if (status == FERRY_ERR_UNAVAILABLE || status == FERRY_ERR_PERMISSION_DENIED ||
-        status == FERRY_ERR_UNAUTHENTICATED) {
+    if (status == FERRY_ERR_UNAVAILABLE || registry_etcd_refused(status)) {
         return registry_etcd_fail(r, status, msg, cap, "read of the lease key");
     }
     if (status == FERRY_ERR_TIMED_OUT) {

@@ -1,7 +1,7 @@
 /*
- * registry_ops.c: what the RPCs do to the registry: register, read, the one
- * transition function every state change goes through, keep-alive and list.
- * See registry.h.
+ * registry_ops.c: what the RPCs do to the registry: register, read, and the
+ * one transition function every state change goes through (keep-alive and
+ * list are in registry_list.c). See registry.h.
  */
 #include "registry_int.h"
 
@@ -233,8 +233,7 @@ static ferry_status_t register_txn(coord_registry_t *r, const char *id, const ui
     /* etcd's refusal of the coordinator's credentials applied nothing
      * either. */
     *unknown_p = !w.late && !w.expired && w.status != FERRY_OK &&
-                 !registry_refused_before_apply(w.status) &&
-                 w.status != FERRY_ERR_PERMISSION_DENIED && w.status != FERRY_ERR_UNAUTHENTICATED;
+                 !registry_refused_before_apply(w.status) && !registry_etcd_refused(w.status);
     if (w.late) {
         return registry_fail(FERRY_ERR_TIMED_OUT, msg, cap,
                              "the deadline passed while waiting for etcd; nothing was written");
