@@ -74,18 +74,6 @@ bool registry_etcd_stuck(coord_registry_t *r)
            atomic_load(&r->unhealthy_cause) == (int)REGISTRY_ETCD_CANNOT_COMMIT;
 }
 
-/* The message for a failed etcd call: says that etcd was the cause and what
- * failed, never how etcd is reached. Any client reads the message, so the
- * detail (etcd_client_last_error: endpoint URLs, etcd's own text) goes to
- * the server's log only. The etcd client already logs an unreachable etcd at
- * warn; everything else is first seen here. An UNAVAILABLE while the
- * maintenance thread's last check found etcd unable to take writes also
- * says why (its check knows: no quorum, the coordinator's user refused),
- * and since when: "service unavailable" alone, 5 s into a quorum loss, told
- * the caller nothing (audit-s28-etcd F4). The write is still sent: the
- * check can be seconds stale, or stricter than the write (a slow read), and
- * refusing unsent on it would fail writes, lease keep-alives among them,
- * that etcd would take (review-s29 H1). */
 /* UNAVAILABLE for a call etcd failed while the last check found it
  * unable to take this coordinator's writes: why, and since when. */
 static ferry_status_t fail_unhealthy(coord_registry_t *r, char *msg, size_t cap, const char *what)
@@ -102,6 +90,18 @@ static ferry_status_t fail_unhealthy(coord_registry_t *r, char *msg, size_t cap,
                          what, cause_text(atomic_load(&r->unhealthy_cause)), at);
 }
 
+/* The message for a failed etcd call: says that etcd was the cause and what
+ * failed, never how etcd is reached. Any client reads the message, so the
+ * detail (etcd_client_last_error: endpoint URLs, etcd's own text) goes to
+ * the server's log only. The etcd client already logs an unreachable etcd at
+ * warn; everything else is first seen here. An UNAVAILABLE while the
+ * maintenance thread's last check found etcd unable to take writes also
+ * says why (its check knows: no quorum, the coordinator's user refused),
+ * and since when: "service unavailable" alone, 5 s into a quorum loss, told
+ * the caller nothing (audit-s28-etcd F4). The write is still sent: the
+ * check can be seconds stale, or stricter than the write (a slow read), and
+ * refusing unsent on it would fail writes, lease keep-alives among them,
+ * that etcd would take (review-s29 H1). */
 ferry_status_t registry_etcd_fail(coord_registry_t *r, ferry_status_t status, char *msg, size_t cap,
                                   const char *what)
 {
