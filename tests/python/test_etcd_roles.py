@@ -162,11 +162,12 @@ class WriteRefused(unittest.TestCase):
     read-only role, then the write grant given, then taken back. It said
     SERVING throughout, its health check being a read, while every Register
     failed."""
+    KV_API = "grpc"
 
     def setUp(self):
         self.coord = ferry_harness.Coordinator(
-            TMP, ETCD.endpoint, name="reader",
-            extra=("--prefix", PREFIX, "--etcd-user", "reader"),
+            TMP, ETCD.endpoint, name="reader-" + self.KV_API,
+            extra=("--prefix", PREFIX, "--etcd-user", "reader", "--etcd-kv-api", self.KV_API),
             env={"FERRY_ETCD_PASSWORD": "reader-pw-0123456789"})
         self.coord.start()
         self.addCleanup(self.coord.stop)
@@ -201,7 +202,7 @@ class WriteRefused(unittest.TestCase):
         self.assertTrue(self.coord.log_contains(
             "etcd does not let this coordinator's user write its prefix (prefix " + PREFIX))
         with self.assertRaises(grpc.RpcError) as caught:
-            register("reader-1")
+            register(f"reader-{self.KV_API}-1")
         self.assertEqual(caught.exception.code(), grpc.StatusCode.UNAVAILABLE,
                          caught.exception.details())
         self.assertIn("write its prefix", caught.exception.details())
@@ -210,22 +211,29 @@ class WriteRefused(unittest.TestCase):
         etcdctl("role", "grant-permission", "ferry-reader", "readwrite", PREFIX, "--prefix=true")
         ferry_harness.wait_until(lambda: status() == serving, 15,
                                  "the replica to say SERVING once it may write")
-        register("reader-2")
-        self.assertIn(PREFIX + "ops/reader-2",
+        register(f"reader-{self.KV_API}-2")
+        self.assertIn(f"{PREFIX}ops/reader-{self.KV_API}-2",
                       etcdctl("get", PREFIX + "ops/", "--prefix", "--keys-only"))
 
         # Taken back: the next Register etcd refuses makes it NOT_SERVING.
         etcdctl("role", "grant-permission", "ferry-reader", "read", PREFIX, "--prefix=true")
         self.assertEqual(status(), serving)
         with self.assertRaises(grpc.RpcError) as caught:
-            register("reader-3")
+            register(f"reader-{self.KV_API}-3")
         self.assertEqual(caught.exception.code(), grpc.StatusCode.UNAVAILABLE,
                          caught.exception.details())
         self.assertIn("etcd refused this coordinator's credentials", caught.exception.details())
         ferry_harness.wait_until(lambda: status() == not_serving, 15,
                                  "the replica to say NOT_SERVING once etcd refused a write")
-        self.assertNotIn(PREFIX + "ops/reader-3",
+        self.assertNotIn(f"{PREFIX}ops/reader-{self.KV_API}-3",
                          etcdctl("get", PREFIX + "ops/", "--prefix", "--keys-only"))
+
+
+
+class WriteRefusedGateway(WriteRefused):
+    """The same with key-value requests (the probe among them) over etcd's
+    JSON gateway, whose refusal is an HTTP 403."""
+    KV_API = "gateway"
 
 
 if __name__ == "__main__":
