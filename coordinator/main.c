@@ -3,7 +3,9 @@
  * when none is given, serves until SIGTERM or SIGINT, then stops taking
  * calls, ends waits and streams with UNAVAILABLE, drains in-flight calls for
  * the grace period and exits 0. It exits 1 when it cannot start: etcd,
- * the server, or the port file (whoever asked for one waits on it).
+ * the server, or the port file (whoever asked for one waits on it); and,
+ * after draining, when its private etcd exits or its gRPC listener stops
+ * accepting.
  *
  * Signals are blocked in every thread and taken with sigwait on the main
  * thread, so no handler runs inside gRPC or libcurl.
@@ -16,6 +18,13 @@
  * the system (give_back_free_memory): glibc keeps what its ~160 threads'
  * arenas freed, so one burst of large Registers left a replica's RSS at
  * its peak (hundreds of MB) for good, against a container's limit.
+ *
+ * Every COORD_LISTENER_LOOK_MS it looks whether the gRPC listener still
+ * accepts (listener.h): one that stopped (gRPC core 1.51 gives up after
+ * an accept fails) leaves the replica serving its open connections only,
+ * each lost for good at its --max-connection-age-ms, while health over
+ * them says SERVING. It then drains and exits 1, for a supervisor to
+ * restart it, as when its private etcd is gone.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -28,11 +37,13 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "common/clock.h"
 #include "common/log.h"
 #include "config.h"
 #include "etcd/etcd.h"
 #include "etcd_child.h"
 #include "exec.h"
+#include "listener.h"
 #include "metrics.h"
 #include "registry.h"
 #include "rpc/rpc.h"
@@ -481,35 +492,52 @@ static void give_back_free_memory(void)
     }
 }
 
+/* What ended wait_for_signal when no signal did. */
+#define WAIT_ETCD_GONE     0  /* the private etcd exited */
+#define WAIT_NOT_ACCEPTING -1 /* the gRPC listener no longer accepts */
+
 /* Waits for SIGTERM, SIGINT or SIGHUP (returns it; a closed terminal or a
  * supervisor's reload signal drains as SIGTERM does, where SIGHUP's
  * default killed the process mid-call; one started ignoring it, as nohup
- * does, keeps ignoring it), or for the private etcd to
- * exit (returns 0): a coordinator without its etcd can only answer
- * UNAVAILABLE, so it stops, and its supervisor starts both again. Between
- * signals, every TRIM_INTERVAL_S, gives free memory back. */
+ * does, keeps ignoring it), for the private etcd to exit
+ * (WAIT_ETCD_GONE): a coordinator without its etcd can only answer
+ * UNAVAILABLE, so it stops, and its supervisor starts both again; or for
+ * the listener to stop accepting (WAIT_NOT_ACCEPTING), which a restart
+ * cures. Between signals it looks at the listener every
+ * COORD_LISTENER_LOOK_MS, and every TRIM_INTERVAL_S gives free memory
+ * back. */
 static int wait_for_signal(coordinator_t *c)
 {
-    const struct timespec interval = {.tv_sec = TRIM_INTERVAL_S};
+    const struct timespec look = {.tv_sec = COORD_LISTENER_LOOK_MS / 1000,
+                                  .tv_nsec = (COORD_LISTENER_LOOK_MS % 1000) * 1000000L};
+    int64_t trim_at = ferry__clock_ms(CLOCK_MONOTONIC) + TRIM_INTERVAL_S * 1000;
+    coord_listener_t listener;
     sigset_t set;
     int sig;
 
+    coord_listener_init(&listener, c->port);
     sigemptyset(&set);
     sigaddset(&set, SIGTERM);
     sigaddset(&set, SIGINT);
     sigaddset(&set, SIGHUP);
     sigaddset(&set, SIGCHLD);
     for (;;) {
-        sig = sigtimedwait(&set, NULL, &interval);
-        if (sig < 0) {
-            give_back_free_memory(); /* EAGAIN: the interval passed (EINTR: soon again) */
+        sig = sigtimedwait(&set, NULL, &look);
+        if (sig < 0) { /* EAGAIN: the interval passed (EINTR: soon again) */
+            if (coord_listener_stuck(&listener)) {
+                return WAIT_NOT_ACCEPTING;
+            }
+            if (ferry__clock_ms(CLOCK_MONOTONIC) >= trim_at) {
+                give_back_free_memory();
+                trim_at = ferry__clock_ms(CLOCK_MONOTONIC) + TRIM_INTERVAL_S * 1000;
+            }
             continue;
         }
         if (sig != SIGCHLD) {
             return sig;
         }
         if (coord_etcd_child_exited(&c->child)) {
-            return 0;
+            return WAIT_ETCD_GONE;
         }
     }
 }
@@ -561,12 +589,18 @@ int main(int argc, char **argv)
         return 1;
     }
     rc = wait_for_signal(&c);
-    if (rc == 0) {
+    if (rc == WAIT_ETCD_GONE) {
         ferry_error("stopping: the private etcd is gone (exit 1, for a supervisor to restart)");
+    } else if (rc == WAIT_NOT_ACCEPTING) {
+        ferry_error("stopping: the gRPC listener on port %d no longer accepts connections "
+                    "(connections have waited in its accept queue for %d s; gRPC core gives up "
+                    "after an accept fails, as with too many open files: see its 'Failed accept4' "
+                    "line); draining the open ones, then exit 1, for a supervisor to restart",
+                    c.port, COORD_LISTENER_LOOK_MS * COORD_LISTENER_STRIKES / 1000);
     } else {
         ferry_info("signal %d: draining in-flight calls (up to %d ms)", rc, c.config.grace_ms);
     }
     close_all(&c);
     ferry_info("stopped");
-    return rc == 0 ? 1 : 0;
+    return rc == WAIT_ETCD_GONE || rc == WAIT_NOT_ACCEPTING ? 1 : 0;
 }

@@ -42,6 +42,7 @@
 #define RPC_SERVER_KEEPALIVE_MS         60000
 #define RPC_SERVER_KEEPALIVE_TIMEOUT_MS 20000
 #define RPC_MAX_STREAMS_PER_CONNECTION  1024
+#define RPC_SERVER_HANDSHAKE_TIMEOUT_MS 10000
 #define RPC_REARM_RETRY_MS              100
 /* What a server's gRPC resource quota allows beyond its held-request
  * bound: gRPC counts the requests the bound counts too (a delivered one
@@ -189,8 +190,8 @@ err_say:
 /* The grpc_server and its queue, with the message size limit. */
 static void server_create_grpc(rpc_server_t *server)
 {
-    grpc_arg args[11];
-    grpc_channel_args channel_args = {8, args};
+    grpc_arg args[12];
+    grpc_channel_args channel_args = {9, args};
     grpc_resource_quota *quota = NULL;
 
     args[0].type = GRPC_ARG_INTEGER;
@@ -233,6 +234,17 @@ static void server_create_grpc(rpc_server_t *server)
     args[7].type = GRPC_ARG_INTEGER;
     args[7].key = GRPC_ARG_ALLOW_REUSEPORT;
     args[7].value.integer = 0;
+    /* A connection must finish its handshake (TLS, the HTTP/2 preface) in
+     * this time, or it is closed; gRPC's default is 120 s. Each one holds a
+     * file descriptor, outside the resource quota, until then: bare TCP
+     * connects that send nothing filled a coordinator's descriptors at
+     * 1,000 a second, and gRPC core 1.51 stops accepting for good after
+     * one accept fails with EMFILE (audit-s30-grpc F1; coordinator/
+     * listener.h). A tenth of the default makes that twelve times dearer,
+     * and is ample for a handshake. */
+    args[8].type = GRPC_ARG_INTEGER;
+    args[8].key = GRPC_ARG_SERVER_HANDSHAKE_TIMEOUT_MS;
+    args[8].value.integer = RPC_SERVER_HANDSHAKE_TIMEOUT_MS;
     if (server->max_connection_age_ms > 0) {
         args[channel_args.num_args].type = GRPC_ARG_INTEGER;
         args[channel_args.num_args].key = GRPC_ARG_MAX_CONNECTION_AGE_MS;
