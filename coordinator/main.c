@@ -191,15 +191,22 @@ static ferry_status_t open_etcd(coordinator_t *c)
     return status;
 }
 
-/* A test seam's count from the environment: 0 when unset or not a
- * number from 0 to 1000. */
+/* A test seam's count from the environment: 0 when unset, or (with a
+ * warning) when not a number from 0 to 1000. */
 static int test_count(const char *name)
 {
     const char *text = getenv(name);
     char *end = NULL;
     long n = text != NULL ? strtol(text, &end, 10) : 0;
 
-    return text != NULL && end != text && *end == '\0' && n >= 0 && n <= 1000 ? (int)n : 0;
+    if (text == NULL) {
+        return 0;
+    }
+    if (end == text || *end != '\0' || n < 0 || n > 1000) {
+        ferry_warn("%s='%.32s' is not a count from 0 to 1000: ignored", name, text);
+        return 0;
+    }
+    return (int)n;
 }
 
 static ferry_status_t open_server(coordinator_t *c)
@@ -492,9 +499,12 @@ static void give_back_free_memory(void)
     }
 }
 
-/* What ended wait_for_signal when no signal did. */
-#define WAIT_ETCD_GONE     0  /* the private etcd exited */
-#define WAIT_NOT_ACCEPTING -1 /* the gRPC listener no longer accepts */
+/* What ended wait_for_signal when no signal did (signal numbers are
+ * positive). */
+enum {
+    WAIT_ETCD_GONE = 0,      /* the private etcd exited */
+    WAIT_NOT_ACCEPTING = -1, /* the gRPC listener no longer accepts */
+};
 
 /* Waits for SIGTERM, SIGINT or SIGHUP (returns it; a closed terminal or a
  * supervisor's reload signal drains as SIGTERM does, where SIGHUP's
@@ -515,7 +525,13 @@ static int wait_for_signal(coordinator_t *c)
     sigset_t set;
     int sig;
 
-    coord_listener_init(&listener, c->port);
+    /* gRPC gives a unix socket's listener port 1: nothing to look at. */
+    bool tcp = strncmp(c->config.listen, "unix", 4) != 0;
+    if (coord_listener_init(&listener, tcp ? c->port : 0) != FERRY_OK && tcp) {
+        ferry_warn("cannot find the gRPC listener of port %d in /proc/self/net/tcp: a listener "
+                   "that stops accepting will not be noticed",
+                   c->port);
+    }
     sigemptyset(&set);
     sigaddset(&set, SIGTERM);
     sigaddset(&set, SIGINT);
@@ -525,6 +541,7 @@ static int wait_for_signal(coordinator_t *c)
         sig = sigtimedwait(&set, NULL, &look);
         if (sig < 0) { /* EAGAIN: the interval passed (EINTR: soon again) */
             if (coord_listener_stuck(&listener)) {
+                coord_listener_close(&listener);
                 return WAIT_NOT_ACCEPTING;
             }
             if (ferry__clock_ms(CLOCK_MONOTONIC) >= trim_at) {
@@ -534,9 +551,11 @@ static int wait_for_signal(coordinator_t *c)
             continue;
         }
         if (sig != SIGCHLD) {
+            coord_listener_close(&listener);
             return sig;
         }
         if (coord_etcd_child_exited(&c->child)) {
+            coord_listener_close(&listener);
             return WAIT_ETCD_GONE;
         }
     }
@@ -593,10 +612,10 @@ int main(int argc, char **argv)
         ferry_error("stopping: the private etcd is gone (exit 1, for a supervisor to restart)");
     } else if (rc == WAIT_NOT_ACCEPTING) {
         ferry_error("stopping: the gRPC listener on port %d no longer accepts connections "
-                    "(connections have waited in its accept queue for %d s; gRPC core gives up "
+                    "(a connection has waited in its accept queue for %d s; gRPC core gives up "
                     "after an accept fails, as with too many open files: see its 'Failed accept4' "
                     "line); draining the open ones, then exit 1, for a supervisor to restart",
-                    c.port, COORD_LISTENER_LOOK_MS * COORD_LISTENER_STRIKES / 1000);
+                    c.port, COORD_LISTENER_LOOK_MS * (COORD_LISTENER_LOOKS - 1) / 1000);
     } else {
         ferry_info("signal %d: draining in-flight calls (up to %d ms)", rc, c.config.grace_ms);
     }
