@@ -18,6 +18,9 @@
 #include "common/op_state.h"
 
 #define MAINT_INTERVAL_MS 500
+/* While etcd refuses the start's write probe, it is sent again this often
+ * (each is a raft round). */
+#define WRITE_PROBE_MS 5000
 /* A failed load is tried again after RELOAD_RETRY_MIN_MS, doubling up to
  * RELOAD_RETRY_MAX_MS: never back to back, whatever made it fail. */
 #define RELOAD_RETRY_MIN_MS 100
@@ -64,6 +67,14 @@ static const char *cause_text(registry_unhealthy_t cause)
         return "etcd cannot commit (unreachable, its TLS refused, or without a leader or a "
                "quorum)";
     }
+}
+
+/* The view can be loaded: etcd answers this coordinator's reads (it may
+ * refuse its writes: the view then follows what other replicas write). */
+static bool reads_work(coord_registry_t *r)
+{
+    return atomic_load(&r->healthy) ||
+           atomic_load(&r->unhealthy_cause) == (int)REGISTRY_ETCD_CANNOT_WRITE;
 }
 
 bool registry_etcd_stuck(coord_registry_t *r)
@@ -115,14 +126,12 @@ ferry_status_t registry_etcd_fail_as(coord_registry_t *r, ferry_status_t status,
         /* etcd refused the coordinator's own user, role or certificate: not
          * the client's token, so not the client's status (it would give up
          * on a record it may use). UNAVAILABLE, as for any etcd the
-         * coordinator cannot use; the operator fixes it from the log, and
-         * health says it once the next check has probed a write. */
+         * coordinator cannot use; the operator fixes it from the log (and
+         * ferry_etcd_requests_total's refusals; health says so only until
+         * a write has passed since start: probe_health). */
         static ferry_log_limit_t limit; /* every call fails so */
         unsigned quiet;
 
-        if (status == FERRY_ERR_PERMISSION_DENIED) {
-            atomic_store(&r->write_unproven, true);
-        }
         if (ferry_log_due(&limit, &quiet)) {
             ferry_error("registry: etcd %s refused the coordinator's credentials: %s (%s; %u "
                         "more such refusals since the last such line, logged at debug)",
@@ -741,7 +750,7 @@ static bool note_unhealthy(coord_registry_t *r, registry_unhealthy_t cause)
  * own key. etcd checks the permission of both branches before it applies
  * either, so a user that may not write is refused PERMISSION_DENIED, and
  * one that may changes nothing (not even the revision). A raft round, so
- * sent only while write_unproven. */
+ * sent only until one passes, every WRITE_PROBE_MS. */
 static ferry_status_t probe_write(coord_registry_t *r)
 {
     size_t len = strlen(r->prefix);
@@ -764,24 +773,31 @@ static ferry_status_t probe_write(coord_registry_t *r)
  * when no endpoint answers in time, when the members that answer know no
  * leader, when a linearizable read does not go through (quorum lost), and
  * when etcd refuses the coordinator's user or does not let it read its
- * prefix (the read's key); while write_unproven, a write probe that etcd
- * refuses PERMISSION_DENIED fails it too. A probe that fails otherwise
- * (slow, a member lost) proves nothing either way: the ping stands, and
- * the next check probes again (stricter than a write, it could make a
+ * prefix (the read's key). Until a write probe has passed since start,
+ * one that etcd refuses PERMISSION_DENIED fails it too: a replica started
+ * with a read-only role, or a rollout's new pods given one, stay out of
+ * the Service. Not after: a write grant taken back from a role every
+ * replica shares would take them all out, and with them the keep-alives
+ * that etcd still takes (review-s30 M2); the refusals are logged at error
+ * and counted in ferry_etcd_requests_total. A probe that fails otherwise
+ * (slow, a member lost) proves nothing either way: the ping stands, and a
+ * later check probes again (stricter than a write, it could make a
  * replica NOT_SERVING that etcd would serve: review-s29 H1). */
 static ferry_status_t probe_health(coord_registry_t *r, registry_unhealthy_t *cause_p)
 {
     ferry_status_t status = etcd_ping(r->etcd, NULL);
+    int64_t now = ferry__clock_ms(CLOCK_MONOTONIC);
 
     *cause_p = cause_of(status);
-    if (status == FERRY_OK && atomic_load(&r->write_unproven)) {
+    if (status == FERRY_OK && r->write_unproven && now >= r->write_probe_at_ms) {
         ferry_status_t wrote = probe_write(r);
-        if (wrote == FERRY_OK) {
-            atomic_store(&r->write_unproven, false);
-        } else if (wrote == FERRY_ERR_PERMISSION_DENIED) {
-            *cause_p = REGISTRY_ETCD_CANNOT_WRITE;
-            status = wrote;
-        }
+        r->write_unproven = wrote != FERRY_OK;
+        r->write_refused = wrote == FERRY_ERR_PERMISSION_DENIED;
+        r->write_probe_at_ms = now + WRITE_PROBE_MS;
+    }
+    if (status == FERRY_OK && r->write_unproven && r->write_refused) {
+        *cause_p = REGISTRY_ETCD_CANNOT_WRITE;
+        status = FERRY_ERR_PERMISSION_DENIED;
     }
     return status;
 }
@@ -841,7 +857,7 @@ static void *maint_main(void *arg)
             registry_unwrites_retry(r); /* failed Registers' records */
             registry_claim_ends_retry(r);
         }
-        if (reload && atomic_load(&r->healthy)) {
+        if (reload && reads_work(r)) {
             etcd_watch_destroy(r->watch);
             r->watch = NULL;
             if (load_view(r) != FERRY_OK) {
@@ -858,7 +874,7 @@ static void *maint_main(void *arg)
          * short: maint_wait would return at once while it is pending, and
          * the loop would ping etcd back to back, a full core and a flood
          * of requests on an etcd that is just coming up. */
-        maint_wait(r, MAINT_INTERVAL_MS, reload && !atomic_load(&r->healthy));
+        maint_wait(r, MAINT_INTERVAL_MS, reload && !reads_work(r));
     }
     return NULL;
 }
@@ -944,7 +960,7 @@ ferry_status_t coord_registry_create(const coord_registry_params_t *params,
     r->test_load_fails = params->test_load_fails;
 
     registry_unhealthy_t cause;
-    atomic_store(&r->write_unproven, true);
+    r->write_unproven = true;
     status = probe_health(r, &cause);
     atomic_store(&r->unhealthy_cause, (int)cause);
     atomic_store(&r->unhealthy_since_ms, registry_now_ms());
@@ -954,8 +970,8 @@ ferry_status_t coord_registry_create(const coord_registry_params_t *params,
                    "is",
                    cause_text(cause), r->prefix, etcd_client_last_error());
     }
-    if (status != FERRY_OK || load_view(r) != FERRY_OK) {
-        if (status == FERRY_OK) {
+    if (!reads_work(r) || load_view(r) != FERRY_OK) {
+        if (reads_work(r)) {
             ferry_warn("registry: etcd not ready (%s); serving from etcd reads until it is",
                        etcd_client_last_error());
         }

@@ -137,11 +137,13 @@ struct coord_registry {
     atomic_bool healthy;
     _Atomic int64_t unhealthy_since_ms;
     _Atomic int unhealthy_cause; /* registry_unhealthy_t */
-    /* The next health check also proves that etcd lets this coordinator's
-     * user write its prefix (probe_write, a raft round): true from create
-     * until a probe passes, and again once etcd refuses a call
-     * PERMISSION_DENIED (a grant revoked, a read-only role). */
-    atomic_bool write_unproven;
+    /* Until a write probe passes (probe_write: that etcd lets this
+     * coordinator's user write its prefix), health checks send one every
+     * WRITE_PROBE_MS (write_probe_at_ms, CLOCK_MONOTONIC), and one that
+     * etcd refused (write_refused) makes them fail. Create's thread, then
+     * the maintenance thread's only. */
+    bool write_unproven, write_refused;
+    int64_t write_probe_at_ms;
     /* Claims whose key went, by where the expiry check was decided: [0] on
      * the view (finished: nothing to expire), [1] by the transition (an
      * expiry, or a view that could not tell). */
