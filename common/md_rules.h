@@ -71,6 +71,12 @@ ferry_status_t ferry_md_sizes_pair(const Ferry__V1__RdmaMetadata *md, const uint
 #define FERRY_TOKEN_MIN      16
 #define FERRY_TOKEN_MAX      256
 
+/* The longest TTL (seconds) a record may ask for, and the largest page a
+ * List may ask for: the coordinator's limits (coordinator/validate.h), which
+ * ferry-worker's --ttl and ferryctl's --page-size check before asking. */
+#define FERRY_TTL_MAX       3600
+#define FERRY_PAGE_SIZE_MAX 1000
+
 /* The rules themselves, the coordinator's (coordinator/validate.h) and
  * libferry's, which refuses a bad ID or token at once rather than after a
  * coordinator that cannot be reached has cost the call its timeout. Each

@@ -42,9 +42,9 @@
 #define COORD_RKEY_MAX           FERRY_MD_RKEY_MAX
 #define COORD_WORKER_ADDRESS_MAX FERRY_MD_WORKER_ADDRESS_MAX
 #define COORD_NOTIFY_KEY_LEN     FERRY_MD_KEY_LEN
-#define COORD_TTL_MAX            3600
+#define COORD_TTL_MAX            FERRY_TTL_MAX
 #define COORD_NAME_MAX           256
-#define COORD_PAGE_SIZE_MAX      1000
+#define COORD_PAGE_SIZE_MAX      FERRY_PAGE_SIZE_MAX
 #define COORD_METADATA_MAX       FERRY_MD_PACKED_MAX
 
 ferry_status_t coord_validate_request_id(const char *field, const char *id, char *msg, size_t cap);

@@ -31,13 +31,14 @@
 #include <time.h>
 
 #include "common/log.h"
+#include "common/md_rules.h"
 #include "common/tls_flags.h"
 #include "ctl.h"
 #include "grpc/health/v1/health.pb-c.h"
 
 #define FLAG_TIMEOUT_MIN_S   0.001
 #define FLAG_TIMEOUT_MAX_S   86400.0
-#define FLAG_PAGE_SIZE_MAX   1000 /* ListRequest.page_size's own limit */
+#define FLAG_PAGE_SIZE_MAX   FERRY_PAGE_SIZE_MAX /* ListRequest.page_size's own limit */
 #define FLAG_PAGES_MAX       1000000
 #define WATCH_POLL_MS        200 /* how often watch looks at ctl_stop */
 #define WATCH_BACKOFF_MIN_MS 200

@@ -39,6 +39,7 @@
 #include <ferry/coordinator.h>
 
 #include "common/log.h"
+#include "common/md_rules.h"
 #include "common/text.h"
 #include "pattern.h"
 #include "common/tls_flags.h"
@@ -55,12 +56,12 @@ enum {
 
 /* The ranges of the numeric flags. Sizes stop at 1 TiB so that rounding the
  * buffer up to a page can never wrap; descriptors and TTL are the
- * coordinator's own limits (coordinator.proto). */
+ * coordinator's own limits, taken from their owner (common/md_rules.h). */
 #define FLAG_SIZE_MAX        (UINT64_C(1) << 40)
-#define FLAG_DESCRIPTORS_MAX 1024
+#define FLAG_DESCRIPTORS_MAX FERRY_MD_DESCRIPTORS_MAX
 #define FLAG_TIMEOUT_MIN_S   0.001
 #define FLAG_TIMEOUT_MAX_S   86400.0
-#define FLAG_TTL_MAX         3600
+#define FLAG_TTL_MAX         FERRY_TTL_MAX
 
 typedef struct {
     const char *command;
