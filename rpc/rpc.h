@@ -468,11 +468,20 @@ ferry_status_t rpc_stream_open_md(rpc_channel_t *channel, const char *path,
 /* Waits up to timeout_ms (<= 0: until the stream's deadline) for the next
  * message. FERRY_OK with *msg_p set: a message (free it as above).
  * FERRY_OK with *msg_p NULL: the stream ended with OK. FERRY_ERR_TIMED_OUT
- * with err->grpc_code 0: nothing arrived within timeout_ms; the stream goes
- * on. Any other status: the stream ended with that status (err says the
+ * with err->grpc_code 0 (rpc_stream_idle): nothing arrived within
+ * timeout_ms; the stream goes on. Any other status: the stream ended with that status (err says the
  * exact code and message). */
 ferry_status_t rpc_stream_read(rpc_stream_t *stream, int64_t timeout_ms, ProtobufCMessage **msg_p,
                                rpc_error_t *err);
+
+/* Whether rpc_stream_read's (status, err) says "nothing arrived within
+ * timeout_ms; the stream goes on", rather than an end: the one place that
+ * tells that from a stream that ended on its deadline (TIMED_OUT with a
+ * nonzero grpc_code). */
+static inline bool rpc_stream_idle(ferry_status_t status, const rpc_error_t *err)
+{
+    return status == FERRY_ERR_TIMED_OUT && err->grpc_code == 0;
+}
 
 /* Cancels the stream from any thread: a read waiting in another thread
  * returns (the stream ended, CANCELLED). The stream must still exist: the

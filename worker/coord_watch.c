@@ -159,8 +159,7 @@ static bool watch_follow(ferry_coordinator_t *coord, rpc_stream_t *stream)
         if (msg != NULL) {
             ferry__v1__watch_response__free_unpacked(msg, NULL);
         }
-        if (over ||
-            (status != FERRY_OK && !(status == FERRY_ERR_TIMED_OUT && err.grpc_code == 0)) ||
+        if (over || (status != FERRY_OK && !rpc_stream_idle(status, &err)) ||
             (status == FERRY_OK && msg == NULL)) {
             if (!over) {
                 ferry_debug("coordinator watch: stream ended: %s", err.message);

@@ -608,7 +608,7 @@ static ferry_status_t etcd_watch_grpc_read(etcd_watch_t *watch, rpc_stream_t *st
             }
             continue;
         }
-        if (status == FERRY_ERR_TIMED_OUT && err.grpc_code == 0) {
+        if (rpc_stream_idle(status, &err)) {
             /* Nothing yet: the stream goes on. */
             if (!watch->created && etcd_now_ms() > created_by) {
                 etcd__set_error("watch: no answer from etcd within %d ms",

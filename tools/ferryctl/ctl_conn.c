@@ -254,7 +254,7 @@ static ferry_status_t read_first(const ctl_conn_t *conn, rpc_stream_t *stream,
             return FERRY_ERR_TIMED_OUT;
         }
         status = rpc_stream_read(stream, left < CONN_POLL_MS ? left : CONN_POLL_MS, msg_p, err);
-        if (status != FERRY_ERR_TIMED_OUT || err->grpc_code != 0) {
+        if (!rpc_stream_idle(status, err)) {
             return status;
         }
     }

@@ -680,7 +680,7 @@ static ferry_status_t watch_stream(const options_t *o, rpc_stream_t *stream, int
         ferry_status_t status =
             rpc_stream_read(stream, WATCH_POLL_MS, (ProtobufCMessage **)&msg, err);
 
-        if (status == FERRY_ERR_TIMED_OUT && err->grpc_code == 0) {
+        if (rpc_stream_idle(status, err)) {
             continue;
         }
         if (status != FERRY_OK || msg == NULL) {
