@@ -813,17 +813,6 @@ ferry_status_t ferry_coordinator_disconnect(ferry_coordinator_t *coord)
     return FERRY_OK;
 }
 
-/* Whether a Register that failed so may have been applied: no answer (a
- * replica gone mid-call, the call's time out), the coordinator's own
- * UNAVAILABLE (etcd did not answer it in time), or the server's CANCELLED
- * (a replica shutting down cancels the calls that reach it late, and ends
- * those its grace did not see through). */
-static bool register_unsure(ferry_status_t status)
-{
-    return status == FERRY_ERR_UNAVAILABLE || status == FERRY_ERR_TIMED_OUT ||
-           status == FERRY_ERR_CANCELLED;
-}
-
 /* An access token nobody but this client knows, for a publish whose caller
  * left the choice to the client: drawn here rather than by the coordinator,
  * so that a Register sent again carries the token of the first, and the
@@ -1075,8 +1064,11 @@ static ferry_status_t register_until(ferry_coordinator_t *coord, Ferry__V1__Regi
         status =
             register_once(coord, req, bytes, len, left > 1 ? (int)left : 1, resp_p, lease_p, err);
         tries++;
-        /* A call the caller's check cut may have reached the coordinator. */
-        if (register_unsure(status) || (status != FERRY_OK && rpc_interrupt_tripped())) {
+        /* A Register that got no answer may have been applied (a replica
+         * gone mid-call, the call's time out, etcd slow behind the
+         * coordinator, a replica shutting down), and so may one the
+         * caller's check cut. */
+        if (ferry__coord_unanswered(status) || (status != FERRY_OK && rpc_interrupt_tripped())) {
             unsure_lease = *lease_p;
         }
         if (ask_again(status)) {

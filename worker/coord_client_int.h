@@ -145,6 +145,21 @@ static inline bool ferry__coord_aborting(void *arg)
     return atomic_load(&((ferry_coordinator_t *)arg)->aborting);
 }
 
+/* A call whose answer did not come: no answer within its deadline
+ * (TIMED_OUT), no replica reached or the coordinator's own UNAVAILABLE (etcd
+ * did not answer it in time), or the server's CANCELLED (a replica shutting
+ * down cancels the calls that reach it late, and ends those its grace did
+ * not see through). Such a call may have been applied, and may be sent
+ * again: a Register that failed so is unsure (coord_client.c), and the
+ * session thread's reports and releases try again (coord_session.c).
+ * Not ask_again (coord_client.c), where a Lookup wait's TIMED_OUT means
+ * "no record". */
+static inline bool ferry__coord_unanswered(ferry_status_t status)
+{
+    return status == FERRY_ERR_UNAVAILABLE || status == FERRY_ERR_TIMED_OUT ||
+           status == FERRY_ERR_CANCELLED;
+}
+
 static inline int64_t now_ms(void)
 {
     return ferry__clock_ms(CLOCK_MONOTONIC);

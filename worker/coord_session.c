@@ -308,16 +308,10 @@ static ferry_status_t cancel_passive(coord_link_t *link, const char *reason)
     return status;
 }
 
-/* A call whose answer did not come, which may be sent again: no answer (the
- * deadline), UNAVAILABLE, or the server's CANCELLED (a replica shutting
- * down cancels the calls that reach it late). These calls are the session
- * thread's, which has no interrupt check, or disconnect's last tries, where
- * an interrupt ends the loop before any retry. */
-static bool retryable(ferry_status_t status)
-{
-    return status == FERRY_ERR_UNAVAILABLE || status == FERRY_ERR_TIMED_OUT ||
-           status == FERRY_ERR_CANCELLED;
-}
+/* The calls below that got no answer (ferry__coord_unanswered) are sent
+ * again: they are the session thread's, which has no interrupt check, or
+ * disconnect's last tries, where an interrupt ends the loop before any
+ * retry. */
 
 /* The owner is done with a passive operation: its record goes, after the
  * Cancel it still owes (cancel_due: destroyed unfinished).
@@ -339,7 +333,7 @@ bool ferry__coord_release_passive(coord_link_t *link)
 
     if (link->cancel_due) {
         status = cancel_passive(link, link->cancel_reason);
-        if (retryable(status)) {
+        if (ferry__coord_unanswered(status)) {
             link->release_tries++;
             return false;
         }
@@ -366,7 +360,7 @@ bool ferry__coord_release_passive(coord_link_t *link)
         link->release_tries = 0;
         return false;
     }
-    if (status == FERRY_ERR_FAILED_PRECONDITION || retryable(status)) {
+    if (status == FERRY_ERR_FAILED_PRECONDITION || ferry__coord_unanswered(status)) {
         link->release_tries++;
         ferry_debug("op %s: not released (%s); trying again", link->request_id, err.message);
         return false;
@@ -403,7 +397,7 @@ bool ferry__coord_report_active(coord_link_t *link)
         ferry__v1__complete_response__free_unpacked(resp, NULL);
         return true;
     }
-    if (retryable(status)) {
+    if (ferry__coord_unanswered(status)) {
         link->report_tries++;
         ferry_debug("op %s: report not taken (%s); trying again", link->request_id, err.message);
         return false;
@@ -424,7 +418,7 @@ static bool report(coord_link_t *link, ferry_op_status_t status)
         return ferry__coord_report_active(link);
     }
     if (status == FERRY_OP_STATUS_CANCELLED &&
-        retryable(cancel_passive(link, "the receiver cancelled the operation"))) {
+        ferry__coord_unanswered(cancel_passive(link, "the receiver cancelled the operation"))) {
         link->report_tries++;
         return false;
     }
