@@ -1,31 +1,43 @@
 #!/bin/sh
 # worker-callgraph.sh: who calls whom across the files of libferry, read from
 # the compiled objects (a file "calls" another when it has an undefined
-# symbol the other defines), and the layering check of STYLE.md 13: the data
-# plane (UCX only) never calls up into the coordinator client, nor into the
-# rpc layer (gRPC).
+# symbol the other defines), and the layering checks of STYLE.md 13: the
+# data plane (UCX only) never calls up into the coordinator client, nor into
+# the rpc layer (gRPC); and the coordinator client calls into the data plane
+# only through its public API (the FERRY_API functions of the headers given
+# to --api) and the few internal entries meant for it (CLIENT_ALLOWED below:
+# worker/errors.h, worker/fork.h, worker/op_cancel.h), never through the
+# rest of its internals (worker/ferry_int.h).
 #
 # usage: worker-callgraph.sh --dataplane "A.o B.o ..." --coord "C.o ..." \
-#            --rpc librpc.a [--print]
+#            --rpc librpc.a --api "ferry.h ..." [--print]
 # Exits 1 and names the call when a data-plane object uses a symbol that the
-# coordinator client or the rpc layer defines; --print writes the graph.
+# coordinator client or the rpc layer defines, or when a coordinator-client
+# object uses a data-plane symbol that is neither FERRY_API nor allowed;
+# --print writes the graph.
 set -eu
+
+# The data plane's internal entries the coordinator client may call.
+CLIENT_ALLOWED="ferry__fail ferry__clear_error ferry__fork_start ferry__op_cancel_why"
 
 dataplane=
 coord=
 rpc=
+api=
 print=0
 while [ $# -gt 0 ]; do
     case "$1" in
     --dataplane) dataplane=$2; shift 2 ;;
     --coord) coord=$2; shift 2 ;;
     --rpc) rpc=$2; shift 2 ;;
+    --api) api=$2; shift 2 ;;
     --print) print=1; shift ;;
     *) echo "worker-callgraph.sh: unknown argument $1" >&2; exit 2 ;;
     esac
 done
-[ -n "$dataplane" ] && [ -n "$coord" ] && [ -n "$rpc" ] || {
-    echo "usage: worker-callgraph.sh --dataplane OBJS --coord OBJS --rpc LIB [--print]" >&2
+[ -n "$dataplane" ] && [ -n "$coord" ] && [ -n "$rpc" ] && [ -n "$api" ] || {
+    echo "usage: worker-callgraph.sh --dataplane OBJS --coord OBJS --rpc LIB --api HEADERS" \
+        "[--print]" >&2
     exit 2
 }
 
@@ -68,4 +80,24 @@ if [ -n "$up" ]; then
     echo "$up" | awk '{print "  " $1 " -> " $2 " (" $4 "): " $5}' >&2
     exit 1
 fi
-echo "worker-callgraph.sh: no call from the data plane up into the coordinator client or rpc"
+
+# allowed: the FERRY_API functions, then CLIENT_ALLOWED, one a line.
+# shellcheck disable=SC2086 # --api is a list of headers
+"$(dirname "$0")/ferry-api-symbols.sh" $api >"$tmp/allowed"
+[ -s "$tmp/allowed" ] || {
+    echo "worker-callgraph.sh: no FERRY_API function in --api $api" >&2
+    exit 2
+}
+for s in $CLIENT_ALLOWED; do echo "$s"; done >>"$tmp/allowed"
+inside=$(awk 'NR == FNR {ok[$1] = 1; next}
+              $3 == "coord" && $4 == "dataplane" && !($5 in ok)' "$tmp/allowed" "$tmp/edges")
+if [ -n "$inside" ]; then
+    echo "worker-callgraph.sh: the coordinator client calls the data plane's internals" \
+        "(caller callee symbol; declare a new entry in a narrow header and add it to" \
+        "CLIENT_ALLOWED, or use the public API):" >&2
+    echo "$inside" | awk '{print "  " $1 " -> " $2 ": " $5}' >&2
+    exit 1
+fi
+echo "worker-callgraph.sh: no call from the data plane up into the coordinator client or rpc," \
+    "and the client calls the data plane through its API and $(echo "$CLIENT_ALLOWED" | wc -w)" \
+    "allowed entries only"

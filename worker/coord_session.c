@@ -34,7 +34,6 @@
  * Locking: see coord_client_int.h.
  */
 #include "worker/coord_client_int.h"
-#include "worker/ferry_int.h"
 
 #include <inttypes.h>
 #include <stdio.h>
@@ -45,6 +44,7 @@
 
 #include "common/log.h"
 #include "worker/errors.h"
+#include "worker/op_cancel.h"
 
 /* ---- the session lease ------------------------------------------------------ */
 

@@ -43,6 +43,7 @@
 #include "ferry/v1/types.pb-c.h"
 #include "worker/copy_engine.h"
 #include "worker/errors.h"
+#include "worker/op_cancel.h"
 
 #define FERRY__AM_ID          0x4652u /* "FR": the one active-message id */
 #define FERRY__KEY_LEN        FERRY_NOTIFICATION_KEY_LEN
@@ -628,11 +629,6 @@ void ferry__op_free(ferry_op_t *op);
 /* The destroy a done callback deferred (destroy_deferred), as its caller
  * asked for it (ferry_op_destroy or _nowait); no lock held. */
 void ferry__op_destroy_resume(ferry_op_t *op);
-
-/* ferry_op_cancel with `why` (copied) as the operation's message: the
- * coordinator client's, where the record was cancelled at the coordinator.
- * Takes the lock. */
-void ferry__op_cancel_why(ferry_op_t *op, const char *why);
 
 /* The one state-change function; lock held. code/fmt only for ERRORED and
  * CANCELLED (code FERRY_OK and fmt NULL otherwise). Logs every change; on a
