@@ -1,8 +1,8 @@
 /*
  * tls_flags.h: the one rule set for the TLS flags of Ferry's client
- * programs, ferry-worker and ferryctl (--tls-ca, --tls-cert, --tls-key,
- * --tls-server-name and their FERRY_TLS_* variables), which used to carry
- * a copy each.
+ * programs, ferry-worker and ferryctl (--tls-ca, --tls-cert and --tls-key
+ * with their FERRY_TLS_CA/CERT/KEY variables, and --tls-server-name, which
+ * has no variable), which used to carry a copy each.
  *
  * The rules: a flag set but empty is refused (a template that left it
  * blank), as the coordinator refuses its own, rather than taken as unset

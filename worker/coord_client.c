@@ -496,9 +496,6 @@ void ferry__coord_watch_stats(ferry_coordinator_t *coord, ferry__coord_watch_sta
                 FERRY_COORDINATOR_PARAM_FIELD_KEEPALIVE_MS |                                \
                 FERRY_COORDINATOR_PARAM_FIELD_TLS_REFRESH_S))
 
-/* Checks the params' numbers and fills the channel's settings, each unset
- * one from the environment (rpc_env_*: 0, the default, where that holds no
- * valid value). */
 /* A TLS file the channel will read (NULL: not set), opened here first: a
  * missing or unreadable one is then reported naming its field and the
  * system's reason. The rpc layer only logs its cause, which a library
@@ -519,6 +516,9 @@ static ferry_status_t tls_file_check(const char *field, const char *path)
     return FERRY_OK;
 }
 
+/* Checks the params' numbers and target and fills the channel's settings,
+ * each unset one from the environment (rpc_env_*: 0, the default, where that
+ * holds no valid value). */
 static ferry_status_t read_params(const ferry_coordinator_params_t *params,
                                   rpc_channel_params_t *cparams)
 {
