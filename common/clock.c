@@ -10,6 +10,13 @@ int64_t ferry__clock_ms(clockid_t clock)
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
+int64_t ferry__clock_ns(clockid_t clock)
+{
+    struct timespec ts;
+    clock_gettime(clock, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
 struct timespec ferry__clock_in_ms(clockid_t clock, int64_t ms)
 {
     struct timespec ts;

@@ -17,6 +17,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "common/clock.h"
 #include "common/log.h"
 #include "common/text.h"
 #include "etcd/etcd.h"
@@ -62,9 +63,7 @@ static void sleep_ms(int ms)
 
 static int64_t now_ms(void)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+    return ferry__clock_ms(CLOCK_MONOTONIC);
 }
 
 /* Waits up to ms for pid to exit; true once reaped. */

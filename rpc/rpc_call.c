@@ -45,6 +45,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/clock.h"
 #include "common/log.h"
 
 static const char *call_state_name(rpc_call_state_t state)
@@ -170,14 +171,6 @@ ferry_status_t rpc__call_arm(rpc_server_t *server, rpc_method_entry_t *method)
     return FERRY_OK;
 }
 
-static int64_t call_now_ns(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
-
 /* Records who and what the call is, and makes it ACTIVE. */
 static void call_accept(rpc_call_t *call)
 {
@@ -192,7 +185,7 @@ static void call_accept(rpc_call_t *call)
     }
     call->id = atomic_fetch_add(&server->next_call_id, 1);
     atomic_fetch_add(&server->live_calls, 1);
-    call->accepted_ns = call_now_ns();
+    call->accepted_ns = ferry__clock_ns(CLOCK_MONOTONIC);
     if (server->observer.call_started != NULL) {
         server->observer.call_started(server->observer.arg, call->method ? call->path : NULL);
     }
@@ -548,7 +541,7 @@ static void call_maybe_done_locked(rpc_call_t *call)
     if (call->server->observer.call_ended != NULL) {
         call->server->observer.call_ended(call->server->observer.arg,
                                           call->method ? call->path : NULL, (int)call->final_code,
-                                          call_now_ns() - call->accepted_ns);
+                                          ferry__clock_ns(CLOCK_MONOTONIC) - call->accepted_ns);
     }
     grpc_call_unref(call->gcall);
     call->gcall = NULL;

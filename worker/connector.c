@@ -63,6 +63,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "common/clock.h"
 #include "common/log.h"
 #include "worker/cuda.h"
 #include "worker/ferry_int.h"
@@ -99,10 +100,7 @@ void ferry__wake(ferry_connector_t *c)
 
 uint64_t ferry__now_ns(void)
 {
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+    return (uint64_t)ferry__clock_ns(CLOCK_MONOTONIC);
 }
 
 void ferry__spin_pause(unsigned iteration)

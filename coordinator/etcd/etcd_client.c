@@ -925,14 +925,6 @@ static ferry_status_t etcd_call_once(etcd_client_t *client, CURL *handle, const 
     return status;
 }
 
-static int64_t etcd_now_ns(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
-
 static ferry_status_t etcd_call_unobserved(etcd_client_t *client, const char *path,
                                            const cJSON *body, unsigned flags, cJSON **reply_p);
 
@@ -944,13 +936,14 @@ ferry_status_t etcd__call(etcd_client_t *client, const char *path, const cJSON *
 
 int64_t etcd__now_ns(void)
 {
-    return etcd_now_ns();
+    return ferry__clock_ns(CLOCK_MONOTONIC);
 }
 
 void etcd__observe(etcd_client_t *client, const char *path, ferry_status_t status, int64_t start_ns)
 {
     if (client->observer.request_done != NULL) {
-        client->observer.request_done(client->observer.arg, path, status, etcd_now_ns() - start_ns);
+        client->observer.request_done(client->observer.arg, path, status,
+                                      etcd__now_ns() - start_ns);
     }
 }
 
@@ -963,7 +956,7 @@ void etcd__observe(etcd_client_t *client, const char *path, ferry_status_t statu
 ferry_status_t etcd__call_flags(etcd_client_t *client, const char *path, const cJSON *body,
                                 unsigned flags, cJSON **reply_p)
 {
-    int64_t start = etcd_now_ns();
+    int64_t start = etcd__now_ns();
     ferry_status_t status = etcd_call_unobserved(client, path, body, flags, reply_p);
     char probe[64];
 

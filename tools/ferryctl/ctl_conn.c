@@ -17,6 +17,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "common/clock.h"
 #include "ctl.h"
 
 #define COORD_PATH_PREFIX "/ferry.v1.Coordinator/"
@@ -89,10 +90,7 @@ bool ctl_code_tries_next_watch(int grpc_code)
 
 int64_t ctl_now_ms(void)
 {
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+    return ferry__clock_ms(CLOCK_MONOTONIC);
 }
 
 /* Says on stderr that target i did not answer and the next is tried. */
