@@ -124,11 +124,16 @@ typedef struct {
 /* The default of rpc_server_params_t.max_health_watches. */
 #define RPC_DEFAULT_HEALTH_WATCHES 1024
 
+/* The default of the server's and the channel's max_message_bytes (gRPC's
+ * own default): the largest request a server accepts, the largest response
+ * a channel accepts. */
+#define RPC_DEFAULT_MAX_MESSAGE (4 * 1024 * 1024)
+
 typedef struct {
     const char *listen_addr; /* "127.0.0.1:0" picks a free port */
     int n_threads;           /* completion-queue threads; 0: 2 */
     int calls_armed;         /* calls kept requested per method; 0: 8 */
-    int max_message_bytes;   /* largest request accepted; 0: 4 MiB */
+    int max_message_bytes;   /* largest request accepted; 0: RPC_DEFAULT_MAX_MESSAGE */
     /* Bytes of requests the calls in progress may hold together: each
      * call's request as it arrived (twice for a method that keeps its
      * bytes, which its decoded copy doubles), from its dispatch until it is
@@ -334,7 +339,7 @@ enum {
 typedef struct {
     const char *target;          /* "127.0.0.1:7400", "dns:///ferry:7400" */
     const rpc_tls_params_t *tls; /* NULL: plaintext */
-    int max_message_bytes;       /* largest response accepted; 0: 4 MiB */
+    int max_message_bytes;       /* largest response accepted; 0: RPC_DEFAULT_MAX_MESSAGE */
     int keepalive_ms;            /* 0: RPC_KEEPALIVE_DEFAULT_MS; else MIN..MAX */
     int tls_refresh_s;           /* 0: RPC_TLS_REFRESH_DEFAULT_S; else 1..MAX */
 } rpc_channel_params_t;

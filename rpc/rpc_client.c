@@ -33,7 +33,6 @@
 #include "common/clock.h"
 #include "common/log.h"
 
-#define RPC_DEFAULT_MAX_MESSAGE  (4 * 1024 * 1024)
 #define RPC_KEEPALIVE_TIMEOUT_MS 10000
 
 /* rpc_channel_connect on a channel whose last attempt failed: how long the
