@@ -172,9 +172,7 @@ static ferry_status_t etcd_grpc_attempt(etcd_client_t *client, size_t index, con
         status = etcd__error_status(0, err.grpc_code, err.message);
     }
     etcd__set_error("%s%s: code %d: %s", url, path, err.grpc_code, err.message);
-    if (err.grpc_code == ETCD_GRPC_RESOURCE_EXHAUSTED &&
-        strstr(err.message, "larger than max") != NULL) {
-        /* gRPC's own words for a reply over max_message_bytes. */
+    if (etcd__grpc_too_large(err.grpc_code, err.message)) {
         etcd__set_too_large(url);
         ferry_warn("etcd: %s", etcd_client_last_error());
     }

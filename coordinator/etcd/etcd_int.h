@@ -286,6 +286,10 @@ void etcd__watch_msg_clear(etcd_watch_msg_t *msg);
 /* etcd's error object {"error","message","code"} and the HTTP status to a
  * ferry status. */
 ferry_status_t etcd__error_status(long http_status, int grpc_code, const char *message);
+/* Whether a gRPC call's (code, message) says the reply was over the
+ * channel's max_message_bytes: the one place, beside etcd__error_status,
+ * that reads gRPC's text for it. */
+bool etcd__grpc_too_large(int grpc_code, const char *message);
 /* Why etcd cancelled a watch, from its cancel_reason: etcd writes a gRPC
  * status there as text ("rpc error: code = PermissionDenied desc =
  * etcdserver: permission denied"), mapped as etcd__error_status maps that

@@ -476,6 +476,15 @@ ferry_status_t etcd__error_status(long http_status, int grpc_code, const char *m
     return FERRY_ERR_PROTOCOL;
 }
 
+bool etcd__grpc_too_large(int grpc_code, const char *message)
+{
+    /* gRPC's own words for a message over max_message_bytes ("Received
+     * message larger than max (N vs. M)"): no code of its own tells it
+     * from etcd's other RESOURCE_EXHAUSTED answers. */
+    return grpc_code == ETCD_GRPC_RESOURCE_EXHAUSTED && message != NULL &&
+           strstr(message, "larger than max") != NULL;
+}
+
 /* gRPC's code names as etcd's Go server spells them in a status's text,
  * indexed by code. */
 static const char *const grpc_code_names[] = {
