@@ -18,13 +18,14 @@
 #include <stdint.h>
 #include <stdio.h>
 
-#include <grpc/status.h>
-
 #include "rpc/rpc.h"
 #include "ferry/v1/coordinator.pb-c.h"
 
-/* Exit codes (README's ferryctl section). Each gRPC code a command can meet
- * maps to one of them in ctl_exit_code, the one place that decides. */
+/* Exit codes (README's ferryctl section), named below by the gRPC code a
+ * command meets. ctl_exit_code, the one place that decides, reads the
+ * ferry_status_t that the rpc layer derived from that code (its
+ * rpc_status_from_grpc, or the coordinator's own status beside it), so
+ * nothing here classifies raw gRPC codes; err->grpc_code is for display. */
 enum {
     CTL_EXIT_OK = 0,
     CTL_EXIT_FAILED = 1,       /* anything else (INTERNAL, UNKNOWN, a reply that breaks the
@@ -66,13 +67,14 @@ ferry_status_t ctl_conn_init(ctl_conn_t *conn, const char *list);
 void ctl_conn_cleanup(ctl_conn_t *conn);
 const char *ctl_conn_target(const ctl_conn_t *conn);
 
-/* True for the codes that mean "this coordinator did not answer; another
- * may": UNAVAILABLE and DEADLINE_EXCEEDED. */
-bool ctl_code_is_unreachable(int grpc_code);
+/* True for the statuses that mean "this coordinator did not answer;
+ * another may": gRPC's UNAVAILABLE (FERRY_ERR_UNAVAILABLE or
+ * FERRY_ERR_TRANSPORT) and DEADLINE_EXCEEDED (FERRY_ERR_TIMED_OUT). */
+bool ctl_status_is_unreachable(ferry_status_t status);
 
 /* Calls /ferry.v1.Coordinator/<method> (or any full path starting with '/')
  * on the current coordinator, then on the next ones in order while the
- * answer is ctl_code_is_unreachable and ctl_stop is not set; a coordinator
+ * answer is ctl_status_is_unreachable and ctl_stop is not set; a coordinator
  * that answered becomes the current one. As rpc_unary otherwise. For reads:
  * asking again elsewhere changes nothing. */
 ferry_status_t ctl_conn_unary(ctl_conn_t *conn, const char *method, const ProtobufCMessage *req,
@@ -101,7 +103,7 @@ ferry_status_t ctl_conn_unary_at(ctl_conn_t *conn, size_t target, const char *pa
  * reads its first (created) message into *first_p. Each try waits at most
  * timeout_ms for that message (less when ctl_stop is set: it returns
  * FERRY_ERR_CANCELLED). A coordinator is left for the next when it does not
- * answer (ctl_code_is_unreachable), is full (RESOURCE_EXHAUSTED: its
+ * answer (ctl_status_is_unreachable), is full (RESOURCE_EXHAUSTED: its
  * --max-watches; another replica may have room) or breaks the protocol
  * (DATA_LOSS: a message that does not decode, a created message whose
  * revision is negative or INT64_MAX, which watch's resume could not add one
@@ -114,15 +116,16 @@ ferry_status_t ctl_conn_watch(ctl_conn_t *conn, const Ferry__V1__WatchRequest *r
 void ctl_conn_next(ctl_conn_t *conn);
 
 /* True for what ends a Watch on one coordinator but not on the next:
- * ctl_code_is_unreachable, RESOURCE_EXHAUSTED and DATA_LOSS (as in
- * ctl_conn_watch). */
-bool ctl_code_tries_next_watch(int grpc_code);
+ * ctl_status_is_unreachable, RESOURCE_EXHAUSTED (FERRY_ERR_RESOURCE_EXHAUSTED
+ * or NO_MEMORY, which share that code) and DATA_LOSS (FERRY_ERR_PROTOCOL),
+ * as in ctl_conn_watch. */
+bool ctl_status_tries_next_watch(ferry_status_t status);
 
 /* CLOCK_MONOTONIC in milliseconds. */
 int64_t ctl_now_ms(void);
 
 /* The exit code for a call's outcome. */
-int ctl_exit_code(ferry_status_t status, const rpc_error_t *err);
+int ctl_exit_code(ferry_status_t status);
 
 /* --- output (ctl_print.c) ----------------------------------------------- */
 

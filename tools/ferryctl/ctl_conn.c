@@ -77,15 +77,28 @@ const char *ctl_conn_target(const ctl_conn_t *conn)
     return conn->targets[conn->current];
 }
 
-bool ctl_code_is_unreachable(int grpc_code)
+bool ctl_status_is_unreachable(ferry_status_t status)
 {
-    return grpc_code == GRPC_STATUS_UNAVAILABLE || grpc_code == GRPC_STATUS_DEADLINE_EXCEEDED;
+    switch (status) {
+    case FERRY_ERR_UNAVAILABLE:
+    case FERRY_ERR_TRANSPORT:
+    case FERRY_ERR_TIMED_OUT:
+        return true;
+    default:
+        return false;
+    }
 }
 
-bool ctl_code_tries_next_watch(int grpc_code)
+bool ctl_status_tries_next_watch(ferry_status_t status)
 {
-    return ctl_code_is_unreachable(grpc_code) || grpc_code == GRPC_STATUS_RESOURCE_EXHAUSTED ||
-           grpc_code == GRPC_STATUS_DATA_LOSS;
+    switch (status) {
+    case FERRY_ERR_RESOURCE_EXHAUSTED:
+    case FERRY_ERR_NO_MEMORY:
+    case FERRY_ERR_PROTOCOL:
+        return true;
+    default:
+        return ctl_status_is_unreachable(status);
+    }
 }
 
 int64_t ctl_now_ms(void)
@@ -165,7 +178,7 @@ static ferry_status_t write_at(ctl_conn_t *conn, size_t i, const char *method, c
     *sent_p = true;
     left = conn->timeout_ms - (ctl_now_ms() - start);
     status = rpc_unary(conn->channel, path, req, desc, left > 0 ? left : 1, resp_p, err);
-    if (status != FERRY_OK && ctl_code_is_unreachable(err->grpc_code)) {
+    if (ctl_status_is_unreachable(status)) {
         fprintf(stderr,
                 "ferryctl: %s: %s did not answer after the request went out; it may have been "
                 "applied, so it is not sent to another coordinator\n",
@@ -175,7 +188,7 @@ static ferry_status_t write_at(ctl_conn_t *conn, size_t i, const char *method, c
 }
 
 /* The one walk over the targets of ctl_conn_unary and ctl_conn_write: on
- * to the next while the answer is ctl_code_is_unreachable, ctl_stop is not
+ * to the next while the answer is ctl_status_is_unreachable, ctl_stop is not
  * set and, for a write, the request did not go out. */
 static ferry_status_t conn_call(ctl_conn_t *conn, const char *method, const ProtobufCMessage *req,
                                 const ProtobufCMessageDescriptor *desc, ProtobufCMessage **resp_p,
@@ -192,7 +205,7 @@ static ferry_status_t conn_call(ctl_conn_t *conn, const char *method, const Prot
 
         status = write ? write_at(conn, i, method, path, req, desc, resp_p, err, &sent)
                        : ctl_conn_unary_at(conn, i, path, req, desc, resp_p, err);
-        if (status == FERRY_OK || sent || !ctl_code_is_unreachable(err->grpc_code)) {
+        if (status == FERRY_OK || sent || !ctl_status_is_unreachable(status)) {
             return status;
         }
         /* Interrupted (list): the pages read so far are printed, not one
@@ -241,12 +254,12 @@ static ferry_status_t read_first(const ctl_conn_t *conn, rpc_stream_t *stream,
         ferry_status_t status;
 
         if (ctl_stop) {
-            err->grpc_code = GRPC_STATUS_CANCELLED;
+            err->grpc_code = rpc_status_to_grpc(FERRY_ERR_CANCELLED);
             snprintf(err->message, sizeof(err->message), "interrupted");
             return FERRY_ERR_CANCELLED;
         }
         if (left <= 0) {
-            err->grpc_code = GRPC_STATUS_DEADLINE_EXCEEDED;
+            err->grpc_code = rpc_status_to_grpc(FERRY_ERR_TIMED_OUT);
             snprintf(err->message, sizeof(err->message), "no first Watch message within %lld ms",
                      (long long)conn->timeout_ms);
             return FERRY_ERR_TIMED_OUT;
@@ -287,7 +300,7 @@ static ferry_status_t watch_once(ctl_conn_t *conn, const Ferry__V1__WatchRequest
     status = read_first(conn, stream, &msg, err);
     if (status == FERRY_OK && msg == NULL) {
         status = FERRY_ERR_UNAVAILABLE;
-        err->grpc_code = GRPC_STATUS_UNAVAILABLE;
+        err->grpc_code = rpc_status_to_grpc(FERRY_ERR_UNAVAILABLE);
         snprintf(err->message, sizeof(err->message), "the Watch stream ended at once");
     }
     if (status != FERRY_OK) {
@@ -297,7 +310,7 @@ static ferry_status_t watch_once(ctl_conn_t *conn, const Ferry__V1__WatchRequest
     if (first->header != NULL &&
         (first->header->revision < 0 || first->header->revision == INT64_MAX)) {
         status = FERRY_ERR_PROTOCOL;
-        err->grpc_code = GRPC_STATUS_DATA_LOSS;
+        err->grpc_code = rpc_status_to_grpc(FERRY_ERR_PROTOCOL);
         snprintf(err->message, sizeof(err->message),
                  "the Watch's first message has revision %lld: not a revision to watch after",
                  (long long)first->header->revision);
@@ -323,7 +336,7 @@ ferry_status_t ctl_conn_watch(ctl_conn_t *conn, const Ferry__V1__WatchRequest *r
         char shown[CTL_SHOWN_CAP(sizeof(err->message))];
 
         status = watch_once(conn, req, stream_p, first_p, err);
-        if (status == FERRY_OK || ctl_stop || !ctl_code_tries_next_watch(err->grpc_code)) {
+        if (status == FERRY_OK || ctl_stop || !ctl_status_tries_next_watch(status)) {
             return status;
         }
         fprintf(stderr, "ferryctl: %s: %s: %s\n", ctl_conn_target(conn),
@@ -334,24 +347,31 @@ ferry_status_t ctl_conn_watch(ctl_conn_t *conn, const Ferry__V1__WatchRequest *r
     return status;
 }
 
-int ctl_exit_code(ferry_status_t status, const rpc_error_t *err)
+/* Each case lists every status that the rpc layer's one mapping
+ * (rpc/rpc_status.c) ties to the gRPC code the exit code is documented by. */
+int ctl_exit_code(ferry_status_t status)
 {
-    if (status == FERRY_OK) {
+    switch (status) {
+    case FERRY_OK:
         return CTL_EXIT_OK;
-    }
-    switch (err->grpc_code) {
-    case GRPC_STATUS_INVALID_ARGUMENT:
+    case FERRY_ERR_INVALID_ARGUMENT: /* INVALID_ARGUMENT */
+    case FERRY_ERR_SIZE_MISMATCH:
+    case FERRY_ERR_KIND_MISMATCH:
         return CTL_EXIT_USAGE;
-    case GRPC_STATUS_NOT_FOUND:
+    case FERRY_ERR_NOT_FOUND: /* NOT_FOUND */
+    case FERRY_ERR_EXPIRED:
+    case FERRY_ERR_LEASE_NOT_FOUND:
         return CTL_EXIT_NOT_FOUND;
-    case GRPC_STATUS_PERMISSION_DENIED:
-    case GRPC_STATUS_UNAUTHENTICATED:
+    case FERRY_ERR_PERMISSION_DENIED: /* PERMISSION_DENIED, UNAUTHENTICATED */
+    case FERRY_ERR_UNAUTHENTICATED:
         return CTL_EXIT_DENIED;
-    case GRPC_STATUS_ALREADY_EXISTS:
-    case GRPC_STATUS_FAILED_PRECONDITION:
+    case FERRY_ERR_ALREADY_EXISTS: /* ALREADY_EXISTS, FAILED_PRECONDITION */
+    case FERRY_ERR_FAILED_PRECONDITION:
+    case FERRY_ERR_BUSY:
         return CTL_EXIT_PRECONDITION;
-    case GRPC_STATUS_DEADLINE_EXCEEDED:
-    case GRPC_STATUS_UNAVAILABLE:
+    case FERRY_ERR_TIMED_OUT: /* DEADLINE_EXCEEDED, UNAVAILABLE */
+    case FERRY_ERR_UNAVAILABLE:
+    case FERRY_ERR_TRANSPORT:
         return CTL_EXIT_UNAVAILABLE;
     default:
         return CTL_EXIT_FAILED;

@@ -306,7 +306,7 @@ static int report(const char *what, ferry_status_t status, const rpc_error_t *er
 
     fprintf(stderr, "ferryctl: %s: %s: %s (%s)\n", what, rpc_grpc_code_name(err->grpc_code),
             ctl_text_shown(shown, sizeof(shown), err->message), ctl_conn_target(conn));
-    return ctl_exit_code(status, err);
+    return ctl_exit_code(status);
 }
 
 /* The page tokens a list has sent: a coordinator that hands one back again
@@ -438,7 +438,7 @@ static int cmd_list(const options_t *o, ctl_conn_t *conn)
             goto out;
         }
         if (added == 0) {
-            err.grpc_code = GRPC_STATUS_DATA_LOSS;
+            err.grpc_code = rpc_status_to_grpc(FERRY_ERR_PROTOCOL);
             snprintf(err.message, sizeof(err.message),
                      "page %zu's next_page_token '%s' was sent before: the pages loop", n_pages,
                      req.page_token);
@@ -603,7 +603,7 @@ static int health_one(const options_t *o, ctl_conn_t *conn, size_t i)
             printf("%-24s %s (%s)\n", target, rpc_grpc_code_name(err.grpc_code),
                    ctl_text_shown(shown, sizeof(shown), err.message));
         }
-        return ctl_exit_code(status, &err);
+        return ctl_exit_code(status);
     }
     v = protobuf_c_enum_descriptor_get_value(
         &grpc__health__v1__health_check_response__serving_status__descriptor, resp->status);
@@ -687,7 +687,7 @@ static ferry_status_t watch_stream(const options_t *o, rpc_stream_t *stream, int
             return status;
         }
         if (!watch_revision_ok(msg)) {
-            err->grpc_code = GRPC_STATUS_DATA_LOSS;
+            err->grpc_code = rpc_status_to_grpc(FERRY_ERR_PROTOCOL);
             snprintf(err->message, sizeof(err->message),
                      "a message of %zu event(s) has revision %lld", msg->n_events,
                      msg->header != NULL ? (long long)msg->header->revision : 0LL);
@@ -751,7 +751,7 @@ static int cmd_watch(const options_t *o, ctl_conn_t *conn)
             if (ctl_stop) {
                 break;
             }
-            if (err.grpc_code == GRPC_STATUS_OUT_OF_RANGE && req.start_revision > 0) {
+            if (status == FERRY_ERR_OUT_OF_RANGE && req.start_revision > 0) {
                 fprintf(stderr,
                         "ferryctl: watch: %s no longer has the changes from revision %" PRId64
                         "; watching from now\n",
@@ -760,7 +760,7 @@ static int cmd_watch(const options_t *o, ctl_conn_t *conn)
                 gap = true;
                 continue;
             }
-            if (!ctl_code_tries_next_watch(err.grpc_code) || !started) {
+            if (!ctl_status_tries_next_watch(status) || !started) {
                 return report("watch", status, &err, conn);
             }
             watch_backoff(&backoff_ms);
@@ -798,8 +798,8 @@ static int cmd_watch(const options_t *o, ctl_conn_t *conn)
         if (status == FERRY_ERR_IO) {
             return CTL_EXIT_FAILED; /* said: emit, or finish_output */
         }
-        if (status != FERRY_OK && !ctl_code_tries_next_watch(err.grpc_code) &&
-            err.grpc_code != GRPC_STATUS_OUT_OF_RANGE) {
+        if (status != FERRY_OK && !ctl_status_tries_next_watch(status) &&
+            status != FERRY_ERR_OUT_OF_RANGE) {
             return report("watch", status, &err, conn);
         }
         /* revision < INT64_MAX: ctl_conn_watch and watch_revision_ok refuse
