@@ -37,6 +37,19 @@ def etcdctl(*args, user="root:root-pw-0123456789"):
     return done.stdout
 
 
+def register(stub, request_id, owner):
+    """A Register of a record of one host descriptor, on no lease."""
+    from ferry.v1 import coordinator_pb2, types_pb2
+    md = types_pb2.RdmaMetadata(
+        version=1, kind=types_pb2.OPERATION_KIND_WRITE, worker_address=b"\x01" * 64,
+        descriptors=[types_pb2.Descriptor(address=0x10000, size=4096,
+                                          device=types_pb2.Device(kind=types_pb2.DEVICE_KIND_HOST),
+                                          rkey=b"k" * 32)],
+        notification_key=os.urandom(16), worker_name=owner, hostname="localhost")
+    return stub.Register(coordinator_pb2.RegisterRequest(
+        request_id=request_id, metadata=md, access_token=TOKEN, owner=owner), timeout=10)
+
+
 def setUpModule():
     # Module cleanups run, last first, also when setUpModule fails, where
     # tearDownModule would not: nothing started is left behind.
@@ -87,8 +100,7 @@ def stop_coordinator():
 class RefusedByEtcd(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
-        from ferry.v1 import coordinator_pb2, coordinator_pb2_grpc, types_pb2
-        cls.pb, cls.cpb = types_pb2, coordinator_pb2
+        from ferry.v1 import coordinator_pb2_grpc
         cls.channel = grpc.insecure_channel(COORD.target)
         cls.stub = coordinator_pb2_grpc.CoordinatorStub(cls.channel)
 
@@ -97,15 +109,8 @@ class RefusedByEtcd(unittest.TestCase):
         cls.channel.close()
 
     def test_register_is_unavailable_not_permission_denied(self):
-        md = self.pb.RdmaMetadata(
-            version=1, kind=self.pb.OPERATION_KIND_WRITE, worker_address=b"\x01" * 64,
-            descriptors=[self.pb.Descriptor(address=0x10000, size=4096,
-                                            device=self.pb.Device(kind=self.pb.DEVICE_KIND_HOST),
-                                            rkey=b"k" * 32)],
-            notification_key=os.urandom(16), worker_name="roles", hostname="localhost")
         with self.assertRaises(grpc.RpcError) as caught:
-            self.stub.Register(self.cpb.RegisterRequest(
-                request_id="roles-1", metadata=md, access_token=TOKEN, owner="roles"), timeout=10)
+            register(self.stub, "roles-1", "roles")
         self.assertEqual(caught.exception.code(), grpc.StatusCode.UNAVAILABLE,
                          caught.exception.details())
         # Its write probe found this at start: said as health's cause.
@@ -129,7 +134,7 @@ class PrefixOutOfReach(unittest.TestCase):
         self.addCleanup(self.channel.close)
 
     def test_not_serving_and_saying_why(self):
-        from ferry.v1 import coordinator_pb2, coordinator_pb2_grpc, types_pb2
+        from ferry.v1 import coordinator_pb2_grpc
         hpb, check = ferry_harness.health_client(self.channel, os.path.join(TMP, "gen"))
 
         def status(service):
@@ -140,16 +145,8 @@ class PrefixOutOfReach(unittest.TestCase):
         self.assertEqual(status("liveness"), hpb.HealthCheckResponse.SERVING)
         self.assertTrue(self.coord.log_contains("read its prefix (prefix " + PREFIX))
         stub = coordinator_pb2_grpc.CoordinatorStub(self.channel)
-        md = types_pb2.RdmaMetadata(
-            version=1, kind=types_pb2.OPERATION_KIND_WRITE, worker_address=b"\x01" * 64,
-            descriptors=[types_pb2.Descriptor(address=0x10000, size=4096,
-                                              device=types_pb2.Device(
-                                                  kind=types_pb2.DEVICE_KIND_HOST),
-                                              rkey=b"k" * 32)],
-            notification_key=os.urandom(16), worker_name="lost", hostname="localhost")
         with self.assertRaises(grpc.RpcError) as caught:
-            stub.Register(coordinator_pb2.RegisterRequest(
-                request_id="lost-1", metadata=md, access_token=TOKEN, owner="lost"), timeout=10)
+            register(stub, "lost-1", "lost")
         self.assertEqual(caught.exception.code(), grpc.StatusCode.UNAVAILABLE,
                          caught.exception.details())
         self.assertIn("etcd does not let this coordinator's user read its prefix, since ",
@@ -193,24 +190,15 @@ class WriteRefused(unittest.TestCase):
 
     def test_not_serving_until_etcd_takes_its_writes(self):
         self.metrics = self.coord.metrics_port()
-        from ferry.v1 import coordinator_pb2, coordinator_pb2_grpc, types_pb2
+        from ferry.v1 import coordinator_pb2_grpc
         hpb, check = ferry_harness.health_client(self.channel, os.path.join(TMP, "gen"))
         stub = coordinator_pb2_grpc.CoordinatorStub(self.channel)
 
         def status():
             return check(hpb.HealthCheckRequest(service=""), timeout=5).status
 
-        def register(request_id):
-            md = types_pb2.RdmaMetadata(
-                version=1, kind=types_pb2.OPERATION_KIND_WRITE, worker_address=b"\x01" * 64,
-                descriptors=[types_pb2.Descriptor(address=0x10000, size=4096,
-                                                  device=types_pb2.Device(
-                                                      kind=types_pb2.DEVICE_KIND_HOST),
-                                                  rkey=b"k" * 32)],
-                notification_key=os.urandom(16), worker_name="reader", hostname="localhost")
-            return stub.Register(coordinator_pb2.RegisterRequest(
-                request_id=request_id, metadata=md, access_token=TOKEN, owner="reader"),
-                timeout=10)
+        def register_reader(request_id):
+            return register(stub, request_id, "reader")
 
         serving, not_serving = hpb.HealthCheckResponse.SERVING, hpb.HealthCheckResponse.NOT_SERVING
         ferry_harness.wait_until(lambda: status() == not_serving, 15,
@@ -218,7 +206,7 @@ class WriteRefused(unittest.TestCase):
         self.assertTrue(self.coord.log_contains(
             "etcd does not let this coordinator's user write its prefix (prefix " + PREFIX))
         with self.assertRaises(grpc.RpcError) as caught:
-            register(f"reader-{self.KV_API}-1")
+            register_reader(f"reader-{self.KV_API}-1")
         self.assertEqual(caught.exception.code(), grpc.StatusCode.UNAVAILABLE,
                          caught.exception.details())
         self.assertIn("write its prefix", caught.exception.details())
@@ -227,7 +215,7 @@ class WriteRefused(unittest.TestCase):
         etcdctl("role", "grant-permission", "ferry-reader", "readwrite", PREFIX, "--prefix=true")
         ferry_harness.wait_until(lambda: status() == serving, 15,
                                  "the replica to say SERVING once it may write")
-        register(f"reader-{self.KV_API}-2")
+        register_reader(f"reader-{self.KV_API}-2")
         self.assertIn(f"{PREFIX}ops/reader-{self.KV_API}-2",
                       etcdctl("get", PREFIX + "ops/", "--prefix", "--keys-only"))
 
@@ -236,7 +224,7 @@ class WriteRefused(unittest.TestCase):
         etcdctl("role", "grant-permission", "ferry-reader", "read", PREFIX, "--prefix=true")
         refused = self.etcd_requests("kv/txn", "permission_denied")
         with self.assertRaises(grpc.RpcError) as caught:
-            register(f"reader-{self.KV_API}-3")
+            register_reader(f"reader-{self.KV_API}-3")
         self.assertEqual(caught.exception.code(), grpc.StatusCode.UNAVAILABLE,
                          caught.exception.details())
         self.assertIn("etcd refused this coordinator's credentials", caught.exception.details())
