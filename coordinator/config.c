@@ -80,6 +80,10 @@ static const char usage[] =
     "  --watch-queue-kib N unsent KiB a Watch stream may hold before it ends with\n"
     "                      RESOURCE_EXHAUSTED, 16..1048576 (FERRY_WATCH_QUEUE_KIB;\n"
     "                      4096)\n"
+    "  --watch-memory-mib N  MiB of unsent changes all Watch streams may hold\n"
+    "                      together; a change (or a replay) that would pass it ends\n"
+    "                      its stream with RESOURCE_EXHAUSTED, 1..1048576\n"
+    "                      (FERRY_WATCH_MEMORY_MIB; 256)\n"
     "  --max-waits N       Lookup/Claim calls parked (wait_ms) at once; more are\n"
     "                      refused with RESOURCE_EXHAUSTED, 1..1000000\n"
     "                      (FERRY_MAX_WAITS; 10000)\n"
@@ -125,6 +129,7 @@ enum {
     OPT_MAX_CONNECTION_AGE,
     OPT_MAX_CONNECTION_AGE_GRACE,
     OPT_WATCH_QUEUE,
+    OPT_WATCH_MEMORY,
     OPT_MAX_WAITS,
     OPT_REQUEST_MEMORY,
     OPT_MAX_WATCHES,
@@ -158,6 +163,7 @@ static const struct option options[] = {
     {"max-connection-age-ms", required_argument, NULL, OPT_MAX_CONNECTION_AGE},
     {"max-connection-age-grace-ms", required_argument, NULL, OPT_MAX_CONNECTION_AGE_GRACE},
     {"watch-queue-kib", required_argument, NULL, OPT_WATCH_QUEUE},
+    {"watch-memory-mib", required_argument, NULL, OPT_WATCH_MEMORY},
     {"max-waits", required_argument, NULL, OPT_MAX_WAITS},
     {"request-memory-mib", required_argument, NULL, OPT_REQUEST_MEMORY},
     {"max-watches", required_argument, NULL, OPT_MAX_WATCHES},
@@ -257,6 +263,7 @@ static void config_defaults(coord_config_t *c)
     c->max_connection_age_ms = UNSET;
     c->max_connection_age_grace_ms = UNSET;
     c->watch_queue_kib = UNSET;
+    c->watch_memory_mib = UNSET;
     c->max_waits = UNSET;
     c->request_memory_mib = UNSET;
     c->max_watches = UNSET;
@@ -326,6 +333,9 @@ static int set_option(coord_config_t *c, int opt, const char *arg)
         return (c->max_watches = parse_int("--max-watches", arg, 1, 1000000)) < 0 ? -1 : 0;
     case OPT_WATCH_QUEUE:
         return (c->watch_queue_kib = parse_int("--watch-queue-kib", arg, 16, 1 << 20)) < 0 ? -1 : 0;
+    case OPT_WATCH_MEMORY:
+        return (c->watch_memory_mib = parse_int("--watch-memory-mib", arg, 1, 1 << 20)) < 0 ? -1
+                                                                                            : 0;
     case OPT_NAME:
         c->name = arg;
         break;
@@ -394,6 +404,7 @@ static int env_numbers(coord_config_t *c)
         env_number(&c->max_connection_age_grace_ms, "FERRY_MAX_CONNECTION_AGE_GRACE_MS", "30000", 0,
                    CONNECTION_AGE_MAX_MS) != 0 ||
         env_number(&c->watch_queue_kib, "FERRY_WATCH_QUEUE_KIB", "4096", 16, 1 << 20) != 0 ||
+        env_number(&c->watch_memory_mib, "FERRY_WATCH_MEMORY_MIB", "256", 1, 1 << 20) != 0 ||
         env_number(&c->max_waits, "FERRY_MAX_WAITS", "10000", 1, 1000000) != 0 ||
         env_number(&c->request_memory_mib, "FERRY_REQUEST_MEMORY_MIB", "1024", 4, 1048576) != 0 ||
         env_number(&c->max_watches, "FERRY_MAX_WATCHES", "10000", 1, 1000000) != 0) {

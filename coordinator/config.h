@@ -24,6 +24,7 @@ typedef struct {
     const char *port_file;      /* --port-file: write the bound port there */
     int grace_ms;               /* --grace-ms, FERRY_GRACE_MS; default 5000 */
     int watch_queue_kib;        /* --watch-queue-kib, FERRY_WATCH_QUEUE_KIB; default 4096 */
+    int watch_memory_mib;       /* --watch-memory-mib, FERRY_WATCH_MEMORY_MIB; default 256 */
     int max_waits;              /* --max-waits, FERRY_MAX_WAITS; default 10000 */
     int request_memory_mib;     /* --request-memory-mib, FERRY_REQUEST_MEMORY_MIB; 1024 */
     int max_watches;            /* --max-watches, FERRY_MAX_WATCHES; default 10000 */

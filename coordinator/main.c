@@ -125,6 +125,7 @@ static void sample_metrics(void *arg, coord_metrics_sample_t *out)
     if (c->service != NULL) {
         out->watch_events_sent = coord_service_watch_events_sent(c->service);
         out->parked_waits = coord_service_parked_waits(c->service);
+        out->watch_queued_bytes = coord_service_watch_queued_bytes(c->service);
     }
 }
 
@@ -239,6 +240,7 @@ static ferry_status_t open_server(coordinator_t *c)
     coord_service_params_t sparams = {
         .name = c->config.name,
         .watch_queue_bytes = (size_t)c->config.watch_queue_kib * 1024,
+        .watch_memory_bytes = (size_t)c->config.watch_memory_mib << 20,
         .max_waits = (size_t)c->config.max_waits,
         .max_watches = (size_t)c->config.max_watches,
     };

@@ -13,6 +13,7 @@
  *   ferry_operations{state}                      gauge, records in the view by state
  *   ferry_watch_events_sent_total                counter, events queued on Watch streams
  *   ferry_parked_waits                           gauge, Lookup/Claim calls parked (wait_ms)
+ *   ferry_watch_queued_bytes                     gauge, unsent bytes on Watch streams, together
  *   ferry_view_events_total{type,state}          counter, changes the view applied
  *   ferry_lease_expiries_total                   counter, records whose lease ran out
  *   ferry_claim_expiries_total                   counter, claims whose lease ran out
@@ -397,6 +398,12 @@ char *coord_metrics_render(coord_metrics_t *m)
             "appears (bounded by --max-waits).\n# TYPE ferry_parked_waits gauge\n"
             "ferry_parked_waits %zu\n",
             sample.parked_waits);
+    fprintf(f,
+            "# HELP ferry_watch_queued_bytes Bytes queued on Watch streams that their clients "
+            "have not taken, all streams together (bounded by --watch-memory-mib; each stream's "
+            "copy of a shared message counts).\n# TYPE ferry_watch_queued_bytes gauge\n"
+            "ferry_watch_queued_bytes %zu\n",
+            sample.watch_queued_bytes);
     fprintf(f,
             "# HELP ferry_claim_ends_total Claims whose key went (finished, cancelled or "
             "expired), by where the expiry check was decided: on the view (the record was past "

@@ -33,6 +33,7 @@ typedef struct {
     size_t view_by_state[FERRY_OP_STATE_COUNT]; /* records in the view, by state */
     uint64_t watch_events_sent;                 /* events queued on Watch streams */
     size_t parked_waits;                        /* Lookup/Claim calls parked (wait_ms) */
+    size_t watch_queued_bytes;                  /* unsent bytes on Watch streams, together */
     uint64_t claim_ends_on_view; /* claims ended, settled on the view (coord_registry_claim_ends) */
     uint64_t claim_ends_checked; /* claims ended, checked by a transition */
     size_t claim_ends_waiting;   /* claim ends' writes waiting to be tried again */

@@ -719,7 +719,16 @@ ferry_status_t coord_service_create(const coord_service_params_t *params, rpc_se
                                : SERVICE_WATCH_MSG_BYTES;
     svc->exec = params->exec;
     svc->read_exec = params->read_exec;
+    status = rpc_send_budget_create(params->watch_memory_bytes != 0 ? params->watch_memory_bytes
+                                                                    : SERVICE_WATCH_MEMORY_BYTES,
+                                    &svc->watch_budget);
+    if (status != FERRY_OK) {
+        free(svc->name);
+        free(svc);
+        return status;
+    }
     if (pthread_mutex_init(&svc->subs_lock, NULL) != 0) {
+        rpc_send_budget_release(svc->watch_budget);
         free(svc->name);
         free(svc);
         return FERRY_ERR_NO_MEMORY;
@@ -743,6 +752,7 @@ err_waits:
     pthread_mutex_destroy(&svc->waits_lock);
 err_free:
     pthread_mutex_destroy(&svc->subs_lock);
+    rpc_send_budget_release(svc->watch_budget);
     free(svc->name);
     free(svc);
     return status;
@@ -803,6 +813,7 @@ void coord_service_destroy(coord_service_t *svc)
     pthread_cond_destroy(&svc->waits_cond);
     pthread_mutex_destroy(&svc->waits_lock);
     pthread_mutex_destroy(&svc->subs_lock);
+    rpc_send_budget_release(svc->watch_budget); /* calls still held keep it */
     free(svc->name);
     free(svc);
 }

@@ -34,6 +34,10 @@ typedef struct {
     /* Bytes a Watch stream may have queued that its client has not taken;
      * past it the stream ends with RESOURCE_EXHAUSTED. 0: 4 MiB. */
     size_t watch_queue_bytes;
+    /* Bytes every Watch stream together may have queued that their
+     * clients have not taken; a revision (or a replay's) that would pass
+     * it ends its stream with RESOURCE_EXHAUSTED. 0: 256 MiB. */
+    size_t watch_memory_bytes;
     /* Lookup and Claim calls that may wait parked (wait_ms) at once; past
      * it one that would park ends with RESOURCE_EXHAUSTED. 0: 10000. */
     size_t max_waits;
@@ -49,6 +53,9 @@ typedef struct {
 uint64_t coord_service_watch_events_sent(coord_service_t *svc);
 /* Lookup and Claim calls parked now, for metrics. Any thread. */
 size_t coord_service_parked_waits(coord_service_t *svc);
+/* Bytes queued on Watch streams that their clients have not taken (each
+ * stream's count, summed), for metrics. Any thread. */
+size_t coord_service_watch_queued_bytes(coord_service_t *svc);
 
 ferry_status_t coord_service_create(const coord_service_params_t *params, rpc_server_t *server,
                                     coord_service_t **service_p);

@@ -50,8 +50,10 @@ typedef struct sub_entry {
     int64_t start_revision; /* events below it are skipped */
     int64_t last_sent;      /* the last revision queued on it whole */
     /* Why it must end (FERRY_OK: it need not): a revision could not be
-     * queued on it (RESOURCE_EXHAUSTED: it fell behind). */
+     * queued on it (RESOURCE_EXHAUSTED: it fell behind, or, when
+     * over_budget, every stream together holds watch_budget's bound). */
     ferry_status_t end_status;
+    bool over_budget;
     struct sub_entry *next;
     /* Once unlinked from subs to be ended: on the service's `ended` list
      * (linked by ended_next) until its call is done, and `ending` while
@@ -68,9 +70,17 @@ typedef struct {
     int64_t revision;
     char *request_id;
     ProtobufCBinaryData event; /* a packed WatchEvent; owned */
+    /* On a revision's first event only: the revision's messages, all of
+     * its events, for every replay to a stream that matches all of it
+     * (each stream's queue holds a reference, not a copy). Packed by the
+     * first such replay (NULL until then: most revisions are never
+     * replayed) and kept while the event is held; n_msgs of them. */
+    rpc_msg_t **msgs;
+    size_t n_msgs;
 } hist_event_t;
 
-/* Events the history keeps (at about 600 bytes each, a few MiB). A Watch
+/* Events the history keeps (at about 600 bytes each, a few MiB; twice
+ * that at most with the messages replays share). A Watch
  * whose start_revision is older than the oldest one held ends with
  * OUT_OF_RANGE. */
 #define SERVICE_WATCH_HISTORY 8192
@@ -78,6 +88,11 @@ typedef struct {
 /* The default bound of each Watch stream's unsent bytes (its client stopped
  * reading, or reads slower than changes come). */
 #define SERVICE_WATCH_QUEUE_BYTES (4u << 20)
+
+/* The default bound of every Watch stream's unsent bytes together
+ * (--watch-memory-mib): a replica's Watch memory is this, not
+ * --max-watches x --watch-queue-kib (40 GiB at their defaults). */
+#define SERVICE_WATCH_MEMORY_BYTES ((size_t)256 << 20)
 
 /* The most bytes of events one WatchResponse carries (a quarter of the
  * stream's bound when that is less): a revision with more (a lease that
@@ -138,8 +153,11 @@ struct coord_service {
     int64_t hist_floor;
     int64_t watch_rev;        /* the last revision published, or the last reload */
     size_t watch_queue_bytes; /* constant: each stream's bound */
-    size_t max_watches;       /* constant: streams open at once */
-    size_t watch_msg_bytes;   /* constant: events per message, in bytes */
+    /* constant: every stream's unsent bytes together (--watch-memory-mib),
+     * counted by the rpc layer as each stream's queue is (rpc.h) */
+    rpc_send_budget_t *watch_budget;
+    size_t max_watches;     /* constant: streams open at once */
+    size_t watch_msg_bytes; /* constant: events per message, in bytes */
     /* The events of the revision being gathered (all of pending_rev); sent
      * when the registry says its watch message ended, or a later revision
      * comes. */

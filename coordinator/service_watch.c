@@ -38,6 +38,20 @@
  * up. A revision that cannot be queued for another reason (no memory)
  * ends the stream too, with that status: never a silent gap.
  *
+ * Bounded together: every stream's unsent bytes also count in one budget
+ * (watch_budget, --watch-memory-mib), which the rpc layer keeps where it
+ * keeps each stream's count (rpc_call_set_send_budget), so it is their sum
+ * and comes back to 0 once no stream holds any. Unlike a stream's own
+ * bound it must hold a revision whole: one that would pass it ends the
+ * stream (RESOURCE_EXHAUSTED naming the flag, resuming at that revision),
+ * and a `created` that would is refused. A replay counts as it is queued,
+ * so a new stream whose replay does not fit ends, not those already open.
+ * Replays share messages as live revisions do: a stream that matches all
+ * of a held revision is sent the revision's messages, packed once, by the
+ * first replay that needs them, and kept with the history (hist_event_t);
+ * each stream's queue counts its reference as a copy, so the budget
+ * bounds memory from above.
+ *
  * Counted until done: --max-watches bounds the streams subscribed plus those
  * ended whose calls are not done yet. An ended stream's last messages (up
  * to the bound) and its status wait for the client to read them, for at
@@ -160,7 +174,7 @@ static ferry_status_t sub_send_revision_locked(coord_service_t *svc, sub_entry_t
                                                int64_t revision, rpc_msg_t *const *msgs,
                                                size_t n_msgs, size_t n_events)
 {
-    ferry_status_t status = rpc_call_send_msgs(s->call, msgs, n_msgs);
+    ferry_status_t status = rpc_call_send_msgs(s->call, msgs, n_msgs, &s->over_budget);
 
     if (status == FERRY_OK) {
         s->last_sent = revision;
@@ -184,21 +198,17 @@ static size_t sub_filter(const sub_entry_t *s, const hist_event_t *const *ev, si
     return k;
 }
 
-/* Queues on s what it matches of one revision, ev[0..n); values and msgs
- * are scratch of n entries. As sub_send_revision_locked; also
- * FERRY_ERR_NO_MEMORY when its messages cannot be packed (it resumes at
- * this revision). */
-static ferry_status_t sub_send_matching_locked(coord_service_t *svc, sub_entry_t *s,
-                                               int64_t revision, const hist_event_t *const *ev,
-                                               size_t n, ProtobufCBinaryData *values,
-                                               rpc_msg_t **msgs)
+/* Queues on s messages of its own carrying values[0..k) of one revision
+ * (k > 0); msgs is scratch of k entries. As sub_send_revision_locked;
+ * also FERRY_ERR_NO_MEMORY when its messages cannot be packed (it resumes
+ * at this revision). */
+static ferry_status_t sub_send_values_locked(coord_service_t *svc, sub_entry_t *s, int64_t revision,
+                                             const ProtobufCBinaryData *values, size_t k,
+                                             rpc_msg_t **msgs)
 {
-    size_t k = sub_filter(s, ev, n, values), n_msgs;
+    size_t n_msgs;
     ferry_status_t status;
 
-    if (k == 0) {
-        return FERRY_OK;
-    }
     if (!pack_revision(svc, revision, values, k, msgs, &n_msgs)) {
         return FERRY_ERR_NO_MEMORY;
     }
@@ -209,13 +219,64 @@ static ferry_status_t sub_send_matching_locked(coord_service_t *svc, sub_entry_t
     return status;
 }
 
+/* Queues on s what it matches of one revision, ev[0..n); values and msgs
+ * are scratch of n entries. As sub_send_values_locked. */
+static ferry_status_t sub_send_matching_locked(coord_service_t *svc, sub_entry_t *s,
+                                               int64_t revision, const hist_event_t *const *ev,
+                                               size_t n, ProtobufCBinaryData *values,
+                                               rpc_msg_t **msgs)
+{
+    size_t k = sub_filter(s, ev, n, values);
+
+    return k > 0 ? sub_send_values_locked(svc, s, revision, values, k, msgs) : FERRY_OK;
+}
+
+/* Replays to s what it matches of one held revision, ev[0..n), all of it
+ * (its first event is `first`, in the history); scratch as above. A
+ * stream that matches all of it is sent the revision's shared messages
+ * (hist_event_t.msgs), packed here by the first replay that needs them:
+ * streams replaying the same revisions hold one copy between them, as
+ * live ones do. */
+static ferry_status_t replay_revision_locked(coord_service_t *svc, sub_entry_t *s,
+                                             hist_event_t *first, const hist_event_t *const *ev,
+                                             size_t n, ProtobufCBinaryData *values,
+                                             rpc_msg_t **msgs)
+{
+    size_t k = sub_filter(s, ev, n, values);
+
+    if (k < n) {
+        return k > 0 ? sub_send_values_locked(svc, s, first->revision, values, k, msgs) : FERRY_OK;
+    }
+    if (first->msgs == NULL) {
+        rpc_msg_t **packed = malloc(n * sizeof(*packed));
+        if (packed == NULL ||
+            !pack_revision(svc, first->revision, values, n, packed, &first->n_msgs)) {
+            free(packed);
+            return FERRY_ERR_NO_MEMORY;
+        }
+        first->msgs = packed;
+    }
+    return sub_send_revision_locked(svc, s, first->revision, first->msgs, first->n_msgs, n);
+}
+
 /* Ends a stream that could not take a revision (s->end_status), telling
  * it where to resume; s was retired (retire_locked). */
 static void end_sub(coord_service_t *svc, sub_entry_t *s)
 {
     long long resume = (long long)(s->last_sent + 1);
+    size_t budget = rpc_send_budget_max(svc->watch_budget);
 
-    if (s->end_status == FERRY_ERR_RESOURCE_EXHAUSTED) {
+    if (s->end_status == FERRY_ERR_RESOURCE_EXHAUSTED && s->over_budget) {
+        ferry_info("watch from %s: every stream's unsent bytes together at their bound (%zu; "
+                   "--watch-memory-mib); ended",
+                   rpc_call_peer(s->call), budget);
+        rpc_call_fail(s->call, FERRY_ERR_RESOURCE_EXHAUSTED,
+                      "this replica's Watch streams together hold as many bytes their clients "
+                      "have not read as it allows (%zu MiB; --watch-memory-mib); Watch again "
+                      "with start_revision = %lld (the revision after the last event received), "
+                      "later or on another replica",
+                      budget >> 20, resume);
+    } else if (s->end_status == FERRY_ERR_RESOURCE_EXHAUSTED) {
         ferry_info("watch from %s: fell behind (%zu bytes unsent); ended", rpc_call_peer(s->call),
                    svc->watch_queue_bytes);
         rpc_call_fail(s->call, FERRY_ERR_RESOURCE_EXHAUSTED,
@@ -244,24 +305,29 @@ static ferry_status_t replay_locked(coord_service_t *svc, sub_entry_t *s, int64_
     const hist_event_t **ev = malloc(cap * sizeof(*ev));
     ProtobufCBinaryData *values = malloc(cap * sizeof(*values));
     rpc_msg_t **msgs = malloc(cap * sizeof(*msgs));
+    hist_event_t *first = NULL; /* ev[0], writable: it keeps the revision's messages */
     size_t n = 0;
     ferry_status_t status =
         ev != NULL && values != NULL && msgs != NULL ? FERRY_OK : FERRY_ERR_NO_MEMORY;
 
+    /* A held revision is whole: its first event leaves the history first,
+     * and the floor then rises to it, so no replay (from > floor) sees
+     * what is left of it. */
     for (size_t i = 0; status == FERRY_OK && i <= svc->hist_len; i++) {
-        const hist_event_t *h =
+        hist_event_t *h =
             i < svc->hist_len ? &svc->hist[(svc->hist_head + i) % SERVICE_WATCH_HISTORY] : NULL;
         if (h != NULL && h->revision < from) {
             continue;
         }
-        if (n > 0 && (h == NULL || ev[0]->revision != h->revision)) {
-            status = sub_send_matching_locked(svc, s, ev[0]->revision, ev, n, values, msgs);
+        if (n > 0 && (h == NULL || first->revision != h->revision)) {
+            status = replay_revision_locked(svc, s, first, ev, n, values, msgs);
             if (status != FERRY_OK && status != FERRY_ERR_CANCELLED) {
                 s->end_status = status;
             }
             n = 0;
         }
         if (h != NULL) {
+            first = n == 0 ? h : first;
             ev[n++] = h;
         }
     }
@@ -304,6 +370,7 @@ static ferry_status_t subscribe_locked(coord_service_t *svc, sub_entry_t *s, cha
 {
     Ferry__V1__WatchResponse resp = FERRY__V1__WATCH_RESPONSE__INIT;
     Ferry__V1__ResponseHeader header = FERRY__V1__RESPONSE_HEADER__INIT;
+    rpc_msg_t *created;
     ferry_status_t status;
 
     if (svc->subs_stopping) {
@@ -324,12 +391,27 @@ static ferry_status_t subscribe_locked(coord_service_t *svc, sub_entry_t *s, cha
                  (long long)s->start_revision, (long long)svc->hist_floor, resync_hint);
         return FERRY_ERR_OUT_OF_RANGE;
     }
-    /* The bound holds from the first message on, the replay included. */
+    /* The bounds hold from the first message on, the replay included: a
+     * replay counts in the budget as it is queued, so one that does not
+     * fit ends its own stream, not those already open. */
     rpc_call_set_send_limit(s->call, svc->watch_queue_bytes);
+    rpc_call_set_send_budget(s->call, svc->watch_budget);
     service_header(svc, &header, svc->watch_rev);
     resp.header = &header;
     resp.created = true;
-    status = rpc_call_send(s->call, &resp.base);
+    created = rpc_msg_pack(&resp.base);
+    status = created != NULL ? rpc_call_send_msgs(s->call, &created, 1, &s->over_budget)
+                             : FERRY_ERR_NO_MEMORY;
+    rpc_msg_unref(created);
+    if (status != FERRY_OK && s->over_budget) {
+        s->over_budget = false; /* refused, not ended: nothing of it is queued */
+        snprintf(msg, cap,
+                 "this replica's Watch streams together hold as many bytes their clients have "
+                 "not read as it allows (%zu MiB; --watch-memory-mib): retry later or on "
+                 "another replica",
+                 rpc_send_budget_max(svc->watch_budget) >> 20);
+        return status;
+    }
     if (status != FERRY_OK) {
         snprintf(msg, cap, "cannot queue the first message: %s", ferry_status_string(status));
         return status;
@@ -393,6 +475,10 @@ static void event_free(hist_event_t *h)
 {
     free(h->request_id);
     free(h->event.data);
+    for (size_t m = 0; m < h->n_msgs; m++) {
+        rpc_msg_unref(h->msgs[m]); /* queues that hold them keep their own */
+    }
+    free(h->msgs);
 }
 
 static void hist_clear_locked(coord_service_t *svc)
@@ -481,6 +567,11 @@ static bool grow_pending_locked(coord_service_t *svc)
 uint64_t coord_service_watch_events_sent(coord_service_t *svc)
 {
     return atomic_load(&svc->watch_events_sent);
+}
+
+size_t coord_service_watch_queued_bytes(coord_service_t *svc)
+{
+    return rpc_send_budget_used(svc->watch_budget);
 }
 
 /* Sends the gathered revision to every stream that matches any of it and

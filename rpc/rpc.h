@@ -247,11 +247,14 @@ ferry_status_t rpc_call_send_msg(rpc_call_t *call, rpc_msg_t *m);
  * in fragments): the send limit is checked once, before the first, and
  * while the queued bytes are under it the whole unit goes in, past it if
  * need be, so the queue holds at most the limit plus one unit, and a unit
- * larger than the limit still goes to a client that keeps up.
- * FERRY_ERR_RESOURCE_EXHAUSTED when the queue is at or over the limit,
- * FERRY_ERR_NO_MEMORY, FERRY_ERR_CANCELLED as rpc_call_send_msg; nothing
- * is queued then. */
-ferry_status_t rpc_call_send_msgs(rpc_call_t *call, rpc_msg_t *const *msgs, size_t n);
+ * larger than the limit still goes to a client that keeps up. The call's
+ * budget (rpc_call_set_send_budget), unlike its limit, must hold the whole
+ * unit. FERRY_ERR_RESOURCE_EXHAUSTED when the queue is at or over the
+ * limit or the unit would pass the budget (then *over_budget_p, unless
+ * NULL, is true; false in every other case), FERRY_ERR_NO_MEMORY,
+ * FERRY_ERR_CANCELLED as rpc_call_send_msg; nothing is queued then. */
+ferry_status_t rpc_call_send_msgs(rpc_call_t *call, rpc_msg_t *const *msgs, size_t n,
+                                  bool *over_budget_p);
 
 /* Streaming: at most max_queued_bytes (0: no limit) of messages queued and
  * not yet taken by the transport; a send past it is refused with
@@ -259,6 +262,31 @@ ferry_status_t rpc_call_send_msgs(rpc_call_t *call, rpc_msg_t *const *msgs, size
  * gRPC's transport takes a message only as the peer's flow-control window
  * allows, so a peer that stops reading fills this queue. */
 void rpc_call_set_send_limit(rpc_call_t *call, size_t max_queued_bytes);
+
+/* A bound on what many streaming calls queue together (every Watch stream
+ * of a server, say), where each one's send limit bounds only its own. A
+ * call given the budget counts in it exactly the bytes it counts against
+ * its limit, at the same moments: a message as it is queued, given back as
+ * the transport takes it or as the queue is dropped (the client went away,
+ * the call was cancelled or freed). So the budget holds the sum of its
+ * calls' unsent bytes, and comes back to 0 once none holds any. A send
+ * that would take the sum past max_bytes is refused (RESOURCE_EXHAUSTED,
+ * *over_budget_p of rpc_call_send_msgs) and dropped; the caller ends the
+ * stream. Reference counted: each call given it holds a reference until
+ * it is freed, so the creator may release its own at any time. Any thread. */
+typedef struct rpc_send_budget rpc_send_budget_t;
+/* max_bytes 0: no bound (only counted). FERRY_ERR_NO_MEMORY. */
+ferry_status_t rpc_send_budget_create(size_t max_bytes, rpc_send_budget_t **budget_p);
+/* Drops the creator's reference; NULL is a no-op. */
+void rpc_send_budget_release(rpc_send_budget_t *budget);
+size_t rpc_send_budget_used(const rpc_send_budget_t *budget); /* bytes counted now */
+size_t rpc_send_budget_max(const rpc_send_budget_t *budget);
+
+/* Streaming: counts the call's unsent messages in `budget` (NULL: none)
+ * too, from its next send on. Before the call queues anything: on a call
+ * with messages queued it is ignored (and logged), since they were not
+ * counted there. */
+void rpc_call_set_send_budget(rpc_call_t *call, rpc_send_budget_t *budget);
 
 /* Streaming: ends the stream with OK after the queued messages are sent
  * (within RPC_DRAIN_MS). */

@@ -71,12 +71,23 @@ static void call_set_state(rpc_call_t *call, rpc_call_state_t next)
     call->state = next;
 }
 
+/* Bytes leave the call's queue (the transport took them, or they were
+ * dropped): out of its count and its budget's, together, as
+ * call_enqueue put them into both. */
+static void call_queued_sub(rpc_call_t *call, size_t n)
+{
+    call->queued_bytes -= n;
+    if (call->budget != NULL) {
+        rpc__budget_give(call->budget, n);
+    }
+}
+
 static void call_drop_queue(rpc_call_t *call)
 {
     while (call->queue_head != NULL) {
         rpc_outmsg_t *m = call->queue_head;
         call->queue_head = m->next;
-        call->queued_bytes -= m->len;
+        call_queued_sub(call, m->len);
         grpc_byte_buffer_destroy(m->buf);
         free(m);
     }
@@ -88,7 +99,9 @@ static void call_free(rpc_call_t *call)
     call_drop_queue(call);
     if (call->inflight_buf != NULL) {
         grpc_byte_buffer_destroy(call->inflight_buf);
+        call_queued_sub(call, call->inflight_len);
     }
+    rpc_send_budget_release(call->budget);
     if (call->gcall != NULL) {
         grpc_call_unref(call->gcall);
     }
@@ -445,7 +458,7 @@ static void call_sent_locked(rpc_call_t *call, bool ok)
     if (call->inflight_buf != NULL) {
         grpc_byte_buffer_destroy(call->inflight_buf);
         call->inflight_buf = NULL;
-        call->queued_bytes -= call->inflight_len;
+        call_queued_sub(call, call->inflight_len);
         call->inflight_len = 0;
     }
     if (call->status_started) {
@@ -711,13 +724,18 @@ static void outmsg_free_list(rpc_outmsg_t *m)
 /* Queues the list `head` (taken over, freed when refused) on a streaming
  * call, all of it or none, and starts sending. `unit`: the send limit is
  * checked once, before the first (all go in while the queue is under the
- * limit); else the list must fit in it whole. */
-static ferry_status_t call_enqueue(rpc_call_t *call, rpc_outmsg_t *head, bool unit)
+ * limit); else the list must fit in it whole. The budget, if any, must
+ * hold the whole list (*over_budget_p, unless NULL, says it did not). */
+static ferry_status_t call_enqueue(rpc_call_t *call, rpc_outmsg_t *head, bool unit,
+                                   bool *over_budget_p)
 {
     rpc_outmsg_t *tail = head;
     size_t bytes = 0;
     ferry_status_t status = FERRY_OK;
 
+    if (over_budget_p != NULL) {
+        *over_budget_p = false;
+    }
     if (!call_is_streaming(call)) {
         ferry_error("call %" PRIu64 " %s: rpc_call_send on a unary method", call->id, call->path);
         outmsg_free_list(head);
@@ -733,13 +751,18 @@ static ferry_status_t call_enqueue(rpc_call_t *call, rpc_outmsg_t *head, bool un
     } else if (call->max_queued != 0 && (unit ? call->queued_bytes >= call->max_queued
                                               : call->queued_bytes + bytes > call->max_queued)) {
         status = FERRY_ERR_RESOURCE_EXHAUSTED;
+    } else if (call->budget != NULL && !rpc__budget_take(call->budget, bytes)) {
+        status = FERRY_ERR_RESOURCE_EXHAUSTED;
+        if (over_budget_p != NULL) {
+            *over_budget_p = true;
+        }
     }
     if (status != FERRY_OK || head == NULL) {
         pthread_mutex_unlock(&call->lock);
         outmsg_free_list(head);
         return status;
     }
-    call->queued_bytes += bytes;
+    call->queued_bytes += bytes; /* and in the budget, taken above */
     if (call->queue_tail != NULL) {
         call->queue_tail->next = head;
     } else {
@@ -756,7 +779,7 @@ static ferry_status_t call_enqueue_one(rpc_call_t *call, grpc_byte_buffer *buf)
 {
     rpc_outmsg_t *m = outmsg_new(buf);
 
-    return m != NULL ? call_enqueue(call, m, false) : FERRY_ERR_NO_MEMORY;
+    return m != NULL ? call_enqueue(call, m, false, NULL) : FERRY_ERR_NO_MEMORY;
 }
 
 void rpc_call_set_send_limit(rpc_call_t *call, size_t max_queued_bytes)
@@ -764,6 +787,25 @@ void rpc_call_set_send_limit(rpc_call_t *call, size_t max_queued_bytes)
     pthread_mutex_lock(&call->lock);
     call->max_queued = max_queued_bytes;
     pthread_mutex_unlock(&call->lock);
+}
+
+void rpc_call_set_send_budget(rpc_call_t *call, rpc_send_budget_t *budget)
+{
+    rpc_send_budget_t *old = NULL;
+    bool busy;
+
+    pthread_mutex_lock(&call->lock);
+    busy = call->queued_bytes != 0; /* counted elsewhere: they would be given back here */
+    if (!busy) {
+        old = call->budget;
+        call->budget = budget != NULL ? rpc__budget_ref(budget) : NULL;
+    }
+    pthread_mutex_unlock(&call->lock);
+    if (busy) {
+        ferry_error("call %" PRIu64 " %s: rpc_call_set_send_budget with messages queued; ignored",
+                    call->id, call->path);
+    }
+    rpc_send_budget_release(old);
 }
 
 ferry_status_t rpc_call_send(rpc_call_t *call, const ProtobufCMessage *msg)
@@ -859,7 +901,8 @@ ferry_status_t rpc_call_send_msg(rpc_call_t *call, rpc_msg_t *m)
     return call_enqueue_one(call, grpc_raw_byte_buffer_create(&m->slice, 1));
 }
 
-ferry_status_t rpc_call_send_msgs(rpc_call_t *call, rpc_msg_t *const *msgs, size_t n)
+ferry_status_t rpc_call_send_msgs(rpc_call_t *call, rpc_msg_t *const *msgs, size_t n,
+                                  bool *over_budget_p)
 {
     rpc_outmsg_t *head = NULL, **tail = &head;
 
@@ -871,7 +914,7 @@ ferry_status_t rpc_call_send_msgs(rpc_call_t *call, rpc_msg_t *const *msgs, size
         }
         tail = &(*tail)->next;
     }
-    return call_enqueue(call, head, true);
+    return call_enqueue(call, head, true, over_budget_p);
 }
 
 void rpc_call_finish(rpc_call_t *call)

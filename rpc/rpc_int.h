@@ -126,6 +126,20 @@ enum { RPC_WIRE_UNKNOWN_MAX = 64, RPC_WIRE_VALUES_MAX = 16384 };
 ferry_status_t rpc__wire_check(const ProtobufCMessageDescriptor *desc, const uint8_t *data,
                                size_t len, char *msg, size_t cap, bool *malformed_p);
 
+/* --- send budgets (rpc_budget.c) ----------------------------------------- */
+
+struct rpc_send_budget {
+    atomic_int refs; /* the creator's, and one per call given it */
+    size_t max;      /* constant; 0: no bound */
+    atomic_size_t used;
+};
+
+rpc_send_budget_t *rpc__budget_ref(rpc_send_budget_t *budget);
+/* Counts n bytes, unless that would take the count past max: false then,
+ * and nothing is counted. */
+bool rpc__budget_take(rpc_send_budget_t *budget, size_t n);
+void rpc__budget_give(rpc_send_budget_t *budget, size_t n);
+
 /* --- credentials (rpc_tls.c) --------------------------------------------- */
 
 /* A TLS server's credentials read their files again when any of them
@@ -347,8 +361,11 @@ struct rpc_call {
     size_t inflight_len;
     rpc_outmsg_t *queue_head, *queue_tail;
     /* Bytes queued and in flight; a send that would take them past
-     * max_queued (0: no limit) is refused (rpc_call_set_send_limit). */
+     * max_queued (0: no limit) is refused (rpc_call_set_send_limit). The
+     * same bytes count in budget (NULL: none; a reference held until the
+     * call is freed), at the same places (call_queued_add, _sub). */
     size_t queued_bytes, max_queued;
+    rpc_send_budget_t *budget;
     grpc_status_code final_code;
     char final_msg[512];
     /* The ferry_status_t behind a failed final_code, sent as the trailing

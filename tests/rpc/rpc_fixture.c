@@ -119,6 +119,41 @@ static void fail_after_fat_messages(rpc_call_t *call, int n)
     rpc_call_fail(call, FERRY_ERR_RESOURCE_EXHAUSTED, "failed after %d messages", n);
 }
 
+/* "fill:N": fat messages, one unit each, until one is refused. */
+static void fill_until_refused(fixture_t *f, rpc_call_t *call, int n)
+{
+    Ferry__V1__WatchResponse resp = FERRY__V1__WATCH_RESPONSE__INIT;
+    Ferry__V1__ResponseHeader header = FERRY__V1__RESPONSE_HEADER__INIT;
+    char fat[FIXTURE_FAT_BYTES + 1];
+    ferry_status_t status = FERRY_OK;
+    bool over_budget = false;
+    int sent = 0;
+
+    memset(fat, 'x', FIXTURE_FAT_BYTES);
+    fat[FIXTURE_FAT_BYTES] = '\0';
+    header.coordinator = fat;
+    resp.header = &header;
+    while (sent < n && status == FERRY_OK) {
+        rpc_msg_t *m;
+        header.revision = sent + 1;
+        m = rpc_msg_pack(&resp.base);
+        status = m != NULL ? rpc_call_send_msgs(call, &m, 1, &over_budget) : FERRY_ERR_NO_MEMORY;
+        rpc_msg_unref(m);
+        sent += status == FERRY_OK;
+    }
+    pthread_mutex_lock(&f->lock);
+    f->fill_sent = sent;
+    f->fill_over_budget = over_budget;
+    f->fill_done = true;
+    pthread_cond_broadcast(&f->cond);
+    pthread_mutex_unlock(&f->lock);
+    if (status != FERRY_OK) {
+        rpc_call_fail(call, status, "refused after %d messages", sent);
+    } else {
+        rpc_call_finish(call);
+    }
+}
+
 static void held_stream_cancelled(rpc_call_t *call, void *arg)
 {
     fixture_t *f = fixture_of(arg);
@@ -142,6 +177,7 @@ static void handle_watch(rpc_call_t *call, const ProtobufCMessage *request, void
     ferry_status_t status = FERRY_OK;
     int n;
 
+    rpc_call_set_send_budget(call, f->budget);
     if (strcmp(req->request_id, "hold") == 0) {
         rpc_call_ref(call);
         pthread_mutex_lock(&f->lock);
@@ -153,6 +189,10 @@ static void handle_watch(rpc_call_t *call, const ProtobufCMessage *request, void
     }
     if (sscanf(req->request_id_prefix, "fail:%d", &n) == 1) {
         fail_after_fat_messages(call, n);
+        return;
+    }
+    if (sscanf(req->request_id_prefix, "fill:%d", &n) == 1) {
+        fill_until_refused(f, call, n);
         return;
     }
     if (sscanf(req->request_id_prefix, "count:%d", &n) != 1) {
@@ -199,7 +239,8 @@ int fixture_start(fixture_t *f, int calls_armed)
     char target[64];
 
     memset(f, 0, sizeof(*f));
-    if (pthread_mutex_init(&f->lock, NULL) != 0 || pthread_cond_init(&f->cond, NULL) != 0) {
+    if (pthread_mutex_init(&f->lock, NULL) != 0 || pthread_cond_init(&f->cond, NULL) != 0 ||
+        rpc_send_budget_create(FIXTURE_WATCH_BUDGET, &f->budget) != FERRY_OK) {
         return -1;
     }
     if (rpc_server_create(&sp, &f->server) != FERRY_OK ||
@@ -225,6 +266,7 @@ void fixture_stop(fixture_t *f)
     }
     rpc_channel_destroy(f->channel);
     rpc_server_destroy(f->server);
+    rpc_send_budget_release(f->budget);
     pthread_cond_destroy(&f->cond);
     pthread_mutex_destroy(&f->lock);
 }

@@ -16,8 +16,15 @@
  *   request_id_prefix "fail:N" queues N messages of FIXTURE_FAT_BYTES
  *   (header.coordinator a run of 'x', header.revision 1..N) and fails
  *   RESOURCE_EXHAUSTED, all before its client can have read any;
+ *   request_id_prefix "fill:N" queues up to N messages of
+ *   FIXTURE_FAT_BYTES, one unit each (rpc_call_send_msgs), until one is
+ *   refused; it records how many went in and whether the budget refused
+ *   (fixture.fill_sent, fill_over_budget), then fails RESOURCE_EXHAUSTED
+ *   if one was refused, else finishes;
  *   request_id "hold" is kept (fixture.held_stream) until cancelled; its
  *   cancel callback records what rpc_call_send answers then.
+ *   Every Watch counts its unsent messages in fixture.budget
+ *   (FIXTURE_WATCH_BUDGET bytes, rpc_call_set_send_budget).
  *   A Watch request may be FIXTURE_WATCH_MAX_REQUEST bytes at most (its
  *   row's max_request_bytes); Get takes the server's FIXTURE_MAX_MESSAGE.
  *
@@ -43,6 +50,7 @@
 #define FIXTURE_FAT_BYTES         1024
 #define FIXTURE_MAX_HELD          (96 * 1024)
 #define FIXTURE_HEALTH_WATCHES    12
+#define FIXTURE_WATCH_BUDGET      (256 * 1024)
 
 typedef struct {
     pthread_mutex_t lock;
@@ -57,6 +65,10 @@ typedef struct {
     rpc_call_t *held_unary;  /* a reference, until cancelled */
     rpc_call_t *held_stream; /* a reference, until cancelled */
     ferry_status_t send_after_cancel;
+    rpc_send_budget_t *budget; /* every Watch's; constant */
+    int fill_sent;             /* "fill:N": messages queued */
+    bool fill_over_budget;     /* "fill:N": the budget refused the next */
+    bool fill_done;
     pthread_t later_thread;
     bool later_started;
 } fixture_t;

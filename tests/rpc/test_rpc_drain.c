@@ -11,11 +11,15 @@
  * thread, and a call listed while it waits for an earlier deadline is
  * still cancelled at its own.
  *
+ * Every Watch's unsent bytes count in one shared budget too
+ * (rpc_send_budget_t): a send past it is refused, and the budget comes
+ * back to 0 once the streams are done, whichever way they ended.
+ *
  * The fixture's Watch "fail:N" queues N messages of about 1 KiB and fails
- * RESOURCE_EXHAUSTED at once. The client that never reads is a raw HTTP/2
- * client on a socket: it announces HTTP/2's default 64 KiB stream window
- * (or, for the unary call, a window of 0) and never widens it, so the
- * transport can never take the 200 KiB queued (or any reply at all).
+ * RESOURCE_EXHAUSTED at once; "fill:N" queues them until one is refused. The client that never
+ * reads is a raw HTTP/2 client on a socket: it announces HTTP/2's default 64 KiB stream window (or,
+ * for the unary call, a window of 0) and never widens it, so the transport can never take the 200
+ * KiB queued (or any reply at all).
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -220,6 +224,34 @@ static bool one_ended(const fixture_t *f)
     return f->calls_ended >= 1;
 }
 
+static bool two_ended(const fixture_t *f)
+{
+    return f->calls_ended >= 2;
+}
+
+static bool fill_done(const fixture_t *f)
+{
+    return f->fill_done;
+}
+
+/* Bytes the Watch streams hold unsent together (the fixture's budget). */
+static size_t budget_used(const fixture_t *f)
+{
+    return rpc_send_budget_used(f->budget);
+}
+
+/* A window-0 client's FAT_N messages: all but the one the transport has. */
+static bool budget_holds_fat(const fixture_t *f)
+{
+    return budget_used(f) >= (FAT_N - 1) * FIXTURE_FAT_BYTES;
+}
+
+/* A default-window client's: all but the 64 KiB the transport took. */
+static bool budget_holds_past_window(const fixture_t *f)
+{
+    return budget_used(f) >= FAT_N * FIXTURE_FAT_BYTES - 65535;
+}
+
 static bool some_held(const fixture_t *f)
 {
     return atomic_load(&f->server->held_request_bytes) > 0;
@@ -317,6 +349,9 @@ static void test_a_client_that_never_reads_is_cancelled_after_the_deadline(void 
 
     snprintf(prefix, sizeof(prefix), "fail:%d", FAT_N);
     fd = stuck_watch_open(f->port, prefix);
+    /* What the transport has not taken (all but the 64 KiB window) counts
+     * in the budget while the call waits. */
+    assert_true(fixture_wait(f, budget_holds_past_window, WAIT_MS / 2));
     /* Ended at once by its handler, its queue never taken: only the drain
      * deadline ends the call. */
     end = stuck_watch_wait_end(fd, RPC_DRAIN_MS + 20000);
@@ -325,6 +360,7 @@ static void test_a_client_that_never_reads_is_cancelled_after_the_deadline(void 
     pthread_mutex_lock(&f->lock);
     assert_int_equal(f->last_code, 1); /* CANCELLED, as the client saw it */
     pthread_mutex_unlock(&f->lock);
+    assert_int_equal(budget_used(f), 0); /* the dropped queue is given back */
     close(fd);
 }
 
@@ -443,6 +479,44 @@ static void test_a_reader_gets_every_message_then_the_status(void **state)
     pthread_mutex_lock(&f->lock);
     assert_int_equal(f->last_code, 8); /* RESOURCE_EXHAUSTED */
     pthread_mutex_unlock(&f->lock);
+    assert_int_equal(budget_used(f), 0); /* all taken by the transport */
+}
+
+/* Two streams on clients whose windows are 0: the first holds FAT_N KiB,
+ * the second queues until the budget they share refuses it (its own
+ * limit is none), and says so (over_budget). Once the drain deadline has
+ * cancelled both, the budget is back to 0: every byte counted was given
+ * back where it left a queue. */
+static void test_a_send_past_the_shared_budget_is_refused_and_given_back(void **state)
+{
+    fixture_t *f = *state;
+    Ferry__V1__WatchRequest req = FERRY__V1__WATCH_REQUEST__INIT;
+    char prefix[32];
+    int fds[2];
+
+    snprintf(prefix, sizeof(prefix), "fail:%d", FAT_N);
+    req.request_id_prefix = prefix;
+    fds[0] = stuck_call_open(f->port, WATCH_PATH, &req.base, 0);
+    assert_true(fixture_wait(f, budget_holds_fat, WAIT_MS));
+    req.request_id_prefix = "fill:1000";
+    fds[1] = stuck_call_open(f->port, WATCH_PATH, &req.base, 0);
+    assert_true(fixture_wait(f, fill_done, WAIT_MS));
+    pthread_mutex_lock(&f->lock);
+    assert_true(f->fill_over_budget);
+    assert_true(f->fill_sent > 0);
+    assert_true(f->fill_sent <
+                (FIXTURE_WATCH_BUDGET - FAT_N * FIXTURE_FAT_BYTES) / FIXTURE_FAT_BYTES);
+    pthread_mutex_unlock(&f->lock);
+    assert_true(budget_used(f) <= FIXTURE_WATCH_BUDGET);
+    assert_true(budget_used(f) > FIXTURE_WATCH_BUDGET - 2 * FIXTURE_FAT_BYTES);
+    for (int i = 0; i < 2; i++) {
+        char end = stuck_watch_wait_end(fds[i], RPC_DRAIN_MS + 20000);
+        assert_true(end == 'r' || end == 's');
+    }
+    assert_true(fixture_wait(f, two_ended, WAIT_MS));
+    assert_int_equal(budget_used(f), 0);
+    close(fds[0]);
+    close(fds[1]);
 }
 
 int main(void)
@@ -460,6 +534,9 @@ int main(void)
                                         fixture_teardown),
         cmocka_unit_test_setup_teardown(test_a_reader_gets_every_message_then_the_status,
                                         fixture_setup, fixture_teardown),
+        cmocka_unit_test_setup_teardown(
+            test_a_send_past_the_shared_budget_is_refused_and_given_back, fixture_setup,
+            fixture_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
