@@ -89,6 +89,13 @@ static const char usage[] =
     "                      (FERRY_MAX_WAITS; 10000)\n"
     "  --max-watches N     Watch streams open at once; more are refused with\n"
     "                      RESOURCE_EXHAUSTED, 1..1000000 (FERRY_MAX_WATCHES; 10000)\n"
+    "  --max-watches-per-peer N  of those, what one client host (its address,\n"
+    "                      every connection and port of it) may hold, 0..1000000,\n"
+    "                      0: no share (FERRY_MAX_WATCHES_PER_PEER; an eighth of\n"
+    "                      --max-watches, at least 16)\n"
+    "  --max-waits-per-peer N  of --max-waits, what one client host may hold,\n"
+    "                      0..1000000, 0: no share (FERRY_MAX_WAITS_PER_PEER; an\n"
+    "                      eighth of --max-waits, at least 16)\n"
     "  --request-memory-mib N  MiB of requests the calls in progress may hold\n"
     "                      together (a Register up to 4 MiB); more are refused with\n"
     "                      RESOURCE_EXHAUSTED, 4..1048576 (FERRY_REQUEST_MEMORY_MIB;\n"
@@ -133,6 +140,8 @@ enum {
     OPT_MAX_WAITS,
     OPT_REQUEST_MEMORY,
     OPT_MAX_WATCHES,
+    OPT_MAX_WATCHES_PER_PEER,
+    OPT_MAX_WAITS_PER_PEER,
     OPT_PORT_FILE,
     OPT_LOG_LEVEL,
     OPT_TLS_CERT,
@@ -167,6 +176,8 @@ static const struct option options[] = {
     {"max-waits", required_argument, NULL, OPT_MAX_WAITS},
     {"request-memory-mib", required_argument, NULL, OPT_REQUEST_MEMORY},
     {"max-watches", required_argument, NULL, OPT_MAX_WATCHES},
+    {"max-watches-per-peer", required_argument, NULL, OPT_MAX_WATCHES_PER_PEER},
+    {"max-waits-per-peer", required_argument, NULL, OPT_MAX_WAITS_PER_PEER},
     {"port-file", required_argument, NULL, OPT_PORT_FILE},
     {"metrics-listen", required_argument, NULL, OPT_METRICS_LISTEN},
     {"log-level", required_argument, NULL, OPT_LOG_LEVEL},
@@ -267,6 +278,8 @@ static void config_defaults(coord_config_t *c)
     c->max_waits = UNSET;
     c->request_memory_mib = UNSET;
     c->max_watches = UNSET;
+    c->max_watches_per_peer = UNSET;
+    c->max_waits_per_peer = UNSET;
     c->listen = env_or("FERRY_LISTEN", "127.0.0.1:7400");
     c->etcd = env_or("FERRY_ETCD", NULL);
     c->state_dir = env_or("FERRY_STATE_DIR", default_state_dir());
@@ -331,6 +344,13 @@ static int set_option(coord_config_t *c, int opt, const char *arg)
                                                                                                 : 0;
     case OPT_MAX_WATCHES:
         return (c->max_watches = parse_int("--max-watches", arg, 1, 1000000)) < 0 ? -1 : 0;
+    case OPT_MAX_WATCHES_PER_PEER:
+        return (c->max_watches_per_peer = parse_int("--max-watches-per-peer", arg, 0, 1000000)) < 0
+                   ? -1
+                   : 0;
+    case OPT_MAX_WAITS_PER_PEER:
+        return (c->max_waits_per_peer = parse_int("--max-waits-per-peer", arg, 0, 1000000)) < 0 ? -1
+                                                                                                : 0;
     case OPT_WATCH_QUEUE:
         return (c->watch_queue_kib = parse_int("--watch-queue-kib", arg, 16, 1 << 20)) < 0 ? -1 : 0;
     case OPT_WATCH_MEMORY:
@@ -388,6 +408,23 @@ static int env_number(int *field, const char *name, const char *fallback, int lo
     return *field < 0 ? -1 : 0;
 }
 
+/* A per-peer share (--max-watches-per-peer, --max-waits-per-peer): the
+ * flag, else the variable, else an eighth of the bound it shares, but at
+ * least CONFIG_SHARE_MIN (all of a smaller bound): one host may not take
+ * the whole bound, while a host running a thousand workers (one Watch, a
+ * wait or two each) is not refused at the defaults, nor a small one
+ * (tests, a dev box) under a small bound. */
+#define CONFIG_SHARE_MIN 16
+
+static int env_share(int *field, const char *name, int bound)
+{
+    int share = bound / 8 > CONFIG_SHARE_MIN ? bound / 8 : CONFIG_SHARE_MIN;
+    char fallback[16];
+
+    snprintf(fallback, sizeof(fallback), "%d", share < bound ? share : bound);
+    return env_number(field, name, fallback, 0, 1000000);
+}
+
 static int env_numbers(coord_config_t *c)
 {
     if (env_number(&c->ttl_s, "FERRY_TTL", "10", 1, COORD_TTL_MAX) != 0 ||
@@ -407,7 +444,9 @@ static int env_numbers(coord_config_t *c)
         env_number(&c->watch_memory_mib, "FERRY_WATCH_MEMORY_MIB", "256", 1, 1 << 20) != 0 ||
         env_number(&c->max_waits, "FERRY_MAX_WAITS", "10000", 1, 1000000) != 0 ||
         env_number(&c->request_memory_mib, "FERRY_REQUEST_MEMORY_MIB", "1024", 4, 1048576) != 0 ||
-        env_number(&c->max_watches, "FERRY_MAX_WATCHES", "10000", 1, 1000000) != 0) {
+        env_number(&c->max_watches, "FERRY_MAX_WATCHES", "10000", 1, 1000000) != 0 ||
+        env_share(&c->max_watches_per_peer, "FERRY_MAX_WATCHES_PER_PEER", c->max_watches) != 0 ||
+        env_share(&c->max_waits_per_peer, "FERRY_MAX_WAITS_PER_PEER", c->max_waits) != 0) {
         return -1;
     }
     return 0;

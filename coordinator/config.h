@@ -10,24 +10,29 @@
 #include "common/log.h"
 
 typedef struct {
-    const char *listen;         /* --listen, FERRY_LISTEN; default 127.0.0.1:7400 */
-    const char *etcd;           /* --etcd, FERRY_ETCD; NULL: private etcd */
-    const char *prefix;         /* --prefix, FERRY_PREFIX; default /ferry/ */
-    int ttl_s;                  /* --ttl, FERRY_TTL; default 10 */
-    int threads;                /* --threads, FERRY_THREADS; default 16 */
-    int etcd_inflight;          /* --etcd-inflight, FERRY_ETCD_INFLIGHT; default 64 */
-    int etcd_queue;             /* --etcd-queue, FERRY_ETCD_QUEUE; default 1024 */
-    int etcd_load_page;         /* --etcd-load-page, FERRY_ETCD_LOAD_PAGE; default 5000 */
-    int register_batch;         /* --register-batch, FERRY_REGISTER_BATCH; default 64 */
-    const char *name;           /* --name, FERRY_NAME; default host name */
-    const char *state_dir;      /* --state-dir, FERRY_STATE_DIR */
-    const char *port_file;      /* --port-file: write the bound port there */
-    int grace_ms;               /* --grace-ms, FERRY_GRACE_MS; default 5000 */
-    int watch_queue_kib;        /* --watch-queue-kib, FERRY_WATCH_QUEUE_KIB; default 4096 */
-    int watch_memory_mib;       /* --watch-memory-mib, FERRY_WATCH_MEMORY_MIB; default 256 */
-    int max_waits;              /* --max-waits, FERRY_MAX_WAITS; default 10000 */
-    int request_memory_mib;     /* --request-memory-mib, FERRY_REQUEST_MEMORY_MIB; 1024 */
-    int max_watches;            /* --max-watches, FERRY_MAX_WATCHES; default 10000 */
+    const char *listen;     /* --listen, FERRY_LISTEN; default 127.0.0.1:7400 */
+    const char *etcd;       /* --etcd, FERRY_ETCD; NULL: private etcd */
+    const char *prefix;     /* --prefix, FERRY_PREFIX; default /ferry/ */
+    int ttl_s;              /* --ttl, FERRY_TTL; default 10 */
+    int threads;            /* --threads, FERRY_THREADS; default 16 */
+    int etcd_inflight;      /* --etcd-inflight, FERRY_ETCD_INFLIGHT; default 64 */
+    int etcd_queue;         /* --etcd-queue, FERRY_ETCD_QUEUE; default 1024 */
+    int etcd_load_page;     /* --etcd-load-page, FERRY_ETCD_LOAD_PAGE; default 5000 */
+    int register_batch;     /* --register-batch, FERRY_REGISTER_BATCH; default 64 */
+    const char *name;       /* --name, FERRY_NAME; default host name */
+    const char *state_dir;  /* --state-dir, FERRY_STATE_DIR */
+    const char *port_file;  /* --port-file: write the bound port there */
+    int grace_ms;           /* --grace-ms, FERRY_GRACE_MS; default 5000 */
+    int watch_queue_kib;    /* --watch-queue-kib, FERRY_WATCH_QUEUE_KIB; default 4096 */
+    int watch_memory_mib;   /* --watch-memory-mib, FERRY_WATCH_MEMORY_MIB; default 256 */
+    int max_waits;          /* --max-waits, FERRY_MAX_WAITS; default 10000 */
+    int request_memory_mib; /* --request-memory-mib, FERRY_REQUEST_MEMORY_MIB; 1024 */
+    int max_watches;        /* --max-watches, FERRY_MAX_WATCHES; default 10000 */
+    /* --max-watches-per-peer, --max-waits-per-peer and their FERRY_*; 0: none;
+     * default an eighth of --max-watches, --max-waits (at least 16, or all
+     * of a smaller bound) */
+    int max_watches_per_peer;
+    int max_waits_per_peer;
     const char *log_level;      /* --log-level, FERRY_LOG_LEVEL; default info */
     const char *tls_cert;       /* --tls-cert, FERRY_TLS_CERT */
     const char *tls_key;        /* --tls-key, FERRY_TLS_KEY */

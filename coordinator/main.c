@@ -126,6 +126,8 @@ static void sample_metrics(void *arg, coord_metrics_sample_t *out)
         out->watch_events_sent = coord_service_watch_events_sent(c->service);
         out->parked_waits = coord_service_parked_waits(c->service);
         out->watch_queued_bytes = coord_service_watch_queued_bytes(c->service);
+        out->watch_peers = coord_service_watch_peers(c->service);
+        out->wait_peers = coord_service_wait_peers(c->service);
     }
 }
 
@@ -243,6 +245,8 @@ static ferry_status_t open_server(coordinator_t *c)
         .watch_memory_bytes = (size_t)c->config.watch_memory_mib << 20,
         .max_waits = (size_t)c->config.max_waits,
         .max_watches = (size_t)c->config.max_watches,
+        .max_watches_per_peer = (size_t)c->config.max_watches_per_peer,
+        .max_waits_per_peer = (size_t)c->config.max_waits_per_peer,
     };
     coord_registry_params_t rparams = {
         .prefix = c->config.prefix,

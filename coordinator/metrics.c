@@ -14,6 +14,8 @@
  *   ferry_watch_events_sent_total                counter, events queued on Watch streams
  *   ferry_parked_waits                           gauge, Lookup/Claim calls parked (wait_ms)
  *   ferry_watch_queued_bytes                     gauge, unsent bytes on Watch streams, together
+ *   ferry_peers_holding{kind}                    gauge, client hosts holding a Watch stream
+ *                                                (watch) or a parked wait (wait)
  *   ferry_view_events_total{type,state}          counter, changes the view applied
  *   ferry_lease_expiries_total                   counter, records whose lease ran out
  *   ferry_claim_expiries_total                   counter, claims whose lease ran out
@@ -404,6 +406,12 @@ char *coord_metrics_render(coord_metrics_t *m)
             "copy of a shared message counts).\n# TYPE ferry_watch_queued_bytes gauge\n"
             "ferry_watch_queued_bytes %zu\n",
             sample.watch_queued_bytes);
+    fprintf(f,
+            "# HELP ferry_peers_holding Client hosts (addresses without the port) holding a "
+            "Watch stream or a parked Lookup/Claim, each host bounded by --max-watches-per-peer "
+            "and --max-waits-per-peer.\n# TYPE ferry_peers_holding gauge\n"
+            "ferry_peers_holding{kind=\"watch\"} %zu\nferry_peers_holding{kind=\"wait\"} %zu\n",
+            sample.watch_peers, sample.wait_peers);
     fprintf(f,
             "# HELP ferry_claim_ends_total Claims whose key went (finished, cancelled or "
             "expired), by where the expiry check was decided: on the view (the record was past "

@@ -712,6 +712,8 @@ ferry_status_t coord_service_create(const coord_service_params_t *params, rpc_se
     svc->server = server;
     svc->max_waits = params->max_waits != 0 ? params->max_waits : SERVICE_MAX_WAITS;
     svc->max_watches = params->max_watches != 0 ? params->max_watches : SERVICE_MAX_WATCHES;
+    svc->max_watches_per_peer = params->max_watches_per_peer;
+    svc->max_waits_per_peer = params->max_waits_per_peer;
     svc->watch_queue_bytes =
         params->watch_queue_bytes != 0 ? params->watch_queue_bytes : SERVICE_WATCH_QUEUE_BYTES;
     svc->watch_msg_bytes = svc->watch_queue_bytes / 4 < SERVICE_WATCH_MSG_BYTES
@@ -723,15 +725,15 @@ ferry_status_t coord_service_create(const coord_service_params_t *params, rpc_se
                                                                     : SERVICE_WATCH_MEMORY_BYTES,
                                     &svc->watch_budget);
     if (status != FERRY_OK) {
-        free(svc->name);
-        free(svc);
-        return status;
+        goto err_name;
+    }
+    if ((status = coord_peers_create(&svc->watch_peers)) != FERRY_OK ||
+        (status = coord_peers_create(&svc->wait_peers)) != FERRY_OK) {
+        goto err_peers;
     }
     if (pthread_mutex_init(&svc->subs_lock, NULL) != 0) {
-        rpc_send_budget_release(svc->watch_budget);
-        free(svc->name);
-        free(svc);
-        return FERRY_ERR_NO_MEMORY;
+        status = FERRY_ERR_NO_MEMORY;
+        goto err_peers;
     }
     status = service_waits_start(svc);
     if (status != FERRY_OK) {
@@ -752,7 +754,11 @@ err_waits:
     pthread_mutex_destroy(&svc->waits_lock);
 err_free:
     pthread_mutex_destroy(&svc->subs_lock);
+err_peers:
+    coord_peers_destroy(svc->wait_peers);
+    coord_peers_destroy(svc->watch_peers);
     rpc_send_budget_release(svc->watch_budget);
+err_name:
     free(svc->name);
     free(svc);
     return status;
@@ -813,6 +819,8 @@ void coord_service_destroy(coord_service_t *svc)
     pthread_cond_destroy(&svc->waits_cond);
     pthread_mutex_destroy(&svc->waits_lock);
     pthread_mutex_destroy(&svc->subs_lock);
+    coord_peers_destroy(svc->wait_peers);
+    coord_peers_destroy(svc->watch_peers);
     rpc_send_budget_release(svc->watch_budget); /* calls still held keep it */
     free(svc->name);
     free(svc);

@@ -44,6 +44,11 @@ typedef struct {
     /* Watch streams that may be open at once; past it a new one ends with
      * RESOURCE_EXHAUSTED. 0: 10000. */
     size_t max_watches;
+    /* The most of those (and of max_waits) one client host may hold, its
+     * address without the port counting every connection of it; past it
+     * its next one ends with RESOURCE_EXHAUSTED. 0: no such share. */
+    size_t max_watches_per_peer;
+    size_t max_waits_per_peer;
 } coord_service_params_t;
 
 /* Adds ferry.v1.Coordinator to `server` (before rpc_server_start). The
@@ -53,6 +58,10 @@ typedef struct {
 uint64_t coord_service_watch_events_sent(coord_service_t *svc);
 /* Lookup and Claim calls parked now, for metrics. Any thread. */
 size_t coord_service_parked_waits(coord_service_t *svc);
+/* Client hosts holding a Watch stream (counted against --max-watches), and
+ * holding a parked wait, for metrics. Any thread. */
+size_t coord_service_watch_peers(coord_service_t *svc);
+size_t coord_service_wait_peers(coord_service_t *svc);
 /* Bytes queued on Watch streams that their clients have not taken (each
  * stream's count, summed), for metrics. Any thread. */
 size_t coord_service_watch_queued_bytes(coord_service_t *svc);

@@ -9,6 +9,7 @@
 #include <stdatomic.h>
 
 #include "exec.h"
+#include "peers.h"
 #include "service.h"
 
 typedef enum {
@@ -21,6 +22,7 @@ typedef struct wait_entry {
     wait_kind_t kind;
     const ProtobufCMessage *request; /* owned by the call */
     const char *request_id;          /* inside request */
+    const char *peer_host;           /* the call's; counted in wait_peers while parked */
     int64_t deadline_ms;             /* monotonic */
     bool ready;                      /* the operation changed: try again */
     size_t heap_at;                  /* its place in waits_heap */
@@ -54,6 +56,10 @@ typedef struct sub_entry {
      * over_budget, every stream together holds watch_budget's bound). */
     ferry_status_t end_status;
     bool over_budget;
+    /* Counted in watch_peers (under its call's rpc_call_peer_host) from
+     * its subscription until it is freed: as long as it counts against
+     * max_watches. */
+    bool peer_counted;
     struct sub_entry *next;
     /* Once unlinked from subs to be ended: on the service's `ended` list
      * (linked by ended_next) until its call is done, and `ending` while
@@ -121,6 +127,10 @@ struct coord_service {
     size_t n_id_buckets;
     size_t n_waits;   /* parked; for metrics and the bound */
     size_t max_waits; /* constant: a wait past it is refused */
+    /* Parked waits by client host (peers.h); one past max_waits_per_peer
+     * (constant; 0: none) from one host is refused. */
+    coord_peers_t *wait_peers;
+    size_t max_waits_per_peer;
     /* constant: the longest the wait thread sleeps with nothing due
      * (0: WAIT_IDLE_MS, service_wait.c; tests set more) */
     int64_t wait_idle_ms;
@@ -156,7 +166,12 @@ struct coord_service {
     /* constant: every stream's unsent bytes together (--watch-memory-mib),
      * counted by the rpc layer as each stream's queue is (rpc.h) */
     rpc_send_budget_t *watch_budget;
-    size_t max_watches;     /* constant: streams open at once */
+    size_t max_watches; /* constant: streams open at once */
+    /* Streams counted against max_watches, by client host (peers.h); one
+     * past max_watches_per_peer (constant; 0: none) from one host is
+     * refused. */
+    coord_peers_t *watch_peers;
+    size_t max_watches_per_peer;
     size_t watch_msg_bytes; /* constant: events per message, in bytes */
     /* The events of the revision being gathered (all of pending_rev); sent
      * when the registry says its watch message ended, or a later revision

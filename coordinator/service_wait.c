@@ -146,11 +146,15 @@ static void wait_link(coord_service_t *svc, wait_entry_t *w)
     heap_fix(svc, w->heap_at);
 }
 
-/* Takes w off the heap and its bucket. */
+/* Takes w off the heap and its bucket, and gives back its host's share
+ * (coord_peers_take'n when it parked): every way a wait leaves, whether it
+ * is due, answered or cancelled, comes through here (or through
+ * service_waits_stop). */
 static void wait_unlink(coord_service_t *svc, wait_entry_t *w)
 {
     size_t at = w->heap_at;
 
+    coord_peers_give(svc->wait_peers, w->peer_host);
     if (w->hprev != NULL) {
         w->hprev->hnext = w->hnext;
     } else {
@@ -216,11 +220,32 @@ static void on_wait_cancel(rpc_call_t *call, void *arg)
     }
 }
 
+/* Ends the call of a wait that may not park (its host's share,
+ * --max-waits-per-peer, is taken, or no memory to count it), holding
+ * nothing, and frees w. */
+static void refuse_over_share(coord_service_t *svc, wait_entry_t *w, ferry_status_t status)
+{
+    if (status != FERRY_ERR_RESOURCE_EXHAUSTED) {
+        rpc_call_fail(w->call, status, "no memory to wait for '%s'", w->request_id);
+        free(w);
+        return;
+    }
+    ferry_info("op %s: %s from %s refused: its host has %zu calls waiting (--max-waits-per-peer)",
+               w->request_id, w->kind == WAIT_LOOKUP ? "lookup" : "claim", rpc_call_peer(w->call),
+               svc->max_waits_per_peer);
+    rpc_call_fail(w->call, status,
+                  "too many calls from %s waiting for operations to appear on this replica (%zu; "
+                  "--max-waits-per-peer); retry later or on another replica",
+                  w->peer_host, svc->max_waits_per_peer);
+    free(w);
+}
+
 void service_wait_add(coord_service_t *svc, rpc_call_t *call, wait_kind_t kind,
                       const ProtobufCMessage *request, const char *request_id, int64_t deadline_ms,
                       uint64_t seen_seq)
 {
     wait_entry_t *w = calloc(1, sizeof(*w));
+    ferry_status_t status;
     size_t n_waits;
 
     if (w == NULL) {
@@ -231,6 +256,7 @@ void service_wait_add(coord_service_t *svc, rpc_call_t *call, wait_kind_t kind,
     w->kind = kind;
     w->request = request;
     w->request_id = request_id;
+    w->peer_host = rpc_call_peer_host(call);
     w->deadline_ms = deadline_ms;
 
     pthread_mutex_lock(&svc->waits_lock);
@@ -256,6 +282,12 @@ void service_wait_add(coord_service_t *svc, rpc_call_t *call, wait_kind_t kind,
                       "retry later or on another replica",
                       n_waits);
         free(w);
+        return;
+    }
+    status = coord_peers_take(svc->wait_peers, w->peer_host, svc->max_waits_per_peer);
+    if (status != FERRY_OK) {
+        pthread_mutex_unlock(&svc->waits_lock);
+        refuse_over_share(svc, w, status);
         return;
     }
     rpc_call_ref(call);
@@ -332,6 +364,15 @@ uint64_t service_waits_seq(coord_service_t *svc)
     seq = svc->wake_seq;
     pthread_mutex_unlock(&svc->waits_lock);
     return seq;
+}
+
+size_t coord_service_wait_peers(coord_service_t *svc)
+{
+    size_t n;
+    pthread_mutex_lock(&svc->waits_lock);
+    n = coord_peers_count(svc->wait_peers);
+    pthread_mutex_unlock(&svc->waits_lock);
+    return n;
 }
 
 size_t coord_service_parked_waits(coord_service_t *svc)
@@ -468,6 +509,9 @@ void service_waits_stop(coord_service_t *svc)
     svc->stopping = true; /* no wait parks, and no wake looks, from now on */
     all = svc->waits_heap;
     n = svc->n_waits;
+    for (size_t i = 0; i < n; i++) {
+        coord_peers_give(svc->wait_peers, all[i]->peer_host);
+    }
     svc->waits_heap = NULL;
     svc->heap_cap = svc->n_waits = 0;
     free(svc->waits_by_id);

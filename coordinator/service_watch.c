@@ -53,11 +53,13 @@
  * bounds memory from above.
  *
  * Counted until done: --max-watches bounds the streams subscribed plus those
- * ended whose calls are not done yet. An ended stream's last messages (up
- * to the bound) and its status wait for the client to read them, for at
- * most RPC_DRAIN_MS (rpc.h); until then the stream holds its memory, so it
- * counts, and a client that opens streams, never reads and gets them ended
- * cannot pile them up.
+ * ended whose calls are not done yet, and --max-watches-per-peer what of
+ * them one client host holds (watch_peers: taken as a stream subscribes,
+ * given back where it is freed, with the global count). An ended stream's
+ * last messages (up to the bound) and its status wait for the client to
+ * read them, for at most RPC_DRAIN_MS (rpc.h); until then the stream holds
+ * its memory, so it counts, and a client that opens streams, never reads
+ * and gets them ended cannot pile them up.
  *
  * Threads: handlers on server threads; publish and reload on the registry's
  * watch and maintenance threads; all under subs_lock.
@@ -337,11 +339,23 @@ static ferry_status_t replay_locked(coord_service_t *svc, sub_entry_t *s, int64_
     return status;
 }
 
+/* s no longer counts: its host's share is given back. Caller holds
+ * subs_lock. */
+static void sub_uncount_locked(coord_service_t *svc, sub_entry_t *s)
+{
+    if (s->peer_counted) {
+        coord_peers_give(svc->watch_peers, rpc_call_peer_host(s->call));
+        s->peer_counted = false;
+    }
+}
+
 /* Streams that count against max_watches: those subscribed, and those
  * ended whose calls are not done; the ended ones that are done are freed
- * here. Counted, not kept as a count, so that no path that ends a stream
- * has to remember it (at most max_watches to walk, once per new stream).
- * Caller holds subs_lock. */
+ * here, and give their host's share back (however they ended: the client
+ * cancelled or went away, its deadline, a bound, a reload, shutdown).
+ * Counted, not kept as a count, so that no path that ends a stream has to
+ * remember it (at most max_watches to walk, once per new stream). Caller
+ * holds subs_lock. */
 static size_t subs_count_locked(coord_service_t *svc)
 {
     size_t n = 0;
@@ -353,6 +367,7 @@ static size_t subs_count_locked(coord_service_t *svc)
         sub_entry_t *s = *p;
         if (!s->ending && rpc_call_is_done(s->call)) {
             *p = s->ended_next;
+            sub_uncount_locked(svc, s);
             rpc_call_unref(s->call);
             free(s);
             continue;
@@ -370,6 +385,7 @@ static ferry_status_t subscribe_locked(coord_service_t *svc, sub_entry_t *s, cha
 {
     Ferry__V1__WatchResponse resp = FERRY__V1__WATCH_RESPONSE__INIT;
     Ferry__V1__ResponseHeader header = FERRY__V1__RESPONSE_HEADER__INIT;
+    const char *host = rpc_call_peer_host(s->call);
     rpc_msg_t *created;
     ferry_status_t status;
 
@@ -384,6 +400,21 @@ static ferry_status_t subscribe_locked(coord_service_t *svc, sub_entry_t *s, cha
                  svc->max_watches);
         return FERRY_ERR_RESOURCE_EXHAUSTED;
     }
+    status = coord_peers_take(svc->watch_peers, host, svc->max_watches_per_peer);
+    if (status == FERRY_ERR_RESOURCE_EXHAUSTED) {
+        ferry_info("watch from %s refused: its host holds %zu streams (--max-watches-per-peer)",
+                   rpc_call_peer(s->call), svc->max_watches_per_peer);
+        snprintf(msg, cap,
+                 "too many Watch streams from %s open on this replica (%zu; "
+                 "--max-watches-per-peer): retry later or on another replica",
+                 host, svc->max_watches_per_peer);
+        return status;
+    }
+    if (status != FERRY_OK) {
+        snprintf(msg, cap, "no memory to count this watch");
+        return status;
+    }
+    s->peer_counted = true; /* given back when s is freed, or below */
     if (s->start_revision != 0 && s->start_revision <= svc->hist_floor) {
         snprintf(msg, cap,
                  "start_revision %lld is no longer available on this replica (it holds changes "
@@ -456,6 +487,8 @@ void service_watch(rpc_call_t *call, const ProtobufCMessage *request, void *arg)
     status = subscribe_locked(svc, s, msg, sizeof(msg));
     if (status != FERRY_OK && s->end_status != FERRY_OK) {
         retire_locked(svc, s); /* what its replay queued counts */
+    } else if (status != FERRY_OK) {
+        sub_uncount_locked(svc, s); /* refused: it never counted */
     }
     pthread_mutex_unlock(&svc->subs_lock);
     if (status != FERRY_OK && s->end_status != FERRY_OK) {
@@ -567,6 +600,17 @@ static bool grow_pending_locked(coord_service_t *svc)
 uint64_t coord_service_watch_events_sent(coord_service_t *svc)
 {
     return atomic_load(&svc->watch_events_sent);
+}
+
+size_t coord_service_watch_peers(coord_service_t *svc)
+{
+    size_t n;
+
+    pthread_mutex_lock(&svc->subs_lock);
+    subs_count_locked(svc); /* the streams done give their share back first */
+    n = coord_peers_count(svc->watch_peers);
+    pthread_mutex_unlock(&svc->subs_lock);
+    return n;
 }
 
 size_t coord_service_watch_queued_bytes(coord_service_t *svc)
@@ -766,6 +810,7 @@ void service_watch_destroy(coord_service_t *svc)
     while (svc->ended != NULL) {
         sub_entry_t *s = svc->ended;
         svc->ended = s->ended_next;
+        sub_uncount_locked(svc, s); /* the server is gone: no lock to take */
         rpc_call_unref(s->call);
         free(s);
     }

@@ -338,6 +338,12 @@ void rpc_call_request_bytes(const rpc_call_t *call, const uint8_t **data_p, size
 /* The client's address ("ipv4:127.0.0.1:53124"), for logs; static per call. */
 const char *rpc_call_peer(const rpc_call_t *call);
 
+/* The client's address without its port ("127.0.0.1", "fd00::7"; an IPv4
+ * client of a dual-stack listener as IPv4; "unix" for a unix socket), to
+ * count what one client host holds however many connections it opens;
+ * static per call. */
+const char *rpc_call_peer_host(const rpc_call_t *call);
+
 /* The call's path ("/ferry.v1.Coordinator/Get"), for logs; static per call. */
 const char *rpc_call_path(const rpc_call_t *call);
 

@@ -192,6 +192,7 @@ static void call_accept(rpc_call_t *call)
 
     snprintf(call->peer, sizeof(call->peer), "%s", peer != NULL ? peer : "unknown");
     gpr_free(peer);
+    rpc__peer_host(call->peer, call->peer_host, sizeof(call->peer_host));
     if (call->method == NULL) {
         rpc__slice_to_str(call->details.method, call->path, sizeof(call->path));
         call->deadline = call->details.deadline;
@@ -998,6 +999,11 @@ void rpc_call_request_bytes(const rpc_call_t *call, const uint8_t **data_p, size
 const char *rpc_call_peer(const rpc_call_t *call)
 {
     return call->peer;
+}
+
+const char *rpc_call_peer_host(const rpc_call_t *call)
+{
+    return call->peer_host;
 }
 
 const char *rpc_call_path(const rpc_call_t *call)

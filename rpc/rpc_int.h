@@ -126,6 +126,13 @@ enum { RPC_WIRE_UNKNOWN_MAX = 64, RPC_WIRE_VALUES_MAX = 16384 };
 ferry_status_t rpc__wire_check(const ProtobufCMessageDescriptor *desc, const uint8_t *data,
                                size_t len, char *msg, size_t cap, bool *malformed_p);
 
+/* --- peers (rpc_peer.c) ------------------------------------------------- */
+
+/* gRPC's peer string ("ipv4:10.0.0.7:53124") as the client's address
+ * without its port ("10.0.0.7"; "fd00::7" for IPv6, an IPv4-mapped one as
+ * IPv4; "unix" for a unix socket), cut to cap bytes. */
+void rpc__peer_host(const char *peer, char *out, size_t cap);
+
 /* --- send budgets (rpc_budget.c) ----------------------------------------- */
 
 struct rpc_send_budget {
@@ -344,6 +351,7 @@ struct rpc_call {
      * method keeps it; empty otherwise. */
     grpc_slice request_bytes;
     char peer[128];
+    char peer_host[64]; /* peer without its port (rpc__peer_host) */
     char path[160];
     int64_t accepted_ns; /* CLOCK_MONOTONIC, for the observer */
 

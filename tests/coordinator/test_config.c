@@ -152,6 +152,41 @@ static void test_max_watches(void **state)
     assert_int_equal(c.max_watches, 1000000);
 }
 
+/* The per-peer shares: an eighth of their bound, at least 16 (all of a
+ * smaller bound), unless a flag or variable says (0: none); the flag wins. */
+static void test_per_peer_shares(void **state)
+{
+    coord_config_t c;
+    char *none[] = {"ferry-coordinator", NULL};
+    char *hundred[] = {"ferry-coordinator", "--max-watches", "100", "--max-waits", "200", NULL};
+    char *two[] = {"ferry-coordinator", "--max-watches", "2", "--max-waits", "15", NULL};
+    char *flags[] = {
+        "ferry-coordinator", "--max-watches-per-peer", "0", "--max-waits-per-peer", "5", NULL};
+    char *over[] = {"ferry-coordinator", "--max-waits-per-peer", "1000001", NULL};
+    (void)state;
+
+    assert_int_equal(parse(&c, 1, none), 0);
+    assert_int_equal(c.max_watches_per_peer, 1250);
+    assert_int_equal(c.max_waits_per_peer, 1250);
+    assert_int_equal(parse(&c, 5, hundred), 0);
+    assert_int_equal(c.max_watches_per_peer, 16);
+    assert_int_equal(c.max_waits_per_peer, 25);
+    assert_int_equal(parse(&c, 5, two), 0);
+    assert_int_equal(c.max_watches_per_peer, 2);
+    assert_int_equal(c.max_waits_per_peer, 15);
+    setenv("FERRY_MAX_WATCHES_PER_PEER", "9", 1);
+    setenv("FERRY_MAX_WAITS_PER_PEER", "7", 1);
+    assert_int_equal(parse(&c, 5, flags), 0);
+    assert_int_equal(c.max_watches_per_peer, 0); /* the flag wins; 0: no share */
+    assert_int_equal(c.max_waits_per_peer, 5);
+    assert_int_equal(parse(&c, 1, none), 0);
+    assert_int_equal(c.max_watches_per_peer, 9);
+    assert_int_equal(c.max_waits_per_peer, 7);
+    unsetenv("FERRY_MAX_WATCHES_PER_PEER");
+    unsetenv("FERRY_MAX_WAITS_PER_PEER");
+    assert_int_equal(parse(&c, 3, over), -1);
+}
+
 static void test_register_batch(void **state)
 {
     coord_config_t c;
@@ -466,6 +501,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_defaults),
         cmocka_unit_test(test_max_waits),
+        cmocka_unit_test(test_per_peer_shares),
         cmocka_unit_test(test_request_memory),
         cmocka_unit_test(test_max_watches),
         cmocka_unit_test(test_etcd_kv_api),

@@ -92,6 +92,7 @@ static struct {
     pthread_cond_t cond;
     call_rec_t calls[N_CALLS];
     char ids[N_CALLS][32];
+    char hosts[N_CALLS][16]; /* rpc_call_peer_host; "" is HOST_A */
 } rec = {.lock = PTHREAD_MUTEX_INITIALIZER, .cond = PTHREAD_COND_INITIALIZER};
 
 /* Fake calls are addresses inside this array, never dereferenced. */
@@ -115,6 +116,7 @@ void __wrap_rpc_call_fail(rpc_call_t *call, ferry_status_t status, const char *f
 void __wrap_rpc_call_on_cancel(rpc_call_t *call, void (*cb)(rpc_call_t *call, void *arg),
                                void *arg);
 const char *__wrap_rpc_call_peer(const rpc_call_t *call);
+const char *__wrap_rpc_call_peer_host(const rpc_call_t *call);
 void __wrap_service_lookup_once(coord_service_t *svc, rpc_call_t *call,
                                 const Ferry__V1__LookupRequest *req, int64_t deadline_ms);
 bool __wrap_coord_registry_view_holds(coord_registry_t *registry, const char *request_id);
@@ -165,6 +167,15 @@ const char *__wrap_rpc_call_peer(const rpc_call_t *call)
     return "test";
 }
 
+#define HOST_A "10.0.0.1"
+
+const char *__wrap_rpc_call_peer_host(const rpc_call_t *call)
+{
+    const char *host = rec.hosts[rec_of(call) - rec.calls];
+
+    return host[0] != '\0' ? host : HOST_A;
+}
+
 /* The wait ran again (its operation changed): it looks, and here it is
  * answered (as a found operation would be). */
 void __wrap_service_lookup_once(coord_service_t *svc, rpc_call_t *call,
@@ -185,9 +196,11 @@ static int setup(void **state)
 
     assert_non_null(svc);
     svc->max_waits = SERVICE_MAX_WAITS;
+    assert_int_equal(coord_peers_create(&svc->wait_peers), FERRY_OK);
     assert_int_equal(service_waits_start(svc), FERRY_OK);
     pthread_mutex_lock(&rec.lock);
     memset(rec.calls, 0, sizeof(rec.calls));
+    memset(rec.hosts, 0, sizeof(rec.hosts));
     pthread_mutex_unlock(&rec.lock);
     *state = svc;
     return 0;
@@ -202,9 +215,11 @@ static int setup_long_idle(void **state)
     assert_non_null(svc);
     svc->max_waits = SERVICE_MAX_WAITS;
     svc->wait_idle_ms = 3600000;
+    assert_int_equal(coord_peers_create(&svc->wait_peers), FERRY_OK);
     assert_int_equal(service_waits_start(svc), FERRY_OK);
     pthread_mutex_lock(&rec.lock);
     memset(rec.calls, 0, sizeof(rec.calls));
+    memset(rec.hosts, 0, sizeof(rec.hosts));
     pthread_mutex_unlock(&rec.lock);
     *state = svc;
     return 0;
@@ -217,6 +232,7 @@ static int teardown(void **state)
     service_waits_stop(svc);
     pthread_cond_destroy(&svc->waits_cond);
     pthread_mutex_destroy(&svc->waits_lock);
+    coord_peers_destroy(svc->wait_peers);
     free(svc);
     return 0;
 }
@@ -405,6 +421,51 @@ static void test_bound_refuses_past_it(void **state)
     assert_int_equal(rec.calls[99].fails, 0);
 }
 
+/* Past max_waits_per_peer from one host, its next wait is refused
+ * RESOURCE_EXHAUSTED, holding nothing, while another host's parks; the
+ * host's share comes back on every way a wait leaves (cancelled, run after
+ * a wake, run at its deadline, the service stopping), and a host whose
+ * waits are all gone leaves the table. */
+static void test_per_peer_share_refuses_one_host_and_comes_back(void **state)
+{
+    coord_service_t *svc = *state;
+    char id[32];
+
+    svc->max_waits = 100;
+    svc->max_waits_per_peer = 12;
+    for (int i = 0; i < 20; i++) { /* A: 4 to cancel, 4 to wake, 4 to expire, 8 refused */
+        snprintf(id, sizeof(id), "%s-%d", i < 4 ? "cancel" : i < 8 ? "wake" : "late", i);
+        park(svc, i, id, i < 8 || i >= 12 ? 600000 : 300);
+    }
+    snprintf(rec.hosts[20], sizeof(rec.hosts[20]), "10.0.0.2");
+    park(svc, 20, "other-host", 600000);
+    assert_int_equal(coord_service_parked_waits(svc), 13);
+    for (int i = 12; i < 20; i++) {
+        assert_int_equal(rec.calls[i].fails, 1);
+        assert_int_equal(rec.calls[i].status, FERRY_ERR_RESOURCE_EXHAUSTED);
+        assert_int_equal(rec.calls[i].refs, 0);
+    }
+    assert_int_equal(rec.calls[20].fails, 0);
+    assert_int_equal(coord_service_wait_peers(svc), 2);
+    assert_int_equal(coord_peers_held(svc->wait_peers, HOST_A), 12);
+
+    for (int i = 0; i < 4; i++) {
+        rec.calls[i].cancel(call_of(i), rec.calls[i].cancel_arg);
+    }
+    for (int i = 4; i < 8; i++) {
+        snprintf(id, sizeof(id), "wake-%d", i);
+        service_waits_wake(svc, id);
+    }
+    await_ended(20, 20); /* 4 cancelled, 4 run, 4 timed out, 8 refused */
+    assert_int_equal(coord_peers_held(svc->wait_peers, HOST_A), 0);
+    assert_int_equal(coord_service_wait_peers(svc), 1);
+    park(svc, 21, "again", 600000); /* A's share is back */
+    assert_int_equal(rec.calls[21].fails, 0);
+    service_waits_stop(svc);
+    assert_int_equal(coord_service_wait_peers(svc), 0);
+    assert_int_equal(coord_service_parked_waits(svc), 0);
+}
+
 /* The view comes back holding records that came with no event: the waits
  * for those run, once; the others stay parked, and run when their own wake
  * comes. */
@@ -477,6 +538,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_cancelled_wait_leaves, setup, teardown),
         cmocka_unit_test_setup_teardown(test_wake_before_parking_is_not_missed, setup, teardown),
         cmocka_unit_test_setup_teardown(test_bound_refuses_past_it, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_per_peer_share_refuses_one_host_and_comes_back, setup,
+                                        teardown),
         cmocka_unit_test_setup_teardown(test_view_back_runs_the_waits_whose_record_it_holds, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_look_from_before_the_view_came_back_looks_again, setup,

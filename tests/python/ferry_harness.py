@@ -19,6 +19,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 
@@ -347,3 +348,94 @@ def hpack_literal(name, value):
     """A header field without indexing or Huffman (RFC 7541 6.2.2)."""
     n, v = name.encode(), value.encode()
     return b"\x00" + bytes([len(n)]) + n + bytes([len(v)]) + v
+
+
+def grpc_stream_frames(port, path, sid, request):
+    """HEADERS and DATA (END_STREAM) opening stream `sid` of a gRPC call of
+    `path` with one request (a protobuf message)."""
+    headers = b"".join(hpack_literal(k, v) for k, v in [
+        (":method", "POST"), (":scheme", "http"), (":path", path),
+        (":authority", f"127.0.0.1:{port}"), ("content-type", "application/grpc"),
+        ("te", "trailers")])
+    body = request.SerializeToString()
+    return (h2_frame(1, 4, sid, headers) +  # HEADERS, END_HEADERS
+            h2_frame(0, 1, sid, b"\x00" + struct.pack(">I", len(body)) + body))
+
+
+class RawH2:
+    """One raw HTTP/2 connection to 127.0.0.1:port from `source` (another
+    loopback address is another client host), for tests that play a client
+    gRPC libraries will not: many streams on one connection, a window that
+    never widens (window=0 announces SETTINGS_INITIAL_WINDOW_SIZE 0; None
+    keeps HTTP/2's 64 KiB, never widened either). A reader thread answers
+    PINGs and SETTINGS, as a live client would, so the connection stays up,
+    and records the streams the server ended (trailers or RST_STREAM) in
+    `ended`."""
+
+    def __init__(self, port, window=None, source="127.0.0.1"):
+        self.port = port
+        self.sock = socket.create_connection(("127.0.0.1", port), source_address=(source, 0))
+        self.next_sid = 1
+        self.ended = set()
+        self.lock = threading.Lock()
+        settings = struct.pack(">HI", 4, window) if window is not None else b""
+        self.send(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + h2_frame(4, 0, 0, settings) +
+                  h2_frame(4, 1, 0, b""))
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
+
+    def send(self, data):
+        with self.lock:
+            self.sock.sendall(data)
+
+    def open(self, path, requests):
+        """One stream per request, all in one write; their stream IDs."""
+        out, sids = b"", []
+        for req in requests:
+            sid, self.next_sid = self.next_sid, self.next_sid + 2
+            out += grpc_stream_frames(self.port, path, sid, req)
+            sids.append(sid)
+        self.send(out)
+        return sids
+
+    def ended_count(self, sids):
+        with self.lock:
+            return len(self.ended.intersection(sids))
+
+    def _read(self):
+        buf = b""
+        try:
+            while True:
+                data = self.sock.recv(65536)
+                if not data:
+                    return
+                buf += data
+                while len(buf) >= 9:
+                    length = int.from_bytes(buf[:3], "big")
+                    if len(buf) < 9 + length:
+                        break
+                    ftype, flags = buf[3], buf[4]
+                    sid = int.from_bytes(buf[5:9], "big") & 0x7FFFFFFF
+                    payload, buf = buf[9:9 + length], buf[9 + length:]
+                    if ftype == 6 and not flags & 1:
+                        self.send(h2_frame(6, 1, 0, payload))  # PING ACK
+                    elif ftype == 4 and not flags & 1:
+                        self.send(h2_frame(4, 1, 0, b""))  # SETTINGS ACK
+                    elif (ftype == 1 and flags & 1) or ftype == 3:
+                        with self.lock:
+                            self.ended.add(sid)
+        except OSError:
+            return
+
+    def local_port(self):
+        return self.sock.getsockname()[1]
+
+    def close(self):
+        # shutdown() first: close() alone leaves the connection open while
+        # the reader thread sits in recv() (audit-s30-grpc I2).
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.sock.close()
+        self.thread.join(5)

@@ -31,12 +31,9 @@ import json
 import os
 import re
 import shutil
-import socket
-import struct
 import sys
 import tempfile
 import threading
-import time
 import unittest
 import urllib.request
 
@@ -76,79 +73,6 @@ def rss_kib(pid):
             if line.startswith("VmRSS:"):
                 return int(line.split()[1])
     return 0
-
-
-class RawH2:
-    """One raw HTTP/2 connection that announces a stream window of 0 and
-    never widens it: the server's transport can take no message of its
-    streams. A reader thread answers PINGs and SETTINGS, as a live client
-    would, so the connection stays up."""
-
-    def __init__(self, port, source="127.0.0.1"):
-        self.port = port
-        self.sock = socket.create_connection(("127.0.0.1", port),
-                                             source_address=(source, 0))
-        self.next_sid = 1
-        self.lock = threading.Lock()
-        settings = struct.pack(">HI", 4, 0)  # SETTINGS_INITIAL_WINDOW_SIZE 0
-        self.send(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" +
-                  ferry_harness.h2_frame(4, 0, 0, settings) +
-                  ferry_harness.h2_frame(4, 1, 0, b""))
-        self.thread = threading.Thread(target=self.read, daemon=True)
-        self.thread.start()
-
-    def send(self, data):
-        with self.lock:
-            self.sock.sendall(data)
-
-    def open(self, path, requests):
-        """One stream per request (a protobuf message), all in one write."""
-        headers = b"".join(ferry_harness.hpack_literal(k, v) for k, v in [
-            (":method", "POST"), (":scheme", "http"), (":path", path),
-            (":authority", f"127.0.0.1:{self.port}"), ("content-type", "application/grpc"),
-            ("te", "trailers")])
-        out = b""
-        for req in requests:
-            body = req.SerializeToString()
-            sid, self.next_sid = self.next_sid, self.next_sid + 2
-            out += ferry_harness.h2_frame(1, 4, sid, headers)  # HEADERS, END_HEADERS
-            out += ferry_harness.h2_frame(0, 1, sid,  # DATA, END_STREAM
-                                          b"\x00" + struct.pack(">I", len(body)) + body)
-        self.send(out)
-
-    def read(self):
-        buf = b""
-        try:
-            while True:
-                data = self.sock.recv(65536)
-                if not data:
-                    return
-                buf += data
-                while len(buf) >= 9:
-                    length = int.from_bytes(buf[:3], "big")
-                    if len(buf) < 9 + length:
-                        break
-                    ftype, flags = buf[3], buf[4]
-                    payload, buf = buf[9:9 + length], buf[9 + length:]
-                    if ftype == 6 and not flags & 1:
-                        self.send(ferry_harness.h2_frame(6, 1, 0, payload))  # PING ACK
-                    elif ftype == 4 and not flags & 1:
-                        self.send(ferry_harness.h2_frame(4, 1, 0, b""))  # SETTINGS ACK
-        except OSError:
-            return
-
-    def local_port(self):
-        return self.sock.getsockname()[1]
-
-    def close(self):
-        # shutdown() first: close() alone leaves the connection open while
-        # the reader thread sits in recv() (audit-s30-grpc I2).
-        try:
-            self.sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        self.sock.close()
-        self.thread.join(5)
 
 
 class WatchMemoryIsBounded(unittest.TestCase):
@@ -255,7 +179,7 @@ class WatchMemoryIsBounded(unittest.TestCase):
 
         sampler = threading.Thread(target=sample)
         sampler.start()
-        raw = RawH2(self.coord.port)
+        raw = ferry_harness.RawH2(self.coord.port, window=0)
         try:
             raw.open(WATCH, [self.cpb.WatchRequest(request_id_prefix=prefix,
                                                    start_revision=first)] * STREAMS)

@@ -1,0 +1,171 @@
+"""One client host cannot hold every Watch slot or every parked wait of a
+replica (--max-watches-per-peer, --max-waits-per-peer; audit-s30-grpc F3),
+with real etcd and coordinator processes.
+
+Before, --max-watches and --max-waits were shared by all clients with no
+share per client: a few unauthenticated connections holding every slot
+kept every honest Watch and every waiting Lookup/Claim refused
+RESOURCE_EXHAUSTED for as long as they stayed open. Now each client host
+(its address without the port: every connection and source port of it
+together) may hold an eighth of each bound by default (at least 16):
+
+- a raw client from 127.0.0.2 opens --max-watches (100) Watch streams and
+  as many waiting Lookups on one connection: 16 of each are taken, the
+  rest refused RESOURCE_EXHAUSTED naming the per-peer bound;
+- an honest Watch from 127.0.0.1 is created, and an honest Lookup with
+  wait_ms parks (it ends by its wait, not refused);
+- once the raw client is gone its shares come back: ferry_parked_waits and
+  ferry_peers_holding return to 0, and the same address may hold its 16
+  again.
+
+Loopback answers on all of 127.0.0.0/8, so 127.0.0.2 is another client
+host without any setup (skipped where it does not).
+
+Run with /usr/bin/python3 (Debian's grpcio), from CTest (python_peer_shares).
+"""
+import os
+import re
+import shutil
+import socket
+import sys
+import tempfile
+import unittest
+import urllib.request
+
+sys.path.insert(0, os.path.dirname(__file__))
+import ferry_harness  # noqa: E402
+
+import grpc  # noqa: E402
+
+MAX = 100
+SHARE = max(MAX // 8, 16)  # the default per-peer share: an eighth, at least 16
+WATCH = "/ferry.v1.Coordinator/Watch"
+LOOKUP = "/ferry.v1.Coordinator/Lookup"
+OTHER_HOST = "127.0.0.2"
+FOREVER_MS = 1 << 40
+
+
+def loopback_aliases_work():
+    try:
+        with socket.socket() as s:
+            s.bind((OTHER_HOST, 0))
+        return True
+    except OSError:
+        return False
+
+
+class OneHostTakesItsShare(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        if not loopback_aliases_work():
+            raise unittest.SkipTest(f"cannot bind {OTHER_HOST}")
+        cls.tmp = tempfile.mkdtemp(prefix="ferry-py-peers-")
+        ferry_harness.generate_stubs(os.path.join(cls.tmp, "gen"))
+        from ferry.v1 import coordinator_pb2, coordinator_pb2_grpc
+        cls.cpb = coordinator_pb2
+        cls.etcd = ferry_harness.Etcd(cls.tmp)
+        cls.etcd.start()
+        cls.coord = ferry_harness.Coordinator(
+            cls.tmp, cls.etcd.endpoint, name="peers", ttl=30,
+            extra=("--prefix", "/peers/", "--max-watches", str(MAX), "--max-waits", str(MAX),
+                   "--metrics-listen", "127.0.0.1:0"))
+        try:
+            cls.coord.start()
+        except BaseException:
+            cls.etcd.stop()
+            raise
+        cls.metrics_port = cls.coord.metrics_port()
+        cls.channel = grpc.insecure_channel(cls.coord.target)
+        cls.stub = coordinator_pb2_grpc.CoordinatorStub(cls.channel)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.channel.close()
+        try:
+            cls.coord.stop()
+        finally:
+            cls.etcd.stop()
+            shutil.rmtree(cls.tmp, ignore_errors=True)
+
+    def metric(self, name, **labels):
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics",
+                                    timeout=5) as r:
+            text = r.read().decode()
+        total = 0.0
+        for line in text.splitlines():
+            m = re.match(r"^([a-z_]+)(?:\{([^}]*)\})? (\S+)$", line)
+            if m is not None and m.group(1) == name and \
+                    all(f'{k}="{v}"' in (m.group(2) or "") for k, v in labels.items()):
+                total += float(m.group(3))
+        return total
+
+    def refusals(self, port, flag):
+        with open(self.coord.log_path) as f:
+            return sum(1 for line in f if f"{OTHER_HOST}:{port} refused" in line and flag in line)
+
+    def open_floods(self, raw):
+        watches = raw.open(WATCH, [self.cpb.WatchRequest(request_id_prefix="never-")] * MAX)
+        lookups = raw.open(LOOKUP, [self.cpb.LookupRequest(
+            request_id=f"never-{i}", access_token="t" * 16, wait_ms=FOREVER_MS)
+            for i in range(MAX)])
+        return watches, lookups
+
+    def test_one_host_cannot_keep_another_out_and_its_share_comes_back(self):
+        raw = ferry_harness.RawH2(self.coord.port, source=OTHER_HOST)
+        honest = None
+        try:
+            watches, lookups = self.open_floods(raw)
+            ferry_harness.wait_until(lambda: raw.ended_count(watches) >= MAX - SHARE, 20,
+                                     f"{MAX - SHARE} of the raw client's Watch streams to end")
+            ferry_harness.wait_until(lambda: raw.ended_count(lookups) >= MAX - SHARE, 20,
+                                     f"{MAX - SHARE} of the raw client's Lookups to end")
+            ferry_harness.wait_until(lambda: self.metric("ferry_parked_waits") == SHARE, 10,
+                                     f"{SHARE} of them to park")
+            self.assertEqual(raw.ended_count(watches), MAX - SHARE)
+            self.assertEqual(raw.ended_count(lookups), MAX - SHARE)
+            port = raw.local_port()
+            self.assertEqual(self.refusals(port, "--max-watches-per-peer"), MAX - SHARE)
+            self.assertEqual(self.refusals(port, "--max-waits-per-peer"), MAX - SHARE)
+            self.assertEqual(self.metric("ferry_peers_holding", kind="watch"), 1)
+            self.assertEqual(self.metric("ferry_peers_holding", kind="wait"), 1)
+
+            # Another host still gets a Watch, and a Lookup that parks.
+            honest = self.stub.Watch(self.cpb.WatchRequest(request_id_prefix="never-"),
+                                     timeout=30)
+            self.assertTrue(next(honest).created)
+            with self.assertRaises(grpc.RpcError) as cm:
+                self.stub.Lookup(self.cpb.LookupRequest(
+                    request_id="honest", access_token="t" * 16, wait_ms=1000), timeout=10)
+            self.assertEqual(cm.exception.code(), grpc.StatusCode.DEADLINE_EXCEEDED,
+                             cm.exception.details())
+            self.assertIn("not registered in time", cm.exception.details())
+        finally:
+            raw.close()
+            if honest is not None:
+                honest.cancel()
+
+        # Gone: every share comes back, and the table forgets the hosts.
+        for name, labels in (("ferry_parked_waits", {}),
+                             ("ferry_peers_holding", {"kind": "wait"}),
+                             ("ferry_peers_holding", {"kind": "watch"}),
+                             ("ferry_rpc_in_flight", {"method": WATCH})):
+            ferry_harness.wait_until(lambda: self.metric(name, **labels) == 0, 20,
+                                     f"{name}{labels} to return to 0")
+
+        # The same host may hold its whole share again.
+        raw = ferry_harness.RawH2(self.coord.port, source=OTHER_HOST)
+        try:
+            watches = raw.open(WATCH, [self.cpb.WatchRequest(request_id_prefix="never-")] * SHARE)
+            ferry_harness.wait_until(
+                lambda: self.metric("ferry_peers_holding", kind="watch") == 1, 10,
+                "the host's streams to count")
+            ferry_harness.wait_until(
+                lambda: self.metric("ferry_rpc_in_flight", method=WATCH) == SHARE, 10,
+                f"its {SHARE} streams to be open")
+            self.assertEqual(raw.ended_count(watches), 0)
+        finally:
+            raw.close()
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
