@@ -126,6 +126,7 @@ static void sample_metrics(void *arg, coord_metrics_sample_t *out)
         out->watch_events_sent = coord_service_watch_events_sent(c->service);
         out->parked_waits = coord_service_parked_waits(c->service);
         out->watch_queued_bytes = coord_service_watch_queued_bytes(c->service);
+        out->watch_evictions = coord_service_watch_evictions(c->service);
         out->watch_peers = coord_service_watch_peers(c->service);
         out->wait_peers = coord_service_wait_peers(c->service);
     }

@@ -14,6 +14,7 @@
  *   ferry_watch_events_sent_total                counter, events queued on Watch streams
  *   ferry_parked_waits                           gauge, Lookup/Claim calls parked (wait_ms)
  *   ferry_watch_queued_bytes                     gauge, unsent bytes on Watch streams, together
+ *   ferry_watch_evictions_total                  counter, Watch streams ended to bound them
  *   ferry_peers_holding{kind}                    gauge, client hosts holding a Watch stream
  *                                                (watch) or a parked wait (wait)
  *   ferry_view_events_total{type,state}          counter, changes the view applied
@@ -401,11 +402,15 @@ char *coord_metrics_render(coord_metrics_t *m)
             "ferry_parked_waits %zu\n",
             sample.parked_waits);
     fprintf(f,
-            "# HELP ferry_watch_queued_bytes Bytes queued on Watch streams that their clients "
-            "have not taken, all streams together (bounded by --watch-memory-mib; each stream's "
-            "copy of a shared message counts).\n# TYPE ferry_watch_queued_bytes gauge\n"
-            "ferry_watch_queued_bytes %zu\n",
-            sample.watch_queued_bytes);
+            "# HELP ferry_watch_queued_bytes Memory held by messages queued on Watch streams "
+            "that their clients have not taken, all streams together (a message shared by "
+            "streams once, with each queue entry's overhead; bounded by --watch-memory-mib).\n"
+            "# TYPE ferry_watch_queued_bytes gauge\nferry_watch_queued_bytes %zu\n"
+            "# HELP ferry_watch_evictions_total Watch streams ended, the messages their clients "
+            "had not read dropped, to keep ferry_watch_queued_bytes within --watch-memory-mib "
+            "(the stream furthest behind each time).\n"
+            "# TYPE ferry_watch_evictions_total counter\nferry_watch_evictions_total %" PRIu64 "\n",
+            sample.watch_queued_bytes, sample.watch_evictions);
     fprintf(f,
             "# HELP ferry_peers_holding Client hosts (addresses without the port) holding a "
             "Watch stream or a parked Lookup/Claim, each host bounded by --max-watches-per-peer "

@@ -62,9 +62,13 @@ size_t coord_service_parked_waits(coord_service_t *svc);
  * holding a parked wait, for metrics. Any thread. */
 size_t coord_service_watch_peers(coord_service_t *svc);
 size_t coord_service_wait_peers(coord_service_t *svc);
-/* Bytes queued on Watch streams that their clients have not taken (each
- * stream's count, summed), for metrics. Any thread. */
+/* What Watch streams' messages that their clients have not taken hold in
+ * memory (a message shared by streams once, each queue entry's overhead),
+ * for metrics. Any thread. */
 size_t coord_service_watch_queued_bytes(coord_service_t *svc);
+/* Watch streams ended, what they held dropped, to keep that within
+ * --watch-memory-mib, since start; for metrics. Any thread. */
+uint64_t coord_service_watch_evictions(coord_service_t *svc);
 
 ferry_status_t coord_service_create(const coord_service_params_t *params, rpc_server_t *server,
                                     coord_service_t **service_p);

@@ -53,9 +53,13 @@ typedef struct sub_entry {
     int64_t last_sent;      /* the last revision queued on it whole */
     /* Why it must end (FERRY_OK: it need not): a revision could not be
      * queued on it (RESOURCE_EXHAUSTED: it fell behind, or, when
-     * over_budget, every stream together holds watch_budget's bound). */
+     * over_budget, every stream together holds watch_budget's bound and
+     * none was further behind). */
     ferry_status_t end_status;
     bool over_budget;
+    /* Ended to make room in watch_budget (its call ended already): taken
+     * off subs onto the ended list by whoever holds subs_lock next. */
+    bool evicted;
     /* Counted in watch_peers (under its call's rpc_call_peer_host) from
      * its subscription until it is freed: as long as it counts against
      * max_watches. */
@@ -113,6 +117,7 @@ struct coord_service {
     coord_exec_t *exec;                     /* runs every call that waits on an etcd write */
     coord_exec_t *read_exec;                /* runs reads that need etcd (view misses, List) */
     atomic_uint_fast64_t watch_events_sent; /* events queued on Watch streams, for metrics */
+    atomic_uint_fast64_t watch_evictions;   /* streams ended to make room in watch_budget */
 
     /* Parked waits, each in two places: waits_heap, a binary min-heap by
      * when it is due (the ready first, then by deadline), so the wait thread

@@ -38,19 +38,24 @@
  * up. A revision that cannot be queued for another reason (no memory)
  * ends the stream too, with that status: never a silent gap.
  *
- * Bounded together: every stream's unsent bytes also count in one budget
- * (watch_budget, --watch-memory-mib), which the rpc layer keeps where it
- * keeps each stream's count (rpc_call_set_send_budget), so it is their sum
- * and comes back to 0 once no stream holds any. Unlike a stream's own
- * bound it must hold a revision whole: one that would pass it ends the
- * stream (RESOURCE_EXHAUSTED naming the flag, resuming at that revision),
- * and a `created` that would is refused. A replay counts as it is queued,
- * so a new stream whose replay does not fit ends, not those already open.
- * Replays share messages as live revisions do: a stream that matches all
- * of a held revision is sent the revision's messages, packed once, by the
- * first replay that needs them, and kept with the history (hist_event_t);
- * each stream's queue counts its reference as a copy, so the budget
- * bounds memory from above.
+ * Bounded together: what every stream's unsent messages take in memory
+ * counts in one budget (watch_budget, --watch-memory-mib), kept by the rpc
+ * layer as messages are queued and leave (rpc_call_set_send_budget): a
+ * message shared by many streams counts once, with the cost of each
+ * queue's entry for it, so an honest fan-out (every libferry client
+ * watches everything) costs one copy of the revision. When a revision
+ * does not fit, the stream furthest behind makes room: the one with the
+ * most bytes waiting behind the message its client is taking
+ * (rpc_call_waiting_bytes), if it holds more than the stream sending, is
+ * ended at once, what it held dropped (rpc_call_fail_now; RESOURCE_-
+ * EXHAUSTED naming the flag; its client resumes after the last revision
+ * it got), and the send is tried again. So a client that stops reading
+ * loses its own streams, and those that keep up are not ended for it; a
+ * stream that holds the most itself ends, as for its own bound. A replay
+ * counts as it is queued, like live revisions. Replays share messages as
+ * live revisions do: a stream that matches all of a held revision is sent
+ * the revision's messages, packed once, by the first replay that needs
+ * them, and kept with the history (hist_event_t).
  *
  * Counted until done: --max-watches bounds the streams subscribed plus those
  * ended whose calls are not done yet, and --max-watches-per-peer what of
@@ -122,6 +127,101 @@ static void on_sub_cancel(rpc_call_t *call, void *arg)
     }
 }
 
+/* What every stream's refusal for the budget says first (the one owner of
+ * those words), into buf. */
+static const char *budget_text(const coord_service_t *svc, char *buf, size_t cap)
+{
+    size_t max = rpc_send_budget_max(svc->watch_budget);
+
+    if (max % (1u << 20) == 0) {
+        snprintf(buf, cap,
+                 "this replica's Watch streams together hold as many bytes their clients have "
+                 "not read as they may (%zu MiB; --watch-memory-mib)",
+                 max >> 20);
+    } else {
+        snprintf(buf, cap,
+                 "this replica's Watch streams together hold as many bytes their clients have "
+                 "not read as they may (%zu bytes; --watch-memory-mib)",
+                 max);
+    }
+    return buf;
+}
+
+/* Takes the streams made to end for the budget (evict_locked) off subs,
+ * onto the ended list: their calls are ended already. Caller holds
+ * subs_lock. */
+static void sweep_evicted_locked(coord_service_t *svc)
+{
+    for (sub_entry_t **p = &svc->subs; *p != NULL;) {
+        sub_entry_t *s = *p;
+        if (s->evicted) {
+            *p = s->next;
+            s->ended_next = svc->ended;
+            svc->ended = s;
+            continue;
+        }
+        p = &s->next;
+    }
+}
+
+/* Makes room in the budget for s: the stream (subscribed, or ended and
+ * draining) with the most bytes waiting behind the message its client is
+ * taking, if that is more than s has waiting, is ended now and what it
+ * holds dropped. True if one was. Caller holds subs_lock; an evicted
+ * subscriber stays on subs until sweep_evicted_locked. */
+static bool evict_locked(coord_service_t *svc, const sub_entry_t *s)
+{
+    static ferry_log_limit_t limit;
+    size_t most = rpc_call_waiting_bytes(s->call);
+    sub_entry_t *victim = NULL;
+    char text[192];
+    unsigned quiet;
+
+    for (int list = 0; list < 2; list++) {
+        for (sub_entry_t *x = list == 0 ? svc->subs : svc->ended; x != NULL;
+             x = list == 0 ? x->next : x->ended_next) {
+            size_t waiting = x != s && !x->evicted ? rpc_call_waiting_bytes(x->call) : 0;
+            if (waiting > most) {
+                most = waiting;
+                victim = x;
+            }
+        }
+    }
+    if (victim == NULL) {
+        return false;
+    }
+    victim->evicted = true;
+    atomic_fetch_add(&svc->watch_evictions, 1); /* for metrics */
+    if (ferry_log_due(&limit, &quiet)) {
+        ferry_info("watch from %s: ended, %zu bytes its client had not read dropped, to keep "
+                   "every stream's unsent bytes within --watch-memory-mib (%zu); %u more since "
+                   "the last line",
+                   rpc_call_peer(victim->call), most, rpc_send_budget_max(svc->watch_budget),
+                   quiet);
+    }
+    rpc_call_fail_now(victim->call, FERRY_ERR_RESOURCE_EXHAUSTED,
+                      "%s, and this stream had the most changes waiting for its client: they "
+                      "were dropped; Watch again with start_revision = the revision after the "
+                      "last event received",
+                      budget_text(svc, text, sizeof(text)));
+    return true;
+}
+
+/* Queues msgs[0..n) on s as one unit (rpc_call_send_msgs), making room in
+ * the budget by ending the streams further behind than s
+ * (evict_locked); s->over_budget says the budget refused it all the same.
+ * Caller holds subs_lock. */
+static ferry_status_t sub_send_locked(coord_service_t *svc, sub_entry_t *s, rpc_msg_t *const *msgs,
+                                      size_t n)
+{
+    ferry_status_t status;
+
+    do {
+        status = rpc_call_send_msgs(s->call, msgs, n, &s->over_budget);
+    } while (status != FERRY_OK && s->over_budget && evict_locked(svc, s));
+    return status;
+}
+
 static bool sub_matches(const sub_entry_t *s, const char *id)
 {
     if (s->request_id != NULL) {
@@ -176,7 +276,7 @@ static ferry_status_t sub_send_revision_locked(coord_service_t *svc, sub_entry_t
                                                int64_t revision, rpc_msg_t *const *msgs,
                                                size_t n_msgs, size_t n_events)
 {
-    ferry_status_t status = rpc_call_send_msgs(s->call, msgs, n_msgs, &s->over_budget);
+    ferry_status_t status = sub_send_locked(svc, s, msgs, n_msgs);
 
     if (status == FERRY_OK) {
         s->last_sent = revision;
@@ -266,18 +366,17 @@ static ferry_status_t replay_revision_locked(coord_service_t *svc, sub_entry_t *
 static void end_sub(coord_service_t *svc, sub_entry_t *s)
 {
     long long resume = (long long)(s->last_sent + 1);
-    size_t budget = rpc_send_budget_max(svc->watch_budget);
+    char text[192];
 
     if (s->end_status == FERRY_ERR_RESOURCE_EXHAUSTED && s->over_budget) {
-        ferry_info("watch from %s: every stream's unsent bytes together at their bound (%zu; "
-                   "--watch-memory-mib); ended",
-                   rpc_call_peer(s->call), budget);
+        ferry_info("watch from %s: the furthest behind when every stream's unsent bytes together "
+                   "reached their bound (%zu; --watch-memory-mib); ended",
+                   rpc_call_peer(s->call), rpc_send_budget_max(svc->watch_budget));
         rpc_call_fail(s->call, FERRY_ERR_RESOURCE_EXHAUSTED,
-                      "this replica's Watch streams together hold as many bytes their clients "
-                      "have not read as it allows (%zu MiB; --watch-memory-mib); Watch again "
-                      "with start_revision = %lld (the revision after the last event received), "
+                      "%s, and no stream was further behind than this one; Watch again with "
+                      "start_revision = %lld (the revision after the last event received), "
                       "later or on another replica",
-                      budget >> 20, resume);
+                      budget_text(svc, text, sizeof(text)), resume);
     } else if (s->end_status == FERRY_ERR_RESOURCE_EXHAUSTED) {
         ferry_info("watch from %s: fell behind (%zu bytes unsent); ended", rpc_call_peer(s->call),
                    svc->watch_queue_bytes);
@@ -431,16 +530,13 @@ static ferry_status_t subscribe_locked(coord_service_t *svc, sub_entry_t *s, cha
     resp.header = &header;
     resp.created = true;
     created = rpc_msg_pack(&resp.base);
-    status = created != NULL ? rpc_call_send_msgs(s->call, &created, 1, &s->over_budget)
-                             : FERRY_ERR_NO_MEMORY;
+    status = created != NULL ? sub_send_locked(svc, s, &created, 1) : FERRY_ERR_NO_MEMORY;
     rpc_msg_unref(created);
     if (status != FERRY_OK && s->over_budget) {
         s->over_budget = false; /* refused, not ended: nothing of it is queued */
-        snprintf(msg, cap,
-                 "this replica's Watch streams together hold as many bytes their clients have "
-                 "not read as it allows (%zu MiB; --watch-memory-mib): retry later or on "
-                 "another replica",
-                 rpc_send_budget_max(svc->watch_budget) >> 20);
+        char text[192];
+        snprintf(msg, cap, "%s: retry later or on another replica",
+                 budget_text(svc, text, sizeof(text)));
         return status;
     }
     if (status != FERRY_OK) {
@@ -485,6 +581,7 @@ void service_watch(rpc_call_t *call, const ProtobufCMessage *request, void *arg)
 
     pthread_mutex_lock(&svc->subs_lock);
     status = subscribe_locked(svc, s, msg, sizeof(msg));
+    sweep_evicted_locked(svc); /* its replay may have made room */
     if (status != FERRY_OK && s->end_status != FERRY_OK) {
         retire_locked(svc, s); /* what its replay queued counts */
     } else if (status != FERRY_OK) {
@@ -613,6 +710,11 @@ size_t coord_service_watch_peers(coord_service_t *svc)
     return n;
 }
 
+uint64_t coord_service_watch_evictions(coord_service_t *svc)
+{
+    return atomic_load(&svc->watch_evictions);
+}
+
 size_t coord_service_watch_queued_bytes(coord_service_t *svc)
 {
     return rpc_send_budget_used(svc->watch_budget);
@@ -663,7 +765,7 @@ static void flush_locked(coord_service_t *svc, sub_entry_t **ended_p, sub_entry_
         while (*p != NULL) {
             sub_entry_t *s = *p;
             ferry_status_t status = FERRY_OK;
-            if (revision >= s->start_revision) {
+            if (revision >= s->start_revision && !s->evicted) {
                 size_t k = sub_filter(s, ev, n, values);
                 status = k == n ? sub_send_revision_locked(svc, s, revision, all, n_all, n)
                                 : sub_send_matching_locked(svc, s, revision, ev, n, values, msgs);
@@ -678,6 +780,7 @@ static void flush_locked(coord_service_t *svc, sub_entry_t **ended_p, sub_entry_
             }
             p = &s->next;
         }
+        sweep_evicted_locked(svc);
         for (size_t i = 0; i < n; i++) {
             hist_push_locked(svc, &svc->pending[i]);
         }

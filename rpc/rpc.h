@@ -247,9 +247,10 @@ ferry_status_t rpc_call_send_msg(rpc_call_t *call, rpc_msg_t *m);
  * in fragments): the send limit is checked once, before the first, and
  * while the queued bytes are under it the whole unit goes in, past it if
  * need be, so the queue holds at most the limit plus one unit, and a unit
- * larger than the limit still goes to a client that keeps up. The call's
- * budget (rpc_call_set_send_budget), unlike its limit, must hold the whole
- * unit. FERRY_ERR_RESOURCE_EXHAUSTED when the queue is at or over the
+ * larger than the limit still goes to a client that keeps up. Each
+ * message counts its bytes and RPC_OUTMSG_OVERHEAD against the limit. The
+ * call's budget (rpc_call_set_send_budget), unlike its limit, must hold
+ * the whole unit. FERRY_ERR_RESOURCE_EXHAUSTED when the queue is at or over the
  * limit or the unit would pass the budget (then *over_budget_p, unless
  * NULL, is true; false in every other case), FERRY_ERR_NO_MEMORY,
  * FERRY_ERR_CANCELLED as rpc_call_send_msg; nothing is queued then. */
@@ -265,21 +266,24 @@ void rpc_call_set_send_limit(rpc_call_t *call, size_t max_queued_bytes);
 
 /* A bound on what many streaming calls queue together (every Watch stream
  * of a server, say), where each one's send limit bounds only its own. A
- * call given the budget counts in it exactly the bytes it counts against
- * its limit, at the same moments: a message as it is queued, given back as
- * the transport takes it or as the queue is dropped (the client went away,
- * the call was cancelled or freed). So the budget holds the sum of its
- * calls' unsent bytes, and comes back to 0 once none holds any. A send
- * that would take the sum past max_bytes is refused (RESOURCE_EXHAUSTED,
- * *over_budget_p of rpc_call_send_msgs) and dropped; the caller ends the
- * stream. Reference counted: each call given it holds a reference until
- * it is freed, so the creator may release its own at any time. Any thread. */
+ * call given the budget counts in it each message it queues, as it is
+ * queued, given back as the transport takes it or as the queue is dropped
+ * (the client went away, the call was cancelled or freed): its bytes and
+ * RPC_OUTMSG_OVERHEAD (the entry and gRPC's byte buffer), the bytes once
+ * for every call under the budget that holds the same rpc_msg_t. So the
+ * budget holds what its calls' unsent messages take in memory, and comes
+ * back to 0 once none holds any. A send that would take it past max_bytes
+ * is refused (RESOURCE_EXHAUSTED, *over_budget_p of rpc_call_send_msgs)
+ * and dropped, unless the budget holds nothing; the caller makes room
+ * (rpc_call_fail_now on the call furthest behind) or ends the stream.
+ * Reference counted: each call given it holds a reference until it is
+ * freed, so the creator may release its own at any time. Any thread. */
 typedef struct rpc_send_budget rpc_send_budget_t;
 /* max_bytes 0: no bound (only counted). FERRY_ERR_NO_MEMORY. */
 ferry_status_t rpc_send_budget_create(size_t max_bytes, rpc_send_budget_t **budget_p);
 /* Drops the creator's reference; NULL is a no-op. */
 void rpc_send_budget_release(rpc_send_budget_t *budget);
-size_t rpc_send_budget_used(const rpc_send_budget_t *budget); /* bytes counted now */
+size_t rpc_send_budget_used(rpc_send_budget_t *budget); /* bytes counted now */
 size_t rpc_send_budget_max(const rpc_send_budget_t *budget);
 
 /* Streaming: counts the call's unsent messages in `budget` (NULL: none)
@@ -287,6 +291,20 @@ size_t rpc_send_budget_max(const rpc_send_budget_t *budget);
  * with messages queued it is ignored (and logged), since they were not
  * counted there. */
 void rpc_call_set_send_budget(rpc_call_t *call, rpc_send_budget_t *budget);
+
+/* Streaming: bytes queued behind the message in flight, which the client
+ * has not begun to take (with RPC_OUTMSG_OVERHEAD each); 0 once the call
+ * is cancelled or done. How far behind its client is. */
+size_t rpc_call_waiting_bytes(const rpc_call_t *call);
+
+/* Streaming: as rpc_call_fail, but what the client has not taken is
+ * dropped, not drained: the queue at once, and the message in flight as
+ * the call is cancelled with this status (its client sees it). Also on a
+ * call ended already whose status has not gone out (an ending stream's
+ * drain): its status becomes this one. A no-op once the status is out.
+ * For a budget that must make room now. No cancel callback runs for it. */
+void rpc_call_fail_now(rpc_call_t *call, ferry_status_t status, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
 
 /* Streaming: ends the stream with OK after the queued messages are sent
  * (within RPC_DRAIN_MS). */

@@ -2,14 +2,19 @@
  * rpc_budget.c: a bound on the bytes many streaming calls queue together
  * (rpc_send_budget_t, rpc.h).
  *
- * A call given a budget counts in it exactly what it counts in its own
- * queued_bytes (rpc_call.c): a message as it is queued, and gives it back
- * as the transport takes it or as the queue is dropped. So the budget's
- * count is the sum of its calls' queued bytes at every moment, and 0 once
- * none of them holds a message.
+ * A call given a budget counts in it what its queue holds, entry by entry,
+ * as it is queued (call_enqueue), and gives each entry back as the
+ * transport takes it or as the queue is dropped (call_queued_sub). Each
+ * entry costs its overhead (RPC_OUTMSG_OVERHEAD); its bytes count once per
+ * message, not per entry, when the message is shared (rpc_msg_t: a Watch
+ * revision goes to every stream that matches all of it, one buffer between
+ * them): while any entry under this budget holds it. So the count is what
+ * the queues hold in memory, and 0 once none holds a message; per stream,
+ * each entry counts whole (the call's own limit is about how far behind
+ * one client is, not memory).
  *
- * Threads: any; the count is one atomic, taken with a compare-and-swap so
- * that a refused take never shows a passing sum to another thread.
+ * Threads: any. One lock per budget, a leaf (taken under a call's lock),
+ * guards the count and the holders of the messages it counts.
  */
 #include "rpc/rpc_int.h"
 
@@ -22,8 +27,11 @@ ferry_status_t rpc_send_budget_create(size_t max_bytes, rpc_send_budget_t **budg
     if (b == NULL) {
         return FERRY_ERR_NO_MEMORY;
     }
+    if (pthread_mutex_init(&b->lock, NULL) != 0) {
+        free(b);
+        return FERRY_ERR_NO_MEMORY;
+    }
     atomic_init(&b->refs, 1);
-    atomic_init(&b->used, 0);
     b->max = max_bytes;
     *budget_p = b;
     return FERRY_OK;
@@ -38,13 +46,19 @@ rpc_send_budget_t *rpc__budget_ref(rpc_send_budget_t *b)
 void rpc_send_budget_release(rpc_send_budget_t *b)
 {
     if (b != NULL && atomic_fetch_sub(&b->refs, 1) == 1) {
+        pthread_mutex_destroy(&b->lock);
         free(b);
     }
 }
 
-size_t rpc_send_budget_used(const rpc_send_budget_t *b)
+size_t rpc_send_budget_used(rpc_send_budget_t *b)
 {
-    return atomic_load(&((rpc_send_budget_t *)b)->used);
+    size_t used;
+
+    pthread_mutex_lock(&b->lock);
+    used = b->used;
+    pthread_mutex_unlock(&b->lock);
+    return used;
 }
 
 size_t rpc_send_budget_max(const rpc_send_budget_t *b)
@@ -52,19 +66,56 @@ size_t rpc_send_budget_max(const rpc_send_budget_t *b)
     return b->max;
 }
 
-bool rpc__budget_take(rpc_send_budget_t *b, size_t n)
+/* What m adds to b's count, m becoming a holder of its shared message if
+ * b counts that one. Caller holds b->lock. */
+static size_t hold_locked(rpc_send_budget_t *b, rpc_outmsg_t *m)
 {
-    size_t used = atomic_load(&b->used);
+    rpc_send_budget_t *none = NULL;
 
-    do {
-        if (b->max != 0 && (n > b->max || used > b->max - n)) {
-            return false;
-        }
-    } while (!atomic_compare_exchange_weak(&b->used, &used, used + n));
-    return true;
+    m->holds = m->shared != NULL &&
+               (atomic_compare_exchange_strong(&m->shared->counted_in, &none, b) || none == b);
+    if (m->holds && m->shared->holders++ > 0) {
+        return RPC_OUTMSG_OVERHEAD; /* its bytes are counted already */
+    }
+    return RPC_OUTMSG_OVERHEAD + m->len;
 }
 
-void rpc__budget_give(rpc_send_budget_t *b, size_t n)
+/* What m takes back from b's count. Caller holds b->lock. */
+static size_t unhold_locked(rpc_outmsg_t *m)
 {
-    atomic_fetch_sub(&b->used, n);
+    if (m->holds) {
+        m->holds = false;
+        if (--m->shared->holders > 0) {
+            return RPC_OUTMSG_OVERHEAD;
+        }
+    }
+    return RPC_OUTMSG_OVERHEAD + m->len;
+}
+
+bool rpc__budget_take(rpc_send_budget_t *b, rpc_outmsg_t *head)
+{
+    size_t need = 0;
+    bool ok;
+
+    pthread_mutex_lock(&b->lock);
+    for (rpc_outmsg_t *m = head; m != NULL; m = m->next) {
+        need += hold_locked(b, m);
+    }
+    ok = b->max == 0 || b->used == 0 || (need <= b->max && b->used <= b->max - need);
+    if (ok) {
+        b->used += need;
+    } else {
+        for (rpc_outmsg_t *m = head; m != NULL; m = m->next) {
+            unhold_locked(m);
+        }
+    }
+    pthread_mutex_unlock(&b->lock);
+    return ok;
+}
+
+void rpc__budget_give(rpc_send_budget_t *b, rpc_outmsg_t *m)
+{
+    pthread_mutex_lock(&b->lock);
+    b->used -= unhold_locked(m);
+    pthread_mutex_unlock(&b->lock);
 }

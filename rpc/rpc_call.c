@@ -71,15 +71,31 @@ static void call_set_state(rpc_call_t *call, rpc_call_state_t next)
     call->state = next;
 }
 
-/* Bytes leave the call's queue (the transport took them, or they were
- * dropped): out of its count and its budget's, together, as
- * call_enqueue put them into both. */
-static void call_queued_sub(rpc_call_t *call, size_t n)
+/* What a counted entry costs in its call's queued_bytes. */
+static size_t outmsg_cost(const rpc_outmsg_t *m)
 {
-    call->queued_bytes -= n;
-    if (call->budget != NULL) {
-        rpc__budget_give(call->budget, n);
+    return m->counted ? m->len + RPC_OUTMSG_OVERHEAD : 0;
+}
+
+static void outmsg_free(rpc_outmsg_t *m)
+{
+    grpc_byte_buffer_destroy(m->buf);
+    rpc_msg_unref(m->shared);
+    free(m);
+}
+
+/* m leaves the call's queue (the transport took it, or it was dropped):
+ * out of its count and its budget's, together, as call_enqueue put it
+ * into both, and freed. */
+static void call_queued_sub(rpc_call_t *call, rpc_outmsg_t *m)
+{
+    if (m->counted) {
+        call->queued_bytes -= outmsg_cost(m);
+        if (call->budget != NULL) {
+            rpc__budget_give(call->budget, m);
+        }
     }
+    outmsg_free(m);
 }
 
 static void call_drop_queue(rpc_call_t *call)
@@ -87,9 +103,7 @@ static void call_drop_queue(rpc_call_t *call)
     while (call->queue_head != NULL) {
         rpc_outmsg_t *m = call->queue_head;
         call->queue_head = m->next;
-        call_queued_sub(call, m->len);
-        grpc_byte_buffer_destroy(m->buf);
-        free(m);
+        call_queued_sub(call, m);
     }
     call->queue_tail = NULL;
 }
@@ -97,9 +111,8 @@ static void call_drop_queue(rpc_call_t *call)
 static void call_free(rpc_call_t *call)
 {
     call_drop_queue(call);
-    if (call->inflight_buf != NULL) {
-        grpc_byte_buffer_destroy(call->inflight_buf);
-        call_queued_sub(call, call->inflight_len);
+    if (call->inflight != NULL) {
+        call_queued_sub(call, call->inflight);
     }
     rpc_send_budget_release(call->budget);
     if (call->gcall != NULL) {
@@ -417,11 +430,10 @@ static void call_pump(rpc_call_t *call)
         if (call->queue_head == NULL) {
             call->queue_tail = NULL;
         }
-        call->inflight_buf = m->buf;
-        call->inflight_len = m->len;
-        free(m);
+        m->next = NULL;
+        call->inflight = m;
         ops[n].op = GRPC_OP_SEND_MESSAGE;
-        ops[n++].data.send_message.send_message = call->inflight_buf;
+        ops[n++].data.send_message.send_message = m->buf;
     }
     details = grpc_slice_from_copied_string(call->final_msg);
     if (has_status) {
@@ -456,11 +468,9 @@ static void call_pump(rpc_call_t *call)
 static void call_sent_locked(rpc_call_t *call, bool ok)
 {
     call->send_in_flight = false;
-    if (call->inflight_buf != NULL) {
-        grpc_byte_buffer_destroy(call->inflight_buf);
-        call->inflight_buf = NULL;
-        call_queued_sub(call, call->inflight_len);
-        call->inflight_len = 0;
+    if (call->inflight != NULL) {
+        call_queued_sub(call, call->inflight);
+        call->inflight = NULL;
     }
     if (call->status_started) {
         call->status_done = true;
@@ -480,21 +490,37 @@ static bool call_is_streaming(const rpc_call_t *call)
     return call->method != NULL && call->method->kind == RPC_SERVER_STREAMING;
 }
 
+/* The status the call ends with, and the ferry_status_t behind it (one
+ * that gRPC's code agrees with). Caller holds the lock. */
+static void call_set_final_locked(rpc_call_t *call, grpc_status_code code, ferry_status_t status,
+                                  const char *msg)
+{
+    call->final_code = code;
+    snprintf(call->final_msg, sizeof(call->final_msg), "%s", msg);
+    call->final_ferry[0] = '\0';
+    if (code != GRPC_STATUS_OK) {
+        if (status == FERRY_OK || rpc_status_to_grpc(status) != (int)code) {
+            status = rpc_status_from_grpc((int)code);
+        }
+        snprintf(call->final_ferry, sizeof(call->final_ferry), "%d", (int)status);
+    }
+}
+
 /* ACTIVE -> ENDING with `buf` (may be NULL) as the last message. Caller
  * holds the lock; the call is ACTIVE. */
 static void call_end_locked(rpc_call_t *call, grpc_byte_buffer *buf, grpc_status_code code,
                             ferry_status_t status, const char *msg)
 {
     if (buf != NULL) {
-        rpc_outmsg_t *m = malloc(sizeof(*m));
+        rpc_outmsg_t *m =
+            calloc(1, sizeof(*m)); /* not counted: the last word is outside any limit */
         if (m == NULL) {
             grpc_byte_buffer_destroy(buf);
             code = GRPC_STATUS_RESOURCE_EXHAUSTED;
             msg = "out of memory";
         } else {
             m->buf = buf;
-            m->len = 0; /* the last word: outside any limit */
-            m->next = NULL;
+            m->len = grpc_byte_buffer_length(buf);
             if (call->queue_tail != NULL) {
                 call->queue_tail->next = m;
             } else {
@@ -503,14 +529,7 @@ static void call_end_locked(rpc_call_t *call, grpc_byte_buffer *buf, grpc_status
             call->queue_tail = m;
         }
     }
-    call->final_code = code;
-    snprintf(call->final_msg, sizeof(call->final_msg), "%s", msg);
-    if (code != GRPC_STATUS_OK) {
-        if (status == FERRY_OK || rpc_status_to_grpc(status) != (int)code) {
-            status = rpc_status_from_grpc((int)code);
-        }
-        snprintf(call->final_ferry, sizeof(call->final_ferry), "%d", (int)status);
-    }
+    call_set_final_locked(call, code, status, msg);
     ferry_debug("call %" PRIu64 " %s: ends with %s%s%s", call->id, call->path,
                 rpc_grpc_code_name((int)code), msg[0] != '\0' ? ": " : "", msg);
     call_set_state(call, RPC_CALL_ENDING);
@@ -629,13 +648,12 @@ void rpc__call_drain_expired(rpc_call_t *call)
                    "within %d ms of the end (%s); cancelled",
                    call->id, call->path, call->peer, call->queued_bytes, RPC_DRAIN_MS,
                    rpc_grpc_code_name((int)call->final_code));
+        char msg[128];
         /* What the client sees now, for the observer too. */
-        call->final_code = GRPC_STATUS_CANCELLED;
-        snprintf(call->final_msg, sizeof(call->final_msg),
+        snprintf(msg, sizeof(msg),
                  "the client did not read this call's last messages within %d ms of its end",
                  RPC_DRAIN_MS);
-        snprintf(call->final_ferry, sizeof(call->final_ferry), "%d",
-                 (int)rpc_status_from_grpc(GRPC_STATUS_CANCELLED));
+        call_set_final_locked(call, GRPC_STATUS_CANCELLED, FERRY_OK, msg);
         grpc_call_cancel_with_status(call->gcall, GRPC_STATUS_CANCELLED, call->final_msg, NULL);
     }
     pthread_mutex_unlock(&call->lock);
@@ -694,11 +712,55 @@ void rpc_call_fail(rpc_call_t *call, ferry_status_t status, const char *fmt, ...
     call_end(call, NULL, (grpc_status_code)rpc_status_to_grpc(status), status, msg);
 }
 
-/* A queue entry for `buf` (taken over: destroyed when no entry can be
- * made); NULL when buf is NULL or out of memory. */
-static rpc_outmsg_t *outmsg_new(grpc_byte_buffer *buf)
+void rpc_call_fail_now(rpc_call_t *call, ferry_status_t status, const char *fmt, ...)
 {
-    rpc_outmsg_t *m = buf != NULL ? malloc(sizeof(*m)) : NULL;
+    grpc_status_code code = (grpc_status_code)rpc_status_to_grpc(status);
+    char msg[512];
+    va_list ap;
+
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    pthread_mutex_lock(&call->lock);
+    if (call->state == RPC_CALL_ACTIVE ||
+        (call->state == RPC_CALL_ENDING && !call->status_started)) {
+        ferry_debug("call %" PRIu64 " %s: %zu bytes not taken by %s dropped", call->id, call->path,
+                    call->queued_bytes - (call->inflight != NULL ? outmsg_cost(call->inflight) : 0),
+                    call->peer);
+        call_drop_queue(call); /* an ending call's last message too: this status replaces it */
+        if (call->state == RPC_CALL_ACTIVE) {
+            call_end_locked(call, NULL, code, status, msg);
+        } else {
+            call_set_final_locked(call, code, status, msg);
+            call_pump(call);
+        }
+        if (call->send_in_flight && !call->status_started && call->gcall != NULL) {
+            /* The message in flight leaves when the client reads it, or now. */
+            grpc_call_cancel_with_status(call->gcall, code, call->final_msg, NULL);
+        }
+    }
+    pthread_mutex_unlock(&call->lock);
+}
+
+size_t rpc_call_waiting_bytes(const rpc_call_t *call)
+{
+    rpc_call_t *c = (rpc_call_t *)call;
+    size_t n = 0;
+
+    pthread_mutex_lock(&c->lock);
+    if ((c->state == RPC_CALL_ACTIVE || c->state == RPC_CALL_ENDING) && !c->cancelled) {
+        n = c->queued_bytes - (c->inflight != NULL ? outmsg_cost(c->inflight) : 0);
+    }
+    pthread_mutex_unlock(&c->lock);
+    return n;
+}
+
+/* A counted queue entry for `buf` (taken over: destroyed when no entry
+ * can be made), made from `shared` (NULL: its own bytes; else the entry
+ * takes a reference); NULL when buf is NULL or out of memory. */
+static rpc_outmsg_t *outmsg_new(grpc_byte_buffer *buf, rpc_msg_t *shared)
+{
+    rpc_outmsg_t *m = buf != NULL ? calloc(1, sizeof(*m)) : NULL;
 
     if (m == NULL) {
         if (buf != NULL) {
@@ -708,7 +770,8 @@ static rpc_outmsg_t *outmsg_new(grpc_byte_buffer *buf)
     }
     m->buf = buf;
     m->len = grpc_byte_buffer_length(buf);
-    m->next = NULL;
+    m->shared = shared != NULL ? rpc_msg_ref(shared) : NULL;
+    m->counted = true;
     return m;
 }
 
@@ -716,8 +779,7 @@ static void outmsg_free_list(rpc_outmsg_t *m)
 {
     while (m != NULL) {
         rpc_outmsg_t *next = m->next;
-        grpc_byte_buffer_destroy(m->buf);
-        free(m);
+        outmsg_free(m);
         m = next;
     }
 }
@@ -743,7 +805,7 @@ static ferry_status_t call_enqueue(rpc_call_t *call, rpc_outmsg_t *head, bool un
         return FERRY_ERR_MISUSE;
     }
     for (rpc_outmsg_t *m = head; m != NULL; m = m->next) {
-        bytes += m->len;
+        bytes += outmsg_cost(m);
         tail = m;
     }
     pthread_mutex_lock(&call->lock);
@@ -752,7 +814,7 @@ static ferry_status_t call_enqueue(rpc_call_t *call, rpc_outmsg_t *head, bool un
     } else if (call->max_queued != 0 && (unit ? call->queued_bytes >= call->max_queued
                                               : call->queued_bytes + bytes > call->max_queued)) {
         status = FERRY_ERR_RESOURCE_EXHAUSTED;
-    } else if (call->budget != NULL && !rpc__budget_take(call->budget, bytes)) {
+    } else if (call->budget != NULL && head != NULL && !rpc__budget_take(call->budget, head)) {
         status = FERRY_ERR_RESOURCE_EXHAUSTED;
         if (over_budget_p != NULL) {
             *over_budget_p = true;
@@ -776,9 +838,9 @@ static ferry_status_t call_enqueue(rpc_call_t *call, rpc_outmsg_t *head, bool un
 }
 
 /* Queues one message (NULL: it could not be packed). */
-static ferry_status_t call_enqueue_one(rpc_call_t *call, grpc_byte_buffer *buf)
+static ferry_status_t call_enqueue_one(rpc_call_t *call, grpc_byte_buffer *buf, rpc_msg_t *shared)
 {
-    rpc_outmsg_t *m = outmsg_new(buf);
+    rpc_outmsg_t *m = outmsg_new(buf, shared);
 
     return m != NULL ? call_enqueue(call, m, false, NULL) : FERRY_ERR_NO_MEMORY;
 }
@@ -811,13 +873,8 @@ void rpc_call_set_send_budget(rpc_call_t *call, rpc_send_budget_t *budget)
 
 ferry_status_t rpc_call_send(rpc_call_t *call, const ProtobufCMessage *msg)
 {
-    return call_enqueue_one(call, rpc__pack(msg));
+    return call_enqueue_one(call, rpc__pack(msg), NULL);
 }
-
-struct rpc_msg {
-    atomic_int refs;
-    grpc_slice slice; /* the packed bytes; each send refs it */
-};
 
 rpc_msg_t *rpc_msg_pack(const ProtobufCMessage *msg)
 {
@@ -827,6 +884,8 @@ rpc_msg_t *rpc_msg_pack(const ProtobufCMessage *msg)
         return NULL;
     }
     atomic_init(&m->refs, 1);
+    atomic_init(&m->counted_in, NULL);
+    m->holders = 0;
     m->slice = grpc_slice_malloc(protobuf_c_message_get_packed_size(msg));
     protobuf_c_message_pack(msg, GRPC_SLICE_START_PTR(m->slice));
     return m;
@@ -858,6 +917,8 @@ rpc_msg_t *rpc_msg_pack_repeated(const ProtobufCMessage *msg, uint32_t number,
         return NULL;
     }
     atomic_init(&m->refs, 1);
+    atomic_init(&m->counted_in, NULL);
+    m->holders = 0;
     m->slice = grpc_slice_malloc(total);
     p = GRPC_SLICE_START_PTR(m->slice);
     p += protobuf_c_message_pack(msg, p);
@@ -899,7 +960,7 @@ size_t rpc_msg_size(const rpc_msg_t *m)
 ferry_status_t rpc_call_send_msg(rpc_call_t *call, rpc_msg_t *m)
 {
     /* The byte buffer takes its own reference to the slice: no copy. */
-    return call_enqueue_one(call, grpc_raw_byte_buffer_create(&m->slice, 1));
+    return call_enqueue_one(call, grpc_raw_byte_buffer_create(&m->slice, 1), m);
 }
 
 ferry_status_t rpc_call_send_msgs(rpc_call_t *call, rpc_msg_t *const *msgs, size_t n,
@@ -907,8 +968,11 @@ ferry_status_t rpc_call_send_msgs(rpc_call_t *call, rpc_msg_t *const *msgs, size
 {
     rpc_outmsg_t *head = NULL, **tail = &head;
 
+    if (over_budget_p != NULL) {
+        *over_budget_p = false;
+    }
     for (size_t i = 0; i < n; i++) {
-        *tail = outmsg_new(grpc_raw_byte_buffer_create(&msgs[i]->slice, 1));
+        *tail = outmsg_new(grpc_raw_byte_buffer_create(&msgs[i]->slice, 1), msgs[i]);
         if (*tail == NULL) {
             outmsg_free_list(head);
             return FERRY_ERR_NO_MEMORY;

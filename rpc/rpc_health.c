@@ -70,12 +70,13 @@ static int health_status_of(const rpc_health_entry_t *entry)
     return entry->serving ? SERVING_STATUS(SERVING) : SERVING_STATUS(NOT_SERVING);
 }
 
-/* Unsent bytes one Watch stream may hold. A status is 2 bytes packed, so
- * this is about 128 changes its client has not read (health flapping
- * beside a client that never reads grew the stream's queue without end);
- * past it the stream ends RESOURCE_EXHAUSTED, and a client that watches
- * again hears the current status first. */
-#define HEALTH_WATCH_QUEUE_MAX 256
+/* Unsent bytes one Watch stream may hold: 128 changes its client has not
+ * read (a status is 2 bytes packed, and each queued message costs
+ * RPC_OUTMSG_OVERHEAD besides). Health flapping beside a client that never
+ * reads grew the stream's queue without end; past this the stream ends
+ * RESOURCE_EXHAUSTED, and a client that watches again hears the current
+ * status first. */
+#define HEALTH_WATCH_QUEUE_MAX (128 * (2 + RPC_OUTMSG_OVERHEAD))
 
 /* Sends `status` to every watcher of `service`. A watcher whose queue is
  * full is taken off the list onto *ended_p, for the caller to end once it

@@ -135,17 +135,50 @@ void rpc__peer_host(const char *peer, char *out, size_t cap);
 
 /* --- send budgets (rpc_budget.c) ----------------------------------------- */
 
+/* A message packed once (rpc.h). */
+struct rpc_msg {
+    atomic_int refs;
+    grpc_slice slice; /* the packed bytes; each send refs it */
+    /* The one budget that counts these bytes once for all the queue
+     * entries holding them (rpc_budget.c): set by the first budgeted entry,
+     * then constant; an entry under another budget counts them as a copy.
+     * holders: those entries, guarded by counted_in's lock. */
+    _Atomic(rpc_send_budget_t *) counted_in;
+    size_t holders;
+};
+
+/* A message queued on a streaming call, or in flight. */
+typedef struct rpc_outmsg {
+    grpc_byte_buffer *buf;
+    size_t len;        /* bytes in buf */
+    rpc_msg_t *shared; /* what buf was made from (a reference), or NULL */
+    bool counted;      /* in the call's queued_bytes (not the end message) */
+    bool holds;        /* a holder of shared in the call's budget */
+    struct rpc_outmsg *next;
+} rpc_outmsg_t;
+
+/* What a counted entry costs beside its bytes: the entry and the byte
+ * buffer gRPC sends from (320 bytes in 1.51), and their two allocations.
+ * Watch events are often a few hundred bytes, so a bound on the payload
+ * alone would let several times as much memory through. */
+#define RPC_OUTMSG_OVERHEAD (sizeof(rpc_outmsg_t) + sizeof(grpc_byte_buffer) + 2 * 16)
+
 struct rpc_send_budget {
-    atomic_int refs; /* the creator's, and one per call given it */
-    size_t max;      /* constant; 0: no bound */
-    atomic_size_t used;
+    atomic_int refs;      /* the creator's, and one per call given it */
+    pthread_mutex_t lock; /* guards used and its messages' holders */
+    size_t max;           /* constant; 0: no bound */
+    size_t used;
 };
 
 rpc_send_budget_t *rpc__budget_ref(rpc_send_budget_t *budget);
-/* Counts n bytes, unless that would take the count past max: false then,
- * and nothing is counted. */
-bool rpc__budget_take(rpc_send_budget_t *budget, size_t n);
-void rpc__budget_give(rpc_send_budget_t *budget, size_t n);
+/* Counts the entries of the list `head` (all of it or none): each its
+ * overhead, and its bytes unless another entry holding the same shared
+ * message counts them already. False, and nothing counted, when that
+ * would take the count past max, unless the count is 0 (a unit larger
+ * than the bound still goes to streams that keep up). */
+bool rpc__budget_take(rpc_send_budget_t *budget, rpc_outmsg_t *head);
+/* Gives back what rpc__budget_take counted for m. */
+void rpc__budget_give(rpc_send_budget_t *budget, rpc_outmsg_t *m);
 
 /* --- credentials (rpc_tls.c) --------------------------------------------- */
 
@@ -325,12 +358,6 @@ typedef enum {
     RPC_CALL_DONE,      /* status sent and close received; grpc_call released */
 } rpc_call_state_t;
 
-typedef struct rpc_outmsg {
-    grpc_byte_buffer *buf;
-    size_t len; /* bytes in buf */
-    struct rpc_outmsg *next;
-} rpc_outmsg_t;
-
 struct rpc_call {
     pthread_mutex_t lock; /* guards everything below but the constants */
     atomic_int refs;
@@ -365,13 +392,13 @@ struct rpc_call {
     bool status_started; /* the final status is in a started batch */
     bool status_done;    /* ... and that batch completed */
     bool close_done;
-    grpc_byte_buffer *inflight_buf;
-    size_t inflight_len;
+    rpc_outmsg_t *inflight; /* the message of the send in flight, if any */
     rpc_outmsg_t *queue_head, *queue_tail;
-    /* Bytes queued and in flight; a send that would take them past
-     * max_queued (0: no limit) is refused (rpc_call_set_send_limit). The
-     * same bytes count in budget (NULL: none; a reference held until the
-     * call is freed), at the same places (call_queued_add, _sub). */
+    /* Bytes queued and in flight, each entry with RPC_OUTMSG_OVERHEAD; a
+     * send that would take them past max_queued (0: no limit) is refused
+     * (rpc_call_set_send_limit). The same entries count in budget (NULL:
+     * none; a reference held until the call is freed), added in
+     * call_enqueue and given back in call_queued_sub. */
     size_t queued_bytes, max_queued;
     rpc_send_budget_t *budget;
     grpc_status_code final_code;

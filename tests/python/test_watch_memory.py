@@ -1,28 +1,30 @@
 """What every Watch stream of a replica holds together is bounded
-(--watch-memory-mib; audit-s30-grpc F2), with real etcd and coordinator
-processes.
+(--watch-memory-mib; audit-s30-grpc F2, review-s30b H1 H2 M1), with real
+etcd and coordinator processes.
 
 Before, only each stream's queue was bounded (--watch-queue-kib), and a
 stream's replay (Watch with start_revision) was packed afresh for it: 150
 streams that never read, on one unauthenticated HTTP/2 connection whose
 window is 0, held 528 MB of a replica under a 512Mi container limit, for
-as long as the connection lived. Now:
+as long as the connection lived. Now what the streams' unsent messages
+hold in memory counts in one bound:
 
-- every stream's unsent bytes count in one bound, where the stream's own
-  are counted and given back (the rpc layer's send budget);
-- a replay counts as it is queued, so a new stream whose replay does not
-  fit ends (RESOURCE_EXHAUSTED naming --watch-memory-mib and the revision
-  to resume from), not the streams already open;
-- the coordinator's RSS stays within the bound plus slack (replays of one
-  revision to many streams share one packed message, so it stays well
-  under it);
-- ferry_watch_queued_bytes says what the streams hold, and comes back to 0
-  once the connection is gone; an honest Watch then replays everything.
+- a message that many streams share (every stream that matches all of a
+  revision, live or replayed) counts once, with each queue entry's
+  overhead: an honest fan-out costs one copy, and does not trip the bound;
+- when a revision does not fit, the stream furthest behind (most bytes
+  waiting behind the message its client is taking) is ended and what it
+  held dropped, so streams that never read are ended and those that keep
+  up go on, live and replayed;
+- ferry_watch_queued_bytes says what the streams hold, never past the
+  bound, and comes back to 0 once the connection is gone.
 
 The records are written straight into etcd under the replica's prefix
-(RECORDS of about 1 KiB, PER_REVISION to a transaction), so a replay from
-the first is about 400 KiB, under the stream's own bound of 512 KiB: only
-the shared bound can end the raw client's streams.
+(RECORDS of about 1 KiB, PER_REVISION to a transaction, one of each
+revision's under another prefix), so a replay from the first is about 400
+KiB, under the stream's own bound of 512 KiB: only the shared bound can
+end the raw client's streams. A stream of the narrower prefix (ALL_BUT)
+matches part of every revision, so its messages are its own.
 
 Run with /usr/bin/python3 (Debian's grpcio), from CTest (python_watch_memory).
 """
@@ -47,13 +49,14 @@ PER_REVISION = 10
 PAD = 900
 QUEUE_KIB = 512
 MEMORY_MIB = 16
-STREAMS = 100
+SHARED_STREAMS = 100
+PRIVATE_STREAMS = 150
 # gRPC's own cost of the streams (call objects, arenas, the one message
 # each window-0 stream's transport holds), the revisions' shared messages,
 # and the allocator.
 SLACK_KIB = 12 << 10
 WATCH = "/ferry.v1.Coordinator/Watch"
-OVER_BUDGET = "--watch-memory-mib); ended"
+DROPPED = "dropped, to keep every stream's unsent bytes within --watch-memory-mib"
 
 
 def b64(data):
@@ -73,6 +76,58 @@ def rss_kib(pid):
             if line.startswith("VmRSS:"):
                 return int(line.split()[1])
     return 0
+
+
+class RssPeak:
+    """The coordinator's peak RSS while in the `with` block (sampled: a
+    measurement, not a synchronization)."""
+
+    def __init__(self, pid):
+        self.pid, self.done = pid, threading.Event()
+        self.before = self.peak = rss_kib(pid)
+        self.thread = threading.Thread(target=self._sample)
+
+    def _sample(self):
+        while not self.done.is_set():
+            self.peak = max(self.peak, rss_kib(self.pid))
+            self.done.wait(0.02)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.done.set()
+        self.thread.join()
+
+    def grew(self):
+        return self.peak - self.before
+
+
+class LiveReader:
+    """An honest Watch that keeps up, read on a thread: the request IDs it
+    got, and how it ended."""
+
+    def __init__(self, test, prefix, start):
+        self.ids, self.error = [], None
+        self.stream = test.stub.Watch(test.cpb.WatchRequest(request_id_prefix=prefix,
+                                                            start_revision=start), timeout=120)
+        self.thread = threading.Thread(target=self._read)
+        self.thread.start()
+
+    def _read(self):
+        try:
+            for msg in self.stream:
+                self.ids.extend(ev.operation.request_id for ev in msg.events)
+        except grpc.RpcError as e:
+            self.error = e
+
+    def has(self, ids):
+        return self.error is not None or set(ids) <= set(self.ids)
+
+    def close(self):
+        self.stream.cancel()
+        self.thread.join(10)
 
 
 class WatchMemoryIsBounded(unittest.TestCase):
@@ -121,28 +176,30 @@ class WatchMemoryIsBounded(unittest.TestCase):
     def queued(self):
         return self.metric("ferry_watch_queued_bytes")
 
-    def over_budget_ends(self, port):
+    def dropped_lines(self):
         with open(self.coord.log_path) as f:
-            return sum(1 for line in f
-                       if f"127.0.0.1:{port}:" in line and OVER_BUDGET in line)
+            return sum(1 for line in f if DROPPED in line)
 
-    def put_records(self, prefix):
-        """The first and the last revision of the records written."""
+    def put_records(self, prefix, base=0):
+        """RECORDS records, `prefix`a... and one `prefix`b... a revision:
+        their IDs, and the first and the last revision written."""
         first = last = None
-        for i in range(0, RECORDS, PER_REVISION):
+        ids = []
+        for i in range(base, base + RECORDS, PER_REVISION):
             puts = []
             for k in range(i, i + PER_REVISION):
-                rid = f"{prefix}{k:04d}"
+                rid = f"{prefix}{'b' if k % PER_REVISION == 0 else 'a'}{k:04d}"
                 value = self.pb.Operation(
                     request_id=rid, kind=self.pb.OPERATION_KIND_WRITE,
                     state=self.pb.OPERATION_STATE_ERRORED, owner="py", created_unix_ms=1,
                     updated_unix_ms=1, error_code=1, error_message="e" * PAD)
                 puts.append({"requestPut": {"key": b64("/wm/ops/" + rid),
                                             "value": b64(value.SerializeToString())}})
+                ids.append(rid)
             resp = etcd_post(self.etcd.endpoint, "/v3/kv/txn", {"success": puts})
             last = int(resp["header"]["revision"])
             first = first or last
-        return first, last
+        return ids, first, last
 
     def read_all(self, prefix, start, last, timeout=30):
         """Every event of a Watch from start to last, and its bytes."""
@@ -159,78 +216,91 @@ class WatchMemoryIsBounded(unittest.TestCase):
             s.cancel()
         return got, size
 
-    def test_streams_past_the_bound_end_and_the_sum_comes_back(self):
-        prefix = "wm-"
-        first, last = self.put_records(prefix)
-        want = [f"{prefix}{k:04d}" for k in range(RECORDS)]
-        got, replay = self.read_all(prefix, first, last)
-        self.assertEqual(got, want)
-        self.assertGreater(replay, 300 << 10)
-        self.assertLess(replay, QUEUE_KIB << 10)  # each stream's own bound never ends it
-        ferry_harness.wait_until(lambda: self.queued() == 0, 10, "the reader's queue to empty")
-        pid = self.coord.proc.pid
-        rss_before = rss_kib(pid)
-        peak, done = [rss_before], threading.Event()
-
-        def sample():  # a measurement, not a synchronization
-            while not done.is_set():
-                peak[0] = max(peak[0], rss_kib(pid))
-                done.wait(0.02)
-
-        sampler = threading.Thread(target=sample)
-        sampler.start()
-        raw = ferry_harness.RawH2(self.coord.port, window=0)
-        try:
-            raw.open(WATCH, [self.cpb.WatchRequest(request_id_prefix=prefix,
-                                                   start_revision=first)] * STREAMS)
-            fit = (MEMORY_MIB << 20) // replay
-            ferry_harness.wait_until(
-                lambda: self.over_budget_ends(raw.local_port()) >= STREAMS - fit, 30,
-                f"at least {STREAMS - fit} of {STREAMS} streams to end past the bound")
-            # Top up the room left with one-revision replays, so that no
-            # whole replay fits any more, whatever an honest client takes.
-            raw.open(WATCH, [self.cpb.WatchRequest(request_id_prefix=prefix,
-                                                   start_revision=last)] * 60)
-            ferry_harness.wait_until(
-                lambda: self.queued() > (MEMORY_MIB << 20) - (64 << 10), 30,
-                "the streams to fill the bound")
-            self.assertLessEqual(self.queued(), MEMORY_MIB << 20)
-
-            # An honest replay no longer fits: its stream ends (or is
-            # refused), naming the bound and where to resume; the streams
-            # already open stay.
-            with self.assertRaises(grpc.RpcError) as cm:
-                self.read_all(prefix, first, last)
-            self.assertEqual(cm.exception.code(), grpc.StatusCode.RESOURCE_EXHAUSTED,
-                             cm.exception.details())
-            self.assertIn("--watch-memory-mib", cm.exception.details())
-            self.assertIn(f"({MEMORY_MIB} MiB", cm.exception.details())
-            grew = peak[0] - rss_before
-            ended = self.over_budget_ends(raw.local_port())
-            print(f"replay {replay} bytes; {ended} of {STREAMS + 60} raw streams ended past "
-                  f"the bound; queued {self.queued():.0f}; RSS grew {grew} KiB",
-                  file=sys.stderr)
-            if not os.environ.get("FERRY_SANITIZED"):
-                self.assertLess(grew, (MEMORY_MIB << 10) + SLACK_KIB)
-                # The streams share each replayed revision's one packed
-                # message: the bound counts each stream's copy, memory holds
-                # one (measured: +2 MiB; a private copy per stream, as
-                # before, held the whole bound).
-                self.assertLess(grew, (MEMORY_MIB << 10) // 2)
-        finally:
-            raw.close()
-            done.set()
-            sampler.join()
-
-        # The connection gone, every stream's bytes come back, and the
-        # streams stop counting.
+    def wait_all_done(self):
+        """The connections gone, every stream's bytes come back, and the
+        streams stop counting."""
         ferry_harness.wait_until(lambda: self.queued() == 0, 20,
                                  "ferry_watch_queued_bytes to return to 0")
         ferry_harness.wait_until(lambda: self.metric("ferry_rpc_in_flight", method=WATCH) == 0,
                                  20, "the Watch streams to be done")
-        got, _ = self.read_all(prefix, first, last)
+
+    def test_a_replay_shared_by_many_streams_counts_once(self):
+        prefix = "wm1-"
+        want, first, last = self.put_records(prefix)
+        got, replay = self.read_all(prefix, first, last)
         self.assertEqual(got, want)
-        ferry_harness.wait_until(lambda: self.queued() == 0, 10, "the reader's queue to empty")
+        self.assertGreater(replay, 300 << 10)
+        self.assertLess(replay, QUEUE_KIB << 10)  # each stream's own bound never ends it
+        self.wait_all_done()
+        sent = self.metric("ferry_watch_events_sent_total")
+        raw = ferry_harness.RawH2(self.coord.port, window=0)
+        try:
+            sids = raw.open(WATCH, [self.cpb.WatchRequest(request_id_prefix=prefix,
+                                                          start_revision=first)] * SHARED_STREAMS)
+            ferry_harness.wait_until(
+                lambda: self.metric("ferry_watch_events_sent_total") - sent >=
+                SHARED_STREAMS * RECORDS, 30, "every stream's replay to be queued")
+            queued = self.queued()
+            print(f"replay {replay} bytes to {SHARED_STREAMS} window-0 streams: queued "
+                  f"{queued:.0f}", file=sys.stderr)
+            # One copy, and each queue entry's overhead (about 400 bytes
+            # each, a revision a message): a tenth of a copy per stream.
+            self.assertLess(queued, replay + SHARED_STREAMS * (RECORDS // PER_REVISION + 1) * 1024)
+            self.assertLess(queued, SHARED_STREAMS * replay // 10)
+            self.assertEqual(raw.ended_count(sids), 0)
+            self.assertEqual(self.metric("ferry_watch_evictions_total"), 0)
+        finally:
+            raw.close()
+        self.wait_all_done()
+
+    def test_streams_that_never_read_are_ended_not_those_that_keep_up(self):
+        prefix = "wm2-"
+        evicted = self.metric("ferry_watch_evictions_total")
+        dropped = self.dropped_lines()
+        want, first, last = self.put_records(prefix)
+        _, private = self.read_all(prefix + "a", first, last)
+        self.wait_all_done()
+        live = LiveReader(self, prefix, last + 1)
+        raw = ferry_harness.RawH2(self.coord.port, window=0)
+        try:
+            with RssPeak(self.coord.proc.pid) as rss:
+                sids = raw.open(WATCH, [self.cpb.WatchRequest(request_id_prefix=prefix + "a",
+                                                              start_revision=first)] *
+                                PRIVATE_STREAMS)
+                # Each replay is its own (~360 KiB): about 45 fit in the
+                # bound, and each one past it ends one of those before it.
+                fit = (MEMORY_MIB << 20) // private
+                ferry_harness.wait_until(
+                    lambda: raw.ended_count(sids) >= PRIVATE_STREAMS - fit - 1, 30,
+                    f"at least {PRIVATE_STREAMS - fit - 1} of {PRIVATE_STREAMS} raw streams "
+                    "to be ended")
+                self.assertLessEqual(self.queued(), MEMORY_MIB << 20)
+                # Live changes go on to the reader that keeps up, and an
+                # honest replay gets all of them: the streams behind make
+                # room.
+                more, first2, last2 = self.put_records(prefix, RECORDS)
+                ferry_harness.wait_until(lambda: live.has(more), 30,
+                                         "the live reader to get every new record")
+                self.assertIsNone(live.error)
+                got, _ = self.read_all(prefix, first2, last2)
+                self.assertEqual(got, more)
+                self.assertLessEqual(self.queued(), MEMORY_MIB << 20)
+            ended = raw.ended_count(sids)
+            print(f"private replay {private} bytes; {ended} of {PRIVATE_STREAMS} raw streams "
+                  f"ended; queued {self.queued():.0f}; RSS grew {rss.grew()} KiB",
+                  file=sys.stderr)
+            self.assertGreaterEqual(self.metric("ferry_watch_evictions_total") - evicted,
+                                    PRIVATE_STREAMS - fit - 1)
+            self.assertGreater(self.dropped_lines(), dropped)
+            if not os.environ.get("FERRY_SANITIZED"):
+                # Unbounded, the raw streams held 150 private replays
+                # (about 53 MiB).
+                self.assertLess(rss.grew(), (MEMORY_MIB << 10) + SLACK_KIB)
+        finally:
+            raw.close()
+            live.close()
+        self.assertEqual(live.ids, more)
+        self.wait_all_done()
 
 
 if __name__ == "__main__":

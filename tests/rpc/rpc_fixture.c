@@ -170,6 +170,53 @@ static void held_stream_cancelled(rpc_call_t *call, void *arg)
     rpc_call_unref(call);
 }
 
+static void kept_cancelled(rpc_call_t *call, void *arg)
+{
+    fixture_t *f = fixture_of(arg);
+    bool mine = false;
+
+    pthread_mutex_lock(&f->lock);
+    for (int i = 0; i < FIXTURE_KEPT; i++) {
+        if (f->kept[i] == call) {
+            f->kept[i] = NULL;
+            mine = true;
+        }
+    }
+    f->cancels++;
+    pthread_cond_broadcast(&f->cond);
+    pthread_mutex_unlock(&f->lock);
+    rpc_call_fail(call, FERRY_ERR_CANCELLED, "cancelled");
+    if (mine) {
+        rpc_call_unref(call);
+    }
+}
+
+/* "share:N": f->shared N times, then kept. */
+static void share_and_keep(fixture_t *f, rpc_call_t *call, int n)
+{
+    ferry_status_t status = FERRY_OK;
+    int slot = -1;
+
+    for (int i = 0; i < n && status == FERRY_OK; i++) {
+        status = rpc_call_send_msgs(call, &f->shared, 1, NULL);
+    }
+    pthread_mutex_lock(&f->lock);
+    for (int i = 0; i < FIXTURE_KEPT && slot < 0; i++) {
+        slot = f->kept[i] == NULL ? i : -1;
+    }
+    if (status == FERRY_OK && slot >= 0) {
+        f->kept[slot] = call;
+        rpc_call_ref(call);
+        pthread_cond_broadcast(&f->cond);
+    }
+    pthread_mutex_unlock(&f->lock);
+    if (status != FERRY_OK || slot < 0) {
+        rpc_call_fail(call, FERRY_ERR_RESOURCE_EXHAUSTED, "cannot share and keep");
+        return;
+    }
+    rpc_call_on_cancel(call, kept_cancelled, f);
+}
+
 static void handle_watch(rpc_call_t *call, const ProtobufCMessage *request, void *arg)
 {
     const Ferry__V1__WatchRequest *req = (const void *)request;
@@ -185,6 +232,10 @@ static void handle_watch(rpc_call_t *call, const ProtobufCMessage *request, void
         pthread_cond_broadcast(&f->cond);
         pthread_mutex_unlock(&f->lock);
         rpc_call_on_cancel(call, held_stream_cancelled, f);
+        return;
+    }
+    if (sscanf(req->request_id, "share:%d", &n) == 1) {
+        share_and_keep(f, call, n);
         return;
     }
     if (sscanf(req->request_id_prefix, "fail:%d", &n) == 1) {
@@ -236,11 +287,22 @@ int fixture_start(fixture_t *f, int calls_armed)
                               .max_health_watches = FIXTURE_HEALTH_WATCHES,
                               .observer = &observer};
     rpc_channel_params_t cp = {0};
+    Ferry__V1__WatchResponse resp = FERRY__V1__WATCH_RESPONSE__INIT;
+    Ferry__V1__ResponseHeader header = FERRY__V1__RESPONSE_HEADER__INIT;
+    char fat[FIXTURE_FAT_BYTES + 1];
     char target[64];
 
     memset(f, 0, sizeof(*f));
     if (pthread_mutex_init(&f->lock, NULL) != 0 || pthread_cond_init(&f->cond, NULL) != 0 ||
         rpc_send_budget_create(FIXTURE_WATCH_BUDGET, &f->budget) != FERRY_OK) {
+        return -1;
+    }
+    memset(fat, 'x', FIXTURE_FAT_BYTES);
+    fat[FIXTURE_FAT_BYTES] = '\0';
+    header.coordinator = fat;
+    resp.header = &header;
+    f->shared = rpc_msg_pack(&resp.base);
+    if (f->shared == NULL) {
         return -1;
     }
     if (rpc_server_create(&sp, &f->server) != FERRY_OK ||
@@ -267,6 +329,7 @@ void fixture_stop(fixture_t *f)
     rpc_channel_destroy(f->channel);
     rpc_server_destroy(f->server);
     rpc_send_budget_release(f->budget);
+    rpc_msg_unref(f->shared);
     pthread_cond_destroy(&f->cond);
     pthread_mutex_destroy(&f->lock);
 }

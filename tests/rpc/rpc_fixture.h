@@ -22,7 +22,11 @@
  *   (fixture.fill_sent, fill_over_budget), then fails RESOURCE_EXHAUSTED
  *   if one was refused, else finishes;
  *   request_id "hold" is kept (fixture.held_stream) until cancelled; its
- *   cancel callback records what rpc_call_send answers then.
+ *   cancel callback records what rpc_call_send answers then;
+ *   request_id "share:N" queues fixture.shared (a message of
+ *   FIXTURE_FAT_BYTES packed once) N times, one unit each, and is kept
+ *   (in fixture.kept, FIXTURE_KEPT at most) until cancelled, or until the
+ *   test takes it from there.
  *   Every Watch counts its unsent messages in fixture.budget
  *   (FIXTURE_WATCH_BUDGET bytes, rpc_call_set_send_budget).
  *   A Watch request may be FIXTURE_WATCH_MAX_REQUEST bytes at most (its
@@ -50,7 +54,8 @@
 #define FIXTURE_FAT_BYTES         1024
 #define FIXTURE_MAX_HELD          (96 * 1024)
 #define FIXTURE_HEALTH_WATCHES    12
-#define FIXTURE_WATCH_BUDGET      (256 * 1024)
+#define FIXTURE_WATCH_BUDGET      (512 * 1024)
+#define FIXTURE_KEPT              4
 
 typedef struct {
     pthread_mutex_t lock;
@@ -65,9 +70,11 @@ typedef struct {
     rpc_call_t *held_unary;  /* a reference, until cancelled */
     rpc_call_t *held_stream; /* a reference, until cancelled */
     ferry_status_t send_after_cancel;
-    rpc_send_budget_t *budget; /* every Watch's; constant */
-    int fill_sent;             /* "fill:N": messages queued */
-    bool fill_over_budget;     /* "fill:N": the budget refused the next */
+    rpc_send_budget_t *budget;      /* every Watch's; constant */
+    rpc_msg_t *shared;              /* "share:N"'s message; constant */
+    rpc_call_t *kept[FIXTURE_KEPT]; /* "share:N" streams, a reference each */
+    int fill_sent;                  /* "fill:N": messages queued */
+    bool fill_over_budget;          /* "fill:N": the budget refused the next */
     bool fill_done;
     pthread_t later_thread;
     bool later_started;

@@ -519,6 +519,94 @@ static void test_a_send_past_the_shared_budget_is_refused_and_given_back(void **
     close(fds[1]);
 }
 
+static bool kept_two(const fixture_t *f)
+{
+    return f->kept[0] != NULL && f->kept[1] != NULL;
+}
+
+static bool kept_one(const fixture_t *f)
+{
+    return f->kept[0] != NULL;
+}
+
+static size_t shared_cost(const fixture_t *f, int entries)
+{
+    return rpc_msg_size(f->shared) + (size_t)entries * RPC_OUTMSG_OVERHEAD;
+}
+
+static bool budget_holds_shared_6(const fixture_t *f)
+{
+    return budget_used(f) == shared_cost(f, 6);
+}
+
+static bool budget_holds_shared_3(const fixture_t *f)
+{
+    return budget_used(f) == shared_cost(f, 3);
+}
+
+static bool budget_empty(const fixture_t *f)
+{
+    return budget_used(f) == 0;
+}
+
+/* A message packed once and queued three times on each of two streams
+ * that never read: the budget counts its bytes once, and each of the six
+ * queue entries' overhead (review-s30b H2, M1: each stream counted its own
+ * copy, so an honest fan-out passed the bound; the overhead went
+ * uncounted). Given back whole once the clients are gone. */
+static void test_a_message_shared_by_streams_counts_once(void **state)
+{
+    fixture_t *f = *state;
+    Ferry__V1__WatchRequest req = FERRY__V1__WATCH_REQUEST__INIT;
+    int fds[2];
+
+    req.request_id = "share:3";
+    fds[0] = stuck_call_open(f->port, WATCH_PATH, &req.base, 0);
+    fds[1] = stuck_call_open(f->port, WATCH_PATH, &req.base, 0);
+    assert_true(fixture_wait(f, kept_two, WAIT_MS));
+    assert_true(fixture_wait(f, budget_holds_shared_6, WAIT_MS));
+    assert_int_equal(budget_used(f), shared_cost(f, 6));
+    close(fds[0]);
+    close(fds[1]);
+    assert_true(fixture_wait(f, budget_empty, WAIT_MS));
+}
+
+/* rpc_call_fail_now on a stream whose client never reads: what waits
+ * behind the message in flight is dropped at once, the message in flight
+ * as the call is cancelled with the status (not at the drain deadline),
+ * and the call ends with that status. */
+static void test_fail_now_drops_what_the_client_has_not_taken(void **state)
+{
+    fixture_t *f = *state;
+    Ferry__V1__WatchRequest req = FERRY__V1__WATCH_REQUEST__INIT;
+    rpc_call_t *call;
+    char end;
+    int fd;
+
+    req.request_id = "share:3";
+    fd = stuck_call_open(f->port, WATCH_PATH, &req.base, 0);
+    assert_true(fixture_wait(f, kept_one, WAIT_MS));
+    assert_true(fixture_wait(f, budget_holds_shared_3, WAIT_MS));
+    pthread_mutex_lock(&f->lock);
+    call = f->kept[0];
+    f->kept[0] = NULL; /* the test's reference now */
+    pthread_mutex_unlock(&f->lock);
+    assert_int_equal(rpc_call_waiting_bytes(call),
+                     2 * (rpc_msg_size(f->shared) + RPC_OUTMSG_OVERHEAD));
+    rpc_call_fail_now(call, FERRY_ERR_RESOURCE_EXHAUSTED, "dropped by the test");
+    assert_int_equal(rpc_call_waiting_bytes(call), 0);
+    assert_true(budget_used(f) <= shared_cost(f, 1)); /* the message in flight at most */
+    rpc_call_unref(call);
+    end = stuck_watch_wait_end(fd, RPC_DRAIN_MS / 2);
+    assert_true(end == 'r' || end == 's');
+    assert_true(fixture_wait(f, one_ended, RPC_DRAIN_MS / 2));
+    pthread_mutex_lock(&f->lock);
+    assert_int_equal(f->last_code, 8); /* RESOURCE_EXHAUSTED */
+    pthread_mutex_unlock(&f->lock);
+    assert_true(fixture_wait(f, budget_empty, RPC_DRAIN_MS / 2));
+    close(fd);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -537,6 +625,10 @@ int main(void)
         cmocka_unit_test_setup_teardown(
             test_a_send_past_the_shared_budget_is_refused_and_given_back, fixture_setup,
             fixture_teardown),
+        cmocka_unit_test_setup_teardown(test_a_message_shared_by_streams_counts_once, fixture_setup,
+                                        fixture_teardown),
+        cmocka_unit_test_setup_teardown(test_fail_now_drops_what_the_client_has_not_taken,
+                                        fixture_setup, fixture_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
