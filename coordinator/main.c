@@ -129,6 +129,8 @@ static void sample_metrics(void *arg, coord_metrics_sample_t *out)
         out->watch_evictions = coord_service_watch_evictions(c->service);
         out->watch_peers = coord_service_watch_peers(c->service);
         out->wait_peers = coord_service_wait_peers(c->service);
+        out->watch_peer_refusals = coord_service_watch_peer_refusals(c->service);
+        out->wait_peer_refusals = coord_service_wait_peer_refusals(c->service);
     }
 }
 

@@ -17,6 +17,8 @@
  *   ferry_watch_evictions_total                  counter, Watch streams ended to bound them
  *   ferry_peers_holding{kind}                    gauge, client hosts holding a Watch stream
  *                                                (watch) or a parked wait (wait)
+ *   ferry_peer_refusals_total{kind}              counter, Watch streams (watch) and parked waits
+ *                                                (wait) refused for their host's share
  *   ferry_view_events_total{type,state}          counter, changes the view applied
  *   ferry_lease_expiries_total                   counter, records whose lease ran out
  *   ferry_claim_expiries_total                   counter, claims whose lease ran out
@@ -415,8 +417,14 @@ char *coord_metrics_render(coord_metrics_t *m)
             "# HELP ferry_peers_holding Client hosts (addresses without the port) holding a "
             "Watch stream or a parked Lookup/Claim, each host bounded by --max-watches-per-peer "
             "and --max-waits-per-peer.\n# TYPE ferry_peers_holding gauge\n"
-            "ferry_peers_holding{kind=\"watch\"} %zu\nferry_peers_holding{kind=\"wait\"} %zu\n",
-            sample.watch_peers, sample.wait_peers);
+            "ferry_peers_holding{kind=\"watch\"} %zu\nferry_peers_holding{kind=\"wait\"} %zu\n"
+            "# HELP ferry_peer_refusals_total Watch streams and parked Lookup/Claim calls "
+            "refused because their client host held its share (--max-watches-per-peer, "
+            "--max-waits-per-peer).\n# TYPE ferry_peer_refusals_total counter\n"
+            "ferry_peer_refusals_total{kind=\"watch\"} %" PRIu64 "\n"
+            "ferry_peer_refusals_total{kind=\"wait\"} %" PRIu64 "\n",
+            sample.watch_peers, sample.wait_peers, sample.watch_peer_refusals,
+            sample.wait_peer_refusals);
     fprintf(f,
             "# HELP ferry_claim_ends_total Claims whose key went (finished, cancelled or "
             "expired), by where the expiry check was decided: on the view (the record was past "

@@ -62,6 +62,11 @@ size_t coord_service_parked_waits(coord_service_t *svc);
  * holding a parked wait, for metrics. Any thread. */
 size_t coord_service_watch_peers(coord_service_t *svc);
 size_t coord_service_wait_peers(coord_service_t *svc);
+/* Watch streams and parked waits refused since start because their host
+ * held its share (--max-watches-per-peer, --max-waits-per-peer), for
+ * metrics. Any thread. */
+uint64_t coord_service_watch_peer_refusals(coord_service_t *svc);
+uint64_t coord_service_wait_peer_refusals(coord_service_t *svc);
 /* What Watch streams' messages that their clients have not taken hold in
  * memory (a message shared by streams once, each queue entry's overhead),
  * for metrics. Any thread. */

@@ -118,6 +118,8 @@ struct coord_service {
     coord_exec_t *read_exec;                /* runs reads that need etcd (view misses, List) */
     atomic_uint_fast64_t watch_events_sent; /* events queued on Watch streams, for metrics */
     atomic_uint_fast64_t watch_evictions;   /* streams ended to make room in watch_budget */
+    /* Watch streams and waits refused for their host's share, for metrics. */
+    atomic_uint_fast64_t watch_peer_refusals, wait_peer_refusals;
 
     /* Parked waits, each in two places: waits_heap, a binary min-heap by
      * when it is due (the ready first, then by deadline), so the wait thread

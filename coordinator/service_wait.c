@@ -225,14 +225,21 @@ static void on_wait_cancel(rpc_call_t *call, void *arg)
  * nothing, and frees w. */
 static void refuse_over_share(coord_service_t *svc, wait_entry_t *w, ferry_status_t status)
 {
+    static ferry_log_limit_t limit;
+    unsigned quiet;
+
     if (status != FERRY_ERR_RESOURCE_EXHAUSTED) {
         rpc_call_fail(w->call, status, "no memory to wait for '%s'", w->request_id);
         free(w);
         return;
     }
-    ferry_info("op %s: %s from %s refused: its host has %zu calls waiting (--max-waits-per-peer)",
-               w->request_id, w->kind == WAIT_LOOKUP ? "lookup" : "claim", rpc_call_peer(w->call),
-               svc->max_waits_per_peer);
+    atomic_fetch_add(&svc->wait_peer_refusals, 1); /* for metrics */
+    if (ferry_log_due(&limit, &quiet)) {           /* a host past its share may ask at any rate */
+        ferry_info("op %s: %s from %s refused: its host has %zu calls waiting "
+                   "(--max-waits-per-peer); %u more refused since the last line",
+                   w->request_id, w->kind == WAIT_LOOKUP ? "lookup" : "claim",
+                   rpc_call_peer(w->call), svc->max_waits_per_peer, quiet);
+    }
     rpc_call_fail(w->call, status,
                   "too many calls from %s waiting for operations to appear on this replica (%zu; "
                   "--max-waits-per-peer); retry later or on another replica",
@@ -364,6 +371,11 @@ uint64_t service_waits_seq(coord_service_t *svc)
     seq = svc->wake_seq;
     pthread_mutex_unlock(&svc->waits_lock);
     return seq;
+}
+
+uint64_t coord_service_wait_peer_refusals(coord_service_t *svc)
+{
+    return atomic_load(&svc->wait_peer_refusals);
 }
 
 size_t coord_service_wait_peers(coord_service_t *svc)

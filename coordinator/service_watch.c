@@ -501,8 +501,14 @@ static ferry_status_t subscribe_locked(coord_service_t *svc, sub_entry_t *s, cha
     }
     status = coord_peers_take(svc->watch_peers, host, svc->max_watches_per_peer);
     if (status == FERRY_ERR_RESOURCE_EXHAUSTED) {
-        ferry_info("watch from %s refused: its host holds %zu streams (--max-watches-per-peer)",
-                   rpc_call_peer(s->call), svc->max_watches_per_peer);
+        static ferry_log_limit_t limit;
+        unsigned quiet;
+        atomic_fetch_add(&svc->watch_peer_refusals, 1); /* for metrics */
+        if (ferry_log_due(&limit, &quiet)) { /* a host past its share may ask at any rate */
+            ferry_info("watch from %s refused: its host holds %zu streams "
+                       "(--max-watches-per-peer); %u more refused since the last line",
+                       rpc_call_peer(s->call), svc->max_watches_per_peer, quiet);
+        }
         snprintf(msg, cap,
                  "too many Watch streams from %s open on this replica (%zu; "
                  "--max-watches-per-peer): retry later or on another replica",
@@ -699,12 +705,20 @@ uint64_t coord_service_watch_events_sent(coord_service_t *svc)
     return atomic_load(&svc->watch_events_sent);
 }
 
+uint64_t coord_service_watch_peer_refusals(coord_service_t *svc)
+{
+    return atomic_load(&svc->watch_peer_refusals);
+}
+
 size_t coord_service_watch_peers(coord_service_t *svc)
 {
     size_t n;
 
     pthread_mutex_lock(&svc->subs_lock);
-    subs_count_locked(svc); /* the streams done give their share back first */
+    /* The streams done give their share back first: a walk of up to
+     * --max-watches streams, each call's lock taken, while publishing
+     * waits; once a scrape (review-s30b L4). */
+    subs_count_locked(svc);
     n = coord_peers_count(svc->watch_peers);
     pthread_mutex_unlock(&svc->subs_lock);
     return n;

@@ -124,8 +124,14 @@ class OneHostTakesItsShare(unittest.TestCase):
             self.assertEqual(raw.ended_count(watches), MAX - SHARE)
             self.assertEqual(raw.ended_count(lookups), MAX - SHARE)
             port = raw.local_port()
-            self.assertEqual(self.refusals(port, "--max-watches-per-peer"), MAX - SHARE)
-            self.assertEqual(self.refusals(port, "--max-waits-per-peer"), MAX - SHARE)
+            self.assertEqual(self.metric("ferry_peer_refusals_total", kind="watch"), MAX - SHARE)
+            self.assertEqual(self.metric("ferry_peer_refusals_total", kind="wait"), MAX - SHARE)
+            # Logged, but not a line each: a host past its share may ask at
+            # any rate (review-s30b L2).
+            self.assertGreaterEqual(self.refusals(port, "--max-watches-per-peer"), 1)
+            self.assertLess(self.refusals(port, "--max-watches-per-peer"), MAX - SHARE)
+            self.assertGreaterEqual(self.refusals(port, "--max-waits-per-peer"), 1)
+            self.assertLess(self.refusals(port, "--max-waits-per-peer"), MAX - SHARE)
             self.assertEqual(self.metric("ferry_peers_holding", kind="watch"), 1)
             self.assertEqual(self.metric("ferry_peers_holding", kind="wait"), 1)
 
