@@ -57,6 +57,10 @@ static const char usage[] =
     "                      (FERRY_ETCD_INFLIGHT; 64)\n"
     "  --etcd-queue N      calls queued beyond those; more are refused with\n"
     "                      RESOURCE_EXHAUSTED, 0..1000000 (FERRY_ETCD_QUEUE; 1024)\n"
+    "  --etcd-reads-per-peer N  of the reads that need etcd, running and queued\n"
+    "                      (--etcd-inflight + --etcd-queue), what one client host may\n"
+    "                      hold, 0..1000000, 0: no share (FERRY_ETCD_READS_PER_PEER;\n"
+    "                      an eighth of those, at least 16)\n"
     "  --etcd-load-page N  keys per etcd read when the view loads the records (at\n"
     "                      start, after compaction), 1..100000 (FERRY_ETCD_LOAD_PAGE;\n"
     "                      5000)\n"
@@ -81,9 +85,9 @@ static const char usage[] =
     "                      RESOURCE_EXHAUSTED, 16..1048576 (FERRY_WATCH_QUEUE_KIB;\n"
     "                      4096)\n"
     "  --watch-memory-mib N  MiB of unsent changes all Watch streams may hold\n"
-    "                      together; a change (or a replay) that would pass it ends\n"
-    "                      its stream with RESOURCE_EXHAUSTED, 1..1048576\n"
-    "                      (FERRY_WATCH_MEMORY_MIB; 256)\n"
+    "                      together; past it the stream furthest behind ends with\n"
+    "                      RESOURCE_EXHAUSTED, 1..1048576 (FERRY_WATCH_MEMORY_MIB;\n"
+    "                      256)\n"
     "  --max-waits N       Lookup/Claim calls parked (wait_ms) at once; more are\n"
     "                      refused with RESOURCE_EXHAUSTED, 1..1000000\n"
     "                      (FERRY_MAX_WAITS; 10000)\n"
@@ -142,6 +146,7 @@ enum {
     OPT_MAX_WATCHES,
     OPT_MAX_WATCHES_PER_PEER,
     OPT_MAX_WAITS_PER_PEER,
+    OPT_ETCD_READS_PER_PEER,
     OPT_PORT_FILE,
     OPT_LOG_LEVEL,
     OPT_TLS_CERT,
@@ -178,6 +183,7 @@ static const struct option options[] = {
     {"max-watches", required_argument, NULL, OPT_MAX_WATCHES},
     {"max-watches-per-peer", required_argument, NULL, OPT_MAX_WATCHES_PER_PEER},
     {"max-waits-per-peer", required_argument, NULL, OPT_MAX_WAITS_PER_PEER},
+    {"etcd-reads-per-peer", required_argument, NULL, OPT_ETCD_READS_PER_PEER},
     {"port-file", required_argument, NULL, OPT_PORT_FILE},
     {"metrics-listen", required_argument, NULL, OPT_METRICS_LISTEN},
     {"log-level", required_argument, NULL, OPT_LOG_LEVEL},
@@ -280,6 +286,7 @@ static void config_defaults(coord_config_t *c)
     c->max_watches = UNSET;
     c->max_watches_per_peer = UNSET;
     c->max_waits_per_peer = UNSET;
+    c->etcd_reads_per_peer = UNSET;
     c->listen = env_or("FERRY_LISTEN", "127.0.0.1:7400");
     c->etcd = env_or("FERRY_ETCD", NULL);
     c->state_dir = env_or("FERRY_STATE_DIR", default_state_dir());
@@ -351,6 +358,9 @@ static int set_option(coord_config_t *c, int opt, const char *arg)
     case OPT_MAX_WAITS_PER_PEER:
         return (c->max_waits_per_peer = parse_int("--max-waits-per-peer", arg, 0, 1000000)) < 0 ? -1
                                                                                                 : 0;
+    case OPT_ETCD_READS_PER_PEER:
+        c->etcd_reads_per_peer = parse_int("--etcd-reads-per-peer", arg, 0, 1000000);
+        return c->etcd_reads_per_peer < 0 ? -1 : 0;
     case OPT_WATCH_QUEUE:
         return (c->watch_queue_kib = parse_int("--watch-queue-kib", arg, 16, 1 << 20)) < 0 ? -1 : 0;
     case OPT_WATCH_MEMORY:
@@ -408,7 +418,8 @@ static int env_number(int *field, const char *name, const char *fallback, int lo
     return *field < 0 ? -1 : 0;
 }
 
-/* A per-peer share (--max-watches-per-peer, --max-waits-per-peer): the
+/* A per-peer share (--max-watches-per-peer, --max-waits-per-peer,
+ * --etcd-reads-per-peer): the
  * flag, else the variable, else an eighth of the bound it shares, but at
  * least CONFIG_SHARE_MIN (all of a smaller bound): one host may not take
  * the whole bound, while a host running a thousand workers (one Watch, a
@@ -446,7 +457,9 @@ static int env_numbers(coord_config_t *c)
         env_number(&c->request_memory_mib, "FERRY_REQUEST_MEMORY_MIB", "1024", 4, 1048576) != 0 ||
         env_number(&c->max_watches, "FERRY_MAX_WATCHES", "10000", 1, 1000000) != 0 ||
         env_share(&c->max_watches_per_peer, "FERRY_MAX_WATCHES_PER_PEER", c->max_watches) != 0 ||
-        env_share(&c->max_waits_per_peer, "FERRY_MAX_WAITS_PER_PEER", c->max_waits) != 0) {
+        env_share(&c->max_waits_per_peer, "FERRY_MAX_WAITS_PER_PEER", c->max_waits) != 0 ||
+        env_share(&c->etcd_reads_per_peer, "FERRY_ETCD_READS_PER_PEER",
+                  c->etcd_inflight + c->etcd_queue) != 0) {
         return -1;
     }
     return 0;

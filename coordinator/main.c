@@ -126,11 +126,14 @@ static void sample_metrics(void *arg, coord_metrics_sample_t *out)
         out->watch_events_sent = coord_service_watch_events_sent(c->service);
         out->parked_waits = coord_service_parked_waits(c->service);
         out->watch_queued_bytes = coord_service_watch_queued_bytes(c->service);
-        out->watch_evictions = coord_service_watch_evictions(c->service);
+        coord_service_watch_memory_ends(c->service, &out->watch_memory_evicted,
+                                        &out->watch_memory_ended, &out->watch_memory_refused);
         out->watch_peers = coord_service_watch_peers(c->service);
         out->wait_peers = coord_service_wait_peers(c->service);
         out->watch_peer_refusals = coord_service_watch_peer_refusals(c->service);
         out->wait_peer_refusals = coord_service_wait_peer_refusals(c->service);
+        out->read_peers = coord_service_read_peers(c->service);
+        out->read_peer_refusals = coord_service_read_peer_refusals(c->service);
     }
 }
 
@@ -250,6 +253,7 @@ static ferry_status_t open_server(coordinator_t *c)
         .max_watches = (size_t)c->config.max_watches,
         .max_watches_per_peer = (size_t)c->config.max_watches_per_peer,
         .max_waits_per_peer = (size_t)c->config.max_waits_per_peer,
+        .max_reads_per_peer = (size_t)c->config.etcd_reads_per_peer,
     };
     coord_registry_params_t rparams = {
         .prefix = c->config.prefix,
@@ -373,6 +377,19 @@ static void log_connection_age(const coord_config_t *config)
                    "a call still running then is cut, and a writer whose Claim is cut fails "
                    "(a Claim is never sent twice)",
                    config->max_connection_age_grace_ms, LIBFERRY_CALL_TIMEOUT_MS);
+    }
+}
+
+/* Warns of a bound on every Watch stream's unsent bytes that a few
+ * streams' own fill: streams behind end each other well before any is at
+ * its own bound, and a stream's revisions of its own (a prefix) may not
+ * fit at all. */
+static void log_watch_memory(const coord_config_t *config)
+{
+    if ((long long)config->watch_memory_mib * 1024 < 4LL * config->watch_queue_kib) {
+        ferry_warn("--watch-memory-mib %d holds fewer than four streams' --watch-queue-kib (%d "
+                   "KiB): streams behind will end each other before any is at its own bound",
+                   config->watch_memory_mib, config->watch_queue_kib);
     }
 }
 
@@ -604,6 +621,7 @@ int main(int argc, char **argv)
     raise_fd_limit();
     log_tls_mode(&c.config);
     log_connection_age(&c.config);
+    log_watch_memory(&c.config);
 
     if (open_metrics(&c) != FERRY_OK || open_etcd(&c) != FERRY_OK || open_server(&c) != FERRY_OK) {
         close_all(&c);

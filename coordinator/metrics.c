@@ -14,11 +14,14 @@
  *   ferry_watch_events_sent_total                counter, events queued on Watch streams
  *   ferry_parked_waits                           gauge, Lookup/Claim calls parked (wait_ms)
  *   ferry_watch_queued_bytes                     gauge, unsent bytes on Watch streams, together
- *   ferry_watch_evictions_total                  counter, Watch streams ended to bound them
+ *   ferry_watch_memory_total{action}             counter, Watch streams ended or refused to
+ *                                                bound them (evicted, ended, refused)
  *   ferry_peers_holding{kind}                    gauge, client hosts holding a Watch stream
- *                                                (watch) or a parked wait (wait)
- *   ferry_peer_refusals_total{kind}              counter, Watch streams (watch) and parked waits
- *                                                (wait) refused for their host's share
+ *                                                (watch), a parked wait (wait), a read
+ *                                                waiting on etcd (read)
+ *   ferry_peer_refusals_total{kind}              counter, Watch streams (watch), parked waits
+ *                                                (wait), etcd reads (read) refused for their
+ *                                                host's share
  *   ferry_view_events_total{type,state}          counter, changes the view applied
  *   ferry_lease_expiries_total                   counter, records whose lease ran out
  *   ferry_claim_expiries_total                   counter, claims whose lease ran out
@@ -406,25 +409,35 @@ char *coord_metrics_render(coord_metrics_t *m)
     fprintf(f,
             "# HELP ferry_watch_queued_bytes Memory held by messages queued on Watch streams "
             "that their clients have not taken, all streams together (a message shared by "
-            "streams once, with each queue entry's overhead; bounded by --watch-memory-mib).\n"
+            "streams once, with each queue entry's overhead; at most --watch-memory-mib beside "
+            "a message larger than it that streams share).\n"
             "# TYPE ferry_watch_queued_bytes gauge\nferry_watch_queued_bytes %zu\n"
-            "# HELP ferry_watch_evictions_total Watch streams ended, the messages their clients "
-            "had not read dropped, to keep ferry_watch_queued_bytes within --watch-memory-mib "
-            "(the stream furthest behind each time).\n"
-            "# TYPE ferry_watch_evictions_total counter\nferry_watch_evictions_total %" PRIu64 "\n",
-            sample.watch_queued_bytes, sample.watch_evictions);
+            "# HELP ferry_watch_memory_total Watch streams that --watch-memory-mib ended or "
+            "refused: evicted (the furthest behind, what its client had not read dropped, to "
+            "make room for another's revision), ended (its own revision did not fit, none "
+            "further behind), refused (its first message did not fit).\n"
+            "# TYPE ferry_watch_memory_total counter\n"
+            "ferry_watch_memory_total{action=\"evicted\"} %" PRIu64 "\n"
+            "ferry_watch_memory_total{action=\"ended\"} %" PRIu64 "\n"
+            "ferry_watch_memory_total{action=\"refused\"} %" PRIu64 "\n",
+            sample.watch_queued_bytes, sample.watch_memory_evicted, sample.watch_memory_ended,
+            sample.watch_memory_refused);
     fprintf(f,
-            "# HELP ferry_peers_holding Client hosts (addresses without the port) holding a "
-            "Watch stream or a parked Lookup/Claim, each host bounded by --max-watches-per-peer "
-            "and --max-waits-per-peer.\n# TYPE ferry_peers_holding gauge\n"
+            "# HELP ferry_peers_holding Client hosts (addresses without the port; IPv6 by "
+            "/64) holding a Watch stream, a parked Lookup/Claim, or a read waiting on etcd, each "
+            "host bounded by --max-watches-per-peer, --max-waits-per-peer and "
+            "--etcd-reads-per-peer.\n# TYPE ferry_peers_holding gauge\n"
             "ferry_peers_holding{kind=\"watch\"} %zu\nferry_peers_holding{kind=\"wait\"} %zu\n"
-            "# HELP ferry_peer_refusals_total Watch streams and parked Lookup/Claim calls "
-            "refused because their client host held its share (--max-watches-per-peer, "
-            "--max-waits-per-peer).\n# TYPE ferry_peer_refusals_total counter\n"
+            "ferry_peers_holding{kind=\"read\"} %zu\n"
+            "# HELP ferry_peer_refusals_total Watch streams, parked Lookup/Claim calls and reads "
+            "that need etcd refused because their client host held its share "
+            "(--max-watches-per-peer, --max-waits-per-peer, --etcd-reads-per-peer).\n"
+            "# TYPE ferry_peer_refusals_total counter\n"
             "ferry_peer_refusals_total{kind=\"watch\"} %" PRIu64 "\n"
-            "ferry_peer_refusals_total{kind=\"wait\"} %" PRIu64 "\n",
-            sample.watch_peers, sample.wait_peers, sample.watch_peer_refusals,
-            sample.wait_peer_refusals);
+            "ferry_peer_refusals_total{kind=\"wait\"} %" PRIu64 "\n"
+            "ferry_peer_refusals_total{kind=\"read\"} %" PRIu64 "\n",
+            sample.watch_peers, sample.wait_peers, sample.read_peers, sample.watch_peer_refusals,
+            sample.wait_peer_refusals, sample.read_peer_refusals);
     fprintf(f,
             "# HELP ferry_claim_ends_total Claims whose key went (finished, cancelled or "
             "expired), by where the expiry check was decided: on the view (the record was past "

@@ -34,11 +34,14 @@ typedef struct {
     uint64_t watch_events_sent;                 /* events queued on Watch streams */
     size_t parked_waits;                        /* Lookup/Claim calls parked (wait_ms) */
     size_t watch_queued_bytes;                  /* unsent bytes on Watch streams, together */
-    uint64_t watch_evictions;     /* Watch streams ended to keep watch_queued_bytes bounded */
+    /* Watch streams ended or refused to keep watch_queued_bytes bounded */
+    uint64_t watch_memory_evicted, watch_memory_ended, watch_memory_refused;
     size_t watch_peers;           /* client hosts holding a Watch stream */
     size_t wait_peers;            /* client hosts holding a parked wait */
     uint64_t watch_peer_refusals; /* Watch streams refused for their host's share */
     uint64_t wait_peer_refusals;  /* parked waits refused for their host's share */
+    size_t read_peers;            /* client hosts holding a read waiting on etcd */
+    uint64_t read_peer_refusals;  /* etcd reads refused for their host's share */
     uint64_t claim_ends_on_view; /* claims ended, settled on the view (coord_registry_claim_ends) */
     uint64_t claim_ends_checked; /* claims ended, checked by a transition */
     size_t claim_ends_waiting;   /* claim ends' writes waiting to be tried again */

@@ -67,8 +67,8 @@ ferry_status_t coord_peers_create(coord_peers_t **peers_p)
     }
     peers->n_buckets = PEERS_MIN_BUCKETS;
     if (getrandom(peers->seed, sizeof(peers->seed), 0) != (ssize_t)sizeof(peers->seed)) {
-        /* No entropy yet (early boot): the counts stay right, the chains
-         * only lose their defence. */
+        /* getrandom failed (ENOSYS under an old seccomp policy): the
+         * counts stay right, the chains only lose their defence. */
         peers->seed[0] = (uint64_t)(uintptr_t)peers;
         peers->seed[1] = (uint64_t)(uintptr_t)peers->buckets;
     }

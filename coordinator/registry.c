@@ -744,26 +744,30 @@ static bool note_unhealthy(coord_registry_t *r, registry_unhealthy_t cause)
     return news;
 }
 
-/* Whether etcd lets this coordinator's user write its prefix, without
+/* Whether etcd lets this coordinator's user write its records, without
  * writing: a transaction whose compare never holds (no key's
- * create_revision is below 0) and whose success branch puts the prefix's
- * own key. etcd checks the permission of both branches before it applies
- * either, so a user that may not write is refused PERMISSION_DENIED, and
- * one that may changes nothing (not even the revision). A raft round, so
- * sent only until one passes, every WRITE_PROBE_MS. */
+ * create_revision is below 0) and whose success branch puts the key the
+ * records' keys start with (ops_prefix: a Register's first write goes
+ * under it, so a role that lets Ferry write passes, whether it grants the
+ * whole prefix or its sub-prefixes; the prefix's own key was stricter
+ * than any write Ferry makes: review-s30 L5). etcd checks the permission
+ * of both branches before it applies either, so a user that may not write
+ * is refused PERMISSION_DENIED, and one that may changes nothing (not even
+ * the revision). A raft round, so sent only until one passes, every
+ * WRITE_PROBE_MS. */
 static ferry_status_t probe_write(coord_registry_t *r)
 {
-    size_t len = strlen(r->prefix);
+    size_t len = strlen(r->ops_prefix);
     etcd_compare_t never = {
-        .target = ETCD_CMP_CREATE, .result = ETCD_CMP_LESS, .key = r->prefix, .key_len = len};
-    etcd_op_t put = {.type = ETCD_OP_PUT, .key = r->prefix, .key_len = len, .value = ""};
+        .target = ETCD_CMP_CREATE, .result = ETCD_CMP_LESS, .key = r->ops_prefix, .key_len = len};
+    etcd_op_t put = {.type = ETCD_OP_PUT, .key = r->ops_prefix, .key_len = len, .value = ""};
     etcd_txn_result_t result = {0};
     ferry_status_t status = etcd_txn(r->etcd, &never, 1, &put, 1, NULL, 0, &result);
 
     if (status == FERRY_OK && result.succeeded) {
         ferry_error("registry: etcd applied the write probe's put of '%s' (its compare should "
                     "never hold)",
-                    r->prefix);
+                    r->ops_prefix);
     }
     etcd_txn_result_free(&result);
     return status;

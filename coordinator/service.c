@@ -100,7 +100,47 @@ typedef struct {
     const ProtobufCMessage *request;
     service_work_fn fn;
     int64_t deadline_ms;
+    bool peer_counted; /* in svc->read_peers until it has run */
 } service_job_t;
+
+/* Counts a read for the call's host in read_peers; false (the call
+ * ended) when the host holds its share, or no memory to count it. */
+static bool read_share_take(coord_service_t *svc, rpc_call_t *call)
+{
+    static ferry_log_limit_t limit;
+    const char *host = rpc_call_peer_host(call);
+    ferry_status_t status;
+    unsigned quiet;
+
+    pthread_mutex_lock(&svc->read_peers_lock);
+    status = coord_peers_take(svc->read_peers, host, svc->max_reads_per_peer);
+    pthread_mutex_unlock(&svc->read_peers_lock);
+    if (status == FERRY_OK) {
+        return true;
+    }
+    if (status != FERRY_ERR_RESOURCE_EXHAUSTED) {
+        rpc_call_fail(call, status, "no memory to queue the call");
+        return false;
+    }
+    atomic_fetch_add(&svc->read_peer_refusals, 1); /* for metrics */
+    if (ferry_log_due(&limit, &quiet)) {           /* a host past its share may ask at any rate */
+        ferry_info("%s from %s refused: its host holds %zu reads waiting on etcd "
+                   "(--etcd-reads-per-peer); %u more refused since the last line",
+                   rpc_call_path(call), rpc_call_peer(call), svc->max_reads_per_peer, quiet);
+    }
+    rpc_call_fail(call, status,
+                  "too many calls from %s waiting on etcd reads on this replica (%zu; "
+                  "--etcd-reads-per-peer); retry later or on another replica",
+                  host, svc->max_reads_per_peer);
+    return false;
+}
+
+static void read_share_give(coord_service_t *svc, rpc_call_t *call)
+{
+    pthread_mutex_lock(&svc->read_peers_lock);
+    coord_peers_give(svc->read_peers, rpc_call_peer_host(call));
+    pthread_mutex_unlock(&svc->read_peers_lock);
+}
 
 /* Ends `call`, which this replica gives up on because it is shutting
  * down: UNAVAILABLE, so the client retries on another replica (a deadline
@@ -132,13 +172,18 @@ static void service_job_run(void *arg, bool run)
         job->fn(job->svc, job->call, job->request, job->deadline_ms);
         etcd_set_deadline(prev);
     }
+    if (job->peer_counted) {
+        read_share_give(job->svc, job->call);
+    }
     rpc_call_unref(job->call);
     free(job);
 }
 
+/* Runs fn on `exec` (flags: exec.h); per_peer: counted in the host's share of the reads
+ * (read_share_take) until it has run. */
 static void submit_to(coord_service_t *svc, coord_exec_t *exec, rpc_call_t *call,
                       const ProtobufCMessage *request, service_work_fn fn, int64_t deadline_ms,
-                      unsigned flags)
+                      unsigned flags, bool per_peer)
 {
     service_job_t *job = malloc(sizeof(*job));
     ferry_status_t status;
@@ -148,12 +193,23 @@ static void submit_to(coord_service_t *svc, coord_exec_t *exec, rpc_call_t *call
         rpc_call_fail(call, FERRY_ERR_NO_MEMORY, "no memory to queue the call");
         return;
     }
-    *job = (service_job_t){
-        .svc = svc, .call = call, .request = request, .fn = fn, .deadline_ms = deadline_ms};
+    if (per_peer && !read_share_take(svc, call)) {
+        free(job);
+        return;
+    }
+    *job = (service_job_t){.svc = svc,
+                           .call = call,
+                           .request = request,
+                           .fn = fn,
+                           .deadline_ms = deadline_ms,
+                           .peer_counted = per_peer};
     rpc_call_ref(call);
     status = coord_exec_submit(exec, service_job_run, job, flags);
     if (status == FERRY_OK) {
         return;
+    }
+    if (per_peer) {
+        read_share_give(svc, call);
     }
     if (status == FERRY_ERR_RESOURCE_EXHAUSTED) {
         coord_exec_load(exec, &running, &queued);
@@ -175,7 +231,7 @@ static void submit_to(coord_service_t *svc, coord_exec_t *exec, rpc_call_t *call
 void service_submit(coord_service_t *svc, rpc_call_t *call, const ProtobufCMessage *request,
                     service_work_fn fn, int64_t deadline_ms)
 {
-    submit_to(svc, svc->exec, call, request, fn, deadline_ms, 0);
+    submit_to(svc, svc->exec, call, request, fn, deadline_ms, 0, false);
 }
 
 /* A read that only etcd can answer goes to the read workers: it never
@@ -183,7 +239,7 @@ void service_submit(coord_service_t *svc, rpc_call_t *call, const ProtobufCMessa
 static void submit_read(coord_service_t *svc, rpc_call_t *call, const ProtobufCMessage *request,
                         service_work_fn fn, int64_t deadline_ms)
 {
-    submit_to(svc, svc->read_exec, call, request, fn, deadline_ms, 0);
+    submit_to(svc, svc->read_exec, call, request, fn, deadline_ms, 0, true);
 }
 
 /* The monotonic time a wait of wait_ms ends: no later than the caller's
@@ -560,7 +616,7 @@ static void handle_keepalive(rpc_call_t *call, const ProtobufCMessage *request, 
 
     if (!lease_refused(arg, call, request, req->lease_id, req->lease_token)) {
         submit_to(arg, ((coord_service_t *)arg)->exec, call, request, do_keepalive, 0,
-                  COORD_EXEC_URGENT);
+                  COORD_EXEC_URGENT, false);
     }
 }
 
@@ -714,6 +770,8 @@ ferry_status_t coord_service_create(const coord_service_params_t *params, rpc_se
     svc->max_watches = params->max_watches != 0 ? params->max_watches : SERVICE_MAX_WATCHES;
     svc->max_watches_per_peer = params->max_watches_per_peer;
     svc->max_waits_per_peer = params->max_waits_per_peer;
+    svc->max_reads_per_peer = params->max_reads_per_peer;
+    svc->evict_floor = SIZE_MAX;
     svc->watch_queue_bytes =
         params->watch_queue_bytes != 0 ? params->watch_queue_bytes : SERVICE_WATCH_QUEUE_BYTES;
     svc->watch_msg_bytes = svc->watch_queue_bytes / 4 < SERVICE_WATCH_MSG_BYTES
@@ -728,10 +786,16 @@ ferry_status_t coord_service_create(const coord_service_params_t *params, rpc_se
         goto err_name;
     }
     if ((status = coord_peers_create(&svc->watch_peers)) != FERRY_OK ||
-        (status = coord_peers_create(&svc->wait_peers)) != FERRY_OK) {
+        (status = coord_peers_create(&svc->wait_peers)) != FERRY_OK ||
+        (status = coord_peers_create(&svc->read_peers)) != FERRY_OK) {
         goto err_peers;
     }
     if (pthread_mutex_init(&svc->subs_lock, NULL) != 0) {
+        status = FERRY_ERR_NO_MEMORY;
+        goto err_peers;
+    }
+    if (pthread_mutex_init(&svc->read_peers_lock, NULL) != 0) {
+        pthread_mutex_destroy(&svc->subs_lock);
         status = FERRY_ERR_NO_MEMORY;
         goto err_peers;
     }
@@ -753,8 +817,10 @@ err_waits:
     pthread_cond_destroy(&svc->waits_cond);
     pthread_mutex_destroy(&svc->waits_lock);
 err_free:
+    pthread_mutex_destroy(&svc->read_peers_lock);
     pthread_mutex_destroy(&svc->subs_lock);
 err_peers:
+    coord_peers_destroy(svc->read_peers);
     coord_peers_destroy(svc->wait_peers);
     coord_peers_destroy(svc->watch_peers);
     rpc_send_budget_release(svc->watch_budget);
@@ -762,6 +828,21 @@ err_name:
     free(svc->name);
     free(svc);
     return status;
+}
+
+size_t coord_service_read_peers(coord_service_t *svc)
+{
+    size_t n;
+
+    pthread_mutex_lock(&svc->read_peers_lock);
+    n = coord_peers_count(svc->read_peers);
+    pthread_mutex_unlock(&svc->read_peers_lock);
+    return n;
+}
+
+uint64_t coord_service_read_peer_refusals(coord_service_t *svc)
+{
+    return atomic_load(&svc->read_peer_refusals);
 }
 
 void coord_service_attach(coord_service_t *svc, coord_registry_t *registry)
@@ -819,6 +900,8 @@ void coord_service_destroy(coord_service_t *svc)
     pthread_cond_destroy(&svc->waits_cond);
     pthread_mutex_destroy(&svc->waits_lock);
     pthread_mutex_destroy(&svc->subs_lock);
+    pthread_mutex_destroy(&svc->read_peers_lock);
+    coord_peers_destroy(svc->read_peers);
     coord_peers_destroy(svc->wait_peers);
     coord_peers_destroy(svc->watch_peers);
     rpc_send_budget_release(svc->watch_budget); /* calls still held keep it */

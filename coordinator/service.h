@@ -34,9 +34,10 @@ typedef struct {
     /* Bytes a Watch stream may have queued that its client has not taken;
      * past it the stream ends with RESOURCE_EXHAUSTED. 0: 4 MiB. */
     size_t watch_queue_bytes;
-    /* Bytes every Watch stream together may have queued that their
-     * clients have not taken; a revision (or a replay's) that would pass
-     * it ends its stream with RESOURCE_EXHAUSTED. 0: 256 MiB. */
+    /* What every Watch stream's messages that their clients have not
+     * taken may hold in memory together; a revision (or a replay's) that
+     * would pass it ends the stream furthest behind with
+     * RESOURCE_EXHAUSTED (service_watch.c). 0: 256 MiB. */
     size_t watch_memory_bytes;
     /* Lookup and Claim calls that may wait parked (wait_ms) at once; past
      * it one that would park ends with RESOURCE_EXHAUSTED. 0: 10000. */
@@ -49,6 +50,10 @@ typedef struct {
      * its next one ends with RESOURCE_EXHAUSTED. 0: no such share. */
     size_t max_watches_per_peer;
     size_t max_waits_per_peer;
+    /* The most of the reads on read_exec (running and queued) one client
+     * host may hold; past it its next ends with RESOURCE_EXHAUSTED. 0: no
+     * such share. */
+    size_t max_reads_per_peer;
 } coord_service_params_t;
 
 /* Adds ferry.v1.Coordinator to `server` (before rpc_server_start). The
@@ -67,13 +72,22 @@ size_t coord_service_wait_peers(coord_service_t *svc);
  * metrics. Any thread. */
 uint64_t coord_service_watch_peer_refusals(coord_service_t *svc);
 uint64_t coord_service_wait_peer_refusals(coord_service_t *svc);
+/* Client hosts holding a read on read_exec, and the reads refused since
+ * start because their host held its share (max_reads_per_peer), for
+ * metrics. Any thread. */
+size_t coord_service_read_peers(coord_service_t *svc);
+uint64_t coord_service_read_peer_refusals(coord_service_t *svc);
 /* What Watch streams' messages that their clients have not taken hold in
  * memory (a message shared by streams once, each queue entry's overhead),
  * for metrics. Any thread. */
 size_t coord_service_watch_queued_bytes(coord_service_t *svc);
-/* Watch streams ended, what they held dropped, to keep that within
- * --watch-memory-mib, since start; for metrics. Any thread. */
-uint64_t coord_service_watch_evictions(coord_service_t *svc);
+/* Watch streams since start that --watch-memory-mib ended, what they held
+ * dropped, to make room for another's revision (the furthest behind);
+ * ended because their own revision did not fit, none being further
+ * behind; and refused because their first message did not. For metrics.
+ * Any thread. */
+void coord_service_watch_memory_ends(coord_service_t *svc, uint64_t *evicted_p, uint64_t *ended_p,
+                                     uint64_t *refused_p);
 
 ferry_status_t coord_service_create(const coord_service_params_t *params, rpc_server_t *server,
                                     coord_service_t **service_p);

@@ -114,10 +114,22 @@ struct coord_service {
     char *name;
     rpc_server_t *server;
     coord_registry_t *registry;
-    coord_exec_t *exec;                     /* runs every call that waits on an etcd write */
-    coord_exec_t *read_exec;                /* runs reads that need etcd (view misses, List) */
+    coord_exec_t *exec;      /* runs every call that waits on an etcd write */
+    coord_exec_t *read_exec; /* runs reads that need etcd (view misses, List) */
+    /* Reads submitted to read_exec and not yet run out, by client host
+     * (peers.h), guarded by read_peers_lock; one past max_reads_per_peer
+     * (constant; 0: none) from one host is refused, so that one client's
+     * misses (a Lookup of an unknown ID is an etcd read, and needs no
+     * valid token) cannot fill the queue List and the others share. */
+    coord_peers_t *read_peers;
+    pthread_mutex_t read_peers_lock;
+    size_t max_reads_per_peer;
+    atomic_uint_fast64_t read_peer_refusals;
     atomic_uint_fast64_t watch_events_sent; /* events queued on Watch streams, for metrics */
-    atomic_uint_fast64_t watch_evictions;   /* streams ended to make room in watch_budget */
+    /* Streams ended to make room in watch_budget (the furthest behind),
+     * ended because their own revision did not fit, and refused because
+     * their `created` did not, for metrics. */
+    atomic_uint_fast64_t watch_memory_evicted, watch_memory_ended, watch_memory_refused;
     /* Watch streams and waits refused for their host's share, for metrics. */
     atomic_uint_fast64_t watch_peer_refusals, wait_peer_refusals;
 
@@ -174,6 +186,10 @@ struct coord_service {
      * counted by the rpc layer as each stream's queue is (rpc.h) */
     rpc_send_budget_t *watch_budget;
     size_t max_watches; /* constant: streams open at once */
+    /* No stream but those evicted is further behind than this, since the
+     * pass (a flush, a subscribe) began or its last eviction; SIZE_MAX:
+     * not known (evict_locked). */
+    size_t evict_floor;
     /* Streams counted against max_watches, by client host (peers.h); one
      * past max_watches_per_peer (constant; 0: none) from one host is
      * refused. */

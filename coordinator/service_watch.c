@@ -165,59 +165,69 @@ static void sweep_evicted_locked(coord_service_t *svc)
 }
 
 /* Makes room in the budget for s: the stream (subscribed, or ended and
- * draining) with the most bytes waiting behind the message its client is
- * taking, if that is more than s has waiting, is ended now and what it
- * holds dropped. True if one was. Caller holds subs_lock; an evicted
- * subscriber stays on subs until sweep_evicted_locked. */
+ * draining) furthest behind (rpc_call_behind_bytes: what ending it frees),
+ * if further than s, is ended now and what it holds dropped. True if one
+ * was. A walk of every stream, each call's lock taken: one that finds
+ * none further behind than s leaves evict_floor at the most any holds, so
+ * that the streams after s in the same pass that are as far behind end
+ * without a walk each (evict_floor is reset as a pass starts and after an
+ * eviction). Caller holds subs_lock; an evicted subscriber stays on subs
+ * until sweep_evicted_locked. */
 static bool evict_locked(coord_service_t *svc, const sub_entry_t *s)
 {
     static ferry_log_limit_t limit;
-    size_t most = rpc_call_waiting_bytes(s->call);
+    size_t mine = rpc_call_behind_bytes(s->call), most = mine;
     sub_entry_t *victim = NULL;
     char text[192];
     unsigned quiet;
 
+    if (mine >= svc->evict_floor) {
+        return false;
+    }
     for (int list = 0; list < 2; list++) {
         for (sub_entry_t *x = list == 0 ? svc->subs : svc->ended; x != NULL;
              x = list == 0 ? x->next : x->ended_next) {
-            size_t waiting = x != s && !x->evicted ? rpc_call_waiting_bytes(x->call) : 0;
-            if (waiting > most) {
-                most = waiting;
+            size_t behind = x != s && !x->evicted ? rpc_call_behind_bytes(x->call) : 0;
+            if (behind > most) {
+                most = behind;
                 victim = x;
             }
         }
     }
     if (victim == NULL) {
+        svc->evict_floor = mine;
         return false;
     }
+    svc->evict_floor = SIZE_MAX;
     victim->evicted = true;
-    atomic_fetch_add(&svc->watch_evictions, 1); /* for metrics */
+    atomic_fetch_add(&svc->watch_memory_evicted, 1); /* for metrics */
     if (ferry_log_due(&limit, &quiet)) {
-        ferry_info("watch from %s: ended, %zu bytes its client had not read dropped, to keep "
+        ferry_info("watch from %s: ended, the %zu bytes its client had not read dropped, to keep "
                    "every stream's unsent bytes within --watch-memory-mib (%zu); %u more since "
                    "the last line",
                    rpc_call_peer(victim->call), most, rpc_send_budget_max(svc->watch_budget),
                    quiet);
     }
     rpc_call_fail_now(victim->call, FERRY_ERR_RESOURCE_EXHAUSTED,
-                      "%s, and this stream had the most changes waiting for its client: they "
-                      "were dropped; Watch again with start_revision = the revision after the "
-                      "last event received",
+                      "%s, and this stream was the furthest behind: what its client had not read "
+                      "was dropped; Watch again with start_revision = the revision after the "
+                      "last message received that was not a fragment",
                       budget_text(svc, text, sizeof(text)));
     return true;
 }
 
-/* Queues msgs[0..n) on s as one unit (rpc_call_send_msgs), making room in
+/* Queues msgs[0..n) on s as one unit (rpc_call_send_msgs; shared: they go
+ * to other streams too), making room in
  * the budget by ending the streams further behind than s
  * (evict_locked); s->over_budget says the budget refused it all the same.
  * Caller holds subs_lock. */
 static ferry_status_t sub_send_locked(coord_service_t *svc, sub_entry_t *s, rpc_msg_t *const *msgs,
-                                      size_t n)
+                                      size_t n, bool shared)
 {
     ferry_status_t status;
 
     do {
-        status = rpc_call_send_msgs(s->call, msgs, n, &s->over_budget);
+        status = rpc_call_send_msgs(s->call, msgs, n, shared, &s->over_budget);
     } while (status != FERRY_OK && s->over_budget && evict_locked(svc, s));
     return status;
 }
@@ -267,16 +277,17 @@ static bool pack_revision(const coord_service_t *svc, int64_t revision,
     return true;
 }
 
-/* Queues on s one revision's messages, msgs[0..n_msgs), carrying n_events
+/* Queues on s one revision's messages, msgs[0..n_msgs) (shared: packed for
+ * every stream that matches all of it), carrying n_events
  * events, as one unit (rpc_call_send_msgs: the bound is checked as the
  * revision starts). FERRY_ERR_CANCELLED when the client left (its cancel
  * callback removes s); any other failure must end s (RESOURCE_EXHAUSTED:
  * it fell behind). Caller holds subs_lock. */
 static ferry_status_t sub_send_revision_locked(coord_service_t *svc, sub_entry_t *s,
                                                int64_t revision, rpc_msg_t *const *msgs,
-                                               size_t n_msgs, size_t n_events)
+                                               size_t n_msgs, bool shared, size_t n_events)
 {
-    ferry_status_t status = sub_send_locked(svc, s, msgs, n_msgs);
+    ferry_status_t status = sub_send_locked(svc, s, msgs, n_msgs, shared);
 
     if (status == FERRY_OK) {
         s->last_sent = revision;
@@ -314,7 +325,7 @@ static ferry_status_t sub_send_values_locked(coord_service_t *svc, sub_entry_t *
     if (!pack_revision(svc, revision, values, k, msgs, &n_msgs)) {
         return FERRY_ERR_NO_MEMORY;
     }
-    status = sub_send_revision_locked(svc, s, revision, msgs, n_msgs, k);
+    status = sub_send_revision_locked(svc, s, revision, msgs, n_msgs, false, k);
     for (size_t m = 0; m < n_msgs; m++) {
         rpc_msg_unref(msgs[m]);
     }
@@ -358,20 +369,34 @@ static ferry_status_t replay_revision_locked(coord_service_t *svc, sub_entry_t *
         }
         first->msgs = packed;
     }
-    return sub_send_revision_locked(svc, s, first->revision, first->msgs, first->n_msgs, n);
+    return sub_send_revision_locked(svc, s, first->revision, first->msgs, first->n_msgs, true, n);
 }
 
 /* Ends a stream that could not take a revision (s->end_status), telling
  * it where to resume; s was retired (retire_locked). */
 static void end_sub(coord_service_t *svc, sub_entry_t *s)
 {
+    static ferry_log_limit_t limit;
     long long resume = (long long)(s->last_sent + 1);
     char text[192];
+    unsigned quiet;
+    bool evicted;
 
+    pthread_mutex_lock(&svc->subs_lock);
+    evicted = s->evicted; /* since it was retired: ended already, and counted */
+    pthread_mutex_unlock(&svc->subs_lock);
+    if (evicted) {
+        sub_ended(svc, s);
+        return;
+    }
     if (s->end_status == FERRY_ERR_RESOURCE_EXHAUSTED && s->over_budget) {
-        ferry_info("watch from %s: the furthest behind when every stream's unsent bytes together "
-                   "reached their bound (%zu; --watch-memory-mib); ended",
-                   rpc_call_peer(s->call), rpc_send_budget_max(svc->watch_budget));
+        atomic_fetch_add(&svc->watch_memory_ended, 1); /* for metrics */
+        if (ferry_log_due(&limit, &quiet)) {           /* any client can have its replay not fit */
+            ferry_info("watch from %s: ended, none further behind when every stream's unsent "
+                       "bytes together reached their bound (%zu; --watch-memory-mib); %u more "
+                       "since the last line",
+                       rpc_call_peer(s->call), rpc_send_budget_max(svc->watch_budget), quiet);
+        }
         rpc_call_fail(s->call, FERRY_ERR_RESOURCE_EXHAUSTED,
                       "%s, and no stream was further behind than this one; Watch again with "
                       "start_revision = %lld (the revision after the last event received), "
@@ -536,11 +561,20 @@ static ferry_status_t subscribe_locked(coord_service_t *svc, sub_entry_t *s, cha
     resp.header = &header;
     resp.created = true;
     created = rpc_msg_pack(&resp.base);
-    status = created != NULL ? sub_send_locked(svc, s, &created, 1) : FERRY_ERR_NO_MEMORY;
+    status = created != NULL ? sub_send_locked(svc, s, &created, 1, false) : FERRY_ERR_NO_MEMORY;
     rpc_msg_unref(created);
     if (status != FERRY_OK && s->over_budget) {
-        s->over_budget = false; /* refused, not ended: nothing of it is queued */
+        static ferry_log_limit_t limit;
         char text[192];
+        unsigned quiet;
+        s->over_budget = false; /* refused, not ended: nothing of it is queued */
+        atomic_fetch_add(&svc->watch_memory_refused, 1); /* for metrics */
+        if (ferry_log_due(&limit, &quiet)) {
+            ferry_info("watch from %s refused: every stream's unsent bytes together at their "
+                       "bound (%zu; --watch-memory-mib), none further behind; %u more since the "
+                       "last line",
+                       rpc_call_peer(s->call), rpc_send_budget_max(svc->watch_budget), quiet);
+        }
         snprintf(msg, cap, "%s: retry later or on another replica",
                  budget_text(svc, text, sizeof(text)));
         return status;
@@ -586,6 +620,7 @@ void service_watch(rpc_call_t *call, const ProtobufCMessage *request, void *arg)
     rpc_call_ref(call);
 
     pthread_mutex_lock(&svc->subs_lock);
+    svc->evict_floor = SIZE_MAX; /* a pass of its own (evict_locked) */
     status = subscribe_locked(svc, s, msg, sizeof(msg));
     sweep_evicted_locked(svc); /* its replay may have made room */
     if (status != FERRY_OK && s->end_status != FERRY_OK) {
@@ -724,9 +759,12 @@ size_t coord_service_watch_peers(coord_service_t *svc)
     return n;
 }
 
-uint64_t coord_service_watch_evictions(coord_service_t *svc)
+void coord_service_watch_memory_ends(coord_service_t *svc, uint64_t *evicted_p, uint64_t *ended_p,
+                                     uint64_t *refused_p)
 {
-    return atomic_load(&svc->watch_evictions);
+    *evicted_p = atomic_load(&svc->watch_memory_evicted);
+    *ended_p = atomic_load(&svc->watch_memory_ended);
+    *refused_p = atomic_load(&svc->watch_memory_refused);
 }
 
 size_t coord_service_watch_queued_bytes(coord_service_t *svc)
@@ -761,6 +799,7 @@ static void flush_locked(coord_service_t *svc, sub_entry_t **ended_p, sub_entry_
     if (svc->hist == NULL) {
         svc->hist = calloc(SERVICE_WATCH_HISTORY, sizeof(*svc->hist));
     }
+    svc->evict_floor = SIZE_MAX; /* a pass of its own (evict_locked) */
     ev = malloc(n * sizeof(*ev));
     values = malloc(n * sizeof(*values));
     msgs = malloc(n * sizeof(*msgs));
@@ -781,7 +820,7 @@ static void flush_locked(coord_service_t *svc, sub_entry_t **ended_p, sub_entry_
             ferry_status_t status = FERRY_OK;
             if (revision >= s->start_revision && !s->evicted) {
                 size_t k = sub_filter(s, ev, n, values);
-                status = k == n ? sub_send_revision_locked(svc, s, revision, all, n_all, n)
+                status = k == n ? sub_send_revision_locked(svc, s, revision, all, n_all, true, n)
                                 : sub_send_matching_locked(svc, s, revision, ev, n, values, msgs);
             }
             if (status != FERRY_OK && status != FERRY_ERR_CANCELLED) {

@@ -250,11 +250,15 @@ ferry_status_t rpc_call_send_msg(rpc_call_t *call, rpc_msg_t *m);
  * larger than the limit still goes to a client that keeps up. Each
  * message counts its bytes and RPC_OUTMSG_OVERHEAD against the limit. The
  * call's budget (rpc_call_set_send_budget), unlike its limit, must hold
- * the whole unit. FERRY_ERR_RESOURCE_EXHAUSTED when the queue is at or over the
- * limit or the unit would pass the budget (then *over_budget_p, unless
- * NULL, is true; false in every other case), FERRY_ERR_NO_MEMORY,
- * FERRY_ERR_CANCELLED as rpc_call_send_msg; nothing is queued then. */
-ferry_status_t rpc_call_send_msgs(rpc_call_t *call, rpc_msg_t *const *msgs, size_t n,
+ * the whole unit. shared: the messages go to other calls under the budget
+ * too (a Watch revision to every stream that matches all of it), and the
+ * budget counts their bytes once; false: packed for this call alone, and
+ * counted as its own (rpc_call_behind_bytes). FERRY_ERR_RESOURCE_EXHAUSTED
+ * when the queue is at or over the limit or the unit would pass the budget
+ * (then *over_budget_p, unless NULL, is true; false in every other case),
+ * FERRY_ERR_NO_MEMORY, FERRY_ERR_CANCELLED as rpc_call_send_msg; nothing
+ * is queued then. */
+ferry_status_t rpc_call_send_msgs(rpc_call_t *call, rpc_msg_t *const *msgs, size_t n, bool shared,
                                   bool *over_budget_p);
 
 /* Streaming: at most max_queued_bytes (0: no limit) of messages queued and
@@ -292,17 +296,24 @@ size_t rpc_send_budget_max(const rpc_send_budget_t *budget);
  * counted there. */
 void rpc_call_set_send_budget(rpc_call_t *call, rpc_send_budget_t *budget);
 
-/* Streaming: bytes queued behind the message in flight, which the client
- * has not begun to take (with RPC_OUTMSG_OVERHEAD each); 0 once the call
- * is cancelled or done. How far behind its client is. */
-size_t rpc_call_waiting_bytes(const rpc_call_t *call);
+/* Streaming: how far behind its client is, in what the call alone holds
+ * (each message's RPC_OUTMSG_OVERHEAD, and its bytes unless it shares them
+ * with other calls under its budget; so what ending the call frees): the
+ * messages queued behind the one in flight, but not the newest unit while
+ * it waits whole (a client that keeps up has that much queued at most),
+ * and the one in flight once it has been for RPC_STUCK_MS (a client that
+ * keeps up takes it within a round trip). 0 once the call is cancelled,
+ * or its status has gone out. */
+enum { RPC_STUCK_MS = 1000 };
+size_t rpc_call_behind_bytes(rpc_call_t *call);
 
 /* Streaming: as rpc_call_fail, but what the client has not taken is
  * dropped, not drained: the queue at once, and the message in flight as
- * the call is cancelled with this status (its client sees it). Also on a
- * call ended already whose status has not gone out (an ending stream's
- * drain): its status becomes this one. A no-op once the status is out.
- * For a budget that must make room now. No cancel callback runs for it. */
+ * the call is cancelled with this status (its client sees it, without the
+ * ferry-status trailer: the code says the same). Also on a call ended
+ * already whose status has not gone out (an ending stream's drain): its
+ * status becomes this one. A no-op once the status is out. For a budget
+ * that must make room now. No cancel callback runs for it. */
 void rpc_call_fail_now(rpc_call_t *call, ferry_status_t status, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 

@@ -67,46 +67,62 @@ size_t rpc_send_budget_max(const rpc_send_budget_t *b)
 }
 
 /* What m adds to b's count, m becoming a holder of its shared message if
- * b counts that one. Caller holds b->lock. */
-static size_t hold_locked(rpc_send_budget_t *b, rpc_outmsg_t *m)
+ * b counts that one; *shared_p grows by the shared bytes it counts first.
+ * Caller holds b->lock. */
+static size_t hold_locked(rpc_send_budget_t *b, rpc_outmsg_t *m, size_t *shared_p)
 {
     rpc_send_budget_t *none = NULL;
 
     m->holds = m->shared != NULL &&
                (atomic_compare_exchange_strong(&m->shared->counted_in, &none, b) || none == b);
-    if (m->holds && m->shared->holders++ > 0) {
+    if (!m->holds) {
+        return RPC_OUTMSG_OVERHEAD + m->len;
+    }
+    if (m->shared->holders++ > 0) {
         return RPC_OUTMSG_OVERHEAD; /* its bytes are counted already */
     }
+    *shared_p += m->len;
     return RPC_OUTMSG_OVERHEAD + m->len;
 }
 
-/* What m takes back from b's count. Caller holds b->lock. */
-static size_t unhold_locked(rpc_outmsg_t *m)
+/* What m takes back from b's count; *shared_p grows by the shared bytes
+ * it gives back last. Caller holds b->lock. */
+static size_t unhold_locked(rpc_outmsg_t *m, size_t *shared_p)
 {
     if (m->holds) {
         m->holds = false;
         if (--m->shared->holders > 0) {
             return RPC_OUTMSG_OVERHEAD;
         }
+        *shared_p += m->len;
     }
     return RPC_OUTMSG_OVERHEAD + m->len;
 }
 
 bool rpc__budget_take(rpc_send_budget_t *b, rpc_outmsg_t *head)
 {
-    size_t need = 0;
-    bool ok;
+    size_t need = 0, shared = 0, unused = 0;
+    bool overhead_only = true, ok;
 
     pthread_mutex_lock(&b->lock);
     for (rpc_outmsg_t *m = head; m != NULL; m = m->next) {
-        need += hold_locked(b, m);
+        size_t cost = hold_locked(b, m, &shared);
+        overhead_only = overhead_only && cost == RPC_OUTMSG_OVERHEAD;
+        need += cost;
     }
-    ok = b->max == 0 || b->used == 0 || (need <= b->max && b->used <= b->max - need);
+    /* A unit that only shares messages counted already adds only its
+     * entries: it goes in while they fit beside what is not shared (the
+     * shared bytes are in memory whether it goes in or not). So used -
+     * shared stays within max, and shared too (it grows only by a take
+     * that fits whole). */
+    ok = b->max == 0 || b->used == 0 || (need <= b->max && b->used <= b->max - need) ||
+         (overhead_only && need <= b->max && b->used - b->shared <= b->max - need);
     if (ok) {
         b->used += need;
+        b->shared += shared;
     } else {
         for (rpc_outmsg_t *m = head; m != NULL; m = m->next) {
-            unhold_locked(m);
+            unhold_locked(m, &unused);
         }
     }
     pthread_mutex_unlock(&b->lock);
@@ -115,7 +131,10 @@ bool rpc__budget_take(rpc_send_budget_t *b, rpc_outmsg_t *head)
 
 void rpc__budget_give(rpc_send_budget_t *b, rpc_outmsg_t *m)
 {
+    size_t shared = 0;
+
     pthread_mutex_lock(&b->lock);
-    b->used -= unhold_locked(m);
+    b->used -= unhold_locked(m, &shared);
+    b->shared -= shared;
     pthread_mutex_unlock(&b->lock);
 }

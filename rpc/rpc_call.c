@@ -77,6 +77,28 @@ static size_t outmsg_cost(const rpc_outmsg_t *m)
     return m->counted ? m->len + RPC_OUTMSG_OVERHEAD : 0;
 }
 
+/* What of that no other call under the same budget holds: the entry, and
+ * its bytes unless a shared message's (which stay while others hold it). */
+static size_t outmsg_own(const rpc_outmsg_t *m)
+{
+    return !m->counted ? 0 : m->holds ? RPC_OUTMSG_OVERHEAD : m->len + RPC_OUTMSG_OVERHEAD;
+}
+
+/* m, the queue's head, leaves the queue (for the transport, or dropped). */
+static void call_unqueue_head(rpc_call_t *call, rpc_outmsg_t *m)
+{
+    call->queue_head = m->next;
+    if (call->queue_head == NULL) {
+        call->queue_tail = NULL;
+    }
+    m->next = NULL;
+    call->waiting_own -= outmsg_own(m);
+    if (m == call->newest) {
+        call->newest = NULL; /* the newest unit no longer waits whole */
+        call->newest_own = 0;
+    }
+}
+
 static void outmsg_free(rpc_outmsg_t *m)
 {
     grpc_byte_buffer_destroy(m->buf);
@@ -102,10 +124,9 @@ static void call_drop_queue(rpc_call_t *call)
 {
     while (call->queue_head != NULL) {
         rpc_outmsg_t *m = call->queue_head;
-        call->queue_head = m->next;
+        call_unqueue_head(call, m);
         call_queued_sub(call, m);
     }
-    call->queue_tail = NULL;
 }
 
 static void call_free(rpc_call_t *call)
@@ -426,12 +447,9 @@ static void call_pump(rpc_call_t *call)
     }
     if (has_msg) {
         rpc_outmsg_t *m = call->queue_head;
-        call->queue_head = m->next;
-        if (call->queue_head == NULL) {
-            call->queue_tail = NULL;
-        }
-        m->next = NULL;
+        call_unqueue_head(call, m);
         call->inflight = m;
+        call->inflight_since_ms = ferry__clock_ns(CLOCK_MONOTONIC) / 1000000;
         ops[n].op = GRPC_OP_SEND_MESSAGE;
         ops[n++].data.send_message.send_message = m->buf;
     }
@@ -722,36 +740,41 @@ void rpc_call_fail_now(rpc_call_t *call, ferry_status_t status, const char *fmt,
     vsnprintf(msg, sizeof(msg), fmt, ap);
     va_end(ap);
     pthread_mutex_lock(&call->lock);
-    if (call->state == RPC_CALL_ACTIVE ||
-        (call->state == RPC_CALL_ENDING && !call->status_started)) {
+    if ((call->state == RPC_CALL_ACTIVE || call->state == RPC_CALL_ENDING) && !call->status_done) {
         ferry_debug("call %" PRIu64 " %s: %zu bytes not taken by %s dropped", call->id, call->path,
-                    call->queued_bytes - (call->inflight != NULL ? outmsg_cost(call->inflight) : 0),
-                    call->peer);
+                    call->queued_bytes, call->peer);
         call_drop_queue(call); /* an ending call's last message too: this status replaces it */
         if (call->state == RPC_CALL_ACTIVE) {
             call_end_locked(call, NULL, code, status, msg);
         } else {
-            call_set_final_locked(call, code, status, msg);
+            call_set_final_locked(call, code, status, msg); /* for the observer, if started */
             call_pump(call);
         }
-        if (call->send_in_flight && !call->status_started && call->gcall != NULL) {
-            /* The message in flight leaves when the client reads it, or now. */
+        if (call->send_in_flight && call->gcall != NULL) {
+            /* The message in flight (and a status started with it: chttp2
+             * has not written trailers it could not send) leaves when the
+             * client reads it, or now. The client sees this status, without
+             * RPC_STATUS_MD: it reads the ferry_status_t from the code. */
             grpc_call_cancel_with_status(call->gcall, code, call->final_msg, NULL);
         }
     }
     pthread_mutex_unlock(&call->lock);
 }
 
-size_t rpc_call_waiting_bytes(const rpc_call_t *call)
+size_t rpc_call_behind_bytes(rpc_call_t *call)
 {
-    rpc_call_t *c = (rpc_call_t *)call;
+    int64_t now_ms = ferry__clock_ns(CLOCK_MONOTONIC) / 1000000;
     size_t n = 0;
 
-    pthread_mutex_lock(&c->lock);
-    if ((c->state == RPC_CALL_ACTIVE || c->state == RPC_CALL_ENDING) && !c->cancelled) {
-        n = c->queued_bytes - (c->inflight != NULL ? outmsg_cost(c->inflight) : 0);
+    pthread_mutex_lock(&call->lock);
+    if ((call->state == RPC_CALL_ACTIVE || call->state == RPC_CALL_ENDING) && !call->cancelled &&
+        !call->status_done) {
+        n = call->waiting_own - call->newest_own;
+        if (call->inflight != NULL && now_ms - call->inflight_since_ms >= RPC_STUCK_MS) {
+            n += outmsg_own(call->inflight);
+        }
     }
-    pthread_mutex_unlock(&c->lock);
+    pthread_mutex_unlock(&call->lock);
     return n;
 }
 
@@ -826,6 +849,12 @@ static ferry_status_t call_enqueue(rpc_call_t *call, rpc_outmsg_t *head, bool un
         return status;
     }
     call->queued_bytes += bytes; /* and in the budget, taken above */
+    call->newest = head;
+    call->newest_own = 0;
+    for (rpc_outmsg_t *m = head; m != NULL; m = m->next) {
+        call->newest_own += outmsg_own(m); /* after the take: it says which are shared */
+    }
+    call->waiting_own += call->newest_own;
     if (call->queue_tail != NULL) {
         call->queue_tail->next = head;
     } else {
@@ -963,7 +992,7 @@ ferry_status_t rpc_call_send_msg(rpc_call_t *call, rpc_msg_t *m)
     return call_enqueue_one(call, grpc_raw_byte_buffer_create(&m->slice, 1), m);
 }
 
-ferry_status_t rpc_call_send_msgs(rpc_call_t *call, rpc_msg_t *const *msgs, size_t n,
+ferry_status_t rpc_call_send_msgs(rpc_call_t *call, rpc_msg_t *const *msgs, size_t n, bool shared,
                                   bool *over_budget_p)
 {
     rpc_outmsg_t *head = NULL, **tail = &head;
@@ -972,7 +1001,8 @@ ferry_status_t rpc_call_send_msgs(rpc_call_t *call, rpc_msg_t *const *msgs, size
         *over_budget_p = false;
     }
     for (size_t i = 0; i < n; i++) {
-        *tail = outmsg_new(grpc_raw_byte_buffer_create(&msgs[i]->slice, 1), msgs[i]);
+        *tail =
+            outmsg_new(grpc_raw_byte_buffer_create(&msgs[i]->slice, 1), shared ? msgs[i] : NULL);
         if (*tail == NULL) {
             outmsg_free_list(head);
             return FERRY_ERR_NO_MEMORY;

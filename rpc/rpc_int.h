@@ -165,17 +165,20 @@ typedef struct rpc_outmsg {
 
 struct rpc_send_budget {
     atomic_int refs;      /* the creator's, and one per call given it */
-    pthread_mutex_t lock; /* guards used and its messages' holders */
+    pthread_mutex_t lock; /* guards the counts and its messages' holders */
     size_t max;           /* constant; 0: no bound */
     size_t used;
+    size_t shared; /* of used: the bytes of shared messages (counted once) */
 };
 
 rpc_send_budget_t *rpc__budget_ref(rpc_send_budget_t *budget);
 /* Counts the entries of the list `head` (all of it or none): each its
  * overhead, and its bytes unless another entry holding the same shared
  * message counts them already. False, and nothing counted, when that
- * would take the count past max, unless the count is 0 (a unit larger
- * than the bound still goes to streams that keep up). */
+ * would take the count past max; but a unit goes in when the count is 0,
+ * and one that adds only overhead when what is counted beside shared
+ * bytes leaves room for it: a unit larger than the bound still goes to
+ * every stream that keeps up, the first alone and the others beside it. */
 bool rpc__budget_take(rpc_send_budget_t *budget, rpc_outmsg_t *head);
 /* Gives back what rpc__budget_take counted for m. */
 void rpc__budget_give(rpc_send_budget_t *budget, rpc_outmsg_t *m);
@@ -392,8 +395,17 @@ struct rpc_call {
     bool status_started; /* the final status is in a started batch */
     bool status_done;    /* ... and that batch completed */
     bool close_done;
-    rpc_outmsg_t *inflight; /* the message of the send in flight, if any */
+    rpc_outmsg_t *inflight;    /* the message of the send in flight, if any */
+    int64_t inflight_since_ms; /* when it left the queue (CLOCK_MONOTONIC) */
     rpc_outmsg_t *queue_head, *queue_tail;
+    /* What the queue (not the message in flight) holds that no other call
+     * under the budget does: each entry's overhead, and its bytes unless
+     * shared (outmsg_own). And the same of the newest unit queued, while
+     * its first entry waits (newest: that entry; else NULL and 0). For
+     * rpc_call_behind_bytes. */
+    size_t waiting_own;
+    rpc_outmsg_t *newest;
+    size_t newest_own;
     /* Bytes queued and in flight, each entry with RPC_OUTMSG_OVERHEAD; a
      * send that would take them past max_queued (0: no limit) is refused
      * (rpc_call_set_send_limit). The same entries count in budget (NULL:

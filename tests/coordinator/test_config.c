@@ -163,11 +163,24 @@ static void test_per_peer_shares(void **state)
     char *flags[] = {
         "ferry-coordinator", "--max-watches-per-peer", "0", "--max-waits-per-peer", "5", NULL};
     char *over[] = {"ferry-coordinator", "--max-waits-per-peer", "1000001", NULL};
+    char *reads[] = {"ferry-coordinator", "--etcd-inflight", "8", "--etcd-queue", "8", NULL};
+    char *no_reads[] = {"ferry-coordinator", "--etcd-reads-per-peer", "0", NULL};
     (void)state;
 
     assert_int_equal(parse(&c, 1, none), 0);
     assert_int_equal(c.max_watches_per_peer, 1250);
     assert_int_equal(c.max_waits_per_peer, 1250);
+    assert_int_equal(c.etcd_reads_per_peer, (64 + 1024) / 8);
+    assert_int_equal(parse(&c, 5, reads), 0);
+    assert_int_equal(c.etcd_reads_per_peer, 16); /* all of a bound of 16 */
+    assert_int_equal(parse(&c, 3, no_reads), 0);
+    assert_int_equal(c.etcd_reads_per_peer, 0);
+    setenv("FERRY_ETCD_READS_PER_PEER", "3", 1);
+    assert_int_equal(parse(&c, 1, none), 0);
+    assert_int_equal(c.etcd_reads_per_peer, 3);
+    assert_int_equal(parse(&c, 3, no_reads), 0); /* the flag wins */
+    assert_int_equal(c.etcd_reads_per_peer, 0);
+    unsetenv("FERRY_ETCD_READS_PER_PEER");
     assert_int_equal(parse(&c, 5, hundred), 0);
     assert_int_equal(c.max_watches_per_peer, 16);
     assert_int_equal(c.max_waits_per_peer, 25);

@@ -26,6 +26,7 @@ Run with /usr/bin/python3 (Debian's grpcio), from CTest (python_peer_shares).
 import os
 import re
 import shutil
+import signal
 import socket
 import sys
 import tempfile
@@ -171,6 +172,87 @@ class OneHostTakesItsShare(unittest.TestCase):
             self.assertEqual(raw.ended_count(watches), 0)
         finally:
             raw.close()
+
+
+READ_SHARE = 4
+READ_FLOOD = 50
+
+
+class OneHostTakesItsShareOfEtcdReads(unittest.TestCase):
+    """A Lookup of an unknown ID is an etcd read (the view does not hold
+    it, and it may have been acknowledged elsewhere), and needs no valid
+    token; with the read workers and their queue (--etcd-inflight,
+    --etcd-queue) shared by all clients, a burst of them from one client
+    refused every List and linearizable read of the others
+    RESOURCE_EXHAUSTED (audit-s30-grpc F4). Now one host may hold
+    --etcd-reads-per-peer of them. etcd is frozen while the flood lands, so
+    that the reads stay where they are until the honest one is in."""
+
+    @classmethod
+    def setUpClass(cls):
+        if not loopback_aliases_work():
+            raise unittest.SkipTest(f"cannot bind {OTHER_HOST}")
+        cls.tmp = tempfile.mkdtemp(prefix="ferry-py-peers-reads-")
+        ferry_harness.generate_stubs(os.path.join(cls.tmp, "gen"))
+        from ferry.v1 import coordinator_pb2, coordinator_pb2_grpc
+        cls.cpb = coordinator_pb2
+        cls.etcd = ferry_harness.Etcd(cls.tmp)
+        cls.etcd.start()
+        # Two read workers and 14 queued: 16 reads, which one host could
+        # fill without its share.
+        cls.coord = ferry_harness.Coordinator(
+            cls.tmp, cls.etcd.endpoint, name="peers-reads", ttl=30,
+            extra=("--prefix", "/peers-reads/", "--etcd-inflight", "2", "--etcd-queue", "14",
+                   "--etcd-reads-per-peer", str(READ_SHARE), "--metrics-listen", "127.0.0.1:0"))
+        try:
+            cls.coord.start()
+        except BaseException:
+            cls.etcd.stop()
+            raise
+        cls.metrics_port = cls.coord.metrics_port()
+        cls.channel = grpc.insecure_channel(cls.coord.target)
+        cls.stub = coordinator_pb2_grpc.CoordinatorStub(cls.channel)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.channel.close()
+        try:
+            cls.coord.stop()
+        finally:
+            cls.etcd.proc.send_signal(signal.SIGCONT)
+            cls.etcd.stop()
+            shutil.rmtree(cls.tmp, ignore_errors=True)
+
+    metric = OneHostTakesItsShare.metric
+
+    def test_a_flood_of_misses_leaves_room_for_another_host(self):
+        raw = ferry_harness.RawH2(self.coord.port, source=OTHER_HOST)
+        listed = None
+        try:
+            ferry_harness.freeze(self.etcd.proc)
+            lookups = raw.open(LOOKUP, [self.cpb.LookupRequest(
+                request_id=f"unknown-{i}", access_token="t" * 16) for i in range(READ_FLOOD)])
+            ferry_harness.wait_until(
+                lambda: raw.ended_count(lookups) >= READ_FLOOD - READ_SHARE, 20,
+                f"{READ_FLOOD - READ_SHARE} of the raw client's Lookups to be refused")
+            self.assertEqual(raw.ended_count(lookups), READ_FLOOD - READ_SHARE)
+            self.assertEqual(self.metric("ferry_peer_refusals_total", kind="read"),
+                             READ_FLOOD - READ_SHARE)
+            self.assertEqual(self.metric("ferry_peers_holding", kind="read"), 1)
+
+            # Another host's List gets in, and is answered once etcd is.
+            listed = self.stub.List.future(self.cpb.ListRequest(page_size=10), timeout=30)
+            ferry_harness.wait_until(
+                lambda: listed.done() or self.metric("ferry_peers_holding", kind="read") == 2, 10,
+                "the List to be queued for etcd")
+            if listed.done():
+                self.fail(f"the List ended before etcd could answer: {listed.exception()}")
+        finally:
+            self.etcd.proc.send_signal(signal.SIGCONT)
+            raw.close()
+        self.assertEqual(list(listed.result().operations), [])
+        ferry_harness.wait_until(lambda: self.metric("ferry_peers_holding", kind="read") == 0, 20,
+                                 "every read to give its share back")
 
 
 if __name__ == "__main__":

@@ -137,7 +137,8 @@ static void fill_until_refused(fixture_t *f, rpc_call_t *call, int n)
         rpc_msg_t *m;
         header.revision = sent + 1;
         m = rpc_msg_pack(&resp.base);
-        status = m != NULL ? rpc_call_send_msgs(call, &m, 1, &over_budget) : FERRY_ERR_NO_MEMORY;
+        status =
+            m != NULL ? rpc_call_send_msgs(call, &m, 1, false, &over_budget) : FERRY_ERR_NO_MEMORY;
         rpc_msg_unref(m);
         sent += status == FERRY_OK;
     }
@@ -191,14 +192,23 @@ static void kept_cancelled(rpc_call_t *call, void *arg)
     }
 }
 
-/* "share:N": f->shared N times, then kept. */
-static void share_and_keep(fixture_t *f, rpc_call_t *call, int n)
+/* "share:N": f->shared N times, "own:N": N messages like it packed for
+ * this call alone; then kept. */
+static void send_and_keep(fixture_t *f, rpc_call_t *call, int n, bool shared)
 {
+    Ferry__V1__WatchResponse resp = FERRY__V1__WATCH_RESPONSE__INIT;
+    Ferry__V1__ResponseHeader header = FERRY__V1__RESPONSE_HEADER__INIT;
+    char fat[FIXTURE_FAT_BYTES + 1];
     ferry_status_t status = FERRY_OK;
     int slot = -1;
 
+    memset(fat, 'x', FIXTURE_FAT_BYTES);
+    fat[FIXTURE_FAT_BYTES] = '\0';
+    header.coordinator = fat;
+    resp.header = &header;
     for (int i = 0; i < n && status == FERRY_OK; i++) {
-        status = rpc_call_send_msgs(call, &f->shared, 1, NULL);
+        status = shared ? rpc_call_send_msgs(call, &f->shared, 1, true, NULL)
+                        : rpc_call_send(call, &resp.base);
     }
     pthread_mutex_lock(&f->lock);
     for (int i = 0; i < FIXTURE_KEPT && slot < 0; i++) {
@@ -234,8 +244,9 @@ static void handle_watch(rpc_call_t *call, const ProtobufCMessage *request, void
         rpc_call_on_cancel(call, held_stream_cancelled, f);
         return;
     }
-    if (sscanf(req->request_id, "share:%d", &n) == 1) {
-        share_and_keep(f, call, n);
+    if (sscanf(req->request_id, "share:%d", &n) == 1 ||
+        sscanf(req->request_id, "own:%d", &n) == 1) {
+        send_and_keep(f, call, n, req->request_id[0] == 's');
         return;
     }
     if (sscanf(req->request_id_prefix, "fail:%d", &n) == 1) {

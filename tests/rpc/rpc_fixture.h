@@ -24,9 +24,10 @@
  *   request_id "hold" is kept (fixture.held_stream) until cancelled; its
  *   cancel callback records what rpc_call_send answers then;
  *   request_id "share:N" queues fixture.shared (a message of
- *   FIXTURE_FAT_BYTES packed once) N times, one unit each, and is kept
- *   (in fixture.kept, FIXTURE_KEPT at most) until cancelled, or until the
- *   test takes it from there.
+ *   FIXTURE_FAT_BYTES packed once) N times, one unit each, "own:N" N
+ *   messages like it packed for the call alone, and is kept (in
+ *   fixture.kept, FIXTURE_KEPT at most) until cancelled, or until the test
+ *   takes it from there.
  *   Every Watch counts its unsent messages in fixture.budget
  *   (FIXTURE_WATCH_BUDGET bytes, rpc_call_set_send_budget).
  *   A Watch request may be FIXTURE_WATCH_MAX_REQUEST bytes at most (its

@@ -170,7 +170,17 @@ static int stuck_watch_open(int port, const char *prefix)
  * PINGs, until stream 1 ends: 'r' for RST_STREAM, 's' for trailers
  * (HEADERS with END_STREAM), 'c' when the connection closes; 0 when
  * timeout_ms passes. */
+static char stuck_watch_wait_end_trailers(int fd, int timeout_ms, char *trailers, size_t cap);
+
 static char stuck_watch_wait_end(int fd, int timeout_ms)
+{
+    return stuck_watch_wait_end_trailers(fd, timeout_ms, NULL, 0);
+}
+
+/* As stuck_watch_wait_end; on 's', the trailers' HPACK block goes into
+ * trailers (cap bytes, NUL-terminated, cut): gRPC core writes literals
+ * without Huffman coding, so grpc-status and grpc-message read as text. */
+static char stuck_watch_wait_end_trailers(int fd, int timeout_ms, char *trailers, size_t cap)
 {
     static uint8_t buf[1 << 18];
     long long deadline = fixture_now_ms() + timeout_ms;
@@ -201,6 +211,13 @@ static char stuck_watch_wait_end(int fd, int timeout_ms)
                 assert_int_equal(send(fd, ack, sizeof(ack), 0), (ssize_t)sizeof(ack));
             }
             if (stream == 1 && type == 1 && (flags & 1) != 0) {
+                if (trailers != NULL) {
+                    size_t n = len < cap - 1 ? len : cap - 1;
+                    for (size_t i = 0; i < n; i++) { /* NULs would cut the search */
+                        trailers[i] = buf[9 + i] != 0 ? (char)buf[9 + i] : ' ';
+                    }
+                    trailers[n] = '\0';
+                }
                 return 's';
             }
             memmove(buf, buf + 9 + len, have - 9 - len);
@@ -549,6 +566,33 @@ static bool budget_empty(const fixture_t *f)
     return budget_used(f) == 0;
 }
 
+/* The kept call i (not under f->lock: the observer takes it under a
+ * call's lock); the fixture's reference stays until its client goes. */
+static rpc_call_t *kept_call(fixture_t *f, int i)
+{
+    rpc_call_t *call;
+
+    pthread_mutex_lock(&f->lock);
+    call = f->kept[i];
+    pthread_mutex_unlock(&f->lock);
+    return call;
+}
+
+/* Polls rpc_call_behind_bytes(call) until it reaches at least `want`, or
+ * timeout_ms passes (it changes with time, not on an event). */
+static bool wait_behind(rpc_call_t *call, size_t want, int timeout_ms)
+{
+    long long deadline = fixture_now_ms() + timeout_ms;
+
+    while (rpc_call_behind_bytes(call) < want) {
+        if (fixture_now_ms() >= deadline) {
+            return false;
+        }
+        poll(NULL, 0, 10);
+    }
+    return true;
+}
+
 /* A message packed once and queued three times on each of two streams
  * that never read: the budget counts its bytes once, and each of the six
  * queue entries' overhead (review-s30b H2, M1: each stream counted its own
@@ -574,11 +618,12 @@ static void test_a_message_shared_by_streams_counts_once(void **state)
 /* rpc_call_fail_now on a stream whose client never reads: what waits
  * behind the message in flight is dropped at once, the message in flight
  * as the call is cancelled with the status (not at the drain deadline),
- * and the call ends with that status. */
+ * and the client sees that status and its message in the trailers. */
 static void test_fail_now_drops_what_the_client_has_not_taken(void **state)
 {
     fixture_t *f = *state;
     Ferry__V1__WatchRequest req = FERRY__V1__WATCH_REQUEST__INIT;
+    char trailers[1024];
     rpc_call_t *call;
     char end;
     int fd;
@@ -591,20 +636,74 @@ static void test_fail_now_drops_what_the_client_has_not_taken(void **state)
     call = f->kept[0];
     f->kept[0] = NULL; /* the test's reference now */
     pthread_mutex_unlock(&f->lock);
-    assert_int_equal(rpc_call_waiting_bytes(call),
-                     2 * (rpc_msg_size(f->shared) + RPC_OUTMSG_OVERHEAD));
+    assert_true(wait_behind(call, RPC_OUTMSG_OVERHEAD, WAIT_MS));
+    /* The second entry waits (the third is the newest unit); each shares
+     * the message, so ending the call frees its overhead only. */
+    assert_true(rpc_call_behind_bytes(call) >= RPC_OUTMSG_OVERHEAD);
     rpc_call_fail_now(call, FERRY_ERR_RESOURCE_EXHAUSTED, "dropped by the test");
-    assert_int_equal(rpc_call_waiting_bytes(call), 0);
+    assert_int_equal(rpc_call_behind_bytes(call), 0);
     assert_true(budget_used(f) <= shared_cost(f, 1)); /* the message in flight at most */
     rpc_call_unref(call);
-    end = stuck_watch_wait_end(fd, RPC_DRAIN_MS / 2);
-    assert_true(end == 'r' || end == 's');
+    end = stuck_watch_wait_end_trailers(fd, RPC_DRAIN_MS / 2, trailers, sizeof(trailers));
+    assert_int_equal(end, 's');
+    assert_non_null(strstr(trailers, "dropped by the test"));
     assert_true(fixture_wait(f, one_ended, RPC_DRAIN_MS / 2));
     pthread_mutex_lock(&f->lock);
     assert_int_equal(f->last_code, 8); /* RESOURCE_EXHAUSTED */
     pthread_mutex_unlock(&f->lock);
     assert_true(fixture_wait(f, budget_empty, RPC_DRAIN_MS / 2));
     close(fd);
+}
+
+/* How far behind a stream is counts what ending it frees, and not what a
+ * client that keeps up holds too: a stream whose queue holds shared
+ * messages ranks by their entries only (the bytes stay while others hold
+ * them), one with messages of its own by those; the newest unit does not
+ * count while it waits whole (review-s31 H1: a reader that kept up,
+ * holding a large shared revision just queued, outranked a client that
+ * never read). */
+static void test_behind_counts_what_ending_the_stream_frees(void **state)
+{
+    fixture_t *f = *state;
+    Ferry__V1__WatchRequest req = FERRY__V1__WATCH_REQUEST__INIT;
+    size_t shared_behind, own_behind;
+    int fds[2];
+
+    req.request_id = "share:3";
+    fds[0] = stuck_call_open(f->port, WATCH_PATH, &req.base, 0);
+    assert_true(fixture_wait(f, kept_one, WAIT_MS));
+    req.request_id = "own:3";
+    fds[1] = stuck_call_open(f->port, WATCH_PATH, &req.base, 0);
+    assert_true(fixture_wait(f, kept_two, WAIT_MS));
+    shared_behind = rpc_call_behind_bytes(kept_call(f, 0));
+    own_behind = rpc_call_behind_bytes(kept_call(f, 1));
+    /* One entry waits behind each message in flight, the third being the
+     * newest; the message in flight counts too once it has been stuck. */
+    assert_true(shared_behind >= RPC_OUTMSG_OVERHEAD);
+    assert_true(shared_behind <= 2 * RPC_OUTMSG_OVERHEAD);
+    assert_true(own_behind >= FIXTURE_FAT_BYTES + RPC_OUTMSG_OVERHEAD);
+    assert_true(own_behind > shared_behind);
+    close(fds[0]);
+    close(fds[1]);
+    assert_true(fixture_wait(f, budget_empty, WAIT_MS));
+}
+
+/* A message that stays in flight (a window too small for it) counts once
+ * it has been for RPC_STUCK_MS, though nothing waits behind it (review-s31
+ * M1: a stream holding one large message of its own in flight was never
+ * the one ended). */
+static void test_a_message_stuck_in_flight_counts_behind(void **state)
+{
+    fixture_t *f = *state;
+    Ferry__V1__WatchRequest req = FERRY__V1__WATCH_REQUEST__INIT;
+    int fd;
+
+    req.request_id = "own:1";
+    fd = stuck_call_open(f->port, WATCH_PATH, &req.base, 0);
+    assert_true(fixture_wait(f, kept_one, WAIT_MS));
+    assert_true(wait_behind(kept_call(f, 0), FIXTURE_FAT_BYTES, RPC_STUCK_MS + WAIT_MS));
+    close(fd);
+    assert_true(fixture_wait(f, budget_empty, WAIT_MS));
 }
 
 int main(void)
@@ -626,6 +725,10 @@ int main(void)
             test_a_send_past_the_shared_budget_is_refused_and_given_back, fixture_setup,
             fixture_teardown),
         cmocka_unit_test_setup_teardown(test_a_message_shared_by_streams_counts_once, fixture_setup,
+                                        fixture_teardown),
+        cmocka_unit_test_setup_teardown(test_behind_counts_what_ending_the_stream_frees,
+                                        fixture_setup, fixture_teardown),
+        cmocka_unit_test_setup_teardown(test_a_message_stuck_in_flight_counts_behind, fixture_setup,
                                         fixture_teardown),
         cmocka_unit_test_setup_teardown(test_fail_now_drops_what_the_client_has_not_taken,
                                         fixture_setup, fixture_teardown),
