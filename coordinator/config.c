@@ -76,6 +76,9 @@ static const char usage[] =
     "                      and a load balancer can spread clients over replicas\n"
     "                      added since, 0 or 1000..86400000\n"
     "                      (FERRY_MAX_CONNECTION_AGE_MS; 0: never)\n"
+    "  --handshake-timeout-ms MS  close a connection that has not finished its\n"
+    "                      TLS and HTTP/2 handshake in this time, 1000..600000\n"
+    "                      (FERRY_HANDSHAKE_TIMEOUT_MS; 10000)\n"
     "  --max-connection-age-grace-ms MS  then close it after this long; calls\n"
     "                      still on it fail UNAVAILABLE (libferry resumes watches\n"
     "                      and waits; a Claim cut so fails its writer: keep it\n"
@@ -139,6 +142,7 @@ enum {
     OPT_GRACE,
     OPT_MAX_CONNECTION_AGE,
     OPT_MAX_CONNECTION_AGE_GRACE,
+    OPT_HANDSHAKE_TIMEOUT,
     OPT_WATCH_QUEUE,
     OPT_WATCH_MEMORY,
     OPT_MAX_WAITS,
@@ -176,6 +180,7 @@ static const struct option options[] = {
     {"grace-ms", required_argument, NULL, OPT_GRACE},
     {"max-connection-age-ms", required_argument, NULL, OPT_MAX_CONNECTION_AGE},
     {"max-connection-age-grace-ms", required_argument, NULL, OPT_MAX_CONNECTION_AGE_GRACE},
+    {"handshake-timeout-ms", required_argument, NULL, OPT_HANDSHAKE_TIMEOUT},
     {"watch-queue-kib", required_argument, NULL, OPT_WATCH_QUEUE},
     {"watch-memory-mib", required_argument, NULL, OPT_WATCH_MEMORY},
     {"max-waits", required_argument, NULL, OPT_MAX_WAITS},
@@ -279,6 +284,7 @@ static void config_defaults(coord_config_t *c)
     c->grace_ms = UNSET;
     c->max_connection_age_ms = UNSET;
     c->max_connection_age_grace_ms = UNSET;
+    c->handshake_timeout_ms = UNSET;
     c->watch_queue_kib = UNSET;
     c->watch_memory_mib = UNSET;
     c->max_waits = UNSET;
@@ -339,6 +345,9 @@ static int set_option(coord_config_t *c, int opt, const char *arg)
                     parse_int("--max-connection-age-ms", arg, 0, CONNECTION_AGE_MAX_MS)) < 0
                    ? -1
                    : 0;
+    case OPT_HANDSHAKE_TIMEOUT:
+        c->handshake_timeout_ms = parse_int("--handshake-timeout-ms", arg, 1000, 600000);
+        return c->handshake_timeout_ms < 0 ? -1 : 0;
     case OPT_MAX_CONNECTION_AGE_GRACE:
         return (c->max_connection_age_grace_ms =
                     parse_int("--max-connection-age-grace-ms", arg, 0, CONNECTION_AGE_MAX_MS)) < 0
@@ -451,6 +460,8 @@ static int env_numbers(coord_config_t *c)
                    CONNECTION_AGE_MAX_MS) != 0 ||
         env_number(&c->max_connection_age_grace_ms, "FERRY_MAX_CONNECTION_AGE_GRACE_MS", "30000", 0,
                    CONNECTION_AGE_MAX_MS) != 0 ||
+        env_number(&c->handshake_timeout_ms, "FERRY_HANDSHAKE_TIMEOUT_MS", "10000", 1000, 600000) !=
+            0 ||
         env_number(&c->watch_queue_kib, "FERRY_WATCH_QUEUE_KIB", "4096", 16, 1 << 20) != 0 ||
         env_number(&c->watch_memory_mib, "FERRY_WATCH_MEMORY_MIB", "256", 1, 1 << 20) != 0 ||
         env_number(&c->max_waits, "FERRY_MAX_WAITS", "10000", 1, 1000000) != 0 ||

@@ -53,6 +53,7 @@ typedef struct {
      * and --max-connection-age-grace-ms (..._GRACE_MS; default 30000) */
     int max_connection_age_ms;
     int max_connection_age_grace_ms;
+    int handshake_timeout_ms; /* --handshake-timeout-ms, FERRY_HANDSHAKE_TIMEOUT_MS; 10000 */
     ferry_log_level_t log_level_value; /* the level log_level names */
 } coord_config_t;
 

@@ -238,6 +238,7 @@ static ferry_status_t open_server(coordinator_t *c)
         .n_threads = c->config.threads,
         .max_connection_age_ms = c->config.max_connection_age_ms,
         .max_connection_age_grace_ms = c->config.max_connection_age_grace_ms,
+        .handshake_timeout_ms = c->config.handshake_timeout_ms,
         .tls = c->config.tls_cert != NULL ? &tls : NULL,
         .observer = c->metrics != NULL ? &c->rpc_observer : NULL,
     };

@@ -44,12 +44,16 @@
  * message shared by many streams counts once, with the cost of each
  * queue's entry for it, so an honest fan-out (every libferry client
  * watches everything) costs one copy of the revision. When a revision
- * does not fit, the stream furthest behind makes room: the one with the
- * most bytes waiting behind the message its client is taking
- * (rpc_call_waiting_bytes), if it holds more than the stream sending, is
- * ended at once, what it held dropped (rpc_call_fail_now; RESOURCE_-
- * EXHAUSTED naming the flag; its client resumes after the last revision
- * it got), and the send is tried again. So a client that stops reading
+ * does not fit, the stream furthest behind makes room: the one that holds
+ * the most of what ending it frees, queued behind the message its client
+ * is taking, the newest revision left out while it waits, the message in
+ * flight counted once it has been for a second (rpc_call_behind_bytes),
+ * if further behind than the stream sending, is ended at once, what it
+ * held dropped (rpc_call_fail_now; RESOURCE_EXHAUSTED naming the flag;
+ * its client resumes after the last message it got that was not a
+ * fragment), and the send is tried again. A revision larger than the
+ * bound goes into an empty budget, and to every stream that shares it
+ * beside it (rpc_budget.c). So a client that stops reading
  * loses its own streams, and those that keep up are not ended for it; a
  * stream that holds the most itself ends, as for its own bound. A replay
  * counts as it is queued, like live revisions. Replays share messages as
@@ -202,9 +206,9 @@ static bool evict_locked(coord_service_t *svc, const sub_entry_t *s)
     victim->evicted = true;
     atomic_fetch_add(&svc->watch_memory_evicted, 1); /* for metrics */
     if (ferry_log_due(&limit, &quiet)) {
-        ferry_info("watch from %s: ended, the %zu bytes its client had not read dropped, to keep "
-                   "every stream's unsent bytes within --watch-memory-mib (%zu); %u more since "
-                   "the last line",
+        ferry_info("watch from %s: ended, %zu bytes behind, what its client had not read "
+                   "dropped, to keep every stream's unsent bytes within --watch-memory-mib (%zu); "
+                   "%u more since the last line",
                    rpc_call_peer(victim->call), most, rpc_send_budget_max(svc->watch_budget),
                    quiet);
     }

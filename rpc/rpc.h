@@ -124,6 +124,15 @@ typedef struct {
 /* The default of rpc_server_params_t.max_health_watches. */
 #define RPC_DEFAULT_HEALTH_WATCHES 1024
 
+/* The default of rpc_server_params_t.handshake_timeout_ms: a tenth of
+ * gRPC's. Bare TCP connects that send nothing filled a coordinator's
+ * descriptors at 1,000 a second, and gRPC core 1.51 stops accepting for
+ * good after one accept fails with EMFILE (audit-s30-grpc F1; coordinator/
+ * listener.h): this makes that twelve times dearer, and is ample for a
+ * handshake unless the server's own threads are saturated (a reconnect
+ * storm's handshakes queue behind each other: raise it there). */
+#define RPC_DEFAULT_HANDSHAKE_TIMEOUT_MS 10000
+
 /* The default of the server's and the channel's max_message_bytes (gRPC's
  * own default): the largest request a server accepts, the largest response
  * a channel accepts. */
@@ -156,6 +165,10 @@ typedef struct {
      * with an age: calls are cut at once. */
     int max_connection_age_ms;
     int max_connection_age_grace_ms;
+    /* A connection must finish its handshake (TLS, the HTTP/2 preface)
+     * within this, or it is closed: each holds a descriptor until then.
+     * 0: RPC_DEFAULT_HANDSHAKE_TIMEOUT_MS (gRPC's own is 120 s). */
+    int handshake_timeout_ms;
     const rpc_tls_params_t *tls;    /* NULL: plaintext */
     const rpc_observer_t *observer; /* NULL: none; copied */
 } rpc_server_params_t;
@@ -299,8 +312,8 @@ void rpc_call_set_send_budget(rpc_call_t *call, rpc_send_budget_t *budget);
 /* Streaming: how far behind its client is, in what the call alone holds
  * (each message's RPC_OUTMSG_OVERHEAD, and its bytes unless it shares them
  * with other calls under its budget; so what ending the call frees): the
- * messages queued behind the one in flight, but not the newest unit while
- * it waits whole (a client that keeps up has that much queued at most),
+ * messages queued behind the one in flight, but not what waits of the
+ * newest unit (a client that keeps up has that much queued at most),
  * and the one in flight once it has been for RPC_STUCK_MS (a client that
  * keeps up takes it within a round trip). 0 once the call is cancelled,
  * or its status has gone out. */

@@ -85,24 +85,29 @@ static size_t hold_locked(rpc_send_budget_t *b, rpc_outmsg_t *m, size_t *shared_
     return RPC_OUTMSG_OVERHEAD + m->len;
 }
 
-/* What m takes back from b's count; *shared_p grows by the shared bytes
- * it gives back last. Caller holds b->lock. */
-static size_t unhold_locked(rpc_outmsg_t *m, size_t *shared_p)
+/* What m takes back from b's count; the bytes of a shared message it
+ * gives back last leave b->shared (and b->oversize) too. Caller holds
+ * b->lock. */
+static size_t unhold_locked(rpc_send_budget_t *b, rpc_outmsg_t *m)
 {
     if (m->holds) {
         m->holds = false;
         if (--m->shared->holders > 0) {
             return RPC_OUTMSG_OVERHEAD;
         }
-        *shared_p += m->len;
+        b->shared -= m->len;
+        if (m->shared->oversize) {
+            m->shared->oversize = false;
+            b->oversize -= m->len;
+        }
     }
     return RPC_OUTMSG_OVERHEAD + m->len;
 }
 
 bool rpc__budget_take(rpc_send_budget_t *b, rpc_outmsg_t *head)
 {
-    size_t need = 0, shared = 0, unused = 0;
-    bool overhead_only = true, ok;
+    size_t need = 0, shared = 0;
+    bool overhead_only = true, fits, ok;
 
     pthread_mutex_lock(&b->lock);
     for (rpc_outmsg_t *m = head; m != NULL; m = m->next) {
@@ -110,19 +115,26 @@ bool rpc__budget_take(rpc_send_budget_t *b, rpc_outmsg_t *head)
         overhead_only = overhead_only && cost == RPC_OUTMSG_OVERHEAD;
         need += cost;
     }
-    /* A unit that only shares messages counted already adds only its
-     * entries: it goes in while they fit beside what is not shared (the
-     * shared bytes are in memory whether it goes in or not). So used -
-     * shared stays within max, and shared too (it grows only by a take
-     * that fits whole). */
-    ok = b->max == 0 || b->used == 0 || (need <= b->max && b->used <= b->max - need) ||
-         (overhead_only && need <= b->max && b->used - b->shared <= b->max - need);
+    fits = b->max == 0 || (need <= b->max && b->used <= b->max - need);
+    /* Past max: a unit into an empty budget (its shared messages become
+     * oversize), and entries that only share messages counted already,
+     * within max plus the oversize bytes held (review-s31b M2: beside any
+     * shared bytes, the count could reach twice max). */
+    ok = fits || b->used == 0 ||
+         (overhead_only && need <= b->max + b->oversize && b->used <= b->max + b->oversize - need);
     if (ok) {
         b->used += need;
         b->shared += shared;
+        for (rpc_outmsg_t *m = head; !fits && b->used == need && m != NULL; m = m->next) {
+            if (m->holds && !m->shared->oversize) { /* the budget was empty: all are first */
+                m->shared->oversize = true;
+                b->oversize += m->len;
+            }
+        }
     } else {
+        b->shared += shared; /* unhold_locked takes back what hold_locked added */
         for (rpc_outmsg_t *m = head; m != NULL; m = m->next) {
-            unhold_locked(m, &unused);
+            unhold_locked(b, m);
         }
     }
     pthread_mutex_unlock(&b->lock);
@@ -131,10 +143,7 @@ bool rpc__budget_take(rpc_send_budget_t *b, rpc_outmsg_t *head)
 
 void rpc__budget_give(rpc_send_budget_t *b, rpc_outmsg_t *m)
 {
-    size_t shared = 0;
-
     pthread_mutex_lock(&b->lock);
-    b->used -= unhold_locked(m, &shared);
-    b->shared -= shared;
+    b->used -= unhold_locked(b, m);
     pthread_mutex_unlock(&b->lock);
 }

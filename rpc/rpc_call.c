@@ -91,12 +91,15 @@ static void call_unqueue_head(rpc_call_t *call, rpc_outmsg_t *m)
     if (call->queue_head == NULL) {
         call->queue_tail = NULL;
     }
-    m->next = NULL;
     call->waiting_own -= outmsg_own(m);
     if (m == call->newest) {
-        call->newest = NULL; /* the newest unit no longer waits whole */
-        call->newest_own = 0;
+        /* What is left of the newest unit (it runs to the tail) waits on:
+         * a revision in several messages is still the newest while its
+         * first goes out (review-s31b M1). */
+        call->newest = m->next;
+        call->newest_own -= outmsg_own(m);
     }
+    m->next = NULL;
 }
 
 static void outmsg_free(rpc_outmsg_t *m)

@@ -145,6 +145,7 @@ struct rpc_msg {
      * holders: those entries, guarded by counted_in's lock. */
     _Atomic(rpc_send_budget_t *) counted_in;
     size_t holders;
+    bool oversize; /* its bytes went into an empty budget past its bound */
 };
 
 /* A message queued on a streaming call, or in flight. */
@@ -169,16 +170,22 @@ struct rpc_send_budget {
     size_t max;           /* constant; 0: no bound */
     size_t used;
     size_t shared; /* of used: the bytes of shared messages (counted once) */
+    /* Of shared: those of messages that went in past max into an empty
+     * budget (rpc_msg_t.oversize), while held: the count may pass max by
+     * this much for entries that share them. */
+    size_t oversize;
 };
 
 rpc_send_budget_t *rpc__budget_ref(rpc_send_budget_t *budget);
 /* Counts the entries of the list `head` (all of it or none): each its
  * overhead, and its bytes unless another entry holding the same shared
  * message counts them already. False, and nothing counted, when that
- * would take the count past max; but a unit goes in when the count is 0,
- * and one that adds only overhead when what is counted beside shared
- * bytes leaves room for it: a unit larger than the bound still goes to
- * every stream that keeps up, the first alone and the others beside it. */
+ * would take the count past max; but a unit goes in when the count is 0
+ * (past max, if larger: its shared messages are then oversize), and one
+ * that adds only overhead may pass max by the oversize bytes held: a unit
+ * larger than the bound still goes to every stream that keeps up, the
+ * first alone and the others beside it, and the count stays within max
+ * plus that one unit. */
 bool rpc__budget_take(rpc_send_budget_t *budget, rpc_outmsg_t *head);
 /* Gives back what rpc__budget_take counted for m. */
 void rpc__budget_give(rpc_send_budget_t *budget, rpc_outmsg_t *m);
@@ -323,6 +330,7 @@ struct rpc_server {
     atomic_size_t held_request_bytes; /* by calls dispatched, not yet done */
     int max_connection_age_ms;        /* 0: none */
     int max_connection_age_grace_ms;
+    int handshake_timeout_ms;
 
     rpc_method_table_t methods; /* frozen once running */
     rpc_health_t health;
@@ -400,9 +408,9 @@ struct rpc_call {
     rpc_outmsg_t *queue_head, *queue_tail;
     /* What the queue (not the message in flight) holds that no other call
      * under the budget does: each entry's overhead, and its bytes unless
-     * shared (outmsg_own). And the same of the newest unit queued, while
-     * its first entry waits (newest: that entry; else NULL and 0). For
-     * rpc_call_behind_bytes. */
+     * shared (outmsg_own). And the same of what of the newest unit queued
+     * still waits (newest: its first entry still queued, the unit running
+     * to the tail; else NULL and 0). For rpc_call_behind_bytes. */
     size_t waiting_own;
     rpc_outmsg_t *newest;
     size_t newest_own;

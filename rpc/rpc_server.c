@@ -41,7 +41,6 @@
 #define RPC_SERVER_KEEPALIVE_MS         60000
 #define RPC_SERVER_KEEPALIVE_TIMEOUT_MS 20000
 #define RPC_MAX_STREAMS_PER_CONNECTION  1024
-#define RPC_SERVER_HANDSHAKE_TIMEOUT_MS 10000
 #define RPC_REARM_RETRY_MS              100
 /* What a server's gRPC resource quota allows beyond its held-request
  * bound: gRPC counts the requests the bound counts too (a delivered one
@@ -234,16 +233,11 @@ static void server_create_grpc(rpc_server_t *server)
     args[7].key = GRPC_ARG_ALLOW_REUSEPORT;
     args[7].value.integer = 0;
     /* A connection must finish its handshake (TLS, the HTTP/2 preface) in
-     * this time, or it is closed; gRPC's default is 120 s. Each one holds a
-     * file descriptor, outside the resource quota, until then: bare TCP
-     * connects that send nothing filled a coordinator's descriptors at
-     * 1,000 a second, and gRPC core 1.51 stops accepting for good after
-     * one accept fails with EMFILE (audit-s30-grpc F1; coordinator/
-     * listener.h). A tenth of the default makes that twelve times dearer,
-     * and is ample for a handshake. */
+     * this time, or it is closed (RPC_DEFAULT_HANDSHAKE_TIMEOUT_MS). Each
+     * one holds a file descriptor, outside the resource quota, until then. */
     args[8].type = GRPC_ARG_INTEGER;
     args[8].key = GRPC_ARG_SERVER_HANDSHAKE_TIMEOUT_MS;
-    args[8].value.integer = RPC_SERVER_HANDSHAKE_TIMEOUT_MS;
+    args[8].value.integer = server->handshake_timeout_ms;
     if (server->max_connection_age_ms > 0) {
         args[channel_args.num_args].type = GRPC_ARG_INTEGER;
         args[channel_args.num_args].key = GRPC_ARG_MAX_CONNECTION_AGE_MS;
@@ -310,6 +304,9 @@ ferry_status_t rpc_server_create(const rpc_server_params_t *params, rpc_server_t
     server->max_held_request_bytes = params->max_held_request_bytes;
     server->max_connection_age_ms = params->max_connection_age_ms;
     server->max_connection_age_grace_ms = params->max_connection_age_grace_ms;
+    server->handshake_timeout_ms = params->handshake_timeout_ms > 0
+                                       ? params->handshake_timeout_ms
+                                       : RPC_DEFAULT_HANDSHAKE_TIMEOUT_MS;
     atomic_init(&server->held_request_bytes, 0);
     status = rpc__server_credentials(params->tls, &server->creds, &server->tls_reload);
     if (status != FERRY_OK) {

@@ -146,7 +146,9 @@ static bool ask_again(ferry_status_t status)
  * next Lookup may; a Lookup is never answered so otherwise, and this
  * client never cancels one), it asks again, through the same channel,
  * which reconnects (to another replica behind a Service), for as long as
- * wait_ms lasts. When wait_ms runs out that way, the wait ends as
+ * wait_ms lasts; and on RESOURCE_EXHAUSTED (the replica's bounds on what
+ * waits on etcd, or parks, or what this host may hold of them, were
+ * reached: "retry later"), after the same pauses. When wait_ms runs out that way, the wait ends as
  * one that saw no record does, FERRY_ERR_TIMED_OUT (a caller that waits in
  * slices asks again), naming the last answer. */
 static ferry_status_t await_record(ferry_coordinator_t *coord, const ferry_claim_params_t *p,
@@ -167,7 +169,8 @@ static ferry_status_t await_record(ferry_coordinator_t *coord, const ferry_claim
             rpc_unary(coord->channel, COORD_PATH("Lookup"), &req.base,
                       &ferry__v1__lookup_response__descriptor,
                       (int64_t)coord->timeout_ms + req.wait_ms, (ProtobufCMessage **)&resp, err);
-        if (!ask_again(status) || rpc_interrupt_tripped()) {
+        if (!(ask_again(status) || status == FERRY_ERR_RESOURCE_EXHAUSTED) ||
+            rpc_interrupt_tripped()) {
             break;
         }
         if (deadline - now_ms() <= backoff) {

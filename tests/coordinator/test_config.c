@@ -200,6 +200,27 @@ static void test_per_peer_shares(void **state)
     assert_int_equal(parse(&c, 3, over), -1);
 }
 
+/* How long a connection may take to finish its handshake (review-s30 L3:
+ * a fixed 10 s). */
+static void test_handshake_timeout(void **state)
+{
+    coord_config_t c;
+    char *none[] = {"ferry-coordinator", NULL};
+    char *two[] = {"ferry-coordinator", "--handshake-timeout-ms", "2000", NULL};
+    char *short_[] = {"ferry-coordinator", "--handshake-timeout-ms", "999", NULL};
+    (void)state;
+
+    assert_int_equal(parse(&c, 1, none), 0);
+    assert_int_equal(c.handshake_timeout_ms, 10000);
+    setenv("FERRY_HANDSHAKE_TIMEOUT_MS", "3000", 1);
+    assert_int_equal(parse(&c, 1, none), 0);
+    assert_int_equal(c.handshake_timeout_ms, 3000);
+    assert_int_equal(parse(&c, 3, two), 0); /* the flag wins */
+    assert_int_equal(c.handshake_timeout_ms, 2000);
+    unsetenv("FERRY_HANDSHAKE_TIMEOUT_MS");
+    assert_int_equal(parse(&c, 3, short_), -1);
+}
+
 static void test_register_batch(void **state)
 {
     coord_config_t c;
@@ -521,6 +542,7 @@ int main(void)
         cmocka_unit_test(test_flag_beats_variable_and_zero_is_a_value),
         cmocka_unit_test(test_etcd_queue_flags),
         cmocka_unit_test(test_etcd_load_page),
+        cmocka_unit_test(test_handshake_timeout),
         cmocka_unit_test(test_register_batch),
         cmocka_unit_test(test_refusals),
         cmocka_unit_test(test_limits),

@@ -82,6 +82,20 @@ def tcp_sockets(pid):
     return found
 
 
+def metric(port, name, **labels):
+    """The value of metric `name` on the /metrics endpoint at port, summed
+    over the samples whose labels include `labels` (0 when none)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    total = 0.0
+    for line in text.splitlines():
+        m = re.match(r"^([a-z_]+)(?:\{([^}]*)\})? (\S+)$", line)
+        if m is not None and m.group(1) == name and \
+                all(f'{k}="{v}"' in (m.group(2) or "") for k, v in labels.items()):
+            total += float(m.group(3))
+    return total
+
+
 def wait_until(cond, timeout, what):
     """Polls cond() until it is true or the deadline passes."""
     deadline = time.monotonic() + timeout

@@ -19,7 +19,6 @@
 Deadlines, never sleeps, as synchronisation. Run with /usr/bin/python3.
 """
 import os
-import re
 import shutil
 import signal
 import sys
@@ -27,7 +26,6 @@ import tempfile
 import threading
 import time
 import unittest
-import urllib.request
 
 sys.path.insert(0, os.path.dirname(__file__))
 import ferry_harness  # noqa: E402
@@ -87,16 +85,7 @@ class ParkedWaits(unittest.TestCase):
         return self.grpc_mod.CoordinatorStub(ch)
 
     def metric(self, name, **labels):
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics",
-                                    timeout=5) as r:
-            text = r.read().decode()
-        total = 0.0
-        for line in text.splitlines():
-            m = re.match(r"^([a-z_]+)(?:\{([^}]*)\})? (\S+)$", line)
-            if m is not None and m.group(1) == name and \
-                    all(f'{k}="{v}"' in (m.group(2) or "") for k, v in labels.items()):
-                total += float(m.group(3))
-        return total
+        return ferry_harness.metric(self.metrics_port, name, **labels)
 
     def parked(self):
         return self.metric("ferry_parked_waits")

@@ -24,14 +24,12 @@ host without any setup (skipped where it does not).
 Run with /usr/bin/python3 (Debian's grpcio), from CTest (python_peer_shares).
 """
 import os
-import re
 import shutil
 import signal
 import socket
 import sys
 import tempfile
 import unittest
-import urllib.request
 
 sys.path.insert(0, os.path.dirname(__file__))
 import ferry_harness  # noqa: E402
@@ -89,16 +87,7 @@ class OneHostTakesItsShare(unittest.TestCase):
             shutil.rmtree(cls.tmp, ignore_errors=True)
 
     def metric(self, name, **labels):
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics",
-                                    timeout=5) as r:
-            text = r.read().decode()
-        total = 0.0
-        for line in text.splitlines():
-            m = re.match(r"^([a-z_]+)(?:\{([^}]*)\})? (\S+)$", line)
-            if m is not None and m.group(1) == name and \
-                    all(f'{k}="{v}"' in (m.group(2) or "") for k, v in labels.items()):
-                total += float(m.group(3))
-        return total
+        return ferry_harness.metric(self.metrics_port, name, **labels)
 
     def refusals(self, port, flag):
         with open(self.coord.log_path) as f:
@@ -235,9 +224,11 @@ class OneHostTakesItsShareOfEtcdReads(unittest.TestCase):
             ferry_harness.wait_until(
                 lambda: raw.ended_count(lookups) >= READ_FLOOD - READ_SHARE, 20,
                 f"{READ_FLOOD - READ_SHARE} of the raw client's Lookups to be refused")
-            self.assertEqual(raw.ended_count(lookups), READ_FLOOD - READ_SHARE)
+            # Exactly that many refused; the 4 taken may end too, should the
+            # etcd client's own timeout pass while etcd is frozen.
             self.assertEqual(self.metric("ferry_peer_refusals_total", kind="read"),
                              READ_FLOOD - READ_SHARE)
+            self.assertGreaterEqual(raw.ended_count(lookups), READ_FLOOD - READ_SHARE)
             self.assertEqual(self.metric("ferry_peers_holding", kind="read"), 1)
 
             # Another host's List gets in, and is answered once etcd is.

@@ -31,7 +31,6 @@ Run with /usr/bin/python3 (Debian's grpcio), from CTest (python_watch_memory).
 import base64
 import json
 import os
-import re
 import shutil
 import sys
 import tempfile
@@ -64,7 +63,7 @@ SLACK_KIB = 12 << 10
 # between that and the bound plus slack, with room for allocator noise.
 RSS_LIMIT_KIB = 40 << 10
 WATCH = "/ferry.v1.Coordinator/Watch"
-DROPPED = "dropped, to keep every stream's unsent bytes within --watch-memory-mib"
+DROPPED = "dropped, to keep every stream's unsent bytes within --watch-memory-mib"  # the log
 
 
 def b64(data):
@@ -170,16 +169,7 @@ class WatchMemoryIsBounded(unittest.TestCase):
             shutil.rmtree(cls.tmp, ignore_errors=True)
 
     def metric(self, name, **labels):
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics",
-                                    timeout=5) as r:
-            text = r.read().decode()
-        total = 0.0
-        for line in text.splitlines():
-            m = re.match(r"^([a-z_]+)(?:\{([^}]*)\})? (\S+)$", line)
-            if m is not None and m.group(1) == name and \
-                    all(f'{k}="{v}"' in (m.group(2) or "") for k, v in labels.items()):
-                total += float(m.group(3))
-        return total
+        return ferry_harness.metric(self.metrics_port, name, **labels)
 
     def queued(self):
         return self.metric("ferry_watch_queued_bytes")

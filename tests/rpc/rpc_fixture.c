@@ -193,8 +193,24 @@ static void kept_cancelled(rpc_call_t *call, void *arg)
 }
 
 /* "share:N": f->shared N times, "own:N": N messages like it packed for
- * this call alone; then kept. */
-static void send_and_keep(fixture_t *f, rpc_call_t *call, int n, bool shared)
+ * this call alone, "pair": a small message and a fat one as one unit,
+ * packed for this call; then kept. */
+static ferry_status_t send_pair(rpc_call_t *call, Ferry__V1__WatchResponse *resp)
+{
+    rpc_msg_t *two[2];
+    ferry_status_t status;
+
+    two[1] = rpc_msg_pack(&resp->base);
+    resp->header->coordinator = "x";
+    two[0] = rpc_msg_pack(&resp->base);
+    status = two[0] != NULL && two[1] != NULL ? rpc_call_send_msgs(call, two, 2, false, NULL)
+                                              : FERRY_ERR_NO_MEMORY;
+    rpc_msg_unref(two[0]);
+    rpc_msg_unref(two[1]);
+    return status;
+}
+
+static void send_and_keep(fixture_t *f, rpc_call_t *call, int n, char mode)
 {
     Ferry__V1__WatchResponse resp = FERRY__V1__WATCH_RESPONSE__INIT;
     Ferry__V1__ResponseHeader header = FERRY__V1__RESPONSE_HEADER__INIT;
@@ -207,8 +223,9 @@ static void send_and_keep(fixture_t *f, rpc_call_t *call, int n, bool shared)
     header.coordinator = fat;
     resp.header = &header;
     for (int i = 0; i < n && status == FERRY_OK; i++) {
-        status = shared ? rpc_call_send_msgs(call, &f->shared, 1, true, NULL)
-                        : rpc_call_send(call, &resp.base);
+        status = mode == 's'   ? rpc_call_send_msgs(call, &f->shared, 1, true, NULL)
+                 : mode == 'p' ? send_pair(call, &resp)
+                               : rpc_call_send(call, &resp.base);
     }
     pthread_mutex_lock(&f->lock);
     for (int i = 0; i < FIXTURE_KEPT && slot < 0; i++) {
@@ -246,7 +263,11 @@ static void handle_watch(rpc_call_t *call, const ProtobufCMessage *request, void
     }
     if (sscanf(req->request_id, "share:%d", &n) == 1 ||
         sscanf(req->request_id, "own:%d", &n) == 1) {
-        send_and_keep(f, call, n, req->request_id[0] == 's');
+        send_and_keep(f, call, n, req->request_id[0]);
+        return;
+    }
+    if (strcmp(req->request_id, "pair") == 0) {
+        send_and_keep(f, call, 1, 'p');
         return;
     }
     if (sscanf(req->request_id_prefix, "fail:%d", &n) == 1) {

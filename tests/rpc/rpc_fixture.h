@@ -25,7 +25,9 @@
  *   cancel callback records what rpc_call_send answers then;
  *   request_id "share:N" queues fixture.shared (a message of
  *   FIXTURE_FAT_BYTES packed once) N times, one unit each, "own:N" N
- *   messages like it packed for the call alone, and is kept (in
+ *   messages like it packed for the call alone, "pair" a small message
+ *   and one of FIXTURE_FAT_BYTES as one unit, packed for the call alone,
+ *   and is kept (in
  *   fixture.kept, FIXTURE_KEPT at most) until cancelled, or until the test
  *   takes it from there.
  *   Every Watch counts its unsent messages in fixture.budget

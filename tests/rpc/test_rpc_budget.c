@@ -141,9 +141,44 @@ static void test_a_unit_larger_than_the_bound(void **state)
     assert_false(rpc__budget_take(b, &e[3])); /* nor a byte of its own */
     assert_int_equal(rpc_send_budget_used(b), len + 2 * ENTRY);
     assert_int_equal(m->holders, 2);
+    assert_int_equal(b->shared, len);
+    assert_int_equal(b->oversize, len);
     rpc__budget_give(b, &e[0]);
     rpc__budget_give(b, &e[1]);
     assert_int_equal(rpc_send_budget_used(b), 0);
+    assert_int_equal(b->shared, 0);
+    assert_int_equal(b->oversize, 0);
+    assert_false(m->oversize);
+    rpc_send_budget_release(b);
+    rpc_msg_unref(m);
+}
+
+/* Entries that share a message counted already go in past the bound only
+ * by an oversize unit's bytes: a message that fitted gives them no room
+ * (review-s31b M2: beside any shared bytes, the count reached twice the
+ * bound). */
+static void test_sharing_does_not_pass_the_bound(void **state)
+{
+    rpc_msg_t *m = fat_msg();
+    size_t len = rpc_msg_size(m);
+    rpc_send_budget_t *b;
+    rpc_outmsg_t first = entry(m, 0), fill = entry(NULL, 0), more = entry(m, 0);
+
+    (void)state;
+    assert_int_equal(rpc_send_budget_create(len + 3 * ENTRY, &b), FERRY_OK);
+    assert_true(rpc__budget_take(b, &first)); /* fits: not oversize */
+    fill.len = ENTRY - 1;
+    assert_true(rpc__budget_take(b, &fill)); /* one byte short of the bound */
+    assert_false(rpc__budget_take(b, &more));
+    assert_int_equal(m->holders, 1);
+    assert_int_equal(b->oversize, 0);
+    rpc__budget_give(b, &fill);
+    assert_true(rpc__budget_take(b, &more));
+    assert_int_equal(rpc_send_budget_used(b), len + 2 * ENTRY);
+    rpc__budget_give(b, &first);
+    rpc__budget_give(b, &more);
+    assert_int_equal(rpc_send_budget_used(b), 0);
+    assert_int_equal(b->shared, 0);
     rpc_send_budget_release(b);
     rpc_msg_unref(m);
 }
@@ -155,6 +190,7 @@ int main(void)
         cmocka_unit_test(test_a_refused_unit_counts_nothing),
         cmocka_unit_test(test_a_message_under_two_budgets),
         cmocka_unit_test(test_a_unit_larger_than_the_bound),
+        cmocka_unit_test(test_sharing_does_not_pass_the_bound),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

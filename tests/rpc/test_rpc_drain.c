@@ -688,6 +688,25 @@ static void test_behind_counts_what_ending_the_stream_frees(void **state)
     assert_true(fixture_wait(f, budget_empty, WAIT_MS));
 }
 
+/* A revision in several messages whose first is in flight is still the
+ * newest: what waits of it does not count (review-s31b M1: a prefix reader
+ * that kept up outranked clients that never read). The second message is
+ * the larger, so counting it would show. */
+static void test_the_rest_of_the_newest_unit_does_not_count(void **state)
+{
+    fixture_t *f = *state;
+    Ferry__V1__WatchRequest req = FERRY__V1__WATCH_REQUEST__INIT;
+    int fd;
+
+    req.request_id = "pair";
+    fd = stuck_call_open(f->port, WATCH_PATH, &req.base, 0);
+    assert_true(fixture_wait(f, kept_one, WAIT_MS));
+    /* The small one in flight counts once stuck; the fat one never. */
+    assert_true(rpc_call_behind_bytes(kept_call(f, 0)) < FIXTURE_FAT_BYTES);
+    close(fd);
+    assert_true(fixture_wait(f, budget_empty, WAIT_MS));
+}
+
 /* A message that stays in flight (a window too small for it) counts once
  * it has been for RPC_STUCK_MS, though nothing waits behind it (review-s31
  * M1: a stream holding one large message of its own in flight was never
@@ -727,6 +746,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_a_message_shared_by_streams_counts_once, fixture_setup,
                                         fixture_teardown),
         cmocka_unit_test_setup_teardown(test_behind_counts_what_ending_the_stream_frees,
+                                        fixture_setup, fixture_teardown),
+        cmocka_unit_test_setup_teardown(test_the_rest_of_the_newest_unit_does_not_count,
                                         fixture_setup, fixture_teardown),
         cmocka_unit_test_setup_teardown(test_a_message_stuck_in_flight_counts_behind, fixture_setup,
                                         fixture_teardown),
