@@ -409,8 +409,8 @@ char *coord_metrics_render(coord_metrics_t *m)
     fprintf(f,
             "# HELP ferry_watch_queued_bytes Memory held by messages queued on Watch streams "
             "that their clients have not taken, all streams together (a message shared by "
-            "streams once, with each queue entry's overhead; at most --watch-memory-mib beside "
-            "a message larger than it that streams share).\n"
+            "streams once, with each queue entry's overhead; at most --watch-memory-mib plus the "
+            "largest revision streams share).\n"
             "# TYPE ferry_watch_queued_bytes gauge\nferry_watch_queued_bytes %zu\n"
             "# HELP ferry_watch_memory_total Watch streams that --watch-memory-mib ended or "
             "refused: evicted (the furthest behind, what its client had not read dropped, to "

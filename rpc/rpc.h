@@ -313,9 +313,9 @@ void rpc_call_set_send_budget(rpc_call_t *call, rpc_send_budget_t *budget);
  * (each message's RPC_OUTMSG_OVERHEAD, and its bytes unless it shares them
  * with other calls under its budget; so what ending the call frees): the
  * messages queued behind the one in flight, but not what waits of the
- * newest unit (a client that keeps up has that much queued at most),
- * and the one in flight once it has been for RPC_STUCK_MS (a client that
- * keeps up takes it within a round trip). 0 once the call is cancelled,
+ * newest unit (a client that keeps up has that much queued at most); and
+ * once the one in flight has been for RPC_STUCK_MS (a client that keeps
+ * up takes it within a round trip), that one and all the rest. 0 once the call is cancelled,
  * or its status has gone out. */
 enum { RPC_STUCK_MS = 1000 };
 size_t rpc_call_behind_bytes(rpc_call_t *call);

@@ -67,38 +67,26 @@ size_t rpc_send_budget_max(const rpc_send_budget_t *b)
 }
 
 /* What m adds to b's count, m becoming a holder of its shared message if
- * b counts that one; *shared_p grows by the shared bytes it counts first.
- * Caller holds b->lock. */
-static size_t hold_locked(rpc_send_budget_t *b, rpc_outmsg_t *m, size_t *shared_p)
+ * b counts that one. Caller holds b->lock. */
+static size_t hold_locked(rpc_send_budget_t *b, rpc_outmsg_t *m)
 {
     rpc_send_budget_t *none = NULL;
 
     m->holds = m->shared != NULL &&
                (atomic_compare_exchange_strong(&m->shared->counted_in, &none, b) || none == b);
-    if (!m->holds) {
-        return RPC_OUTMSG_OVERHEAD + m->len;
-    }
-    if (m->shared->holders++ > 0) {
+    if (m->holds && m->shared->holders++ > 0) {
         return RPC_OUTMSG_OVERHEAD; /* its bytes are counted already */
     }
-    *shared_p += m->len;
     return RPC_OUTMSG_OVERHEAD + m->len;
 }
 
-/* What m takes back from b's count; the bytes of a shared message it
- * gives back last leave b->shared (and b->oversize) too. Caller holds
- * b->lock. */
-static size_t unhold_locked(rpc_send_budget_t *b, rpc_outmsg_t *m)
+/* What m takes back from b's count. Caller holds b->lock. */
+static size_t unhold_locked(rpc_outmsg_t *m)
 {
     if (m->holds) {
         m->holds = false;
         if (--m->shared->holders > 0) {
             return RPC_OUTMSG_OVERHEAD;
-        }
-        b->shared -= m->len;
-        if (m->shared->oversize) {
-            m->shared->oversize = false;
-            b->oversize -= m->len;
         }
     }
     return RPC_OUTMSG_OVERHEAD + m->len;
@@ -107,34 +95,29 @@ static size_t unhold_locked(rpc_send_budget_t *b, rpc_outmsg_t *m)
 bool rpc__budget_take(rpc_send_budget_t *b, rpc_outmsg_t *head)
 {
     size_t need = 0, shared = 0;
-    bool overhead_only = true, fits, ok;
+    bool overhead_only = true, ok;
 
     pthread_mutex_lock(&b->lock);
     for (rpc_outmsg_t *m = head; m != NULL; m = m->next) {
-        size_t cost = hold_locked(b, m, &shared);
+        size_t cost = hold_locked(b, m);
         overhead_only = overhead_only && cost == RPC_OUTMSG_OVERHEAD;
+        shared += m->len;
         need += cost;
     }
-    fits = b->max == 0 || (need <= b->max && b->used <= b->max - need);
-    /* Past max: a unit into an empty budget (its shared messages become
-     * oversize), and entries that only share messages counted already,
-     * within max plus the oversize bytes held (review-s31b M2: beside any
-     * shared bytes, the count could reach twice max). */
-    ok = fits || b->used == 0 ||
-         (overhead_only && need <= b->max + b->oversize && b->used <= b->max + b->oversize - need);
+    /* Past max: a unit into an empty budget, and a unit whose messages are
+     * all counted already (its entries only), by at most those messages'
+     * bytes: they are in memory whether it goes in or not, so every stream
+     * that keeps up gets a revision larger than the room left, and the
+     * count stays within max plus the largest revision held (review-s31c
+     * M1: a bound of max plus what went into an empty budget let a
+     * revision just under max reach a few streams only). */
+    ok = b->max == 0 || b->used == 0 || (need <= b->max && b->used <= b->max - need) ||
+         (overhead_only && need <= b->max + shared && b->used <= b->max + shared - need);
     if (ok) {
         b->used += need;
-        b->shared += shared;
-        for (rpc_outmsg_t *m = head; !fits && b->used == need && m != NULL; m = m->next) {
-            if (m->holds && !m->shared->oversize) { /* the budget was empty: all are first */
-                m->shared->oversize = true;
-                b->oversize += m->len;
-            }
-        }
     } else {
-        b->shared += shared; /* unhold_locked takes back what hold_locked added */
         for (rpc_outmsg_t *m = head; m != NULL; m = m->next) {
-            unhold_locked(b, m);
+            unhold_locked(m);
         }
     }
     pthread_mutex_unlock(&b->lock);
@@ -144,6 +127,6 @@ bool rpc__budget_take(rpc_send_budget_t *b, rpc_outmsg_t *head)
 void rpc__budget_give(rpc_send_budget_t *b, rpc_outmsg_t *m)
 {
     pthread_mutex_lock(&b->lock);
-    b->used -= unhold_locked(b, m);
+    b->used -= unhold_locked(m);
     pthread_mutex_unlock(&b->lock);
 }

@@ -774,7 +774,8 @@ size_t rpc_call_behind_bytes(rpc_call_t *call)
         !call->status_done) {
         n = call->waiting_own - call->newest_own;
         if (call->inflight != NULL && now_ms - call->inflight_since_ms >= RPC_STUCK_MS) {
-            n += outmsg_own(call->inflight);
+            /* Not keeping up: all of it counts (review-s31c L1). */
+            n += outmsg_own(call->inflight) + call->newest_own;
         }
     }
     pthread_mutex_unlock(&call->lock);

@@ -145,7 +145,6 @@ struct rpc_msg {
      * holders: those entries, guarded by counted_in's lock. */
     _Atomic(rpc_send_budget_t *) counted_in;
     size_t holders;
-    bool oversize; /* its bytes went into an empty budget past its bound */
 };
 
 /* A message queued on a streaming call, or in flight. */
@@ -169,23 +168,17 @@ struct rpc_send_budget {
     pthread_mutex_t lock; /* guards the counts and its messages' holders */
     size_t max;           /* constant; 0: no bound */
     size_t used;
-    size_t shared; /* of used: the bytes of shared messages (counted once) */
-    /* Of shared: those of messages that went in past max into an empty
-     * budget (rpc_msg_t.oversize), while held: the count may pass max by
-     * this much for entries that share them. */
-    size_t oversize;
 };
 
 rpc_send_budget_t *rpc__budget_ref(rpc_send_budget_t *budget);
 /* Counts the entries of the list `head` (all of it or none): each its
  * overhead, and its bytes unless another entry holding the same shared
  * message counts them already. False, and nothing counted, when that
- * would take the count past max; but a unit goes in when the count is 0
- * (past max, if larger: its shared messages are then oversize), and one
- * that adds only overhead may pass max by the oversize bytes held: a unit
- * larger than the bound still goes to every stream that keeps up, the
- * first alone and the others beside it, and the count stays within max
- * plus that one unit. */
+ * would take the count past max; but a unit goes in when the count is 0,
+ * and one whose messages are all counted already may pass max by their
+ * bytes: a revision larger than the room left (or than the bound) still
+ * goes to every stream that keeps up, and the count stays within max
+ * plus the largest revision held. */
 bool rpc__budget_take(rpc_send_budget_t *budget, rpc_outmsg_t *head);
 /* Gives back what rpc__budget_take counted for m. */
 void rpc__budget_give(rpc_send_budget_t *budget, rpc_outmsg_t *m);

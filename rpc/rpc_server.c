@@ -281,7 +281,8 @@ ferry_status_t rpc_server_create(const rpc_server_params_t *params, rpc_server_t
 
     if (params == NULL || params->listen_addr == NULL || params->n_threads < 0 ||
         params->calls_armed < 0 || params->max_message_bytes < 0 ||
-        params->max_connection_age_ms < 0 || params->max_connection_age_grace_ms < 0) {
+        params->max_connection_age_ms < 0 || params->max_connection_age_grace_ms < 0 ||
+        params->handshake_timeout_ms < 0) {
         ferry_error("rpc: server params need listen_addr and non-negative counts");
         return FERRY_ERR_INVALID_ARGUMENT;
     }

@@ -138,6 +138,22 @@ static bool ask_again(ferry_status_t status)
     return status == FERRY_ERR_UNAVAILABLE || status == FERRY_ERR_CANCELLED;
 }
 
+/* A number to spread pauses with (not a secret): xorshift64, each thread
+ * its own, seeded from the clock and the thread's stack. */
+static uint64_t jitter_draw(void)
+{
+    static _Thread_local uint64_t x;
+
+    if (x == 0) {
+        x = (uint64_t)now_ms() * 0x9e3779b97f4a7c15ull ^ (uint64_t)(uintptr_t)&x;
+        x = x != 0 ? x : 1;
+    }
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    return x;
+}
+
 /* Waits up to wait_ms for p's record to be registered, with a Lookup
  * (which needs no lease). A Lookup only reads, so asking again is always
  * safe: on UNAVAILABLE (a replica that is shutting down ends its parked
@@ -148,7 +164,8 @@ static bool ask_again(ferry_status_t status)
  * which reconnects (to another replica behind a Service), for as long as
  * wait_ms lasts; and on RESOURCE_EXHAUSTED (the replica's bounds on what
  * waits on etcd, or parks, or what this host may hold of them, were
- * reached: "retry later"), after the same pauses. When wait_ms runs out that way, the wait ends as
+ * reached: "retry later"), after the same pauses, and if wait_ms runs out
+ * so, that refusal is the answer. When wait_ms runs out that way, the wait ends as
  * one that saw no record does, FERRY_ERR_TIMED_OUT (a caller that waits in
  * slices asks again), naming the last answer. */
 static ferry_status_t await_record(ferry_coordinator_t *coord, const ferry_claim_params_t *p,
@@ -173,6 +190,9 @@ static ferry_status_t await_record(ferry_coordinator_t *coord, const ferry_claim
             rpc_interrupt_tripped()) {
             break;
         }
+        if (deadline - now_ms() <= backoff && status == FERRY_ERR_RESOURCE_EXHAUSTED) {
+            break; /* answered, and refused: as it was (review-s31c L2) */
+        }
         if (deadline - now_ms() <= backoff) {
             char last[sizeof(err->message)];
             snprintf(last, sizeof(last), "%s", err->message);
@@ -183,7 +203,10 @@ static ferry_status_t await_record(ferry_coordinator_t *coord, const ferry_claim
             err->status = status = FERRY_ERR_TIMED_OUT;
             break;
         }
-        if (!rpc_interrupt_sleep(backoff)) {
+        /* Between half the pause and all of it, so that the workers a
+         * replica refused at once do not all ask again at once. */
+        if (!rpc_interrupt_sleep(backoff / 2 +
+                                 (int64_t)(jitter_draw() % (uint64_t)(backoff / 2 + 1)))) {
             status = interrupted(err);
             break;
         }
