@@ -187,6 +187,11 @@ void coord_exec_load(coord_exec_t *exec, int *running_p, int *queued_p)
     pthread_mutex_unlock(&exec->lock);
 }
 
+int coord_exec_capacity(const coord_exec_t *exec)
+{
+    return exec->n_workers + exec->max_queued;
+}
+
 void coord_exec_stop(coord_exec_t *exec)
 {
     exec_job_t *dropped;

@@ -113,7 +113,17 @@ static bool read_share_take(coord_service_t *svc, rpc_call_t *call)
     unsigned quiet;
 
     pthread_mutex_lock(&svc->read_peers_lock);
-    status = coord_peers_take(svc->read_peers, host, svc->max_reads_per_peer);
+    /* The share binds only while the reads counted hold half the room or
+     * more: a host's burst goes through while others have room, and a
+     * host cannot take more than half of it from them. */
+    if (svc->max_reads_per_peer != 0 &&
+        coord_peers_held(svc->read_peers, host) >= svc->max_reads_per_peer &&
+        svc->reads_held >= (size_t)coord_exec_capacity(svc->read_exec) / 2) {
+        status = FERRY_ERR_RESOURCE_EXHAUSTED;
+    } else {
+        status = coord_peers_take(svc->read_peers, host, 0);
+        svc->reads_held += status == FERRY_OK;
+    }
     pthread_mutex_unlock(&svc->read_peers_lock);
     if (status == FERRY_OK) {
         return true;
@@ -139,6 +149,7 @@ static void read_share_give(coord_service_t *svc, rpc_call_t *call)
 {
     pthread_mutex_lock(&svc->read_peers_lock);
     coord_peers_give(svc->read_peers, rpc_call_peer_host(call));
+    svc->reads_held--;
     pthread_mutex_unlock(&svc->read_peers_lock);
 }
 

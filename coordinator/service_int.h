@@ -118,10 +118,13 @@ struct coord_service {
     coord_exec_t *read_exec; /* runs reads that need etcd (view misses, List) */
     /* Reads submitted to read_exec and not yet run out, by client host
      * (peers.h), guarded by read_peers_lock; one past max_reads_per_peer
-     * (constant; 0: none) from one host is refused, so that one client's
-     * misses (a Lookup of an unknown ID is an etcd read, and needs no
-     * valid token) cannot fill the queue List and the others share. */
+     * (constant; 0: none) from one host is refused while the reads counted
+     * (reads_held) fill half of read_exec's room or more, so that one client's misses (a Lookup of
+     * an unknown ID is an etcd read, and needs no valid token) cannot fill the queue List and the
+     * others share, while a host's honest burst (many workers looking up at once) goes through when
+     * there is room. */
     coord_peers_t *read_peers;
+    size_t reads_held; /* all hosts' together, guarded by read_peers_lock */
     pthread_mutex_t read_peers_lock;
     size_t max_reads_per_peer;
     atomic_uint_fast64_t read_peer_refusals;
