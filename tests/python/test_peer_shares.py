@@ -27,6 +27,7 @@ import os
 import shutil
 import signal
 import socket
+import subprocess
 import sys
 import tempfile
 import unittest
@@ -42,6 +43,7 @@ WATCH = "/ferry.v1.Coordinator/Watch"
 LOOKUP = "/ferry.v1.Coordinator/Lookup"
 OTHER_HOST = "127.0.0.2"
 FOREVER_MS = 1 << 40
+WORKER = os.path.join(ferry_harness.BUILD_DIR, "worker", "ferry-worker")
 
 
 def loopback_aliases_work():
@@ -161,6 +163,72 @@ class OneHostTakesItsShare(unittest.TestCase):
             self.assertEqual(raw.ended_count(watches), 0)
         finally:
             raw.close()
+
+
+class AWaitingWorkerAsksAgain(unittest.TestCase):
+    """libferry's waiting Lookup (a sender's wait for the request ID) asks
+    again after RESOURCE_EXHAUSTED within its wait: a worker whose host
+    holds its whole share of parked waits writes once the receiver
+    registers, rather than failing at its first refusal. A cluster of its
+    own: its refusals would take the rate-limited log line that the class
+    above counts."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.cluster = ferry_harness.Cluster(ttl=30, extra=(
+            "--prefix", "/peers-retry/", "--max-waits", str(MAX),
+            "--metrics-listen", "127.0.0.1:0"))
+        cls.coord = cls.cluster.coordinator
+        cls.metrics_port = cls.coord.metrics_port()
+        # Both modules: Python keeps the package it imports first, whose
+        # directory goes with this class, for the classes after it.
+        from ferry.v1 import coordinator_pb2, coordinator_pb2_grpc  # noqa: F401
+        cls.cpb = coordinator_pb2
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.cluster.close()
+
+    def metric(self, name, **labels):
+        return ferry_harness.metric(self.metrics_port, name, **labels)
+
+    def test_a_sender_refused_its_share_writes_once_the_receiver_registers(self):
+        raw = ferry_harness.RawH2(self.coord.port)  # 127.0.0.1, as the workers
+        sender = receiver = None
+        try:
+            lookups = raw.open(LOOKUP, [self.cpb.LookupRequest(
+                request_id=f"never-{i}", access_token="t" * 16, wait_ms=FOREVER_MS)
+                for i in range(SHARE)])
+            ferry_harness.wait_until(lambda: self.metric("ferry_parked_waits") == SHARE, 10,
+                                     f"the raw client's {SHARE} Lookups to park")
+            self.assertEqual(raw.ended_count(lookups), 0)
+            before = self.metric("ferry_peer_refusals_total", kind="wait")
+            args = ("--coordinator", self.coord.target, "--request-id", "late",
+                    "--size", "65536", "--token", "late-token-0123456789", "--timeout", "60",
+                    "--quiet")
+            sender = subprocess.Popen([WORKER, "send", *args], stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, text=True)
+            # Refused, and asked again: a second refusal is the retry.
+            ferry_harness.wait_until(
+                lambda: self.metric("ferry_peer_refusals_total", kind="wait") >= before + 2
+                or sender.poll() is not None, 20, "the sender's wait to be refused twice")
+            if sender.poll() is not None:
+                self.fail("the sender gave up at a refusal: " + sender.communicate()[1])
+            receiver = subprocess.Popen([WORKER, "recv", *args], stdout=subprocess.PIPE,
+                                        stderr=subprocess.PIPE, text=True)
+            _, err = sender.communicate(timeout=60)
+            self.assertEqual(sender.returncode, 0, err)
+            _, err = receiver.communicate(timeout=60)
+            self.assertEqual(receiver.returncode, 0, err)  # every byte checked
+            self.assertEqual(raw.ended_count(lookups), 0)  # the share stayed held throughout
+        finally:
+            raw.close()
+            for p in (sender, receiver):
+                if p is not None and p.poll() is None:
+                    p.kill()
+                    p.communicate()
+        ferry_harness.wait_until(lambda: self.metric("ferry_parked_waits") == 0, 20,
+                                 "the raw client's waits to end")
 
 
 READ_SHARE = 4
