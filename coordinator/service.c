@@ -134,8 +134,9 @@ static bool read_share_take(coord_service_t *svc, rpc_call_t *call)
     }
     atomic_fetch_add(&svc->read_peer_refusals, 1); /* for metrics */
     if (ferry_log_due(&limit, &quiet)) {           /* a host past its share may ask at any rate */
-        ferry_info("%s from %s refused: its host holds %zu reads waiting on etcd "
-                   "(--etcd-reads-per-peer); %u more refused since the last line",
+        ferry_info("%s from %s refused: its host holds its share, %zu, of the reads waiting "
+                   "on etcd, and they fill half their room (--etcd-reads-per-peer); %u more "
+                   "refused since the last line",
                    rpc_call_path(call), rpc_call_peer(call), svc->max_reads_per_peer, quiet);
     }
     rpc_call_fail(call, status,

@@ -53,9 +53,11 @@
  * its client resumes after the last message it got that was not a
  * fragment), and the send is tried again. A revision larger than the
  * bound goes into an empty budget, and to every stream that shares it
- * beside it (rpc_budget.c). So a client that stops reading
+ * beside it (rpc_budget.c); a shared revision that finds none further
+ * behind than the stream it goes to goes in past the bound, within twice
+ * it (sub_send_locked). So a client that stops reading
  * loses its own streams, and those that keep up are not ended for it; a
- * stream that holds the most itself ends, as for its own bound. A replay
+ * stream that holds the most of its own ends, as for its own bound. A replay
  * counts as it is queued, like live revisions. Replays share messages as
  * live revisions do: a stream that matches all of a held revision is sent
  * the revision's messages, packed once, by the first replay that needs
@@ -223,16 +225,27 @@ static bool evict_locked(coord_service_t *svc, const sub_entry_t *s)
 /* Queues msgs[0..n) on s as one unit (rpc_call_send_msgs; shared: they go
  * to other streams too), making room in
  * the budget by ending the streams further behind than s
- * (evict_locked); s->over_budget says the budget refused it all the same.
- * Caller holds subs_lock. */
+ * (evict_locked). When none is, a shared revision goes in past the bound,
+ * within twice it (RPC_SEND_PAST_BUDGET): every stream it goes to is as
+ * far behind as s, as when each holds a revision larger than the room
+ * left, which the next revision then found the budget over its bound
+ * with, and all of them were ended (review-s32 M1). A unit of s's own
+ * (its replay, a prefix it matches part of) is not: s holds the most, and
+ * ends, as for its own bound. s->over_budget says the budget refused it
+ * all the same. Caller holds subs_lock. */
 static ferry_status_t sub_send_locked(coord_service_t *svc, sub_entry_t *s, rpc_msg_t *const *msgs,
                                       size_t n, bool shared)
 {
+    unsigned flags = shared ? RPC_SEND_SHARED : 0;
     ferry_status_t status;
 
     do {
-        status = rpc_call_send_msgs(s->call, msgs, n, shared, &s->over_budget);
+        status = rpc_call_send_msgs(s->call, msgs, n, flags, &s->over_budget);
     } while (status != FERRY_OK && s->over_budget && evict_locked(svc, s));
+    if (status != FERRY_OK && s->over_budget && shared) {
+        status =
+            rpc_call_send_msgs(s->call, msgs, n, flags | RPC_SEND_PAST_BUDGET, &s->over_budget);
+    }
     return status;
 }
 

@@ -256,6 +256,18 @@ rpc_msg_t *rpc_msg_pack_repeated(const ProtobufCMessage *msg, uint32_t number,
  * its own reference to the bytes (the caller keeps its own). */
 ferry_status_t rpc_call_send_msg(rpc_call_t *call, rpc_msg_t *m);
 
+/* rpc_call_send_msgs's flags. */
+enum {
+    /* The messages go to other calls under the budget too (a Watch
+     * revision to every stream that matches all of it), and the budget
+     * counts their bytes once; without it they are packed for this call
+     * alone, and count as its own (rpc_call_behind_bytes). */
+    RPC_SEND_SHARED = 1 << 0,
+    /* The unit may take the budget past its max_bytes, up to twice it: the
+     * caller found no other call to end for room (review-s32 M1). */
+    RPC_SEND_PAST_BUDGET = 1 << 1,
+};
+
 /* Streaming: queues msgs[0..n) as one unit, all or none (a Watch revision
  * in fragments): the send limit is checked once, before the first, and
  * while the queued bytes are under it the whole unit goes in, past it if
@@ -263,16 +275,13 @@ ferry_status_t rpc_call_send_msg(rpc_call_t *call, rpc_msg_t *m);
  * larger than the limit still goes to a client that keeps up. Each
  * message counts its bytes and RPC_OUTMSG_OVERHEAD against the limit. The
  * call's budget (rpc_call_set_send_budget), unlike its limit, must hold
- * the whole unit. shared: the messages go to other calls under the budget
- * too (a Watch revision to every stream that matches all of it), and the
- * budget counts their bytes once; false: packed for this call alone, and
- * counted as its own (rpc_call_behind_bytes). FERRY_ERR_RESOURCE_EXHAUSTED
- * when the queue is at or over the limit or the unit would pass the budget
+ * the whole unit. flags: RPC_SEND_*. FERRY_ERR_RESOURCE_EXHAUSTED when
+ * the queue is at or over the limit or the unit would pass the budget
  * (then *over_budget_p, unless NULL, is true; false in every other case),
  * FERRY_ERR_NO_MEMORY, FERRY_ERR_CANCELLED as rpc_call_send_msg; nothing
  * is queued then. */
-ferry_status_t rpc_call_send_msgs(rpc_call_t *call, rpc_msg_t *const *msgs, size_t n, bool shared,
-                                  bool *over_budget_p);
+ferry_status_t rpc_call_send_msgs(rpc_call_t *call, rpc_msg_t *const *msgs, size_t n,
+                                  unsigned flags, bool *over_budget_p);
 
 /* Streaming: at most max_queued_bytes (0: no limit) of messages queued and
  * not yet taken by the transport; a send past it is refused with

@@ -18,6 +18,7 @@
  */
 #include "rpc/rpc_int.h"
 
+#include <stdint.h>
 #include <stdlib.h>
 
 ferry_status_t rpc_send_budget_create(size_t max_bytes, rpc_send_budget_t **budget_p)
@@ -92,8 +93,9 @@ static size_t unhold_locked(rpc_outmsg_t *m)
     return RPC_OUTMSG_OVERHEAD + m->len;
 }
 
-bool rpc__budget_take(rpc_send_budget_t *b, rpc_outmsg_t *head)
+bool rpc__budget_take(rpc_send_budget_t *b, rpc_outmsg_t *head, bool past)
 {
+    size_t ceiling = !past ? b->max : b->max <= SIZE_MAX / 2 ? 2 * b->max : SIZE_MAX;
     size_t need = 0, shared = 0;
     bool overhead_only = true, ok;
 
@@ -110,8 +112,12 @@ bool rpc__budget_take(rpc_send_budget_t *b, rpc_outmsg_t *head)
      * that keeps up gets a revision larger than the room left, and the
      * count stays within max plus the largest revision held (review-s31c
      * M1: a bound of max plus what went into an empty budget let a
-     * revision just under max reach a few streams only). */
-    ok = b->max == 0 || b->used == 0 || (need <= b->max && b->used <= b->max - need) ||
+     * revision just under max reach a few streams only). And any unit
+     * within twice max when the caller says so (past): it found no other
+     * stream to end for room, all as far behind (review-s32 M1: with a
+     * revision larger than the room left held by every stream that keeps
+     * up, the next revision found the count over max and ended them all). */
+    ok = b->max == 0 || b->used == 0 || (need <= ceiling && b->used <= ceiling - need) ||
          (overhead_only && need <= b->max + shared && b->used <= b->max + shared - need);
     if (ok) {
         b->used += need;

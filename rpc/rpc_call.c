@@ -811,14 +811,19 @@ static void outmsg_free_list(rpc_outmsg_t *m)
     }
 }
 
+/* call_enqueue's flag beside RPC_SEND_*: the list is one unit. */
+#define SEND_UNIT (1u << 8)
+
 /* Queues the list `head` (taken over, freed when refused) on a streaming
- * call, all of it or none, and starts sending. `unit`: the send limit is
- * checked once, before the first (all go in while the queue is under the
- * limit); else the list must fit in it whole. The budget, if any, must
- * hold the whole list (*over_budget_p, unless NULL, says it did not). */
-static ferry_status_t call_enqueue(rpc_call_t *call, rpc_outmsg_t *head, bool unit,
+ * call, all of it or none, and starts sending. SEND_UNIT: the send limit
+ * is checked once, before the first (all go in while the queue is under
+ * the limit); else the list must fit in it whole. The budget, if any, must
+ * hold the whole list (RPC_SEND_PAST_BUDGET: within twice its bound;
+ * *over_budget_p, unless NULL, says it did not). */
+static ferry_status_t call_enqueue(rpc_call_t *call, rpc_outmsg_t *head, unsigned flags,
                                    bool *over_budget_p)
 {
+    bool unit = (flags & SEND_UNIT) != 0;
     rpc_outmsg_t *tail = head;
     size_t bytes = 0;
     ferry_status_t status = FERRY_OK;
@@ -841,7 +846,8 @@ static ferry_status_t call_enqueue(rpc_call_t *call, rpc_outmsg_t *head, bool un
     } else if (call->max_queued != 0 && (unit ? call->queued_bytes >= call->max_queued
                                               : call->queued_bytes + bytes > call->max_queued)) {
         status = FERRY_ERR_RESOURCE_EXHAUSTED;
-    } else if (call->budget != NULL && head != NULL && !rpc__budget_take(call->budget, head)) {
+    } else if (call->budget != NULL && head != NULL &&
+               !rpc__budget_take(call->budget, head, (flags & RPC_SEND_PAST_BUDGET) != 0)) {
         status = FERRY_ERR_RESOURCE_EXHAUSTED;
         if (over_budget_p != NULL) {
             *over_budget_p = true;
@@ -875,7 +881,7 @@ static ferry_status_t call_enqueue_one(rpc_call_t *call, grpc_byte_buffer *buf, 
 {
     rpc_outmsg_t *m = outmsg_new(buf, shared);
 
-    return m != NULL ? call_enqueue(call, m, false, NULL) : FERRY_ERR_NO_MEMORY;
+    return m != NULL ? call_enqueue(call, m, 0, NULL) : FERRY_ERR_NO_MEMORY;
 }
 
 void rpc_call_set_send_limit(rpc_call_t *call, size_t max_queued_bytes)
@@ -996,8 +1002,8 @@ ferry_status_t rpc_call_send_msg(rpc_call_t *call, rpc_msg_t *m)
     return call_enqueue_one(call, grpc_raw_byte_buffer_create(&m->slice, 1), m);
 }
 
-ferry_status_t rpc_call_send_msgs(rpc_call_t *call, rpc_msg_t *const *msgs, size_t n, bool shared,
-                                  bool *over_budget_p)
+ferry_status_t rpc_call_send_msgs(rpc_call_t *call, rpc_msg_t *const *msgs, size_t n,
+                                  unsigned flags, bool *over_budget_p)
 {
     rpc_outmsg_t *head = NULL, **tail = &head;
 
@@ -1005,15 +1011,15 @@ ferry_status_t rpc_call_send_msgs(rpc_call_t *call, rpc_msg_t *const *msgs, size
         *over_budget_p = false;
     }
     for (size_t i = 0; i < n; i++) {
-        *tail =
-            outmsg_new(grpc_raw_byte_buffer_create(&msgs[i]->slice, 1), shared ? msgs[i] : NULL);
+        *tail = outmsg_new(grpc_raw_byte_buffer_create(&msgs[i]->slice, 1),
+                           (flags & RPC_SEND_SHARED) != 0 ? msgs[i] : NULL);
         if (*tail == NULL) {
             outmsg_free_list(head);
             return FERRY_ERR_NO_MEMORY;
         }
         tail = &(*tail)->next;
     }
-    return call_enqueue(call, head, true, over_budget_p);
+    return call_enqueue(call, head, flags | SEND_UNIT, over_budget_p);
 }
 
 void rpc_call_finish(rpc_call_t *call)

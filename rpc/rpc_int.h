@@ -178,8 +178,9 @@ rpc_send_budget_t *rpc__budget_ref(rpc_send_budget_t *budget);
  * and one whose messages are all counted already may pass max by their
  * bytes: a revision larger than the room left (or than the bound) still
  * goes to every stream that keeps up, and the count stays within max
- * plus the largest revision held. */
-bool rpc__budget_take(rpc_send_budget_t *budget, rpc_outmsg_t *head);
+ * plus the largest revision held. past: within twice max, and still any
+ * unit into a count of 0 (RPC_SEND_PAST_BUDGET). */
+bool rpc__budget_take(rpc_send_budget_t *budget, rpc_outmsg_t *head, bool past);
 /* Gives back what rpc__budget_take counted for m. */
 void rpc__budget_give(rpc_send_budget_t *budget, rpc_outmsg_t *m);
 

@@ -164,10 +164,12 @@ static uint64_t jitter_draw(void)
  * which reconnects (to another replica behind a Service), for as long as
  * wait_ms lasts; and on RESOURCE_EXHAUSTED (the replica's bounds on what
  * waits on etcd, or parks, or what this host may hold of them, were
- * reached: "retry later"), after the same pauses, and if wait_ms runs out
- * so, that refusal is the answer. When wait_ms runs out that way, the wait ends as
- * one that saw no record does, FERRY_ERR_TIMED_OUT (a caller that waits in
- * slices asks again), naming the last answer. */
+ * reached: "retry later"), after the same pauses. Each pause is cut to
+ * what is left of wait_ms, and a last Lookup (wait_ms 0) follows it, so
+ * the wait lasts wait_ms, not up to a pause less (review-s32 L3). When
+ * wait_ms runs out so, a refusal is the answer as it came; otherwise the
+ * wait ends as one that saw no record does, FERRY_ERR_TIMED_OUT (a caller
+ * that waits in slices asks again), naming the last answer. */
 static ferry_status_t await_record(ferry_coordinator_t *coord, const ferry_claim_params_t *p,
                                    int wait_ms, rpc_error_t *err)
 {
@@ -180,7 +182,8 @@ static ferry_status_t await_record(ferry_coordinator_t *coord, const ferry_claim
     req.request_id = (char *)p->request_id;
     req.access_token = (char *)p->access_token;
     for (;;) {
-        int64_t left = deadline - now_ms();
+        int64_t left = deadline - now_ms(), pause;
+
         req.wait_ms = left > 0 ? (int32_t)left : 0;
         status =
             rpc_unary(coord->channel, COORD_PATH("Lookup"), &req.base,
@@ -190,10 +193,11 @@ static ferry_status_t await_record(ferry_coordinator_t *coord, const ferry_claim
             rpc_interrupt_tripped()) {
             break;
         }
-        if (deadline - now_ms() <= backoff && status == FERRY_ERR_RESOURCE_EXHAUSTED) {
+        left = deadline - now_ms();
+        if (left <= 0 && status == FERRY_ERR_RESOURCE_EXHAUSTED) {
             break; /* answered, and refused: as it was (review-s31c L2) */
         }
-        if (deadline - now_ms() <= backoff) {
+        if (left <= 0) {
             char last[sizeof(err->message)];
             snprintf(last, sizeof(last), "%s", err->message);
             snprintf(err->message, sizeof(err->message),
@@ -205,8 +209,8 @@ static ferry_status_t await_record(ferry_coordinator_t *coord, const ferry_claim
         }
         /* Between half the pause and all of it, so that the workers a
          * replica refused at once do not all ask again at once. */
-        if (!rpc_interrupt_sleep(backoff / 2 +
-                                 (int64_t)(jitter_draw() % (uint64_t)(backoff / 2 + 1)))) {
+        pause = backoff / 2 + (int64_t)(jitter_draw() % (uint64_t)(backoff / 2 + 1));
+        if (!rpc_interrupt_sleep(pause < left ? pause : left)) {
             status = interrupted(err);
             break;
         }

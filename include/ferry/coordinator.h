@@ -195,8 +195,11 @@ typedef struct {
  * of the coordinator (FERRY_ERR_NOT_FOUND, FERRY_ERR_PERMISSION_DENIED,
  * FERRY_ERR_FAILED_PRECONDITION when the operation is taken or no longer
  * open, FERRY_ERR_KIND_MISMATCH, FERRY_ERR_SIZE_MISMATCH,
- * FERRY_ERR_TIMED_OUT, FERRY_ERR_UNAVAILABLE), and those of the begin
- * calls. The done callback stays the caller's. */
+ * FERRY_ERR_TIMED_OUT, FERRY_ERR_UNAVAILABLE, and FERRY_ERR_RESOURCE_EXHAUSTED
+ * when the replica's bounds on waits refused every look of wait_ms: the
+ * wait asks again after UNAVAILABLE and RESOURCE_EXHAUSTED, with pauses,
+ * until wait_ms runs out), and those of the begin calls. The done callback
+ * stays the caller's. */
 FERRY_API ferry_status_t ferry_write_begin_by_id(ferry_connector_t *connector,
                                                  ferry_coordinator_t *coordinator,
                                                  const ferry_claim_params_t *params,

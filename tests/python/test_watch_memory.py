@@ -70,6 +70,16 @@ def b64(data):
     return base64.b64encode(data if isinstance(data, bytes) else data.encode()).decode()
 
 
+def op_put(pb, root, rid, pad):
+    """A txn's put of an ended operation record `rid` under `root`, with
+    `pad` bytes of error message."""
+    value = pb.Operation(request_id=rid, kind=pb.OPERATION_KIND_WRITE,
+                         state=pb.OPERATION_STATE_ERRORED, owner="py", created_unix_ms=1,
+                         updated_unix_ms=1, error_code=1, error_message="e" * pad)
+    return {"requestPut": {"key": b64(root + "ops/" + rid),
+                           "value": b64(value.SerializeToString())}}
+
+
 def etcd_post(endpoint, path, body):
     req = urllib.request.Request(endpoint + path, data=json.dumps(body).encode(),
                                  headers={"Content-Type": "application/json"})
@@ -187,12 +197,7 @@ class WatchMemoryIsBounded(unittest.TestCase):
             puts = []
             for k in range(i, i + PER_REVISION):
                 rid = f"{prefix}{'b' if k % PER_REVISION == 0 else 'a'}{k:04d}"
-                value = self.pb.Operation(
-                    request_id=rid, kind=self.pb.OPERATION_KIND_WRITE,
-                    state=self.pb.OPERATION_STATE_ERRORED, owner="py", created_unix_ms=1,
-                    updated_unix_ms=1, error_code=1, error_message="e" * PAD)
-                puts.append({"requestPut": {"key": b64("/wm/ops/" + rid),
-                                            "value": b64(value.SerializeToString())}})
+                puts.append(op_put(self.pb, "/wm/", rid, PAD))
                 ids.append(rid)
             resp = etcd_post(self.etcd.endpoint, "/v3/kv/txn", {"success": puts})
             last = int(resp["header"]["revision"])
@@ -330,12 +335,7 @@ class WatchMemoryIsBounded(unittest.TestCase):
                 puts = []
                 for k in range(128):
                     rid = f"{prefix}c{r:03d}{k:03d}"
-                    value = self.pb.Operation(
-                        request_id=rid, kind=self.pb.OPERATION_KIND_WRITE,
-                        state=self.pb.OPERATION_STATE_ERRORED, owner="py", created_unix_ms=1,
-                        updated_unix_ms=1, error_code=1, error_message="e" * BURST_PAD)
-                    puts.append({"requestPut": {"key": b64("/wm/ops/" + rid),
-                                                "value": b64(value.SerializeToString())}})
+                    puts.append(op_put(self.pb, "/wm/", rid, BURST_PAD))
                     want.append(rid)
                 etcd_post(self.etcd.endpoint, "/v3/kv/txn", {"success": puts})
                 for reader in readers:
@@ -355,6 +355,76 @@ class WatchMemoryIsBounded(unittest.TestCase):
         for reader in readers:
             self.assertEqual(reader.ids, want)
         self.wait_all_done()
+
+
+class WatchMemoryPastTheBound(unittest.TestCase):
+    """A revision larger than the room left goes to every stream that
+    shares it, past the bound; the next revision then finds the count over
+    the bound with no stream further behind than another, and goes in too,
+    within twice the bound (review-s32 M1: it ended every stream, one by
+    one). Streams whose window (HTTP/2's first 64 KiB) is never widened
+    stand for a fan-out slower than the revisions."""
+
+    STREAMS = 20
+    BIG = 100  # records of PAST_PAD bytes: one revision of ~1.2 MiB, over the 1 MiB bound
+    PAST_PAD = 12 << 10
+
+    @classmethod
+    def setUpClass(cls):
+        cls.cluster = ferry_harness.Cluster(ttl=30, extra=(
+            "--prefix", "/wm-past/", "--watch-queue-kib", "8192", "--watch-memory-mib", "1",
+            "--metrics-listen", "127.0.0.1:0"))
+        cls.coord = cls.cluster.coordinator
+        cls.metrics_port = cls.coord.metrics_port()
+        from ferry.v1 import coordinator_pb2, coordinator_pb2_grpc, types_pb2  # noqa: F401
+        cls.pb, cls.cpb = types_pb2, coordinator_pb2
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.cluster.close()
+
+    def metric(self, name, **labels):
+        return ferry_harness.metric(self.metrics_port, name, **labels)
+
+    def put(self, rids, pad):
+        etcd_post(self.cluster.etcd.endpoint, "/v3/kv/txn",
+                  {"success": [op_put(self.pb, "/wm-past/", rid, pad) for rid in rids]})
+
+    def sent_at_least(self, n, raw, sids, what):
+        """Until n events are queued, or a stream ends."""
+        ferry_harness.wait_until(lambda: self.metric("ferry_watch_events_sent_total") >= n
+                                 or raw.ended_count(sids) > 0, 30, what)
+        self.assertEqual(raw.ended_count(sids), 0, f"streams ended before {what}")
+
+    def test_the_revision_after_one_past_the_bound_ends_no_stream(self):
+        bound = 1 << 20
+        raw = ferry_harness.RawH2(self.coord.port)
+        try:
+            sids = raw.open(WATCH, [self.cpb.WatchRequest(request_id_prefix="past-")]
+                            * self.STREAMS)
+            ferry_harness.wait_until(
+                lambda: self.metric("ferry_rpc_in_flight", method=WATCH) == self.STREAMS, 20,
+                "the streams to be open")
+            self.put([f"past-a{k:03d}" for k in range(self.BIG)], self.PAST_PAD)
+            self.sent_at_least(self.STREAMS * self.BIG, raw, sids,
+                               "the large revision to every stream")
+            self.assertGreater(self.metric("ferry_watch_queued_bytes"), bound)
+            self.put(["past-b"], 10)
+            self.sent_at_least(self.STREAMS * (self.BIG + 1), raw, sids,
+                               "the next revision to every stream")
+            queued = self.metric("ferry_watch_queued_bytes")
+            print(f"{self.STREAMS} streams that stopped reading hold two revisions: {queued:.0f} bytes "
+                  f"queued, bound {bound}", file=sys.stderr)
+            self.assertLessEqual(queued, 2 * bound)
+            self.assertEqual(raw.ended_count(sids), 0)
+            for action in ("evicted", "ended", "refused"):
+                self.assertEqual(self.metric("ferry_watch_memory_total", action=action), 0,
+                                 action)
+        finally:
+            raw.close()
+        ferry_harness.wait_until(lambda: self.metric("ferry_watch_queued_bytes") == 0, 20,
+                                 "ferry_watch_queued_bytes to return to 0")
+
 
 if __name__ == "__main__":
     unittest.main(verbosity=2)

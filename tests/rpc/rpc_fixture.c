@@ -137,8 +137,7 @@ static void fill_until_refused(fixture_t *f, rpc_call_t *call, int n)
         rpc_msg_t *m;
         header.revision = sent + 1;
         m = rpc_msg_pack(&resp.base);
-        status =
-            m != NULL ? rpc_call_send_msgs(call, &m, 1, false, &over_budget) : FERRY_ERR_NO_MEMORY;
+        status = m != NULL ? rpc_call_send_msgs(call, &m, 1, 0, &over_budget) : FERRY_ERR_NO_MEMORY;
         rpc_msg_unref(m);
         sent += status == FERRY_OK;
     }
@@ -203,7 +202,7 @@ static ferry_status_t send_pair(rpc_call_t *call, Ferry__V1__WatchResponse *resp
     two[1] = rpc_msg_pack(&resp->base);
     resp->header->coordinator = "x";
     two[0] = rpc_msg_pack(&resp->base);
-    status = two[0] != NULL && two[1] != NULL ? rpc_call_send_msgs(call, two, 2, false, NULL)
+    status = two[0] != NULL && two[1] != NULL ? rpc_call_send_msgs(call, two, 2, 0, NULL)
                                               : FERRY_ERR_NO_MEMORY;
     rpc_msg_unref(two[0]);
     rpc_msg_unref(two[1]);
@@ -223,7 +222,7 @@ static void send_and_keep(fixture_t *f, rpc_call_t *call, int n, char mode)
     header.coordinator = fat;
     resp.header = &header;
     for (int i = 0; i < n && status == FERRY_OK; i++) {
-        status = mode == 's'   ? rpc_call_send_msgs(call, &f->shared, 1, true, NULL)
+        status = mode == 's'   ? rpc_call_send_msgs(call, &f->shared, 1, RPC_SEND_SHARED, NULL)
                  : mode == 'p' ? send_pair(call, &resp)
                                : rpc_call_send(call, &resp.base);
     }

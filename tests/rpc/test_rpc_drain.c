@@ -666,21 +666,25 @@ static void test_behind_counts_what_ending_the_stream_frees(void **state)
 {
     fixture_t *f = *state;
     Ferry__V1__WatchRequest req = FERRY__V1__WATCH_REQUEST__INIT;
-    size_t shared_behind, own_behind;
+    long long opened = fixture_now_ms();
+    size_t shared_behind, own_behind, entries;
     int fds[2];
 
     req.request_id = "share:3";
     fds[0] = stuck_call_open(f->port, WATCH_PATH, &req.base, 0);
     assert_true(fixture_wait(f, kept_one, WAIT_MS));
+    shared_behind = rpc_call_behind_bytes(kept_call(f, 0));
+    /* One entry waits behind the message in flight (two before the first
+     * goes), the third being the newest; once the one in flight has been
+     * stuck, all three count (a loaded machine may take that long:
+     * review-s32 L1). */
+    entries = fixture_now_ms() - opened < RPC_STUCK_MS ? 2 : 3;
     req.request_id = "own:3";
     fds[1] = stuck_call_open(f->port, WATCH_PATH, &req.base, 0);
     assert_true(fixture_wait(f, kept_two, WAIT_MS));
-    shared_behind = rpc_call_behind_bytes(kept_call(f, 0));
     own_behind = rpc_call_behind_bytes(kept_call(f, 1));
-    /* One entry waits behind each message in flight, the third being the
-     * newest; the message in flight counts too once it has been stuck. */
     assert_true(shared_behind >= RPC_OUTMSG_OVERHEAD);
-    assert_true(shared_behind <= 2 * RPC_OUTMSG_OVERHEAD);
+    assert_true(shared_behind <= entries * RPC_OUTMSG_OVERHEAD);
     assert_true(own_behind >= FIXTURE_FAT_BYTES + RPC_OUTMSG_OVERHEAD);
     assert_true(own_behind > shared_behind);
     close(fds[0]);
