@@ -767,17 +767,30 @@ class _Operation(_ferry._Operation):
 
     def close(self) -> None:
         """Cancels the operation if it is not final, then releases it: a
-        passive operation's memory registration goes at once. It never waits
-        for a peer: unless it completed, its descriptors' memory is held by
-        the connector while data may still move through it (its own puts or
-        gets, an admitted writer's puts), until libferry says nothing can
-        reach it any more (let go of at the connector's next operation close
-        or region call) or the connector is closed. Memory inside one of the
-        connector's Regions is not held here: libferry keeps the region
-        registered itself while data may move (Region.close raises Busy
-        meanwhile). A write or read over a bare address (nothing to hold)
-        waits for its own data in flight instead. Status and error stay
-        readable. Idempotent.
+        passive operation's memory registration goes at once. It does not
+        wait for a peer for memory it can hold: unless it completed, its
+        descriptors' memory is held by the connector while data may still
+        move through it (its own puts or gets, an admitted writer's puts),
+        until libferry says nothing can reach it any more (let go of at the
+        connector's next operation close or region call) or the connector is
+        closed. Memory inside one of the connector's Regions is not held
+        here: libferry keeps the region registered itself while data may
+        move (Region.close raises Busy meanwhile).
+
+        Memory given by a bare address (``Descriptor((ptr, size, device))``:
+        nothing to hold) is waited for instead, so that it may be freed once
+        close() returns. A write or read waits for its own puts or gets in
+        flight; without peer error handling (the default) that wait has no
+        bound when the passive side stalls (UCX cannot cancel them), and
+        neither Ctrl-C nor a timeout ends it, in close() or when the
+        operation is collected. A writable or readable waits until the
+        writer or reader it admitted can no longer reach the memory (its
+        notice came, or its endpoint failed), for at most 1 s
+        (FERRY_OP_DESTROY_FLUSH_MS, as ferry_op_destroy): one that has not
+        settled by then (it died unseen, stopped, or its transfer takes
+        longer) may still write or read it after close() returns, so keep
+        such memory until the connector is closed, or give it as an object
+        the connector can hold. Status and error stay readable. Idempotent.
 
         While another thread's publish() of this operation is in flight
         (publish_async's, on its executor), close() returns at once and the
@@ -837,27 +850,34 @@ class WritableOperation(_PassiveOperation):
     """Passive: a remote worker may write into the local descriptors.
     Made by ``Connector.create_writable``. Leaving its ``with`` block
     unfinished cancels it and releases its memory registration (the memory
-    itself is held while a writer admitted to it may still write: see
-    close())."""
+    itself is held while a writer admitted to it may still write; memory
+    given by a bare address is waited for, at most 1 s: see close())."""
 
 
 class ReadableOperation(_PassiveOperation):
     """Passive: a remote worker may read the local descriptors. Made by
     ``Connector.create_readable``. Leaving its ``with`` block unfinished
     cancels it and releases its memory registration (the memory itself is
-    held while a reader admitted to it may still read: see close())."""
+    held while a reader admitted to it may still read; memory given by a
+    bare address is waited for, at most 1 s: see close())."""
 
 
 class WriteOperation(_Operation):
     """Active: writes local descriptors into a remote writable. Made by
     ``Connector.begin_write`` / ``begin_write_by_id``. Leaving its ``with``
-    block unfinished cancels it."""
+    block unfinished cancels it. Over memory given by a bare address,
+    closing or collecting it waits for its puts in flight, without a bound
+    when the passive side stalls and peer error handling is off: see
+    close()."""
 
 
 class ReadOperation(_Operation):
     """Active: reads a remote readable into local descriptors. Made by
     ``Connector.begin_read`` / ``begin_read_by_id``. Leaving its ``with``
-    block unfinished cancels it."""
+    block unfinished cancels it. Over memory given by a bare address,
+    closing or collecting it waits for its gets in flight, without a bound
+    when the passive side stalls and peer error handling is off: see
+    close()."""
 
 
 # ---- coordinator ----------------------------------------------------------

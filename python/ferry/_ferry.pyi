@@ -57,7 +57,14 @@ class _Operation:
     connector: Any
     descriptors: Tuple[_Descriptor, ...]
     access_token: Optional[str]
-    def close(self) -> None: ...
+    def close(self) -> None:
+        """Cancels if unfinished, then releases the operation. Memory it can
+        hold is held while data may move, never waited for. Memory given by
+        a bare address is waited for: a write or read waits for its own puts
+        or gets (without peer error handling, for as long as a stalled
+        passive side takes, uninterruptibly); a writable or readable, at most
+        1 s (FERRY_OP_DESTROY_FLUSH_MS), until its admitted writer or reader
+        can no longer reach it. ferry.WritableOperation.close says more."""
     def error(self) -> Tuple[int, Optional[str]]: ...
     def cancel(self) -> None: ...
     def _wait(self, timeout_ms: int) -> None: ...

@@ -35,9 +35,10 @@
  * writer's puts into a writable, a read's gets from a peer that stopped
  * answering) and calls pyferry_parked_released, on libferry's thread,
  * once none can land any more; the next reap drops the node. A close()
- * therefore never blocks on a peer. Memory libferry never released (a
- * peer that never settled) is leaked when the connector closes, never
- * freed.
+ * therefore never blocks on a peer for memory it can hold (op.c says how
+ * long it waits for memory given by address). Memory libferry never
+ * released (a peer that never settled) is leaked when the connector
+ * closes, never freed.
  * Memory the operation reaches through a region (ferry_op_in_region: it
  * lies inside one, however the descriptor was made: the region, or a
  * memoryview, numpy array or tensor over it) is not parked: libferry holds
@@ -154,7 +155,8 @@ void pyferry_parked_released(void *node)
 }
 
 /* Frees the parked nodes libferry released, letting go of their
- * descriptors. With destroyed (the libferry connector is gone), the others
+ * descriptors; a node a close() still waits on (waited_on) stays for a
+ * later reap. With destroyed (the libferry connector is gone), the others
  * are left too, but never freed: libferry never said that nothing reaches
  * them (a peer that never settled; a UCX worker left behind with their
  * transfers, which on RDMA hardware a NIC could still complete), so their
@@ -168,7 +170,7 @@ static void parked_free(pyferry_connector_t *self, bool destroyed)
      * is dropped) that reaps or closes this connector too. */
     while (*pp != NULL) {
         pyferry_parked_t *p = *pp;
-        if (atomic_load(&p->released) || destroyed) {
+        if ((atomic_load(&p->released) && !p->waited_on) || destroyed) {
             *pp = p->next;
             p->next = go;
             go = p;
@@ -219,7 +221,7 @@ void pyferry_connector_reap(pyferry_connector_t *self)
 }
 
 pyferry_parked_t *pyferry_connector_park(pyferry_connector_t *self, PyObject *keep,
-                                         const ferry_op_t *op)
+                                         const ferry_op_t *op, bool waited_on)
 {
     Py_ssize_t n = PyTuple_Size(keep), kept = 0;
     pyferry_parked_t *p;
@@ -229,7 +231,7 @@ pyferry_parked_t *pyferry_connector_park(pyferry_connector_t *self, PyObject *ke
         pyferry_desc_t *d = (pyferry_desc_t *)PyTuple_GetItem(keep, i);
         kept += d->owner != Py_None && !ferry_op_in_region(op, (size_t)i);
     }
-    if (kept == 0) {
+    if (kept == 0 && !waited_on) {
         return NULL; /* no memory to hold, or libferry holds its region */
     }
     p = calloc(1, sizeof(*p));
@@ -257,6 +259,7 @@ pyferry_parked_t *pyferry_connector_park(pyferry_connector_t *self, PyObject *ke
     }
     p->descs = descs;
     atomic_init(&p->released, false);
+    p->waited_on = waited_on;
     p->next = self->parked;
     self->parked = p;
     return p;

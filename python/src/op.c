@@ -9,8 +9,15 @@
  * peer that stopped answering: the memory stays held until libferry
  * releases it (no put or get of ours, nor of an admitted peer, can reach
  * it any more), or until the connector is destroyed; memory inside a
- * region is not parked, as libferry holds the region itself. An operation is bound to a coordinator
- * only once publish() succeeded.
+ * region is not parked, as libferry holds the region itself. Memory given
+ * by address (no owner to hold) is waited for instead: a write or read
+ * over it is destroyed waiting (ferry_op_destroy), which without peer
+ * error handling waits for a stalled passive side with no bound, and
+ * cannot be interrupted (audit-s32 L4); a writable or readable over it
+ * waits, within FERRY_OP_DESTROY_FLUSH_MS, for libferry to release the
+ * parked node, as ferry_op_destroy would wait for its admitted writer or
+ * reader (audit-s32 M1). An operation is bound to a coordinator only once
+ * publish() succeeded.
  *
  * Life: made by the connector (_create, _begin_by_id): the Python object
  * first (pyferry_op_make), so that the class's own code runs before any
@@ -46,6 +53,7 @@
 #include "pyferry.h"
 
 #include <stdint.h>
+#include <time.h>
 #include <unistd.h>
 
 /* libferry's progress thread: append to the connector's queue, signal the
@@ -212,6 +220,31 @@ static bool raw_memory(PyObject *descs, const ferry_op_t *op)
     return false;
 }
 
+/* Waits, with no GIL, until libferry releases parked (a destroyed passive
+ * operation's admitted writer or reader has settled: it can no longer reach
+ * the memory) or FERRY_OP_DESTROY_FLUSH_MS has passed, the bound within
+ * which ferry_op_destroy waits for the same. libferry's progress thread
+ * drives the connector meanwhile (over TCP or shared memory it applies the
+ * writer's puts in this process), so this only looks, a millisecond a
+ * round, as destroy's own wait does once it stops spinning. parked is not
+ * freed meanwhile (its waited_on). */
+static void wait_released(const pyferry_parked_t *parked)
+{
+    const struct timespec round = {0, 1000000};
+    struct timespec start, now;
+
+    clock_gettime(CLOCK_MONOTONIC, &start);
+    while (!atomic_load(&parked->released)) {
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        int64_t ns =
+            (int64_t)(now.tv_sec - start.tv_sec) * 1000000000 + (now.tv_nsec - start.tv_nsec);
+        if (ns >= (int64_t)FERRY_OP_DESTROY_FLUSH_MS * 1000000) {
+            return; /* still parked: its owned memory stays held until released */
+        }
+        nanosleep(&round, NULL);
+    }
+}
+
 /* Keeps op's status and error as the closed operation's. */
 static void keep_outcome(pyferry_op_t *self, ferry_op_t *op)
 {
@@ -259,14 +292,33 @@ static void op_release(pyferry_op_t *self)
      * once close() returns. A passive destroy waits for an admitted peer
      * only within a bound (then it may still reach the memory), so a
      * writable's or readable's owned memory is parked whatever else it
-     * has. */
+     * has; its memory given by address is then waited for here, within
+     * that destroy's bound (audit-s32 M1: close() returned at once, and an
+     * admitted writer's puts went on landing in memory the caller was free
+     * to free). The waiting destroy itself would not do: past its bound it
+     * would let the owned memory go while the peer may still reach it. */
     bool active = self->kind != PYFERRY_WRITABLE && self->kind != PYFERRY_READABLE;
+    bool raw = self->descs != NULL && raw_memory(self->descs, op);
     if (self->closed_status != FERRY_OP_STATUS_COMPLETE && self->descs != NULL &&
-        !(active && raw_memory(self->descs, op))) {
-        pyferry_parked_t *parked = pyferry_connector_park(self->connector, self->descs, op);
-        Py_BEGIN_ALLOW_THREADS ferry_op_destroy_nowait(
-            op, parked != NULL ? pyferry_parked_released : NULL, parked);
-        Py_END_ALLOW_THREADS
+        !(active && raw)) {
+        pyferry_parked_t *parked =
+            pyferry_connector_park(self->connector, self->descs, op, !active && raw);
+        if (parked == NULL && raw) {
+            /* No memory for the node: the owned memory is leaked (park),
+             * and the waiting destroy waits for the rest. */
+            Py_BEGIN_ALLOW_THREADS ferry_op_destroy(op);
+            Py_END_ALLOW_THREADS
+        } else {
+            Py_BEGIN_ALLOW_THREADS ferry_op_destroy_nowait(
+                op, parked != NULL ? pyferry_parked_released : NULL, parked);
+            if (raw) {
+                wait_released(parked);
+            }
+            Py_END_ALLOW_THREADS
+        }
+        if (raw && parked != NULL) {
+            parked->waited_on = false; /* the next reap may free it */
+        }
     } else {
         Py_BEGIN_ALLOW_THREADS ferry_op_destroy(op);
         Py_END_ALLOW_THREADS
@@ -751,7 +803,11 @@ static PyObject *op_get_access_token(PyObject *obj, void *closure)
 static PyMethodDef op_methods[] = {
     {"close", op_close, METH_NOARGS,
      "close(): cancels the operation if unfinished, then releases it (and, for a passive one, "
-     "its memory registration). Idempotent."},
+     "its memory registration). Memory given by address has nothing to hold: a write or read "
+     "waits for its own puts or gets (without peer error handling, for as long as a stalled "
+     "passive side takes, uninterruptibly); a writable or readable waits, at most 1 s "
+     "(FERRY_OP_DESTROY_FLUSH_MS), until its admitted writer or reader can no longer reach it. "
+     "Idempotent."},
     {"error", op_error, METH_NOARGS, "error() -> (code, message): why it failed, if it did."},
     {"cancel", op_cancel, METH_NOARGS, "cancel(): cancels; no-op when final."},
     {"_wait", op_wait, METH_O, "_wait(timeout_ms)."},

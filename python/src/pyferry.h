@@ -122,6 +122,7 @@ typedef struct pyferry_orphan {
 typedef struct pyferry_parked {
     PyObject *descs;             /* strong: tuple of the _Descriptors kept (GIL) */
     atomic_bool released;        /* set by libferry (pyferry_parked_released), any thread */
+    bool waited_on;              /* GIL: a close() reads released with the GIL released: kept */
     struct pyferry_parked *next; /* GIL */
 } pyferry_parked_t;
 
@@ -308,10 +309,12 @@ bool pyferry_connector_forked(const pyferry_connector_t *conn);
  * conn is destroyed; those libferry holds through a region
  * (ferry_op_in_region) and those that own nothing are not kept. Returns
  * the node to hand to ferry_op_destroy_nowait, or NULL when nothing is
- * kept. Cannot fail: on no memory they are leaked rather than freed (and
- * NULL returned). */
+ * kept. With waited_on, a node comes back even when nothing is kept, and
+ * is not freed until the caller clears its waited_on (with the GIL): the
+ * caller waits for its release. Cannot fail: on no memory they are leaked
+ * rather than freed (and NULL returned). */
 pyferry_parked_t *pyferry_connector_park(pyferry_connector_t *conn, PyObject *keep,
-                                         const ferry_op_t *op);
+                                         const ferry_op_t *op, bool waited_on);
 
 /* libferry's released callback for a parked node (ferry_op_destroy_nowait):
  * marks it, for the next reap. Any thread, no GIL, no Python API. */
