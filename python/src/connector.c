@@ -156,7 +156,9 @@ void pyferry_parked_released(void *node)
 
 /* Frees the parked nodes libferry released, letting go of their
  * descriptors; a node a close() still waits on (waited_on) stays for a
- * later reap. With destroyed (the libferry connector is gone), the others
+ * later reap, even with destroyed: that close() reads it without the GIL,
+ * and sets waited_on back with it. With destroyed (the libferry connector
+ * is gone), the others
  * are left too, but never freed: libferry never said that nothing reaches
  * them (a peer that never settled; a UCX worker left behind with their
  * transfers, which on RDMA hardware a NIC could still complete), so their
@@ -170,7 +172,7 @@ static void parked_free(pyferry_connector_t *self, bool destroyed)
      * is dropped) that reaps or closes this connector too. */
     while (*pp != NULL) {
         pyferry_parked_t *p = *pp;
-        if ((atomic_load(&p->released) && !p->waited_on) || destroyed) {
+        if (!p->waited_on && (atomic_load(&p->released) || destroyed)) {
             *pp = p->next;
             p->next = go;
             go = p;
