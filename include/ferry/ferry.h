@@ -35,8 +35,12 @@
  * worker's UCX address (every metadata it published, every claim it sent,
  * carries it) can read and write any memory of the process, or crash it,
  * claim or no claim, and can make UCX allocate memory and hold descriptors
- * for it. Run workers where every process that can reach them is trusted as
- * the workers are (README.md, "The data plane trusts its peers").
+ * for it. Where keys are checked (RDMA NICs), a key opens its memory both
+ * ways: UCX 1.13 registers for remote reads and writes alike, so a
+ * readable's key lets its holder write, and a writable's read what the
+ * memory held before. Run workers where every process that can reach them
+ * is trusted as the workers are (README.md, "The data plane trusts its
+ * peers").
  *
  * Ownership: every handle is created by a *_create / *_begin function and
  * released by its *_destroy, which accepts NULL. Operations must be destroyed
