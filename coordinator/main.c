@@ -132,7 +132,7 @@ static void sample_metrics(void *arg, coord_metrics_sample_t *out)
         out->wait_peers = coord_service_wait_peers(c->service);
         out->watch_peer_refusals = coord_service_watch_peer_refusals(c->service);
         out->wait_peer_refusals = coord_service_wait_peer_refusals(c->service);
-        out->read_peers = coord_service_read_peers(c->service);
+        coord_service_reads_held(c->service, &out->read_peers, &out->etcd_reads_held);
         out->read_peer_refusals = coord_service_read_peer_refusals(c->service);
     }
 }

@@ -19,6 +19,8 @@
  *   ferry_peers_holding{kind}                    gauge, client hosts holding a Watch stream
  *                                                (watch), a parked wait (wait), a read
  *                                                waiting on etcd (read)
+ *   ferry_etcd_reads_held                        gauge, reads waiting on etcd (running and
+ *                                                queued), all hosts
  *   ferry_peer_refusals_total{kind}              counter, Watch streams (watch), parked waits
  *                                                (wait), etcd reads (read) refused for their
  *                                                host's share
@@ -406,22 +408,23 @@ char *coord_metrics_render(coord_metrics_t *m)
             "appears (bounded by --max-waits).\n# TYPE ferry_parked_waits gauge\n"
             "ferry_parked_waits %zu\n",
             sample.parked_waits);
-    fprintf(f,
-            "# HELP ferry_watch_queued_bytes Memory held by messages queued on Watch streams "
-            "that their clients have not taken, all streams together (a message shared by "
-            "streams once, with each queue entry's overhead; at most --watch-memory-mib plus the "
-            "largest revision streams share).\n"
-            "# TYPE ferry_watch_queued_bytes gauge\nferry_watch_queued_bytes %zu\n"
-            "# HELP ferry_watch_memory_total Watch streams that --watch-memory-mib ended or "
-            "refused: evicted (the furthest behind, what its client had not read dropped, to "
-            "make room for another's revision), ended (its own revision did not fit, none "
-            "further behind), refused (its first message did not fit).\n"
-            "# TYPE ferry_watch_memory_total counter\n"
-            "ferry_watch_memory_total{action=\"evicted\"} %" PRIu64 "\n"
-            "ferry_watch_memory_total{action=\"ended\"} %" PRIu64 "\n"
-            "ferry_watch_memory_total{action=\"refused\"} %" PRIu64 "\n",
-            sample.watch_queued_bytes, sample.watch_memory_evicted, sample.watch_memory_ended,
-            sample.watch_memory_refused);
+    fprintf(
+        f,
+        "# HELP ferry_watch_queued_bytes Memory held by messages queued on Watch streams "
+        "that their clients have not taken, all streams together (a message shared by "
+        "streams once, with each queue entry's overhead; at most twice --watch-memory-mib, or it "
+        "plus the largest revision streams share).\n"
+        "# TYPE ferry_watch_queued_bytes gauge\nferry_watch_queued_bytes %zu\n"
+        "# HELP ferry_watch_memory_total Watch streams that --watch-memory-mib ended or "
+        "refused: evicted (the furthest behind, what its client had not read dropped, to "
+        "make room for another's revision), ended (its own revision did not fit, none "
+        "further behind), refused (its first message did not fit).\n"
+        "# TYPE ferry_watch_memory_total counter\n"
+        "ferry_watch_memory_total{action=\"evicted\"} %" PRIu64 "\n"
+        "ferry_watch_memory_total{action=\"ended\"} %" PRIu64 "\n"
+        "ferry_watch_memory_total{action=\"refused\"} %" PRIu64 "\n",
+        sample.watch_queued_bytes, sample.watch_memory_evicted, sample.watch_memory_ended,
+        sample.watch_memory_refused);
     fprintf(f,
             "# HELP ferry_peers_holding Client hosts (addresses without the port; IPv6 by "
             "/64) holding a Watch stream, a parked Lookup/Claim, or a read waiting on etcd, each "
@@ -429,6 +432,10 @@ char *coord_metrics_render(coord_metrics_t *m)
             "--etcd-reads-per-peer.\n# TYPE ferry_peers_holding gauge\n"
             "ferry_peers_holding{kind=\"watch\"} %zu\nferry_peers_holding{kind=\"wait\"} %zu\n"
             "ferry_peers_holding{kind=\"read\"} %zu\n"
+            "# HELP ferry_etcd_reads_held Reads waiting on etcd (a Lookup or Get the view does "
+            "not hold, a linearizable one, List), running and queued, all hosts: a host's "
+            "--etcd-reads-per-peer binds while they fill half of --etcd-inflight + "
+            "--etcd-queue.\n# TYPE ferry_etcd_reads_held gauge\nferry_etcd_reads_held %zu\n"
             "# HELP ferry_peer_refusals_total Watch streams, parked Lookup/Claim calls and reads "
             "that need etcd refused because their client host held its share "
             "(--max-watches-per-peer, --max-waits-per-peer, --etcd-reads-per-peer).\n"
@@ -436,8 +443,8 @@ char *coord_metrics_render(coord_metrics_t *m)
             "ferry_peer_refusals_total{kind=\"watch\"} %" PRIu64 "\n"
             "ferry_peer_refusals_total{kind=\"wait\"} %" PRIu64 "\n"
             "ferry_peer_refusals_total{kind=\"read\"} %" PRIu64 "\n",
-            sample.watch_peers, sample.wait_peers, sample.read_peers, sample.watch_peer_refusals,
-            sample.wait_peer_refusals, sample.read_peer_refusals);
+            sample.watch_peers, sample.wait_peers, sample.read_peers, sample.etcd_reads_held,
+            sample.watch_peer_refusals, sample.wait_peer_refusals, sample.read_peer_refusals);
     fprintf(f,
             "# HELP ferry_claim_ends_total Claims whose key went (finished, cancelled or "
             "expired), by where the expiry check was decided: on the view (the record was past "

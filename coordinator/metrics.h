@@ -41,6 +41,7 @@ typedef struct {
     uint64_t watch_peer_refusals; /* Watch streams refused for their host's share */
     uint64_t wait_peer_refusals;  /* parked waits refused for their host's share */
     size_t read_peers;            /* client hosts holding a read waiting on etcd */
+    size_t etcd_reads_held;       /* reads waiting on etcd, all hosts (running and queued) */
     uint64_t read_peer_refusals;  /* etcd reads refused for their host's share */
     uint64_t claim_ends_on_view; /* claims ended, settled on the view (coord_registry_claim_ends) */
     uint64_t claim_ends_checked; /* claims ended, checked by a transition */

@@ -842,14 +842,12 @@ err_name:
     return status;
 }
 
-size_t coord_service_read_peers(coord_service_t *svc)
+void coord_service_reads_held(coord_service_t *svc, size_t *hosts_p, size_t *reads_p)
 {
-    size_t n;
-
     pthread_mutex_lock(&svc->read_peers_lock);
-    n = coord_peers_count(svc->read_peers);
+    *hosts_p = coord_peers_count(svc->read_peers);
+    *reads_p = svc->reads_held;
     pthread_mutex_unlock(&svc->read_peers_lock);
-    return n;
 }
 
 uint64_t coord_service_read_peer_refusals(coord_service_t *svc)

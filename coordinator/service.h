@@ -72,10 +72,10 @@ size_t coord_service_wait_peers(coord_service_t *svc);
  * metrics. Any thread. */
 uint64_t coord_service_watch_peer_refusals(coord_service_t *svc);
 uint64_t coord_service_wait_peer_refusals(coord_service_t *svc);
-/* Client hosts holding a read on read_exec, and the reads refused since
- * start because their host held its share (max_reads_per_peer), for
- * metrics. Any thread. */
-size_t coord_service_read_peers(coord_service_t *svc);
+/* Client hosts holding a read on read_exec and the reads they hold
+ * (running and queued), and the reads refused since start because their
+ * host held its share (max_reads_per_peer), for metrics. Any thread. */
+void coord_service_reads_held(coord_service_t *svc, size_t *hosts_p, size_t *reads_p);
 uint64_t coord_service_read_peer_refusals(coord_service_t *svc);
 /* What Watch streams' messages that their clients have not taken hold in
  * memory (a message shared by streams once, each queue entry's overhead),

@@ -302,6 +302,12 @@ class OneHostTakesItsShareOfEtcdReads(unittest.TestCase):
                              READ_FLOOD - READ_TAKEN)
             self.assertGreaterEqual(raw.ended_count(lookups), READ_FLOOD - READ_TAKEN)
             self.assertEqual(self.metric("ferry_peers_holding", kind="read"), 1)
+            # What the host holds: the taken ones, unless the etcd client's
+            # own timeout ended some of them.
+            self.assertLessEqual(self.metric("ferry_etcd_reads_held"), READ_TAKEN)
+            self.assertGreaterEqual(self.metric("ferry_etcd_reads_held"),
+                                    READ_TAKEN - (raw.ended_count(lookups)
+                                                  - (READ_FLOOD - READ_TAKEN)))
 
             # Another host's List gets in, and is answered once etcd is.
             listed = self.stub.List.future(self.cpb.ListRequest(page_size=10), timeout=30)
@@ -316,6 +322,7 @@ class OneHostTakesItsShareOfEtcdReads(unittest.TestCase):
         self.assertEqual(list(listed.result().operations), [])
         ferry_harness.wait_until(lambda: self.metric("ferry_peers_holding", kind="read") == 0, 20,
                                  "every read to give its share back")
+        self.assertEqual(self.metric("ferry_etcd_reads_held"), 0)
 
 
 if __name__ == "__main__":
