@@ -9,6 +9,8 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "common/pb_wire.h"
+
 __attribute__((format(printf, 3, 4))) static ferry_status_t invalid(char *msg, size_t cap,
                                                                     const char *fmt, ...)
 {
@@ -146,6 +148,37 @@ ferry_status_t ferry_md_check(const char *field, const Ferry__V1__RdmaMetadata *
     if (md->worker_name != NULL && strlen(md->worker_name) > FERRY_MD_NAME_MAX) {
         return invalid(msg, cap, "%s.worker_name is %zu bytes; at most %d allowed", field,
                        strlen(md->worker_name), FERRY_MD_NAME_MAX);
+    }
+    return FERRY_OK;
+}
+
+ferry_status_t ferry_md_check_packed(const char *field, const uint8_t *bytes, size_t len, char *msg,
+                                     size_t cap)
+{
+    const ProtobufCFieldDescriptor *descriptors = protobuf_c_message_descriptor_get_field_by_name(
+        &ferry__v1__rdma_metadata__descriptor, "descriptors");
+    const uint8_t *p = bytes, *end = bytes + len;
+    size_t n = 0;
+
+    if (len > FERRY_MD_PACKED_MAX) {
+        return invalid(msg, cap, "%s is %zu bytes packed; at most %d allowed", field, len,
+                       FERRY_MD_PACKED_MAX);
+    }
+    /* The top level only, where the descriptors are the one repeated
+     * field. Fields the schema does not know, at any depth, protobuf-c
+     * keeps too (some 28 bytes of heap for each 2 bytes), within the bound
+     * on len above. */
+    while (p < end) {
+        ferry_pb_field_t f;
+
+        if (!ferry_pb_next_field(&p, end, &f)) {
+            return invalid(msg, cap, "%s is not a valid RdmaMetadata encoding (at byte %zu)", field,
+                           (size_t)(p - bytes));
+        }
+        if (f.number == descriptors->id && ++n > FERRY_MD_DESCRIPTORS_MAX) {
+            return invalid(msg, cap, "%s.descriptors has more than %d entries; 1 to %d allowed",
+                           field, FERRY_MD_DESCRIPTORS_MAX, FERRY_MD_DESCRIPTORS_MAX);
+        }
     }
     return FERRY_OK;
 }

@@ -55,6 +55,17 @@
 ferry_status_t ferry_md_check(const char *field, const Ferry__V1__RdmaMetadata *md, char *msg,
                               size_t cap);
 
+/* The rules that bound what unpacking the metadata costs, checked on its
+ * packed bytes[0..len) before they are unpacked: at most
+ * FERRY_MD_PACKED_MAX bytes, a valid encoding at the top level, and at most
+ * FERRY_MD_DESCRIPTORS_MAX descriptors. protobuf-c builds every descriptor
+ * it finds before ferry_md_check can count them: 4 MiB of empty ones
+ * ("\x22\x00" repeated) became ~244 MiB of heap (audit-s32 L1). FERRY_OK,
+ * or FERRY_ERR_INVALID_ARGUMENT with msg naming the field; the rest of the
+ * rules are ferry_md_check's, on the unpacked message. */
+ferry_status_t ferry_md_check_packed(const char *field, const uint8_t *bytes, size_t len, char *msg,
+                                     size_t cap);
+
 /* FERRY_OK when n local descriptors of sizes[0..n) pair with md's, or
  * FERRY_ERR_SIZE_MISMATCH with msg giving the count or the first size that
  * differs, local then remote ("descriptor 2: local size 47 != remote size

@@ -948,8 +948,8 @@ rpc_msg_t *rpc_msg_pack_repeated(const ProtobufCMessage *msg, uint32_t number,
     }
     total = protobuf_c_message_get_packed_size(msg);
     for (size_t i = 0; i < n_values; i++) {
-        total += rpc__put_varint(head, (uint64_t)number << 3 | RPC_WIRE_LEN) +
-                 rpc__put_varint(head, values[i].len) + values[i].len;
+        total += ferry_pb_put_varint(head, (uint64_t)number << 3 | FERRY_PB_LEN) +
+                 ferry_pb_put_varint(head, values[i].len) + values[i].len;
     }
     m = malloc(sizeof(*m));
     if (m == NULL) {
@@ -962,8 +962,8 @@ rpc_msg_t *rpc_msg_pack_repeated(const ProtobufCMessage *msg, uint32_t number,
     p = GRPC_SLICE_START_PTR(m->slice);
     p += protobuf_c_message_pack(msg, p);
     for (size_t i = 0; i < n_values; i++) {
-        p += rpc__put_varint(p, (uint64_t)number << 3 | RPC_WIRE_LEN);
-        p += rpc__put_varint(p, values[i].len);
+        p += ferry_pb_put_varint(p, (uint64_t)number << 3 | FERRY_PB_LEN);
+        p += ferry_pb_put_varint(p, values[i].len);
         if (values[i].len > 0) {
             memcpy(p, values[i].data, values[i].len);
             p += values[i].len;

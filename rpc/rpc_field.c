@@ -2,12 +2,10 @@
  * rpc_field.c: one field of an encoded message, taken as it came (see
  * rpc.h): finding its span, and packing a message with it appended.
  *
- * The encoding (protobuf's): a message is a run of fields, each a varint tag
- * (field number << 3 | wire type) and a value; a length-delimited value
- * (wire type 2) is a varint length and that many bytes. Fields may come in
- * any order, and a singular message field that occurs twice is merged by a
- * decoder, which is why rpc_field_find refuses a repeat instead of choosing
- * one occurrence.
+ * The encoding (protobuf's) is read with common/pb_wire.h. Fields may come
+ * in any order, and a singular message field that occurs twice is merged by
+ * a decoder, which is why rpc_field_find refuses a repeat instead of
+ * choosing one occurrence.
  *
  * Threads: pure functions.
  */
@@ -15,33 +13,6 @@
 
 #include <stdlib.h>
 #include <string.h>
-
-/* Moves *p past one value of wire type `type`; false when malformed. */
-static bool skip_value(const uint8_t **p, const uint8_t *end, unsigned type)
-{
-    uint64_t v;
-
-    switch (type) {
-    case RPC_WIRE_VARINT:
-        return rpc__read_varint(p, end, &v);
-    case RPC_WIRE_FIXED64:
-    case RPC_WIRE_FIXED32:
-        v = type == RPC_WIRE_FIXED64 ? 8 : 4;
-        break;
-    case RPC_WIRE_LEN:
-        if (!rpc__read_varint(p, end, &v)) {
-            return false;
-        }
-        break;
-    default:
-        return false; /* groups (not proto3) and undefined types */
-    }
-    if (v > (uint64_t)(end - *p)) {
-        return false;
-    }
-    *p += v;
-    return true;
-}
 
 ferry_status_t rpc_field_find(const uint8_t *data, size_t len, uint32_t number,
                               const uint8_t **value_p, size_t *value_len_p)
@@ -51,26 +22,19 @@ ferry_status_t rpc_field_find(const uint8_t *data, size_t len, uint32_t number,
     size_t found_len = 0;
 
     while (p < end) {
-        const uint8_t *value;
-        uint64_t tag;
+        ferry_pb_field_t field;
 
-        if (!rpc__read_varint(&p, end, &tag)) {
+        if (!ferry_pb_next_field(&p, end, &field)) {
             return FERRY_ERR_INVALID_ARGUMENT;
         }
-        value = p;
-        if (!skip_value(&p, end, (unsigned)(tag & 7))) {
-            return FERRY_ERR_INVALID_ARGUMENT;
-        }
-        if ((tag >> 3) != number) {
+        if (field.number != number) {
             continue;
         }
-        if (found != NULL || (tag & 7) != RPC_WIRE_LEN) {
+        if (found != NULL || field.type != FERRY_PB_LEN) {
             return FERRY_ERR_INVALID_ARGUMENT;
         }
-        /* The length read again: skip_value already proved it fits. */
-        rpc__read_varint(&value, p, &tag);
-        found = value;
-        found_len = (size_t)(p - value);
+        found = field.value;
+        found_len = field.len;
     }
     if (found == NULL) {
         return FERRY_ERR_NOT_FOUND;
@@ -78,18 +42,6 @@ ferry_status_t rpc_field_find(const uint8_t *data, size_t len, uint32_t number,
     *value_p = found;
     *value_len_p = found_len;
     return FERRY_OK;
-}
-
-size_t rpc__put_varint(uint8_t *out, uint64_t v)
-{
-    size_t n = 0;
-
-    while (v >= 0x80) {
-        out[n++] = (uint8_t)(v | 0x80);
-        v >>= 7;
-    }
-    out[n++] = (uint8_t)v;
-    return n;
 }
 
 /* True when field `number` of msg's type is a singular length-delimited
@@ -132,8 +84,8 @@ ferry_status_t rpc_pack_with_field(const ProtobufCMessage *msg, uint32_t number,
     if (value == NULL) {
         value_len = 0;
     } else {
-        head_len = rpc__put_varint(head, (uint64_t)number << 3 | RPC_WIRE_LEN);
-        head_len += rpc__put_varint(head + head_len, value_len);
+        head_len = ferry_pb_put_varint(head, (uint64_t)number << 3 | FERRY_PB_LEN);
+        head_len += ferry_pb_put_varint(head + head_len, value_len);
     }
     len = protobuf_c_message_get_packed_size(msg);
     data = malloc(len + head_len + value_len + 1);

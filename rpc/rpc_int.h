@@ -35,6 +35,7 @@
 #include <grpc/support/alloc.h>
 #include <grpc/support/time.h>
 
+#include "common/pb_wire.h"
 #include "rpc/rpc.h"
 
 /* --- method table (rpc_method.c) --------------------------------------- */
@@ -92,23 +93,10 @@ void rpc__slice_to_str(grpc_slice slice, char *out, size_t cap);
 
 /* --- request checks (rpc_wire.c) ----------------------------------------- */
 
-/* Protobuf's wire types (the low three bits of a tag). */
-enum {
-    RPC_WIRE_VARINT = 0,
-    RPC_WIRE_FIXED64 = 1,
-    RPC_WIRE_LEN = 2,
-    RPC_WIRE_FIXED32 = 5,
-};
-
-/* Reads a base-128 varint at *p (before end) and moves *p past it; false
- * when it runs past end or past 10 bytes. */
-bool rpc__read_varint(const uint8_t **p, const uint8_t *end, uint64_t *value_p);
+/* The encoding's varints, wire types and fields: common/pb_wire.h. */
 
 /* The packed bytes of m (rpc_msg_size of them). */
 const uint8_t *rpc__msg_bytes(const rpc_msg_t *m);
-
-/* Writes v as a base-128 varint at out (room for 10 bytes); its length. */
-size_t rpc__put_varint(uint8_t *out, uint64_t v);
 
 /* Walks the encoded message `data` of type `desc`, nested messages
  * included, and refuses (FERRY_ERR_INVALID_ARGUMENT, with a message naming

@@ -65,21 +65,6 @@ static ferry_status_t wire_malformed(wire_walk_t *w)
     return wire_fail(w, RPC_WIRE_MALFORMED " (at %s)", w->path_len > 0 ? w->path : "top level");
 }
 
-bool rpc__read_varint(const uint8_t **p, const uint8_t *end, uint64_t *value_p)
-{
-    uint64_t value = 0;
-
-    for (unsigned shift = 0; shift < 64 && *p < end; shift += 7) {
-        uint8_t b = *(*p)++;
-        value |= (uint64_t)(b & 0x7f) << shift;
-        if ((b & 0x80) == 0) {
-            *value_p = value;
-            return true;
-        }
-    }
-    return false;
-}
-
 /* Appends ".name" (or "name" at the top) and "[index]" for a repeated
  * field; returns the length to restore with path_pop. */
 static size_t path_push(wire_walk_t *w, const ProtobufCFieldDescriptor *f, unsigned index)
@@ -140,7 +125,7 @@ static ferry_status_t walk_packed_enums(wire_walk_t *w, const ProtobufCFieldDesc
         uint64_t raw;
         size_t old = path_push(w, f, (*seen)++);
         ferry_status_t status =
-            rpc__read_varint(&p, end, &raw) ? check_enum(w, f, raw) : wire_malformed(w);
+            ferry_pb_read_varint(&p, end, &raw) ? check_enum(w, f, raw) : wire_malformed(w);
         path_pop(w, old);
         if (status != FERRY_OK) {
             return status;
@@ -186,58 +171,42 @@ static ferry_status_t walk_len_field(wire_walk_t *w, const ProtobufCFieldDescrip
 static ferry_status_t walk_field(wire_walk_t *w, const ProtobufCMessageDescriptor *desc,
                                  unsigned *seen, const uint8_t **p, const uint8_t *end, int depth)
 {
-    uint64_t tag, value;
     const ProtobufCFieldDescriptor *f = NULL;
+    ferry_pb_field_t field;
     unsigned *field_seen;
-    ferry_status_t status = FERRY_OK;
+    ferry_status_t status;
+    uint64_t value;
     size_t old;
 
-    if (!rpc__read_varint(p, end, &tag)) {
-        return wire_malformed(w);
+    if (!ferry_pb_next_field(p, end, &field)) {
+        return wire_malformed(w); /* groups too: not proto3, refused by protobuf-c */
     }
-    if ((tag >> 3) <= UINT32_MAX) {
-        f = protobuf_c_message_descriptor_get_field(desc, (unsigned)(tag >> 3));
+    if (field.number <= UINT32_MAX) {
+        f = protobuf_c_message_descriptor_get_field(desc, (unsigned)field.number);
     }
-    if (f == NULL && ++w->unknown > RPC_WIRE_UNKNOWN_MAX) {
-        return wire_fail(w,
-                         "request carries more than %d fields this server does not know "
-                         "(field number %llu at %s)",
-                         RPC_WIRE_UNKNOWN_MAX, (unsigned long long)(tag >> 3),
-                         w->path_len > 0 ? w->path : "top level");
-    }
-    field_seen = f != NULL ? &seen[f - desc->fields] : NULL;
-    switch (tag & 7) {
-    case RPC_WIRE_VARINT:
-        if (!rpc__read_varint(p, end, &value)) {
-            return wire_malformed(w);
+    if (f == NULL) {
+        if (++w->unknown > RPC_WIRE_UNKNOWN_MAX) {
+            return wire_fail(w,
+                             "request carries more than %d fields this server does not know "
+                             "(field number %llu at %s)",
+                             RPC_WIRE_UNKNOWN_MAX, (unsigned long long)field.number,
+                             w->path_len > 0 ? w->path : "top level");
         }
-        if (f != NULL && f->type == PROTOBUF_C_TYPE_ENUM) {
-            old = path_push(w, f, (*field_seen)++);
-            status = check_enum(w, f, value);
-            path_pop(w, old);
-        }
-        return status;
-    case RPC_WIRE_FIXED64:
-    case RPC_WIRE_FIXED32: {
-        size_t n = (tag & 7) == RPC_WIRE_FIXED64 ? 8 : 4;
-        if ((size_t)(end - *p) < n) {
-            return wire_malformed(w);
-        }
-        *p += n;
         return FERRY_OK;
     }
-    case RPC_WIRE_LEN: {
-        const uint8_t *start;
-        if (!rpc__read_varint(p, end, &value) || value > (uint64_t)(end - *p)) {
-            return wire_malformed(w);
-        }
-        start = *p;
-        *p += value;
-        return f != NULL ? walk_len_field(w, f, field_seen, start, (size_t)value, depth) : FERRY_OK;
+    field_seen = &seen[f - desc->fields];
+    if (field.type == FERRY_PB_LEN) {
+        return walk_len_field(w, f, field_seen, field.value, field.len, depth);
     }
-    default:
-        return wire_malformed(w); /* groups: not proto3, refused by protobuf-c */
+    if (field.type != FERRY_PB_VARINT || f->type != PROTOBUF_C_TYPE_ENUM) {
+        return FERRY_OK;
     }
+    /* Read again: ferry_pb_next_field proved the varint whole. */
+    ferry_pb_read_varint(&field.value, field.value + field.len, &value);
+    old = path_push(w, f, (*field_seen)++);
+    status = check_enum(w, f, value);
+    path_pop(w, old);
+    return status;
 }
 
 static ferry_status_t walk_message(wire_walk_t *w, const ProtobufCMessageDescriptor *desc,

@@ -7,7 +7,8 @@
  * the same the coordinator checks at Register (kind READ or WRITE, worker
  * address and rkeys non-empty and bounded, a FERRY__KEY_LEN notification
  * key, 1..1024 descriptors with non-zero address and size and one device
- * kind, a known version, bounded packed size).
+ * kind, a known version, bounded packed size). The size and the count of
+ * descriptors are checked on the bytes, before they are unpacked.
  *
  * Errors: bytes that do not decode and decoded fields that break the rules
  * are both FERRY_ERR_INVALID_ARGUMENT (the caller passed them in), with a
@@ -53,9 +54,15 @@ ferry_status_t ferry__metadata_decode(const uint8_t *bytes, size_t len,
 {
     Ferry__V1__RdmaMetadata *md;
     ferry_status_t status;
+    char msg[FERRY__MSG_LEN];
 
     if (bytes == NULL || len == 0) {
         return ferry__fail(FERRY_ERR_INVALID_ARGUMENT, "metadata: empty");
+    }
+    /* Bounded before protobuf-c allocates for what the bytes hold (audit-s32
+     * L1): they come from a coordinator's answer or the caller's source. */
+    if (ferry_md_check_packed("metadata", bytes, len, msg, sizeof(msg)) != FERRY_OK) {
+        return ferry__fail(FERRY_ERR_INVALID_ARGUMENT, "%s", msg);
     }
     md = ferry__v1__rdma_metadata__unpack(NULL, len, bytes);
     if (md == NULL) {

@@ -226,7 +226,7 @@ static void test_values_are_bounded(void **state)
         size_t n = n_under + (size_t)over, inner = 2 * n;
         len = 0;
         buf[len++] = 0x12; /* field 2 (metadata), length-delimited */
-        len += rpc__put_varint(buf + len, inner);
+        len += ferry_pb_put_varint(buf + len, inner);
         for (size_t i = 0; i < n; i++) {
             buf[len++] = 0x22; /* field 4 (descriptors), length-delimited */
             buf[len++] = 0x00; /* an empty Descriptor */

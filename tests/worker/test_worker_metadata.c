@@ -2,6 +2,9 @@
  * test_worker_metadata.c: RdmaMetadata encode/decode/validate and the
  * local-to-remote match (worker/metadata.c), and the wire messages
  * (worker/wire.c). Pure functions: no UCX.
+ *
+ * protobuf_c_message_unpack is wrapped (-Wl,--wrap) to count its calls:
+ * metadata that would cost too much to unpack must be refused before it.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -12,7 +15,25 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/md_rules.h"
 #include "worker/ferry_int.h"
+
+static int unpacks; /* calls of protobuf_c_message_unpack */
+
+ProtobufCMessage *__real_protobuf_c_message_unpack(const ProtobufCMessageDescriptor *desc,
+                                                   ProtobufCAllocator *allocator, size_t len,
+                                                   const uint8_t *data);
+ProtobufCMessage *__wrap_protobuf_c_message_unpack(const ProtobufCMessageDescriptor *desc,
+                                                   ProtobufCAllocator *allocator, size_t len,
+                                                   const uint8_t *data);
+
+ProtobufCMessage *__wrap_protobuf_c_message_unpack(const ProtobufCMessageDescriptor *desc,
+                                                   ProtobufCAllocator *allocator, size_t len,
+                                                   const uint8_t *data)
+{
+    unpacks++;
+    return __real_protobuf_c_message_unpack(desc, allocator, len, data);
+}
 
 typedef struct {
     char bufs[3][64];
@@ -412,6 +433,78 @@ static void test_wire_peer_status(void **state)
         free(buf);
     }
 }
+/* Packed metadata costs protobuf-c far more than its size to unpack (a
+ * struct and a pointer for every descriptor), so its size and its count of
+ * descriptors are refused on the bytes, before any unpack (audit-s32 L1):
+ * 4 MiB of empty descriptors, a Claim answer's bound, used to become some
+ * 244 MiB of heap before ferry_md_check counted them. */
+static void test_costly_metadata_refused_before_unpacking(void **state)
+{
+    static char buf[FERRY_MD_DESCRIPTORS_MAX];
+    static ferry_descriptor_t descs[FERRY_MD_DESCRIPTORS_MAX];
+    static const void *rkeys[FERRY_MD_DESCRIPTORS_MAX];
+    static size_t rkey_lens[FERRY_MD_DESCRIPTORS_MAX];
+    fixture_t *f = *state;
+    Ferry__V1__RdmaMetadata *md = NULL;
+    size_t flood_len = 4u << 20, len;
+    uint8_t *flood = malloc(flood_len), *bytes, *more;
+
+    assert_non_null(flood);
+    for (size_t i = 0; i < flood_len; i += 2) {
+        flood[i] = 0x22;     /* field 4 (descriptors), length-delimited */
+        flood[i + 1] = 0x00; /* an empty Descriptor */
+    }
+    unpacks = 0;
+    assert_int_equal(ferry__metadata_decode(flood, flood_len, &md), FERRY_ERR_INVALID_ARGUMENT);
+    assert_null(md);
+    assert_string_equal(ferry_last_error_message(),
+                        "metadata is 4194304 bytes packed; at most 1048576 allowed");
+    assert_int_equal(unpacks, 0);
+    /* Within the size, one descriptor past the count. */
+    assert_int_equal(ferry__metadata_decode(flood, 2 * (FERRY_MD_DESCRIPTORS_MAX + 1), &md),
+                     FERRY_ERR_INVALID_ARGUMENT);
+    assert_string_equal(ferry_last_error_message(),
+                        "metadata.descriptors has more than 1024 entries; 1 to 1024 allowed");
+    assert_int_equal(unpacks, 0);
+    free(flood);
+
+    /* The most descriptors allowed still decode; one more, anywhere in the
+     * bytes, is refused before the unpack. */
+    for (size_t i = 0; i < FERRY_MD_DESCRIPTORS_MAX; i++) {
+        descs[i] = (ferry_descriptor_t){&buf[i], 1, FERRY_DEVICE_HOST_INIT};
+        rkeys[i] = f->rkey_bytes[0];
+        rkey_lens[i] = sizeof(f->rkey_bytes[0]);
+    }
+    ferry__metadata_build_t b = {
+        .kind = FERRY__KIND_WRITABLE,
+        .worker_address = f->address,
+        .worker_address_len = sizeof(f->address),
+        .descs = descs,
+        .n = FERRY_MD_DESCRIPTORS_MAX,
+        .rkeys = rkeys,
+        .rkey_lens = rkey_lens,
+        .key = f->key,
+    };
+    assert_int_equal(ferry__metadata_encode(&b, &bytes, &len), FERRY_OK);
+    unpacks = 0;
+    assert_int_equal(ferry__metadata_decode(bytes, len, &md), FERRY_OK);
+    assert_int_equal(md->n_descriptors, FERRY_MD_DESCRIPTORS_MAX);
+    assert_int_equal(unpacks, 1); /* the wrap counts */
+    ferry__metadata_free(md);
+    md = NULL;
+    more = malloc(len + 2);
+    assert_non_null(more);
+    more[0] = 0x22;
+    more[1] = 0x00;
+    memcpy(more + 2, bytes, len);
+    unpacks = 0;
+    assert_int_equal(ferry__metadata_decode(more, len + 2, &md), FERRY_ERR_INVALID_ARGUMENT);
+    assert_null(md);
+    assert_non_null(strstr(ferry_last_error_message(), "metadata.descriptors has more than 1024"));
+    assert_int_equal(unpacks, 0);
+    free(more);
+    free(bytes);
+}
 
 /* A message that wraps the one it replaces, as the callers that add their
  * context do (ferry__fail(s, "...: %s", ferry_last_error_message())),
@@ -443,6 +536,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_truncated, setup, teardown),
         cmocka_unit_test_setup_teardown(test_random_bytes, setup, teardown),
         cmocka_unit_test_setup_teardown(test_missing_fields, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_costly_metadata_refused_before_unpacking, setup,
+                                        teardown),
         cmocka_unit_test(test_wire_round_trip),
         cmocka_unit_test(test_wire_tails),
         cmocka_unit_test(test_wire_peer_status),
