@@ -823,7 +823,6 @@ ucs_status_t ferry__mem_map(ferry_connector_t *c, const ucp_mem_map_params_t *pa
 void ferry__mem_unmap(ferry_connector_t *c, ucp_mem_h memh);
 
 /* segments.c: remote keys that UCX maps into this process (see there). */
-uint64_t ferry__worker_id(const uint8_t *address, size_t len);
 /* Records the shared-memory segment at address (UCX allocated it for c) as
  * c's, so that a key of it passes only on c's endpoints; nothing where it
  * is no shared mapping. */
@@ -837,6 +836,14 @@ void ferry__segment_drop_own(const void *address);
 ferry_status_t ferry__rkey_classify(ferry__peer_t *peer, ferry__rkey_t *rk, uint64_t probe);
 /* Undoes the classification's record (the key is destroyed). */
 void ferry__segment_release(ferry__rkey_t *rk);
+/* The classification's decision on its own, for a segment a test maps
+ * itself: records the file (dev, ino) as mapped for a key of the worker at
+ * worker[0..len) (undo with ferry__segment_release on an rkey whose seg_dev
+ * and seg_ino name it and mapped is set), or refuses it
+ * (FERRY_ERR_INVALID_ARGUMENT) when the table has it for another worker, or
+ * (alias: it was mapped here before) not at all. */
+ferry_status_t ferry__segment_take(uint64_t dev, uint64_t ino, const uint8_t *worker, size_t len,
+                                   bool alias);
 /* FERRY_ERR_INVALID_ARGUMENT, with the range in the message, unless
  * [address, address + length) translates through rk into its segment (or
  * rk is not mapped here, where the target resolves addresses itself).

@@ -19,15 +19,19 @@
  * - That segment's file must not be mapped here already, unless it belongs
  *   to the same worker: a process-wide table records, by file (device and
  *   inode), the segments mapped for remote keys and those Ferry allocated
- *   here (ferry_mem_alloc, slot memory), each with its worker (a hash of the
- *   worker's UCX address). So a second key of the same passive side, and a
- *   passive side that is a connector of this process, pass; the writer's own
- *   segments and UCX's own do not.
+ *   here (ferry_mem_alloc, slot memory), each with its worker's UCX address,
+ *   compared whole. So a second key of the same passive side, and a passive
+ *   side that is a connector of this process, pass; the writer's own
+ *   segments and UCX's own do not. (The address is the metadata's word, and
+ *   UCX accepts one with bytes appended: a 64-bit unkeyed hash of it, as
+ *   the table once kept, let such a suffix pass for the writer itself,
+ *   audit-s32 L2.)
  * - Every range is translated at both ends, and both must lie inside the
  *   key's segment, contiguously (ferry__rkey_range_check).
  *
  * Cost: two reads of /proc/self/maps per key UCX maps, once per key and
- * peer (keys are cached: peer.c), one per allocation of our own; two
+ * peer (keys are cached: peer.c), one per allocation of our own; a copy
+ * of the worker's address (a few hundred bytes) per segment recorded; two
  * ucp_rkey_ptr calls per range. Keys UCX does not map here (TCP, RDMA, CMA:
  * the target resolves the address, in its own process) cost one
  * ucp_rkey_ptr call per range.
@@ -62,8 +66,9 @@ typedef struct {
 
 typedef struct {
     uint64_t dev, ino;
-    uint64_t worker; /* ferry__worker_id of the worker the segment belongs to */
-    uintptr_t own;   /* allocated here: its address (ferry__segment_drop_own); else 0 */
+    uint8_t *worker; /* the UCX address of the worker it belongs to (malloc'd) */
+    size_t worker_len;
+    uintptr_t own; /* allocated here: its address (ferry__segment_drop_own); else 0 */
     unsigned refs;
 } seg_t;
 
@@ -71,14 +76,9 @@ static pthread_mutex_t table_lock = PTHREAD_MUTEX_INITIALIZER;
 static seg_t *table;
 static size_t table_len, table_cap;
 
-uint64_t ferry__worker_id(const uint8_t *address, size_t len)
+static bool seg_of_worker(const seg_t *s, const uint8_t *worker, size_t len)
 {
-    uint64_t h = 0xcbf29ce484222325ull; /* FNV-1a */
-
-    for (size_t i = 0; i < len; i++) {
-        h = (h ^ address[i]) * 0x100000001b3ull;
-    }
-    return h;
+    return s->worker_len == len && memcmp(s->worker, worker, len) == 0;
 }
 
 /* The shared mappings of this process (malloc'd, *n_p of them); false when
@@ -148,17 +148,17 @@ static seg_t *table_find(uint64_t dev, uint64_t ino, uintptr_t own)
     return NULL;
 }
 
-/* Whether the table has (dev, ino) for a worker other than worker (*own_p:
- * allocated here), and whether it has it at all (*known_p); table_lock
- * held. */
-static bool table_other_worker(uint64_t dev, uint64_t ino, uint64_t worker, bool *known_p,
-                               bool *own_p)
+/* Whether the table has (dev, ino) for a worker other than the one at
+ * worker[0..len) (*own_p: allocated here), and whether it has it at all
+ * (*known_p); table_lock held. */
+static bool table_other_worker(uint64_t dev, uint64_t ino, const uint8_t *worker, size_t len,
+                               bool *known_p, bool *own_p)
 {
     *known_p = false;
     for (size_t i = 0; i < table_len; i++) {
         if (table[i].dev == dev && table[i].ino == ino) {
             *known_p = true;
-            if (table[i].worker != worker) {
+            if (!seg_of_worker(&table[i], worker, len)) {
                 *own_p = table[i].own != 0;
                 return true;
             }
@@ -167,10 +167,13 @@ static bool table_other_worker(uint64_t dev, uint64_t ino, uint64_t worker, bool
     return false;
 }
 
-/* One more reference to (dev, ino) for worker; table_lock held. */
-static bool table_add(uint64_t dev, uint64_t ino, uint64_t worker, uintptr_t own)
+/* One more reference to (dev, ino) for the worker at worker[0..len) (a
+ * remote key's entry is that worker's: table_other_worker passed);
+ * table_lock held. */
+static bool table_add(uint64_t dev, uint64_t ino, const uint8_t *worker, size_t len, uintptr_t own)
 {
     seg_t *s = own == 0 ? table_find(dev, ino, 0) : NULL;
+    uint8_t *copy;
 
     if (s != NULL) {
         s->refs++;
@@ -185,15 +188,52 @@ static bool table_add(uint64_t dev, uint64_t ino, uint64_t worker, uintptr_t own
         table = grown;
         table_cap = cap;
     }
-    table[table_len++] = (seg_t){dev, ino, worker, own, 1};
+    copy = malloc(len > 0 ? len : 1);
+    if (copy == NULL) {
+        return false;
+    }
+    memcpy(copy, worker, len);
+    table[table_len++] = (seg_t){dev, ino, copy, len, own, 1};
     return true;
 }
 
 static void table_remove(seg_t *s)
 {
     if (--s->refs == 0) {
+        free(s->worker);
         *s = table[--table_len];
     }
+}
+
+/* Admits the segment (dev, ino) that a key of the worker at
+ * worker[0..len) maps here (alias: the file was mapped here before the
+ * key's unpack), or refuses it; table_lock held. */
+static ferry_status_t table_take(uint64_t dev, uint64_t ino, const uint8_t *worker, size_t len,
+                                 bool alias)
+{
+    bool known = false, own = false;
+
+    if (table_other_worker(dev, ino, worker, len, &known, &own) || (alias && !known)) {
+        return ferry__fail(FERRY_ERR_INVALID_ARGUMENT,
+                           "it names a shared-memory segment this process maps already, "
+                           "%s, not one of the passive side's",
+                           own ? "one of its own" : "another worker's or UCX's own");
+    }
+    if (!table_add(dev, ino, worker, len, 0)) {
+        return ferry__fail(FERRY_ERR_NO_MEMORY, "out of memory for the segment table");
+    }
+    return FERRY_OK;
+}
+
+ferry_status_t ferry__segment_take(uint64_t dev, uint64_t ino, const uint8_t *worker, size_t len,
+                                   bool alias)
+{
+    ferry_status_t status;
+
+    pthread_mutex_lock(&table_lock);
+    status = table_take(dev, ino, worker, len, alias);
+    pthread_mutex_unlock(&table_lock);
+    return status;
 }
 
 void ferry__segment_add_own(ferry_connector_t *c, const void *address)
@@ -211,8 +251,8 @@ void ferry__segment_add_own(ferry_connector_t *c, const void *address)
     for (size_t i = 0; i < n; i++) {
         if (maps[i].start <= a && a < maps[i].end) {
             pthread_mutex_lock(&table_lock);
-            if (!table_add(maps[i].dev, maps[i].ino,
-                           ferry__worker_id((const uint8_t *)c->address, c->address_len), a)) {
+            if (!table_add(maps[i].dev, maps[i].ino, (const uint8_t *)c->address, c->address_len,
+                           a)) {
                 ferry_warn("connector %s: out of memory for the segment table", c->name);
             }
             pthread_mutex_unlock(&table_lock);
@@ -303,9 +343,8 @@ static ferry_status_t unpack_watched(ferry__peer_t *peer, ferry__rkey_t *rk, map
 
 ferry_status_t ferry__rkey_classify(ferry__peer_t *peer, ferry__rkey_t *rk, uint64_t probe)
 {
-    uint64_t worker = ferry__worker_id(peer->address, peer->address_len);
     ferry_status_t status = FERRY_OK;
-    bool alias = false, known = false, own = false;
+    bool alias = false;
     map_t seg = {0};
     void *local;
 
@@ -320,14 +359,7 @@ ferry_status_t ferry__rkey_classify(ferry__peer_t *peer, ferry__rkey_t *rk, uint
         }
     }
     if (status == FERRY_OK) {
-        if (table_other_worker(seg.dev, seg.ino, worker, &known, &own) || (alias && !known)) {
-            status = ferry__fail(FERRY_ERR_INVALID_ARGUMENT,
-                                 "it names a shared-memory segment this process maps already, "
-                                 "%s, not one of the passive side's",
-                                 own ? "one of its own" : "another worker's or UCX's own");
-        } else if (!table_add(seg.dev, seg.ino, worker, 0)) {
-            status = ferry__fail(FERRY_ERR_NO_MEMORY, "out of memory for the segment table");
-        }
+        status = table_take(seg.dev, seg.ino, peer->address, peer->address_len, alias);
     }
     pthread_mutex_unlock(&table_lock);
     if (status == FERRY_OK) {
