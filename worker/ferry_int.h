@@ -789,7 +789,8 @@ typedef struct {
     atomic_bool force;
     atomic_size_t chunk;
     atomic_uint slots;
-    atomic_bool no_map; /* never copy straight into the peer's slots */
+    atomic_bool no_map;    /* never copy straight into the peer's slots */
+    atomic_bool top_lanes; /* an active side takes its highest idle lane first, as a peer may */
 } ferry__test_staging_t;
 extern ferry__test_staging_t ferry__test_staging;
 /* ---- registered regions (region.c) ------------------------------------ */

@@ -118,7 +118,7 @@ struct ferry__stage {
     unsigned lanes;
     /* Passive. */
     struct ferry__slot_mem *mem; /* the slots' memory (slots is its base) */
-    size_t dirty;                /* bytes of it an honest peer or we write */
+    size_t dirty;                /* bytes of it a peer or we may have written */
     uint64_t total;              /* bytes of all descriptors */
     uint64_t landed;             /* bytes copied into them (a readable: out of them) */
     /* The chunks as the active side cuts them (the file comment): those of
@@ -235,8 +235,9 @@ static size_t chunk_for(const ferry_descriptor_t *descs, size_t n)
  * connector->slot_pool for the next passive op of the same size and engine
  * (at most FERRY__SLOT_POOL_BYTES in all, the rest is freed). It goes
  * back only when its op's slots would be freed anyway: its claimant settled
- * or its endpoint failed (the stale list below). What an honest peer or
- * this side wrote into it (dirty) is zeroed first, so that the next
+ * or its endpoint failed (the stale list below). What a peer or this side
+ * may have written into it (dirty: the slots an honest peer's lanes take,
+ * and any higher one a CHUNK named) is zeroed first, so that the next
  * operation's peer, who may read any slot with the key, finds nothing of
  * this one's data. A peer once admitted may still write into a set after
  * it returned to the pool, as into a region (ferry.h: on shared memory and
@@ -484,7 +485,8 @@ static ferry_status_t chunks_alloc(ferry_op_t *op)
         }
     }
     /* Lanes are taken lowest first (pump), so an honest peer writes the
-     * first min(chunks, lanes) slots. */
+     * first min(chunks, lanes) slots, a CHUNK for each or not (its op may
+     * end first); ferry__staged_on_chunk adds any higher slot one names. */
     s->dirty = (size_t)(n_chunks < s->lanes ? n_chunks : s->lanes) * s->slot_size;
     s->taken = calloc((size_t)(n_chunks + 7) / 8, 1);
     if (s->first_chunk == NULL || s->taken == NULL) {
@@ -621,6 +623,12 @@ void ferry__staged_on_chunk(ferry_connector_t *c, const ferry__msg_t *msg)
     }
     lane = &s->lane[msg->slot];
     s->taken[chunk_index(s, msg) / 8] |= (uint8_t)(1u << (chunk_index(s, msg) % 8));
+    /* A peer may name any slot (chunk_problem), not the lowest ones pump
+     * takes: the slot it names is zeroed too before the set serves the
+     * next operation, whose peer may read any slot (audit-s32 N1). */
+    if (((size_t)msg->slot + 1) * s->slot_size > s->dirty) {
+        s->dirty = ((size_t)msg->slot + 1) * s->slot_size;
+    }
     mem = (uint8_t *)op->descs[msg->desc].ptr + msg->offset;
     if (op->kind == FERRY__KIND_READABLE) {
         status = s->engine->ops->copy_async(s->engine, slot_of(s, msg->slot), mem, msg->len,
@@ -868,7 +876,8 @@ static void pump(ferry_op_t *op)
     struct ferry__stage *s = op->stage;
     bool busy = false;
 
-    for (unsigned i = 0; i < s->lanes && !ferry__op_is_final(op); i++) {
+    for (unsigned k = 0; k < s->lanes && !ferry__op_is_final(op); k++) {
+        unsigned i = atomic_load(&ferry__test_staging.top_lanes) ? s->lanes - 1 - k : k;
         lane_t *lane = &s->lane[i];
         if (lane->state == LANE_IDLE && s->next_desc < op->n) {
             size_t size = op->descs[s->next_desc].size;

@@ -1134,6 +1134,75 @@ static void test_slots_pooled(void **state)
     free(b);
 }
 
+/* The first byte of slots[from, to) that is not zero (to when none). */
+static size_t first_nonzero(const uint8_t *slots, size_t from, size_t to)
+{
+    while (from < to && slots[from] == 0) {
+        from++;
+    }
+    return from;
+}
+
+/* A peer may send a chunk through any slot, not only the lowest ones
+ * libferry's own lanes take: here the active side takes its lanes from the
+ * top, and one chunk goes through the last of four slots. The set goes back
+ * to the pool with that slot zeroed too, so the next op's peer, who may
+ * read any slot with the shared key, finds none of this op's bytes
+ * (audit-s32 N1). Before, only the first min(chunks, slots) slots were
+ * zeroed. Writes, then reads. */
+static void test_high_slot_zeroed(void **state)
+{
+    const uint64_t size = 256u << 10; /* one chunk */
+    const size_t set = 4 * (256u << 10);
+    uint8_t *a = malloc(size), *b = malloc(size), *first = NULL;
+    ferry_descriptor_t da = {a, size, FERRY_DEVICE_HOST_INIT};
+    ferry_descriptor_t db = {b, size, FERRY_DEVICE_HOST_INIT};
+    ferry_connector_t *c;
+    (void)state;
+
+    atomic_store(&ferry__test_staging.chunk, 256u << 10);
+    atomic_store(&ferry__test_staging.slots, 4);
+    atomic_store(&ferry__test_staging.top_lanes, true);
+    faults_reset();
+    assert_int_equal(ferry_connector_create(NULL, &c), FERRY_OK);
+    for (uint32_t i = 0; i < 2; i++) {
+        ferry_op_t *passive, *active;
+        const uint8_t *md;
+        size_t md_len, nonzero;
+        uint8_t *slots;
+
+        pair_fill(a, size, 60 + i, 0);
+        memset(b, 0, size);
+        assert_int_equal(read_dir ? ferry_readable_create(c, &da, 1, &passive)
+                                  : ferry_writable_create(c, &db, 1, &passive),
+                         FERRY_OK);
+        ferry__lock(c);
+        slots = (uint8_t *)ferry__staged_slots(passive);
+        nonzero = slots != NULL ? first_nonzero(slots, 0, set) : 0;
+        ferry__unlock(c);
+        assert_non_null(slots);
+        assert_int_equal(nonzero, set); /* every byte zero, new or (i = 1) pooled */
+        first = first == NULL ? slots : first;
+        assert_ptr_equal(slots, first);
+        assert_int_equal(ferry_op_metadata(passive, &md, &md_len), FERRY_OK);
+        assert_int_equal(read_dir ? ferry_read_begin(c, &db, 1, md, md_len, &active)
+                                  : ferry_write_begin(c, &da, 1, md, md_len, &active),
+                         FERRY_OK);
+        assert_int_equal(ferry_op_wait(active, WAIT_TIMEOUT_MS), FERRY_OK);
+        assert_int_equal(ferry_op_wait(passive, WAIT_TIMEOUT_MS), FERRY_OK);
+        assert_int_equal(pair_check(b, size, 60 + i, 0), size);
+        ferry_op_destroy(active);
+        ferry_op_destroy(passive);
+        assert_int_equal(pooled(c, NULL), 1);
+    }
+    assert_int_equal(ferry_connector_destroy(c), FERRY_OK);
+    atomic_store(&ferry__test_staging.top_lanes, false);
+    atomic_store(&ferry__test_staging.chunk, 0);
+    atomic_store(&ferry__test_staging.slots, 0);
+    free(a);
+    free(b);
+}
+
 /* The passive side's slots pinned in a writer's process are bounded
  * (FERRY__RKEY_PIN_MAX per connector): a writer with no room left for a
  * new set's pin copies through its own slots and puts instead, and every
@@ -1573,6 +1642,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_writer_killed_midway_peer_detection),
         cmocka_unit_test(test_stale_slots_released_when_claimant_dies),
         cmocka_unit_test(test_slots_pooled),
+        cmocka_unit_test(test_high_slot_zeroed),
         cmocka_unit_test(test_caller_progress_loopback),
         cmocka_unit_test(test_claim_admitted_while_inbox_full),
         cmocka_unit_test(test_claimant_stopped_when_cancelled_before_watched),
@@ -1598,6 +1668,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_writer_killed_midway_peer_detection),
         cmocka_unit_test(test_stale_slots_released_when_claimant_dies),
         cmocka_unit_test(test_slots_pooled),
+        cmocka_unit_test(test_high_slot_zeroed),
         cmocka_unit_test(test_caller_progress_loopback),
         cmocka_unit_test(test_claim_admitted_while_inbox_full),
         cmocka_unit_test(test_claimant_stopped_when_cancelled_before_watched),
