@@ -78,36 +78,31 @@ void ferry_interrupt_check_set(ferry_interrupt_check_t check, void *arg)
     rpc_interrupt_set(check, arg);
 }
 
-/* A granted claim, or (status not OK) the lease it would be on. */
-typedef struct {
-    int64_t lease;               /* the claim's lease (failed: the session's, 0 if none yet) */
-    char token[LEASE_TOKEN_CAP]; /* its token */
-    uint64_t id;                 /* the claim's identity (granted) */
-    int64_t ttl_s;               /* a new lease's TTL (granted; 0: the session's own) */
-    void *answer;                /* granted: the answer as it came (free it) */
-    const uint8_t *md;           /* granted: the operation's metadata, inside answer */
-    size_t md_len;
-} claim_out_t;
+/* What a Claim's answer holds beside the metadata: the header and the
+ * record's other fields (IDs, names and a message, each at most a few
+ * hundred bytes), with room to spare. */
+#define CLAIM_ANSWER_REST_MAX (64 * 1024)
 
 /* The granted Claim's answer (answer[len]): the lease, token and identity
  * for the Complete, and the span of the operation's metadata, the bytes the
  * passive worker packed (the coordinator stores and answers them as they
  * are), which the data plane takes as they are. */
-static ferry_status_t claim_read(const ferry_claim_params_t *p, claim_out_t *out, size_t len)
+ferry_status_t ferry__coord_claim_read(const ferry_claim_params_t *p, claim_out_t *out, size_t len)
 {
-    Ferry__V1__ClaimResponse *resp = ferry__v1__claim_response__unpack(NULL, len, out->answer);
+    Ferry__V1__ClaimResponse *resp;
     const uint8_t *op = NULL;
     size_t op_len = 0;
+    char msg[FERRY__MSG_LEN];
 
-    if (resp == NULL) {
-        return ferry__fail(FERRY_ERR_PROTOCOL, "claim: the answer for request_id '%s' is malformed",
-                           p->request_id);
+    /* The metadata found and bounded on the answer's bytes before anything
+     * is unpacked: protobuf-c builds every descriptor the answer holds (a
+     * hostile replica's 4 MiB of empty ones took ~176 MiB of heap;
+     * audit-s32 L1), and the rest of an answer is a few short fields. */
+    if (len > FERRY_MD_PACKED_MAX + CLAIM_ANSWER_REST_MAX) {
+        return ferry__fail(FERRY_ERR_PROTOCOL,
+                           "claim: the answer for request_id '%s' is %zu bytes; at most %d",
+                           p->request_id, len, FERRY_MD_PACKED_MAX + CLAIM_ANSWER_REST_MAX);
     }
-    out->lease = resp->claim_lease_id;
-    snprintf(out->token, sizeof(out->token), "%s", resp->lease_token);
-    out->id = resp->claim_id;
-    out->ttl_s = resp->ttl_seconds;
-    ferry__v1__claim_response__free_unpacked(resp, NULL);
     if (rpc_field_find(out->answer, len,
                        rpc_field_number(&ferry__v1__claim_response__descriptor, "operation"), &op,
                        &op_len) != FERRY_OK ||
@@ -118,6 +113,20 @@ static ferry_status_t claim_read(const ferry_claim_params_t *p, claim_out_t *out
         return ferry__fail(FERRY_ERR_PROTOCOL,
                            "claim: the answer for request_id '%s' has no metadata", p->request_id);
     }
+    if (ferry_md_check_packed("claim answer: operation.metadata", out->md, out->md_len, msg,
+                              sizeof(msg)) != FERRY_OK) {
+        return ferry__fail(FERRY_ERR_PROTOCOL, "claim: request_id '%s': %s", p->request_id, msg);
+    }
+    resp = ferry__v1__claim_response__unpack(NULL, len, out->answer);
+    if (resp == NULL) {
+        return ferry__fail(FERRY_ERR_PROTOCOL, "claim: the answer for request_id '%s' is malformed",
+                           p->request_id);
+    }
+    out->lease = resp->claim_lease_id;
+    snprintf(out->token, sizeof(out->token), "%s", resp->lease_token);
+    out->id = resp->claim_id;
+    out->ttl_s = resp->ttl_seconds;
+    ferry__v1__claim_response__free_unpacked(resp, NULL);
     return FERRY_OK;
 }
 
@@ -304,7 +313,7 @@ static ferry_status_t claim(ferry_coordinator_t *coord, const ferry_claim_params
                                (int64_t)coord->timeout_ms + req.wait_ms, &out->answer, &len, &err);
         free(packed);
         if (status == FERRY_OK) {
-            status = claim_read(p, out, len);
+            status = ferry__coord_claim_read(p, out, len);
         }
         /* A granted claim made the session lease, even one whose answer
          * then did not read (it is abandoned on that lease). */

@@ -257,6 +257,22 @@ bool ferry__coord_report_active(coord_link_t *link);
 void ferry__coord_link_remove(ferry_coordinator_t *coord, coord_link_t *link);
 
 /* The threads' bodies (arg: the ferry_coordinator_t). */
+/* A granted claim, or (status not OK) the lease it would be on. */
+typedef struct {
+    int64_t lease;               /* the claim's lease (failed: the session's, 0 if none yet) */
+    char token[LEASE_TOKEN_CAP]; /* its token */
+    uint64_t id;                 /* the claim's identity (granted) */
+    int64_t ttl_s;               /* a new lease's TTL (granted; 0: the session's own) */
+    void *answer;                /* granted: the answer as it came (free it) */
+    const uint8_t *md;           /* granted: the operation's metadata, inside answer */
+    size_t md_len;
+} claim_out_t;
+
+/* Reads a granted Claim's answer, out->answer[len] (coord_client.c): the
+ * metadata's span bounded on the bytes before anything is unpacked
+ * (audit-s32 L1). Here for tests. */
+ferry_status_t ferry__coord_claim_read(const ferry_claim_params_t *p, claim_out_t *out, size_t len);
+
 void *ferry__coord_session_main(void *arg);
 void *ferry__coord_renew_main(void *arg);
 

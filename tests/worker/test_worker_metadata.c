@@ -16,6 +16,8 @@
 #include <string.h>
 
 #include "common/md_rules.h"
+#include "common/pb_wire.h"
+#include "worker/coord_client_int.h"
 #include "worker/ferry_int.h"
 
 static int unpacks; /* calls of protobuf_c_message_unpack */
@@ -506,6 +508,78 @@ static void test_costly_metadata_refused_before_unpacking(void **state)
     free(bytes);
 }
 
+/* A Claim answer (ClaimResponse bytes): claim_lease_id, and an operation
+ * whose metadata is md[0..md_len). Free it. */
+static uint8_t *claim_answer(const uint8_t *md, size_t md_len, size_t *len_p)
+{
+    uint8_t *answer = malloc(md_len + 32), *p = answer;
+    size_t op_len;
+
+    assert_non_null(answer);
+    *p++ = 0x18; /* claim_lease_id (3), a varint */
+    p += ferry_pb_put_varint(p, 77);
+    *p++ = 0x12; /* operation (2), length-delimited */
+    op_len = 1 + ferry_pb_put_varint((uint8_t[10]){0}, md_len) + md_len;
+    p += ferry_pb_put_varint(p, op_len);
+    *p++ = 0x22; /* metadata (4), length-delimited */
+    p += ferry_pb_put_varint(p, md_len);
+    memcpy(p, md, md_len);
+    *len_p = (size_t)(p - answer) + md_len;
+    return answer;
+}
+
+/* The same bounds on a Claim's answer, before the answer is unpacked: its
+ * metadata is decoded with it (protobuf-c builds the descriptors), so a
+ * hostile replica's answer cost ~176 MiB of heap before the data plane's
+ * check (audit-s32 L1). */
+static void test_costly_claim_answer_refused_before_unpacking(void **state)
+{
+    fixture_t *f = *state;
+    ferry_claim_params_t params = {.request_id = "r"};
+    size_t flood_len = FERRY_MD_PACKED_MAX + 2, len, md_len;
+    uint8_t *flood = malloc(flood_len), *md;
+    claim_out_t out = {0};
+
+    assert_non_null(flood);
+    for (size_t i = 0; i < flood_len; i += 2) {
+        flood[i] = 0x22;
+        flood[i + 1] = 0x00;
+    }
+    for (int round = 0; round < 2; round++) {
+        /* Past the packed bound; then within it, one descriptor too many. */
+        size_t n = round == 0 ? flood_len : 2 * (FERRY_MD_DESCRIPTORS_MAX + 1);
+        out.answer = claim_answer(flood, n, &len);
+        unpacks = 0;
+        assert_int_equal(ferry__coord_claim_read(&params, &out, len), FERRY_ERR_PROTOCOL);
+        assert_int_equal(unpacks, 0);
+        assert_non_null(strstr(ferry_last_error_message(), "operation.metadata"));
+        free(out.answer);
+    }
+    free(flood);
+
+    /* A real one is read: the lease, and the metadata's span as it came. */
+    ferry__metadata_build_t b = {
+        .kind = FERRY__KIND_WRITABLE,
+        .worker_address = f->address,
+        .worker_address_len = sizeof(f->address),
+        .descs = f->descs,
+        .n = 1,
+        .rkeys = f->rkeys,
+        .rkey_lens = f->rkey_lens,
+        .key = f->key,
+    };
+    assert_int_equal(ferry__metadata_encode(&b, &md, &md_len), FERRY_OK);
+    out.answer = claim_answer(md, md_len, &len);
+    unpacks = 0;
+    assert_int_equal(ferry__coord_claim_read(&params, &out, len), FERRY_OK);
+    assert_int_equal(unpacks, 1);
+    assert_int_equal(out.lease, 77);
+    assert_int_equal(out.md_len, md_len);
+    assert_memory_equal(out.md, md, md_len);
+    free(out.answer);
+    free(md);
+}
+
 /* A message that wraps the one it replaces, as the callers that add their
  * context do (ferry__fail(s, "...: %s", ferry_last_error_message())),
  * reads whole: it used to be formatted over the buffer it read from, and
@@ -537,6 +611,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_random_bytes, setup, teardown),
         cmocka_unit_test_setup_teardown(test_missing_fields, setup, teardown),
         cmocka_unit_test_setup_teardown(test_costly_metadata_refused_before_unpacking, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_costly_claim_answer_refused_before_unpacking, setup,
                                         teardown),
         cmocka_unit_test(test_wire_round_trip),
         cmocka_unit_test(test_wire_tails),
