@@ -54,8 +54,9 @@
  * fragment), and the send is tried again. A revision larger than the
  * bound goes into an empty budget, and to every stream that shares it
  * beside it (rpc_budget.c); a shared revision that finds none further
- * behind than the stream it goes to goes in past the bound, within twice
- * it (sub_send_locked). So a client that stops reading
+ * behind than the stream it goes to, and another as far behind, goes in
+ * past the bound, within twice it (sub_send_locked). So a client that
+ * stops reading
  * loses its own streams, and those that keep up are not ended for it; a
  * stream that holds the most of its own ends, as for its own bound. A replay
  * counts as it is queued, like live revisions. Replays share messages as
@@ -177,9 +178,13 @@ static void sweep_evicted_locked(coord_service_t *svc)
  * none further behind than s leaves evict_floor at the most any holds, so
  * that the streams after s in the same pass that are as far behind end
  * without a walk each (evict_floor is reset as a pass starts and after an
- * eviction). Caller holds subs_lock; an evicted subscriber stays on subs
- * until sweep_evicted_locked. */
-static bool evict_locked(coord_service_t *svc, const sub_entry_t *s)
+ * eviction; a stream's backlog that grows within the pass, or passes
+ * RPC_STUCK_MS, may make the floor low, which only ends that stream
+ * rather than another). When none is further behind, *tied_p says whether
+ * another stream is as far behind as s (one at the floor is). Caller holds
+ * subs_lock; an evicted subscriber stays on subs until
+ * sweep_evicted_locked. */
+static bool evict_locked(coord_service_t *svc, const sub_entry_t *s, bool *tied_p)
 {
     static ferry_log_limit_t limit;
     size_t mine = rpc_call_behind_bytes(s->call), most = mine;
@@ -187,13 +192,20 @@ static bool evict_locked(coord_service_t *svc, const sub_entry_t *s)
     char text[192];
     unsigned quiet;
 
+    *tied_p = mine == svc->evict_floor;
     if (mine >= svc->evict_floor) {
         return false;
     }
     for (int list = 0; list < 2; list++) {
         for (sub_entry_t *x = list == 0 ? svc->subs : svc->ended; x != NULL;
              x = list == 0 ? x->next : x->ended_next) {
-            size_t behind = x != s && !x->evicted ? rpc_call_behind_bytes(x->call) : 0;
+            size_t behind;
+
+            if (x == s || x->evicted) {
+                continue;
+            }
+            behind = rpc_call_behind_bytes(x->call);
+            *tied_p = *tied_p || (list == 0 && behind == mine);
             if (behind > most) {
                 most = behind;
                 victim = x;
@@ -225,24 +237,27 @@ static bool evict_locked(coord_service_t *svc, const sub_entry_t *s)
 /* Queues msgs[0..n) on s as one unit (rpc_call_send_msgs; shared: they go
  * to other streams too), making room in
  * the budget by ending the streams further behind than s
- * (evict_locked). When none is, a shared revision goes in past the bound,
- * within twice it (RPC_SEND_PAST_BUDGET): every stream it goes to is as
- * far behind as s, as when each holds a revision larger than the room
- * left, which the next revision then found the budget over its bound
- * with, and all of them were ended (review-s32 M1). A unit of s's own
- * (its replay, a prefix it matches part of) is not: s holds the most, and
- * ends, as for its own bound. s->over_budget says the budget refused it
+ * (evict_locked). When none is, and another is as far behind, a shared
+ * revision (packed once for every stream that matches all of it, live or
+ * replayed) goes in past the bound, within twice it
+ * (RPC_SEND_PAST_BUDGET): those streams are alike, as when each holds a
+ * revision larger than the room left, which the next revision then found
+ * the budget over its bound with, and all of them were ended (review-s32
+ * M1, review-s32b L1). A stream further behind than every other ends, as
+ * for its own bound, and so does a unit of s's own (a prefix it matches
+ * part of, its first message). s->over_budget says the budget refused it
  * all the same. Caller holds subs_lock. */
 static ferry_status_t sub_send_locked(coord_service_t *svc, sub_entry_t *s, rpc_msg_t *const *msgs,
                                       size_t n, bool shared)
 {
     unsigned flags = shared ? RPC_SEND_SHARED : 0;
+    bool tied = false;
     ferry_status_t status;
 
     do {
         status = rpc_call_send_msgs(s->call, msgs, n, flags, &s->over_budget);
-    } while (status != FERRY_OK && s->over_budget && evict_locked(svc, s));
-    if (status != FERRY_OK && s->over_budget && shared) {
+    } while (status != FERRY_OK && s->over_budget && evict_locked(svc, s, &tied));
+    if (status != FERRY_OK && s->over_budget && shared && tied) {
         status =
             rpc_call_send_msgs(s->call, msgs, n, flags | RPC_SEND_PAST_BUDGET, &s->over_budget);
     }

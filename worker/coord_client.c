@@ -196,12 +196,11 @@ static ferry_status_t lookup_status(ferry_coordinator_t *coord, const Ferry__V1_
  * which reconnects (to another replica behind a Service), for as long as
  * wait_ms lasts; and on RESOURCE_EXHAUSTED (the replica's bounds on what
  * waits on etcd, or parks, or what this host may hold of them, were
- * reached: "retry later"), after the same pauses. Each pause is cut to
- * what is left of wait_ms, and a last Lookup (wait_ms 0) follows it, so
- * the wait lasts wait_ms, not up to a pause less (review-s32 L3). When
- * wait_ms runs out so, a refusal is the answer as it came; otherwise the
- * wait ends as one that saw no record does, FERRY_ERR_TIMED_OUT (a caller
- * that waits in slices asks again), naming the last answer. */
+ * reached: "retry later"), after the same pauses. The wait lasts wait_ms,
+ * the last pause cut to what is left of it (review-s32 L3). When wait_ms
+ * runs out so, a refusal is the answer as it came; otherwise the wait ends
+ * as one that saw no record does, FERRY_ERR_TIMED_OUT (a caller that waits
+ * in slices asks again), naming the last answer. */
 static ferry_status_t await_record(ferry_coordinator_t *coord, const ferry_claim_params_t *p,
                                    int wait_ms, rpc_error_t *err)
 {
@@ -215,17 +214,34 @@ static ferry_status_t await_record(ferry_coordinator_t *coord, const ferry_claim
     for (;;) {
         int64_t left = deadline - now_ms(), pause;
 
-        req.wait_ms = left > 0 ? (int32_t)left : 0;
+        /* At least 1: a Lookup of wait_ms 0 does not wait, and answers
+         * NOT_FOUND, not that the wait ran out (review-s32b M1). */
+        req.wait_ms = left > 1 ? (int32_t)left : 1;
         status = lookup_status(coord, &req, err);
         if (!(ask_again(status) || status == FERRY_ERR_RESOURCE_EXHAUSTED) ||
             rpc_interrupt_tripped()) {
             break;
         }
+        /* Between half the pause and all of it, so that the workers a
+         * replica refused at once do not all ask again at once. A pause
+         * that reaches the end of wait_ms is the rest of the wait, and no
+         * look follows it (review-s32 L3: the wait gave up a pause early;
+         * review-s32b M1: a look of what was left after it was answered
+         * that the wait ran out, not what the replica said all along). */
+        pause = backoff / 2 + (int64_t)(jitter_draw() % (uint64_t)(backoff / 2 + 1));
         left = deadline - now_ms();
-        if (left <= 0 && status == FERRY_ERR_RESOURCE_EXHAUSTED) {
-            break; /* answered, and refused: as it was (review-s31c L2) */
+        if (!rpc_interrupt_sleep(pause < left ? pause : left > 0 ? left : 0)) {
+            status = interrupted(err);
+            break;
         }
-        if (left <= 0) {
+        if (pause < left) {
+            backoff = backoff * 2 > AWAIT_BACKOFF_MAX_MS ? AWAIT_BACKOFF_MAX_MS : backoff * 2;
+            /* The next Lookup connects afresh first where the last attempt
+             * failed (as every rpc_ call), not at the end of gRPC's reconnect
+             * backoff. */
+            continue;
+        }
+        if (status != FERRY_ERR_RESOURCE_EXHAUSTED) {
             char last[sizeof(err->message)];
             snprintf(last, sizeof(last), "%s", err->message);
             snprintf(err->message, sizeof(err->message),
@@ -233,18 +249,8 @@ static ferry_status_t await_record(ferry_coordinator_t *coord, const ferry_claim
                      "%.300s)",
                      p->request_id, wait_ms, last);
             err->status = status = FERRY_ERR_TIMED_OUT;
-            break;
         }
-        /* Between half the pause and all of it, so that the workers a
-         * replica refused at once do not all ask again at once. */
-        pause = backoff / 2 + (int64_t)(jitter_draw() % (uint64_t)(backoff / 2 + 1));
-        if (!rpc_interrupt_sleep(pause < left ? pause : left)) {
-            status = interrupted(err);
-            break;
-        }
-        backoff = backoff * 2 > AWAIT_BACKOFF_MAX_MS ? AWAIT_BACKOFF_MAX_MS : backoff * 2;
-        /* The next Lookup connects afresh first where the last attempt
-         * failed (as every rpc_ call), not at the end of gRPC's reconnect backoff. */
+        break; /* a refusal ends as it was: answered, and refused (review-s31c L2) */
     }
     return status;
 }

@@ -230,6 +230,32 @@ class AWaitingWorkerAsksAgain(unittest.TestCase):
         ferry_harness.wait_until(lambda: self.metric("ferry_parked_waits") == 0, 20,
                                  "the raw client's waits to end")
 
+    def test_a_sender_refused_to_the_end_says_so(self):
+        """Refused for all of its wait, the sender ends with the refusal,
+        not NOT_FOUND or TIMED_OUT: no look follows a pause that reaches
+        the end of the wait (review-s32b M1: one sent with wait_ms 0 was
+        answered NOT_FOUND)."""
+        raw = ferry_harness.RawH2(self.coord.port)
+        try:
+            lookups = raw.open(LOOKUP, [self.cpb.LookupRequest(
+                request_id=f"never-{i}", access_token="t" * 16, wait_ms=FOREVER_MS)
+                for i in range(SHARE)])
+            ferry_harness.wait_until(lambda: self.metric("ferry_parked_waits") == SHARE, 10,
+                                     f"the raw client's {SHARE} Lookups to park")
+            for rid in ("nobody-1", "nobody-2", "nobody-3"):
+                sender = subprocess.run(
+                    [WORKER, "send", "--coordinator", self.coord.target, "--request-id", rid,
+                     "--size", "4096", "--token", "late-token-0123456789", "--timeout", "1",
+                     "--quiet"], capture_output=True, text=True, timeout=60)
+                self.assertIn("FERRY_ERR_RESOURCE_EXHAUSTED", sender.stderr)
+                self.assertNotIn("NOT_FOUND", sender.stderr)
+                self.assertEqual(sender.returncode, 1, sender.stderr)
+            self.assertEqual(raw.ended_count(lookups), 0)
+        finally:
+            raw.close()
+        ferry_harness.wait_until(lambda: self.metric("ferry_parked_waits") == 0, 20,
+                                 "the raw client's waits to end")
+
 
 READ_SHARE = 4
 READ_ROOM = 16  # --etcd-inflight 2 + --etcd-queue 14
