@@ -192,16 +192,22 @@ class AWaitingWorkerAsksAgain(unittest.TestCase):
     def metric(self, name, **labels):
         return ferry_harness.metric(self.metrics_port, name, **labels)
 
+    def hold_the_share(self, raw):
+        """raw's host (127.0.0.1, as the workers) parks its whole share of
+        waits; their stream IDs."""
+        lookups = raw.open(LOOKUP, [self.cpb.LookupRequest(
+            request_id=f"never-{i}", access_token="t" * 16, wait_ms=FOREVER_MS)
+            for i in range(SHARE)])
+        ferry_harness.wait_until(lambda: self.metric("ferry_parked_waits") == SHARE, 10,
+                                 f"the raw client's {SHARE} Lookups to park")
+        self.assertEqual(raw.ended_count(lookups), 0)
+        return lookups
+
     def test_a_sender_refused_its_share_writes_once_the_receiver_registers(self):
-        raw = ferry_harness.RawH2(self.coord.port)  # 127.0.0.1, as the workers
+        raw = ferry_harness.RawH2(self.coord.port)
         sender = receiver = None
         try:
-            lookups = raw.open(LOOKUP, [self.cpb.LookupRequest(
-                request_id=f"never-{i}", access_token="t" * 16, wait_ms=FOREVER_MS)
-                for i in range(SHARE)])
-            ferry_harness.wait_until(lambda: self.metric("ferry_parked_waits") == SHARE, 10,
-                                     f"the raw client's {SHARE} Lookups to park")
-            self.assertEqual(raw.ended_count(lookups), 0)
+            lookups = self.hold_the_share(raw)
             before = self.metric("ferry_peer_refusals_total", kind="wait")
             args = ("--coordinator", self.coord.target, "--request-id", "late",
                     "--size", "65536", "--token", "late-token-0123456789", "--timeout", "60",
@@ -237,11 +243,7 @@ class AWaitingWorkerAsksAgain(unittest.TestCase):
         answered NOT_FOUND)."""
         raw = ferry_harness.RawH2(self.coord.port)
         try:
-            lookups = raw.open(LOOKUP, [self.cpb.LookupRequest(
-                request_id=f"never-{i}", access_token="t" * 16, wait_ms=FOREVER_MS)
-                for i in range(SHARE)])
-            ferry_harness.wait_until(lambda: self.metric("ferry_parked_waits") == SHARE, 10,
-                                     f"the raw client's {SHARE} Lookups to park")
+            lookups = self.hold_the_share(raw)
             for rid in ("nobody-1", "nobody-2", "nobody-3"):
                 sender = subprocess.run(
                     [WORKER, "send", "--coordinator", self.coord.target, "--request-id", rid,
