@@ -180,19 +180,24 @@ static void sweep_evicted_locked(coord_service_t *svc)
  * without a walk each (evict_floor is reset as a pass starts and after an
  * eviction; a stream's backlog that grows within the pass, or passes
  * RPC_STUCK_MS, may make the floor low, which only ends that stream
- * rather than another). When none is further behind, *tied_p says whether
- * another stream is as far behind as s (one at the floor is). Caller holds
- * subs_lock; an evicted subscriber stays on subs until
+ * rather than another). None is ended where ending every stream behind
+ * would not make room for need bytes (the count is over the bound by
+ * shared messages that streams keeping up hold, each ending one frees
+ * its entries only: review-s32c M1 ended hundreds so, one by one, for one
+ * new stream's first message). When none is ended, *tied_p says whether s
+ * is alike the others: another as far behind (one at the floor is),
+ * nothing behind (it keeps up: review-s32c L2), or no room to be made.
+ * Caller holds subs_lock; an evicted subscriber stays on subs until
  * sweep_evicted_locked. */
-static bool evict_locked(coord_service_t *svc, const sub_entry_t *s, bool *tied_p)
+static bool evict_locked(coord_service_t *svc, const sub_entry_t *s, size_t need, bool *tied_p)
 {
     static ferry_log_limit_t limit;
-    size_t mine = rpc_call_behind_bytes(s->call), most = mine;
+    size_t mine = rpc_call_behind_bytes(s->call), most = mine, freeable = 0, used, max;
     sub_entry_t *victim = NULL;
     char text[192];
     unsigned quiet;
 
-    *tied_p = mine == svc->evict_floor;
+    *tied_p = mine == svc->evict_floor || mine == 0;
     if (mine >= svc->evict_floor) {
         return false;
     }
@@ -206,11 +211,18 @@ static bool evict_locked(coord_service_t *svc, const sub_entry_t *s, bool *tied_
             }
             behind = rpc_call_behind_bytes(x->call);
             *tied_p = *tied_p || (list == 0 && behind == mine);
+            freeable = behind < SIZE_MAX - freeable ? freeable + behind : SIZE_MAX;
             if (behind > most) {
                 most = behind;
                 victim = x;
             }
         }
+    }
+    used = rpc_send_budget_used(svc->watch_budget);
+    max = rpc_send_budget_max(svc->watch_budget);
+    if (victim != NULL && used + need > max && freeable < used + need - max) {
+        *tied_p = true; /* no room to be made: none to end for it */
+        return false;
     }
     if (victim == NULL) {
         svc->evict_floor = mine;
@@ -237,26 +249,31 @@ static bool evict_locked(coord_service_t *svc, const sub_entry_t *s, bool *tied_
 /* Queues msgs[0..n) on s as one unit (rpc_call_send_msgs; shared: they go
  * to other streams too), making room in
  * the budget by ending the streams further behind than s
- * (evict_locked). When none is, and another is as far behind, a shared
- * revision (packed once for every stream that matches all of it, live or
- * replayed) goes in past the bound, within twice it
- * (RPC_SEND_PAST_BUDGET): those streams are alike, as when each holds a
- * revision larger than the room left, which the next revision then found
- * the budget over its bound with, and all of them were ended (review-s32
- * M1, review-s32b L1). A stream further behind than every other ends, as
- * for its own bound, and so does a unit of s's own (a prefix it matches
- * part of, its first message). s->over_budget says the budget refused it
- * all the same. Caller holds subs_lock. */
+ * (evict_locked). When none is, and s is alike the others (another as far
+ * behind, nothing behind, or no room to be made by ending streams), a
+ * shared revision (packed once for every stream that matches all of it,
+ * live or replayed) goes in past the bound, within twice it
+ * (RPC_SEND_PAST_BUDGET), as when every stream holds a revision larger
+ * than the room left, which the next revision then found the budget over
+ * its bound with, and all of them were ended (review-s32 M1, review-s32b
+ * L1). A stream further behind than every other ends, as for its own
+ * bound, and so does a unit of s's own (a prefix it matches part of, its
+ * first message: a new stream is refused then). s->over_budget says the
+ * budget refused it all the same. Caller holds subs_lock. */
 static ferry_status_t sub_send_locked(coord_service_t *svc, sub_entry_t *s, rpc_msg_t *const *msgs,
                                       size_t n, bool shared)
 {
     unsigned flags = shared ? RPC_SEND_SHARED : 0;
+    size_t need = 0; /* at least: a shared message may be counted already */
     bool tied = false;
     ferry_status_t status;
 
+    for (size_t i = 0; i < n && !shared; i++) {
+        need += rpc_msg_size(msgs[i]);
+    }
     do {
         status = rpc_call_send_msgs(s->call, msgs, n, flags, &s->over_budget);
-    } while (status != FERRY_OK && s->over_budget && evict_locked(svc, s, &tied));
+    } while (status != FERRY_OK && s->over_budget && evict_locked(svc, s, need, &tied));
     if (status != FERRY_OK && s->over_budget && shared && tied) {
         status =
             rpc_call_send_msgs(s->call, msgs, n, flags | RPC_SEND_PAST_BUDGET, &s->over_budget);

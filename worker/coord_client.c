@@ -40,6 +40,7 @@
 #include <sys/random.h>
 
 #include "common/log.h"
+#include "common/pb_wire.h"
 #include "common/text.h"
 #include "worker/errors.h"
 #include "worker/fork.h"
@@ -78,9 +79,9 @@ void ferry_interrupt_check_set(ferry_interrupt_check_t check, void *arg)
     rpc_interrupt_set(check, arg);
 }
 
-/* What a Claim's answer holds beside the metadata: the header and the
- * record's other fields (IDs, names and a message, each at most a few
- * hundred bytes), with room to spare. */
+/* What a Claim's answer holds beside its operation: the header, the
+ * claim's lease, token and identity (each at most a few hundred bytes),
+ * with room to spare. */
 #define CLAIM_ANSWER_REST_MAX (64 * 1024)
 
 /* The granted Claim's answer (answer[len]): the lease, token and identity
@@ -89,24 +90,57 @@ void ferry_interrupt_check_set(ferry_interrupt_check_t check, void *arg)
  * are), which the data plane takes as they are. */
 ferry_status_t ferry__coord_claim_read(const ferry_claim_params_t *p, claim_out_t *out, size_t len)
 {
-    Ferry__V1__ClaimResponse *resp;
-    const uint8_t *op = NULL;
-    size_t op_len = 0;
+    uint32_t op_field = rpc_field_number(&ferry__v1__claim_response__descriptor, "operation");
+    const uint8_t *at = out->answer, *end = at + len, *op = NULL, *start;
+    Ferry__V1__ClaimResponse *resp = NULL;
+    uint8_t *rest = malloc(CLAIM_ANSWER_REST_MAX);
+    size_t rest_len = 0, op_len = 0;
     char msg[FERRY__MSG_LEN];
+    ferry_pb_field_t f;
 
-    /* The metadata found and bounded on the answer's bytes before anything
-     * is unpacked: protobuf-c builds every descriptor the answer holds (a
-     * hostile replica's 4 MiB of empty ones took ~176 MiB of heap;
-     * audit-s32 L1), and the rest of an answer is a few short fields. */
-    if (len > FERRY_MD_PACKED_MAX + CLAIM_ANSWER_REST_MAX) {
-        return ferry__fail(FERRY_ERR_PROTOCOL,
-                           "claim: the answer for request_id '%s' is %zu bytes; at most %d",
-                           p->request_id, len, FERRY_MD_PACKED_MAX + CLAIM_ANSWER_REST_MAX);
+    if (rest == NULL) {
+        return ferry__fail(FERRY_ERR_NO_MEMORY, "claim: out of memory");
     }
-    if (rpc_field_find(out->answer, len,
-                       rpc_field_number(&ferry__v1__claim_response__descriptor, "operation"), &op,
-                       &op_len) != FERRY_OK ||
-        op == NULL ||
+    /* The answer but its operation is unpacked, for the claim's lease,
+     * token and identity (abandon needs them whatever follows); the
+     * operation never is, and its metadata is bounded on its bytes: the
+     * whole answer's unpack built every descriptor it held (a hostile
+     * replica's 4 MiB of empty ones took ~176 MiB of heap; audit-s32 L1,
+     * review-s32c L1). */
+    while (at < end) {
+        start = at;
+        if (!ferry_pb_next_field(&at, end, &f) ||
+            (f.number == op_field && (f.type != FERRY_PB_LEN || op != NULL))) {
+            free(rest);
+            return ferry__fail(FERRY_ERR_PROTOCOL,
+                               "claim: the answer for request_id '%s' is malformed", p->request_id);
+        }
+        if (f.number == op_field) {
+            op = f.value;
+            op_len = f.len;
+        } else if ((size_t)(at - start) > CLAIM_ANSWER_REST_MAX - rest_len) {
+            free(rest);
+            return ferry__fail(FERRY_ERR_PROTOCOL,
+                               "claim: the answer for request_id '%s' holds more than %d bytes "
+                               "beside its operation",
+                               p->request_id, CLAIM_ANSWER_REST_MAX);
+        } else {
+            memcpy(rest + rest_len, start, (size_t)(at - start));
+            rest_len += (size_t)(at - start);
+        }
+    }
+    resp = ferry__v1__claim_response__unpack(NULL, rest_len, rest);
+    free(rest);
+    if (resp == NULL) {
+        return ferry__fail(FERRY_ERR_PROTOCOL, "claim: the answer for request_id '%s' is malformed",
+                           p->request_id);
+    }
+    out->lease = resp->claim_lease_id;
+    snprintf(out->token, sizeof(out->token), "%s", resp->lease_token);
+    out->id = resp->claim_id;
+    out->ttl_s = resp->ttl_seconds;
+    ferry__v1__claim_response__free_unpacked(resp, NULL);
+    if (op == NULL ||
         rpc_field_find(op, op_len, rpc_field_number(&ferry__v1__operation__descriptor, "metadata"),
                        &out->md, &out->md_len) != FERRY_OK ||
         out->md == NULL) {
@@ -117,16 +151,6 @@ ferry_status_t ferry__coord_claim_read(const ferry_claim_params_t *p, claim_out_
                               sizeof(msg)) != FERRY_OK) {
         return ferry__fail(FERRY_ERR_PROTOCOL, "claim: request_id '%s': %s", p->request_id, msg);
     }
-    resp = ferry__v1__claim_response__unpack(NULL, len, out->answer);
-    if (resp == NULL) {
-        return ferry__fail(FERRY_ERR_PROTOCOL, "claim: the answer for request_id '%s' is malformed",
-                           p->request_id);
-    }
-    out->lease = resp->claim_lease_id;
-    snprintf(out->token, sizeof(out->token), "%s", resp->lease_token);
-    out->id = resp->claim_id;
-    out->ttl_s = resp->ttl_seconds;
-    ferry__v1__claim_response__free_unpacked(resp, NULL);
     return FERRY_OK;
 }
 

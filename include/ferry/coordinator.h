@@ -196,7 +196,7 @@ typedef struct {
  * FERRY_ERR_FAILED_PRECONDITION when the operation is taken or no longer
  * open, FERRY_ERR_KIND_MISMATCH, FERRY_ERR_SIZE_MISMATCH,
  * FERRY_ERR_TIMED_OUT, FERRY_ERR_UNAVAILABLE, and FERRY_ERR_RESOURCE_EXHAUSTED
- * when the replica's bounds on waits refused every look of wait_ms: the
+ * when the replica's bounds on waits refused the last look of wait_ms: the
  * wait asks again after UNAVAILABLE and RESOURCE_EXHAUSTED, with pauses,
  * until wait_ms runs out), and those of the begin calls. The done callback
  * stays the caller's. */

@@ -20,7 +20,8 @@
 #include "worker/coord_client_int.h"
 #include "worker/ferry_int.h"
 
-static int unpacks; /* calls of protobuf_c_message_unpack */
+static int unpacks;          /* calls of protobuf_c_message_unpack */
+static size_t unpacked_most; /* the most bytes one of them was given */
 
 ProtobufCMessage *__real_protobuf_c_message_unpack(const ProtobufCMessageDescriptor *desc,
                                                    ProtobufCAllocator *allocator, size_t len,
@@ -34,6 +35,7 @@ ProtobufCMessage *__wrap_protobuf_c_message_unpack(const ProtobufCMessageDescrip
                                                    const uint8_t *data)
 {
     unpacks++;
+    unpacked_most = len > unpacked_most ? len : unpacked_most;
     return __real_protobuf_c_message_unpack(desc, allocator, len, data);
 }
 
@@ -528,10 +530,11 @@ static uint8_t *claim_answer(const uint8_t *md, size_t md_len, size_t *len_p)
     return answer;
 }
 
-/* The same bounds on a Claim's answer, before the answer is unpacked: its
- * metadata is decoded with it (protobuf-c builds the descriptors), so a
- * hostile replica's answer cost ~176 MiB of heap before the data plane's
- * check (audit-s32 L1). */
+/* The same bounds on a Claim's answer: its operation is never unpacked
+ * (the whole answer's unpack decoded the metadata, protobuf-c building its
+ * descriptors: a hostile replica's answer cost ~176 MiB of heap; audit-s32
+ * L1), the rest of it is, within a bound, so that a claim whose metadata is
+ * refused still has its lease to be given up on (review-s32c L1). */
 static void test_costly_claim_answer_refused_before_unpacking(void **state)
 {
     fixture_t *f = *state;
@@ -548,13 +551,29 @@ static void test_costly_claim_answer_refused_before_unpacking(void **state)
     for (int round = 0; round < 2; round++) {
         /* Past the packed bound; then within it, one descriptor too many. */
         size_t n = round == 0 ? flood_len : 2 * (FERRY_MD_DESCRIPTORS_MAX + 1);
-        out.answer = claim_answer(flood, n, &len);
+        out = (claim_out_t){.answer = claim_answer(flood, n, &len)};
         unpacks = 0;
+        unpacked_most = 0;
         assert_int_equal(ferry__coord_claim_read(&params, &out, len), FERRY_ERR_PROTOCOL);
-        assert_int_equal(unpacks, 0);
         assert_non_null(strstr(ferry_last_error_message(), "operation.metadata"));
+        assert_int_equal(unpacks, 1); /* the answer without its operation */
+        assert_true(unpacked_most < 16);
+        assert_int_equal(out.lease, 77);
         free(out.answer);
     }
+    /* Beside the operation, more than a claim's few fields: refused unread. */
+    out = (claim_out_t){.answer = malloc(flood_len + 16)};
+    assert_non_null(out.answer);
+    len = 0;
+    ((uint8_t *)out.answer)[len++] = 0x7a; /* field 15, length-delimited: unknown */
+    len += ferry_pb_put_varint((uint8_t *)out.answer + len, flood_len);
+    memcpy((uint8_t *)out.answer + len, flood, flood_len);
+    len += flood_len;
+    unpacks = 0;
+    assert_int_equal(ferry__coord_claim_read(&params, &out, len), FERRY_ERR_PROTOCOL);
+    assert_non_null(strstr(ferry_last_error_message(), "beside its operation"));
+    assert_int_equal(unpacks, 0);
+    free(out.answer);
     free(flood);
 
     /* A real one is read: the lease, and the metadata's span as it came. */
@@ -569,10 +588,12 @@ static void test_costly_claim_answer_refused_before_unpacking(void **state)
         .key = f->key,
     };
     assert_int_equal(ferry__metadata_encode(&b, &md, &md_len), FERRY_OK);
-    out.answer = claim_answer(md, md_len, &len);
+    out = (claim_out_t){.answer = claim_answer(md, md_len, &len)};
     unpacks = 0;
+    unpacked_most = 0;
     assert_int_equal(ferry__coord_claim_read(&params, &out, len), FERRY_OK);
     assert_int_equal(unpacks, 1);
+    assert_true(unpacked_most < 16); /* the metadata is the data plane's to decode */
     assert_int_equal(out.lease, 77);
     assert_int_equal(out.md_len, md_len);
     assert_memory_equal(out.md, md, md_len);
