@@ -184,7 +184,8 @@ static void sweep_evicted_locked(coord_service_t *svc)
  * would not make room for need bytes (the count is over the bound by
  * shared messages that streams keeping up hold, each ending one frees
  * its entries only: review-s32c M1 ended hundreds so, one by one, for one
- * new stream's first message). When none is ended, *tied_p says whether s
+ * new stream's first message); a pass that finds so (evict_futile_need)
+ * walks no more for units as large. When none is ended, *tied_p says whether s
  * is alike the others: another as far behind (one at the floor is),
  * nothing behind (it keeps up: review-s32c L2), or no room to be made.
  * Caller holds subs_lock; an evicted subscriber stays on subs until
@@ -197,8 +198,8 @@ static bool evict_locked(coord_service_t *svc, const sub_entry_t *s, size_t need
     char text[192];
     unsigned quiet;
 
-    *tied_p = mine == svc->evict_floor || mine == 0;
-    if (mine >= svc->evict_floor) {
+    *tied_p = mine == svc->evict_floor || mine == 0 || need >= svc->evict_futile_need;
+    if (mine >= svc->evict_floor || need >= svc->evict_futile_need) {
         return false;
     }
     for (int list = 0; list < 2; list++) {
@@ -221,7 +222,8 @@ static bool evict_locked(coord_service_t *svc, const sub_entry_t *s, size_t need
     used = rpc_send_budget_used(svc->watch_budget);
     max = rpc_send_budget_max(svc->watch_budget);
     if (victim != NULL && used + need > max && freeable < used + need - max) {
-        *tied_p = true; /* no room to be made: none to end for it */
+        svc->evict_futile_need = need; /* and for the rest of the pass, without a walk */
+        *tied_p = true;                /* no room to be made: none to end for it */
         return false;
     }
     if (victim == NULL) {
@@ -670,6 +672,7 @@ void service_watch(rpc_call_t *call, const ProtobufCMessage *request, void *arg)
 
     pthread_mutex_lock(&svc->subs_lock);
     svc->evict_floor = SIZE_MAX; /* a pass of its own (evict_locked) */
+    svc->evict_futile_need = SIZE_MAX;
     status = subscribe_locked(svc, s, msg, sizeof(msg));
     sweep_evicted_locked(svc); /* its replay may have made room */
     if (status != FERRY_OK && s->end_status != FERRY_OK) {
@@ -849,6 +852,7 @@ static void flush_locked(coord_service_t *svc, sub_entry_t **ended_p, sub_entry_
         svc->hist = calloc(SERVICE_WATCH_HISTORY, sizeof(*svc->hist));
     }
     svc->evict_floor = SIZE_MAX; /* a pass of its own (evict_locked) */
+    svc->evict_futile_need = SIZE_MAX;
     ev = malloc(n * sizeof(*ev));
     values = malloc(n * sizeof(*values));
     msgs = malloc(n * sizeof(*msgs));
