@@ -193,10 +193,6 @@ struct coord_service {
      * pass (a flush, a subscribe) began or its last eviction; SIZE_MAX:
      * not known (evict_locked). */
     size_t evict_floor;
-    /* Ending every stream behind could not make room for a unit of this
-     * many bytes, since the pass began (evict_locked); SIZE_MAX: not
-     * known. */
-    size_t evict_futile_need;
     /* Streams counted against max_watches, by client host (peers.h); one
      * past max_watches_per_peer (constant; 0: none) from one host is
      * refused. */

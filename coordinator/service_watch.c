@@ -180,26 +180,21 @@ static void sweep_evicted_locked(coord_service_t *svc)
  * without a walk each (evict_floor is reset as a pass starts and after an
  * eviction; a stream's backlog that grows within the pass, or passes
  * RPC_STUCK_MS, may make the floor low, which only ends that stream
- * rather than another). None is ended where ending every stream behind
- * would not make room for need bytes (the count is over the bound by
- * shared messages that streams keeping up hold, each ending one frees
- * its entries only: review-s32c M1 ended hundreds so, one by one, for one
- * new stream's first message); a pass that finds so (evict_futile_need)
- * walks no more for units as large. When none is ended, *tied_p says whether s
- * is alike the others: another as far behind (one at the floor is),
- * nothing behind (it keeps up: review-s32c L2), or no room to be made.
- * Caller holds subs_lock; an evicted subscriber stays on subs until
+ * rather than another). When none is further behind, *tied_p says
+ * whether s is alike the others: another as far behind (one at the floor
+ * is), or nothing behind (it keeps up: review-s32c L2). Caller holds
+ * subs_lock; an evicted subscriber stays on subs until
  * sweep_evicted_locked. */
-static bool evict_locked(coord_service_t *svc, const sub_entry_t *s, size_t need, bool *tied_p)
+static bool evict_locked(coord_service_t *svc, const sub_entry_t *s, bool *tied_p)
 {
     static ferry_log_limit_t limit;
-    size_t mine = rpc_call_behind_bytes(s->call), most = mine, freeable = 0, used, max;
+    size_t mine = rpc_call_behind_bytes(s->call), most = mine;
     sub_entry_t *victim = NULL;
     char text[192];
     unsigned quiet;
 
-    *tied_p = mine == svc->evict_floor || mine == 0 || need >= svc->evict_futile_need;
-    if (mine >= svc->evict_floor || need >= svc->evict_futile_need) {
+    *tied_p = mine == svc->evict_floor || mine == 0;
+    if (mine >= svc->evict_floor) {
         return false;
     }
     for (int list = 0; list < 2; list++) {
@@ -212,19 +207,11 @@ static bool evict_locked(coord_service_t *svc, const sub_entry_t *s, size_t need
             }
             behind = rpc_call_behind_bytes(x->call);
             *tied_p = *tied_p || (list == 0 && behind == mine);
-            freeable = behind < SIZE_MAX - freeable ? freeable + behind : SIZE_MAX;
             if (behind > most) {
                 most = behind;
                 victim = x;
             }
         }
-    }
-    used = rpc_send_budget_used(svc->watch_budget);
-    max = rpc_send_budget_max(svc->watch_budget);
-    if (victim != NULL && used + need > max && freeable < used + need - max) {
-        svc->evict_futile_need = need; /* and for the rest of the pass, without a walk */
-        *tied_p = true;                /* no room to be made: none to end for it */
-        return false;
     }
     if (victim == NULL) {
         svc->evict_floor = mine;
@@ -252,30 +239,23 @@ static bool evict_locked(coord_service_t *svc, const sub_entry_t *s, size_t need
  * to other streams too), making room in
  * the budget by ending the streams further behind than s
  * (evict_locked). When none is, and s is alike the others (another as far
- * behind, nothing behind, or no room to be made by ending streams), a
- * shared revision (packed once for every stream that matches all of it,
- * live or replayed) goes in past the bound, within twice it
- * (RPC_SEND_PAST_BUDGET), as when every stream holds a revision larger
- * than the room left, which the next revision then found the budget over
- * its bound with, and all of them were ended (review-s32 M1, review-s32b
- * L1). A stream further behind than every other ends, as for its own
- * bound, and so does a unit of s's own (a prefix it matches part of, its
- * first message: a new stream is refused then). s->over_budget says the
- * budget refused it all the same. Caller holds subs_lock. */
+ * behind, or nothing behind), a shared revision (packed once for every stream that matches all of
+ * it, live or replayed) goes in past the bound, within twice it (RPC_SEND_PAST_BUDGET), as when
+ * every stream holds a revision larger than the room left, which the next revision then found the
+ * budget over its bound with, and all of them were ended (review-s32 M1, review-s32b L1). A stream
+ * further behind than every other ends, as for its own bound, and so does a unit of s's own (a
+ * prefix it matches part of, its first message: a new stream is refused then). s->over_budget says
+ * the budget refused it all the same. Caller holds subs_lock. */
 static ferry_status_t sub_send_locked(coord_service_t *svc, sub_entry_t *s, rpc_msg_t *const *msgs,
                                       size_t n, bool shared)
 {
     unsigned flags = shared ? RPC_SEND_SHARED : 0;
-    size_t need = 0; /* at least: a shared message may be counted already */
     bool tied = false;
     ferry_status_t status;
 
-    for (size_t i = 0; i < n && !shared; i++) {
-        need += rpc_msg_size(msgs[i]);
-    }
     do {
         status = rpc_call_send_msgs(s->call, msgs, n, flags, &s->over_budget);
-    } while (status != FERRY_OK && s->over_budget && evict_locked(svc, s, need, &tied));
+    } while (status != FERRY_OK && s->over_budget && evict_locked(svc, s, &tied));
     if (status != FERRY_OK && s->over_budget && shared && tied) {
         status =
             rpc_call_send_msgs(s->call, msgs, n, flags | RPC_SEND_PAST_BUDGET, &s->over_budget);
@@ -672,7 +652,6 @@ void service_watch(rpc_call_t *call, const ProtobufCMessage *request, void *arg)
 
     pthread_mutex_lock(&svc->subs_lock);
     svc->evict_floor = SIZE_MAX; /* a pass of its own (evict_locked) */
-    svc->evict_futile_need = SIZE_MAX;
     status = subscribe_locked(svc, s, msg, sizeof(msg));
     sweep_evicted_locked(svc); /* its replay may have made room */
     if (status != FERRY_OK && s->end_status != FERRY_OK) {
@@ -852,7 +831,6 @@ static void flush_locked(coord_service_t *svc, sub_entry_t **ended_p, sub_entry_
         svc->hist = calloc(SERVICE_WATCH_HISTORY, sizeof(*svc->hist));
     }
     svc->evict_floor = SIZE_MAX; /* a pass of its own (evict_locked) */
-    svc->evict_futile_need = SIZE_MAX;
     ev = malloc(n * sizeof(*ev));
     values = malloc(n * sizeof(*values));
     msgs = malloc(n * sizeof(*msgs));

@@ -268,9 +268,9 @@ typedef struct {
     size_t md_len;
 } claim_out_t;
 
-/* Reads a granted Claim's answer, out->answer[len] (coord_client.c): the
- * metadata's span bounded on the bytes before anything is unpacked
- * (audit-s32 L1). Here for tests. */
+/* Reads a granted Claim's answer, out->answer[len] (coord_client.c), on
+ * its bytes, nothing unpacked: the claim's lease, token and identity, and
+ * the span of its metadata, bounded (audit-s32 L1). Here for tests. */
 ferry_status_t ferry__coord_claim_read(const ferry_claim_params_t *p, claim_out_t *out, size_t len);
 
 void *ferry__coord_session_main(void *arg);
