@@ -243,9 +243,12 @@ static bool evict_locked(coord_service_t *svc, const sub_entry_t *s, bool *tied_
  * it, live or replayed) goes in past the bound, within twice it (RPC_SEND_PAST_BUDGET), as when
  * every stream holds a revision larger than the room left, which the next revision then found the
  * budget over its bound with, and all of them were ended (review-s32 M1, review-s32b L1). A stream
- * further behind than every other ends, as for its own bound, and so does a unit of s's own (a
- * prefix it matches part of, its first message: a new stream is refused then). s->over_budget says
- * the budget refused it all the same. Caller holds subs_lock. */
+ * further behind than every other ends, as for its own bound, and a unit of s's own (a prefix it
+ * matches part of, its first message) is not passed: s ends (a new stream is refused). While the
+ * count is over the bound by a shared revision that streams keeping up hold, such a unit ends the
+ * streams behind one by one, each freeing its entries only (review-s32c M1, left open: "behind"
+ * does not count what a stream is the last holder of). s->over_budget says the budget refused it
+ * all the same. Caller holds subs_lock. */
 static ferry_status_t sub_send_locked(coord_service_t *svc, sub_entry_t *s, rpc_msg_t *const *msgs,
                                       size_t n, bool shared)
 {
@@ -585,7 +588,7 @@ static ferry_status_t subscribe_locked(coord_service_t *svc, sub_entry_t *s, cha
     }
     /* The bounds hold from the first message on, the replay included: a
      * replay counts in the budget as it is queued, so one that does not
-     * fit ends its own stream, not those already open. */
+     * fit ends the streams further behind, or its own (sub_send_locked). */
     rpc_call_set_send_limit(s->call, svc->watch_queue_bytes);
     rpc_call_set_send_budget(s->call, svc->watch_budget);
     service_header(svc, &header, svc->watch_rev);

@@ -101,16 +101,18 @@ ferry_status_t ferry__coord_claim_read(const ferry_claim_params_t *p, claim_out_
     uint32_t ttl_field = rpc_field_number(desc, "ttl_seconds");
     uint32_t token_field = rpc_field_number(desc, "lease_token");
     uint32_t id_field = rpc_field_number(desc, "claim_id");
-    const uint8_t *at = out->answer, *end = at + len, *op = NULL;
+    const uint8_t *at = out->answer, *end = at != NULL ? at + len : at, *op = NULL;
     size_t op_len = 0;
+    bool op_twice = false;
     char msg[FERRY__MSG_LEN];
     ferry_pb_field_t f;
 
     /* Read on its bytes, nothing unpacked: the whole answer's unpack built
      * every descriptor of the operation's metadata (a hostile replica's
      * 4 MiB of empty ones took ~176 MiB of heap; audit-s32 L1), and the
-     * claim's lease, token and identity are read first of all, for abandon
-     * to give the claim up whatever is refused after (review-s32c L1). */
+     * claim's lease, token and identity are read whatever is refused, for
+     * abandon to give the claim up (review-s32c L1; review-s32e L1: a
+     * coordinator writes them after the operation). */
     while (at < end) {
         if (!ferry_pb_next_field(&at, end, &f)) {
             return ferry__fail(FERRY_ERR_PROTOCOL,
@@ -126,14 +128,18 @@ ferry_status_t ferry__coord_claim_read(const ferry_claim_params_t *p, claim_out_
             snprintf(out->token, sizeof(out->token), "%.*s",
                      (int)(f.len < sizeof(out->token) ? f.len : sizeof(out->token) - 1),
                      (const char *)f.value);
-        } else if (f.type == FERRY_PB_LEN && f.number == op_field && op == NULL) {
+        } else if (f.number == op_field) {
+            op_twice = op_twice || op != NULL || f.type != FERRY_PB_LEN;
             op = f.value;
             op_len = f.len;
-        } else if (f.number == op_field) {
-            return ferry__fail(FERRY_ERR_PROTOCOL,
-                               "claim: the answer for request_id '%s' holds its operation twice",
-                               p->request_id);
         }
+    }
+    if (op_twice) {
+        /* Twice, or not a message: no one span is the operation (protobuf
+         * would merge occurrences). */
+        return ferry__fail(FERRY_ERR_PROTOCOL,
+                           "claim: the answer for request_id '%s' holds no one operation",
+                           p->request_id);
     }
     if (op == NULL ||
         rpc_field_find(op, op_len, rpc_field_number(&ferry__v1__operation__descriptor, "metadata"),
@@ -288,6 +294,7 @@ static ferry_status_t claim(ferry_coordinator_t *coord, const ferry_claim_params
     Ferry__V1__ClaimRequest req = FERRY__V1__CLAIM_REQUEST__INIT;
     uint64_t *sizes = malloc(n * sizeof(*sizes));
     ferry_status_t status = FERRY_OK;
+    bool answered = false; /* the Claim was answered OK: its answer is read */
     rpc_error_t err;
     size_t len = 0;
 
@@ -353,28 +360,28 @@ static ferry_status_t claim(ferry_coordinator_t *coord, const ferry_claim_params
         status = rpc_unary_raw(coord->channel, COORD_PATH("Claim"), packed, len,
                                (int64_t)coord->timeout_ms + req.wait_ms, &out->answer, &len, &err);
         free(packed);
-        if (status == FERRY_OK) {
+        answered = status == FERRY_OK;
+        if (answered) {
             status = ferry__coord_claim_read(p, out, len);
         }
         /* A granted claim made the session lease, even one whose answer
          * then did not read (it is abandoned on that lease). */
-        bool granted = out->answer != NULL && out->lease != 0;
+        bool granted = answered && out->lease != 0;
         ferry__coord_session_made(coord, making, granted ? out->lease : 0, granted ? out->ttl_s : 0,
                                   granted ? out->token : "");
-        if (status != FERRY_OK && out->answer == NULL &&
-            ferry__coord_session_was_lost(coord, req.lease_id, status)) {
+        if (!answered && ferry__coord_session_was_lost(coord, req.lease_id, status)) {
             continue;
         }
         break;
     }
     free(sizes);
-    if (status != FERRY_OK && out->answer == NULL) {
+    if (status != FERRY_OK && (!answered || out->lease == 0)) {
         /* The lease the claim would be on, for abandon (0: it would have
-         * made a new one, unknown here). */
+         * made a new one, unknown here): not answered, or an answer whose
+         * lease could not be read (review-s32e L1). */
         out->lease = req.lease_id;
-        return rpc_fail(status, "claim", &err);
     }
-    return status;
+    return answered ? status : rpc_fail(status, "claim", &err);
 }
 
 /* Keeps the outcome of an active operation for its report. */

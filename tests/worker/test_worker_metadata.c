@@ -508,15 +508,23 @@ static void test_costly_metadata_refused_before_unpacking(void **state)
     free(bytes);
 }
 
-/* A Claim answer (ClaimResponse bytes): claim_lease_id 77, ttl_seconds 5,
- * lease_token "tok", claim_id 9, and an operation whose metadata is
- * md[0..md_len). Free it. */
+/* A Claim answer (ClaimResponse bytes), its fields in the order a
+ * coordinator writes them: an operation whose metadata is md[0..md_len),
+ * claim_lease_id 77, ttl_seconds 5, lease_token "tok", claim_id 9. Free
+ * it. */
 static uint8_t *claim_answer(const uint8_t *md, size_t md_len, size_t *len_p)
 {
     uint8_t *answer = malloc(md_len + 48), *p = answer;
     size_t op_len;
 
     assert_non_null(answer);
+    *p++ = 0x12; /* operation (2), length-delimited */
+    op_len = 1 + ferry_pb_put_varint((uint8_t[10]){0}, md_len) + md_len;
+    p += ferry_pb_put_varint(p, op_len);
+    *p++ = 0x22; /* metadata (4), length-delimited */
+    p += ferry_pb_put_varint(p, md_len);
+    memcpy(p, md, md_len);
+    p += md_len;
     *p++ = 0x18; /* claim_lease_id (3), a varint */
     p += ferry_pb_put_varint(p, 77);
     *p++ = 0x20; /* ttl_seconds (4) */
@@ -527,13 +535,7 @@ static uint8_t *claim_answer(const uint8_t *md, size_t md_len, size_t *len_p)
     p += 3;
     *p++ = 0x30; /* claim_id (6) */
     p += ferry_pb_put_varint(p, 9);
-    *p++ = 0x12; /* operation (2), length-delimited */
-    op_len = 1 + ferry_pb_put_varint((uint8_t[10]){0}, md_len) + md_len;
-    p += ferry_pb_put_varint(p, op_len);
-    *p++ = 0x22; /* metadata (4), length-delimited */
-    p += ferry_pb_put_varint(p, md_len);
-    memcpy(p, md, md_len);
-    *len_p = (size_t)(p - answer) + md_len;
+    *len_p = (size_t)(p - answer);
     return answer;
 }
 
@@ -576,14 +578,17 @@ static void test_costly_claim_answer_refused_before_unpacking(void **state)
     free(out.answer);
     out = (claim_out_t){.answer = twice};
     assert_int_equal(ferry__coord_claim_read(&params, &out, 2 * len), FERRY_ERR_PROTOCOL);
-    assert_non_null(strstr(ferry_last_error_message(), "operation twice"));
+    assert_non_null(strstr(ferry_last_error_message(), "holds no one operation"));
     assert_int_equal(out.lease, 77);
     free(twice);
-    /* Cut short in a field. */
+    /* Cut short in a field; and no answer at all. */
     out = (claim_out_t){.answer = claim_answer((const uint8_t *)"xy", 2, &len)};
     assert_int_equal(ferry__coord_claim_read(&params, &out, len - 1), FERRY_ERR_PROTOCOL);
     assert_non_null(strstr(ferry_last_error_message(), "malformed"));
     free(out.answer);
+    out = (claim_out_t){0};
+    assert_int_equal(ferry__coord_claim_read(&params, &out, 0), FERRY_ERR_PROTOCOL);
+    assert_non_null(strstr(ferry_last_error_message(), "has no metadata"));
 
     /* A real one is read: the lease, and the metadata's span as it came. */
     ferry__metadata_build_t b = {
