@@ -21,6 +21,7 @@ import sys
 import tempfile
 import threading
 import time
+import unittest
 import urllib.request
 
 SOURCE_DIR = os.environ.get(
@@ -350,6 +351,42 @@ class Cluster:
         finally:
             self.etcd.stop()
             shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+class ClusterTestCase(unittest.TestCase):
+    """A test class over a Cluster of its own: FLAGS, its coordinator's
+    flags (--metrics-listen 127.0.0.1:0 added), TTL its --ttl. Gives
+    cls.etcd, cls.coord, cls.metrics_port, cls.stub (on a channel of its
+    own), cls.pb and cls.cpb (types_pb2, coordinator_pb2: every generated
+    module is imported here, for Python keeps the package it imported
+    first, whose directory goes with its class, for the classes after)."""
+
+    FLAGS = ()
+    TTL = 30
+
+    @classmethod
+    def setUpClass(cls):
+        import grpc
+        cls.cluster = Cluster(ttl=cls.TTL,
+                              extra=(*cls.FLAGS, "--metrics-listen", "127.0.0.1:0"))
+        try:
+            cls.etcd, cls.coord = cls.cluster.etcd, cls.cluster.coordinator
+            cls.metrics_port = cls.coord.metrics_port()
+            from ferry.v1 import coordinator_pb2, coordinator_pb2_grpc, types_pb2
+            cls.pb, cls.cpb = types_pb2, coordinator_pb2
+            cls.channel = grpc.insecure_channel(cls.coord.target)
+            cls.stub = coordinator_pb2_grpc.CoordinatorStub(cls.channel)
+        except BaseException:
+            cls.cluster.close()
+            raise
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.channel.close()
+        cls.cluster.close()
+
+    def metric(self, name, **labels):
+        return metric(self.metrics_port, name, **labels)
 
 
 def h2_frame(ftype, flags, stream, payload):

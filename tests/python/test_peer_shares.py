@@ -24,12 +24,10 @@ host without any setup (skipped where it does not).
 Run with /usr/bin/python3 (Debian's grpcio), from CTest (python_peer_shares).
 """
 import os
-import shutil
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import unittest
 
 sys.path.insert(0, os.path.dirname(__file__))
@@ -55,41 +53,14 @@ def loopback_aliases_work():
         return False
 
 
-class OneHostTakesItsShare(unittest.TestCase):
+class OneHostTakesItsShare(ferry_harness.ClusterTestCase):
+    FLAGS = ("--prefix", "/peers/", "--max-watches", str(MAX), "--max-waits", str(MAX))
+
     @classmethod
     def setUpClass(cls):
         if not loopback_aliases_work():
             raise unittest.SkipTest(f"cannot bind {OTHER_HOST}")
-        cls.tmp = tempfile.mkdtemp(prefix="ferry-py-peers-")
-        ferry_harness.generate_stubs(os.path.join(cls.tmp, "gen"))
-        from ferry.v1 import coordinator_pb2, coordinator_pb2_grpc
-        cls.cpb = coordinator_pb2
-        cls.etcd = ferry_harness.Etcd(cls.tmp)
-        cls.etcd.start()
-        cls.coord = ferry_harness.Coordinator(
-            cls.tmp, cls.etcd.endpoint, name="peers", ttl=30,
-            extra=("--prefix", "/peers/", "--max-watches", str(MAX), "--max-waits", str(MAX),
-                   "--metrics-listen", "127.0.0.1:0"))
-        try:
-            cls.coord.start()
-        except BaseException:
-            cls.etcd.stop()
-            raise
-        cls.metrics_port = cls.coord.metrics_port()
-        cls.channel = grpc.insecure_channel(cls.coord.target)
-        cls.stub = coordinator_pb2_grpc.CoordinatorStub(cls.channel)
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.channel.close()
-        try:
-            cls.coord.stop()
-        finally:
-            cls.etcd.stop()
-            shutil.rmtree(cls.tmp, ignore_errors=True)
-
-    def metric(self, name, **labels):
-        return ferry_harness.metric(self.metrics_port, name, **labels)
+        super().setUpClass()
 
     def refusals(self, port, flag):
         with open(self.coord.log_path) as f:
@@ -165,7 +136,7 @@ class OneHostTakesItsShare(unittest.TestCase):
             raw.close()
 
 
-class AWaitingWorkerAsksAgain(unittest.TestCase):
+class AWaitingWorkerAsksAgain(ferry_harness.ClusterTestCase):
     """libferry's waiting Lookup (a sender's wait for the request ID) asks
     again after RESOURCE_EXHAUSTED within its wait: a worker whose host
     holds its whole share of parked waits writes once the receiver
@@ -173,24 +144,7 @@ class AWaitingWorkerAsksAgain(unittest.TestCase):
     own: its refusals would take the rate-limited log line that the class
     above counts."""
 
-    @classmethod
-    def setUpClass(cls):
-        cls.cluster = ferry_harness.Cluster(ttl=30, extra=(
-            "--prefix", "/peers-retry/", "--max-waits", str(MAX),
-            "--metrics-listen", "127.0.0.1:0"))
-        cls.coord = cls.cluster.coordinator
-        cls.metrics_port = cls.coord.metrics_port()
-        # Both modules: Python keeps the package it imports first, whose
-        # directory goes with this class, for the classes after it.
-        from ferry.v1 import coordinator_pb2, coordinator_pb2_grpc  # noqa: F401
-        cls.cpb = coordinator_pb2
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.cluster.close()
-
-    def metric(self, name, **labels):
-        return ferry_harness.metric(self.metrics_port, name, **labels)
+    FLAGS = ("--prefix", "/peers-retry/", "--max-waits", str(MAX))
 
     def hold_the_share(self, raw):
         """raw's host (127.0.0.1, as the workers) parks its whole share of
@@ -267,7 +221,7 @@ READ_TAKEN = max(READ_SHARE, READ_ROOM // 2)
 READ_FLOOD = 50
 
 
-class OneHostTakesItsShareOfEtcdReads(unittest.TestCase):
+class OneHostTakesItsShareOfEtcdReads(ferry_harness.ClusterTestCase):
     """A Lookup of an unknown ID is an etcd read (the view does not hold
     it, and it may have been acknowledged elsewhere), and needs no valid
     token; with the read workers and their queue (--etcd-inflight,
@@ -277,42 +231,21 @@ class OneHostTakesItsShareOfEtcdReads(unittest.TestCase):
     --etcd-reads-per-peer of them. etcd is frozen while the flood lands, so
     that the reads stay where they are until the honest one is in."""
 
+    # Two read workers and 14 queued: 16 reads (READ_ROOM), which one host
+    # could fill without its share.
+    FLAGS = ("--prefix", "/peers-reads/", "--etcd-inflight", "2", "--etcd-queue", "14",
+             "--etcd-reads-per-peer", str(READ_SHARE))
+
     @classmethod
     def setUpClass(cls):
         if not loopback_aliases_work():
             raise unittest.SkipTest(f"cannot bind {OTHER_HOST}")
-        cls.tmp = tempfile.mkdtemp(prefix="ferry-py-peers-reads-")
-        ferry_harness.generate_stubs(os.path.join(cls.tmp, "gen"))
-        from ferry.v1 import coordinator_pb2, coordinator_pb2_grpc
-        cls.cpb = coordinator_pb2
-        cls.etcd = ferry_harness.Etcd(cls.tmp)
-        cls.etcd.start()
-        # Two read workers and 14 queued: 16 reads (READ_ROOM), which one
-        # host could fill without its share.
-        cls.coord = ferry_harness.Coordinator(
-            cls.tmp, cls.etcd.endpoint, name="peers-reads", ttl=30,
-            extra=("--prefix", "/peers-reads/", "--etcd-inflight", "2", "--etcd-queue", "14",
-                   "--etcd-reads-per-peer", str(READ_SHARE), "--metrics-listen", "127.0.0.1:0"))
-        try:
-            cls.coord.start()
-        except BaseException:
-            cls.etcd.stop()
-            raise
-        cls.metrics_port = cls.coord.metrics_port()
-        cls.channel = grpc.insecure_channel(cls.coord.target)
-        cls.stub = coordinator_pb2_grpc.CoordinatorStub(cls.channel)
+        super().setUpClass()
 
     @classmethod
     def tearDownClass(cls):
-        cls.channel.close()
-        try:
-            cls.coord.stop()
-        finally:
-            cls.etcd.proc.send_signal(signal.SIGCONT)
-            cls.etcd.stop()
-            shutil.rmtree(cls.tmp, ignore_errors=True)
-
-    metric = OneHostTakesItsShare.metric
+        cls.etcd.proc.send_signal(signal.SIGCONT)  # should a test have left it frozen
+        super().tearDownClass()
 
     def test_a_flood_of_misses_leaves_room_for_another_host(self):
         raw = ferry_harness.RawH2(self.coord.port, source=OTHER_HOST)

@@ -31,9 +31,7 @@ Run with /usr/bin/python3 (Debian's grpcio), from CTest (python_watch_memory).
 import base64
 import json
 import os
-import shutil
 import sys
-import tempfile
 import threading
 import unittest
 import urllib.request
@@ -147,39 +145,9 @@ class LiveReader:
         self.thread.join(10)
 
 
-class WatchMemoryIsBounded(unittest.TestCase):
-    @classmethod
-    def setUpClass(cls):
-        cls.tmp = tempfile.mkdtemp(prefix="ferry-py-watchmem-")
-        ferry_harness.generate_stubs(os.path.join(cls.tmp, "gen"))
-        from ferry.v1 import coordinator_pb2, coordinator_pb2_grpc, types_pb2
-        cls.pb, cls.cpb = types_pb2, coordinator_pb2
-        cls.etcd = ferry_harness.Etcd(cls.tmp)
-        cls.etcd.start()
-        cls.coord = ferry_harness.Coordinator(
-            cls.tmp, cls.etcd.endpoint, name="wm", ttl=30,
-            extra=("--prefix", "/wm/", "--watch-queue-kib", str(QUEUE_KIB),
-                   "--watch-memory-mib", str(MEMORY_MIB), "--metrics-listen", "127.0.0.1:0"))
-        try:
-            cls.coord.start()
-        except BaseException:
-            cls.etcd.stop()
-            raise
-        cls.metrics_port = cls.coord.metrics_port()
-        cls.channel = grpc.insecure_channel(cls.coord.target)
-        cls.stub = coordinator_pb2_grpc.CoordinatorStub(cls.channel)
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.channel.close()
-        try:
-            cls.coord.stop()
-        finally:
-            cls.etcd.stop()
-            shutil.rmtree(cls.tmp, ignore_errors=True)
-
-    def metric(self, name, **labels):
-        return ferry_harness.metric(self.metrics_port, name, **labels)
+class WatchMemoryIsBounded(ferry_harness.ClusterTestCase):
+    FLAGS = ("--prefix", "/wm/", "--watch-queue-kib", str(QUEUE_KIB),
+             "--watch-memory-mib", str(MEMORY_MIB))
 
     def queued(self):
         return self.metric("ferry_watch_queued_bytes")
@@ -357,7 +325,7 @@ class WatchMemoryIsBounded(unittest.TestCase):
         self.wait_all_done()
 
 
-class WatchMemoryPastTheBound(unittest.TestCase):
+class WatchMemoryPastTheBound(ferry_harness.ClusterTestCase):
     """A revision larger than the room left goes to every stream that
     shares it, past the bound; the next revision then finds the count over
     the bound with no stream further behind than another, and goes in too,
@@ -369,25 +337,10 @@ class WatchMemoryPastTheBound(unittest.TestCase):
     BIG = 100  # records of PAST_PAD bytes: one revision of ~1.2 MiB, over the 1 MiB bound
     PAST_PAD = 12 << 10
 
-    @classmethod
-    def setUpClass(cls):
-        cls.cluster = ferry_harness.Cluster(ttl=30, extra=(
-            "--prefix", "/wm-past/", "--watch-queue-kib", "8192", "--watch-memory-mib", "1",
-            "--metrics-listen", "127.0.0.1:0"))
-        cls.coord = cls.cluster.coordinator
-        cls.metrics_port = cls.coord.metrics_port()
-        from ferry.v1 import coordinator_pb2, coordinator_pb2_grpc, types_pb2  # noqa: F401
-        cls.pb, cls.cpb = types_pb2, coordinator_pb2
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.cluster.close()
-
-    def metric(self, name, **labels):
-        return ferry_harness.metric(self.metrics_port, name, **labels)
+    FLAGS = ("--prefix", "/wm-past/", "--watch-queue-kib", "8192", "--watch-memory-mib", "1")
 
     def put(self, rids, pad):
-        etcd_post(self.cluster.etcd.endpoint, "/v3/kv/txn",
+        etcd_post(self.etcd.endpoint, "/v3/kv/txn",
                   {"success": [op_put(self.pb, "/wm-past/", rid, pad) for rid in rids]})
 
     def sent_at_least(self, n, raw, sids, what):
