@@ -89,19 +89,54 @@ static uint64_t field_varint(const ferry_pb_field_t *f)
     return v;
 }
 
+/* Takes f into out when it is one of the claim's own fields of its answer:
+ * its lease, TTL, token or identity. The field's name when it is one of
+ * them and does not read as its type (another wire type; a lease_token
+ * that does not fit out->token whole, or holds a NUL: cut so, KeepAlive
+ * and Complete only failed later, on a token that did not match); NULL
+ * otherwise. */
+static const char *claim_field_take(const ferry_pb_field_t *f, claim_out_t *out)
+{
+    const ProtobufCMessageDescriptor *desc = &ferry__v1__claim_response__descriptor;
+    uint32_t lease_field = rpc_field_number(desc, "claim_lease_id");
+    uint32_t ttl_field = rpc_field_number(desc, "ttl_seconds");
+    uint32_t id_field = rpc_field_number(desc, "claim_id");
+    const char *name = f->number == lease_field ? "claim_lease_id"
+                       : f->number == ttl_field ? "ttl_seconds"
+                       : f->number == id_field  ? "claim_id"
+                                                : NULL;
+
+    if (f->number == rpc_field_number(desc, "lease_token")) {
+        if (f->type != FERRY_PB_LEN || f->len >= sizeof(out->token) ||
+            memchr(f->value, '\0', f->len) != NULL) {
+            return "lease_token";
+        }
+        memcpy(out->token, f->value, f->len);
+        out->token[f->len] = '\0';
+        return NULL;
+    }
+    if (name == NULL || f->type != FERRY_PB_VARINT) {
+        return name;
+    }
+    if (f->number == lease_field) {
+        out->lease = (int64_t)field_varint(f);
+    } else if (f->number == ttl_field) {
+        out->ttl_s = (int64_t)field_varint(f);
+    } else {
+        out->id = field_varint(f);
+    }
+    return NULL;
+}
+
 /* The granted Claim's answer (answer[len]): the lease, token and identity
  * for the Complete, and the span of the operation's metadata, the bytes the
  * passive worker packed (the coordinator stores and answers them as they
  * are), which the data plane takes as they are. */
 ferry_status_t ferry__coord_claim_read(const ferry_claim_params_t *p, claim_out_t *out, size_t len)
 {
-    const ProtobufCMessageDescriptor *desc = &ferry__v1__claim_response__descriptor;
-    uint32_t op_field = rpc_field_number(desc, "operation");
-    uint32_t lease_field = rpc_field_number(desc, "claim_lease_id");
-    uint32_t ttl_field = rpc_field_number(desc, "ttl_seconds");
-    uint32_t token_field = rpc_field_number(desc, "lease_token");
-    uint32_t id_field = rpc_field_number(desc, "claim_id");
+    uint32_t op_field = rpc_field_number(&ferry__v1__claim_response__descriptor, "operation");
     const uint8_t *at = out->answer, *end = at != NULL ? at + len : at, *op = NULL;
+    const char *bad = NULL; /* the first of the known fields that did not read */
     size_t op_len = 0;
     bool op_twice = false;
     char msg[FERRY__MSG_LEN];
@@ -118,27 +153,31 @@ ferry_status_t ferry__coord_claim_read(const ferry_claim_params_t *p, claim_out_
             return ferry__fail(FERRY_ERR_PROTOCOL,
                                "claim: the answer for request_id '%s' is malformed", p->request_id);
         }
-        if (f.type == FERRY_PB_VARINT && f.number == lease_field) {
-            out->lease = (int64_t)field_varint(&f);
-        } else if (f.type == FERRY_PB_VARINT && f.number == ttl_field) {
-            out->ttl_s = (int64_t)field_varint(&f);
-        } else if (f.type == FERRY_PB_VARINT && f.number == id_field) {
-            out->id = field_varint(&f);
-        } else if (f.type == FERRY_PB_LEN && f.number == token_field) {
-            snprintf(out->token, sizeof(out->token), "%.*s",
-                     (int)(f.len < sizeof(out->token) ? f.len : sizeof(out->token) - 1),
-                     (const char *)f.value);
+        if (f.number == op_field && f.type != FERRY_PB_LEN) {
+            bad = bad != NULL ? bad : "operation";
         } else if (f.number == op_field) {
-            op_twice = op_twice || op != NULL || f.type != FERRY_PB_LEN;
+            op_twice = op_twice || op != NULL;
             op = f.value;
             op_len = f.len;
+        } else {
+            const char *what = claim_field_take(&f, out);
+            bad = bad != NULL ? bad : what;
         }
     }
-    if (op_twice) {
-        /* Twice, or not a message: no one span is the operation (protobuf
-         * would merge occurrences). */
+    if (bad != NULL) {
+        /* Refused, once the whole answer was read (its lease is known),
+         * rather than skipped or cut (review-s32e): a claim whose lease
+         * read as 0, or whose token was cut, failed only later, at its
+         * KeepAlive or Complete. */
         return ferry__fail(FERRY_ERR_PROTOCOL,
-                           "claim: the answer for request_id '%s' holds no one operation",
+                           "claim: the answer for request_id '%s' holds a malformed %s (not of "
+                           "its wire type; or a lease_token of %d bytes or more, or with a NUL)",
+                           p->request_id, bad, LEASE_TOKEN_CAP);
+    }
+    if (op_twice) {
+        /* No one span is the operation (protobuf would merge occurrences). */
+        return ferry__fail(FERRY_ERR_PROTOCOL,
+                           "claim: the answer for request_id '%s' holds its operation twice",
                            p->request_id);
     }
     if (op == NULL ||

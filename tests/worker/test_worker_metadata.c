@@ -578,7 +578,7 @@ static void test_costly_claim_answer_refused_before_unpacking(void **state)
     free(out.answer);
     out = (claim_out_t){.answer = twice};
     assert_int_equal(ferry__coord_claim_read(&params, &out, 2 * len), FERRY_ERR_PROTOCOL);
-    assert_non_null(strstr(ferry_last_error_message(), "holds no one operation"));
+    assert_non_null(strstr(ferry_last_error_message(), "holds its operation twice"));
     assert_int_equal(out.lease, 77);
     free(twice);
     /* Cut short in a field; and no answer at all. */
@@ -616,6 +616,78 @@ static void test_costly_claim_answer_refused_before_unpacking(void **state)
     free(md);
 }
 
+/* A Claim answer with field[0..field_len) before claim_answer's fields
+ * (whose metadata is "xy"), or after them. Free it. */
+static uint8_t *claim_answer_and(const uint8_t *field, size_t field_len, bool before, size_t *len_p)
+{
+    size_t rest_len;
+    uint8_t *rest = claim_answer((const uint8_t *)"xy", 2, &rest_len);
+    uint8_t *answer = malloc(field_len + rest_len);
+
+    assert_non_null(answer);
+    memcpy(answer + (before ? 0 : rest_len), field, field_len);
+    memcpy(answer + (before ? field_len : 0), rest, rest_len);
+    free(rest);
+    *len_p = field_len + rest_len;
+    return answer;
+}
+
+/* A known field of a Claim's answer that does not read as its type is
+ * refused by name, once the whole answer was read, so that the claim's
+ * lease is known to give it up (review-s32e): a lease_token of
+ * LEASE_TOKEN_CAP bytes or more, or with a NUL, used to be cut, and
+ * failed only at KeepAlive or Complete, as a token that did not match; a
+ * scalar of another wire type was skipped (read as its zero value); an
+ * operation of another wire type was reported as one held twice. */
+static void test_claim_answer_fields_not_of_their_type_refused(void **state)
+{
+    ferry_claim_params_t params = {.request_id = "r"};
+    uint8_t token[3 + LEASE_TOKEN_CAP] = {0x2a}; /* lease_token (5), length-delimited */
+    size_t at, len;
+    static const struct {
+        const char *field;
+        size_t field_len;
+        const char *name;
+    } bad[] = {
+        {"\x2a\x03t\0k", 5, "lease_token"}, /* a NUL inside */
+        {"\x28\x01", 2, "lease_token"},     /* a varint */
+        {"\x1a\x00", 2, "claim_lease_id"},  /* length-delimited */
+        {"\x21zzzzzzzz", 9, "ttl_seconds"}, /* fixed64 */
+        {"\x35zzzz", 5, "claim_id"},        /* fixed32 */
+        {"\x10\x01", 2, "operation"},       /* a varint */
+    };
+    claim_out_t out;
+    char want[64];
+
+    (void)state;
+    /* LEASE_TOKEN_CAP bytes: one too many. */
+    at = 1 + ferry_pb_put_varint(token + 1, LEASE_TOKEN_CAP);
+    memset(token + at, 'k', LEASE_TOKEN_CAP);
+    out = (claim_out_t){.answer = claim_answer_and(token, at + LEASE_TOKEN_CAP, true, &len)};
+    assert_int_equal(ferry__coord_claim_read(&params, &out, len), FERRY_ERR_PROTOCOL);
+    assert_non_null(strstr(ferry_last_error_message(), "malformed lease_token"));
+    assert_int_equal(out.lease, 77); /* read after the refused field */
+    free(out.answer);
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        out = (claim_out_t){.answer = claim_answer_and((const uint8_t *)bad[i].field,
+                                                       bad[i].field_len, true, &len)};
+        assert_int_equal(ferry__coord_claim_read(&params, &out, len), FERRY_ERR_PROTOCOL);
+        snprintf(want, sizeof(want), "malformed %s", bad[i].name);
+        assert_non_null(strstr(ferry_last_error_message(), want));
+        assert_null(strstr(ferry_last_error_message(), "twice"));
+        assert_int_equal(out.lease, 77);
+        free(out.answer);
+    }
+    /* The longest that fits is read whole (the last of two, as protobuf). */
+    at = 1 + ferry_pb_put_varint(token + 1, LEASE_TOKEN_CAP - 1);
+    memset(token + at, 'k', LEASE_TOKEN_CAP - 1);
+    out = (claim_out_t){.answer = claim_answer_and(token, at + LEASE_TOKEN_CAP - 1, false, &len)};
+    assert_int_equal(ferry__coord_claim_read(&params, &out, len), FERRY_OK);
+    assert_int_equal(strlen(out.token), LEASE_TOKEN_CAP - 1);
+    assert_int_equal(strspn(out.token, "k"), LEASE_TOKEN_CAP - 1);
+    free(out.answer);
+}
+
 /* A message that wraps the one it replaces, as the callers that add their
  * context do (ferry__fail(s, "...: %s", ferry_last_error_message())),
  * reads whole: it used to be formatted over the buffer it read from, and
@@ -650,6 +722,7 @@ int main(void)
                                         teardown),
         cmocka_unit_test_setup_teardown(test_costly_claim_answer_refused_before_unpacking, setup,
                                         teardown),
+        cmocka_unit_test(test_claim_answer_fields_not_of_their_type_refused),
         cmocka_unit_test(test_wire_round_trip),
         cmocka_unit_test(test_wire_tails),
         cmocka_unit_test(test_wire_peer_status),
