@@ -802,8 +802,10 @@ def _close_during_a_write(connector, sender, size):
         start = time.monotonic()
         w.close()
         took = time.monotonic() - start
-        last = int(view[-1])
+        # The bytes first of all (one clock read before): a byte that lands
+        # after close() returned is counted, however soon it lands.
         snapshot = view.copy()
+        last = int(snapshot[-1])
         try:
             a.wait(60)
         except ferry.FerryError:
