@@ -790,7 +790,9 @@ class _Operation(_ferry._Operation):
         settled by then (it died unseen, stopped, or its transfer takes
         longer) may still write or read it after close() returns, so keep
         such memory until the connector is closed, or give it as an object
-        the connector can hold. Status and error stay readable. Idempotent.
+        the connector can hold. Status and error stay readable. Idempotent: a
+        close() while another thread's close() runs (a with block's exit
+        racing an explicit close) returns once that one does.
 
         While another thread's publish() of this operation is in flight
         (publish_async's, on its executor), close() returns at once and the

@@ -64,7 +64,9 @@ class _Operation:
         or gets (without peer error handling, for as long as a stalled
         passive side takes, uninterruptibly); a writable or readable, at most
         1 s (FERRY_OP_DESTROY_FLUSH_MS), until its admitted writer or reader
-        can no longer reach it. ferry.WritableOperation.close says more."""
+        can no longer reach it. A close() while another thread's runs
+        returns once that one does. ferry.WritableOperation.close says
+        more."""
     def error(self) -> Tuple[int, Optional[str]]: ...
     def cancel(self) -> None: ...
     def _wait(self, timeout_ms: int) -> None: ...

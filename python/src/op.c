@@ -16,8 +16,9 @@
  * cannot be interrupted (audit-s32 L4); a writable or readable over it
  * waits, within FERRY_OP_DESTROY_FLUSH_MS, for libferry to release the
  * parked node, as ferry_op_destroy would wait for its admitted writer or
- * reader (audit-s32 M1). An operation is bound to a coordinator only once
- * publish() succeeded.
+ * reader (audit-s32 M1); a close() from another thread meanwhile waits for
+ * that one to end (wait_other_close). An operation is bound to a
+ * coordinator only once publish() succeeded.
  *
  * Life: made by the connector (_create, _begin_by_id): the Python object
  * first (pyferry_op_make), so that the class's own code runs before any
@@ -277,6 +278,7 @@ static void op_release(pyferry_op_t *self)
      * out of the queue, for good, before another thread's _drain() can run
      * (dealloc comes here with no reference left). */
     self->op = NULL;
+    self->releaser = PyThread_get_thread_ident();
     self->closed_status = ferry_op_status(op);
     leave_queue(self);
     Py_BEGIN_ALLOW_THREADS ferry_op_cancel(op);
@@ -323,6 +325,9 @@ static void op_release(pyferry_op_t *self)
         Py_BEGIN_ALLOW_THREADS ferry_op_destroy(op);
         Py_END_ALLOW_THREADS
     }
+    /* Before anything below can run Python code (a descriptor's last
+     * reference), which may close this operation again on this thread. */
+    self->releaser = 0;
     self->connector->live_ops--;
     if (self->coordinator != NULL) {
         self->coordinator->live_ops--;
@@ -367,6 +372,24 @@ static void op_dealloc(PyObject *obj)
     Py_CLEAR(self->coordinator);
     Py_CLEAR(self->connector);
     pyferry_free_self(obj);
+}
+
+/* A close() that finds another thread's close releasing the handle (op
+ * NULL already, the GIL released around libferry's calls and the wait for
+ * an admitted writer or reader) waits, a millisecond a round without the
+ * GIL, until that close ends: so long, and so bounded, as that one is. It
+ * used to return at once, and a caller whose memory was given by address
+ * could free it while the other close still waited for a writer that put
+ * into it (review-s32b). A close on the releasing thread itself (Python
+ * code that the collector runs there) returns at once, as before. */
+static void wait_other_close(pyferry_op_t *self)
+{
+    const struct timespec round = {0, 1000000};
+
+    while (self->releaser != 0 && self->releaser != PyThread_get_thread_ident()) {
+        Py_BEGIN_ALLOW_THREADS nanosleep(&round, NULL);
+        Py_END_ALLOW_THREADS
+    }
 }
 
 /* What the calls in flight are: how many, and the name of one that is not
@@ -446,6 +469,9 @@ static PyObject *op_close(PyObject *obj, PyObject *unused)
         }
         defer_close(self);
         Py_RETURN_NONE;
+    }
+    if (self->op == NULL) {
+        wait_other_close(self);
     }
     op_release(self);
     Py_RETURN_NONE;
@@ -807,7 +833,7 @@ static PyMethodDef op_methods[] = {
      "waits for its own puts or gets (without peer error handling, for as long as a stalled "
      "passive side takes, uninterruptibly); a writable or readable waits, at most 1 s "
      "(FERRY_OP_DESTROY_FLUSH_MS), until its admitted writer or reader can no longer reach it. "
-     "Idempotent."},
+     "Idempotent: a close() while another thread's runs returns once that one does."},
     {"error", op_error, METH_NOARGS, "error() -> (code, message): why it failed, if it did."},
     {"cancel", op_cancel, METH_NOARGS, "cancel(): cancels; no-op when final."},
     {"_wait", op_wait, METH_O, "_wait(timeout_ms)."},

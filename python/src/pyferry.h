@@ -211,6 +211,10 @@ struct pyferry_op {
     /* close() came during a publish: op is NULL already, and the thread of
      * that publish releases the handle when its call returns (GIL). */
     bool close_deferred;
+    /* The thread whose close (op_release) runs with the GIL released, op
+     * NULL already (PyThread_get_thread_ident; 0: none): a close() from
+     * another thread meanwhile waits for it to end (GIL). */
+    unsigned long releaser;
     /* Done callback set (GIL). It holds no reference to self: op_release
      * sets releasing before it lets go of the GIL, so the callback never
      * queues an operation being closed or freed. */

@@ -784,34 +784,54 @@ def test_a_writable_keeps_its_memory_for_a_stopped_writer():
         c.close()
 
 
-def _close_during_a_write(connector, sender, size):
+def _close_during_a_write(connector, sender, size, closers=1):
     """Closes a writable over a ctypes buffer given by address while a
-    writer from another connector writes into it. Returns whether the
-    writer's puts were still coming when close() began, the seconds close()
-    took, the buffer's last byte as close() returned, the bytes that changed
-    after that, and the writer's final status."""
+    writer from another connector writes into it; with closers 2, from a
+    second thread too, once the first close() began (the operation reads as
+    closed). Returns whether the writer's puts were still coming when
+    close() began, the seconds the first close() took, whether the second
+    began before the first returned, the buffer's last byte as a close()
+    returned (the lower), the bytes that changed after one returned (the
+    more), and the writer's final status."""
     buf = (ctypes.c_uint8 * size)()
     view = np.ctypeslib.as_array(buf)
     w = connector.create_writable(ferry.Descriptor((ctypes.addressof(buf), size, "cpu")))
+    took, snapshots = [None] * closers, [None] * closers
+
+    def close(i):
+        start = time.monotonic()
+        w.close()
+        took[i] = time.monotonic() - start
+        # The bytes first of all (one clock read before): a byte that lands
+        # after close() returned is counted, however soon it lands.
+        snapshots[i] = view.copy()
+
     with sender.begin_write(ferry.Descriptor(np.full(size, 0x5A, np.uint8)), w.metadata()) as a:
         deadline = time.monotonic() + 30
         while w.status < ferry.OperationStatus.IN_PROGRESS and time.monotonic() < deadline:
             pass  # polling for the admission, with a deadline
         # The puts land in order: a last byte still zero has a put to come.
         coming = a.status == ferry.OperationStatus.IN_PROGRESS and view[-1] == 0
-        start = time.monotonic()
-        w.close()
-        took = time.monotonic() - start
-        # The bytes first of all (one clock read before): a byte that lands
-        # after close() returned is counted, however soon it lands.
-        snapshot = view.copy()
-        last = int(snapshot[-1])
+        overlapped = closers == 1
+        if closers == 1:
+            close(0)
+        else:
+            first = threading.Thread(target=close, args=(0,))
+            first.start()
+            while not w.closed and time.monotonic() < deadline:
+                pass  # polling for the first close() to begin, with a deadline
+            overlapped = took[0] is None
+            close(1)
+            first.join(60)
+            assert not first.is_alive()
         try:
             a.wait(60)
         except ferry.FerryError:
             pass  # cancelled or failed: either is an end
         assert a.status.is_final
-        return coming, took, last, int(np.count_nonzero(view != snapshot)), a.status
+        last = min(int(s[-1]) for s in snapshots)
+        changed = max(int(np.count_nonzero(view != s)) for s in snapshots)
+        return coming, took[0], overlapped, last, changed, a.status
 
 
 def test_closing_a_writable_over_a_bare_address_waits_for_its_writer(connector, sender):
@@ -821,9 +841,29 @@ def test_closing_a_writable_over_a_bare_address_waits_for_its_writer(connector, 
     FERRY_OP_DESTROY_FLUSH_MS: a writer that completed had landed every byte
     by then, and no byte changes after. close() used to return at once, and
     most of the bytes landed after it."""
+    _close_during_writes(connector, sender, 1,
+                         (64 << 20, 128 << 20, 256 << 20, 32 << 20, 64 << 20, 128 << 20))
+
+
+def test_a_second_close_of_a_writable_over_a_bare_address_waits_too(connector, sender):
+    """review-s32b: the same writable closed by two threads at once (a with
+    block's exit racing an explicit close()): the close() that finds the
+    first one waiting for the writer returns only once that wait ended. It
+    returned at once (the operation read as closed already), and the
+    writer's bytes went on landing in memory its caller was free to free."""
+    _close_during_writes(connector, sender, 2,
+                         (64 << 20, 128 << 20, 32 << 20, 64 << 20, 128 << 20, 128 << 20))
+
+
+def _close_during_writes(connector, sender, closers, sizes):
+    """_close_during_a_write for each size until two writers that completed
+    had puts to come as close() began (and, with two closers, the second
+    close() began during the first): no byte landed after a close()
+    returned. Skips when none did."""
     exercised = 0
-    for size in (64 << 20, 128 << 20, 256 << 20, 32 << 20, 64 << 20, 128 << 20):
-        coming, took, last, changed, status = _close_during_a_write(connector, sender, size)
+    for size in sizes:
+        coming, took, overlapped, last, changed, status = _close_during_a_write(
+            connector, sender, size, closers)
         if took >= 0.9:
             # Near the bound (1 s; a loaded machine): past it the writer may
             # still put, as documented, so this size proves nothing.
@@ -831,7 +871,7 @@ def test_closing_a_writable_over_a_bare_address_waits_for_its_writer(connector, 
         if status == ferry.OperationStatus.COMPLETE:
             assert last == 0x5A, f"the writer's last byte landed after close() returned ({size} B)"
         assert changed == 0, f"{changed} bytes landed after close() returned ({size} B)"
-        exercised += coming and status == ferry.OperationStatus.COMPLETE
+        exercised += coming and overlapped and status == ferry.OperationStatus.COMPLETE
         if exercised >= 2:
             break
     if exercised == 0:
