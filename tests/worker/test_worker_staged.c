@@ -1062,6 +1062,56 @@ static void test_stale_notice_copies_take_one_slot(void **state)
     free(buf);
 }
 
+/* The first byte of slots[from, to) that is not zero (to when none). */
+static size_t first_nonzero(const uint8_t *slots, size_t from, size_t to)
+{
+    while (from < to && slots[from] == 0) {
+        from++;
+    }
+    return from;
+}
+
+/* One transfer of a[size) into b through a staged passive operation,
+ * both sides on c: a writable of b, or (read_dir) a readable of a, served
+ * with seed's bytes. Its slot set (set bytes) comes every byte zero, new
+ * or pooled, at *first_p (the first set, kept there when NULL), and goes
+ * back to c's pool once both operations are destroyed. */
+static void pooled_pair(ferry_connector_t *c, uint8_t *a, uint8_t *b, uint64_t size, size_t set,
+                        uint32_t seed, uint8_t **first_p)
+{
+    ferry_descriptor_t da = {a, size, FERRY_DEVICE_HOST_INIT};
+    ferry_descriptor_t db = {b, size, FERRY_DEVICE_HOST_INIT};
+    ferry_op_t *passive, *active;
+    const uint8_t *md;
+    size_t md_len, nonzero;
+    uint8_t *slots;
+
+    pair_fill(a, size, seed, 0);
+    memset(b, 0, size);
+    /* Writing: a -> b. Reading: the readable serves a, the reader fills b. */
+    assert_int_equal(read_dir ? ferry_readable_create(c, &da, 1, &passive)
+                              : ferry_writable_create(c, &db, 1, &passive),
+                     FERRY_OK);
+    ferry__lock(c);
+    slots = (uint8_t *)ferry__staged_slots(passive);
+    nonzero = slots != NULL ? first_nonzero(slots, 0, set) : 0;
+    ferry__unlock(c);
+    assert_non_null(slots);
+    assert_int_equal(nonzero, set); /* every byte zero */
+    *first_p = *first_p == NULL ? slots : *first_p;
+    assert_ptr_equal(slots, *first_p);
+    assert_int_equal(ferry_op_metadata(passive, &md, &md_len), FERRY_OK);
+    assert_int_equal(read_dir ? ferry_read_begin(c, &db, 1, md, md_len, &active)
+                              : ferry_write_begin(c, &da, 1, md, md_len, &active),
+                     FERRY_OK);
+    assert_int_equal(ferry_op_wait(active, WAIT_TIMEOUT_MS), FERRY_OK);
+    assert_int_equal(ferry_op_wait(passive, WAIT_TIMEOUT_MS), FERRY_OK);
+    assert_int_equal(pair_check(b, size, seed, 0), size);
+    ferry_op_destroy(active);
+    ferry_op_destroy(passive);
+    assert_int_equal(pooled(c, NULL), 1);
+}
+
 /* A passive op's slots go back to its connector's pool when it ends and
  * serve the next staged op of that size: ten operations, both sides on
  * one connector, make one ucp_mem_map, every op's slots are at the same
@@ -1075,8 +1125,6 @@ static void test_slots_pooled(void **state)
     const uint64_t size = 1u << 20;
     const size_t set = 2 * (256u << 10);
     uint8_t *a = malloc(size), *b = malloc(size), *first = NULL;
-    ferry_descriptor_t da = {a, size, FERRY_DEVICE_HOST_INIT};
-    ferry_descriptor_t db = {b, size, FERRY_DEVICE_HOST_INIT};
     ferry_connector_stats_t before, after;
     ferry_connector_t *c;
     (void)state;
@@ -1087,42 +1135,7 @@ static void test_slots_pooled(void **state)
     assert_int_equal(ferry_connector_create(NULL, &c), FERRY_OK);
     ferry_connector_get_stats(c, &before);
     for (uint32_t i = 0; i < 10; i++) {
-        ferry_op_t *passive, *active;
-        const uint8_t *md;
-        size_t md_len, dirty = set;
-        uint8_t *slots;
-
-        pair_fill(a, size, 40 + i, 0);
-        memset(b, 0, size);
-        /* Writing: a -> b. Reading: the readable serves a, the reader
-         * fills b. */
-        if (read_dir) {
-            assert_int_equal(ferry_readable_create(c, &da, 1, &passive), FERRY_OK);
-        } else {
-            assert_int_equal(ferry_writable_create(c, &db, 1, &passive), FERRY_OK);
-        }
-        ferry__lock(c);
-        slots = (uint8_t *)ferry__staged_slots(passive);
-        for (size_t j = 0; slots != NULL && j < set && dirty == set; j++) {
-            dirty = slots[j] != 0 ? j : dirty;
-        }
-        ferry__unlock(c);
-        assert_non_null(slots);
-        assert_int_equal(dirty, set); /* every byte zero */
-        first = first == NULL ? slots : first;
-        assert_ptr_equal(slots, first);
-        assert_int_equal(ferry_op_metadata(passive, &md, &md_len), FERRY_OK);
-        if (read_dir) {
-            assert_int_equal(ferry_read_begin(c, &db, 1, md, md_len, &active), FERRY_OK);
-        } else {
-            assert_int_equal(ferry_write_begin(c, &da, 1, md, md_len, &active), FERRY_OK);
-        }
-        assert_int_equal(ferry_op_wait(active, WAIT_TIMEOUT_MS), FERRY_OK);
-        assert_int_equal(ferry_op_wait(passive, WAIT_TIMEOUT_MS), FERRY_OK);
-        assert_int_equal(pair_check(b, size, 40 + i, 0), size);
-        ferry_op_destroy(active);
-        ferry_op_destroy(passive);
-        assert_int_equal(pooled(c, NULL), 1);
+        pooled_pair(c, a, b, size, set, 40 + i, &first);
     }
     ferry_connector_get_stats(c, &after);
     assert_int_equal(after.mem_maps - before.mem_maps, 1);
@@ -1132,15 +1145,6 @@ static void test_slots_pooled(void **state)
     atomic_store(&ferry__test_staging.slots, 0);
     free(a);
     free(b);
-}
-
-/* The first byte of slots[from, to) that is not zero (to when none). */
-static size_t first_nonzero(const uint8_t *slots, size_t from, size_t to)
-{
-    while (from < to && slots[from] == 0) {
-        from++;
-    }
-    return from;
 }
 
 /* A peer may send a chunk through any slot, not only the lowest ones
@@ -1155,8 +1159,6 @@ static void test_high_slot_zeroed(void **state)
     const uint64_t size = 256u << 10; /* one chunk */
     const size_t set = 4 * (256u << 10);
     uint8_t *a = malloc(size), *b = malloc(size), *first = NULL;
-    ferry_descriptor_t da = {a, size, FERRY_DEVICE_HOST_INIT};
-    ferry_descriptor_t db = {b, size, FERRY_DEVICE_HOST_INIT};
     ferry_connector_t *c;
     (void)state;
 
@@ -1166,34 +1168,7 @@ static void test_high_slot_zeroed(void **state)
     faults_reset();
     assert_int_equal(ferry_connector_create(NULL, &c), FERRY_OK);
     for (uint32_t i = 0; i < 2; i++) {
-        ferry_op_t *passive, *active;
-        const uint8_t *md;
-        size_t md_len, nonzero;
-        uint8_t *slots;
-
-        pair_fill(a, size, 60 + i, 0);
-        memset(b, 0, size);
-        assert_int_equal(read_dir ? ferry_readable_create(c, &da, 1, &passive)
-                                  : ferry_writable_create(c, &db, 1, &passive),
-                         FERRY_OK);
-        ferry__lock(c);
-        slots = (uint8_t *)ferry__staged_slots(passive);
-        nonzero = slots != NULL ? first_nonzero(slots, 0, set) : 0;
-        ferry__unlock(c);
-        assert_non_null(slots);
-        assert_int_equal(nonzero, set); /* every byte zero, new or (i = 1) pooled */
-        first = first == NULL ? slots : first;
-        assert_ptr_equal(slots, first);
-        assert_int_equal(ferry_op_metadata(passive, &md, &md_len), FERRY_OK);
-        assert_int_equal(read_dir ? ferry_read_begin(c, &db, 1, md, md_len, &active)
-                                  : ferry_write_begin(c, &da, 1, md, md_len, &active),
-                         FERRY_OK);
-        assert_int_equal(ferry_op_wait(active, WAIT_TIMEOUT_MS), FERRY_OK);
-        assert_int_equal(ferry_op_wait(passive, WAIT_TIMEOUT_MS), FERRY_OK);
-        assert_int_equal(pair_check(b, size, 60 + i, 0), size);
-        ferry_op_destroy(active);
-        ferry_op_destroy(passive);
-        assert_int_equal(pooled(c, NULL), 1);
+        pooled_pair(c, a, b, size, set, 60 + i, &first);
     }
     assert_int_equal(ferry_connector_destroy(c), FERRY_OK);
     atomic_store(&ferry__test_staging.top_lanes, false);
