@@ -152,35 +152,71 @@ ferry_status_t ferry_md_check(const char *field, const Ferry__V1__RdmaMetadata *
     return FERRY_OK;
 }
 
+/* Where a walk of packed metadata is: the fields seen so far, at every
+ * depth, and the descriptors at the top level. */
+typedef struct {
+    const uint8_t *start;
+    uint32_t descriptors_field; /* RdmaMetadata.descriptors' number */
+    size_t fields, descriptors;
+} md_walk_t;
+
+/* Walks the fields of one message of type desc, bytes p..end, and of the
+ * messages inside it the schema names (it nests three deep, never into
+ * itself), counting them into w. FERRY_OK; or the first rule broken, into
+ * msg: an encoding that does not read, more than FERRY_MD_FIELDS_MAX
+ * fields, more than FERRY_MD_DESCRIPTORS_MAX descriptors. */
+static ferry_status_t md_walk(md_walk_t *w, const char *field,
+                              const ProtobufCMessageDescriptor *desc, const uint8_t *p,
+                              const uint8_t *end, char *msg, size_t cap)
+{
+    while (p < end) {
+        const ProtobufCFieldDescriptor *f = NULL;
+        ferry_pb_field_t pf;
+        ferry_status_t status;
+
+        if (!ferry_pb_next_field(&p, end, &pf)) {
+            return invalid(msg, cap, "%s is not a valid RdmaMetadata encoding (at byte %zu)", field,
+                           (size_t)(p - w->start));
+        }
+        if (++w->fields > FERRY_MD_FIELDS_MAX) {
+            return invalid(msg, cap,
+                           "%s holds more than %d fields; an RdmaMetadata of %d "
+                           "descriptors holds far fewer",
+                           field, FERRY_MD_FIELDS_MAX, FERRY_MD_DESCRIPTORS_MAX);
+        }
+        if (desc == &ferry__v1__rdma_metadata__descriptor && pf.number == w->descriptors_field &&
+            ++w->descriptors > FERRY_MD_DESCRIPTORS_MAX) {
+            return invalid(msg, cap, "%s.descriptors has more than %d entries; 1 to %d allowed",
+                           field, FERRY_MD_DESCRIPTORS_MAX, FERRY_MD_DESCRIPTORS_MAX);
+        }
+        if (pf.number <= UINT32_MAX) {
+            f = protobuf_c_message_descriptor_get_field(desc, (unsigned)pf.number);
+        }
+        if (f == NULL || f->type != PROTOBUF_C_TYPE_MESSAGE || pf.type != FERRY_PB_LEN) {
+            continue; /* a scalar, a string or bytes, or a field not known */
+        }
+        status = md_walk(w, field, f->descriptor, pf.value, pf.value + pf.len, msg, cap);
+        if (status != FERRY_OK) {
+            return status;
+        }
+    }
+    return FERRY_OK;
+}
+
 ferry_status_t ferry_md_check_packed(const char *field, const uint8_t *bytes, size_t len, char *msg,
                                      size_t cap)
 {
-    const ProtobufCFieldDescriptor *descriptors = protobuf_c_message_descriptor_get_field_by_name(
-        &ferry__v1__rdma_metadata__descriptor, "descriptors");
-    const uint8_t *p = bytes, *end = bytes + len;
-    size_t n = 0;
+    md_walk_t w = {.start = bytes};
+
+    w.descriptors_field = protobuf_c_message_descriptor_get_field_by_name(
+                              &ferry__v1__rdma_metadata__descriptor, "descriptors")
+                              ->id;
 
     if (len > FERRY_MD_PACKED_MAX) {
         return invalid(msg, cap, "%s is %zu bytes packed; at most %d allowed", field, len,
                        FERRY_MD_PACKED_MAX);
     }
-    /* The top level only, where the descriptors are the one repeated
-     * field. Fields the schema does not know, at any depth, protobuf-c
-     * keeps too (some 28 bytes of heap for each 2 bytes), within the bound
-     * on len above. */
-    while (p < end) {
-        ferry_pb_field_t f;
-
-        if (!ferry_pb_next_field(&p, end, &f)) {
-            return invalid(msg, cap, "%s is not a valid RdmaMetadata encoding (at byte %zu)", field,
-                           (size_t)(p - bytes));
-        }
-        if (f.number == descriptors->id && ++n > FERRY_MD_DESCRIPTORS_MAX) {
-            return invalid(msg, cap, "%s.descriptors has more than %d entries; 1 to %d allowed",
-                           field, FERRY_MD_DESCRIPTORS_MAX, FERRY_MD_DESCRIPTORS_MAX);
-        }
-    }
-    return FERRY_OK;
+    return md_walk(&w, field, &ferry__v1__rdma_metadata__descriptor, bytes, bytes + len, msg, cap);
 }
 
 ferry_status_t ferry_md_sizes_pair(const Ferry__V1__RdmaMetadata *md, const uint64_t *sizes,

@@ -55,12 +55,22 @@
 ferry_status_t ferry_md_check(const char *field, const Ferry__V1__RdmaMetadata *md, char *msg,
                               size_t cap);
 
+/* Field occurrences in one metadata, at every depth, known or not: an
+ * honest one holds seven per descriptor (itself, four inside, two in its
+ * device) and a dozen more. */
+#define FERRY_MD_FIELDS_MAX (8 * FERRY_MD_DESCRIPTORS_MAX + 64)
+
 /* The rules that bound what unpacking the metadata costs, checked on its
  * packed bytes[0..len) before they are unpacked: at most
- * FERRY_MD_PACKED_MAX bytes, a valid encoding at the top level, and at most
- * FERRY_MD_DESCRIPTORS_MAX descriptors. protobuf-c builds every descriptor
- * it finds before ferry_md_check can count them: 4 MiB of empty ones
- * ("\x22\x00" repeated) became ~244 MiB of heap (audit-s32 L1). FERRY_OK,
+ * FERRY_MD_PACKED_MAX bytes, a valid encoding at every depth, at most
+ * FERRY_MD_DESCRIPTORS_MAX descriptors and FERRY_MD_FIELDS_MAX fields.
+ * protobuf-c builds every descriptor it finds before ferry_md_check can
+ * count them: 4 MiB of empty ones ("\x22\x00" repeated) became ~244 MiB
+ * of heap (audit-s32 L1); and it scans every field occurrence into a
+ * record of some 32 bytes, so 1 MiB of one scalar field repeated (which
+ * unpacks to one value, and so passes ferry_md_check) cost 16 MiB at every
+ * decode (audit-s33 H1). The coordinator stores no metadata that fails
+ * them (coord_validate_register_bytes). FERRY_OK,
  * or FERRY_ERR_INVALID_ARGUMENT with msg naming the field; the rest of the
  * rules are ferry_md_check's, on the unpacked message. */
 ferry_status_t ferry_md_check_packed(const char *field, const uint8_t *bytes, size_t len, char *msg,

@@ -109,8 +109,9 @@ ferry_status_t coord_validate_request(const ProtobufCMessage *request, char *msg
  * its decoded copy): *md_p and *md_len_p get the field's bytes, which the
  * registry stores and the writer decodes byte for byte. The field must
  * occur exactly once (protobuf would merge repeats, so no one span would
- * hold what was validated) and be at most COORD_METADATA_MAX bytes as
- * sent. */
+ * hold what was validated), be at most COORD_METADATA_MAX bytes as sent,
+ * and keep ferry_md_check_packed's bounds on what decoding it costs: every
+ * reader of the record decodes it. */
 ferry_status_t coord_validate_register_bytes(const uint8_t *request, size_t len,
                                              const uint8_t **md_p, size_t *md_len_p, char *msg,
                                              size_t cap);

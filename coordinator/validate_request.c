@@ -197,5 +197,8 @@ ferry_status_t coord_validate_register_bytes(const uint8_t *request, size_t len,
                  COORD_METADATA_MAX);
         return FERRY_ERR_INVALID_ARGUMENT;
     }
-    return FERRY_OK;
+    /* As every reader of the record will decode it (libferry refuses the
+     * same): stored as sent, it is decoded at every Lookup, Claim and view
+     * load (audit-s33 H1). */
+    return ferry_md_check_packed("metadata", *md_p, *md_len_p, msg, cap);
 }

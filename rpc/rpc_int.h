@@ -106,10 +106,17 @@ const uint8_t *rpc__msg_bytes(const rpc_msg_t *m);
  * skipped, up to RPC_WIRE_UNKNOWN_MAX in all; the request may hold up to
  * RPC_WIRE_VALUES_MAX strings, bytes and messages (each decodes into an
  * allocation of its own; Ferry's largest request, a Register of 1024
- * descriptors, holds about 3,100). A malformed encoding is refused too, and
+ * descriptors, holds about 3,100), and up to RPC_WIRE_FIELDS_MAX field
+ * occurrences of any kind (protobuf-c scans each into a record of its own
+ * before it builds the message; that Register holds about 6,200). A
+ * malformed encoding is refused too, and
  * then *malformed_p (unless NULL) is true: the message names a place in the
  * encoding, which a caller may replace with the method's name. */
-enum { RPC_WIRE_UNKNOWN_MAX = 64, RPC_WIRE_VALUES_MAX = 16384 };
+enum {
+    RPC_WIRE_UNKNOWN_MAX = 64,
+    RPC_WIRE_VALUES_MAX = 16384,
+    RPC_WIRE_FIELDS_MAX = 32768,
+};
 #define RPC_WIRE_MALFORMED "malformed request" /* how a bad encoding's message starts */
 ferry_status_t rpc__wire_check(const ProtobufCMessageDescriptor *desc, const uint8_t *data,
                                size_t len, char *msg, size_t cap, bool *malformed_p);

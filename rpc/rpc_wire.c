@@ -18,7 +18,11 @@
  * RPC_WIRE_VALUES_MAX strings, bytes and messages in all: protobuf-c keeps
  * each unknown field and each such value in an allocation of its own, so a
  * request of two-byte fields would otherwise decode into some fifty times
- * its size. The walk runs before
+ * its size. And at most RPC_WIRE_FIELDS_MAX field occurrences in all,
+ * scalars too: protobuf-c scans every occurrence into a record of some 32
+ * bytes before it builds the message, so a 2 MB request of one varint
+ * field repeated a million times cost 34 MB to decode (audit-s33 H1; an
+ * honest Register of 1024 descriptors holds some 6,200). The walk runs before
  * protobuf_c_message_unpack, so that no such request is ever decoded; a
  * malformed encoding is refused here first.
  *
@@ -42,6 +46,7 @@
 typedef struct {
     char path[WIRE_PATH_MAX]; /* "metadata.descriptors[0]" while inside it */
     size_t path_len;
+    size_t fields;  /* field occurrences, known or not, so far */
     size_t unknown; /* fields the descriptors do not know, so far */
     size_t values;  /* strings, bytes and messages, so far */
     char *msg;      /* the caller's message buffer */
@@ -180,6 +185,10 @@ static ferry_status_t walk_field(wire_walk_t *w, const ProtobufCMessageDescripto
 
     if (!ferry_pb_next_field(p, end, &field)) {
         return wire_malformed(w); /* groups too: not proto3, refused by protobuf-c */
+    }
+    if (++w->fields > RPC_WIRE_FIELDS_MAX) {
+        return wire_fail(w, "request holds more than %d fields (at %s)", RPC_WIRE_FIELDS_MAX,
+                         w->path_len > 0 ? w->path : "top level");
     }
     if (field.number <= UINT32_MAX) {
         f = protobuf_c_message_descriptor_get_field(desc, (unsigned)field.number);

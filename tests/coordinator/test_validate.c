@@ -9,6 +9,7 @@
 #include <cmocka.h>
 #include <string.h>
 
+#include "common/pb_wire.h"
 #include "validate.h"
 
 static char msg[256];
@@ -318,6 +319,73 @@ static void test_register_bytes(void **state)
     assert_non_null(strstr(msg, "metadata is 1048577 bytes as sent"));
 }
 
+/* Register's metadata within what decoding it costs (ferry_md_check_packed,
+ * audit-s33 H1): one scalar field repeated, which decodes to one value and
+ * so passes the decoded checks, is refused past FERRY_MD_FIELDS_MAX
+ * occurrences, and so are fields counted at every depth (inside the
+ * descriptors); the most an honest metadata holds, 1024 descriptors with
+ * every field set, passes. */
+static void test_register_bytes_fields(void **state)
+{
+    static Ferry__V1__Descriptor d[COORD_DESCRIPTORS_MAX];
+    static Ferry__V1__Descriptor *dp[COORD_DESCRIPTORS_MAX];
+    static uint8_t req[65536]; /* the fields bound's, and an honest 1024 descriptors */
+    Ferry__V1__Device gpu = FERRY__V1__DEVICE__INIT;
+    Ferry__V1__RdmaMetadata md;
+    const uint8_t *span = NULL;
+    size_t span_len = 0, n, inner;
+    (void)state;
+
+    for (int over = 0; over < 2; over++) {
+        inner = 2 * (size_t)(FERRY_MD_FIELDS_MAX + over); /* "08 00": version 0 */
+        n = 0;
+        req[n++] = 0x12; /* metadata */
+        n += ferry_pb_put_varint(req + n, inner);
+        for (size_t i = 0; i < inner / 2; i++) {
+            req[n++] = 0x08;
+            req[n++] = 0x00;
+        }
+        assert_int_equal(coord_validate_register_bytes(req, n, &span, &span_len, msg, sizeof(msg)),
+                         over ? FERRY_ERR_INVALID_ARGUMENT : FERRY_OK);
+        if (over) {
+            assert_non_null(strstr(msg, "metadata holds more than 8256 fields"));
+        }
+    }
+
+    /* Inside one descriptor (field 4): address (field 1, "08 00") repeated. */
+    inner = 2 * (size_t)FERRY_MD_FIELDS_MAX;
+    n = 0;
+    req[n++] = 0x12;
+    n += ferry_pb_put_varint(req + n, inner + 4);
+    req[n++] = 0x22;
+    n += ferry_pb_put_varint(req + n, inner);
+    for (size_t i = 0; i < inner / 2; i++) {
+        req[n++] = 0x08;
+        req[n++] = 0x00;
+    }
+    assert_true(n <= sizeof(req));
+    assert_int_equal(coord_validate_register_bytes(req, n, &span, &span_len, msg, sizeof(msg)),
+                     FERRY_ERR_INVALID_ARGUMENT);
+    assert_non_null(strstr(msg, "metadata holds more than 8256 fields"));
+
+    fill(&md, d, dp, COORD_DESCRIPTORS_MAX);
+    gpu.kind = FERRY__V1__DEVICE_KIND__DEVICE_KIND_CUDA;
+    gpu.id = 3;
+    for (size_t i = 0; i < COORD_DESCRIPTORS_MAX; i++) {
+        d[i].device = &gpu;
+    }
+    md.version = 1;
+    md.worker_name = "w";
+    md.hostname = "h";
+    n = 0;
+    req[n++] = 0x12;
+    n += ferry_pb_put_varint(req + n, ferry__v1__rdma_metadata__get_packed_size(&md));
+    assert_true(n + ferry__v1__rdma_metadata__get_packed_size(&md) <= sizeof(req));
+    n += ferry__v1__rdma_metadata__pack(&md, req + n);
+    assert_int_equal(coord_validate_register_bytes(req, n, &span, &span_len, msg, sizeof(msg)),
+                     FERRY_OK);
+}
+
 static void test_ttl(void **state)
 {
     (void)state;
@@ -447,6 +515,7 @@ int main(void)
         cmocka_unit_test(test_watch),
         cmocka_unit_test(test_page_token),
         cmocka_unit_test(test_register_bytes),
+        cmocka_unit_test(test_register_bytes_fields),
         cmocka_unit_test(test_sizes_pair),
         cmocka_unit_test(test_required_lease_ids),
     };

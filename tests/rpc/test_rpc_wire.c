@@ -244,6 +244,49 @@ static void test_values_are_bounded(void **state)
     free(buf);
 }
 
+/* At most RPC_WIRE_FIELDS_MAX field occurrences, scalars too: a Register
+ * of ttl_seconds (field 4, varint 0: "20 00") repeated, which protobuf-c
+ * scans occurrence by occurrence into 32-byte records before it keeps the
+ * last, is refused past the bound, and as many as the bound pass the walk
+ * (audit-s33 H1: a million of them cost 34 MB to decode). Also inside the
+ * metadata, naming where. */
+static void test_fields_are_bounded(void **state)
+{
+    size_t cap = 16 + 2 * (RPC_WIRE_FIELDS_MAX + 1);
+    uint8_t *buf = malloc(cap);
+    (void)state;
+
+    assert_non_null(buf);
+    for (int over = 0; over < 2; over++) {
+        size_t n = RPC_WIRE_FIELDS_MAX + (size_t)over, len = 0;
+        for (size_t i = 0; i < n; i++) {
+            buf[len++] = 0x20;
+            buf[len++] = 0x00;
+        }
+        msg[0] = '\0';
+        assert_int_equal(rpc__wire_check(&ferry__v1__register_request__descriptor, buf, len, msg,
+                                         sizeof(msg), NULL),
+                         over ? FERRY_ERR_INVALID_ARGUMENT : FERRY_OK);
+        if (over) {
+            assert_non_null(strstr(msg, "more than 32768 fields (at top level)"));
+        }
+    }
+    /* metadata (field 2) of version (field 1, "08 00") repeated */
+    size_t len = 0, inner = 2 * (size_t)RPC_WIRE_FIELDS_MAX;
+    buf[len++] = 0x12;
+    len += ferry_pb_put_varint(buf + len, inner);
+    for (size_t i = 0; i < inner / 2; i++) {
+        buf[len++] = 0x08;
+        buf[len++] = 0x00;
+    }
+    assert_true(len <= cap);
+    assert_int_equal(
+        rpc__wire_check(&ferry__v1__register_request__descriptor, buf, len, msg, sizeof(msg), NULL),
+        FERRY_ERR_INVALID_ARGUMENT);
+    assert_non_null(strstr(msg, "more than 32768 fields (at metadata)"));
+    free(buf);
+}
+
 static void test_truncated_bytes_are_malformed(void **state)
 {
     (void)state;
@@ -447,6 +490,7 @@ int main(void)
         cmocka_unit_test(test_unknown_field_is_skipped),
         cmocka_unit_test(test_unknown_fields_are_bounded),
         cmocka_unit_test(test_values_are_bounded),
+        cmocka_unit_test(test_fields_are_bounded),
         cmocka_unit_test(test_truncated_bytes_are_malformed),
         cmocka_unit_test(test_utf8_offsets),
         cmocka_unit_test(test_field_find_and_pack_with_field),
