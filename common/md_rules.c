@@ -149,6 +149,10 @@ ferry_status_t ferry_md_check(const char *field, const Ferry__V1__RdmaMetadata *
         return invalid(msg, cap, "%s.worker_name is %zu bytes; at most %d allowed", field,
                        strlen(md->worker_name), FERRY_MD_NAME_MAX);
     }
+    if (md->hostname != NULL && strlen(md->hostname) > FERRY_MD_NAME_MAX) {
+        return invalid(msg, cap, "%s.hostname is %zu bytes; at most %d allowed", field,
+                       strlen(md->hostname), FERRY_MD_NAME_MAX);
+    }
     return FERRY_OK;
 }
 

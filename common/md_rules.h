@@ -12,7 +12,7 @@
  * each with a non-zero address and size whose range does not wrap around
  * 2^64, a HOST or CUDA device of the first one's kind, and a
  * 1..FERRY_MD_RKEY_MAX byte rkey; at most FERRY_MD_PACKED_MAX bytes
- * packed; worker_name at most FERRY_MD_NAME_MAX bytes. With staging (the
+ * packed; worker_name and hostname at most FERRY_MD_NAME_MAX bytes each. With staging (the
  * staged path, WRITE only): every descriptor's rkey empty, and the staging
  * block's address non-zero, slot_size 1..FERRY_MD_SLOT_SIZE_MAX, slots
  * 1..FERRY_MD_SLOTS_MAX, the block (slots * slot_size bytes from address)

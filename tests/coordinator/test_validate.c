@@ -163,6 +163,20 @@ static void test_metadata(void **state)
     assert_int_equal(coord_validate_metadata("metadata", &md, msg, sizeof(msg)),
                      FERRY_ERR_INVALID_ARGUMENT);
     assert_non_null(strstr(msg, "rkey"));
+
+    /* Names at most 256 bytes, hostname too (audit-s33 N1). */
+    {
+        char name[COORD_NAME_MAX + 2];
+        memset(name, 'h', sizeof(name) - 1);
+        name[sizeof(name) - 1] = '\0';
+        fill(&md, d, dp, 1);
+        md.hostname = name;
+        assert_int_equal(coord_validate_metadata("metadata", &md, msg, sizeof(msg)),
+                         FERRY_ERR_INVALID_ARGUMENT);
+        assert_non_null(strstr(msg, "metadata.hostname is 257 bytes; at most 256"));
+        name[COORD_NAME_MAX] = '\0';
+        assert_int_equal(coord_validate_metadata("metadata", &md, msg, sizeof(msg)), FERRY_OK);
+    }
 }
 
 /* A range past the top of the address space is refused at Register, naming
