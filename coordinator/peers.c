@@ -2,18 +2,19 @@
  * peers.c: counts per client host (peers.h): a chained hash table of
  * host -> count, its buckets a power of two, doubled to keep about one
  * entry a bucket and never shrunk below what the most hosts at once
- * needed (a bucket is a pointer). The hash is keyed by a random seed per
- * table: hosts are the clients' to pick (an IPv6 client has many /64s
- * from a /48), and with a hash known in advance they could all be made to
- * share one chain, every take and give under the owner's lock then a walk
- * of it (review-s30b L1).
+ * needed (a bucket is a pointer). The hash is keyed by the process's
+ * secret key (common/keyed_hash.h): hosts are the clients' to pick (an
+ * IPv6 client has many /64s from a /48), and with a hash known in advance
+ * they could all be made to share one chain, every take and give under the
+ * owner's lock then a walk of it (review-s30b L1).
  */
 #include "peers.h"
 
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/random.h>
+
+#include "common/keyed_hash.h"
 
 #define PEERS_MIN_BUCKETS 16
 
@@ -27,28 +28,11 @@ struct coord_peers {
     peer_entry_t **buckets;
     size_t n_buckets; /* a power of two */
     size_t n_entries;
-    uint64_t seed[2]; /* constant */
 };
-
-/* FNV-1a from a secret offset, then the secret mixed in once more and
- * splitmix64's finalizer, so that the low bits a bucket takes depend on
- * every bit of the state. */
-static uint64_t host_hash(const coord_peers_t *peers, const char *host)
-{
-    uint64_t h = 14695981039346656037ull ^ peers->seed[0];
-
-    for (const unsigned char *p = (const unsigned char *)host; *p != '\0'; p++) {
-        h = (h ^ *p) * 1099511628211ull;
-    }
-    h ^= peers->seed[1];
-    h = (h ^ (h >> 30)) * 0xbf58476d1ce4e5b9ull;
-    h = (h ^ (h >> 27)) * 0x94d049bb133111ebull;
-    return h ^ (h >> 31);
-}
 
 static peer_entry_t **slot_of(const coord_peers_t *peers, const char *host)
 {
-    peer_entry_t **p = &peers->buckets[host_hash(peers, host) & (peers->n_buckets - 1)];
+    peer_entry_t **p = &peers->buckets[ferry__keyed_hash_str(host) & (peers->n_buckets - 1)];
 
     while (*p != NULL && strcmp((*p)->host, host) != 0) {
         p = &(*p)->next;
@@ -66,12 +50,6 @@ ferry_status_t coord_peers_create(coord_peers_t **peers_p)
         return FERRY_ERR_NO_MEMORY;
     }
     peers->n_buckets = PEERS_MIN_BUCKETS;
-    if (getrandom(peers->seed, sizeof(peers->seed), 0) != (ssize_t)sizeof(peers->seed)) {
-        /* getrandom failed (ENOSYS under an old seccomp policy): the
-         * counts stay right, the chains only lose their defence. */
-        peers->seed[0] = (uint64_t)(uintptr_t)peers;
-        peers->seed[1] = (uint64_t)(uintptr_t)peers->buckets;
-    }
     *peers_p = peers;
     return FERRY_OK;
 }
@@ -105,7 +83,7 @@ static void grow(coord_peers_t *peers)
     for (size_t i = 0; i < peers->n_buckets; i++) {
         while (peers->buckets[i] != NULL) {
             peer_entry_t *e = peers->buckets[i];
-            peer_entry_t **b = &buckets[host_hash(peers, e->host) & (n - 1)];
+            peer_entry_t **b = &buckets[ferry__keyed_hash_str(e->host) & (n - 1)];
             peers->buckets[i] = e->next;
             e->next = *b;
             *b = e;

@@ -23,6 +23,7 @@
 #include <time.h>
 
 #include "common/clock.h"
+#include "common/keyed_hash.h"
 #include "common/log.h"
 
 #define WAIT_IDLE_MS 1000
@@ -32,16 +33,14 @@ int64_t service_now_ms(void)
     return ferry__clock_ms(CLOCK_MONOTONIC);
 }
 
-/* FNV-1a: wakes are remembered by hash (a collision only costs a look),
- * and waits are found by it. */
+/* Wakes are remembered by hash (a collision only costs a look), and waits
+ * are found by it. The request IDs are the clients', so the hash is keyed
+ * (common/keyed_hash.h): with one known in advance, waits on IDs made to
+ * collide would share one bucket, walked under waits_lock by every wake
+ * (audit-s33 H2). */
 static uint64_t id_hash(const char *id)
 {
-    uint64_t h = 14695981039346656037ull;
-
-    for (const unsigned char *p = (const unsigned char *)id; *p != '\0'; p++) {
-        h = (h ^ *p) * 1099511628211ull;
-    }
-    return h;
+    return ferry__keyed_hash_str(id);
 }
 
 /* The waits: a heap by when each is due and a hash by request ID

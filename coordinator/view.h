@@ -84,4 +84,8 @@ size_t view_largest(const view_t *view);
  * the view. */
 const view_entry_t *view_find(const view_t *view, const char *request_id);
 
+/* The longest bucket's entries, tombstones counted: what a find or an
+ * upsert may walk (for tests). */
+size_t view_max_chain(const view_t *view);
+
 #endif /* FERRY_COORD_VIEW_H */

@@ -11,7 +11,9 @@
  * (coord_registry_view_holds: it holds the IDs that start with "held"):
  * when it comes back, the waits whose record it holds run, and so does one
  * that parks after a look from before; a wait whose time is up runs once
- * more if the view holds its record. tests/python/test_parked_waits.py
+ * more if the view holds its record. Waits on request IDs made to share
+ * one bucket under an unkeyed hash still spread over the buckets.
+ * tests/python/test_parked_waits.py
  * drives the same code through a real coordinator.
  */
 #include <stdarg.h>
@@ -25,6 +27,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "fnv_collide.h"
 #include "service_int.h"
 
 #define NOW 5000000 /* a monotonic clock some time after boot */
@@ -524,6 +527,38 @@ static void test_ended_wait_looks_once_more_if_the_view_holds_it(void **state)
     assert_int_equal(rec.calls[1].status, FERRY_ERR_TIMED_OUT);
 }
 
+/* 2,000 waits on IDs whose FNV-1a ends in the same 20 bits, as a client
+ * may choose them (audit-s33 H2): with the hash keyed, no bucket of
+ * waits_by_id holds more than a few, so a wake, or a wait leaving, walks no
+ * long chain under waits_lock. Unkeyed, all 2,000 share one. */
+static void test_colliding_ids_spread(void **state)
+{
+    enum { N = 2000 };
+    coord_service_t *svc = *state;
+    char **ids = fnv_colliding_ids(FNV_OFFSET_STANDARD, N);
+    size_t most = 0;
+
+    assert_non_null(ids);
+    for (int i = 0; i < N; i++) {
+        park(svc, i, ids[i], 600000);
+    }
+    assert_int_equal(coord_service_parked_waits(svc), N);
+    pthread_mutex_lock(&svc->waits_lock);
+    for (size_t b = 0; b < svc->n_id_buckets; b++) {
+        size_t n = 0;
+        for (const wait_entry_t *w = svc->waits_by_id[b]; w != NULL; w = w->hnext) {
+            n++;
+        }
+        most = n > most ? n : most;
+    }
+    pthread_mutex_unlock(&svc->waits_lock);
+    assert_true(most <= 16);
+    service_waits_wake(svc, ids[7]);
+    await_ended(N, 1);
+    assert_int_equal(rec.calls[7].runs, 1);
+    fnv_ids_free(ids, N);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -546,6 +581,7 @@ int main(void)
                                         teardown),
         cmocka_unit_test_setup_teardown(test_ended_wait_looks_once_more_if_the_view_holds_it, setup,
                                         teardown),
+        cmocka_unit_test_setup_teardown(test_colliding_ids_spread, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

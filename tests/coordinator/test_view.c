@@ -2,7 +2,8 @@
  * test_view.c: the view's map keeps the newest record per request ID, in
  * whatever order write-through and watch events arrive, across growth; a
  * delete leaves a tombstone that no older record can undo; the records are
- * counted by state through every change.
+ * counted by state through every change. Request IDs made to share one
+ * bucket under an unkeyed hash still spread over the buckets.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -12,6 +13,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "fnv_collide.h"
 #include "view.h"
 
 static void test_newer_wins(void **state)
@@ -247,6 +249,36 @@ static void test_largest_follows_the_records_held(void **state)
     view_cleanup(&v);
 }
 
+/* 20,000 IDs whose FNV-1a (from the offset view.c used) ends in the same
+ * 20 bits, as an unauthenticated Register may choose them (audit-s33 H2):
+ * with the hash keyed, no bucket's chain grows past a few, so neither
+ * inserting them nor finding one walks the rest under the registry's lock.
+ * Unkeyed, every one of them lands in one chain 20,000 long. */
+static void test_colliding_ids_spread(void **state)
+{
+    enum { N = 20000 };
+    char **ids = fnv_colliding_ids(FNV_OFFSET_VIEW_OLD, N);
+    uint64_t low = (1ull << FNV_COLLIDE_BITS) - 1;
+    view_t v;
+    (void)state;
+
+    assert_non_null(ids);
+    for (size_t i = 0; i < N; i++) {
+        assert_true((fnv1a_from(FNV_OFFSET_VIEW_OLD, ids[i]) & low) ==
+                    (fnv1a_from(FNV_OFFSET_VIEW_OLD, ids[0]) & low));
+    }
+    assert_int_equal(view_init(&v), FERRY_OK);
+    for (size_t i = 0; i < N; i++) {
+        assert_int_equal(view_upsert(&v, ids[i], (const uint8_t *)"r", 1, (int64_t)i + 1, 0),
+                         FERRY_OK);
+    }
+    assert_int_equal(v.n_entries, N);
+    assert_true(view_max_chain(&v) <= 16);
+    assert_non_null(view_find(&v, ids[N / 2]));
+    view_cleanup(&v);
+    fnv_ids_free(ids, N);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -257,6 +289,7 @@ int main(void)
         cmocka_unit_test(test_tombstone_list_stays_whole),
         cmocka_unit_test(test_counts_by_state),
         cmocka_unit_test(test_largest_follows_the_records_held),
+        cmocka_unit_test(test_colliding_ids_spread),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
