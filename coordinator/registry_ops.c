@@ -419,10 +419,18 @@ static ferry_status_t record_decoded(ferry_status_t status, char *msg, size_t ca
 
 /* Reads a record from the view. *hit_p false: the view cannot answer (it
  * lacks the record, or its watch is down while etcd answers, which is
- * newer), and only etcd can. */
+ * newer), and only etcd can. The record's bytes are copied under r->lock
+ * and decoded after it, with its revisions taken in the same hold: the
+ * answer is one snapshot of the view all the same, and the decode, whose
+ * cost the record's writer chose (every field of its metadata), holds up
+ * no other reader or writer (audit-s33 H2). */
 static ferry_status_t read_view(coord_registry_t *r, const char *id, record_t *rec, bool *hit_p,
                                 char *msg, size_t cap)
 {
+    uint8_t *bytes = NULL;
+    size_t len = 0;
+    bool hit;
+
     pthread_mutex_lock(&r->lock);
     /* The view answers while its watch is live. While the watch is down and
      * etcd answers, etcd is read instead (it is newer). While etcd cannot
@@ -433,15 +441,27 @@ static ferry_status_t read_view(coord_registry_t *r, const char *id, record_t *r
     const view_entry_t *e = r->synced || registry_etcd_stuck(r) ? view_find(&r->view, id) : NULL;
     ferry_status_t status = FERRY_OK;
 
+    hit = e != NULL;
     if (e != NULL) {
-        status = registry_record_decode(e->bytes, e->len, &rec->data);
+        /* The entry may change or go once the lock is let go. */
+        len = e->len;
+        bytes = malloc(len > 0 ? len : 1);
+        if (bytes != NULL) {
+            memcpy(bytes, e->bytes, len);
+        } else {
+            status = FERRY_ERR_NO_MEMORY;
+        }
         rec->from_view = true;
         rec->mod_revision = e->mod_revision;
         int64_t whole = registry_whole_revision_locked(r);
         rec->revision = whole > e->mod_revision ? whole : e->mod_revision;
     }
     pthread_mutex_unlock(&r->lock);
-    *hit_p = e != NULL;
+    if (hit && status == FERRY_OK) {
+        status = registry_record_decode(bytes, len, &rec->data);
+    }
+    free(bytes);
+    *hit_p = hit;
     return record_decoded(status, msg, cap);
 }
 

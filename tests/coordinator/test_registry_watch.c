@@ -4,7 +4,9 @@
  * events etcd sends, fed to it directly on a registry built by hand (its
  * view, lock and prefixes; no etcd). A DELETE whose previous record etcd
  * did not send (compacted, for a lagging watch) is still reported: from the
- * view's copy when it has one, else by its request ID alone.
+ * view's copy when it has one, else by its request ID alone. A read from
+ * the view decodes its record after letting the registry's lock go
+ * (registry_record_decode through --wrap).
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -46,6 +48,27 @@ typedef struct {
     coord_registry_t r;
     seen_t seen;
 } fixture_t;
+
+/* Decodes of a record, and those made with *decode_lock held (NULL: not
+ * looked at). */
+static pthread_mutex_t *decode_lock;
+static int decodes, decodes_locked;
+
+ferry_status_t __real_registry_record_decode(const uint8_t *bytes, size_t len, coord_record_t *rec);
+ferry_status_t __wrap_registry_record_decode(const uint8_t *bytes, size_t len, coord_record_t *rec);
+
+ferry_status_t __wrap_registry_record_decode(const uint8_t *bytes, size_t len, coord_record_t *rec)
+{
+    if (decode_lock != NULL) {
+        if (pthread_mutex_trylock(decode_lock) == 0) {
+            pthread_mutex_unlock(decode_lock);
+        } else {
+            decodes_locked++;
+        }
+    }
+    decodes++;
+    return __real_registry_record_decode(bytes, len, rec);
+}
 
 static int setup(void **state)
 {
@@ -199,6 +222,34 @@ static void test_a_partial_revision_is_not_a_reads_header(void **state)
     assert_null(view_find(&f->r.view, "op-b"));
 }
 
+/* A read from the view copies the record under r->lock and decodes it
+ * after: a decode, whose cost the record's writer chose (all its metadata),
+ * holds up no other reader or writer (audit-s33 H2). The answer is still
+ * the record and revision the view held. */
+static void test_a_view_read_decodes_outside_the_lock(void **state)
+{
+    fixture_t *f = *state;
+    coord_record_t rec;
+    int64_t header = 0;
+    bool answered = false;
+    char msg[256];
+
+    put(f, "op-d", FERRY_OP_REGISTERED, 50);
+    decode_lock = &f->r.lock;
+    decodes = decodes_locked = 0;
+    assert_int_equal(
+        coord_lookup_view(&f->r, "op-d", NULL, false, &rec, &header, &answered, msg, sizeof(msg)),
+        FERRY_OK);
+    decode_lock = NULL;
+    assert_true(answered);
+    assert_int_equal(decodes, 1);
+    assert_int_equal(decodes_locked, 0);
+    assert_string_equal(rec.op->request_id, "op-d");
+    assert_int_equal(rec.op->state, FERRY_OP_REGISTERED);
+    assert_int_equal(header, 50);
+    coord_record_free(&rec);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -210,6 +261,7 @@ int main(void)
                                         teardown),
         cmocka_unit_test_setup_teardown(test_a_partial_revision_is_not_a_reads_header, setup,
                                         teardown),
+        cmocka_unit_test_setup_teardown(test_a_view_read_decodes_outside_the_lock, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
