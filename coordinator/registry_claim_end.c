@@ -18,7 +18,7 @@
  * r->claim_ends_waiting and the maintenance thread submits it again, while
  * etcd can commit, CLAIM_END_RETRY_MIN_MS after the first try, the wait
  * doubling up to CLAIM_END_RETRY_MAX_MS, until it is done. Both writes are compares (the
- * claim's lease and end revision; the key's create revision), so a repeat,
+ * claim's lease and end revision; the key's mod revision), so a repeat,
  * or another replica's, changes nothing.
  *
  * Bounds: each runs on params.exec (COORD_EXEC_MUST, one per claim that
@@ -59,7 +59,8 @@ struct claim_end_job {
     claim_end_job_t *next; /* in r->claim_ends_waiting while it waits */
     int64_t lease;         /* expiry: the claim's lease */
     /* expiry: the revision that deleted the claim's key (or a load's at
-     * which it was gone); claim key: the key's create revision */
+     * which it was gone); claim key: the Claim's revision, the key's mod
+     * revision for as long as it is that claim's */
     int64_t revision;
     unsigned tries; /* failed so far */
     int retry_ms;   /* the wait before the next try */
@@ -85,9 +86,13 @@ static ferry_status_t expiry_write(claim_end_job_t *e, char *msg, size_t cap)
     return settled ? FERRY_OK : registry_expire_claim(r, e->id, e->lease, e->revision, msg, cap);
 }
 
-/* Deletes the claim key only if it is still that claim's (created with the
+/* Deletes the claim key only if it is still that claim's (written with the
  * record's CLAIMED write, at e->revision): a key the ID was claimed with
- * again since, on the same session lease even, is left alone. */
+ * again since, on the same session lease even, is left alone. Its mod
+ * revision, not its create revision: a later Claim puts the key whether or
+ * not it is there, and etcd keeps the create revision of a key put again
+ * (the record gone and back while the old claim's lease lives, as a
+ * session lease does). */
 static ferry_status_t claim_key_write(claim_end_job_t *e, char *msg, size_t cap)
 {
     coord_registry_t *r = e->r;
@@ -97,7 +102,7 @@ static ferry_status_t claim_key_write(claim_end_job_t *e, char *msg, size_t cap)
     if (status != FERRY_OK) {
         return status;
     }
-    etcd_compare_t cmp = {.target = ETCD_CMP_CREATE,
+    etcd_compare_t cmp = {.target = ETCD_CMP_MOD,
                           .result = ETCD_CMP_EQUAL,
                           .key = key.bytes,
                           .key_len = key.len,

@@ -299,7 +299,7 @@ void registry_expire_claim_later(coord_registry_t *r, const char *id, int64_t cl
                                  int64_t ended);
 
 /* Deletes the claim key of a record that left etcd CLAIMED, if the key was
- * created at `claimed` (that claim's), the same way. */
+ * last written at `claimed` (that claim's), the same way. */
 void registry_delete_claim_key_later(coord_registry_t *r, const char *id, int64_t claimed);
 
 /* Submits again the claim ends whose wait has passed; the maintenance

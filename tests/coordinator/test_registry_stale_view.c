@@ -535,6 +535,46 @@ static void test_claim_key_goes_with_an_expired_owner(void **state)
     assert_false(claim_key_exists(s, "k1"));
 }
 
+/* A late deletion of a claim key (scheduled when its record left etcd
+ * CLAIMED, run behind other work or after a failed try) finds the request
+ * ID claimed again since, on the same session lease: the later Claim's
+ * put kept the key's create revision, but not its mod revision. The
+ * deletion must leave the live claim's key alone; it deleted it, and the
+ * live claim turned ERRORED ("claim expired") mid-transfer. */
+static void test_late_claim_key_deletion_leaves_a_new_claim_alone(void **state)
+{
+    stale_t *s = *state;
+    const char *key = PREFIX "ops/k3";
+    etcd_range_t registered = {0};
+    claim_t first, again;
+    int64_t revision;
+    char msg[256];
+
+    register_op(s->r, "k3", TOKEN_ONE);
+    assert_int_equal(etcd_get(s->etcd->client, key, strlen(key), NULL, 0, 0, 0, &registered),
+                     FERRY_OK);
+    assert_int_equal(registered.n_kvs, 1);
+    assert_int_equal(claim_op(s->r, "k3", TOKEN_ONE, &first, msg, sizeof(msg)), FERRY_OK);
+    /* The record gone and back REGISTERED, with no claim key job: the key
+     * keeps the first claim's create revision. */
+    assert_int_equal(etcd_put(s->etcd->client, key, strlen(key), registered.kvs[0].value,
+                              registered.kvs[0].value_len, registered.kvs[0].lease, &revision),
+                     FERRY_OK);
+    etcd_range_free(&registered);
+    await_view(s->r, revision);
+    assert_int_equal(claim_as(s->r, "k3", TOKEN_ONE, "writer", &first, &again, msg, sizeof(msg)),
+                     FERRY_OK);
+    assert_int_equal(again.lease, first.lease);
+
+    registry_delete_claim_key_later(s->r, "k3", first.revision); /* no queue: at once */
+    assert_true(claim_key_exists(s, "k3"));
+    revision = register_op(s->r, "k3-after", TOKEN_ONE); /* past any deletion's events */
+    await_view(s->r, revision);
+    assert_int_equal(etcd_state(s, "k3"), FERRY_OP_CLAIMED);
+    assert_int_equal(complete_op(s->r, "k3", &again, &revision, msg, sizeof(msg)), FERRY_OK);
+    assert_int_equal(etcd_state(s, "k3"), FERRY_OP_COMPLETE);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -545,6 +585,7 @@ int main(void)
         cmocka_unit_test(test_a_refusal_etcd_confirms_stands),
         cmocka_unit_test(test_lookup_after_a_new_registration_the_view_missed),
         cmocka_unit_test(test_claim_key_goes_with_an_expired_owner),
+        cmocka_unit_test(test_late_claim_key_deletion_leaves_a_new_claim_alone),
         cmocka_unit_test(test_late_claim_end_leaves_a_new_claim_alone),
         cmocka_unit_test(test_expired_claim_text_is_utf8),
     };
