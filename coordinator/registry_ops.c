@@ -594,6 +594,16 @@ struct transition {
     /* Extra operation in the same transaction (claims/ key); type 0 with
      * key NULL: none. */
     etcd_op_t extra;
+    /* Complete: the write also compares that the record's claim is alive:
+     * its key (extra's) last written at the record's mod_revision. The
+     * Claim wrote both in one transaction, a CLAIMED record moves only to
+     * final states, and a later Claim writes both again; so while the
+     * record is the Claim's write, its key is that claim's, there until
+     * Complete, Cancel or the claim's lease's end deletes it. */
+    bool claim_held;
+    /* Set by a write that lost on claim_held: the revision at which the
+     * claim key was gone; 0 otherwise. */
+    int64_t claim_gone_at;
     void *arg;
     /* The record's metadata and mod_revision as read, for apply (set
      * before each call). */
@@ -602,19 +612,34 @@ struct transition {
     int64_t mod_revision;
 };
 
-static ferry_status_t write_transition(coord_registry_t *r, const record_t *rec,
-                                       const transition_t *t, int64_t *revision_p, bool *won_p,
-                                       char *msg, size_t cap)
+/* Whether a write that lost on t->claim_held found the claim key gone:
+ * its failure branch read the key. A key there, at another revision, was
+ * written by a later Claim, which changed the record too: a lost race. */
+static bool claim_key_gone(const transition_t *t, const etcd_txn_result_t *res)
+{
+    return t->claim_held && !res->succeeded && res->n_results == 1 && res->results[0].n_kvs == 0;
+}
+
+static ferry_status_t write_transition(coord_registry_t *r, const record_t *rec, transition_t *t,
+                                       int64_t *revision_p, bool *won_p, char *msg, size_t cap)
 {
     registry_key_t key;
     uint8_t *bytes = NULL;
     size_t len = 0;
-    etcd_compare_t cmp = {
-        .target = ETCD_CMP_MOD, .result = ETCD_CMP_EQUAL, .number = rec->mod_revision};
+    etcd_compare_t cmp[2] = {
+        {.target = ETCD_CMP_MOD, .result = ETCD_CMP_EQUAL, .number = rec->mod_revision},
+        {.target = ETCD_CMP_MOD,
+         .result = ETCD_CMP_EQUAL,
+         .key = t->extra.key,
+         .key_len = t->extra.key_len,
+         .number = rec->mod_revision},
+    };
+    etcd_op_t get = {.type = ETCD_OP_GET, .key = t->extra.key, .key_len = t->extra.key_len};
     etcd_op_t ops[2];
     etcd_txn_result_t res = {0};
     ferry_status_t status = registry_key(r->ops_prefix, rec->data.op->request_id, &key, msg, cap);
 
+    t->claim_gone_at = 0;
     if (status == FERRY_OK) {
         status = registry_record_pack(rec->data.op, rec->data.md, rec->data.md_len, &bytes, &len);
         if (status != FERRY_OK) {
@@ -624,8 +649,8 @@ static ferry_status_t write_transition(coord_registry_t *r, const record_t *rec,
     if (status != FERRY_OK) {
         return status;
     }
-    cmp.key = key.bytes;
-    cmp.key_len = key.len;
+    cmp[0].key = key.bytes;
+    cmp[0].key_len = key.len;
     /* The put names the owner's lease again: a put without it would detach
      * the record from the lease and outlive a dead owner. */
     ops[0] = (etcd_op_t){.type = ETCD_OP_PUT,
@@ -635,7 +660,8 @@ static ferry_status_t write_transition(coord_registry_t *r, const record_t *rec,
                          .value_len = len,
                          .lease = rec->data.op->lease_id};
     ops[1] = t->extra;
-    status = etcd_txn(r->etcd, &cmp, 1, ops, t->extra.key != NULL ? 2 : 1, NULL, 0, &res);
+    status = etcd_txn(r->etcd, cmp, t->claim_held ? 2 : 1, ops, t->extra.key != NULL ? 2 : 1,
+                      t->claim_held ? &get : NULL, t->claim_held ? 1 : 0, &res);
     if (status != FERRY_OK) {
         free(bytes);
         return status == FERRY_ERR_NOT_FOUND
@@ -645,6 +671,7 @@ static ferry_status_t write_transition(coord_registry_t *r, const record_t *rec,
     }
     *won_p = res.succeeded;
     *revision_p = res.revision;
+    t->claim_gone_at = claim_key_gone(t, &res) ? res.revision : 0;
     if (res.succeeded) {
         registry_view_put(r, rec->data.op->request_id, bytes, len, res.revision,
                           rec->data.op->state);
@@ -671,6 +698,23 @@ static bool answer_stands(record_t *rec, const char *id, const char *what)
     return false;
 }
 
+/* A write that needed the record's claim alive (claim_held) found its key
+ * gone at revision `gone_at`: the claim's lease ended, and its expiry is
+ * not written yet (registry_expire_claim_later runs it off the watch
+ * thread, maybe much later). It is written now, through the one transition,
+ * so the write reads it again and answers as it would after the expiry:
+ * the claim is over, and the record ERRORED ("claim expired"). Only the
+ * record CLAIMED before gone_at is that claim's: one claimed again since is
+ * left alone. */
+static ferry_status_t claim_gone(coord_registry_t *r, const char *id, int64_t claim_lease,
+                                 int64_t gone_at, const char *what, char *msg, size_t cap)
+{
+    ferry_info("op %s: %s found the claim of lease %lld gone (its lease ended); writing its "
+               "expiry first",
+               id, what, (long long)claim_lease);
+    return registry_expire_claim(r, id, claim_lease, gone_at, msg, cap);
+}
+
 /* The one function every state change goes through: read, check, write on
  * mod_revision, retry with a fresh read from etcd on conflict, or when the
  * view's copy refused the change or left nothing to do (answer_stands). */
@@ -680,6 +724,7 @@ static ferry_status_t registry_transition(coord_registry_t *r, const char *id, t
     for (int attempt = 0; attempt < TRANSITION_ATTEMPTS; attempt++) {
         record_t rec;
         ferry_op_state_t from;
+        int64_t claim_lease;
         bool won = false;
         bool unchanged = false;
         ferry_status_t status = read_record(r, id, attempt > 0, &rec, msg, cap);
@@ -725,7 +770,11 @@ static ferry_status_t registry_transition(coord_registry_t *r, const char *id, t
             out->rec = rec.data;
             return FERRY_OK;
         }
+        claim_lease = rec.data.op->claim_lease_id;
         coord_record_free(&rec.data);
+        if (status == FERRY_OK && t->claim_gone_at > 0) {
+            status = claim_gone(r, id, claim_lease, t->claim_gone_at, t->what, msg, cap);
+        }
         if (status != FERRY_OK) {
             return status;
         }
@@ -981,7 +1030,11 @@ ferry_status_t coord_complete(coord_registry_t *r, const Ferry__V1__CompleteRequ
     t.extra = (etcd_op_t){.type = ETCD_OP_DELETE, .key = key.bytes, .key_len = key.len};
     /* The claim key leaves with the transaction. Its lease is not revoked:
      * it may be the claimant's own, shared with its other work; a lease of
-     * this claim alone expires once nobody keeps it alive. */
+     * this claim alone expires once nobody keeps it alive. The key must
+     * still be there: a claim whose lease ended is over, even before its
+     * expiry is written (claim_gone), or a claimant stopped past its TTL
+     * could still complete it. */
+    t.claim_held = true;
     return registry_transition(r, req->request_id, &t, out, msg, cap);
 }
 

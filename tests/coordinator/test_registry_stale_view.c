@@ -575,6 +575,101 @@ static void test_late_claim_key_deletion_leaves_a_new_claim_alone(void **state)
     assert_int_equal(etcd_state(s, "k3"), FERRY_OP_COMPLETE);
 }
 
+/* A job that holds the work queue's one worker until the gate opens. */
+typedef struct {
+    pthread_mutex_t lock;
+    pthread_cond_t opened;
+    bool open;
+} gate_t;
+
+static void gate_job(void *arg, bool run)
+{
+    gate_t *g = arg;
+
+    (void)run;
+    pthread_mutex_lock(&g->lock);
+    while (!g->open) {
+        pthread_cond_wait(&g->opened, &g->lock);
+    }
+    pthread_mutex_unlock(&g->lock);
+}
+
+static void gate_open(gate_t *g)
+{
+    pthread_mutex_lock(&g->lock);
+    g->open = true;
+    pthread_cond_broadcast(&g->opened);
+    pthread_mutex_unlock(&g->lock);
+}
+
+/* Waits (10 s at most) until `queued` jobs wait and `running` run. */
+static void await_exec_load(coord_exec_t *exec, int running, int queued)
+{
+    int64_t until = ferry__clock_ms(CLOCK_MONOTONIC) + 10000;
+    int r, q;
+
+    for (coord_exec_load(exec, &r, &q); r != running || q != queued;
+         coord_exec_load(exec, &r, &q)) {
+        struct timespec ts = {0, 5 * 1000 * 1000};
+        assert_true(ferry__clock_ms(CLOCK_MONOTONIC) < until);
+        nanosleep(&ts, NULL);
+    }
+}
+
+/* A claimant whose claim lease ended (stopped, partitioned) sends its
+ * Complete before the claim's expiry is written (the expiry job waits
+ * behind other work): the claim key is gone, so the claim is over, and the
+ * Complete is refused as it would be once the job ran, FAILED_PRECONDITION
+ * naming ERRORED (it was taken: COMPLETE). A registry of its own, under
+ * another prefix, whose work queue's one worker is held. */
+static void test_complete_after_the_claim_lease_ended(void **state)
+{
+    stale_t *s = *state;
+    gate_t gate = {.lock = PTHREAD_MUTEX_INITIALIZER, .opened = PTHREAD_COND_INITIALIZER};
+    coord_exec_params_t exec_params = {.n_workers = 1, .max_queued = 16};
+    coord_exec_t *exec = NULL;
+    coord_registry_params_t params = {
+        .etcd = s->etcd->client, .prefix = "/stalled/", .default_ttl_s = 30};
+    coord_registry_t *r = NULL;
+    coord_record_t rec = {0};
+    claim_t claim;
+    int64_t revision;
+    char msg[256];
+
+    assert_int_equal(coord_exec_create(&exec_params, &exec), FERRY_OK);
+    params.exec = exec;
+    assert_int_equal(coord_registry_create(&params, &r), FERRY_OK);
+    assert_int_equal(coord_exec_submit(exec, gate_job, &gate, 0), FERRY_OK);
+    await_exec_load(exec, 1, 0);
+
+    register_op(r, "x1", TOKEN_ONE);
+    assert_int_equal(claim_op(r, "x1", TOKEN_ONE, &claim, msg, sizeof(msg)), FERRY_OK);
+    assert_int_equal(etcd_lease_revoke(s->etcd->client, claim.lease), FERRY_OK);
+    await_exec_load(exec, 1, 1); /* the expiry job, behind the gate */
+
+    msg[0] = '\0';
+    ferry_status_t status = complete_op(r, "x1", &claim, &revision, msg, sizeof(msg));
+    if (status != FERRY_ERR_FAILED_PRECONDITION) {
+        fail_msg("complete after the claim lease ended: %s (%s)", ferry_status_string(status), msg);
+    }
+    assert_non_null(strstr(msg, "ERRORED"));
+    assert_int_equal(coord_lookup(r, "x1", TOKEN_ONE, true, &rec, &revision, msg, sizeof(msg)),
+                     FERRY_OK);
+    assert_int_equal(rec.op->state, FERRY_OP_ERRORED);
+    assert_non_null(strstr(rec.op->error_message, "claim expired"));
+    coord_record_free(&rec);
+
+    /* The job, let run, finds it done. */
+    gate_open(&gate);
+    await_exec_load(exec, 0, 0);
+    assert_int_equal(coord_lookup(r, "x1", TOKEN_ONE, true, &rec, &revision, msg, sizeof(msg)),
+                     FERRY_OK);
+    assert_int_equal(rec.op->state, FERRY_OP_ERRORED);
+    coord_record_free(&rec);
+    coord_registry_destroy(r);
+    coord_exec_destroy(exec);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -588,6 +683,7 @@ int main(void)
         cmocka_unit_test(test_late_claim_key_deletion_leaves_a_new_claim_alone),
         cmocka_unit_test(test_late_claim_end_leaves_a_new_claim_alone),
         cmocka_unit_test(test_expired_claim_text_is_utf8),
+        cmocka_unit_test(test_complete_after_the_claim_lease_ended),
     };
 
     return cmocka_run_group_tests(tests, setup, teardown);
