@@ -6,8 +6,10 @@
  * last of them (NULL: none); n_queued counts the jobs on the list that are
  * neither urgent nor submitted with COORD_EXEC_MUST (only those count
  * against max_queued), n_urgent the urgent ones (against max_queued of
- * their own); n_running the jobs a worker has taken and not finished. Once `stopping` is set
- * nothing is added, and the workers leave when the list is empty.
+ * their own); n_running the jobs a worker has taken and not finished;
+ * urgent_streak the urgent jobs taken in a row while another waited,
+ * never more than n_workers (exec_take). Once `stopping` is set nothing is
+ * added, and the workers leave when the list is empty.
  *
  * Threads: `lock` guards everything below it in struct coord_exec; `cond`
  * wakes workers when a job arrives or the queue stops.
@@ -42,17 +44,40 @@ struct coord_exec {
     int n_urgent;            /* urgent jobs on the list */
     int n_waiting;           /* all jobs on the list */
     int n_running;
+    int urgent_streak; /* urgent jobs taken in a row while another waited */
     bool stopping;
     bool stopped; /* workers joined */
 };
 
+/* The next job a worker takes: the head (the oldest urgent job, else the
+ * oldest other), but the oldest job that is not urgent once n_workers
+ * urgent ones were taken in a row while it waited: a round of the workers
+ * (about one etcd round trip when each takes one), then one other job.
+ * Renewals so keep n_workers of every n_workers + 1 jobs taken under any
+ * load, still ahead of a queue full of writes (1/65 slower at the default
+ * --etcd-inflight). And a job that is not urgent (a Register, a claim's
+ * end) waits at most n_workers urgent ones once it is the oldest of its
+ * kind, however many keep coming: before, a client renewing its own lease
+ * from many connections, faster than etcd answers, kept every other job
+ * waiting until its deadline (audit-s33 M1). */
 static exec_job_t *exec_take(coord_exec_t *exec)
 {
-    exec_job_t *job = exec->head;
+    exec_job_t **at = &exec->head;
+    exec_job_t *other = exec->urgent_tail != NULL ? exec->urgent_tail->next : exec->head;
+    exec_job_t *job;
 
-    exec->head = job->next;
-    if (exec->head == NULL) {
-        exec->tail = NULL;
+    if (other == NULL || !exec->head->urgent) {
+        exec->urgent_streak = 0; /* none waits behind the urgent ones, or none is urgent */
+    } else if (exec->urgent_streak < exec->n_workers) {
+        exec->urgent_streak++;
+    } else {
+        exec->urgent_streak = 0;
+        at = &exec->urgent_tail->next;
+    }
+    job = *at;
+    *at = job->next;
+    if (exec->tail == job) {
+        exec->tail = at == &exec->head ? NULL : exec->urgent_tail;
     }
     if (exec->urgent_tail == job) {
         exec->urgent_tail = NULL;

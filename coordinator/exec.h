@@ -11,15 +11,18 @@
  *     work that must not be lost (COORD_EXEC_MUST), which is bounded by
  *     what causes it (one per claim that expired, one per failed call);
  *   - urgent work (COORD_EXEC_URGENT: lease renewals, which keep every
- *     record of a worker alive) goes ahead of every job that is not urgent
+ *     record of a worker alive) goes ahead of the jobs that are not urgent
  *     and has a bound of its own (max_queued urgent jobs waiting), so a
  *     queue full of Registers or Claims neither refuses nor delays it
- *     behind them until leases expire;
+ *     behind them until leases expire; but only n_workers urgent jobs in a
+ *     row while another waits, then the oldest other job runs, so that a
+ *     stream of renewals never starves the rest (audit-s33 M1);
  *   - a frozen etcd holds the workers, not the threads that answer Health,
  *     Lookup, Get and List.
  *
- * Jobs run in the order they were submitted, urgent ones first. A job is a function and its
- * argument, called exactly once: with run = true on a worker, or with
+ * Jobs run in the order they were submitted, urgent ones first (one other
+ * after every n_workers urgent ones taken while it waited). A job is a
+ * function and its argument, called exactly once: with run = true on a worker, or with
  * run = false when the queue stops before a worker took it (the job then
  * only releases what it holds, failing its call if it has one).
  *
@@ -46,7 +49,8 @@ typedef struct {
 enum {
     /* Internal work that must not be lost: queued beyond max_queued. */
     COORD_EXEC_MUST = 1u << 0,
-    /* Ahead of every job that is not urgent; max_queued of its own. */
+    /* Ahead of the jobs that are not urgent (n_workers in a row at most
+     * while one waits); max_queued of its own. */
     COORD_EXEC_URGENT = 1u << 1,
 };
 

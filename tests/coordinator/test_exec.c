@@ -4,8 +4,8 @@
  * at most n_workers run at once; beyond max_queued waiting jobs a submit is
  * refused with RESOURCE_EXHAUSTED unless it is COORD_EXEC_MUST; urgent jobs
  * (lease renewals) go ahead of the others and are not refused by a queue
- * full of them; jobs run in order; stopping calls every waiting job once
- * with run = false.
+ * full of them, but never starve them; jobs run in order; stopping calls
+ * every waiting job once with run = false.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -13,6 +13,7 @@
 #include <setjmp.h>
 #include <cmocka.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdbool.h>
 
 #include "exec.h"
@@ -182,9 +183,10 @@ static void test_jobs_run_in_order(void **state)
 }
 
 /* A queue full of ordinary jobs (Registers) neither refuses nor delays an
- * urgent one (a KeepAlive): it is accepted, and runs before every ordinary
- * job that waits, in order among urgent ones; urgent jobs have a bound of
- * their own. Before, a KeepAlive was refused here until the burst was over. */
+ * urgent one (a KeepAlive): it is accepted, and runs before the ordinary
+ * jobs that wait (but one after every n_workers urgent ones, here 1), in
+ * order among urgent ones; urgent jobs have a bound of their own. Before,
+ * a KeepAlive was refused here until the burst was over. */
 static void test_urgent_jobs_go_first_with_a_bound_of_their_own(void **state)
 {
     coord_exec_params_t params = {.n_workers = 1, .max_queued = 2};
@@ -217,7 +219,7 @@ static void test_urgent_jobs_go_first_with_a_bound_of_their_own(void **state)
     gate_open(&g);
     w = (gate_wait_t){.gate = &g, .want_ran = 6};
     assert_true(test_wait_for(gate_reached, &w, 10000));
-    int want[] = {0, 4, 5, 1, 2, 7};
+    int want[] = {0, 4, 1, 5, 2, 7};
     for (int i = 0; i < 6; i++) {
         assert_int_equal(g.order[i], want[i]);
     }
@@ -228,6 +230,112 @@ static void test_urgent_jobs_go_first_with_a_bound_of_their_own(void **state)
     assert_true(test_wait_for(gate_reached, &w, 10000));
     coord_exec_destroy(exec);
     assert_int_equal(g.dropped, 0);
+}
+
+/* What a stream of urgent jobs leaves an ordinary one: how many urgent
+ * jobs started before it did. */
+typedef struct {
+    coord_exec_t *exec;
+    pthread_mutex_t lock;
+    int urgent_started;
+    int urgent_before; /* urgent_started when the ordinary job started; -1: not yet */
+    int submitted;     /* urgent jobs the feeder queued */
+} stream_t;
+
+static void urgent_job(void *arg, bool run)
+{
+    stream_t *s = arg;
+
+    pthread_mutex_lock(&s->lock);
+    s->urgent_started += run;
+    pthread_mutex_unlock(&s->lock);
+}
+
+static void ordinary_job(void *arg, bool run)
+{
+    stream_t *s = arg;
+
+    pthread_mutex_lock(&s->lock);
+    if (run) {
+        s->urgent_before = s->urgent_started;
+    }
+    pthread_mutex_unlock(&s->lock);
+}
+
+#define STREAM_MAX 20000
+
+/* Keeps the urgent lane from emptying (a client renewing its own lease from
+ * many connections) until the ordinary job ran, or STREAM_MAX were queued. */
+static void *urgent_feeder(void *arg)
+{
+    stream_t *s = arg;
+
+    for (;;) {
+        pthread_mutex_lock(&s->lock);
+        bool done = s->urgent_before >= 0 || s->submitted >= STREAM_MAX;
+        pthread_mutex_unlock(&s->lock);
+        if (done) {
+            return NULL;
+        }
+        if (coord_exec_submit(s->exec, urgent_job, s, COORD_EXEC_URGENT) == FERRY_OK) {
+            pthread_mutex_lock(&s->lock);
+            s->submitted++;
+            pthread_mutex_unlock(&s->lock);
+        } else {
+            sched_yield(); /* the lane is full: the workers take some */
+        }
+    }
+}
+
+static bool ordinary_ran(void *arg)
+{
+    stream_t *s = arg;
+
+    pthread_mutex_lock(&s->lock);
+    bool ran = s->urgent_before >= 0;
+    pthread_mutex_unlock(&s->lock);
+    return ran;
+}
+
+/* Urgent jobs go first for at most n_workers in a row while an ordinary job
+ * waits: an ordinary job (a Register, a claim-end) submitted before a
+ * stream of urgent ones that never lets their lane empty still runs, after
+ * at most n_workers of them, plus as many again that other workers took
+ * while it was being taken (audit-s33 M1). Before, it waited for the lane
+ * to empty: with the stream, never. */
+static void test_urgent_jobs_do_not_starve_the_others(void **state)
+{
+    enum { WORKERS = 2 };
+    coord_exec_params_t params = {.n_workers = WORKERS, .max_queued = 64};
+    stream_t s = {.urgent_before = -1};
+    gate_t g;
+    job_arg_t held[WORKERS];
+    pthread_t feeder;
+    (void)state;
+
+    gate_init(&g);
+    pthread_mutex_init(&s.lock, NULL);
+    assert_int_equal(coord_exec_create(&params, &s.exec), FERRY_OK);
+    /* Every worker held, so that the ordinary job and a full lane of urgent
+     * ones wait together when the workers come back. */
+    for (int i = 0; i < WORKERS; i++) {
+        held[i] = (job_arg_t){.gate = &g, .index = i};
+        assert_int_equal(coord_exec_submit(s.exec, blocking_job, &held[i], 0), FERRY_OK);
+    }
+    gate_wait_t w = {.gate = &g, .want_running = WORKERS};
+    assert_true(test_wait_for(gate_reached, &w, 10000));
+    assert_int_equal(coord_exec_submit(s.exec, ordinary_job, &s, 0), FERRY_OK);
+    for (int i = 0; i < params.max_queued; i++) {
+        assert_int_equal(coord_exec_submit(s.exec, urgent_job, &s, COORD_EXEC_URGENT), FERRY_OK);
+        s.submitted++;
+    }
+    assert_int_equal(pthread_create(&feeder, NULL, urgent_feeder, &s), 0);
+    gate_open(&g);
+    assert_true(test_wait_for(ordinary_ran, &s, 30000));
+    pthread_join(feeder, NULL);
+    assert_in_range(s.urgent_before, 0, 2 * WORKERS);
+    coord_exec_destroy(s.exec);
+    pthread_mutex_destroy(&s.lock);
 }
 
 static void test_params_checked(void **state)
@@ -249,6 +357,7 @@ int main(void)
         cmocka_unit_test(test_stop_drops_waiting_jobs_once),
         cmocka_unit_test(test_jobs_run_in_order),
         cmocka_unit_test(test_urgent_jobs_go_first_with_a_bound_of_their_own),
+        cmocka_unit_test(test_urgent_jobs_do_not_starve_the_others),
         cmocka_unit_test(test_params_checked),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
