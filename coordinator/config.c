@@ -62,6 +62,12 @@ static const char usage[] =
     "                      hold while they fill half their room, 0..1000000, 0: no\n"
     "                      share (FERRY_ETCD_READS_PER_PEER; an eighth of those, at\n"
     "                      least 16)\n"
+    "  --etcd-writes-per-peer N  of the writes that wait on etcd (Register, Claim,\n"
+    "                      Complete, Cancel, Release, Revoke), running and queued, what\n"
+    "                      one client host may hold while they fill half their room,\n"
+    "                      and as many KeepAlives, 0..1000000, 0: no share\n"
+    "                      (FERRY_ETCD_WRITES_PER_PEER; an eighth of --etcd-inflight +\n"
+    "                      --etcd-queue, at least 16)\n"
     "  --etcd-load-page N  keys per etcd read when the view loads the records (at\n"
     "                      start, after compaction), 1..100000 (FERRY_ETCD_LOAD_PAGE;\n"
     "                      5000)\n"
@@ -153,6 +159,7 @@ enum {
     OPT_MAX_WATCHES_PER_PEER,
     OPT_MAX_WAITS_PER_PEER,
     OPT_ETCD_READS_PER_PEER,
+    OPT_ETCD_WRITES_PER_PEER,
     OPT_PORT_FILE,
     OPT_LOG_LEVEL,
     OPT_TLS_CERT,
@@ -191,6 +198,7 @@ static const struct option options[] = {
     {"max-watches-per-peer", required_argument, NULL, OPT_MAX_WATCHES_PER_PEER},
     {"max-waits-per-peer", required_argument, NULL, OPT_MAX_WAITS_PER_PEER},
     {"etcd-reads-per-peer", required_argument, NULL, OPT_ETCD_READS_PER_PEER},
+    {"etcd-writes-per-peer", required_argument, NULL, OPT_ETCD_WRITES_PER_PEER},
     {"port-file", required_argument, NULL, OPT_PORT_FILE},
     {"metrics-listen", required_argument, NULL, OPT_METRICS_LISTEN},
     {"log-level", required_argument, NULL, OPT_LOG_LEVEL},
@@ -295,6 +303,7 @@ static void config_defaults(coord_config_t *c)
     c->max_watches_per_peer = UNSET;
     c->max_waits_per_peer = UNSET;
     c->etcd_reads_per_peer = UNSET;
+    c->etcd_writes_per_peer = UNSET;
     c->listen = env_or("FERRY_LISTEN", "127.0.0.1:7400");
     c->etcd = env_or("FERRY_ETCD", NULL);
     c->state_dir = env_or("FERRY_STATE_DIR", default_state_dir());
@@ -372,6 +381,9 @@ static int set_option(coord_config_t *c, int opt, const char *arg)
     case OPT_ETCD_READS_PER_PEER:
         c->etcd_reads_per_peer = parse_int("--etcd-reads-per-peer", arg, 0, 1000000);
         return c->etcd_reads_per_peer < 0 ? -1 : 0;
+    case OPT_ETCD_WRITES_PER_PEER:
+        c->etcd_writes_per_peer = parse_int("--etcd-writes-per-peer", arg, 0, 1000000);
+        return c->etcd_writes_per_peer < 0 ? -1 : 0;
     case OPT_WATCH_QUEUE:
         return (c->watch_queue_kib = parse_int("--watch-queue-kib", arg, 16, 1 << 20)) < 0 ? -1 : 0;
     case OPT_WATCH_MEMORY:
@@ -430,7 +442,7 @@ static int env_number(int *field, const char *name, const char *fallback, int lo
 }
 
 /* A per-peer share (--max-watches-per-peer, --max-waits-per-peer,
- * --etcd-reads-per-peer): the
+ * --etcd-reads-per-peer, --etcd-writes-per-peer): the
  * flag, else the variable, else an eighth of the bound it shares, but at
  * least CONFIG_SHARE_MIN (all of a smaller bound): one host may not take
  * the whole bound, while a host running a thousand workers (one Watch, a
@@ -472,6 +484,8 @@ static int env_numbers(coord_config_t *c)
         env_share(&c->max_watches_per_peer, "FERRY_MAX_WATCHES_PER_PEER", c->max_watches) != 0 ||
         env_share(&c->max_waits_per_peer, "FERRY_MAX_WAITS_PER_PEER", c->max_waits) != 0 ||
         env_share(&c->etcd_reads_per_peer, "FERRY_ETCD_READS_PER_PEER",
+                  c->etcd_inflight + c->etcd_queue) != 0 ||
+        env_share(&c->etcd_writes_per_peer, "FERRY_ETCD_WRITES_PER_PEER",
                   c->etcd_inflight + c->etcd_queue) != 0) {
         return -1;
     }

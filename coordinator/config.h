@@ -36,6 +36,9 @@ typedef struct {
     /* --etcd-reads-per-peer, FERRY_ETCD_READS_PER_PEER; 0: none; default an
      * eighth of --etcd-inflight + --etcd-queue (at least 16, or all) */
     int etcd_reads_per_peer;
+    /* --etcd-writes-per-peer, FERRY_ETCD_WRITES_PER_PEER; 0: none; default
+     * as --etcd-reads-per-peer's: of the writes, and of the renewals, each */
+    int etcd_writes_per_peer;
     const char *log_level;      /* --log-level, FERRY_LOG_LEVEL; default info */
     const char *tls_cert;       /* --tls-cert, FERRY_TLS_CERT */
     const char *tls_key;        /* --tls-key, FERRY_TLS_KEY */

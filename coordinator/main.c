@@ -134,6 +134,8 @@ static void sample_metrics(void *arg, coord_metrics_sample_t *out)
         out->wait_peer_refusals = coord_service_wait_peer_refusals(c->service);
         coord_service_reads_held(c->service, &out->read_peers, &out->etcd_reads_held);
         out->read_peer_refusals = coord_service_read_peer_refusals(c->service);
+        out->write_peers = coord_service_write_peers(c->service);
+        out->write_peer_refusals = coord_service_write_peer_refusals(c->service);
     }
 }
 
@@ -255,6 +257,7 @@ static ferry_status_t open_server(coordinator_t *c)
         .max_watches_per_peer = (size_t)c->config.max_watches_per_peer,
         .max_waits_per_peer = (size_t)c->config.max_waits_per_peer,
         .max_reads_per_peer = (size_t)c->config.etcd_reads_per_peer,
+        .max_writes_per_peer = (size_t)c->config.etcd_writes_per_peer,
     };
     coord_registry_params_t rparams = {
         .prefix = c->config.prefix,

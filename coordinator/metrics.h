@@ -43,6 +43,8 @@ typedef struct {
     size_t read_peers;            /* client hosts holding a read waiting on etcd */
     size_t etcd_reads_held;       /* reads waiting on etcd, all hosts (running and queued) */
     uint64_t read_peer_refusals;  /* etcd reads refused for their host's share */
+    size_t write_peers;           /* client hosts holding a write waiting on etcd */
+    uint64_t write_peer_refusals; /* etcd writes and renewals refused for their host's share */
     uint64_t claim_ends_on_view; /* claims ended, settled on the view (coord_registry_claim_ends) */
     uint64_t claim_ends_checked; /* claims ended, checked by a transition */
     size_t claim_ends_waiting;   /* claim ends' writes waiting to be tried again */

@@ -100,31 +100,56 @@ typedef struct {
     const ProtobufCMessage *request;
     service_work_fn fn;
     int64_t deadline_ms;
-    bool peer_counted; /* in svc->read_peers until it has run */
+    service_share_t *share; /* counted in it until it has run */
 } service_job_t;
 
-/* Counts a read for the call's host in read_peers; false (the call
- * ended) when the host holds its share, or no memory to count it. */
-static bool read_share_take(coord_service_t *svc, rpc_call_t *call)
+static ferry_status_t share_init(service_share_t *share, const char *what, const char *flag,
+                                 coord_exec_t *exec, size_t max_per_peer)
 {
-    static ferry_log_limit_t limit;
+    ferry_status_t status = coord_peers_create(&share->peers);
+
+    share->what = what;
+    share->flag = flag;
+    share->exec = exec;
+    share->max_per_peer = max_per_peer;
+    if (status == FERRY_OK && pthread_mutex_init(&share->lock, NULL) != 0) {
+        coord_peers_destroy(share->peers);
+        share->peers = NULL;
+        status = FERRY_ERR_NO_MEMORY;
+    }
+    return status;
+}
+
+/* NULL peers (never made, or failed): a no-op. */
+static void share_destroy(service_share_t *share)
+{
+    if (share->peers != NULL) {
+        pthread_mutex_destroy(&share->lock);
+        coord_peers_destroy(share->peers);
+        share->peers = NULL;
+    }
+}
+
+/* Counts a call for its host in `share`; false (the call ended) when the
+ * host holds its share, or no memory to count it. */
+static bool share_take(service_share_t *share, rpc_call_t *call)
+{
     const char *host = rpc_call_peer_host(call);
     ferry_status_t status;
     unsigned quiet;
 
-    pthread_mutex_lock(&svc->read_peers_lock);
-    /* The share binds only while the reads counted hold half the room or
+    pthread_mutex_lock(&share->lock);
+    /* The share binds only while the calls counted hold half the room or
      * more: a host's burst goes through while others have room, and a
      * host cannot take more than half of it from them. */
-    if (svc->max_reads_per_peer != 0 &&
-        coord_peers_held(svc->read_peers, host) >= svc->max_reads_per_peer &&
-        svc->reads_held >= (size_t)coord_exec_capacity(svc->read_exec) / 2) {
+    if (share->max_per_peer != 0 && coord_peers_held(share->peers, host) >= share->max_per_peer &&
+        share->held >= (size_t)coord_exec_capacity(share->exec) / 2) {
         status = FERRY_ERR_RESOURCE_EXHAUSTED;
     } else {
-        status = coord_peers_take(svc->read_peers, host, 0);
-        svc->reads_held += status == FERRY_OK;
+        status = coord_peers_take(share->peers, host, 0);
+        share->held += status == FERRY_OK;
     }
-    pthread_mutex_unlock(&svc->read_peers_lock);
+    pthread_mutex_unlock(&share->lock);
     if (status == FERRY_OK) {
         return true;
     }
@@ -132,26 +157,35 @@ static bool read_share_take(coord_service_t *svc, rpc_call_t *call)
         rpc_call_fail(call, status, "no memory to queue the call");
         return false;
     }
-    atomic_fetch_add(&svc->read_peer_refusals, 1); /* for metrics */
-    if (ferry_log_due(&limit, &quiet)) {           /* a host past its share may ask at any rate */
-        ferry_info("%s from %s refused: its host holds its share, %zu, of the reads waiting "
-                   "on etcd, and they fill half their room (--etcd-reads-per-peer); %u more "
-                   "refused since the last line",
-                   rpc_call_path(call), rpc_call_peer(call), svc->max_reads_per_peer, quiet);
+    atomic_fetch_add(&share->refusals, 1); /* for metrics */
+    if (ferry_log_due(&share->log_limit, &quiet)) {
+        ferry_info("%s from %s refused: its host holds its share, %zu, of the %s waiting on "
+                   "etcd, and they fill half their room (%s); %u more refused since the last "
+                   "line",
+                   rpc_call_path(call), rpc_call_peer(call), share->max_per_peer, share->what,
+                   share->flag, quiet);
     }
     rpc_call_fail(call, status,
-                  "too many calls from %s waiting on etcd reads on this replica (%zu; "
-                  "--etcd-reads-per-peer); retry later or on another replica",
-                  host, svc->max_reads_per_peer);
+                  "too many calls from %s waiting on etcd %s on this replica (%zu; %s); retry "
+                  "later or on another replica",
+                  host, share->what, share->max_per_peer, share->flag);
     return false;
 }
 
-static void read_share_give(coord_service_t *svc, rpc_call_t *call)
+static void share_give(service_share_t *share, rpc_call_t *call)
 {
-    pthread_mutex_lock(&svc->read_peers_lock);
-    coord_peers_give(svc->read_peers, rpc_call_peer_host(call));
-    svc->reads_held--;
-    pthread_mutex_unlock(&svc->read_peers_lock);
+    pthread_mutex_lock(&share->lock);
+    coord_peers_give(share->peers, rpc_call_peer_host(call));
+    share->held--;
+    pthread_mutex_unlock(&share->lock);
+}
+
+static void share_load(service_share_t *share, size_t *hosts_p, size_t *held_p)
+{
+    pthread_mutex_lock(&share->lock);
+    *hosts_p = coord_peers_count(share->peers);
+    *held_p = share->held;
+    pthread_mutex_unlock(&share->lock);
 }
 
 /* Ends `call`, which this replica gives up on because it is shutting
@@ -184,18 +218,16 @@ static void service_job_run(void *arg, bool run)
         job->fn(job->svc, job->call, job->request, job->deadline_ms);
         etcd_set_deadline(prev);
     }
-    if (job->peer_counted) {
-        read_share_give(job->svc, job->call);
-    }
+    share_give(job->share, job->call);
     rpc_call_unref(job->call);
     free(job);
 }
 
-/* Runs fn on `exec` (flags: exec.h); per_peer: counted in the host's share of the reads
- * (read_share_take) until it has run. */
-static void submit_to(coord_service_t *svc, coord_exec_t *exec, rpc_call_t *call,
+/* Runs fn on share's pool (flags: exec.h), counted in the host's share
+ * (share_take) until it has run. */
+static void submit_to(coord_service_t *svc, service_share_t *share, rpc_call_t *call,
                       const ProtobufCMessage *request, service_work_fn fn, int64_t deadline_ms,
-                      unsigned flags, bool per_peer)
+                      unsigned flags)
 {
     service_job_t *job = malloc(sizeof(*job));
     ferry_status_t status;
@@ -205,7 +237,7 @@ static void submit_to(coord_service_t *svc, coord_exec_t *exec, rpc_call_t *call
         rpc_call_fail(call, FERRY_ERR_NO_MEMORY, "no memory to queue the call");
         return;
     }
-    if (per_peer && !read_share_take(svc, call)) {
+    if (!share_take(share, call)) {
         free(job);
         return;
     }
@@ -214,17 +246,15 @@ static void submit_to(coord_service_t *svc, coord_exec_t *exec, rpc_call_t *call
                            .request = request,
                            .fn = fn,
                            .deadline_ms = deadline_ms,
-                           .peer_counted = per_peer};
+                           .share = share};
     rpc_call_ref(call);
-    status = coord_exec_submit(exec, service_job_run, job, flags);
+    status = coord_exec_submit(share->exec, service_job_run, job, flags);
     if (status == FERRY_OK) {
         return;
     }
-    if (per_peer) {
-        read_share_give(svc, call);
-    }
+    share_give(share, call);
     if (status == FERRY_ERR_RESOURCE_EXHAUSTED) {
-        coord_exec_load(exec, &running, &queued);
+        coord_exec_load(share->exec, &running, &queued);
         ferry_debug("%s from %s: refused, %d etcd calls running and %d queued", rpc_call_path(call),
                     rpc_call_peer(call), running, queued);
         rpc_call_fail(call, status,
@@ -243,7 +273,7 @@ static void submit_to(coord_service_t *svc, coord_exec_t *exec, rpc_call_t *call
 void service_submit(coord_service_t *svc, rpc_call_t *call, const ProtobufCMessage *request,
                     service_work_fn fn, int64_t deadline_ms)
 {
-    submit_to(svc, svc->exec, call, request, fn, deadline_ms, 0, false);
+    submit_to(svc, &svc->writes, call, request, fn, deadline_ms, 0);
 }
 
 /* A read that only etcd can answer goes to the read workers: it never
@@ -251,7 +281,7 @@ void service_submit(coord_service_t *svc, rpc_call_t *call, const ProtobufCMessa
 static void submit_read(coord_service_t *svc, rpc_call_t *call, const ProtobufCMessage *request,
                         service_work_fn fn, int64_t deadline_ms)
 {
-    submit_to(svc, svc->read_exec, call, request, fn, deadline_ms, 0, true);
+    submit_to(svc, &svc->reads, call, request, fn, deadline_ms, 0);
 }
 
 /* The monotonic time a wait of wait_ms ends: no later than the caller's
@@ -621,14 +651,19 @@ static void do_keepalive(coord_service_t *svc, rpc_call_t *call, const ProtobufC
 /* A renewal keeps every record of a worker alive: it goes ahead of the
  * Registers and Claims waiting for an etcd worker, with a bound of its own
  * (COORD_EXEC_URGENT), so a burst of writes that fills the queue does not
- * let leases expire. Only the lease's holder gets there (lease_refused). */
+ * let leases expire; and each host has a share of renewals of its own, so
+ * that one renewing its own lease from many connections holds no more of
+ * the urgent lane than that (audit-s33 M1). Renewals of one lease are not
+ * coalesced: a client holds as many leases as it makes Registers, so that
+ * would bound nothing the share does not. Only the lease's holder gets
+ * there (lease_refused). */
 static void handle_keepalive(rpc_call_t *call, const ProtobufCMessage *request, void *arg)
 {
+    coord_service_t *svc = arg;
     const Ferry__V1__KeepAliveRequest *req = (const Ferry__V1__KeepAliveRequest *)request;
 
-    if (!lease_refused(arg, call, request, req->lease_id, req->lease_token)) {
-        submit_to(arg, ((coord_service_t *)arg)->exec, call, request, do_keepalive, 0,
-                  COORD_EXEC_URGENT, false);
+    if (!lease_refused(svc, call, request, req->lease_id, req->lease_token)) {
+        submit_to(svc, &svc->renewals, call, request, do_keepalive, 0, COORD_EXEC_URGENT);
     }
 }
 
@@ -782,7 +817,6 @@ ferry_status_t coord_service_create(const coord_service_params_t *params, rpc_se
     svc->max_watches = params->max_watches != 0 ? params->max_watches : SERVICE_MAX_WATCHES;
     svc->max_watches_per_peer = params->max_watches_per_peer;
     svc->max_waits_per_peer = params->max_waits_per_peer;
-    svc->max_reads_per_peer = params->max_reads_per_peer;
     svc->evict_floor = SIZE_MAX;
     svc->watch_queue_bytes =
         params->watch_queue_bytes != 0 ? params->watch_queue_bytes : SERVICE_WATCH_QUEUE_BYTES;
@@ -799,15 +833,15 @@ ferry_status_t coord_service_create(const coord_service_params_t *params, rpc_se
     }
     if ((status = coord_peers_create(&svc->watch_peers)) != FERRY_OK ||
         (status = coord_peers_create(&svc->wait_peers)) != FERRY_OK ||
-        (status = coord_peers_create(&svc->read_peers)) != FERRY_OK) {
+        (status = share_init(&svc->reads, "reads", "--etcd-reads-per-peer", svc->read_exec,
+                             params->max_reads_per_peer)) != FERRY_OK ||
+        (status = share_init(&svc->writes, "writes", "--etcd-writes-per-peer", svc->exec,
+                             params->max_writes_per_peer)) != FERRY_OK ||
+        (status = share_init(&svc->renewals, "lease renewals", "--etcd-writes-per-peer", svc->exec,
+                             params->max_writes_per_peer)) != FERRY_OK) {
         goto err_peers;
     }
     if (pthread_mutex_init(&svc->subs_lock, NULL) != 0) {
-        status = FERRY_ERR_NO_MEMORY;
-        goto err_peers;
-    }
-    if (pthread_mutex_init(&svc->read_peers_lock, NULL) != 0) {
-        pthread_mutex_destroy(&svc->subs_lock);
         status = FERRY_ERR_NO_MEMORY;
         goto err_peers;
     }
@@ -829,10 +863,11 @@ err_waits:
     pthread_cond_destroy(&svc->waits_cond);
     pthread_mutex_destroy(&svc->waits_lock);
 err_free:
-    pthread_mutex_destroy(&svc->read_peers_lock);
     pthread_mutex_destroy(&svc->subs_lock);
 err_peers:
-    coord_peers_destroy(svc->read_peers);
+    share_destroy(&svc->renewals);
+    share_destroy(&svc->writes);
+    share_destroy(&svc->reads);
     coord_peers_destroy(svc->wait_peers);
     coord_peers_destroy(svc->watch_peers);
     rpc_send_budget_release(svc->watch_budget);
@@ -844,15 +879,25 @@ err_name:
 
 void coord_service_reads_held(coord_service_t *svc, size_t *hosts_p, size_t *reads_p)
 {
-    pthread_mutex_lock(&svc->read_peers_lock);
-    *hosts_p = coord_peers_count(svc->read_peers);
-    *reads_p = svc->reads_held;
-    pthread_mutex_unlock(&svc->read_peers_lock);
+    share_load(&svc->reads, hosts_p, reads_p);
 }
 
 uint64_t coord_service_read_peer_refusals(coord_service_t *svc)
 {
-    return atomic_load(&svc->read_peer_refusals);
+    return atomic_load(&svc->reads.refusals);
+}
+
+size_t coord_service_write_peers(coord_service_t *svc)
+{
+    size_t hosts = 0, held = 0;
+
+    share_load(&svc->writes, &hosts, &held);
+    return hosts;
+}
+
+uint64_t coord_service_write_peer_refusals(coord_service_t *svc)
+{
+    return atomic_load(&svc->writes.refusals) + atomic_load(&svc->renewals.refusals);
 }
 
 void coord_service_attach(coord_service_t *svc, coord_registry_t *registry)
@@ -910,8 +955,9 @@ void coord_service_destroy(coord_service_t *svc)
     pthread_cond_destroy(&svc->waits_cond);
     pthread_mutex_destroy(&svc->waits_lock);
     pthread_mutex_destroy(&svc->subs_lock);
-    pthread_mutex_destroy(&svc->read_peers_lock);
-    coord_peers_destroy(svc->read_peers);
+    share_destroy(&svc->renewals);
+    share_destroy(&svc->writes);
+    share_destroy(&svc->reads);
     coord_peers_destroy(svc->wait_peers);
     coord_peers_destroy(svc->watch_peers);
     rpc_send_budget_release(svc->watch_budget); /* calls still held keep it */

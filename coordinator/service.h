@@ -54,6 +54,11 @@ typedef struct {
      * host may hold; past it its next ends with RESOURCE_EXHAUSTED. 0: no
      * such share. */
     size_t max_reads_per_peer;
+    /* The most of the writes on exec (running and queued) one client host
+     * may hold, and as many of its lease renewals (KeepAlive, exec's lane
+     * of its own); past it its next ends with RESOURCE_EXHAUSTED. 0: no
+     * such share. */
+    size_t max_writes_per_peer;
 } coord_service_params_t;
 
 /* Adds ferry.v1.Coordinator to `server` (before rpc_server_start). The
@@ -77,6 +82,11 @@ uint64_t coord_service_wait_peer_refusals(coord_service_t *svc);
  * host held its share (max_reads_per_peer), for metrics. Any thread. */
 void coord_service_reads_held(coord_service_t *svc, size_t *hosts_p, size_t *reads_p);
 uint64_t coord_service_read_peer_refusals(coord_service_t *svc);
+/* Client hosts holding a write on exec (running and queued), and the
+ * writes and renewals refused since start because their host held its
+ * share (max_writes_per_peer), for metrics. Any thread. */
+size_t coord_service_write_peers(coord_service_t *svc);
+uint64_t coord_service_write_peer_refusals(coord_service_t *svc);
 /* What Watch streams' messages that their clients have not taken hold in
  * memory (a message shared by streams once, each queue entry's overhead),
  * for metrics. Any thread. */

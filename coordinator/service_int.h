@@ -8,6 +8,7 @@
 #include <pthread.h>
 #include <stdatomic.h>
 
+#include "common/log.h"
 #include "exec.h"
 #include "peers.h"
 #include "service.h"
@@ -110,24 +111,39 @@ typedef struct {
  * last marked `fragment`. Well under gRPC's default 4 MiB receive limit. */
 #define SERVICE_WATCH_MSG_BYTES (1u << 20)
 
+/* A client host's share of an etcd pool (share_take, service.c): the calls
+ * submitted to `exec` through it and not yet run out, by client host
+ * (peers.h). One past max_per_peer (constant; 0: none) from one host is
+ * refused while the calls counted (held) fill half of exec's room or
+ * more, so that one client's calls cannot fill the queue the others share
+ * (a Lookup, Cancel, Release or Claim of an unknown ID is an etcd read,
+ * and needs no valid token: audit-s30-grpc F4, audit-s33 M1), while a
+ * host's honest burst (many workers at once) goes through when there is
+ * room. A host's renewals have a share of their own, as they have a lane
+ * of their own in exec (COORD_EXEC_URGENT): neither another host nor the
+ * host's own writes get them refused. */
+typedef struct {
+    const char *what;   /* "reads", "writes", "lease renewals": for messages */
+    const char *flag;   /* what sets max_per_peer: for messages */
+    coord_exec_t *exec; /* whose room (coord_exec_capacity) it shares */
+    size_t max_per_peer;
+    pthread_mutex_t lock; /* guards peers and held */
+    coord_peers_t *peers;
+    size_t held;                   /* all hosts' together */
+    atomic_uint_fast64_t refusals; /* for metrics */
+    ferry_log_limit_t log_limit;   /* a host past its share may ask at any rate */
+} service_share_t;
+
 struct coord_service {
     char *name;
     rpc_server_t *server;
     coord_registry_t *registry;
     coord_exec_t *exec;      /* runs every call that waits on an etcd write */
     coord_exec_t *read_exec; /* runs reads that need etcd (view misses, List) */
-    /* Reads submitted to read_exec and not yet run out, by client host
-     * (peers.h), guarded by read_peers_lock; one past max_reads_per_peer
-     * (constant; 0: none) from one host is refused while the reads counted
-     * (reads_held) fill half of read_exec's room or more, so that one client's misses (a Lookup of
-     * an unknown ID is an etcd read, and needs no valid token) cannot fill the queue List and the
-     * others share, while a host's honest burst (many workers looking up at once) goes through when
-     * there is room. */
-    coord_peers_t *read_peers;
-    size_t reads_held; /* all hosts' together, guarded by read_peers_lock */
-    pthread_mutex_t read_peers_lock;
-    size_t max_reads_per_peer;
-    atomic_uint_fast64_t read_peer_refusals;
+    /* Each host's share of them: of the reads (--etcd-reads-per-peer), of
+     * the writes and of the lease renewals, each lane of exec its own
+     * (--etcd-writes-per-peer). */
+    service_share_t reads, writes, renewals;
     atomic_uint_fast64_t watch_events_sent; /* events queued on Watch streams, for metrics */
     /* Streams ended to make room in watch_budget (the furthest behind),
      * ended because their own revision did not fit, and refused because

@@ -181,6 +181,22 @@ static void test_per_peer_shares(void **state)
     assert_int_equal(parse(&c, 3, no_reads), 0); /* the flag wins */
     assert_int_equal(c.etcd_reads_per_peer, 0);
     unsetenv("FERRY_ETCD_READS_PER_PEER");
+    /* The writes' share (and the renewals'): the reads' rule. */
+    char *writes[] = {"ferry-coordinator", "--etcd-writes-per-peer", "7", NULL};
+    char *no_writes[] = {"ferry-coordinator", "--etcd-writes-per-peer", "0", NULL};
+    assert_int_equal(parse(&c, 1, none), 0);
+    assert_int_equal(c.etcd_writes_per_peer, (64 + 1024) / 8);
+    assert_int_equal(parse(&c, 5, reads), 0);
+    assert_int_equal(c.etcd_writes_per_peer, 16);
+    assert_int_equal(parse(&c, 3, writes), 0);
+    assert_int_equal(c.etcd_writes_per_peer, 7);
+    assert_int_equal(c.etcd_reads_per_peer, (64 + 1024) / 8);
+    setenv("FERRY_ETCD_WRITES_PER_PEER", "3", 1);
+    assert_int_equal(parse(&c, 1, none), 0);
+    assert_int_equal(c.etcd_writes_per_peer, 3);
+    assert_int_equal(parse(&c, 3, no_writes), 0); /* the flag wins */
+    assert_int_equal(c.etcd_writes_per_peer, 0);
+    unsetenv("FERRY_ETCD_WRITES_PER_PEER");
     assert_int_equal(parse(&c, 5, hundred), 0);
     assert_int_equal(c.max_watches_per_peer, 16);
     assert_int_equal(c.max_waits_per_peer, 25);

@@ -286,5 +286,92 @@ class OneHostTakesItsShareOfEtcdReads(ferry_harness.ClusterTestCase):
         self.assertEqual(self.metric("ferry_etcd_reads_held"), 0)
 
 
+WRITE_SHARE = 4
+WRITE_ROOM = 16  # --etcd-inflight 2 + --etcd-queue 14
+WRITE_TAKEN = max(WRITE_SHARE, WRITE_ROOM // 2)  # as READ_TAKEN
+WRITE_FLOOD = 50
+CANCEL = "/ferry.v1.Coordinator/Cancel"
+
+
+def metadata(pb):
+    return pb.RdmaMetadata(
+        version=1, kind=pb.OPERATION_KIND_WRITE, worker_address=b"\x01" * 64,
+        descriptors=[pb.Descriptor(address=0x10000, size=4096,
+                                   device=pb.Device(kind=pb.DEVICE_KIND_HOST), rkey=b"k" * 32)],
+        notification_key=os.urandom(16), worker_name="peers", hostname="localhost")
+
+
+class OneHostTakesItsShareOfEtcdWrites(ferry_harness.ClusterTestCase):
+    """A Cancel (or Release, or Claim) of an unknown ID is an etcd read on a
+    write worker, and needs no valid token; with the write workers and
+    their queue shared by all clients, a burst of them from one client
+    while etcd was slow refused every other client's Register
+    RESOURCE_EXHAUSTED (audit-s33 M1). Now one host may hold
+    --etcd-writes-per-peer of them, by the reads' rule, and as many
+    KeepAlives: another host's Register and KeepAlive queue, and are
+    answered once etcd is."""
+
+    FLAGS = ("--prefix", "/peers-writes/", "--etcd-inflight", "2", "--etcd-queue", "14",
+             "--etcd-writes-per-peer", str(WRITE_SHARE))
+
+    @classmethod
+    def setUpClass(cls):
+        if not loopback_aliases_work():
+            raise unittest.SkipTest(f"cannot bind {OTHER_HOST}")
+        super().setUpClass()
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.etcd.proc.send_signal(signal.SIGCONT)  # should a test have left it frozen
+        super().tearDownClass()
+
+    def register(self, rid, **kw):
+        return self.stub.Register.future(self.cpb.RegisterRequest(
+            request_id=rid, metadata=metadata(self.pb), access_token="w" * 16, owner="peers",
+            **kw), timeout=30)
+
+    def test_a_flood_of_unknown_cancels_leaves_room_for_another_host(self):
+        first = self.register("writes-first").result()  # a lease to keep alive
+        raw = ferry_harness.RawH2(self.coord.port, source=OTHER_HOST)
+        registered = renewed = None
+        try:
+            ferry_harness.freeze(self.etcd.proc)
+            cancels = raw.open(CANCEL, [self.cpb.CancelRequest(
+                request_id=f"unknown-{i}", access_token="a" * 16) for i in range(WRITE_FLOOD)])
+            ferry_harness.wait_until(
+                lambda: raw.ended_count(cancels) >= WRITE_FLOOD - WRITE_TAKEN, 20,
+                f"{WRITE_FLOOD - WRITE_TAKEN} of the raw client's Cancels to be refused")
+            self.assertEqual(self.metric("ferry_peer_refusals_total", kind="write"),
+                             WRITE_FLOOD - WRITE_TAKEN)
+            self.assertEqual(self.metric("ferry_peers_holding", kind="write"), 1)
+
+            # Another host's Register and KeepAlive get in, and are answered
+            # once etcd is.
+            registered = self.register("writes-second", lease_id=first.lease_id,
+                                       lease_token=first.lease_token)
+            renewed = self.stub.KeepAlive.future(self.cpb.KeepAliveRequest(
+                lease_id=first.lease_id, lease_token=first.lease_token), timeout=30)
+            ferry_harness.wait_until(
+                lambda: registered.done()
+                or self.metric("ferry_peers_holding", kind="write") == 2, 10,
+                "the Register to be queued for etcd")
+            ferry_harness.wait_until(
+                lambda: renewed.done() or self.metric("ferry_rpc_in_flight",
+                                                      method="/ferry.v1.Coordinator/KeepAlive"),
+                10, "the KeepAlive to be queued for etcd")
+            for call in (registered, renewed):
+                if call.done():
+                    self.fail(f"ended before etcd could answer: {call.exception()}")
+            self.assertEqual(self.metric("ferry_peer_refusals_total", kind="write"),
+                             WRITE_FLOOD - WRITE_TAKEN)
+        finally:
+            self.etcd.proc.send_signal(signal.SIGCONT)
+            raw.close()
+        self.assertEqual(registered.result().lease_id, first.lease_id)
+        self.assertGreater(renewed.result().ttl_seconds, 0)
+        ferry_harness.wait_until(lambda: self.metric("ferry_peers_holding", kind="write") == 0,
+                                 20, "every write to give its share back")
+
+
 if __name__ == "__main__":
     unittest.main(verbosity=2)
