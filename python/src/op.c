@@ -386,7 +386,11 @@ static void wait_other_close(pyferry_op_t *self)
 {
     const struct timespec round = {0, 1000000};
 
-    while (self->releaser != 0 && self->releaser != PyThread_get_thread_ident()) {
+    /* In a child forked meanwhile, the releasing thread is not there, and
+     * its close never ends (review-s33): the child's close returns, as its
+     * other calls on the parent's connector do. */
+    while (self->releaser != 0 && self->releaser != PyThread_get_thread_ident() &&
+           !pyferry_connector_forked(self->connector)) {
         Py_BEGIN_ALLOW_THREADS nanosleep(&round, NULL);
         Py_END_ALLOW_THREADS
     }

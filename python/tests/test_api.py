@@ -1510,6 +1510,57 @@ def test_a_forked_child_refuses_its_parents_objects_and_lets_go_of_them(sender):
     objs["c"].close()
 
 
+def test_a_forked_child_closes_what_another_thread_is_closing():
+    """review-s33: a process forks while one of its threads is inside a
+    writable's close(), waiting for a stopped writer (memory given by bare
+    address, so the close waits up to FERRY_OP_DESTROY_FLUSH_MS). The
+    child's own close() of it (a with block's exit) returns: the closing
+    thread is not in the child, and its close used to be waited for without
+    end."""
+    size = 64 << 20
+    env = dict(os.environ, UCX_TLS="tcp",
+               PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(ferry.__file__))))
+    child = subprocess.Popen([sys.executable, "-c", _STOPPED_WRITER, str(size)], env=env,
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    c = ferry.Connector("closed-across-a-fork")
+    buf, bare = (ctypes.c_uint8 * size)(), (ctypes.c_uint8 * 4096)()
+    view = np.ctypeslib.as_array(buf)
+    closer = None
+    try:
+        w = c.create_writable([ferry.Descriptor((ctypes.addressof(buf), size, "cpu")),
+                               ferry.Descriptor((ctypes.addressof(bare), 4096, "cpu"))])
+        child.stdin.write(w.metadata().to_json() + "\n")
+        child.stdin.flush()
+        deadline = time.monotonic() + 60
+        while view[0] == 0 and time.monotonic() < deadline:
+            time.sleep(0.0001)  # polling for the first bytes, with a deadline
+        os.kill(child.pid, signal.SIGSTOP)
+        while not _stopped(child.pid) and time.monotonic() < deadline:
+            time.sleep(0.001)
+        assert _stopped(child.pid) and view[-1] == 0  # stopped with puts to come
+        closer = threading.Thread(target=w.close)
+        closer.start()
+        while not w.closed and time.monotonic() < deadline:
+            pass  # polling for the close to begin, with a deadline
+        assert closer.is_alive(), "close() returned before the fork: nothing was tested"
+
+        def close_again():
+            w.close()
+            return w.closed
+
+        assert _in_forked_child(close_again) is True
+        closer.join(60)
+        assert not closer.is_alive()
+    finally:
+        if child.poll() is None:
+            os.kill(child.pid, signal.SIGCONT)
+            child.kill()
+        child.wait(60)
+        if closer is not None:
+            closer.join(60)
+        c.close()
+
+
 def test_a_forked_child_cannot_start_ferry_again(sender):
     """A child forked after Ferry started (here the sender fixture's
     connector) cannot make a Connector or a Coordinator of its own: each
