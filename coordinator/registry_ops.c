@@ -595,11 +595,14 @@ struct transition {
      * key NULL: none. */
     etcd_op_t extra;
     /* Complete: the write also compares that the record's claim is alive:
-     * its key (extra's) last written at the record's mod_revision. The
-     * Claim wrote both in one transaction, a CLAIMED record moves only to
-     * final states, and a later Claim writes both again; so while the
-     * record is the Claim's write, its key is that claim's, there until
-     * Complete, Cancel or the claim's lease's end deletes it. */
+     * its key (extra's) is there. The Claim wrote both in one transaction,
+     * a CLAIMED record moves only to final states, and a later Claim writes
+     * both again; so while the record is the Claim's write (its own
+     * compare), the key is that claim's, there until Complete, Cancel or
+     * the claim's lease's end deletes it. Its existence, not its revision:
+     * a key copied apart from its record (etcdctl make-mirror) keeps no
+     * revision, and the record's compare already names the claim
+     * (review-s33 L1). */
     bool claim_held;
     /* Set by a write that lost on claim_held: the revision at which the
      * claim key was gone; 0 otherwise. */
@@ -613,8 +616,8 @@ struct transition {
 };
 
 /* Whether a write that lost on t->claim_held found the claim key gone:
- * its failure branch read the key. A key there, at another revision, was
- * written by a later Claim, which changed the record too: a lost race. */
+ * its failure branch read the key. A key there lost on the record's own
+ * compare: a lost race. */
 static bool claim_key_gone(const transition_t *t, const etcd_txn_result_t *res)
 {
     return t->claim_held && !res->succeeded && res->n_results == 1 && res->results[0].n_kvs == 0;
@@ -628,11 +631,11 @@ static ferry_status_t write_transition(coord_registry_t *r, const record_t *rec,
     size_t len = 0;
     etcd_compare_t cmp[2] = {
         {.target = ETCD_CMP_MOD, .result = ETCD_CMP_EQUAL, .number = rec->mod_revision},
-        {.target = ETCD_CMP_MOD,
-         .result = ETCD_CMP_EQUAL,
+        {.target = ETCD_CMP_VERSION,
+         .result = ETCD_CMP_GREATER,
          .key = t->extra.key,
          .key_len = t->extra.key_len,
-         .number = rec->mod_revision},
+         .number = 0},
     };
     etcd_op_t get = {.type = ETCD_OP_GET, .key = t->extra.key, .key_len = t->extra.key_len};
     etcd_op_t ops[2];
@@ -709,9 +712,12 @@ static bool answer_stands(record_t *rec, const char *id, const char *what)
 static ferry_status_t claim_gone(coord_registry_t *r, const char *id, int64_t claim_lease,
                                  int64_t gone_at, const char *what, char *msg, size_t cap)
 {
-    ferry_info("op %s: %s found the claim of lease %lld gone (its lease ended); writing its "
-               "expiry first",
-               id, what, (long long)claim_lease);
+    /* Debug: the key also goes with a Cancel or Complete on another
+     * replica, whose write changed the record too (then the expiry finds
+     * it no longer CLAIMED and writes nothing). */
+    ferry_debug("op %s: %s found the claim of lease %lld gone (its lease ended, or it was "
+                "ended elsewhere); writing its expiry first",
+                id, what, (long long)claim_lease);
     return registry_expire_claim(r, id, claim_lease, gone_at, msg, cap);
 }
 

@@ -108,7 +108,7 @@ const uint8_t *rpc__msg_bytes(const rpc_msg_t *m);
  * allocation of its own; Ferry's largest request, a Register of 1024
  * descriptors, holds about 3,100), and up to RPC_WIRE_FIELDS_MAX field
  * occurrences of any kind (protobuf-c scans each into a record of its own
- * before it builds the message; that Register holds about 6,200). A
+ * before it builds the message; that Register holds about 7,200). A
  * malformed encoding is refused too, and
  * then *malformed_p (unless NULL) is true: the message names a place in the
  * encoding, which a caller may replace with the method's name. */

@@ -22,7 +22,7 @@
  * scalars too: protobuf-c scans every occurrence into a record of some 32
  * bytes before it builds the message, so a 2 MB request of one varint
  * field repeated a million times cost 34 MB to decode (audit-s33 H1; an
- * honest Register of 1024 descriptors holds some 6,200). The walk runs before
+ * honest Register of 1024 descriptors holds some 7,200). The walk runs before
  * protobuf_c_message_unpack, so that no such request is ever decoded; a
  * malformed encoding is refused here first.
  *

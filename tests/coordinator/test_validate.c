@@ -362,7 +362,7 @@ static void test_register_bytes_fields(void **state)
         assert_int_equal(coord_validate_register_bytes(req, n, &span, &span_len, msg, sizeof(msg)),
                          over ? FERRY_ERR_INVALID_ARGUMENT : FERRY_OK);
         if (over) {
-            assert_non_null(strstr(msg, "metadata holds more than 8256 fields"));
+            assert_non_null(strstr(msg, "metadata holds more than 16448 fields"));
         }
     }
 
@@ -380,7 +380,7 @@ static void test_register_bytes_fields(void **state)
     assert_true(n <= sizeof(req));
     assert_int_equal(coord_validate_register_bytes(req, n, &span, &span_len, msg, sizeof(msg)),
                      FERRY_ERR_INVALID_ARGUMENT);
-    assert_non_null(strstr(msg, "metadata holds more than 8256 fields"));
+    assert_non_null(strstr(msg, "metadata holds more than 16448 fields"));
 
     fill(&md, d, dp, COORD_DESCRIPTORS_MAX);
     gpu.kind = FERRY__V1__DEVICE_KIND__DEVICE_KIND_CUDA;
