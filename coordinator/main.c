@@ -136,6 +136,26 @@ static void sample_metrics(void *arg, coord_metrics_sample_t *out)
         out->read_peer_refusals = coord_service_read_peer_refusals(c->service);
         out->write_peers = coord_service_write_peers(c->service);
         out->write_peer_refusals = coord_service_write_peer_refusals(c->service);
+        coord_service_refusals_t refused;
+        coord_service_limits_t limits;
+        coord_service_limit_refusals(c->service, &refused);
+        coord_service_limits(c->service, &limits);
+        out->refused_max_waits = refused.max_waits;
+        out->refused_max_watches = refused.max_watches;
+        out->refused_watch_queue = refused.watch_queue;
+        out->refused_etcd_queue = refused.etcd_queue;
+        out->limit_max_waits = limits.max_waits;
+        out->limit_max_watches = limits.max_watches;
+        out->limit_watch_queue_bytes = limits.watch_queue_bytes;
+        out->limit_watch_memory_bytes = limits.watch_memory_bytes;
+    }
+    if (c->server != NULL) {
+        rpc_server_stats_t stats;
+        rpc_server_stats(c->server, &stats);
+        out->refused_request_memory = stats.refused_over_budget;
+        out->refused_request_size = stats.refused_oversized;
+        out->request_bytes_held = stats.held_request_bytes;
+        out->limit_request_memory_bytes = stats.max_held_request_bytes;
     }
 }
 
@@ -237,6 +257,7 @@ static ferry_status_t open_server(coordinator_t *c)
         /* What the calls held for minutes (queued Registers, parked waits,
          * streams) may hold together; each method's own bound is below it. */
         .max_held_request_bytes = (size_t)c->config.request_memory_mib << 20,
+        .max_held_request_name = "--request-memory-mib",
         .n_threads = c->config.threads,
         .max_connection_age_ms = c->config.max_connection_age_ms,
         .max_connection_age_grace_ms = c->config.max_connection_age_grace_ms,

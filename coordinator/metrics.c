@@ -32,6 +32,14 @@
  *                                                the expiry check was decided (view|transition)
  *   ferry_claim_ends_waiting                     gauge, a claim end's writes etcd refused, to be
  *                                                tried again (an expiry, a claim key's deletion)
+ *   ferry_limit_refusals_total{limit}            counter, calls refused for a bound of the
+ *                                                whole replica, by its flag (request_memory_mib,
+ *                                                request_size, max_waits, max_watches,
+ *                                                watch_queue_kib, etcd_queue)
+ *   ferry_limit{name}                            gauge, the bounds configured (max_waits,
+ *                                                max_watches, request_memory_bytes,
+ *                                                watch_memory_bytes, watch_queue_bytes)
+ *   ferry_request_bytes_held                     gauge, requests' bytes calls in progress hold
  *   ferry_build_info{version,name}               gauge, always 1
  * method is the gRPC path ("/ferry.v1.Coordinator/Get", "unknown" for
  * methods not served); code the gRPC status name; kind the etcd gateway path
@@ -464,6 +472,39 @@ char *coord_metrics_render(coord_metrics_t *m)
             "be tried again.\n# TYPE ferry_claim_ends_waiting gauge\n"
             "ferry_claim_ends_waiting %zu\n",
             sample.claim_ends_waiting);
+    fprintf(f,
+            "# HELP ferry_limit_refusals_total Calls refused (for watch_queue_kib, Watch streams "
+            "ended) because a bound of the whole replica was reached, by the flag to raise: "
+            "request_memory_mib (the bytes of requests calls in progress hold), request_size (a "
+            "method's own bound on one request, fixed), max_waits, max_watches, watch_queue_kib "
+            "(a stream's client did not read), etcd_queue (--etcd-inflight and --etcd-queue "
+            "full). Per-host shares are in ferry_peer_refusals_total, --watch-memory-mib in "
+            "ferry_watch_memory_total.\n"
+            "# TYPE ferry_limit_refusals_total counter\n"
+            "ferry_limit_refusals_total{limit=\"request_memory_mib\"} %" PRIu64 "\n"
+            "ferry_limit_refusals_total{limit=\"request_size\"} %" PRIu64 "\n"
+            "ferry_limit_refusals_total{limit=\"max_waits\"} %" PRIu64 "\n"
+            "ferry_limit_refusals_total{limit=\"max_watches\"} %" PRIu64 "\n"
+            "ferry_limit_refusals_total{limit=\"watch_queue_kib\"} %" PRIu64 "\n"
+            "ferry_limit_refusals_total{limit=\"etcd_queue\"} %" PRIu64 "\n",
+            sample.refused_request_memory, sample.refused_request_size, sample.refused_max_waits,
+            sample.refused_max_watches, sample.refused_watch_queue, sample.refused_etcd_queue);
+    fprintf(f,
+            "# HELP ferry_limit The bounds this replica was started with, by name: max_waits "
+            "(--max-waits), max_watches (--max-watches), request_memory_bytes "
+            "(--request-memory-mib), watch_memory_bytes (--watch-memory-mib), "
+            "watch_queue_bytes (--watch-queue-kib); for rules relative to them.\n"
+            "# TYPE ferry_limit gauge\n"
+            "ferry_limit{name=\"max_waits\"} %zu\nferry_limit{name=\"max_watches\"} %zu\n"
+            "ferry_limit{name=\"request_memory_bytes\"} %zu\n"
+            "ferry_limit{name=\"watch_memory_bytes\"} %zu\n"
+            "ferry_limit{name=\"watch_queue_bytes\"} %zu\n"
+            "# HELP ferry_request_bytes_held Bytes of requests the calls in progress hold, "
+            "bounded by --request-memory-mib (ferry_limit{name=\"request_memory_bytes\"}).\n"
+            "# TYPE ferry_request_bytes_held gauge\nferry_request_bytes_held %zu\n",
+            sample.limit_max_waits, sample.limit_max_watches, sample.limit_request_memory_bytes,
+            sample.limit_watch_memory_bytes, sample.limit_watch_queue_bytes,
+            sample.request_bytes_held);
     fprintf(f,
             "# HELP ferry_build_info The running ferry-coordinator.\n"
             "# TYPE ferry_build_info gauge\nferry_build_info{version=\"%s\",name=\"%s\"} 1\n",

@@ -48,6 +48,19 @@ typedef struct {
     uint64_t claim_ends_on_view; /* claims ended, settled on the view (coord_registry_claim_ends) */
     uint64_t claim_ends_checked; /* claims ended, checked by a transition */
     size_t claim_ends_waiting;   /* claim ends' writes waiting to be tried again */
+    /* Calls refused (Watch streams ended, for watch_queue) since start for a
+     * bound of the whole replica, by the flag that sets it
+     * (ferry_limit_refusals_total{limit}). */
+    uint64_t refused_request_memory; /* --request-memory-mib */
+    uint64_t refused_request_size;   /* a method's own bound on its request */
+    uint64_t refused_max_waits;      /* --max-waits */
+    uint64_t refused_max_watches;    /* --max-watches */
+    uint64_t refused_watch_queue;    /* --watch-queue-kib */
+    uint64_t refused_etcd_queue;     /* --etcd-inflight + --etcd-queue */
+    size_t request_bytes_held;       /* requests' bytes held by calls in progress */
+    /* The bounds configured (ferry_limit{name}); 0: none. */
+    size_t limit_max_waits, limit_max_watches;
+    size_t limit_request_memory_bytes, limit_watch_memory_bytes, limit_watch_queue_bytes;
 } coord_metrics_sample_t;
 
 typedef struct {

@@ -229,9 +229,11 @@ static void submit_to(coord_service_t *svc, service_share_t *share, rpc_call_t *
                       const ProtobufCMessage *request, service_work_fn fn, int64_t deadline_ms,
                       unsigned flags)
 {
+    static ferry_log_limit_t etcd_full_limit;
     service_job_t *job = malloc(sizeof(*job));
     ferry_status_t status;
     int running = 0, queued = 0;
+    unsigned quiet;
 
     if (job == NULL) {
         rpc_call_fail(call, FERRY_ERR_NO_MEMORY, "no memory to queue the call");
@@ -255,8 +257,12 @@ static void submit_to(coord_service_t *svc, service_share_t *share, rpc_call_t *
     share_give(share, call);
     if (status == FERRY_ERR_RESOURCE_EXHAUSTED) {
         coord_exec_load(share->exec, &running, &queued);
-        ferry_debug("%s from %s: refused, %d etcd calls running and %d queued", rpc_call_path(call),
-                    rpc_call_peer(call), running, queued);
+        atomic_fetch_add(&svc->etcd_queue_refusals, 1); /* for metrics */
+        if (ferry_log_due(&etcd_full_limit, &quiet)) {  /* clients retry at any rate */
+            ferry_info("%s from %s refused: %d etcd calls running and %d queued (raise "
+                       "--etcd-inflight or --etcd-queue); %u more refused since the last line",
+                       rpc_call_path(call), rpc_call_peer(call), running, queued, quiet);
+        }
         rpc_call_fail(call, status,
                       "too many calls waiting on etcd (%d running, %d queued; --etcd-inflight, "
                       "--etcd-queue); retry later",
@@ -801,6 +807,22 @@ static const rpc_method_t coordinator_methods[] = {
     {"List", RPC_UNARY, handle_list, SERVICE_REQUEST_MAX},
     {"Watch", RPC_SERVER_STREAMING, service_watch, SERVICE_REQUEST_MAX},
 };
+
+void coord_service_limit_refusals(coord_service_t *svc, coord_service_refusals_t *out)
+{
+    out->max_waits = atomic_load(&svc->max_waits_refusals);
+    out->max_watches = atomic_load(&svc->max_watches_refusals);
+    out->watch_queue = atomic_load(&svc->watch_queue_ends);
+    out->etcd_queue = atomic_load(&svc->etcd_queue_refusals);
+}
+
+void coord_service_limits(coord_service_t *svc, coord_service_limits_t *out)
+{
+    out->max_waits = svc->max_waits;
+    out->max_watches = svc->max_watches;
+    out->watch_queue_bytes = svc->watch_queue_bytes;
+    out->watch_memory_bytes = rpc_send_budget_max(svc->watch_budget);
+}
 
 ferry_status_t coord_service_create(const coord_service_params_t *params, rpc_server_t *server,
                                     coord_service_t **service_p)

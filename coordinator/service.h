@@ -99,6 +99,30 @@ size_t coord_service_watch_queued_bytes(coord_service_t *svc);
 void coord_service_watch_memory_ends(coord_service_t *svc, uint64_t *evicted_p, uint64_t *ended_p,
                                      uint64_t *refused_p);
 
+/* Calls refused since start because a bound of the whole replica was
+ * reached, for metrics: parked waits past max_waits (--max-waits), Watch
+ * streams past max_watches (--max-watches), Watch streams ended for
+ * watch_queue_bytes (--watch-queue-kib), and calls refused because their
+ * pool's workers and queue were full (--etcd-inflight, --etcd-queue).
+ * Any thread. */
+typedef struct {
+    uint64_t max_waits;
+    uint64_t max_watches;
+    uint64_t watch_queue;
+    uint64_t etcd_queue;
+} coord_service_refusals_t;
+void coord_service_limit_refusals(coord_service_t *svc, coord_service_refusals_t *out);
+
+/* The bounds the service was made with, its defaults taken, for metrics.
+ * Any thread. */
+typedef struct {
+    size_t max_waits;
+    size_t max_watches;
+    size_t watch_queue_bytes;
+    size_t watch_memory_bytes;
+} coord_service_limits_t;
+void coord_service_limits(coord_service_t *svc, coord_service_limits_t *out);
+
 ferry_status_t coord_service_create(const coord_service_params_t *params, rpc_server_t *server,
                                     coord_service_t **service_p);
 

@@ -151,6 +151,10 @@ struct coord_service {
     atomic_uint_fast64_t watch_memory_evicted, watch_memory_ended, watch_memory_refused;
     /* Watch streams and waits refused for their host's share, for metrics. */
     atomic_uint_fast64_t watch_peer_refusals, wait_peer_refusals;
+    /* Calls refused, or streams ended, for a bound of the whole replica,
+     * for metrics (coord_service_limit_refusals_t). */
+    atomic_uint_fast64_t max_waits_refusals, max_watches_refusals, watch_queue_ends,
+        etcd_queue_refusals;
 
     /* Parked waits, each in two places: waits_heap, a binary min-heap by
      * when it is due (the ready first, then by deadline), so the wait thread

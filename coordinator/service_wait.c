@@ -280,9 +280,16 @@ void service_wait_add(coord_service_t *svc, rpc_call_t *call, wait_kind_t kind,
         return;
     }
     if (n_waits >= svc->max_waits) {
+        static ferry_log_limit_t limit;
+        unsigned quiet;
         pthread_mutex_unlock(&svc->waits_lock);
-        ferry_info("op %s: %s from %s refused: %zu calls already wait (--max-waits)", request_id,
-                   kind == WAIT_LOOKUP ? "lookup" : "claim", rpc_call_peer(call), n_waits);
+        atomic_fetch_add(&svc->max_waits_refusals, 1); /* for metrics */
+        if (ferry_log_due(&limit, &quiet)) {           /* a client retry loop would flood it */
+            ferry_info("op %s: %s from %s refused: %zu calls already wait (raise --max-waits); "
+                       "%u more refused since the last line",
+                       request_id, kind == WAIT_LOOKUP ? "lookup" : "claim", rpc_call_peer(call),
+                       n_waits, quiet);
+        }
         rpc_call_fail(call, FERRY_ERR_RESOURCE_EXHAUSTED,
                       "too many calls waiting for operations to appear (%zu; --max-waits); "
                       "retry later or on another replica",

@@ -134,23 +134,30 @@ static void on_sub_cancel(rpc_call_t *call, void *arg)
     }
 }
 
-/* What every stream's refusal for the budget says first (the one owner of
- * those words), into buf. */
-static const char *budget_text(const coord_service_t *svc, char *buf, size_t cap)
+/* The budget's bound as --watch-memory-mib gives it ("64 MiB"; in bytes
+ * when it is not whole MiB, as a test may set it), into buf. */
+static const char *budget_amount(const coord_service_t *svc, char *buf, size_t cap)
 {
     size_t max = rpc_send_budget_max(svc->watch_budget);
 
     if (max % (1u << 20) == 0) {
-        snprintf(buf, cap,
-                 "this replica's Watch streams together hold as many bytes their clients have "
-                 "not read as they may (%zu MiB; --watch-memory-mib)",
-                 max >> 20);
+        snprintf(buf, cap, "%zu MiB", max >> 20);
     } else {
-        snprintf(buf, cap,
-                 "this replica's Watch streams together hold as many bytes their clients have "
-                 "not read as they may (%zu bytes; --watch-memory-mib)",
-                 max);
+        snprintf(buf, cap, "%zu bytes", max);
     }
+    return buf;
+}
+
+/* What every stream's refusal for the budget says first (the one owner of
+ * those words), into buf. */
+static const char *budget_text(const coord_service_t *svc, char *buf, size_t cap)
+{
+    char amount[48];
+
+    snprintf(buf, cap,
+             "this replica's Watch streams together hold as many bytes their clients have "
+             "not read as they may (%s; --watch-memory-mib)",
+             budget_amount(svc, amount, sizeof(amount)));
     return buf;
 }
 
@@ -222,9 +229,9 @@ static bool evict_locked(coord_service_t *svc, const sub_entry_t *s, bool *tied_
     atomic_fetch_add(&svc->watch_memory_evicted, 1); /* for metrics */
     if (ferry_log_due(&limit, &quiet)) {
         ferry_info("watch from %s: ended, %zu bytes behind, what its client had not read "
-                   "dropped, to keep every stream's unsent bytes within --watch-memory-mib (%zu); "
+                   "dropped, to keep every stream's unsent bytes within --watch-memory-mib (%s); "
                    "%u more since the last line",
-                   rpc_call_peer(victim->call), most, rpc_send_budget_max(svc->watch_budget),
+                   rpc_call_peer(victim->call), most, budget_amount(svc, text, sizeof(text)),
                    quiet);
     }
     rpc_call_fail_now(victim->call, FERRY_ERR_RESOURCE_EXHAUSTED,
@@ -410,7 +417,7 @@ static ferry_status_t replay_revision_locked(coord_service_t *svc, sub_entry_t *
  * it where to resume; s was retired (retire_locked). */
 static void end_sub(coord_service_t *svc, sub_entry_t *s)
 {
-    static ferry_log_limit_t limit;
+    static ferry_log_limit_t limit, queue_limit;
     long long resume = (long long)(s->last_sent + 1);
     char text[192];
     unsigned quiet;
@@ -427,9 +434,9 @@ static void end_sub(coord_service_t *svc, sub_entry_t *s)
         atomic_fetch_add(&svc->watch_memory_ended, 1); /* for metrics */
         if (ferry_log_due(&limit, &quiet)) {           /* any client can have its replay not fit */
             ferry_info("watch from %s: ended, none further behind when every stream's unsent "
-                       "bytes together reached their bound (%zu; --watch-memory-mib); %u more "
+                       "bytes together reached their bound (%s; --watch-memory-mib); %u more "
                        "since the last line",
-                       rpc_call_peer(s->call), rpc_send_budget_max(svc->watch_budget), quiet);
+                       rpc_call_peer(s->call), budget_amount(svc, text, sizeof(text)), quiet);
         }
         rpc_call_fail(s->call, FERRY_ERR_RESOURCE_EXHAUSTED,
                       "%s, and no stream was further behind than this one; Watch again with "
@@ -437,12 +444,16 @@ static void end_sub(coord_service_t *svc, sub_entry_t *s)
                       "later or on another replica",
                       budget_text(svc, text, sizeof(text)), resume);
     } else if (s->end_status == FERRY_ERR_RESOURCE_EXHAUSTED) {
-        ferry_info("watch from %s: fell behind (%zu bytes unsent); ended", rpc_call_peer(s->call),
-                   svc->watch_queue_bytes);
+        atomic_fetch_add(&svc->watch_queue_ends, 1); /* for metrics */
+        if (ferry_log_due(&queue_limit, &quiet)) {   /* any client may stop reading */
+            ferry_info("watch from %s: fell behind (%zu bytes unsent; --watch-queue-kib); "
+                       "ended; %u more since the last line",
+                       rpc_call_peer(s->call), svc->watch_queue_bytes, quiet);
+        }
         rpc_call_fail(s->call, FERRY_ERR_RESOURCE_EXHAUSTED,
                       "this stream fell behind: %zu bytes or more of changes were waiting for "
-                      "the client to read them; Watch again with start_revision = %lld (the "
-                      "revision after the last event received)",
+                      "the client to read them (--watch-queue-kib); Watch again with "
+                      "start_revision = %lld (the revision after the last event received)",
                       svc->watch_queue_bytes, resume);
     } else {
         ferry_warn("watch from %s: cannot queue a change: %s; ended", rpc_call_peer(s->call),
@@ -552,6 +563,14 @@ static ferry_status_t subscribe_locked(coord_service_t *svc, sub_entry_t *s, cha
         return FERRY_ERR_UNAVAILABLE;
     }
     if (subs_count_locked(svc) >= svc->max_watches) {
+        static ferry_log_limit_t limit;
+        unsigned quiet;
+        atomic_fetch_add(&svc->max_watches_refusals, 1); /* for metrics */
+        if (ferry_log_due(&limit, &quiet)) {             /* clients retry at any rate */
+            ferry_info("watch from %s refused: %zu streams open on this replica (raise "
+                       "--max-watches); %u more refused since the last line",
+                       rpc_call_peer(s->call), svc->max_watches, quiet);
+        }
         snprintf(msg, cap,
                  "too many Watch streams open on this replica (%zu; --max-watches): retry "
                  "later or on another replica",
@@ -605,9 +624,9 @@ static ferry_status_t subscribe_locked(coord_service_t *svc, sub_entry_t *s, cha
         atomic_fetch_add(&svc->watch_memory_refused, 1); /* for metrics */
         if (ferry_log_due(&limit, &quiet)) {
             ferry_info("watch from %s refused: every stream's unsent bytes together at their "
-                       "bound (%zu; --watch-memory-mib), none further behind; %u more since the "
+                       "bound (%s; --watch-memory-mib), none further behind; %u more since the "
                        "last line",
-                       rpc_call_peer(s->call), rpc_send_budget_max(svc->watch_budget), quiet);
+                       rpc_call_peer(s->call), budget_amount(svc, text, sizeof(text)), quiet);
         }
         snprintf(msg, cap, "%s: retry later or on another replica",
                  budget_text(svc, text, sizeof(text)));

@@ -151,6 +151,10 @@ typedef struct {
      * get a resource quota of this plus 32 MiB, past which gRPC resets
      * streams. 0: no bound, and no quota. */
     size_t max_held_request_bytes;
+    /* What names max_held_request_bytes to an operator and a client in the
+     * refusal's log line and message (the coordinator's flag,
+     * "--request-memory-mib"), copied. NULL: "max_held_request_bytes". */
+    const char *max_held_request_name;
     /* grpc.health.v1.Health Watch streams open at once; one more ends
      * RESOURCE_EXHAUSTED, saying so (Check is not bounded: it holds
      * nothing). 0: RPC_DEFAULT_HEALTH_WATCHES. */
@@ -201,6 +205,19 @@ void rpc_server_shutdown(rpc_server_t *server, int grace_ms);
 
 /* Shuts down (grace 0) if needed and frees. NULL is a no-op. */
 void rpc_server_destroy(rpc_server_t *server);
+
+/* What the server's bounds on requests did since start, for metrics: the
+ * requests refused for being larger than their method accepts
+ * (max_request_bytes), those refused because the calls in progress held
+ * max_held_request_bytes, and the bytes they hold now against that bound
+ * (0: none). Any thread. */
+typedef struct {
+    uint64_t refused_oversized;
+    uint64_t refused_over_budget;
+    size_t held_request_bytes;
+    size_t max_held_request_bytes;
+} rpc_server_stats_t;
+void rpc_server_stats(rpc_server_t *server, rpc_server_stats_t *out);
 
 /* --- a call, as its handler sees it ------------------------------------- */
 

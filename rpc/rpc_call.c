@@ -281,6 +281,8 @@ static bool call_refuse_oversized(rpc_call_t *call)
 {
     size_t max = call->method->max_request_bytes;
     size_t len = grpc_byte_buffer_length(call->payload);
+    static ferry_log_limit_t limit;
+    unsigned quiet;
     char msg[256];
 
     if (max == 0 || len <= max) {
@@ -288,9 +290,12 @@ static bool call_refuse_oversized(rpc_call_t *call)
     }
     grpc_byte_buffer_destroy(call->payload);
     call->payload = NULL;
-    ferry_info("call %" PRIu64 " %s: request of %zu bytes from %s refused: the method accepts "
-               "at most %zu",
-               call->id, call->path, len, call->peer, max);
+    atomic_fetch_add(&call->server->refused_oversized, 1); /* for metrics */
+    if (ferry_log_due(&limit, &quiet)) { /* any client, unauthenticated, may send them */
+        ferry_info("call %" PRIu64 " %s: request of %zu bytes from %s refused: the method "
+                   "accepts at most %zu; %u more refused since the last line",
+                   call->id, call->path, len, call->peer, max, quiet);
+    }
     snprintf(msg, sizeof(msg), "request of %zu bytes is larger than %s accepts (%zu bytes)", len,
              call->path, max);
     call_end(call, NULL, GRPC_STATUS_RESOURCE_EXHAUSTED, FERRY_ERR_RESOURCE_EXHAUSTED, msg);
@@ -314,7 +319,9 @@ static bool call_refuse_over_budget(rpc_call_t *call)
     size_t len = grpc_byte_buffer_length(call->payload);
     size_t cost = call->method->keep_request_bytes ? 2 * len : len;
     size_t held;
-    char msg[256];
+    static ferry_log_limit_t limit;
+    unsigned quiet;
+    char msg[320];
 
     if (max == 0) {
         return false;
@@ -336,13 +343,18 @@ static bool call_refuse_over_budget(rpc_call_t *call)
     pthread_mutex_unlock(&call->lock);
     grpc_byte_buffer_destroy(call->payload);
     call->payload = NULL;
-    ferry_info("call %" PRIu64 " %s: request of %zu bytes from %s refused: calls in progress "
-               "hold %zu bytes of requests (at most %zu)",
-               call->id, call->path, len, call->peer, held, max);
+    atomic_fetch_add(&server->refused_over_budget, 1); /* for metrics */
+    if (ferry_log_due(&limit, &quiet)) { /* a client retrying at once would flood the log */
+        ferry_info("call %" PRIu64 " %s: request of %zu bytes from %s refused: calls in "
+                   "progress hold %zu bytes of requests (at most %zu; raise %s); %u more "
+                   "refused since the last line",
+                   call->id, call->path, len, call->peer, held, max, server->max_held_request_name,
+                   quiet);
+    }
     snprintf(msg, sizeof(msg),
              "the server holds %zu bytes of requests in progress, and this one's %zu would pass "
-             "its bound of %zu; retry later",
-             held, len, max);
+             "its bound of %zu (%s); retry later",
+             held, len, max, server->max_held_request_name);
     call_end(call, NULL, GRPC_STATUS_RESOURCE_EXHAUSTED, FERRY_ERR_RESOURCE_EXHAUSTED, msg);
     return true;
 }

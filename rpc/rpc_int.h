@@ -317,7 +317,11 @@ struct rpc_server {
     int max_message_bytes;
     size_t max_held_request_bytes;    /* 0: none */
     atomic_size_t held_request_bytes; /* by calls dispatched, not yet done */
-    int max_connection_age_ms;        /* 0: none */
+    char max_held_request_name[48];   /* names it in refusals (rpc.h) */
+    /* Requests refused by their method's bound and by
+     * max_held_request_bytes since start, for rpc_server_stats. */
+    atomic_uint_fast64_t refused_oversized, refused_over_budget;
+    int max_connection_age_ms; /* 0: none */
     int max_connection_age_grace_ms;
     int handshake_timeout_ms;
 

@@ -29,6 +29,7 @@
 #include <grpc/compression.h>
 
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -309,6 +310,11 @@ ferry_status_t rpc_server_create(const rpc_server_params_t *params, rpc_server_t
                                        ? params->handshake_timeout_ms
                                        : RPC_DEFAULT_HANDSHAKE_TIMEOUT_MS;
     atomic_init(&server->held_request_bytes, 0);
+    snprintf(server->max_held_request_name, sizeof(server->max_held_request_name), "%s",
+             params->max_held_request_name != NULL ? params->max_held_request_name
+                                                   : "max_held_request_bytes");
+    atomic_init(&server->refused_oversized, 0);
+    atomic_init(&server->refused_over_budget, 0);
     status = rpc__server_credentials(params->tls, &server->creds, &server->tls_reload);
     if (status != FERRY_OK) {
         goto err_free;
@@ -376,6 +382,14 @@ static void server_destroy_unstarted(rpc_server_t *server)
     grpc_server_destroy(server->server);
     server_stop_threads(server);
     grpc_completion_queue_destroy(server->cq);
+}
+
+void rpc_server_stats(rpc_server_t *server, rpc_server_stats_t *out)
+{
+    out->refused_oversized = atomic_load(&server->refused_oversized);
+    out->refused_over_budget = atomic_load(&server->refused_over_budget);
+    out->held_request_bytes = atomic_load(&server->held_request_bytes);
+    out->max_held_request_bytes = server->max_held_request_bytes;
 }
 
 void rpc_server_destroy(rpc_server_t *server)

@@ -83,7 +83,7 @@ def tcp_sockets(pid):
     return found
 
 
-def metric(port, name, **labels):
+def metric(port, name, /, **labels):
     """The value of metric `name` on the /metrics endpoint at port, summed
     over the samples whose labels include `labels` (0 when none)."""
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
@@ -385,7 +385,7 @@ class ClusterTestCase(unittest.TestCase):
         cls.channel.close()
         cls.cluster.close()
 
-    def metric(self, name, **labels):
+    def metric(self, name, /, **labels):
         return metric(self.metrics_port, name, **labels)
 
 

@@ -462,11 +462,22 @@ class RequestsHeldTogether(unittest.TestCase):
         cpb = self.cpb
         coord = ferry_harness.Coordinator(TMP, ETCD.endpoint, name="held",
                                           extra=("--prefix", "/held/",
-                                                 "--request-memory-mib", "4"))
+                                                 "--request-memory-mib", "4",
+                                                 "--metrics-listen", "127.0.0.1:0"))
         coord.start()
         try:
+            port = coord.metrics_port()
+            self.assertEqual(ferry_harness.metric(port, "ferry_limit",
+                                                  name="request_memory_bytes"), 4 << 20)
             with grpc.insecure_channel(coord.target) as channel:
                 self.fill(channel, cpb)
+            # Each refusal counted by the bound it met (the Registers'
+            # too); the bytes held given back.
+            refused = ferry_harness.metric(port, "ferry_limit_refusals_total",
+                                           limit="request_memory_mib")
+            self.assertGreaterEqual(refused, self.refused)
+            self.assertEqual(ferry_harness.metric(port, "ferry_limit_refusals_total",
+                                                  limit="request_size"), 0)
         finally:
             self.assertEqual(coord.stop(), 0)
 
@@ -517,7 +528,8 @@ class RequestsHeldTogether(unittest.TestCase):
         self.assertGreater(len(refused), 0)
         self.assertGreater(answered, 100)
         self.assertIn("bytes of requests in progress", refused[0])
-        self.assertIn("bound of 4194304", refused[0])
+        self.assertIn("bound of 4194304 (--request-memory-mib)", refused[0])
+        self.refused = len(refused)
         # Once they are answered, the bytes are free again.
         self.assertEqual(lookup(body, timeout=30).operation.request_id, "held-1")
 

@@ -84,7 +84,7 @@ class ParkedWaits(unittest.TestCase):
         self.channels.append(ch)
         return self.grpc_mod.CoordinatorStub(ch)
 
-    def metric(self, name, **labels):
+    def metric(self, name, /, **labels):
         return ferry_harness.metric(self.metrics_port, name, **labels)
 
     def parked(self):
@@ -128,6 +128,9 @@ class ParkedWaits(unittest.TestCase):
         self.assertEqual(cm.exception.code(), grpc.StatusCode.RESOURCE_EXHAUSTED)
         self.assertIn("--max-waits", cm.exception.details())
         self.assertEqual(self.parked(), 2)
+        # Counted by the bound it met, which is exported beside it.
+        self.assertEqual(self.metric("ferry_limit_refusals_total", limit="max_waits"), 1)
+        self.assertEqual(self.metric("ferry_limit", name="max_waits"), 2)
         # One ends (its client cancels): another parks again.
         first.cancel()
         wait_until(lambda: self.parked() == 1, BOUND, "the cancelled wait to go")

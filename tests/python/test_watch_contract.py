@@ -395,7 +395,9 @@ class SlowWatchersAreBounded(unittest.TestCase):
 
     @classmethod
     def setUpClass(cls):
-        cls.r = Replica("slow", "/slow/", extra=("--watch-queue-kib", "64"))
+        cls.r = Replica("slow", "/slow/", extra=("--watch-queue-kib", "64",
+                                                 "--metrics-listen", "127.0.0.1:0"))
+        cls.metrics_port = cls.r.coord.metrics_port()
 
     @classmethod
     def tearDownClass(cls):
@@ -434,6 +436,12 @@ class SlowWatchersAreBounded(unittest.TestCase):
             self.assertEqual([g[0] for g in read], want)
             ferry_harness.wait_until(lambda: r.coord.log_contains("fell behind"), 10,
                                      "the stuck stream to be ended")
+            self.assertTrue(r.coord.log_contains("unsent; --watch-queue-kib)"))
+            # Counted by the bound it met, which is exported beside it.
+            self.assertGreaterEqual(ferry_harness.metric(
+                self.metrics_port, "ferry_limit_refusals_total", limit="watch_queue_kib"), 1)
+            self.assertEqual(ferry_harness.metric(self.metrics_port, "ferry_limit",
+                                                  name="watch_queue_bytes"), 64 * 1024)
             grew = rss_kib(r.coord.proc.pid) - rss_before
             print(f"raw stuck watcher: RSS grew {grew} KiB over {len(want)} events",
                   file=sys.stderr)
@@ -482,15 +490,22 @@ def coordinator_is_sanitized():
 
 class WatchStreamsAreBounded(unittest.TestCase):
     def test_past_max_watches_a_new_stream_is_refused(self):
-        r = Replica("maxw", "/maxw/", extra=("--max-watches", "2"))
+        r = Replica("maxw", "/maxw/", extra=("--max-watches", "2",
+                                             "--metrics-listen", "127.0.0.1:0"))
         try:
+            port = r.coord.metrics_port()
+            self.assertEqual(ferry_harness.metric(port, "ferry_limit", name="max_watches"), 2)
             open_ = [r.watch(request_id_prefix="mw-") for _ in range(2)]
             for s in open_:
                 self.assertTrue(next(s).created)
+            self.assertEqual(ferry_harness.metric(port, "ferry_limit_refusals_total",
+                                                  limit="max_watches"), 0)
             with self.assertRaises(grpc.RpcError) as cm:
                 next(r.watch(request_id_prefix="mw-"))
             self.assertEqual(cm.exception.code(), grpc.StatusCode.RESOURCE_EXHAUSTED)
             self.assertIn("--max-watches", cm.exception.details())
+            self.assertEqual(ferry_harness.metric(port, "ferry_limit_refusals_total",
+                                                  limit="max_watches"), 1)
             open_[0].cancel()
 
             def opens():
