@@ -39,7 +39,8 @@ static const char usage[] =
     "\n"
     "Serves ferry.v1.Coordinator and grpc.health.v1.Health over gRPC, with all\n"
     "state in etcd. A flag that names a FERRY_* variable also reads from it\n"
-    "(the flag wins).\n"
+    "(the flag wins); a flag or variable set but empty is refused (exit 2), not\n"
+    "taken as unset.\n"
     "\n"
     "  --listen ADDR       address to serve on (FERRY_LISTEN; 127.0.0.1:7400; port 0..65535,\n"
     "                      0 picks one)\n"
@@ -124,7 +125,6 @@ static const char usage[] =
     "  --tls-cert PEM      serve TLS with this certificate chain (FERRY_TLS_CERT)\n"
     "  --tls-key PEM       and this key (FERRY_TLS_KEY)\n"
     "  --tls-ca PEM        require client certificates signed by this CA (FERRY_TLS_CA)\n"
-    "                      (a TLS file set but empty is refused, not taken as unset)\n"
     "  --etcd-ca PEM       verify etcd with this CA (FERRY_ETCD_CA)\n"
     "  --etcd-cert PEM     client certificate for etcd (FERRY_ETCD_CERT)\n"
     "  --etcd-key PEM      its key (FERRY_ETCD_KEY)\n"
@@ -214,34 +214,47 @@ static const struct option options[] = {
     {NULL, 0, NULL, 0},
 };
 
-static const char *env_or(const char *name, const char *fallback)
-{
-    const char *v = getenv(name);
-    return v != NULL && v[0] != '\0' ? v : fallback;
-}
-
-/* The TLS files. Unlike other settings, one of these set but empty is
- * refused rather than taken as unset: FERRY_TLS_CA="" would otherwise turn
- * client-certificate checking off without a word, and an empty certificate
- * and key all of TLS. */
+/* The settings given as text, from a flag or its variable. One of these
+ * set but empty is refused (check_set_but_empty), never taken as unset:
+ * FERRY_ETCD="" in a templated env file would start a private etcd, a
+ * replica of its own that reports SERVING to nobody else's workers;
+ * FERRY_PREFIX="" would put a tenant in the default prefix;
+ * FERRY_METRICS_LISTEN="" would turn metrics off without a word;
+ * FERRY_TLS_CA="" client-certificate checking, and an empty certificate
+ * and key all of TLS. The numbers (env_number) and FERRY_RPC_KEEPALIVE_MS
+ * and FERRY_TLS_REFRESH_S are refused so too. Not FERRY_ETCD_PASSWORD
+ * (read only with --etcd-user, which refuses it empty) nor
+ * FERRY_LOG_FORMAT (main.c; empty is text, as in every Ferry program). */
 static const struct {
     const char *flag;
     const char *env;
-    size_t offset; /* of the const char * in coord_config_t */
-} tls_files[] = {
-    {"--tls-cert", "FERRY_TLS_CERT", offsetof(coord_config_t, tls_cert)},
-    {"--tls-key", "FERRY_TLS_KEY", offsetof(coord_config_t, tls_key)},
-    {"--tls-ca", "FERRY_TLS_CA", offsetof(coord_config_t, tls_ca)},
-    {"--etcd-ca", "FERRY_ETCD_CA", offsetof(coord_config_t, etcd_ca)},
-    {"--etcd-cert", "FERRY_ETCD_CERT", offsetof(coord_config_t, etcd_cert)},
-    {"--etcd-key", "FERRY_ETCD_KEY", offsetof(coord_config_t, etcd_key)},
+    const char *what; /* what to name instead, for the message */
+    size_t offset;    /* of the const char * in coord_config_t */
+} text_settings[] = {
+    {"--listen", "FERRY_LISTEN", "an address", offsetof(coord_config_t, listen)},
+    {"--etcd", "FERRY_ETCD", "etcd's endpoints", offsetof(coord_config_t, etcd)},
+    {"--state-dir", "FERRY_STATE_DIR", "a directory", offsetof(coord_config_t, state_dir)},
+    {"--prefix", "FERRY_PREFIX", "a prefix", offsetof(coord_config_t, prefix)},
+    {"--name", "FERRY_NAME", "a name", offsetof(coord_config_t, name)},
+    {"--log-level", "FERRY_LOG_LEVEL", "a level", offsetof(coord_config_t, log_level)},
+    {"--etcd-user", "FERRY_ETCD_USER", "a user", offsetof(coord_config_t, etcd_user)},
+    {"--etcd-kv-api", "FERRY_ETCD_KV_API", "grpc or gateway",
+     offsetof(coord_config_t, etcd_kv_api)},
+    {"--metrics-listen", "FERRY_METRICS_LISTEN", "an address",
+     offsetof(coord_config_t, metrics_listen)},
+    {"--tls-cert", "FERRY_TLS_CERT", "a PEM file", offsetof(coord_config_t, tls_cert)},
+    {"--tls-key", "FERRY_TLS_KEY", "a PEM file", offsetof(coord_config_t, tls_key)},
+    {"--tls-ca", "FERRY_TLS_CA", "a PEM file", offsetof(coord_config_t, tls_ca)},
+    {"--etcd-ca", "FERRY_ETCD_CA", "a PEM file", offsetof(coord_config_t, etcd_ca)},
+    {"--etcd-cert", "FERRY_ETCD_CERT", "a PEM file", offsetof(coord_config_t, etcd_cert)},
+    {"--etcd-key", "FERRY_ETCD_KEY", "a PEM file", offsetof(coord_config_t, etcd_key)},
 };
 
-#define N_TLS_FILES (sizeof(tls_files) / sizeof(tls_files[0]))
+#define N_TEXT_SETTINGS (sizeof(text_settings) / sizeof(text_settings[0]))
 
-static const char **tls_file(coord_config_t *c, size_t i)
+static const char **text_setting(coord_config_t *c, size_t i)
 {
-    return (const char **)((char *)c + tls_files[i].offset);
+    return (const char **)((char *)c + text_settings[i].offset);
 }
 
 /* Parses an int in [lo, hi] (lo >= 0); -1, said, when it is not one. */
@@ -304,19 +317,16 @@ static void config_defaults(coord_config_t *c)
     c->max_waits_per_peer = UNSET;
     c->etcd_reads_per_peer = UNSET;
     c->etcd_writes_per_peer = UNSET;
-    c->listen = env_or("FERRY_LISTEN", "127.0.0.1:7400");
-    c->etcd = env_or("FERRY_ETCD", NULL);
-    c->state_dir = env_or("FERRY_STATE_DIR", default_state_dir());
-    c->prefix = env_or("FERRY_PREFIX", "/ferry/");
-    c->name = env_or("FERRY_NAME", default_name());
-    c->log_level = env_or("FERRY_LOG_LEVEL", NULL);
-    for (size_t i = 0; i < N_TLS_FILES; i++) {
-        *tls_file(c, i) = getenv(tls_files[i].env); /* "" kept: check() refuses it */
+    for (size_t i = 0; i < N_TEXT_SETTINGS; i++) {
+        *text_setting(c, i) = getenv(text_settings[i].env); /* "" kept: refused */
     }
-    c->etcd_user = env_or("FERRY_ETCD_USER", NULL);
-    c->etcd_kv_api = env_or("FERRY_ETCD_KV_API", "grpc");
-    c->etcd_password = env_or("FERRY_ETCD_PASSWORD", NULL);
-    c->metrics_listen = env_or("FERRY_METRICS_LISTEN", NULL);
+    /* The defaults, for a variable that is unset (not one set but empty). */
+    c->listen = c->listen != NULL ? c->listen : "127.0.0.1:7400";
+    c->state_dir = c->state_dir != NULL ? c->state_dir : default_state_dir();
+    c->prefix = c->prefix != NULL ? c->prefix : "/ferry/";
+    c->name = c->name != NULL ? c->name : default_name();
+    c->etcd_kv_api = c->etcd_kv_api != NULL ? c->etcd_kv_api : "grpc";
+    c->etcd_password = getenv("FERRY_ETCD_PASSWORD"); /* check() refuses it empty with a user */
 }
 
 static int set_option(coord_config_t *c, int opt, const char *arg)
@@ -432,12 +442,23 @@ static int set_option(coord_config_t *c, int opt, const char *arg)
 }
 
 /* Numbers from the environment, read after the flags so a flag wins. A
- * number no flag set is UNSET (a grace of 0 is a real value). */
+ * number no flag set is UNSET (a grace of 0 is a real value). A variable
+ * set but empty is refused, as the text settings are (FERRY_REQUEST_
+ * MEMORY_MIB="" would otherwise be the default, 1 GiB, over a container's
+ * limit). */
 static int env_number(int *field, const char *name, const char *fallback, int lo, int hi)
 {
-    if (*field == UNSET) {
-        *field = parse_int(name, env_or(name, fallback), lo, hi);
+    const char *v = getenv(name);
+
+    if (*field != UNSET) {
+        return 0;
     }
+    if (v != NULL && v[0] == '\0') {
+        fprintf(stderr, "ferry-coordinator: %s is set but empty: give it a number or unset it\n",
+                name);
+        return -1;
+    }
+    *field = parse_int(name, v != NULL ? v : fallback, lo, hi);
     return *field < 0 ? -1 : 0;
 }
 
@@ -582,15 +603,14 @@ static int check_metrics_listen(const char *listen)
     return 0;
 }
 
-static int check_tls_files(coord_config_t *c)
+static int check_set_but_empty(coord_config_t *c)
 {
-    for (size_t i = 0; i < N_TLS_FILES; i++) {
-        const char *v = *tls_file(c, i);
+    for (size_t i = 0; i < N_TEXT_SETTINGS; i++) {
+        const char *v = *text_setting(c, i);
 
         if (v != NULL && v[0] == '\0') {
-            fprintf(stderr,
-                    "ferry-coordinator: %s (%s) is set but empty: name a PEM file or unset it\n",
-                    tls_files[i].flag, tls_files[i].env);
+            fprintf(stderr, "ferry-coordinator: %s (%s) is set but empty: name %s or unset it\n",
+                    text_settings[i].flag, text_settings[i].env, text_settings[i].what);
             return -1;
         }
     }
@@ -604,14 +624,12 @@ static int check_tls_files(coord_config_t *c)
 static int check_etcd_tls(coord_config_t *c)
 {
     const char *start = c->etcd;
-    size_t first = SIZE_MAX;
+    const char *file = c->etcd_ca != NULL     ? "--etcd-ca (FERRY_ETCD_CA)"
+                       : c->etcd_cert != NULL ? "--etcd-cert (FERRY_ETCD_CERT)"
+                       : c->etcd_key != NULL  ? "--etcd-key (FERRY_ETCD_KEY)"
+                                              : NULL;
 
-    for (size_t i = 0; i < N_TLS_FILES && first == SIZE_MAX; i++) {
-        if (strncmp(tls_files[i].flag, "--etcd-", 7) == 0 && *tls_file(c, i) != NULL) {
-            first = i;
-        }
-    }
-    if (first == SIZE_MAX || start == NULL) {
+    if (file == NULL || start == NULL) {
         return 0;
     }
     while (*start != '\0') {
@@ -622,10 +640,10 @@ static int check_etcd_tls(coord_config_t *c)
         etcd_endpoint_trim(&entry, &entry_len); /* as the client reads it */
         if (entry_len > 0 && strncmp(entry, "https://", 8) != 0) {
             fprintf(stderr,
-                    "ferry-coordinator: %s (%s) is for https:// etcd endpoints, and '%.*s' in "
+                    "ferry-coordinator: %s is for https:// etcd endpoints, and '%.*s' in "
                     "--etcd (FERRY_ETCD) is not one: it would be plaintext (name it https://, or "
                     "unset the etcd TLS files)\n",
-                    tls_files[first].flag, tls_files[first].env, (int)entry_len, entry);
+                    file, (int)entry_len, entry);
             return -1;
         }
         start += len + (start[len] == ',');
@@ -635,7 +653,8 @@ static int check_etcd_tls(coord_config_t *c)
 
 static int check(coord_config_t *c)
 {
-    if (check_prefix(c->prefix) != 0 || check_listen(c->listen) != 0) {
+    if (check_set_but_empty(c) != 0 || check_prefix(c->prefix) != 0 ||
+        check_listen(c->listen) != 0) {
         return -1;
     }
     if (c->max_connection_age_ms > 0 && c->max_connection_age_ms < CONNECTION_AGE_MIN_MS) {
@@ -660,7 +679,7 @@ static int check(coord_config_t *c)
                 c->log_level);
         return -1;
     }
-    if (check_metrics_listen(c->metrics_listen) != 0 || check_tls_files(c) != 0) {
+    if (check_metrics_listen(c->metrics_listen) != 0) {
         return -1;
     }
     if (c->etcd == NULL && (c->etcd_user != NULL || c->etcd_ca != NULL || c->etcd_cert != NULL ||

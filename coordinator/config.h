@@ -61,8 +61,9 @@ typedef struct {
 } coord_config_t;
 
 /* 0: run; 1: exit 0 (--help was printed); -1: exit 2 (bad usage, said).
- * A TLS file (--tls-*, --etcd-ca/cert/key or their variables) set but empty
- * is refused, not taken as unset. */
+ * A flag or FERRY_* variable set but empty is refused, not taken as unset
+ * (FERRY_ETCD="" would start a private etcd); FERRY_ETCD_PASSWORD is
+ * refused so only with --etcd-user. */
 int coord_config_parse(int argc, char **argv, coord_config_t *config);
 
 /* 0, or -1 (exit 2, said) when a certificate and key pair given

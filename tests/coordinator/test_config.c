@@ -373,6 +373,62 @@ static void test_tls_file_set_but_empty_is_refused(void **state)
     unsetenv("FERRY_ETCD");
 }
 
+/* An empty variable was taken as unset: FERRY_ETCD="" started a private
+ * etcd (a replica of its own, SERVING to nobody else's workers),
+ * FERRY_PREFIX="" put a tenant in /ferry/, FERRY_METRICS_LISTEN="" turned
+ * metrics off, FERRY_REQUEST_MEMORY_MIB="" meant 1 GiB. Each setting's
+ * variable set but empty is refused; its flag still wins over it. */
+static void test_set_but_empty_is_refused(void **state)
+{
+    coord_config_t c;
+    char *none[] = {"ferry-coordinator", NULL};
+    static const struct {
+        const char *env;
+        const char *flag;
+        const char *value;
+    } settings[] = {
+        {"FERRY_ETCD", "--etcd", "http://127.0.0.1:2379"},
+        {"FERRY_PREFIX", "--prefix", "/t/"},
+        {"FERRY_LISTEN", "--listen", "127.0.0.1:0"},
+        {"FERRY_METRICS_LISTEN", "--metrics-listen", "127.0.0.1:0"},
+        {"FERRY_STATE_DIR", "--state-dir", "/tmp/s"},
+        {"FERRY_NAME", "--name", "r1"},
+        {"FERRY_LOG_LEVEL", "--log-level", "warn"},
+        {"FERRY_ETCD_KV_API", "--etcd-kv-api", "gateway"},
+        {"FERRY_TTL", "--ttl", "5"},
+        {"FERRY_REQUEST_MEMORY_MIB", "--request-memory-mib", "64"},
+        {"FERRY_MAX_WAITS", "--max-waits", "100"},
+        {"FERRY_GRACE_MS", "--grace-ms", "0"},
+    };
+    (void)state;
+
+    for (size_t i = 0; i < sizeof(settings) / sizeof(settings[0]); i++) {
+        char *flag[] = {"ferry-coordinator", (char *)settings[i].flag, (char *)settings[i].value,
+                        NULL};
+
+        setenv(settings[i].env, "", 1);
+        assert_int_equal(parse(&c, 1, none), -1);
+        assert_int_equal(parse(&c, 3, flag), 0); /* the flag wins */
+        unsetenv(settings[i].env);
+    }
+    /* FERRY_ETCD_USER empty needs an etcd to be refused for itself. */
+    setenv("FERRY_ETCD", "http://127.0.0.1:2379", 1);
+    setenv("FERRY_ETCD_USER", "", 1);
+    assert_int_equal(parse(&c, 1, none), -1);
+    unsetenv("FERRY_ETCD_USER");
+    assert_int_equal(parse(&c, 1, none), 0);
+    unsetenv("FERRY_ETCD");
+    /* The password is read only with a user (and refused empty then). */
+    setenv("FERRY_ETCD_PASSWORD", "", 1);
+    assert_int_equal(parse(&c, 1, none), 0);
+    unsetenv("FERRY_ETCD_PASSWORD");
+    /* Unset: the defaults. */
+    assert_int_equal(parse(&c, 1, none), 0);
+    assert_null(c.etcd);
+    assert_null(c.metrics_listen);
+    assert_string_equal(c.prefix, "/ferry/");
+}
+
 /* The etcd credentials are for the etcd --etcd names: without one the
  * private etcd starts with credentials of its own, and these were silently
  * ignored. Refused, by flag or variable; with --etcd, taken. */
@@ -563,6 +619,7 @@ int main(void)
         cmocka_unit_test(test_refusals),
         cmocka_unit_test(test_limits),
         cmocka_unit_test(test_tls_file_set_but_empty_is_refused),
+        cmocka_unit_test(test_set_but_empty_is_refused),
         cmocka_unit_test(test_etcd_credentials_without_etcd_are_refused),
         cmocka_unit_test(test_etcd_tls_files_need_https),
         cmocka_unit_test(test_metrics_listen),

@@ -254,6 +254,31 @@ class CoordinatorFlags(unittest.TestCase):
                     self.assertEqual(rc, EXIT_USAGE, err)
                     self.assertIn(name, err)
 
+    def test_set_but_empty_variable_is_usage_error_naming_it(self):
+        """A variable set but empty was taken as unset: FERRY_ETCD= started a
+        private etcd (a replica SERVING a store of its own), FERRY_PREFIX=
+        meant /ferry/, FERRY_METRICS_LISTEN= no metrics. Refused, naming it;
+        its flag still wins."""
+        for flag, name in (("--etcd", "FERRY_ETCD"), ("--prefix", "FERRY_PREFIX"),
+                           ("--listen", "FERRY_LISTEN"),
+                           ("--metrics-listen", "FERRY_METRICS_LISTEN"),
+                           ("--state-dir", "FERRY_STATE_DIR"), ("--name", "FERRY_NAME"),
+                           ("--log-level", "FERRY_LOG_LEVEL"),
+                           ("--etcd-kv-api", "FERRY_ETCD_KV_API")):
+            with self.subTest(name=name):
+                rc, err = run([COORDINATOR], env={name: ""})
+                self.assertEqual(rc, EXIT_USAGE, err)
+                self.assertIn(f"{flag} ({name}) is set but empty", err)
+        for name in ("FERRY_TTL", "FERRY_REQUEST_MEMORY_MIB", "FERRY_MAX_WAITS"):
+            with self.subTest(name=name):
+                rc, err = run([COORDINATOR], env={name: ""})
+                self.assertEqual(rc, EXIT_USAGE, err)
+                self.assertIn(f"{name} is set but empty", err)
+        rc, err = run([COORDINATOR, "--prefix", "/t/", "--tls-ca", "ca.pem"],
+                      env={"FERRY_PREFIX": ""})
+        self.assertEqual(rc, EXIT_USAGE, err)
+        self.assertIn("--tls-ca needs --tls-cert", err)
+
     def test_etcd_user_without_its_password_is_usage_error(self):
         """A user without FERRY_ETCD_PASSWORD (unset or empty) is refused at
         once: it started, failed authentication on every try, and served
