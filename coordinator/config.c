@@ -21,6 +21,7 @@
 #include <openssl/x509.h>
 
 #include "registry.h"
+#include "rpc/rpc.h"
 #include "validate.h"
 
 /* The registry's own defaults and bounds, as text for env_number (one
@@ -133,7 +134,14 @@ static const char usage[] =
     "  --etcd-kv-api API   grpc|gateway: key-value requests and watches over etcd's\n"
     "                      native gRPC API or its JSON gateway (FERRY_ETCD_KV_API;\n"
     "                      grpc); leases and auth always use the gateway\n"
-    "  --help              this text\n";
+    "  --help              this text\n"
+    "\n"
+    "Variables without a flag (out of range: exit 2, naming it):\n"
+    "  FERRY_RPC_KEEPALIVE_MS  ping etcd's gRPC channel this often while a call is\n"
+    "                      open, 1000..2000000 (20000)\n"
+    "  FERRY_TLS_REFRESH_S read the etcd TLS files again this often for that\n"
+    "                      channel, 1..86400 (60)\n"
+    "  FERRY_ETCD_PASSWORD --etcd-user's password\n";
 
 enum {
     OPT_LISTEN = 256,
@@ -462,6 +470,20 @@ static int env_number(int *field, const char *name, const char *fallback, int lo
     return *field < 0 ? -1 : 0;
 }
 
+/* A number only a variable sets (FERRY_RPC_KEEPALIVE_MS,
+ * FERRY_TLS_REFRESH_S), whose unset is 0: the layer's own default. Out of
+ * range it is refused, as every setting is, where libferry's clients
+ * (rpc_env_keepalive_ms) warn and take the default. */
+static int env_optional(int *field, const char *name, int lo, int hi)
+{
+    *field = UNSET;
+    if (getenv(name) == NULL) {
+        *field = 0;
+        return 0;
+    }
+    return env_number(field, name, NULL, lo, hi);
+}
+
 /* A per-peer share (--max-watches-per-peer, --max-waits-per-peer,
  * --etcd-reads-per-peer, --etcd-writes-per-peer): the
  * flag, else the variable, else an eighth of the bound it shares, but at
@@ -507,7 +529,10 @@ static int env_numbers(coord_config_t *c)
         env_share(&c->etcd_reads_per_peer, "FERRY_ETCD_READS_PER_PEER",
                   c->etcd_inflight + c->etcd_queue) != 0 ||
         env_share(&c->etcd_writes_per_peer, "FERRY_ETCD_WRITES_PER_PEER",
-                  c->etcd_inflight + c->etcd_queue) != 0) {
+                  c->etcd_inflight + c->etcd_queue) != 0 ||
+        env_optional(&c->rpc_keepalive_ms, "FERRY_RPC_KEEPALIVE_MS", RPC_KEEPALIVE_MIN_MS,
+                     RPC_KEEPALIVE_MAX_MS) != 0 ||
+        env_optional(&c->tls_refresh_s, "FERRY_TLS_REFRESH_S", 1, RPC_TLS_REFRESH_MAX_S) != 0) {
         return -1;
     }
     return 0;

@@ -57,6 +57,10 @@ typedef struct {
     int max_connection_age_ms;
     int max_connection_age_grace_ms;
     int handshake_timeout_ms; /* --handshake-timeout-ms, FERRY_HANDSHAKE_TIMEOUT_MS; 10000 */
+    /* FERRY_RPC_KEEPALIVE_MS and FERRY_TLS_REFRESH_S (no flags), for the
+     * gRPC channel to etcd; 0: unset, rpc's default */
+    int rpc_keepalive_ms;
+    int tls_refresh_s;
     ferry_log_level_t log_level_value; /* the level log_level names */
 } coord_config_t;
 

@@ -195,8 +195,8 @@ static ferry_status_t open_etcd(coordinator_t *c)
         .timeout_ms = 5000,
         .observer = c->metrics != NULL ? &c->etcd_observer : NULL,
         .kv_gateway = c->config.etcd_kv_gateway,
-        .keepalive_ms = rpc_env_keepalive_ms(),
-        .tls_refresh_s = rpc_env_tls_refresh_s(),
+        .keepalive_ms = c->config.rpc_keepalive_ms, /* checked by config.c, not warned of */
+        .tls_refresh_s = c->config.tls_refresh_s,
         .check_version = c->config.etcd != NULL, /* a private etcd is one member */
         .health_key = c->config.prefix,          /* every role Ferry needs reads it */
     };

@@ -429,6 +429,46 @@ static void test_set_but_empty_is_refused(void **state)
     assert_string_equal(c.prefix, "/ferry/");
 }
 
+/* FERRY_RPC_KEEPALIVE_MS and FERRY_TLS_REFRESH_S (the coordinator's
+ * channel to etcd) out of range were warned of and replaced by the
+ * default, where every other setting is refused: refused now, by name. */
+static void test_rpc_variables_out_of_range_are_refused(void **state)
+{
+    coord_config_t c;
+    char *none[] = {"ferry-coordinator", NULL};
+    static const struct {
+        const char *env;
+        const char *bad[4];
+    } cases[] = {
+        {"FERRY_RPC_KEEPALIVE_MS", {"999", "2000001", "soon", ""}},
+        {"FERRY_TLS_REFRESH_S", {"0", "86401", "-1", ""}},
+    };
+    (void)state;
+
+    assert_int_equal(parse(&c, 1, none), 0);
+    assert_int_equal(c.rpc_keepalive_ms, 0); /* rpc's default */
+    assert_int_equal(c.tls_refresh_s, 0);
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        for (size_t j = 0; j < 4; j++) {
+            setenv(cases[i].env, cases[i].bad[j], 1);
+            assert_int_equal(parse(&c, 1, none), -1);
+        }
+        unsetenv(cases[i].env);
+    }
+    setenv("FERRY_RPC_KEEPALIVE_MS", "1000", 1);
+    setenv("FERRY_TLS_REFRESH_S", "86400", 1);
+    assert_int_equal(parse(&c, 1, none), 0);
+    assert_int_equal(c.rpc_keepalive_ms, 1000);
+    assert_int_equal(c.tls_refresh_s, 86400);
+    setenv("FERRY_RPC_KEEPALIVE_MS", "2000000", 1);
+    setenv("FERRY_TLS_REFRESH_S", "1", 1);
+    assert_int_equal(parse(&c, 1, none), 0);
+    assert_int_equal(c.rpc_keepalive_ms, 2000000);
+    assert_int_equal(c.tls_refresh_s, 1);
+    unsetenv("FERRY_RPC_KEEPALIVE_MS");
+    unsetenv("FERRY_TLS_REFRESH_S");
+}
+
 /* The etcd credentials are for the etcd --etcd names: without one the
  * private etcd starts with credentials of its own, and these were silently
  * ignored. Refused, by flag or variable; with --etcd, taken. */
@@ -620,6 +660,7 @@ int main(void)
         cmocka_unit_test(test_limits),
         cmocka_unit_test(test_tls_file_set_but_empty_is_refused),
         cmocka_unit_test(test_set_but_empty_is_refused),
+        cmocka_unit_test(test_rpc_variables_out_of_range_are_refused),
         cmocka_unit_test(test_etcd_credentials_without_etcd_are_refused),
         cmocka_unit_test(test_etcd_tls_files_need_https),
         cmocka_unit_test(test_metrics_listen),

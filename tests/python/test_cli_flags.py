@@ -236,6 +236,8 @@ class CoordinatorFlags(unittest.TestCase):
         "FERRY_REQUEST_MEMORY_MIB": ["0", "2", "lots"],
         "FERRY_LOG_LEVEL": ["verbose"],
         "FERRY_LOG_FORMAT": ["yaml", "JSON"],
+        "FERRY_RPC_KEEPALIVE_MS": ["999", "2000001", "x"],
+        "FERRY_TLS_REFRESH_S": ["0", "86401", "x"],
     }
 
     def test_out_of_range_is_usage_error_naming_flag(self):
@@ -278,6 +280,13 @@ class CoordinatorFlags(unittest.TestCase):
                       env={"FERRY_PREFIX": ""})
         self.assertEqual(rc, EXIT_USAGE, err)
         self.assertIn("--tls-ca needs --tls-cert", err)
+
+    def test_help_lists_the_variables_without_a_flag(self):
+        p = subprocess.run([COORDINATOR, "--help"], stdout=subprocess.PIPE, text=True,
+                           timeout=30)
+        self.assertEqual(p.returncode, 0)
+        for name in ("FERRY_RPC_KEEPALIVE_MS", "FERRY_TLS_REFRESH_S", "FERRY_ETCD_PASSWORD"):
+            self.assertIn(name, p.stdout)
 
     def test_etcd_user_without_its_password_is_usage_error(self):
         """A user without FERRY_ETCD_PASSWORD (unset or empty) is refused at
