@@ -539,15 +539,18 @@ static int env_numbers(coord_config_t *c)
 }
 
 /* The port of a host:port address is 0..65535. Other forms (unix:PATH,
- * "[v6]" or a host without a port) are left to gRPC. */
+ * "[v6]" or a host without a port) are left to gRPC. Named as the flag, or
+ * as FERRY_LISTEN when the address came from it (config_defaults keeps
+ * getenv's own pointer, which no flag's argument is). */
 static int check_listen(const char *listen)
 {
     const char *colon = strrchr(listen, ':');
+    const char *name = listen == getenv("FERRY_LISTEN") ? "FERRY_LISTEN port" : "--listen port";
 
     if (strncmp(listen, "unix", 4) == 0 || colon == NULL || strchr(colon, ']') != NULL) {
         return 0;
     }
-    return parse_int("--listen port", colon + 1, 0, 65535) < 0 ? -1 : 0;
+    return parse_int(name, colon + 1, 0, 65535) < 0 ? -1 : 0;
 }
 
 static int check_prefix(const char *prefix)

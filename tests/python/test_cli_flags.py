@@ -238,6 +238,7 @@ class CoordinatorFlags(unittest.TestCase):
         "FERRY_LOG_FORMAT": ["yaml", "JSON"],
         "FERRY_RPC_KEEPALIVE_MS": ["999", "2000001", "x"],
         "FERRY_TLS_REFRESH_S": ["0", "86401", "x"],
+        "FERRY_LISTEN": ["127.0.0.1:99999", "127.0.0.1:x"],
     }
 
     def test_out_of_range_is_usage_error_naming_flag(self):
