@@ -418,6 +418,26 @@ static void log_watch_memory(const coord_config_t *config)
     }
 }
 
+/* What a parked Lookup or Claim holds at most: its request, bounded by
+ * service.c's SERVICE_REQUEST_MAX. */
+#define PARKED_REQUEST_MAX_KIB 16
+
+/* Warns of a bound on the requests held that parked waits alone can fill:
+ * at --max-waits of them, the Register they wait for is refused
+ * RESOURCE_EXHAUSTED (README, --request-memory-mib). */
+static void log_request_memory(const coord_config_t *config)
+{
+    long long parked_kib = (long long)config->max_waits * PARKED_REQUEST_MAX_KIB;
+
+    if ((long long)config->request_memory_mib * 1024 <= parked_kib) {
+        ferry_warn("--request-memory-mib %d is not above --max-waits (%d) x %d KiB (%lld MiB): "
+                   "parked Lookups and Claims alone can fill it and refuse the Register they "
+                   "wait for; raise it or lower --max-waits",
+                   config->request_memory_mib, config->max_waits, PARKED_REQUEST_MAX_KIB,
+                   (parked_kib + 1023) / 1024);
+    }
+}
+
 /* Said once at startup, so a setting that turned TLS off does not go
  * unnoticed (config.c refuses an empty one). */
 static void log_tls_mode(const coord_config_t *config)
@@ -647,6 +667,7 @@ int main(int argc, char **argv)
     log_tls_mode(&c.config);
     log_connection_age(&c.config);
     log_watch_memory(&c.config);
+    log_request_memory(&c.config);
 
     if (open_metrics(&c) != FERRY_OK || open_etcd(&c) != FERRY_OK || open_server(&c) != FERRY_OK) {
         close_all(&c);

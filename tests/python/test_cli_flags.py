@@ -7,12 +7,15 @@ would be dropped (a certificate, key or server name without --tls-ca) exit 2
 naming them too. No etcd or coordinator runs: a refused flag stops the
 program before it connects, and an accepted set is followed by a mistake the
 parser reports after the flags (an unknown command; --tls-ca without
---tls-cert), so nothing starts either.
+--tls-cert), so nothing starts either. CoordinatorStartupWarnings alone
+starts a coordinator, against an etcd that is not there, reads its lines up
+to "serving on" and stops it.
 """
 import os
 import subprocess
 import sys
 import tempfile
+import threading
 import unittest
 
 sys.path.insert(0, os.path.dirname(__file__))
@@ -368,6 +371,46 @@ class CoordinatorFlags(unittest.TestCase):
                 rc, err = run([COORDINATOR, *args, "--tls-ca", "ca.pem"])
                 self.assertEqual(rc, EXIT_USAGE, err)
                 self.assertIn("--tls-ca needs --tls-cert", err)
+
+
+def startup_lines(args):
+    """The coordinator's log up to its "serving on" line; then SIGTERM."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FERRY_")}
+    env.update({"FERRY_ETCD": "http://127.0.0.1:9", "XDG_STATE_HOME": STATE.name})
+    p = subprocess.Popen([COORDINATOR, "--listen", "127.0.0.1:0", *args],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+    lines = []
+    watchdog = threading.Timer(30, p.kill)  # a coordinator that never serves ends the read
+    watchdog.start()
+    try:
+        for line in p.stderr:
+            lines.append(line)
+            if " serving on " in line:
+                break
+    finally:
+        watchdog.cancel()
+        p.terminate()
+        p.communicate(timeout=30)
+    return "".join(lines)
+
+
+class CoordinatorStartupWarnings(unittest.TestCase):
+    def test_request_memory_that_parked_waits_fill(self):
+        """--request-memory-mib at or under --max-waits x 16 KiB: parked
+        Lookups alone can refuse the Register they wait for. Warned of at
+        startup, as the Watch bound's pair is; not where it is above."""
+        warned = "parked Lookups and Claims alone can fill it"
+        out = startup_lines(["--request-memory-mib", "64"])
+        self.assertIn("--request-memory-mib 64 is not above --max-waits (10000) x 16 KiB "
+                      "(157 MiB)", out)
+        out = startup_lines(["--request-memory-mib", "64", "--max-waits", "4096"])
+        self.assertIn("--request-memory-mib 64 is not above --max-waits (4096)", out)
+        for args in (["--request-memory-mib", "192"],
+                     ["--request-memory-mib", "64", "--max-waits", "4095"], []):
+            with self.subTest(args=args):
+                out = startup_lines(args)
+                self.assertIn(" serving on ", out)
+                self.assertNotIn(warned, out)
 
 
 if __name__ == "__main__":
