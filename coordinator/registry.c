@@ -77,6 +77,19 @@ static bool reads_work(coord_registry_t *r)
            atomic_load(&r->unhealthy_cause) == (int)REGISTRY_ETCD_CANNOT_WRITE;
 }
 
+/* coord_registry_destroy has begun: the maintenance thread's steps (a
+ * page of the view's load, the write probe, the retries) look between
+ * them, so that the exit waits out one etcd request, not a whole reload. */
+static bool registry_stopping(coord_registry_t *r)
+{
+    bool stopping;
+
+    pthread_mutex_lock(&r->lock);
+    stopping = r->stopping;
+    pthread_mutex_unlock(&r->lock);
+    return stopping;
+}
+
 bool registry_etcd_stuck(coord_registry_t *r)
 {
     /* The other causes refuse this coordinator alone (its credentials, its
@@ -571,6 +584,10 @@ static ferry_status_t read_pages(coord_registry_t *r, const char *prefix, etcd_r
         size_t got;
         bool more;
 
+        if (registry_stopping(r)) {
+            status = FERRY_ERR_CANCELLED; /* the load is dropped: the registry ends */
+            break;
+        }
         status = etcd_get(r->etcd, from, from_len, end, end_len, limit, all->revision, &page);
         if (status == FERRY_ERR_RESOURCE_EXHAUSTED && etcd_reply_too_large() && limit > 1) {
             /* Records too large for a page of this many: fewer, from the
@@ -793,7 +810,8 @@ static ferry_status_t probe_health(coord_registry_t *r, registry_unhealthy_t *ca
     int64_t now = ferry__clock_ms(CLOCK_MONOTONIC);
 
     *cause_p = cause_of(status);
-    if (status == FERRY_OK && r->write_unproven && now >= r->write_probe_at_ms) {
+    if (status == FERRY_OK && r->write_unproven && now >= r->write_probe_at_ms &&
+        !registry_stopping(r)) {
         ferry_status_t wrote = probe_write(r);
         r->write_unproven = wrote != FERRY_OK;
         r->write_refused = wrote == FERRY_ERR_PERMISSION_DENIED;
@@ -857,6 +875,9 @@ static void *maint_main(void *arg)
             break;
         }
         check_health(r);
+        if (registry_stopping(r)) {
+            break;
+        }
         if (atomic_load(&r->healthy)) {
             registry_unwrites_retry(r); /* failed Registers' records */
             registry_claim_ends_retry(r);
@@ -865,6 +886,9 @@ static void *maint_main(void *arg)
             etcd_watch_destroy(r->watch);
             r->watch = NULL;
             if (load_view(r) != FERRY_OK) {
+                if (registry_stopping(r)) {
+                    break; /* cut short by destroy, not failed */
+                }
                 retry_ms = retry_ms == 0 ? RELOAD_RETRY_MIN_MS : retry_ms * 2;
                 retry_ms = retry_ms < RELOAD_RETRY_MAX_MS ? retry_ms : RELOAD_RETRY_MAX_MS;
                 ferry_warn("registry: reload failed: %s; trying again in %d ms",

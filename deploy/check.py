@@ -895,16 +895,19 @@ def check_coordinator(ctx):
             fail(where, "no PodDisruptionBudget selects it")
 
 
-# What the coordinator's exit may take beyond FERRY_GRACE_MS: the etcd
-# request that removes its lease, at its longest (README, --grace-ms).
-COORDINATOR_EXIT_MS = 5000
+# What the coordinator's exit may take beyond FERRY_GRACE_MS, at its
+# longest (README, --grace-ms): the etcd requests still running when the
+# drain ends (5 s, etcd's request timeout), then the step the maintenance
+# thread began meanwhile (a health check's two reads of 3 s; a page of a
+# view reload or the write probe, 5 s). It writes nothing at exit.
+COORDINATOR_EXIT_MS = 11000
 
 
 def check_coordinator_grace(where, spec, c, env):
     """terminationGracePeriodSeconds covers the preStop pause, the drain
-    (FERRY_GRACE_MS, 5000 when unset) and the exit's last etcd request: a
-    shorter one SIGKILLs the replica mid-drain, its calls cut and its lease
-    left to expire."""
+    (FERRY_GRACE_MS, 5000 when unset) and the exit's tail (its etcd
+    requests in flight): a shorter one SIGKILLs the replica mid-drain, its
+    calls cut."""
     grace = (env.get("FERRY_GRACE_MS") or {}).get("value", "5000")
     if not re.match(r"^[0-9]+$", str(grace)):
         fail(where, "FERRY_GRACE_MS %r is not a number of milliseconds" % grace)
@@ -921,7 +924,7 @@ def check_coordinator_grace(where, spec, c, env):
     have_s = spec.get("terminationGracePeriodSeconds", 30)
     if int(have_s) * 1000 <= need_ms:
         fail(where, "terminationGracePeriodSeconds %s is not above the preStop pause (%d ms) "
-             "+ FERRY_GRACE_MS (%s) + %d ms for the exit's etcd request: the replica is killed "
+             "+ FERRY_GRACE_MS (%s) + %d ms for the exit's etcd requests: the replica is killed "
              "mid-drain" % (have_s, pause_ms, grace, COORDINATOR_EXIT_MS))
 
 
