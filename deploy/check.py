@@ -28,7 +28,12 @@ deploy/Containerfile, without a cluster:
               ($(VAR) of the pod's namespace, or the namespace) on etcd's
               client port, https exactly when TLS is on: not one Service
               VIP, through which the coordinator's failover between members
-              has nothing to fail over to.
+              has nothing to fail over to. terminationGracePeriodSeconds
+              above the preStop pause + FERRY_GRACE_MS + the exit's tail;
+              the memory limit at least 100 MiB + 2 x FERRY_REQUEST_MEMORY_MIB
+              + 32 + 2 x FERRY_WATCH_MEMORY_MIB + memory-backed volumes +
+              256 MiB for the view and the history, and
+              FERRY_REQUEST_MEMORY_MIB above FERRY_MAX_WAITS x 16 KiB.
   FERRY_*     every FERRY_* variable and --flag a container or probe uses
               appears in the usage text of the program it runs
               (coordinator/config.c, ferry-worker's under worker/,
@@ -884,6 +889,7 @@ def check_coordinator(ctx):
             fail(where, "FERRY_LISTEN must be 0.0.0.0:7400 or [::]:7400 (is %r)" % listen)
         check_coordinator_etcd(ctx, where, c)
         check_coordinator_grace(where, spec, c, env)
+        check_coordinator_memory(where, spec, c, env)
         svcs = [s for s in ctx.of_kind("Service")
                 if selects((s.get("spec") or {}).get("selector") or {}, labels)]
         if not any(p.get("port") == 7400 and p.get("name") == "grpc"
@@ -926,6 +932,84 @@ def check_coordinator_grace(where, spec, c, env):
         fail(where, "terminationGracePeriodSeconds %s is not above the preStop pause (%d ms) "
              "+ FERRY_GRACE_MS (%s) + %d ms for the exit's etcd requests: the replica is killed "
              "mid-drain" % (have_s, pause_ms, grace, COORDINATOR_EXIT_MS))
+
+
+# The coordinator's memory at the worst case of its bounds (README,
+# --request-memory-mib; deploy/README, "Scale"), in MiB: a baseline
+# (threads, gRPC, the heap's slack; measured about 100 MiB: 321 MB with a
+# full 224 MiB gRPC quota), the requests calls hold (up to
+# FERRY_REQUEST_MEMORY_MIB) and, a pool apart, gRPC's quota for requests
+# still arriving or not yet decoded (the same + 32), twice
+# FERRY_WATCH_MEMORY_MIB, the memory-backed volumes; then room for the view
+# and the history, which no flag bounds (every record, in every replica).
+COORDINATOR_BASELINE_MIB = 100
+COORDINATOR_QUOTA_SLACK_MIB = 32
+COORDINATOR_VIEW_ROOM_MIB = 256
+# What a parked Lookup or Claim holds at most (service.c's
+# SERVICE_REQUEST_MAX), in KiB.
+PARKED_REQUEST_KIB = 16
+
+
+def env_int(env, name, default):
+    """A FERRY_* number from a container's env, its default when unset;
+    None when it is not a literal number."""
+    v = (env.get(name) or {}).get("value", str(default))
+    return int(v) if re.match(r"^[0-9]+$", str(v)) else None
+
+
+def memory_volumes_mib(spec, c):
+    """MiB of the memory-backed emptyDirs the container mounts (they count
+    against its memory limit); None when one has no sizeLimit."""
+    mounted = {vm.get("name") for vm in c.get("volumeMounts") or []}
+    total = 0
+    for v in spec.get("volumes") or []:
+        ed = v.get("emptyDir")
+        if v.get("name") in mounted and ed is not None and ed.get("medium") == "Memory":
+            size = quantity_bytes(ed.get("sizeLimit"))
+            if size is None:
+                return None
+            total += -(-size // 2**20)  # whole MiB, rounded up
+    return total
+
+
+def check_coordinator_memory(where, spec, c, env):
+    """The container's memory limit holds the worst case of the bounds it
+    sets (their defaults when unset), with COORDINATOR_VIEW_ROOM_MIB left
+    for the view and the history, or the kernel kills the replica before a
+    bound can answer RESOURCE_EXHAUSTED; and FERRY_REQUEST_MEMORY_MIB is
+    above FERRY_MAX_WAITS x 16 KiB, or parked waits alone refuse the
+    Register they wait for."""
+    request = env_int(env, "FERRY_REQUEST_MEMORY_MIB", 1024)
+    watch = env_int(env, "FERRY_WATCH_MEMORY_MIB", 256)
+    waits = env_int(env, "FERRY_MAX_WAITS", 10000)
+    if None in (request, watch, waits):
+        fail(where, "FERRY_REQUEST_MEMORY_MIB, FERRY_WATCH_MEMORY_MIB and FERRY_MAX_WAITS must be "
+             "numbers written out, for the memory limit to be checked against them")
+        return
+    if request * 1024 <= waits * PARKED_REQUEST_KIB:
+        fail(where, "FERRY_REQUEST_MEMORY_MIB %d is not above FERRY_MAX_WAITS (%d) x %d KiB: "
+             "parked waits alone would refuse the Register they wait for; set them together"
+             % (request, waits, PARKED_REQUEST_KIB))
+    limit = ((c.get("resources") or {}).get("limits") or {}).get("memory")
+    limit_bytes = quantity_bytes(limit) if limit is not None else None
+    volumes = memory_volumes_mib(spec, c)
+    if limit_bytes is None:
+        fail(where, "memory limit %r does not parse: the coordinator needs one sized for its "
+             "bounds" % limit)
+        return
+    if volumes is None:
+        fail(where, "a memory-backed emptyDir without a sizeLimit: it counts against the memory "
+             "limit without a bound")
+        return
+    bounds = (COORDINATOR_BASELINE_MIB + 2 * request + COORDINATOR_QUOTA_SLACK_MIB + 2 * watch
+              + volumes)
+    if limit_bytes / 2**20 < bounds + COORDINATOR_VIEW_ROOM_MIB:
+        fail(where, "memory limit %s is under %d MiB + %d MiB for the view and the history: "
+             "%d baseline + 2 x FERRY_REQUEST_MEMORY_MIB (%d) + %d + 2 x FERRY_WATCH_MEMORY_MIB "
+             "(%d) + %d of memory-backed volumes; the kernel kills the replica before its "
+             "bounds answer" % (limit, bounds, COORDINATOR_VIEW_ROOM_MIB,
+                                COORDINATOR_BASELINE_MIB, request, COORDINATOR_QUOTA_SLACK_MIB,
+                                watch, volumes))
 
 
 def etcd_statefulsets(ctx):

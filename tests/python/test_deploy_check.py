@@ -362,6 +362,32 @@ class DeployCheckCatches(unittest.TestCase):
                          r"terminationGracePeriodSeconds 30 is not above the preStop pause "
                          r"\(5000 ms\) \+ FERRY_GRACE_MS \(15000\) \+ 11000 ms")
 
+    def test_coordinator_memory_limit_under_its_bounds(self):
+        """The limit the base shipped (512Mi) under the bounds it sets: 100
+        MiB + 2 x 192 + 32 + 2 x 64 + the 16Mi /tmp is 660 MiB before the
+        view, so the kernel killed the replica before its bounds answered;
+        and a Watch bound raised under the same 1Gi."""
+        coord = os.path.join(self.k8s, "base", "coordinator.yaml")
+        limits = "limits:\n              cpu: \"2\"\n              memory: %s\n"
+        edit(coord, limits % "1Gi", limits % "512Mi")
+        self.assertFails(r"overlays/dev Deployment/ferry-coordinator container coordinator: "
+                         r"memory limit 512Mi is under 660 MiB \+ 256 MiB for the view")
+        edit(coord, limits % "512Mi", limits % "1Gi")
+        edit(coord, "- name: FERRY_WATCH_MEMORY_MIB\n              value: \"64\"",
+             "- name: FERRY_WATCH_MEMORY_MIB\n              value: \"128\"")
+        self.assertFails(r"overlays/prod Deployment/ferry-coordinator container coordinator: "
+                         r"memory limit 1Gi is under 788 MiB")
+
+    def test_request_memory_that_parked_waits_fill(self):
+        """FERRY_MAX_WAITS raised without FERRY_REQUEST_MEMORY_MIB: 20000
+        parked waits of 16 KiB hold 312 MiB, over the 192 the requests may
+        hold, and refuse the Register they wait for."""
+        coord = os.path.join(self.k8s, "base", "coordinator.yaml")
+        edit(coord, "- name: FERRY_MAX_WAITS\n              value: \"10000\"",
+             "- name: FERRY_MAX_WAITS\n              value: \"20000\"")
+        self.assertFails(r"FERRY_REQUEST_MEMORY_MIB 192 is not above FERRY_MAX_WAITS \(20000\) "
+                         r"x 16 KiB")
+
     def test_etcd_scrape_annotation_on_a_port_etcd_does_not_serve(self):
         edit(os.path.join(self.k8s, "base", "etcd.yaml"),
              'prometheus.io/port: "2381"', 'prometheus.io/port: "2390"')
