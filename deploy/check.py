@@ -42,8 +42,8 @@ deploy/Containerfile, without a cluster:
               exactly etcd-0..N-1 at their headless-Service DNS names on the
               peer port; the headless Service exists (clusterIP None,
               publishNotReadyAddresses); podManagementPolicy Parallel; data on
-              a volumeClaimTemplate of at least twice the backend quota
-              (--quota-backend-bytes, else etcd's 2 GiB); --listen-metrics-urls plaintext, on the
+              a volumeClaimTemplate, and a memory limit, of at least twice
+              the backend quota (--quota-backend-bytes, else etcd's 2 GiB); --listen-metrics-urls plaintext, on the
               containerPort the pods' prometheus.io/* scrape annotations
               name.
   workers     in each example, with its overlay's objects: FERRY_TOKEN
@@ -1259,7 +1259,7 @@ def check_etcd(ctx):
                                data_dir.startswith(vm.get("mountPath", "").rstrip("/") + "/")
                                for vm in mounts):
             fail(where, "--data-dir %r is not on a volumeClaimTemplate mount" % data_dir)
-        check_etcd_quota(where, spec, args)
+        check_etcd_quota(where, spec, c, args)
         check_etcd_tls(ctx, where, pspec, c, args)
         check_etcd_metrics(where, o, c, args)
         if ctx.expect["tls"]:
@@ -1290,12 +1290,23 @@ def quantity_bytes(q):
     return int(m.group(1)) * units[m.group(2)]
 
 
-def check_etcd_quota(where, spec, args):
+def check_etcd_quota(where, spec, c, args):
     """The member's volume holds at least twice its backend quota (etcd's
     default, 2 GiB, when --quota-backend-bytes is unset): the database, the
     WAL and a snapshot beside them must not fill the disk before the
-    quota's clean NOSPACE alarm (a failed WAL write stops the member)."""
+    quota's clean NOSPACE alarm (a failed WAL write stops the member). So
+    does its memory limit: near the quota it holds the mmapped database's
+    pages, the key index and the raft entries since the last snapshot, and
+    a member killed before NOSPACE takes its peers' quorum with it (they
+    grow together)."""
     quota = int(args.get("--quota-backend-bytes") or 2 * 2**30)
+    limit = ((c.get("resources") or {}).get("limits") or {}).get("memory")
+    limit_bytes = quantity_bytes(limit) if limit is not None else None
+    if limit_bytes is None:
+        fail(where, "memory limit %r does not parse" % limit)
+    elif limit_bytes < 2 * quota:
+        fail(where, "memory limit %s is under twice the backend quota (%d bytes): a member may "
+             "be killed before etcd's NOSPACE alarm" % (limit, quota))
     for t in spec.get("volumeClaimTemplates") or []:
         req = (((t.get("spec") or {}).get("resources") or {}).get("requests") or {})
         size = quantity_bytes(req.get("storage"))

@@ -347,6 +347,16 @@ class DeployCheckCatches(unittest.TestCase):
         self.assertFails(r"overlays/dev StatefulSet/etcd: volumeClaimTemplate 'data': 2Gi is "
                          r"under twice the backend quota \(2147483648 bytes\)")
 
+    def test_etcd_memory_limit_not_twice_its_quota(self):
+        """A memory limit equal to the 1 GiB quota, as the base shipped: near
+        the quota the mmapped database's pages alone fill it, and a member
+        is killed before NOSPACE (the three together: quorum lost)."""
+        etcd = os.path.join(self.k8s, "base", "etcd.yaml")
+        edit(etcd, "              memory: 2Gi\n", "              memory: 1Gi\n")
+        self.assertFails(r"overlays/dev StatefulSet/etcd: memory limit 1Gi is under twice the "
+                         r"backend quota \(1073741824 bytes\)",
+                         r"overlays/prod StatefulSet/etcd: memory limit 1Gi is under twice")
+
     def test_coordinator_killed_mid_drain(self):
         """FERRY_GRACE_MS raised under the same 30 s budget: the preStop
         pause (5 s), the drain and the exit's tail (up to 11 s) no longer
