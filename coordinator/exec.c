@@ -6,7 +6,7 @@
  * last of them (NULL: none); n_queued counts the jobs on the list that are
  * neither urgent nor submitted with COORD_EXEC_MUST (only those count
  * against max_queued), n_urgent the urgent ones (against max_queued of
- * their own); n_running the jobs a worker has taken and not finished;
+ * their own, at least n_workers); n_running the jobs a worker has taken and not finished;
  * urgent_streak the urgent jobs taken in a row while another waited,
  * never more than n_workers (exec_take). Once `stopping` is set nothing is
  * added, and the workers leave when the list is empty.
@@ -175,8 +175,14 @@ ferry_status_t coord_exec_submit(coord_exec_t *exec, coord_job_fn fn, void *arg,
                         .urgent = (flags & COORD_EXEC_URGENT) != 0};
     pthread_mutex_lock(&exec->lock);
     /* Idle workers will take as many jobs at once; beyond them and
-     * max_queued, the queue (of the job's kind) is full. */
-    room = exec->max_queued + (exec->n_workers - exec->n_running);
+     * max_queued, the queue (of the job's kind) is full. The urgent lane
+     * (renewals) keeps at least n_workers of its own: with max_queued 0,
+     * meant to shed writes, every renewal was refused while the workers
+     * were busy, and leases expired under the load it was to shed
+     * (audit-s33-operator L2). */
+    room =
+        (job->urgent && exec->max_queued < exec->n_workers ? exec->n_workers : exec->max_queued) +
+        (exec->n_workers - exec->n_running);
     if (exec->stopping) {
         status = FERRY_ERR_UNAVAILABLE;
     } else if (job->urgent ? exec->n_urgent >= room : !job->must && exec->n_queued >= room) {

@@ -130,6 +130,43 @@ static void test_bounded_and_refused(void **state)
     assert_int_equal(g.dropped, 0);
 }
 
+/* With no queue (--etcd-queue 0, to shed writes) and every worker busy, an
+ * ordinary job is refused but renewals keep a lane of n_workers
+ * (audit-s33-operator L2: every KeepAlive was refused, and leases expired
+ * under the load the setting was to shed); the lane's bound holds. */
+static void test_no_queue_keeps_a_lane_for_renewals(void **state)
+{
+    coord_exec_params_t params = {.n_workers = 2, .max_queued = 0};
+    coord_exec_t *exec = NULL;
+    gate_t g;
+    job_arg_t args[6];
+    (void)state;
+
+    gate_init(&g);
+    assert_int_equal(coord_exec_create(&params, &exec), FERRY_OK);
+    for (int i = 0; i < 6; i++) {
+        args[i] = (job_arg_t){.gate = &g, .index = i};
+    }
+    for (int i = 0; i < 2; i++) {
+        assert_int_equal(coord_exec_submit(exec, blocking_job, &args[i], 0), FERRY_OK);
+    }
+    gate_wait_t w = {.gate = &g, .want_running = 2};
+    assert_true(test_wait_for(gate_reached, &w, 10000));
+    assert_int_equal(coord_exec_submit(exec, blocking_job, &args[2], 0),
+                     FERRY_ERR_RESOURCE_EXHAUSTED);
+    for (int i = 3; i < 5; i++) {
+        assert_int_equal(coord_exec_submit(exec, blocking_job, &args[i], COORD_EXEC_URGENT),
+                         FERRY_OK);
+    }
+    assert_int_equal(coord_exec_submit(exec, blocking_job, &args[5], COORD_EXEC_URGENT),
+                     FERRY_ERR_RESOURCE_EXHAUSTED);
+    gate_open(&g);
+    w = (gate_wait_t){.gate = &g, .want_ran = 4};
+    assert_true(test_wait_for(gate_reached, &w, 10000));
+    coord_exec_destroy(exec);
+    assert_int_equal(g.dropped, 0);
+}
+
 static void test_stop_drops_waiting_jobs_once(void **state)
 {
     coord_exec_params_t params = {.n_workers = 1, .max_queued = 8};
@@ -354,6 +391,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_bounded_and_refused),
+        cmocka_unit_test(test_no_queue_keeps_a_lane_for_renewals),
         cmocka_unit_test(test_stop_drops_waiting_jobs_once),
         cmocka_unit_test(test_jobs_run_in_order),
         cmocka_unit_test(test_urgent_jobs_go_first_with_a_bound_of_their_own),
