@@ -196,6 +196,38 @@ class ClientTlsFlags(unittest.TestCase):
                     self.assertIn(f"{named} is set but empty", err)
 
 
+class ClientEmptyCoordinator(unittest.TestCase):
+    """FERRY_COORDINATOR="" (FERRY_COORDINATOR= in a script) is unset, as an
+    empty FERRY_TOKEN is no token: ferryctl refused it as an empty entry,
+    ferry-worker as an empty target (exit 2 both). Both now go to the
+    default, 127.0.0.1:7400."""
+
+    def test_ferryctl_takes_the_default(self):
+        full_env = {k: v for k, v in os.environ.items() if not k.startswith("FERRY_")}
+        full_env["FERRY_COORDINATOR"] = ""
+        p = subprocess.run([FERRYCTL, "health", "--timeout", "1"], stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True, timeout=30, env=full_env)
+        self.assertNotEqual(p.returncode, EXIT_USAGE, p.stderr)
+        self.assertIn("127.0.0.1:7400", p.stdout + p.stderr)
+
+    def test_ferry_worker_takes_the_default(self):
+        full_env = {k: v for k, v in os.environ.items() if not k.startswith("FERRY_")}
+        full_env["FERRY_COORDINATOR"] = ""
+        p = subprocess.Popen([WORKER, "recv", "--request-id", "r-empty", "--timeout", "1"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                             env=full_env)
+        try:
+            # Refused, it exits 2 at once; on the default target it goes on
+            # (registering, or retrying a coordinator that is not there).
+            rc = p.wait(timeout=2)
+        except subprocess.TimeoutExpired:
+            rc = None
+        p.terminate()
+        err = p.communicate(timeout=30)[1]
+        self.assertIsNone(rc, err)
+        self.assertNotIn("target is required", err)
+
+
 class CoordinatorFlags(unittest.TestCase):
     BAD = {
         "--ttl": ["0", "3601", "-1", "99999999999999999999", "x", ""],

@@ -253,7 +253,12 @@ static int parse_options(int argc, char **argv, options_t *o)
     int opt;
 
     memset(o, 0, sizeof(*o));
-    o->coordinators = getenv("FERRY_COORDINATOR") ? getenv("FERRY_COORDINATOR") : "127.0.0.1:7400";
+    /* An empty FERRY_COORDINATOR is unset, as ferry-worker has it and as an
+     * empty FERRY_TOKEN is no token (it was refused as an empty entry). */
+    o->coordinators = getenv("FERRY_COORDINATOR");
+    if (o->coordinators == NULL || o->coordinators[0] == '\0') {
+        o->coordinators = "127.0.0.1:7400";
+    }
     o->token = getenv("FERRY_TOKEN");
     o->tls_ca = getenv("FERRY_TLS_CA");
     o->tls_cert = getenv("FERRY_TLS_CERT");

@@ -199,7 +199,12 @@ static int parse_options(int argc, char **argv, options_t *o)
     long n;
 
     memset(o, 0, sizeof(*o));
-    o->coordinator = getenv("FERRY_COORDINATOR") ? getenv("FERRY_COORDINATOR") : "127.0.0.1:7400";
+    /* An empty FERRY_COORDINATOR is unset (FERRY_COORDINATOR= in a script),
+     * as an empty FERRY_TOKEN is no token: it was taken as the target. */
+    o->coordinator = getenv("FERRY_COORDINATOR");
+    if (o->coordinator == NULL || o->coordinator[0] == '\0') {
+        o->coordinator = "127.0.0.1:7400";
+    }
     o->token = getenv("FERRY_TOKEN");
     o->tls_ca = getenv("FERRY_TLS_CA");
     o->tls_cert = getenv("FERRY_TLS_CERT");
