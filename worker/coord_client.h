@@ -32,9 +32,13 @@ void ferry__coord_watch_stats(ferry_coordinator_t *coord, ferry__coord_watch_sta
  * stops before its call, as if that call hung, and sets
  * ferry__coord_test_links_held (it goes on when the hold is cleared, or
  * after a minute). ferry__coord_test_fail_gets: that many of the next
- * looks' Gets fail with FERRY_ERR_UNAVAILABLE without being sent. */
+ * looks' Gets fail with FERRY_ERR_UNAVAILABLE without being sent.
+ * ferry__coord_test_refuse_reports: that many of the next Completes are
+ * refused FERRY_ERR_RESOURCE_EXHAUSTED without being sent, as a coordinator
+ * refuses a call for a bound before it writes anything. */
 extern atomic_bool ferry__coord_test_hold_links;
 extern atomic_bool ferry__coord_test_links_held;
 extern atomic_int ferry__coord_test_fail_gets;
+extern atomic_int ferry__coord_test_refuse_reports;
 
 #endif /* FERRY_WORKER_COORD_CLIENT_H */

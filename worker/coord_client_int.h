@@ -160,6 +160,17 @@ static inline bool ferry__coord_unanswered(ferry_status_t status)
            status == FERRY_ERR_CANCELLED;
 }
 
+/* A call the coordinator did not take: no answer (ferry__coord_unanswered),
+ * or refused RESOURCE_EXHAUSTED by a bound it checks before anything is
+ * written (a full etcd queue, a client host's share, the requests held):
+ * the session thread's reports, cancels and releases are sent again, with
+ * their back-off. Given up on, a refused Complete left the record CLAIMED
+ * for as long as the writer's session lived (review-s33b M1). */
+static inline bool ferry__coord_not_taken(ferry_status_t status)
+{
+    return ferry__coord_unanswered(status) || status == FERRY_ERR_RESOURCE_EXHAUSTED;
+}
+
 static inline int64_t now_ms(void)
 {
     return ferry__clock_ms(CLOCK_MONOTONIC);

@@ -308,10 +308,9 @@ static ferry_status_t cancel_passive(coord_link_t *link, const char *reason)
     return status;
 }
 
-/* The calls below that got no answer (ferry__coord_unanswered) are sent
- * again: they are the session thread's, which has no interrupt check, or
- * disconnect's last tries, where an interrupt ends the loop before any
- * retry. */
+/* The calls below that the coordinator did not take
+ * (ferry__coord_not_taken) are sent again: they are the session thread's, which has no interrupt
+ * check, or disconnect's last tries, where an interrupt ends the loop before any retry. */
 
 /* The owner is done with a passive operation: its record goes, after the
  * Cancel it still owes (cancel_due: destroyed unfinished).
@@ -333,7 +332,7 @@ bool ferry__coord_release_passive(coord_link_t *link)
 
     if (link->cancel_due) {
         status = cancel_passive(link, link->cancel_reason);
-        if (ferry__coord_unanswered(status)) {
+        if (ferry__coord_not_taken(status)) {
             link->release_tries++;
             return false;
         }
@@ -360,7 +359,7 @@ bool ferry__coord_release_passive(coord_link_t *link)
         link->release_tries = 0;
         return false;
     }
-    if (status == FERRY_ERR_FAILED_PRECONDITION || ferry__coord_unanswered(status)) {
+    if (status == FERRY_ERR_FAILED_PRECONDITION || ferry__coord_not_taken(status)) {
         link->release_tries++;
         ferry_debug("op %s: not released (%s); trying again", link->request_id, err.message);
         return false;
@@ -391,13 +390,20 @@ bool ferry__coord_report_active(coord_link_t *link)
     req.claim_id = link->claim_id;
     req.error_code = link->final_code;
     req.error_message = link->final_message;
-    status = call(link->coord, COORD_PATH("Complete"), &req.base,
-                  &ferry__v1__complete_response__descriptor, 0, &resp, &err);
+    if (atomic_fetch_sub(&ferry__coord_test_refuse_reports, 1) > 0) {
+        status = FERRY_ERR_RESOURCE_EXHAUSTED;
+        snprintf(err.message, sizeof(err.message),
+                 "complete refused by ferry__coord_test_refuse_reports");
+    } else {
+        atomic_fetch_add(&ferry__coord_test_refuse_reports, 1);
+        status = call(link->coord, COORD_PATH("Complete"), &req.base,
+                      &ferry__v1__complete_response__descriptor, 0, &resp, &err);
+    }
     if (status == FERRY_OK) {
         ferry__v1__complete_response__free_unpacked(resp, NULL);
         return true;
     }
-    if (ferry__coord_unanswered(status)) {
+    if (ferry__coord_not_taken(status)) {
         link->report_tries++;
         ferry_debug("op %s: report not taken (%s); trying again", link->request_id, err.message);
         return false;
@@ -418,7 +424,7 @@ static bool report(coord_link_t *link, ferry_op_status_t status)
         return ferry__coord_report_active(link);
     }
     if (status == FERRY_OP_STATUS_CANCELLED &&
-        ferry__coord_unanswered(cancel_passive(link, "the receiver cancelled the operation"))) {
+        ferry__coord_not_taken(cancel_passive(link, "the receiver cancelled the operation"))) {
         link->report_tries++;
         return false;
     }
@@ -456,6 +462,7 @@ static void look_done(ferry_coordinator_t *coord, coord_link_t *link, bool looke
 atomic_bool ferry__coord_test_hold_links;
 atomic_bool ferry__coord_test_links_held;
 atomic_int ferry__coord_test_fail_gets;
+atomic_int ferry__coord_test_refuse_reports;
 
 /* The hold seam of coord_client.h: a link call that hangs (up to a minute). */
 static void test_hold_links(void)

@@ -1017,6 +1017,48 @@ static void test_coordinator_down_after_claim(void **state)
     free(buf);
 }
 
+/* A writer's Complete refused RESOURCE_EXHAUSTED (the fault seam: as a
+ * coordinator refuses a call for a bound, a full etcd queue or the host's
+ * share of the writes, before it writes anything) is sent again, and the
+ * record reaches COMPLETE. It was given up on ("reporting the outcome
+ * failed"), and the record stayed CLAIMED for as long as the writer's
+ * session lived (review-s33b M1). */
+static void test_refused_report_is_sent_again(void **state)
+{
+    ferry_publish_params_t pub = {.request_id = "refused-1", .access_token = TOKEN};
+    ferry_claim_params_t p = {.field_mask = FERRY_CLAIM_PARAM_FIELD_WAIT,
+                              .request_id = "refused-1",
+                              .access_token = TOKEN,
+                              .wait_ms = 10000};
+    uint8_t *dst = calloc(1, SIZE), *src = malloc(SIZE);
+    ferry_descriptor_t d = {.ptr = dst, .size = SIZE, .device = FERRY_DEVICE_HOST_INIT};
+    ferry_descriptor_t s = {.ptr = src, .size = SIZE, .device = FERRY_DEVICE_HOST_INIT};
+    ferry_op_t *passive, *active;
+    (void)state;
+
+    assert_non_null(dst);
+    assert_non_null(src);
+    ferry_pattern_fill(src, SIZE);
+    assert_int_equal(ferry_writable_create(conn, &d, 1, &passive), FERRY_OK);
+    assert_int_equal(ferry_op_publish(passive, client, &pub), FERRY_OK);
+    atomic_store(&ferry__coord_test_refuse_reports, 2);
+    assert_int_equal(ferry_write_begin_by_id(conn, client, &p, &s, 1, &active), FERRY_OK);
+    assert_int_equal(ferry_op_wait(active, 20000), FERRY_OK);
+    assert_int_equal(ferry_op_wait(passive, 20000), FERRY_OK);
+    assert_true(ferry_pattern_check(dst, SIZE));
+    if (!record_reaches("refused-1", ST(COMPLETE), 10000)) {
+        int rec = coord_record("refused-1", NULL, 0);
+        atomic_store(&ferry__coord_test_refuse_reports, 0);
+        fail_msg("refused-1 is %d, not COMPLETE%s%s", rec, rec < 0 ? ": " : "",
+                 rec < 0 ? last_get_error : "");
+    }
+    assert_int_equal(atomic_load(&ferry__coord_test_refuse_reports), 0); /* both were refused */
+    ferry_op_destroy(active);
+    ferry_op_destroy(passive);
+    free(src);
+    free(dst);
+}
+
 /* Lines of the coordinator's log that contain needle. */
 static int log_count(const char *needle)
 {
@@ -2244,6 +2286,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_cancel_on_destroy_is_tried_again),
         cmocka_unit_test(test_destroy_does_not_wait_for_the_coordinator),
         cmocka_unit_test(test_failed_reget_is_tried_again),
+        cmocka_unit_test(test_refused_report_is_sent_again),
         cmocka_unit_test(test_disconnect_last_tries_share_one_timeout),
         cmocka_unit_test(test_session_lease_survives_an_outage),
         cmocka_unit_test(test_destroy_does_not_wait_for_a_look_in_flight),
