@@ -8,7 +8,7 @@
  * against max_queued), n_urgent the urgent ones (against max_queued of
  * their own, at least n_workers); n_running the jobs a worker has taken and not finished;
  * urgent_streak the urgent jobs taken in a row while another waited,
- * never more than n_workers (exec_take). Once `stopping` is set nothing is
+ * never more than one (exec_take). Once `stopping` is set nothing is
  * added, and the workers leave when the list is empty.
  *
  * Threads: `lock` guards everything below it in struct coord_exec; `cond`
@@ -50,16 +50,15 @@ struct coord_exec {
 };
 
 /* The next job a worker takes: the head (the oldest urgent job, else the
- * oldest other), but the oldest job that is not urgent once n_workers
- * urgent ones were taken in a row while it waited: a round of the workers
- * (about one etcd round trip when each takes one), then one other job.
- * Renewals so keep n_workers of every n_workers + 1 jobs taken under any
- * load, still ahead of a queue full of writes (1/65 slower at the default
- * --etcd-inflight). And a job that is not urgent (a Register, a claim's
- * end) waits at most n_workers urgent ones once it is the oldest of its
- * kind, however many keep coming: before, a client renewing its own lease
- * from many connections, faster than etcd answers, kept every other job
- * waiting until its deadline (audit-s33 M1). */
+ * oldest other), but while both kinds wait, urgent and other in turn: an
+ * urgent job taken while another waited (urgent_streak) is followed by the
+ * oldest other. Renewals so never wait behind more than one write each,
+ * however full the write queue, and writes keep half the takes however
+ * many renewals keep coming: a client renewing its own lease from many
+ * connections, faster than etcd answers, kept every other job waiting
+ * until its deadline (audit-s33 M1), and with n_workers renewals in a row
+ * allowed, it still held the writes to one take in n_workers + 1
+ * (review-s33b M2). */
 static exec_job_t *exec_take(coord_exec_t *exec)
 {
     exec_job_t **at = &exec->head;
@@ -68,7 +67,7 @@ static exec_job_t *exec_take(coord_exec_t *exec)
 
     if (other == NULL || !exec->head->urgent) {
         exec->urgent_streak = 0; /* none waits behind the urgent ones, or none is urgent */
-    } else if (exec->urgent_streak < exec->n_workers) {
+    } else if (exec->urgent_streak < 1) {
         exec->urgent_streak++;
     } else {
         exec->urgent_streak = 0;

@@ -275,7 +275,8 @@ typedef struct {
     coord_exec_t *exec;
     pthread_mutex_t lock;
     int urgent_started;
-    int urgent_before; /* urgent_started when the ordinary job started; -1: not yet */
+    int ordinary_left; /* ordinary jobs still to start; the last sets urgent_before */
+    int urgent_before; /* urgent_started when the last ordinary job started; -1: not yet */
     int submitted;     /* urgent jobs the feeder queued */
 } stream_t;
 
@@ -293,7 +294,7 @@ static void ordinary_job(void *arg, bool run)
     stream_t *s = arg;
 
     pthread_mutex_lock(&s->lock);
-    if (run) {
+    if (run && --s->ordinary_left == 0) {
         s->urgent_before = s->urgent_started;
     }
     pthread_mutex_unlock(&s->lock);
@@ -344,7 +345,7 @@ static void test_urgent_jobs_do_not_starve_the_others(void **state)
 {
     enum { WORKERS = 2 };
     coord_exec_params_t params = {.n_workers = WORKERS, .max_queued = 64};
-    stream_t s = {.urgent_before = -1};
+    stream_t s = {.urgent_before = -1, .ordinary_left = 1};
     gate_t g;
     job_arg_t held[WORKERS];
     pthread_t feeder;
@@ -375,6 +376,44 @@ static void test_urgent_jobs_do_not_starve_the_others(void **state)
     pthread_mutex_destroy(&s.lock);
 }
 
+/* While both kinds wait, urgent and ordinary jobs take turns: a queue of
+ * ordinary jobs (writes) beside a full lane of urgent ones (renewals), all
+ * waiting as the workers come back, runs its last ordinary job with about
+ * as many urgent ones started, one per ordinary job, plus those the
+ * workers took as it began. With n_workers urgent ones in a row allowed, a
+ * client renewing from many connections held the writes to one take in
+ * n_workers + 1 (review-s33b M2): here all 64 urgent jobs ran first. */
+static void test_urgent_and_ordinary_jobs_take_turns(void **state)
+{
+    enum { WORKERS = 4, ORDINARY = 16, URGENT = 64 };
+    coord_exec_params_t params = {.n_workers = WORKERS, .max_queued = URGENT};
+    stream_t s = {.urgent_before = -1, .ordinary_left = ORDINARY};
+    gate_t g;
+    job_arg_t held[WORKERS];
+    (void)state;
+
+    gate_init(&g);
+    pthread_mutex_init(&s.lock, NULL);
+    assert_int_equal(coord_exec_create(&params, &s.exec), FERRY_OK);
+    for (int i = 0; i < WORKERS; i++) {
+        held[i] = (job_arg_t){.gate = &g, .index = i};
+        assert_int_equal(coord_exec_submit(s.exec, blocking_job, &held[i], 0), FERRY_OK);
+    }
+    gate_wait_t w = {.gate = &g, .want_running = WORKERS};
+    assert_true(test_wait_for(gate_reached, &w, 10000));
+    for (int i = 0; i < ORDINARY; i++) {
+        assert_int_equal(coord_exec_submit(s.exec, ordinary_job, &s, 0), FERRY_OK);
+    }
+    for (int i = 0; i < URGENT; i++) {
+        assert_int_equal(coord_exec_submit(s.exec, urgent_job, &s, COORD_EXEC_URGENT), FERRY_OK);
+    }
+    gate_open(&g);
+    assert_true(test_wait_for(ordinary_ran, &s, 30000));
+    assert_in_range(s.urgent_before, 0, ORDINARY + 2 * WORKERS);
+    coord_exec_destroy(s.exec);
+    pthread_mutex_destroy(&s.lock);
+}
+
 static void test_params_checked(void **state)
 {
     coord_exec_t *exec = NULL;
@@ -396,6 +435,7 @@ int main(void)
         cmocka_unit_test(test_jobs_run_in_order),
         cmocka_unit_test(test_urgent_jobs_go_first_with_a_bound_of_their_own),
         cmocka_unit_test(test_urgent_jobs_do_not_starve_the_others),
+        cmocka_unit_test(test_urgent_and_ordinary_jobs_take_turns),
         cmocka_unit_test(test_params_checked),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
