@@ -49,8 +49,8 @@ typedef struct {
 enum {
     /* Internal work that must not be lost: queued beyond max_queued. */
     COORD_EXEC_MUST = 1u << 0,
-    /* Ahead of the jobs that are not urgent (n_workers in a row at most
-     * while one waits); max_queued of its own. */
+    /* Ahead of the jobs that are not urgent, in turn with them while both
+     * wait; max_queued of its own, at least n_workers. */
     COORD_EXEC_URGENT = 1u << 1,
 };
 
