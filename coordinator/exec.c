@@ -159,6 +159,15 @@ err_free:
     return FERRY_ERR_NO_MEMORY;
 }
 
+/* The queue's room for a job of the lane `urgent`: max_queued, and for the
+ * urgent lane (renewals) at least n_workers: with max_queued 0, meant to
+ * shed writes, every renewal was refused while the workers were busy, and
+ * leases expired under the load it was to shed (audit-s33-operator L2). */
+static int lane_room(const coord_exec_t *exec, bool urgent)
+{
+    return urgent && exec->max_queued < exec->n_workers ? exec->n_workers : exec->max_queued;
+}
+
 ferry_status_t coord_exec_submit(coord_exec_t *exec, coord_job_fn fn, void *arg, unsigned flags)
 {
     exec_job_t *job = malloc(sizeof(*job));
@@ -173,15 +182,9 @@ ferry_status_t coord_exec_submit(coord_exec_t *exec, coord_job_fn fn, void *arg,
                         .must = (flags & COORD_EXEC_MUST) != 0,
                         .urgent = (flags & COORD_EXEC_URGENT) != 0};
     pthread_mutex_lock(&exec->lock);
-    /* Idle workers will take as many jobs at once; beyond them and
-     * max_queued, the queue (of the job's kind) is full. The urgent lane
-     * (renewals) keeps at least n_workers of its own: with max_queued 0,
-     * meant to shed writes, every renewal was refused while the workers
-     * were busy, and leases expired under the load it was to shed
-     * (audit-s33-operator L2). */
-    room =
-        (job->urgent && exec->max_queued < exec->n_workers ? exec->n_workers : exec->max_queued) +
-        (exec->n_workers - exec->n_running);
+    /* Idle workers will take as many jobs at once; beyond them and the
+     * lane's room, the queue (of the job's kind) is full. */
+    room = lane_room(exec, job->urgent) + (exec->n_workers - exec->n_running);
     if (exec->stopping) {
         status = FERRY_ERR_UNAVAILABLE;
     } else if (job->urgent ? exec->n_urgent >= room : !job->must && exec->n_queued >= room) {
@@ -217,9 +220,9 @@ void coord_exec_load(coord_exec_t *exec, int *running_p, int *queued_p)
     pthread_mutex_unlock(&exec->lock);
 }
 
-int coord_exec_capacity(const coord_exec_t *exec)
+int coord_exec_capacity(const coord_exec_t *exec, unsigned flags)
 {
-    return exec->n_workers + exec->max_queued;
+    return exec->n_workers + lane_room(exec, (flags & COORD_EXEC_URGENT) != 0);
 }
 
 void coord_exec_stop(coord_exec_t *exec)

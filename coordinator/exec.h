@@ -64,9 +64,11 @@ ferry_status_t coord_exec_submit(coord_exec_t *exec, coord_job_fn fn, void *arg,
 
 /* Jobs running and waiting now (for logs and messages). */
 void coord_exec_load(coord_exec_t *exec, int *running_p, int *queued_p);
-/* n_workers + max_queued: the jobs it holds at most (but COORD_EXEC_MUST
- * and urgent ones). Constant. */
-int coord_exec_capacity(const coord_exec_t *exec);
+/* The jobs of a lane it holds at most: n_workers + its queue's room
+ * (flags: COORD_EXEC_URGENT for the urgent lane, whose room is max_queued
+ * but at least n_workers; else the others', max_queued, but
+ * COORD_EXEC_MUST ones). Constant. */
+int coord_exec_capacity(const coord_exec_t *exec, unsigned flags);
 
 /* Stops taking jobs, calls the waiting ones with run = false, lets the
  * running ones finish and joins the workers. Idempotent. Not from a job. */

@@ -134,8 +134,10 @@ static void sample_metrics(void *arg, coord_metrics_sample_t *out)
         out->wait_peer_refusals = coord_service_wait_peer_refusals(c->service);
         coord_service_reads_held(c->service, &out->read_peers, &out->etcd_reads_held);
         out->read_peer_refusals = coord_service_read_peer_refusals(c->service);
-        out->write_peers = coord_service_write_peers(c->service);
-        out->write_peer_refusals = coord_service_write_peer_refusals(c->service);
+        out->write_peers = coord_service_write_peers(c->service, false);
+        out->write_peer_refusals = coord_service_write_peer_refusals(c->service, false);
+        out->renewal_peers = coord_service_write_peers(c->service, true);
+        out->renewal_peer_refusals = coord_service_write_peer_refusals(c->service, true);
         coord_service_refusals_t refused;
         coord_service_limits_t limits;
         coord_service_limit_refusals(c->service, &refused);

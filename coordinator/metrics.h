@@ -36,15 +36,17 @@ typedef struct {
     size_t watch_queued_bytes;                  /* unsent bytes on Watch streams, together */
     /* Watch streams ended or refused to keep watch_queued_bytes bounded */
     uint64_t watch_memory_evicted, watch_memory_ended, watch_memory_refused;
-    size_t watch_peers;           /* client hosts holding a Watch stream */
-    size_t wait_peers;            /* client hosts holding a parked wait */
-    uint64_t watch_peer_refusals; /* Watch streams refused for their host's share */
-    uint64_t wait_peer_refusals;  /* parked waits refused for their host's share */
-    size_t read_peers;            /* client hosts holding a read waiting on etcd */
-    size_t etcd_reads_held;       /* reads waiting on etcd, all hosts (running and queued) */
-    uint64_t read_peer_refusals;  /* etcd reads refused for their host's share */
-    size_t write_peers;           /* client hosts holding a write waiting on etcd */
-    uint64_t write_peer_refusals; /* etcd writes and renewals refused for their host's share */
+    size_t watch_peers;             /* client hosts holding a Watch stream */
+    size_t wait_peers;              /* client hosts holding a parked wait */
+    uint64_t watch_peer_refusals;   /* Watch streams refused for their host's share */
+    uint64_t wait_peer_refusals;    /* parked waits refused for their host's share */
+    size_t read_peers;              /* client hosts holding a read waiting on etcd */
+    size_t etcd_reads_held;         /* reads waiting on etcd, all hosts (running and queued) */
+    uint64_t read_peer_refusals;    /* etcd reads refused for their host's share */
+    size_t write_peers;             /* client hosts holding a write waiting on etcd */
+    uint64_t write_peer_refusals;   /* etcd writes refused for their host's share */
+    size_t renewal_peers;           /* client hosts holding a lease renewal waiting on etcd */
+    uint64_t renewal_peer_refusals; /* lease renewals refused for their host's share */
     uint64_t claim_ends_on_view; /* claims ended, settled on the view (coord_registry_claim_ends) */
     uint64_t claim_ends_checked; /* claims ended, checked by a transition */
     size_t claim_ends_waiting;   /* claim ends' writes waiting to be tried again */

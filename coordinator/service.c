@@ -104,13 +104,14 @@ typedef struct {
 } service_job_t;
 
 static ferry_status_t share_init(service_share_t *share, const char *what, const char *flag,
-                                 coord_exec_t *exec, size_t max_per_peer)
+                                 coord_exec_t *exec, unsigned flags, size_t max_per_peer)
 {
     ferry_status_t status = coord_peers_create(&share->peers);
 
     share->what = what;
     share->flag = flag;
     share->exec = exec;
+    share->flags = flags;
     share->max_per_peer = max_per_peer;
     if (status == FERRY_OK && pthread_mutex_init(&share->lock, NULL) != 0) {
         coord_peers_destroy(share->peers);
@@ -143,7 +144,7 @@ static bool share_take(service_share_t *share, rpc_call_t *call)
      * more: a host's burst goes through while others have room, and a
      * host cannot take more than half of it from them. */
     if (share->max_per_peer != 0 && coord_peers_held(share->peers, host) >= share->max_per_peer &&
-        share->held >= (size_t)coord_exec_capacity(share->exec) / 2) {
+        share->held >= (size_t)coord_exec_capacity(share->exec, share->flags) / 2) {
         status = FERRY_ERR_RESOURCE_EXHAUSTED;
     } else {
         status = coord_peers_take(share->peers, host, 0);
@@ -855,12 +856,12 @@ ferry_status_t coord_service_create(const coord_service_params_t *params, rpc_se
     }
     if ((status = coord_peers_create(&svc->watch_peers)) != FERRY_OK ||
         (status = coord_peers_create(&svc->wait_peers)) != FERRY_OK ||
-        (status = share_init(&svc->reads, "reads", "--etcd-reads-per-peer", svc->read_exec,
+        (status = share_init(&svc->reads, "reads", "--etcd-reads-per-peer", svc->read_exec, 0,
                              params->max_reads_per_peer)) != FERRY_OK ||
-        (status = share_init(&svc->writes, "writes", "--etcd-writes-per-peer", svc->exec,
+        (status = share_init(&svc->writes, "writes", "--etcd-writes-per-peer", svc->exec, 0,
                              params->max_writes_per_peer)) != FERRY_OK ||
         (status = share_init(&svc->renewals, "lease renewals", "--etcd-writes-per-peer", svc->exec,
-                             params->max_writes_per_peer)) != FERRY_OK) {
+                             COORD_EXEC_URGENT, params->max_writes_per_peer)) != FERRY_OK) {
         goto err_peers;
     }
     if (pthread_mutex_init(&svc->subs_lock, NULL) != 0) {
@@ -909,17 +910,17 @@ uint64_t coord_service_read_peer_refusals(coord_service_t *svc)
     return atomic_load(&svc->reads.refusals);
 }
 
-size_t coord_service_write_peers(coord_service_t *svc)
+size_t coord_service_write_peers(coord_service_t *svc, bool renewals)
 {
     size_t hosts = 0, held = 0;
 
-    share_load(&svc->writes, &hosts, &held);
+    share_load(renewals ? &svc->renewals : &svc->writes, &hosts, &held);
     return hosts;
 }
 
-uint64_t coord_service_write_peer_refusals(coord_service_t *svc)
+uint64_t coord_service_write_peer_refusals(coord_service_t *svc, bool renewals)
 {
-    return atomic_load(&svc->writes.refusals) + atomic_load(&svc->renewals.refusals);
+    return atomic_load(renewals ? &svc->renewals.refusals : &svc->writes.refusals);
 }
 
 void coord_service_attach(coord_service_t *svc, coord_registry_t *registry)

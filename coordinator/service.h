@@ -83,10 +83,11 @@ uint64_t coord_service_wait_peer_refusals(coord_service_t *svc);
 void coord_service_reads_held(coord_service_t *svc, size_t *hosts_p, size_t *reads_p);
 uint64_t coord_service_read_peer_refusals(coord_service_t *svc);
 /* Client hosts holding a write on exec (running and queued), and the
- * writes and renewals refused since start because their host held its
- * share (max_writes_per_peer), for metrics. Any thread. */
-size_t coord_service_write_peers(coord_service_t *svc);
-uint64_t coord_service_write_peer_refusals(coord_service_t *svc);
+ * writes refused since start because their host held its share
+ * (max_writes_per_peer); with `renewals`, the same of lease renewals
+ * (KeepAlive), which have a share of their own. For metrics; any thread. */
+size_t coord_service_write_peers(coord_service_t *svc, bool renewals);
+uint64_t coord_service_write_peer_refusals(coord_service_t *svc, bool renewals);
 /* What Watch streams' messages that their clients have not taken hold in
  * memory (a message shared by streams once, each queue entry's overhead),
  * for metrics. Any thread. */

@@ -126,6 +126,7 @@ typedef struct {
     const char *what;   /* "reads", "writes", "lease renewals": for messages */
     const char *flag;   /* what sets max_per_peer: for messages */
     coord_exec_t *exec; /* whose room (coord_exec_capacity) it shares */
+    unsigned flags;     /* the lane of exec its calls go to (exec.h) */
     size_t max_per_peer;
     pthread_mutex_t lock; /* guards peers and held */
     coord_peers_t *peers;

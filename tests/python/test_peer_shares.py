@@ -291,6 +291,7 @@ WRITE_ROOM = 16  # --etcd-inflight 2 + --etcd-queue 14
 WRITE_TAKEN = max(WRITE_SHARE, WRITE_ROOM // 2)  # as READ_TAKEN
 WRITE_FLOOD = 50
 CANCEL = "/ferry.v1.Coordinator/Cancel"
+KEEPALIVE = "/ferry.v1.Coordinator/KeepAlive"
 
 
 def metadata(pb):
@@ -371,6 +372,43 @@ class OneHostTakesItsShareOfEtcdWrites(ferry_harness.ClusterTestCase):
         self.assertGreater(renewed.result().ttl_seconds, 0)
         ferry_harness.wait_until(lambda: self.metric("ferry_peers_holding", kind="write") == 0,
                                  20, "every write to give its share back")
+
+    def test_a_flood_of_renewals_takes_its_own_share(self):
+        """A host renewing its lease from many streams while etcd is slow
+        holds --etcd-writes-per-peer renewals (their lane's rule, counted
+        as kind="renewal", apart from the writes), and another host's
+        KeepAlive still queues (review-s33b L4)."""
+        first = self.register("renewals-first").result()
+        raw = ferry_harness.RawH2(self.coord.port, source=OTHER_HOST)
+        renewed = None
+        writes_refused = self.metric("ferry_peer_refusals_total", kind="write")
+        try:
+            ferry_harness.freeze(self.etcd.proc)
+            renewals = raw.open(KEEPALIVE, [self.cpb.KeepAliveRequest(
+                lease_id=first.lease_id, lease_token=first.lease_token)] * WRITE_FLOOD)
+            ferry_harness.wait_until(
+                lambda: raw.ended_count(renewals) >= WRITE_FLOOD - WRITE_TAKEN, 20,
+                f"{WRITE_FLOOD - WRITE_TAKEN} of the raw client's KeepAlives to be refused")
+            self.assertEqual(self.metric("ferry_peer_refusals_total", kind="renewal"),
+                             WRITE_FLOOD - WRITE_TAKEN)
+            self.assertEqual(self.metric("ferry_peer_refusals_total", kind="write"),
+                             writes_refused)
+            self.assertEqual(self.metric("ferry_peers_holding", kind="renewal"), 1)
+            renewed = self.stub.KeepAlive.future(self.cpb.KeepAliveRequest(
+                lease_id=first.lease_id, lease_token=first.lease_token), timeout=30)
+            ferry_harness.wait_until(
+                lambda: renewed.done()
+                or self.metric("ferry_peers_holding", kind="renewal") == 2, 10,
+                "the other host's KeepAlive to be queued for etcd")
+            if renewed.done():
+                self.fail(f"ended before etcd could answer: {renewed.exception()}")
+        finally:
+            self.etcd.proc.send_signal(signal.SIGCONT)
+            raw.close()
+        self.assertGreater(renewed.result().ttl_seconds, 0)
+        ferry_harness.wait_until(
+            lambda: self.metric("ferry_peers_holding", kind="renewal") == 0, 20,
+            "every renewal to give its share back")
 
 
 if __name__ == "__main__":
