@@ -32,8 +32,8 @@ deploy/Containerfile, without a cluster:
               above the preStop pause + FERRY_GRACE_MS + the exit's tail;
               the memory limit at least 100 MiB + 2 x FERRY_REQUEST_MEMORY_MIB
               + 32 + 2 x FERRY_WATCH_MEMORY_MIB + memory-backed volumes +
-              256 MiB for the view and the history, and
-              FERRY_REQUEST_MEMORY_MIB above FERRY_MAX_WAITS x 16 KiB.
+              the view at etcd's backend quota + 16 MiB for the history,
+              and FERRY_REQUEST_MEMORY_MIB above FERRY_MAX_WAITS x 16 KiB.
   FERRY_*     every FERRY_* variable and --flag a container or probe uses
               appears in the usage text of the program it runs
               (coordinator/config.c, ferry-worker's under worker/,
@@ -889,7 +889,7 @@ def check_coordinator(ctx):
             fail(where, "FERRY_LISTEN must be 0.0.0.0:7400 or [::]:7400 (is %r)" % listen)
         check_coordinator_etcd(ctx, where, c)
         check_coordinator_grace(where, spec, c, env)
-        check_coordinator_memory(where, spec, c, env)
+        check_coordinator_memory(ctx, where, spec, c, env)
         svcs = [s for s in ctx.of_kind("Service")
                 if selects((s.get("spec") or {}).get("selector") or {}, labels)]
         if not any(p.get("port") == 7400 and p.get("name") == "grpc"
@@ -940,11 +940,16 @@ def check_coordinator_grace(where, spec, c, env):
 # full 224 MiB gRPC quota), the requests calls hold (up to
 # FERRY_REQUEST_MEMORY_MIB) and, a pool apart, gRPC's quota for requests
 # still arriving or not yet decoded (the same + 32), twice
-# FERRY_WATCH_MEMORY_MIB, the memory-backed volumes; then room for the view
-# and the history, which no flag bounds (every record, in every replica).
+# FERRY_WATCH_MEMORY_MIB, the memory-backed volumes; then the view and the
+# history, which no flag of the coordinator bounds (every record, in every
+# replica): the view's only bound is etcd's backend quota (the live records
+# are under it), so the limit holds all of it, read from the overlay's etcd
+# (--quota-backend-bytes, else etcd's 2 GiB), and the history (the last
+# 8192 changes, about 8 MiB at 1 KiB each) beside it.
 COORDINATOR_BASELINE_MIB = 100
 COORDINATOR_QUOTA_SLACK_MIB = 32
-COORDINATOR_VIEW_ROOM_MIB = 256
+COORDINATOR_HISTORY_MIB = 16
+ETCD_DEFAULT_QUOTA = 2 * 2**30
 # What a parked Lookup or Claim holds at most (service.c's
 # SERVICE_REQUEST_MAX), in KiB.
 PARKED_REQUEST_KIB = 16
@@ -972,13 +977,28 @@ def memory_volumes_mib(spec, c):
     return total
 
 
-def check_coordinator_memory(where, spec, c, env):
+def etcd_quota_bytes(ctx):
+    """The backend quota of the overlay's one etcd StatefulSet (etcd's
+    default when --quota-backend-bytes is unset); None when there is not
+    exactly one (check_etcd says why) or the quota does not parse."""
+    stss = etcd_statefulsets(ctx)
+    if len(stss) != 1:
+        return None
+    ec = (pod_spec(stss[0])[0].get("containers") or [{}])[0]
+    eargs = arg_values([str(a) for a in (ec.get("command") or [])[1:] + (ec.get("args") or [])])
+    quota = eargs.get("--quota-backend-bytes")
+    if quota is None:
+        return ETCD_DEFAULT_QUOTA
+    return int(quota) if re.match(r"^[0-9]+$", str(quota)) else None
+
+
+def check_coordinator_memory(ctx, where, spec, c, env):
     """The container's memory limit holds the worst case of the bounds it
-    sets (their defaults when unset), with COORDINATOR_VIEW_ROOM_MIB left
-    for the view and the history, or the kernel kills the replica before a
-    bound can answer RESOURCE_EXHAUSTED; and FERRY_REQUEST_MEMORY_MIB is
-    above FERRY_MAX_WAITS x 16 KiB, or parked waits alone refuse the
-    Register they wait for."""
+    sets (their defaults when unset), the view at etcd's backend quota (its
+    only bound) and the history, or the kernel kills the replica before a
+    bound can answer RESOURCE_EXHAUSTED, every replica at once as the
+    records grow; and FERRY_REQUEST_MEMORY_MIB is above FERRY_MAX_WAITS x
+    16 KiB, or parked waits alone refuse the Register they wait for."""
     request = env_int(env, "FERRY_REQUEST_MEMORY_MIB", 1024)
     watch = env_int(env, "FERRY_WATCH_MEMORY_MIB", 256)
     waits = env_int(env, "FERRY_MAX_WAITS", 10000)
@@ -1001,15 +1021,19 @@ def check_coordinator_memory(where, spec, c, env):
         fail(where, "a memory-backed emptyDir without a sizeLimit: it counts against the memory "
              "limit without a bound")
         return
+    quota = etcd_quota_bytes(ctx)
+    if quota is None:
+        return   # check_etcd says why
+    view = -(-quota // 2**20)
     bounds = (COORDINATOR_BASELINE_MIB + 2 * request + COORDINATOR_QUOTA_SLACK_MIB + 2 * watch
               + volumes)
-    if limit_bytes / 2**20 < bounds + COORDINATOR_VIEW_ROOM_MIB:
-        fail(where, "memory limit %s is under %d MiB + %d MiB for the view and the history: "
-             "%d baseline + 2 x FERRY_REQUEST_MEMORY_MIB (%d) + %d + 2 x FERRY_WATCH_MEMORY_MIB "
-             "(%d) + %d of memory-backed volumes; the kernel kills the replica before its "
-             "bounds answer" % (limit, bounds, COORDINATOR_VIEW_ROOM_MIB,
-                                COORDINATOR_BASELINE_MIB, request, COORDINATOR_QUOTA_SLACK_MIB,
-                                watch, volumes))
+    if limit_bytes / 2**20 < bounds + view + COORDINATOR_HISTORY_MIB:
+        fail(where, "memory limit %s is under %d MiB + %d MiB for the view (etcd's backend quota, "
+             "its only bound) + %d for the history: %d baseline + 2 x FERRY_REQUEST_MEMORY_MIB "
+             "(%d) + %d + 2 x FERRY_WATCH_MEMORY_MIB (%d) + %d of memory-backed volumes; the "
+             "kernel kills every replica at once before its bounds answer"
+             % (limit, bounds, view, COORDINATOR_HISTORY_MIB, COORDINATOR_BASELINE_MIB, request,
+                COORDINATOR_QUOTA_SLACK_MIB, watch, volumes))
 
 
 def etcd_statefulsets(ctx):

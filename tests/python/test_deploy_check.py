@@ -376,17 +376,41 @@ class DeployCheckCatches(unittest.TestCase):
         """The limit the base shipped (512Mi) under the bounds it sets: 100
         MiB + 2 x 192 + 32 + 2 x 64 + the 16Mi /tmp is 660 MiB before the
         view, so the kernel killed the replica before its bounds answered;
-        and a Watch bound raised under the same 1Gi."""
+        and the Watch bound at its default under the same 2Gi."""
         coord = os.path.join(self.k8s, "base", "coordinator.yaml")
         limits = "limits:\n              cpu: \"2\"\n              memory: %s\n"
-        edit(coord, limits % "1Gi", limits % "512Mi")
+        edit(coord, limits % "2Gi", limits % "512Mi")
         self.assertFails(r"overlays/dev Deployment/ferry-coordinator container coordinator: "
-                         r"memory limit 512Mi is under 660 MiB \+ 256 MiB for the view")
-        edit(coord, limits % "512Mi", limits % "1Gi")
+                         r"memory limit 512Mi is under 660 MiB \+ 1024 MiB for the view")
+        edit(coord, limits % "512Mi", limits % "2Gi")
         edit(coord, "- name: FERRY_WATCH_MEMORY_MIB\n              value: \"64\"",
-             "- name: FERRY_WATCH_MEMORY_MIB\n              value: \"128\"")
+             "- name: FERRY_WATCH_MEMORY_MIB\n              value: \"256\"")
         self.assertFails(r"overlays/prod Deployment/ferry-coordinator container coordinator: "
-                         r"memory limit 1Gi is under 788 MiB")
+                         r"memory limit 2Gi is under 1044 MiB \+ 1024 MiB for the view")
+
+    def test_coordinator_memory_limit_under_the_view_at_etcds_quota(self):
+        """The view's only bound is etcd's backend quota, and every replica
+        holds the same view: the 1Gi the base shipped left 364 MiB for a
+        view the 1 GiB quota let grow to 1 GiB, and all replicas were killed
+        together (review-s33b M3). A quota raised without the coordinators'
+        limit fails too, read from the etcd manifest."""
+        coord = os.path.join(self.k8s, "base", "coordinator.yaml")
+        limits = "limits:\n              cpu: \"2\"\n              memory: %s\n"
+        edit(coord, limits % "2Gi", limits % "1Gi")
+        self.assertFails(r"overlays/dev Deployment/ferry-coordinator container coordinator: "
+                         r"memory limit 1Gi is under 660 MiB \+ 1024 MiB for the view \(etcd's "
+                         r"backend quota, its only bound\) \+ 16 for the history")
+        edit(coord, limits % "1Gi", limits % "2Gi")
+        self.assertEqual(self.check().returncode, 0)
+        edit(os.path.join(self.k8s, "overlays", "prod", "etcd-tls.yaml"),
+             "--quota-backend-bytes=1073741824",
+             "--quota-backend-bytes=2147483648")
+        r = self.check()
+        self.assertEqual(r.returncode, 1, r.stdout + r.stderr)
+        self.assertRegex(r.stderr, r"overlays/prod Deployment/ferry-coordinator container "
+                                   r"coordinator: memory limit 2Gi is under 660 MiB \+ 2048 MiB "
+                                   r"for the view")
+        self.assertNotRegex(r.stderr, r"overlays/dev Deployment/ferry-coordinator")  # 1 GiB
 
     def test_request_memory_that_parked_waits_fill(self):
         """FERRY_MAX_WAITS raised without FERRY_REQUEST_MEMORY_MIB: 20000
