@@ -60,7 +60,9 @@ deploy/Containerfile, without a cluster:
               Secret's value back over the operator's, and fail on a Job's
               immutable pod template or rerun a finished one; such objects
               belong in deploy/k8s/examples.
-              dev: one etcd member, no TLS. prod: three members; TLS on
+              dev: one etcd member, no TLS, its pods' memory requests (a
+              rollout's surge pod included) at most 1 GiB together, to fit
+              a small node. prod: three members; TLS on
               (etcd clients and peers with client certificates, the
               coordinator with client certificates, its examples' workers
               with theirs;
@@ -116,9 +118,12 @@ WORKLOADS = {"Deployment", "StatefulSet", "Job", "Pod"}
 PROBES = ("startupProbe", "readinessProbe", "livenessProbe")
 
 # What each overlay under deploy/k8s/overlays must be.
+# requests_mib: what the overlay's pods may request in memory together (a
+# rollout's surge pod included), or None: dev's fit a 2 GiB minikube beside
+# the worker example (2 x 128Mi) and the cluster's own pods.
 OVERLAYS = {
-    "dev": {"etcd_members": 1, "tls": False, "guarded": False},
-    "prod": {"etcd_members": 3, "tls": True, "guarded": True},
+    "dev": {"etcd_members": 1, "tls": False, "guarded": False, "requests_mib": 1024},
+    "prod": {"etcd_members": 3, "tls": True, "guarded": True, "requests_mib": None},
 }
 # The examples under deploy/k8s/examples, each applied on its own after the
 # overlay it goes with (and checked together with that overlay's objects).
@@ -1747,12 +1752,40 @@ def spec_of(o):
     return pod_spec(o)[0]
 
 
+def check_memory_requests(ctx):
+    """The memory the overlay's pods request together, each Deployment's
+    maxSurge pod (1 when unset) included, fits the overlay's budget: a pod
+    that does not fit stays Pending."""
+    budget = ctx.expect.get("requests_mib")
+    if budget is None:
+        return
+    total = 0
+    for o in ctx.objs:
+        if o.get("kind") not in WORKLOADS:
+            continue
+        spec = o.get("spec") or {}
+        pods = spec.get("replicas", 1) if o["kind"] in ("Deployment", "StatefulSet") else 1
+        if o["kind"] == "Deployment":
+            surge = (((spec.get("strategy") or {}).get("rollingUpdate") or {})
+                     .get("maxSurge", 1))
+            pods += surge if isinstance(surge, int) else 1
+        for c in pod_spec(o)[0].get("containers") or []:
+            req = ((c.get("resources") or {}).get("requests") or {}).get("memory")
+            size = quantity_bytes(req) if req is not None else 0
+            total += pods * -(-(size or 0) // 2**20)
+    if total > budget:
+        fail(ctx.label, "its pods request %d MiB of memory together (a rollout's surge pod "
+             "included), over the %d MiB it must fit in (a small node; patch the requests down, "
+             "the limits may stay)" % (total, budget))
+
+
 def run_object_checks(ctx):
     """An overlay's own checks (its workers are in its examples)."""
     check_overlay_contents(ctx.label, ctx.objs)
     check_generic(ctx)
     check_coordinator(ctx)
     check_etcd(ctx)
+    check_memory_requests(ctx)
     if not ctx.expect["guarded"] and (ctx.of_kind("NetworkPolicy") or
                                       ctx.of_kind("PodDisruptionBudget")):
         note("%s has NetworkPolicies or PodDisruptionBudgets it does not need" % ctx.label)

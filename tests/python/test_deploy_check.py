@@ -412,6 +412,17 @@ class DeployCheckCatches(unittest.TestCase):
                                    r"for the view")
         self.assertNotRegex(r.stderr, r"overlays/dev Deployment/ferry-coordinator")  # 1 GiB
 
+    def test_dev_requests_over_a_small_node(self):
+        """dev without its request patches: the base's (2 x 512Mi, a surge
+        pod's 512Mi and etcd's 1Gi) left a coordinator or a worker Job
+        Pending on a 2 GiB minikube (review-s33b L2)."""
+        dev = os.path.join(self.k8s, "overlays", "dev")
+        for name in ("coordinator-one-member.yaml", "etcd-one-member.yaml"):
+            edit(os.path.join(dev, name),
+                 "          resources:\n            requests:\n              memory: 256Mi\n", "")
+        self.assertFails(r"overlays/dev: its pods request 2560 MiB of memory together \(a "
+                         r"rollout's surge pod included\), over the 1024 MiB")
+
     def test_request_memory_that_parked_waits_fill(self):
         """FERRY_MAX_WAITS raised without FERRY_REQUEST_MEMORY_MIB: 20000
         parked waits of 16 KiB hold 312 MiB, over the 192 the requests may
