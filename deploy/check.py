@@ -33,7 +33,10 @@ deploy/Containerfile, without a cluster:
               the memory limit at least 100 MiB + 2 x FERRY_REQUEST_MEMORY_MIB
               + 32 + 2 x FERRY_WATCH_MEMORY_MIB + memory-backed volumes +
               the view at etcd's backend quota + 16 MiB for the history,
-              and FERRY_REQUEST_MEMORY_MIB above FERRY_MAX_WAITS x 16 KiB.
+              and FERRY_REQUEST_MEMORY_MIB above FERRY_MAX_WAITS x 16 KiB;
+              each setting from its flag in args (which wins), else a
+              literal in env, else its default: valueFrom or envFrom fail
+              (not a literal; check.py cannot verify them).
   FERRY_*     every FERRY_* variable and --flag a container or probe uses
               appears in the usage text of the program it runs
               (coordinator/config.c, ferry-worker's under worker/,
@@ -919,9 +922,9 @@ def check_coordinator_grace(where, spec, c, env):
     (FERRY_GRACE_MS, 5000 when unset) and the exit's tail (its etcd
     requests in flight): a shorter one SIGKILLs the replica mid-drain, its
     calls cut."""
-    grace = (env.get("FERRY_GRACE_MS") or {}).get("value", "5000")
-    if not re.match(r"^[0-9]+$", str(grace)):
-        fail(where, "FERRY_GRACE_MS %r is not a number of milliseconds" % grace)
+    grace = coordinator_int(where, c, env, "FERRY_GRACE_MS", 5000,
+                            "terminationGracePeriodSeconds")
+    if grace is None:
         return
     pause_ms = 0
     cmd = ((((c.get("lifecycle") or {}).get("preStop") or {}).get("exec") or {})
@@ -960,11 +963,45 @@ ETCD_DEFAULT_QUOTA = 2 * 2**30
 PARKED_REQUEST_KIB = 16
 
 
-def env_int(env, name, default):
-    """A FERRY_* number from a container's env, its default when unset;
-    None when it is not a literal number."""
-    v = (env.get(name) or {}).get("value", str(default))
-    return int(v) if re.match(r"^[0-9]+$", str(v)) else None
+# The coordinator's settings check.py verifies, by variable: their flag.
+COORDINATOR_FLAGS = {
+    "FERRY_GRACE_MS": "--grace-ms",
+    "FERRY_REQUEST_MEMORY_MIB": "--request-memory-mib",
+    "FERRY_WATCH_MEMORY_MIB": "--watch-memory-mib",
+    "FERRY_MAX_WAITS": "--max-waits",
+}
+
+
+def coordinator_int(where, c, env, name, default, against):
+    """A number the coordinator takes from its flag in the container's
+    command or args (--flag value or --flag=value; the flag wins, as in the
+    coordinator), else from the variable's literal value in env, else its
+    default. None, failing naming it, when it is not a number written out:
+    from valueFrom, or possibly from envFrom (a ConfigMap or Secret this
+    check does not read), or not digits; a default taken silently there
+    passed or failed `against` on a value the coordinator does not use."""
+    flag = COORDINATOR_FLAGS[name]
+    args = arg_values([str(a) for a in (c.get("command") or [])[1:] + (c.get("args") or [])])
+    if flag in args:
+        v, src = args[flag], "%s in args" % flag
+    elif name in env and "value" not in env[name]:
+        fail(where, "%s comes from valueFrom, not a literal; check.py cannot verify %s against "
+             "it: write it out in env, or as %s in args" % (name, against, flag))
+        return None
+    elif name in env:
+        v, src = env[name].get("value"), name
+    elif c.get("envFrom"):
+        fail(where, "%s may come from envFrom, not a literal; check.py cannot verify %s against "
+             "it: write it out in env (which wins over envFrom), or as %s in args"
+             % (name, against, flag))
+        return None
+    else:
+        v, src = str(default), name
+    if not re.match(r"^[0-9]+$", str(v)):
+        fail(where, "%s %r is not a number written out; check.py cannot verify %s against it"
+             % (src, v, against))
+        return None
+    return int(v)
 
 
 def memory_volumes_mib(spec, c):
@@ -1004,12 +1041,10 @@ def check_coordinator_memory(ctx, where, spec, c, env):
     bound can answer RESOURCE_EXHAUSTED, every replica at once as the
     records grow; and FERRY_REQUEST_MEMORY_MIB is above FERRY_MAX_WAITS x
     16 KiB, or parked waits alone refuse the Register they wait for."""
-    request = env_int(env, "FERRY_REQUEST_MEMORY_MIB", 1024)
-    watch = env_int(env, "FERRY_WATCH_MEMORY_MIB", 256)
-    waits = env_int(env, "FERRY_MAX_WAITS", 10000)
+    request = coordinator_int(where, c, env, "FERRY_REQUEST_MEMORY_MIB", 1024, "the memory limit")
+    watch = coordinator_int(where, c, env, "FERRY_WATCH_MEMORY_MIB", 256, "the memory limit")
+    waits = coordinator_int(where, c, env, "FERRY_MAX_WAITS", 10000, "the memory limit")
     if None in (request, watch, waits):
-        fail(where, "FERRY_REQUEST_MEMORY_MIB, FERRY_WATCH_MEMORY_MIB and FERRY_MAX_WAITS must be "
-             "numbers written out, for the memory limit to be checked against them")
         return
     if request * 1024 <= waits * PARKED_REQUEST_KIB:
         fail(where, "FERRY_REQUEST_MEMORY_MIB %d is not above FERRY_MAX_WAITS (%d) x %d KiB: "

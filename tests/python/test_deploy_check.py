@@ -423,6 +423,42 @@ class DeployCheckCatches(unittest.TestCase):
         self.assertFails(r"overlays/dev: its pods request 2560 MiB of memory together \(a "
                          r"rollout's surge pod included\), over the 1024 MiB")
 
+    def test_coordinator_settings_not_written_out(self):
+        """FERRY_REQUEST_MEMORY_MIB from a ConfigMap was taken as its default
+        (1024), failing a limit that held the real value; one set by
+        envFrom likewise. Each is named as not a literal now (review-s33b
+        L1)."""
+        coord = os.path.join(self.k8s, "base", "coordinator.yaml")
+        edit(coord, "- name: FERRY_REQUEST_MEMORY_MIB\n              value: \"192\"",
+             "- name: FERRY_REQUEST_MEMORY_MIB\n              valueFrom:\n"
+             "                configMapKeyRef: {name: ferry-sizes, key: request-memory-mib}")
+        self.assertFails(r"overlays/dev Deployment/ferry-coordinator container coordinator: "
+                         r"FERRY_REQUEST_MEMORY_MIB comes from valueFrom, not a literal; check\.py "
+                         r"cannot verify the memory limit against it")
+        r = self.check()
+        self.assertNotIn("memory limit 2Gi is under", r.stderr)
+        edit(coord, "- name: FERRY_MAX_WAITS\n              value: \"10000\"\n", "")
+        edit(coord, "          imagePullPolicy: IfNotPresent\n",
+             "          imagePullPolicy: IfNotPresent\n"
+             "          envFrom:\n            - configMapRef: {name: ferry-sizes}\n")
+        self.assertFails(r"FERRY_MAX_WAITS may come from envFrom, not a literal; check\.py cannot "
+                         r"verify the memory limit against it")
+
+    def test_coordinator_settings_in_args(self):
+        """A flag in args wins over the variable in the coordinator, and
+        check.py read only the variable: --request-memory-mib 4096 under the
+        2Gi limit passed, as did --grace-ms=20000 under 30 s (review-s33b
+        L1)."""
+        coord = os.path.join(self.k8s, "base", "coordinator.yaml")
+        edit(coord, "          imagePullPolicy: IfNotPresent\n",
+             "          imagePullPolicy: IfNotPresent\n"
+             "          args: [\"--request-memory-mib\", \"4096\", \"--grace-ms=20000\"]\n")
+        self.assertFails(r"overlays/dev Deployment/ferry-coordinator container coordinator: "
+                         r"memory limit 2Gi is under 8468 MiB",
+                         r"2 x FERRY_REQUEST_MEMORY_MIB \(4096\)",
+                         r"terminationGracePeriodSeconds 30 is not above the preStop pause "
+                         r"\(5000 ms\) \+ FERRY_GRACE_MS \(20000\)")
+
     def test_request_memory_that_parked_waits_fill(self):
         """FERRY_MAX_WAITS raised without FERRY_REQUEST_MEMORY_MIB: 20000
         parked waits of 16 KiB hold 312 MiB, over the 192 the requests may
