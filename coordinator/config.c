@@ -124,7 +124,8 @@ static const char usage[] =
     "  --port-file PATH    write the bound port to PATH once serving\n"
     "  --metrics-listen A  serve Prometheus metrics on http://A/metrics\n"
     "                      (FERRY_METRICS_LISTEN; none: off; A is a numeric IPv4\n"
-    "                      or [IPv6] host and a port 0..65535)\n"
+    "                      or [IPv6] host and a port 0..65535, or off: no metrics,\n"
+    "                      as when unset)\n"
     "  --log-level L       off|error|warn|info|debug|trace (FERRY_LOG_LEVEL; info);\n"
     "                      FERRY_LOG_FORMAT=json: one JSON object per line\n"
     "  --tls-cert PEM      serve TLS with this certificate chain (FERRY_TLS_CERT)\n"
@@ -616,13 +617,20 @@ const char *coord_config_metrics_addr(const char *listen, struct addrinfo **ai_p
 }
 
 /* With the rules metrics.c binds by, so a value it would refuse is refused
- * here, before a private etcd starts. */
-static int check_metrics_listen(const char *listen)
+ * here, before a private etcd starts. "off" is no metrics, as unset: with
+ * empty refused, an overlay that turns off the metrics its base sets needs
+ * a value for it (and not a JSON patch that removes the variable). */
+static int check_metrics_listen(const char **listen_p)
 {
+    const char *listen = *listen_p;
     struct addrinfo *ai;
     const char *why;
 
     if (listen == NULL) {
+        return 0;
+    }
+    if (strcmp(listen, "off") == 0) {
+        *listen_p = NULL;
         return 0;
     }
     why = coord_config_metrics_addr(listen, &ai);
@@ -711,7 +719,7 @@ static int check(coord_config_t *c)
                 c->log_level);
         return -1;
     }
-    if (check_metrics_listen(c->metrics_listen) != 0) {
+    if (check_metrics_listen(&c->metrics_listen) != 0) {
         return -1;
     }
     if (c->etcd == NULL && (c->etcd_user != NULL || c->etcd_ca != NULL || c->etcd_cert != NULL ||

@@ -317,6 +317,22 @@ class CoordinatorFlags(unittest.TestCase):
         self.assertEqual(rc, EXIT_USAGE, err)
         self.assertIn("--tls-ca needs --tls-cert", err)
 
+    def test_metrics_listen_off(self):
+        """off, from the flag or the variable, turns the metrics off: with
+        empty refused, an overlay could not turn off the base's
+        FERRY_METRICS_LISTEN (review-s33b L3). Accepted, then stopped by
+        --tls-ca without a certificate, so nothing starts."""
+        for args, env in ((["--metrics-listen", "off"], {}),
+                          ([], {"FERRY_METRICS_LISTEN": "off"}),
+                          (["--metrics-listen", "off"], {"FERRY_METRICS_LISTEN": "0.0.0.0:9400"})):
+            with self.subTest(args=args, env=env):
+                rc, err = run([COORDINATOR, *args, "--tls-ca", "ca.pem"], env=env)
+                self.assertEqual(rc, EXIT_USAGE, err)
+                self.assertIn("--tls-ca needs --tls-cert", err)
+        p = subprocess.run([COORDINATOR, "--help"], stdout=subprocess.PIPE, text=True,
+                           timeout=30)
+        self.assertIn("or off: no metrics", p.stdout)
+
     def test_help_lists_the_variables_without_a_flag(self):
         p = subprocess.run([COORDINATOR, "--help"], stdout=subprocess.PIPE, text=True,
                            timeout=30)
