@@ -909,11 +909,14 @@ def check_coordinator(ctx):
             fail(where, "no PodDisruptionBudget selects it")
 
 
-# What the coordinator's exit may take beyond FERRY_GRACE_MS, at its
-# longest (README, --grace-ms): the etcd requests still running when the
-# drain ends (5 s, etcd's request timeout), then the step the maintenance
-# thread began meanwhile (a health check's two reads of 3 s; a page of a
-# view reload or the write probe, 5 s). It writes nothing at exit.
+# What the coordinator's exit takes beyond FERRY_GRACE_MS when etcd
+# answers at once or not at all (README, --grace-ms): the etcd requests
+# still running when the drain ends (5 s, etcd's request timeout), then the
+# step the maintenance thread began meanwhile (a health check's two reads
+# of 3 s; a page of a view reload or the write probe, 5 s). Not an upper
+# bound: a call still running may make several etcd requests in a row,
+# bounded only by its own deadline, which check.py cannot know. It writes
+# nothing at exit.
 COORDINATOR_EXIT_MS = 11000
 
 

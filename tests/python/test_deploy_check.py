@@ -359,9 +359,10 @@ class DeployCheckCatches(unittest.TestCase):
 
     def test_coordinator_killed_mid_drain(self):
         """FERRY_GRACE_MS raised under the same 30 s budget: the preStop
-        pause (5 s), the drain and the exit's tail (up to 11 s) no longer
-        fit, and the kubelet's SIGKILL cuts the drain; 15 s fits 30 no
-        more once the tail counts all of its 11 s."""
+        pause (5 s), the drain and the exit's tail (11 s when etcd answers
+        at once or not at all) no longer fit, and the kubelet's SIGKILL cuts
+        the drain; 15 s fits 30 no more once the tail counts all of its
+        11 s."""
         coord = os.path.join(self.k8s, "base", "coordinator.yaml")
         with open(coord) as f:
             text = f.read()
