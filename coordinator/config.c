@@ -273,12 +273,15 @@ static const char **text_setting(coord_config_t *c, size_t i)
     return (const char **)((char *)c + text_settings[i].offset);
 }
 
-/* Parses an int in [lo, hi] (lo >= 0); -1, said, when it is not one. */
+/* Parses an int in [lo, hi] (lo >= 0), written in decimal digits only;
+ * -1, said, when it is not one. strtol alone took a leading space or sign
+ * (FERRY_RPC_KEEPALIVE_MS=" 20000", "+20000"), which the clients warn of. */
 static int parse_int(const char *flag, const char *text, int lo, int hi)
 {
     char *end;
     long v = strtol(text, &end, 10);
-    if (*text == '\0' || *end != '\0' || v < lo || v > hi) {
+    if (*text == '\0' || text[strspn(text, "0123456789")] != '\0' || *end != '\0' || v < lo ||
+        v > hi) {
         fprintf(stderr, "ferry-coordinator: %s must be an integer from %d to %d, not '%s'\n", flag,
                 lo, hi, text);
         return -1;

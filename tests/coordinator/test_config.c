@@ -308,6 +308,8 @@ static void test_refusals(void **state)
     char *half_tls[] = {"ferry-coordinator", "--tls-cert", "c.pem", NULL};
     char *stray[] = {"ferry-coordinator", "extra", NULL};
     char *tiny_queue[] = {"ferry-coordinator", "--watch-queue-kib", "1", NULL};
+    char *signed_ttl[] = {"ferry-coordinator", "--ttl", "+5", NULL};
+    char *spaced_ttl[] = {"ferry-coordinator", "--ttl", " 5", NULL};
     (void)state;
 
     assert_int_equal(parse(&c, 3, bad_ttl), -1);
@@ -315,6 +317,8 @@ static void test_refusals(void **state)
     assert_int_equal(parse(&c, 3, half_tls), -1);
     assert_int_equal(parse(&c, 2, stray), -1);
     assert_int_equal(parse(&c, 3, tiny_queue), -1);
+    assert_int_equal(parse(&c, 3, signed_ttl), -1); /* digits only, as written */
+    assert_int_equal(parse(&c, 3, spaced_ttl), -1);
     setenv("FERRY_GRACE_MS", "soon", 1);
     char *plain[] = {"ferry-coordinator", NULL};
     assert_int_equal(parse(&c, 1, plain), -1);
@@ -438,10 +442,11 @@ static void test_rpc_variables_out_of_range_are_refused(void **state)
     char *none[] = {"ferry-coordinator", NULL};
     static const struct {
         const char *env;
-        const char *bad[4];
+        const char *bad[6];
     } cases[] = {
-        {"FERRY_RPC_KEEPALIVE_MS", {"999", "2000001", "soon", ""}},
-        {"FERRY_TLS_REFRESH_S", {"0", "86401", "-1", ""}},
+        /* A space or a sign before the digits, which strtol took. */
+        {"FERRY_RPC_KEEPALIVE_MS", {"999", "2000001", "soon", "", " 20000", "+20000"}},
+        {"FERRY_TLS_REFRESH_S", {"0", "86401", "-1", "", "+60", "60 "}},
     };
     (void)state;
 
@@ -449,7 +454,8 @@ static void test_rpc_variables_out_of_range_are_refused(void **state)
     assert_int_equal(c.rpc_keepalive_ms, 0); /* rpc's default */
     assert_int_equal(c.tls_refresh_s, 0);
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
-        for (size_t j = 0; j < 4; j++) {
+        for (size_t j = 0; j < 6; j++) {
+            print_message("%s='%s'\n", cases[i].env, cases[i].bad[j]);
             setenv(cases[i].env, cases[i].bad[j], 1);
             assert_int_equal(parse(&c, 1, none), -1);
         }

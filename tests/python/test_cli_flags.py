@@ -230,7 +230,7 @@ class ClientEmptyCoordinator(unittest.TestCase):
 
 class CoordinatorFlags(unittest.TestCase):
     BAD = {
-        "--ttl": ["0", "3601", "-1", "99999999999999999999", "x", ""],
+        "--ttl": ["0", "3601", "-1", "99999999999999999999", "x", "", "+5", " 5"],
         "--threads": ["0", "257", "-3", "x"],
         "--grace-ms": ["-1", "600001", "1e3", "x"],
         "--max-connection-age-ms": ["-1", "1", "999", "86400001", "30m", ""],
@@ -271,7 +271,7 @@ class CoordinatorFlags(unittest.TestCase):
         "FERRY_REQUEST_MEMORY_MIB": ["0", "2", "lots"],
         "FERRY_LOG_LEVEL": ["verbose"],
         "FERRY_LOG_FORMAT": ["yaml", "JSON"],
-        "FERRY_RPC_KEEPALIVE_MS": ["999", "2000001", "x"],
+        "FERRY_RPC_KEEPALIVE_MS": ["999", "2000001", "x", " 20000", "+20000"],
         "FERRY_TLS_REFRESH_S": ["0", "86401", "x"],
         "FERRY_LISTEN": ["127.0.0.1:99999", "127.0.0.1:x"],
     }
