@@ -238,7 +238,8 @@ static const struct option options[] = {
  * FERRY_METRICS_LISTEN="" would turn metrics off without a word;
  * FERRY_TLS_CA="" client-certificate checking, and an empty certificate
  * and key all of TLS. The numbers (env_number) and FERRY_RPC_KEEPALIVE_MS
- * and FERRY_TLS_REFRESH_S are refused so too. Not FERRY_ETCD_PASSWORD
+ * and FERRY_TLS_REFRESH_S are refused so too, and FERRY_ETCD_BIN (check).
+ * Not FERRY_ETCD_PASSWORD
  * (read only with --etcd-user, which refuses it empty) nor
  * FERRY_LOG_FORMAT (main.c; empty is text, as in every Ferry program). */
 static const struct {
@@ -699,8 +700,16 @@ static int check_etcd_tls(coord_config_t *c)
 
 static int check(coord_config_t *c)
 {
+    const char *etcd_bin = getenv("FERRY_ETCD_BIN"); /* etcd_child.c reads it */
+
     if (check_set_but_empty(c) != 0 || check_prefix(c->prefix) != 0 ||
         check_listen(c->listen) != 0) {
+        return -1;
+    }
+    if (etcd_bin != NULL && etcd_bin[0] == '\0') {
+        /* As the other settings: the private etcd would fail to exec "". */
+        fprintf(stderr, "ferry-coordinator: FERRY_ETCD_BIN is set but empty: give it the etcd "
+                        "binary's path or unset it (etcd on PATH)\n");
         return -1;
     }
     if (c->max_connection_age_ms > 0 && c->max_connection_age_ms < CONNECTION_AGE_MIN_MS) {

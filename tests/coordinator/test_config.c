@@ -422,6 +422,13 @@ static void test_set_but_empty_is_refused(void **state)
     unsetenv("FERRY_ETCD_USER");
     assert_int_equal(parse(&c, 1, none), 0);
     unsetenv("FERRY_ETCD");
+    /* FERRY_ETCD_BIN, read where the private etcd starts: empty, its exec
+     * of "" failed after the start; refused as the others now. */
+    setenv("FERRY_ETCD_BIN", "", 1);
+    assert_int_equal(parse(&c, 1, none), -1);
+    setenv("FERRY_ETCD_BIN", "/usr/bin/etcd", 1);
+    assert_int_equal(parse(&c, 1, none), 0);
+    unsetenv("FERRY_ETCD_BIN");
     /* The password is read only with a user (and refused empty then). */
     setenv("FERRY_ETCD_PASSWORD", "", 1);
     assert_int_equal(parse(&c, 1, none), 0);

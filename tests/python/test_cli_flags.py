@@ -307,7 +307,8 @@ class CoordinatorFlags(unittest.TestCase):
                 rc, err = run([COORDINATOR], env={name: ""})
                 self.assertEqual(rc, EXIT_USAGE, err)
                 self.assertIn(f"{flag} ({name}) is set but empty", err)
-        for name in ("FERRY_TTL", "FERRY_REQUEST_MEMORY_MIB", "FERRY_MAX_WAITS"):
+        for name in ("FERRY_TTL", "FERRY_REQUEST_MEMORY_MIB", "FERRY_MAX_WAITS",
+                     "FERRY_ETCD_BIN"):
             with self.subTest(name=name):
                 rc, err = run([COORDINATOR], env={name: ""})
                 self.assertEqual(rc, EXIT_USAGE, err)
