@@ -144,12 +144,15 @@ static const char usage[] =
     "                      grpc); leases and auth always use the gateway\n"
     "  --help              this text\n"
     "\n"
-    "Variables without a flag (out of range: exit 2, naming it):\n"
+    "Numbers without a flag (out of range: exit 2, naming it):\n"
     "  FERRY_RPC_KEEPALIVE_MS  ping etcd's gRPC channel this often while a call is\n"
     "                      open, 1000..2000000 (20000)\n"
     "  FERRY_TLS_REFRESH_S read the etcd TLS files again this often for that\n"
     "                      channel, 1..86400 (60)\n"
-    "  FERRY_ETCD_PASSWORD --etcd-user's password\n";
+    "Other variables without a flag:\n"
+    "  FERRY_ETCD_PASSWORD --etcd-user's password (read only with it, which\n"
+    "                      refuses it unset or empty)\n"
+    "  FERRY_ETCD_BIN      the private etcd's binary (etcd on PATH)\n";
 
 enum {
     OPT_LISTEN = 256,
@@ -252,7 +255,7 @@ static const struct {
     {"--etcd", "FERRY_ETCD", "etcd's endpoints", offsetof(coord_config_t, etcd)},
     {"--state-dir", "FERRY_STATE_DIR", "a directory", offsetof(coord_config_t, state_dir)},
     {"--prefix", "FERRY_PREFIX", "a prefix", offsetof(coord_config_t, prefix)},
-    {"--name", "FERRY_NAME", "a name", offsetof(coord_config_t, name)},
+    {"--name", "FERRY_NAME", "the replica's name", offsetof(coord_config_t, name)},
     {"--log-level", "FERRY_LOG_LEVEL", "a level", offsetof(coord_config_t, log_level)},
     {"--etcd-user", "FERRY_ETCD_USER", "a user", offsetof(coord_config_t, etcd_user)},
     {"--etcd-kv-api", "FERRY_ETCD_KV_API", "grpc or gateway",
@@ -656,7 +659,7 @@ static int check_set_but_empty(coord_config_t *c)
         const char *v = *text_setting(c, i);
 
         if (v != NULL && v[0] == '\0') {
-            fprintf(stderr, "ferry-coordinator: %s (%s) is set but empty: name %s or unset it\n",
+            fprintf(stderr, "ferry-coordinator: %s (%s) is set but empty: give it %s or unset it\n",
                     text_settings[i].flag, text_settings[i].env, text_settings[i].what);
             return -1;
         }

@@ -267,6 +267,7 @@ class CoordinatorFlags(unittest.TestCase):
         "FERRY_MAX_WATCHES_PER_PEER": ["-1", "1000001"],
         "FERRY_MAX_WAITS_PER_PEER": ["few"],
         "FERRY_ETCD_READS_PER_PEER": ["-1", "1000001"],
+        "FERRY_ETCD_WRITES_PER_PEER": ["-1", "1000001", "many"],
         "FERRY_HANDSHAKE_TIMEOUT_MS": ["0", "600001"],
         "FERRY_REQUEST_MEMORY_MIB": ["0", "2", "lots"],
         "FERRY_LOG_LEVEL": ["verbose"],
@@ -306,13 +307,16 @@ class CoordinatorFlags(unittest.TestCase):
             with self.subTest(name=name):
                 rc, err = run([COORDINATOR], env={name: ""})
                 self.assertEqual(rc, EXIT_USAGE, err)
-                self.assertIn(f"{flag} ({name}) is set but empty", err)
+                self.assertIn(f"{flag} ({name}) is set but empty: give it ", err)
         for name in ("FERRY_TTL", "FERRY_REQUEST_MEMORY_MIB", "FERRY_MAX_WAITS",
                      "FERRY_ETCD_BIN"):
             with self.subTest(name=name):
                 rc, err = run([COORDINATOR], env={name: ""})
                 self.assertEqual(rc, EXIT_USAGE, err)
                 self.assertIn(f"{name} is set but empty", err)
+        rc, err = run([COORDINATOR], env={"FERRY_NAME": ""})
+        self.assertIn("--name (FERRY_NAME) is set but empty: give it the replica's name or "
+                      "unset it", err)  # it read "name a name"
         rc, err = run([COORDINATOR, "--prefix", "/t/", "--tls-ca", "ca.pem"],
                       env={"FERRY_PREFIX": ""})
         self.assertEqual(rc, EXIT_USAGE, err)
@@ -338,8 +342,15 @@ class CoordinatorFlags(unittest.TestCase):
         p = subprocess.run([COORDINATOR, "--help"], stdout=subprocess.PIPE, text=True,
                            timeout=30)
         self.assertEqual(p.returncode, 0)
-        for name in ("FERRY_RPC_KEEPALIVE_MS", "FERRY_TLS_REFRESH_S", "FERRY_ETCD_PASSWORD"):
+        for name in ("FERRY_RPC_KEEPALIVE_MS", "FERRY_TLS_REFRESH_S", "FERRY_ETCD_PASSWORD",
+                     "FERRY_ETCD_BIN"):
             self.assertIn(name, p.stdout)
+        # The password is no number: listed apart from the numbers' range rule.
+        numbers, _, others = p.stdout.partition("Other variables without a flag:")
+        self.assertIn("Numbers without a flag (out of range", numbers)
+        numbers = numbers.partition("Numbers without a flag")[2]
+        self.assertNotIn("FERRY_ETCD_PASSWORD", numbers)
+        self.assertIn("FERRY_ETCD_PASSWORD", others)
 
     def test_etcd_user_without_its_password_is_usage_error(self):
         """A user without FERRY_ETCD_PASSWORD (unset or empty) is refused at
