@@ -797,15 +797,15 @@ static void handle_list(rpc_call_t *call, const ProtobufCMessage *request, void 
 
 static const rpc_method_t coordinator_methods[] = {
     {"Register", RPC_UNARY, handle_register, 0, true},
-    {"Lookup", RPC_UNARY, handle_lookup, SERVICE_REQUEST_MAX},
+    {"Lookup", RPC_UNARY, handle_lookup, SERVICE_REQUEST_MAX, .reply_refusable = true},
     {"Claim", RPC_UNARY, handle_claim, SERVICE_REQUEST_MAX},
     {"Complete", RPC_UNARY, handle_complete, SERVICE_REQUEST_MAX},
     {"Cancel", RPC_UNARY, handle_cancel, SERVICE_REQUEST_MAX},
     {"Release", RPC_UNARY, handle_release, SERVICE_REQUEST_MAX},
     {"KeepAlive", RPC_UNARY, handle_keepalive, SERVICE_REQUEST_MAX},
     {"Revoke", RPC_UNARY, handle_revoke, SERVICE_REQUEST_MAX},
-    {"Get", RPC_UNARY, handle_get, SERVICE_REQUEST_MAX},
-    {"List", RPC_UNARY, handle_list, SERVICE_REQUEST_MAX},
+    {"Get", RPC_UNARY, handle_get, SERVICE_REQUEST_MAX, .reply_refusable = true},
+    {"List", RPC_UNARY, handle_list, SERVICE_REQUEST_MAX, .reply_refusable = true},
     {"Watch", RPC_SERVER_STREAMING, service_watch, SERVICE_REQUEST_MAX},
 };
 

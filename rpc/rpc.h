@@ -106,6 +106,12 @@ typedef struct {
     /* Keep the request's bytes as they arrived for rpc_call_request_bytes
      * as long as the call; false: freed once the request is decoded. */
     bool keep_request_bytes;
+    /* A read: its reply may be refused RESOURCE_EXHAUSTED, nothing done,
+     * when it would take the bytes calls in progress hold past
+     * max_held_request_bytes (rpc_call_reply). Every reply counts there
+     * until its call is done; a write's (false) is sent all the same, as
+     * what it did is done. */
+    bool reply_refusable;
 } rpc_method_t;
 
 /* Told of every call the server accepts, for metrics. `method` is the

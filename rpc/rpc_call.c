@@ -708,12 +708,63 @@ void rpc__call_on_send(rpc_call_t *call, bool ok)
 
 /* --- the handler's API ------------------------------------------------------ */
 
+/* Counts a reply of len bytes against the server's max_held_request_bytes
+ * with the call's request, until the call is done: a reply waits for its
+ * client's flow-control window, up to RPC_DRAIN_MS, and a Lookup's carries
+ * up to a MiB of metadata, so clients that never read held 2 GiB of
+ * Lookup replies from two connections, counted nowhere (review-s33b H1).
+ * A read's reply (reply_refusable) that would pass the bound is refused
+ * instead: false, with the answer in msg. */
+static bool call_hold_reply(rpc_call_t *call, size_t len, char *msg, size_t cap)
+{
+    rpc_server_t *server = call->server;
+    size_t max = server->max_held_request_bytes, held;
+    static ferry_log_limit_t limit;
+    unsigned quiet;
+
+    if (max == 0) {
+        return true;
+    }
+    pthread_mutex_lock(&call->lock);
+    if (call->state != RPC_CALL_ACTIVE) {
+        pthread_mutex_unlock(&call->lock);
+        return true; /* ended already: call_end sends nothing */
+    }
+    held = atomic_fetch_add(&server->held_request_bytes, len);
+    if (held + len <= max || call->method == NULL || !call->method->reply_refusable) {
+        call->held_bytes += len;
+        pthread_mutex_unlock(&call->lock);
+        return true;
+    }
+    atomic_fetch_sub(&server->held_request_bytes, len);
+    pthread_mutex_unlock(&call->lock);
+    atomic_fetch_add(&server->refused_over_budget, 1); /* for metrics */
+    if (ferry_log_due(&limit, &quiet)) {
+        ferry_info("call %" PRIu64 " %s: reply of %zu bytes to %s refused: calls in progress "
+                   "hold %zu bytes of requests and replies (at most %zu; raise %s); %u more "
+                   "refused since the last line",
+                   call->id, call->path, len, call->peer, held, max, server->max_held_request_name,
+                   quiet);
+    }
+    snprintf(msg, cap,
+             "the server holds %zu bytes of requests and replies in progress, and this reply's "
+             "%zu would pass its bound of %zu (%s); nothing was done; retry later",
+             held, len, max, server->max_held_request_name);
+    return false;
+}
+
 void rpc_call_reply(rpc_call_t *call, const ProtobufCMessage *response)
 {
     grpc_byte_buffer *buf = rpc__pack(response);
+    char msg[320];
 
     if (buf == NULL) {
         call_end(call, NULL, GRPC_STATUS_RESOURCE_EXHAUSTED, FERRY_ERR_NO_MEMORY, "out of memory");
+        return;
+    }
+    if (!call_hold_reply(call, grpc_byte_buffer_length(buf), msg, sizeof(msg))) {
+        grpc_byte_buffer_destroy(buf);
+        call_end(call, NULL, GRPC_STATUS_RESOURCE_EXHAUSTED, FERRY_ERR_RESOURCE_EXHAUSTED, msg);
         return;
     }
     call_end(call, buf, GRPC_STATUS_OK, FERRY_OK, "");
@@ -721,8 +772,14 @@ void rpc_call_reply(rpc_call_t *call, const ProtobufCMessage *response)
 
 void rpc_call_reply_packed(rpc_call_t *call, const void *response, size_t len)
 {
-    grpc_byte_buffer *buf = rpc__pack_raw(response, len);
+    grpc_byte_buffer *buf;
+    char msg[320];
 
+    if (!call_hold_reply(call, len, msg, sizeof(msg))) {
+        call_end(call, NULL, GRPC_STATUS_RESOURCE_EXHAUSTED, FERRY_ERR_RESOURCE_EXHAUSTED, msg);
+        return;
+    }
+    buf = rpc__pack_raw(response, len);
     if (buf == NULL) {
         call_end(call, NULL, GRPC_STATUS_RESOURCE_EXHAUSTED, FERRY_ERR_NO_MEMORY, "out of memory");
         return;

@@ -47,6 +47,7 @@ typedef struct {
     rpc_handler_fn handler;
     size_t max_request_bytes; /* 0: the server's max_message_bytes */
     bool keep_request_bytes;
+    bool reply_refusable;
     void *arg;
     void *registered; /* grpc_server_register_method's handle, once started */
     int arms_owed;    /* re-arms that failed, retried later; server->lock */

@@ -72,6 +72,7 @@ static rpc_method_entry_t *method_entry_new(const ProtobufCServiceDescriptor *se
     row->handler = method->handler;
     row->max_request_bytes = method->max_request_bytes;
     row->keep_request_bytes = method->keep_request_bytes;
+    row->reply_refusable = method->reply_refusable;
     row->arg = arg;
     return row;
 }

@@ -534,6 +534,53 @@ class RequestsHeldTogether(unittest.TestCase):
         self.assertEqual(lookup(body, timeout=30).operation.request_id, "held-1")
 
 
+class RepliesHeldTogether(unittest.TestCase):
+    """A reply counts in --request-memory-mib with its request until the
+    call is done: Lookups of a record carrying 600 KiB of metadata, from a
+    client whose window never opens (SETTINGS_INITIAL_WINDOW_SIZE 0), hold
+    their replies as long as the drain allows (RPC_DRAIN_MS, 10 s); past
+    the bound a Lookup's reply (a read: nothing done) is refused
+    RESOURCE_EXHAUSTED, naming the flag, and the bytes held stay within it.
+    Before, replies counted nowhere: two such connections of 1024 streams
+    held 2 GiB (review-s33b H1), and every Lookup here was held."""
+
+    N = 24  # 4 MiB holds 6 of them
+
+    def test_unread_replies_are_bounded(self):
+        from ferry.v1 import coordinator_pb2 as cpb, types_pb2 as pb
+        self.pb = pb
+        coord = ferry_harness.Coordinator(TMP, ETCD.endpoint, name="replies",
+                                          extra=("--prefix", "/replies/",
+                                                 "--request-memory-mib", "4",
+                                                 "--metrics-listen", "127.0.0.1:0"))
+        coord.start()
+        raw = None
+        try:
+            port = coord.metrics_port()
+            with grpc.insecure_channel(coord.target) as channel:
+                coordinator_pb2_grpc_stub(channel).Register(cpb.RegisterRequest(
+                    request_id="replies-1", access_token=TOKEN, owner="limits",
+                    metadata=LargestRequests.metadata(self, 150)), timeout=30)
+            refused_before = ferry_harness.metric(port, "ferry_limit_refusals_total",
+                                                  limit="request_memory_mib")
+            raw = ferry_harness.RawH2(coord.port, window=0)
+            sids = raw.open("/ferry.v1.Coordinator/Lookup", [cpb.LookupRequest(
+                request_id="replies-1", access_token=TOKEN)] * self.N)
+            # Refused at once (a status needs no window); the rest wait.
+            ferry_harness.wait_until(lambda: raw.ended_count(sids) >= self.N - 7, 8,
+                                     "the Lookups past the bound to be refused")
+            self.assertLessEqual(ferry_harness.metric(port, "ferry_request_bytes_held"), 4 << 20)
+            self.assertGreaterEqual(
+                ferry_harness.metric(port, "ferry_limit_refusals_total",
+                                     limit="request_memory_mib") - refused_before, self.N - 7)
+            with open(coord.log_path) as f:
+                self.assertIn("reply of", f.read())
+        finally:
+            if raw is not None:
+                raw.close()
+            self.assertEqual(coord.stop(), 0)
+
+
 class HalfSentClient:
     """A raw HTTP/2 client that opens `streams` Register calls on one
     connection, declares a gRPC message of `length` bytes in each, and sends
