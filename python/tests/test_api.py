@@ -738,6 +738,29 @@ print(a.status.name, flush=True)
 """
 
 
+def _spawn_stopped_writer(size):
+    """A child process that will write `size` bytes (and 4096 more) over
+    TCP into the metadata it reads from its stdin (_STOPPED_WRITER)."""
+    env = dict(os.environ, UCX_TLS="tcp",
+               PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(ferry.__file__))))
+    return subprocess.Popen([sys.executable, "-c", _STOPPED_WRITER, str(size)], env=env,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+
+def _stop_writer_mid_transfer(child, w, view, deadline):
+    """Gives the child w's metadata, waits for its first bytes in view, and
+    stops it (SIGSTOP) before its last: its puts are still to come."""
+    child.stdin.write(w.metadata().to_json() + "\n")
+    child.stdin.flush()
+    while view[0] == 0 and time.monotonic() < deadline:
+        time.sleep(0.0001)  # polling for the first bytes, with a deadline
+    os.kill(child.pid, signal.SIGSTOP)
+    while not _stopped(child.pid) and time.monotonic() < deadline:
+        time.sleep(0.001)
+    assert _stopped(child.pid)
+    assert view[-1] == 0  # the rest is still to come
+
+
 def test_a_writable_keeps_its_memory_for_a_stopped_writer():
     """The mirror image: a writable closed while its admitted writer is
     stopped mid-transfer (over TCP its puts land when this process takes
@@ -746,10 +769,7 @@ def test_a_writable_keeps_its_memory_for_a_stopped_writer():
     beside a descriptor given by bare address (which has nothing to hold:
     such a writable used to take the path that parked nothing)."""
     size = 256 << 20
-    env = dict(os.environ, UCX_TLS="tcp",
-               PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(ferry.__file__))))
-    child = subprocess.Popen([sys.executable, "-c", _STOPPED_WRITER, str(size)], env=env,
-                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    child = _spawn_stopped_writer(size)
     c = ferry.Connector("from-a-stopped-writer")
     bare = bytearray(4096)
     try:
@@ -757,16 +777,7 @@ def test_a_writable_keeps_its_memory_for_a_stopped_writer():
         ref = weakref.ref(dst)
         w = c.create_writable([ferry.Descriptor(dst),
                                ferry.Descriptor((ferry.Descriptor(bare).ptr, 4096, "cpu"))])
-        child.stdin.write(w.metadata().to_json() + "\n")
-        child.stdin.flush()
-        deadline = time.monotonic() + 60
-        while dst[0] == 0 and time.monotonic() < deadline:
-            time.sleep(0.0001)  # polling for the first bytes, with a deadline
-        os.kill(child.pid, signal.SIGSTOP)
-        while not _stopped(child.pid) and time.monotonic() < deadline:
-            time.sleep(0.001)
-        assert _stopped(child.pid)
-        assert dst[-1] == 0  # the rest is still to come
+        _stop_writer_mid_transfer(child, w, dst, time.monotonic() + 60)
         w.close()
         assert w.status == ferry.OperationStatus.CANCELLED
         del dst
@@ -1518,10 +1529,7 @@ def test_a_forked_child_closes_what_another_thread_is_closing():
     thread is not in the child, and its close used to be waited for without
     end."""
     size = 64 << 20
-    env = dict(os.environ, UCX_TLS="tcp",
-               PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(ferry.__file__))))
-    child = subprocess.Popen([sys.executable, "-c", _STOPPED_WRITER, str(size)], env=env,
-                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    child = _spawn_stopped_writer(size)
     c = ferry.Connector("closed-across-a-fork")
     buf, bare = (ctypes.c_uint8 * size)(), (ctypes.c_uint8 * 4096)()
     view = np.ctypeslib.as_array(buf)
@@ -1529,15 +1537,8 @@ def test_a_forked_child_closes_what_another_thread_is_closing():
     try:
         w = c.create_writable([ferry.Descriptor((ctypes.addressof(buf), size, "cpu")),
                                ferry.Descriptor((ctypes.addressof(bare), 4096, "cpu"))])
-        child.stdin.write(w.metadata().to_json() + "\n")
-        child.stdin.flush()
         deadline = time.monotonic() + 60
-        while view[0] == 0 and time.monotonic() < deadline:
-            time.sleep(0.0001)  # polling for the first bytes, with a deadline
-        os.kill(child.pid, signal.SIGSTOP)
-        while not _stopped(child.pid) and time.monotonic() < deadline:
-            time.sleep(0.001)
-        assert _stopped(child.pid) and view[-1] == 0  # stopped with puts to come
+        _stop_writer_mid_transfer(child, w, view, deadline)
         closer = threading.Thread(target=w.close)
         closer.start()
         while not w.closed and time.monotonic() < deadline:
