@@ -157,6 +157,7 @@ static void sample_metrics(void *arg, coord_metrics_sample_t *out)
         out->refused_request_memory = stats.refused_over_budget;
         out->refused_request_size = stats.refused_oversized;
         out->request_bytes_held = stats.held_request_bytes;
+        out->reply_bytes_held = stats.held_reply_bytes;
         out->limit_request_memory_bytes = stats.max_held_request_bytes;
     }
 }

@@ -60,6 +60,7 @@ typedef struct {
     uint64_t refused_watch_queue;    /* --watch-queue-kib */
     uint64_t refused_etcd_queue;     /* --etcd-inflight + --etcd-queue */
     size_t request_bytes_held;       /* requests' bytes held by calls in progress */
+    size_t reply_bytes_held;         /* reads' replies not yet taken */
     /* The bounds configured (ferry_limit{name}); 0: none. */
     size_t limit_max_waits, limit_max_watches;
     size_t limit_request_memory_bytes, limit_watch_memory_bytes, limit_watch_queue_bytes;

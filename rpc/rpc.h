@@ -106,11 +106,10 @@ typedef struct {
     /* Keep the request's bytes as they arrived for rpc_call_request_bytes
      * as long as the call; false: freed once the request is decoded. */
     bool keep_request_bytes;
-    /* A read: its reply may be refused RESOURCE_EXHAUSTED, nothing done,
-     * when it would take the bytes calls in progress hold past
-     * max_held_request_bytes (rpc_call_reply). Every reply counts there
-     * until its call is done; a write's (false) is sent all the same, as
-     * what it did is done. */
+    /* A read: its reply counts, until its call is done, in a bound as
+     * large as max_held_request_bytes of its own (the replies of reads in
+     * progress), and is refused RESOURCE_EXHAUSTED, nothing done, past it
+     * (rpc_call_reply). false: a write's, sent all the same, uncounted. */
     bool reply_refusable;
 } rpc_method_t;
 
@@ -221,6 +220,7 @@ typedef struct {
     uint64_t refused_oversized;
     uint64_t refused_over_budget;
     size_t held_request_bytes;
+    size_t held_reply_bytes; /* reads' replies not yet taken (reply_refusable) */
     size_t max_held_request_bytes;
 } rpc_server_stats_t;
 void rpc_server_stats(rpc_server_t *server, rpc_server_stats_t *out);

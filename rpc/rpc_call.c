@@ -618,6 +618,10 @@ static void call_maybe_done_locked(rpc_call_t *call)
         atomic_fetch_sub(&call->server->held_request_bytes, call->held_bytes);
         call->held_bytes = 0;
     }
+    if (call->held_reply_bytes > 0) {
+        atomic_fetch_sub(&call->server->held_reply_bytes, call->held_reply_bytes);
+        call->held_reply_bytes = 0;
+    }
     atomic_fetch_sub(&call->server->live_calls, 1);
     atomic_fetch_sub(&call->refs, 1); /* the layer's */
 }
@@ -708,13 +712,17 @@ void rpc__call_on_send(rpc_call_t *call, bool ok)
 
 /* --- the handler's API ------------------------------------------------------ */
 
-/* Counts a reply of len bytes against the server's max_held_request_bytes
- * with the call's request, until the call is done: a reply waits for its
+/* Counts a read's reply (reply_refusable) of len bytes until its call is
+ * done, in a bound of its own as large as max_held_request_bytes, or
+ * refuses it: false, with the answer in msg. A reply waits for its
  * client's flow-control window, up to RPC_DRAIN_MS, and a Lookup's carries
  * up to a MiB of metadata, so clients that never read held 2 GiB of
  * Lookup replies from two connections, counted nowhere (review-s33b H1).
- * A read's reply (reply_refusable) that would pass the bound is refused
- * instead: false, with the answer in msg. */
+ * Apart from the requests' count: counted there, a client pinning it with
+ * replies it never read refused every other call, KeepAlives and health
+ * checks included (review-s33c H1); here it can refuse only reads, which
+ * change nothing and are asked again. A write's reply is sent all the
+ * same, uncounted: what it did is done. */
 static bool call_hold_reply(rpc_call_t *call, size_t len, char *msg, size_t cap)
 {
     rpc_server_t *server = call->server;
@@ -722,7 +730,7 @@ static bool call_hold_reply(rpc_call_t *call, size_t len, char *msg, size_t cap)
     static ferry_log_limit_t limit;
     unsigned quiet;
 
-    if (max == 0) {
+    if (max == 0 || call->method == NULL || !call->method->reply_refusable) {
         return true;
     }
     pthread_mutex_lock(&call->lock);
@@ -730,25 +738,25 @@ static bool call_hold_reply(rpc_call_t *call, size_t len, char *msg, size_t cap)
         pthread_mutex_unlock(&call->lock);
         return true; /* ended already: call_end sends nothing */
     }
-    held = atomic_fetch_add(&server->held_request_bytes, len);
-    if (held + len <= max || call->method == NULL || !call->method->reply_refusable) {
-        call->held_bytes += len;
+    held = atomic_fetch_add(&server->held_reply_bytes, len);
+    if (held + len <= max) {
+        call->held_reply_bytes += len;
         pthread_mutex_unlock(&call->lock);
         return true;
     }
-    atomic_fetch_sub(&server->held_request_bytes, len);
+    atomic_fetch_sub(&server->held_reply_bytes, len);
     pthread_mutex_unlock(&call->lock);
     atomic_fetch_add(&server->refused_over_budget, 1); /* for metrics */
     if (ferry_log_due(&limit, &quiet)) {
-        ferry_info("call %" PRIu64 " %s: reply of %zu bytes to %s refused: calls in progress "
-                   "hold %zu bytes of requests and replies (at most %zu; raise %s); %u more "
-                   "refused since the last line",
+        ferry_info("call %" PRIu64 " %s: reply of %zu bytes to %s refused: the replies of reads "
+                   "in progress hold %zu bytes (at most %zu; raise %s); %u more refused since "
+                   "the last line",
                    call->id, call->path, len, call->peer, held, max, server->max_held_request_name,
                    quiet);
     }
     snprintf(msg, cap,
-             "the server holds %zu bytes of requests and replies in progress, and this reply's "
-             "%zu would pass its bound of %zu (%s); nothing was done; retry later",
+             "the server holds %zu bytes of replies its clients have not taken, and this "
+             "reply's %zu would pass its bound of %zu (%s); nothing was done; retry later",
              held, len, max, server->max_held_request_name);
     return false;
 }

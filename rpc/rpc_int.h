@@ -318,6 +318,7 @@ struct rpc_server {
     int max_message_bytes;
     size_t max_held_request_bytes;    /* 0: none */
     atomic_size_t held_request_bytes; /* by calls dispatched, not yet done */
+    atomic_size_t held_reply_bytes;   /* reads' replies made, calls not yet done */
     char max_held_request_name[48];   /* names it in refusals (rpc.h) */
     /* Requests refused by their method's bound and by
      * max_held_request_bytes since start, for rpc_server_stats. */
@@ -372,6 +373,7 @@ struct rpc_call {
     rpc_server_t *server;
     rpc_method_entry_t *method; /* NULL: armed for unregistered methods */
     size_t held_bytes;          /* counted in server->held_request_bytes until done */
+    size_t held_reply_bytes;    /* counted in server->held_reply_bytes until done */
     uint64_t id;
     grpc_call *gcall;
     gpr_timespec deadline;

@@ -389,6 +389,7 @@ void rpc_server_stats(rpc_server_t *server, rpc_server_stats_t *out)
     out->refused_oversized = atomic_load(&server->refused_oversized);
     out->refused_over_budget = atomic_load(&server->refused_over_budget);
     out->held_request_bytes = atomic_load(&server->held_request_bytes);
+    out->held_reply_bytes = atomic_load(&server->held_reply_bytes);
     out->max_held_request_bytes = server->max_held_request_bytes;
 }
 

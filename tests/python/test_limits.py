@@ -535,14 +535,15 @@ class RequestsHeldTogether(unittest.TestCase):
 
 
 class RepliesHeldTogether(unittest.TestCase):
-    """A reply counts in --request-memory-mib with its request until the
-    call is done: Lookups of a record carrying 600 KiB of metadata, from a
+    """A read's reply counts, until its call is done, in a bound as large as
+    --request-memory-mib of its own: Lookups of a record carrying 600 KiB of metadata, from a
     client whose window never opens (SETTINGS_INITIAL_WINDOW_SIZE 0), hold
     their replies as long as the drain allows (RPC_DRAIN_MS, 10 s); past
     the bound a Lookup's reply (a read: nothing done) is refused
     RESOURCE_EXHAUSTED, naming the flag, and the bytes held stay within it.
     Before, replies counted nowhere: two such connections of 1024 streams
-    held 2 GiB (review-s33b H1), and every Lookup here was held."""
+    held 2 GiB (review-s33b H1), and every Lookup here was held. Their
+    bound is their own: other calls go on (review-s33c H1)."""
 
     N = 24  # 4 MiB holds 6 of them
 
@@ -569,7 +570,15 @@ class RepliesHeldTogether(unittest.TestCase):
             # Refused at once (a status needs no window); the rest wait.
             ferry_harness.wait_until(lambda: raw.ended_count(sids) >= self.N - 7, 8,
                                      "the Lookups past the bound to be refused")
-            self.assertLessEqual(ferry_harness.metric(port, "ferry_request_bytes_held"), 4 << 20)
+            self.assertLessEqual(ferry_harness.metric(port, "ferry_reply_bytes_held"), 4 << 20)
+            self.assertGreater(ferry_harness.metric(port, "ferry_reply_bytes_held"), 0)
+            # The replies' bound is theirs: the requests' still has room, so
+            # other calls (a Register, as a KeepAlive or a health check) go
+            # on (review-s33c H1).
+            with grpc.insecure_channel(coord.target) as channel:
+                coordinator_pb2_grpc_stub(channel).Register(cpb.RegisterRequest(
+                    request_id="replies-2", access_token=TOKEN, owner="limits",
+                    metadata=LargestRequests.metadata(self, 150)), timeout=30)
             self.assertGreaterEqual(
                 ferry_harness.metric(port, "ferry_limit_refusals_total",
                                      limit="request_memory_mib") - refused_before, self.N - 7)
