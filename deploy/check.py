@@ -30,9 +30,10 @@ deploy/Containerfile, without a cluster:
               VIP, through which the coordinator's failover between members
               has nothing to fail over to. terminationGracePeriodSeconds
               above the preStop pause + FERRY_GRACE_MS + the exit's tail;
-              the memory limit at least 100 MiB + 2 x FERRY_REQUEST_MEMORY_MIB
+              the memory limit at least 100 MiB + 3 x FERRY_REQUEST_MEMORY_MIB
               + 32 + 2 x FERRY_WATCH_MEMORY_MIB + memory-backed volumes +
-              the view at etcd's backend quota + 16 MiB for the history,
+              twice the view at etcd's backend quota (a reload builds the
+              new view beside the old) + 16 MiB for the history,
               and FERRY_REQUEST_MEMORY_MIB above FERRY_MAX_WAITS x 16 KiB;
               each setting from its flag in args (which wins), else a
               literal in env, else its default: valueFrom or envFrom fail
@@ -1067,12 +1068,18 @@ def check_coordinator_memory(ctx, where, spec, c, env):
     quota = etcd_quota_bytes(ctx)
     if quota is None:
         return   # check_etcd says why
-    view = -(-quota // 2**20)
-    bounds = (COORDINATOR_BASELINE_MIB + 2 * request + COORDINATOR_QUOTA_SLACK_MIB + 2 * watch
+    # Twice the view: a reload (a watch that fell behind a compaction, every
+    # replica at once) reads the new view's pages and builds it while the
+    # old one serves (review-s33c M2).
+    view = 2 * -(-quota // 2**20)
+    # The requests held, gRPC's quota beside them, and the reads' replies,
+    # a bound of their own as large (review-s33c H1).
+    bounds = (COORDINATOR_BASELINE_MIB + 3 * request + COORDINATOR_QUOTA_SLACK_MIB + 2 * watch
               + volumes)
     if limit_bytes / 2**20 < bounds + view + COORDINATOR_HISTORY_MIB:
-        fail(where, "memory limit %s is under %d MiB + %d MiB for the view (etcd's backend quota, "
-             "its only bound) + %d for the history: %d baseline + 2 x FERRY_REQUEST_MEMORY_MIB "
+        fail(where, "memory limit %s is under %d MiB + %d MiB for the view (twice etcd's backend "
+             "quota, its only bound: a reload builds it beside the old) + %d for the history: "
+             "%d baseline + 3 x FERRY_REQUEST_MEMORY_MIB "
              "(%d) + %d + 2 x FERRY_WATCH_MEMORY_MIB (%d) + %d of memory-backed volumes; the "
              "kernel kills every replica at once before its bounds answer"
              % (limit, bounds, view, COORDINATOR_HISTORY_MIB, COORDINATOR_BASELINE_MIB, request,

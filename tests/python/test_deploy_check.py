@@ -375,33 +375,35 @@ class DeployCheckCatches(unittest.TestCase):
 
     def test_coordinator_memory_limit_under_its_bounds(self):
         """The limit the base shipped (512Mi) under the bounds it sets: 100
-        MiB + 2 x 192 + 32 + 2 x 64 + the 16Mi /tmp is 660 MiB before the
+        MiB + 3 x 192 + 32 + 2 x 64 + the 16Mi /tmp is 852 MiB before the
         view, so the kernel killed the replica before its bounds answered;
-        and the Watch bound at its default under the same 2Gi."""
+        and the Watch bound at its default under the same 3Gi."""
         coord = os.path.join(self.k8s, "base", "coordinator.yaml")
         limits = "limits:\n              cpu: \"2\"\n              memory: %s\n"
-        edit(coord, limits % "2Gi", limits % "512Mi")
+        edit(coord, limits % "3Gi", limits % "512Mi")
         self.assertFails(r"overlays/dev Deployment/ferry-coordinator container coordinator: "
-                         r"memory limit 512Mi is under 660 MiB \+ 1024 MiB for the view")
-        edit(coord, limits % "512Mi", limits % "2Gi")
+                         r"memory limit 512Mi is under 852 MiB \+ 2048 MiB for the view")
+        edit(coord, limits % "512Mi", limits % "3Gi")
         edit(coord, "- name: FERRY_WATCH_MEMORY_MIB\n              value: \"64\"",
              "- name: FERRY_WATCH_MEMORY_MIB\n              value: \"256\"")
         self.assertFails(r"overlays/prod Deployment/ferry-coordinator container coordinator: "
-                         r"memory limit 2Gi is under 1044 MiB \+ 1024 MiB for the view")
+                         r"memory limit 3Gi is under 1236 MiB \+ 2048 MiB for the view")
 
     def test_coordinator_memory_limit_under_the_view_at_etcds_quota(self):
         """The view's only bound is etcd's backend quota, and every replica
         holds the same view: the 1Gi the base shipped left 364 MiB for a
         view the 1 GiB quota let grow to 1 GiB, and all replicas were killed
-        together (review-s33b M3). A quota raised without the coordinators'
-        limit fails too, read from the etcd manifest."""
+        together (review-s33b M3); a reload holds it twice (review-s33c M2).
+        A quota raised without the coordinators' limit fails too, read from
+        the etcd manifest."""
         coord = os.path.join(self.k8s, "base", "coordinator.yaml")
         limits = "limits:\n              cpu: \"2\"\n              memory: %s\n"
-        edit(coord, limits % "2Gi", limits % "1Gi")
+        edit(coord, limits % "3Gi", limits % "2Gi")
         self.assertFails(r"overlays/dev Deployment/ferry-coordinator container coordinator: "
-                         r"memory limit 1Gi is under 660 MiB \+ 1024 MiB for the view \(etcd's "
-                         r"backend quota, its only bound\) \+ 16 for the history")
-        edit(coord, limits % "1Gi", limits % "2Gi")
+                         r"memory limit 2Gi is under 852 MiB \+ 2048 MiB for the view \(twice "
+                         r"etcd's backend quota, its only bound: a reload builds it beside the "
+                         r"old\) \+ 16 for the history")
+        edit(coord, limits % "2Gi", limits % "3Gi")
         self.assertEqual(self.check().returncode, 0)
         edit(os.path.join(self.k8s, "overlays", "prod", "etcd-tls.yaml"),
              "--quota-backend-bytes=1073741824",
@@ -409,7 +411,7 @@ class DeployCheckCatches(unittest.TestCase):
         r = self.check()
         self.assertEqual(r.returncode, 1, r.stdout + r.stderr)
         self.assertRegex(r.stderr, r"overlays/prod Deployment/ferry-coordinator container "
-                                   r"coordinator: memory limit 2Gi is under 660 MiB \+ 2048 MiB "
+                                   r"coordinator: memory limit 3Gi is under 852 MiB \+ 4096 MiB "
                                    r"for the view")
         self.assertNotRegex(r.stderr, r"overlays/dev Deployment/ferry-coordinator")  # 1 GiB
 
@@ -437,7 +439,7 @@ class DeployCheckCatches(unittest.TestCase):
                          r"FERRY_REQUEST_MEMORY_MIB comes from valueFrom, not a literal; check\.py "
                          r"cannot verify the memory limit against it")
         r = self.check()
-        self.assertNotIn("memory limit 2Gi is under", r.stderr)
+        self.assertNotIn("memory limit 3Gi is under", r.stderr)
         edit(coord, "- name: FERRY_MAX_WAITS\n              value: \"10000\"\n", "")
         edit(coord, "          imagePullPolicy: IfNotPresent\n",
              "          imagePullPolicy: IfNotPresent\n"
@@ -448,15 +450,15 @@ class DeployCheckCatches(unittest.TestCase):
     def test_coordinator_settings_in_args(self):
         """A flag in args wins over the variable in the coordinator, and
         check.py read only the variable: --request-memory-mib 4096 under the
-        2Gi limit passed, as did --grace-ms=20000 under 30 s (review-s33b
+        limit passed, as did --grace-ms=20000 under 30 s (review-s33b
         L1)."""
         coord = os.path.join(self.k8s, "base", "coordinator.yaml")
         edit(coord, "          imagePullPolicy: IfNotPresent\n",
              "          imagePullPolicy: IfNotPresent\n"
              "          args: [\"--request-memory-mib\", \"4096\", \"--grace-ms=20000\"]\n")
         self.assertFails(r"overlays/dev Deployment/ferry-coordinator container coordinator: "
-                         r"memory limit 2Gi is under 8468 MiB",
-                         r"2 x FERRY_REQUEST_MEMORY_MIB \(4096\)",
+                         r"memory limit 3Gi is under 12564 MiB",
+                         r"3 x FERRY_REQUEST_MEMORY_MIB \(4096\)",
                          r"terminationGracePeriodSeconds 30 is not above the preStop pause "
                          r"\(5000 ms\) \+ FERRY_GRACE_MS \(20000\)")
 
