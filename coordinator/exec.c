@@ -8,7 +8,8 @@
  * against max_queued), n_urgent the urgent ones (against max_queued of
  * their own, at least n_workers); n_running the jobs a worker has taken and not finished;
  * urgent_streak the urgent jobs taken in a row while another waited,
- * never more than one (exec_take). Once `stopping` is set nothing is
+ * never more than one, or n_workers while the urgent lane is over half
+ * full (exec_take). Once `stopping` is set nothing is
  * added, and the workers leave when the list is empty.
  *
  * Threads: `lock` guards everything below it in struct coord_exec; `cond`
@@ -49,16 +50,26 @@ struct coord_exec {
     bool stopped; /* workers joined */
 };
 
+/* The queue's room for a job of the lane `urgent`: max_queued, and for the
+ * urgent lane (renewals) at least n_workers: with max_queued 0, meant to
+ * shed writes, every renewal was refused while the workers were busy, and
+ * leases expired under the load it was to shed (audit-s33-operator L2). */
+static int lane_room(const coord_exec_t *exec, bool urgent)
+{
+    return urgent && exec->max_queued < exec->n_workers ? exec->n_workers : exec->max_queued;
+}
+
 /* The next job a worker takes: the head (the oldest urgent job, else the
  * oldest other), but while both kinds wait, urgent and other in turn: an
  * urgent job taken while another waited (urgent_streak) is followed by the
- * oldest other. Renewals so never wait behind more than one write each,
- * however full the write queue, and writes keep half the takes however
- * many renewals keep coming: a client renewing its own lease from many
- * connections, faster than etcd answers, kept every other job waiting
- * until its deadline (audit-s33 M1), and with n_workers renewals in a row
- * allowed, it still held the writes to one take in n_workers + 1
- * (review-s33b M2). */
+ * oldest other; while the urgent lane is over half full, n_workers urgent
+ * ones are. Writes so keep half the takes however many renewals keep
+ * coming (a client renewing its own lease from many connections, faster
+ * than etcd answers, kept every other job waiting until its deadline:
+ * audit-s33 M1; n_workers renewals in a row always held the writes to one
+ * take in n_workers + 1: review-s33b M2), and renewals that pile up under
+ * a write flood still get n_workers of every n_workers + 1 takes, as their
+ * refusal lets leases expire (review-s33c M1). */
 static exec_job_t *exec_take(coord_exec_t *exec)
 {
     exec_job_t **at = &exec->head;
@@ -67,7 +78,8 @@ static exec_job_t *exec_take(coord_exec_t *exec)
 
     if (other == NULL || !exec->head->urgent) {
         exec->urgent_streak = 0; /* none waits behind the urgent ones, or none is urgent */
-    } else if (exec->urgent_streak < 1) {
+    } else if (exec->urgent_streak <
+               (2 * exec->n_urgent > lane_room(exec, true) ? exec->n_workers : 1)) {
         exec->urgent_streak++;
     } else {
         exec->urgent_streak = 0;
@@ -157,15 +169,6 @@ err_free:
     free(exec->workers);
     free(exec);
     return FERRY_ERR_NO_MEMORY;
-}
-
-/* The queue's room for a job of the lane `urgent`: max_queued, and for the
- * urgent lane (renewals) at least n_workers: with max_queued 0, meant to
- * shed writes, every renewal was refused while the workers were busy, and
- * leases expired under the load it was to shed (audit-s33-operator L2). */
-static int lane_room(const coord_exec_t *exec, bool urgent)
-{
-    return urgent && exec->max_queued < exec->n_workers ? exec->n_workers : exec->max_queued;
 }
 
 ferry_status_t coord_exec_submit(coord_exec_t *exec, coord_job_fn fn, void *arg, unsigned flags)

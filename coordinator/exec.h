@@ -50,7 +50,8 @@ enum {
     /* Internal work that must not be lost: queued beyond max_queued. */
     COORD_EXEC_MUST = 1u << 0,
     /* Ahead of the jobs that are not urgent, in turn with them while both
-     * wait; max_queued of its own, at least n_workers. */
+     * wait (n_workers to one while its lane is over half full); max_queued
+     * of its own, at least n_workers. */
     COORD_EXEC_URGENT = 1u << 1,
 };
 

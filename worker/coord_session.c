@@ -312,6 +312,21 @@ static ferry_status_t cancel_passive(coord_link_t *link, const char *reason)
  * (ferry__coord_not_taken) are sent again: they are the session thread's, which has no interrupt
  * check, or disconnect's last tries, where an interrupt ends the loop before any retry. */
 
+/* A call not taken (ferry__coord_not_taken) that will be sent again: a
+ * refusal for a bound (RESOURCE_EXHAUSTED: a full queue or share, or etcd
+ * out of space, which only an operator ends) warns the first time, so an
+ * operator hears of it; the rest, and calls that got no answer, are
+ * debug lines. */
+static void log_not_taken(const coord_link_t *link, const char *what, int tries,
+                          ferry_status_t status, const rpc_error_t *err)
+{
+    if (status == FERRY_ERR_RESOURCE_EXHAUSTED && tries == 0) {
+        ferry_warn("op %s: %s refused (%s); trying again", link->request_id, what, err->message);
+    } else {
+        ferry_debug("op %s: %s not taken (%s); trying again", link->request_id, what, err->message);
+    }
+}
+
 /* The owner is done with a passive operation: its record goes, after the
  * Cancel it still owes (cancel_due: destroyed unfinished).
  * The writer may not have reported its Complete yet (the record is then
@@ -360,8 +375,7 @@ bool ferry__coord_release_passive(coord_link_t *link)
         return false;
     }
     if (status == FERRY_ERR_FAILED_PRECONDITION || ferry__coord_not_taken(status)) {
-        link->release_tries++;
-        ferry_debug("op %s: not released (%s); trying again", link->request_id, err.message);
+        log_not_taken(link, "release", link->release_tries++, status, &err);
         return false;
     }
     if (status != FERRY_ERR_NOT_FOUND) {
@@ -404,8 +418,7 @@ bool ferry__coord_report_active(coord_link_t *link)
         return true;
     }
     if (ferry__coord_not_taken(status)) {
-        link->report_tries++;
-        ferry_debug("op %s: report not taken (%s); trying again", link->request_id, err.message);
+        log_not_taken(link, "report", link->report_tries++, status, &err);
         return false;
     }
     if (status != FERRY_ERR_FAILED_PRECONDITION && status != FERRY_ERR_NOT_FOUND &&
