@@ -12,16 +12,18 @@
  *     what causes it (one per claim that expired, one per failed call);
  *   - urgent work (COORD_EXEC_URGENT: lease renewals, which keep every
  *     record of a worker alive) goes ahead of the jobs that are not urgent
- *     and has a bound of its own (max_queued urgent jobs waiting), so a
- *     queue full of Registers or Claims neither refuses nor delays it
- *     behind them until leases expire; but only n_workers urgent jobs in a
- *     row while another waits, then the oldest other job runs, so that a
- *     stream of renewals never starves the rest (audit-s33 M1);
+ *     and has a bound of its own (max_queued urgent jobs waiting, at least
+ *     n_workers), so a queue full of Registers or Claims neither refuses
+ *     nor delays it behind them until leases expire; but while others
+ *     wait, urgent and other jobs take turns (n_workers urgent ones to one
+ *     other while the urgent lane is over half full), so that a stream of
+ *     renewals never starves nor throttles the rest (audit-s33 M1,
+ *     review-s33b M2, review-s33c M1);
  *   - a frozen etcd holds the workers, not the threads that answer Health,
  *     Lookup, Get and List.
  *
- * Jobs run in the order they were submitted, urgent ones first (one other
- * after every n_workers urgent ones taken while it waited). A job is a
+ * Jobs run in the order they were submitted, urgent ones first (in turn
+ * with the others while both wait: exec_take). A job is a
  * function and its argument, called exactly once: with run = true on a worker, or with
  * run = false when the queue stops before a worker took it (the job then
  * only releases what it holds, failing its call if it has one).

@@ -656,7 +656,8 @@ static void do_keepalive(coord_service_t *svc, rpc_call_t *call, const ProtobufC
 }
 
 /* A renewal keeps every record of a worker alive: it goes ahead of the
- * Registers and Claims waiting for an etcd worker, with a bound of its own
+ * Registers and Claims waiting for an etcd worker (in turn with them while
+ * both wait: exec.h), with a bound of its own
  * (COORD_EXEC_URGENT), so a burst of writes that fills the queue does not
  * let leases expire; and each host has a share of renewals of its own, so
  * that one renewing its own lease from many connections holds no more of
