@@ -203,7 +203,11 @@ typedef struct {
      * whose two ends differ here ("error handling level mismatch"), and the
      * transfer then ends with its wait's timeout. Make it a deployment-wide
      * setting. Unset: false (fastest transports; every wait still has its
-     * timeout). */
+     * timeout). But false, a peer that dies mid-transfer can take this
+     * process down with it: UCX 1.13 treats a transport error on an endpoint
+     * without error handling as fatal (a TCP writer killed mid-put aborted
+     * its receiver, "Fatal: unexpected error: Endpoint timeout" in
+     * ucp_put_handler, seconds later). Set it where peers may die. */
     bool peer_error_handling;
     /* How long (microseconds) the progress loop keeps polling UCX after the
      * last sign of activity before it sleeps on the worker's event fd, and
