@@ -194,14 +194,16 @@ class AWaitingWorkerAsksAgain(ferry_harness.ClusterTestCase):
         """Refused for all of its wait, the sender ends with the refusal,
         not NOT_FOUND or TIMED_OUT: no look follows a pause that reaches
         the end of the wait (review-s32b M1: one sent with wait_ms 0 was
-        answered NOT_FOUND)."""
+        answered NOT_FOUND). A --timeout of 3 s, not 1: on a loaded machine
+        the first look's answer came after a second, and the wait ended
+        TIMED_OUT before any refusal."""
         raw = ferry_harness.RawH2(self.coord.port)
         try:
             lookups = self.hold_the_share(raw)
             for rid in ("nobody-1", "nobody-2", "nobody-3"):
                 sender = subprocess.run(
                     [WORKER, "send", "--coordinator", self.coord.target, "--request-id", rid,
-                     "--size", "4096", "--token", "late-token-0123456789", "--timeout", "1",
+                     "--size", "4096", "--token", "late-token-0123456789", "--timeout", "3",
                      "--quiet"], capture_output=True, text=True, timeout=60)
                 self.assertIn("FERRY_ERR_RESOURCE_EXHAUSTED", sender.stderr)
                 self.assertNotIn("NOT_FOUND", sender.stderr)
