@@ -27,6 +27,8 @@
  *       waits for them in order, and the figure is the wall clock from the
  *       first timed begin to the last end: a stream of operations, as
  *       ucx_perftest streams puts. Not with --trace.
+ *       --peer-errors on|off: both connectors' peer_error_handling
+ *       (unset: the library's default).
  *   --create --size S [--iters N]
  *       operation creation on registered memory: ferry_mem_register of an
  *       S-byte buffer once (the first registration, timed), then N
@@ -99,6 +101,7 @@ typedef struct {
     long window; /* operations in flight per pair (--window; 1) */
     bool caller_progress;
     unsigned spin_us; /* resolved: --spin-us, else FERRY_SPIN_US, else the default */
+    int peer_errors;  /* --peer-errors on (1) / off (0); -1: the library's default */
     const char *coord;
     /* --cpu-pid NAME=PID (latency): processes whose CPU per cycle is
      * reported beside the receiver's and the sender's (etcd, a coordinator) */
@@ -218,6 +221,10 @@ static ferry_connector_t *bench_connector(const bench_args_t *a, const char *nam
     params.name = name;
     params.spin_us = a->spin_us;
     params.progress_mode = a->caller_progress ? FERRY_PROGRESS_CALLER : FERRY_PROGRESS_THREAD;
+    if (a->peer_errors >= 0) {
+        params.field_mask |= FERRY_CONNECTOR_PARAM_FIELD_PEER_ERROR_HANDLING;
+        params.peer_error_handling = a->peer_errors == 1;
+    }
     if (a->trace && strcmp(name, "bench-active") == 0) {
         params.field_mask |=
             FERRY_CONNECTOR_PARAM_FIELD_LOG_LEVEL | FERRY_CONNECTOR_PARAM_FIELD_LOG_CB;
@@ -522,14 +529,17 @@ static int run_bandwidth(const bench_args_t *a)
         /* A traced run pays for its debug lines: kept out of the tables. */
         printf("{\"bench\":\"%s\",\"impl\":\"%s\",\"op\":\"%s\",\"size\":%llu,\"descs\":%d,"
                "\"pairs\":%d,\"window\":%ld,\"iters\":%ld,\"progress\":\"%s\",\"spin_us\":%u,"
-               "\"gbps\":%.3f,\"us_per_op\":%.1f}\n",
+               "\"peer_errors\":\"%s\",\"gbps\":%.3f,\"us_per_op\":%.1f}\n",
                a->trace ? "data-traced" : "data",
                strcmp(a->mem, "user") == 0     ? "ferry"
                : strcmp(a->mem, "region") == 0 ? "ferry-region"
                                                : "ferry-alloc",
                a->op, (unsigned long long)a->size, a->descs, a->pairs, a->window, a->iters,
-               a->caller_progress ? "caller" : "thread", a->spin_us, gbps,
-               worst * 1e6 / (double)a->iters);
+               a->caller_progress ? "caller" : "thread", a->spin_us,
+               a->peer_errors < 0 ? "default"
+               : a->peer_errors   ? "on"
+                                  : "off",
+               gbps, worst * 1e6 / (double)a->iters);
     }
     return rc;
 }
@@ -952,7 +962,7 @@ static void usage(void)
     fprintf(stderr, "usage: ferry_bench_data --op write|read --size S [--descs D] [--iters N]\n"
                     "                        [--warmup N] [--pairs P] [--progress thread|caller]\n"
                     "                        [--spin-us N] [--mem user|region|alloc] [--trace]\n"
-                    "                        [--window W]\n"
+                    "                        [--window W] [--peer-errors on|off]\n"
                     "       ferry_bench_data --create --size S [--iters N]\n"
                     "       ferry_bench_data --memcpy --size S [--iters N]\n"
                     "       ferry_bench_data --latency --coord HOST:PORT [--iters N] [--warmup N]\n"
@@ -979,6 +989,7 @@ static int parse_args(int argc, char **argv, bench_args_t *a)
         {"trace", no_argument, NULL, 'T'},
         {"window", required_argument, NULL, 'W'},
         {"cpu-pid", required_argument, NULL, 'P'},
+        {"peer-errors", required_argument, NULL, 'E'},
         {NULL, 0, NULL, 0},
     };
     const char *spin_env = getenv("FERRY_SPIN_US");
@@ -991,6 +1002,7 @@ static int parse_args(int argc, char **argv, bench_args_t *a)
                         .warmup = 3,
                         .pairs = 1,
                         .window = 1,
+                        .peer_errors = -1,
                         .mem = "user"};
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
         switch (c) {
@@ -1035,6 +1047,12 @@ static int parse_args(int argc, char **argv, bench_args_t *a)
                 return -1;
             }
             a->mem = optarg;
+            break;
+        case 'E':
+            if (strcmp(optarg, "on") != 0 && strcmp(optarg, "off") != 0) {
+                return -1;
+            }
+            a->peer_errors = strcmp(optarg, "on") == 0;
             break;
         case 'C':
             a->create_mode = true;
