@@ -722,6 +722,7 @@ static ferry_status_t apply_params(ferry_connector_t *c, const ferry_connector_p
     }
     snprintf(c->name, sizeof(c->name), "%.40s:%d", c->hostname, (int)getpid());
     c->mode = FERRY_PROGRESS_THREAD;
+    c->peer_error_handling = true;
     if (mask & FERRY_CONNECTOR_PARAM_FIELD_NAME) {
         if (params->name == NULL || params->name[0] == '\0' ||
             strlen(params->name) >= sizeof(c->name)) {
@@ -783,17 +784,71 @@ static void check_ucx_version(void)
     }
 }
 
+/* Whether UCX_TLS (a list, or "^" and the ones left out) names a token. */
+static bool tls_names(const char *tls, const char *name)
+{
+    size_t n = strlen(name);
+
+    for (const char *p = tls; *p != '\0'; p += strcspn(p, ",")) {
+        p += *p == ',' || *p == '^';
+        if (strncmp(p, name, n) == 0 && (p[n] == '\0' || p[n] == ',' || p[n] == ':')) {
+            return true;
+        }
+    }
+    return false;
+}
+
+/* Whether to have UCX 1.13's shared-memory transports (posix, sysv) offer
+ * peer failure detection: with peer error handling they are otherwise left
+ * out, and a transfer between two processes of one host goes over TCP (10x
+ * slower here: bench/NOTES.md). They check the peer as cma does (its pid's
+ * start time). Not where the environment decides (UCX_POSIX_ERROR_HANDLING,
+ * UCX_SYSV_ERROR_HANDLING) or UCX_TLS leaves them out: UCX warns about a
+ * setting no transport took. */
+static bool shm_error_handling_wanted(const ferry_connector_t *c)
+{
+    const char *tls = getenv("UCX_TLS");
+    bool shm_named;
+
+    if (!c->peer_error_handling || getenv("UCX_POSIX_ERROR_HANDLING") != NULL ||
+        getenv("UCX_SYSV_ERROR_HANDLING") != NULL) {
+        return false;
+    }
+    if (tls == NULL || tls[0] == '\0') {
+        return true;
+    }
+    shm_named = tls_names(tls, "sm") || tls_names(tls, "shm") || tls_names(tls, "mm");
+    if (tls[0] == '^') {
+        return !shm_named && !(tls_names(tls, "posix") && tls_names(tls, "sysv"));
+    }
+    return shm_named || tls_names(tls, "all") || tls_names(tls, "posix") || tls_names(tls, "sysv");
+}
+
 static ferry_status_t open_context(ferry_connector_t *c)
 {
     ucp_params_t params = {0};
     ucp_context_attr_t attr = {0};
+    ucp_config_t *config = NULL;
     ucs_status_t status;
 
     check_ucx_version();
 
     params.field_mask = UCP_PARAM_FIELD_FEATURES;
     params.features = UCP_FEATURE_RMA | UCP_FEATURE_AM | UCP_FEATURE_WAKEUP;
-    status = ucp_init(&params, NULL, &c->context);
+    status = ucp_config_read(NULL, NULL, &config);
+    if (status != UCS_OK) {
+        return ucx_fail(c, "ucp_config_read", status);
+    }
+    if (shm_error_handling_wanted(c)) {
+        /* A UCT setting, for every transport that has it: posix and sysv. */
+        status = ucp_config_modify(config, "MM_ERROR_HANDLING", "y");
+        if (status != UCS_OK) {
+            ucp_config_release(config);
+            return ucx_fail(c, "ucp_config_modify MM_ERROR_HANDLING", status);
+        }
+    }
+    status = ucp_init(&params, config, &c->context);
+    ucp_config_release(config);
     if (status != UCS_OK) {
         return ucx_fail(c, "ucp_init", status);
     }

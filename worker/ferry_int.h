@@ -133,6 +133,7 @@ typedef struct {
     const uint8_t *key;                /* FERRY__KEY_LEN bytes */
     const char *worker_name;
     const char *hostname;
+    bool peer_error_handling; /* the connector's (metadata field 9) */
 } ferry__metadata_build_t;
 
 ferry_status_t ferry__metadata_encode(const ferry__metadata_build_t *build, uint8_t **bytes_p,
@@ -164,6 +165,7 @@ typedef struct {
     uint8_t key[FERRY__KEY_LEN];           /* the passive operation */
     uint64_t op_id;                        /* the active operation (CLAIM, ADMIT) */
     uint8_t op_kind;                       /* CLAIM: FERRY__KIND_WRITE or _READ */
+    bool peer_errors;                      /* CLAIM: the claimant's peer_error_handling */
     ferry_status_t status;                 /* ADMIT, NOTICE, CREDIT; decoded:
                                             * ferry__msg_peer_status's */
     uint8_t nonce[FERRY__NONCE_LEN];       /* ADMIT (admitted), NOTICE, CHUNK: the admission */

@@ -149,6 +149,9 @@ static const char *refusal_reason(ferry_status_t code)
     case FERRY_ERR_INVALID_ARGUMENT:
         return "the metadata does not name its operation's memory (edited?), or names an "
                "operation of the other kind";
+    case FERRY_ERR_FAILED_PRECONDITION:
+        return "the operation is not open to a claim (claimed or ended), or the two sides differ "
+               "in peer_error_handling";
     default:
         return ferry_status_string(code);
     }
@@ -384,6 +387,7 @@ static void send_claim(ferry_op_t *op, const ferry__range_t *ranges, uint32_t n_
     memcpy(msg.key, op->md->notification_key.data, FERRY__KEY_LEN);
     msg.op_id = op->id;
     msg.op_kind = (uint8_t)op->kind;
+    msg.peer_errors = c->peer_error_handling;
     memcpy(msg.claim_nonce, op->claim_nonce, FERRY__NONCE_LEN); /* what the answer must carry */
     msg.address = (const uint8_t *)c->address;
     msg.address_len = c->address_len;
@@ -420,6 +424,26 @@ static int32_t direct_device(ferry_connector_t *c, const ferry_descriptor_t *loc
     return device;
 }
 
+/* Whether the passive side's endpoints ask for peer failure detection as
+ * this connector's do: UCX 1.13 cannot connect two workers that differ,
+ * and a passive side that differs would, opening its endpoint back to this
+ * one, destroy the endpoint our puts arrive on, under them (UCX asserts, or
+ * uses freed memory). So this side refuses before it connects, and the
+ * passive side refuses a claim that says otherwise (op_passive.c). */
+static ferry_status_t peer_errors_match(const ferry_connector_t *c,
+                                        const Ferry__V1__RdmaMetadata *md)
+{
+    if (md->peer_error_handling == c->peer_error_handling) {
+        return FERRY_OK;
+    }
+    return ferry__fail(FERRY_ERR_FAILED_PRECONDITION,
+                       "metadata.peer_error_handling: the passive side's is %s, connector %s's is "
+                       "%s; UCX 1.13 cannot connect the two (set peer_error_handling alike on "
+                       "every worker)",
+                       md->peer_error_handling ? "on" : "off", c->name,
+                       c->peer_error_handling ? "on" : "off");
+}
+
 /* Takes ownership of md in every case. */
 static ferry_status_t active_begin(ferry_connector_t *c, ferry__op_kind_t kind,
                                    const ferry_descriptor_t *local, size_t n,
@@ -439,6 +463,9 @@ static ferry_status_t active_begin(ferry_connector_t *c, ferry__op_kind_t kind,
     }
     if (status == FERRY_OK) {
         status = ferry__staged_check_remote(c, md);
+    }
+    if (status == FERRY_OK) {
+        status = peer_errors_match(c, md);
     }
     if (status == FERRY_OK) {
         status = ferry__op_alloc(c, kind, local, n, &op);

@@ -140,6 +140,7 @@ static ferry_status_t register_staged(ferry_op_t *op)
     build.key = op->key;
     build.worker_name = c->name;
     build.hostname = c->hostname;
+    build.peer_error_handling = c->peer_error_handling;
     status = ferry__metadata_encode(&build, &op->metadata, &op->metadata_len);
     if (status != FERRY_OK) {
         ferry__staged_release(op);
@@ -216,6 +217,7 @@ static ferry_status_t register_all(ferry_op_t *op)
     build.key = op->key;
     build.worker_name = c->name;
     build.hostname = c->hostname;
+    build.peer_error_handling = c->peer_error_handling;
     status = ferry__metadata_encode(&build, &op->metadata, &op->metadata_len);
     if (status != FERRY_OK) {
         goto err_unmap;
@@ -465,6 +467,12 @@ static ferry_status_t admission(const ferry_op_t *op, const ferry__msg_t *msg)
     }
     if (wants_write != (op->kind == FERRY__KIND_WRITABLE)) {
         return FERRY_ERR_INVALID_ARGUMENT;
+    }
+    if (msg->peer_errors != op->connector->peer_error_handling) {
+        /* Opening an endpoint back to a claimant whose own endpoint
+         * differs here makes UCX 1.13 destroy that endpoint under the
+         * claimant's puts (op_active.c, peer_errors_match). */
+        return FERRY_ERR_FAILED_PRECONDITION;
     }
     if (!claim_names_own_memory(op, msg)) {
         return FERRY_ERR_INVALID_ARGUMENT; /* metadata that is not op's */

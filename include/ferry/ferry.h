@@ -197,17 +197,24 @@ typedef struct {
     ferry_progress_mode_t progress_mode;
     /* true: endpoints ask UCX for peer failure detection
      * (UCP_ERR_HANDLING_MODE_PEER), so a peer that dies turns the operations
-     * using it ERRORED instead of waiting for their timeout. UCX 1.13 then
-     * uses no shared-memory transport for those endpoints (TCP instead).
-     * Both sides of a transfer must agree: UCX 1.13 refuses an endpoint
-     * whose two ends differ here ("error handling level mismatch"), and the
-     * transfer then ends with its wait's timeout. Make it a deployment-wide
-     * setting. Unset: false (fastest transports; every wait still has its
-     * timeout). But false, a peer that dies mid-transfer can take this
-     * process down with it: UCX 1.13 treats a transport error on an endpoint
-     * without error handling as fatal (a TCP writer killed mid-put aborted
-     * its receiver, "Fatal: unexpected error: Endpoint timeout" in
-     * ucp_put_handler, seconds later). Set it where peers may die. */
+     * using it ERRORED instead of waiting for their timeout, and a write or
+     * read stuck on a stalled peer can be closed by force. UCX 1.13 would
+     * then leave its shared-memory transports out (posix, sysv: TCP between
+     * two processes of one host, 10x slower); libferry has them detect peer
+     * failure too (UCX's MM_ERROR_HANDLING=y, unless UCX_POSIX_ERROR_HANDLING
+     * or UCX_SYSV_ERROR_HANDLING is set), which costs nothing measurable here
+     * (bench/NOTES.md). Both sides of a transfer must agree: UCX 1.13 cannot
+     * connect two workers that differ here, and destroys an endpoint still in
+     * use when it tries. Make it a deployment-wide setting: metadata carries
+     * the passive side's, a write or read begun with metadata that differs
+     * from its connector fails FERRY_ERR_FAILED_PRECONDITION before it
+     * connects, and a claim that differs is refused the same way. Unset:
+     * true. false: UCX's fastest setting, without failure detection: every
+     * wait still has its timeout, but a transport error on such an endpoint
+     * is not handled, which UCX 1.13 makes fatal to the process on
+     * InfiniBand. Over TCP alone UCX 1.13 emulates puts and gets with
+     * messages, and a peer that dies with some of them unanswered can abort
+     * the other side whatever this says (README, "Peer failure"). */
     bool peer_error_handling;
     /* How long (microseconds) the progress loop keeps polling UCX after the
      * last sign of activity before it sleeps on the worker's event fd, and

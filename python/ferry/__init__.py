@@ -780,10 +780,11 @@ class _Operation(_ferry._Operation):
         Memory given by a bare address (``Descriptor((ptr, size, device))``:
         nothing to hold) is waited for instead, so that it may be freed once
         close() returns. A write or read waits for its own puts or gets in
-        flight; without peer error handling (the default) that wait has no
-        bound when the passive side stalls (UCX cannot cancel them), and
-        neither Ctrl-C nor a timeout ends it, in close() or when the
-        operation is collected. A writable or readable waits until the
+        flight; without peer error handling (peer_error_handling=False)
+        that wait has no bound when the passive side stalls (UCX cannot
+        cancel them), and neither Ctrl-C nor a timeout ends it, in close()
+        or when the operation is collected (with it, at most 1 s, then the
+        endpoint is closed by force). A writable or readable waits until the
         writer or reader it admitted can no longer reach the memory (its
         notice came, or its endpoint failed), for at most 1 s
         (FERRY_OP_DESTROY_FLUSH_MS, as ferry_op_destroy): one that has not
@@ -966,7 +967,8 @@ class Connector(_ferry._Connector):
     worker, its endpoint and key caches, a progress thread). Makes the four
     operations. ``name``: the worker's name in metadata and logs (default
     ``"<hostname>:<pid>"``). ``peer_error_handling``, ``spin_us``: as
-    ferry_connector_params_t (both sides must agree on the first).
+    ferry_connector_params_t (default: on, and 50; every side must agree
+    on the first: README, "Peer failure").
     ``log_level``: "off" (default), "error" ... "trace", to stderr.
     ``claim_timeout_ms``: how long a write or read waits for the passive
     side to answer its claim (default: FERRY_CLAIM_TIMEOUT_MS, else 30000).

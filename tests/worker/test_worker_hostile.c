@@ -113,10 +113,16 @@ static void victim_report(ferry_connector_t *c, ferry_op_t *op, int32_t wait_sta
     pair_write(res_fd, &rep, sizeof(rep));
 }
 
+/* The victim and the honest writer run without peer error handling, as
+ * the hostile peer's raw UCX endpoints do (UCX's default): every side must
+ * agree on it. */
 static int victim_main(int cmd_fd, int res_fd)
 {
-    ferry_connector_params_t params = {.field_mask = FERRY_CONNECTOR_PARAM_FIELD_NAME,
-                                       .name = "victim"};
+    ferry_connector_params_t params = {.field_mask =
+                                           FERRY_CONNECTOR_PARAM_FIELD_NAME |
+                                           FERRY_CONNECTOR_PARAM_FIELD_PEER_ERROR_HANDLING,
+                                       .name = "victim",
+                                       .peer_error_handling = false};
     static uint8_t buf[BUF_SIZE];
     ferry_descriptor_t d = {buf, sizeof(buf), FERRY_DEVICE_HOST_INIT};
     ferry_connector_t *c;
@@ -182,7 +188,10 @@ static void victim_spawn(victim_t *v)
     memset(v, 0, sizeof(*v));
     v->proc = pair_spawn("/proc/self/exe", "--victim");
     assert_true(v->proc.pid > 0);
-    assert_int_equal(ferry_connector_create(NULL, &honest), FERRY_OK);
+    ferry_connector_params_t off = {.field_mask = FERRY_CONNECTOR_PARAM_FIELD_PEER_ERROR_HANDLING,
+                                    .peer_error_handling = false};
+
+    assert_int_equal(ferry_connector_create(&off, &honest), FERRY_OK);
 }
 
 static void put_range(victim_t *v, uint64_t address, uint64_t length)
@@ -648,6 +657,46 @@ static void test_claim_naming_other_memory_refused(void **state)
     victim_quit(&v);
 }
 
+/* A CLAIM that says its claimant asks for peer failure detection, to a
+ * passive side without it (the hostile peer's endpoint has none either), is
+ * refused FAILED_PRECONDITION before the passive side opens anything to the
+ * claimant, and admits nobody; the same claim without the flag is admitted.
+ * An admission's endpoint back to a claimant whose own endpoint differs in
+ * this made UCX 1.13 destroy the claimant's endpoint under its puts, and the
+ * passive process abort. */
+static void test_claim_with_other_peer_error_handling_refused(void **state)
+{
+    victim_t v;
+    hostile_t h;
+    report_t rep;
+    size_t len;
+    uint8_t *m;
+    (void)state;
+
+    victim_spawn(&v);
+    victim_new(&v);
+    hostile_open(&h, &v);
+    m = hand_built(W_CLAIM, &v, v.key, 0, NULL, (const uint8_t *)h.own_address, h.own_address_len,
+                   &len);
+    m[5] |= 0x80; /* wire.c: the claimant's peer_error_handling */
+    hostile_send(&h, m, len, true);
+    hostile_await_answers(&h, 1);
+    assert_int_equal(h.last_answer[4], W_ADMIT);
+    assert_int_equal(answer_status(&h), FERRY_ERR_FAILED_PRECONDITION);
+    rep = victim_ask(&v, 'S');
+    assert_int_equal(rep.claims_refused, 1);
+    assert_int_equal(rep.op_status, FERRY_OP_STATUS_INITIALIZED); /* nobody admitted */
+    m[5] &= 0x7f;
+    hostile_send(&h, m, len, true);
+    hostile_await_answers(&h, 2);
+    assert_int_equal(answer_status(&h), FERRY_OK);
+    rep = victim_ask(&v, 'S');
+    assert_int_equal(rep.op_status, FERRY_OP_STATUS_IN_PROGRESS); /* admitted */
+    free(m);
+    hostile_close(&h);
+    victim_quit(&v);
+}
+
 /* The admitted writer's error NOTICE ends the writable with a code a peer
  * may report: a number outside the status table as PROTOCOL, EXPIRED (the
  * writer's lease, not ours) as PEER_FAILED. Before, -1000 became the
@@ -936,7 +985,11 @@ static void test_peer_cache_lru(void **state)
 typedef struct {
     ucp_worker_h worker;
     int32_t admit_status;
-    bool silent;  /* answers nothing (a passive side that is gone) */
+    bool silent; /* answers nothing (a passive side that is gone) */
+    /* The writer under test runs without peer error handling: the
+     * metadata says the same, as writers refuse metadata that differs. (A
+     * fake never opens an endpoint back, so it may say either.) */
+    bool writer_off;
     bool abandon; /* the writer cancels and destroys its op at once */
     bool forge_first;
     int32_t forged_status;
@@ -1009,8 +1062,17 @@ static void fake_open(fake_passive_t *f, ferry__op_kind_t kind)
     ferry__metadata_build_t build = {0};
     uint8_t key[FERRY__KEY_LEN] = {1, 2, 3};
     size_t rkey_len;
+    ucp_config_t *config;
 
-    assert_int_equal(ucp_init(&params, NULL, &f->ctx), UCS_OK);
+    /* As libferry with peer error handling: shared memory that detects a
+     * dead peer, without which the writer's UCX finds no transport that
+     * does on this host. */
+    assert_int_equal(ucp_config_read(NULL, NULL, &config), UCS_OK);
+    if (!f->writer_off) {
+        assert_int_equal(ucp_config_modify(config, "MM_ERROR_HANDLING", "y"), UCS_OK);
+    }
+    assert_int_equal(ucp_init(&params, config, &f->ctx), UCS_OK);
+    ucp_config_release(config);
     assert_int_equal(ucp_worker_create(f->ctx, &wparams, &f->worker), UCS_OK);
     assert_int_equal(ucp_worker_get_address(f->worker, &f->addr, &f->addr_len), UCS_OK);
     am.field_mask = UCP_AM_HANDLER_PARAM_FIELD_ID | UCP_AM_HANDLER_PARAM_FIELD_CB |
@@ -1034,6 +1096,7 @@ static void fake_open(fake_passive_t *f, ferry__op_kind_t kind)
     build.key = key;
     build.worker_name = "fake";
     build.hostname = "fake";
+    build.peer_error_handling = !f->writer_off;
     assert_int_equal(ferry__metadata_encode(&build, &f->md, &f->md_len), FERRY_OK);
 }
 
@@ -1221,7 +1284,7 @@ static int stopped_peer_case(bool peer_errors)
     ferry_connector_params_t quiet = {.field_mask = FERRY_CONNECTOR_PARAM_FIELD_LOG_LEVEL |
                                                     FERRY_CONNECTOR_PARAM_FIELD_LOG_CB,
                                       .log_level = FERRY_LOGLEVEL_OFF};
-    fake_passive_t f = {.silent = true};
+    fake_passive_t f = {.silent = true, .writer_off = !peer_errors};
     static uint8_t src[BUF_SIZE];
     ferry_descriptor_t local = {src, sizeof(src), FERRY_DEVICE_HOST_INIT};
     unsigned abandoned = ferry__connectors_abandoned();
@@ -1349,7 +1412,7 @@ static void read_from_stalled_peer(bool peer_errors, ferry_progress_mode_t mode,
                                        .progress_mode = mode};
     static uint8_t local[BUF_SIZE];
     ferry_descriptor_t ld = {local, sizeof(local), FERRY_DEVICE_HOST_INIT};
-    fake_passive_t f = {.admit_status = FERRY_OK};
+    fake_passive_t f = {.admit_status = FERRY_OK, .writer_off = !peer_errors};
     destroyer_t d = {0};
     const char *tls = getenv("UCX_TLS");
     char *saved_tls = tls != NULL ? strdup(tls) : NULL;
@@ -1629,6 +1692,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_stranger_error_notice_ignored),
         cmocka_unit_test(test_garbage_address_claim),
         cmocka_unit_test(test_claim_naming_other_memory_refused),
+        cmocka_unit_test(test_claim_with_other_peer_error_handling_refused),
         cmocka_unit_test(test_notice_status_outside_the_table),
         cmocka_unit_test(test_staged_chunks_each_once),
         cmocka_unit_test(test_bogus_claims_bounded),

@@ -75,6 +75,7 @@ static int setup(void **state)
         .key = f->key,
         .worker_name = "recv-1",
         .hostname = "node-a",
+        .peer_error_handling = true,
     };
     assert_int_equal(ferry__metadata_encode(&b, &f->bytes, &f->len), FERRY_OK);
     *state = f;
@@ -97,6 +98,7 @@ static void test_round_trip(void **state)
     assert_int_equal(ferry__metadata_decode(f->bytes, f->len, &md), FERRY_OK);
     assert_int_equal(md->version, 1);
     assert_int_equal(md->kind, FERRY__V1__OPERATION_KIND__OPERATION_KIND_WRITE);
+    assert_true(md->peer_error_handling);
     assert_int_equal(md->worker_address.len, sizeof(f->address));
     assert_memory_equal(md->worker_address.data, f->address, sizeof(f->address));
     assert_int_equal(md->notification_key.len, FERRY__KEY_LEN);
@@ -155,9 +157,10 @@ static void test_truncated(void **state)
     fixture_t *f = *state;
     Ferry__V1__RdmaMetadata *md = NULL;
 
-    /* The optional worker_name and hostname come last (8 bytes each here):
-     * every shorter prefix fails to decode or misses a required field. */
-    size_t required_end = f->len - 2 * (2 + strlen("recv-1"));
+    /* The optional worker_name, hostname (8 bytes each here) and
+     * peer_error_handling (2) come last: every shorter prefix fails to
+     * decode or misses a required field. */
+    size_t required_end = f->len - 2 * (2 + strlen("recv-1")) - 2;
     for (size_t len = 0; len < required_end; len++) {
         assert_int_equal(ferry__metadata_decode(f->bytes, len, &md), FERRY_ERR_INVALID_ARGUMENT);
         assert_null(md);
@@ -318,11 +321,20 @@ static void test_wire_round_trip(void **state)
     assert_memory_equal(out.key, in.key, sizeof(in.key));
     assert_int_equal(out.op_id, in.op_id);
     assert_int_equal(out.op_kind, FERRY__KIND_WRITE);
+    assert_false(out.peer_errors);
     assert_int_equal(out.status, FERRY_ERR_CANCELLED);
     assert_int_equal(out.address_len, sizeof(address));
     assert_memory_equal(out.address, address, sizeof(address));
     assert_memory_equal(out.nonce, in.nonce, sizeof(in.nonce));
     assert_memory_equal(out.claim_nonce, in.claim_nonce, sizeof(in.claim_nonce));
+    /* The claimant's peer_error_handling rides in op_kind's top bit. */
+    free(buf);
+    in.peer_errors = true;
+    assert_int_equal(ferry__msg_encode(&in, &buf, &len), FERRY_OK);
+    assert_int_equal(buf[5], FERRY__KIND_WRITE | 0x80);
+    assert_int_equal(ferry__msg_decode(buf, len, &out), FERRY_OK);
+    assert_int_equal(out.op_kind, FERRY__KIND_WRITE);
+    assert_true(out.peer_errors);
     /* Truncation, a bad magic, an unknown type, a claim without a claim
      * nonce, without ranges or with more than a claim can name: all
      * PROTOCOL. */

@@ -11,9 +11,9 @@
  *                             pattern, and reports.
  *   --writer CMD_FD RES_FD    reads metadata, writes with the notice held
  *                             back (fault hook), says "ready", then waits to
- *                             be killed. --writer-peer-errors: the same with
- *                             peer error handling (UCX 1.13 refuses endpoints
- *                             whose two sides differ in that setting).
+ *                             be killed, without peer error handling.
+ *                             --writer-default: the same with the default
+ *                             (peer error handling).
  *
  * Every read from the partner has a deadline; no sleep synchronizes anything.
  * With --tcp-subset only a few cases run (the test runs again under
@@ -148,11 +148,12 @@ static int passive_main(int cmd_fd, int res_fd)
     return ferry_connector_destroy(c) == FERRY_OK ? 0 : 3;
 }
 
-static int writer_main(int cmd_fd, int res_fd, bool peer_errors)
+/* peer_errors: 0 or 1, the connector's peer_error_handling; -1: unset. */
+static int writer_main(int cmd_fd, int res_fd, int peer_errors)
 {
-    ferry_connector_params_t params = {.field_mask =
-                                           FERRY_CONNECTOR_PARAM_FIELD_PEER_ERROR_HANDLING,
-                                       .peer_error_handling = peer_errors};
+    ferry_connector_params_t params = {
+        .field_mask = peer_errors >= 0 ? FERRY_CONNECTOR_PARAM_FIELD_PEER_ERROR_HANDLING : 0,
+        .peer_error_handling = peer_errors == 1};
     ferry_connector_t *c;
     ferry_descriptor_t desc;
     ferry_op_t *op;
@@ -496,15 +497,23 @@ static void writer_killed_after_data(const char *role, ferry_op_t *op, const uin
     pair_close(&writer);
 }
 
+/* Without peer error handling (both sides: UCX 1.13 needs them alike) a
+ * dead writer goes unseen: the operation stays claimed until its wait's
+ * timeout. */
 static void test_writer_killed_before_notice(void **state)
 {
+    ferry_connector_params_t params = {.field_mask =
+                                           FERRY_CONNECTOR_PARAM_FIELD_PEER_ERROR_HANDLING,
+                                       .peer_error_handling = false};
+    ferry_connector_t *c;
     uint8_t buf[4096] = {0};
     ferry_descriptor_t d = {buf, sizeof(buf), FERRY_DEVICE_HOST_INIT};
     ferry_op_t *op;
     ferry_status_t st;
     (void)state;
 
-    assert_int_equal(ferry_writable_create(world.c, &d, 1, &op), FERRY_OK);
+    assert_int_equal(ferry_connector_create(&params, &c), FERRY_OK);
+    assert_int_equal(ferry_writable_create(c, &d, 1, &op), FERRY_OK);
     writer_killed_after_data("--writer", op, buf, sizeof(buf));
     st = ferry_op_wait(op, 300);
     assert_int_equal(st, FERRY_ERR_TIMED_OUT);
@@ -514,18 +523,21 @@ static void test_writer_killed_before_notice(void **state)
      * for its claimant (the caller keeps that memory as it sees fit), so a
      * dead writer's op does not stay in the table for good. */
     int64_t deadline = pair_now_ms() + WAIT_TIMEOUT_MS;
-    while (pair_live_ops(world.c) > 0 && pair_now_ms() < deadline) {
+    while (pair_live_ops(c) > 0 && pair_now_ms() < deadline) {
         poll(NULL, 0, 1); /* the done queue's delivery: a condition, with a deadline */
     }
-    assert_int_equal(pair_live_ops(world.c), 0);
+    assert_int_equal(pair_live_ops(c), 0);
+    assert_int_equal(ferry_connector_destroy(c), FERRY_OK);
 }
 
-/* The same, but the passive connector asks UCX for peer failure detection:
- * the dead writer's endpoint fails and the op ends ERRORED, not TIMED_OUT. */
+/* The same with peer error handling, the default (both sides as they come):
+ * the dead writer's endpoint fails and the op ends ERRORED, not TIMED_OUT.
+ * On one host over shared memory UCX sees the death at its next keepalive
+ * check (the writer's pid start time), every UCX_KEEPALIVE_INTERVAL (20 s
+ * by default): a second here, set before this connector reads UCX's
+ * settings. */
 static void test_writer_killed_peer_detection(void **state)
 {
-    ferry_connector_params_t params = {
-        .field_mask = FERRY_CONNECTOR_PARAM_FIELD_PEER_ERROR_HANDLING, .peer_error_handling = true};
     ferry_connector_t *c;
     uint8_t buf[4096] = {0};
     ferry_descriptor_t d = {buf, sizeof(buf), FERRY_DEVICE_HOST_INIT};
@@ -533,15 +545,58 @@ static void test_writer_killed_peer_detection(void **state)
     const char *msg;
     (void)state;
 
-    assert_int_equal(ferry_connector_create(&params, &c), FERRY_OK);
+    assert_int_equal(setenv("UCX_KEEPALIVE_INTERVAL", "1s", 1), 0);
+    assert_int_equal(ferry_connector_create(NULL, &c), FERRY_OK);
+    assert_int_equal(unsetenv("UCX_KEEPALIVE_INTERVAL"), 0);
     assert_int_equal(ferry_writable_create(c, &d, 1, &op), FERRY_OK);
-    /* UCX 1.13 needs both sides alike in peer error handling. */
-    writer_killed_after_data("--writer-peer-errors", op, buf, sizeof(buf));
+    writer_killed_after_data("--writer-default", op, buf, sizeof(buf));
     assert_int_equal(ferry_op_wait(op, WAIT_TIMEOUT_MS), FERRY_ERR_PEER_FAILED);
     assert_int_equal(ferry_op_error(op, &msg), FERRY_ERR_PEER_FAILED);
     assert_non_null(strstr(msg, "failed"));
     ferry_op_destroy(op);
     ferry_connector_destroy(c);
+}
+
+/* Two sides that differ in peer error handling: the writer refuses the
+ * metadata before it connects, with an error naming the field, and the
+ * passive operation is untouched: a writer set alike then completes it.
+ * Before, the writer connected, the passive side (with peer error handling)
+ * opened its endpoint back, UCX 1.13 destroyed the writer's endpoint under
+ * its puts, and the passive process aborted (an assertion in
+ * ucp_put_handler). */
+static void test_peer_error_handling_must_agree(void **state)
+{
+    ferry_connector_params_t off = {.field_mask = FERRY_CONNECTOR_PARAM_FIELD_PEER_ERROR_HANDLING,
+                                    .peer_error_handling = false};
+    ferry_connector_t *writer_off;
+    uint8_t dst[4096] = {0}, src[4096];
+    ferry_descriptor_t dd = {dst, sizeof(dst), FERRY_DEVICE_HOST_INIT};
+    ferry_descriptor_t sd = {src, sizeof(src), FERRY_DEVICE_HOST_INIT};
+    const uint8_t *md;
+    size_t md_len;
+    ferry_op_t *passive, *active = NULL;
+    (void)state;
+
+    pair_fill(src, sizeof(src), 5, 0);
+    assert_int_equal(ferry_connector_create(&off, &writer_off), FERRY_OK);
+    assert_int_equal(ferry_writable_create(world.c, &dd, 1, &passive), FERRY_OK); /* on */
+    assert_int_equal(ferry_op_metadata(passive, &md, &md_len), FERRY_OK);
+    assert_int_equal(ferry_write_begin(writer_off, &sd, 1, md, md_len, &active),
+                     FERRY_ERR_FAILED_PRECONDITION);
+    assert_null(active);
+    assert_non_null(strstr(ferry_last_error_message(), "metadata.peer_error_handling"));
+    assert_int_equal(ferry_op_status(passive), FERRY_OP_STATUS_INITIALIZED); /* not claimed */
+    for (size_t i = 0; i < sizeof(dst); i++) {
+        assert_int_equal(dst[i], 0); /* nothing written */
+    }
+
+    assert_int_equal(ferry_write_begin(world.c, &sd, 1, md, md_len, &active), FERRY_OK);
+    assert_int_equal(ferry_op_wait(active, WAIT_TIMEOUT_MS), FERRY_OK);
+    assert_int_equal(ferry_op_wait(passive, WAIT_TIMEOUT_MS), FERRY_OK);
+    assert_int_equal(pair_check(dst, sizeof(dst), 5, 0), sizeof(dst));
+    ferry_op_destroy(active);
+    ferry_op_destroy(passive);
+    assert_int_equal(ferry_connector_destroy(writer_off), FERRY_OK);
 }
 
 #define THREADS    4
@@ -1659,6 +1714,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_too_many_descriptors_refused),
         cmocka_unit_test(test_writer_killed_before_notice),
         cmocka_unit_test(test_writer_killed_peer_detection),
+        cmocka_unit_test(test_peer_error_handling_must_agree),
         cmocka_unit_test(test_loopback_caller_progress),
         cmocka_unit_test(test_listeners),
         cmocka_unit_test(test_claim_during_destroy_refused),
@@ -1694,10 +1750,10 @@ int main(int argc, char **argv)
         return passive_main(atoi(argv[2]), atoi(argv[3]));
     }
     if (argc == 4 && strcmp(argv[1], "--writer") == 0) {
-        return writer_main(atoi(argv[2]), atoi(argv[3]), false);
+        return writer_main(atoi(argv[2]), atoi(argv[3]), 0);
     }
-    if (argc == 4 && strcmp(argv[1], "--writer-peer-errors") == 0) {
-        return writer_main(atoi(argv[2]), atoi(argv[3]), true);
+    if (argc == 4 && strcmp(argv[1], "--writer-default") == 0) {
+        return writer_main(atoi(argv[2]), atoi(argv[3]), -1);
     }
     signal(SIGPIPE, SIG_IGN);
     if (argc == 2 && strcmp(argv[1], "--tcp-subset") == 0) {
