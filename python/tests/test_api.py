@@ -317,6 +317,26 @@ def test_kind_mismatch(connector, sender):
             sender.begin_read(w.metadata(), ferry.Descriptor(bytearray(64)))
 
 
+def test_peer_error_handling_must_agree(connector, sender):
+    # UCX 1.13 cannot connect two workers that differ in peer error handling
+    # (on by default): the writer or reader refuses the metadata before it
+    # connects, naming the field, and the passive operation is unharmed.
+    with ferry.Connector("off", peer_error_handling=False) as off:
+        dst = bytearray(64)
+        with connector.create_writable(ferry.Descriptor(dst)) as w:
+            with pytest.raises(ferry.FailedPrecondition, match="peer_error_handling") as e:
+                off.begin_write(ferry.Descriptor(pattern(64)), w.metadata())
+            assert "is on" in str(e.value)
+            assert w.status == ferry.OperationStatus.INITIALIZED and dst == bytearray(64)
+            with sender.begin_write(ferry.Descriptor(pattern(64)), w.metadata()) as a:
+                a.wait(30)  # a writer set alike is admitted
+            w.wait(30)
+        assert bytes(dst) == pattern(64).tobytes()
+        with off.create_readable(ferry.Descriptor(bytearray(64))) as r:
+            with pytest.raises(ferry.FailedPrecondition, match="passive side's is off"):
+                sender.begin_read(r.metadata(), ferry.Descriptor(bytearray(64)))
+
+
 def test_mixed_device_kinds_refused(connector):
     host = np.zeros(64, np.uint8)
     descs = [ferry.Descriptor(host), ferry.Descriptor((host.ctypes.data, 64, "cuda:0"))]
