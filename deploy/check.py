@@ -1178,19 +1178,31 @@ def pod_annotations(o):
 
 
 def check_coordinator_metrics(ctx, where, o, c):
-    """FERRY_METRICS_LISTEN on all addresses, on a containerPort named
-    metrics, which the pod's prometheus.io/port annotation names."""
-    listen = str((env_map(c).get("FERRY_METRICS_LISTEN") or {}).get("value", ""))
+    """FERRY_METRICS_LISTEN (or --metrics-listen in args, which wins) on all
+    addresses, on a containerPort named metrics, which the pod's
+    prometheus.io/port annotation names; or `off` (README: how an overlay
+    turns off its base's metrics), and then no scrape annotation."""
+    args = arg_values([str(a) for a in (c.get("command") or [])[1:] + (c.get("args") or [])])
+    if "--metrics-listen" in args:
+        listen, src = str(args["--metrics-listen"]), "--metrics-listen in args"
+    else:
+        listen = str((env_map(c).get("FERRY_METRICS_LISTEN") or {}).get("value", ""))
+        src = "FERRY_METRICS_LISTEN"
+    ann = pod_annotations(o)
+    if listen == "off":
+        if ann.get("prometheus.io/scrape") == "true":
+            fail(where, "%s is off, but the pod template keeps prometheus.io/scrape \"true\": "
+                 "Prometheus would scrape a port nothing serves" % src)
+        return
     m = re.match(r"^(0\.0\.0\.0|\[::\]):(\d+)$", listen)
     if not m:
-        fail(where, "FERRY_METRICS_LISTEN must be 0.0.0.0:PORT or [::]:PORT (is %r)" % listen)
+        fail(where, "%s must be 0.0.0.0:PORT, [::]:PORT or off (is %r)" % (src, listen))
         return
     port = int(m.group(2))
     ports = {p.get("name"): p.get("containerPort") for p in c.get("ports") or []}
     if ports.get("metrics") != port:
-        fail(where, "FERRY_METRICS_LISTEN port %d is not the containerPort named metrics (%s)"
-             % (port, ports))
-    ann = pod_annotations(o)
+        fail(where, "%s port %d is not the containerPort named metrics (%s)"
+             % (src, port, ports))
     if ann.get("prometheus.io/scrape") != "true" or ann.get("prometheus.io/port") != str(port) \
             or ann.get("prometheus.io/path") != "/metrics":
         fail(where, "the pod template needs prometheus.io/scrape \"true\", prometheus.io/port "

@@ -472,6 +472,26 @@ class DeployCheckCatches(unittest.TestCase):
         self.assertFails(r"FERRY_REQUEST_MEMORY_MIB 192 is not above FERRY_MAX_WAITS \(20000\) "
                          r"x 16 KiB")
 
+    def test_coordinator_metrics_off(self):
+        """`off` is how an overlay turns its base's metrics off (README), and
+        check.py refused it (review-s33c L3): it passes now, unless the pod
+        is still annotated for scraping; --metrics-listen in args wins over
+        the variable, as in the coordinator."""
+        coord = os.path.join(self.k8s, "base", "coordinator.yaml")
+        edit(coord, "- name: FERRY_METRICS_LISTEN\n              value: 0.0.0.0:9400",
+             "- name: FERRY_METRICS_LISTEN\n              value: \"off\"")  # quoted: YAML's off
+        self.assertFails(r"overlays/dev Deployment/ferry-coordinator container coordinator: "
+                         r"FERRY_METRICS_LISTEN is off, but the pod template keeps "
+                         r"prometheus\.io/scrape \"true\"")
+        edit(coord, 'prometheus.io/scrape: "true"', 'prometheus.io/scrape: "false"')
+        r = self.check()
+        self.assertNotIn("FERRY_METRICS_LISTEN", r.stderr)
+        edit(coord, "          imagePullPolicy: IfNotPresent\n",
+             "          imagePullPolicy: IfNotPresent\n"
+             "          args: [\"--metrics-listen\", \"127.0.0.1:9400\"]\n")
+        self.assertFails(r"--metrics-listen in args must be 0\.0\.0\.0:PORT, \[::\]:PORT or off "
+                         r"\(is '127\.0\.0\.1:9400'\)")
+
     def test_etcd_scrape_annotation_on_a_port_etcd_does_not_serve(self):
         edit(os.path.join(self.k8s, "base", "etcd.yaml"),
              'prometheus.io/port: "2381"', 'prometheus.io/port: "2390"')
