@@ -153,6 +153,11 @@ ferry_status_t ferry_md_check(const char *field, const Ferry__V1__RdmaMetadata *
         return invalid(msg, cap, "%s.hostname is %zu bytes; at most %d allowed", field,
                        strlen(md->hostname), FERRY_MD_NAME_MAX);
     }
+    if (md->peer_error_handling < FERRY__V1__PEER_ERROR_HANDLING__PEER_ERROR_HANDLING_UNSPECIFIED ||
+        md->peer_error_handling > FERRY__V1__PEER_ERROR_HANDLING__PEER_ERROR_HANDLING_ON) {
+        return invalid(msg, cap, "%s.peer_error_handling: unknown value %d", field,
+                       (int)md->peer_error_handling);
+    }
     return FERRY_OK;
 }
 

@@ -814,18 +814,33 @@ static const char *kind_name(Ferry__V1__OperationKind kind)
     }
 }
 
-/* Whether the claimant's descriptor sizes (ClaimRequest.descriptor_sizes)
- * pair with the operation's metadata md[md_len]: the pairing rule of
- * common/md_rules.h, which libferry also checks when it is handed metadata
+static const char *peer_errors_name(Ferry__V1__PeerErrorHandling v)
+{
+    switch (v) {
+    case FERRY__V1__PEER_ERROR_HANDLING__PEER_ERROR_HANDLING_ON:
+        return "on";
+    case FERRY__V1__PEER_ERROR_HANDLING__PEER_ERROR_HANDLING_OFF:
+        return "off";
+    default:
+        return "not said (a libferry before the field)";
+    }
+}
+
+/* Whether the claimant pairs with the operation's metadata md[md_len]: its
+ * descriptor sizes (ClaimRequest.descriptor_sizes), by the pairing rule of
+ * common/md_rules.h, and its peer_error_handling, which UCX 1.13 needs
+ * alike on both sides; libferry checks both too when it is handed metadata
  * directly. The stored metadata passed ferry_md_check at Register. */
-static ferry_status_t claim_sizes_pair(const Ferry__V1__ClaimRequest *req, const char *id,
-                                       const uint8_t *md, size_t md_len, char *msg, size_t cap)
+static ferry_status_t claim_pairs(const Ferry__V1__ClaimRequest *req, const char *id,
+                                  const uint8_t *md, size_t md_len, char *msg, size_t cap)
 {
     Ferry__V1__RdmaMetadata *m;
     char rule[256];
     ferry_status_t status = FERRY_OK;
 
-    if (req->n_descriptor_sizes == 0) {
+    if (req->n_descriptor_sizes == 0 &&
+        req->peer_error_handling ==
+            FERRY__V1__PEER_ERROR_HANDLING__PEER_ERROR_HANDLING_UNSPECIFIED) {
         return FERRY_OK;
     }
     m = md != NULL ? ferry__v1__rdma_metadata__unpack(NULL, md_len, md) : NULL;
@@ -833,10 +848,20 @@ static ferry_status_t claim_sizes_pair(const Ferry__V1__ClaimRequest *req, const
         return registry_fail(FERRY_ERR_INTERNAL, msg, cap,
                              "request_id '%s': stored metadata is malformed", id);
     }
-    if (ferry_md_sizes_pair(m, req->descriptor_sizes, req->n_descriptor_sizes, rule,
+    if (req->n_descriptor_sizes > 0 &&
+        ferry_md_sizes_pair(m, req->descriptor_sizes, req->n_descriptor_sizes, rule,
                             sizeof(rule)) != FERRY_OK) {
         status = registry_fail(FERRY_ERR_SIZE_MISMATCH, msg, cap,
                                "descriptor_sizes: %s (request_id '%s')", rule, id);
+    } else if (req->peer_error_handling !=
+                   FERRY__V1__PEER_ERROR_HANDLING__PEER_ERROR_HANDLING_UNSPECIFIED &&
+               req->peer_error_handling != m->peer_error_handling) {
+        status = registry_fail(
+            FERRY_ERR_FAILED_PRECONDITION, msg, cap,
+            "peer_error_handling: the claimant's is %s, request_id '%s''s passive side's is %s; "
+            "UCX 1.13 cannot connect the two (set peer_error_handling alike on every worker)",
+            peer_errors_name(req->peer_error_handling), id,
+            peer_errors_name(m->peer_error_handling));
     }
     ferry__v1__rdma_metadata__free_unpacked(m, NULL);
     return status;
@@ -868,7 +893,7 @@ static ferry_status_t apply_claim(transition_t *t, Ferry__V1__Operation *op, boo
         return registry_fail(FERRY_ERR_FAILED_PRECONDITION, msg, cap, "request_id '%s' is %s",
                              op->request_id, ferry__op_state_name(op->state));
     }
-    status = claim_sizes_pair(req, op->request_id, t->md, t->md_len, msg, cap);
+    status = claim_pairs(req, op->request_id, t->md, t->md_len, msg, cap);
     if (status != FERRY_OK) {
         return status;
     }

@@ -55,7 +55,8 @@ def metadata(t, kind=None, n=1, device=None, rkey=b"\x01\x02rkey", addr=b"ucx-wo
     kind = kind if kind is not None else t.OPERATION_KIND_WRITE
     device = device if device is not None else t.DEVICE_KIND_HOST
     md = t.RdmaMetadata(version=1, kind=kind, worker_address=addr, notification_key=KEY,
-                        worker_name="worker-0", hostname="host-a")
+                        worker_name="worker-0", hostname="host-a",
+                        peer_error_handling=t.PEER_ERROR_HANDLING_ON)
     for i in range(n):
         md.descriptors.add(address=0x7f0000001000 + i * 4096, size=4096,
                            device=t.Device(kind=device, id=0), rkey=rkey)
@@ -91,7 +92,8 @@ def coord_requests(c, t):
         },
         "Claim": {
             "valid": c.ClaimRequest(request_id="req-1", access_token=TOKEN, claimant="w1",
-                                    ttl_seconds=10, wait_ms=100, lease_id=7),
+                                    ttl_seconds=10, wait_ms=100, lease_id=7,
+                                    peer_error_handling=t.PEER_ERROR_HANDLING_ON),
             "no-token": c.ClaimRequest(request_id="req-1"),
         },
         "Complete": {
@@ -200,8 +202,12 @@ def wire(type_, op_kind=0, key=KEY, op_id=0, status=0, address=b"", address_len=
 
 
 def wire_seeds():
-    write("fuzz_wire", "claim", wire(1, op_kind=2, op_id=42, address=b"ucx-address" * 4,
+    # op_kind's 0x40: the claimant says its peer_error_handling; 0x80: on.
+    write("fuzz_wire", "claim", wire(1, op_kind=2 | 0xc0, op_id=42, address=b"ucx-address" * 4,
                                      claim_nonce=CLAIM_NONCE))
+    write("fuzz_wire", "claim-peer-errors-off", wire(1, op_kind=2 | 0x40, op_id=42,
+                                                     address=b"ucx-address" * 4,
+                                                     claim_nonce=CLAIM_NONCE))
     write("fuzz_wire", "claim-no-claim-nonce", wire(1, op_kind=2, op_id=42,
                                                     address=b"ucx-address" * 4))
     write("fuzz_wire", "admit-ok", wire(2, op_id=42, nonce=bytes(range(16)),

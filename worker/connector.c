@@ -801,17 +801,17 @@ static bool tls_names(const char *tls, const char *name)
 /* Whether to have UCX 1.13's shared-memory transports (posix, sysv) offer
  * peer failure detection: with peer error handling they are otherwise left
  * out, and a transfer between two processes of one host goes over TCP (10x
- * slower here: bench/NOTES.md). They check the peer as cma does (its pid's
- * start time). Not where the environment decides (UCX_POSIX_ERROR_HANDLING,
- * UCX_SYSV_ERROR_HANDLING) or UCX_TLS leaves them out: UCX warns about a
- * setting no transport took. */
+ * slower here: bench/NOTES.md). Their keepalive checks the peer's pid and
+ * its start time. Not where the environment decides
+ * (UCX_{POSIX,SYSV,MM}_ERROR_HANDLING; a ucx.conf is not read here) or
+ * UCX_TLS leaves them out: UCX warns about a setting no transport took. */
 static bool shm_error_handling_wanted(const ferry_connector_t *c)
 {
     const char *tls = getenv("UCX_TLS");
     bool shm_named;
 
     if (!c->peer_error_handling || getenv("UCX_POSIX_ERROR_HANDLING") != NULL ||
-        getenv("UCX_SYSV_ERROR_HANDLING") != NULL) {
+        getenv("UCX_SYSV_ERROR_HANDLING") != NULL || getenv("UCX_MM_ERROR_HANDLING") != NULL) {
         return false;
     }
     if (tls == NULL || tls[0] == '\0') {
@@ -1119,6 +1119,11 @@ const char *ferry_connector_name(const ferry_connector_t *c)
 const char *ferry_connector_hostname(const ferry_connector_t *c)
 {
     return c->hostname;
+}
+
+bool ferry_connector_peer_error_handling(const ferry_connector_t *c)
+{
+    return c->peer_error_handling;
 }
 
 bool ferry_connector_is_cuda_available(const ferry_connector_t *c)

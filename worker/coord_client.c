@@ -327,7 +327,7 @@ static ferry_status_t await_record(ferry_coordinator_t *coord, const ferry_claim
  * answers the metadata. The claim goes on the session lease, so that the
  * passive side learns if this process dies. */
 static ferry_status_t claim(ferry_coordinator_t *coord, const ferry_claim_params_t *p,
-                            const char *claimant, Ferry__V1__OperationKind kind,
+                            const ferry_connector_t *connector, Ferry__V1__OperationKind kind,
                             const ferry_descriptor_t *local, size_t n, claim_out_t *out)
 {
     Ferry__V1__ClaimRequest req = FERRY__V1__CLAIM_REQUEST__INIT;
@@ -356,7 +356,13 @@ static ferry_status_t claim(ferry_coordinator_t *coord, const ferry_claim_params
     }
     req.request_id = (char *)p->request_id;
     req.access_token = (char *)p->access_token;
-    req.claimant = (char *)claimant;
+    req.claimant = (char *)ferry_connector_name(connector);
+    /* Granted only if the passive side's metadata says the same: refused
+     * here, nothing written, rather than by the data plane after the
+     * claim, which would end the receiver's operation (abandon). */
+    req.peer_error_handling = ferry_connector_peer_error_handling(connector)
+                                  ? FERRY__V1__PEER_ERROR_HANDLING__PEER_ERROR_HANDLING_ON
+                                  : FERRY__V1__PEER_ERROR_HANDLING__PEER_ERROR_HANDLING_OFF;
     req.kind = kind;
     req.lease_token = out->token;
     req.ttl_seconds = claim_ttl(p);
@@ -1486,7 +1492,7 @@ static ferry_status_t begin_by_id(ferry_connector_t *connector, ferry_coordinato
         return status;
     }
     test_pause("before-claim");
-    status = claim(coord, p, ferry_connector_name(connector),
+    status = claim(coord, p, connector,
                    write ? FERRY__V1__OPERATION_KIND__OPERATION_KIND_WRITE
                          : FERRY__V1__OPERATION_KIND__OPERATION_KIND_READ,
                    local, n, &got);

@@ -165,6 +165,7 @@ typedef struct {
     uint8_t key[FERRY__KEY_LEN];           /* the passive operation */
     uint64_t op_id;                        /* the active operation (CLAIM, ADMIT) */
     uint8_t op_kind;                       /* CLAIM: FERRY__KIND_WRITE or _READ */
+    bool peer_errors_said;                 /* CLAIM: the claimant says peer_errors */
     bool peer_errors;                      /* CLAIM: the claimant's peer_error_handling */
     ferry_status_t status;                 /* ADMIT, NOTICE, CREDIT; decoded:
                                             * ferry__msg_peer_status's */

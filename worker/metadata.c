@@ -171,7 +171,9 @@ ferry_status_t ferry__metadata_encode(const ferry__metadata_build_t *b, uint8_t 
     md.notification_key.len = FERRY__KEY_LEN;
     md.worker_name = (char *)b->worker_name;
     md.hostname = (char *)b->hostname;
-    md.peer_error_handling = b->peer_error_handling;
+    md.peer_error_handling = b->peer_error_handling
+                                 ? FERRY__V1__PEER_ERROR_HANDLING__PEER_ERROR_HANDLING_ON
+                                 : FERRY__V1__PEER_ERROR_HANDLING__PEER_ERROR_HANDLING_OFF;
     md.staging = (Ferry__V1__Staging *)b->staging;
 
     len = ferry__v1__rdma_metadata__get_packed_size(&md);

@@ -387,6 +387,7 @@ static void send_claim(ferry_op_t *op, const ferry__range_t *ranges, uint32_t n_
     memcpy(msg.key, op->md->notification_key.data, FERRY__KEY_LEN);
     msg.op_id = op->id;
     msg.op_kind = (uint8_t)op->kind;
+    msg.peer_errors_said = true;
     msg.peer_errors = c->peer_error_handling;
     memcpy(msg.claim_nonce, op->claim_nonce, FERRY__NONCE_LEN); /* what the answer must carry */
     msg.address = (const uint8_t *)c->address;
@@ -433,15 +434,21 @@ static int32_t direct_device(ferry_connector_t *c, const ferry_descriptor_t *loc
 static ferry_status_t peer_errors_match(const ferry_connector_t *c,
                                         const Ferry__V1__RdmaMetadata *md)
 {
-    if (md->peer_error_handling == c->peer_error_handling) {
+    bool on = md->peer_error_handling == FERRY__V1__PEER_ERROR_HANDLING__PEER_ERROR_HANDLING_ON;
+    bool off = md->peer_error_handling == FERRY__V1__PEER_ERROR_HANDLING__PEER_ERROR_HANDLING_OFF;
+
+    if ((on || off) && on == c->peer_error_handling) {
         return FERRY_OK;
     }
     return ferry__fail(FERRY_ERR_FAILED_PRECONDITION,
                        "metadata.peer_error_handling: the passive side's is %s, connector %s's is "
                        "%s; UCX 1.13 cannot connect the two (set peer_error_handling alike on "
-                       "every worker)",
-                       md->peer_error_handling ? "on" : "off", c->name,
-                       c->peer_error_handling ? "on" : "off");
+                       "every worker, and upgrade together the workers that transfer to each "
+                       "other)",
+                       on    ? "on"
+                       : off ? "off"
+                             : "not said (a libferry before the field)",
+                       c->name, c->peer_error_handling ? "on" : "off");
 }
 
 /* Takes ownership of md in every case. */

@@ -451,6 +451,26 @@ static bool claim_names_own_memory(const ferry_op_t *op, const ferry__msg_t *msg
     return true;
 }
 
+/* A claimant that differs in peer error handling is a deployment's
+ * misconfiguration (or a worker not upgraded): said once per process at
+ * warn, as a flood of such claims must not flood the log; the claimant is
+ * told FAILED_PRECONDITION. */
+static void warn_peer_errors_differ(const ferry_op_t *op, const ferry__msg_t *msg)
+{
+    static atomic_bool said;
+
+    if (!atomic_exchange(&said, true)) {
+        ferry_warn("%s: claim refused: the claimant's peer_error_handling is %s, connector %s's "
+                   "is %s; UCX 1.13 cannot connect the two (set it alike on every worker; said "
+                   "once)",
+                   op->label,
+                   !msg->peer_errors_said ? "not said (an older libferry)"
+                   : msg->peer_errors     ? "on"
+                                          : "off",
+                   op->connector->name, op->connector->peer_error_handling ? "on" : "off");
+    }
+}
+
 /* Why a claim is refused, or FERRY_OK to admit it. */
 static ferry_status_t admission(const ferry_op_t *op, const ferry__msg_t *msg)
 {
@@ -468,10 +488,12 @@ static ferry_status_t admission(const ferry_op_t *op, const ferry__msg_t *msg)
     if (wants_write != (op->kind == FERRY__KIND_WRITABLE)) {
         return FERRY_ERR_INVALID_ARGUMENT;
     }
-    if (msg->peer_errors != op->connector->peer_error_handling) {
+    if (!msg->peer_errors_said || msg->peer_errors != op->connector->peer_error_handling) {
         /* Opening an endpoint back to a claimant whose own endpoint
          * differs here makes UCX 1.13 destroy that endpoint under the
-         * claimant's puts (op_active.c, peer_errors_match). */
+         * claimant's puts (op_active.c, peer_errors_match); an older
+         * claimant does not say. */
+        warn_peer_errors_differ(op, msg);
         return FERRY_ERR_FAILED_PRECONDITION;
     }
     if (!claim_names_own_memory(op, msg)) {

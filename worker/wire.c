@@ -5,9 +5,9 @@
  *   offset  size  field
  *   0       4     magic "FRY4" (0x34595246 read as little-endian u32)
  *   4       1     type: 1 CLAIM, 2 ADMIT, 3 NOTICE, 4 CHUNK, 5 CREDIT
- *   5       1     op_kind (CLAIM: 2 write, 3 read, plus 0x80 when the
- *                 claimant's endpoints ask for peer failure detection, its
- *                 peer_error_handling; else 0)
+ *   5       1     op_kind (CLAIM: 2 write, 3 read, plus 0x40: the
+ *                 claimant says its peer_error_handling, and 0x80: it is
+ *                 on, its endpoints ask for peer failure detection; else 0)
  *   6       2     CLAIM: how many ranges (1..FERRY__CLAIM_RANGES_MAX); else 0
  *   8       16    notification key of the passive operation
  *   24      8     active operation id (CLAIM, ADMIT, CREDIT; else 0)
@@ -74,7 +74,8 @@
 #define WIRE_MAXADR      (64u * 1024u)
 #define WIRE_CHUNK       24u
 #define WIRE_RANGE       16u
-#define WIRE_PEER_ERRORS 0x80u /* CLAIM's op_kind: the claimant's peer_error_handling */
+#define WIRE_PEER_SAID   0x40u /* CLAIM's op_kind: the claimant says ... */
+#define WIRE_PEER_ERRORS 0x80u /* ... its peer_error_handling, and it is on */
 
 static void put_u32(uint8_t *p, uint32_t v)
 {
@@ -188,7 +189,11 @@ ferry_status_t ferry__msg_encode(const ferry__msg_t *msg, uint8_t **buf_p, size_
     }
     put_u32(buf, WIRE_MAGIC);
     buf[4] = (uint8_t)msg->type;
-    buf[5] = (uint8_t)(msg->op_kind | (claim && msg->peer_errors ? WIRE_PEER_ERRORS : 0));
+    buf[5] = msg->op_kind;
+    if (claim) {
+        buf[5] |= (uint8_t)((msg->peer_errors_said ? WIRE_PEER_SAID : 0) |
+                            (msg->peer_errors ? WIRE_PEER_ERRORS : 0));
+    }
     if (claim) {
         buf[6] = (uint8_t)msg->n_ranges;
         buf[7] = (uint8_t)(msg->n_ranges >> 8);
@@ -277,8 +282,9 @@ ferry_status_t ferry__msg_decode(const uint8_t *buf, size_t len, ferry__msg_t *m
     }
     msg->op_kind = buf[5];
     if (msg->type == FERRY__MSG_CLAIM) {
+        msg->peer_errors_said = (buf[5] & WIRE_PEER_SAID) != 0;
         msg->peer_errors = (buf[5] & WIRE_PEER_ERRORS) != 0;
-        msg->op_kind = buf[5] & (uint8_t)~WIRE_PEER_ERRORS;
+        msg->op_kind = buf[5] & (uint8_t) ~(WIRE_PEER_SAID | WIRE_PEER_ERRORS);
     }
     memcpy(msg->key, buf + 8, FERRY__KEY_LEN);
     msg->op_id = get_u64(buf + 24);

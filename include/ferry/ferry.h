@@ -201,8 +201,8 @@ typedef struct {
      * read stuck on a stalled peer can be closed by force. UCX 1.13 would
      * then leave its shared-memory transports out (posix, sysv: TCP between
      * two processes of one host, 10x slower); libferry has them detect peer
-     * failure too (UCX's MM_ERROR_HANDLING=y, unless UCX_POSIX_ERROR_HANDLING
-     * or UCX_SYSV_ERROR_HANDLING is set), which costs nothing measurable here
+     * failure too (UCX's MM_ERROR_HANDLING=y, unless the environment sets
+     * UCX_{POSIX,SYSV,MM}_ERROR_HANDLING), which measures within noise here
      * (bench/NOTES.md). Both sides of a transfer must agree: UCX 1.13 cannot
      * connect two workers that differ here, and destroys an endpoint still in
      * use when it tries. Make it a deployment-wide setting: metadata carries
@@ -286,6 +286,9 @@ FERRY_API ferry_status_t ferry_connector_destroy(ferry_connector_t *connector);
 /* The name and host name; valid as long as the connector. */
 FERRY_API const char *ferry_connector_name(const ferry_connector_t *connector);
 FERRY_API const char *ferry_connector_hostname(const ferry_connector_t *connector);
+/* Its peer_error_handling, as set or defaulted (its metadata and claims say
+ * it; the coordinator client sends it with a Claim). */
+FERRY_API bool ferry_connector_peer_error_handling(const ferry_connector_t *connector);
 
 /* Whether CUDA descriptors ("cuda:N") are accepted: libferry was built with
  * CUDA support and the CUDA driver (libcuda.so.1, loaded at run time)

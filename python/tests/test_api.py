@@ -626,7 +626,8 @@ def test_numbers_and_text_are_refused_rather_than_bent(connector):
 def test_closing_a_write_to_a_stopped_peer_does_not_block():
     """A write whose receiver stopped mid-transfer (SIGSTOP) cannot finish
     (over TCP UCX emulates the puts, and the receiver must take them), and
-    without peer error handling UCX cannot cancel them. close() returns at
+    UCX cannot cancel them (without peer error handling; with it, the
+    endpoint is closed by force after a second). close() returns at
     once anyway, and the source stays held (the puts still read it) until
     libferry says they ended, once the receiver runs again. Per descriptor:
     the first source lies in a region, which libferry holds itself (it
@@ -1572,9 +1573,10 @@ def test_a_forked_child_closes_what_another_thread_is_closing():
         assert _in_forked_child(close_again) is True
         closer.join(60)
         assert not closer.is_alive()
-        # The writer goes on and ends by itself: killed mid-transfer, over
-        # TCP without peer error handling, it once took this process down
-        # with it in CI (left open in the closing note of 2026-12-07).
+        # The writer goes on and ends by itself: killed mid-transfer over
+        # TCP, it once took this process down with it in CI (UCX 1.13's
+        # emulated puts, whatever peer error handling says: README, "Peer
+        # failure").
         os.kill(child.pid, signal.SIGCONT)
         assert child.stdout.readline().strip() in ("COMPLETE", "CANCELLED", "ERRORED")
         assert child.wait(60) == 0

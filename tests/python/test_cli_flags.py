@@ -91,6 +91,17 @@ class WorkerFlags(unittest.TestCase):
                 self.assertEqual(rc, EXIT_USAGE, err)
                 self.assertIn(f"unexpected argument '{stray}'", err)
 
+    def test_peer_error_handling_is_on_or_off(self):
+        for args, env, named in ((["--peer-error-handling", "yes"], {}, "--peer-error-handling"),
+                                 ([], {"FERRY_PEER_ERROR_HANDLING": ""},
+                                  "FERRY_PEER_ERROR_HANDLING"),
+                                 ([], {"FERRY_PEER_ERROR_HANDLING": "1"},
+                                  "FERRY_PEER_ERROR_HANDLING")):
+            with self.subTest(args=args, env=env):
+                rc, err = run([WORKER, "recv", "--request-id", "j", *args], env=env)
+                self.assertEqual(rc, EXIT_USAGE, err)
+                self.assertIn(f"{named} must be on or off", err)
+
     def test_device_is_host_memory_only_and_says_where_gpus_go(self):
         # The usage said "cpu (default) or cuda:N" and every build refused
         # cuda:N with "not supported by this build".

@@ -289,6 +289,19 @@ class Refusals(unittest.TestCase):
         self.assertEqual(rc, EXIT_OK, err)
         self.assertEqual(finish(p)[0], EXIT_OK)
 
+    def test_peer_error_handling_must_agree(self):
+        # UCX 1.13 cannot connect two workers that differ in it: the
+        # coordinator refuses the Claim, naming the field, nothing written,
+        # and a sender set alike (the variable, as the flag) then completes.
+        p = start_passive("recv", "peer-errors-1", 4096, extra=("--peer-error-handling", "off"))
+        rc, out, err = finish(worker("send", "peer-errors-1", 4096))
+        self.assertEqual(rc, EXIT_REFUSED, err)
+        self.assertIn("peer_error_handling: the claimant's is on", err)
+        rc, out, err = finish(worker("send", "peer-errors-1", 4096,
+                                     env=dict(os.environ, FERRY_PEER_ERROR_HANDLING="off")))
+        self.assertEqual(rc, EXIT_OK, err)
+        self.assertEqual(finish(p)[0], EXIT_OK)
+
     def test_write_into_a_readable_is_refused(self):
         p = start_passive("serve", "kind-1", 4096)
         rc, out, err = finish(worker("send", "kind-1", 4096))

@@ -98,7 +98,8 @@ static void test_round_trip(void **state)
     assert_int_equal(ferry__metadata_decode(f->bytes, f->len, &md), FERRY_OK);
     assert_int_equal(md->version, 1);
     assert_int_equal(md->kind, FERRY__V1__OPERATION_KIND__OPERATION_KIND_WRITE);
-    assert_true(md->peer_error_handling);
+    assert_int_equal(md->peer_error_handling,
+                     FERRY__V1__PEER_ERROR_HANDLING__PEER_ERROR_HANDLING_ON);
     assert_int_equal(md->worker_address.len, sizeof(f->address));
     assert_memory_equal(md->worker_address.data, f->address, sizeof(f->address));
     assert_int_equal(md->notification_key.len, FERRY__KEY_LEN);
@@ -321,19 +322,23 @@ static void test_wire_round_trip(void **state)
     assert_memory_equal(out.key, in.key, sizeof(in.key));
     assert_int_equal(out.op_id, in.op_id);
     assert_int_equal(out.op_kind, FERRY__KIND_WRITE);
+    assert_false(out.peer_errors_said);
     assert_false(out.peer_errors);
     assert_int_equal(out.status, FERRY_ERR_CANCELLED);
     assert_int_equal(out.address_len, sizeof(address));
     assert_memory_equal(out.address, address, sizeof(address));
     assert_memory_equal(out.nonce, in.nonce, sizeof(in.nonce));
     assert_memory_equal(out.claim_nonce, in.claim_nonce, sizeof(in.claim_nonce));
-    /* The claimant's peer_error_handling rides in op_kind's top bit. */
+    /* The claimant's peer_error_handling rides in op_kind's top bits: said
+     * (0x40), and on (0x80). */
     free(buf);
+    in.peer_errors_said = true;
     in.peer_errors = true;
     assert_int_equal(ferry__msg_encode(&in, &buf, &len), FERRY_OK);
-    assert_int_equal(buf[5], FERRY__KIND_WRITE | 0x80);
+    assert_int_equal(buf[5], FERRY__KIND_WRITE | 0xc0);
     assert_int_equal(ferry__msg_decode(buf, len, &out), FERRY_OK);
     assert_int_equal(out.op_kind, FERRY__KIND_WRITE);
+    assert_true(out.peer_errors_said);
     assert_true(out.peer_errors);
     /* Truncation, a bad magic, an unknown type, a claim without a claim
      * nonce, without ranges or with more than a claim can name: all

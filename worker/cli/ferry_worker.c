@@ -80,6 +80,7 @@ typedef struct {
     const char *tls_key;
     const char *tls_server_name;
     const char *stats_json; /* NULL: none; "-": stdout */
+    int peer_errors;        /* --peer-error-handling: 1 on, 0 off, -1 libferry's default */
 } options_t;
 
 static const char usage[] =
@@ -109,7 +110,11 @@ static const char usage[] =
     "                       (the last three need --tls-ca; cert and key go together)\n"
     "  --stats-json FILE    on exit, write libferry's counters (operations and bytes by\n"
     "                       direction and outcome, endpoints, keys) as one JSON object\n"
-    "                       to FILE ('-': stdout, after the other output)\n";
+    "                       to FILE ('-': stdout, after the other output)\n"
+    "  --peer-error-handling on|off\n"
+    "                       the connector's peer_error_handling (FERRY_PEER_ERROR_HANDLING;\n"
+    "                       default on); every worker that transfers with this one must\n"
+    "                       say the same (README, \"Peer failure\")\n";
 
 static double now_s(void)
 {
@@ -166,6 +171,18 @@ static bool parse_timeout_flag(const char *text, int *ms_p)
     return true;
 }
 
+/* "on" (1) or "off" (0); false, said, for anything else (an empty
+ * variable too: set but empty is refused, not taken as unset). */
+static bool parse_on_off(const char *what, const char *text, int *value_p)
+{
+    if (strcmp(text, "on") == 0 || strcmp(text, "off") == 0) {
+        *value_p = strcmp(text, "on") == 0;
+        return true;
+    }
+    fprintf(stderr, "ferry-worker: %s must be on or off, not '%s'\n", what, text);
+    return false;
+}
+
 /* The TLS flags' rules (common/tls_flags.h); false, said, when broken. */
 static bool check_tls_flags(const options_t *o)
 {
@@ -192,6 +209,7 @@ static int parse_options(int argc, char **argv, options_t *o)
         {"tls-key", required_argument, NULL, 'K'},
         {"tls-server-name", required_argument, NULL, 'N'},
         {"stats-json", required_argument, NULL, 'J'},
+        {"peer-error-handling", required_argument, NULL, 'P'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -213,6 +231,12 @@ static int parse_options(int argc, char **argv, options_t *o)
     o->descriptors = 1;
     o->device = (ferry_device_t)FERRY_DEVICE_HOST_INIT;
     o->timeout_ms = 60000;
+    o->peer_errors = -1;
+    if (getenv("FERRY_PEER_ERROR_HANDLING") != NULL &&
+        !parse_on_off("FERRY_PEER_ERROR_HANDLING", getenv("FERRY_PEER_ERROR_HANDLING"),
+                      &o->peer_errors)) {
+        return -1;
+    }
     if (argc < 2 || argv[1][0] == '-') {
         fputs(usage, argc >= 2 && strcmp(argv[1], "--help") == 0 ? stdout : stderr);
         return argc >= 2 && strcmp(argv[1], "--help") == 0 ? 1 : -1;
@@ -286,6 +310,11 @@ static int parse_options(int argc, char **argv, options_t *o)
             break;
         case 'J':
             o->stats_json = optarg;
+            break;
+        case 'P':
+            if (!parse_on_off("--peer-error-handling", optarg, &o->peer_errors)) {
+                return -1;
+            }
             break;
         case 'h':
             fputs(usage, stdout);
@@ -832,6 +861,10 @@ int main(int argc, char **argv)
     /* libferry logs only when asked: the program asks, from the
      * environment, at info by default (as it always logged). */
     conn_params.log_level = log_level_from_env();
+    if (o.peer_errors >= 0) {
+        conn_params.field_mask |= FERRY_CONNECTOR_PARAM_FIELD_PEER_ERROR_HANDLING;
+        conn_params.peer_error_handling = o.peer_errors == 1;
+    }
     status = ferry_connector_create(&conn_params, &conn);
     if (status != FERRY_OK) {
         return fail("connector", status);
