@@ -853,13 +853,19 @@ static ferry_status_t claim_pairs(const Ferry__V1__ClaimRequest *req, const char
                             sizeof(rule)) != FERRY_OK) {
         status = registry_fail(FERRY_ERR_SIZE_MISMATCH, msg, cap,
                                "descriptor_sizes: %s (request_id '%s')", rule, id);
-    } else if (req->peer_error_handling !=
-                   FERRY__V1__PEER_ERROR_HANDLING__PEER_ERROR_HANDLING_UNSPECIFIED &&
-               req->peer_error_handling != m->peer_error_handling) {
+    } else if (req->peer_error_handling != m->peer_error_handling &&
+               (req->peer_error_handling !=
+                    FERRY__V1__PEER_ERROR_HANDLING__PEER_ERROR_HANDLING_UNSPECIFIED ||
+                req->n_descriptor_sizes > 0)) {
+        /* Unsaid is not checked for a client that is no libferry (it sends
+         * no sizes either); a libferry that does not say is one from before
+         * the field, whose claim the passive side would refuse after it was
+         * granted, ending the operation ERRORED. */
         status = registry_fail(
             FERRY_ERR_FAILED_PRECONDITION, msg, cap,
-            "peer_error_handling: the claimant's is %s, request_id '%s''s passive side's is %s; "
-            "UCX 1.13 cannot connect the two (set peer_error_handling alike on every worker)",
+            "peer_error_handling: the claimant's is %s, the passive side's of request_id '%s' "
+            "is %s; UCX 1.13 cannot connect the two (set peer_error_handling alike on every "
+            "worker, and upgrade together the workers that transfer to each other)",
             peer_errors_name(req->peer_error_handling), id,
             peer_errors_name(m->peer_error_handling));
     }

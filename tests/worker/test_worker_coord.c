@@ -2301,6 +2301,27 @@ static void test_claim_refused_when_peer_error_handling_differs(void **state)
     assert_int_equal(coord_state("peer-errors-1"), ST(REGISTERED));
     assert_int_equal(ferry_op_status(recv_op), FERRY_OP_STATUS_INITIALIZED);
 
+    /* A libferry from before the field sends its sizes and says nothing:
+     * refused the same way (its CLAIM would be, after the grant). */
+    {
+        Ferry__V1__ClaimRequest old = FERRY__V1__CLAIM_REQUEST__INIT;
+        Ferry__V1__ClaimResponse *granted = NULL;
+        uint64_t sizes[1] = {sizeof(wbuf)};
+        rpc_error_t err;
+
+        old.request_id = "peer-errors-1";
+        old.access_token = TOKEN;
+        old.kind = FERRY__V1__OPERATION_KIND__OPERATION_KIND_WRITE;
+        old.n_descriptor_sizes = 1;
+        old.descriptor_sizes = sizes;
+        assert_int_equal(test_coord_call(chan, "Claim", &old.base,
+                                         &ferry__v1__claim_response__descriptor,
+                                         (ProtobufCMessage **)&granted, &err),
+                         FERRY_ERR_FAILED_PRECONDITION);
+        assert_non_null(strstr(err.message, "the claimant's is not said"));
+        assert_int_equal(coord_state("peer-errors-1"), ST(REGISTERED));
+    }
+
     assert_int_equal(ferry_write_begin_by_id(conn, client, &claim, &wd, 1, &writer), FERRY_OK);
     assert_int_equal(ferry_op_wait(writer, 20000), FERRY_OK);
     assert_int_equal(ferry_op_wait(recv_op, 20000), FERRY_OK);

@@ -14,7 +14,8 @@
  * 2 bad usage, or the coordinator refused the pairing (sizes, count or kind
  * differ); 3 the bytes did not match; 4 timed out (a request ID never
  * registered included: a sender waits for it); 5 the coordinator refused
- * (taken, ended, wrong token) (exit_code_for). Stopped by signal N (SIGTERM,
+ * (taken, ended, wrong token, or the two sides differ in
+ * --peer-error-handling) (exit_code_for). Stopped by signal N (SIGTERM,
  * SIGINT, SIGHUP), it cancels its operation, releases its records, then
  * dies of N (stop_exit: 128 + N where the signal is not delivered).
  *
@@ -232,16 +233,16 @@ static int parse_options(int argc, char **argv, options_t *o)
     o->device = (ferry_device_t)FERRY_DEVICE_HOST_INIT;
     o->timeout_ms = 60000;
     o->peer_errors = -1;
-    if (getenv("FERRY_PEER_ERROR_HANDLING") != NULL &&
-        !parse_on_off("FERRY_PEER_ERROR_HANDLING", getenv("FERRY_PEER_ERROR_HANDLING"),
-                      &o->peer_errors)) {
-        return -1;
-    }
     if (argc < 2 || argv[1][0] == '-') {
         fputs(usage, argc >= 2 && strcmp(argv[1], "--help") == 0 ? stdout : stderr);
         return argc >= 2 && strcmp(argv[1], "--help") == 0 ? 1 : -1;
     }
     o->command = argv[1];
+    if (getenv("FERRY_PEER_ERROR_HANDLING") != NULL &&
+        !parse_on_off("FERRY_PEER_ERROR_HANDLING", getenv("FERRY_PEER_ERROR_HANDLING"),
+                      &o->peer_errors)) {
+        return -1;
+    }
     optind = 2;
     while ((opt = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
         switch (opt) {
