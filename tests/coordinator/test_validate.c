@@ -177,6 +177,17 @@ static void test_metadata(void **state)
         name[COORD_NAME_MAX] = '\0';
         assert_int_equal(coord_validate_metadata("metadata", &md, msg, sizeof(msg)), FERRY_OK);
     }
+
+    /* peer_error_handling: unsaid (older metadata), off or on; nothing else. */
+    fill(&md, d, dp, 1);
+    md.peer_error_handling = (Ferry__V1__PeerErrorHandling)3;
+    assert_int_equal(coord_validate_metadata("metadata", &md, msg, sizeof(msg)),
+                     FERRY_ERR_INVALID_ARGUMENT);
+    assert_non_null(strstr(msg, "metadata.peer_error_handling: unknown value 3"));
+    md.peer_error_handling = FERRY__V1__PEER_ERROR_HANDLING__PEER_ERROR_HANDLING_UNSPECIFIED;
+    assert_int_equal(coord_validate_metadata("metadata", &md, msg, sizeof(msg)), FERRY_OK);
+    md.peer_error_handling = FERRY__V1__PEER_ERROR_HANDLING__PEER_ERROR_HANDLING_ON;
+    assert_int_equal(coord_validate_metadata("metadata", &md, msg, sizeof(msg)), FERRY_OK);
 }
 
 /* A range past the top of the address space is refused at Register, naming
@@ -468,6 +479,19 @@ static void test_required_lease_ids(void **state)
     assert_string_equal(msg, "claim_lease_id is negative");
     complete.claim_lease_id = 1;
     assert_int_equal(coord_validate_request(&complete.base, msg, sizeof(msg)), FERRY_OK);
+
+    {
+        Ferry__V1__ClaimRequest claim = FERRY__V1__CLAIM_REQUEST__INIT;
+
+        claim.request_id = "op-1";
+        claim.access_token = "0123456789abcdef";
+        claim.peer_error_handling = (Ferry__V1__PeerErrorHandling)-1;
+        assert_int_equal(coord_validate_request(&claim.base, msg, sizeof(msg)),
+                         FERRY_ERR_INVALID_ARGUMENT);
+        assert_string_equal(msg, "peer_error_handling: unknown value -1");
+        claim.peer_error_handling = FERRY__V1__PEER_ERROR_HANDLING__PEER_ERROR_HANDLING_OFF;
+        assert_int_equal(coord_validate_request(&claim.base, msg, sizeof(msg)), FERRY_OK);
+    }
 }
 
 static ferry_status_t page_token(const char *text, coord_page_token_t *token)

@@ -458,7 +458,8 @@ static void test_writer_killed_mid_transfer(void **state)
     assert_true(status == FERRY_ERR_PEER_FAILED || status == FERRY_ERR_EXPIRED);
     assert_int_equal(ferry_op_status(op), FERRY_OP_STATUS_ERRORED);
     ferry_op_error(op, &msg);
-    assert_true(strstr(msg, "claim expired") != NULL || strstr(msg, "failed") != NULL);
+    assert_true(strstr(msg, "claim expired") != NULL ||
+                strstr(msg, "the admitted peer's endpoint failed") != NULL);
     assert_true(record_reaches("kill-1", ST(ERRORED), (TTL * 3 + 5) * 1000));
     ferry_op_destroy(op);
     free(buf);

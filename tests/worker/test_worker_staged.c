@@ -1658,6 +1658,11 @@ int main(int argc, char **argv)
     };
     int failed;
 
+    /* A dead peer over shared memory is seen at UCX's keepalive check,
+     * 20 s apart by default, which is this test's whole wait: every second
+     * unless said otherwise (CTest says the same), set before any thread or
+     * connector, children included. */
+    setenv("UCX_KEEPALIVE_INTERVAL", "1s", 0);
     signal(SIGPIPE, SIG_IGN);
     atomic_store(&ferry__test_staging.force, true);
     atomic_store(&ferry__test_staging.no_map, getenv("FERRY_TEST_STAGED_PUTS") != NULL);

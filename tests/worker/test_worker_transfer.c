@@ -534,7 +534,7 @@ static void test_writer_killed_before_notice(void **state)
  * the dead writer's endpoint fails and the op ends ERRORED, not TIMED_OUT.
  * On one host over shared memory UCX sees the death at its next keepalive
  * check (the writer's pid start time), every UCX_KEEPALIVE_INTERVAL (20 s
- * by default; CTest sets 1 s: tests/worker/CMakeLists.txt). */
+ * by default; main and CTest set 1 s). */
 static void test_writer_killed_peer_detection(void **state)
 {
     ferry_connector_t *c;
@@ -585,6 +585,24 @@ static void test_peer_error_handling_must_agree(void **state)
     assert_int_equal(ferry_op_status(passive), FERRY_OP_STATUS_INITIALIZED); /* not claimed */
     for (size_t i = 0; i < sizeof(dst); i++) {
         assert_int_equal(dst[i], 0); /* nothing written */
+    }
+    /* Metadata of a libferry before the field says nothing: refused too. */
+    {
+        Ferry__V1__RdmaMetadata *old;
+        uint8_t *old_bytes;
+        size_t old_len;
+
+        assert_int_equal(ferry__metadata_decode(md, md_len, &old), FERRY_OK);
+        old->peer_error_handling = FERRY__V1__PEER_ERROR_HANDLING__PEER_ERROR_HANDLING_UNSPECIFIED;
+        old_len = ferry__v1__rdma_metadata__get_packed_size(old);
+        old_bytes = malloc(old_len);
+        assert_non_null(old_bytes);
+        ferry__v1__rdma_metadata__pack(old, old_bytes);
+        ferry__metadata_free(old);
+        assert_int_equal(ferry_write_begin(world.c, &sd, 1, old_bytes, old_len, &active),
+                         FERRY_ERR_FAILED_PRECONDITION);
+        assert_non_null(strstr(ferry_last_error_message(), "the passive side's is not said"));
+        free(old_bytes);
     }
 
     assert_int_equal(ferry_write_begin(world.c, &sd, 1, md, md_len, &active), FERRY_OK);
@@ -1742,6 +1760,11 @@ int main(int argc, char **argv)
     };
     int failed;
 
+    /* A dead peer over shared memory is seen at UCX's keepalive check,
+     * 20 s apart by default, which is this test's whole wait: every second
+     * unless said otherwise (CTest says the same), set before any thread or
+     * connector, children included. */
+    setenv("UCX_KEEPALIVE_INTERVAL", "1s", 0);
     self_exe = "/proc/self/exe";
     if (argc == 4 && strcmp(argv[1], "--passive") == 0) {
         return passive_main(atoi(argv[2]), atoi(argv[3]));
