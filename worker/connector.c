@@ -1003,6 +1003,22 @@ static void drain_for_destroy(ferry_connector_t *c)
     }
 }
 
+/* Destroy, lock held, after the cache is cleared: peers whose failure came
+ * after the last drain (closing one endpoint progresses the worker, and
+ * another's error can come then, say that of a peer whose process went
+ * first) still hold the failed queue's reference. The operations have gone
+ * (or are lost, logged above): the references go, and with the last one the
+ * endpoint. */
+static void failed_drop(ferry_connector_t *c)
+{
+    while (c->failed != NULL) {
+        ferry__peer_t *peer = c->failed;
+        c->failed = peer->failed_next;
+        ferry__peer_uncache(peer);
+        ferry__peer_put(peer); /* the failed queue's */
+    }
+}
+
 /* Connectors that destroy left behind (abandon), reachable from here and
  * never freed. */
 static pthread_mutex_t abandoned_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -1094,6 +1110,7 @@ ferry_status_t ferry_connector_destroy(ferry_connector_t *c)
         ferry_error("connector %s: destroyed with %u operations still alive", c->name, c->live_ops);
     }
     ferry__peer_cache_clear(c);
+    failed_drop(c);
     ferry__staged_stale_free(c);
     while (c->inbox != NULL) { /* came after the last drain */
         ferry__inmsg_t *in = c->inbox;

@@ -408,6 +408,9 @@ ferry_status_t ferry__peer_get(ferry_connector_t *c, const uint8_t *address, siz
 void ferry__peer_put(ferry__peer_t *peer);
 void ferry__peer_ref(ferry__peer_t *peer); /* one more reference, put with _put */
 void ferry__peer_ref_for_failure(ferry__peer_t *peer);
+/* Peers (endpoints) open in this process, every connector's, for tests:
+ * none is left once its connector is destroyed. */
+unsigned ferry__peers_open(void);
 /* The key, unpacked on the peer's endpoint or found in its cache. A key
  * UCX maps into this process is checked once, when it is unpacked
  * (ferry__rkey_classify, with probe, an address the metadata names in it);

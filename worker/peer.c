@@ -68,6 +68,13 @@ static bool address_version_known(const uint8_t *address, size_t len)
     return len >= 2 && (address[0] & 0xfu) <= 1u;
 }
 
+static atomic_uint peers_open; /* ferry__peers_open */
+
+unsigned ferry__peers_open(void)
+{
+    return atomic_load(&peers_open);
+}
+
 /* UCX callback (lock held): remember the failure; the loop handles it. */
 static void ep_err_cb(void *arg, ucp_ep_h ep, ucs_status_t status)
 {
@@ -121,6 +128,7 @@ static ferry_status_t peer_open(ferry_connector_t *c, const uint8_t *address, si
                            c->name, ucs_status_string(status));
     }
     c->stats.endpoints_created++;
+    atomic_fetch_add(&peers_open, 1);
     ferry_debug("connector %s: peer %llu: endpoint created", c->name, (unsigned long long)peer->id);
     *peer_p = peer;
     return FERRY_OK;
@@ -266,6 +274,7 @@ static void peer_close(ferry__peer_t *peer)
     }
     free(peer->address);
     free(peer);
+    atomic_fetch_sub(&peers_open, 1);
 }
 
 bool ferry__peer_force_close(ferry__peer_t *peer)

@@ -43,6 +43,15 @@
 #include "pair.h"
 #include "worker/ferry_int.h"
 
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/lsan_interface.h>
+#define LSAN_IGNORE_BEGIN() __lsan_disable()
+#define LSAN_IGNORE_END()   __lsan_enable()
+#else
+#define LSAN_IGNORE_BEGIN() ((void)0)
+#define LSAN_IGNORE_END()   ((void)0)
+#endif
+
 #define WAIT_TIMEOUT_MS 20000
 #define BUF_SIZE        4096
 #define SEED            0x5eed
@@ -1314,9 +1323,16 @@ static int stopped_peer_case(bool peer_errors)
     CHECK(ferry_connector_create(&quiet, &c) == FERRY_OK); /* the log level is global */
     CHECK(ferry_connector_destroy(c) == FERRY_OK);
     /* The fake's worker runs now, until idle: over TCP UCX asserts when a
-     * worker is destroyed with a wireup message it never got to send. */
+     * worker is destroyed with a wireup message it never got to send. It
+     * answers the wireup of the connector destroyed above with an endpoint
+     * back, whose shared-memory FIFO is gone: UCX 1.13's mm endpoint then
+     * fails its init and leaks the segment hash its attach grew (100 bytes
+     * in libuct, uct_mm_ep_t's init returning without kh_destroy), which
+     * LeakSanitizer is not told of; what is allocated elsewhere is. */
+    LSAN_IGNORE_BEGIN();
     while (ucp_worker_progress(f.worker) != 0) {
     }
+    LSAN_IGNORE_END();
     fake_close(&f);
     return 0;
 }
@@ -1729,5 +1745,10 @@ int main(int argc, char **argv)
         return stopped_peer_case(false) != 0;
     }
     signal(SIGPIPE, SIG_IGN); /* a dead victim shows as a failed read */
+    /* FERRY_TEST_FILTER="test_destroy_*" runs only the matching tests
+     * (cmocka's pattern), to repeat one case. */
+    if (getenv("FERRY_TEST_FILTER") != NULL) {
+        cmocka_set_test_filter(getenv("FERRY_TEST_FILTER"));
+    }
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

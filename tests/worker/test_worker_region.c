@@ -1462,5 +1462,10 @@ int main(int argc, char **argv)
     };
     (void)argc;
     (void)argv;
+    /* FERRY_TEST_FILTER="test_passive_*" runs only the matching tests
+     * (cmocka's pattern), to repeat one case. */
+    if (getenv("FERRY_TEST_FILTER") != NULL) {
+        cmocka_set_test_filter(getenv("FERRY_TEST_FILTER"));
+    }
     return cmocka_run_group_tests(all, NULL, NULL);
 }

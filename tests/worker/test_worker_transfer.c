@@ -1133,6 +1133,41 @@ static void test_failed_peer_not_handed_out(void **state)
     assert_int_equal(ferry_connector_destroy(rx), FERRY_OK);
 }
 
+/* A peer whose failure came after the destroy's last drain (closing one
+ * endpoint progresses the worker, and the error of another, whose process
+ * went first, can come then) holds the failed queue's reference: destroy
+ * drops it, and the endpoint closes with the rest. Caller progress: nothing
+ * drains between the failure and the destroy. Before, that peer leaked (make
+ * asan found it in test_worker_region_tcp, with tx destroyed before rx). */
+static void test_destroy_drops_peers_failed_after_the_last_drain(void **state)
+{
+    ferry_connector_params_t params = {.field_mask =
+                                           FERRY_CONNECTOR_PARAM_FIELD_PROGRESS_MODE |
+                                           FERRY_CONNECTOR_PARAM_FIELD_PEER_ERROR_HANDLING,
+                                       .progress_mode = FERRY_PROGRESS_CALLER,
+                                       .peer_error_handling = true};
+    unsigned before = ferry__peers_open();
+    ferry_connector_t *tx;
+    ferry__peer_t *failed;
+    (void)state;
+
+    assert_int_equal(ferry_connector_create(&params, &tx), FERRY_OK);
+    ferry__lock(tx);
+    assert_int_equal(
+        ferry__peer_get(tx, (const uint8_t *)world.c->address, world.c->address_len, &failed),
+        FERRY_OK);
+    assert_int_equal(ferry__peers_open(), before + 1);
+    /* What UCX's error callback records (peer.c, ep_err_cb). */
+    failed->failure = UCS_ERR_CONNECTION_RESET;
+    ferry__peer_ref_for_failure(failed);
+    failed->failed_next = tx->failed;
+    tx->failed = failed;
+    ferry__peer_put(failed); /* the caller's: the cache's and the queue's stay */
+    ferry__unlock(tx);
+    assert_int_equal(ferry_connector_destroy(tx), FERRY_OK);
+    assert_int_equal(ferry__peers_open(), before);
+}
+
 typedef struct {
     atomic_int destroyed; /* callbacks that destroyed their operation */
     ferry_op_status_t statuses[2];
@@ -1736,6 +1771,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_no_memory_for_the_flush),
         cmocka_unit_test(test_destroy_waits_for_every_delivery),
         cmocka_unit_test(test_failed_peer_not_handed_out),
+        cmocka_unit_test(test_destroy_drops_peers_failed_after_the_last_drain),
         cmocka_unit_test(test_error_message_cut_whole),
         cmocka_unit_test(test_destroy_from_done_callback),
         cmocka_unit_test(test_destroy_from_done_callback_caller),
