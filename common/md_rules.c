@@ -153,10 +153,15 @@ ferry_status_t ferry_md_check(const char *field, const Ferry__V1__RdmaMetadata *
         return invalid(msg, cap, "%s.hostname is %zu bytes; at most %d allowed", field,
                        strlen(md->hostname), FERRY_MD_NAME_MAX);
     }
-    if (md->peer_error_handling < FERRY__V1__PEER_ERROR_HANDLING__PEER_ERROR_HANDLING_UNSPECIFIED ||
-        md->peer_error_handling > FERRY__V1__PEER_ERROR_HANDLING__PEER_ERROR_HANDLING_ON) {
-        return invalid(msg, cap, "%s.peer_error_handling: unknown value %d", field,
-                       (int)md->peer_error_handling);
+    return ferry_peer_error_handling_check(field, (int)md->peer_error_handling, msg, cap);
+}
+
+ferry_status_t ferry_peer_error_handling_check(const char *parent, int value, char *msg, size_t cap)
+{
+    if (value < FERRY__V1__PEER_ERROR_HANDLING__PEER_ERROR_HANDLING_UNSPECIFIED ||
+        value > FERRY__V1__PEER_ERROR_HANDLING__PEER_ERROR_HANDLING_ON) {
+        return invalid(msg, cap, "%s%speer_error_handling: unknown value %d",
+                       parent != NULL ? parent : "", parent != NULL ? "." : "", value);
     }
     return FERRY_OK;
 }

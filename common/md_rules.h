@@ -109,5 +109,10 @@ ferry_status_t ferry_md_sizes_pair(const Ferry__V1__RdmaMetadata *md, const uint
 ferry_status_t ferry_request_id_check(const char *field, const char *id, char *msg, size_t cap);
 ferry_status_t ferry_token_check(const char *field, const char *token, int required, char *msg,
                                  size_t cap);
+/* A PeerErrorHandling value (types.proto) this build knows: metadata's
+ * field 9 and ClaimRequest's field 11. `parent` names the message the field
+ * is in ("metadata"), or NULL at the top level. */
+ferry_status_t ferry_peer_error_handling_check(const char *parent, int value, char *msg,
+                                               size_t cap);
 
 #endif /* FERRY_COMMON_MD_RULES_H */

@@ -77,12 +77,7 @@ static ferry_status_t check_claim(const ProtobufCMessage *m, char *msg, size_t c
                  FERRY_MD_DESCRIPTORS_MAX);
         return FERRY_ERR_INVALID_ARGUMENT;
     }
-    if (req->peer_error_handling <
-            FERRY__V1__PEER_ERROR_HANDLING__PEER_ERROR_HANDLING_UNSPECIFIED ||
-        req->peer_error_handling > FERRY__V1__PEER_ERROR_HANDLING__PEER_ERROR_HANDLING_ON) {
-        snprintf(msg, cap, "peer_error_handling: unknown value %d", (int)req->peer_error_handling);
-        return FERRY_ERR_INVALID_ARGUMENT;
-    }
+    CHECK(ferry_peer_error_handling_check(NULL, (int)req->peer_error_handling, msg, cap));
     return coord_validate_not_negative("wait_ms", req->wait_ms, msg, cap);
 }
 

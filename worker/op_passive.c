@@ -452,22 +452,26 @@ static bool claim_names_own_memory(const ferry_op_t *op, const ferry__msg_t *msg
 }
 
 /* A claimant that differs in peer error handling is a deployment's
- * misconfiguration (or a worker not upgraded): said once per process at
- * warn, as a flood of such claims must not flood the log; the claimant is
- * told FAILED_PRECONDITION. */
+ * misconfiguration (or a worker not upgraded): said at warn at most every
+ * FERRY_LOG_REPEAT_MS (a flood of such claims must not flood the log), the
+ * next line counting those not said; the claimant is told
+ * FAILED_PRECONDITION. */
 static void warn_peer_errors_differ(const ferry_op_t *op, const ferry__msg_t *msg)
 {
-    static atomic_bool said;
+    static ferry_log_limit_t limit;
+    unsigned quiet;
 
-    if (!atomic_exchange(&said, true)) {
+    if (ferry_log_due(&limit, &quiet)) {
         ferry_warn("%s: claim refused: the claimant's peer_error_handling is %s, connector %s's "
-                   "is %s; UCX 1.13 cannot connect the two (set it alike on every worker; said "
-                   "once)",
+                   "is %s; UCX 1.13 cannot connect the two (set it alike on every worker; %u "
+                   "more such claims since the last line)",
                    op->label,
                    !msg->peer_errors_said ? "not said (an older libferry)"
                    : msg->peer_errors     ? "on"
                                           : "off",
-                   op->connector->name, op->connector->peer_error_handling ? "on" : "off");
+                   op->connector->name, op->connector->peer_error_handling ? "on" : "off", quiet);
+    } else {
+        ferry_debug("%s: claim refused: peer_error_handling differs", op->label);
     }
 }
 
