@@ -141,6 +141,7 @@ static bool wait_room(coord_service_t *svc)
 static void wait_link(coord_service_t *svc, wait_entry_t *w)
 {
     bucket_add(svc, w);
+    rpc_call_set_parked(w->call, w);
     heap_put(svc, svc->n_waits++, w);
     heap_fix(svc, w->heap_at);
 }
@@ -154,6 +155,7 @@ static void wait_unlink(coord_service_t *svc, wait_entry_t *w)
     size_t at = w->heap_at;
 
     coord_peers_give(svc->wait_peers, w->peer_host);
+    rpc_call_set_parked(w->call, NULL);
     if (w->hprev != NULL) {
         w->hprev->hnext = w->hnext;
     } else {
@@ -171,18 +173,18 @@ static void wait_unlink(coord_service_t *svc, wait_entry_t *w)
 }
 
 /* The parked wait of call, taken off; NULL when it is not parked (the wait
- * thread took it, or it never was). A walk, bounded by --max-waits: a
- * cancel is rare beside the wakes and due waits that need none. */
+ * thread took it, or it never was). Found through the call (wait_link set
+ * it, wait_unlink clears it, both under waits_lock), not by a walk of every
+ * parked wait: a client that parks and resets calls in a loop must not cost
+ * a walk of --max-waits each under the lock the wakes need (audit-s33 L1). */
 static wait_entry_t *unlink_call(coord_service_t *svc, rpc_call_t *call)
 {
-    for (size_t i = 0; i < svc->n_waits; i++) {
-        wait_entry_t *w = svc->waits_heap[i];
-        if (w->call == call) {
-            wait_unlink(svc, w);
-            return w;
-        }
+    wait_entry_t *w = rpc_call_parked(call);
+
+    if (w != NULL) {
+        wait_unlink(svc, w);
     }
-    return NULL;
+    return w;
 }
 
 /* Whether `request_id` was woken after wake number seen_seq (or the wakes
@@ -529,6 +531,7 @@ void service_waits_stop(coord_service_t *svc)
     n = svc->n_waits;
     for (size_t i = 0; i < n; i++) {
         coord_peers_give(svc->wait_peers, all[i]->peer_host);
+        rpc_call_set_parked(all[i]->call, NULL); /* a late cancel finds none */
     }
     svc->waits_heap = NULL;
     svc->heap_cap = svc->n_waits = 0;

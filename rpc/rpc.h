@@ -421,6 +421,13 @@ const char *rpc_call_peer_host(const rpc_call_t *call);
 /* The call's path ("/ferry.v1.Coordinator/Get"), for logs; static per call. */
 const char *rpc_call_path(const rpc_call_t *call);
 
+/* A pointer the handler's side keeps with the call (NULL until set): where
+ * it parked the call, say, so that its cancel callback finds that entry at
+ * once rather than by a walk. This layer never reads it; whoever sets it
+ * reads and writes it under a lock of its own. */
+void rpc_call_set_parked(rpc_call_t *call, void *entry);
+void *rpc_call_parked(const rpc_call_t *call);
+
 /* --- client ------------------------------------------------------------ */
 
 typedef struct rpc_channel rpc_channel_t;

@@ -1187,6 +1187,16 @@ const char *rpc_call_peer_host(const rpc_call_t *call)
     return call->peer_host;
 }
 
+void rpc_call_set_parked(rpc_call_t *call, void *entry)
+{
+    call->parked = entry;
+}
+
+void *rpc_call_parked(const rpc_call_t *call)
+{
+    return call->parked;
+}
+
 const char *rpc_call_path(const rpc_call_t *call)
 {
     return call->path;

@@ -424,6 +424,7 @@ struct rpc_call {
     char final_ferry[16];
     void (*cancel_cb)(rpc_call_t *call, void *arg);
     void *cancel_arg;
+    void *parked; /* rpc_call_set_parked: the handler side's, under its lock */
     bool cancel_cb_ran;
 
     /* On server->drain's list (guarded by drain.lock, not call->lock). */

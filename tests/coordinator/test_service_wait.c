@@ -88,6 +88,8 @@ typedef struct {
     int refs;              /* rpc_call_ref minus rpc_call_unref */
     void (*cancel)(rpc_call_t *, void *);
     void *cancel_arg;
+    void *parked;       /* rpc_call_set_parked's, under the service's waits_lock */
+    int parked_lookups; /* rpc_call_parked calls on it, likewise */
 } call_rec_t;
 
 static struct {
@@ -119,6 +121,8 @@ void __wrap_rpc_call_fail(rpc_call_t *call, ferry_status_t status, const char *f
 void __wrap_rpc_call_on_cancel(rpc_call_t *call, void (*cb)(rpc_call_t *call, void *arg),
                                void *arg);
 const char *__wrap_rpc_call_peer(const rpc_call_t *call);
+void __wrap_rpc_call_set_parked(rpc_call_t *call, void *entry);
+void *__wrap_rpc_call_parked(const rpc_call_t *call);
 const char *__wrap_rpc_call_peer_host(const rpc_call_t *call);
 void __wrap_service_lookup_once(coord_service_t *svc, rpc_call_t *call,
                                 const Ferry__V1__LookupRequest *req, int64_t deadline_ms);
@@ -162,6 +166,17 @@ void __wrap_rpc_call_on_cancel(rpc_call_t *call, void (*cb)(rpc_call_t *call, vo
     rec_of(call)->cancel = cb;
     rec_of(call)->cancel_arg = arg;
     pthread_mutex_unlock(&rec.lock);
+}
+
+void __wrap_rpc_call_set_parked(rpc_call_t *call, void *entry)
+{
+    rec_of(call)->parked = entry;
+}
+
+void *__wrap_rpc_call_parked(const rpc_call_t *call)
+{
+    rec_of(call)->parked_lookups++;
+    return rec_of(call)->parked;
 }
 
 const char *__wrap_rpc_call_peer(const rpc_call_t *call)
@@ -366,31 +381,77 @@ static void test_sooner_wait_wakes_the_thread(void **state)
     assert_int_equal(coord_service_parked_waits(svc), 1);
 }
 
+/* Calls in [0, n) that are parked (their slot set) and how many lookups
+ * of the slot there were, read under waits_lock. */
+static int parked_calls(coord_service_t *svc, int n, int *lookups_p)
+{
+    int parked = 0, lookups = 0;
+
+    pthread_mutex_lock(&svc->waits_lock);
+    for (int i = 0; i < n; i++) {
+        parked += rec.calls[i].parked != NULL;
+        lookups += rec.calls[i].parked_lookups;
+    }
+    pthread_mutex_unlock(&svc->waits_lock);
+    *lookups_p = lookups;
+    return parked;
+}
+
 /* A cancelled wait leaves at once (CANCELLED), from among many, and a wake
  * of its ID later runs only the other wait on that ID; a cancel that comes
- * after its wait ran does nothing. */
+ * after its wait ran does nothing. A cancel finds its wait through its own
+ * call, looking at no other (audit-s33 L1: it walked every parked wait,
+ * under the lock the wakes need). */
 static void test_cancelled_wait_leaves(void **state)
 {
     coord_service_t *svc = *state;
     char id[32];
-    int n = 500;
+    int n = 500, lookups;
 
     for (int i = 0; i < n; i++) {
         snprintf(id, sizeof(id), "id-%d", i % 250);
         park(svc, i, id, 600000);
     }
+    assert_int_equal(parked_calls(svc, n, &lookups), n);
+    assert_int_equal(lookups, 0);
     rec.calls[100].cancel(call_of(100), rec.calls[100].cancel_arg);
     assert_int_equal(rec.calls[100].fails, 1);
     assert_int_equal(rec.calls[100].status, FERRY_ERR_CANCELLED);
     assert_int_equal(rec.calls[100].refs, 0);
     assert_int_equal(coord_service_parked_waits(svc), (size_t)n - 1);
+    assert_int_equal(parked_calls(svc, n, &lookups), n - 1);
+    assert_int_equal(lookups, 1);
+    assert_int_equal(rec.calls[100].parked_lookups, 1);
+    assert_null(rec.calls[100].parked);
     service_waits_wake(svc, "id-100");
     await_ended(n, 2);
     assert_int_equal(rec.calls[350].runs, 1);
     assert_int_equal(rec.calls[100].runs, 0);
+    assert_int_equal(parked_calls(svc, n, &lookups), n - 2);
     rec.calls[350].cancel(call_of(350), rec.calls[350].cancel_arg); /* ran already */
     assert_int_equal(rec.calls[350].fails, 0);
     assert_int_equal(coord_service_parked_waits(svc), (size_t)n - 2);
+}
+
+/* Stopping fails every parked wait UNAVAILABLE and clears their slots: a
+ * cancel that comes after (the rpc layer's, as the server shuts down)
+ * finds nothing parked, not the freed wait. */
+static void test_cancel_after_stop_finds_nothing(void **state)
+{
+    coord_service_t *svc = *state;
+    int n = 100, lookups;
+
+    for (int i = 0; i < n; i++) {
+        park(svc, i, "never", 600000);
+    }
+    service_waits_stop(svc);
+    assert_int_equal(parked_calls(svc, n, &lookups), 0);
+    for (int i = 0; i < n; i++) {
+        rec.calls[i].cancel(call_of(i), rec.calls[i].cancel_arg);
+        assert_int_equal(rec.calls[i].fails, 1);
+        assert_int_equal(rec.calls[i].status, FERRY_ERR_UNAVAILABLE);
+        assert_int_equal(rec.calls[i].refs, 0);
+    }
 }
 
 /* A wake for the ID between the caller's look and its parking makes it
@@ -571,6 +632,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_sooner_wait_wakes_the_thread, setup_long_idle,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_cancelled_wait_leaves, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_cancel_after_stop_finds_nothing, setup, teardown),
         cmocka_unit_test_setup_teardown(test_wake_before_parking_is_not_missed, setup, teardown),
         cmocka_unit_test_setup_teardown(test_bound_refuses_past_it, setup, teardown),
         cmocka_unit_test_setup_teardown(test_per_peer_share_refuses_one_host_and_comes_back, setup,
