@@ -9,7 +9,9 @@
  *   - at most max_queued more wait for a worker (--etcd-queue); a job beyond
  *     that is refused (FERRY_ERR_RESOURCE_EXHAUSTED), unless it is internal
  *     work that must not be lost (COORD_EXEC_MUST), which is bounded by
- *     what causes it (one per claim that expired, one per failed call);
+ *     what causes it (claim ends: at most REGISTRY_CLAIM_ENDS_QUEUED_MAX
+ *     at once, the rest waiting their turn in the registry; one per failed
+ *     call);
  *   - urgent work (COORD_EXEC_URGENT: lease renewals, which keep every
  *     record of a worker alive) goes ahead of the jobs that are not urgent
  *     and has a bound of its own (max_queued urgent jobs waiting, at least

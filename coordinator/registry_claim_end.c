@@ -22,11 +22,18 @@
  * or another replica's, changes nothing.
  *
  * Bounds: each runs on params.exec (COORD_EXEC_MUST, one per claim that
- * ended, never holding the watch thread); at most CLAIM_END_WAITING_MAX
- * wait at once. One past it, or one still waiting at shutdown, is given up
- * with a warning: an expiry is then made by the next load's orphan scan (a
- * restart, a reload after compaction), a claim key lives as long as its
- * claimant's lease.
+ * ended, never holding the watch thread), at most
+ * REGISTRY_CLAIM_ENDS_QUEUED_MAX there at once: the rest wait, in order, in
+ * r->claim_ends_pending, and each one that leaves the queue lets the next
+ * in. One revision can end every claim of a lease (a Revoke of a session
+ * lease with 100,000 claims), and one job per claim queued at once would
+ * go ahead of every write submitted after it (audit-s33 L2); now those take
+ * turns with at most that many. What pending holds is one small job per
+ * claim that ended, as the view holds a record per claim. At most
+ * CLAIM_END_WAITING_MAX wait for a retry at once. One past it, or one still
+ * waiting at shutdown, is given up with a warning: an expiry is then made
+ * by the next load's orphan scan (a restart, a reload after compaction), a
+ * claim key lives as long as its claimant's lease.
  *
  * Threads: any; r->lock guards r->claim_ends_waiting and
  * r->n_claim_ends_waiting, and is never held across etcd.
@@ -193,14 +200,76 @@ static void claim_end_run(void *arg, bool run)
     }
 }
 
+static void claim_end_job(void *arg, bool run);
+
+/* A claim end left params.exec (it ran, or the queue stopped): the oldest
+ * pending one, if any, takes its place. A loop, not a recursion, while the
+ * queue is stopping and refuses each. */
+static void claim_end_left(coord_registry_t *r)
+{
+    for (;;) {
+        claim_end_job_t *e;
+
+        pthread_mutex_lock(&r->lock);
+        r->claim_ends_queued--;
+        e = r->claim_ends_pending;
+        if (e != NULL) {
+            r->claim_ends_pending = e->next;
+            if (r->claim_ends_pending == NULL) {
+                r->claim_ends_pending_tail = NULL;
+            }
+            r->n_claim_ends_pending--;
+            r->claim_ends_queued++;
+        }
+        pthread_mutex_unlock(&r->lock);
+        if (e == NULL) {
+            return;
+        }
+        e->next = NULL;
+        if (coord_exec_submit(r->params.exec, claim_end_job, e, COORD_EXEC_MUST) == FERRY_OK) {
+            return;
+        }
+        claim_end_run(e, false); /* the queue is stopping: given up */
+    }
+}
+
+/* params.exec's job: the claim end, then the next one in. */
+static void claim_end_job(void *arg, bool run)
+{
+    claim_end_job_t *e = arg;
+    coord_registry_t *r = e->r;
+
+    claim_end_run(e, run); /* frees e */
+    claim_end_left(r);
+}
+
 static void claim_end_submit(claim_end_job_t *e)
 {
-    coord_exec_t *exec = e->r->params.exec;
+    coord_registry_t *r = e->r;
+    coord_exec_t *exec = r->params.exec;
 
     if (exec == NULL) {
         claim_end_run(e, true); /* no queue (tests) */
-    } else if (coord_exec_submit(exec, claim_end_run, e, COORD_EXEC_MUST) != FERRY_OK) {
+        return;
+    }
+    pthread_mutex_lock(&r->lock);
+    if (r->claim_ends_queued >= REGISTRY_CLAIM_ENDS_QUEUED_MAX) {
+        e->next = NULL;
+        if (r->claim_ends_pending_tail != NULL) {
+            r->claim_ends_pending_tail->next = e;
+        } else {
+            r->claim_ends_pending = e;
+        }
+        r->claim_ends_pending_tail = e;
+        r->n_claim_ends_pending++;
+        pthread_mutex_unlock(&r->lock);
+        return;
+    }
+    r->claim_ends_queued++;
+    pthread_mutex_unlock(&r->lock);
+    if (coord_exec_submit(exec, claim_end_job, e, COORD_EXEC_MUST) != FERRY_OK) {
         claim_end_run(e, false); /* the queue is stopping */
+        claim_end_left(r);
     }
 }
 
@@ -269,6 +338,16 @@ size_t registry_claim_ends_waiting(coord_registry_t *r)
     return n;
 }
 
+size_t registry_claim_ends_pending(coord_registry_t *r)
+{
+    size_t n;
+
+    pthread_mutex_lock(&r->lock);
+    n = r->n_claim_ends_pending;
+    pthread_mutex_unlock(&r->lock);
+    return n;
+}
+
 void registry_claim_ends_free(coord_registry_t *r)
 {
     while (r->claim_ends_waiting != NULL) {
@@ -277,4 +356,13 @@ void registry_claim_ends_free(coord_registry_t *r)
         r->n_claim_ends_waiting--;
         claim_end_drop(e, "shutting down");
     }
+    /* None should be left: a job that leaves params.exec takes the next
+     * in, and a stopped queue gives that one up at once. */
+    while (r->claim_ends_pending != NULL) {
+        claim_end_job_t *e = r->claim_ends_pending;
+        r->claim_ends_pending = e->next;
+        r->n_claim_ends_pending--;
+        claim_end_drop(e, "shutting down");
+    }
+    r->claim_ends_pending_tail = NULL;
 }

@@ -192,6 +192,12 @@ struct coord_registry {
      * (registry_claim_end.c); guarded by lock. */
     struct claim_end_job *claim_ends_waiting;
     size_t n_claim_ends_waiting;
+    /* Claim ends in params.exec (queued or running), at most
+     * REGISTRY_CLAIM_ENDS_QUEUED_MAX, and those waiting for room there,
+     * oldest first; guarded by lock. */
+    size_t claim_ends_queued;
+    struct claim_end_job *claim_ends_pending, *claim_ends_pending_tail;
+    size_t n_claim_ends_pending;
 
     int test_load_fails; /* params'; the maintenance thread counts it down */
 };
@@ -308,6 +314,12 @@ void registry_claim_ends_retry(coord_registry_t *r);
 
 /* How many claim ends wait to be tried again. */
 size_t registry_claim_ends_waiting(coord_registry_t *r);
+/* Claim ends waiting for room in params.exec (tests). */
+size_t registry_claim_ends_pending(coord_registry_t *r);
+/* How many claim ends params.exec holds at once (queued or running): one
+ * Revoke of a lease with many claims must not queue one job per claim ahead
+ * of every write submitted after it (audit-s33 L2). */
+#define REGISTRY_CLAIM_ENDS_QUEUED_MAX 64
 
 /* Gives up those still waiting (registry destroy, once nothing can submit
  * them again), with a warning each. */

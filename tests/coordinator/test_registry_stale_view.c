@@ -17,6 +17,7 @@
 #include <setjmp.h>
 #include <cmocka.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -670,6 +671,90 @@ static void test_complete_after_the_claim_lease_ended(void **state)
     coord_exec_destroy(exec);
 }
 
+/* A marker job: how many claim ends had run when it ran. */
+typedef struct {
+    coord_registry_t *r;
+    atomic_uint_fast64_t ends_before;
+    atomic_bool ran;
+} marker_t;
+
+static void marker_job(void *arg, bool run)
+{
+    marker_t *m = arg;
+
+    (void)run;
+    atomic_store(&m->ends_before,
+                 atomic_load(&m->r->claim_ends[0]) + atomic_load(&m->r->claim_ends[1]));
+    atomic_store(&m->ran, true);
+}
+
+/* Waits (10 s at most) until `n` claim ends wait for room in the queue. */
+static void await_claim_ends_pending(coord_registry_t *r, size_t n)
+{
+    int64_t until = ferry__clock_ms(CLOCK_MONOTONIC) + 10000;
+
+    while (registry_claim_ends_pending(r) != n) {
+        struct timespec ts = {0, 5 * 1000 * 1000};
+        assert_true(ferry__clock_ms(CLOCK_MONOTONIC) < until);
+        nanosleep(&ts, NULL);
+    }
+}
+
+/* One Revoke ends every claim on a lease at one revision: the expiry jobs
+ * go into the work queue at most REGISTRY_CLAIM_ENDS_QUEUED_MAX at a time,
+ * the rest waiting in order, so a job submitted after them runs once that
+ * many have, not after all of them (audit-s33 L2: one per claim went in at
+ * once, ahead of every write after). Every claim still ends ERRORED. */
+static void test_claim_ends_take_turns_in_the_queue(void **state)
+{
+    enum { N = REGISTRY_CLAIM_ENDS_QUEUED_MAX + 36 };
+    stale_t *s = *state;
+    gate_t gate = {.lock = PTHREAD_MUTEX_INITIALIZER, .opened = PTHREAD_COND_INITIALIZER};
+    coord_exec_params_t exec_params = {.n_workers = 1, .max_queued = 16};
+    coord_exec_t *exec = NULL;
+    coord_registry_params_t params = {
+        .etcd = s->etcd->client, .prefix = "/turns/", .default_ttl_s = 30};
+    coord_registry_t *r = NULL;
+    coord_record_t rec = {0};
+    marker_t marker = {0};
+    claim_t first, claim;
+    int64_t revision;
+    char id[32], msg[256];
+
+    assert_int_equal(coord_exec_create(&exec_params, &exec), FERRY_OK);
+    params.exec = exec;
+    assert_int_equal(coord_registry_create(&params, &r), FERRY_OK);
+    marker.r = r;
+    for (int i = 0; i < N; i++) {
+        snprintf(id, sizeof(id), "t%d", i);
+        register_op(r, id, TOKEN_ONE);
+        assert_int_equal(claim_as(r, id, TOKEN_ONE, "writer", i == 0 ? NULL : &first,
+                                  i == 0 ? &first : &claim, msg, sizeof(msg)),
+                         FERRY_OK);
+    }
+    assert_int_equal(coord_exec_submit(exec, gate_job, &gate, 0), FERRY_OK);
+    await_exec_load(exec, 1, 0);
+    assert_int_equal(etcd_lease_revoke(s->etcd->client, first.lease), FERRY_OK);
+    await_claim_ends_pending(r, N - REGISTRY_CLAIM_ENDS_QUEUED_MAX);
+    await_exec_load(exec, 1, REGISTRY_CLAIM_ENDS_QUEUED_MAX);
+    assert_int_equal(coord_exec_submit(exec, marker_job, &marker, 0), FERRY_OK);
+
+    gate_open(&gate);
+    await_claim_ends_pending(r, 0);
+    await_exec_load(exec, 0, 0);
+    assert_true(atomic_load(&marker.ran));
+    assert_int_equal(atomic_load(&marker.ends_before), REGISTRY_CLAIM_ENDS_QUEUED_MAX);
+    for (int i = 0; i < N; i++) {
+        snprintf(id, sizeof(id), "t%d", i);
+        assert_int_equal(coord_lookup(r, id, TOKEN_ONE, true, &rec, &revision, msg, sizeof(msg)),
+                         FERRY_OK);
+        assert_int_equal(rec.op->state, FERRY_OP_ERRORED);
+        coord_record_free(&rec);
+    }
+    coord_registry_destroy(r);
+    coord_exec_destroy(exec);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -684,6 +769,7 @@ int main(void)
         cmocka_unit_test(test_late_claim_end_leaves_a_new_claim_alone),
         cmocka_unit_test(test_expired_claim_text_is_utf8),
         cmocka_unit_test(test_complete_after_the_claim_lease_ended),
+        cmocka_unit_test(test_claim_ends_take_turns_in_the_queue),
     };
 
     return cmocka_run_group_tests(tests, setup, teardown);
