@@ -584,6 +584,16 @@ class RepliesHeldTogether(unittest.TestCase):
                                      limit="request_memory_mib") - refused_before, self.N - 7)
             with open(coord.log_path) as f:
                 self.assertIn("reply of", f.read())
+            # The client goes: its calls end, and every byte they held comes
+            # back to both counts (none leaked on the way out: review-s33c L4).
+            raw.close()
+            raw = None
+            ferry_harness.wait_until(
+                lambda: ferry_harness.metric(port, "ferry_reply_bytes_held") == 0, 15,
+                "the held replies' bytes to come back")
+            ferry_harness.wait_until(
+                lambda: ferry_harness.metric(port, "ferry_request_bytes_held") == 0, 15,
+                "the held requests' bytes to come back")
         finally:
             if raw is not None:
                 raw.close()

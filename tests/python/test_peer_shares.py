@@ -380,37 +380,72 @@ class OneHostTakesItsShareOfEtcdWrites(ferry_harness.ClusterTestCase):
         holds --etcd-writes-per-peer renewals (their lane's rule, counted
         as kind="renewal", apart from the writes), and another host's
         KeepAlive still queues (review-s33b L4)."""
-        first = self.register("renewals-first").result()
-        raw = ferry_harness.RawH2(self.coord.port, source=OTHER_HOST)
-        renewed = None
-        writes_refused = self.metric("ferry_peer_refusals_total", kind="write")
-        try:
-            ferry_harness.freeze(self.etcd.proc)
-            renewals = raw.open(KEEPALIVE, [self.cpb.KeepAliveRequest(
-                lease_id=first.lease_id, lease_token=first.lease_token)] * WRITE_FLOOD)
-            ferry_harness.wait_until(
-                lambda: raw.ended_count(renewals) >= WRITE_FLOOD - WRITE_TAKEN, 20,
-                f"{WRITE_FLOOD - WRITE_TAKEN} of the raw client's KeepAlives to be refused")
-            self.assertEqual(self.metric("ferry_peer_refusals_total", kind="renewal"),
-                             WRITE_FLOOD - WRITE_TAKEN)
-            self.assertEqual(self.metric("ferry_peer_refusals_total", kind="write"),
-                             writes_refused)
-            self.assertEqual(self.metric("ferry_peers_holding", kind="renewal"), 1)
-            renewed = self.stub.KeepAlive.future(self.cpb.KeepAliveRequest(
-                lease_id=first.lease_id, lease_token=first.lease_token), timeout=30)
-            ferry_harness.wait_until(
-                lambda: renewed.done()
-                or self.metric("ferry_peers_holding", kind="renewal") == 2, 10,
-                "the other host's KeepAlive to be queued for etcd")
-            if renewed.done():
-                self.fail(f"ended before etcd could answer: {renewed.exception()}")
-        finally:
-            self.etcd.proc.send_signal(signal.SIGCONT)
-            raw.close()
-        self.assertGreater(renewed.result().ttl_seconds, 0)
+        flood_renewals(self, WRITE_TAKEN)
+
+
+def flood_renewals(case, taken):
+    """The raw host's flood of KeepAlives while etcd is frozen: `taken` of
+    them queue, the rest are refused as kind="renewal" (no write refused),
+    and another host's KeepAlive still queues and is answered once etcd
+    is."""
+    first = case.register("renewals-first").result()
+    raw = ferry_harness.RawH2(case.coord.port, source=OTHER_HOST)
+    renewed = None
+    writes_refused = case.metric("ferry_peer_refusals_total", kind="write")
+    try:
+        ferry_harness.freeze(case.etcd.proc)
+        renewals = raw.open(KEEPALIVE, [case.cpb.KeepAliveRequest(
+            lease_id=first.lease_id, lease_token=first.lease_token)] * WRITE_FLOOD)
         ferry_harness.wait_until(
-            lambda: self.metric("ferry_peers_holding", kind="renewal") == 0, 20,
-            "every renewal to give its share back")
+            lambda: raw.ended_count(renewals) >= WRITE_FLOOD - taken, 20,
+            f"{WRITE_FLOOD - taken} of the raw client's KeepAlives to be refused")
+        case.assertEqual(case.metric("ferry_peer_refusals_total", kind="renewal"),
+                         WRITE_FLOOD - taken)
+        case.assertEqual(case.metric("ferry_peer_refusals_total", kind="write"), writes_refused)
+        case.assertEqual(case.metric("ferry_peers_holding", kind="renewal"), 1)
+        renewed = case.stub.KeepAlive.future(case.cpb.KeepAliveRequest(
+            lease_id=first.lease_id, lease_token=first.lease_token), timeout=30)
+        ferry_harness.wait_until(
+            lambda: renewed.done()
+            or case.metric("ferry_peers_holding", kind="renewal") == 2, 10,
+            "the other host's KeepAlive to be queued for etcd")
+        if renewed.done():
+            case.fail(f"ended before etcd could answer: {renewed.exception()}")
+    finally:
+        case.etcd.proc.send_signal(signal.SIGCONT)
+        raw.close()
+    case.assertGreater(renewed.result().ttl_seconds, 0)
+    ferry_harness.wait_until(
+        lambda: case.metric("ferry_peers_holding", kind="renewal") == 0, 20,
+        "every renewal to give its share back")
+
+
+class RenewalsShareTheirOwnLaneWithoutAQueue(ferry_harness.ClusterTestCase):
+    """At --etcd-queue 0 the renewals' lane still has room for n_workers
+    (exec.c, lane_room), so its capacity is --etcd-inflight 2 + 2 and a
+    host's share binds at half of that, 2; the writes' capacity is 2 + 0,
+    whose half would let the host hold only 1 (the share counted against
+    the writes' room: review-s33c L4, which the test at --etcd-queue 14,
+    where both lanes have the same room, could not tell apart)."""
+
+    FLAGS = ("--prefix", "/peers-renew0/", "--etcd-inflight", "2", "--etcd-queue", "0",
+             "--etcd-writes-per-peer", "1")
+
+    @classmethod
+    def setUpClass(cls):
+        if not loopback_aliases_work():
+            raise unittest.SkipTest(f"cannot bind {OTHER_HOST}")
+        super().setUpClass()
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.etcd.proc.send_signal(signal.SIGCONT)  # should a test have left it frozen
+        super().tearDownClass()
+
+    register = OneHostTakesItsShareOfEtcdWrites.register
+
+    def test_a_flood_of_renewals_takes_half_its_own_lane(self):
+        flood_renewals(self, 2)
 
 
 if __name__ == "__main__":
