@@ -35,8 +35,9 @@
  * by the next load's orphan scan (a restart, a reload after compaction), a
  * claim key lives as long as its claimant's lease.
  *
- * Threads: any; r->lock guards r->claim_ends_waiting and
- * r->n_claim_ends_waiting, and is never held across etcd.
+ * Threads: any; r->lock guards the waiting and pending lists, their
+ * counts and r->claim_ends_queued, and is never held across etcd or a
+ * submit.
  */
 #include "registry_int.h"
 
@@ -202,75 +203,86 @@ static void claim_end_run(void *arg, bool run)
 
 static void claim_end_job(void *arg, bool run);
 
-/* A claim end left params.exec (it ran, or the queue stopped): the oldest
- * pending one, if any, takes its place. A loop, not a recursion, while the
- * queue is stopping and refuses each. */
-static void claim_end_left(coord_registry_t *r)
+/* Submits pending claim ends, oldest first, while fewer than
+ * REGISTRY_CLAIM_ENDS_QUEUED_MAX are in params.exec. One the queue refuses
+ * for want of memory goes back to the head for the maintenance thread's
+ * next pass (registry_claim_ends_retry); once the queue stops, each is
+ * given up. A loop, not a recursion. */
+static void claim_ends_feed(coord_registry_t *r)
 {
     for (;;) {
         claim_end_job_t *e;
+        ferry_status_t status;
 
         pthread_mutex_lock(&r->lock);
-        r->claim_ends_queued--;
         e = r->claim_ends_pending;
-        if (e != NULL) {
-            r->claim_ends_pending = e->next;
-            if (r->claim_ends_pending == NULL) {
-                r->claim_ends_pending_tail = NULL;
+        if (e == NULL || r->claim_ends_queued >= REGISTRY_CLAIM_ENDS_QUEUED_MAX) {
+            pthread_mutex_unlock(&r->lock);
+            return;
+        }
+        r->claim_ends_pending = e->next;
+        if (r->claim_ends_pending == NULL) {
+            r->claim_ends_pending_tail = NULL;
+        }
+        r->n_claim_ends_pending--;
+        r->claim_ends_queued++;
+        pthread_mutex_unlock(&r->lock);
+        e->next = NULL;
+        status = coord_exec_submit(r->params.exec, claim_end_job, e, COORD_EXEC_MUST);
+        if (status == FERRY_OK) {
+            continue;
+        }
+        pthread_mutex_lock(&r->lock);
+        r->claim_ends_queued--;
+        if (status == FERRY_ERR_NO_MEMORY) {
+            e->next = r->claim_ends_pending;
+            r->claim_ends_pending = e;
+            if (r->claim_ends_pending_tail == NULL) {
+                r->claim_ends_pending_tail = e;
             }
-            r->n_claim_ends_pending--;
-            r->claim_ends_queued++;
+            r->n_claim_ends_pending++;
+            pthread_mutex_unlock(&r->lock);
+            return;
         }
         pthread_mutex_unlock(&r->lock);
-        if (e == NULL) {
-            return;
-        }
-        e->next = NULL;
-        if (coord_exec_submit(r->params.exec, claim_end_job, e, COORD_EXEC_MUST) == FERRY_OK) {
-            return;
-        }
         claim_end_run(e, false); /* the queue is stopping: given up */
     }
 }
 
-/* params.exec's job: the claim end, then the next one in. */
+/* params.exec's job: the claim end; then, its place in the queue free, the
+ * next pending one goes in. */
 static void claim_end_job(void *arg, bool run)
 {
     claim_end_job_t *e = arg;
     coord_registry_t *r = e->r;
 
     claim_end_run(e, run); /* frees e */
-    claim_end_left(r);
+    pthread_mutex_lock(&r->lock);
+    r->claim_ends_queued--;
+    pthread_mutex_unlock(&r->lock);
+    claim_ends_feed(r);
 }
 
+/* Into the queue after those pending, in order. */
 static void claim_end_submit(claim_end_job_t *e)
 {
     coord_registry_t *r = e->r;
-    coord_exec_t *exec = r->params.exec;
 
-    if (exec == NULL) {
+    if (r->params.exec == NULL) {
         claim_end_run(e, true); /* no queue (tests) */
         return;
     }
     pthread_mutex_lock(&r->lock);
-    if (r->claim_ends_queued >= REGISTRY_CLAIM_ENDS_QUEUED_MAX) {
-        e->next = NULL;
-        if (r->claim_ends_pending_tail != NULL) {
-            r->claim_ends_pending_tail->next = e;
-        } else {
-            r->claim_ends_pending = e;
-        }
-        r->claim_ends_pending_tail = e;
-        r->n_claim_ends_pending++;
-        pthread_mutex_unlock(&r->lock);
-        return;
+    e->next = NULL;
+    if (r->claim_ends_pending_tail != NULL) {
+        r->claim_ends_pending_tail->next = e;
+    } else {
+        r->claim_ends_pending = e;
     }
-    r->claim_ends_queued++;
+    r->claim_ends_pending_tail = e;
+    r->n_claim_ends_pending++;
     pthread_mutex_unlock(&r->lock);
-    if (coord_exec_submit(exec, claim_end_job, e, COORD_EXEC_MUST) != FERRY_OK) {
-        claim_end_run(e, false); /* the queue is stopping */
-        claim_end_left(r);
-    }
+    claim_ends_feed(r);
 }
 
 static void claim_end_later(coord_registry_t *r, const claim_end_kind_t *kind, const char *id,
@@ -326,6 +338,9 @@ void registry_claim_ends_retry(coord_registry_t *r)
         claim_end_submit(due); /* may wait in r->claim_ends_waiting again */
         due = next;
     }
+    if (r->params.exec != NULL) {
+        claim_ends_feed(r); /* those a queue short of memory sent back */
+    }
 }
 
 size_t registry_claim_ends_waiting(coord_registry_t *r)
@@ -356,8 +371,8 @@ void registry_claim_ends_free(coord_registry_t *r)
         r->n_claim_ends_waiting--;
         claim_end_drop(e, "shutting down");
     }
-    /* None should be left: a job that leaves params.exec takes the next
-     * in, and a stopped queue gives that one up at once. */
+    /* None should be left: a job that leaves params.exec feeds the next
+     * in, and a stopped queue gives each up at once. */
     while (r->claim_ends_pending != NULL) {
         claim_end_job_t *e = r->claim_ends_pending;
         r->claim_ends_pending = e->next;

@@ -1110,8 +1110,8 @@ ferry_status_t ferry_connector_destroy(ferry_connector_t *c)
         ferry_error("connector %s: destroyed with %u operations still alive", c->name, c->live_ops);
     }
     ferry__peer_cache_clear(c);
+    ferry__staged_stale_free(c); /* its endpoints' closes may see failures too */
     failed_drop(c);
-    ferry__staged_stale_free(c);
     while (c->inbox != NULL) { /* came after the last drain */
         ferry__inmsg_t *in = c->inbox;
         c->inbox = in->next;

@@ -43,7 +43,12 @@
 #include "pair.h"
 #include "worker/ferry_int.h"
 
-#if defined(__SANITIZE_ADDRESS__)
+#if defined(__has_feature)
+#if __has_feature(address_sanitizer) /* clang's; gcc defines the other */
+#define FERRY_TEST_ASAN 1
+#endif
+#endif
+#if defined(__SANITIZE_ADDRESS__) || defined(FERRY_TEST_ASAN)
 #include <sanitizer/lsan_interface.h>
 #define LSAN_IGNORE_BEGIN() __lsan_disable()
 #define LSAN_IGNORE_END()   __lsan_enable()
