@@ -600,6 +600,78 @@ class RepliesHeldTogether(unittest.TestCase):
             self.assertEqual(coord.stop(), 0)
 
 
+class ClaimRepliesHeldBeforeTheWrite(unittest.TestCase):
+    """A Claim's answer carries the record, its 600 KiB of metadata with it,
+    and waits for the client's window as a Lookup's does: room for it in
+    the replies' bound (--request-memory-mib 4 holds 6) is held before the
+    Claim writes, so past the bound a Claim is refused RESOURCE_EXHAUSTED
+    with nothing written, its record still REGISTERED, and the bytes held
+    stay within the bound. Before, every Claim was granted and its answer
+    held uncounted (review-s33c L2)."""
+
+    N = 10
+
+    def test_claims_past_the_bound_write_nothing(self):
+        from ferry.v1 import coordinator_pb2 as cpb, types_pb2 as pb
+        self.pb = pb
+        coord = ferry_harness.Coordinator(TMP, ETCD.endpoint, name="claim-replies",
+                                          extra=("--prefix", "/claim-replies/",
+                                                 "--request-memory-mib", "4",
+                                                 "--metrics-listen", "127.0.0.1:0"))
+        coord.start()
+        raw = None
+        ids = [f"claim-replies-{i}" for i in range(self.N)]
+        try:
+            port = coord.metrics_port()
+            with grpc.insecure_channel(coord.target) as channel:
+                stub = coordinator_pb2_grpc_stub(channel)
+                for rid in ids:
+                    stub.Register(cpb.RegisterRequest(
+                        request_id=rid, access_token=TOKEN, owner="limits",
+                        metadata=LargestRequests.metadata(self, 150)), timeout=30)
+            refused_before = ferry_harness.metric(port, "ferry_limit_refusals_total",
+                                                  limit="request_memory_mib")
+
+            def refused():
+                return ferry_harness.metric(port, "ferry_limit_refusals_total",
+                                            limit="request_memory_mib") - refused_before
+
+            raw = ferry_harness.RawH2(coord.port, window=0)
+            sids = raw.open("/ferry.v1.Coordinator/Claim", [cpb.ClaimRequest(
+                request_id=rid, access_token=TOKEN, claimant="limits",
+                kind=pb.OPERATION_KIND_WRITE) for rid in ids])
+            # Every Claim decided: granted (its record CLAIMED, its answer
+            # held) or refused.
+            ferry_harness.wait_until(
+                lambda: ferry_harness.metric(port, "ferry_operations", state="CLAIMED")
+                + refused() == self.N, 20, "every Claim to be granted or refused")
+            granted = int(ferry_harness.metric(port, "ferry_operations", state="CLAIMED"))
+            self.assertGreaterEqual(granted, 1)
+            self.assertLessEqual(granted, 6)
+            self.assertLessEqual(ferry_harness.metric(port, "ferry_reply_bytes_held"), 4 << 20)
+            # The refused ones ended at once (a status needs no window).
+            ferry_harness.wait_until(lambda: raw.ended_count(sids) >= self.N - granted, 10,
+                                     "the refused Claims to end")
+            self.assertEqual(raw.ended_count(sids), self.N - granted)
+            raw.close()
+            raw = None
+            ferry_harness.wait_until(
+                lambda: ferry_harness.metric(port, "ferry_reply_bytes_held") == 0, 15,
+                "the held answers' bytes to come back")
+            states = []
+            with grpc.insecure_channel(coord.target) as channel:
+                stub = coordinator_pb2_grpc_stub(channel)
+                for rid in ids:
+                    states.append(stub.Get(cpb.GetRequest(request_id=rid, linearizable=True),
+                                           timeout=30).operation.state)
+            self.assertEqual(states.count(pb.OPERATION_STATE_CLAIMED), granted)
+            self.assertEqual(states.count(pb.OPERATION_STATE_REGISTERED), self.N - granted)
+        finally:
+            if raw is not None:
+                raw.close()
+            self.assertEqual(coord.stop(), 0)
+
+
 class HalfSentClient:
     """A raw HTTP/2 client that opens `streams` Register calls on one
     connection, declares a gRPC message of `length` bytes in each, and sends
