@@ -806,8 +806,19 @@ class _Operation(_ferry._Operation):
     def __enter__(self) -> "_Operation":
         return self
 
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
+    def __exit__(self, exc_type: Any, *exc: Any) -> None:
+        try:
+            self.close()
+        except Busy:
+            if exc_type is None:
+                raise
+            # An exception is on its way out of the block (a timeout around
+            # another thread's wait, a task's cancellation): do not hide it.
+            # Cancelled, which ends that wait; released when collected.
+            try:
+                self.cancel()
+            except FerryError:
+                pass
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.status.name}>"

@@ -96,6 +96,25 @@ static PyObject *desc_new(PyTypeObject *tp, PyObject *args, PyObject *kwargs)
     return (PyObject *)self;
 }
 
+/* Whether a buffer's format (PEP 3118) holds Python object pointers ('O',
+ * anywhere: a numpy array of dtype object, a struct with such a field, a
+ * ctypes py_object array): a peer's bytes written there would be taken as
+ * pointers by Python (memory corruption), and read from there, they hand
+ * the peer heap addresses. Field names (":name:") are skipped. */
+static bool format_holds_objects(const char *format)
+{
+    bool in_name = false;
+
+    for (const char *p = format; p != NULL && *p != '\0'; p++) {
+        if (*p == ':') {
+            in_name = !in_name;
+        } else if (!in_name && *p == 'O') {
+            return true;
+        }
+    }
+    return false;
+}
+
 /* _from_buffer(data): the whole of a C-contiguous buffer, on the host. The
  * export taken here lives as long as the descriptor (desc_dealloc). */
 static PyObject *desc_from_buffer(PyObject *cls, PyObject *data)
@@ -114,6 +133,12 @@ static PyObject *desc_from_buffer(PyObject *cls, PyObject *data)
         pyferry_raise(FERRY_ERR_INVALID_ARGUMENT,
                       "descriptor: the buffer is not contiguous; Ferry refuses it rather than "
                       "copy it");
+        goto err_self;
+    }
+    if (format_holds_objects(self->view.format)) {
+        pyferry_raise(FERRY_ERR_INVALID_ARGUMENT,
+                      "descriptor: the buffer holds Python objects (its format has 'O'): "
+                      "Ferry moves raw bytes, which would be taken as object pointers");
         goto err_self;
     }
     /* Empty: a null pointer, which libferry's _validate refuses. */

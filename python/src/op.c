@@ -405,6 +405,7 @@ static int op_calls(const pyferry_op_t *self, const char **other_p)
         [PYFERRY_OP_CALL_CANCEL] = "a cancel",
         [PYFERRY_OP_CALL_ARM] = "arming its done callback",
         [PYFERRY_OP_CALL_PUBLISH] = "a publish",
+        [PYFERRY_OP_CALL_TOKEN] = "reading its access token",
     };
     int n = 0;
 
@@ -742,7 +743,7 @@ static PyObject *op_publish(PyObject *obj, PyObject *args)
     PyObject *coord_obj;
     pyferry_coordinator_t *coord;
     ferry_publish_params_t params = {.field_mask = 0};
-    const char *request_id, *token;
+    const char *request_id, *token, *published = NULL;
     ferry_op_t *op = self->op;
     ferry_status_t status;
     PyObject *result;
@@ -786,6 +787,8 @@ static PyObject *op_publish(PyObject *obj, PyObject *args)
      * with the caller's token could leave (ferry_op_publish). */
     pyferry_wait_begin(&w);
     status = ferry_op_publish(op, coord->coord, &params);
+    /* The token takes the connector's lock too: read without the GIL. */
+    published = status == FERRY_OK ? ferry_op_access_token(op) : NULL;
     pyferry_wait_end(&w);
     self->in_flight[PYFERRY_OP_CALL_PUBLISH]--;
     if (status == FERRY_OK && self->coordinator == NULL) {
@@ -808,7 +811,7 @@ static PyObject *op_publish(PyObject *obj, PyObject *args)
     } else if (status != FERRY_OK) {
         result = pyferry_raise_last(status);
     } else {
-        result = PyUnicode_FromString(ferry_op_access_token(op));
+        result = PyUnicode_FromString(published != NULL ? published : "");
     }
     coord->live_ops--;
     return result;
@@ -818,12 +821,22 @@ static PyObject *op_get_access_token(PyObject *obj, void *closure)
 {
     pyferry_op_t *self = (pyferry_op_t *)obj;
     const char *token;
+    ferry_op_t *op;
 
     (void)closure;
     if (check_process(self) < 0) {
         return NULL;
     }
-    token = self->op != NULL ? ferry_op_access_token(self->op) : NULL;
+    if (self->op == NULL) {
+        Py_RETURN_NONE;
+    }
+    /* It takes the connector's lock, which a region's close holds across
+     * ucp_mem_unmap: without the GIL, counted so that close() refuses
+     * meanwhile (as _arm). The token is the op's, valid while it is open. */
+    op = self->op;
+    self->in_flight[PYFERRY_OP_CALL_TOKEN]++;
+    Py_BEGIN_ALLOW_THREADS token = ferry_op_access_token(op);
+    Py_END_ALLOW_THREADS self->in_flight[PYFERRY_OP_CALL_TOKEN]--;
     if (token == NULL) {
         Py_RETURN_NONE;
     }

@@ -100,7 +100,8 @@ typedef enum {
     PYFERRY_OP_CALL_CANCEL = 1,
     PYFERRY_OP_CALL_ARM = 2,
     PYFERRY_OP_CALL_PUBLISH = 3,
-    PYFERRY_OP_CALLS = 4,
+    PYFERRY_OP_CALL_TOKEN = 4,
+    PYFERRY_OP_CALLS = 5,
 } pyferry_op_call_t;
 
 /* A region whose Python object went away while libferry still used it

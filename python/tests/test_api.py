@@ -1040,6 +1040,56 @@ def test_close_refused_while_another_thread_waits(connector, sender):
     w.close()
 
 
+def test_with_block_of_an_operation_does_not_hide_an_exception(connector):
+    """An exception raised in an operation's with block while another thread
+    waits on it (a timeout around that wait, say) propagates; it was replaced
+    by Busy from close(). The operation is cancelled, which ends the other
+    wait, and closes once that wait has returned."""
+    w = connector.create_writable(ferry.Descriptor(bytearray(64)))
+    errors = []
+
+    def waiter():
+        try:
+            w.wait(60)
+        except ferry.FerryError as e:
+            errors.append(e)
+
+    t = threading.Thread(target=waiter)
+    t.start()
+    with pytest.raises(TimeoutError, match="inner"):
+        with w:
+            deadline = time.monotonic() + 10
+            while w._busy == 0:  # until the other thread is inside wait()
+                assert time.monotonic() < deadline, "the waiter never got into wait()"
+                time.sleep(0.001)
+            raise TimeoutError("inner")
+    t.join(10)
+    assert not t.is_alive() and isinstance(errors[0], ferry.Cancelled)
+    assert w.status == ferry.OperationStatus.CANCELLED
+    w.close()
+
+
+@pytest.mark.parametrize("make", [
+    lambda: np.array([1, "a", None], dtype=object),
+    lambda: np.zeros(4, dtype=[("Obj", "O"), ("n", "i4")]),
+    lambda: (ctypes.py_object * 4)(),
+], ids=["numpy-object", "numpy-struct-with-object", "ctypes-py_object"])
+def test_buffers_of_python_objects_refused(make):
+    """A buffer of Python object pointers is no memory to move: a peer's
+    bytes written there become pointers Python follows (a crash, or worse),
+    and read from there they hand the peer heap addresses."""
+    with pytest.raises(ferry.InvalidArgument, match="Python objects"):
+        ferry.Descriptor(make())
+
+
+def test_field_names_with_an_o_are_not_objects(connector):
+    """A struct field named with an O ("Offset") is a name, not the object
+    code: the buffer is plain bytes and is taken."""
+    a = np.zeros(4, dtype=[("Offset", "i8"), ("Obj", "f4")])
+    with connector.create_writable(ferry.Descriptor(a)) as w:
+        assert w.status == ferry.OperationStatus.INITIALIZED
+
+
 def test_every_public_name_has_a_docstring():
     import inspect
 

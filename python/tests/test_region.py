@@ -607,6 +607,7 @@ def seen_in_flight(what, call, in_flight):
 
 op = c.create_writable(ferry.Descriptor(buf))
 seen_in_flight("arm", op._arm, lambda: op._busy > 0)
+seen_in_flight("token", lambda: op.access_token, lambda: op._busy > 0)
 stats = []
 seen_in_flight("stats", lambda: stats.append(c.stats()), lambda: c._live_ops > 1)
 assert stats and stats[0]["mem_maps"] >= 1
@@ -620,7 +621,8 @@ c.close()
 def test_lock_taking_calls_let_go_of_the_gil():
     """A region's close holds the connector's lock across ucp_mem_unmap
     (half a second for 2 GiB). The first wait_for_completion of an operation
-    (_arm) and Connector.stats() take that lock: they let go of the GIL
+    (_arm), an operation's access_token and Connector.stats() take that
+    lock: they let go of the GIL
     first, so every other thread (an event loop) runs meanwhile, where they
     stopped the whole interpreter for as long as the unmap took. Their
     in-flight counts (the operation's busy, the connector's live_ops) keep
@@ -642,4 +644,5 @@ def test_lock_taking_calls_let_go_of_the_gil():
     assert proc.returncode == 0, out
     assert "arm: in flight while the lock was held" in proc.stdout, out
     assert "stats: in flight while the lock was held" in proc.stdout, out
-    assert proc.stderr.count("unmap-gate: released by the test") == 2, out
+    assert "token: in flight while the lock was held" in proc.stdout, out
+    assert proc.stderr.count("unmap-gate: released by the test") == 3, out
