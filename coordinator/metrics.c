@@ -41,7 +41,7 @@
  *                                                max_watches, request_memory_bytes,
  *                                                watch_memory_bytes, watch_queue_bytes)
  *   ferry_request_bytes_held                     gauge, requests' bytes calls in progress hold
- *   ferry_reply_bytes_held                       gauge, reads' replies, Claims' answers, not taken
+ *   ferry_reply_bytes_held                       gauge, reads' replies not yet taken
  *   ferry_build_info{version,name}               gauge, always 1
  * method is the gRPC path ("/ferry.v1.Coordinator/Get", "unknown" for
  * methods not served); code the gRPC status name; kind the etcd gateway path
@@ -510,8 +510,8 @@ char *coord_metrics_render(coord_metrics_t *m)
             "bounded by --request-memory-mib (ferry_limit{name=\"request_memory_bytes\"}).\n"
             "# TYPE ferry_request_bytes_held gauge\nferry_request_bytes_held %zu\n"
             "# HELP ferry_reply_bytes_held Bytes of the replies of reads in progress (Lookup, "
-            "Get, List), and of Claims' answers (held before the Claim writes), their clients "
-            "have not taken, bounded apart by as much as --request-memory-mib.\n"
+            "Get, List) their clients have not taken, bounded apart by as much as "
+            "--request-memory-mib.\n"
             "# TYPE ferry_reply_bytes_held gauge\nferry_reply_bytes_held %zu\n",
             sample.limit_max_waits, sample.limit_max_watches, sample.limit_request_memory_bytes,
             sample.limit_watch_memory_bytes, sample.limit_watch_queue_bytes,

@@ -1104,18 +1104,6 @@ bool coord_registry_view_holds(coord_registry_t *r, const char *request_id)
     return holds;
 }
 
-size_t coord_registry_view_record_bytes(coord_registry_t *r, const char *request_id)
-{
-    const view_entry_t *e;
-    size_t len;
-
-    pthread_mutex_lock(&r->lock);
-    e = view_find(&r->view, request_id);
-    len = e != NULL ? e->len : 0;
-    pthread_mutex_unlock(&r->lock);
-    return len;
-}
-
 int64_t coord_registry_revision(coord_registry_t *r)
 {
     int64_t rev;

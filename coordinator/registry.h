@@ -92,9 +92,8 @@ typedef struct {
     /* Runs claim-expiry transactions (off the watch thread), the revoke
      * of a lease a failed call made and the removal of a record a failed
      * Register may have left (off the caller's path); NULL: they run
-     * inline. Stop it (coord_exec_stop) before the registry is destroyed,
-     * and destroy it after: the jobs it drops as it stops use the
-     * registry, and the watch submits to it until the registry's end. */
+     * inline. Must outlive the registry's watch (coord_exec_stop first is
+     * fine: jobs then are dropped). */
     coord_exec_t *exec;
     /* A record changed (PUT) or left (DELETE). `op` is stripped of metadata,
      * token hash and lease IDs; valid during the call. */
@@ -143,10 +142,6 @@ int64_t coord_registry_revision(coord_registry_t *registry);
  * last loaded or watched, live or not: it may have come without an event
  * (on_synced), so a wait for it should look again; the look decides. */
 bool coord_registry_view_holds(coord_registry_t *registry, const char *request_id);
-
-/* The packed size of the record the view holds of `request_id`, its
- * metadata with it (0: none), which a Claim's answer carries. */
-size_t coord_registry_view_record_bytes(coord_registry_t *registry, const char *request_id);
 
 /* For metrics: the records the view holds, whether it is loaded with its
  * etcd watch connected, and the records by state (indexed by

@@ -28,10 +28,6 @@
 
 #define MSG_CAP 512
 
-/* What a Claim's answer holds besides its record: the header, the lease,
- * its token and the claim's identity. */
-#define CLAIM_ANSWER_OVERHEAD 256
-
 void service_header(coord_service_t *svc, Ferry__V1__ResponseHeader *header, int64_t revision)
 {
     header->revision = revision;
@@ -493,21 +489,8 @@ void service_claim_once(coord_service_t *svc, rpc_call_t *call, const Ferry__V1_
     coord_change_out_t out = {0};
     char msg[MSG_CAP];
     ferry_status_t status;
-    size_t record = coord_registry_view_record_bytes(svc->registry, req->request_id);
 
-    /* The answer carries the record, its metadata up to a MiB, and waits
-     * for the client's window as a Lookup's does: room for it is held
-     * before the Claim writes, or the Claim is refused with nothing written
-     * (review-s33c L2: a client that never read held them uncounted). */
-    if (record > 0 &&
-        !rpc_call_hold_reply(call, record + CLAIM_ANSWER_OVERHEAD, msg, sizeof(msg))) {
-        rpc_call_fail(call, FERRY_ERR_RESOURCE_EXHAUSTED, "%s", msg);
-        return;
-    }
     status = coord_claim(svc->registry, req, &out, msg, sizeof(msg));
-    if (status != FERRY_OK) {
-        rpc_call_unhold_reply(call); /* it waits, or fails: nothing to answer with */
-    }
     /* Only an unregistered request ID is worth waiting for: a gone lease
      * (FERRY_ERR_LEASE_NOT_FOUND) is final and answered at once. */
     if (status == FERRY_ERR_NOT_FOUND &&

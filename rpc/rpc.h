@@ -109,8 +109,7 @@ typedef struct {
     /* A read: its reply counts, until its call is done, in a bound as
      * large as max_held_request_bytes of its own (the replies of reads in
      * progress), and is refused RESOURCE_EXHAUSTED, nothing done, past it
-     * (rpc_call_reply). false: a write's, sent all the same, uncounted
-     * unless the handler held room for it first (rpc_call_hold_reply). */
+     * (rpc_call_reply). false: a write's, sent all the same, uncounted. */
     bool reply_refusable;
 } rpc_method_t;
 
@@ -234,17 +233,6 @@ void rpc_call_reply(rpc_call_t *call, const ProtobufCMessage *response);
 /* Unary: as rpc_call_reply, with the response already packed (len bytes,
  * copied): a message built with rpc_pack_with_field, say. */
 void rpc_call_reply_packed(rpc_call_t *call, const void *response, size_t len);
-
-/* A write whose reply is large (a Claim's carries the metadata, up to a
- * MiB) holds `len` bytes of it in the reads' reply bound before it writes:
- * false, with the answer in msg (RESOURCE_EXHAUSTED, nothing done), when
- * they would pass it. The reply, when sent, counts past what was held here
- * (never refused: what the write did is done), until the call is done.
- * rpc_call_unhold_reply gives them back (the write was refused, or waits
- * for its record). Without a bound (max_held_request_bytes 0): true, and
- * nothing counted. */
-bool rpc_call_hold_reply(rpc_call_t *call, size_t len, char *msg, size_t cap);
-void rpc_call_unhold_reply(rpc_call_t *call);
 
 /* How long a call ended (rpc_call_reply, rpc_call_fail, rpc_call_finish)
  * may wait for its client to take its reply or the messages still queued:

@@ -712,35 +712,35 @@ void rpc__call_on_send(rpc_call_t *call, bool ok)
 
 /* --- the handler's API ------------------------------------------------------ */
 
-/* Counts len bytes of call's reply until its call is done, in a bound of
- * its own as large as max_held_request_bytes; when `refusable`, refuses
- * (false, the answer in msg) what would pass it. Nothing is counted on a
- * call that has ended (call_end sends nothing). A reply waits for its
+/* Counts a read's reply (reply_refusable) of len bytes until its call is
+ * done, in a bound of its own as large as max_held_request_bytes, or
+ * refuses it: false, with the answer in msg. A reply waits for its
  * client's flow-control window, up to RPC_DRAIN_MS, and a Lookup's carries
- * up to a MiB of metadata, so clients that never read held 2 GiB of Lookup
- * replies from two connections, counted nowhere (review-s33b H1). Apart
- * from the requests' count: counted there, a client pinning it with
+ * up to a MiB of metadata, so clients that never read held 2 GiB of
+ * Lookup replies from two connections, counted nowhere (review-s33b H1).
+ * Apart from the requests' count: counted there, a client pinning it with
  * replies it never read refused every other call, KeepAlives and health
  * checks included (review-s33c H1); here it can refuse only reads, which
- * change nothing and are asked again, and writes that held room for their
- * reply before writing (rpc_call_hold_reply). */
-static bool reply_count(rpc_call_t *call, size_t len, bool refusable, bool ahead, char *msg,
-                        size_t cap)
+ * change nothing and are asked again. A write's reply is sent all the
+ * same, uncounted: what it did is done. */
+static bool call_hold_reply(rpc_call_t *call, size_t len, char *msg, size_t cap)
 {
     rpc_server_t *server = call->server;
     size_t max = server->max_held_request_bytes, held;
     static ferry_log_limit_t limit;
     unsigned quiet;
 
+    if (max == 0 || call->method == NULL || !call->method->reply_refusable) {
+        return true;
+    }
     pthread_mutex_lock(&call->lock);
     if (call->state != RPC_CALL_ACTIVE) {
         pthread_mutex_unlock(&call->lock);
-        return true;
+        return true; /* ended already: call_end sends nothing */
     }
     held = atomic_fetch_add(&server->held_reply_bytes, len);
-    if (!refusable || held + len <= max) {
+    if (held + len <= max) {
         call->held_reply_bytes += len;
-        call->reply_ahead += ahead ? len : 0;
         pthread_mutex_unlock(&call->lock);
         return true;
     }
@@ -748,8 +748,8 @@ static bool reply_count(rpc_call_t *call, size_t len, bool refusable, bool ahead
     pthread_mutex_unlock(&call->lock);
     atomic_fetch_add(&server->refused_over_budget, 1); /* for metrics */
     if (ferry_log_due(&limit, &quiet)) {
-        ferry_info("call %" PRIu64 " %s: reply of %zu bytes to %s refused: the replies in "
-                   "progress hold %zu bytes (at most %zu; raise %s); %u more refused since "
+        ferry_info("call %" PRIu64 " %s: reply of %zu bytes to %s refused: the replies of reads "
+                   "in progress hold %zu bytes (at most %zu; raise %s); %u more refused since "
                    "the last line",
                    call->id, call->path, len, call->peer, held, max, server->max_held_request_name,
                    quiet);
@@ -759,44 +759,6 @@ static bool reply_count(rpc_call_t *call, size_t len, bool refusable, bool ahead
              "reply's %zu would pass its bound of %zu (%s); nothing was done; retry later",
              held, len, max, server->max_held_request_name);
     return false;
-}
-
-/* The reply about to be sent, of len bytes: a read's counts, or is
- * refused; a write's counts past the room it held before it wrote, or not
- * at all when it held none (what it did is done). */
-static bool call_hold_reply(rpc_call_t *call, size_t len, char *msg, size_t cap)
-{
-    size_t ahead;
-
-    if (call->server->max_held_request_bytes == 0 || call->method == NULL) {
-        return true;
-    }
-    if (call->method->reply_refusable) {
-        return reply_count(call, len, true, false, msg, cap);
-    }
-    pthread_mutex_lock(&call->lock);
-    ahead = call->reply_ahead;
-    pthread_mutex_unlock(&call->lock);
-    return ahead == 0 || len <= ahead || reply_count(call, len - ahead, false, false, msg, cap);
-}
-
-bool rpc_call_hold_reply(rpc_call_t *call, size_t len, char *msg, size_t cap)
-{
-    if (call->server->max_held_request_bytes == 0 || len == 0) {
-        return true;
-    }
-    return reply_count(call, len, true, true, msg, cap);
-}
-
-void rpc_call_unhold_reply(rpc_call_t *call)
-{
-    pthread_mutex_lock(&call->lock);
-    if (call->reply_ahead > 0 && call->state == RPC_CALL_ACTIVE) {
-        atomic_fetch_sub(&call->server->held_reply_bytes, call->reply_ahead);
-        call->held_reply_bytes -= call->reply_ahead;
-    }
-    call->reply_ahead = 0;
-    pthread_mutex_unlock(&call->lock);
 }
 
 void rpc_call_reply(rpc_call_t *call, const ProtobufCMessage *response)

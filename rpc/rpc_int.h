@@ -374,7 +374,6 @@ struct rpc_call {
     rpc_method_entry_t *method; /* NULL: armed for unregistered methods */
     size_t held_bytes;          /* counted in server->held_request_bytes until done */
     size_t held_reply_bytes;    /* counted in server->held_reply_bytes until done */
-    size_t reply_ahead;         /* of those, held before a write (rpc_call_hold_reply) */
     uint64_t id;
     grpc_call *gcall;
     gpr_timespec deadline;
