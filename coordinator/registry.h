@@ -92,8 +92,9 @@ typedef struct {
     /* Runs claim-expiry transactions (off the watch thread), the revoke
      * of a lease a failed call made and the removal of a record a failed
      * Register may have left (off the caller's path); NULL: they run
-     * inline. Must outlive the registry's watch (coord_exec_stop first is
-     * fine: jobs then are dropped). */
+     * inline. Stop it (coord_exec_stop) before the registry is destroyed,
+     * and destroy it after: the jobs it drops as it stops use the
+     * registry, and the watch submits to it until the registry's end. */
     coord_exec_t *exec;
     /* A record changed (PUT) or left (DELETE). `op` is stripped of metadata,
      * token hash and lease IDs; valid during the call. */

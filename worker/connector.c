@@ -1111,11 +1111,20 @@ ferry_status_t ferry_connector_destroy(ferry_connector_t *c)
     }
     ferry__peer_cache_clear(c);
     ferry__staged_stale_free(c); /* its endpoints' closes may see failures too */
-    failed_drop(c);
-    while (c->inbox != NULL) { /* came after the last drain */
-        ferry__inmsg_t *in = c->inbox;
-        c->inbox = in->next;
-        inmsg_free(in);
+    /* Messages that came after the last drain, and failed peers: freeing a
+     * message can drop a peer's last reference, and closing an endpoint
+     * progresses the worker, where another's failure or a message can
+     * come. Until neither is left. */
+    while (c->inbox != NULL || c->failed != NULL) {
+        while (c->inbox != NULL) {
+            ferry__inmsg_t *in = c->inbox;
+            c->inbox = in->next;
+            inmsg_free(in);
+        }
+        c->inbox_tail = &c->inbox; /* a message may come during the closes */
+        c->inbox_len = 0;
+        c->inbox_bytes = 0;
+        failed_drop(c);
     }
     ferry__unlock(c);
     ferry__connector_deliver(c);
