@@ -440,7 +440,13 @@ FERRY_API ferry_status_t ferry_mem_register(ferry_connector_t *connector, void *
  * the process has no CUDA driver, this UCX build no CUDA transports, or
  * FERRY_CUDA_DIRECT is not 1 (the staged path, the default for CUDA memory,
  * moves it through host buffers and registers none: README, GPU),
- * FERRY_ERR_NO_MEMORY when the device has not that much free. */
+ * FERRY_ERR_NO_MEMORY when the device has not that much free.
+ * Known limit (UCX 1.13): a writer or reader that begins with metadata of
+ * an operation in such a region after the region was deregistered crashes
+ * in ucp_ep_rkey_unpack (the segment its key names is gone, and UCX's
+ * error path releases key parts it never unpacked): deregister only once
+ * every holder of its operations' metadata is done (README, "Known
+ * limit"). */
 FERRY_API ferry_status_t ferry_mem_alloc(ferry_connector_t *connector, size_t size,
                                          ferry_device_t device, ferry_region_t **region_p,
                                          void **ptr_p);
