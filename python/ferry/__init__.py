@@ -338,9 +338,11 @@ class Descriptor(_ferry._Descriptor):
     The object is kept alive by the descriptor (``owner``), and the
     descriptor by every operation using it. A buffer stays exported for as
     long as the descriptor lives (a bytearray cannot resize, a memoryview
-    cannot be released), through an export the descriptor keeps to itself.
-    A tensor's storage is held as well, so ``t.set_(...)`` does not free the
-    memory; but torch cannot forbid changing that storage in place
+    cannot be released), through an export the descriptor keeps to itself
+    (but ctypes.resize() moves a ctypes buffer all the same: do not resize
+    one). A buffer of Python objects (format 'O') is refused. A tensor's
+    storage is held as well, so ``t.set_(...)`` does not free the memory;
+    but torch cannot forbid changing that storage in place
     (``t.resize_()`` past its capacity, ``untyped_storage().resize_()``):
     do not resize a tensor an operation uses. torch has no read-only
     tensors, so a tensor is always taken as writable: do not hand one over
@@ -682,8 +684,12 @@ def _ttl_s(ttl: Optional[int]) -> int:
     return s
 
 
-def _expire(fut: "asyncio.Future[None]", timeout: float) -> None:
-    if not fut.done():
+def _expire(fut: "asyncio.Future[None]", timeout: float, op: "_Operation") -> None:
+    if fut.done():
+        return
+    if op.closed or op._status >= OperationStatus.COMPLETE:
+        fut.set_result(None)  # it ended within this loop iteration: its outcome, not TimedOut
+    else:
         fut.set_exception(TimedOut(f"operation: not final after {timeout} s (it goes on)"))
 
 
@@ -723,7 +729,8 @@ class _Operation(_ferry._Operation):
             self._waiters = []
         self._waiters.append(fut)
         conn._watch(loop)
-        handle = loop.call_later(timeout, _expire, fut, timeout) if timeout is not None else None
+        handle = (loop.call_later(timeout, _expire, fut, timeout, self)
+                  if timeout is not None else None)
         try:
             try:
                 self._arm()
@@ -733,7 +740,12 @@ class _Operation(_ferry._Operation):
                 if not self.closed:
                     raise
             else:
-                await fut
+                # Looked at again now that fut is listed: an operation armed
+                # already (an earlier wait) that ended since the first look
+                # was taken off the connector's queue by whichever loop
+                # drained it, waking no future of this wait.
+                if not (self.closed or self._status >= OperationStatus.COMPLETE):
+                    await fut
         finally:
             if handle is not None:
                 handle.cancel()
