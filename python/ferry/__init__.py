@@ -366,6 +366,13 @@ class Descriptor(_ferry._Descriptor):
         elif tensor_type is not None and isinstance(data, tensor_type):
             if not data.is_contiguous():
                 raise _not_contiguous("tensor")
+            # A conjugate or negative view is contiguous, but its bytes are
+            # not its values (torch applies the bit as it reads): sent or
+            # received raw they would be silently wrong.
+            if any(getattr(data, bit, lambda: False)() for bit in ("is_conj", "is_neg")):
+                raise InvalidArgument(
+                    "descriptor: the tensor is a lazy conjugate or negative view, whose bytes "
+                    "are not its values; resolve_conj() / resolve_neg() it first")
             dev = Device(data.device)
             if device is not None and Device(device) != dev:
                 raise InvalidArgument(f"descriptor: the tensor is on {dev}, not {device}")

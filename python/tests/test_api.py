@@ -1082,6 +1082,17 @@ def test_buffers_of_python_objects_refused(make):
         ferry.Descriptor(make())
 
 
+def test_lazy_conjugate_or_negative_tensor_refused():
+    """A conjugate or negative view is contiguous, but torch applies the
+    bit as it reads: its bytes are not its values, and moved raw they would
+    arrive silently wrong. Resolved, the same tensor is taken."""
+    t = torch.tensor([1 + 2j, 3 - 4j])
+    for lazy in (t.conj(), torch.tensor([1.0, 2.0])._neg_view()):
+        with pytest.raises(ferry.InvalidArgument, match="conjugate or negative"):
+            ferry.Descriptor(lazy)
+    assert ferry.Descriptor(t.conj().resolve_conj()).size == t.numel() * t.element_size()
+
+
 def test_field_names_with_an_o_are_not_objects(connector):
     """A struct field named with an O ("Offset") is a name, not the object
     code: the buffer is plain bytes and is taken."""
