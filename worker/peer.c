@@ -23,8 +23,10 @@
  * progress loop or in a caller's thread. The callbacks (ep_err_cb,
  * req_done_cb) run inside ucp_worker_progress and only record and enqueue.
  */
+#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/shm.h>
 
 #include "common/log.h"
 #include "worker/copy_engine.h"
@@ -58,6 +60,50 @@ static bool rkey_framed(const uint8_t *packed, size_t len)
         off += 1u + packed[off];
     }
     return true;
+}
+
+/* UCX 1.13's sysv part of a key: the segment's id, then its owner's
+ * address, packed (uct_sysv_packed_rkey_t); no other component of 1.13
+ * packs a key of this size. */
+#define SYSV_KEY_PART_LEN 12
+
+/* Whether each System V segment a framed key names can be attached, as UCX
+ * 1.13 attaches it while it unpacks the key (shmat, read-write): when that
+ * fails (the segment is gone: its owner deregistered the memory, as a
+ * passive side that gave up and freed its pool does, and the metadata came
+ * late; or a passive side named a dead one), ucp_ep_rkey_unpack's error
+ * path releases the key's parts it never unpacked, and the process dies
+ * (SIGSEGV, audit-s35-python H1). Tried here and let go at once (an
+ * attachment kept would read as an alias in segments.c's check); a segment
+ * that goes in the moment between this and UCX's attach still kills the
+ * process (README, "Known limit"). */
+static ferry_status_t sysv_parts_attachable(const uint8_t *packed, size_t len)
+{
+    uint64_t md_map;
+    size_t off = sizeof(md_map) + 1;
+
+    memcpy(&md_map, packed, sizeof(md_map));
+    for (; md_map != 0 && off < len; md_map &= md_map - 1) {
+        size_t part = packed[off];
+        if (part == SYSV_KEY_PART_LEN) {
+            int32_t shmid;
+            void *at;
+            memcpy(&shmid, packed + off + 1, sizeof(shmid));
+            at = shmat(shmid, NULL, 0);
+            if (at == (void *)-1) {
+                int err = errno;
+                return ferry__fail(err == EACCES ? FERRY_ERR_PERMISSION_DENIED
+                                                 : FERRY_ERR_NOT_FOUND,
+                                   "the System V shared-memory segment it names (id %d) cannot "
+                                   "be attached (%s): the passive side has deregistered that "
+                                   "memory, or the key is not its own",
+                                   (int)shmid, strerror(err));
+            }
+            shmdt(at);
+        }
+        off += 1u + part;
+    }
+    return FERRY_OK;
 }
 
 /* A worker address: its first byte's low four bits are the format's
@@ -377,6 +423,12 @@ ferry_status_t ferry__peer_rkey_get(ferry__peer_t *peer, const uint8_t *packed, 
         free(rk);
         return ferry__fail(FERRY_ERR_INVALID_ARGUMENT,
                            "remote key: %zu bytes not framed as a UCX remote key", len);
+    }
+    refused = sysv_parts_attachable(rk->packed, len);
+    if (refused != FERRY_OK) {
+        free(rk->packed);
+        free(rk);
+        return refused;
     }
     status = ucp_ep_rkey_unpack(peer->ep, rk->packed, &rk->rkey);
     if (status != UCS_OK) {

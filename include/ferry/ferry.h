@@ -442,10 +442,12 @@ FERRY_API ferry_status_t ferry_mem_register(ferry_connector_t *connector, void *
  * moves it through host buffers and registers none: README, GPU),
  * FERRY_ERR_NO_MEMORY when the device has not that much free.
  * Known limit (UCX 1.13): a writer or reader that begins with metadata of
- * an operation in such a region after the region was deregistered crashes
- * in ucp_ep_rkey_unpack (the segment its key names is gone, and UCX's
- * error path releases key parts it never unpacked): deregister only once
- * every holder of its operations' metadata is done (README, "Known
+ * an operation in such a region after the region was deregistered is
+ * refused FERRY_ERR_NOT_FOUND (libferry tries the System V segment its key
+ * names first); but a segment that goes in the moment between that check
+ * and UCX's own attach, or a POSIX one, kills it in ucp_ep_rkey_unpack
+ * (UCX's error path releases key parts it never unpacked): deregister only
+ * once every holder of its operations' metadata is done (README, "Known
  * limit"). */
 FERRY_API ferry_status_t ferry_mem_alloc(ferry_connector_t *connector, size_t size,
                                          ferry_device_t device, ferry_region_t **region_p,

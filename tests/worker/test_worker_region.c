@@ -1293,6 +1293,58 @@ static void test_edited_metadata_cannot_steer_a_transfer(void **state)
     free(dst);
 }
 
+/* Metadata of an operation in a Ferry-allocated region that its owner has
+ * since deregistered (it gave up, freed its pool, and the metadata reached
+ * the writer late): the key names a shared-memory segment that is gone.
+ * UCX 1.13 attaches it as it unpacks the key, and its error path then
+ * released key parts it never unpacked: the writer's process died
+ * (SIGSEGV, audit-s35-python H1). Now the write is refused NOT_FOUND,
+ * naming the key (before the claim where the key names a System V
+ * segment; by the passive side, whose operation is gone, where it names
+ * none, as over TCP alone), and a write to a live allocation still goes. */
+static void test_stale_metadata_of_a_freed_allocation_refused(void **state)
+{
+    world_t *w = *state;
+    ferry_region_t *r;
+    ferry_op_t *passive, *active = NULL;
+    uint8_t *src = malloc(4096), *stale;
+    const uint8_t *md;
+    size_t md_len;
+    ferry_descriptor_t d, s = desc(src, 4096);
+    ferry_status_t status;
+    void *p;
+
+    fill(src, 4096, 41);
+    assert_int_equal(
+        ferry_mem_alloc(w->rx, 1u << 16, (ferry_device_t)FERRY_DEVICE_HOST_INIT, &r, &p), FERRY_OK);
+    d = desc(p, 4096);
+    assert_int_equal(ferry_writable_create(w->rx, &d, 1, &passive), FERRY_OK);
+    assert_int_equal(ferry_op_metadata(passive, &md, &md_len), FERRY_OK);
+    stale = malloc(md_len);
+    memcpy(stale, md, md_len);
+    ferry_op_destroy(passive);
+    assert_int_equal(ferry_mem_deregister(r), FERRY_OK);
+
+    status = ferry_write_begin(w->tx, &s, 1, stale, md_len, &active);
+    if (status == FERRY_OK) {
+        status = ferry_op_wait(active, WAIT_MS);
+        ferry_op_destroy(active);
+    } else {
+        assert_non_null(strstr(ferry_last_error_message(), "descriptors[0].rkey"));
+        assert_non_null(strstr(ferry_last_error_message(), "System V"));
+    }
+    assert_int_equal(status, FERRY_ERR_NOT_FOUND);
+
+    assert_int_equal(
+        ferry_mem_alloc(w->rx, 1u << 16, (ferry_device_t)FERRY_DEVICE_HOST_INIT, &r, &p), FERRY_OK);
+    d = desc(p, 4096);
+    transfer(w, true, d, s);
+    assert_pattern(p, 4096, 41);
+    assert_int_equal(ferry_mem_deregister(r), FERRY_OK);
+    free(stale);
+    free(src);
+}
+
 /* A passive side on this host whose memory UCX maps here (Ferry-allocated,
  * a shared-memory segment) and whose metadata names addresses outside that
  * segment, or the writer's own segment: UCX's shared-memory transports
@@ -1454,6 +1506,8 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_cgroup_memory_limit),
         cmocka_unit_test_setup_teardown(test_alloc_transfer, setup, teardown),
         cmocka_unit_test_setup_teardown(test_many_ops_on_one_region, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_stale_metadata_of_a_freed_allocation_refused, setup,
+                                        teardown),
         cmocka_unit_test_setup_teardown(test_hostile_key_cannot_reach_the_writer, setup, teardown),
         cmocka_unit_test_setup_teardown(test_edited_metadata_cannot_steer_a_transfer, setup,
                                         teardown),
