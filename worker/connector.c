@@ -1116,14 +1116,16 @@ ferry_status_t ferry_connector_destroy(ferry_connector_t *c)
      * progresses the worker, where another's failure or a message can
      * come. Until neither is left. */
     while (c->inbox != NULL || c->failed != NULL) {
-        while (c->inbox != NULL) {
+        while (c->inbox != NULL) { /* popped as drain pops: one may come meanwhile */
             ferry__inmsg_t *in = c->inbox;
             c->inbox = in->next;
+            if (c->inbox == NULL) {
+                c->inbox_tail = &c->inbox;
+            }
+            c->inbox_len--;
+            c->inbox_bytes -= in->len;
             inmsg_free(in);
         }
-        c->inbox_tail = &c->inbox; /* a message may come during the closes */
-        c->inbox_len = 0;
-        c->inbox_bytes = 0;
         failed_drop(c);
     }
     ferry__unlock(c);

@@ -264,6 +264,11 @@ typedef struct ferry__peer {
     unsigned refs; /* the cache's and each operation's */
     ferry__rkey_t *rkeys;
     unsigned n_rkeys;
+    /* The peer's md index of UCX's sysv transport where this endpoint
+     * reaches it (same host and IPC namespace), else -1; read from the
+     * endpoint's lanes once (peer.c, sysv_md_index). */
+    int sysv_md;
+    bool sysv_md_known;
 } ferry__peer_t;
 
 typedef enum {

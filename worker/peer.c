@@ -24,6 +24,7 @@
  * req_done_cb) run inside ucp_worker_progress and only record and enqueue.
  */
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/shm.h>
@@ -63,29 +64,71 @@ static bool rkey_framed(const uint8_t *packed, size_t len)
 }
 
 /* UCX 1.13's sysv part of a key: the segment's id, then its owner's
- * address, packed (uct_sysv_packed_rkey_t); no other component of 1.13
- * packs a key of this size. */
+ * address, packed (uct_sysv_packed_rkey_t). */
 #define SYSV_KEY_PART_LEN 12
 
-/* Whether each System V segment a framed key names can be attached, as UCX
- * 1.13 attaches it while it unpacks the key (shmat, read-write): when that
- * fails (the segment is gone: its owner deregistered the memory, as a
- * passive side that gave up and freed its pool does, and the metadata came
- * late; or a passive side named a dead one), ucp_ep_rkey_unpack's error
- * path releases the key's parts it never unpacked, and the process dies
- * (SIGSEGV, audit-s35-python H1). Tried here and let go at once (an
- * attachment kept would read as an alias in segments.c's check); a segment
- * that goes in the moment between this and UCX's attach still kills the
- * process (README, "Known limit"). */
-static ferry_status_t sysv_parts_attachable(const uint8_t *packed, size_t len)
+/* The peer's md index of UCX's sysv transport where this endpoint reaches
+ * it, else -1 (another host or IPC namespace: UCX then leaves a key's sysv
+ * part alone). ucp_ep_print_info's lane lines name each lane's remote md
+ * and its component ("-> addr[3].md[2]/sysv/sysdev[255]"). Read once per
+ * peer: an endpoint's shared-memory lanes are chosen when it is created. */
+static int sysv_md_index(ferry__peer_t *peer)
 {
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *f;
+
+    if (peer->sysv_md_known || peer->ep == NULL) {
+        return peer->sysv_md_known ? peer->sysv_md : -1;
+    }
+    peer->sysv_md = -1;
+    f = open_memstream(&buf, &len);
+    if (f == NULL) {
+        return -1; /* not known: not checked, as before */
+    }
+    ucp_ep_print_info(peer->ep, f);
+    fclose(f);
+    for (const char *p = buf; p != NULL && (p = strstr(p, "]/sysv/")) != NULL; p++) {
+        const char *digits = p;
+        while (digits > buf && digits[-1] >= '0' && digits[-1] <= '9') {
+            digits--;
+        }
+        if (digits < p && digits - buf >= 3 && strncmp(digits - 3, "md[", 3) == 0) {
+            peer->sysv_md = atoi(digits);
+            break;
+        }
+    }
+    free(buf);
+    peer->sysv_md_known = true;
+    ferry_debug("connector %s: peer %llu: sysv md %d", peer->connector->name,
+                (unsigned long long)peer->id, peer->sysv_md);
+    return peer->sysv_md;
+}
+
+/* Whether the System V segment a framed key's sysv part names can be
+ * attached, as UCX 1.13 attaches it while it unpacks the key (shmat,
+ * read-write), where this endpoint reaches the peer's sysv transport: when
+ * that attach fails (the segment is gone: its owner deregistered the
+ * memory, as a passive side that gave up and freed its pool does, and the
+ * metadata came late; or a passive side named a dead one),
+ * ucp_ep_rkey_unpack's error path releases the key's parts it never
+ * unpacked, and the process dies (SIGSEGV, audit-s35-python H1). Tried
+ * here and let go at once (an attachment kept would read as an alias in
+ * segments.c's check); a segment that goes in the moment between this and
+ * UCX's attach still kills the process (README, "Known limit"). */
+static ferry_status_t sysv_part_attachable(ferry__peer_t *peer, const uint8_t *packed, size_t len)
+{
+    int sysv_md = sysv_md_index(peer);
     uint64_t md_map;
     size_t off = sizeof(md_map) + 1;
 
+    if (sysv_md < 0 || sysv_md >= 64) {
+        return FERRY_OK;
+    }
     memcpy(&md_map, packed, sizeof(md_map));
     for (; md_map != 0 && off < len; md_map &= md_map - 1) {
         size_t part = packed[off];
-        if (part == SYSV_KEY_PART_LEN) {
+        if ((int)__builtin_ctzll(md_map) == sysv_md && part == SYSV_KEY_PART_LEN) {
             int32_t shmid;
             void *at;
             memcpy(&shmid, packed + off + 1, sizeof(shmid));
@@ -424,7 +467,7 @@ ferry_status_t ferry__peer_rkey_get(ferry__peer_t *peer, const uint8_t *packed, 
         return ferry__fail(FERRY_ERR_INVALID_ARGUMENT,
                            "remote key: %zu bytes not framed as a UCX remote key", len);
     }
-    refused = sysv_parts_attachable(rk->packed, len);
+    refused = sysv_part_attachable(peer, rk->packed, len);
     if (refused != FERRY_OK) {
         free(rk->packed);
         free(rk);

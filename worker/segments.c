@@ -290,18 +290,29 @@ void ferry__segment_release(ferry__rkey_t *rk)
 
 /* Unpacks rk again between two reads of the maps; the one shared mapping
  * that appeared, in *seg_p, and whether another mapping of its file was
- * there before (*alias_p). table_lock held (so that no other connector's
- * key of this process is classified meanwhile). */
-static ferry_status_t unpack_watched(ferry__peer_t *peer, ferry__rkey_t *rk, map_t *seg_p,
-                                     bool *alias_p)
+ * there before (*alias_p). The key as first unpacked stays until the second
+ * is: its attachment keeps the segment alive meanwhile (one its owner
+ * removes in that moment would otherwise fail UCX's second attach, whose
+ * error path kills the process: peer.c, sysv_part_attachable), and its
+ * mapping, around `probe`, is in both reads, so neither new nor an alias.
+ * table_lock held (so that no other connector's key of this process is
+ * classified meanwhile). */
+static ferry_status_t unpack_watched(ferry__peer_t *peer, ferry__rkey_t *rk, uint64_t probe,
+                                     map_t *seg_p, bool *alias_p)
 {
     map_t *before = NULL, *after = NULL;
     size_t n_before = 0, n_after = 0, fresh = 0;
+    ucp_rkey_h first = rk->rkey;
+    uintptr_t held = 0;
+    void *local;
     ucs_status_t us;
 
-    ucp_rkey_destroy(rk->rkey);
+    if (first != NULL && ucp_rkey_ptr(first, probe, &local) == UCS_OK) {
+        held = (uintptr_t)local;
+    }
     rk->rkey = NULL;
     if (!maps_read(&before, &n_before)) {
+        rk->rkey = first;
         return ferry__fail(FERRY_ERR_UNAVAILABLE,
                            "its shared-memory segment cannot be checked: /proc/self/maps is "
                            "unreadable");
@@ -309,15 +320,24 @@ static ferry_status_t unpack_watched(ferry__peer_t *peer, ferry__rkey_t *rk, map
     us = ucp_ep_rkey_unpack(peer->ep, rk->packed, &rk->rkey);
     if (us != UCS_OK) {
         rk->rkey = NULL;
+        if (first != NULL) {
+            ucp_rkey_destroy(first);
+        }
         free(before);
         return ferry__fail(FERRY_ERR_INVALID_ARGUMENT, "remote key rejected by UCX: %s",
                            ucs_status_string(us));
     }
     if (!maps_read(&after, &n_after)) {
+        if (first != NULL) {
+            ucp_rkey_destroy(first);
+        }
         free(before);
         return ferry__fail(FERRY_ERR_UNAVAILABLE,
                            "its shared-memory segment cannot be checked: /proc/self/maps is "
                            "unreadable");
+    }
+    if (first != NULL) {
+        ucp_rkey_destroy(first);
     }
     for (size_t i = 0; i < n_after; i++) {
         bool old = false;
@@ -330,7 +350,9 @@ static ferry_status_t unpack_watched(ferry__peer_t *peer, ferry__rkey_t *rk, map
     }
     *alias_p = false;
     for (size_t j = 0; fresh == 1 && j < n_before; j++) {
-        *alias_p = *alias_p || (before[j].dev == seg_p->dev && before[j].ino == seg_p->ino);
+        bool first_mapping = held >= before[j].start && held < before[j].end;
+        *alias_p = *alias_p ||
+                   (!first_mapping && before[j].dev == seg_p->dev && before[j].ino == seg_p->ino);
     }
     free(before);
     free(after);
@@ -353,7 +375,7 @@ ferry_status_t ferry__rkey_classify(ferry__peer_t *peer, ferry__rkey_t *rk, uint
     }
     pthread_mutex_lock(&table_lock);
     for (int i = 0; i < CLASSIFY_TRIES; i++) {
-        status = unpack_watched(peer, rk, &seg, &alias);
+        status = unpack_watched(peer, rk, probe, &seg, &alias);
         if (status != FERRY_ERR_UNAVAILABLE || rk->rkey == NULL) {
             break; /* retried: maps that changed meanwhile; not: what will not change */
         }
