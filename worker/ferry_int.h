@@ -264,11 +264,13 @@ typedef struct ferry__peer {
     unsigned refs; /* the cache's and each operation's */
     ferry__rkey_t *rkeys;
     unsigned n_rkeys;
-    /* The peer's md index of UCX's sysv transport where this endpoint
-     * reaches it (same host and IPC namespace), else -1; read from the
-     * endpoint's lanes once (peer.c, sysv_md_index). */
+    /* Read from the endpoint's lanes once (peer.c, shm_lanes_read): the
+     * peer's md index of UCX's sysv transport where a lane uses it, else
+     * -1; and whether any lane is a same-host transport (shared memory,
+     * cma, self). */
     int sysv_md;
-    bool sysv_md_known;
+    bool same_host;
+    bool lanes_read;
 } ferry__peer_t;
 
 typedef enum {

@@ -67,82 +67,132 @@ static bool rkey_framed(const uint8_t *packed, size_t len)
  * address, packed (uct_sysv_packed_rkey_t). */
 #define SYSV_KEY_PART_LEN 12
 
-/* The peer's md index of UCX's sysv transport where this endpoint reaches
- * it, else -1 (another host or IPC namespace: UCX then leaves a key's sysv
- * part alone). ucp_ep_print_info's lane lines name each lane's remote md
- * and its component ("-> addr[3].md[2]/sysv/sysdev[255]"). Read once per
- * peer: an endpoint's shared-memory lanes are chosen when it is created. */
-static int sysv_md_index(ferry__peer_t *peer)
+/* Same-host transports of UCX 1.13: a lane of one (or of TCP over the
+ * loopback device) means the peer is on this host (and, for the
+ * shared-memory ones, in this IPC namespace). */
+static const char *const same_host_tls[] = {"sysv", "posix", "cma", "knem", "xpmem", "self"};
+
+/* Reads the endpoint's lanes once: ucp_ep_print_info writes a line per
+ * lane, "lane[0]:  3:sysv/memory.0 md[2]  -> md[2]/sysv/sysdev[255] ...",
+ * the part after "-> " naming the peer's md index and component. Only lane
+ * lines are read (the "peer:" line carries the peer's own name). */
+static void shm_lanes_read(ferry__peer_t *peer)
 {
     char *buf = NULL;
     size_t len = 0;
     FILE *f;
 
-    if (peer->sysv_md_known || peer->ep == NULL) {
-        return peer->sysv_md_known ? peer->sysv_md : -1;
-    }
     peer->sysv_md = -1;
-    f = open_memstream(&buf, &len);
-    if (f == NULL) {
-        return -1; /* not known: not checked, as before */
+    peer->same_host = true; /* until the lanes say: every sysv-sized part is checked */
+    peer->lanes_read = true;
+    if (peer->ep == NULL || (f = open_memstream(&buf, &len)) == NULL) {
+        return;
     }
+    peer->same_host = false;
     ucp_ep_print_info(peer->ep, f);
     fclose(f);
-    for (const char *p = buf; p != NULL && (p = strstr(p, "]/sysv/")) != NULL; p++) {
-        const char *digits = p;
-        while (digits > buf && digits[-1] >= '0' && digits[-1] <= '9') {
-            digits--;
+    for (char *save = NULL, *line = strtok_r(buf, "\n", &save); line != NULL;
+         line = strtok_r(NULL, "\n", &save)) {
+        const char *to = strstr(line, "-> ");
+        const char *md = to != NULL ? strstr(to, "md[") : NULL;
+        char *end;
+        long index;
+
+        if (strstr(line, "lane[") == NULL || md == NULL) {
+            continue;
         }
-        if (digits < p && digits - buf >= 3 && strncmp(digits - 3, "md[", 3) == 0) {
-            peer->sysv_md = atoi(digits);
-            break;
+        if (strstr(line, ":tcp/lo.") != NULL && strstr(line, ":tcp/lo.") < to) {
+            peer->same_host = true; /* TCP over the loopback device */
+        }
+        index = strtol(md + 3, &end, 10);
+        if (end == md + 3 || strncmp(end, "]/", 2) != 0) {
+            continue;
+        }
+        end += 2;
+        for (size_t i = 0; i < sizeof(same_host_tls) / sizeof(same_host_tls[0]); i++) {
+            size_t n = strlen(same_host_tls[i]);
+            if (strncmp(end, same_host_tls[i], n) == 0 && end[n] == '/') {
+                peer->same_host = true;
+                if (i == 0 && index >= 0 && index < 64) {
+                    peer->sysv_md = (int)index;
+                }
+            }
         }
     }
     free(buf);
-    peer->sysv_md_known = true;
-    ferry_debug("connector %s: peer %llu: sysv md %d", peer->connector->name,
-                (unsigned long long)peer->id, peer->sysv_md);
-    return peer->sysv_md;
+    ferry_debug("connector %s: peer %llu: %s host, sysv md %d", peer->connector->name,
+                (unsigned long long)peer->id, peer->same_host ? "same" : "another", peer->sysv_md);
 }
 
-/* Whether the System V segment a framed key's sysv part names can be
- * attached, as UCX 1.13 attaches it while it unpacks the key (shmat,
- * read-write), where this endpoint reaches the peer's sysv transport: when
- * that attach fails (the segment is gone: its owner deregistered the
+/* The System V segment of a key's sysv part, attached as UCX 1.13 attaches
+ * it while it unpacks the key (shmat, read-write), and let go at once:
+ * when UCX's attach fails (the segment is gone: its owner deregistered the
  * memory, as a passive side that gave up and freed its pool does, and the
  * metadata came late; or a passive side named a dead one),
  * ucp_ep_rkey_unpack's error path releases the key's parts it never
- * unpacked, and the process dies (SIGSEGV, audit-s35-python H1). Tried
- * here and let go at once (an attachment kept would read as an alias in
- * segments.c's check); a segment that goes in the moment between this and
- * UCX's attach still kills the process (README, "Known limit"). */
+ * unpacked, and the process dies (SIGSEGV, audit-s35-python H1). */
+static ferry_status_t sysv_attachable(const uint8_t *part)
+{
+    int32_t shmid;
+    void *at;
+
+    memcpy(&shmid, part, sizeof(shmid));
+    at = shmat(shmid, NULL, 0);
+    if (at == (void *)-1) {
+        int err = errno;
+        return ferry__fail(err == EACCES ? FERRY_ERR_PERMISSION_DENIED : FERRY_ERR_NOT_FOUND,
+                           "the System V shared-memory segment it names (id %d) cannot be "
+                           "attached (%s): the passive side has deregistered that memory, or "
+                           "the key is not its own",
+                           (int)shmid, strerror(err));
+    }
+    shmdt(at);
+    return FERRY_OK;
+}
+
+/* Checks a framed key's sysv part before UCX unpacks it, where UCX would
+ * attach it: where the endpoint reaches the peer's sysv transport (the
+ * part at that md index: it must be UCX 1.13's 12 bytes, which UCX reads
+ * whole), and where a lane shows the peer on this host without naming its
+ * sysv md (the environment turned shared-memory error handling off, and
+ * TCP over the loopback device carries the lanes: UCX still attaches a
+ * reachable sysv part) or the lanes could not be read, every part of 12
+ * bytes, the size only sysv's has in UCX 1.13 (a peer on this host in
+ * another IPC namespace may then be refused). Elsewhere (another host) UCX leaves
+ * that part alone, and so does this: checked there, it refused honest
+ * writers (review-s35c). Tried and let go at once (an attachment kept would
+ * read as an alias in segments.c's check); a segment that goes in the
+ * moment between this and UCX's attach still kills the process (README,
+ * "Known limit"). */
 static ferry_status_t sysv_part_attachable(ferry__peer_t *peer, const uint8_t *packed, size_t len)
 {
-    int sysv_md = sysv_md_index(peer);
     uint64_t md_map;
     size_t off = sizeof(md_map) + 1;
+    bool every;
 
-    if (sysv_md < 0 || sysv_md >= 64) {
+    if (!peer->lanes_read) {
+        shm_lanes_read(peer);
+    }
+    every = peer->sysv_md < 0 && peer->same_host;
+    if (peer->sysv_md < 0 && !every) {
         return FERRY_OK;
     }
     memcpy(&md_map, packed, sizeof(md_map));
     for (; md_map != 0 && off < len; md_map &= md_map - 1) {
         size_t part = packed[off];
-        if ((int)__builtin_ctzll(md_map) == sysv_md && part == SYSV_KEY_PART_LEN) {
-            int32_t shmid;
-            void *at;
-            memcpy(&shmid, packed + off + 1, sizeof(shmid));
-            at = shmat(shmid, NULL, 0);
-            if (at == (void *)-1) {
-                int err = errno;
-                return ferry__fail(err == EACCES ? FERRY_ERR_PERMISSION_DENIED
-                                                 : FERRY_ERR_NOT_FOUND,
-                                   "the System V shared-memory segment it names (id %d) cannot "
-                                   "be attached (%s): the passive side has deregistered that "
-                                   "memory, or the key is not its own",
-                                   (int)shmid, strerror(err));
-            }
-            shmdt(at);
+        bool sysv = (int)__builtin_ctzll(md_map) == peer->sysv_md;
+        ferry_status_t status = FERRY_OK;
+
+        if (sysv && part != SYSV_KEY_PART_LEN) {
+            return ferry__fail(FERRY_ERR_INVALID_ARGUMENT,
+                               "its System V part is %zu bytes, not UCX 1.13's %d", part,
+                               SYSV_KEY_PART_LEN);
+        }
+        if (sysv || (every && part == SYSV_KEY_PART_LEN)) {
+            status = sysv_attachable(packed + off + 1);
+        }
+        if (status != FERRY_OK) {
+            return status;
         }
         off += 1u + part;
     }
