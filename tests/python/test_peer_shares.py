@@ -223,7 +223,24 @@ READ_TAKEN = max(READ_SHARE, READ_ROOM // 2)
 READ_FLOOD = 50
 
 
-class OneHostTakesItsShareOfEtcdReads(ferry_harness.ClusterTestCase):
+class FrozenEtcdCluster(ferry_harness.ClusterTestCase):
+    """A cluster whose tests freeze its etcd and play another client host
+    (OTHER_HOST, a loopback alias): skipped where the alias cannot be
+    bound; etcd is thawed at the end should a test have left it frozen."""
+
+    @classmethod
+    def setUpClass(cls):
+        if not loopback_aliases_work():
+            raise unittest.SkipTest(f"cannot bind {OTHER_HOST}")
+        super().setUpClass()
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.etcd.proc.send_signal(signal.SIGCONT)
+        super().tearDownClass()
+
+
+class OneHostTakesItsShareOfEtcdReads(FrozenEtcdCluster):
     """A Lookup of an unknown ID is an etcd read (the view does not hold
     it, and it may have been acknowledged elsewhere), and needs no valid
     token; with the read workers and their queue (--etcd-inflight,
@@ -237,17 +254,6 @@ class OneHostTakesItsShareOfEtcdReads(ferry_harness.ClusterTestCase):
     # could fill without its share.
     FLAGS = ("--prefix", "/peers-reads/", "--etcd-inflight", "2", "--etcd-queue", "14",
              "--etcd-reads-per-peer", str(READ_SHARE))
-
-    @classmethod
-    def setUpClass(cls):
-        if not loopback_aliases_work():
-            raise unittest.SkipTest(f"cannot bind {OTHER_HOST}")
-        super().setUpClass()
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.etcd.proc.send_signal(signal.SIGCONT)  # should a test have left it frozen
-        super().tearDownClass()
 
     def test_a_flood_of_misses_leaves_room_for_another_host(self):
         raw = ferry_harness.RawH2(self.coord.port, source=OTHER_HOST)
@@ -304,7 +310,7 @@ def metadata(pb):
         notification_key=os.urandom(16), worker_name="peers", hostname="localhost")
 
 
-class OneHostTakesItsShareOfEtcdWrites(ferry_harness.ClusterTestCase):
+class OneHostTakesItsShareOfEtcdWrites(FrozenEtcdCluster):
     """A Cancel (or Release, or Claim) of an unknown ID is an etcd read on a
     write worker, and needs no valid token; with the write workers and
     their queue shared by all clients, a burst of them from one client
@@ -316,17 +322,6 @@ class OneHostTakesItsShareOfEtcdWrites(ferry_harness.ClusterTestCase):
 
     FLAGS = ("--prefix", "/peers-writes/", "--etcd-inflight", "2", "--etcd-queue", "14",
              "--etcd-writes-per-peer", str(WRITE_SHARE))
-
-    @classmethod
-    def setUpClass(cls):
-        if not loopback_aliases_work():
-            raise unittest.SkipTest(f"cannot bind {OTHER_HOST}")
-        super().setUpClass()
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.etcd.proc.send_signal(signal.SIGCONT)  # should a test have left it frozen
-        super().tearDownClass()
 
     def register(self, rid, **kw):
         return self.stub.Register.future(self.cpb.RegisterRequest(
@@ -420,7 +415,7 @@ def flood_renewals(case, taken):
         "every renewal to give its share back")
 
 
-class RenewalsShareTheirOwnLaneWithoutAQueue(ferry_harness.ClusterTestCase):
+class RenewalsShareTheirOwnLaneWithoutAQueue(FrozenEtcdCluster):
     """At --etcd-queue 0 the renewals' lane still has room for n_workers
     (exec.c, lane_room), so its capacity is --etcd-inflight 2 + 2 and a
     host's share binds at half of that, 2; the writes' capacity is 2 + 0,
@@ -430,17 +425,6 @@ class RenewalsShareTheirOwnLaneWithoutAQueue(ferry_harness.ClusterTestCase):
 
     FLAGS = ("--prefix", "/peers-renew0/", "--etcd-inflight", "2", "--etcd-queue", "0",
              "--etcd-writes-per-peer", "1")
-
-    @classmethod
-    def setUpClass(cls):
-        if not loopback_aliases_work():
-            raise unittest.SkipTest(f"cannot bind {OTHER_HOST}")
-        super().setUpClass()
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.etcd.proc.send_signal(signal.SIGCONT)  # should a test have left it frozen
-        super().tearDownClass()
 
     register = OneHostTakesItsShareOfEtcdWrites.register
 
