@@ -59,6 +59,7 @@ import json
 import math
 import operator
 import sys
+import threading
 from dataclasses import dataclass
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
@@ -1145,10 +1146,11 @@ class Connector(_ferry._Connector):
                                       ttl: Optional[int] = None) -> WriteOperation:
         """begin_write_by_id on the loop's default executor (its claim is an
         RPC that may wait); the transfer itself is then awaited
-        with wait_for_completion. Cancelling the awaiting task does not stop
-        a lookup or claim already under way on the executor's thread: an
-        operation it then begins is dropped, and so cancelled and released,
-        but bytes it moved before are not undone."""
+        with wait_for_completion. Cancelling the awaiting task ends the
+        lookup or claim under way on the executor's thread within about
+        100 ms (as Ctrl-C ends a blocking one), so the thread is free
+        again; an operation begun just before is dropped, and so cancelled
+        and released, but bytes it moved before are not undone."""
         return await self._by_id_async(2, WriteOperation, coordinator, request_id, access_token,
                                        local_descs, wait, ttl)
 
@@ -1173,14 +1175,22 @@ class Connector(_ferry._Connector):
         local_descs = _descs(local_descs, wait=False)
         streams = _cuda_streams(local_descs)
 
+        cancel = threading.Event()
+
         def begin() -> Any:
             for stream in streams:
                 stream.synchronize()
             return self._begin_by_id(kind, coordinator, request_id, access_token,
                                      _wait_ms(wait),
-                                     _ttl_s(ttl), local_descs, op_type)
+                                     _ttl_s(ttl), local_descs, op_type, cancel)
 
-        return await asyncio.get_running_loop().run_in_executor(None, begin)
+        try:
+            return await asyncio.get_running_loop().run_in_executor(None, begin)
+        except asyncio.CancelledError:
+            # The executor's thread would wait out `wait` (asyncio.run's
+            # exit with it): its wait reads the event, and gives up.
+            cancel.set()
+            raise
 
     # asyncio: one reader per loop on the completion queue's eventfd
 

@@ -610,16 +610,18 @@ out:
 }
 
 /* One ferry_write_begin_by_id or ferry_read_begin_by_id, the GIL let go,
- * ended by a signal (pyferry_wait_begin). */
+ * ended by a signal or by cancel.is_set() (pyferry_wait_begin_cancellable;
+ * cancel NULL: by a signal only). */
 static ferry_status_t begin_by_id_once(int kind, pyferry_connector_t *self,
                                        pyferry_coordinator_t *coord,
                                        const ferry_claim_params_t *params,
-                                       const ferry_descriptor_t *descs, size_t n, ferry_op_t **op_p)
+                                       const ferry_descriptor_t *descs, size_t n, PyObject *cancel,
+                                       ferry_op_t **op_p)
 {
     ferry_status_t status;
     pyferry_wait_t w;
 
-    pyferry_wait_begin(&w);
+    pyferry_wait_begin_cancellable(&w, cancel);
     if (kind == PYFERRY_WRITE) {
         status = ferry_write_begin_by_id(self->conn, coord->coord, params, descs, n, op_p);
     } else {
@@ -629,13 +631,15 @@ static ferry_status_t begin_by_id_once(int kind, pyferry_connector_t *self,
     return status;
 }
 
-/* _begin_by_id(kind, coordinator, request_id, token, wait_ms, ttl_s, descs, cls) */
+/* _begin_by_id(kind, coordinator, request_id, token, wait_ms, ttl_s, descs, cls
+ * [, cancel]): cancel, an object with is_set() (a threading.Event), ends
+ * the lookup or claim under way once it is set (Cancelled). */
 static PyObject *connector_begin_by_id(PyObject *obj, PyObject *args)
 {
     pyferry_connector_t *self = (pyferry_connector_t *)obj;
     int kind, wait_ms, ttl_s;
     const char *request_id, *token;
-    PyObject *coord_obj, *seq, *cls, *keep = NULL, *result = NULL;
+    PyObject *coord_obj, *seq, *cls, *cancel = Py_None, *keep = NULL, *result = NULL;
     pyferry_coordinator_t *coord;
     ferry_claim_params_t params = {.field_mask = 0};
     ferry_descriptor_t stack[CONNECTOR_STACK_DESCS], *descs = stack;
@@ -643,8 +647,8 @@ static PyObject *connector_begin_by_id(PyObject *obj, PyObject *args)
     ferry_status_t status;
     Py_ssize_t n = 0;
 
-    if (!PyArg_ParseTuple(args, "iO!ssiiOO:_begin_by_id", &kind, pyferry_coordinator_type,
-                          &coord_obj, &request_id, &token, &wait_ms, &ttl_s, &seq, &cls)) {
+    if (!PyArg_ParseTuple(args, "iO!ssiiOO|O:_begin_by_id", &kind, pyferry_coordinator_type,
+                          &coord_obj, &request_id, &token, &wait_ms, &ttl_s, &seq, &cls, &cancel)) {
         return NULL;
     }
     coord = (pyferry_coordinator_t *)coord_obj;
@@ -679,7 +683,8 @@ static PyObject *connector_begin_by_id(PyObject *obj, PyObject *args)
     }
     self->live_ops++;
     coord->live_ops++;
-    status = begin_by_id_once(kind, self, coord, &params, descs, (size_t)n, &op);
+    status = begin_by_id_once(kind, self, coord, &params, descs, (size_t)n,
+                              cancel != Py_None ? cancel : NULL, &op);
     coord->live_ops--;
     self->live_ops--;
     pyferry_descs_unpin(keep);
@@ -826,7 +831,7 @@ static PyMethodDef connector_methods[] = {
     {"_drain", connector_drain, METH_NOARGS, "_drain() -> [op]: operations finished since."},
     {"_create", connector_create, METH_VARARGS, "_create(kind, descs, cls[, metadata])."},
     {"_begin_by_id", connector_begin_by_id, METH_VARARGS,
-     "_begin_by_id(kind, coordinator, request_id, token, wait_ms, ttl_s, descs, cls)."},
+     "_begin_by_id(kind, coordinator, request_id, token, wait_ms, ttl_s, descs, cls[, cancel])."},
     {"_allocate", connector_allocate, METH_VARARGS, "_allocate(size, cls) -> region."},
     {"_register", connector_register, METH_VARARGS, "_register(descriptor, cls) -> region."},
     {NULL, NULL, 0, NULL},

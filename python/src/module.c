@@ -95,12 +95,23 @@ static bool wait_check(void *arg)
 
     PyEval_RestoreThread(w->ts);
     stop = PyErr_Occurred() != NULL || PyErr_CheckSignals() < 0;
+    if (!stop && w->cancel != NULL) {
+        PyObject *set = PyObject_CallMethod(w->cancel, "is_set", NULL);
+        stop = set == NULL || PyObject_IsTrue(set) != 0; /* an error: stop, and it stands */
+        Py_XDECREF(set);
+    }
     w->ts = PyEval_SaveThread();
     return stop;
 }
 
 void pyferry_wait_begin(pyferry_wait_t *w)
 {
+    pyferry_wait_begin_cancellable(w, NULL);
+}
+
+void pyferry_wait_begin_cancellable(pyferry_wait_t *w, PyObject *cancel)
+{
+    w->cancel = cancel;
     w->outer = current_wait;
     current_wait = w;
     ferry_interrupt_check_set(wait_check, w);

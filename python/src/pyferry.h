@@ -147,9 +147,15 @@ int pyferry_check_process(unsigned generation, long made_in, const char *what);
 typedef struct pyferry_wait {
     PyThreadState *ts;
     struct pyferry_wait *outer;
+    /* Borrowed, or NULL: an object whose is_set() (a threading.Event)
+     * also ends the wait when true, read at each check: an asyncio task's
+     * cancellation reaches its wait on an executor's thread so, where no
+     * signal handler runs (pyferry_wait_begin_cancellable). */
+    PyObject *cancel;
 } pyferry_wait_t;
 
 void pyferry_wait_begin(pyferry_wait_t *w);
+void pyferry_wait_begin_cancellable(pyferry_wait_t *w, PyObject *cancel);
 void pyferry_wait_end(pyferry_wait_t *w);
 
 typedef struct {

@@ -229,7 +229,8 @@ def test_cuda_tensor_work_waited_for_off_the_loop(connector, monkeypatch):
         def synchronize(self):
             waited.append((self.taken_on, threading.current_thread()))
 
-    def begin_by_id(kind, coordinator, request_id, token, wait_ms, ttl, descs, op_type):
+    def begin_by_id(kind, coordinator, request_id, token, wait_ms, ttl, descs, op_type,
+                    cancel=None):
         began.append((kind, request_id, len(waited)))
         raise ferry.Unavailable("stub: no coordinator")
 

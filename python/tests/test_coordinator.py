@@ -538,6 +538,45 @@ def test_async_by_id_forms(connector, coordinator):
     asyncio.run(main())
 
 
+def test_cancelled_async_by_id_frees_its_thread(connector, coordinator):
+    """Cancelling a begin_write_by_id_async task ends the wait under way on
+    the executor's thread (a 120 s wait for an ID nobody publishes): the
+    thread is free again well before the wait would have run out, so
+    asyncio.run() returns; it used to hold the thread, and the loop's exit,
+    for the whole wait. The ID can then be published and claimed."""
+    import asyncio
+    import concurrent.futures
+
+    executor = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+    request_id = rid("async-cancel")
+
+    async def main():
+        asyncio.get_running_loop().set_default_executor(executor)
+        before = connector._live_ops
+        task = asyncio.ensure_future(connector.begin_write_by_id_async(
+            coordinator, request_id, TOKEN, ferry.Descriptor(b"x" * 64), wait=120))
+        deadline = time.monotonic() + 10
+        while connector._live_ops == before:  # until the call is under way on the executor
+            assert time.monotonic() < deadline, "the begin never got under way"
+            await asyncio.sleep(0.001)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    done = threading.Thread(target=lambda: asyncio.run(main()))
+    done.start()
+    done.join(60)  # the wait is 120 s: ended by the cancel, not by the wait
+    assert not done.is_alive(), "asyncio.run still waits for the executor's thread"
+    dst = bytearray(64)
+    with connector.create_writable(ferry.Descriptor(dst)) as op:
+        op.publish(coordinator, request_id, TOKEN)
+        with connector.begin_write_by_id(coordinator, request_id, TOKEN,
+                                         ferry.Descriptor(b"y" * 64), wait=5) as a:
+            a.wait(30)
+        op.wait(30)
+    assert bytes(dst) == b"y" * 64
+
+
 def test_coordinator_close_waits_for_its_operations(cluster):
     coord = ferry.Coordinator(cluster.target, timeout=5)
     c = ferry.Connector("coord-close")
