@@ -1013,25 +1013,29 @@ def test_properties(connector):
     assert "notices_received" in connector.stats()
 
 
-def test_close_refused_while_another_thread_waits(connector, sender):
-    import threading
-    import time
-
-    w = connector.create_writable(ferry.Descriptor(bytearray(64)))
+def waiting_thread(op):
+    """A thread inside op.wait(60) (the GIL released), returned once it is;
+    the errors its wait raises go to the list returned with it."""
     errors = []
 
     def waiter():
         try:
-            w.wait(60)
+            op.wait(60)
         except ferry.FerryError as e:
             errors.append(e)
 
     t = threading.Thread(target=waiter)
     t.start()
     deadline = time.monotonic() + 10
-    while w._busy == 0:  # until the other thread is inside wait(), the GIL released
+    while op._busy == 0:  # until the other thread is inside wait(), the GIL released
         assert time.monotonic() < deadline, "the waiter never got into wait()"
         time.sleep(0.001)
+    return t, errors
+
+
+def test_close_refused_while_another_thread_waits(connector, sender):
+    w = connector.create_writable(ferry.Descriptor(bytearray(64)))
+    t, errors = waiting_thread(w)
     with pytest.raises(ferry.Busy, match=r"\(a wait in flight\)"):
         w.close()
     assert not w.closed
@@ -1047,22 +1051,9 @@ def test_with_block_of_an_operation_does_not_hide_an_exception(connector):
     by Busy from close(). The operation is cancelled, which ends the other
     wait, and closes once that wait has returned."""
     w = connector.create_writable(ferry.Descriptor(bytearray(64)))
-    errors = []
-
-    def waiter():
-        try:
-            w.wait(60)
-        except ferry.FerryError as e:
-            errors.append(e)
-
-    t = threading.Thread(target=waiter)
-    t.start()
     with pytest.raises(TimeoutError, match="inner"):
         with w:
-            deadline = time.monotonic() + 10
-            while w._busy == 0:  # until the other thread is inside wait()
-                assert time.monotonic() < deadline, "the waiter never got into wait()"
-                time.sleep(0.001)
+            t, errors = waiting_thread(w)
             raise TimeoutError("inner")
     t.join(10)
     assert not t.is_alive() and isinstance(errors[0], ferry.Cancelled)

@@ -152,6 +152,19 @@ def test_unknown_id(connector, coordinator):
                                     ferry.Descriptor(b"x" * 64), wait=0.3)
 
 
+def publish_and_write(connector, coordinator, request_id):
+    """request_id published and written by ID: a wait given up on it left
+    nothing behind."""
+    dst = bytearray(64)
+    with connector.create_writable(ferry.Descriptor(dst)) as op:
+        op.publish(coordinator, request_id, TOKEN)
+        with connector.begin_write_by_id(coordinator, request_id, TOKEN,
+                                         ferry.Descriptor(b"y" * 64), wait=5) as a:
+            a.wait(30)
+        op.wait(30)
+    assert bytes(dst) == b"y" * 64
+
+
 def test_a_long_wait_by_id_sees_signals(connector, coordinator):
     """begin_write_by_id's wait runs in slices and sees signals between
     them: a handler's exception (here SIGALRM's, as Ctrl-C's
@@ -178,14 +191,7 @@ def test_a_long_wait_by_id_sees_signals(connector, coordinator):
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, old)
-    dst = bytearray(64)
-    with connector.create_writable(ferry.Descriptor(dst)) as op:
-        op.publish(coordinator, request_id, TOKEN)
-        with connector.begin_write_by_id(coordinator, request_id, TOKEN,
-                                         ferry.Descriptor(b"y" * 64), wait=5) as a:
-            a.wait(30)
-        op.wait(30)
-    assert bytes(dst) == b"y" * 64
+    publish_and_write(connector, coordinator, request_id)
 
 
 def standin(handlers):
@@ -567,14 +573,7 @@ def test_cancelled_async_by_id_frees_its_thread(connector, coordinator):
     done.start()
     done.join(60)  # the wait is 120 s: ended by the cancel, not by the wait
     assert not done.is_alive(), "asyncio.run still waits for the executor's thread"
-    dst = bytearray(64)
-    with connector.create_writable(ferry.Descriptor(dst)) as op:
-        op.publish(coordinator, request_id, TOKEN)
-        with connector.begin_write_by_id(coordinator, request_id, TOKEN,
-                                         ferry.Descriptor(b"y" * 64), wait=5) as a:
-            a.wait(30)
-        op.wait(30)
-    assert bytes(dst) == b"y" * 64
+    publish_and_write(connector, coordinator, request_id)
 
 
 def test_coordinator_close_waits_for_its_operations(cluster):
