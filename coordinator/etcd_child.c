@@ -23,9 +23,16 @@
 #include "etcd/etcd.h"
 
 /* etcd keeps every revision until it is compacted, and refuses every write
- * once its database reaches its quota (2 GiB): the private etcd compacts
- * what is older than this, as deploy/k8s/etcd.yaml's does. */
-#define COMPACTION_RETENTION "1h"
+ * once its database reaches its quota (2 GiB). Every Register, Claim and
+ * Complete writes the whole record again, so the history, not the live
+ * records, is what fills it: with periodic compaction etcd keeps between
+ * one and two retentions of it, and an hour's let about 150 KB/s of
+ * records fill a 1 GiB quota (a few hundred operations a second; a churn
+ * of 10 KB puts filled a 64 MiB quota in 14 s with none compacted). The
+ * private etcd keeps five minutes, as deploy/k8s's etcd does: what Ferry
+ * reads from history (a watch that resumes, a List's snapshot) is minutes
+ * old at most, and older is a reload or OUT_OF_RANGE. */
+#define COMPACTION_RETENTION "5m"
 
 /* Under the state directory, relative: etcd runs there. Its client and
  * peer URLs are unix sockets in it ("unix://HOST:PORT" is etcd's form; the
@@ -45,7 +52,8 @@
 
 /* A log past this at a start is moved aside (one generation kept), so
  * that restarts over months do not fill the disk. Within one run etcd
- * writes a few lines an hour (its compaction). */
+ * writes four lines every five minutes (its compaction), about 150 KB a
+ * day. */
 #define LOG_MAX_BYTES (16L << 20)
 #define PASSWORD_MIN  16 /* characters, in a file an operator wrote */
 

@@ -47,7 +47,9 @@ deploy/Containerfile, without a cluster:
               peer port; the headless Service exists (clusterIP None,
               publishNotReadyAddresses); podManagementPolicy Parallel; data on
               a volumeClaimTemplate, and a memory limit, of at least twice
-              the backend quota (--quota-backend-bytes, else etcd's 2 GiB); --listen-metrics-urls plaintext, on the
+              the backend quota (--quota-backend-bytes, else etcd's 2 GiB);
+              periodic compaction keeping at most 10m of history (an hour's
+              fills the quota: deploy/README, "Scale"); --listen-metrics-urls plaintext, on the
               containerPort the pods' prometheus.io/* scrape annotations
               name.
   workers     in each example, with its overlay's objects: FERRY_TOKEN
@@ -1346,6 +1348,7 @@ def check_etcd(ctx):
                                for vm in mounts):
             fail(where, "--data-dir %r is not on a volumeClaimTemplate mount" % data_dir)
         check_etcd_quota(where, spec, c, args)
+        check_etcd_compaction(where, args)
         check_etcd_tls(ctx, where, pspec, c, args)
         check_etcd_metrics(where, o, c, args)
         if ctx.expect["tls"]:
@@ -1435,6 +1438,42 @@ def check_etcd_tls(ctx, where, spec, c, args):
         v = args.get(f)
         if not v or os.path.dirname(str(v)) not in dirs:
             fail(where, "%s %r is not a file in a mounted Secret (%s)" % (f, v, sorted(dirs)))
+
+
+def go_duration_s(text):
+    """etcd's --auto-compaction-retention in seconds: a Go duration ("5m",
+    "1h30m", "90s") or a bare number of hours ("1"); None when it does not
+    parse."""
+    text = str(text)
+    if re.match(r"^[0-9]+$", text):
+        return int(text) * 3600
+    parts = re.findall(r"([0-9]+(?:\.[0-9]+)?)(h|ms|m|s)", text)
+    if not parts or "".join(n + u for n, u in parts) != text:
+        return None
+    unit = {"h": 3600, "m": 60, "s": 1, "ms": 0.001}
+    return sum(float(n) * unit[u] for n, u in parts)
+
+
+COMPACTION_RETENTION_MAX_S = 600
+
+
+def check_etcd_compaction(where, args):
+    """History is compacted, periodically, keeping at most 10 minutes: a
+    Ferry cycle writes its record three times, and etcd keeps one to two
+    retentions of those revisions, so the history, not the records, fills
+    the quota (an hour's filled 1 GiB at 73 cycles a second;
+    deploy/README, "Scale")."""
+    mode = args.get("--auto-compaction-mode", "periodic")
+    retention = args.get("--auto-compaction-retention")
+    if mode != "periodic":
+        fail(where, "--auto-compaction-mode must be periodic (is %r)" % mode)
+        return
+    seconds = go_duration_s(retention) if retention is not None else None
+    if not seconds or seconds > COMPACTION_RETENTION_MAX_S:
+        fail(where, "--auto-compaction-retention must be a duration of at most 10m (is %r): etcd "
+             "keeps one to two retentions of history, every Register, Claim and Complete writes "
+             "its record again, and an hour's filled a 1 GiB quota at 73 operations a second "
+             "(deploy/README, \"Scale\")" % retention)
 
 
 def check_etcd_metrics(where, o, c, args):

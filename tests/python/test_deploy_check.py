@@ -357,6 +357,34 @@ class DeployCheckCatches(unittest.TestCase):
                          r"backend quota \(1073741824 bytes\)",
                          r"overlays/prod StatefulSet/etcd: memory limit 1Gi is under twice")
 
+    def test_etcd_history_kept_an_hour(self):
+        """An hour of etcd history, as the manifests kept: a cycle writes its
+        record three times, and an hour's revisions filled the 1 GiB quota
+        at 73 cycles a second (bench/etcd_history.py), after which etcd
+        refuses every write. No compaction at all, or a count of revisions
+        in place of a time, fails too. (Each overlay patches etcd's whole
+        command line, so each is edited.)"""
+        files = [os.path.join(self.k8s, *f) for f in
+                 [("base", "etcd.yaml"), ("overlays", "dev", "etcd-one-member.yaml"),
+                  ("overlays", "prod", "etcd-tls.yaml")]]
+
+        def edit_all(old, new):
+            for f in files:
+                edit(f, old, new)
+
+        edit_all("--auto-compaction-retention=5m", "--auto-compaction-retention=1h")
+        self.assertFails(r"overlays/dev StatefulSet/etcd: --auto-compaction-retention must be a "
+                         r"duration of at most 10m \(is '1h'\)",
+                         r"overlays/prod StatefulSet/etcd: --auto-compaction-retention")
+        edit_all("--auto-compaction-retention=1h", "--auto-compaction-retention=1")
+        self.assertFails(r"overlays/dev StatefulSet/etcd: --auto-compaction-retention must be a "
+                         r"duration of at most 10m \(is '1'\)")
+        edit_all("            - --auto-compaction-retention=1\n", "")
+        self.assertFails(r"overlays/dev StatefulSet/etcd: --auto-compaction-retention must be a "
+                         r"duration of at most 10m \(is None\)")
+        edit_all("--auto-compaction-mode=periodic", "--auto-compaction-mode=revision")
+        self.assertFails(r"overlays/dev StatefulSet/etcd: --auto-compaction-mode must be periodic")
+
     def test_coordinator_killed_mid_drain(self):
         """FERRY_GRACE_MS raised under the same 30 s budget: the preStop
         pause (5 s), the drain and the exit's tail (11 s when etcd answers

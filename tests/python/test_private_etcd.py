@@ -188,7 +188,7 @@ class PrivateEtcd(unittest.TestCase):
             self.assertEqual(len(etcds), 1)
             argv = cmdline(etcds[0])
             self.assertEqual(argv[argv.index("--auto-compaction-mode") + 1], "periodic")
-            self.assertEqual(argv[argv.index("--auto-compaction-retention") + 1], "1h")
+            self.assertEqual(argv[argv.index("--auto-compaction-retention") + 1], "5m")
             self.assertEqual(os.stat(os.path.join(self.state, "etcd.log")).st_mode & 0o777, 0o600)
         finally:
             p.send_signal(signal.SIGTERM)
