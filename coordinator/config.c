@@ -71,6 +71,10 @@ static const char usage[] =
     "                      and as many KeepAlives, 0..1000000, 0: no share\n"
     "                      (FERRY_ETCD_WRITES_PER_PEER; an eighth of --etcd-inflight +\n"
     "                      --etcd-queue, at least 16)\n"
+    "  --stored-mib-per-peer N  MiB of records in etcd that the Registers of one\n"
+    "                      client host may own, counted over every replica's records;\n"
+    "                      a Register past it is refused with RESOURCE_EXHAUSTED,\n"
+    "                      0..1048576, 0: no share (FERRY_STORED_MIB_PER_PEER; 128)\n"
     "  --etcd-load-page N  keys per etcd read when the view loads the records (at\n"
     "                      start, after compaction), 1..100000 (FERRY_ETCD_LOAD_PAGE;\n"
     "                      5000)\n"
@@ -179,6 +183,7 @@ enum {
     OPT_MAX_WAITS_PER_PEER,
     OPT_ETCD_READS_PER_PEER,
     OPT_ETCD_WRITES_PER_PEER,
+    OPT_STORED_MIB_PER_PEER,
     OPT_PORT_FILE,
     OPT_LOG_LEVEL,
     OPT_TLS_CERT,
@@ -218,6 +223,7 @@ static const struct option options[] = {
     {"max-waits-per-peer", required_argument, NULL, OPT_MAX_WAITS_PER_PEER},
     {"etcd-reads-per-peer", required_argument, NULL, OPT_ETCD_READS_PER_PEER},
     {"etcd-writes-per-peer", required_argument, NULL, OPT_ETCD_WRITES_PER_PEER},
+    {"stored-mib-per-peer", required_argument, NULL, OPT_STORED_MIB_PER_PEER},
     {"port-file", required_argument, NULL, OPT_PORT_FILE},
     {"metrics-listen", required_argument, NULL, OPT_METRICS_LISTEN},
     {"log-level", required_argument, NULL, OPT_LOG_LEVEL},
@@ -340,6 +346,7 @@ static void config_defaults(coord_config_t *c)
     c->max_waits_per_peer = UNSET;
     c->etcd_reads_per_peer = UNSET;
     c->etcd_writes_per_peer = UNSET;
+    c->stored_mib_per_peer = UNSET;
     for (size_t i = 0; i < N_TEXT_SETTINGS; i++) {
         *text_setting(c, i) = getenv(text_settings[i].env); /* "" kept: refused */
     }
@@ -417,6 +424,9 @@ static int set_option(coord_config_t *c, int opt, const char *arg)
     case OPT_ETCD_WRITES_PER_PEER:
         c->etcd_writes_per_peer = parse_int("--etcd-writes-per-peer", arg, 0, 1000000);
         return c->etcd_writes_per_peer < 0 ? -1 : 0;
+    case OPT_STORED_MIB_PER_PEER:
+        c->stored_mib_per_peer = parse_int("--stored-mib-per-peer", arg, 0, 1048576);
+        return c->stored_mib_per_peer < 0 ? -1 : 0;
     case OPT_WATCH_QUEUE:
         return (c->watch_queue_kib = parse_int("--watch-queue-kib", arg, 16, 1 << 20)) < 0 ? -1 : 0;
     case OPT_WATCH_MEMORY:
@@ -545,6 +555,7 @@ static int env_numbers(coord_config_t *c)
                   c->etcd_inflight + c->etcd_queue) != 0 ||
         env_share(&c->etcd_writes_per_peer, "FERRY_ETCD_WRITES_PER_PEER",
                   c->etcd_inflight + c->etcd_queue) != 0 ||
+        env_number(&c->stored_mib_per_peer, "FERRY_STORED_MIB_PER_PEER", "128", 0, 1048576) != 0 ||
         env_optional(&c->rpc_keepalive_ms, "FERRY_RPC_KEEPALIVE_MS", RPC_KEEPALIVE_MIN_MS,
                      RPC_KEEPALIVE_MAX_MS) != 0 ||
         env_optional(&c->tls_refresh_s, "FERRY_TLS_REFRESH_S", 1, RPC_TLS_REFRESH_MAX_S) != 0) {

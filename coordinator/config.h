@@ -39,6 +39,10 @@ typedef struct {
     /* --etcd-writes-per-peer, FERRY_ETCD_WRITES_PER_PEER; 0: none; default
      * as --etcd-reads-per-peer's: of the writes, and of the renewals, each */
     int etcd_writes_per_peer;
+    /* --stored-mib-per-peer, FERRY_STORED_MIB_PER_PEER: MiB of records in
+     * etcd one client host's Registers may own; 0: none; default 128 (an
+     * eighth of the manifests' 1 GiB etcd quota) */
+    int stored_mib_per_peer;
     const char *log_level;      /* --log-level, FERRY_LOG_LEVEL; default info */
     const char *tls_cert;       /* --tls-cert, FERRY_TLS_CERT */
     const char *tls_key;        /* --tls-key, FERRY_TLS_KEY */

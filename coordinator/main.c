@@ -121,6 +121,8 @@ static void sample_metrics(void *arg, coord_metrics_sample_t *out)
                                   out->view_by_state);
         coord_registry_claim_ends(c->registry, &out->claim_ends_on_view, &out->claim_ends_checked,
                                   &out->claim_ends_waiting);
+        out->stored_peers = coord_registry_stored_hosts(c->registry);
+        out->stored_peer_refusals = coord_registry_stored_refusals(c->registry);
     }
     if (c->service != NULL) {
         out->watch_events_sent = coord_service_watch_events_sent(c->service);
@@ -288,6 +290,7 @@ static ferry_status_t open_server(coordinator_t *c)
         .default_ttl_s = c->config.ttl_s,
         .load_page = c->config.etcd_load_page,
         .register_batch = c->config.register_batch,
+        .max_stored_per_peer = (size_t)c->config.stored_mib_per_peer << 20,
         .on_event = on_registry_event,
         .on_events_done = on_registry_events_done,
         .on_reload = on_registry_reload,

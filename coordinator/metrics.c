@@ -19,13 +19,15 @@
  *   ferry_peers_holding{kind}                    gauge, client hosts holding a Watch stream
  *                                                (watch), a parked wait (wait), a read
  *                                                (read), a write (write) or a lease renewal
- *                                                (renewal) waiting on etcd
+ *                                                (renewal) waiting on etcd, or owning a record
+ *                                                (stored)
  *   ferry_etcd_reads_held                        gauge, reads waiting on etcd (running and
  *                                                queued), all hosts
  *   ferry_peer_refusals_total{kind}              counter, Watch streams (watch), parked waits
  *                                                (wait), etcd reads (read), etcd writes
- *                                                (write) and lease renewals (renewal)
- *                                                refused for their host's share
+ *                                                (write), lease renewals (renewal) and
+ *                                                Registers (stored) refused for their host's
+ *                                                share
  *   ferry_view_events_total{type,state}          counter, changes the view applied
  *   ferry_lease_expiries_total                   counter, records whose lease ran out
  *   ferry_claim_expiries_total                   counter, claims whose lease ran out
@@ -441,11 +443,13 @@ char *coord_metrics_render(coord_metrics_t *m)
             "/64) holding a Watch stream, a parked Lookup/Claim, a read, a write or a lease "
             "renewal waiting on "
             "etcd, each host bounded by --max-watches-per-peer, --max-waits-per-peer, "
-            "--etcd-reads-per-peer and --etcd-writes-per-peer.\n"
+            "--etcd-reads-per-peer and --etcd-writes-per-peer; and (stored) those whose "
+            "Registers own a record in etcd, bounded by --stored-mib-per-peer.\n"
             "# TYPE ferry_peers_holding gauge\n"
             "ferry_peers_holding{kind=\"watch\"} %zu\nferry_peers_holding{kind=\"wait\"} %zu\n"
             "ferry_peers_holding{kind=\"read\"} %zu\nferry_peers_holding{kind=\"write\"} %zu\n"
             "ferry_peers_holding{kind=\"renewal\"} %zu\n"
+            "ferry_peers_holding{kind=\"stored\"} %zu\n"
             "# HELP ferry_etcd_reads_held Reads waiting on etcd (a Lookup or Get the view does "
             "not hold, a linearizable one, List), running and queued, all hosts: a host's "
             "--etcd-reads-per-peer binds while they fill half of --etcd-inflight + "
@@ -454,17 +458,19 @@ char *coord_metrics_render(coord_metrics_t *m)
             "and writes and lease renewals (KeepAlive) that need etcd refused because their client "
             "host "
             "held its share (--max-watches-per-peer, --max-waits-per-peer, "
-            "--etcd-reads-per-peer, --etcd-writes-per-peer).\n"
+            "--etcd-reads-per-peer, --etcd-writes-per-peer), and Registers (stored) refused "
+            "because its records would pass its share of etcd (--stored-mib-per-peer).\n"
             "# TYPE ferry_peer_refusals_total counter\n"
             "ferry_peer_refusals_total{kind=\"watch\"} %" PRIu64 "\n"
             "ferry_peer_refusals_total{kind=\"wait\"} %" PRIu64 "\n"
             "ferry_peer_refusals_total{kind=\"read\"} %" PRIu64 "\n"
             "ferry_peer_refusals_total{kind=\"write\"} %" PRIu64 "\n"
-            "ferry_peer_refusals_total{kind=\"renewal\"} %" PRIu64 "\n",
+            "ferry_peer_refusals_total{kind=\"renewal\"} %" PRIu64 "\n"
+            "ferry_peer_refusals_total{kind=\"stored\"} %" PRIu64 "\n",
             sample.watch_peers, sample.wait_peers, sample.read_peers, sample.write_peers,
-            sample.renewal_peers, sample.etcd_reads_held, sample.watch_peer_refusals,
-            sample.wait_peer_refusals, sample.read_peer_refusals, sample.write_peer_refusals,
-            sample.renewal_peer_refusals);
+            sample.renewal_peers, sample.stored_peers, sample.etcd_reads_held,
+            sample.watch_peer_refusals, sample.wait_peer_refusals, sample.read_peer_refusals,
+            sample.write_peer_refusals, sample.renewal_peer_refusals, sample.stored_peer_refusals);
     fprintf(f,
             "# HELP ferry_claim_ends_total Claims whose key went (finished, cancelled or "
             "expired), by where the expiry check was decided: on the view (the record was past "

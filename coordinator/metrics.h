@@ -47,6 +47,8 @@ typedef struct {
     uint64_t write_peer_refusals;   /* etcd writes refused for their host's share */
     size_t renewal_peers;           /* client hosts holding a lease renewal waiting on etcd */
     uint64_t renewal_peer_refusals; /* lease renewals refused for their host's share */
+    size_t stored_peers;            /* client hosts owning a record in the view */
+    uint64_t stored_peer_refusals;  /* Registers refused for their host's stored share */
     uint64_t claim_ends_on_view; /* claims ended, settled on the view (coord_registry_claim_ends) */
     uint64_t claim_ends_checked; /* claims ended, checked by a transition */
     size_t claim_ends_waiting;   /* claim ends' writes waiting to be tried again */

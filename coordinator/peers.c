@@ -94,17 +94,23 @@ static void grow(coord_peers_t *peers)
     peers->n_buckets = n;
 }
 
-ferry_status_t coord_peers_take(coord_peers_t *peers, const char *host, size_t max)
+ferry_status_t coord_peers_add(coord_peers_t *peers, const char *host, size_t n, size_t max)
 {
     peer_entry_t **p = slot_of(peers, host);
     size_t len;
 
     if (*p != NULL) {
-        if (max != 0 && (*p)->count >= max) {
+        if (max != 0 && (n > max || (*p)->count > max - n)) {
             return FERRY_ERR_RESOURCE_EXHAUSTED;
         }
-        (*p)->count++;
+        (*p)->count += n;
         return FERRY_OK;
+    }
+    if (n == 0) {
+        return FERRY_OK; /* an entry holds more than 0 */
+    }
+    if (max != 0 && n > max) {
+        return FERRY_ERR_RESOURCE_EXHAUSTED;
     }
     len = strlen(host);
     *p = malloc(sizeof(**p) + len + 1);
@@ -112,26 +118,37 @@ ferry_status_t coord_peers_take(coord_peers_t *peers, const char *host, size_t m
         return FERRY_ERR_NO_MEMORY;
     }
     (*p)->next = NULL;
-    (*p)->count = 1;
+    (*p)->count = n;
     memcpy((*p)->host, host, len + 1);
     peers->n_entries++;
     grow(peers);
     return FERRY_OK;
 }
 
-void coord_peers_give(coord_peers_t *peers, const char *host)
+void coord_peers_sub(coord_peers_t *peers, const char *host, size_t n)
 {
     peer_entry_t **p = slot_of(peers, host);
     peer_entry_t *e = *p;
 
     if (e == NULL) {
-        return; /* never counted: a caller's bug, harmless here */
+        return; /* never counted: a caller's bug, or an add that had no memory */
     }
-    if (--e->count == 0) {
+    e->count -= n < e->count ? n : e->count;
+    if (e->count == 0) {
         *p = e->next;
         free(e);
         peers->n_entries--;
     }
+}
+
+ferry_status_t coord_peers_take(coord_peers_t *peers, const char *host, size_t max)
+{
+    return coord_peers_add(peers, host, 1, max);
+}
+
+void coord_peers_give(coord_peers_t *peers, const char *host)
+{
+    coord_peers_sub(peers, host, 1);
 }
 
 size_t coord_peers_held(const coord_peers_t *peers, const char *host)

@@ -223,12 +223,12 @@ static void test_gate_wait(const coord_registry_t *r)
  * dropped: the view already holds that change or a later one (the watch may
  * have applied a later DELETE of the key, which must not be undone). */
 void registry_view_put(coord_registry_t *r, const char *id, const uint8_t *bytes, size_t len,
-                       int64_t mod_revision, ferry_op_state_t state)
+                       int64_t mod_revision, ferry_op_state_t state, const char *host)
 {
     test_gate_wait(r);
     pthread_mutex_lock(&r->lock);
     if (r->synced && mod_revision > r->revision) {
-        view_upsert(&r->view, id, bytes, len, mod_revision, state);
+        view_upsert(&r->view, id, bytes, len, mod_revision, state, host);
     }
     pthread_mutex_unlock(&r->lock);
 }
@@ -289,7 +289,8 @@ static void apply_op_put(coord_registry_t *r, const char *id, const etcd_kv_t *k
 
     pthread_mutex_lock(&r->lock);
     if (op != NULL) {
-        view_upsert(&r->view, id, kv->value, kv->value_len, kv->mod_revision, op->state);
+        view_upsert(&r->view, id, kv->value, kv->value_len, kv->mod_revision, op->state,
+                    op->owner_host);
     }
     applied_locked(r, kv->mod_revision);
     pthread_mutex_unlock(&r->lock);
@@ -502,7 +503,7 @@ static ferry_status_t fill_view_locked(coord_registry_t *r, const etcd_range_t *
     view_clear(&r->view);
     for (size_t i = 0; i < range->n_kvs; i++) {
         if (id_of_key(r->claims_prefix, &range->kvs[i], id, sizeof(id)) != NULL) {
-            view_upsert(&claims, id, (const uint8_t *)"", 0, 1, 0);
+            view_upsert(&claims, id, (const uint8_t *)"", 0, 1, 0, NULL);
         }
     }
     for (size_t i = 0; i < range->n_kvs && status == FERRY_OK; i++) {
@@ -512,7 +513,7 @@ static ferry_status_t fill_view_locked(coord_registry_t *r, const etcd_range_t *
         }
         Ferry__V1__Operation *op = ferry__v1__operation__unpack(NULL, kv->value_len, kv->value);
         status = view_upsert(&r->view, id, kv->value, kv->value_len, kv->mod_revision,
-                             op != NULL ? op->state : 0);
+                             op != NULL ? op->state : 0, op != NULL ? op->owner_host : NULL);
         if (op != NULL && op->state == FERRY_OP_CLAIMED && view_find(&claims, id) == NULL) {
             orphan_t *o = calloc(1, sizeof(*o));
             if (o == NULL || (o->id = strdup(id)) == NULL) {
@@ -950,6 +951,10 @@ ferry_status_t coord_registry_create(const coord_registry_params_t *params,
     if (status != FERRY_OK) {
         goto err_free;
     }
+    status = coord_peers_create(&r->registering);
+    if (status != FERRY_OK) {
+        goto err_view;
+    }
     if (pthread_mutex_init(&r->lock, NULL) != 0) {
         ferry_error("registry: pthread_mutex_init failed");
         status = FERRY_ERR_NO_MEMORY;
@@ -1033,6 +1038,7 @@ err_cond:
 err_lock:
     pthread_mutex_destroy(&r->lock);
 err_view:
+    coord_peers_destroy(r->registering);
     view_cleanup(&r->view);
 err_free:
     EVP_MD_free(r->token_md);
@@ -1063,6 +1069,7 @@ void coord_registry_destroy(coord_registry_t *r)
     pthread_mutex_destroy(&r->lease_key_lock);
     pthread_cond_destroy(&r->maint_cond);
     pthread_mutex_destroy(&r->lock);
+    coord_peers_destroy(r->registering);
     view_cleanup(&r->view);
     EVP_MD_free(r->token_md);
     free(r->claims_prefix);

@@ -89,6 +89,12 @@ typedef struct {
     /* Registers per etcd transaction at most (registry_batch.c), up to
      * COORD_REGISTER_BATCH_MAX; 0: COORD_REGISTER_BATCH; 1: each alone. */
     int64_t register_batch;
+    /* Bytes of records in etcd that one client host may own
+     * (--stored-mib-per-peer): a Register that would take its host past
+     * it is refused RESOURCE_EXHAUSTED. Counted over the view (every
+     * replica's Registers) plus this replica's Registers in flight. 0: no
+     * share. */
+    size_t max_stored_per_peer;
     /* Runs claim-expiry transactions (off the watch thread), the revoke
      * of a lease a failed call made and the removal of a record a failed
      * Register may have left (off the caller's path); NULL: they run
@@ -178,10 +184,18 @@ typedef struct {
  * its decoded copy, for the record's kind and the log. gone(gone_arg):
  * whether the caller has stopped waiting (NULL: it never does); a Register
  * still queued for a shared transaction then is not written
- * (FERRY_ERR_TIMED_OUT). */
+ * (FERRY_ERR_TIMED_OUT). host: the caller's host (rpc_call_peer_host),
+ * stored as the record's owner_host and counted against
+ * params.max_stored_per_peer. */
 ferry_status_t coord_register(coord_registry_t *registry, const Ferry__V1__RegisterRequest *req,
-                              const uint8_t *md, size_t md_len, bool (*gone)(void *arg),
-                              void *gone_arg, coord_register_out_t *out, char *msg, size_t cap);
+                              const uint8_t *md, size_t md_len, const char *host,
+                              bool (*gone)(void *arg), void *gone_arg, coord_register_out_t *out,
+                              char *msg, size_t cap);
+
+/* Registers refused because their host owned its share of the records
+ * (max_stored_per_peer), and the hosts that own a record now. */
+uint64_t coord_registry_stored_refusals(coord_registry_t *registry);
+size_t coord_registry_stored_hosts(coord_registry_t *registry);
 
 /* An operation as the registry hands it out: the record decoded but for
  * its metadata, which stays the bytes stored (those the passive worker

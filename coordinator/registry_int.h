@@ -108,8 +108,14 @@ struct coord_registry {
     int64_t default_ttl_s;
     coord_registry_params_t params;
 
-    pthread_mutex_t lock; /* guards view, revision, synced, unwrites, claim_ends_waiting */
+    pthread_mutex_t lock; /* guards view, registering, revision, synced, unwrites,
+                           * claim_ends_waiting */
     view_t view;
+    /* Registers this replica let past their host's share
+     * (params.max_stored_per_peer) and has not yet seen in the view, by
+     * host: the bytes each will store (registry_ops.c stored_take). */
+    coord_peers_t *registering;
+    _Atomic uint64_t stored_refusals; /* Registers refused by that share */
     /* The last revision the view applied (the load's, then each watch
      * event's): every change up to it is in the view. Write-throughs at or
      * below it are dropped (registry_view_put). */
@@ -276,9 +282,10 @@ void registry_unwrites_retry(coord_registry_t *r);
  * queue them again). */
 void registry_unwrites_free(coord_registry_t *r);
 
-/* Applies a record the coordinator itself just wrote (write-through). */
+/* Applies a record the coordinator itself just wrote (write-through); host:
+ * its owner_host. */
 void registry_view_put(coord_registry_t *r, const char *id, const uint8_t *bytes, size_t len,
-                       int64_t mod_revision, ferry_op_state_t state);
+                       int64_t mod_revision, ferry_op_state_t state, const char *host);
 
 /* Removes a record the coordinator itself just deleted (write-through). */
 void registry_view_remove(coord_registry_t *r, const char *id, int64_t mod_revision);

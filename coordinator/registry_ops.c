@@ -180,6 +180,12 @@ void coord_strip(Ferry__V1__Operation *op, bool keep_metadata)
     op->lease_id = 0;
     op->claim_lease_id = 0;
     op->claim_id = 0;
+    /* The owner's address is for this cluster's shares, not for whoever
+     * reads the record. */
+    if (op->owner_host != NULL && op->owner_host != protobuf_c_empty_string) {
+        free(op->owner_host);
+    }
+    op->owner_host = (char *)protobuf_c_empty_string;
     if (!keep_metadata && op->metadata != NULL) {
         ferry__v1__rdma_metadata__free_unpacked(op->metadata, NULL);
         op->metadata = NULL;
@@ -305,9 +311,117 @@ static ferry_status_t register_repeat(coord_registry_t *r, const Ferry__V1__Regi
                                 "request_id '%s' is already registered", req->request_id);
 }
 
+/* What a record takes beside its metadata and its strings, at most: each
+ * field's tag and length, the lease ID and times as 10-byte varints, the
+ * token's hash. */
+#define STORED_FIXED_MAX 96
+
+/* The bytes a Register's record will take in etcd, at most. */
+static size_t stored_bound(const Ferry__V1__RegisterRequest *req, size_t md_len, const char *host)
+{
+    return md_len + strlen(req->request_id) + strlen(req->owner) + strlen(host) + STORED_FIXED_MAX;
+}
+
+/* Counts `bytes` more for `host` among the Registers in flight, unless its
+ * records (every replica's, in the view) and those in flight would pass
+ * its share with them: RESOURCE_EXHAUSTED naming the flag then. Before any
+ * lease is granted or anything written, so a refusal costs etcd nothing.
+ * Fed by one etcd, every replica's view counts the same records: the share
+ * is the cluster's, less what other replicas have in flight. */
+static ferry_status_t stored_take(coord_registry_t *r, const char *host, size_t bytes, char *msg,
+                                  size_t cap)
+{
+    static ferry_log_limit_t log_limit;
+    size_t max = r->params.max_stored_per_peer;
+    size_t held;
+    unsigned quiet;
+    ferry_status_t status;
+
+    pthread_mutex_lock(&r->lock);
+    held = view_host_bytes(&r->view, host) + coord_peers_held(r->registering, host);
+    status = max != 0 && (bytes > max || held > max - bytes)
+                 ? FERRY_ERR_RESOURCE_EXHAUSTED
+                 : coord_peers_add(r->registering, host, bytes, 0);
+    pthread_mutex_unlock(&r->lock);
+    if (status == FERRY_ERR_NO_MEMORY) {
+        return registry_fail(status, msg, cap, "no memory to count the Register");
+    }
+    if (status != FERRY_OK) {
+        atomic_fetch_add(&r->stored_refusals, 1); /* for metrics */
+        if (ferry_log_due(&log_limit, &quiet)) {
+            ferry_info("Register from %s refused: the records of its host take %zu bytes in "
+                       "etcd, and one of up to %zu more would pass its share, %zu MiB "
+                       "(--stored-mib-per-peer); %u more refused since the last line",
+                       host, held, bytes, max >> 20, quiet);
+        }
+        return registry_fail(status, msg, cap,
+                             "the records registered from %s take %zu bytes in etcd, and this "
+                             "one (up to %zu) would pass the host's share, %zu MiB "
+                             "(--stored-mib-per-peer); release, cancel or let expire some of "
+                             "them, then retry",
+                             host, held, bytes, max >> 20);
+    }
+    return FERRY_OK;
+}
+
+static void stored_give(coord_registry_t *r, const char *host, size_t bytes)
+{
+    pthread_mutex_lock(&r->lock);
+    coord_peers_sub(r->registering, host, bytes);
+    pthread_mutex_unlock(&r->lock);
+}
+
+uint64_t coord_registry_stored_refusals(coord_registry_t *r)
+{
+    return atomic_load(&r->stored_refusals);
+}
+
+size_t coord_registry_stored_hosts(coord_registry_t *r)
+{
+    size_t n;
+
+    pthread_mutex_lock(&r->lock);
+    n = view_hosts(&r->view);
+    pthread_mutex_unlock(&r->lock);
+    return n;
+}
+
+static ferry_status_t register_counted(coord_registry_t *r, const Ferry__V1__RegisterRequest *req,
+                                       const uint8_t *md, size_t md_len, const char *host,
+                                       bool (*gone)(void *arg), void *gone_arg,
+                                       coord_register_out_t *out, char *msg, size_t cap);
+
 ferry_status_t coord_register(coord_registry_t *r, const Ferry__V1__RegisterRequest *req,
-                              const uint8_t *md, size_t md_len, bool (*gone)(void *arg),
-                              void *gone_arg, coord_register_out_t *out, char *msg, size_t cap)
+                              const uint8_t *md, size_t md_len, const char *host,
+                              bool (*gone)(void *arg), void *gone_arg, coord_register_out_t *out,
+                              char *msg, size_t cap)
+{
+    size_t bytes;
+    ferry_status_t status;
+
+    if (host == NULL) {
+        host = "";
+    }
+    if (host[0] == '\0') {
+        return register_counted(r, req, md, md_len, host, gone, gone_arg, out, msg, cap);
+    }
+    bytes = stored_bound(req, md_len, host);
+    status = stored_take(r, host, bytes, msg, cap);
+    if (status != FERRY_OK) {
+        return status;
+    }
+    /* Given back once the record is in the view (or not written): counted
+     * twice a moment, never not at all. */
+    status = register_counted(r, req, md, md_len, host, gone, gone_arg, out, msg, cap);
+    stored_give(r, host, bytes);
+    return status;
+}
+
+/* coord_register once the share let it through. */
+static ferry_status_t register_counted(coord_registry_t *r, const Ferry__V1__RegisterRequest *req,
+                                       const uint8_t *md, size_t md_len, const char *host,
+                                       bool (*gone)(void *arg), void *gone_arg,
+                                       coord_register_out_t *out, char *msg, size_t cap)
 {
     Ferry__V1__Operation op = FERRY__V1__OPERATION__INIT;
     uint8_t hash[SHA256_DIGEST_LENGTH];
@@ -346,6 +460,7 @@ ferry_status_t coord_register(coord_registry_t *r, const Ferry__V1__RegisterRequ
     op.kind = req->metadata->kind;
     op.state = FERRY_OP_REGISTERED;
     op.owner = req->owner;
+    op.owner_host = (char *)host;
     op.lease_id = out->lease_id;
     op.token_sha256.data = hash;
     op.token_sha256.len = sizeof(hash);
@@ -368,7 +483,7 @@ ferry_status_t coord_register(coord_registry_t *r, const Ferry__V1__RegisterRequ
     if (status != FERRY_OK) {
         goto err_unwrite;
     }
-    registry_view_put(r, req->request_id, bytes, len, out->revision, op.state);
+    registry_view_put(r, req->request_id, bytes, len, out->revision, op.state, host);
     free(bytes);
     /* ttl_s 0: the caller's own lease, whose TTL its grant said. */
     char ttl[32] = "the caller's";
@@ -677,7 +792,7 @@ static ferry_status_t write_transition(coord_registry_t *r, const record_t *rec,
     t->claim_gone_at = claim_key_gone(t, &res) ? res.revision : 0;
     if (res.succeeded) {
         registry_view_put(r, rec->data.op->request_id, bytes, len, res.revision,
-                          rec->data.op->state);
+                          rec->data.op->state, rec->data.op->owner_host);
     }
     etcd_txn_result_free(&res);
     free(bytes);

@@ -384,8 +384,8 @@ static void do_register(coord_service_t *svc, rpc_call_t *call, const ProtobufCM
     if (register_md_refused(call, &md, &md_len)) {
         return; /* handle_register checked it: never */
     }
-    status =
-        coord_register(svc->registry, req, md, md_len, call_gone, &caller, &out, msg, sizeof(msg));
+    status = coord_register(svc->registry, req, md, md_len, rpc_call_peer_host(call), call_gone,
+                            &caller, &out, msg, sizeof(msg));
     if (status != FERRY_OK && caller.stopping) {
         fail_stopping(svc, call); /* it was never sent: not the caller's deadline */
         return;

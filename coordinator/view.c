@@ -5,8 +5,9 @@
  * advance they could all be made to share one chain, and every upsert and
  * find under the registry's lock would walk it (audit-s33 H2). A
  * tombstone is an entry with bytes == NULL, also linked on view->tombs.
- * A record's state is counted in view->n_by_state, and its length's size
- * class in view->n_by_size, while it is a record.
+ * A record's state is counted in view->n_by_state, its length's size
+ * class in view->n_by_size, and its length in view->by_host under its
+ * host, while it is a record.
  */
 #include "view.h"
 
@@ -39,6 +40,11 @@ ferry_status_t view_init(view_t *view)
     if (view->buckets == NULL) {
         return FERRY_ERR_NO_MEMORY;
     }
+    if (coord_peers_create(&view->by_host) != FERRY_OK) {
+        free(view->buckets);
+        view->buckets = NULL;
+        return FERRY_ERR_NO_MEMORY;
+    }
     view->n_buckets = VIEW_INITIAL_BUCKETS;
     view->n_entries = 0;
     memset(view->n_by_state, 0, sizeof(view->n_by_state));
@@ -49,10 +55,21 @@ ferry_status_t view_init(view_t *view)
     return FERRY_OK;
 }
 
+/* Takes e's length back from its host's tally and forgets its host. */
+static void host_drop(view_t *view, view_entry_t *e)
+{
+    if (e->host != NULL) {
+        coord_peers_sub(view->by_host, e->host, e->len);
+        free(e->host);
+        e->host = NULL;
+    }
+}
+
 static void entry_free(view_entry_t *e)
 {
     free(e->request_id);
     free(e->bytes);
+    free(e->host);
     free(e);
 }
 
@@ -62,6 +79,7 @@ void view_clear(view_t *view)
         view_entry_t *e = view->buckets[i];
         while (e != NULL) {
             view_entry_t *next = e->next;
+            host_drop(view, e);
             entry_free(e);
             e = next;
         }
@@ -83,6 +101,8 @@ void view_cleanup(view_t *view)
     view_clear(view);
     free(view->buckets);
     view->buckets = NULL;
+    coord_peers_destroy(view->by_host);
+    view->by_host = NULL;
 }
 
 static view_entry_t **slot_of(const view_t *view, const char *id)
@@ -160,6 +180,7 @@ static void entry_drop(view_t *view, view_entry_t **slot)
         view->n_entries--;
         view->n_by_state[e->state]--;
         view->n_by_size[size_class(e->len)]--;
+        host_drop(view, e);
     }
     entry_free(e);
 }
@@ -183,23 +204,26 @@ static view_entry_t *entry_get(const char *request_id, view_entry_t **slot)
 }
 
 ferry_status_t view_upsert(view_t *view, const char *request_id, const uint8_t *bytes, size_t len,
-                           int64_t mod_revision, ferry_op_state_t state)
+                           int64_t mod_revision, ferry_op_state_t state, const char *host)
 {
     view_entry_t **slot = slot_of(view, request_id);
     view_entry_t *e = *slot;
     uint8_t *copy;
+    char *host_copy = NULL;
 
     if (e != NULL && e->mod_revision >= mod_revision) {
         return FERRY_OK; /* older than the record or tombstone held */
     }
     copy = malloc(len > 0 ? len : 1);
-    if (copy == NULL) {
+    if (copy == NULL || (host != NULL && host[0] != '\0' && (host_copy = strdup(host)) == NULL)) {
+        free(copy);
         return FERRY_ERR_NO_MEMORY;
     }
     memcpy(copy, bytes, len);
     e = entry_get(request_id, slot);
     if (e == NULL) {
         free(copy);
+        free(host_copy);
         return FERRY_ERR_NO_MEMORY;
     }
     if (e->bytes == NULL) {
@@ -210,10 +234,18 @@ ferry_status_t view_upsert(view_t *view, const char *request_id, const uint8_t *
     } else {
         view->n_by_state[e->state]--;
         view->n_by_size[size_class(e->len)]--;
+        host_drop(view, e);
     }
     free(e->bytes);
     e->bytes = copy;
     e->len = len;
+    /* No memory for the host's tally: the record is held all the same,
+     * and counted short (view_t.by_host). */
+    if (host_copy != NULL && coord_peers_add(view->by_host, host_copy, len, 0) == FERRY_OK) {
+        e->host = host_copy;
+    } else {
+        free(host_copy);
+    }
     view->n_by_size[size_class(len)]++;
     e->mod_revision = mod_revision;
     e->state = (int)state >= 0 && (int)state < FERRY_OP_STATE_COUNT
@@ -252,6 +284,7 @@ ferry_status_t view_bury(view_t *view, const char *request_id, int64_t mod_revis
         view->n_entries--;
         view->n_by_state[e->state]--;
         view->n_by_size[size_class(e->len)]--;
+        host_drop(view, e);
         free(e->bytes);
         e->bytes = NULL;
         e->len = 0;
@@ -280,6 +313,16 @@ void view_prune(view_t *view, int64_t mod_revision)
         }
         t = next;
     }
+}
+
+size_t view_host_bytes(const view_t *view, const char *host)
+{
+    return coord_peers_held(view->by_host, host);
+}
+
+size_t view_hosts(const view_t *view)
+{
+    return coord_peers_count(view->by_host);
 }
 
 const view_entry_t *view_find(const view_t *view, const char *request_id)

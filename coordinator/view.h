@@ -2,7 +2,9 @@
  * view.h: the coordinator's in-memory view of <prefix>ops/, fed by one etcd
  * watch. A hash map from request ID to the record as stored (protobuf bytes,
  * its metadata the bytes the passive worker registered: registry_record.c)
- * plus the few fields the registry decides on without decoding.
+ * plus the few fields the registry decides on without decoding, and what
+ * each client host's records take (the bytes stored, by the host its
+ * Register came from: --stored-mib-per-peer).
  *
  * Invariant: an entry's mod_revision only grows, deletes included. view_upsert
  * ignores a record older than the one it holds, so the write-through of the
@@ -27,6 +29,7 @@
 #include <ferry/status.h>
 
 #include "common/op_state.h"
+#include "peers.h"
 
 typedef struct view_entry {
     char *request_id;
@@ -34,6 +37,7 @@ typedef struct view_entry {
     size_t len;
     int64_t mod_revision;
     ferry_op_state_t state;       /* the record's state, as its writer said */
+    char *host;                   /* its owner_host; NULL when it has none (or a tombstone) */
     struct view_entry *next;      /* in its bucket */
     struct view_entry *tomb_prev; /* in view->tombs, when a tombstone */
     struct view_entry *tomb_next;
@@ -53,6 +57,11 @@ typedef struct {
     /* Records by size class: [k] counts those of k significant bits of
      * length (view_largest). */
     size_t n_by_size[65];
+    /* The bytes of the records of each owner_host (records without one
+     * are not counted). A host whose entry could not be made (no memory)
+     * is counted short: the share it feeds then lets more through, never
+     * less. */
+    coord_peers_t *by_host;
 } view_t;
 
 ferry_status_t view_init(view_t *view);
@@ -60,10 +69,11 @@ void view_cleanup(view_t *view);
 void view_clear(view_t *view);
 
 /* Copies bytes in. A record with mod_revision <= the held one is ignored.
- * state is the record's state (the caller has decoded it; a value outside
- * the table counts as UNSPECIFIED). */
+ * state and host are the record's state and owner_host (the caller has
+ * decoded it; a state outside the table counts as UNSPECIFIED; host NULL
+ * or empty: none). */
 ferry_status_t view_upsert(view_t *view, const char *request_id, const uint8_t *bytes, size_t len,
-                           int64_t mod_revision, ferry_op_state_t state);
+                           int64_t mod_revision, ferry_op_state_t state, const char *host);
 
 /* Removes the entry (record or tombstone) if its mod_revision is <=
  * mod_revision. */
@@ -79,6 +89,11 @@ void view_prune(view_t *view, int64_t mod_revision);
 /* An upper bound on the largest record the view holds now (its length
  * rounded up to a power of two, at most twice it); 0 when it holds none. */
 size_t view_largest(const view_t *view);
+
+/* The bytes of the records whose owner_host is `host`. */
+size_t view_host_bytes(const view_t *view, const char *host);
+/* The hosts that own a record. */
+size_t view_hosts(const view_t *view);
 
 /* The record, or NULL when absent or deleted. Valid until the next change to
  * the view. */

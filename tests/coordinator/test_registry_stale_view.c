@@ -106,7 +106,7 @@ static void make_stale(coord_registry_t *r, const char *id, snapshot_t *snap, in
     pthread_mutex_lock(&r->lock);
     view_remove(&r->view, id, INT64_MAX);
     assert_int_equal(
-        view_upsert(&r->view, id, snap->bytes, snap->len, snap->mod_revision, snap->state),
+        view_upsert(&r->view, id, snap->bytes, snap->len, snap->mod_revision, snap->state, NULL),
         FERRY_OK);
     pthread_mutex_unlock(&r->lock);
     free(snap->bytes);
@@ -127,8 +127,8 @@ static int64_t register_op(coord_registry_t *r, const char *id, const char *toke
     req.request_id = (char *)id;
     req.access_token = (char *)token;
     req.metadata = &md;
-    status = coord_register(r, &req, bytes, ferry__v1__rdma_metadata__pack(&md, bytes), NULL, NULL,
-                            &out, msg, sizeof(msg));
+    status = coord_register(r, &req, bytes, ferry__v1__rdma_metadata__pack(&md, bytes), "", NULL,
+                            NULL, &out, msg, sizeof(msg));
     if (status != FERRY_OK) {
         fail_msg("register %s: %s", id, msg);
     }
@@ -522,7 +522,7 @@ static void test_claim_key_goes_with_an_expired_owner(void **state)
     req.access_token = TOKEN_ONE;
     req.metadata = &md;
     assert_int_equal(coord_register(s->r, &req, bytes, ferry__v1__rdma_metadata__pack(&md, bytes),
-                                    NULL, NULL, &out, msg, sizeof(msg)),
+                                    "", NULL, NULL, &out, msg, sizeof(msg)),
                      FERRY_OK);
     assert_int_equal(claim_op(s->r, "k1", TOKEN_ONE, &claim, msg, sizeof(msg)), FERRY_OK);
     assert_true(claim_key_exists(s, "k1"));

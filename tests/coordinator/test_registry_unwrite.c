@@ -394,7 +394,7 @@ static ferry_status_t register_on(fixture_t *fx, const char *id, const char *acc
     req.lease_id = lease_id;
     req.lease_token = (char *)lease_token;
     register_msg[0] = '\0';
-    return coord_register(fx->r, &req, md, md_len, NULL, NULL, &out, register_msg,
+    return coord_register(fx->r, &req, md, md_len, "", NULL, NULL, &out, register_msg,
                           sizeof(register_msg));
 }
 

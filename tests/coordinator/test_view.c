@@ -23,8 +23,8 @@ static void test_newer_wins(void **state)
     (void)state;
 
     assert_int_equal(view_init(&v), FERRY_OK);
-    assert_int_equal(view_upsert(&v, "a", (const uint8_t *)"new", 3, 10, 0), FERRY_OK);
-    assert_int_equal(view_upsert(&v, "a", (const uint8_t *)"old", 3, 9, 0), FERRY_OK);
+    assert_int_equal(view_upsert(&v, "a", (const uint8_t *)"new", 3, 10, 0, NULL), FERRY_OK);
+    assert_int_equal(view_upsert(&v, "a", (const uint8_t *)"old", 3, 9, 0, NULL), FERRY_OK);
     e = view_find(&v, "a");
     assert_non_null(e);
     assert_memory_equal(e->bytes, "new", 3);
@@ -46,7 +46,8 @@ static void test_many_entries(void **state)
     assert_int_equal(view_init(&v), FERRY_OK);
     for (int i = 0; i < 5000; i++) {
         snprintf(id, sizeof(id), "op-%d", i);
-        assert_int_equal(view_upsert(&v, id, (const uint8_t *)id, strlen(id), i + 1, 0), FERRY_OK);
+        assert_int_equal(view_upsert(&v, id, (const uint8_t *)id, strlen(id), i + 1, 0, NULL),
+                         FERRY_OK);
     }
     assert_int_equal(v.n_entries, 5000);
     assert_true(v.n_buckets >= 4096);
@@ -69,26 +70,26 @@ static void test_tombstone_keeps_a_deleted_record_out(void **state)
     (void)state;
 
     assert_int_equal(view_init(&v), FERRY_OK);
-    assert_int_equal(view_upsert(&v, "a", (const uint8_t *)"r5", 2, 5, 0), FERRY_OK);
+    assert_int_equal(view_upsert(&v, "a", (const uint8_t *)"r5", 2, 5, 0, NULL), FERRY_OK);
     assert_int_equal(view_bury(&v, "a", 7), FERRY_OK);
     assert_null(view_find(&v, "a"));
     assert_int_equal(v.n_entries, 0);
     assert_int_equal(v.n_tombs, 1);
     /* The watch's PUT at 6, older than the delete, arrives late. */
-    assert_int_equal(view_upsert(&v, "a", (const uint8_t *)"r6", 2, 6, 0), FERRY_OK);
+    assert_int_equal(view_upsert(&v, "a", (const uint8_t *)"r6", 2, 6, 0, NULL), FERRY_OK);
     assert_null(view_find(&v, "a"));
     /* A delete older than the tombstone changes nothing. */
     assert_int_equal(view_bury(&v, "a", 6), FERRY_OK);
     assert_int_equal(v.n_tombs, 1);
     /* A newer record comes back. */
-    assert_int_equal(view_upsert(&v, "a", (const uint8_t *)"r8", 2, 8, 0), FERRY_OK);
+    assert_int_equal(view_upsert(&v, "a", (const uint8_t *)"r8", 2, 8, 0, NULL), FERRY_OK);
     assert_non_null(view_find(&v, "a"));
     assert_memory_equal(view_find(&v, "a")->bytes, "r8", 2);
     assert_int_equal(v.n_entries, 1);
     assert_int_equal(v.n_tombs, 0);
     /* A delete of an ID never seen leaves a tombstone too. */
     assert_int_equal(view_bury(&v, "b", 9), FERRY_OK);
-    assert_int_equal(view_upsert(&v, "b", (const uint8_t *)"r3", 2, 3, 0), FERRY_OK);
+    assert_int_equal(view_upsert(&v, "b", (const uint8_t *)"r3", 2, 3, 0, NULL), FERRY_OK);
     assert_null(view_find(&v, "b"));
     view_cleanup(&v);
 }
@@ -104,9 +105,9 @@ static void test_tombstones_are_pruned_and_bounded(void **state)
     assert_int_equal(view_bury(&v, "y", 12), FERRY_OK);
     view_prune(&v, 10);
     assert_int_equal(v.n_tombs, 1);
-    assert_int_equal(view_upsert(&v, "x", (const uint8_t *)"r9", 2, 9, 0), FERRY_OK);
+    assert_int_equal(view_upsert(&v, "x", (const uint8_t *)"r9", 2, 9, 0, NULL), FERRY_OK);
     assert_non_null(view_find(&v, "x")); /* the registry's watermark stops this */
-    assert_int_equal(view_upsert(&v, "y", (const uint8_t *)"r11", 3, 11, 0), FERRY_OK);
+    assert_int_equal(view_upsert(&v, "y", (const uint8_t *)"r11", 3, 11, 0, NULL), FERRY_OK);
     assert_null(view_find(&v, "y"));
     view_clear(&v);
     assert_int_equal(v.n_tombs, 0);
@@ -118,10 +119,10 @@ static void test_tombstones_are_pruned_and_bounded(void **state)
     assert_int_equal(v.n_tombs, VIEW_MAX_TOMBSTONES);
     assert_int_equal(v.n_entries, 0);
     /* The oldest went first. */
-    assert_int_equal(view_upsert(&v, "t-0", (const uint8_t *)"old", 3, 1, 0), FERRY_OK);
+    assert_int_equal(view_upsert(&v, "t-0", (const uint8_t *)"old", 3, 1, 0, NULL), FERRY_OK);
     assert_non_null(view_find(&v, "t-0"));
     snprintf(id, sizeof(id), "t-%d", VIEW_MAX_TOMBSTONES + 9);
-    assert_int_equal(view_upsert(&v, id, (const uint8_t *)"old", 3, 1, 0), FERRY_OK);
+    assert_int_equal(view_upsert(&v, id, (const uint8_t *)"old", 3, 1, 0, NULL), FERRY_OK);
     assert_null(view_find(&v, id));
     view_prune(&v, INT64_MAX);
     assert_int_equal(v.n_tombs, 0);
@@ -164,11 +165,14 @@ static void test_tombstone_list_stays_whole(void **state)
         assert_int_equal(view_bury(&v, id, 10 + i), FERRY_OK);
     }
     assert_tombs(&v, (const char *[]){"a", "b", "c", "d", "e"}, 5);
-    assert_int_equal(view_upsert(&v, "c", (const uint8_t *)"r", 1, 20, 0), FERRY_OK); /* middle */
+    assert_int_equal(view_upsert(&v, "c", (const uint8_t *)"r", 1, 20, 0, NULL),
+                     FERRY_OK); /* middle */
     assert_tombs(&v, (const char *[]){"a", "b", "d", "e"}, 4);
-    assert_int_equal(view_upsert(&v, "a", (const uint8_t *)"r", 1, 21, 0), FERRY_OK); /* head */
+    assert_int_equal(view_upsert(&v, "a", (const uint8_t *)"r", 1, 21, 0, NULL),
+                     FERRY_OK); /* head */
     assert_tombs(&v, (const char *[]){"b", "d", "e"}, 3);
-    assert_int_equal(view_upsert(&v, "e", (const uint8_t *)"r", 1, 22, 0), FERRY_OK); /* tail */
+    assert_int_equal(view_upsert(&v, "e", (const uint8_t *)"r", 1, 22, 0, NULL),
+                     FERRY_OK); /* tail */
     assert_tombs(&v, (const char *[]){"b", "d"}, 2);
     assert_int_equal(view_bury(&v, "b", 23), FERRY_OK); /* a newer delete: to the end */
     assert_tombs(&v, (const char *[]){"d", "b"}, 2);
@@ -193,15 +197,16 @@ static void test_counts_by_state(void **state)
     (void)state;
 
     assert_int_equal(view_init(&v), FERRY_OK);
-    assert_int_equal(view_upsert(&v, "a", b, 1, 1, FERRY_OP_REGISTERED), FERRY_OK);
-    assert_int_equal(view_upsert(&v, "b", b, 1, 2, FERRY_OP_REGISTERED), FERRY_OK);
-    assert_int_equal(view_upsert(&v, "c", b, 1, 3, FERRY_OP_REGISTERED), FERRY_OK);
+    assert_int_equal(view_upsert(&v, "a", b, 1, 1, FERRY_OP_REGISTERED, NULL), FERRY_OK);
+    assert_int_equal(view_upsert(&v, "b", b, 1, 2, FERRY_OP_REGISTERED, NULL), FERRY_OK);
+    assert_int_equal(view_upsert(&v, "c", b, 1, 3, FERRY_OP_REGISTERED, NULL), FERRY_OK);
     assert_int_equal(v.n_by_state[FERRY_OP_REGISTERED], 3);
-    assert_int_equal(view_upsert(&v, "a", b, 1, 4, FERRY_OP_CLAIMED), FERRY_OK);
-    assert_int_equal(view_upsert(&v, "a", b, 1, 3, FERRY_OP_REGISTERED), FERRY_OK); /* older */
-    assert_int_equal(view_upsert(&v, "a", b, 1, 5, FERRY_OP_COMPLETE), FERRY_OK);
-    assert_int_equal(view_upsert(&v, "b", b, 1, 6, FERRY_OP_CANCELLED), FERRY_OK);
-    assert_int_equal(view_upsert(&v, "z", b, 1, 7, (ferry_op_state_t)99), FERRY_OK);
+    assert_int_equal(view_upsert(&v, "a", b, 1, 4, FERRY_OP_CLAIMED, NULL), FERRY_OK);
+    assert_int_equal(view_upsert(&v, "a", b, 1, 3, FERRY_OP_REGISTERED, NULL),
+                     FERRY_OK); /* older */
+    assert_int_equal(view_upsert(&v, "a", b, 1, 5, FERRY_OP_COMPLETE, NULL), FERRY_OK);
+    assert_int_equal(view_upsert(&v, "b", b, 1, 6, FERRY_OP_CANCELLED, NULL), FERRY_OK);
+    assert_int_equal(view_upsert(&v, "z", b, 1, 7, (ferry_op_state_t)99, NULL), FERRY_OK);
     assert_int_equal(v.n_by_state[FERRY_OP_REGISTERED], 1);
     assert_int_equal(v.n_by_state[FERRY_OP_CLAIMED], 0);
     assert_int_equal(v.n_by_state[FERRY_OP_COMPLETE], 1);
@@ -211,13 +216,53 @@ static void test_counts_by_state(void **state)
     view_remove(&v, "b", 9);
     assert_int_equal(v.n_by_state[FERRY_OP_COMPLETE], 0);
     assert_int_equal(v.n_by_state[FERRY_OP_CANCELLED], 0);
-    assert_int_equal(view_upsert(&v, "a", b, 1, 10, FERRY_OP_REGISTERED), FERRY_OK); /* revived */
+    assert_int_equal(view_upsert(&v, "a", b, 1, 10, FERRY_OP_REGISTERED, NULL),
+                     FERRY_OK); /* revived */
     assert_int_equal(v.n_by_state[FERRY_OP_REGISTERED], 2);
     assert_int_equal(v.n_entries, 3);
     view_clear(&v);
     for (int s = 0; s < FERRY_OP_STATE_COUNT; s++) {
         assert_int_equal(v.n_by_state[s], 0);
     }
+    view_cleanup(&v);
+}
+
+/* Each host's bytes follow its records: a record rewritten (a Claim, a
+ * Complete) counts its new length, under the host it carries; a buried,
+ * removed or cleared record gives its bytes back, and a host holding none
+ * leaves the table; a record without a host, or an older write, counts
+ * nothing. */
+static void test_bytes_by_host(void **state)
+{
+    static uint8_t b[300];
+    view_t v;
+    (void)state;
+
+    assert_int_equal(view_init(&v), FERRY_OK);
+    assert_int_equal(view_upsert(&v, "a", b, 100, 1, FERRY_OP_REGISTERED, "10.0.0.1"), FERRY_OK);
+    assert_int_equal(view_upsert(&v, "b", b, 200, 2, FERRY_OP_REGISTERED, "10.0.0.1"), FERRY_OK);
+    assert_int_equal(view_upsert(&v, "c", b, 50, 3, FERRY_OP_REGISTERED, "10.0.0.2"), FERRY_OK);
+    assert_int_equal(view_upsert(&v, "d", b, 70, 4, FERRY_OP_REGISTERED, NULL), FERRY_OK);
+    assert_int_equal(view_upsert(&v, "e", b, 70, 5, FERRY_OP_REGISTERED, ""), FERRY_OK);
+    assert_int_equal(view_host_bytes(&v, "10.0.0.1"), 300);
+    assert_int_equal(view_host_bytes(&v, "10.0.0.2"), 50);
+    assert_int_equal(view_host_bytes(&v, ""), 0);
+    assert_int_equal(view_hosts(&v), 2);
+    assert_int_equal(view_upsert(&v, "a", b, 130, 6, FERRY_OP_CLAIMED, "10.0.0.1"), FERRY_OK);
+    assert_int_equal(view_upsert(&v, "a", b, 10, 5, FERRY_OP_REGISTERED, "10.0.0.9"), FERRY_OK);
+    assert_int_equal(view_host_bytes(&v, "10.0.0.1"), 330);
+    assert_int_equal(view_host_bytes(&v, "10.0.0.9"), 0); /* older: ignored */
+    assert_int_equal(view_bury(&v, "b", 7), FERRY_OK);
+    assert_int_equal(view_host_bytes(&v, "10.0.0.1"), 130);
+    view_remove(&v, "c", 8);
+    assert_int_equal(view_host_bytes(&v, "10.0.0.2"), 0);
+    assert_int_equal(view_hosts(&v), 1);
+    assert_int_equal(view_upsert(&v, "b", b, 200, 9, FERRY_OP_REGISTERED, "10.0.0.2"), FERRY_OK);
+    assert_int_equal(view_host_bytes(&v, "10.0.0.2"), 200); /* revived, another host's */
+    view_clear(&v);
+    assert_int_equal(view_hosts(&v), 0);
+    assert_int_equal(view_upsert(&v, "a", b, 100, 10, FERRY_OP_REGISTERED, "10.0.0.1"), FERRY_OK);
+    assert_int_equal(view_host_bytes(&v, "10.0.0.1"), 100);
     view_cleanup(&v);
 }
 
@@ -232,18 +277,18 @@ static void test_largest_follows_the_records_held(void **state)
 
     assert_int_equal(view_init(&v), FERRY_OK);
     assert_int_equal(view_largest(&v), 0);
-    assert_int_equal(view_upsert(&v, "a", big, 100, 1, FERRY_OP_REGISTERED), FERRY_OK);
+    assert_int_equal(view_upsert(&v, "a", big, 100, 1, FERRY_OP_REGISTERED, NULL), FERRY_OK);
     assert_int_equal(view_largest(&v), 127);
-    assert_int_equal(view_upsert(&v, "b", big, 5000, 2, FERRY_OP_REGISTERED), FERRY_OK);
+    assert_int_equal(view_upsert(&v, "b", big, 5000, 2, FERRY_OP_REGISTERED, NULL), FERRY_OK);
     assert_int_equal(view_largest(&v), 8191);
-    assert_int_equal(view_upsert(&v, "c", big, 4097, 3, FERRY_OP_REGISTERED), FERRY_OK);
-    assert_int_equal(view_upsert(&v, "b", big, 10, 4, FERRY_OP_CLAIMED), FERRY_OK);
+    assert_int_equal(view_upsert(&v, "c", big, 4097, 3, FERRY_OP_REGISTERED, NULL), FERRY_OK);
+    assert_int_equal(view_upsert(&v, "b", big, 10, 4, FERRY_OP_CLAIMED, NULL), FERRY_OK);
     assert_int_equal(view_largest(&v), 8191); /* c still */
     assert_int_equal(view_bury(&v, "c", 5), FERRY_OK);
     assert_int_equal(view_largest(&v), 127);
     view_remove(&v, "a", 6);
     assert_int_equal(view_largest(&v), 15); /* b, 10 bytes */
-    assert_int_equal(view_upsert(&v, "c", big, 4097, 7, FERRY_OP_REGISTERED), FERRY_OK);
+    assert_int_equal(view_upsert(&v, "c", big, 4097, 7, FERRY_OP_REGISTERED, NULL), FERRY_OK);
     view_clear(&v);
     assert_int_equal(view_largest(&v), 0);
     view_cleanup(&v);
@@ -269,7 +314,7 @@ static void test_colliding_ids_spread(void **state)
     }
     assert_int_equal(view_init(&v), FERRY_OK);
     for (size_t i = 0; i < N; i++) {
-        assert_int_equal(view_upsert(&v, ids[i], (const uint8_t *)"r", 1, (int64_t)i + 1, 0),
+        assert_int_equal(view_upsert(&v, ids[i], (const uint8_t *)"r", 1, (int64_t)i + 1, 0, NULL),
                          FERRY_OK);
     }
     assert_int_equal(v.n_entries, N);
@@ -288,6 +333,7 @@ int main(void)
         cmocka_unit_test(test_tombstones_are_pruned_and_bounded),
         cmocka_unit_test(test_tombstone_list_stays_whole),
         cmocka_unit_test(test_counts_by_state),
+        cmocka_unit_test(test_bytes_by_host),
         cmocka_unit_test(test_largest_follows_the_records_held),
         cmocka_unit_test(test_colliding_ids_spread),
     };

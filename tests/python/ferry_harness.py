@@ -413,6 +413,58 @@ def grpc_stream_frames(port, path, sid, request):
             h2_frame(0, 1, sid, b"\x00" + struct.pack(">I", len(body)) + body))
 
 
+class SourceProxy:
+    """A TCP proxy on 127.0.0.1 to `target` ("host:port") whose upstream
+    connections come from `source`: a gRPC channel to its `target` is a
+    client of another host to the server (loopback answers on all of
+    127.0.0.0/8), which gRPC's own channels cannot pick."""
+
+    def __init__(self, target, source):
+        host, port = target.rsplit(":", 1)
+        self._upstream = (host, int(port))
+        self._source = source
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.target = f"127.0.0.1:{self._listener.getsockname()[1]}"
+        self._sockets = []
+        self._lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                client, _ = self._listener.accept()
+                upstream = socket.create_connection(self._upstream,
+                                                    source_address=(self._source, 0))
+            except OSError:
+                return  # closed
+            with self._lock:
+                self._sockets += [client, upstream]
+            threading.Thread(target=self._pump, args=(upstream, client), daemon=True).start()
+            threading.Thread(target=self._pump, args=(client, upstream), daemon=True).start()
+
+    @staticmethod
+    def _pump(src, dst):
+        try:
+            while True:
+                data = src.recv(65536)
+                if not data:
+                    break
+                dst.sendall(data)
+            dst.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass  # the other side or close() ended it
+
+    def close(self):
+        self._listener.close()
+        with self._lock:
+            for s in self._sockets:
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                s.close()
+
+
 class RawH2:
     """One raw HTTP/2 connection to 127.0.0.1:port from `source` (another
     loopback address is another client host), for tests that play a client

@@ -194,8 +194,10 @@ class MemoryAfterABurst(unittest.TestCase):
     def test_a_burst_of_large_registers_gives_its_memory_back(self):
         from ferry.v1 import coordinator_pb2, coordinator_pb2_grpc, types_pb2
         pb, cpb = types_pb2, coordinator_pb2
+        # One host sends the whole burst, past its share of etcd: no share.
         coord = ferry_harness.Coordinator(TMP, ETCD.endpoint, name="mem",
-                                          extra=("--prefix", "/mem/"))
+                                          extra=("--prefix", "/mem/",
+                                                 "--stored-mib-per-peer", "0"))
         coord.start()
         self.addCleanup(coord.stop)
         pid = coord.proc.pid
@@ -228,8 +230,10 @@ class MemoryAfterABurst(unittest.TestCase):
         of the resident size since the last trim called for another)."""
         from ferry.v1 import coordinator_pb2, coordinator_pb2_grpc, types_pb2
         pb, cpb = types_pb2, coordinator_pb2
+        # One host sends the whole burst, past its share of etcd: no share.
         coord = ferry_harness.Coordinator(TMP, ETCD.endpoint, name="mem2",
-                                          extra=("--prefix", "/mem2/"))
+                                          extra=("--prefix", "/mem2/",
+                                                 "--stored-mib-per-peer", "0"))
         coord.start()
         self.addCleanup(coord.stop)
         pid = coord.proc.pid

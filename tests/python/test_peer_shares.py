@@ -41,6 +41,7 @@ WATCH = "/ferry.v1.Coordinator/Watch"
 LOOKUP = "/ferry.v1.Coordinator/Lookup"
 OTHER_HOST = "127.0.0.2"
 FOREVER_MS = 1 << 40
+TOKEN = "stored-token-0123456789"
 WORKER = os.path.join(ferry_harness.BUILD_DIR, "worker", "ferry-worker")
 
 
@@ -430,6 +431,112 @@ class RenewalsShareTheirOwnLaneWithoutAQueue(FrozenEtcdCluster):
 
     def test_a_flood_of_renewals_takes_half_its_own_lane(self):
         flood_renewals(self, 2)
+
+
+class OneHostOwnsItsShareOfEtcd(ferry_harness.ClusterTestCase):
+    """What one client host's Registers store in etcd is bounded
+    (--stored-mib-per-peer; audit-s33 H3): before, a thousand Registers of
+    1 MiB from one unauthenticated host filled the manifests' 1 GiB etcd
+    quota, and etcd then refused every write of every client (NOSPACE).
+    Each record carries the host its Register came from (owner_host), so
+    every replica counts the records of every replica: a second replica
+    over the same etcd refuses the host too. A host's records that go
+    (cancelled and released) give their room back; other hosts register
+    all along; no answer shows the owner's address."""
+
+    SHARE_MIB = 1
+    FLAGS = ("--prefix", "/stored/", "--stored-mib-per-peer", str(SHARE_MIB))
+    DESCRIPTORS = 70  # 4,000-byte keys each: a record of about 285 KB, so three fit in 1 MiB
+
+    @classmethod
+    def setUpClass(cls):
+        if not loopback_aliases_work():
+            raise unittest.SkipTest(f"cannot bind {OTHER_HOST}")
+        super().setUpClass()
+        from ferry.v1 import coordinator_pb2_grpc
+        cls.stubs, cls.closers = {}, []
+        try:
+            cls.second = ferry_harness.Coordinator(
+                cls.cluster.tmp, cls.etcd.endpoint, name="c2", ttl=cls.TTL,
+                extra=(*cls.FLAGS, "--metrics-listen", "127.0.0.1:0"))
+            cls.second.start()
+            cls.closers.append(cls.second.stop)
+            cls.second_metrics = cls.second.metrics_port()
+            for name, coord in (("first", cls.coord), ("second", cls.second)):
+                proxy = ferry_harness.SourceProxy(coord.target, OTHER_HOST)
+                cls.closers.append(proxy.close)
+                channel = grpc.insecure_channel(proxy.target)
+                cls.closers.append(channel.close)
+                cls.stubs[name] = coordinator_pb2_grpc.CoordinatorStub(channel)
+        except BaseException:
+            cls.tearDownClass()
+            raise
+
+    @classmethod
+    def tearDownClass(cls):
+        for close in reversed(getattr(cls, "closers", [])):
+            close()
+        super().tearDownClass()
+
+    def request(self, rid):
+        pb = self.pb
+        md = pb.RdmaMetadata(
+            version=1, kind=pb.OPERATION_KIND_WRITE, worker_address=b"\x01" * 64,
+            descriptors=[pb.Descriptor(address=0x10000 + i * 4096, size=4096,
+                                       device=pb.Device(kind=pb.DEVICE_KIND_HOST),
+                                       rkey=bytes([i % 251 + 1]) * 4000)
+                         for i in range(self.DESCRIPTORS)],
+            notification_key=os.urandom(16), worker_name="stored", hostname="localhost")
+        return self.cpb.RegisterRequest(request_id=rid, metadata=md, access_token=TOKEN,
+                                        owner="stored")
+
+    def refused(self, stub, rid):
+        with self.assertRaises(grpc.RpcError) as cm:
+            stub.Register(self.request(rid), timeout=30)
+        self.assertEqual(cm.exception.code(), grpc.StatusCode.RESOURCE_EXHAUSTED,
+                         cm.exception.details())
+        self.assertIn(OTHER_HOST, cm.exception.details())
+        self.assertIn("--stored-mib-per-peer", cm.exception.details())
+        with self.assertRaises(grpc.RpcError) as cm:
+            self.stub.Get(self.cpb.GetRequest(request_id=rid, linearizable=True), timeout=10)
+        self.assertEqual(cm.exception.code(), grpc.StatusCode.NOT_FOUND, "nothing was written")
+
+    def second_view_holds(self, n):
+        ferry_harness.wait_until(
+            lambda: ferry_harness.metric(self.second_metrics, "ferry_view_operations") == n, 20,
+            f"the second replica's view to hold {n} records")
+
+    def test_a_host_past_its_share_is_refused_on_every_replica(self):
+        first, second = self.stubs["first"], self.stubs["second"]
+        for i in range(3):
+            first.Register(self.request(f"a-{i}"), timeout=30)
+        self.refused(first, "a-3")
+        # Another host is not held back by the first one's records.
+        self.stub.Register(self.request("b-0"), timeout=30)
+        self.stub.Register(self.request("b-1"), timeout=30)
+        self.assertEqual(self.metric("ferry_peer_refusals_total", kind="stored"), 1)
+        self.assertEqual(self.metric("ferry_peers_holding", kind="stored"), 2)
+
+        # The second replica counts the records the first one wrote.
+        self.second_view_holds(5)
+        self.refused(second, "a-3")
+        self.assertEqual(ferry_harness.metric(self.second_metrics, "ferry_peer_refusals_total",
+                                              kind="stored"), 1)
+
+        # The owner's address is kept for the share, not shown.
+        got = self.stub.Get(self.cpb.GetRequest(request_id="a-0", linearizable=True), timeout=10)
+        self.assertEqual(got.operation.owner, "stored")
+        self.assertEqual(got.operation.owner_host, "")
+        listed = self.stub.List(self.cpb.ListRequest(request_id_prefix="a-"), timeout=10)
+        self.assertEqual(len(listed.operations), 3)
+        self.assertEqual({op.owner_host for op in listed.operations}, {""})
+
+        # A record that goes gives its room back, on every replica.
+        first.Cancel(self.cpb.CancelRequest(request_id="a-0", access_token=TOKEN), timeout=30)
+        first.Release(self.cpb.ReleaseRequest(request_id="a-0", access_token=TOKEN), timeout=30)
+        self.second_view_holds(4)
+        second.Register(self.request("a-3"), timeout=30)
+        self.refused(first, "a-4")
 
 
 if __name__ == "__main__":
