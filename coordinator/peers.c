@@ -54,11 +54,8 @@ ferry_status_t coord_peers_create(coord_peers_t **peers_p)
     return FERRY_OK;
 }
 
-void coord_peers_destroy(coord_peers_t *peers)
+void coord_peers_clear(coord_peers_t *peers)
 {
-    if (peers == NULL) {
-        return;
-    }
     for (size_t i = 0; i < peers->n_buckets; i++) {
         while (peers->buckets[i] != NULL) {
             peer_entry_t *e = peers->buckets[i];
@@ -66,6 +63,15 @@ void coord_peers_destroy(coord_peers_t *peers)
             free(e);
         }
     }
+    peers->n_entries = 0;
+}
+
+void coord_peers_destroy(coord_peers_t *peers)
+{
+    if (peers == NULL) {
+        return;
+    }
+    coord_peers_clear(peers);
     free(peers->buckets);
     free(peers);
 }

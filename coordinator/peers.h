@@ -40,6 +40,8 @@ void coord_peers_sub(coord_peers_t *peers, const char *host, size_t n);
 /* coord_peers_add and coord_peers_sub of one. */
 ferry_status_t coord_peers_take(coord_peers_t *peers, const char *host, size_t max);
 void coord_peers_give(coord_peers_t *peers, const char *host);
+/* Forgets every host. */
+void coord_peers_clear(coord_peers_t *peers);
 /* What `host` holds (0 when it has no entry). */
 size_t coord_peers_held(const coord_peers_t *peers, const char *host);
 /* The hosts that hold any. */

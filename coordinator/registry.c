@@ -229,8 +229,26 @@ void registry_view_put(coord_registry_t *r, const char *id, const uint8_t *bytes
     pthread_mutex_lock(&r->lock);
     if (r->synced && mod_revision > r->revision) {
         view_upsert(&r->view, id, bytes, len, mod_revision, state, host);
+    } else if (mod_revision > r->revision && host != NULL && host[0] != '\0' &&
+               coord_peers_add(r->unseen, host, len, 0) == FERRY_OK) {
+        /* Counted for its host's share until the view has it (a rewrite
+         * of a record the view holds counts twice meanwhile). */
+        if (mod_revision > r->unseen_revision) {
+            r->unseen_revision = mod_revision;
+        }
     }
     pthread_mutex_unlock(&r->lock);
+}
+
+/* The view has applied every revision up to r->revision: the records
+ * written while it was not live are in it (or gone since). Caller holds
+ * the lock. */
+static void unseen_settle_locked(coord_registry_t *r)
+{
+    if (r->unseen_revision != 0 && r->revision >= r->unseen_revision) {
+        coord_peers_clear(r->unseen);
+        r->unseen_revision = 0;
+    }
 }
 
 /* Leaves a tombstone until the watch applies the delete, so that the watch's
@@ -280,6 +298,7 @@ static void applied_locked(coord_registry_t *r, int64_t revision)
     if (revision > r->revision) {
         r->whole = r->revision;
         r->revision = revision;
+        unseen_settle_locked(r);
     }
 }
 
@@ -687,6 +706,7 @@ static ferry_status_t load_view(coord_registry_t *r)
     r->revision = range.revision;
     r->whole = range.revision;
     r->partial = false;
+    unseen_settle_locked(r);
     n_ops = r->view.n_entries;
     pthread_mutex_unlock(&r->lock);
     if (status != FERRY_OK) {
@@ -952,6 +972,9 @@ ferry_status_t coord_registry_create(const coord_registry_params_t *params,
         goto err_free;
     }
     status = coord_peers_create(&r->registering);
+    if (status == FERRY_OK) {
+        status = coord_peers_create(&r->unseen);
+    }
     if (status != FERRY_OK) {
         goto err_view;
     }
@@ -1038,6 +1061,7 @@ err_cond:
 err_lock:
     pthread_mutex_destroy(&r->lock);
 err_view:
+    coord_peers_destroy(r->unseen);
     coord_peers_destroy(r->registering);
     view_cleanup(&r->view);
 err_free:
@@ -1069,6 +1093,7 @@ void coord_registry_destroy(coord_registry_t *r)
     pthread_mutex_destroy(&r->lease_key_lock);
     pthread_cond_destroy(&r->maint_cond);
     pthread_mutex_destroy(&r->lock);
+    coord_peers_destroy(r->unseen);
     coord_peers_destroy(r->registering);
     view_cleanup(&r->view);
     EVP_MD_free(r->token_md);

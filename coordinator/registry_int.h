@@ -108,13 +108,19 @@ struct coord_registry {
     int64_t default_ttl_s;
     coord_registry_params_t params;
 
-    pthread_mutex_t lock; /* guards view, registering, revision, synced, unwrites,
-                           * claim_ends_waiting */
+    pthread_mutex_t lock; /* guards view, registering, unseen, revision, synced,
+                           * unwrites, claim_ends_waiting */
     view_t view;
     /* Registers this replica let past their host's share
      * (params.max_stored_per_peer) and has not yet seen in the view, by
      * host: the bytes each will store (registry_ops.c stored_take). */
     coord_peers_t *registering;
+    /* Records this replica wrote while its view was not live (their
+     * write-through skipped: a lost watch, a reload), by host: their
+     * bytes, counted for the share until the view has applied
+     * unseen_revision, the last of their revisions (0: none). */
+    coord_peers_t *unseen;
+    int64_t unseen_revision;
     _Atomic uint64_t stored_refusals; /* Registers refused by that share */
     /* The last revision the view applied (the load's, then each watch
      * event's): every change up to it is in the view. Write-throughs at or

@@ -323,26 +323,38 @@ static size_t stored_bound(const Ferry__V1__RegisterRequest *req, size_t md_len,
 }
 
 /* Counts `bytes` more for `host` among the Registers in flight, unless its
- * records (every replica's, in the view) and those in flight would pass
- * its share with them: RESOURCE_EXHAUSTED naming the flag then. Before any
- * lease is granted or anything written, so a refusal costs etcd nothing.
- * Fed by one etcd, every replica's view counts the same records: the share
- * is the cluster's, less what other replicas have in flight. */
-static ferry_status_t stored_take(coord_registry_t *r, const char *host, size_t bytes, char *msg,
-                                  size_t cap)
+ * records (every replica's, in the view, and those this replica wrote
+ * while the view was not live) and those in flight would pass its share
+ * with them: RESOURCE_EXHAUSTED naming the flag then. Before any lease is
+ * granted or anything written, so a refusal costs etcd nothing. Fed by one
+ * etcd, every replica's view counts the same records: the share is the
+ * cluster's, less what other replicas have in flight. A Register of an ID
+ * the view holds from the same host is let through uncounted: it cannot
+ * create a record, and is its caller's repeat of one already counted
+ * (answered as registered) or ALREADY_EXISTS. *counted_p: what it counted,
+ * for stored_give. */
+static ferry_status_t stored_take(coord_registry_t *r, const char *id, const char *host,
+                                  size_t bytes, size_t *counted_p, char *msg, size_t cap)
 {
     static ferry_log_limit_t log_limit;
     size_t max = r->params.max_stored_per_peer;
+    const view_entry_t *e;
     size_t held;
     unsigned quiet;
     ferry_status_t status;
 
     pthread_mutex_lock(&r->lock);
-    held = view_host_bytes(&r->view, host) + coord_peers_held(r->registering, host);
-    status = max != 0 && (bytes > max || held > max - bytes)
+    e = view_find(&r->view, id);
+    if (e != NULL && e->host != NULL && strcmp(e->host, host) == 0) {
+        bytes = 0;
+    }
+    held = view_host_bytes(&r->view, host) + coord_peers_held(r->registering, host) +
+           coord_peers_held(r->unseen, host);
+    status = max != 0 && bytes > 0 && (bytes > max || held > max - bytes)
                  ? FERRY_ERR_RESOURCE_EXHAUSTED
                  : coord_peers_add(r->registering, host, bytes, 0);
     pthread_mutex_unlock(&r->lock);
+    *counted_p = bytes;
     if (status == FERRY_ERR_NO_MEMORY) {
         return registry_fail(status, msg, cap, "no memory to count the Register");
     }
@@ -405,13 +417,14 @@ ferry_status_t coord_register(coord_registry_t *r, const Ferry__V1__RegisterRequ
     if (host[0] == '\0') {
         return register_counted(r, req, md, md_len, host, gone, gone_arg, out, msg, cap);
     }
-    bytes = stored_bound(req, md_len, host);
-    status = stored_take(r, host, bytes, msg, cap);
+    status =
+        stored_take(r, req->request_id, host, stored_bound(req, md_len, host), &bytes, msg, cap);
     if (status != FERRY_OK) {
         return status;
     }
-    /* Given back once the record is in the view (or not written): counted
-     * twice a moment, never not at all. */
+    /* Given back once the record is in the view, or counted as unseen
+     * (registry_view_put), or not written: counted twice a moment, never
+     * not at all. */
     status = register_counted(r, req, md, md_len, host, gone, gone_arg, out, msg, cap);
     stored_give(r, host, bytes);
     return status;

@@ -197,6 +197,16 @@ static void test_per_peer_shares(void **state)
     assert_int_equal(parse(&c, 3, no_writes), 0); /* the flag wins */
     assert_int_equal(c.etcd_writes_per_peer, 0);
     unsetenv("FERRY_ETCD_WRITES_PER_PEER");
+    /* The stored bytes' share: 128 MiB, the flag, else the variable. */
+    char *stored[] = {"ferry-coordinator", "--stored-mib-per-peer", "2", NULL};
+    assert_int_equal(parse(&c, 1, none), 0);
+    assert_int_equal(c.stored_mib_per_peer, 128);
+    setenv("FERRY_STORED_MIB_PER_PEER", "0", 1);
+    assert_int_equal(parse(&c, 1, none), 0);
+    assert_int_equal(c.stored_mib_per_peer, 0);
+    assert_int_equal(parse(&c, 3, stored), 0); /* the flag wins */
+    assert_int_equal(c.stored_mib_per_peer, 2);
+    unsetenv("FERRY_STORED_MIB_PER_PEER");
     assert_int_equal(parse(&c, 5, hundred), 0);
     assert_int_equal(c.max_watches_per_peer, 16);
     assert_int_equal(c.max_waits_per_peer, 25);

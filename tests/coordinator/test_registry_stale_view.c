@@ -113,13 +113,15 @@ static void make_stale(coord_registry_t *r, const char *id, snapshot_t *snap, in
     snap->bytes = NULL;
 }
 
-static int64_t register_op(coord_registry_t *r, const char *id, const char *token)
+/* A Register of id from client host `host` ("": none): its status, its
+ * revision in *revision_p (when it is FERRY_OK), why in msg. */
+static ferry_status_t register_from(coord_registry_t *r, const char *id, const char *token,
+                                    const char *host, int64_t *revision_p, char *msg, size_t cap)
 {
     Ferry__V1__RdmaMetadata md = FERRY__V1__RDMA_METADATA__INIT;
     Ferry__V1__RegisterRequest req = FERRY__V1__REGISTER_REQUEST__INIT;
     coord_register_out_t out;
     uint8_t bytes[64];
-    char msg[256];
     ferry_status_t status;
 
     md.kind = FERRY__V1__OPERATION_KIND__OPERATION_KIND_WRITE;
@@ -127,12 +129,23 @@ static int64_t register_op(coord_registry_t *r, const char *id, const char *toke
     req.request_id = (char *)id;
     req.access_token = (char *)token;
     req.metadata = &md;
-    status = coord_register(r, &req, bytes, ferry__v1__rdma_metadata__pack(&md, bytes), "", NULL,
-                            NULL, &out, msg, sizeof(msg));
-    if (status != FERRY_OK) {
+    status = coord_register(r, &req, bytes, ferry__v1__rdma_metadata__pack(&md, bytes), host, NULL,
+                            NULL, &out, msg, cap);
+    if (status == FERRY_OK) {
+        *revision_p = out.revision;
+    }
+    return status;
+}
+
+static int64_t register_op(coord_registry_t *r, const char *id, const char *token)
+{
+    int64_t revision = 0;
+    char msg[256];
+
+    if (register_from(r, id, token, "", &revision, msg, sizeof(msg)) != FERRY_OK) {
         fail_msg("register %s: %s", id, msg);
     }
-    return out.revision;
+    return revision;
 }
 
 typedef struct {
@@ -755,6 +768,48 @@ static void test_claim_ends_take_turns_in_the_queue(void **state)
     coord_exec_destroy(exec);
 }
 
+/* A record this replica writes while its view is not live (a lost watch,
+ * a reload: the write-through is skipped) counts for its host's share
+ * until the view has applied its revision; it used to count nowhere in
+ * that window, and a host sending its Registers there passed its share
+ * (review-s36 M1). A record put in that way, which etcd never holds,
+ * stands for one; the next write's revision settles it. */
+static void test_a_record_the_view_missed_counts_for_its_host(void **state)
+{
+    stale_t *s = *state;
+    coord_registry_t *r = s->r;
+    static const uint8_t ghost[4000];
+    const char *host = "10.0.0.7";
+    int64_t revision = 0;
+    char msg[512];
+
+    r->params.max_stored_per_peer = 4096;
+    assert_int_equal(register_from(r, "share-0", TOKEN_ONE, host, &revision, msg, sizeof(msg)),
+                     FERRY_OK);
+    await_view(r, revision);
+    pthread_mutex_lock(&r->lock);
+    r->synced = false;
+    pthread_mutex_unlock(&r->lock);
+    registry_view_put(r, "ghost", ghost, sizeof(ghost), revision + 1, FERRY_OP_REGISTERED, host);
+    assert_int_equal(register_from(r, "share-1", TOKEN_ONE, host, &revision, msg, sizeof(msg)),
+                     FERRY_ERR_RESOURCE_EXHAUSTED);
+    assert_non_null(strstr(msg, "--stored-mib-per-peer"));
+    assert_non_null(strstr(msg, host));
+
+    /* Another host's write moves etcd to that revision; once the view has
+     * applied it, the record that was never there counts no more. */
+    assert_int_equal(
+        register_from(r, "share-other", TOKEN_ONE, "10.0.0.8", &revision, msg, sizeof(msg)),
+        FERRY_OK);
+    await_view(r, revision);
+    pthread_mutex_lock(&r->lock);
+    r->synced = true;
+    pthread_mutex_unlock(&r->lock);
+    assert_int_equal(register_from(r, "share-1", TOKEN_ONE, host, &revision, msg, sizeof(msg)),
+                     FERRY_OK);
+    r->params.max_stored_per_peer = 0;
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -770,6 +825,7 @@ int main(void)
         cmocka_unit_test(test_expired_claim_text_is_utf8),
         cmocka_unit_test(test_complete_after_the_claim_lease_ended),
         cmocka_unit_test(test_claim_ends_take_turns_in_the_queue),
+        cmocka_unit_test(test_a_record_the_view_missed_counts_for_its_host),
     };
 
     return cmocka_run_group_tests(tests, setup, teardown);

@@ -433,10 +433,14 @@ class SourceProxy:
         while True:
             try:
                 client, _ = self._listener.accept()
+            except OSError:
+                return  # closed
+            try:
                 upstream = socket.create_connection(self._upstream,
                                                     source_address=(self._source, 0))
             except OSError:
-                return  # closed
+                client.close()  # the server is gone: this client sees it, the next may not
+                continue
             with self._lock:
                 self._sockets += [client, upstream]
             threading.Thread(target=self._pump, args=(upstream, client), daemon=True).start()

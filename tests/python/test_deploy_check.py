@@ -361,9 +361,10 @@ class DeployCheckCatches(unittest.TestCase):
         """An hour of etcd history, as the manifests kept: a cycle writes its
         record three times, and an hour's revisions filled the 1 GiB quota
         at 73 cycles a second (bench/etcd_history.py), after which etcd
-        refuses every write. No compaction at all, or a count of revisions
-        in place of a time, fails too. (Each overlay patches etcd's whole
-        command line, so each is edited.)"""
+        refuses every write. No compaction at all (none given, or 0), one
+        under a minute, or a count of revisions in place of a time, fails
+        too; 10m passes. (Each overlay patches etcd's whole command line,
+        so each is edited.)"""
         files = [os.path.join(self.k8s, *f) for f in
                  [("base", "etcd.yaml"), ("overlays", "dev", "etcd-one-member.yaml"),
                   ("overlays", "prod", "etcd-tls.yaml")]]
@@ -374,14 +375,24 @@ class DeployCheckCatches(unittest.TestCase):
 
         edit_all("--auto-compaction-retention=5m", "--auto-compaction-retention=1h")
         self.assertFails(r"overlays/dev StatefulSet/etcd: --auto-compaction-retention must be a "
-                         r"duration of at most 10m \(is '1h'\)",
+                         r"duration from 1m to 10m \(is '1h'\)",
                          r"overlays/prod StatefulSet/etcd: --auto-compaction-retention")
         edit_all("--auto-compaction-retention=1h", "--auto-compaction-retention=1")
         self.assertFails(r"overlays/dev StatefulSet/etcd: --auto-compaction-retention must be a "
-                         r"duration of at most 10m \(is '1'\)")
+                         r"duration from 1m to 10m \(is '1'\)")
+        edit_all("--auto-compaction-retention=1", "--auto-compaction-retention=0")
+        self.assertFails(r"overlays/dev StatefulSet/etcd: --auto-compaction-retention must be a "
+                         r"duration from 1m to 10m \(is '0'\)")
+        edit_all("--auto-compaction-retention=0", "--auto-compaction-retention=30s")
+        self.assertFails(r"overlays/dev StatefulSet/etcd: --auto-compaction-retention must be a "
+                         r"duration from 1m to 10m \(is '30s'\)")
+        edit_all("--auto-compaction-retention=30s", "--auto-compaction-retention=10m")
+        r = self.check()
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        edit_all("--auto-compaction-retention=10m", "--auto-compaction-retention=1")
         edit_all("            - --auto-compaction-retention=1\n", "")
         self.assertFails(r"overlays/dev StatefulSet/etcd: --auto-compaction-retention must be a "
-                         r"duration of at most 10m \(is None\)")
+                         r"duration from 1m to 10m \(is None\)")
         edit_all("--auto-compaction-mode=periodic", "--auto-compaction-mode=revision")
         self.assertFails(r"overlays/dev StatefulSet/etcd: --auto-compaction-mode must be periodic")
 
