@@ -230,7 +230,8 @@ void registry_view_put(coord_registry_t *r, const char *id, const uint8_t *bytes
     if (r->synced && mod_revision > r->revision) {
         view_upsert(&r->view, id, bytes, len, mod_revision, state, host);
     } else if (mod_revision > r->revision && host != NULL && host[0] != '\0' &&
-               coord_peers_add(r->unseen, host, len, 0) == FERRY_OK) {
+               coord_peers_add(r->unseen, host, len + strlen(id) + VIEW_RECORD_OVERHEAD, 0) ==
+                   FERRY_OK) {
         /* Counted for its host's share until the view has it (a rewrite
          * of a record the view holds counts twice meanwhile). */
         if (mod_revision > r->unseen_revision) {

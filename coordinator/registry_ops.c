@@ -316,10 +316,13 @@ static ferry_status_t register_repeat(coord_registry_t *r, const Ferry__V1__Regi
  * token's hash. */
 #define STORED_FIXED_MAX 96
 
-/* The bytes a Register's record will take in etcd, at most. */
+/* What a Register's record will count for its host in the view, at most
+ * (view.c host_cost: the record, its ID again, as its key, and
+ * VIEW_RECORD_OVERHEAD). */
 static size_t stored_bound(const Ferry__V1__RegisterRequest *req, size_t md_len, const char *host)
 {
-    return md_len + strlen(req->request_id) + strlen(req->owner) + strlen(host) + STORED_FIXED_MAX;
+    return md_len + 2 * strlen(req->request_id) + strlen(req->owner) + strlen(host) +
+           STORED_FIXED_MAX + VIEW_RECORD_OVERHEAD;
 }
 
 /* Counts `bytes` more for `host` among the Registers in flight, unless its

@@ -6,8 +6,8 @@
  * find under the registry's lock would walk it (audit-s33 H2). A
  * tombstone is an entry with bytes == NULL, also linked on view->tombs.
  * A record's state is counted in view->n_by_state, its length's size
- * class in view->n_by_size, and its length in view->by_host under its
- * host, while it is a record.
+ * class in view->n_by_size, and its cost (host_cost) in view->by_host
+ * under its host, while it is a record.
  */
 #include "view.h"
 
@@ -55,11 +55,17 @@ ferry_status_t view_init(view_t *view)
     return FERRY_OK;
 }
 
-/* Takes e's length back from its host's tally and forgets its host. */
+/* What a record counts in its host's tally. */
+static size_t host_cost(const view_entry_t *e)
+{
+    return e->len + strlen(e->request_id) + VIEW_RECORD_OVERHEAD;
+}
+
+/* Takes e's cost back from its host's tally and forgets its host. */
 static void host_drop(view_t *view, view_entry_t *e)
 {
     if (e->host != NULL) {
-        coord_peers_sub(view->by_host, e->host, e->len);
+        coord_peers_sub(view->by_host, e->host, host_cost(e));
         free(e->host);
         e->host = NULL;
     }
@@ -241,7 +247,8 @@ ferry_status_t view_upsert(view_t *view, const char *request_id, const uint8_t *
     e->len = len;
     /* No memory for the host's tally: the record is held all the same,
      * and counted short (view_t.by_host). */
-    if (host_copy != NULL && coord_peers_add(view->by_host, host_copy, len, 0) == FERRY_OK) {
+    if (host_copy != NULL &&
+        coord_peers_add(view->by_host, host_copy, host_cost(e), 0) == FERRY_OK) {
         e->host = host_copy;
     } else {
         free(host_copy);

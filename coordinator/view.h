@@ -43,6 +43,13 @@ typedef struct view_entry {
     struct view_entry *tomb_next;
 } view_entry_t;
 
+/* What etcd keeps for a record beside its value and request ID, about: its
+ * key's prefix, the revisions, version and lease of its KeyValue, the
+ * revision that keys it in the database. A host's records are counted
+ * with it (view_host_bytes), so that many small records count near what
+ * they cost etcd. */
+#define VIEW_RECORD_OVERHEAD 96
+
 /* Tombstones kept at most; beyond it the oldest is dropped. */
 #define VIEW_MAX_TOMBSTONES 4096
 
@@ -57,10 +64,9 @@ typedef struct {
     /* Records by size class: [k] counts those of k significant bits of
      * length (view_largest). */
     size_t n_by_size[65];
-    /* The bytes of the records of each owner_host (records without one
-     * are not counted). A host whose entry could not be made (no memory)
-     * is counted short: the share it feeds then lets more through, never
-     * less. */
+    /* The bytes of the records of each owner_host, with their IDs and
+     * VIEW_RECORD_OVERHEAD (records without one are not counted). A host whose entry could not be
+     * made (no memory) is counted short: the share it feeds then lets more through, never less. */
     coord_peers_t *by_host;
 } view_t;
 
@@ -90,7 +96,8 @@ void view_prune(view_t *view, int64_t mod_revision);
  * rounded up to a power of two, at most twice it); 0 when it holds none. */
 size_t view_largest(const view_t *view);
 
-/* The bytes of the records whose owner_host is `host`. */
+/* The bytes of the records whose owner_host is `host`, each with its
+ * request ID and VIEW_RECORD_OVERHEAD. */
 size_t view_host_bytes(const view_t *view, const char *host);
 /* The hosts that own a record. */
 size_t view_hosts(const view_t *view);
