@@ -223,17 +223,17 @@ static void test_gate_wait(const coord_registry_t *r)
  * dropped: the view already holds that change or a later one (the watch may
  * have applied a later DELETE of the key, which must not be undone). */
 void registry_view_put(coord_registry_t *r, const char *id, const uint8_t *bytes, size_t len,
-                       int64_t mod_revision, ferry_op_state_t state, const char *host)
+                       int64_t mod_revision, ferry_op_state_t state, const char *host, bool created)
 {
     test_gate_wait(r);
     pthread_mutex_lock(&r->lock);
     if (r->synced && mod_revision > r->revision) {
         view_upsert(&r->view, id, bytes, len, mod_revision, state, host);
-    } else if (mod_revision > r->revision && host != NULL && host[0] != '\0' &&
+    } else if (created && mod_revision > r->revision && host != NULL && host[0] != '\0' &&
                coord_peers_add(r->unseen, host, len + strlen(id) + VIEW_RECORD_OVERHEAD, 0) ==
                    FERRY_OK) {
-        /* Counted for its host's share until the view has it (a rewrite
-         * of a record the view holds counts twice meanwhile). */
+        /* Counted for its host's share until the view has it (and, a
+         * moment, twice then). */
         if (mod_revision > r->unseen_revision) {
             r->unseen_revision = mod_revision;
         }
@@ -241,12 +241,13 @@ void registry_view_put(coord_registry_t *r, const char *id, const uint8_t *bytes
     pthread_mutex_unlock(&r->lock);
 }
 
-/* The view has applied every revision up to r->revision: the records
- * written while it was not live are in it (or gone since). Caller holds
- * the lock. */
+/* The view holds every revision up to unseen_revision whole: the records
+ * written while it was not live are in it (or gone since). At the first
+ * event of a revision it is not whole yet (a shared Register transaction
+ * makes many records at one revision). Caller holds the lock. */
 static void unseen_settle_locked(coord_registry_t *r)
 {
-    if (r->unseen_revision != 0 && r->revision >= r->unseen_revision) {
+    if (r->unseen_revision != 0 && registry_whole_revision_locked(r) >= r->unseen_revision) {
         coord_peers_clear(r->unseen);
         r->unseen_revision = 0;
     }
@@ -467,6 +468,7 @@ void registry_on_watch_events(void *arg, const etcd_event_t *events, size_t n_ev
     if (!more) {
         r->whole = r->revision;
         view_prune(&r->view, r->revision);
+        unseen_settle_locked(r);
     }
     pthread_mutex_unlock(&r->lock);
     if (more) {
@@ -707,7 +709,9 @@ static ferry_status_t load_view(coord_registry_t *r)
     r->revision = range.revision;
     r->whole = range.revision;
     r->partial = false;
-    unseen_settle_locked(r);
+    if (status == FERRY_OK) {
+        unseen_settle_locked(r); /* a half-filled view does not hold them */
+    }
     n_ops = r->view.n_entries;
     pthread_mutex_unlock(&r->lock);
     if (status != FERRY_OK) {

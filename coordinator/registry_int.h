@@ -289,9 +289,12 @@ void registry_unwrites_retry(coord_registry_t *r);
 void registry_unwrites_free(coord_registry_t *r);
 
 /* Applies a record the coordinator itself just wrote (write-through); host:
- * its owner_host. */
+ * its owner_host; created: the write made it (a Register), so while the
+ * view is not live it counts for its host in r->unseen (a rewrite's
+ * record is counted already, and a delete does not say). */
 void registry_view_put(coord_registry_t *r, const char *id, const uint8_t *bytes, size_t len,
-                       int64_t mod_revision, ferry_op_state_t state, const char *host);
+                       int64_t mod_revision, ferry_op_state_t state, const char *host,
+                       bool created);
 
 /* Removes a record the coordinator itself just deleted (write-through). */
 void registry_view_remove(coord_registry_t *r, const char *id, int64_t mod_revision);

@@ -317,7 +317,7 @@ static ferry_status_t register_repeat(coord_registry_t *r, const Ferry__V1__Regi
 #define STORED_FIXED_MAX 96
 
 /* What a Register's record will count for its host in the view, at most
- * (view.c host_cost: the record, its ID again, as its key, and
+ * (view_entry_cost: the record, its ID again, as its key, and
  * VIEW_RECORD_OVERHEAD). */
 static size_t stored_bound(const Ferry__V1__RegisterRequest *req, size_t md_len, const char *host)
 {
@@ -332,9 +332,11 @@ static size_t stored_bound(const Ferry__V1__RegisterRequest *req, size_t md_len,
  * granted or anything written, so a refusal costs etcd nothing. Fed by one
  * etcd, every replica's view counts the same records: the share is the
  * cluster's, less what other replicas have in flight. A Register of an ID
- * the view holds from the same host is let through uncounted: it cannot
- * create a record, and is its caller's repeat of one already counted
- * (answered as registered) or ALREADY_EXISTS. *counted_p: what it counted,
+ * the view holds from the same host is judged without that record: it is
+ * its caller's repeat of it (answered as registered, nothing written), or
+ * ALREADY_EXISTS, or, where the view lags a delete, the record again;
+ * counted as any, so that a lagging view lets a host pass its share by no
+ * more than the records it has not seen go. *counted_p: what it counted,
  * for stored_give. */
 static ferry_status_t stored_take(coord_registry_t *r, const char *id, const char *host,
                                   size_t bytes, size_t *counted_p, char *msg, size_t cap)
@@ -347,13 +349,14 @@ static ferry_status_t stored_take(coord_registry_t *r, const char *id, const cha
     ferry_status_t status;
 
     pthread_mutex_lock(&r->lock);
-    e = view_find(&r->view, id);
-    if (e != NULL && e->host != NULL && strcmp(e->host, host) == 0) {
-        bytes = 0;
-    }
     held = view_host_bytes(&r->view, host) + coord_peers_held(r->registering, host) +
            coord_peers_held(r->unseen, host);
-    status = max != 0 && bytes > 0 && (bytes > max || held > max - bytes)
+    e = view_find(&r->view, id);
+    if (e != NULL && e->host != NULL && strcmp(e->host, host) == 0) {
+        size_t cost = view_entry_cost(e);
+        held -= cost < held ? cost : held;
+    }
+    status = max != 0 && (bytes > max || held > max - bytes)
                  ? FERRY_ERR_RESOURCE_EXHAUSTED
                  : coord_peers_add(r->registering, host, bytes, 0);
     pthread_mutex_unlock(&r->lock);
@@ -499,7 +502,7 @@ static ferry_status_t register_counted(coord_registry_t *r, const Ferry__V1__Reg
     if (status != FERRY_OK) {
         goto err_unwrite;
     }
-    registry_view_put(r, req->request_id, bytes, len, out->revision, op.state, host);
+    registry_view_put(r, req->request_id, bytes, len, out->revision, op.state, host, true);
     free(bytes);
     /* ttl_s 0: the caller's own lease, whose TTL its grant said. */
     char ttl[32] = "the caller's";
@@ -808,7 +811,7 @@ static ferry_status_t write_transition(coord_registry_t *r, const record_t *rec,
     t->claim_gone_at = claim_key_gone(t, &res) ? res.revision : 0;
     if (res.succeeded) {
         registry_view_put(r, rec->data.op->request_id, bytes, len, res.revision,
-                          rec->data.op->state, rec->data.op->owner_host);
+                          rec->data.op->state, rec->data.op->owner_host, false);
     }
     etcd_txn_result_free(&res);
     free(bytes);

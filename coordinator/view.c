@@ -6,7 +6,7 @@
  * find under the registry's lock would walk it (audit-s33 H2). A
  * tombstone is an entry with bytes == NULL, also linked on view->tombs.
  * A record's state is counted in view->n_by_state, its length's size
- * class in view->n_by_size, and its cost (host_cost) in view->by_host
+ * class in view->n_by_size, and its cost (view_entry_cost) in view->by_host
  * under its host, while it is a record.
  */
 #include "view.h"
@@ -55,8 +55,7 @@ ferry_status_t view_init(view_t *view)
     return FERRY_OK;
 }
 
-/* What a record counts in its host's tally. */
-static size_t host_cost(const view_entry_t *e)
+size_t view_entry_cost(const view_entry_t *e)
 {
     return e->len + strlen(e->request_id) + VIEW_RECORD_OVERHEAD;
 }
@@ -65,7 +64,7 @@ static size_t host_cost(const view_entry_t *e)
 static void host_drop(view_t *view, view_entry_t *e)
 {
     if (e->host != NULL) {
-        coord_peers_sub(view->by_host, e->host, host_cost(e));
+        coord_peers_sub(view->by_host, e->host, view_entry_cost(e));
         free(e->host);
         e->host = NULL;
     }
@@ -248,7 +247,7 @@ ferry_status_t view_upsert(view_t *view, const char *request_id, const uint8_t *
     /* No memory for the host's tally: the record is held all the same,
      * and counted short (view_t.by_host). */
     if (host_copy != NULL &&
-        coord_peers_add(view->by_host, host_copy, host_cost(e), 0) == FERRY_OK) {
+        coord_peers_add(view->by_host, host_copy, view_entry_cost(e), 0) == FERRY_OK) {
         e->host = host_copy;
     } else {
         free(host_copy);

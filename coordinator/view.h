@@ -99,6 +99,9 @@ size_t view_largest(const view_t *view);
 /* The bytes of the records whose owner_host is `host`, each with its
  * request ID and VIEW_RECORD_OVERHEAD. */
 size_t view_host_bytes(const view_t *view, const char *host);
+/* What the record e counts in its host's tally: its bytes, its ID and
+ * VIEW_RECORD_OVERHEAD. */
+size_t view_entry_cost(const view_entry_t *e);
 /* The hosts that own a record. */
 size_t view_hosts(const view_t *view);
 

@@ -113,17 +113,23 @@ static void make_stale(coord_registry_t *r, const char *id, snapshot_t *snap, in
     snap->bytes = NULL;
 }
 
-/* A Register of id from client host `host` ("": none): its status, its
+/* A Register of id from client host `host` ("": none), its metadata
+ * about `pad` bytes (a worker address of that length): its status, its
  * revision in *revision_p (when it is FERRY_OK), why in msg. */
-static ferry_status_t register_from(coord_registry_t *r, const char *id, const char *token,
-                                    const char *host, int64_t *revision_p, char *msg, size_t cap)
+static ferry_status_t register_padded(coord_registry_t *r, const char *id, const char *token,
+                                      const char *host, size_t pad, int64_t *revision_p, char *msg,
+                                      size_t cap)
 {
+    static uint8_t address[4096];
     Ferry__V1__RdmaMetadata md = FERRY__V1__RDMA_METADATA__INIT;
     Ferry__V1__RegisterRequest req = FERRY__V1__REGISTER_REQUEST__INIT;
     coord_register_out_t out;
-    uint8_t bytes[64];
+    uint8_t bytes[64 + sizeof(address)];
     ferry_status_t status;
 
+    assert_true(pad <= sizeof(address));
+    md.worker_address.data = address;
+    md.worker_address.len = pad;
     md.kind = FERRY__V1__OPERATION_KIND__OPERATION_KIND_WRITE;
     assert_true(ferry__v1__rdma_metadata__get_packed_size(&md) <= sizeof(bytes));
     req.request_id = (char *)id;
@@ -135,6 +141,12 @@ static ferry_status_t register_from(coord_registry_t *r, const char *id, const c
         *revision_p = out.revision;
     }
     return status;
+}
+
+static ferry_status_t register_from(coord_registry_t *r, const char *id, const char *token,
+                                    const char *host, int64_t *revision_p, char *msg, size_t cap)
+{
+    return register_padded(r, id, token, host, 0, revision_p, msg, cap);
 }
 
 static int64_t register_op(coord_registry_t *r, const char *id, const char *token)
@@ -789,8 +801,9 @@ static void test_a_record_the_view_missed_counts_for_its_host(void **state)
     await_view(r, revision);
     pthread_mutex_lock(&r->lock);
     r->synced = false;
+    revision = r->revision + 1; /* the next write's, whoever makes it */
     pthread_mutex_unlock(&r->lock);
-    registry_view_put(r, "ghost", ghost, sizeof(ghost), revision + 1, FERRY_OP_REGISTERED, host);
+    registry_view_put(r, "ghost", ghost, sizeof(ghost), revision, FERRY_OP_REGISTERED, host, true);
     assert_int_equal(register_from(r, "share-1", TOKEN_ONE, host, &revision, msg, sizeof(msg)),
                      FERRY_ERR_RESOURCE_EXHAUSTED);
     assert_non_null(strstr(msg, "--stored-mib-per-peer"));
@@ -810,6 +823,38 @@ static void test_a_record_the_view_missed_counts_for_its_host(void **state)
     r->params.max_stored_per_peer = 0;
 }
 
+/* A Register of an ID the view holds from the same host is judged without
+ * that record, not let through uncounted: where the view lags the
+ * record's delete, the Register writes it again, and a large one made
+ * from a small one the view still held passed the share (review-s36b M2). */
+static void test_a_register_over_a_record_the_view_still_holds_counts(void **state)
+{
+    stale_t *s = *state;
+    coord_registry_t *r = s->r;
+    static const uint8_t small[8];
+    const char *host = "10.0.0.9";
+    int64_t revision = 0;
+    char msg[512];
+
+    r->params.max_stored_per_peer = 4096;
+    /* A record etcd no longer holds (its delete not yet seen), small. */
+    pthread_mutex_lock(&r->lock);
+    assert_int_equal(view_upsert(&r->view, "gone", small, sizeof(small), r->revision + 1000,
+                                 FERRY_OP_COMPLETE, host),
+                     FERRY_OK);
+    pthread_mutex_unlock(&r->lock);
+    assert_int_equal(register_padded(r, "gone", TOKEN_ONE, host, 4000, &revision, msg, sizeof(msg)),
+                     FERRY_ERR_RESOURCE_EXHAUSTED);
+    assert_non_null(strstr(msg, "--stored-mib-per-peer"));
+    /* The same Register of a small record is judged without the old one. */
+    assert_int_equal(register_padded(r, "gone", TOKEN_ONE, host, 0, &revision, msg, sizeof(msg)),
+                     FERRY_OK);
+    pthread_mutex_lock(&r->lock);
+    view_remove(&r->view, "gone", INT64_MAX);
+    pthread_mutex_unlock(&r->lock);
+    r->params.max_stored_per_peer = 0;
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -826,6 +871,7 @@ int main(void)
         cmocka_unit_test(test_complete_after_the_claim_lease_ended),
         cmocka_unit_test(test_claim_ends_take_turns_in_the_queue),
         cmocka_unit_test(test_a_record_the_view_missed_counts_for_its_host),
+        cmocka_unit_test(test_a_register_over_a_record_the_view_still_holds_counts),
     };
 
     return cmocka_run_group_tests(tests, setup, teardown);
