@@ -761,20 +761,8 @@ class GatedProxy:
             return
         upstream = socket.create_connection(self._upstream)
         self._sockets.append(upstream)
-        threading.Thread(target=self._pump, args=(upstream, client), daemon=True).start()
-        self._pump(client, upstream)
-
-    @staticmethod
-    def _pump(src, dst):
-        try:
-            while True:
-                data = src.recv(65536)
-                if not data:
-                    break
-                dst.sendall(data)
-            dst.shutdown(socket.SHUT_WR)
-        except OSError:
-            pass  # the other side or close() ended it
+        threading.Thread(target=ferry_harness.pump, args=(upstream, client), daemon=True).start()
+        ferry_harness.pump(client, upstream)
 
     def open(self):
         self._gate.set()

@@ -413,6 +413,20 @@ def grpc_stream_frames(port, path, sid, request):
             h2_frame(0, 1, sid, b"\x00" + struct.pack(">I", len(body)) + body))
 
 
+def pump(src, dst):
+    """Copies src to dst until src ends (then half-closes dst) or either
+    fails (a proxy's close() ends it)."""
+    try:
+        while True:
+            data = src.recv(65536)
+            if not data:
+                break
+            dst.sendall(data)
+        dst.shutdown(socket.SHUT_WR)
+    except OSError:
+        pass
+
+
 class SourceProxy:
     """A TCP proxy on 127.0.0.1 to `target` ("host:port") whose upstream
     connections come from `source`: a gRPC channel to its `target` is a
@@ -443,20 +457,8 @@ class SourceProxy:
                 continue
             with self._lock:
                 self._sockets += [client, upstream]
-            threading.Thread(target=self._pump, args=(upstream, client), daemon=True).start()
-            threading.Thread(target=self._pump, args=(client, upstream), daemon=True).start()
-
-    @staticmethod
-    def _pump(src, dst):
-        try:
-            while True:
-                data = src.recv(65536)
-                if not data:
-                    break
-                dst.sendall(data)
-            dst.shutdown(socket.SHUT_WR)
-        except OSError:
-            pass  # the other side or close() ended it
+            threading.Thread(target=pump, args=(upstream, client), daemon=True).start()
+            threading.Thread(target=pump, args=(client, upstream), daemon=True).start()
 
     def close(self):
         self._listener.close()
