@@ -120,7 +120,7 @@ static void sample_metrics(void *arg, coord_metrics_sample_t *out)
         coord_registry_view_stats(c->registry, &out->view_size, &out->view_live,
                                   out->view_by_state);
         coord_registry_claim_ends(c->registry, &out->claim_ends_on_view, &out->claim_ends_checked,
-                                  &out->claim_ends_waiting);
+                                  &out->claim_ends_waiting, &out->claim_ends_pending);
         out->stored_peers = coord_registry_stored_hosts(c->registry);
         out->stored_peer_refusals = coord_registry_stored_refusals(c->registry);
     }

@@ -35,6 +35,8 @@
  *                                                the expiry check was decided (view|transition)
  *   ferry_claim_ends_waiting                     gauge, a claim end's writes etcd refused, to be
  *                                                tried again (an expiry, a claim key's deletion)
+ *   ferry_claim_ends_pending                     gauge, claim ends waiting for room in the
+ *                                                etcd work queue (64 queued at most)
  *   ferry_limit_refusals_total{limit}            counter, calls refused for a bound of the
  *                                                whole replica, by its flag (request_memory_mib,
  *                                                request_size, max_waits, max_watches,
@@ -483,8 +485,12 @@ char *coord_metrics_render(coord_metrics_t *m)
             "# HELP ferry_claim_ends_waiting Writes a claim's end left (marking an expired claim "
             "ERRORED, deleting a claim key an expired owner left) that etcd refused, waiting to "
             "be tried again.\n# TYPE ferry_claim_ends_waiting gauge\n"
-            "ferry_claim_ends_waiting %zu\n",
-            sample.claim_ends_waiting);
+            "ferry_claim_ends_waiting %zu\n"
+            "# HELP ferry_claim_ends_pending Claims that ended (a Revoke of a lease holding many "
+            "ends them at once) whose check waits for room in the etcd work queue, where at most "
+            "64 go at a time.\n# TYPE ferry_claim_ends_pending gauge\n"
+            "ferry_claim_ends_pending %zu\n",
+            sample.claim_ends_waiting, sample.claim_ends_pending);
     fprintf(f,
             "# HELP ferry_limit_refusals_total Calls refused (for watch_queue_kib, Watch streams "
             "ended) because a bound of the whole replica was reached, by the flag to raise: "

@@ -52,6 +52,7 @@ typedef struct {
     uint64_t claim_ends_on_view; /* claims ended, settled on the view (coord_registry_claim_ends) */
     uint64_t claim_ends_checked; /* claims ended, checked by a transition */
     size_t claim_ends_waiting;   /* claim ends' writes waiting to be tried again */
+    size_t claim_ends_pending;   /* claim ends waiting for room in the etcd work queue */
     /* Calls refused (Watch streams ended, for watch_queue) since start for a
      * bound of the whole replica, by the flag that sets it
      * (ferry_limit_refusals_total{limit}). */

@@ -1124,11 +1124,12 @@ void coord_registry_view_stats(coord_registry_t *r, size_t *n_records_p, bool *l
 }
 
 void coord_registry_claim_ends(coord_registry_t *r, uint64_t *on_view_p, uint64_t *checked_p,
-                               size_t *waiting_p)
+                               size_t *waiting_p, size_t *pending_p)
 {
     *on_view_p = atomic_load(&r->claim_ends[0]);
     *checked_p = atomic_load(&r->claim_ends[1]);
     *waiting_p = registry_claim_ends_waiting(r);
+    *pending_p = registry_claim_ends_pending(r);
 }
 
 bool coord_registry_view_holds(coord_registry_t *r, const char *request_id)

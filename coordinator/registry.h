@@ -161,9 +161,11 @@ void coord_registry_view_stats(coord_registry_t *registry, size_t *n_records_p, 
  * no etcd read), and those checked by a transition (an expiry, or a view
  * that could not tell). Counted once the check is made. *waiting_p: the
  * writes a claim's end left (an expiry, a claim key's deletion) that etcd
- * refused, waiting to be tried again. */
+ * refused, waiting to be tried again. *pending_p: the claim ends waiting
+ * for room in params.exec (at most REGISTRY_CLAIM_ENDS_QUEUED_MAX are queued
+ * there; one Revoke of a lease holding many claims ends them all at once). */
 void coord_registry_claim_ends(coord_registry_t *registry, uint64_t *on_view_p, uint64_t *checked_p,
-                               size_t *waiting_p);
+                               size_t *waiting_p, size_t *pending_p);
 
 /* Every call below writes a message naming the cause into msg (cap bytes)
  * when it fails. */

@@ -258,6 +258,8 @@ class Metrics(unittest.TestCase):
         # in the view: the transition decided, and turned it ERRORED.
         self.assertEqual(moved("ferry_claim_ends_total", decided="transition"), 1)
         self.assertEqual(moved("ferry_claim_ends_total", decided="view"), 0)
+        # Its end was queued and done: nothing waits for room in the queue.
+        self.assertEqual(after[("ferry_claim_ends_pending", frozenset())], 0)
         got = self.stub.Get(self.cpb.GetRequest(request_id="m-claimed"), timeout=10)
         self.assertEqual(got.operation.state, self.pb.OPERATION_STATE_ERRORED)
 
