@@ -791,6 +791,20 @@ static void test_claim_ends_take_turns_in_the_queue(void **state)
     coord_exec_destroy(exec);
 }
 
+/* Marks r's view live or not (as its watch would: a write-through is
+ * skipped while it is not); the revision the next write will have,
+ * whoever makes it. */
+static int64_t view_live(coord_registry_t *r, bool live)
+{
+    int64_t next;
+
+    pthread_mutex_lock(&r->lock);
+    r->synced = live;
+    next = r->revision + 1;
+    pthread_mutex_unlock(&r->lock);
+    return next;
+}
+
 /* A record this replica writes while its view is not live (a lost watch,
  * a reload: the write-through is skipped) counts for its host's share
  * until the view has applied its revision; it used to count nowhere in
@@ -810,10 +824,7 @@ static void test_a_record_the_view_missed_counts_for_its_host(void **state)
     assert_int_equal(register_from(r, "share-0", TOKEN_ONE, host, &revision, msg, sizeof(msg)),
                      FERRY_OK);
     await_view(r, revision);
-    pthread_mutex_lock(&r->lock);
-    r->synced = false;
-    revision = r->revision + 1; /* the next write's, whoever makes it */
-    pthread_mutex_unlock(&r->lock);
+    revision = view_live(r, false);
     registry_view_put(r, "ghost", ghost, sizeof(ghost), revision, FERRY_OP_REGISTERED, host, true);
     assert_int_equal(register_from(r, "share-1", TOKEN_ONE, host, &revision, msg, sizeof(msg)),
                      FERRY_ERR_RESOURCE_EXHAUSTED);
@@ -826,9 +837,7 @@ static void test_a_record_the_view_missed_counts_for_its_host(void **state)
         register_from(r, "share-other", TOKEN_ONE, "10.0.0.8", &revision, msg, sizeof(msg)),
         FERRY_OK);
     await_view(r, revision);
-    pthread_mutex_lock(&r->lock);
-    r->synced = true;
-    pthread_mutex_unlock(&r->lock);
+    view_live(r, true);
     assert_int_equal(register_from(r, "share-1", TOKEN_ONE, host, &revision, msg, sizeof(msg)),
                      FERRY_OK);
     r->params.max_stored_per_peer = 0;
@@ -984,18 +993,13 @@ static void test_a_rewrite_the_view_missed_counts_once(void **state)
     assert_int_equal(register_from(r, "rw-0", TOKEN_ONE, host, &revision, msg, sizeof(msg)),
                      FERRY_OK);
     await_view(r, revision);
-    pthread_mutex_lock(&r->lock);
-    r->synced = false;
-    revision = r->revision + 1;
-    pthread_mutex_unlock(&r->lock);
+    revision = view_live(r, false);
     registry_view_put(r, "rw-0", rewritten, sizeof(rewritten), revision, FERRY_OP_CLAIMED, host,
                       false);
     assert_int_equal(register_from(r, "rw-1", TOKEN_ONE, host, &revision, msg, sizeof(msg)),
                      FERRY_OK);
     await_view(r, revision);
-    pthread_mutex_lock(&r->lock);
-    r->synced = true;
-    pthread_mutex_unlock(&r->lock);
+    view_live(r, true);
     r->params.max_stored_per_peer = 0;
 }
 
