@@ -189,13 +189,25 @@ static void sweep_evicted_locked(coord_service_t *svc)
  * RPC_STUCK_MS, may make the floor low, which only ends that stream
  * rather than another). When none is further behind, *tied_p says
  * whether s is alike the others: another as far behind (one at the floor
- * is), or nothing behind (it keeps up: review-s32c L2). Caller holds
- * subs_lock; an evicted subscriber stays on subs until
- * sweep_evicted_locked. */
+ * is), or nothing behind (it keeps up: review-s32c L2).
+ *
+ * While the count is over the bound (a shared revision let in past it,
+ * which the streams that keep up hold: rpc_budget.c), only a stream that
+ * holds at least what the count is over may end: ending it brings the
+ * count back within the bound. One that holds less frees its entries only
+ * (the revision's bytes go with its last holder), so ending streams one by
+ * one for a unit of s's own (a new stream's first message, a prefix's part
+ * of a revision) ended nearly every stream behind (review-s32c M1); now
+ * that unit is refused, and its stream with it, until the streams have
+ * read the revision. Caller holds subs_lock; an evicted subscriber stays
+ * on subs until sweep_evicted_locked. */
 static bool evict_locked(coord_service_t *svc, const sub_entry_t *s, bool *tied_p)
 {
     static ferry_log_limit_t limit;
-    size_t mine = rpc_call_behind_bytes(s->call), most = mine;
+    size_t mine = rpc_call_behind_bytes(s->call), most = mine, top = mine;
+    size_t used = rpc_send_budget_used(svc->watch_budget);
+    size_t max = rpc_send_budget_max(svc->watch_budget);
+    size_t over = used > max ? used - max : 0;
     sub_entry_t *victim = NULL;
     char text[192];
     unsigned quiet;
@@ -214,14 +226,19 @@ static bool evict_locked(coord_service_t *svc, const sub_entry_t *s, bool *tied_
             }
             behind = rpc_call_behind_bytes(x->call);
             *tied_p = *tied_p || (list == 0 && behind == mine);
-            if (behind > most) {
+            top = behind > top ? behind : top;
+            if (behind > most && behind >= over) {
                 most = behind;
                 victim = x;
             }
         }
     }
     if (victim == NULL) {
-        svc->evict_floor = mine;
+        /* Others further behind, none of whom ending would bring the count
+         * back within the bound: s is alike them (a shared revision goes
+         * in past the bound), not the one to end. */
+        *tied_p = *tied_p || top > mine;
+        svc->evict_floor = top;
         return false;
     }
     svc->evict_floor = SIZE_MAX;
@@ -253,9 +270,9 @@ static bool evict_locked(coord_service_t *svc, const sub_entry_t *s, bool *tied_
  * further behind than every other ends, as for its own bound, and a unit of s's own (a prefix it
  * matches part of, its first message) is not passed: s ends (a new stream is refused). While the
  * count is over the bound by a shared revision that streams keeping up hold, such a unit ends the
- * streams behind one by one, each freeing its entries only (review-s32c M1, left open: "behind"
- * does not count what a stream is the last holder of). s->over_budget says the budget refused it
- * all the same. Caller holds subs_lock. */
+ * streams behind it only where one of them holds what the count is over (evict_locked;
+ * review-s32c M1). s->over_budget says the budget refused it all the same. Caller holds
+ * subs_lock. */
 static ferry_status_t sub_send_locked(coord_service_t *svc, sub_entry_t *s, rpc_msg_t *const *msgs,
                                       size_t n, bool shared)
 {
