@@ -412,8 +412,8 @@ class WatchMemoryPastTheBound(ferry_harness.ClusterTestCase):
             self.sent_at_least(sent + self.STREAMS * (self.BIG + 1), raw, sids,
                                "the next revision to every stream")
             queued = self.metric("ferry_watch_queued_bytes")
-            print(f"{self.STREAMS} streams that stopped reading hold two revisions: {queued:.0f} bytes "
-                  f"queued, bound {bound}", file=sys.stderr)
+            print(f"{self.STREAMS} streams that stopped reading hold two revisions: "
+                  f"{queued:.0f} bytes queued, bound {bound}", file=sys.stderr)
             self.assertLessEqual(queued, 2 * bound)
             self.assertEqual(raw.ended_count(sids), 0)
             for action in ("evicted", "ended", "refused"):
