@@ -65,7 +65,14 @@ typedef struct sub_entry {
      * its subscription until it is freed: as long as it counts against
      * max_watches. */
     bool peer_counted;
+    /* On subs: the next, and the pointer that points at this one (the
+     * previous one's next, or subs), so that a cancel, which finds s
+     * through its call (rpc_call_parked, set while s is on subs), unlinks
+     * it without a walk of every stream under the lock publishing needs
+     * (audit-s33 L1). `next` also links the lists of streams to end that
+     * a pass gathers. */
     struct sub_entry *next;
+    struct sub_entry **pprev;
     /* Once unlinked from subs to be ended: on the service's `ended` list
      * (linked by ended_next) until its call is done, and `ending` while
      * the code that ends it still uses it. */
@@ -193,6 +200,7 @@ struct coord_service {
      * twice. */
     pthread_mutex_t subs_lock;
     sub_entry_t *subs;
+    size_t n_subs; /* on subs, those evicted included */
     /* Streams ended whose calls are not done yet: their last messages and
      * status may still wait for the client (up to RPC_DRAIN_MS). They hold
      * a call reference and count against max_watches until then. */

@@ -85,16 +85,30 @@
 #include "common/log.h"
 #include "validate.h"
 
-static sub_entry_t *unlink_sub(coord_service_t *svc, rpc_call_t *call)
+/* Links s on subs: its call now finds it (on_sub_cancel). Caller holds
+ * subs_lock. */
+static void link_sub_locked(coord_service_t *svc, sub_entry_t *s)
 {
-    for (sub_entry_t **p = &svc->subs; *p != NULL; p = &(*p)->next) {
-        if ((*p)->call == call) {
-            sub_entry_t *s = *p;
-            *p = s->next;
-            return s;
-        }
+    s->next = svc->subs;
+    s->pprev = &svc->subs;
+    if (s->next != NULL) {
+        s->next->pprev = &s->next;
     }
-    return NULL;
+    svc->subs = s;
+    svc->n_subs++;
+    rpc_call_set_parked(s->call, s);
+}
+
+/* s, on subs, off it. Caller holds subs_lock. */
+static void unlink_sub_locked(coord_service_t *svc, sub_entry_t *s)
+{
+    *s->pprev = s->next;
+    if (s->next != NULL) {
+        s->next->pprev = s->pprev;
+    }
+    s->pprev = NULL;
+    svc->n_subs--;
+    rpc_call_set_parked(s->call, NULL);
 }
 
 /* Puts s, unlinked from subs (or never linked), on the ended list: it
@@ -116,14 +130,17 @@ static void sub_ended(coord_service_t *svc, sub_entry_t *s)
     pthread_mutex_unlock(&svc->subs_lock);
 }
 
+/* The client went away: the stream, if still on subs (its call finds it:
+ * no walk), leaves it and ends. */
 static void on_sub_cancel(rpc_call_t *call, void *arg)
 {
     coord_service_t *svc = arg;
     sub_entry_t *s;
 
     pthread_mutex_lock(&svc->subs_lock);
-    s = unlink_sub(svc, call);
+    s = rpc_call_parked(call);
     if (s != NULL) {
+        unlink_sub_locked(svc, s);
         retire_locked(svc, s);
     }
     pthread_mutex_unlock(&svc->subs_lock);
@@ -166,15 +183,13 @@ static const char *budget_text(const coord_service_t *svc, char *buf, size_t cap
  * subs_lock. */
 static void sweep_evicted_locked(coord_service_t *svc)
 {
-    for (sub_entry_t **p = &svc->subs; *p != NULL;) {
-        sub_entry_t *s = *p;
+    for (sub_entry_t *s = svc->subs, *next; s != NULL; s = next) {
+        next = s->next;
         if (s->evicted) {
-            *p = s->next;
+            unlink_sub_locked(svc, s);
             s->ended_next = svc->ended;
             svc->ended = s;
-            continue;
         }
-        p = &s->next;
     }
 }
 
@@ -535,20 +550,19 @@ static void sub_uncount_locked(coord_service_t *svc, sub_entry_t *s)
     }
 }
 
-/* Streams that count against max_watches: those subscribed, and those
- * ended whose calls are not done; the ended ones that are done are freed
- * here, and give their host's share back (however they ended: the client
- * cancelled or went away, its deadline, a bound, a reload, shutdown).
- * Counted, not kept as a count, so that no path that ends a stream has to
- * remember it (at most max_watches to walk, once per new stream). Caller
- * holds subs_lock. */
+/* Streams that count against max_watches: those on subs (n_subs), and
+ * those ended whose calls are not done; the ended ones that are done are
+ * freed here, and give their host's share back (however they ended: the
+ * client cancelled or went away, its deadline, a bound, a reload,
+ * shutdown). The ended ones are counted, not kept as a count, so that no
+ * path that ends a stream has to remember it: a walk of the streams ended
+ * within the last RPC_DRAIN_MS or so, not of every stream open (audit-s33
+ * L1: each new Watch took every stream's call lock, under the lock
+ * publishing needs). Caller holds subs_lock. */
 static size_t subs_count_locked(coord_service_t *svc)
 {
-    size_t n = 0;
+    size_t n = svc->n_subs;
 
-    for (const sub_entry_t *s = svc->subs; s != NULL; s = s->next) {
-        n++;
-    }
     for (sub_entry_t **p = &svc->ended; *p != NULL;) {
         sub_entry_t *s = *p;
         if (!s->ending && rpc_call_is_done(s->call)) {
@@ -660,8 +674,7 @@ static ferry_status_t subscribe_locked(coord_service_t *svc, sub_entry_t *s, cha
                  (long long)s->start_revision, ferry_status_string(status));
         return status;
     }
-    s->next = svc->subs;
-    svc->subs = s;
+    link_sub_locked(svc, s);
     return FERRY_OK;
 }
 
@@ -758,10 +771,14 @@ static void hist_push_locked(coord_service_t *svc, hist_event_t *e)
  * subs_lock. */
 static sub_entry_t *detach_all_locked(coord_service_t *svc)
 {
-    sub_entry_t *all = svc->subs;
-    svc->subs = NULL;
-    for (sub_entry_t *s = all; s != NULL; s = s->next) {
+    sub_entry_t *all = NULL;
+
+    while (svc->subs != NULL) {
+        sub_entry_t *s = svc->subs;
+        unlink_sub_locked(svc, s);
         retire_locked(svc, s);
+        s->next = all;
+        all = s;
     }
     return all;
 }
@@ -895,7 +912,7 @@ static void flush_locked(coord_service_t *svc, sub_entry_t **ended_p, sub_entry_
             }
             if (status != FERRY_OK && status != FERRY_ERR_CANCELLED) {
                 s->end_status = status;
-                *p = s->next;
+                unlink_sub_locked(svc, s);
                 retire_locked(svc, s);
                 s->next = *ended_p;
                 *ended_p = s;

@@ -1,0 +1,336 @@
+/*
+ * test_service_watch.c: the Watch streams' bookkeeping (service_watch.c),
+ * with the calls replaced through --wrap by a record of what happened to
+ * each: a cancelled stream is found through its own call, looking at no
+ * other, and gets nothing more; a second cancel does nothing; --max-watches
+ * counts a stream from its subscription until its call is done, cancelled
+ * or not, and a new stream then fits again; stopping ends the rest.
+ * audit-s33 L1: each cancel walked every stream, under the lock that
+ * publishing needs, and each new Watch counted every stream open.
+ * tests/python/test_watch_contract.py and test_watch_memory.py drive the
+ * same code through a real coordinator.
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <setjmp.h>
+#include <cmocka.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "service_int.h"
+
+#define N_CALLS 1000
+
+typedef struct {
+    int refs;              /* rpc_call_ref minus rpc_call_unref */
+    int sends;             /* units rpc_call_send_msgs queued */
+    int fails;             /* rpc_call_fail and rpc_call_fail_now */
+    ferry_status_t status; /* the last fail's */
+    bool done;             /* what rpc_call_is_done answers */
+    void (*cancel)(rpc_call_t *, void *);
+    void *cancel_arg;
+    void *parked;       /* rpc_call_set_parked's, under the service's subs_lock */
+    int parked_lookups; /* rpc_call_parked calls on it, likewise */
+} call_rec_t;
+
+/* Every call's record; the wrapped functions run under subs_lock or on
+ * the test's thread, one at a time. */
+static call_rec_t rec[N_CALLS];
+
+/* Fake calls are addresses inside this array, never dereferenced. */
+static char call_base[N_CALLS];
+
+static rpc_call_t *call_of(int i)
+{
+    return (rpc_call_t *)(void *)&call_base[i];
+}
+
+static call_rec_t *rec_of(const rpc_call_t *call)
+{
+    ptrdiff_t i = (const char *)(const void *)call - call_base;
+    assert_true(i >= 0 && i < N_CALLS);
+    return &rec[i];
+}
+
+void __wrap_rpc_call_ref(rpc_call_t *call);
+void __wrap_rpc_call_unref(rpc_call_t *call);
+void __wrap_rpc_call_fail(rpc_call_t *call, ferry_status_t status, const char *fmt, ...);
+void __wrap_rpc_call_fail_now(rpc_call_t *call, ferry_status_t status, const char *fmt, ...);
+void __wrap_rpc_call_on_cancel(rpc_call_t *call, void (*cb)(rpc_call_t *call, void *arg),
+                               void *arg);
+bool __wrap_rpc_call_is_done(const rpc_call_t *call);
+const char *__wrap_rpc_call_peer(const rpc_call_t *call);
+const char *__wrap_rpc_call_peer_host(const rpc_call_t *call);
+void __wrap_rpc_call_set_parked(rpc_call_t *call, void *entry);
+void *__wrap_rpc_call_parked(const rpc_call_t *call);
+ferry_status_t __wrap_rpc_call_send_msgs(rpc_call_t *call, rpc_msg_t *const *msgs, size_t n,
+                                         unsigned flags, bool *over_budget_p);
+void __wrap_rpc_call_set_send_limit(rpc_call_t *call, size_t max_queued_bytes);
+void __wrap_rpc_call_set_send_budget(rpc_call_t *call, rpc_send_budget_t *budget);
+size_t __wrap_rpc_call_behind_bytes(rpc_call_t *call);
+
+void __wrap_rpc_call_ref(rpc_call_t *call)
+{
+    rec_of(call)->refs++;
+}
+
+void __wrap_rpc_call_unref(rpc_call_t *call)
+{
+    rec_of(call)->refs--;
+}
+
+void __wrap_rpc_call_fail(rpc_call_t *call, ferry_status_t status, const char *fmt, ...)
+{
+    (void)fmt;
+    rec_of(call)->fails++;
+    rec_of(call)->status = status;
+}
+
+void __wrap_rpc_call_fail_now(rpc_call_t *call, ferry_status_t status, const char *fmt, ...)
+{
+    (void)fmt;
+    rec_of(call)->fails++;
+    rec_of(call)->status = status;
+}
+
+void __wrap_rpc_call_on_cancel(rpc_call_t *call, void (*cb)(rpc_call_t *call, void *arg), void *arg)
+{
+    rec_of(call)->cancel = cb;
+    rec_of(call)->cancel_arg = arg;
+}
+
+bool __wrap_rpc_call_is_done(const rpc_call_t *call)
+{
+    return rec_of(call)->done;
+}
+
+const char *__wrap_rpc_call_peer(const rpc_call_t *call)
+{
+    (void)call;
+    return "test";
+}
+
+const char *__wrap_rpc_call_peer_host(const rpc_call_t *call)
+{
+    (void)call;
+    return "10.0.0.1";
+}
+
+void __wrap_rpc_call_set_parked(rpc_call_t *call, void *entry)
+{
+    rec_of(call)->parked = entry;
+}
+
+void *__wrap_rpc_call_parked(const rpc_call_t *call)
+{
+    rec_of(call)->parked_lookups++;
+    return rec_of(call)->parked;
+}
+
+ferry_status_t __wrap_rpc_call_send_msgs(rpc_call_t *call, rpc_msg_t *const *msgs, size_t n,
+                                         unsigned flags, bool *over_budget_p)
+{
+    (void)msgs;
+    (void)n;
+    (void)flags;
+    *over_budget_p = false;
+    rec_of(call)->sends++;
+    return FERRY_OK;
+}
+
+void __wrap_rpc_call_set_send_limit(rpc_call_t *call, size_t max_queued_bytes)
+{
+    (void)call;
+    (void)max_queued_bytes;
+}
+
+void __wrap_rpc_call_set_send_budget(rpc_call_t *call, rpc_send_budget_t *budget)
+{
+    (void)call;
+    (void)budget;
+}
+
+size_t __wrap_rpc_call_behind_bytes(rpc_call_t *call)
+{
+    (void)call;
+    return 0;
+}
+
+static int setup(void **state)
+{
+    coord_service_t *svc = calloc(1, sizeof(*svc));
+
+    assert_non_null(svc);
+    assert_int_equal(pthread_mutex_init(&svc->subs_lock, NULL), 0);
+    assert_int_equal(coord_peers_create(&svc->watch_peers), FERRY_OK);
+    assert_int_equal(rpc_send_budget_create(1 << 20, &svc->watch_budget), FERRY_OK);
+    svc->name = (char *)"test";
+    svc->max_watches = N_CALLS;
+    svc->max_watches_per_peer = N_CALLS;
+    svc->watch_queue_bytes = 1 << 20;
+    svc->watch_msg_bytes = 1 << 20;
+    svc->evict_floor = SIZE_MAX;
+    memset(rec, 0, sizeof(rec));
+    *state = svc;
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    coord_service_t *svc = *state;
+
+    service_watch_stop(svc);
+    for (int i = 0; i < N_CALLS; i++) {
+        rec[i].done = true; /* the rpc layer's end of every call */
+    }
+    service_watch_destroy(svc);
+    for (int i = 0; i < N_CALLS; i++) {
+        assert_int_equal(rec[i].refs, 0);
+    }
+    rpc_send_budget_release(svc->watch_budget);
+    coord_peers_destroy(svc->watch_peers);
+    pthread_mutex_destroy(&svc->subs_lock);
+    free(svc);
+    return 0;
+}
+
+/* Opens a Watch of every change on call i; its status (FERRY_OK: it
+ * subscribed, its `created` queued). */
+static ferry_status_t watch(coord_service_t *svc, int i)
+{
+    Ferry__V1__WatchRequest req = FERRY__V1__WATCH_REQUEST__INIT;
+    int fails = rec[i].fails;
+
+    req.request_id_prefix = "*";
+    service_watch(call_of(i), &req.base, svc);
+    if (rec[i].fails > fails) {
+        return rec[i].status;
+    }
+    assert_int_equal(rec[i].sends, 1);
+    assert_non_null(rec[i].cancel);
+    return FERRY_OK;
+}
+
+static void cancel(int i)
+{
+    rec[i].cancel(call_of(i), rec[i].cancel_arg);
+}
+
+/* One change at `revision`, published whole. */
+static void publish(coord_service_t *svc, const char *id, int64_t revision)
+{
+    Ferry__V1__Operation op = FERRY__V1__OPERATION__INIT;
+
+    op.request_id = (char *)id;
+    service_watch_publish(svc, COORD_EVENT_PUT, &op, revision);
+    service_watch_flush(svc);
+}
+
+static int total_lookups(void)
+{
+    int n = 0;
+
+    for (int i = 0; i < N_CALLS; i++) {
+        n += rec[i].parked_lookups;
+    }
+    return n;
+}
+
+/* A cancel looks at its own call only, ends it CANCELLED, and the stream
+ * gets no revision after; the others get it. A second cancel, or one
+ * after the stream ended for another reason, does nothing. */
+static void test_a_cancel_looks_at_its_own_call_only(void **state)
+{
+    coord_service_t *svc = *state;
+
+    for (int i = 0; i < N_CALLS; i++) {
+        assert_int_equal(watch(svc, i), FERRY_OK);
+    }
+    assert_int_equal(total_lookups(), 0);
+    cancel(500);
+    assert_int_equal(rec[500].fails, 1);
+    assert_int_equal(rec[500].status, FERRY_ERR_CANCELLED);
+    assert_int_equal(rec[500].parked_lookups, 1);
+    assert_int_equal(total_lookups(), 1);
+    assert_null(rec[500].parked);
+
+    publish(svc, "a", 10);
+    for (int i = 0; i < N_CALLS; i++) {
+        assert_int_equal(rec[i].sends, i == 500 ? 1 : 2);
+    }
+    cancel(500);
+    assert_int_equal(rec[500].fails, 1);
+    assert_int_equal(rec[500].refs, 1); /* until its call is done */
+    rec[500].done = true;
+    assert_int_equal(coord_service_watch_peers(svc), 1); /* the done one freed */
+    assert_int_equal(rec[500].refs, 0);
+    cancel(500); /* the rpc layer's, late: s is gone */
+    assert_int_equal(rec[500].fails, 1);
+    publish(svc, "b", 11);
+    assert_int_equal(rec[499].sends, 3);
+    assert_int_equal(rec[500].sends, 1);
+}
+
+/* --max-watches counts a stream from its subscription until its call is
+ * done: one cancelled still counts while its last messages may go out,
+ * then a new one fits. */
+static void test_max_watches_counts_until_done(void **state)
+{
+    coord_service_t *svc = *state;
+
+    svc->max_watches = 5;
+    for (int i = 0; i < 5; i++) {
+        assert_int_equal(watch(svc, i), FERRY_OK);
+    }
+    assert_int_equal(watch(svc, 5), FERRY_ERR_RESOURCE_EXHAUSTED);
+    cancel(2);
+    assert_int_equal(watch(svc, 6), FERRY_ERR_RESOURCE_EXHAUSTED);
+    publish(svc, "a", 10);
+    assert_int_equal(rec[2].sends, 1);
+    assert_int_equal(watch(svc, 7), FERRY_ERR_RESOURCE_EXHAUSTED);
+    rec[2].done = true;
+    assert_int_equal(watch(svc, 8), FERRY_OK);
+    assert_int_equal(rec[2].refs, 0);
+    assert_int_equal(watch(svc, 9), FERRY_ERR_RESOURCE_EXHAUSTED);
+    cancel(3);
+    rec[3].done = true; /* with no revision since */
+    assert_int_equal(watch(svc, 10), FERRY_OK);
+    assert_int_equal(rec[3].refs, 0);
+    for (int i = 0; i < 11; i++) {
+        assert_int_equal(rec[i].fails, i == 2 || i == 3 || i == 5 || i == 6 || i == 7 || i == 9);
+    }
+}
+
+/* Stopping ends every stream UNAVAILABLE, a cancelled one once only; a
+ * cancel after finds nothing. */
+static void test_stop_ends_the_rest(void **state)
+{
+    coord_service_t *svc = *state;
+
+    for (int i = 0; i < 10; i++) {
+        assert_int_equal(watch(svc, i), FERRY_OK);
+    }
+    cancel(4);
+    service_watch_stop(svc);
+    for (int i = 0; i < 10; i++) {
+        assert_int_equal(rec[i].fails, 1);
+        assert_int_equal(rec[i].status, i == 4 ? FERRY_ERR_CANCELLED : FERRY_ERR_UNAVAILABLE);
+        assert_null(rec[i].parked);
+    }
+    cancel(7);
+    assert_int_equal(rec[7].fails, 1);
+    assert_int_equal(watch(svc, 20), FERRY_ERR_UNAVAILABLE);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_a_cancel_looks_at_its_own_call_only, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_max_watches_counts_until_done, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_stop_ends_the_rest, setup, teardown),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
