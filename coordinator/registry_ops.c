@@ -344,7 +344,8 @@ static ferry_status_t stored_take(coord_registry_t *r, const char *id, const cha
     static ferry_log_limit_t log_limit;
     size_t max = r->params.max_stored_per_peer;
     const view_entry_t *e;
-    size_t held;
+    size_t held, replaced = 0;
+    char besides[96] = "";
     unsigned quiet;
     ferry_status_t status;
 
@@ -354,7 +355,8 @@ static ferry_status_t stored_take(coord_registry_t *r, const char *id, const cha
     e = view_find(&r->view, id);
     if (e != NULL && e->host != NULL && strcmp(e->host, host) == 0) {
         size_t cost = view_entry_cost(e);
-        held -= cost < held ? cost : held;
+        replaced = cost < held ? cost : held;
+        held -= replaced;
     }
     status = max != 0 && (bytes > max || held > max - bytes)
                  ? FERRY_ERR_RESOURCE_EXHAUSTED
@@ -366,18 +368,22 @@ static ferry_status_t stored_take(coord_registry_t *r, const char *id, const cha
     }
     if (status != FERRY_OK) {
         atomic_fetch_add(&r->stored_refusals, 1); /* for metrics */
+        if (replaced > 0) { /* review-s36c L4: the total, less it, was said as the total */
+            snprintf(besides, sizeof(besides),
+                     " besides the one of this ID (%zu), which it replaces", replaced);
+        }
         if (ferry_log_due(&log_limit, &quiet)) {
             ferry_info("Register from %s refused: the records of its host take %zu bytes in "
-                       "etcd, and one of up to %zu more would pass its share, %zu MiB "
+                       "etcd%s, and one of up to %zu more would pass its share, %zu MiB "
                        "(--stored-mib-per-peer); %u more refused since the last line",
-                       host, held, bytes, max >> 20, quiet);
+                       host, held, besides, bytes, max >> 20, quiet);
         }
         return registry_fail(status, msg, cap,
-                             "the records registered from %s take %zu bytes in etcd, and this "
+                             "the records registered from %s take %zu bytes in etcd%s, and this "
                              "one (up to %zu) would pass the host's share, %zu MiB "
                              "(--stored-mib-per-peer); release, cancel or let expire some of "
                              "them, then retry",
-                             host, held, bytes, max >> 20);
+                             host, held, besides, bytes, max >> 20);
     }
     return FERRY_OK;
 }

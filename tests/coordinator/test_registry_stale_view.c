@@ -950,7 +950,7 @@ static void test_a_record_over_a_held_one_counts_with_the_rest(void **state)
     const char *host = "10.0.0.12";
     int64_t revision = 0;
     size_t others;
-    char msg[512];
+    char msg[512], want[96];
 
     r->params.max_stored_per_peer = 0;
     assert_int_equal(
@@ -968,6 +968,9 @@ static void test_a_record_over_a_held_one_counts_with_the_rest(void **state)
     assert_int_equal(
         register_padded(r, "gone-2", TOKEN_ONE, host, 1100, &revision, msg, sizeof(msg)),
         FERRY_ERR_RESOURCE_EXHAUSTED);
+    /* It says what it judged: the others, not the record it replaces. */
+    snprintf(want, sizeof(want), "take %zu bytes in etcd besides the one of this ID", others);
+    assert_non_null(strstr(msg, want));
     assert_int_equal(register_padded(r, "gone-2", TOKEN_ONE, host, 0, &revision, msg, sizeof(msg)),
                      FERRY_OK);
     pthread_mutex_lock(&r->lock);
