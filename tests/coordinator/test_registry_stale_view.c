@@ -791,6 +791,172 @@ static void test_claim_ends_take_turns_in_the_queue(void **state)
     coord_exec_destroy(exec);
 }
 
+/* The work queue refuses every COORD_EXEC_MUST job for want of memory
+ * while this is set (coord_exec_submit through --wrap); counted. */
+static atomic_bool submit_no_memory;
+static atomic_int submit_no_memory_count;
+
+ferry_status_t __real_coord_exec_submit(coord_exec_t *exec, coord_job_fn fn, void *arg,
+                                        unsigned flags);
+ferry_status_t __wrap_coord_exec_submit(coord_exec_t *exec, coord_job_fn fn, void *arg,
+                                        unsigned flags);
+
+ferry_status_t __wrap_coord_exec_submit(coord_exec_t *exec, coord_job_fn fn, void *arg,
+                                        unsigned flags)
+{
+    if ((flags & COORD_EXEC_MUST) != 0 && atomic_load(&submit_no_memory)) {
+        atomic_fetch_add(&submit_no_memory_count, 1);
+        return FERRY_ERR_NO_MEMORY;
+    }
+    return __real_coord_exec_submit(exec, fn, arg, flags);
+}
+
+/* Registers n records "<base><i>" on r and claims them all on one lease
+ * (the first claim's, in *first). */
+static void claim_all(coord_registry_t *r, const char *base, int n, claim_t *first)
+{
+    claim_t claim;
+    char id[32], msg[256];
+
+    for (int i = 0; i < n; i++) {
+        snprintf(id, sizeof(id), "%s%d", base, i);
+        register_op(r, id, TOKEN_ONE);
+        assert_int_equal(claim_as(r, id, TOKEN_ONE, "writer", i == 0 ? NULL : first,
+                                  i == 0 ? first : &claim, msg, sizeof(msg)),
+                         FERRY_OK);
+    }
+}
+
+/* Waits (10 s at most) until the view holds "<base><i>" ERRORED, each. */
+static void await_all_errored(coord_registry_t *r, const char *base, int n)
+{
+    int64_t until = ferry__clock_ms(CLOCK_MONOTONIC) + 10000, revision;
+    coord_record_t rec = {0};
+    char id[32], msg[256];
+
+    for (int i = 0; i < n; i++) {
+        ferry_op_state_t state;
+        snprintf(id, sizeof(id), "%s%d", base, i);
+        do {
+            struct timespec ts = {0, 5 * 1000 * 1000};
+            assert_int_equal(
+                coord_lookup(r, id, TOKEN_ONE, false, &rec, &revision, msg, sizeof(msg)), FERRY_OK);
+            state = rec.op->state;
+            coord_record_free(&rec);
+            if (state != FERRY_OP_ERRORED) {
+                assert_true(ferry__clock_ms(CLOCK_MONOTONIC) < until);
+                nanosleep(&ts, NULL);
+            }
+        } while (state != FERRY_OP_ERRORED);
+    }
+}
+
+/* A claim end the work queue refuses for want of memory is kept, at the
+ * head of those pending, not dropped: the maintenance thread's next pass
+ * submits it, and every claim still ends ERRORED (had it been dropped,
+ * the records would stay CLAIMED by a dead claimant until a restart). */
+static void test_claim_ends_refused_for_memory_wait_for_the_next_pass(void **state)
+{
+    enum { N = 5 };
+    stale_t *s = *state;
+    coord_exec_params_t exec_params = {.n_workers = 1, .max_queued = 16};
+    coord_exec_t *exec = NULL;
+    coord_registry_params_t params = {
+        .etcd = s->etcd->client, .prefix = "/nomem/", .default_ttl_s = 30};
+    coord_registry_t *r = NULL;
+    claim_t first;
+    char id[32];
+
+    assert_int_equal(coord_exec_create(&exec_params, &exec), FERRY_OK);
+    params.exec = exec;
+    assert_int_equal(coord_registry_create(&params, &r), FERRY_OK);
+    claim_all(r, "m", N, &first);
+    atomic_store(&submit_no_memory_count, 0);
+    atomic_store(&submit_no_memory, true);
+    assert_int_equal(etcd_lease_revoke(s->etcd->client, first.lease), FERRY_OK);
+    await_claim_ends_pending(r, N);
+    assert_true(atomic_load(&submit_no_memory_count) >= N);
+    for (int i = 0; i < N; i++) {
+        coord_record_t rec = {0};
+        int64_t revision;
+        char msg[256];
+        snprintf(id, sizeof(id), "m%d", i);
+        assert_int_equal(coord_lookup(r, id, TOKEN_ONE, false, &rec, &revision, msg, sizeof(msg)),
+                         FERRY_OK);
+        assert_int_equal(rec.op->state, FERRY_OP_CLAIMED);
+        coord_record_free(&rec);
+    }
+    atomic_store(&submit_no_memory, false);
+    await_claim_ends_pending(r, 0);
+    await_all_errored(r, "m", N);
+    coord_registry_destroy(r);
+    coord_exec_destroy(exec);
+}
+
+typedef struct {
+    coord_exec_t *exec;
+    pthread_t thread;
+} stopper_t;
+
+static void *stop_exec(void *arg)
+{
+    coord_exec_stop(((stopper_t *)arg)->exec);
+    return NULL;
+}
+
+static void noop_job(void *arg, bool run)
+{
+    (void)arg;
+    (void)run;
+}
+
+/* The work queue stops with claim ends queued and more pending: each is
+ * given up (the next load's orphan scan makes an expiry, a claim key lives
+ * as long as its lease), none is left pending or run, and the stop does
+ * not hang (ASan's leak check: none is lost either). */
+static void test_claim_ends_pending_at_stop_are_given_up(void **state)
+{
+    enum { N = REGISTRY_CLAIM_ENDS_QUEUED_MAX + 10 };
+    stale_t *s = *state;
+    gate_t gate = {.lock = PTHREAD_MUTEX_INITIALIZER, .opened = PTHREAD_COND_INITIALIZER};
+    coord_exec_params_t exec_params = {.n_workers = 1, .max_queued = 16};
+    stopper_t stopper = {0};
+    coord_registry_params_t params = {
+        .etcd = s->etcd->client, .prefix = "/stop/", .default_ttl_s = 30};
+    coord_registry_t *r = NULL;
+    uint64_t on_view, checked;
+    size_t waiting, pending;
+    claim_t first;
+
+    atomic_store(&submit_no_memory, false); /* whatever a failed test left */
+    assert_int_equal(coord_exec_create(&exec_params, &stopper.exec), FERRY_OK);
+    params.exec = stopper.exec;
+    assert_int_equal(coord_registry_create(&params, &r), FERRY_OK);
+    claim_all(r, "p", N, &first);
+    assert_int_equal(coord_exec_submit(stopper.exec, gate_job, &gate, 0), FERRY_OK);
+    await_exec_load(stopper.exec, 1, 0);
+    assert_int_equal(etcd_lease_revoke(s->etcd->client, first.lease), FERRY_OK);
+    await_claim_ends_pending(r, N - REGISTRY_CLAIM_ENDS_QUEUED_MAX);
+    await_exec_load(stopper.exec, 1, REGISTRY_CLAIM_ENDS_QUEUED_MAX);
+
+    assert_int_equal(pthread_create(&stopper.thread, NULL, stop_exec, &stopper), 0);
+    /* The queue refuses once it is stopping; until then a job goes in and
+     * is called with run = false with the rest. */
+    while (coord_exec_submit(stopper.exec, noop_job, NULL, COORD_EXEC_MUST) !=
+           FERRY_ERR_UNAVAILABLE) {
+        struct timespec ts = {0, 1000 * 1000};
+        nanosleep(&ts, NULL);
+    }
+    gate_open(&gate);
+    assert_int_equal(pthread_join(stopper.thread, NULL), 0);
+    coord_registry_claim_ends(r, &on_view, &checked, &waiting, &pending);
+    assert_int_equal(pending, 0);
+    assert_int_equal(waiting, 0);
+    assert_int_equal(on_view + checked, 0); /* none ran */
+    coord_registry_destroy(r);
+    coord_exec_destroy(stopper.exec);
+}
+
 /* Marks r's view live or not (as its watch would: a write-through is
  * skipped while it is not); the revision the next write will have,
  * whoever makes it. */
@@ -1021,6 +1187,8 @@ int main(void)
         cmocka_unit_test(test_expired_claim_text_is_utf8),
         cmocka_unit_test(test_complete_after_the_claim_lease_ended),
         cmocka_unit_test(test_claim_ends_take_turns_in_the_queue),
+        cmocka_unit_test(test_claim_ends_refused_for_memory_wait_for_the_next_pass),
+        cmocka_unit_test(test_claim_ends_pending_at_stop_are_given_up),
         cmocka_unit_test(test_a_record_the_view_missed_counts_for_its_host),
         cmocka_unit_test(test_a_register_over_a_record_the_view_still_holds_counts),
         cmocka_unit_test(test_a_repeat_at_the_share_edge_is_answered),
