@@ -841,7 +841,7 @@ ferry_status_t coord_service_create(const coord_service_params_t *params, rpc_se
     svc->max_watches = params->max_watches != 0 ? params->max_watches : SERVICE_MAX_WATCHES;
     svc->max_watches_per_peer = params->max_watches_per_peer;
     svc->max_waits_per_peer = params->max_waits_per_peer;
-    svc->evict_floor = SIZE_MAX;
+    svc->evict.floor = SIZE_MAX;
     svc->watch_queue_bytes =
         params->watch_queue_bytes != 0 ? params->watch_queue_bytes : SERVICE_WATCH_QUEUE_BYTES;
     svc->watch_msg_bytes = svc->watch_queue_bytes / 4 < SERVICE_WATCH_MSG_BYTES

@@ -218,10 +218,17 @@ struct coord_service {
      * counted by the rpc layer as each stream's queue is (rpc.h) */
     rpc_send_budget_t *watch_budget;
     size_t max_watches; /* constant: streams open at once */
-    /* No stream but those evicted is further behind than this, since the
-     * pass (a flush, a subscribe) began or its last eviction; SIZE_MAX:
-     * not known (evict_locked). */
-    size_t evict_floor;
+    /* What the pass (a flush, a subscribe) learnt of the streams, for
+     * evict_locked: since it began or its last eviction, the last walk
+     * that ended none was for a stream `floor` bytes behind (SIZE_MAX:
+     * none), and found those further behind than it would free `frees`
+     * bytes together, the most any subscribed stream (it included) was
+     * behind `top`, and `top_n` that far. `freeing`: what the pass's
+     * evictions give back as their cancels complete (the messages in
+     * flight), not yet given back when each was ended. */
+    struct {
+        size_t floor, frees, top, top_n, freeing;
+    } evict;
     /* Streams counted against max_watches, by client host (peers.h); one
      * past max_watches_per_peer (constant; 0: none) from one host is
      * refused. */

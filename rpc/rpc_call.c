@@ -859,6 +859,68 @@ size_t rpc_call_behind_bytes(rpc_call_t *call)
     return n;
 }
 
+/* One step of rpc_call_frees_bytes over the entry m: 0, counts the
+ * call's holders of m's shared message (rpc_msg_t.mine); 1, what dropping
+ * m with the call's other entries gives back to its budget now: its entry,
+ * and its bytes unless a shared message's that another call still holds
+ * (counted once, on the first of the call's entries that hold it: mine
+ * goes to 0 as it is); 2, clears mine. Caller holds the budget's lock. */
+static size_t outmsg_frees_step_locked(const rpc_outmsg_t *m, int pass)
+{
+    rpc_msg_t *shared = m->counted && m->holds ? m->shared : NULL;
+
+    if (pass == 0 || pass == 2) {
+        if (shared != NULL) {
+            shared->mine = pass == 0 ? shared->mine + 1 : 0;
+        }
+        return 0;
+    }
+    if (!m->counted) {
+        return 0;
+    }
+    if (shared != NULL && (shared->mine == 0 || shared->mine < shared->holders)) {
+        return RPC_OUTMSG_OVERHEAD;
+    }
+    if (shared != NULL) {
+        shared->mine = 0; /* its bytes, once */
+    }
+    return m->len + RPC_OUTMSG_OVERHEAD;
+}
+
+size_t rpc_call_frees_bytes(rpc_call_t *call)
+{
+    size_t n = 0;
+
+    pthread_mutex_lock(&call->lock);
+    if ((call->state == RPC_CALL_ACTIVE || call->state == RPC_CALL_ENDING) && !call->cancelled &&
+        !call->status_done && call->budget != NULL) {
+        pthread_mutex_lock(&call->budget->lock); /* a leaf, under the call's */
+        /* Three walks of the messages: count the call's holders of each
+         * shared one, count what goes, and clear the counts. */
+        for (int pass = 0; pass < 3; pass++) {
+            if (call->inflight != NULL) {
+                n += outmsg_frees_step_locked(call->inflight, pass);
+            }
+            for (const rpc_outmsg_t *m = call->queue_head; m != NULL; m = m->next) {
+                n += outmsg_frees_step_locked(m, pass);
+            }
+        }
+        pthread_mutex_unlock(&call->budget->lock);
+    }
+    pthread_mutex_unlock(&call->lock);
+    return n;
+}
+
+size_t rpc_msgs_cost(rpc_msg_t *const *msgs, size_t n)
+{
+    size_t cost = 0;
+
+    for (size_t i = 0; i < n; i++) {
+        cost += rpc_msg_size(msgs[i]) + RPC_OUTMSG_OVERHEAD;
+    }
+    return cost;
+}
+
 /* A counted queue entry for `buf` (taken over: destroyed when no entry
  * can be made), made from `shared` (NULL: its own bytes; else the entry
  * takes a reference); NULL when buf is NULL or out of memory. */
@@ -1002,6 +1064,7 @@ rpc_msg_t *rpc_msg_pack(const ProtobufCMessage *msg)
     atomic_init(&m->refs, 1);
     atomic_init(&m->counted_in, NULL);
     m->holders = 0;
+    m->mine = 0;
     m->slice = grpc_slice_malloc(protobuf_c_message_get_packed_size(msg));
     protobuf_c_message_pack(msg, GRPC_SLICE_START_PTR(m->slice));
     return m;
@@ -1035,6 +1098,7 @@ rpc_msg_t *rpc_msg_pack_repeated(const ProtobufCMessage *msg, uint32_t number,
     atomic_init(&m->refs, 1);
     atomic_init(&m->counted_in, NULL);
     m->holders = 0;
+    m->mine = 0;
     m->slice = grpc_slice_malloc(total);
     p = GRPC_SLICE_START_PTR(m->slice);
     p += protobuf_c_message_pack(msg, p);

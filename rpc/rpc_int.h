@@ -138,9 +138,10 @@ struct rpc_msg {
     /* The one budget that counts these bytes once for all the queue
      * entries holding them (rpc_budget.c): set by the first budgeted entry,
      * then constant; an entry under another budget counts them as a copy.
-     * holders: those entries, guarded by counted_in's lock. */
+     * holders: those entries, guarded by counted_in's lock; mine: of them,
+     * a call's, while rpc_call_frees_bytes counts them, likewise. */
     _Atomic(rpc_send_budget_t *) counted_in;
-    size_t holders;
+    size_t holders, mine;
 };
 
 /* A message queued on a streaming call, or in flight. */

@@ -172,7 +172,7 @@ static int setup(void **state)
     svc->max_watches_per_peer = N_CALLS;
     svc->watch_queue_bytes = 1 << 20;
     svc->watch_msg_bytes = 1 << 20;
-    svc->evict_floor = SIZE_MAX;
+    svc->evict.floor = SIZE_MAX;
     memset(rec, 0, sizeof(rec));
     *state = svc;
     return 0;

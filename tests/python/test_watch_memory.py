@@ -352,10 +352,9 @@ class WatchMemoryPastTheBound(ferry_harness.ClusterTestCase):
     def test_a_new_stream_while_over_the_bound_ends_none_of_them(self):
         """The streams hold a revision let in past the bound, and two after
         it, each behind by its queue entries only: ending one frees those,
-        not the revision. A
-        new Watch's first message does not fit; before, it ended the
-        streams one by one, every one of them (review-s32c M1). Now it is
-        refused, and they go on."""
+        not the revision. A new Watch's first message does not fit; before,
+        it ended the streams one by one, every one of them (review-s32c
+        M1). Now it is refused, and they go on."""
         bound = 1 << 20
         actions = ("evicted", "ended", "refused")
         before = {a: self.metric("ferry_watch_memory_total", action=a) for a in actions}
@@ -387,7 +386,112 @@ class WatchMemoryPastTheBound(ferry_harness.ClusterTestCase):
             self.assertEqual(after["evicted"] - before["evicted"], 0)
             self.assertEqual(after["ended"] - before["ended"], 0)
             self.assertEqual(after["refused"] - before["refused"], 1)
+            self.assertLessEqual(self.metric("ferry_watch_queued_bytes"), 2 * bound)
         finally:
+            raw.close()
+        ferry_harness.wait_until(lambda: self.metric("ferry_watch_queued_bytes") == 0, 20,
+                                 "ferry_watch_queued_bytes to return to 0")
+        ferry_harness.wait_until(lambda: self.try_watch("other-") == "ok", 20,
+                                 "a new Watch to be answered once the streams are gone")
+
+    def try_watch(self, prefix):
+        """A new Watch's first message: "ok", or the status's name."""
+        try:
+            next(iter(self.stub.Watch(self.cpb.WatchRequest(request_id_prefix=prefix),
+                                      timeout=5)))
+            return "ok"
+        except grpc.RpcError as e:
+            return e.code().name
+
+    def memory_ends(self):
+        return {a: self.metric("ferry_watch_memory_total", action=a)
+                for a in ("evicted", "ended", "refused")}
+
+    def test_a_client_that_stopped_reading_is_ended_for_room(self):
+        """A stream that stopped reading, opened before the readers, is the
+        last holder of a revision larger than the bound once they have read
+        it: its entry is all "behind" counts, but ending it frees the
+        revision. A new Watch ends it, once (review-s37 H1: while the count
+        was over the bound no stream could end, every new Watch was
+        refused, and the readers ended as the count neared twice it)."""
+        bound = 1 << 20
+        before = self.memory_ends()
+        raw = ferry_harness.RawH2(self.coord.port)
+        readers = []
+        try:
+            sids = raw.open(WATCH, [self.cpb.WatchRequest(request_id_prefix="st-")])
+            ferry_harness.wait_until(
+                lambda: self.metric("ferry_rpc_in_flight", method=WATCH) == 1, 20,
+                "the stream to be open")
+            readers = [LiveReader(self, "st-", 0) for _ in range(5)]
+            ferry_harness.wait_until(
+                lambda: self.metric("ferry_rpc_in_flight", method=WATCH) == 6, 20,
+                "the readers to be open")
+            want = [f"st-a{k:03d}" for k in range(self.BIG)]
+            self.put(want, self.PAST_PAD)
+            for rid in ("st-b", "st-c"):
+                self.put([rid], 10)
+                want.append(rid)
+            for r in readers:
+                ferry_harness.wait_until(lambda: r.has(want), 30, "the readers to read it all")
+            ferry_harness.wait_until(lambda: self.try_watch("st2-") == "ok", 20,
+                                     "a new Watch to be answered")
+            self.assertEqual(raw.ended_count(sids), 1)
+            for k in range(10):
+                rids = [f"st-d{k:02d}{j:02d}" for j in range(12)]
+                self.put(rids, self.PAST_PAD)
+                want += rids
+                for r in readers:
+                    ferry_harness.wait_until(lambda: r.has(want), 30, "the readers to read it all")
+                self.assertLessEqual(self.metric("ferry_watch_queued_bytes"), 2 * bound)
+            for r in readers:
+                self.assertIsNone(r.error)
+                self.assertLessEqual(set(want), set(r.ids))
+            after = self.memory_ends()
+            self.assertEqual(after["evicted"] - before["evicted"], 1)
+            self.assertEqual(after["ended"] - before["ended"], 0)
+        finally:
+            for r in readers:
+                r.close()
+            raw.close()
+        ferry_harness.wait_until(lambda: self.metric("ferry_watch_queued_bytes") == 0, 20,
+                                 "ferry_watch_queued_bytes to return to 0")
+
+    def test_a_unit_of_its_own_under_the_bound_ends_no_other_stream(self):
+        """Under the bound, a reader's own part of a revision (a narrower
+        prefix) that does not fit beside a revision many slow streams share
+        ends its own stream: ending those streams frees their entries only,
+        never the room it needs (review-s37 M1: every one of them was
+        ended, one by one, and the reader after them)."""
+        before = self.memory_ends()
+        sent = self.metric("ferry_watch_events_sent_total")
+        raw = ferry_harness.RawH2(self.coord.port)
+        reader = None
+        try:
+            sids = raw.open(WATCH, [self.cpb.WatchRequest(request_id_prefix="u-")]
+                            * self.STREAMS)
+            ferry_harness.wait_until(
+                lambda: self.metric("ferry_rpc_in_flight", method=WATCH) == self.STREAMS, 20,
+                "the streams to be open")
+            reader = LiveReader(self, "u-x", 0)
+            ferry_harness.wait_until(
+                lambda: self.metric("ferry_rpc_in_flight", method=WATCH) == self.STREAMS + 1,
+                20, "the reader to be open")
+            self.put([f"u-a{k:03d}" for k in range(70)], self.PAST_PAD)  # ~0.85 MiB
+            self.put(["u-b"], 10)
+            self.put(["u-c"], 10)
+            self.sent_at_least(sent + self.STREAMS * 72, raw, sids, "the revisions to them")
+            ids = [f"u-x{k:02d}" for k in range(16)]  # ~200 KiB, the reader's own
+            self.put(ids + ["u-y"], self.PAST_PAD)
+            ferry_harness.wait_until(lambda: reader.has(ids), 30, "the reader's part")
+            self.assertEqual(raw.ended_count(sids), 0)
+            after = self.memory_ends()
+            self.assertEqual(after["evicted"] - before["evicted"], 0)
+            self.assertEqual(reader.error.code(), grpc.StatusCode.RESOURCE_EXHAUSTED)
+            self.assertEqual(after["ended"] - before["ended"], 1)
+        finally:
+            if reader is not None:
+                reader.close()
             raw.close()
         ferry_harness.wait_until(lambda: self.metric("ferry_watch_queued_bytes") == 0, 20,
                                  "ferry_watch_queued_bytes to return to 0")
