@@ -221,13 +221,11 @@ struct coord_service {
     /* What the pass (a flush, a subscribe) learnt of the streams, for
      * evict_locked: since it began or its last eviction, the last walk
      * that ended none was for a stream `floor` bytes behind (SIZE_MAX:
-     * none), and found those further behind than it would free `frees`
-     * bytes together, the most any subscribed stream (it included) was
-     * behind `top`, and `top_n` that far. `freeing`: what the pass's
-     * evictions give back as their cancels complete (the messages in
-     * flight), not yet given back when each was ended. */
+     * none), and found none further behind that could be ended; the most
+     * any subscribed stream (it included) was behind was `top`, and
+     * `top_n` were that far. */
     struct {
-        size_t floor, frees, top, top_n, freeing;
+        size_t floor, top, top_n;
     } evict;
     /* Streams counted against max_watches, by client host (peers.h); one
      * past max_watches_per_peer (constant; 0: none) from one host is

@@ -44,25 +44,26 @@
  * message shared by many streams counts once, with the cost of each
  * queue's entry for it, so an honest fan-out (every libferry client
  * watches everything) costs one copy of the revision. When a revision
- * does not fit, a stream further behind than the one sending makes room
- * (behind: what it holds queued behind the message its client is taking,
- * the newest revision left out while it waits, the message in flight
- * counted once it has been for a second; rpc_call_behind_bytes): of those,
- * the one whose end frees the most (its own messages, its entries, and a
- * shared message's bytes where it is the last holder; rpc_call_frees_bytes)
- * is ended at once, what it held dropped (rpc_call_fail_now;
- * RESOURCE_EXHAUSTED naming the flag; its client resumes after the last
- * message it got that was not a fragment), and the send is tried again;
- * but only where those streams together free what the send lacks, so that
- * streams that only hold entries of a revision others share are not ended
- * one by one for nothing (review-s32c M1). A revision larger than the
+ * does not fit, the stream furthest behind makes room: the one that holds
+ * the most of what ending it frees, queued behind the message its client
+ * is taking, the newest revision left out while it waits, the message in
+ * flight counted once it has been for a second (rpc_call_behind_bytes),
+ * if further behind than the stream sending, and if its end frees more
+ * than its queue entries (its client took nothing for a second, or it
+ * alone holds some bytes: evict_frees_more), is ended at once, what it
+ * held dropped (rpc_call_fail_now; RESOURCE_EXHAUSTED naming the flag;
+ * its client resumes after the last message it got that was not a
+ * fragment), and the send is tried again. A revision larger than the
  * bound goes into an empty budget, and to every stream that shares it
- * beside it (rpc_budget.c); a shared revision for which no stream's end
- * makes room goes in past the bound, within twice it, to a stream that
- * another is as far behind as or further (sub_send_locked). So a client
- * that stops reading loses its own streams, and those that keep up are not
- * ended for it; a stream further behind than every other, that nothing
- * ended makes room for, ends, as for its own bound. A replay
+ * beside it (rpc_budget.c); a shared revision for which no stream can be
+ * ended, to a stream that another is as far behind as or further, goes in
+ * past the bound, within twice it (sub_send_locked). So a client that
+ * stops reading loses its own streams, those that keep up are not ended
+ * for it, nor one by one for a revision they all hold while their clients
+ * take it (review-s32c M1, but for clients a second into one message, which
+ * count as taking nothing); a stream further
+ * behind than every other that none can be ended for ends, as for its own
+ * bound. A replay
  * counts as it is queued, like live revisions. Replays share messages as
  * live revisions do: a stream that matches all of a held revision is sent
  * the revision's messages, packed once, by the first replay that needs
@@ -201,68 +202,52 @@ static void sweep_evicted_locked(coord_service_t *svc)
 static void evict_pass_begin(coord_service_t *svc)
 {
     svc->evict.floor = SIZE_MAX;
-    svc->evict.freeing = 0;
 }
 
-/* Makes room in the budget for a unit of `need` bytes (at most) that s
- * could not queue: of the streams (subscribed, or ended and draining)
- * further behind than s (rpc_call_behind_bytes), the one whose end frees
- * the most (rpc_call_frees_bytes) is ended now and what it holds dropped,
- * where they together free what the unit lacks. True if one was.
- *
- * What ending a stream frees, not how far behind it is, says whether its
- * end makes room: one that keeps up with a revision larger than the room
- * left frees only its queue entries (the revision's bytes stay while
- * another holds it), and ending such streams one by one, each freeing a
- * few hundred bytes, for one unit of s's own (a new stream's first
- * message, a prefix's part of a revision) ended every stream behind
- * (review-s32c M1); while a client that stopped reading, the last holder
- * of such a revision, frees all of it, though behind counts its entry
- * only (review-s37 H1). So where they cannot make room together, none is
- * ended: a unit of s's own is refused (its stream ends, or a new one is
- * refused), a shared one goes in past the bound when s is alike the
- * others (below). *covered_p: this pass's evictions free what the unit
- * lacks once their cancels complete (the messages in flight): it goes in
- * past the bound for that moment, not at the cost of another stream.
- *
- * A walk of every stream, each call's lock taken, and the queues of those
- * further behind; one that ends none leaves what it found (svc->evict) so
- * that the streams after s in the same pass, no less behind, whose units
- * those streams cannot make room for either, are answered without a walk
- * each (L1 of review-s37; a backlog that grows within the pass may make
- * that answer stale, which only ties or ends that stream, never another).
- * When none is ended, *tied_p says whether s is alike the others: another
- * subscribed stream as far behind or further, or nothing behind (it keeps
- * up: review-s32c L2); a stream further behind than every other is not,
- * and ends, as for its own bound. Caller holds subs_lock; an evicted
+/* Whether ending x frees more than its queue entries: its client took
+ * nothing for RPC_STUCK_MS (it holds all it has queued), or some bytes
+ * are its alone (its own messages, or a shared one no other stream holds
+ * any more: a client that stopped reading a revision every other stream
+ * has read holds all of it, though behind counts its entries only). A
+ * stream that keeps up with a revision others share, however large, frees
+ * only its entries: ending such streams one by one for a unit that finds
+ * the count full of that revision ended every one of them, for nothing
+ * (review-s32c M1, review-s37). */
+static bool evict_frees_more(const sub_entry_t *x)
+{
+    return rpc_call_idle(x->call) || rpc_call_sole_bytes(x->call) > 0;
+}
+
+/* Makes room in the budget for s: the stream (subscribed, or ended and
+ * draining) furthest behind (rpc_call_behind_bytes) whose end frees more
+ * than its entries (evict_frees_more), if further behind than s, is ended
+ * now and what it holds dropped. True if one was. A walk of every stream,
+ * each call's lock taken: one that ends none leaves what it found
+ * (svc->evict), so that the streams after s in the same pass no less
+ * behind are answered without a walk each (a backlog that grows within
+ * the pass may make that answer stale, which only ties or ends that
+ * stream, never another). When none is ended, *tied_p says whether s is
+ * alike the others: another subscribed stream as far behind or further
+ * (none of which can be ended for room), or nothing behind (it keeps up:
+ * review-s32c L2); a stream further behind than every other is not, and
+ * ends, as for its own bound. Caller holds subs_lock; an evicted
  * subscriber stays on subs until sweep_evicted_locked. */
-static bool evict_locked(coord_service_t *svc, const sub_entry_t *s, size_t need, bool *tied_p,
-                         bool *covered_p)
+static bool evict_locked(coord_service_t *svc, const sub_entry_t *s, bool *tied_p)
 {
     static ferry_log_limit_t limit;
-    size_t mine = rpc_call_behind_bytes(s->call);
-    size_t used = rpc_send_budget_used(svc->watch_budget);
-    size_t max = rpc_send_budget_max(svc->watch_budget);
-    size_t lacks, frees = 0, most = 0, top = 0, top_n = 0, gone;
+    size_t mine = rpc_call_behind_bytes(s->call), most = mine, top = 0, top_n = 0;
     sub_entry_t *victim = NULL;
     char text[192];
     unsigned quiet;
 
-    used = used > svc->evict.freeing ? used - svc->evict.freeing : 0;
-    *covered_p = need <= max && used <= max - need;
-    *tied_p = mine == 0;
-    if (*covered_p) {
-        return false;
-    }
-    lacks = used + need - max;
-    if (mine >= svc->evict.floor && svc->evict.frees < lacks) {
-        *tied_p = *tied_p || mine < svc->evict.top || svc->evict.top_n > 1;
+    if (mine >= svc->evict.floor) {
+        *tied_p = mine == 0 || mine < svc->evict.top || svc->evict.top_n > 1;
         return false;
     }
     for (int list = 0; list < 2; list++) {
         for (sub_entry_t *x = list == 0 ? svc->subs : svc->ended; x != NULL;
              x = list == 0 ? x->next : x->ended_next) {
-            size_t behind, f;
+            size_t behind;
 
             if (x == s || x->evicted) {
                 continue;
@@ -272,74 +257,63 @@ static bool evict_locked(coord_service_t *svc, const sub_entry_t *s, size_t need
                 top_n = behind == top ? top_n + 1 : 1;
                 top = behind;
             }
-            if (behind <= mine) {
-                continue;
-            }
-            f = rpc_call_frees_bytes(x->call);
-            frees += f;
-            if (victim == NULL || f > most) {
-                most = f;
+            if (behind > most && evict_frees_more(x)) {
+                most = behind;
                 victim = x;
             }
         }
     }
-    *tied_p = *tied_p || (top_n > 0 && top >= mine);
-    if (victim == NULL || frees < lacks) {
+    *tied_p = mine == 0 || (top_n > 0 && top >= mine);
+    if (victim == NULL) {
+        bool alone = top_n == 0 || mine > top;
         svc->evict.floor = mine;
-        svc->evict.frees = frees;
-        svc->evict.top = mine > top || top_n == 0 ? mine : top;
-        svc->evict.top_n = mine > top || top_n == 0 ? 1 : top_n + (mine == top);
+        svc->evict.top = alone ? mine : top;
+        svc->evict.top_n = alone ? 1 : top_n + (mine == top);
         return false;
     }
     svc->evict.floor = SIZE_MAX;
     victim->evicted = true;
     atomic_fetch_add(&svc->watch_memory_evicted, 1); /* for metrics */
     if (ferry_log_due(&limit, &quiet)) {
-        ferry_info("watch from %s: ended, %zu bytes held, what its client had not read "
+        ferry_info("watch from %s: ended, %zu bytes behind, what its client had not read "
                    "dropped, to keep every stream's unsent bytes within --watch-memory-mib (%s); "
                    "%u more since the last line",
                    rpc_call_peer(victim->call), most, budget_amount(svc, text, sizeof(text)),
                    quiet);
     }
-    used = rpc_send_budget_used(svc->watch_budget);
     rpc_call_fail_now(victim->call, FERRY_ERR_RESOURCE_EXHAUSTED,
                       "%s, and this stream was the furthest behind: what its client had not read "
                       "was dropped; Watch again with start_revision = the revision after the "
                       "last message received that was not a fragment",
                       budget_text(svc, text, sizeof(text)));
-    gone = rpc_send_budget_used(svc->watch_budget); /* what is left, for now */
-    gone = used > gone ? used - gone : 0;
-    svc->evict.freeing += most > gone ? most - gone : 0;
     return true;
 }
 
 /* Queues msgs[0..n) on s as one unit (rpc_call_send_msgs; shared: they go
  * to other streams too), making room in the budget by ending the streams
- * further behind than s whose end frees what it lacks (evict_locked). When
- * none can, and s is alike the others (another as far behind or further,
- * or nothing behind), a shared revision (packed once for every stream that
- * matches all of it, live or replayed) goes in past the bound, within
- * twice it (RPC_SEND_PAST_BUDGET), as when every stream holds a revision
- * larger than the room left, which the next revision then found the budget
- * over its bound with, and all of them were ended (review-s32 M1,
- * review-s32b L1). A stream further behind than every other ends, as for
- * its own bound, and a unit of s's own (a prefix it matches part of, its
- * first message) is not passed: s ends (a new stream is refused). A unit
- * for which streams were ended goes in past the bound while their
- * messages in flight are given back. s->over_budget says the budget
- * refused it all the same. Caller holds subs_lock. */
+ * further behind than s whose end frees more than their entries
+ * (evict_locked). When none is, and s is alike the others (another as far
+ * behind or further, or nothing behind), a shared revision (packed once
+ * for every stream that matches all of it, live or replayed) goes in past
+ * the bound, within twice it (RPC_SEND_PAST_BUDGET), as when every stream
+ * holds a revision larger than the room left, which the next revision then
+ * found the budget over its bound with, and all of them were ended
+ * (review-s32 M1, review-s32b L1). A stream further behind than every
+ * other ends, as for its own bound, and a unit of s's own (a prefix it
+ * matches part of, its first message) is not passed: s ends (a new stream
+ * is refused). s->over_budget says the budget refused it all the same.
+ * Caller holds subs_lock. */
 static ferry_status_t sub_send_locked(coord_service_t *svc, sub_entry_t *s, rpc_msg_t *const *msgs,
                                       size_t n, bool shared)
 {
     unsigned flags = shared ? RPC_SEND_SHARED : 0;
-    size_t need = rpc_msgs_cost(msgs, n);
-    bool tied = false, covered = false;
+    bool tied = false;
     ferry_status_t status;
 
     do {
         status = rpc_call_send_msgs(s->call, msgs, n, flags, &s->over_budget);
-    } while (status != FERRY_OK && s->over_budget && evict_locked(svc, s, need, &tied, &covered));
-    if (status != FERRY_OK && s->over_budget && ((shared && tied) || covered)) {
+    } while (status != FERRY_OK && s->over_budget && evict_locked(svc, s, &tied));
+    if (status != FERRY_OK && s->over_budget && shared && tied) {
         status =
             rpc_call_send_msgs(s->call, msgs, n, flags | RPC_SEND_PAST_BUDGET, &s->over_budget);
     }

@@ -352,18 +352,19 @@ void rpc_call_set_send_budget(rpc_call_t *call, rpc_send_budget_t *budget);
 enum { RPC_STUCK_MS = 1000 };
 size_t rpc_call_behind_bytes(rpc_call_t *call);
 
-/* Streaming: what ending the call now (rpc_call_fail_now) gives back to
- * its budget: every entry queued or in flight, each with its bytes where
- * they are its own or no other call holds that shared message any more
- * (the last holder of a revision its client stopped reading holds all of
- * it, though behind counts its entry only). The message in flight is
- * given back as the cancel completes, a moment after. A walk of its queue;
- * 0 without a budget, or where behind is 0 for its end. */
-size_t rpc_call_frees_bytes(rpc_call_t *call);
+/* Streaming: the bytes of messages (not the entries' overhead) that ending
+ * the call now (rpc_call_fail_now) gives back to its budget: its own
+ * messages', and a shared message's where no other call holds it any more
+ * (the last holder of a revision every other stream has read holds all of
+ * it, though behind counts its entry only), each once, queued or in flight
+ * (that one is given back as the cancel completes, a moment after). 0: its
+ * end frees its entries only. A walk of its queue; 0 without a budget, or
+ * where behind is 0 for its end. */
+size_t rpc_call_sole_bytes(rpc_call_t *call);
 
-/* What msgs[0..n) would add to a budget at most: each one's bytes and an
- * entry's overhead (less where a shared one is counted already). */
-size_t rpc_msgs_cost(rpc_msg_t *const *msgs, size_t n);
+/* Streaming: whether the message in flight has been for RPC_STUCK_MS: its
+ * client took nothing for that long (behind then counts all it holds). */
+bool rpc_call_idle(rpc_call_t *call);
 
 /* Streaming: as rpc_call_fail, but what the client has not taken is
  * dropped, not drained: the queue at once, and the message in flight as

@@ -859,13 +859,13 @@ size_t rpc_call_behind_bytes(rpc_call_t *call)
     return n;
 }
 
-/* One step of rpc_call_frees_bytes over the entry m: 0, counts the
- * call's holders of m's shared message (rpc_msg_t.mine); 1, what dropping
- * m with the call's other entries gives back to its budget now: its entry,
- * and its bytes unless a shared message's that another call still holds
- * (counted once, on the first of the call's entries that hold it: mine
- * goes to 0 as it is); 2, clears mine. Caller holds the budget's lock. */
-static size_t outmsg_frees_step_locked(const rpc_outmsg_t *m, int pass)
+/* One step of rpc_call_sole_bytes over the entry m: 0, counts the call's
+ * holders of m's shared message (rpc_msg_t.mine); 1, m's bytes if its end
+ * with the call's other entries gives them back: its own, or a shared
+ * message's that no other call holds (counted once, on the first of the
+ * call's entries that hold it: mine goes to 0 as it is); 2, clears mine.
+ * Caller holds the budget's lock. */
+static size_t outmsg_sole_step_locked(const rpc_outmsg_t *m, int pass)
 {
     rpc_msg_t *shared = m->counted && m->holds ? m->shared : NULL;
 
@@ -875,19 +875,16 @@ static size_t outmsg_frees_step_locked(const rpc_outmsg_t *m, int pass)
         }
         return 0;
     }
-    if (!m->counted) {
+    if (!m->counted || (shared != NULL && (shared->mine == 0 || shared->mine < shared->holders))) {
         return 0;
-    }
-    if (shared != NULL && (shared->mine == 0 || shared->mine < shared->holders)) {
-        return RPC_OUTMSG_OVERHEAD;
     }
     if (shared != NULL) {
         shared->mine = 0; /* its bytes, once */
     }
-    return m->len + RPC_OUTMSG_OVERHEAD;
+    return m->len;
 }
 
-size_t rpc_call_frees_bytes(rpc_call_t *call)
+size_t rpc_call_sole_bytes(rpc_call_t *call)
 {
     size_t n = 0;
 
@@ -899,10 +896,10 @@ size_t rpc_call_frees_bytes(rpc_call_t *call)
          * shared one, count what goes, and clear the counts. */
         for (int pass = 0; pass < 3; pass++) {
             if (call->inflight != NULL) {
-                n += outmsg_frees_step_locked(call->inflight, pass);
+                n += outmsg_sole_step_locked(call->inflight, pass);
             }
             for (const rpc_outmsg_t *m = call->queue_head; m != NULL; m = m->next) {
-                n += outmsg_frees_step_locked(m, pass);
+                n += outmsg_sole_step_locked(m, pass);
             }
         }
         pthread_mutex_unlock(&call->budget->lock);
@@ -911,14 +908,15 @@ size_t rpc_call_frees_bytes(rpc_call_t *call)
     return n;
 }
 
-size_t rpc_msgs_cost(rpc_msg_t *const *msgs, size_t n)
+bool rpc_call_idle(rpc_call_t *call)
 {
-    size_t cost = 0;
+    int64_t now_ms = ferry__clock_ns(CLOCK_MONOTONIC) / 1000000;
+    bool idle;
 
-    for (size_t i = 0; i < n; i++) {
-        cost += rpc_msg_size(msgs[i]) + RPC_OUTMSG_OVERHEAD;
-    }
-    return cost;
+    pthread_mutex_lock(&call->lock);
+    idle = call->inflight != NULL && now_ms - call->inflight_since_ms >= RPC_STUCK_MS;
+    pthread_mutex_unlock(&call->lock);
+    return idle;
 }
 
 /* A counted queue entry for `buf` (taken over: destroyed when no entry

@@ -139,7 +139,7 @@ struct rpc_msg {
      * entries holding them (rpc_budget.c): set by the first budgeted entry,
      * then constant; an entry under another budget counts them as a copy.
      * holders: those entries, guarded by counted_in's lock; mine: of them,
-     * a call's, while rpc_call_frees_bytes counts them, likewise. */
+     * a call's, while rpc_call_sole_bytes counts them, likewise. */
     _Atomic(rpc_send_budget_t *) counted_in;
     size_t holders, mine;
 };

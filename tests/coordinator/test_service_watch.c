@@ -27,6 +27,12 @@
 typedef struct {
     int refs;              /* rpc_call_ref minus rpc_call_unref */
     int sends;             /* units rpc_call_send_msgs queued */
+    int past_sends;        /* of them, past the budget (RPC_SEND_PAST_BUDGET) */
+    int refusals;          /* sends the budget refuses before it takes one (not past it) */
+    size_t behind;         /* what rpc_call_behind_bytes answers */
+    size_t sole;           /* rpc_call_sole_bytes */
+    bool idle;             /* rpc_call_idle */
+    int fails_now;         /* rpc_call_fail_now (ended for room) */
     int fails;             /* rpc_call_fail and rpc_call_fail_now */
     ferry_status_t status; /* the last fail's */
     bool done;             /* what rpc_call_is_done answers */
@@ -71,6 +77,8 @@ ferry_status_t __wrap_rpc_call_send_msgs(rpc_call_t *call, rpc_msg_t *const *msg
 void __wrap_rpc_call_set_send_limit(rpc_call_t *call, size_t max_queued_bytes);
 void __wrap_rpc_call_set_send_budget(rpc_call_t *call, rpc_send_budget_t *budget);
 size_t __wrap_rpc_call_behind_bytes(rpc_call_t *call);
+size_t __wrap_rpc_call_sole_bytes(rpc_call_t *call);
+bool __wrap_rpc_call_idle(rpc_call_t *call);
 
 void __wrap_rpc_call_ref(rpc_call_t *call)
 {
@@ -93,6 +101,7 @@ void __wrap_rpc_call_fail_now(rpc_call_t *call, ferry_status_t status, const cha
 {
     (void)fmt;
     rec_of(call)->fails++;
+    rec_of(call)->fails_now++;
     rec_of(call)->status = status;
 }
 
@@ -133,11 +142,18 @@ void *__wrap_rpc_call_parked(const rpc_call_t *call)
 ferry_status_t __wrap_rpc_call_send_msgs(rpc_call_t *call, rpc_msg_t *const *msgs, size_t n,
                                          unsigned flags, bool *over_budget_p)
 {
+    call_rec_t *c = rec_of(call);
+
     (void)msgs;
     (void)n;
-    (void)flags;
+    if (c->refusals > 0 && (flags & RPC_SEND_PAST_BUDGET) == 0) {
+        c->refusals--;
+        *over_budget_p = true;
+        return FERRY_ERR_RESOURCE_EXHAUSTED;
+    }
     *over_budget_p = false;
-    rec_of(call)->sends++;
+    c->sends++;
+    c->past_sends += (flags & RPC_SEND_PAST_BUDGET) != 0;
     return FERRY_OK;
 }
 
@@ -155,8 +171,17 @@ void __wrap_rpc_call_set_send_budget(rpc_call_t *call, rpc_send_budget_t *budget
 
 size_t __wrap_rpc_call_behind_bytes(rpc_call_t *call)
 {
-    (void)call;
-    return 0;
+    return rec_of(call)->fails_now > 0 ? 0 : rec_of(call)->behind;
+}
+
+size_t __wrap_rpc_call_sole_bytes(rpc_call_t *call)
+{
+    return rec_of(call)->sole;
+}
+
+bool __wrap_rpc_call_idle(rpc_call_t *call)
+{
+    return rec_of(call)->idle;
 }
 
 static int setup(void **state)
@@ -325,12 +350,93 @@ static void test_stop_ends_the_rest(void **state)
     assert_int_equal(watch(svc, 20), FERRY_ERR_UNAVAILABLE);
 }
 
+/* Streams 0..n-1 open, each behind by three queue entries of a revision
+ * they share (what ending one frees: those entries only). */
+static void open_behind(coord_service_t *svc, int n)
+{
+    for (int i = 0; i < n; i++) {
+        assert_int_equal(watch(svc, i), FERRY_OK);
+        rec[i].behind = 3 * 400;
+    }
+}
+
+/* A new stream whose first message the budget refuses: streams further
+ * behind whose end frees only their entries are not ended for it, one by
+ * one, for nothing; it is refused (review-s32c M1, review-s37 M2). */
+static void test_streams_freeing_only_entries_are_not_ended(void **state)
+{
+    coord_service_t *svc = *state;
+
+    open_behind(svc, 20);
+    rec[20].refusals = 1000;
+    assert_int_equal(watch(svc, 20), FERRY_ERR_RESOURCE_EXHAUSTED);
+    for (int i = 0; i < 20; i++) {
+        assert_int_equal(rec[i].fails, 0);
+    }
+}
+
+/* One whose client took nothing for a second (it holds all it queued), or
+ * that alone holds some bytes (the last holder of a revision the others
+ * read), is ended for room, the furthest behind of them first, and the new
+ * stream goes in (review-s37 H1). */
+static void test_streams_freeing_more_are_ended_for_room(void **state)
+{
+    coord_service_t *svc = *state;
+
+    open_behind(svc, 20);
+    rec[3].idle = true;
+    rec[7].sole = 1 << 20;
+    rec[7].behind = 4 * 400; /* the furthest behind of the two */
+    rec[20].refusals = 2;
+    assert_int_equal(watch(svc, 20), FERRY_OK);
+    assert_int_equal(rec[7].fails_now, 1);
+    assert_int_equal(rec[3].fails_now, 1);
+    assert_int_equal(rec[7].status, FERRY_ERR_RESOURCE_EXHAUSTED);
+    for (int i = 0; i < 20; i++) {
+        assert_int_equal(rec[i].fails, i == 3 || i == 7);
+    }
+    publish(svc, "a", 10); /* the ended ones get nothing more */
+    assert_int_equal(rec[3].sends, 1);
+    assert_int_equal(rec[4].sends, 2);
+}
+
+/* A shared revision the budget refuses, for a stream that others are
+ * further behind than, none of them to be ended: it goes in past the
+ * bound, ending no one; for the stream further behind than every other,
+ * it does not, and that one ends, as for its own bound. */
+static void test_a_shared_revision_goes_past_or_ends_the_furthest(void **state)
+{
+    coord_service_t *svc = *state;
+
+    open_behind(svc, 20);
+    rec[5].behind = 400;
+    rec[5].refusals = 1;
+    rec[9].behind = 10 * 400;
+    rec[9].refusals = 1;
+    publish(svc, "a", 10);
+    assert_int_equal(rec[5].sends, 2);
+    assert_int_equal(rec[5].past_sends, 1);
+    assert_int_equal(rec[9].fails, 1);
+    assert_int_equal(rec[9].fails_now, 0);
+    assert_int_equal(rec[9].status, FERRY_ERR_RESOURCE_EXHAUSTED);
+    for (int i = 0; i < 20; i++) {
+        assert_int_equal(rec[i].fails, i == 9);
+        assert_int_equal(rec[i].sends, i == 9 ? 1 : 2);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_a_cancel_looks_at_its_own_call_only, setup, teardown),
         cmocka_unit_test_setup_teardown(test_max_watches_counts_until_done, setup, teardown),
         cmocka_unit_test_setup_teardown(test_stop_ends_the_rest, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_streams_freeing_only_entries_are_not_ended, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_streams_freeing_more_are_ended_for_room, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_a_shared_revision_goes_past_or_ends_the_furthest,
+                                        setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

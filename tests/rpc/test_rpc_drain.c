@@ -692,13 +692,12 @@ static void test_behind_counts_what_ending_the_stream_frees(void **state)
     assert_true(fixture_wait(f, budget_empty, WAIT_MS));
 }
 
-/* What ending a stream frees (rpc_call_frees_bytes): each of its
- * entries, and a shared message's bytes only once no other stream holds
- * it, counted once however many of its own entries hold it (review-s37
- * H1: a client that stopped reading a revision every other stream had read
- * held all of it, while behind counted its entries only, so nothing could
- * make room by ending it). */
-static void test_frees_counts_a_shared_message_with_its_last_holder(void **state)
+/* The bytes ending a stream frees (rpc_call_sole_bytes): a shared
+ * message's only once no other stream holds it, counted once however many
+ * of its own entries hold it; its entries' overhead never (review-s37 H1:
+ * a client that stopped reading a revision every other stream had read held
+ * all of it, while behind counted its entries only). */
+static void test_sole_bytes_count_a_shared_message_with_its_last_holder(void **state)
 {
     fixture_t *f = *state;
     Ferry__V1__WatchRequest req = FERRY__V1__WATCH_REQUEST__INIT;
@@ -709,12 +708,12 @@ static void test_frees_counts_a_shared_message_with_its_last_holder(void **state
     fds[1] = stuck_call_open(f->port, WATCH_PATH, &req.base, 0);
     assert_true(fixture_wait(f, kept_two, WAIT_MS));
     assert_true(fixture_wait(f, budget_holds_shared_6, WAIT_MS));
-    assert_int_equal(rpc_call_frees_bytes(kept_call(f, 0)), 3 * RPC_OUTMSG_OVERHEAD);
-    assert_int_equal(rpc_call_frees_bytes(kept_call(f, 1)), 3 * RPC_OUTMSG_OVERHEAD);
+    assert_int_equal(rpc_call_sole_bytes(kept_call(f, 0)), 0);
+    assert_int_equal(rpc_call_sole_bytes(kept_call(f, 1)), 0);
     close(fds[1]);
     assert_true(fixture_wait(f, budget_holds_shared_3, WAIT_MS));
-    assert_int_equal(rpc_call_frees_bytes(kept_call(f, 0)), shared_cost(f, 3));
-    assert_int_equal(rpc_call_frees_bytes(kept_call(f, 0)), shared_cost(f, 3)); /* counts reset */
+    assert_int_equal(rpc_call_sole_bytes(kept_call(f, 0)), rpc_msg_size(f->shared));
+    assert_int_equal(rpc_call_sole_bytes(kept_call(f, 0)), rpc_msg_size(f->shared)); /* reset */
     close(fds[0]);
     assert_true(fixture_wait(f, budget_empty, WAIT_MS));
 }
@@ -791,7 +790,7 @@ int main(void)
                                         fixture_teardown),
         cmocka_unit_test_setup_teardown(test_behind_counts_what_ending_the_stream_frees,
                                         fixture_setup, fixture_teardown),
-        cmocka_unit_test_setup_teardown(test_frees_counts_a_shared_message_with_its_last_holder,
+        cmocka_unit_test_setup_teardown(test_sole_bytes_count_a_shared_message_with_its_last_holder,
                                         fixture_setup, fixture_teardown),
         cmocka_unit_test_setup_teardown(test_the_rest_of_the_newest_unit_does_not_count,
                                         fixture_setup, fixture_teardown),
