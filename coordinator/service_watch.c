@@ -45,12 +45,13 @@
  * queue's entry for it, so an honest fan-out (every libferry client
  * watches everything) costs one copy of the revision. When a revision
  * does not fit, the stream furthest behind makes room: the one that holds
- * the most of what ending it frees, queued behind the message its client
- * is taking, the newest revision left out while it waits, the message in
- * flight counted once it has been for a second (rpc_call_behind_bytes),
- * if further behind than the stream sending, and if its end frees more
- * than its queue entries (its client took nothing for a second, or it
- * alone holds some bytes: evict_frees_more), is ended at once, what it
+ * the most queued behind the message its client is taking (its own
+ * messages, each entry of a shared one), the newest revision left out
+ * while it waits, the message in flight counted once it has been for a
+ * second (rpc_call_behind_bytes), if further behind than the stream
+ * sending, and if its client does not keep up or its end frees more than
+ * its queue entries (it reads a second or more behind live, or alone holds
+ * some bytes: evict_frees_more), is ended at once, what it
  * held dropped (rpc_call_fail_now; RESOURCE_EXHAUSTED naming the flag;
  * its client resumes after the last message it got that was not a
  * fragment), and the send is tried again. A revision larger than the
@@ -60,8 +61,8 @@
  * past the bound, within twice it (sub_send_locked). So a client that
  * stops reading loses its own streams, those that keep up are not ended
  * for it, nor one by one for a revision they all hold while their clients
- * take it (review-s32c M1, but for clients a second into one message, which
- * count as taking nothing); a stream further
+ * take it (review-s32c M1, but for clients a second behind live, as on a
+ * revision far larger than the room left, read that slowly); a stream further
  * behind than every other that none can be ended for ends, as for its own
  * bound. A replay
  * counts as it is queued, like live revisions. Replays share messages as
@@ -204,18 +205,22 @@ static void evict_pass_begin(coord_service_t *svc)
     svc->evict.floor = SIZE_MAX;
 }
 
-/* Whether ending x frees more than its queue entries: its client took
- * nothing for RPC_STUCK_MS (it holds all it has queued), or some bytes
- * are its alone (its own messages, or a shared one no other stream holds
- * any more: a client that stopped reading a revision every other stream
- * has read holds all of it, though behind counts its entries only). A
- * stream that keeps up with a revision others share, however large, frees
- * only its entries: ending such streams one by one for a unit that finds
- * the count full of that revision ended every one of them, for nothing
- * (review-s32c M1, review-s37). */
+/* Whether ending x frees more than its queue entries, or x does not keep
+ * up and should end all the same: its client reads RPC_STUCK_MS or more
+ * behind live (its oldest message not taken was queued that long ago:
+ * one that stopped reading, or that takes a message now and then, in step
+ * with another holding the same revisions, so that neither is ever alone
+ * with them: review-s37c H1), or some bytes are its alone (its own
+ * messages, or a shared one no other stream holds any more: a client that
+ * stopped reading a revision every other stream has read holds all of it,
+ * though behind counts its entries only: review-s37 H1). A stream that
+ * keeps up with a revision others share frees only its entries: ending
+ * such streams one by one for a unit that finds the count full of that
+ * revision ended every one of them, for nothing (review-s32c M1,
+ * review-s37). */
 static bool evict_frees_more(const sub_entry_t *x)
 {
-    return rpc_call_idle(x->call) || rpc_call_sole_bytes(x->call) > 0;
+    return rpc_call_lag_ms(x->call) >= RPC_STUCK_MS || rpc_call_sole_bytes(x->call) > 0;
 }
 
 /* Makes room in the budget for s: the stream (subscribed, or ended and
@@ -282,7 +287,8 @@ static bool evict_locked(coord_service_t *svc, const sub_entry_t *s, bool *tied_
                    quiet);
     }
     rpc_call_fail_now(victim->call, FERRY_ERR_RESOURCE_EXHAUSTED,
-                      "%s, and this stream was the furthest behind: what its client had not read "
+                      "%s, and this stream was the furthest behind of those whose end frees "
+                      "room: what its client had not read "
                       "was dropped; Watch again with start_revision = the revision after the "
                       "last message received that was not a fragment",
                       budget_text(svc, text, sizeof(text)));
@@ -874,6 +880,20 @@ void coord_service_watch_memory_ends(coord_service_t *svc, uint64_t *evicted_p, 
 size_t coord_service_watch_queued_bytes(coord_service_t *svc)
 {
     return rpc_send_budget_used(svc->watch_budget);
+}
+
+size_t coord_service_watch_behind(coord_service_t *svc)
+{
+    size_t n = 0;
+
+    /* A walk of every stream, each call's lock taken, while publishing
+     * waits; once a scrape, as coord_service_watch_peers. */
+    pthread_mutex_lock(&svc->subs_lock);
+    for (sub_entry_t *s = svc->subs; s != NULL; s = s->next) {
+        n += !s->evicted && rpc_call_lag_ms(s->call) >= RPC_STUCK_MS;
+    }
+    pthread_mutex_unlock(&svc->subs_lock);
+    return n;
 }
 
 /* Sends the gathered revision to every stream that matches any of it and

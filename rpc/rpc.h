@@ -362,9 +362,11 @@ size_t rpc_call_behind_bytes(rpc_call_t *call);
  * where behind is 0 for its end. */
 size_t rpc_call_sole_bytes(rpc_call_t *call);
 
-/* Streaming: whether the message in flight has been for RPC_STUCK_MS: its
- * client took nothing for that long (behind then counts all it holds). */
-bool rpc_call_idle(rpc_call_t *call);
+/* Streaming: milliseconds since the oldest message its client has not
+ * taken (the one in flight, else the queue's head) was queued: how far
+ * behind live its client reads, however steadily it takes messages. 0
+ * when none waits. */
+int64_t rpc_call_lag_ms(rpc_call_t *call);
 
 /* Streaming: as rpc_call_fail, but what the client has not taken is
  * dropped, not drained: the queue at once, and the message in flight as

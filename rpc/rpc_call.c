@@ -908,15 +908,18 @@ size_t rpc_call_sole_bytes(rpc_call_t *call)
     return n;
 }
 
-bool rpc_call_idle(rpc_call_t *call)
+int64_t rpc_call_lag_ms(rpc_call_t *call)
 {
-    int64_t now_ms = ferry__clock_ns(CLOCK_MONOTONIC) / 1000000;
-    bool idle;
+    int64_t now_ms = ferry__clock_ns(CLOCK_MONOTONIC) / 1000000, lag = 0;
+    const rpc_outmsg_t *oldest;
 
     pthread_mutex_lock(&call->lock);
-    idle = call->inflight != NULL && now_ms - call->inflight_since_ms >= RPC_STUCK_MS;
+    oldest = call->inflight != NULL ? call->inflight : call->queue_head;
+    if (oldest != NULL && oldest->counted) {
+        lag = now_ms - oldest->queued_ms;
+    }
     pthread_mutex_unlock(&call->lock);
-    return idle;
+    return lag > 0 ? lag : 0;
 }
 
 /* A counted queue entry for `buf` (taken over: destroyed when no entry
@@ -936,6 +939,7 @@ static rpc_outmsg_t *outmsg_new(grpc_byte_buffer *buf, rpc_msg_t *shared)
     m->len = grpc_byte_buffer_length(buf);
     m->shared = shared != NULL ? rpc_msg_ref(shared) : NULL;
     m->counted = true;
+    m->queued_ms = ferry__clock_ns(CLOCK_MONOTONIC) / 1000000;
     return m;
 }
 

@@ -151,6 +151,7 @@ typedef struct rpc_outmsg {
     rpc_msg_t *shared; /* what buf was made from (a reference), or NULL */
     bool counted;      /* in the call's queued_bytes (not the end message) */
     bool holds;        /* a holder of shared in the call's budget */
+    int64_t queued_ms; /* CLOCK_MONOTONIC ms it was queued (rpc_call_lag_ms) */
     struct rpc_outmsg *next;
 } rpc_outmsg_t;
 

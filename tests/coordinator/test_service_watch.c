@@ -31,7 +31,7 @@ typedef struct {
     int refusals;          /* sends the budget refuses before it takes one (not past it) */
     size_t behind;         /* what rpc_call_behind_bytes answers */
     size_t sole;           /* rpc_call_sole_bytes */
-    bool idle;             /* rpc_call_idle */
+    int64_t lag_ms;        /* rpc_call_lag_ms */
     int fails_now;         /* rpc_call_fail_now (ended for room) */
     int fails;             /* rpc_call_fail and rpc_call_fail_now */
     ferry_status_t status; /* the last fail's */
@@ -78,7 +78,7 @@ void __wrap_rpc_call_set_send_limit(rpc_call_t *call, size_t max_queued_bytes);
 void __wrap_rpc_call_set_send_budget(rpc_call_t *call, rpc_send_budget_t *budget);
 size_t __wrap_rpc_call_behind_bytes(rpc_call_t *call);
 size_t __wrap_rpc_call_sole_bytes(rpc_call_t *call);
-bool __wrap_rpc_call_idle(rpc_call_t *call);
+int64_t __wrap_rpc_call_lag_ms(rpc_call_t *call);
 
 void __wrap_rpc_call_ref(rpc_call_t *call)
 {
@@ -179,9 +179,9 @@ size_t __wrap_rpc_call_sole_bytes(rpc_call_t *call)
     return rec_of(call)->sole;
 }
 
-bool __wrap_rpc_call_idle(rpc_call_t *call)
+int64_t __wrap_rpc_call_lag_ms(rpc_call_t *call)
 {
-    return rec_of(call)->idle;
+    return rec_of(call)->lag_ms;
 }
 
 static int setup(void **state)
@@ -375,29 +375,64 @@ static void test_streams_freeing_only_entries_are_not_ended(void **state)
     }
 }
 
-/* One whose client took nothing for a second (it holds all it queued), or
- * that alone holds some bytes (the last holder of a revision the others
- * read), is ended for room, the furthest behind of them first, and the new
- * stream goes in (review-s37 H1). */
+/* One whose client reads a second or more behind live (it stopped, or it
+ * takes a message now and then, in step with another holding the same
+ * revisions: review-s37c H1), or that alone holds some bytes (the last
+ * holder of a revision the others read: review-s37 H1), is ended for
+ * room, the furthest behind of them first, as many as the new stream
+ * needs. */
 static void test_streams_freeing_more_are_ended_for_room(void **state)
 {
     coord_service_t *svc = *state;
 
     open_behind(svc, 20);
-    rec[3].idle = true;
+    rec[3].lag_ms = 60000;
+    rec[3].behind = 5 * 400;
     rec[7].sole = 1 << 20;
-    rec[7].behind = 4 * 400; /* the furthest behind of the two */
-    rec[20].refusals = 2;
+    rec[7].behind = 6 * 400; /* the furthest behind of them */
+    rec[11].lag_ms = RPC_STUCK_MS;
+    rec[11].behind = 4 * 400;
+    rec[12].lag_ms = RPC_STUCK_MS - 1; /* not yet */
+    rec[12].behind = 7 * 400;
+    rec[20].refusals = 1;
     assert_int_equal(watch(svc, 20), FERRY_OK);
     assert_int_equal(rec[7].fails_now, 1);
-    assert_int_equal(rec[3].fails_now, 1);
     assert_int_equal(rec[7].status, FERRY_ERR_RESOURCE_EXHAUSTED);
+    rec[21].refusals = 2;
+    assert_int_equal(watch(svc, 21), FERRY_OK);
     for (int i = 0; i < 20; i++) {
-        assert_int_equal(rec[i].fails, i == 3 || i == 7);
+        assert_int_equal(rec[i].fails, i == 3 || i == 7 || i == 11);
+        assert_int_equal(rec[i].fails_now, rec[i].fails);
     }
     publish(svc, "a", 10); /* the ended ones get nothing more */
     assert_int_equal(rec[3].sends, 1);
     assert_int_equal(rec[4].sends, 2);
+}
+
+/* Within one pass, a stream no less behind than one whose walk found none
+ * to end is answered from that walk: alike the others, past the bound,
+ * while one is further behind; the one further behind than every other
+ * ends (not tied with itself). Streams are walked newest first. */
+static void test_a_pass_answers_from_its_last_walk(void **state)
+{
+    coord_service_t *svc = *state;
+
+    open_behind(svc, 20);
+    rec[15].behind = 400; /* walked first: finds none to end */
+    rec[15].refusals = 1;
+    rec[10].behind = 5 * 400; /* no less behind: answered from that walk */
+    rec[10].refusals = 1;
+    rec[3].behind = 10 * 400; /* further behind than every other */
+    rec[3].refusals = 1;
+    publish(svc, "a", 10);
+    assert_int_equal(rec[15].past_sends, 1);
+    assert_int_equal(rec[10].past_sends, 1);
+    assert_int_equal(rec[3].fails, 1);
+    assert_int_equal(rec[3].status, FERRY_ERR_RESOURCE_EXHAUSTED);
+    for (int i = 0; i < 20; i++) {
+        assert_int_equal(rec[i].fails, i == 3);
+        assert_int_equal(rec[i].fails_now, 0);
+    }
 }
 
 /* A shared revision the budget refuses, for a stream that others are
@@ -437,6 +472,7 @@ int main(void)
                                         teardown),
         cmocka_unit_test_setup_teardown(test_a_shared_revision_goes_past_or_ends_the_furthest,
                                         setup, teardown),
+        cmocka_unit_test_setup_teardown(test_a_pass_answers_from_its_last_walk, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -34,6 +34,7 @@ Run with /usr/bin/python3 (Debian's grpcio), from CTest (python_watch_memory).
 import base64
 import json
 import os
+import struct
 import sys
 import threading
 import unittest
@@ -424,6 +425,69 @@ class WatchMemoryPastTheBound(ferry_harness.ClusterTestCase):
         """Two holding the revision together: neither holds it alone, both
         took nothing for a second (review-s37b H1)."""
         self.stopped_readers_are_ended_for_room(2, "st2-")
+
+    def test_two_that_read_slowly_in_step_are_ended_for_room(self):
+        """Two streams on one connection whose client takes a message now
+        and then, both at once, hold the revisions five readers have read
+        together: neither is ever a second into one message, nor alone with
+        any bytes, but both read further and further behind live. They are
+        ended for room, and the readers go on (review-s37c H1: they never
+        were, every new Watch was refused and the readers ended as the
+        count neared twice the bound)."""
+        bound = 1 << 20
+        before = self.memory_ends()
+        raw = ferry_harness.RawH2(self.coord.port)
+        stop = threading.Event()
+        readers = []
+        try:
+            sids = raw.open(WATCH, [self.cpb.WatchRequest(request_id_prefix="tr-")] * 2)
+            ferry_harness.wait_until(
+                lambda: self.metric("ferry_rpc_in_flight", method=WATCH) == 2, 20,
+                "the streams to be open")
+            raw.send(ferry_harness.h2_frame(8, 0, 0, struct.pack(">I", 1 << 30)))
+
+            def take_now_and_then():
+                while not stop.wait(0.3):
+                    try:
+                        raw.send(b"".join(ferry_harness.h2_frame(8, 0, sid,
+                                                                 struct.pack(">I", 32 << 10))
+                                          for sid in sids))
+                    except OSError:
+                        return
+            threading.Thread(target=take_now_and_then, daemon=True).start()
+            readers = [LiveReader(self, "tr-", 0) for _ in range(5)]
+            ferry_harness.wait_until(
+                lambda: self.metric("ferry_rpc_in_flight", method=WATCH) == 7, 20,
+                "the readers to be open")
+            want = []
+            for k in range(70):
+                rids = [f"tr-a{k:02d}{j}" for j in range(5)]
+                self.put(rids, self.PAST_PAD)
+                want += rids
+                for r in readers:
+                    ferry_harness.wait_until(lambda: r.has(want), 30, "the readers to read it all")
+                self.assertLessEqual(self.metric("ferry_watch_queued_bytes"), 2 * bound)
+                if k == 9:  # ~600 KB, within the bound: the rest once they are behind
+                    ferry_harness.wait_until(
+                        lambda: self.metric("ferry_watch_streams_behind") == 2, 20,
+                        "the slow streams to read a second behind live")
+            ferry_harness.wait_until(lambda: raw.ended_count(sids) == 2, 20,
+                                     "the slow streams to end")
+            ferry_harness.wait_until(lambda: self.try_watch("other-") == "ok", 20,
+                                     "a new Watch to be answered")
+            for r in readers:
+                self.assertIsNone(r.error)
+                self.assertLessEqual(set(want), set(r.ids))
+            after = self.memory_ends()
+            self.assertEqual(after["evicted"] - before["evicted"], 2)
+            self.assertEqual(after["ended"] - before["ended"], 0)
+        finally:
+            stop.set()
+            for r in readers:
+                r.close()
+            raw.close()
+        ferry_harness.wait_until(lambda: self.metric("ferry_watch_queued_bytes") == 0, 20,
+                                 "ferry_watch_queued_bytes to return to 0")
 
     def test_the_revision_after_one_past_the_bound_ends_no_stream(self):
         bound = 1 << 20

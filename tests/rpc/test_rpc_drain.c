@@ -718,6 +718,29 @@ static void test_sole_bytes_count_a_shared_message_with_its_last_holder(void **s
     assert_true(fixture_wait(f, budget_empty, WAIT_MS));
 }
 
+/* How far behind live a stream's client reads (rpc_call_lag_ms): the age
+ * of the oldest message it has not taken, growing while it takes none,
+ * and never more than the time since it was queued. */
+static void test_lag_is_the_age_of_the_oldest_message_not_taken(void **state)
+{
+    fixture_t *f = *state;
+    Ferry__V1__WatchRequest req = FERRY__V1__WATCH_REQUEST__INIT;
+    long long opened = fixture_now_ms(), deadline;
+    int fd;
+
+    req.request_id = "share:3";
+    fd = stuck_call_open(f->port, WATCH_PATH, &req.base, 0);
+    assert_true(fixture_wait(f, kept_one, WAIT_MS));
+    deadline = fixture_now_ms() + WAIT_MS;
+    while (rpc_call_lag_ms(kept_call(f, 0)) < 300) {
+        assert_true(fixture_now_ms() < deadline);
+        poll(NULL, 0, 10);
+    }
+    assert_true(rpc_call_lag_ms(kept_call(f, 0)) <= fixture_now_ms() - opened);
+    close(fd);
+    assert_true(fixture_wait(f, budget_empty, WAIT_MS));
+}
+
 /* A revision in several messages whose first is in flight is still the
  * newest: what waits of it does not count (review-s31b M1: a prefix reader
  * that kept up outranked clients that never read), until the first has
@@ -791,6 +814,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_behind_counts_what_ending_the_stream_frees,
                                         fixture_setup, fixture_teardown),
         cmocka_unit_test_setup_teardown(test_sole_bytes_count_a_shared_message_with_its_last_holder,
+                                        fixture_setup, fixture_teardown),
+        cmocka_unit_test_setup_teardown(test_lag_is_the_age_of_the_oldest_message_not_taken,
                                         fixture_setup, fixture_teardown),
         cmocka_unit_test_setup_teardown(test_the_rest_of_the_newest_unit_does_not_count,
                                         fixture_setup, fixture_teardown),
