@@ -128,7 +128,7 @@ static void sample_metrics(void *arg, coord_metrics_sample_t *out)
         out->watch_events_sent = coord_service_watch_events_sent(c->service);
         out->parked_waits = coord_service_parked_waits(c->service);
         out->watch_queued_bytes = coord_service_watch_queued_bytes(c->service);
-        out->watch_behind = coord_service_watch_behind(c->service);
+        coord_service_watch_behind(c->service, &out->watch_behind_1s, &out->watch_behind_10s);
         coord_service_watch_memory_ends(c->service, &out->watch_memory_evicted,
                                         &out->watch_memory_ended, &out->watch_memory_refused);
         out->watch_peers = coord_service_watch_peers(c->service);

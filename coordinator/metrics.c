@@ -14,8 +14,8 @@
  *   ferry_watch_events_sent_total                counter, events queued on Watch streams
  *   ferry_parked_waits                           gauge, Lookup/Claim calls parked (wait_ms)
  *   ferry_watch_queued_bytes                     gauge, unsent bytes on Watch streams, together
- *   ferry_watch_streams_behind                   gauge, Watch streams read a second or more
- *                                                behind live
+ *   ferry_watch_streams_behind{lag}              gauge, Watch streams whose clients read 1s or
+ *                                                10s or more behind live
  *   ferry_watch_memory_total{action}             counter, Watch streams ended or refused to
  *                                                bound them (evicted, ended, refused)
  *   ferry_peers_holding{kind}                    gauge, client hosts holding a Watch stream
@@ -432,21 +432,25 @@ char *coord_metrics_render(coord_metrics_t *m)
         "streams once, with each queue entry's overhead; at most twice --watch-memory-mib, or it "
         "plus the largest revision streams share).\n"
         "# TYPE ferry_watch_queued_bytes gauge\nferry_watch_queued_bytes %zu\n"
-        "# HELP ferry_watch_streams_behind Watch streams whose clients read a second or more "
-        "behind live (the oldest message not taken was queued that long ago): those "
-        "--watch-memory-mib ends first for room.\n"
-        "# TYPE ferry_watch_streams_behind gauge\nferry_watch_streams_behind %zu\n"
+        "# HELP ferry_watch_streams_behind Watch streams whose clients read a second (1s) or "
+        "ten seconds (10s) or more behind live (the oldest message not taken was queued that "
+        "long ago): they do not keep up, and --watch-memory-mib ends them first for room (at "
+        "1s those alone holding some bytes, at 10s any).\n"
+        "# TYPE ferry_watch_streams_behind gauge\n"
+        "ferry_watch_streams_behind{lag=\"1s\"} %zu\n"
+        "ferry_watch_streams_behind{lag=\"10s\"} %zu\n"
         "# HELP ferry_watch_memory_total Watch streams that --watch-memory-mib ended or "
-        "refused: evicted (the furthest behind of those a second behind live or alone "
-        "holding bytes, what its client had not read dropped, to make room for another's "
-        "revision or first message), ended (its own revision did not fit, none further "
+        "refused: evicted (further behind than the stream a unit went to, alone holding some "
+        "bytes or ten seconds behind live, what its client had not read dropped, to make room "
+        "for another's revision or first message), ended (its own revision did not fit, none "
+        "further "
         "behind to end), refused (its first message did not fit).\n"
         "# TYPE ferry_watch_memory_total counter\n"
         "ferry_watch_memory_total{action=\"evicted\"} %" PRIu64 "\n"
         "ferry_watch_memory_total{action=\"ended\"} %" PRIu64 "\n"
         "ferry_watch_memory_total{action=\"refused\"} %" PRIu64 "\n",
-        sample.watch_queued_bytes, sample.watch_behind, sample.watch_memory_evicted,
-        sample.watch_memory_ended, sample.watch_memory_refused);
+        sample.watch_queued_bytes, sample.watch_behind_1s, sample.watch_behind_10s,
+        sample.watch_memory_evicted, sample.watch_memory_ended, sample.watch_memory_refused);
     fprintf(f,
             "# HELP ferry_peers_holding Client hosts (addresses without the port; IPv6 by "
             "/64) holding a Watch stream, a parked Lookup/Claim, a read, a write or a lease "

@@ -34,7 +34,8 @@ typedef struct {
     uint64_t watch_events_sent;                 /* events queued on Watch streams */
     size_t parked_waits;                        /* Lookup/Claim calls parked (wait_ms) */
     size_t watch_queued_bytes;                  /* unsent bytes on Watch streams, together */
-    size_t watch_behind; /* Watch streams whose clients read a second or more behind live */
+    /* Watch streams whose clients read a second, ten seconds or more behind live */
+    size_t watch_behind_1s, watch_behind_10s;
     /* Watch streams ended or refused to keep watch_queued_bytes bounded */
     uint64_t watch_memory_evicted, watch_memory_ended, watch_memory_refused;
     size_t watch_peers;             /* client hosts holding a Watch stream */

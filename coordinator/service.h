@@ -93,9 +93,9 @@ uint64_t coord_service_write_peer_refusals(coord_service_t *svc, bool renewals);
  * for metrics. Any thread. */
 size_t coord_service_watch_queued_bytes(coord_service_t *svc);
 /* Watch streams whose clients read a second or more behind live (the
- * oldest message not taken was queued that long ago): those the budget
- * ends first for room (--watch-memory-mib). */
-size_t coord_service_watch_behind(coord_service_t *svc);
+ * oldest message not taken was queued that long ago), and of them those
+ * ten seconds or more behind: --watch-memory-mib may end them for room. */
+void coord_service_watch_behind(coord_service_t *svc, size_t *second_p, size_t *ten_p);
 /* Watch streams since start that --watch-memory-mib ended, what they held
  * dropped, to make room for another's revision (the furthest behind);
  * ended because their own revision did not fit, none being further

@@ -49,9 +49,10 @@
  * messages, each entry of a shared one), the newest revision left out
  * while it waits, the message in flight counted once it has been for a
  * second (rpc_call_behind_bytes), if further behind than the stream
- * sending, and if its client does not keep up or its end frees more than
- * its queue entries (it reads a second or more behind live, or alone holds
- * some bytes: evict_frees_more), is ended at once, what it
+ * sending, and if some bytes are its alone or its client reads ten
+ * seconds behind live (evict_tier: those a second behind with such bytes
+ * and those ten seconds behind first, then by behind and those bytes), is
+ * ended at once, what it
  * held dropped (rpc_call_fail_now; RESOURCE_EXHAUSTED naming the flag;
  * its client resumes after the last message it got that was not a
  * fragment), and the send is tried again. A revision larger than the
@@ -61,8 +62,8 @@
  * past the bound, within twice it (sub_send_locked). So a client that
  * stops reading loses its own streams, those that keep up are not ended
  * for it, nor one by one for a revision they all hold while their clients
- * take it (review-s32c M1, but for clients a second behind live, as on a
- * revision far larger than the room left, read that slowly); a stream further
+ * take it (review-s32c M1, but for clients ten seconds behind live); a
+ * stream further
  * behind than every other that none can be ended for ends, as for its own
  * bound. A replay
  * counts as it is queued, like live revisions. Replays share messages as
@@ -205,43 +206,61 @@ static void evict_pass_begin(coord_service_t *svc)
     svc->evict.floor = SIZE_MAX;
 }
 
-/* Whether ending x frees more than its queue entries, or x does not keep
- * up and should end all the same: its client reads RPC_STUCK_MS or more
- * behind live (its oldest message not taken was queued that long ago:
- * one that stopped reading, or that takes a message now and then, in step
- * with another holding the same revisions, so that neither is ever alone
- * with them: review-s37c H1), or some bytes are its alone (its own
- * messages, or a shared one no other stream holds any more: a client that
- * stopped reading a revision every other stream has read holds all of it,
- * though behind counts its entries only: review-s37 H1). A stream that
- * keeps up with a revision others share frees only its entries: ending
- * such streams one by one for a unit that finds the count full of that
- * revision ended every one of them, for nothing (review-s32c M1,
- * review-s37). */
-static bool evict_frees_more(const sub_entry_t *x)
+/* How far behind live a client may read and still be left alone for room
+ * when no bytes are its alone: one that reads this far behind does not
+ * keep up, however steadily it takes messages (two that take one now and
+ * then, in step, holding the same revisions, are never alone with any:
+ * review-s37c H1). As long as an ended call's last messages may wait for
+ * its client. */
+#define WATCH_LAG_MAX_MS RPC_DRAIN_MS
+
+/* Whether x may be ended for room, and how much that is worth: 0, not
+ * (its end would free only its queue entries, and its client keeps up, or
+ * is a few seconds behind on revisions others hold too: ending such streams
+ * one by one for a unit that finds the count full of that revision ended
+ * every one of them, for nothing: review-s32c M1, review-s37, -s37b); 1,
+ * some bytes are its alone (its own messages, or a shared one no other
+ * stream holds any more: a client that stopped reading a revision every
+ * other stream has read holds all of it, though behind counts its entries
+ * only: review-s37 H1); 2, and its client does not keep up either: it
+ * reads RPC_STUCK_MS or more behind live (its oldest message not taken was
+ * queued that long ago: rpc_call_lag_ms) with such bytes, or
+ * WATCH_LAG_MAX_MS behind with or without. The higher tier goes first (a
+ * client that stopped before a reader a moment behind with bytes of its
+ * own: review-s37d M1), then *worth_p: behind and those bytes. */
+static int evict_tier(const sub_entry_t *x, size_t behind, size_t *worth_p)
 {
-    return rpc_call_lag_ms(x->call) >= RPC_STUCK_MS || rpc_call_sole_bytes(x->call) > 0;
+    int64_t lag = rpc_call_lag_ms(x->call);
+    size_t sole = rpc_call_sole_bytes(x->call);
+
+    *worth_p = behind + sole;
+    if (lag >= WATCH_LAG_MAX_MS || (sole > 0 && lag >= RPC_STUCK_MS)) {
+        return 2;
+    }
+    return sole > 0 ? 1 : 0;
 }
 
-/* Makes room in the budget for s: the stream (subscribed, or ended and
- * draining) furthest behind (rpc_call_behind_bytes) whose end frees more
- * than its entries (evict_frees_more), if further behind than s, is ended
- * now and what it holds dropped. True if one was. A walk of every stream,
- * each call's lock taken: one that ends none leaves what it found
- * (svc->evict), so that the streams after s in the same pass no less
- * behind are answered without a walk each (a backlog that grows within
- * the pass may make that answer stale, which only ties or ends that
- * stream, never another). When none is ended, *tied_p says whether s is
- * alike the others: another subscribed stream as far behind or further
- * (none of which can be ended for room), or nothing behind (it keeps up:
+/* Makes room in the budget for s: of the streams (subscribed, or ended and
+ * draining) further behind than s (rpc_call_behind_bytes) that may be
+ * ended for room (evict_tier), the one in the highest tier worth the most
+ * is ended now and
+ * what it holds dropped. True if one was. A walk of every stream, each
+ * call's lock taken: one that ends none leaves what it found (svc->evict),
+ * so that the streams after s in the same pass no less behind are answered
+ * without a walk each (a backlog that grows, or a stream that falls
+ * behind, within the pass may make that answer stale, which only ties or
+ * ends that stream, never another). When none is ended, *tied_p says
+ * whether s is alike the others: another subscribed stream as far behind
+ * or further (none of which may be ended), or nothing behind (it keeps up:
  * review-s32c L2); a stream further behind than every other is not, and
  * ends, as for its own bound. Caller holds subs_lock; an evicted
  * subscriber stays on subs until sweep_evicted_locked. */
 static bool evict_locked(coord_service_t *svc, const sub_entry_t *s, bool *tied_p)
 {
     static ferry_log_limit_t limit;
-    size_t mine = rpc_call_behind_bytes(s->call), most = mine, top = 0, top_n = 0;
+    size_t mine = rpc_call_behind_bytes(s->call), most = 0, top = 0, top_n = 0;
     sub_entry_t *victim = NULL;
+    int best = 0;
     char text[192];
     unsigned quiet;
 
@@ -252,7 +271,8 @@ static bool evict_locked(coord_service_t *svc, const sub_entry_t *s, bool *tied_
     for (int list = 0; list < 2; list++) {
         for (sub_entry_t *x = list == 0 ? svc->subs : svc->ended; x != NULL;
              x = list == 0 ? x->next : x->ended_next) {
-            size_t behind;
+            size_t behind, worth;
+            int tier;
 
             if (x == s || x->evicted) {
                 continue;
@@ -262,8 +282,10 @@ static bool evict_locked(coord_service_t *svc, const sub_entry_t *s, bool *tied_
                 top_n = behind == top ? top_n + 1 : 1;
                 top = behind;
             }
-            if (behind > most && evict_frees_more(x)) {
-                most = behind;
+            tier = behind > mine ? evict_tier(x, behind, &worth) : 0;
+            if (tier > best || (tier == best && tier > 0 && worth > most)) {
+                best = tier;
+                most = worth;
                 victim = x;
             }
         }
@@ -280,16 +302,16 @@ static bool evict_locked(coord_service_t *svc, const sub_entry_t *s, bool *tied_
     victim->evicted = true;
     atomic_fetch_add(&svc->watch_memory_evicted, 1); /* for metrics */
     if (ferry_log_due(&limit, &quiet)) {
-        ferry_info("watch from %s: ended, %zu bytes behind, what its client had not read "
-                   "dropped, to keep every stream's unsent bytes within --watch-memory-mib (%s); "
-                   "%u more since the last line",
-                   rpc_call_peer(victim->call), most, budget_amount(svc, text, sizeof(text)),
-                   quiet);
+        ferry_info(
+            "watch from %s: ended, %zu bytes behind or its own, what its client had not read "
+            "dropped, to keep every stream's unsent bytes within --watch-memory-mib (%s); "
+            "%u more since the last line",
+            rpc_call_peer(victim->call), most, budget_amount(svc, text, sizeof(text)), quiet);
     }
     rpc_call_fail_now(victim->call, FERRY_ERR_RESOURCE_EXHAUSTED,
-                      "%s, and this stream was the furthest behind of those whose end frees "
-                      "room: what its client had not read "
-                      "was dropped; Watch again with start_revision = the revision after the "
+                      "%s, and this stream's client read furthest behind of those that do not "
+                      "keep up: what its client had not read was dropped; Watch again with "
+                      "start_revision = the revision after the "
                       "last message received that was not a fragment",
                       budget_text(svc, text, sizeof(text)));
     return true;
@@ -297,7 +319,7 @@ static bool evict_locked(coord_service_t *svc, const sub_entry_t *s, bool *tied_
 
 /* Queues msgs[0..n) on s as one unit (rpc_call_send_msgs; shared: they go
  * to other streams too), making room in the budget by ending the streams
- * further behind than s whose end frees more than their entries
+ * further behind than s that may be ended for room
  * (evict_locked). When none is, and s is alike the others (another as far
  * behind or further, or nothing behind), a shared revision (packed once
  * for every stream that matches all of it, live or replayed) goes in past
@@ -882,18 +904,21 @@ size_t coord_service_watch_queued_bytes(coord_service_t *svc)
     return rpc_send_budget_used(svc->watch_budget);
 }
 
-size_t coord_service_watch_behind(coord_service_t *svc)
+void coord_service_watch_behind(coord_service_t *svc, size_t *second_p, size_t *ten_p)
 {
-    size_t n = 0;
+    size_t second = 0, ten = 0;
 
     /* A walk of every stream, each call's lock taken, while publishing
-     * waits; once a scrape, as coord_service_watch_peers. */
+     * waits (10,000 at most: about a millisecond); once a scrape. */
     pthread_mutex_lock(&svc->subs_lock);
     for (sub_entry_t *s = svc->subs; s != NULL; s = s->next) {
-        n += !s->evicted && rpc_call_lag_ms(s->call) >= RPC_STUCK_MS;
+        int64_t lag = s->evicted ? 0 : rpc_call_lag_ms(s->call);
+        second += lag >= RPC_STUCK_MS;
+        ten += lag >= WATCH_LAG_MAX_MS;
     }
     pthread_mutex_unlock(&svc->subs_lock);
-    return n;
+    *second_p = second;
+    *ten_p = ten;
 }
 
 /* Sends the gathered revision to every stream that matches any of it and

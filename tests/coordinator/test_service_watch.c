@@ -361,9 +361,10 @@ static void open_behind(coord_service_t *svc, int n)
 }
 
 /* A new stream whose first message the budget refuses: streams further
- * behind whose end frees only their entries are not ended for it, one by
- * one, for nothing; it is refused (review-s32c M1, review-s37 M2). */
-static void test_streams_freeing_only_entries_are_not_ended(void **state)
+ * behind whose clients keep up, whose end frees only their entries, are
+ * not ended for it, one by one, for nothing; it is refused (review-s32c
+ * M1, review-s37 M2). */
+static void test_streams_keeping_up_are_not_ended(void **state)
 {
     coord_service_t *svc = *state;
 
@@ -375,25 +376,32 @@ static void test_streams_freeing_only_entries_are_not_ended(void **state)
     }
 }
 
-/* One whose client reads a second or more behind live (it stopped, or it
+/* A stream whose client does not keep up is ended for room: a second or
+ * more behind live with some bytes its alone (the last holder of a
+ * revision the others read: review-s37 H1), or ten seconds behind (it
  * takes a message now and then, in step with another holding the same
- * revisions: review-s37c H1), or that alone holds some bytes (the last
- * holder of a revision the others read: review-s37 H1), is ended for
- * room, the furthest behind of them first, as many as the new stream
- * needs. */
-static void test_streams_freeing_more_are_ended_for_room(void **state)
+ * revisions: review-s37c H1); ranked by behind and those bytes, as many
+ * as the new stream needs. One that keeps up, though further behind and
+ * holding bytes of its own (a prefix reader a moment behind), comes after
+ * them (review-s37d M1); one a few seconds behind holding none alone (a
+ * slower reader of a large revision) is not ended (review-s37d M2). */
+static void test_streams_not_keeping_up_are_ended_for_room(void **state)
 {
     coord_service_t *svc = *state;
 
     open_behind(svc, 20);
+    rec[7].sole = 1 << 20;
+    rec[7].lag_ms = RPC_STUCK_MS;
+    rec[7].behind = 6 * 400; /* worth the most */
     rec[3].lag_ms = 60000;
     rec[3].behind = 5 * 400;
-    rec[7].sole = 1 << 20;
-    rec[7].behind = 6 * 400; /* the furthest behind of them */
-    rec[11].lag_ms = RPC_STUCK_MS;
+    rec[11].lag_ms = RPC_DRAIN_MS;
     rec[11].behind = 4 * 400;
-    rec[12].lag_ms = RPC_STUCK_MS - 1; /* not yet */
+    rec[12].lag_ms = RPC_DRAIN_MS - 1; /* behind, nothing its alone: not yet */
     rec[12].behind = 7 * 400;
+    rec[13].sole = 8 << 10; /* keeps up */
+    rec[13].lag_ms = RPC_STUCK_MS - 1;
+    rec[13].behind = 8 * 400 + (8 << 10);
     rec[20].refusals = 1;
     assert_int_equal(watch(svc, 20), FERRY_OK);
     assert_int_equal(rec[7].fails_now, 1);
@@ -466,9 +474,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_a_cancel_looks_at_its_own_call_only, setup, teardown),
         cmocka_unit_test_setup_teardown(test_max_watches_counts_until_done, setup, teardown),
         cmocka_unit_test_setup_teardown(test_stop_ends_the_rest, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_streams_freeing_only_entries_are_not_ended, setup,
-                                        teardown),
-        cmocka_unit_test_setup_teardown(test_streams_freeing_more_are_ended_for_room, setup,
+        cmocka_unit_test_setup_teardown(test_streams_keeping_up_are_not_ended, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_streams_not_keeping_up_are_ended_for_room, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_a_shared_revision_goes_past_or_ends_the_furthest,
                                         setup, teardown),

@@ -13,10 +13,10 @@ hold in memory counts in one bound:
   revision, live or replayed) counts once, with each queue entry's
   overhead: an honest fan-out costs one copy, and does not trip the bound;
 - when a revision does not fit, the stream furthest behind (most bytes
-  waiting behind the message its client is taking) whose end frees more
-  than its queue entries is ended and what it held dropped, so streams
-  that never read are ended and those that keep up go on, live and
-  replayed;
+  waiting behind the message its client is taking) whose client does not
+  keep up (a second behind live and alone with some bytes, or ten seconds
+  behind) is ended and what it held dropped, so streams that never read
+  are ended and those that keep up go on, live and replayed;
 - ferry_watch_queued_bytes says what the streams hold, within the bound
   but for a revision larger than the room left (within twice it: the
   WatchMemoryPastTheBound tests), and comes back to 0 once the connection
@@ -371,9 +371,11 @@ class WatchMemoryPastTheBound(ferry_harness.ClusterTestCase):
         readers, hold a revision larger than the bound once the readers
         have read it: each holds only its entries of it by "behind", but
         ending them frees the revision. A new Watch ends them, and only
-        them; the readers go on (review-s37 H1: they could not be ended,
-        every new Watch was refused, and the readers ended as the count
-        neared twice the bound)."""
+        them (one alone with the revision a second behind live, two
+        holding it together ten seconds behind); the readers go on
+        (review-s37 H1, -s37b H1: they could not be ended, every new Watch
+        was refused, and the readers ended as the count neared twice the
+        bound)."""
         bound = 1 << 20
         before = self.memory_ends()
         raw = ferry_harness.RawH2(self.coord.port)
@@ -394,7 +396,7 @@ class WatchMemoryPastTheBound(ferry_harness.ClusterTestCase):
                 want.append(rid)
             for r in readers:
                 ferry_harness.wait_until(lambda: r.has(want), 30, "the readers to read it all")
-            ferry_harness.wait_until(lambda: self.try_watch("other-") == "ok", 20,
+            ferry_harness.wait_until(lambda: self.try_watch("other-") == "ok", 40,
                                      "a new Watch to be answered")
             ferry_harness.wait_until(lambda: raw.ended_count(sids) == stopped, 20,
                                      "the stopped streams to end")
@@ -422,18 +424,18 @@ class WatchMemoryPastTheBound(ferry_harness.ClusterTestCase):
         self.stopped_readers_are_ended_for_room(1, "st1-")
 
     def test_two_that_stopped_reading_are_ended_for_room(self):
-        """Two holding the revision together: neither holds it alone, both
-        took nothing for a second (review-s37b H1)."""
+        """Two holding the revision together: neither holds it alone; ten
+        seconds behind live (review-s37b H1)."""
         self.stopped_readers_are_ended_for_room(2, "st2-")
 
     def test_two_that_read_slowly_in_step_are_ended_for_room(self):
         """Two streams on one connection whose client takes a message now
         and then, both at once, hold the revisions five readers have read
         together: neither is ever a second into one message, nor alone with
-        any bytes, but both read further and further behind live. They are
-        ended for room, and the readers go on (review-s37c H1: they never
-        were, every new Watch was refused and the readers ended as the
-        count neared twice the bound)."""
+        any bytes, but both read further and further behind live. Ten
+        seconds behind, they are ended for room, and the readers go on
+        (review-s37c H1: they never were, every new Watch was refused and
+        the readers ended as the count neared twice the bound)."""
         bound = 1 << 20
         before = self.memory_ends()
         raw = ferry_harness.RawH2(self.coord.port)
@@ -450,7 +452,7 @@ class WatchMemoryPastTheBound(ferry_harness.ClusterTestCase):
                 while not stop.wait(0.3):
                     try:
                         raw.send(b"".join(ferry_harness.h2_frame(8, 0, sid,
-                                                                 struct.pack(">I", 32 << 10))
+                                                                 struct.pack(">I", 8 << 10))
                                           for sid in sids))
                     except OSError:
                         return
@@ -469,8 +471,9 @@ class WatchMemoryPastTheBound(ferry_harness.ClusterTestCase):
                 self.assertLessEqual(self.metric("ferry_watch_queued_bytes"), 2 * bound)
                 if k == 9:  # ~600 KB, within the bound: the rest once they are behind
                     ferry_harness.wait_until(
-                        lambda: self.metric("ferry_watch_streams_behind") == 2, 20,
-                        "the slow streams to read a second behind live")
+                        lambda: self.metric("ferry_watch_streams_behind", lag="10s") == 2, 40,
+                        "the slow streams to read ten seconds behind live")
+                    self.assertEqual(self.metric("ferry_watch_streams_behind", lag="1s"), 2)
             ferry_harness.wait_until(lambda: raw.ended_count(sids) == 2, 20,
                                      "the slow streams to end")
             ferry_harness.wait_until(lambda: self.try_watch("other-") == "ok", 20,
