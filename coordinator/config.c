@@ -108,7 +108,7 @@ static const char usage[] =
     "                      RESOURCE_EXHAUSTED, 16..1048576 (FERRY_WATCH_QUEUE_KIB;\n"
     "                      4096)\n"
     "  --watch-memory-mib N  MiB of unsent changes all Watch streams may hold\n"
-    "                      together; past it the stream furthest behind ends with\n"
+    "                      together; past it a stream further behind ends with\n"
     "                      RESOURCE_EXHAUSTED (streams alike share revisions up\n"
     "                      to twice it), 1..1048576\n"
     "                      (FERRY_WATCH_MEMORY_MIB; 256)\n"

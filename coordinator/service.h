@@ -36,8 +36,9 @@ typedef struct {
     size_t watch_queue_bytes;
     /* What every Watch stream's messages that their clients have not
      * taken may hold in memory together; a revision (or a replay's) that
-     * would pass it ends the stream furthest behind with
-     * RESOURCE_EXHAUSTED (service_watch.c). 0: 256 MiB. */
+     * would pass it ends a stream further behind whose client does not
+     * keep up, or that alone holds bytes, with RESOURCE_EXHAUSTED
+     * (service_watch.c). 0: 256 MiB. */
     size_t watch_memory_bytes;
     /* Lookup and Claim calls that may wait parked (wait_ms) at once; past
      * it one that would park ends with RESOURCE_EXHAUSTED. 0: 10000. */
@@ -97,7 +98,7 @@ size_t coord_service_watch_queued_bytes(coord_service_t *svc);
  * ten seconds or more behind: --watch-memory-mib may end them for room. */
 void coord_service_watch_behind(coord_service_t *svc, size_t *second_p, size_t *ten_p);
 /* Watch streams since start that --watch-memory-mib ended, what they held
- * dropped, to make room for another's revision (the furthest behind);
+ * dropped, to make room for another's revision (evict_tier);
  * ended because their own revision did not fit, none being further
  * behind; and refused because their first message did not. For metrics.
  * Any thread. */

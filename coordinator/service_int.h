@@ -86,6 +86,7 @@ typedef struct sub_entry {
  * (rpc_msg_pack_repeated) without packing them again. */
 typedef struct {
     int64_t revision;
+    int64_t published_ms; /* CLOCK_MONOTONIC ms it was published (rpc_msg_set_born) */
     char *request_id;
     ProtobufCBinaryData event; /* a packed WatchEvent; owned */
     /* On a revision's first event only: the revision's messages, all of
@@ -153,7 +154,7 @@ struct coord_service {
      * (--etcd-writes-per-peer). */
     service_share_t reads, writes, renewals;
     atomic_uint_fast64_t watch_events_sent; /* events queued on Watch streams, for metrics */
-    /* Streams ended to make room in watch_budget (the furthest behind),
+    /* Streams ended to make room in watch_budget (evict_locked),
      * ended because their own revision did not fit, and refused because
      * their `created` did not, for metrics. */
     atomic_uint_fast64_t watch_memory_evicted, watch_memory_ended, watch_memory_refused;

@@ -60,10 +60,11 @@
  * beside it (rpc_budget.c); a shared revision for which no stream can be
  * ended, to a stream that another is as far behind as or further, goes in
  * past the bound, within twice it (sub_send_locked). So a client that
- * stops reading loses its own streams, those that keep up are not ended
- * for it, nor one by one for a revision they all hold while their clients
- * take it (review-s32c M1, but for clients ten seconds behind live); a
- * stream further
+ * stops reading loses its own streams first (those that keep up are ended
+ * only for bytes of their own, and not while a stream further behind does
+ * not keep up), and streams are not ended one by one for a revision they
+ * all hold while their clients take it (review-s32c M1, but for clients
+ * ten seconds behind live); a stream further
  * behind than every other that none can be ended for ends, as for its own
  * bound. A replay
  * counts as it is queued, like live revisions. Replays share messages as
@@ -88,7 +89,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
+#include "common/clock.h"
 #include "common/log.h"
 #include "validate.h"
 
@@ -222,21 +225,31 @@ static void evict_pass_begin(coord_service_t *svc)
  * some bytes are its alone (its own messages, or a shared one no other
  * stream holds any more: a client that stopped reading a revision every
  * other stream has read holds all of it, though behind counts its entries
- * only: review-s37 H1); 2, and its client does not keep up either: it
- * reads RPC_STUCK_MS or more behind live (its oldest message not taken was
- * queued that long ago: rpc_call_lag_ms) with such bytes, or
- * WATCH_LAG_MAX_MS behind with or without. The higher tier goes first (a
- * client that stopped before a reader a moment behind with bytes of its
- * own: review-s37d M1), then *worth_p: behind and those bytes. */
-static int evict_tier(const sub_entry_t *x, size_t behind, size_t *worth_p)
+ * only: review-s37 H1); 2, its client does not keep up: it reads
+ * RPC_STUCK_MS or more behind live (its oldest message not taken was
+ * queued, or what it carries happened, that long ago: rpc_call_lag_ms)
+ * with such bytes, or WATCH_LAG_MAX_MS behind with or without. The higher
+ * tier goes first (a client that stopped before a reader a moment behind
+ * with bytes of its own: review-s37d M1), then *worth_p: behind and those
+ * bytes. *laggard_p: tier 0 though a second behind (one that may not be
+ * ended yet, but does not keep up). One that cannot reach `best`, the
+ * highest tier found so far, is not looked at further (its queue is
+ * walked for its own bytes: rpc_call_sole_bytes). */
+static int evict_tier(const sub_entry_t *x, size_t behind, int best, size_t *worth_p,
+                      bool *laggard_p)
 {
     int64_t lag = rpc_call_lag_ms(x->call);
-    size_t sole = rpc_call_sole_bytes(x->call);
+    size_t sole;
 
+    if (best == 2 && lag < RPC_STUCK_MS) {
+        return 0;
+    }
+    sole = rpc_call_sole_bytes(x->call);
     *worth_p = behind + sole;
     if (lag >= WATCH_LAG_MAX_MS || (sole > 0 && lag >= RPC_STUCK_MS)) {
         return 2;
     }
+    *laggard_p = *laggard_p || (sole == 0 && lag >= RPC_STUCK_MS);
     return sole > 0 ? 1 : 0;
 }
 
@@ -260,6 +273,7 @@ static bool evict_locked(coord_service_t *svc, const sub_entry_t *s, bool *tied_
     static ferry_log_limit_t limit;
     size_t mine = rpc_call_behind_bytes(s->call), most = 0, top = 0, top_n = 0;
     sub_entry_t *victim = NULL;
+    bool laggard = false;
     int best = 0;
     char text[192];
     unsigned quiet;
@@ -282,7 +296,7 @@ static bool evict_locked(coord_service_t *svc, const sub_entry_t *s, bool *tied_
                 top_n = behind == top ? top_n + 1 : 1;
                 top = behind;
             }
-            tier = behind > mine ? evict_tier(x, behind, &worth) : 0;
+            tier = behind > mine ? evict_tier(x, behind, best, &worth, &laggard) : 0;
             if (tier > best || (tier == best && tier > 0 && worth > most)) {
                 best = tier;
                 most = worth;
@@ -291,6 +305,12 @@ static bool evict_locked(coord_service_t *svc, const sub_entry_t *s, bool *tied_
         }
     }
     *tied_p = mine == 0 || (top_n > 0 && top >= mine);
+    if (best == 1 && laggard) {
+        /* One further behind does not keep up, and may not be ended yet
+         * (it holds nothing alone, and is under WATCH_LAG_MAX_MS behind):
+         * not a reader that keeps up in its place (review-s37e M1). */
+        victim = NULL;
+    }
     if (victim == NULL) {
         bool alone = top_n == 0 || mine > top;
         svc->evict.floor = mine;
@@ -303,14 +323,14 @@ static bool evict_locked(coord_service_t *svc, const sub_entry_t *s, bool *tied_
     atomic_fetch_add(&svc->watch_memory_evicted, 1); /* for metrics */
     if (ferry_log_due(&limit, &quiet)) {
         ferry_info(
-            "watch from %s: ended, %zu bytes behind or its own, what its client had not read "
+            "watch from %s: ended, %zu bytes behind and its own, what its client had not read "
             "dropped, to keep every stream's unsent bytes within --watch-memory-mib (%s); "
             "%u more since the last line",
             rpc_call_peer(victim->call), most, budget_amount(svc, text, sizeof(text)), quiet);
     }
     rpc_call_fail_now(victim->call, FERRY_ERR_RESOURCE_EXHAUSTED,
-                      "%s, and this stream's client read furthest behind of those that do not "
-                      "keep up: what its client had not read was dropped; Watch again with "
+                      "%s, and this stream was the furthest behind of those that may be ended "
+                      "for room: what its client had not read was dropped; Watch again with "
                       "start_revision = the revision after the "
                       "last message received that was not a fragment",
                       budget_text(svc, text, sizeof(text)));
@@ -364,7 +384,7 @@ static const char resync_hint[] =
  * watch_msg_bytes of events each (at least one event), all but the last
  * marked `fragment`; msgs[] gets them (as many as n at most) and *n_msgs
  * their count. False when out of memory (what was packed is unref'd). */
-static bool pack_revision(const coord_service_t *svc, int64_t revision,
+static bool pack_revision(const coord_service_t *svc, int64_t revision, int64_t published_ms,
                           const ProtobufCBinaryData *values, size_t n, rpc_msg_t **msgs,
                           size_t *n_msgs)
 {
@@ -388,6 +408,7 @@ static bool pack_revision(const coord_service_t *svc, int64_t revision,
             }
             return false;
         }
+        rpc_msg_set_born(msgs[*n_msgs], published_ms); /* a replay lags from then */
         ++*n_msgs;
     }
     return true;
@@ -431,14 +452,16 @@ static size_t sub_filter(const sub_entry_t *s, const hist_event_t *const *ev, si
  * (k > 0); msgs is scratch of k entries. As sub_send_revision_locked;
  * also FERRY_ERR_NO_MEMORY when its messages cannot be packed (it resumes
  * at this revision). */
-static ferry_status_t sub_send_values_locked(coord_service_t *svc, sub_entry_t *s, int64_t revision,
+static ferry_status_t sub_send_values_locked(coord_service_t *svc, sub_entry_t *s,
+                                             const hist_event_t *first,
                                              const ProtobufCBinaryData *values, size_t k,
                                              rpc_msg_t **msgs)
 {
+    int64_t revision = first->revision;
     size_t n_msgs;
     ferry_status_t status;
 
-    if (!pack_revision(svc, revision, values, k, msgs, &n_msgs)) {
+    if (!pack_revision(svc, revision, first->published_ms, values, k, msgs, &n_msgs)) {
         return FERRY_ERR_NO_MEMORY;
     }
     status = sub_send_revision_locked(svc, s, revision, msgs, n_msgs, false, k);
@@ -451,13 +474,12 @@ static ferry_status_t sub_send_values_locked(coord_service_t *svc, sub_entry_t *
 /* Queues on s what it matches of one revision, ev[0..n); values and msgs
  * are scratch of n entries. As sub_send_values_locked. */
 static ferry_status_t sub_send_matching_locked(coord_service_t *svc, sub_entry_t *s,
-                                               int64_t revision, const hist_event_t *const *ev,
-                                               size_t n, ProtobufCBinaryData *values,
-                                               rpc_msg_t **msgs)
+                                               const hist_event_t *const *ev, size_t n,
+                                               ProtobufCBinaryData *values, rpc_msg_t **msgs)
 {
     size_t k = sub_filter(s, ev, n, values);
 
-    return k > 0 ? sub_send_values_locked(svc, s, revision, values, k, msgs) : FERRY_OK;
+    return k > 0 ? sub_send_values_locked(svc, s, ev[0], values, k, msgs) : FERRY_OK;
 }
 
 /* Replays to s what it matches of one held revision, ev[0..n), all of it
@@ -474,12 +496,12 @@ static ferry_status_t replay_revision_locked(coord_service_t *svc, sub_entry_t *
     size_t k = sub_filter(s, ev, n, values);
 
     if (k < n) {
-        return k > 0 ? sub_send_values_locked(svc, s, first->revision, values, k, msgs) : FERRY_OK;
+        return k > 0 ? sub_send_values_locked(svc, s, first, values, k, msgs) : FERRY_OK;
     }
     if (first->msgs == NULL) {
         rpc_msg_t **packed = malloc(n * sizeof(*packed));
-        if (packed == NULL ||
-            !pack_revision(svc, first->revision, values, n, packed, &first->n_msgs)) {
+        if (packed == NULL || !pack_revision(svc, first->revision, first->published_ms, values, n,
+                                             packed, &first->n_msgs)) {
             free(packed);
             return FERRY_ERR_NO_MEMORY;
         }
@@ -908,8 +930,9 @@ void coord_service_watch_behind(coord_service_t *svc, size_t *second_p, size_t *
 {
     size_t second = 0, ten = 0;
 
-    /* A walk of every stream, each call's lock taken, while publishing
-     * waits (10,000 at most: about a millisecond); once a scrape. */
+    /* A walk of every subscribed stream (not those ended and draining),
+     * each call's lock taken, while publishing waits (about a millisecond
+     * for --max-watches' default 10,000); once a scrape. */
     pthread_mutex_lock(&svc->subs_lock);
     for (sub_entry_t *s = svc->subs; s != NULL; s = s->next) {
         int64_t lag = s->evicted ? 0 : rpc_call_lag_ms(s->call);
@@ -959,7 +982,7 @@ static void flush_locked(coord_service_t *svc, sub_entry_t **ended_p, sub_entry_
         values[i] = svc->pending[i].event;
     }
     /* Packed once for the streams that match all of it (most do). */
-    ok = ok && pack_revision(svc, revision, values, n, all, &n_all);
+    ok = ok && pack_revision(svc, revision, svc->pending[0].published_ms, values, n, all, &n_all);
     if (!ok) {
         *lost_p = hist_lost_locked(svc, revision);
     } else {
@@ -970,7 +993,7 @@ static void flush_locked(coord_service_t *svc, sub_entry_t **ended_p, sub_entry_
             if (revision >= s->start_revision && !s->evicted) {
                 size_t k = sub_filter(s, ev, n, values);
                 status = k == n ? sub_send_revision_locked(svc, s, revision, all, n_all, true, n)
-                                : sub_send_matching_locked(svc, s, revision, ev, n, values, msgs);
+                                : sub_send_matching_locked(svc, s, ev, n, values, msgs);
             }
             if (status != FERRY_OK && status != FERRY_ERR_CANCELLED) {
                 s->end_status = status;
@@ -1019,7 +1042,8 @@ void service_watch_publish(coord_service_t *svc, coord_event_type_t type,
                            const Ferry__V1__Operation *op, int64_t revision)
 {
     Ferry__V1__WatchEvent event = FERRY__V1__WATCH_EVENT__INIT;
-    hist_event_t e = {.revision = revision};
+    hist_event_t e = {.revision = revision,
+                      .published_ms = ferry__clock_ns(CLOCK_MONOTONIC) / 1000000};
     sub_entry_t *ended = NULL, *lost = NULL;
     int64_t flushed = 0;
 

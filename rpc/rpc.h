@@ -264,6 +264,11 @@ rpc_msg_t *rpc_msg_pack(const ProtobufCMessage *msg);
 rpc_msg_t *rpc_msg_ref(rpc_msg_t *m);
 void rpc_msg_unref(rpc_msg_t *m);
 size_t rpc_msg_size(const rpc_msg_t *m); /* packed bytes */
+/* When what m carries happened (CLOCK_MONOTONIC ms; 0, unset: when it is
+ * queued): a message queued with it counts in rpc_call_lag_ms from then,
+ * so that a replay of old changes is as far behind live as they are. Set
+ * before m is first sent. */
+void rpc_msg_set_born(rpc_msg_t *m, int64_t born_ms);
 
 /* As rpc_msg_pack, with one occurrence of the repeated length-delimited
  * field `number` appended per value, each value's bytes as they are (for a
@@ -363,7 +368,8 @@ size_t rpc_call_behind_bytes(rpc_call_t *call);
 size_t rpc_call_sole_bytes(rpc_call_t *call);
 
 /* Streaming: milliseconds since the oldest message its client has not
- * taken (the one in flight, else the queue's head) was queued: how far
+ * taken (the one in flight, else the queue's head) was queued, or since
+ * what it carries happened where that was set (rpc_msg_set_born): how far
  * behind live its client reads, however steadily it takes messages. 0
  * when none waits. */
 int64_t rpc_call_lag_ms(rpc_call_t *call);

@@ -1067,6 +1067,7 @@ rpc_msg_t *rpc_msg_pack(const ProtobufCMessage *msg)
     atomic_init(&m->counted_in, NULL);
     m->holders = 0;
     m->mine = 0;
+    m->born_ms = 0;
     m->slice = grpc_slice_malloc(protobuf_c_message_get_packed_size(msg));
     protobuf_c_message_pack(msg, GRPC_SLICE_START_PTR(m->slice));
     return m;
@@ -1101,6 +1102,7 @@ rpc_msg_t *rpc_msg_pack_repeated(const ProtobufCMessage *msg, uint32_t number,
     atomic_init(&m->counted_in, NULL);
     m->holders = 0;
     m->mine = 0;
+    m->born_ms = 0;
     m->slice = grpc_slice_malloc(total);
     p = GRPC_SLICE_START_PTR(m->slice);
     p += protobuf_c_message_pack(msg, p);
@@ -1134,6 +1136,11 @@ const uint8_t *rpc__msg_bytes(const rpc_msg_t *m)
     return GRPC_SLICE_START_PTR(m->slice);
 }
 
+void rpc_msg_set_born(rpc_msg_t *m, int64_t born_ms)
+{
+    m->born_ms = born_ms;
+}
+
 size_t rpc_msg_size(const rpc_msg_t *m)
 {
     return GRPC_SLICE_LENGTH(m->slice);
@@ -1159,6 +1166,9 @@ ferry_status_t rpc_call_send_msgs(rpc_call_t *call, rpc_msg_t *const *msgs, size
         if (*tail == NULL) {
             outmsg_free_list(head);
             return FERRY_ERR_NO_MEMORY;
+        }
+        if (msgs[i]->born_ms != 0 && msgs[i]->born_ms < (*tail)->queued_ms) {
+            (*tail)->queued_ms = msgs[i]->born_ms; /* a replay: how far behind live it is */
         }
         tail = &(*tail)->next;
     }

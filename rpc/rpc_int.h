@@ -142,6 +142,7 @@ struct rpc_msg {
      * a call's, while rpc_call_sole_bytes counts them, likewise. */
     _Atomic(rpc_send_budget_t *) counted_in;
     size_t holders, mine;
+    int64_t born_ms; /* rpc_msg_set_born's; 0: none */
 };
 
 /* A message queued on a streaming call, or in flight. */

@@ -392,7 +392,7 @@ static void test_streams_not_keeping_up_are_ended_for_room(void **state)
     open_behind(svc, 20);
     rec[7].sole = 1 << 20;
     rec[7].lag_ms = RPC_STUCK_MS;
-    rec[7].behind = 6 * 400; /* worth the most */
+    rec[7].behind = 4 * 400 + 1; /* worth the most, for its bytes alone */
     rec[3].lag_ms = 60000;
     rec[3].behind = 5 * 400;
     rec[11].lag_ms = RPC_DRAIN_MS;
@@ -468,6 +468,30 @@ static void test_a_shared_revision_goes_past_or_ends_the_furthest(void **state)
     }
 }
 
+/* A stream further behind that does not keep up but may not be ended yet
+ * (a second behind, nothing its alone) holds back the ending of a reader
+ * a moment behind with bytes of its own: the new stream is refused; ten
+ * seconds behind, that one is ended instead (review-s37e M1). */
+static void test_a_laggard_holds_back_ending_a_reader(void **state)
+{
+    coord_service_t *svc = *state;
+
+    open_behind(svc, 20);
+    rec[4].lag_ms = 2 * RPC_STUCK_MS;
+    rec[4].behind = 10 * 400;
+    rec[6].sole = 8 << 10;
+    rec[6].lag_ms = 50;
+    rec[6].behind = 6 * 400 + (8 << 10);
+    rec[20].refusals = 1000;
+    assert_int_equal(watch(svc, 20), FERRY_ERR_RESOURCE_EXHAUSTED);
+    rec[4].lag_ms = RPC_DRAIN_MS;
+    rec[21].refusals = 1;
+    assert_int_equal(watch(svc, 21), FERRY_OK);
+    for (int i = 0; i < 20; i++) {
+        assert_int_equal(rec[i].fails, i == 4);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -480,6 +504,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_a_shared_revision_goes_past_or_ends_the_furthest,
                                         setup, teardown),
         cmocka_unit_test_setup_teardown(test_a_pass_answers_from_its_last_walk, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_a_laggard_holds_back_ending_a_reader, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

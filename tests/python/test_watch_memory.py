@@ -12,11 +12,12 @@ hold in memory counts in one bound:
 - a message that many streams share (every stream that matches all of a
   revision, live or replayed) counts once, with each queue entry's
   overhead: an honest fan-out costs one copy, and does not trip the bound;
-- when a revision does not fit, the stream furthest behind (most bytes
-  waiting behind the message its client is taking) whose client does not
-  keep up (a second behind live and alone with some bytes, or ten seconds
-  behind) is ended and what it held dropped, so streams that never read
-  are ended and those that keep up go on, live and replayed;
+- when a revision does not fit, a stream further behind (more bytes
+  waiting behind the message its client is taking) is ended and what it
+  held dropped, if some bytes are its alone or its client reads ten
+  seconds behind live, those that do not keep up first: so streams that
+  never read (their own replays here) are ended and those that keep up
+  go on, live and replayed;
 - ferry_watch_queued_bytes says what the streams hold, within the bound
   but for a revision larger than the room left (within twice it: the
   WatchMemoryPastTheBound tests), and comes back to 0 once the connection

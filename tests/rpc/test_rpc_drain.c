@@ -741,6 +741,25 @@ static void test_lag_is_the_age_of_the_oldest_message_not_taken(void **state)
     assert_true(fixture_wait(f, budget_empty, WAIT_MS));
 }
 
+/* A message whose changes happened earlier (rpc_msg_set_born: a replay of
+ * old revisions) counts in the lag from then, not from its queueing: a
+ * client that reopens its stream from an old revision is as far behind
+ * live as before (review-s37e H1: each reopening started its lag at 0). */
+static void test_lag_of_a_replay_counts_from_its_changes(void **state)
+{
+    fixture_t *f = *state;
+    Ferry__V1__WatchRequest req = FERRY__V1__WATCH_REQUEST__INIT;
+    int fd;
+
+    rpc_msg_set_born(f->shared, fixture_now_ms() - 60000);
+    req.request_id = "share:3";
+    fd = stuck_call_open(f->port, WATCH_PATH, &req.base, 0);
+    assert_true(fixture_wait(f, kept_one, WAIT_MS));
+    assert_true(rpc_call_lag_ms(kept_call(f, 0)) >= 60000);
+    close(fd);
+    assert_true(fixture_wait(f, budget_empty, WAIT_MS));
+}
+
 /* A revision in several messages whose first is in flight is still the
  * newest: what waits of it does not count (review-s31b M1: a prefix reader
  * that kept up outranked clients that never read), until the first has
@@ -817,6 +836,8 @@ int main(void)
                                         fixture_setup, fixture_teardown),
         cmocka_unit_test_setup_teardown(test_lag_is_the_age_of_the_oldest_message_not_taken,
                                         fixture_setup, fixture_teardown),
+        cmocka_unit_test_setup_teardown(test_lag_of_a_replay_counts_from_its_changes, fixture_setup,
+                                        fixture_teardown),
         cmocka_unit_test_setup_teardown(test_the_rest_of_the_newest_unit_does_not_count,
                                         fixture_setup, fixture_teardown),
         cmocka_unit_test_setup_teardown(test_a_message_stuck_in_flight_counts_behind, fixture_setup,
