@@ -308,8 +308,10 @@ static bool evict_locked(coord_service_t *svc, const sub_entry_t *s, bool *tied_
     if (best == 1 && laggard) {
         /* One further behind does not keep up, and may not be ended yet
          * (it holds nothing alone, and is under WATCH_LAG_MAX_MS behind):
-         * not a reader that keeps up in its place (review-s37e M1). */
-        victim = NULL;
+         * not a reader that keeps up in its place (review-s37e M1). The
+         * pass keeps no answer from this walk: a stream behind that one
+         * would find the reader (review-s37f L1). */
+        return false;
     }
     if (victim == NULL) {
         bool alone = top_n == 0 || mine > top;

@@ -265,9 +265,10 @@ rpc_msg_t *rpc_msg_ref(rpc_msg_t *m);
 void rpc_msg_unref(rpc_msg_t *m);
 size_t rpc_msg_size(const rpc_msg_t *m); /* packed bytes */
 /* When what m carries happened (CLOCK_MONOTONIC ms; 0, unset: when it is
- * queued): a message queued with it counts in rpc_call_lag_ms from then,
- * so that a replay of old changes is as far behind live as they are. Set
- * before m is first sent. */
+ * queued): a message queued with it by rpc_call_send_msgs counts in
+ * rpc_call_lag_ms from then, so that a replay of old changes is as far
+ * behind live as they are (rpc_call_send_msg does not look). Set before m
+ * is first sent. */
 void rpc_msg_set_born(rpc_msg_t *m, int64_t born_ms);
 
 /* As rpc_msg_pack, with one occurrence of the repeated length-delimited
